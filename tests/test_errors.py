@@ -1,0 +1,103 @@
+"""Every failure a user can cause: one line naming what and where, a non-zero exit, no traceback."""
+
+import socket
+
+from conftest import one_error_line
+from test_postgres import add_migration, applied
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connection_refused(cli):
+    port = free_port()
+    result = cli("migrate", env={"DB_HOST": "127.0.0.1", "DB_PORT": str(port), "DB_PASSWORD": "Hidden-pw-9"})
+    line = one_error_line(result)
+    assert f"cannot connect to PostgreSQL at 127.0.0.1:{port}/unifieddevdb: connection refused" in line
+    assert "DB_HOST (environment)" in line
+    assert "Hidden-pw-9" not in result.output
+
+
+def test_unknown_database(cli, db):
+    result = cli("status", env={**db.db_env(), "DB_NAME": "no_such_db"})
+    line = one_error_line(result)
+    assert "database no_such_db does not exist; create it (createdb no_such_db)" in line
+
+
+def test_unresolvable_host(cli):
+    result = cli("migrate", env={"DB_HOST": "no-such-host.invalid"})
+    line = one_error_line(result)
+    assert "no-such-host.invalid:5432/unifieddevdb" in line and "cannot be resolved" in line
+
+
+def test_failing_migration_names_file_and_line_leaves_nothing_and_resumes_after_the_fix(cli, db, sql_dir):
+    env = db.db_env()
+    bad = "-- header\n\nCREATE TABLE t_ok (id int);\n\nINSERT INTO t_ok\n  VALUES (1);\nSELECT * FROM\n  no_such_table;\n"
+    add_migration(sql_dir, "0002_broken", bad, "DROP TABLE t_ok;\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=env)
+    line = one_error_line(result)
+    assert f"{sql_dir}/0002_broken.sql:8: failed to apply" in line
+    assert 'relation "no_such_table" does not exist' in line and "nothing of it was applied" in line
+    assert "applied 0001_create_hcm_report_metadata" in result.stdout  # the one before it landed
+    assert applied(db) == ["0001_create_hcm_report_metadata"]
+    assert "t_ok" not in db.tables()
+
+    add_migration(sql_dir, "0002_broken", bad.replace("no_such_table", "t_ok"))
+    result = cli("migrate", "--sql-dir", sql_dir, env=env)
+    assert result.exit_code == 0, result.output
+    assert applied(db) == ["0001_create_hcm_report_metadata", "0002_broken"]
+    assert db.query("SELECT id FROM t_ok") == [(1,)]
+
+
+def test_a_lock_left_by_a_dead_runner_times_out_naming_the_holder_then_break_lock_clears_it(cli, db):
+    env = db.db_env()
+    assert cli("migrate", env=env).exit_code == 0
+    db.query("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), 424242)")
+    result = cli("migrate", "--lock-timeout", "0.5", env=env)
+    assert result.exit_code == 4
+    line = one_error_line(result)
+    assert "process 424242 holds the migration lock on" in line and db.name in line
+    assert "runner.py sql break-lock" in line
+
+    result = cli("sql", "break-lock", env=env)
+    assert result.exit_code == 0 and "removed the migration lock" in result.stdout
+    assert cli("migrate", "--lock-timeout", "0.5", env=env).exit_code == 0
+
+
+def test_non_utf8_file(cli, sql_dir):
+    (sql_dir / "0002_latin1.sql").write_bytes("SELECT 'caf\xe9';\n".encode("latin-1"))
+    line = one_error_line(cli("plan", "--offline", "--sql-dir", sql_dir))
+    assert "0002_latin1.sql is not UTF-8 (byte 0xe9 at offset 11)" in line
+
+
+def test_empty_file(cli, sql_dir):
+    (sql_dir / "0002_empty.sql").write_text("-- only a comment\n\n")
+    assert "0002_empty.sql holds no SQL statement" in one_error_line(cli("migrate", "--sql-dir", sql_dir))
+
+
+def test_duplicate_numbers(cli, sql_dir):
+    add_migration(sql_dir, "0001_other", "SELECT 1;\n")
+    line = one_error_line(cli("plan", "--offline", "--sql-dir", sql_dir))
+    assert "share the number 0001" in line
+
+
+def test_missing_sql_folder(cli, tmp_path):
+    result = cli("status", "--sql-dir", tmp_path / "nope")
+    assert result.exit_code == 2
+    assert f"migrations folder {tmp_path / 'nope'} not found" in one_error_line(result)
+
+
+def test_verbose_adds_the_traceback_and_still_masks(cli):
+    port = free_port()
+    env = {"DATABASE_URL": f"postgresql://u:Verbose-pw-7@127.0.0.1:{port}/x"}
+    quiet = cli("status", env=env)
+    loud = cli("-v", "status", env=env)
+    assert "Traceback" not in quiet.output
+    assert "Traceback" in loud.stderr and "OperationalError" in loud.stderr
+    assert loud.exit_code == quiet.exit_code == 1
+    assert "Verbose-pw-7" not in loud.output
+    # -v also works after the command name
+    assert "Traceback" in cli("status", "-v", env=env).stderr

@@ -1,0 +1,103 @@
+"""Settings from AWS Secrets Manager, served by moto's server mode so boto3 makes real HTTP calls."""
+
+import json
+import socket
+
+import pytest
+
+from conftest import PASSWORD_USER, SPECIAL_PASSWORD, one_error_line
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_endpoint, monkeypatch):
+    """boto3 pointed at moto with fake credentials; returns a function that stores a secret."""
+    import boto3
+
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    env = {"AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "ap-south-1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("secretsmanager", endpoint_url=moto_endpoint)
+
+    def put(name: str, value) -> str:
+        text = value if isinstance(value, str) else json.dumps(value)
+        try:
+            client.create_secret(Name=name, SecretString=text)
+        except client.exceptions.ResourceExistsException:
+            client.put_secret_value(SecretId=name, SecretString=text)
+        return name
+
+    return put
+
+
+def rds_secret(db, password=None, user=None) -> dict:
+    server = db.server
+    return {"host": server.host, "port": server.port, "dbname": db.name,
+            "username": user or server.user, "password": password or server.password or "unused-Pw-1"}
+
+
+def test_migrate_with_an_rds_secret(cli, db, aws):
+    name = aws("dev/hcm-db", rds_secret(db))
+    result = cli("migrate", "--secret-name", name)
+    assert result.exit_code == 0, result.output
+    assert "hcm_report_metadata" in db.tables()
+    config = cli("config", "--secret_name", name)  # the seed's spelling
+    assert f"secret {name}" in config.stdout and db.name in config.stdout
+
+
+def test_secret_from_db_secret_name_with_a_special_password(cli, make_db, aws, password_role, pg):
+    if not pg.enforces_passwords:
+        pytest.skip("TEST_DATABASE_URL server: cannot tell whether it checks this role's password")
+    db = make_db(owner=PASSWORD_USER)
+    name = aws("dev/hcm-app", rds_secret(db, SPECIAL_PASSWORD, PASSWORD_USER))
+    result = cli("status", env={"DB_SECRET_NAME": name})
+    assert result.exit_code == 0, result.output
+    assert "0 applied, 1 pending" in result.stdout
+    assert SPECIAL_PASSWORD not in result.output
+
+
+@pytest.mark.parametrize("value, message", [
+    ("not json at all", "is not JSON"),
+    ('["a", "list"]', "is JSON but not an object"),
+    ({"host": "h", "port": 5432}, "lacks username, password"),
+])
+def test_malformed_secrets(cli, aws, value, message):
+    name = aws("dev/broken", value)
+    line = one_error_line(cli("migrate", "--secret-name", name))
+    assert f"AWS secret {name}" in line or f"secret {name}" in line
+    assert message in line
+
+
+def test_secret_not_found(cli, aws):
+    line = one_error_line(cli("migrate", "--secret-name", "dev/does-not-exist"))
+    assert "AWS secret dev/does-not-exist: not found: check the name and the region" in line
+
+
+def test_unknown_profile(cli, aws):
+    line = one_error_line(cli("migrate", "--secret-name", "x", "--profile_name", "no-such-profile"))
+    assert "AWS profile 'no-such-profile' not found" in line
+
+
+def test_no_credentials(cli, aws, monkeypatch, tmp_path):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    line = one_error_line(cli("migrate", "--secret-name", "x"))
+    assert "no AWS credentials" in line

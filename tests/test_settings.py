@@ -1,0 +1,168 @@
+"""The settings order of DESIGN.md, row by row, and the credentials that must survive it."""
+
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from conftest import PASSWORD_USER, SPECIAL_PASSWORD, one_error_line
+from migrator.errors import MigratorError
+from migrator.settings import Env, PostgresOptions, resolve_postgres
+
+ENV_URL = "postgresql://envuser:envpw@env-host:6000/envdb"
+DB_VARS = {"DB_HOST": "fields-host", "DB_PORT": "6001", "DB_NAME": "fieldsdb", "DB_USER": "fieldsuser", "DB_PASSWORD": "fieldspw"}
+
+
+def resolve(environ=None, dotenv=None, **options):
+    return resolve_postgres(PostgresOptions(**options), Env(environ or {}, dotenv or {}))
+
+
+def test_option_url_wins_over_everything():
+    t = resolve({"DATABASE_URL": ENV_URL, **DB_VARS, "DB_SECRET_NAME": "dev/db"},
+                database_url="postgresql://optuser:optpw@opt-host:6002/optdb")
+    assert (t.host, t.port, t.dbname, t.user, t.password) == ("opt-host", 6002, "optdb", "optuser", "optpw")
+    assert t.sources == {"url": "--database-url"}
+    assert any("secret dev/db (DB_SECRET_NAME (environment)) ignored" in line for line in t.ignored)
+
+
+def test_field_options_win_over_database_url_and_fill_from_db_vars():
+    t = resolve({"DATABASE_URL": ENV_URL, "DB_PORT": "6001", "DB_PASSWORD": "fieldspw"}, host="opt-host", dbname="optdb")
+    assert (t.host, t.port, t.dbname, t.user, t.password) == ("opt-host", 6001, "optdb", "postgres", "fieldspw")
+    assert t.sources == {"host": "--db-host", "port": "DB_PORT (environment)", "dbname": "--db-name",
+                         "user": "default", "password": "DB_PASSWORD (environment)"}
+
+
+def test_database_url_wins_over_db_vars_and_secret():
+    t = resolve({"DATABASE_URL": ENV_URL, **DB_VARS, "DB_SECRET_NAME": "dev/db"})
+    assert (t.host, t.port, t.dbname, t.user, t.password) == ("env-host", 6000, "envdb", "envuser", "envpw")
+    assert t.sources == {"url": "DATABASE_URL (environment)"}
+
+
+def test_db_vars_win_over_secret_with_seed_defaults_for_the_rest():
+    t = resolve({"DB_HOST": "db.internal", "DB_SECRET_NAME": "dev/db"})
+    assert (t.host, t.port, t.dbname, t.user, t.password) == ("db.internal", 5432, "unifieddevdb", "postgres", "postgres")
+    assert t.sources["host"] == "DB_HOST (environment)" and t.sources["port"] == "default"
+    assert t.ignored and not t.local_dev
+
+
+def test_nothing_configured_means_the_local_development_database():
+    t = resolve({"HOME": "/root", "PATH": "/usr/bin"})
+    assert t.local_dev
+    assert t.host is None and t.password is None
+
+
+def test_any_single_setting_turns_the_local_database_off():
+    for name, value in [("DATABASE_URL", ENV_URL), ("DB_NAME", "x"), ("DB_PASSWORD", "x"), ("DB_USER", "x")]:
+        assert not resolve({name: value}).local_dev, name
+    assert not resolve(port="6000").local_dev
+
+
+def test_real_environment_wins_over_dotenv_and_dotenv_fills_the_gaps():
+    t = resolve({"DB_HOST": "from-env"}, {"DB_HOST": "from-dotenv", "DB_NAME": "dotenvdb"})
+    assert (t.host, t.dbname) == ("from-env", "dotenvdb")
+    assert t.sources["host"] == "DB_HOST (environment)"
+    assert t.sources["dbname"] == "DB_NAME (.env)"
+    assert not resolve({}, {"DATABASE_URL": ENV_URL}).local_dev
+
+
+def test_empty_variables_count_as_unset():
+    assert resolve({"DATABASE_URL": "", "DB_HOST": ""}).local_dev
+
+
+def test_special_password_is_url_encoded_and_comes_back_intact():
+    t = resolve({"DB_HOST": "h", "DB_USER": "us@er", "DB_PASSWORD": SPECIAL_PASSWORD})
+    parts = urlsplit(t.url)
+    assert unquote(parts.password) == SPECIAL_PASSWORD and unquote(parts.username) == "us@er"
+    assert parts.hostname == "h" and parts.port == 5432 and parts.path == "/unifieddevdb"
+    assert SPECIAL_PASSWORD not in t.display_url and ":***@" in t.display_url
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"DB_PORT": "54x2"}, "DB_PORT (environment): port '54x2' is not a number"),
+    ({"DB_PORT": "70000"}, "port 70000 is out of range"),
+    ({"DATABASE_URL": "postgresql://u:p@h:port/db"}, "DATABASE_URL (environment): port 'port' is not a number"),
+    ({"DATABASE_URL": "mysql://u:p@h/db"}, "is not a PostgreSQL URL (scheme 'mysql')"),
+    ({"DATABASE_URL": "postgresql://u:p@h:5432/"}, "names no database"),
+])
+def test_malformed_settings_are_usage_errors_naming_the_setting(environ, message):
+    with pytest.raises(MigratorError) as err:
+        resolve(environ)
+    assert message in str(err.value)
+    assert err.value.exit_code == 2
+    assert ":p@" not in str(err.value)
+
+
+def test_ca_bundle_turns_on_verify_full(tmp_path):
+    bundle = tmp_path / "rds-combined-ca-bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    t = resolve({"DB_HOST": "h"}, ca_bundle=str(bundle))
+    assert t.params == {"sslmode": "verify-full", "sslrootcert": str(bundle)}
+    assert "sslmode=verify-full" in t.url and f"sslrootcert={bundle}" in t.url
+    assert resolve({"DB_HOST": "h", "CA_BUNDLE": str(bundle)}).sources["tls"] == "CA_BUNDLE (environment)"
+
+
+def test_missing_ca_bundle_is_a_clear_error(tmp_path):
+    with pytest.raises(MigratorError) as err:
+        resolve({"DB_HOST": "h"}, ca_bundle=str(tmp_path / "nope.pem"))
+    assert f"CA bundle {tmp_path / 'nope.pem'} (--ca-bundle) not found" in str(err.value)
+
+
+# --- through the CLI, against the real server --------------------------------------------
+
+
+def test_special_password_works_end_to_end(cli, make_db, password_role, pg):
+    if not pg.enforces_passwords:
+        pytest.skip("TEST_DATABASE_URL server: cannot tell whether it checks this role's password")
+    db = make_db(owner=PASSWORD_USER)
+    env = {**db.db_env(), "DB_USER": PASSWORD_USER, "DB_PASSWORD": SPECIAL_PASSWORD}
+    result = cli("migrate", env=env)
+    assert result.exit_code == 0, result.output
+    assert "hcm_report_metadata" in db.tables()
+    via_url = cli("status", env={"DATABASE_URL": pg.url(db.name, PASSWORD_USER, SPECIAL_PASSWORD)})
+    assert via_url.exit_code == 0, via_url.output
+    assert "1 applied, 0 pending" in via_url.stdout
+    for r in (result, via_url):
+        assert SPECIAL_PASSWORD not in r.output and "p%40ss" not in r.output
+
+
+def test_wrong_password_is_one_line(cli, make_db, password_role, pg):
+    if not pg.enforces_passwords:
+        pytest.skip("TEST_DATABASE_URL server: cannot tell whether it checks this role's password")
+    db = make_db(owner=PASSWORD_USER)
+    result = cli("migrate", env={**db.db_env(), "DB_USER": PASSWORD_USER, "DB_PASSWORD": "wrong-Secret-1"})
+    line = one_error_line(result)
+    assert f"authentication failed for user {PASSWORD_USER}" in line
+    assert db.name in line and "wrong-Secret-1" not in result.output
+
+
+def test_dotenv_in_the_working_directory_is_read(cli, db, workdir):
+    (workdir / ".env").write_text(f"DATABASE_URL={db.url}\n")
+    result = cli("migrate")
+    assert result.exit_code == 0, result.output
+    assert "hcm_report_metadata" in db.tables()
+    assert "no database configured" not in result.output
+
+
+def test_environment_wins_over_dotenv_through_the_cli(cli, db, workdir):
+    (workdir / ".env").write_text("DATABASE_URL=postgresql://nobody:x@127.0.0.1:1/nowhere\n")
+    result = cli("migrate", env={"DATABASE_URL": db.url})
+    assert result.exit_code == 0, result.output
+
+
+def test_config_names_each_source_and_masks_the_password(cli, workdir):
+    (workdir / ".env").write_text("DB_NAME=fromdotenv\n")
+    result = cli("config", env={"DB_HOST": "db.internal", "DB_PASSWORD": "Sup3r-secret"})
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert lines["host"].split()[1:] == ["db.internal", "DB_HOST", "(environment)"]
+    assert lines["database"].split()[1:] == ["fromdotenv", "DB_NAME", "(.env)"]
+    assert lines["port"].split()[1:] == ["5432", "default"]
+    assert lines["password"].split()[1:] == ["***", "DB_PASSWORD", "(environment)"]
+    assert "postgresql://postgres:***@db.internal:5432/fromdotenv" in result.stdout
+    assert "Sup3r-secret" not in result.output
+
+
+def test_config_with_nothing_configured_names_the_local_database(cli, workdir, tmp_path):
+    result = cli("config")
+    assert result.exit_code == 0
+    assert f"local development database in {tmp_path / 'devdb'}" in result.stdout
+    assert not (tmp_path / "devdb").exists()  # config does not start it
