@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import psycopg2
 import pytest
@@ -84,14 +84,26 @@ def _embedded_server(tmp_root: Path):
     return server, s
 
 
+def _rejects_wrong_password(server: Server) -> bool:
+    try:
+        psycopg2.connect(dbname="postgres", user=server.user, password="surely-Wrong-9", host=server.host,
+                         port=server.port, connect_timeout=5).close()
+    except psycopg2.OperationalError as exc:
+        return "password authentication failed" in str(exc)
+    return False
+
+
 @pytest.fixture(scope="session")
 def pg(tmp_path_factory) -> Server:
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
         parts = urlsplit(external)
         query = dict(parse_qsl(parts.query))
-        yield Server(host=query.get("host") or parts.hostname or "localhost", port=parts.port or 5432,
-                     user=parts.username or "postgres", password=parts.password, enforces_passwords=False)
+        server = Server(host=query.get("host") or parts.hostname or "localhost", port=parts.port or 5432,
+                        user=unquote(parts.username or "postgres"),
+                        password=unquote(parts.password) if parts.password else None, enforces_passwords=False)
+        server.enforces_passwords = _rejects_wrong_password(server)
+        yield server
         return
     server, s = _embedded_server(tmp_path_factory.mktemp("pg"))
     yield s
