@@ -70,6 +70,17 @@ verbose_option = click.option(
 )
 
 
+sql_dir_option = click.option(
+    "--sql-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "sql", show_default="sql/ beside runner.py",
+    envvar="SQL_DIR", help="Folder of the .sql migrations (else SQL_DIR).",
+)
+
+lock_timeout_option = click.option(
+    "--lock-timeout", type=float, default=10, show_default=True, metavar="SECONDS",
+    help="How long to wait for another runner's migration lock.",
+)
+
+
 def postgres_options(command):
     """The connection options every PostgreSQL command takes (see README, 'Connection settings')."""
     options = [
@@ -85,8 +96,7 @@ def postgres_options(command):
         click.option("--region", metavar="REGION", help="AWS region for the secret (else AWS_REGION)."),
         click.option("--ca-bundle", "--ca_bundle", metavar="FILE",
                      help="TLS root certificate(s), e.g. the RDS bundle: turns on sslmode=verify-full (else CA_BUNDLE)."),
-        click.option("--sql-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "sql", show_default="sql/",
-                     envvar="SQL_DIR", help="Folder of the .sql migrations."),
+        sql_dir_option,
     ]
     for option in reversed(options):
         command = option(command)
@@ -130,8 +140,7 @@ def cli():
 
 @cli.command()
 @postgres_options
-@click.option("--lock-timeout", type=float, default=10, show_default=True, metavar="SECONDS",
-              help="How long to wait for another runner's migration lock.")
+@lock_timeout_option
 def migrate(pg_options, sql_dir, lock_timeout):
     """Apply every pending migration in order, each in its own transaction."""
     from migrator import postgres
@@ -246,8 +255,7 @@ def sql():
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="Roll back the last N migrations.")
 @click.option("--to", "to", metavar="ID", help="Roll back every migration applied after ID (ID stays applied).")
 @click.option("--all", "all_", is_flag=True, help="Roll back every applied migration.")
-@click.option("--lock-timeout", type=float, default=10, show_default=True, metavar="SECONDS",
-              help="How long to wait for another runner's migration lock.")
+@lock_timeout_option
 def rollback(pg_options, sql_dir, count, to, all_, lock_timeout):
     """Roll back applied migrations through their .rollback.sql files (default: the last one)."""
     from migrator import postgres
@@ -268,8 +276,7 @@ def rollback(pg_options, sql_dir, count, to, all_, lock_timeout):
 
 @sql.command()
 @click.argument("name")
-@click.option("--sql-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "sql", show_default="sql/",
-              envvar="SQL_DIR", help="Folder of the .sql migrations.")
+@sql_dir_option
 def new(name, sql_dir):
     """Create the next numbered NAME.sql and NAME.rollback.sql pair, with a header to fill in."""
     from migrator import postgres
@@ -281,8 +288,7 @@ def new(name, sql_dir):
 @sql.command()
 @postgres_options
 @click.argument("ids", nargs=-1, required=True)
-@click.option("--lock-timeout", type=float, default=10, show_default=True, metavar="SECONDS",
-              help="How long to wait for another runner's migration lock.")
+@lock_timeout_option
 def mark(pg_options, sql_dir, ids, lock_timeout):
     """Record migrations IDS as applied without running them (adopting an existing database)."""
     from migrator import postgres
