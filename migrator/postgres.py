@@ -140,12 +140,23 @@ def connect(target: PostgresTarget, *, read_only: bool) -> Iterator:
             backend = get_backend(url, MIGRATION_TABLE)
     except psycopg2.OperationalError as exc:
         raise connection_error(exc, target)
-    except psycopg2.Error as exc:  # e.g. no CREATE right for yoyo's tables
-        raise MigratorError(f"PostgreSQL at {target.where}: {_pg_message(exc)}; the user needs CREATE on the schema")
     try:
+        if not read_only:
+            _check_bookkeeping(backend, target)
         yield backend
     finally:
         backend.connection.close()
+
+
+def _check_bookkeeping(backend, target: PostgresTarget) -> None:
+    """yoyo ignores a failure to create its lock table and later fails obscurely; say why instead."""
+    exists = backend.execute("SELECT to_regclass(:t) IS NOT NULL, current_schema(), current_user", {"t": backend.lock_table})
+    has_table, schema, user = exists.fetchone()
+    if not has_table:
+        raise MigratorError(
+            f"user {user} cannot create tables in schema {schema} on {target.where} (yoyo's bookkeeping needs it); "
+            f"run GRANT CREATE ON SCHEMA {schema} TO {user}, or connect as the schema's owner"
+        )
 
 
 def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:

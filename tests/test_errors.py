@@ -101,3 +101,17 @@ def test_verbose_adds_the_traceback_and_still_masks(cli):
     assert "Verbose-pw-7" not in loud.output
     # -v also works after the command name
     assert "Traceback" in cli("status", "-v", env=env).stderr
+
+
+def test_user_without_create_on_the_schema(cli, db, password_role):
+    if int(db.query("SHOW server_version_num")[0][0]) < 150000:
+        import pytest
+
+        pytest.skip("before PostgreSQL 15 every user may create in schema public")
+    from conftest import SPECIAL_PASSWORD
+
+    env = {**db.db_env(), "DB_USER": password_role, "DB_PASSWORD": SPECIAL_PASSWORD}  # not the database's owner
+    line = one_error_line(cli("migrate", "--lock-timeout", "1", env=env))
+    assert f"user {password_role} cannot create tables in schema public on" in line
+    assert f"GRANT CREATE ON SCHEMA public TO {password_role}" in line
+    assert db.tables() == set()
