@@ -13,7 +13,13 @@ ifeq ($(PYTHON),$(VENV)/bin/python)
 DEPS := $(VENV)/.installed
 endif
 
-.PHONY: help install migrate plan status rollback new config test db-stop clean
+# mongosh for JavaScript patches and their tests, from npm (pinned), in a git-ignored folder.
+MONGOSH_VERSION := 2.12.0
+MONGOSH := .mongosh/node_modules/.bin/mongosh
+# The tests of the JS path need it; without npm they skip, saying why.
+TEST_MONGOSH := $(if $(shell command -v npm),$(MONGOSH))
+
+.PHONY: help install mongosh migrate plan status rollback new config test db-stop clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +30,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 install: $(DEPS)  ## create .venv with the pinned runtime and dev requirements
+
+$(MONGOSH):
+	npm install --no-save --no-audit --no-fund --loglevel=error --prefix .mongosh mongosh@$(MONGOSH_VERSION)
+
+mongosh: $(MONGOSH)  ## install mongosh (for JavaScript patches) into .mongosh/
 
 migrate: $(DEPS)  ## apply every pending migration (nothing configured: the local database)
 	$(RUNNER) migrate $(ARGS)
@@ -44,7 +55,7 @@ new: $(DEPS)  ## create the next migration pair: make new NAME=add_something
 	@test -n "$(NAME)" || { echo "usage: make new NAME=add_something" >&2; exit 2; }
 	$(RUNNER) sql new "$(NAME)"
 
-test: $(DEPS)  ## run the test suite (starts its own PostgreSQL)
+test: $(DEPS) $(TEST_MONGOSH)  ## run the test suite (starts its own PostgreSQL)
 	$(PYTHON) -m pytest $(ARGS)
 
 db-stop: $(DEPS)  ## stop the local development database (its data stays in .devdb/)
@@ -52,4 +63,4 @@ db-stop: $(DEPS)  ## stop the local development database (its data stays in .dev
 
 clean:  ## remove .venv and the local database's data
 	-$(RUNNER) devdb stop 2>/dev/null
-	rm -rf $(VENV) .devdb
+	rm -rf $(VENV) .devdb .mongosh

@@ -17,7 +17,8 @@ import click
 
 from migrator import output
 from migrator.errors import FAILED, USAGE, MigratorError
-from migrator.settings import AwsOptions, Env, PostgresOptions, PostgresTarget, resolve_postgres
+from migrator.settings import (AwsOptions, Env, MongoOptions, MongoTarget, PostgresOptions, PostgresTarget,
+                               resolve_mongo, resolve_postgres)
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
@@ -74,42 +75,107 @@ sql_dir_option = click.option(
     "--sql-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "sql", show_default="sql/ beside runner.py",
     envvar="SQL_DIR", help="Folder of the .sql migrations (else SQL_DIR).",
 )
-
+mongo_dir_option = click.option(
+    "--mongo-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "mongo", show_default="mongo/ beside runner.py",
+    envvar="MONGO_DIR", help="Folder of the Mongo patches (else MONGO_DIR).",
+)
 lock_timeout_option = click.option(
     "--lock-timeout", type=float, default=10, show_default=True, metavar="SECONDS",
     help="How long to wait for another runner's migration lock.",
 )
 
+PG_OPTIONS = [
+    click.option("--database-url", metavar="URL", help="PostgreSQL URL; wins over every other setting."),
+    click.option("--db-host", metavar="HOST", help="Server host (else DB_HOST, else localhost)."),
+    click.option("--db-port", metavar="PORT", help="Server port (else DB_PORT, else 5432)."),
+    click.option("--db-name", metavar="NAME", help="Database (else DB_NAME, else unifieddevdb)."),
+    click.option("--db-user", metavar="USER", help="User (else DB_USER, else postgres); the password comes from DB_PASSWORD."),
+]
+AWS_OPTIONS = [
+    click.option("--profile", "--profile_name", metavar="PROFILE", help="AWS profile for secrets (else AWS_PROFILE)."),
+    click.option("--region", metavar="REGION", help="AWS region for secrets (else AWS_REGION)."),
+    click.option("--ca-bundle", "--ca_bundle", metavar="FILE",
+                 help="TLS root certificate(s), e.g. the RDS bundle: PostgreSQL verify-full, Mongo TLS (else CA_BUNDLE)."),
+]
+MONGO_OPTIONS = [
+    click.option("--mongo-url", metavar="URL", help="MongoDB/DocumentDB URL (else MONGO_URL)."),
+    click.option("--mongo-db", metavar="NAME", help="Mongo database (else MONGO_DB, the secret's, or the URL's)."),
+    click.option("--mongo-timeout", type=float, default=10, show_default=True, metavar="SECONDS",
+                 help="Give up on an unreachable Mongo server after this long."),
+    mongo_dir_option,
+]
+PG_SECRET = click.option("--secret-name", "--secret_name", "pg_secret", metavar="NAME",
+                         help="AWS secret with host, port, username, password, dbname (else DB_SECRET_NAME).")
+MONGO_SECRET = click.option("--mongo-secret-name", "mongo_secret", metavar="NAME",
+                            help="AWS secret with the Mongo URL (else MONGO_SECRET_NAME).")
+MONGO_SECRET_SEED = click.option(
+    "--secret-name", "--secret_name", "mongo_secret", metavar="NAME",
+    help="AWS secret with spring.data.mongodb.uri/.database, or DocumentDB's host, port, username, password, dbname "
+         "(else MONGO_SECRET_NAME).")
 
-def postgres_options(command):
-    """The connection options every PostgreSQL command takes (see README, 'Connection settings')."""
-    options = [
-        verbose_option,
-        click.option("--database-url", metavar="URL", help="PostgreSQL URL; wins over every other setting."),
-        click.option("--db-host", metavar="HOST", help="Server host (else DB_HOST, else localhost)."),
-        click.option("--db-port", metavar="PORT", help="Server port (else DB_PORT, else 5432)."),
-        click.option("--db-name", metavar="NAME", help="Database (else DB_NAME, else unifieddevdb)."),
-        click.option("--db-user", metavar="USER", help="User (else DB_USER, else postgres); the password comes from DB_PASSWORD."),
-        click.option("--secret-name", "--secret_name", metavar="NAME",
-                     help="AWS Secrets Manager secret with host, port, username, password, dbname (else DB_SECRET_NAME)."),
-        click.option("--profile", "--profile_name", metavar="PROFILE", help="AWS profile for the secret (else AWS_PROFILE)."),
-        click.option("--region", metavar="REGION", help="AWS region for the secret (else AWS_REGION)."),
-        click.option("--ca-bundle", "--ca_bundle", metavar="FILE",
-                     help="TLS root certificate(s), e.g. the RDS bundle: turns on sslmode=verify-full (else CA_BUNDLE)."),
-        sql_dir_option,
-    ]
+
+def _with(options: list, command):
     for option in reversed(options):
         command = option(command)
+    return command
+
+
+def _aws(kwargs: dict, secret_name: str | None) -> AwsOptions:
+    return AwsOptions(secret_name=secret_name, profile=kwargs.get("profile"), region=kwargs.get("region"))
+
+
+def _pg_options(kwargs: dict) -> PostgresOptions:
+    return PostgresOptions(
+        database_url=kwargs.pop("database_url"), host=kwargs.pop("db_host"), port=kwargs.pop("db_port"),
+        dbname=kwargs.pop("db_name"), user=kwargs.pop("db_user"), ca_bundle=kwargs.get("ca_bundle"),
+        aws=_aws(kwargs, kwargs.pop("pg_secret")),
+    )
+
+
+def _mongo_options(kwargs: dict) -> MongoOptions:
+    return MongoOptions(
+        url=kwargs.pop("mongo_url"), database=kwargs.pop("mongo_db"), ca_bundle=kwargs.get("ca_bundle"),
+        timeout=kwargs.pop("mongo_timeout"), aws=_aws(kwargs, kwargs.pop("mongo_secret")),
+    )
+
+
+def _drop_aws(kwargs: dict) -> dict:
+    for name in ("profile", "region", "ca_bundle"):
+        kwargs.pop(name)
+    return kwargs
+
+
+def postgres_options(command):
+    """The options of the PostgreSQL-only commands (README, 'Connection settings')."""
 
     @functools.wraps(command)
-    def wrapper(database_url, db_host, db_port, db_name, db_user, secret_name, profile, region, ca_bundle, **kwargs):
-        pg_options = PostgresOptions(
-            database_url=database_url, host=db_host, port=db_port, dbname=db_name, user=db_user,
-            ca_bundle=ca_bundle, aws=AwsOptions(secret_name=secret_name, profile=profile, region=region),
-        )
-        return command(pg_options=pg_options, **kwargs)
+    def wrapper(**kwargs):
+        pg = _pg_options(kwargs)
+        return command(pg_options=pg, **_drop_aws(kwargs))
 
-    return wrapper
+    return _with([verbose_option, *PG_OPTIONS, PG_SECRET, *AWS_OPTIONS, sql_dir_option], wrapper)
+
+
+def both_stores_options(command):
+    """migrate, plan and status: the PostgreSQL options plus the Mongo ones."""
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        pg, mongo = _pg_options(kwargs), _mongo_options(kwargs)
+        return command(pg_options=pg, mongo_options=mongo, **_drop_aws(kwargs))
+
+    return _with([verbose_option, *PG_OPTIONS, PG_SECRET, *MONGO_OPTIONS, MONGO_SECRET, *AWS_OPTIONS, sql_dir_option], wrapper)
+
+
+def mongo_options(command):
+    """The `mongo` commands: --secret-name is the Mongo secret here, as in the team's patch scripts."""
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        mongo = _mongo_options(kwargs)
+        return command(mongo_options=mongo, **_drop_aws(kwargs))
+
+    return _with([verbose_option, *MONGO_OPTIONS, MONGO_SECRET_SEED, *AWS_OPTIONS], wrapper)
 
 
 def _target(pg_options: PostgresOptions, env: Env) -> PostgresTarget:
@@ -130,7 +196,7 @@ def _target(pg_options: PostgresOptions, env: Env) -> PostgresTarget:
 @verbose_option
 @click.version_option(package_name=None, version=__import__("migrator").__version__, prog_name="hcm-db-migrations")
 def cli():
-    """Keep the HCM reporting PostgreSQL schema up to date from the .sql files in sql/.
+    """Keep the HCM reporting databases up to date: PostgreSQL from sql/, MongoDB patches from mongo/.
 
     Settings come from options, then DATABASE_URL, then DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD,
     then an AWS secret (--secret-name); .env in the working directory is read too. With nothing
@@ -139,14 +205,20 @@ def cli():
 
 
 @cli.command()
-@postgres_options
+@both_stores_options
 @lock_timeout_option
-def migrate(pg_options, sql_dir, lock_timeout):
-    """Apply every pending migration in order, each in its own transaction."""
+def migrate(pg_options, mongo_options, sql_dir, mongo_dir, lock_timeout):
+    """Deploy: apply every pending SQL migration, then every never-applied Mongo patch (for real).
+
+    Mongo runs only when a Mongo target is configured; otherwise it says so and skips it.
+    """
     from migrator import postgres
+    from migrator.mongo import patches
 
     env = Env.load()
     migrations = postgres.read_migrations(sql_dir)
+    mongo_target = resolve_mongo(mongo_options, env)  # bad Mongo settings fail before PostgreSQL changes
+    mongo_patches = patches.discover(mongo_dir) if mongo_target else []
     target = _target(pg_options, env)
     output.note(f"PostgreSQL: {target.display_url}")
     with postgres.connect(target, read_only=False) as backend, postgres.locked(backend, target, lock_timeout):
@@ -160,24 +232,31 @@ def migrate(pg_options, sql_dir, lock_timeout):
         output.result(f"PostgreSQL: applied {applied}; {done} of {len(migrations)} migrations applied")
     else:
         output.result(f"PostgreSQL: up to date ({done} of {len(migrations)} migrations applied)")
+    if mongo_target is None:
+        output.result("MongoDB: not configured, skipped")
+        return
+    _apply_patches(mongo_target, mongo_patches, names=(), run=True, lock_wait=lock_timeout)
 
 
 @cli.command()
-@postgres_options
+@both_stores_options
 @click.option("--offline", is_flag=True, help="Print every migration without connecting to a database.")
-def plan(pg_options, sql_dir, offline):
-    """Print the SQL that `migrate` would run, in order; writes nothing.
+def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline):
+    """Print the SQL that `migrate` would run, in order, and dry-run the pending Mongo patches. Writes nothing.
 
-    The output is the files' exact SQL with BEGIN;/COMMIT; around transactional migrations,
-    so a DBA can review it or feed it to psql. Notes go to stderr.
+    stdout is the files' exact SQL with BEGIN;/COMMIT; around transactional migrations, so a DBA can
+    review it or feed it to psql; the Mongo part is in SQL comments; notes and patch output go to stderr.
     """
     from migrator import postgres
+    from migrator.mongo import actions, connection, patches
 
+    env = Env.load()
     migrations = postgres.read_migrations(sql_dir)
+    mongo_target = None if offline else resolve_mongo(mongo_options, env)
     if offline:
         todo, where = list(migrations), "offline: every migration, no database consulted"
     else:
-        target = _target(pg_options, Env.load())
+        target = _target(pg_options, env)
         with postgres.connect(target, read_only=True) as backend:
             todo = postgres.pending(backend, migrations)
         where = target.display_url
@@ -186,20 +265,36 @@ def plan(pg_options, sql_dir, offline):
         output.result()
         output.result(postgres.plan_text(migration))
 
+    mongo_patches = patches.discover(mongo_dir) if mongo_dir.is_dir() else []
+    if mongo_target is None:
+        names = ", ".join(p.id for p in mongo_patches) or "none"
+        output.result(f"-- MongoDB: not configured; patches in {mongo_dir.name}/: {names}")
+        return
+    with connection.connect(mongo_target) as db:
+        pending = actions.pending(db, mongo_patches)
+        output.result(f"-- MongoDB {mongo_target.display_uri} ({mongo_target.database}): "
+                      f"{len(pending)} pending patch(es), dry-run below; nothing was written")
+        with output.patch_output(err=True):
+            for outcome in actions.apply(db, mongo_target, pending, run=False, lock_wait=0, echo=output.note):
+                output.result(f"--   {outcome.patch.id} ({outcome.patch.kind}): {outcome.comment or '(no comment)'}")
+
 
 @cli.command()
-@postgres_options
+@both_stores_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def status(pg_options, sql_dir, as_json):
-    """List every migration: applied (and when) or pending. Writes nothing."""
+def status(pg_options, mongo_options, sql_dir, mongo_dir, as_json):
+    """List every SQL migration (applied, when, or pending) and every Mongo patch. Writes nothing."""
     from migrator import postgres
 
+    env = Env.load()
     migrations = postgres.read_migrations(sql_dir)
-    target = _target(pg_options, Env.load())
+    mongo_target = resolve_mongo(mongo_options, env)
+    target = _target(pg_options, env)
     with postgres.connect(target, read_only=True) as backend:
         states = postgres.status(backend, migrations)
     applied = sum(1 for s in states if s.applied_at)
     pending = sum(1 for s in states if not s.applied_at)
+    mongo = _patch_summaries(mongo_target, mongo_dir) if mongo_target else None
     if as_json:
         output.result(json.dumps({
             "target": target.display_url,
@@ -210,6 +305,10 @@ def status(pg_options, sql_dir, as_json):
             ],
             "applied": applied,
             "pending": pending,
+            "mongo": None if mongo is None else {
+                "target": mongo_target.display_uri, "database": mongo_target.database,
+                "patches": [_summary_json(p) for p in mongo],
+            },
         }, indent=2))
         return
     output.result(f"PostgreSQL {target.display_url}")
@@ -218,19 +317,24 @@ def status(pg_options, sql_dir, as_json):
         when = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else ""
         output.result(f"  {s.id:<{width}}  {s.state:<8}  {when}".rstrip())
     output.result(f"PostgreSQL: {applied} applied, {pending} pending")
+    if mongo is None:
+        output.result("MongoDB: not configured")
+    else:
+        _print_patch_summaries(mongo_target, mongo)
 
 
 @cli.command()
-@postgres_options
-def config(pg_options, sql_dir):
-    """Show the resolved connection and where each setting came from (password masked)."""
-    target = resolve_postgres(pg_options, Env.load())
+@both_stores_options
+def config(pg_options, mongo_options, sql_dir, mongo_dir):
+    """Show the resolved connections and where each setting came from (passwords masked). Connects to nothing."""
+    env = Env.load()
+    target = resolve_postgres(pg_options, env)
     for line in target.ignored:
         output.result(f"note: {line}")
     if target.local_dev:
         from migrator import devdb
 
-        output.result(f"PostgreSQL: local development database in {devdb.data_dir(Env.load())} "
+        output.result(f"PostgreSQL: local development database in {devdb.data_dir(env)} "
                       "(nothing configured; started on first use)")
     else:
         output.result(f"PostgreSQL: {target.display_url}")
@@ -243,6 +347,146 @@ def config(pg_options, sql_dir):
         if "tls" in target.sources:
             output.result(f"  {'tls':<9} {'verify-full, ' + target.params['sslrootcert']:<30} {target.sources['tls']}")
     output.result(f"  {'sql dir':<9} {sql_dir}")
+    mongo = resolve_mongo(mongo_options, env)
+    if mongo is None:
+        output.result("MongoDB: not configured (set MONGO_URL and MONGO_DB, or MONGO_SECRET_NAME)")
+        return
+    output.result(f"MongoDB: {mongo.display_uri}")
+    output.result(f"  {'database':<9} {mongo.database:<30} {mongo.sources['database']}")
+    output.result(f"  {'url':<9} {mongo.hosts:<30} {mongo.sources['url']}")
+    if mongo.ca_file:
+        output.result(f"  {'tls':<9} {mongo.ca_file:<30} {mongo.sources['tls']}")
+    if mongo.documentdb:
+        output.result(f"  {'options':<9} retryWrites=false (DocumentDB)")
+    output.result(f"  {'mongo dir':<9} {mongo_dir}")
+
+
+# --- the Mongo side ---------------------------------------------------------------------------
+
+
+def _mongo_target(mongo_options: MongoOptions) -> MongoTarget:
+    target = resolve_mongo(mongo_options, Env.load())
+    if target is None:
+        raise MigratorError("MongoDB is not configured: set MONGO_URL (and MONGO_DB), or pass --secret-name", USAGE)
+    output.note(f"MongoDB: {target.display_uri} (database {target.database})")
+    return target
+
+
+def _apply_patches(target: MongoTarget, found: list, names, run: bool, lock_wait: float) -> None:
+    from migrator.mongo import actions, connection, patches
+
+    chosen = patches.select(found, list(names)) if names else None
+    if not run:
+        output.note("dry run: nothing will be written (add --run to apply)")
+    with connection.connect(target) as db, output.patch_output():
+        todo = chosen if chosen is not None else actions.pending(db, found)
+        count = 0
+        for outcome in actions.apply(db, target, todo, run=run, lock_wait=lock_wait, echo=output.result):
+            count += 1
+            verb = "applied" if run else "dry run"
+            output.result(f"  {verb} {outcome.patch.id} ({outcome.seconds * 1000:.0f} ms): {outcome.comment or '(no comment)'}")
+    if not todo:
+        output.result(f"MongoDB: up to date ({len(found)} patch(es), all applied)")
+    elif run:
+        output.result(f"MongoDB: applied {count} patch(es)")
+    else:
+        output.result(f"MongoDB: dry run of {count} patch(es); nothing was written")
+
+
+def _patch_summaries(target: MongoTarget, mongo_dir: Path):
+    from migrator.mongo import actions, connection, patches
+
+    found = patches.discover(mongo_dir)
+    with connection.connect(target) as db:
+        return actions.status(db, found)
+
+
+def _summary_json(summary) -> dict:
+    return {"id": summary.id, "state": summary.state, "applied_count": summary.applied_count,
+            "last_applied": summary.last_applied.isoformat() if summary.last_applied else None,
+            "last_outcome": summary.last_outcome, "file": str(summary.patch.path) if summary.patch else None}
+
+
+def _print_patch_summaries(target: MongoTarget, summaries) -> None:
+    output.result(f"MongoDB {target.display_uri} ({target.database})")
+    width = max((len(s.id) for s in summaries), default=0)
+    for s in summaries:
+        last = f"last {s.last_applied:%Y-%m-%d %H:%M:%S} UTC" if s.last_applied else ""
+        outcome = f"last outcome: {s.last_outcome}" if s.last_outcome else ""
+        output.result(f"  {s.id:<{width}}  {s.state:<14}  {last:<27}  {outcome}".rstrip())
+    never = sum(1 for s in summaries if s.patch and not s.applied_count)
+    output.result(f"MongoDB: {sum(1 for s in summaries if s.applied_count and s.patch)} applied, {never} never applied"
+                  + (f", {sum(1 for s in summaries if not s.patch)} logged but not on disk" if any(not s.patch for s in summaries) else ""))
+
+
+@cli.group()
+def mongo():
+    """MongoDB / DocumentDB data patches in mongo/: status, apply (dry run unless --run), history, new."""
+
+
+@mongo.command("status")
+@mongo_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def mongo_status(mongo_options, mongo_dir, as_json):
+    """Each patch: never applied or applied N times, when last, the last outcome; and logged patches no longer on disk."""
+    target = _mongo_target(mongo_options)
+    summaries = _patch_summaries(target, mongo_dir)
+    if as_json:
+        output.result(json.dumps({"target": target.display_uri, "database": target.database,
+                                  "patches": [_summary_json(s) for s in summaries]}, indent=2))
+    else:
+        _print_patch_summaries(target, summaries)
+
+
+@mongo.command("apply")
+@mongo_options
+@click.argument("names", nargs=-1, metavar="[PATCH]...")
+@click.option("--run", is_flag=True, help="Apply for real and log it in applied_patches. Without it: a dry run.")
+@lock_timeout_option
+def mongo_apply(mongo_options, mongo_dir, names, run, lock_timeout):
+    """Run patches: with no PATCH, every patch never applied successfully, in order; named ones even if applied before.
+
+    A dry run unless --run: Python patches get a read-only database and JavaScript ones DRY_RUN=true,
+    and nothing is written, not even the log. Stops at the first failure (logged as failed with --run).
+    """
+    from migrator.mongo import patches
+
+    target = _mongo_target(mongo_options)
+    _apply_patches(target, patches.discover(mongo_dir), names, run, lock_timeout)
+
+
+@mongo.command("history")
+@mongo_options
+@click.argument("patch", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def mongo_history(mongo_options, mongo_dir, patch, as_json):
+    """The applied_patches log, newest first (of one PATCH if given)."""
+    from migrator.mongo import connection, log
+
+    target = _mongo_target(mongo_options)
+    with connection.connect(target) as db:
+        records = log.history(db, patch)
+    if as_json:
+        output.result(json.dumps(records, indent=2, default=str))
+        return
+    for r in records:
+        when = f"{r['applied']:%Y-%m-%d %H:%M:%S} UTC" if r.get("applied") else "?"
+        who = f"{r.get('user', '')}@{r.get('host', '')}" if r.get("host") else "(seed record)"
+        comment = " ".join(str(r.get("error") or r.get("comment") or "").split())
+        output.result(f"{when}  {r.get('patch')}  {r.get('status', 'applied')}  {who}  {comment}")
+    output.result(f"{len(records)} record(s)")
+
+
+@mongo.command("new")
+@click.argument("name")
+@click.option("--py", "kind", flag_value="py", default=True, help="A Python (pymongo) patch (the default).")
+@click.option("--js", "kind", flag_value="js", help="A JavaScript (mongosh) patch.")
+@mongo_dir_option
+def mongo_new(name, kind, mongo_dir):
+    """Create the next numbered patch NAME from a template showing the dry-run contract."""
+    from migrator.mongo import patches
+
+    output.result(f"created {patches.new(mongo_dir, name, kind)}")
 
 
 @cli.group()

@@ -6,6 +6,8 @@ notes and errors go to stderr.
 
 import re
 import sys
+from contextlib import contextmanager, redirect_stdout
+from typing import Iterator
 from urllib.parse import quote, quote_plus
 
 import click
@@ -54,5 +56,22 @@ def traceback_text() -> str:
     return mask(traceback.format_exc())
 
 
-def is_terminal() -> bool:
-    return sys.stdout.isatty()
+class _MaskingStream:
+    """What a patch prints, masked on its way out."""
+
+    def __init__(self, err: bool):
+        self.err = err
+
+    def write(self, text: str) -> int:
+        click.echo(mask(text), nl=False, err=self.err)
+        return len(text)
+
+    def flush(self) -> None:
+        (sys.stderr if self.err else sys.stdout).flush()
+
+
+@contextmanager
+def patch_output(err: bool = False) -> Iterator[None]:
+    """Route a Python patch's print() through the masking, to stdout (or stderr)."""
+    with redirect_stdout(_MaskingStream(err)):
+        yield

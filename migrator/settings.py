@@ -248,3 +248,138 @@ def _apply_ca_bundle(target: PostgresTarget, option: str | None, env: Env) -> No
     elif path:
         target.params.update(sslmode="verify-full", sslrootcert=path)
         target.sources["tls"] = origin
+
+
+# --- MongoDB / DocumentDB ------------------------------------------------------------------
+#
+# First match wins: --mongo-url > MONGO_URL > a secret (--secret-name on `mongo` commands,
+# --mongo-secret-name elsewhere, or MONGO_SECRET_NAME). The database: --mongo-db > MONGO_DB >
+# the secret's > the URL's path. Nothing configured: Mongo is skipped.
+
+SEED_URI_KEY, SEED_DB_KEY = "spring.data.mongodb.uri", "spring.data.mongodb.database"
+DOCDB_HOST_SUFFIX = ".docdb.amazonaws.com"
+
+
+@dataclass
+class MongoOptions:
+    url: str | None = None
+    database: str | None = None
+    secret_name: str | None = None
+    ca_bundle: str | None = None
+    timeout: float = 10.0
+    aws: AwsOptions = field(default_factory=AwsOptions)
+
+
+@dataclass
+class MongoTarget:
+    """A resolved MongoDB connection. `uri` holds the credentials: never print it, use `display_uri`."""
+
+    uri: str
+    database: str
+    sources: dict[str, str] = field(default_factory=dict)
+    ca_file: str | None = None
+    documentdb: bool = False
+    timeout: float = 10.0
+
+    @property
+    def display_uri(self) -> str:
+        return output.mask(self.uri)
+
+    @property
+    def hosts(self) -> str:
+        netloc = urlsplit(self.uri).netloc
+        return netloc.rpartition("@")[2] or "localhost:27017"
+
+    @property
+    def where(self) -> str:
+        return f"{self.hosts}/{self.database}"
+
+    def client_options(self) -> dict:
+        """pymongo options: bounded timeouts, TLS with the CA bundle, retryWrites off for DocumentDB."""
+        ms = int(self.timeout * 1000)
+        options: dict = {"serverSelectionTimeoutMS": ms, "connectTimeoutMS": ms, "appname": "hcm-db-migrations",
+                         "tz_aware": True}
+        if self.ca_file:
+            options.update(tls=True, tlsCAFile=self.ca_file)
+        if self.documentdb:
+            options["retryWrites"] = False
+        return options
+
+    def shell_uri(self) -> str:
+        """The URI for mongosh's connect(): database, TLS and retryWrites in the connection string."""
+        parts = urlsplit(self.uri)
+        query = dict(parse_qsl(parts.query))
+        if self.ca_file:
+            query.update(tls="true", tlsCAFile=self.ca_file)
+        if self.documentdb:
+            query["retryWrites"] = "false"
+        return parts._replace(path="/" + quote(self.database, safe=""), query=urlencode(query, safe="/")).geturl()
+
+
+def resolve_mongo(options: MongoOptions, env: Env) -> MongoTarget | None:
+    """The Mongo target, or None when nothing is configured."""
+    url, origin = (options.url, "--mongo-url") if options.url else env.get("MONGO_URL")
+    secret_name, secret_origin = (options.aws.secret_name, "--secret-name") if options.aws.secret_name else env.get("MONGO_SECRET_NAME")
+    secret_db = None
+    documentdb = False
+    if url:
+        target_uri = url
+    elif secret_name:
+        target_uri, secret_db, documentdb = _mongo_from_secret(secret_name, secret_origin, options.aws, env)
+        origin = f"secret {secret_name}"
+    else:
+        return None
+    _check_mongo_uri(target_uri, origin)
+    database, db_origin = _mongo_database(options, env, secret_db, origin, target_uri)
+    ca_file, ca_origin = resolve_ca_bundle(options.ca_bundle, env)
+    hosts = urlsplit(target_uri).netloc.rpartition("@")[2]
+    documentdb = documentdb or DOCDB_HOST_SUFFIX in hosts
+    sources = {"url": origin, "database": db_origin}
+    if ca_file:
+        sources["tls"] = ca_origin
+    return MongoTarget(target_uri, database, sources, ca_file, documentdb, options.timeout)
+
+
+def _check_mongo_uri(uri: str, origin: str) -> None:
+    parts = urlsplit(uri)
+    if parts.scheme not in ("mongodb", "mongodb+srv") or not parts.netloc.rpartition("@")[2]:
+        raise MigratorError(
+            f"{origin} is not a MongoDB URL (expected mongodb://user:password@host:27017/db or mongodb+srv://…)", USAGE
+        )
+    if parts.password:
+        output.register_secret(unquote(parts.password))
+
+
+def _mongo_database(options: MongoOptions, env: Env, secret_db: str | None, url_origin: str, uri: str) -> tuple[str, str]:
+    if options.database:
+        return options.database, "--mongo-db"
+    value, origin = env.get("MONGO_DB")
+    if value:
+        return value, origin
+    if secret_db:
+        return secret_db, url_origin
+    path = unquote(urlsplit(uri).path.lstrip("/"))
+    if path:
+        return path, f"{url_origin} (path)"
+    raise MigratorError(f"no MongoDB database named: set MONGO_DB or --mongo-db, or put it in the URL ({url_origin})", USAGE)
+
+
+def _mongo_from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> tuple[str, str | None, bool]:
+    """(uri, database, is DocumentDB) from the seed's layout or DocumentDB's."""
+    from migrator import secrets
+
+    data = secrets.fetch_json(name, aws, env)
+    if data.get(SEED_URI_KEY):
+        return str(data[SEED_URI_KEY]), data.get(SEED_DB_KEY), False
+    missing = [k for k in ("host", "username", "password") if not data.get(k)]
+    if missing:
+        raise MigratorError(
+            f"secret {name} ({origin}) has neither {SEED_URI_KEY} nor the DocumentDB keys host, port, username, "
+            f"password, dbname (missing {', '.join(missing)})"
+        )
+    output.register_secret(str(data["password"]))
+    port = _port(str(data.get("port") or 27017), f"secret {name} key port")
+    tls = str(data.get("ssl", "true")).lower() in ("true", "1", "yes")
+    query = "?tls=true&retryWrites=false" if tls else "?retryWrites=false"
+    uri = f"mongodb://{quote(str(data['username']), safe='')}:{quote(str(data['password']), safe='')}@{data['host']}:{port}/{query}"
+    return uri, data.get("dbname"), True

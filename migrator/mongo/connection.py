@@ -1,0 +1,40 @@
+"""The pymongo client, with bounded timeouts and every connection failure as one line."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from migrator.errors import USAGE, MigratorError
+from migrator.settings import MongoTarget
+
+
+@contextmanager
+def connect(target: MongoTarget) -> Iterator:
+    """The target's database, after a ping, so that a wrong host fails here and names it."""
+    import pymongo
+    from pymongo import errors
+
+    client = None
+    try:
+        client = pymongo.MongoClient(target.uri, **target.client_options())
+        client.admin.command("ping")
+    except (errors.ConfigurationError, errors.InvalidURI, ValueError) as exc:
+        raise MigratorError(f"MongoDB URL ({target.sources['url']}): {exc}", USAGE)
+    except errors.ServerSelectionTimeoutError:
+        raise MigratorError(
+            f"cannot reach MongoDB at {target.hosts} within {target.timeout:g} s; check the host and port, "
+            "the network or security group, and TLS (--ca-bundle)"
+        )
+    except errors.OperationFailure as exc:
+        if exc.code == 18:
+            raise MigratorError(f"MongoDB at {target.where}: authentication failed; check the user and password ({target.sources['url']})")
+        raise MigratorError(f"MongoDB at {target.where}: {exc.details.get('errmsg', exc) if exc.details else exc}")
+    except errors.PyMongoError as exc:
+        raise MigratorError(f"MongoDB at {target.where}: {exc}")
+    try:
+        yield client[target.database]
+    except errors.PyMongoError as exc:  # the server went away, a permission, ...: still one line
+        raise MigratorError(f"MongoDB at {target.where}: {exc.__class__.__name__}: {exc}") from exc
+    finally:
+        client.close()
