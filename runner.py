@@ -274,9 +274,10 @@ def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline):
         pending = actions.pending(db, mongo_patches)
         output.result(f"-- MongoDB {mongo_target.display_uri} ({mongo_target.database}): "
                       f"{len(pending)} pending patch(es), dry-run below; nothing was written")
-        with output.patch_output(err=True):
-            for outcome in actions.apply(db, mongo_target, pending, run=False, lock_wait=0, echo=output.note):
-                output.result(f"--   {outcome.patch.id} ({outcome.patch.kind}): {outcome.comment or '(no comment)'}")
+        with output.patch_output(err=True):  # the patches' own output stays off the SQL on stdout
+            outcomes = list(actions.apply(db, mongo_target, pending, run=False, lock_wait=0, echo=output.note))
+    for outcome in outcomes:
+        output.result(f"--   {outcome.patch.id} ({outcome.patch.kind}): {outcome.comment or '(no comment)'}")
 
 
 @cli.command()

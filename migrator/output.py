@@ -21,10 +21,19 @@ _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P<p
 _DSN_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 
 
+# Shorter passwords are still masked inside URLs and DSNs; replacing them in free text would
+# blank out ordinary words (a password "p" would eat every p).
+MIN_FREE_TEXT_SECRET = 4
+
+
 def register_secret(value: str | None) -> None:
     """Remember a password (and its URL-encoded forms) so that `mask` removes it anywhere."""
-    if value:
+    if value and len(value) >= MIN_FREE_TEXT_SECRET:
         _secrets.update({value, quote(value, safe=""), quote_plus(value)})
+
+
+def forget_secrets() -> None:
+    _secrets.clear()
 
 
 def mask(text: str) -> str:
@@ -60,14 +69,14 @@ class _MaskingStream:
     """What a patch prints, masked on its way out."""
 
     def __init__(self, err: bool):
-        self.err = err
+        self.stream = sys.stderr if err else sys.stdout  # the real one, from before the redirect
 
     def write(self, text: str) -> int:
-        click.echo(mask(text), nl=False, err=self.err)
+        click.echo(mask(text), nl=False, file=self.stream)
         return len(text)
 
     def flush(self) -> None:
-        (sys.stderr if self.err else sys.stdout).flush()
+        self.stream.flush()
 
 
 @contextmanager

@@ -8,8 +8,10 @@ adds a role that must give its password, to prove credentials really travel inta
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from contextlib import contextmanager
@@ -28,6 +30,7 @@ PASSWORD_USER = "hcm_app"
 
 # Every variable the runner reads; cleared for each test so the developer's shell cannot leak in.
 RUNNER_VARIABLES = [
+    "MONGO_URL", "MONGO_DB", "MONGO_SECRET_NAME", "MONGO_DIR", "MONGOSH_TEST_SKIP",
     "DATABASE_URL", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_SECRET_NAME",
     "CA_BUNDLE", "SQL_DIR", "AWS_PROFILE", "PGPASSWORD", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE",
 ]
@@ -189,6 +192,15 @@ def sql_dir(tmp_path: Path) -> Path:
     return target
 
 
+@pytest.fixture(autouse=True)
+def fresh_secret_registry():
+    """One CLI process serves one command; in-process tests must not share remembered passwords."""
+    from migrator import output
+
+    yield
+    output.forget_secrets()
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch) -> Path:
     """An empty working directory (no .env) and an environment without the runner's variables."""
@@ -249,3 +261,85 @@ def one_error_line(result: Result) -> str:
     assert len(errors) == 1, result.stderr
     assert result.stderr.rstrip().splitlines()[-1] == errors[0]
     return errors[0]
+
+
+# --- MongoDB: mongomock, or a real server at TEST_MONGO_URL ------------------------------------
+
+MOCK_MONGO_URL = "mongodb://mongo.test:27017"
+
+
+@dataclass
+class Mongo:
+    url: str
+    name: str
+    db: object  # a pymongo (or mongomock) Database to seed and inspect
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"MONGO_URL": self.url, "MONGO_DB": self.name}
+
+    def snapshot(self) -> dict:
+        """Every collection and document, to prove a dry run wrote nothing."""
+        return {name: sorted(map(repr, self.db[name].find())) for name in sorted(self.db.list_collection_names())}
+
+
+@pytest.fixture
+def mongo():
+    """A fresh Mongo database; runner commands reach it through MONGO_URL/MONGO_DB (env)."""
+    import pymongo
+
+    name = "hcm_test_" + uuid.uuid4().hex[:10]
+    real = os.environ.get("TEST_MONGO_URL")
+    if real:
+        client = pymongo.MongoClient(real, tz_aware=True)
+        yield Mongo(real, name, client[name])
+        client.drop_database(name)
+        client.close()
+        return
+    import mongomock
+
+    # pymongo.MongoClient itself is replaced for this host, so the runner's own code runs unchanged.
+    with mongomock.patch(servers=(("mongo.test", 27017),)):
+        client = pymongo.MongoClient(MOCK_MONGO_URL, tz_aware=True)
+        yield Mongo(MOCK_MONGO_URL, name, client[name])
+
+
+# --- AWS Secrets Manager: moto's server mode, so boto3 makes real HTTP calls --------------------
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_endpoint, monkeypatch):
+    """boto3 pointed at moto with fake credentials; returns a function that stores a secret."""
+    import boto3
+
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    env = {"AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "ap-south-1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("secretsmanager", endpoint_url=moto_endpoint)
+
+    def put(name: str, value) -> str:
+        text = value if isinstance(value, str) else json.dumps(value)
+        try:
+            client.create_secret(Name=name, SecretString=text)
+        except client.exceptions.ResourceExistsException:
+            client.put_secret_value(SecretId=name, SecretString=text)
+        return name
+
+    return put
+
+

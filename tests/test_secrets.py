@@ -1,48 +1,8 @@
 """Settings from AWS Secrets Manager, served by moto's server mode so boto3 makes real HTTP calls."""
 
-import json
-import socket
-
 import pytest
 
 from conftest import PASSWORD_USER, SPECIAL_PASSWORD, one_error_line
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def aws(moto_endpoint, monkeypatch):
-    """boto3 pointed at moto with fake credentials; returns a function that stores a secret."""
-    import boto3
-
-    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    env = {"AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "ap-south-1"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("secretsmanager", endpoint_url=moto_endpoint)
-
-    def put(name: str, value) -> str:
-        text = value if isinstance(value, str) else json.dumps(value)
-        try:
-            client.create_secret(Name=name, SecretString=text)
-        except client.exceptions.ResourceExistsException:
-            client.put_secret_value(SecretId=name, SecretString=text)
-        return name
-
-    return put
 
 
 def rds_secret(db, password=None, user=None) -> dict:

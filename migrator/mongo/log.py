@@ -48,7 +48,7 @@ def succeeded(record: dict) -> bool:
 
 def history(db, patch_id: str | None = None) -> list[dict]:
     """The log, newest first; for one patch, its records under any zero padding of its id."""
-    records = list(db[COLLECTION].find({}, {"_id": 0}).sort("applied", -1))
+    records = list(db[COLLECTION].find({}, {"_id": 0}).sort([("applied", -1), ("_id", -1)]))
     if patch_id is not None:
         key = patch_key(patch_id)
         records = [r for r in records if patch_key(str(r.get("patch", ""))) == key]

@@ -1,0 +1,251 @@
+"""Mongo patches through the CLI: dry runs write nothing, real runs apply and log, the lock, the seed's records.
+
+Runs on mongomock, or on the real server at TEST_MONGO_URL.
+"""
+
+import hashlib
+import json
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT_ROOT, one_error_line
+from migrator.mongo import lock
+
+NOW = datetime.now(timezone.utc)
+PATCH_0001 = "0001_close_expired_enrollments"
+
+
+def enrollment(_id, *, status="ACTIVE", cycles=2, days=7, started_days_ago=100, reminder=None):
+    doc = {"_id": _id, "status": status, "cycles": cycles, "daysInCycle": days,
+           "txStartDate": NOW - timedelta(days=started_days_ago)}
+    if reminder is not None:
+        doc["reminderStartDate"] = reminder
+    return doc
+
+
+def seed_enrollments(db):
+    db.enrollments.insert_many([
+        enrollment("expired"),                                            # 100 days ago + 14 days: over
+        enrollment("running", started_days_ago=3),                        # 3 days ago + 14 days: not over
+        enrollment("reminder-later", reminder=NOW - timedelta(days=5)),   # reminder date wins: not over
+        enrollment("reminder-empty", reminder=""),                        # empty reminder: txStartDate, over
+        enrollment("no-cycles", cycles=0),                                # cycles 0: out of scope
+        enrollment("paused", status="PAUSED"),                            # not ACTIVE: out of scope
+    ])
+
+
+@pytest.fixture
+def mongo_dir(tmp_path) -> Path:
+    """A copy of the project's mongo/ (only the Python patch, unless a test adds more)."""
+    target = tmp_path / "mongo"
+    target.mkdir()
+    shutil.copy2(PROJECT_ROOT / "mongo" / f"{PATCH_0001}.py", target)
+    return target
+
+
+def statuses(db) -> dict:
+    return {d["_id"]: d["status"] for d in db.enrollments.find()}
+
+
+def test_dry_run_shows_what_it_would_do_and_writes_nothing(cli, mongo, mongo_dir):
+    seed_enrollments(mongo.db)
+    before = mongo.snapshot()
+    result = cli("mongo", "apply", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert result.exit_code == 0, result.output
+    assert "dry run: nothing will be written (add --run to apply)" in result.stderr
+    assert "Dry run, not changing expired" in result.stdout
+    assert (f"dry run {PATCH_0001}" in result.stdout
+            and "Would modify 2 enrollment records out of 2 expired enrollment records. "
+                "Total number of ACTIVE enrollments in the database is 4" in result.stdout)
+    assert mongo.snapshot() == before  # no change, no log record, no lock document
+
+
+def test_run_applies_and_logs_the_seed_fields_and_the_new_ones(cli, mongo, mongo_dir):
+    seed_enrollments(mongo.db)
+    result = cli("mongo", "apply", "--run", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert result.exit_code == 0, result.output
+    assert statuses(mongo.db) == {"expired": "COMPLETED", "running": "ACTIVE", "reminder-later": "ACTIVE",
+                                  "reminder-empty": "COMPLETED", "no-cycles": "ACTIVE", "paused": "PAUSED"}
+    (record,) = list(mongo.db.applied_patches.find())
+    assert record["patch"] == PATCH_0001
+    assert record["comment"].startswith("Modified 2 enrollment records out of 2 expired")
+    assert record["status"] == "applied" and record["kind"] == "py"
+    assert record["checksum"] == hashlib.sha256((mongo_dir / f"{PATCH_0001}.py").read_bytes()).hexdigest()
+    assert record["started"] <= record["finished"] and record["applied"] == record["finished"]
+    assert abs(record["applied"] - NOW) < timedelta(minutes=5)
+    assert isinstance(record["duration_ms"], int) and record["host"] and record["user"]
+    assert record["runner_version"] and "error" not in record
+    assert mongo.db[lock.COLLECTION].count_documents({}) == 0  # released
+
+
+def test_applied_patches_are_not_rerun_unless_named(cli, mongo, mongo_dir):
+    cli("mongo", "apply", "--run", "--mongo-dir", mongo_dir, env=mongo.env)
+    again = cli("mongo", "apply", "--run", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert again.exit_code == 0 and "MongoDB: up to date (1 patch(es), all applied)" in again.stdout
+    assert mongo.db.applied_patches.count_documents({}) == 1
+    named = cli("mongo", "apply", PATCH_0001, "--run", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert named.exit_code == 0 and f"applied {PATCH_0001}" in named.stdout
+    assert mongo.db.applied_patches.count_documents({"patch": PATCH_0001}) == 2
+    by_number = cli("mongo", "apply", "0001", "--run", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert by_number.exit_code == 0
+    assert mongo.db.applied_patches.count_documents({}) == 3
+
+
+def test_seed_shaped_records_count_as_applications(cli, mongo, mongo_dir):
+    applied_at = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+    mongo.db.applied_patches.insert_many([
+        {"patch": "001_close_expired_enrollments", "comment": "Modified 3 enrollment records out of 4 ...", "applied": applied_at},
+        {"patch": "000_removed_long_ago", "comment": "old", "applied": applied_at},
+    ])
+    result = cli("mongo", "status", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert "applied 1x" in lines[PATCH_0001] and "2024-03-01 12:00:00 UTC" in lines[PATCH_0001]
+    assert "last outcome: applied" in lines[PATCH_0001]
+    assert "not on disk" in lines["000_removed_long_ago"]
+    assert "1 applied, 0 never applied, 1 logged but not on disk" in result.stdout
+    # ... so deploying does not apply it again.
+    deploy = cli("mongo", "apply", "--run", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert "up to date" in deploy.stdout and mongo.db.applied_patches.count_documents({}) == 2
+
+
+def test_a_failing_patch_is_logged_as_failed_and_stops_the_rest(cli, mongo, mongo_dir):
+    (mongo_dir / "0002_broken.py").write_text("def run(db, dry_run):\n    raise ValueError('no such campaign: C-42')\n")
+    (mongo_dir / "0003_after.py").write_text("def run(db, dry_run):\n    db.marker.insert_one({'ran': True})\n")
+    result = cli("mongo", "apply", "--run", "--mongo-dir", mongo_dir, env=mongo.env)
+    line = one_error_line(result)
+    assert f"{mongo_dir}/0002_broken.py: 0002_broken failed: ValueError: no such campaign: C-42" in line
+    assert result.exit_code == 1
+    records = {r["patch"]: r for r in mongo.db.applied_patches.find()}
+    assert records[PATCH_0001]["status"] == "applied"
+    assert records["0002_broken"]["status"] == "failed" and "no such campaign: C-42" in records["0002_broken"]["error"]
+    assert "0003_after" not in records and mongo.db.marker.count_documents({}) == 0
+    status = cli("mongo", "status", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert "0002_broken" in status.stdout and "last outcome: failed" in status.stdout
+    # A failed patch stays pending: fixed, the next deploy applies it and goes on.
+    (mongo_dir / "0002_broken.py").write_text("def run(db, dry_run):\n    return 'fixed'\n")
+    again = cli("mongo", "apply", "--run", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert again.exit_code == 0, again.output
+    assert "applied 0002_broken" in again.stdout and "applied 0003_after" in again.stdout
+
+
+def test_a_careless_patch_cannot_write_in_a_dry_run(cli, mongo, mongo_dir):
+    (mongo_dir / "0002_careless.py").write_text(
+        "def run(db, dry_run):\n    db.enrollments.update_many({}, {'$set': {'status': 'GONE'}})\n")
+    seed_enrollments(mongo.db)
+    before = mongo.snapshot()
+    result = cli("mongo", "apply", "0002_careless", "--mongo-dir", mongo_dir, env=mongo.env)
+    line = one_error_line(result)
+    assert "0002_careless.py: dry run of 0002_careless tried to write:" in line
+    assert f"{mongo.name}.enrollments.update_many is not allowed in a dry run" in line
+    assert mongo.snapshot() == before
+
+
+def test_a_held_lock_makes_the_second_runner_wait_then_fail_naming_the_holder(cli, mongo, mongo_dir):
+    mongo.db[lock.COLLECTION].insert_one({"_id": lock.LOCK_ID, "owner": "other", "host": "pod-7", "pid": 4242,
+                                          "since": NOW, "expires": NOW + timedelta(minutes=10)})
+    result = cli("mongo", "apply", "--run", "--lock-timeout", "0.5", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert result.exit_code == 4
+    line = one_error_line(result)
+    assert "the patch lock on" in line and "is held by pod-7 pid 4242 since" in line
+    assert mongo.db.applied_patches.count_documents({}) == 0
+
+
+def test_an_expired_lock_is_taken_over(cli, mongo, mongo_dir):
+    mongo.db[lock.COLLECTION].insert_one({"_id": lock.LOCK_ID, "owner": "dead", "host": "pod-1", "pid": 1,
+                                          "since": NOW - timedelta(hours=2), "expires": NOW - timedelta(hours=1)})
+    result = cli("mongo", "apply", "--run", "--lock-timeout", "0.5", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert result.exit_code == 0, result.output
+    assert mongo.db[lock.COLLECTION].count_documents({}) == 0
+
+
+def test_only_one_of_two_runners_holds_the_lock(mongo):
+    first, second = lock.Lock(mongo.db), lock.Lock(mongo.db)
+    assert first.try_take() is True
+    assert second.try_take() is False
+    assert second.holder()["owner"] == first.owner
+    second.release()  # not the owner: releases nothing
+    assert first.holder()["owner"] == first.owner
+    first.release()
+    assert second.try_take() is True
+
+
+def test_history_newest_first_and_per_patch(cli, mongo, mongo_dir):
+    mongo.db.applied_patches.insert_one({"patch": "001_close_expired_enrollments", "comment": "seed era",
+                                         "applied": datetime(2024, 1, 1, tzinfo=timezone.utc)})
+    (mongo_dir / "0002_other.py").write_text("def run(db, dry_run):\n    return 'other done'\n")
+    cli("mongo", "apply", "--run", "--mongo-dir", mongo_dir, env=mongo.env)  # 0001 counts as applied: 0002 only
+    cli("mongo", "apply", "0002", "0001", "--run", "--mongo-dir", mongo_dir, env=mongo.env)  # named: in that order
+    result = cli("mongo", "history", "--mongo-dir", mongo_dir, env=mongo.env)
+    lines = [line for line in result.stdout.splitlines() if "UTC" in line]
+    assert [line.split()[3] for line in lines] == [PATCH_0001, "0002_other", "0002_other", "001_close_expired_enrollments"]
+    assert len(lines) == 4 and lines[-1].startswith("2024-01-01 00:00:00 UTC  001_close_expired_enrollments  applied  (seed record)  seed era")
+    one = cli("mongo", "history", PATCH_0001, "--json", "--mongo-dir", mongo_dir, env=mongo.env)
+    records = json.loads(one.stdout)
+    assert [r["patch"] for r in records] == [PATCH_0001, "001_close_expired_enrollments"]
+
+
+def test_migrate_applies_patches_when_mongo_is_configured(cli, db, mongo, mongo_dir):
+    seed_enrollments(mongo.db)
+    result = cli("migrate", "--mongo-dir", mongo_dir, env={**db.db_env(), **mongo.env})
+    assert result.exit_code == 0, result.output
+    assert "applied 0001_create_hcm_report_metadata" in result.stdout
+    assert f"applied {PATCH_0001}" in result.stdout and "MongoDB: applied 1 patch(es)" in result.stdout
+    assert statuses(mongo.db)["expired"] == "COMPLETED"
+    again = cli("migrate", "--mongo-dir", mongo_dir, env={**db.db_env(), **mongo.env})
+    assert "MongoDB: up to date" in again.stdout and mongo.db.applied_patches.count_documents({}) == 1
+
+
+def test_migrate_without_mongo_says_skipped(cli, db):
+    result = cli("migrate", env=db.db_env())
+    assert result.exit_code == 0
+    assert result.stdout.rstrip().endswith("MongoDB: not configured, skipped")
+
+
+def test_plan_dry_runs_pending_patches_and_writes_nothing(cli, db, mongo, mongo_dir):
+    seed_enrollments(mongo.db)
+    before = mongo.snapshot()
+    result = cli("plan", "--mongo-dir", mongo_dir, env={**db.db_env(), **mongo.env})
+    assert result.exit_code == 0, result.output
+    assert "1 pending patch(es), dry-run below; nothing was written" in result.stdout
+    assert f"--   {PATCH_0001} (py): Would modify 2 enrollment records" in result.stdout
+    assert "Dry run, not changing expired" in result.stderr  # the patch's own output stays off the SQL
+    assert all(line.startswith("--") or not line.strip() or "hcm_report_metadata" in line or line[0].isupper()
+               for line in result.stdout.splitlines() if "MongoDB" in line or PATCH_0001 in line)
+    assert mongo.snapshot() == before and db.tables() == set()
+
+
+def test_status_shows_both_stores(cli, db, mongo, mongo_dir):
+    result = cli("status", "--mongo-dir", mongo_dir, env={**db.db_env(), **mongo.env})
+    assert result.exit_code == 0, result.output
+    assert "PostgreSQL: 0 applied, 1 pending" in result.stdout
+    assert f"{PATCH_0001}" in result.stdout and "never applied" in result.stdout
+    data = json.loads(cli("status", "--json", "--mongo-dir", mongo_dir, env={**db.db_env(), **mongo.env}).stdout)
+    assert data["mongo"]["patches"][0] == {"id": PATCH_0001, "state": "never applied", "applied_count": 0,
+                                           "last_applied": None, "last_outcome": None,
+                                           "file": str(mongo_dir / f"{PATCH_0001}.py")}
+    assert "MongoDB: not configured" in cli("status", env=db.db_env()).stdout
+
+
+def test_new_patch_numbering_and_templates_that_refuse_to_run_unedited(cli, mongo, mongo_dir):
+    assert "0002_fix_cycles.py" in cli("mongo", "new", "Fix cycles", "--mongo-dir", mongo_dir).stdout
+    assert "0003_count_things.js" in cli("mongo", "new", "count things", "--js", "--mongo-dir", mongo_dir).stdout
+    assert "def run(db, dry_run):" in (mongo_dir / "0002_fix_cycles.py").read_text()
+    assert "DRY_RUN" in (mongo_dir / "0003_count_things.js").read_text()
+    result = cli("mongo", "apply", "0002", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert "NotImplementedError: 0002_fix_cycles: write this patch, then delete this line" in one_error_line(result)
+
+
+def test_mongo_commands_need_a_target(cli, mongo_dir):
+    result = cli("mongo", "status", "--mongo-dir", mongo_dir)
+    assert result.exit_code == 2
+    assert "MongoDB is not configured: set MONGO_URL (and MONGO_DB), or pass --secret-name" in one_error_line(result)
+
+
+def test_unknown_patch_name(cli, mongo, mongo_dir):
+    result = cli("mongo", "apply", "0099_nope", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert result.exit_code == 2
+    assert f"unknown patch 0099_nope (patches: {PATCH_0001})" in one_error_line(result)

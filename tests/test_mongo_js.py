@@ -1,0 +1,114 @@
+"""JavaScript patches through the real mongosh (`mongosh --nodb`: no server can run here).
+
+mongosh comes from npm (`make mongosh`, pinned, in .mongosh/); these tests skip, saying why,
+only when Node.js or mongosh is missing.
+"""
+
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import one_error_line
+from migrator.mongo import actions, patches
+from migrator.mongo.patches import JsPatchFailed, Patch, run_js
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or not (patches.LOCAL_MONGOSH.exists() or shutil.which("mongosh")),
+    reason="needs Node.js and mongosh: `make mongosh` installs mongosh from npm",
+)
+
+
+def js_patch(tmp_path, name: str, body: str) -> Patch:
+    path = tmp_path / f"{name}.js"
+    path.write_text(body)
+    return Patch(name, path, "js")
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_dry_run_reaches_the_file(tmp_path, dry_run):
+    patch = js_patch(tmp_path, "0001_echo", 'print("first line");\nprint(`DRY_RUN is ${DRY_RUN}`);\n')
+    seen = []
+    comment = run_js(patch, None, dry_run, seen.append)
+    assert seen == ["first line", f"DRY_RUN is {str(dry_run).lower()}"]  # streamed, in order
+    assert comment == f"DRY_RUN is {str(dry_run).lower()}"  # the last line is the comment
+
+
+def test_a_thrown_error_is_a_failure_with_its_message(tmp_path):
+    patch = js_patch(tmp_path, "0001_throws", 'print("working");\nthrow new Error("campaign C-42 not found");\n')
+    with pytest.raises(JsPatchFailed) as err:
+        run_js(patch, None, False, lambda line: None)
+    assert err.value.code == 1
+    assert str(err.value) == "mongosh exit 1: Error: campaign C-42 not found"
+
+
+def test_exit_codes_map_through(tmp_path):
+    patch = js_patch(tmp_path, "0001_quits", 'print("giving up");\nquit(3);\n')
+    with pytest.raises(JsPatchFailed) as err:
+        run_js(patch, None, True, lambda line: None)
+    assert err.value.code == 3
+    assert run_js(js_patch(tmp_path, "0002_ok", 'print("fine");\nquit(0);\n'), None, True, lambda line: None) == "fine"
+
+
+def test_a_syntax_error_names_itself(tmp_path):
+    patch = js_patch(tmp_path, "0001_typo", "const x = ;\n")
+    with pytest.raises(JsPatchFailed) as err:
+        run_js(patch, None, False, lambda line: None)
+    assert "SyntaxError" in str(err.value)
+
+
+def test_real_runs_are_logged_with_the_last_line_as_comment_and_failures_as_failed(tmp_path, mongo):
+    ok = js_patch(tmp_path, "0001_ok", 'if (DRY_RUN) { print("would count"); } else { print("counted 7"); }\n')
+    bad = js_patch(tmp_path, "0002_bad", 'throw new Error("boom");\n')
+    dry = list(actions.apply(mongo.db, None, [ok], run=False, lock_wait=1, echo=lambda line: None))
+    assert dry[0].comment == "would count" and mongo.db.applied_patches.count_documents({}) == 0
+    from migrator.errors import MigratorError
+
+    with pytest.raises(MigratorError) as err:
+        list(actions.apply(mongo.db, None, [ok, bad], run=True, lock_wait=1, echo=lambda line: None))
+    assert f"{bad.path}: 0002_bad failed (mongosh exit 1: Error: boom)" in str(err.value)
+    records = {r["patch"]: r for r in mongo.db.applied_patches.find()}
+    assert records["0001_ok"]["comment"] == "counted 7" and records["0001_ok"]["kind"] == "js"
+    assert records["0002_bad"]["status"] == "failed" and "Error: boom" in records["0002_bad"]["error"]
+
+
+def test_the_uri_travels_in_the_environment_not_the_command_line(tmp_path, monkeypatch):
+    """What `ps` would show: mongosh's argv has no URI and no password."""
+    from migrator.settings import MongoTarget
+
+    seen = {}
+    real_popen = subprocess.Popen
+
+    def spy(command, **kwargs):
+        seen["argv"], seen["env"] = command, kwargs["env"]
+        return real_popen(["true"], **{k: v for k, v in kwargs.items() if k != "env"})
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    target = MongoTarget("mongodb://app:Js-Secret-5@docdb.example:27017/", "hcm", documentdb=True, ca_file="/ca.pem")
+    run_js(js_patch(tmp_path, "0001_x", "print(1);\n"), target, True, lambda line: None)
+    assert "Js-Secret-5" not in " ".join(seen["argv"]) and "mongodb://" not in " ".join(seen["argv"])
+    assert seen["argv"][1:4] == ["--nodb", "--norc", "--quiet"]
+    assert "db = connect(process.env.HCM_MONGO_URI);" in seen["argv"][5]
+    uri = seen["env"]["HCM_MONGO_URI"]
+    assert uri.startswith("mongodb://app:Js-Secret-5@docdb.example:27017/hcm?")
+    assert "tls=true" in uri and "tlsCAFile=/ca.pem" in uri and "retryWrites=false" in uri
+
+
+def test_the_example_patch_counts_by_status_in_mongosh_syntax(tmp_path):
+    """The shipped JS example at least parses and runs up to its first database call."""
+    from conftest import PROJECT_ROOT
+
+    source = (PROJECT_ROOT / "mongo" / "0002_report_enrollment_statuses.js").read_text()
+    # mongosh guards the global `db`, so the stand-in database comes in as a parameter.
+    stub = '{ getCollection: () => ({ aggregate: () => ({ toArray: () => [{_id: "ACTIVE", n: 2}, {_id: "COMPLETED", n: 5}] }) }) }'
+    patch = js_patch(tmp_path, "0002_example", f"(function (db) {{\n{source}\n}})({stub});\n")
+    assert run_js(patch, None, True, lambda line: None) == "dry run: enrollments by status: ACTIVE=2, COMPLETED=5"
+    assert run_js(patch, None, False, lambda line: None) == "enrollments by status: ACTIVE=2, COMPLETED=5"
+
+
+def test_mongo_apply_of_a_js_patch_through_the_cli_needs_mongosh(cli, mongo, tmp_path, monkeypatch):
+    monkeypatch.setenv("MONGOSH", str(tmp_path / "no-mongosh-here"))
+    (tmp_path / "mongo").mkdir()
+    (tmp_path / "mongo" / "0001_x.js").write_text("print(1);\n")
+    result = cli("mongo", "apply", "--mongo-dir", tmp_path / "mongo", env=mongo.env)
+    assert "0001_x failed" in one_error_line(result)
