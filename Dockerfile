@@ -32,6 +32,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY Makefile runner.py ./
 COPY migrator/ migrator/
 COPY sql/ sql/
+COPY mongo/ mongo/
 # Bytecode compiled now: at run time the filesystem is read-only.
 RUN python -m compileall -q runner.py migrator
 

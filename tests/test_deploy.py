@@ -186,6 +186,7 @@ def test_job_simulation_runs_the_same_make_migrate(container, db, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "applied 0001_create_hcm_report_metadata" in done.stdout
     assert "no database configured" not in done.stderr
+    assert "MongoDB: not configured, skipped" in done.stdout  # no Mongo Secret in this cluster
     indexes = {r[0] for r in db.query("SELECT indexname FROM pg_indexes WHERE tablename = 'hcm_report_metadata'")}
     assert set(SEED_INDEXES) <= indexes
     assert snapshot(app) == before  # wrote nothing outside /tmp: fits readOnlyRootFilesystem

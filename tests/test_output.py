@@ -51,3 +51,31 @@ def test_no_command_prints_the_password(cli, password_db, pg, verbose):
         for form in FORMS:
             assert form not in run.output
     assert ":***@" in runs[0].stdout
+
+
+def test_no_mongo_command_prints_the_password(cli, mongo, tmp_path, db):
+    from conftest import MOCK_MONGO_URL, PROJECT_ROOT
+
+    if mongo.url != MOCK_MONGO_URL:
+        pytest.skip("TEST_MONGO_URL: its credentials are its own")
+    password = "Mongo-" + SPECIAL_PASSWORD
+    url = MOCK_MONGO_URL.replace("://", f"://app:{quote(password, safe='')}@")
+    env = {"MONGO_URL": url, "MONGO_DB": mongo.name}
+    mongo_dir = tmp_path / "patches"
+    mongo_dir.mkdir()
+    (mongo_dir / "0001_leaky.py").write_text(f"def run(db, dry_run):\n    print({url!r})\n    return {password!r}\n")
+    runs = [
+        cli("-v", "config", env=env),
+        cli("-v", "mongo", "status", "--mongo-dir", mongo_dir, env=env),
+        cli("-v", "mongo", "apply", "--mongo-dir", mongo_dir, env=env),
+        cli("-v", "mongo", "apply", "--run", "--mongo-dir", mongo_dir, env=env),
+        cli("-v", "mongo", "history", "--json", "--mongo-dir", mongo_dir, env=env),
+        cli("-v", "status", "--mongo-dir", mongo_dir, env={**env, **db.db_env()}),
+        cli("-v", "mongo", "status", "--mongo-timeout", "0.5", env={**env, "MONGO_URL": url.replace("mongo.test:27017", "other.test")}),
+    ]
+    assert [r.exit_code for r in runs][:6] == [0] * 6, [r.output for r in runs]
+    assert runs[6].exit_code != 0 and "Traceback" in runs[6].stderr  # a failure, with -v
+    assert "mongodb://app:***@mongo.test:27017" in runs[0].stdout
+    for run in runs:
+        for form in [password, quote(password, safe=""), quote_plus(password)]:
+            assert form not in run.output
