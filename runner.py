@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import sys
 from pathlib import Path
 
 import click
@@ -340,10 +339,10 @@ def config(pg_options, mongo_options, sql_dir, mongo_dir):
     else:
         output.result(f"PostgreSQL: {target.display_url}")
         origin = target.sources.get("url")
-        rows = [("host", target.host or target.params.get("host")), ("port", target.port), ("database", target.dbname),
-                ("user", target.user), ("password", "***" if target.password else "(none)")]
-        keys = ["host", "port", "dbname", "user", "password"]
-        for (label, value), key in zip(rows, keys):
+        rows = [("host", "host", target.host or target.params.get("host")), ("port", "port", target.port),
+                ("database", "dbname", target.dbname), ("user", "user", target.user),
+                ("password", "password", "***" if target.password else "(none)")]
+        for label, key, value in rows:
             output.result(f"  {label:<9} {value!s:<30} {origin or target.sources.get(key, 'default')}")
         if "tls" in target.sources:
             output.result(f"  {'tls':<9} {'verify-full, ' + target.params['sslrootcert']:<30} {target.sources['tls']}")

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import MOCK_MONGO_URL, one_error_line
 from migrator.errors import MigratorError
-from migrator.settings import AwsOptions, Env, MongoOptions, resolve_mongo
+from migrator.settings import Env, MongoOptions, resolve_mongo
 
 
 def resolve(environ=None, **options):

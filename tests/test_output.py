@@ -54,7 +54,7 @@ def test_no_command_prints_the_password(cli, password_db, pg, verbose):
 
 
 def test_no_mongo_command_prints_the_password(cli, mongo, tmp_path, db):
-    from conftest import MOCK_MONGO_URL, PROJECT_ROOT
+    from conftest import MOCK_MONGO_URL
 
     if mongo.url != MOCK_MONGO_URL:
         pytest.skip("TEST_MONGO_URL: its credentials are its own")

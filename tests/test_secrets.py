@@ -61,3 +61,11 @@ def test_no_credentials(cli, aws, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     line = one_error_line(cli("migrate", "--secret-name", "x"))
     assert "no AWS credentials" in line
+
+
+def test_no_region(cli, aws, monkeypatch, tmp_path):
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    line = one_error_line(cli("migrate", "--secret-name", "x"))
+    assert "AWS secret x: no AWS region; pass --region or set AWS_REGION" in line
