@@ -2,7 +2,8 @@
 """hcm-db-migrations: keeps the HCM reporting databases up to date.
 
 This file only parses options, calls the `migrator` package and prints. Exit codes:
-0 ok, 1 failed, 2 usage or configuration error, 4 migration lock held by another runner.
+0 ok, 1 failed (or, with status --exit-code, pending), 2 usage or configuration error,
+3 an applied migration's file has changed (drift), 4 lock held by another runner.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 import click
 
 from migrator import output
-from migrator.errors import FAILED, USAGE, MigratorError
+from migrator.errors import DRIFT, FAILED, USAGE, MigratorError
 from migrator.settings import (AwsOptions, Env, MongoOptions, MongoTarget, PostgresOptions, PostgresTarget,
-                               resolve_mongo, resolve_postgres)
+                               resolve_ddl_limits, resolve_mongo, resolve_postgres)
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
@@ -78,6 +79,13 @@ mongo_dir_option = click.option(
     "--mongo-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "mongo", show_default="mongo/ beside runner.py",
     envvar="MONGO_DIR", help="Folder of the Mongo patches (else MONGO_DIR).",
 )
+ddl_limit_options = [
+    click.option("--ddl-lock-timeout", metavar="DURATION",
+                 help="lock_timeout of every migration: fail fast instead of queueing traffic behind a lock "
+                      "(else DB_LOCK_TIMEOUT, else 5s; 0 = wait forever)."),
+    click.option("--statement-timeout", metavar="DURATION",
+                 help="statement_timeout of every migration (else DB_STATEMENT_TIMEOUT, else 10min; 0 = none)."),
+]
 lock_timeout_option = click.option(
     "--lock-timeout", type=float, default=10, show_default=True, metavar="SECONDS",
     help="How long to wait for another runner's migration lock.",
@@ -206,7 +214,9 @@ def cli():
 @cli.command()
 @both_stores_options
 @lock_timeout_option
-def migrate(pg_options, mongo_options, sql_dir, mongo_dir, lock_timeout):
+@ddl_limit_options[0]
+@ddl_limit_options[1]
+def migrate(pg_options, mongo_options, sql_dir, mongo_dir, lock_timeout, ddl_lock_timeout, statement_timeout):
     """Deploy: apply every pending SQL migration, then every never-applied Mongo patch (for real).
 
     Mongo runs only when a Mongo target is configured; otherwise it says so and skips it.
@@ -218,9 +228,14 @@ def migrate(pg_options, mongo_options, sql_dir, mongo_dir, lock_timeout):
     migrations = postgres.read_migrations(sql_dir)
     mongo_target = resolve_mongo(mongo_options, env)  # bad Mongo settings fail before PostgreSQL changes
     mongo_patches = patches.discover(mongo_dir) if mongo_target else []
+    limits = resolve_ddl_limits(ddl_lock_timeout, statement_timeout, env)
     target = _target(pg_options, env)
     output.note(f"PostgreSQL: {target.display_url}")
-    with postgres.connect(target, read_only=False) as backend, postgres.locked(backend, target, lock_timeout):
+    with (postgres.connect(target, read_only=False, limits=limits) as backend,
+          postgres.locked(backend, target, lock_timeout, output.note)):
+        drift = postgres.reconcile(backend, migrations, output.note)
+        if drift:
+            raise postgres.drift_error(drift, target)
         applied = 0
         for migration, seconds in postgres.apply(backend, target, migrations):
             applied += 1
@@ -240,7 +255,8 @@ def migrate(pg_options, mongo_options, sql_dir, mongo_dir, lock_timeout):
 @cli.command()
 @both_stores_options
 @click.option("--offline", is_flag=True, help="Print every migration without connecting to a database.")
-def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline):
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines (SQL, drift, lint; no Mongo dry runs).")
+def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline, as_json):
     """Print the SQL that `migrate` would run, in order, and dry-run the pending Mongo patches. Writes nothing.
 
     stdout is the files' exact SQL with BEGIN;/COMMIT; around transactional migrations, so a DBA can
@@ -252,14 +268,34 @@ def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline):
     env = Env.load()
     migrations = postgres.read_migrations(sql_dir)
     mongo_target = None if offline else resolve_mongo(mongo_options, env)
+    drift = []
     if offline:
         todo, where = list(migrations), "offline: every migration, no database consulted"
     else:
         target = _target(pg_options, env)
         with postgres.connect(target, read_only=True) as backend:
             todo = postgres.pending(backend, migrations)
+            drift = [s for s in postgres.status(backend, migrations) if s.changed]
         where = target.display_url
+    findings, lint_note = _lint_or_note(todo)
+    if as_json:
+        output.result(json.dumps({
+            "target": where,
+            "pending": [{"id": m.id, "file": str(m.path), "transactional": postgres.is_transactional(m),
+                         "sql": postgres.plan_text(m)} for m in todo],
+            "drift": [{"id": d.id, "file": str(d.path)} for d in drift],
+            "lint": [vars(f) for f in findings] if lint_note is None else None,
+        }, indent=2))
+        if drift:
+            raise click.exceptions.Exit(DRIFT)
+        return
     output.result(f"-- plan for {where}: {len(todo)} pending migration(s); nothing below has been run")
+    for d in drift:
+        output.result(f"-- DRIFT: {d.path} changed since it was applied; `migrate` will refuse to run")
+    for finding in findings:
+        output.result(f"-- lint: {finding}")
+    if lint_note:
+        output.note(lint_note)
     for migration in todo:
         output.result()
         output.result(postgres.plan_text(migration))
@@ -268,6 +304,8 @@ def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline):
     if mongo_target is None:
         names = ", ".join(p.id for p in mongo_patches) or "none"
         output.result(f"-- MongoDB: not configured; patches in {mongo_dir.name}/: {names}")
+        if drift:
+            raise click.exceptions.Exit(DRIFT)
         return
     with connection.connect(mongo_target) as db:
         pending = actions.pending(db, mongo_patches)
@@ -277,13 +315,20 @@ def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline):
             outcomes = list(actions.apply(db, mongo_target, pending, run=False, lock_wait=0, echo=output.note))
     for outcome in outcomes:
         output.result(f"--   {outcome.patch.id} ({outcome.patch.kind}): {outcome.comment or '(no comment)'}")
+    if drift:
+        raise click.exceptions.Exit(DRIFT)
 
 
 @cli.command()
 @both_stores_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def status(pg_options, mongo_options, sql_dir, mongo_dir, as_json):
-    """List every SQL migration (applied, when, or pending) and every Mongo patch. Writes nothing."""
+@click.option("--exit-code", is_flag=True,
+              help="Exit 1 while migrations are pending and 3 while an applied file has changed (for CI gates).")
+def status(pg_options, mongo_options, sql_dir, mongo_dir, as_json, exit_code):
+    """List every SQL migration (applied, when, pending, changed since applied) and every Mongo patch. Writes nothing.
+
+    Also reports INVALID indexes left by a failed CREATE INDEX CONCURRENTLY.
+    """
     from migrator import postgres
 
     env = Env.load()
@@ -292,9 +337,22 @@ def status(pg_options, mongo_options, sql_dir, mongo_dir, as_json):
     target = _target(pg_options, env)
     with postgres.connect(target, read_only=True) as backend:
         states = postgres.status(backend, migrations)
+        invalid = postgres.invalid_indexes(backend)
     applied = sum(1 for s in states if s.applied_at)
     pending = sum(1 for s in states if not s.applied_at)
+    changed = [s for s in states if s.changed]
     mongo = _patch_summaries(mongo_target, mongo_dir) if mongo_target else None
+    _status_output(target, states, invalid, mongo_target, mongo, as_json)
+    if exit_code and changed:
+        raise click.exceptions.Exit(DRIFT)
+    if exit_code and pending:
+        raise click.exceptions.Exit(FAILED)
+
+
+def _status_output(target, states, invalid, mongo_target, mongo, as_json) -> None:
+    applied = sum(1 for s in states if s.applied_at)
+    pending = sum(1 for s in states if not s.applied_at)
+    changed = [s for s in states if s.changed]
     if as_json:
         output.result(json.dumps({
             "target": target.display_url,
@@ -305,6 +363,8 @@ def status(pg_options, mongo_options, sql_dir, mongo_dir, as_json):
             ],
             "applied": applied,
             "pending": pending,
+            "changed": [s.id for s in changed],
+            "invalid_indexes": [f"{schema}.{index}" for schema, index, _ in invalid],
             "mongo": None if mongo is None else {
                 "target": mongo_target.display_uri, "database": mongo_target.database,
                 "patches": [_summary_json(p) for p in mongo],
@@ -316,7 +376,13 @@ def status(pg_options, mongo_options, sql_dir, mongo_dir, as_json):
     for s in states:
         when = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else ""
         output.result(f"  {s.id:<{width}}  {s.state:<8}  {when}".rstrip())
-    output.result(f"PostgreSQL: {applied} applied, {pending} pending")
+    output.result(f"PostgreSQL: {applied} applied, {pending} pending" + (f", {len(changed)} CHANGED since applied" if changed else ""))
+    if changed:
+        ids = " ".join(s.id for s in changed)
+        output.result(f"  changed files block `migrate`: restore them, or after review `runner.py sql accept-changes {ids}`")
+    for schema, index, table in invalid:
+        output.result(f"  INVALID index {schema}.{index} on {table} (a failed CREATE INDEX CONCURRENTLY): "
+                      f"DROP INDEX CONCURRENTLY {schema}.{index}; then run migrate again")
     if mongo is None:
         output.result("MongoDB: not configured")
     else:
@@ -491,7 +557,7 @@ def mongo_new(name, kind, mongo_dir):
 
 @cli.group()
 def sql():
-    """Manage the SQL migrations: rollback, new, mark, break-lock."""
+    """Manage the SQL migrations: rollback, new, mark, accept-changes, lint, break-lock."""
 
 
 @sql.command()
@@ -500,16 +566,21 @@ def sql():
 @click.option("--to", "to", metavar="ID", help="Roll back every migration applied after ID (ID stays applied).")
 @click.option("--all", "all_", is_flag=True, help="Roll back every applied migration.")
 @lock_timeout_option
-def rollback(pg_options, sql_dir, count, to, all_, lock_timeout):
+@ddl_limit_options[0]
+@ddl_limit_options[1]
+def rollback(pg_options, sql_dir, count, to, all_, lock_timeout, ddl_lock_timeout, statement_timeout):
     """Roll back applied migrations through their .rollback.sql files (default: the last one)."""
     from migrator import postgres
 
     if sum(x is not None and x is not False for x in (count, to, all_)) > 1:
         raise MigratorError("give one of --count, --to and --all", USAGE)
+    env = Env.load()
     migrations = postgres.read_migrations(sql_dir)
-    target = _target(pg_options, Env.load())
+    limits = resolve_ddl_limits(ddl_lock_timeout, statement_timeout, env)
+    target = _target(pg_options, env)
     output.note(f"PostgreSQL: {target.display_url}")
-    with postgres.connect(target, read_only=False) as backend, postgres.locked(backend, target, lock_timeout):
+    with (postgres.connect(target, read_only=False, limits=limits) as backend,
+          postgres.locked(backend, target, lock_timeout, output.note)):
         selected = postgres.select_rollback(backend, migrations, count=count, to=to, all_=all_)
         for migration, seconds in postgres.rollback(backend, target, selected):
             output.result(f"  rolled back {migration.id} ({seconds * 1000:.0f} ms)")
@@ -540,7 +611,7 @@ def mark(pg_options, sql_dir, ids, lock_timeout):
     migrations = postgres.read_migrations(sql_dir)
     selected = postgres.select_by_id(migrations, list(ids))
     target = _target(pg_options, Env.load())
-    with postgres.connect(target, read_only=False) as backend, postgres.locked(backend, target, lock_timeout):
+    with postgres.connect(target, read_only=False) as backend, postgres.locked(backend, target, lock_timeout, output.note):
         already = set(postgres.applied_ids(backend))
         todo = [m for m in selected if m.id not in already]
         postgres.mark(backend, todo)
@@ -548,10 +619,65 @@ def mark(pg_options, sql_dir, ids, lock_timeout):
         output.result(f"  {'already applied' if migration.id in already else 'marked applied'}: {migration.id}")
 
 
+@sql.command("accept-changes")
+@postgres_options
+@click.argument("ids", nargs=-1, required=True)
+@lock_timeout_option
+def accept_changes(pg_options, sql_dir, ids, lock_timeout):
+    """After review, record the current content of applied migrations IDS as what was applied."""
+    from migrator import checksums, postgres
+
+    migrations = postgres.read_migrations(sql_dir)
+    selected = postgres.select_by_id(migrations, list(ids))
+    target = _target(pg_options, Env.load())
+    with postgres.connect(target, read_only=False) as backend, postgres.locked(backend, target, lock_timeout, output.note):
+        applied = postgres.applied_ids(backend)
+        not_applied = [m.id for m in selected if m.id not in applied]
+        if not_applied:
+            raise MigratorError(f"{', '.join(not_applied)} not applied on {target.where}: nothing to accept "
+                                "(a pending file may change freely)", USAGE)
+        changes = checksums.accept(backend, selected)
+    for change in changes:
+        was = change.recorded[:12] or "nothing"
+        output.result(f"  accepted {change.id}: sha256 {change.current[:12]} (was {was})")
+
+
+@sql.command("lint")
+@verbose_option
+@sql_dir_option
+def lint_command(sql_dir):
+    """Lint the migrations with squawk and .squawk.toml, each as the runner will run it; exit 1 on findings."""
+    from migrator import lint, postgres
+
+    migrations = postgres.read_migrations(sql_dir)
+    findings = lint.lint(migrations)
+    for finding in findings:
+        output.result(str(finding))
+    if findings:
+        output.error(f"lint: {len(findings)} finding(s) in {len({f.path for f in findings})} file(s); "
+                     "fix them, or exclude a rule in .squawk.toml with the reason beside it")
+        raise click.exceptions.Exit(FAILED)
+    output.result(f"lint: {len(migrations)} migration(s) clean")
+
+
+def _lint_or_note(migrations) -> tuple[list, str | None]:
+    """Lint findings for `plan`; without squawk (the runner image), a note instead."""
+    from migrator import lint
+
+    if not migrations:
+        return [], None
+    if lint.squawk_path() is None:
+        return [], "note: lint skipped: squawk is not installed here (`make install` brings it)"
+    return lint.lint(migrations), None
+
+
 @sql.command("break-lock")
 @postgres_options
 def break_lock(pg_options, sql_dir):
-    """Remove a migration lock left behind by a runner that died."""
+    """Remove a yoyo lock row left behind, e.g. by a bare `yoyo` CLI run that died.
+
+    runner.py itself clears such a row on its own while it holds the advisory lock, so this is rarely needed.
+    """
     from migrator import postgres
 
     target = _target(pg_options, Env.load())

@@ -4,6 +4,7 @@
 OK = 0
 FAILED = 1
 USAGE = 2
+DRIFT = 3
 LOCKED = 4
 
 

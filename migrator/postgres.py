@@ -9,7 +9,9 @@ file or the server and says what to do.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,13 +19,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from migrator.errors import LOCKED, USAGE, MigratorError
-from migrator.settings import Env, PostgresTarget
+from migrator import checksums, pg_lock
+from migrator.errors import DRIFT, USAGE, MigratorError
+from migrator.settings import DdlLimits, Env, PostgresTarget
 
 MIGRATION_TABLE = "_yoyo_migration"
 FILE_NAME = re.compile(r"^(?P<number>\d+)_(?P<name>[a-z0-9_]+)$")
-CONNECT_PARAMS = {"connect_timeout": "10", "application_name": "hcm-db-migrations"}
+# application_name names this runner (host:pid), so a lock timeout can say who holds the lock.
+CONNECT_PARAMS = {"connect_timeout": "10", "application_name": f"hcm-db-migrations {socket.gethostname()}:{os.getpid()}"[:63]}
 READ_ONLY = "-c default_transaction_read_only=on"
+# A migration whose client died (SIGKILL) is cancelled within seconds, releasing its locks (PostgreSQL 14+).
+CLIENT_CHECK = "-c client_connection_check_interval=2s"
 
 
 @dataclass
@@ -31,11 +37,14 @@ class MigrationState:
     id: str
     path: Path | None
     applied_at: datetime | None
+    changed: bool = False  # applied, and the file differs from what was applied
 
     @property
     def state(self) -> str:
         if self.path is None:
             return "applied, file missing"
+        if self.changed:
+            return "applied, CHANGED since"
         return "applied" if self.applied_at else "pending"
 
 
@@ -67,6 +76,7 @@ def read_migrations(sql_dir: Path):
         migrations = yoyo_read(str(sql_dir))
         for migration in migrations:
             migration.load()
+            checksums.add_step(migration)
     except MigrationConflict as exc:
         raise MigratorError(f"two migrations in {sql_dir} have the id {exc}; rename one", USAGE)
     except BadMigration as exc:
@@ -77,8 +87,8 @@ def read_migrations(sql_dir: Path):
 def _check_sql_file(path: Path) -> None:
     try:
         text = path.read_bytes().decode("utf-8")
-    except PermissionError:
-        raise MigratorError(f"{path} cannot be read (permission denied); fix its permissions", USAGE)
+    except OSError as exc:
+        raise MigratorError(f"{path} cannot be read ({exc.strerror or exc}); fix the file or its permissions", USAGE)
     except UnicodeDecodeError as exc:
         raise MigratorError(
             f"{path} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8", USAGE
@@ -113,10 +123,14 @@ def resolve_target(target: PostgresTarget, env: Env) -> PostgresTarget:
     return target
 
 
-def _connection_url(target: PostgresTarget, read_only: bool) -> str:
+def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits | None) -> str:
     params = {**CONNECT_PARAMS, **target.params}
+    settings = [params.get("options", ""), CLIENT_CHECK]
     if read_only:
-        params["options"] = (params.get("options", "") + " " + READ_ONLY).strip()
+        settings.append(READ_ONLY)
+    if limits:
+        settings.append(f"-c lock_timeout={limits.lock_timeout} -c statement_timeout={limits.statement_timeout}")
+    params["options"] = " ".join(s for s in settings if s)
     return PostgresTarget(
         host=target.host, port=target.port, dbname=target.dbname, user=target.user,
         password=target.password, params=params,
@@ -124,15 +138,16 @@ def _connection_url(target: PostgresTarget, read_only: bool) -> str:
 
 
 @contextmanager
-def connect(target: PostgresTarget, *, read_only: bool) -> Iterator:
+def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None = None) -> Iterator:
     """A yoyo backend. Read-only ones skip yoyo's init (it creates tables) and are read-only
-    on the server too, so `plan` and `status` cannot write even by mistake."""
+    on the server too, so `plan` and `status` cannot write even by mistake. `limits` are set on
+    the session of every migration (yoyo opens one per migration from the same URL)."""
     import psycopg2
     from yoyo import get_backend
     from yoyo.backends import get_backend_class
     from yoyo.connections import parse_uri
 
-    url = _connection_url(target, read_only)
+    url = _connection_url(target, read_only, limits)
     try:
         if read_only:
             backend = get_backend_class("postgresql")(parse_uri(url), MIGRATION_TABLE)
@@ -171,6 +186,8 @@ def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:
         what = f"host {target.host} cannot be resolved; check the host name ({_origin(target)})"
     elif "connection refused" in lowered or "no such file or directory" in lowered:
         what = f"connection refused; is the server running, and are host and port right? ({_origin(target)})"
+    elif "unrecognized configuration parameter" in lowered and "client_connection_check_interval" in lowered:
+        what = "the server is older than PostgreSQL 14, which the runner needs (it cancels a dead runner's work)"
     elif "timeout expired" in lowered:
         what = "no answer within 10 s; check the host, port, firewall or security group"
     elif "root certificate file" in lowered or "certificate verify failed" in lowered:
@@ -205,7 +222,8 @@ def applied_ids(backend) -> dict[str, datetime]:
 
 def status(backend, migrations) -> list[MigrationState]:
     applied = applied_ids(backend)
-    states = [MigrationState(m.id, Path(m.path), applied.get(m.id)) for m in migrations]
+    changed = {d.id for d in checksums.drifted(migrations, set(applied), checksums.recorded(backend))}
+    states = [MigrationState(m.id, Path(m.path), applied.get(m.id), m.id in changed) for m in migrations]
     on_disk = {m.id for m in migrations}
     states += [MigrationState(id_, None, at) for id_, at in applied.items() if id_ not in on_disk]
     return states
@@ -229,20 +247,55 @@ def plan_text(migration) -> str:
 
 
 @contextmanager
-def locked(backend, target: PostgresTarget, timeout: float) -> Iterator[None]:
-    from yoyo.exceptions import LockTimeout
+def locked(backend, target: PostgresTarget, timeout: float, notify) -> Iterator[None]:
+    """The crash-safe migration lock (pg_lock), with the checksum table ready under it."""
+    with pg_lock.held(backend, target, timeout, notify):
+        checksums.ensure_table(backend)
+        yield
 
-    try:
-        with backend.lock(timeout=timeout):
-            yield
-    except LockTimeout as exc:
-        holder = re.search(r"Process (\d+)", str(exc))
-        who = f"process {holder.group(1)}" if holder else "another runner"
-        raise MigratorError(
-            f"{who} holds the migration lock on {target.where} (waited {timeout:g} s); wait for it to finish, "
-            "or if that runner is dead run `runner.py sql break-lock`",
-            LOCKED,
-        )
+
+def reconcile(backend, migrations, notify) -> list:
+    """Under the lock, before migrating: repair and record what earlier runs left, return the drift.
+
+    A checksum without yoyo's mark is a migration that committed before its runner died: mark it.
+    Applied migrations without a checksum predate drift detection: record today's files.
+    """
+    from yoyo.migrations import MigrationList
+
+    applied = set(applied_ids(backend))
+    sums = checksums.recorded(backend)
+    committed = [m for m in migrations if m.id in sums and m.id not in applied and is_transactional(m)]
+    if committed:
+        backend.mark_migrations(MigrationList(committed))
+        applied |= {m.id for m in committed}
+        notify(f"note: marked {', '.join(m.id for m in committed)} applied: committed by a runner that died before marking it")
+    recorded_now = checksums.record_missing(backend, migrations, applied, sums)
+    if recorded_now:
+        notify(f"note: recorded the checksums of {len(recorded_now)} migration(s) applied before drift detection")
+    return checksums.drifted(migrations, applied, sums)
+
+
+def drift_error(drift: list, target: PostgresTarget, verb: str = "migrate refuses to run") -> MigratorError:
+    files = ", ".join(str(d.path) for d in drift)
+    ids = " ".join(d.id for d in drift)
+    return MigratorError(
+        f"{verb}: {files} changed since applied to {target.where}; restore the applied version, or after review "
+        f"run `runner.py sql accept-changes {ids}` (new changes belong in a new migration)",
+        DRIFT,
+    )
+
+
+def invalid_indexes(backend) -> list[tuple[str, str, str]]:
+    """(schema, index, table) of indexes left INVALID, e.g. by a failed CREATE INDEX CONCURRENTLY."""
+    return backend.execute(
+        """
+        SELECT n.nspname, c.relname, t.relname FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+        ORDER BY 1, 2
+        """
+    ).fetchall()
 
 
 def apply(backend, target: PostgresTarget, migrations) -> Iterator[tuple[object, float]]:
@@ -305,16 +358,24 @@ def mark(backend, selected) -> None:
     from yoyo.migrations import MigrationList
 
     backend.mark_migrations(MigrationList(selected))
+    checksums.accept(backend, selected)
 
 
 def _migration_error(exc, migration, target: PostgresTarget, verb: str, path: Path | None = None) -> MigratorError:
     path = path or Path(migration.path)
     line = _error_line(exc, path)
     at = f"{path}:{line}" if line else str(path)
-    undone = "nothing of it was applied" if is_transactional(migration) else "it is not transactional: check what it left"
-    return MigratorError(
-        f"{at}: failed to {verb} on {target.where}: {_pg_message(exc)} ({undone}); fix the file and run again"
-    )
+    undone = ("nothing of it was applied" if is_transactional(migration)
+              else "it is not transactional: `runner.py status` shows what it left, e.g. an INVALID index")
+    todo = TIMEOUT_HINTS.get(getattr(exc, "pgcode", None), "fix the file and run again")
+    return MigratorError(f"{at}: failed to {verb} on {target.where}: {_pg_message(exc)} ({undone}); {todo}")
+
+
+TIMEOUT_HINTS = {
+    "55P03": "it waited longer than lock_timeout for a lock that other sessions hold: "
+             "run it when traffic is lower, or raise --ddl-lock-timeout",
+    "57014": "it ran longer than statement_timeout: raise --statement-timeout, or make the migration cheaper",
+}
 
 
 def _error_line(exc, path: Path) -> int | None:

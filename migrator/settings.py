@@ -13,6 +13,7 @@ origin, so `runner.py config` can say where it came from.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -225,6 +226,33 @@ def _from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> PostgresT
         password=str(data["password"]),
         sources={k: source for k in ("host", "port", "dbname", "user", "password")},
     )
+
+
+@dataclass
+class DdlLimits:
+    """Set on every migration's session, so DDL stuck behind application traffic fails fast."""
+
+    lock_timeout: str = "5s"
+    statement_timeout: str = "10min"
+
+
+_PG_DURATION = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
+
+
+def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, env: Env) -> DdlLimits:
+    """--ddl-lock-timeout / DB_LOCK_TIMEOUT and --statement-timeout / DB_STATEMENT_TIMEOUT (PostgreSQL units; 0 = off)."""
+    limits = DdlLimits()
+    for attr, option, variable in (("lock_timeout", lock_timeout, "DB_LOCK_TIMEOUT"),
+                                   ("statement_timeout", statement_timeout, "DB_STATEMENT_TIMEOUT")):
+        value, origin = (option, f"--{attr.replace('_', '-')}") if option else env.get(variable)
+        if attr == "lock_timeout" and option:
+            origin = "--ddl-lock-timeout"
+        if value is None:
+            continue
+        if not _PG_DURATION.match(value.strip()):
+            raise MigratorError(f"{origin}: {value!r} is not a duration; use PostgreSQL units, e.g. 5s, 500ms, 10min, or 0 for none", USAGE)
+        setattr(limits, attr, value.strip().replace(" ", ""))
+    return limits
 
 
 def resolve_ca_bundle(option: str | None, env: Env) -> tuple[str | None, str | None]:

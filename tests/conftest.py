@@ -244,10 +244,10 @@ def psql_file(database: Database, path: Path) -> subprocess.CompletedProcess:
 
 
 def schema_dump(database: Database) -> str:
-    """pg_dump --schema-only without yoyo's bookkeeping tables."""
+    """pg_dump --schema-only without the bookkeeping tables (yoyo's and the checksums)."""
     result = subprocess.run(
         [_bin("pg_dump"), "--schema-only", "--no-owner", "--restrict-key=fixed", "-d", database.url,
-         "-T", "_yoyo_*", "-T", "yoyo_lock", "-T", "_yoyo_*_seq"],
+         "-T", "_yoyo_*", "-T", "yoyo_lock", "-T", "_hcm_migration_checksum"],
         capture_output=True, text=True, check=True,
     )
     return result.stdout

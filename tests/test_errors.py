@@ -52,19 +52,44 @@ def test_failing_migration_names_file_and_line_leaves_nothing_and_resumes_after_
     assert db.query("SELECT id FROM t_ok") == [(1,)]
 
 
-def test_a_lock_left_by_a_dead_runner_times_out_naming_the_holder_then_break_lock_clears_it(cli, db):
+def test_a_lock_row_left_by_a_dead_runner_no_longer_blocks(cli, db):
     env = db.db_env()
     assert cli("migrate", env=env).exit_code == 0
-    db.query("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), 424242)")
+    db.query("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), 424242)")  # what a SIGKILL leaves
     result = cli("migrate", "--lock-timeout", "0.5", env=env)
-    assert result.exit_code == 4
-    line = one_error_line(result)
-    assert "process 424242 holds the migration lock on" in line and db.name in line
-    assert "runner.py sql break-lock" in line
+    assert result.exit_code == 0, result.output
+    assert "cleared the migration lock left by a runner that died (pid 424242, since" in result.stderr
+    assert db.query("SELECT count(*) FROM yoyo_lock") == [(0,)]
 
+
+def test_a_live_holder_makes_the_next_runner_time_out_naming_it(cli, db):
+    import psycopg2
+
+    from migrator.pg_lock import LOCK_KEY
+
+    server = db.server
+    holder = psycopg2.connect(dbname=db.name, user=server.user, password=server.password, host=server.host,
+                              port=server.port, application_name="hcm-db-migrations pod-7:4242")
+    holder.autocommit = True
+    try:
+        holder.cursor().execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        result = cli("migrate", "--lock-timeout", "0.5", env=db.db_env())
+        assert result.exit_code == 4
+        line = one_error_line(result)
+        assert f"another runner holds the migration lock on {db.server.host}:{db.server.port}/{db.name}" in line
+        assert "held by host pod-7 pid 4242 since 20" in line and "waited 0.5 s" in line
+    finally:
+        holder.close()  # the server releases the lock with the session
+    assert cli("migrate", "--lock-timeout", "0.5", env=db.db_env()).exit_code == 0
+
+
+def test_break_lock_removes_a_yoyo_lock_row(cli, db):
+    env = db.db_env()
+    assert cli("migrate", env=env).exit_code == 0
+    db.query("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), 1)")
     result = cli("sql", "break-lock", env=env)
     assert result.exit_code == 0 and "removed the migration lock" in result.stdout
-    assert cli("migrate", "--lock-timeout", "0.5", env=env).exit_code == 0
+    assert db.query("SELECT count(*) FROM yoyo_lock") == [(0,)]
 
 
 def test_non_utf8_file(cli, sql_dir):

@@ -181,8 +181,11 @@ def test_plan_marks_non_transactional_migrations(cli, sql_dir):
                   "-- transactional: false\nCREATE INDEX CONCURRENTLY idx_t ON hcm_report_metadata (tenant_id);\n")
     result = cli("plan", "--offline", "--sql-dir", sql_dir)
     assert result.exit_code == 0, result.output
-    block = result.stdout.split("0002_concurrent_index.sql")[1]
+    block = result.stdout.split(f"\n-- {sql_dir}/0002_concurrent_index.sql")[1]
     assert block.startswith(" (not transactional)\n-- transactional: false\nCREATE INDEX CONCURRENTLY")
+    # linted as it will run (outside a transaction): squawk asks for IF NOT EXISTS, not for no CONCURRENTLY
+    assert f"-- lint: {sql_dir}/0002_concurrent_index.sql:2:1: prefer-robust-stmts" in result.stdout
+    assert "ban-concurrent-index-creation-in-transaction" not in result.stdout
     assert "BEGIN;" not in block
     assert "2 pending" in result.stdout  # offline: every migration
 

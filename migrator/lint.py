@@ -1,0 +1,63 @@
+"""SQL lint for DBA review: squawk over the migrations, with the project's `.squawk.toml`.
+
+Each file is linted the way the runner will run it: transactional files as inside a transaction
+(so an index on a table created in the same file is fine), `-- transactional: false` files as
+outside one (so CREATE INDEX CONCURRENTLY is fine).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrator.errors import MigratorError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG = PROJECT_ROOT / ".squawk.toml"
+
+
+@dataclass
+class Finding:
+    path: str
+    line: int
+    column: int
+    rule: str
+    message: str
+    help: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: {self.rule}: {self.message}" + (f" ({self.help})" if self.help else "")
+
+
+def squawk_path() -> str | None:
+    """squawk from the squawk-cli wheel: beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / "squawk"
+    return str(beside) if beside.exists() else shutil.which("squawk")
+
+
+def lint(migrations) -> list[Finding]:
+    """Findings for the given yoyo migrations' files; raises MigratorError if squawk is missing or fails."""
+    squawk = squawk_path()
+    if squawk is None:
+        raise MigratorError("squawk not found: run `make install` (requirements-dev.txt brings squawk-cli)")
+    findings: list[Finding] = []
+    for transactional in (True, False):
+        files = [str(m.path) for m in migrations if m.use_transactions == transactional]
+        if files:
+            mode = "--assume-in-transaction" if transactional else "--no-assume-in-transaction"
+            findings += _run(squawk, [mode, *files])
+    return sorted(findings, key=lambda f: (f.path, f.line, f.column))
+
+
+def _run(squawk: str, args: list[str]) -> list[Finding]:
+    done = subprocess.run([squawk, "--config", str(CONFIG), "--reporter", "json", *args], capture_output=True, text=True)
+    try:
+        raw = json.loads(done.stdout or "[]")
+    except ValueError:
+        raise MigratorError(f"squawk failed (exit {done.returncode}): {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    # squawk counts lines and columns from 0; editors and psql count from 1.
+    return [Finding(r["file"], r["line"] + 1, r["column"] + 1, r["rule_name"], r["message"], r.get("help") or "") for r in raw]

@@ -1,0 +1,68 @@
+"""The migration lock that survives crashes.
+
+yoyo's lock is a row in `yoyo_lock`: a runner killed with SIGKILL (an evicted pod) leaves it behind
+and every later run waits, then dies, until someone breaks it. The runner first takes a
+PostgreSQL session-level advisory lock, which the server releases by itself when the holder's
+connection dies. Holding it, any yoyo lock row can only be a dead runner's, so it is cleared,
+and yoyo's own lock is then taken as usual (so a bare `yoyo` CLI still sees it).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from migrator.errors import LOCKED, MigratorError
+from migrator.settings import PostgresTarget
+
+# One advisory lock key per database for this project ("hcmdbmig" as a 64-bit integer).
+LOCK_KEY = int.from_bytes(b"hcmdbmig", "big") & 0x7FFF_FFFF_FFFF_FFFF
+POLL_SECONDS = 0.2
+
+
+@contextmanager
+def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str], None]) -> Iterator[None]:
+    deadline = time.monotonic() + timeout
+    while not backend.execute("SELECT pg_try_advisory_lock(:key)", {"key": LOCK_KEY}).fetchone()[0]:
+        if time.monotonic() >= deadline:
+            raise MigratorError(
+                f"another runner holds the migration lock on {target.where} ({holder(backend)}; waited {timeout:g} s); "
+                "wait for it to finish and run again, or raise --lock-timeout",
+                LOCKED,
+            )
+        time.sleep(POLL_SECONDS)
+    try:
+        _clear_dead_runners_row(backend, notify)
+        with backend.lock(timeout=timeout):
+            yield
+    finally:
+        backend.execute("SELECT pg_advisory_unlock(:key)", {"key": LOCK_KEY})
+
+
+def _clear_dead_runners_row(backend, notify: Callable[[str], None]) -> None:
+    row = backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted}").fetchone()
+    if row:
+        backend.break_lock()
+        notify(f"note: cleared the migration lock left by a runner that died (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC)")
+
+
+def holder(backend) -> str:
+    """Who holds the advisory lock: host and pid from its application_name, and since when."""
+    row = backend.execute(
+        """
+        SELECT a.application_name, a.pid, a.client_addr::text, a.backend_start
+        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+          AND l.classid = :high AND l.objid = :low
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        """,
+        {"high": LOCK_KEY >> 32, "low": LOCK_KEY & 0xFFFF_FFFF},
+    ).fetchone()
+    if row is None:
+        return "holder unknown"
+    app, backend_pid, client, since = row
+    match = re.match(r"hcm-db-migrations (?P<host>\S+):(?P<pid>\d+)", app or "")
+    who = f"host {match['host']} pid {match['pid']}" if match else f"{app or 'a session'} from {client or 'local'} (server pid {backend_pid})"
+    return f"held by {who} since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip()
