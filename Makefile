@@ -19,7 +19,7 @@ MONGOSH := .mongosh/node_modules/.bin/mongosh
 # The tests of the JS path need it; without npm they skip, saying why.
 TEST_MONGOSH := $(if $(shell command -v npm),$(MONGOSH))
 
-.PHONY: help install mongosh migrate plan status rollback new config test db-stop clean
+.PHONY: help install mongosh migrate plan status rollback new config lint test db-stop clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ rollback: $(DEPS)  ## roll back the last applied migration
 new: $(DEPS)  ## create the next migration pair: make new NAME=add_something
 	@test -n "$(NAME)" || { echo "usage: make new NAME=add_something" >&2; exit 2; }
 	$(RUNNER) sql new "$(NAME)"
+
+lint: $(DEPS)  ## lint sql/ with squawk (.squawk.toml), each file as the runner will run it
+	$(RUNNER) sql lint $(ARGS)
 
 test: $(DEPS) $(TEST_MONGOSH)  ## run the test suite (starts its own PostgreSQL)
 	$(PYTHON) -m pytest $(ARGS)

@@ -153,7 +153,7 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
             backend = get_backend_class("postgresql")(parse_uri(url), MIGRATION_TABLE)
         else:
             backend = get_backend(url, MIGRATION_TABLE)
-    except psycopg2.OperationalError as exc:
+    except psycopg2.Error as exc:  # OperationalError, or ProgrammingError for a bad DSN option
         raise connection_error(exc, target)
     try:
         if not read_only:
