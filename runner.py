@@ -338,9 +338,8 @@ def status(pg_options, mongo_options, sql_dir, mongo_dir, as_json, exit_code):
     with postgres.connect(target, read_only=True) as backend:
         states = postgres.status(backend, migrations)
         invalid = postgres.invalid_indexes(backend)
-    applied = sum(1 for s in states if s.applied_at)
-    pending = sum(1 for s in states if not s.applied_at)
-    changed = [s for s in states if s.changed]
+    pending = any(not s.applied_at for s in states)
+    changed = any(s.changed for s in states)
     mongo = _patch_summaries(mongo_target, mongo_dir) if mongo_target else None
     _status_output(target, states, invalid, mongo_target, mongo, as_json)
     if exit_code and changed:
