@@ -78,7 +78,7 @@ def test_job_cleans_up_and_fails_fast(job):
     evictions = [r for r in rules if r["action"] == "Ignore"]
     assert evictions and {"type": "DisruptionTarget", "status": "True"} in evictions[0]["onPodConditions"]
     usage = [r for r in rules if r["action"] == "FailJob"]
-    assert usage[0]["onExitCodes"]["values"] == [2]  # a configuration error is not retried
+    assert usage[0]["onExitCodes"]["values"] == [2, 3]  # configuration errors and drift are not retried
 
 
 def test_restricted_pod_security_on_every_container(job):
