@@ -266,7 +266,7 @@ def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline, as_json):
     from migrator.mongo import actions, connection, patches
 
     env = Env.load()
-    migrations = postgres.read_migrations(sql_dir)
+    migrations = postgres.read_migrations(sql_dir, load=offline)  # online, only the pending ones are parsed
     mongo_target = None if offline else resolve_mongo(mongo_options, env)
     drift = []
     if offline:
@@ -332,7 +332,7 @@ def status(pg_options, mongo_options, sql_dir, mongo_dir, as_json, exit_code):
     from migrator import postgres
 
     env = Env.load()
-    migrations = postgres.read_migrations(sql_dir)
+    migrations = postgres.read_migrations(sql_dir, load=False)  # listing needs no parsing
     mongo_target = resolve_mongo(mongo_options, env)
     target = _target(pg_options, env)
     with postgres.connect(target, read_only=True) as backend:
@@ -607,7 +607,7 @@ def mark(pg_options, sql_dir, ids, lock_timeout):
     """Record migrations IDS as applied without running them (adopting an existing database)."""
     from migrator import postgres
 
-    migrations = postgres.read_migrations(sql_dir)
+    migrations = postgres.read_migrations(sql_dir, load=False)
     selected = postgres.select_by_id(migrations, list(ids))
     target = _target(pg_options, Env.load())
     with postgres.connect(target, read_only=False) as backend, postgres.locked(backend, target, lock_timeout, output.note):
@@ -626,7 +626,7 @@ def accept_changes(pg_options, sql_dir, ids, lock_timeout):
     """After review, record the current content of applied migrations IDS as what was applied."""
     from migrator import checksums, postgres
 
-    migrations = postgres.read_migrations(sql_dir)
+    migrations = postgres.read_migrations(sql_dir, load=False)
     selected = postgres.select_by_id(migrations, list(ids))
     target = _target(pg_options, Env.load())
     with postgres.connect(target, read_only=False) as backend, postgres.locked(backend, target, lock_timeout, output.note):

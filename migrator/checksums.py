@@ -65,13 +65,6 @@ class Drift:
     current: str
 
 
-def recorded(backend) -> dict[str, str]:
-    """id -> recorded sha256; empty when the table does not exist yet (read-only safe)."""
-    if not backend.execute("SELECT to_regclass(:t) IS NOT NULL", {"t": TABLE}).fetchone()[0]:
-        return {}
-    return {k: v.strip() for k, v in backend.execute(f"SELECT migration_id, sha256 FROM {TABLE}").fetchall()}
-
-
 def drifted(migrations, applied: set[str], sums: dict[str, str]) -> list[Drift]:
     """Applied migrations whose file no longer matches what was applied."""
     found = []
@@ -94,8 +87,8 @@ def record_missing(backend, migrations, applied: set[str], sums: dict[str, str])
 
 def accept(backend, selected) -> list[Drift]:
     """Record the files' current content as applied (after a DBA reviewed the change)."""
-    before = recorded(backend)
-    changes = [Drift(m.id, Path(m.path), before.get(m.id, ""), file_sha256(Path(m.path))) for m in selected]
+    before = dict(backend.execute(f"SELECT migration_id, sha256 FROM {TABLE}").fetchall())
+    changes = [Drift(m.id, Path(m.path), (before.get(m.id) or "").strip(), file_sha256(Path(m.path))) for m in selected]
     with backend.transaction():
         for change in changes:
             _upsert(backend.connection, change.id, change.current)
