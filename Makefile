@@ -19,7 +19,7 @@ MONGOSH := .mongosh/node_modules/.bin/mongosh
 # The tests of the JS path need it; without npm they skip, saying why.
 TEST_MONGOSH := $(if $(shell command -v npm),$(MONGOSH))
 
-.PHONY: help install mongosh migrate plan status rollback new config lint test db-stop clean
+.PHONY: help install mongosh migrate plan status rollback new config lint test bench db-stop clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ lint: $(DEPS)  ## lint sql/ with squawk (.squawk.toml), each file as the runner 
 
 test: $(DEPS) $(TEST_MONGOSH)  ## run the test suite (starts its own PostgreSQL)
 	$(PYTHON) -m pytest $(ARGS)
+
+bench: $(DEPS)  ## benchmarks against bare yoyo and psql; writes bench/RESULTS.md
+	$(PYTHON) bench/bench.py
 
 db-stop: $(DEPS)  ## stop the local development database (its data stays in .devdb/)
 	$(RUNNER) devdb stop

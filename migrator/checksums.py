@@ -33,7 +33,7 @@ def file_sha256(path: Path) -> str:
 
 def add_step(migration) -> None:
     """Append the checksum step to a loaded yoyo migration: recorded on apply, removed on rollback."""
-    from yoyo.migrations import MigrationStep, Transactionless, TransactionWrapper
+    from yoyo.migrations import MigrationStep
 
     sha = file_sha256(Path(migration.path))
 
@@ -44,8 +44,9 @@ def add_step(migration) -> None:
         with connection.cursor() as cursor:
             cursor.execute(DELETE, (migration.id,))
 
-    wrapper = TransactionWrapper if migration.use_transactions else Transactionless
-    migration.steps.append(wrapper(MigrationStep(len(migration.steps), record, remove)))
+    # A bare step, without yoyo's per-step savepoint: it already runs inside the migration's
+    # transaction, and if it fails the whole migration rolls back with it.
+    migration.steps.append(MigrationStep(len(migration.steps), record, remove))
 
 
 def _upsert(connection, migration_id: str, sha: str) -> None:

@@ -154,6 +154,7 @@ def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits |
     ).url
 
 
+@functools.cache
 def _backend_class():
     """yoyo's PostgreSQL backend, with one connection per run instead of one more per migration.
 
@@ -194,7 +195,7 @@ def _log_identity() -> dict[str, str]:
 def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None = None) -> Iterator:
     """A yoyo backend. Read-only ones skip yoyo's init (it creates tables) and are read-only
     on the server too, so `plan` and `status` cannot write even by mistake. `limits` are set on
-    the session of every migration (yoyo opens one per migration from the same URL)."""
+    the run's one connection, so every migration runs under them."""
     import psycopg2
     from yoyo.connections import parse_uri
 

@@ -8,6 +8,8 @@ before now.
 
 from datetime import datetime, timedelta, timezone
 
+BATCH = 1000  # ids per update
+
 
 def start_date(enrollment):
     return enrollment.get("reminderStartDate") or enrollment["txStartDate"]
@@ -30,14 +32,15 @@ def run(db, dry_run):
     print("There are", len(expired), "expired ACTIVE enrollments")
 
     modified = 0
-    for enrollment_id in expired:
-        if dry_run:
-            print("Dry run, not changing", enrollment_id)
-            continue
-        print("Setting to COMPLETED", enrollment_id)
-        # status stays in the filter: an enrollment changed meanwhile is left alone.
-        result = enrollments.update_one({"_id": enrollment_id, "status": "ACTIVE"}, {"$set": {"status": "COMPLETED"}})
-        modified += result.modified_count
+    for start in range(0, len(expired), BATCH):
+        batch = expired[start:start + BATCH]
+        for enrollment_id in batch:
+            print("Dry run, not changing" if dry_run else "Setting to COMPLETED", enrollment_id)
+        if not dry_run:
+            # One round trip per batch, not per enrollment; status stays in the filter, so an
+            # enrollment changed meanwhile is left alone.
+            result = enrollments.update_many({"_id": {"$in": batch}, "status": "ACTIVE"}, {"$set": {"status": "COMPLETED"}})
+            modified += result.modified_count
 
     verb = "Would modify" if dry_run else "Modified"
     count = len(expired) if dry_run else modified

@@ -112,6 +112,8 @@ def test_rollback_to_zero_and_back(cli, db, sql_dir):
     result = cli("sql", "rollback", "--all", "--sql-dir", sql_dir, env=env)
     assert result.exit_code == 0, result.output
     assert applied(db) == []
+    log = db.query("SELECT migration_id, operation FROM _yoyo_log ORDER BY created_at_utc")
+    assert [op for _, op in log].count("rollback") == 3 and [op for _, op in log].count("apply") == 3
     assert "hcm_report_metadata" not in db.tables()
 
     assert cli("migrate", "--sql-dir", sql_dir, env=env).exit_code == 0

