@@ -184,9 +184,9 @@ def case_500(admin, work: Path) -> list[Row]:
     mine, yoyos, psqls = statistics.median(ours), statistics.median(theirs), statistics.median(floor)
     per = lambda s: f"{s / MIGRATIONS * 1000:.1f} ms/migration"  # noqa: E731
     return [
-        Row(f"`migrate` of {MIGRATIONS} one-table migrations", mine, yoyos, f"`yoyo apply` (twin database)", 1.15,
+        Row(f"`migrate` of {MIGRATIONS} one-table migrations", mine, yoyos, "`yoyo apply` (twin database)", 1.15,
             f"runner {per(mine)}, yoyo {per(yoyos)}"),
-        Row(f"`migrate` of {MIGRATIONS} one-table migrations", mine, psqls, "psql, one session, 500 transactions (floor)",
+        Row(f"`migrate` of {MIGRATIONS} one-table migrations", mine, psqls, f"psql, one session, {MIGRATIONS} transactions (floor)",
             None, f"psql {per(psqls)}"),
     ]
 
