@@ -8,6 +8,7 @@ This file only parses options, calls the `migrator` package and prints. Exit cod
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -199,6 +200,18 @@ def _target(pg_options: PostgresOptions, env: Env) -> PostgresTarget:
     return target
 
 
+@contextlib.contextmanager
+def _locked_backend(pg_options: PostgresOptions, env: Env, lock_timeout: float, limits=None):
+    """(backend, target) for a command that changes the database: connected, and holding the lock."""
+    from migrator import postgres
+
+    target = _target(pg_options, env)
+    output.note(f"PostgreSQL: {target.display_url}")
+    with (postgres.connect(target, read_only=False, limits=limits) as backend,
+          postgres.locked(backend, target, lock_timeout, output.note)):
+        yield backend, target
+
+
 @click.group(cls=Runner, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @verbose_option
 @click.version_option(package_name=None, version=__import__("migrator").__version__, prog_name="hcm-db-migrations")
@@ -229,10 +242,7 @@ def migrate(pg_options, mongo_options, sql_dir, mongo_dir, lock_timeout, ddl_loc
     mongo_target = resolve_mongo(mongo_options, env)  # bad Mongo settings fail before PostgreSQL changes
     mongo_patches = patches.discover(mongo_dir) if mongo_target else []
     limits = resolve_ddl_limits(ddl_lock_timeout, statement_timeout, env)
-    target = _target(pg_options, env)
-    output.note(f"PostgreSQL: {target.display_url}")
-    with (postgres.connect(target, read_only=False, limits=limits) as backend,
-          postgres.locked(backend, target, lock_timeout, output.note)):
+    with _locked_backend(pg_options, env, lock_timeout, limits) as (backend, target):
         drift = postgres.reconcile(backend, migrations, output.note)
         if drift:
             raise postgres.drift_error(drift, target)
@@ -576,10 +586,7 @@ def rollback(pg_options, sql_dir, count, to, all_, lock_timeout, ddl_lock_timeou
     env = Env.load()
     migrations = postgres.read_migrations(sql_dir)
     limits = resolve_ddl_limits(ddl_lock_timeout, statement_timeout, env)
-    target = _target(pg_options, env)
-    output.note(f"PostgreSQL: {target.display_url}")
-    with (postgres.connect(target, read_only=False, limits=limits) as backend,
-          postgres.locked(backend, target, lock_timeout, output.note)):
+    with _locked_backend(pg_options, env, lock_timeout, limits) as (backend, target):
         selected = postgres.select_rollback(backend, migrations, count=count, to=to, all_=all_)
         for migration, seconds in postgres.rollback(backend, target, selected):
             output.result(f"  rolled back {migration.id} ({seconds * 1000:.0f} ms)")
@@ -609,8 +616,7 @@ def mark(pg_options, sql_dir, ids, lock_timeout):
 
     migrations = postgres.read_migrations(sql_dir, load=False)
     selected = postgres.select_by_id(migrations, list(ids))
-    target = _target(pg_options, Env.load())
-    with postgres.connect(target, read_only=False) as backend, postgres.locked(backend, target, lock_timeout, output.note):
+    with _locked_backend(pg_options, Env.load(), lock_timeout) as (backend, _):
         already = set(postgres.applied_ids(backend))
         todo = [m for m in selected if m.id not in already]
         postgres.mark(backend, todo)
@@ -628,8 +634,7 @@ def accept_changes(pg_options, sql_dir, ids, lock_timeout):
 
     migrations = postgres.read_migrations(sql_dir, load=False)
     selected = postgres.select_by_id(migrations, list(ids))
-    target = _target(pg_options, Env.load())
-    with postgres.connect(target, read_only=False) as backend, postgres.locked(backend, target, lock_timeout, output.note):
+    with _locked_backend(pg_options, Env.load(), lock_timeout) as (backend, target):
         applied = postgres.applied_ids(backend)
         not_applied = [m.id for m in selected if m.id not in applied]
         if not_applied:
