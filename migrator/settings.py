@@ -242,11 +242,11 @@ _PG_DURATION = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
 def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, env: Env) -> DdlLimits:
     """--ddl-lock-timeout / DB_LOCK_TIMEOUT and --statement-timeout / DB_STATEMENT_TIMEOUT (PostgreSQL units; 0 = off)."""
     limits = DdlLimits()
-    for attr, option, variable in (("lock_timeout", lock_timeout, "DB_LOCK_TIMEOUT"),
-                                   ("statement_timeout", statement_timeout, "DB_STATEMENT_TIMEOUT")):
-        value, origin = (option, f"--{attr.replace('_', '-')}") if option else env.get(variable)
-        if attr == "lock_timeout" and option:
-            origin = "--ddl-lock-timeout"
+    for attr, option, option_name, variable in (
+        ("lock_timeout", lock_timeout, "--ddl-lock-timeout", "DB_LOCK_TIMEOUT"),
+        ("statement_timeout", statement_timeout, "--statement-timeout", "DB_STATEMENT_TIMEOUT"),
+    ):
+        value, origin = (option, option_name) if option else env.get(variable)
         if value is None:
             continue
         if not _PG_DURATION.match(value.strip()):

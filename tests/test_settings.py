@@ -166,3 +166,22 @@ def test_config_with_nothing_configured_names_the_local_database(cli, workdir, t
     assert result.exit_code == 0
     assert f"local development database in {tmp_path / 'devdb'}" in result.stdout
     assert not (tmp_path / "devdb").exists()  # config does not start it
+
+
+@pytest.mark.parametrize("options, environ, expected", [
+    ({}, {}, ("5s", "10min")),
+    ({"lock_timeout": "2s"}, {"DB_LOCK_TIMEOUT": "9s", "DB_STATEMENT_TIMEOUT": "1h"}, ("2s", "1h")),
+    ({}, {"DB_LOCK_TIMEOUT": "750ms", "DB_STATEMENT_TIMEOUT": "0"}, ("750ms", "0")),
+])
+def test_ddl_limits_options_over_environment_over_defaults(options, environ, expected):
+    from migrator.settings import resolve_ddl_limits
+
+    limits = resolve_ddl_limits(options.get("lock_timeout"), options.get("statement_timeout"), Env(environ))
+    assert (limits.lock_timeout, limits.statement_timeout) == expected
+
+
+def test_a_bad_duration_names_its_setting():
+    from migrator.settings import resolve_ddl_limits
+
+    with pytest.raises(MigratorError, match=r"DB_STATEMENT_TIMEOUT \(environment\): 'later' is not a duration"):
+        resolve_ddl_limits(None, None, Env({"DB_STATEMENT_TIMEOUT": "later"}))
