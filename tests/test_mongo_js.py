@@ -106,9 +106,10 @@ def test_the_example_patch_counts_by_status_in_mongosh_syntax(tmp_path):
     assert run_js(patch, None, False, lambda line: None) == "enrollments by status: ACTIVE=2, COMPLETED=5"
 
 
-def test_mongo_apply_of_a_js_patch_through_the_cli_needs_mongosh(cli, mongo, tmp_path, monkeypatch):
+def test_a_wrong_mongosh_setting_is_one_line(cli, mongo, tmp_path, monkeypatch):
     monkeypatch.setenv("MONGOSH", str(tmp_path / "no-mongosh-here"))
     (tmp_path / "mongo").mkdir()
     (tmp_path / "mongo" / "0001_x.js").write_text("print(1);\n")
     result = cli("mongo", "apply", "--mongo-dir", tmp_path / "mongo", env=mongo.env)
-    assert "0001_x failed" in one_error_line(result)
+    assert result.exit_code == 2
+    assert f"mongosh not found at {tmp_path / 'no-mongosh-here'} (MONGOSH); fix MONGOSH or unset it" in one_error_line(result)

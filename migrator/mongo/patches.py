@@ -138,7 +138,10 @@ def _js_error(lines: list[str]) -> str:
 
 
 def mongosh_path() -> str:
-    found = os.environ.get("MONGOSH") or (str(LOCAL_MONGOSH) if LOCAL_MONGOSH.exists() else shutil.which("mongosh"))
+    chosen = os.environ.get("MONGOSH")
+    if chosen and not Path(chosen).is_file():
+        raise MigratorError(f"mongosh not found at {chosen} (MONGOSH); fix MONGOSH or unset it", USAGE)
+    found = chosen or (str(LOCAL_MONGOSH) if LOCAL_MONGOSH.exists() else shutil.which("mongosh"))
     if not found:
         raise MigratorError(
             f"mongosh not found, needed for JavaScript patches; run `make mongosh` (npm, mongosh@{MONGOSH_VERSION}) "
