@@ -14,13 +14,14 @@ import os
 import re
 import socket
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from migrator import checksums, pg_lock
+from migrator import checksums, pg_lock, whoami
 from migrator.errors import DRIFT, USAGE, MigratorError
 from migrator.settings import DdlLimits, Env, PostgresTarget
 
@@ -173,9 +174,19 @@ def _backend_class():
             return borrowed
 
         def get_log_data(self, migration=None, operation="apply"):
-            data = super().get_log_data(migration, operation)
-            data.update(_log_identity())  # yoyo looks both up for every log row
-            return data
+            # yoyo's own version calls getpass.getuser(), which fails where the Job runs (a uid
+            # without a passwd entry) after the migration has committed; the rest is yoyo's.
+            from datetime import datetime, timezone
+
+            return {
+                "id": str(uuid.uuid1()),
+                "migration_hash": migration.hash if migration else None,
+                "migration_id": migration.id if migration else None,
+                "operation": operation,
+                "username": whoami.user(),
+                "hostname": _fqdn(),
+                "created_at_utc": datetime.now(timezone.utc).replace(tzinfo=None),
+            }
 
     class _Borrowed(OneConnectionBackend):
         def __exit__(self, exc_type, exc_value, traceback):
@@ -185,10 +196,8 @@ def _backend_class():
 
 
 @functools.cache
-def _log_identity() -> dict[str, str]:
-    import getpass
-
-    return {"username": getpass.getuser(), "hostname": socket.getfqdn()}
+def _fqdn() -> str:
+    return socket.getfqdn()
 
 
 @contextmanager

@@ -5,12 +5,10 @@ Records in the seed's shape ({patch, comment, applied}) have no status and count
 
 from __future__ import annotations
 
-import getpass
-import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from migrator import __version__
+from migrator import __version__, whoami
 from migrator.mongo.patches import Patch, patch_key
 
 COLLECTION = "applied_patches"
@@ -32,8 +30,8 @@ def append(db, patch: Patch, *, status: str, comment: str | None, started: datet
         "started": started,
         "finished": finished,
         "duration_ms": int((finished - started).total_seconds() * 1000),
-        "host": socket.gethostname(),
-        "user": getpass.getuser(),
+        "host": whoami.host(),
+        "user": whoami.user(),
         "runner_version": __version__,
     }
     if error is not None:
