@@ -191,8 +191,8 @@ def _target(pg_options: PostgresOptions, env: Env) -> PostgresTarget:
     from migrator import postgres
 
     target = resolve_postgres(pg_options, env)
-    for line in target.ignored:
-        output.note(f"note: {line}")
+    for line in target.notes:
+        output.note(line)
     if target.local_dev:
         target = postgres.resolve_target(target, env)
         output.note(f"no database configured: using the local development database at {target.display_url} "
@@ -240,6 +240,8 @@ def migrate(pg_options, mongo_options, sql_dir, mongo_dir, lock_timeout, ddl_loc
     env = Env.load()
     migrations = postgres.read_migrations(sql_dir)
     mongo_target = resolve_mongo(mongo_options, env)  # bad Mongo settings fail before PostgreSQL changes
+    for line in mongo_target.notes if mongo_target else ():
+        output.note(line)
     mongo_patches = patches.discover(mongo_dir) if mongo_target else []
     limits = resolve_ddl_limits(ddl_lock_timeout, statement_timeout, env)
     with _locked_backend(pg_options, env, lock_timeout, limits) as (backend, target):
@@ -404,8 +406,8 @@ def config(pg_options, mongo_options, sql_dir, mongo_dir):
     """Show the resolved connections and where each setting came from (passwords masked). Connects to nothing."""
     env = Env.load()
     target = resolve_postgres(pg_options, env)
-    for line in target.ignored:
-        output.result(f"note: {line}")
+    for line in target.notes:
+        output.result(line)
     if target.local_dev:
         from migrator import devdb
 
@@ -419,18 +421,18 @@ def config(pg_options, mongo_options, sql_dir, mongo_dir):
                 ("password", "password", "***" if target.password else "(none)")]
         for label, key, value in rows:
             output.result(f"  {label:<9} {value!s:<30} {origin or target.sources.get(key, 'default')}")
-        if "tls" in target.sources:
-            output.result(f"  {'tls':<9} {'verify-full, ' + target.params['sslrootcert']:<30} {target.sources['tls']}")
+        output.result(f"  {'tls':<9} {target.tls}")
     output.result(f"  {'sql dir':<9} {sql_dir}")
     mongo = resolve_mongo(mongo_options, env)
     if mongo is None:
         output.result("MongoDB: not configured (set MONGO_URL and MONGO_DB, or MONGO_SECRET_NAME)")
         return
+    for line in mongo.notes:
+        output.result(line)
     output.result(f"MongoDB: {mongo.display_uri}")
     output.result(f"  {'database':<9} {mongo.database:<30} {mongo.sources['database']}")
     output.result(f"  {'url':<9} {mongo.hosts:<30} {mongo.sources['url']}")
-    if mongo.ca_file:
-        output.result(f"  {'tls':<9} {mongo.ca_file:<30} {mongo.sources['tls']}")
+    output.result(f"  {'tls':<9} {mongo.tls}")
     if mongo.documentdb:
         output.result(f"  {'options':<9} retryWrites=false (DocumentDB)")
     output.result(f"  {'mongo dir':<9} {mongo_dir}")
@@ -443,6 +445,8 @@ def _mongo_target(mongo_options: MongoOptions) -> MongoTarget:
     target = resolve_mongo(mongo_options, Env.load())
     if target is None:
         raise MigratorError("MongoDB is not configured: set MONGO_URL (and MONGO_DB), or pass --secret-name", USAGE)
+    for line in target.notes:
+        output.note(line)
     output.note(f"MongoDB: {target.display_uri} (database {target.database})")
     return target
 

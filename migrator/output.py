@@ -12,23 +12,23 @@ from urllib.parse import quote, quote_plus
 
 import click
 
-# Passwords seen by the settings resolver; every printed line is scrubbed of them.
+# Passwords seen by the settings resolver (raw and URL-encoded forms).
 _secrets: set[str] = set()
 
-# user:password@ in any URL-like text (postgresql://, mongodb+srv://, ...).
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@")
-# password=... in libpq key/value DSNs that drivers echo back in errors.
-_DSN_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+# user:password@ in any URL-like text (postgresql://, mongodb+srv://, jdbc:postgresql://, ...). The password
+# runs to the last @ of the word, so an unencoded one (with / # ? or @ in it) is hidden whole.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"'<>]*):(?P<pw>[^\s\"'<>]*)@")
+# password=... in libpq key/value DSNs and URL query strings (JDBC's ?password=).
+_DSN_PASSWORD = re.compile(r"(?P<head>password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|[^\s&'\"]+)", re.IGNORECASE)
 
-
-# Shorter passwords are still masked inside URLs and DSNs; replacing them in free text would
-# blank out ordinary words (a password "p" would eat every p).
+# In free text only passwords of this length or more are replaced: a password "p" would eat every p.
+# Inside URLs and DSNs every registered password is hidden, whatever its length.
 MIN_FREE_TEXT_SECRET = 4
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a password (and its URL-encoded forms) so that `mask` removes it anywhere."""
-    if value and len(value) >= MIN_FREE_TEXT_SECRET:
+    """Remember a password (and its URL-encoded forms), so that no text shows it."""
+    if value:
         _secrets.update({value, quote(value, safe=""), quote_plus(value)})
 
 
@@ -37,11 +37,27 @@ def forget_secrets() -> None:
 
 
 def mask(text: str) -> str:
-    """The one masking function: URL passwords, DSN passwords and every registered secret."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:***@" if m.group("pw") else m.group(0), text)
-    text = _DSN_PASSWORD.sub(r"\1***", text)
+    """The one masking function for everything printed: passwords in URLs and DSNs, whatever their form.
+
+    It changes nothing else: SQL, ids, file names and scheme names pass untouched, even when the
+    password is an ordinary word such as "postgres".
+    """
+    for secret in sorted(_secrets, key=len, reverse=True):  # registered ones first: they may hold spaces
+        if secret in text:
+            escaped = re.escape(secret)
+            text = re.sub(rf"(://[^:/@\s]*:){escaped}@", r"\1***@", text)
+            text = re.sub(rf"(password\s*=\s*'?){escaped}", r"\1***", text, flags=re.IGNORECASE)
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:***@" if m.group("pw") not in ("", "***") else m.group(0), text)
+    return _DSN_PASSWORD.sub(lambda m: m.group(0) if m.group("pw") in ("***", "'***'") else f"{m.group('head')}***", text)
+
+
+def scrub(text: str) -> str:
+    """`mask`, and every registered password anywhere: for text from outside the runner (driver and
+    server messages, a patch's output and errors), where a password could stand on its own."""
+    text = mask(text)
     for secret in sorted(_secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
+        if len(secret) >= MIN_FREE_TEXT_SECRET:
+            text = text.replace(secret, "***")
     return text
 
 
@@ -60,9 +76,24 @@ def error(text: str) -> None:
 
 
 def traceback_text() -> str:
+    """The current traceback, causes first: stacks masked, each exception's own text scrubbed (it may
+    quote a server), so module and file names stay readable."""
     import traceback
 
-    return mask(traceback.format_exc())
+    exc, chain = sys.exc_info()[1], []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    parts = []
+    for i, exc in enumerate(reversed(chain)):
+        if i:
+            parts.append("\nThe above exception was the direct cause of the following exception:\n\n"
+                         if exc.__cause__ is not None else
+                         "\nDuring handling of the above exception, another exception occurred:\n\n")
+        stack = "".join(traceback.format_tb(exc.__traceback__))
+        parts.append(mask("Traceback (most recent call last):\n" + stack))
+        parts.append(scrub("".join(traceback.format_exception_only(type(exc), exc))))
+    return "".join(parts)
 
 
 class _MaskingStream:
@@ -72,7 +103,7 @@ class _MaskingStream:
         self.stream = sys.stderr if err else sys.stdout  # the real one, from before the redirect
 
     def write(self, text: str) -> int:
-        click.echo(mask(text), nl=False, file=self.stream)
+        click.echo(scrub(text), nl=False, file=self.stream)
         return len(text)
 
     def flush(self) -> None:

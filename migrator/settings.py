@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from migrator import output
+from migrator import output, tls, urls
 from migrator.errors import USAGE, MigratorError
 
 PG_DEFAULTS = {"host": "localhost", "port": "5432", "dbname": "unifieddevdb", "user": "postgres", "password": "postgres"}
@@ -34,6 +34,8 @@ class Env:
     def __init__(self, environ: Mapping[str, str], dotenv: Mapping[str, str | None] | None = None):
         self.environ = environ
         self.dotenv = {k: v for k, v in (dotenv or {}).items() if v is not None}
+        self._notes: list[str] = []  # what the reading itself has to say (a missing NAME_FILE)
+        self._taken = 0
 
     @classmethod
     def load(cls, dotenv_path: str | Path = ".env") -> "Env":
@@ -45,12 +47,38 @@ class Env:
         return cls(os.environ, dotenv)
 
     def get(self, name: str) -> tuple[str | None, str | None]:
-        """(value, origin) for a variable; empty values count as unset."""
-        if self.environ.get(name):
-            return self.environ[name], f"{name} (environment)"
-        if self.dotenv.get(name):
-            return self.dotenv[name], f"{name} (.env)"
+        """(value, origin) for a variable; empty values count as unset.
+
+        NAME_FILE (the Docker and Kubernetes convention for mounted Secrets) stands in for NAME: the
+        file's content, without its final newline. The real environment wins over `.env`, and NAME
+        over NAME_FILE within each.
+        """
+        for layer, where in ((self.environ, "environment"), (self.dotenv, ".env")):
+            if layer.get(name):
+                return layer[name], f"{name} ({where})"
+            if layer.get(f"{name}_FILE"):
+                value = self._read_file(f"{name}_FILE", layer[f"{name}_FILE"], where)
+                if value:
+                    return value, f"{name}_FILE ({where})"
         return None, None
+
+    def _read_file(self, variable: str, path: str, where: str) -> str | None:
+        try:
+            return Path(path).read_text(encoding="utf-8").rstrip("\r\n") or None
+        except FileNotFoundError:
+            # An optional Secret that was not created: its mount is empty. Said, not fatal.
+            note = f"note: {variable} ({where}) names {path}, which does not exist: {variable[:-5]} is unset"
+            if note not in self._notes:
+                self._notes.append(note)
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise MigratorError(f"{variable} ({where}): {path} cannot be read ({reason}); fix the path or its permissions", USAGE)
+
+    def take_notes(self) -> list[str]:
+        """The notes not yet taken: each is shown once, with whichever target is resolved first."""
+        new, self._taken = self._notes[self._taken:], len(self._notes)
+        return new
 
     def value(self, name: str) -> str | None:
         return self.get(name)[0]
@@ -88,7 +116,8 @@ class PostgresTarget:
     params: dict[str, str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     local_dev: bool = False
-    ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # printed before the command runs
+    tls: str = ""  # the TLS mode actually used, in words, for `config`
 
     def _url(self, masked: bool) -> str:
         auth = ""
@@ -148,10 +177,10 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
         target = PostgresTarget(local_dev=True, sources={"target": "nothing configured"})
 
     if secret_name:
-        target.ignored.append(f"secret {secret_name} ({secret_origin}) ignored: a higher-priority setting wins")
-    _apply_ca_bundle(target, options.ca_bundle, env)
-    if target.sources.get("password") != "default":  # the seed's default "postgres" is no secret
-        output.register_secret(target.password)
+        target.notes.append(f"note: secret {secret_name} ({secret_origin}) ignored: a higher-priority setting wins")
+    _apply_tls(target, options.ca_bundle, env)
+    target.notes[:0] = env.take_notes()
+    output.register_secret(target.password)
     return target
 
 
@@ -166,28 +195,18 @@ def _port(value: str, origin: str) -> int:
 
 
 def _from_url(url: str, origin: str) -> PostgresTarget:
-    hint = "expected postgresql://user:password@host:5432/dbname (URL-encode special characters)"
-    parts = urlsplit(url)
-    if parts.scheme not in PG_SCHEMES:
-        raise MigratorError(f"{origin} is not a PostgreSQL URL (scheme {parts.scheme!r}); {hint}", USAGE)
+    example = "postgresql://user:password@host:5432/dbname (URL-encode special characters)"
+    parsed = urls.parse(url, origin, "PostgreSQL", PG_SCHEMES, example)
+    parts = urlsplit(f"postgresql://{parsed.netloc}")
     try:
         port = parts.port
     except ValueError:
-        raw_port = parts.netloc.rsplit("@", 1)[-1].rpartition(":")[2]
-        raise MigratorError(f"{origin}: port {raw_port!r} is not a number; {hint}", USAGE)
-    dbname = unquote(parts.path.lstrip("/"))
-    if not dbname:
-        raise MigratorError(f"{origin} names no database; {hint}", USAGE)
-    password = unquote(parts.password) if parts.password is not None else None
-    output.register_secret(password)
+        raise MigratorError(f"{origin}: port {parsed.netloc.rpartition(':')[2]!r} is not a number; expected {example}", USAGE)
+    if not parsed.path:
+        raise MigratorError(f"{origin} names no database; expected {example}", USAGE)
     return PostgresTarget(
-        host=parts.hostname,
-        port=port,
-        dbname=dbname,
-        user=unquote(parts.username) if parts.username else None,
-        password=password,
-        params=dict(parse_qsl(parts.query)),
-        sources={"url": origin},
+        host=parts.hostname, port=port, dbname=parsed.path, user=parsed.user, password=parsed.password,
+        params=dict(parsed.query), sources={"url": origin},
     )
 
 
@@ -217,7 +236,6 @@ def _from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> PostgresT
             "it needs the RDS layout: host, port, username, password, dbname"
         )
     source = f"secret {name}"
-    output.register_secret(str(data["password"]))
     return PostgresTarget(
         host=str(data["host"]),
         port=_port(str(data.get("port") or 5432), f"secret {name} key port"),
@@ -255,27 +273,18 @@ def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, 
     return limits
 
 
-def resolve_ca_bundle(option: str | None, env: Env) -> tuple[str | None, str | None]:
-    """The TLS CA bundle for both stores: (absolute path, origin), or (None, None)."""
-    path, origin = (option, "--ca-bundle") if option else env.get("CA_BUNDLE")
-    if not path:
-        return None, None
-    if not Path(path).is_file():
-        raise MigratorError(
-            f"CA bundle {path} ({origin}) not found; download the RDS bundle "
-            "(https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem) or fix the path",
-            USAGE,
-        )
-    return str(Path(path).resolve()), origin
-
-
-def _apply_ca_bundle(target: PostgresTarget, option: str | None, env: Env) -> None:
-    path, origin = resolve_ca_bundle(option, env)
-    if path and target.local_dev:
-        target.ignored.append(f"CA bundle ({origin}) ignored: the local development database does not use TLS")
-    elif path:
-        target.params.update(sslmode="verify-full", sslrootcert=path)
+def _apply_tls(target: PostgresTarget, option: str | None, env: Env) -> None:
+    bundle, origin = tls.resolve_ca_bundle(option, env)
+    if target.local_dev:
+        if bundle:
+            target.notes.append(f"note: CA bundle ({origin}) ignored: the local development database does not use TLS")
+        target.tls = "none (local development database, Unix socket)"
+        return
+    host = target.host or target.params.get("host")
+    target.tls, warnings = tls.postgres_tls(target.params, host, target.sources.get("url"), bundle, origin)
+    if bundle:
         target.sources["tls"] = origin
+    target.notes += warnings
 
 
 # --- MongoDB / DocumentDB ------------------------------------------------------------------
@@ -286,13 +295,14 @@ def _apply_ca_bundle(target: PostgresTarget, option: str | None, env: Env) -> No
 
 SEED_URI_KEY, SEED_DB_KEY = "spring.data.mongodb.uri", "spring.data.mongodb.database"
 DOCDB_HOST_SUFFIX = ".docdb.amazonaws.com"
+MONGO_SCHEMES = ("mongodb", "mongodb+srv")
+MONGO_EXAMPLE = "mongodb://user:password@host:27017/db or mongodb+srv://…"
 
 
 @dataclass
 class MongoOptions:
     url: str | None = None
     database: str | None = None
-    secret_name: str | None = None
     ca_bundle: str | None = None
     timeout: float = 10.0
     aws: AwsOptions = field(default_factory=AwsOptions)
@@ -308,6 +318,12 @@ class MongoTarget:
     ca_file: str | None = None
     documentdb: bool = False
     timeout: float = 10.0
+    tls: str = ""  # the TLS mode actually used, in words, for `config`
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def parsed(self) -> urls.Url:
+        return urls.parse(self.uri, self.sources.get("url", "the Mongo URL"), "MongoDB", MONGO_SCHEMES, MONGO_EXAMPLE)
 
     @property
     def display_uri(self) -> str:
@@ -315,8 +331,7 @@ class MongoTarget:
 
     @property
     def hosts(self) -> str:
-        netloc = urlsplit(self.uri).netloc
-        return netloc.rpartition("@")[2] or "localhost:27017"
+        return self.parsed.netloc or "localhost:27017"
 
     @property
     def where(self) -> str:
@@ -334,14 +349,31 @@ class MongoTarget:
         return options
 
     def shell_uri(self) -> str:
-        """The URI for mongosh's connect(): database, TLS and retryWrites in the connection string."""
-        parts = urlsplit(self.uri)
-        query = dict(parse_qsl(parts.query))
+        """The URI for mongosh's connect(): the same server, credentials and auth database as pymongo uses.
+
+        The path becomes the target database, so the auth database it stood for is kept as authSource
+        (pymongo's rule: the path, else admin). Every query key is kept, repeated ones too.
+        """
+        url = self.parsed
+        query = [(k, v) for k, v in url.query if k.lower() not in self._shell_overrides()]
+        if url.user and url.param("authSource") is None:
+            query.append(("authSource", url.path or "admin"))
         if self.ca_file:
-            query.update(tls="true", tlsCAFile=self.ca_file)
+            query += [("tls", "true"), ("tlsCAFile", self.ca_file)]
         if self.documentdb:
-            query["retryWrites"] = "false"
-        return parts._replace(path="/" + quote(self.database, safe=""), query=urlencode(query, safe="/")).geturl()
+            query.append(("retryWrites", "false"))
+        userinfo = self.uri.partition("://")[2].rpartition("@")[0]
+        auth = f"{userinfo}@" if userinfo else ""
+        return (f"{url.scheme}://{auth}{url.netloc}/{quote(self.database, safe='')}"
+                + (f"?{urlencode(query, safe='/')}" if query else ""))
+
+    def _shell_overrides(self) -> set[str]:
+        keys = set()
+        if self.ca_file:
+            keys |= {"tls", "ssl", "tlscafile"}
+        if self.documentdb:
+            keys.add("retrywrites")
+        return keys
 
 
 def resolve_mongo(options: MongoOptions, env: Env) -> MongoTarget | None:
@@ -357,28 +389,30 @@ def resolve_mongo(options: MongoOptions, env: Env) -> MongoTarget | None:
         origin = f"secret {secret_name}"
     else:
         return None
-    _check_mongo_uri(target_uri, origin)
-    database, db_origin = _mongo_database(options, env, secret_db, origin, target_uri)
-    ca_file, ca_origin = resolve_ca_bundle(options.ca_bundle, env)
-    hosts = urlsplit(target_uri).netloc.rpartition("@")[2]
-    documentdb = documentdb or DOCDB_HOST_SUFFIX in hosts
+    parsed = urls.parse(target_uri, origin, "MongoDB", MONGO_SCHEMES, MONGO_EXAMPLE)
+    if not parsed.netloc:
+        raise MigratorError(f"{origin} names no host; expected {MONGO_EXAMPLE}", USAGE)
+    database, db_origin = _mongo_database(options, env, secret_db, origin, parsed)
+    ca_file, ca_origin = tls.resolve_ca_bundle(options.ca_bundle, env)
+    tls_mode, warnings = tls.mongo_tls(parsed, origin, ca_file, ca_origin)
+    flag, flag_origin = env.get("MONGO_DOCUMENTDB")
+    documentdb = documentdb or DOCDB_HOST_SUFFIX in parsed.netloc.lower() or _yes(flag, flag_origin)
     sources = {"url": origin, "database": db_origin}
     if ca_file:
         sources["tls"] = ca_origin
-    return MongoTarget(target_uri, database, sources, ca_file, documentdb, options.timeout)
+    notes = env.take_notes() + warnings
+    return MongoTarget(target_uri, database, sources, ca_file, documentdb, options.timeout, tls_mode, notes)
 
 
-def _check_mongo_uri(uri: str, origin: str) -> None:
-    parts = urlsplit(uri)
-    if parts.scheme not in ("mongodb", "mongodb+srv") or not parts.netloc.rpartition("@")[2]:
-        raise MigratorError(
-            f"{origin} is not a MongoDB URL (expected mongodb://user:password@host:27017/db or mongodb+srv://…)", USAGE
-        )
-    if parts.password:
-        output.register_secret(unquote(parts.password))
+def _yes(value: str | None, origin: str | None) -> bool:
+    if value is None:
+        return False
+    if value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    raise MigratorError(f"{origin}: {value!r} is not a yes/no value; use true or false", USAGE)
 
 
-def _mongo_database(options: MongoOptions, env: Env, secret_db: str | None, url_origin: str, uri: str) -> tuple[str, str]:
+def _mongo_database(options: MongoOptions, env: Env, secret_db: str | None, url_origin: str, url: urls.Url) -> tuple[str, str]:
     if options.database:
         return options.database, "--mongo-db"
     value, origin = env.get("MONGO_DB")
@@ -386,9 +420,8 @@ def _mongo_database(options: MongoOptions, env: Env, secret_db: str | None, url_
         return value, origin
     if secret_db:
         return secret_db, url_origin
-    path = unquote(urlsplit(uri).path.lstrip("/"))
-    if path:
-        return path, f"{url_origin} (path)"
+    if url.path:
+        return url.path, f"{url_origin} (path)"
     raise MigratorError(f"no MongoDB database named: set MONGO_DB or --mongo-db, or put it in the URL ({url_origin})", USAGE)
 
 
@@ -407,7 +440,13 @@ def _mongo_from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> tup
         )
     output.register_secret(str(data["password"]))
     port = _port(str(data.get("port") or 27017), f"secret {name} key port")
-    tls = str(data.get("ssl", "true")).lower() in ("true", "1", "yes")
-    query = "?tls=true&retryWrites=false" if tls else "?retryWrites=false"
+    query = "?tls=true&retryWrites=false"
+    if not tls.truthy(data.get("ssl", "true")):
+        allowed, allowed_origin = env.get("MONGO_ALLOW_PLAINTEXT")
+        if not _yes(allowed, allowed_origin):
+            raise MigratorError(
+                f"secret {name} ({origin}) says ssl={data.get('ssl')}: DocumentDB without TLS sends the password in "
+                "clear; set ssl to true in the secret, or set MONGO_ALLOW_PLAINTEXT=true if that is deliberate", USAGE)
+        query = "?retryWrites=false"
     uri = f"mongodb://{quote(str(data['username']), safe='')}:{quote(str(data['password']), safe='')}@{data['host']}:{port}/{query}"
     return uri, data.get("dbname"), True

@@ -46,7 +46,7 @@ def test_documentdb_gets_retry_writes_off_and_tls_with_the_ca_bundle(tmp_path):
 @pytest.mark.parametrize("environ, message", [
     ({"MONGO_URL": "mongodb://h:27017"}, "no MongoDB database named: set MONGO_DB"),
     ({"MONGO_URL": "postgresql://h/db"}, "MONGO_URL (environment) is not a MongoDB URL"),
-    ({"MONGO_URL": "mongodb:///db"}, "is not a MongoDB URL"),
+    ({"MONGO_URL": "mongodb:///db"}, "MONGO_URL (environment) names no host"),
 ])
 def test_bad_settings(environ, message):
     with pytest.raises(MigratorError) as err:
@@ -89,11 +89,14 @@ def test_documentdb_secret_layout(cli, aws, mongo):
     secret = {"host": "mongo.test", "port": 27017, "username": "app", "password": "Doc-Db-pw-4",
               "dbname": mongo.name, "ssl": False}
     name = aws("dev/docdb", secret)
-    config = cli("config", "--mongo-secret-name", name)
+    refused = one_error_line(cli("config", "--mongo-secret-name", name))
+    assert "says ssl=False: DocumentDB without TLS sends the password in clear" in refused
+    assert "MONGO_ALLOW_PLAINTEXT=true" in refused and "Doc-Db-pw-4" not in refused
+    config = cli("config", "--mongo-secret-name", name, env={"MONGO_ALLOW_PLAINTEXT": "true"})
     assert config.exit_code == 0, config.output
     assert "mongodb://app:***@mongo.test:27017/?retryWrites=false" in config.stdout
     assert "retryWrites=false (DocumentDB)" in config.stdout
-    status = cli("mongo", "status", "--secret-name", name)
+    status = cli("mongo", "status", "--secret-name", name, env={"MONGO_ALLOW_PLAINTEXT": "true"})
     assert status.exit_code == 0, status.output
     for run in (config, status):
         assert "Doc-Db-pw-4" not in run.output

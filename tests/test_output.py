@@ -17,9 +17,9 @@ def test_mask_hides_url_and_dsn_passwords_of_any_scheme():
     assert output.mask("postgresql://u@h/d") == "postgresql://u@h/d"  # nothing to hide
 
 
-def test_mask_hides_registered_secrets_in_free_text():
+def test_scrub_hides_registered_secrets_in_free_text_from_outside():
     output.register_secret("Free-Text-Pw")
-    assert output.mask("oops: Free-Text-Pw leaked") == "oops: *** leaked"
+    assert output.scrub("oops: Free-Text-Pw leaked") == "oops: *** leaked"
 
 
 @pytest.fixture

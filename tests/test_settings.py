@@ -21,7 +21,7 @@ def test_option_url_wins_over_everything():
                 database_url="postgresql://optuser:optpw@opt-host:6002/optdb")
     assert (t.host, t.port, t.dbname, t.user, t.password) == ("opt-host", 6002, "optdb", "optuser", "optpw")
     assert t.sources == {"url": "--database-url"}
-    assert any("secret dev/db (DB_SECRET_NAME (environment)) ignored" in line for line in t.ignored)
+    assert any("secret dev/db (DB_SECRET_NAME (environment)) ignored" in line for line in t.notes)
 
 
 def test_field_options_win_over_database_url_and_fill_from_db_vars():
@@ -41,7 +41,7 @@ def test_db_vars_win_over_secret_with_seed_defaults_for_the_rest():
     t = resolve({"DB_HOST": "db.internal", "DB_SECRET_NAME": "dev/db"})
     assert (t.host, t.port, t.dbname, t.user, t.password) == ("db.internal", 5432, "unifieddevdb", "postgres", "postgres")
     assert t.sources["host"] == "DB_HOST (environment)" and t.sources["port"] == "default"
-    assert t.ignored and not t.local_dev
+    assert t.notes and not t.local_dev
 
 
 def test_nothing_configured_means_the_local_development_database():

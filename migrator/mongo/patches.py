@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.settings import MongoTarget
 
@@ -96,7 +97,7 @@ def run_python(patch: Patch, db, dry_run: bool) -> str | None:
     if not callable(run):
         raise MigratorError(f"{patch.path} defines no run(db, dry_run); see `runner.py mongo new --py`", USAGE)
     comment = run(ReadOnlyDatabase(db) if dry_run else db, dry_run)
-    return None if comment is None else str(comment)
+    return None if comment is None else output.scrub(str(comment))
 
 
 class JsPatchFailed(Exception):

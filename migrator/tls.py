@@ -1,0 +1,100 @@
+"""TLS for both stores: the CA bundle, and the rule that nothing may quietly turn verification off.
+
+PostgreSQL: a CA bundle means `sslmode=verify-full` with it, and a URL asking for less is refused.
+Without one, a remote server still gets `sslmode=require` (encrypted, not verified) and a warning;
+local servers (a socket, localhost) keep libpq's default.
+MongoDB: with a CA bundle, no URL or secret option may switch certificate or host-name checks off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from migrator.errors import USAGE, MigratorError
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
+PG_WEAK_MODES = {"disable", "allow", "prefer"}
+# Mongo URI options that turn checks off when true (pymongo and mongosh spell them the same).
+MONGO_INSECURE = ("tlsInsecure", "tlsAllowInvalidCertificates", "tlsAllowInvalidHostnames",
+                  "sslAllowInvalidCertificates", "sslAllowInvalidHostnames")
+RDS_BUNDLE_URL = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
+
+
+def resolve_ca_bundle(option: str | None, env) -> tuple[str | None, str | None]:
+    """The CA bundle for both stores: (absolute path, origin), or (None, None). It must be a readable file."""
+    path, origin = (option, "--ca-bundle") if option else env.get("CA_BUNDLE")
+    if not path:
+        return None, None
+    file = Path(path)
+    if not file.is_file():
+        raise MigratorError(f"CA bundle {path} ({origin}) not found; download the RDS bundle ({RDS_BUNDLE_URL}) "
+                            "or fix the path", USAGE)
+    try:
+        head = file.read_bytes()[:1 << 20]
+    except OSError as exc:
+        raise MigratorError(f"CA bundle {path} ({origin}) cannot be read ({exc.strerror}); fix its permissions", USAGE)
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise MigratorError(f"CA bundle {path} ({origin}) holds no PEM certificate; use the PEM bundle ({RDS_BUNDLE_URL})", USAGE)
+    return str(file.resolve()), origin
+
+
+def is_local(host: str | None) -> bool:
+    return host is None or host.startswith("/") or host.lower() in LOCAL_HOSTS
+
+
+def postgres_tls(params: dict[str, str], host: str | None, url_origin: str | None,
+                 bundle: str | None, bundle_origin: str | None) -> tuple[str, list[str]]:
+    """Set sslmode (and sslrootcert) in `params`; return (the TLS mode in words, warnings)."""
+    mode = params.get("sslmode")
+    where = url_origin or "the settings"
+    if bundle:
+        if mode and mode != "verify-full":
+            raise MigratorError(f"{where} asks for sslmode={mode}, which would not verify the server against the CA "
+                                f"bundle ({bundle_origin}); remove sslmode from it (verify-full is used)", USAGE)
+        if params.get("sslrootcert") and Path(params["sslrootcert"]).resolve() != Path(bundle):
+            raise MigratorError(f"{where} names sslrootcert={params['sslrootcert']}, another CA than the bundle "
+                                f"({bundle_origin}); remove one of them", USAGE)
+        params.update(sslmode="verify-full", sslrootcert=bundle)
+        return f"verify-full with {bundle} ({bundle_origin})", []
+    if is_local(host):
+        return f"sslmode={mode} ({where})" if mode else "libpq default (local server)", []
+    if mode in PG_WEAK_MODES:
+        return f"sslmode={mode} ({where})", [
+            f"warning: TLS to PostgreSQL at {host} is not required (sslmode={mode} in {where}): the password may "
+            "travel in clear; set CA_BUNDLE for verify-full"]
+    if mode:
+        return f"sslmode={mode} ({where})", []
+    params["sslmode"] = "require"
+    return "require: encrypted, server NOT verified", [
+        f"warning: TLS to PostgreSQL at {host} is encrypted but the server is not verified; "
+        "set CA_BUNDLE (e.g. the RDS bundle) for verify-full"]
+
+
+def truthy(value: str | None) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes", "on")
+
+
+def mongo_tls(url, url_origin: str, bundle: str | None, bundle_origin: str | None) -> tuple[str, list[str]]:
+    """Check a parsed Mongo URL against the CA bundle; return (the TLS mode in words, warnings)."""
+    insecure = [name for name in MONGO_INSECURE if truthy(url.param(name))]
+    tls_param = url.param("tls") if url.param("tls") is not None else url.param("ssl")
+    tls_off = tls_param is not None and not truthy(tls_param)
+    if bundle:
+        if insecure:
+            raise MigratorError(f"{url_origin} sets {insecure[0]}=true, which turns off the certificate checks that the "
+                                f"CA bundle ({bundle_origin}) asks for; remove it from the URL or the secret", USAGE)
+        if tls_off:
+            raise MigratorError(f"{url_origin} turns TLS off, but a CA bundle is given ({bundle_origin}); "
+                                "remove tls=false from the URL or the secret", USAGE)
+        ca = url.param("tlsCAFile")
+        if ca and Path(ca).resolve() != Path(bundle):
+            raise MigratorError(f"{url_origin} names tlsCAFile={ca}, another CA than the bundle ({bundle_origin}); "
+                                "remove one of them", USAGE)
+        return f"verified with {bundle} ({bundle_origin})", []
+    if insecure:
+        return f"NOT verified ({insecure[0]}=true in {url_origin})", [
+            f"warning: MongoDB TLS certificates are not verified ({insecure[0]}=true in {url_origin}); "
+            "set CA_BUNDLE and remove it"]
+    if truthy(tls_param) or url.scheme == "mongodb+srv":
+        return "verified with the system's CAs", []
+    return "off (plaintext)", []
