@@ -405,6 +405,7 @@ def _status_output(target, states, invalid, mongo_target, mongo, as_json) -> Non
 def config(pg_options, mongo_options, sql_dir, mongo_dir):
     """Show the resolved connections and where each setting came from (passwords masked). Connects to nothing."""
     env = Env.load()
+    mongo = resolve_mongo(mongo_options, env)
     target = resolve_postgres(pg_options, env)
     for line in target.notes:
         output.result(line)
@@ -423,7 +424,6 @@ def config(pg_options, mongo_options, sql_dir, mongo_dir):
             output.result(f"  {label:<9} {value!s:<30} {origin or target.sources.get(key, 'default')}")
         output.result(f"  {'tls':<9} {target.tls}")
     output.result(f"  {'sql dir':<9} {sql_dir}")
-    mongo = resolve_mongo(mongo_options, env)
     if mongo is None:
         output.result("MongoDB: not configured (set MONGO_URL and MONGO_DB, or MONGO_SECRET_NAME)")
         return

@@ -1,0 +1,289 @@
+"""The security review's findings, each as an attack: credentials in odd URLs, TLS that must not be
+switched off, masking that hides passwords and nothing else, secrets from mounted files."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from conftest import PASSWORD_USER, SPECIAL_PASSWORD, _bin, one_error_line
+from migrator import output
+from migrator.settings import Env, MongoOptions, resolve_mongo
+from tls_proxy import TlsFront, make_pki
+
+# --- URLs whose credentials are not URL-encoded -------------------------------------------------
+
+
+@pytest.mark.parametrize("password", ["Tr0ub4dor#3", "pa/ss9word", "que?ry9word", "sp ace9word", "per%zzent9"])
+@pytest.mark.parametrize("command", [["config"], ["status"], ["migrate"]])
+def test_an_unencoded_postgres_password_is_refused_without_echoing_any_part(cli, password, command):
+    result = cli(*command, env={"DATABASE_URL": f"postgresql://app:{password}@db.internal:5432/hcm"})
+    line = one_error_line(result)
+    assert result.exit_code == 2
+    assert "DATABASE_URL (environment): the user name or password holds characters that must be URL-encoded" in line
+    for fragment in (password, password[:5], password[-5:]):
+        assert fragment not in result.output
+
+
+@pytest.mark.parametrize("password", ["S3cret#x9", "S3/cret9", "S3@cret9"])
+def test_an_unencoded_mongo_password_is_refused_without_echoing_any_part(cli, password):
+    for command in (["config"], ["mongo", "status"]):
+        result = cli(*command, env={"MONGO_URL": f"mongodb://admin:{password}@mongo.internal:27017/hcm"})
+        if "@" in password[1:-1]:  # user:S3@cret9@host: the last @ ends the userinfo, and "@" must be encoded
+            assert "must be URL-encoded" in one_error_line(result)
+        else:
+            assert "must be URL-encoded" in one_error_line(result)
+        for fragment in (password, password[:4], password[-4:]):
+            assert fragment not in result.output
+
+
+def test_an_encoded_password_with_every_special_character_still_works(cli):
+    from urllib.parse import quote
+
+    url = f"postgresql://app:{quote(SPECIAL_PASSWORD, safe='')}@db.internal:6543/hcm?application_name=x"
+    result = cli("config", env={"DATABASE_URL": url})
+    assert result.exit_code == 0, result.output
+    assert "postgresql://app:***@db.internal:6543/hcm" in result.stdout
+    assert "db.internal" in result.stdout and "6543" in result.stdout
+    for form in (SPECIAL_PASSWORD, quote(SPECIAL_PASSWORD, safe="")):
+        assert form not in result.output
+
+
+# --- masking: passwords in URLs and DSNs of any length, nothing else rewritten --------------------
+
+
+def test_short_passwords_are_masked_inside_urls_and_dsns():
+    output.register_secret("a b")
+    output.register_secret("z")
+    assert output.mask("cannot reach mongodb://u:a b@h:27017/x") == "cannot reach mongodb://u:***@h:27017/x"
+    assert output.mask("postgresql://u:z@h/d and host=h password=z") == "postgresql://u:***@h/d and host=h password=***"
+    assert output.mask("jdbc:postgresql://h:5432/db?user=u&password=z&currentSchema=a") == \
+        "jdbc:postgresql://h:5432/db?user=u&password=***&currentSchema=a"
+    assert output.mask("a zebra and a b c") == "a zebra and a b c"  # free text is left alone
+
+
+def test_an_unencoded_password_is_masked_whole_in_free_text_urls():
+    assert output.mask("url postgresql://u:Tr0ub4dor#3/x@host/db") == "url postgresql://u:***@host/db"
+    assert output.mask('{"u": "mongodb://a:p@q@h/x", "v": "x@y"}') == '{"u": "mongodb://a:***@h/x", "v": "x@y"}'
+
+
+def test_masking_leaves_sql_ids_file_names_and_schemes_alone_with_the_seeds_password(cli, db, sql_dir, make_db):
+    (sql_dir / "0002_postgres_notes.sql").write_text(
+        "COMMENT ON TABLE hcm_report_metadata IS 'owned by postgres, see postgresql://docs';\n"
+        "CREATE TABLE postgres_notes (postgres TEXT DEFAULT 'postgres');\n")
+    (sql_dir / "0002_postgres_notes.rollback.sql").write_text("DROP TABLE postgres_notes;\n")
+    env = {**db.db_env(), "DB_PASSWORD": "postgres"}
+    plan = cli("plan", "--sql-dir", sql_dir, env=env)
+    assert plan.exit_code == 0, plan.output
+    assert "***" not in plan.stdout.split("\n", 1)[1]  # only the header's URL is masked
+    assert "CREATE TABLE postgres_notes (postgres TEXT DEFAULT 'postgres');" in plan.stdout
+    assert "-- " + str(sql_dir / "0002_postgres_notes.sql") in plan.stdout
+    # plan | psql builds the same schema
+    target = make_db()
+    piped = subprocess.run([_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", target.url],
+                           input=plan.stdout, capture_output=True, text=True)
+    assert piped.returncode == 0, piped.stderr
+    assert target.query("SELECT column_default FROM information_schema.columns WHERE table_name = 'postgres_notes'") \
+        == [("'postgres'::text",)]
+    status = cli("status", "--json", "--sql-dir", sql_dir, env=env)
+    import json
+
+    report = json.loads(status.stdout)
+    assert [m["id"] for m in report["migrations"]] == ["0001_create_hcm_report_metadata", "0002_postgres_notes"]
+    assert report["migrations"][1]["file"] == str(sql_dir / "0002_postgres_notes.sql")
+    assert report["target"].startswith("postgresql://postgres:***@")
+
+
+# --- NAME_FILE: secrets from mounted files ------------------------------------------------------
+
+
+def test_db_password_file_carries_a_special_password(cli, make_db, password_role, pg, tmp_path):
+    if not pg.enforces_passwords:
+        pytest.skip("this server does not check passwords (trust authentication)")
+    database = make_db(owner=PASSWORD_USER)
+    secret = tmp_path / "db-password"
+    secret.write_text(SPECIAL_PASSWORD + "\n")  # a Secret file written with a final newline
+    env = {**database.db_env(), "DB_USER": PASSWORD_USER, "DB_PASSWORD_FILE": str(secret)}
+    migrated = cli("migrate", env=env)
+    assert migrated.exit_code == 0, migrated.output
+    assert "hcm_report_metadata" in database.tables()
+    config = cli("config", env=env)
+    assert "DB_PASSWORD_FILE (environment)" in config.stdout
+    for run in (migrated, config):
+        assert SPECIAL_PASSWORD not in run.output
+
+
+def test_a_missing_optional_secret_file_is_said_and_a_directory_is_an_error(cli, tmp_path):
+    missing = cli("config", env={"MONGO_URL_FILE": str(tmp_path / "absent" / "url")})
+    assert missing.exit_code == 0
+    assert f"MONGO_URL_FILE (environment) names {tmp_path / 'absent' / 'url'}, which does not exist" in missing.stdout
+    assert "MongoDB: not configured" in missing.stdout
+    broken = cli("config", env={"DB_PASSWORD_FILE": str(tmp_path)})
+    assert f"DB_PASSWORD_FILE (environment): {tmp_path} cannot be read" in one_error_line(broken)
+
+
+def test_the_variable_wins_over_its_file(tmp_path):
+    file = tmp_path / "url"
+    file.write_text("mongodb://from-file/x")
+    env = Env({"MONGO_URL": "mongodb://from-env/y", "MONGO_URL_FILE": str(file)})
+    assert env.get("MONGO_URL") == ("mongodb://from-env/y", "MONGO_URL (environment)")
+    assert Env({"MONGO_URL_FILE": str(file)}).get("MONGO_URL") == ("mongodb://from-file/x", "MONGO_URL_FILE (environment)")
+    assert Env({}, {"MONGO_URL_FILE": str(file)}).get("MONGO_URL")[1] == "MONGO_URL_FILE (.env)"
+
+
+# --- PostgreSQL TLS against the real server behind a TLS front ----------------------------------
+
+
+@pytest.fixture
+def front(pg, tmp_path):
+    fronts: list[TlsFront] = []
+
+    def start(pki) -> TlsFront:
+        if not pg.host.startswith("/"):
+            pytest.skip("the TLS front relays to the suite's own server's Unix socket")
+        fronts.append(TlsFront(pg.host, pg.port, pki))
+        return fronts[-1]
+
+    yield start
+    for f in fronts:
+        f.close()
+
+
+def _url(pg, db, front, host: str, query: str = "") -> str:
+    # hostaddr reaches the front while `host` is the name libpq checks the certificate against
+    extra = f"&{query}" if query else ""
+    return f"postgresql://{pg.user}@{host}:{front.port}/{db.name}?hostaddr=127.0.0.1{extra}"
+
+
+def test_ca_bundle_means_verify_full_and_a_good_certificate_passes(cli, pg, db, front, tmp_path):
+    pki = make_pki(tmp_path / "pki", ["db.hcm.test"])
+    tls = front(pki)
+    env = {"DATABASE_URL": _url(pg, db, tls, "db.hcm.test"), "CA_BUNDLE": str(pki.ca)}
+    result = cli("migrate", env=env)
+    assert result.exit_code == 0, result.output
+    assert tls.handshakes >= 1 and "hcm_report_metadata" in db.tables()
+    assert f"verify-full with {pki.ca} (CA_BUNDLE (environment))" in cli("config", env=env).stdout
+
+
+def test_a_certificate_from_another_ca_or_for_another_host_is_refused(cli, pg, db, front, tmp_path):
+    pki = make_pki(tmp_path / "pki", ["db.hcm.test"])
+    stranger = make_pki(tmp_path / "other-ca", ["db.hcm.test"], ca_name="someone else")
+    tls = front(pki)
+    wrong_ca = cli("migrate", env={"DATABASE_URL": _url(pg, db, tls, "db.hcm.test"), "CA_BUNDLE": str(stranger.ca)})
+    assert "TLS verification failed" in one_error_line(wrong_ca)
+    wrong_host = cli("migrate", env={"DATABASE_URL": _url(pg, db, tls, "other.hcm.test"), "CA_BUNDLE": str(pki.ca)})
+    line = one_error_line(wrong_host)
+    assert "other.hcm.test" in line and "does not match" in line
+    assert db.tables() == set()
+
+
+def test_a_remote_host_without_a_bundle_still_requires_tls_and_says_it_is_unverified(cli, pg, db, front, tmp_path):
+    tls = front(make_pki(tmp_path / "pki", ["somewhere.else"]))
+    result = cli("migrate", env={"DATABASE_URL": _url(pg, db, tls, "db.hcm.test")})
+    assert result.exit_code == 0, result.output
+    assert tls.handshakes >= 1
+    assert "warning: TLS to PostgreSQL at db.hcm.test is encrypted but the server is not verified" in result.stderr
+    plaintext = front(None)
+    refused = cli("migrate", env={"DATABASE_URL": _url(pg, db, plaintext, "db.hcm.test")})
+    assert "SSL" in one_error_line(refused)
+
+
+@pytest.mark.parametrize("mode", ["disable", "allow", "prefer", "require", "verify-ca"])
+def test_with_a_bundle_no_url_can_weaken_verification(cli, tmp_path, mode):
+    pki = make_pki(tmp_path / "pki", ["db.hcm.test"])
+    result = cli("migrate", env={"DATABASE_URL": f"postgresql://u@db.hcm.test/hcm?sslmode={mode}", "CA_BUNDLE": str(pki.ca)})
+    assert f"asks for sslmode={mode}, which would not verify the server" in one_error_line(result)
+    assert result.exit_code == 2
+
+
+def test_an_explicit_weak_mode_without_a_bundle_is_honoured_with_a_warning(cli, pg, db, front):
+    plaintext = front(None)
+    result = cli("migrate", env={"DATABASE_URL": _url(pg, db, plaintext, "db.hcm.test", "sslmode=disable")})
+    assert result.exit_code == 0, result.output
+    assert "is not required (sslmode=disable" in result.stderr
+
+
+def test_a_ca_bundle_that_is_not_pem_is_refused(cli, tmp_path):
+    bogus = tmp_path / "bundle.pem"
+    bogus.write_text("this is not a certificate\n")
+    assert "holds no PEM certificate" in one_error_line(cli("config", env={"DB_HOST": "h", "CA_BUNDLE": str(bogus)}))
+
+
+# --- MongoDB TLS: nothing may switch verification off under a bundle ----------------------------
+
+
+def _bundle(tmp_path: Path) -> str:
+    return str(make_pki(tmp_path / "mongo-pki", ["mongo.hcm.test"]).ca)
+
+
+@pytest.mark.parametrize("option", ["tlsInsecure=true", "tlsAllowInvalidCertificates=true",
+                                    "tlsAllowInvalidHostnames=true", "ssl=false", "tls=false",
+                                    "TLSALLOWINVALIDHOSTNAMES=true"])
+def test_with_a_bundle_no_mongo_url_option_turns_checks_off(cli, tmp_path, option):
+    env = {"MONGO_URL": f"mongodb://u:Pw-12345@mongo.hcm.test:27017/hcm?{option}", "CA_BUNDLE": _bundle(tmp_path)}
+    for command in (["config"], ["mongo", "status"]):
+        result = cli(*command, env=env)
+        assert result.exit_code == 2
+        line = one_error_line(result)
+        assert "MONGO_URL (environment)" in line and "Pw-12345" not in result.output
+
+
+def test_with_a_bundle_no_secret_option_turns_checks_off(cli, aws, tmp_path):
+    name = aws("dev/mongo-insecure", {"spring.data.mongodb.uri": "mongodb://u:Pw-12345@mongo.hcm.test/?tlsInsecure=true",
+                                      "spring.data.mongodb.database": "hcm"})
+    result = cli("mongo", "status", "--secret-name", name, "--ca-bundle", _bundle(tmp_path))
+    assert "secret dev/mongo-insecure sets tlsInsecure=true" in one_error_line(result)
+
+
+def test_config_shows_the_mongo_tls_mode_actually_used(cli, tmp_path):
+    bundle = _bundle(tmp_path)
+    def tls_line(env):
+        out = cli("config", env=env).stdout
+        return next(line for line in out.splitlines() if line.strip().startswith("tls") and "Mongo" not in line)
+    assert f"verified with {bundle}" in tls_line({"MONGO_URL": "mongodb://h/x", "CA_BUNDLE": bundle})
+    assert "off (plaintext)" in tls_line({"MONGO_URL": "mongodb://h/x"})
+    assert "verified with the system's CAs" in tls_line({"MONGO_URL": "mongodb://h/x?tls=true"})
+    insecure = cli("config", env={"MONGO_URL": "mongodb://h/x?tls=true&tlsInsecure=true"})
+    assert "NOT verified (tlsInsecure=true" in insecure.stdout and "warning: MongoDB TLS certificates are not verified" in insecure.stdout
+
+
+def test_the_bundle_reaches_pymongo_and_mongosh(tmp_path):
+    bundle = _bundle(tmp_path)
+    target = resolve_mongo(MongoOptions(ca_bundle=bundle), Env({"MONGO_URL": "mongodb://u:p@mongo.hcm.test/hcm"}))
+    assert target.client_options()["tls"] is True and target.client_options()["tlsCAFile"] == bundle
+    query = dict(parse_qsl(urlsplit(target.shell_uri()).query))
+    assert query["tls"] == "true" and query["tlsCAFile"] == bundle
+
+
+# --- mongosh authenticates as pymongo does ------------------------------------------------------
+
+
+@pytest.mark.parametrize("url, auth_source", [
+    ("mongodb://u:p@h/?tls=true", "admin"),  # no path: pymongo authenticates against admin
+    ("mongodb://u:p@h/authdb", "authdb"),  # the path is the auth database
+    ("mongodb://u:p@h/authdb?authSource=other", "other"),  # an explicit authSource wins
+])
+def test_the_shell_uri_keeps_the_auth_database_and_targets_the_patch_database(url, auth_source):
+    target = resolve_mongo(MongoOptions(database="hcm"), Env({"MONGO_URL": url}))
+    parts = urlsplit(target.shell_uri())
+    assert parts.path == "/hcm"
+    assert [v for k, v in parse_qsl(parts.query) if k == "authSource"] == [auth_source]
+
+
+def test_the_shell_uri_keeps_repeated_keys_and_adds_no_auth_source_without_credentials():
+    url = "mongodb://h1,h2/?replicaSet=rs0&readPreference=secondaryPreferred&readPreferenceTags=dc:a&readPreferenceTags="
+    target = resolve_mongo(MongoOptions(database="hcm"), Env({"MONGO_URL": url}))
+    pairs = parse_qsl(urlsplit(target.shell_uri()).query, keep_blank_values=True)
+    assert [v for k, v in pairs if k == "readPreferenceTags"] == ["dc:a", ""]
+    assert not any(k == "authSource" for k, _ in pairs)
+
+
+def test_documentdb_can_be_declared_for_a_host_without_the_aws_suffix():
+    env = {"MONGO_URL": "mongodb://u:p@docdb-tunnel.internal:27017/hcm", "MONGO_DOCUMENTDB": "true"}
+    target = resolve_mongo(MongoOptions(), Env(env))
+    assert target.documentdb and target.client_options()["retryWrites"] is False
+    assert ("retryWrites", "false") in parse_qsl(urlsplit(target.shell_uri()).query)
+    assert not resolve_mongo(MongoOptions(), Env({**env, "MONGO_DOCUMENTDB": "false"})).documentdb
