@@ -66,7 +66,7 @@ def test_real_runs_are_logged_with_the_last_line_as_comment_and_failures_as_fail
 
     with pytest.raises(MigratorError) as err:
         list(actions.apply(mongo.db, None, [ok, bad], run=True, lock_wait=1, echo=lambda line: None))
-    assert f"{bad.path}: 0002_bad failed (mongosh exit 1: Error: boom)" in str(err.value)
+    assert f"{bad.path}: 0002_bad failed: mongosh exit 1: Error: boom" in str(err.value)
     records = {r["patch"]: r for r in mongo.db.applied_patches.find()}
     assert records["0001_ok"]["comment"] == "counted 7" and records["0001_ok"]["kind"] == "js"
     assert records["0002_bad"]["status"] == "failed" and "Error: boom" in records["0002_bad"]["error"]

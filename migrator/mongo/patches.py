@@ -27,8 +27,12 @@ LOCAL_MONGOSH = PROJECT_ROOT / ".mongosh" / "node_modules" / ".bin" / "mongosh"
 
 
 def patch_key(patch_id: str) -> tuple[int, str] | str:
-    """What makes two ids the same patch: the number (without its zero padding) and the name."""
-    match = PATCH_NAME.match(patch_id)
+    """What makes two ids the same patch: the number (without its zero padding) and the name.
+
+    Old scripts logged `001_close-expired-enrollments.py` too: the suffix, hyphens and case do not count.
+    """
+    spelled = re.sub(r"\.(py|js)$", "", patch_id.strip(), flags=re.IGNORECASE).replace("-", "_").lower()
+    match = PATCH_NAME.match(spelled)
     return (int(match.group("number")), match.group("name")) if match else patch_id
 
 
@@ -52,9 +56,13 @@ def discover(mongo_dir: Path) -> list[Patch]:
         raise MigratorError(f"patch folder {mongo_dir} not found; run from the project root or pass --mongo-dir", USAGE)
     patches: dict[tuple, Patch] = {}
     for path in sorted(mongo_dir.iterdir()):
-        match = PATCH_NAME.match(path.stem)
-        if path.suffix not in KINDS or not match or not path.is_file():
+        if path.suffix not in KINDS or not path.is_file() or not path.name[:1].isdigit():
             continue  # README.md, __init__.py, helpers: not patches
+        match = PATCH_NAME.match(path.stem)
+        if not match:  # looks like a patch, but is not named like one: refuse before reading anything
+            raise MigratorError(
+                f"{path}: not a valid patch name; patches are NNNN_name.py or NNNN_name.js (digits, an underscore, "
+                "then letters, digits and underscores); rename it, or move it out of the patch folder", USAGE)
         patch = Patch(path.stem, path, KINDS[path.suffix])
         number = int(match.group("number"))
         clash = next((p for k, p in patches.items() if k[0] == number), None)
