@@ -6,16 +6,19 @@ log records (`001_close_expired_enrollments`) match `0001_close_expired_enrollme
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.settings import MongoTarget
 
@@ -103,8 +106,51 @@ def run_python(patch: Patch, db, dry_run: bool) -> str | None:
     run = getattr(module, "run", None)
     if not callable(run):
         raise MigratorError(f"{patch.path} defines no run(db, dry_run); see `runner.py mongo new --py`", USAGE)
-    comment = run(ReadOnlyDatabase(db) if dry_run else db, dry_run)
+    with contextlib.redirect_stderr(_MaskedStderr()), (_sealed() if dry_run else contextlib.nullcontext()):
+        comment = run(ReadOnlyDatabase(db) if dry_run else db, dry_run)
     return None if comment is None else str(comment)
+
+
+# What a patch may see of the environment in a dry run (and all mongosh ever gets).
+SAFE_ENVIRONMENT = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "LC_ALL", "LC_CTYPE", "LC_MESSAGES")
+
+
+@contextlib.contextmanager
+def _sealed():
+    """A dry run: no MONGO_URL, password or AWS key in os.environ, and no new MongoClient to write through."""
+    import pymongo
+    import pymongo.mongo_client
+
+    def refused(*_args, **_kwargs):
+        from migrator.mongo.readonly import DryRunWriteError
+
+        raise DryRunWriteError("a new MongoClient is not allowed in a dry run; use the db you are given")
+
+    saved = dict(os.environ)
+    clients = pymongo.MongoClient, pymongo.mongo_client.MongoClient
+    os.environ.clear()
+    os.environ.update({k: v for k, v in saved.items() if k in SAFE_ENVIRONMENT})
+    pymongo.MongoClient = pymongo.mongo_client.MongoClient = refused
+    try:
+        yield
+    finally:
+        pymongo.MongoClient, pymongo.mongo_client.MongoClient = clients
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class _MaskedStderr:
+    """A Python patch's stderr, masked on its way out like everything printed."""
+
+    def __init__(self):
+        self.stream = sys.stderr  # the real one, from before the redirect
+
+    def write(self, text: str) -> int:
+        self.stream.write(output.mask(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 class JsPatchFailed(Exception):
