@@ -292,3 +292,82 @@ def test_sigterm_at_any_point_is_handled_and_never_silently_reapplied(mongo, tmp
     else:  # never started, or applied and logged: the next run goes on from there
         assert again.exit_code == 0, again.output
         assert counter(mongo.db) == 2  # 0001 once, 0002 once
+
+
+# --- drift, renames, old records, names, read preference -------------------------------------------
+
+
+def test_an_edited_applied_patch_is_reported_blocks_and_can_be_accepted(cli, mongo, tmp_path):
+    folder = write_patch(tmp_path / "mongo", "0001_count")
+    assert cli("mongo", "apply", "--run", "--mongo-dir", folder, env=mongo.env).exit_code == 0
+    (folder / "0001_count.py").write_text((folder / "0001_count.py").read_text() + "# edited\n")
+    write_patch(folder, "0002_next")
+    status = cli("mongo", "status", "--mongo-dir", folder, env=mongo.env).stdout
+    assert "0001_count" in status and "CHANGED" in status and "runner.py mongo accept-changes 0001_count" in status
+    blocked = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=mongo.env)
+    assert blocked.exit_code == 3 and "has changed since" in one_error_line(blocked) and counter(mongo.db) == 1
+    accepted = cli("mongo", "accept-changes", "0001_count", "--mongo-dir", folder, env=mongo.env)
+    assert accepted.exit_code == 0 and "accepted the changed file of 0001_count" in accepted.stdout
+    assert mongo.db.applied_patches.find_one({"status": "accepted"})["previous_checksum"]
+    done = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=mongo.env)
+    assert done.exit_code == 0 and "applied 0002_next" in done.stdout and counter(mongo.db) == 2  # 0001 not re-run
+
+
+def test_a_renamed_patch_is_matched_by_checksum_and_not_rerun(cli, mongo, tmp_path):
+    folder = write_patch(tmp_path / "mongo", "0001_count")
+    cli("mongo", "apply", "--run", "--mongo-dir", folder, env=mongo.env)
+    (folder / "0001_count.py").rename(folder / "0001_count_things.py")
+    again = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=mongo.env)
+    assert again.exit_code == 0 and "up to date" in again.stdout and counter(mongo.db) == 1
+    assert "applied 1x (as 0001_count)" in cli("mongo", "status", "--mongo-dir", folder, env=mongo.env).stdout
+
+
+def test_old_records_in_every_shape_are_read_and_matched(cli, mongo, tmp_path):
+    folder = tmp_path / "mongo"
+    for name in ("0001_close_expired", "0002_fix_cycles", "0003_move_users", "0004_dated", "0005_new"):
+        write_patch(folder, name)
+    mongo.db.applied_patches.insert_many([
+        {"patch": "001_close_expired.py", "comment": "suffix"},                        # no date at all
+        {"patch": "002-fix-cycles", "comment": "hyphens", "applied": "2023-05-01T10:00:00Z"},  # a string date
+        {"_id": "custom-id", "patch": "3_MOVE_USERS", "applied": "not a date"},        # an odd _id, odd case
+        {"patch": "0004_dated", "comment": "naive", "applied": __import__("datetime").datetime(2022, 1, 1)},
+    ])
+    status = cli("mongo", "status", "--mongo-dir", folder, env=mongo.env)
+    assert status.exit_code == 0, status.output
+    assert "4 applied, 1 never applied" in status.stdout
+    history = cli("mongo", "history", "--mongo-dir", folder, env=mongo.env)
+    assert history.exit_code == 0 and "4 record(s)" in history.stdout and "2023-05-01 10:00:00 UTC" in history.stdout
+    assert history.stdout.count("(no date)") == 2
+    assert cli("mongo", "history", "--json", "--mongo-dir", folder, env=mongo.env).exit_code == 0
+    run = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=mongo.env)
+    assert run.exit_code == 0 and "applied 0005_new" in run.stdout and counter(mongo.db) == 1
+
+
+@pytest.mark.parametrize("name", ["0003-fix.py", "12_bad name.js", "0004_fix.v2.py"])
+def test_a_badly_named_patch_is_refused_before_anything_reads_it(cli, mongo, tmp_path, name):
+    folder = write_patch(tmp_path / "mongo", "0001_count")
+    (folder / name).write_text("raise SystemExit('must never be read')\n")
+    (folder / "README.md").write_text("helpers are ignored")
+    (folder / "__init__.py").write_text("")
+    result = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=mongo.env)
+    assert result.exit_code == 2 and f"{folder / name}: not a valid patch name" in one_error_line(result)
+    assert counter(mongo.db) == 0 and mongo.db.applied_patches.count_documents({}) == 0
+
+
+def test_the_log_and_lock_are_read_from_the_primary(mongo):
+    from pymongo import ReadPreference
+
+    secondary = mongo.db.client.get_database(mongo.name, read_preference=ReadPreference.SECONDARY_PREFERRED)
+    assert log.collection(secondary).read_preference == ReadPreference.PRIMARY
+    assert lock.Lock(secondary).collection.read_preference == ReadPreference.PRIMARY
+
+
+def test_error_texts_in_the_log_are_masked(cli, mongo, tmp_path):
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_leaks.py").write_text(
+        "def run(db, dry_run):\n    raise RuntimeError('cannot reach mongodb://app:Sup3r-Secret@other:27017/x')\n")
+    result = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=mongo.env)
+    assert "Sup3r-Secret" not in result.stderr
+    (record,) = mongo.db.applied_patches.find()
+    assert "Sup3r-Secret" not in record["error"] and "mongodb://app:***@other:27017/x" in record["error"]
