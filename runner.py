@@ -324,7 +324,7 @@ def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline, as_json):
         output.result(f"-- MongoDB {mongo_target.display_uri} ({mongo_target.database}): "
                       f"{len(pending)} pending patch(es), dry-run below; nothing was written")
         with output.patch_output(err=True):  # the patches' own output stays off the SQL on stdout
-            outcomes = list(actions.apply(db, mongo_target, pending, run=False, lock_wait=0, echo=output.note))
+            outcomes = list(actions.apply(db, mongo_target, mongo_patches, run=False, lock_wait=0, echo=output.note))
     for outcome in outcomes:
         output.result(f"--   {outcome.patch.id} ({outcome.patch.kind}): {outcome.comment or '(no comment)'}")
     if drift:
@@ -452,19 +452,18 @@ def _mongo_target(mongo_options: MongoOptions) -> MongoTarget:
 
 
 def _apply_patches(target: MongoTarget, found: list, names, run: bool, lock_wait: float) -> None:
-    from migrator.mongo import actions, connection, patches
+    from migrator.mongo import actions, connection
 
-    chosen = patches.select(found, list(names)) if names else None
     if not run:
         output.note("dry run: nothing will be written (add --run to apply)")
+    count = 0
     with connection.connect(target) as db, output.patch_output():
-        todo = chosen if chosen is not None else actions.pending(db, found)
-        count = 0
-        for outcome in actions.apply(db, target, todo, run=run, lock_wait=lock_wait, echo=output.result):
+        for outcome in actions.apply(db, target, found, list(names) or None, run=run, lock_wait=lock_wait,
+                                     echo=output.result):
             count += 1
             verb = "applied" if run else "dry run"
             output.result(f"  {verb} {outcome.patch.id} ({outcome.seconds * 1000:.0f} ms): {outcome.comment or '(no comment)'}")
-    if not todo:
+    if not count:
         output.result(f"MongoDB: up to date ({len(found)} patch(es), all applied)")
     elif run:
         output.result(f"MongoDB: applied {count} patch(es)")
@@ -481,21 +480,27 @@ def _patch_summaries(target: MongoTarget, mongo_dir: Path):
 
 
 def _summary_json(summary) -> dict:
-    return {"id": summary.id, "state": summary.state, "applied_count": summary.applied_count,
+    return {"id": summary.id, "state": summary.label, "applied_count": summary.applied_count,
             "last_applied": summary.last_applied.isoformat() if summary.last_applied else None,
-            "last_outcome": summary.last_outcome, "file": str(summary.patch.path) if summary.patch else None}
+            "last_outcome": summary.last_outcome, "file": str(summary.patch.path) if summary.patch else None,
+            "blocked": summary.state in ("running", "failed", "changed")}
 
 
 def _print_patch_summaries(target: MongoTarget, summaries) -> None:
+    from migrator.mongo import state
+
     output.result(f"MongoDB {target.display_uri} ({target.database})")
     width = max((len(s.id) for s in summaries), default=0)
     for s in summaries:
         last = f"last {s.last_applied:%Y-%m-%d %H:%M:%S} UTC" if s.last_applied else ""
         outcome = f"last outcome: {s.last_outcome}" if s.last_outcome else ""
-        output.result(f"  {s.id:<{width}}  {s.state:<14}  {last:<27}  {outcome}".rstrip())
-    never = sum(1 for s in summaries if s.patch and not s.applied_count)
+        output.result(f"  {s.id:<{width}}  {s.label:<14}  {last:<27}  {outcome}".rstrip())
+    never = sum(1 for s in summaries if s.state == state.PENDING)
     output.result(f"MongoDB: {sum(1 for s in summaries if s.applied_count and s.patch)} applied, {never} never applied"
                   + (f", {sum(1 for s in summaries if not s.patch)} logged but not on disk" if any(not s.patch for s in summaries) else ""))
+    for s in summaries:
+        if s.state in state.BLOCKED:
+            output.result(f"  blocked: {state.explain(s)}")
 
 
 @cli.group()
@@ -544,16 +549,52 @@ def mongo_history(mongo_options, mongo_dir, patch, as_json):
 
     target = _mongo_target(mongo_options)
     with connection.connect(target) as db:
-        records = log.history(db, patch)
+        records = log.history(db, patch)[::-1]
     if as_json:
-        output.result(json.dumps(records, indent=2, default=str))
+        output.result(json.dumps([log.printable(r) for r in records], indent=2, default=str))
         return
     for r in records:
-        when = f"{r['applied']:%Y-%m-%d %H:%M:%S} UTC" if r.get("applied") else "?"
+        at = log.when(r)
+        when = f"{at:%Y-%m-%d %H:%M:%S} UTC" if at != log.EPOCH else "(no date)"
         who = f"{r.get('user', '')}@{r.get('host', '')}" if r.get("host") else "(seed record)"
         comment = " ".join(str(r.get("error") or r.get("comment") or "").split())
-        output.result(f"{when}  {r.get('patch')}  {r.get('status', 'applied')}  {who}  {comment}")
+        output.result(f"{when}  {r.get('patch')}  {log.status_of(r)}  {who}  {comment}")
     output.result(f"{len(records)} record(s)")
+
+
+@mongo.command("resolve")
+@mongo_options
+@click.argument("patch")
+@click.option("--applied", "applied", flag_value=True, default=None, help="Its writes are complete: count it as applied.")
+@click.option("--not-applied", "applied", flag_value=False, help="Its writes were undone or never made: it is pending again.")
+@click.option("--note", required=True, help="What you checked (logged with your user and host).")
+@lock_timeout_option
+def mongo_resolve(mongo_options, mongo_dir, patch, applied, note, lock_timeout):
+    """After a look at the data, settle a patch whose run failed or never finished (logged in applied_patches)."""
+    from migrator.mongo import actions, connection, patches
+
+    if applied is None:
+        raise MigratorError("say what you found: --applied (its writes are complete) or --not-applied", USAGE)
+    target = _mongo_target(mongo_options)
+    with connection.connect(target) as db:
+        actions.resolve(db, patches.discover(mongo_dir), patch, applied=applied, note=note, lock_wait=lock_timeout)
+    output.result(f"resolved {patch} as {'applied' if applied else 'not applied'}")
+
+
+@mongo.command("accept-changes")
+@mongo_options
+@click.argument("names", nargs=-1, required=True, metavar="PATCH...")
+@click.option("--note", default="file change reviewed", show_default=True, help="Why (logged).")
+@lock_timeout_option
+def mongo_accept_changes(mongo_options, mongo_dir, names, note, lock_timeout):
+    """Accept the current file of applied patches that changed since (after review); they are not re-run."""
+    from migrator.mongo import actions, connection, patches
+
+    target = _mongo_target(mongo_options)
+    with connection.connect(target) as db:
+        done = actions.accept_changes(db, patches.discover(mongo_dir), list(names), note=note, lock_wait=lock_timeout)
+    for record in done:
+        output.result(f"accepted the changed file of {record['patch']} (checksum {record['checksum'][:12]})")
 
 
 @mongo.command("new")

@@ -6,7 +6,7 @@ notes and errors go to stderr.
 
 import re
 import sys
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Iterator
 from urllib.parse import quote, quote_plus
 
@@ -97,7 +97,7 @@ def traceback_text() -> str:
 
 
 class _MaskingStream:
-    """What a patch prints, masked on its way out."""
+    """What a patch prints, scrubbed on its way out (it is text from outside the runner)."""
 
     def __init__(self, err: bool):
         self.stream = sys.stderr if err else sys.stdout  # the real one, from before the redirect
@@ -114,4 +114,11 @@ class _MaskingStream:
 def patch_output(err: bool = False) -> Iterator[None]:
     """Route a Python patch's print() through the masking, to stdout (or stderr)."""
     with redirect_stdout(_MaskingStream(err)):
+        yield
+
+
+@contextmanager
+def patch_stderr() -> Iterator[None]:
+    """Route what a Python patch writes to sys.stderr through the masking, to stderr."""
+    with redirect_stderr(_MaskingStream(err=True)):
         yield

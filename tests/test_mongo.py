@@ -125,11 +125,20 @@ def test_a_failing_patch_is_logged_as_failed_and_stops_the_rest(cli, mongo, mong
     assert "0003_after" not in records and mongo.db.marker.count_documents({}) == 0
     status = cli("mongo", "status", "--mongo-dir", mongo_dir, env=mongo.env)
     assert "0002_broken" in status.stdout and "last outcome: failed" in status.stdout
-    # A failed patch stays pending: fixed, the next deploy applies it and goes on.
-    (mongo_dir / "0002_broken.py").write_text("def run(db, dry_run):\n    return 'fixed'\n")
+    # A failed patch is not retried by the next deploy (its partial writes are kept): one line says how to go on.
+    (mongo_dir / "0002_broken.py").write_text("def run(db, dry_run):\n    db.marker.insert_one({'fixed': 1})\n    return 'fixed'\n")
+    again = cli("mongo", "apply", "--run", "--mongo-dir", mongo_dir, env=mongo.env)
+    line = one_error_line(again)
+    assert again.exit_code == 1 and "patch 0002_broken failed 20" in line and "ValueError: no such campaign: C-42" in line
+    assert "`runner.py mongo apply 0002_broken --run`" in line and "`runner.py mongo resolve 0002_broken --applied`" in line
+    assert mongo.db.marker.count_documents({}) == 0
+    # Re-run deliberately by name, then the deploy goes on with the rest.
+    named = cli("mongo", "apply", "0002_broken", "--run", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert named.exit_code == 0, named.output
     again = cli("mongo", "apply", "--run", "--mongo-dir", mongo_dir, env=mongo.env)
     assert again.exit_code == 0, again.output
-    assert "applied 0002_broken" in again.stdout and "applied 0003_after" in again.stdout
+    assert "applied 0003_after" in again.stdout and "0002_broken" not in again.stdout
+    assert mongo.db.marker.count_documents({}) == 2
 
 
 def test_a_careless_patch_cannot_write_in_a_dry_run(cli, mongo, mongo_dir):
@@ -182,6 +191,7 @@ def test_history_newest_first_and_per_patch(cli, mongo, mongo_dir):
     result = cli("mongo", "history", "--mongo-dir", mongo_dir, env=mongo.env)
     lines = [line for line in result.stdout.splitlines() if "UTC" in line]
     assert [line.split()[3] for line in lines] == [PATCH_0001, "0002_other", "0002_other", "001_close_expired_enrollments"]
+    assert [line.split()[4] for line in lines] == ["applied"] * 4
     assert len(lines) == 4 and lines[-1].startswith("2024-01-01 00:00:00 UTC  001_close_expired_enrollments  applied  (seed record)  seed era")
     one = cli("mongo", "history", PATCH_0001, "--json", "--mongo-dir", mongo_dir, env=mongo.env)
     records = json.loads(one.stdout)
@@ -230,7 +240,7 @@ def test_status_shows_both_stores(cli, db, mongo, mongo_dir):
     data = json.loads(cli("status", "--json", "--mongo-dir", mongo_dir, env={**db.db_env(), **mongo.env}).stdout)
     assert data["mongo"]["patches"][0] == {"id": PATCH_0001, "state": "never applied", "applied_count": 0,
                                            "last_applied": None, "last_outcome": None,
-                                           "file": str(mongo_dir / f"{PATCH_0001}.py")}
+                                           "file": str(mongo_dir / f"{PATCH_0001}.py"), "blocked": False}
     assert "MongoDB: not configured" in cli("status", env=db.db_env()).stdout
 
 

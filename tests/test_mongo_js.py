@@ -27,11 +27,12 @@ def js_patch(tmp_path, name: str, body: str) -> Patch:
 
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_dry_run_reaches_the_file(tmp_path, dry_run):
-    patch = js_patch(tmp_path, "0001_echo", 'print("first line");\nprint(`DRY_RUN is ${DRY_RUN}`);\n')
+    patch = js_patch(tmp_path, "0001_echo", 'print("first line");\npatchComment(`DRY_RUN was ${DRY_RUN}`);\n'
+                                            'print(`DRY_RUN is ${DRY_RUN}`);\nprintjson({a: 1});\n')
     seen = []
     comment = run_js(patch, None, dry_run, seen.append)
-    assert seen == ["first line", f"DRY_RUN is {str(dry_run).lower()}"]  # streamed, in order
-    assert comment == f"DRY_RUN is {str(dry_run).lower()}"  # the last line is the comment
+    assert seen == ["first line", f"DRY_RUN is {str(dry_run).lower()}", "{", "  a: 1", "}"]  # streamed, in order
+    assert comment == f"DRY_RUN was {str(dry_run).lower()}"  # the declared comment, not the last line ("}")
 
 
 def test_a_thrown_error_is_a_failure_with_its_message(tmp_path):
@@ -47,7 +48,8 @@ def test_exit_codes_map_through(tmp_path):
     with pytest.raises(JsPatchFailed) as err:
         run_js(patch, None, True, lambda line: None)
     assert err.value.code == 3
-    assert run_js(js_patch(tmp_path, "0002_ok", 'print("fine");\nquit(0);\n'), None, True, lambda line: None) == "fine"
+    assert run_js(js_patch(tmp_path, "0002_ok", 'patchComment("fine");\nquit(0);\n'), None, True, lambda line: None) == "fine"
+    assert run_js(js_patch(tmp_path, "0003_silent", 'print("no comment declared");\n'), None, True, lambda line: None) is None
 
 
 def test_a_syntax_error_names_itself(tmp_path):
@@ -58,7 +60,7 @@ def test_a_syntax_error_names_itself(tmp_path):
 
 
 def test_real_runs_are_logged_with_the_last_line_as_comment_and_failures_as_failed(tmp_path, mongo):
-    ok = js_patch(tmp_path, "0001_ok", 'if (DRY_RUN) { print("would count"); } else { print("counted 7"); }\n')
+    ok = js_patch(tmp_path, "0001_ok", 'patchComment(DRY_RUN ? "would count" : "counted 7");\n')
     bad = js_patch(tmp_path, "0002_bad", 'throw new Error("boom");\n')
     dry = list(actions.apply(mongo.db, None, [ok], run=False, lock_wait=1, echo=lambda line: None))
     assert dry[0].comment == "would count" and mongo.db.applied_patches.count_documents({}) == 0
@@ -66,7 +68,7 @@ def test_real_runs_are_logged_with_the_last_line_as_comment_and_failures_as_fail
 
     with pytest.raises(MigratorError) as err:
         list(actions.apply(mongo.db, None, [ok, bad], run=True, lock_wait=1, echo=lambda line: None))
-    assert f"{bad.path}: 0002_bad failed (mongosh exit 1: Error: boom)" in str(err.value)
+    assert f"{bad.path}: 0002_bad failed: mongosh exit 1: Error: boom" in str(err.value)
     records = {r["patch"]: r for r in mongo.db.applied_patches.find()}
     assert records["0001_ok"]["comment"] == "counted 7" and records["0001_ok"]["kind"] == "js"
     assert records["0002_bad"]["status"] == "failed" and "Error: boom" in records["0002_bad"]["error"]
@@ -76,6 +78,8 @@ def test_the_uri_travels_in_the_environment_not_the_command_line(tmp_path, monke
     """What `ps` would show: mongosh's argv has no URI and no password."""
     from migrator.settings import MongoTarget
 
+    for name, value in {"DB_PASSWORD": "pg-secret", "AWS_SECRET_ACCESS_KEY": "aws", "MONGO_URL": "mongodb://x"}.items():
+        monkeypatch.setenv(name, value)
     seen = {}
     real_popen = subprocess.Popen
 
@@ -89,6 +93,9 @@ def test_the_uri_travels_in_the_environment_not_the_command_line(tmp_path, monke
     assert "Js-Secret-5" not in " ".join(seen["argv"]) and "mongodb://" not in " ".join(seen["argv"])
     assert seen["argv"][1:4] == ["--nodb", "--norc", "--quiet"]
     assert "db = connect(process.env.HCM_MONGO_URI);" in seen["argv"][5]
+    # Nothing else of the runner's environment: no password, no AWS key, no MONGO_URL; telemetry off.
+    assert set(seen["env"]) <= {"PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "LC_ALL", "LC_CTYPE", "LC_MESSAGES",
+                                "HCM_MONGO_URI", "MONGOSH_FORCE_DISABLE_TELEMETRY_FOR_TESTING"}
     uri = seen["env"]["HCM_MONGO_URI"]
     assert uri.startswith("mongodb://app:Js-Secret-5@docdb.example:27017/hcm?")
     assert "tls=true" in uri and "tlsCAFile=/ca.pem" in uri and "retryWrites=false" in uri
@@ -102,7 +109,9 @@ def test_the_example_patch_counts_by_status_in_mongosh_syntax(tmp_path):
     # mongosh guards the global `db`, so the stand-in database comes in as a parameter.
     stub = '{ getCollection: () => ({ aggregate: () => ({ toArray: () => [{_id: "ACTIVE", n: 2}, {_id: "COMPLETED", n: 5}] }) }) }'
     patch = js_patch(tmp_path, "0002_example", f"(function (db) {{\n{source}\n}})({stub});\n")
-    assert run_js(patch, None, True, lambda line: None) == "dry run: enrollments by status: ACTIVE=2, COMPLETED=5"
+    seen = []
+    assert run_js(patch, None, True, seen.append) == "dry run: enrollments by status: ACTIVE=2, COMPLETED=5"
+    assert seen == ["enrollments by status: ACTIVE=2, COMPLETED=5"]
     assert run_js(patch, None, False, lambda line: None) == "enrollments by status: ACTIVE=2, COMPLETED=5"
 
 
@@ -113,3 +122,35 @@ def test_a_wrong_mongosh_setting_is_one_line(cli, mongo, tmp_path, monkeypatch):
     result = cli("mongo", "apply", "--mongo-dir", tmp_path / "mongo", env=mongo.env)
     assert result.exit_code == 2
     assert f"mongosh not found at {tmp_path / 'no-mongosh-here'} (MONGOSH); fix MONGOSH or unset it" in one_error_line(result)
+
+
+@pytest.mark.parametrize("attempt", ["var DRY_RUN = false;", "let DRY_RUN = false;", "const DRY_RUN = false;",
+                                     "DRY_RUN = false;", "globalThis.DRY_RUN = false;",
+                                     'Object.defineProperty(globalThis, "DRY_RUN", {value: false});'])
+def test_a_patch_cannot_turn_its_dry_run_off(tmp_path, attempt):
+    patch = js_patch(tmp_path, "0001_sneaky", f"try {{ {attempt} }} catch (e) {{ print('refused: ' + e.name); }}\n"
+                                              "patchComment(`DRY_RUN is ${DRY_RUN}`);\n")
+    try:
+        comment = run_js(patch, None, True, lambda line: None)
+    except JsPatchFailed as exc:  # refused outright (a SyntaxError) is as good: it did not run as a real run
+        assert "DRY_RUN" in str(exc) or "SyntaxError" in str(exc)
+        return
+    assert comment == "DRY_RUN is true"
+
+
+def test_mongosh_runs_with_telemetry_off_and_a_home_of_its_own(tmp_path):
+    patch = js_patch(tmp_path, "0001_env", 'patchComment(`telemetry=${config.get("enableTelemetry")} '
+                                           'home=${process.env.HOME} pw=${process.env.DB_PASSWORD}`);\n')
+    comment = run_js(patch, None, True, lambda line: None)
+    assert comment.startswith("telemetry=false home=/") and "hcm-mongosh-" in comment and comment.endswith("pw=undefined")
+
+
+def test_mongosh_is_stopped_after_the_timeout_and_fails_the_patch(tmp_path):
+    import time
+
+    patch = js_patch(tmp_path, "0001_hangs", 'print("working");\nsleep(60000);\n')
+    started = time.monotonic()
+    with pytest.raises(JsPatchFailed) as err:
+        run_js(patch, None, False, lambda line: None, timeout=3)
+    assert time.monotonic() - started < 20
+    assert "stopped after 3 s (--mongo-timeout)" in str(err.value)

@@ -2,6 +2,8 @@
 
 import pytest
 
+from conftest import one_error_line
+
 from migrator.mongo.readonly import DryRunWriteError, ReadOnlyDatabase
 
 WRITES = {
@@ -77,3 +79,77 @@ def test_the_error_names_the_collection_and_method(view):
     with pytest.raises(DryRunWriteError) as err:
         view.things.update_many({}, {"$set": {"x": 0}})
     assert str(err.value).startswith(f"{view.name}.things.update_many is not allowed in a dry run")
+
+
+# --- no real object by any attribute; legitimate reads work --------------------------------------
+
+LEAKS = {
+    "find().collection": lambda v: v.things.find().collection.insert_one({}),
+    "find().sort().collection": lambda v: v.things.find().sort("_id").limit(1).collection.delete_many({}),
+    "aggregate cursor": lambda v: v.things.aggregate([]).collection.drop(),
+    "collection.database.client": lambda v: v.things.database.client.drop_database(v.name),
+    "client write path": lambda v: v.client._retryable_write,
+    "raw batches + $out": lambda v: v.things.aggregate_raw_batches([{"$out": "copy"}]),
+    "command string aggregate $merge": lambda v: v.command("aggregate", "things", pipeline=[{"$merge": "c"}], cursor={}),
+    "private insert": lambda v: v.things._insert_one,
+}
+
+
+@pytest.mark.parametrize("leak", list(LEAKS))
+def test_no_attribute_hands_out_a_real_object(view, mongo, leak):
+    before = mongo.snapshot()
+    with pytest.raises((DryRunWriteError, AttributeError)):
+        LEAKS[leak](view)
+    assert mongo.snapshot() == before
+
+
+def test_legitimate_reads_work_in_a_dry_run(view, mongo):
+    mongo.db.fs.files.insert_one({"_id": "f", "filename": "report.csv"})
+    assert [d["filename"] for d in view.fs.files.find()] == ["report.csv"]
+    assert view.things.find().collection.name == "things"  # the view, still readable
+    assert view.things.index_information()["_id_"]
+    assert [d["n"] for d in view.things.aggregate([{"$group": {"_id": None, "n": {"$sum": 1}}}])] == [2]
+
+
+def test_pymongo_views_pass_isinstance_and_gridfs_reads_without_a_write_path():
+    """A real pymongo Database (no server needed until a query runs): isinstance, GridFS(db), refused writes."""
+    import gridfs
+    import pymongo
+    from pymongo.database import Database
+
+    client = pymongo.MongoClient("mongodb://127.0.0.1:9", connect=False, serverSelectionTimeoutMS=200)
+    view = ReadOnlyDatabase(client["hcm"])
+    assert isinstance(view, Database) and type(view) is ReadOnlyDatabase
+    fs = gridfs.GridFS(view)  # pymongo's own type check passes
+    cursor = fs.find({"filename": "x"})
+    assert type(cursor.collection).__name__ == "ReadOnlyCollection"
+    from pymongo.collection import Collection
+
+    # Reads get past the view and reach pymongo's read path (here: no server, so a timeout, not a refusal).
+    for read in (lambda: view.command("aggregate", "things", pipeline=[{"$match": {}}], cursor={}),
+                 lambda: next(iter(cursor)), lambda: view.things.find().sort("_id").next(),
+                 lambda: list(view.things.aggregate_raw_batches([]))):
+        with pytest.raises(pymongo.errors.ServerSelectionTimeoutError):
+            read()
+    for write in (lambda: fs.delete("id"), lambda: view.fs.files.create_index("filename"),
+                  lambda: Collection.insert_one(view.things, {"x": 1}),  # unbound: still through the client view
+                  lambda: view.client.drop_database("hcm")):
+        with pytest.raises((DryRunWriteError, AttributeError)):  # refused before any network (not a timeout)
+            write()
+
+
+def test_a_python_dry_run_sees_no_secret_and_cannot_build_a_client(cli, mongo, tmp_path):
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_sneaky.py").write_text(
+        "import os, sys\n"
+        "def run(db, dry_run):\n"
+        "    print('ENV', sorted(k for k in os.environ if 'MONGO' in k or 'PASSWORD' in k or 'AWS' in k))\n"
+        "    print('oops: mongodb://u:Hidden-Pw-77@h/', file=sys.stderr)\n"
+        "    import pymongo\n"
+        "    pymongo.MongoClient('mongodb://elsewhere').hcm.things.insert_one({})\n")
+    env = {**mongo.env, "DB_PASSWORD": "Hidden-Pw-77", "AWS_SECRET_ACCESS_KEY": "aws-key-123"}
+    result = cli("mongo", "apply", "--mongo-dir", folder, env=env)
+    assert "ENV []" in result.stdout
+    assert "Hidden-Pw-77" not in result.stderr and "mongodb://u:***@h/" in result.stderr
+    assert "a new MongoClient is not allowed in a dry run" in one_error_line(result)

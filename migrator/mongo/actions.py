@@ -1,8 +1,10 @@
-"""What the CLI calls on the Mongo side: pending, apply, status, history.
+"""What the CLI calls on the Mongo side: status, apply, resolve, accept-changes.
 
 `apply` is a dry run unless run=True. A dry run writes nothing at all: no lock, no log record,
-and Python patches get a read-only view. A real run takes the lock, logs every application
-(failed ones too) and stops at the first failure.
+Python patches get a read-only view and JS ones an immutable DRY_RUN. A real run takes the lock
+(kept by a heartbeat), reads the log under it, writes a `running` record before each patch and
+settles it after; it stops at the first failure, and refuses to start while a patch is blocked
+(see state.py).
 """
 
 from __future__ import annotations
@@ -11,10 +13,20 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from migrator.errors import MigratorError
-from migrator.mongo import lock, log
-from migrator.mongo.patches import JsPatchFailed, Patch, patch_key, run_js, run_python
+from migrator.errors import USAGE, MigratorError
+from migrator.mongo import interrupt, lock, log, state
+from migrator.mongo.patches import JsPatchFailed, Patch, run_js, run_python
 from migrator.settings import MongoTarget
+
+INTERRUPTED = 143  # 128 + SIGTERM, as a shell reports it
+
+
+class PatchFailed(MigratorError):
+    """A patch's own failure; `reason` is what the log keeps."""
+
+    def __init__(self, patch: Patch, reason: str, advice: str):
+        super().__init__(f"{patch.path}: {patch.id} failed: {reason}; {advice}")
+        self.reason = reason
 
 
 @dataclass
@@ -25,53 +37,130 @@ class Outcome:
 
 
 def pending(db, patches: list[Patch]) -> list[Patch]:
-    """Patches never applied successfully (seed-shaped records count as successes)."""
-    done = {patch_key(str(r.get("patch", ""))) for r in log.history(db) if log.succeeded(r)}
-    return [p for p in patches if p.key not in done]
+    """What an automatic run would apply now; one line (MigratorError) while a patch is blocked."""
+    return state.pending(state.read(db, patches))
 
 
-def apply(db, target: MongoTarget | None, patches: list[Patch], *, run: bool, lock_wait: float,
-          echo: Callable[[str], None]) -> Iterator[Outcome]:
-    """Run the patches in order, yielding each outcome; raise MigratorError at the first failure."""
+def apply(db, target: MongoTarget | None, patches: list[Patch], names: list[str] | None = None, *, run: bool,
+          lock_wait: float, echo: Callable[[str], None]) -> Iterator[Outcome]:
+    """Run the named patches (None: the pending ones) in order, yielding each outcome.
+
+    Raises MigratorError at the first failure, after logging it.
+    """
+    from migrator.mongo.patches import select
+
     if not run:
-        for patch in patches:
+        for patch in select(patches, names) if names else pending(db, patches):
             yield _run_one(db, target, patch, dry_run=True, echo=echo)
         return
-    with lock.held(db, target.where if target else db.name, lock_wait) as held:
-        for patch in patches:
-            held.renew()
-            started = log.utcnow()
-            try:
-                outcome = _run_one(db, target, patch, dry_run=False, echo=echo)
-            except MigratorError as exc:
-                log.append(db, patch, status="failed", comment=None, started=started, error=str(exc))
-                raise
-            log.append(db, patch, status="applied", comment=outcome.comment, started=started)
-            yield outcome
+    where = target.where if target else db.name
+    with lock.held(db, where, lock_wait) as held, interrupt.guard() as guard:
+        done: list[str] = []
+        try:
+            todo = select(patches, names) if names else pending(db, patches)  # read under the lock
+            for patch in todo:
+                outcome = _apply_one(db, target, patch, held, guard, echo)
+                done.append(patch.id)
+                guard.check()  # a SIGTERM while the record was settled
+                yield outcome
+        except interrupt.Interrupted as exc:  # between patches: nothing is half done
+            applied = f"after applying {', '.join(done)} (logged)" if done else "before any patch started"
+            raise MigratorError(f"{exc} {applied}; the remaining patches did not run", INTERRUPTED) from exc
+
+
+def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard, echo) -> Outcome:
+    held.check()
+    with guard.deferred():
+        record = log.begin(db, patch, held.owner)
+    started = False
+    try:
+        guard.check()  # a SIGTERM while the record was written: the patch never starts
+        started = True
+        outcome = _run_one(db, target, patch, dry_run=False, echo=echo)
+    except BaseException as exc:  # SystemExit, SIGTERM, a bug in the patch: all failures of this patch
+        _settle_failure(db, record, patch, exc, started, held, guard)
+        raise  # not reached: _settle_failure raises
+    held.check()  # lost the lock while the patch ran: leave the record running, say so
+    with guard.deferred():
+        log.settle(db, record, log.APPLIED, comment=outcome.comment)
+    return outcome
+
+
+def _settle_failure(db, record, patch: Patch, exc: BaseException, started: bool, held, guard) -> None:
+    status = log.FAILED if started else log.CANCELLED
+    error = exc.reason if isinstance(exc, PatchFailed) else str(exc) if isinstance(exc, MigratorError) else _describe(exc)
+    lost = ""
+    if held.renew():
+        with guard.deferred():
+            log.settle(db, record, status, error=error)
+    else:
+        lost = f"; the lock was lost meanwhile ({held.lost_at}), so its record stays `running`: see `runner.py mongo status`"
+    if isinstance(exc, interrupt.Interrupted):
+        written = "it had not started" if not started else "its writes so far are kept; the next run stops at it"
+        raise MigratorError(f"{patch.path}: {patch.id} {exc} ({written}){lost}", INTERRUPTED) from exc
+    if isinstance(exc, MigratorError):
+        raise MigratorError(f"{exc}{lost}", exc.exit_code) from exc
+    raise MigratorError(f"{patch.path}: {patch.id} failed: {error}{lost}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"the patch called sys.exit({exc.code!r}) (a patch returns its comment; raise to fail)"
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, echo: Callable[[str], None]) -> Outcome:
     from migrator.mongo.readonly import DryRunWriteError
 
     started = time.perf_counter()
-    mode = "dry run of " if dry_run else ""
+    advice = "fix the patch, then see `runner.py mongo status`" if not dry_run else "fix the patch"
     try:
         if patch.kind == "py":
             comment = run_python(patch, db, dry_run)
         else:
-            comment = run_js(patch, target, dry_run, echo)
-    except MigratorError:
+            comment = run_js(patch, target, dry_run, echo, timeout=target.timeout if target else None)
+    except (MigratorError, interrupt.Interrupted):
         raise
     except DryRunWriteError as exc:
-        raise MigratorError(f"{patch.path}: {mode}{patch.id} tried to write: {exc}") from exc
+        raise MigratorError(f"{patch.path}: dry run of {patch.id} tried to write: {exc}") from exc
     except JsPatchFailed as exc:
-        raise MigratorError(f"{patch.path}: {mode}{patch.id} failed ({exc}); fix the patch and apply it again") from exc
-    except Exception as exc:  # the patch's own error: name it, keep the traceback for -v
-        raise MigratorError(
-            f"{patch.path}: {mode}{patch.id} failed: {exc.__class__.__name__}: {exc}; fix the patch and apply it again"
-        ) from exc
+        raise PatchFailed(patch, str(exc), advice) from exc
+    except BaseException as exc:  # the patch's own error, sys.exit included: name it, keep the traceback for -v
+        raise PatchFailed(patch, _describe(exc), advice) from exc
     return Outcome(patch, comment, time.perf_counter() - started)
 
 
-def status(db, patches: list[Patch]) -> list[log.PatchSummary]:
-    return log.summarise(log.history(db), patches)
+def status(db, patches: list[Patch]) -> list[state.PatchState]:
+    return state.read(db, patches)
+
+
+def resolve(db, patches: list[Patch], name: str, *, applied: bool, note: str, lock_wait: float) -> dict:
+    """Mark a failed or unfinished patch as applied or not applied, after someone looked: logged."""
+    from migrator.mongo.patches import select
+
+    (patch,) = select(patches, [name])
+    with lock.held(db, db.name, lock_wait) as held:
+        found = next(s for s in state.read(db, patches) if s.patch == patch)
+        if found.state not in (state.RUNNING, state.FAILED_STATE):
+            raise MigratorError(f"patch {patch.id} is {found.label}: nothing to resolve (only failed or unfinished "
+                                "runs are)", USAGE)
+        held.check()
+        return log.decide(db, patch.id, log.RESOLVED, note, patch.checksum,
+                          resolved_as=log.APPLIED if applied else "not applied",
+                          resolves={"status": log.status_of(found.blocker), "started": log.when(found.blocker),
+                                    "host": found.blocker.get("host")})
+
+
+def accept_changes(db, patches: list[Patch], names: list[str], *, note: str, lock_wait: float) -> list[dict]:
+    """Record the current checksum of applied patches whose file changed (after review): logged."""
+    from migrator.mongo.patches import select
+
+    chosen = select(patches, names)
+    with lock.held(db, db.name, lock_wait) as held:
+        by_patch = {s.patch: s for s in state.read(db, patches) if s.patch}
+        unchanged = [p.id for p in chosen if by_patch[p].state != state.CHANGED]
+        if unchanged:
+            raise MigratorError(f"not changed since applied: {', '.join(unchanged)}; nothing to accept", USAGE)
+        held.check()
+        return [log.decide(db, p.id, log.ACCEPTED, note, p.checksum, previous_checksum=by_patch[p].applied_checksum)
+                for p in chosen]

@@ -1,39 +1,49 @@
-"""One runner at a time: an atomic lock document with an owner and an expiry.
+"""One runner at a time: an atomic lock document with an owner and an expiry, kept by a heartbeat.
 
 Taking it is one insert of a fixed _id (atomic on MongoDB and DocumentDB); an expired lock, left
-by a runner that died, is taken over with one conditional update. It is renewed before each
-patch and released on exit.
+by a runner that died, is taken over with one conditional update. While held, a thread renews
+it every TTL/4; a renewal that matches nothing means another runner took it over (this one
+stalled longer than the TTL): the lock is lost, and `check()` stops the runner before its next
+write.
 """
 
 from __future__ import annotations
 
 import os
-import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Iterator
 
+from migrator import whoami
 from migrator.errors import LOCKED, MigratorError
 from migrator.mongo.log import utcnow
 
 COLLECTION = "applied_patches_lock"
 LOCK_ID = "mongo-patches"
-TTL = timedelta(minutes=15)
+TTL = timedelta(minutes=2)  # a dead runner's lock is taken over this long after its last heartbeat
 
 
 class Lock:
-    def __init__(self, db):
-        self.collection = db[COLLECTION]
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    def __init__(self, db, where: str = ""):
+        from pymongo import ReadPreference
+
+        self.collection = db.get_collection(COLLECTION, read_preference=ReadPreference.PRIMARY)
+        self.where = where or db.name
+        self.owner = f"{whoami.host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lost_at: str | None = None  # why the lock was lost, once it is
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def try_take(self) -> bool:
         from pymongo import ReturnDocument
         from pymongo.errors import DuplicateKeyError
 
         now = utcnow()
-        fields = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "since": now, "expires": now + TTL}
+        fields = {"owner": self.owner, "host": whoami.host(), "pid": os.getpid(), "since": now,
+                  "expires": now + TTL}
         try:
             self.collection.insert_one({"_id": LOCK_ID, **fields})
             return True
@@ -42,33 +52,72 @@ class Lock:
                 {"_id": LOCK_ID, "expires": {"$lt": now}}, {"$set": fields}, return_document=ReturnDocument.AFTER)
             return taken is not None and taken["owner"] == self.owner
 
-    def renew(self) -> None:
-        self.collection.update_one({"_id": LOCK_ID, "owner": self.owner}, {"$set": {"expires": utcnow() + TTL}})
+    def renew(self) -> bool:
+        """Push the expiry out; False (and the lock marked lost) when this runner no longer owns it."""
+        if self.lost_at is None:
+            done = self.collection.update_one({"_id": LOCK_ID, "owner": self.owner}, {"$set": {"expires": utcnow() + TTL}})
+            if done.matched_count == 0:
+                holder = self.holder() or {}
+                self.lost_at = (f"{utcnow():%Y-%m-%d %H:%M:%S} UTC, now held by {holder.get('host', 'nobody')} "
+                                f"pid {holder.get('pid', '?')}" if holder else f"{utcnow():%Y-%m-%d %H:%M:%S} UTC, removed")
+        return self.lost_at is None
+
+    def check(self) -> None:
+        """Before a write this runner controls: still ours (renewed now), or stop saying so."""
+        if not self.renew():
+            raise MigratorError(
+                f"lost the patch lock on {self.where} ({self.lost_at}): stopped before writing anything more; "
+                "this runner stalled longer than the lock's TTL, or someone ran `mongo break-lock`; run "
+                "`runner.py mongo status` to see what was settled", LOCKED)
 
     def release(self) -> None:
-        self.collection.delete_one({"_id": LOCK_ID, "owner": self.owner})
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.lost_at is None:
+            self.collection.delete_one({"_id": LOCK_ID, "owner": self.owner})
 
     def holder(self) -> dict | None:
         return self.collection.find_one({"_id": LOCK_ID})
 
+    def start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="mongo-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        interval = TTL.total_seconds() / 4
+        last_ok = time.monotonic()
+        while not self._stop.wait(interval):
+            try:
+                if not self.renew():
+                    return
+                last_ok = time.monotonic()
+            except Exception as exc:  # the server is away: lost once the lock may have expired
+                if time.monotonic() - last_ok >= TTL.total_seconds():
+                    self.lost_at = f"not renewed for {TTL.total_seconds():g} s: {exc.__class__.__name__}"
+                    return
+
 
 @contextmanager
-def held(db, where: str, wait: float, poll: float = 0.5) -> Iterator[Lock]:
-    lock = Lock(db)
+def held(db, where: str, wait: float, poll: float = 0.2) -> Iterator[Lock]:
+    """The lock, renewed by a heartbeat until the block ends."""
+    lock = Lock(db, where)
     deadline = time.monotonic() + wait
     while not lock.try_take():
         if time.monotonic() >= deadline:
-            holder = lock.holder() or {}
-            since = holder.get("since")
-            raise MigratorError(
-                f"the patch lock on {where} is held by {holder.get('host', '?')} pid {holder.get('pid', '?')} "
-                f"since {since:%Y-%m-%d %H:%M:%S} UTC (waited {wait:g} s); wait for it to finish, or if that runner "
-                f"died the lock expires {TTL.total_seconds() / 60:g} min after it was last renewed" if since else
-                f"the patch lock on {where} is held by another runner (waited {wait:g} s); wait for it to finish",
-                LOCKED,
-            )
+            raise MigratorError(_held_by(lock.holder() or {}, where, wait), LOCKED)
         time.sleep(poll)
+    lock.start_heartbeat()
     try:
         yield lock
     finally:
         lock.release()
+
+
+def _held_by(holder: dict, where: str, wait: float) -> str:
+    since = holder.get("since")
+    if not since:
+        return f"the patch lock on {where} is held by another runner (waited {wait:g} s); wait for it to finish"
+    return (f"the patch lock on {where} is held by {holder.get('host', '?')} pid {holder.get('pid', '?')} "
+            f"since {since:%Y-%m-%d %H:%M:%S} UTC (waited {wait:g} s); wait for it to finish, or if that runner "
+            f"died the lock expires {TTL.total_seconds():g} s after its last heartbeat")

@@ -1,82 +1,104 @@
-"""The applied_patches collection: one record per real application, never one for a dry run.
+"""The applied_patches collection: every real application, and what became of it.
 
-Records in the seed's shape ({patch, comment, applied}) have no status and count as applied.
+A real run writes a `running` record before the patch starts and settles it after: `applied`,
+`failed`, or `cancelled` (interrupted before the patch started). A person's decisions are records
+too: `resolved` (after a failed or unfinished run) and `accepted` (a changed file). Records keep
+the seed's fields `patch`, `comment`, `applied`; the seed's records (no status) count as applied.
+Old records come in many shapes (no `applied`, a string date, a `.py` suffix, hyphens): reading
+never fails on them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 from datetime import datetime, timezone
 
-from migrator import __version__, whoami
-from migrator.mongo.patches import Patch, patch_key
+from migrator import __version__, output, whoami
+from migrator.mongo.patches import Patch
 
 COLLECTION = "applied_patches"
+RUNNING, APPLIED, FAILED, CANCELLED, RESOLVED, ACCEPTED = (
+    "running", "applied", "failed", "cancelled", "resolved", "accepted")
+EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def append(db, patch: Patch, *, status: str, comment: str | None, started: datetime, error: str | None = None) -> dict:
-    finished = utcnow()
-    record = {
-        "patch": patch.id,
-        "comment": comment or "",
-        "applied": finished,
-        "status": status,
-        "kind": patch.kind,
-        "checksum": patch.checksum,
-        "started": started,
-        "finished": finished,
-        "duration_ms": int((finished - started).total_seconds() * 1000),
-        "host": whoami.host(),
-        "user": whoami.user(),
-        "runner_version": __version__,
-    }
-    if error is not None:
-        record["error"] = error
-    db[COLLECTION].insert_one(record)
+def collection(db):
+    """The log, always read from and written to the primary (a lagging secondary would hide records)."""
+    from pymongo import ReadPreference
+
+    return db.get_collection(COLLECTION, read_preference=ReadPreference.PRIMARY)
+
+
+def _who() -> dict:
+    return {"user": whoami.user(), "host": whoami.host(), "pid": os.getpid(), "runner_version": __version__}
+
+
+def begin(db, patch: Patch, lock_owner: str) -> dict:
+    """The `running` record, written before the patch starts (everything that can fail happens here)."""
+    now = utcnow()
+    record = {"patch": patch.id, "comment": "", "applied": now, "status": RUNNING, "kind": patch.kind,
+              "checksum": patch.checksum, "started": now, "lock_owner": lock_owner, **_who()}
+    record["_id"] = collection(db).insert_one(record).inserted_id
     return record
 
 
-def succeeded(record: dict) -> bool:
-    return record.get("status", "applied") == "applied"
+def settle(db, record: dict, status: str, *, comment: str | None = None, error: str | None = None) -> None:
+    """Complete a `running` record: applied, failed or cancelled. Error texts are masked like printed text."""
+    finished = utcnow()
+    fields = {"status": status, "comment": output.mask(comment or ""), "applied": finished, "finished": finished,
+              "duration_ms": int((finished - record["started"]).total_seconds() * 1000)}
+    if error is not None:
+        fields["error"] = output.mask(error)
+    collection(db).update_one({"_id": record["_id"], "status": RUNNING}, {"$set": fields})
+
+
+def decide(db, patch_id: str, status: str, note: str, checksum: str | None, **extra) -> dict:
+    """A person's decision about a patch (resolved, accepted), logged like a run."""
+    now = utcnow()
+    record = {"patch": patch_id, "comment": output.mask(note), "applied": now, "status": status,
+              "checksum": checksum, "started": now, "finished": now, **extra, **_who()}
+    collection(db).insert_one(record)
+    record.pop("_id", None)
+    return record
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def when(record: dict) -> datetime:
+    """When a record's run started: `started`, else `applied` (a datetime or an ISO string), else the epoch."""
+    for field in ("started", "applied"):
+        value = record.get(field)
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError:
+                value = None
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return EPOCH
+
+
+def status_of(record: dict) -> str:
+    return str(record.get("status") or APPLIED)  # the seed's records have no status: applications
 
 
 def history(db, patch_id: str | None = None) -> list[dict]:
-    """The log, newest first; for one patch, its records under any zero padding of its id."""
-    records = list(db[COLLECTION].find({}, {"_id": 0}).sort([("applied", -1), ("_id", -1)]))
+    """The log, oldest first in the order written; for one patch, its records under any spelling of its id."""
+    from migrator.mongo.patches import patch_key
+
+    records = list(collection(db).find({}).sort("_id", 1))  # ObjectIds: insertion order
+    records.sort(key=when)  # stable: records of the same instant keep their insertion order
     if patch_id is not None:
         key = patch_key(patch_id)
         records = [r for r in records if patch_key(str(r.get("patch", ""))) == key]
     return records
 
 
-@dataclass
-class PatchSummary:
-    id: str
-    patch: Patch | None  # None: logged, but no longer on disk
-    applied_count: int = 0
-    last_applied: datetime | None = None
-    last_outcome: str | None = None
-
-    @property
-    def state(self) -> str:
-        if self.patch is None:
-            return "not on disk"
-        return f"applied {self.applied_count}x" if self.applied_count else "never applied"
-
-
-def summarise(records: list[dict], patches: list[Patch]) -> list[PatchSummary]:
-    """One line per patch on disk, then one per patch id that only the log knows."""
-    by_key = {p.key: PatchSummary(p.id, p) for p in patches}
-    orphans: dict = {}
-    for record in sorted(records, key=lambda r: r.get("applied") or datetime.min):
-        key = patch_key(str(record.get("patch", "")))
-        summary = by_key.get(key) or orphans.setdefault(key, PatchSummary(str(record.get("patch")), None))
-        summary.last_outcome = record.get("status", "applied")
-        if succeeded(record):
-            summary.applied_count += 1
-            summary.last_applied = record.get("applied")
-    return list(by_key.values()) + list(orphans.values())
+def printable(record: dict) -> dict:
+    """A record for --json: no _id, dates as ISO text."""
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in record.items() if k != "_id"}

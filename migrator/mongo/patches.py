@@ -6,12 +6,15 @@ log records (`001_close_expired_enrollments`) match `0001_close_expired_enrollme
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,8 +31,12 @@ LOCAL_MONGOSH = PROJECT_ROOT / ".mongosh" / "node_modules" / ".bin" / "mongosh"
 
 
 def patch_key(patch_id: str) -> tuple[int, str] | str:
-    """What makes two ids the same patch: the number (without its zero padding) and the name."""
-    match = PATCH_NAME.match(patch_id)
+    """What makes two ids the same patch: the number (without its zero padding) and the name.
+
+    Old scripts logged `001_close-expired-enrollments.py` too: the suffix, hyphens and case do not count.
+    """
+    spelled = re.sub(r"\.(py|js)$", "", patch_id.strip(), flags=re.IGNORECASE).replace("-", "_").lower()
+    match = PATCH_NAME.match(spelled)
     return (int(match.group("number")), match.group("name")) if match else patch_id
 
 
@@ -53,9 +60,13 @@ def discover(mongo_dir: Path) -> list[Patch]:
         raise MigratorError(f"patch folder {mongo_dir} not found; run from the project root or pass --mongo-dir", USAGE)
     patches: dict[tuple, Patch] = {}
     for path in sorted(mongo_dir.iterdir()):
-        match = PATCH_NAME.match(path.stem)
-        if path.suffix not in KINDS or not match or not path.is_file():
+        if path.suffix not in KINDS or not path.is_file() or not path.name[:1].isdigit():
             continue  # README.md, __init__.py, helpers: not patches
+        match = PATCH_NAME.match(path.stem)
+        if not match:  # looks like a patch, but is not named like one: refuse before reading anything
+            raise MigratorError(
+                f"{path}: not a valid patch name; patches are NNNN_name.py or NNNN_name.js (digits, an underscore, "
+                "then letters, digits and underscores); rename it, or move it out of the patch folder", USAGE)
         patch = Patch(path.stem, path, KINDS[path.suffix])
         number = int(match.group("number"))
         clash = next((p for k, p in patches.items() if k[0] == number), None)
@@ -96,40 +107,109 @@ def run_python(patch: Patch, db, dry_run: bool) -> str | None:
     run = getattr(module, "run", None)
     if not callable(run):
         raise MigratorError(f"{patch.path} defines no run(db, dry_run); see `runner.py mongo new --py`", USAGE)
-    comment = run(ReadOnlyDatabase(db) if dry_run else db, dry_run)
+    with output.patch_stderr(), (_sealed() if dry_run else contextlib.nullcontext()):
+        comment = run(ReadOnlyDatabase(db) if dry_run else db, dry_run)
     return None if comment is None else output.scrub(str(comment))
 
 
+# What a patch may see of the environment in a dry run (and all mongosh ever gets).
+SAFE_ENVIRONMENT = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "LC_ALL", "LC_CTYPE", "LC_MESSAGES")
+
+
+@contextlib.contextmanager
+def _sealed():
+    """A dry run: no MONGO_URL, password or AWS key in os.environ, and no new MongoClient to write through."""
+    import pymongo
+    import pymongo.mongo_client
+
+    def refused(*_args, **_kwargs):
+        from migrator.mongo.readonly import DryRunWriteError
+
+        raise DryRunWriteError("a new MongoClient is not allowed in a dry run; use the db you are given")
+
+    saved = dict(os.environ)
+    clients = pymongo.MongoClient, pymongo.mongo_client.MongoClient
+    os.environ.clear()
+    os.environ.update({k: v for k, v in saved.items() if k in SAFE_ENVIRONMENT})
+    pymongo.MongoClient = pymongo.mongo_client.MongoClient = refused
+    try:
+        yield
+    finally:
+        pymongo.MongoClient, pymongo.mongo_client.MongoClient = clients
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 class JsPatchFailed(Exception):
-    """mongosh ended with a non-zero exit."""
+    """mongosh ended with a non-zero exit (or was stopped)."""
 
     def __init__(self, code: int, last_line: str):
         super().__init__(f"mongosh exit {code}" + (f": {last_line}" if last_line else ""))
         self.code = code
 
 
-def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callable[[str], None]) -> str | None:
-    """Run the patch with mongosh, streaming its output; the last line it prints is its comment.
+# DRY_RUN cannot be changed by the patch: a non-writable, non-configurable global (a `var DRY_RUN =
+# false` is ignored, `let`/`const DRY_RUN` is a SyntaxError). patchComment(text) sets the logged comment.
+COMMENT_MARK = "\x1ehcm-comment\x1e"
+JS_PRELUDE = (
+    'Object.defineProperty(globalThis, "DRY_RUN", {{value: {dry}, writable: false, configurable: false, enumerable: true}});'
+    ' Object.defineProperty(globalThis, "patchComment", {{value: (text) => print("' + COMMENT_MARK + '" + String(text)),'
+    ' writable: false, configurable: false}});'
+)
 
-    The URI (with its password) reaches mongosh through the environment, not the command line,
-    so it never shows in the process list. With no target (tests) mongosh runs with no database.
+
+def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callable[[str], None],
+           timeout: float | None = None) -> str | None:
+    """Run the patch with mongosh, streaming its output; the comment is what it passed to patchComment().
+
+    The URI (with its password) reaches mongosh through the environment, not the command line, so
+    it never shows in the process list; mongosh gets nothing else of the runner's environment
+    (no DB_PASSWORD, AWS keys, MONGO_URL), a HOME of its own and telemetry off. With no target
+    (tests) mongosh runs with no database. After `timeout` seconds mongosh is stopped.
     """
-    prelude = f"const DRY_RUN = {'true' if dry_run else 'false'};"
-    env = dict(os.environ)
-    if target is not None:
-        prelude += " db = connect(process.env.HCM_MONGO_URI);"
-        env["HCM_MONGO_URI"] = target.shell_uri()
-    command = [mongosh_path(), "--nodb", "--norc", "--quiet", "--eval", prelude, "--file", str(patch.path)]
-    lines: list[str] = []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            echo(line)
-            if line.strip():
-                lines.append(line.strip())
+    prelude = JS_PRELUDE.format(dry="true" if dry_run else "false")
+    with tempfile.TemporaryDirectory(prefix="hcm-mongosh-") as home:
+        env = mongosh_environment(home)
+        if target is not None:
+            prelude += " db = connect(process.env.HCM_MONGO_URI);"
+            env["HCM_MONGO_URI"] = target.shell_uri()
+        command = [mongosh_path(), "--nodb", "--norc", "--quiet", "--eval", prelude + " void 0;", "--file", str(patch.path)]
+        lines: list[str] = []
+        comment = None
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+            timed_out = threading.Event()
+            timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill())) if timeout else None
+            try:
+                if timer:
+                    timer.start()
+                for line in proc.stdout:
+                    line = line.rstrip("\n")
+                    if line.startswith(COMMENT_MARK):
+                        comment = line[len(COMMENT_MARK):]
+                        continue
+                    echo(line)
+                    if line.strip():
+                        lines.append(line.strip())
+                proc.wait()
+            except BaseException:  # SIGTERM to the runner, a failed echo: mongosh does not outlive it
+                proc.kill()
+                raise
+            finally:
+                if timer:
+                    timer.cancel()
+        if timed_out.is_set():
+            raise JsPatchFailed(proc.returncode, f"stopped after {timeout:g} s (--mongo-timeout)")
     if proc.returncode != 0:
         raise JsPatchFailed(proc.returncode, _js_error(lines))
-    return lines[-1] if lines else None
+    return comment
+
+
+def mongosh_environment(home: str) -> dict[str, str]:
+    """All mongosh gets: PATH, locale and time zone, its own HOME/TMPDIR, telemetry off."""
+    env = {k: v for k, v in os.environ.items() if k in SAFE_ENVIRONMENT and k not in ("HOME", "TMPDIR")}
+    env.update(HOME=home, TMPDIR=home, MONGOSH_FORCE_DISABLE_TELEMETRY_FOR_TESTING="1")
+    env.setdefault("PATH", os.defpath)
+    return env
 
 
 def _js_error(lines: list[str]) -> str:
@@ -172,16 +252,16 @@ def run(db, dry_run):
 JS_TEMPLATE = '''// {id}: what this patch changes, and why.
 //
 // Run by mongosh with `db` connected and DRY_RUN defined: true unless `runner.py mongo apply --run`.
-// Only read while DRY_RUN is true. The last line printed is logged in applied_patches as the comment;
-// throw an Error to fail (the run stops and is logged as failed).
+// Only read while DRY_RUN is true (it cannot be changed). patchComment(text) sets the comment logged in
+// applied_patches; throw an Error to fail (the run stops and is logged as failed).
 
 throw new Error("{id}: write this patch, then delete this line");
 const todo = db.getCollection("collection").countDocuments({{ field: "old value" }});
 if (DRY_RUN) {{
-  print(`would change ${{todo}} documents`);
+  patchComment(`would change ${{todo}} documents`);
 }} else {{
   const result = db.getCollection("collection").updateMany({{ field: "old value" }}, {{ $set: {{ field: "new value" }} }});
-  print(`changed ${{result.modifiedCount}} of ${{todo}} documents`);
+  patchComment(`changed ${{result.modifiedCount}} of ${{todo}} documents`);
 }}
 '''
 
