@@ -67,13 +67,16 @@ class Env:
             return Path(path).read_text(encoding="utf-8").rstrip("\r\n") or None
         except FileNotFoundError:
             # An optional Secret that was not created: its mount is empty. Said, not fatal.
-            note = f"note: {variable} ({where}) names {path}, which does not exist: {variable[:-5]} is unset"
-            if note not in self._notes:
-                self._notes.append(note)
+            self.note(f"note: {variable} ({where}) names {path}, which does not exist: {variable[:-5]} is unset")
             return None
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or "not UTF-8 text"
             raise MigratorError(f"{variable} ({where}): {path} cannot be read ({reason}); fix the path or its permissions", USAGE)
+
+    def note(self, text: str) -> None:
+        """Something the commands should say once, with the first target resolved."""
+        if text not in self._notes:
+            self._notes.append(text)
 
     def take_notes(self) -> list[str]:
         """The notes not yet taken: each is shown once, with whichever target is resolved first."""

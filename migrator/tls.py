@@ -26,6 +26,11 @@ def resolve_ca_bundle(option: str | None, env) -> tuple[str | None, str | None]:
     if not path:
         return None, None
     file = Path(path)
+    if not option and not file.exists() and truthy(env.value("CA_BUNDLE_OPTIONAL")):
+        # The Job mounts the bundle from an optional ConfigMap: where it is absent, run unverified and say so.
+        env.note(f"warning: CA bundle {path} (CA_BUNDLE) is not there and CA_BUNDLE_OPTIONAL is set: "
+                 "TLS certificates are not verified; create the ConfigMap (README, \"The CA bundle\")")
+        return None, None
     if not file.is_file():
         raise MigratorError(f"CA bundle {path} ({origin}) not found; download the RDS bundle ({RDS_BUNDLE_URL}) "
                             "or fix the path", USAGE)

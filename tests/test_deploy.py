@@ -19,6 +19,7 @@ from conftest import PROJECT_ROOT
 from test_postgres import SEED_INDEXES
 
 JOB_FILE = PROJECT_ROOT / "k8s" / "job.yaml"
+SECRETS_POLICY = PROJECT_ROOT / "k8s" / "networkpolicy-secrets-manager.yaml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 BIN = Path(sys.executable).parent
 
@@ -55,17 +56,30 @@ def test_job_identity_and_command(job, container):
     assert re.fullmatch(r"[\w./-]+/hcm-db-migrations:\d+\.\d+\.\d+", image), image  # a fixed tag, never latest
 
 
-def test_env_comes_from_the_clusters_objects(container):
+def volume_of(job, container, path: str) -> dict:
+    """The pod volume mounted where `path` lies."""
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    return next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+
+
+def test_env_comes_from_the_clusters_objects_and_secrets_from_mounted_files(job, container):
     env = {e["name"]: e for e in container["env"]}
     assert env["DB_HOST"]["valueFrom"]["configMapKeyRef"] == {"name": "egov-config", "key": "db-host"}
     assert env["DB_NAME"]["valueFrom"]["configMapKeyRef"] == {"name": "egov-config", "key": "db-name"}
-    assert env["DB_USER"]["valueFrom"]["secretKeyRef"] == {"name": "db", "key": "username"}
-    assert env["DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "db", "key": "password"}
     assert env["DB_PORT"]["value"] == "5432"
-    mongo = [e for e in container["env"] if e["name"].startswith("MONGO_")]
-    assert mongo and all(e["valueFrom"]["secretKeyRef"]["optional"] is True for e in mongo)
-    # Only the Mongo settings may be missing: the database ones must not be optional.
-    assert not any(e.get("valueFrom", {}).get("secretKeyRef", {}).get("optional") for n, e in env.items() if n.startswith("DB_"))
+    # No credential in the environment: no secretKeyRef at all, and no DB_PASSWORD/MONGO_URL variable.
+    assert not [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    assert not {"DB_PASSWORD", "DB_USER", "MONGO_URL", "DATABASE_URL"} & set(env)
+    db = volume_of(job, container, env["DB_PASSWORD_FILE"]["value"])
+    assert db["secret"]["secretName"] == "db" and not db["secret"].get("optional")
+    assert {i["key"] for i in db["secret"]["items"]} == {"username", "password"}
+    assert volume_of(job, container, env["DB_USER_FILE"]["value"]) == db
+    mongo = volume_of(job, container, env["MONGO_URL_FILE"]["value"])
+    assert mongo["secret"]["secretName"] == "hcm-db-migrations-mongo" and mongo["secret"]["optional"] is True
+    assert volume_of(job, container, env["MONGO_DB_FILE"]["value"]) == mongo
+    ca = volume_of(job, container, env["CA_BUNDLE"]["value"])
+    assert ca["configMap"]["optional"] is True and env["CA_BUNDLE_OPTIONAL"]["value"] == "true"
+    assert all(m.get("readOnly") for m in container["volumeMounts"] if m["name"] != "tmp")
 
 
 def test_job_cleans_up_and_fails_fast(job):
@@ -100,14 +114,31 @@ def test_restricted_pod_security_on_every_container(job):
             assert set(c["resources"][kind]) == {"cpu", "memory"}
 
 
-def test_network_policy_selects_the_job_pod(job):
+def test_network_policy_names_every_destination(job):
     policy = manifests()["NetworkPolicy"]
     labels = job["spec"]["template"]["metadata"]["labels"]
     assert policy["metadata"]["namespace"] == "health"
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
-    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
-    assert {53, 5432} <= ports
     assert policy["spec"]["ingress"] == []
+    rules = policy["spec"]["egress"]
+    assert all(rule.get("to") for rule in rules), "an egress rule without `to:` allows every destination"
+    by_port = {p["port"]: rule for rule in rules for p in rule["ports"]}
+    assert set(by_port) == {53, 5432, 27017}  # no 443: only with the Secrets Manager policy
+    (dns,) = by_port[53]["to"]
+    assert dns["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
+    assert dns["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    for port in (5432, 27017):
+        assert all("ipBlock" in peer for peer in by_port[port]["to"])
+
+
+def test_secrets_manager_egress_is_a_separate_policy_for_https_only():
+    (policy,) = yaml.safe_load_all(SECRETS_POLICY.read_text())
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Egress"]
+    assert [p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]] == [443]
+    assert all(rule.get("to") for rule in policy["spec"]["egress"])
+    done = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "-k", "1.30.0", str(SECRETS_POLICY)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_dockerfile_is_hadolint_clean():
@@ -118,17 +149,47 @@ def test_dockerfile_is_hadolint_clean():
 def test_dockerfile_pins_its_parts_and_runs_as_the_jobs_user(job):
     text = DOCKERFILE.read_text()
     bases = re.findall(r"^FROM (\S+)", text, re.M)
-    runtime = bases[-1]
-    major, minor = map(int, re.match(r"python:(\d+)\.(\d+)\.\d+-slim", runtime).groups())
-    assert (major, minor) >= (3, 12)
     assert all(re.search(r":\d+\.\d+\.\d+-", b) for b in bases), bases  # full versions, no floating tags
-    assert re.search(r"mongosh@\d+\.\d+\.\d+", text)
+    node = next(b for b in bases if b.startswith("node:"))
+    assert int(re.match(r"node:(\d+)\.", node).group(1)) >= 24  # Node 20 ended 2026-04-30; 22 ends 2027-04
+    major, minor = map(int, re.match(r"python:(\d+)\.(\d+)\.\d+-slim", bases[-1]).groups())
+    assert (major, minor) >= (3, 12)
+    assert "COPY tools/mongosh/package.json tools/mongosh/package-lock.json ./" in text
+    assert re.search(r"^RUN npm ci\b", text, re.M) and "npm install" not in text
+    assert "pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock" in text
+    assert "COPY tools/mongosh/mongosh.conf /etc/mongosh.conf" in text
     assert re.search(r"make=\S+", text)
-    assert "pip install --no-cache-dir -r requirements.txt" in text
     user = re.findall(r"^USER (\d+):(\d+)$", text, re.M)[-1]
     assert int(user[0]) > 0
     assert int(user[0]) == job["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     assert image_env()["PYTHON"] == "python3"
+
+
+def test_the_runtime_lock_pins_every_requirement_with_hashes():
+    lock = (PROJECT_ROOT / "requirements.lock").read_text()
+    entries = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\\n((?:\s+--hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)", lock, re.M)
+    pinned = {name.lower(): version for name, version, _ in entries}
+    assert len(entries) == len(re.findall(r"^\S+==", lock, re.M)), "every package in the lock carries hashes"
+    for line in (PROJECT_ROOT / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            assert pinned.get(name.lower().split("[")[0]) == version, f"{name}: run `make lock`"
+    assert {"botocore", "urllib3", "dnspython", "sqlparse"} <= set(pinned)  # transitive ones too
+
+
+def test_mongosh_comes_from_the_committed_npm_lockfile_with_telemetry_off():
+    import json
+
+    folder = PROJECT_ROOT / "tools" / "mongosh"
+    package = json.loads((folder / "package.json").read_text())
+    lock = json.loads((folder / "package-lock.json").read_text())
+    version = package["dependencies"]["mongosh"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)  # exact, no ^ range
+    assert lock["packages"]["node_modules/mongosh"]["version"] == version
+    packages = {k: v for k, v in lock["packages"].items() if k}
+    assert len(packages) > 100 and all(p.get("integrity", "").startswith("sha512-") for p in packages.values())
+    conf = yaml.safe_load((folder / "mongosh.conf").read_text())
+    assert conf == {"mongosh": {"forceDisableTelemetry": True}}  # mongosh's global setting
 
 
 def image_env() -> dict[str, str]:
@@ -140,58 +201,207 @@ def image_env() -> dict[str, str]:
     return env
 
 
-def resolve_env(container: dict, configmaps: dict, secrets: dict) -> dict[str, str]:
-    """What the kubelet does with a container's env: literal values, ConfigMap and Secret keys."""
-    resolved = {}
+# --- the Job as it really runs --------------------------------------------------------------------
+#
+# uid 10001 without a passwd entry, an environment holding only what the image and the manifest set,
+# the project's files read-only, secrets and the CA bundle as mounted files, /tmp the only place to
+# write. PostgreSQL is the suite's server behind a TLS front (verify-full with the mounted bundle);
+# MongoDB is mongomock inside the runner's process, its state kept in a file between runs.
+
+JOB_UID = 10001
+MONGOMOCK_PIN = next(l for l in (PROJECT_ROOT / "requirements-dev.txt").read_text().splitlines() if l.startswith("mongomock=="))
+STAND_IN_SITECUSTOMIZE = """
+import atexit, os
+state = os.environ.get("HCM_TEST_MONGOMOCK_STATE")
+if state:
+    import mongomock, pymongo
+    from bson import json_util
+    mongomock.patch(servers=(("mongo.test", 27017),)).start()
+    client = pymongo.MongoClient("mongodb://mongo.test:27017", tz_aware=True)
+    if os.path.exists(state):
+        for name, docs in json_util.loads(open(state).read()).items():
+            db_name, _, collection = name.partition("/")
+            if docs:
+                client[db_name][collection].insert_many(docs)
+    def dump():
+        data = {f"{d}/{c}": list(client[d][c].find()) for d in client.list_database_names()
+                for c in client[d].list_collection_names()}
+        with open(state, "w") as f:
+            f.write(json_util.dumps(data))
+    atexit.register(dump)
+"""
+COUNT_PATCH = "def run(db, dry_run):\n    if not dry_run:\n        db.counters.update_one({'_id': 'deploys'}, {'$inc': {'n': 1}}, upsert=True)\n    return 'counted'\n"
+
+
+@pytest.fixture(scope="session")
+def job_python() -> Path:
+    """An interpreter uid 10001 can run, with exactly the image's packages (from the hash-pinned lock)."""
+    import hashlib
+
+    system_python = Path("/usr/bin/python3")
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not system_python.exists():
+        pytest.skip("running as another uid needs root, setpriv and /usr/bin/python3")
+    lock = (PROJECT_ROOT / "requirements.lock").read_bytes()
+    venv = Path("/tmp") / f"hcm-job-venv-{hashlib.sha256(lock + MONGOMOCK_PIN.encode()).hexdigest()[:12]}"
+    if not (venv / ".ready").exists():  # built once per lock (~20 s), then reused
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([str(system_python), "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, "--require-hashes", "--no-deps", "-r", str(PROJECT_ROOT / "requirements.lock")], check=True)
+        subprocess.run([*pip, MONGOMOCK_PIN], check=True)  # the Mongo stand-in only
+        (venv / ".ready").touch()
+    return venv / "bin" / "python"
+
+
+def image_files(app: Path) -> None:
+    """/app as the image has it: what the final stage COPYs into WORKDIR /app, nothing else."""
+    final = DOCKERFILE.read_text().split("\nFROM ")[-1]
+    after_workdir = final.split("\nWORKDIR /app\n", 1)[1]
+    for line in re.findall(r"^COPY (?!--from)(.+)$", after_workdir, re.M):
+        *sources, dest = line.split()
+        for source in sources:
+            src = PROJECT_ROOT / source.rstrip("/")
+            target = app / dest / (src.name if dest.endswith("/") and not source.endswith("/") else "")
+            if source.endswith("/"):
+                target = app / dest
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, target, **({"dirs_exist_ok": True} if src.is_dir() else {}))
+
+
+def kubelet_env(job: dict, container: dict, configmaps: dict, secrets: dict, root: Path) -> dict[str, str]:
+    """What the kubelet gives the container: env values, ConfigMap keys, and Secret/ConfigMap volumes
+    written as files (root:10001, 0440 as fsGroup makes them) under `root` instead of their mountPath."""
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    mounts = {}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            continue
+        local = root / mount["mountPath"].strip("/")
+        mounts[mount["mountPath"]] = local
+        kind, name = ("secret", volume["secret"]["secretName"]) if "secret" in volume else ("configMap", volume["configMap"]["name"])
+        data = (secrets if kind == "secret" else configmaps).get(name)
+        if data is None:
+            assert volume[kind].get("optional"), f"{name} missing and not optional"
+            continue
+        local.mkdir(parents=True)
+        for key, value in data.items():
+            (local / key).write_text(value)
+            os.chown(local / key, 0, JOB_UID)
+            (local / key).chmod(0o440)
+    env = {}
     for entry in container["env"]:
         if "value" in entry:
-            resolved[entry["name"]] = entry["value"]
-            continue
-        source = entry["valueFrom"]
-        ref, objects = (source["configMapKeyRef"], configmaps) if "configMapKeyRef" in source else (source["secretKeyRef"], secrets)
-        value = objects.get(ref["name"], {}).get(ref["key"])
-        if value is None:
-            assert ref.get("optional"), f"{entry['name']}: {ref['name']}/{ref['key']} missing and not optional"
-            continue
-        resolved[entry["name"]] = value
-    return resolved
+            value = entry["value"]
+            for mount_path, local in mounts.items():
+                if value.startswith(mount_path + "/"):
+                    value = str(local) + value[len(mount_path):]
+            env[entry["name"]] = value
+        else:
+            ref = entry["valueFrom"]["configMapKeyRef"]
+            env[entry["name"]] = configmaps[ref["name"]][ref["key"]]
+    return env
 
 
-def snapshot(root: Path) -> dict[str, float]:
-    return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")}
+def snapshot(root: Path) -> dict[str, tuple]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime, p.stat().st_size) for p in root.rglob("*")}
 
 
-def test_job_simulation_runs_the_same_make_migrate(container, db, tmp_path):
-    server = db.server
-    configmaps = {"egov-config": {"db-host": server.host, "db-name": db.name}}
-    secrets = {"db": {"username": server.user, "password": server.password or "trusted-Anyway-1"}}  # no Mongo Secret
-    env = resolve_env(container, configmaps, secrets)
-    assert set(env) == {"DB_HOST", "DB_NAME", "DB_PORT", "DB_USER", "DB_PASSWORD"}
-    if server.port != 5432:  # the manifest fixes 5432; the stand-in cluster's server listens elsewhere
-        env["DB_PORT"] = str(server.port)
+@pytest.fixture
+def job_run(job, container, job_python, pg, db, tmp_path):
+    """Runs the Job's command as the Job runs it: job_run(secrets=..., configmaps=...) -> CompletedProcess."""
+    import tempfile
 
-    # /app as the image has it: the files the Dockerfile copies, nothing else.
-    app = tmp_path / "app"
+    from tls_proxy import TlsFront, make_pki
+
+    if not pg.host.startswith("/"):
+        pytest.skip("the TLS front relays to the suite's own server's Unix socket")
+    root = Path(tempfile.mkdtemp(prefix="hcm-job-", dir="/tmp"))  # outside pytest's root-only folders
+    root.chmod(0o755)
+    app = root / "app"
     app.mkdir()
-    for name in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE.read_text(), re.M):
-        for part in name.split():
-            src = PROJECT_ROOT / part.rstrip("/")
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, app / src.name)
-    (tmp_path / "tmp").mkdir()
-    # The image's ENV, with its system python3 standing for this test's interpreter.
-    run_env = {"PATH": os.environ["PATH"], **image_env(), "PYTHON": sys.executable, "HOME": str(tmp_path / "tmp"),
-               "TMPDIR": str(tmp_path / "tmp"), **env}
-    before = snapshot(app)
-    done = subprocess.run(container["command"], cwd=app, env=run_env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "applied 0001_create_hcm_report_metadata" in done.stdout
-    assert "no database configured" not in done.stderr
-    assert "MongoDB: not configured, skipped" in done.stdout  # no Mongo Secret in this cluster
+    image_files(app)
+    (root / "tmp").mkdir()
+    os.chown(root / "tmp", JOB_UID, JOB_UID)
+    (root / "tmp").chmod(0o700)
+    harness = root / "harness"
+    (harness / "patches").mkdir(parents=True)
+    (harness / "sitecustomize.py").write_text(STAND_IN_SITECUSTOMIZE)
+    (harness / "patches" / "0001_count_deploys.py").write_text(COUNT_PATCH)
+    state = root / "tmp" / "mongomock.json"
+    pki = make_pki(tmp_path / "pki", ["127.0.0.1"])
+    front = TlsFront(pg.host, pg.port, pki)
+    configmaps = {"egov-config": {"db-host": "127.0.0.1", "db-name": db.name},
+                  "hcm-db-ca": {"global-bundle.pem": pki.ca.read_text()}}
+    db_secret = {"username": pg.user, "password": pg.password or "trusted-Anyway-1"}
+    runs = 0
+
+    def run(with_mongo: bool = False, with_ca: bool = True):
+        nonlocal runs
+        runs += 1
+        secrets = {"db": db_secret}
+        if with_mongo:
+            secrets["hcm-db-migrations-mongo"] = {"url": "mongodb://app:Mongo-Pw-77@mongo.test:27017", "database": "hcm"}
+        maps = configmaps if with_ca else {"egov-config": configmaps["egov-config"]}
+        env = kubelet_env(job, container, maps, secrets, root / f"mounts{runs}")
+        env["DB_PORT"] = str(front.port)  # the manifest's 5432; the stand-in server listens elsewhere
+        image = {**image_env(), "HOME": str(root / "tmp"), "TMPDIR": str(root / "tmp"), "PYTHON": str(job_python)}
+        harness_env = {"PYTHONPATH": str(harness), "HCM_TEST_MONGOMOCK_STATE": str(state),
+                       "MONGO_DIR": str(harness / "patches")}
+        variables = [f"{k}={v}" for k, v in {"PATH": "/usr/local/bin:/usr/bin:/bin", **image, **env, **harness_env}.items()]
+        command = ["setpriv", f"--reuid={JOB_UID}", f"--regid={JOB_UID}", "--clear-groups", "env", "-i", *variables,
+                   *container["command"]]
+        return subprocess.run(command, cwd=app, capture_output=True, text=True, timeout=180)
+
+    run.app = app
+    run.state = state
+    run.front = front
+    yield run
+    front.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_job_migrates_as_uid_10001_without_a_passwd_entry(job_run, db):
+    import pwd
+
+    with pytest.raises(KeyError):
+        pwd.getpwuid(JOB_UID)  # the point: no passwd entry, as in the image
+    before = snapshot(job_run.app)
+    first = job_run()
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "applied 0001_create_hcm_report_metadata" in first.stdout
+    assert "MongoDB: not configured, skipped" in first.stdout  # the optional Mongo Secret is absent
+    assert "MONGO_URL_FILE" in first.stderr and "which does not exist" in first.stderr
+    assert job_run.front.handshakes >= 1 and "warning" not in first.stderr  # verify-full with the mounted bundle
     indexes = {r[0] for r in db.query("SELECT indexname FROM pg_indexes WHERE tablename = 'hcm_report_metadata'")}
     assert set(SEED_INDEXES) <= indexes
-    assert snapshot(app) == before  # wrote nothing outside /tmp: fits readOnlyRootFilesystem
+    assert db.query("SELECT DISTINCT username FROM _yoyo_log") == [(f"uid {JOB_UID}",)]
+    assert snapshot(job_run.app) == before  # wrote nothing outside /tmp: fits readOnlyRootFilesystem
 
-    again = subprocess.run(container["command"], cwd=app, env=run_env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and "up to date" in again.stdout
-    if server.password:
-        assert server.password not in done.stdout + done.stderr
+    again = job_run()
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr
+    assert db.query("SELECT count(*) FROM _yoyo_log WHERE operation = 'apply'") == [(1,)]
+    for run in (first, again):
+        assert "Traceback" not in run.stderr and "trusted-Anyway-1" not in run.stdout + run.stderr
+
+
+def test_the_job_applies_a_mongo_patch_once_and_logs_it_as_uid_10001(job_run):
+    from bson import json_util
+
+    first = job_run(with_mongo=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "applied 0001_count_deploys" in first.stdout
+    again = job_run(with_mongo=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "MongoDB: up to date" in again.stdout
+    state = json_util.loads(job_run.state.read_text())
+    assert state["hcm/counters"] == [{"_id": "deploys", "n": 1}]  # applied exactly once over two deploys
+    (record,) = state["hcm/applied_patches"]
+    assert (record["patch"], record["status"], record["user"]) == ("0001_count_deploys", "applied", f"uid {JOB_UID}")
+    for run in (first, again):
+        assert "Mongo-Pw-77" not in run.stdout + run.stderr
+
+
+def test_without_the_ca_configmap_the_job_still_runs_and_says_tls_is_unverified(job_run):
+    result = job_run(with_ca=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "CA_BUNDLE_OPTIONAL is set: TLS certificates are not verified" in result.stderr
