@@ -110,6 +110,9 @@ MONGO_OPTIONS = [
     click.option("--mongo-db", metavar="NAME", help="Mongo database (else MONGO_DB, the secret's, or the URL's)."),
     click.option("--mongo-timeout", type=float, default=10, show_default=True, metavar="SECONDS",
                  help="Give up on an unreachable Mongo server after this long."),
+    click.option("--patch-timeout", type=click.FloatRange(min=0), default=0, envvar="MONGO_PATCH_TIMEOUT",
+                 metavar="SECONDS", help="Stop a JavaScript patch (mongosh) running longer than this "
+                                         "(else MONGO_PATCH_TIMEOUT; 0, the default: no limit)."),
     mongo_dir_option,
 ]
 PG_SECRET = click.option("--secret-name", "--secret_name", "pg_secret", metavar="NAME",
@@ -143,7 +146,7 @@ def _pg_options(kwargs: dict) -> PostgresOptions:
 def _mongo_options(kwargs: dict) -> MongoOptions:
     return MongoOptions(
         url=kwargs.pop("mongo_url"), database=kwargs.pop("mongo_db"), ca_bundle=kwargs.get("ca_bundle"),
-        timeout=kwargs.pop("mongo_timeout"), aws=_aws(kwargs, kwargs.pop("mongo_secret")),
+        timeout=kwargs.pop("mongo_timeout"), patch_timeout=kwargs.pop("patch_timeout"), aws=_aws(kwargs, kwargs.pop("mongo_secret")),
     )
 
 

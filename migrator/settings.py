@@ -308,6 +308,7 @@ class MongoOptions:
     database: str | None = None
     ca_bundle: str | None = None
     timeout: float = 10.0
+    patch_timeout: float = 0.0  # seconds a mongosh patch may run; 0: no limit
     aws: AwsOptions = field(default_factory=AwsOptions)
 
 
@@ -323,6 +324,7 @@ class MongoTarget:
     timeout: float = 10.0
     tls: str = ""  # the TLS mode actually used, in words, for `config`
     notes: list[str] = field(default_factory=list)
+    patch_timeout: float = 0.0
 
     @property
     def parsed(self) -> urls.Url:
@@ -361,6 +363,9 @@ class MongoTarget:
         query = [(k, v) for k, v in url.query if k.lower() not in self._shell_overrides()]
         if url.user and url.param("authSource") is None:
             query.append(("authSource", url.path or "admin"))
+        for key in ("serverSelectionTimeoutMS", "connectTimeoutMS"):  # as pymongo's client_options
+            if url.param(key) is None:
+                query.append((key, str(int(self.timeout * 1000))))
         if self.ca_file:
             query += [("tls", "true"), ("tlsCAFile", self.ca_file)]
         if self.documentdb:
@@ -404,7 +409,8 @@ def resolve_mongo(options: MongoOptions, env: Env) -> MongoTarget | None:
     if ca_file:
         sources["tls"] = ca_origin
     notes = env.take_notes() + warnings
-    return MongoTarget(target_uri, database, sources, ca_file, documentdb, options.timeout, tls_mode, notes)
+    return MongoTarget(target_uri, database, sources, ca_file, documentdb, options.timeout, tls_mode, notes,
+                       options.patch_timeout)
 
 
 def _yes(value: str | None, origin: str | None) -> bool:

@@ -153,4 +153,4 @@ def test_mongosh_is_stopped_after_the_timeout_and_fails_the_patch(tmp_path):
     with pytest.raises(JsPatchFailed) as err:
         run_js(patch, None, False, lambda line: None, timeout=3)
     assert time.monotonic() - started < 20
-    assert "stopped after 3 s (--mongo-timeout)" in str(err.value)
+    assert "stopped after 3 s (--patch-timeout / MONGO_PATCH_TIMEOUT)" in str(err.value)

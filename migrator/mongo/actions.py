@@ -118,7 +118,7 @@ def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, ech
         if patch.kind == "py":
             comment = run_python(patch, db, dry_run)
         else:
-            comment = run_js(patch, target, dry_run, echo, timeout=target.timeout if target else None)
+            comment = run_js(patch, target, dry_run, echo, timeout=target.patch_timeout if target else None)
     except (MigratorError, interrupt.Interrupted):
         raise
     except DryRunWriteError as exc:

@@ -198,7 +198,7 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
                 if timer:
                     timer.cancel()
         if timed_out.is_set():
-            raise JsPatchFailed(proc.returncode, f"stopped after {timeout:g} s (--mongo-timeout)")
+            raise JsPatchFailed(proc.returncode, f"stopped after {timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)")
     if proc.returncode != 0:
         raise JsPatchFailed(proc.returncode, _js_error(lines))
     return comment
