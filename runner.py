@@ -276,11 +276,12 @@ def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline, as_json):
     from migrator.mongo import actions, connection, patches
 
     env = Env.load()
-    migrations = postgres.read_migrations(sql_dir, load=offline)  # online, only the pending ones are parsed
+    migrations = postgres.read_migrations(sql_dir)  # only the files that will run are parsed
     mongo_target = None if offline else resolve_mongo(mongo_options, env)
     drift = []
     if offline:
-        todo, where = list(migrations), "offline: every migration, no database consulted"
+        todo, where = postgres.ordered(migrations), "offline: every migration, no database consulted"
+        postgres.load_migrations(todo)
     else:
         target = _target(pg_options, env)
         with postgres.connect(target, read_only=True) as backend:
@@ -342,7 +343,7 @@ def status(pg_options, mongo_options, sql_dir, mongo_dir, as_json, exit_code):
     from migrator import postgres
 
     env = Env.load()
-    migrations = postgres.read_migrations(sql_dir, load=False)  # listing needs no parsing
+    migrations = postgres.read_migrations(sql_dir)  # listing needs no parsing
     mongo_target = resolve_mongo(mongo_options, env)
     target = _target(pg_options, env)
     with postgres.connect(target, read_only=True) as backend:
@@ -614,7 +615,7 @@ def mark(pg_options, sql_dir, ids, lock_timeout):
     """Record migrations IDS as applied without running them (adopting an existing database)."""
     from migrator import postgres
 
-    migrations = postgres.read_migrations(sql_dir, load=False)
+    migrations = postgres.read_migrations(sql_dir)
     selected = postgres.select_by_id(migrations, list(ids))
     with _locked_backend(pg_options, Env.load(), lock_timeout) as (backend, _):
         already = set(postgres.applied_ids(backend))
@@ -632,7 +633,7 @@ def accept_changes(pg_options, sql_dir, ids, lock_timeout):
     """After review, record the current content of applied migrations IDS as what was applied."""
     from migrator import checksums, postgres
 
-    migrations = postgres.read_migrations(sql_dir, load=False)
+    migrations = postgres.read_migrations(sql_dir)
     selected = postgres.select_by_id(migrations, list(ids))
     with _locked_backend(pg_options, Env.load(), lock_timeout) as (backend, target):
         applied = postgres.applied_ids(backend)
