@@ -368,7 +368,7 @@ def _status_output(target, states, invalid, mongo_target, mongo, as_json) -> Non
             "target": target.display_url,
             "migrations": [
                 {"id": s.id, "status": s.state, "applied_at": s.applied_at.isoformat() if s.applied_at else None,
-                 "file": str(s.path) if s.path else None}
+                 "file": str(s.path) if s.path else None, "failure": s.failure}
                 for s in states
             ],
             "applied": applied,
@@ -386,6 +386,8 @@ def _status_output(target, states, invalid, mongo_target, mongo, as_json) -> Non
     for s in states:
         when = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else ""
         output.result(f"  {s.id:<{width}}  {s.state:<8}  {when}".rstrip())
+        if s.failure:
+            output.result(f"    {s.failure}")
     output.result(f"PostgreSQL: {applied} applied, {pending} pending" + (f", {len(changed)} CHANGED since applied" if changed else ""))
     if changed:
         ids = " ".join(s.id for s in changed)

@@ -101,18 +101,28 @@ def transactional(path: Path, directives: dict[str, tuple[str, int]]) -> bool:
 
 def statements(path: Path, *, in_transaction: bool) -> list[Statement]:
     """The file's statements, refusing what cannot run (each refusal names file:line and what to do)."""
+    found, found_problems = _split_and_check(path, in_transaction)
+    if found_problems:
+        line, message = found_problems[0]
+        raise MigratorError(f"{path}:{line}: {message} (nothing was run)" if line else f"{path} {message}", USAGE)
+    return found
+
+
+def problems(path: Path, *, in_transaction: bool) -> list[tuple[int, str]]:
+    """(line, message) of everything in the file that cannot run as it is (for `sql lint`)."""
+    return _split_and_check(path, in_transaction)[1]
+
+
+def _split_and_check(path: Path, in_transaction: bool) -> tuple[list[Statement], list[tuple[int, str]]]:
     try:
         found = split(read_text(path))
     except SplitError as exc:
-        raise MigratorError(f"{path}:{exc.line}: {exc.message} (nothing was run)", USAGE)
+        return [], [(exc.line, exc.message)]
     if not found:
-        raise MigratorError(f"{path} holds no SQL statement; add its SQL or delete the file (nothing was run)", USAGE)
-    if in_transaction:
-        for statement in found:
-            problem = in_transaction_problem(statement)
-            if problem:
-                raise MigratorError(f"{path}:{statement.line}: {problem} (nothing was run)", USAGE)
-    return found
+        return [], [(0, "holds no SQL statement; add its SQL or delete the file (nothing was run)")]
+    if not in_transaction:
+        return found, []
+    return found, [(s.line, problem) for s in found if (problem := in_transaction_problem(s))]
 
 
 def in_transaction_problem(statement: Statement) -> str | None:
