@@ -289,3 +289,77 @@ def test_plan_offline_piped_to_psql_gives_the_same_schema_as_migrate(cli, db, ma
                           input=plan.stdout, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert schema_dump(db) == schema_dump(twin)
+
+
+# --- adopting a database: its pg_dump --schema-only as 0001_baseline.sql ---------------------------------
+
+SOURCE_SCHEMA = """
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE SCHEMA reporting;
+CREATE SEQUENCE invoice_no START 1000 INCREMENT 5;
+CREATE TABLE customer (id bigserial PRIMARY KEY, name text NOT NULL, mood mood DEFAULT 'ok',
+                       created timestamptz DEFAULT now(), CHECK (name <> ''));
+CREATE TABLE invoice (no int PRIMARY KEY DEFAULT nextval('invoice_no'), customer_id bigint NOT NULL
+                      REFERENCES customer ON DELETE CASCADE, amount numeric(12, 2), note text DEFAULT E'a\\tb;c');
+CREATE INDEX invoice_customer ON invoice (customer_id) WHERE amount > 0;
+COMMENT ON TABLE customer IS 'who pays; and why';
+COMMENT ON COLUMN invoice.amount IS 'in "euros"';
+CREATE VIEW reporting.big_invoices AS SELECT i.no, c.name FROM invoice i JOIN customer c ON c.id = i.customer_id
+    WHERE i.amount > 1000;
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.created := now();
+  RETURN NEW;
+END;
+$$;
+CREATE TRIGGER customer_touch BEFORE UPDATE ON customer FOR EACH ROW EXECUTE FUNCTION touch();
+CREATE FUNCTION invoice_total(c bigint) RETURNS numeric LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT coalesce(sum(amount), 0) FROM invoice WHERE customer_id = c;
+END;
+CREATE PROCEDURE bump(n int) LANGUAGE sql BEGIN ATOMIC UPDATE invoice SET amount = amount + n; END;
+DO $$ BEGIN EXECUTE 'CREATE TABLE made_by_do (id int)'; END $$;
+"""
+
+
+def test_a_pg_dump_schema_only_baseline_applies_unchanged_and_equals_psql(cli, make_db, tmp_path):
+    source = make_db()
+    with source.server.connect(source.name) as conn, conn.cursor() as cur:
+        cur.execute(SOURCE_SCHEMA)
+    dump = subprocess.run([_bin("pg_dump"), "--schema-only", "-d", source.url], capture_output=True, text=True, check=True)
+    sql_dir = tmp_path / "adopt"
+    sql_dir.mkdir()
+    baseline = sql_dir / "0001_baseline.sql"
+    baseline.write_text(dump.stdout)
+    assert "set_config('search_path', '', false)" in dump.stdout and "BEGIN ATOMIC" in dump.stdout
+
+    ours, theirs = make_db(), make_db()
+    result = cli("migrate", "--sql-dir", sql_dir, env=ours.db_env())
+    assert result.exit_code == 0, result.output
+    done = subprocess.run([_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f", str(baseline), "-d", theirs.url],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert schema_dump(ours) == schema_dump(theirs)
+    assert "CREATE VIEW reporting.big_invoices" in schema_dump(ours)
+
+    # The next migration after the baseline runs in a normal session, and the history stays truthful.
+    (sql_dir / "0002_after_baseline.sql").write_text("CREATE TABLE after_baseline (id int REFERENCES customer);\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=ours.db_env()).exit_code == 0
+    assert table_schema(ours, "after_baseline") == "public"
+    status = cli("status", "--sql-dir", sql_dir, "--exit-code", env=ours.db_env())
+    assert status.exit_code == 0 and "2 applied, 0 pending" in status.stdout
+
+
+def test_adopting_a_live_database_marks_the_baseline_without_running_it(cli, make_db, tmp_path):
+    live = make_db()
+    with live.server.connect(live.name) as conn, conn.cursor() as cur:
+        cur.execute(SOURCE_SCHEMA)
+    dump = subprocess.run([_bin("pg_dump"), "--schema-only", "-d", live.url], capture_output=True, text=True, check=True)
+    sql_dir = tmp_path / "adopt"
+    sql_dir.mkdir()
+    (sql_dir / "0001_baseline.sql").write_text(dump.stdout)
+    before = schema_dump(live)
+    assert cli("sql", "mark", "--sql-dir", sql_dir, "0001_baseline", env=live.db_env()).exit_code == 0
+    assert schema_dump(live) == before
+    result = cli("migrate", "--sql-dir", sql_dir, env=live.db_env())
+    assert result.exit_code == 0 and "up to date (1 of 1" in result.stdout
