@@ -8,7 +8,9 @@ role, timeouts, session_replication_role or temp tables. The runner's limits are
 The run's own connection never runs a migration's SQL. Its search_path is pinned to the schema
 holding yoyo's tables, so yoyo's unqualified bookkeeping SQL finds them even after a migration
 ran `ALTER DATABASE ... SET search_path`; the checksum step, which runs in the migration's own
-session, names that schema explicitly.
+session, names that schema explicitly. Its commits (yoyo's marks and log) skip the wait for the WAL
+flush: a mark lost in a server crash is restored by the next run from the migration's own checksum,
+which commits durably with the migration.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ WITH chosen AS (
          ORDER BY n.nspname = pg_catalog.current_schema() DESC NULLS LAST, n.oid LIMIT 1),
         pg_catalog.current_schema(), 'public') AS schema
 )
-SELECT schema, pg_catalog.set_config('search_path', pg_catalog.quote_ident(schema), false) FROM chosen
+SELECT schema, pg_catalog.set_config('search_path', pg_catalog.quote_ident(schema), false),
+       pg_catalog.set_config('synchronous_commit', 'off', false) FROM chosen
 """
 
 
