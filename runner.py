@@ -281,11 +281,12 @@ def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline, as_json):
     from migrator.mongo import actions, connection, patches
 
     env = Env.load()
-    migrations = postgres.read_migrations(sql_dir, load=offline)  # online, only the pending ones are parsed
+    migrations = postgres.read_migrations(sql_dir)  # only the files that will run are parsed
     mongo_target = None if offline else resolve_mongo(mongo_options, env)
     drift = []
     if offline:
-        todo, where = list(migrations), "offline: every migration, no database consulted"
+        todo, where = postgres.ordered(migrations), "offline: every migration, no database consulted"
+        postgres.load_migrations(todo)
     else:
         target = _target(pg_options, env)
         with postgres.connect(target, read_only=True) as backend:
@@ -347,7 +348,7 @@ def status(pg_options, mongo_options, sql_dir, mongo_dir, as_json, exit_code):
     from migrator import postgres
 
     env = Env.load()
-    migrations = postgres.read_migrations(sql_dir, load=False)  # listing needs no parsing
+    migrations = postgres.read_migrations(sql_dir)  # listing needs no parsing
     mongo_target = resolve_mongo(mongo_options, env)
     target = _target(pg_options, env)
     with postgres.connect(target, read_only=True) as backend:
@@ -372,7 +373,7 @@ def _status_output(target, states, invalid, mongo_target, mongo, as_json) -> Non
             "target": target.display_url,
             "migrations": [
                 {"id": s.id, "status": s.state, "applied_at": s.applied_at.isoformat() if s.applied_at else None,
-                 "file": str(s.path) if s.path else None}
+                 "file": str(s.path) if s.path else None, "failure": s.failure}
                 for s in states
             ],
             "applied": applied,
@@ -390,6 +391,8 @@ def _status_output(target, states, invalid, mongo_target, mongo, as_json) -> Non
     for s in states:
         when = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else ""
         output.result(f"  {s.id:<{width}}  {s.state:<8}  {when}".rstrip())
+        if s.failure:
+            output.result(f"    {s.failure}")
     output.result(f"PostgreSQL: {applied} applied, {pending} pending" + (f", {len(changed)} CHANGED since applied" if changed else ""))
     if changed:
         ids = " ".join(s.id for s in changed)
@@ -662,7 +665,7 @@ def mark(pg_options, sql_dir, ids, lock_timeout):
     """Record migrations IDS as applied without running them (adopting an existing database)."""
     from migrator import postgres
 
-    migrations = postgres.read_migrations(sql_dir, load=False)
+    migrations = postgres.read_migrations(sql_dir)
     selected = postgres.select_by_id(migrations, list(ids))
     with _locked_backend(pg_options, Env.load(), lock_timeout) as (backend, _):
         already = set(postgres.applied_ids(backend))
@@ -680,7 +683,7 @@ def accept_changes(pg_options, sql_dir, ids, lock_timeout):
     """After review, record the current content of applied migrations IDS as what was applied."""
     from migrator import checksums, postgres
 
-    migrations = postgres.read_migrations(sql_dir, load=False)
+    migrations = postgres.read_migrations(sql_dir)
     selected = postgres.select_by_id(migrations, list(ids))
     with _locked_backend(pg_options, Env.load(), lock_timeout) as (backend, target):
         applied = postgres.applied_ids(backend)

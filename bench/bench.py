@@ -187,8 +187,50 @@ def case_500(admin, work: Path) -> list[Row]:
         Row(f"`migrate` of {MIGRATIONS} one-table migrations", mine, yoyos, "`yoyo apply` (twin database)", 1.15,
             f"runner {per(mine)}, yoyo {per(yoyos)}"),
         Row(f"`migrate` of {MIGRATIONS} one-table migrations", mine, psqls, f"psql, one session, {MIGRATIONS} transactions (floor)",
-            None, f"psql {per(psqls)}"),
+            2.0, f"psql {per(psqls)}; the runner opens a fresh session per migration"),
     ]
+
+
+BIG_STATEMENTS = 20_000
+
+
+def big_file(path: Path) -> Path:
+    """20,000 INSERTs, over 5 MB: a data load as teams write them."""
+    rows = "".join(f"INSERT INTO bench_big VALUES ({i}, '{'x' * 240}');\n" for i in range(BIG_STATEMENTS))
+    path.write_text("CREATE TABLE bench_big (id int PRIMARY KEY, pad text);\n" + rows)
+    return path
+
+
+def case_history(admin, work: Path) -> Row:
+    """No-op `migrate` with a 5 MB file in history against the same with the small seed history."""
+    small = work / "small"
+    shutil.copytree(ROOT / "sql", small)
+    large = work / "large"
+    shutil.copytree(ROOT / "sql", large)
+    big_file(large / "0002_big_load.sql")
+    with databases(admin, 2) as (a, b):
+        run(*runner(["migrate", "--sql-dir", str(small)], database_url(admin, a)))
+        run(*runner(["migrate", "--sql-dir", str(large)], database_url(admin, b)))
+        ours, theirs = alternate(runner(["migrate", "--sql-dir", str(large)], database_url(admin, b)),
+                                 runner(["migrate", "--sql-dir", str(small)], database_url(admin, a)), RUNS)
+    size = (large / "0002_big_load.sql").stat().st_size / 1e6
+    return Row(f"no-op `migrate`, a {size:.1f} MB file in history", ours, theirs, "no-op `migrate`, small history", 1.2)
+
+
+def case_big_file(admin, work: Path) -> Row:
+    folder = work / "big"
+    folder.mkdir()
+    path = big_file(folder / "0001_big_load.sql")
+    ours, theirs = [], []
+    for i in range(max(3, RUNS)):
+        with databases(admin, 2) as (a, b):
+            sides = [(ours, runner(["migrate", "--sql-dir", str(folder)], database_url(admin, a))),
+                     (theirs, ([psql_bin(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f", str(path), "-d",
+                                database_url(admin, b)], clean_env()))]
+            for times, (cmd, env) in (sides if i % 2 == 0 else sides[::-1]):
+                times.append(run(cmd, env))
+    return Row(f"`migrate` of one file of {BIG_STATEMENTS:,} INSERTs (one transaction)", statistics.median(ours),
+               statistics.median(theirs), "`psql -1 -f` of the same file", 2.0)
 
 
 def case_status(admin, work: Path) -> Row:
@@ -282,7 +324,8 @@ def main() -> int:
     admin = admin_target()
     with tempfile.TemporaryDirectory(prefix="hcm-bench-") as tmp:
         work = Path(tmp)
-        rows = [case_noop(admin), *case_500(admin, work), case_status(admin, work), case_help(), *case_mongo_patch()]
+        rows = [case_noop(admin), case_history(admin, work), case_big_file(admin, work), *case_500(admin, work),
+                case_status(admin, work), case_help(), *case_mongo_patch()]
     described = machine(admin)
     report = table(rows)
     print(report)

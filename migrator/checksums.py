@@ -1,11 +1,16 @@
 """Drift detection: the sha256 of each applied file, so an edited applied file is noticed.
 
-yoyo keys migrations by a hash of their id, not their content. Here each migration gets one more
-step that records its file's sha256 (line endings normalised) in `_hcm_migration_checksum`,
-inside the migration's own transaction: the checksum exists exactly when the migration
-committed. That also repairs the one gap yoyo leaves: it marks a migration applied in a second
-transaction after the migration's commit, so a runner killed in between leaves a committed
-migration unmarked; a checksum without a mark means "committed: mark it".
+yoyo keys migrations by a hash of their id, not their content. Here each migration's step ends by
+recording its file's sha256 (line endings normalised) in `_hcm_migration_checksum`, inside the
+migration's own transaction: the checksum exists exactly when the migration committed. That also
+repairs the one gap yoyo leaves: it marks a migration applied in a second transaction after the
+migration's commit, so a runner killed in between leaves a committed migration unmarked; a checksum
+without a mark means "committed: mark it".
+
+The record is written in the migration's session, after the file's own SQL: it names its schema and
+first undoes what the file may have set (role, timeouts, read-only default), so it works whatever
+the file did. `_hcm_migration_failure` (created on the first failure only) keeps what a failed
+non-transactional file committed, so `status` can show it.
 """
 
 from __future__ import annotations
@@ -15,15 +20,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TABLE = "_hcm_migration_checksum"
-CREATE = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
+FAILURES = "_hcm_migration_failure"
+CREATE = """
+CREATE TABLE IF NOT EXISTS {schema}.{table} (
     migration_id VARCHAR(255) PRIMARY KEY,
     sha256       CHAR(64)     NOT NULL,
-    recorded_at  TIMESTAMP    NOT NULL DEFAULT (now() AT TIME ZONE 'utc')
+    recorded_at  TIMESTAMP    NOT NULL DEFAULT (pg_catalog.now() AT TIME ZONE 'utc')
 )"""
-UPSERT = (f"INSERT INTO {TABLE} (migration_id, sha256) VALUES (%s, %s) "
-          "ON CONFLICT (migration_id) DO UPDATE SET sha256 = EXCLUDED.sha256, recorded_at = now() AT TIME ZONE 'utc'")
-DELETE = f"DELETE FROM {TABLE} WHERE migration_id = %s"
+UPSERT = ("INSERT INTO {schema}.{table} (migration_id, sha256) VALUES (%s, %s) ON CONFLICT (migration_id) "
+          "DO UPDATE SET sha256 = EXCLUDED.sha256, recorded_at = pg_catalog.now() AT TIME ZONE 'utc'")
+DELETE = "DELETE FROM {schema}.{table} WHERE migration_id = %s"
+# What a migration's SQL may have changed in its session that would stop the record being written.
+RESET_SESSION = ("RESET SESSION AUTHORIZATION; RESET ROLE; RESET statement_timeout; RESET lock_timeout; "
+                 "RESET default_transaction_read_only")
+CREATE_FAILURES = """
+CREATE TABLE IF NOT EXISTS {schema}.{table} (
+    migration_id VARCHAR(255) PRIMARY KEY,
+    failed_at    TIMESTAMP    NOT NULL DEFAULT (pg_catalog.now() AT TIME ZONE 'utc'),
+    what         TEXT         NOT NULL
+)"""
+UPSERT_FAILURE = ("INSERT INTO {schema}.{table} (migration_id, what) VALUES (%s, %s) ON CONFLICT (migration_id) "
+                  "DO UPDATE SET what = EXCLUDED.what, failed_at = pg_catalog.now() AT TIME ZONE 'utc'")
+
+
+def _sql(template: str, schema: str, table: str = TABLE):
+    from psycopg2 import sql
+
+    return sql.SQL(template).format(schema=sql.Identifier(schema), table=sql.Identifier(table))
 
 
 def file_sha256(path: Path) -> str:
@@ -31,31 +54,42 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
-def add_step(migration) -> None:
-    """Append the checksum step to a loaded yoyo migration: recorded on apply, removed on rollback."""
-    from yoyo.migrations import MigrationStep
-
-    sha = file_sha256(Path(migration.path))
-
-    def record(connection):
-        _upsert(connection, migration.id, sha)
-
-    def remove(connection):
-        with connection.cursor() as cursor:
-            cursor.execute(DELETE, (migration.id,))
-
-    # A bare step, without yoyo's per-step savepoint: it already runs inside the migration's
-    # transaction, and if it fails the whole migration rolls back with it.
-    migration.steps.append(MigrationStep(len(migration.steps), record, remove))
-
-
-def _upsert(connection, migration_id: str, sha: str) -> None:
+def record(connection, schema: str, migration_id: str, sha: str) -> None:
+    """In the migration's session, after its SQL: the file's checksum, in the same transaction."""
     with connection.cursor() as cursor:
-        cursor.execute(UPSERT, (migration_id, sha))
+        cursor.execute(RESET_SESSION)
+        cursor.execute(_sql(UPSERT, schema), (migration_id, sha))
+
+
+def remove(connection, schema: str, migration_id: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(RESET_SESSION)
+        cursor.execute(_sql(DELETE, schema), (migration_id,))
 
 
 def ensure_table(backend) -> None:
-    backend.execute(CREATE)
+    with backend.connection.cursor() as cursor:
+        cursor.execute(_sql(CREATE, backend.bookkeeping_schema))
+
+
+def _upsert(backend, migration_id: str, sha: str) -> None:
+    with backend.connection.cursor() as cursor:
+        cursor.execute(_sql(UPSERT, backend.bookkeeping_schema), (migration_id, sha))
+
+
+def record_failure(backend, migration_id: str, what: str) -> None:
+    """On the run's own connection: what a failed non-transactional migration left committed."""
+    with backend.transaction(), backend.connection.cursor() as cursor:
+        cursor.execute(_sql(CREATE_FAILURES, backend.bookkeeping_schema, FAILURES))
+        cursor.execute(_sql(UPSERT_FAILURE, backend.bookkeeping_schema, FAILURES), (migration_id, what))
+
+
+def clear_failures(backend, ids: list[str]) -> None:
+    exists = backend.execute("SELECT to_regclass(:t) IS NOT NULL", {"t": FAILURES}).fetchone()[0] if ids else False
+    if exists:
+        with backend.transaction(), backend.connection.cursor() as cursor:
+            cursor.execute(_sql("DELETE FROM {schema}.{table} WHERE migration_id = ANY(%s)",
+                                backend.bookkeeping_schema, FAILURES), (list(ids),))
 
 
 @dataclass
@@ -80,9 +114,10 @@ def drifted(migrations, applied: set[str], sums: dict[str, str]) -> list[Drift]:
 def record_missing(backend, migrations, applied: set[str], sums: dict[str, str]) -> list[str]:
     """Checksums for migrations applied before drift detection existed (taken from today's files)."""
     missing = [m for m in migrations if m.id in applied and m.id not in sums]
-    with backend.transaction():
-        for migration in missing:
-            _upsert(backend.connection, migration.id, file_sha256(Path(migration.path)))
+    if missing:
+        with backend.transaction():
+            for migration in missing:
+                _upsert(backend, migration.id, file_sha256(Path(migration.path)))
     return [m.id for m in missing]
 
 
@@ -92,5 +127,5 @@ def accept(backend, selected) -> list[Drift]:
     changes = [Drift(m.id, Path(m.path), (before.get(m.id) or "").strip(), file_sha256(Path(m.path))) for m in selected]
     with backend.transaction():
         for change in changes:
-            _upsert(backend.connection, change.id, change.current)
+            _upsert(backend, change.id, change.current)
     return changes

@@ -44,13 +44,22 @@ def lint(migrations) -> list[Finding]:
     squawk = squawk_path()
     if squawk is None:
         raise MigratorError("squawk not found: run `make install` (requirements-dev.txt brings squawk-cli)")
-    findings: list[Finding] = []
+    findings = runner_findings(migrations)
     for transactional in (True, False):
         files = [str(m.path) for m in migrations if m.use_transactions == transactional]
         if files:
             mode = "--assume-in-transaction" if transactional else "--no-assume-in-transaction"
             findings += _run(squawk, [mode, *files])
     return sorted(findings, key=lambda f: (f.path, f.line, f.column))
+
+
+def runner_findings(migrations) -> list[Finding]:
+    """What the runner itself would refuse (psql meta-commands, COPY FROM stdin, transaction control or
+    CONCURRENTLY in a transactional file...), found without a database."""
+    from migrator.postgres import files
+
+    return [Finding(str(m.path), line, 1, "runner", message, "")
+            for m in migrations for line, message in files.problems(Path(m.path), in_transaction=m.use_transactions)]
 
 
 def _run(squawk: str, args: list[str]) -> list[Finding]:

@@ -254,7 +254,7 @@ def case_duplicate_numbers(db, sql_dir, tmp_path, aws):
 
 def case_duplicate_ids(db, sql_dir, tmp_path, aws):
     (sql_dir / f"{SEED}.py").write_text("from yoyo import step\nstep('SELECT 1')\n")
-    return ["migrate", "--sql-dir", sql_dir], _pw(db), 2, f"have the id {SEED}; rename one"
+    return ["migrate", "--sql-dir", sql_dir], _pw(db), 2, f"{SEED}.py: the runner applies .sql migrations only"
 
 
 def case_missing_rollback_file(db, sql_dir, tmp_path, aws):

@@ -1,0 +1,27 @@
+"""The SQL side: `sql/*.sql` files applied through yoyo-migrations, used as a library.
+
+yoyo does the ordering, the transactions, the bookkeeping (`_yoyo_migration`) and the lock. This
+package adds what a DBA and an operator need around it, one module per concern:
+
+- files: names checked before anything is read, headers, refusals, `plan` text, `sql new`;
+- splitter: statements split where psql splits them, with their lines;
+- migration: each file as one yoyo Migration with one step (its statements, then its checksum);
+- connection: the run's connection (locks, bookkeeping) and a fresh session per migration;
+- state: what was applied, read without writing; repairs under the lock;
+- apply: apply, roll back, mark; errors: the one line a failure ends in.
+"""
+
+from migrator.postgres.apply import apply, break_lock, locked, mark, rollback, select_by_id, select_rollback
+from migrator.postgres.connection import MIGRATION_TABLE, connect, connection_error, resolve_target
+from migrator.postgres.files import FILE_NAME, new
+from migrator.postgres.migration import (is_transactional, load_migrations, ordered, plan_text, read_migrations,
+                                         rollback_path)
+from migrator.postgres.state import (MigrationState, applied_ids, bookkeeping, drift_error, invalid_indexes, pending,
+                                     reconcile, status)
+
+__all__ = [
+    "FILE_NAME", "MIGRATION_TABLE", "MigrationState", "apply", "applied_ids", "bookkeeping", "break_lock", "connect",
+    "connection_error", "drift_error", "invalid_indexes", "is_transactional", "load_migrations", "locked", "mark",
+    "new", "ordered", "pending", "plan_text", "read_migrations", "reconcile", "resolve_target", "rollback",
+    "rollback_path", "select_by_id", "select_rollback", "status",
+]

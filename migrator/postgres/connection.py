@@ -1,0 +1,179 @@
+"""Connections: the run's own (locks, yoyo's bookkeeping) and a fresh one per migration.
+
+yoyo runs each migration on `backend.copy()`, a new connection: every migration (and rollback) starts
+in the state of a fresh session, as `psql -f` does, whatever the previous file did to search_path,
+role, timeouts, session_replication_role or temp tables. The runner's limits are connection options
+(`-c lock_timeout=...`), so they apply to each file until the file sets its own.
+
+The run's own connection never runs a migration's SQL. Its search_path is pinned to the schema
+holding yoyo's tables, so yoyo's unqualified bookkeeping SQL finds them even after a migration
+ran `ALTER DATABASE ... SET search_path`; the checksum step, which runs in the migration's own
+session, names that schema explicitly. Its commits (yoyo's marks and log) skip the wait for the WAL
+flush: a mark lost in a server crash is restored by the next run from the migration's own checksum,
+which commits durably with the migration.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+from migrator import whoami
+from migrator.errors import MigratorError
+from migrator.settings import DdlLimits, PostgresTarget
+
+MIGRATION_TABLE = "_yoyo_migration"
+# application_name names this runner (host:pid), so a lock timeout can say who holds the lock.
+CONNECT_PARAMS = {"connect_timeout": "10", "application_name": f"hcm-db-migrations {socket.gethostname()}:{os.getpid()}"[:63]}
+READ_ONLY = "-c default_transaction_read_only=on"
+# A migration whose client died (SIGKILL) is cancelled within seconds, releasing its locks (PostgreSQL 14+).
+CLIENT_CHECK = "-c client_connection_check_interval=2s"
+# Where yoyo's tables already are (else the session's current schema, else public); pinned as search_path.
+PIN_BOOKKEEPING = """
+WITH chosen AS (
+    SELECT coalesce(
+        (SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relname = '_yoyo_migration' AND c.relkind IN ('r', 'p')
+         ORDER BY n.nspname = pg_catalog.current_schema() DESC NULLS LAST, n.oid LIMIT 1),
+        pg_catalog.current_schema(), 'public') AS schema
+)
+SELECT schema, pg_catalog.set_config('search_path', pg_catalog.quote_ident(schema), false),
+       pg_catalog.set_config('synchronous_commit', 'off', false) FROM chosen
+"""
+
+
+def resolve_target(target: PostgresTarget, env) -> PostgresTarget:
+    """The concrete target: starts the local development database when nothing is configured."""
+    if target.local_dev:
+        from migrator import devdb
+
+        return devdb.ensure_running(env)
+    return target
+
+
+def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits | None) -> str:
+    params = {**CONNECT_PARAMS, **target.params}
+    settings = [params.get("options", ""), CLIENT_CHECK]
+    if read_only:
+        settings.append(READ_ONLY)
+    if limits:
+        settings.append(f"-c lock_timeout={limits.lock_timeout} -c statement_timeout={limits.statement_timeout}")
+    params["options"] = " ".join(s for s in settings if s)
+    return PostgresTarget(
+        host=target.host, port=target.port, dbname=target.dbname, user=target.user,
+        password=target.password, params=params,
+    ).url
+
+
+@functools.cache
+def backend_class():
+    """yoyo's PostgreSQL backend, extended where yoyo leaves room for it (init_connection, copy)."""
+    from yoyo.backends.core.postgresql import PostgresqlBackend
+
+    class Backend(PostgresqlBackend):
+        bookkeeping_schema = "public"
+
+        def init_connection(self, connection):
+            # Called by yoyo on connect and after each rollback (which would undo the pin).
+            with connection.cursor() as cursor:
+                cursor.execute(PIN_BOOKKEEPING)
+                self.bookkeeping_schema = cursor.fetchone()[0]
+
+        def copy(self):
+            session = MigrationSession(self.uri, self.migration_table)
+            session.bookkeeping_schema = self.bookkeeping_schema
+            return session
+
+        def get_log_data(self, migration=None, operation="apply"):
+            # yoyo's own version calls getpass.getuser(), which fails where the Job runs (a uid
+            # without a passwd entry) after the migration has committed; the rest is yoyo's.
+            from datetime import datetime, timezone
+
+            return {
+                "id": str(uuid.uuid1()),
+                "migration_hash": migration.hash if migration else None,
+                "migration_id": migration.id if migration else None,
+                "operation": operation,
+                "username": whoami.user(),
+                "hostname": _fqdn(),
+                "created_at_utc": datetime.now(timezone.utc).replace(tzinfo=None),
+            }
+
+    class MigrationSession(Backend):
+        """One migration's connection: left exactly as the server starts a session."""
+
+        def init_connection(self, connection):
+            pass
+
+    return Backend
+
+
+@functools.cache
+def _fqdn() -> str:
+    return socket.getfqdn()
+
+
+@contextmanager
+def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None = None) -> Iterator:
+    """A yoyo backend. Read-only ones skip yoyo's init (it creates tables) and are read-only
+    on the server too, so `plan` and `status` cannot write even by mistake."""
+    import psycopg2
+    from yoyo.connections import parse_uri
+
+    url = _connection_url(target, read_only, limits)
+    try:
+        backend = backend_class()(parse_uri(url), MIGRATION_TABLE)
+        if not read_only:
+            backend.init_database()  # what yoyo's get_backend does: its lock table, a DDL probe
+    except psycopg2.Error as exc:  # OperationalError, or ProgrammingError for a bad DSN option
+        raise connection_error(exc, target)
+    try:
+        if not read_only:
+            _check_bookkeeping(backend, target)
+        yield backend
+    finally:
+        backend.connection.close()
+
+
+def _check_bookkeeping(backend, target: PostgresTarget) -> None:
+    """yoyo ignores a failure to create its lock table and later fails obscurely; say why instead."""
+    exists = backend.execute("SELECT to_regclass(:t) IS NOT NULL, current_schema(), current_user", {"t": backend.lock_table})
+    has_table, schema, user = exists.fetchone()
+    if not has_table:
+        schema = schema or backend.bookkeeping_schema
+        raise MigratorError(
+            f"user {user} cannot create tables in schema {schema} on {target.where} (yoyo's bookkeeping needs it); "
+            f"run GRANT CREATE ON SCHEMA {schema} TO {user}, or connect as the schema's owner"
+        )
+
+
+def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:
+    text = str(exc).strip()
+    where = target.where
+    lowered = text.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        what = f"authentication failed for user {target.user}; check the user and password ({_origin(target)})"
+    elif "does not exist" in lowered and "database" in lowered:
+        what = f"database {target.dbname} does not exist; create it (createdb {target.dbname}) or fix the database name ({_origin(target)})"
+    elif "could not translate host name" in lowered or "name or service not known" in lowered:
+        what = f"host {target.host} cannot be resolved; check the host name ({_origin(target)})"
+    elif "connection refused" in lowered or "no such file or directory" in lowered:
+        what = f"connection refused; is the server running, and are host and port right? ({_origin(target)})"
+    elif "unrecognized configuration parameter" in lowered and "client_connection_check_interval" in lowered:
+        what = "the server is older than PostgreSQL 14, which the runner needs (it cancels a dead runner's work)"
+    elif "timeout expired" in lowered:
+        what = "no answer within 10 s; check the host, port, firewall or security group"
+    elif "root certificate file" in lowered or "certificate verify failed" in lowered:
+        what = f"TLS verification failed ({text.splitlines()[-1].strip()}); check the CA bundle"
+    else:
+        what = text.splitlines()[-1].strip() if text else exc.__class__.__name__
+    return MigratorError(f"cannot connect to PostgreSQL at {where}: {what}")
+
+
+def _origin(target: PostgresTarget) -> str:
+    origins = sorted(set(target.sources.values()) - {"default"})
+    return "settings from " + (", ".join(origins) if origins else "defaults")

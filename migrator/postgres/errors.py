@@ -1,0 +1,74 @@
+"""A failed migration as one line: file:line, PostgreSQL's message with its DETAIL and HINT, and
+exactly what was committed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from migrator.errors import MigratorError
+
+HINTS = {
+    "55P03": "it waited longer than lock_timeout for a lock that other sessions hold: "
+             "run it when traffic is lower, or raise --ddl-lock-timeout",
+    "57014": "it ran longer than statement_timeout: raise --statement-timeout, or make the migration cheaper",
+    "25001": "put that statement in a migration of its own whose first line is `-- transactional: false`",
+    "53200": "the file takes more locks than max_locks_per_transaction allows: raise it on the server, "
+             "or split the file",
+}
+
+
+class StatementFailed(Exception):
+    """A statement of a file failed; carries which one, so the message can say what committed."""
+
+    def __init__(self, cause, path: Path, statements, index: int, transactional: bool):
+        super().__init__(str(cause))
+        self.cause, self.path, self.statement = cause, path, statements[index]
+        self.last_committed_line = statements[index - 1].line if index else None
+        self.total = len(statements)
+        self.index, self.transactional = index, transactional
+
+    @property
+    def line(self) -> int:
+        position = getattr(getattr(self.cause, "diag", None), "statement_position", None)
+        return self.statement.line_at(int(position) if position else None)
+
+    def committed(self) -> str:
+        """What of the file is in the database now, in words."""
+        if self.transactional:
+            return "nothing of it was applied: its transaction rolled back"
+        if self.index == 0:
+            done = "not transactional: its first statement failed, no statement committed before it"
+        else:
+            done = (f"not transactional: statements 1-{self.index} of {self.total} (through the one at line "
+                    f"{self.last_committed_line}) COMMITTED; statement {self.index + 1} failed; the rest did not run")
+        if "concurrently" in self.statement.text[:200].lower():
+            done += "; a failed CONCURRENTLY build leaves an INVALID index, which `runner.py status` shows"
+        return done
+
+
+def server_message(exc) -> str:
+    """PostgreSQL's message, DETAIL, HINT and the first CONTEXT line, on one line."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) or (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+    parts = [primary]
+    for label, value in (("DETAIL", getattr(diag, "message_detail", None)), ("HINT", getattr(diag, "message_hint", None)),
+                         ("CONTEXT", (getattr(diag, "context", None) or "").split("\n")[0])):
+        if value:
+            parts.append(f"{label}: {' '.join(value.split())}")
+    return "; ".join(parts)
+
+
+def migration_error(exc, migration, where: str, verb: str, path: Path) -> MigratorError:
+    """The one line for a failed migration or rollback (`exc` a StatementFailed or a driver error)."""
+    if isinstance(exc, StatementFailed):
+        cause, at, committed = exc.cause, f"{exc.path}:{exc.line}", exc.committed()
+    else:  # e.g. COMMIT refused by a deferred constraint, or the checksum record
+        cause, at = exc, str(path)
+        committed = ("nothing of it was applied: its transaction rolled back" if migration.use_transactions
+                     else "not transactional: its statements all ran and COMMITTED; recording it failed")
+        if getattr(cause, "pgcode", None) is None:
+            committed = "the connection was lost, so whether it committed is unknown: run `runner.py status`"
+    todo = HINTS.get(getattr(cause, "pgcode", None), "fix the file and run again")
+    if isinstance(exc, StatementFailed) and not exc.transactional and exc.index:
+        todo = "`runner.py status` shows this; make the file safe to re-run (IF NOT EXISTS) or undo what committed, then run again"
+    return MigratorError(f"{at}: failed to {verb} on {where}: {server_message(cause)} ({committed}); {todo}")

@@ -1,0 +1,186 @@
+"""The migration files: names checked before anything reads them, headers read cheaply, bodies
+split (and checked) only for the files a command will run.
+
+Each file becomes one yoyo Migration whose single step runs the file's statements in order, as
+`psql -1 -f` sends them: no savepoint per statement (yoyo's .sql loader makes one per statement,
+which runs out of shared memory at ~20,000 statements), no statement or token limit.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from migrator.errors import USAGE, MigratorError
+from migrator.postgres.splitter import SplitError, Statement, split
+
+# Checked on every name before any file is opened: a name is printed in `plan` (inside SQL) and in
+# messages, so a newline or quote in it must never get that far.
+FILE_NAME = re.compile(r"^(?P<number>\d+)_(?P<name>[A-Za-z0-9_]+)(?P<rollback>\.rollback)?\.sql$")
+VALID_NAME = "NNNN_name.sql or NNNN_name.rollback.sql (digits, `_`, then letters, digits and `_`)"
+DIRECTIVE = re.compile(r"^\s*--\s*(transactional|depends)\s*:\s*(.*?)\s*$")
+COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
+BOM = "\ufeff"
+
+# The first word(s) of statements that end or open a transaction: in a transactional file they would
+# commit part of it (psql -1 only warns), so such a file is refused before anything runs.
+TRANSACTION_CONTROL = re.compile(
+    r"(?:begin|start\s+transaction|commit|end|rollback(?!\s+(?:work\s+|transaction\s+)?to\b)|abort|"
+    r"prepare\s+transaction)\b", re.IGNORECASE)
+# Statements PostgreSQL refuses inside a transaction block (SQLSTATE 25001).
+OUTSIDE_TRANSACTION = re.compile(
+    r"(?:create\s+(?:unique\s+)?index\s+concurrently|drop\s+index\s+concurrently|reindex\b.*\bconcurrently|"
+    r"vacuum\b|create\s+database\b|drop\s+database\b|alter\s+system\b|create\s+tablespace\b|"
+    r"drop\s+tablespace\b|cluster\s*;|create\s+subscription\b|drop\s+subscription\b)", re.IGNORECASE | re.DOTALL)
+
+
+def check_names(sql_dir: Path) -> list[Path]:
+    """The migration files (not rollbacks) in name order, after every `.sql` name is checked."""
+    if not sql_dir.is_dir():
+        raise MigratorError(f"migrations folder {sql_dir} not found; run from the project root or pass --sql-dir", USAGE)
+    migrations, numbers = [], {}
+    for path in sorted(sql_dir.glob("*.py")):
+        raise MigratorError(f"{sql_dir / ascii(path.name)[1:-1]}: the runner applies .sql migrations only (a yoyo "
+                            "Python migration would run unreviewed code); write it as SQL or move it out", USAGE)
+    for path in sorted(sql_dir.glob("*.sql")):
+        match = FILE_NAME.match(path.name)
+        if not match:
+            raise MigratorError(f"{sql_dir / ascii(path.name)[1:-1]}: not a valid migration file name; "
+                                f"rename it to {VALID_NAME}", USAGE)
+        if match["rollback"]:
+            continue
+        number = match["number"]
+        if number in numbers:
+            raise MigratorError(f"{numbers[number]} and {path} share the number {number}; "
+                                "renumber one (`runner.py sql new` picks the next free number)", USAGE)
+        numbers[number] = path
+        migrations.append(path)
+    return migrations
+
+
+def read_text(path: Path) -> str:
+    """The file as psql reads it, minus a UTF-8 byte order mark (editors on Windows add one)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise MigratorError(f"{path} cannot be read ({exc.strerror or exc}); fix the file or its permissions", USAGE)
+    except UnicodeDecodeError as exc:
+        raise MigratorError(
+            f"{path} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8", USAGE)
+    return text[1:] if text.startswith(BOM) else text
+
+
+def read_directives(path: Path) -> dict[str, tuple[str, int]]:
+    """yoyo's `-- transactional:` / `-- depends:` directives from the leading comments, with their line.
+
+    Only the leading comment lines are read, so a large file costs nothing until it runs.
+    """
+    directives: dict[str, tuple[str, int]] = {}
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, 1):
+                line = line.removeprefix(BOM) if number == 1 else line
+                match = DIRECTIVE.match(line)
+                if match:
+                    key, value = match.groups()
+                    previous = directives.get(key, ("", number))[0]
+                    directives[key] = (f"{previous} {value}".strip(), number)
+                elif not COMMENT_OR_BLANK.match(line):
+                    break
+    except OSError as exc:
+        raise MigratorError(f"{path} cannot be read ({exc.strerror or exc}); fix the file or its permissions", USAGE)
+    return directives
+
+
+def transactional(path: Path, directives: dict[str, tuple[str, int]]) -> bool:
+    value, line = directives.get("transactional", ("true", 0))
+    if value.lower() not in ("true", "false"):
+        raise MigratorError(f"{path}:{line}: `-- transactional: {value}` must be true or false", USAGE)
+    return value.lower() == "true"
+
+
+def statements(path: Path, *, in_transaction: bool) -> list[Statement]:
+    """The file's statements, refusing what cannot run (each refusal names file:line and what to do)."""
+    found, found_problems = _split_and_check(path, in_transaction)
+    if found_problems:
+        line, message = found_problems[0]
+        raise MigratorError(f"{path}:{line}: {message} (nothing was run)" if line else f"{path} {message}", USAGE)
+    return found
+
+
+def problems(path: Path, *, in_transaction: bool) -> list[tuple[int, str]]:
+    """(line, message) of everything in the file that cannot run as it is (for `sql lint`)."""
+    return _split_and_check(path, in_transaction)[1]
+
+
+def _split_and_check(path: Path, in_transaction: bool) -> tuple[list[Statement], list[tuple[int, str]]]:
+    try:
+        found = split(read_text(path))
+    except SplitError as exc:
+        return [], [(exc.line, exc.message)]
+    if not found:
+        return [], [(0, "holds no SQL statement; add its SQL or delete the file (nothing was run)")]
+    if not in_transaction:
+        return found, []
+    return found, [(s.line, problem) for s in found if (problem := in_transaction_problem(s))]
+
+
+def in_transaction_problem(statement: Statement) -> str | None:
+    """Why a statement cannot run inside the one transaction of a transactional file, or None."""
+    head = statement.text[:200]
+    if TRANSACTION_CONTROL.match(head):
+        word = head.split(None, 1)[0].rstrip(";").upper()
+        return (f"{word} controls the transaction, but the runner already runs this file in one transaction "
+                "(as psql -1 does); a COMMIT here would commit half the file. Remove BEGIN/COMMIT, or make "
+                "`-- transactional: false` the first line to run the statements one by one")
+    if OUTSIDE_TRANSACTION.match(statement.text):
+        what = " ".join(head.split()[:4]).rstrip(";")
+        return (f"`{what}` cannot run inside a transaction block, and this file runs in one; "
+                "put it in its own migration whose first line is `-- transactional: false`")
+    return None
+
+
+def plan_text(path: Path, in_transaction: bool) -> str:
+    """The file exactly as psql would run it inside the runner's transaction (a `;` added when the
+    last statement has none, so the COMMIT that follows stays a statement of its own)."""
+    body = read_text(path).rstrip("\n")
+    found = split(body) if body.strip() else []
+    if found and not found[-1].terminated:
+        body += "\n;"
+    header = f"-- {path}"
+    if not in_transaction:
+        return f"{header} (not transactional)\n{body}\n"
+    return f"{header}\nBEGIN;\n{body}\nCOMMIT;\n"
+
+
+# --- new files ---------------------------------------------------------------------------
+
+NEW_TEMPLATE = """\
+-- {id}
+--
+-- What this migration does and why, for the DBA who reviews it.
+-- Runs in one transaction; for CREATE INDEX CONCURRENTLY add the directive
+-- `-- transactional: false` as the first line.
+-- Rolled back by {id}.rollback.sql.
+
+"""
+
+NEW_ROLLBACK_TEMPLATE = """\
+-- Rollback of {id}: undoes it exactly, newest change first.
+
+"""
+
+
+def new(sql_dir: Path, name: str) -> tuple[Path, Path]:
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    if not slug:
+        raise MigratorError(f"migration name {name!r} has no letters or digits; e.g. `make new NAME=add_report_status`", USAGE)
+    if not sql_dir.is_dir():
+        raise MigratorError(f"migrations folder {sql_dir} not found; run from the project root", USAGE)
+    numbers = [int(m["number"]) for p in sql_dir.glob("*.sql") if (m := FILE_NAME.match(p.name))]
+    migration_id = f"{max(numbers, default=0) + 1:04d}_{slug}"
+    path = sql_dir / f"{migration_id}.sql"
+    rollback = sql_dir / f"{migration_id}.rollback.sql"
+    path.write_text(NEW_TEMPLATE.format(id=migration_id), encoding="utf-8")
+    rollback.write_text(NEW_ROLLBACK_TEMPLATE.format(id=migration_id), encoding="utf-8")
+    return path, rollback

@@ -1,0 +1,195 @@
+"""Split a .sql file into statements exactly where psql would, with each statement's line.
+
+Modelled on psql's lexer (src/fe_utils/psqlscan.l): a `;` ends a statement only outside quotes,
+comments, dollar quotes and parentheses, and outside the `BEGIN ... END` body of a
+`CREATE [OR REPLACE] FUNCTION|PROCEDURE ... BEGIN ATOMIC`; text after the last `;` is a statement
+when it holds more than comments (psql sends it at end of file). A regular expression finds only
+the characters that matter, so a 5 MB file splits in well under a second; sqlparse (yoyo's
+splitter) has a token limit and needs seconds.
+
+psql meta-commands and `COPY ... FROM stdin` cannot run through a driver: they are refused with
+their line. pg_dump 15.14+'s `\\restrict KEY` / `\\unrestrict KEY` lines only stop psql from running
+meta-commands, which the runner never runs: they are accepted and skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# What can change the lexer's state; everything between matches is plain text.
+_SPECIAL = r"""--|/\*|'|"|(?<![\w$])\$(?:[A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$|;|\(|\)|\\"""
+FAST = re.compile(_SPECIAL)
+# Inside CREATE FUNCTION/PROCEDURE, words are tracked too (BEGIN ATOMIC ... END).
+WORDS = re.compile(_SPECIAL + r"|(?<![\w$])(?:begin|case|end)(?![\w$])", re.IGNORECASE)
+ROUTINE = re.compile(r"create\s+(?:or\s+replace\s+)?(?:function|procedure)\b", re.IGNORECASE)
+COPY_STDIN = re.compile(r"copy\b.*\bfrom\s+stdin\b", re.IGNORECASE | re.DOTALL)
+COPY_STDOUT = re.compile(r"copy\b.*\bto\s+stdout\b", re.IGNORECASE | re.DOTALL)
+RESTRICT = re.compile(r"\\(?:un)?restrict(?:[ \t][^\n]*)?(?:\n|$)")
+BLANK = re.compile(r"(?:\s+|--[^\n]*)*")
+
+
+@dataclass(frozen=True)
+class Statement:
+    text: str  # as sent to the server, from its first token to its `;` (if any)
+    line: int  # 1-based line of its first token in the file
+    offset: int  # character offset of its first token in the file
+    terminated: bool = True  # False: the file's last statement, without a final `;`
+
+    def line_at(self, position: int | None) -> int:
+        """The file's line of a server error position (1-based characters into the statement)."""
+        if not position:
+            return self.line
+        return self.line + self.text.count("\n", 0, max(0, position - 1))
+
+
+class SplitError(ValueError):
+    """A construct the runner cannot run; `line` is where it starts, `message` says what to do."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def split(text: str) -> list[Statement]:
+    statements: list[Statement] = []
+    pos, start, depth, begin_depth = 0, None, 0, 0
+    pattern = FAST
+    line, line_pos = 1, 0  # line number of `line_pos`, advanced lazily
+
+    def line_of(offset: int) -> int:
+        nonlocal line, line_pos
+        line += text.count("\n", line_pos, offset)
+        line_pos = offset
+        return line
+
+    def begin_statement(at: int) -> None:
+        nonlocal start, pattern
+        start = at
+        pattern = WORDS if ROUTINE.match(text, at) else FAST
+
+    def end_statement(end: int, terminated: bool) -> None:
+        nonlocal start, depth, begin_depth, pattern
+        body = text[start:end]
+        statement = Statement(body, line_of(start), start, terminated)
+        _refuse_copy(statement)
+        statements.append(statement)
+        start, depth, begin_depth, pattern = None, 0, 0, FAST
+
+    length = len(text)
+    while True:
+        if start is None:
+            blank = BLANK.match(text, pos).end()
+            if blank >= length:
+                break
+            if not text.startswith("/*", blank):
+                if text.startswith("\\", blank):
+                    restrict = RESTRICT.match(text, blank)
+                    if restrict and (blank == 0 or text[blank - 1] == "\n"):
+                        pos = restrict.end()
+                        continue
+                begin_statement(blank)
+            pos = blank
+        match = pattern.search(text, pos)
+        if match is None:
+            if start is not None and text[start:].strip():
+                end_statement(length, terminated=False)
+            break
+        token = match.group()
+        at = match.start()
+        if start is None and token != "/*":
+            begin_statement(at)
+        pos = match.end()
+        if token == "--":
+            newline = text.find("\n", pos)
+            pos = length if newline < 0 else newline + 1
+        elif token == "/*":
+            pos = _skip_block_comment(text, pos, lambda: line_of(at))
+        elif token == "'":
+            pos = _skip_string(text, at, _backslash_escapes(text, at), lambda: line_of(at))
+        elif token == '"':
+            end = text.find('"', pos)
+            while end >= 0 and text.startswith('"', end + 1):
+                end = text.find('"', end + 2)
+            if end < 0:
+                raise SplitError(line_of(at), "unterminated quoted identifier (\") starting here")
+            pos = end + 1
+        elif token[0] == "$":
+            end = text.find(token, pos)
+            if end < 0:
+                raise SplitError(line_of(at), f"unterminated dollar-quoted string ({token}) starting here")
+            pos = end + len(token)
+        elif token == "(":
+            depth += 1
+        elif token == ")":
+            depth = max(0, depth - 1)
+        elif token == ";":
+            if depth == 0 and begin_depth == 0:
+                end_statement(pos, terminated=True)
+        elif token == "\\":
+            raise SplitError(line_of(at), _meta_command_message(text, at))
+        elif depth == 0:  # BEGIN / CASE / END inside CREATE FUNCTION|PROCEDURE, as psql counts them
+            word = token.lower()
+            if word == "begin" or (word == "case" and begin_depth > 0):
+                begin_depth += 1
+            elif word == "end" and begin_depth > 0:
+                begin_depth -= 1
+    return statements
+
+
+def _backslash_escapes(text: str, quote: int) -> bool:
+    """E'...' (and e'...') strings take backslash escapes; a plain '...' does not (standard_conforming_strings)."""
+    return quote > 0 and text[quote - 1] in "eE" and (quote < 2 or not (text[quote - 2].isalnum() or text[quote - 2] in "_$"))
+
+
+def _skip_string(text: str, quote: int, escapes: bool, line) -> int:
+    pos = quote + 1
+    while True:
+        end = text.find("'", pos)
+        if end < 0:
+            raise SplitError(line(), "unterminated quoted string (') starting here")
+        if escapes:
+            backslashes = 0
+            while text[end - 1 - backslashes] == "\\":
+                backslashes += 1
+            if backslashes % 2:
+                pos = end + 1
+                continue
+        if text.startswith("'", end + 1):
+            pos = end + 2
+            continue
+        return end + 1
+
+
+def _skip_block_comment(text: str, pos: int, line) -> int:
+    nesting = 1
+    while nesting:
+        close = text.find("*/", pos)
+        if close < 0:
+            raise SplitError(line(), "unterminated /* comment starting here")
+        opened = text.find("/*", pos, close)
+        if opened >= 0:
+            nesting += 1
+            pos = opened + 2
+        else:
+            nesting -= 1
+            pos = close + 2
+    return pos
+
+
+def _meta_command_message(text: str, at: int) -> str:
+    command = re.match(r"\\[A-Za-z!?.;:]*", text[at:at + 40]).group() or "\\"
+    if command == "\\.":
+        return "a `\\.` line ends COPY FROM stdin data; write the rows as INSERT statements instead"
+    return (f"psql meta-command {command} cannot run here (the runner sends SQL only, as a driver does); "
+            "write it as SQL (e.g. \\set -> a literal value, \\i -> a migration of its own, \\connect -> "
+            "a separate database target)")
+
+
+def _refuse_copy(statement: Statement) -> None:
+    if COPY_STDIN.match(statement.text):
+        raise SplitError(statement.line, "COPY ... FROM stdin needs psql to send the data lines that follow; "
+                                         "write the rows as INSERT statements (or COPY FROM a file on the server)")
+    if COPY_STDOUT.match(statement.text):
+        raise SplitError(statement.line, "COPY ... TO stdout prints data, which a migration cannot do; remove it")

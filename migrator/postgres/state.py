@@ -1,0 +1,124 @@
+"""What the database says was applied, read without writing, and repairs made under the lock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from migrator import checksums
+from migrator.errors import DRIFT, MigratorError
+from migrator.postgres.connection import MIGRATION_TABLE
+from migrator.postgres.migration import is_transactional, load_migrations, ordered
+from migrator.settings import PostgresTarget
+
+
+@dataclass
+class MigrationState:
+    id: str
+    path: Path | None
+    applied_at: datetime | None
+    changed: bool = False  # applied, and the file differs from what was applied
+    failure: str | None = None  # a non-transactional file that failed part-way: what it left committed
+
+    @property
+    def state(self) -> str:
+        if self.path is None:
+            return "applied, file missing"
+        if self.changed:
+            return "applied, CHANGED since"
+        if self.applied_at:
+            return "applied"
+        return "pending, PARTLY applied" if self.failure else "pending"
+
+
+@dataclass
+class Bookkeeping:
+    applied: dict[str, datetime]  # id -> applied_at (yoyo's marks)
+    sums: dict[str, str]  # id -> recorded sha256
+    failures: dict[str, str]  # id -> what a failed non-transactional run left committed
+
+
+def bookkeeping(backend) -> Bookkeeping:
+    """Read-only (yoyo's own reader may create its tables). A checksum without a mark is a migration
+    committed but not marked."""
+    has_marks, has_sums, has_failures = backend.execute(
+        "SELECT to_regclass(:marks) IS NOT NULL, to_regclass(:sums) IS NOT NULL, to_regclass(:failures) IS NOT NULL",
+        {"marks": MIGRATION_TABLE, "sums": checksums.TABLE, "failures": checksums.FAILURES},
+    ).fetchone()
+    marks = sums = failures = []
+    if has_marks:
+        marks = backend.execute(f'SELECT migration_id, applied_at_utc FROM "{MIGRATION_TABLE}" ORDER BY applied_at_utc').fetchall()
+    if has_sums:
+        sums = backend.execute(f"SELECT migration_id, sha256 FROM {checksums.TABLE}").fetchall()
+    if has_failures:
+        failures = backend.execute(f"SELECT migration_id, what FROM {checksums.FAILURES}").fetchall()
+    return Bookkeeping(dict(marks), {i: sha.strip() for i, sha in sums}, dict(failures))
+
+
+def applied_ids(backend) -> dict[str, datetime]:
+    return bookkeeping(backend).applied
+
+
+def status(backend, migrations) -> list[MigrationState]:
+    books = bookkeeping(backend)
+    changed = {d.id for d in checksums.drifted(migrations, set(books.applied), books.sums)}
+    states = [MigrationState(m.id, Path(m.path), books.applied.get(m.id), m.id in changed,
+                             None if m.id in books.applied else books.failures.get(m.id))
+              for m in ordered(migrations)]
+    on_disk = {m.id for m in migrations}
+    states += [MigrationState(id_, None, at) for id_, at in books.applied.items() if id_ not in on_disk]
+    return states
+
+
+def pending(backend, migrations):
+    """The migrations `migrate` would run, in its order, loaded (so refusals show before anything runs)."""
+    applied = applied_ids(backend)
+    todo = ordered(migrations.filter(lambda m: m.id not in applied))
+    load_migrations(todo)
+    return todo
+
+
+def reconcile(backend, migrations, notify) -> list:
+    """Under the lock, before migrating: repair and record what earlier runs left, return the drift.
+
+    A checksum without yoyo's mark is a migration that committed before its runner died: mark it.
+    Applied migrations without a checksum predate drift detection: record today's files.
+    """
+    from yoyo.migrations import MigrationList
+
+    books = bookkeeping(backend)
+    applied = set(books.applied)
+    committed = [m for m in migrations if m.id in books.sums and m.id not in applied and is_transactional(m)]
+    if committed:
+        backend.mark_migrations(MigrationList(committed))
+        applied |= {m.id for m in committed}
+        notify(f"note: marked {', '.join(m.id for m in committed)} applied: committed by a runner that died before marking it")
+    recorded_now = checksums.record_missing(backend, migrations, applied, books.sums)
+    if recorded_now:
+        notify(f"note: recorded the checksums of {len(recorded_now)} migration(s) applied before drift detection")
+    checksums.clear_failures(backend, [i for i in books.failures if i in applied])
+    return checksums.drifted(migrations, applied, books.sums)
+
+
+def drift_error(drift: list, target: PostgresTarget, verb: str = "migrate refuses to run") -> MigratorError:
+    files = ", ".join(str(d.path) for d in drift)
+    ids = " ".join(d.id for d in drift)
+    return MigratorError(
+        f"{verb}: {files} changed since applied to {target.where}; restore the applied version, or after review "
+        f"run `runner.py sql accept-changes {ids}` (new changes belong in a new migration)",
+        DRIFT,
+    )
+
+
+def invalid_indexes(backend) -> list[tuple[str, str, str]]:
+    """(schema, index, table) of indexes left INVALID, e.g. by a failed CREATE INDEX CONCURRENTLY."""
+    return backend.execute(
+        """
+        SELECT n.nspname, c.relname, t.relname FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+        ORDER BY 1, 2
+        """
+    ).fetchall()
