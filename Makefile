@@ -65,11 +65,11 @@ config: $(RUNTIME)  ## show the resolved connection and where each setting came 
 rollback: $(RUNTIME)  ## roll back the last applied migration
 	$(RUNNER) sql rollback $(ARGS)
 
-# NAME reaches the shell as a variable, never as text in the command line (it may hold quotes).
-new: export NAME := $(NAME)
+# NAME reaches the shell as a variable, unexpanded ($(value)), never as text in the command line.
+new: override export NAME := $(value NAME)
 new: $(RUNTIME)  ## create the next migration pair: make new NAME=add_something
 	@test -n "$$NAME" || { echo "usage: make new NAME=add_something" >&2; exit 2; }
-	$(RUNNER) sql new "$$NAME"
+	$(RUNNER) sql new -- "$$NAME"
 
 lint: $(DEV)  ## lint sql/ with squawk (.squawk.toml), each file as the runner will run it
 	$(RUNNER) sql lint $(ARGS)

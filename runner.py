@@ -24,12 +24,38 @@ from migrator.settings import (AwsOptions, Env, MongoOptions, MongoTarget, Postg
 PROJECT_ROOT = Path(__file__).resolve().parent
 
 
+class OneLineUsageError(click.UsageError):
+    """click's usage error as one line (its own form is a usage block of three or four)."""
+
+    def show(self, file=None) -> None:
+        where = self.ctx.command_path if self.ctx else "runner.py"
+        output.error(f"{self.format_message()} (see `{where} --help`)")
+
+
+def _one_line(exc: click.UsageError) -> OneLineUsageError:
+    one = OneLineUsageError(exc.format_message(), exc.ctx)
+    one.exit_code = USAGE
+    return one
+
+
 class Runner(click.Group):
     """Turns a MigratorError into one line and its exit code; tracebacks only with -v."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except OneLineUsageError:
+            raise
+        except click.UsageError as exc:
+            raise _one_line(exc) from exc
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except OneLineUsageError:
+            raise
+        except click.UsageError as exc:  # a subcommand's bad option or value
+            raise _one_line(exc) from exc
         except MigratorError as exc:
             _fail(ctx, str(exc), exc.exit_code)
         except KeyboardInterrupt:
@@ -295,7 +321,7 @@ def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline, as_json):
         where = target.display_url
     findings, lint_note = _lint_or_note(todo)
     if as_json:
-        output.result(json.dumps({
+        output.sql(json.dumps({  # the SQL as it is: only the target's password is hidden
             "target": where,
             "pending": [{"id": m.id, "file": str(m.path), "transactional": postgres.is_transactional(m),
                          "sql": postgres.plan_text(m)} for m in todo],
@@ -314,7 +340,7 @@ def plan(pg_options, mongo_options, sql_dir, mongo_dir, offline, as_json):
         output.note(lint_note)
     for migration in todo:
         output.result()
-        output.result(postgres.plan_text(migration))
+        output.sql(postgres.plan_text(migration))
 
     mongo_patches = patches.discover(mongo_dir) if mongo_dir.is_dir() else []
     if mongo_target is None:

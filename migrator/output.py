@@ -15,14 +15,16 @@ import click
 # Passwords seen by the settings resolver (raw and URL-encoded forms).
 _secrets: set[str] = set()
 
-# user:password@ in any URL-like text (postgresql://, mongodb+srv://, jdbc:postgresql://, ...). The password
-# runs to the last @ of the word, so an unencoded one (with / # ? or @ in it) is hidden whole.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"'<>]*):(?P<pw>[^\s\"'<>]*)@")
-# password=... in libpq key/value DSNs and URL query strings (JDBC's ?password=).
-_DSN_PASSWORD = re.compile(r"(?P<head>password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|[^\s&'\"]+)", re.IGNORECASE)
-
-# In free text only passwords of this length or more are replaced: a password "p" would eat every p.
-# Inside URLs and DSNs every registered password is hidden, whatever its length.
+# user:password@ in any URL-like text (postgresql://, mongodb+srv://, jdbc:postgresql://, ...). The runner
+# refuses unencoded credentials, so a password here holds no "/" (which keeps https://h:8443/a@b intact).
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"'<>]*):(?P<pw>[^\s/@\"'<>]+)@")
+# password=... in libpq key/value DSNs and URL query strings (JDBC's ?password=); not must_change_password=.
+_DSN_PASSWORD = re.compile(r"(?P<head>(?<![\w])password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s&'\"]+)",
+                           re.IGNORECASE)
+# A password quoted in free text is replaced only where it stands alone, so a password "postgres" leaves
+# postgres_fdw, postgresql:// and migrator/postgres.py readable. Shorter ones are not replaced in free text
+# at all (a password "p" would eat every p); inside URLs and DSNs every registered password is hidden.
+_EDGE = r"\w./\\-"
 MIN_FREE_TEXT_SECRET = 4
 
 
@@ -36,34 +38,50 @@ def forget_secrets() -> None:
     _secrets.clear()
 
 
-def mask(text: str) -> str:
-    """The one masking function for everything printed: passwords in URLs and DSNs, whatever their form.
-
-    It changes nothing else: SQL, ids, file names and scheme names pass untouched, even when the
-    password is an ordinary word such as "postgres".
-    """
-    for secret in sorted(_secrets, key=len, reverse=True):  # registered ones first: they may hold spaces
+def mask_known(text: str) -> str:
+    """The registered passwords inside URLs and DSNs, and nothing else: for SQL that `plan` prints for psql."""
+    for secret in sorted(_secrets, key=len, reverse=True):  # longest first: they may hold spaces
         if secret in text:
             escaped = re.escape(secret)
             text = re.sub(rf"(://[^:/@\s]*:){escaped}@", r"\1***@", text)
-            text = re.sub(rf"(password\s*=\s*'?){escaped}", r"\1***", text, flags=re.IGNORECASE)
-    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:***@" if m.group("pw") not in ("", "***") else m.group(0), text)
-    return _DSN_PASSWORD.sub(lambda m: m.group(0) if m.group("pw") in ("***", "'***'") else f"{m.group('head')}***", text)
+            text = re.sub(rf"((?<![\w])password\s*=\s*['\"]?){escaped}", r"\1***", text, flags=re.IGNORECASE)
+    return text
+
+
+def mask(text: str) -> str:
+    """The one masking function for everything printed: passwords in URLs and DSNs, whatever their form.
+
+    It changes nothing else: ids, file names and scheme names pass untouched, even when the password
+    is an ordinary word such as "postgres".
+    """
+    text = mask_known(text)
+    text = _URL_PASSWORD.sub(lambda m: m.group(0) if m.group("pw") == "***" else f"{m.group('head')}:***@", text)
+    return _DSN_PASSWORD.sub(lambda m: m.group(0) if m.group("pw").strip("'\"") == "***" else f"{m.group('head')}***", text)
 
 
 def scrub(text: str) -> str:
-    """`mask`, and every registered password anywhere: for text from outside the runner (driver and
-    server messages, a patch's output and errors), where a password could stand on its own."""
+    """`mask`, and every registered password standing alone anywhere: for text from outside the runner
+    (server messages, a patch's output and errors), where a password could be quoted on its own."""
     text = mask(text)
     for secret in sorted(_secrets, key=len, reverse=True):
-        if len(secret) >= MIN_FREE_TEXT_SECRET:
-            text = text.replace(secret, "***")
+        if len(secret) >= MIN_FREE_TEXT_SECRET and secret in text:
+            text = re.sub(rf"(?<![{_EDGE}]){re.escape(secret)}(?![{_EDGE}])", "***", text)
     return text
+
+
+def one_line(text: str) -> str:
+    """Outside text folded onto one line (an error is one line)."""
+    return " ".join(text.split())
 
 
 def result(text: str = "") -> None:
     """A result line on stdout."""
     click.echo(mask(text))
+
+
+def sql(text: str) -> None:
+    """SQL on stdout, for psql: only a registered password inside a URL or DSN is hidden."""
+    click.echo(mask_known(text))
 
 
 def note(text: str) -> None:

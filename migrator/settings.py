@@ -26,6 +26,13 @@ PG_DEFAULTS = {"host": "localhost", "port": "5432", "dbname": "unifieddevdb", "u
 PG_ENV_NAMES = {"host": "DB_HOST", "port": "DB_PORT", "dbname": "DB_NAME", "user": "DB_USER", "password": "DB_PASSWORD"}
 PG_OPTION_NAMES = {"host": "--db-host", "port": "--db-port", "dbname": "--db-name", "user": "--db-user"}
 PG_SCHEMES = ("postgresql", "postgres")
+# libpq parameters that would swap the whole connection behind the runner's back (yoyo passes dsn= on).
+REFUSED_URL_PARAMS = ("dsn", "service", "servicefile")
+# A host setting: a name, an IPv4 or IPv6 address, or a socket folder; never a port, path or query.
+_HOST_SETTING = re.compile(r"^(?:/.*|[A-Za-z0-9._-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.%A-Za-z]*)$")
+
+
+MAX_SETTING_FILE = 64 * 1024  # a password or URL; /dev/zero or a log file is a mistake
 
 
 class Env:
@@ -64,7 +71,13 @@ class Env:
 
     def _read_file(self, variable: str, path: str, where: str) -> str | None:
         try:
-            return Path(path).read_text(encoding="utf-8").rstrip("\r\n") or None
+            with open(path, "rb") as file:
+                data = file.read(MAX_SETTING_FILE + 1)
+            if len(data) > MAX_SETTING_FILE:
+                raise MigratorError(f"{variable} ({where}): {path} is larger than {MAX_SETTING_FILE // 1024} KiB, "
+                                    "not a setting; fix the path", USAGE)
+            # utf-8-sig: an editor's BOM is not part of the value; nor are the final line breaks.
+            return data.decode("utf-8-sig").rstrip("\r\n") or None
         except FileNotFoundError:
             # An optional Secret that was not created: its mount is empty. Said, not fatal.
             self.note(f"note: {variable} ({where}) names {path}, which does not exist: {variable[:-5]} is unset")
@@ -134,6 +147,8 @@ class PostgresTarget:
         if hostport.startswith("/"):  # a Unix socket directory travels as ?host=
             params.setdefault("host", hostport)
             hostport = ""
+        elif ":" in hostport:  # IPv6
+            hostport = f"[{hostport}]"
         if self.port:
             hostport += f":{self.port}"
         query = f"?{urlencode(params, safe='/')}" if params else ""
@@ -200,16 +215,23 @@ def _port(value: str, origin: str) -> int:
 def _from_url(url: str, origin: str) -> PostgresTarget:
     example = "postgresql://user:password@host:5432/dbname (URL-encode special characters)"
     parsed = urls.parse(url, origin, "PostgreSQL", PG_SCHEMES, example)
+    if "," in parsed.netloc:
+        raise MigratorError(f"{origin} names several hosts; the runner migrates one server: name one", USAGE)
     parts = urlsplit(f"postgresql://{parsed.netloc}")
     try:
         port = parts.port
     except ValueError:
-        raise MigratorError(f"{origin}: port {parsed.netloc.rpartition(':')[2]!r} is not a number; expected {example}", USAGE)
+        raise MigratorError(f"{origin}: the port is not a number from 1 to 65535; expected {example}", USAGE)
     if not parsed.path:
         raise MigratorError(f"{origin} names no database; expected {example}", USAGE)
+    params = dict(parsed.query)
+    for key in REFUSED_URL_PARAMS:
+        if key in params:
+            raise MigratorError(f"{origin} sets {key}=, which would replace the connection the runner checks "
+                                f"(host, TLS, timeouts); put those settings in the URL itself", USAGE)
     return PostgresTarget(
         host=parts.hostname, port=port, dbname=parsed.path, user=parsed.user, password=parsed.password,
-        params=dict(parsed.query), sources={"url": origin},
+        params=params, sources={"url": origin},
     )
 
 
@@ -224,8 +246,16 @@ def _from_fields(option_fields: dict[str, str], env: Env) -> PostgresTarget:
         if value is None:
             value, origin = default, "default"
         target.sources[key] = origin
+        if key == "host":
+            _check_host(value, origin)
         setattr(target, key, _port(value, origin) if key == "port" else value)
     return target
+
+
+def _check_host(host: str, origin: str) -> None:
+    if not _HOST_SETTING.match(host):
+        raise MigratorError(f"{origin}: not a host name, IP address or socket folder (no port, path or query here: "
+                            "use DB_PORT and DB_NAME)", USAGE)
 
 
 def _from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> PostgresTarget:
@@ -239,6 +269,7 @@ def _from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> PostgresT
             "it needs the RDS layout: host, port, username, password, dbname"
         )
     source = f"secret {name}"
+    _check_host(str(data["host"]), f"secret {name} key host")
     return PostgresTarget(
         host=str(data["host"]),
         port=_port(str(data.get("port") or 5432), f"secret {name} key port"),
@@ -448,6 +479,7 @@ def _mongo_from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> tup
             f"password, dbname (missing {', '.join(missing)})"
         )
     output.register_secret(str(data["password"]))
+    _check_host(str(data["host"]), f"secret {name} key host")
     port = _port(str(data.get("port") or 27017), f"secret {name} key port")
     query = "?tls=true&retryWrites=false"
     if not tls.truthy(data.get("ssl", "true")):

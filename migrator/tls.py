@@ -44,7 +44,16 @@ def resolve_ca_bundle(option: str | None, env) -> tuple[str | None, str | None]:
 
 
 def is_local(host: str | None) -> bool:
-    return host is None or host.startswith("/") or host.lower() in LOCAL_HOSTS
+    return host is None or host.startswith("/") or host.lower() in LOCAL_HOSTS or host.startswith("127.")
+
+
+def _all_local(host: str | None, params: dict[str, str]) -> bool:
+    """Local only if every host libpq may use is: the setting, a ?host= list, and ?hostaddr= (which wins)."""
+    if params.get("hostaddr"):
+        return all(is_local(h.strip()) for h in params["hostaddr"].split(","))
+    hosts = [host] if host else []
+    hosts += [h.strip() for h in params.get("host", "").split(",") if h.strip()]
+    return all(is_local(h) for h in hosts)
 
 
 def postgres_tls(params: dict[str, str], host: str | None, url_origin: str | None,
@@ -61,7 +70,7 @@ def postgres_tls(params: dict[str, str], host: str | None, url_origin: str | Non
                                 f"({bundle_origin}); remove one of them", USAGE)
         params.update(sslmode="verify-full", sslrootcert=bundle)
         return f"verify-full with {bundle} ({bundle_origin})", []
-    if is_local(host):
+    if _all_local(host, params):
         return f"sslmode={mode} ({where})" if mode else "libpq default (local server)", []
     if mode in PG_WEAK_MODES:
         return f"sslmode={mode} ({where})", [

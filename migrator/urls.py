@@ -15,6 +15,8 @@ from migrator import output
 from migrator.errors import USAGE, MigratorError
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+# One host of a host list: a name, an IPv4 address, a bracketed IPv6 address or a %-encoded socket path; a port.
+_HOST = re.compile(r"^(?:\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9._%~-]*)(?::[0-9]{1,5})?$")
 # RFC 3986 userinfo: unreserved, sub-delims, ":" and %XX escapes. Anything else must be encoded.
 _USERINFO = re.compile(r"^(?:[A-Za-z0-9\-._~!$&'()*+,;=:]|%[0-9A-Fa-f]{2})*$")
 
@@ -36,7 +38,7 @@ class Url:
 
 def parse(url: str, origin: str, kind: str, schemes: tuple[str, ...], example: str) -> Url:
     """Split `url` (from setting `origin`); raise a usage error that names the setting, never the password."""
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, rest = url.strip().partition("://")
     if not sep or scheme.lower() not in schemes:
         shown = f" (scheme {scheme!r})" if sep and _SCHEME.match(scheme) else ""
         raise MigratorError(f"{origin} is not a {kind} URL{shown}; expected {example}", USAGE)
@@ -54,8 +56,16 @@ def parse(url: str, origin: str, kind: str, schemes: tuple[str, ...], example: s
         user = unquote(raw_user) or None
         password = unquote(raw_password) if colon else None
         output.register_secret(password)
-    parts = urlsplit(f"{scheme.lower()}://{hostpart}")
+    try:
+        parts = urlsplit(f"{scheme.lower()}://{hostpart}")
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        raise MigratorError(f"{origin}: the host is not a host name, IP address or [IPv6 address]; expected {example}", USAGE)
     if parts.fragment:
         raise MigratorError(f"{origin} has a #fragment after the host; remove it (a # in a password must be written %23)", USAGE)
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    if parts.netloc and not all(_HOST.match(host) for host in parts.netloc.split(",")):
+        # Not quoted: without an @, "user:password" stands where the host should.
+        raise MigratorError(f"{origin}: the host part is not host[:port] (is the @ after user:password missing, or a "
+                            f"character not URL-encoded?); expected {example}", USAGE)
+    # Drivers take both & and ; between options (pymongo does), so both separate them here too.
+    query = parse_qsl(parts.query.replace(";", "&"), keep_blank_values=True)
     return Url(scheme.lower(), user, password, parts.netloc, unquote(parts.path.lstrip("/")), query)

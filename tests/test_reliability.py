@@ -269,7 +269,7 @@ def case_unknown_id_for_to(db, sql_dir, tmp_path, aws):
 
 
 def case_malformed_database_url(db, sql_dir, tmp_path, aws):
-    return ["migrate"], {"DATABASE_URL": f"postgresql://u:{PASSWORD}@h:54x2/db"}, 2, "DATABASE_URL (environment): port '54x2' is not a number"
+    return ["migrate"], {"DATABASE_URL": f"postgresql://u:{PASSWORD}@h:54x2/db"}, 2, "DATABASE_URL (environment): the host part is not host[:port]"
 
 
 def case_non_numeric_db_port(db, sql_dir, tmp_path, aws):

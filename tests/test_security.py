@@ -65,9 +65,20 @@ def test_short_passwords_are_masked_inside_urls_and_dsns():
     assert output.mask("a zebra and a b c") == "a zebra and a b c"  # free text is left alone
 
 
-def test_an_unencoded_password_is_masked_whole_in_free_text_urls():
+def test_a_known_unencoded_password_is_masked_whole_and_other_urls_stay_intact(cli):
+    refused = cli("config", env={"DATABASE_URL": "postgresql://u:Tr0ub4dor#3/x@host/db"})  # registers it, refuses it
+    assert refused.exit_code == 2
     assert output.mask("url postgresql://u:Tr0ub4dor#3/x@host/db") == "url postgresql://u:***@host/db"
-    assert output.mask('{"u": "mongodb://a:p@q@h/x", "v": "x@y"}') == '{"u": "mongodb://a:***@h/x", "v": "x@y"}'
+    assert output.mask('{"u": "mongodb://a:p3@h/x", "v": "x@y"}') == '{"u": "mongodb://a:***@h/x", "v": "x@y"}'
+    text = "see https://wiki.example.com:8443/x/page@v2; UPDATE users SET must_change_password = true"
+    assert output.mask(text) == text
+
+
+def test_scrub_hides_a_quoted_password_but_not_words_that_contain_it():
+    output.register_secret("postgres")
+    output.register_secret("S3cretPw!")
+    text = 'relation "postgres_settings" in migrator/postgres.py via postgresql://h/d; value "S3cretPw!"; pw postgres'
+    assert output.scrub(text) == 'relation "postgres_settings" in migrator/postgres.py via postgresql://h/d; value "***"; pw ***'
 
 
 def test_masking_leaves_sql_ids_file_names_and_schemes_alone_with_the_seeds_password(cli, db, sql_dir, make_db):
@@ -141,10 +152,10 @@ def test_the_variable_wins_over_its_file(tmp_path):
 def front(pg, tmp_path):
     fronts: list[TlsFront] = []
 
-    def start(pki) -> TlsFront:
+    def start(pki, address: str = "127.0.0.1") -> TlsFront:
         if not pg.host.startswith("/"):
             pytest.skip("the TLS front relays to the suite's own server's Unix socket")
-        fronts.append(TlsFront(pg.host, pg.port, pki))
+        fronts.append(TlsFront(pg.host, pg.port, pki, address))
         return fronts[-1]
 
     yield start
@@ -180,15 +191,62 @@ def test_a_certificate_from_another_ca_or_for_another_host_is_refused(cli, pg, d
     assert db.tables() == set()
 
 
+def _remote_name() -> tuple[str, str]:
+    """This machine's own name and address: a host that is not local by name, reached without hostaddr."""
+    import socket
+
+    name = socket.gethostname()
+    return name, socket.gethostbyname(name)
+
+
 def test_a_remote_host_without_a_bundle_still_requires_tls_and_says_it_is_unverified(cli, pg, db, front, tmp_path):
-    tls = front(make_pki(tmp_path / "pki", ["somewhere.else"]))
-    result = cli("migrate", env={"DATABASE_URL": _url(pg, db, tls, "db.hcm.test")})
+    name, address = _remote_name()
+    tls = front(make_pki(tmp_path / "pki", ["somewhere.else"]), address)
+    result = cli("migrate", env={"DATABASE_URL": f"postgresql://{pg.user}@{name}:{tls.port}/{db.name}"})
     assert result.exit_code == 0, result.output
     assert tls.handshakes >= 1
-    assert "warning: TLS to PostgreSQL at db.hcm.test is encrypted but the server is not verified" in result.stderr
-    plaintext = front(None)
-    refused = cli("migrate", env={"DATABASE_URL": _url(pg, db, plaintext, "db.hcm.test")})
+    assert f"warning: TLS to PostgreSQL at {name} is encrypted but the server is not verified" in result.stderr
+    plaintext = front(None, address)
+    refused = cli("migrate", env={"DATABASE_URL": f"postgresql://{pg.user}@{name}:{plaintext.port}/{db.name}"})
     assert "SSL" in one_error_line(refused)
+
+
+@pytest.mark.parametrize("query", ["hostaddr=192.0.2.7", "host=db.remote.test", "host=localhost,db.remote.test"])
+def test_hostaddr_and_host_lists_count_when_deciding_what_is_remote(query):
+    from migrator.settings import PostgresOptions, resolve_postgres
+
+    target = resolve_postgres(PostgresOptions(), Env({"DATABASE_URL": f"postgresql://u@localhost/db?{query}"}))
+    assert target.params["sslmode"] == "require" and any("not verified" in n for n in target.notes)
+
+
+@pytest.mark.parametrize("key", ["dsn", "service"])
+def test_a_url_cannot_swap_the_connection_through_dsn_or_service(cli, key):
+    result = cli("config", env={"DATABASE_URL": f"postgresql://u@localhost/db?{key}=host%3Devil.test"})
+    assert f"sets {key}=, which would replace the connection" in one_error_line(result)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:5439/postgres?sslmode=disable#", "db.internal/other", "u:pw@db"])
+def test_a_host_setting_cannot_carry_a_port_path_or_query(cli, tmp_path, host):
+    pki = make_pki(tmp_path / "pki", ["db.hcm.test"])
+    result = cli("status", env={"DB_HOST": host, "DB_PASSWORD": "hunter2x", "CA_BUNDLE": str(pki.ca)})
+    line = one_error_line(result)
+    assert "DB_HOST (environment): not a host name, IP address or socket folder" in line and "hunter2x" not in line
+
+
+def test_an_ipv6_host_is_bracketed_and_a_broken_one_is_one_line(cli):
+    config = cli("config", env={"DB_HOST": "fd00::2", "DB_PASSWORD": "pw"})
+    assert "postgresql://postgres:***@[fd00::2]:5432/unifieddevdb" in config.stdout
+    broken = cli("config", env={"DATABASE_URL": "postgresql://u:pw@[fd00::2/db"})
+    assert "the host is not a host name, IP address or [IPv6 address]" in one_error_line(broken)
+    assert broken.exit_code == 2
+
+
+@pytest.mark.parametrize("url", ["mongodb://app:Sup3rSecret/db", "postgresql://app:Sup3rSecret/db"])
+def test_a_url_missing_its_at_sign_does_not_print_the_password(cli, url):
+    variable = "MONGO_URL" if url.startswith("mongodb") else "DATABASE_URL"
+    result = cli("config", env={variable: url})
+    assert result.exit_code == 2 and "Sup3rSecret" not in result.output and "Sup3r" not in result.output
+    assert "is the @ after user:password missing" in one_error_line(result)
 
 
 @pytest.mark.parametrize("mode", ["disable", "allow", "prefer", "require", "verify-ca"])
@@ -200,8 +258,9 @@ def test_with_a_bundle_no_url_can_weaken_verification(cli, tmp_path, mode):
 
 
 def test_an_explicit_weak_mode_without_a_bundle_is_honoured_with_a_warning(cli, pg, db, front):
-    plaintext = front(None)
-    result = cli("migrate", env={"DATABASE_URL": _url(pg, db, plaintext, "db.hcm.test", "sslmode=disable")})
+    name, address = _remote_name()
+    plaintext = front(None, address)
+    result = cli("migrate", env={"DATABASE_URL": f"postgresql://{pg.user}@{name}:{plaintext.port}/{db.name}?sslmode=disable"})
     assert result.exit_code == 0, result.output
     assert "is not required (sslmode=disable" in result.stderr
 
@@ -219,7 +278,7 @@ def _bundle(tmp_path: Path) -> str:
     return str(make_pki(tmp_path / "mongo-pki", ["mongo.hcm.test"]).ca)
 
 
-@pytest.mark.parametrize("option", ["tlsInsecure=true", "tlsAllowInvalidCertificates=true",
+@pytest.mark.parametrize("option", ["tlsInsecure=true", "tlsAllowInvalidCertificates=true", "appName=x;tlsInsecure=true",
                                     "tlsAllowInvalidHostnames=true", "ssl=false", "tls=false",
                                     "TLSALLOWINVALIDHOSTNAMES=true"])
 def test_with_a_bundle_no_mongo_url_option_turns_checks_off(cli, tmp_path, option):
@@ -287,3 +346,51 @@ def test_documentdb_can_be_declared_for_a_host_without_the_aws_suffix():
     assert target.documentdb and target.client_options()["retryWrites"] is False
     assert ("retryWrites", "false") in parse_qsl(urlsplit(target.shell_uri()).query)
     assert not resolve_mongo(MongoOptions(), Env({**env, "MONGO_DOCUMENTDB": "false"})).documentdb
+
+
+# --- make new: a name is data, never shell or make code ---------------------------------------
+
+
+@pytest.mark.parametrize("name", ['a"; touch PWNED; echo "b', "x$(shell touch PWNED)", "x`touch PWNED`", "--help"])
+def test_make_new_takes_its_name_as_data(tmp_path, name):
+    import shutil
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    project = tmp_path / "project"
+    project.mkdir()
+    for part in ("Makefile", "runner.py", "migrator", "sql"):
+        source = PROJECT_ROOT / part
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, project / part)
+    done = subprocess.run(["make", "-s", "new", f"PYTHON={sys.executable}", f"NAME={name}"], cwd=project,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not list(project.rglob("PWNED")) and not (Path("/tmp") / "PWNED").exists()
+    created = sorted(p.name for p in (project / "sql").glob("0002_*.sql"))
+    assert len(created) == 2 and created[0].endswith(".rollback.sql")
+
+
+def test_a_setting_file_drops_its_bom_and_line_breaks_and_refuses_huge_files(tmp_path):
+    file = tmp_path / "password"
+    file.write_bytes("\ufeffS3cret pw\r\n".encode())
+    assert Env({"DB_PASSWORD_FILE": str(file)}).get("DB_PASSWORD")[0] == "S3cret pw"
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"x" * (65 * 1024))
+    from migrator.errors import MigratorError
+
+    with pytest.raises(MigratorError, match="is larger than 64 KiB, not a setting"):
+        Env({"DB_PASSWORD_FILE": str(huge)}).get("DB_PASSWORD")
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["migrate", "--lock-timeout", "abc"], {}, "Invalid value for '--lock-timeout': 'abc' is not a valid float."),
+    (["mongo", "status"], {"MONGO_PATCH_TIMEOUT": "abc"}, "Invalid value for '--patch-timeout'"),
+    (["migrate", "--no-such-option"], {}, "No such option '--no-such-option'."),
+    (["no-such-command"], {}, "No such command 'no-such-command'."),
+])
+def test_usage_errors_are_one_line_with_exit_2(cli, args, env, message):
+    result = cli(*args, env=env)
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert message in line and "--help" in line and "Usage:" not in result.output

@@ -79,7 +79,8 @@ def test_special_password_is_url_encoded_and_comes_back_intact():
 @pytest.mark.parametrize("environ, message", [
     ({"DB_PORT": "54x2"}, "DB_PORT (environment): port '54x2' is not a number"),
     ({"DB_PORT": "70000"}, "port 70000 is out of range"),
-    ({"DATABASE_URL": "postgresql://u:p@h:port/db"}, "DATABASE_URL (environment): port 'port' is not a number"),
+    ({"DATABASE_URL": "postgresql://u:p@h:port/db"}, "DATABASE_URL (environment): the host part is not host[:port]"),
+    ({"DATABASE_URL": "postgresql://u:p@h:99999/db"}, "DATABASE_URL (environment): the port is not a number from 1 to 65535"),
     ({"DATABASE_URL": "mysql://u:p@h/db"}, "is not a PostgreSQL URL (scheme 'mysql')"),
     ({"DATABASE_URL": "postgresql://u:p@h:5432/"}, "names no database"),
 ])

@@ -68,15 +68,15 @@ def make_pki(folder: Path, names: list[str], ca_name: str = "hcm test CA") -> Pk
 
 
 class TlsFront:
-    """Listens on 127.0.0.1:port; `pki=None` plays a server without TLS."""
+    """Listens on address:port (127.0.0.1 unless told); `pki=None` plays a server without TLS."""
 
-    def __init__(self, socket_dir: str, port: int, pki: Pki | None):
+    def __init__(self, socket_dir: str, port: int, pki: Pki | None, address: str = "127.0.0.1"):
         self.backend = str(Path(socket_dir) / f".s.PGSQL.{port}")
         self.context = None
         if pki:
             self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.context.load_cert_chain(pki.cert, pki.key)
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server((address, 0))
         self.port = self.listener.getsockname()[1]
         self.handshakes = 0
         threading.Thread(target=self._serve, daemon=True).start()

@@ -22,7 +22,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
-from migrator import whoami
+from migrator import output, whoami
 from migrator.errors import MigratorError
 from migrator.settings import DdlLimits, PostgresTarget
 
@@ -152,7 +152,7 @@ def _check_bookkeeping(backend, target: PostgresTarget) -> None:
 
 
 def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:
-    text = str(exc).strip()
+    text = output.scrub(str(exc).strip())
     where = target.where
     lowered = text.lower()
     if "password authentication failed" in lowered or "no password supplied" in lowered:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from migrator import output
 from migrator.errors import MigratorError
 
 HINTS = {
@@ -55,7 +56,7 @@ def server_message(exc) -> str:
                          ("CONTEXT", (getattr(diag, "context", None) or "").split("\n")[0])):
         if value:
             parts.append(f"{label}: {' '.join(value.split())}")
-    return "; ".join(parts)
+    return output.scrub("; ".join(parts))  # the server may quote a value, even a password
 
 
 def migration_error(exc, migration, where: str, verb: str, path: Path) -> MigratorError:
