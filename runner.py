@@ -134,7 +134,7 @@ AWS_OPTIONS = [
 MONGO_OPTIONS = [
     click.option("--mongo-url", metavar="URL", help="MongoDB/DocumentDB URL (else MONGO_URL)."),
     click.option("--mongo-db", metavar="NAME", help="Mongo database (else MONGO_DB, the secret's, or the URL's)."),
-    click.option("--mongo-timeout", type=float, default=10, show_default=True, metavar="SECONDS",
+    click.option("--mongo-timeout", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True, metavar="SECONDS",
                  help="Give up on an unreachable Mongo server after this long."),
     click.option("--patch-timeout", type=click.FloatRange(min=0), default=0, envvar="MONGO_PATCH_TIMEOUT",
                  metavar="SECONDS", help="Stop a JavaScript patch (mongosh) running longer than this "

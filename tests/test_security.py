@@ -394,3 +394,11 @@ def test_usage_errors_are_one_line_with_exit_2(cli, args, env, message):
     assert result.exit_code == 2
     line = one_error_line(result)
     assert message in line and "--help" in line and "Usage:" not in result.output
+
+
+def test_a_documentdb_secret_cannot_smuggle_options_through_its_host(cli, aws):
+    name = aws("dev/docdb-host", {"host": "cl.docdb.amazonaws.com/?tls=false&appName=", "username": "app",
+                                  "password": "pw123456", "dbname": "hcm"})
+    result = cli("config", env={"MONGO_SECRET_NAME": name})
+    assert "secret dev/docdb-host key host: not a host name" in one_error_line(result)
+    assert "pw123456" not in result.output
