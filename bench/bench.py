@@ -57,7 +57,9 @@ class Row:
 
 
 def admin_target():
-    from migrator.settings import Env, resolve_postgres, PostgresOptions
+    from migrator.env import Env
+    from migrator.settings import resolve_postgres
+    from migrator.targets import PostgresOptions
 
     url = os.environ.get("BENCH_DATABASE_URL")
     if url:

@@ -13,7 +13,9 @@ import warnings
 from pathlib import Path
 
 from migrator.errors import MigratorError
-from migrator.settings import PG_DEFAULTS, Env, PostgresTarget
+from migrator.env import Env
+from migrator.settings import PG_DEFAULTS
+from migrator.targets import PostgresTarget
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from migrator.errors import LOCKED, MigratorError
-from migrator.settings import PostgresTarget
+from migrator.targets import PostgresTarget
 
 # One advisory lock key per database for this project ("hcmdbmig" as a 64-bit integer).
 LOCK_KEY = int.from_bytes(b"hcmdbmig", "big") & 0x7FFF_FFFF_FFFF_FFFF

@@ -7,12 +7,10 @@ boto3's own settings (AWS_ENDPOINT_URL_SECRETS_MANAGER), which is how the tests 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
+from migrator.env import Env
 from migrator.errors import MigratorError
-
-if TYPE_CHECKING:
-    from migrator.settings import AwsOptions, Env
+from migrator.targets import AwsOptions
 
 _HINTS = {
     "ResourceNotFoundException": "not found: check the name and the region",
@@ -24,7 +22,7 @@ _HINTS = {
 }
 
 
-def fetch_json(name: str, aws: "AwsOptions", env: "Env") -> dict:
+def fetch_json(name: str, aws: AwsOptions, env: Env) -> dict:
     """The secret's JSON object. Raises MigratorError naming the secret and what to do."""
     import boto3
     import botocore.exceptions as bx

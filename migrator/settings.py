@@ -6,168 +6,30 @@ PostgreSQL, first match wins (DESIGN.md):
   3. DB_HOST / DB_PORT / DB_NAME / DB_USER / DB_PASSWORD, with the seed's defaults for the rest
   4. an AWS Secrets Manager secret (--secret-name / DB_SECRET_NAME), RDS layout
   5. nothing at all: the local development database (see devdb.py)
-The real environment wins over `.env` in the working directory. Every setting remembers its
-origin, so `runner.py config` can say where it came from.
+MongoDB: --mongo-url > MONGO_URL > a secret; the database: --mongo-db > MONGO_DB > the secret's > the
+URL's path. The environment is read through env.Env (real environment over `.env`, NAME_FILE files);
+every setting remembers its origin, so `runner.py config` can say where it came from. The value types
+live in targets.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Mapping
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 from migrator import output, tls, urls
+from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
+from migrator.targets import (MONGO_EXAMPLE, MONGO_SCHEMES, PG_SCHEMES, AwsOptions, DdlLimits, MongoOptions,
+                              MongoTarget, PostgresOptions, PostgresTarget)
 
 PG_DEFAULTS = {"host": "localhost", "port": "5432", "dbname": "unifieddevdb", "user": "postgres", "password": "postgres"}
 PG_ENV_NAMES = {"host": "DB_HOST", "port": "DB_PORT", "dbname": "DB_NAME", "user": "DB_USER", "password": "DB_PASSWORD"}
 PG_OPTION_NAMES = {"host": "--db-host", "port": "--db-port", "dbname": "--db-name", "user": "--db-user"}
-PG_SCHEMES = ("postgresql", "postgres")
 # libpq parameters that would swap the whole connection behind the runner's back (yoyo passes dsn= on).
 REFUSED_URL_PARAMS = ("dsn", "service", "servicefile")
 # A host setting: a name, an IPv4 or IPv6 address, or a socket folder; never a port, path or query.
 _HOST_SETTING = re.compile(r"^(?:/.*|[A-Za-z0-9._-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.%A-Za-z]*)$")
-
-
-MAX_SETTING_FILE = 64 * 1024  # a password or URL; /dev/zero or a log file is a mistake
-
-
-class Env:
-    """The process environment layered over `.env`; `get` also says which of the two answered."""
-
-    def __init__(self, environ: Mapping[str, str], dotenv: Mapping[str, str | None] | None = None):
-        self.environ = environ
-        self.dotenv = {k: v for k, v in (dotenv or {}).items() if v is not None}
-        self._notes: list[str] = []  # what the reading itself has to say (a missing NAME_FILE)
-        self._taken = 0
-
-    @classmethod
-    def load(cls, dotenv_path: str | Path = ".env") -> "Env":
-        dotenv: Mapping[str, str | None] = {}
-        if Path(dotenv_path).is_file():
-            from dotenv import dotenv_values
-
-            dotenv = dotenv_values(dotenv_path)
-        return cls(os.environ, dotenv)
-
-    def get(self, name: str) -> tuple[str | None, str | None]:
-        """(value, origin) for a variable; empty values count as unset.
-
-        NAME_FILE (the Docker and Kubernetes convention for mounted Secrets) stands in for NAME: the
-        file's content, without its final newline. The real environment wins over `.env`, and NAME
-        over NAME_FILE within each.
-        """
-        for layer, where in ((self.environ, "environment"), (self.dotenv, ".env")):
-            if layer.get(name):
-                return layer[name], f"{name} ({where})"
-            if layer.get(f"{name}_FILE"):
-                value = self._read_file(f"{name}_FILE", layer[f"{name}_FILE"], where)
-                if value:
-                    return value, f"{name}_FILE ({where})"
-        return None, None
-
-    def _read_file(self, variable: str, path: str, where: str) -> str | None:
-        try:
-            with open(path, "rb") as file:
-                data = file.read(MAX_SETTING_FILE + 1)
-            if len(data) > MAX_SETTING_FILE:
-                raise MigratorError(f"{variable} ({where}): {path} is larger than {MAX_SETTING_FILE // 1024} KiB, "
-                                    "not a setting; fix the path", USAGE)
-            # utf-8-sig: an editor's BOM is not part of the value; nor are the final line breaks.
-            return data.decode("utf-8-sig").rstrip("\r\n") or None
-        except FileNotFoundError:
-            # An optional Secret that was not created: its mount is empty. Said, not fatal.
-            self.note(f"note: {variable} ({where}) names {path}, which does not exist: {variable[:-5]} is unset")
-            return None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise MigratorError(f"{variable} ({where}): {path} cannot be read ({reason}); fix the path or its permissions", USAGE)
-
-    def note(self, text: str) -> None:
-        """Something the commands should say once, with the first target resolved."""
-        if text not in self._notes:
-            self._notes.append(text)
-
-    def take_notes(self) -> list[str]:
-        """The notes not yet taken: each is shown once, with whichever target is resolved first."""
-        new, self._taken = self._notes[self._taken:], len(self._notes)
-        return new
-
-    def value(self, name: str) -> str | None:
-        return self.get(name)[0]
-
-
-@dataclass
-class AwsOptions:
-    secret_name: str | None = None
-    profile: str | None = None
-    region: str | None = None
-
-
-@dataclass
-class PostgresOptions:
-    """What the command line said about the PostgreSQL connection."""
-
-    database_url: str | None = None
-    host: str | None = None
-    port: str | None = None
-    dbname: str | None = None
-    user: str | None = None
-    ca_bundle: str | None = None
-    aws: AwsOptions = field(default_factory=AwsOptions)
-
-
-@dataclass
-class PostgresTarget:
-    """A resolved PostgreSQL connection; `sources` maps each setting to where it came from."""
-
-    host: str | None = None
-    port: int | None = None
-    dbname: str | None = None
-    user: str | None = None
-    password: str | None = None
-    params: dict[str, str] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
-    local_dev: bool = False
-    notes: list[str] = field(default_factory=list)  # printed before the command runs
-    tls: str = ""  # the TLS mode actually used, in words, for `config`
-
-    def _url(self, masked: bool) -> str:
-        auth = ""
-        if self.user:
-            auth = quote(self.user, safe="")
-            if self.password:
-                auth += ":" + ("***" if masked else quote(self.password, safe=""))
-            auth += "@"
-        params = dict(self.params)
-        hostport = self.host or ""
-        if hostport.startswith("/"):  # a Unix socket directory travels as ?host=
-            params.setdefault("host", hostport)
-            hostport = ""
-        elif ":" in hostport:  # IPv6
-            hostport = f"[{hostport}]"
-        if self.port:
-            hostport += f":{self.port}"
-        query = f"?{urlencode(params, safe='/')}" if params else ""
-        return f"postgresql://{auth}{hostport}/{quote(self.dbname or '', safe='')}{query}"
-
-    @property
-    def url(self) -> str:
-        """The connection URL, credentials URL-encoded. Never print it: use `display_url`."""
-        return self._url(masked=False)
-
-    @property
-    def display_url(self) -> str:
-        return self._url(masked=True)
-
-    @property
-    def where(self) -> str:
-        """host:port/db for messages (a socket directory stands in for the host)."""
-        host = self.host or self.params.get("host", "localhost")
-        return f"{host}:{self.port or 5432}/{self.dbname}"
 
 
 def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
@@ -280,14 +142,6 @@ def _from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> PostgresT
     )
 
 
-@dataclass
-class DdlLimits:
-    """Set on every migration's session, so DDL stuck behind application traffic fails fast."""
-
-    lock_timeout: str = "5s"
-    statement_timeout: str = "10min"
-
-
 _PG_DURATION = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
 
 
@@ -329,90 +183,6 @@ def _apply_tls(target: PostgresTarget, option: str | None, env: Env) -> None:
 
 SEED_URI_KEY, SEED_DB_KEY = "spring.data.mongodb.uri", "spring.data.mongodb.database"
 DOCDB_HOST_SUFFIX = ".docdb.amazonaws.com"
-MONGO_SCHEMES = ("mongodb", "mongodb+srv")
-MONGO_EXAMPLE = "mongodb://user:password@host:27017/db or mongodb+srv://…"
-
-
-@dataclass
-class MongoOptions:
-    url: str | None = None
-    database: str | None = None
-    ca_bundle: str | None = None
-    timeout: float = 10.0
-    patch_timeout: float = 0.0  # seconds a mongosh patch may run; 0: no limit
-    aws: AwsOptions = field(default_factory=AwsOptions)
-
-
-@dataclass
-class MongoTarget:
-    """A resolved MongoDB connection. `uri` holds the credentials: never print it, use `display_uri`."""
-
-    uri: str
-    database: str
-    sources: dict[str, str] = field(default_factory=dict)
-    ca_file: str | None = None
-    documentdb: bool = False
-    timeout: float = 10.0
-    tls: str = ""  # the TLS mode actually used, in words, for `config`
-    notes: list[str] = field(default_factory=list)
-    patch_timeout: float = 0.0
-
-    @property
-    def parsed(self) -> urls.Url:
-        return urls.parse(self.uri, self.sources.get("url", "the Mongo URL"), "MongoDB", MONGO_SCHEMES, MONGO_EXAMPLE)
-
-    @property
-    def display_uri(self) -> str:
-        return output.mask(self.uri)
-
-    @property
-    def hosts(self) -> str:
-        return self.parsed.netloc or "localhost:27017"
-
-    @property
-    def where(self) -> str:
-        return f"{self.hosts}/{self.database}"
-
-    def client_options(self) -> dict:
-        """pymongo options: bounded timeouts, TLS with the CA bundle, retryWrites off for DocumentDB."""
-        ms = int(self.timeout * 1000)
-        options: dict = {"serverSelectionTimeoutMS": ms, "connectTimeoutMS": ms, "appname": "hcm-db-migrations",
-                         "tz_aware": True}
-        if self.ca_file:
-            options.update(tls=True, tlsCAFile=self.ca_file)
-        if self.documentdb:
-            options["retryWrites"] = False
-        return options
-
-    def shell_uri(self) -> str:
-        """The URI for mongosh's connect(): the same server, credentials and auth database as pymongo uses.
-
-        The path becomes the target database, so the auth database it stood for is kept as authSource
-        (pymongo's rule: the path, else admin). Every query key is kept, repeated ones too.
-        """
-        url = self.parsed
-        query = [(k, v) for k, v in url.query if k.lower() not in self._shell_overrides()]
-        if url.user and url.param("authSource") is None:
-            query.append(("authSource", url.path or "admin"))
-        for key in ("serverSelectionTimeoutMS", "connectTimeoutMS"):  # as pymongo's client_options
-            if url.param(key) is None:
-                query.append((key, str(int(self.timeout * 1000))))
-        if self.ca_file:
-            query += [("tls", "true"), ("tlsCAFile", self.ca_file)]
-        if self.documentdb:
-            query.append(("retryWrites", "false"))
-        userinfo = self.uri.partition("://")[2].rpartition("@")[0]
-        auth = f"{userinfo}@" if userinfo else ""
-        return (f"{url.scheme}://{auth}{url.netloc}/{quote(self.database, safe='')}"
-                + (f"?{urlencode(query, safe='/')}" if query else ""))
-
-    def _shell_overrides(self) -> set[str]:
-        keys = set()
-        if self.ca_file:
-            keys |= {"tls", "ssl", "tlscafile"}
-        if self.documentdb:
-            keys.add("retrywrites")
-        return keys
 
 
 def resolve_mongo(options: MongoOptions, env: Env) -> MongoTarget | None:

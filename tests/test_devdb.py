@@ -9,7 +9,7 @@ import pytest
 
 from conftest import PROJECT_ROOT
 from migrator import devdb
-from migrator.settings import Env
+from migrator.env import Env
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_real_runs_are_logged_with_the_last_line_as_comment_and_failures_as_fail
 
 def test_the_uri_travels_in_the_environment_not_the_command_line(tmp_path, monkeypatch):
     """What `ps` would show: mongosh's argv has no URI and no password."""
-    from migrator.settings import MongoTarget
+    from migrator.targets import MongoTarget
 
     for name, value in {"DB_PASSWORD": "pg-secret", "AWS_SECRET_ACCESS_KEY": "aws", "MONGO_URL": "mongodb://x"}.items():
         monkeypatch.setenv(name, value)

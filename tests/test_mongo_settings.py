@@ -7,7 +7,9 @@ import pytest
 
 from conftest import MOCK_MONGO_URL, one_error_line
 from migrator.errors import MigratorError
-from migrator.settings import Env, MongoOptions, resolve_mongo
+from migrator.env import Env
+from migrator.settings import resolve_mongo
+from migrator.targets import MongoOptions
 
 
 def resolve(environ=None, **options):

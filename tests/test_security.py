@@ -11,7 +11,9 @@ import pytest
 
 from conftest import PASSWORD_USER, SPECIAL_PASSWORD, _bin, one_error_line
 from migrator import output
-from migrator.settings import Env, MongoOptions, resolve_mongo
+from migrator.env import Env
+from migrator.settings import resolve_mongo
+from migrator.targets import MongoOptions
 from tls_proxy import TlsFront, make_pki
 
 # --- URLs whose credentials are not URL-encoded -------------------------------------------------
@@ -213,7 +215,8 @@ def test_a_remote_host_without_a_bundle_still_requires_tls_and_says_it_is_unveri
 
 @pytest.mark.parametrize("query", ["hostaddr=192.0.2.7", "host=db.remote.test", "host=localhost,db.remote.test"])
 def test_hostaddr_and_host_lists_count_when_deciding_what_is_remote(query):
-    from migrator.settings import PostgresOptions, resolve_postgres
+    from migrator.settings import resolve_postgres
+    from migrator.targets import PostgresOptions
 
     target = resolve_postgres(PostgresOptions(), Env({"DATABASE_URL": f"postgresql://u@localhost/db?{query}"}))
     assert target.params["sslmode"] == "require" and any("not verified" in n for n in target.notes)

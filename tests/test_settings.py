@@ -6,7 +6,9 @@ import pytest
 
 from conftest import PASSWORD_USER, SPECIAL_PASSWORD, one_error_line
 from migrator.errors import MigratorError
-from migrator.settings import Env, PostgresOptions, resolve_postgres
+from migrator.env import Env
+from migrator.settings import resolve_postgres
+from migrator.targets import PostgresOptions
 
 ENV_URL = "postgresql://envuser:envpw@env-host:6000/envdb"
 DB_VARS = {"DB_HOST": "fields-host", "DB_PORT": "6001", "DB_NAME": "fieldsdb", "DB_USER": "fieldsuser", "DB_PASSWORD": "fieldspw"}

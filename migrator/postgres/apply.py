@@ -12,7 +12,7 @@ from migrator.errors import USAGE, MigratorError
 from migrator.postgres.errors import StatementFailed, migration_error
 from migrator.postgres.migration import load_migrations, rollback_path
 from migrator.postgres.state import bookkeeping
-from migrator.settings import PostgresTarget
+from migrator.targets import PostgresTarget
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from typing import Iterator
 
 from migrator import output, whoami
 from migrator.errors import MigratorError
-from migrator.settings import DdlLimits, PostgresTarget
+from migrator.targets import DdlLimits, PostgresTarget
 
 MIGRATION_TABLE = "_yoyo_migration"
 # application_name names this runner (host:pid), so a lock timeout can say who holds the lock.

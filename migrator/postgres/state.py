@@ -10,7 +10,7 @@ from migrator import checksums
 from migrator.errors import DRIFT, MigratorError
 from migrator.postgres.connection import MIGRATION_TABLE
 from migrator.postgres.migration import is_transactional, load_migrations, ordered
-from migrator.settings import PostgresTarget
+from migrator.targets import PostgresTarget
 
 
 @dataclass

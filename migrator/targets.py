@@ -1,0 +1,176 @@
+"""The value types of the settings: what was asked for (options) and what was resolved (targets).
+
+Plain data with their own presentation (URLs with the password masked); no resolving here, that is
+settings.py's. Imported one way: settings, secrets, postgres and mongo import these, never the reverse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlencode
+
+from migrator import output, urls
+
+PG_SCHEMES = ("postgresql", "postgres")
+MONGO_SCHEMES = ("mongodb", "mongodb+srv")
+MONGO_EXAMPLE = "mongodb://user:password@host:27017/db or mongodb+srv://…"
+
+
+@dataclass
+class AwsOptions:
+    secret_name: str | None = None
+    profile: str | None = None
+    region: str | None = None
+
+
+@dataclass
+class PostgresOptions:
+    """What the command line said about the PostgreSQL connection."""
+
+    database_url: str | None = None
+    host: str | None = None
+    port: str | None = None
+    dbname: str | None = None
+    user: str | None = None
+    ca_bundle: str | None = None
+    aws: AwsOptions = field(default_factory=AwsOptions)
+
+
+@dataclass
+class PostgresTarget:
+    """A resolved PostgreSQL connection; `sources` maps each setting to where it came from."""
+
+    host: str | None = None
+    port: int | None = None
+    dbname: str | None = None
+    user: str | None = None
+    password: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    local_dev: bool = False
+    notes: list[str] = field(default_factory=list)  # printed before the command runs
+    tls: str = ""  # the TLS mode actually used, in words, for `config`
+
+    def _url(self, masked: bool) -> str:
+        auth = ""
+        if self.user:
+            auth = quote(self.user, safe="")
+            if self.password:
+                auth += ":" + ("***" if masked else quote(self.password, safe=""))
+            auth += "@"
+        params = dict(self.params)
+        hostport = self.host or ""
+        if hostport.startswith("/"):  # a Unix socket directory travels as ?host=
+            params.setdefault("host", hostport)
+            hostport = ""
+        elif ":" in hostport:  # IPv6
+            hostport = f"[{hostport}]"
+        if self.port:
+            hostport += f":{self.port}"
+        query = f"?{urlencode(params, safe='/')}" if params else ""
+        return f"postgresql://{auth}{hostport}/{quote(self.dbname or '', safe='')}{query}"
+
+    @property
+    def url(self) -> str:
+        """The connection URL, credentials URL-encoded. Never print it: use `display_url`."""
+        return self._url(masked=False)
+
+    @property
+    def display_url(self) -> str:
+        return self._url(masked=True)
+
+    @property
+    def where(self) -> str:
+        """host:port/db for messages (a socket directory stands in for the host)."""
+        host = self.host or self.params.get("host", "localhost")
+        return f"{host}:{self.port or 5432}/{self.dbname}"
+
+
+@dataclass
+class DdlLimits:
+    """Set on every migration's session, so DDL stuck behind application traffic fails fast."""
+
+    lock_timeout: str = "5s"
+    statement_timeout: str = "10min"
+
+
+@dataclass
+class MongoOptions:
+    url: str | None = None
+    database: str | None = None
+    ca_bundle: str | None = None
+    timeout: float = 10.0
+    patch_timeout: float = 0.0  # seconds a mongosh patch may run; 0: no limit
+    aws: AwsOptions = field(default_factory=AwsOptions)
+
+
+@dataclass
+class MongoTarget:
+    """A resolved MongoDB connection. `uri` holds the credentials: never print it, use `display_uri`."""
+
+    uri: str
+    database: str
+    sources: dict[str, str] = field(default_factory=dict)
+    ca_file: str | None = None
+    documentdb: bool = False
+    timeout: float = 10.0
+    tls: str = ""  # the TLS mode actually used, in words, for `config`
+    notes: list[str] = field(default_factory=list)
+    patch_timeout: float = 0.0
+
+    @property
+    def parsed(self) -> urls.Url:
+        return urls.parse(self.uri, self.sources.get("url", "the Mongo URL"), "MongoDB", MONGO_SCHEMES, MONGO_EXAMPLE)
+
+    @property
+    def display_uri(self) -> str:
+        return output.mask(self.uri)
+
+    @property
+    def hosts(self) -> str:
+        return self.parsed.netloc or "localhost:27017"
+
+    @property
+    def where(self) -> str:
+        return f"{self.hosts}/{self.database}"
+
+    def client_options(self) -> dict:
+        """pymongo options: bounded timeouts, TLS with the CA bundle, retryWrites off for DocumentDB."""
+        ms = int(self.timeout * 1000)
+        options: dict = {"serverSelectionTimeoutMS": ms, "connectTimeoutMS": ms, "appname": "hcm-db-migrations",
+                         "tz_aware": True}
+        if self.ca_file:
+            options.update(tls=True, tlsCAFile=self.ca_file)
+        if self.documentdb:
+            options["retryWrites"] = False
+        return options
+
+    def shell_uri(self) -> str:
+        """The URI for mongosh's connect(): the same server, credentials and auth database as pymongo uses.
+
+        The path becomes the target database, so the auth database it stood for is kept as authSource
+        (pymongo's rule: the path, else admin). Every query key is kept, repeated ones too.
+        """
+        url = self.parsed
+        query = [(k, v) for k, v in url.query if k.lower() not in self._shell_overrides()]
+        if url.user and url.param("authSource") is None:
+            query.append(("authSource", url.path or "admin"))
+        for key in ("serverSelectionTimeoutMS", "connectTimeoutMS"):  # as pymongo's client_options
+            if url.param(key) is None:
+                query.append((key, str(int(self.timeout * 1000))))
+        if self.ca_file:
+            query += [("tls", "true"), ("tlsCAFile", self.ca_file)]
+        if self.documentdb:
+            query.append(("retryWrites", "false"))
+        userinfo = self.uri.partition("://")[2].rpartition("@")[0]
+        auth = f"{userinfo}@" if userinfo else ""
+        return (f"{url.scheme}://{auth}{url.netloc}/{quote(self.database, safe='')}"
+                + (f"?{urlencode(query, safe='/')}" if query else ""))
+
+    def _shell_overrides(self) -> set[str]:
+        keys = set()
+        if self.ca_file:
+            keys |= {"tls", "ssl", "tlscafile"}
+        if self.documentdb:
+            keys.add("retrywrites")
+        return keys
