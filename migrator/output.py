@@ -140,3 +140,15 @@ def patch_stderr() -> Iterator[None]:
     """Route what a Python patch writes to sys.stderr through the masking, to stderr."""
     with redirect_stderr(_MaskingStream(err=True)):
         yield
+
+
+def report(report, as_json: bool = False) -> None:
+    """A command's report on stdout: its text lines, or its data as JSON; SQL reports (plan) stay as they are."""
+    import json
+
+    emit = sql if getattr(report, "is_sql", False) else result
+    if as_json:
+        emit(json.dumps(report.data(), indent=2, default=str))
+        return
+    for line in report.lines():
+        emit(line)

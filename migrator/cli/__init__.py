@@ -1,0 +1,21 @@
+"""The command line: the `cli` group and one module per command family, as yoyo's scripts/main.py.
+
+Each callback only parses, calls one function of migrator.commands and renders its report:
+  app     -- the group: one-line errors and exit codes, -v
+  options -- every option, defined once, and the CommandSettings they build
+  deploy  -- migrate, plan, status, config
+  sql     -- sql rollback / new / mark / accept-changes / lint / break-lock
+  mongo   -- mongo status / apply / history / resolve / accept-changes / new
+  devdb   -- devdb start / stop
+"""
+
+from migrator.cli import deploy
+from migrator.cli.app import cli
+from migrator.cli.devdb import devdb
+from migrator.cli.mongo import mongo
+from migrator.cli.sql import sql
+
+for command in (deploy.migrate, deploy.plan, deploy.status, deploy.config, mongo, sql, devdb):
+    cli.add_command(command)
+
+__all__ = ["cli"]

@@ -1,0 +1,97 @@
+"""The `cli` group: every failure as one line with its exit code, tracebacks only with -v."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from migrator import __version__, output
+from migrator.errors import FAILED, USAGE, MigratorError
+
+
+class OneLineUsageError(click.UsageError):
+    """click's usage error as one line (its own form is a usage block of three or four)."""
+
+    def show(self, file=None) -> None:
+        where = self.ctx.command_path if self.ctx else "runner.py"
+        output.error(f"{self.format_message()} (see `{where} --help`)")
+
+
+def _one_line(exc: click.UsageError) -> OneLineUsageError:
+    one = OneLineUsageError(exc.format_message(), exc.ctx)
+    one.exit_code = USAGE
+    return one
+
+
+class Runner(click.Group):
+    """Turns a MigratorError into one line and its exit code; tracebacks only with -v."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except OneLineUsageError:
+            raise
+        except click.UsageError as exc:
+            raise _one_line(exc) from exc
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OneLineUsageError:
+            raise
+        except click.UsageError as exc:  # a subcommand's bad option or value
+            raise _one_line(exc) from exc
+        except MigratorError as exc:
+            _fail(ctx, str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail(ctx, "interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # a bug: say so, keep the traceback for -v
+            _fail(ctx, f"unexpected {exc.__class__.__name__}: {output.scrub(str(exc))}; rerun with -v for the traceback",
+                  FAILED)
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    if ctx.find_root().meta.get("verbose"):
+        click.echo(output.traceback_text(), err=True)
+    output.error(message)
+    ctx.exit(code)
+
+
+class _MaskingFormatter(logging.Formatter):
+    def format(self, record):
+        return output.mask(super().format(record))
+
+
+_YOYO_HANDLER = logging.StreamHandler()
+_YOYO_HANDLER.setFormatter(_MaskingFormatter("%(name)s: %(message)s"))
+
+
+def _set_verbose(ctx: click.Context, _param, value: bool) -> bool:
+    if value:
+        ctx.find_root().meta["verbose"] = True
+        yoyo_log = logging.getLogger("yoyo")
+        if _YOYO_HANDLER not in yoyo_log.handlers:
+            yoyo_log.addHandler(_YOYO_HANDLER)
+        yoyo_log.setLevel(logging.INFO)
+    return value
+
+
+verbose_option = click.option(
+    "-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_set_verbose,
+    help="Show tracebacks on errors and each migration step as it runs (passwords stay masked).",
+)
+
+
+@click.group(cls=Runner, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@verbose_option
+@click.version_option(package_name=None, version=__version__, prog_name="hcm-db-migrations")
+def cli():
+    """Keep the HCM reporting databases up to date: PostgreSQL from sql/, MongoDB patches from mongo/.
+
+    Settings come from options, then DATABASE_URL, then DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD,
+    then an AWS secret (--secret-name); .env in the working directory is read too. With nothing
+    configured, a local development database is used.
+    """

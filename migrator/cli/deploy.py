@@ -1,0 +1,57 @@
+"""migrate, plan, status, config: the everyday commands, over both stores."""
+
+from __future__ import annotations
+
+import click
+
+from migrator import output
+from migrator.cli.options import settings_options
+from migrator.commands import deploy
+
+
+@click.command()
+@settings_options(postgres=True, mongo=True, sql_dir=True, lock=True, ddl=True)
+def migrate(settings):
+    """Deploy: apply every pending SQL migration, then every never-applied Mongo patch (for real).
+
+    Mongo runs only when a Mongo target is configured; otherwise it says so and skips it.
+    """
+    output.report(deploy.migrate(settings))
+
+
+@click.command()
+@settings_options(postgres=True, mongo=True, sql_dir=True)
+@click.option("--offline", is_flag=True, help="Print every migration without connecting to a database.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines (SQL, drift, lint; no Mongo dry runs).")
+def plan(settings, offline, as_json):
+    """Print the SQL that `migrate` would run, in order, and dry-run the pending Mongo patches. Writes nothing.
+
+    stdout is the files' exact SQL with BEGIN;/COMMIT; around transactional migrations, so a DBA can
+    review it or feed it to psql; the Mongo part is in SQL comments; notes and patch output go to stderr.
+    """
+    report = deploy.plan(settings, offline=offline, mongo_dry_run=not as_json)
+    output.report(report, as_json)
+    raise click.exceptions.Exit(report.exit_code)
+
+
+@click.command()
+@settings_options(postgres=True, mongo=True, sql_dir=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.option("--exit-code", is_flag=True,
+              help="Exit 1 while migrations are pending and 3 while an applied file has changed (for CI gates).")
+def status(settings, as_json, exit_code):
+    """List every SQL migration (applied, when, pending, changed since applied) and every Mongo patch. Writes nothing.
+
+    Also reports INVALID indexes left by a failed CREATE INDEX CONCURRENTLY.
+    """
+    report = deploy.status(settings)
+    output.report(report, as_json)
+    raise click.exceptions.Exit(report.exit_code(exit_code))
+
+
+@click.command()
+@settings_options(postgres=True, mongo=True, sql_dir=True)
+def config(settings):
+    """Show the resolved connections and where each setting came from (passwords masked). Connects to nothing."""
+    for line in deploy.config(settings):
+        output.result(line)

@@ -1,0 +1,119 @@
+"""The options of the commands, defined once, and the decorator that turns them into CommandSettings."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from migrator.cli.app import verbose_option
+from migrator.commands.base import CommandSettings
+from migrator.targets import AwsOptions, MongoOptions, PostgresOptions
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+SQL_DIR = click.option(
+    "--sql-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "sql", show_default="sql/ beside runner.py",
+    envvar="SQL_DIR", help="Folder of the .sql migrations (else SQL_DIR).")
+MONGO_DIR = click.option(
+    "--mongo-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "mongo", show_default="mongo/ beside runner.py",
+    envvar="MONGO_DIR", help="Folder of the Mongo patches (else MONGO_DIR).")
+LOCK_TIMEOUT = click.option(
+    "--lock-timeout", type=float, default=10, show_default=True, metavar="SECONDS",
+    help="How long to wait for another runner's migration lock.")
+DDL_LIMITS = [
+    click.option("--ddl-lock-timeout", metavar="DURATION",
+                 help="lock_timeout of every migration: fail fast instead of queueing traffic behind a lock "
+                      "(else DB_LOCK_TIMEOUT, else 5s; 0 = wait forever)."),
+    click.option("--statement-timeout", metavar="DURATION",
+                 help="statement_timeout of every migration (else DB_STATEMENT_TIMEOUT, else 10min; 0 = none)."),
+]
+POSTGRES = [
+    click.option("--database-url", metavar="URL", help="PostgreSQL URL; wins over every other setting."),
+    click.option("--db-host", metavar="HOST", help="Server host (else DB_HOST, else localhost)."),
+    click.option("--db-port", metavar="PORT", help="Server port (else DB_PORT, else 5432)."),
+    click.option("--db-name", metavar="NAME", help="Database (else DB_NAME, else unifieddevdb)."),
+    click.option("--db-user", metavar="USER", help="User (else DB_USER, else postgres); the password comes from DB_PASSWORD."),
+    click.option("--secret-name", "--secret_name", "pg_secret", metavar="NAME",
+                 help="AWS secret with host, port, username, password, dbname (else DB_SECRET_NAME)."),
+]
+MONGO = [
+    click.option("--mongo-url", metavar="URL", help="MongoDB/DocumentDB URL (else MONGO_URL)."),
+    click.option("--mongo-db", metavar="NAME", help="Mongo database (else MONGO_DB, the secret's, or the URL's)."),
+    click.option("--mongo-timeout", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True,
+                 metavar="SECONDS", help="Give up on an unreachable Mongo server after this long."),
+    click.option("--patch-timeout", type=click.FloatRange(min=0), default=0, envvar="MONGO_PATCH_TIMEOUT",
+                 metavar="SECONDS", help="Stop a JavaScript patch (mongosh) running longer than this "
+                                         "(else MONGO_PATCH_TIMEOUT; 0, the default: no limit)."),
+]
+# Beside the PostgreSQL options the Mongo secret has its own name; on the `mongo` commands it is
+# --secret-name, as in the team's old patch scripts.
+MONGO_SECRET = click.option("--mongo-secret-name", "mongo_secret", metavar="NAME",
+                            help="AWS secret with the Mongo URL (else MONGO_SECRET_NAME).")
+MONGO_SECRET_SEED = click.option(
+    "--secret-name", "--secret_name", "mongo_secret", metavar="NAME",
+    help="AWS secret with spring.data.mongodb.uri/.database, or DocumentDB's host, port, username, password, dbname "
+         "(else MONGO_SECRET_NAME).")
+AWS = [
+    click.option("--profile", "--profile_name", metavar="PROFILE", help="AWS profile for secrets (else AWS_PROFILE)."),
+    click.option("--region", metavar="REGION", help="AWS region for secrets (else AWS_REGION)."),
+    click.option("--ca-bundle", "--ca_bundle", metavar="FILE",
+                 help="TLS root certificate(s), e.g. the RDS bundle: PostgreSQL verify-full, Mongo TLS (else CA_BUNDLE)."),
+]
+
+
+def settings_options(*, postgres: bool = False, mongo: bool = False, sql_dir: bool = False, lock: bool = False,
+                     ddl: bool = False):
+    """Add the options a command needs and hand it one CommandSettings (`settings`) built from them."""
+    options = [verbose_option]
+    if postgres:
+        options += POSTGRES
+    if mongo:
+        options += [*MONGO, MONGO_SECRET if postgres else MONGO_SECRET_SEED, MONGO_DIR]
+    if postgres or mongo:
+        options += AWS
+    if sql_dir:
+        options.append(SQL_DIR)
+    if lock:
+        options.append(LOCK_TIMEOUT)
+    if ddl:
+        options += DDL_LIMITS
+
+    def decorate(command):
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            return command(settings=_settings(kwargs), **kwargs)
+
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
+
+
+def _take(kwargs: dict, *names: str) -> dict:
+    """The named options, removed from what the command itself receives (absent ones as None)."""
+    return {name: kwargs.pop(name, None) for name in names}
+
+
+def _settings(kwargs: dict) -> CommandSettings:
+    aws = _take(kwargs, "profile", "region", "ca_bundle")
+    pg = _take(kwargs, "database_url", "db_host", "db_port", "db_name", "db_user", "pg_secret")
+    mongo = _take(kwargs, "mongo_url", "mongo_db", "mongo_timeout", "patch_timeout", "mongo_secret")
+    other = _take(kwargs, "sql_dir", "mongo_dir", "lock_timeout", "ddl_lock_timeout", "statement_timeout")
+    settings = CommandSettings(
+        postgres=PostgresOptions(
+            database_url=pg["database_url"], host=pg["db_host"], port=pg["db_port"], dbname=pg["db_name"],
+            user=pg["db_user"], ca_bundle=aws["ca_bundle"],
+            aws=AwsOptions(pg["pg_secret"], aws["profile"], aws["region"])),
+        mongo=MongoOptions(
+            url=mongo["mongo_url"], database=mongo["mongo_db"], ca_bundle=aws["ca_bundle"],
+            timeout=mongo["mongo_timeout"] or 10.0, patch_timeout=mongo["patch_timeout"] or 0.0,
+            aws=AwsOptions(mongo["mongo_secret"], aws["profile"], aws["region"])),
+        ddl_lock_timeout=other["ddl_lock_timeout"], statement_timeout=other["statement_timeout"],
+    )
+    for name in ("sql_dir", "mongo_dir", "lock_timeout"):
+        if other[name] is not None:
+            setattr(settings, name, other[name])
+    return settings

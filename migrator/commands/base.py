@@ -1,0 +1,69 @@
+"""What every command is given, and what the commands share: resolving a target, the locked connection."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from migrator import output
+from migrator.env import Env
+from migrator.errors import USAGE, MigratorError
+from migrator.settings import resolve_ddl_limits, resolve_mongo, resolve_postgres
+from migrator.targets import DdlLimits, MongoOptions, MongoTarget, PostgresOptions, PostgresTarget
+
+Sink = Callable[[str], None]
+
+
+@dataclass
+class CommandSettings:
+    """What one command was asked for, as given; the commands resolve it (so errors name their setting)."""
+
+    env: Env = field(default_factory=Env.load)
+    postgres: PostgresOptions = field(default_factory=PostgresOptions)
+    mongo: MongoOptions = field(default_factory=MongoOptions)
+    sql_dir: Path = Path("sql")
+    mongo_dir: Path = Path("mongo")
+    lock_timeout: float = 10.0
+    ddl_lock_timeout: str | None = None
+    statement_timeout: str | None = None
+    note: Sink = output.note  # context lines (stderr)
+    echo: Sink = output.result  # progress lines as they happen (stdout)
+
+    def limits(self) -> DdlLimits:
+        return resolve_ddl_limits(self.ddl_lock_timeout, self.statement_timeout, self.env)
+
+    def mongo_target(self, required: bool = False) -> MongoTarget | None:
+        """The Mongo target (its notes said), or None when nothing is configured (an error if required)."""
+        target = resolve_mongo(self.mongo, self.env)
+        if target is None and required:
+            raise MigratorError("MongoDB is not configured: set MONGO_URL (and MONGO_DB), or pass --secret-name", USAGE)
+        for line in target.notes if target else ():
+            self.note(line)
+        return target
+
+    def postgres_target(self) -> PostgresTarget:
+        """Resolve and, when nothing is configured, start the local database, saying so loudly."""
+        from migrator import postgres
+
+        target = resolve_postgres(self.postgres, self.env)
+        for line in target.notes:
+            self.note(line)
+        if target.local_dev:
+            target = postgres.resolve_target(target, self.env)
+            self.note(f"no database configured: using the local development database at {target.display_url} "
+                      "(set DATABASE_URL or DB_HOST to use another; `make db-stop` stops it)")
+        return target
+
+
+@contextlib.contextmanager
+def locked_backend(settings: CommandSettings, limits: DdlLimits | None = None) -> Iterator[tuple]:
+    """(backend, target) for a command that changes the database: connected, and holding the lock."""
+    from migrator import postgres
+
+    target = settings.postgres_target()
+    settings.note(f"PostgreSQL: {target.display_url}")
+    with (postgres.connect(target, read_only=False, limits=limits) as backend,
+          postgres.locked(backend, target, settings.lock_timeout, settings.note)):
+        yield backend, target

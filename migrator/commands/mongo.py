@@ -1,0 +1,95 @@
+"""The Mongo commands: patch status, apply (a dry run unless run=True), history, resolve, accept-changes, new."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from migrator import output
+from migrator.commands.base import CommandSettings
+from migrator.errors import USAGE, MigratorError
+from migrator.reports import PatchRunReport, PatchStatusReport
+from migrator.targets import MongoTarget
+
+
+def target(settings: CommandSettings) -> MongoTarget:
+    """The configured Mongo target, said on stderr; an error when there is none."""
+    found = settings.mongo_target(required=True)
+    settings.note(f"MongoDB: {found.display_uri} (database {found.database})")
+    return found
+
+
+def patch_status(settings: CommandSettings, mongo: MongoTarget) -> PatchStatusReport:
+    from migrator.mongo import actions, connection, patches
+
+    found = patches.discover(settings.mongo_dir)
+    with connection.connect(mongo) as db:
+        return PatchStatusReport(mongo.display_uri, mongo.database, actions.status(db, found))
+
+
+def run_patches(settings: CommandSettings, mongo: MongoTarget, found: list, names, *, run: bool) -> PatchRunReport:
+    """Run the named patches, or every pending one; each is printed as it finishes."""
+    from migrator.mongo import actions, connection
+
+    if not run:
+        settings.note("dry run: nothing will be written (add --run to apply)")
+    report = PatchRunReport(run, found=len(found))
+    with connection.connect(mongo) as db, output.patch_output():
+        for outcome in actions.apply(db, mongo, found, list(names) or None, run=run,
+                                     lock_wait=settings.lock_timeout, echo=settings.echo):
+            report.ran.append(outcome.patch.id)
+            verb = "applied" if run else "dry run"
+            settings.echo(f"  {verb} {outcome.patch.id} ({outcome.seconds * 1000:.0f} ms): "
+                          f"{outcome.comment or '(no comment)'}")
+    return report
+
+
+def apply(settings: CommandSettings, names, *, run: bool) -> PatchRunReport:
+    from migrator.mongo import patches
+
+    mongo = target(settings)
+    return run_patches(settings, mongo, patches.discover(settings.mongo_dir), names, run=run)
+
+
+def history(settings: CommandSettings, patch: str | None) -> list[dict]:
+    """The applied_patches log, newest first (of one patch if given)."""
+    from migrator.mongo import connection, log
+
+    with connection.connect(target(settings)) as db:
+        return log.history(db, patch)[::-1]
+
+
+def history_lines(records: list[dict]) -> list[str]:
+    from migrator.mongo import log
+
+    lines = []
+    for r in records:
+        at = log.when(r)
+        when = f"{at:%Y-%m-%d %H:%M:%S} UTC" if at != log.EPOCH else "(no date)"
+        who = f"{r.get('user', '')}@{r.get('host', '')}" if r.get("host") else "(seed record)"
+        comment = " ".join(str(r.get("error") or r.get("comment") or "").split())
+        lines.append(f"{when}  {r.get('patch')}  {log.status_of(r)}  {who}  {comment}")
+    return lines + [f"{len(records)} record(s)"]
+
+
+def resolve(settings: CommandSettings, patch: str, *, applied: bool | None, note: str) -> None:
+    from migrator.mongo import actions, connection, patches
+
+    if applied is None:
+        raise MigratorError("say what you found: --applied (its writes are complete) or --not-applied", USAGE)
+    with connection.connect(target(settings)) as db:
+        actions.resolve(db, patches.discover(settings.mongo_dir), patch, applied=applied, note=note,
+                        lock_wait=settings.lock_timeout)
+
+
+def accept_changes(settings: CommandSettings, names: list[str], note: str) -> list[dict]:
+    from migrator.mongo import actions, connection, patches
+
+    with connection.connect(target(settings)) as db:
+        return actions.accept_changes(db, patches.discover(settings.mongo_dir), names, note=note,
+                                      lock_wait=settings.lock_timeout)
+
+
+def new(mongo_dir: Path, name: str, kind: str) -> Path:
+    from migrator.mongo import patches
+
+    return patches.new(mongo_dir, name, kind)

@@ -1,0 +1,210 @@
+"""What the commands return: plain data, and its two renderings (text lines, a JSON-able dict) side by side.
+
+The CLI prints `lines()` or `json.dumps(data())` of the same object (output.report), so the two cannot
+disagree. Progress lines (a migration applied, a patch run) are printed as they happen by the commands;
+these are the summaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from migrator.errors import DRIFT, FAILED, OK
+
+
+def _time(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None
+
+
+# --- MongoDB ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PatchStatusReport:
+    """Each patch's state, for `mongo status` and the Mongo part of `status`."""
+
+    target: str  # masked URI
+    database: str
+    patches: list  # mongo.state.PatchState
+
+    def data(self) -> dict[str, Any]:
+        from migrator.mongo import state
+
+        return {"target": self.target, "database": self.database, "patches": [
+            {"id": s.id, "state": s.label, "applied_count": s.applied_count, "last_applied": _time(s.last_applied),
+             "last_outcome": s.last_outcome, "file": str(s.patch.path) if s.patch else None,
+             "blocked": s.state in state.BLOCKED} for s in self.patches]}
+
+    def lines(self) -> list[str]:
+        from migrator.mongo import state
+
+        summaries = self.patches
+        lines = [f"MongoDB {self.target} ({self.database})"]
+        width = max((len(s.id) for s in summaries), default=0)
+        for s in summaries:
+            last = f"last {s.last_applied:%Y-%m-%d %H:%M:%S} UTC" if s.last_applied else ""
+            outcome = f"last outcome: {s.last_outcome}" if s.last_outcome else ""
+            lines.append(f"  {s.id:<{width}}  {s.label:<14}  {last:<27}  {outcome}".rstrip())
+        applied = sum(1 for s in summaries if s.applied_count and s.patch)
+        never = sum(1 for s in summaries if s.state == state.PENDING)
+        orphans = sum(1 for s in summaries if not s.patch)
+        lines.append(f"MongoDB: {applied} applied, {never} never applied"
+                     + (f", {orphans} logged but not on disk" if orphans else ""))
+        lines += [f"  blocked: {state.explain(s)}" for s in summaries if s.state in state.BLOCKED]
+        return lines
+
+
+@dataclass
+class PatchRunReport:
+    """`mongo apply` and the Mongo part of `migrate`: how many ran (each was printed as it ran)."""
+
+    run: bool
+    ran: list[str] = field(default_factory=list)
+    found: int = 0
+
+    def data(self) -> dict[str, Any]:
+        return {"run": self.run, "ran": self.ran, "patches": self.found}
+
+    def lines(self) -> list[str]:
+        if not self.ran:
+            return [f"MongoDB: up to date ({self.found} patch(es), all applied)"]
+        if self.run:
+            return [f"MongoDB: applied {len(self.ran)} patch(es)"]
+        return [f"MongoDB: dry run of {len(self.ran)} patch(es); nothing was written"]
+
+
+# --- PostgreSQL and both stores -----------------------------------------------------------------------
+
+
+@dataclass
+class MigrateReport:
+    applied: list[str]
+    done: int  # migrations applied on the database now
+    total: int
+    mongo: PatchRunReport | None  # None: Mongo not configured
+
+    def data(self) -> dict[str, Any]:
+        return {"applied": self.applied, "done": self.done, "total": self.total,
+                "mongo": self.mongo.data() if self.mongo else None}
+
+    def lines(self) -> list[str]:
+        if self.applied:
+            lines = [f"PostgreSQL: applied {len(self.applied)}; {self.done} of {self.total} migrations applied"]
+        else:
+            lines = [f"PostgreSQL: up to date ({self.done} of {self.total} migrations applied)"]
+        return lines + (self.mongo.lines() if self.mongo else ["MongoDB: not configured, skipped"])
+
+
+@dataclass
+class RollbackReport:
+    rolled_back: list[str]
+    done: int
+    total: int
+
+    def lines(self) -> list[str]:
+        return [f"PostgreSQL: rolled back {len(self.rolled_back)}; {self.done} of {self.total} migrations applied"]
+
+    def data(self) -> dict:
+        return {"rolled_back": self.rolled_back, "done": self.done, "total": self.total}
+
+
+@dataclass
+class StatusReport:
+    target: str
+    states: list  # postgres.MigrationState
+    invalid_indexes: list[tuple[str, str, str]]
+    mongo: PatchStatusReport | None
+
+    @property
+    def changed(self) -> list:
+        return [s for s in self.states if s.changed]
+
+    @property
+    def pending(self) -> list:
+        return [s for s in self.states if not s.applied_at]
+
+    def exit_code(self, gate: bool) -> int:
+        """With --exit-code: 3 while an applied file has changed, 1 while migrations are pending."""
+        if gate and self.changed:
+            return DRIFT
+        return FAILED if gate and self.pending else OK
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "migrations": [{"id": s.id, "status": s.state, "applied_at": _time(s.applied_at),
+                            "file": str(s.path) if s.path else None, "failure": s.failure} for s in self.states],
+            "applied": len(self.states) - len(self.pending),
+            "pending": len(self.pending),
+            "changed": [s.id for s in self.changed],
+            "invalid_indexes": [f"{schema}.{index}" for schema, index, _ in self.invalid_indexes],
+            "mongo": self.mongo.data() if self.mongo else None,
+        }
+
+    def lines(self) -> list[str]:
+        lines = [f"PostgreSQL {self.target}"]
+        width = max((len(s.id) for s in self.states), default=0)
+        for s in self.states:
+            when = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else ""
+            lines.append(f"  {s.id:<{width}}  {s.state:<8}  {when}".rstrip())
+            if s.failure:
+                lines.append(f"    {s.failure}")
+        changed = self.changed
+        lines.append(f"PostgreSQL: {len(self.states) - len(self.pending)} applied, {len(self.pending)} pending"
+                     + (f", {len(changed)} CHANGED since applied" if changed else ""))
+        if changed:
+            ids = " ".join(s.id for s in changed)
+            lines.append(f"  changed files block `migrate`: restore them, or after review `runner.py sql accept-changes {ids}`")
+        for schema, index, table in self.invalid_indexes:
+            lines.append(f"  INVALID index {schema}.{index} on {table} (a failed CREATE INDEX CONCURRENTLY): "
+                         f"DROP INDEX CONCURRENTLY {schema}.{index}; then run migrate again")
+        return lines + (self.mongo.lines() if self.mongo else ["MongoDB: not configured"])
+
+
+@dataclass
+class PlanReport:
+    """`plan`: the SQL migrate would run (printed as it is, for psql), drift, lint, the Mongo dry run."""
+
+    target: str
+    pending: list  # yoyo migrations, in the order migrate runs them
+    drift: list  # postgres.MigrationState that changed
+    findings: list  # lint.Finding
+    lint_skipped: str | None  # why lint did not run, if it did not
+    mongo_target: str | None = None  # None: Mongo not configured
+    mongo_pending: int = 0
+    mongo_outcomes: list = field(default_factory=list)  # mongo.actions.Outcome of the dry run
+    mongo_patch_ids: list[str] = field(default_factory=list)  # patches on disk (Mongo not configured)
+    mongo_dir_name: str = "mongo"
+    is_sql = True  # rendered for psql: only a registered password inside a URL is hidden
+
+    @property
+    def exit_code(self) -> int:
+        return DRIFT if self.drift else OK
+
+    def data(self) -> dict[str, Any]:
+        from migrator import postgres
+
+        return {
+            "target": self.target,
+            "pending": [{"id": m.id, "file": str(m.path), "transactional": postgres.is_transactional(m),
+                         "sql": postgres.plan_text(m)} for m in self.pending],
+            "drift": [{"id": d.id, "file": str(d.path)} for d in self.drift],
+            "lint": [vars(f) for f in self.findings] if self.lint_skipped is None else None,
+        }
+
+    def lines(self) -> list[str]:
+        from migrator import postgres
+
+        lines = [f"-- plan for {self.target}: {len(self.pending)} pending migration(s); nothing below has been run"]
+        lines += [f"-- DRIFT: {d.path} changed since it was applied; `migrate` will refuse to run" for d in self.drift]
+        lines += [f"-- lint: {finding}" for finding in self.findings]
+        for migration in self.pending:
+            lines += ["", postgres.plan_text(migration)]
+        if self.mongo_target is None:
+            names = ", ".join(self.mongo_patch_ids) or "none"
+            return lines + [f"-- MongoDB: not configured; patches in {self.mongo_dir_name}/: {names}"]
+        lines.append(f"-- MongoDB {self.mongo_target}: {self.mongo_pending} pending patch(es), dry-run below; "
+                     "nothing was written")
+        return lines + [f"--   {o.patch.id} ({o.patch.kind}): {o.comment or '(no comment)'}" for o in self.mongo_outcomes]
