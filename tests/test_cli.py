@@ -1,0 +1,78 @@
+"""The command line's shape: every command's --help works without importing a driver, and errors are one line."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PROJECT_ROOT
+
+COMMANDS = [[], ["migrate"], ["plan"], ["status"], ["config"], ["sql"], ["sql", "rollback"], ["sql", "new"],
+            ["sql", "mark"], ["sql", "accept-changes"], ["sql", "lint"], ["sql", "break-lock"], ["mongo"],
+            ["mongo", "status"], ["mongo", "apply"], ["mongo", "history"], ["mongo", "resolve"],
+            ["mongo", "accept-changes"], ["mongo", "new"], ["devdb"], ["devdb", "start"], ["devdb", "stop"]]
+HEAVY = ("boto3", "pymongo", "yoyo", "psycopg2", "botocore")
+
+PROBE = """
+import sys
+from migrator.cli import cli
+try:
+    cli(sys.argv[1:], prog_name="runner.py")
+except SystemExit as exit:
+    code = exit.code
+print("IMPORTED", ",".join(m for m in {heavy!r} if m in sys.modules))
+raise SystemExit(code)
+"""
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "runner.py")
+def test_help_of_every_command_imports_no_driver(path):
+    done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *path, "--help"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"Usage: runner.py {' '.join(path)}".rstrip())
+    assert done.stdout.splitlines()[-1] == "IMPORTED "  # none of them
+
+
+def test_runner_py_is_only_the_entry_point():
+    text = (PROJECT_ROOT / "runner.py").read_text()
+    assert len(text.splitlines()) <= 15 and "from migrator.cli import cli" in text
+
+
+def test_every_cli_and_package_module_stays_small():
+    sizes = {p.relative_to(PROJECT_ROOT): len(p.read_text().splitlines()) for p in (PROJECT_ROOT / "migrator").rglob("*.py")}
+    assert all(n <= 250 for p, n in sizes.items() if p.parts[1] == "cli"), sizes
+    assert all(n <= 450 for n in sizes.values()), sizes
+
+
+def test_the_package_imports_run_one_way():
+    """No import cycle: each module's migrator imports, at module level, form a DAG."""
+    import ast
+
+    graph = {}
+    for path in (PROJECT_ROOT / "migrator").rglob("*.py"):
+        module = ".".join(path.relative_to(PROJECT_ROOT).with_suffix("").parts).removesuffix(".__init__")
+        deps = set()
+        for node in ast.parse(path.read_text()).body:  # module level only: lazy imports inside functions are fine
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("migrator"):
+                deps.add(node.module)
+                deps |= {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("migrator")}
+        graph[module] = deps
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(module, trail):
+        if state.get(module) == 1:
+            raise AssertionError("import cycle: " + " -> ".join(trail + [module]))
+        if state.get(module) == 2:
+            return
+        state[module] = 1
+        for dep in graph[module]:
+            if not module.startswith(dep + "."):  # a package importing its own submodule is fine
+                visit(dep, trail + [module])
+        state[module] = 2
+
+    for module in graph:
+        visit(module, [])
