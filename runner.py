@@ -563,8 +563,8 @@ def mongo_history(mongo_options, mongo_dir, patch, as_json):
         at = log.when(r)
         when = f"{at:%Y-%m-%d %H:%M:%S} UTC" if at != log.EPOCH else "(no date)"
         who = f"{r.get('user', '')}@{r.get('host', '')}" if r.get("host") else "(seed record)"
-        comment = " ".join(str(r.get("error") or r.get("comment") or "").split())
-        output.result(f"{when}  {r.get('patch')}  {log.status_of(r)}  {who}  {comment}")
+        comment = str(r.get("error") or r.get("comment") or "")  # from outside the runner: scrubbed, one line
+        output.result(output.scrub(" ".join(f"{when}  {r.get('patch')}  {log.status_of(r)}  {who}  {comment}".split("\n"))))
     output.result(f"{len(records)} record(s)")
 
 

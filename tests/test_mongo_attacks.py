@@ -133,7 +133,7 @@ def test_a_password_in_a_patch_error_is_neither_stored_nor_printed(cli, mongo, t
 def test_logging_configured_at_import_is_masked(cli, mongo, tmp_path):
     folder = tmp_path / "mongo"
     write_patch(folder, "0001_logs.py",
-                "import logging, sys\nlogging.basicConfig(level=logging.INFO)\nlog = logging.getLogger('p')\n"
+                "import logging, sys\nlogging.basicConfig(level=logging.INFO, force=True)\nlog = logging.getLogger('p')\n"
                 "def run(db, dry_run):\n"
                 "    log.info('url mongodb://u:Hidden-Pw-77@h/ and Hidden-Pw-77')\n"
                 "    sys.__stderr__.write('raw Hidden-Pw-77\\n')\n")
