@@ -58,16 +58,18 @@
     }
   }
 
-  let collection = null;
+  // The tests give stand-in classes as hcmShimTarget (mongosh refuses a `db` that is not its Database).
+  let target = null, collection = null;
   try {
-    collection = db.getCollection("hcm_dry_run_probe");  // no server round trip: a handle
+    target = typeof hcmShimTarget !== "undefined" ? hcmShimTarget : db;
+    collection = target.getCollection("hcm_dry_run_probe");  // no server round trip: a handle
   } catch (e) {
     // no database (mongosh --nodb without a target): nothing to guard but connect()
   }
   if (collection) {
     guard(Object.getPrototypeOf(collection), "collection");
-    guard(Object.getPrototypeOf(db), "db");
-    if (typeof db.getMongo === "function") guard(Object.getPrototypeOf(db.getMongo()), "mongo");
+    guard(Object.getPrototypeOf(target), "db");
+    if (typeof target.getMongo === "function") guard(Object.getPrototypeOf(target.getMongo()), "mongo");
   }
   for (const name of ["connect", "Mongo"]) {
     Object.defineProperty(globalThis, name, {

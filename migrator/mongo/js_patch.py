@@ -45,7 +45,7 @@ class JsPatchFailed(Exception):
 COMMENT_MARK = "\x1ehcm-comment\x1e"
 JS_PRELUDE = (
     'Object.defineProperty(globalThis, "DRY_RUN", {{value: {dry}, writable: false, configurable: false, enumerable: true}});'
-    ' Object.defineProperty(globalThis, "patchComment", {{value: (text) => print("' + COMMENT_MARK + '" + String(text)),'
+    ' Object.defineProperty(globalThis, "patchComment", {{value: (text) => print("' + COMMENT_MARK + '" + String(text).split(/\\r?\\n/).join(" | ")),'
     ' writable: false, configurable: false}});'
 )
 
@@ -74,8 +74,7 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
         try:
             lines, comment, timed_out = _read(proc, echo, timeout)
         finally:
-            _kill_group(proc)
-            proc.stdout.close()
+            _kill_group(proc)  # the pipe is left to the reader thread: closing it here would wait for its read
             proc.wait()
         if timed_out:
             raise JsPatchFailed(proc.returncode, f"stopped after {timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)")
@@ -88,8 +87,13 @@ def _read(proc: subprocess.Popen, echo: Callable[[str], None], timeout: float | 
     """mongosh's lines (echoed, scrubbed) until it and its children close the pipe, it exits (plus a
     grace for what is buffered), or the timeout; what is left in the pipe after that is not read."""
     lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True,
-                     name="mongosh-reader").start()
+    def read_all():
+        with proc.stdout:
+            for line in proc.stdout:
+                lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read_all, daemon=True, name="mongosh-reader").start()
     deadline = time.monotonic() + timeout if timeout else None
     exited_at = None
     kept, comment = [], None
