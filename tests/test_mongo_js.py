@@ -10,11 +10,12 @@ import subprocess
 import pytest
 
 from conftest import one_error_line
-from migrator.mongo import actions, patches
-from migrator.mongo.patches import JsPatchFailed, Patch, run_js
+from migrator.mongo import actions, js_patch, patches
+from migrator.mongo.js_patch import JsPatchFailed, run_js
+from migrator.mongo.patches import Patch
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (patches.LOCAL_MONGOSH.exists() or shutil.which("mongosh")),
+    shutil.which("node") is None or not (js_patch.LOCAL_MONGOSH.exists() or shutil.which("mongosh")),
     reason="needs Node.js and mongosh: `make mongosh` installs mongosh from npm",
 )
 

@@ -66,8 +66,8 @@ def history_lines(records: list[dict]) -> list[str]:
         at = log.when(r)
         when = f"{at:%Y-%m-%d %H:%M:%S} UTC" if at != log.EPOCH else "(no date)"
         who = f"{r.get('user', '')}@{r.get('host', '')}" if r.get("host") else "(seed record)"
-        comment = " ".join(str(r.get("error") or r.get("comment") or "").split())
-        lines.append(f"{when}  {r.get('patch')}  {log.status_of(r)}  {who}  {comment}")
+        comment = output.one_line(str(r.get("error") or r.get("comment") or ""))  # from outside the runner
+        lines.append(output.scrub(f"{when}  {r.get('patch')}  {log.status_of(r)}  {who}  {comment}"))
     return lines + [f"{len(records)} record(s)"]
 
 

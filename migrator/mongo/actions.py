@@ -13,10 +13,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from migrator import output
 from migrator.errors import USAGE, MigratorError
-from migrator.mongo import interrupt, lock, log, state
-from migrator.mongo.patches import JsPatchFailed, Patch, run_js, run_python
-from migrator.settings import MongoTarget
+from migrator.mongo import interrupt, js_patch, lock, log, python_patch, state
+from migrator.mongo.js_patch import JsPatchFailed
+from migrator.mongo.patches import Patch, one_line
+from migrator.targets import MongoTarget
 
 INTERRUPTED = 143  # 128 + SIGTERM, as a shell reports it
 
@@ -69,6 +71,7 @@ def apply(db, target: MongoTarget | None, patches: list[Patch], names: list[str]
 
 
 def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard, echo) -> Outcome:
+    loaded = _prepare(patch)  # a patch that cannot load fails here: no record, nothing blocked
     held.check()
     with guard.deferred():
         record = log.begin(db, patch, held.owner)
@@ -76,7 +79,7 @@ def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard
     try:
         guard.check()  # a SIGTERM while the record was written: the patch never starts
         started = True
-        outcome = _run_one(db, target, patch, dry_run=False, echo=echo)
+        outcome = _run_one(db, target, patch, dry_run=False, echo=echo, loaded=loaded)
     except BaseException as exc:  # SystemExit, SIGTERM, a bug in the patch: all failures of this patch
         _settle_failure(db, record, patch, exc, started, held, guard)
         raise  # not reached: _settle_failure raises
@@ -84,6 +87,14 @@ def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard
     with guard.deferred():
         log.settle(db, record, log.APPLIED, comment=outcome.comment)
     return outcome
+
+
+def _prepare(patch: Patch):
+    """Load a Python patch (its module-level code runs), or check mongosh and a JS file: one line, exit 2."""
+    if patch.kind == "py":
+        return python_patch.load(patch, dry_run=False)
+    js_patch.check(patch)
+    return None
 
 
 def _settle_failure(db, record, patch: Patch, exc: BaseException, started: bool, held, guard) -> None:
@@ -104,27 +115,33 @@ def _settle_failure(db, record, patch: Patch, exc: BaseException, started: bool,
 
 
 def _describe(exc: BaseException) -> str:
+    """A patch's exception as one scrubbed line (its text comes from outside the runner)."""
     if isinstance(exc, SystemExit):
-        return f"the patch called sys.exit({exc.code!r}) (a patch returns its comment; raise to fail)"
-    return f"{exc.__class__.__name__}: {exc}"
+        text = f"the patch called sys.exit({exc.code!r}) (a patch returns its comment; raise to fail)"
+    elif isinstance(exc, python_patch.PatchExited):
+        text = str(exc)
+    else:
+        text = f"{exc.__class__.__name__}: {exc}"
+    return one_line(output.scrub(text))
 
 
-def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, echo: Callable[[str], None]) -> Outcome:
+def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, echo: Callable[[str], None],
+             loaded=None) -> Outcome:
     from migrator.mongo.readonly import DryRunWriteError
 
     started = time.perf_counter()
     advice = "fix the patch, then see `runner.py mongo status`" if not dry_run else "fix the patch"
     try:
         if patch.kind == "py":
-            comment = run_python(patch, db, dry_run)
+            comment = python_patch.run(patch, db, dry_run, loaded)
         else:
-            comment = run_js(patch, target, dry_run, echo, timeout=target.patch_timeout if target else None)
+            comment = js_patch.run_js(patch, target, dry_run, echo, timeout=target.patch_timeout if target else None)
     except (MigratorError, interrupt.Interrupted):
         raise
     except DryRunWriteError as exc:
-        raise MigratorError(f"{patch.path}: dry run of {patch.id} tried to write: {exc}") from exc
+        raise MigratorError(f"{patch.path}: dry run of {patch.id} tried to write: {_describe(exc)}") from exc
     except JsPatchFailed as exc:
-        raise PatchFailed(patch, str(exc), advice) from exc
+        raise PatchFailed(patch, one_line(output.scrub(str(exc))), advice) from exc
     except BaseException as exc:  # the patch's own error, sys.exit included: name it, keep the traceback for -v
         raise PatchFailed(patch, _describe(exc), advice) from exc
     return Outcome(patch, comment, time.perf_counter() - started)

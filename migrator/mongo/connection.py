@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from migrator.errors import USAGE, MigratorError
-from migrator.settings import MongoTarget
+from migrator.targets import MongoTarget
 
 
 @contextmanager

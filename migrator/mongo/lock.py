@@ -67,8 +67,9 @@ class Lock:
         if not self.renew():
             raise MigratorError(
                 f"lost the patch lock on {self.where} ({self.lost_at}): stopped before writing anything more; "
-                "this runner stalled longer than the lock's TTL, or someone ran `mongo break-lock`; run "
-                "`runner.py mongo status` to see what was settled", LOCKED)
+                f"this runner stalled longer than the lock's TTL ({TTL.total_seconds():g} s) and another runner took "
+                "it over, or the lock document was removed; run `runner.py mongo status` to see what was settled",
+                LOCKED)
 
     def release(self) -> None:
         self._stop.set()

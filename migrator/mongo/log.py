@@ -47,19 +47,26 @@ def begin(db, patch: Patch, lock_owner: str) -> dict:
 
 
 def settle(db, record: dict, status: str, *, comment: str | None = None, error: str | None = None) -> None:
-    """Complete a `running` record: applied, failed or cancelled. Error texts are masked like printed text."""
+    """Complete a `running` record: applied, failed or cancelled. Comments and errors come from the patch:
+    scrubbed (every registered password, anywhere) and on one line before they are stored."""
     finished = utcnow()
-    fields = {"status": status, "comment": output.mask(comment or ""), "applied": finished, "finished": finished,
+    fields = {"status": status, "comment": _clean(comment or ""), "applied": finished, "finished": finished,
               "duration_ms": int((finished - record["started"]).total_seconds() * 1000)}
     if error is not None:
-        fields["error"] = output.mask(error)
+        fields["error"] = _clean(error)
     collection(db).update_one({"_id": record["_id"], "status": RUNNING}, {"$set": fields})
+
+
+def _clean(text: str) -> str:
+    from migrator.mongo.patches import one_line
+
+    return one_line(output.scrub(str(text)))
 
 
 def decide(db, patch_id: str, status: str, note: str, checksum: str | None, **extra) -> dict:
     """A person's decision about a patch (resolved, accepted), logged like a run."""
     now = utcnow()
-    record = {"patch": patch_id, "comment": output.mask(note), "applied": now, "status": status,
+    record = {"patch": patch_id, "comment": _clean(note), "applied": now, "status": status,
               "checksum": checksum, "started": now, "finished": now, **extra, **_who()}
     collection(db).insert_one(record)
     record.pop("_id", None)
@@ -78,13 +85,27 @@ def when(record: dict) -> datetime:
                 value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
             except ValueError:
                 value = None
-        if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        if isinstance(value, datetime):  # naive: UTC (as pymongo returns it); with an offset: converted
+            return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
     return EPOCH
 
 
+KNOWN = (RUNNING, APPLIED, FAILED, CANCELLED, RESOLVED, ACCEPTED)
+
+
 def status_of(record: dict) -> str:
-    return str(record.get("status") or APPLIED)  # the seed's records have no status: applications
+    """A known status in any case ("APPLIED" is applied); any other value as it is (it blocks)."""
+    status = record.get("status")
+    if status is None or status == "":
+        return APPLIED  # the seed's records have no status: applications
+    text = str(status)
+    return text.strip().lower() if text.strip().lower() in KNOWN else text
+
+
+def checksum_of(record: dict) -> str | None:
+    """The recorded checksum, if it is one (old scripts stored ints, lists, None)."""
+    value = record.get("checksum")
+    return value if isinstance(value, str) and value else None
 
 
 def history(db, patch_id: str | None = None) -> list[dict]:

@@ -6,28 +6,18 @@ log records (`001_close_expired_enrollments`) match `0001_close_expired_enrollme
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.util
 import os
 import re
-import shutil
-import subprocess
-import tempfile
-import threading
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from migrator import output
 from migrator.errors import USAGE, MigratorError
-from migrator.settings import MongoTarget
 
-PATCH_NAME = re.compile(r"^(?P<number>\d+)_(?P<name>[A-Za-z0-9_]+)$")
+PATCH_NAME = re.compile(r"^(?P<number>[0-9]+)_(?P<name>[A-Za-z0-9_]+)$")
 KINDS = {".py": "py", ".js": "js"}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-MONGOSH_VERSION = "2.12.0"
-LOCAL_MONGOSH = PROJECT_ROOT / ".mongosh" / "node_modules" / ".bin" / "mongosh"
 
 
 def patch_key(patch_id: str) -> tuple[int, str] | str:
@@ -55,18 +45,20 @@ class Patch:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
+def one_line(text: str) -> str:
+    """Text from outside (an exception, a comment) as one line: its lines joined by " | "."""
+    return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def discover(mongo_dir: Path) -> list[Patch]:
     if not mongo_dir.is_dir():
         raise MigratorError(f"patch folder {mongo_dir} not found; run from the project root or pass --mongo-dir", USAGE)
     patches: dict[tuple, Patch] = {}
     for path in sorted(mongo_dir.iterdir()):
-        if path.suffix not in KINDS or not path.is_file() or not path.name[:1].isdigit():
+        if path.suffix.lower() not in KINDS or not path.name[:1].isdigit():
             continue  # README.md, __init__.py, helpers: not patches
+        _refuse_odd(path)  # looks like a patch: it must be one, or the command stops
         match = PATCH_NAME.match(path.stem)
-        if not match:  # looks like a patch, but is not named like one: refuse before reading anything
-            raise MigratorError(
-                f"{path}: not a valid patch name; patches are NNNN_name.py or NNNN_name.js (digits, an underscore, "
-                "then letters, digits and underscores); rename it, or move it out of the patch folder", USAGE)
         patch = Patch(path.stem, path, KINDS[path.suffix])
         number = int(match.group("number"))
         clash = next((p for k, p in patches.items() if k[0] == number), None)
@@ -78,156 +70,48 @@ def discover(mongo_dir: Path) -> list[Patch]:
     return sorted(patches.values(), key=lambda p: p.key)
 
 
+def _refuse_odd(path: Path) -> None:
+    """A name that looks like a patch's: a readable regular file named NNNN_name.py/.js (ASCII digits,
+    lower-case suffix), or one line that stops the command before anything is read or run."""
+    problem = None
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror or exc.__class__.__name__}; a dangling link?)"
+    else:
+        if not stat.S_ISREG(mode):
+            problem = "is not a regular file"
+        elif path.suffix not in KINDS:
+            problem = f"has the suffix {path.suffix}; patches end in lower-case .py or .js"
+        elif not PATCH_NAME.match(path.stem):
+            raise MigratorError(
+                f"{path}: not a valid patch name; patches are NNNN_name.py or NNNN_name.js (ASCII digits, an "
+                "underscore, then letters, digits and underscores); rename it, or move it out of the patch folder", USAGE)
+        elif not os.access(path, os.R_OK):
+            problem = "cannot be read (permissions)"
+    if problem:
+        raise MigratorError(f"{path}: looks like a patch but {problem}; fix or rename it, or move it out of the "
+                            "patch folder", USAGE)
+
+
 def select(patches: list[Patch], names: list[str]) -> list[Patch]:
-    """Patches named by id, by number and name in any padding, or by file name; in the order given."""
+    """Patches named by id, by number (any padding), by number and name, or by file name; in the order
+    given, each once."""
     by_key = {p.key: p for p in patches}
     chosen, unknown = [], []
     for name in names:
-        patch = by_key.get(patch_key(Path(name).stem)) or next((p for p in patches if p.id.split("_")[0] == name), None)
-        (chosen.append(patch) if patch else unknown.append(name))
+        stem = Path(name).stem if Path(name).suffix.lower() in KINDS else Path(name).name
+        patch = by_key.get(patch_key(stem))
+        if patch is None and re.fullmatch(r"[0-9]+", stem):
+            patch = next((p for p in patches if p.key[0] == int(stem)), None)
+        if patch is None:
+            unknown.append(name)
+        elif patch not in chosen:
+            chosen.append(patch)
     if unknown:
         known = ", ".join(p.id for p in patches) or "none"
         raise MigratorError(f"unknown patch {', '.join(unknown)} (patches: {known})", USAGE)
     return chosen
-
-
-# --- running -------------------------------------------------------------------------------
-
-
-def run_python(patch: Patch, db, dry_run: bool) -> str | None:
-    """Import the patch and call run(db, dry_run); in a dry run db is the read-only view."""
-    from migrator.mongo.readonly import ReadOnlyDatabase
-
-    spec = importlib.util.spec_from_file_location(f"hcm_patch_{patch.id}", patch.path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise MigratorError(f"{patch.path} cannot be loaded: {exc.__class__.__name__}: {exc}", USAGE) from exc
-    run = getattr(module, "run", None)
-    if not callable(run):
-        raise MigratorError(f"{patch.path} defines no run(db, dry_run); see `runner.py mongo new --py`", USAGE)
-    with output.patch_stderr(), (_sealed() if dry_run else contextlib.nullcontext()):
-        comment = run(ReadOnlyDatabase(db) if dry_run else db, dry_run)
-    return None if comment is None else output.scrub(str(comment))
-
-
-# What a patch may see of the environment in a dry run (and all mongosh ever gets).
-SAFE_ENVIRONMENT = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "LC_ALL", "LC_CTYPE", "LC_MESSAGES")
-
-
-@contextlib.contextmanager
-def _sealed():
-    """A dry run: no MONGO_URL, password or AWS key in os.environ, and no new MongoClient to write through."""
-    import pymongo
-    import pymongo.mongo_client
-
-    def refused(*_args, **_kwargs):
-        from migrator.mongo.readonly import DryRunWriteError
-
-        raise DryRunWriteError("a new MongoClient is not allowed in a dry run; use the db you are given")
-
-    saved = dict(os.environ)
-    clients = pymongo.MongoClient, pymongo.mongo_client.MongoClient
-    os.environ.clear()
-    os.environ.update({k: v for k, v in saved.items() if k in SAFE_ENVIRONMENT})
-    pymongo.MongoClient = pymongo.mongo_client.MongoClient = refused
-    try:
-        yield
-    finally:
-        pymongo.MongoClient, pymongo.mongo_client.MongoClient = clients
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-class JsPatchFailed(Exception):
-    """mongosh ended with a non-zero exit (or was stopped)."""
-
-    def __init__(self, code: int, last_line: str):
-        super().__init__(f"mongosh exit {code}" + (f": {last_line}" if last_line else ""))
-        self.code = code
-
-
-# DRY_RUN cannot be changed by the patch: a non-writable, non-configurable global (a `var DRY_RUN =
-# false` is ignored, `let`/`const DRY_RUN` is a SyntaxError). patchComment(text) sets the logged comment.
-COMMENT_MARK = "\x1ehcm-comment\x1e"
-JS_PRELUDE = (
-    'Object.defineProperty(globalThis, "DRY_RUN", {{value: {dry}, writable: false, configurable: false, enumerable: true}});'
-    ' Object.defineProperty(globalThis, "patchComment", {{value: (text) => print("' + COMMENT_MARK + '" + String(text)),'
-    ' writable: false, configurable: false}});'
-)
-
-
-def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callable[[str], None],
-           timeout: float | None = None) -> str | None:
-    """Run the patch with mongosh, streaming its output; the comment is what it passed to patchComment().
-
-    The URI (with its password) reaches mongosh through the environment, not the command line, so
-    it never shows in the process list; mongosh gets nothing else of the runner's environment
-    (no DB_PASSWORD, AWS keys, MONGO_URL), a HOME of its own and telemetry off. With no target
-    (tests) mongosh runs with no database. After `timeout` seconds mongosh is stopped.
-    """
-    prelude = JS_PRELUDE.format(dry="true" if dry_run else "false")
-    with tempfile.TemporaryDirectory(prefix="hcm-mongosh-") as home:
-        env = mongosh_environment(home)
-        if target is not None:
-            prelude += " db = connect(process.env.HCM_MONGO_URI);"
-            env["HCM_MONGO_URI"] = target.shell_uri()
-        command = [mongosh_path(), "--nodb", "--norc", "--quiet", "--eval", prelude + " void 0;", "--file", str(patch.path)]
-        lines: list[str] = []
-        comment = None
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-            timed_out = threading.Event()
-            timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill())) if timeout else None
-            try:
-                if timer:
-                    timer.start()
-                for line in proc.stdout:
-                    line = line.rstrip("\n")
-                    if line.startswith(COMMENT_MARK):
-                        comment = line[len(COMMENT_MARK):]
-                        continue
-                    echo(line)
-                    if line.strip():
-                        lines.append(line.strip())
-                proc.wait()
-            except BaseException:  # SIGTERM to the runner, a failed echo: mongosh does not outlive it
-                proc.kill()
-                raise
-            finally:
-                if timer:
-                    timer.cancel()
-        if timed_out.is_set():
-            raise JsPatchFailed(proc.returncode, f"stopped after {timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)")
-    if proc.returncode != 0:
-        raise JsPatchFailed(proc.returncode, _js_error(lines))
-    return comment
-
-
-def mongosh_environment(home: str) -> dict[str, str]:
-    """All mongosh gets: PATH, locale and time zone, its own HOME/TMPDIR, telemetry off."""
-    env = {k: v for k, v in os.environ.items() if k in SAFE_ENVIRONMENT and k not in ("HOME", "TMPDIR")}
-    env.update(HOME=home, TMPDIR=home, MONGOSH_FORCE_DISABLE_TELEMETRY_FOR_TESTING="1")
-    env.setdefault("PATH", os.defpath)
-    return env
-
-
-def _js_error(lines: list[str]) -> str:
-    """mongosh prints `Error: message` (or `SyntaxError: …` and a code frame); keep the message."""
-    errors = [line for line in lines if re.match(r"^(Mongo\w*|Syntax|Type|Reference|Range)?Error\b", line)]
-    return (errors or lines or [""])[-1]
-
-
-def mongosh_path() -> str:
-    chosen = os.environ.get("MONGOSH")
-    if chosen and not Path(chosen).is_file():
-        raise MigratorError(f"mongosh not found at {chosen} (MONGOSH); fix MONGOSH or unset it", USAGE)
-    found = chosen or (str(LOCAL_MONGOSH) if LOCAL_MONGOSH.exists() else shutil.which("mongosh"))
-    if not found:
-        raise MigratorError(
-            f"mongosh not found, needed for JavaScript patches; run `make mongosh` (npm, mongosh@{MONGOSH_VERSION}) "
-            "or set MONGOSH to its path")
-    return found
 
 
 # --- new patches ---------------------------------------------------------------------------

@@ -3,9 +3,14 @@
 Only reads pass: a patch that forgets to check `dry_run` still cannot write. Anything not known
 to be a read is refused, so a pymongo method added tomorrow is refused too. No attribute hands
 out a real object: cursors (`find().collection`, `aggregate(...)`), `.database` and `.client`
-are views too, and the client view refuses pymongo's write path (`_retryable_write`), which every
-write, even one called as `Collection.insert_one(view, ...)`, goes through. The views still pass
-`isinstance(db, Database)`, so GridFS(db) reads work.
+are views too, the real object is kept out of the instance's __dict__, and every `_` attribute is
+refused on every view (the client view included, so pymongo's write path, which even
+`Collection.insert_one(view, ...)` goes through, is out of reach). The views still pass
+`isinstance(db, Database)`, so GridFS(db).get/exists/list/get_last_version read; GridFS.find needs
+pymongo's private client API and is refused (read `db.fs.files` and `fs.get(id)` instead).
+
+The threat model is a careless patch, not a malicious one: in-process Python can always reach a
+real object by deliberate introspection (gc.get_objects(), frame and closure internals).
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ DATABASE_READS = frozenset({
 CURSOR_METHODS = frozenset({"find", "find_raw_batches"})  # their cursors are wrapped
 CLIENT_READS = frozenset({"options", "codec_options", "read_preference", "read_concern", "write_concern", "address",
                           "topology_description", "primary", "is_primary", "nodes"})
-CLIENT_WRITE_PATHS = frozenset({"_retryable_write", "_retry_with_session"})
 READ_COMMANDS = frozenset(c.lower() for c in (
     "ping", "hello", "isMaster", "buildInfo", "serverStatus", "hostInfo", "connectionStatus", "dbStats",
     "collStats", "count", "distinct", "find", "listCollections", "listIndexes", "explain",
@@ -39,77 +43,117 @@ def _refuse(what: str) -> DryRunWriteError:
 
 
 def _check_pipeline(pipeline, where: str) -> None:
-    for stage in pipeline or ():
-        if any(key in stage for key in WRITE_STAGES):
-            raise _refuse(f"{where}.aggregate with $out/$merge")
+    """$out/$merge anywhere: a stage, or inside $facet, $lookup or $unionWith sub-pipelines."""
+    if _writes(pipeline):
+        raise _refuse(f"{where}.aggregate with $out/$merge")
+
+
+def _writes(value) -> bool:
+    if isinstance(value, dict):
+        return any(key in WRITE_STAGES or _writes(v) for key, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_writes(v) for v in value)
+    return False
+
+
+# Special names a view answers itself; every other `_` name is refused (no private route to a real object).
+VIEW_DUNDERS = frozenset({"__class__", "__doc__", "__repr__", "__str__", "__eq__", "__ne__", "__hash__", "__iter__",
+                          "__next__", "__enter__", "__exit__", "__getitem__", "__bool__", "__len__", "__dir__",
+                          "__format__", "__getattr__", "__setattr__", "__init__", "__module__"})
 
 
 class _View:
-    """Passes isinstance checks for the object it wraps (type() still tells the truth)."""
+    """Passes isinstance checks for the object it wraps (type() still tells the truth).
+
+    The real object sits in a slot (no instance __dict__, nothing for vars()), and every attribute
+    starting with `_` is refused, so a patch cannot reach it by a private name, copy or pickle state.
+    """
+
+    __slots__ = ("_real",)
+
+    def __init__(self, real):
+        object.__setattr__(self, "_real", real)
+
+    def __getattribute__(self, name: str):
+        if name.startswith("_") and name not in VIEW_DUNDERS:
+            raise AttributeError(f"{name}: private attributes are not available in a dry run")
+        return object.__getattribute__(self, name)
 
     @property
     def __class__(self):
-        return type(object.__getattribute__(self, "_target"))
+        return type(_real(self))
 
     def __setattr__(self, name, value):
         raise _refuse(f"setting {name}")
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("a dry-run view cannot be copied or pickled")
+
+    def __copy__(self):
+        return self  # a view is read-only: a copy may as well be itself
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _real(view):
+    return object.__getattribute__(view, "_real")
 
 
 class ReadOnlyCursor(_View):
     """A cursor whose `.collection` is the view; chained calls stay wrapped."""
 
-    def __init__(self, cursor, collection: "ReadOnlyCollection"):
-        object.__setattr__(self, "_target", cursor)
-        object.__setattr__(self, "_view", collection)
+    __slots__ = ("_collection_view",)
+
+    def __init__(self, cursor, collection: "ReadOnlyCollection | None"):
+        super().__init__(cursor)
+        object.__setattr__(self, "_collection_view", collection)
 
     def __getattr__(self, name: str):
+        cursor, view = _real(self), object.__getattribute__(self, "_collection_view")
         if name == "collection":
-            return self._view
+            return view
         if name.startswith("_"):
             raise AttributeError(name)
-        value = getattr(self._target, name)
+        value = getattr(cursor, name)
         if not callable(value):
             return value
 
         def call(*args, **kwargs):
             result = value(*args, **kwargs)
-            if result is self._target:
+            if result is cursor:
                 return self
-            return ReadOnlyCursor(result, self._view) if hasattr(result, "collection") and hasattr(result, "next") else result
+            return ReadOnlyCursor(result, view) if hasattr(result, "collection") and hasattr(result, "next") else result
         return call
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        return next(self._target)
+        return next(_real(self))
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self._target.close()
+        _real(self).close()
 
 
 class ReadOnlyCollection(_View):
-    def __init__(self, collection):
-        object.__setattr__(self, "_target", collection)
-        object.__setattr__(self, "_collection", collection)
+    __slots__ = ()
 
     def __getattr__(self, name: str):
-        collection = self._collection
+        collection = _real(self)
         if name in COLLECTION_READS:
             return getattr(collection, name)
         if name in CURSOR_METHODS:
             return lambda *a, **k: ReadOnlyCursor(getattr(collection, name)(*a, **k), self)
         if name in ("aggregate", "aggregate_raw_batches"):
-            return lambda pipeline, *a, **k: self._aggregate(name, pipeline, *a, **k)
+            return lambda pipeline, *a, **k: _aggregate(self, name, pipeline, *a, **k)
         if name == "database":
             return ReadOnlyDatabase(collection.database)
         if name == "with_options":
             return lambda *a, **k: ReadOnlyCollection(collection.with_options(*a, **k))
-        if name in ("_read_preference_for", "_timeout"):  # what pymongo's Cursor reads from its collection
-            return getattr(collection, name)
         if name.startswith("_"):
             raise AttributeError(name)
         if name in _collection_methods():
@@ -117,40 +161,34 @@ class ReadOnlyCollection(_View):
         return ReadOnlyCollection(collection[name])  # db.fs.files, as pymongo allows
 
     def __getitem__(self, name: str) -> "ReadOnlyCollection":
-        return ReadOnlyCollection(self._collection[name])
-
-    def __setattr__(self, name, value):
-        raise _refuse(f"setting {name}")
-
-    def _aggregate(self, method: str, pipeline, *args, **kwargs):
-        _check_pipeline(pipeline, self._collection.full_name)
-        return ReadOnlyCursor(getattr(self._collection, method)(pipeline, *args, **kwargs), self)
+        return ReadOnlyCollection(_real(self)[name])
 
     def __repr__(self) -> str:
-        return f"ReadOnlyCollection({self._collection.full_name!r})"
+        return f"ReadOnlyCollection({_real(self).full_name!r})"
+
+
+def _aggregate(view: ReadOnlyCollection, method: str, pipeline, *args, **kwargs):
+    collection = _real(view)
+    _check_pipeline(pipeline, collection.full_name)
+    return ReadOnlyCursor(getattr(collection, method)(pipeline, *args, **kwargs), view)
 
 
 class ReadOnlyClient(_View):
-    """What `db.client` is in a dry run: enough for pymongo's read path, and no way to write."""
+    """What `db.client` is in a dry run: a few read-only properties, and no way to write."""
 
-    def __init__(self, client):
-        object.__setattr__(self, "_target", client)
+    __slots__ = ()
 
     def __getattr__(self, name: str):
-        if name in CLIENT_WRITE_PATHS or not (name in CLIENT_READS or name.startswith("_")):
-            raise _refuse(f"client.{name}")
-        if name == "get_database":
-            return lambda *a, **k: ReadOnlyDatabase(self._target.get_database(*a, **k))
-        return getattr(self._target, name)
+        if name not in CLIENT_READS:
+            raise _refuse(f"client.{name}") if not name.startswith("_") else AttributeError(name)
+        return getattr(_real(self), name)
 
 
 class ReadOnlyDatabase(_View):
-    def __init__(self, database):
-        object.__setattr__(self, "_target", database)
-        object.__setattr__(self, "_database", database)
+    __slots__ = ()
 
     def __getattr__(self, name: str):
-        database = self._database
+        database = _real(self)
         if name in DATABASE_READS:
             return getattr(database, name)
         if name == "get_collection":
@@ -158,10 +196,10 @@ class ReadOnlyDatabase(_View):
         if name == "with_options":
             return lambda *a, **k: ReadOnlyDatabase(database.with_options(*a, **k))
         if name == "command":
-            return self._command
+            return lambda command, *a, **k: _command(database, command, *a, **k)
         if name == "aggregate":
-            return self._aggregate
-        if name == "client":  # pymongo's own read path needs it; the client view refuses every write
+            return lambda pipeline, *a, **k: _database_aggregate(database, pipeline, *a, **k)
+        if name == "client":
             return ReadOnlyClient(database.client) if _is_pymongo(database) else _refuse_now("db.client")
         if name.startswith("_"):
             raise AttributeError(name)
@@ -170,26 +208,25 @@ class ReadOnlyDatabase(_View):
         return ReadOnlyCollection(database[name])  # db.enrollments, as pymongo allows
 
     def __getitem__(self, name: str) -> ReadOnlyCollection:
-        return ReadOnlyCollection(self._database[name])
-
-    def __setattr__(self, name, value):
-        raise _refuse(f"setting {name}")
-
-    def _command(self, command, *args, **kwargs):
-        name = command if isinstance(command, str) else next(iter(command))
-        if name.lower() == "aggregate":  # {"aggregate": ..., "pipeline": ...} or ("aggregate", coll, pipeline=...)
-            pipeline = kwargs.get("pipeline") if isinstance(command, str) else command.get("pipeline")
-            _check_pipeline(pipeline, f"db.command({name!r})")
-        elif name.lower() not in READ_COMMANDS:
-            raise _refuse(f"db.command({name!r})")
-        return self._database.command(command, *args, **kwargs)
-
-    def _aggregate(self, pipeline, *args, **kwargs):
-        _check_pipeline(pipeline, f"db {self._database.name}")
-        return ReadOnlyCursor(self._database.aggregate(pipeline, *args, **kwargs), None)
+        return ReadOnlyCollection(_real(self)[name])
 
     def __repr__(self) -> str:
-        return f"ReadOnlyDatabase({self._database.name!r})"
+        return f"ReadOnlyDatabase({_real(self).name!r})"
+
+
+def _command(database, command, *args, **kwargs):
+    name = command if isinstance(command, str) else next(iter(command))
+    if name.lower() == "aggregate":  # {"aggregate": ..., "pipeline": ...} or ("aggregate", coll, pipeline=...)
+        pipeline = kwargs.get("pipeline") if isinstance(command, str) else command.get("pipeline")
+        _check_pipeline(pipeline, f"db.command({name!r})")
+    elif name.lower() not in READ_COMMANDS:
+        raise _refuse(f"db.command({name!r})")
+    return database.command(command, *args, **kwargs)
+
+
+def _database_aggregate(database, pipeline, *args, **kwargs):
+    _check_pipeline(pipeline, f"db {database.name}")
+    return ReadOnlyCursor(database.aggregate(pipeline, *args, **kwargs), None)
 
 
 def _refuse_now(what: str):

@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from migrator import output
 from migrator.errors import DRIFT, FAILED, MigratorError
 from migrator.mongo import log
-from migrator.mongo.patches import Patch, patch_key
+from migrator.mongo.patches import Patch, one_line, patch_key
 
 PENDING, APPLIED, CHANGED, RUNNING, FAILED_STATE, ORPHAN = (
     "pending", "applied", "changed", "running", "failed", "not on disk")
@@ -34,6 +35,7 @@ class PatchState:
     applied_checksum: str | None = None
     blocker: dict | None = None  # the running or failed record nobody has resolved
     renamed_from: str | None = None
+    holder: dict | None = None  # the live lock holder, when it is the runner that wrote the running blocker
 
     @property
     def state(self) -> str:
@@ -54,6 +56,8 @@ class PatchState:
         """The state as status prints it."""
         if self.state == APPLIED:
             return f"applied {self.applied_count}x" + (f" (as {self.renamed_from})" if self.renamed_from else "")
+        if self.state == RUNNING and self.holder:
+            return "RUNNING NOW"
         return {PENDING: "never applied", RUNNING: "UNFINISHED", FAILED_STATE: "FAILED",
                 CHANGED: "CHANGED"}.get(self.state, self.state)
 
@@ -62,13 +66,13 @@ class PatchState:
         status = log.status_of(record)
         if status == log.APPLIED or (status == log.RESOLVED and record.get("resolved_as") == log.APPLIED):
             self.applied_count += 1
-            self.applied_checksum = record.get("checksum") or self.applied_checksum
+            self.applied_checksum = log.checksum_of(record) or self.applied_checksum
             self.last_applied = log.when(record) if status == log.RESOLVED else _applied_at(record)
             self.blocker = None
         elif status == log.RESOLVED:
             self.blocker = None
         elif status == log.ACCEPTED:
-            self.applied_checksum = record.get("checksum")
+            self.applied_checksum = log.checksum_of(record)
         elif status != log.CANCELLED:  # running, failed, or a status this runner does not know: stop
             self.blocker = record
 
@@ -85,15 +89,30 @@ def states(records: list[dict], patches: list[Patch]) -> list[PatchState]:
     orphans: dict = {}
     for record in records:  # oldest first
         key = patch_key(str(record.get("patch", "")))
-        if key not in by_key and record.get("checksum") in by_checksum:  # renamed since
-            key = by_checksum[record["checksum"]]
+        if key not in by_key and log.checksum_of(record) in by_checksum:  # renamed since
+            key = by_checksum[log.checksum_of(record)]
             by_key[key].renamed_from = str(record.get("patch"))
         (by_key.get(key) or orphans.setdefault(key, PatchState(str(record.get("patch")), None))).record(record)
     return list(by_key.values()) + list(orphans.values())
 
 
 def read(db, patches: list[Patch]) -> list[PatchState]:
-    return states(log.history(db), patches)
+    found = states(log.history(db), patches)
+    holder = _live_holder(db)
+    for s in found:
+        if holder and s.state == RUNNING and s.blocker.get("lock_owner") == holder.get("owner"):
+            s.holder = holder
+    return found
+
+
+def _live_holder(db) -> dict | None:
+    """The lock document, while its holder keeps it (unexpired)."""
+    from migrator.mongo import lock
+
+    holder = lock.Lock(db).holder()
+    if not holder or log.when({"started": holder.get("expires")}) <= log.utcnow():
+        return None
+    return holder
 
 
 def pending(found: list[PatchState]) -> list[Patch]:
@@ -116,9 +135,17 @@ def explain(s: PatchState) -> str:
     r = s.blocker
     at = f"{log.when(r):%Y-%m-%d %H:%M:%S} UTC"
     where = f"on host {r.get('host', '?')} (pid {r.get('pid', '?')}, user {r.get('user', '?')})"
+    status = log.status_of(r)
+    if s.holder:
+        h = s.holder
+        return (f"patch {s.id} is running now on {h.get('host', '?')} pid {h.get('pid', '?')} since {at} (it holds "
+                f"the patch lock); wait for it to finish, then see `runner.py mongo status`")
+    if status not in log.KNOWN:
+        return (f"patch {s.id} has a record with status {one_line(output.scrub(status))!r} (not written by this "
+                f"runner) {at} {where}; it is not run automatically until someone decides: {resolve}")
     if s.state == RUNNING:
         return (f"patch {s.id}: a run started {at} {where} never finished (killed, or it lost its lock); "
                 f"its writes may be partly applied, so it is not run again automatically: {resolve}")
-    error = " ".join(str(r.get("error") or "").split()) or "no error text"
+    error = one_line(output.scrub(str(r.get("error") or ""))) or "no error text"
     return (f"patch {s.id} failed {at} {where}: {error}; its writes so far are kept, so it is not run again "
             f"automatically: {resolve}")

@@ -1,0 +1,165 @@
+"""Running a JavaScript patch with mongosh, bounded by --patch-timeout, in a process group of its own.
+
+mongosh gets the URI (with its password) through the environment, not the command line, and
+nothing else of the runner's environment. In a dry run the shim (dry_run_shim.js) makes every
+write method throw before it reaches the server. On a timeout, or when the runner is stopped,
+the whole process group is killed (grandchildren too) and reading stops.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from migrator import output
+from migrator.errors import USAGE, MigratorError
+from migrator.mongo.patches import PROJECT_ROOT, Patch, one_line
+from migrator.mongo.python_patch import SAFE_ENVIRONMENT, register_environment_secrets
+from migrator.targets import MongoTarget
+
+MONGOSH_VERSION = "2.12.0"
+LOCAL_MONGOSH = PROJECT_ROOT / ".mongosh" / "node_modules" / ".bin" / "mongosh"
+SHIM = Path(__file__).with_name("dry_run_shim.js")
+AFTER_EXIT_GRACE = 1.0  # seconds to read what mongosh's children still print after it exits
+
+
+class JsPatchFailed(Exception):
+    """mongosh ended with a non-zero exit (or was stopped)."""
+
+    def __init__(self, code: int, last_line: str):
+        super().__init__(f"mongosh exit {code}" + (f": {one_line(last_line)}" if last_line else ""))
+        self.code = code
+
+
+# DRY_RUN is a non-writable, non-configurable global; a patch can still shadow it (`let DRY_RUN = false`,
+# eval), which is why dry runs rely on the shim, not on DRY_RUN. patchComment(text) sets the logged comment.
+COMMENT_MARK = "\x1ehcm-comment\x1e"
+JS_PRELUDE = (
+    'Object.defineProperty(globalThis, "DRY_RUN", {{value: {dry}, writable: false, configurable: false, enumerable: true}});'
+    ' Object.defineProperty(globalThis, "patchComment", {{value: (text) => print("' + COMMENT_MARK + '" + String(text).split(/\\r?\\n/).join(" | ")),'
+    ' writable: false, configurable: false}});'
+)
+
+
+def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callable[[str], None],
+           timeout: float | None = None) -> str | None:
+    """Run the patch with mongosh, streaming its output; the comment is what it passed to patchComment().
+
+    The URI (with its password) reaches mongosh through the environment, not the command line, so
+    it never shows in the process list; mongosh gets nothing else of the runner's environment
+    (no DB_PASSWORD, AWS keys, MONGO_URL), a HOME of its own and telemetry off. With no target
+    (tests) mongosh runs with no database. After `timeout` seconds mongosh is stopped.
+    """
+    prelude = JS_PRELUDE.format(dry="true" if dry_run else "false")
+    register_environment_secrets()  # mongosh could read them from /proc/<runner pid>/environ
+    with tempfile.TemporaryDirectory(prefix="hcm-mongosh-") as home:
+        env = mongosh_environment(home)
+        if target is not None:
+            prelude += " db = connect(process.env.HCM_MONGO_URI);"
+            env["HCM_MONGO_URI"] = target.shell_uri()
+        shim = ["--file", str(SHIM)] if dry_run else []
+        command = [mongosh_path(), "--nodb", "--norc", "--quiet", "--eval", prelude + " void 0;", *shim,
+                   "--file", str(patch.path)]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)  # its own process group: killed whole, children included
+        try:
+            lines, comment, timed_out = _read(proc, echo, timeout)
+        finally:
+            _kill_group(proc)  # the pipe is left to the reader thread: closing it here would wait for its read
+            proc.wait()
+        if timed_out:
+            raise JsPatchFailed(proc.returncode, f"stopped after {timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)")
+    if proc.returncode != 0:
+        raise JsPatchFailed(proc.returncode, _js_error(lines))
+    return comment
+
+
+def _read(proc: subprocess.Popen, echo: Callable[[str], None], timeout: float | None):
+    """mongosh's lines (echoed, scrubbed) until it and its children close the pipe, it exits (plus a
+    grace for what is buffered), or the timeout; what is left in the pipe after that is not read."""
+    lines: queue.Queue = queue.Queue()
+    def read_all():
+        with proc.stdout:
+            for line in proc.stdout:
+                lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read_all, daemon=True, name="mongosh-reader").start()
+    deadline = time.monotonic() + timeout if timeout else None
+    exited_at = None
+    kept, comment = [], None
+    while True:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return kept, comment, True
+        if exited_at is None and proc.poll() is not None:
+            exited_at = now
+        if exited_at is not None and now - exited_at >= AFTER_EXIT_GRACE:
+            return kept, comment, False
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if line is None:
+            return kept, comment, False
+        line = output.scrub(line.rstrip("\n"))
+        if line.startswith(COMMENT_MARK):
+            comment = one_line(line[len(COMMENT_MARK):])
+            continue
+        echo(line)
+        if line.strip():
+            kept.append(line.strip())
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
+
+
+def mongosh_environment(home: str) -> dict[str, str]:
+    """All mongosh gets: PATH, locale and time zone, its own HOME/TMPDIR, telemetry off."""
+    env = {k: v for k, v in os.environ.items() if k in SAFE_ENVIRONMENT and k not in ("HOME", "TMPDIR")}
+    env.update(HOME=home, TMPDIR=home, MONGOSH_FORCE_DISABLE_TELEMETRY_FOR_TESTING="1")
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
+def _js_error(lines: list[str]) -> str:
+    """mongosh prints `Error: message` (or `SyntaxError: …` and a code frame); keep the message."""
+    errors = [line for line in lines if re.match(r"^(Mongo\w*|Syntax|Type|Reference|Range)?Error\b", line)]
+    return (errors or lines or [""])[-1]
+
+
+def check(patch: Patch) -> None:
+    """What must hold before a JS patch's `running` record is written: mongosh found, the file readable."""
+    mongosh_path()
+    try:
+        patch.path.read_bytes()
+    except OSError as exc:
+        raise MigratorError(f"{patch.path} cannot be read: {exc.strerror}; fix it (nothing ran, nothing was logged)",
+                            USAGE) from exc
+
+
+def mongosh_path() -> str:
+    chosen = os.environ.get("MONGOSH")
+    if chosen and not Path(chosen).is_file():
+        raise MigratorError(f"mongosh not found at {chosen} (MONGOSH); fix MONGOSH or unset it", USAGE)
+    found = chosen or (str(LOCAL_MONGOSH) if LOCAL_MONGOSH.exists() else shutil.which("mongosh"))
+    if not found:
+        raise MigratorError(
+            f"mongosh not found, needed for JavaScript patches; run `make mongosh` (npm, mongosh@{MONGOSH_VERSION}) "
+            "or set MONGOSH to its path", USAGE)
+    return found
+
+
