@@ -3,7 +3,7 @@
 import copy
 import os
 import threading
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pytest
 

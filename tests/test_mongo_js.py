@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from conftest import one_error_line
-from migrator.mongo import actions, js_patch, patches
+from migrator.mongo import actions, js_patch
 from migrator.mongo.js_patch import JsPatchFailed, run_js
 from migrator.mongo.patches import Patch
 
