@@ -156,9 +156,14 @@ TYPE_WORDS = {"e": "ENUM", "d": "DOMAIN", "r": "RANGE", "c": "COMPOSITE"}
 
 
 def describe(conn) -> Description:
-    """The managed schema of the connection's database. Reads only; leaves search_path as it was."""
+    """The managed schema of the connection's database. Reads only; leaves the session as it was.
+
+    On an idle autocommit connection (yoyo's), the queries share one read-only snapshot."""
     description = Description()
+    own_transaction = conn.autocommit and conn.info.transaction_status == 0  # psycopg2's IDLE
     with conn.cursor() as cursor:
+        if own_transaction:
+            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         cursor.execute("SELECT pg_catalog.current_setting('search_path')")
         saved = cursor.fetchone()[0]
         cursor.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
@@ -169,7 +174,10 @@ def describe(conn) -> Description:
                     for item in build(*row):
                         description.add(item)
         finally:
-            cursor.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (saved,))
+            if own_transaction:
+                cursor.execute("ROLLBACK")
+            else:
+                cursor.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (saved,))
     return description
 
 
