@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from migrator.schema.model import Description, Item
 
-SHORT = 100  # a changed object whose text fits on a line shows old -> new; a longer one says "changed"
+SHORT = 160  # a changed object whose text fits on a line shows old -> new; a longer one says "changed"
 
 
 def label(item: Item) -> str:
@@ -49,9 +49,21 @@ def diff(old: Description, new: Description) -> list[str]:
 
 def _changed(before: Item, after: Item) -> str:
     old, new = _essence(before), _essence(after)
-    if "\n" not in old + new and len(old) + len(new) <= 2 * SHORT:
-        return f"{label(after)}: {old} -> {new}"
+    if before.kind != "column":
+        old, new = _differing_words(old, new)
+    if "\n" not in old + new and max(len(old), len(new)) <= SHORT:
+        return f"{label(after)}: {old or '(nothing)'} -> {new or '(nothing)'}"
     return f"{label(after)} changed"
+
+
+def _differing_words(old: str, new: str, context: int = 2) -> tuple[str, str]:
+    """The two texts from shortly before the first word where they differ."""
+    a, b = old.split(" "), new.split(" ")
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    start = max(0, start - context)
+    return " ".join(a[start:]).strip(), " ".join(b[start:]).strip()
 
 
 def _column_order(old: Description, new: Description) -> list[str]:
