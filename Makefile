@@ -22,7 +22,7 @@ MONGOSH_STAMP := .mongosh/.installed
 # The tests of the JS path need it; without npm they skip, saying why.
 TEST_MONGOSH := $(if $(shell command -v npm),$(MONGOSH_STAMP))
 
-.PHONY: help install mongosh migrate plan status rollback new config lint lock test bench db-stop clean
+.PHONY: help install mongosh migrate plan status rollback new config lint lock test bench schema db-stop clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ test: $(DEV) $(TEST_MONGOSH)  ## run the test suite (starts its own PostgreSQL)
 
 bench: $(DEV)  ## benchmarks against bare yoyo and psql; writes bench/RESULTS.md
 	$(PYTHON) bench/bench.py
+
+schema: $(RUNTIME)  ## regenerate schema.sql (the resulting schema) on a scratch database of the local server
+	$(PYTHON) -m migrator.schema.generate
 
 lock: $(DEV)  ## regenerate requirements.lock (hash-pinned) after changing requirements.txt
 	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \

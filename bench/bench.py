@@ -245,6 +245,51 @@ def case_status(admin, work: Path) -> Row:
     return Row(f"`status` with {MIGRATIONS} applied", ours, theirs, "`yoyo list`", 1.0)
 
 
+DRIFT_TABLES = 500
+DRIFT_BUDGET = 0.150  # seconds, issue 13: the live-drift check on a 500-table schema
+
+
+def case_live_drift(admin) -> list[Row]:
+    """`status`'s live-drift check (describe + compare with the recorded description), in process."""
+    import psycopg2
+
+    from migrator.schema import snapshot
+
+    tables = "".join(
+        f"CREATE TABLE t{i} (id serial PRIMARY KEY, tenant varchar(50) NOT NULL, name text, amount numeric(12,2), "
+        f"state text DEFAULT 'new', created_at timestamptz NOT NULL DEFAULT now(), payload jsonb, ref_id bigint);"
+        f"CREATE INDEX t{i}_tenant ON t{i} (tenant, created_at);CREATE INDEX t{i}_ref ON t{i} (ref_id);"
+        f"COMMENT ON TABLE t{i} IS 'table {i}';COMMENT ON COLUMN t{i}.name IS 'name of {i}';"
+        for i in range(DRIFT_TABLES))
+    with databases(admin, 1) as (name,):
+        conn = psycopg2.connect(database_url(admin, name))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(tables)
+            snapshot.record(conn, "public", "bench")
+
+            def timed() -> float:
+                times = []
+                for _ in range(max(RUNS, 7)):
+                    started = time.perf_counter()
+                    report = snapshot.live_drift(conn, "public")
+                    times.append(time.perf_counter() - started)
+                return statistics.median(times), report
+
+            clean, report = timed()
+            assert not report.drifted
+            with conn.cursor() as cursor:
+                cursor.execute("CREATE INDEX t7_name ON t7 (name)")
+            drifted, report = timed()
+            assert report.changes == ["index t7_name ON t7 added"], report.changes
+        finally:
+            conn.close()
+    case = f"live-drift check (`status`), {DRIFT_TABLES} tables, 1,000 indexes"
+    return [Row(f"{case}, no drift", clean, DRIFT_BUDGET, "the 150 ms budget", 1.0),
+            Row(f"{case}, one index added (diff named)", drifted, DRIFT_BUDGET, "the 150 ms budget", 1.0)]
+
+
 def case_help() -> Row:
     ours, theirs = alternate(([PY, str(ROOT / "runner.py"), "--help"], clean_env()),
                              ([PY, "-c", "import click"], clean_env()), max(RUNS, 7))
@@ -327,7 +372,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hcm-bench-") as tmp:
         work = Path(tmp)
         rows = [case_noop(admin), case_history(admin, work), case_big_file(admin, work), *case_500(admin, work),
-                case_status(admin, work), case_help(), *case_mongo_patch()]
+                case_status(admin, work), *case_live_drift(admin), case_help(), *case_mongo_patch()]
     described = machine(admin)
     report = table(rows)
     print(report)

@@ -6,6 +6,7 @@ FAILED = 1
 USAGE = 2
 DRIFT = 3
 LOCKED = 4
+SCHEMA_DRIFT = 5  # the live schema differs from the description recorded after the last change
 
 
 class MigratorError(Exception):

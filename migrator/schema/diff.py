@@ -1,0 +1,92 @@
+"""Two descriptions -> readable change lines, one per object ("index idx_x ON hcm_report_metadata added")."""
+
+from __future__ import annotations
+
+from migrator.schema.model import Description, Item
+
+SHORT = 160  # a changed object whose text fits on a line shows old -> new; a longer one says "changed"
+
+
+def label(item: Item) -> str:
+    """How a change names an object: its kind and name, `public.` left out, its table for table parts."""
+    if item.kind in ("column", "constraint", "trigger"):
+        table, part = item.parent_name, item.name[len(item.parent_name) + 1:]
+        if item.kind == "column":
+            return f"column {_short(table)}.{part}"
+        return f"{item.kind} {part} ON {_short(table)}"
+    if item.kind == "index":
+        return f"index {_short(item.name)} ON {_short(item.parent_name)}"
+    if item.kind in ("comment", "grant"):
+        kind, _, rest = item.name.partition(" ")
+        return f"{item.kind} on {kind} {_short(rest)}"
+    return f"{item.kind} {_short(item.name)}"
+
+
+def _short(name: str) -> str:
+    return name.replace("public.", "", 1) if name.startswith("public.") else name.replace(" ON public.", " ON ")
+
+
+def _essence(item: Item) -> str:
+    """The part of the text that can change, without the object's own name where it leads."""
+    if item.kind == "column":
+        return item.ddl.split(" ", 1)[1]
+    return item.ddl
+
+
+def diff(old: Description, new: Description) -> list[str]:
+    """What changed from old to new, one line per object, in the order schema.sql lists them."""
+    lines = []
+    for key in sorted(old.items.keys() | new.items.keys()):
+        before, after = old.items.get(key), new.items.get(key)
+        if before is None:
+            lines.append(f"{label(after)} added")
+        elif after is None:
+            lines.append(f"{label(before)} dropped")
+        elif _essence(before) != _essence(after):  # a column's position alone: see _column_order
+            lines.append(_changed(before, after))
+    return lines + _column_order(old, new)
+
+
+def _changed(before: Item, after: Item) -> str:
+    old, new = _essence(before), _essence(after)
+    if before.kind != "column":
+        old, new = _differing_words(old, new)
+    if "\n" not in old + new and max(len(old), len(new)) <= SHORT:
+        return f"{label(after)}: {old or '(nothing)'} -> {new or '(nothing)'}"
+    return f"{label(after)} changed"
+
+
+def _differing_words(old: str, new: str, context: int = 2) -> tuple[str, str]:
+    """The two texts from shortly before the first word where they differ."""
+    a, b = old.split(" "), new.split(" ")
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    start = max(0, start - context)
+    return " ".join(a[start:]).strip(), " ".join(b[start:]).strip()
+
+
+def _column_order(old: Description, new: Description) -> list[str]:
+    """Same columns in a different order (a table rebuilt) changes the text; say so."""
+    def orders(d: Description) -> dict[str, list[str]]:
+        found: dict[str, list[Item]] = {}
+        for item in d.items.values():
+            if item.kind == "column":
+                found.setdefault(item.parent_name, []).append(item)
+        return {t: [i.name for i in sorted(items, key=lambda i: i.position)] for t, items in found.items()}
+
+    before, after = orders(old), orders(new)
+    lines = []
+    for table in sorted(before.keys() & after.keys()):
+        common = [c for c in before[table] if c in after[table]]
+        if common != [c for c in after[table] if c in before[table]]:
+            lines.append(f"table {_short(table)}: column order changed")
+    return lines
+
+
+def summary(lines: list[str], limit: int = 3) -> str:
+    """One line: the count and the first few changes."""
+    if not lines:
+        return "no changes"
+    shown = "; ".join(lines[:limit]) + (f"; and {len(lines) - limit} more" if len(lines) > limit else "")
+    return f"{len(lines)} change{'s' if len(lines) != 1 else ''}: {shown}"

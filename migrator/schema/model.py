@@ -1,0 +1,103 @@
+"""The description of a schema as plain data: objects keyed by (kind, name), rendered as sorted DDL text.
+
+Top-level objects (tables, views, functions, ...) each render as one block; their parts (columns,
+constraints, indexes, triggers, comments, grants) render inside their parent's block. The same
+Description is rendered into schema.sql, stored as the live-drift snapshot and compared by diff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+
+# Order of the sections in the text, and of the parts inside a block.
+TOP_KINDS = ("schema", "extension", "type", "function", "sequence", "table", "view", "materialized view")
+PART_KINDS = ("column", "constraint", "index", "trigger", "comment", "grant")
+# Kinds whose name is unique only within their table: the name is "table.part".
+PER_TABLE = {"column", "constraint", "trigger"}
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: str
+    name: str  # qualified identity, unique within its kind
+    ddl: str  # the object's text; for a column its line, for a table its options
+    parent: str = ""  # "kind name" of the enclosing top-level object; empty for a top-level one
+    position: int = 0  # columns: their place in the table; otherwise 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.kind, self.name
+
+    @property
+    def parent_name(self) -> str:
+        return self.parent.split(" ", 1)[1] if self.parent else ""
+
+
+def top_key(kind: str, name: str) -> str:
+    return f"{kind} {name}"
+
+
+@dataclass
+class Description:
+    items: dict[tuple[str, str], Item] = field(default_factory=dict)
+
+    def add(self, item: Item) -> None:
+        self.items[item.key] = item
+
+    def without_tables(self, names: set[str]) -> "Description":
+        """A copy without these tables (qualified names) and their parts, e.g. another tool's `alembic_version`."""
+        parents = {top_key("table", n) for n in names}
+        return Description({k: i for k, i in self.items.items()
+                            if i.parent not in parents and not (i.kind == "table" and i.name in names)})
+
+    @property
+    def text(self) -> str:
+        return render(self)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def to_json(self) -> list[dict]:
+        return [asdict(self.items[k]) for k in sorted(self.items)]
+
+    @classmethod
+    def from_json(cls, rows: list[dict]) -> "Description":
+        return cls({(r["kind"], r["name"]): Item(**r) for r in rows})
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Description) and self.items == other.items
+
+
+def render(description: Description) -> str:
+    parts: dict[str, list[Item]] = {}
+    tops = []
+    for item in description.items.values():
+        if item.parent:
+            parts.setdefault(item.parent, []).append(item)
+        else:
+            tops.append(item)
+    tops.sort(key=lambda i: (TOP_KINDS.index(i.kind), i.name))
+    blocks = [_block(top, sorted(parts.pop(top_key(top.kind, top.name), []), key=_part_order)) for top in tops]
+    # Parts whose parent is not described (cannot happen from the catalog; kept visible, not lost).
+    blocks += [_block(None, sorted(items, key=_part_order)) for _, items in sorted(parts.items())]
+    return "\n\n".join(blocks) + "\n" if blocks else ""
+
+
+def _part_order(item: Item) -> tuple:
+    return PART_KINDS.index(item.kind), item.position, item.name
+
+
+def _block(top: Item | None, parts: list[Item]) -> str:
+    lines = []
+    if top is not None and top.kind == "table":
+        inner = [p.ddl for p in parts if p.kind in ("column", "constraint")]
+        body = "(\n    " + ",\n    ".join(inner) + "\n)" if inner else "()"
+        lines.append(f"CREATE {'UNLOGGED ' if 'UNLOGGED' in top.ddl else ''}TABLE {top.name} {body}"
+                     + "".join(f"\n{o}" for o in top.ddl.split("\n") if o and o != "UNLOGGED") + ";")
+        parts = [p for p in parts if p.kind not in ("column", "constraint")]
+    elif top is not None:
+        lines.append(top.ddl)
+    lines += [p.ddl for p in parts]
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""The description recorded in the bookkeeping after every change the runner makes, and live drift:
+what changed in the database outside migrations since (an emergency index, a hand-edited column).
+
+One row in `_hcm_schema_snapshot`, in the schema that holds yoyo's tables: the description (the
+objects as JSON, so a later diff names each change), the sha256 of its text, the last applied
+migration, when, by whom and why. Reading it and checking drift write nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from migrator import whoami
+from migrator.schema.describe import describe
+from migrator.schema.diff import diff, summary
+from migrator.schema.model import Description
+
+TABLE = "_hcm_schema_snapshot"
+CREATE = """
+CREATE TABLE IF NOT EXISTS {schema}.{table} (
+    id             BOOLEAN      PRIMARY KEY DEFAULT true CHECK (id),
+    description    JSONB        NOT NULL,
+    sha256         CHAR(64)     NOT NULL,
+    last_migration VARCHAR(255),
+    recorded_at    TIMESTAMP    NOT NULL DEFAULT (pg_catalog.now() AT TIME ZONE 'utc'),
+    recorded_by    TEXT         NOT NULL,
+    reason         TEXT         NOT NULL
+)"""
+UPSERT = """
+INSERT INTO {schema}.{table} (description, sha256, last_migration, recorded_by, reason) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET description = EXCLUDED.description, sha256 = EXCLUDED.sha256,
+    last_migration = EXCLUDED.last_migration, recorded_at = pg_catalog.now() AT TIME ZONE 'utc',
+    recorded_by = EXCLUDED.recorded_by, reason = EXCLUDED.reason"""
+LAST_MIGRATION = "SELECT migration_id FROM {schema}.{table} ORDER BY applied_at_utc DESC, migration_id DESC LIMIT 1"
+READ = "SELECT sha256, last_migration, recorded_at, recorded_by, reason FROM {schema}.{table}"
+
+
+@dataclass
+class Snapshot:
+    sha256: str
+    last_migration: str | None
+    recorded_at: datetime
+    recorded_by: str
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"sha256": self.sha256, "last_migration": self.last_migration,
+                "recorded_at": self.recorded_at.isoformat(), "recorded_by": self.recorded_by, "reason": self.reason}
+
+
+@dataclass
+class DriftReport:
+    """The live schema against the recorded one. `changes` empty and `recorded` set: no drift."""
+
+    recorded: Snapshot | None
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.changes)
+
+    def lines(self) -> list[str]:
+        if self.recorded is None:
+            return ["schema: no description recorded yet (the next migrate, rollback, mark or accept-drift records one)"]
+        since = f"since {self.recorded.reason} at {self.recorded.recorded_at:%Y-%m-%d %H:%M:%S} UTC"
+        if not self.changes:
+            return [f"schema: as recorded {since} (last migration {self.recorded.last_migration or 'none'})"]
+        return ([f"schema: DRIFT {since}: {len(self.changes)} change(s) made outside migrations"]
+                + [f"  {line}" for line in self.changes]
+                + ["  keep them in a migration, undo them, or after review `runner.py sql accept-drift`"])
+
+    def to_json(self) -> dict:
+        return {"recorded": self.recorded.to_json() if self.recorded else None,
+                "drifted": self.drifted, "changes": self.changes, "summary": summary(self.changes)}
+
+
+def _sql(template: str, schema: str, table: str = TABLE):
+    from psycopg2 import sql
+
+    return sql.SQL(template).format(schema=sql.Identifier(schema), table=sql.Identifier(table))
+
+
+def _exists(cursor, schema: str, table: str) -> bool:
+    cursor.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
+                   (f"{_quote(schema)}.{_quote(table)}",))
+    return cursor.fetchone()[0]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def record(conn, schema: str, reason: str) -> Snapshot:
+    """Describe the database and record it with its last applied migration. `schema` holds yoyo's
+    tables (backend.bookkeeping_schema). Commits when the connection is in autocommit (yoyo's)."""
+    from migrator.postgres.connection import MIGRATION_TABLE
+
+    description = describe(conn)
+    with conn.cursor() as cursor:
+        last = None
+        if _exists(cursor, schema, MIGRATION_TABLE):
+            cursor.execute(_sql(LAST_MIGRATION, schema, MIGRATION_TABLE))
+            row = cursor.fetchone()
+            last = row[0] if row else None
+        cursor.execute(_sql(CREATE, schema))
+        cursor.execute(_sql(UPSERT, schema), (json.dumps(description.to_json()), description.sha256, last,
+                                              whoami.user(), reason))
+    return recorded(conn, schema)
+
+
+def recorded(conn, schema: str) -> Snapshot | None:
+    """The recorded snapshot's facts (not its description), or None when nothing was recorded. Reads only."""
+    with conn.cursor() as cursor:
+        if not _exists(cursor, schema, TABLE):
+            return None
+        cursor.execute(_sql(READ, schema))
+        row = cursor.fetchone()
+    return Snapshot(row[0].strip(), *row[1:]) if row else None
+
+
+def recorded_description(conn, schema: str) -> Description | None:
+    with conn.cursor() as cursor:
+        if not _exists(cursor, schema, TABLE):
+            return None
+        cursor.execute(_sql("SELECT description FROM {schema}.{table}", schema))
+        row = cursor.fetchone()
+    return Description.from_json(row[0]) if row else None
+
+
+def live_drift(conn, schema: str) -> DriftReport:
+    """The live schema against the recorded description. Reads only (safe on `status`'s read-only
+    connection). The recorded objects are read only when the text's sha256 differs."""
+    snapshot = recorded(conn, schema)
+    if snapshot is None:
+        return DriftReport(None)
+    live = describe(conn)
+    if live.sha256 == snapshot.sha256:
+        return DriftReport(snapshot)
+    changes = diff(recorded_description(conn, schema), live)
+    return DriftReport(snapshot, changes or ["schema text changed (no single object differs; compare with schema.sql)"])
