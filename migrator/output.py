@@ -143,12 +143,24 @@ def patch_stderr() -> Iterator[None]:
 
 
 def report(report, as_json: bool = False) -> None:
-    """A command's report on stdout: its text lines, or its data as JSON; SQL reports (plan) stay as they are."""
+    """A command's report on stdout: its text lines, or its to_json() as JSON. SQL for psql (reports.SqlText)
+    is printed as it is but for registered passwords; everything else is masked."""
     import json
 
-    emit = sql if getattr(report, "is_sql", False) else result
+    from migrator.reports import SqlText
+
     if as_json:
-        emit(json.dumps(report.data(), indent=2, default=str))
+        data = report.to_json()
+        text = json.dumps(data, indent=2, default=str)
+        (sql if _holds_sql(data, SqlText) else result)(text)
         return
     for line in report.lines():
-        emit(line)
+        (sql if isinstance(line, SqlText) else result)(line)
+
+
+def _holds_sql(data, kind) -> bool:
+    if isinstance(data, dict):
+        return any(_holds_sql(v, kind) for v in data.values())
+    if isinstance(data, list):
+        return any(_holds_sql(v, kind) for v in data)
+    return isinstance(data, kind)

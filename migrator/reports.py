@@ -1,8 +1,8 @@
 """What the commands return: plain data, and its two renderings (text lines, a JSON-able dict) side by side.
 
-The CLI prints `lines()` or `json.dumps(data())` of the same object (output.report), so the two cannot
-disagree. Progress lines (a migration applied, a patch run) are printed as they happen by the commands;
-these are the summaries.
+The CLI prints `lines()` or `json.dumps(to_json())` of the same object (output.report), so the two cannot
+disagree. Progress lines (a migration applied, a patch run) are printed by the commands as they happen;
+these are the summaries. A line that is SQL for psql is a `SqlText`: printed exactly as it is.
 """
 
 from __future__ import annotations
@@ -11,11 +11,25 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from migrator.errors import DRIFT, FAILED, OK
+from migrator.errors import DRIFT, FAILED, OK, SCHEMA_DRIFT
+
+
+class SqlText(str):
+    """A line of SQL a DBA feeds to psql: output.report prints it unmasked but for registered passwords."""
 
 
 def _time(at: datetime | None) -> str | None:
     return at.isoformat() if at else None
+
+
+@dataclass
+class Lines:
+    """A report that is just lines (config, mark, accept-changes, resolve...)."""
+
+    text: list[str]
+
+    def lines(self) -> list[str]:
+        return self.text
 
 
 # --- MongoDB ---------------------------------------------------------------------------------------
@@ -29,7 +43,7 @@ class PatchStatusReport:
     database: str
     patches: list  # mongo.state.PatchState
 
-    def data(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         from migrator.mongo import state
 
         return {"target": self.target, "database": self.database, "patches": [
@@ -64,9 +78,6 @@ class PatchRunReport:
     ran: list[str] = field(default_factory=list)
     found: int = 0
 
-    def data(self) -> dict[str, Any]:
-        return {"run": self.run, "ran": self.ran, "patches": self.found}
-
     def lines(self) -> list[str]:
         if not self.ran:
             return [f"MongoDB: up to date ({self.found} patch(es), all applied)"]
@@ -75,26 +86,59 @@ class PatchRunReport:
         return [f"MongoDB: dry run of {len(self.ran)} patch(es); nothing was written"]
 
 
+@dataclass
+class HistoryReport:
+    """The applied_patches log, newest first. Every text from the records is scrubbed in both renderings."""
+
+    records: list[dict]
+
+    def to_json(self) -> list[dict]:
+        from migrator import output
+        from migrator.mongo import log
+
+        return [{k: output.scrub(v) if isinstance(v, str) else v for k, v in log.printable(r).items()}
+                for r in self.records]
+
+    def lines(self) -> list[str]:
+        from migrator import output
+        from migrator.mongo import log
+
+        lines = []
+        for r in self.records:
+            at = log.when(r)
+            when = f"{at:%Y-%m-%d %H:%M:%S} UTC" if at != log.EPOCH else "(no date)"
+            who = f"{r.get('user', '')}@{r.get('host', '')}" if r.get("host") else "(seed record)"
+            comment = output.one_line(str(r.get("error") or r.get("comment") or ""))  # from outside the runner
+            lines.append(output.scrub(f"{when}  {r.get('patch')}  {log.status_of(r)}  {who}  {comment}"))
+        return lines + [f"{len(self.records)} record(s)"]
+
+
 # --- PostgreSQL and both stores -----------------------------------------------------------------------
 
 
 @dataclass
-class MigrateReport:
+class SqlMigrateReport:
+    """The PostgreSQL part of `migrate` (each migration was printed as it landed)."""
+
     applied: list[str]
     done: int  # migrations applied on the database now
     total: int
-    mongo: PatchRunReport | None  # None: Mongo not configured
-
-    def data(self) -> dict[str, Any]:
-        return {"applied": self.applied, "done": self.done, "total": self.total,
-                "mongo": self.mongo.data() if self.mongo else None}
 
     def lines(self) -> list[str]:
         if self.applied:
-            lines = [f"PostgreSQL: applied {len(self.applied)}; {self.done} of {self.total} migrations applied"]
-        else:
-            lines = [f"PostgreSQL: up to date ({self.done} of {self.total} migrations applied)"]
-        return lines + (self.mongo.lines() if self.mongo else ["MongoDB: not configured, skipped"])
+            return [f"PostgreSQL: applied {len(self.applied)}; {self.done} of {self.total} migrations applied"]
+        return [f"PostgreSQL: up to date ({self.done} of {self.total} migrations applied)"]
+
+
+@dataclass
+class MigrateReport:
+    """Both parts of a deploy; each was shown as soon as it was done."""
+
+    sql: SqlMigrateReport
+    mongo: PatchRunReport | None  # None: Mongo not configured
+
+
+MONGO_NOT_CONFIGURED = Lines(["MongoDB: not configured, skipped"])
 
 
 @dataclass
@@ -106,15 +150,13 @@ class RollbackReport:
     def lines(self) -> list[str]:
         return [f"PostgreSQL: rolled back {len(self.rolled_back)}; {self.done} of {self.total} migrations applied"]
 
-    def data(self) -> dict:
-        return {"rolled_back": self.rolled_back, "done": self.done, "total": self.total}
-
 
 @dataclass
 class StatusReport:
     target: str
     states: list  # postgres.MigrationState
     invalid_indexes: list[tuple[str, str, str]]
+    schema: Any  # schema.snapshot.DriftReport
     mongo: PatchStatusReport | None
 
     @property
@@ -126,12 +168,17 @@ class StatusReport:
         return [s for s in self.states if not s.applied_at]
 
     def exit_code(self, gate: bool) -> int:
-        """With --exit-code: 3 while an applied file has changed, 1 while migrations are pending."""
-        if gate and self.changed:
+        """With --exit-code: 3 while an applied file has changed, 5 while the live schema drifted, 1 while
+        migrations are pending; else 0."""
+        if not gate:
+            return OK
+        if self.changed:
             return DRIFT
-        return FAILED if gate and self.pending else OK
+        if self.schema.drifted:
+            return SCHEMA_DRIFT
+        return FAILED if self.pending else OK
 
-    def data(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "target": self.target,
             "migrations": [{"id": s.id, "status": s.state, "applied_at": _time(s.applied_at),
@@ -140,7 +187,8 @@ class StatusReport:
             "pending": len(self.pending),
             "changed": [s.id for s in self.changed],
             "invalid_indexes": [f"{schema}.{index}" for schema, index, _ in self.invalid_indexes],
-            "mongo": self.mongo.data() if self.mongo else None,
+            "schema": self.schema.to_json(),
+            "mongo": self.mongo.to_json() if self.mongo else None,
         }
 
     def lines(self) -> list[str]:
@@ -160,38 +208,35 @@ class StatusReport:
         for schema, index, table in self.invalid_indexes:
             lines.append(f"  INVALID index {schema}.{index} on {table} (a failed CREATE INDEX CONCURRENTLY): "
                          f"DROP INDEX CONCURRENTLY {schema}.{index}; then run migrate again")
+        lines += self.schema.lines()
         return lines + (self.mongo.lines() if self.mongo else ["MongoDB: not configured"])
 
 
 @dataclass
 class PlanReport:
-    """`plan`: the SQL migrate would run (printed as it is, for psql), drift, lint, the Mongo dry run."""
+    """`plan`'s PostgreSQL part: the SQL migrate would run (as it is, for psql), drift, lint."""
 
     target: str
     pending: list  # yoyo migrations, in the order migrate runs them
     drift: list  # postgres.MigrationState that changed
     findings: list  # lint.Finding
-    lint_skipped: str | None  # why lint did not run, if it did not
-    mongo_target: str | None = None  # None: Mongo not configured
-    mongo_pending: int = 0
-    mongo_outcomes: list = field(default_factory=list)  # mongo.actions.Outcome of the dry run
-    mongo_patch_ids: list[str] = field(default_factory=list)  # patches on disk (Mongo not configured)
-    mongo_dir_name: str = "mongo"
-    is_sql = True  # rendered for psql: only a registered password inside a URL is hidden
+    lint_skipped: bool  # squawk is not installed here
+    schema: Any = None  # schema.snapshot.DriftReport, None offline
 
     @property
     def exit_code(self) -> int:
         return DRIFT if self.drift else OK
 
-    def data(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         from migrator import postgres
 
         return {
             "target": self.target,
             "pending": [{"id": m.id, "file": str(m.path), "transactional": postgres.is_transactional(m),
-                         "sql": postgres.plan_text(m)} for m in self.pending],
+                         "sql": SqlText(postgres.plan_text(m))} for m in self.pending],
             "drift": [{"id": d.id, "file": str(d.path)} for d in self.drift],
-            "lint": [vars(f) for f in self.findings] if self.lint_skipped is None else None,
+            "schema": self.schema.to_json() if self.schema else None,
+            "lint": None if self.lint_skipped else [vars(f) for f in self.findings],
         }
 
     def lines(self) -> list[str]:
@@ -199,12 +244,26 @@ class PlanReport:
 
         lines = [f"-- plan for {self.target}: {len(self.pending)} pending migration(s); nothing below has been run"]
         lines += [f"-- DRIFT: {d.path} changed since it was applied; `migrate` will refuse to run" for d in self.drift]
+        if self.schema is not None and self.schema.drifted:
+            lines += [f"-- {line}" for line in self.schema.lines()]
         lines += [f"-- lint: {finding}" for finding in self.findings]
         for migration in self.pending:
-            lines += ["", postgres.plan_text(migration)]
-        if self.mongo_target is None:
-            names = ", ".join(self.mongo_patch_ids) or "none"
-            return lines + [f"-- MongoDB: not configured; patches in {self.mongo_dir_name}/: {names}"]
-        lines.append(f"-- MongoDB {self.mongo_target}: {self.mongo_pending} pending patch(es), dry-run below; "
-                     "nothing was written")
-        return lines + [f"--   {o.patch.id} ({o.patch.kind}): {o.comment or '(no comment)'}" for o in self.mongo_outcomes]
+            lines += ["", SqlText(postgres.plan_text(migration))]
+        return lines
+
+
+@dataclass
+class MongoPlanReport:
+    """`plan`'s Mongo part: the pending patches, dry-run, or the patches on disk when Mongo is not configured."""
+
+    target: str | None  # None: Mongo not configured
+    pending: int = 0
+    outcomes: list = field(default_factory=list)  # mongo.actions.Outcome of the dry run
+    on_disk: list[str] = field(default_factory=list)
+    folder: str = "mongo"
+
+    def lines(self) -> list[str]:
+        if self.target is None:
+            return [f"-- MongoDB: not configured; patches in {self.folder}/: {', '.join(self.on_disk) or 'none'}"]
+        return ([f"-- MongoDB {self.target}: {self.pending} pending patch(es), dry-run below; nothing was written"]
+                + [f"--   {o.patch.id} ({o.patch.kind}): {o.comment or '(no comment)'}" for o in self.outcomes])

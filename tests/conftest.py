@@ -249,7 +249,7 @@ def schema_dump(database: Database) -> str:
     """pg_dump --schema-only without the bookkeeping tables (yoyo's and the checksums)."""
     result = subprocess.run(
         [_bin("pg_dump"), "--schema-only", "--no-owner", "--restrict-key=fixed", "-d", database.url,
-         "-T", "_yoyo_*", "-T", "yoyo_lock", "-T", "_hcm_migration_checksum", "-T", "_hcm_migration_failure"],
+         "-T", "_yoyo_*", "-T", "yoyo_lock", "-T", "_hcm_*"],
         capture_output=True, text=True, check=True,
     )
     return result.stdout

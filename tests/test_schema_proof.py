@@ -45,7 +45,7 @@ def test_verify_passes_on_the_repositorys_migrations_and_every_kind(pg, sql_dir)
 
 def test_verify_catches_a_rollback_that_forgets_an_index(pg, sql_dir):
     add(sql_dir, "0002_tenant", f"ALTER TABLE {T} ADD COLUMN region text; CREATE INDEX idx_region ON {T} (region);",
-        f"DROP INDEX idx_region;")  # forgets the column
+        "DROP INDEX idx_region;")  # forgets the column
     add(sql_dir, "0003_later", "CREATE TABLE later (id int);", "DROP TABLE later;")
     report = verify.verify(server_target(pg), postgres.read_migrations(sql_dir))
     assert not report.ok and report.failure.id == "0002_tenant"
@@ -146,20 +146,20 @@ def test_adopt_marks_nothing_on_a_hand_made_difference_and_shows_it(pg, db, sql_
 # --- recording and live drift --------------------------------------------------------------------
 
 def test_recorded_schema_and_live_drift(cli, db, sql_dir):
-    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
     target = db_target(db)
-    with postgres.connect(target, read_only=True) as backend:
+    with postgres.connect(target, read_only=False) as backend:
         report = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
     assert report.recorded is None and not report.drifted
     assert report.lines()[0].startswith("schema: no description recorded yet")
 
-    with postgres.connect(target, read_only=False) as backend:  # what migrate will call after applying
-        first = snapshot.record(backend.connection, backend.bookkeeping_schema, "migrate")
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0  # records after applying
+    with postgres.connect(target, read_only=True) as backend:
+        first = snapshot.live_drift(backend.connection, backend.bookkeeping_schema).recorded
     assert first.last_migration == "0001_create_hcm_report_metadata" and first.reason == "migrate"
 
     db.query(f"CREATE INDEX idx_x ON {T} (tenant_id); ALTER TABLE {T} ALTER report_name TYPE varchar(200); "
              "CREATE TABLE foo (id int)")
-    db.query(f"DROP INDEX idx_hcm_report_frequency")
+    db.query("DROP INDEX idx_hcm_report_frequency")
     with postgres.connect(target, read_only=True) as backend:  # status: read-only
         report = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
     assert report.changes == [

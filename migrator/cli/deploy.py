@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from migrator import output
-from migrator.cli.options import settings_options
+from migrator.cli.options import LOCK_TIMEOUT, STRICT, ddl_limits, settings_options
 from migrator.commands import deploy
 
 
 @click.command()
-@settings_options(postgres=True, mongo=True, sql_dir=True, lock=True, ddl=True)
+@settings_options(postgres=True, mongo=True, sql_dir=True)
+@LOCK_TIMEOUT
+@ddl_limits
+@STRICT
 def migrate(settings):
     """Deploy: apply every pending SQL migration, then every never-applied Mongo patch (for real).
 
-    Mongo runs only when a Mongo target is configured; otherwise it says so and skips it.
+    Mongo runs only when a Mongo target is configured; otherwise it says so and skips it. Changes made
+    to the schema outside migrations are said first (and refused with --strict).
     """
-    output.report(deploy.migrate(settings))
+    deploy.migrate(settings)
 
 
 @click.command()
@@ -29,8 +35,8 @@ def plan(settings, offline, as_json):
     stdout is the files' exact SQL with BEGIN;/COMMIT; around transactional migrations, so a DBA can
     review it or feed it to psql; the Mongo part is in SQL comments; notes and patch output go to stderr.
     """
+    settings.show = functools.partial(output.report, as_json=as_json)
     report = deploy.plan(settings, offline=offline, mongo_dry_run=not as_json)
-    output.report(report, as_json)
     raise click.exceptions.Exit(report.exit_code)
 
 
@@ -38,11 +44,12 @@ def plan(settings, offline, as_json):
 @settings_options(postgres=True, mongo=True, sql_dir=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.option("--exit-code", is_flag=True,
-              help="Exit 1 while migrations are pending and 3 while an applied file has changed (for CI gates).")
+              help="Exit 1 while migrations are pending, 3 while an applied file has changed, 5 while the live "
+                   "schema differs from the recorded one (for CI gates).")
 def status(settings, as_json, exit_code):
-    """List every SQL migration (applied, when, pending, changed since applied) and every Mongo patch. Writes nothing.
+    """List every SQL migration (applied, when, pending, changed since applied), schema drift and every Mongo patch.
 
-    Also reports INVALID indexes left by a failed CREATE INDEX CONCURRENTLY.
+    Also reports INVALID indexes left by a failed CREATE INDEX CONCURRENTLY. Writes nothing.
     """
     report = deploy.status(settings)
     output.report(report, as_json)
@@ -53,5 +60,4 @@ def status(settings, as_json, exit_code):
 @settings_options(postgres=True, mongo=True, sql_dir=True)
 def config(settings):
     """Show the resolved connections and where each setting came from (passwords masked). Connects to nothing."""
-    for line in deploy.config(settings):
-        output.result(line)
+    output.report(deploy.config(settings))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import click
 
 from migrator import output
-from migrator.cli.options import MONGO_DIR, settings_options
+from migrator.cli.options import LOCK_TIMEOUT, MONGO_DIR, settings_options
 from migrator.commands import mongo as commands
-from migrator.mongo import log
 
 
 @click.group()
 def mongo():
-    """MongoDB / DocumentDB data patches in mongo/: status, apply (dry run unless --run), history, new."""
+    """MongoDB / DocumentDB data patches in mongo/: status, apply (dry run unless --run), history, resolve,
+    accept-changes, new."""
 
 
 @mongo.command("status")
@@ -24,9 +24,10 @@ def status(settings, as_json):
 
 
 @mongo.command("apply")
-@settings_options(mongo=True, lock=True)
+@settings_options(mongo=True)
 @click.argument("names", nargs=-1, metavar="[PATCH]...")
 @click.option("--run", is_flag=True, help="Apply for real and log it in applied_patches. Without it: a dry run.")
+@LOCK_TIMEOUT
 def apply(settings, names, run):
     """Run patches: with no PATCH, every patch never applied successfully, in order; named ones even if applied before.
 
@@ -42,36 +43,29 @@ def apply(settings, names, run):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def history(settings, patch, as_json):
     """The applied_patches log, newest first (of one PATCH if given)."""
-    import json
-
-    records = commands.history(settings, patch)
-    if as_json:
-        output.result(json.dumps([log.printable(r) for r in records], indent=2, default=str))
-        return
-    for line in commands.history_lines(records):
-        output.result(line)
+    output.report(commands.history(settings, patch), as_json)
 
 
 @mongo.command("resolve")
-@settings_options(mongo=True, lock=True)
+@settings_options(mongo=True)
 @click.argument("patch")
 @click.option("--applied", "applied", flag_value=True, default=None, help="Its writes are complete: count it as applied.")
 @click.option("--not-applied", "applied", flag_value=False, help="Its writes were undone or never made: it is pending again.")
 @click.option("--note", required=True, help="What you checked (logged with your user and host).")
+@LOCK_TIMEOUT
 def resolve(settings, patch, applied, note):
     """After a look at the data, settle a patch whose run failed or never finished (logged in applied_patches)."""
-    commands.resolve(settings, patch, applied=applied, note=note)
-    output.result(f"resolved {patch} as {'applied' if applied else 'not applied'}")
+    output.report(commands.resolve(settings, patch, applied=applied, note=note))
 
 
 @mongo.command("accept-changes")
-@settings_options(mongo=True, lock=True)
+@settings_options(mongo=True)
 @click.argument("names", nargs=-1, required=True, metavar="PATCH...")
 @click.option("--note", default="file change reviewed", show_default=True, help="Why (logged).")
+@LOCK_TIMEOUT
 def accept_changes(settings, names, note):
     """Accept the current file of applied patches that changed since (after review); they are not re-run."""
-    for record in commands.accept_changes(settings, list(names), note):
-        output.result(f"accepted the changed file of {record['patch']} (checksum {record['checksum'][:12]})")
+    output.report(commands.accept_changes(settings, list(names), note))
 
 
 @mongo.command("new")
@@ -81,4 +75,4 @@ def accept_changes(settings, names, note):
 @MONGO_DIR
 def new(name, kind, mongo_dir):
     """Create the next numbered patch NAME from a template showing the dry-run contract."""
-    output.result(f"created {commands.new(mongo_dir, name, kind)}")
+    output.report(commands.new(mongo_dir, name, kind))

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from migrator.cli.app import verbose_option
-from migrator.commands.base import CommandSettings
+from migrator.commands.base import LOCK_TIMEOUT as DEFAULT_LOCK_TIMEOUT, CommandSettings
 from migrator.targets import AwsOptions, MongoOptions, PostgresOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -20,8 +20,14 @@ MONGO_DIR = click.option(
     "--mongo-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "mongo", show_default="mongo/ beside runner.py",
     envvar="MONGO_DIR", help="Folder of the Mongo patches (else MONGO_DIR).")
 LOCK_TIMEOUT = click.option(
-    "--lock-timeout", type=float, default=10, show_default=True, metavar="SECONDS",
+    "--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT, show_default=True, metavar="SECONDS",
     help="How long to wait for another runner's migration lock.")
+STRICT = click.option("--strict", is_flag=True,
+                      help="Refuse to migrate while the live schema differs from the recorded one (exit 5).")
+SCRATCH_URL = click.option(
+    "--scratch-url", metavar="URL", envvar="SCRATCH_DATABASE_URL",
+    help="A server where scratch databases may be created and dropped (else SCRATCH_DATABASE_URL, else the local "
+         "development server); only its server is used, never its database.")
 DDL_LIMITS = [
     click.option("--ddl-lock-timeout", metavar="DURATION",
                  help="lock_timeout of every migration: fail fast instead of queueing traffic behind a lock "
@@ -41,7 +47,8 @@ POSTGRES = [
 MONGO = [
     click.option("--mongo-url", metavar="URL", help="MongoDB/DocumentDB URL (else MONGO_URL)."),
     click.option("--mongo-db", metavar="NAME", help="Mongo database (else MONGO_DB, the secret's, or the URL's)."),
-    click.option("--mongo-timeout", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True,
+    click.option("--mongo-timeout", type=click.FloatRange(min=0, min_open=True), default=MongoOptions.timeout,
+                 show_default=True,
                  metavar="SECONDS", help="Give up on an unreachable Mongo server after this long."),
     click.option("--patch-timeout", type=click.FloatRange(min=0), default=0, envvar="MONGO_PATCH_TIMEOUT",
                  metavar="SECONDS", help="Stop a JavaScript patch (mongosh) running longer than this "
@@ -63,22 +70,21 @@ AWS = [
 ]
 
 
-def settings_options(*, postgres: bool = False, mongo: bool = False, sql_dir: bool = False, lock: bool = False,
-                     ddl: bool = False):
-    """Add the options a command needs and hand it one CommandSettings (`settings`) built from them."""
+def settings_options(*, postgres: bool = False, mongo: bool = False, sql_dir: bool = False):
+    """Add the connection options a command needs and hand it one CommandSettings (`settings`) built from them.
+
+    Put the command's own options below this decorator, and LOCK_TIMEOUT / DDL_LIMITS / STRICT below those:
+    the wrapper takes every option it knows from what click passes, wherever it was declared.
+    """
     options = [verbose_option]
     if postgres:
         options += POSTGRES
     if mongo:
-        options += [*MONGO, MONGO_SECRET if postgres else MONGO_SECRET_SEED, MONGO_DIR]
+        options += [*MONGO, MONGO_DIR, MONGO_SECRET if postgres else MONGO_SECRET_SEED]
     if postgres or mongo:
         options += AWS
     if sql_dir:
         options.append(SQL_DIR)
-    if lock:
-        options.append(LOCK_TIMEOUT)
-    if ddl:
-        options += DDL_LIMITS
 
     def decorate(command):
         @functools.wraps(command)
@@ -92,6 +98,12 @@ def settings_options(*, postgres: bool = False, mongo: bool = False, sql_dir: bo
     return decorate
 
 
+def ddl_limits(command):
+    for option in reversed(DDL_LIMITS):
+        command = option(command)
+    return command
+
+
 def _take(kwargs: dict, *names: str) -> dict:
     """The named options, removed from what the command itself receives (absent ones as None)."""
     return {name: kwargs.pop(name, None) for name in names}
@@ -101,7 +113,7 @@ def _settings(kwargs: dict) -> CommandSettings:
     aws = _take(kwargs, "profile", "region", "ca_bundle")
     pg = _take(kwargs, "database_url", "db_host", "db_port", "db_name", "db_user", "pg_secret")
     mongo = _take(kwargs, "mongo_url", "mongo_db", "mongo_timeout", "patch_timeout", "mongo_secret")
-    other = _take(kwargs, "sql_dir", "mongo_dir", "lock_timeout", "ddl_lock_timeout", "statement_timeout")
+    other = _take(kwargs, "sql_dir", "mongo_dir", "lock_timeout", "ddl_lock_timeout", "statement_timeout", "strict")
     settings = CommandSettings(
         postgres=PostgresOptions(
             database_url=pg["database_url"], host=pg["db_host"], port=pg["db_port"], dbname=pg["db_name"],
@@ -109,9 +121,10 @@ def _settings(kwargs: dict) -> CommandSettings:
             aws=AwsOptions(pg["pg_secret"], aws["profile"], aws["region"])),
         mongo=MongoOptions(
             url=mongo["mongo_url"], database=mongo["mongo_db"], ca_bundle=aws["ca_bundle"],
-            timeout=mongo["mongo_timeout"] or 10.0, patch_timeout=mongo["patch_timeout"] or 0.0,
+            timeout=mongo["mongo_timeout"] or MongoOptions.timeout, patch_timeout=mongo["patch_timeout"] or 0.0,
             aws=AwsOptions(mongo["mongo_secret"], aws["profile"], aws["region"])),
         ddl_lock_timeout=other["ddl_lock_timeout"], statement_timeout=other["statement_timeout"],
+        strict=bool(other["strict"]),
     )
     for name in ("sql_dir", "mongo_dir", "lock_timeout"):
         if other[name] is not None:

@@ -1,26 +1,30 @@
-"""`sql ...`: rollback, new, mark, accept-changes, lint, break-lock."""
+"""`sql ...`: rollback, new, mark, accept-changes, accept-drift, verify, adopt, lint, break-lock."""
 
 from __future__ import annotations
+
+import functools
 
 import click
 
 from migrator import output
 from migrator.cli.app import verbose_option
-from migrator.cli.options import SQL_DIR, settings_options
+from migrator.cli.options import LOCK_TIMEOUT, SCRATCH_URL, SQL_DIR, ddl_limits, settings_options
 from migrator.commands import sql as commands
 from migrator.errors import FAILED
 
 
 @click.group()
 def sql():
-    """Manage the SQL migrations: rollback, new, mark, accept-changes, lint, break-lock."""
+    """Manage the SQL migrations: rollback, new, mark, accept-changes, accept-drift, verify, adopt, lint, break-lock."""
 
 
 @sql.command()
-@settings_options(postgres=True, sql_dir=True, lock=True, ddl=True)
+@settings_options(postgres=True, sql_dir=True)
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="Roll back the last N migrations.")
 @click.option("--to", "to", metavar="ID", help="Roll back every migration applied after ID (ID stays applied).")
 @click.option("--all", "all_", is_flag=True, help="Roll back every applied migration.")
+@LOCK_TIMEOUT
+@ddl_limits
 def rollback(settings, count, to, all_):
     """Roll back applied migrations through their .rollback.sql files (default: the last one)."""
     output.report(commands.rollback(settings, count=count, to=to, all_=all_))
@@ -31,26 +35,67 @@ def rollback(settings, count, to, all_):
 @SQL_DIR
 def new(name, sql_dir):
     """Create the next numbered NAME.sql and NAME.rollback.sql pair, with a header to fill in."""
-    for path in commands.new(sql_dir, name):
-        output.result(f"created {path}")
+    output.report(commands.new(sql_dir, name))
 
 
 @sql.command()
-@settings_options(postgres=True, sql_dir=True, lock=True)
+@settings_options(postgres=True, sql_dir=True)
 @click.argument("ids", nargs=-1, required=True)
+@LOCK_TIMEOUT
 def mark(settings, ids):
-    """Record migrations IDS as applied without running them (adopting an existing database)."""
-    for migration_id, already in commands.mark(settings, list(ids)):
-        output.result(f"  {'already applied' if already else 'marked applied'}: {migration_id}")
+    """Record migrations IDS as applied without running them (adopting an existing database; see adopt)."""
+    output.report(commands.mark(settings, list(ids)))
 
 
 @sql.command("accept-changes")
-@settings_options(postgres=True, sql_dir=True, lock=True)
+@settings_options(postgres=True, sql_dir=True)
 @click.argument("ids", nargs=-1, required=True)
+@LOCK_TIMEOUT
 def accept_changes(settings, ids):
     """After review, record the current content of applied migrations IDS as what was applied."""
-    for change in commands.accept_changes(settings, list(ids)):
-        output.result(f"  accepted {change.id}: sha256 {change.current[:12]} (was {change.recorded[:12] or 'nothing'})")
+    output.report(commands.accept_changes(settings, list(ids)))
+
+
+@sql.command("accept-drift")
+@settings_options(postgres=True, sql_dir=True)
+@LOCK_TIMEOUT
+def accept_drift(settings):
+    """After review, record the live schema as the expected one: `status` no longer reports those changes."""
+    output.report(commands.accept_drift(settings))
+
+
+@sql.command()
+@settings_options(sql_dir=True)
+@click.option("--from", "from_id", metavar="ID", help="Check from migration ID on (the earlier ones are only applied).")
+@SCRATCH_URL
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def verify(settings, from_id, scratch_url, as_json):
+    """Prove each migration's rollback: on a scratch database apply it, roll it back, apply it again.
+
+    Fails (exit 1) at the first migration whose rollback does not restore the schema before it exactly,
+    or whose re-application gives another schema; a migration without a rollback file is reported as
+    irreversible (allowed). The scratch database is dropped after.
+    """
+    report = commands.verify(settings, from_id=from_id, scratch_url=scratch_url)
+    output.report(report, as_json)
+    raise click.exceptions.Exit(0 if report.ok else FAILED)
+
+
+@sql.command()
+@settings_options(postgres=True, sql_dir=True)
+@click.option("--yes", is_flag=True, help="Mark the matching migrations applied (without it: only show the match).")
+@SCRATCH_URL
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@LOCK_TIMEOUT
+def adopt(settings, yes, scratch_url, as_json):
+    """Adopt an existing database by comparison: find the newest migration whose history equals its schema.
+
+    Builds each prefix of the history on a scratch database; with --yes marks 1..N applied. When nothing
+    matches, shows the closest prefix and the differences, marks nothing and exits 1.
+    """
+    settings.show = functools.partial(output.report, as_json=as_json)
+    report = commands.adopt(settings, yes=yes, scratch_url=scratch_url)
+    raise click.exceptions.Exit(0 if report.matched else FAILED)
 
 
 @sql.command("lint")
@@ -75,4 +120,4 @@ def break_lock(settings):
 
     runner.py itself clears such a row on its own while it holds the advisory lock, so this is rarely needed.
     """
-    output.result(f"removed the migration lock on {commands.break_lock(settings)}")
+    output.report(commands.break_lock(settings))

@@ -14,6 +14,8 @@ from migrator.settings import resolve_ddl_limits, resolve_mongo, resolve_postgre
 from migrator.targets import DdlLimits, MongoOptions, MongoTarget, PostgresOptions, PostgresTarget
 
 Sink = Callable[[str], None]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+LOCK_TIMEOUT = 10.0  # seconds to wait for another runner's lock
 
 
 @dataclass
@@ -23,13 +25,15 @@ class CommandSettings:
     env: Env = field(default_factory=Env.load)
     postgres: PostgresOptions = field(default_factory=PostgresOptions)
     mongo: MongoOptions = field(default_factory=MongoOptions)
-    sql_dir: Path = Path("sql")
-    mongo_dir: Path = Path("mongo")
-    lock_timeout: float = 10.0
+    sql_dir: Path = PROJECT_ROOT / "sql"
+    mongo_dir: Path = PROJECT_ROOT / "mongo"
+    lock_timeout: float = LOCK_TIMEOUT
     ddl_lock_timeout: str | None = None
     statement_timeout: str | None = None
     note: Sink = output.note  # context lines (stderr)
     echo: Sink = output.result  # progress lines as they happen (stdout)
+    show: Callable[[object], None] = output.report  # a finished report (a part of one, e.g. migrate's SQL part)
+    strict: bool = False  # refuse to migrate while the live schema drifted
 
     def limits(self) -> DdlLimits:
         return resolve_ddl_limits(self.ddl_lock_timeout, self.statement_timeout, self.env)
@@ -55,6 +59,15 @@ class CommandSettings:
             self.note(f"no database configured: using the local development database at {target.display_url} "
                       "(set DATABASE_URL or DB_HOST to use another; `make db-stop` stops it)")
         return target
+
+
+def scratch_server(settings: CommandSettings, url: str | None) -> PostgresTarget:
+    """Where schema checks build their scratch databases: --scratch-url, else the local development server."""
+    from migrator import devdb
+
+    if url:
+        return resolve_postgres(PostgresOptions(database_url=url), settings.env)
+    return devdb.ensure_running(settings.env)
 
 
 @contextlib.contextmanager

@@ -5,14 +5,18 @@ from __future__ import annotations
 from migrator import output
 from migrator.commands import mongo as mongo_commands
 from migrator.commands.base import CommandSettings, locked_backend
-from migrator.reports import MigrateReport, PlanReport, StatusReport
+from migrator.errors import SCHEMA_DRIFT, MigratorError
+from migrator.reports import (MONGO_NOT_CONFIGURED, Lines, MigrateReport, MongoPlanReport, PlanReport,
+                              SqlMigrateReport, StatusReport)
 
 
 def migrate(settings: CommandSettings) -> MigrateReport:
-    """Apply every pending SQL migration, then every pending Mongo patch, for real.
+    """Apply every pending SQL migration, then every pending Mongo patch, for real; show each part when done.
 
-    Everything that can be refused is checked before PostgreSQL changes: the files, the Mongo
-    settings and patches, the DDL limits; an edited applied migration (drift) refuses the run.
+    Everything that can be refused is checked before PostgreSQL changes: the files, the Mongo settings
+    and patches, the DDL limits. An edited applied migration refuses the run; live schema drift is said
+    first, and refuses it with --strict. The schema is recorded after migrations were applied (not over
+    drift: that stays for `sql accept-drift`).
     """
     from migrator import postgres
     from migrator.mongo import patches
@@ -25,25 +29,62 @@ def migrate(settings: CommandSettings) -> MigrateReport:
         drift = postgres.reconcile(backend, migrations, settings.note)
         if drift:
             raise postgres.drift_error(drift, target)
+        schema = check_schema_drift(settings, backend, refuse=settings.strict)
         for migration, seconds in postgres.apply(backend, target, migrations):
             applied.append(migration.id)
             settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
+        if applied or schema.recorded is None:  # a database migrated before descriptions were recorded gets one
+            record_schema(settings, backend, "migrate", schema)
         states = postgres.status(backend, migrations)
-    done = sum(1 for s in states if s.applied_at)
+    sql = SqlMigrateReport(applied, sum(1 for s in states if s.applied_at), len(migrations))
+    settings.show(sql)  # before the Mongo part: the Job's log says where PostgreSQL ended, whatever follows
     mongo = None
-    if mongo_target is not None:
+    if mongo_target is None:
+        settings.show(MONGO_NOT_CONFIGURED)
+    else:
         mongo = mongo_commands.run_patches(settings, mongo_target, mongo_patches, names=(), run=True)
-    return MigrateReport(applied, done, len(migrations), mongo)
+        settings.show(mongo)
+    return MigrateReport(sql, mongo)
+
+
+def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool):
+    """Live drift said before anything runs (a DBA's emergency index is allowed); refused when asked."""
+    from migrator.schema import snapshot
+
+    drift = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
+    if drift.drifted:
+        if refuse:
+            raise MigratorError(f"--strict: the live schema changed outside migrations ({drift.to_json()['summary']}); "
+                                "`runner.py status` lists it: keep it in a migration, undo it, or after review "
+                                "`runner.py sql accept-drift`", SCHEMA_DRIFT)
+        for line in drift.lines():
+            settings.note(f"note: {line.strip()}")
+    return drift
+
+
+def record_schema(settings: CommandSettings, backend, reason: str, drift_before) -> None:
+    """Record the schema after a change the runner made; never over drift it found (that needs a review)."""
+    from migrator.schema import snapshot
+
+    if drift_before is not None and drift_before.drifted:
+        settings.note("note: the schema description was not re-recorded: it had drifted before this run; "
+                      "after review, `runner.py sql accept-drift` records the current schema")
+        return
+    snapshot.record(backend.connection, backend.bookkeeping_schema, reason)
 
 
 def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True) -> PlanReport:
-    """What migrate would run, read-only: the pending SQL, drift, lint, and a dry run of the Mongo patches."""
+    """What migrate would run, read-only: the pending SQL, drift, lint (shown), then the Mongo dry run (shown).
+
+    The SQL part is shown before the Mongo dry run, so a failing patch never hides it. JSON (mongo_dry_run
+    False) has no Mongo part.
+    """
     from migrator import lint, postgres
-    from migrator.mongo import actions, connection, patches
+    from migrator.schema import snapshot
 
     migrations = postgres.read_migrations(settings.sql_dir)  # only the files that will run are parsed
-    mongo_target = None if offline else settings.mongo_target()
-    drift = []
+    mongo_target = settings.mongo_target() if mongo_dry_run and not offline else None
+    drift, schema = [], None
     if offline:
         todo, where = postgres.ordered(migrations), "offline: every migration, no database consulted"
         postgres.load_migrations(todo)
@@ -52,30 +93,35 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
         with postgres.connect(target, read_only=True) as backend:
             todo = postgres.pending(backend, migrations)
             drift = [s for s in postgres.status(backend, migrations) if s.changed]
+            schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
         where = target.display_url
-    findings, skipped = [], None
-    if todo and lint.squawk_path() is None:
-        skipped = "note: lint skipped: squawk is not installed here (`make install` brings it)"
-        settings.note(skipped)
-    elif todo:
-        findings = lint.lint(todo)
-    report = PlanReport(where, todo, drift, findings, skipped, mongo_dir_name=settings.mongo_dir.name)
-    mongo_patches = patches.discover(settings.mongo_dir) if settings.mongo_dir.is_dir() else []
-    if mongo_target is None or not mongo_dry_run:
-        report.mongo_patch_ids = [p.id for p in mongo_patches]
-        return report
-    with connection.connect(mongo_target) as db:
-        report.mongo_pending = len(actions.pending(db, mongo_patches))
-        with output.patch_output(err=True):  # the patches' own output stays off the SQL on stdout
-            report.mongo_outcomes = list(actions.apply(db, mongo_target, mongo_patches, run=False, lock_wait=0,
-                                                       echo=settings.note))
-    report.mongo_target = f"{mongo_target.display_uri} ({mongo_target.database})"
+    skipped = bool(todo) and lint.squawk_path() is None
+    if skipped:
+        settings.note("note: lint skipped: squawk is not installed here (`make install` brings it)")
+    report = PlanReport(where, todo, drift, [] if skipped or not todo else lint.lint(todo), skipped, schema)
+    settings.show(report)
+    if mongo_dry_run:
+        settings.show(_mongo_plan(settings, mongo_target))
     return report
 
 
+def _mongo_plan(settings: CommandSettings, mongo_target) -> MongoPlanReport:
+    from migrator.mongo import actions, connection, patches
+
+    found = patches.discover(settings.mongo_dir) if settings.mongo_dir.is_dir() else []
+    if mongo_target is None:
+        return MongoPlanReport(None, on_disk=[p.id for p in found], folder=settings.mongo_dir.name)
+    with connection.connect(mongo_target) as db:
+        pending = len(actions.pending(db, found))
+        with output.patch_output(err=True):  # the patches' own output stays off the SQL on stdout
+            outcomes = list(actions.apply(db, mongo_target, found, run=False, lock_wait=0, echo=settings.note))
+    return MongoPlanReport(f"{mongo_target.display_uri} ({mongo_target.database})", pending, outcomes)
+
+
 def status(settings: CommandSettings) -> StatusReport:
-    """Every migration's state and every patch's, read-only."""
+    """Every migration's state, the live schema against the recorded one, and every patch's state; read-only."""
     from migrator import postgres
+    from migrator.schema import snapshot
 
     migrations = postgres.read_migrations(settings.sql_dir)  # listing needs no parsing
     mongo_target = settings.mongo_target()
@@ -83,11 +129,12 @@ def status(settings: CommandSettings) -> StatusReport:
     with postgres.connect(target, read_only=True) as backend:
         states = postgres.status(backend, migrations)
         invalid = postgres.invalid_indexes(backend)
+        schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
     mongo = mongo_commands.patch_status(settings, mongo_target) if mongo_target else None
-    return StatusReport(target.display_url, states, invalid, mongo)
+    return StatusReport(target.display_url, states, invalid, schema, mongo)
 
 
-def config(settings: CommandSettings) -> list[str]:
+def config(settings: CommandSettings) -> Lines:
     """The resolved connections and where each setting came from; connects to nothing."""
     from migrator.settings import resolve_mongo, resolve_postgres
 
@@ -111,7 +158,7 @@ def config(settings: CommandSettings) -> list[str]:
         lines.append(f"  {'tls':<9} {target.tls}")
     lines.append(f"  {'sql dir':<9} {settings.sql_dir}")
     if mongo is None:
-        return lines + ["MongoDB: not configured (set MONGO_URL and MONGO_DB, or MONGO_SECRET_NAME)"]
+        return Lines(lines + ["MongoDB: not configured (set MONGO_URL and MONGO_DB, or MONGO_SECRET_NAME)"])
     lines += mongo.notes
     lines += [f"MongoDB: {mongo.display_uri}",
               f"  {'database':<9} {mongo.database:<30} {mongo.sources['database']}",
@@ -119,4 +166,4 @@ def config(settings: CommandSettings) -> list[str]:
               f"  {'tls':<9} {mongo.tls}"]
     if mongo.documentdb:
         lines.append(f"  {'options':<9} retryWrites=false (DocumentDB)")
-    return lines + [f"  {'mongo dir':<9} {settings.mongo_dir}"]
+    return Lines(lines + [f"  {'mongo dir':<9} {settings.mongo_dir}"])

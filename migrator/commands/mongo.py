@@ -1,4 +1,7 @@
-"""The Mongo commands: patch status, apply (a dry run unless run=True), history, resolve, accept-changes, new."""
+"""The Mongo commands: patch status, apply (a dry run unless run=True), history, resolve, accept-changes, new.
+
+A patch's own print() reaches the terminal through output.patch_output (masked), not through the sinks:
+it is the patch's output, not the runner's."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 from migrator import output
 from migrator.commands.base import CommandSettings
 from migrator.errors import USAGE, MigratorError
-from migrator.reports import PatchRunReport, PatchStatusReport
+from migrator.reports import HistoryReport, Lines, PatchRunReport, PatchStatusReport
 from migrator.targets import MongoTarget
 
 
@@ -50,28 +53,15 @@ def apply(settings: CommandSettings, names, *, run: bool) -> PatchRunReport:
     return run_patches(settings, mongo, patches.discover(settings.mongo_dir), names, run=run)
 
 
-def history(settings: CommandSettings, patch: str | None) -> list[dict]:
+def history(settings: CommandSettings, patch: str | None) -> HistoryReport:
     """The applied_patches log, newest first (of one patch if given)."""
     from migrator.mongo import connection, log
 
     with connection.connect(target(settings)) as db:
-        return log.history(db, patch)[::-1]
+        return HistoryReport(log.history(db, patch)[::-1])
 
 
-def history_lines(records: list[dict]) -> list[str]:
-    from migrator.mongo import log
-
-    lines = []
-    for r in records:
-        at = log.when(r)
-        when = f"{at:%Y-%m-%d %H:%M:%S} UTC" if at != log.EPOCH else "(no date)"
-        who = f"{r.get('user', '')}@{r.get('host', '')}" if r.get("host") else "(seed record)"
-        comment = output.one_line(str(r.get("error") or r.get("comment") or ""))  # from outside the runner
-        lines.append(output.scrub(f"{when}  {r.get('patch')}  {log.status_of(r)}  {who}  {comment}"))
-    return lines + [f"{len(records)} record(s)"]
-
-
-def resolve(settings: CommandSettings, patch: str, *, applied: bool | None, note: str) -> None:
+def resolve(settings: CommandSettings, patch: str, *, applied: bool | None, note: str) -> Lines:
     from migrator.mongo import actions, connection, patches
 
     if applied is None:
@@ -79,17 +69,19 @@ def resolve(settings: CommandSettings, patch: str, *, applied: bool | None, note
     with connection.connect(target(settings)) as db:
         actions.resolve(db, patches.discover(settings.mongo_dir), patch, applied=applied, note=note,
                         lock_wait=settings.lock_timeout)
+    return Lines([f"resolved {patch} as {'applied' if applied else 'not applied'}"])
 
 
-def accept_changes(settings: CommandSettings, names: list[str], note: str) -> list[dict]:
+def accept_changes(settings: CommandSettings, names: list[str], note: str) -> Lines:
     from migrator.mongo import actions, connection, patches
 
     with connection.connect(target(settings)) as db:
-        return actions.accept_changes(db, patches.discover(settings.mongo_dir), names, note=note,
+        done = actions.accept_changes(db, patches.discover(settings.mongo_dir), names, note=note,
                                       lock_wait=settings.lock_timeout)
+    return Lines([f"accepted the changed file of {r['patch']} (checksum {r['checksum'][:12]})" for r in done])
 
 
-def new(mongo_dir: Path, name: str, kind: str) -> Path:
+def new(mongo_dir: Path, name: str, kind: str) -> Lines:
     from migrator.mongo import patches
 
-    return patches.new(mongo_dir, name, kind)
+    return Lines([f"created {patches.new(mongo_dir, name, kind)}"])

@@ -1,12 +1,13 @@
-"""The SQL maintenance commands: rollback, new, mark, accept-changes, lint, break-lock."""
+"""The SQL maintenance commands: rollback, new, mark, accept-changes, accept-drift, verify, adopt, lint, break-lock."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from migrator.commands.base import CommandSettings, locked_backend
+from migrator.commands.base import CommandSettings, locked_backend, scratch_server
+from migrator.commands.deploy import check_schema_drift, record_schema
 from migrator.errors import USAGE, MigratorError
-from migrator.reports import RollbackReport
+from migrator.reports import Lines, RollbackReport
 
 
 def rollback(settings: CommandSettings, *, count: int | None, to: str | None, all_: bool) -> RollbackReport:
@@ -19,32 +20,38 @@ def rollback(settings: CommandSettings, *, count: int | None, to: str | None, al
     done = []
     with locked_backend(settings, settings.limits()) as (backend, target):
         selected = postgres.select_rollback(backend, migrations, count=count, to=to, all_=all_)
+        schema = check_schema_drift(settings, backend, refuse=False)
         for migration, seconds in postgres.rollback(backend, target, selected):
             done.append(migration.id)
             settings.echo(f"  rolled back {migration.id} ({seconds * 1000:.0f} ms)")
+        if done:
+            record_schema(settings, backend, "rollback", schema)
         states = postgres.status(backend, migrations)
     return RollbackReport(done, sum(1 for s in states if s.applied_at), len(migrations))
 
 
-def new(sql_dir: Path, name: str) -> tuple[Path, Path]:
+def new(sql_dir: Path, name: str) -> Lines:
     from migrator import postgres
 
-    return postgres.new(sql_dir, name)
+    return Lines([f"created {path}" for path in postgres.new(sql_dir, name)])
 
 
-def mark(settings: CommandSettings, ids: list[str]) -> list[tuple[str, bool]]:
-    """Record migrations as applied without running them: (id, was it already applied)."""
+def mark(settings: CommandSettings, ids: list[str]) -> Lines:
+    """Record migrations as applied without running them (adopting a database by trust; see adopt)."""
     from migrator import postgres
 
     migrations = postgres.read_migrations(settings.sql_dir)
     selected = postgres.select_by_id(migrations, ids)
     with locked_backend(settings) as (backend, _):
         already = set(postgres.applied_ids(backend))
-        postgres.mark(backend, [m for m in selected if m.id not in already])
-    return [(m.id, m.id in already) for m in selected]
+        todo = [m for m in selected if m.id not in already]
+        postgres.mark(backend, todo)
+        if todo:
+            record_schema(settings, backend, "mark", None)  # marking says: this is the schema those files make
+    return Lines([f"  {'already applied' if m.id in already else 'marked applied'}: {m.id}" for m in selected])
 
 
-def accept_changes(settings: CommandSettings, ids: list[str]) -> list:
+def accept_changes(settings: CommandSettings, ids: list[str]) -> Lines:
     """After review, record the current content of applied migrations as what was applied."""
     from migrator import checksums, postgres
 
@@ -56,7 +63,51 @@ def accept_changes(settings: CommandSettings, ids: list[str]) -> list:
         if not_applied:
             raise MigratorError(f"{', '.join(not_applied)} not applied on {target.where}: nothing to accept "
                                 "(a pending file may change freely)", USAGE)
-        return checksums.accept(backend, selected)
+        changes = checksums.accept(backend, selected)
+    return Lines([f"  accepted {c.id}: sha256 {c.current[:12]} (was {c.recorded[:12] or 'nothing'})" for c in changes])
+
+
+def accept_drift(settings: CommandSettings) -> Lines:
+    """After review, record the live schema as the expected one (clears schema drift)."""
+    from migrator.schema import snapshot
+
+    with locked_backend(settings) as (backend, _):
+        before = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
+        recorded = snapshot.record(backend.connection, backend.bookkeeping_schema, "accept-drift")
+    accepted = [f"  accepted: {line}" for line in before.changes]
+    return Lines(accepted + [f"schema: recorded as it is now (sha256 {recorded.sha256[:12]}, last migration "
+                             f"{recorded.last_migration or 'none'})"])
+
+
+def verify(settings: CommandSettings, *, from_id: str | None, scratch_url: str | None):
+    """Up-down-up proof of the migrations on a scratch database; exit 1 at the first rollback that lies."""
+    from migrator import postgres
+    from migrator.schema import verify as proof
+
+    migrations = postgres.read_migrations(settings.sql_dir)
+    postgres.load_migrations(list(migrations))
+    return proof.verify(scratch_server(settings, scratch_url), migrations, from_id)
+
+
+def adopt(settings: CommandSettings, *, yes: bool, scratch_url: str | None):
+    """Find the newest migration whose history prefix equals the live schema; with yes, mark 1..N applied."""
+    from migrator import postgres
+    from migrator.schema import adopt as adoption
+
+    migrations = postgres.read_migrations(settings.sql_dir)
+    postgres.load_migrations(list(migrations))
+    target = settings.postgres_target()
+    server = scratch_server(settings, scratch_url)
+    with postgres.connect(target, read_only=True) as backend:
+        report = adoption.adopt(backend, server, migrations)
+    settings.show(report)
+    if yes and report.matched and report.to_mark:
+        with locked_backend(settings) as (backend, _):
+            marked = adoption.mark_adopted(backend, migrations, report)
+        settings.show(Lines([f"adopt: marked {', '.join(marked)} applied"]))
+    elif report.matched and report.to_mark:
+        settings.show(Lines(["adopt: nothing marked yet: run again with --yes to mark them applied"]))
+    return report
 
 
 def lint(sql_dir: Path) -> tuple[list, int]:
@@ -67,10 +118,10 @@ def lint(sql_dir: Path) -> tuple[list, int]:
     return squawk.lint(migrations), len(migrations)
 
 
-def break_lock(settings: CommandSettings) -> str:
+def break_lock(settings: CommandSettings) -> Lines:
     from migrator import postgres
 
     target = settings.postgres_target()
     with postgres.connect(target, read_only=False) as backend:
         postgres.break_lock(backend)
-    return target.where
+    return Lines([f"removed the migration lock on {target.where}"])

@@ -15,7 +15,7 @@ from migrator.schema import snapshot
 from migrator.schema.describe import describe
 from migrator.schema.diff import diff
 from migrator.schema.scratch import scratch
-from migrator.settings import PostgresTarget
+from migrator.targets import PostgresTarget
 
 OTHER_TOOLS_TABLES = {"public.alembic_version"}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from migrator import output, postgres
 from migrator.errors import FAILED, MigratorError
 from migrator.schema.scratch import build
-from migrator.settings import PostgresTarget
+from migrator.targets import PostgresTarget
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HEADER = """\
@@ -54,7 +54,7 @@ def stale_summary(committed: str, current: str) -> str | None:
 
 def _dev_server() -> PostgresTarget:
     from migrator import devdb
-    from migrator.settings import Env
+    from migrator.env import Env
 
     return devdb.ensure_running(Env.load())
 

@@ -16,7 +16,7 @@ from migrator import postgres
 from migrator.errors import MigratorError
 from migrator.schema.describe import describe
 from migrator.schema.model import Description
-from migrator.settings import PostgresTarget
+from migrator.targets import PostgresTarget
 
 PREFIX = "hcm_scratch_"
 LOCK_SECONDS = 10.0  # nobody else knows the scratch database; the lock is the runner's path, taken at once

@@ -10,7 +10,7 @@ from migrator import postgres
 from migrator.errors import USAGE, MigratorError
 from migrator.schema.diff import diff
 from migrator.schema.scratch import scratch
-from migrator.settings import PostgresTarget
+from migrator.targets import PostgresTarget
 
 OK, IRREVERSIBLE, ROLLBACK_DIFFERS, REAPPLY_DIFFERS = "ok", "irreversible", "rollback differs", "re-apply differs"
 
