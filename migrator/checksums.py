@@ -31,7 +31,8 @@ UPSERT = ("INSERT INTO {schema}.{table} (migration_id, sha256) VALUES (%s, %s) O
           "DO UPDATE SET sha256 = EXCLUDED.sha256, recorded_at = pg_catalog.now() AT TIME ZONE 'utc'")
 DELETE = "DELETE FROM {schema}.{table} WHERE migration_id = %s"
 # What a migration's SQL may have changed in its session that would stop the record being written.
-RESET_SESSION = ("RESET SESSION AUTHORIZATION; RESET ROLE; RESET statement_timeout; RESET lock_timeout; "
+# ROLE NONE, not RESET ROLE: RESET returns to a database or role default `role`, which may lack the rights.
+RESET_SESSION = ("RESET SESSION AUTHORIZATION; SET ROLE NONE; RESET statement_timeout; RESET lock_timeout; "
                  "RESET default_transaction_read_only")
 CREATE_FAILURES = """
 CREATE TABLE IF NOT EXISTS {schema}.{table} (
