@@ -132,3 +132,123 @@ def test_a_stray_yoyo_table_on_the_search_path_does_not_take_over_the_bookkeepin
     add(sql_dir, "0002_next", "CREATE TABLE public.t_next (id int);\n")
     ok(migrate(cli, db, sql_dir))
     assert applied(db) == [SEED, "0002_next"]
+
+
+# --- 7, 8, 10: a non-transactional file (or rollback) says exactly what committed, whatever stops it ------
+
+
+def test_a_non_transactional_file_that_opens_its_own_transaction_is_not_reported_committed(cli, db, sql_dir):
+    add(sql_dir, "0002_own_tx", "-- transactional: false\nCREATE TABLE nt0 (id int);\nBEGIN;\nCREATE TABLE nt1 (id int);\n"
+        "CREATE TABLE nt2 (id int);\nSELECT 1/0;\nCOMMIT;\n")
+    line = one_error_line(migrate(cli, db, sql_dir))
+    assert "0002_own_tx.sql:6: failed to apply" in line and "division by zero" in line
+    assert "statements 1-1 of 6 (through the one at line 2) COMMITTED" in line
+    assert "statements 2-5 ran inside the transaction the file opened at line 3, which rolled back" in line
+    assert {"nt0"} == {t for t in db.tables() if t.startswith("nt")}
+    status = status_of(cli, db, sql_dir)
+    assert "pending, PARTLY applied" in status and "statements 1-1 of 6" in status
+
+
+def runner_process(db, sql_dir: Path, tmp_path: Path, *args) -> subprocess.Popen:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **db.db_env()}
+    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / "runner.py"), "migrate", "--sql-dir", str(sql_dir), *args],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_sleep(db, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not db.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%%' AND state = 'active'"):
+        assert time.monotonic() < deadline, "the migration never reached its pg_sleep"
+        time.sleep(0.05)
+
+
+SLOW_NON_TRANSACTIONAL = "-- transactional: false\nCREATE TABLE k1 (id int);\nSELECT pg_sleep(4);\nCREATE TABLE k2 (id int);\n"
+
+
+def test_sigkill_in_a_non_transactional_file_leaves_a_truthful_status(cli, db, sql_dir, tmp_path):
+    add(sql_dir, "0002_slow", SLOW_NON_TRANSACTIONAL)
+    proc = runner_process(db, sql_dir, tmp_path)
+    wait_for_sleep(db)
+    proc.kill()
+    proc.wait()
+    status = status_of(cli, db, sql_dir)
+    assert "0002_slow" in status and "pending, PARTLY applied" in status
+    assert "statements 1-1 of 3 (through the one at line 2) COMMITTED; interrupted in statement 2 (line 3)" in status
+    # the next run fails on k1 (as psql would) and says what an earlier run left, not "nothing committed"
+    line = one_error_line(migrate(cli, db, sql_dir))
+    assert 'relation "k1" already exists' in line and "COMMITTED" not in line.split("(", 1)[0]
+    assert "pending, PARTLY applied" in status_of(cli, db, sql_dir)
+
+
+def test_sigterm_stops_the_run_in_order_with_one_line_saying_what_committed(cli, db, sql_dir, tmp_path):
+    add(sql_dir, "0002_slow", SLOW_NON_TRANSACTIONAL)
+    add(sql_dir, "0003_after", "CREATE TABLE k3 (id int);\n")
+    proc = runner_process(db, sql_dir, tmp_path)
+    wait_for_sleep(db)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    errors = [line for line in stderr.splitlines() if not line.startswith(("note:", "PostgreSQL:"))]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    assert "0002_slow.sql: interrupted by SIGTERM while it was running" in errors[0]
+    # the signal is taken when the running statement returns: its fate is not guessed
+    assert "statements 1-1 of 3 (through the one at line 2) COMMITTED; interrupted in statement 2 (line 3)" in errors[0]
+    assert "k3" not in db.tables() and "k2" not in db.tables()
+    status = status_of(cli, db, sql_dir)
+    assert "pending, PARTLY applied" in status and "statements 1-1 of 3" in status
+
+
+def test_sigterm_in_a_transactional_file_rolls_it_back_and_says_so(cli, db, sql_dir, tmp_path):
+    add(sql_dir, "0002_slow_tx", "CREATE TABLE t1 (id int);\nSELECT pg_sleep(3);\nCREATE TABLE t2 (id int);\n")
+    proc = runner_process(db, sql_dir, tmp_path)
+    wait_for_sleep(db)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "0002_slow_tx.sql: interrupted by SIGTERM" in stderr and "nothing of it was applied" in stderr
+    assert "t1" not in db.tables() and "0002_slow_tx" not in applied(db)
+
+
+def test_a_committed_non_transactional_file_whose_mark_is_lost_is_marked_not_rerun(cli, db, sql_dir):
+    add(sql_dir, "0002_cic", "-- transactional: false\nCREATE INDEX CONCURRENTLY i_seed ON hcm_report_metadata (id);\n")
+    ok(migrate(cli, db, sql_dir))
+    db.query("DELETE FROM _yoyo_migration WHERE migration_id = '0002_cic'")
+    result = ok(migrate(cli, db, sql_dir))
+    assert "marked 0002_cic applied" in result.output
+    assert applied(db) == [SEED, "0002_cic"]
+
+
+def test_a_rollback_files_own_transactional_false_is_used(cli, db, sql_dir):
+    add(sql_dir, "0002_idx", "CREATE INDEX i_own ON hcm_report_metadata (id);\n",
+        "-- transactional: false\nDROP INDEX CONCURRENTLY i_own;\n")
+    ok(migrate(cli, db, sql_dir))
+    ok(cli("sql", "rollback", "--sql-dir", sql_dir, env=db.db_env()))
+    assert db.query("SELECT to_regclass('i_own')") == [(None,)]
+    assert applied(db) == [SEED]
+
+
+def test_a_rollback_that_fails_halfway_is_recorded_and_worded_for_a_rollback(cli, db, sql_dir):
+    add(sql_dir, "0002_idx", "-- transactional: false\nCREATE INDEX CONCURRENTLY i_a ON hcm_report_metadata (id);\n"
+        "CREATE INDEX CONCURRENTLY i_b ON hcm_report_metadata (id);\n",
+        "-- transactional: false\nDROP INDEX CONCURRENTLY i_a;\nDROP INDEX CONCURRENTLY i_missing;\n"
+        "DROP INDEX CONCURRENTLY i_b;\n")
+    ok(migrate(cli, db, sql_dir))
+    line = one_error_line(cli("sql", "rollback", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "0002_idx.rollback.sql:3: failed to roll back" in line
+    assert "statements 1-1 of 3 (through the one at line 2) COMMITTED" in line
+    assert "IF EXISTS" in line and "IF NOT EXISTS" not in line and "INVALID" not in line
+    status = status_of(cli, db, sql_dir)
+    assert "applied, PARTLY rolled back" in status and "rollback: " in status and "statements 1-1 of 3" in status
+    ok(migrate(cli, db, sql_dir))  # migrate does not forget a partial rollback
+    assert "applied, PARTLY rolled back" in status_of(cli, db, sql_dir)
+
+
+# --- 11: a file that makes its transaction read-only --------------------------------------------------
+
+
+def test_set_transaction_read_only_applies_as_in_psql_and_is_recorded(cli, db, sql_dir):
+    add(sql_dir, "0002_ro", "SET TRANSACTION READ ONLY;\nSELECT count(*) FROM hcm_report_metadata;\n")
+    ok(migrate(cli, db, sql_dir))
+    assert applied(db) == [SEED, "0002_ro"]
+    assert db.query("SELECT count(*) FROM _hcm_migration_checksum WHERE migration_id = '0002_ro'") == [(1,)]
+    assert "0 pending" in status_of(cli, db, sql_dir)

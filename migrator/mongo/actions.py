@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from migrator.errors import USAGE, MigratorError
-from migrator.mongo import interrupt, lock, log, state
+from migrator import interrupt
+from migrator.mongo import lock, log, state
 from migrator.mongo.patches import JsPatchFailed, Patch, run_js, run_python
 from migrator.settings import MongoTarget
 

@@ -83,6 +83,7 @@ def backend_class():
 
     class Backend(PostgresqlBackend):
         bookkeeping_schema = "public"
+        failures_table_ready = False
 
         def init_connection(self, connection):
             # Called by yoyo on connect and after each rollback (which would undo the pin).
@@ -93,6 +94,7 @@ def backend_class():
         def copy(self):
             session = MigrationSession(self.uri, self.migration_table)
             session.bookkeeping_schema = self.bookkeeping_schema
+            session.parent = self  # where a non-transactional file's progress is recorded
             return session
 
         def get_log_data(self, migration=None, operation="apply"):
