@@ -252,3 +252,21 @@ def test_set_transaction_read_only_applies_as_in_psql_and_is_recorded(cli, db, s
     assert applied(db) == [SEED, "0002_ro"]
     assert db.query("SELECT count(*) FROM _hcm_migration_checksum WHERE migration_id = '0002_ro'") == [(1,)]
     assert "0 pending" in status_of(cli, db, sql_dir)
+
+
+# --- 6: plan | psql gives migrate's schema, session state included ------------------------------------
+
+
+def test_plan_piped_to_psql_starts_each_file_in_a_fresh_session_as_migrate_does(cli, db, make_db, sql_dir):
+    add(sql_dir, "0002_baseline", "SELECT pg_catalog.set_config('search_path', '', false);\n"
+        "CREATE TABLE public.base (id int);\nSET statement_timeout = '1ms';\n")
+    add(sql_dir, "0003_next", "-- transactional: false\nCREATE TABLE after_base (id int);\nSELECT pg_sleep(0.05);\n")
+    ok(migrate(cli, db, sql_dir))
+    plan = ok(cli("plan", "--offline", "--sql-dir", sql_dir)).stdout
+    assert plan.count("\\connect -reuse-previous=on\n") == 3
+    twin = make_db()
+    done = subprocess.run([_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", twin.url],
+                          input=plan, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert schema_dump(db) == schema_dump(twin)
+    assert table_schema(twin, "after_base") == "public"

@@ -156,6 +156,9 @@ def in_transaction_problem(statement: Statement) -> str | None:
     return None
 
 
+FRESH_SESSION = "\\connect -reuse-previous=on"
+
+
 def plan_text(path: Path, in_transaction: bool) -> str:
     """The file exactly as psql would run it inside the runner's transaction (a `;` added when the
     last statement has none, so the COMMIT that follows stays a statement of its own)."""
@@ -163,10 +166,12 @@ def plan_text(path: Path, in_transaction: bool) -> str:
     found = split(body) if body.strip() else []
     if found and not found[-1].terminated:
         body += "\n;"
-    header = f"-- {path}"
+    # A new session for each file, as the runner gives each (psql's \connect, reusing every connection
+    # setting): what one file SETs must not reach the next. The only meta-command in plan output; a
+    # migration file itself may hold none, so this line can never come from a file.
     if not in_transaction:
-        return f"{header} (not transactional)\n{body}\n"
-    return f"{header}\nBEGIN;\n{body}\nCOMMIT;\n"
+        return f"-- {path} (not transactional)\n{FRESH_SESSION}\n{body}\n"
+    return f"-- {path}\n{FRESH_SESSION}\nBEGIN;\n{body}\nCOMMIT;\n"
 
 
 # --- new files ---------------------------------------------------------------------------
