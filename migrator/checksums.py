@@ -9,8 +9,10 @@ without a mark means "committed: mark it".
 
 The record is written in the migration's session, after the file's own SQL: it names its schema and
 first undoes what the file may have set (role, timeouts, read-only default), so it works whatever
-the file did. `_hcm_migration_failure` (created on the first failure only) keeps what a failed
-non-transactional file committed, so `status` can show it.
+the file did. `_hcm_migration_failure` (created on the first non-transactional run) keeps what a
+non-transactional file (or rollback) has committed so far, written on the run's own connection
+before it starts and as each statement commits, so a failure, SIGTERM or SIGKILL at any point
+leaves `status` able to say what is in the database.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 TABLE = "_hcm_migration_checksum"
 FAILURES = "_hcm_migration_failure"
+ROLLBACK = "rollback: "  # how a failure record of a rollback (the migration stays applied) begins
 CREATE = """
 CREATE TABLE IF NOT EXISTS {schema}.{table} (
     migration_id VARCHAR(255) PRIMARY KEY,
@@ -31,7 +34,8 @@ UPSERT = ("INSERT INTO {schema}.{table} (migration_id, sha256) VALUES (%s, %s) O
           "DO UPDATE SET sha256 = EXCLUDED.sha256, recorded_at = pg_catalog.now() AT TIME ZONE 'utc'")
 DELETE = "DELETE FROM {schema}.{table} WHERE migration_id = %s"
 # What a migration's SQL may have changed in its session that would stop the record being written.
-RESET_SESSION = ("RESET SESSION AUTHORIZATION; RESET ROLE; RESET statement_timeout; RESET lock_timeout; "
+# ROLE NONE, not RESET ROLE: RESET returns to a database or role default `role`, which may lack the rights.
+RESET_SESSION = ("RESET SESSION AUTHORIZATION; SET ROLE NONE; RESET statement_timeout; RESET lock_timeout; "
                  "RESET default_transaction_read_only")
 CREATE_FAILURES = """
 CREATE TABLE IF NOT EXISTS {schema}.{table} (
@@ -54,17 +58,28 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
-def record(connection, schema: str, migration_id: str, sha: str) -> None:
-    """In the migration's session, after its SQL: the file's checksum, in the same transaction."""
+def record(connection, schema: str, migration_id: str, sha: str | None) -> bool:
+    """In the migration's session, after its SQL, in its transaction: the file's checksum (None: remove
+    it, for a rollback). False when the file made its transaction read-only (SET TRANSACTION READ ONLY):
+    then nothing could be written there, and the caller records it after the commit instead."""
     with connection.cursor() as cursor:
-        cursor.execute(RESET_SESSION)
-        cursor.execute(_sql(UPSERT, schema), (migration_id, sha))
+        cursor.execute(RESET_SESSION + "; SELECT pg_catalog.current_setting('transaction_read_only')")
+        if cursor.fetchone()[0] == "on":
+            return False
+        if sha is None:
+            cursor.execute(_sql(DELETE, schema), (migration_id,))
+        else:
+            cursor.execute(_sql(UPSERT, schema), (migration_id, sha))
+    return True
 
 
-def remove(connection, schema: str, migration_id: str) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(RESET_SESSION)
-        cursor.execute(_sql(DELETE, schema), (migration_id,))
+def record_after_commit(backend, migration_id: str, sha: str | None) -> None:
+    """On the run's own connection, for a read-only migration (which could not record itself)."""
+    if sha is not None:
+        _upsert(backend, migration_id, sha)
+        return
+    with backend.connection.cursor() as cursor:
+        cursor.execute(_sql(DELETE, backend.bookkeeping_schema), (migration_id,))
 
 
 def ensure_table(backend) -> None:
@@ -78,15 +93,19 @@ def _upsert(backend, migration_id: str, sha: str) -> None:
 
 
 def record_failure(backend, migration_id: str, what: str) -> None:
-    """On the run's own connection: what a failed non-transactional migration left committed."""
-    with backend.transaction(), backend.connection.cursor() as cursor:
-        cursor.execute(_sql(CREATE_FAILURES, backend.bookkeeping_schema, FAILURES))
+    """On the run's own connection (autocommit, so it stays whatever happens next): what a
+    non-transactional migration or rollback has committed so far, or left committed when it failed."""
+    with backend.connection.cursor() as cursor:
+        if not backend.failures_table_ready:
+            cursor.execute(_sql(CREATE_FAILURES, backend.bookkeeping_schema, FAILURES))
+            backend.failures_table_ready = True
         cursor.execute(_sql(UPSERT_FAILURE, backend.bookkeeping_schema, FAILURES), (migration_id, what))
 
 
 def clear_failures(backend, ids: list[str]) -> None:
     exists = backend.execute("SELECT to_regclass(:t) IS NOT NULL", {"t": FAILURES}).fetchone()[0] if ids else False
     if exists:
+        backend.failures_table_ready = True
         with backend.transaction(), backend.connection.cursor() as cursor:
             cursor.execute(_sql("DELETE FROM {schema}.{table} WHERE migration_id = ANY(%s)",
                                 backend.bookkeeping_schema, FAILURES), (list(ids),))

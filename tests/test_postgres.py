@@ -152,7 +152,7 @@ def test_plan_shows_pending_sql_and_writes_nothing(cli, db, sql_dir):
     assert result.exit_code == 0, result.output
     assert db.tables() == set()  # not even yoyo's own tables
     source = (sql_dir / "0001_create_hcm_report_metadata.sql").read_text().rstrip("\n")
-    assert f"-- {sql_dir}/0001_create_hcm_report_metadata.sql\nBEGIN;\n{source}\nCOMMIT;\n" in result.stdout
+    assert f"-- {sql_dir}/0001_create_hcm_report_metadata.sql\n\\connect -reuse-previous=on\nBEGIN;\n{source}\nCOMMIT;\n" in result.stdout
 
     assert cli("migrate", "--sql-dir", sql_dir, env=env).exit_code == 0
     add_migration(sql_dir, "0002_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n", "")
@@ -184,7 +184,7 @@ def test_plan_marks_non_transactional_migrations(cli, sql_dir):
     result = cli("plan", "--offline", "--sql-dir", sql_dir)
     assert result.exit_code == 0, result.output
     block = result.stdout.split(f"\n-- {sql_dir}/0002_concurrent_index.sql")[1]
-    assert block.startswith(" (not transactional)\n-- transactional: false\nCREATE INDEX CONCURRENTLY")
+    assert block.startswith(" (not transactional)\n\\connect -reuse-previous=on\n-- transactional: false\nCREATE INDEX CONCURRENTLY")
     # linted as it will run (outside a transaction): squawk asks for IF NOT EXISTS, not for no CONCURRENTLY
     assert f"-- lint: {sql_dir}/0002_concurrent_index.sql:2:1: prefer-robust-stmts" in result.stdout
     assert "ban-concurrent-index-creation-in-transaction" not in result.stdout
@@ -203,6 +203,7 @@ def test_status_lists_applied_and_pending(cli, db, sql_dir):
     env = db.db_env()
     cli("migrate", "--sql-dir", sql_dir, env=env)
     (sql_dir / "0002_add_status.sql").unlink()
+    (sql_dir / "0002_add_status.rollback.sql").unlink()  # a rollback left without its migration is refused
     add_migration(sql_dir, "0003_more", "SELECT 1;\n")
     text = cli("status", "--sql-dir", sql_dir, env=env)
     assert text.exit_code == 0

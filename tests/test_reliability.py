@@ -249,7 +249,7 @@ def case_empty_file(db, sql_dir, tmp_path, aws):
 
 def case_duplicate_numbers(db, sql_dir, tmp_path, aws):
     add_migration(sql_dir, "0001_again", "SELECT 1;\n")
-    return ["migrate", "--sql-dir", sql_dir], _pw(db), 2, "share the number 0001"
+    return ["migrate", "--sql-dir", sql_dir], _pw(db), 2, "share the number 1;"
 
 
 def case_duplicate_ids(db, sql_dir, tmp_path, aws):

@@ -20,7 +20,7 @@ def test_drift_is_reported_by_status_and_plan_refused_by_strict_and_accepted_aft
     assert json.loads(cli("status", "--json", "--sql-dir", sql_dir, env=env).stdout)["schema"]["changes"] == [
         f"index idx_emergency ON {T} added"]
     plan = cli("plan", "--sql-dir", sql_dir, env=env)
-    assert f"-- schema: DRIFT since migrate" in plan.stdout and plan.exit_code == 0  # said, not refused
+    assert "-- schema: DRIFT since migrate" in plan.stdout and plan.exit_code == 0  # said, not refused
 
     (sql_dir / "0002_more.sql").write_text("CREATE TABLE more_reports (id int);\n")
     (sql_dir / "0002_more.rollback.sql").write_text("DROP TABLE more_reports;\n")

@@ -15,7 +15,8 @@ from typing import Callable, Iterator
 
 from migrator import output
 from migrator.errors import USAGE, MigratorError
-from migrator.mongo import interrupt, js_patch, lock, log, python_patch, state
+from migrator import interrupt
+from migrator.mongo import js_patch, lock, log, python_patch, state
 from migrator.mongo.js_patch import JsPatchFailed
 from migrator.mongo.patches import Patch, one_line
 from migrator.targets import MongoTarget

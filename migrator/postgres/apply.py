@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from migrator import checksums, pg_lock
+from migrator import checksums, interrupt, pg_lock
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres.errors import StatementFailed, migration_error
 from migrator.postgres.migration import load_migrations, rollback_path
@@ -24,34 +24,67 @@ def locked(backend, target: PostgresTarget, timeout: float, notify) -> Iterator[
 
 
 def _run_one(backend, target: PostgresTarget, migration, verb: str, path: Path, run) -> float:
-    """Run yoyo's apply/rollback of one migration; a failure becomes one true line."""
+    """Run yoyo's apply/rollback of one migration; a failure or SIGTERM becomes one true line."""
     started = time.perf_counter()
+    prefix = checksums.ROLLBACK if verb == "roll back" else ""
     try:
         run()
     except StatementFailed as exc:
-        if not exc.transactional and exc.index and verb == "apply":
-            checksums.record_failure(backend, migration.id, f"{exc.path}:{exc.line}: {exc.committed()}")
+        if not exc.transactional:
+            if exc.done:
+                checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {exc.committed()}")
+            elif migration.earlier_failure is None:  # only this run's "started" record: nothing committed
+                checksums.clear_failures(backend, [migration.id])
         raise migration_error(exc, migration, target.where, verb, path)
+    except interrupt.Interrupted as exc:
+        raise _interrupted(backend, target, migration, verb, path, exc)
     except backend.DatabaseError as exc:
         failed = exc.__context__ if isinstance(exc.__context__, StatementFailed) else exc
+        if isinstance(exc.__context__, interrupt.Interrupted):
+            raise _interrupted(backend, target, migration, verb, path, exc.__context__)
         raise migration_error(failed, migration, target.where, verb, path)
+    if migration.record_after_commit:  # it made its transaction read-only, so it could not record itself
+        checksums.record_after_commit(backend, migration.id, None if prefix else checksums.file_sha256(Path(migration.path)))
+    if migration.earlier_failure is not None or not migration.use_transactions or prefix:
+        checksums.clear_failures(backend, [migration.id])
     return time.perf_counter() - started
+
+
+def _interrupted(backend, target: PostgresTarget, migration, verb: str, path: Path, exc) -> MigratorError:
+    transactional = migration.rollback_transactional() if verb == "roll back" else migration.use_transactions
+    if transactional:
+        committed = "nothing of it was applied: its transaction rolled back"
+    else:
+        recorded = bookkeeping(backend).failures.get(migration.id, "")
+        committed = recorded.removeprefix(checksums.ROLLBACK) or "not transactional: `runner.py status` shows what committed"
+    return MigratorError(f"{path}: {exc} while it was running ({verb} on {target.where}); {committed}; "
+                         "migrations reported done before it are committed; run the command again", 128 + exc.signum)
+
+
+def _stop_if_interrupted(guard, target: PostgresTarget, migration, verb: str) -> None:
+    try:
+        guard.check()
+    except interrupt.Interrupted as exc:
+        raise MigratorError(f"{exc} before {migration.id} started ({verb} on {target.where}): nothing of it ran; "
+                            "migrations reported done before it are committed; run the command again", 128 + exc.signum)
 
 
 def apply(backend, target: PostgresTarget, migrations) -> Iterator[tuple[object, float]]:
     """Apply each pending migration in yoyo's order, each in its own transaction and session;
-    yield (migration, seconds) as each lands. Every pending file is read and checked first."""
+    yield (migration, seconds) as each lands. Every pending file is read and checked first.
+    SIGTERM stops it in order: the running migration fails (its work as any failure leaves it), one line says so."""
     from yoyo.migrations import MigrationList
 
     todo = backend.to_apply(migrations)
     load_migrations(todo)
     failures = bookkeeping(backend).failures
-    for migration in todo:
-        seconds = _run_one(backend, target, migration, "apply", Path(migration.path),
-                           lambda: backend.apply_migrations(MigrationList([migration])))
-        if migration.id in failures:
-            checksums.clear_failures(backend, [migration.id])
-        yield migration, seconds
+    with interrupt.guard() as guard, guard.deferred():
+        for migration in todo:
+            _stop_if_interrupted(guard, target, migration, "apply")
+            migration.earlier_failure = failures.get(migration.id)
+            seconds = _run_one(backend, target, migration, "apply", Path(migration.path),
+                               lambda: backend.apply_migrations(MigrationList([migration])))
+            yield migration, seconds
 
 
 def select_rollback(backend, migrations, *, count: int | None, to: str | None, all_: bool) -> list:
@@ -76,9 +109,13 @@ def select_rollback(backend, migrations, *, count: int | None, to: str | None, a
 def rollback(backend, target: PostgresTarget, selected) -> Iterator[tuple[object, float]]:
     from yoyo.migrations import MigrationList
 
-    for migration in selected:
-        yield migration, _run_one(backend, target, migration, "roll back", rollback_path(migration),
-                                  lambda: backend.rollback_migrations(MigrationList([migration])))
+    failures = bookkeeping(backend).failures
+    with interrupt.guard() as guard, guard.deferred():
+        for migration in selected:
+            _stop_if_interrupted(guard, target, migration, "roll back")
+            migration.earlier_failure = failures.get(migration.id)
+            yield migration, _run_one(backend, target, migration, "roll back", rollback_path(migration),
+                                      lambda: backend.rollback_migrations(MigrationList([migration])))
 
 
 def select_by_id(migrations, ids: list[str]) -> list:

@@ -32,13 +32,20 @@ CONNECT_PARAMS = {"connect_timeout": "10", "application_name": f"hcm-db-migratio
 READ_ONLY = "-c default_transaction_read_only=on"
 # A migration whose client died (SIGKILL) is cancelled within seconds, releasing its locks (PostgreSQL 14+).
 CLIENT_CHECK = "-c client_connection_check_interval=2s"
-# Where yoyo's tables already are (else the session's current schema, else public); pinned as search_path.
+# The run's own connection first returns to the user it logged in as (a database or role default
+# `SET role = ...` would otherwise apply), then pins search_path to where the runner's tables are:
+# the schema holding yoyo's tables together with yoyo_lock and the checksums (another schema's
+# stray `_yoyo_migration` on the search_path must not take over), else the current schema, else public.
 PIN_BOOKKEEPING = """
+SET ROLE NONE;
 WITH chosen AS (
     SELECT coalesce(
         (SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relname = '_yoyo_migration' AND c.relkind IN ('r', 'p')
-         ORDER BY n.nspname = pg_catalog.current_schema() DESC NULLS LAST, n.oid LIMIT 1),
+         ORDER BY EXISTS (SELECT FROM pg_catalog.pg_class l WHERE l.relnamespace = n.oid AND l.relname = 'yoyo_lock') DESC,
+                  EXISTS (SELECT FROM pg_catalog.pg_class s WHERE s.relnamespace = n.oid
+                          AND s.relname = '_hcm_migration_checksum') DESC,
+                  n.nspname = pg_catalog.current_schema() DESC NULLS LAST, n.oid LIMIT 1),
         pg_catalog.current_schema(), 'public') AS schema
 )
 SELECT schema, pg_catalog.set_config('search_path', pg_catalog.quote_ident(schema), false),
@@ -76,6 +83,7 @@ def backend_class():
 
     class Backend(PostgresqlBackend):
         bookkeeping_schema = "public"
+        failures_table_ready = False
 
         def init_connection(self, connection):
             # Called by yoyo on connect and after each rollback (which would undo the pin).
@@ -86,6 +94,7 @@ def backend_class():
         def copy(self):
             session = MigrationSession(self.uri, self.migration_table)
             session.bookkeeping_schema = self.bookkeeping_schema
+            session.parent = self  # where a non-transactional file's progress is recorded
             return session
 
         def get_log_data(self, migration=None, operation="apply"):

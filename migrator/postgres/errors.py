@@ -3,6 +3,7 @@ exactly what was committed."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from migrator import output
@@ -18,15 +19,24 @@ HINTS = {
 }
 
 
-class StatementFailed(Exception):
-    """A statement of a file failed; carries which one, so the message can say what committed."""
+# Only a failed CREATE/REINDEX ... CONCURRENTLY leaves an INVALID index behind.
+BUILDS_CONCURRENTLY = re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b)[^;]*\bconcurrently\b", re.IGNORECASE)
 
-    def __init__(self, cause, path: Path, statements, index: int, transactional: bool):
+
+class StatementFailed(Exception):
+    """A statement of a file failed; carries which one, so the message can say what committed.
+
+    `done` statements committed (in a non-transactional file); `opened` is the index of a BEGIN the
+    file itself ran and had not committed when the failure came (its statements rolled back)."""
+
+    def __init__(self, cause, path: Path, statements, index: int, transactional: bool,
+                 done: int | None = None, opened: int | None = None):
         super().__init__(str(cause))
-        self.cause, self.path, self.statement = cause, path, statements[index]
-        self.last_committed_line = statements[index - 1].line if index else None
+        self.cause, self.path, self.statements, self.statement = cause, path, statements, statements[index]
         self.total = len(statements)
         self.index, self.transactional = index, transactional
+        self.done = index if done is None else done
+        self.opened = opened
 
     @property
     def line(self) -> int:
@@ -37,14 +47,21 @@ class StatementFailed(Exception):
         """What of the file is in the database now, in words."""
         if self.transactional:
             return "nothing of it was applied: its transaction rolled back"
-        if self.index == 0:
-            done = "not transactional: its first statement failed, no statement committed before it"
-        else:
-            done = (f"not transactional: statements 1-{self.index} of {self.total} (through the one at line "
-                    f"{self.last_committed_line}) COMMITTED; statement {self.index + 1} failed; the rest did not run")
-        if "concurrently" in self.statement.text[:200].lower():
+        done = progress(self.statements, self.done, f"statement {self.index + 1} failed; the rest did not run")
+        if self.opened is not None:
+            done += (f"; statements {self.opened + 1}-{self.index + 1} ran inside the transaction the file opened "
+                     f"at line {self.statements[self.opened].line}, which rolled back")
+        if BUILDS_CONCURRENTLY.match(self.statement.text):
             done += "; a failed CONCURRENTLY build leaves an INVALID index, which `runner.py status` shows"
         return done
+
+
+def progress(statements, done: int, then: str) -> str:
+    """What a non-transactional file committed, in words: `done` statements, then what happened."""
+    if done == 0:
+        return f"not transactional: no statement of it committed; {then}"
+    return (f"not transactional: statements 1-{done} of {len(statements)} (through the one at line "
+            f"{statements[done - 1].line}) COMMITTED; {then}")
 
 
 def server_message(exc) -> str:
@@ -70,6 +87,8 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         if getattr(cause, "pgcode", None) is None:
             committed = "the connection was lost, so whether it committed is unknown: run `runner.py status`"
     todo = HINTS.get(getattr(cause, "pgcode", None), "fix the file and run again")
-    if isinstance(exc, StatementFailed) and not exc.transactional and exc.index:
-        todo = "`runner.py status` shows this; make the file safe to re-run (IF NOT EXISTS) or undo what committed, then run again"
+    if isinstance(exc, StatementFailed) and not exc.transactional and exc.done:
+        guard = "IF EXISTS" if verb == "roll back" else "IF NOT EXISTS"
+        todo = (f"`runner.py status` shows this; make the file safe to re-run ({guard}) or undo what committed, "
+                "then run again")
     return MigratorError(f"{at}: failed to {verb} on {where}: {server_message(cause)} ({committed}); {todo}")

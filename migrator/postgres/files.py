@@ -17,6 +17,8 @@ from migrator.postgres.splitter import SplitError, Statement, split
 # Checked on every name before any file is opened: a name is printed in `plan` (inside SQL) and in
 # messages, so a newline or quote in it must never get that far.
 FILE_NAME = re.compile(r"^(?P<number>\d+)_(?P<name>[A-Za-z0-9_]+)(?P<rollback>\.rollback)?\.sql$")
+# Digits and `_` at the start: meant as a migration, so any other spelling of it is refused.
+LOOKS_LIKE_MIGRATION = re.compile(r"^\s*\d+_")
 VALID_NAME = "NNNN_name.sql or NNNN_name.rollback.sql (digits, `_`, then letters, digits and `_`)"
 DIRECTIVE = re.compile(r"^\s*--\s*(transactional|depends)\s*:\s*(.*?)\s*$")
 COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
@@ -35,27 +37,41 @@ OUTSIDE_TRANSACTION = re.compile(
 
 
 def check_names(sql_dir: Path) -> list[Path]:
-    """The migration files (not rollbacks) in name order, after every `.sql` name is checked."""
+    """The migration files (not rollbacks) in number order, after every name is checked.
+
+    Numbers are compared as integers (`9_a` runs before `10_b`; `1_a` and `0001_b` share a number).
+    Anything that looks like a migration but is not exactly one (`0002_B.SQL`, `0003_c.sql.orig`, a
+    rollback without its migration) is refused rather than silently skipped.
+    """
     if not sql_dir.is_dir():
         raise MigratorError(f"migrations folder {sql_dir} not found; run from the project root or pass --sql-dir", USAGE)
-    migrations, numbers = [], {}
-    for path in sorted(sql_dir.glob("*.py")):
-        raise MigratorError(f"{sql_dir / ascii(path.name)[1:-1]}: the runner applies .sql migrations only (a yoyo "
-                            "Python migration would run unreviewed code); write it as SQL or move it out", USAGE)
-    for path in sorted(sql_dir.glob("*.sql")):
+    migrations, rollbacks, numbers = [], [], {}
+    for path in sorted(sql_dir.iterdir()):
+        shown = sql_dir / ascii(path.name)[1:-1]
+        if path.suffix.lower() == ".py":
+            raise MigratorError(f"{shown}: the runner applies .sql migrations only (a yoyo Python migration would "
+                                "run unreviewed code); write it as SQL or move it out", USAGE)
         match = FILE_NAME.match(path.name)
         if not match:
-            raise MigratorError(f"{sql_dir / ascii(path.name)[1:-1]}: not a valid migration file name; "
-                                f"rename it to {VALID_NAME}", USAGE)
-        if match["rollback"]:
+            if LOOKS_LIKE_MIGRATION.match(path.name) or path.suffix.lower() == ".sql":
+                raise MigratorError(f"{shown}: not a valid migration file name; rename it to {VALID_NAME}, "
+                                    "or move it out of the folder", USAGE)
             continue
-        number = match["number"]
+        if match["rollback"]:
+            rollbacks.append(path)
+            continue
+        number = int(match["number"])
         if number in numbers:
             raise MigratorError(f"{numbers[number]} and {path} share the number {number}; "
                                 "renumber one (`runner.py sql new` picks the next free number)", USAGE)
         numbers[number] = path
         migrations.append(path)
-    return migrations
+    ids = {p.name[: -len(".sql")] for p in migrations}
+    for path in rollbacks:
+        if path.name[: -len(".rollback.sql")] not in ids:
+            raise MigratorError(f"{path}: a rollback without its migration {path.name.replace('.rollback', '')}; "
+                                "rename it to match its migration, or delete it", USAGE)
+    return sorted(migrations, key=lambda p: (int(FILE_NAME.match(p.name)["number"]), p.name))
 
 
 def read_text(path: Path) -> str:
@@ -140,6 +156,9 @@ def in_transaction_problem(statement: Statement) -> str | None:
     return None
 
 
+FRESH_SESSION = "\\connect -reuse-previous=on"
+
+
 def plan_text(path: Path, in_transaction: bool) -> str:
     """The file exactly as psql would run it inside the runner's transaction (a `;` added when the
     last statement has none, so the COMMIT that follows stays a statement of its own)."""
@@ -147,10 +166,12 @@ def plan_text(path: Path, in_transaction: bool) -> str:
     found = split(body) if body.strip() else []
     if found and not found[-1].terminated:
         body += "\n;"
-    header = f"-- {path}"
+    # A new session for each file, as the runner gives each (psql's \connect, reusing every connection
+    # setting): what one file SETs must not reach the next. The only meta-command in plan output; a
+    # migration file itself may hold none, so this line can never come from a file.
     if not in_transaction:
-        return f"{header} (not transactional)\n{body}\n"
-    return f"{header}\nBEGIN;\n{body}\nCOMMIT;\n"
+        return f"-- {path} (not transactional)\n{FRESH_SESSION}\n{body}\n"
+    return f"-- {path}\n{FRESH_SESSION}\nBEGIN;\n{body}\nCOMMIT;\n"
 
 
 # --- new files ---------------------------------------------------------------------------

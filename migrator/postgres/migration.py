@@ -12,10 +12,10 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from migrator import checksums
+from migrator import checksums, interrupt
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import files
-from migrator.postgres.errors import StatementFailed
+from migrator.postgres.errors import StatementFailed, progress
 
 
 def read_migrations(sql_dir: Path):
@@ -63,20 +63,62 @@ def plan_text(migration) -> str:
     return files.plan_text(Path(migration.path), migration.use_transactions)
 
 
-def run_statements(connection, path: Path, statements, transactional: bool) -> None:
-    """The file's statements, in order, in the session yoyo gives the migration."""
+def run_statements(connection, path: Path, statements, transactional: bool, progress=None) -> None:
+    """The file's statements, in order, in the session yoyo gives the migration. In a
+    non-transactional file `progress(done)` is told each time the count of committed statements grows
+    (a BEGIN the file runs itself holds it until its COMMIT)."""
+    done, opened = 0, None
     with connection.cursor() as cursor:
         for index, statement in enumerate(statements):
             try:
-                cursor.execute(statement.text)
+                with interrupt.live():  # SIGTERM stops the run here, never inside the bookkeeping
+                    cursor.execute(statement.text)
             except Exception as exc:
                 if not hasattr(exc, "pgcode"):
                     raise
-                raise StatementFailed(exc, path, statements, index, transactional) from exc
-    if not transactional and connection.info.transaction_status != 0:  # psycopg2's TRANSACTION_STATUS_IDLE
+                in_block = not transactional and connection.info.transaction_status != IDLE
+                if in_block:
+                    connection.rollback()
+                raise StatementFailed(exc, path, statements, index, transactional, done,
+                                      opened if in_block else None) from exc
+            if transactional:
+                continue
+            if connection.info.transaction_status == IDLE:
+                opened = None
+                if index + 1 > done:
+                    done = index + 1
+                    if progress:
+                        progress(done)
+            elif opened is None:
+                opened = index
+    if not transactional and connection.info.transaction_status != IDLE:
         connection.rollback()
         raise MigratorError(f"{path}: ends inside a transaction it opened (BEGIN without COMMIT); that transaction "
                             "was rolled back, as psql does at the end of a file; add the COMMIT and run again")
+
+
+IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE: no transaction open
+
+
+class Progress:
+    """A non-transactional file's progress, recorded on the run's own connection (autocommit) before
+    it starts and as each statement commits: whatever stops the run, `status` then says the truth."""
+
+    def __init__(self, backend, migration, statements, rollback: bool):
+        self.backend, self.migration, self.statements = backend, migration, statements
+        self.prefix = checksums.ROLLBACK if rollback else ""
+
+    def start(self) -> None:
+        if self.migration.earlier_failure is None:  # else keep what an earlier run left until this one commits
+            self(0)
+
+    def __call__(self, done: int) -> None:
+        if done < len(self.statements):
+            then = (f"interrupted in statement {done + 1} (line {self.statements[done].line}), "
+                    "which may or may not have committed")
+        else:
+            then = "interrupted before it was recorded as " + ("rolled back" if self.prefix else "applied")
+        checksums.record_failure(self.backend, self.migration.id, self.prefix + progress(self.statements, done, then))
 
 
 @functools.cache
@@ -93,13 +135,21 @@ def _migration_class():
             self.sha = checksums.file_sha256(Path(migration.path))
 
         def apply(self, backend, force=False):
-            run_statements(backend.connection, Path(self.migration.path), self.statements, self.migration.use_transactions)
-            checksums.record(backend.connection, backend.bookkeeping_schema, self.migration.id, self.sha)
+            self._run(backend, Path(self.migration.path), self.statements, self.sha, rollback=False)
 
         def rollback(self, backend, force=False):
-            path = rollback_path(self.migration)
-            run_statements(backend.connection, path, self.migration.rollback_statements(), self.migration.use_transactions)
-            checksums.remove(backend.connection, backend.bookkeeping_schema, self.migration.id)
+            self._run(backend, rollback_path(self.migration), self.migration.rollback_statements(), None, rollback=True)
+
+        def _run(self, backend, path: Path, statements, sha: str | None, rollback: bool) -> None:
+            migration = self.migration
+            transactional = migration.use_transactions  # the rollback file's own mode while rolling back
+            progress = None
+            if not transactional:
+                progress = Progress(backend.parent, migration, statements, rollback)
+                progress.start()
+            run_statements(backend.connection, path, statements, transactional, progress)
+            migration.record_after_commit = not checksums.record(
+                backend.connection, backend.bookkeeping_schema, migration.id, sha)
 
     class SqlFileMigration(Migration):
         def __init__(self, path: Path):
@@ -108,6 +158,8 @@ def _migration_class():
             self.use_transactions = files.transactional(path, self.directives)
             self.depends_on: set = set()
             self._rollback_statements = None
+            self.earlier_failure: str | None = None  # what an earlier run left (set before it runs)
+            self.record_after_commit = False  # it made its transaction read-only: record it afterwards
 
         @property
         def depends(self):  # yoyo's loads the whole file for this; the header is enough
@@ -117,13 +169,29 @@ def _migration_class():
             if self.steps is None:
                 self.steps = [FileStep(self)]
 
+        def rollback_transactional(self) -> bool:
+            """The rollback file's own `-- transactional:` directive; without one, the migration's mode."""
+            path = rollback_path(self)
+            directives = files.read_directives(path) if path.is_file() else {}
+            return files.transactional(path, directives) if "transactional" in directives else self.use_transactions
+
+        def process_steps(self, backend, direction, force=False):
+            # yoyo takes the transaction mode from the migration; a rollback runs in its own file's mode.
+            applying = self.use_transactions
+            if direction == "rollback":
+                self.use_transactions = self.rollback_transactional()
+            try:
+                super().process_steps(backend, direction, force)
+            finally:
+                self.use_transactions = applying
+
         def rollback_statements(self):
             if self._rollback_statements is None:
                 path = rollback_path(self)
                 if not path.is_file():
                     raise MigratorError(f"{path} not found: {self.id} cannot be rolled back; write its rollback "
                                         "file first (nothing was rolled back)")
-                self._rollback_statements = files.statements(path, in_transaction=self.use_transactions)
+                self._rollback_statements = files.statements(path, in_transaction=self.rollback_transactional())
             return self._rollback_statements
 
     return SqlFileMigration

@@ -18,15 +18,31 @@ import re
 from dataclasses import dataclass
 
 # What can change the lexer's state; everything between matches is plain text.
-_SPECIAL = r"""--|/\*|'|"|(?<![\w$])\$(?:[A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$|;|\(|\)|\\"""
+_SPECIAL = r"""--|/\*|'|"|(?<![\w$])\$(?:[A-Za-z_\x80-\U0010ffff][\w\x80-\U0010ffff]*)?\$|;|\(|\)|\\"""
 FAST = re.compile(_SPECIAL)
 # Inside CREATE FUNCTION/PROCEDURE, words are tracked too (BEGIN ATOMIC ... END).
 WORDS = re.compile(_SPECIAL + r"|(?<![\w$])(?:begin|case|end)(?![\w$])", re.IGNORECASE)
-ROUTINE = re.compile(r"create\s+(?:or\s+replace\s+)?(?:function|procedure)\b", re.IGNORECASE)
+# Between words: blanks and comments (`CREATE /* c */ FUNCTION` is a function too).
+_GAP = r"(?:\s|--[^\r\n]*|/\*.*?\*/)+"
+ROUTINE = re.compile(rf"create{_GAP}(?:or{_GAP}replace{_GAP})?(?:function|procedure)\b", re.IGNORECASE | re.DOTALL)
+# A file's own `SET standard_conforming_strings`: psql (and the server) then read '\'' as an escape.
+CONFORMING = re.compile(r"(?:set|reset)\b(?:\s+(?:session|local))?\s+standard_conforming_strings\b"
+                        r"(?:\s*(?:=|\bto\b)\s*'?(\w+)'?)?", re.IGNORECASE)
 COPY_STDIN = re.compile(r"copy\b.*\bfrom\s+stdin\b", re.IGNORECASE | re.DOTALL)
 COPY_STDOUT = re.compile(r"copy\b.*\bto\s+stdout\b", re.IGNORECASE | re.DOTALL)
 RESTRICT = re.compile(r"\\(?:un)?restrict(?:[ \t][^\n]*)?(?:\n|$)")
-BLANK = re.compile(r"(?:\s+|--[^\n]*)*")
+# PostgreSQL's lexer ends a `--` comment at \r as well as \n (files saved with old Mac line ends).
+BLANK = re.compile(r"(?:\s+|--[^\r\n]*)*")
+COMMENT_END = re.compile(r"[\r\n]")
+
+
+def newlines(text: str, start: int = 0, end: int | None = None) -> int:
+    """Line breaks in text[start:end]: \n, \r\n and a lone \r each end a line (as the checksum counts them)."""
+    end = len(text) if end is None else end
+    count = text.count("\n", start, end)
+    if "\r" in text:
+        count += text.count("\r", start, end) - text.count("\r\n", start, end)
+    return count
 
 
 @dataclass(frozen=True)
@@ -40,7 +56,7 @@ class Statement:
         """The file's line of a server error position (1-based characters into the statement)."""
         if not position:
             return self.line
-        return self.line + self.text.count("\n", 0, max(0, position - 1))
+        return self.line + newlines(self.text, 0, max(0, position - 1))
 
 
 class SplitError(ValueError):
@@ -54,13 +70,18 @@ class SplitError(ValueError):
 
 def split(text: str) -> list[Statement]:
     statements: list[Statement] = []
+    nul = text.find("\0")
+    if nul >= 0:
+        raise SplitError(newlines(text, 0, nul) + 1, "holds a NUL byte, which psql drops with the rest of its line "
+                                                   "(the server refuses it); remove it")
     pos, start, depth, begin_depth = 0, None, 0, 0
+    conforming = True  # standard_conforming_strings, as the file sets it
     pattern = FAST
     line, line_pos = 1, 0  # line number of `line_pos`, advanced lazily
 
     def line_of(offset: int) -> int:
         nonlocal line, line_pos
-        line += text.count("\n", line_pos, offset)
+        line += newlines(text, line_pos, offset)
         line_pos = offset
         return line
 
@@ -70,10 +91,13 @@ def split(text: str) -> list[Statement]:
         pattern = WORDS if ROUTINE.match(text, at) else FAST
 
     def end_statement(end: int, terminated: bool) -> None:
-        nonlocal start, depth, begin_depth, pattern
+        nonlocal start, depth, begin_depth, pattern, conforming
         body = text[start:end]
         statement = Statement(body, line_of(start), start, terminated)
         _refuse_copy(statement)
+        setting = CONFORMING.match(body)
+        if setting:
+            conforming = (setting[1] or "on").lower() in ("on", "true", "yes", "1", "default")
         statements.append(statement)
         start, depth, begin_depth, pattern = None, 0, 0, FAST
 
@@ -102,12 +126,12 @@ def split(text: str) -> list[Statement]:
             begin_statement(at)
         pos = match.end()
         if token == "--":
-            newline = text.find("\n", pos)
-            pos = length if newline < 0 else newline + 1
+            newline = COMMENT_END.search(text, pos)
+            pos = length if newline is None else newline.end()
         elif token == "/*":
             pos = _skip_block_comment(text, pos, lambda: line_of(at))
         elif token == "'":
-            pos = _skip_string(text, at, _backslash_escapes(text, at), lambda: line_of(at))
+            pos = _skip_string(text, at, not conforming or _backslash_escapes(text, at), lambda: line_of(at))
         elif token == '"':
             end = text.find('"', pos)
             while end >= 0 and text.startswith('"', end + 1):

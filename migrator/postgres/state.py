@@ -9,7 +9,7 @@ from pathlib import Path
 from migrator import checksums
 from migrator.errors import DRIFT, MigratorError
 from migrator.postgres.connection import MIGRATION_TABLE
-from migrator.postgres.migration import is_transactional, load_migrations, ordered
+from migrator.postgres.migration import load_migrations, ordered
 from migrator.targets import PostgresTarget
 
 
@@ -19,7 +19,7 @@ class MigrationState:
     path: Path | None
     applied_at: datetime | None
     changed: bool = False  # applied, and the file differs from what was applied
-    failure: str | None = None  # a non-transactional file that failed part-way: what it left committed
+    failure: str | None = None  # a non-transactional file (or rollback) stopped part-way: what it left committed
 
     @property
     def state(self) -> str:
@@ -28,7 +28,7 @@ class MigrationState:
         if self.changed:
             return "applied, CHANGED since"
         if self.applied_at:
-            return "applied"
+            return "applied, PARTLY rolled back" if self.failure else "applied"
         return "pending, PARTLY applied" if self.failure else "pending"
 
 
@@ -63,12 +63,19 @@ def applied_ids(backend) -> dict[str, datetime]:
 def status(backend, migrations) -> list[MigrationState]:
     books = bookkeeping(backend)
     changed = {d.id for d in checksums.drifted(migrations, set(books.applied), books.sums)}
-    states = [MigrationState(m.id, Path(m.path), books.applied.get(m.id), m.id in changed,
-                             None if m.id in books.applied else books.failures.get(m.id))
+    states = [MigrationState(m.id, Path(m.path), books.applied.get(m.id), m.id in changed, _failure(books, m.id))
               for m in ordered(migrations)]
     on_disk = {m.id for m in migrations}
     states += [MigrationState(id_, None, at) for id_, at in books.applied.items() if id_ not in on_disk]
     return states
+
+
+def _failure(books: Bookkeeping, migration_id: str) -> str | None:
+    """A pending migration's partial apply, or an applied one's partial rollback."""
+    what = books.failures.get(migration_id)
+    if what is None or (migration_id in books.applied) != what.startswith(checksums.ROLLBACK):
+        return None
+    return what
 
 
 def pending(backend, migrations):
@@ -82,14 +89,15 @@ def pending(backend, migrations):
 def reconcile(backend, migrations, notify) -> list:
     """Under the lock, before migrating: repair and record what earlier runs left, return the drift.
 
-    A checksum without yoyo's mark is a migration that committed before its runner died: mark it.
+    A checksum without yoyo's mark is a migration that committed before its runner died: mark it
+    (a non-transactional file records its checksum only after all its statements committed).
     Applied migrations without a checksum predate drift detection: record today's files.
     """
     from yoyo.migrations import MigrationList
 
     books = bookkeeping(backend)
     applied = set(books.applied)
-    committed = [m for m in migrations if m.id in books.sums and m.id not in applied and is_transactional(m)]
+    committed = [m for m in migrations if m.id in books.sums and m.id not in applied]
     if committed:
         backend.mark_migrations(MigrationList(committed))
         applied |= {m.id for m in committed}
@@ -97,7 +105,8 @@ def reconcile(backend, migrations, notify) -> list:
     recorded_now = checksums.record_missing(backend, migrations, applied, books.sums)
     if recorded_now:
         notify(f"note: recorded the checksums of {len(recorded_now)} migration(s) applied before drift detection")
-    checksums.clear_failures(backend, [i for i in books.failures if i in applied])
+    checksums.clear_failures(backend, [i for i, what in books.failures.items()
+                                       if i in applied and not what.startswith(checksums.ROLLBACK)])
     return checksums.drifted(migrations, applied, books.sums)
 
 

@@ -1,12 +1,15 @@
-"""SIGTERM (the Job's deadline, a pod eviction) during a real run: a failure of the patch, logged.
+"""SIGTERM (the Job's deadline, a pod eviction) during a real run: an orderly stop, reported.
 
-The handler raises `Interrupted` where the runner is, so the running patch fails like any other
-and its record is settled. While a log record is being written the signal waits, so that a record
-is never half written; `check()` raises it right after.
+The handler raises `Interrupted` where the runner is, so the running patch (Mongo) or migration
+(SQL) fails like any other and its record is settled. While a record is being written the signal
+waits, so that a record is never half written; `check()` raises it right after. The SQL side defers
+the signal for the whole run and lets it through only while a migration's own statements run
+(`live()`), so its bookkeeping is never cut in half.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from contextlib import contextmanager
@@ -40,6 +43,16 @@ class Guard:
         finally:
             self._deferring = False
 
+    @contextmanager
+    def live(self) -> Iterator[None]:
+        """Inside a deferred block: let the signal through at once (a waiting one first)."""
+        saved, self._deferring = self._deferring, False
+        try:
+            self.check()
+            yield
+        finally:
+            self._deferring = saved
+
     def check(self) -> None:
         if self._pending is not None:
             signum, self._pending = self._pending, None
@@ -49,12 +62,23 @@ class Guard:
 @contextmanager
 def guard() -> Iterator[Guard]:
     """Turn SIGTERM into `Interrupted` for the block (main thread only: signals are delivered there)."""
+    global _active
     g = Guard()
     if threading.current_thread() is not threading.main_thread():
         yield g
         return
-    previous = signal.signal(signal.SIGTERM, g._handle)
+    previous, outer = signal.signal(signal.SIGTERM, g._handle), _active
+    _active = g
     try:
         yield g
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _active = outer
+
+
+_active: Guard | None = None
+
+
+def live() -> contextlib.AbstractContextManager:
+    """The active guard's `live()`, or nothing when no guard is installed (tests, other threads)."""
+    return _active.live() if _active else contextlib.nullcontext()
