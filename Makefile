@@ -22,7 +22,7 @@ MONGOSH_STAMP := .mongosh/.installed
 # The tests of the JS path need it; without npm they skip, saying why.
 TEST_MONGOSH := $(if $(shell command -v npm),$(MONGOSH_STAMP))
 
-.PHONY: help install mongosh migrate plan status rollback new config lint lock test bench db-stop clean
+.PHONY: help install mongosh migrate plan status rollback new config doctor lint lock test bench db-stop clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ status: $(RUNTIME)  ## list applied and pending migrations
 
 config: $(RUNTIME)  ## show the resolved connection and where each setting came from
 	$(RUNNER) config $(ARGS)
+
+doctor: $(RUNTIME)  ## check a new environment (settings, secrets, CA, both stores, tools); changes nothing
+	$(RUNNER) doctor $(ARGS)
 
 rollback: $(RUNTIME)  ## roll back the last applied migration
 	$(RUNNER) sql rollback $(ARGS)

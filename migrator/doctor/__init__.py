@@ -39,6 +39,10 @@ class DoctorReport:
     checks: list[Check] = field(default_factory=list)
 
     def add(self, check: Check) -> Check:
+        """Add a check; a FAIL already said (the resolver repeats a secret's or CA bundle's failure) is not repeated."""
+        for said in self.checks:
+            if check.status == FAIL == said.status and said.detail == check.detail:
+                return said
         self.checks.append(check)
         return check
 

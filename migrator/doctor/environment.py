@@ -73,7 +73,7 @@ def secret(report: DoctorReport, name: str, origin: str, aws: AwsOptions, env: E
     try:
         data = secrets.fetch_json(name, aws, env)
     except MigratorError as exc:
-        report.add(failed(check, str(exc)))
+        report.add(failed(check, str(exc), f"check the secret's name ({origin}), --region/AWS_REGION and --profile"))
         return False
     profile, region = secrets.profile_and_region(aws, env)
     region = region or boto3.Session(profile_name=profile).region_name

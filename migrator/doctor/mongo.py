@@ -86,7 +86,9 @@ def _log_and_lock(report: DoctorReport, db, target: MongoTarget, mongo_dir: Path
 def _documentdb(report: DoctorReport, db, target: MongoTarget) -> None:
     if not target.documentdb:
         return
-    retry = db.client.options.retry_writes
+    retry = getattr(getattr(db.client, "options", None), "retry_writes", None)
+    if not isinstance(retry, bool):  # a client without pymongo's ClientOptions (mongomock): what the runner passes
+        retry = target.client_options().get("retryWrites", True)
     if retry is False:
         report.add(Check("mongo documentdb", OK, "DocumentDB: retryWrites=false in effect"))
     else:
