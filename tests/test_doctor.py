@@ -244,3 +244,31 @@ def test_json_output_and_exit_codes(cli, db, password_role, sql_dir):
     assert failure["name"] == "postgres login" and failure["remedy"].startswith("check the user and password")
     assert "Wrong-pass-77" not in result.output
     assert cli("doctor", "--no-such-option").exit_code == 2
+
+
+def test_the_one_off_doctor_job_is_the_job_with_another_command(tmp_path):
+    """k8s/doctor.sed (README, Deploy): the Job's pod, same env and mounts, running `make doctor`; valid for 1.30."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import PROJECT_ROOT
+
+    job_file = PROJECT_ROOT / "k8s" / "job.yaml"
+    text = subprocess.run(["sed", "-f", str(PROJECT_ROOT / "k8s" / "doctor.sed"), str(job_file)],
+                          capture_output=True, text=True, check=True).stdout
+    (tmp_path / "doctor.yaml").write_text(text)
+    validate = Path(sys.executable).parent / "kubernetes-validate"
+    done = subprocess.run([str(validate), "--strict", "-k", "1.30.0", str(tmp_path / "doctor.yaml")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job, policy = [d for d in yaml.safe_load_all(text) if d]
+    original, original_policy = [d for d in yaml.safe_load_all(job_file.read_text()) if d]
+    assert job["metadata"]["name"] == "hcm-db-migrations-doctor" and job["spec"]["backoffLimit"] == 0
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["make", "doctor", "ARGS=--no-dev-tools"]
+    # Everything else is the Job's own: the same pod but for the command, the same NetworkPolicy.
+    container["command"] = original["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert job["spec"]["template"] == original["spec"]["template"]
+    assert policy == original_policy
