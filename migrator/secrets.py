@@ -22,13 +22,18 @@ _HINTS = {
 }
 
 
+def profile_and_region(aws: AwsOptions, env: Env) -> tuple[str | None, str | None]:
+    """The AWS profile and region asked for (None: boto3's own default chain decides)."""
+    profile = aws.profile or env.value("AWS_PROFILE")
+    return profile, aws.region or env.value("AWS_REGION") or env.value("AWS_DEFAULT_REGION")
+
+
 def fetch_json(name: str, aws: AwsOptions, env: Env) -> dict:
     """The secret's JSON object. Raises MigratorError naming the secret and what to do."""
     import boto3
     import botocore.exceptions as bx
 
-    profile = aws.profile or env.value("AWS_PROFILE")
-    region = aws.region or env.value("AWS_REGION") or env.value("AWS_DEFAULT_REGION")
+    profile, region = profile_and_region(aws, env)
     where = f"AWS secret {name}" + (f" (profile {profile})" if profile else "")
     try:
         session = boto3.Session(profile_name=profile, region_name=region)

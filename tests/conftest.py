@@ -238,6 +238,20 @@ def cli(workdir):
     return run
 
 
+def fresh_clone(tmp_path: Path) -> Path:
+    """A git clone of the project with the working tree's runner files on top (uncommitted work is what runs)."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(PROJECT_ROOT), str(clone)], check=True)
+    for name in ("Makefile", "runner.py", "migrator", "sql", "requirements.lock", "requirements-devdb.txt",
+                 "requirements-dev.txt"):
+        src, dst = PROJECT_ROOT / name, clone / name
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    return clone
+
+
 def psql_file(database: Database, path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database.url, "-f", str(path)],

@@ -10,7 +10,7 @@ from conftest import PROJECT_ROOT
 COMMANDS = [[], ["migrate"], ["plan"], ["status"], ["config"], ["sql"], ["sql", "rollback"], ["sql", "new"],
             ["sql", "mark"], ["sql", "accept-changes"], ["sql", "lint"], ["sql", "break-lock"], ["mongo"],
             ["mongo", "status"], ["mongo", "apply"], ["mongo", "history"], ["mongo", "resolve"],
-            ["mongo", "accept-changes"], ["mongo", "new"], ["devdb"], ["devdb", "start"], ["devdb", "stop"]]
+            ["mongo", "accept-changes"], ["mongo", "new"], ["devdb"], ["devdb", "start"], ["devdb", "stop"], ["doctor"]]
 HEAVY = ("boto3", "pymongo", "yoyo", "psycopg2", "botocore")
 
 PROBE = """

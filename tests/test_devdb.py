@@ -1,13 +1,12 @@
 """The local development database: used only when nothing is configured, started once, left running."""
 
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import PROJECT_ROOT
+from conftest import fresh_clone
 from migrator import devdb
 from migrator.env import Env
 
@@ -48,15 +47,7 @@ def test_any_setting_keeps_the_local_database_off(cli, db, tmp_path):
 
 def test_make_migrate_and_status_on_a_fresh_clone(tmp_path):
     """The README's first command on a fresh clone, with nothing configured (PYTHON: no new venv)."""
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(PROJECT_ROOT), str(clone)], check=True)
-    # The clone holds what is committed; overlay the working tree so uncommitted work is what runs.
-    for name in ("Makefile", "runner.py", "migrator", "sql"):
-        src, dst = PROJECT_ROOT / name, clone / name
-        if src.is_dir():
-            shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
+    clone = fresh_clone(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "HCM_DEVDB"))}
     make = ["make", "-s", "-C", str(clone), f"PYTHON={sys.executable}"]
     try:

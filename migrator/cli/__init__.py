@@ -7,15 +7,17 @@ Each callback only parses, calls one function of migrator.commands and renders i
   sql     -- sql rollback / new / mark / accept-changes / lint / break-lock
   mongo   -- mongo status / apply / history / resolve / accept-changes / new
   devdb   -- devdb start / stop
+  doctor  -- doctor: a new environment checked, changing nothing
 """
 
 from migrator.cli import deploy
 from migrator.cli.app import cli
 from migrator.cli.devdb import devdb
+from migrator.cli.doctor import doctor
 from migrator.cli.mongo import mongo
 from migrator.cli.sql import sql
 
-for command in (deploy.migrate, deploy.plan, deploy.status, deploy.config, mongo, sql, devdb):
+for command in (deploy.migrate, deploy.plan, deploy.status, deploy.config, mongo, sql, devdb, doctor):
     cli.add_command(command)
 
 __all__ = ["cli"]

@@ -1,0 +1,26 @@
+"""doctor: check a new environment before the first real run."""
+
+from __future__ import annotations
+
+import click
+
+from migrator import output
+from migrator.cli.options import settings_options
+from migrator.commands import doctor as commands
+
+
+@click.command()
+@settings_options(postgres=True, mongo=True, sql_dir=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.option("--no-dev-tools", is_flag=True, help="Skip the developer tools (squawk); the Job's image has none.")
+def doctor(settings, as_json, no_dev_tools):
+    """Check everything a real run needs, changing nothing: one line per check, ok / warn / FAIL and what to do.
+
+    Settings and where they came from, .env, the AWS secrets (key names only), the CA bundle, PostgreSQL
+    (reachable, login, version, TLS, privileges, bookkeeping, pending, drift), MongoDB (reachable, auth,
+    database, applied_patches, the patch lock, DocumentDB), mongosh, squawk. Read-only connections; no
+    lock is taken. Exit 0 when nothing FAILs, 1 otherwise.
+    """
+    report = commands.doctor(settings, dev_tools=not no_dev_tools)
+    output.report(report, as_json)
+    raise click.exceptions.Exit(report.exit_code)

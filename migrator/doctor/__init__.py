@@ -1,0 +1,63 @@
+"""`runner.py doctor`: everything a real run needs, checked without changing anything.
+
+One Check per line: ok, warn (works, but look), FAIL (a real run would fail here), with what to do.
+The checks call the runner's own code (the settings resolver, the connections, the bookkeeping
+readers), so doctor fails exactly where a run would, with the same words:
+  environment -- .env, the settings of both stores, the AWS secrets, the CA bundle, mongosh, squawk
+  postgres    -- reachable, login, server version, TLS, privileges, bookkeeping, pending, drift
+  mongo       -- reachable, auth, database, applied_patches, the patch lock, DocumentDB options
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # OK, WARN or FAIL
+    detail: str
+    remedy: str = ""  # what to do, for warn and FAIL
+
+    def line(self) -> str:
+        text = f"{self.status:<4}  {self.name:<20}  {self.detail}"
+        return text + (f" -> {self.remedy}" if self.remedy else "")
+
+
+def failed(name: str, message: str, remedy: str = "") -> Check:
+    """A FAIL from one of the runner's error messages, which say what and then, after '; ', what to do."""
+    detail, _, told = message.partition("; ")
+    return Check(name, FAIL, detail, told or remedy)
+
+
+@dataclass
+class DoctorReport:
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, check: Check) -> Check:
+        """Add a check; a FAIL already said (the resolver repeats a secret's or CA bundle's failure) is not repeated."""
+        for said in self.checks:
+            if check.status == FAIL == said.status and said.detail == check.detail:
+                return said
+        self.checks.append(check)
+        return check
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(c.status == FAIL for c in self.checks) else 0
+
+    def counts(self) -> dict[str, int]:
+        return {status: sum(1 for c in self.checks if c.status == status) for status in (OK, WARN, FAIL)}
+
+    def data(self) -> dict[str, Any]:
+        return {"ok": self.exit_code == 0, "counts": self.counts(), "checks": [asdict(c) for c in self.checks]}
+
+    def lines(self) -> list[str]:
+        counts = self.counts()
+        verdict = "a real run would fail: fix the FAIL lines" if counts[FAIL] else "ready"
+        return [c.line() for c in self.checks] + [
+            f"doctor: {counts[OK]} ok, {counts[WARN]} warn, {counts[FAIL]} FAIL; {verdict}"]

@@ -1,0 +1,199 @@
+"""The checks that need no database: .env, the settings of both stores, AWS secrets, the CA bundle, tools."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+from migrator import tls
+from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, failed
+from migrator.env import Env
+from migrator.errors import MigratorError
+from migrator.settings import DOCDB_HOST_SUFFIX, SEED_URI_KEY, resolve_mongo, resolve_postgres
+from migrator.targets import AwsOptions, MongoOptions, MongoTarget, PostgresOptions, PostgresTarget
+
+PG_SECRET_KEYS = ("host", "port", "username", "password", "dbname")
+DOCDB_SECRET_KEYS = ("host", "port", "username", "password", "dbname")
+
+
+def dotenv(report: DoctorReport, env: Env) -> None:
+    where = Path(".env").resolve()
+    if env.dotenv:
+        report.add(Check(".env", OK, f"read {where} ({len(env.dotenv)} setting(s); the real environment wins over it)"))
+    else:
+        report.add(Check(".env", OK, f"none in {where.parent}: settings come from the environment and options only"))
+
+
+def ca_bundle(report: DoctorReport, option: str | None, env: Env) -> None:
+    """Readable, PEM (the runner's own check), then each certificate's validity dates (the stdlib's parser)."""
+    try:
+        path, origin = tls.resolve_ca_bundle(option, env)
+    except MigratorError as exc:
+        report.add(failed("ca bundle", str(exc)))
+        return
+    if path is None:
+        if env.value("CA_BUNDLE"):  # optional and absent: resolve_ca_bundle left its warning in env's notes
+            report.add(Check("ca bundle", WARN, f"{env.value('CA_BUNDLE')} (CA_BUNDLE) is not there; TLS is not verified",
+                             "create the ConfigMap with the RDS bundle (README, \"The CA bundle\")"))
+        else:
+            report.add(Check("ca bundle", OK, "none set (CA_BUNDLE, --ca-bundle): remote servers are encrypted, not verified"))
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=path)
+    except (ssl.SSLError, OSError) as exc:
+        report.add(Check("ca bundle", FAIL, f"{path} ({origin}) holds no certificate that TLS can load ({exc.__class__.__name__})",
+                         f"use the PEM bundle ({tls.RDS_BUNDLE_URL})"))
+        return
+    expiries = sorted(datetime.fromtimestamp(ssl.cert_time_to_seconds(c["notAfter"]), timezone.utc)
+                      for c in context.get_ca_certs() if "notAfter" in c)
+    now = datetime.now(timezone.utc)
+    valid = [at for at in expiries if at > now]
+    span = f"expiring {expiries[0]:%Y-%m-%d} to {expiries[-1]:%Y-%m-%d}" if expiries else "no CA certificate in it"
+    detail = f"{path} ({origin}): {len(expiries)} CA certificate(s), {span}; used for PostgreSQL verify-full and Mongo TLS"
+    if not valid:
+        report.add(Check("ca bundle", FAIL, detail + ", none valid today",
+                         f"download the current bundle ({tls.RDS_BUNDLE_URL})"))
+    elif len(valid) < len(expiries):
+        report.add(Check("ca bundle", WARN, detail + f", {len(expiries) - len(valid)} expired",
+                         "fine while the server's CA is among the valid ones; refresh the bundle when convenient"))
+    else:
+        report.add(Check("ca bundle", OK, detail))
+
+
+def secret(report: DoctorReport, name: str, origin: str, aws: AwsOptions, env: Env, store: str) -> bool:
+    """The secret read with the runner's own client; its key names (never values), region and profile."""
+    import boto3
+
+    from migrator import secrets
+
+    check = f"{store} secret"
+    try:
+        data = secrets.fetch_json(name, aws, env)
+    except MigratorError as exc:
+        report.add(failed(check, str(exc), f"check the secret's name ({origin}), --region/AWS_REGION and --profile"))
+        return False
+    profile, region = secrets.profile_and_region(aws, env)
+    region = region or boto3.Session(profile_name=profile).region_name
+    where = f"AWS secret {name} ({origin}), region {region}" + (f", profile {profile}" if profile else "")
+    present = sorted(k for k, v in data.items() if v not in (None, ""))
+    if store == "mongo" and data.get(SEED_URI_KEY):
+        report.add(Check(check, OK, f"{where}: keys {', '.join(present)}"))
+        return True
+    expected = PG_SECRET_KEYS if store == "postgres" else DOCDB_SECRET_KEYS
+    missing = [k for k in expected if k not in present]
+    needed = [k for k in missing if k in ("host", "username", "password")]
+    if needed:
+        layout = "the RDS layout" if store == "postgres" else f"{SEED_URI_KEY}, or DocumentDB's"
+        report.add(Check(check, FAIL, f"{where}: lacks {', '.join(needed)} (has {', '.join(present) or 'no keys'})",
+                         f"store {layout}: {', '.join(expected)}"))
+        return False
+    if missing:
+        report.add(Check(check, WARN, f"{where}: keys {', '.join(present)}; no {', '.join(missing)}, the default is used",
+                         f"add {', '.join(missing)} to the secret to be explicit"))
+    else:
+        report.add(Check(check, OK, f"{where}: keys {', '.join(present)}"))
+    return True
+
+
+def postgres_settings(report: DoctorReport, options: PostgresOptions, env: Env) -> PostgresTarget | None:
+    """The resolver's answer and where each setting came from; the secret checked when it is used."""
+    name, origin = (options.aws.secret_name, "--secret-name") if options.aws.secret_name else env.get("DB_SECRET_NAME")
+    try:
+        target = resolve_postgres(options, env)
+    except MigratorError as exc:
+        if name and f"secret {name}" in str(exc):
+            secret(report, name, origin, options.aws, env, "postgres")
+        report.add(failed("postgres settings", str(exc)))  # a repeat of the secret's FAIL is dropped
+        return None
+    if name and f"secret {name}" in target.sources.values():
+        secret(report, name, origin, options.aws, env, "postgres")
+    if target.local_dev:
+        report.add(Check("postgres settings", OK, "nothing configured: `make migrate` uses the local development "
+                         "database (started on first use); set DATABASE_URL or DB_HOST to check another"))
+        return target
+    origins = sorted(set(target.sources.values()))
+    report.add(Check("postgres settings", OK, f"{target.display_url} from {', '.join(origins)}; TLS {target.tls}"))
+    _notes(report, "postgres settings", target.notes)
+    return target
+
+
+def mongo_settings(report: DoctorReport, options: MongoOptions, env: Env, mongo_dir: Path) -> MongoTarget | None:
+    url = options.url or env.value("MONGO_URL")
+    name, origin = (options.aws.secret_name, "--secret-name") if options.aws.secret_name else env.get("MONGO_SECRET_NAME")
+    if name and not url and not secret(report, name, origin, options.aws, env, "mongo"):
+        return None
+    try:
+        target = resolve_mongo(options, env)
+    except MigratorError as exc:
+        report.add(failed("mongo settings", str(exc)))
+        return None
+    if target is None:
+        found = sorted(p.name for p in mongo_dir.glob("*.[jp][sy]")) if mongo_dir.is_dir() else []
+        if found:
+            report.add(Check("mongo settings", WARN, f"not configured: the {len(found)} patch(es) in {mongo_dir} will be skipped",
+                             "set MONGO_URL and MONGO_DB, or MONGO_SECRET_NAME"))
+        else:
+            report.add(Check("mongo settings", OK, "not configured, and no patches: Mongo is skipped"))
+        return None
+    kind = "DocumentDB" if target.documentdb else "MongoDB"
+    report.add(Check("mongo settings", OK, f"{kind} {target.display_uri}, database {target.database} "
+                     f"({target.sources['database']}); TLS {target.tls}"))
+    _notes(report, "mongo settings", target.notes)
+    if not target.documentdb and DOCDB_HOST_SUFFIX not in target.hosts.lower() and "docdb" in target.hosts.lower():
+        report.add(Check("mongo settings", WARN, f"{target.hosts} looks like DocumentDB but is not treated as such",
+                         "set MONGO_DOCUMENTDB=true (retryWrites=false)"))
+    return target
+
+
+def _notes(report: DoctorReport, name: str, notes: list[str]) -> None:
+    for note in notes:
+        if note.startswith("warning: "):
+            detail, _, remedy = note.removeprefix("warning: ").partition("; ")
+            report.add(Check(name, WARN, detail, remedy))
+
+
+def mongosh(report: DoctorReport, mongo_dir: Path, mongo_configured: bool) -> None:
+    """mongosh, found as the runner finds it, when a JavaScript patch needs it (a warning while Mongo is off)."""
+    from migrator.mongo import patches
+
+    js = sorted(mongo_dir.glob("*.js")) if mongo_dir.is_dir() else []
+    if not js:
+        report.add(Check("mongosh", OK, f"not needed: no JavaScript patch in {mongo_dir}"))
+        return
+    try:
+        path = patches.mongosh_path()
+    except MigratorError as exc:
+        check = report.add(failed("mongosh", str(exc)))
+        check.detail += f" ({len(js)} .js patch(es) in {mongo_dir})"
+        if not mongo_configured:
+            check.status, check.detail = WARN, check.detail + ", not run while Mongo is not configured"
+        return
+    version = _version([path, "--version"])
+    if version is None:
+        report.add(Check("mongosh", FAIL, f"{path} does not run (`mongosh --version` failed)",
+                         "run `make mongosh`, or set MONGOSH to a working mongosh"))
+    else:
+        report.add(Check("mongosh", OK, f"{version} at {path} ({len(js)} .js patch(es))"))
+
+
+def squawk(report: DoctorReport) -> None:
+    from migrator import lint
+
+    path = lint.squawk_path()
+    if path is None:
+        report.add(Check("squawk", WARN, "not installed (needed by `make lint` and `plan`'s lint only, not by a run)",
+                         "`make install` brings it on a developer's machine"))
+    else:
+        report.add(Check("squawk", OK, f"{_version([path, '--version']) or 'present'} at {path}"))
+
+
+def _version(command: list[str]) -> str | None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
