@@ -53,7 +53,7 @@ class DoctorReport:
     def counts(self) -> dict[str, int]:
         return {status: sum(1 for c in self.checks if c.status == status) for status in (OK, WARN, FAIL)}
 
-    def data(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {"ok": self.exit_code == 0, "counts": self.counts(), "checks": [asdict(c) for c in self.checks]}
 
     def lines(self) -> list[str]:

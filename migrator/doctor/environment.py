@@ -157,14 +157,14 @@ def _notes(report: DoctorReport, name: str, notes: list[str]) -> None:
 
 def mongosh(report: DoctorReport, mongo_dir: Path, mongo_configured: bool) -> None:
     """mongosh, found as the runner finds it, when a JavaScript patch needs it (a warning while Mongo is off)."""
-    from migrator.mongo import patches
+    from migrator.mongo import js_patch
 
     js = sorted(mongo_dir.glob("*.js")) if mongo_dir.is_dir() else []
     if not js:
         report.add(Check("mongosh", OK, f"not needed: no JavaScript patch in {mongo_dir}"))
         return
     try:
-        path = patches.mongosh_path()
+        path = js_patch.mongosh_path()
     except MigratorError as exc:
         check = report.add(failed("mongosh", str(exc)))
         check.detail += f" ({len(js)} .js patch(es) in {mongo_dir})"
