@@ -279,6 +279,61 @@ def one_error_line(result: Result) -> str:
     return errors[0]
 
 
+# --- migrations in a test's sql/ folder, and what the database says of them ----------------------------
+
+SEED = "0001_create_hcm_report_metadata"
+SEED_COLUMNS = {
+    # name: (type, max length, nullable)
+    "id": ("integer", None, "NO"),
+    "dag_run_id": ("character varying", 255, "NO"),
+    "dag_name": ("character varying", 100, "NO"),
+    "campaign_number": ("character varying", 100, "NO"),
+    "report_name": ("character varying", 100, "NO"),
+    "trigger_frequency": ("character varying", 50, "NO"),
+    "trigger_date": ("timestamp without time zone", None, "NO"),
+    "filestore_id": ("character varying", 255, "NO"),
+    "tenant_id": ("character varying", 50, "YES"),
+    "created_at": ("timestamp without time zone", None, "NO"),
+}
+SEED_INDEXES = {
+    "idx_hcm_report_campaign": "(campaign_number)",
+    "idx_hcm_report_name": "(report_name)",
+    "idx_hcm_report_frequency": "(trigger_frequency)",
+    "idx_hcm_report_trigger_date": "(trigger_date)",
+    "idx_hcm_report_campaign_report_freq": "(campaign_number, report_name, trigger_frequency)",
+}
+
+
+def add_migration(sql_dir: Path, name: str, sql: str | bytes, rollback: str | None = None) -> Path:
+    """Write NAME.sql (text or raw bytes) and, if given, NAME.rollback.sql."""
+    path = sql_dir / f"{name}.sql"
+    path.write_bytes(sql.encode("utf-8") if isinstance(sql, str) else sql)
+    if rollback is not None:
+        (sql_dir / f"{name}.rollback.sql").write_text(rollback)
+    return path
+
+
+def applied(db) -> list[str]:
+    """The ids yoyo marks applied, in id order ([] before the bookkeeping exists)."""
+    if "_yoyo_migration" not in db.tables():
+        return []
+    return [r[0] for r in db.query("SELECT migration_id FROM public._yoyo_migration ORDER BY migration_id")]
+
+
+def migrate(cli, db, sql_dir, *args):
+    return cli("migrate", "--sql-dir", sql_dir, *args, env=db.db_env())
+
+
+def ok(result):
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def table_schema(db, table: str) -> str | None:
+    rows = db.query("SELECT table_schema FROM information_schema.tables WHERE table_name = %s", (table,))
+    return rows[0][0] if rows else None
+
+
 # --- MongoDB: mongomock, or a real server at TEST_MONGO_URL ------------------------------------
 
 MOCK_MONGO_URL = "mongodb://mongo.test:27017"

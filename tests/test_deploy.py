@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PROJECT_ROOT
-from test_postgres import SEED_INDEXES
+from conftest import PROJECT_ROOT, SEED_INDEXES
 
 JOB_FILE = PROJECT_ROOT / "k8s" / "job.yaml"
 SECRETS_POLICY = PROJECT_ROOT / "k8s" / "networkpolicy-secrets-manager.yaml"

@@ -4,8 +4,7 @@ The table of bad inputs lives in test_reliability.py; these are the cases that n
 
 import socket
 
-from conftest import one_error_line
-from test_postgres import add_migration, applied
+from conftest import add_migration, applied, one_error_line
 
 
 def free_port() -> int:

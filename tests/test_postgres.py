@@ -2,41 +2,7 @@
 
 from pathlib import Path
 
-from conftest import one_error_line, psql_file, schema_dump
-
-SEED_COLUMNS = {
-    # name: (type, max length, nullable)
-    "id": ("integer", None, "NO"),
-    "dag_run_id": ("character varying", 255, "NO"),
-    "dag_name": ("character varying", 100, "NO"),
-    "campaign_number": ("character varying", 100, "NO"),
-    "report_name": ("character varying", 100, "NO"),
-    "trigger_frequency": ("character varying", 50, "NO"),
-    "trigger_date": ("timestamp without time zone", None, "NO"),
-    "filestore_id": ("character varying", 255, "NO"),
-    "tenant_id": ("character varying", 50, "YES"),
-    "created_at": ("timestamp without time zone", None, "NO"),
-}
-SEED_INDEXES = {
-    "idx_hcm_report_campaign": "(campaign_number)",
-    "idx_hcm_report_name": "(report_name)",
-    "idx_hcm_report_frequency": "(trigger_frequency)",
-    "idx_hcm_report_trigger_date": "(trigger_date)",
-    "idx_hcm_report_campaign_report_freq": "(campaign_number, report_name, trigger_frequency)",
-}
-
-
-def add_migration(sql_dir: Path, name: str, sql: str, rollback: str | None = None) -> None:
-    (sql_dir / f"{name}.sql").write_text(sql)
-    if rollback is not None:
-        (sql_dir / f"{name}.rollback.sql").write_text(rollback)
-
-
-def applied(db) -> list[str]:
-    if "_yoyo_migration" not in db.tables():
-        return []
-    return [r[0] for r in db.query("SELECT migration_id FROM _yoyo_migration ORDER BY migration_id")]
-
+from conftest import SEED_COLUMNS, SEED_INDEXES, add_migration, applied, one_error_line, psql_file, schema_dump
 
 def test_migrate_creates_exactly_the_seed_schema(cli, db):
     result = cli("migrate", env=db.db_env())

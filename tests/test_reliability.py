@@ -12,8 +12,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import PASSWORD_USER, PROJECT_ROOT, SPECIAL_PASSWORD, one_error_line
-from test_postgres import add_migration, applied
+from conftest import PASSWORD_USER, PROJECT_ROOT, SPECIAL_PASSWORD, add_migration, applied, one_error_line
 
 SEED = "0001_create_hcm_report_metadata"
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, _bin, one_error_line, psql_file, schema_dump
-from test_sql_real_world import SEED, add, applied, migrate, ok, table_schema
+from conftest import (PROJECT_ROOT, SEED, _bin, add_migration, applied, migrate,
+                      ok, one_error_line, psql_file, schema_dump, table_schema)
 
 
 def status_of(cli, db, sql_dir) -> str:
@@ -21,7 +21,7 @@ def status_of(cli, db, sql_dir) -> str:
 
 def same_as_psql(cli, db, make_db, sql_dir, name: str, sql: bytes | str):
     """Apply one file through the runner and through `psql -1 -f`; both schemas must be equal."""
-    path = add(sql_dir, name, sql)
+    path = add_migration(sql_dir, name, sql)
     ok(migrate(cli, db, sql_dir))
     twin = make_db()
     for seed in sorted(sql_dir.glob("*.sql")):
@@ -41,7 +41,7 @@ def test_cr_only_line_ends_lose_no_statement_and_lines_count_as_psql(cli, db, ma
     sql = b"CREATE TABLE a(id int); -- first\rCREATE TABLE b(id int); -- second\rCREATE TABLE c(id int);\r"
     same_as_psql(cli, db, make_db, sql_dir, "0002_cr", sql)
     assert {"a", "b", "c"} <= db.tables()
-    add(sql_dir, "0003_cr_err", b"SELECT 1; -- one\rSELECT 2; -- two\rSELECT nope;\r")
+    add_migration(sql_dir, "0003_cr_err", b"SELECT 1; -- one\rSELECT 2; -- two\rSELECT nope;\r")
     assert "0003_cr_err.sql:3: failed to apply" in one_error_line(migrate(cli, db, sql_dir))
 
 
@@ -67,7 +67,7 @@ def test_a_dollar_quote_tag_outside_the_bmp(cli, db, make_db, sql_dir):
 
 
 def test_a_nul_byte_is_refused_with_its_line_before_anything_runs(cli, db, sql_dir):
-    add(sql_dir, "0002_nul", b"CREATE TABLE n1(id int);\nSELECT 1;\x00\nCREATE TABLE n2(id int);\n")
+    add_migration(sql_dir, "0002_nul", b"CREATE TABLE n1(id int);\nSELECT 1;\x00\nCREATE TABLE n2(id int);\n")
     line = one_error_line(migrate(cli, db, sql_dir))
     assert "0002_nul.sql:2:" in line and "NUL byte" in line and "nothing was run" in line
     assert "n1" not in db.tables()
@@ -90,13 +90,13 @@ def test_an_orphan_rollback_file_is_refused(cli, db, sql_dir):
 
 
 def test_numbers_order_and_collide_as_integers(cli, db, sql_dir):
-    add(sql_dir, "10_ten", "CREATE TABLE ten (id int REFERENCES nine);\n")
-    add(sql_dir, "9_nine", "CREATE TABLE nine (id int PRIMARY KEY);\n")
+    add_migration(sql_dir, "10_ten", "CREATE TABLE ten (id int REFERENCES nine);\n")
+    add_migration(sql_dir, "9_nine", "CREATE TABLE nine (id int PRIMARY KEY);\n")
     ok(migrate(cli, db, sql_dir))
     assert applied(db) == sorted([SEED, "9_nine", "10_ten"])
     status = status_of(cli, db, sql_dir)
     assert status.index("9_nine") < status.index("10_ten")
-    add(sql_dir, "1_b", "SELECT 1;\n")
+    add_migration(sql_dir, "1_b", "SELECT 1;\n")
     line = one_error_line(migrate(cli, db, sql_dir))
     assert "share the number 1" in line and SEED in line
 
@@ -110,14 +110,14 @@ def test_a_database_default_role_does_not_lock_the_runner_out(cli, db, sql_dir, 
     db.query(f"CREATE ROLE {role}; GRANT CREATE, USAGE ON SCHEMA public TO {role}; GRANT {role} TO CURRENT_USER")
     try:
         header = "" if transactional else "-- transactional: false\n"
-        add(sql_dir, "0002_default_role", f"{header}ALTER DATABASE {db.name} SET role = {role};\n")
-        add(sql_dir, "0003_as_default", "CREATE TABLE t_by_default (id int);\n")
+        add_migration(sql_dir, "0002_default_role", f"{header}ALTER DATABASE {db.name} SET role = {role};\n")
+        add_migration(sql_dir, "0003_as_default", "CREATE TABLE t_by_default (id int);\n")
         ok(migrate(cli, db, sql_dir))
         assert db.query("SET ROLE NONE; SELECT count(*) FROM _yoyo_migration") == [(3,)]
         # a fresh session, as psql's, runs as the database's default role
         assert db.query("SELECT tableowner FROM pg_tables WHERE tablename = 't_by_default'") == [(role,)]
         assert "0 pending" in status_of(cli, db, sql_dir)
-        add(sql_dir, "0004_more", "SELECT 1;\n")
+        add_migration(sql_dir, "0004_more", "SELECT 1;\n")
         ok(migrate(cli, db, sql_dir))
     finally:
         db.query(f"SET ROLE NONE; ALTER DATABASE {db.name} RESET role")
@@ -129,7 +129,7 @@ def test_a_stray_yoyo_table_on_the_search_path_does_not_take_over_the_bookkeepin
     db.query("CREATE SCHEMA app; CREATE TABLE app._yoyo_migration (x int)")
     db.query(f"ALTER DATABASE {db.name} SET search_path = app, public")
     assert "0 pending" in status_of(cli, db, sql_dir)
-    add(sql_dir, "0002_next", "CREATE TABLE public.t_next (id int);\n")
+    add_migration(sql_dir, "0002_next", "CREATE TABLE public.t_next (id int);\n")
     ok(migrate(cli, db, sql_dir))
     assert applied(db) == [SEED, "0002_next"]
 
@@ -138,7 +138,7 @@ def test_a_stray_yoyo_table_on_the_search_path_does_not_take_over_the_bookkeepin
 
 
 def test_a_non_transactional_file_that_opens_its_own_transaction_is_not_reported_committed(cli, db, sql_dir):
-    add(sql_dir, "0002_own_tx", "-- transactional: false\nCREATE TABLE nt0 (id int);\nBEGIN;\nCREATE TABLE nt1 (id int);\n"
+    add_migration(sql_dir, "0002_own_tx", "-- transactional: false\nCREATE TABLE nt0 (id int);\nBEGIN;\nCREATE TABLE nt1 (id int);\n"
         "CREATE TABLE nt2 (id int);\nSELECT 1/0;\nCOMMIT;\n")
     line = one_error_line(migrate(cli, db, sql_dir))
     assert "0002_own_tx.sql:6: failed to apply" in line and "division by zero" in line
@@ -166,7 +166,7 @@ SLOW_NON_TRANSACTIONAL = "-- transactional: false\nCREATE TABLE k1 (id int);\nSE
 
 
 def test_sigkill_in_a_non_transactional_file_leaves_a_truthful_status(cli, db, sql_dir, tmp_path):
-    add(sql_dir, "0002_slow", SLOW_NON_TRANSACTIONAL)
+    add_migration(sql_dir, "0002_slow", SLOW_NON_TRANSACTIONAL)
     proc = runner_process(db, sql_dir, tmp_path)
     wait_for_sleep(db)
     proc.kill()
@@ -181,8 +181,8 @@ def test_sigkill_in_a_non_transactional_file_leaves_a_truthful_status(cli, db, s
 
 
 def test_sigterm_stops_the_run_in_order_with_one_line_saying_what_committed(cli, db, sql_dir, tmp_path):
-    add(sql_dir, "0002_slow", SLOW_NON_TRANSACTIONAL)
-    add(sql_dir, "0003_after", "CREATE TABLE k3 (id int);\n")
+    add_migration(sql_dir, "0002_slow", SLOW_NON_TRANSACTIONAL)
+    add_migration(sql_dir, "0003_after", "CREATE TABLE k3 (id int);\n")
     proc = runner_process(db, sql_dir, tmp_path)
     wait_for_sleep(db)
     proc.send_signal(signal.SIGTERM)
@@ -199,7 +199,7 @@ def test_sigterm_stops_the_run_in_order_with_one_line_saying_what_committed(cli,
 
 
 def test_sigterm_in_a_transactional_file_rolls_it_back_and_says_so(cli, db, sql_dir, tmp_path):
-    add(sql_dir, "0002_slow_tx", "CREATE TABLE t1 (id int);\nSELECT pg_sleep(3);\nCREATE TABLE t2 (id int);\n")
+    add_migration(sql_dir, "0002_slow_tx", "CREATE TABLE t1 (id int);\nSELECT pg_sleep(3);\nCREATE TABLE t2 (id int);\n")
     proc = runner_process(db, sql_dir, tmp_path)
     wait_for_sleep(db)
     proc.send_signal(signal.SIGTERM)
@@ -210,7 +210,7 @@ def test_sigterm_in_a_transactional_file_rolls_it_back_and_says_so(cli, db, sql_
 
 
 def test_a_committed_non_transactional_file_whose_mark_is_lost_is_marked_not_rerun(cli, db, sql_dir):
-    add(sql_dir, "0002_cic", "-- transactional: false\nCREATE INDEX CONCURRENTLY i_seed ON hcm_report_metadata (id);\n")
+    add_migration(sql_dir, "0002_cic", "-- transactional: false\nCREATE INDEX CONCURRENTLY i_seed ON hcm_report_metadata (id);\n")
     ok(migrate(cli, db, sql_dir))
     db.query("DELETE FROM _yoyo_migration WHERE migration_id = '0002_cic'")
     result = ok(migrate(cli, db, sql_dir))
@@ -219,7 +219,7 @@ def test_a_committed_non_transactional_file_whose_mark_is_lost_is_marked_not_rer
 
 
 def test_a_rollback_files_own_transactional_false_is_used(cli, db, sql_dir):
-    add(sql_dir, "0002_idx", "CREATE INDEX i_own ON hcm_report_metadata (id);\n",
+    add_migration(sql_dir, "0002_idx", "CREATE INDEX i_own ON hcm_report_metadata (id);\n",
         "-- transactional: false\nDROP INDEX CONCURRENTLY i_own;\n")
     ok(migrate(cli, db, sql_dir))
     ok(cli("sql", "rollback", "--sql-dir", sql_dir, env=db.db_env()))
@@ -228,7 +228,7 @@ def test_a_rollback_files_own_transactional_false_is_used(cli, db, sql_dir):
 
 
 def test_a_rollback_that_fails_halfway_is_recorded_and_worded_for_a_rollback(cli, db, sql_dir):
-    add(sql_dir, "0002_idx", "-- transactional: false\nCREATE INDEX CONCURRENTLY i_a ON hcm_report_metadata (id);\n"
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\nCREATE INDEX CONCURRENTLY i_a ON hcm_report_metadata (id);\n"
         "CREATE INDEX CONCURRENTLY i_b ON hcm_report_metadata (id);\n",
         "-- transactional: false\nDROP INDEX CONCURRENTLY i_a;\nDROP INDEX CONCURRENTLY i_missing;\n"
         "DROP INDEX CONCURRENTLY i_b;\n")
@@ -247,7 +247,7 @@ def test_a_rollback_that_fails_halfway_is_recorded_and_worded_for_a_rollback(cli
 
 
 def test_set_transaction_read_only_applies_as_in_psql_and_is_recorded(cli, db, sql_dir):
-    add(sql_dir, "0002_ro", "SET TRANSACTION READ ONLY;\nSELECT count(*) FROM hcm_report_metadata;\n")
+    add_migration(sql_dir, "0002_ro", "SET TRANSACTION READ ONLY;\nSELECT count(*) FROM hcm_report_metadata;\n")
     ok(migrate(cli, db, sql_dir))
     assert applied(db) == [SEED, "0002_ro"]
     assert db.query("SELECT count(*) FROM _hcm_migration_checksum WHERE migration_id = '0002_ro'") == [(1,)]
@@ -258,9 +258,9 @@ def test_set_transaction_read_only_applies_as_in_psql_and_is_recorded(cli, db, s
 
 
 def test_plan_piped_to_psql_starts_each_file_in_a_fresh_session_as_migrate_does(cli, db, make_db, sql_dir):
-    add(sql_dir, "0002_baseline", "SELECT pg_catalog.set_config('search_path', '', false);\n"
+    add_migration(sql_dir, "0002_baseline", "SELECT pg_catalog.set_config('search_path', '', false);\n"
         "CREATE TABLE public.base (id int);\nSET statement_timeout = '1ms';\n")
-    add(sql_dir, "0003_next", "-- transactional: false\nCREATE TABLE after_base (id int);\nSELECT pg_sleep(0.05);\n")
+    add_migration(sql_dir, "0003_next", "-- transactional: false\nCREATE TABLE after_base (id int);\nSELECT pg_sleep(0.05);\n")
     ok(migrate(cli, db, sql_dir))
     plan = ok(cli("plan", "--offline", "--sql-dir", sql_dir)).stdout
     assert plan.count("\\connect -reuse-previous=on\n") == 3

@@ -5,39 +5,10 @@ a real user's SQL will bring next."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import _bin, one_error_line, psql_file, schema_dump
-
-SEED = "0001_create_hcm_report_metadata"
-
-
-def add(sql_dir: Path, name: str, sql: str, rollback: str | None = None) -> Path:
-    path = sql_dir / f"{name}.sql"
-    path.write_bytes(sql.encode("utf-8") if isinstance(sql, str) else sql)
-    if rollback is not None:
-        (sql_dir / f"{name}.rollback.sql").write_text(rollback)
-    return path
-
-
-def applied(db) -> list[str]:
-    return [r[0] for r in db.query("SELECT migration_id FROM public._yoyo_migration ORDER BY migration_id")]
-
-
-def migrate(cli, db, sql_dir, *args):
-    return cli("migrate", "--sql-dir", sql_dir, *args, env=db.db_env())
-
-
-def ok(result):
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def table_schema(db, table: str) -> str | None:
-    rows = db.query("SELECT table_schema FROM information_schema.tables WHERE table_name = %s", (table,))
-    return rows[0][0] if rows else None
-
+from conftest import (SEED, _bin, add_migration, applied, migrate, ok,
+                      one_error_line, psql_file, schema_dump, table_schema)
 
 # --- session state never leaks: from one file to the next, or into the bookkeeping ---------------------
 
@@ -45,9 +16,9 @@ def table_schema(db, table: str) -> str | None:
 @pytest.mark.parametrize("transactional", [True, False])
 def test_a_pg_dump_style_empty_search_path_leaves_bookkeeping_and_the_next_file_working(cli, db, sql_dir, transactional):
     header = "" if transactional else "-- transactional: false\n"
-    add(sql_dir, "0002_dump", header + "SELECT pg_catalog.set_config('search_path', '', false);\n"
+    add_migration(sql_dir, "0002_dump", header + "SELECT pg_catalog.set_config('search_path', '', false);\n"
         "CREATE TABLE public.t_dump (id int);\n")
-    add(sql_dir, "0003_after", "CREATE TABLE t_after (id int);\n")
+    add_migration(sql_dir, "0003_after", "CREATE TABLE t_after (id int);\n")
     ok(migrate(cli, db, sql_dir))
     assert applied(db) == [SEED, "0002_dump", "0003_after"]
     assert table_schema(db, "t_after") == "public"
@@ -57,8 +28,8 @@ def test_a_pg_dump_style_empty_search_path_leaves_bookkeeping_and_the_next_file_
 
 
 def test_set_search_path_in_one_file_does_not_move_the_next_files_tables(cli, db, sql_dir):
-    add(sql_dir, "0002_app", "CREATE SCHEMA app;\nSET search_path TO app, public;\nCREATE TABLE t_in_app (id int);\n")
-    add(sql_dir, "0003_next", "CREATE TABLE t_next (id int);\n")
+    add_migration(sql_dir, "0002_app", "CREATE SCHEMA app;\nSET search_path TO app, public;\nCREATE TABLE t_in_app (id int);\n")
+    add_migration(sql_dir, "0003_next", "CREATE TABLE t_next (id int);\n")
     ok(migrate(cli, db, sql_dir))
     assert (table_schema(db, "t_in_app"), table_schema(db, "t_next")) == ("app", "public")
 
@@ -67,8 +38,8 @@ def test_set_role_does_not_break_the_bookkeeping(cli, db, sql_dir):
     role = f"r_{db.name}"
     db.query(f"CREATE ROLE {role}; GRANT CREATE, USAGE ON SCHEMA public TO {role}")
     try:
-        add(sql_dir, "0002_as_role", f"SET ROLE {role};\nCREATE TABLE t_owned (id int);\n")
-        add(sql_dir, "0003_next", "CREATE TABLE t_next2 (id int);\n")
+        add_migration(sql_dir, "0002_as_role", f"SET ROLE {role};\nCREATE TABLE t_owned (id int);\n")
+        add_migration(sql_dir, "0003_next", "CREATE TABLE t_next2 (id int);\n")
         ok(migrate(cli, db, sql_dir))
         assert applied(db) == [SEED, "0002_as_role", "0003_next"]
         owners = dict(db.query("SELECT tablename, tableowner FROM pg_tables WHERE tablename IN ('t_owned', 't_next2')"))
@@ -78,9 +49,9 @@ def test_set_role_does_not_break_the_bookkeeping(cli, db, sql_dir):
 
 
 def test_settings_of_one_file_do_not_reach_the_next_and_the_runners_limits_apply_to_each(cli, db, sql_dir):
-    add(sql_dir, "0002_sets", "SET lock_timeout = 0;\nSET statement_timeout = '1h';\nSET check_function_bodies = off;\n"
+    add_migration(sql_dir, "0002_sets", "SET lock_timeout = 0;\nSET statement_timeout = '1h';\nSET check_function_bodies = off;\n"
         "SET standard_conforming_strings = off;\nCREATE TEMP TABLE t_temp (id int);\n")
-    add(sql_dir, "0003_sees", "CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout, "
+    add_migration(sql_dir, "0003_sees", "CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout, "
         "current_setting('statement_timeout') AS statement_timeout, current_setting('check_function_bodies') AS cfb, "
         "current_setting('standard_conforming_strings') AS scs, to_regclass('pg_temp.t_temp') IS NULL AS no_temp, "
         "'C:\\new' AS path;\n")
@@ -89,15 +60,15 @@ def test_settings_of_one_file_do_not_reach_the_next_and_the_runners_limits_apply
 
 
 def test_a_file_may_set_its_own_limits(cli, db, sql_dir):
-    add(sql_dir, "0002_own", "SET lock_timeout = '7s';\nCREATE TABLE own AS SELECT current_setting('lock_timeout') AS v;\n")
+    add_migration(sql_dir, "0002_own", "SET lock_timeout = '7s';\nCREATE TABLE own AS SELECT current_setting('lock_timeout') AS v;\n")
     ok(migrate(cli, db, sql_dir, "--ddl-lock-timeout", "3s"))
     assert db.query("SELECT v FROM own") == [("7s",)]
 
 
 def test_session_replication_role_replica_does_not_let_the_next_file_break_a_foreign_key(cli, db, sql_dir):
-    add(sql_dir, "0002_replica", "CREATE TABLE parent (id int PRIMARY KEY);\n"
+    add_migration(sql_dir, "0002_replica", "CREATE TABLE parent (id int PRIMARY KEY);\n"
         "CREATE TABLE child (parent_id int REFERENCES parent);\nSET session_replication_role = replica;\n")
-    add(sql_dir, "0003_orphan", "INSERT INTO child VALUES (42);\n")
+    add_migration(sql_dir, "0003_orphan", "INSERT INTO child VALUES (42);\n")
     line = one_error_line(migrate(cli, db, sql_dir))
     assert "0003_orphan.sql:1: failed to apply" in line and "violates foreign key constraint" in line
     assert "DETAIL: Key (parent_id)=(42) is not present in table" in line
@@ -105,19 +76,19 @@ def test_session_replication_role_replica_does_not_let_the_next_file_break_a_for
 
 
 def test_alter_database_set_search_path_reaches_later_files_as_in_psql_but_not_the_bookkeeping(cli, db, sql_dir):
-    add(sql_dir, "0002_db_default", f"CREATE SCHEMA app;\nALTER DATABASE {db.name} SET search_path = app;\n")
-    add(sql_dir, "0003_in_app", "CREATE TABLE t_default (id int);\n")
+    add_migration(sql_dir, "0002_db_default", f"CREATE SCHEMA app;\nALTER DATABASE {db.name} SET search_path = app;\n")
+    add_migration(sql_dir, "0003_in_app", "CREATE TABLE t_default (id int);\n")
     ok(migrate(cli, db, sql_dir))
     assert table_schema(db, "t_default") == "app"  # a new session, as psql's, sees the database default
     assert table_schema(db, "_yoyo_migration") == "public"
-    add(sql_dir, "0004_more", "CREATE TABLE t_more (id int);\n")
+    add_migration(sql_dir, "0004_more", "CREATE TABLE t_more (id int);\n")
     ok(migrate(cli, db, sql_dir))
     assert applied(db) == [SEED, "0002_db_default", "0003_in_app", "0004_more"]
     assert ok(cli("status", "--sql-dir", sql_dir, env=db.db_env())).stdout.count("  applied") == 4
 
 
 def test_a_rollback_that_changes_search_path_is_unmarked(cli, db, sql_dir):
-    add(sql_dir, "0002_t", "CREATE TABLE t_rb (id int);\n", "SET search_path TO pg_catalog;\nDROP TABLE public.t_rb;\n")
+    add_migration(sql_dir, "0002_t", "CREATE TABLE t_rb (id int);\n", "SET search_path TO pg_catalog;\nDROP TABLE public.t_rb;\n")
     ok(migrate(cli, db, sql_dir))
     ok(cli("sql", "rollback", "--sql-dir", sql_dir, env=db.db_env()))
     assert applied(db) == [SEED] and "t_rb" not in db.tables()
@@ -128,7 +99,7 @@ def test_a_rollback_that_changes_search_path_is_unmarked(cli, db, sql_dir):
 
 
 def test_transaction_control_in_a_transactional_file_is_refused_before_anything_runs(cli, db, sql_dir):
-    add(sql_dir, "0002_own_tx", "CREATE TABLE t_a (id int);\nCOMMIT;\nCREATE TABLE t_b (id int);\n")
+    add_migration(sql_dir, "0002_own_tx", "CREATE TABLE t_a (id int);\nCOMMIT;\nCREATE TABLE t_b (id int);\n")
     line = one_error_line(migrate(cli, db, sql_dir))
     assert "0002_own_tx.sql:2: COMMIT controls the transaction" in line and "-- transactional: false" in line
     assert "nothing was run" in line
@@ -136,14 +107,14 @@ def test_transaction_control_in_a_transactional_file_is_refused_before_anything_
 
 
 def test_a_non_transactional_file_may_hold_its_own_transactions(cli, db, sql_dir):
-    add(sql_dir, "0002_own_tx", "-- transactional: false\nBEGIN;\nCREATE TABLE t_a (id int);\nCOMMIT;\n")
+    add_migration(sql_dir, "0002_own_tx", "-- transactional: false\nBEGIN;\nCREATE TABLE t_a (id int);\nCOMMIT;\n")
     ok(migrate(cli, db, sql_dir))
     assert "t_a" in db.tables()
 
 
 @pytest.mark.parametrize("statement", ["CREATE INDEX CONCURRENTLY i_c ON hcm_report_metadata (tenant_id)", "VACUUM"])
 def test_statements_that_cannot_run_in_a_transaction_are_refused_with_the_fix(cli, db, sql_dir, statement):
-    add(sql_dir, "0002_outside", f"{statement};\n")
+    add_migration(sql_dir, "0002_outside", f"{statement};\n")
     line = one_error_line(migrate(cli, db, sql_dir))
     assert "0002_outside.sql:1:" in line and "cannot run inside a transaction block" in line
     assert "`-- transactional: false`" in line
@@ -158,7 +129,7 @@ def test_statements_that_cannot_run_in_a_transaction_are_refused_with_the_fix(cl
     ("SELECT $body$ never closed;\n", 1, "unterminated dollar-quoted string"),
 ])
 def test_what_cannot_run_through_a_driver_is_one_line_naming_file_and_line(cli, db, sql_dir, body, line, words):
-    add(sql_dir, "0002_psql_only", body)
+    add_migration(sql_dir, "0002_psql_only", body)
     error = one_error_line(migrate(cli, db, sql_dir))
     assert f"0002_psql_only.sql:{line}: {words}" in error and "nothing was run" in error
     assert applied(db) == []
@@ -193,7 +164,7 @@ HAZARDS = (
 
 
 def test_the_sql_people_really_write_gives_what_psql_gives(cli, db, make_db, sql_dir, tmp_path):
-    add(sql_dir, "0002_hazards", HAZARDS)
+    add_migration(sql_dir, "0002_hazards", HAZARDS)
     ok(migrate(cli, db, sql_dir))
     twin = make_db()
     for path in sorted(sql_dir.glob("000?_*[!k].sql")):
@@ -204,14 +175,14 @@ def test_the_sql_people_really_write_gives_what_psql_gives(cli, db, make_db, sql
 
 
 def test_restrict_lines_of_recent_pg_dump_are_accepted(cli, db, sql_dir):
-    add(sql_dir, "0002_restricted", "\\restrict abc123XYZ\nCREATE TABLE t_r (id int);\n\\unrestrict abc123XYZ\n")
+    add_migration(sql_dir, "0002_restricted", "\\restrict abc123XYZ\nCREATE TABLE t_r (id int);\n\\unrestrict abc123XYZ\n")
     ok(migrate(cli, db, sql_dir))
     assert "t_r" in db.tables()
 
 
 def test_twenty_thousand_statements_apply_in_one_transaction(cli, db, sql_dir):
     rows = "".join(f"INSERT INTO big VALUES ({i}, '{'x' * 240}');\n" for i in range(20_000))
-    add(sql_dir, "0002_big", "CREATE TABLE big (id int PRIMARY KEY, pad text);\n" + rows)
+    add_migration(sql_dir, "0002_big", "CREATE TABLE big (id int PRIMARY KEY, pad text);\n" + rows)
     assert (sql_dir / "0002_big.sql").stat().st_size > 5_000_000
     ok(migrate(cli, db, sql_dir))
     assert db.query("SELECT count(*) FROM big") == [(20_000,)]
@@ -221,7 +192,7 @@ def test_twenty_thousand_statements_apply_in_one_transaction(cli, db, sql_dir):
 
 def test_a_rollback_with_a_statement_of_2500_values(cli, db, sql_dir):
     values = ", ".join(f"({i})" for i in range(2500))
-    add(sql_dir, "0002_many", f"CREATE TABLE many (id int);\nINSERT INTO many VALUES {values};\n",
+    add_migration(sql_dir, "0002_many", f"CREATE TABLE many (id int);\nINSERT INTO many VALUES {values};\n",
         f"DELETE FROM many WHERE id IN ({', '.join(str(i) for i in range(2500))});\nDROP TABLE many;\n")
     ok(migrate(cli, db, sql_dir))
     ok(cli("sql", "rollback", "--sql-dir", sql_dir, env=db.db_env()))
@@ -232,22 +203,22 @@ def test_a_rollback_with_a_statement_of_2500_values(cli, db, sql_dir):
 
 
 def test_detail_hint_and_the_right_line_when_the_same_statement_appears_twice(cli, db, sql_dir):
-    add(sql_dir, "0002_dup", "CREATE TABLE u (id int PRIMARY KEY);\nINSERT INTO u VALUES (1);\n\n-- again\n"
+    add_migration(sql_dir, "0002_dup", "CREATE TABLE u (id int PRIMARY KEY);\nINSERT INTO u VALUES (1);\n\n-- again\n"
         "INSERT INTO u VALUES (1);\n")
     line = one_error_line(migrate(cli, db, sql_dir))
     assert "0002_dup.sql:5: failed to apply" in line
     assert "DETAIL: Key (id)=(1) already exists." in line and "nothing of it was applied" in line
-    add(sql_dir, "0002_dup", "CREATE TABLE u (id int PRIMARY KEY);\nSELECT no_such_column FROM u;\n")
+    add_migration(sql_dir, "0002_dup", "CREATE TABLE u (id int PRIMARY KEY);\nSELECT no_such_column FROM u;\n")
     line = one_error_line(migrate(cli, db, sql_dir))
     assert "0002_dup.sql:2:" in line and 'column "no_such_column" does not exist' in line
-    add(sql_dir, "0002_dup", "CREATE TABLE u (id int PRIMARY KEY);\nSELECT * FROM U2;\n")
+    add_migration(sql_dir, "0002_dup", "CREATE TABLE u (id int PRIMARY KEY);\nSELECT * FROM U2;\n")
     assert "0002_dup.sql:2:" in one_error_line(migrate(cli, db, sql_dir))
-    add(sql_dir, "0002_dup", "SELECT upper(1, 2);\n")
+    add_migration(sql_dir, "0002_dup", "SELECT upper(1, 2);\n")
     assert "HINT: No function matches" in one_error_line(migrate(cli, db, sql_dir))
 
 
 def test_a_half_done_non_transactional_file_says_what_committed_and_status_agrees(cli, db, sql_dir):
-    add(sql_dir, "0002_half", "-- transactional: false\nCREATE TABLE half_a (id int);\n"
+    add_migration(sql_dir, "0002_half", "-- transactional: false\nCREATE TABLE half_a (id int);\n"
         "CREATE TABLE half_b (id int);\nCREATE TABLE half_a (id int);\nCREATE TABLE half_c (id int);\n")
     line = one_error_line(migrate(cli, db, sql_dir))
     assert "0002_half.sql:4: failed to apply" in line
@@ -256,7 +227,7 @@ def test_a_half_done_non_transactional_file_says_what_committed_and_status_agree
     status = cli("status", "--sql-dir", sql_dir, env=db.db_env())
     assert "0002_half" in status.stdout and "PARTLY applied" in status.stdout
     assert "statements 1-2 of 4" in status.stdout
-    add(sql_dir, "0002_half", "-- transactional: false\nCREATE TABLE IF NOT EXISTS half_a (id int);\n"
+    add_migration(sql_dir, "0002_half", "-- transactional: false\nCREATE TABLE IF NOT EXISTS half_a (id int);\n"
         "CREATE TABLE IF NOT EXISTS half_b (id int);\nCREATE TABLE half_c (id int);\n")
     ok(migrate(cli, db, sql_dir))
     assert "PARTLY" not in ok(cli("status", "--sql-dir", sql_dir, env=db.db_env())).stdout
@@ -266,8 +237,8 @@ def test_a_half_done_non_transactional_file_says_what_committed_and_status_agree
 
 
 def test_depends_order_is_the_same_in_plan_migrate_and_status(cli, db, sql_dir):
-    add(sql_dir, "0002_uses_view", "-- depends: 0003_base\nCREATE VIEW v_base AS SELECT * FROM base;\n")
-    add(sql_dir, "0003_base", "CREATE TABLE base (id int);\n")
+    add_migration(sql_dir, "0002_uses_view", "-- depends: 0003_base\nCREATE VIEW v_base AS SELECT * FROM base;\n")
+    add_migration(sql_dir, "0003_base", "CREATE TABLE base (id int);\n")
     plan = ok(cli("plan", "--offline", "--sql-dir", sql_dir))
     assert plan.stdout.index("0003_base.sql") < plan.stdout.index("0002_uses_view.sql")
     twin_input = subprocess.run([_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-d", db.url],
@@ -281,7 +252,7 @@ def test_depends_order_is_the_same_in_plan_migrate_and_status(cli, db, sql_dir):
 
 
 def test_plan_offline_piped_to_psql_gives_the_same_schema_as_migrate(cli, db, make_db, sql_dir):
-    add(sql_dir, "0002_no_final_semicolon", "CREATE TABLE t_nfs (id int)\n-- the end")
+    add_migration(sql_dir, "0002_no_final_semicolon", "CREATE TABLE t_nfs (id int)\n-- the end")
     ok(migrate(cli, db, sql_dir))
     plan = ok(cli("plan", "--offline", "--sql-dir", sql_dir))
     twin = make_db()
