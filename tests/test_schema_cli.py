@@ -47,7 +47,11 @@ def test_rollback_and_mark_record_the_schema(cli, db, sql_dir):
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=env).exit_code == 1  # pending, no drift
     assert "schema: as recorded since rollback" in cli("status", "--sql-dir", sql_dir, env=env).stdout
     db.query("CREATE TABLE more_reports (id int)")  # made by hand, then adopted by mark
-    assert cli("sql", "mark", "0002_more", "--sql-dir", sql_dir, env=env).exit_code == 0
+    marked = cli("sql", "mark", "0002_more", "--sql-dir", sql_dir, env=env)
+    assert marked.exit_code == 0 and "table more_reports added" in marked.stderr  # shown, not absorbed
+    assert "was not re-recorded" in marked.stderr
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=env).exit_code == 5
+    assert cli("sql", "accept-drift", "--sql-dir", sql_dir, env=env).exit_code == 0  # after review
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=env).exit_code == 0
 
 

@@ -45,9 +45,10 @@ def mark(settings: CommandSettings, ids: list[str]) -> Lines:
     with locked_backend(settings) as (backend, _):
         already = set(postgres.applied_ids(backend))
         todo = [m for m in selected if m.id not in already]
+        schema = check_schema_drift(settings, backend, refuse=False)
         postgres.mark(backend, todo)
-        if todo:
-            record_schema(settings, backend, "mark", None)  # marking says: this is the schema those files make
+        if todo:  # not over drift: what changed by hand is shown and accepted only after review (accept-drift)
+            record_schema(settings, backend, "mark", schema)
     return Lines([f"  {'already applied' if m.id in already else 'marked applied'}: {m.id}" for m in selected])
 
 
