@@ -146,6 +146,14 @@ def _resolve_schemas(target: PostgresTarget, options: PostgresOptions, env: Env)
         target.notes.append(SCHEMA_TABLE_NOTE.format(value=table, origin=table_origin))
 
 
+def tenant_schemas(given: tuple[str, ...], env: Env) -> list[str]:
+    """--schema, else SCHEMA_NAME, checked; empty when neither is set (for `sql lint`)."""
+    if given:
+        return _schema_names(list(given), "--schema")
+    value, origin = env.get("SCHEMA_NAME")
+    return _schema_names(value.split(","), origin) if value else []
+
+
 def _schema_names(names: list[str], origin: str) -> list[str]:
     schemas = [name.strip() for name in names if name.strip()]
     for name in schemas:

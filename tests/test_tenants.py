@@ -255,3 +255,21 @@ def test_a_command_without_a_per_schema_loop_refuses_several_schemas(cli, db, te
     result = cli("sql", "accept-drift", "--sql-dir", tenant_sql, env={**db.db_env(), "SCHEMA_NAME": "pb,mz"})
     assert result.exit_code == 2
     assert "works on one schema at a time" in result.stderr and "pass --schema NAME" in result.stderr
+
+
+def test_lint_flags_names_qualified_with_public_or_a_tenant_only_when_schemas_are_in_use(cli, sql_dir):
+    (sql_dir / "0002_qualified.sql").write_text(
+        "-- public.commented_out is fine\n"
+        "CREATE TABLE public.audit (id int);\n"
+        "INSERT INTO audit SELECT 1 WHERE 'public.in_a_string' <> '';\n"
+        "CREATE INDEX audit_id ON \"mz\".audit (id);\n"
+        "SELECT pg_catalog.now(), public.uuid_generate_v4(), ext.thing;\n")
+    (sql_dir / "0002_qualified.rollback.sql").write_text("DROP TABLE public.audit;\n")
+    plain = cli("sql", "lint", "--sql-dir", sql_dir)
+    assert "tenant-schema" not in plain.output
+    result = cli("sql", "lint", "--sql-dir", sql_dir, env={"SCHEMA_NAME": "pb,mz"})
+    assert result.exit_code == 1
+    flagged = sorted(line.split(": ")[0].rsplit("/", 1)[1] for line in result.stdout.splitlines() if "tenant-schema" in line)
+    assert flagged == ["0002_qualified.rollback.sql:1:12", "0002_qualified.sql:2:14", "0002_qualified.sql:4:26"]
+    assert "public.audit names schema public, bypassing each tenant's schema" in result.stdout
+    assert cli("sql", "lint", "--sql-dir", sql_dir, "--schema", "x").stdout.count("tenant-schema") == 2

@@ -103,9 +103,11 @@ def adopt(settings, yes, scratch_url, as_json):
 @sql.command("lint")
 @verbose_option
 @SQL_DIR
-def lint(sql_dir):
+@click.option("--schema", "schemas", multiple=True, metavar="NAME",
+              help="Tenant schemas are in use (else SCHEMA_NAME): also flag names qualified with public or a tenant.")
+def lint(sql_dir, schemas):
     """Lint the migrations with squawk and .squawk.toml, each as the runner will run it; exit 1 on findings."""
-    findings, count = commands.lint(sql_dir)
+    findings, count = commands.lint(sql_dir, tenants.lint_schemas(schemas))
     for finding in findings:
         output.result(str(finding))
     if findings:

@@ -31,6 +31,14 @@ def tenant_target(settings: CommandSettings):
     return settings.pinned if settings.pinned.schemas else None
 
 
+def lint_schemas(given: tuple[str, ...]) -> list[str]:
+    """The tenant schemas `sql lint` checks names against: --schema, else SCHEMA_NAME (checked as a run's)."""
+    from migrator.env import Env
+    from migrator.settings import tenant_schemas
+
+    return tenant_schemas(given, Env.load())
+
+
 def migrate(settings: CommandSettings) -> MigrateReport:
     """`migrate`: per schema its PostgreSQL part, one summary, then the Mongo part once (not after a failure)."""
     from migrator import postgres
