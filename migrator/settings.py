@@ -141,9 +141,29 @@ def _resolve_schemas(target: PostgresTarget, options: PostgresOptions, env: Env)
         if value:
             target.schemas, target.sources["schemas"] = _schema_names(value.split(","), origin), origin
     target.create_schemas = options.create_schemas
+    _one_per_pod(target, env)
     table, table_origin = env.get("SCHEMA_TABLE")
     if table:
         target.notes.append(SCHEMA_TABLE_NOTE.format(value=table, origin=table_origin))
+
+
+def _one_per_pod(target: PostgresTarget, env: Env) -> None:
+    """An Indexed Job (k8s/job-per-schema.yaml): SCHEMA_INDEX picks this pod's schema, and SCHEMA_COUNT
+    (the Job's completions) must equal the number of schemas, so no schema is left without a pod."""
+    index, origin = env.get("SCHEMA_INDEX")
+    if index is None:
+        return
+    count, count_origin = env.get("SCHEMA_COUNT")
+    if not target.schemas:
+        raise MigratorError(f"{origin} is set but no schema is named; set SCHEMA_NAME=a,b,...", USAGE)
+    if count is None or not count.isdigit() or int(count) != len(target.schemas):
+        raise MigratorError(f"{count_origin or 'SCHEMA_COUNT'} must be the Job's completions and equal the number of "
+                            f"schemas ({len(target.schemas)} in {target.sources['schemas']}), so that every schema gets "
+                            "a pod; set completions and SCHEMA_COUNT to it", USAGE)
+    if not index.isdigit() or int(index) >= len(target.schemas):
+        raise MigratorError(f"{origin}: {index!r} is not an index of the {len(target.schemas)} schemas", USAGE)
+    target.sources["schemas"] += f", item {index} ({origin})"
+    target.schemas = [target.schemas[int(index)]]
 
 
 def tenant_schemas(given: tuple[str, ...], env: Env) -> list[str]:

@@ -273,3 +273,40 @@ def test_lint_flags_names_qualified_with_public_or_a_tenant_only_when_schemas_ar
     assert flagged == ["0002_qualified.rollback.sql:1:12", "0002_qualified.sql:2:14", "0002_qualified.sql:4:26"]
     assert "public.audit names schema public, bypassing each tenant's schema" in result.stdout
     assert cli("sql", "lint", "--sql-dir", sql_dir, "--schema", "x").stdout.count("tenant-schema") == 2
+
+
+PER_SCHEMA_JOB = Path(__file__).resolve().parents[1] / "k8s" / "job-per-schema.yaml"
+
+
+def test_the_per_schema_job_validates_and_gives_each_pod_its_schema_by_index(cli, db, tenant_sql):
+    import sys
+
+    import yaml
+
+    done = subprocess.run([str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "-k", "1.30.0",
+                           str(PER_SCHEMA_JOB)], capture_output=True, text=True)
+    assert done.returncode == 0 and "passed for resource job/hcm-db-migrations-per-schema" in done.stdout, done.stdout
+    job = yaml.safe_load(PER_SCHEMA_JOB.read_text())
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert env["SCHEMA_COUNT"]["value"] == str(job["spec"]["completions"])
+    assert env["SCHEMA_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert env["SCHEMA_NAME"]["valueFrom"]["configMapKeyRef"]["key"] == "schema-name"
+    assert container["command"] == ["make", "migrate"]
+
+    # Each pod as the Job starts it: the same settings but for its index.
+    pods = {"SCHEMA_NAME": "pb,mz,ng", "SCHEMA_COUNT": "3", **db.db_env()}
+    for index in (2, 0):
+        pod = cli("migrate", "--sql-dir", tenant_sql, "--create-schemas", env={**pods, "SCHEMA_INDEX": str(index)})
+        assert pod.exit_code == 0, pod.output
+    assert relations(db, "mz") == set() and history(db, "ng") == history(db, "pb") == [
+        "0001_create_hcm_report_metadata", "0002_report_state"]
+    assert re.search(r"schemas\s+mz\s+SCHEMA_NAME \(environment\), item 1 \(SCHEMA_INDEX",
+                     cli("config", env={**pods, "SCHEMA_INDEX": "1"}).stdout)
+    # completions that do not match the schemas would leave one without a pod: refused, exit 2 (FailJob).
+    short = cli("migrate", "--sql-dir", tenant_sql, env={**pods, "SCHEMA_COUNT": "2", "SCHEMA_INDEX": "0"})
+    assert short.exit_code == 2 and "so that every schema gets a pod" in short.stderr
+    past = cli("migrate", "--sql-dir", tenant_sql, env={**pods, "SCHEMA_INDEX": "3"})
+    assert past.exit_code == 2 and "'3' is not an index of the 3 schemas" in past.stderr
