@@ -347,6 +347,32 @@ def case_mongo_patch() -> list[Row]:
 # --- report --------------------------------------------------------------------------------
 
 
+TENANTS = 50
+
+
+def case_tenants(admin, work: Path) -> list[Row]:
+    """A DIGIT central instance: 5 migrations into each of 50 schemas, one schema at a time vs --parallel 4
+    (fresh databases each run), then the no-op over the 50 schemas against its 2 s budget."""
+    sql_dir = generate(work / "tenants", 5)
+    names = ",".join(f"tenant_{i:02d}" for i in range(TENANTS))
+    runs = max(3, RUNS // 2)
+    with databases(admin, 2 * runs) as created:
+        urls = [database_url(admin, name) for name in created]
+
+        def fresh(i):  # (ours: --parallel 4, theirs: sequential), each on databases never migrated
+            base = ["migrate", "--sql-dir", str(sql_dir), "--create-schemas"]
+            (four, four_env), (one, one_env) = runner([*base, "--parallel", "4"], urls[2 * i]), runner(base, urls[2 * i + 1])
+            return (four, {**four_env, "SCHEMA_NAME": names}), (one, {**one_env, "SCHEMA_NAME": names})
+
+        parallel, sequential = alternate(None, None, runs, prepare=fresh)
+        noop_cmd, noop_env = runner(["migrate", "--sql-dir", str(sql_dir)], urls[0])
+        noop = statistics.median(run(noop_cmd, {**noop_env, "SCHEMA_NAME": names}) for _ in range(runs))
+    return [Row(f"`migrate` of 5 migrations into each of {TENANTS} schemas, `--parallel 4`", parallel, sequential,
+                "the same, one schema at a time", None, f"{os.cpu_count()} cores"),
+            Row(f"no-op `migrate` over {TENANTS} schemas", noop, 2.0, "the 2 s budget", 1.0,
+                f"{noop / TENANTS * 1000:.0f} ms/schema")]
+
+
 def machine(admin) -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown CPU")
@@ -372,7 +398,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hcm-bench-") as tmp:
         work = Path(tmp)
         rows = [case_noop(admin), case_history(admin, work), case_big_file(admin, work), *case_500(admin, work),
-                case_status(admin, work), *case_live_drift(admin), case_help(), *case_mongo_patch()]
+                case_status(admin, work), *case_live_drift(admin), case_help(), *case_mongo_patch(),
+                *case_tenants(admin, work)]
     described = machine(admin)
     report = table(rows)
     print(report)

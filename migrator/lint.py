@@ -8,6 +8,7 @@ outside one (so CREATE INDEX CONCURRENTLY is fine).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,36 @@ def runner_findings(migrations) -> list[Finding]:
 
     return [Finding(str(m.path), line, 1, "runner", message, "")
             for m in migrations for line, message in files.problems(Path(m.path), in_transaction=m.use_transactions)]
+
+
+# Comments and string literals, blanked before looking for schema-qualified names (line numbers kept).
+_NOT_CODE = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'", re.DOTALL)
+
+
+def tenant_findings(migrations, schemas: list[str]) -> list[Finding]:
+    """Over tenant schemas, a name qualified with public or a tenant's schema bypasses the tenant's
+    search_path: every tenant would share (or miss) that object. pg_catalog and other schemas (an
+    extension's) are fine, and so is a function call such as public.uuid_generate_v4() (extensions
+    live in public, which stays on every tenant's search_path)."""
+    names = "|".join(re.escape(s) for s in ["public", *schemas])
+    qualified = re.compile(rf'(?<![\w."$])"?({names})"?\s*\.\s*("?[A-Za-z_][\w$]*"?)(?![(.\w$"])', re.IGNORECASE)
+    found = []
+    for migration in migrations:
+        for path in (Path(migration.path), _rollback_of(Path(migration.path))):
+            if not path.is_file():
+                continue
+            text = _NOT_CODE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), path.read_text(encoding="utf-8-sig"))
+            for match in qualified.finditer(text):
+                line = text.count("\n", 0, match.start()) + 1
+                column = match.start() - text.rfind("\n", 0, match.start())
+                found.append(Finding(str(path), line, column, "tenant-schema",
+                                     f"{match.group(0)} names schema {match.group(1)}, bypassing each tenant's schema",
+                                     "write the name unqualified: each tenant's search_path finds it"))
+    return found
+
+
+def _rollback_of(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".sql") + ".rollback.sql")
 
 
 def _run(squawk: str, args: list[str]) -> list[Finding]:

@@ -9,6 +9,7 @@ and yoyo's own lock is then taken as usual (so a bare `yoyo` CLI still sees it).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from contextlib import contextmanager
@@ -22,13 +23,21 @@ LOCK_KEY = int.from_bytes(b"hcmdbmig", "big") & 0x7FFF_FFFF_FFFF_FFFF
 POLL_SECONDS = 0.2
 
 
+def lock_key(schema: str | None) -> int:
+    """The database's key, or one per tenant schema, so tenants migrate in parallel without waiting."""
+    if not schema:
+        return LOCK_KEY
+    return int.from_bytes(hashlib.sha256(f"hcmdbmig:{schema}".encode()).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 @contextmanager
 def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str], None]) -> Iterator[None]:
     deadline = time.monotonic() + timeout
-    while not backend.execute("SELECT pg_try_advisory_lock(:key)", {"key": LOCK_KEY}).fetchone()[0]:
+    key = lock_key(target.schema)
+    while not backend.execute("SELECT pg_try_advisory_lock(:key)", {"key": key}).fetchone()[0]:
         if time.monotonic() >= deadline:
             raise MigratorError(
-                f"another runner holds the migration lock on {target.where} ({holder(backend)}; waited {timeout:g} s); "
+                f"another runner holds the migration lock on {target.where} ({holder(backend, key)}; waited {timeout:g} s); "
                 "wait for it to finish and run again, or raise --lock-timeout",
                 LOCKED,
             )
@@ -38,7 +47,7 @@ def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str]
         with backend.lock(timeout=timeout):
             yield
     finally:
-        backend.execute("SELECT pg_advisory_unlock(:key)", {"key": LOCK_KEY})
+        backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key})
 
 
 def _clear_dead_runners_row(backend, notify: Callable[[str], None]) -> None:
@@ -48,7 +57,7 @@ def _clear_dead_runners_row(backend, notify: Callable[[str], None]) -> None:
         notify(f"note: cleared the migration lock left by a runner that died (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC)")
 
 
-def holder(backend) -> str:
+def holder(backend, key: int = LOCK_KEY) -> str:
     """Who holds the advisory lock: host and pid from its application_name, and since when."""
     row = backend.execute(
         """
@@ -58,7 +67,7 @@ def holder(backend) -> str:
           AND l.classid = :high AND l.objid = :low
           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
         """,
-        {"high": LOCK_KEY >> 32, "low": LOCK_KEY & 0xFFFF_FFFF},
+        {"high": key >> 32, "low": key & 0xFFFF_FFFF},
     ).fetchone()
     if row is None:
         return "holder unknown"

@@ -2,12 +2,15 @@
 
 PostgreSQL, first match wins (DESIGN.md):
   1. command-line options (--database-url, or --db-host/--db-port/--db-name/--db-user)
-  2. DATABASE_URL
+  2. DATABASE_URL, else the DIGIT platform's DB_URL (JDBC or not; user and password from the URL,
+     else FLYWAY_USER / FLYWAY_PASSWORD)
   3. DB_HOST / DB_PORT / DB_NAME / DB_USER / DB_PASSWORD, with the seed's defaults for the rest
   4. an AWS Secrets Manager secret (--secret-name / DB_SECRET_NAME), RDS layout
   5. nothing at all: the local development database (see devdb.py)
 MongoDB: --mongo-url > MONGO_URL > a secret; the database: --mongo-db > MONGO_DB > the secret's > the
-URL's path. The environment is read through env.Env (real environment over `.env`, NAME_FILE files);
+URL's path. Schemas (a DIGIT central instance's tenants): --schema > SCHEMA_NAME > the URL's
+currentSchema. A JDBC URL (jdbc:postgresql://...) is accepted wherever a URL is.
+The environment is read through env.Env (real environment over `.env`, NAME_FILE files);
 every setting remembers its origin, so `runner.py config` can say where it came from. The value types
 live in targets.py.
 """
@@ -26,6 +29,15 @@ from migrator.targets import (MONGO_EXAMPLE, MONGO_SCHEMES, PG_SCHEMES, AwsOptio
 PG_DEFAULTS = {"host": "localhost", "port": "5432", "dbname": "unifieddevdb", "user": "postgres", "password": "postgres"}
 PG_ENV_NAMES = {"host": "DB_HOST", "port": "DB_PORT", "dbname": "DB_NAME", "user": "DB_USER", "password": "DB_PASSWORD"}
 PG_OPTION_NAMES = {"host": "--db-host", "port": "--db-port", "dbname": "--db-name", "user": "--db-user"}
+# The platform's (Flyway's) credentials, read where the runner's own are absent.
+PLATFORM_CREDENTIALS = {"user": "FLYWAY_USER", "password": "FLYWAY_PASSWORD"}
+JDBC_PREFIX = "jdbc:"
+# A tenant's schema: a plain lower-case identifier, so it means the same quoted or not (as Flyway's
+# currentSchema, which PostgreSQL folds to lower case) and needs no quoting in search_path.
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+SCHEMA_TABLE_NOTE = ("note: SCHEMA_TABLE={value} ({origin}) is not used: the runner's history is yoyo's tables "
+                     "(_yoyo_migration, _yoyo_log, yoyo_lock) with its checksums, in each schema; a Flyway table of "
+                     "that name keeps Flyway's own history and is left alone")
 # libpq parameters that would swap the whole connection behind the runner's back (yoyo passes dsn= on).
 REFUSED_URL_PARAMS = ("dsn", "service", "servicefile")
 # A host setting: a name, an IPv4 or IPv6 address, or a socket folder; never a port, path or query.
@@ -40,6 +52,8 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
 
     option_fields = {k: getattr(options, k) for k in PG_OPTION_NAMES if getattr(options, k)}
     env_url, env_url_origin = env.get("DATABASE_URL")
+    if not env_url:
+        env_url, env_url_origin = env.get("DB_URL")
     env_fields = {k: env.get(name) for k, name in PG_ENV_NAMES.items() if env.get(name)[0]}
 
     if options.database_url:
@@ -58,6 +72,9 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
 
     if secret_name:
         target.notes.append(f"note: secret {secret_name} ({secret_origin}) ignored: a higher-priority setting wins")
+    if target.sources.get("url"):
+        _platform_credentials(target, env)
+    _resolve_schemas(target, options, env)
     _apply_tls(target, options.ca_bundle, env)
     target.notes[:0] = env.take_notes()
     output.register_secret(target.password)
@@ -75,8 +92,9 @@ def _port(value: str, origin: str) -> int:
 
 
 def _from_url(url: str, origin: str) -> PostgresTarget:
-    example = "postgresql://user:password@host:5432/dbname (URL-encode special characters)"
-    parsed = urls.parse(url, origin, "PostgreSQL", PG_SCHEMES, example)
+    example = "postgresql://user:password@host:5432/dbname or jdbc:postgresql://host:5432/dbname (URL-encode special characters)"
+    jdbc = url.strip().lower().startswith(JDBC_PREFIX)
+    parsed = urls.parse(url.strip()[len(JDBC_PREFIX):] if jdbc else url, origin, "PostgreSQL", PG_SCHEMES, example)
     if "," in parsed.netloc:
         raise MigratorError(f"{origin} names several hosts; the runner migrates one server: name one", USAGE)
     parts = urlsplit(f"postgresql://{parsed.netloc}")
@@ -87,14 +105,87 @@ def _from_url(url: str, origin: str) -> PostgresTarget:
     if not parsed.path:
         raise MigratorError(f"{origin} names no database; expected {example}", USAGE)
     params = dict(parsed.query)
+    user, password = parsed.user, parsed.password
+    if jdbc:  # JDBC's user/password travel in the query; currentSchema names the schema
+        user = params.pop("user", None) or user
+        password = params.pop("password", None) or password
+        output.register_secret(password)
     for key in REFUSED_URL_PARAMS:
         if key in params:
             raise MigratorError(f"{origin} sets {key}=, which would replace the connection the runner checks "
                                 f"(host, TLS, timeouts); put those settings in the URL itself", USAGE)
-    return PostgresTarget(
-        host=parts.hostname, port=port, dbname=parsed.path, user=parsed.user, password=parsed.password,
-        params=params, sources={"url": origin},
-    )
+    schemas = [s for key in [k for k in params if k.lower() == "currentschema"] for s in params.pop(key).split(",")]
+    target = PostgresTarget(host=parts.hostname, port=port, dbname=parsed.path, user=user, password=password,
+                            params=params, sources={"url": origin})
+    if schemas:
+        schema_origin = f"{origin} (currentSchema)"
+        target.schemas, target.sources["schemas"] = _schema_names(schemas, schema_origin), schema_origin
+    return target
+
+
+def _platform_credentials(target: PostgresTarget, env: Env) -> None:
+    """A URL without credentials (DIGIT's DB_URL) takes FLYWAY_USER / FLYWAY_PASSWORD."""
+    for key, name in PLATFORM_CREDENTIALS.items():
+        value, origin = env.get(name)
+        if value and not getattr(target, key):
+            setattr(target, key, value)
+            target.sources[key] = origin
+
+
+def _resolve_schemas(target: PostgresTarget, options: PostgresOptions, env: Env) -> None:
+    """--schema > SCHEMA_NAME > the URL's currentSchema; SCHEMA_TABLE said to be unused."""
+    if options.schemas:
+        target.schemas, target.sources["schemas"] = _schema_names(list(options.schemas), "--schema"), "--schema"
+    else:
+        value, origin = env.get("SCHEMA_NAME")
+        if value:
+            target.schemas, target.sources["schemas"] = _schema_names(value.split(","), origin), origin
+    target.create_schemas = options.create_schemas
+    _one_per_pod(target, env)
+    table, table_origin = env.get("SCHEMA_TABLE")
+    if table:
+        target.notes.append(SCHEMA_TABLE_NOTE.format(value=table, origin=table_origin))
+
+
+def _one_per_pod(target: PostgresTarget, env: Env) -> None:
+    """An Indexed Job (k8s/job-per-schema.yaml): SCHEMA_INDEX picks this pod's schema, and SCHEMA_COUNT
+    (the Job's completions) must equal the number of schemas, so no schema is left without a pod."""
+    index, origin = env.get("SCHEMA_INDEX")
+    if index is None:
+        return
+    count, count_origin = env.get("SCHEMA_COUNT")
+    if not target.schemas:
+        raise MigratorError(f"{origin} is set but no schema is named; set SCHEMA_NAME=a,b,...", USAGE)
+    if count is None or not count.isdigit() or int(count) != len(target.schemas):
+        raise MigratorError(f"{count_origin or 'SCHEMA_COUNT'} must be the Job's completions and equal the number of "
+                            f"schemas ({len(target.schemas)} in {target.sources['schemas']}), so that every schema gets "
+                            "a pod; set completions and SCHEMA_COUNT to it", USAGE)
+    if not index.isdigit() or int(index) >= len(target.schemas):
+        raise MigratorError(f"{origin}: {index!r} is not an index of the {len(target.schemas)} schemas", USAGE)
+    target.sources["schemas"] += f", item {index} ({origin})"
+    target.schemas = [target.schemas[int(index)]]
+
+
+def tenant_schemas(given: tuple[str, ...], env: Env) -> list[str]:
+    """--schema, else SCHEMA_NAME, checked; empty when neither is set (for `sql lint`)."""
+    if given:
+        return _schema_names(list(given), "--schema")
+    value, origin = env.get("SCHEMA_NAME")
+    return _schema_names(value.split(","), origin) if value else []
+
+
+def _schema_names(names: list[str], origin: str) -> list[str]:
+    schemas = [name.strip() for name in names if name.strip()]
+    for name in schemas:
+        if not _SCHEMA_NAME.match(name) or name.startswith("pg_") or name == "information_schema":
+            raise MigratorError(f"{origin}: {name!r} is not a tenant schema name; use a lower-case identifier "
+                                "(a-z, 0-9, _, not pg_*), as in SCHEMA_NAME=pb,mz", USAGE)
+    repeated = sorted({name for name in schemas if schemas.count(name) > 1})
+    if repeated:
+        raise MigratorError(f"{origin} names schema {', '.join(repeated)} more than once; name each once", USAGE)
+    if not schemas:
+        raise MigratorError(f"{origin} names no schema; give names, e.g. SCHEMA_NAME=pb,mz", USAGE)
+    return schemas
 
 
 def _from_fields(option_fields: dict[str, str], env: Env) -> PostgresTarget:
@@ -105,6 +196,8 @@ def _from_fields(option_fields: dict[str, str], env: Env) -> PostgresTarget:
             value, origin = option_fields[key], PG_OPTION_NAMES[key]
         else:
             value, origin = env.get(PG_ENV_NAMES[key])
+            if value is None and key in PLATFORM_CREDENTIALS:
+                value, origin = env.get(PLATFORM_CREDENTIALS[key])
         if value is None:
             value, origin = default, "default"
         target.sources[key] = origin

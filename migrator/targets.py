@@ -6,7 +6,7 @@ settings.py's. Imported one way: settings, secrets, postgres and mongo import th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import quote, urlencode
 
 from migrator import output, urls
@@ -34,6 +34,8 @@ class PostgresOptions:
     user: str | None = None
     ca_bundle: str | None = None
     aws: AwsOptions = field(default_factory=AwsOptions)
+    schemas: tuple[str, ...] = ()  # --schema, repeatable: run per schema (a DIGIT central instance's tenants)
+    create_schemas: bool = False  # create a schema that does not exist (else it fails, on its own)
 
 
 @dataclass
@@ -50,6 +52,14 @@ class PostgresTarget:
     local_dev: bool = False
     notes: list[str] = field(default_factory=list)  # printed before the command runs
     tls: str = ""  # the TLS mode actually used, in words, for `config`
+    schemas: list[str] = field(default_factory=list)  # the tenants' schemas to run over; empty: one run, as ever
+    schema: str | None = None  # the one schema this connection migrates (search_path and bookkeeping there)
+    create_schemas: bool = False
+
+    def for_schema(self, schema: str) -> "PostgresTarget":
+        """The same server, narrowed to one tenant's schema."""
+        return replace(self, schema=schema, schemas=[schema], notes=[], params=dict(self.params),
+                       sources=dict(self.sources))
 
     def _url(self, masked: bool) -> str:
         auth = ""
@@ -83,7 +93,8 @@ class PostgresTarget:
     def where(self) -> str:
         """host:port/db for messages (a socket directory stands in for the host)."""
         host = self.host or self.params.get("host", "localhost")
-        return f"{host}:{self.port or 5432}/{self.dbname}"
+        where = f"{host}:{self.port or 5432}/{self.dbname}"
+        return f"{where} schema {self.schema}" if self.schema else where
 
 
 @dataclass

@@ -65,6 +65,8 @@ def test_env_comes_from_the_clusters_objects_and_secrets_from_mounted_files(job,
     env = {e["name"]: e for e in container["env"]}
     assert env["DB_HOST"]["valueFrom"]["configMapKeyRef"] == {"name": "egov-config", "key": "db-host"}
     assert env["DB_NAME"]["valueFrom"]["configMapKeyRef"] == {"name": "egov-config", "key": "db-name"}
+    assert env["SCHEMA_NAME"]["valueFrom"]["configMapKeyRef"] == {"name": "egov-config", "key": "schema-name",
+                                                                  "optional": True}
     assert env["DB_PORT"]["value"] == "5432"
     # No credential in the environment: no secretKeyRef at all, and no DB_PASSWORD/MONGO_URL variable.
     assert not [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
@@ -297,6 +299,9 @@ def kubelet_env(job: dict, container: dict, configmaps: dict, secrets: dict, roo
             env[entry["name"]] = value
         else:
             ref = entry["valueFrom"]["configMapKeyRef"]
+            if ref["key"] not in configmaps[ref["name"]]:
+                assert ref.get("optional"), f"{ref['name']} lacks {ref['key']} and it is not optional"
+                continue
             env[entry["name"]] = configmaps[ref["name"]][ref["key"]]
     return env
 

@@ -7,8 +7,8 @@ import functools
 import click
 
 from migrator import output
-from migrator.cli.options import LOCK_TIMEOUT, STRICT, ddl_limits, settings_options
-from migrator.commands import deploy
+from migrator.cli.options import CREATE_SCHEMAS, LOCK_TIMEOUT, STRICT, ddl_limits, schema_run, settings_options
+from migrator.commands import deploy, tenants
 
 
 @click.command()
@@ -16,19 +16,22 @@ from migrator.commands import deploy
 @LOCK_TIMEOUT
 @ddl_limits
 @STRICT
+@CREATE_SCHEMAS
+@schema_run
 def migrate(settings):
     """Deploy: apply every pending SQL migration, then every never-applied Mongo patch (for real).
 
     Mongo runs only when a Mongo target is configured; otherwise it says so and skips it. Changes made
     to the schema outside migrations are said first (and refused with --strict).
     """
-    deploy.migrate(settings)
+    tenants.migrate(settings)
 
 
 @click.command()
 @settings_options(postgres=True, mongo=True, sql_dir=True)
 @click.option("--offline", is_flag=True, help="Print every migration without connecting to a database.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines (SQL, drift, lint; no Mongo dry runs).")
+@schema_run
 def plan(settings, offline, as_json):
     """Print the SQL that `migrate` would run, in order, and dry-run the pending Mongo patches. Writes nothing.
 
@@ -36,7 +39,7 @@ def plan(settings, offline, as_json):
     review it or feed it to psql; the Mongo part is in SQL comments; notes and patch output go to stderr.
     """
     settings.show = functools.partial(output.report, as_json=as_json)
-    report = deploy.plan(settings, offline=offline, mongo_dry_run=not as_json)
+    report = tenants.plan(settings, offline=offline, mongo_dry_run=not as_json)
     raise click.exceptions.Exit(report.exit_code)
 
 
@@ -46,12 +49,13 @@ def plan(settings, offline, as_json):
 @click.option("--exit-code", is_flag=True,
               help="Exit 1 while migrations are pending, 3 while an applied file has changed, 5 while the live "
                    "schema differs from the recorded one (for CI gates).")
+@schema_run
 def status(settings, as_json, exit_code):
     """List every SQL migration (applied, when, pending, changed since applied), schema drift and every Mongo patch.
 
     Also reports INVALID indexes left by a failed CREATE INDEX CONCURRENTLY. Writes nothing.
     """
-    report = deploy.status(settings)
+    report = tenants.status(settings)
     output.report(report, as_json)
     raise click.exceptions.Exit(report.exit_code(exit_code))
 

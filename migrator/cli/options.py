@@ -43,7 +43,18 @@ POSTGRES = [
     click.option("--db-user", metavar="USER", help="User (else DB_USER, else postgres); the password comes from DB_PASSWORD."),
     click.option("--secret-name", "--secret_name", "pg_secret", metavar="NAME",
                  help="AWS secret with host, port, username, password, dbname (else DB_SECRET_NAME)."),
+    click.option("--schema", "schemas", multiple=True, metavar="NAME",
+                 help="Run per tenant schema, each with its own history (repeatable; else SCHEMA_NAME=a,b, else the "
+                      "URL's currentSchema)."),
 ]
+# How a run over several schemas goes (migrate, rollback, mark; --parallel also plan and status).
+SCHEMA_RUN = [
+    click.option("--fail-fast", is_flag=True, help="Over several schemas: stop at the first that fails."),
+    click.option("--parallel", type=click.IntRange(min=1, max=64), default=1, show_default=True, metavar="N",
+                 help="Over several schemas: run up to N at once (each its own connection and lock)."),
+]
+CREATE_SCHEMAS = click.option("--create-schemas", is_flag=True,
+                              help="Create a schema named by --schema / SCHEMA_NAME that does not exist yet.")
 MONGO = [
     click.option("--mongo-url", metavar="URL", help="MongoDB/DocumentDB URL (else MONGO_URL)."),
     click.option("--mongo-db", metavar="NAME", help="Mongo database (else MONGO_DB, the secret's, or the URL's)."),
@@ -98,6 +109,12 @@ def settings_options(*, postgres: bool = False, mongo: bool = False, sql_dir: bo
     return decorate
 
 
+def schema_run(command):
+    for option in reversed(SCHEMA_RUN):
+        command = option(command)
+    return command
+
+
 def ddl_limits(command):
     for option in reversed(DDL_LIMITS):
         command = option(command)
@@ -111,20 +128,23 @@ def _take(kwargs: dict, *names: str) -> dict:
 
 def _settings(kwargs: dict) -> CommandSettings:
     aws = _take(kwargs, "profile", "region", "ca_bundle")
-    pg = _take(kwargs, "database_url", "db_host", "db_port", "db_name", "db_user", "pg_secret")
+    pg = _take(kwargs, "database_url", "db_host", "db_port", "db_name", "db_user", "pg_secret", "schemas",
+               "create_schemas")
     mongo = _take(kwargs, "mongo_url", "mongo_db", "mongo_timeout", "patch_timeout", "mongo_secret")
-    other = _take(kwargs, "sql_dir", "mongo_dir", "lock_timeout", "ddl_lock_timeout", "statement_timeout", "strict")
+    other = _take(kwargs, "sql_dir", "mongo_dir", "lock_timeout", "ddl_lock_timeout", "statement_timeout", "strict",
+                  "fail_fast", "parallel")
     settings = CommandSettings(
         postgres=PostgresOptions(
             database_url=pg["database_url"], host=pg["db_host"], port=pg["db_port"], dbname=pg["db_name"],
             user=pg["db_user"], ca_bundle=aws["ca_bundle"],
-            aws=AwsOptions(pg["pg_secret"], aws["profile"], aws["region"])),
+            aws=AwsOptions(pg["pg_secret"], aws["profile"], aws["region"]),
+            schemas=tuple(pg["schemas"] or ()), create_schemas=bool(pg["create_schemas"])),
         mongo=MongoOptions(
             url=mongo["mongo_url"], database=mongo["mongo_db"], ca_bundle=aws["ca_bundle"],
             timeout=mongo["mongo_timeout"] or MongoOptions.timeout, patch_timeout=mongo["patch_timeout"] or 0.0,
             aws=AwsOptions(mongo["mongo_secret"], aws["profile"], aws["region"])),
         ddl_lock_timeout=other["ddl_lock_timeout"], statement_timeout=other["statement_timeout"],
-        strict=bool(other["strict"]),
+        strict=bool(other["strict"]), fail_fast=bool(other["fail_fast"]), parallel=other["parallel"] or 1,
     )
     for name in ("sql_dir", "mongo_dir", "lock_timeout"):
         if other[name] is not None:

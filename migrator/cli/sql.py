@@ -8,8 +8,8 @@ import click
 
 from migrator import output
 from migrator.cli.app import verbose_option
-from migrator.cli.options import LOCK_TIMEOUT, SCRATCH_URL, SQL_DIR, ddl_limits, settings_options
-from migrator.commands import sql as commands
+from migrator.cli.options import LOCK_TIMEOUT, SCRATCH_URL, SQL_DIR, ddl_limits, schema_run, settings_options
+from migrator.commands import sql as commands, tenants
 from migrator.errors import FAILED
 
 
@@ -25,9 +25,10 @@ def sql():
 @click.option("--all", "all_", is_flag=True, help="Roll back every applied migration.")
 @LOCK_TIMEOUT
 @ddl_limits
+@schema_run
 def rollback(settings, count, to, all_):
     """Roll back applied migrations through their .rollback.sql files (default: the last one)."""
-    output.report(commands.rollback(settings, count=count, to=to, all_=all_))
+    output.report(tenants.rollback(settings, count=count, to=to, all_=all_))
 
 
 @sql.command()
@@ -42,9 +43,10 @@ def new(name, sql_dir):
 @settings_options(postgres=True, sql_dir=True)
 @click.argument("ids", nargs=-1, required=True)
 @LOCK_TIMEOUT
+@schema_run
 def mark(settings, ids):
     """Record migrations IDS as applied without running them (adopting an existing database; see adopt)."""
-    output.report(commands.mark(settings, list(ids)))
+    output.report(tenants.mark(settings, list(ids)))
 
 
 @sql.command("accept-changes")
@@ -101,9 +103,11 @@ def adopt(settings, yes, scratch_url, as_json):
 @sql.command("lint")
 @verbose_option
 @SQL_DIR
-def lint(sql_dir):
+@click.option("--schema", "schemas", multiple=True, metavar="NAME",
+              help="Tenant schemas are in use (else SCHEMA_NAME): also flag names qualified with public or a tenant.")
+def lint(sql_dir, schemas):
     """Lint the migrations with squawk and .squawk.toml, each as the runner will run it; exit 1 on findings."""
-    findings, count = commands.lint(sql_dir)
+    findings, count = commands.lint(sql_dir, tenants.lint_schemas(schemas))
     for finding in findings:
         output.result(str(finding))
     if findings:

@@ -34,13 +34,17 @@ class CommandSettings:
     echo: Sink = output.result  # progress lines as they happen (stdout)
     show: Callable[[object], None] = output.report  # a finished report (a part of one, e.g. migrate's SQL part)
     strict: bool = False  # refuse to migrate while the live schema drifted
+    pinned: PostgresTarget | None = None  # one tenant's schema (commands/tenants.py): used as resolved
+    fail_fast: bool = False  # over several schemas: stop at the first that fails
+    parallel: int = 1  # over several schemas: how many at once
+    mongo_off: bool = False  # a schema's part of a run: Mongo is the run's, done once
 
     def limits(self) -> DdlLimits:
         return resolve_ddl_limits(self.ddl_lock_timeout, self.statement_timeout, self.env)
 
     def mongo_target(self, required: bool = False) -> MongoTarget | None:
         """The Mongo target (its notes said), or None when nothing is configured (an error if required)."""
-        target = resolve_mongo(self.mongo, self.env)
+        target = None if self.mongo_off else resolve_mongo(self.mongo, self.env)
         if target is None and required:
             raise MigratorError("MongoDB is not configured: set MONGO_URL (and MONGO_DB), or pass --secret-name", USAGE)
         for line in target.notes if target else ():
@@ -51,11 +55,15 @@ class CommandSettings:
         """Resolve and, when nothing is configured, start the local database, saying so loudly."""
         from migrator import postgres
 
+        if self.pinned is not None:
+            return self.pinned
         target = resolve_postgres(self.postgres, self.env)
         for line in target.notes:
             self.note(line)
         if target.local_dev:
+            schemas, create = target.schemas, target.create_schemas
             target = postgres.resolve_target(target, self.env)
+            target.schemas, target.create_schemas = schemas, create
             self.note(f"no database configured: using the local development database at {target.display_url} "
                       "(set DATABASE_URL or DB_HOST to use another; `make db-stop` stops it)")
         return target
@@ -76,7 +84,12 @@ def locked_backend(settings: CommandSettings, limits: DdlLimits | None = None) -
     from migrator import postgres
 
     target = settings.postgres_target()
-    settings.note(f"PostgreSQL: {target.display_url}")
+    if target.schemas and not target.schema:  # a command with no per-schema loop: one schema, or a clear no
+        if len(target.schemas) > 1:
+            raise MigratorError(f"this command works on one schema at a time, and {target.sources['schemas']} names "
+                                f"{len(target.schemas)}; pass --schema NAME", USAGE)
+        target = target.for_schema(target.schemas[0])
+    settings.note(f"PostgreSQL: {target.display_url}" + (f" schema {target.schema}" if target.schema else ""))
     with (postgres.connect(target, read_only=False, limits=limits) as backend,
           postgres.locked(backend, target, settings.lock_timeout, settings.note)):
         yield backend, target

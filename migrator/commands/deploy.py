@@ -24,6 +24,15 @@ def migrate(settings: CommandSettings) -> MigrateReport:
     migrations = postgres.read_migrations(settings.sql_dir)
     mongo_target = settings.mongo_target()
     mongo_patches = patches.discover(settings.mongo_dir) if mongo_target else []
+    sql = migrate_sql(settings, migrations)
+    settings.show(sql)  # before the Mongo part: the Job's log says where PostgreSQL ended, whatever follows
+    return MigrateReport(sql, migrate_mongo(settings, mongo_target, mongo_patches))
+
+
+def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
+    """migrate's PostgreSQL part, on the one target settings resolve (a tenant's schema: see tenants.py)."""
+    from migrator import postgres
+
     applied = []
     with locked_backend(settings, settings.limits()) as (backend, target):
         drift = postgres.reconcile(backend, migrations, settings.note)
@@ -36,15 +45,17 @@ def migrate(settings: CommandSettings) -> MigrateReport:
         if applied or schema.recorded is None:  # a database migrated before descriptions were recorded gets one
             record_schema(settings, backend, "migrate", schema)
         states = postgres.status(backend, migrations)
-    sql = SqlMigrateReport(applied, sum(1 for s in states if s.applied_at), len(migrations))
-    settings.show(sql)  # before the Mongo part: the Job's log says where PostgreSQL ended, whatever follows
-    mongo = None
+    return SqlMigrateReport(applied, sum(1 for s in states if s.applied_at), len(migrations))
+
+
+def migrate_mongo(settings: CommandSettings, mongo_target, mongo_patches):
+    """migrate's Mongo part (shown), once per run whatever the schemas; None when Mongo is not configured."""
     if mongo_target is None:
         settings.show(MONGO_NOT_CONFIGURED)
-    else:
-        mongo = mongo_commands.run_patches(settings, mongo_target, mongo_patches, names=(), run=True)
-        settings.show(mongo)
-    return MigrateReport(sql, mongo)
+        return None
+    mongo = mongo_commands.run_patches(settings, mongo_target, mongo_patches, names=(), run=True)
+    settings.show(mongo)
+    return mongo
 
 
 def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool):
@@ -154,8 +165,10 @@ def config(settings: CommandSettings) -> Lines:
                 ("database", "dbname", target.dbname), ("user", "user", target.user),
                 ("password", "password", "***" if target.password else "(none)")]
         for label, key, value in rows:
-            lines.append(f"  {label:<9} {value!s:<30} {origin or target.sources.get(key, 'default')}")
+            lines.append(f"  {label:<9} {value!s:<30} {target.sources.get(key) or origin or 'default'}")
         lines.append(f"  {'tls':<9} {target.tls}")
+    if target.schemas:
+        lines.append(f"  {'schemas':<9} {','.join(target.schemas):<30} {target.sources['schemas']}")
     lines.append(f"  {'sql dir':<9} {settings.sql_dir}")
     if mongo is None:
         return Lines(lines + ["MongoDB: not configured (set MONGO_URL and MONGO_DB, or MONGO_SECRET_NAME)"])

@@ -111,12 +111,16 @@ def adopt(settings: CommandSettings, *, yes: bool, scratch_url: str | None):
     return report
 
 
-def lint(sql_dir: Path) -> tuple[list, int]:
-    """(findings, number of migrations) of squawk over the migrations, each as the runner will run it."""
+def lint(sql_dir: Path, schemas: list[str] | None = None) -> tuple[list, int]:
+    """(findings, number of migrations) of squawk over the migrations, each as the runner will run it;
+    with tenant schemas, also the names qualified with public or a tenant's schema."""
     from migrator import lint as squawk, postgres
 
     migrations = postgres.read_migrations(sql_dir)
-    return squawk.lint(migrations), len(migrations)
+    findings = squawk.lint(migrations)
+    if schemas:
+        findings = sorted(findings + squawk.tenant_findings(migrations, schemas), key=lambda f: (f.path, f.line, f.column))
+    return findings, len(migrations)
 
 
 def break_lock(settings: CommandSettings) -> Lines:

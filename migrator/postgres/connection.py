@@ -11,6 +11,12 @@ ran `ALTER DATABASE ... SET search_path`; the checksum step, which runs in the m
 session, names that schema explicitly. Its commits (yoyo's marks and log) skip the wait for the WAL
 flush: a mark lost in a server crash is restored by the next run from the migration's own checksum,
 which commits durably with the migration.
+
+A tenant's schema (target.schema) changes two things, as Flyway's currentSchema does: every
+migration's session starts with search_path = that schema, then public (a connection option, so
+`RESET search_path` returns there), and the bookkeeping is pinned to that schema instead of found.
+The schema travels in the URL as yoyo's own `schema` parameter (yoyo pops it before connecting);
+yoyo's own use of it (an unquoted SET search_path) is replaced by PIN_TENANT.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import socket
 import uuid
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Iterator
 
 from migrator import output, whoami
@@ -53,6 +60,16 @@ SELECT schema, pg_catalog.set_config('search_path', pg_catalog.quote_ident(schem
 """
 
 
+# A tenant's run: its bookkeeping in its schema, nowhere else; describe() reads hcm.tenant_schema
+# to describe that schema alone.
+PIN_TENANT = """
+SET ROLE NONE;
+SELECT pg_catalog.set_config('search_path', pg_catalog.quote_ident(%(schema)s), false),
+       pg_catalog.set_config('hcm.tenant_schema', %(schema)s, false),
+       pg_catalog.set_config('synchronous_commit', 'off', false)
+"""
+
+
 def resolve_target(target: PostgresTarget, env) -> PostgresTarget:
     """The concrete target: starts the local development database when nothing is configured."""
     if target.local_dev:
@@ -69,6 +86,9 @@ def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits |
         settings.append(READ_ONLY)
     if limits:
         settings.append(f"-c lock_timeout={limits.lock_timeout} -c statement_timeout={limits.statement_timeout}")
+    if target.schema:  # a checked lower-case identifier: nothing to quote
+        settings.append(f"-c search_path={target.schema},public")
+        params["schema"] = target.schema
     params["options"] = " ".join(s for s in settings if s)
     return PostgresTarget(
         host=target.host, port=target.port, dbname=target.dbname, user=target.user,
@@ -88,6 +108,10 @@ def backend_class():
         def init_connection(self, connection):
             # Called by yoyo on connect and after each rollback (which would undo the pin).
             with connection.cursor() as cursor:
+                if self.schema:
+                    cursor.execute(PIN_TENANT, {"schema": self.schema})
+                    self.bookkeeping_schema = self.schema
+                    return
                 cursor.execute(PIN_BOOKKEEPING)
                 self.bookkeeping_schema = cursor.fetchone()[0]
 
@@ -146,6 +170,38 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
         yield backend
     finally:
         backend.connection.close()
+
+
+def missing_schemas(target: PostgresTarget, schemas: list[str], *, create: bool) -> list[str]:
+    """The tenants' schemas that do not exist; with `create`, they are created (by the user connected)."""
+    import psycopg2
+    from psycopg2 import sql
+
+    from yoyo.connections import parse_uri
+
+    uri = parse_uri(_connection_url(replace(target, schema=None), not create, None))  # decoded as yoyo does
+    try:
+        given = {"dbname": uri.database, "user": uri.username, "password": uri.password, "host": uri.hostname,
+                 "port": uri.port}
+        connection = psycopg2.connect(**{k: v for k, v in given.items() if v is not None}, **uri.args)
+    except psycopg2.Error as exc:
+        raise connection_error(exc, target)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY(%s)", (schemas,))
+            found = {row[0] for row in cursor.fetchall()}
+            missing = [schema for schema in schemas if schema not in found]
+            for schema in missing if create else ():
+                try:
+                    cursor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                except psycopg2.Error as exc:
+                    raise MigratorError(f"cannot create schema {schema} on {target.where}: "
+                                        f"{output.scrub(str(exc)).strip().splitlines()[0]}; create it as its owner "
+                                        "or grant CREATE on the database")
+    finally:
+        connection.close()
+    return [] if create else missing
 
 
 def _check_bookkeeping(backend, target: PostgresTarget) -> None:

@@ -5,6 +5,8 @@ format_type, regclass) is schema-qualified the same way whatever the session's s
 Left out: system schemas, the `public` schema itself (its default ACL and comment differ between
 PostgreSQL versions; its contents are described), objects owned by extensions, owners (they
 differ per environment), and the bookkeeping tables of yoyo and the runner.
+On a tenant's connection (hcm.tenant_schema set, see postgres/connection.py) only that schema is
+described, so one tenant's migrations never read as another's drift; extensions stay database-wide.
 """
 
 from __future__ import annotations
@@ -164,12 +166,15 @@ def describe(conn) -> Description:
     with conn.cursor() as cursor:
         if own_transaction:
             cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        cursor.execute("SELECT pg_catalog.current_setting('search_path')")
-        saved = cursor.fetchone()[0]
+        cursor.execute("SELECT pg_catalog.current_setting('search_path'), "
+                       "pg_catalog.current_setting('hcm.tenant_schema', true)")
+        saved, tenant = cursor.fetchone()
         cursor.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
         try:
             for query, build in _READERS:
-                cursor.execute(query)
+                if tenant:  # the tenant's name is passed as a parameter; the queries hold no other %
+                    query = query.replace(MANAGED_NS, f"{MANAGED_NS} AND n.nspname = %(tenant)s")
+                cursor.execute(query, {"tenant": tenant} if tenant else None)
                 for row in cursor.fetchall():
                     for item in build(*row):
                         description.add(item)
