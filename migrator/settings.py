@@ -81,11 +81,13 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
     return target
 
 
-def _port(value: str, origin: str) -> int:
+def _port(value: str, origin: str, *, quote_value: bool = True) -> int:
+    """The port as a number. A secret's value is never quoted back: a mis-keyed secret may hold a password there."""
     try:
         port = int(value)
     except ValueError:
-        raise MigratorError(f"{origin}: port {value!r} is not a number; set it to the server's port, e.g. 5432", USAGE)
+        shown = f" {value!r}" if quote_value else ""
+        raise MigratorError(f"{origin}: port{shown} is not a number; set it to the server's port, e.g. 5432", USAGE)
     if not 0 < port < 65536:
         raise MigratorError(f"{origin}: port {port} is out of range; set it to the server's port, e.g. 5432", USAGE)
     return port
@@ -227,7 +229,7 @@ def _from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> PostgresT
     _check_host(str(data["host"]), f"secret {name} key host")
     return PostgresTarget(
         host=str(data["host"]),
-        port=_port(str(data.get("port") or 5432), f"secret {name} key port"),
+        port=_port(str(data.get("port") or 5432), f"secret {name} key port", quote_value=False),
         dbname=str(data.get("dbname") or PG_DEFAULTS["dbname"]),
         user=str(data["username"]),
         password=str(data["password"]),
@@ -343,7 +345,7 @@ def _mongo_from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> tup
         )
     output.register_secret(str(data["password"]))
     _check_host(str(data["host"]), f"secret {name} key host")
-    port = _port(str(data.get("port") or 27017), f"secret {name} key port")
+    port = _port(str(data.get("port") or 27017), f"secret {name} key port", quote_value=False)
     query = "?tls=true&retryWrites=false"
     if not tls.truthy(data.get("ssl", "true")):
         allowed, allowed_origin = env.get("MONGO_ALLOW_PLAINTEXT")

@@ -405,3 +405,10 @@ def test_a_documentdb_secret_cannot_smuggle_options_through_its_host(cli, aws):
     result = cli("config", env={"MONGO_SECRET_NAME": name})
     assert "secret dev/docdb-host key host: not a host name" in one_error_line(result)
     assert "pw123456" not in result.output
+
+
+def test_a_secret_with_a_password_under_port_never_prints_it(cli, aws):
+    name = aws("dev/miskeyed", {"host": "db.internal", "port": "Hunter2Secret", "username": "app", "password": "x"})
+    result = cli("config", env={"DB_SECRET_NAME": name})
+    assert "secret dev/miskeyed key port: port is not a number" in one_error_line(result)
+    assert "Hunter2Secret" not in result.output
