@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from migrator.cli.app import verbose_option
+from migrator.cli.app import log_format_option, verbose_option
 from migrator.commands.base import LOCK_TIMEOUT as DEFAULT_LOCK_TIMEOUT, CommandSettings
 from migrator.targets import AwsOptions, MongoOptions, PostgresOptions
 
@@ -28,6 +28,9 @@ SCRATCH_URL = click.option(
     "--scratch-url", metavar="URL", envvar="SCRATCH_DATABASE_URL",
     help="A server where scratch databases may be created and dropped (else SCRATCH_DATABASE_URL, else the local "
          "development server); only its server is used, never its database.")
+QUIET = click.option("--quiet", is_flag=True,
+                     help="No live progress lines while a long statement runs (elapsed time, index build phase, "
+                          "who holds a lock it waits for).")
 DDL_LIMITS = [
     click.option("--ddl-lock-timeout", metavar="DURATION",
                  help="lock_timeout of every migration: fail fast instead of queueing traffic behind a lock "
@@ -76,7 +79,7 @@ def settings_options(*, postgres: bool = False, mongo: bool = False, sql_dir: bo
     Put the command's own options below this decorator, and LOCK_TIMEOUT / DDL_LIMITS / STRICT below those:
     the wrapper takes every option it knows from what click passes, wherever it was declared.
     """
-    options = [verbose_option]
+    options = [verbose_option, log_format_option]
     if postgres:
         options += POSTGRES
     if mongo:
@@ -99,7 +102,8 @@ def settings_options(*, postgres: bool = False, mongo: bool = False, sql_dir: bo
 
 
 def ddl_limits(command):
-    for option in reversed(DDL_LIMITS):
+    """--ddl-lock-timeout, --statement-timeout, and --quiet (the commands that run migrations take all three)."""
+    for option in reversed([*DDL_LIMITS, QUIET]):
         command = option(command)
     return command
 
@@ -113,7 +117,8 @@ def _settings(kwargs: dict) -> CommandSettings:
     aws = _take(kwargs, "profile", "region", "ca_bundle")
     pg = _take(kwargs, "database_url", "db_host", "db_port", "db_name", "db_user", "pg_secret")
     mongo = _take(kwargs, "mongo_url", "mongo_db", "mongo_timeout", "patch_timeout", "mongo_secret")
-    other = _take(kwargs, "sql_dir", "mongo_dir", "lock_timeout", "ddl_lock_timeout", "statement_timeout", "strict")
+    other = _take(kwargs, "sql_dir", "mongo_dir", "lock_timeout", "ddl_lock_timeout", "statement_timeout", "strict",
+                  "quiet")
     settings = CommandSettings(
         postgres=PostgresOptions(
             database_url=pg["database_url"], host=pg["db_host"], port=pg["db_port"], dbname=pg["db_name"],
@@ -124,7 +129,7 @@ def _settings(kwargs: dict) -> CommandSettings:
             timeout=mongo["mongo_timeout"] or MongoOptions.timeout, patch_timeout=mongo["patch_timeout"] or 0.0,
             aws=AwsOptions(mongo["mongo_secret"], aws["profile"], aws["region"])),
         ddl_lock_timeout=other["ddl_lock_timeout"], statement_timeout=other["statement_timeout"],
-        strict=bool(other["strict"]),
+        strict=bool(other["strict"]), progress=not other["quiet"],
     )
     for name in ("sql_dir", "mongo_dir", "lock_timeout"):
         if other[name] is not None:

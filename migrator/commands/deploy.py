@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from migrator import output
 from migrator.commands import mongo as mongo_commands
-from migrator.commands.base import CommandSettings, locked_backend
+from migrator.commands.base import CommandSettings, locked_backend, watching
 from migrator.errors import SCHEMA_DRIFT, MigratorError
 from migrator.reports import (MONGO_NOT_CONFIGURED, Lines, MigrateReport, MongoPlanReport, PlanReport,
                               SqlMigrateReport, StatusReport)
@@ -30,9 +30,10 @@ def migrate(settings: CommandSettings) -> MigrateReport:
         if drift:
             raise postgres.drift_error(drift, target)
         schema = check_schema_drift(settings, backend, refuse=settings.strict)
-        for migration, seconds in postgres.apply(backend, target, migrations):
-            applied.append(migration.id)
-            settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
+        with watching(settings, backend, target):
+            for migration, seconds in postgres.apply(backend, target, migrations):
+                applied.append(migration.id)
+                settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
         if applied or schema.recorded is None:  # a database migrated before descriptions were recorded gets one
             record_schema(settings, backend, "migrate", schema)
         states = postgres.status(backend, migrations)
