@@ -124,7 +124,7 @@ def _emit(event_name: str, err: bool, how=None, **fields) -> None:
     click.echo(json.dumps(_masked(record, how), default=str, separators=(",", ":")), err=err)
 
 
-def event(kind: str, **fields) -> None:
+def event(kind: str, /, **fields) -> None:
     """Something happened (migration_started, migration_applied, progress, lock_wait, patch_applied...):
     one JSON object on stderr in the json format; nothing in the human format (the lines say it)."""
     if json_format():
