@@ -170,8 +170,7 @@ def _measure_one(target, migration) -> MigrationImpact:
     conn = psycopg2.connect(target.url)
     try:
         with conn.cursor() as cur:
-            cur.execute(_RELATIONS)
-            existing = {oid: (name, kind, node) for oid, name, kind, node in cur.fetchall()}
+            existing = _relations(cur)
             conn.commit()
             if migration.use_transactions:
                 _in_transaction(conn, cur, statements, existing, impact)
@@ -189,6 +188,8 @@ def _relations(cur) -> dict:
 
 
 def _in_transaction(conn, cur, statements, existing: dict, impact: MigrationImpact) -> None:
+    import psycopg2
+
     held: dict[int, str] = {}  # relation oid -> strongest mode held so far
     names = dict(existing)
     pid = conn.info.backend_pid
@@ -200,7 +201,7 @@ def _in_transaction(conn, cur, statements, existing: dict, impact: MigrationImpa
             impact.statements.append(found)
             try:
                 cur.execute(statement.text)
-            except psycopg2_error() as exc:
+            except psycopg2.Error as exc:
                 found.error = " ".join(str(exc).split())
                 return
             after = _relations(cur)
@@ -219,12 +220,6 @@ def _in_transaction(conn, cur, statements, existing: dict, impact: MigrationImpa
                                      and after[oid][2] != before[oid][2]), key=lambda r: (r.kind != "table", r.relation))
     finally:
         conn.rollback()
-
-
-def psycopg2_error():
-    import psycopg2
-
-    return psycopg2.Error
 
 
 def _outside_transaction(target, conn, statements, existing: dict, impact: MigrationImpact) -> None:
