@@ -2,10 +2,17 @@
 
 Results go to stdout (pipeable: `plan` prints SQL a DBA can feed to psql, `--json` prints JSON);
 notes and errors go to stderr.
+
+Two formats (`--log-format` / LOG_FORMAT): `human` (the default) prints lines as they are; `json` prints
+every line as one JSON object (an event), for log pipelines, on the same streams. `event()` is what the
+commands call where something happens (a migration started, applied, failed; progress; a lock wait; a
+patch); in the human format it prints nothing, the commands' own lines say it. Masking is the same in both.
 """
 
+import json
 import re
 import sys
+import time
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Iterator
 from urllib.parse import quote, quote_plus
@@ -74,23 +81,109 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+# --- formats -----------------------------------------------------------------------------------------
+
+FORMATS = ("human", "json")
+_format = "human"
+
+
+def set_format(name: str) -> None:
+    global _format
+    if name not in FORMATS:
+        raise ValueError(name)
+    _format = name
+
+
+def json_format() -> bool:
+    return _format == "json"
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _masked(value, how=None):
+    """Every string inside a JSON-able value masked (SqlText: only registered passwords, as `sql`)."""
+    from migrator.reports import SqlText
+
+    if isinstance(value, SqlText):
+        return mask_known(value)
+    if isinstance(value, str):
+        return (how or mask)(value)
+    if isinstance(value, dict):
+        return {str(k): _masked(v, how) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_masked(v, how) for v in value]
+    return value
+
+
+def _emit(event_name: str, err: bool, how=None, **fields) -> None:
+    record = {"ts": _now(), "event": event_name, **fields}
+    click.echo(json.dumps(_masked(record, how), default=str, separators=(",", ":")), err=err)
+
+
+def event(kind: str, /, **fields) -> None:
+    """Something happened (migration_started, migration_applied, progress, lock_wait, patch_applied...):
+    one JSON object on stderr in the json format; nothing in the human format (the lines say it)."""
+    if json_format():
+        _emit(kind, True, **fields)
+
+
+# --- lines ---------------------------------------------------------------------------------------------
+
 def result(text: str = "") -> None:
     """A result line on stdout."""
+    if json_format():
+        return _emit("result", False, message=text)
     click.echo(mask(text))
 
 
 def sql(text: str) -> None:
     """SQL on stdout, for psql: only a registered password inside a URL or DSN is hidden."""
+    if json_format():
+        return _emit("sql", False, how=mask_known, sql=text)
     click.echo(mask_known(text))
 
 
 def note(text: str) -> None:
     """A progress or context line on stderr."""
+    if json_format():
+        return _emit("note", True, message=text)
     click.echo(mask(text), err=True)
 
 
-def error(text: str) -> None:
+def error(text: str, **fields) -> None:
+    if json_format():
+        return _emit("error", True, message=text, **fields)
     click.echo(mask(f"error: {text}"), err=True)
+
+
+def traceback() -> None:
+    """The current traceback (for -v), masked: as it is, or as one event."""
+    text = traceback_text()
+    if json_format():
+        return _emit("traceback", True, how=lambda s: s, traceback=text)  # traceback_text masked it already
+    click.echo(text, err=True)
+
+
+def progress(text: str, live: bool = False, kind: str = "progress", **fields) -> None:
+    """A line about a statement still running. On a terminal, with live=True, one line rewritten in place
+    (progress_done() ends it); in a log, a timestamped line; in the json format, a `kind` event."""
+    if json_format():
+        return _emit(kind, True, message=text, **fields)
+    if live and sys.stderr.isatty():
+        width = max(20, click.get_terminal_size()[0] - 1)
+        click.echo("\r\033[K" + mask(text)[:width], nl=False, err=True)
+        return
+    click.echo(mask(f"{time.strftime('%H:%M:%S')} {text}"), err=True)
+
+
+def progress_done() -> None:
+    """End a live line (a terminal only: a log got whole lines)."""
+    if not json_format() and sys.stderr.isatty():
+        click.echo("\r\033[K", nl=False, err=True)
 
 
 def traceback_text() -> str:
@@ -119,12 +212,27 @@ class _MaskingStream:
 
     def __init__(self, err: bool):
         self.stream = sys.stderr if err else sys.stdout  # the real one, from before the redirect
+        self.err, self.pending = err, ""
 
     def write(self, text: str) -> int:
+        if json_format():  # whole lines, each one event
+            self.pending += text
+            *lines, self.pending = self.pending.split("\n")
+            for line in lines:
+                self._event(line)
+            return len(text)
         click.echo(scrub(text), nl=False, file=self.stream)
         return len(text)
 
+    def _event(self, line: str) -> None:
+        record = {"ts": _now(), "event": "patch_output",
+                  "stream": "stderr" if self.err else "stdout", "message": scrub(line)}
+        click.echo(json.dumps(record), file=self.stream)
+
     def flush(self) -> None:
+        if json_format() and self.pending:
+            self._event(self.pending)
+            self.pending = ""
         self.stream.flush()
 
 
@@ -145,10 +253,13 @@ def patch_stderr() -> Iterator[None]:
 def report(report, as_json: bool = False) -> None:
     """A command's report on stdout: its text lines, or its to_json() as JSON. SQL for psql (reports.SqlText)
     is printed as it is but for registered passwords; everything else is masked."""
-    import json
-
     from migrator.reports import SqlText
 
+    if json_format():  # one event: the report's JSON when it has one, else its lines
+        data = report.to_json() if hasattr(report, "to_json") else None
+        if data is not None:
+            return _emit("report", False, kind=type(report).__name__, report=data)
+        return _emit("report", False, kind=type(report).__name__, lines=list(report.lines()))
     if as_json:
         data = report.to_json()
         text = json.dumps(data, indent=2, default=str)

@@ -275,3 +275,20 @@ def test_the_port_updates_in_batches_and_counts_across_them(cli, mongo, mongo_di
     assert mongo.db.enrollments.count_documents({"status": "COMPLETED"}) == expired
     (record,) = list(mongo.db.applied_patches.find())
     assert record["comment"].startswith(f"Modified {expired} enrollment records out of {expired} expired")
+
+
+def test_json_log_of_patches_one_event_per_line_with_their_output(cli, mongo, mongo_dir):
+    seed_enrollments(mongo.db)
+    (mongo_dir / "0002_broken.py").write_text(
+        "def run(db, dry_run):\n    print('looking at C-42')\n    raise ValueError('no such campaign: C-42')\n")
+    result = cli("--log-format", "json", "mongo", "apply", "--run", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert result.exit_code == 1
+    stdout = [json.loads(line) for line in result.stdout.splitlines()]  # the patches' output and results
+    events = [json.loads(line) for line in result.stderr.splitlines()]  # every line is one JSON object
+    kinds = [(e["event"], e.get("patch")) for e in events if e["event"].startswith("patch_")]
+    assert kinds == [("patch_started", PATCH_0001), ("patch_applied", PATCH_0001),
+                     ("patch_started", "0002_broken"), ("patch_failed", None)]
+    assert [e["message"] for e in stdout if e["event"] == "patch_output"][-1] == "looking at C-42"
+    failed = next(e for e in events if e["event"] == "patch_failed")
+    assert failed["after"] == [PATCH_0001] and "no such campaign: C-42" in failed["error"]
+    assert events[-1]["event"] == "error" and events[-1]["exit_code"] == 1

@@ -55,13 +55,17 @@ class Runner(click.Group):
 
 def _fail(ctx: click.Context, message: str, code: int) -> None:
     if ctx.find_root().meta.get("verbose"):
-        click.echo(output.traceback_text(), err=True)
-    output.error(message)
+        output.traceback()
+    output.error(message, exit_code=code)
     ctx.exit(code)
 
 
 class _MaskingFormatter(logging.Formatter):
     def format(self, record):
+        if output.json_format():
+            import json
+
+            return json.dumps({"event": "log", "logger": record.name, "message": output.mask(record.getMessage())})
         return output.mask(super().format(record))
 
 
@@ -85,8 +89,22 @@ verbose_option = click.option(
 )
 
 
+def _set_log_format(ctx: click.Context, _param, value: str | None) -> str | None:
+    if value or ctx.parent is None:  # the group's starts each run from the default; a command's only if given
+        output.set_format(value or "human")
+    return value
+
+
+log_format_option = click.option(
+    "--log-format", type=click.Choice(output.FORMATS), envvar="LOG_FORMAT", expose_value=False, is_eager=True,
+    callback=_set_log_format,
+    help="human (default): lines for people; json: one JSON object per line and event, for log pipelines "
+         "(else LOG_FORMAT).")
+
+
 @click.group(cls=Runner, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @verbose_option
+@log_format_option
 @click.version_option(package_name=None, version=__version__, prog_name="hcm-db-migrations")
 def cli():
     """Keep the HCM reporting databases up to date: PostgreSQL from sql/, MongoDB patches from mongo/.

@@ -1,4 +1,4 @@
-"""migrate, plan, status, config: the everyday commands, over both stores."""
+"""migrate, plan, status, config: the everyday commands, over both stores (and over tenant schemas)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import functools
 import click
 
 from migrator import output
-from migrator.cli.options import CREATE_SCHEMAS, LOCK_TIMEOUT, STRICT, ddl_limits, schema_run, settings_options
+from migrator.cli.options import (CREATE_SCHEMAS, LOCK_TIMEOUT, SCRATCH_URL, STRICT, ddl_limits, schema_run,
+                                  settings_options)
 from migrator.commands import deploy, tenants
+from migrator.errors import USAGE, MigratorError
+from migrator.reports import Lines
 
 
 @click.command()
@@ -31,13 +34,27 @@ def migrate(settings):
 @settings_options(postgres=True, mongo=True, sql_dir=True)
 @click.option("--offline", is_flag=True, help="Print every migration without connecting to a database.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines (SQL, drift, lint; no Mongo dry runs).")
+@click.option("--impact", is_flag=True,
+              help="Measure each pending migration on a scratch database: the locks each statement takes (and what "
+                   "they block), the tables it rewrites, with live row counts and sizes. The live database is only read.")
+@click.option("--markdown", is_flag=True, help="With --impact: a Markdown table per migration, for a pull request.")
+@SCRATCH_URL
 @schema_run
-def plan(settings, offline, as_json):
+def plan(settings, offline, as_json, impact, markdown, scratch_url):
     """Print the SQL that `migrate` would run, in order, and dry-run the pending Mongo patches. Writes nothing.
 
     stdout is the files' exact SQL with BEGIN;/COMMIT; around transactional migrations, so a DBA can
     review it or feed it to psql; the Mongo part is in SQL comments; notes and patch output go to stderr.
+    --impact answers "what will this lock, for how long, and will it rewrite a big table?" instead.
     """
+    if markdown and not impact:
+        raise MigratorError("--markdown goes with --impact", USAGE)
+    if impact:
+        if offline or (as_json and markdown):
+            raise MigratorError("--impact needs the database (not --offline), and one of --json and --markdown", USAGE)
+        report = deploy.impact(settings, scratch_url)
+        output.report(Lines(report.markdown()) if markdown else report, as_json)
+        return
     settings.show = functools.partial(output.report, as_json=as_json)
     report = tenants.plan(settings, offline=offline, mongo_dry_run=not as_json)
     raise click.exceptions.Exit(report.exit_code)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from migrator.cli.app import verbose_option
+from migrator.cli.app import log_format_option, verbose_option
 from migrator.commands.base import LOCK_TIMEOUT as DEFAULT_LOCK_TIMEOUT, CommandSettings
 from migrator.targets import AwsOptions, MongoOptions, PostgresOptions
 
@@ -28,6 +28,9 @@ SCRATCH_URL = click.option(
     "--scratch-url", metavar="URL", envvar="SCRATCH_DATABASE_URL",
     help="A server where scratch databases may be created and dropped (else SCRATCH_DATABASE_URL, else the local "
          "development server); only its server is used, never its database.")
+QUIET = click.option("--quiet", is_flag=True,
+                     help="No live progress lines while a long statement runs (elapsed time, index build phase, "
+                          "who holds a lock it waits for).")
 DDL_LIMITS = [
     click.option("--ddl-lock-timeout", metavar="DURATION",
                  help="lock_timeout of every migration: fail fast instead of queueing traffic behind a lock "
@@ -87,7 +90,7 @@ def settings_options(*, postgres: bool = False, mongo: bool = False, sql_dir: bo
     Put the command's own options below this decorator, and LOCK_TIMEOUT / DDL_LIMITS / STRICT below those:
     the wrapper takes every option it knows from what click passes, wherever it was declared.
     """
-    options = [verbose_option]
+    options = [verbose_option, log_format_option]
     if postgres:
         options += POSTGRES
     if mongo:
@@ -116,7 +119,8 @@ def schema_run(command):
 
 
 def ddl_limits(command):
-    for option in reversed(DDL_LIMITS):
+    """--ddl-lock-timeout, --statement-timeout, and --quiet (the commands that run migrations take all three)."""
+    for option in reversed([*DDL_LIMITS, QUIET]):
         command = option(command)
     return command
 
@@ -132,7 +136,7 @@ def _settings(kwargs: dict) -> CommandSettings:
                "create_schemas")
     mongo = _take(kwargs, "mongo_url", "mongo_db", "mongo_timeout", "patch_timeout", "mongo_secret")
     other = _take(kwargs, "sql_dir", "mongo_dir", "lock_timeout", "ddl_lock_timeout", "statement_timeout", "strict",
-                  "fail_fast", "parallel")
+                  "fail_fast", "parallel", "quiet")
     settings = CommandSettings(
         postgres=PostgresOptions(
             database_url=pg["database_url"], host=pg["db_host"], port=pg["db_port"], dbname=pg["db_name"],
@@ -145,6 +149,7 @@ def _settings(kwargs: dict) -> CommandSettings:
             aws=AwsOptions(mongo["mongo_secret"], aws["profile"], aws["region"])),
         ddl_lock_timeout=other["ddl_lock_timeout"], statement_timeout=other["statement_timeout"],
         strict=bool(other["strict"]), fail_fast=bool(other["fail_fast"]), parallel=other["parallel"] or 1,
+        progress=not other["quiet"],
     )
     for name in ("sql_dir", "mongo_dir", "lock_timeout"):
         if other[name] is not None:

@@ -38,6 +38,7 @@ class CommandSettings:
     fail_fast: bool = False  # over several schemas: stop at the first that fails
     parallel: int = 1  # over several schemas: how many at once
     mongo_off: bool = False  # a schema's part of a run: Mongo is the run's, done once
+    progress: bool = True  # live progress of long statements (--quiet turns it off)
 
     def limits(self) -> DdlLimits:
         return resolve_ddl_limits(self.ddl_lock_timeout, self.statement_timeout, self.env)
@@ -93,3 +94,19 @@ def locked_backend(settings: CommandSettings, limits: DdlLimits | None = None) -
     with (postgres.connect(target, read_only=False, limits=limits) as backend,
           postgres.locked(backend, target, settings.lock_timeout, settings.note)):
         yield backend, target
+
+
+@contextlib.contextmanager
+def watching(settings: CommandSettings, backend, target: PostgresTarget) -> Iterator[None]:
+    """Live progress of each migration session `backend` opens, unless --quiet."""
+    from migrator.postgres import connection, watch
+
+    if not settings.progress:
+        yield
+        return
+    with watch.Watcher(connection.watcher_params(target, watch.APPLICATION_NAME)) as watcher:
+        backend.watcher = watcher
+        try:
+            yield
+        finally:
+            backend.watcher = None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from migrator import output
 from migrator.commands import mongo as mongo_commands
-from migrator.commands.base import CommandSettings, locked_backend
+from migrator.commands.base import CommandSettings, locked_backend, watching
 from migrator.errors import SCHEMA_DRIFT, MigratorError
-from migrator.reports import (MONGO_NOT_CONFIGURED, Lines, MigrateReport, MongoPlanReport, PlanReport,
+from migrator.reports import (MONGO_NOT_CONFIGURED, ImpactReport, Lines, MigrateReport, MongoPlanReport, PlanReport,
                               SqlMigrateReport, StatusReport)
 
 
@@ -39,9 +39,10 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         if drift:
             raise postgres.drift_error(drift, target)
         schema = check_schema_drift(settings, backend, refuse=settings.strict)
-        for migration, seconds in postgres.apply(backend, target, migrations):
-            applied.append(migration.id)
-            settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
+        with watching(settings, backend, target):
+            for migration, seconds in postgres.apply(backend, target, migrations):
+                applied.append(migration.id)
+                settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
         if applied or schema.recorded is None:  # a database migrated before descriptions were recorded gets one
             record_schema(settings, backend, "migrate", schema)
         states = postgres.status(backend, migrations)
@@ -114,6 +115,27 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
     if mongo_dry_run:
         settings.show(_mongo_plan(settings, mongo_target))
     return report
+
+
+def impact(settings: CommandSettings, scratch_url: str | None) -> ImpactReport:
+    """`plan --impact`: each pending migration measured on a scratch database built to the live database's
+    applied state; the live database is only read (row estimates, sizes, open transactions)."""
+    from migrator import lint, postgres
+    from migrator.commands.base import scratch_server
+    from migrator.postgres import impact as measure
+
+    migrations = postgres.read_migrations(settings.sql_dir)
+    target = settings.postgres_target()
+    server = scratch_server(settings, scratch_url)
+    with postgres.connect(target, read_only=True) as backend:
+        todo = postgres.pending(backend, migrations)
+        postgres.load_migrations(todo)
+        skipped = bool(todo) and lint.squawk_path() is None
+        if skipped:
+            settings.note("note: lint skipped: squawk is not installed here (`make install` brings it)")
+        findings = [] if skipped or not todo else lint.lint(todo)
+        found = measure.measure(server, backend, migrations, todo, findings)
+    return ImpactReport(target.display_url, server.where, found, skipped)
 
 
 def _mongo_plan(settings: CommandSettings, mongo_target) -> MongoPlanReport:

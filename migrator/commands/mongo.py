@@ -37,12 +37,18 @@ def run_patches(settings: CommandSettings, mongo: MongoTarget, found: list, name
         settings.note("dry run: nothing will be written (add --run to apply)")
     report = PatchRunReport(run, found=len(found))
     with connection.connect(mongo) as db, output.patch_output():
-        for outcome in actions.apply(db, mongo, found, list(names) or None, run=run,
-                                     lock_wait=settings.lock_timeout, echo=settings.echo):
-            report.ran.append(outcome.patch.id)
-            verb = "applied" if run else "dry run"
-            settings.echo(f"  {verb} {outcome.patch.id} ({outcome.seconds * 1000:.0f} ms): "
-                          f"{outcome.comment or '(no comment)'}")
+        try:
+            for outcome in actions.apply(db, mongo, found, list(names) or None, run=run,
+                                         lock_wait=settings.lock_timeout, echo=settings.echo):
+                report.ran.append(outcome.patch.id)
+                verb = "applied" if run else "dry run"
+                output.event("patch_applied" if run else "patch_dry_run", patch=outcome.patch.id,
+                             duration_ms=round(outcome.seconds * 1000), comment=outcome.comment)
+                settings.echo(f"  {verb} {outcome.patch.id} ({outcome.seconds * 1000:.0f} ms): "
+                              f"{outcome.comment or '(no comment)'}")
+        except MigratorError as exc:
+            output.event("patch_failed", run=run, after=report.ran, error=str(exc))
+            raise
     return report
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from migrator.commands.base import CommandSettings, locked_backend, scratch_server
+from migrator.commands.base import CommandSettings, locked_backend, scratch_server, watching
 from migrator.commands.deploy import check_schema_drift, record_schema
 from migrator.errors import USAGE, MigratorError
 from migrator.reports import Lines, RollbackReport
@@ -21,9 +21,10 @@ def rollback(settings: CommandSettings, *, count: int | None, to: str | None, al
     with locked_backend(settings, settings.limits()) as (backend, target):
         selected = postgres.select_rollback(backend, migrations, count=count, to=to, all_=all_)
         schema = check_schema_drift(settings, backend, refuse=False)
-        for migration, seconds in postgres.rollback(backend, target, selected):
-            done.append(migration.id)
-            settings.echo(f"  rolled back {migration.id} ({seconds * 1000:.0f} ms)")
+        with watching(settings, backend, target):
+            for migration, seconds in postgres.rollback(backend, target, selected):
+                done.append(migration.id)
+                settings.echo(f"  rolled back {migration.id} ({seconds * 1000:.0f} ms)")
         if done:
             record_schema(settings, backend, "rollback", schema)
         states = postgres.status(backend, migrations)

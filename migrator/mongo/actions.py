@@ -129,6 +129,7 @@ def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, ech
              loaded=None) -> Outcome:
     from migrator.mongo.readonly import DryRunWriteError
 
+    output.event("patch_started", patch=patch.id, language=patch.kind, dry_run=dry_run)
     started = time.perf_counter()
     advice = "fix the patch, then see `runner.py mongo status`" if not dry_run else "fix the patch"
     try:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from migrator import checksums, interrupt, pg_lock
+from migrator import checksums, interrupt, output, pg_lock
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres.errors import StatementFailed, migration_error
 from migrator.postgres.migration import load_migrations, rollback_path
@@ -27,6 +27,23 @@ def _run_one(backend, target: PostgresTarget, migration, verb: str, path: Path, 
     """Run yoyo's apply/rollback of one migration; a failure or SIGTERM becomes one true line."""
     started = time.perf_counter()
     prefix = checksums.ROLLBACK if verb == "roll back" else ""
+    what = "rollback" if prefix else "migration"
+    if backend.watcher is not None:
+        backend.watcher.label = migration.id
+    output.event(f"{what}_started", migration=migration.id, file=str(path))
+    try:
+        _run_and_say(backend, target, migration, verb, path, run, prefix)
+    except BaseException as exc:
+        output.event(f"{what}_failed", migration=migration.id, file=str(path),
+                     duration_ms=round((time.perf_counter() - started) * 1000), error=str(exc))
+        raise
+    seconds = time.perf_counter() - started
+    output.event(f"{what}_{'rolled_back' if prefix else 'applied'}", migration=migration.id,
+                 duration_ms=round(seconds * 1000))
+    return seconds
+
+
+def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Path, run, prefix: str) -> None:
     try:
         run()
     except StatementFailed as exc:
@@ -47,7 +64,6 @@ def _run_one(backend, target: PostgresTarget, migration, verb: str, path: Path, 
         checksums.record_after_commit(backend, migration.id, None if prefix else checksums.file_sha256(Path(migration.path)))
     if migration.earlier_failure is not None or not migration.use_transactions or prefix:
         checksums.clear_failures(backend, [migration.id])
-    return time.perf_counter() - started
 
 
 def _interrupted(backend, target: PostgresTarget, migration, verb: str, path: Path, exc) -> MigratorError:

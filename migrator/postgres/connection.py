@@ -79,6 +79,15 @@ def resolve_target(target: PostgresTarget, env) -> PostgresTarget:
     return target
 
 
+def watcher_params(target: PostgresTarget, application_name: str) -> dict:
+    """psycopg2.connect() keywords of a read-only side connection (the progress watcher), without limits."""
+    params = {**CONNECT_PARAMS, **target.params, "application_name": application_name}
+    params["options"] = " ".join(s for s in (params.get("options", ""), READ_ONLY) if s)
+    fields = {"host": target.host, "port": target.port, "dbname": target.dbname, "user": target.user,
+              "password": target.password}
+    return {**{k: v for k, v in fields.items() if v}, **params}
+
+
 def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits | None) -> str:
     params = {**CONNECT_PARAMS, **target.params}
     settings = [params.get("options", ""), CLIENT_CHECK]
@@ -104,6 +113,7 @@ def backend_class():
     class Backend(PostgresqlBackend):
         bookkeeping_schema = "public"
         failures_table_ready = False
+        watcher = None  # a postgres.watch.Watcher following each migration session, when progress is on
 
         def init_connection(self, connection):
             # Called by yoyo on connect and after each rollback (which would undo the pin).
@@ -119,6 +129,8 @@ def backend_class():
             session = MigrationSession(self.uri, self.migration_table)
             session.bookkeeping_schema = self.bookkeeping_schema
             session.parent = self  # where a non-transactional file's progress is recorded
+            if self.watcher is not None:
+                self.watcher.follow(session.connection)
             return session
 
         def get_log_data(self, migration=None, operation="apply"):

@@ -1,0 +1,289 @@
+"""`plan --impact`: what each pending migration will lock and rewrite, measured by PostgreSQL itself.
+
+A scratch database is built to the live database's applied state (the same migrations, through the
+runner's own path). Each pending migration then runs there statement by statement in a transaction
+that is rolled back at the end; after each statement the server says which relation locks the
+transaction holds (pg_locks) and which tables and indexes got a new relfilenode (a rewrite: the cost
+grows with the table). The migration is then applied for real to the scratch database, so the next
+one starts where it would. A `-- transactional: false` file runs in autocommit while another session
+holds an open snapshot: a CONCURRENTLY statement waits for it, and while it waits its locks are read.
+The live database is only read (read-only connection): row estimates, sizes, and the open
+transactions a CONCURRENTLY statement would wait for right now.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from migrator.postgres.watch import duration, lock_mode
+
+# What each table lock mode blocks, in plain words (the conflict table of the PostgreSQL manual, 13.3.1).
+BLOCKS = {
+    "ACCESS SHARE": "blocks only ACCESS EXCLUSIVE (DROP, most ALTER TABLE); reads and writes go on",
+    "ROW SHARE": "blocks EXCLUSIVE and ACCESS EXCLUSIVE; reads and writes go on",
+    "ROW EXCLUSIVE": "blocks SHARE and stronger (CREATE INDEX without CONCURRENTLY); reads and writes go on",
+    "SHARE UPDATE EXCLUSIVE": "blocks other schema changes, VACUUM and ANALYZE; reads and writes go on",
+    "SHARE": "blocks writes (INSERT, UPDATE, DELETE); reads go on",
+    "SHARE ROW EXCLUSIVE": "blocks writes and other SHARE locks; reads go on",
+    "EXCLUSIVE": "blocks writes and SELECT FOR UPDATE; plain reads go on",
+    "ACCESS EXCLUSIVE": "blocks reads and writes",
+}
+STRENGTH = list(BLOCKS)
+KINDS = {"r": "table", "p": "table", "i": "index", "I": "index", "S": "sequence", "m": "materialized view", "v": "view"}
+_RELATIONS = """
+SELECT c.oid, c.oid::regclass::text, c.relkind, c.relfilenode FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%%'
+  AND n.nspname NOT LIKE 'pg\\_temp%%'
+"""
+_LOCKS = """
+SELECT relation, mode, granted, locktype FROM pg_catalog.pg_locks
+WHERE pid = %s AND (locktype = 'relation' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    OR NOT granted)
+"""
+_LIVE_SIZE = """
+SELECT c.reltuples::bigint, pg_catalog.pg_total_relation_size(c.oid) FROM pg_catalog.pg_class c
+WHERE c.oid = pg_catalog.to_regclass(%s)
+"""
+_OPEN_TRANSACTIONS = """
+SELECT pid, coalesce(application_name, ''), usename, state, extract(epoch FROM now() - xact_start)
+FROM pg_catalog.pg_stat_activity
+WHERE datname = current_database() AND xact_start IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start
+"""
+
+
+@dataclass
+class Lock:
+    relation: str
+    kind: str  # table, index, sequence...
+    mode: str  # ACCESS EXCLUSIVE...
+    rows: int | None = None  # live estimate; None: not on the live database, or never analyzed
+    bytes: int | None = None
+
+    @property
+    def blocks(self) -> str:
+        return BLOCKS.get(self.mode, "see the PostgreSQL manual's lock conflict table")
+
+    def size(self) -> str:
+        if self.bytes is None:
+            return "new" if self.rows is None else ""
+        rows = f"~{_count(self.rows)} rows, " if self.rows is not None and self.kind != "index" else ""
+        return f"{rows}{_bytes(self.bytes)}"
+
+    def __str__(self) -> str:
+        size = self.size()
+        return f"{self.mode} on {self.kind} {self.relation}" + (f" ({size})" if size else "") + f": {self.blocks}"
+
+    def to_json(self) -> dict:
+        return {"relation": self.relation, "kind": self.kind, "mode": self.mode, "blocks": self.blocks,
+                "live_rows": self.rows, "live_bytes": self.bytes}
+
+
+@dataclass
+class StatementImpact:
+    line: int
+    text: str
+    locks: list[Lock] = field(default_factory=list)  # taken (or strengthened) by this statement
+    rewrites: list[Lock] = field(default_factory=list)  # relations given a new relfilenode
+    waits_for: list[str] = field(default_factory=list)  # what a CONCURRENTLY statement waits for
+    error: str | None = None
+
+    @property
+    def summary(self) -> str:
+        head = " ".join(self.text.split())[:100].rstrip(";")
+        if self.error:
+            return f"{head}: failed on the scratch database: {self.error}"
+        if not self.locks and not self.rewrites:
+            return f"{head}: no lock beyond those already held"
+        strongest = max(self.locks, key=lambda lock: (STRENGTH.index(lock.mode), lock.kind == "table"), default=None)
+        text = f"{head}: {strongest}" if strongest else head
+        tables = [r.relation for r in self.rewrites if r.kind == "table"]
+        indexes = len(self.rewrites) - len(tables)
+        rewritten = ", ".join(tables + ([f"{indexes} index(es)"] if indexes else []))
+        if rewritten:
+            text += f"; rewrites {rewritten}: its time grows with their size"
+        return text
+
+
+@dataclass
+class MigrationImpact:
+    id: str
+    path: str
+    transactional: bool
+    statements: list[StatementImpact] = field(default_factory=list)
+    findings: list = field(default_factory=list)  # lint.Finding of this file
+
+    def findings_at(self, index: int) -> list:
+        start = self.statements[index].line
+        end = self.statements[index + 1].line if index + 1 < len(self.statements) else 10 ** 9
+        return [f for f in self.findings if start <= f.line < end or (index == 0 and f.line < start)]
+
+
+def _count(rows: int) -> str:
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if rows >= size:
+            return f"{rows / size:.1f} {unit}"
+    return str(max(rows, 0))
+
+
+def _bytes(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} GB"
+
+
+def measure(server, live_backend, migrations, pending, findings) -> list[MigrationImpact]:
+    """Each pending migration's impact: scratch database on `server`, sizes from the live backend (read-only)."""
+    from migrator import postgres
+    from migrator.schema import scratch
+
+    applied = set(postgres.applied_ids(live_backend))
+    live = live_backend.connection
+    done = []
+    with scratch.scratch(server) as db:
+        for migration in postgres.ordered(migrations):
+            if migration.id in applied:
+                db.apply(migration)
+        for migration in pending:
+            migration.load()
+            impact = _measure_one(db.target, migration)
+            impact.findings = [f for f in findings if str(f.path) == str(migration.path)]
+            _join_live(live, impact)
+            done.append(impact)
+            if any(s.error for s in impact.statements):
+                break  # what follows would be measured on the wrong state
+            if migration.use_transactions:  # rolled back: apply it, so the next one starts where it would
+                db.apply(migration)
+    live.rollback()
+    return done
+
+
+def _measure_one(target, migration) -> MigrationImpact:
+    import psycopg2
+
+    statements = migration.steps[0].statements
+    impact = MigrationImpact(migration.id, str(migration.path), migration.use_transactions)
+    conn = psycopg2.connect(target.url)
+    try:
+        with conn.cursor() as cur:
+            existing = _relations(cur)
+            conn.commit()
+            if migration.use_transactions:
+                _in_transaction(conn, cur, statements, existing, impact)
+            else:
+                conn.autocommit = True
+                _outside_transaction(target, conn, statements, existing, impact)
+    finally:
+        conn.close()
+    return impact
+
+
+def _relations(cur) -> dict:
+    cur.execute(_RELATIONS)
+    return {oid: (name, kind, node) for oid, name, kind, node in cur.fetchall()}
+
+
+def _in_transaction(conn, cur, statements, existing: dict, impact: MigrationImpact) -> None:
+    import psycopg2
+
+    held: dict[int, str] = {}  # relation oid -> strongest mode held so far
+    names = dict(existing)
+    pid = conn.info.backend_pid
+    try:
+        for statement in statements:
+            before = _relations(cur)
+            names.update(before)
+            found = StatementImpact(statement.line, statement.text)
+            impact.statements.append(found)
+            try:
+                cur.execute(statement.text)
+            except psycopg2.Error as exc:
+                found.error = " ".join(str(exc).split())
+                return
+            after = _relations(cur)
+            cur.execute(_LOCKS, (pid,))
+            now = dict(held)
+            for oid, mode, _granted, _type in cur.fetchall():
+                mode = lock_mode(mode)
+                if oid in existing and (oid not in now or STRENGTH.index(mode) > STRENGTH.index(now[oid])):
+                    now[oid] = mode  # only relations others can see: not those this migration created
+            found.locks = sorted((Lock(names[oid][0], KINDS.get(names[oid][1], "relation"), mode)
+                                  for oid, mode in now.items() if held.get(oid) != mode),
+                                 key=lambda lock: (lock.kind != "table", lock.relation))
+            held = now
+            found.rewrites = sorted((Lock(before[oid][0], KINDS.get(before[oid][1], "relation"), "")
+                                     for oid in before if oid in existing and oid in after
+                                     and after[oid][2] != before[oid][2]), key=lambda r: (r.kind != "table", r.relation))
+    finally:
+        conn.rollback()
+
+
+def _outside_transaction(target, conn, statements, existing: dict, impact: MigrationImpact) -> None:
+    """Each statement in autocommit while another session holds an open snapshot, which CONCURRENTLY waits
+    for: the locks it holds while it waits are read, then the snapshot is let go."""
+    import psycopg2
+
+    pid = conn.info.backend_pid
+    for statement in statements:
+        found = StatementImpact(statement.line, statement.text)
+        impact.statements.append(found)
+        observer = psycopg2.connect(target.url)
+        try:
+            with observer.cursor() as watch:
+                watch.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                watch.execute("SELECT 1")  # the snapshot
+                failure: list = []
+                runner = threading.Thread(target=_execute, args=(conn, statement.text, failure), daemon=True)
+                runner.start()
+                deadline = time.monotonic() + 10
+                while runner.is_alive() and time.monotonic() < deadline:
+                    watch.execute(_LOCKS, (pid,))
+                    rows = watch.fetchall()
+                    for oid, mode, granted, _type in rows:
+                        if granted and oid in existing:
+                            lock = Lock(existing[oid][0], KINDS.get(existing[oid][1], "relation"), lock_mode(mode))
+                            if all((lock.relation, lock.mode) != (x.relation, x.mode) for x in found.locks):
+                                found.locks.append(lock)
+                    if any(not granted for *_x, granted, _t in rows):
+                        found.waits_for = ["every transaction older than it in the database (it waits for their "
+                                           "snapshots, between its phases)"]
+                        break
+                    time.sleep(0.02)
+            observer.rollback()
+            runner.join()
+        finally:
+            observer.close()
+        if failure:
+            found.error = failure[0]
+            return
+
+
+def _execute(conn, text: str, failure: list) -> None:
+    import psycopg2
+
+    try:
+        with conn.cursor() as cur:
+            cur.execute(text)
+    except psycopg2.Error as exc:
+        failure.append(" ".join(str(exc).split()))
+
+
+def _join_live(live, impact: MigrationImpact) -> None:
+    """Row estimates and sizes from the live database; for CONCURRENTLY, its open transactions now."""
+    with live.cursor() as cur:
+        for statement in impact.statements:
+            for lock in statement.locks + statement.rewrites:
+                cur.execute(_LIVE_SIZE, (lock.relation,))
+                row = cur.fetchone()
+                if row:
+                    lock.rows, lock.bytes = (row[0] if row[0] >= 0 else None), row[1]
+            if statement.waits_for:
+                cur.execute(_OPEN_TRANSACTIONS)
+                now = [f"pid {pid} ({app or 'no application_name'}, user {user}, {state}, transaction open "
+                       f"{duration(age or 0)})" for pid, app, user, state, age in cur.fetchall()]
+                statement.waits_for.append("on the live database right now: " + ("; ".join(now) if now else
+                                                                                  "no other open transaction"))

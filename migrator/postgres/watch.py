@@ -1,0 +1,188 @@
+"""What a running migration is doing, read from a second, read-only connection while it runs.
+
+The migration's session is followed by its pid (the backend hands each migration session to the
+watcher). Once a statement has run for FIRST_AFTER seconds, a line says how long, the phase and
+percentage of an index build (pg_stat_progress_create_index) or of VACUUM, CLUSTER, ANALYZE and COPY
+(their pg_stat_progress_* views), and, while it waits on a lock, who holds that lock: pid,
+application_name, user, client address, state and query, so the operator knows what to end. On a
+terminal the line is rewritten every POLL seconds; in a log a timestamped line every LOG_EVERY seconds.
+The watcher never stops a migration: if it cannot read, it says so once and goes quiet.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from migrator import output
+
+FIRST_AFTER = 3.0  # seconds a statement runs before it is reported
+POLL = 1.0
+LOG_EVERY = 5.0  # a log, unlike a terminal, gets a line this often
+APPLICATION_NAME = "hcm-db-migrations watcher"
+
+_ACTIVITY = """
+SELECT state, extract(epoch FROM clock_timestamp() - query_start), wait_event_type, query_start, query
+FROM pg_catalog.pg_stat_activity WHERE pid = %s
+"""
+# (view, what runs, phase, done, total, unit, relation): the progress views PostgreSQL has.
+_PROGRESS = [
+    ("pg_stat_progress_create_index", "command", "blocks_done", "blocks_total", "tuples_done", "tuples_total"),
+    ("pg_stat_progress_cluster", "command", "heap_blks_scanned", "heap_blks_total", "heap_tuples_written", "NULL"),
+    ("pg_stat_progress_vacuum", "'VACUUM'", "heap_blks_scanned", "heap_blks_total", "NULL", "NULL"),
+    ("pg_stat_progress_analyze", "'ANALYZE'", "sample_blks_scanned", "sample_blks_total", "NULL", "NULL"),
+]
+_WAITED_FOR = """
+SELECT l.mode, coalesce(c.relname, l.locktype) FROM pg_catalog.pg_locks l
+LEFT JOIN pg_catalog.pg_class c ON l.locktype = 'relation' AND c.oid = l.relation
+WHERE l.pid = %s AND NOT l.granted LIMIT 1
+"""
+_BLOCKERS = """
+SELECT b.pid, b.application_name, b.usename, host(b.client_addr), b.state,
+       extract(epoch FROM clock_timestamp() - b.state_change), left(b.query, 300)
+FROM unnest(pg_catalog.pg_blocking_pids(%s)) AS p(pid) JOIN pg_catalog.pg_stat_activity b ON b.pid = p.pid
+ORDER BY b.pid
+"""
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min" + (f" {seconds % 60} s" if seconds % 60 and seconds < 600 else "")
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def lock_mode(mode: str) -> str:
+    """AccessExclusiveLock -> ACCESS EXCLUSIVE."""
+    import re
+
+    return " ".join(re.findall(r"[A-Z][a-z]+", mode.removesuffix("Lock"))).upper()
+
+
+class Watcher:
+    """Follows one migration session at a time (follow()), reporting from its own thread."""
+
+    def __init__(self, params: dict):
+        self.params = params  # psycopg2.connect() keywords
+        self.label = ""  # the migration running now
+        self._pid: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn = None
+        self._shown: tuple | None = None  # (pid, query_start) of the statement last reported
+        self._last = 0.0
+        self._live = False
+
+    def follow(self, connection) -> None:
+        """The migration session that runs next (called with its connection when yoyo opens it)."""
+        self._pid = connection.info.backend_pid
+
+    def __enter__(self) -> "Watcher":
+        import psycopg2
+
+        try:
+            self._conn = psycopg2.connect(**self.params)
+            self._conn.autocommit = True
+        except psycopg2.Error as exc:
+            output.note(f"note: no live progress: the watcher cannot connect ({output.one_line(str(exc))})")
+            return self
+        self._thread = threading.Thread(target=self._run, name="migration-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        self._end_line()
+        if self._conn is not None:
+            self._conn.close()
+
+    def _run(self) -> None:
+        import psycopg2
+
+        while not self._stop.wait(POLL):
+            try:
+                self.poll()
+            except psycopg2.Error as exc:
+                output.note(f"note: live progress stopped: {output.one_line(str(exc))}")
+                return
+
+    def poll(self) -> None:
+        pid = self._pid
+        if pid is None:
+            return
+        with self._conn.cursor() as cur:
+            cur.execute(_ACTIVITY, (pid,))
+            row = cur.fetchone()
+            if row is None or row[0] != "active" or row[1] is None or row[1] < FIRST_AFTER:
+                self._end_line()
+                return
+            state, elapsed, wait_type, started, query = row
+            now = time.monotonic()
+            new = self._shown != (pid, started)
+            if not new and not self._live_terminal() and now - self._last < LOG_EVERY:
+                return
+            self._shown, self._last = (pid, started), now
+            statement = output.one_line(query).rstrip(";")
+            fields = {"migration": self.label, "pid": pid, "elapsed_s": round(float(elapsed), 1),
+                      "statement": statement[:200]}
+            text = f"{self.label}: running for {duration(elapsed)}: {statement[:80]}"
+            if wait_type == "Lock":
+                self._say_lock_wait(cur, pid, text, fields)
+                return
+            step = self._progress(cur, pid)
+            if step:
+                fields.update(step)
+                text += f"; {step['command']} {step['phase']}" + (f" {step['percent']}%" if step.get("percent") is not None else "")
+            self._say(text, "progress", fields)
+
+    def _progress(self, cur, pid: int) -> dict | None:
+        for view, command, done, total, rows_done, rows_total in _PROGRESS:
+            cur.execute(f"SELECT {command}, phase, {done}, {total}, {rows_done}, {rows_total}, relid::regclass::text "
+                        f"FROM pg_catalog.{view} WHERE pid = %s", (pid,))
+            row = cur.fetchone()
+            if row:
+                command, phase, done_n, total_n, rows_n, rows_total_n, relation = row
+                percent = None
+                if total_n:
+                    percent = round(100.0 * done_n / total_n, 1)
+                elif rows_total_n:
+                    percent = round(100.0 * rows_n / rows_total_n, 1)
+                return {"command": f"{command} on {relation}", "phase": phase, "percent": percent}
+        return None
+
+    def _say_lock_wait(self, cur, pid: int, text: str, fields: dict) -> None:
+        cur.execute(_WAITED_FOR, (pid,))
+        wanted = cur.fetchone()
+        cur.execute(_BLOCKERS, (pid,))
+        holders = []
+        for b_pid, app, user, addr, state, in_state, query in cur.fetchall():
+            holders.append({"pid": b_pid, "application_name": app or "", "user": user, "client_addr": addr or "local",
+                            "state": state, "state_for_s": round(float(in_state or 0)), "query": output.one_line(query or "")})
+        what = f"{lock_mode(wanted[0])} lock on {wanted[1]}" if wanted else "a lock"
+        text += f"; waiting for {what}"
+        if holders:
+            text += ", held by " + "; ".join(
+                f"pid {h['pid']} (application_name {h['application_name'] or '(none)'}, user {h['user']}, "
+                f"from {h['client_addr']}, {h['state']} for {duration(h['state_for_s'])}): {h['query'][:120]}"
+                for h in holders)
+            text += f" -- to end it: SELECT pg_terminate_backend({holders[0]['pid']})"
+        fields.update(waiting_for=what, held_by=holders)
+        self._say(text, "lock_wait", fields)
+
+    def _live_terminal(self) -> bool:
+        import sys
+
+        return not output.json_format() and sys.stderr.isatty()
+
+    def _say(self, text: str, kind: str, fields: dict) -> None:
+        self._live = self._live_terminal()
+        output.progress(text, live=True, kind=kind, **fields)
+
+    def _end_line(self) -> None:
+        if self._live:
+            output.progress_done()
+            self._live = False

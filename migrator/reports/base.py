@@ -1,0 +1,24 @@
+"""What every report shares: the SQL marker, plain lines, time as text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+class SqlText(str):
+    """A line of SQL a DBA feeds to psql: output.report prints it unmasked but for registered passwords."""
+
+
+def _time(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None
+
+
+@dataclass
+class Lines:
+    """A report that is just lines (config, mark, accept-changes, resolve...)."""
+
+    text: list[str]
+
+    def lines(self) -> list[str]:
+        return self.text

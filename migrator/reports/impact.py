@@ -1,0 +1,68 @@
+"""`plan --impact`: per pending migration, per statement, the locks taken and the rewrites (postgres.impact)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from migrator.reports.base import SqlText
+
+
+@dataclass
+class ImpactReport:
+    """`plan --impact`: per pending migration, per statement, the locks taken and the rewrites (postgres.impact)."""
+
+    target: str  # masked live URL
+    scratch: str  # where it was measured
+    migrations: list  # postgres.impact.MigrationImpact
+    lint_skipped: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "measured_on": self.scratch, "migrations": [
+            {"id": m.id, "file": m.path, "transactional": m.transactional,
+             "lint": None if self.lint_skipped else [vars(f) for f in m.findings],
+             "statements": [{"line": s.line, "sql": SqlText(s.text), "locks": [lock.to_json() for lock in s.locks],
+                             "rewrites": [r.relation for r in s.rewrites], "waits_for": s.waits_for, "error": s.error}
+                            for s in m.statements]} for m in self.migrations]}
+
+    def _head(self) -> str:
+        return (f"impact of {len(self.migrations)} pending migration(s) on {self.target}: measured on a scratch "
+                f"database on {self.scratch} (rolled back, then dropped); sizes from the live database")
+
+    def lines(self) -> list[str]:
+        lines = [self._head()]
+        for m in self.migrations:
+            held = "every lock below is held until its COMMIT" if m.transactional else "each statement commits alone"
+            lines.append(f"{m.id} ({'transactional' if m.transactional else 'not transactional'}: {held})")
+            for s in m.statements:
+                lines.append(f"  line {s.line}: {s.summary}")
+                lines += [f"    {lock}" for lock in s.locks]
+                lines += [f"    rewrites {r.kind} {r.relation}" + (f" ({r.size()})" if r.size() else "")
+                          + ": reads and writes wait until it finishes" for r in s.rewrites]
+                lines += [f"    waits for {w}" for w in s.waits_for]
+            lines += [f"  lint: {f}" for f in m.findings]
+        return lines
+
+    def markdown(self) -> list[str]:
+        """A table per migration, lint findings beside the statement they are about: for a pull request."""
+        lines = ["## Migration impact", "", self._head().replace(self.target, f"`{self.target}`"), ""]
+        for m in self.migrations:
+            held = "locks held until COMMIT" if m.transactional else "not transactional: each statement commits alone"
+            lines += [f"### {m.id} ({held})", "", "| line | statement | locks | rewrites | lint |", "|---|---|---|---|---|"]
+            for index, s in enumerate(m.statements):
+                cells = [str(s.line), f"`{_cell(' '.join(s.text.split())[:120])}`",
+                         "<br>".join(_cell(str(lock)) for lock in s.locks) or ("failed: " + _cell(s.error) if s.error else "none"),
+                         "<br>".join(_cell(f"**{r.relation}**" + (f" ({r.size()})" if r.size() else "")) for r in s.rewrites)
+                         or "no",
+                         "<br>".join(_cell(f"{f.rule}: {f.message}") for f in m.findings_at(index)) or ""]
+                lines.append("| " + " | ".join(cells) + " |")
+                if s.waits_for:
+                    lines.append(f"| | waits for | {_cell('; '.join(s.waits_for))} | | |")
+            lines.append("")
+        if self.lint_skipped:
+            lines.append("_lint skipped: squawk is not installed here_")
+        return lines
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,163 @@
+"""The deploy reports: migrate, rollback, status, plan (and its Mongo part)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from migrator.errors import DRIFT, FAILED, OK, SCHEMA_DRIFT
+from migrator.reports.base import Lines, SqlText, _time
+from migrator.reports.mongo import PatchRunReport, PatchStatusReport
+
+
+@dataclass
+class SqlMigrateReport:
+    """The PostgreSQL part of `migrate` (each migration was printed as it landed)."""
+
+    applied: list[str]
+    done: int  # migrations applied on the database now
+    total: int
+
+    def lines(self) -> list[str]:
+        if self.applied:
+            return [f"PostgreSQL: applied {len(self.applied)}; {self.done} of {self.total} migrations applied"]
+        return [f"PostgreSQL: up to date ({self.done} of {self.total} migrations applied)"]
+
+
+@dataclass
+class MigrateReport:
+    """Both parts of a deploy; each was shown as soon as it was done."""
+
+    sql: SqlMigrateReport
+    mongo: PatchRunReport | None  # None: Mongo not configured
+
+
+MONGO_NOT_CONFIGURED = Lines(["MongoDB: not configured, skipped"])
+
+
+@dataclass
+class RollbackReport:
+    rolled_back: list[str]
+    done: int
+    total: int
+
+    def lines(self) -> list[str]:
+        return [f"PostgreSQL: rolled back {len(self.rolled_back)}; {self.done} of {self.total} migrations applied"]
+
+
+@dataclass
+class StatusReport:
+    target: str
+    states: list  # postgres.MigrationState
+    invalid_indexes: list[tuple[str, str, str]]
+    schema: Any  # schema.snapshot.DriftReport
+    mongo: PatchStatusReport | None
+
+    @property
+    def changed(self) -> list:
+        return [s for s in self.states if s.changed]
+
+    @property
+    def pending(self) -> list:
+        return [s for s in self.states if not s.applied_at]
+
+    def exit_code(self, gate: bool) -> int:
+        """With --exit-code: 3 while an applied file has changed, 5 while the live schema drifted, 1 while
+        migrations are pending; else 0."""
+        if not gate:
+            return OK
+        if self.changed:
+            return DRIFT
+        if self.schema.drifted:
+            return SCHEMA_DRIFT
+        return FAILED if self.pending else OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "migrations": [{"id": s.id, "status": s.state, "applied_at": _time(s.applied_at),
+                            "file": str(s.path) if s.path else None, "failure": s.failure} for s in self.states],
+            "applied": len(self.states) - len(self.pending),
+            "pending": len(self.pending),
+            "changed": [s.id for s in self.changed],
+            "invalid_indexes": [f"{schema}.{index}" for schema, index, _ in self.invalid_indexes],
+            "schema": self.schema.to_json(),
+            "mongo": self.mongo.to_json() if self.mongo else None,
+        }
+
+    def lines(self) -> list[str]:
+        lines = [f"PostgreSQL {self.target}"]
+        width = max((len(s.id) for s in self.states), default=0)
+        for s in self.states:
+            when = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else ""
+            lines.append(f"  {s.id:<{width}}  {s.state:<8}  {when}".rstrip())
+            if s.failure:
+                lines.append(f"    {s.failure}")
+        changed = self.changed
+        lines.append(f"PostgreSQL: {len(self.states) - len(self.pending)} applied, {len(self.pending)} pending"
+                     + (f", {len(changed)} CHANGED since applied" if changed else ""))
+        if changed:
+            ids = " ".join(s.id for s in changed)
+            lines.append(f"  changed files block `migrate`: restore them, or after review `runner.py sql accept-changes {ids}`")
+        for schema, index, table in self.invalid_indexes:
+            lines.append(f"  INVALID index {schema}.{index} on {table} (a failed CREATE INDEX CONCURRENTLY): "
+                         f"DROP INDEX CONCURRENTLY {schema}.{index}; then run migrate again")
+        lines += self.schema.lines()
+        return lines + (self.mongo.lines() if self.mongo else ["MongoDB: not configured"])
+
+
+@dataclass
+class PlanReport:
+    """`plan`'s PostgreSQL part: the SQL migrate would run (as it is, for psql), drift, lint."""
+
+    target: str
+    pending: list  # yoyo migrations, in the order migrate runs them
+    drift: list  # postgres.MigrationState that changed
+    findings: list  # lint.Finding
+    lint_skipped: bool  # squawk is not installed here
+    schema: Any = None  # schema.snapshot.DriftReport, None offline
+
+    @property
+    def exit_code(self) -> int:
+        return DRIFT if self.drift else OK
+
+    def to_json(self) -> dict[str, Any]:
+        from migrator import postgres
+
+        return {
+            "target": self.target,
+            "pending": [{"id": m.id, "file": str(m.path), "transactional": postgres.is_transactional(m),
+                         "sql": SqlText(postgres.plan_text(m))} for m in self.pending],
+            "drift": [{"id": d.id, "file": str(d.path)} for d in self.drift],
+            "schema": self.schema.to_json() if self.schema else None,
+            "lint": None if self.lint_skipped else [vars(f) for f in self.findings],
+        }
+
+    def lines(self) -> list[str]:
+        from migrator import postgres
+
+        lines = [f"-- plan for {self.target}: {len(self.pending)} pending migration(s); nothing below has been run"]
+        lines += [f"-- DRIFT: {d.path} changed since it was applied; `migrate` will refuse to run" for d in self.drift]
+        if self.schema is not None and self.schema.drifted:
+            lines += [f"-- {line}" for line in self.schema.lines()]
+        lines += [f"-- lint: {finding}" for finding in self.findings]
+        for migration in self.pending:
+            lines += ["", SqlText(postgres.plan_text(migration))]
+        return lines
+
+
+@dataclass
+class MongoPlanReport:
+    """`plan`'s Mongo part: the pending patches, dry-run, or the patches on disk when Mongo is not configured."""
+
+    target: str | None  # None: Mongo not configured
+    pending: int = 0
+    outcomes: list = field(default_factory=list)  # mongo.actions.Outcome of the dry run
+    on_disk: list[str] = field(default_factory=list)
+    folder: str = "mongo"
+
+    def lines(self) -> list[str]:
+        if self.target is None:
+            return [f"-- MongoDB: not configured; patches in {self.folder}/: {', '.join(self.on_disk) or 'none'}"]
+        return ([f"-- MongoDB {self.target}: {self.pending} pending patch(es), dry-run below; nothing was written"]
+                + [f"--   {o.patch.id} ({o.patch.kind}): {o.comment or '(no comment)'}" for o in self.outcomes])
