@@ -52,7 +52,7 @@ class AdoptReport:
 def adopt(backend, server: PostgresTarget, migrations) -> AdoptReport:
     """Compare the live database (a yoyo backend, read-only is enough) with each prefix of the history, built on a
     scratch database on `server`'s server. Writes nothing to the live database."""
-    live = describe(backend.connection).without_tables(OTHER_TOOLS_TABLES)
+    live = describe(backend.connection, backend.bookkeeping_schema).without_tables(OTHER_TOOLS_TABLES)
     todo = list(postgres.ordered(migrations))
     prefixes = []  # (id, description), oldest first
     with scratch(server) as db:
