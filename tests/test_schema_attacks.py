@@ -211,3 +211,70 @@ def test_a_blank_line_in_a_function_body_is_not_a_block_of_its_own():
     new = f"-- header\n\n{body.replace('SELECT 2', 'SELECT 3')}\n\nCREATE TABLE public.t ();\n"
     assert stale_summary(old, new) == ("schema.sql is out of date (1 block(s): ~ CREATE OR REPLACE FUNCTION public.f()); "
                                        "run `make schema` and commit it")
+
+
+# --- 6: a re-application that fails after the rollback is a verify finding -------------------------
+
+def test_verify_reports_a_reapply_that_fails_after_a_rollback_that_left_something(pg, sql_dir):
+    from schema_helpers import server_target
+
+    from migrator.schema import verify
+
+    (sql_dir / "0002_ok.sql").write_text("CREATE TABLE ok (id int);")
+    (sql_dir / "0002_ok.rollback.sql").write_text("DROP TABLE ok;")
+    # The rollback leaves an object the description does not cover (a publication): only re-applying shows it.
+    (sql_dir / "0003_seq.sql").write_text("CREATE TABLE s (id int);\nCREATE PUBLICATION pub_s;")
+    (sql_dir / "0003_seq.rollback.sql").write_text("DROP TABLE s;")
+    report = verify.verify(server_target(pg), postgres.read_migrations(sql_dir))
+    assert report.failure.id == "0003_seq" and report.failure.outcome == "re-apply fails"
+    assert "0003_seq.sql:2" in report.failure.changes[0] and "already exists" in report.failure.changes[0]
+    lines = report.lines()
+    assert "  0002_ok: up, down, up: ok" in lines  # the earlier steps are reported
+    assert any("applied again after its rollback, it fails" in line for line in lines)
+    assert lines[-1] == "verify: FAILED at 0003_seq"
+
+
+# --- 7, 8, 9: adopt refuses what it cannot prove --------------------------------------------------
+
+def _adopt(pg, db, sql_dir):
+    from schema_helpers import server_target
+
+    from migrator.schema import adopt
+
+    with postgres.connect(db_target(db), read_only=True) as backend:
+        return adopt.adopt(backend, server_target(pg), postgres.read_migrations(sql_dir))
+
+
+def test_adopt_refuses_when_a_later_migration_is_marked_but_missing(cli, pg, db, sql_dir):
+    (sql_dir / "0002_more.sql").write_text("CREATE TABLE more_reports (id int);")
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
+    db.query("DROP TABLE more_reports")  # 0002 marked applied, its table gone
+    report = _adopt(pg, db, sql_dir)
+    assert report.matched is None and report.newest_match == "0001_create_hcm_report_metadata"
+    assert report.to_mark == []
+    assert report.lines() == ["adopt: 0002_more is marked applied but the database does not have its schema (it "
+                              "matches up to 0001_create_hcm_report_metadata); check them (`runner.py sql rollback` "
+                              "or re-create what they made); nothing marked"]
+
+
+def test_adopt_on_an_empty_database_matches_the_empty_history(pg, db, sql_dir):
+    report = _adopt(pg, db, sql_dir)
+    assert report.matched == "(no migration)" and report.to_mark == []
+    assert report.lines() == ["adopt: the database matches no migration (the empty history): nothing to mark"]
+
+
+def test_adopt_refuses_an_ambiguous_match_and_accepts_schema_neutral_ones(pg, db, sql_dir):
+    (sql_dir / "0002_add.sql").write_text("CREATE TABLE tmp (id int);")
+    (sql_dir / "0003_drop.sql").write_text("DROP TABLE tmp;")  # prefixes 1 and 3 (and 4) have the same schema
+    (sql_dir / "0004_data.sql").write_text("SELECT 1;")
+    psql_file(db, sql_dir / "0001_create_hcm_report_metadata.sql")
+    report = _adopt(pg, db, sql_dir)
+    assert report.matched is None and report.ambiguous == [
+        "0001_create_hcm_report_metadata", "0003_drop", "0004_data"]
+    assert report.lines()[0].startswith("adopt: the match is ambiguous: the database equals the history up to each of")
+
+    (sql_dir / "0002_add.sql").write_text("SELECT 2;")  # now 0002..0004 change no schema: contiguous, allowed
+    (sql_dir / "0003_drop.sql").write_text("SELECT 3;")
+    report = _adopt(pg, db, sql_dir)
+    assert report.matched == "0004_data" and report.to_mark[-1] == "0004_data"
+    assert report.same_schema == ["0001_create_hcm_report_metadata", "0002_add", "0003_drop"]
