@@ -1,4 +1,12 @@
 -- Rollback of schema_kinds.sql.
+GRANT EXECUTE ON FUNCTION hstore(text, text) TO PUBLIC;
+DROP TABLE ledger;
+DROP VIEW reporting.open_runs;
+DROP AGGREGATE total_attempts(int);
+DROP DOMAIN code;
+DROP TYPE labelled;
+DROP TYPE num_range;
+DROP FUNCTION sum_diff(numeric, numeric);
 DROP TABLE report_event;
 DROP MATERIALIZED VIEW reporting.run_counts;
 DROP VIEW reporting.daily_reports;

@@ -30,11 +30,23 @@ def test_drift_is_reported_by_status_and_plan_refused_by_strict_and_accepted_aft
     lenient = cli("migrate", "--sql-dir", sql_dir, env=env)
     assert lenient.exit_code == 0 and "more_reports" in db.tables()
     assert f"index idx_emergency ON {T} added" in lenient.stderr  # said before anything ran
-    assert "was not re-recorded: it had drifted before this run" in lenient.stderr
-    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=env).exit_code == 5  # the drift is still there
+    after = json.loads(cli("status", "--json", "--sql-dir", sql_dir, env=env).stdout)["schema"]
+    assert after["changes"] == [f"index idx_emergency ON {T} added"]  # still drift; the migration's table is not
 
     accepted = cli("sql", "accept-drift", "--sql-dir", sql_dir, env=env)
     assert accepted.exit_code == 0 and f"accepted: index idx_emergency ON {T} added" in accepted.stdout
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=env).exit_code == 0
+
+
+def test_a_failed_migrate_records_what_it_did_and_only_hand_made_changes_are_drift(cli, db, sql_dir):
+    env = db.db_env()
+    assert cli("migrate", "--sql-dir", sql_dir, env=env).exit_code == 0
+    (sql_dir / "0002_b.sql").write_text("CREATE TABLE b (id int);\n")
+    (sql_dir / "0003_c.sql").write_text("CREATE TABLE c (id int);\nSELECT 1/0;\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=env).exit_code == 1  # 0002 applied, 0003 failed
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=env).exit_code == 1  # pending, no drift
+    (sql_dir / "0003_c.sql").write_text("CREATE TABLE c (id int);\n")
+    assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=env).exit_code == 0
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=env).exit_code == 0
 
 

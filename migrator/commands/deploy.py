@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 from migrator import output
 from migrator.commands import mongo as mongo_commands
 from migrator.commands.base import CommandSettings, locked_backend, watching
@@ -15,8 +18,8 @@ def migrate(settings: CommandSettings) -> MigrateReport:
 
     Everything that can be refused is checked before PostgreSQL changes: the files, the Mongo settings
     and patches, the DDL limits. An edited applied migration refuses the run; live schema drift is said
-    first, and refuses it with --strict. The schema is recorded after migrations were applied (not over
-    drift: that stays for `sql accept-drift`).
+    first, and refuses it with --strict. The recorded schema moves forward by what the migrations changed
+    (drift stays drift, for `sql accept-drift`).
     """
     from migrator import postgres
     from migrator.mongo import patches
@@ -39,12 +42,12 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         if drift:
             raise postgres.drift_error(drift, target)
         schema = check_schema_drift(settings, backend, refuse=settings.strict)
-        with watching(settings, backend, target):
-            for migration, seconds in postgres.apply(backend, target, migrations):
-                applied.append(migration.id)
-                settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
-        if applied or schema.recorded is None:  # a database migrated before descriptions were recorded gets one
-            record_schema(settings, backend, "migrate", schema)
+        with advancing_schema(settings, backend, "migrate", always=schema.recorded is None) as changed:
+            with watching(settings, backend, target):
+                for migration, seconds in postgres.apply(backend, target, migrations):
+                    applied.append(migration.id)
+                    changed.append(migration.id)
+                    settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
         states = postgres.status(backend, migrations)
     return SqlMigrateReport(applied, sum(1 for s in states if s.applied_at), len(migrations))
 
@@ -72,6 +75,34 @@ def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool):
         for line in drift.lines():
             settings.note(f"note: {line.strip()}")
     return drift
+
+
+@contextlib.contextmanager
+def advancing_schema(settings: CommandSettings, backend, reason: str, *, always: bool = False) -> Iterator[list]:
+    """Around the runner's own changes: afterwards (a failure too) the recorded schema moves forward by exactly
+    what they changed, so drift found before stays drift and the runner's work never reads as drift. The block
+    appends the ids it changed to the list it is given; with none, no failure and not `always`, nothing is recorded
+    (a failure may have committed part of a non-transactional file: that is the runner's work too)."""
+    from migrator.schema import describe, snapshot
+
+    before = describe(backend.connection, backend.bookkeeping_schema)
+    changed: list = []
+    failed = False
+    try:
+        yield changed
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if changed or failed or always:
+            try:
+                snapshot.advance(backend.connection, backend.bookkeeping_schema, before, reason)
+            except Exception as exc:
+                if not failed:
+                    raise
+                settings.note(f"note: the schema description could not be recorded after the failure "
+                              f"({output.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)}); "
+                              "`runner.py status` may list this run's changes as drift until the next migrate")
 
 
 def record_schema(settings: CommandSettings, backend, reason: str, drift_before) -> None:

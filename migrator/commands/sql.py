@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from migrator.commands.base import CommandSettings, locked_backend, scratch_server, watching
-from migrator.commands.deploy import check_schema_drift, record_schema
+from migrator.commands.deploy import advancing_schema, check_schema_drift, record_schema
 from migrator.errors import USAGE, MigratorError
 from migrator.reports import Lines, RollbackReport
 
@@ -20,13 +20,12 @@ def rollback(settings: CommandSettings, *, count: int | None, to: str | None, al
     done = []
     with locked_backend(settings, settings.limits()) as (backend, target):
         selected = postgres.select_rollback(backend, migrations, count=count, to=to, all_=all_)
-        schema = check_schema_drift(settings, backend, refuse=False)
-        with watching(settings, backend, target):
+        check_schema_drift(settings, backend, refuse=False)
+        with advancing_schema(settings, backend, "rollback") as changed, watching(settings, backend, target):
             for migration, seconds in postgres.rollback(backend, target, selected):
                 done.append(migration.id)
+                changed.append(migration.id)
                 settings.echo(f"  rolled back {migration.id} ({seconds * 1000:.0f} ms)")
-        if done:
-            record_schema(settings, backend, "rollback", schema)
         states = postgres.status(backend, migrations)
     return RollbackReport(done, sum(1 for s in states if s.applied_at), len(migrations))
 

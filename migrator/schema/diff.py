@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
-from migrator.schema.model import Description, Item
+from migrator.schema.model import PER_TABLE, Description, Item, visible
 
 SHORT = 160  # a changed object whose text fits on a line shows old -> new; a longer one says "changed"
 
 
 def label(item: Item) -> str:
     """How a change names an object: its kind and name, `public.` left out, its table for table parts."""
-    if item.kind in ("column", "constraint", "trigger"):
-        table, part = item.parent_name, item.name[len(item.parent_name) + 1:]
+    if item.kind in PER_TABLE:
+        table, part = item.parent_name, _part(item)
         if item.kind == "column":
             return f"column {_short(table)}.{part}"
         return f"{item.kind} {part} ON {_short(table)}"
-    if item.kind == "index":
-        return f"index {_short(item.name)} ON {_short(item.parent_name)}"
+    if item.kind in ("index", "statistics"):
+        return f"{item.kind} {_short(item.name)} ON {_short(item.parent_name)}"
     if item.kind in ("comment", "grant"):
-        kind, _, rest = item.name.partition(" ")
-        return f"{item.kind} on {kind} {_short(rest)}"
+        kind, rest = _object_of(item)
+        word = "revoke" if item.ddl.startswith("REVOKE ") else item.kind  # a default privilege taken away
+        return f"{word} on {kind} {_short(rest)}"
     return f"{item.kind} {_short(item.name)}"
+
+
+def _part(item: Item) -> str:
+    """A table part's own name: its name without the table's and the dot."""
+    return item.name[len(item.parent_name) + 1:]
+
+
+def _object_of(item: Item) -> tuple[str, str]:
+    """("event trigger", "x") of a comment or grant named "event trigger x"."""
+    for kind in sorted({"materialized view", "event trigger"}, key=len, reverse=True):
+        if item.name.startswith(kind + " "):
+            return kind, item.name[len(kind) + 1:]
+    kind, _, rest = item.name.partition(" ")
+    return kind, rest
 
 
 def _short(name: str) -> str:
@@ -29,7 +44,7 @@ def _short(name: str) -> str:
 def _essence(item: Item) -> str:
     """The part of the text that can change, without the object's own name where it leads."""
     if item.kind == "column":
-        return item.ddl.split(" ", 1)[1]
+        return item.ddl[len(_part(item)) + 1:]
     return item.ddl
 
 
@@ -44,16 +59,36 @@ def diff(old: Description, new: Description) -> list[str]:
             lines.append(f"{label(before)} dropped")
         elif _essence(before) != _essence(after):  # a column's position alone: see _column_order
             lines.append(_changed(before, after))
-    return lines + _column_order(old, new)
+    return [visible(line) for line in lines + _column_order(old, new)]
 
 
 def _changed(before: Item, after: Item) -> str:
+    if before.kind == "trigger" and _trigger_definition(before) == _trigger_definition(after):
+        return f"{label(after)} {_trigger_state(after)}"
     old, new = _essence(before), _essence(after)
-    if before.kind != "column":
+    if before.kind == "table":  # options, one per line: the lines that differ
+        old_lines, new_lines = old.split("\n"), new.split("\n")
+        old = "; ".join(line for line in old_lines if line and line not in new_lines)
+        new = "; ".join(line for line in new_lines if line and line not in old_lines)
+    elif before.kind != "column":
         old, new = _differing_words(old, new)
     if "\n" not in old + new and max(len(old), len(new)) <= SHORT:
         return f"{label(after)}: {old or '(nothing)'} -> {new or '(nothing)'}"
     return f"{label(after)} changed"
+
+
+def _trigger_definition(item: Item) -> str:
+    return item.ddl.split("\n", 1)[0]
+
+
+def _trigger_state(item: Item) -> str:
+    """A trigger's ENABLE/DISABLE state (its second line, if any), as a change says it."""
+    state = item.ddl.split("\n", 1)[1] if "\n" in item.ddl else ""
+    if not state:
+        return "enabled"
+    if " DISABLE TRIGGER " in state:
+        return "disabled"
+    return "set to " + ("ENABLE ALWAYS" if " ENABLE ALWAYS " in state else "ENABLE REPLICA")
 
 
 def _differing_words(old: str, new: str, context: int = 2) -> tuple[str, str]:

@@ -28,6 +28,9 @@ HEADER = """\
 """
 
 
+BLOCK_STARTS = ("CREATE ", "ALTER DEFAULT PRIVILEGES ", "-- ")
+
+
 def schema_text(server: PostgresTarget, sql_dir: Path) -> str:
     """schema.sql's content: the header, then the description of every migration applied."""
     migrations = postgres.read_migrations(sql_dir)
@@ -42,7 +45,15 @@ def stale_summary(committed: str, current: str) -> str | None:
         return None
 
     def blocks(text: str) -> dict[str, str]:
-        return {block.splitlines()[0]: block for block in text.split("\n\n") if block.strip()}
+        """Blocks by their first line. A blank line inside a function body does not start a block: only
+        a chunk starting like a block (CREATE, ALTER DEFAULT PRIVILEGES, the header) does."""
+        found: list[str] = []
+        for chunk in text.split("\n\n"):
+            if found and not chunk.startswith(BLOCK_STARTS):
+                found[-1] += "\n\n" + chunk
+            elif chunk.strip():
+                found.append(chunk)
+        return {block.splitlines()[0]: block for block in found}
 
     old, new = blocks(committed), blocks(current)
     changed = ([f"+ {k}" for k in new.keys() - old.keys()] + [f"- {k}" for k in old.keys() - new.keys()]

@@ -8,13 +8,49 @@ Description is rendered into schema.sql, stored as the live-drift snapshot and c
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass, field
 
 # Order of the sections in the text, and of the parts inside a block.
-TOP_KINDS = ("schema", "extension", "type", "function", "sequence", "table", "view", "materialized view")
-PART_KINDS = ("column", "constraint", "index", "trigger", "comment", "grant")
+TOP_KINDS = ("schema", "extension", "type", "function", "sequence", "table", "view", "materialized view",
+             "event trigger", "default privileges")
+PART_KINDS = ("column", "constraint", "index", "trigger", "rule", "policy", "statistics", "comment", "grant")
 # Kinds whose name is unique only within their table: the name is "table.part".
-PER_TABLE = {"column", "constraint", "trigger"}
+PER_TABLE = {"column", "constraint", "trigger", "rule", "policy"}
+# A table's options: these lines say how CREATE reads; lines starting with ALTER follow the statement.
+TABLE_WORDS = ("UNLOGGED", "FOREIGN")
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+QUOTED = re.compile(r'"(?:[^"]|"")*"')
+VISIBLE = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def visible(line: str) -> str:
+    """A line safe to print anywhere (a plan's `--` comment included): control characters escaped."""
+    return CONTROL.sub(lambda m: VISIBLE.get(m.group(), f"\\x{ord(m.group()):02x}"), line)
+
+
+def unicode_identifier(quoted: str) -> str:
+    """'"a<newline>b"' -> 'U&"a\\000Ab"': the same identifier, on one line, still valid SQL."""
+    inner = quoted[1:-1].replace("\\", "\\\\")
+    return 'U&"' + CONTROL.sub(lambda m: f"\\{ord(m.group()):04X}", inner) + '"'
+
+
+def escape_control_names(description: "Description") -> "Description":
+    """Quoted names holding a newline or another control character, written U&"..." everywhere
+    (names, parents, DDL), so no name can start a line of its own in schema.sql, status or plan."""
+    bad = {m.group() for item in description.items.values() for text in (item.name, item.parent)
+           for m in QUOTED.finditer(text) if CONTROL.search(m.group())}
+    if not bad:
+        return description
+
+    def fix(text: str) -> str:
+        for quoted in sorted(bad, key=len, reverse=True):
+            text = text.replace(quoted, unicode_identifier(quoted))
+        return text
+
+    return Description({(i.kind, fix(i.name)): Item(i.kind, fix(i.name), fix(i.ddl), fix(i.parent), i.position)
+                        for i in description.items.values()})
 
 
 @dataclass(frozen=True)
@@ -94,8 +130,11 @@ def _block(top: Item | None, parts: list[Item]) -> str:
     if top is not None and top.kind == "table":
         inner = [p.ddl for p in parts if p.kind in ("column", "constraint")]
         body = "(\n    " + ",\n    ".join(inner) + "\n)" if inner else "()"
-        lines.append(f"CREATE {'UNLOGGED ' if 'UNLOGGED' in top.ddl else ''}TABLE {top.name} {body}"
-                     + "".join(f"\n{o}" for o in top.ddl.split("\n") if o and o != "UNLOGGED") + ";")
+        options = [o for o in top.ddl.split("\n") if o]
+        words = "".join(f"{w} " for w in TABLE_WORDS if w in options)
+        clauses = [o for o in options if o not in TABLE_WORDS and not o.startswith("ALTER ")]
+        lines.append(f"CREATE {words}TABLE {top.name} {body}" + "".join(f"\n{c}" for c in clauses) + ";")
+        lines += [o for o in options if o.startswith("ALTER ")]
         parts = [p for p in parts if p.kind not in ("column", "constraint")]
     elif top is not None:
         lines.append(top.ddl)

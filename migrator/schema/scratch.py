@@ -72,7 +72,7 @@ class Scratch:
             pass
 
     def describe(self) -> Description:
-        return describe(self.backend.connection)
+        return describe(self.backend.connection, self.backend.bookkeeping_schema)
 
 
 @contextmanager

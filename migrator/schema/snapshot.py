@@ -95,9 +95,33 @@ def _quote(name: str) -> str:
 def record(conn, schema: str, reason: str) -> Snapshot:
     """Describe the database and record it with its last applied migration. `schema` holds yoyo's
     tables (backend.bookkeeping_schema). Commits when the connection is in autocommit (yoyo's)."""
+    return _store(conn, schema, describe(conn, schema), reason)
+
+
+def advance(conn, schema: str, before: Description, reason: str) -> Snapshot:
+    """Move the recorded description forward by exactly what the runner changed: every object that
+    differs between `before` (described just before the runner's change) and now takes its new state;
+    every other object stays as recorded, so drift found before (recorded vs `before`) stays drift.
+    With nothing recorded yet, the live description is recorded. Call it after each applied or rolled
+    back migration (or once after the loop, on failure too); commits like `record`."""
+    now = describe(conn, schema)
+    recorded_before = recorded_description(conn, schema)
+    if recorded_before is None:
+        return _store(conn, schema, now, reason)
+    items = dict(recorded_before.items)
+    for key in before.items.keys() | now.items.keys():
+        if before.items.get(key) == now.items.get(key):
+            continue
+        if key in now.items:
+            items[key] = now.items[key]
+        else:
+            items.pop(key, None)
+    return _store(conn, schema, Description(items), reason)
+
+
+def _store(conn, schema: str, description: Description, reason: str) -> Snapshot:
     from migrator.postgres.connection import MIGRATION_TABLE
 
-    description = describe(conn)
     with conn.cursor() as cursor:
         last = None
         if _exists(cursor, schema, MIGRATION_TABLE):
@@ -135,7 +159,7 @@ def live_drift(conn, schema: str) -> DriftReport:
     snapshot = recorded(conn, schema)
     if snapshot is None:
         return DriftReport(None)
-    live = describe(conn)
+    live = describe(conn, schema)
     if live.sha256 == snapshot.sha256:
         return DriftReport(snapshot)
     changes = diff(recorded_description(conn, schema), live)

@@ -13,6 +13,8 @@ from migrator.schema.scratch import scratch
 from migrator.targets import PostgresTarget
 
 OK, IRREVERSIBLE, ROLLBACK_DIFFERS, REAPPLY_DIFFERS = "ok", "irreversible", "rollback differs", "re-apply differs"
+REAPPLY_FAILS = "re-apply fails"
+FAILURES = (ROLLBACK_DIFFERS, REAPPLY_DIFFERS, REAPPLY_FAILS)
 
 
 @dataclass
@@ -26,8 +28,10 @@ class Step:
             return [f"  {self.id}: up, down, up: ok"]
         if self.outcome == IRREVERSIBLE:
             return [f"  {self.id}: irreversible (no rollback file): applied, not rolled back (allowed)"]
-        what = ("its rollback does not restore the schema before it" if self.outcome == ROLLBACK_DIFFERS
-                else "applied again after its rollback, it gives a different schema")
+        what = {ROLLBACK_DIFFERS: "its rollback does not restore the schema before it",
+                REAPPLY_DIFFERS: "applied again after its rollback, it gives a different schema",
+                REAPPLY_FAILS: "applied again after its rollback, it fails (the rollback did not undo everything it made, "
+                               "or undid it in a way the description does not show)"}[self.outcome]
         return [f"  {self.id}: FAILED: {what}:"] + [f"    {line}" for line in self.changes]
 
 
@@ -39,7 +43,7 @@ class VerifyReport:
 
     @property
     def failure(self) -> Step | None:
-        return next((s for s in self.steps if s.outcome in (ROLLBACK_DIFFERS, REAPPLY_DIFFERS)), None)
+        return next((s for s in self.steps if s.outcome in FAILURES), None)
 
     @property
     def ok(self) -> bool:
@@ -77,7 +81,7 @@ def verify(server: PostgresTarget, migrations, from_id: str | None = None) -> Ve
         for migration in todo[start:]:
             step = _up_down_up(db, migration)
             report.steps.append(step)
-            if step.outcome in (ROLLBACK_DIFFERS, REAPPLY_DIFFERS):
+            if step.outcome in FAILURES:
                 break
     return report
 
@@ -92,7 +96,10 @@ def _up_down_up(db, migration) -> Step:
     after_rollback = db.describe()
     if after_rollback != before:
         return Step(migration.id, ROLLBACK_DIFFERS, diff(before, after_rollback))
-    db.apply(migration)
+    try:
+        db.apply(migration)
+    except MigratorError as exc:
+        return Step(migration.id, REAPPLY_FAILS, [str(exc)])
     again = db.describe()
     if again != first:
         return Step(migration.id, REAPPLY_DIFFERS, diff(first, again))
