@@ -408,3 +408,62 @@ def test_schema_drift_is_a_warning(cli, db, sql_dir):
     assert result.exit_code == 0
     line = lines(result)["schema drift"][0]
     assert line.startswith("warn") and "made_by_hand" in line and "accept-drift" in line
+
+
+# --- Mongo: privileges after connecting, odd lock documents, mongosh only when JavaScript would run ---------
+
+def test_mongo_not_authorized_on_applied_patches_is_one_fail_line_and_postgres_stays(cli, db, mongo, mongo_dir,
+                                                                                       sql_dir, monkeypatch):
+    import mongomock
+    from pymongo.errors import OperationFailure
+
+    if not isinstance(mongo.db, mongomock.Database):
+        pytest.skip("a real server's privileges are set by its admin, not patched")
+
+    def refuse(self, *args, **kwargs):
+        raise OperationFailure(f"not authorized on {mongo.name} to execute command {{ count: \"applied_patches\" }}",
+                               code=13, details={"errmsg": f"not authorized on {mongo.name} to execute command"})
+
+    monkeypatch.setattr(mongomock.collection.Collection, "count_documents", refuse)
+    result = cli("doctor", "--sql-dir", sql_dir, "--mongo-dir", mongo_dir, env={**db.db_env(), **mongo.env})
+    assert result.exit_code == 1
+    [line] = fails(result)
+    assert line.startswith("FAIL  mongo applied_patches") and f"not authorized on {mongo.name}" in line and "(code 13)" in line
+    assert f"-> grant the user readWrite on {mongo.name}" in line
+    found = lines(result)
+    assert found["postgres login"][0].startswith("ok") and "0 applied, 1 pending" in found["migrations"][0]
+    assert found["mongo lock"][0].startswith("ok") and found["mongo patches"][0].startswith("ok")
+
+
+@pytest.mark.parametrize("document, said", [
+    ({"since": "yesterday"}, "is malformed: since 'yesterday' is not a date"),
+    ({"expires": "x"}, "is malformed: expires 'x' is not a date"),
+    ({"expires": None}, "lock document without expiry (held by job-1 pid 7"),
+])
+def test_a_malformed_mongo_lock_document_is_one_fail_line(cli, mongo, mongo_dir, document, said):
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime.now(timezone.utc)
+    record = {"_id": "mongo-patches", "owner": "x", "host": "job-1", "pid": 7, "since": now,
+              "expires": now + timedelta(minutes=2), **document}
+    if record["expires"] is None:
+        del record["expires"]
+    mongo.db["applied_patches_lock"].insert_one(record)
+    result = cli("doctor", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert result.exit_code == 1
+    [line] = fails(result)
+    assert line.startswith("FAIL  mongo lock") and said in line
+    assert "remove it after checking no runner is alive" in line
+
+
+def test_mongosh_missing_is_a_warning_when_every_js_patch_is_applied(cli, mongo, mongo_dir, tmp_path):
+    from migrator.mongo import log, patches
+
+    (mongo_dir / "0002_hello.js").write_text(JS_PATCH)
+    env = {**mongo.env, "MONGOSH": str(tmp_path / "no-mongosh")}
+    js = next(p for p in patches.discover(mongo_dir) if p.path.suffix == ".js")
+    log.decide(mongo.db, js.id, log.APPLIED, "applied by an earlier runner", js.checksum)
+    result = cli("doctor", "--mongo-dir", mongo_dir, env=env)
+    assert result.exit_code == 0, result.output
+    line = lines(result)["mongosh"][0]
+    assert line.startswith("warn") and "all 1 .js patch(es) applied: no run needs it now" in line

@@ -161,8 +161,9 @@ def _notes(report: DoctorReport, name: str, notes: list[str]) -> None:
             report.add(Check(name, WARN, detail, remedy))
 
 
-def mongosh(report: DoctorReport, mongo_dir: Path, mongo_configured: bool) -> None:
-    """mongosh, found as the runner finds it, when a JavaScript patch needs it (a warning while Mongo is off)."""
+def mongosh(report: DoctorReport, mongo_dir: Path, mongo_configured: bool, js_to_run: list[str] | None) -> None:
+    """mongosh, found as the runner finds it. Missing, it FAILs only when a JavaScript patch would run
+    (pending or blocked, or unknown because Mongo could not be read); otherwise it is a warning."""
     from migrator.mongo import js_patch
 
     js = sorted(mongo_dir.glob("*.js")) if mongo_dir.is_dir() else []
@@ -173,13 +174,19 @@ def mongosh(report: DoctorReport, mongo_dir: Path, mongo_configured: bool) -> No
         path = js_patch.mongosh_path()
     except MigratorError as exc:
         check = report.add(failed("mongosh", str(exc)))
-        check.detail += f" ({len(js)} .js patch(es) in {mongo_dir})"
         if not mongo_configured:
-            check.status, check.detail = WARN, check.detail + ", not run while Mongo is not configured"
+            check.status, check.detail = WARN, check.detail + f" ({len(js)} .js patch(es) in {mongo_dir}, not run while Mongo is not configured)"
+        elif js_to_run is None:
+            check.detail += f" ({len(js)} .js patch(es) in {mongo_dir}; which would run is unknown: Mongo was not read)"
+        elif js_to_run:
+            check.detail += f" ({len(js_to_run)} .js patch(es) would run: {', '.join(js_to_run[:3])}{', ...' if len(js_to_run) > 3 else ''})"
+        else:
+            check.status, check.detail = WARN, check.detail + f" (all {len(js)} .js patch(es) applied: no run needs it now, a new one would)"
         return
     version = _version([path, "--version"])
     if version is None:
-        report.add(Check("mongosh", FAIL, f"{path} does not run (`mongosh --version` failed)",
+        report.add(Check("mongosh", FAIL if js_to_run or js_to_run is None else WARN,
+                         f"{path} does not run (`mongosh --version` failed)",
                          "run `make mongosh`, or set MONGOSH to a working mongosh"))
     else:
         report.add(Check("mongosh", OK, f"{version} at {path} ({len(js)} .js patch(es))"))
