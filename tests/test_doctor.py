@@ -249,7 +249,8 @@ def test_json_output_and_exit_codes(cli, db, password_role, sql_dir):
 
 
 def test_the_one_off_doctor_job_is_the_job_with_another_command(tmp_path):
-    """k8s/doctor.sed (README, Deploy): the Job's pod, same env and mounts, running `make doctor`; valid for 1.30."""
+    """k8s/doctor.sed (README, Deploy): the Job's pod, same env and mounts, running the runner's doctor directly
+    (its exit code is doctor's: `make doctor` would turn a FAIL's 1 into make's 2); valid for 1.30."""
     import subprocess
     import sys
 
@@ -269,7 +270,7 @@ def test_the_one_off_doctor_job_is_the_job_with_another_command(tmp_path):
     original, original_policy = [d for d in yaml.safe_load_all(job_file.read_text()) if d]
     assert job["metadata"]["name"] == "hcm-db-migrations-doctor" and job["spec"]["backoffLimit"] == 0
     container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["make", "doctor", "ARGS=--no-dev-tools"]
+    assert container["command"] == ["python3", "runner.py", "doctor", "--no-dev-tools"]
     # Everything else is the Job's own: the same pod but for the command, the same NetworkPolicy.
     container["command"] = original["spec"]["template"]["spec"]["containers"][0]["command"]
     assert job["spec"]["template"] == original["spec"]["template"]
@@ -467,3 +468,28 @@ def test_mongosh_missing_is_a_warning_when_every_js_patch_is_applied(cli, mongo,
     assert result.exit_code == 0, result.output
     line = lines(result)["mongosh"][0]
     assert line.startswith("warn") and "all 1 .js patch(es) applied: no run needs it now" in line
+
+
+def test_the_exit_codes_as_the_one_off_pod_and_make_give_them(tmp_path):
+    """A FAIL is exit 1 from the runner (the pod's command), and 2 through make (README says both)."""
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    bad = {"PATH": "/usr/bin:/bin", "CA_BUNDLE": str(tmp_path / "nowhere.pem"), "HOME": str(tmp_path)}
+    direct = subprocess.run([sys.executable, str(PROJECT_ROOT / "runner.py"), "doctor", "--no-dev-tools"],
+                            capture_output=True, text=True, env=bad, cwd=tmp_path)
+    assert direct.returncode == 1 and "FAIL  ca bundle" in direct.stdout
+    made = subprocess.run(["make", "-s", "-C", str(PROJECT_ROOT), "doctor", "ARGS=--no-dev-tools",
+                           f"PYTHON={sys.executable}"], capture_output=True, text=True, env=bad)
+    assert made.returncode == 2 and "FAIL  ca bundle" in made.stdout
+
+
+def test_a_missing_password_file_is_a_warning_naming_it(cli, db, sql_dir, tmp_path):
+    env = {key: value for key, value in db.db_env().items() if key != "DB_PASSWORD"}
+    env["DB_PASSWORD_FILE"] = str(tmp_path / "secrets" / "password")
+    result = cli("doctor", "--sql-dir", sql_dir, env=env)
+    warned = [line for line in lines(result)["postgres settings"] if line.startswith("warn")]
+    assert any(f"DB_PASSWORD_FILE (environment) names {tmp_path / 'secrets' / 'password'}, which does not exist" in line
+               for line in warned), result.output

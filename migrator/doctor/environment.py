@@ -155,10 +155,10 @@ def mongo_settings(report: DoctorReport, options: MongoOptions, env: Env, mongo_
 
 
 def _notes(report: DoctorReport, name: str, notes: list[str]) -> None:
+    """Every note of the resolver (a missing NAME_FILE, a setting ignored, weak TLS) is something to look at."""
     for note in notes:
-        if note.startswith("warning: "):
-            detail, _, remedy = note.removeprefix("warning: ").partition("; ")
-            report.add(Check(name, WARN, detail, remedy))
+        detail, _, remedy = note.removeprefix("warning: ").removeprefix("note: ").partition("; ")
+        report.add(Check(name, WARN, detail, remedy))
 
 
 def mongosh(report: DoctorReport, mongo_dir: Path, mongo_configured: bool, js_to_run: list[str] | None) -> None:
