@@ -493,3 +493,70 @@ def test_a_missing_password_file_is_a_warning_naming_it(cli, db, sql_dir, tmp_pa
     warned = [line for line in lines(result)["postgres settings"] if line.startswith("warn")]
     assert any(f"DB_PASSWORD_FILE (environment) names {tmp_path / 'secrets' / 'password'}, which does not exist" in line
                for line in warned), result.output
+
+
+# --- the minor findings: CA dates and kinds, .env syntax, plaintext Mongo, the column, the origins ---------
+
+def _certificate(folder: Path, name: str, *, ca: bool, start_days: int, end_days: int) -> str:
+    """A self-signed certificate as PEM text, made with `cryptography` (a CA, or a server's own)."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now + timedelta(days=start_days))
+            .not_valid_after(now + timedelta(days=end_days))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_ca_not_valid_yet_is_not_ok(cli, tmp_path):
+    bundle = tmp_path / "future.pem"
+    bundle.write_text(_certificate(tmp_path, "Future CA", ca=True, start_days=30, end_days=400))
+    line = lines(cli("doctor", "--ca-bundle", bundle, env={}))["ca bundle"][0]
+    assert line.startswith("FAIL") and "none valid today (1 not valid yet)" in line and "check the clock" in line
+    bundle.write_text(bundle.read_text() + _certificate(tmp_path, "Today CA", ca=True, start_days=-1, end_days=400))
+    line = lines(cli("doctor", "--ca-bundle", bundle, env={}))["ca bundle"][0]
+    assert line.startswith("warn") and "2 CA certificate(s)" in line and "1 not valid yet" in line
+
+
+def test_a_bundle_of_server_certificates_says_so(cli, tmp_path):
+    bundle = tmp_path / "leaf.pem"
+    bundle.write_text(_certificate(tmp_path, "db.example.com", ca=False, start_days=-1, end_days=90))
+    line = lines(cli("doctor", "--ca-bundle", bundle, env={}))["ca bundle"][0]
+    assert line.startswith("FAIL") and "no CA certificate among its 1 certificate(s)" in line
+    assert "none valid today" not in line
+
+
+def test_an_unparsable_env_line_is_a_warning(cli, workdir):
+    (workdir / ".env").write_text("DB_NAME=hcm\nthis line is not a setting\nDB_USER=app\n")
+    line = lines(cli("doctor", env={}))[".env"][0]
+    assert line.startswith("warn") and "line(s) 2 cannot be parsed and are ignored (2 setting(s) read)" in line
+
+
+def test_plaintext_mongo_with_credentials_to_a_remote_host_warns_and_origins_read_well(cli, mongo_dir):
+    env = {"MONGO_URL": "mongodb://app:Mongo-pw-5@127.0.0.1:9,10.0.0.9:9/hcm"}
+    result = cli("doctor", "--mongo-dir", mongo_dir, "--mongo-timeout", "0.2", env=env)
+    settings = lines(result)["mongo settings"]
+    assert "database hcm (from the path of MONGO_URL (environment))" in settings[0]
+    assert any(line.startswith("warn") and "TLS to MongoDB at 127.0.0.1:9,10.0.0.9:9 is off: the password travels in clear"
+               in line for line in settings)
+    assert "Mongo-pw-5" not in result.output
+    local = cli("doctor", "--mongo-dir", mongo_dir, "--mongo-timeout", "0.2",
+                env={"MONGO_URL": "mongodb://app:Mongo-pw-5@127.0.0.1:9/hcm"})
+    assert not any("in clear" in line for line in lines(local)["mongo settings"])
+
+
+def test_the_check_names_line_up_with_mongo_applied_patches(cli, mongo, mongo_dir):
+    result = cli("doctor", "--mongo-dir", mongo_dir, env=mongo.env)
+    checks = [line for line in result.stdout.splitlines() if re.match(r"(ok|warn|FAIL) ", line)]
+    assert any("mongo applied_patches  applied_patches readable" in line for line in checks)
+    columns = {len(re.match(r"(ok|warn|FAIL) +\S+(?: \S+)? +", line)[0]) for line in checks}
+    assert columns == {6 + len("mongo applied_patches") + 2}, checks

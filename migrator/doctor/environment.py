@@ -20,10 +20,24 @@ DOCDB_SECRET_KEYS = ("host", "port", "username", "password", "dbname")
 
 def dotenv(report: DoctorReport, env: Env) -> None:
     where = Path(".env").resolve()
-    if env.dotenv:
+    broken = _unparsable_lines(where)
+    if broken:
+        report.add(Check(".env", WARN, f"{where}: line(s) {', '.join(map(str, broken))} cannot be parsed and are ignored "
+                         f"({len(env.dotenv)} setting(s) read)", "write each line as NAME=value (quote values with spaces)"))
+    elif env.dotenv:
         report.add(Check(".env", OK, f"read {where} ({len(env.dotenv)} setting(s); the real environment wins over it)"))
     else:
         report.add(Check(".env", OK, f"none in {where.parent}: settings come from the environment and options only"))
+
+
+def _unparsable_lines(path: Path) -> list[int]:
+    """The lines python-dotenv skips (it only logs them), read with its own parser."""
+    from dotenv.parser import parse_stream
+
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        return [binding.original.line for binding in parse_stream(stream) if binding.error]
 
 
 def ca_bundle(report: DoctorReport, option: str | None, env: Env) -> None:
@@ -47,20 +61,32 @@ def ca_bundle(report: DoctorReport, option: str | None, env: Env) -> None:
         report.add(Check("ca bundle", FAIL, f"{path} ({origin}) holds no certificate that TLS can load ({exc.__class__.__name__})",
                          f"use the PEM bundle ({tls.RDS_BUNDLE_URL})"))
         return
-    expiries = sorted(datetime.fromtimestamp(ssl.cert_time_to_seconds(c["notAfter"]), timezone.utc)
-                      for c in context.get_ca_certs() if "notAfter" in c)
+    certificates = [(_when(c["notBefore"]), _when(c["notAfter"])) for c in context.get_ca_certs() if "notAfter" in c]
+    if not certificates:
+        blocks = Path(path).read_text(errors="replace").count("-----BEGIN CERTIFICATE-----")
+        report.add(Check("ca bundle", FAIL, f"{path} ({origin}): no CA certificate among its {blocks} certificate(s) "
+                         "(a server's or client's own certificate, not the authority that signs it)",
+                         f"use the CA bundle ({tls.RDS_BUNDLE_URL})"))
+        return
     now = datetime.now(timezone.utc)
-    valid = [at for at in expiries if at > now]
-    span = f"expiring {expiries[0]:%Y-%m-%d} to {expiries[-1]:%Y-%m-%d}" if expiries else "no CA certificate in it"
-    detail = f"{path} ({origin}): {len(expiries)} CA certificate(s), {span}; used for PostgreSQL verify-full and Mongo TLS"
-    if not valid:
-        report.add(Check("ca bundle", FAIL, detail + ", none valid today",
-                         f"download the current bundle ({tls.RDS_BUNDLE_URL})"))
-    elif len(valid) < len(expiries):
-        report.add(Check("ca bundle", WARN, detail + f", {len(expiries) - len(valid)} expired",
+    expiries = sorted(after for _, after in certificates)
+    expired = sum(1 for _, after in certificates if after <= now)
+    early = sum(1 for before, after in certificates if before > now)
+    detail = (f"{path} ({origin}): {len(certificates)} CA certificate(s), expiring {expiries[0]:%Y-%m-%d} to "
+              f"{expiries[-1]:%Y-%m-%d}; used for PostgreSQL verify-full and Mongo TLS")
+    problems = ", ".join(p for p in (f"{expired} expired" if expired else "", f"{early} not valid yet" if early else "") if p)
+    if expired + early == len(certificates):
+        report.add(Check("ca bundle", FAIL, f"{detail}, none valid today ({problems})",
+                         f"download the current bundle ({tls.RDS_BUNDLE_URL}); check the clock if none is valid yet"))
+    elif problems:
+        report.add(Check("ca bundle", WARN, f"{detail}, {problems}",
                          "fine while the server's CA is among the valid ones; refresh the bundle when convenient"))
     else:
         report.add(Check("ca bundle", OK, detail))
+
+
+def _when(text: str) -> datetime:
+    return datetime.fromtimestamp(ssl.cert_time_to_seconds(text), timezone.utc)
 
 
 def secret(report: DoctorReport, name: str, origin: str, aws: AwsOptions, env: Env, store: str) -> bool:
@@ -146,12 +172,21 @@ def mongo_settings(report: DoctorReport, options: MongoOptions, env: Env, mongo_
         return None
     kind = "DocumentDB" if target.documentdb else "MongoDB"
     report.add(Check("mongo settings", OK, f"{kind} {target.display_uri}, database {target.database} "
-                     f"({target.sources['database']}); TLS {target.tls}"))
+                     f"(from {_origin(target.sources['database'])}); TLS {target.tls}"))
     _notes(report, "mongo settings", target.notes)
+    remote = not all(tls.is_local(h.rsplit(":", 1)[0].strip("[]")) for h in target.hosts.split(","))
+    if target.tls.startswith("off") and target.parsed.password and remote:  # as PostgreSQL's settings warn
+        report.add(Check("mongo settings", WARN, f"TLS to MongoDB at {target.hosts} is off: the password travels in clear",
+                         "add tls=true to the URL (and CA_BUNDLE to verify the server)"))
     if not target.documentdb and DOCDB_HOST_SUFFIX not in target.hosts.lower() and "docdb" in target.hosts.lower():
         report.add(Check("mongo settings", WARN, f"{target.hosts} looks like DocumentDB but is not treated as such",
                          "set MONGO_DOCUMENTDB=true (retryWrites=false)"))
     return target
+
+
+def _origin(source: str) -> str:
+    """'MONGO_URL (environment) (path)' as words: the path of MONGO_URL (environment)."""
+    return f"the path of {source.removesuffix(' (path)')}" if source.endswith(" (path)") else source
 
 
 def _notes(report: DoctorReport, name: str, notes: list[str]) -> None:
