@@ -73,5 +73,12 @@ def holder(backend, key: int = LOCK_KEY) -> str:
         return "holder unknown"
     app, backend_pid, client, since = row
     match = re.match(r"hcm-db-migrations (?P<host>\S+):(?P<pid>\d+)", app or "")
-    who = f"host {match['host']} pid {match['pid']}" if match else f"{app or 'a session'} from {client or 'local'} (server pid {backend_pid})"
-    return f"held by {who} since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip()
+    # pg_stat_activity hides another role's session (NULLs) from a user who is not a superuser.
+    if match:
+        who = f"host {match['host']} pid {match['pid']}"
+    elif since is None:
+        who = f"a session of another role (server pid {backend_pid})"
+    else:
+        who = f"{app or 'a session'} from {client or 'local'} (server pid {backend_pid})"
+    when = f"since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip() if since else "(since unknown)"
+    return f"held by {who} {when}"

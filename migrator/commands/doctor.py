@@ -22,9 +22,8 @@ def doctor(settings: CommandSettings, *, dev_tools: bool = True) -> DoctorReport
     mongo_target = environment.mongo_settings(report, settings.mongo, env, settings.mongo_dir)
     if pg_target is not None and not pg_target.local_dev:
         postgres.check(report, pg_target, settings.sql_dir)
-    if mongo_target is not None:
-        mongo.check(report, mongo_target, settings.mongo_dir)
-    environment.mongosh(report, settings.mongo_dir, mongo_target is not None)
+    js_to_run = mongo.check(report, mongo_target, settings.mongo_dir) if mongo_target is not None else None
+    environment.mongosh(report, settings.mongo_dir, mongo_target is not None, js_to_run)
     if dev_tools:
         environment.squawk(report)
     return report

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
+NAME_WIDTH = 20  # the check names' column; wider when a name is longer
 
 
 @dataclass
@@ -23,14 +24,19 @@ class Check:
     detail: str
     remedy: str = ""  # what to do, for warn and FAIL
 
-    def line(self) -> str:
-        text = f"{self.status:<4}  {self.name:<20}  {self.detail}"
+    def line(self, width: int = NAME_WIDTH) -> str:
+        text = f"{self.status:<4}  {self.name:<{width}}  {self.detail}"
         return text + (f" -> {self.remedy}" if self.remedy else "")
+
+
+def one_line(text: object) -> str:
+    """A server's message as one line (PostgreSQL's carry newlines, DETAIL and HINT)."""
+    return " ".join(str(text).split())
 
 
 def failed(name: str, message: str, remedy: str = "") -> Check:
     """A FAIL from one of the runner's error messages, which say what and then, after '; ', what to do."""
-    detail, _, told = message.partition("; ")
+    detail, _, told = one_line(message).partition("; ")
     return Check(name, FAIL, detail, told or remedy)
 
 
@@ -59,5 +65,6 @@ class DoctorReport:
     def lines(self) -> list[str]:
         counts = self.counts()
         verdict = "a real run would fail: fix the FAIL lines" if counts[FAIL] else "ready"
-        return [c.line() for c in self.checks] + [
+        width = max([NAME_WIDTH] + [len(c.name) for c in self.checks])
+        return [c.line(width) for c in self.checks] + [
             f"doctor: {counts[OK]} ok, {counts[WARN]} warn, {counts[FAIL]} FAIL; {verdict}"]

@@ -20,10 +20,24 @@ DOCDB_SECRET_KEYS = ("host", "port", "username", "password", "dbname")
 
 def dotenv(report: DoctorReport, env: Env) -> None:
     where = Path(".env").resolve()
-    if env.dotenv:
+    broken = _unparsable_lines(where)
+    if broken:
+        report.add(Check(".env", WARN, f"{where}: line(s) {', '.join(map(str, broken))} cannot be parsed and are ignored "
+                         f"({len(env.dotenv)} setting(s) read)", "write each line as NAME=value (quote values with spaces)"))
+    elif env.dotenv:
         report.add(Check(".env", OK, f"read {where} ({len(env.dotenv)} setting(s); the real environment wins over it)"))
     else:
         report.add(Check(".env", OK, f"none in {where.parent}: settings come from the environment and options only"))
+
+
+def _unparsable_lines(path: Path) -> list[int]:
+    """The lines python-dotenv skips (it only logs them), read with its own parser."""
+    from dotenv.parser import parse_stream
+
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        return [binding.original.line for binding in parse_stream(stream) if binding.error]
 
 
 def ca_bundle(report: DoctorReport, option: str | None, env: Env) -> None:
@@ -47,20 +61,32 @@ def ca_bundle(report: DoctorReport, option: str | None, env: Env) -> None:
         report.add(Check("ca bundle", FAIL, f"{path} ({origin}) holds no certificate that TLS can load ({exc.__class__.__name__})",
                          f"use the PEM bundle ({tls.RDS_BUNDLE_URL})"))
         return
-    expiries = sorted(datetime.fromtimestamp(ssl.cert_time_to_seconds(c["notAfter"]), timezone.utc)
-                      for c in context.get_ca_certs() if "notAfter" in c)
+    certificates = [(_when(c["notBefore"]), _when(c["notAfter"])) for c in context.get_ca_certs() if "notAfter" in c]
+    if not certificates:
+        blocks = Path(path).read_text(errors="replace").count("-----BEGIN CERTIFICATE-----")
+        report.add(Check("ca bundle", FAIL, f"{path} ({origin}): no CA certificate among its {blocks} certificate(s) "
+                         "(a server's or client's own certificate, not the authority that signs it)",
+                         f"use the CA bundle ({tls.RDS_BUNDLE_URL})"))
+        return
     now = datetime.now(timezone.utc)
-    valid = [at for at in expiries if at > now]
-    span = f"expiring {expiries[0]:%Y-%m-%d} to {expiries[-1]:%Y-%m-%d}" if expiries else "no CA certificate in it"
-    detail = f"{path} ({origin}): {len(expiries)} CA certificate(s), {span}; used for PostgreSQL verify-full and Mongo TLS"
-    if not valid:
-        report.add(Check("ca bundle", FAIL, detail + ", none valid today",
-                         f"download the current bundle ({tls.RDS_BUNDLE_URL})"))
-    elif len(valid) < len(expiries):
-        report.add(Check("ca bundle", WARN, detail + f", {len(expiries) - len(valid)} expired",
+    expiries = sorted(after for _, after in certificates)
+    expired = sum(1 for _, after in certificates if after <= now)
+    early = sum(1 for before, after in certificates if before > now)
+    detail = (f"{path} ({origin}): {len(certificates)} CA certificate(s), expiring {expiries[0]:%Y-%m-%d} to "
+              f"{expiries[-1]:%Y-%m-%d}; used for PostgreSQL verify-full and Mongo TLS")
+    problems = ", ".join(p for p in (f"{expired} expired" if expired else "", f"{early} not valid yet" if early else "") if p)
+    if expired + early == len(certificates):
+        report.add(Check("ca bundle", FAIL, f"{detail}, none valid today ({problems})",
+                         f"download the current bundle ({tls.RDS_BUNDLE_URL}); check the clock if none is valid yet"))
+    elif problems:
+        report.add(Check("ca bundle", WARN, f"{detail}, {problems}",
                          "fine while the server's CA is among the valid ones; refresh the bundle when convenient"))
     else:
         report.add(Check("ca bundle", OK, detail))
+
+
+def _when(text: str) -> datetime:
+    return datetime.fromtimestamp(ssl.cert_time_to_seconds(text), timezone.utc)
 
 
 def secret(report: DoctorReport, name: str, origin: str, aws: AwsOptions, env: Env, store: str) -> bool:
@@ -117,6 +143,12 @@ def postgres_settings(report: DoctorReport, options: PostgresOptions, env: Env) 
     origins = sorted(set(target.sources.values()))
     report.add(Check("postgres settings", OK, f"{target.display_url} from {', '.join(origins)}; TLS {target.tls}"))
     _notes(report, "postgres settings", target.notes)
+    if target.schemas and not target.schema:  # as a command without a per-schema loop: one schema, or a clear no
+        if len(target.schemas) > 1:
+            report.add(Check("postgres schema", FAIL, f"doctor checks one schema at a time, and {target.sources['schemas']} "
+                             f"names {len(target.schemas)}", "pass --schema NAME for each schema to check"))
+            return None
+        target = target.for_schema(target.schemas[0])
     return target
 
 
@@ -140,23 +172,33 @@ def mongo_settings(report: DoctorReport, options: MongoOptions, env: Env, mongo_
         return None
     kind = "DocumentDB" if target.documentdb else "MongoDB"
     report.add(Check("mongo settings", OK, f"{kind} {target.display_uri}, database {target.database} "
-                     f"({target.sources['database']}); TLS {target.tls}"))
+                     f"(from {_origin(target.sources['database'])}); TLS {target.tls}"))
     _notes(report, "mongo settings", target.notes)
+    remote = not all(tls.is_local(h.rsplit(":", 1)[0].strip("[]")) for h in target.hosts.split(","))
+    if target.tls.startswith("off") and target.parsed.password and remote:  # as PostgreSQL's settings warn
+        report.add(Check("mongo settings", WARN, f"TLS to MongoDB at {target.hosts} is off: the password travels in clear",
+                         "add tls=true to the URL (and CA_BUNDLE to verify the server)"))
     if not target.documentdb and DOCDB_HOST_SUFFIX not in target.hosts.lower() and "docdb" in target.hosts.lower():
         report.add(Check("mongo settings", WARN, f"{target.hosts} looks like DocumentDB but is not treated as such",
                          "set MONGO_DOCUMENTDB=true (retryWrites=false)"))
     return target
 
 
+def _origin(source: str) -> str:
+    """'MONGO_URL (environment) (path)' as words: the path of MONGO_URL (environment)."""
+    return f"the path of {source.removesuffix(' (path)')}" if source.endswith(" (path)") else source
+
+
 def _notes(report: DoctorReport, name: str, notes: list[str]) -> None:
+    """Every note of the resolver (a missing NAME_FILE, a setting ignored, weak TLS) is something to look at."""
     for note in notes:
-        if note.startswith("warning: "):
-            detail, _, remedy = note.removeprefix("warning: ").partition("; ")
-            report.add(Check(name, WARN, detail, remedy))
+        detail, _, remedy = note.removeprefix("warning: ").removeprefix("note: ").partition("; ")
+        report.add(Check(name, WARN, detail, remedy))
 
 
-def mongosh(report: DoctorReport, mongo_dir: Path, mongo_configured: bool) -> None:
-    """mongosh, found as the runner finds it, when a JavaScript patch needs it (a warning while Mongo is off)."""
+def mongosh(report: DoctorReport, mongo_dir: Path, mongo_configured: bool, js_to_run: list[str] | None) -> None:
+    """mongosh, found as the runner finds it. Missing, it FAILs only when a JavaScript patch would run
+    (pending or blocked, or unknown because Mongo could not be read); otherwise it is a warning."""
     from migrator.mongo import js_patch
 
     js = sorted(mongo_dir.glob("*.js")) if mongo_dir.is_dir() else []
@@ -167,13 +209,19 @@ def mongosh(report: DoctorReport, mongo_dir: Path, mongo_configured: bool) -> No
         path = js_patch.mongosh_path()
     except MigratorError as exc:
         check = report.add(failed("mongosh", str(exc)))
-        check.detail += f" ({len(js)} .js patch(es) in {mongo_dir})"
         if not mongo_configured:
-            check.status, check.detail = WARN, check.detail + ", not run while Mongo is not configured"
+            check.status, check.detail = WARN, check.detail + f" ({len(js)} .js patch(es) in {mongo_dir}, not run while Mongo is not configured)"
+        elif js_to_run is None:
+            check.detail += f" ({len(js)} .js patch(es) in {mongo_dir}; which would run is unknown: Mongo was not read)"
+        elif js_to_run:
+            check.detail += f" ({len(js_to_run)} .js patch(es) would run: {', '.join(js_to_run[:3])}{', ...' if len(js_to_run) > 3 else ''})"
+        else:
+            check.status, check.detail = WARN, check.detail + f" (all {len(js)} .js patch(es) applied: no run needs it now, a new one would)"
         return
     version = _version([path, "--version"])
     if version is None:
-        report.add(Check("mongosh", FAIL, f"{path} does not run (`mongosh --version` failed)",
+        report.add(Check("mongosh", FAIL if js_to_run or js_to_run is None else WARN,
+                         f"{path} does not run (`mongosh --version` failed)",
                          "run `make mongosh`, or set MONGOSH to a working mongosh"))
     else:
         report.add(Check("mongosh", OK, f"{version} at {path} ({len(js)} .js patch(es))"))

@@ -2,30 +2,50 @@
 
 from __future__ import annotations
 
-import contextlib
+from datetime import datetime, timezone
 from pathlib import Path
 
-from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, failed
+from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, failed, one_line
 from migrator.errors import MigratorError
 from migrator.targets import MongoTarget
 
+UNAUTHORIZED = 13  # MongoDB's error code for a missing privilege
 
-def check(report: DoctorReport, target: MongoTarget, mongo_dir: Path) -> None:
+
+def check(report: DoctorReport, target: MongoTarget, mongo_dir: Path) -> list[str] | None:
+    """The checks; returns the JavaScript patches a run would execute (pending or blocked), None when unknown."""
     from migrator.mongo import connection
 
-    with contextlib.ExitStack() as stack:
-        try:
-            db = stack.enter_context(connection.connect(target))
-        except MigratorError as exc:
-            report.add(failed("mongo reachable", str(exc)))
-            return
-        report.add(Check("mongo reachable", OK, f"{target.hosts} answers; TLS {target.tls}"))
-        try:
-            if _database(report, db, target):
-                _log_and_lock(report, db, target, mongo_dir)
-            _documentdb(report, db, target)
-        except MigratorError as exc:  # connect() turns a driver error inside into one line
-            report.add(failed("mongo", str(exc)))
+    js: list[str] | None = None
+    reached = False
+    try:
+        with connection.connect(target) as db:
+            reached = True
+            report.add(Check("mongo reachable", OK, f"{target.hosts} answers; TLS {target.tls}"))
+            if _step(report, "mongo auth", target, _database, db, target):
+                _step(report, "mongo applied_patches", target, _log, db)
+                _step(report, "mongo lock", target, _lock, db, target)
+                js = _step(report, "mongo patches", target, _patches, db, mongo_dir)
+            _step(report, "mongo documentdb", target, _documentdb, db, target)
+    except MigratorError as exc:  # connect() refused, or turned a driver error on the way out into one line
+        report.add(failed("mongo" if reached else "mongo reachable", str(exc)))
+    return js
+
+
+def _step(report: DoctorReport, name: str, target: MongoTarget, step, *args):
+    """One check; a driver error (a privilege, the server going away) is its FAIL line, and the others still run."""
+    from pymongo.errors import OperationFailure, PyMongoError
+
+    try:
+        return step(report, *args)
+    except OperationFailure as exc:
+        remedy = (f"grant the user readWrite on {target.database} (the runner reads and writes applied_patches and "
+                  "its lock there)" if exc.code == UNAUTHORIZED else "fix what the server says, then run doctor again")
+        report.add(Check(name, FAIL, f"{target.where}: {one_line(_message(exc))} (code {exc.code})", remedy))
+    except PyMongoError as exc:
+        report.add(Check(name, FAIL, f"{target.where}: {exc.__class__.__name__}: {one_line(exc)}",
+                         "check the server and the network, then run doctor again"))
+    return None
 
 
 def _database(report: DoctorReport, db, target: MongoTarget) -> bool:
@@ -51,36 +71,65 @@ def _database(report: DoctorReport, db, target: MongoTarget) -> bool:
     return True
 
 
-def _log_and_lock(report: DoctorReport, db, target: MongoTarget, mongo_dir: Path) -> None:
-    from migrator.mongo import lock, log, patches, state
+def _log(report: DoctorReport, db) -> bool:
+    from migrator.mongo import log
 
     records = log.collection(db).count_documents({})
     report.add(Check("mongo applied_patches", OK, f"{log.COLLECTION} readable ({records} record(s))"))
-    holder = lock.Lock(db, target.where).holder()  # read only: the lock is never taken
+    return True
+
+
+def _lock(report: DoctorReport, db, target: MongoTarget) -> None:
+    """Read only: the lock is never taken. A document the runner would not have written is said as it is."""
+    from migrator.mongo import lock, log
+
+    holder = lock.Lock(db, target.where).holder()
     if holder is None:
         report.add(Check("mongo lock", OK, "the patch lock is free"))
-    else:
-        since, expires = holder.get("since"), holder.get("expires")
-        who = f"{holder.get('host', '?')} pid {holder.get('pid', '?')} since {since:%Y-%m-%d %H:%M:%S} UTC" if since else "?"
-        if expires and expires < log.utcnow():
-            report.add(Check("mongo lock", WARN, f"left by {who}, expired: a dead runner's",
-                             "nothing to do: the next run takes it over"))
-        else:
-            report.add(Check("mongo lock", WARN, f"held by {who}",
-                             "a runner is applying patches now; a run would wait for it (--lock-timeout)"))
-    if not mongo_dir.is_dir():
         return
+    since, expires = holder.get("since"), holder.get("expires")
+    odd = [f"{key} {value!r} is not a date" for key, value in (("since", since), ("expires", expires))
+           if value is not None and not isinstance(value, datetime)]
+    where = f"the lock document {holder.get('_id')!r} in {lock.COLLECTION}"
+    if odd:
+        report.add(Check("mongo lock", FAIL, f"{where} is malformed: {', '.join(odd)}",
+                         "remove it after checking no runner is alive (no runner wrote it)"))
+        return
+    who = f"{holder.get('host', '?')} pid {holder.get('pid', '?')}"
+    who += f" since {since:%Y-%m-%d %H:%M:%S} UTC" if since else " (since unknown)"
+    if expires is None:
+        report.add(Check("mongo lock", FAIL, f"lock document without expiry (held by {who}): a run would wait forever",
+                         "remove it after checking no runner is alive"))
+    elif _aware(expires) < log.utcnow():
+        report.add(Check("mongo lock", WARN, f"left by {who}, expired: a dead runner's",
+                         "nothing to do: the next run takes it over"))
+    else:
+        report.add(Check("mongo lock", WARN, f"held by {who}",
+                         "a runner is applying patches now; a run would wait for it (--lock-timeout)"))
+
+
+def _patches(report: DoctorReport, db, mongo_dir: Path) -> list[str] | None:
+    from migrator.mongo import patches, state
+
+    if not mongo_dir.is_dir():
+        return []
     try:
         found = state.read(db, patches.discover(mongo_dir))
     except MigratorError as exc:
         report.add(failed("mongo patches", str(exc)))
-        return
+        return None
     blocked = [s for s in found if s.state in state.BLOCKED]
-    todo = sum(1 for s in found if s.state == state.PENDING)
+    todo = [s for s in found if s.state == state.PENDING]
     if blocked:
         report.add(failed("mongo patches", state.explain(blocked[0])))
     else:
-        report.add(Check("mongo patches", OK, f"{len(found)} patch(es), {todo} never applied ({mongo_dir})"))
+        report.add(Check("mongo patches", OK, f"{len(found)} patch(es), {len(todo)} never applied ({mongo_dir})"))
+    return [s.id for s in blocked + todo if s.patch is not None and s.patch.path.suffix == ".js"]
+
+
+def _aware(at: datetime) -> datetime:
+    """A naive date (a client without tz_aware) is UTC, as the runner writes it."""
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
 def _documentdb(report: DoctorReport, db, target: MongoTarget) -> None:

@@ -7,7 +7,7 @@ import socket
 import time
 
 from migrator import checksums, pg_lock
-from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, failed
+from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, failed, one_line
 from migrator.errors import MigratorError
 from migrator.targets import PostgresTarget
 
@@ -20,11 +20,39 @@ SELECT current_user, n.nspname IS NOT NULL,
        AND has_function_privilege('pg_catalog.pg_advisory_unlock(bigint)', 'EXECUTE')
 FROM (SELECT :schema AS name) s LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
 """
+# By the catalogs, not to_regclass: naming a table in a schema without USAGE is an error, not an answer.
 TABLE_RIGHTS = """
-SELECT to_regclass(:t) IS NOT NULL,
-       coalesce(has_table_privilege(to_regclass(:t), 'SELECT') AND has_table_privilege(to_regclass(:t), 'INSERT')
-                AND has_table_privilege(to_regclass(:t), 'DELETE'), false)
+SELECT t.name, c.oid IS NOT NULL,
+       array_remove(ARRAY[CASE WHEN NOT has_table_privilege(c.oid, 'SELECT') THEN 'SELECT' END,
+                          CASE WHEN NOT has_table_privilege(c.oid, 'INSERT') THEN 'INSERT' END,
+                          CASE WHEN NOT has_table_privilege(c.oid, 'UPDATE') THEN 'UPDATE' END,
+                          CASE WHEN NOT has_table_privilege(c.oid, 'DELETE') THEN 'DELETE' END], NULL)
+FROM unnest(CAST(:tables AS text[])) WITH ORDINALITY t(name, i)
+LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = :schema
+LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.name
+ORDER BY t.i
 """
+RIGHTS = "SELECT, INSERT, UPDATE, DELETE"  # yoyo's marks and log, the checksums' and snapshot's upserts
+# doctor's own session is read-only by its options, so the server's defaults are read where they are set:
+# a standby, the database's or the role's ALTER ... SET, and the server's files when the user may read them.
+READ_ONLY = """
+WITH settings AS (
+  SELECT CASE WHEN s.setrole = 0 THEN 'database ' || current_database()
+              WHEN s.setdatabase = 0 THEN 'role ' || current_user
+              ELSE 'role ' || current_user || ' in database ' || current_database() END AS what
+  FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c
+  WHERE s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))
+    AND s.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user))
+    AND lower(split_part(c, '=', 1)) = 'default_transaction_read_only'
+    AND lower(split_part(c, '=', 2)) IN ('on', 'true', 'yes', '1', 't', 'y'))
+SELECT pg_catalog.pg_is_in_recovery(), (SELECT string_agg(what, ', ') FROM settings),
+       has_function_privilege('pg_catalog.pg_show_all_file_settings()', 'EXECUTE')
+"""
+SERVER_FILE_READ_ONLY = """
+SELECT lower(setting) IN ('on', 'true', 'yes', '1') FROM pg_catalog.pg_file_settings
+WHERE name = 'default_transaction_read_only' AND applied ORDER BY seqno DESC LIMIT 1
+"""
+INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def check(report: DoctorReport, target: PostgresTarget, sql_dir) -> None:
@@ -39,8 +67,30 @@ def check(report: DoctorReport, target: PostgresTarget, sql_dir) -> None:
             report.add(failed("postgres login", str(exc)))
             return
         _server(report, backend, target)
-        _privileges(report, backend, target)
-        _migrations(report, backend, target, sql_dir)
+        _guarded(report, backend, "postgres writable", _writable, target)
+        readable = _guarded(report, backend, "postgres schema", _privileges, target)
+        if readable:
+            _guarded(report, backend, "migrations", _migrations, target, sql_dir)
+
+
+def _guarded(report: DoctorReport, backend, name: str, step, *args):
+    """A step whose SQL the server refuses (a privilege the catalogs did not show) is one FAIL line, and
+    the other checks still run: the aborted transaction is rolled back (yoyo's rollback re-pins the schema)."""
+    import psycopg2
+
+    try:
+        return step(report, backend, *args)
+    except psycopg2.Error as exc:
+        backend.rollback()
+        message = one_line(getattr(exc.diag, "message_primary", None) or exc)
+        remedy = ("grant it to the user (GRANT ...), or connect as the owner" if exc.pgcode == INSUFFICIENT_PRIVILEGE
+                  else "fix what the server says, then run doctor again")
+        report.add(Check(name, FAIL, f"{message} (as {target_user(backend)})", remedy))
+        return None
+
+
+def target_user(backend) -> str:
+    return backend.execute("SELECT current_user").fetchone()[0]
 
 
 def _reachable(report: DoctorReport, target: PostgresTarget) -> bool:
@@ -82,7 +132,26 @@ def _server(report: DoctorReport, backend, target: PostgresTarget) -> None:
         report.add(Check("postgres tls", WARN, f"{target.tls}; {session}", "set CA_BUNDLE for verify-full"))
 
 
-def _privileges(report: DoctorReport, backend, target: PostgresTarget) -> None:
+def _writable(report: DoctorReport, backend, target: PostgresTarget) -> None:
+    standby, defaults, files_readable = backend.execute(READ_ONLY).fetchone()
+    server_file = files_readable and (backend.execute(SERVER_FILE_READ_ONLY).fetchone() or [False])[0]
+    writer = "point DB_HOST (or the secret) at the writer endpoint: the primary, or an Aurora cluster's writer, not a reader or replica"
+    if standby:
+        report.add(Check("postgres writable", FAIL, f"{target.where} is a read-only standby (pg_is_in_recovery)", writer))
+    elif defaults:
+        report.add(Check("postgres writable", FAIL, f"{target.where} makes transactions read-only by default "
+                         f"(default_transaction_read_only set on {defaults}): every migration would fail",
+                         f"{writer}; or ALTER DATABASE/ROLE ... RESET default_transaction_read_only"))
+    elif server_file:
+        report.add(Check("postgres writable", FAIL, f"{target.where} makes transactions read-only by default "
+                         "(default_transaction_read_only in the server's configuration)",
+                         f"{writer}; or turn default_transaction_read_only off in the parameter group"))
+    else:
+        report.add(Check("postgres writable", OK, "the primary, transactions read-write by default"))
+
+
+def _privileges(report: DoctorReport, backend, target: PostgresTarget) -> bool:
+    """Schema, bookkeeping and lock privileges; True when the bookkeeping can be read (the migrations checks need it)."""
     schema = backend.bookkeeping_schema
     user, exists, usage, create, advisory = backend.execute(PRIVILEGES, {"schema": schema}).fetchone()
     grant = f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {user}, or connect as the schema's owner"
@@ -96,8 +165,48 @@ def _privileges(report: DoctorReport, backend, target: PostgresTarget) -> None:
                          grant))
     else:
         report.add(Check("postgres schema", OK, f"user {user} can create in schema {schema}"))
-    _bookkeeping(report, backend, schema, user, create)
-    held = pg_lock.holder(backend)
+    unreadable = _bookkeeping(report, backend, schema, user, create)
+    _lock(report, backend, target, user, advisory)
+    if not (exists and usage) or unreadable:
+        what = f"schema {schema}" if not (exists and usage) else ", ".join(unreadable)
+        report.add(Check("migrations", FAIL, f"not checked: user {user} cannot read {what} (applied, pending and drift unknown)",
+                         "grant the privileges above, then run doctor again"))
+        return False
+    return True
+
+
+def bookkeeping_tables(backend) -> list[str]:
+    """Every table a run writes, named by the modules that own them."""
+    from migrator.schema import snapshot
+
+    return [backend.migration_table, backend.log_table, backend.lock_table, backend.version_table,
+            checksums.TABLE, checksums.FAILURES, snapshot.TABLE]
+
+
+def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, create: bool) -> list[str]:
+    """The check line; returns the present tables the user cannot SELECT."""
+    tables = bookkeeping_tables(backend)
+    rows = backend.execute(TABLE_RIGHTS, {"tables": tables, "schema": schema}).fetchall()
+    present = [name for name, found, _ in rows if found]
+    denied = {name: lacks for name, found, lacks in rows if found and lacks}
+    absent = [name for name, found, _ in rows if not found]
+    if denied:
+        lacking = "; ".join(f"{', '.join(lacks)} on {name}" for name, lacks in denied.items())
+        report.add(Check("postgres bookkeeping", FAIL, f"user {user} lacks {lacking} in schema {schema}",
+                         f"GRANT {RIGHTS} ON {', '.join(f'{schema}.{t}' for t in denied)} TO {user}"))
+    elif absent and not create:
+        report.add(Check("postgres bookkeeping", FAIL, f"{', '.join(absent)} missing in schema {schema} and cannot be created",
+                         f"GRANT CREATE ON SCHEMA {schema} TO {user}"))
+    elif absent:
+        report.add(Check("postgres bookkeeping", OK, f"{len(present)} of {len(tables)} tables present in {schema}; "
+                         "the rest are created by the first migrate"))
+    else:
+        report.add(Check("postgres bookkeeping", OK, f"all {len(tables)} tables present in {schema}, writable"))
+    return [name for name, lacks in denied.items() if "SELECT" in lacks]
+
+
+def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advisory: bool) -> None:
+    held = pg_lock.holder(backend, pg_lock.lock_key(target.schema))
     if not advisory:
         report.add(Check("postgres locks", FAIL, f"user {user} cannot call pg_try_advisory_lock (the migration lock)",
                          f"GRANT EXECUTE ON FUNCTION pg_try_advisory_lock(bigint), pg_advisory_unlock(bigint) TO {user}"))
@@ -108,32 +217,9 @@ def _privileges(report: DoctorReport, backend, target: PostgresTarget) -> None:
         report.add(Check("postgres locks", OK, "advisory locks allowed; the migration lock is free"))
 
 
-def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, create: bool) -> None:
-    tables = (backend.migration_table, backend.log_table, backend.lock_table, backend.version_table,
-              checksums.TABLE, checksums.FAILURES)
-    present, denied = [], []
-    for table in tables:
-        found, rights = backend.execute(TABLE_RIGHTS, {"t": f'"{schema}"."{table}"'}).fetchone()
-        if found:
-            present.append(table)
-            if not rights:
-                denied.append(table)
-    absent = [t for t in tables if t not in present]
-    if denied:
-        report.add(Check("postgres bookkeeping", FAIL, f"user {user} cannot write {', '.join(denied)} in schema {schema}",
-                         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(denied)} TO {user}"))
-    elif absent and not create:
-        report.add(Check("postgres bookkeeping", FAIL, f"{', '.join(absent)} missing in schema {schema} and cannot be created",
-                         f"GRANT CREATE ON SCHEMA {schema} TO {user}"))
-    elif absent:
-        report.add(Check("postgres bookkeeping", OK, f"{len(present)} of {len(tables)} tables present in {schema}; "
-                         "the rest are created by the first migrate"))
-    else:
-        report.add(Check("postgres bookkeeping", OK, f"all {len(tables)} tables present in {schema}, writable"))
-
-
 def _migrations(report: DoctorReport, backend, target: PostgresTarget, sql_dir) -> None:
     from migrator import postgres
+    from migrator.schema import snapshot
 
     try:
         migrations = postgres.read_migrations(sql_dir)
@@ -149,6 +235,16 @@ def _migrations(report: DoctorReport, backend, target: PostgresTarget, sql_dir) 
         report.add(failed("drift", str(postgres.drift_error(drift, target, "migrate would refuse to run"))))
     else:
         report.add(Check("drift", OK, "no applied migration changed since applied"))
+    live = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
+    if live.drifted:
+        report.add(Check("schema drift", WARN, f"{live.to_json()['summary']}: " + "; ".join(live.changes[:3])
+                         + (f"; and {len(live.changes) - 3} more" if len(live.changes) > 3 else ""),
+                         "`runner.py status` lists it; migrate --strict would refuse: keep it in a migration, undo it, "
+                         "or after review `runner.py sql accept-drift`"))
+    elif live.recorded is None:
+        report.add(Check("schema drift", OK, "no schema description recorded yet (the next migrate records one)"))
+    else:
+        report.add(Check("schema drift", OK, "the live schema is as recorded"))
     for schema, index, table in postgres.invalid_indexes(backend):
         report.add(Check("invalid index", WARN, f"{schema}.{index} on {table} is INVALID (a failed CREATE INDEX CONCURRENTLY)",
                          f"DROP INDEX CONCURRENTLY {schema}.{index}; then run migrate again"))
