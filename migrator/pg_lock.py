@@ -53,11 +53,13 @@ def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str]
 
 
 # A yoyo lock row's runner is alive while a session of it (this runner's application_name ends in
-# host:pid, see postgres/connection.py) is connected; such a row is waited for, never broken.
+# host:pid, see postgres/connection.py) that connected before the row was written is still there;
+# such a row is waited for, never broken. (Pods of an Indexed Job share pids: a later one is not it.)
 _ALIVE = """
 SELECT count(*) FROM pg_stat_activity
 WHERE pid <> pg_backend_pid() AND datname = current_database()
   AND application_name LIKE 'hcm-db-migrations %%:' || :pid
+  AND backend_start <= (CAST(:ctime AS timestamp) AT TIME ZONE 'UTC') + interval '2 seconds'
 """
 
 
@@ -66,7 +68,7 @@ def _clear_dead_runners_row(backend, target: PostgresTarget, deadline: float, no
         row = backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted}").fetchone()
         if not row:
             return
-        if not backend.execute(_ALIVE, {"pid": str(row[0])}).fetchone()[0]:
+        if not backend.execute(_ALIVE, {"pid": str(row[0]), "ctime": row[1]}).fetchone()[0]:
             break
         if time.monotonic() >= deadline:
             raise MigratorError(

@@ -86,14 +86,20 @@ def test_a_live_runners_yoyo_lock_row_is_waited_for_never_broken(cli, db, sql_di
     assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
     alive = psycopg2.connect(db.url, application_name="hcm-db-migrations otherhost:4242")
     try:
-        db.query("INSERT INTO public.yoyo_lock (locked, ctime, pid) VALUES (1, now(), 4242)")
+        db.query("INSERT INTO public.yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC', 4242)")
         result = cli("migrate", "--sql-dir", sql_dir, "--lock-timeout", "1", env=db.db_env())
         line = one_error_line(result)
         assert "held by a live runner (pid 4242" in line and result.exit_code != 0
         assert db.query("SELECT pid FROM public.yoyo_lock") == [(4242,)]
     finally:
         alive.close()
-    freed = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())  # its runner gone: a dead runner's row
+    # a session of the same pid that connected after the row was written (another pod) is not its runner
+    later = psycopg2.connect(db.url, application_name="hcm-db-migrations otherhost:4242")
+    db.query("UPDATE public.yoyo_lock SET ctime = now() AT TIME ZONE 'UTC' - interval '1 minute'")
+    try:
+        freed = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    finally:
+        later.close()
     assert freed.exit_code == 0 and "cleared the migration lock left by a runner that died (pid 4242" in freed.stderr
 
 
