@@ -25,11 +25,14 @@ class Interrupted(BaseException):
 
 
 class Guard:
-    def __init__(self):
+    def __init__(self, main: bool = True):
         self._deferring = False
         self._pending: int | None = None
+        self._main = main  # False: a worker thread's guard, which sees the main thread's signal
 
     def _handle(self, signum, _frame) -> None:
+        global _requested
+        _requested = signum
         if self._deferring:
             self._pending = signum
         else:
@@ -57,16 +60,22 @@ class Guard:
         if self._pending is not None:
             signum, self._pending = self._pending, None
             raise Interrupted(signum)
+        if not self._main and _requested is not None:
+            raise Interrupted(_requested)
 
 
 @contextmanager
 def guard() -> Iterator[Guard]:
-    """Turn SIGTERM into `Interrupted` for the block (main thread only: signals are delivered there)."""
-    global _active
-    g = Guard()
+    """Turn SIGTERM into `Interrupted` for the block. Signals are delivered to the main thread; in a
+    worker thread (schemas run in parallel) the guard raises, before each migration and each
+    statement, the signal the main thread's handler recorded."""
+    global _active, _requested
     if threading.current_thread() is not threading.main_thread():
-        yield g
+        yield Guard(main=False)
         return
+    g = Guard()
+    if _active is None:
+        _requested = None  # a new run (the CLI in tests runs several in one process)
     previous, outer = signal.signal(signal.SIGTERM, g._handle), _active
     _active = g
     try:
@@ -77,8 +86,17 @@ def guard() -> Iterator[Guard]:
 
 
 _active: Guard | None = None
+_requested: int | None = None  # the signal received during the run, for every thread to see
+
+
+def requested() -> int | None:
+    """The signal received since the outermost guard started, if any."""
+    return _requested
 
 
 def live() -> contextlib.AbstractContextManager:
-    """The active guard's `live()`, or nothing when no guard is installed (tests, other threads)."""
+    """The active guard's `live()` in the main thread; in a worker thread a check of the signal the main
+    thread received (stop before the next statement); nothing when no guard is installed (tests)."""
+    if threading.current_thread() is not threading.main_thread():
+        return Guard(main=False).live() if _active else contextlib.nullcontext()
     return _active.live() if _active else contextlib.nullcontext()

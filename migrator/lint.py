@@ -67,20 +67,31 @@ def runner_findings(migrations) -> list[Finding]:
 _NOT_CODE = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'", re.DOTALL)
 
 
+# Before these words a qualified name is a relation even when a parenthesis follows (a column list).
+_RELATION_WORDS = re.compile(r"(?:table|into|on|references|from|join|update|view|exists|only|index)\s*$", re.IGNORECASE)
+
+
 def tenant_findings(migrations, schemas: list[str]) -> list[Finding]:
     """Over tenant schemas, a name qualified with public or a tenant's schema bypasses the tenant's
     search_path: every tenant would share (or miss) that object. pg_catalog and other schemas (an
     extension's) are fine, and so is a function call such as public.uuid_generate_v4() (extensions
-    live in public, which stays on every tenant's search_path)."""
+    live in public, which stays on every tenant's search_path). What the runner refuses in tenant
+    mode (search_path, SET SCHEMA, an extension without SCHEMA) is a finding too."""
+    from migrator.postgres import files
+
     names = "|".join(re.escape(s) for s in ["public", *schemas])
-    qualified = re.compile(rf'(?<![\w."$])"?({names})"?\s*\.\s*("?[A-Za-z_][\w$]*"?)(?![(.\w$"])', re.IGNORECASE)
+    qualified = re.compile(rf'(?<![\w."$])"?({names})"?\s*\.\s*("?[A-Za-z_][\w$]*"?)(?![.\w$"])', re.IGNORECASE)
     found = []
     for migration in migrations:
         for path in (Path(migration.path), _rollback_of(Path(migration.path))):
             if not path.is_file():
                 continue
+            found += [Finding(str(path), line, 1, "tenant-outside", problem, "")
+                      for line, problem in files.tenant_problems(path)]
             text = _NOT_CODE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), path.read_text(encoding="utf-8-sig"))
             for match in qualified.finditer(text):
+                if text[match.end():].lstrip().startswith("(") and not _RELATION_WORDS.search(text[:match.start()]):
+                    continue  # a function call
                 line = text.count("\n", 0, match.start()) + 1
                 column = match.start() - text.rfind("\n", 0, match.start())
                 found.append(Finding(str(path), line, column, "tenant-schema",

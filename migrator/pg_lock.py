@@ -3,8 +3,9 @@
 yoyo's lock is a row in `yoyo_lock`: a runner killed with SIGKILL (an evicted pod) leaves it behind
 and every later run waits, then dies, until someone breaks it. The runner first takes a
 PostgreSQL session-level advisory lock, which the server releases by itself when the holder's
-connection dies. Holding it, any yoyo lock row can only be a dead runner's, so it is cleared,
-and yoyo's own lock is then taken as usual (so a bare `yoyo` CLI still sees it).
+connection dies. Holding it, a yoyo lock row is a dead runner's unless a session of that runner
+is still connected (one that took another key, e.g. an older version): a dead one's row is cleared,
+a live one's waited for. yoyo's own lock is then taken as usual (so a bare `yoyo` CLI still sees it).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ POLL_SECONDS = 0.2
 
 
 def lock_key(schema: str | None) -> int:
-    """The database's key, or one per tenant schema, so tenants migrate in parallel without waiting."""
-    if not schema:
+    """One key per bookkeeping schema: public's (a plain run's usual one, and SCHEMA_NAME=public) is the
+    database's historic key; each tenant schema has its own, so tenants migrate in parallel."""
+    if not schema or schema == "public":
         return LOCK_KEY
     return int.from_bytes(hashlib.sha256(f"hcmdbmig:{schema}".encode()).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -33,7 +35,7 @@ def lock_key(schema: str | None) -> int:
 @contextmanager
 def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str], None]) -> Iterator[None]:
     deadline = time.monotonic() + timeout
-    key = lock_key(target.schema)
+    key = lock_key(target.schema or backend.bookkeeping_schema)
     while not backend.execute("SELECT pg_try_advisory_lock(:key)", {"key": key}).fetchone()[0]:
         if time.monotonic() >= deadline:
             raise MigratorError(
@@ -43,18 +45,39 @@ def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str]
             )
         time.sleep(POLL_SECONDS)
     try:
-        _clear_dead_runners_row(backend, notify)
+        _clear_dead_runners_row(backend, target, deadline, notify)
         with backend.lock(timeout=timeout):
             yield
     finally:
         backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key})
 
 
-def _clear_dead_runners_row(backend, notify: Callable[[str], None]) -> None:
-    row = backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted}").fetchone()
-    if row:
-        backend.break_lock()
-        notify(f"note: cleared the migration lock left by a runner that died (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC)")
+# A yoyo lock row's runner is alive while a session of it (this runner's application_name ends in
+# host:pid, see postgres/connection.py) that connected before the row was written is still there;
+# such a row is waited for, never broken. (Pods of an Indexed Job share pids: a later one is not it.)
+_ALIVE = """
+SELECT count(*) FROM pg_stat_activity
+WHERE pid <> pg_backend_pid() AND datname = current_database()
+  AND application_name LIKE 'hcm-db-migrations %%:' || :pid
+  AND backend_start <= (CAST(:ctime AS timestamp) AT TIME ZONE 'UTC') + interval '2 seconds'
+"""
+
+
+def _clear_dead_runners_row(backend, target: PostgresTarget, deadline: float, notify: Callable[[str], None]) -> None:
+    while True:
+        row = backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted}").fetchone()
+        if not row:
+            return
+        if not backend.execute(_ALIVE, {"pid": str(row[0]), "ctime": row[1]}).fetchone()[0]:
+            break
+        if time.monotonic() >= deadline:
+            raise MigratorError(
+                f"the migration lock on {target.where} is held by a live runner (pid {row[0]}, since "
+                f"{row[1]:%Y-%m-%d %H:%M:%S} UTC) that does not share this runner's lock key (an older version?); "
+                "wait for it to finish and run again, or raise --lock-timeout", LOCKED)
+        time.sleep(POLL_SECONDS)
+    backend.break_lock()
+    notify(f"note: cleared the migration lock left by a runner that died (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC)")
 
 
 def holder(backend, key: int = LOCK_KEY) -> str:

@@ -3,7 +3,7 @@
 PostgreSQL, first match wins (DESIGN.md):
   1. command-line options (--database-url, or --db-host/--db-port/--db-name/--db-user)
   2. DATABASE_URL, else the DIGIT platform's DB_URL (JDBC or not; user and password from the URL,
-     else FLYWAY_USER / FLYWAY_PASSWORD)
+     else DB_USER / DB_PASSWORD, else FLYWAY_USER / FLYWAY_PASSWORD)
   3. DB_HOST / DB_PORT / DB_NAME / DB_USER / DB_PASSWORD, with the seed's defaults for the rest
   4. an AWS Secrets Manager secret (--secret-name / DB_SECRET_NAME), RDS layout
   5. nothing at all: the local development database (see devdb.py)
@@ -35,6 +35,7 @@ JDBC_PREFIX = "jdbc:"
 # A tenant's schema: a plain lower-case identifier, so it means the same quoted or not (as Flyway's
 # currentSchema, which PostgreSQL folds to lower case) and needs no quoting in search_path.
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_ASCII_NUMBER = re.compile(r"[0-9]{1,9}")  # str.isdigit() would take '²'
 SCHEMA_TABLE_NOTE = ("note: SCHEMA_TABLE={value} ({origin}) is not used: the runner's history is yoyo's tables "
                      "(_yoyo_migration, _yoyo_log, yoyo_lock) with its checksums, in each schema; a Flyway table of "
                      "that name keeps Flyway's own history and is left alone")
@@ -73,7 +74,7 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
     if secret_name:
         target.notes.append(f"note: secret {secret_name} ({secret_origin}) ignored: a higher-priority setting wins")
     if target.sources.get("url"):
-        _platform_credentials(target, env)
+        _url_credentials(target, env)
     _resolve_schemas(target, options, env)
     _apply_tls(target, options.ca_bundle, env)
     target.notes[:0] = env.take_notes()
@@ -108,30 +109,112 @@ def _from_url(url: str, origin: str) -> PostgresTarget:
         raise MigratorError(f"{origin} names no database; expected {example}", USAGE)
     params = dict(parsed.query)
     user, password = parsed.user, parsed.password
+    notes = []
     if jdbc:  # JDBC's user/password travel in the query; currentSchema names the schema
         user = params.pop("user", None) or user
         password = params.pop("password", None) or password
         output.register_secret(password)
+        notes = jdbc_params(params, origin)
     for key in REFUSED_URL_PARAMS:
         if key in params:
             raise MigratorError(f"{origin} sets {key}=, which would replace the connection the runner checks "
                                 f"(host, TLS, timeouts); put those settings in the URL itself", USAGE)
-    schemas = [s for key in [k for k in params if k.lower() == "currentschema"] for s in params.pop(key).split(",")]
+    if "schema" in params:  # yoyo's own parameter: its history in one schema, the migrations in another
+        raise MigratorError(f"{origin} sets schema=, which would split a schema's history from its migrations; "
+                            "name the schema with --schema or SCHEMA_NAME instead", USAGE)
+    current = [params.pop(k) for k in [k for k in params if k.lower() == "currentschema"]]
     target = PostgresTarget(host=parts.hostname, port=port, dbname=parsed.path, user=user, password=password,
-                            params=params, sources={"url": origin})
-    if schemas:
+                            params=params, sources={"url": origin}, notes=notes)
+    if current:
         schema_origin = f"{origin} (currentSchema)"
-        target.schemas, target.sources["schemas"] = _schema_names(schemas, schema_origin), schema_origin
+        target.schemas, target.sources["schemas"] = [_current_schema(current[-1], schema_origin)], schema_origin
     return target
 
 
-def _platform_credentials(target: PostgresTarget, env: Env) -> None:
-    """A URL without credentials (DIGIT's DB_URL) takes FLYWAY_USER / FLYWAY_PASSWORD."""
-    for key, name in PLATFORM_CREDENTIALS.items():
+def _current_schema(value: str, origin: str) -> str:
+    """JDBC's currentSchema is a search path: its first entry is the schema; public may follow (it is
+    always on a tenant's search_path); another schema after it would be a second tenant's, refused."""
+    first, *rest = _schema_names(value.split(","), origin)
+    others = [name for name in rest if name != "public"]
+    if others:
+        raise MigratorError(f"{origin}: currentSchema={value} names schema {first} and also {', '.join(others)}; the "
+                            f"runner migrates one schema per currentSchema (public stays on its search path): for "
+                            "several tenants set SCHEMA_NAME=a,b instead", USAGE)
+    return first
+
+
+# PgJDBC's parameters: what libpq spells differently, and what only the JVM driver uses (dropped, said so).
+JDBC_RENAMED = {"applicationname": "application_name", "logintimeout": "connect_timeout",
+                "connecttimeout": "connect_timeout", "tcpkeepalive": "keepalives"}
+JDBC_ONLY = {"stringtype", "preparethreshold", "preparedstatementcachequeries", "preparedstatementcachesizemib",
+             "sockettimeout", "sslfactory", "sslfactoryarg", "loglevel", "loggerlevel", "defaultrowfetchsize",
+             "binarytransfer", "rewritebatchedinserts", "autosave", "cancelsignaltimeout", "readonly",
+             "assumeminserverversion", "loadbalancehosts", "targetservertype", "sslpasswordcallback", "ssl"}
+
+
+def jdbc_params(params: dict[str, str], origin: str) -> list[str]:
+    """Turn a JDBC URL's query into libpq's parameters in place; the notes say what was dropped.
+    Refuses a parameter neither libpq nor the table above knows, naming it."""
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    notes, unknown, dropped = [], [], []
+    for key in list(params):
+        value, lowered = params.pop(key), key.lower()
+        if lowered == "ssl":
+            if value.lower() in ("true", "1", "yes", "on", ""):
+                params.setdefault("sslmode", "verify-full")  # PgJDBC's ssl=true verifies the server
+            dropped.append(f"{key}={value}")
+        elif lowered in JDBC_RENAMED:
+            name = JDBC_RENAMED[lowered]
+            params[name] = ("1" if value.lower() == "true" else "0") if name == "keepalives" else value
+        elif lowered in JDBC_ONLY:
+            dropped.append(f"{key}={value}")
+        elif lowered == "currentschema":
+            params[key] = value
+        else:
+            try:
+                parse_dsn(make_dsn(**{key: value}))
+                params[key] = value
+            except Exception:  # psycopg2.ProgrammingError: libpq does not know it
+                unknown.append(key)
+    if unknown:
+        raise MigratorError(f"{origin} sets {', '.join(unknown)}, which neither libpq nor the runner's JDBC mapping "
+                            "knows; remove it, or use libpq's name (e.g. sslmode, application_name, connect_timeout)",
+                            USAGE)
+    if dropped:
+        notes.append(f"note: {origin}: JDBC-only parameter(s) {', '.join(dropped)} not used by libpq"
+                     + ("; ssl=true is sslmode=verify-full" if "sslmode" in params and any(
+                         d.lower().startswith("ssl=") for d in dropped) else ""))
+    return notes
+
+
+def _url_credentials(target: PostgresTarget, env: Env) -> None:
+    """A URL without credentials (DIGIT's DB_URL) takes DB_USER / DB_PASSWORD (or their _FILE), then the
+    platform's FLYWAY_USER / FLYWAY_PASSWORD; a user named nowhere is libpq's default, said so."""
+    for key, name in PG_ENV_NAMES.items():
+        if key not in PLATFORM_CREDENTIALS or getattr(target, key):
+            continue
         value, origin = env.get(name)
-        if value and not getattr(target, key):
+        if not value:
+            value, origin = env.get(PLATFORM_CREDENTIALS[key])
+        if value:
             setattr(target, key, value)
             target.sources[key] = origin
+    if not target.user:
+        target.user, target.sources["user"] = _libpq_default_user()
+
+
+def _libpq_default_user() -> tuple[str | None, str]:
+    """The user libpq connects as when none is named: PGUSER, else the OS user."""
+    import os
+    import pwd
+
+    if os.environ.get("PGUSER"):
+        return os.environ["PGUSER"], "PGUSER (libpq default; set DB_USER or FLYWAY_USER)"
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name, "the OS user (libpq default; set DB_USER or FLYWAY_USER)"
+    except KeyError:
+        return None, "none (set DB_USER or FLYWAY_USER)"
 
 
 def _resolve_schemas(target: PostgresTarget, options: PostgresOptions, env: Env) -> None:
@@ -158,11 +241,11 @@ def _one_per_pod(target: PostgresTarget, env: Env) -> None:
     count, count_origin = env.get("SCHEMA_COUNT")
     if not target.schemas:
         raise MigratorError(f"{origin} is set but no schema is named; set SCHEMA_NAME=a,b,...", USAGE)
-    if count is None or not count.isdigit() or int(count) != len(target.schemas):
+    if count is None or not _ASCII_NUMBER.fullmatch(count) or int(count) != len(target.schemas):
         raise MigratorError(f"{count_origin or 'SCHEMA_COUNT'} must be the Job's completions and equal the number of "
                             f"schemas ({len(target.schemas)} in {target.sources['schemas']}), so that every schema gets "
                             "a pod; set completions and SCHEMA_COUNT to it", USAGE)
-    if not index.isdigit() or int(index) >= len(target.schemas):
+    if not _ASCII_NUMBER.fullmatch(index) or int(index) >= len(target.schemas):
         raise MigratorError(f"{origin}: {index!r} is not an index of the {len(target.schemas)} schemas", USAGE)
     target.sources["schemas"] += f", item {index} ({origin})"
     target.schemas = [target.schemas[int(index)]]

@@ -96,7 +96,7 @@ def adopt(settings, yes, scratch_url, as_json):
     matches, shows the closest prefix and the differences, marks nothing and exits 1.
     """
     settings.show = functools.partial(output.report, as_json=as_json)
-    report = commands.adopt(settings, yes=yes, scratch_url=scratch_url)
+    report = tenants.adopt(settings, yes=yes, scratch_url=scratch_url)
     raise click.exceptions.Exit(0 if report.matched else FAILED)
 
 

@@ -10,6 +10,7 @@ on its own connections under its own lock; their lines are prefixed with the sch
 from __future__ import annotations
 
 import dataclasses
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from typing import Callable
 from migrator.commands import deploy
 from migrator.commands import sql as sql_commands
 from migrator.commands.base import CommandSettings
-from migrator.errors import FAILED, MigratorError
+from migrator.errors import FAILED, USAGE, MigratorError
 from migrator.reports import MigrateReport, SchemaOutcome, SchemasPlanReport, SchemasReport, SchemasStatusReport
 
 _printing = threading.Lock()  # one line at a time from parallel schemas
@@ -50,8 +51,10 @@ def migrate(settings: CommandSettings) -> MigrateReport:
     target = tenant_target(settings)
     if target is None:
         return deploy.migrate(settings)
+    refuse_outside_tenant(settings.sql_dir)
     summary = SchemasReport("migrate", run(settings, target, _migrate_one, writes=True))
     settings.show(summary)
+    _stop_if_interrupted(summary)
     if summary.failed:
         settings.note("MongoDB: skipped: a schema failed (run migrate again once it is fixed)")
         raise MigratorError(summary.error_line(), summary.exit_code)
@@ -60,16 +63,78 @@ def migrate(settings: CommandSettings) -> MigrateReport:
 
 def _migrate_one(settings: CommandSettings):
     from migrator import postgres
+    from migrator.reports import SqlMigrateReport
 
-    report = deploy.migrate_sql(settings, postgres.read_migrations(settings.sql_dir))
+    migrations, applied = postgres.read_migrations(settings.sql_dir), []
+
+    def echo(line: str) -> None:
+        if line.strip().startswith("applied "):
+            applied.append(line.split()[1])
+        settings.echo(line)
+
+    try:
+        report = deploy.migrate_sql(dataclasses.replace(settings, echo=echo), migrations)
+    except MigratorError as exc:  # the summary shows what committed before the failure, read back
+        exc.partial = SqlMigrateReport(applied, *_applied_of(settings, migrations))
+        raise
     settings.echo(report.lines()[0])
     return report
+
+
+def _applied_of(settings: CommandSettings, migrations) -> tuple[int, int]:
+    """(applied, total) of a schema, read again after a failure; (0, total) if that fails too."""
+    from migrator import postgres
+
+    try:
+        with postgres.connect(settings.pinned, read_only=True) as backend:
+            return len(set(postgres.applied_ids(backend)) & {m.id for m in migrations}), len(migrations)
+    except MigratorError:
+        return 0, len(migrations)
+
+
+def refuse_outside_tenant(sql_dir, *, rollbacks: bool = False) -> None:
+    """Before any schema runs: a migration (or rollback) file reaching outside the tenant's schema is refused."""
+    from pathlib import Path
+
+    from migrator import postgres
+    from migrator.postgres import files
+
+    for migration in postgres.read_migrations(sql_dir):
+        paths = [Path(migration.path)] + ([postgres.rollback_path(migration)] if rollbacks else [])
+        for path in (p for p in paths if p.is_file()):
+            for line, problem in files.tenant_problems(path)[:1]:
+                raise MigratorError(f"{path}:{line}: {problem} (tenant schemas; nothing was run)", USAGE)
+
+
+def adopt(settings: CommandSettings, **how):
+    """`sql adopt` builds its scratch copy in public and compares schema-qualified names: not per tenant."""
+    if tenant_target(settings) is not None:
+        raise MigratorError("sql adopt works on a database without tenant schemas (its scratch copy is built in "
+                            "public); for a tenant's schema, check it with `status --schema NAME` and record what "
+                            "it holds with `sql mark --schema NAME IDS`", USAGE)
+    return sql_commands.adopt(settings, **how)
+
+
+def _stop_if_interrupted(summary: SchemasReport) -> None:
+    """SIGTERM stopped the run: the summary was shown; one line says what ran and what did not."""
+    from migrator import interrupt
+
+    signum = interrupt.requested()
+    if signum is None:
+        return
+    name = signal.Signals(signum).name
+    not_run = [o.schema for o in summary.outcomes if not o.ran]
+    failed = [o.schema for o in summary.outcomes if o.error]
+    raise MigratorError(f"{summary.command} interrupted by {name}: stopped in {', '.join(failed) or 'no schema'}"
+                        f"; not run: {', '.join(not_run) or 'none'}; schemas shown done are committed; "
+                        f"run {summary.command} again", 128 + signum)
 
 
 def rollback(settings: CommandSettings, **how) -> SchemasReport | object:
     target = tenant_target(settings)
     if target is None:
         return sql_commands.rollback(settings, **how)
+    refuse_outside_tenant(settings.sql_dir, rollbacks=True)
     return _finished(settings, SchemasReport("rollback", run(settings, target, lambda s: _said(
         s, sql_commands.rollback(s, **how)), writes=True)))
 
@@ -88,7 +153,8 @@ def status(settings: CommandSettings):
     if target is None:
         return deploy.status(settings)
     mongo_target = settings.mongo_target()
-    outcomes = run(settings, target, lambda s: deploy.status(dataclasses.replace(s, mongo_off=True)), writes=False)
+    outcomes = run(settings, target, lambda s: _own_indexes(s.pinned.schema, deploy.status(
+        dataclasses.replace(s, mongo_off=True))), writes=False)
     from migrator.commands import mongo as mongo_commands
 
     mongo = mongo_commands.patch_status(settings, mongo_target) if mongo_target else None
@@ -100,13 +166,27 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
     target = None if offline else tenant_target(settings)
     if target is None:
         return deploy.plan(settings, offline=offline, mongo_dry_run=mongo_dry_run)
+    refuse_outside_tenant(settings.sql_dir)
     show = settings.show
-    outcomes = run(dataclasses.replace(settings, show=lambda report: None), target,
-                   lambda s: deploy.plan(s, offline=False, mongo_dry_run=False), writes=False)
+    outcomes = run(dataclasses.replace(settings, show=lambda report: None), target, _planned, writes=False)
     report = SchemasPlanReport(target.display_url, outcomes, None)
     show(report)
     if mongo_dry_run:
         show(deploy._mongo_plan(settings, settings.mongo_target()))  # plan's own Mongo part, once
+    return report
+
+
+def _own_indexes(schema: str, report):
+    """A tenant's status lists its own INVALID indexes, not the other tenants'."""
+    report.invalid_indexes = [i for i in report.invalid_indexes if i[0] == schema]
+    return report
+
+
+def _planned(settings: CommandSettings):
+    """A tenant's plan: its pending files' text sets the tenant's search_path, so `plan | psql` lands there."""
+    report = deploy.plan(settings, offline=False, mongo_dry_run=False)
+    for migration in report.pending:
+        migration.tenant_schema = settings.pinned.schema
     return report
 
 
@@ -120,13 +200,16 @@ def _finished(settings: CommandSettings, summary: SchemasReport) -> SchemasRepor
     """The summary, for the CLI to print; on a failure it is shown here, before the error line."""
     if summary.failed:
         settings.show(summary)
+        _stop_if_interrupted(summary)
         raise MigratorError(summary.error_line(), summary.exit_code)
     return summary
 
 
 def run(settings: CommandSettings, target, work: Callable[[CommandSettings], object], *, writes: bool) -> list[SchemaOutcome]:
-    """`work` once per schema, in order or `settings.parallel` at a time; every schema gets an outcome."""
-    from migrator import postgres
+    """`work` once per schema, in order or `settings.parallel` at a time; every schema gets an outcome.
+    SIGTERM stops the run: the running schemas stop (after their current statement), the rest stay
+    "not run", and the caller shows the summary (interrupt.requested() says it happened)."""
+    from migrator import interrupt, postgres
 
     missing = set(postgres.missing_schemas(target, target.schemas, create=writes and target.create_schemas))
     outcomes = {schema: SchemaOutcome(schema) for schema in target.schemas}
@@ -134,8 +217,8 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
 
     def one(schema: str) -> None:
         outcome = outcomes[schema]
-        if stop.is_set():
-            return  # --fail-fast: stays "not run"
+        if stop.is_set() or interrupt.requested() is not None:
+            return  # --fail-fast or SIGTERM: stays "not run"
         if schema in missing:
             outcome.error, outcome.exit_code = (f"schema {schema} does not exist on {target.where}; create it, or "
                                                 "pass --create-schemas to `migrate`"), FAILED
@@ -145,6 +228,7 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
                 outcome.report = work(_for_schema(settings, target, schema))
             except MigratorError as exc:
                 outcome.error, outcome.exit_code = str(exc), exc.exit_code
+                outcome.report = getattr(exc, "partial", None)
             outcome.seconds = time.perf_counter() - started
         outcome.ran = True
         if outcome.error:
@@ -152,13 +236,17 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
             if settings.fail_fast:
                 stop.set()
 
-    if settings.parallel > 1:
-        with ThreadPoolExecutor(max_workers=settings.parallel, thread_name_prefix="schema") as pool:
-            for future in [pool.submit(one, schema) for schema in target.schemas]:
-                future.result()
-    else:
-        for schema in target.schemas:
-            one(schema)
+    with interrupt.guard() as guard, guard.deferred():  # a signal between schemas is recorded, not raised
+        if settings.parallel > 1:
+            with ThreadPoolExecutor(max_workers=settings.parallel, thread_name_prefix="schema") as pool:
+                futures = [pool.submit(one, schema) for schema in target.schemas]
+                while not all(future.done() for future in futures):
+                    time.sleep(0.05)  # the main thread stays free to take the signal
+                for future in futures:
+                    future.result()
+        else:
+            for schema in target.schemas:
+                one(schema)
     return [outcomes[schema] for schema in target.schemas]
 
 

@@ -43,19 +43,31 @@ CLIENT_CHECK = "-c client_connection_check_interval=2s"
 # `SET role = ...` would otherwise apply), then pins search_path to where the runner's tables are:
 # the schema holding yoyo's tables together with yoyo_lock and the checksums (another schema's
 # stray `_yoyo_migration` on the search_path must not take over), else the current schema, else public.
+# A tenant's history (its yoyo_lock carries TENANT_MARK) is never a plain run's: a run without
+# --schema on a central instance keeps its own history (public's), and hcm.tenant_schemas lists the
+# tenants so the schema description can leave them out.
+TENANT_MARK = "hcm-db-migrations: the history of a tenant schema (runs with --schema / SCHEMA_NAME)"
 PIN_BOOKKEEPING = """
 SET ROLE NONE;
-WITH chosen AS (
+WITH histories AS (
+    SELECT n.oid, n.nspname, EXISTS (
+        SELECT FROM pg_catalog.pg_class l WHERE l.relnamespace = n.oid AND l.relname = 'yoyo_lock'
+        AND pg_catalog.obj_description(l.oid, 'pg_class') = %(mark)s) AS tenant
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relname = '_yoyo_migration' AND c.relkind IN ('r', 'p')
+), chosen AS (
     SELECT coalesce(
-        (SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relname = '_yoyo_migration' AND c.relkind IN ('r', 'p')
-         ORDER BY EXISTS (SELECT FROM pg_catalog.pg_class l WHERE l.relnamespace = n.oid AND l.relname = 'yoyo_lock') DESC,
-                  EXISTS (SELECT FROM pg_catalog.pg_class s WHERE s.relnamespace = n.oid
+        (SELECT h.nspname FROM histories h WHERE NOT h.tenant
+         ORDER BY EXISTS (SELECT FROM pg_catalog.pg_class l WHERE l.relnamespace = h.oid AND l.relname = 'yoyo_lock') DESC,
+                  EXISTS (SELECT FROM pg_catalog.pg_class s WHERE s.relnamespace = h.oid
                           AND s.relname = '_hcm_migration_checksum') DESC,
-                  n.nspname = pg_catalog.current_schema() DESC NULLS LAST, n.oid LIMIT 1),
+                  h.nspname = pg_catalog.current_schema() DESC NULLS LAST, h.oid LIMIT 1),
         pg_catalog.current_schema(), 'public') AS schema
 )
 SELECT schema, pg_catalog.set_config('search_path', pg_catalog.quote_ident(schema), false),
+       pg_catalog.set_config('hcm.tenant_schemas', coalesce(
+           (SELECT string_agg(h.nspname, ',' ORDER BY h.nspname) FROM histories h
+            WHERE h.tenant AND h.nspname <> schema), ''), false),
        pg_catalog.set_config('synchronous_commit', 'off', false) FROM chosen
 """
 
@@ -122,7 +134,7 @@ def backend_class():
                     cursor.execute(PIN_TENANT, {"schema": self.schema})
                     self.bookkeeping_schema = self.schema
                     return
-                cursor.execute(PIN_BOOKKEEPING)
+                cursor.execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK})
                 self.bookkeeping_schema = cursor.fetchone()[0]
 
         def copy(self):
@@ -217,9 +229,17 @@ def missing_schemas(target: PostgresTarget, schemas: list[str], *, create: bool)
 
 
 def _check_bookkeeping(backend, target: PostgresTarget) -> None:
-    """yoyo ignores a failure to create its lock table and later fails obscurely; say why instead."""
-    exists = backend.execute("SELECT to_regclass(:t) IS NOT NULL, current_schema(), current_user", {"t": backend.lock_table})
-    has_table, schema, user = exists.fetchone()
+    """yoyo ignores a failure to create its lock table and later fails obscurely; say why instead.
+    A tenant's lock table is marked as a tenant's (TENANT_MARK), so no plain run takes its history."""
+    exists = backend.execute("SELECT to_regclass(:t) IS NOT NULL, current_schema(), current_user, "
+                             "obj_description(to_regclass(:t), 'pg_class')", {"t": backend.lock_table})
+    has_table, schema, user, mark = exists.fetchone()
+    if target.schema and not backend.execute("SELECT 1 FROM pg_namespace WHERE nspname = :s", {"s": target.schema}).fetchone():
+        raise MigratorError(f"schema {target.schema} does not exist on {target.where}; create it, or pass "
+                            "--create-schemas to `migrate`")
+    if has_table and target.schema and target.schema != "public" and mark != TENANT_MARK:
+        with backend.transaction():
+            backend.execute(f"COMMENT ON TABLE {backend.lock_table_quoted} IS :mark", {"mark": TENANT_MARK})
     if not has_table:
         schema = schema or backend.bookkeeping_schema
         raise MigratorError(

@@ -156,12 +156,55 @@ def in_transaction_problem(statement: Statement) -> str | None:
     return None
 
 
+# --- tenant schemas -------------------------------------------------------------------------
+
+# A tenant's migration runs with search_path = its schema, public. What points elsewhere can only mean
+# another tenant's schema or public: refused before anything runs (a single-schema run, e.g. a pg_dump
+# baseline setting search_path, is not concerned).
+_TENANT_HINT = re.compile(r"search_path|set\s+schema|create\s+extension", re.IGNORECASE)
+_SETS_SEARCH_PATH = re.compile(r"^(?:set\s+(?:session\s+|local\s+)?search_path\b|alter\s+(?:database|role|user)\b"
+                               r"[^;]*\bset\s+search_path\b)", re.IGNORECASE)
+_SET_CONFIG_SEARCH_PATH = re.compile(r"\bset_config\s*\(\s*'search_path'", re.IGNORECASE)
+_SET_SCHEMA = re.compile(r"^alter\s+(?!extension\b)[^;]*\bset\s+schema\b", re.IGNORECASE)
+_CREATE_EXTENSION = re.compile(r"^create\s+extension\b", re.IGNORECASE)
+_WITH_SCHEMA = re.compile(r"\bschema\s+\S", re.IGNORECASE)
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+
+
+def tenant_problems(path: Path) -> list[tuple[int, str]]:
+    """(line, message) of each statement that would reach outside a tenant's schema (cheap when none)."""
+    text = read_text(path)
+    if not _TENANT_HINT.search(text):
+        return []
+    try:
+        found = split(text)
+    except SplitError:
+        return []  # the file's own check says what is wrong with it
+    return [(s.line, problem) for s in found if (problem := tenant_problem(s.text))]
+
+
+def tenant_problem(statement: str) -> str | None:
+    code = _COMMENTS.sub(" ", statement).strip()
+    if _SETS_SEARCH_PATH.match(code) or _SET_CONFIG_SEARCH_PATH.search(code):
+        return ("sets search_path, which in a tenant's migration can only point at another schema (each tenant's "
+                "session starts with search_path = its schema, public); remove it and write names unqualified")
+    if _SET_SCHEMA.match(code):
+        return ("moves an object with SET SCHEMA out of the tenant's schema into another; keep tenant objects in "
+                "the tenant's schema (extensions belong in public: CREATE EXTENSION ... SCHEMA public)")
+    if _CREATE_EXTENSION.match(code) and not _WITH_SCHEMA.search(code):
+        return ("creates an extension without SCHEMA, so it lands in the first tenant's schema and the others "
+                "cannot use it; write CREATE EXTENSION IF NOT EXISTS name SCHEMA public")
+    return None
+
+
 FRESH_SESSION = "\\connect -reuse-previous=on"
 
 
-def plan_text(path: Path, in_transaction: bool) -> str:
+def plan_text(path: Path, in_transaction: bool, schema: str | None = None) -> str:
     """The file exactly as psql would run it inside the runner's transaction (a `;` added when the
-    last statement has none, so the COMMIT that follows stays a statement of its own)."""
+    last statement has none, so the COMMIT that follows stays a statement of its own). For a tenant's
+    schema each fresh session first gets the search_path the runner gives it, so `plan | psql` lands
+    every schema's section in its schema."""
     body = read_text(path).rstrip("\n")
     found = split(body) if body.strip() else []
     if found and not found[-1].terminated:
@@ -169,9 +212,10 @@ def plan_text(path: Path, in_transaction: bool) -> str:
     # A new session for each file, as the runner gives each (psql's \connect, reusing every connection
     # setting): what one file SETs must not reach the next. The only meta-command in plan output; a
     # migration file itself may hold none, so this line can never come from a file.
+    session = FRESH_SESSION + (f'\nSET search_path TO "{schema}", public;' if schema else "")
     if not in_transaction:
-        return f"-- {path} (not transactional)\n{FRESH_SESSION}\n{body}\n"
-    return f"-- {path}\n{FRESH_SESSION}\nBEGIN;\n{body}\nCOMMIT;\n"
+        return f"-- {path} (not transactional)\n{session}\n{body}\n"
+    return f"-- {path}\n{session}\nBEGIN;\n{body}\nCOMMIT;\n"
 
 
 # --- new files ---------------------------------------------------------------------------

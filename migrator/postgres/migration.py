@@ -60,7 +60,8 @@ def rollback_path(migration) -> Path:
 
 
 def plan_text(migration) -> str:
-    return files.plan_text(Path(migration.path), migration.use_transactions)
+    """The plan text of a migration; `tenant_schema` is set on it by a plan over tenant schemas."""
+    return files.plan_text(Path(migration.path), migration.use_transactions, getattr(migration, "tenant_schema", None))
 
 
 def run_statements(connection, path: Path, statements, transactional: bool, progress=None) -> None:
