@@ -60,6 +60,11 @@ def test_a_plain_run_after_tenant_runs_keeps_its_own_history_in_public(cli, db, 
     with postgres.connect(target, read_only=False) as backend:
         assert backend.bookkeeping_schema == "public"
         assert backend.execute("SELECT current_setting('hcm.tenant_schemas')").fetchone()[0] == "a,b"
+    # ... so the plain run's schema description leaves the tenants out: no drift, and --strict runs
+    status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=db.db_env())
+    assert status.exit_code == 0 and "schema: as recorded" in status.stdout, status.output
+    add_migration(sql_dir, "0003_t5", "CREATE TABLE t5 (id int);\n")
+    assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
 
 
 # --- 2: a plain run and SCHEMA_NAME=public share one lock ----------------------------------------

@@ -6,7 +6,8 @@ search_path. Left out: system schemas, objects owned by extensions (a GRANT on t
 owners (they differ per environment), the bookkeeping tables of yoyo and the runner (by exact name,
 in their schema), and `public` itself unless its comment or privileges differ from the default.
 
-On a tenant's connection (hcm.tenant_schema set) only that schema is described.
+On a tenant's connection (hcm.tenant_schema set) only that schema is described; on a plain run's, the
+tenants' schemas (hcm.tenant_schemas) are left out.
 
 Other sessions may run DDL while the catalog is read: an object dropped between two queries makes a
 pg_get_*def return NULL or the server fail a lookup; the description is then read again (a new
@@ -75,12 +76,19 @@ def _describe_once(conn, bookkeeping_schema: str | None, tolerate: bool) -> Desc
             params = {"bookkeeping": cursor.fetchone()[0]}
             # On a tenant's connection (hcm.tenant_schema, see postgres/connection.py) only that schema is described,
             # so one tenant's migrations never read as another's drift; extensions stay database-wide.
-            cursor.execute("SELECT pg_catalog.current_setting('hcm.tenant_schema', true)")
-            params["tenant"] = cursor.fetchone()[0] or None
+            # A plain run's connection lists the tenants' schemas (hcm.tenant_schemas): they hold their own
+            # histories, so they are not this history's schema (and never its drift).
+            cursor.execute("SELECT pg_catalog.current_setting('hcm.tenant_schema', true), "
+                           "pg_catalog.current_setting('hcm.tenant_schemas', true)")
+            tenant, tenants = cursor.fetchone()
+            params["tenant"] = tenant or None
+            params["tenants"] = [t for t in (tenants or "").split(",") if t]
             cursor.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
             for query, build in _READERS:
                 if params["tenant"]:
                     query = query.replace(q.MANAGED_NS, f"{q.MANAGED_NS} AND n.nspname = %(tenant)s")
+                elif params["tenants"]:
+                    query = query.replace(q.MANAGED_NS, f"{q.MANAGED_NS} AND n.nspname <> ALL(%(tenants)s)")
                 cursor.execute(query, params)
                 for row in cursor.fetchall():
                     try:
