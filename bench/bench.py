@@ -146,11 +146,13 @@ def generate(folder: Path, count: int) -> Path:
     return folder
 
 
-def as_one_psql_session(sql_dir: Path, out: Path) -> Path:
-    """Every migration in its own transaction, in one psql session: the floor."""
+def as_one_psql_session(sql_dir: Path, out: Path, *, fresh_sessions: bool = False) -> Path:
+    """Every migration in its own transaction, in one psql process: the floor. With fresh_sessions, psql
+    reconnects before each file (\\connect), as `psql -1 -f FILE` per file would and as the runner does."""
     parts = []
     for path in sorted(p for p in sql_dir.glob("*.sql") if not p.name.endswith(".rollback.sql")):
-        parts.append(f"BEGIN;\n{path.read_text()}COMMIT;\n")
+        reconnect = "\\connect -reuse-previous=on\n" if fresh_sessions else ""
+        parts.append(f"{reconnect}BEGIN;\n{path.read_text()}COMMIT;\n")
     out.write_text("".join(parts))
     return out
 
@@ -171,25 +173,32 @@ def case_noop(admin) -> Row:
 def case_500(admin, work: Path) -> list[Row]:
     sql_dir = generate(work / "m500", MIGRATIONS)
     script = as_one_psql_session(sql_dir, work / "all.sql")
+    sessions = as_one_psql_session(sql_dir, work / "sessions.sql", fresh_sessions=True)
     runs = max(3, RUNS)
-    ours, theirs, floor = [], [], []
+    ours, theirs, floor, fresh = [], [], [], []
     for i in range(runs):
-        with databases(admin, 3) as (a, b, c):
+        with databases(admin, 4) as (a, b, c, d):
+            psql_run = lambda db, path: ([psql_bin(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database_url(admin, db),  # noqa: E731
+                                          "-f", str(path)], clean_env())
             sides = [
                 (ours, runner(["migrate", "--sql-dir", str(sql_dir)], database_url(admin, a))),
                 (theirs, yoyo(["apply", "--batch"], database_url(admin, b), sql_dir)),
-                (floor, ([psql_bin(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database_url(admin, c), "-f", str(script)],
-                         clean_env())),
+                (floor, psql_run(c, script)),
+                (fresh, psql_run(d, sessions)),
             ]
             for times, (cmd, env) in (sides if i % 2 == 0 else sides[::-1]):
                 times.append(run(cmd, env))
     mine, yoyos, psqls = statistics.median(ours), statistics.median(theirs), statistics.median(floor)
+    fresh_psql = statistics.median(fresh)
     per = lambda s: f"{s / MIGRATIONS * 1000:.1f} ms/migration"  # noqa: E731
     return [
         Row(f"`migrate` of {MIGRATIONS} one-table migrations", mine, yoyos, "`yoyo apply` (twin database)", 1.15,
             f"runner {per(mine)}, yoyo {per(yoyos)}"),
         Row(f"`migrate` of {MIGRATIONS} one-table migrations", mine, psqls, f"psql, one session, {MIGRATIONS} transactions (floor)",
             2.0, f"psql {per(psqls)}; the runner opens a fresh session per migration"),
+        Row(f"`migrate` of {MIGRATIONS} one-table migrations", mine, fresh_psql,
+            "psql, a fresh session per migration (`\\connect` before each, as the runner promises)", None,
+            f"psql {per(fresh_psql)}: what a fresh session per file costs by itself"),
     ]
 
 
