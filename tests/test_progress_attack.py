@@ -18,6 +18,7 @@ import pytest
 from conftest import PROJECT_ROOT
 from test_progress import add, read_until, runner
 
+VERBOSE = tuple(os.environ.get("T_VERBOSE", "").split())
 LIMITED_USER, LIMITED_PASSWORD = "limited_conn", "few-Slots-9"
 
 
@@ -145,3 +146,30 @@ def test_a_row_lock_wait_names_the_transaction_holding_it(db, sql_dir):
     line = next(line for line in lines if "pg_terminate_backend" in line)
     assert f"waiting for a row lock held by the transaction of pid {holder_pid}" in line
     assert "transactionid" not in line
+
+
+def _session_of(db, application_like: str, query_like: str, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = db.query("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE %s "
+                        "AND application_name LIKE %s AND state = 'active'", (query_like, application_like))
+        if rows:
+            return rows[0][0]
+        time.sleep(0.1)
+    raise AssertionError(f"no session running {query_like}")
+
+
+def test_a_killed_migration_session_is_one_line_saying_the_connection_was_lost(db, sql_dir):
+    assert runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url).wait(60) == 0
+    add(sql_dir, "0002_sleep", "SELECT pg_sleep(30);\n")
+    proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url, *VERBOSE)
+    pid = _session_of(db, "hcm-db-migrations %", "SELECT pg_sleep(30)%")
+    time.sleep(4)  # the watcher is following it
+    db.query("SELECT pg_terminate_backend(%s)", (pid,))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "InterfaceError" not in err and "Traceback" not in err, err
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "0002_sleep" in error[0] and "connection" in error[0], err
+    assert "status" in error[0] and "whether it committed is unknown" in error[0], err
+    assert "fix the file" not in error[0]
