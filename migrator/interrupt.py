@@ -82,3 +82,8 @@ _active: Guard | None = None
 def live() -> contextlib.AbstractContextManager:
     """The active guard's `live()`, or nothing when no guard is installed (tests, other threads)."""
     return _active.live() if _active else contextlib.nullcontext()
+
+
+def is_live() -> bool:
+    """True while a migration's own statements run (a signal would stop them now, not be deferred)."""
+    return _active is not None and not _active._deferring

@@ -173,3 +173,21 @@ def test_a_killed_migration_session_is_one_line_saying_the_connection_was_lost(d
     assert len(error) == 1 and "0002_sleep" in error[0] and "connection" in error[0], err
     assert "status" in error[0] and "whether it committed is unknown" in error[0], err
     assert "fix the file" not in error[0]
+
+
+@pytest.mark.parametrize("quiet", [(), ("--quiet",)])
+def test_sigterm_cancels_the_running_statement_and_stops_in_order(db, sql_dir, quiet):
+    assert runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url).wait(60) == 0
+    add(sql_dir, "0002_sleep", "CREATE TABLE before_sleep (id int);\nSELECT pg_sleep(60);\n")
+    proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url, *quiet)
+    _session_of(db, "hcm-db-migrations %", "SELECT pg_sleep(60)%")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=90)
+    assert time.monotonic() - sent < 10, err  # not after the minute of pg_sleep
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "interrupted by SIGTERM while it was running" in error[0], err
+    assert "nothing of it was applied" in error[0]
+    assert db.query("SELECT to_regclass('before_sleep')") == [(None,)]
+    assert db.query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'") == [(0,)]

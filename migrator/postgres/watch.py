@@ -68,8 +68,10 @@ class Watcher:
     own session, so it never takes a connection slot the migration needs) and closed when the next
     migration starts (`label`); when it cannot connect, one note says so and the run stays quiet."""
 
-    def __init__(self, params: dict):
+    def __init__(self, params: dict, show: bool = True):
         self.params = params  # psycopg2.connect() keywords
+        self.show = show  # False (--quiet): no progress, but SIGTERM still cancels the running statement
+        self._session = None  # the migration's connection
         self._label = ""  # the migration running now
         self._pid: int | None = None
         self._since = 0.0  # when the followed session started
@@ -90,20 +92,28 @@ class Watcher:
     def label(self, value: str) -> None:
         """A migration starts (before its session opens): the side connection of the previous one goes."""
         with self._lock:
-            self._label, self._pid = value, None
+            self._label, self._pid, self._session = value, None, None
             self._close()
         self._end_line()
 
     def follow(self, connection) -> None:
         """The migration session that runs next (called with its connection when yoyo opens it)."""
-        self._pid, self._since = connection.info.backend_pid, time.monotonic()
+        self._session, self._pid, self._since = connection, connection.info.backend_pid, time.monotonic()
 
     def __enter__(self) -> "Watcher":
-        self._thread = threading.Thread(target=self._run, name="migration-watcher", daemon=True)
-        self._thread.start()
+        from contextlib import ExitStack
+
+        from migrator.postgres import cancel
+
+        self._cancelling = ExitStack()
+        self._cancelling.enter_context(cancel.on_sigterm(lambda: self._session))
+        if self.show:
+            self._thread = threading.Thread(target=self._run, name="migration-watcher", daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *_exc) -> None:
+        self._cancelling.close()
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
