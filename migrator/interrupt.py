@@ -100,3 +100,8 @@ def live() -> contextlib.AbstractContextManager:
     if threading.current_thread() is not threading.main_thread():
         return Guard(main=False).live() if _active else contextlib.nullcontext()
     return _active.live() if _active else contextlib.nullcontext()
+
+
+def is_live() -> bool:
+    """True while a migration's own statements run (a signal would stop them now, not be deferred)."""
+    return _active is not None and not _active._deferring

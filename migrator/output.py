@@ -11,6 +11,7 @@ patch); in the human format it prints nothing, the commands' own lines say it. M
 
 import json
 import re
+import shutil
 import sys
 import time
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
@@ -174,7 +175,7 @@ def progress(text: str, live: bool = False, kind: str = "progress", **fields) ->
     if json_format():
         return _emit(kind, True, message=text, **fields)
     if live and sys.stderr.isatty():
-        width = max(20, click.get_terminal_size()[0] - 1)
+        width = max(20, shutil.get_terminal_size().columns - 1)
         click.echo("\r\033[K" + mask(text)[:width], nl=False, err=True)
         return
     click.echo(mask(f"{time.strftime('%H:%M:%S')} {text}"), err=True)

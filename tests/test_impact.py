@@ -141,7 +141,12 @@ def test_a_statement_that_fails_on_the_scratch_database_is_reported_and_stops_th
     (sql_dir / "0002_bad.sql").write_text(f"ALTER TABLE {TABLE} ADD COLUMN x int;\nALTER TABLE nope ADD COLUMN y int;\n")
     (sql_dir / "0003_after.sql").write_text(f"ALTER TABLE {TABLE} ADD COLUMN z int;\n")
     result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
-    assert result.exit_code == 0, result.output
-    (bad,) = json.loads(result.stdout)["migrations"]
+    assert result.exit_code == 1, result.output  # an incomplete report is not a pass
+    report = json.loads(result.stdout)
+    (bad,) = report["migrations"]
     assert 'relation "nope" does not exist' in bad["statements"][1]["error"]
+    assert report["not_measured"] == ["0003_after"] and report["complete"] is False
+    text = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    assert text.exit_code == 1
+    assert text.stdout.splitlines()[-1].startswith("NOT measured: 0003_after (0002_bad line 2 failed on the scratch database")
     assert scratch_databases(pg) == []

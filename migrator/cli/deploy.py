@@ -54,7 +54,7 @@ def plan(settings, offline, as_json, impact, markdown, scratch_url):
             raise MigratorError("--impact needs the database (not --offline), and one of --json and --markdown", USAGE)
         report = deploy.impact(settings, scratch_url)
         output.report(Lines(report.markdown()) if markdown else report, as_json)
-        return
+        raise click.exceptions.Exit(report.exit_code)
     settings.show = functools.partial(output.report, as_json=as_json)
     report = tenants.plan(settings, offline=offline, mongo_dry_run=not as_json)
     raise click.exceptions.Exit(report.exit_code)

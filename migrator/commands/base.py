@@ -98,13 +98,10 @@ def locked_backend(settings: CommandSettings, limits: DdlLimits | None = None) -
 
 @contextlib.contextmanager
 def watching(settings: CommandSettings, backend, target: PostgresTarget) -> Iterator[None]:
-    """Live progress of each migration session `backend` opens, unless --quiet."""
+    """Live progress of each migration session `backend` opens, unless --quiet; SIGTERM cancels its statement."""
     from migrator.postgres import connection, watch
 
-    if not settings.progress:
-        yield
-        return
-    with watch.Watcher(connection.watcher_params(target, watch.APPLICATION_NAME)) as watcher:
+    with watch.Watcher(connection.watcher_params(target, watch.APPLICATION_NAME), show=settings.progress) as watcher:
         backend.watcher = watcher
         try:
             yield

@@ -8,7 +8,7 @@ from typing import Iterator
 from migrator import output
 from migrator.commands import mongo as mongo_commands
 from migrator.commands.base import CommandSettings, locked_backend, watching
-from migrator.errors import SCHEMA_DRIFT, MigratorError
+from migrator.errors import SCHEMA_DRIFT, USAGE, MigratorError
 from migrator.reports import (MONGO_NOT_CONFIGURED, ImpactReport, Lines, MigrateReport, MongoPlanReport, PlanReport,
                               SqlMigrateReport, StatusReport)
 
@@ -150,23 +150,50 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
 
 def impact(settings: CommandSettings, scratch_url: str | None) -> ImpactReport:
     """`plan --impact`: each pending migration measured on a scratch database built to the live database's
-    applied state; the live database is only read (row estimates, sizes, open transactions)."""
-    from migrator import lint, postgres
+    applied state; the live database is only read (row estimates, sizes, open transactions). One schema
+    per run. SIGTERM drops the scratch database and says so."""
+    from migrator import interrupt, lint, postgres
     from migrator.commands.base import scratch_server
     from migrator.postgres import impact as measure
 
     migrations = postgres.read_migrations(settings.sql_dir)
     target = settings.postgres_target()
-    server = scratch_server(settings, scratch_url)
+    if target.schemas and not target.schema:
+        if len(target.schemas) > 1:
+            raise MigratorError(f"plan --impact measures one schema at a time, and {target.sources['schemas']} names "
+                                f"{len(target.schemas)}; pass --schema NAME", USAGE)
+        target = target.for_schema(target.schemas[0])
     with postgres.connect(target, read_only=True) as backend:
+        if target.schema and not _schema_exists(backend, target.schema):
+            raise MigratorError(f"--schema {target.schema}: no such schema on {target.where}; "
+                                "check --schema (or SCHEMA_NAME)", USAGE)
         todo = postgres.pending(backend, migrations)
+        if not todo:  # nothing to measure: no scratch database
+            return ImpactReport(target.display_url, "", [])
         postgres.load_migrations(todo)
-        skipped = bool(todo) and lint.squawk_path() is None
+        drifted = [s.id for s in postgres.status(backend, migrations) if s.changed]
+        if drifted:
+            settings.note(f"note: applied migrations changed since they ran: {', '.join(drifted)}; the scratch database "
+                          "is built from the files as they are now, so it may differ from the live schema")
+        check_schema_drift(settings, backend, refuse=False)
+        skipped = lint.squawk_path() is None
         if skipped:
             settings.note("note: lint skipped: squawk is not installed here (`make install` brings it)")
-        findings = [] if skipped or not todo else lint.lint(todo)
-        found = measure.measure(server, backend, migrations, todo, findings)
-    return ImpactReport(target.display_url, server.where, found, skipped)
+        findings = [] if skipped else lint.lint(todo)
+        server = scratch_server(settings, scratch_url)
+        with interrupt.guard():
+            try:
+                found = measure.measure(server, backend, migrations, todo, findings, target.schema)
+            except interrupt.Interrupted as exc:
+                raise MigratorError(f"plan --impact: {exc}: stopped; the scratch database on {server.where} was "
+                                    "dropped and the live database was only read", 128 + exc.signum)
+    return ImpactReport(target.display_url, server.where, found, skipped, [m.id for m in todo[len(found):]])
+
+
+def _schema_exists(backend, schema: str) -> bool:
+    with backend.connection.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (schema,))
+        return cur.fetchone() is not None
 
 
 def _mongo_plan(settings: CommandSettings, mongo_target) -> MongoPlanReport:

@@ -55,7 +55,7 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         raise migration_error(exc, migration, target.where, verb, path)
     except interrupt.Interrupted as exc:
         raise _interrupted(backend, target, migration, verb, path, exc)
-    except backend.DatabaseError as exc:
+    except (backend.DatabaseError, backend.driver.InterfaceError) as exc:  # Interface: yoyo's rollback on a lost connection
         failed = exc.__context__ if isinstance(exc.__context__, StatementFailed) else exc
         if isinstance(exc.__context__, interrupt.Interrupted):
             raise _interrupted(backend, target, migration, verb, path, exc.__context__)

@@ -87,6 +87,10 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         if getattr(cause, "pgcode", None) is None:
             committed = "the connection was lost, so whether it committed is unknown: run `runner.py status`"
     todo = HINTS.get(getattr(cause, "pgcode", None), "fix the file and run again")
+    if getattr(cause, "pgcode", None) is None and isinstance(cause, Exception) and hasattr(cause, "pgerror"):
+        committed = "the connection was lost (a server restart, or pg_terminate_backend), so whether it committed " \
+                    "is unknown: run `runner.py status`"
+        todo = "then run again"
     if isinstance(exc, StatementFailed) and not exc.transactional and exc.done:
         guard = "IF EXISTS" if verb == "roll back" else "IF NOT EXISTS"
         todo = (f"`runner.py status` shows this; make the file safe to re-run ({guard}) or undo what committed, "

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
+from migrator.postgres.connection import CLIENT_CHECK
 from migrator.postgres.watch import duration, lock_mode
 
 # What each table lock mode blocks, in plain words (the conflict table of the PostgreSQL manual, 13.3.1).
@@ -136,18 +139,25 @@ def _bytes(size: int) -> str:
     return f"{size} GB"
 
 
-def measure(server, live_backend, migrations, pending, findings) -> list[MigrationImpact]:
-    """Each pending migration's impact: scratch database on `server`, sizes from the live backend (read-only)."""
+def measure(server, live_backend, migrations, pending, findings, schema: str | None = None) -> list[MigrationImpact]:
+    """Each pending migration's impact: scratch database on `server`, sizes from the live backend (read-only).
+    Stops after the first migration a statement of which fails on the scratch database (what follows would
+    be measured on the wrong state): the caller lists the rest as not measured."""
     from migrator import postgres
-    from migrator.schema import scratch
+    from migrator.errors import MigratorError
 
     applied = set(postgres.applied_ids(live_backend))
     live = live_backend.connection
     done = []
-    with scratch.scratch(server) as db:
+    with _scratch(server, schema) as db:
         for migration in postgres.ordered(migrations):
             if migration.id in applied:
-                db.apply(migration)
+                try:
+                    db.apply(migration)
+                except MigratorError as exc:
+                    raise MigratorError(f"the applied migrations do not rebuild the live schema on the scratch database "
+                                        f"on {server.where}: {exc}; nothing was measured (the live database changed "
+                                        "outside migrations, or an applied file was edited: `runner.py status`)") from exc
         for migration in pending:
             migration.load()
             impact = _measure_one(db.target, migration)
@@ -155,11 +165,39 @@ def measure(server, live_backend, migrations, pending, findings) -> list[Migrati
             _join_live(live, impact)
             done.append(impact)
             if any(s.error for s in impact.statements):
-                break  # what follows would be measured on the wrong state
+                break
             if migration.use_transactions:  # rolled back: apply it, so the next one starts where it would
                 db.apply(migration)
     live.rollback()
     return done
+
+
+@contextmanager
+def _scratch(server, schema: str | None) -> Iterator:
+    """A scratch database connected and locked as `migrate` does it; in a tenant's `schema` when given."""
+    from migrator import postgres
+    from migrator.schema import scratch
+
+    if schema is None:
+        with scratch.scratch(server) as db:
+            yield db
+        return
+    with scratch.scratch_database(server) as target:
+        with psycopg2_connect(target.url) as conn, conn.cursor() as cur:
+            cur.execute(f'CREATE SCHEMA "{schema}"')  # a checked lower-case identifier
+        conn.close()
+        target = target.for_schema(schema)
+        with (postgres.connect(target, read_only=False) as backend,
+              postgres.locked(backend, target, scratch.LOCK_SECONDS, lambda _line: None)):
+            yield scratch.Scratch(backend, target)
+
+
+def psycopg2_connect(url: str, schema: str | None = None):
+    """A scratch connection, checked for a vanished client as the runner's own are (a killed plan ends there too);
+    in a tenant's schema, its search_path as a migration session's."""
+    import psycopg2
+
+    return psycopg2.connect(url, options=CLIENT_CHECK + (f" -c search_path={schema},public" if schema else ""))
 
 
 def _measure_one(target, migration) -> MigrationImpact:
@@ -167,9 +205,11 @@ def _measure_one(target, migration) -> MigrationImpact:
 
     statements = migration.steps[0].statements
     impact = MigrationImpact(migration.id, str(migration.path), migration.use_transactions)
-    conn = psycopg2.connect(target.url)
+    from migrator.postgres import cancel
+
+    conn = psycopg2_connect(target.url, target.schema)
     try:
-        with conn.cursor() as cur:
+        with cancel.on_sigterm(lambda: conn), conn.cursor() as cur:  # SIGTERM: end a long statement at once
             existing = _relations(cur)
             conn.commit()
             if migration.use_transactions:
@@ -231,7 +271,7 @@ def _outside_transaction(target, conn, statements, existing: dict, impact: Migra
     for statement in statements:
         found = StatementImpact(statement.line, statement.text)
         impact.statements.append(found)
-        observer = psycopg2.connect(target.url)
+        observer = psycopg2_connect(target.url, target.schema)
         try:
             with observer.cursor() as watch:
                 watch.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")

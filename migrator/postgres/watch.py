@@ -62,53 +62,101 @@ def lock_mode(mode: str) -> str:
 
 
 class Watcher:
-    """Follows one migration session at a time (follow()), reporting from its own thread."""
+    """Follows one migration session at a time (follow()), reporting from its own thread.
 
-    def __init__(self, params: dict):
+    Its connection is opened only once a migration has run FIRST_AFTER seconds (after the migration's
+    own session, so it never takes a connection slot the migration needs) and closed when the next
+    migration starts (`label`); when it cannot connect, one note says so and the run stays quiet."""
+
+    def __init__(self, params: dict, show: bool = True):
         self.params = params  # psycopg2.connect() keywords
-        self.label = ""  # the migration running now
+        self.show = show  # False (--quiet): no progress, but SIGTERM still cancels the running statement
+        self._session = None  # the migration's connection
+        self._label = ""  # the migration running now
         self._pid: int | None = None
+        self._since = 0.0  # when the followed session started
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # the side connection: the thread polls it, the main thread closes it
         self._thread: threading.Thread | None = None
         self._conn = None
+        self._gave_up = False
         self._shown: tuple | None = None  # (pid, query_start) of the statement last reported
         self._last = 0.0
         self._live = False
 
+    @property
+    def label(self) -> str:
+        return self._label
+
+    @label.setter
+    def label(self, value: str) -> None:
+        """A migration starts (before its session opens): the side connection of the previous one goes."""
+        with self._lock:
+            self._label, self._pid, self._session = value, None, None
+            self._close()
+        self._end_line()
+
     def follow(self, connection) -> None:
         """The migration session that runs next (called with its connection when yoyo opens it)."""
-        self._pid = connection.info.backend_pid
+        self._session, self._pid, self._since = connection, connection.info.backend_pid, time.monotonic()
 
     def __enter__(self) -> "Watcher":
-        import psycopg2
+        from contextlib import ExitStack
 
-        try:
-            self._conn = psycopg2.connect(**self.params)
-            self._conn.autocommit = True
-        except psycopg2.Error as exc:
-            output.note(f"note: no live progress: the watcher cannot connect ({output.one_line(str(exc))})")
-            return self
-        self._thread = threading.Thread(target=self._run, name="migration-watcher", daemon=True)
-        self._thread.start()
+        from migrator.postgres import cancel
+
+        self._cancelling = ExitStack()
+        self._cancelling.enter_context(cancel.on_sigterm(lambda: self._session))
+        if self.show:
+            self._thread = threading.Thread(target=self._run, name="migration-watcher", daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *_exc) -> None:
+        self._cancelling.close()
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
         self._end_line()
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+            self._conn = None
+
+    def _connected(self) -> bool:
+        """The side connection, opened now if a statement has run long enough; False: stay quiet."""
+        import psycopg2
+
+        if self._conn is not None:
+            return True
+        if self._gave_up or self._pid is None or time.monotonic() - self._since < FIRST_AFTER:
+            return False
+        try:
+            self._conn = psycopg2.connect(**self.params)
+            self._conn.autocommit = True
+        except psycopg2.Error as exc:
+            self._gave_up = True
+            output.note(f"note: no live progress: the watcher cannot connect ({output.one_line(str(exc))})")
+            return False
+        return True
 
     def _run(self) -> None:
         import psycopg2
 
         while not self._stop.wait(POLL):
-            try:
-                self.poll()
-            except psycopg2.Error as exc:
-                output.note(f"note: live progress stopped: {output.one_line(str(exc))}")
-                return
+            with self._lock:
+                try:
+                    if self._connected():
+                        self.poll()
+                except psycopg2.Error as exc:
+                    if self._pid is not None and not self._stop.is_set():
+                        output.note(f"note: live progress stopped: {output.one_line(str(exc))}")
+                    self._gave_up = True
+                    self._close()
+                    return
 
     def poll(self) -> None:
         pid = self._pid
@@ -126,7 +174,7 @@ class Watcher:
             if not new and not self._live_terminal() and now - self._last < LOG_EVERY:
                 return
             self._shown, self._last = (pid, started), now
-            statement = output.one_line(query).rstrip(";")
+            statement = output.scrub(output.one_line(query or "")).rstrip(";")
             fields = {"migration": self.label, "pid": pid, "elapsed_s": round(float(elapsed), 1),
                       "statement": statement[:200]}
             text = f"{self.label}: running for {duration(elapsed)}: {statement[:80]}"
@@ -160,15 +208,18 @@ class Watcher:
         cur.execute(_BLOCKERS, (pid,))
         holders = []
         for b_pid, app, user, addr, state, in_state, query in cur.fetchall():
-            holders.append({"pid": b_pid, "application_name": app or "", "user": user, "client_addr": addr or "local",
-                            "state": state, "state_for_s": round(float(in_state or 0)), "query": output.one_line(query or "")})
+            if state is None:  # another role's session, and this one lacks pg_read_all_stats
+                holders.append({"pid": b_pid, "hidden": True})
+                continue
+            holders.append({"pid": b_pid, "application_name": output.scrub(app or ""), "user": user,
+                            "client_addr": addr or "local", "state": state, "state_for_s": round(float(in_state or 0)),
+                            "query": output.scrub(output.one_line(query or ""))})
         what = f"{lock_mode(wanted[0])} lock on {wanted[1]}" if wanted else "a lock"
+        if wanted and wanted[1] in ("transactionid", "tuple"):  # a row another transaction changed or locked
+            what = "a row lock" + (f" held by the transaction of pid {holders[0]['pid']}" if holders else "")
         text += f"; waiting for {what}"
         if holders:
-            text += ", held by " + "; ".join(
-                f"pid {h['pid']} (application_name {h['application_name'] or '(none)'}, user {h['user']}, "
-                f"from {h['client_addr']}, {h['state']} for {duration(h['state_for_s'])}): {h['query'][:120]}"
-                for h in holders)
+            text += ", held by " + "; ".join(_holder(h) for h in holders)
             text += f" -- to end it: SELECT pg_terminate_backend({holders[0]['pid']})"
         fields.update(waiting_for=what, held_by=holders)
         self._say(text, "lock_wait", fields)
@@ -186,3 +237,11 @@ class Watcher:
         if self._live:
             output.progress_done()
             self._live = False
+
+
+def _holder(h: dict) -> str:
+    if h.get("hidden"):
+        return (f"pid {h['pid']} (another role's session: this role cannot see who it is or what it runs; "
+                "grant it pg_read_all_stats to see)")
+    return (f"pid {h['pid']} (application_name {h['application_name'] or '(none)'}, user {h['user']}, "
+            f"from {h['client_addr']}, {h['state']} for {duration(h['state_for_s'])}): {h['query'][:120]}")

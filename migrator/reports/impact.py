@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from migrator.reports.base import SqlText
@@ -16,9 +16,26 @@ class ImpactReport:
     scratch: str  # where it was measured
     migrations: list  # postgres.impact.MigrationImpact
     lint_skipped: bool = False
+    not_measured: list = field(default_factory=list)  # ids after the one that failed on the scratch database
+
+    @property
+    def failed(self):  # the StatementImpact that failed on the scratch database, if one did
+        return next((s for m in self.migrations for s in m.statements if s.error), None)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.not_measured else 0
+
+    def _unmeasured(self) -> str:
+        failed = next((m for m in self.migrations if any(s.error for s in m.statements)), None)
+        where = f"{failed.id} line {self.failed.line} failed on the scratch database" if failed else "stopped"
+        return (f"NOT measured: {', '.join(self.not_measured)} ({where}; what follows would be measured on the "
+                f"wrong state: fix it and run plan --impact again)" if self.not_measured else
+                f"{failed.id} line {self.failed.line} failed on the scratch database: fix it and run plan --impact again")
 
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "measured_on": self.scratch, "migrations": [
+        return {"target": self.target, "measured_on": self.scratch, "not_measured": self.not_measured,
+                "complete": self.exit_code == 0, "migrations": [
             {"id": m.id, "file": m.path, "transactional": m.transactional,
              "lint": None if self.lint_skipped else [vars(f) for f in m.findings],
              "statements": [{"line": s.line, "sql": SqlText(s.text), "locks": [lock.to_json() for lock in s.locks],
@@ -26,6 +43,8 @@ class ImpactReport:
                             for s in m.statements]} for m in self.migrations]}
 
     def _head(self) -> str:
+        if not self.migrations and not self.not_measured:
+            return f"no pending migration on {self.target}: nothing to measure"
         return (f"impact of {len(self.migrations)} pending migration(s) on {self.target}: measured on a scratch "
                 f"database on {self.scratch} (rolled back, then dropped); sizes from the live database")
 
@@ -41,6 +60,8 @@ class ImpactReport:
                           + ": reads and writes wait until it finishes" for r in s.rewrites]
                 lines += [f"    waits for {w}" for w in s.waits_for]
             lines += [f"  lint: {f}" for f in m.findings]
+        if self.exit_code:
+            lines.append(self._unmeasured())
         return lines
 
     def markdown(self) -> list[str]:
@@ -59,6 +80,8 @@ class ImpactReport:
                 if s.waits_for:
                     lines.append(f"| | waits for | {_cell('; '.join(s.waits_for))} | | |")
             lines.append("")
+        if self.exit_code:
+            lines.append(f"**{_cell(self._unmeasured())}**")
         if self.lint_skipped:
             lines.append("_lint skipped: squawk is not installed here_")
         return lines
