@@ -3,7 +3,6 @@ a killed or SIGTERMed migration session; each with the runner as a subprocess, a
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import select

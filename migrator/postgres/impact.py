@@ -201,8 +201,6 @@ def psycopg2_connect(url: str, schema: str | None = None):
 
 
 def _measure_one(target, migration) -> MigrationImpact:
-    import psycopg2
-
     statements = migration.steps[0].statements
     impact = MigrationImpact(migration.id, str(migration.path), migration.use_transactions)
     from migrator.postgres import cancel
@@ -265,8 +263,6 @@ def _in_transaction(conn, cur, statements, existing: dict, impact: MigrationImpa
 def _outside_transaction(target, conn, statements, existing: dict, impact: MigrationImpact) -> None:
     """Each statement in autocommit while another session holds an open snapshot, which CONCURRENTLY waits
     for: the locks it holds while it waits are read, then the snapshot is let go."""
-    import psycopg2
-
     pid = conn.info.backend_pid
     for statement in statements:
         found = StatementImpact(statement.line, statement.text)
