@@ -91,9 +91,14 @@ bench: $(DEV)  ## benchmarks against bare yoyo and psql; writes bench/RESULTS.md
 schema: $(RUNTIME)  ## regenerate schema.sql (the resulting schema) on a scratch database of the local server
 	$(PYTHON) -m migrator.schema.generate
 
+# Compiled into a copy (pip-compile keeps its pins) that replaces the lock only when it differs, so an
+# unchanged lock keeps its date and `make migrate` does not reinstall.
 lock: $(DEV)  ## regenerate requirements.lock (hash-pinned) after changing requirements.txt
-	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
-		--no-emit-trusted-host --no-emit-find-links --output-file=requirements.lock requirements.txt
+	cp requirements.lock .requirements.lock.new
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+		--strip-extras --no-emit-index-url --no-emit-trusted-host --no-emit-find-links \
+		--output-file=.requirements.lock.new requirements.txt
+	cmp -s .requirements.lock.new requirements.lock && rm .requirements.lock.new || mv .requirements.lock.new requirements.lock
 
 db-stop: $(RUNTIME)  ## stop the local development database (its data stays in .devdb/)
 	$(RUNNER) devdb stop
