@@ -5,8 +5,10 @@ runner's own path). Each pending migration then runs there statement by statemen
 that is rolled back at the end; after each statement the server says which relation locks the
 transaction holds (pg_locks) and which tables and indexes got a new relfilenode (a rewrite: the cost
 grows with the table). The migration is then applied for real to the scratch database, so the next
-one starts where it would. A `-- transactional: false` file runs in autocommit while another session
-holds an open snapshot: a CONCURRENTLY statement waits for it, and while it waits its locks are read.
+one starts where it would. In a `-- transactional: false` file each statement is measured the same way
+in a transaction of its own, then committed; only a statement PostgreSQL refuses in a transaction
+(CONCURRENTLY, VACUUM...) runs in autocommit while another session holds an open snapshot: a
+CONCURRENTLY statement waits for it, and while it waits its locks are read (observed, not measured).
 The live database is only read (read-only connection): row estimates, sizes, and the open
 transactions a CONCURRENTLY statement would wait for right now.
 """
@@ -34,6 +36,8 @@ BLOCKS = {
     "ACCESS EXCLUSIVE": "blocks reads and writes",
 }
 STRENGTH = list(BLOCKS)
+OBSERVED = ("cannot run in a transaction: observed while it waited, by polling its locks; "
+            "a lock held only for an instant may be missing, and rewrites are not measured")
 KINDS = {"r": "table", "p": "table", "i": "index", "I": "index", "S": "sequence", "m": "materialized view", "v": "view"}
 _RELATIONS = """
 SELECT c.oid, c.oid::regclass::text, c.relkind, c.relfilenode FROM pg_catalog.pg_class c
@@ -92,12 +96,17 @@ class StatementImpact:
     rewrites: list[Lock] = field(default_factory=list)  # relations given a new relfilenode
     waits_for: list[str] = field(default_factory=list)  # what a CONCURRENTLY statement waits for
     error: str | None = None
+    observed: bool = False  # cannot run in a transaction: its locks polled while it ran (some may be missed)
 
     @property
     def summary(self) -> str:
         head = " ".join(self.text.split())[:100].rstrip(";")
         if self.error:
             return f"{head}: failed on the scratch database: {self.error}"
+        if self.observed:
+            head += f" ({OBSERVED})"
+            if not self.locks:
+                return f"{head}: no lock observed"
         if not self.locks and not self.rewrites:
             return f"{head}: no lock beyond those already held"
         strongest = max(self.locks, key=lambda lock: (STRENGTH.index(lock.mode), lock.kind == "table"), default=None)
@@ -213,8 +222,7 @@ def _measure_one(target, migration) -> MigrationImpact:
             if migration.use_transactions:
                 _in_transaction(conn, cur, statements, existing, impact)
             else:
-                conn.autocommit = True
-                _outside_transaction(target, conn, statements, existing, impact)
+                _outside_transaction(target, conn, cur, statements, existing, impact)
     finally:
         conn.close()
     return impact
@@ -226,76 +234,109 @@ def _relations(cur) -> dict:
 
 
 def _in_transaction(conn, cur, statements, existing: dict, impact: MigrationImpact) -> None:
-    import psycopg2
-
+    """Statement after statement in one transaction, rolled back at the end: what each adds to the locks held."""
     held: dict[int, str] = {}  # relation oid -> strongest mode held so far
     names = dict(existing)
-    pid = conn.info.backend_pid
     try:
         for statement in statements:
-            before = _relations(cur)
-            names.update(before)
             found = StatementImpact(statement.line, statement.text)
             impact.statements.append(found)
-            try:
-                cur.execute(statement.text)
-            except psycopg2.Error as exc:
-                found.error = " ".join(str(exc).split())
+            held = _measured(conn, cur, statement.text, existing, names, held, found)
+            if found.error:
                 return
-            after = _relations(cur)
-            cur.execute(_LOCKS, (pid,))
-            now = dict(held)
-            for oid, mode, _granted, _type in cur.fetchall():
-                mode = lock_mode(mode)
-                if oid in existing and (oid not in now or STRENGTH.index(mode) > STRENGTH.index(now[oid])):
-                    now[oid] = mode  # only relations others can see: not those this migration created
-            found.locks = sorted((Lock(names[oid][0], KINDS.get(names[oid][1], "relation"), mode)
-                                  for oid, mode in now.items() if held.get(oid) != mode),
-                                 key=lambda lock: (lock.kind != "table", lock.relation))
-            held = now
-            found.rewrites = sorted((Lock(before[oid][0], KINDS.get(before[oid][1], "relation"), "")
-                                     for oid in before if oid in existing and oid in after
-                                     and after[oid][2] != before[oid][2]), key=lambda r: (r.kind != "table", r.relation))
     finally:
         conn.rollback()
 
 
-def _outside_transaction(target, conn, statements, existing: dict, impact: MigrationImpact) -> None:
-    """Each statement in autocommit while another session holds an open snapshot, which CONCURRENTLY waits
-    for: the locks it holds while it waits are read, then the snapshot is let go."""
-    pid = conn.info.backend_pid
+def _measured(conn, cur, text: str, existing: dict, names: dict, held: dict, found: StatementImpact) -> dict:
+    """Run one statement inside the open transaction; `found` gets the locks it added to `held` and the
+    relations it gave a new relfilenode. Returns the locks held now. Raises ActiveSqlTransaction."""
+    import psycopg2
+
+    before = _relations(cur)
+    names.update(before)
+    try:
+        cur.execute(text)
+    except psycopg2.errors.ActiveSqlTransaction:
+        raise
+    except psycopg2.Error as exc:
+        found.error = " ".join(str(exc).split())
+        return held
+    after = _relations(cur)
+    cur.execute(_LOCKS, (conn.info.backend_pid,))
+    now = dict(held)
+    for oid, mode, _granted, _type in cur.fetchall():
+        mode = lock_mode(mode)
+        if oid in existing and (oid not in now or STRENGTH.index(mode) > STRENGTH.index(now[oid])):
+            now[oid] = mode  # only relations others can see: not those this migration created
+    found.locks = sorted((Lock(names[oid][0], KINDS.get(names[oid][1], "relation"), mode)
+                          for oid, mode in now.items() if held.get(oid) != mode),
+                         key=lambda lock: (lock.kind != "table", lock.relation))
+    found.rewrites = sorted((Lock(before[oid][0], KINDS.get(before[oid][1], "relation"), "")
+                             for oid in before if oid in existing and oid in after
+                             and after[oid][2] != before[oid][2]), key=lambda r: (r.kind != "table", r.relation))
+    return now
+
+
+def _outside_transaction(target, conn, cur, statements, existing: dict, impact: MigrationImpact) -> None:
+    """A `-- transactional: false` file: each statement in a transaction of its own, measured as in a
+    transactional file, then committed (as it will be on the live database). Only a statement PostgreSQL
+    refuses inside a transaction (CONCURRENTLY, VACUUM, ALTER SYSTEM...) runs in autocommit, observed
+    while it waits."""
+    import psycopg2
+
+    names = dict(existing)
     for statement in statements:
         found = StatementImpact(statement.line, statement.text)
         impact.statements.append(found)
-        observer = psycopg2_connect(target.url, target.schema)
         try:
-            with observer.cursor() as watch:
-                watch.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                watch.execute("SELECT 1")  # the snapshot
-                failure: list = []
-                runner = threading.Thread(target=_execute, args=(conn, statement.text, failure), daemon=True)
-                runner.start()
-                deadline = time.monotonic() + 10
-                while runner.is_alive() and time.monotonic() < deadline:
-                    watch.execute(_LOCKS, (pid,))
-                    rows = watch.fetchall()
-                    for oid, mode, granted, _type in rows:
-                        if granted and oid in existing:
-                            lock = Lock(existing[oid][0], KINDS.get(existing[oid][1], "relation"), lock_mode(mode))
-                            if all((lock.relation, lock.mode) != (x.relation, x.mode) for x in found.locks):
-                                found.locks.append(lock)
-                    if any(not granted for *_x, granted, _t in rows):
-                        found.waits_for = ["every transaction older than it in the database (it waits for their "
-                                           "snapshots, between its phases)"]
-                        break
-                    time.sleep(0.02)
-            observer.rollback()
-            runner.join()
-        finally:
-            observer.close()
-        if failure:
-            found.error = failure[0]
+            _measured(conn, cur, statement.text, existing, names, {}, found)
+        except psycopg2.errors.ActiveSqlTransaction:  # refused before it did anything
+            conn.rollback()
+            conn.autocommit = True
+            try:
+                _observed(target, conn, statement.text, existing, found)
+            finally:
+                conn.autocommit = False
+        else:
+            (conn.rollback if found.error else conn.commit)()
+        if found.error:
             return
+
+
+def _observed(target, conn, text: str, existing: dict, found: StatementImpact) -> None:
+    """One statement in autocommit while another session holds an open snapshot, which CONCURRENTLY waits
+    for: the locks it holds while it waits are read (polled), then the snapshot is let go."""
+    found.observed = True
+    pid = conn.info.backend_pid
+    observer = psycopg2_connect(target.url, target.schema)
+    failure: list = []
+    try:
+        with observer.cursor() as watch:
+            watch.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            watch.execute("SELECT 1")  # the snapshot
+            runner = threading.Thread(target=_execute, args=(conn, text, failure), daemon=True)
+            runner.start()
+            deadline = time.monotonic() + 10
+            while runner.is_alive() and time.monotonic() < deadline:
+                watch.execute(_LOCKS, (pid,))
+                rows = watch.fetchall()
+                for oid, mode, granted, _type in rows:
+                    if granted and oid in existing:
+                        lock = Lock(existing[oid][0], KINDS.get(existing[oid][1], "relation"), lock_mode(mode))
+                        if all((lock.relation, lock.mode) != (x.relation, x.mode) for x in found.locks):
+                            found.locks.append(lock)
+                if any(not granted for *_x, granted, _t in rows):
+                    found.waits_for = ["every transaction older than it in the database (it waits for their "
+                                       "snapshots, between its phases)"]
+                    break
+                time.sleep(0.02)
+        observer.rollback()
+        runner.join()
+    finally:
+        observer.close()
+    if failure:
+        found.error = failure[0]
 
 
 def _execute(conn, text: str, failure: list) -> None:

@@ -39,7 +39,8 @@ class ImpactReport:
             {"id": m.id, "file": m.path, "transactional": m.transactional,
              "lint": None if self.lint_skipped else [vars(f) for f in m.findings],
              "statements": [{"line": s.line, "sql": SqlText(s.text), "locks": [lock.to_json() for lock in s.locks],
-                             "rewrites": [r.relation for r in s.rewrites], "waits_for": s.waits_for, "error": s.error}
+                             "rewrites": [r.relation for r in s.rewrites], "waits_for": s.waits_for, "error": s.error,
+                             "measured": "observed while it waited" if s.observed else "in a transaction"}
                             for s in m.statements]} for m in self.migrations]}
 
     def _head(self) -> str:
@@ -72,7 +73,9 @@ class ImpactReport:
             lines += [f"### {m.id} ({held})", "", "| line | statement | locks | rewrites | lint |", "|---|---|---|---|---|"]
             for index, s in enumerate(m.statements):
                 cells = [str(s.line), f"`{_cell(' '.join(s.text.split())[:120])}`",
-                         "<br>".join(_cell(str(lock)) for lock in s.locks) or ("failed: " + _cell(s.error) if s.error else "none"),
+                         ("_observed while it waited_: " if s.observed else "")
+                         + ("<br>".join(_cell(str(lock)) for lock in s.locks)
+                            or ("failed: " + _cell(s.error) if s.error else "none")),
                          "<br>".join(_cell(f"**{r.relation}**" + (f" ({r.size()})" if r.size() else "")) for r in s.rewrites)
                          or "no",
                          "<br>".join(_cell(f"{f.rule}: {f.message}") for f in m.findings_at(index)) or ""]
