@@ -40,3 +40,27 @@ def test_non_transactional_file_measures_each_statement_in_its_own_transaction(c
     assert "rewrites " + TABLE in text
     vacuum_line = next(line for line in text.splitlines() if line.startswith("  line 4: VACUUM"))
     assert "cannot run in a transaction: observed while it waited" in vacuum_line
+
+
+def test_sessions_this_role_cannot_see_are_not_called_no_open_transaction(cli, make_db, password_role, pg, sql_dir):
+    import psycopg2
+
+    from conftest import SPECIAL_PASSWORD
+
+    db = make_db(owner=password_role)
+    url = pg.url(db.name, user=password_role, password=SPECIAL_PASSWORD)
+    assert cli("migrate", "--sql-dir", sql_dir, "--quiet", "--database-url", url).exit_code == 0
+    add(sql_dir, "0002_index", f"-- transactional: false\nCREATE INDEX CONCURRENTLY idx_tenant ON {TABLE} (tenant_id);\n")
+    holder = psycopg2.connect(db.url)  # the superuser's open transaction: hidden from an ordinary role
+    try:
+        with holder.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM {TABLE}")
+        result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"),
+                     "--database-url", url)
+    finally:
+        holder.close()
+    assert result.exit_code == 0, result.output
+    (statement,) = json.loads(result.stdout)["migrations"][0]["statements"]
+    now = statement["waits_for"][1]
+    assert "no other open transaction" not in now
+    assert "1 session(s) of other roles this role cannot see" in now and "pg_read_all_stats" in now

@@ -57,7 +57,8 @@ WHERE c.oid = pg_catalog.to_regclass(%s)
 _OPEN_TRANSACTIONS = """
 SELECT pid, coalesce(application_name, ''), usename, state, extract(epoch FROM now() - xact_start)
 FROM pg_catalog.pg_stat_activity
-WHERE datname = current_database() AND xact_start IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND (xact_start IS NOT NULL OR query = '<insufficient privilege>') ORDER BY xact_start
 """
 
 
@@ -360,7 +361,16 @@ def _join_live(live, impact: MigrationImpact) -> None:
                     lock.rows, lock.bytes = (row[0] if row[0] >= 0 else None), row[1]
             if statement.waits_for:
                 cur.execute(_OPEN_TRANSACTIONS)
-                now = [f"pid {pid} ({app or 'no application_name'}, user {user}, {state}, transaction open "
-                       f"{duration(age or 0)})" for pid, app, user, state, age in cur.fetchall()]
-                statement.waits_for.append("on the live database right now: " + ("; ".join(now) if now else
-                                                                                  "no other open transaction"))
+                statement.waits_for.append("on the live database right now: " + _open_transactions(cur.fetchall()))
+
+
+def _open_transactions(rows) -> str:
+    """The open transactions a CONCURRENTLY statement would wait for; sessions of other roles this role
+    cannot see (no pg_read_all_stats: their xact_start reads NULL) are said as such, never "none"."""
+    seen = [f"pid {pid} ({app or 'no application_name'}, user {user}, {state}, transaction open {duration(age or 0)})"
+            for pid, app, user, state, age in rows if state is not None]
+    hidden = len(rows) - len(seen)
+    if hidden:
+        seen.append(f"{hidden} session(s) of other roles this role cannot see (whether they hold a transaction open "
+                    "is unknown: grant it pg_read_all_stats to see)")
+    return "; ".join(seen) if seen else "no other open transaction"
