@@ -9,6 +9,7 @@ commands call where something happens (a migration started, applied, failed; pro
 patch); in the human format it prints nothing, the commands' own lines say it. Masking is the same in both.
 """
 
+import contextvars
 import json
 import re
 import shutil
@@ -120,8 +121,23 @@ def _masked(value, how=None):
     return value
 
 
+# Fields every event carries in this context (a tenant schema's part: {"schema": name}); a thread copies
+# it with contextvars.copy_context() to keep them.
+_event_context: contextvars.ContextVar[dict] = contextvars.ContextVar("event_context", default={})
+
+
+@contextmanager
+def event_fields(**fields) -> Iterator[None]:
+    """Every event emitted inside (by this thread, or one started with its context) carries `fields`."""
+    token = _event_context.set({**_event_context.get(), **fields})
+    try:
+        yield
+    finally:
+        _event_context.reset(token)
+
+
 def _emit(event_name: str, err: bool, how=None, **fields) -> None:
-    record = {"ts": _now(), "event": event_name, **fields}
+    record = {"ts": _now(), "event": event_name, **_event_context.get(), **fields}
     click.echo(json.dumps(_masked(record, how), default=str, separators=(",", ":")), file=_stream(err))
 
 

@@ -21,3 +21,22 @@ def test_patch_partial_lines_are_flushed_and_runner_events_stay_top_level(cli, m
     assert not any("{" in message for message in said)  # no event of the runner's glued inside one
     assert any(e["event"] == "result" and "applied 0001_chatty" in e["message"] for e in stdout), stdout
     assert any(e["event"] == "patch_applied" and e["patch"] == "0001_chatty" for e in stderr)
+
+
+def test_every_event_of_a_tenant_schemas_part_says_its_schema(db, sql_dir):
+    from test_progress import add, runner
+
+    add(sql_dir, "0002_slow", "SELECT pg_sleep(5);\n")  # long enough for the watcher thread's progress events
+    proc = runner("--log-format", "json", "migrate", "--sql-dir", sql_dir, "--database-url", db.url, "--create-schemas",
+                  "--parallel", "2", env={"SCHEMA_NAME": "tenant_a,tenant_b"})
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in (out + err).splitlines()]
+    parts = [e for e in events if e["event"].startswith("migration_") or e["event"] == "progress"
+             or e.get("message", "").startswith("[tenant_")]
+    assert {e["event"] for e in parts} >= {"migration_started", "migration_applied", "progress"}, events
+    for e in parts:
+        assert e.get("schema") in ("tenant_a", "tenant_b"), e
+        assert not e.get("message", "").startswith("[") or e["message"].startswith(f"[{e['schema']}]"), e
+    progress = {e["schema"] for e in parts if e["event"] == "progress"}
+    assert progress == {"tenant_a", "tenant_b"}
