@@ -64,3 +64,42 @@ def test_sessions_this_role_cannot_see_are_not_called_no_open_transaction(cli, m
     now = statement["waits_for"][1]
     assert "no other open transaction" not in now
     assert "1 session(s) of other roles this role cannot see" in now and "pg_read_all_stats" in now
+
+
+def _seeded(cli, db, sql_dir, rows: int = 2000) -> None:
+    assert cli("migrate", "--sql-dir", sql_dir, "--quiet", env=db.db_env()).exit_code == 0
+    db.query(f"INSERT INTO {TABLE} (dag_run_id, dag_name, campaign_number, report_name, trigger_frequency, "
+             "trigger_date, filestore_id, tenant_id) SELECT 'run-' || g, 'dag', 'C-1', 'r', 'Daily', now(), "
+             f"'f-' || g, '1' FROM generate_series(1, {rows}) g")
+    db.query(f"ANALYZE {TABLE}")
+
+
+def test_sequence_restart_and_truncate_are_not_called_rewrites_that_grow(cli, db, pg, sql_dir):
+    _seeded(cli, db, sql_dir)
+    add(sql_dir, "0002_restart", f"ALTER SEQUENCE {TABLE}_id_seq RESTART WITH 5000;\n")
+    add(sql_dir, "0003_truncate", f"TRUNCATE {TABLE};\n")
+    result = plan_impact(cli, db, pg, sql_dir)
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    restart = next(line for line in text.splitlines() if line.startswith("  line 1: ALTER SEQUENCE"))
+    assert "index" not in restart and "grows" not in restart, restart
+    assert f"    restarts sequence {TABLE}_id_seq: instant" in text
+    truncate = next(line for line in text.splitlines() if line.startswith("  line 1: TRUNCATE"))
+    assert "grows" not in truncate and f"empties {TABLE}: instant, but removes their live rows" in truncate, truncate
+    assert f"    empties table {TABLE} (~2.0 k rows, " in text
+    assert "instant whatever its size, but removes its ~2.0 k live rows" in text
+    (statement,) = json.loads(plan_impact(cli, db, pg, sql_dir, "--json").stdout)["migrations"][1]["statements"]
+    assert statement["command"] == "TRUNCATE TABLE"
+
+
+def test_markdown_code_spans_hold_backticks(cli, db, pg, sql_dir):
+    import re
+
+    assert cli("migrate", "--sql-dir", sql_dir, "--quiet", env=db.db_env()).exit_code == 0
+    add(sql_dir, "0002_comment", f"COMMENT ON TABLE {TABLE} IS 'see `runner.py` and ``docs``';\n")
+    result = plan_impact(cli, db, pg, sql_dir, "--markdown")
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| 1 |")]
+    span = row.split(" | ")[1]
+    fence = re.match("`+", span).group(0)
+    assert len(fence) == 3 and span == f"{fence} COMMENT ON TABLE {TABLE} IS 'see `runner.py` and ``docs``'; {fence}"

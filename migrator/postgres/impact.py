@@ -98,6 +98,21 @@ class StatementImpact:
     waits_for: list[str] = field(default_factory=list)  # what a CONCURRENTLY statement waits for
     error: str | None = None
     observed: bool = False  # cannot run in a transaction: its locks polled while it ran (some may be missed)
+    command: str = ""  # the server's command tag (TRUNCATE TABLE, ALTER SEQUENCE...)
+
+    @property
+    def truncates(self) -> bool:  # a new, empty relfilenode: instant, but the rows are gone
+        return self.command.startswith("TRUNCATE")
+
+    def rewritten(self, r: Lock) -> str:
+        """What the new relfilenode of `r` means, in words."""
+        size = f" ({r.size()})" if r.size() else ""
+        if r.kind == "sequence":
+            return f"restarts sequence {r.relation}: instant"
+        if self.truncates:
+            rows = f"its ~{_count(r.rows)} live rows" if r.rows is not None and r.kind == "table" else "what it holds"
+            return f"empties {r.kind} {r.relation}{size}: instant whatever its size, but removes {rows}"
+        return f"rewrites {r.kind} {r.relation}{size}: reads and writes wait until it finishes"
 
     @property
     def summary(self) -> str:
@@ -112,11 +127,15 @@ class StatementImpact:
             return f"{head}: no lock beyond those already held"
         strongest = max(self.locks, key=lambda lock: (STRENGTH.index(lock.mode), lock.kind == "table"), default=None)
         text = f"{head}: {strongest}" if strongest else head
-        tables = [r.relation for r in self.rewrites if r.kind == "table"]
-        indexes = len(self.rewrites) - len(tables)
+        grows = [] if self.truncates else [r for r in self.rewrites if r.kind != "sequence"]
+        tables = [r.relation for r in grows if r.kind == "table"]
+        indexes = len(grows) - len(tables)
         rewritten = ", ".join(tables + ([f"{indexes} index(es)"] if indexes else []))
         if rewritten:
             text += f"; rewrites {rewritten}: its time grows with their size"
+        emptied = [r.relation for r in self.rewrites if self.truncates and r.kind == "table"]
+        if emptied:
+            text += f"; empties {', '.join(emptied)}: instant, but removes their live rows"
         return text
 
 
@@ -263,6 +282,7 @@ def _measured(conn, cur, text: str, existing: dict, names: dict, held: dict, fou
     except psycopg2.Error as exc:
         found.error = " ".join(str(exc).split())
         return held
+    found.command = cur.statusmessage or ""
     after = _relations(cur)
     cur.execute(_LOCKS, (conn.info.backend_pid,))
     now = dict(held)
