@@ -136,9 +136,14 @@ def event_fields(**fields) -> Iterator[None]:
         _event_context.reset(token)
 
 
-def _emit(event_name: str, err: bool, how=None, **fields) -> None:
+def event_json(event_name: str, how=None, **fields) -> str:
+    """One event as a JSON line (masked): its time, its name, the context's fields, `fields`."""
     record = {"ts": _now(), "event": event_name, **_event_context.get(), **fields}
-    click.echo(json.dumps(_masked(record, how), default=str, separators=(",", ":")), file=_stream(err))
+    return json.dumps(_masked(record, how), default=str, separators=(",", ":"))
+
+
+def _emit(event_name: str, err: bool, how=None, **fields) -> None:
+    click.echo(event_json(event_name, how, **fields), file=_stream(err))
 
 
 def _stream(err: bool):

@@ -40,3 +40,20 @@ def test_every_event_of_a_tenant_schemas_part_says_its_schema(db, sql_dir):
         assert not e.get("message", "").startswith("[") or e["message"].startswith(f"[{e['schema']}]"), e
     progress = {e["schema"] for e in parts if e["event"] == "progress"}
     assert progress == {"tenant_a", "tenant_b"}
+
+
+def test_log_format_env_is_case_insensitive_others_refused_in_one_line_and_verbose_log_events_have_ts(db, sql_dir):
+    from test_progress import runner
+
+    proc = runner("-v", "migrate", "--sql-dir", sql_dir, "--database-url", db.url, env={"LOG_FORMAT": "JSON"})
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in err.splitlines()]  # every line is JSON: the value was taken
+    logs = [e for e in events if e["event"] == "log"]
+    assert logs and all(e["ts"].endswith("Z") and e["logger"].startswith("yoyo") for e in logs), events
+    for value in ("xml", "Jsonl"):
+        proc = runner("status", "--database-url", db.url, env={"LOG_FORMAT": value})
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and out == ""
+        assert err.splitlines() == [f"error: --log-format (or LOG_FORMAT) '{value}': use one of human, json "
+                                    "(see `runner.py --help`)"]
