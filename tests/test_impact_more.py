@@ -103,3 +103,18 @@ def test_markdown_code_spans_hold_backticks(cli, db, pg, sql_dir):
     span = row.split(" | ")[1]
     fence = re.match("`+", span).group(0)
     assert len(fence) == 3 and span == f"{fence} COMMENT ON TABLE {TABLE} IS 'see `runner.py` and ``docs``'; {fence}"
+
+
+def test_scratch_server_errors_name_scratch_url_and_the_report_names_the_server(cli, db, pg, sql_dir, password_role):
+    assert cli("migrate", "--sql-dir", sql_dir, "--quiet", env=db.db_env()).exit_code == 0
+    add(sql_dir, "0002_add_note", f"ALTER TABLE {TABLE} ADD COLUMN note text;\n")
+    bad = pg.url("postgres", user=password_role, password="not-the-password")
+    result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", bad, env=db.db_env())
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()[-1:]
+    assert line.startswith("error: cannot connect to PostgreSQL at ") and "authentication failed" in line, line
+    assert "--scratch-url" in line and "--database-url" not in line, line
+    text = plan_impact(cli, db, pg, sql_dir)
+    assert text.exit_code == 0, text.output
+    assert f"measured on a scratch database on server {pg.host}:{pg.port} (rolled back" in text.stdout.splitlines()[0]
+    assert json.loads(plan_impact(cli, db, pg, sql_dir, "--json").stdout)["measured_on"] == f"server {pg.host}:{pg.port}"

@@ -153,6 +153,11 @@ class MigrationImpact:
         return [f for f in self.findings if start <= f.line < end or (index == 0 and f.line < start)]
 
 
+def server_name(target) -> str:
+    """"server host:port": a scratch database is a database of its own on that server, whatever the URL names."""
+    return "server " + target.where.rsplit("/", 1)[0]
+
+
 def _count(rows: int) -> str:
     for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if rows >= size:
@@ -185,7 +190,7 @@ def measure(server, live_backend, migrations, pending, findings, schema: str | N
                     db.apply(migration)
                 except MigratorError as exc:
                     raise MigratorError(f"the applied migrations do not rebuild the live schema on the scratch database "
-                                        f"on {server.where}: {exc}; nothing was measured (the live database changed "
+                                        f"on {server_name(server)}: {exc}; nothing was measured (the live database changed "
                                         "outside migrations, or an applied file was edited: `runner.py status`)") from exc
         for migration in pending:
             migration.load()
