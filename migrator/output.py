@@ -9,6 +9,7 @@ commands call where something happens (a migration started, applied, failed; pro
 patch); in the human format it prints nothing, the commands' own lines say it. Masking is the same in both.
 """
 
+import contextvars
 import json
 import re
 import shutil
@@ -120,9 +121,37 @@ def _masked(value, how=None):
     return value
 
 
+# Fields every event carries in this context (a tenant schema's part: {"schema": name}); a thread copies
+# it with contextvars.copy_context() to keep them.
+_event_context: contextvars.ContextVar[dict] = contextvars.ContextVar("event_context", default={})
+
+
+@contextmanager
+def event_fields(**fields) -> Iterator[None]:
+    """Every event emitted inside (by this thread, or one started with its context) carries `fields`."""
+    token = _event_context.set({**_event_context.get(), **fields})
+    try:
+        yield
+    finally:
+        _event_context.reset(token)
+
+
+def event_json(event_name: str, how=None, **fields) -> str:
+    """One event as a JSON line (masked): its time, its name, the context's fields, `fields`."""
+    record = {"ts": _now(), "event": event_name, **_event_context.get(), **fields}
+    return json.dumps(_masked(record, how), default=str, separators=(",", ":"))
+
+
 def _emit(event_name: str, err: bool, how=None, **fields) -> None:
-    record = {"ts": _now(), "event": event_name, **fields}
-    click.echo(json.dumps(_masked(record, how), default=str, separators=(",", ":")), err=err)
+    click.echo(event_json(event_name, how, **fields), file=_stream(err))
+
+
+def _stream(err: bool):
+    """Where the runner's own lines go: the real stream, never a patch's redirect (that is for its text)."""
+    stream = sys.stderr if err else sys.stdout
+    while isinstance(stream, _MaskingStream):
+        stream = stream.replaced
+    return stream
 
 
 def event(kind: str, /, **fields) -> None:
@@ -138,27 +167,27 @@ def result(text: str = "") -> None:
     """A result line on stdout."""
     if json_format():
         return _emit("result", False, message=text)
-    click.echo(mask(text))
+    click.echo(mask(text), file=_stream(False))
 
 
 def sql(text: str) -> None:
     """SQL on stdout, for psql: only a registered password inside a URL or DSN is hidden."""
     if json_format():
         return _emit("sql", False, how=mask_known, sql=text)
-    click.echo(mask_known(text))
+    click.echo(mask_known(text), file=_stream(False))
 
 
 def note(text: str) -> None:
     """A progress or context line on stderr."""
     if json_format():
         return _emit("note", True, message=text)
-    click.echo(mask(text), err=True)
+    click.echo(mask(text), file=_stream(True))
 
 
 def error(text: str, **fields) -> None:
     if json_format():
         return _emit("error", True, message=text, **fields)
-    click.echo(mask(f"error: {text}"), err=True)
+    click.echo(mask(f"error: {text}"), file=_stream(True))
 
 
 def traceback() -> None:
@@ -166,7 +195,7 @@ def traceback() -> None:
     text = traceback_text()
     if json_format():
         return _emit("traceback", True, how=lambda s: s, traceback=text)  # traceback_text masked it already
-    click.echo(text, err=True)
+    click.echo(text, file=_stream(True))
 
 
 def progress(text: str, live: bool = False, kind: str = "progress", **fields) -> None:
@@ -176,15 +205,15 @@ def progress(text: str, live: bool = False, kind: str = "progress", **fields) ->
         return _emit(kind, True, message=text, **fields)
     if live and sys.stderr.isatty():
         width = max(20, shutil.get_terminal_size().columns - 1)
-        click.echo("\r\033[K" + mask(text)[:width], nl=False, err=True)
+        click.echo("\r\033[K" + mask(text)[:width], nl=False, file=_stream(True))
         return
-    click.echo(mask(f"{time.strftime('%H:%M:%S')} {text}"), err=True)
+    click.echo(mask(f"{time.strftime('%H:%M:%S')} {text}"), file=_stream(True))
 
 
 def progress_done() -> None:
     """End a live line (a terminal only: a log got whole lines)."""
     if not json_format() and sys.stderr.isatty():
-        click.echo("\r\033[K", nl=False, err=True)
+        click.echo("\r\033[K", nl=False, file=_stream(True))
 
 
 def traceback_text() -> str:
@@ -211,8 +240,9 @@ def traceback_text() -> str:
 class _MaskingStream:
     """What a patch prints, scrubbed on its way out (it is text from outside the runner)."""
 
-    def __init__(self, err: bool):
-        self.stream = sys.stderr if err else sys.stdout  # the real one, from before the redirect
+    def __init__(self, err: bool, replaces: str):
+        self.stream = _stream(err)  # the real one, from before the redirect
+        self.replaced = getattr(sys, replaces)  # what the runner's own lines keep using meanwhile
         self.err, self.pending = err, ""
 
     def write(self, text: str) -> int:
@@ -239,16 +269,25 @@ class _MaskingStream:
 
 @contextmanager
 def patch_output(err: bool = False) -> Iterator[None]:
-    """Route a Python patch's print() through the masking, to stdout (or stderr)."""
-    with redirect_stdout(_MaskingStream(err)):
-        yield
+    """Route a Python patch's print() through the masking, to stdout (or stderr); a last line without
+    a newline is printed when the redirect ends."""
+    stream = _MaskingStream(err, "stdout")
+    try:
+        with redirect_stdout(stream):
+            yield
+    finally:
+        stream.flush()
 
 
 @contextmanager
 def patch_stderr() -> Iterator[None]:
-    """Route what a Python patch writes to sys.stderr through the masking, to stderr."""
-    with redirect_stderr(_MaskingStream(err=True)):
-        yield
+    """Route what a Python patch writes to sys.stderr through the masking, to stderr (flushed at the end)."""
+    stream = _MaskingStream(True, "stderr")
+    try:
+        with redirect_stderr(stream):
+            yield
+    finally:
+        stream.flush()
 
 
 def report(report, as_json: bool = False) -> None:

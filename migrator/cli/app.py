@@ -63,9 +63,7 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 class _MaskingFormatter(logging.Formatter):
     def format(self, record):
         if output.json_format():
-            import json
-
-            return json.dumps({"event": "log", "logger": record.name, "message": output.mask(record.getMessage())})
+            return output.event_json("log", logger=record.name, message=record.getMessage())
         return output.mask(super().format(record))
 
 
@@ -90,13 +88,15 @@ verbose_option = click.option(
 
 
 def _set_log_format(ctx: click.Context, _param, value: str | None) -> str | None:
+    if value and value.strip().lower() not in output.FORMATS:
+        raise click.UsageError(f"--log-format (or LOG_FORMAT) {value!r}: use one of {', '.join(output.FORMATS)}")
     if value or ctx.parent is None:  # the group's starts each run from the default; a command's only if given
-        output.set_format(value or "human")
+        output.set_format(value.strip().lower() if value else "human")
     return value
 
 
 log_format_option = click.option(
-    "--log-format", type=click.Choice(output.FORMATS), envvar="LOG_FORMAT", expose_value=False, is_eager=True,
+    "--log-format", metavar="[human|json]", envvar="LOG_FORMAT", expose_value=False, is_eager=True,
     callback=_set_log_format,
     help="human (default): lines for people; json: one JSON object per line and event, for log pipelines "
          "(else LOG_FORMAT).")

@@ -70,12 +70,20 @@ class CommandSettings:
         return target
 
 
+SCRATCH_ORIGIN = "--scratch-url (or SCRATCH_DATABASE_URL)"
+
+
 def scratch_server(settings: CommandSettings, url: str | None) -> PostgresTarget:
     """Where schema checks build their scratch databases: --scratch-url, else the local development server."""
     from migrator import devdb
 
-    if url:
-        return resolve_postgres(PostgresOptions(database_url=url), settings.env)
+    if url:  # its errors and notes name where it came from, not --database-url
+        try:
+            server = resolve_postgres(PostgresOptions(database_url=url), settings.env)
+        except MigratorError as exc:
+            raise MigratorError(str(exc).replace("--database-url", SCRATCH_ORIGIN), exc.exit_code) from exc
+        server.sources = {key: value.replace("--database-url", SCRATCH_ORIGIN) for key, value in server.sources.items()}
+        return server
     return devdb.ensure_running(settings.env)
 
 

@@ -185,9 +185,11 @@ def impact(settings: CommandSettings, scratch_url: str | None) -> ImpactReport:
             try:
                 found = measure.measure(server, backend, migrations, todo, findings, target.schema)
             except interrupt.Interrupted as exc:
-                raise MigratorError(f"plan --impact: {exc}: stopped; the scratch database on {server.where} was "
+                raise MigratorError(f"plan --impact: {exc}: stopped; the scratch database on "
+                                    f"{measure.server_name(server)} was "
                                     "dropped and the live database was only read", 128 + exc.signum)
-    return ImpactReport(target.display_url, server.where, found, skipped, [m.id for m in todo[len(found):]])
+    return ImpactReport(target.display_url, measure.server_name(server), found, skipped,
+                        [m.id for m in todo[len(found):]])
 
 
 def _schema_exists(backend, schema: str) -> bool:

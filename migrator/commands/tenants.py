@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from migrator import output
 from migrator.commands import deploy
 from migrator.commands import sql as sql_commands
 from migrator.commands.base import CommandSettings
@@ -216,6 +217,10 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
     stop = threading.Event()
 
     def one(schema: str) -> None:
+        with output.event_fields(schema=schema):  # every event of this part says its schema
+            _one(schema)
+
+    def _one(schema: str) -> None:
         outcome = outcomes[schema]
         if stop.is_set() or interrupt.requested() is not None:
             return  # --fail-fast or SIGTERM: stays "not run"

@@ -5,8 +5,10 @@ runner's own path). Each pending migration then runs there statement by statemen
 that is rolled back at the end; after each statement the server says which relation locks the
 transaction holds (pg_locks) and which tables and indexes got a new relfilenode (a rewrite: the cost
 grows with the table). The migration is then applied for real to the scratch database, so the next
-one starts where it would. A `-- transactional: false` file runs in autocommit while another session
-holds an open snapshot: a CONCURRENTLY statement waits for it, and while it waits its locks are read.
+one starts where it would. In a `-- transactional: false` file each statement is measured the same way
+in a transaction of its own, then committed; only a statement PostgreSQL refuses in a transaction
+(CONCURRENTLY, VACUUM...) runs in autocommit while another session holds an open snapshot: a
+CONCURRENTLY statement waits for it, and while it waits its locks are read (observed, not measured).
 The live database is only read (read-only connection): row estimates, sizes, and the open
 transactions a CONCURRENTLY statement would wait for right now.
 """
@@ -34,6 +36,8 @@ BLOCKS = {
     "ACCESS EXCLUSIVE": "blocks reads and writes",
 }
 STRENGTH = list(BLOCKS)
+OBSERVED = ("cannot run in a transaction: observed while it waited, by polling its locks; "
+            "a lock held only for an instant may be missing, and rewrites are not measured")
 KINDS = {"r": "table", "p": "table", "i": "index", "I": "index", "S": "sequence", "m": "materialized view", "v": "view"}
 _RELATIONS = """
 SELECT c.oid, c.oid::regclass::text, c.relkind, c.relfilenode FROM pg_catalog.pg_class c
@@ -53,7 +57,8 @@ WHERE c.oid = pg_catalog.to_regclass(%s)
 _OPEN_TRANSACTIONS = """
 SELECT pid, coalesce(application_name, ''), usename, state, extract(epoch FROM now() - xact_start)
 FROM pg_catalog.pg_stat_activity
-WHERE datname = current_database() AND xact_start IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND (xact_start IS NOT NULL OR query = '<insufficient privilege>') ORDER BY xact_start
 """
 
 
@@ -92,21 +97,45 @@ class StatementImpact:
     rewrites: list[Lock] = field(default_factory=list)  # relations given a new relfilenode
     waits_for: list[str] = field(default_factory=list)  # what a CONCURRENTLY statement waits for
     error: str | None = None
+    observed: bool = False  # cannot run in a transaction: its locks polled while it ran (some may be missed)
+    command: str = ""  # the server's command tag (TRUNCATE TABLE, ALTER SEQUENCE...)
+
+    @property
+    def truncates(self) -> bool:  # a new, empty relfilenode: instant, but the rows are gone
+        return self.command.startswith("TRUNCATE")
+
+    def rewritten(self, r: Lock) -> str:
+        """What the new relfilenode of `r` means, in words."""
+        size = f" ({r.size()})" if r.size() else ""
+        if r.kind == "sequence":
+            return f"restarts sequence {r.relation}: instant"
+        if self.truncates:
+            rows = f"its ~{_count(r.rows)} live rows" if r.rows is not None and r.kind == "table" else "what it holds"
+            return f"empties {r.kind} {r.relation}{size}: instant whatever its size, but removes {rows}"
+        return f"rewrites {r.kind} {r.relation}{size}: reads and writes wait until it finishes"
 
     @property
     def summary(self) -> str:
         head = " ".join(self.text.split())[:100].rstrip(";")
         if self.error:
             return f"{head}: failed on the scratch database: {self.error}"
+        if self.observed:
+            head += f" ({OBSERVED})"
+            if not self.locks:
+                return f"{head}: no lock observed"
         if not self.locks and not self.rewrites:
             return f"{head}: no lock beyond those already held"
         strongest = max(self.locks, key=lambda lock: (STRENGTH.index(lock.mode), lock.kind == "table"), default=None)
         text = f"{head}: {strongest}" if strongest else head
-        tables = [r.relation for r in self.rewrites if r.kind == "table"]
-        indexes = len(self.rewrites) - len(tables)
+        grows = [] if self.truncates else [r for r in self.rewrites if r.kind != "sequence"]
+        tables = [r.relation for r in grows if r.kind == "table"]
+        indexes = len(grows) - len(tables)
         rewritten = ", ".join(tables + ([f"{indexes} index(es)"] if indexes else []))
         if rewritten:
             text += f"; rewrites {rewritten}: its time grows with their size"
+        emptied = [r.relation for r in self.rewrites if self.truncates and r.kind == "table"]
+        if emptied:
+            text += f"; empties {', '.join(emptied)}: instant, but removes their live rows"
         return text
 
 
@@ -122,6 +151,11 @@ class MigrationImpact:
         start = self.statements[index].line
         end = self.statements[index + 1].line if index + 1 < len(self.statements) else 10 ** 9
         return [f for f in self.findings if start <= f.line < end or (index == 0 and f.line < start)]
+
+
+def server_name(target) -> str:
+    """"server host:port": a scratch database is a database of its own on that server, whatever the URL names."""
+    return "server " + target.where.rsplit("/", 1)[0]
 
 
 def _count(rows: int) -> str:
@@ -156,7 +190,7 @@ def measure(server, live_backend, migrations, pending, findings, schema: str | N
                     db.apply(migration)
                 except MigratorError as exc:
                     raise MigratorError(f"the applied migrations do not rebuild the live schema on the scratch database "
-                                        f"on {server.where}: {exc}; nothing was measured (the live database changed "
+                                        f"on {server_name(server)}: {exc}; nothing was measured (the live database changed "
                                         "outside migrations, or an applied file was edited: `runner.py status`)") from exc
         for migration in pending:
             migration.load()
@@ -213,8 +247,7 @@ def _measure_one(target, migration) -> MigrationImpact:
             if migration.use_transactions:
                 _in_transaction(conn, cur, statements, existing, impact)
             else:
-                conn.autocommit = True
-                _outside_transaction(target, conn, statements, existing, impact)
+                _outside_transaction(target, conn, cur, statements, existing, impact)
     finally:
         conn.close()
     return impact
@@ -226,76 +259,110 @@ def _relations(cur) -> dict:
 
 
 def _in_transaction(conn, cur, statements, existing: dict, impact: MigrationImpact) -> None:
-    import psycopg2
-
+    """Statement after statement in one transaction, rolled back at the end: what each adds to the locks held."""
     held: dict[int, str] = {}  # relation oid -> strongest mode held so far
     names = dict(existing)
-    pid = conn.info.backend_pid
     try:
         for statement in statements:
-            before = _relations(cur)
-            names.update(before)
             found = StatementImpact(statement.line, statement.text)
             impact.statements.append(found)
-            try:
-                cur.execute(statement.text)
-            except psycopg2.Error as exc:
-                found.error = " ".join(str(exc).split())
+            held = _measured(conn, cur, statement.text, existing, names, held, found)
+            if found.error:
                 return
-            after = _relations(cur)
-            cur.execute(_LOCKS, (pid,))
-            now = dict(held)
-            for oid, mode, _granted, _type in cur.fetchall():
-                mode = lock_mode(mode)
-                if oid in existing and (oid not in now or STRENGTH.index(mode) > STRENGTH.index(now[oid])):
-                    now[oid] = mode  # only relations others can see: not those this migration created
-            found.locks = sorted((Lock(names[oid][0], KINDS.get(names[oid][1], "relation"), mode)
-                                  for oid, mode in now.items() if held.get(oid) != mode),
-                                 key=lambda lock: (lock.kind != "table", lock.relation))
-            held = now
-            found.rewrites = sorted((Lock(before[oid][0], KINDS.get(before[oid][1], "relation"), "")
-                                     for oid in before if oid in existing and oid in after
-                                     and after[oid][2] != before[oid][2]), key=lambda r: (r.kind != "table", r.relation))
     finally:
         conn.rollback()
 
 
-def _outside_transaction(target, conn, statements, existing: dict, impact: MigrationImpact) -> None:
-    """Each statement in autocommit while another session holds an open snapshot, which CONCURRENTLY waits
-    for: the locks it holds while it waits are read, then the snapshot is let go."""
-    pid = conn.info.backend_pid
+def _measured(conn, cur, text: str, existing: dict, names: dict, held: dict, found: StatementImpact) -> dict:
+    """Run one statement inside the open transaction; `found` gets the locks it added to `held` and the
+    relations it gave a new relfilenode. Returns the locks held now. Raises ActiveSqlTransaction."""
+    import psycopg2
+
+    before = _relations(cur)
+    names.update(before)
+    try:
+        cur.execute(text)
+    except psycopg2.errors.ActiveSqlTransaction:
+        raise
+    except psycopg2.Error as exc:
+        found.error = " ".join(str(exc).split())
+        return held
+    found.command = cur.statusmessage or ""
+    after = _relations(cur)
+    cur.execute(_LOCKS, (conn.info.backend_pid,))
+    now = dict(held)
+    for oid, mode, _granted, _type in cur.fetchall():
+        mode = lock_mode(mode)
+        if oid in existing and (oid not in now or STRENGTH.index(mode) > STRENGTH.index(now[oid])):
+            now[oid] = mode  # only relations others can see: not those this migration created
+    found.locks = sorted((Lock(names[oid][0], KINDS.get(names[oid][1], "relation"), mode)
+                          for oid, mode in now.items() if held.get(oid) != mode),
+                         key=lambda lock: (lock.kind != "table", lock.relation))
+    found.rewrites = sorted((Lock(before[oid][0], KINDS.get(before[oid][1], "relation"), "")
+                             for oid in before if oid in existing and oid in after
+                             and after[oid][2] != before[oid][2]), key=lambda r: (r.kind != "table", r.relation))
+    return now
+
+
+def _outside_transaction(target, conn, cur, statements, existing: dict, impact: MigrationImpact) -> None:
+    """A `-- transactional: false` file: each statement in a transaction of its own, measured as in a
+    transactional file, then committed (as it will be on the live database). Only a statement PostgreSQL
+    refuses inside a transaction (CONCURRENTLY, VACUUM, ALTER SYSTEM...) runs in autocommit, observed
+    while it waits."""
+    import psycopg2
+
+    names = dict(existing)
     for statement in statements:
         found = StatementImpact(statement.line, statement.text)
         impact.statements.append(found)
-        observer = psycopg2_connect(target.url, target.schema)
         try:
-            with observer.cursor() as watch:
-                watch.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                watch.execute("SELECT 1")  # the snapshot
-                failure: list = []
-                runner = threading.Thread(target=_execute, args=(conn, statement.text, failure), daemon=True)
-                runner.start()
-                deadline = time.monotonic() + 10
-                while runner.is_alive() and time.monotonic() < deadline:
-                    watch.execute(_LOCKS, (pid,))
-                    rows = watch.fetchall()
-                    for oid, mode, granted, _type in rows:
-                        if granted and oid in existing:
-                            lock = Lock(existing[oid][0], KINDS.get(existing[oid][1], "relation"), lock_mode(mode))
-                            if all((lock.relation, lock.mode) != (x.relation, x.mode) for x in found.locks):
-                                found.locks.append(lock)
-                    if any(not granted for *_x, granted, _t in rows):
-                        found.waits_for = ["every transaction older than it in the database (it waits for their "
-                                           "snapshots, between its phases)"]
-                        break
-                    time.sleep(0.02)
-            observer.rollback()
-            runner.join()
-        finally:
-            observer.close()
-        if failure:
-            found.error = failure[0]
+            _measured(conn, cur, statement.text, existing, names, {}, found)
+        except psycopg2.errors.ActiveSqlTransaction:  # refused before it did anything
+            conn.rollback()
+            conn.autocommit = True
+            try:
+                _observed(target, conn, statement.text, existing, found)
+            finally:
+                conn.autocommit = False
+        else:
+            (conn.rollback if found.error else conn.commit)()
+        if found.error:
             return
+
+
+def _observed(target, conn, text: str, existing: dict, found: StatementImpact) -> None:
+    """One statement in autocommit while another session holds an open snapshot, which CONCURRENTLY waits
+    for: the locks it holds while it waits are read (polled), then the snapshot is let go."""
+    found.observed = True
+    pid = conn.info.backend_pid
+    observer = psycopg2_connect(target.url, target.schema)
+    failure: list = []
+    try:
+        with observer.cursor() as watch:
+            watch.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            watch.execute("SELECT 1")  # the snapshot
+            runner = threading.Thread(target=_execute, args=(conn, text, failure), daemon=True)
+            runner.start()
+            deadline = time.monotonic() + 10
+            while runner.is_alive() and time.monotonic() < deadline:
+                watch.execute(_LOCKS, (pid,))
+                rows = watch.fetchall()
+                for oid, mode, granted, _type in rows:
+                    if granted and oid in existing:
+                        lock = Lock(existing[oid][0], KINDS.get(existing[oid][1], "relation"), lock_mode(mode))
+                        if all((lock.relation, lock.mode) != (x.relation, x.mode) for x in found.locks):
+                            found.locks.append(lock)
+                if any(not granted for *_x, granted, _t in rows):
+                    found.waits_for = ["every transaction older than it in the database (it waits for their "
+                                       "snapshots, between its phases)"]
+                    break
+                time.sleep(0.02)
+        observer.rollback()
+        runner.join()
+    finally:
+        observer.close()
+    if failure:
+        found.error = failure[0]
 
 
 def _execute(conn, text: str, failure: list) -> None:
@@ -319,7 +386,16 @@ def _join_live(live, impact: MigrationImpact) -> None:
                     lock.rows, lock.bytes = (row[0] if row[0] >= 0 else None), row[1]
             if statement.waits_for:
                 cur.execute(_OPEN_TRANSACTIONS)
-                now = [f"pid {pid} ({app or 'no application_name'}, user {user}, {state}, transaction open "
-                       f"{duration(age or 0)})" for pid, app, user, state, age in cur.fetchall()]
-                statement.waits_for.append("on the live database right now: " + ("; ".join(now) if now else
-                                                                                  "no other open transaction"))
+                statement.waits_for.append("on the live database right now: " + _open_transactions(cur.fetchall()))
+
+
+def _open_transactions(rows) -> str:
+    """The open transactions a CONCURRENTLY statement would wait for; sessions of other roles this role
+    cannot see (no pg_read_all_stats: their xact_start reads NULL) are said as such, never "none"."""
+    seen = [f"pid {pid} ({app or 'no application_name'}, user {user}, {state}, transaction open {duration(age or 0)})"
+            for pid, app, user, state, age in rows if state is not None]
+    hidden = len(rows) - len(seen)
+    if hidden:
+        seen.append(f"{hidden} session(s) of other roles this role cannot see (whether they hold a transaction open "
+                    "is unknown: grant it pg_read_all_stats to see)")
+    return "; ".join(seen) if seen else "no other open transaction"

@@ -11,6 +11,7 @@ The watcher never stops a migration: if it cannot read, it says so once and goes
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 
@@ -108,7 +109,8 @@ class Watcher:
         self._cancelling = ExitStack()
         self._cancelling.enter_context(cancel.on_sigterm(lambda: self._session))
         if self.show:
-            self._thread = threading.Thread(target=self._run, name="migration-watcher", daemon=True)
+            run = contextvars.copy_context().run  # its events keep the part's fields (a tenant's schema)
+            self._thread = threading.Thread(target=run, args=(self._run,), name="migration-watcher", daemon=True)
             self._thread.start()
         return self
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,8 @@ class ImpactReport:
             {"id": m.id, "file": m.path, "transactional": m.transactional,
              "lint": None if self.lint_skipped else [vars(f) for f in m.findings],
              "statements": [{"line": s.line, "sql": SqlText(s.text), "locks": [lock.to_json() for lock in s.locks],
-                             "rewrites": [r.relation for r in s.rewrites], "waits_for": s.waits_for, "error": s.error}
+                             "rewrites": [r.relation for r in s.rewrites], "waits_for": s.waits_for, "error": s.error, "command": s.command,
+                             "measured": "observed while it waited" if s.observed else "in a transaction"}
                             for s in m.statements]} for m in self.migrations]}
 
     def _head(self) -> str:
@@ -56,8 +58,7 @@ class ImpactReport:
             for s in m.statements:
                 lines.append(f"  line {s.line}: {s.summary}")
                 lines += [f"    {lock}" for lock in s.locks]
-                lines += [f"    rewrites {r.kind} {r.relation}" + (f" ({r.size()})" if r.size() else "")
-                          + ": reads and writes wait until it finishes" for r in s.rewrites]
+                lines += [f"    {s.rewritten(r)}" for r in s.rewrites]
                 lines += [f"    waits for {w}" for w in s.waits_for]
             lines += [f"  lint: {f}" for f in m.findings]
         if self.exit_code:
@@ -66,14 +67,16 @@ class ImpactReport:
 
     def markdown(self) -> list[str]:
         """A table per migration, lint findings beside the statement they are about: for a pull request."""
-        lines = ["## Migration impact", "", self._head().replace(self.target, f"`{self.target}`"), ""]
+        lines = ["## Migration impact", "", self._head().replace(self.target, _code(self.target)), ""]
         for m in self.migrations:
             held = "locks held until COMMIT" if m.transactional else "not transactional: each statement commits alone"
             lines += [f"### {m.id} ({held})", "", "| line | statement | locks | rewrites | lint |", "|---|---|---|---|---|"]
             for index, s in enumerate(m.statements):
-                cells = [str(s.line), f"`{_cell(' '.join(s.text.split())[:120])}`",
-                         "<br>".join(_cell(str(lock)) for lock in s.locks) or ("failed: " + _cell(s.error) if s.error else "none"),
-                         "<br>".join(_cell(f"**{r.relation}**" + (f" ({r.size()})" if r.size() else "")) for r in s.rewrites)
+                cells = [str(s.line), _code(_cell(" ".join(s.text.split())[:120])),
+                         ("_observed while it waited_: " if s.observed else "")
+                         + ("<br>".join(_cell(str(lock)) for lock in s.locks)
+                            or ("failed: " + _cell(s.error) if s.error else "none")),
+                         "<br>".join(_cell(s.rewritten(r)) for r in s.rewrites)
                          or "no",
                          "<br>".join(_cell(f"{f.rule}: {f.message}") for f in m.findings_at(index)) or ""]
                 lines.append("| " + " | ".join(cells) + " |")
@@ -85,6 +88,13 @@ class ImpactReport:
         if self.lint_skipped:
             lines.append("_lint skipped: squawk is not installed here_")
         return lines
+
+
+def _code(text: str) -> str:
+    """A Markdown code span that holds any backticks in `text`: fenced by a longer run (CommonMark)."""
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if "`" in text else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _cell(text: str) -> str:
