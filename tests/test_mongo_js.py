@@ -11,6 +11,7 @@ import pytest
 
 from conftest import one_error_line
 from migrator.mongo import actions, js_patch
+from migrator.mongo import js_patch as js_patch_module
 from migrator.mongo.js_patch import JsPatchFailed, run_js
 from migrator.mongo.patches import Patch
 
@@ -155,3 +156,81 @@ def test_mongosh_is_stopped_after_the_timeout_and_fails_the_patch(tmp_path):
         run_js(patch, None, False, lambda line: None, timeout=3)
     assert time.monotonic() - started < 20
     assert "stopped after 3 s (--patch-timeout / MONGO_PATCH_TIMEOUT)" in str(err.value)
+
+
+# A syntax error is found by mongosh itself before the `running` record: nothing of the patch runs, so
+# nothing may be logged (a `failed` record would block every later deploy). Top-level await and return
+# pass JavaScript's AsyncFunction constructor but not mongosh --file: the check must be mongosh's own.
+SYNTAX_ERRORS = {
+    "unexpected token": ('print("a");\n\nconst x = ;\n', 3, "SyntaxError: Unexpected token"),
+    "top-level await": ('print("a");\nconst n = await Promise.resolve(1);\n', 2,
+                        "SyntaxError: 'await' is only allowed within async functions"),
+    "top-level return": ('print("a");\nif (true) {\n  return;\n}\n', 3, "SyntaxError: 'return' outside of function."),
+    "redeclared": ('const x = 1;\nprint(x);\nconst x = 2;\n', 3, "SyntaxError: Identifier 'x' has already been declared."),
+    "invalid regex (V8's own check)": ('print("a");\nconst r = /(/;\n', 2,
+                                       "SyntaxError: Invalid regular expression: /(/: Unterminated group"),
+}
+
+
+@pytest.mark.parametrize("case", SYNTAX_ERRORS)
+def test_a_syntax_error_is_one_line_before_any_record_and_blocks_nothing(cli, mongo, tmp_path, case):
+    body, line, message = SYNTAX_ERRORS[case]
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    path = folder / "0001_typo.js"
+    path.write_text(f"db.getCollection('marks').insertOne({{ ran: true }});\n{body}")  # line 1 would write
+    body_line = line + 1
+    result = cli("mongo", "apply", "--mongo-dir", folder, "--run", env=mongo.env)
+    assert result.exit_code == 2
+    error = one_error_line(result)
+    assert error.startswith(f"error: {path}:{body_line}: {message}")
+    assert error.endswith("; fix it (nothing ran, nothing was logged)")
+    assert mongo.db.applied_patches.count_documents({}) == 0  # no `running`, no `failed`: nothing to resolve
+    # The next deploy is not blocked: once fixed, it is pending and runs.
+    path.write_text('patchComment(DRY_RUN ? "would fix" : "fixed");\n')
+    from migrator.mongo.patches import discover
+
+    patches = discover(folder)
+    assert [p.id for p in actions.pending(mongo.db, patches)] == ["0001_typo"]
+    (applied,) = actions.apply(mongo.db, None, patches, run=True, lock_wait=1, echo=lambda line: None)
+    assert applied.comment == "fixed"
+    assert [(r["patch"], r["status"]) for r in mongo.db.applied_patches.find()] == [("0001_typo", "applied")]
+
+
+def test_a_syntax_error_stops_the_run_after_the_patches_before_it(tmp_path, mongo):
+    from migrator.errors import MigratorError
+
+    ok = js_patch(tmp_path, "0001_ok", 'patchComment("done");\n')
+    bad = js_patch(tmp_path, "0002_typo", "print(1);\nconst y = );\nprint(y);\n")
+    later = js_patch(tmp_path, "0003_later", 'patchComment("later");\n')
+    with pytest.raises(MigratorError) as err:
+        list(actions.apply(mongo.db, None, [ok, bad, later], run=True, lock_wait=1, echo=lambda line: None))
+    assert err.value.exit_code == 2 and str(err.value).startswith(f"{bad.path}:2: SyntaxError: ")
+    assert [(r["patch"], r["status"]) for r in mongo.db.applied_patches.find()] == [("0001_ok", "applied")]
+    assert [p.id for p in actions.pending(mongo.db, [ok, bad, later])] == ["0002_typo", "0003_later"]
+
+
+@pytest.mark.parametrize("body", ["#!/usr/bin/env mongosh\nprint(1);\n", "\ufeffprint(1);\n",
+                                  "// only a comment, no final newline", "const f = async () => await 1;\nf();\n",
+                                  'const {a, ...rest} = {a: 1, b: 2};\nprint(`${a}`, rest); // destructuring, a template\n'])
+def test_what_mongosh_runs_passes_the_check(tmp_path, body):
+    patch = js_patch(tmp_path, "0001_fine", body)
+    js_patch_module.check(patch)  # no error
+    run_js(patch, None, True, lambda line: None)  # and mongosh does run it
+
+
+def test_a_mongosh_that_cannot_check_is_one_line_not_a_failed_patch(tmp_path, mongo, monkeypatch):
+    from migrator.errors import MigratorError
+
+    fake = tmp_path / "old-mongosh"
+    fake.write_text("#!/bin/sh\necho 'Error: unknown option --exposeAsyncRewriter' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("MONGOSH", str(fake))
+    patch = js_patch(tmp_path, "0001_fine", "print(1);\n")
+    with pytest.raises(MigratorError) as err:
+        list(actions.apply(mongo.db, None, [patch], run=True, lock_wait=1, echo=lambda line: None))
+    assert err.value.exit_code == 2
+    assert str(err.value) == (f"{fake} could not check the syntax of {patch.path}: Error: unknown option "
+                              f"--exposeAsyncRewriter; use mongosh {js_patch_module.MONGOSH_VERSION} (`make mongosh`) "
+                              "or fix MONGOSH (nothing ran, nothing was logged)")
+    assert mongo.db.applied_patches.count_documents({}) == 0

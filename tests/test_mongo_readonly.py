@@ -4,7 +4,7 @@ import pytest
 
 from conftest import one_error_line
 
-from migrator.mongo.readonly import DryRunWriteError, ReadOnlyDatabase
+from migrator.mongo.readonly import DryRunWriteError, ReadOnlyCollection, ReadOnlyDatabase, gridfs_reads
 
 WRITES = {
     "insert_one": lambda c: c.insert_one({"x": 1}),
@@ -124,21 +124,90 @@ def test_pymongo_views_pass_isinstance_and_gridfs_reads_without_a_write_path():
     view = ReadOnlyDatabase(client["hcm"])
     assert isinstance(view, Database) and type(view) is ReadOnlyDatabase
     fs = gridfs.GridFS(view)  # pymongo's own type check passes
-    with pytest.raises(AttributeError):  # GridFS.find builds a Cursor that needs the client's private API
+    bucket = gridfs.GridFSBucket(view)
+    with pytest.raises(AttributeError):  # outside a dry run's gridfs_reads(): the cursor needs the private client API
         next(iter(fs.find({"filename": "x"})))
     from pymongo.collection import Collection
 
     # Reads get past the view and reach pymongo's read path (here: no server, so a timeout, not a refusal).
-    for read in (lambda: view.command("aggregate", "things", pipeline=[{"$match": {}}], cursor={}),
-                 lambda: fs.get("x"), lambda: fs.exists("x"), lambda: view.things.find().sort("_id").next(),
-                 lambda: list(view.things.aggregate_raw_batches([]))):
-        with pytest.raises(pymongo.errors.ServerSelectionTimeoutError):
-            read()
-    for write in (lambda: fs.delete("id"), lambda: view.fs.files.create_index("filename"),
-                  lambda: Collection.insert_one(view.things, {"x": 1}),  # unbound: still through the client view
-                  lambda: view.client.drop_database("hcm")):
-        with pytest.raises((DryRunWriteError, AttributeError)):  # refused before any network (not a timeout)
-            write()
+    with gridfs_reads():
+        assert type(fs.find().sort("uploadDate").collection) is ReadOnlyCollection  # no real collection handed out
+        for read in (lambda: view.command("aggregate", "things", pipeline=[{"$match": {}}], cursor={}),
+                     lambda: fs.get("x"), lambda: fs.exists("x"), lambda: view.things.find().sort("_id").next(),
+                     lambda: list(view.things.aggregate_raw_batches([])), lambda: next(iter(fs.find({"filename": "x"}))),
+                     lambda: fs.find_one(), lambda: fs.list(), lambda: fs.get_last_version("x"),
+                     lambda: next(iter(bucket.find())), lambda: bucket.open_download_stream_by_name("x")):
+            with pytest.raises(pymongo.errors.ServerSelectionTimeoutError):
+                read()
+        for write in (lambda: fs.delete("id"), lambda: view.fs.files.create_index("filename"),
+                      lambda: Collection.insert_one(view.things, {"x": 1}),  # unbound: still through the client view
+                      lambda: view.client.drop_database("hcm"), lambda: bucket.delete("id"),
+                      lambda: bucket.rename("id", "y"), lambda: fs.find().collection.insert_one({})):
+            # (put/new_file/upload_* read the files collection first: refused on mongomock, below)
+            with pytest.raises((DryRunWriteError, AttributeError)):  # refused before any network (not a timeout)
+                write()
+
+
+@pytest.fixture
+def gridfs_mongo(mongo):
+    """GridFS on the test database: mongomock needs its gridfs integration (a real server does not)."""
+    import os
+    from unittest import mock
+
+    if os.environ.get("TEST_MONGO_URL"):
+        yield mongo
+        return
+    from mongomock.gridfs import enable_gridfs_integration
+
+    enable_gridfs_integration()
+    yield mongo
+    mock.patch.stopall()
+
+
+def test_gridfs_reads_work_in_a_dry_run_and_its_writes_are_refused(gridfs_mongo):
+    import time
+
+    import gridfs
+
+    mongo = gridfs_mongo
+    real = gridfs.GridFS(mongo.db)
+    a = real.put(b"alpha", filename="a.csv")
+    real.put(b"beta v1", filename="b.csv")
+    time.sleep(0.01)  # uploadDate has millisecond resolution: v2 must be the later one
+    real.put(b"beta v2", filename="b.csv")
+    before = mongo.snapshot()
+    view = ReadOnlyDatabase(mongo.db)
+    with gridfs_reads():
+        fs = gridfs.GridFS(view)  # (GridFSBucket needs db.client, which a mongomock view refuses: tested above)
+        assert sorted(f.filename for f in fs.find({})) == ["a.csv", "b.csv", "b.csv"]  # (mongomock needs a filter)
+        assert fs.find_one({"filename": "a.csv"}).read() == b"alpha"
+        newest = fs.find({"filename": "b.csv"}).sort("_id", -1).limit(1)
+        assert type(newest.collection) is ReadOnlyCollection and [f.read() for f in newest] == [b"beta v2"]
+        assert fs.get(a).read() == b"alpha" and fs.exists(a) and not fs.exists(filename="c.csv")
+        assert sorted(fs.list()) == ["a.csv", "b.csv"] and fs.get_last_version("b.csv").read() == b"beta v2"
+        for write in (lambda: fs.put(b"new", filename="c.csv"), lambda: fs.delete(a),
+                      lambda: fs.new_file(filename="c.csv").close(), lambda: fs.find({}).collection.insert_one({})):
+            with pytest.raises((DryRunWriteError, AttributeError)):
+                write()
+    assert mongo.snapshot() == before
+
+
+def test_a_python_dry_run_reads_gridfs(cli, gridfs_mongo, tmp_path):
+    import gridfs
+
+    gridfs.GridFS(gridfs_mongo.db).put(b"alpha", filename="a.csv")
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_files.py").write_text(
+        "import gridfs\n"
+        "def run(db, dry_run):\n"
+        "    names = [f.filename for f in gridfs.GridFS(db).find({})]\n"
+        "    return f'would rename {names}'\n")
+    before = gridfs_mongo.snapshot()
+    result = cli("mongo", "apply", "--mongo-dir", folder, env=gridfs_mongo.env)
+    assert result.exit_code == 0, result.output
+    assert "would rename ['a.csv']" in result.stdout
+    assert gridfs_mongo.snapshot() == before
 
 
 def test_a_python_dry_run_sees_no_secret_and_cannot_build_a_client(cli, mongo, tmp_path):

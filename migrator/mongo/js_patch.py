@@ -8,6 +8,7 @@ the whole process group is killed (grandchildren too) and reading stops.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -29,6 +30,9 @@ from migrator.targets import MongoTarget
 MONGOSH_VERSION = "2.12.0"
 LOCAL_MONGOSH = PROJECT_ROOT / ".mongosh" / "node_modules" / ".bin" / "mongosh"
 SHIM = Path(__file__).with_name("dry_run_shim.js")
+SYNTAX_CHECK = Path(__file__).with_name("syntax_check.js")
+SYNTAX_MARK = "\x1ehcm-syntax\x1e"
+SYNTAX_CHECK_TIMEOUT = 60.0  # seconds: mongosh starts in about one
 AFTER_EXIT_GRACE = 1.0  # seconds to read what mongosh's children still print after it exits
 
 
@@ -142,13 +146,45 @@ def _js_error(lines: list[str]) -> str:
 
 
 def check(patch: Patch) -> None:
-    """What must hold before a JS patch's `running` record is written: mongosh found, the file readable."""
-    mongosh_path()
+    """What must hold before a JS patch's `running` record is written: mongosh found, the file readable and
+    compiling as mongosh would run it. One line (exit 2) otherwise: nothing ran, nothing was logged."""
+    mongosh = mongosh_path()
     try:
         patch.path.read_bytes()
     except OSError as exc:
         raise MigratorError(f"{patch.path} cannot be read: {exc.strerror}; fix it (nothing ran, nothing was logged)",
                             USAGE) from exc
+    problem = _syntax_problem(mongosh, patch)
+    if problem:
+        where = f"{patch.path}:{problem['line']}" if problem.get("line") else str(patch.path)
+        message = one_line(output.scrub(f"{problem.get('name', 'Error')}: {problem.get('message', '')}"))
+        raise MigratorError(f"{where}: {message}; fix it (nothing ran, nothing was logged)", USAGE)
+
+
+def _syntax_problem(mongosh: str, patch: Patch) -> dict | None:
+    """mongosh compiles the file (its async rewriter, then V8) without running it: None, or the error."""
+    with tempfile.TemporaryDirectory(prefix="hcm-mongosh-") as home:
+        env = mongosh_environment(home)
+        env["HCM_PATCH_FILE"] = str(patch.path)
+        command = [mongosh, "--nodb", "--norc", "--quiet", "--exposeAsyncRewriter", "--file", str(SYNTAX_CHECK)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=SYNTAX_CHECK_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise _cannot_check(mongosh, patch, str(exc)) from exc
+    marked = [line for line in done.stdout.split("\n") if line.startswith(SYNTAX_MARK)]  # not splitlines(): \x1e splits
+    if done.returncode != 0 or not marked:
+        said = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        raise _cannot_check(mongosh, patch, _js_error(said) or f"exit {done.returncode}")
+    result = json.loads(marked[-1][len(SYNTAX_MARK):])
+    if result and "unsupported" in result:
+        raise _cannot_check(mongosh, patch, result["unsupported"])
+    return result
+
+
+def _cannot_check(mongosh: str, patch: Patch, why: str) -> MigratorError:
+    return MigratorError(f"{mongosh} could not check the syntax of {patch.path}: {one_line(output.scrub(why))}; use "
+                         f"mongosh {MONGOSH_VERSION} (`make mongosh`) or fix MONGOSH (nothing ran, nothing was logged)",
+                         USAGE)
 
 
 def mongosh_path() -> str:

@@ -81,8 +81,11 @@ def _load(patch: Patch) -> ModuleType:
 
 @contextlib.contextmanager
 def guarded(patch: Patch, dry_run: bool) -> Iterator[None]:
+    from migrator.mongo.readonly import gridfs_reads
+
     with output.patch_stderr(), _dunder_streams(), _on_path(str(patch.path.parent)), _no_os_exit(), \
-            (sealed() if dry_run else contextlib.nullcontext()):
+            (sealed() if dry_run else contextlib.nullcontext()), \
+            (gridfs_reads() if dry_run else contextlib.nullcontext()):
         yield
 
 

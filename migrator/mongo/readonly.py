@@ -6,14 +6,18 @@ out a real object: cursors (`find().collection`, `aggregate(...)`), `.database` 
 are views too, the real object is kept out of the instance's __dict__, and every `_` attribute is
 refused on every view (the client view included, so pymongo's write path, which even
 `Collection.insert_one(view, ...)` goes through, is out of reach). The views still pass
-`isinstance(db, Database)`, so GridFS(db).get/exists/list/get_last_version read; GridFS.find needs
-pymongo's private client API and is refused (read `db.fs.files` and `fs.get(id)` instead).
+`isinstance(db, Database)`, so GridFS(db).get/exists/list/get_last_version read; GridFS and
+GridFSBucket find/find_one need pymongo's private cursor API, so while `gridfs_reads()` is on (a
+Python dry run) their cursor is built on the real collection and handed out as a view.
 
 The threat model is a careless patch, not a malicious one: in-process Python can always reach a
 real object by deliberate introspection (gc.get_objects(), frame and closure internals).
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 COLLECTION_READS = frozenset({
     "find_one", "count_documents", "estimated_document_count", "distinct",
@@ -227,6 +231,27 @@ def _command(database, command, *args, **kwargs):
 def _database_aggregate(database, pipeline, *args, **kwargs):
     _check_pipeline(pipeline, f"db {database.name}")
     return ReadOnlyCursor(database.aggregate(pipeline, *args, **kwargs), None)
+
+
+@contextlib.contextmanager
+def gridfs_reads() -> Iterator[None]:
+    """GridFS(view).find()/find_one() and GridFSBucket(view).find() read: the GridOut cursor pymongo builds on a
+    view (it needs the private client API a view refuses) is built on the real collection and wrapped as a
+    view (its `.collection` is one, and so is every cursor chained from it). Writes still go through the view."""
+    from gridfs.synchronous import grid_file
+
+    real = grid_file.GridOutCursor  # mongomock's gridfs integration (tests) replaces this name too
+
+    def cursor(collection, *args, **kwargs):
+        if type(collection) is not ReadOnlyCollection:
+            return real(collection, *args, **kwargs)
+        return ReadOnlyCursor(real(_real(collection), *args, **kwargs), collection["files"])
+
+    grid_file.GridOutCursor = cursor
+    try:
+        yield
+    finally:
+        grid_file.GridOutCursor = real
 
 
 def _refuse_now(what: str):
