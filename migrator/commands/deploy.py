@@ -42,7 +42,8 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         if drift:
             raise postgres.drift_error(drift, target)
         schema = check_schema_drift(settings, backend, refuse=settings.strict)
-        with advancing_schema(settings, backend, "migrate", always=schema.recorded is None) as changed:
+        with advancing_schema(settings, backend, "migrate", always=schema.recorded is None,
+                              before=schema.live) as changed:
             with watching(settings, backend, target):
                 for migration, seconds in postgres.apply(backend, target, migrations):
                     applied.append(migration.id)
@@ -78,14 +79,16 @@ def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool):
 
 
 @contextlib.contextmanager
-def advancing_schema(settings: CommandSettings, backend, reason: str, *, always: bool = False) -> Iterator[list]:
+def advancing_schema(settings: CommandSettings, backend, reason: str, *, always: bool = False,
+                     before=None) -> Iterator[list]:
     """Around the runner's own changes: afterwards (a failure too) the recorded schema moves forward by exactly
     what they changed, so drift found before stays drift and the runner's work never reads as drift. The block
     appends the ids it changed to the list it is given; with none, no failure and not `always`, nothing is recorded
     (a failure may have committed part of a non-transactional file: that is the runner's work too)."""
     from migrator.schema import describe, snapshot
 
-    before = describe(backend.connection, backend.bookkeeping_schema)
+    if before is None:  # (the drift check's description, when it made one, is the same moment's)
+        before = describe(backend.connection, backend.bookkeeping_schema)
     changed: list = []
     failed = False
     try:

@@ -20,8 +20,9 @@ def rollback(settings: CommandSettings, *, count: int | None, to: str | None, al
     done = []
     with locked_backend(settings, settings.limits()) as (backend, target):
         selected = postgres.select_rollback(backend, migrations, count=count, to=to, all_=all_)
-        check_schema_drift(settings, backend, refuse=False)
-        with advancing_schema(settings, backend, "rollback") as changed, watching(settings, backend, target):
+        schema = check_schema_drift(settings, backend, refuse=False)
+        with advancing_schema(settings, backend, "rollback", before=schema.live) as changed, \
+                watching(settings, backend, target):
             for migration, seconds in postgres.rollback(backend, target, selected):
                 done.append(migration.id)
                 changed.append(migration.id)

@@ -56,6 +56,7 @@ class DriftReport:
 
     recorded: Snapshot | None
     changes: list[str] = field(default_factory=list)
+    live: Description | None = field(default=None, repr=False)  # what was described (None: nothing recorded)
 
     @property
     def drifted(self) -> bool:
@@ -161,6 +162,7 @@ def live_drift(conn, schema: str) -> DriftReport:
         return DriftReport(None)
     live = describe(conn, schema)
     if live.sha256 == snapshot.sha256:
-        return DriftReport(snapshot)
+        return DriftReport(snapshot, live=live)
     changes = diff(recorded_description(conn, schema), live)
-    return DriftReport(snapshot, changes or ["schema text changed (no single object differs; compare with schema.sql)"])
+    return DriftReport(snapshot, changes or ["schema text changed (no single object differs; compare with schema.sql)"],
+                       live=live)
