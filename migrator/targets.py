@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import quote, urlencode
 
 from migrator import output, urls
+from migrator.errors import USAGE, MigratorError
 
 PG_SCHEMES = ("postgresql", "postgres")
 MONGO_SCHEMES = ("mongodb", "mongodb+srv")
@@ -60,6 +61,15 @@ class PostgresTarget:
         """The same server, narrowed to one tenant's schema."""
         return replace(self, schema=schema, schemas=[schema], notes=[], params=dict(self.params),
                        sources=dict(self.sources))
+
+    def one_schema(self, what: str) -> "PostgresTarget":
+        """For `what` (a command without a per-schema loop): narrowed to the one schema given, or a usage error."""
+        if not self.schemas or self.schema:
+            return self
+        if len(self.schemas) > 1:
+            raise MigratorError(f"{what} works on one schema at a time, and {self.sources['schemas']} names "
+                                f"{len(self.schemas)}; pass --schema NAME", USAGE)
+        return self.for_schema(self.schemas[0])
 
     def _url(self, masked: bool) -> str:
         auth = ""

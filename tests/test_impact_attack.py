@@ -76,7 +76,7 @@ def test_several_schemas_are_refused_and_an_unknown_one_too(cli, db, pg, sql_dir
     several = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"),
                   env={**db.db_env(), "SCHEMA_NAME": "tenant_a,tenant_b"})
     assert several.exit_code == 2, several.output
-    assert "plan --impact measures one schema at a time" in several.stderr and "--schema NAME" in several.stderr
+    assert "plan --impact works on one schema at a time" in several.stderr and "--schema NAME" in several.stderr
     unknown = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), "--schema", "tenant_x",
                   env=db.db_env())
     assert unknown.exit_code == 2, unknown.output

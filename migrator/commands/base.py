@@ -92,12 +92,7 @@ def locked_backend(settings: CommandSettings, limits: DdlLimits | None = None) -
     """(backend, target) for a command that changes the database: connected, and holding the lock."""
     from migrator import postgres
 
-    target = settings.postgres_target()
-    if target.schemas and not target.schema:  # a command with no per-schema loop: one schema, or a clear no
-        if len(target.schemas) > 1:
-            raise MigratorError(f"this command works on one schema at a time, and {target.sources['schemas']} names "
-                                f"{len(target.schemas)}; pass --schema NAME", USAGE)
-        target = target.for_schema(target.schemas[0])
+    target = settings.postgres_target().one_schema("this command")
     settings.note(f"PostgreSQL: {target.display_url}" + (f" schema {target.schema}" if target.schema else ""))
     with (postgres.connect(target, read_only=False, limits=limits) as backend,
           postgres.locked(backend, target, settings.lock_timeout, settings.note)):

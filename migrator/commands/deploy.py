@@ -160,12 +160,7 @@ def impact(settings: CommandSettings, scratch_url: str | None) -> ImpactReport:
     from migrator.postgres import impact as measure
 
     migrations = postgres.read_migrations(settings.sql_dir)
-    target = settings.postgres_target()
-    if target.schemas and not target.schema:
-        if len(target.schemas) > 1:
-            raise MigratorError(f"plan --impact measures one schema at a time, and {target.sources['schemas']} names "
-                                f"{len(target.schemas)}; pass --schema NAME", USAGE)
-        target = target.for_schema(target.schemas[0])
+    target = settings.postgres_target().one_schema("plan --impact")
     with postgres.connect(target, read_only=True) as backend:
         if target.schema and not _schema_exists(backend, target.schema):
             raise MigratorError(f"--schema {target.schema}: no such schema on {target.where}; "

@@ -143,13 +143,11 @@ def postgres_settings(report: DoctorReport, options: PostgresOptions, env: Env) 
     origins = sorted(set(target.sources.values()))
     report.add(Check("postgres settings", OK, f"{target.display_url} from {', '.join(origins)}; TLS {target.tls}"))
     _notes(report, "postgres settings", target.notes)
-    if target.schemas and not target.schema:  # as a command without a per-schema loop: one schema, or a clear no
-        if len(target.schemas) > 1:
-            report.add(Check("postgres schema", FAIL, f"doctor checks one schema at a time, and {target.sources['schemas']} "
-                             f"names {len(target.schemas)}", "pass --schema NAME for each schema to check"))
-            return None
-        target = target.for_schema(target.schemas[0])
-    return target
+    try:
+        return target.one_schema("doctor")
+    except MigratorError as exc:
+        report.add(Check("postgres schema", FAIL, str(exc).split("; pass")[0], "pass --schema NAME for each schema to check"))
+        return None
 
 
 def mongo_settings(report: DoctorReport, options: MongoOptions, env: Env, mongo_dir: Path) -> MongoTarget | None:
