@@ -213,7 +213,12 @@ def workdir(tmp_path: Path, monkeypatch) -> Path:
     for name in RUNNER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HCM_DEVDB_DIR", str(tmp_path / "devdb"))
-    return work
+    yield work
+    if (tmp_path / "devdb" / "postmaster.pid").exists():  # a test that used the local database: stop its server
+        from migrator import devdb
+        from migrator.env import Env
+
+        devdb.stop(Env({"HCM_DEVDB_DIR": str(tmp_path / "devdb")}))
 
 
 @dataclass
