@@ -25,6 +25,11 @@ import pytest
 from click.testing import CliRunner
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Under `make test ARGS=...`, make passes ARGS on to every make a test starts (MAKEFLAGS, and ARGS itself in the
+# environment): those must run make as a user would.
+for _variable in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "ARGS", "NAME"):
+    os.environ.pop(_variable, None)
 SPECIAL_PASSWORD = "p@ss:w/rd#%?&= x"
 PASSWORD_USER = "hcm_app"
 
