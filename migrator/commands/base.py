@@ -39,6 +39,7 @@ class CommandSettings:
     parallel: int = 1  # over several schemas: how many at once
     mongo_off: bool = False  # a schema's part of a run: Mongo is the run's, done once
     progress: bool = True  # live progress of long statements (--quiet turns it off)
+    described: object = None  # a tenant's schema as read at the start of the run (tenants.run): drift's fast path
 
     def limits(self) -> DdlLimits:
         return resolve_ddl_limits(self.ddl_lock_timeout, self.statement_timeout, self.env)

@@ -42,15 +42,23 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         if drift:
             raise postgres.drift_error(drift, target)
         schema = check_schema_drift(settings, backend, refuse=settings.strict)
-        with advancing_schema(settings, backend, "migrate", always=schema.recorded is None,
-                              before=schema.live) as changed:
-            with watching(settings, backend, target):
-                for migration, seconds in postgres.apply(backend, target, migrations):
-                    applied.append(migration.id)
-                    changed.append(migration.id)
-                    settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
+        # A drift check answered from a description read before the lock (a run over many tenants) leaves
+        # nothing to describe when nothing is pending; else advancing_schema describes it, under the lock.
+        if schema.live is not None or schema.recorded is None or backend.to_apply(migrations):
+            _apply_pending(settings, backend, target, migrations, schema, applied)
         states = postgres.status(backend, migrations)
     return SqlMigrateReport(applied, sum(1 for s in states if s.applied_at), len(migrations))
+
+
+def _apply_pending(settings: CommandSettings, backend, target, migrations, schema, applied: list) -> None:
+    from migrator import postgres
+
+    with advancing_schema(settings, backend, "migrate", always=schema.recorded is None, before=schema.live) as changed:
+        with watching(settings, backend, target):
+            for migration, seconds in postgres.apply(backend, target, migrations):
+                applied.append(migration.id)
+                changed.append(migration.id)
+                settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
 
 
 def migrate_mongo(settings: CommandSettings, mongo_target, mongo_patches):
@@ -67,7 +75,7 @@ def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool):
     """Live drift said before anything runs (a DBA's emergency index is allowed); refused when asked."""
     from migrator.schema import snapshot
 
-    drift = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
+    drift = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described)
     if drift.drifted:
         if refuse:
             raise MigratorError(f"--strict: the live schema changed outside migrations ({drift.to_json()['summary']}); "
@@ -139,7 +147,7 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
         with postgres.connect(target, read_only=True) as backend:
             todo = postgres.pending(backend, migrations)
             drift = [s for s in postgres.status(backend, migrations) if s.changed]
-            schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
+            schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described)
         where = target.display_url
     skipped = bool(todo) and lint.squawk_path() is None
     if skipped:
@@ -220,7 +228,7 @@ def status(settings: CommandSettings) -> StatusReport:
     with postgres.connect(target, read_only=True) as backend:
         states = postgres.status(backend, migrations)
         invalid = postgres.invalid_indexes(backend)
-        schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
+        schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described)
     mongo = mongo_commands.patch_status(settings, mongo_target) if mongo_target else None
     return StatusReport(target.display_url, states, invalid, schema, mongo)
 

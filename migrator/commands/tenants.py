@@ -212,7 +212,7 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
     "not run", and the caller shows the summary (interrupt.requested() says it happened)."""
     from migrator import interrupt, postgres
 
-    missing = set(postgres.missing_schemas(target, target.schemas, create=writes and target.create_schemas))
+    missing, described = postgres.survey_schemas(target, target.schemas, create=writes and target.create_schemas)
     outcomes = {schema: SchemaOutcome(schema) for schema in target.schemas}
     stop = threading.Event()
 
@@ -230,7 +230,7 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
         else:
             started = time.perf_counter()
             try:
-                outcome.report = work(_for_schema(settings, target, schema))
+                outcome.report = work(_for_schema(settings, target, schema, described.get(schema)))
             except MigratorError as exc:
                 outcome.error, outcome.exit_code = str(exc), exc.exit_code
                 outcome.report = getattr(exc, "partial", None)
@@ -255,9 +255,10 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
     return [outcomes[schema] for schema in target.schemas]
 
 
-def _for_schema(settings: CommandSettings, target, schema: str) -> CommandSettings:
-    """The settings of one schema: its target pinned, its lines prefixed with its name."""
-    return dataclasses.replace(settings, pinned=target.for_schema(schema),
+def _for_schema(settings: CommandSettings, target, schema: str, described) -> CommandSettings:
+    """The settings of one schema: its target pinned, its lines prefixed with its name, its schema as read
+    at the start of the run (the drift check's fast path)."""
+    return dataclasses.replace(settings, pinned=target.for_schema(schema), described=described,
                                echo=lambda line: _print(settings.echo, schema, line),
                                note=lambda line: _print(settings.note, schema, line),
                                show=lambda report: None)

@@ -12,7 +12,8 @@ package adds what a DBA and an operator need around it, one module per concern:
 """
 
 from migrator.postgres.apply import apply, break_lock, locked, mark, rollback, select_by_id, select_rollback
-from migrator.postgres.connection import MIGRATION_TABLE, connect, connection_error, missing_schemas, resolve_target
+from migrator.postgres.connection import (MIGRATION_TABLE, connect, connection_error, missing_schemas, resolve_target,
+                                          survey_schemas)
 from migrator.postgres.files import FILE_NAME, new
 from migrator.postgres.migration import (is_transactional, load_migrations, ordered, plan_text, read_migrations,
                                          rollback_path)
@@ -23,5 +24,5 @@ __all__ = [
     "FILE_NAME", "MIGRATION_TABLE", "MigrationState", "apply", "applied_ids", "bookkeeping", "break_lock", "connect",
     "connection_error", "drift_error", "invalid_indexes", "is_transactional", "load_migrations", "locked", "mark", "missing_schemas",
     "new", "ordered", "pending", "plan_text", "read_migrations", "reconcile", "resolve_target", "rollback",
-    "rollback_path", "select_by_id", "select_rollback", "status",
+    "rollback_path", "select_by_id", "select_rollback", "status", "survey_schemas",
 ]

@@ -198,10 +198,20 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
 
 def missing_schemas(target: PostgresTarget, schemas: list[str], *, create: bool) -> list[str]:
     """The tenants' schemas that do not exist; with `create`, they are created (by the user connected)."""
+    return survey_schemas(target, schemas, create=create, describe=False)[0]
+
+
+def survey_schemas(target: PostgresTarget, schemas: list[str], *, create: bool,
+                   describe: bool = True) -> tuple[list[str], dict]:
+    """(the missing schemas, each present schema's description) of the tenants, over one connection: the
+    descriptions, read in one pass, spare each tenant's drift check its own (schema.describe_tenants).
+    With `create`, the missing schemas are created (by the user connected) and none is missing."""
     import psycopg2
     from psycopg2 import sql
 
     from yoyo.connections import parse_uri
+
+    from migrator.schema.describe import describe_tenants
 
     uri = parse_uri(_connection_url(replace(target, schema=None), not create, None))  # decoded as yoyo does
     try:
@@ -223,9 +233,11 @@ def missing_schemas(target: PostgresTarget, schemas: list[str], *, create: bool)
                     raise MigratorError(f"cannot create schema {schema} on {target.where}: "
                                         f"{output.scrub(str(exc)).strip().splitlines()[0]}; create it as its owner "
                                         "or grant CREATE on the database")
+        present = [schema for schema in schemas if schema in found]
+        described = describe_tenants(connection, present) if describe and present else {}
     finally:
         connection.close()
-    return [] if create else missing
+    return ([] if create else missing), described
 
 
 def _check_bookkeeping(backend, target: PostgresTarget) -> None:

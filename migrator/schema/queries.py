@@ -1,8 +1,8 @@
 """The catalog queries behind the description: one query per kind of object, no per-object query.
 
 Every query runs with search_path = pg_catalog (names come out schema-qualified) and takes one
-parameter, %(bookkeeping)s: the oid of the schema holding yoyo's and the runner's tables; only those
-tables, by exact name, in that schema, are left out. Privileges are read only where an ACL is set
+parameter, %(bookkeeping)s: the oids of the schemas holding yoyo's and the runner's tables (one, or each
+tenant's own); only those tables, by exact name, in those schemas, are left out. Privileges are read only where an ACL is set
 (NULL means the default), which keeps the queries cheap on large schemas.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 MANAGED_NS = "n.nspname <> 'information_schema' AND left(n.nspname, 3) <> 'pg_'"
 BOOKKEEPING_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock",
                       "_hcm_migration_checksum", "_hcm_migration_failure", "_hcm_schema_snapshot")
-NOT_BOOKKEEPING = ("NOT (c.relnamespace = %(bookkeeping)s AND c.relname IN ("
+NOT_BOOKKEEPING = ("NOT (c.relnamespace = ANY(CAST(%(bookkeeping)s AS oid[])) AND c.relname IN ("
                    + ", ".join(f"'{t}'" for t in BOOKKEEPING_TABLES) + "))")
 QUALIFIED = "quote_ident(n.nspname) || '.' || quote_ident({name})"
 
@@ -27,6 +27,17 @@ SELECT coalesce(
     pg_catalog.to_regnamespace(pg_catalog.quote_ident(pg_catalog.current_schema())), 0)::oid
 """
 BOOKKEEPING_BY_NAME = "SELECT coalesce(pg_catalog.to_regnamespace(pg_catalog.quote_ident(%s)), 0)::oid"
+# Each tenant's history is in its own schema: all of them hold bookkeeping tables.
+BOOKKEEPING_OF_TENANTS = ("SELECT coalesce(array_agg(n.oid), '{}') FROM pg_catalog.pg_namespace n "
+                          "WHERE n.nspname = ANY(%s)")
+
+
+def with_schema_column(query: str) -> str:
+    """The query with its object's schema name (n.nspname) as one more, last, column: how a read over many
+    schemas tells whose each row is. Every per-schema query's own FROM starts a line."""
+    select, found, rest = query.partition("\nFROM ")
+    assert found and "n.nspname" in rest, "a per-schema query joins pg_namespace n in its own FROM"
+    return f"{select}, n.nspname\nFROM {rest}"
 
 
 def not_extension_member(catalog: str, oid: str) -> str:

@@ -154,12 +154,19 @@ def recorded_description(conn, schema: str) -> Description | None:
     return Description.from_json(row[0]) if row else None
 
 
-def live_drift(conn, schema: str) -> DriftReport:
+def live_drift(conn, schema: str, described: Description | None = None) -> DriftReport:
     """The live schema against the recorded description. Reads only (safe on `status`'s read-only
-    connection). The recorded objects are read only when the text's sha256 differs."""
+    connection). The recorded objects are read only when the text's sha256 differs.
+
+    `described`: the schema as read a moment ago (describe_tenants at the start of a run over many tenants).
+    When it equals the recorded one, that is the answer, without describing again; anything else (drift, or a
+    change since) is described now. The report's `live` is then None: what the runner changes next is
+    measured against a description it takes itself, never a pre-read one."""
     snapshot = recorded(conn, schema)
     if snapshot is None:
         return DriftReport(None)
+    if described is not None and described.sha256 == snapshot.sha256:
+        return DriftReport(snapshot)
     live = describe(conn, schema)
     if live.sha256 == snapshot.sha256:
         return DriftReport(snapshot, live=live)

@@ -1,0 +1,126 @@
+"""A run over many tenants reads every tenant's schema in one pass (schema.describe_tenants) and answers each
+schema's drift check from it: the same answer as describing the schema on its own connection, drift still
+found, and nothing changed by hand ever absorbed into a tenant's recorded schema."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg2
+import pytest
+
+from conftest import add_migration
+from migrator.errors import SCHEMA_DRIFT
+
+TENANTS = ("pb", "mz", "ng_2")
+# Every kind a tenant's history holds, made in each tenant (a tenant session's search_path puts them there).
+KINDS = """
+CREATE TYPE run_state AS ENUM ('queued', 'done');
+CREATE DOMAIN positive_int AS integer CHECK (VALUE > 0);
+CREATE SEQUENCE batch_seq START 7;
+CREATE TABLE run (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, report_id integer REFERENCES hcm_report_metadata (id),
+                  state run_state NOT NULL DEFAULT 'queued', tries positive_int, label text COLLATE "C");
+CREATE INDEX run_state_idx ON run (state) WHERE state <> 'done';
+CREATE TABLE part (day date NOT NULL, n int) PARTITION BY RANGE (day);
+CREATE TABLE part_2026 PARTITION OF part FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER run_touch BEFORE UPDATE ON run FOR EACH ROW EXECUTE FUNCTION touch();
+CREATE VIEW run_counts AS SELECT state, count(*) FROM run GROUP BY state;
+CREATE MATERIALIZED VIEW run_totals AS SELECT count(*) AS n FROM run;
+CREATE POLICY run_mine ON run USING (true);
+CREATE RULE run_no_delete AS ON DELETE TO run_counts DO INSTEAD NOTHING;
+CREATE STATISTICS run_stats ON state, tries FROM run;
+COMMENT ON TABLE run IS 'one run';
+GRANT SELECT ON run TO PUBLIC;
+"""
+
+
+def tenant_connection(db, schema: str):
+    """A connection pinned to one tenant as the runner's own is (search_path and hcm.tenant_schema)."""
+    conn = psycopg2.connect(db.url)
+    conn.autocommit = True
+    conn.cursor().execute("SELECT set_config('search_path', quote_ident(%s), false), "
+                          "set_config('hcm.tenant_schema', %s, false)", (schema, schema))
+    return conn
+
+
+@pytest.fixture
+def tenants(cli, db, sql_dir):
+    add_migration(sql_dir, "0002_kinds", KINDS)
+    result = cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env={**db.db_env(), "SCHEMA_NAME": ",".join(TENANTS)})
+    assert result.exit_code == 0, result.output
+    # Around the tenants: what must never reach a tenant's description.
+    db.query("CREATE TABLE public.shared (id int); CREATE SCHEMA other; CREATE TABLE other.t (id int)")
+    return sql_dir
+
+
+def test_one_pass_gives_each_tenant_exactly_its_own_description(db, tenants):
+    from migrator.schema.describe import describe, describe_tenants
+
+    db.query("CREATE EXTENSION hstore SCHEMA public")  # database-wide: in every tenant's description
+    with psycopg2.connect(db.url) as conn:
+        many = describe_tenants(conn, [*TENANTS, "absent"])
+    assert set(many) == {*TENANTS, "absent"}
+    for schema in TENANTS:
+        conn = tenant_connection(db, schema)
+        try:
+            alone = describe(conn, schema)
+        finally:
+            conn.close()
+        assert many[schema].items == alone.items
+        assert many[schema].text == alone.text and many[schema].sha256 == alone.sha256
+        names = " ".join(name for _, name in alone.items)
+        assert "run_totals" in names and "part_2026" in names and "extension" in {k for k, _ in alone.items}
+        assert "shared" not in names and "other." not in names and "_yoyo" not in names
+    assert many["pb"].sha256 != many["mz"].sha256, "each tenant's names are its own"
+    assert {kind for kind, _ in many["absent"].items} == {"extension"}, "only what is database-wide"
+
+
+def test_a_no_op_over_tenants_records_nothing_and_hand_drift_is_still_found_in_its_schema(cli, db, tenants):
+    env = {**db.db_env(), "SCHEMA_NAME": ",".join(TENANTS)}
+    recorded = lambda: {s: db.query(f'SELECT recorded_at, sha256 FROM "{s}"._hcm_schema_snapshot')[0]  # noqa: E731
+                        for s in TENANTS}
+    before = recorded()
+    db.query('CREATE INDEX hand_made ON mz.run (label)')
+    result = cli("migrate", "--sql-dir", tenants, env=env)
+    assert result.exit_code == 0, result.output
+    assert recorded() == before, "a no-op writes no schema record"
+    drift_lines = [line for line in result.stderr.splitlines() if "DRIFT" in line]
+    assert len(drift_lines) == 1 and drift_lines[0].startswith("[mz]"), result.stderr
+    strict = cli("migrate", "--sql-dir", tenants, "--strict", env=env)
+    assert strict.exit_code != 0 and "mz" in strict.stderr.splitlines()[-1]
+    status = cli("status", "--json", "--exit-code", env=env)
+    schemas = json.loads(status.stdout)["schemas"]
+    assert {s: schemas[s]["schema"]["drifted"] for s in TENANTS} == {"pb": False, "mz": True, "ng_2": False}
+    assert status.exit_code == SCHEMA_DRIFT
+
+
+def test_a_hand_change_after_the_one_pass_read_is_never_absorbed_by_the_next_migration(cli, db, tenants):
+    """The pre-read says "as recorded"; a DBA's index lands before the tenant's lock; a migration then runs.
+    The migration is measured against a description taken under the lock, so the index stays drift."""
+    from migrator.commands.base import CommandSettings
+    from migrator.commands.deploy import migrate_sql
+    from migrator import postgres
+    from migrator.schema.describe import describe_tenants
+    from migrator.env import Env
+    from migrator.settings import resolve_postgres
+    from migrator.targets import PostgresOptions
+
+    with psycopg2.connect(db.url) as conn:
+        pre_read = describe_tenants(conn, ["pb"])["pb"]
+    db.query("CREATE INDEX dba_index ON pb.run (label)")  # after the read, before the run
+    add_migration(tenants, "0003_more", "ALTER TABLE run ADD COLUMN note text;")
+    target = resolve_postgres(PostgresOptions(database_url=db.url), Env({})).for_schema("pb")
+    settings = CommandSettings(sql_dir=tenants, pinned=target, described=pre_read,
+                               note=lambda line: None, echo=lambda line: None)
+    report = migrate_sql(settings, postgres.read_migrations(tenants))
+    assert report.applied == ["0003_more"]
+    conn = tenant_connection(db, "pb")
+    try:
+        from migrator.schema import snapshot
+
+        drift = snapshot.live_drift(conn, "pb")
+    finally:
+        conn.close()
+    assert any("dba_index" in change for change in drift.changes), drift.changes
+    assert not any("note" in change for change in drift.changes), "the migration's own column is recorded"
