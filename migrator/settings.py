@@ -36,9 +36,12 @@ JDBC_PREFIX = "jdbc:"
 # currentSchema, which PostgreSQL folds to lower case) and needs no quoting in search_path.
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _ASCII_NUMBER = re.compile(r"[0-9]{1,9}")  # str.isdigit() would take '²'
-SCHEMA_TABLE_NOTE = ("note: SCHEMA_TABLE={value} ({origin}) is not used: the runner's history is yoyo's tables "
-                     "(_yoyo_migration, _yoyo_log, yoyo_lock) with its checksums, in each schema; a Flyway table of "
-                     "that name keeps Flyway's own history and is left alone")
+# The platform's Flyway variables the runner reads and does not use (DIGIT's chart sets them all), and why.
+UNUSED_PLATFORM_VARIABLES = {
+    "SCHEMA_TABLE": ("the runner's history is yoyo's tables (_yoyo_migration, _yoyo_log, yoyo_lock) with its checksums, "
+                     "in each schema; a Flyway table of that name keeps Flyway's own history and is left alone"),
+    "FLYWAY_LOCATIONS": "the migrations are the image's sql/ (SQL_DIR or --sql-dir), not Flyway's locations",
+}
 # libpq parameters that would swap the whole connection behind the runner's back (yoyo passes dsn= on).
 REFUSED_URL_PARAMS = ("dsn", "service", "servicefile")
 # A host setting: a name, an IPv4 or IPv6 address, or a socket folder; never a port, path or query.
@@ -218,7 +221,7 @@ def _libpq_default_user() -> tuple[str | None, str]:
 
 
 def _resolve_schemas(target: PostgresTarget, options: PostgresOptions, env: Env) -> None:
-    """--schema > SCHEMA_NAME > the URL's currentSchema; SCHEMA_TABLE said to be unused."""
+    """--schema > SCHEMA_NAME > the URL's currentSchema; SCHEMA_TABLE and FLYWAY_LOCATIONS said to be unused."""
     if options.schemas:
         target.schemas, target.sources["schemas"] = _schema_names(list(options.schemas), "--schema"), "--schema"
     else:
@@ -227,9 +230,10 @@ def _resolve_schemas(target: PostgresTarget, options: PostgresOptions, env: Env)
             target.schemas, target.sources["schemas"] = _schema_names(value.split(","), origin), origin
     target.create_schemas = options.create_schemas
     _one_per_pod(target, env)
-    table, table_origin = env.get("SCHEMA_TABLE")
-    if table:
-        target.notes.append(SCHEMA_TABLE_NOTE.format(value=table, origin=table_origin))
+    for name, why in UNUSED_PLATFORM_VARIABLES.items():
+        value, origin = env.get(name)
+        if value:
+            target.notes.append(f"note: {name}={value} ({origin}) is not used: {why}")
 
 
 def _one_per_pod(target: PostgresTarget, env: Env) -> None:

@@ -217,7 +217,8 @@ def test_a_jdbc_url_with_current_schema_and_credentials_works_and_is_masked(cli,
 def test_the_platforms_variables_db_url_schema_name_and_flyway_credentials(cli, make_db, password_role, tenant_sql):
     db = make_db(owner=password_role)
     env = {"DB_URL": _socket_jdbc(db, "connect_timeout=5"), "SCHEMA_NAME": "pb, mz", "SCHEMA_TABLE": "egov_flyway",
-           "FLYWAY_USER": password_role, "FLYWAY_PASSWORD": SPECIAL_PASSWORD}
+           "FLYWAY_USER": password_role, "FLYWAY_PASSWORD": SPECIAL_PASSWORD,
+           "FLYWAY_LOCATIONS": "filesystem:/flyway/migration/main"}  # as DIGIT's chart sets them
     result = cli("migrate", "--sql-dir", tenant_sql, "--create-schemas", env=env)
     assert result.exit_code == 0, result.output
     assert history(db, "pb") == history(db, "mz") == ["0001_create_hcm_report_metadata", "0002_report_state"]
@@ -227,6 +228,8 @@ def test_the_platforms_variables_db_url_schema_name_and_flyway_credentials(cli, 
     assert re.search(r"database\s+\S+\s+DB_URL \(environment\)", config.stdout)
     assert re.search(r"schemas\s+pb,mz\s+SCHEMA_NAME \(environment\)", config.stdout)
     assert "SCHEMA_TABLE=egov_flyway (SCHEMA_TABLE (environment)) is not used" in config.stdout
+    assert ("FLYWAY_LOCATIONS=filesystem:/flyway/migration/main (FLYWAY_LOCATIONS (environment)) is not used: the "
+            "migrations are the image's sql/") in config.stdout
     assert SPECIAL_PASSWORD not in result.output + config.output
     # The runner's own settings win over the platform's.
     own = cli("config", env={**env, "SCHEMA_NAME": "pb"}, )
@@ -310,3 +313,21 @@ def test_the_per_schema_job_validates_and_gives_each_pod_its_schema_by_index(cli
     assert short.exit_code == 2 and "so that every schema gets a pod" in short.stderr
     past = cli("migrate", "--sql-dir", tenant_sql, env={**pods, "SCHEMA_INDEX": "3"})
     assert past.exit_code == 2 and "'3' is not an index of the 3 schemas" in past.stderr
+
+
+def test_schema_name_public_as_digits_chart_sets_it_outside_a_central_instance_is_the_plain_history(cli, db, tenant_sql):
+    """DIGIT's common chart sets SCHEMA_NAME=public when the service is not a central instance: the same
+    history as a run without schemas, in either order, never a second one."""
+    plain = cli("migrate", "--sql-dir", tenant_sql, env=db.db_env())
+    assert plain.exit_code == 0, plain.output
+    public = cli("migrate", "--sql-dir", tenant_sql, env={**db.db_env(), "SCHEMA_NAME": "public"})
+    assert public.exit_code == 0, public.output
+    assert summary_rows(public.stdout)["public"][:2] == ["0", "0"], "nothing re-applied"
+    add_more = tenant_sql / "0003_more.sql"
+    add_more.write_text("ALTER TABLE hcm_report_metadata ADD COLUMN note text;\n")
+    assert cli("migrate", "--sql-dir", tenant_sql, env={**db.db_env(), "SCHEMA_NAME": "public"}).exit_code == 0
+    status = cli("status", "--sql-dir", tenant_sql, "--exit-code", env=db.db_env())
+    assert status.exit_code == 0, status.output  # the plain run sees 0003 applied and no drift
+    assert history(db, "public") == ["0001_create_hcm_report_metadata", "0002_report_state", "0003_more"]
+    assert db.query("SELECT count(*) FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+                    "AND nspname NOT IN ('information_schema', 'public')") == [(0,)]
