@@ -13,9 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+from urllib.parse import quote
 
 import test_doctor
-from conftest import PROJECT_ROOT, _bin, add_migration
+from conftest import PROJECT_ROOT, SPECIAL_PASSWORD, _bin, add_migration
 from test_doctor import ROLE_PASSWORD, as_role, fails, lines
 
 role = test_doctor.role  # the fixture: plain login roles, dropped after the test
@@ -224,3 +225,24 @@ def test_invalid_indexes_are_each_schemas_own(cli, db, sql_dir):
     assert "[a] invalid index" not in found
     [line] = found["[b] invalid index"]
     assert line.startswith("warn") and "b.idx_one_run on hcm_report_metadata is INVALID" in line
+
+
+def test_the_platforms_settings_over_several_schemas_never_print_the_password(cli, make_db, password_role, sql_dir):
+    """DB_URL as a JDBC URL with credentials in its query (the egov-config way), SCHEMA_NAME with one schema missing."""
+    db = make_db(owner=password_role)  # the owner may CREATE on its database: --create-schemas is ok
+    url = (f"jdbc:postgresql:///{db.name}?host={db.server.host}&port={db.server.port}"
+           f"&user={password_role}&password={quote(SPECIAL_PASSWORD, safe='')}")
+    ok(cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env={"DB_URL": url, "SCHEMA_NAME": "pb,mz"}))
+    env = {"DB_URL": url, "SCHEMA_NAME": "pb,mz,ng"}
+    text = cli("doctor", "--sql-dir", sql_dir, "--create-schemas", env=env)
+    as_json = cli("doctor", "--json", "--sql-dir", sql_dir, env=env)
+    assert text.exit_code == 0, text.output
+    found = lines(text)
+    assert f"logged in to {db.server.host}:{db.server.port}/{db.name} as {password_role}" in found["postgres login"][0]
+    assert "1 applied, 0 pending" in found["[pb] migrations"][0] and "1 applied, 0 pending" in found["[mz] migrations"][0]
+    assert "migrate will create it" in found["[ng] postgres schema"][0]
+    report = json.loads(as_json.stdout)
+    assert as_json.exit_code == 1 and report["failed_schemas"] == ["ng"]  # without --create-schemas
+    for output in (text.output, as_json.output):
+        assert SPECIAL_PASSWORD not in output and quote(SPECIAL_PASSWORD, safe="") not in output
+        assert "***" in output
