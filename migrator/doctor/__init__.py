@@ -23,10 +23,22 @@ class Check:
     status: str  # OK, WARN or FAIL
     detail: str
     remedy: str = ""  # what to do, for warn and FAIL
+    schema: str | None = None  # the tenant schema a per-schema check is about (doctor over several schemas)
+
+    @property
+    def label(self) -> str:
+        """The name column: a per-schema check says its schema first, as a run's lines do."""
+        return f"[{self.schema}] {self.name}" if self.schema else self.name
 
     def line(self, width: int = NAME_WIDTH) -> str:
-        text = f"{self.status:<4}  {self.name:<{width}}  {self.detail}"
+        text = f"{self.status:<4}  {self.label:<{width}}  {self.detail}"
         return text + (f" -> {self.remedy}" if self.remedy else "")
+
+    def to_json(self) -> dict[str, Any]:
+        fields = asdict(self)
+        if self.schema is None:  # a run without several schemas keeps its JSON as ever
+            del fields["schema"]
+        return fields
 
 
 def one_line(text: object) -> str:
@@ -47,7 +59,7 @@ class DoctorReport:
     def add(self, check: Check) -> Check:
         """Add a check; a FAIL already said (the resolver repeats a secret's or CA bundle's failure) is not repeated."""
         for said in self.checks:
-            if check.status == FAIL == said.status and said.detail == check.detail:
+            if check.status == FAIL == said.status and said.detail == check.detail and said.schema == check.schema:
                 return said
         self.checks.append(check)
         return check
@@ -59,12 +71,33 @@ class DoctorReport:
     def counts(self) -> dict[str, int]:
         return {status: sum(1 for c in self.checks if c.status == status) for status in (OK, WARN, FAIL)}
 
+    def failed_schemas(self) -> list[str]:
+        """The schemas with a FAIL line, in the order checked."""
+        return list(dict.fromkeys(c.schema for c in self.checks if c.status == FAIL and c.schema))
+
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.exit_code == 0, "counts": self.counts(), "checks": [asdict(c) for c in self.checks]}
+        report = {"ok": self.exit_code == 0, "counts": self.counts(), "checks": [c.to_json() for c in self.checks]}
+        if any(c.schema for c in self.checks):
+            report["failed_schemas"] = self.failed_schemas()
+        return report
 
     def lines(self) -> list[str]:
         counts = self.counts()
         verdict = "a real run would fail: fix the FAIL lines" if counts[FAIL] else "ready"
-        width = max([NAME_WIDTH] + [len(c.name) for c in self.checks])
+        failing = self.failed_schemas()
+        where = f" (schema{'s' if len(failing) > 1 else ''} {', '.join(failing)})" if failing else ""
+        width = max([NAME_WIDTH] + [len(c.label) for c in self.checks])
         return [c.line(width) for c in self.checks] + [
-            f"doctor: {counts[OK]} ok, {counts[WARN]} warn, {counts[FAIL]} FAIL; {verdict}"]
+            f"doctor: {counts[OK]} ok, {counts[WARN]} warn, {counts[FAIL]} FAIL{where}; {verdict}"]
+
+
+@dataclass
+class SchemaChecks:
+    """The report as one schema's checks see it: each check added is stamped with the schema."""
+
+    report: DoctorReport
+    schema: str
+
+    def add(self, check: Check) -> Check:
+        check.schema = self.schema
+        return self.report.add(check)

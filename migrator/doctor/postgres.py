@@ -1,13 +1,19 @@
-"""PostgreSQL checks over one read-only connection made by the runner's own connect()."""
+"""PostgreSQL checks over one read-only connection made by the runner's own connect().
+
+Over several tenant schemas (--schema, SCHEMA_NAME, currentSchema) the server's checks run once and
+each schema's checks (privileges, bookkeeping, its lock, migrations, drift, its INVALID indexes) run
+in the order given, each line stamped with its schema.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import time
 
 from migrator import checksums, pg_lock
-from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, failed, one_line
+from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
 from migrator.errors import MigratorError
 from migrator.targets import PostgresTarget
 
@@ -53,6 +59,7 @@ SELECT lower(setting) IN ('on', 'true', 'yes', '1') FROM pg_catalog.pg_file_sett
 WHERE name = 'default_transaction_read_only' AND applied ORDER BY seqno DESC LIMIT 1
 """
 INSUFFICIENT_PRIVILEGE = "42501"
+DATABASE_CREATE = "SELECT current_database(), has_database_privilege(current_database(), 'CREATE')"
 
 
 def check(report: DoctorReport, target: PostgresTarget, sql_dir) -> None:
@@ -68,9 +75,25 @@ def check(report: DoctorReport, target: PostgresTarget, sql_dir) -> None:
             return
         _server(report, backend, target)
         _guarded(report, backend, "postgres writable", _writable, target)
-        readable = _guarded(report, backend, "postgres schema", _privileges, target)
-        if readable:
-            _guarded(report, backend, "migrations", _migrations, target, sql_dir)
+        if len(target.schemas) > 1 and not target.schema:
+            _each_schema(report, backend, target, sql_dir)
+        else:
+            _schema_checks(report, backend, target, sql_dir)
+
+
+def _schema_checks(report: DoctorReport, backend, target: PostgresTarget, sql_dir) -> None:
+    readable = _guarded(report, backend, "postgres schema", _privileges, target)
+    if readable:
+        _guarded(report, backend, "migrations", _migrations, target, sql_dir)
+
+
+def _each_schema(report: DoctorReport, backend, target: PostgresTarget, sql_dir) -> None:
+    """Schema by schema on the one connection, pinned to each as a tenant's run pins its own (the
+    backend's init_connection, PIN_TENANT): one login for all, so many tenants stay fast on a remote server."""
+    for schema in target.schemas:
+        backend.schema = schema
+        backend.init_connection(backend.connection)
+        _schema_checks(SchemaChecks(report, schema), backend, target.for_schema(schema), sql_dir)
 
 
 def _guarded(report: DoctorReport, backend, name: str, step, *args):
@@ -155,6 +178,9 @@ def _privileges(report: DoctorReport, backend, target: PostgresTarget) -> bool:
     schema = backend.bookkeeping_schema
     user, exists, usage, create, advisory = backend.execute(PRIVILEGES, {"schema": schema}).fetchone()
     grant = f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {user}, or connect as the schema's owner"
+    if not exists and target.schema:
+        _missing_schema(report, backend, target, user)
+        return False
     if not exists:
         report.add(Check("postgres schema", FAIL, f"schema {schema} does not exist in {target.where}",
                          f"CREATE SCHEMA {schema} AUTHORIZATION {user}, or fix the search_path"))
@@ -173,6 +199,24 @@ def _privileges(report: DoctorReport, backend, target: PostgresTarget) -> bool:
                          "grant the privileges above, then run doctor again"))
         return False
     return True
+
+
+def _missing_schema(report: DoctorReport, backend, target: PostgresTarget, user: str) -> None:
+    """A tenant schema that is not there: migrate fails on it, unless --create-schemas and the user may create it."""
+    schema, server = target.schema, dataclasses.replace(target, schema=None).where
+    create = f"CREATE SCHEMA {schema} AUTHORIZATION {user}"
+    if not target.create_schemas:
+        report.add(Check("postgres schema", FAIL, f"schema {schema} does not exist on {server}",
+                         f"create it ({create}), or run `migrate --create-schemas`"))
+        return
+    database, may_create = backend.execute(DATABASE_CREATE).fetchone()
+    if may_create:
+        report.add(Check("postgres schema", OK, f"schema {schema} does not exist on {server}: migrate will create it "
+                         f"(--create-schemas; user {user} may CREATE on database {database})"))
+    else:
+        report.add(Check("postgres schema", FAIL, f"schema {schema} does not exist on {server}, and user {user} lacks "
+                         f"CREATE on database {database}: migrate --create-schemas cannot create it",
+                         f"GRANT CREATE ON DATABASE {database} TO {user}, or create it as its owner ({create})"))
 
 
 def bookkeeping_tables(backend) -> list[str]:
@@ -246,5 +290,7 @@ def _migrations(report: DoctorReport, backend, target: PostgresTarget, sql_dir) 
     else:
         report.add(Check("schema drift", OK, "the live schema is as recorded"))
     for schema, index, table in postgres.invalid_indexes(backend):
+        if target.schema and schema != target.schema:
+            continue  # a tenant's are its own (as `status` shows them), not the other tenants'
         report.add(Check("invalid index", WARN, f"{schema}.{index} on {table} is INVALID (a failed CREATE INDEX CONCURRENTLY)",
                          f"DROP INDEX CONCURRENTLY {schema}.{index}; then run migrate again"))
