@@ -1,0 +1,128 @@
+"""The `sql` maintenance commands over tenant schemas, on the real PostgreSQL: accept-changes, accept-drift,
+break-lock, adopt and verify run per schema (one summary, failures isolated), and a function's own
+`SET search_path` is refused in tenant files unless it keeps the tenant's own path.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from conftest import SEED, SPECIAL_PASSWORD, add_migration, one_error_line
+from test_tenants import RICH, RICH_ROLLBACK, history, summary_rows
+
+STATE = "0002_report_state"
+
+
+@pytest.fixture
+def tenant_sql(sql_dir: Path) -> Path:
+    add_migration(sql_dir, STATE, RICH, RICH_ROLLBACK)
+    return sql_dir
+
+
+@pytest.fixture
+def owned(make_db, password_role):
+    """A database owned by a role with a password (which must never be printed), and its DB_* variables."""
+    db = make_db(owner=password_role)
+    env = {**db.db_env(), "DB_USER": password_role, "DB_PASSWORD": SPECIAL_PASSWORD}
+    return db, env
+
+
+def checksum_drift(cli, sql_dir, env, schema) -> bool:
+    """Whether `status` in that schema reports an applied file whose content changed."""
+    result = cli("status", "--sql-dir", sql_dir, "--schema", schema, "--json", env=env)
+    return json.loads(result.stdout)["schemas"][schema]["changed"] != []
+
+
+# --- 1. accept-changes, accept-drift, break-lock ------------------------------------------------------------
+
+
+def test_accept_changes_per_schema_a_schema_without_the_id_fails_alone_with_the_single_schema_message(
+        cli, owned, tenant_sql):
+    db, env = owned
+    assert cli("migrate", "--sql-dir", tenant_sql, "--create-schemas", "--schema", "pb", "--schema", "ng",
+               "--schema", "mz", env=env).exit_code == 0
+    assert cli("sql", "rollback", "--sql-dir", tenant_sql, "--schema", "ng", env=env).exit_code == 0
+    (tenant_sql / f"{STATE}.sql").write_text(RICH + "-- reviewed: a comment added after it was applied\n")
+    assert checksum_drift(cli, tenant_sql, env, "pb") and checksum_drift(cli, tenant_sql, env, "mz")
+
+    result = cli("sql", "accept-changes", STATE, "--sql-dir", tenant_sql, env={**env, "SCHEMA_NAME": "pb,ng,gone,mz"})
+    error = one_error_line(result)
+    assert result.exit_code == 1 and "accept-changes failed in 2 of 4 schema(s): ng, gone" in error
+    assert f"[pb] accepted {STATE}: sha256" in result.stdout and f"[mz] accepted {STATE}: sha256" in result.stdout
+    # ng's failure is the single-schema command's own line (as --schema ng alone says it), with its schema
+    ng_line = re.search(r"^\[ng\] FAILED: .*$", result.stderr, re.M).group()
+    assert re.fullmatch(rf"\[ng\] FAILED: {STATE} not applied on \S+ schema ng: nothing to accept "
+                        r"\(a pending file may change freely\)", ng_line), ng_line
+    single = cli("sql", "accept-changes", STATE, "--sql-dir", tenant_sql, "--schema", "ng", env=env)
+    assert single.exit_code == 2 and ng_line in single.stderr
+    assert "[gone] FAILED: schema gone does not exist" in result.stderr
+    rows = summary_rows(result.stdout)
+    assert "FAILED" in rows["ng"] and "FAILED" in rows["gone"] and "FAILED" not in rows["pb"] + rows["mz"]
+    assert not checksum_drift(cli, tenant_sql, env, "pb") and not checksum_drift(cli, tenant_sql, env, "mz")
+    assert history(db, "ng") == [SEED]
+    assert SPECIAL_PASSWORD not in result.output
+
+
+def test_accept_changes_fail_fast_stops_before_the_next_schema(cli, db, tenant_sql):
+    env = db.db_env()
+    assert cli("migrate", "--sql-dir", tenant_sql, "--create-schemas", "--schema", "pb", env=env).exit_code == 0
+    (tenant_sql / f"{STATE}.sql").write_text(RICH + "-- changed\n")
+    result = cli("sql", "accept-changes", STATE, "--sql-dir", tenant_sql, "--fail-fast", "--schema", "gone",
+                 "--schema", "pb", env=env)
+    assert "not run (--fail-fast): pb" in one_error_line(result)
+    assert checksum_drift(cli, tenant_sql, env, "pb"), "pb was not touched"
+
+
+def _drift_by_hand(db, schema: str) -> None:
+    db.query(f'CREATE TABLE "{schema}".made_by_hand (id int)')
+
+
+def test_accept_drift_per_schema_each_under_its_own_lock_in_parallel(cli, db, tenant_sql):
+    env = {**db.db_env(), "SCHEMA_NAME": "pb,mz,ng"}
+    assert cli("migrate", "--sql-dir", tenant_sql, "--create-schemas", env=env).exit_code == 0
+    for schema in ("pb", "mz", "ng"):
+        _drift_by_hand(db, schema)
+    from migrator.pg_lock import lock_key
+
+    holder = psycopg2.connect(db.url)  # another runner busy in mz: mz waits for its lock, then fails alone
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", (lock_key("mz"),))
+        result = cli("sql", "accept-drift", "--sql-dir", tenant_sql, "--parallel", "3", "--lock-timeout", "1", env=env)
+    finally:
+        holder.close()
+    error = one_error_line(result)
+    assert result.exit_code == 4 and "accept-drift failed in 1 of 3 schema(s): mz" in error, result.output
+    assert "[mz] FAILED: another runner holds the migration lock on" in result.stderr
+    for schema in ("pb", "ng"):
+        accepted = [line for line in result.stdout.splitlines() if line.startswith(f"[{schema}] accepted:")]
+        assert accepted == [f"[{schema}] accepted: column {schema}.made_by_hand.id added",
+                            f"[{schema}] accepted: table {schema}.made_by_hand added"], "its own schema's only"
+        assert f"[{schema}] schema: recorded as it is now" in result.stdout
+    status = cli("status", "--sql-dir", tenant_sql, "--json", env=env)
+    drift = {s: v["schema"]["drifted"] for s, v in json.loads(status.stdout)["schemas"].items()}
+    assert not drift["pb"] and not drift["ng"] and drift["mz"], drift
+    assert cli("sql", "accept-drift", "--sql-dir", tenant_sql, "--schema", "mz", env=env).exit_code == 0
+
+
+def test_break_lock_per_schema_removes_each_schemas_row_and_fails_alone_where_missing(cli, owned, tenant_sql):
+    db, env = owned
+    assert cli("migrate", "--sql-dir", tenant_sql, "--create-schemas", "--schema", "pb", "--schema", "mz",
+               env=env).exit_code == 0
+    for schema in ("pb", "mz"):
+        db.query(f'INSERT INTO "{schema}".yoyo_lock (locked, ctime, pid) VALUES (1, now(), 4242)')
+    result = cli("sql", "break-lock", "--sql-dir", tenant_sql, env={**env, "SCHEMA_NAME": "pb,gone,mz"})
+    assert "break-lock failed in 1 of 3 schema(s): gone" in one_error_line(result)
+    for schema in ("pb", "mz"):
+        assert re.search(rf"\[{schema}\] removed the migration lock on \S+ schema {schema}", result.stdout)
+        assert db.query(f'SELECT count(*) FROM "{schema}".yoyo_lock') == [(0,)]
+    assert SPECIAL_PASSWORD not in result.output
+
+
+def test_plan_impact_still_refuses_several_schemas(cli, db, tenant_sql):
+    result = cli("plan", "--impact", "--sql-dir", tenant_sql, env={**db.db_env(), "SCHEMA_NAME": "pb,mz"})
+    assert result.exit_code == 2 and "works on one schema at a time" in one_error_line(result)
+    assert "pass --schema NAME" in result.stderr
