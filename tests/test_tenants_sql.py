@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from conftest import SEED, SPECIAL_PASSWORD, add_migration, one_error_line
+from conftest import PASSWORD_USER, SEED, SPECIAL_PASSWORD, add_migration, one_error_line
 from test_tenants import RICH, RICH_ROLLBACK, history, summary_rows
 
 STATE = "0002_report_state"
@@ -126,3 +126,56 @@ def test_plan_impact_still_refuses_several_schemas(cli, db, tenant_sql):
     result = cli("plan", "--impact", "--sql-dir", tenant_sql, env={**db.db_env(), "SCHEMA_NAME": "pb,mz"})
     assert result.exit_code == 2 and "works on one schema at a time" in one_error_line(result)
     assert "pass --schema NAME" in result.stderr
+
+
+# --- 2. adopt per tenant ---------------------------------------------------------------------------------------
+
+
+def _build_by_hand(db, schema: str, *files: Path) -> None:
+    """What a tenant's schema holds when another tool (Flyway's loop) built it: the files run with its search_path."""
+    db.query(f'CREATE SCHEMA "{schema}" AUTHORIZATION {PASSWORD_USER}')
+    for path in files:
+        db.query(f'SET ROLE {PASSWORD_USER}; SET search_path TO "{schema}", public;\n' + path.read_text())
+
+
+def test_adopt_per_tenant_compares_each_schema_with_the_history_built_as_a_tenant_and_marks_with_yes(
+        cli, owned, tenant_sql):
+    db, env = owned
+    seed, state = tenant_sql / f"{SEED}.sql", tenant_sql / f"{STATE}.sql"
+    _build_by_hand(db, "pb", seed)
+    _build_by_hand(db, "mz", seed, state)
+    _build_by_hand(db, "ng", seed)
+    db.query("ALTER TABLE ng.hcm_report_metadata DROP COLUMN tenant_id")  # matches no prefix
+    env = {**env, "SCHEMA_NAME": "pb,mz,ng,gone"}
+
+    shown = cli("sql", "adopt", "--sql-dir", tenant_sql, "--json", env=env)
+    assert "adopt failed in 2 of 4 schema(s): ng, gone" in one_error_line(shown)
+    schemas = json.loads(shown.stdout)["schemas"]
+    assert schemas["pb"]["report"]["matched"] == SEED and schemas["pb"]["report"]["to_mark"] == [SEED]
+    assert schemas["mz"]["report"]["matched"] == STATE and schemas["mz"]["report"]["to_mark"] == [SEED, STATE]
+    assert schemas["ng"]["state"] == "FAILED" and schemas["ng"]["report"]["closest"] == SEED
+    assert schemas["ng"]["report"]["changes"] == ["column ng.hcm_report_metadata.tenant_id dropped",
+                                                  "comment on column ng.hcm_report_metadata.tenant_id dropped"]
+    assert "schema gone does not exist" in schemas["gone"]["error"]
+    assert not db.query("SELECT 1 FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid "
+                        "WHERE c.relname = '_yoyo_migration'"), "without --yes nothing is written"
+
+    marked = cli("sql", "adopt", "--sql-dir", tenant_sql, "--yes", "--parallel", "2",
+                 env={**env, "SCHEMA_NAME": "pb,mz"})
+    assert marked.exit_code == 0, marked.output
+    assert f"[pb] adopt: marked {SEED} applied" in marked.stdout
+    assert f"[mz] adopt: marked {SEED}, {STATE} applied" in marked.stdout
+    assert history(db, "pb") == [SEED] and history(db, "mz") == [SEED, STATE]
+    assert SPECIAL_PASSWORD not in shown.output + marked.output
+    # each tenant now migrates on from where it was: pb gets 0002 only, mz nothing; no drift recorded
+    migrated = cli("migrate", "--sql-dir", tenant_sql, env={**env, "SCHEMA_NAME": "pb,mz"})
+    assert migrated.exit_code == 0, migrated.output
+    assert f"[pb] applied {STATE}" in migrated.stdout and "[mz] applied" not in migrated.stdout
+    status = json.loads(cli("status", "--sql-dir", tenant_sql, "--json", env={**env, "SCHEMA_NAME": "pb,mz"}).stdout)
+    assert [s["schema"]["drifted"] for s in status["schemas"].values()] == [False, False]
+
+
+def test_adopt_per_tenant_refuses_files_reaching_outside_the_tenant_before_any_scratch(cli, db, tenant_sql):
+    add_migration(tenant_sql, "0003_elsewhere", "SET search_path TO public;\n")
+    result = cli("sql", "adopt", "--sql-dir", tenant_sql, "--schema", "pb", env=db.db_env())
+    assert result.exit_code == 2 and "0003_elsewhere.sql:1: sets search_path" in one_error_line(result)

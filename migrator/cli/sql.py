@@ -105,6 +105,8 @@ def adopt(settings, yes, scratch_url, as_json):
     schemas, each schema is compared with the history built as a tenant's run builds it.
     """
     settings.show = functools.partial(output.report, as_json=as_json)
+    if as_json:  # over schemas, each schema's lines go to stderr: stdout holds the JSON alone
+        settings.echo = output.note
     report = tenants.adopt(settings, yes=yes, scratch_url=scratch_url)
     raise click.exceptions.Exit(0 if report.ok else FAILED)
 
