@@ -179,3 +179,38 @@ def test_adopt_per_tenant_refuses_files_reaching_outside_the_tenant_before_any_s
     add_migration(tenant_sql, "0003_elsewhere", "SET search_path TO public;\n")
     result = cli("sql", "adopt", "--sql-dir", tenant_sql, "--schema", "pb", env=db.db_env())
     assert result.exit_code == 2 and "0003_elsewhere.sql:1: sets search_path" in one_error_line(result)
+
+
+# --- 3. verify as a tenant's run ---------------------------------------------------------------------------
+
+# Runs only where a tenant's run runs it: in a schema other than public, found first on the search_path.
+TENANT_ONLY = """\
+DO $$ BEGIN
+    IF pg_catalog.current_schema() = 'public' THEN
+        RAISE EXCEPTION 'not in a tenant schema (current_schema %)', pg_catalog.current_schema();
+    END IF;
+END $$;
+CREATE TABLE per_tenant (schema_name text DEFAULT pg_catalog.current_schema());
+"""
+
+
+def test_verify_with_schemas_runs_the_proof_once_in_a_tenant_named_schema(cli, sql_dir):
+    add_migration(sql_dir, "0002_tenant_only", TENANT_ONLY, "DROP TABLE per_tenant;\n")
+    plain = cli("sql", "verify", "--sql-dir", sql_dir)
+    assert plain.exit_code == 1 and "not in a tenant schema (current_schema public)" in one_error_line(plain)
+    result = cli("sql", "verify", "--sql-dir", sql_dir, "--json", env={"SCHEMA_NAME": "pb,mz"})
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["schema"] == "pb" and report["ok"] and [s["outcome"] for s in report["steps"]] == ["ok", "ok"]
+    text = cli("sql", "verify", "--sql-dir", sql_dir, "--schema", "ng", "--schema", "pb")
+    assert text.exit_code == 0 and "in schema ng as a tenant's run (search_path = ng, public" in text.stdout
+
+
+def test_verify_with_schemas_refuses_a_rollback_reaching_outside_the_tenant(cli, sql_dir):
+    add_migration(sql_dir, "0002_fine", "CREATE TABLE fine (id int);\n",
+                  "-- undo\nALTER TABLE fine SET SCHEMA public;\nDROP TABLE public.fine;\n")
+    result = cli("sql", "verify", "--sql-dir", sql_dir, "--schema", "pb")
+    error = one_error_line(result)
+    assert result.exit_code == 2 and "0002_fine.rollback.sql:2: moves an object with SET SCHEMA" in error
+    assert "nothing was run" in error
+    assert cli("sql", "verify", "--sql-dir", sql_dir).exit_code == 0, "without schemas it is a single-schema file"

@@ -78,14 +78,14 @@ def accept_drift(settings):
 @click.option("--schema", "schemas", multiple=True, metavar="NAME",
               help="Tenant schemas are in use (else SCHEMA_NAME): run the files as a tenant's run, in a schema "
                    "named as the first, once (refusing files that reach outside their schema).")
-def verify(settings, from_id, scratch_url, as_json, schemas):
+def verify(settings, from_id, scratch_url, as_json):
     """Prove each migration's rollback: on a scratch database apply it, roll it back, apply it again.
 
     Fails (exit 1) at the first migration whose rollback does not restore the schema before it exactly,
     or whose re-application gives another schema; a migration without a rollback file is reported as
     irreversible (allowed). The scratch database is dropped after.
     """
-    report = tenants.verify(settings, from_id=from_id, scratch_url=scratch_url, schemas=schemas)
+    report = tenants.verify(settings, from_id=from_id, scratch_url=scratch_url, schemas=settings.postgres.schemas)
     output.report(report, as_json)
     raise click.exceptions.Exit(0 if report.ok else FAILED)
 
