@@ -214,3 +214,62 @@ def test_verify_with_schemas_refuses_a_rollback_reaching_outside_the_tenant(cli,
     assert result.exit_code == 2 and "0002_fine.rollback.sql:2: moves an object with SET SCHEMA" in error
     assert "nothing was run" in error
     assert cli("sql", "verify", "--sql-dir", sql_dir).exit_code == 0, "without schemas it is a single-schema file"
+
+
+# --- 4. a function's own SET search_path in tenant files ---------------------------------------------------
+
+# FROM CURRENT captures the creating session's search_path: each tenant's copy reads its own table.
+OWN_PATH = """\
+CREATE TABLE tenant_name (name text);
+INSERT INTO tenant_name SELECT pg_catalog.current_schema();
+CREATE FUNCTION whose_table() RETURNS text LANGUAGE sql STABLE
+    -- never SET search_path = public here
+    SET "search_path" FROM CURRENT
+    AS $$ SELECT name FROM tenant_name $$;
+CREATE FUNCTION add_one(i int) RETURNS int LANGUAGE sql IMMUTABLE
+    SET search_path = PG_Catalog, 'pg_temp' AS 'SELECT i OPERATOR(pg_catalog.+) 1';
+CREATE PROCEDURE touch() LANGUAGE sql AS $$ UPDATE tenant_name SET name = name $$;
+ALTER PROCEDURE touch() SET search_path FROM CURRENT;
+"""
+
+
+def test_a_function_with_search_path_from_current_reads_each_tenants_own_table(cli, db, sql_dir):
+    add_migration(sql_dir, "0002_own_path", OWN_PATH)
+    result = cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env={**db.db_env(), "SCHEMA_NAME": "pb,mz"})
+    assert result.exit_code == 0, result.output
+    # called from a session whose search_path is neither tenant's
+    assert db.query("SELECT pb.whose_table(), mz.whose_table(), pb.add_one(41)") == [("pb", "mz", 42)]
+    assert db.query("SELECT proconfig FROM pg_proc WHERE proname = 'whose_table' ORDER BY 1") == [
+        (["search_path=mz,public"],), (["search_path=pb,public"],)]
+    assert cli("sql", "lint", "--sql-dir", sql_dir, "--schema", "pb").stdout.count("tenant-outside") == 0
+
+
+@pytest.mark.parametrize("sql, line, names", [
+    ("CREATE TABLE t (id int);\nCREATE FUNCTION f() RETURNS int LANGUAGE sql\n    SET search_path = public\n"
+     "    AS $$ SELECT count(*)::int FROM t $$;\n", 3, "public"),
+    ("create or replace function f() returns int language sql as 'select 1'\n"
+     "set search_path to pg_catalog, public, pg_temp;\n", 2, "public"),
+    ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $f$ SELECT 1 $f$ SET /* c */ search_path = 'public';\n", 1,
+     "public"),
+    ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;\n"
+     "ALTER FUNCTION f() SET search_path = \"$user\", public;\n", 2, "$user, public"),
+    ("CREATE PROCEDURE p() LANGUAGE sql AS $$ SELECT 1 $$;\nALTER ROUTINE p() SET search_path TO mz;\n", 2, "mz"),
+    ("CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = \"PG_CATALOG\" AS $$ SELECT 1 $$;\n", 1,
+     "PG_CATALOG"),
+])
+def test_a_function_whose_own_search_path_names_another_schema_is_refused_before_any_schema_runs(
+        cli, db, sql_dir, sql, line, names):
+    env = {**db.db_env(), "SCHEMA_NAME": "pb,mz"}
+    assert cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env=env).exit_code == 0
+    add_migration(sql_dir, "0002_own_path", sql)
+    result = cli("migrate", "--sql-dir", sql_dir, env=env)
+    error = one_error_line(result)
+    assert result.exit_code == 2, result.output
+    assert f"0002_own_path.sql:{line}: gives a function its own SET search_path naming {names}," in error
+    assert "SET search_path FROM CURRENT (it captures the tenant's search_path" in error and "nothing was run" in error
+    assert history(db, "pb") == history(db, "mz") == [SEED]
+    assert not db.query("SELECT 1 FROM pg_proc WHERE proname IN ('f', 'p')")
+    lint = cli("sql", "lint", "--sql-dir", sql_dir, "--schema", "pb")
+    assert lint.exit_code == 1 and f"0002_own_path.sql:{line}:1: tenant-outside: gives a function" in lint.stdout
+    # without schemas the same file is a single-schema run's business: it runs
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
