@@ -254,12 +254,6 @@ def test_bad_schema_names_are_one_usage_line(cli, db, names, complaint):
     assert "SCHEMA_NAME (environment)" in line and complaint in line
 
 
-def test_a_command_without_a_per_schema_loop_refuses_several_schemas(cli, db, tenant_sql):
-    result = cli("sql", "accept-drift", "--sql-dir", tenant_sql, env={**db.db_env(), "SCHEMA_NAME": "pb,mz"})
-    assert result.exit_code == 2
-    assert "works on one schema at a time" in result.stderr and "pass --schema NAME" in result.stderr
-
-
 def test_lint_flags_names_qualified_with_public_or_a_tenant_only_when_schemas_are_in_use(cli, sql_dir):
     (sql_dir / "0002_qualified.sql").write_text(
         "-- public.commented_out is fine\n"

@@ -8,9 +8,11 @@ import click
 
 from migrator import output
 from migrator.cli.app import verbose_option
-from migrator.cli.options import LOCK_TIMEOUT, SCRATCH_URL, SQL_DIR, ddl_limits, schema_run, settings_options
+from migrator.cli.options import LOCK_TIMEOUT, SCHEMA_RUN, SCRATCH_URL, SQL_DIR, ddl_limits, schema_run, settings_options
 from migrator.commands import sql as commands, tenants
 from migrator.errors import FAILED
+
+FAIL_FAST = SCHEMA_RUN[0]  # break-lock: one quick statement per schema, nothing worth running at once
 
 
 @click.group()
@@ -53,17 +55,19 @@ def mark(settings, ids):
 @settings_options(postgres=True, sql_dir=True)
 @click.argument("ids", nargs=-1, required=True)
 @LOCK_TIMEOUT
+@schema_run
 def accept_changes(settings, ids):
     """After review, record the current content of applied migrations IDS as what was applied."""
-    output.report(commands.accept_changes(settings, list(ids)))
+    output.report(tenants.accept_changes(settings, list(ids)))
 
 
 @sql.command("accept-drift")
 @settings_options(postgres=True, sql_dir=True)
 @LOCK_TIMEOUT
+@schema_run
 def accept_drift(settings):
     """After review, record the live schema as the expected one: `status` no longer reports those changes."""
-    output.report(commands.accept_drift(settings))
+    output.report(tenants.accept_drift(settings))
 
 
 @sql.command()
@@ -71,6 +75,9 @@ def accept_drift(settings):
 @click.option("--from", "from_id", metavar="ID", help="Check from migration ID on (the earlier ones are only applied).")
 @SCRATCH_URL
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.option("--schema", "schemas", multiple=True, metavar="NAME",
+              help="Tenant schemas are in use (else SCHEMA_NAME): run the files as a tenant's run, in a schema "
+                   "named as the first, once (refusing files that reach outside their schema).")
 def verify(settings, from_id, scratch_url, as_json):
     """Prove each migration's rollback: on a scratch database apply it, roll it back, apply it again.
 
@@ -78,7 +85,7 @@ def verify(settings, from_id, scratch_url, as_json):
     or whose re-application gives another schema; a migration without a rollback file is reported as
     irreversible (allowed). The scratch database is dropped after.
     """
-    report = commands.verify(settings, from_id=from_id, scratch_url=scratch_url)
+    report = tenants.verify(settings, from_id=from_id, scratch_url=scratch_url, schemas=settings.postgres.schemas)
     output.report(report, as_json)
     raise click.exceptions.Exit(0 if report.ok else FAILED)
 
@@ -89,15 +96,19 @@ def verify(settings, from_id, scratch_url, as_json):
 @SCRATCH_URL
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @LOCK_TIMEOUT
+@schema_run
 def adopt(settings, yes, scratch_url, as_json):
     """Adopt an existing database by comparison: find the newest migration whose history equals its schema.
 
     Builds each prefix of the history on a scratch database; with --yes marks 1..N applied. When nothing
-    matches, shows the closest prefix and the differences, marks nothing and exits 1.
+    matches, shows the closest prefix and the differences, marks nothing and exits 1. Over tenant
+    schemas, each schema is compared with the history built as a tenant's run builds it.
     """
     settings.show = functools.partial(output.report, as_json=as_json)
+    if as_json:  # over schemas, each schema's lines go to stderr: stdout holds the JSON alone
+        settings.echo = output.note
     report = tenants.adopt(settings, yes=yes, scratch_url=scratch_url)
-    raise click.exceptions.Exit(0 if report.matched else FAILED)
+    raise click.exceptions.Exit(0 if report.ok else FAILED)
 
 
 @sql.command("lint")
@@ -119,9 +130,10 @@ def lint(sql_dir, schemas):
 
 @sql.command("break-lock")
 @settings_options(postgres=True, sql_dir=True)
+@FAIL_FAST
 def break_lock(settings):
     """Remove a yoyo lock row left behind, e.g. by a bare `yoyo` CLI run that died.
 
     runner.py itself clears such a row on its own while it holds the advisory lock, so this is rarely needed.
     """
-    output.report(commands.break_lock(settings))
+    output.report(tenants.break_lock(settings))

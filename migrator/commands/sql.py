@@ -81,27 +81,32 @@ def accept_drift(settings: CommandSettings) -> Lines:
                              f"{recorded.last_migration or 'none'})"])
 
 
-def verify(settings: CommandSettings, *, from_id: str | None, scratch_url: str | None):
-    """Up-down-up proof of the migrations on a scratch database; exit 1 at the first rollback that lies."""
+def verify(settings: CommandSettings, *, from_id: str | None, scratch_url: str | None, schema: str | None = None):
+    """Up-down-up proof of the migrations on a scratch database; exit 1 at the first rollback that lies.
+    With a tenant's `schema`, the files run in a schema of that name, as a tenant's run runs them."""
     from migrator import postgres
     from migrator.schema import verify as proof
 
     migrations = postgres.read_migrations(settings.sql_dir)
     postgres.load_migrations(list(migrations))
-    return proof.verify(scratch_server(settings, scratch_url), migrations, from_id)
+    return proof.verify(scratch_server(settings, scratch_url), migrations, from_id, schema)
 
 
 def adopt(settings: CommandSettings, *, yes: bool, scratch_url: str | None):
     """Find the newest migration whose history prefix equals the live schema; with yes, mark 1..N applied."""
+    return adopt_on(settings, scratch_server(settings, scratch_url), yes=yes)
+
+
+def adopt_on(settings: CommandSettings, server, *, yes: bool):
+    """adopt, its prefixes built on `server`; a tenant's (settings pinned to its schema) in that schema."""
     from migrator import postgres
     from migrator.schema import adopt as adoption
 
     migrations = postgres.read_migrations(settings.sql_dir)
     postgres.load_migrations(list(migrations))
     target = settings.postgres_target()
-    server = scratch_server(settings, scratch_url)
     with postgres.connect(target, read_only=True) as backend:
-        report = adoption.adopt(backend, server, migrations)
+        report = adoption.adopt(backend, server, migrations, target.schema)
     settings.show(report)
     if yes and report.matched and report.to_mark:
         with locked_backend(settings) as (backend, _):

@@ -107,13 +107,39 @@ def refuse_outside_tenant(sql_dir, *, rollbacks: bool = False) -> None:
                 raise MigratorError(f"{path}:{line}: {problem} (tenant schemas; nothing was run)", USAGE)
 
 
-def adopt(settings: CommandSettings, **how):
-    """`sql adopt` builds its scratch copy in public and compares schema-qualified names: not per tenant."""
-    if tenant_target(settings) is not None:
-        raise MigratorError("sql adopt works on a database without tenant schemas (its scratch copy is built in "
-                            "public); for a tenant's schema, check it with `status --schema NAME` and record what "
-                            "it holds with `sql mark --schema NAME IDS`", USAGE)
-    return sql_commands.adopt(settings, **how)
+def adopt(settings: CommandSettings, *, yes: bool, scratch_url: str | None):
+    """`sql adopt` per schema: each tenant's prefixes are built as a tenant run builds them (a scratch
+    database per schema, the files run in a schema of the tenant's name) and compared with that
+    tenant's schema; with --yes each schema's match is marked under its own lock."""
+    from migrator.commands.base import scratch_server
+
+    target = tenant_target(settings)
+    if target is None:
+        return sql_commands.adopt(settings, yes=yes, scratch_url=scratch_url)
+    refuse_outside_tenant(settings.sql_dir)
+    server = scratch_server(settings, scratch_url)  # resolved once (the local one is started once)
+
+    def one(schema_settings: CommandSettings):
+        report = sql_commands.adopt_on(dataclasses.replace(schema_settings, show=lambda r: _said(schema_settings, r)),
+                                       server, yes=yes)
+        if not report.matched:
+            exc = MigratorError(report.lines()[0].removeprefix("adopt: ").rstrip(":"), FAILED)
+            exc.partial = report
+            raise exc
+        return report
+
+    return _finished(settings, SchemasReport("adopt", run(settings, target, one, writes=False)), show=True)
+
+
+def verify(settings: CommandSettings, *, from_id: str | None, scratch_url: str | None, schemas: tuple[str, ...]):
+    """`sql verify` with tenant schemas (--schema, else SCHEMA_NAME): the files are the same in every
+    tenant, so the proof runs once, in a schema named as the first tenant, as a tenant's run runs them."""
+    from migrator.settings import tenant_schemas
+
+    names = tenant_schemas(schemas, settings.env)
+    if names:
+        refuse_outside_tenant(settings.sql_dir, rollbacks=True)
+    return sql_commands.verify(settings, from_id=from_id, scratch_url=scratch_url, schema=names[0] if names else None)
 
 
 def _stop_if_interrupted(summary: SchemasReport) -> None:
@@ -132,20 +158,35 @@ def _stop_if_interrupted(summary: SchemasReport) -> None:
 
 
 def rollback(settings: CommandSettings, **how) -> SchemasReport | object:
-    target = tenant_target(settings)
-    if target is None:
-        return sql_commands.rollback(settings, **how)
-    refuse_outside_tenant(settings.sql_dir, rollbacks=True)
-    return _finished(settings, SchemasReport("rollback", run(settings, target, lambda s: _said(
-        s, sql_commands.rollback(s, **how)), writes=True)))
+    if tenant_target(settings) is not None:
+        refuse_outside_tenant(settings.sql_dir, rollbacks=True)
+    return _each(settings, "rollback", lambda s: sql_commands.rollback(s, **how))
 
 
 def mark(settings: CommandSettings, ids: list[str]):
+    return _each(settings, "mark", lambda s: sql_commands.mark(s, ids))
+
+
+def accept_changes(settings: CommandSettings, ids: list[str]):
+    return _each(settings, "accept-changes", lambda s: sql_commands.accept_changes(s, ids))
+
+
+def accept_drift(settings: CommandSettings):
+    return _each(settings, "accept-drift", sql_commands.accept_drift)
+
+
+def break_lock(settings: CommandSettings):
+    return _each(settings, "break-lock", sql_commands.break_lock)
+
+
+def _each(settings: CommandSettings, command: str, work: Callable[[CommandSettings], object]):
+    """`work` (a single-schema command, which takes its schema's lock where it takes one) once per
+    schema, its lines prefixed, then one summary; without schemas, the command as ever."""
     target = tenant_target(settings)
     if target is None:
-        return sql_commands.mark(settings, ids)
-    return _finished(settings, SchemasReport("mark", run(settings, target, lambda s: _said(
-        s, sql_commands.mark(s, ids)), writes=True)))
+        return work(settings)
+    return _finished(settings, SchemasReport(command, run(settings, target, lambda s: _said(s, work(s)),
+                                                          writes=False)))
 
 
 def status(settings: CommandSettings):
@@ -197,10 +238,12 @@ def _said(settings: CommandSettings, report):
     return report
 
 
-def _finished(settings: CommandSettings, summary: SchemasReport) -> SchemasReport:
-    """The summary, for the CLI to print; on a failure it is shown here, before the error line."""
-    if summary.failed:
+def _finished(settings: CommandSettings, summary: SchemasReport, show: bool = False) -> SchemasReport:
+    """The summary, for the CLI to print (shown here with `show`); on a failure it is shown here, before
+    the error line."""
+    if summary.failed or show:
         settings.show(summary)
+    if summary.failed:
         _stop_if_interrupted(summary)
         raise MigratorError(summary.error_line(), summary.exit_code)
     return summary

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres.splitter import SplitError, Statement, split
+from migrator.postgres.splitter import SplitError, Statement, newlines, split
 
 # Checked on every name before any file is opened: a name is printed in `plan` (inside SQL) and in
 # messages, so a newline or quote in it must never get that far.
@@ -180,7 +180,13 @@ def tenant_problems(path: Path) -> list[tuple[int, str]]:
         found = split(text)
     except SplitError:
         return []  # the file's own check says what is wrong with it
-    return [(s.line, problem) for s in found if (problem := tenant_problem(s.text))]
+    problems = []
+    for statement in found:
+        at, problem = _routine_search_path(statement.text)
+        problem = problem or tenant_problem(statement.text)
+        if problem:
+            problems.append((statement.line + newlines(statement.text, 0, at), problem))
+    return problems
 
 
 def tenant_problem(statement: str) -> str | None:
@@ -195,6 +201,51 @@ def tenant_problem(statement: str) -> str | None:
         return ("creates an extension without SCHEMA, so it lands in the first tenant's schema and the others "
                 "cannot use it; write CREATE EXTENSION IF NOT EXISTS name SCHEMA public")
     return None
+
+
+# A function's own `SET search_path` (CREATE FUNCTION/PROCEDURE, ALTER FUNCTION/PROCEDURE/ROUTINE) replaces the
+# tenant's search_path whenever it is called: naming any schema but pg_catalog / pg_temp makes every tenant's
+# copy read that schema. FROM CURRENT captures the creating session's (the tenant's) search_path, so it is fine.
+_ROUTINE = re.compile(r"(?:create\s+(?:or\s+replace\s+)?(?:function|procedure)|alter\s+(?:function|procedure|routine))\b",
+                      re.IGNORECASE)
+_TOKEN = re.compile(r"""--[^\n]*|/\*.*?\*/|\$(?P<tag>[A-Za-z_\x80-\uffff][\w\x80-\uffff]*|)\$.*?\$(?P=tag)\$"""
+                    r"""|[Ee]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|"(?:[^"]|"")*"|[A-Za-z_][\w$]*|\S""", re.DOTALL)
+_HARMLESS_PATH = {"pg_catalog", "pg_temp"}
+
+
+def _routine_search_path(statement: str) -> tuple[int, str | None]:
+    """(offset, problem) of a routine's own SET search_path naming a schema a tenant must not use; (0, None)."""
+    if not _ROUTINE.match(_COMMENTS.sub(" ", statement).strip()):
+        return 0, None
+    tokens = [(m.start(), m.group()) for m in _TOKEN.finditer(statement) if not m.group().startswith(("--", "/*"))]
+    for i, (at, token) in enumerate(tokens):
+        if token.lower() != "set" or i + 2 >= len(tokens) or _name(tokens[i + 1][1]) != "search_path":
+            continue
+        how = tokens[i + 2][1].lower()
+        if how not in ("=", "to"):
+            continue  # FROM CURRENT: the tenant's own search_path when the migration creates it
+        values, j = [], i + 3
+        while j < len(tokens):  # a list: value, value, ... (what follows the last is not a comma)
+            values.append(_name(tokens[j][1]))
+            if j + 1 >= len(tokens) or tokens[j + 1][1] != ",":
+                break
+            j += 2
+        others = [v for v in values if v not in _HARMLESS_PATH and v != "default"]
+        if others:
+            return at, (f"gives a function its own SET search_path naming {', '.join(others)}, so every tenant's copy "
+                        "would use that schema, not its own; write SET search_path FROM CURRENT (it captures the "
+                        "tenant's search_path, its schema then public, when the migration creates the function), or "
+                        "SET search_path = pg_catalog, pg_temp with names qualified")
+    return 0, None
+
+
+def _name(token: str) -> str:
+    """An identifier or string token as the value it names: unquoted ones fold to lower case."""
+    if token[:1] == '"':
+        return token[1:-1].replace('""', '"')
+    if token[:1] == "'" or token[:2] in ("E'", "e'"):
+        return token[token.index("'") + 1:-1].replace("''", "'")
+    return token.lower()
 
 
 FRESH_SESSION = "\\connect -reuse-previous=on"

@@ -49,6 +49,10 @@ class SchemasReport:
     def exit_code(self) -> int:
         return _exit_code(self.outcomes)
 
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
     def error_line(self) -> str:
         failed = [o.schema for o in self.outcomes if o.error]
         not_run = [o.schema for o in self.outcomes if not o.ran]
@@ -59,14 +63,15 @@ class SchemasReport:
 
     def _row(self, outcome: SchemaOutcome) -> tuple[str, str]:
         report = outcome.report
-        done = getattr(report, "applied", getattr(report, "rolled_back", None))
+        done = getattr(report, "applied", getattr(report, "rolled_back", getattr(report, "to_mark", None)))
         changed = str(len(done)) if done is not None else "-"
         pending = str(report.total - report.done) if hasattr(report, "total") else "-"
         return changed, pending
 
     def lines(self) -> list[str]:
         width = max([len(o.schema) for o in self.outcomes] + [6])
-        verb = {"rollback": "rolled back", "mark": "marked"}.get(self.command, "applied")
+        verb = {"rollback": "rolled back", "mark": "marked", "adopt": "to mark", "accept-changes": "accepted",
+                "accept-drift": "accepted", "break-lock": "removed"}.get(self.command, "applied")
         lines = [f"{'schema':<{width}}  {verb:>11}  {'pending':>7}  {'failed':<7}  time"]
         for outcome in self.outcomes:
             changed, pending = self._row(outcome)

@@ -62,12 +62,14 @@ class AdoptReport:
                 "ambiguous": self.ambiguous}
 
 
-def adopt(backend, server: PostgresTarget, migrations) -> AdoptReport:
+def adopt(backend, server: PostgresTarget, migrations, schema: str | None = None) -> AdoptReport:
     """Compare the live database (a yoyo backend, read-only is enough) with each prefix of the history, built on a
-    scratch database on `server`'s server. Writes nothing to the live database."""
-    live = describe(backend.connection, backend.bookkeeping_schema).without_tables(OTHER_TOOLS_TABLES)
+    scratch database on `server`'s server. Writes nothing to the live database. With a tenant's `schema`
+    (the backend's), the prefixes are built as a tenant run builds them, in a schema of that name."""
+    others = OTHER_TOOLS_TABLES | ({f"{schema}.alembic_version"} if schema else set())
+    live = describe(backend.connection, backend.bookkeeping_schema).without_tables(others)
     todo = list(postgres.ordered(migrations))
-    with scratch(server) as db:
+    with scratch(server, schema) as db:
         prefixes = [(EMPTY, db.describe())]  # (id, description), the empty history first
         for migration in todo:
             db.apply(migration)

@@ -76,12 +76,17 @@ class Scratch:
 
 
 @contextmanager
-def scratch(server: PostgresTarget) -> Iterator[Scratch]:
-    """A scratch database, connected and locked as `migrate` does it."""
-    with (scratch_database(server) as target,
-          postgres.connect(target, read_only=False) as backend,
-          postgres.locked(backend, target, LOCK_SECONDS, lambda _line: None)):
-        yield Scratch(backend, target)
+def scratch(server: PostgresTarget, schema: str | None = None) -> Iterator[Scratch]:
+    """A scratch database, connected and locked as `migrate` does it; with `schema`, as a tenant run
+    does it: that schema created there, search_path = it, public, the bookkeeping in it, and only it
+    (with the database-wide extensions) described."""
+    with scratch_database(server) as target:
+        if schema:
+            postgres.missing_schemas(target, [schema], create=True)
+            target = target.for_schema(schema)
+        with (postgres.connect(target, read_only=False) as backend,
+              postgres.locked(backend, target, LOCK_SECONDS, lambda _line: None)):
+            yield Scratch(backend, target)
 
 
 def build(server: PostgresTarget, migrations) -> Description:

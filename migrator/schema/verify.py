@@ -40,6 +40,7 @@ class VerifyReport:
     server: str
     applied_first: list[str]  # applied without checks (before --from)
     steps: list[Step]
+    schema: str | None = None  # tenant schemas: the schema name the files ran in, as a tenant's run
 
     @property
     def failure(self) -> Step | None:
@@ -50,7 +51,9 @@ class VerifyReport:
         return self.failure is None
 
     def lines(self) -> list[str]:
-        head = [f"verify on a scratch database on {self.server}"]
+        head = [f"verify on a scratch database on {self.server}" + (
+            f", in schema {self.schema} as a tenant's run (search_path = {self.schema}, public; the files are "
+            "the same in every tenant)" if self.schema else "")]
         if self.applied_first:
             head.append(f"  applied without checks: {self.applied_first[0]} .. {self.applied_first[-1]}")
         checked = [s for s in self.steps if s.outcome == OK]
@@ -61,21 +64,22 @@ class VerifyReport:
         return head + [line for s in self.steps for line in s.lines()] + [tail]
 
     def to_json(self) -> dict:
-        return {"server": self.server, "ok": self.ok, "applied_first": self.applied_first,
+        return {"server": self.server, "schema": self.schema, "ok": self.ok, "applied_first": self.applied_first,
                 "steps": [{"id": s.id, "outcome": s.outcome, "changes": s.changes} for s in self.steps],
                 "failed": self.failure.id if self.failure else None}
 
 
-def verify(server: PostgresTarget, migrations, from_id: str | None = None) -> VerifyReport:
+def verify(server: PostgresTarget, migrations, from_id: str | None = None, schema: str | None = None) -> VerifyReport:
     """Check each migration (from `from_id` on) on a scratch database on `server`'s server; stop at
-    the first mismatch. A migration that fails to apply raises its usual one-line error."""
+    the first mismatch. A migration that fails to apply raises its usual one-line error. With a
+    tenant's `schema`, the files run there as a tenant's run runs them."""
     todo = list(postgres.ordered(migrations))
     ids = [m.id for m in todo]
     if from_id is not None and from_id not in ids:
         raise MigratorError(f"--from {from_id}: no migration has that id (known: {', '.join(ids) or 'none'})", USAGE)
     start = ids.index(from_id) if from_id else 0
-    report = VerifyReport(server.where.rsplit("/", 1)[0], ids[:start], [])
-    with scratch(server) as db:
+    report = VerifyReport(server.where.rsplit("/", 1)[0], ids[:start], [], schema)
+    with scratch(server, schema) as db:
         for migration in todo[:start]:
             db.apply(migration)
         for migration in todo[start:]:
