@@ -84,7 +84,16 @@ def record_after_commit(backend, migration_id: str, sha: str | None) -> None:
 
 def ensure_table(backend) -> None:
     with backend.connection.cursor() as cursor:
-        cursor.execute(_sql(CREATE, backend.bookkeeping_schema))
+        create_table(cursor, CREATE, backend.bookkeeping_schema, TABLE)
+
+
+def create_table(cursor, template: str, schema: str, table: str) -> None:
+    """A bookkeeping table, created when missing. Looked up first: CREATE TABLE IF NOT EXISTS needs CREATE
+    on the schema even when the table is there, and a user granted rights on the tables alone must not fail."""
+    cursor.execute("SELECT pg_catalog.to_regclass(%s) IS NULL", ('"{}"."{}"'.format(*(name.replace('"', '""')
+                                                                                     for name in (schema, table))),))
+    if cursor.fetchone()[0]:
+        cursor.execute(_sql(template, schema, table))
 
 
 def _upsert(backend, migration_id: str, sha: str) -> None:
@@ -97,7 +106,7 @@ def record_failure(backend, migration_id: str, what: str) -> None:
     non-transactional migration or rollback has committed so far, or left committed when it failed."""
     with backend.connection.cursor() as cursor:
         if not backend.failures_table_ready:
-            cursor.execute(_sql(CREATE_FAILURES, backend.bookkeeping_schema, FAILURES))
+            create_table(cursor, CREATE_FAILURES, backend.bookkeeping_schema, FAILURES)
             backend.failures_table_ready = True
         cursor.execute(_sql(UPSERT_FAILURE, backend.bookkeeping_schema, FAILURES), (migration_id, what))
 

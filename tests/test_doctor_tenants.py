@@ -143,7 +143,11 @@ def test_a_role_without_create_on_one_schema_fails_for_that_schema_only(cli, db,
     add_migration(sql_dir, "0002_more", "CREATE TABLE more_reports (id int);\n")
     run = cli("migrate", "--sql-dir", sql_dir, env=env)
     assert run.exit_code != 0 and "[a] applied 0002_more" in run.stdout and "[b] applied" not in run.stdout
-    assert "permission denied for schema b" in run.stderr
+    assert "[c] applied 0002_more" in run.stdout, "b's failure is b's alone: c still migrates"
+    b_failed = [line for line in run.stderr.splitlines() if line.startswith("[b] FAILED")]
+    assert len(b_failed) == 1 and "0002_more" in b_failed[0] and "permission denied for schema b" in b_failed[0]
+    assert "Traceback" not in run.output and "unexpected" not in run.stderr
+    assert run.stderr.splitlines()[-1].startswith("error: ") and " b" in run.stderr.splitlines()[-1]
 
 
 def test_another_runner_holding_one_schemas_lock_is_a_warning_for_that_schema_only(cli, db, sql_dir):
@@ -246,3 +250,22 @@ def test_the_platforms_settings_over_several_schemas_never_print_the_password(cl
     for output in (text.output, as_json.output):
         assert SPECIAL_PASSWORD not in output and quote(SPECIAL_PASSWORD, safe="") not in output
         assert "***" in output
+
+
+def test_a_refusal_nothing_foresaw_in_one_schema_is_that_schemas_failure_not_the_runs(cli, db, role, sql_dir):
+    """A DBA revoked the runner's SELECT on one tenant's history: the server refuses a read deep in yoyo.
+    That schema fails, in one line that says where; the others migrate; no traceback."""
+    ok(cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env={**db.db_env(), "SCHEMA_NAME": "a,b,c"}))
+    name = role()
+    for schema in ("a", "b", "c"):
+        db.query(f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {name}; "
+                 f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {name}")
+    db.query(f"REVOKE SELECT ON b._yoyo_migration FROM {name}")
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_reports (id int);\n")
+    run = cli("migrate", "--sql-dir", sql_dir, env={**as_role(db, name), "SCHEMA_NAME": "a,b,c"})
+    assert run.exit_code != 0
+    assert "[a] applied 0002_more" in run.stdout and "[c] applied 0002_more" in run.stdout
+    b_failed = [line for line in run.stderr.splitlines() if line.startswith("[b] FAILED")]
+    assert len(b_failed) == 1 and "permission denied" in b_failed[0] and "schema b" in b_failed[0], run.stderr
+    assert "Traceback" not in run.output and ROLE_PASSWORD not in run.output
+    assert run.stderr.splitlines()[-1].startswith("error: ")

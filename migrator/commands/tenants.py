@@ -253,6 +253,8 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
     """`work` once per schema, in order or `settings.parallel` at a time; every schema gets an outcome.
     SIGTERM stops the run: the running schemas stop (after their current statement), the rest stay
     "not run", and the caller shows the summary (interrupt.requested() says it happened)."""
+    import psycopg2
+
     from migrator import interrupt, postgres
 
     missing, described = postgres.survey_schemas(target, target.schemas, create=writes and target.create_schemas)
@@ -277,6 +279,9 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
             except MigratorError as exc:
                 outcome.error, outcome.exit_code = str(exc), exc.exit_code
                 outcome.report = getattr(exc, "partial", None)
+            except psycopg2.Error as exc:  # the server refused what nothing foresaw: this schema's failure, not the run's
+                outcome.error, outcome.exit_code = (f"the server refused: {output.one_line(output.scrub(str(exc)))} "
+                                                    f"(on {target.for_schema(schema).where})"), FAILED
             outcome.seconds = time.perf_counter() - started
         outcome.ran = True
         if outcome.error:

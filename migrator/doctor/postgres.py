@@ -81,19 +81,23 @@ def check(report: DoctorReport, target: PostgresTarget, sql_dir) -> None:
             _schema_checks(report, backend, target, sql_dir)
 
 
-def _schema_checks(report: DoctorReport, backend, target: PostgresTarget, sql_dir) -> None:
+def _schema_checks(report: DoctorReport, backend, target: PostgresTarget, sql_dir, described=None) -> None:
     readable = _guarded(report, backend, "postgres schema", _privileges, target)
     if readable:
-        _guarded(report, backend, "migrations", _migrations, target, sql_dir)
+        _guarded(report, backend, "migrations", _migrations, target, sql_dir, described)
 
 
 def _each_schema(report: DoctorReport, backend, target: PostgresTarget, sql_dir) -> None:
     """Schema by schema on the one connection, pinned to each as a tenant's run pins its own (the
-    backend's init_connection, PIN_TENANT): one login for all, so many tenants stay fast on a remote server."""
+    backend's init_connection, PIN_TENANT): one login for all, so many tenants stay fast on a remote server;
+    and one catalog read of all the schemas, which answers each drift check that finds nothing (as migrate's)."""
+    from migrator.schema.describe import describe_tenants
+
+    described = describe_tenants(backend.connection, target.schemas)
     for schema in target.schemas:
         backend.schema = schema
         backend.init_connection(backend.connection)
-        _schema_checks(SchemaChecks(report, schema), backend, target.for_schema(schema), sql_dir)
+        _schema_checks(SchemaChecks(report, schema), backend, target.for_schema(schema), sql_dir, described.get(schema))
 
 
 def _guarded(report: DoctorReport, backend, name: str, step, *args):
@@ -261,7 +265,7 @@ def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advi
         report.add(Check("postgres locks", OK, "advisory locks allowed; the migration lock is free"))
 
 
-def _migrations(report: DoctorReport, backend, target: PostgresTarget, sql_dir) -> None:
+def _migrations(report: DoctorReport, backend, target: PostgresTarget, sql_dir, described=None) -> None:
     from migrator import postgres
     from migrator.schema import snapshot
 
@@ -279,7 +283,7 @@ def _migrations(report: DoctorReport, backend, target: PostgresTarget, sql_dir) 
         report.add(failed("drift", str(postgres.drift_error(drift, target, "migrate would refuse to run"))))
     else:
         report.add(Check("drift", OK, "no applied migration changed since applied"))
-    live = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
+    live = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, described)
     if live.drifted:
         report.add(Check("schema drift", WARN, f"{live.to_json()['summary']}: " + "; ".join(live.changes[:3])
                          + (f"; and {len(live.changes) - 3} more" if len(live.changes) > 3 else ""),

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from migrator import whoami
+from migrator import checksums, whoami
 from migrator.schema.describe import describe
 from migrator.schema.diff import diff, summary
 from migrator.schema.model import Description
@@ -129,7 +129,7 @@ def _store(conn, schema: str, description: Description, reason: str) -> Snapshot
             cursor.execute(_sql(LAST_MIGRATION, schema, MIGRATION_TABLE))
             row = cursor.fetchone()
             last = row[0] if row else None
-        cursor.execute(_sql(CREATE, schema))
+        checksums.create_table(cursor, CREATE, schema, TABLE)
         cursor.execute(_sql(UPSERT, schema), (json.dumps(description.to_json()), description.sha256, last,
                                               whoami.user(), reason))
     return recorded(conn, schema)
