@@ -230,6 +230,10 @@ CREATE FUNCTION add_one(i int) RETURNS int LANGUAGE sql IMMUTABLE
     SET search_path = PG_Catalog, 'pg_temp' AS 'SELECT i OPERATOR(pg_catalog.+) 1';
 CREATE PROCEDURE touch() LANGUAGE sql AS $$ UPDATE tenant_name SET name = name $$;
 ALTER PROCEDURE touch() SET search_path FROM CURRENT;
+CREATE FUNCTION body_only() RETURNS void LANGUAGE plpgsql AS $😀tag$
+BEGIN
+    SET search_path = public;  -- a statement of the body (not checked), not the function's own clause
+END $😀tag$;
 """
 
 

@@ -8,11 +8,11 @@ database, which doctor does not start.
 from __future__ import annotations
 
 from migrator.commands.base import CommandSettings
-from migrator.doctor import DoctorReport, environment
+from migrator.doctor import DoctorReport
 
 
 def doctor(settings: CommandSettings, *, dev_tools: bool = True) -> DoctorReport:
-    from migrator.doctor import mongo, postgres
+    from migrator.doctor import environment, mongo, postgres  # (ssl, subprocess: not for every command's start)
 
     report = DoctorReport()
     env = settings.env

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres.splitter import SplitError, Statement, newlines, split
+from migrator.postgres.splitter import TAG_CHAR, TAG_START, SplitError, Statement, newlines, split
 
 # Checked on every name before any file is opened: a name is printed in `plan` (inside SQL) and in
 # messages, so a newline or quote in it must never get that far.
@@ -208,7 +208,7 @@ def tenant_problem(statement: str) -> str | None:
 # copy read that schema. FROM CURRENT captures the creating session's (the tenant's) search_path, so it is fine.
 _ROUTINE = re.compile(r"(?:create\s+(?:or\s+replace\s+)?(?:function|procedure)|alter\s+(?:function|procedure|routine))\b",
                       re.IGNORECASE)
-_TOKEN = re.compile(r"""--[^\n]*|/\*.*?\*/|\$(?P<tag>[A-Za-z_\x80-\uffff][\w\x80-\uffff]*|)\$.*?\$(?P=tag)\$"""
+_TOKEN = re.compile(rf"""--[^\n]*|/\*.*?\*/|\$(?P<tag>{TAG_START}{TAG_CHAR}*|)\$.*?\$(?P=tag)\$"""
                     r"""|[Ee]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|"(?:[^"]|"")*"|[A-Za-z_][\w$]*|\S""", re.DOTALL)
 _HARMLESS_PATH = {"pg_catalog", "pg_temp"}
 
