@@ -50,8 +50,9 @@ def _essence(item: Item) -> str:
 
 def diff(old: Description, new: Description) -> list[str]:
     """What changed from old to new, one line per object, in the order schema.sql lists them."""
+    differing = [key for key in old.items.keys() | new.items.keys() if old.items.get(key) != new.items.get(key)]
     lines = []
-    for key in sorted(old.items.keys() | new.items.keys()):
+    for key in sorted(differing):  # only these: a large schema with one change compares fast
         before, after = old.items.get(key), new.items.get(key)
         if before is None:
             lines.append(f"{label(after)} added")
@@ -59,7 +60,10 @@ def diff(old: Description, new: Description) -> list[str]:
             lines.append(f"{label(before)} dropped")
         elif _essence(before) != _essence(after):  # a column's position alone: see _column_order
             lines.append(_changed(before, after))
-    return [visible(line) for line in lines + _column_order(old, new)]
+    # Column order can only have changed in a table one of whose columns differs (position is part of a column).
+    tables = {item.parent_name for key in differing for item in (old.items.get(key), new.items.get(key))
+              if item is not None and item.kind == "column"}
+    return [visible(line) for line in lines + _column_order(old, new, tables)]
 
 
 def _changed(before: Item, after: Item) -> str:
@@ -101,12 +105,12 @@ def _differing_words(old: str, new: str, context: int = 2) -> tuple[str, str]:
     return " ".join(a[start:]).strip(), " ".join(b[start:]).strip()
 
 
-def _column_order(old: Description, new: Description) -> list[str]:
-    """Same columns in a different order (a table rebuilt) changes the text; say so."""
+def _column_order(old: Description, new: Description, tables: set[str]) -> list[str]:
+    """Same columns in a different order (a table rebuilt) changes the text; say so (of `tables`)."""
     def orders(d: Description) -> dict[str, list[str]]:
         found: dict[str, list[Item]] = {}
         for item in d.items.values():
-            if item.kind == "column":
+            if item.kind == "column" and item.parent_name in tables:
                 found.setdefault(item.parent_name, []).append(item)
         return {t: [i.name for i in sorted(items, key=lambda i: i.position)] for t, items in found.items()}
 

@@ -39,6 +39,8 @@ def unicode_identifier(quoted: str) -> str:
 def escape_control_names(description: "Description") -> "Description":
     """Quoted names holding a newline or another control character, written U&"..." everywhere
     (names, parents, DDL), so no name can start a line of its own in schema.sql, status or plan."""
+    if not CONTROL.search(" ".join(f"{item.name} {item.parent}" for item in description.items.values())):
+        return description  # the common case, told by one pass over all the names
     bad = {m.group() for item in description.items.values() for text in (item.name, item.parent)
            for m in QUOTED.finditer(text) if CONTROL.search(m.group())}
     if not bad:
@@ -100,7 +102,8 @@ class Description:
 
     @classmethod
     def from_json(cls, rows: list[dict]) -> "Description":
-        return cls({(r["kind"], r["name"]): Item(**r) for r in rows})
+        return cls({(r["kind"], r["name"]): Item(r["kind"], r["name"], r["ddl"], r.get("parent", ""), r.get("position", 0))
+                    for r in rows})
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Description) and self.items == other.items
