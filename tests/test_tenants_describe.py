@@ -5,11 +5,14 @@ found, and nothing changed by hand ever absorbed into a tenant's recorded schema
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import psycopg2
 import pytest
 
-from conftest import add_migration
+from conftest import PROJECT_ROOT, add_migration
 from migrator.errors import SCHEMA_DRIFT
 
 TENANTS = ("pb", "mz", "ng_2")
@@ -124,3 +127,46 @@ def test_a_hand_change_after_the_one_pass_read_is_never_absorbed_by_the_next_mig
         conn.close()
     assert any("dba_index" in change for change in drift.changes), drift.changes
     assert not any("note" in change for change in drift.changes), "the migration's own column is recorded"
+
+
+def _while_a_is_locked(db, args: list[str], change_b: str) -> subprocess.CompletedProcess:
+    """Run the runner over a,b while another session holds a's migration lock; once the runner is waiting for it
+    (its session polls pg_try_advisory_lock), change b by hand, then free a. The change is made after the run began."""
+    from migrator.pg_lock import lock_key
+
+    with psycopg2.connect(db.url) as holder:
+        holder.autocommit = True
+        holder.cursor().execute("SELECT pg_advisory_lock(%s)", (lock_key("a"),))
+        runner = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "runner.py"), *args, "--lock-timeout", "30"],
+                                  cwd=PROJECT_ROOT, env={"PATH": "/usr/bin:/bin", **db.db_env(), "SCHEMA_NAME": "a,b"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while not db.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_try_advisory_lock%%' "
+                           "AND pid <> pg_backend_pid()"):
+            assert time.monotonic() < deadline and runner.poll() is None, "the runner never waited for a's lock"
+            time.sleep(0.05)
+        db.query(change_b)
+        holder.cursor().execute("SELECT pg_advisory_unlock_all()")
+        out, err = runner.communicate(timeout=60)
+    return subprocess.CompletedProcess(runner.args, runner.returncode, out, err)
+
+
+def test_mark_over_tenants_never_records_a_hand_change_made_after_the_run_began(cli, db, sql_dir):
+    assert cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env={**db.db_env(), "SCHEMA_NAME": "a,b"}).exit_code == 0
+    add_migration(sql_dir, "0002_marked", "CREATE TABLE marked_by_hand (id int);\n")
+    done = _while_a_is_locked(db, ["sql", "mark", "0002_marked", "--sql-dir", str(sql_dir)],
+                              "CREATE INDEX dba_index ON b.hcm_report_metadata (id)")
+    assert done.returncode == 0, done.stderr
+    assert "[b] note: schema: DRIFT" in done.stderr and "dba_index" in done.stderr
+    status = cli("status", "--sql-dir", sql_dir, "--schema", "b", "--json", env=db.db_env())
+    assert any("dba_index" in change for change in json.loads(status.stdout)["schemas"]["b"]["schema"]["changes"])
+
+
+def test_migrate_strict_over_tenants_refuses_a_schema_changed_by_hand_after_the_run_began(cli, db, sql_dir):
+    assert cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env={**db.db_env(), "SCHEMA_NAME": "a,b"}).exit_code == 0
+    add_migration(sql_dir, "0002_next", "CREATE TABLE next_one (id int);\n")
+    done = _while_a_is_locked(db, ["migrate", "--strict", "--sql-dir", str(sql_dir)],
+                              "CREATE INDEX dba_index ON b.hcm_report_metadata (id)")
+    assert done.returncode == SCHEMA_DRIFT, done.stdout + done.stderr
+    assert "[a] applied 0002_next" in done.stdout and "[b] applied" not in done.stdout
+    assert "[b] FAILED: --strict" in done.stderr

@@ -53,7 +53,8 @@ def migrate(settings: CommandSettings) -> MigrateReport:
     if target is None:
         return deploy.migrate(settings)
     refuse_outside_tenant(settings.sql_dir)
-    summary = SchemasReport("migrate", run(settings, target, _migrate_one, writes=True))
+    # --strict refuses on drift: its check must see the schema as it is under the lock, not as the run began.
+    summary = SchemasReport("migrate", run(settings, target, _migrate_one, writes=True, pre_read=not settings.strict))
     settings.show(summary)
     _stop_if_interrupted(summary)
     if summary.failed:
@@ -195,7 +196,7 @@ def status(settings: CommandSettings):
     if target is None:
         return deploy.status(settings)
     mongo_target = settings.mongo_target()
-    outcomes = run(settings, target, lambda s: _own_indexes(s.pinned.schema, deploy.status(
+    outcomes = run(settings, target, pre_read=True, work=lambda s: _own_indexes(s.pinned.schema, deploy.status(
         dataclasses.replace(s, mongo_off=True))), writes=False)
     from migrator.commands import mongo as mongo_commands
 
@@ -210,7 +211,8 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
         return deploy.plan(settings, offline=offline, mongo_dry_run=mongo_dry_run)
     refuse_outside_tenant(settings.sql_dir)
     show = settings.show
-    outcomes = run(dataclasses.replace(settings, show=lambda report: None), target, _planned, writes=False)
+    outcomes = run(dataclasses.replace(settings, show=lambda report: None), target, _planned, writes=False,
+                   pre_read=True)
     report = SchemasPlanReport(target.display_url, outcomes, None)
     show(report)
     if mongo_dry_run:
@@ -249,7 +251,8 @@ def _finished(settings: CommandSettings, summary: SchemasReport, show: bool = Fa
     return summary
 
 
-def run(settings: CommandSettings, target, work: Callable[[CommandSettings], object], *, writes: bool) -> list[SchemaOutcome]:
+def run(settings: CommandSettings, target, work: Callable[[CommandSettings], object], *, writes: bool,
+        pre_read: bool = False) -> list[SchemaOutcome]:
     """`work` once per schema, in order or `settings.parallel` at a time; every schema gets an outcome.
     SIGTERM stops the run: the running schemas stop (after their current statement), the rest stay
     "not run", and the caller shows the summary (interrupt.requested() says it happened)."""
@@ -257,7 +260,11 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
 
     from migrator import interrupt, postgres
 
-    missing, described = postgres.survey_schemas(target, target.schemas, create=writes and target.create_schemas)
+    # pre_read: every schema described in one catalog read now, which answers each schema's drift check when
+    # nothing differs. Only for reports (status, plan) and migrate without --strict, whose drift check only speaks:
+    # a check that guards what is recorded (mark, rollback, accept-*) or refused (--strict) reads under its lock.
+    missing, described = postgres.survey_schemas(target, target.schemas, create=writes and target.create_schemas,
+                                                 describe=pre_read)
     outcomes = {schema: SchemaOutcome(schema) for schema in target.schemas}
     stop = threading.Event()
 
