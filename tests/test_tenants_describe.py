@@ -60,7 +60,7 @@ def tenants(cli, db, sql_dir):
 def test_one_pass_gives_each_tenant_exactly_its_own_description(db, tenants):
     from migrator.schema.describe import describe, describe_tenants
 
-    db.query("CREATE EXTENSION hstore SCHEMA public")  # database-wide: in every tenant's description
+    db.query("CREATE EXTENSION hstore SCHEMA public")  # database-wide: in no tenant's description
     with psycopg2.connect(db.url) as conn:
         many = describe_tenants(conn, [*TENANTS, "absent"])
     assert set(many) == {*TENANTS, "absent"}
@@ -73,10 +73,11 @@ def test_one_pass_gives_each_tenant_exactly_its_own_description(db, tenants):
         assert many[schema].items == alone.items
         assert many[schema].text == alone.text and many[schema].sha256 == alone.sha256
         names = " ".join(name for _, name in alone.items)
-        assert "run_totals" in names and "part_2026" in names and "extension" in {k for k, _ in alone.items}
+        assert "run_totals" in names and "part_2026" in names
         assert "shared" not in names and "other." not in names and "_yoyo" not in names
+        assert "extension" not in {kind for kind, _ in alone.items}, "database-wide: no one tenant's"
     assert many["pb"].sha256 != many["mz"].sha256, "each tenant's names are its own"
-    assert {kind for kind, _ in many["absent"].items} == {"extension"}, "only what is database-wide"
+    assert many["absent"].items == {}
 
 
 def test_a_no_op_over_tenants_records_nothing_and_hand_drift_is_still_found_in_its_schema(cli, db, tenants):
@@ -170,3 +171,48 @@ def test_migrate_strict_over_tenants_refuses_a_schema_changed_by_hand_after_the_
     assert done.returncode == SCHEMA_DRIFT, done.stdout + done.stderr
     assert "[a] applied 0002_next" in done.stdout and "[b] applied" not in done.stdout
     assert "[b] FAILED: --strict" in done.stderr
+
+
+# --- what is shared is no one tenant's drift ---------------------------------------------------------------
+
+
+def test_an_extension_one_tenants_migration_creates_is_no_tenants_drift(cli, db, sql_dir):
+    """The README's recipe: CREATE EXTENSION IF NOT EXISTS ... SCHEMA public in a tenant migration. The first
+    tenant creates it; for the others it is a no-op. No tenant reads it as drift, --strict passes, and a
+    tenant's rollback that leaves the shared extension in place is proven by verify."""
+    env = {**db.db_env(), "SCHEMA_NAME": "a,b,c"}
+    assert cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env=env).exit_code == 0
+    add_migration(sql_dir, "0002_citext", "CREATE EXTENSION IF NOT EXISTS citext SCHEMA public;\n"
+                  "ALTER TABLE hcm_report_metadata ADD COLUMN email citext;\n",
+                  rollback="ALTER TABLE hcm_report_metadata DROP COLUMN email;\n")
+    add_migration(sql_dir, "0003_defaults", "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC;\n",
+                  rollback="ALTER DEFAULT PRIVILEGES REVOKE SELECT ON TABLES FROM PUBLIC;\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=env).exit_code == 0
+    status = cli("status", "--sql-dir", sql_dir, "--json", "--exit-code", env=env)
+    assert status.exit_code == 0, status.stdout
+    assert {s: v["schema"]["drifted"] for s, v in json.loads(status.stdout)["schemas"].items()} == dict.fromkeys("abc", False)
+    assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=env).exit_code == 0
+    proof = cli("sql", "verify", "--sql-dir", sql_dir, "--schema", "a", env=env)
+    assert proof.exit_code == 0, proof.output
+
+
+def test_default_privileges_in_one_tenants_schema_are_that_tenants_alone(cli, db, sql_dir):
+    env = {**db.db_env(), "SCHEMA_NAME": "a,b"}
+    assert cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env=env).exit_code == 0
+    db.query("ALTER DEFAULT PRIVILEGES IN SCHEMA a GRANT SELECT ON TABLES TO PUBLIC")  # a DBA, by hand, in a
+    schemas = json.loads(cli("status", "--sql-dir", sql_dir, "--json", env=env).stdout)["schemas"]
+    assert schemas["a"]["schema"]["changes"] == ["default privileges FOR ROLE postgres IN SCHEMA a ON TABLES added"]
+    assert schemas["b"]["schema"]["drifted"] is False
+
+
+def test_schemas_made_before_they_became_tenants_are_not_the_plain_historys_drift(cli, db, sql_dir):
+    """DIGIT pre-creates the tenants' schemas; a plain run (make migrate) records them as its own until a tenant
+    run marks them. After that they are the tenants': not 'dropped' from the plain history."""
+    db.query("CREATE SCHEMA a; CREATE SCHEMA b; CREATE TABLE b.made_early (id int)")
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
+    assert cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_NAME": "a,b"}).exit_code == 0
+    plain = cli("status", "--sql-dir", sql_dir, "--exit-code", env=db.db_env())
+    assert plain.exit_code == 0, plain.stdout
+    assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
+    db.query("CREATE TABLE public.by_hand (id int)")  # the plain history's own drift is still seen
+    assert "table by_hand added" in cli("status", "--sql-dir", sql_dir, env=db.db_env()).stdout

@@ -7,7 +7,8 @@ owners (they differ per environment), the bookkeeping tables of yoyo and the run
 in their schema), and `public` itself unless its comment or privileges differ from the default.
 
 On a tenant's connection (hcm.tenant_schema set) only that schema is described; on a plain run's, the
-tenants' schemas (hcm.tenant_schemas) are left out.
+tenants' schemas (hcm.tenant_schemas) are left out; where tenants exist, database-wide objects are
+described by neither (see scope()).
 
 Other sessions may run DDL while the catalog is read: an object dropped between two queries makes a
 pg_get_*def return NULL or the server fail a lookup; the description is then read again (a new
@@ -18,10 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Callable
 
 from migrator.errors import MigratorError
 from migrator.schema import queries as q
-from migrator.schema.model import Description, Item, escape_control_names, top_key
+from migrator.schema.model import Description, Item, belongs_to, database_wide, escape_control_names, top_key
 
 ATTEMPTS = 5
 # Errors of a catalog function on an object dropped while the description was read (XX000, internal).
@@ -76,42 +78,63 @@ def _describe_once(conn, bookkeeping_schema: str | None, tolerate: bool,
         if tenants is not None:  # each tenant's bookkeeping is in its own schema
             cursor.execute(q.BOOKKEEPING_OF_TENANTS, (tenants,))
             params = {"bookkeeping": cursor.fetchone()[0], "tenants": tenants}
-            narrow = " AND n.nspname = ANY(%(tenants)s)"
+            narrow, shared = " AND n.nspname = ANY(%(tenants)s)", False
         else:
             if bookkeeping_schema is None:
                 cursor.execute(q.BOOKKEEPING_SCHEMA)
             else:
                 cursor.execute(q.BOOKKEEPING_BY_NAME, (bookkeeping_schema,))
             params = {"bookkeeping": [cursor.fetchone()[0]]}
-            # On a tenant's connection (hcm.tenant_schema, see postgres/connection.py) only that schema is described,
-            # so one tenant's migrations never read as another's drift; extensions stay database-wide.
-            # A plain run's connection lists the tenants' schemas (hcm.tenant_schemas): they hold their own
-            # histories, so they are not this history's schema (and never its drift).
-            cursor.execute("SELECT pg_catalog.current_setting('hcm.tenant_schema', true), "
-                           "pg_catalog.current_setting('hcm.tenant_schemas', true)")
-            tenant, others = cursor.fetchone()
-            params["tenant"] = tenant or None
-            params["others"] = [t for t in (others or "").split(",") if t]
-            narrow = (" AND n.nspname = %(tenant)s" if params["tenant"] else
-                      " AND n.nspname <> ALL(%(others)s)" if params["others"] else "")
+            tenant, others = _session_tenants(cursor)
+            params.update(tenant=tenant, others=others)
+            narrow = (" AND n.nspname = %(tenant)s" if tenant else " AND n.nspname <> ALL(%(others)s)" if others else "")
+            shared = not (tenant or others)
         cursor.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
         descriptions = {schema: Description() for schema in (tenants if tenants is not None else [None])}
         for query, build in _READERS:
-            per_schema = tenants is not None and q.MANAGED_NS in query  # else database-wide: every tenant's
+            per_schema = q.MANAGED_NS in query
+            if not (per_schema or shared):
+                continue  # database-wide objects: see scope()
             query = query.replace(q.MANAGED_NS, q.MANAGED_NS + narrow)
-            cursor.execute(q.with_schema_column(query) if per_schema else query, params)
+            many = tenants is not None
+            cursor.execute(q.with_schema_column(query) if many else query, params)
             for row in cursor.fetchall():
-                into = [descriptions[row[-1]]] if per_schema else descriptions.values()
                 try:
-                    items = list(build(*(row[:-1] if per_schema else row)))
+                    items = list(build(*(row[:-1] if many else row)))
                 except Vanished:
                     if not tolerate:
                         raise
                     continue
-                for description in into:
-                    for item in items:
-                        description.add(item)
+                description = descriptions[row[-1] if many else None]
+                for item in items:
+                    description.add(item)
     return descriptions
+
+
+def _session_tenants(cursor) -> tuple[str | None, list[str]]:
+    """(the tenant this connection migrates, the tenants a plain run's connection leaves out): the settings
+    postgres/connection.py pins on the runner's connections (hcm.tenant_schema, hcm.tenant_schemas)."""
+    cursor.execute("SELECT pg_catalog.current_setting('hcm.tenant_schema', true), "
+                   "pg_catalog.current_setting('hcm.tenant_schemas', true)")
+    tenant, others = cursor.fetchone()
+    return tenant or None, [t for t in (others or "").split(",") if t]
+
+
+def scope(conn) -> Callable[[Item], bool]:
+    """Which objects describe() on this connection covers, to hold a recorded description to the same scope.
+
+    A tenant's connection describes its own schema; a plain run's every schema but the tenants'. Where tenant
+    histories exist, database-wide objects (extensions, event triggers, default privileges not tied to a
+    schema) belong to no one history (one tenant's migration creates an extension for all; `IF NOT EXISTS` in
+    the next is a no-op) and are described by none. A recorded description may hold what is now out of scope:
+    a schema that has since become a tenant's, or a tenant's extensions recorded before this rule."""
+    with conn.cursor() as cursor:
+        tenant, others = _session_tenants(cursor)
+    if tenant:
+        return lambda item: not database_wide(item)
+    if others:
+        return lambda item: not database_wide(item) and not any(belongs_to(item, schema) for schema in others)
+    return lambda item: True
 
 
 @contextlib.contextmanager
@@ -385,5 +408,5 @@ _READERS = [
     (q.FUNCTIONS, _function), (q.SEQUENCES, _sequence), (q.RELATIONS, _relation), (q.COLUMNS, _column),
     (q.CONSTRAINTS, _constraint), (q.INDEXES, _index), (q.TRIGGERS, _trigger), (q.POLICIES, _policy),
     (q.RULES, _rule), (q.STATISTICS, _statistics), (q.EVENT_TRIGGERS, _event_trigger),
-    (q.DEFAULT_PRIVILEGES, _default_privileges),
+    (q.DEFAULT_PRIVILEGES, _default_privileges), (q.DEFAULT_PRIVILEGES_IN_SCHEMA, _default_privileges),
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 # Order of the sections in the text, and of the parts inside a block.
 TOP_KINDS = ("schema", "extension", "type", "function", "sequence", "table", "view", "materialized view",
@@ -76,12 +77,38 @@ def top_key(kind: str, name: str) -> str:
     return f"{kind} {name}"
 
 
+DATABASE_WIDE = ("extension", "event trigger")
+
+
+def database_wide(item: Item) -> bool:
+    """An object of the whole database, no schema's: extensions (their grants too), event triggers, and
+    default privileges not tied to a schema."""
+    if item.kind == "default privileges":
+        return " IN SCHEMA " not in item.name
+    return item.kind in DATABASE_WIDE or item.parent.split(" ", 1)[0] in ("extension", "event")
+
+
+def belongs_to(item: Item, schema: str) -> bool:
+    """Whether an object is in `schema` (a tenant's: a lower-case identifier, written quoted only when a keyword)."""
+    for name in (schema, f'"{schema}"'):
+        if (item.kind == "schema" and item.name == name) or item.parent == f"schema {name}":
+            return True
+        if item.name.startswith(f"{name}.") or item.parent_name.startswith(f"{name}."):
+            return True
+        if item.kind == "default privileges" and f" IN SCHEMA {name} " in item.name:
+            return True
+    return False
+
+
 @dataclass
 class Description:
     items: dict[tuple[str, str], Item] = field(default_factory=dict)
 
     def add(self, item: Item) -> None:
         self.items[item.key] = item
+
+    def only(self, keep: Callable[[Item], bool]) -> "Description":
+        return Description({k: i for k, i in self.items.items() if keep(i)})
 
     def without_tables(self, names: set[str]) -> "Description":
         """A copy without these tables (qualified names) and their parts, e.g. another tool's `alembic_version`."""

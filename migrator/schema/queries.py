@@ -270,11 +270,15 @@ SELECT quote_ident(v.evtname), v.evtevent, v.evtfoid::regproc::text,
 FROM pg_event_trigger v WHERE {not_extension_member('pg_event_trigger', 'v.oid')}
 """
 
-# ALTER DEFAULT PRIVILEGES: a global entry replaces the built-in default; a per-schema one adds to it.
+# ALTER DEFAULT PRIVILEGES: a global entry replaces the built-in default (database-wide); a per-schema one adds to
+# it (that schema's).
+_DEFAULT_GRANTS = grants('a.defaclacl', "'-1'::oid", "CASE WHEN a.defaclnamespace = 0 THEN acldefault(CASE a.defaclobjtype WHEN 'S' THEN 's' ELSE a.defaclobjtype END, a.defaclrole) ELSE acldefault('c', a.defaclrole) END")
 DEFAULT_PRIVILEGES = f"""
-SELECT quote_ident(pg_get_userbyid(a.defaclrole)),
-       CASE WHEN a.defaclnamespace <> 0 THEN (SELECT quote_ident(s.nspname) FROM pg_namespace s WHERE s.oid = a.defaclnamespace) END,
-       a.defaclobjtype,
-       {grants('a.defaclacl', "'-1'::oid", "CASE WHEN a.defaclnamespace = 0 THEN acldefault(CASE a.defaclobjtype WHEN 'S' THEN 's' ELSE a.defaclobjtype END, a.defaclrole) ELSE acldefault('c', a.defaclrole) END")}
-FROM pg_default_acl a
+SELECT quote_ident(pg_get_userbyid(a.defaclrole)), NULL, a.defaclobjtype, {_DEFAULT_GRANTS}
+FROM pg_default_acl a WHERE a.defaclnamespace = 0
+"""
+DEFAULT_PRIVILEGES_IN_SCHEMA = f"""
+SELECT quote_ident(pg_get_userbyid(a.defaclrole)), quote_ident(n.nspname), a.defaclobjtype, {_DEFAULT_GRANTS}
+FROM pg_default_acl a JOIN pg_namespace n ON n.oid = a.defaclnamespace
+WHERE {MANAGED_NS}
 """

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from migrator import checksums, whoami
-from migrator.schema.describe import describe
+from migrator.schema.describe import describe, scope
 from migrator.schema.diff import diff, summary
 from migrator.schema.model import Description
 
@@ -109,6 +109,7 @@ def advance(conn, schema: str, before: Description, reason: str) -> Snapshot:
     recorded_before = recorded_description(conn, schema)
     if recorded_before is None:
         return _store(conn, schema, now, reason)
+    recorded_before = recorded_before.only(scope(conn))  # what is out of scope now leaves the record
     items = dict(recorded_before.items)
     for key in before.items.keys() | now.items.keys():
         if before.items.get(key) == now.items.get(key):
@@ -170,6 +171,9 @@ def live_drift(conn, schema: str, described: Description | None = None) -> Drift
     live = describe(conn, schema)
     if live.sha256 == snapshot.sha256:
         return DriftReport(snapshot, live=live)
-    changes = diff(recorded_description(conn, schema), live)
+    expected = recorded_description(conn, schema).only(scope(conn))  # a record made before a schema became a tenant's
+    if expected == live:
+        return DriftReport(snapshot, live=live)
+    changes = diff(expected, live)
     return DriftReport(snapshot, changes or ["schema text changed (no single object differs; compare with schema.sql)"],
                        live=live)
