@@ -57,3 +57,9 @@ def test_log_format_env_is_case_insensitive_others_refused_in_one_line_and_verbo
         assert proc.returncode == 2 and out == ""
         assert err.splitlines() == [f"error: --log-format (or LOG_FORMAT) '{value}': use one of human, json "
                                     "(see `runner.py --help`)"]
+    # `text`, most tools' word for the human format (and what an operator copies), is the human format
+    proc = runner("status", "--database-url", db.url, env={"LOG_FORMAT": "Text"})
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.startswith("PostgreSQL:") or "applied" in out
+    assert not any(line.startswith("{") for line in (out + err).splitlines())

@@ -216,3 +216,15 @@ def test_schemas_made_before_they_became_tenants_are_not_the_plain_historys_drif
     assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
     db.query("CREATE TABLE public.by_hand (id int)")  # the plain history's own drift is still seen
     assert "table by_hand added" in cli("status", "--sql-dir", sql_dir, env=db.db_env()).stdout
+
+
+@pytest.mark.parametrize("query", ["user={user}", "dbname={db}", "port={port}&user={user}"])
+def test_a_url_whose_query_repeats_connection_fields_works_over_tenants(cli, db, sql_dir, query):
+    """libpq takes host, port, user, dbname in a URL's query too; the one-pass read passed them twice (TypeError)."""
+    server = db.server
+    url = (f"postgresql://{server.user}@:{server.port}/{db.name}?host={server.host}&"
+           + query.format(user=server.user, db=db.name, port=server.port))
+    result = cli("migrate", "--database-url", url, "--sql-dir", sql_dir, "--create-schemas", env={"SCHEMA_NAME": "a,b"})
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "unexpected" not in result.stderr
+    assert cli("status", "--database-url", url, "--sql-dir", sql_dir, "--exit-code", env={"SCHEMA_NAME": "a,b"}).exit_code == 0

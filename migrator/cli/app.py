@@ -88,10 +88,11 @@ verbose_option = click.option(
 
 
 def _set_log_format(ctx: click.Context, _param, value: str | None) -> str | None:
-    if value and value.strip().lower() not in output.FORMATS:
+    name = {"text": "human"}.get(value.strip().lower(), value.strip().lower()) if value else None  # text: most tools' word
+    if name and name not in output.FORMATS:
         raise click.UsageError(f"--log-format (or LOG_FORMAT) {value!r}: use one of {', '.join(output.FORMATS)}")
     if value or ctx.parent is None:  # the group's starts each run from the default; a command's only if given
-        output.set_format(value.strip().lower() if value else "human")
+        output.set_format(name or "human")
     return value
 
 

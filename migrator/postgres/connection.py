@@ -213,11 +213,14 @@ def survey_schemas(target: PostgresTarget, schemas: list[str], *, create: bool,
 
     from migrator.schema.describe import describe_tenants
 
-    uri = parse_uri(_connection_url(replace(target, schema=None), not create, None))  # decoded as yoyo does
+    uri = parse_uri(_connection_url(replace(target, schema=None), not create, None))
+    # Read as yoyo's own connect() reads it (the query's fields first, then the URL's own host, user, ...).
+    given = {"dbname": uri.database, **uri.args}
+    given.update({k: v for k, v in (("user", uri.username), ("password", uri.password), ("port", uri.port),
+                                    ("host", uri.hostname)) if v is not None})
+    given.pop("schema", None)
     try:
-        given = {"dbname": uri.database, "user": uri.username, "password": uri.password, "host": uri.hostname,
-                 "port": uri.port}
-        connection = psycopg2.connect(**{k: v for k, v in given.items() if v is not None}, **uri.args)
+        connection = psycopg2.connect(**given)
     except psycopg2.Error as exc:
         raise connection_error(exc, target)
     connection.autocommit = True
