@@ -196,10 +196,11 @@ def test_a_functions_own_search_path_default_is_refused_like_public(cli, three, 
 def test_a_functions_empty_search_path_is_the_safe_form_and_runs_in_every_tenant(cli, three, sql_dir):
     add_migration(sql_dir, "0002_x", "CREATE FUNCTION add_one(i int) RETURNS int LANGUAGE sql IMMUTABLE\n"
                                      "    SET search_path = '' AS 'SELECT i OPERATOR(pg_catalog.+) 1';\n"
-                                     "ALTER FUNCTION add_one(int) SET search_path TO '';\n")
+                                     "ALTER FUNCTION add_one(int) SET search_path TO '';\n"
+                                     "CREATE TABLE one AS SELECT add_one(0) AS n;  -- its own path, only while it runs\n")
     result = migrate_a_c(cli, three, sql_dir)
     assert result.exit_code == 0, result.output
-    assert three.query("SELECT a.add_one(1), c.add_one(2)") == [(2, 3)]
+    assert three.query("SELECT a.add_one(1), c.add_one(2), (SELECT n FROM a.one), (SELECT n FROM c.one)") == [(2, 3, 1, 1)]
     assert three.query("SELECT proconfig FROM pg_proc WHERE proname = 'add_one'") == [(['search_path=""'],)] * 2
     assert "tenant-outside" not in cli("sql", "lint", "--sql-dir", sql_dir, "--schema", "a").stdout
 
