@@ -165,7 +165,8 @@ def in_transaction_problem(statement: Statement) -> str | None:
 # a comment. The one exception is a function's own clause that keeps the tenant's path (FROM CURRENT,
 # pg_catalog / pg_temp / ''). What no text check can see ('search' || '_path') the runner catches as the
 # migration runs (postgres.migration.SearchPathGuard).
-_TENANT_HINT = re.compile(r"search|path|\\|uescape|set\s+schema|create\s+extension", re.IGNORECASE)
+# Cheap first look (file, then statement): "search_path" spelled without "search" needs an escape (\ or UESCAPE).
+_TENANT_HINT = re.compile(r"search|\\|uescape|set\s+schema|create\s+extension", re.IGNORECASE)
 _SET_SCHEMA = re.compile(r"^alter\s+(?!extension\b)[^;]*\bset\s+schema\b", re.IGNORECASE)
 _CREATE_EXTENSION = re.compile(r"^create\s+extension\b", re.IGNORECASE)
 _WITH_SCHEMA = re.compile(r"\bschema\s+\S", re.IGNORECASE)
@@ -198,7 +199,7 @@ def tenant_problems(path: Path) -> list[tuple[int, str]]:
     except SplitError:
         return []  # the file's own check says what is wrong with it
     problems = []
-    for statement in found:
+    for statement in (s for s in found if _TENANT_HINT.search(s.text)):
         at, problem = tenant_problem(statement.text)
         if problem:
             problems.append((statement.line + newlines(statement.text, 0, at), problem))
