@@ -58,13 +58,26 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
-def record(connection, schema: str, migration_id: str, sha: str | None) -> bool:
+class SearchPathChanged(Exception):
+    """A tenant's migration left its session on another search_path than the runner set (nothing recorded)."""
+
+    def __init__(self, found: str):
+        super().__init__(found)
+        self.found = found
+
+
+def record(connection, schema: str, migration_id: str, sha: str | None, search_path: str | None = None) -> bool:
     """In the migration's session, after its SQL, in its transaction: the file's checksum (None: remove
     it, for a rollback). False when the file made its transaction read-only (SET TRANSACTION READ ONLY):
-    then nothing could be written there, and the caller records it after the commit instead."""
+    then nothing could be written there, and the caller records it after the commit instead. With
+    `search_path` (a tenant's run: the path the runner set), SearchPathChanged if the session's differs."""
     with connection.cursor() as cursor:
-        cursor.execute(RESET_SESSION + "; SELECT pg_catalog.current_setting('transaction_read_only')")
-        if cursor.fetchone()[0] == "on":
+        cursor.execute(RESET_SESSION + "; SELECT pg_catalog.current_setting('transaction_read_only'), "
+                                       "pg_catalog.current_setting('search_path')")
+        read_only, path = cursor.fetchone()
+        if search_path is not None and path != search_path:
+            raise SearchPathChanged(path)
+        if read_only == "on":
             return False
         if sha is None:
             cursor.execute(_sql(DELETE, schema), (migration_id,))

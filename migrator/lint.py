@@ -67,20 +67,70 @@ def runner_findings(migrations) -> list[Finding]:
 _NOT_CODE = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'", re.DOTALL)
 
 
-# Before these words a qualified name is a relation even when a parenthesis follows (a column list).
-_RELATION_WORDS = re.compile(r"(?:table|into|on|references|from|join|update|view|exists|only|index)\s*$", re.IGNORECASE)
+# A two-part name a.b is schema.relation only where a relation is named; in an expression (a select list, WHERE,
+# ON of a JOIN) it is table_or_alias.column, and a.b(...) there is a function call. A three-part name is
+# schema.table.column anywhere.
+_RELATION_WORDS = {"from", "join", "into", "update", "table", "references", "view", "exists", "only", "index",
+                   "sequence", "truncate", "lock", "of", "to", "type", "function", "procedure", "routine", "domain",
+                   "::", "on", "using"}
+_FROM_IN_CALLS = {"extract", "substring", "substr", "trim", "overlay", "position"}  # extract(year FROM pb.at)
+_WORDS = re.compile(r'"(?:[^"]|"")*"|[A-Za-z_][\w$]*|::|\S')
+_ITEM = re.compile(r'"(?:[^"]|"")*"|[A-Za-z_][\w$]*|\.')
+_ITEM_SHAPE = re.compile(r"N(?:\.N)*(?:A?N)?")  # a relation in a list: name[.name] [AS] [alias]
+
+
+def _in_relation_position(before: str) -> bool:
+    """Whether a name right after `before` (the statement so far, comments and strings blanked) names a relation."""
+    words = [w.lower() for w in _WORDS.findall(before.rsplit(";", 1)[-1])]
+    i = len(words) - 1
+    while i >= 0:
+        word = words[i]
+        if word == "(" and i and words[i - 1] == "inherits" or word == "like" and i and words[i - 1] in ("(", ","):
+            return True  # INHERITS (pb.t1), CREATE TABLE t (LIKE pb.t1)
+        if word in _RELATION_WORDS:
+            return _relation_word(words, i)
+        if word != ",":
+            return False
+        # a list: a relation position when its items are relations (FROM a x, pb.t2; DROP TABLE a, pb.b)
+        start = i
+        while start and _ITEM.fullmatch(words[start - 1]) and words[start - 1] not in _RELATION_WORDS:
+            start -= 1
+        shape = "".join("." if w == "." else "A" if w == "as" else "N" for w in words[start:i])
+        if not _ITEM_SHAPE.fullmatch(shape):
+            return False  # e.g. GROUP BY a, pb.b: not a relation's item
+        i = start - 1
+    return False
+
+
+def _relation_word(words: list[str], i: int) -> bool:
+    word, previous = words[i], words[i - 1] if i else ""
+    if word == "from":
+        if previous == "distinct":  # IS DISTINCT FROM
+            return False
+        depth = 0
+        for j in range(i - 1, -1, -1):  # the innermost open parenthesis: a call such as extract(... FROM x)?
+            depth += {")": 1, "(": -1}.get(words[j], 0)
+            if depth < 0:
+                return not (j and words[j - 1] in _FROM_IN_CALLS)
+        return True
+    if word in ("on", "using"):
+        # ON after JOIN ... / USING (MERGE, JOIN) is a condition; ON of an index, trigger, grant, policy a relation
+        latest = next((w for w in reversed(words[:i]) if w in ("join", "using", "on", "merge", "delete")), "")
+        return latest in ("merge", "delete") if word == "using" else latest not in ("join", "using")
+    return True
 
 
 def tenant_findings(migrations, schemas: list[str]) -> list[Finding]:
     """Over tenant schemas, a name qualified with public or a tenant's schema bypasses the tenant's
     search_path: every tenant would share (or miss) that object. pg_catalog and other schemas (an
     extension's) are fine, and so is a function call such as public.uuid_generate_v4() (extensions
-    live in public, which stays on every tenant's search_path). What the runner refuses in tenant
-    mode (search_path, SET SCHEMA, an extension without SCHEMA) is a finding too."""
+    live in public, which stays on every tenant's search_path), and so is alias.column. What the runner
+    refuses in tenant mode (search_path, SET SCHEMA, an extension without SCHEMA) is a finding too."""
     from migrator.postgres import files
 
     names = "|".join(re.escape(s) for s in ["public", *schemas])
-    qualified = re.compile(rf'(?<![\w."$])"?({names})"?\s*\.\s*("?[A-Za-z_][\w$]*"?)(?![.\w$"])', re.IGNORECASE)
+    part = r'\s*\.\s*("?[A-Za-z_][\w$]*"?)'
+    qualified = re.compile(rf'(?<![\w."$])"?({names})"?{part}(?:{part})?(?![.\w$"])', re.IGNORECASE)
     found = []
     for migration in migrations:
         for path in (Path(migration.path), _rollback_of(Path(migration.path))):
@@ -90,8 +140,8 @@ def tenant_findings(migrations, schemas: list[str]) -> list[Finding]:
                       for line, problem in files.tenant_problems(path)]
             text = _NOT_CODE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), path.read_text(encoding="utf-8-sig"))
             for match in qualified.finditer(text):
-                if text[match.end():].lstrip().startswith("(") and not _RELATION_WORDS.search(text[:match.start()]):
-                    continue  # a function call
+                if match.group(3) is None and not _in_relation_position(text[max(0, match.start() - 2000):match.start()]):
+                    continue  # alias.column, or a function call
                 line = text.count("\n", 0, match.start()) + 1
                 column = match.start() - text.rfind("\n", 0, match.start())
                 found.append(Finding(str(path), line, column, "tenant-schema",

@@ -232,7 +232,7 @@ CREATE PROCEDURE touch() LANGUAGE sql AS $$ UPDATE tenant_name SET name = name $
 ALTER PROCEDURE touch() SET search_path FROM CURRENT;
 CREATE FUNCTION body_only() RETURNS void LANGUAGE plpgsql AS $😀tag$
 BEGIN
-    SET search_path = public;  -- a statement of the body (not checked), not the function's own clause
+    -- SET search_path = public in a comment of the body is no mention (a statement would be: test_tenants_files)
 END $😀tag$;
 """
 

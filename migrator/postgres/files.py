@@ -158,17 +158,35 @@ def in_transaction_problem(statement: Statement) -> str | None:
 
 # --- tenant schemas -------------------------------------------------------------------------
 
-# A tenant's migration runs with search_path = its schema, public. What points elsewhere can only mean
-# another tenant's schema or public: refused before anything runs (a single-schema run, e.g. a pg_dump
-# baseline setting search_path, is not concerned).
-_TENANT_HINT = re.compile(r"search_path|set\s+schema|create\s+extension", re.IGNORECASE)
-_SETS_SEARCH_PATH = re.compile(r"^(?:set\s+(?:session\s+|local\s+)?search_path\b|alter\s+(?:database|role|user)\b"
-                               r"[^;]*\bset\s+search_path\b)", re.IGNORECASE)
-_SET_CONFIG_SEARCH_PATH = re.compile(r"\bset_config\s*\(\s*'search_path'", re.IGNORECASE)
+# A tenant's migration runs with search_path = its schema, public; what points elsewhere can only mean another
+# tenant's schema or public, so it is refused before anything runs (a single-schema run, e.g. a pg_dump baseline
+# setting search_path, is not concerned). For search_path the rule is any mention of it, not a list of ways to
+# set it: in code, a quoted identifier or a string (E'', U&'', adjacent literals, a DO or function body), not in
+# a comment. The one exception is a function's own clause that keeps the tenant's path (FROM CURRENT,
+# pg_catalog / pg_temp / ''). What no text check can see ('search' || '_path') the runner catches as the
+# migration runs (postgres.migration.SearchPathGuard).
+# Cheap first look (file, then statement): "search_path" spelled without "search" needs an escape (\ or UESCAPE).
+_TENANT_HINT = re.compile(r"search|\\|uescape|set\s+schema|create\s+extension", re.IGNORECASE)
 _SET_SCHEMA = re.compile(r"^alter\s+(?!extension\b)[^;]*\bset\s+schema\b", re.IGNORECASE)
 _CREATE_EXTENSION = re.compile(r"^create\s+extension\b", re.IGNORECASE)
 _WITH_SCHEMA = re.compile(r"\bschema\s+\S", re.IGNORECASE)
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+_ROUTINE = re.compile(r"(?:create\s+(?:or\s+replace\s+)?(?:function|procedure)|alter\s+(?:function|procedure|routine))\b",
+                      re.IGNORECASE)
+_TOKEN = re.compile(rf"""--[^\n]*|/\*.*?\*/|\$(?P<tag>{TAG_START}{TAG_CHAR}*|)\$(?P<body>.*?)\$(?P=tag)\$"""
+                    r"""|[Ee]'(?:[^'\\]|\\.|'')*'|[Uu]&'(?:[^']|'')*'|[Uu]&"(?:[^"]|"")*"|'(?:[^']|'')*'"""
+                    r"""|"(?:[^"]|"")*"|[A-Za-z_][\w$]*|\S""", re.DOTALL)
+_E_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)", re.DOTALL)
+_C_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_HARMLESS_PATH = {"pg_catalog", "pg_temp", ""}  # '' is PostgreSQL's documented safe form: pg_catalog, pg_temp
+
+_MENTIONS = ("sets search_path (or may: it names it), which in a tenant's migration can only send what follows "
+             "into another schema (each tenant's session starts with search_path = its schema, public); remove it "
+             "and write names unqualified, or give a function SET search_path FROM CURRENT")
+_BODY_MENTIONS = ("names search_path in a function's body: a body that sets search_path when called (even to "
+                  "restore it) changes the calling session's path too, another tenant's migration or the "
+                  "application; give the function SET search_path FROM CURRENT instead and leave search_path "
+                  "out of its body")
 
 
 def tenant_problems(path: Path) -> list[tuple[int, str]]:
@@ -181,71 +199,144 @@ def tenant_problems(path: Path) -> list[tuple[int, str]]:
     except SplitError:
         return []  # the file's own check says what is wrong with it
     problems = []
-    for statement in found:
-        at, problem = _routine_search_path(statement.text)
-        problem = problem or tenant_problem(statement.text)
+    for statement in (s for s in found if _TENANT_HINT.search(s.text)):
+        at, problem = tenant_problem(statement.text)
         if problem:
             problems.append((statement.line + newlines(statement.text, 0, at), problem))
     return problems
 
 
-def tenant_problem(statement: str) -> str | None:
-    code = _COMMENTS.sub(" ", statement).strip()
-    if _SETS_SEARCH_PATH.match(code) or _SET_CONFIG_SEARCH_PATH.search(code):
-        return ("sets search_path, which in a tenant's migration can only point at another schema (each tenant's "
-                "session starts with search_path = its schema, public); remove it and write names unqualified")
+def tenant_problem(statement: str) -> tuple[int, str | None]:
+    """(offset in the statement, problem) of what reaches outside the tenant's schema; (0, None)."""
+    tokens = _tokens(statement)
+    code = " ".join({"string": "''", "dollar": "''", "ident": '""'}.get(kind, value)
+                    for _, kind, value, _ in tokens if kind != "inner")
+    routine = bool(_ROUTINE.match(code))
+    at, problem, allowed = _routine_search_path(tokens) if routine else (0, None, -1)
+    if problem:
+        return at, problem
+    for at, kind, value, depth in tokens:
+        if kind != "dollar" and "search_path" in value.lower() and at != allowed:
+            return at, (_BODY_MENTIONS if routine and (kind == "string" or depth) else _MENTIONS)
     if _SET_SCHEMA.match(code):
-        return ("moves an object with SET SCHEMA out of the tenant's schema into another; keep tenant objects in "
-                "the tenant's schema (extensions belong in public: CREATE EXTENSION ... SCHEMA public)")
+        return 0, ("moves an object with SET SCHEMA out of the tenant's schema into another; keep tenant objects in "
+                   "the tenant's schema (extensions belong in public: CREATE EXTENSION ... SCHEMA public)")
     if _CREATE_EXTENSION.match(code) and not _WITH_SCHEMA.search(code):
-        return ("creates an extension without SCHEMA, so it lands in the first tenant's schema and the others "
-                "cannot use it; write CREATE EXTENSION IF NOT EXISTS name SCHEMA public")
-    return None
-
-
-# A function's own `SET search_path` (CREATE FUNCTION/PROCEDURE, ALTER FUNCTION/PROCEDURE/ROUTINE) replaces the
-# tenant's search_path whenever it is called: naming any schema but pg_catalog / pg_temp makes every tenant's
-# copy read that schema. FROM CURRENT captures the creating session's (the tenant's) search_path, so it is fine.
-_ROUTINE = re.compile(r"(?:create\s+(?:or\s+replace\s+)?(?:function|procedure)|alter\s+(?:function|procedure|routine))\b",
-                      re.IGNORECASE)
-_TOKEN = re.compile(rf"""--[^\n]*|/\*.*?\*/|\$(?P<tag>{TAG_START}{TAG_CHAR}*|)\$.*?\$(?P=tag)\$"""
-                    r"""|[Ee]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|"(?:[^"]|"")*"|[A-Za-z_][\w$]*|\S""", re.DOTALL)
-_HARMLESS_PATH = {"pg_catalog", "pg_temp"}
-
-
-def _routine_search_path(statement: str) -> tuple[int, str | None]:
-    """(offset, problem) of a routine's own SET search_path naming a schema a tenant must not use; (0, None)."""
-    if not _ROUTINE.match(_COMMENTS.sub(" ", statement).strip()):
-        return 0, None
-    tokens = [(m.start(), m.group()) for m in _TOKEN.finditer(statement) if not m.group().startswith(("--", "/*"))]
-    for i, (at, token) in enumerate(tokens):
-        if token.lower() != "set" or i + 2 >= len(tokens) or _name(tokens[i + 1][1]) != "search_path":
-            continue
-        how = tokens[i + 2][1].lower()
-        if how not in ("=", "to"):
-            continue  # FROM CURRENT: the tenant's own search_path when the migration creates it
-        values, j = [], i + 3
-        while j < len(tokens):  # a list: value, value, ... (what follows the last is not a comma)
-            values.append(_name(tokens[j][1]))
-            if j + 1 >= len(tokens) or tokens[j + 1][1] != ",":
-                break
-            j += 2
-        others = [v for v in values if v not in _HARMLESS_PATH and v != "default"]
-        if others:
-            return at, (f"gives a function its own SET search_path naming {', '.join(others)}, so every tenant's copy "
-                        "would use that schema, not its own; write SET search_path FROM CURRENT (it captures the "
-                        "tenant's search_path, its schema then public, when the migration creates the function), or "
-                        "SET search_path = pg_catalog, pg_temp with names qualified")
+        return 0, ("creates an extension without SCHEMA, so it lands in the first tenant's schema and the others "
+                   "cannot use it; write CREATE EXTENSION IF NOT EXISTS name SCHEMA public")
     return 0, None
 
 
-def _name(token: str) -> str:
+def _tokens(text: str, base: int = 0, depth: int = 0) -> list[tuple[int, str, str, int]]:
+    """(offset, kind, value, depth) of the statement's tokens, comments left out: a string's value decoded
+    (kind "string"; adjacent literals split by a newline joined, as PostgreSQL joins them), a quoted
+    identifier's unquoted (kind "ident"), an unquoted word's folded; a dollar-quoted body (kind "dollar") then
+    the tokens inside it (kind "inner", depth + 1), since a DO or function body is code."""
+    raw = [m for m in _TOKEN.finditer(text) if not m.group().startswith(("--", "/*"))]
+    tokens: list[tuple[int, str, str, int]] = []
+    i = 0
+    while i < len(raw):
+        match, token = raw[i], raw[i].group()
+        at = base + match.start()
+        if match["body"] is not None:
+            tokens.append((at, "dollar", match["body"], depth))
+            tokens += [(a, "inner", v, d) for a, _, v, d in _tokens(match["body"], base + match.start("body"),
+                                                                    depth + 1)]
+        elif token[0] in "'Ee" and token[-1] == "'" or token[:3].upper() == "U&'":
+            value = _string_value(token, raw[i + 2].group() if _uescape(raw, i) else None)
+            i += 2 if _uescape(raw, i) else 0
+            while i + 1 < len(raw) and raw[i + 1].group()[:1] == "'" and "\n" in text[raw[i].end():raw[i + 1].start()]:
+                i += 1
+                value += _string_value(raw[i].group(), None)
+            tokens.append((at, "string", value, depth))
+        else:
+            kind = "ident" if token[:1] == '"' or token[:3].upper() == 'U&"' else "code"
+            tokens.append((at, kind, _name(token, raw[i + 2].group() if _uescape(raw, i) else None), depth))
+            i += 2 if _uescape(raw, i) else 0
+        i += 1
+    return tokens
+
+
+def _uescape(raw, i: int) -> bool:
+    return (raw[i].group()[:2].upper() == "U&" and i + 2 < len(raw) and raw[i + 1].group().lower() == "uescape"
+            and raw[i + 2].group()[:1] == "'")
+
+
+def _string_value(token: str, uescape: str | None) -> str:
+    if token[:2].upper() == "U&":
+        return _unicode_escapes(token[3:-1].replace("''", "'"), uescape)
+    if token[0] in "Ee":
+        return _E_ESCAPE.sub(_e_escape, token[2:-1].replace("''", "'"))
+    return token[1:-1].replace("''", "'")
+
+
+def _e_escape(match) -> str:
+    escape = match.group(1)
+    try:
+        if escape[0] == "x" and len(escape) > 1:
+            return chr(int(escape[1:], 16))
+        if escape[0] in "01234567":
+            return chr(int(escape, 8))
+        if escape[0] in "uU" and len(escape) > 1:
+            return chr(int(escape[1:], 16))
+    except (ValueError, OverflowError):
+        return ""
+    return _C_ESCAPES.get(escape, escape)
+
+
+def _unicode_escapes(text: str, uescape: str | None) -> str:
+    """U&'...' / U&"..." content: escape char (\\ unless UESCAPE 'c') then 4 hex digits, + and 6, or itself."""
+    escape = re.escape(uescape[1:-1] if uescape else "\\")
+    return re.sub(rf"{escape}(?:\+([0-9A-Fa-f]{{6}})|([0-9A-Fa-f]{{4}})|({escape}))",
+                  lambda m: m.group(3) or _safe_chr(m.group(1) or m.group(2)), text)
+
+
+def _safe_chr(hex_digits: str) -> str:
+    try:
+        return chr(int(hex_digits, 16))
+    except (ValueError, OverflowError):
+        return ""
+
+
+def _name(token: str, uescape: str | None = None) -> str:
     """An identifier or string token as the value it names: unquoted ones fold to lower case."""
     if token[:1] == '"':
         return token[1:-1].replace('""', '"')
-    if token[:1] == "'" or token[:2] in ("E'", "e'"):
-        return token[token.index("'") + 1:-1].replace("''", "'")
+    if token[:3].upper() == 'U&"':
+        return _unicode_escapes(token[3:-1].replace('""', '"'), uescape)
+    if token[:1] == "'" or token[:2] in ("E'", "e'") or token[:3].upper() == "U&'":
+        return _string_value(token, uescape)
     return token.lower()
+
+
+# A function's own `SET search_path` (CREATE FUNCTION/PROCEDURE, ALTER FUNCTION/PROCEDURE/ROUTINE) replaces the
+# tenant's search_path whenever it is called: naming any schema but pg_catalog / pg_temp (or DEFAULT, which is
+# "$user", public) makes every tenant's copy read that schema. FROM CURRENT captures the creating session's
+# (the tenant's) search_path, and RESET leaves the caller's: both fine.
+def _routine_search_path(tokens) -> tuple[int, str | None, int]:
+    """(offset, problem, offset of the allowed clause's search_path) of a routine's own search_path clause."""
+    top = [(at, kind, value) for at, kind, value, depth in tokens if kind != "inner"]
+    for i, (at, kind, value) in enumerate(top):
+        if kind != "code" or value not in ("set", "reset") or i + 1 >= len(top) or top[i + 1][2] != "search_path":
+            continue
+        clause = top[i + 1][0]
+        how = top[i + 2][2] if i + 2 < len(top) else ""
+        if value == "reset" or how not in ("=", "to"):
+            return 0, None, clause  # FROM CURRENT / RESET: the tenant's own search_path
+        values, j = [], i + 3
+        while j < len(top):  # a list: value, value, ... (what follows the last is not a comma)
+            values.append(top[j][2])
+            if j + 1 >= len(top) or top[j + 1][2] != ",":
+                break
+            j += 2
+        others = ['DEFAULT ("$user", public)' if v == "default" else v for v in values if v not in _HARMLESS_PATH]
+        if not others:
+            return 0, None, clause
+        return at, (f"gives a function its own SET search_path naming {', '.join(others)}, so every tenant's copy "
+                    "would use that schema, not its own; write SET search_path FROM CURRENT (it captures the "
+                    "tenant's search_path, its schema then public, when the migration creates the function), or "
+                    "SET search_path = pg_catalog, pg_temp with names qualified"), clause
+    return 0, None, -1
 
 
 FRESH_SESSION = "\\connect -reuse-previous=on"

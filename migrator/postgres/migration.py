@@ -64,10 +64,11 @@ def plan_text(migration) -> str:
     return files.plan_text(Path(migration.path), migration.use_transactions, getattr(migration, "tenant_schema", None))
 
 
-def run_statements(connection, path: Path, statements, transactional: bool, progress=None) -> None:
+def run_statements(connection, path: Path, statements, transactional: bool, progress=None, guard=None) -> None:
     """The file's statements, in order, in the session yoyo gives the migration. In a
     non-transactional file `progress(done)` is told each time the count of committed statements grows
-    (a BEGIN the file runs itself holds it until its COMMIT)."""
+    (a BEGIN the file runs itself holds it until its COMMIT). In a tenant's run `guard` (a
+    SearchPathGuard) stops the file at the statement that moved its search_path."""
     done, opened = 0, None
     with connection.cursor() as cursor:
         for index, statement in enumerate(statements):
@@ -82,16 +83,19 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                     connection.rollback()
                 raise StatementFailed(exc, path, statements, index, transactional, done,
                                       opened if in_block else None) from exc
-            if transactional:
-                continue
-            if connection.info.transaction_status == IDLE:
-                opened = None
-                if index + 1 > done:
-                    done = index + 1
-                    if progress:
-                        progress(done)
-            elif opened is None:
-                opened = index
+            if not transactional:
+                if connection.info.transaction_status == IDLE:
+                    opened = None
+                    if index + 1 > done:
+                        done = index + 1
+                        if progress:
+                            progress(done)
+                elif opened is None:
+                    opened = index
+            if guard is not None and (found := guard.changed(transactional)) is not None:
+                if opened is not None:
+                    cursor.execute("ROLLBACK")  # the file's own open transaction: nothing of it commits
+                raise SearchPathMoved(found, guard.expected, path, statements, index, transactional, done, opened)
     if not transactional and connection.info.transaction_status != IDLE:
         connection.rollback()
         raise MigratorError(f"{path}: ends inside a transaction it opened (BEGIN without COMMIT); that transaction "
@@ -99,6 +103,56 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
 
 
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE: no transaction open
+
+
+class SearchPathGuard:
+    """A tenant's run: the search_path the runner gave the session, watched while the file runs, for what
+    the text check cannot see (a path built at run time, 'search' || '_path'). PostgreSQL 18+ reports each
+    change of search_path to the client, so every statement is checked at no cost; an older server is asked
+    after each statement of a non-transactional file, and about a transactional one in the checksum step,
+    before its transaction commits."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.reported = connection.info.parameter_status("search_path") is not None
+        self.expected = connection.info.parameter_status("search_path") or self._ask()
+
+    def _ask(self) -> str:
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT pg_catalog.current_setting('search_path')")
+            return cursor.fetchone()[0]
+
+    def changed(self, transactional: bool) -> str | None:
+        """The session's search_path if it is no longer the runner's, else None."""
+        if self.reported:
+            now = self.connection.info.parameter_status("search_path")
+        elif transactional:
+            return None  # asked once, with the checksum
+        else:
+            now = self._ask()
+        return None if now == self.expected else now
+
+
+class SearchPathMoved(StatementFailed):
+    """A tenant's file changed its session's search_path: it stops there, and says what committed."""
+
+    def __init__(self, found: str, expected: str, path: Path, statements, index: int, transactional: bool,
+                 done: int, opened: int | None, at_end: bool = False):
+        what = "by its end the file" if at_end else "this statement"
+        cause = RuntimeError(
+            f"{what} changed search_path to '{found}' (a tenant's migration runs with '{expected}', its schema then "
+            "public), so what follows would land in another schema; remove what sets search_path (the text check "
+            "cannot see a name built at run time), and give a function SET search_path FROM CURRENT")
+        super().__init__(cause, path, statements, index, transactional, done, opened)
+
+    def committed(self) -> str:
+        if self.transactional:
+            return "nothing of it was committed: its transaction rolled back"
+        then = "the rest did not run"
+        if self.opened is not None:
+            then = (f"statements {self.opened + 1}-{self.index + 1} ran inside the transaction the file opened at "
+                    f"line {self.statements[self.opened].line}, which rolled back; {then}")
+        return progress(self.statements, self.done, then)
 
 
 class Progress:
@@ -148,9 +202,14 @@ def _migration_class():
             if not transactional:
                 progress = Progress(backend.parent, migration, statements, rollback)
                 progress.start()
-            run_statements(backend.connection, path, statements, transactional, progress)
-            migration.record_after_commit = not checksums.record(
-                backend.connection, backend.bookkeeping_schema, migration.id, sha)
+            guard = SearchPathGuard(backend.connection) if backend.schema else None
+            run_statements(backend.connection, path, statements, transactional, progress, guard)
+            try:
+                migration.record_after_commit = not checksums.record(
+                    backend.connection, backend.bookkeeping_schema, migration.id, sha, guard and guard.expected)
+            except checksums.SearchPathChanged as exc:
+                raise SearchPathMoved(exc.found, guard.expected, path, statements, len(statements) - 1, transactional,
+                                      0 if transactional else len(statements), None, at_end=True)
 
     class SqlFileMigration(Migration):
         def __init__(self, path: Path):
