@@ -63,6 +63,24 @@ def test_every_spelling_of_a_search_path_change_is_refused_before_any_schema_run
     assert lint.exit_code == 1 and f"0002_x.sql:{mention_line}:1: tenant-outside: sets search_path" in lint.stdout
 
 
+@pytest.mark.parametrize("sql, line", [
+    ("SET SCHEMA 'b';", 1),
+    ("SET /* the tenant's? */ SESSION\n  SCHEMA 'b';", 1),
+    ("SET LOCAL SCHEMA E'b';", 1),
+    ("DO $$\nBEGIN\n  SET SCHEMA 'b';\nEND $$;", 3),
+])
+def test_set_schema_the_other_spelling_of_set_search_path_is_refused_too(cli, three, sql_dir, sql, line):
+    add_migration(sql_dir, "0002_x", "-- moves the tenant\nCREATE TABLE ok1 (id int);\n" + sql
+                  + "\nCREATE TABLE IF NOT EXISTS leak (id int);\n")
+    result = migrate_a_c(cli, three, sql_dir)
+    error = one_error_line(result)
+    assert result.exit_code == 2, result.output
+    assert f"0002_x.sql:{2 + line}: sets search_path (SET SCHEMA 'x' is PostgreSQL's other spelling" in error, error
+    assert leaked(three) == [] and not three.query("SELECT 1 FROM pg_class WHERE relname = 'ok1'")
+    lint = cli("sql", "lint", "--sql-dir", sql_dir, "--schema", "a")
+    assert lint.exit_code == 1 and f"0002_x.sql:{2 + line}:" in lint.stdout
+
+
 @pytest.mark.parametrize("sql", [
     "-- SET search_path TO b in a comment is not code\nCREATE TABLE fine (id int);\n",
     "CREATE TABLE fine (id int); /* set_config('search_path', 'b', false) */\n",

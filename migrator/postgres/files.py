@@ -166,7 +166,7 @@ def in_transaction_problem(statement: Statement) -> str | None:
 # pg_catalog / pg_temp / ''). What no text check can see ('search' || '_path') the runner catches as the
 # migration runs (postgres.migration.SearchPathGuard).
 # Cheap first look (file, then statement): "search_path" spelled without "search" needs an escape (\ or UESCAPE).
-_TENANT_HINT = re.compile(r"search|\\|uescape|set\s+schema|create\s+extension", re.IGNORECASE)
+_TENANT_HINT = re.compile(r"search|\\|uescape|\bschema\b|create\s+extension", re.IGNORECASE)
 _SET_SCHEMA = re.compile(r"^alter\s+(?!extension\b)[^;]*\bset\s+schema\b", re.IGNORECASE)
 _CREATE_EXTENSION = re.compile(r"^create\s+extension\b", re.IGNORECASE)
 _WITH_SCHEMA = re.compile(r"\bschema\s+\S", re.IGNORECASE)
@@ -183,6 +183,8 @@ _HARMLESS_PATH = {"pg_catalog", "pg_temp", ""}  # '' is PostgreSQL's documented 
 _MENTIONS = ("sets search_path (or may: it names it), which in a tenant's migration can only send what follows "
              "into another schema (each tenant's session starts with search_path = its schema, public); remove it "
              "and write names unqualified, or give a function SET search_path FROM CURRENT")
+_SETS_SCHEMA = ("sets search_path (SET SCHEMA 'x' is PostgreSQL's other spelling of SET search_path TO x), which "
+                + _MENTIONS.split(", which ", 1)[1])
 _BODY_MENTIONS = ("names search_path in a function's body: a body that sets search_path when called (even to "
                   "restore it) changes the calling session's path too, another tenant's migration or the "
                   "application; give the function SET search_path FROM CURRENT instead and leave search_path "
@@ -218,6 +220,9 @@ def tenant_problem(statement: str) -> tuple[int, str | None]:
     for at, kind, value, depth in tokens:
         if kind != "dollar" and "search_path" in value.lower() and at != allowed:
             return at, (_BODY_MENTIONS if routine and (kind == "string" or depth) else _MENTIONS)
+    at = _set_schema_statement(tokens)
+    if at is not None:
+        return at, _SETS_SCHEMA
     if _SET_SCHEMA.match(code):
         return 0, ("moves an object with SET SCHEMA out of the tenant's schema into another; keep tenant objects in "
                    "the tenant's schema (extensions belong in public: CREATE EXTENSION ... SCHEMA public)")
@@ -225,6 +230,19 @@ def tenant_problem(statement: str) -> tuple[int, str | None]:
         return 0, ("creates an extension without SCHEMA, so it lands in the first tenant's schema and the others "
                    "cannot use it; write CREATE EXTENSION IF NOT EXISTS name SCHEMA public")
     return 0, None
+
+
+def _set_schema_statement(tokens) -> int | None:
+    """Where `SET [SESSION | LOCAL] SCHEMA 'x'` (SET search_path's other spelling: a string follows) is, at the top
+    level or inside a DO/function body (where any SET SCHEMA, an ALTER's too, leaves the tenant's schema)."""
+    for i, (at, kind, value, depth) in enumerate(tokens):
+        if value != "set" or kind not in ("code", "inner"):
+            continue
+        rest = tokens[i + 1:i + 4]
+        skip = 1 if rest and rest[0][2] in ("session", "local") else 0
+        if len(rest) > skip + 1 and rest[skip][2] == "schema" and (kind == "inner" or rest[skip + 1][1] == "string"):
+            return at
+    return None
 
 
 def _tokens(text: str, base: int = 0, depth: int = 0) -> list[tuple[int, str, str, int]]:
