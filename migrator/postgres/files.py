@@ -220,7 +220,7 @@ def tenant_problem(statement: str) -> tuple[int, str | None]:
     for at, kind, value, depth in tokens:
         if kind != "dollar" and "search_path" in value.lower() and at != allowed:
             return at, (_BODY_MENTIONS if routine and (kind == "string" or depth) else _MENTIONS)
-    at = _set_schema_statement(tokens)
+    at = _set_schema_statement(tokens, bodies=routine or code.startswith("do "))
     if at is not None:
         return at, _SETS_SCHEMA
     if _SET_SCHEMA.match(code):
@@ -232,11 +232,12 @@ def tenant_problem(statement: str) -> tuple[int, str | None]:
     return 0, None
 
 
-def _set_schema_statement(tokens) -> int | None:
+def _set_schema_statement(tokens, bodies: bool) -> int | None:
     """Where `SET [SESSION | LOCAL] SCHEMA 'x'` (SET search_path's other spelling: a string follows) is, at the top
-    level or inside a DO/function body (where any SET SCHEMA, an ALTER's too, leaves the tenant's schema)."""
+    level or, with `bodies` (a DO or a routine), inside a dollar-quoted body, where any SET SCHEMA (an ALTER's too)
+    leaves the tenant's schema; elsewhere a dollar-quoted text is a literal."""
     for i, (at, kind, value, depth) in enumerate(tokens):
-        if value != "set" or kind not in ("code", "inner"):
+        if value != "set" or kind not in ("code", "inner") or (kind == "inner" and not bodies):
             continue
         rest = tokens[i + 1:i + 4]
         skip = 1 if rest and rest[0][2] in ("session", "local") else 0
