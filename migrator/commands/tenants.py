@@ -156,7 +156,7 @@ def _stop_if_interrupted(summary: SchemasReport) -> None:
     stopped += [f"{o.schema} (waiting for its lock: nothing of it ran)" for o in summary.outcomes if o.waited]
     raise MigratorError(f"{summary.command} interrupted by {name}: stopped in {', '.join(stopped) or 'no schema'}"
                         f"; not run: {', '.join(not_run) or 'none'}; schemas shown done are committed; "
-                        f"{summary.rerun()}", 128 + signum)
+                        f"{summary.rerun(fix='')}", 128 + signum)
 
 
 def rollback(settings: CommandSettings, **how) -> SchemasReport | object:

@@ -71,13 +71,13 @@ class SchemasReport:
             line += f"; not run (--fail-fast): {', '.join(not_run)}"
         return line + f"; each schema's error is above; {self.rerun()}"
 
-    def rerun(self) -> str:
+    def rerun(self, fix: str = "fix it and ") -> str:
         """What to run next, true for this command: a re-run over the schemas done is a no-op only for some."""
         done = [o.schema for o in self.outcomes if o.state == "ok"]
         rest = " ".join(f"--schema {o.schema}" for o in self.outcomes if o.state != "ok")
         if self.command not in _RERUN or not done:
-            return f"fix it and run {self.command} again" + (" (done schemas are a no-op)" if done else "")
-        return (f"{self.command} is done in {', '.join(done)}; fix it and run it again only for the rest "
+            return f"{fix}run {self.command} again" + (" (done schemas are a no-op)" if done and fix else "")
+        return (f"{self.command} is done in {', '.join(done)}; {fix}run it again only for the rest "
                 f"(`{rest}`): {_RERUN[self.command]}")
 
     def _row(self, outcome: SchemaOutcome) -> tuple[str, str]:
