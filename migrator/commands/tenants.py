@@ -341,10 +341,7 @@ def _create(target, missing: list[str]) -> dict[str, str]:
 
 def _cannot_create(target, schema: str) -> str | None:
     """Why `schema` cannot be created, when it is the database's CREATE privilege: with the exact GRANT."""
-    from migrator import postgres
-
-    with postgres.connect(target.for_schema(schema), read_only=True) as backend:
-        user, database, lacking = postgres.lacking_privileges(backend, None, ("CREATE",))
+    user, database, lacking = _privileges(target, schema, None, ("CREATE",))
     if not lacking:
         return None
     return (f"user {user} cannot create schema {schema} on {target.where}: it lacks CREATE on database {database}; "
@@ -354,19 +351,28 @@ def _cannot_create(target, schema: str) -> str | None:
 def _lacking(target, schema: str, *, writes: bool) -> str | None:
     """After a schema's failure: when the user lacks USAGE on it (which nothing it runs can do without), the
     privileges it lacks of those the command needs (CREATE too, to write), with the exact GRANT; else None."""
-    from migrator import postgres
-
-    needed = ("USAGE", "CREATE") if writes else ("USAGE",)
-    try:
-        with postgres.connect(target.for_schema(schema), read_only=True) as backend:
-            user, _, lacking = postgres.lacking_privileges(backend, schema, needed)
-    except MigratorError:
-        return None
+    user, _, lacking = _privileges(target, schema, schema, ("USAGE", "CREATE") if writes else ("USAGE",))
     if "USAGE" not in lacking:
         return None
     return (f"user {user} lacks {' and '.join(lacking)} on schema {schema} on {target.where} (USAGE to reach "
             f"its tables{', CREATE to create them and the bookkeeping' if 'CREATE' in lacking else ''}); run "
             f"GRANT {', '.join(lacking)} ON SCHEMA {schema} TO {user}, or connect as the schema's owner")
+
+
+def _privileges(target, schema: str, on: str | None, wanted: tuple[str, ...]) -> tuple[str, str, list[str]]:
+    """(user, database, what it lacks of `wanted` on schema `on`, or the database): read only to explain a
+    failure, so one that cannot be read (or a SIGTERM) leaves the failure as it was: nothing lacking."""
+    import psycopg2
+
+    from migrator import interrupt, postgres
+
+    if interrupt.requested() is not None:
+        return "", "", []
+    try:
+        with postgres.connect(target.for_schema(schema), read_only=True) as backend:
+            return postgres.lacking_privileges(backend, on, wanted)
+    except (MigratorError, psycopg2.Error):
+        return "", "", []
 
 
 def _for_schema(settings: CommandSettings, target, schema: str, described) -> CommandSettings:
