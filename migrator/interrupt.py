@@ -19,6 +19,8 @@ from typing import Iterator
 class Interrupted(BaseException):
     """The runner was told to stop (SIGTERM/SIGINT)."""
 
+    before_block = False  # raised on entering a live() block, so nothing in it started
+
     def __init__(self, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
@@ -51,7 +53,11 @@ class Guard:
         """Inside a deferred block: let the signal through at once (a waiting one first)."""
         saved, self._deferring = self._deferring, False
         try:
-            self.check()
+            try:
+                self.check()
+            except Interrupted as exc:
+                exc.before_block = True  # what the block guards (a statement) never started
+                raise
             yield
         finally:
             self._deferring = saved

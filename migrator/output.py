@@ -136,6 +136,11 @@ def event_fields(**fields) -> Iterator[None]:
         _event_context.reset(token)
 
 
+def event_context() -> dict:
+    """The fields every event here carries (a tenant schema's part: {"schema": name})."""
+    return _event_context.get()
+
+
 def event_json(event_name: str, how=None, **fields) -> str:
     """One event as a JSON line (masked): its time, its name, the context's fields, `fields`."""
     record = {"ts": _now(), "event": event_name, **_event_context.get(), **fields}

@@ -6,16 +6,19 @@ PostgreSQL session-level advisory lock, which the server releases by itself when
 connection dies. Holding it, a yoyo lock row is a dead runner's unless a session of that runner
 is still connected (one that took another key, e.g. an older version): a dead one's row is cleared,
 a live one's waited for. yoyo's own lock is then taken as usual (so a bare `yoyo` CLI still sees it).
+SIGTERM ends a wait at once (LockWaitInterrupted): nothing was run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import signal
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from migrator import interrupt
 from migrator.errors import LOCKED, MigratorError
 from migrator.targets import PostgresTarget
 
@@ -32,22 +35,68 @@ def lock_key(schema: str | None) -> int:
     return int.from_bytes(hashlib.sha256(f"hcmdbmig:{schema}".encode()).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+class LockWaitInterrupted(MigratorError):
+    """SIGTERM came while the runner waited for the lock: nothing of the command ran."""
+
+
 @contextmanager
 def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str], None]) -> Iterator[None]:
     deadline = time.monotonic() + timeout
     key = lock_key(target.schema or backend.bookkeeping_schema)
-    while not backend.execute("SELECT pg_try_advisory_lock(:key)", {"key": key}).fetchone()[0]:
-        if time.monotonic() >= deadline:
-            raise MigratorError(
-                f"another runner holds the migration lock on {target.where} ({holder(backend, key)}; waited {timeout:g} s); "
-                "wait for it to finish and run again, or raise --lock-timeout",
-                LOCKED,
-            )
-        time.sleep(POLL_SECONDS)
+    with _interruptible():
+        while not _try(backend, key):
+            _stop_if_interrupted(target, lambda: holder(backend, key))
+            if time.monotonic() >= deadline:
+                raise MigratorError(
+                    f"another runner holds the migration lock on {target.where} ({holder(backend, key)}; waited "
+                    f"{timeout:g} s); wait for it to finish and run again, or raise --lock-timeout",
+                    LOCKED,
+                )
+            time.sleep(POLL_SECONDS)
     try:
-        _clear_dead_runners_row(backend, target, deadline, notify)
+        with _interruptible():
+            _clear_dead_runners_row(backend, target, deadline, notify)
         with backend.lock(timeout=timeout):
             yield
+    finally:
+        backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key})
+
+
+def _try(backend, key: int) -> bool:
+    return backend.execute("SELECT pg_try_advisory_lock(:key)", {"key": key}).fetchone()[0]
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """While waiting: SIGTERM is recorded (the wait's poll ends it), never raised in the middle of a query."""
+    with interrupt.guard() as guard, guard.deferred():
+        yield
+
+
+def _stop_if_interrupted(target: PostgresTarget, who: Callable[[], str]) -> None:
+    signum = interrupt.requested()
+    if signum is not None:
+        raise LockWaitInterrupted(
+            f"interrupted by {signal.Signals(signum).name} while waiting for the migration lock on {target.where} "
+            f"({who()}): nothing was run; run the command again", 128 + signum)
+
+
+def break_dead(backend, target: PostgresTarget) -> bool:
+    """`sql break-lock`: remove the yoyo lock row a dead runner left (True), never a live runner's: the
+    advisory lock taken by another session, or a row whose runner is still connected, is refused."""
+    key = lock_key(target.schema or backend.bookkeeping_schema)
+    advice = "break-lock removes only a dead runner's lock: wait for it to finish, or end that runner first"
+    if not _try(backend, key):
+        raise MigratorError(f"a live runner holds the migration lock on {target.where} ({holder(backend, key)}); "
+                            f"{advice}", LOCKED)
+    try:
+        row = backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted}").fetchone()
+        if row and _alive(backend, row):
+            raise MigratorError(f"the migration lock on {target.where} is held by a live runner (pid {row[0]}, since "
+                                f"{row[1]:%Y-%m-%d %H:%M:%S} UTC, still connected); {advice}", LOCKED)
+        if row:
+            backend.break_lock()
+        return row is not None
     finally:
         backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key})
 
@@ -68,16 +117,21 @@ def _clear_dead_runners_row(backend, target: PostgresTarget, deadline: float, no
         row = backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted}").fetchone()
         if not row:
             return
-        if not backend.execute(_ALIVE, {"pid": str(row[0]), "ctime": row[1]}).fetchone()[0]:
+        if not _alive(backend, row):
             break
         if time.monotonic() >= deadline:
             raise MigratorError(
                 f"the migration lock on {target.where} is held by a live runner (pid {row[0]}, since "
                 f"{row[1]:%Y-%m-%d %H:%M:%S} UTC) that does not share this runner's lock key (an older version?); "
                 "wait for it to finish and run again, or raise --lock-timeout", LOCKED)
+        _stop_if_interrupted(target, lambda: f"held by a live runner, pid {row[0]}")
         time.sleep(POLL_SECONDS)
     backend.break_lock()
     notify(f"note: cleared the migration lock left by a runner that died (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC)")
+
+
+def _alive(backend, row) -> bool:
+    return bool(backend.execute(_ALIVE, {"pid": str(row[0]), "ctime": row[1]}).fetchone()[0])
 
 
 def holder(backend, key: int = LOCK_KEY) -> str:

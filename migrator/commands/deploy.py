@@ -47,7 +47,8 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         if schema.live is not None or schema.recorded is None or backend.to_apply(migrations):
             _apply_pending(settings, backend, target, migrations, schema, applied)
         states = postgres.status(backend, migrations)
-    return SqlMigrateReport(applied, sum(1 for s in states if s.applied_at), len(migrations))
+    done, no_file = postgres.applied_counts(states)
+    return SqlMigrateReport(applied, done, len(migrations), no_file)
 
 
 def _apply_pending(settings: CommandSettings, backend, target, migrations, schema, applied: list) -> None:

@@ -8,6 +8,7 @@ from migrator.commands.base import CommandSettings, locked_backend, scratch_serv
 from migrator.commands.deploy import advancing_schema, check_schema_drift, record_schema
 from migrator.errors import USAGE, MigratorError
 from migrator.reports import Lines, RollbackReport
+from migrator.reports.tenants import CountedLines
 
 
 def rollback(settings: CommandSettings, *, count: int | None, to: str | None, all_: bool) -> RollbackReport:
@@ -28,7 +29,8 @@ def rollback(settings: CommandSettings, *, count: int | None, to: str | None, al
                 changed.append(migration.id)
                 settings.echo(f"  rolled back {migration.id} ({seconds * 1000:.0f} ms)")
         states = postgres.status(backend, migrations)
-    return RollbackReport(done, sum(1 for s in states if s.applied_at), len(migrations))
+    applied, no_file = postgres.applied_counts(states)
+    return RollbackReport(done, applied, len(migrations), no_file)
 
 
 def new(sql_dir: Path, name: str) -> Lines:
@@ -37,7 +39,7 @@ def new(sql_dir: Path, name: str) -> Lines:
     return Lines([f"created {path}" for path in postgres.new(sql_dir, name)])
 
 
-def mark(settings: CommandSettings, ids: list[str]) -> Lines:
+def mark(settings: CommandSettings, ids: list[str]) -> CountedLines:
     """Record migrations as applied without running them (adopting a database by trust; see adopt)."""
     from migrator import postgres
 
@@ -50,10 +52,11 @@ def mark(settings: CommandSettings, ids: list[str]) -> Lines:
         postgres.mark(backend, todo)
         if todo:  # not over drift: what changed by hand is shown and accepted only after review (accept-drift)
             record_schema(settings, backend, "mark", schema)
-    return Lines([f"  {'already applied' if m.id in already else 'marked applied'}: {m.id}" for m in selected])
+    return CountedLines([f"  {'already applied' if m.id in already else 'marked applied'}: {m.id}" for m in selected],
+                        len(todo))
 
 
-def accept_changes(settings: CommandSettings, ids: list[str]) -> Lines:
+def accept_changes(settings: CommandSettings, ids: list[str]) -> CountedLines:
     """After review, record the current content of applied migrations as what was applied."""
     from migrator import checksums, postgres
 
@@ -66,10 +69,11 @@ def accept_changes(settings: CommandSettings, ids: list[str]) -> Lines:
             raise MigratorError(f"{', '.join(not_applied)} not applied on {target.where}: nothing to accept "
                                 "(a pending file may change freely)", USAGE)
         changes = checksums.accept(backend, selected)
-    return Lines([f"  accepted {c.id}: sha256 {c.current[:12]} (was {c.recorded[:12] or 'nothing'})" for c in changes])
+    return CountedLines([f"  accepted {c.id}: sha256 {c.current[:12]} (was {c.recorded[:12] or 'nothing'})"
+                         for c in changes], len(changes))
 
 
-def accept_drift(settings: CommandSettings) -> Lines:
+def accept_drift(settings: CommandSettings) -> CountedLines:
     """After review, record the live schema as the expected one (clears schema drift)."""
     from migrator.schema import snapshot
 
@@ -77,8 +81,8 @@ def accept_drift(settings: CommandSettings) -> Lines:
         before = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
         recorded = snapshot.record(backend.connection, backend.bookkeeping_schema, "accept-drift")
     accepted = [f"  accepted: {line}" for line in before.changes]
-    return Lines(accepted + [f"schema: recorded as it is now (sha256 {recorded.sha256[:12]}, last migration "
-                             f"{recorded.last_migration or 'none'})"])
+    return CountedLines(accepted + [f"schema: recorded as it is now (sha256 {recorded.sha256[:12]}, last migration "
+                                    f"{recorded.last_migration or 'none'})"], len(before.changes))
 
 
 def verify(settings: CommandSettings, *, from_id: str | None, scratch_url: str | None, schema: str | None = None):
@@ -129,10 +133,12 @@ def lint(sql_dir: Path, schemas: list[str] | None = None) -> tuple[list, int]:
     return findings, len(migrations)
 
 
-def break_lock(settings: CommandSettings) -> Lines:
-    from migrator import postgres
+def break_lock(settings: CommandSettings) -> CountedLines:
+    """Remove the lock row a dead runner left; a live runner's lock is refused (naming it)."""
+    from migrator import pg_lock, postgres
 
     target = settings.postgres_target()
     with postgres.connect(target, read_only=False) as backend:
-        postgres.break_lock(backend)
-    return Lines([f"removed the migration lock on {target.where}"])
+        removed = pg_lock.break_dead(backend, target)
+    return CountedLines([f"removed the migration lock on {target.where}" if removed
+                         else f"no migration lock to remove on {target.where}"], int(removed))

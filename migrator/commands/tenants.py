@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from migrator import output
+from migrator import output, pg_lock
 from migrator.commands import deploy
 from migrator.commands import sql as sql_commands
 from migrator.commands.base import CommandSettings
@@ -152,10 +152,11 @@ def _stop_if_interrupted(summary: SchemasReport) -> None:
         return
     name = signal.Signals(signum).name
     not_run = [o.schema for o in summary.outcomes if not o.ran]
-    failed = [o.schema for o in summary.outcomes if o.error]
-    raise MigratorError(f"{summary.command} interrupted by {name}: stopped in {', '.join(failed) or 'no schema'}"
+    stopped = [o.schema for o in summary.outcomes if o.error]
+    stopped += [f"{o.schema} (waiting for its lock: nothing of it ran)" for o in summary.outcomes if o.waited]
+    raise MigratorError(f"{summary.command} interrupted by {name}: stopped in {', '.join(stopped) or 'no schema'}"
                         f"; not run: {', '.join(not_run) or 'none'}; schemas shown done are committed; "
-                        f"run {summary.command} again", 128 + signum)
+                        f"{summary.rerun(fix='')}", 128 + signum)
 
 
 def rollback(settings: CommandSettings, **how) -> SchemasReport | object:
@@ -187,7 +188,7 @@ def _each(settings: CommandSettings, command: str, work: Callable[[CommandSettin
     if target is None:
         return work(settings)
     return _finished(settings, SchemasReport(command, run(settings, target, lambda s: _said(s, work(s)),
-                                                          writes=False)))
+                                                          writes=True)))
 
 
 def status(settings: CommandSettings):
@@ -255,7 +256,8 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
         pre_read: bool = False) -> list[SchemaOutcome]:
     """`work` once per schema, in order or `settings.parallel` at a time; every schema gets an outcome.
     SIGTERM stops the run: the running schemas stop (after their current statement), the rest stay
-    "not run", and the caller shows the summary (interrupt.requested() says it happened)."""
+    "not run", and the caller shows the summary (interrupt.requested() says it happened). `writes`: the
+    command changes the schemas (--create-schemas applies; a schema's failure for want of USAGE names CREATE too)."""
     import psycopg2
 
     from migrator import interrupt, postgres
@@ -263,8 +265,10 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
     # pre_read: every schema described in one catalog read now, which answers each schema's drift check when
     # nothing differs. Only for reports (status, plan) and migrate without --strict, whose drift check only speaks:
     # a check that guards what is recorded (mark, rollback, accept-*) or refused (--strict) reads under its lock.
-    missing, described = postgres.survey_schemas(target, target.schemas, create=writes and target.create_schemas,
-                                                 describe=pre_read)
+    missing, described = postgres.survey_schemas(target, target.schemas, create=False, describe=pre_read)
+    refused = _create(target, missing) if writes and target.create_schemas else {
+        schema: (f"schema {schema} does not exist on {target.where}; create it, or pass --create-schemas to `migrate`")
+        for schema in missing}
     outcomes = {schema: SchemaOutcome(schema) for schema in target.schemas}
     stop = threading.Event()
 
@@ -276,19 +280,23 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
         outcome = outcomes[schema]
         if stop.is_set() or interrupt.requested() is not None:
             return  # --fail-fast or SIGTERM: stays "not run"
-        if schema in missing:
-            outcome.error, outcome.exit_code = (f"schema {schema} does not exist on {target.where}; create it, or "
-                                                "pass --create-schemas to `migrate`"), FAILED
+        if schema in refused:
+            outcome.error, outcome.exit_code = refused[schema], FAILED
         else:
             started = time.perf_counter()
             try:
                 outcome.report = work(_for_schema(settings, target, schema, described.get(schema)))
+            except pg_lock.LockWaitInterrupted:  # SIGTERM while it waited for its lock: nothing of it ran
+                outcome.waited, outcome.seconds = True, time.perf_counter() - started
+                return
             except MigratorError as exc:
                 outcome.error, outcome.exit_code = str(exc), exc.exit_code
                 outcome.report = getattr(exc, "partial", None)
             except psycopg2.Error as exc:  # the server refused what nothing foresaw: this schema's failure, not the run's
                 outcome.error, outcome.exit_code = (f"the server refused: {output.one_line(output.scrub(str(exc)))} "
                                                     f"(on {target.for_schema(schema).where})"), FAILED
+            if outcome.error:  # a schema the user cannot use says which privilege, not what failed for want of it
+                outcome.error = _lacking(target, schema, writes=writes) or outcome.error
             outcome.seconds = time.perf_counter() - started
         outcome.ran = True
         if outcome.error:
@@ -308,6 +316,63 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
             for schema in target.schemas:
                 one(schema)
     return [outcomes[schema] for schema in target.schemas]
+
+
+def _create(target, missing: list[str]) -> dict[str, str]:
+    """--create-schemas: the missing schemas created, in one go; when that is refused, one at a time, so a
+    schema the user cannot create is that schema's failure alone. Returns schema -> why it was not created."""
+    from migrator import postgres
+
+    if not missing:
+        return {}
+    try:
+        postgres.survey_schemas(target, missing, create=True, describe=False)
+        return {}
+    except MigratorError:
+        pass
+    refused = {}
+    for schema in missing:
+        try:
+            postgres.survey_schemas(target, [schema], create=True, describe=False)
+        except MigratorError as exc:
+            refused[schema] = _cannot_create(target, schema) or str(exc)
+    return refused
+
+
+def _cannot_create(target, schema: str) -> str | None:
+    """Why `schema` cannot be created, when it is the database's CREATE privilege: with the exact GRANT."""
+    user, database, lacking = _privileges(target, schema, None, ("CREATE",))
+    if not lacking:
+        return None
+    return (f"user {user} cannot create schema {schema} on {target.where}: it lacks CREATE on database {database}; "
+            f"run GRANT CREATE ON DATABASE {database} TO {user}, or create the schema as the database's owner")
+
+
+def _lacking(target, schema: str, *, writes: bool) -> str | None:
+    """After a schema's failure: when the user lacks USAGE on it (which nothing it runs can do without), the
+    privileges it lacks of those the command needs (CREATE too, to write), with the exact GRANT; else None."""
+    user, _, lacking = _privileges(target, schema, schema, ("USAGE", "CREATE") if writes else ("USAGE",))
+    if "USAGE" not in lacking:
+        return None
+    return (f"user {user} lacks {' and '.join(lacking)} on schema {schema} on {target.where} (USAGE to reach "
+            f"its tables{', CREATE to create them and the bookkeeping' if 'CREATE' in lacking else ''}); run "
+            f"GRANT {', '.join(lacking)} ON SCHEMA {schema} TO {user}, or connect as the schema's owner")
+
+
+def _privileges(target, schema: str, on: str | None, wanted: tuple[str, ...]) -> tuple[str, str, list[str]]:
+    """(user, database, what it lacks of `wanted` on schema `on`, or the database): read only to explain a
+    failure, so one that cannot be read (or a SIGTERM) leaves the failure as it was: nothing lacking."""
+    import psycopg2
+
+    from migrator import interrupt, postgres
+
+    if interrupt.requested() is not None:
+        return "", "", []
+    try:
+        with postgres.connect(target.for_schema(schema), read_only=True) as backend:
+            return postgres.lacking_privileges(backend, on, wanted)
+    except (MigratorError, psycopg2.Error):
+        return "", "", []
 
 
 def _for_schema(settings: CommandSettings, target, schema: str, described) -> CommandSettings:

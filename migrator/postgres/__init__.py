@@ -11,18 +11,18 @@ package adds what a DBA and an operator need around it, one module per concern:
 - apply: apply, roll back, mark; errors: the one line a failure ends in.
 """
 
-from migrator.postgres.apply import apply, break_lock, locked, mark, rollback, select_by_id, select_rollback
+from migrator.postgres.apply import apply, locked, mark, rollback, select_by_id, select_rollback
 from migrator.postgres.connection import (MIGRATION_TABLE, connect, connection_error, missing_schemas, resolve_target,
                                           survey_schemas)
 from migrator.postgres.files import FILE_NAME, new
 from migrator.postgres.migration import (is_transactional, load_migrations, ordered, plan_text, read_migrations,
                                          rollback_path)
-from migrator.postgres.state import (MigrationState, applied_ids, bookkeeping, drift_error, invalid_indexes, pending,
-                                     reconcile, status)
+from migrator.postgres.state import (MigrationState, applied_counts, applied_ids, bookkeeping, drift_error,
+                                     invalid_indexes, lacking_privileges, pending, reconcile, status)
 
 __all__ = [
-    "FILE_NAME", "MIGRATION_TABLE", "MigrationState", "apply", "applied_ids", "bookkeeping", "break_lock", "connect",
-    "connection_error", "drift_error", "invalid_indexes", "is_transactional", "load_migrations", "locked", "mark", "missing_schemas",
-    "new", "ordered", "pending", "plan_text", "read_migrations", "reconcile", "resolve_target", "rollback",
+    "FILE_NAME", "MIGRATION_TABLE", "MigrationState", "apply", "applied_counts", "applied_ids", "bookkeeping",
+    "connect", "connection_error", "drift_error", "invalid_indexes", "is_transactional", "lacking_privileges",
+    "load_migrations", "locked", "mark", "missing_schemas", "new", "ordered", "pending", "plan_text", "read_migrations", "reconcile", "resolve_target", "rollback",
     "rollback_path", "select_by_id", "select_rollback", "status", "survey_schemas",
 ]

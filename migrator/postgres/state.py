@@ -70,6 +70,13 @@ def status(backend, migrations) -> list[MigrationState]:
     return states
 
 
+def applied_counts(states: list[MigrationState]) -> tuple[int, list[str]]:
+    """(how many of the files are applied, the applied ids whose file is gone): counts of files never
+    include a migration without one (so "N of M applied" stays within M)."""
+    return (sum(1 for s in states if s.applied_at and s.path is not None),
+            [s.id for s in states if s.path is None])
+
+
 def _failure(books: Bookkeeping, migration_id: str) -> str | None:
     """A pending migration's partial apply, or an applied one's partial rollback."""
     what = books.failures.get(migration_id)
@@ -118,6 +125,16 @@ def drift_error(drift: list, target: PostgresTarget, verb: str = "migrate refuse
         f"run `runner.py sql accept-changes {ids}` (new changes belong in a new migration)",
         DRIFT,
     )
+
+
+def lacking_privileges(backend, schema: str | None, wanted: tuple[str, ...]) -> tuple[str, str, list[str]]:
+    """(user, database, the privileges of `wanted` the user lacks on `schema`, or on the database when None)."""
+    check = ("has_schema_privilege(:schema, :privilege)" if schema is not None
+             else "has_database_privilege(current_database(), :privilege)")
+    lacking = [p for p in wanted
+               if not backend.execute(f"SELECT {check}", {"schema": schema, "privilege": p}).fetchone()[0]]
+    user, database = backend.execute("SELECT current_user, current_database()").fetchone()
+    return user, database, lacking
 
 
 def invalid_indexes(backend) -> list[tuple[str, str, str]]:

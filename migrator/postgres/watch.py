@@ -233,7 +233,8 @@ class Watcher:
 
     def _say(self, text: str, kind: str, fields: dict) -> None:
         self._live = self._live_terminal()
-        output.progress(text, live=True, kind=kind, **fields)
+        schema = output.event_context().get("schema")  # a tenant's part: its lines say which, as its others do
+        output.progress(f"[{schema}] {text}" if schema else text, live=True, kind=kind, **fields)
 
     def _end_line(self) -> None:
         if self._live:

@@ -15,13 +15,23 @@ class SqlMigrateReport:
     """The PostgreSQL part of `migrate` (each migration was printed as it landed)."""
 
     applied: list[str]
-    done: int  # migrations applied on the database now
+    done: int  # of the files, those applied on the database now
     total: int
+    no_file: list[str] = field(default_factory=list)  # applied migrations whose file is gone
 
     def lines(self) -> list[str]:
+        gone = _without_file(self.no_file)
         if self.applied:
-            return [f"PostgreSQL: applied {len(self.applied)}; {self.done} of {self.total} migrations applied"]
-        return [f"PostgreSQL: up to date ({self.done} of {self.total} migrations applied)"]
+            return [f"PostgreSQL: applied {len(self.applied)}; {self.done} of {self.total} migrations applied"
+                    + (f" ({gone})" if gone else "")]
+        return [f"PostgreSQL: up to date ({self.done} of {self.total} migrations applied" + (f"; {gone})" if gone else ")")]
+
+
+def _without_file(ids: list[str]) -> str:
+    """The applied migrations whose file is gone (never counted among the files), in words; "" if none."""
+    if not ids:
+        return ""
+    return f"{len(ids)} applied migration{'s have' if len(ids) > 1 else ' has'} no file: {', '.join(ids)}"
 
 
 @dataclass
@@ -40,9 +50,12 @@ class RollbackReport:
     rolled_back: list[str]
     done: int
     total: int
+    no_file: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        return [f"PostgreSQL: rolled back {len(self.rolled_back)}; {self.done} of {self.total} migrations applied"]
+        gone = _without_file(self.no_file)
+        return [f"PostgreSQL: rolled back {len(self.rolled_back)}; {self.done} of {self.total} migrations applied"
+                + (f" ({gone})" if gone else "")]
 
 
 @dataclass

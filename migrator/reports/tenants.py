@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from migrator.errors import DRIFT, FAILED, OK, SCHEMA_DRIFT
+from migrator.reports.base import Lines
 from migrator.reports.mongo import PatchStatusReport
+
+
+@dataclass
+class CountedLines(Lines):
+    """A maintenance command's lines (mark, accept-*, break-lock) and how many things it changed: its column
+    in the summary over schemas."""
+
+    changed: int = 0
 
 
 @dataclass
@@ -18,7 +27,8 @@ class SchemaOutcome:
     error: str | None = None
     exit_code: int = OK
     seconds: float = 0.0
-    ran: bool = False  # False: --fail-fast stopped the run before it
+    ran: bool = False  # False: --fail-fast or SIGTERM stopped the run before it
+    waited: bool = False  # SIGTERM came while it waited for its lock: nothing of it ran
 
     @property
     def state(self) -> str:
@@ -59,12 +69,21 @@ class SchemasReport:
         line = f"{self.command} failed in {len(failed)} of {len(self.outcomes)} schema(s): {', '.join(failed)}"
         if not_run:
             line += f"; not run (--fail-fast): {', '.join(not_run)}"
-        return line + "; each schema's error is above; fix it and run again (done schemas are a no-op)"
+        return line + f"; each schema's error is above; {self.rerun()}"
+
+    def rerun(self, fix: str = "fix it and ") -> str:
+        """What to run next, true for this command: a re-run over the schemas done is a no-op only for some."""
+        done = [o.schema for o in self.outcomes if o.state == "ok"]
+        rest = " ".join(f"--schema {o.schema}" for o in self.outcomes if o.state != "ok")
+        if self.command not in _RERUN or not done:
+            return f"{fix}run {self.command} again" + (" (done schemas are a no-op)" if done and fix else "")
+        return (f"{self.command} is done in {', '.join(done)}; {fix}run it again only for the rest "
+                f"(`{rest}`): {_RERUN[self.command]}")
 
     def _row(self, outcome: SchemaOutcome) -> tuple[str, str]:
         report = outcome.report
         done = getattr(report, "applied", getattr(report, "rolled_back", getattr(report, "to_mark", None)))
-        changed = str(len(done)) if done is not None else "-"
+        changed = str(len(done)) if done is not None else str(report.changed) if hasattr(report, "changed") else "-"
         pending = str(report.total - report.done) if hasattr(report, "total") else "-"
         return changed, pending
 
@@ -72,11 +91,12 @@ class SchemasReport:
         width = max([len(o.schema) for o in self.outcomes] + [6])
         verb = {"rollback": "rolled back", "mark": "marked", "adopt": "to mark", "accept-changes": "accepted",
                 "accept-drift": "accepted", "break-lock": "removed"}.get(self.command, "applied")
-        lines = [f"{'schema':<{width}}  {verb:>11}  {'pending':>7}  {'failed':<7}  time"]
+        counted = self.command in ("migrate", "rollback")  # the others have no pending count
+        lines = [f"{'schema':<{width}}  {verb:>11}  " + (f"{'pending':>7}  " if counted else "") + f"{'failed':<7}  time"]
         for outcome in self.outcomes:
             changed, pending = self._row(outcome)
-            lines.append(f"{outcome.schema:<{width}}  {changed:>11}  {pending:>7}  "
-                         f"{'' if outcome.state == 'ok' else outcome.state:<7}  {outcome.seconds:.2f} s")
+            lines.append(f"{outcome.schema:<{width}}  {changed:>11}  " + (f"{pending:>7}  " if counted else "")
+                         + f"{'' if outcome.state == 'ok' else outcome.state:<7}  {outcome.seconds:.2f} s")
         ok = len(self.outcomes) - len(self.failed)
         lines.append(f"PostgreSQL: {self.command} done in {ok} of {len(self.outcomes)} schema(s)"
                      + (f"; {len(self.failed)} failed or not run" if self.failed else ""))
@@ -84,6 +104,15 @@ class SchemasReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"command": self.command, "schemas": {o.schema: o.to_json() for o in self.outcomes}}
+
+
+# What re-running a command does in a schema where it is done (migrate, mark, adopt, break-lock: nothing).
+_RERUN = {
+    "rollback": "over a done schema it would roll back further (or give --to ID: a re-run over every schema then "
+                "stops at ID)",
+    "accept-drift": "over a done schema it would record the schema as it is then, with any change made since",
+    "accept-changes": "over a done schema it would record the files as they are then, with any edit made since",
+}
 
 
 @dataclass
