@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,21 +66,12 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         checksums.clear_failures(backend, [migration.id])
 
 
-# What a non-transactional file's progress record says of the statement after the last one committed
-# (migration.Progress): true while it may be running, not once the run stopped before it started.
-_NEVER_STARTED = re.compile(r"interrupted in (statement \d+ \(line \d+\)), which may or may not have committed")
-
-
 def _interrupted(backend, target: PostgresTarget, migration, verb: str, path: Path, exc) -> MigratorError:
     transactional = migration.rollback_transactional() if verb == "roll back" else migration.use_transactions
     if transactional:
         committed = "nothing of it was applied: its transaction rolled back"
     else:
         recorded = bookkeeping(backend).failures.get(migration.id, "")
-        if exc.before_block and _NEVER_STARTED.search(recorded):  # it stopped between statements: say so, and record it
-            recorded = _NEVER_STARTED.sub(r"stopped between statements: nothing from \1 on committed "
-                                          "(the next statement never started)", recorded)
-            checksums.record_failure(backend, migration.id, recorded)
         committed = recorded.removeprefix(checksums.ROLLBACK) or "not transactional: `runner.py status` shows what committed"
     return MigratorError(f"{path}: {exc} while it was running ({verb} on {target.where}); {committed}; "
                          "migrations reported done before it are committed; run the command again", 128 + exc.signum)

@@ -75,6 +75,10 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             try:
                 with interrupt.live():  # SIGTERM stops the run here, never inside the bookkeeping
                     cursor.execute(statement.text)
+            except interrupt.Interrupted as exc:
+                if exc.before_block and progress:  # it stopped between statements: this one never started
+                    progress(done, started=False)
+                raise
             except Exception as exc:
                 if not hasattr(exc, "pgcode"):
                     raise
@@ -167,8 +171,11 @@ class Progress:
         if self.migration.earlier_failure is None:  # else keep what an earlier run left until this one commits
             self(0)
 
-    def __call__(self, done: int) -> None:
-        if done < len(self.statements):
+    def __call__(self, done: int, started: bool = True) -> None:
+        if done < len(self.statements) and not started:
+            then = (f"stopped between statements: nothing from statement {done + 1} (line {self.statements[done].line}) "
+                    "on committed (the next statement never started)")
+        elif done < len(self.statements):
             then = (f"interrupted in statement {done + 1} (line {self.statements[done].line}), "
                     "which may or may not have committed")
         else:
