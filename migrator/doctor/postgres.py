@@ -200,7 +200,7 @@ def _privileges(report: DoctorReport, backend, target: PostgresTarget) -> bool:
                          grant))
     else:
         report.add(Check("postgres schema", OK, f"user {user} can create in schema {schema}"))
-    unreadable = _bookkeeping(report, backend, schema, user, usage and create)
+    unreadable = _bookkeeping(report, backend, schema, user, usage, create)
     if usage and target.schema not in (None, "public"):
         _tenant_mark(report, backend, schema, user)
     _lock(report, backend, target, user, advisory)
@@ -238,7 +238,7 @@ def bookkeeping_tables(backend) -> list[str]:
             checksums.TABLE, checksums.FAILURES, snapshot.TABLE]
 
 
-def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, create: bool) -> list[str]:
+def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, usage: bool, create: bool) -> list[str]:
     """The check line; returns the present tables the user cannot SELECT."""
     tables = bookkeeping_tables(backend)
     rows = backend.execute(TABLE_RIGHTS, {"tables": tables, "schema": schema}).fetchall()
@@ -249,9 +249,9 @@ def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, create: 
         lacking = "; ".join(f"{', '.join(lacks)} on {name}" for name, lacks in denied.items())
         report.add(Check("postgres bookkeeping", FAIL, f"user {user} lacks {lacking} in schema {schema}",
                          f"GRANT {RIGHTS} ON {', '.join(f'{schema}.{t}' for t in denied)} TO {user}"))
-    elif absent and not create:
+    elif absent and not (usage and create):
         report.add(Check("postgres bookkeeping", FAIL, f"{', '.join(absent)} missing in schema {schema} and cannot be created",
-                         f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {user}"))
+                         f"GRANT {'CREATE' if usage else 'USAGE, CREATE'} ON SCHEMA {schema} TO {user}"))
     elif absent:
         report.add(Check("postgres bookkeeping", OK, f"{len(present)} of {len(tables)} tables present in {schema}; "
                          "the rest are created by the first migrate"))
