@@ -63,8 +63,14 @@ def test_a_tenant_restored_without_comments_is_refused_by_a_plain_run_not_taken(
         result = cli(command, "--sql-dir", sql_dir, env=copy.db_env())
         line = one_error_line(result)
         assert result.exit_code == 2, result.output
-        assert "schema f holds a migration history" in line and "run with --schema f" in line, line
-        assert "set search_path to f" in line and copy.name in line, line
+        assert "no migration history in schema public on " in line and "but schema f holds one" in line, line
+        assert "run with --schema f" in line and "set search_path to f" in line and copy.name in line, line
+    public = cli("migrate", "--sql-dir", sql_dir, env={**copy.db_env(), "SCHEMA_NAME": "public"})
+    assert public.exit_code == 2 and "[public] FAILED: no migration history in schema public" in public.stderr
+    doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=copy.db_env())
+    [failed] = [line for line in doctor.stdout.splitlines() if line.startswith("FAIL")]
+    assert doctor.exit_code == 1 and failed.startswith("FAIL  postgres history") and "-> if it is a tenant's, run " \
+        "with --schema f (SCHEMA_NAME=f); else set search_path to f" in failed, doctor.stdout
     assert public_history(copy) == [] and "t4" not in relations(copy, "public") | relations(copy, "f")
     assert history(copy, "f") == [SEED], "the tenant's history is untouched"
     # the tenant's own run applies it there, and marks the history again
@@ -97,7 +103,7 @@ def test_the_plain_history_in_another_schema_is_named_not_silently_replaced(cli,
     assert history(db, "app") == [SEED]
     db.query(f"ALTER DATABASE {db.name} RESET search_path")
     line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
-    assert "schema app holds a migration history" in line and "set search_path to app" in line, line
+    assert "but schema app holds one" in line and "set search_path to app" in line, line
     assert public_history(db) == [], "no second history started in public"
 
 

@@ -147,7 +147,7 @@ def backend_class():
             with connection.cursor() as cursor:
                 if self.schema and self.schema != "public":
                     cursor.execute(PIN_TENANT, {"schema": self.schema})
-                    self.bookkeeping_schema = self.schema
+                    self.bookkeeping_schema, self.foreign = self.schema, []
                     return
                 # SCHEMA_NAME=public (DIGIT's value outside a central instance) is the plain run: its
                 # history, lock and schema description; its migrations' search_path is public.
@@ -270,14 +270,12 @@ def survey_schemas(target: PostgresTarget, schemas: list[str], *, create: bool,
 
 def foreign_history(backend, target: PostgresTarget) -> str:
     """Why a plain run (or SCHEMA_NAME=public) refuses: its schema holds no history, another schema one."""
-    where = replace(target, schema=None).where
-    names = ", ".join(backend.foreign)
-    one = backend.foreign[0]
-    holds = f"schema {names} holds a migration history" if len(backend.foreign) == 1 else \
-        f"schemas {names} hold migration histories"
-    return (f"no migration history in schema {backend.bookkeeping_schema} on {where}, but {holds} without the "
-            f"tenant mark: a tenant's? run with --schema {one} (SCHEMA_NAME={one}); else set search_path to {one} "
-            "(ALTER ROLE ... SET search_path); nothing was run")
+    one, more = backend.foreign[0], backend.foreign[1:]
+    holds = f"schema {one} holds one" if not more else f"schemas {', '.join(backend.foreign)} hold histories"
+    return (f"no migration history in schema {backend.bookkeeping_schema} on {replace(target, schema=None).where}, "
+            f"but {holds} without the tenant mark (a tenant's restored without comments?): a second history is "
+            f"not started; if it is a tenant's, run with --schema {one} (SCHEMA_NAME={one}); else set search_path to "
+            f"{one} (ALTER ROLE ... SET search_path)")
 
 
 # The lock table's mark, and whether this user may write it (COMMENT needs the table's owner). By the
