@@ -93,8 +93,9 @@ def _schema_checks(report: DoctorReport, backend, target: PostgresTarget, sql_di
 
 def _each_schema(report: DoctorReport, backend, target: PostgresTarget, sql_dir) -> None:
     """Schema by schema on the one connection, pinned to each as a tenant's run pins its own (the
-    backend's init_connection, PIN_TENANT; public is pinned as the plain run): one login for all, so many tenants stay fast on a remote server;
-    and one catalog read of all the schemas, which answers each drift check that finds nothing (as migrate's)."""
+    backend's init_connection, PIN_TENANT; public as the plain run): one login for all, so many tenants stay
+    fast on a remote server; and one catalog read of all the schemas, which answers each drift check that
+    finds nothing (as migrate's)."""
     from migrator.schema.describe import describe_tenants
 
     # public's (SCHEMA_NAME=public) is the plain run's description, read by its own check

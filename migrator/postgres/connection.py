@@ -313,10 +313,10 @@ def _check_bookkeeping(backend, target: PostgresTarget) -> None:
                             "--create-schemas to `migrate`")
     state = tenant_mark(backend.connection, schema)
     if state is None or not usage:
-        lacks = "cannot create tables in" if usage else "has no USAGE on"
+        lacks, grant = ("cannot create tables in", "CREATE") if usage else ("has no USAGE on", "USAGE, CREATE")
         raise MigratorError(
             f"user {user} {lacks} schema {schema} on {replace(target, schema=None).where} (yoyo's bookkeeping "
-            f"needs it); run GRANT USAGE, CREATE ON SCHEMA {schema} TO {user}, or connect as the schema's owner")
+            f"needs it); run GRANT {grant} ON SCHEMA {schema} TO {user}, or connect as the schema's owner")
     marked, may_mark, owner = state
     if not target.schema or target.schema == "public" or marked:
         return
