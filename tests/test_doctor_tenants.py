@@ -150,6 +150,36 @@ def test_a_role_without_create_on_one_schema_fails_for_that_schema_only(cli, db,
     assert run.stderr.splitlines()[-1].startswith("error: ") and " b" in run.stderr.splitlines()[-1]
 
 
+def test_each_remedy_names_what_is_missing_once(cli, db, role, sql_dir):
+    """attack16b 14: the schema said once per line, USAGE asked for where USAGE is missing (doctor and migrate),
+    and a schema-drift line that lists its changes once."""
+    name = role()
+    db.query("CREATE SCHEMA nousage; CREATE SCHEMA nocreate")
+    db.query(f"GRANT USAGE ON SCHEMA nocreate TO {name}; GRANT CREATE ON DATABASE {db.name} TO {name}")
+    env = {**as_role(db, name), "SCHEMA_NAME": "nousage,nocreate"}
+    found = lines(cli("doctor", "--sql-dir", sql_dir, env=env))
+    [schema] = found["[nocreate] postgres schema"]
+    assert "lacks CREATE on schema nocreate on " in schema and schema.lower().count("schema nocreate") == 2, schema
+    [schema] = found["[nousage] postgres schema"]
+    assert "lacks USAGE and CREATE on schema nousage" in schema and schema.lower().count("schema nousage") == 2, schema
+    [book] = found["[nousage] postgres bookkeeping"]
+    assert book.endswith(f"-> GRANT USAGE, CREATE ON SCHEMA nousage TO {name}"), book
+    [book] = found["[nocreate] postgres bookkeeping"]
+    assert book.endswith(f"-> GRANT CREATE ON SCHEMA nocreate TO {name}"), book
+    run = cli("migrate", "--sql-dir", sql_dir, env=env)
+    failed = {line.split("]")[0][1:]: line for line in run.stderr.splitlines() if " FAILED: " in line}
+    assert f"user {name} has no USAGE on schema nousage on " in failed["nousage"], failed
+    assert f"GRANT USAGE, CREATE ON SCHEMA nousage TO {name}" in failed["nousage"], failed
+    assert failed["nousage"].lower().count("schema nousage") == 2, failed  # the problem and the remedy, not the address
+    assert f"user {name} cannot create tables in schema nocreate" in failed["nocreate"], failed
+    # a schema drift line: the count and the changes, once
+    owner = {**db.db_env(), "SCHEMA_NAME": "nocreate"}
+    ok(cli("migrate", "--sql-dir", sql_dir, env=owner))
+    db.query("CREATE TABLE nocreate.by_hand (x int)")
+    [drift] = lines(cli("doctor", "--sql-dir", sql_dir, env=owner))["schema drift"]
+    assert " 2 changes: column nocreate.by_hand.x added; table nocreate.by_hand added -> " in drift, drift
+
+
 def test_another_runner_holding_one_schemas_lock_is_a_warning_for_that_schema_only(cli, db, sql_dir):
     ok(cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env={**db.db_env(), "SCHEMA_NAME": "a,b,c"}))
     add_migration(sql_dir, "0002_wait", "SELECT pg_advisory_xact_lock(4711);\n")  # blocks while the test holds 4711

@@ -15,6 +15,7 @@ import time
 from migrator import checksums, pg_lock
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
 from migrator.errors import MigratorError
+from migrator.postgres import connection as postgres_connection
 from migrator.targets import PostgresTarget
 
 MIN_VERSION = 140000  # client_connection_check_interval (a dead runner's work is cancelled)
@@ -69,7 +70,7 @@ def check(report: DoctorReport, target: PostgresTarget, sql_dir) -> None:
         return
     with contextlib.ExitStack() as stack:
         try:
-            backend = stack.enter_context(postgres.connect(target, read_only=True))
+            backend = stack.enter_context(postgres.connect(target, read_only=True, refuse_foreign=False))
         except MigratorError as exc:
             report.add(failed("postgres login", str(exc)))
             return
@@ -82,6 +83,9 @@ def check(report: DoctorReport, target: PostgresTarget, sql_dir) -> None:
 
 
 def _schema_checks(report: DoctorReport, backend, target: PostgresTarget, sql_dir, described=None) -> None:
+    if backend.foreign and target.schema in (None, "public"):  # the plain run would refuse (connection.connect)
+        report.add(failed("postgres history", postgres_connection.foreign_history(backend, target)))
+        return
     readable = _guarded(report, backend, "postgres schema", _privileges, target)
     if readable:
         _guarded(report, backend, "migrations", _migrations, target, sql_dir, described)
@@ -89,11 +93,13 @@ def _schema_checks(report: DoctorReport, backend, target: PostgresTarget, sql_di
 
 def _each_schema(report: DoctorReport, backend, target: PostgresTarget, sql_dir) -> None:
     """Schema by schema on the one connection, pinned to each as a tenant's run pins its own (the
-    backend's init_connection, PIN_TENANT): one login for all, so many tenants stay fast on a remote server;
-    and one catalog read of all the schemas, which answers each drift check that finds nothing (as migrate's)."""
+    backend's init_connection, PIN_TENANT; public as the plain run): one login for all, so many tenants stay
+    fast on a remote server; and one catalog read of all the schemas, which answers each drift check that
+    finds nothing (as migrate's)."""
     from migrator.schema.describe import describe_tenants
 
-    described = describe_tenants(backend.connection, target.schemas)
+    # public's (SCHEMA_NAME=public) is the plain run's description, read by its own check
+    described = describe_tenants(backend.connection, [schema for schema in target.schemas if schema != "public"])
     for schema in target.schemas:
         backend.schema = schema
         backend.init_connection(backend.connection)
@@ -179,23 +185,25 @@ def _writable(report: DoctorReport, backend, target: PostgresTarget) -> None:
 
 def _privileges(report: DoctorReport, backend, target: PostgresTarget) -> bool:
     """Schema, bookkeeping and lock privileges; True when the bookkeeping can be read (the migrations checks need it)."""
-    schema = backend.bookkeeping_schema
+    schema, server = backend.bookkeeping_schema, dataclasses.replace(target, schema=None).where
     user, exists, usage, create, advisory = backend.execute(PRIVILEGES, {"schema": schema}).fetchone()
     grant = f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {user}, or connect as the schema's owner"
     if not exists and target.schema:
         _missing_schema(report, backend, target, user)
         return False
     if not exists:
-        report.add(Check("postgres schema", FAIL, f"schema {schema} does not exist in {target.where}",
+        report.add(Check("postgres schema", FAIL, f"schema {schema} does not exist in {server}",
                          f"CREATE SCHEMA {schema} AUTHORIZATION {user}, or fix the search_path"))
     elif not (usage and create):
         missing = " and ".join(p for p, held in (("USAGE", usage), ("CREATE", create)) if not held)
-        report.add(Check("postgres schema", FAIL, f"user {user} lacks {missing} on schema {schema} on {target.where} "
+        report.add(Check("postgres schema", FAIL, f"user {user} lacks {missing} on schema {schema} on {server} "
                          "(bookkeeping and migrations create tables there; PostgreSQL 15+ no longer grants it on public)",
                          grant))
     else:
         report.add(Check("postgres schema", OK, f"user {user} can create in schema {schema}"))
-    unreadable = _bookkeeping(report, backend, schema, user, create)
+    unreadable = _bookkeeping(report, backend, schema, user, usage, create)
+    if usage and target.schema not in (None, "public"):
+        _tenant_mark(report, backend, schema, user)
     _lock(report, backend, target, user, advisory)
     if not (exists and usage) or unreadable:
         what = f"schema {schema}" if not (exists and usage) else ", ".join(unreadable)
@@ -231,7 +239,7 @@ def bookkeeping_tables(backend) -> list[str]:
             checksums.TABLE, checksums.FAILURES, snapshot.TABLE]
 
 
-def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, create: bool) -> list[str]:
+def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, usage: bool, create: bool) -> list[str]:
     """The check line; returns the present tables the user cannot SELECT."""
     tables = bookkeeping_tables(backend)
     rows = backend.execute(TABLE_RIGHTS, {"tables": tables, "schema": schema}).fetchall()
@@ -242,9 +250,9 @@ def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, create: 
         lacking = "; ".join(f"{', '.join(lacks)} on {name}" for name, lacks in denied.items())
         report.add(Check("postgres bookkeeping", FAIL, f"user {user} lacks {lacking} in schema {schema}",
                          f"GRANT {RIGHTS} ON {', '.join(f'{schema}.{t}' for t in denied)} TO {user}"))
-    elif absent and not create:
+    elif absent and not (usage and create):
         report.add(Check("postgres bookkeeping", FAIL, f"{', '.join(absent)} missing in schema {schema} and cannot be created",
-                         f"GRANT CREATE ON SCHEMA {schema} TO {user}"))
+                         f"GRANT {'CREATE' if usage else 'USAGE, CREATE'} ON SCHEMA {schema} TO {user}"))
     elif absent:
         report.add(Check("postgres bookkeeping", OK, f"{len(present)} of {len(tables)} tables present in {schema}; "
                          "the rest are created by the first migrate"))
@@ -253,8 +261,23 @@ def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, create: 
     return [name for name, lacks in denied.items() if "SELECT" in lacks]
 
 
+def _tenant_mark(report: DoctorReport, backend, schema: str, user: str) -> None:
+    """A tenant's history whose mark is lost (a restore without comments): a plain run refuses rather than take
+    it; the tenant's next migrate writes the mark if its user owns the lock table, else its owner must."""
+    state = postgres_connection.tenant_mark(backend.connection, schema)
+    if state is None or state[0]:
+        return  # no history yet (the first migrate marks it), or marked
+    _, may_mark, owner = state
+    if may_mark:
+        report.add(Check("tenant mark", OK, f"the history in {schema} lacks the tenant mark: the next migrate writes it"))
+    else:
+        report.add(Check("tenant mark", WARN, f"the history in {schema} lacks the tenant mark and user {user} may not "
+                         f"write it (the owner of {schema}.yoyo_lock is {owner}): migrate works, but a plain run "
+                         "refuses while public holds no history", f"as {owner}: {postgres_connection.mark_statement(schema)}"))
+
+
 def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advisory: bool) -> None:
-    held = pg_lock.holder(backend, pg_lock.lock_key(target.schema))
+    held = pg_lock.holder(backend, pg_lock.lock_key(target.schema or backend.bookkeeping_schema))
     if not advisory:
         report.add(Check("postgres locks", FAIL, f"user {user} cannot call pg_try_advisory_lock (the migration lock)",
                          f"GRANT EXECUTE ON FUNCTION pg_try_advisory_lock(bigint), pg_advisory_unlock(bigint) TO {user}"))
@@ -285,8 +308,7 @@ def _migrations(report: DoctorReport, backend, target: PostgresTarget, sql_dir, 
         report.add(Check("drift", OK, "no applied migration changed since applied"))
     live = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, described)
     if live.drifted:
-        report.add(Check("schema drift", WARN, f"{live.to_json()['summary']}: " + "; ".join(live.changes[:3])
-                         + (f"; and {len(live.changes) - 3} more" if len(live.changes) > 3 else ""),
+        report.add(Check("schema drift", WARN, live.to_json()["summary"],
                          "`runner.py status` lists it; migrate --strict would refuse: keep it in a migration, undo it, "
                          "or after review `runner.py sql accept-drift`"))
     elif live.recorded is None:

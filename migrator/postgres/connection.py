@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import Iterator
 
 from migrator import output, whoami
-from migrator.errors import MigratorError
+from migrator.errors import USAGE, MigratorError
 from migrator.targets import DdlLimits, PostgresTarget
 
 MIGRATION_TABLE = "_yoyo_migration"
@@ -40,34 +40,46 @@ READ_ONLY = "-c default_transaction_read_only=on"
 # A migration whose client died (SIGKILL) is cancelled within seconds, releasing its locks (PostgreSQL 14+).
 CLIENT_CHECK = "-c client_connection_check_interval=2s"
 # The run's own connection first returns to the user it logged in as (a database or role default
-# `SET role = ...` would otherwise apply), then pins search_path to where the runner's tables are:
-# the schema holding yoyo's tables together with yoyo_lock and the checksums (another schema's
-# stray `_yoyo_migration` on the search_path must not take over), else the current schema, else public.
-# A tenant's history (its yoyo_lock carries TENANT_MARK) is never a plain run's: a run without
-# --schema on a central instance keeps its own history (public's), and hcm.tenant_schemas lists the
-# tenants so the schema description can leave them out.
+# `SET role = ...` would otherwise apply), then pins search_path to where the runner's tables are.
+# A plain run's history is in its home schema (`home`, else the session's current schema) or public:
+# the one holding yoyo's tables together with yoyo_lock and the checksums (a stray `_yoyo_migration`
+# must not take over), else a new one in the home schema. A history anywhere else (the runner's
+# tables: `_yoyo_migration`, yoyo_lock, the checksums) is another history: a tenant's (its yoyo_lock
+# carries TENANT_MARK), or one this run would only find by guessing (a tenant whose mark a dump
+# without comments lost, a plain history made under another search_path). hcm.tenant_schemas lists
+# them all, so the schema description leaves them out; `foreign` names the unmarked ones when the
+# plain run has no history of its own, and the run refuses instead of starting a second one.
 TENANT_MARK = "hcm-db-migrations: the history of a tenant schema (runs with --schema / SCHEMA_NAME)"
 PIN_BOOKKEEPING = """
 SET ROLE NONE;
 WITH histories AS (
-    SELECT n.oid, n.nspname, EXISTS (
-        SELECT FROM pg_catalog.pg_class l WHERE l.relnamespace = n.oid AND l.relname = 'yoyo_lock'
-        AND pg_catalog.obj_description(l.oid, 'pg_class') = %(mark)s) AS tenant
+    SELECT n.oid, n.nspname,
+        EXISTS (SELECT FROM pg_catalog.pg_class l WHERE l.relnamespace = n.oid AND l.relname = 'yoyo_lock'
+                AND pg_catalog.obj_description(l.oid, 'pg_class') = %(mark)s) AS tenant,
+        EXISTS (SELECT FROM pg_catalog.pg_class l WHERE l.relnamespace = n.oid AND l.relname = 'yoyo_lock') AS locked,
+        EXISTS (SELECT FROM pg_catalog.pg_class s WHERE s.relnamespace = n.oid
+                AND s.relname = '_hcm_migration_checksum') AS checked
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relname = '_yoyo_migration' AND c.relkind IN ('r', 'p')
+), home AS (
+    SELECT coalesce(%(home)s, pg_catalog.current_schema(), 'public') AS name
+), own AS (
+    SELECT h.nspname FROM histories h, home
+    WHERE NOT h.tenant AND h.nspname IN (home.name, 'public')
+    ORDER BY h.locked DESC, h.checked DESC, h.nspname = home.name DESC, h.oid LIMIT 1
 ), chosen AS (
-    SELECT coalesce(
-        (SELECT h.nspname FROM histories h WHERE NOT h.tenant
-         ORDER BY EXISTS (SELECT FROM pg_catalog.pg_class l WHERE l.relnamespace = h.oid AND l.relname = 'yoyo_lock') DESC,
-                  EXISTS (SELECT FROM pg_catalog.pg_class s WHERE s.relnamespace = h.oid
-                          AND s.relname = '_hcm_migration_checksum') DESC,
-                  h.nspname = pg_catalog.current_schema() DESC NULLS LAST, h.oid LIMIT 1),
-        pg_catalog.current_schema(), 'public') AS schema
+    SELECT coalesce((SELECT nspname FROM own), home.name) AS schema FROM home
+), others AS (
+    SELECT h.nspname, h.tenant FROM histories h, chosen
+    WHERE h.nspname <> chosen.schema AND (h.tenant OR (h.locked AND h.checked))
 )
-SELECT schema, pg_catalog.set_config('search_path', pg_catalog.quote_ident(schema), false),
+SELECT schema,
+       CASE WHEN NOT EXISTS (SELECT FROM own) THEN
+           (SELECT string_agg(nspname, ',' ORDER BY nspname) FROM others WHERE NOT tenant) END,
+       pg_catalog.set_config('search_path', pg_catalog.quote_ident(schema), false),
+       pg_catalog.set_config('hcm.tenant_schema', '', false),
        pg_catalog.set_config('hcm.tenant_schemas', coalesce(
-           (SELECT string_agg(h.nspname, ',' ORDER BY h.nspname) FROM histories h
-            WHERE h.tenant AND h.nspname <> schema), ''), false),
+           (SELECT string_agg(nspname, ',' ORDER BY nspname) FROM others), ''), false),
        pg_catalog.set_config('synchronous_commit', 'off', false) FROM chosen
 """
 
@@ -78,6 +90,7 @@ PIN_TENANT = """
 SET ROLE NONE;
 SELECT pg_catalog.set_config('search_path', pg_catalog.quote_ident(%(schema)s), false),
        pg_catalog.set_config('hcm.tenant_schema', %(schema)s, false),
+       pg_catalog.set_config('hcm.tenant_schemas', '', false),
        pg_catalog.set_config('synchronous_commit', 'off', false)
 """
 
@@ -127,15 +140,20 @@ def backend_class():
         failures_table_ready = False
         watcher = None  # a postgres.watch.Watcher following each migration session, when progress is on
 
+        foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
+
         def init_connection(self, connection):
             # Called by yoyo on connect and after each rollback (which would undo the pin).
             with connection.cursor() as cursor:
-                if self.schema:
+                if self.schema and self.schema != "public":
                     cursor.execute(PIN_TENANT, {"schema": self.schema})
-                    self.bookkeeping_schema = self.schema
+                    self.bookkeeping_schema, self.foreign = self.schema, []
                     return
-                cursor.execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK})
-                self.bookkeeping_schema = cursor.fetchone()[0]
+                # SCHEMA_NAME=public (DIGIT's value outside a central instance) is the plain run: its
+                # history, lock and schema description; its migrations' search_path is public.
+                cursor.execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": self.schema})
+                self.bookkeeping_schema, foreign = cursor.fetchone()[:2]
+                self.foreign = foreign.split(",") if foreign else []
 
         def copy(self):
             session = MigrationSession(self.uri, self.migration_table)
@@ -175,15 +193,20 @@ def _fqdn() -> str:
 
 
 @contextmanager
-def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None = None) -> Iterator:
+def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None = None,
+            refuse_foreign: bool = True) -> Iterator:
     """A yoyo backend. Read-only ones skip yoyo's init (it creates tables) and are read-only
-    on the server too, so `plan` and `status` cannot write even by mistake."""
+    on the server too, so `plan` and `status` cannot write even by mistake. A plain run that finds no
+    history of its own but another one elsewhere is refused (doctor, with `refuse_foreign=False`, says it)."""
     import psycopg2
     from yoyo.connections import parse_uri
 
     url = _connection_url(target, read_only, limits)
     try:
         backend = backend_class()(parse_uri(url), MIGRATION_TABLE)
+        if refuse_foreign and backend.foreign and (target.schema or not target.schemas):
+            backend.connection.close()
+            raise MigratorError(foreign_history(backend, target), USAGE)
         if not read_only:
             backend.init_database()  # what yoyo's get_backend does: its lock table, a DDL probe
     except psycopg2.Error as exc:  # OperationalError, or ProgrammingError for a bad DSN option
@@ -237,30 +260,72 @@ def survey_schemas(target: PostgresTarget, schemas: list[str], *, create: bool,
                                         f"{output.scrub(str(exc)).strip().splitlines()[0]}; create it as its owner "
                                         "or grant CREATE on the database")
         present = [schema for schema in schemas if schema in found]
-        described = describe_tenants(connection, present) if describe and present else {}
+        # public's (SCHEMA_NAME=public) is the plain run's description, read on its own connection
+        tenants = [schema for schema in present if schema != "public"]
+        described = describe_tenants(connection, tenants) if describe and tenants else {}
     finally:
         connection.close()
     return ([] if create else missing), described
 
 
+def foreign_history(backend, target: PostgresTarget) -> str:
+    """Why a plain run (or SCHEMA_NAME=public) refuses: its schema holds no history, another schema one."""
+    one, more = backend.foreign[0], backend.foreign[1:]
+    holds = f"schema {one} holds one" if not more else f"schemas {', '.join(backend.foreign)} hold histories"
+    return (f"no migration history in schema {backend.bookkeeping_schema} on {replace(target, schema=None).where}, "
+            f"but {holds} without the tenant mark (a tenant's restored without comments?): a second history is "
+            f"not started; if it is a tenant's, run with --schema {one} (SCHEMA_NAME={one}); else set search_path to "
+            f"{one} (ALTER ROLE ... SET search_path)")
+
+
+# The lock table's mark, and whether this user may write it (COMMENT needs the table's owner). By the
+# catalogs: naming a table in a schema without USAGE is an error, not an answer.
+MARK_STATE = """
+SELECT pg_catalog.obj_description(c.oid, 'pg_class') IS NOT DISTINCT FROM %(mark)s,
+       pg_catalog.pg_has_role(c.relowner, 'USAGE'), pg_catalog.pg_get_userbyid(c.relowner)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relname = 'yoyo_lock'
+"""
+
+
+def mark_statement(schema: str) -> str:
+    """The statement that marks a schema's history as a tenant's."""
+    return f"COMMENT ON TABLE {schema}.yoyo_lock IS '{TENANT_MARK}'"
+
+
+def tenant_mark(connection, schema: str) -> tuple[bool, bool, str] | None:
+    """(marked, this user may mark it, the lock table's owner) of a tenant's history; None before it has one."""
+    with connection.cursor() as cursor:
+        cursor.execute(MARK_STATE, {"mark": TENANT_MARK, "schema": schema})
+        return cursor.fetchone()
+
+
 def _check_bookkeeping(backend, target: PostgresTarget) -> None:
     """yoyo ignores a failure to create its lock table and later fails obscurely; say why instead.
-    A tenant's lock table is marked as a tenant's (TENANT_MARK), so no plain run takes its history."""
-    exists = backend.execute("SELECT to_regclass(:t) IS NOT NULL, current_schema(), current_user, "
-                             "obj_description(to_regclass(:t), 'pg_class')", {"t": backend.lock_table})
-    has_table, schema, user, mark = exists.fetchone()
-    if target.schema and not backend.execute("SELECT 1 FROM pg_namespace WHERE nspname = :s", {"s": target.schema}).fetchone():
+    A tenant's lock table is marked as a tenant's (TENANT_MARK); where the user may not write it (COMMENT
+    needs the owner), the run goes on and says who can: a plain run refuses an unmarked history elsewhere."""
+    schema = target.schema or backend.bookkeeping_schema
+    exists, usage, user = backend.execute(
+        "SELECT n.oid IS NOT NULL, coalesce(has_schema_privilege(n.oid, 'USAGE'), false), current_user "
+        "FROM (SELECT :s AS name) s LEFT JOIN pg_namespace n ON n.nspname = s.name", {"s": schema}).fetchone()
+    if target.schema and not exists:
         raise MigratorError(f"schema {target.schema} does not exist on {target.where}; create it, or pass "
                             "--create-schemas to `migrate`")
-    if has_table and target.schema and target.schema != "public" and mark != TENANT_MARK:
+    state = tenant_mark(backend.connection, schema)
+    if state is None or not usage:
+        lacks, grant = ("cannot create tables in", "CREATE") if usage else ("has no USAGE on", "USAGE, CREATE")
+        raise MigratorError(
+            f"user {user} {lacks} schema {schema} on {replace(target, schema=None).where} (yoyo's bookkeeping "
+            f"needs it); run GRANT {grant} ON SCHEMA {schema} TO {user}, or connect as the schema's owner")
+    marked, may_mark, owner = state
+    if not target.schema or target.schema == "public" or marked:
+        return
+    if may_mark:
         with backend.transaction():
             backend.execute(f"COMMENT ON TABLE {backend.lock_table_quoted} IS :mark", {"mark": TENANT_MARK})
-    if not has_table:
-        schema = schema or backend.bookkeeping_schema
-        raise MigratorError(
-            f"user {user} cannot create tables in schema {schema} on {target.where} (yoyo's bookkeeping needs it); "
-            f"run GRANT CREATE ON SCHEMA {schema} TO {user}, or connect as the schema's owner"
-        )
+    else:
+        output.note(f"note: schema {schema}'s history lacks the tenant mark (a plain run refuses it rather than take "
+                    f"it); user {user} may not write it; run as its owner ({owner}): {mark_statement(schema)}")
 
 
 def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:
