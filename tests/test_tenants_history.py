@@ -186,3 +186,22 @@ def test_schema_name_public_describes_what_the_plain_run_describes(cli, db, sql_
     [drift] = [c for c in doctor["checks"] if c["name"] == "schema drift" and c.get("schema", "public") == "public"]
     assert drift["status"] == "warn" and drift["detail"] == ("2 changes: column shared.by_hand.id added; "
                                                  "table shared.by_hand added"), drift
+
+
+def test_schema_name_public_runs_what_a_plain_run_runs_and_lists_what_it_lists(cli, db, sql_dir):
+    """A pg_dump baseline sets search_path (set_config(... '', false)): a plain run takes it, so SCHEMA_NAME=public
+    (the plain history) does too; and its status lists every non-tenant schema's INVALID index, as a plain one."""
+    add_migration(sql_dir, "0002_dumped", "SELECT pg_catalog.set_config('search_path', '', false);\n"
+                  "CREATE SCHEMA reporting;\nCREATE TABLE reporting.runs (id int);\nCREATE TABLE public.dumped (id int);\n")
+    public = {**db.db_env(), "SCHEMA_NAME": "public"}
+    result = cli("migrate", "--sql-dir", sql_dir, env=public)
+    assert result.exit_code == 0, result.output
+    assert "dumped" in relations(db, "public") and "runs" in relations(db, "reporting")
+    db.query("INSERT INTO reporting.runs VALUES (1), (1)")
+    with pytest.raises(Exception):  # a failed CREATE INDEX CONCURRENTLY leaves an INVALID index behind
+        with db.server.connect(db.name) as conn:
+            conn.autocommit = True
+            conn.cursor().execute("CREATE UNIQUE INDEX CONCURRENTLY runs_once ON reporting.runs (id)")
+    plain = json.loads(cli("status", "--sql-dir", sql_dir, "--json", env=db.db_env()).stdout)
+    as_public = json.loads(cli("status", "--sql-dir", sql_dir, "--json", env=public).stdout)["schemas"]["public"]
+    assert plain["invalid_indexes"] == as_public["invalid_indexes"] == ["reporting.runs_once"]

@@ -52,7 +52,7 @@ def migrate(settings: CommandSettings) -> MigrateReport:
     target = tenant_target(settings)
     if target is None:
         return deploy.migrate(settings)
-    refuse_outside_tenant(settings.sql_dir)
+    refuse_outside_tenant(settings.sql_dir, target)
     # --strict refuses on drift: its check must see the schema as it is under the lock, not as the run began.
     summary = SchemasReport("migrate", run(settings, target, _migrate_one, writes=True, pre_read=not settings.strict))
     settings.show(summary)
@@ -94,13 +94,16 @@ def _applied_of(settings: CommandSettings, migrations) -> tuple[int, int]:
         return 0, len(migrations)
 
 
-def refuse_outside_tenant(sql_dir, *, rollbacks: bool = False) -> None:
-    """Before any schema runs: a migration (or rollback) file reaching outside the tenant's schema is refused."""
+def refuse_outside_tenant(sql_dir, target=None, *, rollbacks: bool = False) -> None:
+    """Before any schema runs: a migration (or rollback) file reaching outside the tenant's schema is refused
+    (not when the only schema is public: SCHEMA_NAME=public is the plain history, as a run without schemas)."""
     from pathlib import Path
 
     from migrator import postgres
     from migrator.postgres import files
 
+    if target is not None and target.schemas == ["public"]:
+        return
     for migration in postgres.read_migrations(sql_dir):
         paths = [Path(migration.path)] + ([postgres.rollback_path(migration)] if rollbacks else [])
         for path in (p for p in paths if p.is_file()):
@@ -117,7 +120,7 @@ def adopt(settings: CommandSettings, *, yes: bool, scratch_url: str | None):
     target = tenant_target(settings)
     if target is None:
         return sql_commands.adopt(settings, yes=yes, scratch_url=scratch_url)
-    refuse_outside_tenant(settings.sql_dir)
+    refuse_outside_tenant(settings.sql_dir, target)
     server = scratch_server(settings, scratch_url)  # resolved once (the local one is started once)
 
     def one(schema_settings: CommandSettings):
@@ -138,7 +141,7 @@ def verify(settings: CommandSettings, *, from_id: str | None, scratch_url: str |
     from migrator.settings import tenant_schemas
 
     names = tenant_schemas(schemas, settings.env)
-    if names:
+    if names and names != ["public"]:
         refuse_outside_tenant(settings.sql_dir, rollbacks=True)
     return sql_commands.verify(settings, from_id=from_id, scratch_url=scratch_url, schema=names[0] if names else None)
 
@@ -160,8 +163,9 @@ def _stop_if_interrupted(summary: SchemasReport) -> None:
 
 
 def rollback(settings: CommandSettings, **how) -> SchemasReport | object:
-    if tenant_target(settings) is not None:
-        refuse_outside_tenant(settings.sql_dir, rollbacks=True)
+    target = tenant_target(settings)
+    if target is not None:
+        refuse_outside_tenant(settings.sql_dir, target, rollbacks=True)
     return _each(settings, "rollback", lambda s: sql_commands.rollback(s, **how))
 
 
@@ -210,7 +214,7 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
     target = None if offline else tenant_target(settings)
     if target is None:
         return deploy.plan(settings, offline=offline, mongo_dry_run=mongo_dry_run)
-    refuse_outside_tenant(settings.sql_dir)
+    refuse_outside_tenant(settings.sql_dir, target)
     show = settings.show
     outcomes = run(dataclasses.replace(settings, show=lambda report: None), target, _planned, writes=False,
                    pre_read=True)
@@ -222,8 +226,10 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
 
 
 def _own_indexes(schema: str, report):
-    """A tenant's status lists its own INVALID indexes, not the other tenants'."""
-    report.invalid_indexes = [i for i in report.invalid_indexes if i[0] == schema]
+    """A tenant's status lists its own INVALID indexes, not the other tenants' (public's, the plain history's:
+    every non-tenant schema's, as a run without schemas lists them)."""
+    if schema != "public":
+        report.invalid_indexes = [i for i in report.invalid_indexes if i[0] == schema]
     return report
 
 

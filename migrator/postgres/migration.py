@@ -209,7 +209,8 @@ def _migration_class():
             if not transactional:
                 progress = Progress(backend.parent, migration, statements, rollback)
                 progress.start()
-            guard = SearchPathGuard(backend.connection) if backend.schema else None
+            # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
+            guard = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
             run_statements(backend.connection, path, statements, transactional, progress, guard)
             try:
                 migration.record_after_commit = not checksums.record(
