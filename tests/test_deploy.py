@@ -465,7 +465,7 @@ def test_the_jobs_pod_exits_with_the_runners_code_so_drift_fails_the_job_and_a_l
     edit_an_applied_migration(job_run.app)
     drift = job_run()
     assert drift.returncode == 3, drift.stdout + drift.stderr
-    assert "0001_create_hcm_report_metadata changed since applied" in drift.stderr, drift.stderr
+    assert "0001_create_hcm_report_metadata.sql changed since applied" in drift.stderr, drift.stderr
     assert pod_failure_action(job, drift.returncode) == "FailJob"  # retrying cannot help
     # Why not `make migrate`: make folds the runner's 3 into its own 2; the policy could not tell them apart.
     through_make = job_run(command=["make", "migrate"])
