@@ -45,4 +45,9 @@ COPY mongo/ mongo/
 RUN python -m compileall -q runner.py migrator
 
 USER 10001:10001
+# The default command is for DIGIT's chart, which runs the image as an init container with no command
+# and can set only variables: `make migrate` passes ARGS (e.g. ARGS="--parallel 4") to the runner, and
+# there any non-zero exit just restarts the init container, so make folding every failure into exit 2
+# costs nothing. k8s/job.yaml and k8s/job-per-schema.yaml run `python3 runner.py migrate` instead: their
+# podFailurePolicy tells the runner's exit codes apart.
 CMD ["make", "migrate"]

@@ -5,4 +5,4 @@
 # The runner directly, not `make doctor`: make turns any failing recipe into exit 2, doctor's FAIL is 1.
 0,/^  name: hcm-db-migrations$/s//  name: hcm-db-migrations-doctor/
 s/^  backoffLimit: 1$/  backoffLimit: 0/
-s/^          command: \["make", "migrate"\]$/          command: ["python3", "runner.py", "doctor", "--no-dev-tools"]/
+s/^          command: \["python3", "runner.py", "migrate"\]$/          command: ["python3", "runner.py", "doctor", "--no-dev-tools"]/

@@ -18,12 +18,12 @@ live in targets.py.
 from __future__ import annotations
 
 import re
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from migrator import output, tls, urls
+from migrator import output, pg_url, tls, urls
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
-from migrator.targets import (MONGO_EXAMPLE, MONGO_SCHEMES, PG_SCHEMES, AwsOptions, DdlLimits, MongoOptions,
+from migrator.targets import (MONGO_EXAMPLE, MONGO_SCHEMES, AwsOptions, DdlLimits, MongoOptions,
                               MongoTarget, PostgresOptions, PostgresTarget)
 
 PG_DEFAULTS = {"host": "localhost", "port": "5432", "dbname": "unifieddevdb", "user": "postgres", "password": "postgres"}
@@ -31,7 +31,6 @@ PG_ENV_NAMES = {"host": "DB_HOST", "port": "DB_PORT", "dbname": "DB_NAME", "user
 PG_OPTION_NAMES = {"host": "--db-host", "port": "--db-port", "dbname": "--db-name", "user": "--db-user"}
 # The platform's (Flyway's) credentials, read where the runner's own are absent.
 PLATFORM_CREDENTIALS = {"user": "FLYWAY_USER", "password": "FLYWAY_PASSWORD"}
-JDBC_PREFIX = "jdbc:"
 # A tenant's schema: a plain lower-case identifier, so it means the same quoted or not (as Flyway's
 # currentSchema, which PostgreSQL folds to lower case) and needs no quoting in search_path.
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -42,10 +41,6 @@ UNUSED_PLATFORM_VARIABLES = {
                      "in each schema; a Flyway table of that name keeps Flyway's own history and is left alone"),
     "FLYWAY_LOCATIONS": "the migrations are the image's sql/ (SQL_DIR or --sql-dir), not Flyway's locations",
 }
-# libpq parameters that would swap the whole connection behind the runner's back (yoyo passes dsn= on).
-REFUSED_URL_PARAMS = ("dsn", "service", "servicefile")
-# A host setting: a name, an IPv4 or IPv6 address, or a socket folder; never a port, path or query.
-_HOST_SETTING = re.compile(r"^(?:/.*|[A-Za-z0-9._-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.%A-Za-z]*)$")
 
 
 def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
@@ -78,6 +73,7 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
         target.notes.append(f"note: secret {secret_name} ({secret_origin}) ignored: a higher-priority setting wins")
     if target.sources.get("url"):
         _url_credentials(target, env)
+    _note_mixed_credentials(target)
     _resolve_schemas(target, options, env)
     _apply_tls(target, options.ca_bundle, env)
     target.notes[:0] = env.take_notes()
@@ -98,39 +94,13 @@ def _port(value: str, origin: str, *, quote_value: bool = True) -> int:
 
 
 def _from_url(url: str, origin: str) -> PostgresTarget:
-    example = "postgresql://user:password@host:5432/dbname or jdbc:postgresql://host:5432/dbname (URL-encode special characters)"
-    jdbc = url.strip().lower().startswith(JDBC_PREFIX)
-    parsed = urls.parse(url.strip()[len(JDBC_PREFIX):] if jdbc else url, origin, "PostgreSQL", PG_SCHEMES, example)
-    if "," in parsed.netloc:
-        raise MigratorError(f"{origin} names several hosts; the runner migrates one server: name one", USAGE)
-    parts = urlsplit(f"postgresql://{parsed.netloc}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise MigratorError(f"{origin}: the port is not a number from 1 to 65535; expected {example}", USAGE)
-    if not parsed.path:
-        raise MigratorError(f"{origin} names no database; expected {example}", USAGE)
-    params = dict(parsed.query)
-    user, password = parsed.user, parsed.password
-    notes = []
-    if jdbc:  # JDBC's user/password travel in the query; currentSchema names the schema
-        user = params.pop("user", None) or user
-        password = params.pop("password", None) or password
-        output.register_secret(password)
-        notes = jdbc_params(params, origin)
-    for key in REFUSED_URL_PARAMS:
-        if key in params:
-            raise MigratorError(f"{origin} sets {key}=, which would replace the connection the runner checks "
-                                f"(host, TLS, timeouts); put those settings in the URL itself", USAGE)
-    if "schema" in params:  # yoyo's own parameter: its history in one schema, the migrations in another
-        raise MigratorError(f"{origin} sets schema=, which would split a schema's history from its migrations; "
-                            "name the schema with --schema or SCHEMA_NAME instead", USAGE)
-    current = [params.pop(k) for k in [k for k in params if k.lower() == "currentschema"]]
-    target = PostgresTarget(host=parts.hostname, port=port, dbname=parsed.path, user=user, password=password,
-                            params=params, sources={"url": origin}, notes=notes)
+    target, current = pg_url.read(url, origin)
+    if len(current) > 1:
+        raise MigratorError(f"{origin} sets currentSchema {len(current)} times; set it once (for several tenants "
+                            "set SCHEMA_NAME=a,b instead)", USAGE)
     if current:
         schema_origin = f"{origin} (currentSchema)"
-        target.schemas, target.sources["schemas"] = [_current_schema(current[-1], schema_origin)], schema_origin
+        target.schemas, target.sources["schemas"] = [_current_schema(current[0], schema_origin)], schema_origin
     return target
 
 
@@ -146,49 +116,7 @@ def _current_schema(value: str, origin: str) -> str:
     return first
 
 
-# PgJDBC's parameters: what libpq spells differently, and what only the JVM driver uses (dropped, said so).
-JDBC_RENAMED = {"applicationname": "application_name", "logintimeout": "connect_timeout",
-                "connecttimeout": "connect_timeout", "tcpkeepalive": "keepalives"}
-JDBC_ONLY = {"stringtype", "preparethreshold", "preparedstatementcachequeries", "preparedstatementcachesizemib",
-             "sockettimeout", "sslfactory", "sslfactoryarg", "loglevel", "loggerlevel", "defaultrowfetchsize",
-             "binarytransfer", "rewritebatchedinserts", "autosave", "cancelsignaltimeout", "readonly",
-             "assumeminserverversion", "loadbalancehosts", "targetservertype", "sslpasswordcallback", "ssl"}
-
-
-def jdbc_params(params: dict[str, str], origin: str) -> list[str]:
-    """Turn a JDBC URL's query into libpq's parameters in place; the notes say what was dropped.
-    Refuses a parameter neither libpq nor the table above knows, naming it."""
-    from psycopg2.extensions import make_dsn, parse_dsn
-
-    notes, unknown, dropped = [], [], []
-    for key in list(params):
-        value, lowered = params.pop(key), key.lower()
-        if lowered == "ssl":
-            if value.lower() in ("true", "1", "yes", "on", ""):
-                params.setdefault("sslmode", "verify-full")  # PgJDBC's ssl=true verifies the server
-            dropped.append(f"{key}={value}")
-        elif lowered in JDBC_RENAMED:
-            name = JDBC_RENAMED[lowered]
-            params[name] = ("1" if value.lower() == "true" else "0") if name == "keepalives" else value
-        elif lowered in JDBC_ONLY:
-            dropped.append(f"{key}={value}")
-        elif lowered == "currentschema":
-            params[key] = value
-        else:
-            try:
-                parse_dsn(make_dsn(**{key: value}))
-                params[key] = value
-            except Exception:  # psycopg2.ProgrammingError: libpq does not know it
-                unknown.append(key)
-    if unknown:
-        raise MigratorError(f"{origin} sets {', '.join(unknown)}, which neither libpq nor the runner's JDBC mapping "
-                            "knows; remove it, or use libpq's name (e.g. sslmode, application_name, connect_timeout)",
-                            USAGE)
-    if dropped:
-        notes.append(f"note: {origin}: JDBC-only parameter(s) {', '.join(dropped)} not used by libpq"
-                     + ("; ssl=true is sslmode=verify-full" if "sslmode" in params and any(
-                         d.lower().startswith("ssl=") for d in dropped) else ""))
-    return notes
+jdbc_params = pg_url.jdbc_params  # PgJDBC's query turned into libpq's (pg_url.py)
 
 
 def _url_credentials(target: PostgresTarget, env: Env) -> None:
@@ -207,6 +135,29 @@ def _url_credentials(target: PostgresTarget, env: Env) -> None:
         target.user, target.sources["user"] = _libpq_default_user()
 
 
+def _credential_family(origin: str) -> str:
+    """The setting a credential came from, its user and password counted as one: DB_USER(_FILE) and
+    DB_PASSWORD(_FILE) (and --db-user, documented to pair with DB_PASSWORD) are "DB", FLYWAY_* "FLYWAY"."""
+    name = origin.split(" (")[0].removesuffix("_FILE")
+    if name in ("DB_USER", "DB_PASSWORD", "--db-user"):
+        return "DB"
+    return "FLYWAY" if name.startswith("FLYWAY_") else name
+
+
+def _note_mixed_credentials(target: PostgresTarget) -> None:
+    """A user and a password from different settings (DB_USER beside the chart's FLYWAY_PASSWORD) log in
+    as one with the other's password: said, not refused (they may well belong together)."""
+    if not (target.user and target.password):
+        return
+    user_from = target.sources.get("user") or target.sources.get("url")
+    password_from = target.sources.get("password") or target.sources.get("url")
+    if not user_from or not password_from or "default" in (user_from, password_from):
+        return
+    if _credential_family(user_from) != _credential_family(password_from):
+        target.notes.append(f"note: user from {user_from}, password from {password_from}: different settings; "
+                            "if the login fails, check that they belong together")
+
+
 def _libpq_default_user() -> tuple[str | None, str]:
     """The user libpq connects as when none is named: PGUSER, else the OS user."""
     import os
@@ -222,13 +173,17 @@ def _libpq_default_user() -> tuple[str | None, str]:
 
 def _resolve_schemas(target: PostgresTarget, options: PostgresOptions, env: Env) -> None:
     """--schema > SCHEMA_NAME > the URL's currentSchema; SCHEMA_TABLE and FLYWAY_LOCATIONS said to be unused."""
+    from_url, url_schema = target.sources.get("schemas"), ",".join(target.schemas)
     if options.schemas:
         target.schemas, target.sources["schemas"] = _schema_names(list(options.schemas), "--schema"), "--schema"
     else:
         value, origin = env.get("SCHEMA_NAME")
         if value:
             target.schemas, target.sources["schemas"] = _schema_names(value.split(","), origin), origin
-    target.create_schemas = options.create_schemas
+    if from_url and target.sources["schemas"] != from_url:
+        target.notes.append(f"note: currentSchema={url_schema} of {from_url.removesuffix(' (currentSchema)')} is "
+                            f"ignored: {target.sources['schemas']} names the schemas")
+    target.create_schemas = options.create_schemas or _create_schemas(target, env)
     _one_per_pod(target, env)
     for name, why in UNUSED_PLATFORM_VARIABLES.items():
         value, origin = env.get(name)
@@ -236,13 +191,28 @@ def _resolve_schemas(target: PostgresTarget, options: PostgresOptions, env: Env)
             target.notes.append(f"note: {name}={value} ({origin}) is not used: {why}")
 
 
+def _create_schemas(target: PostgresTarget, env: Env) -> bool:
+    """CREATE_SCHEMAS=true: --create-schemas where only variables can be set (DIGIT's chart)."""
+    value, origin = env.get("CREATE_SCHEMAS")
+    if not _yes(value, origin):
+        return False
+    target.notes.append(f"note: {origin} is true: `migrate` creates a schema of {target.sources.get('schemas') or '(none named)'} "
+                        "that does not exist (as --create-schemas)")
+    return True
+
+
 def _one_per_pod(target: PostgresTarget, env: Env) -> None:
     """An Indexed Job (k8s/job-per-schema.yaml): SCHEMA_INDEX picks this pod's schema, and SCHEMA_COUNT
-    (the Job's completions) must equal the number of schemas, so no schema is left without a pod."""
+    (the Job's completions) must equal the number of schemas, so no schema is left without a pod. With
+    SCHEMA_COUNT set, an empty SCHEMA_INDEX (a missing annotation) is an error, never "every schema"."""
     index, origin = env.get("SCHEMA_INDEX")
+    count, count_origin = env.get("SCHEMA_COUNT")
+    if index is None and count is not None:
+        raise MigratorError(f"{count_origin} is set but SCHEMA_INDEX is empty or unset, so this pod's schema is "
+                            "unknown; set SCHEMA_INDEX from the annotation batch.kubernetes.io/job-completion-index "
+                            "(k8s/job-per-schema.yaml), or unset SCHEMA_COUNT outside an Indexed Job", USAGE)
     if index is None:
         return
-    count, count_origin = env.get("SCHEMA_COUNT")
     if not target.schemas:
         raise MigratorError(f"{origin} is set but no schema is named; set SCHEMA_NAME=a,b,...", USAGE)
     if count is None or not _ASCII_NUMBER.fullmatch(count) or int(count) != len(target.schemas):
@@ -297,7 +267,7 @@ def _from_fields(option_fields: dict[str, str], env: Env) -> PostgresTarget:
 
 
 def _check_host(host: str, origin: str) -> None:
-    if not _HOST_SETTING.match(host):
+    if not pg_url.HOST_SETTING.match(host):
         raise MigratorError(f"{origin}: not a host name, IP address or socket folder (no port, path or query here: "
                             "use DB_PORT and DB_NAME)", USAGE)
 

@@ -8,6 +8,7 @@ runs the container's exact command from the repository root, as the image would 
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,8 @@ def test_job_identity_and_command(job, container):
     assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
     assert job["metadata"]["name"] == "hcm-db-migrations"
     assert job["metadata"]["namespace"] == "health"
-    assert container["command"] == ["make", "migrate"]
+    # The runner itself, not `make migrate`: make folds every failure into 2, the podFailurePolicy needs 1/2/3.
+    assert container["command"] == ["python3", "runner.py", "migrate"]
     assert container["workingDir"] == "/app"
     image = container["image"]
     assert re.fullmatch(r"[\w./-]+/hcm-db-migrations:\d+\.\d+\.\d+", image), image  # a fixed tag, never latest
@@ -65,7 +67,7 @@ def test_env_comes_from_the_clusters_objects_and_secrets_from_mounted_files(job,
     env = {e["name"]: e for e in container["env"]}
     assert env["DB_HOST"]["valueFrom"]["configMapKeyRef"] == {"name": "egov-config", "key": "db-host"}
     assert env["DB_NAME"]["valueFrom"]["configMapKeyRef"] == {"name": "egov-config", "key": "db-name"}
-    assert env["SCHEMA_NAME"]["valueFrom"]["configMapKeyRef"] == {"name": "egov-config", "key": "schema-name",
+    assert env["SCHEMA_NAME"]["valueFrom"]["configMapKeyRef"] == {"name": "egov-config", "key": "db-schema-names",
                                                                   "optional": True}
     assert env["DB_PORT"]["value"] == "5432"
     # No credential in the environment: no secretKeyRef at all, and no DB_PASSWORD/MONGO_URL variable.
@@ -268,9 +270,11 @@ def image_files(app: Path) -> None:
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, target, **({"dirs_exist_ok": True} if src.is_dir() else {}))
 
 
-def kubelet_env(job: dict, container: dict, configmaps: dict, secrets: dict, root: Path) -> dict[str, str]:
-    """What the kubelet gives the container: env values, ConfigMap keys, and Secret/ConfigMap volumes
-    written as files (root:10001, 0440 as fsGroup makes them) under `root` instead of their mountPath."""
+def kubelet_env(job: dict, container: dict, configmaps: dict, secrets: dict, root: Path,
+                annotations: dict | None = None) -> dict[str, str]:
+    """What the kubelet gives the container: env values, ConfigMap keys, the pod's annotations (fieldRef),
+    and Secret/ConfigMap volumes written as files (root:10001, 0440 as fsGroup makes them) under `root`
+    instead of their mountPath."""
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     mounts = {}
     for mount in container["volumeMounts"]:
@@ -297,6 +301,10 @@ def kubelet_env(job: dict, container: dict, configmaps: dict, secrets: dict, roo
                 if value.startswith(mount_path + "/"):
                     value = str(local) + value[len(mount_path):]
             env[entry["name"]] = value
+        elif "fieldRef" in entry["valueFrom"]:
+            path = entry["valueFrom"]["fieldRef"]["fieldPath"]
+            key = re.fullmatch(r"metadata\.annotations\['([^']+)'\]", path).group(1)
+            env[entry["name"]] = (annotations or {}).get(key, "")  # the kubelet's "" for a missing one
         else:
             ref = entry["valueFrom"]["configMapKeyRef"]
             if ref["key"] not in configmaps[ref["name"]]:
@@ -311,8 +319,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 
 @pytest.fixture
-def job_run(job, container, job_python, pg, db, tmp_path):
-    """Runs the Job's command as the Job runs it: job_run(secrets=..., configmaps=...) -> CompletedProcess."""
+def pod_runner(job_python, pg, db, tmp_path):
+    """pod_runner(job) -> run: run(secrets=..., configmaps=...) runs that Job's container command as its pod would."""
     import tempfile
 
     from tls_proxy import TlsFront, make_pki
@@ -327,6 +335,10 @@ def job_run(job, container, job_python, pg, db, tmp_path):
     (root / "tmp").mkdir()
     os.chown(root / "tmp", JOB_UID, JOB_UID)
     (root / "tmp").chmod(0o700)
+    # The image's python3 (/usr/local/bin) has the lock's packages installed: here, the job venv's.
+    (root / "bin").mkdir()
+    (root / "bin" / "python3").write_text(f'#!/bin/sh\nexec {job_python} "$@"\n')
+    (root / "bin" / "python3").chmod(0o755)
     harness = root / "harness"
     (harness / "patches").mkdir(parents=True)
     (harness / "sitecustomize.py").write_text(STAND_IN_SITECUSTOMIZE)
@@ -339,29 +351,43 @@ def job_run(job, container, job_python, pg, db, tmp_path):
     db_secret = {"username": pg.user, "password": pg.password or "trusted-Anyway-1"}
     runs = 0
 
-    def run(with_mongo: bool = False, with_ca: bool = True):
-        nonlocal runs
-        runs += 1
-        secrets = {"db": db_secret}
-        if with_mongo:
-            secrets["hcm-db-migrations-mongo"] = {"url": "mongodb://app:Mongo-Pw-77@mongo.test:27017", "database": "hcm"}
-        maps = configmaps if with_ca else {"egov-config": configmaps["egov-config"]}
-        env = kubelet_env(job, container, maps, secrets, root / f"mounts{runs}")
-        env["DB_PORT"] = str(front.port)  # the manifest's 5432; the stand-in server listens elsewhere
-        image = {**image_env(), "HOME": str(root / "tmp"), "TMPDIR": str(root / "tmp"), "PYTHON": str(job_python)}
-        harness_env = {"PYTHONPATH": str(harness), "HCM_TEST_MONGOMOCK_STATE": str(state),
-                       "MONGO_DIR": str(harness / "patches")}
-        variables = [f"{k}={v}" for k, v in {"PATH": "/usr/local/bin:/usr/bin:/bin", **image, **env, **harness_env}.items()]
-        command = ["setpriv", f"--reuid={JOB_UID}", f"--regid={JOB_UID}", "--clear-groups", "env", "-i", *variables,
-                   *container["command"]]
-        return subprocess.run(command, cwd=app, capture_output=True, text=True, timeout=180)
+    def pod(job: dict):
+        (container,) = job["spec"]["template"]["spec"]["containers"]
 
-    run.app = app
-    run.state = state
-    run.front = front
-    yield run
+        def run(with_mongo: bool = False, with_ca: bool = True, schemas: str | None = None, index: int | None = None,
+                port: int | None = None, command: list[str] | None = None):
+            nonlocal runs
+            runs += 1
+            secrets = {"db": db_secret}
+            if with_mongo:
+                secrets["hcm-db-migrations-mongo"] = {"url": "mongodb://app:Mongo-Pw-77@mongo.test:27017", "database": "hcm"}
+            maps = {k: dict(v) for k, v in configmaps.items()} if with_ca else {"egov-config": dict(configmaps["egov-config"])}
+            if schemas is not None:
+                maps["egov-config"]["db-schema-names"] = schemas
+            annotations = {} if index is None else {"batch.kubernetes.io/job-completion-index": str(index)}
+            env = kubelet_env(job, container, maps, secrets, root / f"mounts{runs}", annotations)
+            env["DB_PORT"] = str(port or front.port)  # the manifest's 5432; the stand-in server listens elsewhere
+            image = {**image_env(), "HOME": str(root / "tmp"), "TMPDIR": str(root / "tmp"), "PYTHON": str(job_python)}
+            harness_env = {"PYTHONPATH": str(harness), "HCM_TEST_MONGOMOCK_STATE": str(state),
+                           "MONGO_DIR": str(harness / "patches")}
+            path = f"{root / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+            variables = [f"{k}={v}" for k, v in {"PATH": path, **image, **env, **harness_env}.items()]
+            argv = ["setpriv", f"--reuid={JOB_UID}", f"--regid={JOB_UID}", "--clear-groups", "env", "-i", *variables,
+                    *(command or container["command"])]
+            return subprocess.run(argv, cwd=app, capture_output=True, text=True, timeout=180)
+
+        run.app, run.state, run.front = app, state, front
+        return run
+
+    yield pod
     front.close()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def job_run(job, pod_runner):
+    """Runs k8s/job.yaml's command as the Job runs it: job_run(with_mongo=..., with_ca=...) -> CompletedProcess."""
+    return pod_runner(job)
 
 
 def test_the_job_migrates_as_uid_10001_without_a_passwd_entry(job_run, db):
@@ -409,3 +435,95 @@ def test_without_the_ca_configmap_the_job_still_runs_and_says_tls_is_unverified(
     result = job_run(with_ca=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "CA_BUNDLE_OPTIONAL is set: TLS certificates are not verified" in result.stderr
+
+
+# --- the exit codes the pod reports, as the Job's podFailurePolicy reads them (attack16b 5, 10) ---------
+
+PER_SCHEMA_FILE = PROJECT_ROOT / "k8s" / "job-per-schema.yaml"
+
+
+def pod_failure_action(job: dict, exit_code: int) -> str:
+    """What Kubernetes does with a failed pod of this Job: the first podFailurePolicy rule matching the
+    migrate container's exit code (FailJob, FailIndex, Ignore), else "Count" (retried within the limit)."""
+    for rule in job["spec"]["podFailurePolicy"]["rules"]:
+        codes = rule.get("onExitCodes")
+        if not codes or codes.get("containerName", "migrate") != "migrate":
+            continue
+        if (exit_code in codes["values"]) == (codes["operator"] == "In"):
+            return rule["action"]
+    return "Count"
+
+
+def edit_an_applied_migration(app: Path) -> None:
+    with (app / "sql" / "0001_create_hcm_report_metadata.sql").open("a") as file:
+        file.write("\nSELECT 1;\n")
+
+
+def test_the_jobs_pod_exits_with_the_runners_code_so_drift_fails_the_job_and_a_lost_server_is_retried(job, job_run):
+    first = job_run()
+    assert first.returncode == 0, first.stdout + first.stderr
+    edit_an_applied_migration(job_run.app)
+    drift = job_run()
+    assert drift.returncode == 3, drift.stdout + drift.stderr
+    assert "0001_create_hcm_report_metadata.sql changed since applied" in drift.stderr, drift.stderr
+    assert pod_failure_action(job, drift.returncode) == "FailJob"  # retrying cannot help
+    # Why not `make migrate`: make folds the runner's 3 into its own 2; the policy could not tell them apart.
+    through_make = job_run(command=["make", "migrate"])
+    assert through_make.returncode == 2 and "changed since applied" in through_make.stderr, through_make.stderr
+
+    with socket.socket() as closed:  # a port nothing listens on: the server is down, or not reachable yet
+        closed.bind(("127.0.0.1", 0))
+        lost = job_run(port=closed.getsockname()[1])
+    assert lost.returncode == 1, lost.stdout + lost.stderr
+    assert "cannot connect to PostgreSQL" in lost.stderr
+    assert pod_failure_action(job, lost.returncode) == "Count" and job["spec"]["backoffLimit"] >= 1  # retried
+
+
+@pytest.fixture
+def per_schema_job() -> dict:
+    return yaml.safe_load(PER_SCHEMA_FILE.read_text())
+
+
+def test_the_per_schema_manifest_runs_the_runner_sql_only_with_the_charts_schema_key(per_schema_job):
+    spec = per_schema_job["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert container["command"] == ["python3", "runner.py", "migrate"]
+    assert env["SCHEMA_NAME"]["valueFrom"]["configMapKeyRef"] == {"name": "egov-config", "key": "db-schema-names"}
+    assert env["SCHEMA_COUNT"]["value"] == str(spec["completions"])
+    # No Mongo settings: N pods would race for the one patch lock (the patches run in k8s/job.yaml).
+    assert not [name for name in env if name.startswith("MONGO")]
+    assert not [v for v in spec["template"]["spec"]["volumes"] if "mongo" in v.get("secret", {}).get("secretName", "")]
+    assert (pod_failure_action(per_schema_job, 2), pod_failure_action(per_schema_job, 3)) == ("FailJob", "FailIndex")
+    assert pod_failure_action(per_schema_job, 1) == "Count" and spec["backoffLimitPerIndex"] >= 1
+
+
+def test_each_indexed_pod_migrates_its_schema_and_reports_drift_and_lost_servers_per_index(per_schema_job, pod_runner, db):
+    from bson import json_util
+
+    pods = pod_runner(per_schema_job)
+    schemas = ["pb", "mz", "ng"]
+    for schema in schemas:  # the DBA's tenant schemas (or CREATE_SCHEMAS=true)
+        db.query(f"CREATE SCHEMA {schema}")
+    for index in (2, 0, 1):
+        done = pods(schemas=",".join(schemas), index=index, with_mongo=True)  # the Mongo Secret exists: unused
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"[{schemas[index]}] applied 0001_create_hcm_report_metadata" in done.stdout, done.stdout
+        assert "MongoDB: not configured" in done.stdout
+    for schema in schemas:
+        assert db.query(f"SELECT migration_id FROM {schema}._yoyo_migration") == [("0001_create_hcm_report_metadata",)]
+    assert not pods.state.exists() or "counters" not in str(json_util.loads(pods.state.read_text()))
+
+    missing = pods(schemas=",".join(schemas), index=None)  # the annotation absent: never every schema
+    assert missing.returncode == 2 and "SCHEMA_INDEX is empty or unset" in missing.stderr, missing.stderr
+    assert pod_failure_action(per_schema_job, missing.returncode) == "FailJob"
+
+    edit_an_applied_migration(pods.app)
+    drift = pods(schemas=",".join(schemas), index=1)
+    assert drift.returncode == 3 and "changed since applied" in drift.stderr, drift.stdout + drift.stderr
+    assert pod_failure_action(per_schema_job, drift.returncode) == "FailIndex"  # this schema; the others go on
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        lost = pods(schemas=",".join(schemas), index=0, port=closed.getsockname()[1])
+    assert lost.returncode == 1, lost.stdout + lost.stderr
+    assert pod_failure_action(per_schema_job, lost.returncode) == "Count"  # retried for index 0 alone

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 
 from conftest import PASSWORD_USER, SPECIAL_PASSWORD, _bin, one_error_line
 from migrator import output
 from migrator.env import Env
+from migrator.errors import MigratorError
 from migrator.settings import resolve_mongo
 from migrator.targets import MongoOptions
 from tls_proxy import TlsFront, make_pki
@@ -213,13 +214,27 @@ def test_a_remote_host_without_a_bundle_still_requires_tls_and_says_it_is_unveri
     assert "SSL" in one_error_line(refused)
 
 
-@pytest.mark.parametrize("query", ["hostaddr=192.0.2.7", "host=db.remote.test", "host=localhost,db.remote.test"])
-def test_hostaddr_and_host_lists_count_when_deciding_what_is_remote(query):
+@pytest.mark.parametrize("url", ["postgresql://u@localhost/db?hostaddr=192.0.2.7", "postgresql://u@/db?host=db.remote.test"])
+def test_hostaddr_and_a_query_host_count_when_deciding_what_is_remote(url):
     from migrator.settings import resolve_postgres
     from migrator.targets import PostgresOptions
 
-    target = resolve_postgres(PostgresOptions(), Env({"DATABASE_URL": f"postgresql://u@localhost/db?{query}"}))
+    target = resolve_postgres(PostgresOptions(), Env({"DATABASE_URL": url}))
     assert target.params["sslmode"] == "require" and any("not verified" in n for n in target.notes)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("postgresql://u@/db?host=localhost,db.remote.test", "?host= is not one host name"),
+    ("postgresql://u@localhost/db?host=db.remote.test", "gives host twice"),
+    ("postgresql://u@h:5432/db?port=5433", "gives port twice"),
+    ("postgresql://u@h/db?user=other", "gives user twice"),
+    ("postgresql://u@h/db?dbname=other", "gives dbname twice"),
+    ("postgresql://u:Pw-One-1@h/db?password=Pw-Two-2", "gives password twice"),
+])
+def test_a_connection_field_given_twice_or_a_host_list_in_the_query_is_refused(cli, url, message):
+    result = cli("config", env={"DATABASE_URL": url})
+    assert message in one_error_line(result) and result.exit_code == 2
+    assert "Pw-One-1" not in result.output and "Pw-Two-2" not in result.output
 
 
 @pytest.mark.parametrize("key", ["dsn", "service"])
@@ -412,3 +427,92 @@ def test_a_secret_with_a_password_under_port_never_prints_it(cli, aws):
     result = cli("config", env={"DB_SECRET_NAME": name})
     assert "secret dev/miskeyed key port: port is not a number" in one_error_line(result)
     assert "Hunter2Secret" not in result.output
+
+
+# --- a password where the URL parser does not expect it (attack16b 6) ---------------------------------
+#
+# A password typed into the wrong part of a URL (a `;` list, an `&` without `?`, a second `?`, an
+# encoded `=`) used to become part of the database name, the user or a query key, and `config` and
+# `doctor` printed it re-encoded (`password%3D...`), past the masking. Such a URL is refused in one
+# line that never shows it, from every setting that takes a URL, in every output format.
+
+LEAK = "Sup3r#Secr3t/pw"
+ENCODED_LEAK = quote(LEAK, safe="")
+MISPLACED_PASSWORDS = [
+    f"jdbc:postgresql://127.0.0.1:5491/d1;user=app;password={ENCODED_LEAK}",
+    f"jdbc:postgresql://127.0.0.1:5491/d1&user=app&password={ENCODED_LEAK}",
+    f"jdbc:postgresql://127.0.0.1:5491/d1?user=app?password={ENCODED_LEAK}",
+    f"jdbc:postgresql://127.0.0.1:5491/d1?user=app&password%3D{ENCODED_LEAK}",
+    f"jdbc:postgresql://127.0.0.1:5491/d1?user=app&password%3d{ENCODED_LEAK}&ssl=true",
+    f"jdbc:postgresql://127.0.0.1:5491/d1?stringtype=unspecified?password={ENCODED_LEAK}",
+    f"jdbc:postgresql://127.0.0.1:5491/d1?loglevel=2;password%3D{ENCODED_LEAK}",
+    f"jdbc:postgresql://127.0.0.1:5491/d1%3Fpassword%3D{ENCODED_LEAK}",
+    f"jdbc:postgresql://127.0.0.1:5491/d1?ApplicationName=x%26password%3D{ENCODED_LEAK}",
+    f"postgresql://127.0.0.1:5491/d1;password={ENCODED_LEAK}",
+    f"postgresql://127.0.0.1:5491/d1&password={ENCODED_LEAK}",
+    f"postgresql://app;password={ENCODED_LEAK}@127.0.0.1:5491/d1",
+    f"postgresql://app%3Fpassword%3D{ENCODED_LEAK}@127.0.0.1:5491/d1",
+    f"postgresql://127.0.0.1:5491/d1?user=app?password={ENCODED_LEAK}",
+    f"postgresql://127.0.0.1:5491/d1?sslmode=require?password={ENCODED_LEAK}",
+    f"postgresql://127.0.0.1:5491/d1?passwd={ENCODED_LEAK}",
+    f"postgresql://127.0.0.1:5491/d1?application_name=a&pass={ENCODED_LEAK}",
+    f"postgresql://127.0.0.1:5491/d1?password={ENCODED_LEAK}?sslmode=disable",
+]
+COMMANDS = [["config"], ["doctor", "--no-dev-tools"], ["doctor", "--no-dev-tools", "--json"], ["status"],
+            ["migrate"], ["plan"]]
+
+
+def _leaks(text: str) -> list[str]:
+    """Every form of the password found in `text`: raw, %-encoded (any case), +-encoded, re-encoded."""
+    from urllib.parse import quote_plus
+
+    forms = {LEAK, ENCODED_LEAK, quote_plus(LEAK), quote(ENCODED_LEAK, safe=""), "Secr3t", "Sup3r"}
+    return [form for form in forms if form.lower() in text.lower()]
+
+
+@pytest.mark.parametrize("url", MISPLACED_PASSWORDS)
+def test_a_password_out_of_place_in_a_url_is_refused_in_one_line_and_never_printed(cli, tmp_path, url):
+    url_file = tmp_path / "url"
+    url_file.write_text(url + "\n")
+    sources = [({"DATABASE_URL": url}, [], "DATABASE_URL"), ({"DB_URL": url}, [], "DB_URL"),
+               ({}, ["--database-url", url], "--database-url"),
+               ({"DATABASE_URL_FILE": str(url_file)}, [], "DATABASE_URL_FILE"),
+               ({"DB_URL_FILE": str(url_file), "SCHEMA_NAME": "a,e", "FLYWAY_PASSWORD": "other"}, [], "DB_URL_FILE")]
+    for env, option, origin in sources:
+        for command in COMMANDS:
+            for flags in ([], ["-v"], ["--log-format", "json"]):
+                result = cli(*command, *option, *flags, env=env)
+                shown = f"{origin} {command} {flags}: {result.output}"
+                assert _leaks(result.output) == [], shown
+                assert result.exit_code in (1, 2), shown  # refused (doctor: a FAIL), never run
+                assert flags == ["-v"] or "Traceback" not in result.output, shown
+                if command == ["config"] and not flags:
+                    line = one_error_line(result)
+                    assert result.exit_code == 2 and origin in line, shown
+                    assert "not shown" in line or "which libpq does not know" in line, shown
+                    assert "PostgreSQL:" not in result.stdout
+
+
+@pytest.mark.parametrize("url", MISPLACED_PASSWORDS[:4])
+def test_the_refusal_happens_before_any_connection_and_in_the_resolver(url):
+    from migrator.settings import resolve_postgres
+    from migrator.targets import PostgresOptions
+
+    with pytest.raises(MigratorError) as err:
+        resolve_postgres(PostgresOptions(), Env({"DB_URL": url}))
+    assert err.value.exit_code == 2 and _leaks(str(err.value)) == []
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:p@h:5432/db?application_name=a%3Fb",  # a ? inside a value of a harmless parameter
+    "postgresql://u:p@h:5432/db?options=-c%20statement_timeout%3D5s",  # libpq's options hold =
+    "jdbc:postgresql://h:5432/db?user=u&password=a%3Bb%26c%3Fd%3De",  # a password may hold anything, encoded
+    "postgresql://u:a%3Bb%26c%3Fd%3De@h:5432/db",
+])
+def test_well_formed_urls_with_those_characters_in_their_right_place_still_work(url):
+    from migrator.settings import resolve_postgres
+    from migrator.targets import PostgresOptions
+
+    target = resolve_postgres(PostgresOptions(), Env({"DATABASE_URL": url}))
+    assert target.dbname == "db" and target.user == "u"
+    assert "a;b&c?d=e" not in target.display_url and quote("a;b&c?d=e", safe="") not in target.display_url

@@ -1,6 +1,7 @@
 """The settings order of DESIGN.md, row by row, and the credentials that must survive it."""
 
-from urllib.parse import unquote, urlsplit
+import re
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
@@ -188,3 +189,107 @@ def test_a_bad_duration_names_its_setting():
 
     with pytest.raises(MigratorError, match=r"DB_STATEMENT_TIMEOUT \(environment\): 'later' is not a duration"):
         resolve_ddl_limits(None, None, Env({"DB_STATEMENT_TIMEOUT": "later"}))
+
+
+# --- libpq's connection fields in a URL's query: one reading everywhere (attack16b 7) -------------------
+
+
+def test_connection_fields_in_the_query_are_the_connections_and_configs():
+    t = resolve({"DATABASE_URL": "postgresql://127.0.0.1/d1?port=5491&user=app&password=Qpw-1&sslmode=disable"})
+    assert (t.host, t.port, t.dbname, t.user, t.password) == ("127.0.0.1", 5491, "d1", "app", "Qpw-1")
+    assert t.params == {"sslmode": "disable"} and t.where == "127.0.0.1:5491/d1"
+    assert t.display_url == "postgresql://app:***@127.0.0.1:5491/d1?sslmode=disable"
+    socket = resolve({"DB_URL": "jdbc:postgresql:///?host=/run/pg&port=5499&dbname=d2&user=u"})
+    assert (socket.host, socket.port, socket.dbname, socket.user) == ("/run/pg", 5499, "d2", "u")
+    assert socket.where == "/run/pg:5499/d2" and socket.params == {}
+
+
+def test_a_url_with_user_and_password_in_its_query_logs_in_as_that_user(cli, make_db, password_role, pg, sql_dir):
+    if not pg.host.startswith("/"):
+        pytest.skip("uses the suite's server's Unix socket")
+    db = make_db(owner=password_role)
+    url = f"postgresql:///{db.name}?host={pg.host}&port={pg.port}&user={password_role}&password={quote(SPECIAL_PASSWORD, safe='')}"
+    config = cli("config", env={"DATABASE_URL": url})
+    assert re.search(rf"user\s+{password_role}\s+DATABASE_URL", config.stdout), config.stdout
+    assert re.search(rf"host\s+{re.escape(pg.host)}\s", config.stdout) and f":{pg.port}/{db.name}" in config.stdout
+    result = cli("migrate", "--sql-dir", sql_dir, env={"DATABASE_URL": url})
+    assert result.exit_code == 0, result.output
+    assert db.query("SELECT tableowner FROM pg_tables WHERE tablename = 'hcm_report_metadata'") == [(password_role,)]
+    assert SPECIAL_PASSWORD not in result.output + config.output
+
+
+# --- the platform's settings: Indexed Job counts, currentSchema, credentials from two places (attack16b 14) ---
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"SCHEMA_COUNT": "3", "SCHEMA_INDEX": ""}, "SCHEMA_COUNT (environment) is set but SCHEMA_INDEX is empty or unset"),
+    ({"SCHEMA_COUNT": "3"}, "SCHEMA_COUNT (environment) is set but SCHEMA_INDEX is empty or unset"),
+    ({"SCHEMA_COUNT": "3", "SCHEMA_INDEX": " "}, "is not an index of the 3 schemas"),
+    ({"SCHEMA_COUNT": "3", "SCHEMA_INDEX": "1.0"}, "is not an index of the 3 schemas"),
+    ({"SCHEMA_COUNT": "3", "SCHEMA_INDEX": "-1"}, "is not an index of the 3 schemas"),
+    ({"SCHEMA_COUNT": "2", "SCHEMA_INDEX": "0"}, "so that every schema gets a pod"),
+    ({"SCHEMA_COUNT": "", "SCHEMA_INDEX": "0"}, "so that every schema gets a pod"),
+])
+def test_an_indexed_job_without_a_usable_index_never_migrates_every_schema(cli, environ, message):
+    env = {"DB_HOST": "h", "SCHEMA_NAME": "a,e,c", **environ}
+    result = cli("config", env=env)
+    assert result.exit_code == 2 and message in one_error_line(result), result.output
+    assert "schemas" not in result.stdout
+
+
+def test_a_repeated_current_schema_is_refused():
+    with pytest.raises(MigratorError) as err:
+        resolve({"DB_URL": "jdbc:postgresql://h:5432/d1?currentSchema=a&user=u&currentSchema=e"})
+    assert "sets currentSchema 2 times; set it once" in str(err.value) and err.value.exit_code == 2
+    one = resolve({"DB_URL": "jdbc:postgresql://h:5432/d1?currentSchema=a&user=u"})
+    assert one.schemas == ["a"]
+    overridden = resolve({"DB_URL": "jdbc:postgresql://h:5432/d1?currentSchema=a", "SCHEMA_NAME": "b"})
+    assert overridden.schemas == ["b"]
+    assert any("currentSchema=a" in note and "ignored" in note and "SCHEMA_NAME" in note for note in overridden.notes)
+
+
+@pytest.mark.parametrize("environ, user_from, password_from", [
+    ({"DB_URL": "jdbc:postgresql://h/d", "DB_USER": "app2", "FLYWAY_PASSWORD": "pw"}, "DB_USER", "FLYWAY_PASSWORD"),
+    ({"DB_URL": "jdbc:postgresql://h/d", "FLYWAY_USER": "app", "DB_PASSWORD": "pw"}, "FLYWAY_USER", "DB_PASSWORD"),
+    ({"DB_URL": "jdbc:postgresql://h/d?user=app", "FLYWAY_PASSWORD": "pw"}, "DB_URL", "FLYWAY_PASSWORD"),
+    ({"DB_HOST": "h", "DB_USER": "app2", "FLYWAY_PASSWORD": "pw"}, "DB_USER", "FLYWAY_PASSWORD"),
+])
+def test_a_user_and_password_from_different_settings_are_noted_not_refused(cli, environ, user_from, password_from):
+    result = cli("config", env=environ)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() + result.stdout.splitlines()
+             if line.startswith("note:") and "different settings" in line]
+    assert len(notes) == 1, result.output
+    assert f"user from {user_from}" in notes[0] and f"password from {password_from}" in notes[0]
+    assert "pw" not in notes[0].replace("password", "")
+
+
+@pytest.mark.parametrize("environ", [
+    {"DB_URL": "jdbc:postgresql://h/d", "FLYWAY_USER": "app", "FLYWAY_PASSWORD": "pw"},
+    {"DB_URL": "jdbc:postgresql://h/d?user=app&password=pw"},
+    {"DB_HOST": "h", "DB_USER": "app", "DB_PASSWORD_FILE": "/dev/null", "DB_PASSWORD": "pw"},
+    {"DATABASE_URL": "postgresql://app:pw@h/d", "FLYWAY_PASSWORD": "other"},
+])
+def test_credentials_from_one_place_give_no_note(cli, environ):
+    result = cli("config", env=environ)
+    assert result.exit_code == 0 and "different settings" not in result.output, result.output
+
+
+# --- CREATE_SCHEMAS: --create-schemas for DIGIT's chart, which can set variables but not flags (attack16b 9) ---
+
+
+def test_create_schemas_from_the_environment_creates_a_new_namespaces_schema(cli, db, sql_dir):
+    env = {**db.db_env(), "SCHEMA_NAME": "health"}
+    refused = cli("migrate", "--sql-dir", sql_dir, env=env)
+    assert refused.exit_code == 1 and "schema health does not exist" in refused.output
+    config = cli("config", env={**env, "CREATE_SCHEMAS": "true"})
+    assert re.search(r"note: CREATE_SCHEMAS \(environment\) is true: `migrate` creates", config.output), config.output
+    result = cli("migrate", "--sql-dir", sql_dir, env={**env, "CREATE_SCHEMAS": "true"})
+    assert result.exit_code == 0, result.output
+    assert db.query("SELECT count(*) FROM health._yoyo_migration") == [(1,)]
+    off = cli("migrate", "--sql-dir", sql_dir, env={**env, "SCHEMA_NAME": "other", "CREATE_SCHEMAS": "false"})
+    assert off.exit_code == 1 and "schema other does not exist" in off.output
+    bad = cli("config", env={**env, "CREATE_SCHEMAS": "maybe"})
+    assert bad.exit_code == 2 and "CREATE_SCHEMAS (environment): 'maybe' is not a yes/no value" in one_error_line(bad)
+    hyphen = cli("config", env={**env, "SCHEMA_NAME": "health-uat", "CREATE_SCHEMAS": "true"})
+    assert hyphen.exit_code == 2 and "'health-uat' is not a tenant schema name" in one_error_line(hyphen)

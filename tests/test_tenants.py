@@ -290,8 +290,8 @@ def test_the_per_schema_job_validates_and_gives_each_pod_its_schema_by_index(cli
     assert env["SCHEMA_COUNT"]["value"] == str(job["spec"]["completions"])
     assert env["SCHEMA_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-    assert env["SCHEMA_NAME"]["valueFrom"]["configMapKeyRef"]["key"] == "schema-name"
-    assert container["command"] == ["make", "migrate"]
+    assert env["SCHEMA_NAME"]["valueFrom"]["configMapKeyRef"]["key"] == "db-schema-names"  # DIGIT chart's key
+    assert container["command"] == ["python3", "runner.py", "migrate"]  # the runner's exit codes (test_deploy)
 
     # Each pod as the Job starts it: the same settings but for its index.
     pods = {"SCHEMA_NAME": "pb,mz,ng", "SCHEMA_COUNT": "3", **db.db_env()}
