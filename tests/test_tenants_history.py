@@ -205,3 +205,14 @@ def test_schema_name_public_runs_what_a_plain_run_runs_and_lists_what_it_lists(c
     plain = json.loads(cli("status", "--sql-dir", sql_dir, "--json", env=db.db_env()).stdout)
     as_public = json.loads(cli("status", "--sql-dir", sql_dir, "--json", env=public).stdout)["schemas"]["public"]
     assert plain["invalid_indexes"] == as_public["invalid_indexes"] == ["reporting.runs_once"]
+
+
+def test_a_plain_run_on_a_central_instance_says_which_tenants_it_leaves(cli, db, sql_dir):
+    """The Job without SCHEMA_NAME (egov-config's key missing) must not look like it migrated the tenants."""
+    assert cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env={**db.db_env(), "SCHEMA_NAME": "pb,mz"}).exit_code == 0
+    plain = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert plain.exit_code == 0, plain.output
+    note = [line for line in plain.stderr.splitlines() if "hold their own histories" in line]
+    assert len(note) == 1 and "mz, pb" in note[0] and "public's history only" in note[0], plain.stderr
+    alone = cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_NAME": "pb"})
+    assert "hold their own histories" not in alone.stderr

@@ -38,6 +38,8 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
 
     applied = []
     with locked_backend(settings, settings.limits()) as (backend, target):
+        if not target.schema:
+            _say_other_histories(settings, backend)
         drift = postgres.reconcile(backend, migrations, settings.note)
         if drift:
             raise postgres.drift_error(drift, target)
@@ -49,6 +51,16 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         states = postgres.status(backend, migrations)
     done, no_file = postgres.applied_counts(states)
     return SqlMigrateReport(applied, done, len(migrations), no_file)
+
+
+def _say_other_histories(settings: CommandSettings, backend) -> None:
+    """A run without schemas on a central instance migrates its own history only: say which tenants it leaves
+    (a Job whose SCHEMA_NAME went missing would otherwise report success having migrated no tenant)."""
+    others = backend.execute("SELECT pg_catalog.current_setting('hcm.tenant_schemas', true)").fetchone()[0]
+    if others:
+        settings.note(f"note: schema(s) {others.replace(',', ', ')} hold their own histories (tenants'), which a run "
+                      "without --schema / SCHEMA_NAME leaves alone; this run migrates "
+                      f"{backend.bookkeeping_schema}'s history only")
 
 
 def _apply_pending(settings: CommandSettings, backend, target, migrations, schema, applied: list) -> None:
