@@ -25,7 +25,7 @@ from migrator.errors import MigratorError
 from migrator.schema import queries as q
 from migrator.schema.model import Description, Item, belongs_to, database_wide, escape_control_names, top_key
 
-ATTEMPTS = 5
+ATTEMPTS = 8  # a busy server with DDL in flight can need a few (the sleeps between add up to 1.4 s)
 # Errors of a catalog function on an object dropped while the description was read (XX000, internal).
 VANISHED_ERRORS = ("cache lookup failed", "could not open relation with OID", "could not find tuple")
 
