@@ -81,6 +81,7 @@ _FROM_IN_CALLS = {"extract", "substring", "substr", "trim", "overlay", "position
 # A string naming a relation: 'public.t1_id_seq'::regclass, nextval('public.t1_id_seq'), to_regclass('public.t')
 _RELATION_ARGUMENT = {"nextval", "currval", "setval", "to_regclass", "pg_get_serial_sequence", "pg_relation_size",
                       "pg_total_relation_size", "pg_table_size", "pg_indexes_size"}
+_COPY_DATA = re.compile(r"^(copy\b[^;]*?\bfrom\s+stdin\b[^;]*;)(.*?^\\\.)$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
 _ITEM = re.compile(r'"(?:[^"]|"")*"|[A-Za-z_][\w$]*|\.')
 _ITEM_SHAPE = re.compile(r"N(?:\.N)*(?:A?N)?")  # a relation in a list: name[.name] [AS] [alias]
 
@@ -113,7 +114,16 @@ def tenant_findings(migrations, schemas: list[str]) -> list[Finding]:
 def qualified_names(text: str, schemas: list[str]) -> list[tuple[int, str, str]]:
     """(offset, name as written, schema) of each name in the SQL text qualified with public or one of the schemas
     (lower-case identifiers) where it bypasses a tenant's schema."""
-    return _scan(_without_nested_comments(text), 0, {"public", *schemas})
+    from migrator.postgres.splitter import SplitError, Statement, split
+
+    names = {"public", *schemas}
+    try:
+        statements = split(text)  # cheap, and only statements that spell a schema's name are tokenised
+    except SplitError:  # e.g. COPY FROM stdin, which the file's own check reports: read it whole, without its data
+        statements = [Statement(_COPY_DATA.sub(lambda m: m[1] + re.sub(r"[^\n]", " ", m[2]), text), 1, 0)]
+    hint = re.compile("|".join(map(re.escape, names)), re.IGNORECASE)
+    return [found for statement in statements if hint.search(statement.text)
+            for found in _scan(_without_nested_comments(statement.text), statement.offset, names)]
 
 
 def _scan(code: str, base: int, names: set[str]) -> list[tuple[int, str, str]]:
@@ -144,7 +154,7 @@ def _without_nested_comments(text: str) -> str:
     from migrator.postgres.splitter import SplitError, _skip_block_comment
 
     parts, pos = [], 0
-    while "/*" in text[pos:]:
+    while text.find("/*", pos) >= 0:
         nested = next((m for m in _TOKEN.finditer(text, pos) if m.group()[:2] == "/*" and "/*" in m.group()[2:]), None)
         if nested is None:
             break
