@@ -71,8 +71,8 @@ def runner_findings(migrations) -> list[Finding]:
 # A two-part name a.b is schema.relation only where a relation is named; in an expression (a select list, WHERE,
 # ON of a JOIN) it is table_or_alias.column, and a.b(...) there is a function call. A three-part name is
 # schema.table.column anywhere. Without a database, what belongs to an extension is judged by position: a type
-# (after a column, TYPE, ::, AS), an opclass (after an index column), COLLATE and a function in FROM are not
-# named after a relation word, so they are not flagged.
+# (after a column, TYPE, ::, AS), an opclass (after an index column), COLLATE, a function in FROM and a trigger's
+# EXECUTE FUNCTION are not a tenant's relation, so they are not flagged (nor is a tenant's object written there).
 _RELATION_WORDS = {"from", "join", "into", "update", "table", "references", "view", "exists", "only", "index",
                    "sequence", "truncate", "lock", "of", "to", "type", "function", "procedure", "routine", "domain",
                    "aggregate", "collation", "statistics", "copy", "on", "using"}
@@ -90,8 +90,9 @@ def tenant_findings(migrations, schemas: list[str]) -> list[Finding]:
     """Over tenant schemas, a name qualified with public or a tenant's schema bypasses the tenant's
     search_path: every tenant would share (or miss) that object. pg_catalog and other schemas (an
     extension's) are fine, and so is a function call such as public.uuid_generate_v4() (extensions
-    live in public, which stays on every tenant's search_path), and so is alias.column. What the runner
-    refuses in tenant mode (search_path, SET SCHEMA, an extension without SCHEMA) is a finding too."""
+    live in public, which stays on every tenant's search_path), and so is alias.column; a string naming a
+    relation (pg_dump's nextval('public.t1_id_seq'::regclass)) is flagged. What the runner refuses in
+    tenant mode (search_path, SET SCHEMA, an extension without SCHEMA) is a finding too."""
     from migrator.postgres import files
 
     found = []
@@ -127,6 +128,7 @@ def qualified_names(text: str, schemas: list[str]) -> list[tuple[int, str, str]]
 
 
 def _scan(code: str, base: int, names: set[str]) -> list[tuple[int, str, str]]:
+    """qualified_names of SQL text that starts at offset `base` (a statement, or a DO or routine body)."""
     from migrator.postgres import files
 
     found = []
