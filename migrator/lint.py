@@ -7,6 +7,7 @@ outside one (so CREATE INDEX CONCURRENTLY is fine).
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import shutil
@@ -63,46 +64,179 @@ def runner_findings(migrations) -> list[Finding]:
             for m in migrations for line, message in files.problems(Path(m.path), in_transaction=m.use_transactions)]
 
 
-# Comments and string literals, blanked before looking for schema-qualified names (line numbers kept).
-_NOT_CODE = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'", re.DOTALL)
-
-
+# The tenant rule reads the file with the runner's own tokenizer (postgres.files: E'' and U&'' strings, dollar
+# quotes, quoted identifiers), so a string never passes for code or code for a string. A dollar-quoted text is code
+# only as a DO or routine body; elsewhere (COMMENT ... IS $c$...$c$) it is a literal.
+#
 # A two-part name a.b is schema.relation only where a relation is named; in an expression (a select list, WHERE,
 # ON of a JOIN) it is table_or_alias.column, and a.b(...) there is a function call. A three-part name is
-# schema.table.column anywhere.
+# schema.table.column anywhere. Without a database, what belongs to an extension is judged by position: a type
+# (after a column, TYPE, ::, AS), an opclass (after an index column), COLLATE, a function in FROM and a trigger's
+# EXECUTE FUNCTION are not a tenant's relation, so they are not flagged (nor is a tenant's object written there).
 _RELATION_WORDS = {"from", "join", "into", "update", "table", "references", "view", "exists", "only", "index",
                    "sequence", "truncate", "lock", "of", "to", "type", "function", "procedure", "routine", "domain",
-                   "::", "on", "using"}
+                   "aggregate", "collation", "statistics", "copy", "on", "using"}
+_WHOLE_STATEMENT = {"vacuum", "analyze"}  # VACUUM / ANALYZE [(options)] public.t1 (col): every name a relation
 _FROM_IN_CALLS = {"extract", "substring", "substr", "trim", "overlay", "position"}  # extract(year FROM pb.at)
-_WORDS = re.compile(r'"(?:[^"]|"")*"|[A-Za-z_][\w$]*|::|\S')
+# A string naming a relation: 'public.t1_id_seq'::regclass, nextval('public.t1_id_seq'), to_regclass('public.t')
+_RELATION_ARGUMENT = {"nextval", "currval", "setval", "to_regclass", "pg_get_serial_sequence", "pg_relation_size",
+                      "pg_total_relation_size", "pg_table_size", "pg_indexes_size"}
+_COPY_DATA = re.compile(r"^(copy\b[^;]*?\bfrom\s+stdin\b[^;]*;)(.*?^\\\.)$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
 _ITEM = re.compile(r'"(?:[^"]|"")*"|[A-Za-z_][\w$]*|\.')
 _ITEM_SHAPE = re.compile(r"N(?:\.N)*(?:A?N)?")  # a relation in a list: name[.name] [AS] [alias]
 
 
-def _in_relation_position(before: str) -> bool:
-    """Whether a name right after `before` (the statement so far, comments and strings blanked) names a relation."""
-    words = [w.lower() for w in _WORDS.findall(before.rsplit(";", 1)[-1])]
-    i = len(words) - 1
+def tenant_findings(migrations, schemas: list[str]) -> list[Finding]:
+    """Over tenant schemas, a name qualified with public or a tenant's schema bypasses the tenant's
+    search_path: every tenant would share (or miss) that object. pg_catalog and other schemas (an
+    extension's) are fine, and so is a function call such as public.uuid_generate_v4() (extensions
+    live in public, which stays on every tenant's search_path), and so is alias.column; a string naming a
+    relation (pg_dump's nextval('public.t1_id_seq'::regclass)) is flagged. What the runner refuses in
+    tenant mode (search_path, SET SCHEMA, an extension without SCHEMA) is a finding too."""
+    from migrator.postgres import files
+
+    found = []
+    for migration in migrations:
+        for path in (Path(migration.path), _rollback_of(Path(migration.path))):
+            if not path.is_file():
+                continue
+            found += [Finding(str(path), line, 1, "tenant-outside", problem, "")
+                      for line, problem in files.tenant_problems(path)]
+            text = path.read_text(encoding="utf-8-sig")
+            line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+            for at, name, schema in qualified_names(text, schemas):
+                line = bisect.bisect_right(line_starts, at)
+                found.append(Finding(str(path), line, at - line_starts[line - 1] + 1, "tenant-schema",
+                                     f"{name} names schema {schema}, bypassing each tenant's schema",
+                                     "write the name unqualified: each tenant's search_path finds it"))
+    return found
+
+
+def qualified_names(text: str, schemas: list[str]) -> list[tuple[int, str, str]]:
+    """(offset, name as written, schema) of each name in the SQL text qualified with public or one of the schemas
+    (lower-case identifiers) where it bypasses a tenant's schema."""
+    from migrator.postgres.splitter import SplitError, Statement, split
+
+    names = {"public", *schemas}
+    try:
+        statements = split(text)  # cheap, and only statements that spell a schema's name are tokenised
+    except SplitError:  # e.g. COPY FROM stdin, which the file's own check reports: read it whole, without its data
+        statements = [Statement(_COPY_DATA.sub(lambda m: m[1] + re.sub(r"[^\n]", " ", m[2]), text), 1, 0)]
+    hint = re.compile("|".join(map(re.escape, names)), re.IGNORECASE)
+    return [found for statement in statements if hint.search(statement.text)
+            for found in _scan(_without_nested_comments(statement.text), statement.offset, names)]
+
+
+def _scan(code: str, base: int, names: set[str]) -> list[tuple[int, str, str]]:
+    """qualified_names of SQL text that starts at offset `base` (a statement, or a DO or routine body)."""
+    from migrator.postgres import files
+
+    found = []
+    for statement in _statements([t for t in files._tokens(code, base) if t[3] == 0]):
+        words = [{"code": value, "ident": f'"{value}"'}.get(kind, "''") for _, kind, value, _ in statement]
+        routine = words[:1] == ["do"] or [w for w in words[:4] if w not in ("or", "replace")][:2] in (
+            ["create", "function"], ["create", "procedure"])
+        for k, (at, kind, value, _) in enumerate(statement):
+            if kind == "dollar" and routine:  # a DO or routine body is code
+                found += _scan(_without_nested_comments(value), code.index("$", at + 1 - base) + 1 + base, names)
+            elif kind == "string" and _names_relation(words, k):
+                inner = [t for t in files._tokens(value) if t[3] == 0]
+                if len(inner) == 3 and _is_schema(inner[0], names) and inner[1][2] == "." and _is_name(inner[2]):
+                    found.append((at, "'" + value.replace("'", "''") + "'", inner[0][2]))
+            elif _is_schema(statement[k], names) and _qualified_here(statement, words, k):
+                parts = 3 if k + 4 < len(words) and words[k + 3] == "." else 2
+                found.append((at, "".join(words[k:k + 2 * parts - 1]), value))
+    return found
+
+
+def _without_nested_comments(text: str) -> str:
+    """Nested comments (/* a /* b */ c */) blanked, line ends kept: the tokenizer ends a comment at its first */,
+    PostgreSQL (and the splitter) at the one that matches."""
+    from migrator.postgres.files import _TOKEN
+    from migrator.postgres.splitter import SplitError, _skip_block_comment
+
+    parts, pos = [], 0
+    while text.find("/*", pos) >= 0:
+        nested = next((m for m in _TOKEN.finditer(text, pos) if m.group()[:2] == "/*" and "/*" in m.group()[2:]), None)
+        if nested is None:
+            break
+        try:
+            end = _skip_block_comment(text, nested.start() + 2, int)
+        except SplitError:  # unterminated: the file's own check says so
+            end = len(text)
+        parts += [text[pos:nested.start()], re.sub(r"[^\n]", " ", text[nested.start():end])]
+        pos = end
+    return "".join(parts) + text[pos:]
+
+
+def _statements(tokens: list) -> list[list]:
+    """The tokens split at each `;`, with `::` one token."""
+    statements, statement = [], []
+    for token in tokens:
+        at, kind, value, depth = token
+        if kind == "code" and value == ";":
+            statements.append(statement)
+            statement = []
+        elif kind == "code" and value == ":" and statement and statement[-1][2] == ":" and statement[-1][0] == at - 1:
+            statement[-1] = (at - 1, kind, "::", depth)
+        else:
+            statement.append(token)
+    return statements + [statement]
+
+
+def _is_name(token) -> bool:
+    return token[1] == "ident" or token[1] == "code" and bool(re.match(r"[^\W\d]", token[2]))
+
+
+def _is_schema(token, names: set[str]) -> bool:
+    return token[1] in ("code", "ident") and token[2] in names
+
+
+def _names_relation(words: list[str], k: int) -> bool:
+    """Whether the string at k names a relation: '...'::regclass, regclass '...', CAST('...' AS regclass),
+    nextval('...') and the other functions whose first argument is a relation."""
+    after, before = words[k + 1:k + 5], words[max(0, k - 2):k]
+    return (after[:2] in (["::", "regclass"], ["as", "regclass"]) or after == ["::", "pg_catalog", ".", "regclass"]
+            or before[-1:] == ["regclass"] or len(before) == 2 and before[1] == "(" and before[0] in _RELATION_ARGUMENT)
+
+
+def _qualified_here(statement: list, words: list[str], k: int) -> bool:
+    """Whether the schema name at k starts a name that bypasses the tenant's schema (see _RELATION_WORDS)."""
+    if k and words[k - 1] == "." or not (k + 2 < len(words) and words[k + 1] == "." and _is_name(statement[k + 2])):
+        return False
+    if k + 4 < len(words) and words[k + 3] == "." and (_is_name(statement[k + 4]) or words[k + 4] == "*"):
+        return True  # schema.table.column
+    word = _relation_word(words, k)
+    if word in ("from", "join", "using") and words[k + 3:k + 4] == ["("]:
+        return False  # FROM public.crosstab(...) AS ct(...): a function (an extension's), not a relation
+    return word is not None
+
+
+def _relation_word(words: list[str], k: int) -> str | None:
+    """The word that makes the name at k a relation's (FROM, TABLE, ...), or None where it is not one."""
+    if words[0] in _WHOLE_STATEMENT:
+        return words[0]
+    i = k - 1
     while i >= 0:
         word = words[i]
         if word == "(" and i and words[i - 1] == "inherits" or word == "like" and i and words[i - 1] in ("(", ","):
-            return True  # INHERITS (pb.t1), CREATE TABLE t (LIKE pb.t1)
+            return "inherits"  # INHERITS (pb.t1), CREATE TABLE t (LIKE pb.t1)
         if word in _RELATION_WORDS:
-            return _relation_word(words, i)
+            return word if _names_a_relation(words, i) else None
         if word != ",":
-            return False
+            return None
         # a list: a relation position when its items are relations (FROM a x, pb.t2; DROP TABLE a, pb.b)
         start = i
         while start and _ITEM.fullmatch(words[start - 1]) and words[start - 1] not in _RELATION_WORDS:
             start -= 1
         shape = "".join("." if w == "." else "A" if w == "as" else "N" for w in words[start:i])
         if not _ITEM_SHAPE.fullmatch(shape):
-            return False  # e.g. GROUP BY a, pb.b: not a relation's item
+            return None  # e.g. GROUP BY a, pb.b: not a relation's item
         i = start - 1
-    return False
+    return None
 
 
-def _relation_word(words: list[str], i: int) -> bool:
+def _names_a_relation(words: list[str], i: int) -> bool:
     word, previous = words[i], words[i - 1] if i else ""
     if word == "from":
         if previous == "distinct":  # IS DISTINCT FROM
@@ -117,37 +251,11 @@ def _relation_word(words: list[str], i: int) -> bool:
         # ON after JOIN ... / USING (MERGE, JOIN) is a condition; ON of an index, trigger, grant, policy a relation
         latest = next((w for w in reversed(words[:i]) if w in ("join", "using", "on", "merge", "delete")), "")
         return latest in ("merge", "delete") if word == "using" else latest not in ("join", "using")
+    if word == "type":  # CREATE / ALTER / DROP / COMMENT ON TYPE names one; a column's TYPE is a type (an extension's)
+        return previous in ("create", "alter", "drop", "on")
+    if word in ("function", "procedure"):  # EXECUTE FUNCTION public.moddatetime(...) in a trigger: a call
+        return previous != "execute"
     return True
-
-
-def tenant_findings(migrations, schemas: list[str]) -> list[Finding]:
-    """Over tenant schemas, a name qualified with public or a tenant's schema bypasses the tenant's
-    search_path: every tenant would share (or miss) that object. pg_catalog and other schemas (an
-    extension's) are fine, and so is a function call such as public.uuid_generate_v4() (extensions
-    live in public, which stays on every tenant's search_path), and so is alias.column. What the runner
-    refuses in tenant mode (search_path, SET SCHEMA, an extension without SCHEMA) is a finding too."""
-    from migrator.postgres import files
-
-    names = "|".join(re.escape(s) for s in ["public", *schemas])
-    part = r'\s*\.\s*("?[A-Za-z_][\w$]*"?)'
-    qualified = re.compile(rf'(?<![\w."$])"?({names})"?{part}(?:{part})?(?![.\w$"])', re.IGNORECASE)
-    found = []
-    for migration in migrations:
-        for path in (Path(migration.path), _rollback_of(Path(migration.path))):
-            if not path.is_file():
-                continue
-            found += [Finding(str(path), line, 1, "tenant-outside", problem, "")
-                      for line, problem in files.tenant_problems(path)]
-            text = _NOT_CODE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), path.read_text(encoding="utf-8-sig"))
-            for match in qualified.finditer(text):
-                if match.group(3) is None and not _in_relation_position(text[max(0, match.start() - 2000):match.start()]):
-                    continue  # alias.column, or a function call
-                line = text.count("\n", 0, match.start()) + 1
-                column = match.start() - text.rfind("\n", 0, match.start())
-                found.append(Finding(str(path), line, column, "tenant-schema",
-                                     f"{match.group(0)} names schema {match.group(1)}, bypassing each tenant's schema",
-                                     "write the name unqualified: each tenant's search_path finds it"))
-    return found
 
 
 def _rollback_of(path: Path) -> Path:
