@@ -106,7 +106,7 @@ def test_missing_usage_on_a_tenant_schema_names_the_privileges_really_missing(cl
     assert f"GRANT USAGE ON SCHEMA c TO {APP}" in failed and "GRANT CREATE" not in failed, failed
     status = cli("status", "--sql-dir", sql_dir, "--schema", "c", env=as_app(db))
     assert status.exit_code != 0
-    assert "lacks USAGE on schema c" in status.output and f"GRANT USAGE ON SCHEMA c TO {APP}" in status.output
+    assert "has no USAGE on schema c" in status.output and f"GRANT USAGE ON SCHEMA c TO {APP}" in status.output
     assert "the server refused" not in status.output, status.output
     db.query(f"GRANT USAGE ON SCHEMA c TO {APP}")
     assert cli("migrate", "--sql-dir", sql_dir, "--schema", "c", env=as_app(db)).exit_code == 0

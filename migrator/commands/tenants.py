@@ -360,7 +360,7 @@ def _lacking(target, schema: str, *, writes: bool) -> str | None:
     user, _, lacking = _privileges(target, schema, schema, ("USAGE", "CREATE") if writes else ("USAGE",))
     if "USAGE" not in lacking:
         return None
-    return (f"user {user} lacks {' and '.join(lacking)} on schema {schema} on {target.where} (USAGE to reach "
+    return (f"user {user} has no {' or '.join(lacking)} on schema {schema} on {target.where} (USAGE to reach "
             f"its tables{', CREATE to create them and the bookkeeping' if 'CREATE' in lacking else ''}); run "
             f"GRANT {', '.join(lacking)} ON SCHEMA {schema} TO {user}, or connect as the schema's owner")
 
