@@ -27,9 +27,15 @@ _secrets: set[str] = set()
 # user:password@ in any URL-like text (postgresql://, mongodb+srv://, jdbc:postgresql://, ...). The runner
 # refuses unencoded credentials, so a password here holds no "/" (which keeps https://h:8443/a@b intact).
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"'<>]*):(?P<pw>[^\s/@\"'<>]+)@")
-# password=... in libpq key/value DSNs and URL query strings (JDBC's ?password=); not must_change_password=.
-_DSN_PASSWORD = re.compile(r"(?P<head>(?<![\w])password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s&'\"]+)",
-                           re.IGNORECASE)
+# password=... in libpq key/value DSNs and URL query strings (JDBC's ?password=), and the other options that
+# carry a secret: libpq's sslpassword, pymongo's proxyPassword and tlsCertificateKey(File)Password; not
+# must_change_password=.
+SECRET_OPTIONS = ("password", "sslpassword", "proxypassword", "tlscertificatekeyfilepassword",
+                  "tlscertificatekeypassword")
+_DSN_PASSWORD = re.compile(rf"(?P<head>(?<![\w])(?:{'|'.join(SECRET_OPTIONS)})\s*=\s*)"
+                           r"(?P<pw>'(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s&'\"]+)", re.IGNORECASE)
+# MONGODB-AWS credentials in authMechanismProperties (AWS_SESSION_TOKEN:value, comma-separated).
+_AWS_TOKEN = re.compile(r"(?P<head>AWS_SESSION_TOKEN\s*(?::|%3A)\s*)(?P<pw>[^\s&,'\"]+)", re.IGNORECASE)
 # A password quoted in free text is replaced only where it stands alone, so a password "postgres" leaves
 # postgres_fdw, postgresql:// and migrator/postgres.py readable. Shorter ones are not replaced in free text
 # at all (a password "p" would eat every p); inside URLs and DSNs every registered password is hidden.
@@ -65,6 +71,7 @@ def mask(text: str) -> str:
     """
     text = mask_known(text)
     text = _URL_PASSWORD.sub(lambda m: m.group(0) if m.group("pw") == "***" else f"{m.group('head')}:***@", text)
+    text = _AWS_TOKEN.sub(lambda m: f"{m.group('head')}***", text)
     return _DSN_PASSWORD.sub(lambda m: m.group(0) if m.group("pw").strip("'\"") == "***" else f"{m.group('head')}***", text)
 
 

@@ -516,3 +516,29 @@ def test_well_formed_urls_with_those_characters_in_their_right_place_still_work(
     target = resolve_postgres(PostgresOptions(), Env({"DATABASE_URL": url}))
     assert target.dbname == "db" and target.user == "u"
     assert "a;b&c?d=e" not in target.display_url and quote("a;b&c?d=e", safe="") not in target.display_url
+
+
+# --- secrets not called `password` (attack16c 4) --------------------------------------------------------------
+
+OTHER_SECRETS = [
+    ({"DATABASE_URL": "postgresql://app:pw1@127.0.0.1:1/h1?sslpassword=Secr3tS1&sslmode=disable"}, "Secr3tS1"),
+    ({"DB_URL": "jdbc:postgresql://127.0.0.1:1/h1?user=app&password=pw2&sslpassword=Secr3tS2"}, "Secr3tS2"),
+    ({"MONGO_URL": "mongodb://app:pw3@127.0.0.1:1/x?tls=true&tlsCertificateKeyFile=/tmp/none.pem"
+                   "&tlsCertificateKeyFilePassword=Secr3tX", "MONGO_DB": "x"}, "Secr3tX"),
+    ({"MONGO_URL": "mongodb://app:pw4@127.0.0.1:1/x?proxyHost=localhost&proxyUsername=u&proxyPassword=Secr3tY",
+      "MONGO_DB": "x"}, "Secr3tY"),
+    ({"MONGO_URL": "mongodb://app@127.0.0.1:1/x?authMechanism=MONGODB-AWS"
+                   "&authMechanismProperties=AWS_SESSION_TOKEN:Secr3tH", "MONGO_DB": "x"}, "Secr3tH"),
+]
+
+
+@pytest.mark.parametrize("env, secret", OTHER_SECRETS)
+def test_secrets_in_options_not_called_password_are_never_printed(cli, env, secret):
+    """libpq's sslpassword; pymongo's tlsCertificateKeyFilePassword, proxyPassword, an AWS session token."""
+    runs = [("config",), ("-v", "--log-format", "json", "config"), ("doctor", "--json", "--no-dev-tools"),
+            ("-v", "doctor", "--no-dev-tools")]
+    for args in runs:
+        result = cli(*args, env={"DATABASE_URL": "postgresql://app:pw0@127.0.0.1:1/h0", **env})
+        assert secret not in result.output, (args, result.output)
+        assert secret.lower() not in result.output.lower()
+    assert output.mask(f"x?{secret}") == f"x?{secret}", "only values of the secret options are masked"
