@@ -63,6 +63,19 @@ def test_every_spelling_of_a_search_path_change_is_refused_before_any_schema_run
     assert lint.exit_code == 1 and f"0002_x.sql:{mention_line}:1: tenant-outside: sets search_path" in lint.stdout
 
 
+def test_a_column_named_schema_is_not_set_schema(cli, three, sql_dir):
+    """attack16c 2: `UPDATE t SET schema = ...` in a DO or function body is a column's assignment."""
+    add_migration(sql_dir, "0002_x", "CREATE TABLE t1 (id int PRIMARY KEY, schema text);\n"
+                  "INSERT INTO t1 VALUES (1, 'x');\n"
+                  "DO $$ BEGIN UPDATE t1 SET schema = 'y' WHERE id = 1; END $$;\n"
+                  "CREATE FUNCTION up(i int) RETURNS void LANGUAGE sql AS $$ INSERT INTO t1 VALUES (i, 'x') "
+                  "ON CONFLICT (id) DO UPDATE SET schema = 'z' $$;\n"
+                  "SELECT up(1);\n")
+    result = migrate_a_c(cli, three, sql_dir)
+    assert result.exit_code == 0, result.output
+    assert three.query("SELECT schema FROM a.t1") == three.query("SELECT schema FROM c.t1") == [("z",)]
+
+
 @pytest.mark.parametrize("sql, line", [
     ("SET SCHEMA 'b';", 1),
     ("SET /* the tenant's? */ SESSION\n  SCHEMA 'b';", 1),

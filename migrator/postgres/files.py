@@ -241,7 +241,9 @@ def _set_schema_statement(tokens, bodies: bool) -> int | None:
             continue
         rest = tokens[i + 1:i + 4]
         skip = 1 if rest and rest[0][2] in ("session", "local") else 0
-        if len(rest) > skip + 1 and rest[skip][2] == "schema" and (kind == "inner" or rest[skip + 1][1] == "string"):
+        if len(rest) <= skip + 1 or rest[skip][2] != "schema" or rest[skip + 1][2] == "=":
+            continue  # `UPDATE t SET schema = 'x'`: a column named schema
+        if kind == "inner" or rest[skip + 1][1] == "string":
             return at
     return None
 
