@@ -216,3 +216,18 @@ def test_a_plain_run_on_a_central_instance_says_which_tenants_it_leaves(cli, db,
     assert len(note) == 1 and "mz, pb" in note[0] and "public's history only" in note[0], plain.stderr
     alone = cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_NAME": "pb"})
     assert "hold their own histories" not in alone.stderr
+
+
+def test_schema_name_public_lands_migrations_where_a_plain_run_does(cli, db, sql_dir):
+    """attack16c 7: with the user's own "$user" schema present, a plain run's migrations land there (psql's
+    search_path); SCHEMA_NAME=public shares that history, so its migrations must land there too."""
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
+    db.query(f'CREATE SCHEMA "{db.server.user}"')  # "$user" now resolves: the plain run's current schema
+    add_migration(sql_dir, "0002_t2", "CREATE TABLE t2 (id int);\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
+    add_migration(sql_dir, "0003_x", "ALTER TABLE t2 ADD COLUMN x int;\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_NAME": "public"})
+    assert result.exit_code == 0, result.output
+    assert db.query("SELECT table_schema FROM information_schema.columns WHERE table_name = 't2' AND column_name = 'x'") \
+        == [(db.server.user,)]
+    assert history(db, "public")[-1] == "0003_x"

@@ -120,8 +120,9 @@ def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits |
         settings.append(READ_ONLY)
     if limits:
         settings.append(f"-c lock_timeout={limits.lock_timeout} -c statement_timeout={limits.statement_timeout}")
-    if target.schema:  # a checked lower-case identifier: nothing to quote
+    if target.schema and target.schema != "public":  # a checked lower-case identifier: nothing to quote
         settings.append(f"-c search_path={target.schema},public")
+    if target.schema:  # (SCHEMA_NAME=public keeps the session's search_path, as the plain run it is)
         params["schema"] = target.schema
     params["options"] = " ".join(s for s in settings if s)
     return PostgresTarget(
@@ -150,7 +151,7 @@ def backend_class():
                     self.bookkeeping_schema, self.foreign = self.schema, []
                     return
                 # SCHEMA_NAME=public (DIGIT's value outside a central instance) is the plain run: its
-                # history, lock and schema description; its migrations' search_path is public.
+                # history, lock, schema description and its migrations' search_path (the session's).
                 cursor.execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": self.schema})
                 self.bookkeeping_schema, foreign = cursor.fetchone()[:2]
                 self.foreign = foreign.split(",") if foreign else []
