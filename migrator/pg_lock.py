@@ -35,6 +35,32 @@ def lock_key(schema: str | None) -> int:
     return int.from_bytes(hashlib.sha256(f"hcmdbmig:{schema}".encode()).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+# DDL every history shares: PostgreSQL does not serialise two sessions' CREATE EXTENSION IF NOT EXISTS (the second
+# fails on pg_extension's unique index), and tenants run the same file at the same moment (--parallel, several
+# runners, an Indexed Job). (A tenant schema cannot be named so: names are plain identifiers.)
+SHARED_DDL_KEY = lock_key(":database-wide ddl")
+_SHARED_DDL = re.compile(r"\bcreate\s+extension\b", re.IGNORECASE)
+
+
+def hold_for_shared_ddl(connection, statements, transactional: bool) -> None:
+    """In a migration's session, before its statements: when the file creates an extension, wait for any other
+    session doing so (to the end of this file's transaction, or session). SIGTERM ends the wait: nothing ran."""
+    if not any(_SHARED_DDL.search(statement.text) for statement in statements):
+        return
+    query = "SELECT pg_try_advisory_xact_lock(%s)" if transactional else "SELECT pg_try_advisory_lock(%s)"
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(query, (SHARED_DDL_KEY,))
+            if cursor.fetchone()[0]:
+                return
+            signum = interrupt.requested()
+            if signum is not None:
+                stopped = interrupt.Interrupted(signum)
+                stopped.before_block = True  # no statement of the file started
+                raise stopped
+            time.sleep(POLL_SECONDS / 4)
+
+
 class LockWaitInterrupted(MigratorError):
     """SIGTERM came while the runner waited for the lock: nothing of the command ran."""
 

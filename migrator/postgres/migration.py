@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from migrator import checksums, interrupt
+from migrator import checksums, interrupt, pg_lock
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import files
 from migrator.postgres.errors import StatementFailed, progress
@@ -211,6 +211,7 @@ def _migration_class():
                 progress.start()
             # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
             guard = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
+            pg_lock.hold_for_shared_ddl(backend.connection, statements, transactional)
             run_statements(backend.connection, path, statements, transactional, progress, guard)
             try:
                 migration.record_after_commit = not checksums.record(
