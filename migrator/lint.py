@@ -223,6 +223,12 @@ def _relation_word(words: list[str], k: int) -> str | None:
             return "inherits"  # INHERITS (pb.t1), CREATE TABLE t (LIKE pb.t1)
         if word in _RELATION_WORDS:
             return word if _names_a_relation(words, i) else None
+        if word == "(":  # FROM (public.t2 JOIN ...): pg_dump's every join; nested ((...)) too
+            while i >= 0 and words[i] == "(":
+                i -= 1
+            if i >= 0 and words[i] in ("from", "join", ","):
+                continue
+            return None
         if word != ",":
             return None
         # a list: a relation position when its items are relations (FROM a x, pb.t2; DROP TABLE a, pb.b)

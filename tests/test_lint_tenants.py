@@ -162,3 +162,18 @@ def test_without_schemas_nothing_is_flagged(cli, tmp_path):
     sql_dir.mkdir()
     (sql_dir / "0001_tenant.sql").write_text(FINDING_11)
     assert lint(cli, sql_dir)[1] == []
+
+
+def test_a_relation_right_after_from_parenthesis_is_flagged_as_pg_dump_writes_joins(cli, tmp_path):
+    """attack16c 5: pg_dump writes every view with a join as FROM (public.t2 JOIN public.t1 ON ...)."""
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "0001_views.sql").write_text(
+        "CREATE VIEW v3 AS SELECT 1 FROM (public.t2 JOIN t1 ON true);\n"
+        "CREATE VIEW v4 AS SELECT 1 FROM ((public.t2 a JOIN public.t1 b ON true) JOIN public.t3 c ON true);\n"
+        "CREATE VIEW v5 AS SELECT 1 FROM t1, (public.t2 JOIN t1 x ON true);\n"
+        "CREATE VIEW v6 AS SELECT count(public.t9) FROM (SELECT 1) s;\n")
+    result = cli("sql", "lint", "--sql-dir", folder, "--schema", "pb")
+    found = [line.split(": tenant-schema")[0].rsplit("/", 1)[1] for line in result.stdout.splitlines() if "tenant-schema" in line]
+    assert found == ["0001_views.sql:1:34", "0001_views.sql:2:35", "0001_views.sql:2:52", "0001_views.sql:2:78",
+                     "0001_views.sql:3:38"], result.stdout
