@@ -154,7 +154,7 @@ def _stop_if_interrupted(summary: SchemasReport) -> None:
     if signum is None:
         return
     name = signal.Signals(signum).name
-    not_run = [o.schema for o in summary.outcomes if not o.ran]
+    not_run = [o.schema for o in summary.outcomes if not o.ran and not o.waited]  # (a waiting one is named below)
     stopped = [o.schema for o in summary.outcomes if o.error]
     stopped += [f"{o.schema} (waiting for its lock: nothing of it ran)" for o in summary.outcomes if o.waited]
     raise MigratorError(f"{summary.command} interrupted by {name}: stopped in {', '.join(stopped) or 'no schema'}"
