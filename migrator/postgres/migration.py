@@ -137,6 +137,59 @@ class SearchPathGuard:
         return None if now == self.expected else now
 
 
+# Objects this transaction created or changed (catalog rows it wrote: their xmin is one of its own xids, the
+# only in-progress ones a snapshot can see) in a schema other than the tenant's, an extension's members aside.
+# A qualified or run-time-built name (EXECUTE format('%I.t', 'b'), a path set and restored inside one DO block)
+# is caught here whatever the text looked like. Not seen: data written elsewhere, and drops.
+MADE_OUTSIDE = """
+WITH me AS (SELECT (pg_catalog.pg_current_xact_id()::text::bigint %% 4294967296)::text::xid AS xid,
+                   pg_catalog.pg_current_xact_id()::text::bigint AS top),
+written AS (
+    SELECT n.nspname, c.relname::text AS name, c.xmin, 'pg_class'::regclass AS catalog, c.oid
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    UNION ALL
+    SELECT n.nspname, p.proname::text || '()', p.xmin, 'pg_proc'::regclass, p.oid
+    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+    UNION ALL
+    SELECT n.nspname, t.typname::text, t.xmin, 'pg_type'::regclass, t.oid
+    FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+    UNION ALL
+    SELECT n.nspname, '(the schema)', n.xmin, 'pg_namespace'::regclass, n.oid FROM pg_catalog.pg_namespace n
+)
+SELECT DISTINCT pg_catalog.quote_ident(w.nspname) || '.' || w.name
+FROM written w, me
+WHERE w.nspname <> %(tenant)s AND w.nspname <> 'information_schema' AND w.nspname NOT LIKE 'pg\\_%%'
+  -- written since this transaction began (few rows; CASE: only those reach pg_xact_status), and still in
+  -- progress: ours or our subtransactions', which come at or after our top-level xid (the 64-bit xid rebuilt)
+  AND CASE WHEN pg_catalog.age(w.xmin) <= pg_catalog.age(me.xid) THEN pg_catalog.pg_xact_status(
+        (me.top + ((w.xmin::text::bigint - me.top %% 4294967296) %% 4294967296 + 4294967296) %% 4294967296)::text::xid8)
+        = 'in progress' ELSE false END
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = w.catalog AND d.objid = w.oid AND d.deptype = 'e')
+ORDER BY 1 LIMIT 5
+"""
+
+
+def made_outside(connection, tenant: str) -> list[str]:
+    """What this (tenant's, transactional) migration created or changed outside its schema, before it commits."""
+    with connection.cursor() as cursor:
+        cursor.execute(MADE_OUTSIDE, {"tenant": tenant})
+        return [row[0] for row in cursor.fetchall()]
+
+
+class ReachedOutside(StatementFailed):
+    """A tenant's file created or changed objects in another schema: its transaction rolls back."""
+
+    def __init__(self, outside: list[str], tenant: str, path: Path, statements):
+        cause = RuntimeError(
+            f"it created or changed {', '.join(outside)} outside tenant {tenant}'s schema (a qualified name, or one "
+            "built at run time); write names unqualified so each tenant's objects stay in its schema (extensions: "
+            "CREATE EXTENSION ... SCHEMA public)")
+        super().__init__(cause, path, statements, len(statements) - 1, True, 0, None)
+
+    def committed(self) -> str:
+        return "nothing of it was committed: its transaction rolled back"
+
+
 class SearchPathMoved(StatementFailed):
     """A tenant's file changed its session's search_path: it stops there, and says what committed."""
 
@@ -219,6 +272,10 @@ def _migration_class():
             except checksums.SearchPathChanged as exc:
                 raise SearchPathMoved(exc.found, guard.expected, path, statements, len(statements) - 1, transactional,
                                       0 if transactional else len(statements), None, at_end=True)
+            if guard is not None and transactional:  # still before the commit: raising rolls it all back
+                outside = made_outside(backend.connection, backend.schema)
+                if outside:
+                    raise ReachedOutside(outside, backend.schema, path, statements)
 
     class SqlFileMigration(Migration):
         def __init__(self, path: Path):
