@@ -2,36 +2,69 @@
 
 The real environment wins over `.env` in the working directory; NAME wins over NAME_FILE (the Docker and
 Kubernetes convention for mounted Secrets). Each value remembers its origin, for `runner.py config`.
+A group of settings that together name a connection (host, credentials) is read from one source as a
+whole (`source`): the first of the two that names any of them, so a `.env` can never point the real
+environment's password at its own host.
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Mapping
 
 from migrator.errors import USAGE, MigratorError
 
 MAX_SETTING_FILE = 64 * 1024  # a password or URL; /dev/zero or a log file is a mistake
+# A NAME_FILE that does not exist leaves NAME unset (an optional Secret not created), except for these:
+# unset, they would fall back to the default password.
+PASSWORD_SETTINGS = ("DB_PASSWORD", "FLYWAY_PASSWORD")
+LAYERS = ("environment", ".env")
+_DOTENV_NAME = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=")
 
 
 class Env:
     """The process environment layered over `.env`; `get` also says which of the two answered."""
 
-    def __init__(self, environ: Mapping[str, str], dotenv: Mapping[str, str | None] | None = None):
+    def __init__(self, environ: Mapping[str, str], dotenv: Mapping[str, str | None] | None = None,
+                 broken: Mapping[str, int] | None = None):
         self.environ = environ
         self.dotenv = {k: v for k, v in (dotenv or {}).items() if v is not None}
+        self.broken = dict(broken or {})  # NAME -> the .env line that sets it and cannot be parsed
+        self.layers = LAYERS
         self._notes: list[str] = []  # what the reading itself has to say (a missing NAME_FILE)
         self._taken = 0
 
     @classmethod
     def load(cls, dotenv_path: str | Path = ".env") -> "Env":
-        dotenv: Mapping[str, str | None] = {}
-        if Path(dotenv_path).is_file():
-            from dotenv import dotenv_values
+        path = Path(dotenv_path)
+        if not path.is_file():
+            return cls(os.environ)
+        values, broken = read_dotenv(path)
+        return cls(os.environ, values, broken)
 
-            dotenv = dotenv_values(dotenv_path)
-        return cls(os.environ, dotenv)
+    def _layer(self, where: str) -> Mapping[str, str]:
+        return self.environ if where == "environment" else self.dotenv
+
+    def names(self, names: tuple[str, ...], where: str) -> list[str]:
+        """Which of `names` (or their NAME_FILE) the layer `where` sets, as set."""
+        layer = self._layer(where)
+        return [n for name in names for n in (name, f"{name}_FILE") if layer.get(n) or
+                (where == ".env" and n in self.broken)]
+
+    def source(self, names: tuple[str, ...]) -> tuple["Env", str | None]:
+        """This environment narrowed to the first layer that sets any of `names` (the real environment
+        first), and that layer's name; (self, None) when neither does. The view shares the notes."""
+        for where in self.layers:
+            if self.names(names, where):
+                view = copy.copy(self)
+                view.layers = (where,)
+                return view, where
+        return self, None
 
     def get(self, name: str) -> tuple[str | None, str | None]:
         """(value, origin) for a variable; empty values count as unset.
@@ -40,7 +73,10 @@ class Env:
         file's content, without its final newline. The real environment wins over `.env`, and NAME
         over NAME_FILE within each.
         """
-        for layer, where in ((self.environ, "environment"), (self.dotenv, ".env")):
+        for where in self.layers:
+            layer = self._layer(where)
+            if where == ".env":
+                self._refuse_broken(name)
             if layer.get(name):
                 return layer[name], f"{name} ({where})"
             if layer.get(f"{name}_FILE"):
@@ -49,22 +85,41 @@ class Env:
                     return value, f"{name}_FILE ({where})"
         return None, None
 
+    def _refuse_broken(self, name: str) -> None:
+        """A .env line for this setting that python-dotenv cannot read: an error, never "unset" (for a
+        password, unset would mean the default password)."""
+        for variable in (name, f"{name}_FILE"):
+            if variable in self.broken:
+                raise MigratorError(f"{variable} (.env line {self.broken[variable]}): the line cannot be parsed (an "
+                                    "unclosed quote?); write it as NAME=value, quoting a value with spaces or #", USAGE)
+
     def _read_file(self, variable: str, path: str, where: str) -> str | None:
+        what = f"{variable} ({where}): {path}"
         try:
-            with open(path, "rb") as file:
+            # Checked before opening, and opened non-blocking: a FIFO would hang the open, a device never end.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                kind = "a folder" if os.path.isdir(path) else "not a regular file (a FIFO, socket or device)"
+                raise MigratorError(f"{what} is {kind}; point {variable} at the file holding the value", USAGE)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            with os.fdopen(fd, "rb") as file:
+                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):  # swapped after the check
+                    raise MigratorError(f"{what} is not a regular file; point {variable} at the file holding the value", USAGE)
                 data = file.read(MAX_SETTING_FILE + 1)
-            if len(data) > MAX_SETTING_FILE:
-                raise MigratorError(f"{variable} ({where}): {path} is larger than {MAX_SETTING_FILE // 1024} KiB, "
-                                    "not a setting; fix the path", USAGE)
-            # utf-8-sig: an editor's BOM is not part of the value; nor are the final line breaks.
-            return data.decode("utf-8-sig").rstrip("\r\n") or None
         except FileNotFoundError:
+            if variable[:-5] in PASSWORD_SETTINGS:
+                raise MigratorError(f"{what} does not exist; mount the Secret there or fix the path (without it "
+                                    "the password would be the default)", USAGE)
             # An optional Secret that was not created: its mount is empty. Said, not fatal.
             self.note(f"note: {variable} ({where}) names {path}, which does not exist: {variable[:-5]} is unset")
             return None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise MigratorError(f"{variable} ({where}): {path} cannot be read ({reason}); fix the path or its permissions", USAGE)
+        except OSError as exc:
+            raise MigratorError(f"{what} cannot be read ({exc.strerror}); fix the path or its permissions", USAGE)
+        if len(data) > MAX_SETTING_FILE:
+            raise MigratorError(f"{what} is larger than {MAX_SETTING_FILE // 1024} KiB, not a setting; fix the path", USAGE)
+        value = _text(data, what).rstrip("\r\n")  # nor are the final line breaks part of the value
+        if not value:
+            raise MigratorError(f"{what} is empty; put the value in it, or unset {variable}", USAGE)
+        return value
 
     def note(self, text: str) -> None:
         """Something the commands should say once, with the first target resolved."""
@@ -78,3 +133,39 @@ class Env:
 
     def value(self, name: str) -> str | None:
         return self.get(name)[0]
+
+
+def _text(data: bytes, what: str) -> str:
+    """A setting file's or .env's bytes as text: UTF-8 (an editor's BOM dropped); UTF-16 and NUL said so."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and b"\0" in data[:2] and data.count(b"\0") * 3 >= len(data)):
+        raise MigratorError(f"{what} is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)", USAGE)
+    if b"\0" in data:
+        raise MigratorError(f"{what} holds a NUL byte, which no setting can carry; write the value alone, as UTF-8 text", USAGE)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise MigratorError(f"{what} is not UTF-8 text; save it as UTF-8", USAGE)
+
+
+def read_dotenv(path: Path) -> tuple[dict[str, str | None], dict[str, int]]:
+    """`.env`'s settings, and the names set on lines python-dotenv cannot parse (with their line).
+
+    No ${VAR} expansion: it would let a `.env` put a value of the real environment (PGPASSWORD, a token)
+    into a URL of its own."""
+    from dotenv.parser import parse_stream
+
+    where = str(path.resolve())
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MigratorError(f"{where} cannot be read ({exc.strerror}); fix its permissions or remove it", USAGE)
+    values: dict[str, str | None] = {}
+    broken: dict[str, int] = {}
+    for binding in parse_stream(io.StringIO(_text(data, where))):
+        if binding.error:
+            named = _DOTENV_NAME.match(binding.original.string)
+            if named:
+                broken[named.group(1)] = binding.original.line
+        elif binding.key is not None:
+            values[binding.key] = binding.value
+    return values, broken

@@ -41,6 +41,9 @@ _AWS_TOKEN = re.compile(r"(?P<head>AWS_SESSION_TOKEN\s*(?::|%3A)\s*)(?P<pw>[^\s&
 # at all (a password "p" would eat every p); inside URLs and DSNs every registered password is hidden.
 _EDGE = r"\w./\\-"
 MIN_FREE_TEXT_SECRET = 4
+# Where a server quotes a name, not a password: 'password authentication failed for user "app"' keeps the
+# user's name even when the password is the same word (the name is shown everywhere else anyway).
+_NAME_POSITION = r'(?<!user ")(?<!role ")'
 
 
 def register_secret(value: str | None) -> None:
@@ -81,7 +84,7 @@ def scrub(text: str) -> str:
     text = mask(text)
     for secret in sorted(_secrets, key=len, reverse=True):
         if len(secret) >= MIN_FREE_TEXT_SECRET and secret in text:
-            text = re.sub(rf"(?<![{_EDGE}]){re.escape(secret)}(?![{_EDGE}])", "***", text)
+            text = re.sub(rf"(?<![{_EDGE}]){_NAME_POSITION}{re.escape(secret)}(?![{_EDGE}])", "***", text)
     return text
 
 

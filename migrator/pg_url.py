@@ -154,18 +154,19 @@ def _check_libpq_names(params: dict[str, str], origin: str) -> list[str]:
 def jdbc_params(params: dict[str, str], origin: str) -> list[str]:
     """Turn a JDBC URL's query into libpq's parameters in place; the notes say what was dropped.
     Refuses a parameter neither libpq nor the table above knows, naming it."""
-    notes, unknown, dropped = [], [], []
+    notes, unknown, dropped, ssl_on = [], [], [], False
     for key in list(params):
         value, lowered = params.pop(key), key.lower()
         if lowered == "ssl":
             if value.lower() in ("true", "1", "yes", "on", ""):
                 params.setdefault("sslmode", "verify-full")  # PgJDBC's ssl=true verifies the server
-            dropped.append(f"{key}={value}")
+                ssl_on = True
+            dropped.append(key)
         elif lowered in JDBC_RENAMED:
             name = JDBC_RENAMED[lowered]
             params[name] = ("1" if value.lower() == "true" else "0") if name == "keepalives" else value
         elif lowered in JDBC_ONLY:
-            dropped.append(f"{key}={value}")
+            dropped.append(key)  # the name only: a value (sslfactoryarg, a callback's) may be a secret
         elif key in FIELDS + REFUSED_PARAMS + ("schema",) or _libpq_knows(key, value):
             params[key] = value
         else:
@@ -176,6 +177,5 @@ def jdbc_params(params: dict[str, str], origin: str) -> list[str]:
                             USAGE)
     if dropped:
         notes.append(f"note: {origin}: JDBC-only parameter(s) {', '.join(dropped)} not used by libpq"
-                     + ("; ssl=true is sslmode=verify-full" if "sslmode" in params and any(
-                         d.lower().startswith("ssl=") for d in dropped) else ""))
+                     + ("; ssl=true is sslmode=verify-full" if ssl_on and params.get("sslmode") == "verify-full" else ""))
     return notes

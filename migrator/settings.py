@@ -43,8 +43,20 @@ UNUSED_PLATFORM_VARIABLES = {
 }
 
 
+# The settings that name a PostgreSQL connection: read from one source as a whole (env.source).
+PG_CONNECTION = ("DATABASE_URL", "DB_URL", *PG_ENV_NAMES.values(), *PLATFORM_CREDENTIALS.values(), "DB_SECRET_NAME")
+MONGO_CONNECTION = ("MONGO_URL", "MONGO_SECRET_NAME")
+
+
 def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
-    """Apply the settings order; raise MigratorError naming the setting that is wrong."""
+    """Apply the settings order; raise MigratorError naming the setting that is wrong.
+
+    The connection's settings are resolved per source first: the real environment, if it names any of
+    them, else `.env`; the other source's are ignored (said in a note). Options are laid over that
+    source; a password then goes only to a host its own source named (_check_credentials_travel)."""
+    all_env = env
+    env, where = env.source(PG_CONNECTION)
+    _note_ignored(all_env, where, PG_CONNECTION, "PostgreSQL")
     secret_name, secret_origin = options.aws.secret_name, "--secret-name"
     if not secret_name:
         secret_name, secret_origin = env.get("DB_SECRET_NAME")
@@ -73,12 +85,53 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
         target.notes.append(f"note: secret {secret_name} ({secret_origin}) ignored: a higher-priority setting wins")
     if target.sources.get("url"):
         _url_credentials(target, env)
+    _check_credentials_travel(target, all_env)
     _note_mixed_credentials(target)
+    env = all_env  # the settings beyond the connection: each its own, the real environment first
     _resolve_schemas(target, options, env)
     _apply_tls(target, options.ca_bundle, env)
     target.notes[:0] = env.take_notes()
     output.register_secret(target.password)
     return target
+
+
+def _note_ignored(env: Env, where: str | None, names: tuple[str, ...], store: str) -> None:
+    """The connection settings of the source that lost, named (never their values)."""
+    for other in env.layers:
+        ignored = env.names(names, other) if where and other != where else []
+        if ignored:
+            env.note(f"note: {', '.join(ignored)} ({other}) ignored: the {where} names the {store} connection, "
+                     f"and one source gives it whole (the real environment first); set it all in one place")
+
+
+def _credential_source(origin: str | None) -> str | None:
+    """Who chose a setting, for the rule that a password goes only where its own source points: the command
+    line and the real environment are the invoker's own (one source), `.env` another, each secret its
+    own; a default or libpq's own choice is no source's (None)."""
+    if not origin or origin == "default" or origin.startswith("none"):
+        return None
+    if origin.startswith("--") or "(environment)" in origin:
+        return "the command line and the environment"
+    if "(.env)" in origin:
+        return ".env"
+    return origin  # secret NAME
+
+
+def _check_credentials_travel(target: PostgresTarget, env: Env) -> None:
+    """A password is sent only to a host its own source named; else one line refuses (attack 23 #3).
+    PGPASSWORD counts: libpq sends it when the runner passes no password."""
+    if target.local_dev:
+        return
+    url = target.sources.get("url")
+    host_from = target.sources.get("host") or url
+    password_from = target.sources.get("password") or (url if target.password else None)
+    if not target.password and env.environ.get("PGPASSWORD"):
+        password_from = "PGPASSWORD (environment, read by libpq)"
+    host, password = _credential_source(host_from), _credential_source(password_from)
+    if host and password and host != password:
+        raise MigratorError(f"the password from {password_from} would be sent to the host named by {host_from}: a "
+                            "password goes only to the host its own source names; set the host and the password in "
+                            "the same place (both in the environment, both in .env, or one URL)", USAGE)
 
 
 def _port(value: str, origin: str, *, quote_value: bool = True) -> int:
@@ -339,8 +392,10 @@ DOCDB_HOST_SUFFIX = ".docdb.amazonaws.com"
 
 def resolve_mongo(options: MongoOptions, env: Env) -> MongoTarget | None:
     """The Mongo target, or None when nothing is configured."""
-    url, origin = (options.url, "--mongo-url") if options.url else env.get("MONGO_URL")
-    secret_name, secret_origin = (options.aws.secret_name, "--secret-name") if options.aws.secret_name else env.get("MONGO_SECRET_NAME")
+    source, where = env.source(MONGO_CONNECTION)  # per source, as PostgreSQL's (resolve_postgres)
+    _note_ignored(env, where, MONGO_CONNECTION, "MongoDB")
+    url, origin = (options.url, "--mongo-url") if options.url else source.get("MONGO_URL")
+    secret_name, secret_origin = (options.aws.secret_name, "--secret-name") if options.aws.secret_name else source.get("MONGO_SECRET_NAME")
     secret_db = None
     documentdb = False
     if url:

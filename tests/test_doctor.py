@@ -487,13 +487,14 @@ def test_the_exit_codes_as_the_one_off_pod_and_make_give_them(tmp_path):
     assert made.returncode == 2 and "FAIL  ca bundle" in made.stdout
 
 
-def test_a_missing_password_file_is_a_warning_naming_it(cli, db, sql_dir, tmp_path):
+def test_a_missing_password_file_fails_naming_it_never_the_default_password(cli, db, sql_dir, tmp_path):
     env = {key: value for key, value in db.db_env().items() if key != "DB_PASSWORD"}
     env["DB_PASSWORD_FILE"] = str(tmp_path / "secrets" / "password")
     result = cli("doctor", "--sql-dir", sql_dir, env=env)
-    warned = [line for line in lines(result)["postgres settings"] if line.startswith("warn")]
-    assert any(f"DB_PASSWORD_FILE (environment) names {tmp_path / 'secrets' / 'password'}, which does not exist" in line
-               for line in warned), result.output
+    failed = [line for line in lines(result)["postgres settings"] if line.startswith("FAIL")]
+    assert result.exit_code != 0 and any(
+        f"DB_PASSWORD_FILE (environment): {tmp_path / 'secrets' / 'password'} does not exist" in line
+        for line in failed), result.output
 
 
 # --- the minor findings: CA dates and kinds, .env syntax, plaintext Mongo, the column, the origins ---------

@@ -59,11 +59,14 @@ def test_any_single_setting_turns_the_local_database_off():
     assert not resolve(port="6000").local_dev
 
 
-def test_real_environment_wins_over_dotenv_and_dotenv_fills_the_gaps():
-    t = resolve({"DB_HOST": "from-env"}, {"DB_HOST": "from-dotenv", "DB_NAME": "dotenvdb"})
-    assert (t.host, t.dbname) == ("from-env", "dotenvdb")
-    assert t.sources["host"] == "DB_HOST (environment)"
-    assert t.sources["dbname"] == "DB_NAME (.env)"
+def test_the_real_environment_gives_the_connection_whole_and_dotenv_only_where_it_names_none():
+    environ = {"DB_HOST": "from-env"}
+    t = resolve(environ, {"DB_HOST": "from-dotenv", "DB_NAME": "dotenvdb"})
+    assert (t.host, t.dbname) == ("from-env", "unifieddevdb")  # .env fills no gap of the environment's connection
+    assert t.sources["host"] == "DB_HOST (environment)" and t.sources["dbname"] == "default"
+    assert any("DB_HOST, DB_NAME (.env) ignored: the environment names the PostgreSQL connection" in n for n in t.notes)
+    only_dotenv = resolve({"SCHEMA_NAME": "pb"}, {"DB_HOST": "from-dotenv", "DB_NAME": "dotenvdb"})
+    assert (only_dotenv.host, only_dotenv.dbname) == ("from-dotenv", "dotenvdb")
     assert not resolve({}, {"DATABASE_URL": ENV_URL}).local_dev
 
 
@@ -153,14 +156,20 @@ def test_environment_wins_over_dotenv_through_the_cli(cli, db, workdir):
 
 
 def test_config_names_each_source_and_masks_the_password(cli, workdir):
-    (workdir / ".env").write_text("DB_NAME=fromdotenv\n")
-    result = cli("config", env={"DB_HOST": "db.internal", "DB_PASSWORD": "Sup3r-secret"})
+    (workdir / ".env").write_text("DB_NAME=fromdotenv\nDB_HOST=db.internal\nDB_PASSWORD=Sup3r-secret\n")
+    result = cli("config", env={"DB_USER": "app"})  # the environment names part of the connection: it wins whole
     assert result.exit_code == 0, result.output
+    assert "note: DB_HOST, DB_NAME, DB_PASSWORD (.env) ignored: the environment names" in result.output
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
-    assert lines["host"].split()[1:] == ["db.internal", "DB_HOST", "(environment)"]
+    assert lines["host"].split()[1:] == ["localhost", "default"]
+    assert lines["user"].split()[1:] == ["app", "DB_USER", "(environment)"]
+    result = cli("config", env={})
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert lines["host"].split()[1:] == ["db.internal", "DB_HOST", "(.env)"]
     assert lines["database"].split()[1:] == ["fromdotenv", "DB_NAME", "(.env)"]
     assert lines["port"].split()[1:] == ["5432", "default"]
-    assert lines["password"].split()[1:] == ["***", "DB_PASSWORD", "(environment)"]
+    assert lines["user"].split()[1:] == ["postgres", "default"]
+    assert lines["password"].split()[1:] == ["***", "DB_PASSWORD", "(.env)"]
     assert "postgresql://postgres:***@db.internal:5432/fromdotenv" in result.stdout
     assert "Sup3r-secret" not in result.output
 
@@ -293,3 +302,153 @@ def test_create_schemas_from_the_environment_creates_a_new_namespaces_schema(cli
     assert bad.exit_code == 2 and "CREATE_SCHEMAS (environment): 'maybe' is not a yes/no value" in one_error_line(bad)
     hyphen = cli("config", env={**env, "SCHEMA_NAME": "health-uat", "CREATE_SCHEMAS": "true"})
     assert hyphen.exit_code == 2 and "'health-uat' is not a tenant schema name" in one_error_line(hyphen)
+
+
+# --- one source per connection, credentials never cross sources, unreadable secrets (issue 23 #3) ---------
+
+
+@pytest.fixture
+def trap():
+    from pg_wire import PasswordTrap
+
+    server = PasswordTrap()
+    yield server
+    server.close()
+
+
+def test_a_dotenv_url_never_receives_the_real_environments_password(cli, db, workdir, sql_dir, trap):
+    """The issue's case: .env names another host, the real environment names DB_HOST and DB_PASSWORD."""
+    (workdir / ".env").write_text(f"DATABASE_URL=postgresql://app@127.0.0.1:{trap.port}/prod\n")
+    env = {**db.db_env()}
+    env.setdefault("DB_PASSWORD", "Env-Secret-9")  # a trust-auth suite server ignores it; the trap would not
+    result = cli("migrate", "--sql-dir", sql_dir, env=env)
+    assert result.exit_code == 0, result.output
+    assert "hcm_report_metadata" in db.tables()  # the environment's database
+    assert trap.connections == 0 and trap.passwords == []
+    assert "DATABASE_URL (.env) ignored: the environment names the PostgreSQL connection" in result.output
+
+
+@pytest.mark.parametrize("args, environ, dotenv, password_from, host_from", [
+    # an option's host, .env's password (the environment names no connection: .env is the source)
+    (["--db-host", "127.0.0.1", "--db-port", "{port}"], {}, "DB_PASSWORD=Dotenv-Secret-9\n",
+     "DB_PASSWORD (.env)", "--db-host"),
+    (["--database-url", "postgresql://app@127.0.0.1:{port}/prod"], {}, "DB_PASSWORD=Dotenv-Secret-9\n",
+     "DB_PASSWORD (.env)", "--database-url"),
+    # libpq's own PGPASSWORD (the real environment's) to a host .env names
+    ([], {"PGPASSWORD": "Env-Secret-9"}, "DATABASE_URL=postgresql://app@127.0.0.1:{port}/prod\n",
+     "PGPASSWORD (environment, read by libpq)", "DATABASE_URL (.env)"),
+])
+def test_a_password_is_never_sent_to_a_host_another_source_named(cli, workdir, trap, args, environ, dotenv,
+                                                                 password_from, host_from):
+    (workdir / ".env").write_text(dotenv.format(port=trap.port))
+    result = cli("status", *[a.format(port=trap.port) for a in args], env=environ)
+    line = one_error_line(result)
+    assert result.exit_code == 2 and f"the password from {password_from} would be sent to the host named by " \
+        f"{host_from}" in line, line
+    assert "set the host and the password in the same place" in line
+    assert trap.connections == 0 and trap.passwords == []
+    assert "Secret-9" not in result.output
+
+
+def test_a_host_and_its_own_password_from_dotenv_still_work(cli, workdir, trap):
+    """The rule refuses crossings only: .env's host with .env's password goes there (the trap proves it)."""
+    (workdir / ".env").write_text(f"DB_HOST=127.0.0.1\nDB_PORT={trap.port}\nDB_PASSWORD=Dotenv-Secret-9\n")
+    result = cli("status", env={"SCHEMA_TABLE": "x"})  # a real-environment setting outside the connection
+    assert result.exit_code == 1 and trap.passwords == ["Dotenv-Secret-9"], result.output
+    assert "Dotenv-Secret-9" not in result.output
+
+
+def test_the_environments_secret_name_wins_over_dotenvs_connection_for_both_stores():
+    from migrator.settings import resolve_mongo
+    from migrator.targets import MongoOptions
+
+    with pytest.raises(MigratorError, match=r"AWS secret dev/db"):
+        resolve({"DB_SECRET_NAME": "dev/db"}, {"DATABASE_URL": "postgresql://app:pw@other-host/prod"})
+    env = Env({"MONGO_SECRET_NAME": "dev/mongo"}, {"MONGO_URL": "mongodb://app:pw@other-host/prod"})
+    with pytest.raises(MigratorError, match=r"AWS secret dev/mongo"):
+        resolve_mongo(MongoOptions(), env)
+    assert any("MONGO_URL (.env) ignored" in note for note in env.take_notes())
+
+
+def _fifo(tmp_path):
+    import os
+
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text(""), "is empty; put the value in it, or unset DB_PASSWORD_FILE"),
+    (lambda p: p.write_text("\n"), "is empty"),
+    (lambda p: p.write_bytes(b"pw\0rest"), "holds a NUL byte"),
+    (lambda p: p.write_bytes("S3cret-pw".encode("utf-16")), "is UTF-16 text; save it as UTF-8"),
+    (lambda p: p.write_bytes(b"\xff\xfepw"[2:] + b"\xe9t\xe9"), "is not UTF-8 text"),
+    (lambda p: p.mkdir(), "is a folder"),
+    (None, "is not a regular file (a FIFO, socket or device)"),
+    (lambda p: None, "does not exist; mount the Secret there or fix the path"),
+])
+def test_an_empty_or_unreadable_password_file_is_one_line_never_the_default_password(cli, tmp_path, make, message):
+    import threading
+
+    path = _fifo(tmp_path) if make is None else tmp_path / "password"
+    if make is not None:
+        make(path)
+    results = []
+    runner = threading.Thread(target=lambda: results.append(
+        cli("config", env={"DB_HOST": "db.internal", "DB_PASSWORD_FILE": str(path)})), daemon=True)
+    runner.start()
+    runner.join(60)  # a FIFO opened for reading would block here for ever
+    assert results, "config hung"
+    line = one_error_line(results[0])
+    assert results[0].exit_code == 2 and f"DB_PASSWORD_FILE (environment): {path} {message}" in line, line
+
+
+@pytest.mark.parametrize("content, message", [
+    ("DB_HOST=db.internal\nDB_PASSWORD=\"Open-quote\n".encode(), "DB_PASSWORD (.env line 2): the line cannot be parsed"),
+    ("DB_HOST=db.internal\nDB_PASSWORD=S3cret\n".encode("utf-16"), ".env is UTF-16 text; save it as UTF-8"),
+    (b"DB_HOST=db.internal\nDB_PASSWORD=S\0cret\n", ".env holds a NUL byte"),
+])
+def test_an_unreadable_dotenv_password_is_one_line_never_the_default_password(cli, workdir, content, message):
+    (workdir / ".env").write_bytes(content)
+    result = cli("config")
+    line = one_error_line(result)
+    assert result.exit_code == 2 and message in line, line
+    assert "postgres:***@" not in result.output
+
+
+def test_a_broken_dotenv_line_for_a_setting_the_environment_gives_is_not_in_the_way(cli, workdir):
+    (workdir / ".env").write_text("DB_PASSWORD=\"Open-quote\nthis line is not a setting\n")
+    result = cli("config", env={"DB_HOST": "db.internal", "DB_PASSWORD": "Env-pw-1"})
+    assert result.exit_code == 0, result.output
+
+
+def test_dotenv_expands_no_variable_of_the_real_environment(cli, workdir):
+    (workdir / ".env").write_text("DATABASE_URL=postgresql://app:${PGPASSWORD}@other-host/prod\n")
+    result = cli("config", env={"PGPASSWORD": "Env-Secret-9"})
+    assert result.exit_code == 2, result.output  # taken literally: an unencoded $, { in the password
+    assert "Env-Secret-9" not in result.output
+
+
+# --- masking hides the password where it is one, and nothing else (issue 23 #5) -----------------------------
+
+
+def test_a_user_named_like_its_password_stays_readable_in_the_servers_message(cli, make_db, password_role, pg):
+    from migrator import output
+
+    output.register_secret(password_role)
+    assert output.scrub(f'FATAL: password authentication failed for user "{password_role}"') == \
+        f'FATAL: password authentication failed for user "{password_role}"'
+    assert output.scrub(f"password was {password_role} here") == "password was *** here"
+    if not pg.enforces_passwords:
+        pytest.skip("this server does not check passwords (trust authentication)")
+    db = make_db(owner=password_role)
+    result = cli("-v", "status", env={**db.db_env(), "DB_USER": password_role, "DB_PASSWORD": password_role})
+    assert result.exit_code == 1 and f'for user "{password_role}"' in result.output, result.output
+    assert 'user "***"' not in result.output
+
+
+def test_dropped_jdbc_parameters_are_named_never_their_values():
+    t = resolve({"DB_URL": "jdbc:postgresql://h:5432/d?user=u&sslfactoryarg=Factory-Secret-7&stringtype=unspecified"})
+    (note,) = [n for n in t.notes if "JDBC-only" in n]
+    assert "sslfactoryarg, stringtype not used by libpq" in note and "Factory-Secret-7" not in note

@@ -1,0 +1,136 @@
+"""Two PostgreSQL peers that misbehave on purpose, on real TCP sockets on 127.0.0.1.
+
+PasswordTrap plays a server that asks for the password in clear (AuthenticationCleartextPassword), as
+a hostile host named by a `.env` would, and records every startup and password message it receives:
+it proves where a password travels. SilentProxy relays to the suite's server until the client has
+logged in (the first ReadyForQuery), then stops relaying while keeping both sockets open: a proxy or
+NAT that goes silent after login.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import threading
+from pathlib import Path
+
+SSL_REQUEST, GSS_REQUEST = 80877103, 80877104
+
+
+def _read(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    return data
+
+
+def _startup(client: socket.socket) -> bytes:
+    """The startup packet, after refusing TLS and GSS requests ('N', as a server without them does)."""
+    while True:
+        length, code = struct.unpack("!II", _read(client, 8))
+        if length == 8 and code in (SSL_REQUEST, GSS_REQUEST):
+            client.sendall(b"N")
+            continue
+        return struct.pack("!II", length, code) + _read(client, length - 8)
+
+
+class _Listener:
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._guarded, args=(client,), daemon=True).start()
+
+    def _guarded(self, client: socket.socket) -> None:
+        try:
+            self._handle(client)
+        except (OSError, struct.error):
+            pass
+
+    def _handle(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class PasswordTrap(_Listener):
+    """Asks every client for its password in clear; `startups` and `passwords` are what arrived."""
+
+    def __init__(self):
+        self.startups: list[dict[str, str]] = []
+        self.passwords: list[str] = []
+        super().__init__()
+
+    def _handle(self, client: socket.socket) -> None:
+        with client:
+            packet = _startup(client)
+            words = packet[8:].split(b"\0")
+            self.startups.append({k.decode(): v.decode() for k, v in zip(words[::2], words[1::2]) if k})
+            client.sendall(b"R" + struct.pack("!II", 8, 3))  # AuthenticationCleartextPassword
+            kind, length = struct.unpack("!cI", _read(client, 5))
+            body = _read(client, length - 4)
+            if kind == b"p":
+                self.passwords.append(body.rstrip(b"\0").decode())
+            fields = b"SFATAL\0C28P01\0Mpassword authentication failed (trap)\0\0"
+            client.sendall(b"E" + struct.pack("!I", len(fields) + 4) + fields)
+
+
+class SilentProxy(_Listener):
+    """Relays to the suite's server's Unix socket until the first ReadyForQuery, then stays silent."""
+
+    def __init__(self, socket_dir: str, port: int):
+        self.backend = str(Path(socket_dir) / f".s.PGSQL.{port}")
+        self.silenced = 0
+        self._held: list[socket.socket] = []
+        super().__init__()
+
+    def _handle(self, client: socket.socket) -> None:
+        server = socket.socket(socket.AF_UNIX)
+        server.connect(self.backend)
+        server.sendall(_startup(client))
+        pending = b""
+        while True:  # both ways, the server's messages whole, until the client may send a query
+            ready, _, _ = select.select([client, server], [], [], 30)
+            if not ready:
+                return
+            if client in ready:
+                data = client.recv(65536)
+                if not data:
+                    return
+                server.sendall(data)
+            if server in ready:
+                data = server.recv(65536)
+                if not data:
+                    return
+                pending += data
+                while len(pending) >= 5:
+                    kind, length = struct.unpack("!cI", pending[:5])
+                    if len(pending) < 1 + length:
+                        break
+                    client.sendall(pending[:1 + length])
+                    pending = pending[1 + length:]
+                    if kind == b"Z":  # logged in: from now on nothing goes through
+                        self.silenced += 1
+                        self._held += [client, server]
+                        self._swallow(client)
+                        return
+
+    @staticmethod
+    def _swallow(client: socket.socket) -> None:
+        """Read and drop what the client sends (its kernel ACKs it, as a live proxy's does), never answer."""
+        while client.recv(65536):
+            pass
