@@ -17,6 +17,8 @@ PG_WEAK_MODES = {"disable", "allow", "prefer"}
 # Mongo URI options that turn checks off when true (pymongo and mongosh spell them the same).
 MONGO_INSECURE = ("tlsInsecure", "tlsAllowInvalidCertificates", "tlsAllowInvalidHostnames",
                   "sslAllowInvalidCertificates", "sslAllowInvalidHostnames")
+# The one spelling that lets CA_BUNDLE_OPTIONAL run without a bundle: a manifest must say it in words.
+INSECURE_SETTING, INSECURE_VALUE = "DB_TLS_INSECURE", "unverified"
 RDS_BUNDLE_URL = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
 
 
@@ -27,13 +29,23 @@ def resolve_ca_bundle(option: str | None, env) -> tuple[str | None, str | None]:
         return None, None
     file = Path(path)
     if not option and not file.exists() and truthy(env.value("CA_BUNDLE_OPTIONAL")):
-        # The Job mounts the bundle from an optional ConfigMap: where it is absent, run unverified and say so.
-        env.note(f"warning: CA bundle {path} (CA_BUNDLE) is not there and CA_BUNDLE_OPTIONAL is set: "
-                 "TLS certificates are not verified; create the ConfigMap (README, \"The CA bundle\")")
+        # The Job mounts the bundle from an optional ConfigMap. Absent, it would send the password to a
+        # server nobody verified: only where the manifest also says so in words (attack 23 #4).
+        insecure, insecure_origin = env.get(INSECURE_SETTING)
+        if insecure != INSECURE_VALUE:
+            said = f" ({insecure_origin} is {insecure!r})" if insecure else ""
+            raise MigratorError(f"CA bundle {path} (CA_BUNDLE) not found, and CA_BUNDLE_OPTIONAL alone does not allow "
+                                f"unverified TLS{said}; create the ConfigMap with the bundle (README, \"The CA bundle\"), "
+                                f"or set {INSECURE_SETTING}={INSECURE_VALUE} to run without verifying the server", USAGE)
+        env.note(f"warning: INSECURE TLS: CA bundle {path} (CA_BUNDLE) is not there and {INSECURE_SETTING}={INSECURE_VALUE} "
+                 f"({insecure_origin}) with CA_BUNDLE_OPTIONAL: the server's certificate is NOT verified, the "
+                 "password goes to whoever answers; create the ConfigMap (README, \"The CA bundle\")")
         return None, None
     if not file.is_file():
+        unverified = "" if option else (f"; only to run without verifying the server, set CA_BUNDLE_OPTIONAL=true "
+                                        f"and {INSECURE_SETTING}={INSECURE_VALUE}")
         raise MigratorError(f"CA bundle {path} ({origin}) not found; download the RDS bundle ({RDS_BUNDLE_URL}) "
-                            "or fix the path", USAGE)
+                            f"or fix the path (the Job: create the ConfigMap hcm-db-ca){unverified}", USAGE)
     try:
         head = file.read_bytes()[:1 << 20]
     except OSError as exc:

@@ -5,6 +5,7 @@ resolves its env against a stand-in ConfigMap and Secret that point at the test 
 runs the container's exact command from the repository root, as the image would from /app.
 """
 
+import copy
 import os
 import re
 import shutil
@@ -81,7 +82,8 @@ def test_env_comes_from_the_clusters_objects_and_secrets_from_mounted_files(job,
     assert mongo["secret"]["secretName"] == "hcm-db-migrations-mongo" and mongo["secret"]["optional"] is True
     assert volume_of(job, container, env["MONGO_DB_FILE"]["value"]) == mongo
     ca = volume_of(job, container, env["CA_BUNDLE"]["value"])
-    assert ca["configMap"]["optional"] is True and env["CA_BUNDLE_OPTIONAL"]["value"] == "true"
+    # The ConfigMap may be absent (the runner then refuses in one line); unverified TLS is never the default.
+    assert ca["configMap"]["optional"] is True and not {"CA_BUNDLE_OPTIONAL", "DB_TLS_INSECURE"} & set(env)
     assert all(m.get("readOnly") for m in container["volumeMounts"] if m["name"] != "tmp")
 
 
@@ -431,10 +433,23 @@ def test_the_job_applies_a_mongo_patch_once_and_logs_it_as_uid_10001(job_run):
         assert "Mongo-Pw-77" not in run.stdout + run.stderr
 
 
-def test_without_the_ca_configmap_the_job_still_runs_and_says_tls_is_unverified(job_run):
+def test_without_the_ca_configmap_the_job_refuses_before_sending_the_password(job, job_run, pod_runner):
+    """attack 23 #4: it used to fall back to sslmode=require, and a fake server got the password."""
+    handshakes = job_run.front.handshakes
     result = job_run(with_ca=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "CA_BUNDLE_OPTIONAL is set: TLS certificates are not verified" in result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "CA bundle" in line and "not found" in line and "DB_TLS_INSECURE=unverified" in line
+    assert job_run.front.handshakes == handshakes  # no TLS session, so no password, reached the server
+    assert pod_failure_action(job, result.returncode) == "FailJob"
+
+    explicit = copy.deepcopy(job)  # the manifest saying so in words: runs, and the log says it is insecure
+    (container,) = explicit["spec"]["template"]["spec"]["containers"]
+    container["env"] += [{"name": "CA_BUNDLE_OPTIONAL", "value": "true"},
+                         {"name": "DB_TLS_INSECURE", "value": "unverified"}]
+    insecure = pod_runner(explicit)(with_ca=False)
+    assert insecure.returncode == 0, insecure.stdout + insecure.stderr
+    assert "warning: INSECURE TLS" in insecure.stderr and "NOT verified" in insecure.stderr
 
 
 # --- the exit codes the pod reports, as the Job's podFailurePolicy reads them (attack16b 5, 10) ---------
