@@ -22,6 +22,13 @@ _HINTS = {
 }
 
 
+def _client_config():
+    """Bounded network waits: a Secrets Manager endpoint that stops answering fails in seconds, not never."""
+    from botocore.config import Config
+
+    return Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
+
+
 def profile_and_region(aws: AwsOptions, env: Env) -> tuple[str | None, str | None]:
     """The AWS profile and region asked for (None: boto3's own default chain decides)."""
     profile = aws.profile or env.value("AWS_PROFILE")
@@ -37,7 +44,7 @@ def fetch_json(name: str, aws: AwsOptions, env: Env) -> dict:
     where = f"AWS secret {name}" + (f" (profile {profile})" if profile else "")
     try:
         session = boto3.Session(profile_name=profile, region_name=region)
-        client = session.client("secretsmanager")
+        client = session.client("secretsmanager", config=_client_config())
         response = client.get_secret_value(SecretId=name)
     except bx.ProfileNotFound:
         raise MigratorError(f"{where}: AWS profile {profile!r} not found in ~/.aws/config; fix --profile")
@@ -49,6 +56,9 @@ def fetch_json(name: str, aws: AwsOptions, env: Env) -> dict:
         code = exc.response.get("Error", {}).get("Code", "")
         hint = _HINTS.get(code, exc.response.get("Error", {}).get("Message", code))
         raise MigratorError(f"{where}: {hint}")
+    except (bx.ConnectTimeoutError, bx.ReadTimeoutError) as exc:
+        raise MigratorError(f"{where}: Secrets Manager did not answer in time ({exc}); check the network path "
+                            "(k8s/networkpolicy-secrets-manager.yaml) and the region")
     except bx.EndpointConnectionError as exc:
         raise MigratorError(f"{where}: cannot reach Secrets Manager ({exc}); check the network and the region")
     except bx.BotoCoreError as exc:

@@ -90,9 +90,23 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
     env = all_env  # the settings beyond the connection: each its own, the real environment first
     _resolve_schemas(target, options, env)
     _apply_tls(target, options.ca_bundle, env)
+    target.read_timeout = _read_timeout(env)
     target.notes[:0] = env.take_notes()
     output.register_secret(target.password)
     return target
+
+
+DEFAULT_READ_TIMEOUT = 60.0  # seconds; catalog reads answer in well under that
+
+
+def _read_timeout(env: Env) -> float:
+    """DB_READ_TIMEOUT: seconds a read-only command (status, plan, doctor) waits for any answer; 0: for ever."""
+    value, origin = env.get("DB_READ_TIMEOUT")
+    if value is None:
+        return DEFAULT_READ_TIMEOUT
+    if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]+)?", value.strip()):
+        raise MigratorError(f"{origin}: {value!r} is not a number of seconds; use e.g. 60, or 0 to wait for ever", USAGE)
+    return float(value)
 
 
 def _note_ignored(env: Env, where: str | None, names: tuple[str, ...], store: str) -> None:

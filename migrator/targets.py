@@ -15,6 +15,7 @@ from migrator.errors import USAGE, MigratorError
 PG_SCHEMES = ("postgresql", "postgres")
 MONGO_SCHEMES = ("mongodb", "mongodb+srv")
 MONGO_EXAMPLE = "mongodb://user:password@host:27017/db or mongodb+srv://…"
+MONGO_SOCKET_TIMEOUT_MS = 300_000  # one operation's answer: 5 minutes
 
 
 @dataclass
@@ -56,6 +57,7 @@ class PostgresTarget:
     schemas: list[str] = field(default_factory=list)  # the tenants' schemas to run over; empty: one run, as ever
     schema: str | None = None  # the one schema this connection migrates (search_path and bookkeeping there)
     create_schemas: bool = False
+    read_timeout: float = 0.0  # seconds a read-only command waits for an answer to a statement (0: for ever)
 
     def for_schema(self, schema: str) -> "PostgresTarget":
         """The same server, narrowed to one tenant's schema."""
@@ -158,8 +160,11 @@ class MongoTarget:
     def client_options(self) -> dict:
         """pymongo options: bounded timeouts, TLS with the CA bundle, retryWrites off for DocumentDB."""
         ms = int(self.timeout * 1000)
-        options: dict = {"serverSelectionTimeoutMS": ms, "connectTimeoutMS": ms, "appname": "hcm-db-migrations",
-                         "tz_aware": True}
+        # socketTimeoutMS: a server (or proxy) that goes silent mid-operation fails that operation instead of
+        # hanging the run; long enough for a Python patch's big update, and never shorter than its time limit.
+        socket_ms = max(MONGO_SOCKET_TIMEOUT_MS, int(self.patch_timeout * 1000))
+        options: dict = {"serverSelectionTimeoutMS": ms, "connectTimeoutMS": ms, "socketTimeoutMS": socket_ms,
+                         "appname": "hcm-db-migrations", "tz_aware": True}
         if self.ca_file:
             options.update(tls=True, tlsCAFile=self.ca_file)
         if self.documentdb:

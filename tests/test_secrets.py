@@ -69,3 +69,26 @@ def test_no_region(cli, aws, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     line = one_error_line(cli("migrate", "--secret-name", "x"))
     assert "AWS secret x: no AWS region; pass --region or set AWS_REGION" in line
+
+
+def test_a_secrets_manager_endpoint_that_never_answers_ends_in_one_line(cli, tmp_path):
+    """issue 23 #5: boto3's default read timeout (60 s, retried) kept a run waiting for minutes."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(10)], daemon=True).start()
+    env = {"DB_SECRET_NAME": "dev/silent", "AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{listener.getsockname()[1]}"}
+    results = []
+    worker = threading.Thread(target=lambda: results.append(cli("config", env=env)), daemon=True)
+    worker.start()
+    worker.join(90)
+    listener.close()
+    assert results, "config hung on a silent Secrets Manager endpoint"
+    line = one_error_line(results[0])
+    assert "AWS secret dev/silent: Secrets Manager did not answer in time" in line, line
+    assert held  # it did connect: the read, not the connection, timed out

@@ -452,3 +452,53 @@ def test_dropped_jdbc_parameters_are_named_never_their_values():
     t = resolve({"DB_URL": "jdbc:postgresql://h:5432/d?user=u&sslfactoryarg=Factory-Secret-7&stringtype=unspecified"})
     (note,) = [n for n in t.notes if "JDBC-only" in n]
     assert "sslfactoryarg, stringtype not used by libpq" in note and "Factory-Secret-7" not in note
+
+
+@pytest.mark.parametrize("insecure", [None, "true", "yes", "Unverified "])
+def test_an_optional_ca_bundle_that_is_absent_needs_the_insecure_setting_spelled_out(tmp_path, insecure):
+    environ = {"DB_HOST": "db.internal", "CA_BUNDLE": str(tmp_path / "absent.pem"), "CA_BUNDLE_OPTIONAL": "true"}
+    if insecure:
+        environ["DB_TLS_INSECURE"] = insecure
+    with pytest.raises(MigratorError) as err:
+        resolve(environ)
+    assert "CA_BUNDLE_OPTIONAL alone does not allow unverified TLS" in str(err.value) and err.value.exit_code == 2
+    t = resolve({**environ, "DB_TLS_INSECURE": "unverified"})
+    assert t.params["sslmode"] == "require" and any(n.startswith("warning: INSECURE TLS") for n in t.notes)
+
+
+# --- timeouts on every network read (issue 23 #5) -----------------------------------------------------------
+
+
+def _in_thread(call, limit: float = 120):
+    """call()'s result; None when it has not returned within `limit` (a hang, where a timeout must end it)."""
+    import threading
+
+    results = []
+    worker = threading.Thread(target=lambda: results.append(call()), daemon=True)
+    worker.start()
+    worker.join(limit)
+    return results[0] if results else None
+
+
+def test_status_through_a_proxy_that_goes_silent_after_login_ends_in_one_line(cli, db, pg, sql_dir):
+    from pg_wire import SilentProxy
+
+    if not pg.host.startswith("/"):
+        pytest.skip("the proxy relays to the suite's own server's Unix socket")
+    proxy = SilentProxy(pg.host, pg.port)
+    try:
+        env = {**db.db_env(), "DB_HOST": "127.0.0.1", "DB_PORT": str(proxy.port), "DB_READ_TIMEOUT": "2"}
+        result = _in_thread(lambda: cli("status", "--sql-dir", sql_dir, env=env), limit=60)
+    finally:
+        proxy.close()
+    assert result is not None, "status hung behind the silent proxy"
+    assert proxy.silenced >= 1  # it did log in, then got no answer
+    line = one_error_line(result)
+    assert f"PostgreSQL at 127.0.0.1:{proxy.port}/{db.name}: no answer within 2 s" in line, line
+
+
+@pytest.mark.parametrize("value", ["nan", "-5", "1e9", "soon"])
+def test_a_read_timeout_that_is_not_a_number_of_seconds_is_refused(value):
+    with pytest.raises(MigratorError, match=r"DB_READ_TIMEOUT \(environment\): .* is not a number of seconds"):
+        resolve({"DB_HOST": "h", "DB_READ_TIMEOUT": value})
+    assert resolve({"DB_HOST": "h"}).read_timeout == 60 and resolve({"DB_HOST": "h", "DB_READ_TIMEOUT": "0"}).read_timeout == 0

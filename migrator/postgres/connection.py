@@ -35,7 +35,13 @@ from migrator.targets import DdlLimits, PostgresTarget
 
 MIGRATION_TABLE = "_yoyo_migration"
 # application_name names this runner (host:pid), so a lock timeout can say who holds the lock.
-CONNECT_PARAMS = {"connect_timeout": "10", "application_name": f"hcm-db-migrations {socket.gethostname()}:{os.getpid()}"[:63]}
+# A dead peer or a network that drops packets is noticed within about a minute: keepalives while
+# waiting for an answer, and tcp_user_timeout for data the peer's kernel never acknowledges.
+CONNECT_PARAMS = {"connect_timeout": "10", "application_name": f"hcm-db-migrations {socket.gethostname()}:{os.getpid()}"[:63],
+                  "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3",
+                  "tcp_user_timeout": "60000"}
+# A read-only command's URL carries its read timeout to Backend.connect (popped there, never sent to libpq).
+READ_TIMEOUT_ARG = "hcm_read_timeout"
 READ_ONLY = "-c default_transaction_read_only=on"
 # A migration whose client died (SIGKILL) is cancelled within seconds, releasing its locks (PostgreSQL 14+).
 CLIENT_CHECK = "-c client_connection_check_interval=2s"
@@ -118,6 +124,8 @@ def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits |
     settings = [params.get("options", ""), CLIENT_CHECK]
     if read_only:
         settings.append(READ_ONLY)
+        if target.read_timeout:
+            params[READ_TIMEOUT_ARG] = f"{target.read_timeout:g}"
     if limits:
         settings.append(f"-c lock_timeout={limits.lock_timeout} -c statement_timeout={limits.statement_timeout}")
     if target.schema and target.schema != "public":  # a checked lower-case identifier: nothing to quote
@@ -142,6 +150,15 @@ def backend_class():
         watcher = None  # a postgres.watch.Watcher following each migration session, when progress is on
 
         foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
+
+        def connect(self, dburi):
+            args = dict(dburi.args)
+            seconds = args.pop(READ_TIMEOUT_ARG, None)
+            connection = super().connect(dburi._replace(args=args))
+            if seconds:
+                host = dburi.hostname or args.get("host") or "localhost"
+                guard_reads(connection, f"{host}:{dburi.port or 5432}/{dburi.database}", float(seconds))
+            return connection
 
         def init_connection(self, connection):
             # Called by yoyo on connect and after each rollback (which would undo the pin).
@@ -186,6 +203,46 @@ def backend_class():
             pass
 
     return Backend
+
+
+def guard_reads(connection, where: str, seconds: float) -> None:
+    """Every statement on `connection` gets an answer within `seconds`, or fails in one line naming the server.
+
+    libpq waits for an answer for ever, and neither keepalives nor tcp_user_timeout help when a proxy
+    between goes silent after login (its kernel still acknowledges everything). A timer shuts the
+    socket down (a dup of libpq's descriptor, so libpq's own stays valid): libpq's wait ends with
+    "server closed the connection", which the cursor turns into the line below. Read-only commands
+    only: a migration's statement may rightly run for hours (statement_timeout bounds it on the server)."""
+    import threading
+
+    import psycopg2.extensions
+
+    def shut(fired: list) -> None:
+        fired.append(True)
+        try:
+            with socket.socket(fileno=os.dup(connection.fileno())) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, psycopg2.Error):
+            pass
+
+    class GuardedCursor(psycopg2.extensions.cursor):
+        def execute(self, query, vars=None):
+            fired: list = []
+            timer = threading.Timer(seconds, shut, (fired,))
+            timer.daemon = True
+            timer.start()
+            try:
+                return super().execute(query, vars)
+            except psycopg2.Error as exc:
+                if fired:
+                    raise MigratorError(f"PostgreSQL at {where}: no answer within {seconds:g} s (the server, or a proxy "
+                                        "or network between, went silent); check the network path, or raise "
+                                        "DB_READ_TIMEOUT for slow catalog reads") from exc
+                raise
+            finally:
+                timer.cancel()
+
+    connection.cursor_factory = GuardedCursor
 
 
 @functools.cache
@@ -243,10 +300,13 @@ def survey_schemas(target: PostgresTarget, schemas: list[str], *, create: bool,
     given.update({k: v for k, v in (("user", uri.username), ("password", uri.password), ("port", uri.port),
                                     ("host", uri.hostname)) if v is not None})
     given.pop("schema", None)
+    seconds = given.pop(READ_TIMEOUT_ARG, None)
     try:
         connection = psycopg2.connect(**given)
     except psycopg2.Error as exc:
         raise connection_error(exc, target)
+    if seconds:
+        guard_reads(connection, target.where, float(seconds))
     connection.autocommit = True
     try:
         with connection.cursor() as cursor:
