@@ -131,6 +131,14 @@ class Env:
         new, self._taken = self._notes[self._taken:], len(self._notes)
         return new
 
+    def describe_origin(self, origin: str) -> str:
+        """An origin for `config`: a NAME_FILE's also names its file (the path, never the content)."""
+        for where in LAYERS:
+            name = origin.removesuffix(f" ({where})")
+            if name != origin and name.endswith("_FILE") and self._layer(where).get(name):
+                return f"{origin}: file {self._layer(where)[name]}"
+        return origin
+
     def value(self, name: str) -> str | None:
         return self.get(name)[0]
 

@@ -502,3 +502,15 @@ def test_a_read_timeout_that_is_not_a_number_of_seconds_is_refused(value):
     with pytest.raises(MigratorError, match=r"DB_READ_TIMEOUT \(environment\): .* is not a number of seconds"):
         resolve({"DB_HOST": "h", "DB_READ_TIMEOUT": value})
     assert resolve({"DB_HOST": "h"}).read_timeout == 60 and resolve({"DB_HOST": "h", "DB_READ_TIMEOUT": "0"}).read_timeout == 0
+
+
+def test_config_names_the_file_a_credential_came_from_never_its_content(cli, tmp_path):
+    password, user = tmp_path / "password", tmp_path / "username"
+    password.write_text("File-Secret-3\n")
+    user.write_text("app\n")
+    result = cli("config", env={"DB_HOST": "db.internal", "DB_PASSWORD_FILE": str(password), "DB_USER_FILE": str(user)})
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert lines["password"].split()[1:] == ["***", "DB_PASSWORD_FILE", "(environment):", "file", str(password)]
+    assert lines["user"].split()[1:] == ["app", "DB_USER_FILE", "(environment):", "file", str(user)]
+    assert lines["host"].split()[1:] == ["db.internal", "DB_HOST", "(environment)"]
+    assert "File-Secret-3" not in result.output

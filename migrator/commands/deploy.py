@@ -266,7 +266,7 @@ def config(settings: CommandSettings) -> Lines:
                 ("database", "dbname", target.dbname), ("user", "user", target.user),
                 ("password", "password", "***" if target.password else "(none)")]
         for label, key, value in rows:
-            lines.append(f"  {label:<9} {value!s:<30} {target.sources.get(key) or origin or 'default'}")
+            lines.append(f"  {label:<9} {value!s:<30} {env.describe_origin(target.sources.get(key) or origin or 'default')}")
         lines.append(f"  {'tls':<9} {target.tls}")
     if target.schemas:
         lines.append(f"  {'schemas':<9} {','.join(target.schemas):<30} {target.sources['schemas']}")
