@@ -20,6 +20,7 @@ from typing import Mapping
 from migrator.errors import USAGE, MigratorError
 
 MAX_SETTING_FILE = 64 * 1024  # a password or URL; /dev/zero or a log file is a mistake
+MAX_DOTENV = 1024 * 1024
 # A NAME_FILE that does not exist leaves NAME unset (an optional Secret not created), except for these:
 # unset, they would fall back to the default password.
 PASSWORD_SETTINGS = ("DB_PASSWORD", "FLYWAY_PASSWORD")
@@ -164,9 +165,12 @@ def read_dotenv(path: Path) -> tuple[dict[str, str | None], dict[str, int]]:
 
     where = str(path.resolve())
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as file:
+            data = file.read(MAX_DOTENV + 1)
     except OSError as exc:
         raise MigratorError(f"{where} cannot be read ({exc.strerror}); fix its permissions or remove it", USAGE)
+    if len(data) > MAX_DOTENV:
+        raise MigratorError(f"{where} is larger than {MAX_DOTENV // 1024} KiB, not a settings file; remove it", USAGE)
     values: dict[str, str | None] = {}
     broken: dict[str, int] = {}
     for binding in parse_stream(io.StringIO(_text(data, where))):

@@ -86,6 +86,7 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
     if target.sources.get("url"):
         _url_credentials(target, env)
     _check_credentials_travel(target, all_env)
+    _refuse_hostless_password(target, all_env, where)
     _note_mixed_credentials(target)
     env = all_env  # the settings beyond the connection: each its own, the real environment first
     _resolve_schemas(target, options, env)
@@ -129,6 +130,20 @@ def _credential_source(origin: str | None) -> str | None:
     if "(.env)" in origin:
         return ".env"
     return origin  # secret NAME
+
+
+def _refuse_hostless_password(target: PostgresTarget, env: Env, where: str | None) -> None:
+    """The source that wins names a password but no host, the other names a host: the password would go to
+    the default host, which is surely not what was meant. Refused, naming both (never the values)."""
+    if not where or target.sources.get("host") != "default" or target.sources.get("password") in (None, "default"):
+        return
+    hosts = [f"{name} ({other})" for other in env.layers if other != where
+             for name in env.names(("DATABASE_URL", "DB_URL", "DB_HOST", "DB_SECRET_NAME"), other)]
+    if hosts:
+        raise MigratorError(f"{target.sources['password']} names a password but the {where} names no host, while "
+                            f"{hosts[0]} names one: the connection comes whole from the {where} (the real environment "
+                            f"first), so the password would go to localhost; set the host in the {where} too, or "
+                            "move the password beside the host", USAGE)
 
 
 def _check_credentials_travel(target: PostgresTarget, env: Env) -> None:

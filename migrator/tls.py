@@ -47,7 +47,8 @@ def resolve_ca_bundle(option: str | None, env) -> tuple[str | None, str | None]:
         raise MigratorError(f"CA bundle {path} ({origin}) not found; download the RDS bundle ({RDS_BUNDLE_URL}) "
                             f"or fix the path (the Job: create the ConfigMap hcm-db-ca){unverified}", USAGE)
     try:
-        head = file.read_bytes()[:1 << 20]
+        with file.open("rb") as stream:
+            head = stream.read(1 << 20)  # a bundle is ~200 KiB; never read a huge file whole
     except OSError as exc:
         raise MigratorError(f"CA bundle {path} ({origin}) cannot be read ({exc.strerror}); fix its permissions", USAGE)
     if b"-----BEGIN CERTIFICATE-----" not in head:

@@ -514,3 +514,12 @@ def test_config_names_the_file_a_credential_came_from_never_its_content(cli, tmp
     assert lines["user"].split()[1:] == ["app", "DB_USER_FILE", "(environment):", "file", str(user)]
     assert lines["host"].split()[1:] == ["db.internal", "DB_HOST", "(environment)"]
     assert "File-Secret-3" not in result.output
+
+
+def test_an_environment_password_without_a_host_is_not_sent_anywhere_when_dotenv_names_the_host(cli, workdir, trap):
+    (workdir / ".env").write_text(f"DATABASE_URL=postgresql://app@127.0.0.1:{trap.port}/prod\n")
+    result = cli("status", env={"DB_PASSWORD": "Env-Secret-9"})
+    line = one_error_line(result)
+    assert "DB_PASSWORD (environment) names a password but the environment names no host, while DATABASE_URL " \
+        "(.env) names one" in line, line
+    assert trap.connections == 0 and "Env-Secret-9" not in result.output
