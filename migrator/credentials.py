@@ -1,0 +1,92 @@
+"""Where credentials may travel: one source gives a connection whole, and a password goes only to a host
+its own source named (issue 23: a `.env` naming another host must never receive the real environment's
+password). settings.py resolves; this module says what was ignored and refuses what would cross.
+"""
+
+from __future__ import annotations
+
+from migrator.env import Env
+from migrator.errors import USAGE, MigratorError
+from migrator.targets import PostgresTarget
+
+
+def note_ignored(env: Env, where: str | None, names: tuple[str, ...], store: str) -> None:
+    """The connection settings of the source that lost, named (never their values)."""
+    for other in env.layers:
+        ignored = env.names(names, other) if where and other != where else []
+        if ignored:
+            env.note(f"note: {', '.join(ignored)} ({other}) ignored: the {where} names the {store} connection, "
+                     f"and one source gives it whole (the real environment first); set it all in one place")
+
+
+def _credential_source(origin: str | None) -> str | None:
+    """Who chose a setting, for the rule that a password goes only where its own source points: the command
+    line and the real environment are the invoker's own (one source), `.env` another, each secret its
+    own; a default or libpq's own choice is no source's (None)."""
+    if not origin or origin == "default" or origin.startswith("none"):
+        return None
+    if origin.startswith("--") or "(environment)" in origin:
+        return "the command line and the environment"
+    if "(.env)" in origin:
+        return ".env"
+    return origin  # secret NAME
+
+
+def check_travel(target: PostgresTarget, env: Env, where: str | None) -> None:
+    """Both rules on where a password may go (README, "Connection settings")."""
+    _check_credentials_travel(target, env)
+    _refuse_hostless_password(target, env, where)
+
+
+def _refuse_hostless_password(target: PostgresTarget, env: Env, where: str | None) -> None:
+    """The source that wins names a password but no host, the other names a host: the password would go to
+    the default host, which is surely not what was meant. Refused, naming both (never the values)."""
+    if not where or target.sources.get("host") != "default" or target.sources.get("password") in (None, "default"):
+        return
+    hosts = [f"{name} ({other})" for other in env.layers if other != where
+             for name in env.names(("DATABASE_URL", "DB_URL", "DB_HOST", "DB_SECRET_NAME"), other)]
+    if hosts:
+        raise MigratorError(f"{target.sources['password']} names a password but the {where} names no host, while "
+                            f"{hosts[0]} names one: the connection comes whole from the {where} (the real environment "
+                            f"first), so the password would go to localhost; set the host in the {where} too, or "
+                            "move the password beside the host", USAGE)
+
+
+def _check_credentials_travel(target: PostgresTarget, env: Env) -> None:
+    """A password is sent only to a host its own source named; else one line refuses (attack 23 #3).
+    PGPASSWORD counts: libpq sends it when the runner passes no password."""
+    if target.local_dev:
+        return
+    url = target.sources.get("url")
+    host_from = target.sources.get("host") or url
+    password_from = target.sources.get("password") or (url if target.password else None)
+    if not target.password and env.environ.get("PGPASSWORD"):
+        password_from = "PGPASSWORD (environment, read by libpq)"
+    host, password = _credential_source(host_from), _credential_source(password_from)
+    if host and password and host != password:
+        raise MigratorError(f"the password from {password_from} would be sent to the host named by {host_from}: a "
+                            "password goes only to the host its own source names; set the host and the password in "
+                            "the same place (both in the environment, both in .env, or one URL)", USAGE)
+
+
+def _credential_family(origin: str) -> str:
+    """The setting a credential came from, its user and password counted as one: DB_USER(_FILE) and
+    DB_PASSWORD(_FILE) (and --db-user, documented to pair with DB_PASSWORD) are "DB", FLYWAY_* "FLYWAY"."""
+    name = origin.split(" (")[0].removesuffix("_FILE")
+    if name in ("DB_USER", "DB_PASSWORD", "--db-user"):
+        return "DB"
+    return "FLYWAY" if name.startswith("FLYWAY_") else name
+
+
+def note_mixed(target: PostgresTarget) -> None:
+    """A user and a password from different settings (DB_USER beside the chart's FLYWAY_PASSWORD) log in
+    as one with the other's password: said, not refused (they may well belong together)."""
+    if not (target.user and target.password):
+        return
+    user_from = target.sources.get("user") or target.sources.get("url")
+    password_from = target.sources.get("password") or target.sources.get("url")
+    if not user_from or not password_from or "default" in (user_from, password_from):
+        return
+    if _credential_family(user_from) != _credential_family(password_from):
+        target.notes.append(f"note: user from {user_from}, password from {password_from}: different settings; "
+                            "if the login fails, check that they belong together")
