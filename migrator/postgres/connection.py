@@ -217,29 +217,36 @@ def guard_reads(connection, where: str, seconds: float) -> None:
 
     import psycopg2.extensions
 
-    def shut(fired: list) -> None:
-        fired.append(True)
-        try:
-            with socket.socket(fileno=os.dup(connection.fileno())) as sock:
-                sock.shutdown(socket.SHUT_RDWR)
-        except (OSError, psycopg2.Error):
-            pass
+    lock = threading.Lock()  # the timer never shuts a socket whose statement has already returned
+
+    def shut(state: dict) -> None:
+        with lock:
+            if state["done"]:
+                return
+            state["fired"] = True
+            try:
+                with socket.socket(fileno=os.dup(connection.fileno())) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, psycopg2.Error):
+                pass
 
     class GuardedCursor(psycopg2.extensions.cursor):
         def execute(self, query, vars=None):
-            fired: list = []
-            timer = threading.Timer(seconds, shut, (fired,))
+            state = {"done": False, "fired": False}
+            timer = threading.Timer(seconds, shut, (state,))
             timer.daemon = True
             timer.start()
             try:
                 return super().execute(query, vars)
             except psycopg2.Error as exc:
-                if fired:
+                if state["fired"]:
                     raise MigratorError(f"PostgreSQL at {where}: no answer within {seconds:g} s (the server, or a proxy "
                                         "or network between, went silent); check the network path, or raise "
                                         "DB_READ_TIMEOUT for slow catalog reads") from exc
                 raise
             finally:
+                with lock:
+                    state["done"] = True
                 timer.cancel()
 
     connection.cursor_factory = GuardedCursor
