@@ -25,7 +25,7 @@ MAX_DOTENV = 1024 * 1024
 # unset, they would fall back to the default password.
 PASSWORD_SETTINGS = ("DB_PASSWORD", "FLYWAY_PASSWORD")
 LAYERS = ("environment", ".env")
-_DOTENV_NAME = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=")
+_DOTENV_NAME = re.compile(r"^\s*(?:export\s+)?['\"]?([A-Za-z_][A-Za-z0-9_.]*)['\"]?\s*=")
 
 
 class Env:

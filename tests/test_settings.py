@@ -406,6 +406,7 @@ def test_an_empty_or_unreadable_password_file_is_one_line_never_the_default_pass
 
 @pytest.mark.parametrize("content, message", [
     ("DB_HOST=db.internal\nDB_PASSWORD=\"Open-quote\n".encode(), "DB_PASSWORD (.env line 2): the line cannot be parsed"),
+    ("DB_HOST=db.internal\nexport 'DB_PASSWORD' = \"Open-quote\n".encode(), "DB_PASSWORD (.env line 2): the line cannot be parsed"),
     ("DB_HOST=db.internal\nDB_PASSWORD=S3cret\n".encode("utf-16"), ".env is UTF-16 text; save it as UTF-8"),
     (b"DB_HOST=db.internal\nDB_PASSWORD=S\0cret\n", ".env holds a NUL byte"),
 ])
