@@ -117,3 +117,22 @@ def test_malformed_mongo_secrets(cli, aws, value, message):
 def test_mongo_secret_not_found(cli, aws):
     line = one_error_line(cli("mongo", "status", "--secret-name", "dev/missing"))
     assert "AWS secret dev/missing: not found" in line
+
+
+def test_every_pymongo_wait_is_bounded_and_a_silent_server_ends_in_one_line(cli):
+    """issue 23 #5: socketTimeoutMS too (an operation a server stops answering), never below a patch's limit."""
+    from migrator.targets import MONGO_SOCKET_TIMEOUT_MS, MongoTarget
+
+    options = MongoTarget("mongodb://h/x", "x", timeout=3).client_options()
+    assert (options["serverSelectionTimeoutMS"], options["connectTimeoutMS"]) == (3000, 3000)
+    assert options["socketTimeoutMS"] == MONGO_SOCKET_TIMEOUT_MS
+    assert MongoTarget("mongodb://h/x", "x", patch_timeout=3600).client_options()["socketTimeoutMS"] == 3_600_000
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts, never says a word (not even to hello)
+    held = []
+    import threading
+
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(20)], daemon=True).start()
+    port = listener.getsockname()[1]
+    result = cli("mongo", "status", "--mongo-timeout", "1", env={"MONGO_URL": f"mongodb://127.0.0.1:{port}/hcm"})
+    listener.close()
+    assert held and f"cannot reach MongoDB at 127.0.0.1:{port} within 1 s" in one_error_line(result)
