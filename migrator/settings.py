@@ -10,6 +10,8 @@ PostgreSQL, first match wins (DESIGN.md):
 MongoDB: --mongo-url > MONGO_URL > a secret; the database: --mongo-db > MONGO_DB > the secret's > the
 URL's path. Schemas (a DIGIT central instance's tenants): --schema > SCHEMA_NAME > the URL's
 currentSchema. A JDBC URL (jdbc:postgresql://...) is accepted wherever a URL is.
+The connection's own settings come from one source as a whole (the real environment if it names any,
+else `.env`), and a password goes only to a host its own source named (credentials.py).
 The environment is read through env.Env (real environment over `.env`, NAME_FILE files);
 every setting remembers its origin, so `runner.py config` can say where it came from. The value types
 live in targets.py.
