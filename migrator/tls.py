@@ -31,9 +31,13 @@ def resolve_ca_bundle(option: str | None, env) -> tuple[str | None, str | None]:
     if not option and not file.exists() and truthy(env.value("CA_BUNDLE_OPTIONAL")):
         # The Job mounts the bundle from an optional ConfigMap. Absent, it would send the password to a
         # server nobody verified: only where the manifest also says so in words (attack 23 #4).
-        insecure, insecure_origin = env.get(INSECURE_SETTING)
+        # Only the real environment (the manifest) may say it: a .env shipped in a repository must not.
+        view, where = env.source((INSECURE_SETTING,))
+        insecure, insecure_origin = view.get(INSECURE_SETTING) if where == "environment" else (None, None)
         if insecure != INSECURE_VALUE:
             said = f" ({insecure_origin} is {insecure!r})" if insecure else ""
+            if where == ".env":
+                said = f" ({INSECURE_SETTING} in .env does not count: only the real environment may turn it off)"
             raise MigratorError(f"CA bundle {path} (CA_BUNDLE) not found, and CA_BUNDLE_OPTIONAL alone does not allow "
                                 f"unverified TLS{said}; create the ConfigMap with the bundle (README, \"The CA bundle\"), "
                                 f"or set {INSECURE_SETTING}={INSECURE_VALUE} to run without verifying the server", USAGE)

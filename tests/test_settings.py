@@ -465,6 +465,8 @@ def test_an_optional_ca_bundle_that_is_absent_needs_the_insecure_setting_spelled
     assert "CA_BUNDLE_OPTIONAL alone does not allow unverified TLS" in str(err.value) and err.value.exit_code == 2
     t = resolve({**environ, "DB_TLS_INSECURE": "unverified"})
     assert t.params["sslmode"] == "require" and any(n.startswith("warning: INSECURE TLS") for n in t.notes)
+    with pytest.raises(MigratorError, match=r"DB_TLS_INSECURE in .env does not count"):  # a repository's .env
+        resolve({k: v for k, v in environ.items() if k != "DB_TLS_INSECURE"}, {"DB_TLS_INSECURE": "unverified"})
 
 
 # --- timeouts on every network read (issue 23 #5) -----------------------------------------------------------
