@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from migrator.postgres import psql_reading
+
 # What can change the lexer's state; everything between matches is plain text.
 # (Tag characters: ASCII letters, digits, _ and any non-ASCII character, as psql's lexer. Spelled as what they are
 # not, the ASCII rest: a class of huge ranges (or \w) takes ~6 ms to compile at every start, this one ~0.3 ms.)
@@ -35,7 +37,7 @@ CONFORMING = re.compile(r"(?:set|reset)\b(?:\s+(?:session|local))?\s+standard_co
                         r"(?:\s*(?:=|\bto\b)\s*'?(\w+)'?)?", re.IGNORECASE)
 COPY_STDIN = re.compile(r"copy\b.*\bfrom\s+stdin\b", re.IGNORECASE | re.DOTALL)
 COPY_STDOUT = re.compile(r"copy\b.*\bto\s+stdout\b", re.IGNORECASE | re.DOTALL)
-RESTRICT = re.compile(r"\\(?:un)?restrict(?:[ \t][^\n]*)?(?:\n|$)")
+RESTRICT = re.compile(r"\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*\r?(?:\n|$)")  # pg_dump's key: letters, digits
 # PostgreSQL's lexer ends a `--` comment at \r as well as \n (files saved with old Mac line ends).
 BLANK = re.compile(r"(?:\s+|--[^\r\n]*)*")
 COMMENT_END = re.compile(r"[\r\n]")
@@ -164,7 +166,27 @@ def split(text: str) -> list[Statement]:
                 begin_depth += 1
             elif word == "end" and begin_depth > 0:
                 begin_depth -= 1
+    _refuse_other_readings(text)
     return statements
+
+
+# What can reach psql's lexer as a meta-command in some reading: a backslash, a `:name`, or (in an encoding
+# that swallows bytes) a non-ASCII character that hides a quote.
+_OTHER_READINGS = re.compile(r"[\\\x80-\U0010ffff]|:[A-Za-z_]")
+
+
+def _refuse_other_readings(text: str) -> None:
+    """Refuse what psql could read as a meta-command under another standard_conforming_strings or
+    client_encoding than the file seems to have (see psql_reading: a file can change both unseen)."""
+    if not _OTHER_READINGS.search(text):
+        return
+    try:
+        psql_reading.check(text)
+    except psql_reading.Exposed as exc:
+        when = f" when psql reads it with {exc.reading}" if exc.reading else ""
+        raise SplitError(exc.line, f"{exc.what}{when} (a file can set both unseen, and `plan | psql` must run "
+                                   "nothing but SQL); write backslashes inside E'...' or $$...$$ strings, a quote "
+                                   "inside '...' as '', and `:name` as `: name`") from None
 
 
 def _backslash_escapes(text: str, quote: int) -> bool:
