@@ -13,6 +13,7 @@ from pathlib import Path
 
 from migrator.errors import USAGE, MigratorError
 from migrator.output import visible
+from migrator.postgres import psql_reading
 from migrator.postgres.splitter import TAG_CHAR, TAG_START, SplitError, Statement, newlines, split
 
 # Checked on every name before any file is opened: a name is printed in `plan` (inside SQL) and in
@@ -381,6 +382,8 @@ def plan_text(path: Path, in_transaction: bool, schema: str | None = None) -> st
     # pg_dump's \restrict lines are meta-commands (the runner skips them): plan leaves them out, so its own
     # \connect is the only meta-command psql reads. The folder's name may hold a line break: made visible.
     body = RESTRICT_LINES.sub("", body)
+    if not body.isascii() and psql_reading.check(body):
+        body += "\n" + psql_reading.CLOSER
     if not in_transaction:
         return f"-- {visible(str(path))} (not transactional)\n{session}\n{body}\n"
     return f"-- {visible(str(path))}\n{session}\nBEGIN;\n{body}\nCOMMIT;\n"

@@ -36,24 +36,60 @@ _COMMENT = re.compile(r"/\*|\*+/")
 RESTRICT_LINE = re.compile(r"\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*\r?$")
 MAX_STATES = 32
 
-# Client encodings psql lexes by character length (libpq's PQmblen): a lead byte swallows the next byte(s).
-def _sjis(data: bytes, i: int) -> int:
-    return 1 if 0xA1 <= data[i] <= 0xDF else 2
+# Client encodings psql lexes by character length (libpq's PQmblen): a lead byte takes the next byte(s) with it.
+# Inside a run of bytes >= 0x80 that changes nothing (all are letters to the lexer); what matters is how many
+# ASCII characters after the run the run's last character takes: `_taken(run's bytes, start, next char)`.
+def _walk(lengths):
+    def taken(data: bytes, start: int, after: str) -> int:
+        i = start
+        while i < len(data):
+            i += lengths(data[i])
+        return i - len(data)
+    return taken
 
 
-def _two(data: bytes, i: int) -> int:  # BIG5, GBK, UHC
-    return 2
+def _pairs(data: bytes, start: int, after: str) -> int:  # BIG5, GBK, UHC: every byte >= 0x80 leads two
+    return (len(data) - start) % 2
 
 
-def _gb18030(data: bytes, i: int) -> int:
-    return 4 if i + 1 < len(data) and 0x30 <= data[i + 1] <= 0x39 else 2
+def _gb18030(data: bytes, start: int, after: str) -> int:  # two bytes, four when the second is a digit
+    return (3 if after.isdigit() else 1) if (len(data) - start) % 2 else 0
 
 
-def _johab(data: bytes, i: int) -> int:  # pg_euc_mblen
-    return {0x8E: 2, 0x8F: 3}.get(data[i], 2)
+ENCODINGS = {"UTF8": None, "SJIS": _walk(lambda b: 1 if 0xA1 <= b <= 0xDF else 2), "BIG5": _pairs,
+             "GB18030": _gb18030, "JOHAB": _walk(lambda b: 3 if b == 0x8F else 2)}
+_HIGH_RUN = re.compile("[^\x00-\x7f]+")
 
 
-ENCODINGS = {"UTF8": None, "SJIS": _sjis, "BIG5": _two, "GB18030": _gb18030, "JOHAB": _johab}
+def as_lexed(line: str, encoding: str) -> str:
+    """The line as psql's lexer sees it in that client encoding: the ASCII characters a multibyte character
+    takes with it become a letter (\xff), the rest is as it is (every byte >= 0x80 is a letter to it)."""
+    taken_by = ENCODINGS[encoding]
+    if taken_by is None or line.isascii():
+        return line
+    chars = None
+    skip = 0  # bytes of the next run already taken by the previous one (GB18030's four-byte characters)
+    for run in _HIGH_RUN.finditer(line):
+        data = run.group().encode("utf-8")
+        taken = taken_by(data, skip, line[run.end():run.end() + 1])
+        skip = 0
+        if taken > 0:
+            chars = chars if chars is not None else list(line)
+            for i in range(run.end(), min(run.end() + taken, len(line))):
+                if chars[i] < "\x80":
+                    chars[i] = "\xff"
+                else:  # reached the next run
+                    skip = taken - (i - run.end())  # the rest is taken from that run's first bytes
+                    break
+    return line if chars is None else "".join(chars)
+
+
+def _swallows(line: str, encoding: str) -> bool:
+    """Whether the encoding hides an ASCII character of the line (else it reads as UTF-8 does)."""
+    return as_lexed(line, encoding) != line
+
+
+_OTHER_KIND = {("xq", None): ("xe", None), ("xqs", "xq"): ("xqs", "xe")}
 
 
 class Exposed(Exception):
@@ -62,49 +98,57 @@ class Exposed(Exception):
         self.line, self.reading, self.what = line, reading, what
 
 
-def as_lexed(line: str, encoding: str) -> str:
-    """The line as psql's lexer sees it in that client encoding (each character's trailing bytes as 0xFF)."""
-    length = ENCODINGS[encoding]
-    if length is None or line.isascii():
-        return line
-    data = bytearray(line.encode("utf-8"))
-    i = 0
-    while i < len(data):
-        if data[i] >= 0x80:
-            n = length(data, i)
-            for j in range(i + 1, min(i + n, len(data))):
-                data[j] = 0xFF
-            i += n
-        else:
-            i += 1
-    return data.decode("latin-1")
+# After a file that a byte-swallowing client encoding would leave inside a string, plan writes this line: in
+# that reading its quote ends the string, in every other it is a comment, so the next file starts afresh.
+CLOSER = "-- ' ends a string psql would read as still open in a client encoding such as BIG5 or SJIS"
 
 
-def check(text: str) -> None:
+def check(text: str) -> bool:
     """Raise Exposed for the first line where some reading shows psql a backslash (or `:name`) outside a literal,
-    or where a reading leaves the file inside a literal (the next file would be read from inside it)."""
-    states = {("I", None): 0}
+    or where a reading leaves the file inside a comment, identifier or dollar quote, or (whatever the client
+    encoding) inside a string. True when only a byte-swallowing client encoding leaves a string open: plan
+    then ends the file with CLOSER."""
+    states = {(("I", None), False): 0}  # (lexer state, reached through a byte-swallowing encoding): line
     lines = text.split("\n")
     for number, line in enumerate(lines, 1):
-        readings = [(std, enc) for std in ((True, False) if "'" in line or "\\" in line else (True,))
-                    for enc in (ENCODINGS if not line.isascii() else ("UTF8",))]
+        if len(states) == 1 and next(iter(states))[0] == ("I", None) and not _SPECIAL.search(line):
+            continue  # nothing on the line can leave psql's lexer elsewhere
+        # Without a backslash on the line, a '...' ends in the same place in both settings: only what kind of
+        # string stays open differs, so one reading is lexed and the other kind added (it is reachable).
+        stds = (True, False) if "\\" in line else (True,)
+        encodings = ["UTF8"] if line.isascii() else [e for e in ENCODINGS if e == "UTF8" or _swallows(line, e)]
         new: dict = {}
-        for state, origin in states.items():
-            for std, encoding in readings:
-                reading = _reading(std, encoding)
-                if state[0] in ("I", "xqs") and RESTRICT_LINE.match(line):
-                    new.setdefault(("I", None), origin)
+        lexed = {encoding: as_lexed(line, encoding) for encoding in encodings}
+        restrict = RESTRICT_LINE.match(line)
+        ends_of: dict = {}  # (lexer state, std, encoding): its end states (the `via` flag does not change them)
+        for (state, via), origin in states.items():
+            for std, encoding in ((std, encoding) for std in stds for encoding in encodings):
+                reached = via or encoding != "UTF8"
+                if state[0] in ("I", "xqs") and restrict:
+                    new.setdefault((("I", None), reached), origin)
                     continue
-                for end in _lex(as_lexed(line, encoding), state, std, number, reading):
-                    new.setdefault(end, origin if end == state else number)
+                key = (state, std, encoding)
+                if key not in ends_of:
+                    ends_of[key] = _lex(lexed[encoding], state, std, number, _reading(std, encoding))
+                for end in ends_of[key]:
+                    since = origin if end == state else number
+                    new.setdefault((end, reached), since)
+                    if len(stds) == 1 and end in _OTHER_KIND:
+                        new.setdefault((_OTHER_KIND[end], reached), since)
         if len(new) > MAX_STATES:
             raise Exposed(number, "", "reads too many ways depending on standard_conforming_strings and "
                                       "client_encoding")
         states = new
-    for state, origin in states.items():
-        if state[0] not in ("I", "xqs"):
-            raise Exposed(origin or len(lines), "", "leaves psql inside a quoted string or comment at the end of the "
-                                                    "file under some standard_conforming_strings/client_encoding")
+    closer = False
+    for (state, via), origin in states.items():
+        if state[0] in ("I", "xqs"):
+            continue
+        if via and state[0] in _IN_STRING:
+            closer = True
+            continue
+        raise Exposed(origin or len(lines), "", "leaves psql inside a quoted string, comment or dollar quote at the "
+                                                "end of the file under some standard_conforming_strings")
+    return closer
 
 
 def _reading(std: bool, encoding: str) -> str:

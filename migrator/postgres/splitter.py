@@ -172,7 +172,7 @@ def split(text: str) -> list[Statement]:
 
 # What can reach psql's lexer as a meta-command in some reading: a backslash, a `:name`, or (in an encoding
 # that swallows bytes) a non-ASCII character that hides a quote.
-_OTHER_READINGS = re.compile(r"[\\\x80-\U0010ffff]|:[A-Za-z_]")
+_OTHER_READINGS = re.compile(r"[\\\x80-\U0010ffff]|(?<!:)(?:::)*:[A-Za-z_]")  # not a ::cast
 
 
 def _refuse_other_readings(text: str) -> None:
