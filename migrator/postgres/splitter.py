@@ -183,10 +183,10 @@ def _refuse_other_readings(text: str) -> None:
     try:
         psql_reading.check(text)
     except psql_reading.Exposed as exc:
-        when = f" when psql reads it with {exc.reading}" if exc.reading else ""
-        raise SplitError(exc.line, f"{exc.what}{when} (a file can set both unseen, and `plan | psql` must run "
-                                   "nothing but SQL); write backslashes inside E'...' or $$...$$ strings, a quote "
-                                   "inside '...' as '', and `:name` as `: name`") from None
+        when = (f" when psql reads it with {exc.reading} (a file can set either unseen)" if exc.reading else "")
+        raise SplitError(exc.line, f"{exc.what}{when}, and `plan | psql` must run nothing but SQL; write backslashes "
+                                   "inside E'...' or $$...$$ strings, a quote inside '...' as '', and `:name` as "
+                                   "`: name`") from None
 
 
 def _backslash_escapes(text: str, quote: int) -> bool:
