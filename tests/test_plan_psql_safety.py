@@ -50,6 +50,7 @@ PAYLOADS = {
     "dollar after a number": f"SELECT 1$$ ' $$ {PWN}\n;' $$;\n",
     "E after a number (psql 15)": f"SELECT 1E'\\' , ' {PWN}';\n",
     "hex string": f"SELECT X'\\' {PWN}';\n",
+    "number that eats a minus (psql 16)": f"SELECT 1E-- {PWN}\n;\n",
     "SJIS swallows a quote": f"SELECT 'ß' , ' {PWN}';\n",
     "BIG5 swallows a quote": f"SELECT '’' , ' {PWN}';\n",
     "last error message": f"DO $$BEGIN RAISE EXCEPTION '{PWN}'; END$$;\nSELECT :LAST_ERROR_MESSAGE;\n",
@@ -109,6 +110,32 @@ def test_no_generated_file_makes_plan_piped_to_psql_run_a_shell_command(cli, mak
         shutil.rmtree(folder)
     assert refused >= len(PAYLOADS) * len(ROUTES) // 2  # the generator does reach the guard
     assert ran >= len(ROUTES) * len(ENVIRONMENTS)  # and cases that pass it do reach psql
+
+
+# Token soup: random files from the pieces psql's lexer turns on, for what the named shapes above miss.
+SOUP = ["'abc'", "E'\\n'", "$$\\ $$", "'\\d'", "'ab", "c'", "'", "'", "E'", "e'", "X'", "b'", "U&'", "U&\"", "N'", '"',
+        "$$", "$a$", "x$", "$x", "$1", "\\", "'\\'", "\r'", "\r", "\n", "--", "/*", "*/", "-", "€", "’", "ß", "1", "1e",
+        ".5e", "0x", ":a", "::a", ":'a'", " ", "x", ";", "(", ")", f" {PWN}\n", "SELECT ", ROUTES["BIG5"], ROUTES["set_config"]]
+
+
+def test_random_token_soup_never_reaches_a_shell_through_plan_and_psql(cli, make_db, tmp_path):
+    import random
+
+    rng, twin, ran = random.Random(23), make_db(), 0
+    for number in range(400):
+        text = "".join(rng.choice(SOUP) for _ in range(rng.randint(3, 18))) + f" {PWN}\n"
+        folder = tmp_path / f"sql{number}"
+        folder.mkdir()
+        add_migration(folder, "0001_soup", text)
+        plan = cli("plan", "--offline", "--sql-dir", folder)
+        if plan.exit_code:
+            assert "0001_soup.sql" in one_error_line(plan)
+            continue
+        for env in ENVIRONMENTS:
+            _psql(twin, plan.stdout, folder, env)
+            assert not (folder / "pwned").exists(), (text, env)
+            ran += 1
+    assert ran >= 20
 
 
 @pytest.mark.parametrize("name, text, line", [

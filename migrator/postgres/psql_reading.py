@@ -221,6 +221,8 @@ def _lex(line: str, state: tuple, std: bool, number: int, reading: str) -> set:
                 break
             at, token = m.start(), m.group()
             if token == "--":
+                if at - 2 >= boundary and line[at - 1] in "eE" and (line[at - 2].isdigit() or line[at - 2] == "."):
+                    work.append((at + 1, ("I", None)))  # psql 16+ reads 1e- as one (bad) number: no comment
                 cut = line.find("\r", at)  # psql's line holds no \n; a comment ends at \r too
                 if cut < 0:
                     ends.add(("I", None))
