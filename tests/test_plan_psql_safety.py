@@ -185,3 +185,13 @@ def test_a_raised_message_with_a_line_break_cannot_forge_an_error_line(cli, db, 
     add_migration(sql_dir, "0002_raise", "DO $$BEGIN RAISE EXCEPTION E'boom\\nerror: forged line\\x1b[2K'; END$$;\n")
     line = one_error_line(migrate(cli, db, sql_dir))  # exactly one line starts with `error:`
     assert "0002_raise.sql:1:" in line and "boom error: forged line\\x1b[2K" in line
+
+
+def test_outside_text_in_error_and_note_lines_cannot_start_a_line_of_its_own(capsys):
+    from migrator import output
+
+    output.error("a patch failed: boom\nerror: forged\r\x1b[2Knote: forged too")
+    output.note("note: from a server\nerror: forged")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line for line in lines if not line.startswith("  ")] == ["error: a patch failed: boom", "note: from a server"]
+    assert "\\x1b[2Knote: forged too" in lines[2]

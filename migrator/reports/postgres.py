@@ -106,7 +106,7 @@ class StatusReport:
             when = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else ""
             lines.append(f"  {s.id:<{width}}  {s.state:<8}  {when}".rstrip())
             if s.failure:
-                lines.append(f"    {s.failure}")
+                lines.append(f"    {visible(s.failure)}")  # server text: it may hold line breaks
         changed = self.changed
         lines.append(f"PostgreSQL: {len(self.states) - len(self.pending)} applied, {len(self.pending)} pending"
                      + (f", {len(changed)} CHANGED since applied" if changed else ""))
