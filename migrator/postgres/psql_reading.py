@@ -25,7 +25,8 @@ IDENT = "A-Za-z0-9_$\x80-\U0010ffff"  # psql's ident_cont (every byte >= 0x80 is
 _IDENT_CHAR = re.compile(f"[{IDENT}]")
 _SPECIAL = re.compile(r"""--|/\*|['"$\\:]""")
 _DOLLAR = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
-_VARIABLE = re.compile(r":(?:'[A-Za-z0-9_\x80-\U0010ffff]+'|\"[A-Za-z0-9_\x80-\U0010ffff]+\"|[A-Za-z0-9_\x80-\U0010ffff]+|\{\?)")
+_NAME = r"[A-Za-z0-9_\x80-\U0010ffff]+"  # psql's variable_char
+_VARIABLE = re.compile(rf":(?:'{_NAME}'|\"{_NAME}\"|{_NAME}|\{{\?)")
 _PREFIX = {"e": "xe", "b": "xb", "x": "xh", "n": None}  # N'' is a plain '' to the lexer
 # After a closing quote, a newline (only \r inside psql's line) then a quote continues the same literal.
 _CONTINUE = re.compile(r"(?:[ \t\f]|--[^\n\r]*)*\r(?:[ \t\n\r\f]+|--[^\n\r]*\r)*'")
@@ -38,7 +39,8 @@ MAX_STATES = 32
 
 # Client encodings psql lexes by character length (libpq's PQmblen): a lead byte takes the next byte(s) with it.
 # Inside a run of bytes >= 0x80 that changes nothing (all are letters to the lexer); what matters is how many
-# ASCII characters after the run the run's last character takes: `_taken(run's bytes, start, next char)`.
+# ASCII characters after the run the run's last character takes: each function below answers that from the
+# run's bytes, where its first character starts, and the character after the run.
 def _walk(lengths):
     def taken(data: bytes, start: int, after: str) -> int:
         i = start
@@ -84,11 +86,6 @@ def as_lexed(line: str, encoding: str) -> str:
     return line if chars is None else "".join(chars)
 
 
-def _swallows(line: str, encoding: str) -> bool:
-    """Whether the encoding hides an ASCII character of the line (else it reads as UTF-8 does)."""
-    return as_lexed(line, encoding) != line
-
-
 _OTHER_KIND = {("xq", None): ("xe", None), ("xqs", "xq"): ("xqs", "xe")}
 
 
@@ -116,9 +113,12 @@ def check(text: str) -> bool:
         # Without a backslash on the line, a '...' ends in the same place in both settings: only what kind of
         # string stays open differs, so one reading is lexed and the other kind added (it is reachable).
         stds = (True, False) if "\\" in line else (True,)
-        encodings = ["UTF8"] if line.isascii() else [e for e in ENCODINGS if e == "UTF8" or _swallows(line, e)]
+        lexed = {"UTF8": line}  # and each encoding that takes an ASCII character of the line (else it reads the same)
+        for encoding in ENCODINGS if not line.isascii() else ():
+            if (seen := as_lexed(line, encoding)) != line:
+                lexed[encoding] = seen
+        encodings = list(lexed)
         new: dict = {}
-        lexed = {encoding: as_lexed(line, encoding) for encoding in encodings}
         restrict = RESTRICT_LINE.match(line)
         ends_of: dict = {}  # (lexer state, std, encoding): its end states (the `via` flag does not change them)
         for (state, via), origin in states.items():
@@ -147,7 +147,8 @@ def check(text: str) -> bool:
             closer = True
             continue
         raise Exposed(origin or len(lines), "", "leaves psql inside a quoted string, comment or dollar quote at the "
-                                                "end of the file under some standard_conforming_strings")
+                                                "end of the file under some standard_conforming_strings or "
+                                                "client_encoding")
     return closer
 
 
