@@ -238,9 +238,15 @@ def _meta_command_message(text: str, at: int) -> str:
             "a separate database target)")
 
 
+# A comment between FROM and STDIN still means COPY FROM STDIN (psql then reads the lines after it as data,
+# up to a `\.` line, and lexes what follows from scratch): comments are blanked before the check.
+_COMMENTS = re.compile(r"--[^\r\n]*|/\*.*?\*/", re.DOTALL)
+
+
 def _refuse_copy(statement: Statement) -> None:
-    if COPY_STDIN.match(statement.text):
+    text = _COMMENTS.sub(" ", statement.text) if statement.text[:4].lower() == "copy" else statement.text
+    if COPY_STDIN.match(text):
         raise SplitError(statement.line, "COPY ... FROM stdin needs psql to send the data lines that follow; "
                                          "write the rows as INSERT statements (or COPY FROM a file on the server)")
-    if COPY_STDOUT.match(statement.text):
+    if COPY_STDOUT.match(text):
         raise SplitError(statement.line, "COPY ... TO stdout prints data, which a migration cannot do; remove it")
