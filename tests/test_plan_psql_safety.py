@@ -48,6 +48,7 @@ PAYLOADS = {
     "dollar after a non-ASCII letter": f"SELECT €$$ {PWN} $$;\n",
     "E after a non-ASCII letter": f"SELECT €e'\\' {PWN}';\n",
     "dollar after a number": f"SELECT 1$$ ' $$ {PWN}\n;' $$;\n",
+    "dollar after an Arabic-Indic digit": f"SELECT ٣$$ {PWN} $$;\n",
     "E after a number (psql 15)": f"SELECT 1E'\\' , ' {PWN}';\n",
     "hex string": f"SELECT X'\\' {PWN}';\n",
     "number that eats a minus (psql 16)": f"SELECT 1E-- {PWN}\n;\n",

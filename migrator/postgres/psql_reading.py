@@ -55,7 +55,7 @@ def _pairs(data: bytes, start: int, after: str) -> int:  # BIG5, GBK, UHC: every
 
 
 def _gb18030(data: bytes, start: int, after: str) -> int:  # two bytes, four when the second is a digit
-    return (3 if after.isdigit() else 1) if (len(data) - start) % 2 else 0
+    return (3 if _digits(after) else 1) if (len(data) - start) % 2 else 0
 
 
 ENCODINGS = {"UTF8": None, "SJIS": _walk(lambda b: 1 if 0xA1 <= b <= 0xDF else 2), "BIG5": _pairs,
@@ -84,6 +84,11 @@ def as_lexed(line: str, encoding: str) -> str:
                     skip = taken - (i - run.end())  # the rest is taken from that run's first bytes
                     break
     return line if chars is None else "".join(chars)
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: psql's lexer takes ٣ (like any byte >= 0x80) for a letter."""
+    return text.isascii() and text.isdigit()
 
 
 _OTHER_KIND = {("xq", None): ("xe", None), ("xqs", "xq"): ("xqs", "xe")}
@@ -222,7 +227,7 @@ def _lex(line: str, state: tuple, std: bool, number: int, reading: str) -> set:
                 break
             at, token = m.start(), m.group()
             if token == "--":
-                if at - 2 >= boundary and line[at - 1] in "eE" and (line[at - 2].isdigit() or line[at - 2] == "."):
+                if at - 2 >= boundary and line[at - 1] in "eE" and (_digits(line[at - 2]) or line[at - 2] == "."):
                     work.append((at + 1, ("I", None)))  # psql 16+ reads 1e- as one (bad) number: no comment
                 cut = line.find("\r", at)  # psql's line holds no \n; a comment ends at \r too
                 if cut < 0:
@@ -239,7 +244,7 @@ def _lex(line: str, state: tuple, std: bool, number: int, reading: str) -> set:
                 var = _VARIABLE.match(line, at)
                 if line.startswith("::", at) or line.startswith(":=", at):
                     pos = at + 2
-                elif var and var.group()[1] not in "'\"{" and not var.group()[1:].isdigit():
+                elif var and var.group()[1] not in "'\"{" and not _digits(var.group()[1:]):
                     raise Exposed(number, reading, f"`{var.group()}` outside a quoted string: psql replaces it with "
                                                     "the psql variable of that name, which it then reads as input")
                 else:
@@ -286,14 +291,14 @@ def _token_starts(line: str, boundary: int, at: int, letter: bool) -> set[bool]:
     if at == boundary:
         return {True}
     if not _IDENT_CHAR.match(line, at - 1):
-        numeric = letter and line[at - 1] == "." and at - 2 >= boundary and line[at - 2].isdigit()  # 1.e'x'
+        numeric = letter and line[at - 1] == "." and at - 2 >= boundary and _digits(line[at - 2])  # 1.e'x'
         return {True, False} if numeric else {True}
     start = at - 1
     while start > boundary and _IDENT_CHAR.match(line, start - 1):
         start -= 1
     run = line[start:at]
-    if run[0].isdigit() or run[0] == "$":
-        if run.lstrip("$").isdigit():
+    if _digits(run[0]) or run[0] == "$":
+        if _digits(run.lstrip("$")):
             return {True, False} if letter else {True}
         return {False}
     return {False}
