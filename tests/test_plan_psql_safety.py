@@ -198,3 +198,18 @@ def test_outside_text_in_error_and_note_lines_cannot_start_a_line_of_its_own(cap
     lines = capsys.readouterr().err.splitlines()
     assert [line for line in lines if not line.startswith("  ")] == ["error: a patch failed: boom", "note: from a server"]
     assert "\\x1b[2Knote: forged too" in lines[2]
+
+
+@pytest.mark.parametrize("first", ["SELECT 1$$;\n", "SELECT 1 /* a /*/ b */;\n"])
+def test_a_file_psql_would_end_inside_a_literal_cannot_shift_the_next_file(cli, make_db, tmp_path, first):
+    """No backslash in the first file: psql alone opens a dollar quote (1$$) or a nested comment (/*/) there,
+    and would read the second file, and its \\! inside $$...$$, shifted by it."""
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    add_migration(folder, "0001_opens", first)
+    add_migration(folder, "0002_next", f"SELECT ' */ {PWN} ';\n" if "/*" in first else f"SELECT $$ {PWN} $$;\n")
+    plan = cli("plan", "--offline", "--sql-dir", folder)
+    if plan.exit_code == 0:  # before the fix: what psql makes of it
+        _psql(make_db(), plan.stdout, tmp_path, {})
+        assert not (tmp_path / "pwned").exists()
+    assert "0001_opens.sql:1:" in one_error_line(plan)

@@ -33,6 +33,9 @@ _CONTINUE = re.compile(r"(?:[ \t\f]|--[^\n\r]*)*\r(?:[ \t\n\r\f]+|--[^\n\r]*\r)*
 _IN_STRING = {"xq": re.compile(r"'(?!')|''"), "xus": re.compile(r"'(?!')|''"), "xe": re.compile(r"\\.?|'(?!')|''", re.S),
               "xb": re.compile("'"), "xh": re.compile("'")}
 _COMMENT = re.compile(r"/\*|\*+/")
+# A line every reading lexes from INITIAL back to INITIAL (the common case, checked fast): no backslash, no
+# dollar, double quote, /* or variable, only '...' strings that no letter, digit or & starts, a last -- comment.
+_PLAIN = re.compile(r"(?:[^'\"$\\:/\-\r]|/(?!\*)|-(?!-)|::|:=|(?<![A-Za-z0-9_$&])'[^'\\\r]*'(?!'))*(?:(?<![0-9.][eE])--[^\r]*)?\Z")
 # pg_dump 15.14+ writes these two lines; the runner skips them (splitter.RESTRICT) and plan leaves them out.
 RESTRICT_LINE = re.compile(r"\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*\r?$")
 MAX_STATES = 32
@@ -113,8 +116,8 @@ def check(text: str) -> bool:
     states = {(("I", None), False): 0}  # (lexer state, reached through a byte-swallowing encoding): line
     lines = text.split("\n")
     for number, line in enumerate(lines, 1):
-        if len(states) == 1 and next(iter(states))[0] == ("I", None) and not _SPECIAL.search(line):
-            continue  # nothing on the line can leave psql's lexer elsewhere
+        if len(states) == 1 and next(iter(states))[0] == ("I", None) and line.isascii() and _PLAIN.match(line):
+            continue  # every reading ends the line where it began
         # Without a backslash on the line, a '...' ends in the same place in both settings: only what kind of
         # string stays open differs, so one reading is lexed and the other kind added (it is reachable).
         stds = (True, False) if "\\" in line else (True,)
