@@ -53,6 +53,8 @@ PAYLOADS = {
     "hex string": f"SELECT X'\\' {PWN}';\n",
     "number that eats a minus (psql 16)": f"SELECT 1E-- {PWN}\n;\n",
     # psql reads the lines after COPY FROM STDIN as data up to `\.`, then lexes afresh
+    "COPY FROM STDIN that only one reading shows": "CREATE TEMP TABLE ct (a text);\n"
+                                                   f"SELECT '\\' , ' ; COPY ct FROM STDIN; -- ';\n'\n\\.\n{PWN}'\n;\n",
     "COPY FROM STDIN behind a comment": f"CREATE TEMP TABLE ct (a text);\nCOPY ct FROM /* x */ STDIN;\n'\n\\.\n{PWN}'\n;\n",
     "SJIS swallows a quote": f"SELECT 'ß' , ' {PWN}';\n",
     "BIG5 swallows a quote": f"SELECT '’' , ' {PWN}';\n",

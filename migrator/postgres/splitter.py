@@ -36,6 +36,8 @@ ROUTINE = re.compile(rf"create{_GAP}(?:or{_GAP}replace{_GAP})?(?:function|proced
 CONFORMING = re.compile(r"(?:set|reset)\b(?:\s+(?:session|local))?\s+standard_conforming_strings\b"
                         r"(?:\s*(?:=|\bto\b)\s*'?(\w+)'?)?", re.IGNORECASE)
 COPY_STDIN = re.compile(r"copy\b.*\bfrom\s+stdin\b", re.IGNORECASE | re.DOTALL)
+# STDIN anywhere (a keyword cannot be quoted or escaped): a COPY FROM STDIN psql alone sees is refused too.
+STDIN_WORD = re.compile(r"(?<![A-Za-z0-9_$\x80-\U0010ffff])stdin(?![A-Za-z0-9_$\x80-\U0010ffff])", re.IGNORECASE)
 COPY_STDOUT = re.compile(r"copy\b.*\bto\s+stdout\b", re.IGNORECASE | re.DOTALL)
 RESTRICT = re.compile(r"\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*\r?(?:\n|$)")  # pg_dump's key: letters, digits
 # PostgreSQL's lexer ends a `--` comment at \r as well as \n (files saved with old Mac line ends).
@@ -173,8 +175,14 @@ def split(text: str) -> list[Statement]:
 def _refuse_other_readings(text: str) -> None:
     """Refuse what psql could read as a meta-command under another standard_conforming_strings or
     client_encoding than the file seems to have (see psql_reading: a file can change both unseen). Every file
-    is read: even without a backslash, where psql's lexer and this splitter disagree (1$$, B'1''', /*/) psql
+    is read: even without a backslash, where psql's lexer and this splitter disagree (1$$, /* a /*/) psql
     can end a file inside a literal and read the next file of a plan shifted."""
+    stdin = STDIN_WORD.search(text)
+    if stdin:
+        raise SplitError(newlines(text, 0, stdin.start()) + 1, "names STDIN: psql reads the lines after a COPY ... "
+                         "FROM STDIN as data and what follows them afresh, so in a file whose strings read another way "
+                         "under another standard_conforming_strings it could hide a meta-command; write the rows as "
+                         "INSERT statements, and STDIN nowhere in the file (comments and strings included)")
     try:
         psql_reading.check(text)
     except psql_reading.Exposed as exc:
