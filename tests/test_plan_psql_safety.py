@@ -10,6 +10,7 @@ from one reading and shows it to another. For each, `plan` refuses in one line n
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +20,7 @@ from conftest import _bin, add_migration, migrate, ok, one_error_line
 
 PWN = "\\! touch pwned #"
 
-# How a file may change the session before the payload; {db} is filled by the database (ALTER DATABASE).
+# How a file may change how psql reads what follows it, before the payload.
 ROUTES = {
     "none": "",
     "set": "SET standard_conforming_strings = off;\n",
@@ -76,8 +77,6 @@ ENVIRONMENTS = [{}, {"PGOPTIONS": "-c standard_conforming_strings=off"}, {"PGCLI
 
 def _psql(database, plan: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     """The plan fed to psql as a reviewer would (no ON_ERROR_STOP: the worst case), in cwd."""
-    import os
-
     return subprocess.run([_bin("psql"), "-X", "-d", database.url], input=plan.encode("utf-8"), cwd=cwd,
                           capture_output=True, env={**os.environ, **env}, timeout=60)
 
