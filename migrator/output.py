@@ -93,6 +93,22 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+# Line breaks (\n, \r, and those Unicode adds) and the characters a terminal acts on.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def visible(text: str) -> str:
+    """Outside text (a path, an object's name, a patch's comment) on one line, each line break or control
+    character written as its escape (\\n, \\x1b): it can neither end plan's `--` comment nor forge a line."""
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def _indented(text: str) -> str:
+    """Human output: a message's own line breaks become indented continuation lines and control characters
+    escapes, so outside text in it (a server's message) cannot print a line that looks like the runner's."""
+    return "\n  ".join(visible(line) for line in re.split(r"\r\n|[\n\r\u2028\u2029]", text))
+
+
 # --- formats -----------------------------------------------------------------------------------------
 
 FORMATS = ("human", "json")
@@ -196,13 +212,13 @@ def note(text: str) -> None:
     """A progress or context line on stderr."""
     if json_format():
         return _emit("note", True, message=text)
-    click.echo(mask(text), file=_stream(True))
+    click.echo(mask(_indented(text)), file=_stream(True))
 
 
 def error(text: str, **fields) -> None:
     if json_format():
         return _emit("error", True, message=text, **fields)
-    click.echo(mask(f"error: {text}"), file=_stream(True))
+    click.echo(mask(_indented(f"error: {text}")), file=_stream(True))
 
 
 def traceback() -> None:

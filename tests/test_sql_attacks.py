@@ -52,10 +52,19 @@ def test_begin_atomic_after_a_comment_between_words_is_one_function(cli, db, mak
     assert db.query("SELECT f2(1)") == [(2,)]
 
 
-def test_a_files_own_standard_conforming_strings_off_is_followed(cli, db, make_db, sql_dir):
+def test_a_string_whose_end_depends_on_standard_conforming_strings_is_refused(cli, db, make_db, sql_dir):
+    """A file's own SET standard_conforming_strings used to be followed; a file can change it unseen (issue 23,
+    tests/test_plan_psql_safety.py), so a '...' that ends elsewhere when it is off is refused, and the same
+    value written so that it reads one way (E'...') runs as in psql."""
+    add_migration(sql_dir, "0002_scs", "CREATE TABLE s (v text);\nSET standard_conforming_strings = off;\n"
+                  "INSERT INTO s VALUES ('it\\'s; tricky');\nRESET standard_conforming_strings;\n")
+    line = one_error_line(migrate(cli, db, sql_dir))
+    assert "0002_scs.sql:3:" in line and "standard_conforming_strings" in line and "E'...'" in line
+    assert "s" not in db.tables()
+    (sql_dir / "0002_scs.sql").unlink()
     twin = same_as_psql(cli, db, make_db, sql_dir, "0002_scs",
                         "CREATE TABLE s (v text);\nSET standard_conforming_strings = off;\n"
-                        "INSERT INTO s VALUES ('it\\'s; tricky');\nRESET standard_conforming_strings;\n"
+                        "INSERT INTO s VALUES (E'it\\'s; tricky');\nRESET standard_conforming_strings;\n"
                         "INSERT INTO s VALUES ('C:\\new');\n")
     assert db.query("SELECT v FROM s ORDER BY v") == twin.query("SELECT v FROM s ORDER BY v") == [
         ("C:\\new",), ("it's; tricky",)]

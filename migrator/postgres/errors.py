@@ -68,7 +68,7 @@ def server_message(exc) -> str:
     """PostgreSQL's message, DETAIL, HINT and the first CONTEXT line, on one line."""
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) or (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-    parts = [primary]
+    parts = [" ".join(primary.split())]  # RAISE EXCEPTION's text may hold line breaks
     for label, value in (("DETAIL", getattr(diag, "message_detail", None)), ("HINT", getattr(diag, "message_hint", None)),
                          ("CONTEXT", (getattr(diag, "context", None) or "").split("\n")[0])):
         if value:

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 
 from migrator.errors import USAGE, MigratorError
+from migrator.output import visible
+from migrator.postgres import psql_reading
 from migrator.postgres.splitter import TAG_CHAR, TAG_START, SplitError, Statement, newlines, split
 
 # Checked on every name before any file is opened: a name is printed in `plan` (inside SQL) and in
@@ -361,6 +363,7 @@ def _routine_search_path(tokens) -> tuple[int, str | None, int]:
 
 
 FRESH_SESSION = "\\connect -reuse-previous=on"
+RESTRICT_LINES = re.compile(r"^\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*(?=\r?$)", re.MULTILINE)
 
 
 def plan_text(path: Path, in_transaction: bool, schema: str | None = None) -> str:
@@ -376,9 +379,14 @@ def plan_text(path: Path, in_transaction: bool, schema: str | None = None) -> st
     # setting): what one file SETs must not reach the next. The only meta-command in plan output; a
     # migration file itself may hold none, so this line can never come from a file.
     session = FRESH_SESSION + (f'\nSET search_path TO "{schema}", public;' if schema else "")
+    # pg_dump's \restrict lines are meta-commands (the runner skips them): plan leaves them out, so its own
+    # \connect is the only meta-command psql reads. The folder's name may hold a line break: made visible.
+    body = RESTRICT_LINES.sub("", body)
+    if not body.isascii() and psql_reading.check(body):
+        body += "\n" + psql_reading.CLOSER
     if not in_transaction:
-        return f"-- {path} (not transactional)\n{session}\n{body}\n"
-    return f"-- {path}\n{session}\nBEGIN;\n{body}\nCOMMIT;\n"
+        return f"-- {visible(str(path))} (not transactional)\n{session}\n{body}\n"
+    return f"-- {visible(str(path))}\n{session}\nBEGIN;\n{body}\nCOMMIT;\n"
 
 
 # --- new files ---------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from migrator.postgres import psql_reading
+
 # What can change the lexer's state; everything between matches is plain text.
 # (Tag characters: ASCII letters, digits, _ and any non-ASCII character, as psql's lexer. Spelled as what they are
 # not, the ASCII rest: a class of huge ranges (or \w) takes ~6 ms to compile at every start, this one ~0.3 ms.)
@@ -34,8 +36,10 @@ ROUTINE = re.compile(rf"create{_GAP}(?:or{_GAP}replace{_GAP})?(?:function|proced
 CONFORMING = re.compile(r"(?:set|reset)\b(?:\s+(?:session|local))?\s+standard_conforming_strings\b"
                         r"(?:\s*(?:=|\bto\b)\s*'?(\w+)'?)?", re.IGNORECASE)
 COPY_STDIN = re.compile(r"copy\b.*\bfrom\s+stdin\b", re.IGNORECASE | re.DOTALL)
+# STDIN anywhere (a keyword cannot be quoted or escaped): a COPY FROM STDIN psql alone sees is refused too.
+STDIN_WORD = re.compile(r"(?<![A-Za-z0-9_$\x80-\U0010ffff])stdin(?![A-Za-z0-9_$\x80-\U0010ffff])", re.IGNORECASE)
 COPY_STDOUT = re.compile(r"copy\b.*\bto\s+stdout\b", re.IGNORECASE | re.DOTALL)
-RESTRICT = re.compile(r"\\(?:un)?restrict(?:[ \t][^\n]*)?(?:\n|$)")
+RESTRICT = re.compile(r"\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*\r?(?:\n|$)")  # pg_dump's key: letters, digits
 # PostgreSQL's lexer ends a `--` comment at \r as well as \n (files saved with old Mac line ends).
 BLANK = re.compile(r"(?:\s+|--[^\r\n]*)*")
 COMMENT_END = re.compile(r"[\r\n]")
@@ -164,7 +168,28 @@ def split(text: str) -> list[Statement]:
                 begin_depth += 1
             elif word == "end" and begin_depth > 0:
                 begin_depth -= 1
+    _refuse_other_readings(text)
     return statements
+
+
+def _refuse_other_readings(text: str) -> None:
+    """Refuse what psql could read as a meta-command under another standard_conforming_strings or
+    client_encoding than the file seems to have (see psql_reading: a file can change both unseen). Every file
+    is read: even without a backslash, where psql's lexer and this splitter disagree (1$$, /* a /*/) psql
+    can end a file inside a literal and read the next file of a plan shifted."""
+    stdin = STDIN_WORD.search(text)
+    if stdin:
+        raise SplitError(newlines(text, 0, stdin.start()) + 1, "names STDIN: psql reads the lines after a COPY ... "
+                         "FROM STDIN as data and what follows them afresh, so in a file whose strings read another way "
+                         "under another standard_conforming_strings it could hide a meta-command; write the rows as "
+                         "INSERT statements, and STDIN nowhere in the file (comments and strings included)")
+    try:
+        psql_reading.check(text)
+    except psql_reading.Exposed as exc:
+        when = (f" when psql reads it with {exc.reading} (a file can set either unseen)" if exc.reading else "")
+        raise SplitError(exc.line, f"{exc.what}{when}, and `plan | psql` must run nothing but SQL; write backslashes "
+                                   "inside E'...' or $$...$$ strings, a quote inside '...' as '', and `:name` as "
+                                   "`: name`") from None
 
 
 def _backslash_escapes(text: str, quote: int) -> bool:
@@ -216,9 +241,15 @@ def _meta_command_message(text: str, at: int) -> str:
             "a separate database target)")
 
 
+# A comment between FROM and STDIN still means COPY FROM STDIN (psql then reads the lines after it as data,
+# up to a `\.` line, and lexes what follows from scratch): comments are blanked before the check.
+_COMMENTS = re.compile(r"--[^\r\n]*|/\*.*?\*/", re.DOTALL)
+
+
 def _refuse_copy(statement: Statement) -> None:
-    if COPY_STDIN.match(statement.text):
+    text = _COMMENTS.sub(" ", statement.text) if statement.text[:4].lower() == "copy" else statement.text
+    if COPY_STDIN.match(text):
         raise SplitError(statement.line, "COPY ... FROM stdin needs psql to send the data lines that follow; "
                                          "write the rows as INSERT statements (or COPY FROM a file on the server)")
-    if COPY_STDOUT.match(statement.text):
+    if COPY_STDOUT.match(text):
         raise SplitError(statement.line, "COPY ... TO stdout prints data, which a migration cannot do; remove it")

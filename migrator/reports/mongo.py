@@ -26,20 +26,21 @@ class PatchStatusReport:
 
     def lines(self) -> list[str]:
         from migrator.mongo import state
+        from migrator.output import visible  # outcomes and reasons hold a patch's own error text
 
         summaries = self.patches
         lines = [f"MongoDB {self.target} ({self.database})"]
         width = max((len(s.id) for s in summaries), default=0)
         for s in summaries:
             last = f"last {s.last_applied:%Y-%m-%d %H:%M:%S} UTC" if s.last_applied else ""
-            outcome = f"last outcome: {s.last_outcome}" if s.last_outcome else ""
+            outcome = f"last outcome: {visible(s.last_outcome)}" if s.last_outcome else ""
             lines.append(f"  {s.id:<{width}}  {s.label:<14}  {last:<27}  {outcome}".rstrip())
         applied = sum(1 for s in summaries if s.applied_count and s.patch)
         never = sum(1 for s in summaries if s.state == state.PENDING)
         orphans = sum(1 for s in summaries if not s.patch)
         lines.append(f"MongoDB: {applied} applied, {never} never applied"
                      + (f", {orphans} logged but not on disk" if orphans else ""))
-        lines += [f"  blocked: {state.explain(s)}" for s in summaries if s.state in state.BLOCKED]
+        lines += [f"  blocked: {visible(state.explain(s))}" for s in summaries if s.state in state.BLOCKED]
         return lines
 
 

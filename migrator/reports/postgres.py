@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrator.errors import DRIFT, FAILED, OK, SCHEMA_DRIFT
+from migrator.output import visible
 from migrator.reports.base import Lines, SqlText, _time
 from migrator.reports.mongo import PatchRunReport, PatchStatusReport
 
@@ -105,7 +106,7 @@ class StatusReport:
             when = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else ""
             lines.append(f"  {s.id:<{width}}  {s.state:<8}  {when}".rstrip())
             if s.failure:
-                lines.append(f"    {s.failure}")
+                lines.append(f"    {visible(s.failure)}")  # server text: it may hold line breaks
         changed = self.changed
         lines.append(f"PostgreSQL: {len(self.states) - len(self.pending)} applied, {len(self.pending)} pending"
                      + (f", {len(changed)} CHANGED since applied" if changed else ""))
@@ -149,11 +150,13 @@ class PlanReport:
     def lines(self) -> list[str]:
         from migrator import postgres
 
-        lines = [f"-- plan for {self.target}: {len(self.pending)} pending migration(s); nothing below has been run"]
-        lines += [f"-- DRIFT: {d.path} changed since it was applied; `migrate` will refuse to run" for d in self.drift]
+        # Every comment line is made one line (visible): a name in it must not end the comment for psql.
+        lines = [f"-- plan for {visible(self.target)}: {len(self.pending)} pending migration(s); nothing below has been run"]
+        lines += [f"-- DRIFT: {visible(str(d.path))} changed since it was applied; `migrate` will refuse to run"
+                  for d in self.drift]
         if self.schema is not None and self.schema.drifted:
-            lines += [f"-- {line}" for line in self.schema.lines()]
-        lines += [f"-- lint: {finding}" for finding in self.findings]
+            lines += [f"-- {visible(line)}" for line in self.schema.lines()]
+        lines += [f"-- lint: {visible(str(finding))}" for finding in self.findings]
         for migration in self.pending:
             lines += ["", SqlText(postgres.plan_text(migration))]
         return lines
@@ -171,6 +174,8 @@ class MongoPlanReport:
 
     def lines(self) -> list[str]:
         if self.target is None:
-            return [f"-- MongoDB: not configured; patches in {self.folder}/: {', '.join(self.on_disk) or 'none'}"]
-        return ([f"-- MongoDB {self.target}: {self.pending} pending patch(es), dry-run below; nothing was written"]
-                + [f"--   {o.patch.id} ({o.patch.kind}): {o.comment or '(no comment)'}" for o in self.outcomes])
+            return [f"-- MongoDB: not configured; patches in {visible(self.folder)}/: "
+                    f"{visible(', '.join(self.on_disk)) or 'none'}"]
+        return ([f"-- MongoDB {visible(self.target)}: {self.pending} pending patch(es), dry-run below; nothing was written"]
+                + [f"--   {visible(o.patch.id)} ({o.patch.kind}): {visible(o.comment or '(no comment)')}"
+                   for o in self.outcomes])

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from migrator.errors import DRIFT, FAILED, OK, SCHEMA_DRIFT
+from migrator.output import visible
 from migrator.reports.base import Lines
 from migrator.reports.mongo import PatchStatusReport
 
@@ -146,7 +147,7 @@ class SchemasStatusReport:
             else:
                 lines.append(f"== schema {o.schema}")
             if o.error:
-                lines.append(f"{'-- ' if self.plan else ''}FAILED: {o.error}")
+                lines.append(f"-- FAILED: {visible(o.error)}" if self.plan else f"FAILED: {o.error}")
                 continue
             body = o.report.lines()
             lines += body if self.plan else body[:-1] if body and body[-1] == "MongoDB: not configured" else body

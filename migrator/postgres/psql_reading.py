@@ -1,0 +1,307 @@
+"""What psql's lexer could see in a file: no reading of it may expose a backslash (a meta-command) to psql.
+
+`plan | psql` feeds a file under review to a reviewer's psql, so the file must not be able to make psql run a
+meta-command (`\\! cmd` runs a shell command), whatever it does to the session first. psql lexes its input one
+line at a time (src/fe_utils/psqlscan.l, src/bin/psql/mainloop.c), and two things it takes from the server can
+change between any two lines and change where a literal ends:
+
+- standard_conforming_strings: off, a plain '...' takes backslash escapes. A file can turn it off by routes no
+  text check can list (set_config with a computed name, EXECUTE in a DO block, ALTER ROLE ... SET, PGOPTIONS...).
+- client_encoding: in SJIS, BIG5, GBK, UHC, GB18030 or JOHAB a byte >= 0x80 swallows the bytes after it, quotes
+  included (`SET client_encoding TO 'SJIS'` and a UTF-8 file then reads otherwise).
+
+So tracking the setting is not attempted: every line is read under every combination, starting from every
+state the lines before can leave psql's lexer in, and a backslash outside a literal in any reading is refused.
+psql versions differ where a number runs into letters (`1E'...'` is an E'' string before 16): both are read.
+A psql variable interpolated as it is (`:name`) is refused too: psql lexes its value, and one of them,
+LAST_ERROR_MESSAGE, is whatever text the file's last failing statement raised.
+"""
+
+from __future__ import annotations
+
+import re
+
+IDENT = "A-Za-z0-9_$\x80-\U0010ffff"  # psql's ident_cont (every byte >= 0x80 is a letter to it)
+_IDENT_CHAR = re.compile(f"[{IDENT}]")
+_SPECIAL = re.compile(r"""--|/\*|['"$\\:]""")
+_DOLLAR = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+_NAME = r"[A-Za-z0-9_\x80-\U0010ffff]+"  # psql's variable_char
+_VARIABLE = re.compile(rf":(?:'{_NAME}'|\"{_NAME}\"|{_NAME}|\{{\?)")
+_PREFIX = {"e": "xe", "b": "xb", "x": "xh", "n": None}  # N'' is a plain '' to the lexer
+# After a closing quote, a newline (only \r inside psql's line) then a quote continues the same literal.
+_CONTINUE = re.compile(r"(?:[ \t\f]|--[^\n\r]*)*\r(?:[ \t\n\r\f]+|--[^\n\r]*\r)*'")
+_IN_STRING = {"xq": re.compile(r"'(?!')|''"), "xus": re.compile(r"'(?!')|''"), "xe": re.compile(r"\\.?|'(?!')|''", re.S),
+              "xb": re.compile("'"), "xh": re.compile("'")}
+_COMMENT = re.compile(r"/\*|\*+/")
+# A line every reading lexes from INITIAL back to INITIAL (the common case, checked fast): no backslash, no
+# dollar, double quote, /* or variable, only '...' strings that no letter, digit or & starts, a last -- comment.
+_PLAIN = re.compile(r"(?:[^'\"$\\:/\-\r]|/(?!\*)|-(?!-)|::|:=|(?<![A-Za-z0-9_$&])'[^'\\\r]*'(?!'))*(?:(?<![0-9.][eE])--[^\r]*)?\Z")
+# pg_dump 15.14+ writes these two lines; the runner skips them (splitter.RESTRICT) and plan leaves them out.
+RESTRICT_LINE = re.compile(r"\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*\r?$")
+MAX_STATES = 32
+
+# Client encodings psql lexes by character length (libpq's PQmblen): a lead byte takes the next byte(s) with it.
+# Inside a run of bytes >= 0x80 that changes nothing (all are letters to the lexer); what matters is how many
+# ASCII characters after the run the run's last character takes: each function below answers that from the
+# run's bytes, where its first character starts, and the character after the run.
+def _walk(lengths):
+    def taken(data: bytes, start: int, after: str) -> int:
+        i = start
+        while i < len(data):
+            i += lengths(data[i])
+        return i - len(data)
+    return taken
+
+
+def _pairs(data: bytes, start: int, after: str) -> int:  # BIG5, GBK, UHC: every byte >= 0x80 leads two
+    return (len(data) - start) % 2
+
+
+def _gb18030(data: bytes, start: int, after: str) -> int:  # two bytes, four when the second is a digit
+    return (3 if _digits(after) else 1) if (len(data) - start) % 2 else 0
+
+
+ENCODINGS = {"UTF8": None, "SJIS": _walk(lambda b: 1 if 0xA1 <= b <= 0xDF else 2), "BIG5": _pairs,
+             "GB18030": _gb18030, "JOHAB": _walk(lambda b: 3 if b == 0x8F else 2)}
+_HIGH_RUN = re.compile("[^\x00-\x7f]+")
+
+
+def as_lexed(line: str, encoding: str) -> str:
+    """The line as psql's lexer sees it in that client encoding: the ASCII characters a multibyte character
+    takes with it become a letter (\xff), the rest is as it is (every byte >= 0x80 is a letter to it)."""
+    taken_by = ENCODINGS[encoding]
+    if taken_by is None or line.isascii():
+        return line
+    chars = None
+    skip = 0  # bytes of the next run already taken by the previous one (GB18030's four-byte characters)
+    for run in _HIGH_RUN.finditer(line):
+        data = run.group().encode("utf-8")
+        taken = taken_by(data, skip, line[run.end():run.end() + 1])
+        skip = 0
+        if taken > 0:
+            chars = chars if chars is not None else list(line)
+            for i in range(run.end(), min(run.end() + taken, len(line))):
+                if chars[i] < "\x80":
+                    chars[i] = "\xff"
+                else:  # reached the next run
+                    skip = taken - (i - run.end())  # the rest is taken from that run's first bytes
+                    break
+    return line if chars is None else "".join(chars)
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: psql's lexer takes ٣ (like any byte >= 0x80) for a letter."""
+    return text.isascii() and text.isdigit()
+
+
+_OTHER_KIND = {("xq", None): ("xe", None), ("xqs", "xq"): ("xqs", "xe")}
+
+
+class Exposed(Exception):
+    def __init__(self, line: int, reading: str, what: str):
+        super().__init__(what)
+        self.line, self.reading, self.what = line, reading, what
+
+
+# After a file that a byte-swallowing client encoding would leave inside a string, plan writes this line: in
+# that reading its quote ends the string, in every other it is a comment, so the next file starts afresh.
+CLOSER = "-- ' ends a string psql would read as still open in a client encoding such as BIG5 or SJIS"
+
+
+def check(text: str) -> bool:
+    """Raise Exposed for the first line where some reading shows psql a backslash (or `:name`) outside a literal,
+    or where a reading leaves the file inside a comment, identifier or dollar quote, or (whatever the client
+    encoding) inside a string. True when only a byte-swallowing client encoding leaves a string open: plan
+    then ends the file with CLOSER."""
+    states = {(("I", None), False): 0}  # (lexer state, reached through a byte-swallowing encoding): line
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if len(states) == 1 and next(iter(states))[0] == ("I", None) and line.isascii() and _PLAIN.match(line):
+            continue  # every reading ends the line where it began
+        # Without a backslash on the line, a '...' ends in the same place in both settings: only what kind of
+        # string stays open differs, so one reading is lexed and the other kind added (it is reachable).
+        stds = (True, False) if "\\" in line else (True,)
+        lexed = {"UTF8": line}  # and each encoding that takes an ASCII character of the line (else it reads the same)
+        for encoding in ENCODINGS if not line.isascii() else ():
+            if (seen := as_lexed(line, encoding)) != line:
+                lexed[encoding] = seen
+        encodings = list(lexed)
+        new: dict = {}
+        restrict = RESTRICT_LINE.match(line)
+        ends_of: dict = {}  # (lexer state, std, encoding): its end states (the `via` flag does not change them)
+        for (state, via), origin in states.items():
+            for std, encoding in ((std, encoding) for std in stds for encoding in encodings):
+                reached = via or encoding != "UTF8"
+                if state[0] in ("I", "xqs") and restrict:
+                    new.setdefault((("I", None), reached), origin)
+                    continue
+                key = (state, std, encoding)
+                if key not in ends_of:
+                    ends_of[key] = _lex(lexed[encoding], state, std, number, _reading(std, encoding))
+                for end in ends_of[key]:
+                    since = origin if end == state else number
+                    new.setdefault((end, reached), since)
+                    if len(stds) == 1 and end in _OTHER_KIND:
+                        new.setdefault((_OTHER_KIND[end], reached), since)
+        if len(new) > MAX_STATES:
+            raise Exposed(number, "", "reads too many ways depending on standard_conforming_strings and "
+                                      "client_encoding")
+        states = new
+    closer = False
+    for (state, via), origin in states.items():
+        if state[0] in ("I", "xqs"):
+            continue
+        if via and state[0] in _IN_STRING:
+            closer = True
+            continue
+        raise Exposed(origin or len(lines), "", "leaves psql inside a quoted string, comment or dollar quote at the "
+                                                "end of the file under some standard_conforming_strings or "
+                                                "client_encoding")
+    return closer
+
+
+def _reading(std: bool, encoding: str) -> str:
+    parts = ([] if std else ["standard_conforming_strings off"]) + ([] if encoding == "UTF8" else
+                                                                  [f"client_encoding {encoding}"])
+    return " and ".join(parts)
+
+
+def _lex(line: str, state: tuple, std: bool, number: int, reading: str) -> set:
+    """The states psql's lexer can end the line in, from `state` (a set: psql versions differ)."""
+    ends = set()
+    work = [(0, state)]
+    seen = set()
+    while work:
+        pos, state = work.pop()
+        if (pos, state) in seen:
+            continue
+        seen.add((pos, state))
+        kind, arg = state
+        if kind == "xqs":
+            cont = _CONTINUE.match(line, pos)
+            if pos == len(line):  # the line ended right after the quote: the next line may continue it
+                ends.add(state)
+            elif cont:
+                work.append((cont.end(), (arg, None)))
+            else:
+                work.append((pos, ("I", None)))
+            continue
+        if kind in _IN_STRING:
+            pattern = _IN_STRING[kind]
+            while True:
+                m = pattern.search(line, pos)
+                if m is None:
+                    ends.add(state)
+                    break
+                pos = m.end()
+                if m.group() == "'":
+                    work.append((pos, ("xqs", kind)))
+                    break
+            continue
+        if kind == "xc":
+            depth = arg
+            while depth >= 0:
+                m = _COMMENT.search(line, pos)
+                if m is None:
+                    break
+                pos = m.end()
+                depth += 1 if m.group() == "/*" else -1
+            if depth >= 0:
+                ends.add(("xc", depth))
+            else:
+                work.append((pos, ("I", None)))
+            continue
+        if kind in ("xd", "xdolq"):
+            close = '"' if kind == "xd" else arg
+            end = line.find(close, pos)
+            while kind == "xd" and end >= 0 and line.startswith('"', end + 1):
+                end = line.find('"', end + 2)
+            if end < 0:
+                ends.add(state)
+            else:
+                work.append((end + len(close), ("I", None)))
+            continue
+        # INITIAL: jump to the next character that can change the state
+        boundary = pos
+        while True:
+            m = _SPECIAL.search(line, pos)
+            if m is None:
+                ends.add(("I", None))
+                break
+            at, token = m.start(), m.group()
+            if token == "--":
+                if at - 2 >= boundary and line[at - 1] in "eE" and (_digits(line[at - 2]) or line[at - 2] == "."):
+                    work.append((at + 1, ("I", None)))  # psql 16+ reads 1e- as one (bad) number: no comment
+                cut = line.find("\r", at)  # psql's line holds no \n; a comment ends at \r too
+                if cut < 0:
+                    ends.add(("I", None))
+                    break
+                pos = cut + 1
+                continue
+            if token == "/*":
+                work.append((at + 2, ("xc", 0)))
+                break
+            if token == "\\":
+                raise Exposed(number, reading, "a backslash outside a quoted string: a psql meta-command")
+            if token == ":":
+                var = _VARIABLE.match(line, at)
+                if line.startswith("::", at) or line.startswith(":=", at):
+                    pos = at + 2
+                elif var and var.group()[1] not in "'\"{" and not _digits(var.group()[1:]):
+                    raise Exposed(number, reading, f"`{var.group()}` outside a quoted string: psql replaces it with "
+                                                    "the psql variable of that name, which it then reads as input")
+                else:
+                    pos = var.end() if var and var.group()[1] in "'\"" else at + 1
+                continue
+            if token == '"':
+                work.append((at + 1, ("xd", None)))
+                break
+            if token == "$":
+                starts = _token_starts(line, boundary, at, letter=False)
+                dollar = _DOLLAR.match(line, at)
+                if dollar and True in starts:
+                    work.append((dollar.end(), ("xdolq", dollar.group())))
+                if dollar is None or False in starts:
+                    pos = at + 1
+                    continue
+                break
+            # a quote: which kind of literal it opens depends on the token before it
+            kinds = set()
+            for prefix_at, kind in _prefixes(line, at):
+                for starts_token in _token_starts(line, boundary, prefix_at, letter=True):
+                    kinds.add(kind if starts_token else None)
+            if not kinds:
+                kinds = {None}
+            for kind in kinds:
+                work.append((at + 1, (kind or ("xq" if std else "xe"), None)))
+            break
+    return ends
+
+
+def _prefixes(line: str, quote: int) -> list[tuple[int, str | None]]:
+    """(position of the prefix, literal kind) of what the quote may be the end of: E', B', X', N', U&'."""
+    if quote >= 2 and line[quote - 1] == "&" and line[quote - 2] in "uU":
+        return [(quote - 2, "xus")]
+    if quote >= 1 and line[quote - 1].lower() in _PREFIX:
+        return [(quote - 1, _PREFIX[line[quote - 1].lower()])]
+    return []
+
+
+def _token_starts(line: str, boundary: int, at: int, letter: bool) -> set[bool]:
+    """Whether a token starts at `at` ({True}, {False}, or both where psql versions differ): the character
+    before it ends a token unless it belongs to an identifier. A number or $n before a `$` ends there; before
+    a letter it ends there up to psql 15 and takes the letters in from 16 (`1E'x'` is 1 and E'x' to 15)."""
+    if at == boundary:
+        return {True}
+    if not _IDENT_CHAR.match(line, at - 1):
+        numeric = letter and line[at - 1] == "." and at - 2 >= boundary and _digits(line[at - 2])  # 1.e'x'
+        return {True, False} if numeric else {True}
+    start = at - 1
+    while start > boundary and _IDENT_CHAR.match(line, start - 1):
+        start -= 1
+    run = line[start:at]
+    if _digits(run[0]) or run[0] == "$":
+        if _digits(run.lstrip("$")):
+            return {True, False} if letter else {True}
+        return {False}
+    return {False}
