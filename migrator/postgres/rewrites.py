@@ -21,51 +21,13 @@ PostgreSQL 11, so they pass.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from migrator.postgres import risks
+from migrator.postgres.risks import BLOCKS, INSTEAD, Risk
 
 THRESHOLD_ROWS = 10_000
 MARKER = re.compile(r"^[ \t]*--[ \t]*accept-rewrite[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
-# Only statements that start so are parsed: a no-op deploy or a file of INSERTs never loads the parser.
-_HINT = re.compile(r"(?:alter\s+table|create\s+(?:unique\s+)?index|create\s+(?:(?:global\s+|local\s+)?"
-                   r"(?:temp|temporary|unlogged)\s+)?table|vacuum|cluster|reindex|select\s+.*\binto\b)",
-                   re.IGNORECASE | re.DOTALL)
-_SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}
-
-ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
-SHARE = "SHARE"
-SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
-BLOCKS = {ACCESS_EXCLUSIVE: "reads and writes wait", SHARE: "writes wait", SHARE_ROW_EXCLUSIVE: "writes wait"}
-
-# The safe pattern of each kind, one phrase (the README shows each with SQL).
-INSTEAD = {
-    "default": ("add the column without the default (nullable), fill it with a `-- backfill: batch` UPDATE in a "
-                "`-- transactional: false` file, then ALTER COLUMN ... SET DEFAULT"),
-    "type": ("add a new column of the new type, backfill it in batches (`-- backfill: batch`), then swap the "
-             "columns in a short transaction"),
-    "not null": ("ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID, then VALIDATE CONSTRAINT in a later file, "
-                 "then SET NOT NULL (no scan once the CHECK is validated)"),
-    "foreign key": "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT in a later file",
-    "check": "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a later file",
-    "key": ("CREATE UNIQUE INDEX CONCURRENTLY in a `-- transactional: false` file, then ADD CONSTRAINT ... "
-            "PRIMARY KEY / UNIQUE USING INDEX"),
-    "index": "CREATE INDEX CONCURRENTLY in a `-- transactional: false` file",
-    "reindex": "REINDEX TABLE CONCURRENTLY in a `-- transactional: false` file",
-    "logged": "there is no online form: schedule it in a maintenance window",
-    "vacuum full": "pg_repack (online), or schedule it in a maintenance window",
-    "cluster": "pg_repack --order-by (online), or schedule it in a maintenance window",
-}
-
-
-@dataclass
-class Risk:
-    """One statement's part that rewrites or scans `table` under `lock` (as written in the file)."""
-
-    line: int
-    table: tuple[str | None, str]  # (schema or None, name) as written
-    what: str  # the subcommand, e.g. "ALTER COLUMN id TYPE bigint"
-    does: str  # rewrites | scans | builds an index on
-    lock: str
-    kind: str  # a key of INSTEAD
 
 
 @dataclass
@@ -103,82 +65,6 @@ class Verdict:
 def _printable(text: str) -> str:
     """A name from a file, safe inside a one-line message and a `plan` comment (no line break can end it)."""
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-
-
-# --- reading the statements (no database) ------------------------------------------------------------------
-
-@dataclass
-class _Seen:
-    """What the pending statements before this one do, as far as the judge cares."""
-
-    created: set = field(default_factory=set)  # tables created by a pending statement (keys)
-    not_null: dict = field(default_factory=dict)  # table key -> columns proven NOT NULL by a validated CHECK
-    checks: dict = field(default_factory=dict)  # (table key, constraint name) -> column of CHECK (col IS NOT NULL)
-    validated: dict = field(default_factory=dict)  # table key -> constraint names VALIDATEd by a pending statement
-
-
-def _name(range_var) -> tuple[str | None, str]:
-    return range_var.schemaname or None, range_var.relname
-
-
-def _null_test_column(expr) -> str | None:
-    """`col IS NOT NULL` (a CHECK that proves a column NOT NULL) -> col."""
-    from pglast import ast, enums
-
-    if (isinstance(expr, ast.NullTest) and expr.nulltesttype == enums.NullTestType.IS_NOT_NULL
-            and isinstance(expr.arg, ast.ColumnRef) and len(expr.arg.fields) == 1):
-        return expr.arg.fields[0].sval
-    return None
-
-
-def _functions(node) -> set[str]:
-    """The names of the functions an expression calls (qualified ones by their last part)."""
-    from pglast import ast
-    from pglast.visitors import Visitor
-
-    names: set[str] = set()
-
-    class Calls(Visitor):
-        def visit_FuncCall(self, _ancestors, call):
-            names.add(call.funcname[-1].sval)
-
-    Calls()(node)
-    return names
-
-
-def _text(node) -> str:
-    from pglast.stream import RawStream
-
-    try:
-        return RawStream()(node)
-    except Exception:  # a node pglast cannot print alone: the kind says enough
-        return "..."
-
-
-def _type_name(type_name) -> tuple[str, list[int]]:
-    """('pg_catalog.int8', [typmods]) of a TypeName, for to_regtype()."""
-    from pglast import ast
-
-    names = [n.sval for n in type_name.names]
-    text = ".".join(f'"{n}"' if not re.fullmatch(r"[a-z_][a-z0-9_$]*", n) else n for n in names)
-    if type_name.arrayBounds:
-        text += "[]"
-    mods = [m.val.ival for m in type_name.typmods or () if isinstance(m, ast.A_Const) and hasattr(m.val, "ival")]
-    return text, mods
-
-
-def parse(text: str):
-    """The statement's parse trees (pglast), or () when it is not one the judge reads or pglast cannot parse it
-    (the server then says what is wrong)."""
-    if not _HINT.match(text):
-        return ()
-    from pglast import parse_sql
-    from pglast.parser import ParseError
-
-    try:
-        return [raw.stmt for raw in parse_sql(text)]
-    except ParseError:
-        return ()
 
 
 # --- judging (the live database, read only) ------------------------------------------------------------------
@@ -269,7 +155,7 @@ class _Live:
         if found is None or using is not None:
             return found is not None  # USING: an expression per row
         old_type, old_mod = found[0], found[1]
-        name, mods = _type_name(type_name)
+        name, mods = risks.type_name(type_name)
         self.cursor.execute(_NEW_TYPE, {"old": old_type, "name": name})
         new = self.cursor.fetchone()
         if new is None:
@@ -335,20 +221,20 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
     from migrator.postgres import files
 
     verdicts: list[Verdict] = []
-    seen = _Seen()
+    seen = risks.Seen()
     live = None
     try:
         for migration in migrations:
             path = Path(migration.path)
             accepted = None
             for statement in migration.steps[0].statements:
-                trees = parse(statement.text)
+                trees = risks.parse(statement.text)
                 if not trees:
                     continue
                 if live is None:
                     live = _Live(connection, schema, threshold)
                 for tree in trees:
-                    for risk in _risks(tree, statement.line, live, seen):
+                    for risk in risks.risks(tree, statement.line, live, seen):
                         key = live.key(risk.table)
                         if key in seen.created:
                             continue
@@ -370,112 +256,6 @@ def _key_of(relation: str) -> tuple[str, str]:
     schema, name = re.findall(r'"(?:[^"]|"")*"|[^.]+', relation)
     unquote = lambda n: n[1:-1].replace('""', '"') if n.startswith('"') else n  # noqa: E731
     return unquote(schema), unquote(name)
-
-
-def _risks(tree, line: int, live: _Live, seen: _Seen):
-    """What one statement does that may rewrite or scan a table, recording what it creates and validates."""
-    from pglast import ast, enums
-
-    if isinstance(tree, ast.CreateStmt):
-        seen.created.add(live.key(_name(tree.relation)))
-    elif isinstance(tree, ast.CreateTableAsStmt) and tree.into is not None:
-        seen.created.add(live.key(_name(tree.into.rel)))
-    elif isinstance(tree, ast.SelectStmt) and tree.intoClause is not None:
-        seen.created.add(live.key(_name(tree.intoClause.rel)))
-    elif isinstance(tree, ast.IndexStmt) and not tree.concurrent:
-        yield Risk(line, _name(tree.relation), "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE,
-                   "index")
-    elif isinstance(tree, ast.VacuumStmt) and tree.is_vacuumcmd and any(
-            o.defname == "full" and str(getattr(o.arg, "sval", getattr(o.arg, "ival", "on"))).lower() not in ("false", "off", "0")
-            for o in tree.options or ()):
-        for rel in tree.rels or ():
-            yield Risk(line, _name(rel.relation), "VACUUM FULL", "rewrites", ACCESS_EXCLUSIVE, "vacuum full")
-    elif isinstance(tree, ast.ClusterStmt) and tree.relation is not None:
-        yield Risk(line, _name(tree.relation), "CLUSTER", "rewrites", ACCESS_EXCLUSIVE, "cluster")
-    elif (isinstance(tree, ast.ReindexStmt) and tree.kind == enums.ReindexObjectType.REINDEX_OBJECT_TABLE
-          and not any(o.defname == "concurrently" for o in tree.params or ())):
-        yield Risk(line, _name(tree.relation), "REINDEX TABLE without CONCURRENTLY", "rebuilds the indexes of",
-                   SHARE, "reindex")
-    elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_TABLE:
-        yield from _alter_table(tree, line, live, seen)
-
-
-def _alter_table(tree, line: int, live: _Live, seen: _Seen):
-    from pglast import ast, enums
-
-    types = enums.AlterTableType
-    name = _name(tree.relation)
-    key = live.key(name)
-    new = key in seen.created
-    for cmd in tree.cmds:
-        if cmd.subtype == types.AT_AddColumn:
-            column = cmd.def_
-            why = _volatile_column(column, live) if not new else None
-            if why:
-                yield Risk(line, name, f"ADD COLUMN {column.colname} {why}", "rewrites", ACCESS_EXCLUSIVE, "default")
-        elif cmd.subtype == types.AT_AlterColumnType and not new:
-            table = live.table(name)
-            if table and live.rewrites_type(table[0], cmd.name, cmd.def_.typeName, cmd.def_.raw_default):
-                yield Risk(line, name, f"ALTER COLUMN {cmd.name} TYPE {_text(cmd.def_.typeName)}", "rewrites",
-                           ACCESS_EXCLUSIVE, "type")
-        elif cmd.subtype == types.AT_SetNotNull:
-            if cmd.name in seen.not_null.get(key, set()) or new:
-                continue
-            table = live.table(name)
-            if table and not live.not_null_proven(table[0], cmd.name, seen.validated.get(key, set())):
-                yield Risk(line, name, f"ALTER COLUMN {cmd.name} SET NOT NULL without a validated CHECK "
-                                       f"({cmd.name} IS NOT NULL)", "scans", ACCESS_EXCLUSIVE, "not null")
-        elif cmd.subtype == types.AT_AddConstraint:
-            yield from _add_constraint(cmd.def_, name, key, line, seen, new)
-        elif cmd.subtype == types.AT_ValidateConstraint:
-            seen.validated.setdefault(key, set()).add(cmd.name)
-            column = seen.checks.get((key, cmd.name))
-            if column:
-                seen.not_null.setdefault(key, set()).add(column)
-        elif cmd.subtype in (types.AT_SetLogged, types.AT_SetUnLogged) and not new:
-            logged = "LOGGED" if cmd.subtype == types.AT_SetLogged else "UNLOGGED"
-            yield Risk(line, name, f"SET {logged}", "rewrites", ACCESS_EXCLUSIVE, "logged")
-
-
-def _add_constraint(constraint, name, key, line: int, seen: _Seen, new: bool):
-    from pglast import enums
-
-    kinds = enums.ConstrType
-    if constraint.contype == kinds.CONSTR_CHECK:
-        column = _null_test_column(constraint.raw_expr)
-        if column and constraint.conname:
-            seen.checks[(key, constraint.conname)] = column
-        if constraint.skip_validation:
-            return
-        if column:
-            seen.not_null.setdefault(key, set()).add(column)
-        if not new:
-            yield Risk(line, name, f"ADD {'CONSTRAINT ' + constraint.conname + ' ' if constraint.conname else ''}"
-                                   "CHECK without NOT VALID", "scans", ACCESS_EXCLUSIVE, "check")
-    elif constraint.contype == kinds.CONSTR_FOREIGN and not constraint.skip_validation and not new:
-        yield Risk(line, name, f"ADD {'CONSTRAINT ' + constraint.conname + ' ' if constraint.conname else ''}"
-                               "FOREIGN KEY without NOT VALID", "scans", SHARE_ROW_EXCLUSIVE, "foreign key")
-    elif (constraint.contype in (kinds.CONSTR_PRIMARY, kinds.CONSTR_UNIQUE, kinds.CONSTR_EXCLUSION)
-          and not constraint.indexname and not new):
-        what = {kinds.CONSTR_PRIMARY: "PRIMARY KEY", kinds.CONSTR_UNIQUE: "UNIQUE"}.get(constraint.contype, "EXCLUDE")
-        yield Risk(line, name, f"ADD {what} without USING INDEX", "builds an index on", ACCESS_EXCLUSIVE, "key")
-
-
-def _volatile_column(column, live: _Live) -> str | None:
-    """Why adding this column writes every row (a volatile default, serial, identity, stored generated), or None."""
-    from pglast import enums
-
-    type_name = column.typeName.names[-1].sval if column.typeName else ""
-    if type_name in _SERIAL:
-        return f"{type_name} (its default nextval() is volatile)"
-    for constraint in column.constraints or ():
-        if constraint.contype == enums.ConstrType.CONSTR_IDENTITY:
-            return "GENERATED AS IDENTITY (a value per row)"
-        if constraint.contype == enums.ConstrType.CONSTR_GENERATED and constraint.generated_kind != "v":
-            return "GENERATED ALWAYS AS (...) STORED"
-        if constraint.contype == enums.ConstrType.CONSTR_DEFAULT and live.volatile(_functions(constraint.raw_expr)):
-            return f"DEFAULT {_text(constraint.raw_expr)} (volatile: a value per row)"
-    return None
 
 
 def refusal(verdicts: list[Verdict], where: str) -> str | None:
