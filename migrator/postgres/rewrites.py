@@ -69,10 +69,10 @@ def _printable(text: str) -> str:
 
 # --- judging (the live database, read only) ------------------------------------------------------------------
 
+_SIZES = ("pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::int, "
+          "pg_catalog.pg_total_relation_size(c.oid)")
 _RELATION = """
-SELECT c.oid, n.nspname, c.relname, c.reltuples, c.relpages,
-       pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::int,
-       pg_catalog.pg_total_relation_size(c.oid)
+SELECT c.oid, n.nspname, c.relname, c.reltuples, c.relpages, {sizes}
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = %(name)s AND n.nspname = ANY(%(path)s) AND c.relkind IN ('r', 'p', 'm')
 ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
@@ -103,8 +103,10 @@ SELECT s, current_user FROM pg_catalog.regexp_split_to_table(
 class _Live:
     """The live database as the judge reads it: names resolved on the migration's search_path."""
 
-    def __init__(self, connection, schema: str | None, threshold: int):
-        self.connection, self.threshold = connection, threshold
+    def __init__(self, connection, schema: str | None, threshold: int, sizes: bool = True):
+        """`sizes` False (plan --impact, inside the transaction it measures): only the catalog is read, so no lock
+        of the judge's own is counted as the statement's; rows and bytes are then 0."""
+        self.connection, self.threshold, self.sizes = connection, threshold, sizes
         self.cursor = connection.cursor()
         if schema:
             self.path = [schema, "public"]  # a tenant's migration session's search_path
@@ -120,9 +122,11 @@ class _Live:
     def table(self, name: tuple[str | None, str]):
         """(oid, "schema.table", rows, bytes) of the live table, or None when it does not exist."""
         if name not in self.tables:
-            self.cursor.execute(_RELATION, {"name": name[1], "path": [name[0]] if name[0] else self.path})
+            self.cursor.execute(_RELATION.format(sizes=_SIZES if self.sizes else "0, 0"),
+                                {"name": name[1], "path": [name[0]] if name[0] else self.path})
             row = self.cursor.fetchone()
-            self.tables[name] = row and (row[0], _qualified(row[1], row[2]), self._rows(row), row[6])
+            self.tables[name] = row and (row[0], _qualified(row[1], row[2]), self._rows(row) if self.sizes else 0,
+                                         row[6])
         return self.tables[name]
 
     def _rows(self, row) -> int:
