@@ -187,3 +187,15 @@ def test_a_tenant_run_judges_each_schema_by_its_own_table(cli, db, sql_dir):
                      result.stderr), result.stderr
     assert [r[0] for r in db.query("SELECT migration_id FROM small._yoyo_migration ORDER BY 1")][-1] == "0002_bigint"
     assert [r[0] for r in db.query("SELECT migration_id FROM big._yoyo_migration ORDER BY 1")][-1] == SEED
+
+
+def test_a_partitioned_table_is_judged_by_its_partitions_rows(cli, db, sql_dir):
+    add_migration(sql_dir, "0002_parted", "CREATE TABLE parted (id int, v int) PARTITION BY RANGE (id);\n"
+                                          "CREATE TABLE parted_a PARTITION OF parted FOR VALUES FROM (0) TO (100);\n"
+                                          "CREATE TABLE parted_b PARTITION OF parted FOR VALUES FROM (100) TO (200);\n")
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    db.query("INSERT INTO parted SELECT g, g FROM generate_series(1, 150) g; ANALYZE parted")
+    add_migration(sql_dir, "0003_bigint", "ALTER TABLE parted ALTER COLUMN v TYPE bigint;\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and "0003_bigint.sql:1: ALTER COLUMN v TYPE bigint rewrites public.parted (~150 rows" \
+        in result.stderr, result.output

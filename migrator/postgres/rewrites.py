@@ -69,13 +69,24 @@ def _printable(text: str) -> str:
 
 # --- judging (the live database, read only) ------------------------------------------------------------------
 
-_SIZES = ("pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::int, "
-          "pg_catalog.pg_total_relation_size(c.oid)")
 _RELATION = """
-SELECT c.oid, n.nspname, c.relname, c.reltuples, c.relpages, {sizes}
+SELECT c.oid, n.nspname, c.relname
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = %(name)s AND n.nspname = ANY(%(path)s) AND c.relkind IN ('r', 'p', 'm')
 ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
+"""
+# The planner's row estimate of a table (a partitioned one: of its partitions), each reltuples scaled to the current
+# pages as the planner does; NULL when one with pages has never been analyzed (reltuples -1 since PostgreSQL 14).
+_SIZE = """
+SELECT CASE WHEN bool_and(l.reltuples >= 0 AND l.relpages > 0 OR s.pages = 0)
+            THEN sum(CASE WHEN s.pages = 0 THEN 0 ELSE l.reltuples / NULLIF(l.relpages, 0) * s.pages END) END::bigint,
+       coalesce(sum(s.bytes), 0)::bigint
+FROM (SELECT relid FROM pg_catalog.pg_partition_tree(%(oid)s) WHERE isleaf
+      AND (SELECT relkind FROM pg_catalog.pg_class WHERE oid = %(oid)s) = 'p'
+      UNION ALL SELECT %(oid)s::regclass WHERE (SELECT relkind FROM pg_catalog.pg_class WHERE oid = %(oid)s) <> 'p') p
+     JOIN pg_catalog.pg_class l ON l.oid = p.relid,
+     LATERAL (SELECT pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int AS pages,
+                     pg_catalog.pg_total_relation_size(l.oid) AS bytes) s
 """
 _VOLATILE = "SELECT 1 FROM pg_catalog.pg_proc WHERE proname = ANY(%s) AND provolatile = 'v' LIMIT 1"
 _COLUMN = """
@@ -94,9 +105,13 @@ WHERE conrelid = %(oid)s AND contype = 'c' AND (convalidated OR conname = ANY(%(
   AND pg_catalog.pg_get_constraintdef(oid) = 'CHECK ((' || pg_catalog.quote_ident(%(column)s) || ' IS NOT NULL))'
 LIMIT 1
 """
+# A fresh session's search_path ("$user" resolved), its schemas that exist: where a migration's names resolve.
 _SEARCH_PATH = """
-SELECT s, current_user FROM pg_catalog.regexp_split_to_table(
-    (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = 'search_path'), '\\s*,\\s*') s
+SELECT x FROM (SELECT CASE WHEN pg_catalog.btrim(s, '"') = '$user' THEN current_user::text
+                           ELSE pg_catalog.btrim(s, '"') END, o
+               FROM pg_catalog.regexp_split_to_table((SELECT reset_val FROM pg_catalog.pg_settings
+                                                      WHERE name = 'search_path'), '\\s*,\\s*') WITH ORDINALITY t(s, o)) y(x, o)
+WHERE EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = x) ORDER BY o
 """
 
 
@@ -112,7 +127,7 @@ class _Live:
             self.path = [schema, "public"]  # a tenant's migration session's search_path
         else:
             self.cursor.execute(_SEARCH_PATH)
-            self.path = [user if s.strip('"') == "$user" else s.strip('"') for s, user in self.cursor.fetchall()]
+            self.path = [row[0] for row in self.cursor.fetchall()]
         self.tables: dict = {}
 
     def key(self, name: tuple[str | None, str]) -> tuple[str, str]:
@@ -122,25 +137,25 @@ class _Live:
     def table(self, name: tuple[str | None, str]):
         """(oid, "schema.table", rows, bytes) of the live table, or None when it does not exist."""
         if name not in self.tables:
-            self.cursor.execute(_RELATION.format(sizes=_SIZES if self.sizes else "0, 0"),
-                                {"name": name[1], "path": [name[0]] if name[0] else self.path})
+            self.cursor.execute(_RELATION, {"name": name[1], "path": [name[0]] if name[0] else self.path})
             row = self.cursor.fetchone()
-            self.tables[name] = row and (row[0], _qualified(row[1], row[2]), self._rows(row) if self.sizes else 0,
-                                         row[6])
+            self.tables[name] = row and (row[0], _qualified(row[1], row[2]), *self._size(row))
         return self.tables[name]
 
-    def _rows(self, row) -> int:
-        """The planner's estimate (reltuples scaled to the current pages); counted, capped, when it has none."""
-        oid, schema, name, tuples, pages, now_pages, _ = row
-        if tuples >= 0 and pages > 0:
-            return round(tuples / pages * now_pages)
-        if now_pages == 0:
-            return 0
-        from psycopg2 import sql
+    def _size(self, row) -> tuple[int, int]:
+        """(rows, bytes): the planner's estimate; a never-analyzed table counted, capped just above the threshold."""
+        if not self.sizes:
+            return 0, 0
+        oid, schema, name = row
+        self.cursor.execute(_SIZE, {"oid": oid})
+        rows, size = self.cursor.fetchone()
+        if rows is None:
+            from psycopg2 import sql
 
-        self.cursor.execute(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(
-            sql.Identifier(schema, name)), (self.threshold + 1,))
-        return self.cursor.fetchone()[0]
+            self.cursor.execute(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(
+                sql.Identifier(schema, name)), (self.threshold + 1,))
+            rows = self.cursor.fetchone()[0]
+        return rows, size
 
     def volatile(self, functions: set[str]) -> bool:
         if not functions:
