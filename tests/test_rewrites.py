@@ -199,3 +199,19 @@ def test_a_partitioned_table_is_judged_by_its_partitions_rows(cli, db, sql_dir):
     result = migrate(cli, db, sql_dir, *SMALL)
     assert result.exit_code == 2 and "0003_bigint.sql:1: ALTER COLUMN v TYPE bigint rewrites public.parted (~150 rows" \
         in result.stderr, result.output
+
+
+def test_quoted_identifiers_and_pg_dump_spelling_are_read_as_the_server_reads_them(cli, db, sql_dir):
+    add_migration(sql_dir, "0002_quoted", 'CREATE SCHEMA "Sales";\nCREATE TABLE "Sales"."Report Rows" ("Id" int, v text);\n')
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    db.query('INSERT INTO "Sales"."Report Rows" SELECT g, g::text FROM generate_series(1, 50) g; '
+             'ANALYZE "Sales"."Report Rows"')
+    dump = ('ALTER TABLE ONLY "Sales"."Report Rows"\n    ADD CONSTRAINT "Report Rows_pkey" PRIMARY KEY ("Id");\n')
+    path = add_migration(sql_dir, "0003_dump", "SET statement_timeout = 0;\n" + dump)
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    assert f'{path}:2: ADD PRIMARY KEY without USING INDEX builds an index on "Sales"."Report Rows" (~50 rows' \
+        in result.stderr
+    assert '`-- accept-rewrite: "Sales"."Report Rows"`' in result.stderr
+    add_migration(sql_dir, "0003_dump", '-- accept-rewrite: "Sales"."Report Rows"\n' + dump)
+    ok(migrate(cli, db, sql_dir, *SMALL))
