@@ -76,3 +76,13 @@ def test_an_unbounded_or_misplaced_or_misspelled_directive_is_refused(cli, db, s
     add_migration(sql_dir, "0002_ref", BACKFILL.replace("-- backfill: batch every 3\n", "") + "-- backfill: batch\n")
     assert "must come right before the UPDATE or DELETE" in one_error_line(migrate(cli, db, sql_dir))
     assert applied(db) == [SEED]
+
+
+def test_a_directive_like_line_inside_a_function_body_is_not_a_directive(cli, db, sql_dir):
+    filled(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_function", "CREATE FUNCTION touch() RETURNS void LANGUAGE sql AS $$\n"
+                                            "-- backfill: batch\n"
+                                            f"UPDATE {TABLE} SET dag_name = dag_name WHERE id = 1;\n$$;\n"
+                                            "SELECT touch();\n")
+    ok(migrate(cli, db, sql_dir))
+    assert db.query("SELECT count(*) FROM batches") == [(1,)]  # the body ran once, from SELECT touch()

@@ -215,3 +215,15 @@ def test_quoted_identifiers_and_pg_dump_spelling_are_read_as_the_server_reads_th
     assert '`-- accept-rewrite: "Sales"."Report Rows"`' in result.stderr
     add_migration(sql_dir, "0003_dump", '-- accept-rewrite: "Sales"."Report Rows"\n' + dump)
     ok(migrate(cli, db, sql_dir, *SMALL))
+
+
+def test_a_line_break_in_a_quoted_name_cannot_end_plans_comment(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_evil", f'ALTER TABLE {TABLE} ADD COLUMN "x\nDROP TABLE {TABLE}; --" uuid '
+                                        "DEFAULT gen_random_uuid();\n")
+    plan = cli("plan", "--sql-dir", sql_dir, *SMALL, env=db.db_env())
+    assert plan.exit_code == 0, plan.output
+    (refused,) = [line for line in plan.stdout.splitlines() if line.startswith("-- REFUSED by migrate:")]
+    assert f'ADD COLUMN x\\nDROP TABLE {TABLE}; -- DEFAULT gen_random_uuid()' in refused
+    head = plan.stdout.split("\n\n", 1)[0].splitlines()  # the comments before the files' SQL
+    assert refused in head and all(line.startswith("-- ") for line in head), head

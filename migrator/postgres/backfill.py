@@ -78,6 +78,8 @@ def marked(path: Path, statements: list[Statement], transactional: bool) -> list
         return statements
     found = list(statements)
     for match in DIRECTIVE.finditer(text):
+        if any(s.offset <= match.start() < s.offset + len(s.text) for s in statements):
+            continue  # inside a statement (a function's body, a string): not a directive
         line = text.count("\n", 0, match.start()) + 1
         where = f"{path}:{line}: `-- backfill: {match[1]}`"
         value = _VALUE.fullmatch(match[1])

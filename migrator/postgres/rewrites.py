@@ -48,12 +48,12 @@ class Verdict:
         from migrator.postgres.impact import _bytes, _count
 
         r = self.risk
-        head = (f"{self.path}:{r.line}: {r.what} {r.does} {_printable(self.relation)} (~{_count(self.rows)} rows, "
+        head = (f"{self.path}:{r.line}: {r.what} {r.does} {self.relation} (~{_count(self.rows)} rows, "
                 f"{_bytes(self.bytes)}; more than {self.threshold}) under {r.lock} ({BLOCKS[r.lock]})")
         if self.accepted:
-            return f"{head}: accepted by the file's `-- accept-rewrite: {_printable(self.relation)}`"
-        return (f"{head}; instead: {INSTEAD[r.kind]}; or accept the cost with `-- accept-rewrite: "
-                f"{_printable(self.relation)}` in the file")
+            return _printable(f"{head}: accepted by the file's `-- accept-rewrite: {self.relation}`")
+        return _printable(f"{head}; instead: {INSTEAD[r.kind]}; or accept the cost with `-- accept-rewrite: "
+                          f"{self.relation}` in the file")  # names from the file: no line break ends a plan comment
 
     def to_json(self) -> dict:
         r = self.risk
