@@ -227,3 +227,18 @@ def test_a_line_break_in_a_quoted_name_cannot_end_plans_comment(cli, db, sql_dir
     assert f'ADD COLUMN x\\nDROP TABLE {TABLE}; -- DEFAULT gen_random_uuid()' in refused
     head = plan.stdout.split("\n\n", 1)[0].splitlines()  # the comments before the files' SQL
     assert refused in head and all(line.startswith("-- ") for line in head), head
+
+
+def test_create_table_if_not_exists_of_a_big_table_does_not_make_it_new(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_again", f"CREATE TABLE IF NOT EXISTS {TABLE} (id int);\n"
+                                         f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and "0002_again.sql:2: ALTER COLUMN id TYPE bigint" in result.stderr, result.output
+
+
+def test_a_table_dropped_and_created_again_by_an_earlier_pending_file_is_new(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_replace", f"DROP TABLE {TABLE};\nCREATE TABLE public.{TABLE} (id int, note text);\n")
+    add_migration(sql_dir, "0003_index", f"CREATE INDEX idx_note ON {TABLE} (note);\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))

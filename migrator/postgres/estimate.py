@@ -116,6 +116,7 @@ def work_before(cur, text: str, line: int, schema: str | None, seen) -> tuple[bo
     statement the judge reads and that does none of it is catalog only); rewrites are measured afterwards."""
     from pglast import ast, enums
 
+    seen.read(text)
     trees = risks.parse(text)
     if not trees:
         return False, []

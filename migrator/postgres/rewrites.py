@@ -247,6 +247,7 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
             path = Path(migration.path)
             accepted = None
             for statement in migration.steps[0].statements:
+                seen.read(statement.text)
                 trees = risks.parse(statement.text)
                 if not trees:
                     continue
@@ -255,7 +256,7 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
                 for tree in trees:
                     for risk in risks.risks(tree, statement.line, live, seen):
                         key = live.key(risk.table)
-                        if key in seen.created:
+                        if seen.is_new(risk.table, live):
                             continue
                         table = live.table(risk.table)
                         if table is None or table[2] <= threshold:
