@@ -187,6 +187,9 @@ def test_a_tenant_run_judges_each_schema_by_its_own_table(cli, db, sql_dir):
                      result.stderr), result.stderr
     assert [r[0] for r in db.query("SELECT migration_id FROM small._yoyo_migration ORDER BY 1")][-1] == "0002_bigint"
     assert [r[0] for r in db.query("SELECT migration_id FROM big._yoyo_migration ORDER BY 1")][-1] == SEED
+    plan = cli("plan", "--sql-dir", sql_dir, "--json", *SMALL, env=env)
+    verdicts = {schema: part["rewrites"] for schema, part in json.loads(plan.stdout)["schemas"].items()}
+    assert [v["table"] for v in verdicts["big"]] == [f"big.{TABLE}"] and verdicts["small"] == [], verdicts
 
 
 def test_a_partitioned_table_is_judged_by_its_partitions_rows(cli, db, sql_dir):
