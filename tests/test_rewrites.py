@@ -55,6 +55,11 @@ REFUSED = {
     "vacuum_full": (f"-- transactional: false\nVACUUM (FULL, ANALYZE) {TABLE};\n", "VACUUM FULL rewrites",
                     "ACCESS EXCLUSIVE"),
     "cluster": (f"CLUSTER {TABLE} USING idx_hcm_report_campaign;\n", "CLUSTER rewrites", "ACCESS EXCLUSIVE"),
+    "unlogged": (f"ALTER TABLE {TABLE} SET UNLOGGED;\n", "SET UNLOGGED rewrites", "ACCESS EXCLUSIVE"),
+    "tablespace": (f"ALTER TABLE {TABLE} SET TABLESPACE pg_default;\n", "SET TABLESPACE pg_default rewrites",
+                   "ACCESS EXCLUSIVE"),
+    "reindex": (f"-- transactional: false\nREINDEX TABLE {TABLE};\n", "REINDEX TABLE without CONCURRENTLY rebuilds",
+                "under ACCESS EXCLUSIVE (reads and writes wait)"),
 }
 
 

@@ -40,7 +40,7 @@ INSTEAD = {
             "PRIMARY KEY / UNIQUE USING INDEX"),
     "index": "CREATE INDEX CONCURRENTLY in a `-- transactional: false` file",
     "reindex": "REINDEX TABLE CONCURRENTLY in a `-- transactional: false` file",
-    "logged": "there is no online form: schedule it in a maintenance window",
+    "logged": "there is no online form: schedule it in a maintenance window (or pg_repack for a new tablespace)",
     "vacuum full": "pg_repack (online), or schedule it in a maintenance window",
     "cluster": "pg_repack --order-by (online), or schedule it in a maintenance window",
 }
@@ -161,8 +161,9 @@ def risks(tree, line: int, live, seen: Seen):
         yield Risk(line, _name(tree.relation), "CLUSTER", "rewrites", ACCESS_EXCLUSIVE, "cluster")
     elif (isinstance(tree, ast.ReindexStmt) and tree.kind == enums.ReindexObjectType.REINDEX_OBJECT_TABLE
           and not any(o.defname == "concurrently" for o in tree.params or ())):
+        # SHARE on the table, ACCESS EXCLUSIVE on each index: a query planned on the table waits too
         yield Risk(line, _name(tree.relation), "REINDEX TABLE without CONCURRENTLY", "rebuilds the indexes of",
-                   SHARE, "reindex")
+                   ACCESS_EXCLUSIVE, "reindex")
     elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_TABLE:
         yield from _alter_table(tree, line, live, seen)
 
@@ -171,6 +172,9 @@ def _alter_table(tree, line: int, live, seen: Seen):
     from pglast import ast, enums
 
     types = enums.AlterTableType
+    if not _COPIES:
+        _COPIES.update({types.AT_SetLogged: "SET LOGGED", types.AT_SetUnLogged: "SET UNLOGGED",
+                        types.AT_SetTableSpace: "SET TABLESPACE", types.AT_SetAccessMethod: "SET ACCESS METHOD"})
     name = _name(tree.relation)
     key = live.key(name)
     new = seen.is_new(name, live)
@@ -199,9 +203,12 @@ def _alter_table(tree, line: int, live, seen: Seen):
             column = seen.checks.get((key, cmd.name))
             if column:
                 seen.not_null.setdefault(key, set()).add(column)
-        elif cmd.subtype in (types.AT_SetLogged, types.AT_SetUnLogged) and not new:
-            logged = "LOGGED" if cmd.subtype == types.AT_SetLogged else "UNLOGGED"
-            yield Risk(line, name, f"SET {logged}", "rewrites", ACCESS_EXCLUSIVE, "logged")
+        elif cmd.subtype in _COPIES and not new:
+            yield Risk(line, name, _COPIES[cmd.subtype] + (f" {cmd.name}" if cmd.name else ""), "rewrites",
+                       ACCESS_EXCLUSIVE, "logged")
+
+
+_COPIES = {}  # the subcommands that copy the whole table (filled on first use: the parser's enums load lazily)
 
 
 def _add_constraint(constraint, name, key, line: int, seen: Seen, new: bool):
