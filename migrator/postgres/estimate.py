@@ -94,10 +94,9 @@ class Work:
               "validate": "scans {t} to validate, under {lock}", "rewrite": "rewrites {t}"}
 
     def __str__(self) -> str:
-        from migrator.postgres.impact import _bytes, _count
-
         size = ("new: empty on the live database" if self.total is None else
-                f"~{_count(self.rows)} rows, {_bytes(self.total)}" if self.rows is not None else _bytes(self.total))
+                f"~{risks.rows_text(self.rows)} rows, {risks.size_text(self.total)}" if self.rows is not None
+                else risks.size_text(self.total))
         text = self._WORDS[self.kind].format(t=f"{self.table} ({size})", lock=self.lock)
         if self.kind == "rewrite":
             text += (f" and rebuilds its {len(self.indexes)} index(es) {', '.join(self.indexes)}" if self.indexes

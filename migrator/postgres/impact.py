@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from migrator.postgres import estimate
+from migrator.postgres.risks import size_text as _bytes, rows_text as _count
 from migrator.postgres.connection import CLIENT_CHECK
 from migrator.postgres.watch import duration, lock_mode
 
@@ -160,21 +161,6 @@ class MigrationImpact:
 def server_name(target) -> str:
     """"server host:port": a scratch database is a database of its own on that server, whatever the URL names."""
     return "server " + target.where.rsplit("/", 1)[0]
-
-
-def _count(rows: int) -> str:
-    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if rows >= size:
-            return f"{rows / size:.1f} {unit}"
-    return str(max(rows, 0))
-
-
-def _bytes(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} GB"
 
 
 def measure(server, live_backend, migrations, pending, findings, schema: str | None = None) -> list[MigrationImpact]:

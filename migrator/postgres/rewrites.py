@@ -45,11 +45,9 @@ class Verdict:
         return not self.accepted
 
     def line(self) -> str:
-        from migrator.postgres.impact import _bytes, _count
-
         r = self.risk
-        head = (f"{self.path}:{r.line}: {r.what} {r.does} {self.relation} (~{_count(self.rows)} rows, "
-                f"{_bytes(self.bytes)}; more than {self.threshold}) under {r.lock} ({BLOCKS[r.lock]})")
+        head = (f"{self.path}:{r.line}: {r.what} {r.does} {self.relation} (~{risks.rows_text(self.rows)} rows, "
+                f"{risks.size_text(self.bytes)}; more than {self.threshold}) under {r.lock} ({BLOCKS[r.lock]})")
         if self.accepted:
             return _printable(f"{head}: accepted by the file's `-- accept-rewrite: {self.relation}`")
         return _printable(f"{head}; instead: {INSTEAD[r.kind]}; or accept the cost with `-- accept-rewrite: "

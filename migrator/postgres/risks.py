@@ -250,3 +250,20 @@ def _volatile_column(column, live) -> str | None:
         if constraint.contype == enums.ConstrType.CONSTR_DEFAULT and live.volatile(_functions(constraint.raw_expr)):
             return f"DEFAULT {_text(constraint.raw_expr)} (volatile: a value per row)"
     return None
+
+
+def rows_text(rows: int) -> str:
+    """1.5 M, 12.0 k, 900: a row count for people."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if rows >= size:
+            return f"{rows / size:.1f} {unit}"
+    return str(max(rows, 0))
+
+
+def size_text(size: int) -> str:
+    """128.0 kB, 1.2 GB: a size for people."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} GB"
