@@ -9,7 +9,8 @@ is new (never refused), a `CHECK (col IS NOT NULL)` one of them adds validated o
   ADD COLUMN with a volatile DEFAULT (gen_random_uuid(), clock_timestamp(), random(), serial, identity, a stored
   generated column), ALTER COLUMN TYPE that is not binary-coercible, SET NOT NULL without a validated CHECK,
   ADD FOREIGN KEY / CHECK without NOT VALID, ADD PRIMARY KEY / UNIQUE without USING INDEX, SET LOGGED/UNLOGGED,
-  CREATE INDEX without CONCURRENTLY (SHARE: blocks writes), REINDEX TABLE without CONCURRENTLY, VACUUM FULL, CLUSTER.
+  SET TABLESPACE / ACCESS METHOD, CREATE INDEX without CONCURRENTLY (SHARE: blocks writes), REINDEX TABLE without
+  CONCURRENTLY, VACUUM FULL, CLUSTER. (Statements a DO block or a function runs are not seen.)
 
 Such a statement is refused when the live table holds more than the threshold (rows by the planner's estimate,
 reltuples scaled to the table's current pages as the planner does; a never-analyzed table is counted, capped at
