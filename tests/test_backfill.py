@@ -86,3 +86,11 @@ def test_a_directive_like_line_inside_a_function_body_is_not_a_directive(cli, db
                                             "SELECT touch();\n")
     ok(migrate(cli, db, sql_dir))
     assert db.query("SELECT count(*) FROM batches") == [(1,)]  # the body ran once, from SELECT touch()
+
+
+def test_sql_lint_reports_a_misused_directive_as_migrate_refuses_it(cli, db, sql_dir):
+    path = add_migration(sql_dir, "0002_ref", BACKFILL.replace("-- transactional: false\n", ""))
+    result = cli("sql", "lint", "--sql-dir", sql_dir)
+    assert f"{path}:2:1: runner: `-- backfill: batch every 3` repeats its statement in committed batches" \
+        in result.stdout, result.output
+    assert result.exit_code != 0

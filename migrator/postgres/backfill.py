@@ -71,36 +71,57 @@ class InTransaction(Exception):
 def marked(path: Path, statements: list[Statement], transactional: bool) -> list[Statement]:
     """The file's statements with each one a `-- backfill:` line comes right before made Batched; the directive
     in a transactional file, before a statement that is no UPDATE/DELETE, or before an unbounded one, refused."""
+    found, problems = _read(path, statements, transactional)
+    if problems:
+        line, message = problems[0]
+        raise MigratorError(f"{path}:{line}: {message} (nothing was run)", USAGE)
+    return found
+
+
+def problems(path: Path, *, in_transaction: bool) -> list[tuple[int, str]]:
+    """(line, message) of each misused directive in the file (for `sql lint`)."""
     from migrator.postgres.files import read_text
+    from migrator.postgres.splitter import SplitError, split
+
+    try:
+        statements = split(read_text(path))
+    except SplitError:
+        return []  # the file's own check says what is wrong with it
+    return _read(path, statements, in_transaction)[1]
+
+
+def _read(path: Path, statements: list[Statement], transactional: bool):
+    from migrator.postgres.files import read_text
+    from migrator.postgres.splitter import newlines
 
     text = read_text(path)
     if not _MENTIONED.search(text):
-        return statements
-    found = list(statements)
+        return statements, []
+    found, problems = list(statements), []
     for match in DIRECTIVE.finditer(text):
         if any(s.offset <= match.start() < s.offset + len(s.text) for s in statements):
             continue  # inside a statement (a function's body, a string): not a directive
-        line = text.count("\n", 0, match.start()) + 1
-        where = f"{path}:{line}: `-- backfill: {match[1]}`"
+        line = newlines(text, 0, match.start()) + 1
+        what = f"`-- backfill: {match[1]}`"
         value = _VALUE.fullmatch(match[1])
-        if value is None:
-            raise MigratorError(f"{where}: write `-- backfill: batch` (or `-- backfill: batch every N` for a progress "
-                                "line every N batches) (nothing was run)", USAGE)
-        if transactional:
-            raise MigratorError(f"{where} repeats its statement in committed batches, which a transactional file "
-                                "cannot do (it runs in one transaction); put it in its own file whose first line is "
-                                "`-- transactional: false` (nothing was run)", USAGE)
         index = next((i for i, s in enumerate(found) if s.offset > match.start()), None)
         between = text[match.end():found[index].offset] if index is not None else ""
-        if index is None or between.strip() and not all(
+        statement = found[index] if index is not None else None
+        if value is None:
+            problems.append((line, f"{what}: write `-- backfill: batch` (or `-- backfill: batch every N` for a "
+                                   "progress line every N batches)"))
+        elif transactional:
+            problems.append((line, f"{what} repeats its statement in committed batches, which a transactional file "
+                                   "cannot do (it runs in one transaction); put it in its own file whose first line "
+                                   "is `-- transactional: false`"))
+        elif statement is None or between.strip() and not all(
                 part.strip().startswith("--") for part in between.strip().splitlines()):
-            raise MigratorError(f"{where} must come right before the UPDATE or DELETE it repeats (nothing was run)",
-                                USAGE)
-        statement = found[index]
-        if not _BATCHED.match(statement.text) or not _BOUNDED.search(statement.text):
-            raise MigratorError(f"{where}: the statement at line {statement.line} must be an UPDATE or DELETE that "
-                                "touches a bounded batch, e.g. WHERE id IN (SELECT id FROM t WHERE <not done> LIMIT "
-                                "5000), or it would never end (nothing was run)", USAGE)
-        found[index] = Batched(statement.text, statement.line, statement.offset, statement.terminated,
-                               int(value[1] or EVERY))
-    return found
+            problems.append((line, f"{what} must come right before the UPDATE or DELETE it repeats"))
+        elif not _BATCHED.match(statement.text) or not _BOUNDED.search(statement.text):
+            problems.append((line, f"{what}: the statement at line {statement.line} must be an UPDATE or DELETE "
+                                   "that touches a bounded batch, e.g. WHERE id IN (SELECT id FROM t WHERE <not done> "
+                                   "LIMIT 5000), or it would never end"))
+        else:
+            found[index] = Batched(statement.text, statement.line, statement.offset, statement.terminated,
+                                   int(value[1] or EVERY))
+    return found, problems
