@@ -58,7 +58,6 @@ class Risk:
     kind: str  # a key of INSTEAD
 
 
-
 # --- reading the statements (no database) ------------------------------------------------------------------
 
 @dataclass
@@ -66,6 +65,9 @@ class Seen:
     """What the pending statements before this one do, as far as the judge cares."""
 
     created: set = field(default_factory=set)  # tables created by a pending statement, as written
+    not_null: dict = field(default_factory=dict)  # table key -> columns proven NOT NULL by a validated CHECK
+    checks: dict = field(default_factory=dict)  # (table key, constraint name) -> column of CHECK (col IS NOT NULL)
+    validated: dict = field(default_factory=dict)  # table key -> constraint names VALIDATEd by a pending statement
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
         return any(live.key(c) == live.key(name) for c in self.created)
@@ -76,9 +78,6 @@ class Seen:
         if match:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in match.groups() if p]
             self.created.add((parts[0], parts[1]) if len(parts) == 2 else (None, parts[0]))
-    not_null: dict = field(default_factory=dict)  # table key -> columns proven NOT NULL by a validated CHECK
-    checks: dict = field(default_factory=dict)  # (table key, constraint name) -> column of CHECK (col IS NOT NULL)
-    validated: dict = field(default_factory=dict)  # table key -> constraint names VALIDATEd by a pending statement
 
 
 def _name(range_var) -> tuple[str | None, str]:
@@ -124,7 +123,7 @@ def type_name(type_name) -> tuple[str, list[int]]:
     from pglast import ast
 
     names = [n.sval for n in type_name.names]
-    text = ".".join(f'"{n}"' if not re.fullmatch(r"[a-z_][a-z0-9_$]*", n) else n for n in names)
+    text = ".".join(n if re.fullmatch(r"[a-z_][a-z0-9_$]*", n) else '"' + n.replace('"', '""') + '"' for n in names)
     if type_name.arrayBounds:
         text += "[]"
     mods = [m.val.ival for m in type_name.typmods or () if isinstance(m, ast.A_Const) and hasattr(m.val, "ival")]
@@ -146,15 +145,15 @@ def parse(text: str):
 
 
 def risks(tree, line: int, live, seen: Seen):
-    """What one statement does that may rewrite or scan a table, recording what it creates and validates."""
+    """What one statement does that may rewrite or scan a table; the CHECKs it adds and validates go to `seen`."""
     from pglast import ast, enums
 
     if isinstance(tree, ast.IndexStmt) and not tree.concurrent:
         yield Risk(line, _name(tree.relation), "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE,
                    "index")
     elif isinstance(tree, ast.VacuumStmt) and tree.is_vacuumcmd and any(
-            o.defname == "full" and str(getattr(o.arg, "sval", getattr(o.arg, "ival", "on"))).lower() not in ("false", "off", "0")
-            for o in tree.options or ()):
+            o.defname == "full" and str(getattr(o.arg, "sval", getattr(o.arg, "ival", "on"))).lower()
+            not in ("false", "off", "0") for o in tree.options or ()):
         for rel in tree.rels or ():
             yield Risk(line, _name(rel.relation), "VACUUM FULL", "rewrites", ACCESS_EXCLUSIVE, "vacuum full")
     elif isinstance(tree, ast.ClusterStmt) and tree.relation is not None:
@@ -169,7 +168,7 @@ def risks(tree, line: int, live, seen: Seen):
 
 
 def _alter_table(tree, line: int, live, seen: Seen):
-    from pglast import ast, enums
+    from pglast import enums
 
     types = enums.AlterTableType
     if not _COPIES:
