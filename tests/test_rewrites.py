@@ -250,3 +250,16 @@ def test_a_table_dropped_and_created_again_by_an_earlier_pending_file_is_new(cli
     add_migration(sql_dir, "0002_replace", f"DROP TABLE {TABLE};\nCREATE TABLE public.{TABLE} (id int, note text);\n")
     add_migration(sql_dir, "0003_index", f"CREATE INDEX idx_note ON {TABLE} (note);\n")
     ok(migrate(cli, db, sql_dir, *SMALL))
+
+
+def test_validate_in_the_transaction_that_added_the_constraint_scans_under_its_lock(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    both = (f"ALTER TABLE {TABLE} ADD CONSTRAINT id_positive CHECK (id > 0) NOT VALID;\n"
+            f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT id_positive;\n")
+    path = add_migration(sql_dir, "0002_check", both)
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    assert f"{path}:2: VALIDATE CONSTRAINT id_positive in the transaction of an earlier ALTER TABLE of the table scans " \
+           f"public.{TABLE}" in result.stderr and "instead: VALIDATE CONSTRAINT in a later file" in result.stderr
+    add_migration(sql_dir, "0002_check", "-- transactional: false\n" + both)  # each statement commits alone
+    ok(migrate(cli, db, sql_dir, *SMALL))

@@ -10,7 +10,8 @@ is new (never refused), a `CHECK (col IS NOT NULL)` one of them adds validated o
   generated column), ALTER COLUMN TYPE that is not binary-coercible, SET NOT NULL without a validated CHECK,
   ADD FOREIGN KEY / CHECK without NOT VALID, ADD PRIMARY KEY / UNIQUE without USING INDEX, SET LOGGED/UNLOGGED,
   SET TABLESPACE / ACCESS METHOD, CREATE INDEX without CONCURRENTLY (SHARE: blocks writes), REINDEX TABLE without
-  CONCURRENTLY, VACUUM FULL, CLUSTER. (Statements a DO block or a function runs are not seen.)
+  CONCURRENTLY, VACUUM FULL, CLUSTER, and VALIDATE CONSTRAINT in a transactional file whose earlier ALTER TABLE
+  holds the table's lock until COMMIT. (Statements a DO block or a function runs are not seen.)
 
 Such a statement is refused when the live table holds more than the threshold (rows by the planner's estimate,
 reltuples scaled to the table's current pages as the planner does; a never-analyzed table is counted, capped at
@@ -245,6 +246,7 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
         for migration in migrations:
             path = Path(migration.path)
             accepted = None
+            seen.begin_file(migration.use_transactions)
             for statement in migration.steps[0].statements:
                 seen.read(statement.text)
                 trees = risks.parse(statement.text)

@@ -36,6 +36,8 @@ INSTEAD = {
                  "then SET NOT NULL (no scan once the CHECK is validated)"),
     "foreign key": "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT in a later file",
     "check": "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a later file",
+    "validate": ("VALIDATE CONSTRAINT in a later file: in its own transaction it scans under SHARE UPDATE EXCLUSIVE "
+                 "(reads and writes go on)"),
     "key": ("CREATE UNIQUE INDEX CONCURRENTLY in a `-- transactional: false` file, then ADD CONSTRAINT ... "
             "PRIMARY KEY / UNIQUE USING INDEX"),
     "index": "CREATE INDEX CONCURRENTLY in a `-- transactional: false` file",
@@ -68,6 +70,10 @@ class Seen:
     not_null: dict = field(default_factory=dict)  # table key -> columns proven NOT NULL by a validated CHECK
     checks: dict = field(default_factory=dict)  # (table key, constraint name) -> column of CHECK (col IS NOT NULL)
     validated: dict = field(default_factory=dict)  # table key -> constraint names VALIDATEd by a pending statement
+    altered: set | None = None  # in a transactional file: tables an earlier ALTER TABLE of it locked until COMMIT
+
+    def begin_file(self, transactional: bool) -> None:
+        self.altered = set() if transactional else None
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
         return any(live.key(c) == live.key(name) for c in self.created)
@@ -198,6 +204,9 @@ def _alter_table(tree, line: int, live, seen: Seen):
         elif cmd.subtype == types.AT_AddConstraint:
             yield from _add_constraint(cmd.def_, name, key, line, seen, new)
         elif cmd.subtype == types.AT_ValidateConstraint:
+            if seen.altered is not None and key in seen.altered and not new:
+                yield Risk(line, name, f"VALIDATE CONSTRAINT {cmd.name} in the transaction of an earlier ALTER TABLE "
+                                       "of the table", "scans", ACCESS_EXCLUSIVE, "validate")
             seen.validated.setdefault(key, set()).add(cmd.name)
             column = seen.checks.get((key, cmd.name))
             if column:
@@ -205,6 +214,8 @@ def _alter_table(tree, line: int, live, seen: Seen):
         elif cmd.subtype in _COPIES and not new:
             yield Risk(line, name, _COPIES[cmd.subtype] + (f" {cmd.name}" if cmd.name else ""), "rewrites",
                        ACCESS_EXCLUSIVE, "logged")
+    if seen.altered is not None:
+        seen.altered.add(key)  # its lock (ACCESS EXCLUSIVE for most subcommands) is held until the file commits
 
 
 _COPIES = {}  # the subcommands that copy the whole table (filled on first use: the parser's enums load lazily)
