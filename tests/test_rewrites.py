@@ -263,3 +263,16 @@ def test_validate_in_the_transaction_that_added_the_constraint_scans_under_its_l
            f"public.{TABLE}" in result.stderr and "instead: VALIDATE CONSTRAINT in a later file" in result.stderr
     add_migration(sql_dir, "0002_check", "-- transactional: false\n" + both)  # each statement commits alone
     ok(migrate(cli, db, sql_dir, *SMALL))
+
+
+def test_an_update_of_every_row_after_an_alter_table_in_the_same_transaction_is_refused(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    path = add_migration(sql_dir, "0002_fill", f"ALTER TABLE {TABLE} ADD COLUMN state text;\n"
+                                               f"UPDATE {TABLE} SET state = 'new';\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    assert f"{path}:2: UPDATE without WHERE in the transaction of an earlier ALTER TABLE of the table writes every " \
+           f"row of public.{TABLE}" in result.stderr and "`-- backfill: batch`" in result.stderr
+    add_migration(sql_dir, "0002_fill", f"ALTER TABLE {TABLE} ADD COLUMN state text;\n"
+                                        f"UPDATE {TABLE} SET state = 'new' WHERE id = 1;\n")  # a row or a few: fine
+    ok(migrate(cli, db, sql_dir, *SMALL))

@@ -249,7 +249,7 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
             seen.begin_file(migration.use_transactions)
             for statement in migration.steps[0].statements:
                 seen.read(statement.text)
-                trees = risks.parse(statement.text)
+                trees = risks.parse(statement.text, seen)
                 if not trees:
                     continue
                 if live is None:

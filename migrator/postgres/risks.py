@@ -19,6 +19,7 @@ _HINT = re.compile(r"(?:alter\s+table|create\s+(?:unique\s+)?index|vacuum|cluste
 _NAME = r'("(?:[^"]|"")*"|[A-Za-z_][\w$]*)'
 _CREATES = re.compile(rf"create\s+(?:(?:global|local)\s+)?(?:(?:temp|temporary|unlogged)\s+)?table\s+"
                       rf"(?!if\s+not\s+exists\b){_NAME}(?:\s*\.\s*{_NAME})?", re.IGNORECASE)
+_WRITES = re.compile(r"(?:update|delete)\b", re.IGNORECASE)
 _SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}
 
 ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
@@ -36,6 +37,8 @@ INSTEAD = {
                  "then SET NOT NULL (no scan once the CHECK is validated)"),
     "foreign key": "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT in a later file",
     "check": "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a later file",
+    "update": ("a `-- backfill: batch` UPDATE of bounded batches in a `-- transactional: false` file (the ALTER TABLE in "
+               "a file of its own)"),
     "validate": ("VALIDATE CONSTRAINT in a later file: in its own transaction it scans under SHARE UPDATE EXCLUSIVE "
                  "(reads and writes go on)"),
     "key": ("CREATE UNIQUE INDEX CONCURRENTLY in a `-- transactional: false` file, then ADD CONSTRAINT ... "
@@ -136,10 +139,10 @@ def type_name(type_name) -> tuple[str, list[int]]:
     return text, mods
 
 
-def parse(text: str):
+def parse(text: str, seen: Seen | None = None):
     """The statement's parse trees (pglast), or () when it is not one the judge reads or pglast cannot parse it
-    (the server then says what is wrong)."""
-    if not _HINT.match(text):
+    (the server then says what is wrong). An UPDATE or DELETE is read only after an ALTER TABLE of its file."""
+    if not (_HINT.match(text) or seen is not None and seen.altered and _WRITES.match(text)):
         return ()
     from pglast import parse_sql
     from pglast.parser import ParseError
@@ -171,6 +174,11 @@ def risks(tree, line: int, live, seen: Seen):
                    ACCESS_EXCLUSIVE, "reindex")
     elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_TABLE:
         yield from _alter_table(tree, line, live, seen)
+    elif (isinstance(tree, (ast.UpdateStmt, ast.DeleteStmt)) and tree.whereClause is None and seen.altered
+          and live.key(_name(tree.relation)) in seen.altered and not seen.is_new(_name(tree.relation), live)):
+        what = "UPDATE" if isinstance(tree, ast.UpdateStmt) else "DELETE"
+        yield Risk(line, _name(tree.relation), f"{what} without WHERE in the transaction of an earlier ALTER TABLE of "
+                                               "the table", "writes every row of", ACCESS_EXCLUSIVE, "update")
 
 
 def _alter_table(tree, line: int, live, seen: Seen):
