@@ -58,10 +58,11 @@ def lint(migrations) -> list[Finding]:
 def runner_findings(migrations) -> list[Finding]:
     """What the runner itself would refuse (psql meta-commands, COPY FROM stdin, transaction control or
     CONCURRENTLY in a transactional file...), found without a database."""
-    from migrator.postgres import files
+    from migrator.postgres import backfill, files
 
     return [Finding(str(m.path), line, 1, "runner", message, "")
-            for m in migrations for line, message in files.problems(Path(m.path), in_transaction=m.use_transactions)]
+            for m in migrations for check in (files.problems, backfill.problems)
+            for line, message in check(Path(m.path), in_transaction=m.use_transactions)]
 
 
 # The tenant rule reads the file with the runner's own tokenizer (postgres.files: E'' and U&'' strings, dollar

@@ -7,8 +7,8 @@ import functools
 import click
 
 from migrator import output
-from migrator.cli.options import (CREATE_SCHEMAS, LOCK_TIMEOUT, SCRATCH_URL, STRICT, ddl_limits, schema_run,
-                                  settings_options)
+from migrator.cli.options import (CREATE_SCHEMAS, LOCK_TIMEOUT, REWRITE_THRESHOLD, SCRATCH_URL, STRICT, ddl_limits,
+                                  schema_run, settings_options)
 from migrator.commands import deploy, tenants
 from migrator.errors import USAGE, MigratorError
 from migrator.reports import Lines
@@ -20,6 +20,7 @@ from migrator.reports import Lines
 @ddl_limits
 @STRICT
 @CREATE_SCHEMAS
+@REWRITE_THRESHOLD
 @schema_run
 def migrate(settings):
     """Deploy: apply every pending SQL migration, then every never-applied Mongo patch (for real).
@@ -39,6 +40,7 @@ def migrate(settings):
                    "they block), the tables it rewrites, with live row counts and sizes. The live database is only read.")
 @click.option("--markdown", is_flag=True, help="With --impact: a Markdown table per migration, for a pull request.")
 @SCRATCH_URL
+@REWRITE_THRESHOLD
 @schema_run
 def plan(settings, offline, as_json, impact, markdown, scratch_url):
     """Print the SQL that `migrate` would run, in order, and dry-run the pending Mongo patches. Writes nothing.

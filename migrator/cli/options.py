@@ -28,6 +28,11 @@ SCRATCH_URL = click.option(
     "--scratch-url", metavar="URL", envvar="SCRATCH_DATABASE_URL",
     help="A server where scratch databases may be created and dropped (else SCRATCH_DATABASE_URL, else the local "
          "development server); only its server is used, never its database.")
+REWRITE_THRESHOLD = click.option(
+    "--rewrite-threshold-rows", type=click.IntRange(min=0), metavar="ROWS",
+    help="Refuse a statement that rewrites or scans a live table of more than ROWS rows (planner's estimate) under a "
+         "lock that stops the application, unless its file says `-- accept-rewrite: TABLE` (else "
+         "REWRITE_THRESHOLD_ROWS, else 10000).")
 QUIET = click.option("--quiet", is_flag=True,
                      help="No live progress lines while a long statement runs (elapsed time, index build phase, "
                           "who holds a lock it waits for).")
@@ -136,7 +141,7 @@ def _settings(kwargs: dict) -> CommandSettings:
                "create_schemas")
     mongo = _take(kwargs, "mongo_url", "mongo_db", "mongo_timeout", "patch_timeout", "mongo_secret")
     other = _take(kwargs, "sql_dir", "mongo_dir", "lock_timeout", "ddl_lock_timeout", "statement_timeout", "strict",
-                  "fail_fast", "parallel", "quiet")
+                  "fail_fast", "parallel", "quiet", "rewrite_threshold_rows")
     settings = CommandSettings(
         postgres=PostgresOptions(
             database_url=pg["database_url"], host=pg["db_host"], port=pg["db_port"], dbname=pg["db_name"],
@@ -149,7 +154,7 @@ def _settings(kwargs: dict) -> CommandSettings:
             aws=AwsOptions(mongo["mongo_secret"], aws["profile"], aws["region"])),
         ddl_lock_timeout=other["ddl_lock_timeout"], statement_timeout=other["statement_timeout"],
         strict=bool(other["strict"]), fail_fast=bool(other["fail_fast"]), parallel=other["parallel"] or 1,
-        progress=not other["quiet"],
+        progress=not other["quiet"], rewrite_threshold_rows=other["rewrite_threshold_rows"],
     )
     for name in ("sql_dir", "mongo_dir", "lock_timeout"):
         if other[name] is not None:

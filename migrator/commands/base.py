@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 from migrator import output
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
-from migrator.settings import resolve_ddl_limits, resolve_mongo, resolve_postgres
+from migrator.settings import resolve_ddl_limits, resolve_mongo, resolve_postgres, resolve_rewrite_threshold
 from migrator.targets import DdlLimits, MongoOptions, MongoTarget, PostgresOptions, PostgresTarget
 
 Sink = Callable[[str], None]
@@ -40,9 +40,13 @@ class CommandSettings:
     mongo_off: bool = False  # a schema's part of a run: Mongo is the run's, done once
     progress: bool = True  # live progress of long statements (--quiet turns it off)
     described: object = None  # a tenant's schema as read at the start of the run (tenants.run): drift's fast path
+    rewrite_threshold_rows: int | None = None  # --rewrite-threshold-rows (else REWRITE_THRESHOLD_ROWS, else 10,000)
 
     def limits(self) -> DdlLimits:
         return resolve_ddl_limits(self.ddl_lock_timeout, self.statement_timeout, self.env)
+
+    def rewrite_threshold(self) -> int:
+        return resolve_rewrite_threshold(self.rewrite_threshold_rows, self.env)
 
     def mongo_target(self, required: bool = False) -> MongoTarget | None:
         """The Mongo target (its notes said), or None when nothing is configured (an error if required)."""

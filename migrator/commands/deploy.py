@@ -65,6 +65,14 @@ def _say_other_histories(settings: CommandSettings, backend) -> None:
 
 def _apply_pending(settings: CommandSettings, backend, target, migrations, schema, applied: list) -> None:
     from migrator import postgres
+    from migrator.postgres import rewrites
+
+    todo = backend.to_apply(migrations)
+    postgres.load_migrations(todo)  # every pending file read and checked before the verdicts, and before anything runs
+    refused = rewrites.refusal(rewrites.judge(backend.connection, todo, threshold=settings.rewrite_threshold(),
+                                              schema=target.schema), target.where)
+    if refused:
+        raise MigratorError(refused, USAGE)
 
     with advancing_schema(settings, backend, "migrate", always=schema.recorded is None, before=schema.live) as changed:
         with watching(settings, backend, target):
@@ -147,11 +155,12 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
     False) has no Mongo part.
     """
     from migrator import lint, postgres
+    from migrator.postgres import rewrites
     from migrator.schema import snapshot
 
     migrations = postgres.read_migrations(settings.sql_dir)  # only the files that will run are parsed
     mongo_target = settings.mongo_target() if mongo_dry_run and not offline else None
-    drift, schema = [], None
+    drift, schema, verdicts = [], None, []
     if offline:
         todo, where = postgres.ordered(migrations), "offline: every migration, no database consulted"
         postgres.load_migrations(todo)
@@ -161,11 +170,14 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
             todo = postgres.pending(backend, migrations)
             drift = [s for s in postgres.status(backend, migrations) if s.changed]
             schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described)
+            postgres.load_migrations(todo)
+            verdicts = rewrites.judge(backend.connection, todo, threshold=settings.rewrite_threshold(),
+                                      schema=target.schema)
         where = target.display_url
     skipped = bool(todo) and lint.squawk_path() is None
     if skipped:
         settings.note("note: lint skipped: squawk is not installed here (`make install` brings it)")
-    report = PlanReport(where, todo, drift, [] if skipped or not todo else lint.lint(todo), skipped, schema)
+    report = PlanReport(where, todo, drift, [] if skipped or not todo else lint.lint(todo), skipped, schema, verdicts)
     settings.show(report)
     if mongo_dry_run:
         settings.show(_mongo_plan(settings, mongo_target))

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from migrator.postgres import estimate
+from migrator.postgres.risks import size_text as _bytes, rows_text as _count
 from migrator.postgres.connection import CLIENT_CHECK
 from migrator.postgres.watch import duration, lock_mode
 
@@ -99,6 +101,8 @@ class StatementImpact:
     error: str | None = None
     observed: bool = False  # cannot run in a transaction: its locks polled while it ran (some may be missed)
     command: str = ""  # the server's command tag (TRUNCATE TABLE, ALTER SEQUENCE...)
+    work: list = field(default_factory=list)  # estimate.Work: each scan, index build and rewrite, and its duration
+    parsed: bool = False  # a statement the rewrite judge reads (ALTER TABLE, CREATE INDEX...): else no "catalog only"
 
     @property
     def truncates(self) -> bool:  # a new, empty relfilenode: instant, but the rows are gone
@@ -124,15 +128,16 @@ class StatementImpact:
             if not self.locks:
                 return f"{head}: no lock observed"
         if not self.locks and not self.rewrites:
-            return f"{head}: no lock beyond those already held"
+            return f"{head}: no lock beyond those already held" + "".join(f"; {w}" for w in self.work)
         strongest = max(self.locks, key=lambda lock: (STRENGTH.index(lock.mode), lock.kind == "table"), default=None)
         text = f"{head}: {strongest}" if strongest else head
         grows = [] if self.truncates else [r for r in self.rewrites if r.kind != "sequence"]
-        tables = [r.relation for r in grows if r.kind == "table"]
-        indexes = len(grows) - len(tables)
-        rewritten = ", ".join(tables + ([f"{indexes} index(es)"] if indexes else []))
-        if rewritten:
-            text += f"; rewrites {rewritten}: its time grows with their size"
+        if self.work:
+            text += "; " + "; ".join(str(w) for w in self.work)
+        elif any(r.kind == "table" for r in grows):  # (no size known: nothing to estimate)
+            text += f"; rewrites {', '.join(r.relation for r in grows if r.kind == 'table')}: its time grows with its size"
+        elif self.parsed and not self.error and not self.truncates:
+            text += "; catalog only: no row is read or written, instant whatever the table's size"
         emptied = [r.relation for r in self.rewrites if self.truncates and r.kind == "table"]
         if emptied:
             text += f"; empties {', '.join(emptied)}: instant, but removes their live rows"
@@ -158,21 +163,6 @@ def server_name(target) -> str:
     return "server " + target.where.rsplit("/", 1)[0]
 
 
-def _count(rows: int) -> str:
-    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if rows >= size:
-            return f"{rows / size:.1f} {unit}"
-    return str(max(rows, 0))
-
-
-def _bytes(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} GB"
-
-
 def measure(server, live_backend, migrations, pending, findings, schema: str | None = None) -> list[MigrationImpact]:
     """Each pending migration's impact: scratch database on `server`, sizes from the live backend (read-only).
     Stops after the first migration a statement of which fails on the scratch database (what follows would
@@ -183,6 +173,7 @@ def measure(server, live_backend, migrations, pending, findings, schema: str | N
     applied = set(postgres.applied_ids(live_backend))
     live = live_backend.connection
     done = []
+    seen = estimate.risks.Seen()  # what the pending statements before each one did (the rewrite judge's view)
     with _scratch(server, schema) as db:
         for migration in postgres.ordered(migrations):
             if migration.id in applied:
@@ -192,11 +183,13 @@ def measure(server, live_backend, migrations, pending, findings, schema: str | N
                     raise MigratorError(f"the applied migrations do not rebuild the live schema on the scratch database "
                                         f"on {server_name(server)}: {exc}; nothing was measured (the live database changed "
                                         "outside migrations, or an applied file was edited: `runner.py status`)") from exc
+        speed = _calibrated(db.target)
         for migration in pending:
             migration.load()
-            impact = _measure_one(db.target, migration)
+            impact = _measure_one(db.target, migration, seen)
             impact.findings = [f for f in findings if str(f.path) == str(migration.path)]
             _join_live(live, impact)
+            estimate.estimate(live, impact.statements, speed)
             done.append(impact)
             if any(s.error for s in impact.statements):
                 break
@@ -234,7 +227,15 @@ def psycopg2_connect(url: str, schema: str | None = None):
     return psycopg2.connect(url, options=CLIENT_CHECK + (f" -c search_path={schema},public" if schema else ""))
 
 
-def _measure_one(target, migration) -> MigrationImpact:
+def _calibrated(target):
+    conn = psycopg2_connect(target.url, target.schema)
+    try:
+        return estimate.calibrate(conn)
+    finally:
+        conn.close()
+
+
+def _measure_one(target, migration, seen) -> MigrationImpact:
     statements = migration.steps[0].statements
     impact = MigrationImpact(migration.id, str(migration.path), migration.use_transactions)
     from migrator.postgres import cancel
@@ -244,10 +245,11 @@ def _measure_one(target, migration) -> MigrationImpact:
         with cancel.on_sigterm(lambda: conn), conn.cursor() as cur:  # SIGTERM: end a long statement at once
             existing = _relations(cur)
             conn.commit()
+            judge = (target.schema, seen)
             if migration.use_transactions:
-                _in_transaction(conn, cur, statements, existing, impact)
+                _in_transaction(conn, cur, statements, existing, impact, judge)
             else:
-                _outside_transaction(target, conn, cur, statements, existing, impact)
+                _outside_transaction(target, conn, cur, statements, existing, impact, judge)
     finally:
         conn.close()
     return impact
@@ -258,7 +260,7 @@ def _relations(cur) -> dict:
     return {oid: (name, kind, node) for oid, name, kind, node in cur.fetchall()}
 
 
-def _in_transaction(conn, cur, statements, existing: dict, impact: MigrationImpact) -> None:
+def _in_transaction(conn, cur, statements, existing: dict, impact: MigrationImpact, judge) -> None:
     """Statement after statement in one transaction, rolled back at the end: what each adds to the locks held."""
     held: dict[int, str] = {}  # relation oid -> strongest mode held so far
     names = dict(existing)
@@ -266,18 +268,21 @@ def _in_transaction(conn, cur, statements, existing: dict, impact: MigrationImpa
         for statement in statements:
             found = StatementImpact(statement.line, statement.text)
             impact.statements.append(found)
-            held = _measured(conn, cur, statement.text, existing, names, held, found)
+            held = _measured(conn, cur, statement.text, existing, names, held, found, judge)
             if found.error:
                 return
     finally:
         conn.rollback()
 
 
-def _measured(conn, cur, text: str, existing: dict, names: dict, held: dict, found: StatementImpact) -> dict:
-    """Run one statement inside the open transaction; `found` gets the locks it added to `held` and the
-    relations it gave a new relfilenode. Returns the locks held now. Raises ActiveSqlTransaction."""
+def _measured(conn, cur, text: str, existing: dict, names: dict, held: dict, found: StatementImpact, judge) -> dict:
+    """Run one statement inside the open transaction; `found` gets the locks it added to `held`, the relations it
+    gave a new relfilenode, and (read before it runs: `judge` is (schema, risks.Seen)) what it scans.
+    Returns the locks held now. Raises ActiveSqlTransaction."""
     import psycopg2
 
+    found.parsed, found.work = estimate.work_before(cur, text, found.line, *judge)
+    estimate.under_held(found.work, held, STRENGTH)
     before = _relations(cur)
     names.update(before)
     try:
@@ -301,10 +306,12 @@ def _measured(conn, cur, text: str, existing: dict, names: dict, held: dict, fou
     found.rewrites = sorted((Lock(before[oid][0], KINDS.get(before[oid][1], "relation"), "")
                              for oid in before if oid in existing and oid in after
                              and after[oid][2] != before[oid][2]), key=lambda r: (r.kind != "table", r.relation))
+    if not found.truncates:
+        found.work += [estimate.rewrite(cur, r.relation) for r in found.rewrites if r.kind == "table"]
     return now
 
 
-def _outside_transaction(target, conn, cur, statements, existing: dict, impact: MigrationImpact) -> None:
+def _outside_transaction(target, conn, cur, statements, existing: dict, impact: MigrationImpact, judge) -> None:
     """A `-- transactional: false` file: each statement in a transaction of its own, measured as in a
     transactional file, then committed (as it will be on the live database). Only a statement PostgreSQL
     refuses inside a transaction (CONCURRENTLY, VACUUM, ALTER SYSTEM...) runs in autocommit, observed
@@ -316,7 +323,7 @@ def _outside_transaction(target, conn, cur, statements, existing: dict, impact: 
         found = StatementImpact(statement.line, statement.text)
         impact.statements.append(found)
         try:
-            _measured(conn, cur, statement.text, existing, names, {}, found)
+            _measured(conn, cur, statement.text, existing, names, {}, found, judge)
         except psycopg2.errors.ActiveSqlTransaction:  # refused before it did anything
             conn.rollback()
             conn.autocommit = True

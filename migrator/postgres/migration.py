@@ -14,7 +14,7 @@ from pathlib import Path
 
 from migrator import checksums, interrupt, pg_lock
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import files
+from migrator.postgres import backfill, files
 from migrator.postgres.errors import StatementFailed, progress
 
 
@@ -74,7 +74,10 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
         for index, statement in enumerate(statements):
             try:
                 with interrupt.live():  # SIGTERM stops the run here, never inside the bookkeeping
-                    cursor.execute(statement.text)
+                    if isinstance(statement, backfill.Batched):  # issue 24: `-- backfill: batch` (backfill.py)
+                        statement.run(connection, cursor, path)
+                    else:
+                        cursor.execute(statement.text)
             except interrupt.Interrupted as exc:
                 if exc.before_block and progress:  # it stopped between statements: this one never started
                     progress(done, started=False)
@@ -246,7 +249,9 @@ def _migration_class():
         def __init__(self, migration):
             self.id = 0
             self.migration = migration
-            self.statements = files.statements(Path(migration.path), in_transaction=migration.use_transactions)
+            path = Path(migration.path)
+            self.statements = backfill.marked(path, files.statements(path, in_transaction=migration.use_transactions),
+                                              migration.use_transactions)
             self.sha = checksums.file_sha256(Path(migration.path))
 
         def apply(self, backend, force=False):
@@ -317,7 +322,9 @@ def _migration_class():
                 if not path.is_file():
                     raise MigratorError(f"{path} not found: {self.id} cannot be rolled back; write its rollback "
                                         "file first (nothing was rolled back)")
-                self._rollback_statements = files.statements(path, in_transaction=self.rollback_transactional())
+                transactional = self.rollback_transactional()
+                self._rollback_statements = backfill.marked(path, files.statements(path, in_transaction=transactional),
+                                                            transactional)
             return self._rollback_statements
 
     return SqlFileMigration

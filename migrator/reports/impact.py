@@ -41,6 +41,8 @@ class ImpactReport:
              "lint": None if self.lint_skipped else [vars(f) for f in m.findings],
              "statements": [{"line": s.line, "sql": SqlText(s.text), "locks": [lock.to_json() for lock in s.locks],
                              "rewrites": [r.relation for r in s.rewrites], "waits_for": s.waits_for, "error": s.error, "command": s.command,
+                             "work": [w.to_json() for w in s.work],
+                             "catalog_only": s.parsed and not s.work and not s.error and not s.rewrites,
                              "measured": "observed while it waited" if s.observed else "in a transaction"}
                             for s in m.statements]} for m in self.migrations]}
 

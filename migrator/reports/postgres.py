@@ -130,6 +130,7 @@ class PlanReport:
     findings: list  # lint.Finding
     lint_skipped: bool  # squawk is not installed here
     schema: Any = None  # schema.snapshot.DriftReport, None offline
+    rewrites: list = field(default_factory=list)  # postgres.rewrites.Verdict: what migrate refuses (or a file accepts)
 
     @property
     def exit_code(self) -> int:
@@ -145,6 +146,7 @@ class PlanReport:
             "drift": [{"id": d.id, "file": str(d.path)} for d in self.drift],
             "schema": self.schema.to_json() if self.schema else None,
             "lint": None if self.lint_skipped else [vars(f) for f in self.findings],
+            "rewrites": [v.to_json() for v in self.rewrites],
         }
 
     def lines(self) -> list[str]:
@@ -157,6 +159,7 @@ class PlanReport:
         if self.schema is not None and self.schema.drifted:
             lines += [f"-- {visible(line)}" for line in self.schema.lines()]
         lines += [f"-- lint: {visible(str(finding))}" for finding in self.findings]
+        lines += [f"-- {'REFUSED by migrate' if v.refused else 'accepted'}: {visible(v.line())}" for v in self.rewrites]
         for migration in self.pending:
             lines += ["", SqlText(postgres.plan_text(migration))]
         return lines

@@ -1,0 +1,127 @@
+"""`-- backfill: batch`: a batched backfill without a hand-made loop (issue 24).
+
+A comment line `-- backfill: batch` (optionally `-- backfill: batch every N`: a progress line every N batches,
+default 10) right before an UPDATE or DELETE in a `-- transactional: false` file makes the runner repeat that
+statement, each run committed on its own, until it touches no row. Each run must touch a bounded batch and
+leave the rows it did out of the next one, e.g.
+
+    -- backfill: batch
+    UPDATE hcm_report_metadata SET ref = gen_random_uuid()
+    WHERE id IN (SELECT id FROM hcm_report_metadata WHERE ref IS NULL LIMIT 5000);
+
+so each batch holds its row locks for milliseconds and the application goes on between batches; a failure or
+SIGTERM keeps the batches already committed, and a rerun goes on where it stopped. The file still runs as is with
+`psql -f` (the statement then does one batch). In a transactional file the batches could not commit: refused
+before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrator.errors import USAGE, MigratorError
+from migrator.postgres.splitter import Statement
+
+DIRECTIVE = re.compile(r"^[ \t]*--[ \t]*backfill[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_VALUE = re.compile(r"batch(?:\s+every\s+([1-9][0-9]{0,5}))?", re.IGNORECASE)
+_BATCHED = re.compile(r"(?:update|delete|with)\b", re.IGNORECASE)
+_BOUNDED = re.compile(r"\blimit\b|\bfetch\s+first\b|\btablesample\b", re.IGNORECASE)
+_MENTIONED = re.compile("backfill", re.IGNORECASE)
+EVERY = 10
+IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
+
+
+@dataclass(frozen=True)
+class Batched(Statement):
+    """A statement repeated in committed batches until it touches no row."""
+
+    every: int = EVERY  # a progress line every this many batches
+
+    def run(self, connection, cursor, path: Path) -> None:
+        from migrator import output
+
+        if connection.info.transaction_status != IDLE:
+            raise InTransaction(f"`-- backfill: batch` at line {self.line} runs inside the transaction this file opened "
+                                "(BEGIN): its batches could not commit one by one; remove the BEGIN around it")
+        batches = rows = 0
+        started = time.monotonic()
+        while True:
+            cursor.execute(self.text)  # autocommit (a non-transactional file): each batch commits here
+            touched = max(cursor.rowcount, 0)
+            batches += 1
+            rows += touched
+            if touched == 0 or batches % self.every == 0:
+                done = " done" if touched == 0 else ""
+                output.progress(f"{path}:{self.line}: backfill{done}: {rows} row(s) in {batches} committed batch(es), "
+                                f"{time.monotonic() - started:.1f} s", kind="backfill", file=str(path), line=self.line,
+                                rows=rows, batches=batches, done=touched == 0)
+            if touched == 0:
+                return
+
+
+class InTransaction(Exception):
+    """A batched backfill inside a BEGIN the file ran itself (the server's code for it, so it fails as a statement)."""
+
+    pgcode = "25001"
+
+
+def marked(path: Path, statements: list[Statement], transactional: bool) -> list[Statement]:
+    """The file's statements with each one a `-- backfill:` line comes right before made Batched; the directive
+    in a transactional file, before a statement that is no UPDATE/DELETE, or before an unbounded one, refused."""
+    found, problems = _read(path, statements, transactional)
+    if problems:
+        line, message = problems[0]
+        raise MigratorError(f"{path}:{line}: {message} (nothing was run)", USAGE)
+    return found
+
+
+def problems(path: Path, *, in_transaction: bool) -> list[tuple[int, str]]:
+    """(line, message) of each misused directive in the file (for `sql lint`)."""
+    from migrator.postgres.files import read_text
+    from migrator.postgres.splitter import SplitError, split
+
+    try:
+        statements = split(read_text(path))
+    except SplitError:
+        return []  # the file's own check says what is wrong with it
+    return _read(path, statements, in_transaction)[1]
+
+
+def _read(path: Path, statements: list[Statement], transactional: bool):
+    from migrator.postgres.files import read_text
+    from migrator.postgres.splitter import newlines
+
+    text = read_text(path)
+    if not _MENTIONED.search(text):
+        return statements, []
+    found, problems = list(statements), []
+    for match in DIRECTIVE.finditer(text):
+        if any(s.offset <= match.start() < s.offset + len(s.text) for s in statements):
+            continue  # inside a statement (a function's body, a string): not a directive
+        line = newlines(text, 0, match.start()) + 1
+        what = f"`-- backfill: {match[1]}`"
+        value = _VALUE.fullmatch(match[1])
+        index = next((i for i, s in enumerate(found) if s.offset > match.start()), None)
+        between = text[match.end():found[index].offset] if index is not None else ""
+        statement = found[index] if index is not None else None
+        if value is None:
+            problems.append((line, f"{what}: write `-- backfill: batch` (or `-- backfill: batch every N` for a "
+                                   "progress line every N batches)"))
+        elif transactional:
+            problems.append((line, f"{what} repeats its statement in committed batches, which a transactional file "
+                                   "cannot do (it runs in one transaction); put it in its own file whose first line "
+                                   "is `-- transactional: false`"))
+        elif statement is None or between.strip() and not all(
+                part.strip().startswith("--") for part in between.strip().splitlines()):
+            problems.append((line, f"{what} must come right before the UPDATE or DELETE it repeats"))
+        elif not _BATCHED.match(statement.text) or not _BOUNDED.search(statement.text):
+            problems.append((line, f"{what}: the statement at line {statement.line} must be an UPDATE or DELETE "
+                                   "that touches a bounded batch, e.g. WHERE id IN (SELECT id FROM t WHERE <not done> "
+                                   "LIMIT 5000), or it would never end"))
+        else:
+            found[index] = Batched(statement.text, statement.line, statement.offset, statement.terminated,
+                                   int(value[1] or EVERY))
+    return found, problems

@@ -1,0 +1,290 @@
+"""Statements that rewrite or scan a big table under a lock that stops the application, refused before a deploy.
+
+Before anything runs, `migrate` (and `plan`, which shows the same verdicts) reads each pending statement with
+PostgreSQL's own parser (pglast: quoted identifiers, schema-qualified names, several subcommands in one ALTER
+TABLE, pg_dump's spelling) and judges it with what the earlier pending statements do: a table one of them creates
+is new (never refused), a `CHECK (col IS NOT NULL)` one of them adds validated or VALIDATEs lets a later
+`SET NOT NULL` skip its scan. What is left rewrites or scans the live table while holding its lock:
+
+  ADD COLUMN with a volatile DEFAULT (gen_random_uuid(), clock_timestamp(), random(), serial, identity, a stored
+  generated column), ALTER COLUMN TYPE that is not binary-coercible, SET NOT NULL without a validated CHECK,
+  ADD FOREIGN KEY / CHECK without NOT VALID, ADD PRIMARY KEY / UNIQUE without USING INDEX, SET LOGGED/UNLOGGED,
+  SET TABLESPACE / ACCESS METHOD, CREATE INDEX without CONCURRENTLY (SHARE: blocks writes), REINDEX TABLE without
+  CONCURRENTLY, VACUUM FULL, CLUSTER, and VALIDATE CONSTRAINT in a transactional file whose earlier ALTER TABLE
+  holds the table's lock until COMMIT. (Statements a DO block or a function runs are not seen.)
+
+Such a statement is refused when the live table holds more than the threshold (rows by the planner's estimate,
+reltuples scaled to the table's current pages as the planner does; a never-analyzed table is counted, capped at
+the threshold), unless its file names the table in a marker comment: `-- accept-rewrite: public.t`. The live
+database is only read. Constant defaults and STABLE ones (now(), CURRENT_TIMESTAMP) are catalog-only since
+PostgreSQL 11, so they pass.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from migrator.postgres import risks
+from migrator.postgres.risks import BLOCKS, INSTEAD, Risk
+
+THRESHOLD_ROWS = 10_000
+MARKER = re.compile(r"^[ \t]*--[ \t]*accept-rewrite[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass
+class Verdict:
+    path: str
+    risk: Risk
+    relation: str  # schema.table on the live database
+    rows: int
+    bytes: int
+    accepted: bool  # the file's marker names the table
+    threshold: int
+
+    @property
+    def refused(self) -> bool:
+        return not self.accepted
+
+    def line(self) -> str:
+        r = self.risk
+        head = (f"{self.path}:{r.line}: {r.what} {r.does} {self.relation} (~{risks.rows_text(self.rows)} rows, "
+                f"{risks.size_text(self.bytes)}; more than {self.threshold}) under {r.lock} ({BLOCKS[r.lock]})")
+        if self.accepted:
+            return _printable(f"{head}: accepted by the file's `-- accept-rewrite: {self.relation}`")
+        return _printable(f"{head}; instead: {INSTEAD[r.kind]}; or accept the cost with `-- accept-rewrite: "
+                          f"{self.relation}` in the file")  # names from the file: no line break ends a plan comment
+
+    def to_json(self) -> dict:
+        r = self.risk
+        return {"file": self.path, "line": r.line, "statement": r.what, "does": r.does, "table": self.relation,
+                "live_rows": self.rows, "live_bytes": self.bytes, "lock": r.lock, "instead": INSTEAD[r.kind],
+                "accepted": self.accepted}
+
+
+def _printable(text: str) -> str:
+    """A name from a file, safe inside a one-line message and a `plan` comment (no line break can end it)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+# --- judging (the live database, read only) ------------------------------------------------------------------
+
+_RELATION = """
+SELECT c.oid, n.nspname, c.relname
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = %(name)s AND n.nspname = ANY(%(path)s) AND c.relkind IN ('r', 'p', 'm')
+ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
+"""
+# The planner's row estimate of a table (a partitioned one: of its partitions), each reltuples scaled to the current
+# pages as the planner does; NULL when one with pages has never been analyzed (reltuples -1 since PostgreSQL 14).
+_SIZE = """
+SELECT CASE WHEN bool_and(l.reltuples >= 0 AND l.relpages > 0 OR s.pages = 0)
+            THEN sum(CASE WHEN s.pages = 0 THEN 0 ELSE l.reltuples / NULLIF(l.relpages, 0) * s.pages END) END::bigint,
+       coalesce(sum(s.bytes), 0)::bigint
+FROM (SELECT relid FROM pg_catalog.pg_partition_tree(%(oid)s) WHERE isleaf
+      AND (SELECT relkind FROM pg_catalog.pg_class WHERE oid = %(oid)s) = 'p'
+      UNION ALL SELECT %(oid)s::regclass WHERE (SELECT relkind FROM pg_catalog.pg_class WHERE oid = %(oid)s) <> 'p') p
+     JOIN pg_catalog.pg_class l ON l.oid = p.relid,
+     LATERAL (SELECT pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int AS pages,
+                     pg_catalog.pg_total_relation_size(l.oid) AS bytes) s
+"""
+_VOLATILE = "SELECT 1 FROM pg_catalog.pg_proc WHERE proname = ANY(%s) AND provolatile = 'v' LIMIT 1"
+_COLUMN = """
+SELECT a.atttypid, a.atttypmod, a.attnotnull, pg_catalog.format_type(a.atttypid, a.atttypmod)
+FROM pg_catalog.pg_attribute a WHERE a.attrelid = %s AND a.attname = %s AND NOT a.attisdropped
+"""
+_NEW_TYPE = """
+SELECT t.oid, t.typname,
+       EXISTS (SELECT FROM pg_catalog.pg_cast k WHERE k.castsource = %(old)s AND k.casttarget = t.oid
+               AND k.castmethod = 'b')
+FROM pg_catalog.pg_type t WHERE t.oid = pg_catalog.to_regtype(%(name)s)
+"""
+_NOT_NULL_CHECK = """
+SELECT 1 FROM pg_catalog.pg_constraint
+WHERE conrelid = %(oid)s AND contype = 'c' AND (convalidated OR conname = ANY(%(names)s))
+  AND pg_catalog.pg_get_constraintdef(oid) = 'CHECK ((' || pg_catalog.quote_ident(%(column)s) || ' IS NOT NULL))'
+LIMIT 1
+"""
+# A fresh session's search_path ("$user" resolved), its schemas that exist: where a migration's names resolve.
+_SEARCH_PATH = """
+SELECT x FROM (SELECT CASE WHEN pg_catalog.btrim(s, '"') = '$user' THEN current_user::text
+                           ELSE pg_catalog.btrim(s, '"') END, o
+               FROM pg_catalog.regexp_split_to_table((SELECT reset_val FROM pg_catalog.pg_settings
+                                                      WHERE name = 'search_path'), '\\s*,\\s*') WITH ORDINALITY t(s, o)) y(x, o)
+WHERE EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = x) ORDER BY o
+"""
+
+
+class _Live:
+    """The live database as the judge reads it: names resolved on the migration's search_path."""
+
+    def __init__(self, connection, schema: str | None, threshold: int, sizes: bool = True):
+        """`sizes` False (plan --impact, inside the transaction it measures): only the catalog is read, so no lock
+        of the judge's own is counted as the statement's; rows and bytes are then 0."""
+        self.connection, self.threshold, self.sizes = connection, threshold, sizes
+        self.cursor = connection.cursor()
+        if schema:
+            self.path = [schema, "public"]  # a tenant's migration session's search_path
+        else:
+            self.cursor.execute(_SEARCH_PATH)
+            self.path = [row[0] for row in self.cursor.fetchall()]
+        self.tables: dict = {}
+
+    def key(self, name: tuple[str | None, str]) -> tuple[str, str]:
+        """The table's key: an unqualified name in the schema a CREATE would put it in (the path's first)."""
+        return (name[0] or (self.path[0] if self.path else "public"), name[1])
+
+    def table(self, name: tuple[str | None, str]):
+        """(oid, "schema.table", rows, bytes) of the live table, or None when it does not exist."""
+        if name not in self.tables:
+            self.cursor.execute(_RELATION, {"name": name[1], "path": [name[0]] if name[0] else self.path})
+            row = self.cursor.fetchone()
+            self.tables[name] = row and (row[0], _qualified(row[1], row[2]), *self._size(row))
+        return self.tables[name]
+
+    def _size(self, row) -> tuple[int, int]:
+        """(rows, bytes): the planner's estimate; a never-analyzed table counted, capped just above the threshold."""
+        if not self.sizes:
+            return 0, 0
+        oid, schema, name = row
+        self.cursor.execute(_SIZE, {"oid": oid})
+        rows, size = self.cursor.fetchone()
+        if rows is None:
+            from psycopg2 import sql
+
+            self.cursor.execute(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(
+                sql.Identifier(schema, name)), (self.threshold + 1,))
+            rows = self.cursor.fetchone()[0]
+        return rows, size
+
+    def volatile(self, functions: set[str]) -> bool:
+        if not functions:
+            return False
+        self.cursor.execute(_VOLATILE, (sorted(functions),))
+        return self.cursor.fetchone() is not None
+
+    def column(self, oid: int, column: str):
+        self.cursor.execute(_COLUMN, (oid, column))
+        return self.cursor.fetchone()
+
+    def rewrites_type(self, oid: int, column: str, type_name, using) -> bool:
+        """Whether ALTER COLUMN TYPE rewrites: not when the new type is the same or binary-coercible and its
+        length/precision only grows (varchar(n) -> varchar(m >= n) or text, numeric(p,s) -> numeric(q >= p,s))."""
+        found = self.column(oid, column)
+        if found is None or using is not None:
+            return found is not None  # USING: an expression per row
+        old_type, old_mod = found[0], found[1]
+        name, mods = risks.type_name(type_name)
+        self.cursor.execute(_NEW_TYPE, {"old": old_type, "name": name})
+        new = self.cursor.fetchone()
+        if new is None:
+            return True  # an unknown type: the server will say so
+        new_type, typname, binary = new
+        if new_type == old_type:
+            return not _only_grows(typname, old_mod, mods)
+        return not (binary and not mods)  # varchar(n) -> text: a relabel; text -> varchar(n): each row checked
+
+    def not_null_proven(self, oid: int, column: str, validated: set) -> bool:
+        found = self.column(oid, column)
+        if found is not None and found[2]:
+            return True  # already NOT NULL: nothing to check
+        self.cursor.execute(_NOT_NULL_CHECK, {"oid": oid, "names": sorted(validated), "column": column})
+        return self.cursor.fetchone() is not None
+
+    def close(self) -> None:
+        self.cursor.close()
+        if not self.connection.autocommit:
+            self.connection.rollback()  # no lock of the judge's stays on the live tables
+
+
+def _qualified(schema: str, name: str) -> str:
+    quote = lambda n: n if re.fullmatch(r"[a-z_][a-z0-9_$]*", n) else '"' + n.replace('"', '""') + '"'  # noqa: E731
+    return f"{quote(schema)}.{quote(name)}"
+
+
+def _only_grows(typname: str, old_mod: int, new_mods: list[int]) -> bool:
+    """Same type: only a typmod that removes or widens the limit keeps the data as it is."""
+    if not new_mods:
+        return typname in ("varchar", "numeric", "varbit", "timestamp", "timestamptz", "time", "timetz", "interval") \
+            or old_mod < 0
+    if old_mod < 0:
+        return False  # a limit added: every row is checked
+    if typname in ("varchar", "varbit", "bit", "bpchar"):
+        old = old_mod - 4 if typname in ("varchar", "bpchar") else old_mod
+        return new_mods[0] >= old and typname in ("varchar", "varbit")
+    if typname == "numeric":
+        precision, scale = ((old_mod - 4) >> 16) & 0xFFFF, (old_mod - 4) & 0xFFFF
+        return new_mods[0] >= precision and (new_mods[1] if len(new_mods) > 1 else 0) == scale
+    if typname in ("timestamp", "timestamptz", "time", "timetz"):
+        return new_mods[0] >= old_mod
+    return False
+
+
+def markers(text: str) -> set[tuple[str | None, str]]:
+    """The tables a file accepts rewrites of (`-- accept-rewrite: a, s.b`), as (schema or None, name)."""
+    found = set()
+    for match in MARKER.finditer(text):
+        for item in filter(None, (i.strip() for i in match[1].split(","))):
+            parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower()
+                     for p in re.findall(r'"(?:[^"]|"")*"|[^.\s]+', item)]
+            if len(parts) in (1, 2):
+                found.add((parts[0], parts[1]) if len(parts) == 2 else (None, parts[0]))
+    return found
+
+
+def judge(connection, migrations, *, threshold: int, schema: str | None = None) -> list[Verdict]:
+    """The verdict on each pending statement (in `migrations`, loaded, in run order) that rewrites or scans a
+    live table of more than `threshold` rows under a lock that stops the application; refused or accepted."""
+    from pathlib import Path
+
+    from migrator.postgres import files
+
+    verdicts: list[Verdict] = []
+    seen = risks.Seen()
+    live = None
+    try:
+        for migration in migrations:
+            path = Path(migration.path)
+            accepted = None
+            seen.begin_file(migration.use_transactions)
+            for statement in migration.steps[0].statements:
+                seen.read(statement.text)
+                trees = risks.parse(statement.text, seen)
+                if not trees:
+                    continue
+                if live is None:
+                    live = _Live(connection, schema, threshold)
+                for tree in trees:
+                    for risk in risks.risks(tree, statement.line, live, seen):
+                        key = live.key(risk.table)
+                        if seen.is_new(risk.table, live):
+                            continue
+                        table = live.table(risk.table)
+                        if table is None or table[2] <= threshold:
+                            continue
+                        if accepted is None:
+                            accepted = {live.key(name) for name in markers(files.read_text(path))}
+                        oid, relation, rows, size = table
+                        verdicts.append(Verdict(str(path), risk, relation, rows, size,
+                                                key in accepted or _key_of(relation) in accepted, threshold))
+    finally:
+        if live is not None:
+            live.close()
+    return verdicts
+
+
+def _key_of(relation: str) -> tuple[str, str]:
+    schema, name = re.findall(r'"(?:[^"]|"")*"|[^.]+', relation)
+    unquote = lambda n: n[1:-1].replace('""', '"') if n.startswith('"') else n  # noqa: E731
+    return unquote(schema), unquote(name)
+
+
+def refusal(verdicts: list[Verdict], where: str) -> str | None:
+    """migrate's error for the refused verdicts (one line each), or None when none is refused."""
+    refused = [v for v in verdicts if v.refused]
+    if not refused:
+        return None
+    return "\n".join([v.line() for v in refused] + [
+        f"refused before anything ran on {where}: {len(refused)} statement(s) would stop the application on a "
+        f"table of more than {refused[0].threshold} rows (--rewrite-threshold-rows / REWRITE_THRESHOLD_ROWS); "
+        "nothing was applied"])

@@ -1,0 +1,287 @@
+"""What a statement does to a table that may stop the application, read with PostgreSQL's own parser (pglast).
+
+Quoted identifiers, schema-qualified names, several subcommands in one ALTER TABLE and pg_dump's spelling are
+read as the server reads them. What only the live catalog can answer (is a default volatile, is a type change
+binary-coercible, is a CHECK validated) is asked of `live` (rewrites._Live); what the earlier pending
+statements do (tables they create, CHECKs they validate) is kept in `Seen`. Used by rewrites.py (migrate, plan)
+and impact.py (plan --impact).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
+_HINT = re.compile(r"(?:alter\s+table|create\s+(?:unique\s+)?index|vacuum|cluster|reindex)\b", re.IGNORECASE)
+# A table a statement creates, read without the parser (pg_dump and people write it so; IF NOT EXISTS may
+# name a table that exists and holds rows: not new). A table the judge cannot tell is new is judged by its size.
+_NAME = r'("(?:[^"]|"")*"|[A-Za-z_][\w$]*)'
+_CREATES = re.compile(rf"create\s+(?:(?:global|local)\s+)?(?:(?:temp|temporary|unlogged)\s+)?table\s+"
+                      rf"(?!if\s+not\s+exists\b){_NAME}(?:\s*\.\s*{_NAME})?", re.IGNORECASE)
+_WRITES = re.compile(r"(?:update|delete)\b", re.IGNORECASE)
+_SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}
+
+ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
+SHARE = "SHARE"
+SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
+BLOCKS = {ACCESS_EXCLUSIVE: "reads and writes wait", SHARE: "writes wait", SHARE_ROW_EXCLUSIVE: "writes wait"}
+
+# The safe pattern of each kind, one phrase (the README shows each with SQL).
+INSTEAD = {
+    "default": ("add the column without the default (nullable), fill it with a `-- backfill: batch` UPDATE in a "
+                "`-- transactional: false` file, then ALTER COLUMN ... SET DEFAULT"),
+    "type": ("add a new column of the new type, backfill it in batches (`-- backfill: batch`), then swap the "
+             "columns in a short transaction"),
+    "not null": ("ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID, then VALIDATE CONSTRAINT in a later file, "
+                 "then SET NOT NULL (no scan once the CHECK is validated)"),
+    "foreign key": "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT in a later file",
+    "check": "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a later file",
+    "update": ("a `-- backfill: batch` UPDATE of bounded batches in a `-- transactional: false` file (the ALTER TABLE in "
+               "a file of its own)"),
+    "validate": ("VALIDATE CONSTRAINT in a later file: in its own transaction it scans under SHARE UPDATE EXCLUSIVE "
+                 "(reads and writes go on)"),
+    "key": ("CREATE UNIQUE INDEX CONCURRENTLY in a `-- transactional: false` file, then ADD CONSTRAINT ... "
+            "PRIMARY KEY / UNIQUE USING INDEX"),
+    "index": "CREATE INDEX CONCURRENTLY in a `-- transactional: false` file",
+    "reindex": "REINDEX TABLE CONCURRENTLY in a `-- transactional: false` file",
+    "logged": "there is no online form: schedule it in a maintenance window (or pg_repack for a new tablespace)",
+    "vacuum full": "pg_repack (online), or schedule it in a maintenance window",
+    "cluster": "pg_repack --order-by (online), or schedule it in a maintenance window",
+}
+
+
+@dataclass
+class Risk:
+    """One statement's part that rewrites or scans `table` under `lock` (as written in the file)."""
+
+    line: int
+    table: tuple[str | None, str]  # (schema or None, name) as written
+    what: str  # the subcommand, e.g. "ALTER COLUMN id TYPE bigint"
+    does: str  # rewrites | scans | builds an index on
+    lock: str
+    kind: str  # a key of INSTEAD
+
+
+# --- reading the statements (no database) ------------------------------------------------------------------
+
+@dataclass
+class Seen:
+    """What the pending statements before this one do, as far as the judge cares."""
+
+    created: set = field(default_factory=set)  # tables created by a pending statement, as written
+    not_null: dict = field(default_factory=dict)  # table key -> columns proven NOT NULL by a validated CHECK
+    checks: dict = field(default_factory=dict)  # (table key, constraint name) -> column of CHECK (col IS NOT NULL)
+    validated: dict = field(default_factory=dict)  # table key -> constraint names VALIDATEd by a pending statement
+    altered: set | None = None  # in a transactional file: tables an earlier ALTER TABLE of it locked until COMMIT
+
+    def begin_file(self, transactional: bool) -> None:
+        self.altered = set() if transactional else None
+
+    def is_new(self, name: tuple[str | None, str], live) -> bool:
+        return any(live.key(c) == live.key(name) for c in self.created)
+
+    def read(self, text: str) -> None:
+        """Note the table a CREATE TABLE statement creates."""
+        match = _CREATES.match(text)
+        if match:
+            parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in match.groups() if p]
+            self.created.add((parts[0], parts[1]) if len(parts) == 2 else (None, parts[0]))
+
+
+def _name(range_var) -> tuple[str | None, str]:
+    return range_var.schemaname or None, range_var.relname
+
+
+def _null_test_column(expr) -> str | None:
+    """`col IS NOT NULL` (a CHECK that proves a column NOT NULL) -> col."""
+    from pglast import ast, enums
+
+    if (isinstance(expr, ast.NullTest) and expr.nulltesttype == enums.NullTestType.IS_NOT_NULL
+            and isinstance(expr.arg, ast.ColumnRef) and len(expr.arg.fields) == 1):
+        return expr.arg.fields[0].sval
+    return None
+
+
+def _functions(node) -> set[str]:
+    """The names of the functions an expression calls (qualified ones by their last part)."""
+    from pglast import ast
+    from pglast.visitors import Visitor
+
+    names: set[str] = set()
+
+    class Calls(Visitor):
+        def visit_FuncCall(self, _ancestors, call):
+            names.add(call.funcname[-1].sval)
+
+    Calls()(node)
+    return names
+
+
+def _text(node) -> str:
+    from pglast.stream import RawStream
+
+    try:
+        return RawStream()(node)
+    except Exception:  # a node pglast cannot print alone: the kind says enough
+        return "..."
+
+
+def type_name(type_name) -> tuple[str, list[int]]:
+    """('pg_catalog.int8', [typmods]) of a TypeName, for to_regtype()."""
+    from pglast import ast
+
+    names = [n.sval for n in type_name.names]
+    text = ".".join(n if re.fullmatch(r"[a-z_][a-z0-9_$]*", n) else '"' + n.replace('"', '""') + '"' for n in names)
+    if type_name.arrayBounds:
+        text += "[]"
+    mods = [m.val.ival for m in type_name.typmods or () if isinstance(m, ast.A_Const) and hasattr(m.val, "ival")]
+    return text, mods
+
+
+def parse(text: str, seen: Seen | None = None):
+    """The statement's parse trees (pglast), or () when it is not one the judge reads or pglast cannot parse it
+    (the server then says what is wrong). An UPDATE or DELETE is read only after an ALTER TABLE of its file."""
+    if not (_HINT.match(text) or seen is not None and seen.altered and _WRITES.match(text)):
+        return ()
+    from pglast import parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        return [raw.stmt for raw in parse_sql(text)]
+    except ParseError:
+        return ()
+
+
+def risks(tree, line: int, live, seen: Seen):
+    """What one statement does that may rewrite or scan a table; the CHECKs it adds and validates go to `seen`."""
+    from pglast import ast, enums
+
+    if isinstance(tree, ast.IndexStmt) and not tree.concurrent:
+        yield Risk(line, _name(tree.relation), "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE,
+                   "index")
+    elif isinstance(tree, ast.VacuumStmt) and tree.is_vacuumcmd and any(
+            o.defname == "full" and str(getattr(o.arg, "sval", getattr(o.arg, "ival", "on"))).lower()
+            not in ("false", "off", "0") for o in tree.options or ()):
+        for rel in tree.rels or ():
+            yield Risk(line, _name(rel.relation), "VACUUM FULL", "rewrites", ACCESS_EXCLUSIVE, "vacuum full")
+    elif isinstance(tree, ast.ClusterStmt) and tree.relation is not None:
+        yield Risk(line, _name(tree.relation), "CLUSTER", "rewrites", ACCESS_EXCLUSIVE, "cluster")
+    elif (isinstance(tree, ast.ReindexStmt) and tree.kind == enums.ReindexObjectType.REINDEX_OBJECT_TABLE
+          and not any(o.defname == "concurrently" for o in tree.params or ())):
+        # SHARE on the table, ACCESS EXCLUSIVE on each index: a query planned on the table waits too
+        yield Risk(line, _name(tree.relation), "REINDEX TABLE without CONCURRENTLY", "rebuilds the indexes of",
+                   ACCESS_EXCLUSIVE, "reindex")
+    elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_TABLE:
+        yield from _alter_table(tree, line, live, seen)
+    elif (isinstance(tree, (ast.UpdateStmt, ast.DeleteStmt)) and tree.whereClause is None and seen.altered
+          and live.key(_name(tree.relation)) in seen.altered and not seen.is_new(_name(tree.relation), live)):
+        what = "UPDATE" if isinstance(tree, ast.UpdateStmt) else "DELETE"
+        yield Risk(line, _name(tree.relation), f"{what} without WHERE in the transaction of an earlier ALTER TABLE of "
+                                               "the table", "writes every row of", ACCESS_EXCLUSIVE, "update")
+
+
+def _alter_table(tree, line: int, live, seen: Seen):
+    from pglast import enums
+
+    types = enums.AlterTableType
+    if not _COPIES:
+        _COPIES.update({types.AT_SetLogged: "SET LOGGED", types.AT_SetUnLogged: "SET UNLOGGED",
+                        types.AT_SetTableSpace: "SET TABLESPACE", types.AT_SetAccessMethod: "SET ACCESS METHOD"})
+    name = _name(tree.relation)
+    key = live.key(name)
+    new = seen.is_new(name, live)
+    for cmd in tree.cmds:
+        if cmd.subtype == types.AT_AddColumn:
+            column = cmd.def_
+            why = _volatile_column(column, live) if not new else None
+            if why:
+                yield Risk(line, name, f"ADD COLUMN {column.colname} {why}", "rewrites", ACCESS_EXCLUSIVE, "default")
+        elif cmd.subtype == types.AT_AlterColumnType and not new:
+            table = live.table(name)
+            if table and live.rewrites_type(table[0], cmd.name, cmd.def_.typeName, cmd.def_.raw_default):
+                yield Risk(line, name, f"ALTER COLUMN {cmd.name} TYPE {_text(cmd.def_.typeName)}", "rewrites",
+                           ACCESS_EXCLUSIVE, "type")
+        elif cmd.subtype == types.AT_SetNotNull:
+            if cmd.name in seen.not_null.get(key, set()) or new:
+                continue
+            table = live.table(name)
+            if table and not live.not_null_proven(table[0], cmd.name, seen.validated.get(key, set())):
+                yield Risk(line, name, f"ALTER COLUMN {cmd.name} SET NOT NULL without a validated CHECK "
+                                       f"({cmd.name} IS NOT NULL)", "scans", ACCESS_EXCLUSIVE, "not null")
+        elif cmd.subtype == types.AT_AddConstraint:
+            yield from _add_constraint(cmd.def_, name, key, line, seen, new)
+        elif cmd.subtype == types.AT_ValidateConstraint:
+            if seen.altered is not None and key in seen.altered and not new:
+                yield Risk(line, name, f"VALIDATE CONSTRAINT {cmd.name} in the transaction of an earlier ALTER TABLE "
+                                       "of the table", "scans", ACCESS_EXCLUSIVE, "validate")
+            seen.validated.setdefault(key, set()).add(cmd.name)
+            column = seen.checks.get((key, cmd.name))
+            if column:
+                seen.not_null.setdefault(key, set()).add(column)
+        elif cmd.subtype in _COPIES and not new:
+            yield Risk(line, name, _COPIES[cmd.subtype] + (f" {cmd.name}" if cmd.name else ""), "rewrites",
+                       ACCESS_EXCLUSIVE, "logged")
+    if seen.altered is not None:
+        seen.altered.add(key)  # its lock (ACCESS EXCLUSIVE for most subcommands) is held until the file commits
+
+
+_COPIES = {}  # the subcommands that copy the whole table (filled on first use: the parser's enums load lazily)
+
+
+def _add_constraint(constraint, name, key, line: int, seen: Seen, new: bool):
+    from pglast import enums
+
+    kinds = enums.ConstrType
+    if constraint.contype == kinds.CONSTR_CHECK:
+        column = _null_test_column(constraint.raw_expr)
+        if column and constraint.conname:
+            seen.checks[(key, constraint.conname)] = column
+        if constraint.skip_validation:
+            return
+        if column:
+            seen.not_null.setdefault(key, set()).add(column)
+        if not new:
+            yield Risk(line, name, f"ADD {'CONSTRAINT ' + constraint.conname + ' ' if constraint.conname else ''}"
+                                   "CHECK without NOT VALID", "scans", ACCESS_EXCLUSIVE, "check")
+    elif constraint.contype == kinds.CONSTR_FOREIGN and not constraint.skip_validation and not new:
+        yield Risk(line, name, f"ADD {'CONSTRAINT ' + constraint.conname + ' ' if constraint.conname else ''}"
+                               "FOREIGN KEY without NOT VALID", "scans", SHARE_ROW_EXCLUSIVE, "foreign key")
+    elif (constraint.contype in (kinds.CONSTR_PRIMARY, kinds.CONSTR_UNIQUE, kinds.CONSTR_EXCLUSION)
+          and not constraint.indexname and not new):
+        what = {kinds.CONSTR_PRIMARY: "PRIMARY KEY", kinds.CONSTR_UNIQUE: "UNIQUE"}.get(constraint.contype, "EXCLUDE")
+        yield Risk(line, name, f"ADD {what} without USING INDEX", "builds an index on", ACCESS_EXCLUSIVE, "key")
+
+
+def _volatile_column(column, live) -> str | None:
+    """Why adding this column writes every row (a volatile default, serial, identity, stored generated), or None."""
+    from pglast import enums
+
+    type_name = column.typeName.names[-1].sval if column.typeName else ""
+    if type_name in _SERIAL:
+        return f"{type_name} (its default nextval() is volatile)"
+    for constraint in column.constraints or ():
+        if constraint.contype == enums.ConstrType.CONSTR_IDENTITY:
+            return "GENERATED AS IDENTITY (a value per row)"
+        if constraint.contype == enums.ConstrType.CONSTR_GENERATED and constraint.generated_kind != "v":
+            return "GENERATED ALWAYS AS (...) STORED"
+        if constraint.contype == enums.ConstrType.CONSTR_DEFAULT and live.volatile(_functions(constraint.raw_expr)):
+            return f"DEFAULT {_text(constraint.raw_expr)} (volatile: a value per row)"
+    return None
+
+
+def rows_text(rows: int) -> str:
+    """1.5 M, 12.0 k, 900: a row count for people."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if rows >= size:
+            return f"{rows / size:.1f} {unit}"
+    return str(max(rows, 0))
+
+
+def size_text(size: int) -> str:
+    """128.0 kB, 1.2 GB: a size for people."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} GB"

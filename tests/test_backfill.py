@@ -1,0 +1,96 @@
+"""`-- backfill: batch` (issue 24): a statement repeated in committed batches until it touches no row."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import SEED, add_migration, applied, migrate, ok, one_error_line
+from test_rewrites import FILL, TABLE
+
+BACKFILL = (f"-- transactional: false\n"
+            f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS ref uuid;\n"
+            f"-- backfill: batch every 3\n"
+            f"UPDATE {TABLE} SET ref = gen_random_uuid()\n"
+            f"WHERE id IN (SELECT id FROM {TABLE} WHERE ref IS NULL ORDER BY id LIMIT 7);\n"
+            f"ALTER TABLE {TABLE} ALTER COLUMN ref SET DEFAULT gen_random_uuid();\n")
+
+
+def filled(cli, db, sql_dir, rows: int = 50) -> None:
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    db.query(FILL.format(table=TABLE, rows=rows) + f"; ANALYZE {TABLE}")
+    # Each UPDATE statement's transaction, as the table sees it (a statement trigger fires for 0 rows too).
+    db.query("CREATE TABLE batches (xid xid8, at timestamptz DEFAULT clock_timestamp());"
+             "CREATE FUNCTION note_batch() RETURNS trigger LANGUAGE plpgsql AS "
+             "$$ BEGIN INSERT INTO batches (xid) VALUES (pg_current_xact_id()); RETURN NULL; END $$;"
+             f"CREATE TRIGGER note_batch AFTER UPDATE ON {TABLE} FOR EACH STATEMENT EXECUTE FUNCTION note_batch()")
+
+
+def test_the_directive_repeats_the_update_in_committed_batches_with_progress_lines(cli, db, sql_dir):
+    filled(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_ref", BACKFILL)
+    result = ok(migrate(cli, db, sql_dir, "--rewrite-threshold-rows", "10"))  # a big table, and no refusal
+    assert applied(db)[-1] == "0002_ref"
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NULL") == [(0,)]
+    # 50 rows by 7: 8 batches that touched rows and the one that touched none, each its own committed transaction
+    assert db.query("SELECT count(DISTINCT xid), count(*) FROM batches") == [(9, 9)]
+    progress = re.findall(r"0002_ref.sql:4: backfill( done)?: (\d+) row\(s\) in (\d+) committed", result.stderr)
+    assert progress == [("", "21", "3"), ("", "42", "6"), (" done", "50", "9")], result.stderr
+    assert db.query(f"SELECT column_default FROM information_schema.columns WHERE table_name = '{TABLE}' "
+                    "AND column_name = 'ref'") == [("gen_random_uuid()",)]
+
+
+def test_a_failing_batch_keeps_the_batches_committed_before_it_and_a_rerun_finishes(cli, db, sql_dir):
+    filled(cli, db, sql_dir)
+    db.query("CREATE FUNCTION stop_at_30() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+             "IF NEW.id = 30 AND current_setting('test.stop', true) IS DISTINCT FROM 'off' THEN "
+             "RAISE EXCEPTION 'row 30 refused'; END IF; RETURN NEW; END $$;"
+             f"CREATE TRIGGER stop_at_30 BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION stop_at_30()")
+    add_migration(sql_dir, "0002_ref", BACKFILL)
+    result = migrate(cli, db, sql_dir)
+    assert result.exit_code == 1 and "row 30 refused" in one_error_line(result)
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL") == [(28,)]  # 4 batches of 7 committed
+    db.query(f"ALTER DATABASE {db.name} SET test.stop = 'off'")
+    ok(migrate(cli, db, sql_dir))
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NULL") == [(0,)]
+
+
+def test_the_directive_in_a_transactional_file_is_one_line_and_nothing_runs(cli, db, sql_dir):
+    filled(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_first", "CREATE TABLE first_one (id int);\n")
+    path = add_migration(sql_dir, "0003_ref", BACKFILL.replace("-- transactional: false\n", ""))
+    error = one_error_line(migrate(cli, db, sql_dir))
+    assert error.startswith(f"error: {path}:2: `-- backfill: batch every 3` repeats its statement in committed "
+                            "batches, which a transactional file cannot do"), error
+    assert "`-- transactional: false`" in error and "nothing was run" in error
+    assert applied(db) == [SEED] and "first_one" not in db.tables()
+
+
+def test_an_unbounded_or_misplaced_or_misspelled_directive_is_refused(cli, db, sql_dir):
+    filled(cli, db, sql_dir)
+    unbounded = BACKFILL.replace(f"WHERE id IN (SELECT id FROM {TABLE} WHERE ref IS NULL ORDER BY id LIMIT 7)",
+                                 "WHERE ref IS NULL")
+    add_migration(sql_dir, "0002_ref", unbounded)
+    assert "must be an UPDATE or DELETE that touches a bounded batch" in one_error_line(migrate(cli, db, sql_dir))
+    add_migration(sql_dir, "0002_ref", BACKFILL.replace("batch every 3", "batches"))
+    assert "write `-- backfill: batch`" in one_error_line(migrate(cli, db, sql_dir))
+    add_migration(sql_dir, "0002_ref", BACKFILL.replace("-- backfill: batch every 3\n", "") + "-- backfill: batch\n")
+    assert "must come right before the UPDATE or DELETE" in one_error_line(migrate(cli, db, sql_dir))
+    assert applied(db) == [SEED]
+
+
+def test_a_directive_like_line_inside_a_function_body_is_not_a_directive(cli, db, sql_dir):
+    filled(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_function", "CREATE FUNCTION touch() RETURNS void LANGUAGE sql AS $$\n"
+                                            "-- backfill: batch\n"
+                                            f"UPDATE {TABLE} SET dag_name = dag_name WHERE id = 1;\n$$;\n"
+                                            "SELECT touch();\n")
+    ok(migrate(cli, db, sql_dir))
+    assert db.query("SELECT count(*) FROM batches") == [(1,)]  # the body ran once, from SELECT touch()
+
+
+def test_sql_lint_reports_a_misused_directive_as_migrate_refuses_it(cli, db, sql_dir):
+    path = add_migration(sql_dir, "0002_ref", BACKFILL.replace("-- transactional: false\n", ""))
+    result = cli("sql", "lint", "--sql-dir", sql_dir)
+    assert f"{path}:2:1: runner: `-- backfill: batch every 3` repeats its statement in committed batches" \
+        in result.stdout, result.output
+    assert result.exit_code != 0

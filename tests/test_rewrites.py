@@ -1,0 +1,278 @@
+"""Rewrites and scans of big tables refused before a deploy runs (issue 24), on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import SEED, add_migration, applied, migrate, ok
+
+TABLE = "hcm_report_metadata"
+FILL = (f"INSERT INTO {{table}} (dag_run_id, dag_name, campaign_number, report_name, trigger_frequency, trigger_date, "
+        "filestore_id, tenant_id) SELECT 'run-' || g, 'dag', 'C-' || g % 10, 'r', 'Daily', now(), 'f-' || g, "
+        "'t' || g % 3 FROM generate_series(1, {rows}) g")
+SMALL = ("--rewrite-threshold-rows", "10")  # the tests' threshold: 50 rows are "big"
+
+
+def seeded(cli, db, sql_dir, rows: int = 50, analyze: bool = True, schema: str = "public"):
+    """The seed applied and its table filled with `rows` rows (analyzed: the planner's estimate is known)."""
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    if rows:
+        db.query(FILL.format(table=f"{schema}.{TABLE}", rows=rows))
+    if analyze:
+        db.query(f"ANALYZE {schema}.{TABLE}")
+
+
+# (file text, what the refusal line says: the statement, the lock)
+REFUSED = {
+    "uuid_default": (f"ALTER TABLE {TABLE} ADD COLUMN ref uuid DEFAULT gen_random_uuid();\n",
+                     "ADD COLUMN ref DEFAULT gen_random_uuid() (volatile", "ACCESS EXCLUSIVE"),
+    "clock_default": (f"ALTER TABLE public.{TABLE} ADD COLUMN seen timestamptz DEFAULT clock_timestamp();\n",
+                      "ADD COLUMN seen DEFAULT clock_timestamp()", "ACCESS EXCLUSIVE"),
+    "random_default": (f'ALTER TABLE "public"."{TABLE}" ADD COLUMN score float8 DEFAULT random() * 10;\n',
+                       "ADD COLUMN score DEFAULT random() * 10", "ACCESS EXCLUSIVE"),
+    "serial_column": (f"ALTER TABLE {TABLE} ADD COLUMN seq bigserial;\n", "ADD COLUMN seq bigserial", "ACCESS EXCLUSIVE"),
+    "int_to_bigint": (f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n", "ALTER COLUMN id TYPE", "ACCESS EXCLUSIVE"),
+    "varchar_shrinks": (f"ALTER TABLE {TABLE} ALTER COLUMN report_name TYPE varchar(50);\n",
+                        "ALTER COLUMN report_name TYPE", "ACCESS EXCLUSIVE"),
+    # several subcommands: only the one that rewrites is named
+    "second_subcommand": (f"ALTER TABLE ONLY {TABLE}\n    ADD COLUMN note text,\n    ALTER COLUMN tenant_id TYPE integer "
+                          "USING length(tenant_id);\n", "ALTER COLUMN tenant_id TYPE", "ACCESS EXCLUSIVE"),
+    "set_not_null": (f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id SET NOT NULL;\n",
+                     "ALTER COLUMN tenant_id SET NOT NULL without a validated CHECK", "ACCESS EXCLUSIVE"),
+    "check": (f"ALTER TABLE {TABLE} ADD CONSTRAINT id_positive CHECK (id > 0);\n",
+              "ADD CONSTRAINT id_positive CHECK without NOT VALID", "ACCESS EXCLUSIVE"),
+    "foreign_key": (f"CREATE TABLE tenants (code varchar(50) PRIMARY KEY);\n"
+                    f"INSERT INTO tenants SELECT DISTINCT tenant_id FROM {TABLE};\n"
+                    f"ALTER TABLE {TABLE} ADD CONSTRAINT fk_tenant FOREIGN KEY (tenant_id) REFERENCES tenants (code);\n",
+                    "ADD CONSTRAINT fk_tenant FOREIGN KEY without NOT VALID", "SHARE ROW EXCLUSIVE"),
+    "plain_index": (f"CREATE INDEX idx_tenant ON {TABLE} (tenant_id);\n",
+                    "CREATE INDEX without CONCURRENTLY builds an index on", "under SHARE (writes wait)"),
+    "unique_key": (f"ALTER TABLE {TABLE} ADD CONSTRAINT uk_run UNIQUE (dag_run_id);\n",
+                   "ADD UNIQUE without USING INDEX", "ACCESS EXCLUSIVE"),
+    "vacuum_full": (f"-- transactional: false\nVACUUM (FULL, ANALYZE) {TABLE};\n", "VACUUM FULL rewrites",
+                    "ACCESS EXCLUSIVE"),
+    "cluster": (f"CLUSTER {TABLE} USING idx_hcm_report_campaign;\n", "CLUSTER rewrites", "ACCESS EXCLUSIVE"),
+    "unlogged": (f"ALTER TABLE {TABLE} SET UNLOGGED;\n", "SET UNLOGGED rewrites", "ACCESS EXCLUSIVE"),
+    "tablespace": (f"ALTER TABLE {TABLE} SET TABLESPACE pg_default;\n", "SET TABLESPACE pg_default rewrites",
+                   "ACCESS EXCLUSIVE"),
+    "reindex": (f"-- transactional: false\nREINDEX TABLE {TABLE};\n", "REINDEX TABLE without CONCURRENTLY rebuilds",
+                "under ACCESS EXCLUSIVE (reads and writes wait)"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_each_known_rewrite_or_scan_of_a_big_table_is_refused_before_anything_runs(cli, db, sql_dir, case):
+    seeded(cli, db, sql_dir)
+    text, what, lock = REFUSED[case]
+    add_migration(sql_dir, "0002_harmless", "CREATE TABLE harmless (id int);\n")
+    path = add_migration(sql_dir, "0003_" + case, "-- why: a test\n" + text)
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    error = result.stderr[result.stderr.index("error: "):]
+    line = 2 + text.count("\n", 0, text.rindex(TABLE))  # the statement's first line
+    refused = [entry for entry in error.splitlines() if entry.startswith(("error: " + str(path), str(path)))]
+    assert len(refused) == 1, error
+    assert what in refused[0] and lock in refused[0], refused[0]
+    assert f"public.{TABLE} (~50 rows" in refused[0] and "instead: " in refused[0], refused[0]
+    assert f"`-- accept-rewrite: public.{TABLE}`" in refused[0]
+    assert re.search(rf"{re.escape(str(path))}:{line}: ", refused[0]), refused[0]
+    assert "nothing was applied" in error.splitlines()[-1]
+    assert applied(db) == [SEED]  # not even the harmless file before it ran
+    assert "harmless" not in db.tables()
+
+
+# The same kinds of statement that PostgreSQL does without touching the rows (since PostgreSQL 11, 12).
+ALLOWED = [
+    f"ALTER TABLE {TABLE} ADD COLUMN seen timestamptz DEFAULT now();\n",
+    f"ALTER TABLE {TABLE} ADD COLUMN born timestamp DEFAULT CURRENT_TIMESTAMP;\n",
+    f"ALTER TABLE {TABLE} ADD COLUMN state text NOT NULL DEFAULT 'new';\n",
+    f"ALTER TABLE {TABLE} ALTER COLUMN report_name TYPE varchar(200);\n",
+    f"ALTER TABLE {TABLE} ALTER COLUMN dag_run_id TYPE text;\n",
+    f"ALTER TABLE {TABLE} ADD CONSTRAINT id_positive CHECK (id > 0) NOT VALID;\n",
+    f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT id_positive;\n",
+    f"ALTER TABLE {TABLE} ALTER COLUMN id SET NOT NULL;\n",  # already NOT NULL (the primary key)
+    f"-- transactional: false\nCREATE INDEX CONCURRENTLY idx_tenant ON {TABLE} (tenant_id);\n",
+]
+
+
+def test_catalog_only_changes_of_a_big_table_run(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    for number, text in enumerate(ALLOWED, 2):
+        add_migration(sql_dir, f"{number:04d}_allowed", text)
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert len(applied(db)) == len(ALLOWED) + 1
+
+
+def test_an_empty_table_a_table_created_in_the_same_run_and_a_small_one_are_never_refused(cli, db, sql_dir):
+    seeded(cli, db, sql_dir, rows=0)  # empty (analyzed: 0 rows)
+    add_migration(sql_dir, "0002_rewrite_empty", f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    add_migration(sql_dir, "0003_new", "CREATE TABLE events (id int, at timestamptz);\n"
+                                       "INSERT INTO events SELECT g, now() FROM generate_series(1, 100) g;\n")
+    add_migration(sql_dir, "0004_rewrite_new", "ALTER TABLE events ALTER COLUMN id TYPE bigint, "
+                                               "ADD COLUMN ref uuid DEFAULT gen_random_uuid();\n"
+                                               "CREATE INDEX idx_events_at ON events (at);\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert applied(db)[-1] == "0004_rewrite_new"
+    db.query(FILL.format(table=TABLE, rows=10) + "; ANALYZE " + TABLE)  # 10 rows: not more than the threshold
+    add_migration(sql_dir, "0005_small", f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE integer;\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+
+
+def test_the_marker_naming_the_table_accepts_the_cost_and_another_table_does_not(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_wrong_marker", f"-- accept-rewrite: public.other_table\n"
+                                                f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    refused = migrate(cli, db, sql_dir, *SMALL)
+    assert refused.exit_code == 2 and "0002_wrong_marker.sql:2: ALTER COLUMN id TYPE bigint" in refused.stderr
+    (sql_dir / "0002_wrong_marker.sql").write_text(
+        f"-- accept-rewrite: public.{TABLE}\n-- (reviewed: the table is small in production)\n"
+        f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert db.query(f"SELECT data_type FROM information_schema.columns WHERE table_name = '{TABLE}' "
+                    "AND column_name = 'id'") == [("bigint",)]
+
+
+def test_a_check_validated_by_an_earlier_pending_file_lets_set_not_null_run(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_check", f"ALTER TABLE {TABLE} ADD CONSTRAINT tenant_set "
+                                         "CHECK (tenant_id IS NOT NULL) NOT VALID;\n")
+    add_migration(sql_dir, "0004_not_null", f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id SET NOT NULL;\n")
+    refused = migrate(cli, db, sql_dir, *SMALL)  # not validated: SET NOT NULL would scan
+    assert refused.exit_code == 2 and "0004_not_null.sql:1: ALTER COLUMN tenant_id SET NOT NULL" in refused.stderr
+    add_migration(sql_dir, "0003_validate", f"-- transactional: false\nALTER TABLE {TABLE} VALIDATE CONSTRAINT tenant_set;\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert applied(db)[-1] == "0004_not_null"
+    # A CHECK validated on the live database counts as well.
+    add_migration(sql_dir, "0005_drop", f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id DROP NOT NULL;\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    add_migration(sql_dir, "0006_again", f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id SET NOT NULL;\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+
+
+def test_more_than_ten_thousand_rows_by_default_and_a_never_analyzed_table_is_counted(cli, db, sql_dir):
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    db.query("ALTER TABLE hcm_report_metadata SET (autovacuum_enabled = off)")  # stays never analyzed
+    db.query(FILL.format(table=TABLE, rows=10_001))
+    assert db.query(f"SELECT reltuples FROM pg_class WHERE relname = '{TABLE}'") == [(-1,)]
+    path = add_migration(sql_dir, "0002_bigint", f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    result = migrate(cli, db, sql_dir)
+    assert result.exit_code == 2 and f"{path}:1: ALTER COLUMN id TYPE bigint rewrites public.{TABLE} (~10.0 k rows" \
+        in result.stderr, result.output
+    assert "more than 10000" in result.stderr
+    ok(migrate(cli, db, sql_dir, "--rewrite-threshold-rows", "20000"))
+
+
+def test_plan_shows_the_verdicts_and_its_json_too(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_bigint", f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    add_migration(sql_dir, "0003_accepted", f"-- accept-rewrite: {TABLE}\nCLUSTER {TABLE} USING idx_hcm_report_name;\n")
+    env = {**db.db_env(), "REWRITE_THRESHOLD_ROWS": "10"}
+    text = cli("plan", "--sql-dir", sql_dir, env=env)
+    assert text.exit_code == 0, text.output
+    assert re.search(r"^-- REFUSED by migrate: .*0002_bigint.sql:1: ALTER COLUMN id TYPE bigint rewrites", text.stdout, re.M)
+    assert re.search(r"^-- accepted: .*0003_accepted.sql:2: CLUSTER rewrites", text.stdout, re.M)
+    data = json.loads(cli("plan", "--sql-dir", sql_dir, "--json", env=env).stdout)
+    assert [(v["line"], v["accepted"], v["lock"]) for v in data["rewrites"]] == [(1, False, "ACCESS EXCLUSIVE"),
+                                                                               (2, True, "ACCESS EXCLUSIVE")]
+    assert cli("plan", "--sql-dir", sql_dir, "--json", env=db.db_env()).exit_code == 0
+    assert json.loads(cli("plan", "--sql-dir", sql_dir, "--json", env=db.db_env()).stdout)["rewrites"] == []
+
+
+def test_a_tenant_run_judges_each_schema_by_its_own_table(cli, db, sql_dir):
+    env = {**db.db_env(), "SCHEMA_NAME": "big,small"}
+    ok(cli("migrate", "--sql-dir", sql_dir, "--create-schemas", "--quiet", env=env))
+    db.query(FILL.format(table=f"big.{TABLE}", rows=50) + f"; ANALYZE big.{TABLE}; ANALYZE small.{TABLE}")
+    add_migration(sql_dir, "0002_bigint", f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    result = cli("migrate", "--sql-dir", sql_dir, *SMALL, env=env)
+    assert result.exit_code == 2, result.output
+    assert re.search(rf"\[big\] FAILED: .*0002_bigint.sql:1: ALTER COLUMN id TYPE bigint rewrites big.{TABLE}",
+                     result.stderr), result.stderr
+    assert [r[0] for r in db.query("SELECT migration_id FROM small._yoyo_migration ORDER BY 1")][-1] == "0002_bigint"
+    assert [r[0] for r in db.query("SELECT migration_id FROM big._yoyo_migration ORDER BY 1")][-1] == SEED
+    plan = cli("plan", "--sql-dir", sql_dir, "--json", *SMALL, env=env)
+    verdicts = {schema: part["rewrites"] for schema, part in json.loads(plan.stdout)["schemas"].items()}
+    assert [v["table"] for v in verdicts["big"]] == [f"big.{TABLE}"] and verdicts["small"] == [], verdicts
+
+
+def test_a_partitioned_table_is_judged_by_its_partitions_rows(cli, db, sql_dir):
+    add_migration(sql_dir, "0002_parted", "CREATE TABLE parted (id int, v int) PARTITION BY RANGE (id);\n"
+                                          "CREATE TABLE parted_a PARTITION OF parted FOR VALUES FROM (0) TO (100);\n"
+                                          "CREATE TABLE parted_b PARTITION OF parted FOR VALUES FROM (100) TO (200);\n")
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    db.query("INSERT INTO parted SELECT g, g FROM generate_series(1, 150) g; ANALYZE parted")
+    add_migration(sql_dir, "0003_bigint", "ALTER TABLE parted ALTER COLUMN v TYPE bigint;\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and "0003_bigint.sql:1: ALTER COLUMN v TYPE bigint rewrites public.parted (~150 rows" \
+        in result.stderr, result.output
+
+
+def test_quoted_identifiers_and_pg_dump_spelling_are_read_as_the_server_reads_them(cli, db, sql_dir):
+    add_migration(sql_dir, "0002_quoted", 'CREATE SCHEMA "Sales";\nCREATE TABLE "Sales"."Report Rows" ("Id" int, v text);\n')
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    db.query('INSERT INTO "Sales"."Report Rows" SELECT g, g::text FROM generate_series(1, 50) g; '
+             'ANALYZE "Sales"."Report Rows"')
+    dump = ('ALTER TABLE ONLY "Sales"."Report Rows"\n    ADD CONSTRAINT "Report Rows_pkey" PRIMARY KEY ("Id");\n')
+    path = add_migration(sql_dir, "0003_dump", "SET statement_timeout = 0;\n" + dump)
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    assert f'{path}:2: ADD PRIMARY KEY without USING INDEX builds an index on "Sales"."Report Rows" (~50 rows' \
+        in result.stderr
+    assert '`-- accept-rewrite: "Sales"."Report Rows"`' in result.stderr
+    add_migration(sql_dir, "0003_dump", '-- accept-rewrite: "Sales"."Report Rows"\n' + dump)
+    ok(migrate(cli, db, sql_dir, *SMALL))
+
+
+def test_a_line_break_in_a_quoted_name_cannot_end_plans_comment(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_evil", f'ALTER TABLE {TABLE} ADD COLUMN "x\nDROP TABLE {TABLE}; --" uuid '
+                                        "DEFAULT gen_random_uuid();\n")
+    plan = cli("plan", "--sql-dir", sql_dir, *SMALL, env=db.db_env())
+    assert plan.exit_code == 0, plan.output
+    (refused,) = [line for line in plan.stdout.splitlines() if line.startswith("-- REFUSED by migrate:")]
+    assert f'ADD COLUMN x\\nDROP TABLE {TABLE}; -- DEFAULT gen_random_uuid()' in refused
+    head = plan.stdout.split("\n\n", 1)[0].splitlines()  # the comments before the files' SQL
+    assert refused in head and all(line.startswith("-- ") for line in head), head
+
+
+def test_create_table_if_not_exists_of_a_big_table_does_not_make_it_new(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_again", f"CREATE TABLE IF NOT EXISTS {TABLE} (id int);\n"
+                                         f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and "0002_again.sql:2: ALTER COLUMN id TYPE bigint" in result.stderr, result.output
+
+
+def test_a_table_dropped_and_created_again_by_an_earlier_pending_file_is_new(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_replace", f"DROP TABLE {TABLE};\nCREATE TABLE public.{TABLE} (id int, note text);\n")
+    add_migration(sql_dir, "0003_index", f"CREATE INDEX idx_note ON {TABLE} (note);\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+
+
+def test_validate_in_the_transaction_that_added_the_constraint_scans_under_its_lock(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    both = (f"ALTER TABLE {TABLE} ADD CONSTRAINT id_positive CHECK (id > 0) NOT VALID;\n"
+            f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT id_positive;\n")
+    path = add_migration(sql_dir, "0002_check", both)
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    assert f"{path}:2: VALIDATE CONSTRAINT id_positive in the transaction of an earlier ALTER TABLE of the table scans " \
+           f"public.{TABLE}" in result.stderr and "instead: VALIDATE CONSTRAINT in a later file" in result.stderr
+    add_migration(sql_dir, "0002_check", "-- transactional: false\n" + both)  # each statement commits alone
+    ok(migrate(cli, db, sql_dir, *SMALL))
+
+
+def test_an_update_of_every_row_after_an_alter_table_in_the_same_transaction_is_refused(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    path = add_migration(sql_dir, "0002_fill", f"ALTER TABLE {TABLE} ADD COLUMN state text;\n"
+                                               f"UPDATE {TABLE} SET state = 'new';\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    assert f"{path}:2: UPDATE without WHERE in the transaction of an earlier ALTER TABLE of the table writes every " \
+           f"row of public.{TABLE}" in result.stderr and "`-- backfill: batch`" in result.stderr
+    add_migration(sql_dir, "0002_fill", f"ALTER TABLE {TABLE} ADD COLUMN state text;\n"
+                                        f"UPDATE {TABLE} SET state = 'new' WHERE id = 1;\n")  # a row or a few: fine
+    ok(migrate(cli, db, sql_dir, *SMALL))
