@@ -246,7 +246,13 @@ def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, usage: b
     present = [name for name, found, _ in rows if found]
     denied = {name: lacks for name, found, lacks in rows if found and lacks}
     absent = [name for name, found, _ in rows if not found]
-    if denied:
+    planted = postgres_connection.bookkeeping_state(backend, schema)[3] if usage else []
+    if planted:  # what migrate refuses: objects others made that would run as this user
+        report.add(Check("postgres bookkeeping", FAIL, f"in schema {schema}: {postgres_connection.planted_list(schema, planted)}; "
+                         f"it would run as user {user} (another role with CREATE on {schema} made it?)",
+                         f"inspect and drop what is not the runner's, as a superuser or {schema}'s owner; grant "
+                         f"other roles USAGE only on {schema}"))
+    elif denied:
         lacking = "; ".join(f"{', '.join(lacks)} on {name}" for name, lacks in denied.items())
         report.add(Check("postgres bookkeeping", FAIL, f"user {user} lacks {lacking} in schema {schema}",
                          f"GRANT {RIGHTS} ON {', '.join(f'{schema}.{t}' for t in denied)} TO {user}"))
