@@ -11,8 +11,8 @@ function another role planted in a schema it may CREATE in (`pb.=` on varchar be
 text = text, which needs a cast) is never even considered, and a migration's `ALTER DATABASE ... SET
 search_path` changes nothing. The checksum step, which runs in the migration's own session, names that
 schema explicitly and moves that session to `pg_catalog` first. The bookkeeping tables themselves are
-verified before use (PLANTED): another role's table, trigger, rule or policy there is refused. Its commits (yoyo's marks and log) skip the wait for the WAL
-flush: a mark lost in a server crash is restored by the next run from the migration's own checksum,
+verified before use (postgres/trust.py): another role's table, trigger, rule or policy there is
+refused. Its commits (yoyo's marks and log) skip the wait for the WAL flush: a mark lost in a server crash is restored by the next run from the migration's own checksum,
 which commits durably with the migration.
 
 A tenant's schema (target.schema) changes two things, as Flyway's currentSchema does: every
@@ -33,6 +33,7 @@ from dataclasses import replace
 from typing import Iterator
 
 from migrator import output, whoami
+from migrator.postgres import trust
 from migrator.errors import USAGE, MigratorError
 from migrator.targets import DdlLimits, PostgresTarget
 
@@ -40,7 +41,7 @@ MIGRATION_TABLE = "_yoyo_migration"
 # application_name names this runner (host:pid), so a lock timeout can say who holds the lock.
 CONNECT_PARAMS = {"connect_timeout": "10", "application_name": f"hcm-db-migrations {socket.gethostname()}:{os.getpid()}"[:63]}
 READ_ONLY = "-c default_transaction_read_only=on"
-# A side connection's catalog reads resolve operators and functions in pg_catalog alone (see above).
+# The tenants' survey connection resolves operators and functions in pg_catalog alone (see above).
 CATALOG_ONLY = "-c search_path=pg_catalog"
 # A migration whose client died (SIGKILL) is cancelled within seconds, releasing its locks (PostgreSQL 14+).
 CLIENT_CHECK = "-c client_connection_check_interval=2s"
@@ -112,7 +113,7 @@ def resolve_target(target: PostgresTarget, env) -> PostgresTarget:
 def watcher_params(target: PostgresTarget, application_name: str) -> dict:
     """psycopg2.connect() keywords of a read-only side connection (the progress watcher), without limits."""
     params = {**CONNECT_PARAMS, **target.params, "application_name": application_name}
-    params["options"] = " ".join(s for s in (params.get("options", ""), READ_ONLY, CATALOG_ONLY) if s)
+    params["options"] = " ".join(s for s in (params.get("options", ""), READ_ONLY) if s)
     fields = {"host": target.host, "port": target.port, "dbname": target.dbname, "user": target.user,
               "password": target.password}
     return {**{k: v for k, v in fields.items() if v}, **params}
@@ -237,7 +238,7 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
     """A yoyo backend. Read-only ones skip yoyo's init (it creates tables) and are read-only
     on the server too, so `plan` and `status` cannot write even by mistake. A plain run that finds no
     history of its own but another one elsewhere is refused, and so is a history holding objects other roles
-    planted (PLANTED) (doctor, with `refuse_foreign=False`, says both)."""
+    planted (postgres/trust.py) (doctor, with `refuse_foreign=False`, says both)."""
     import psycopg2
     from yoyo.connections import parse_uri
 
@@ -247,17 +248,12 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
         if refuse_foreign and backend.foreign and (target.schema or not target.schemas):
             backend.connection.close()
             raise MigratorError(foreign_history(backend, target), USAGE)
-        schema, where = target.schema or backend.bookkeeping_schema, replace(target, schema=None).where
-        state = bookkeeping_state(backend, schema, ("SELECT",) if read_only else RIGHTS)
-        if refuse_foreign:  # before anything touches those tables (doctor reports it instead)
-            try:
-                if state[3]:
-                    raise MigratorError(planted_error(schema, state[2], state[3], where), USAGE)
-                if state[1]:  # (without USAGE on the schema, that is said first)
-                    _check_rights(state, schema, where)
-            except MigratorError:
-                backend.connection.close()
-                raise
+        try:  # before anything touches those tables (doctor reports it instead)
+            state = trust.verify(backend, target.schema or backend.bookkeeping_schema,
+                                 replace(target, schema=None).where, read_only, refuse=refuse_foreign)
+        except MigratorError:
+            backend.connection.close()
+            raise
         if not read_only:
             backend.init_database()  # what yoyo's get_backend does: its lock table, a DDL probe
     except psycopg2.Error as exc:  # OperationalError, or ProgrammingError for a bad DSN option
@@ -350,86 +346,6 @@ def tenant_mark(connection, schema: str) -> tuple[bool, bool, str] | None:
     with connection.cursor() as cursor:
         cursor.execute(MARK_STATE, {"mark": TENANT_MARK, "schema": schema})
         return cursor.fetchone()
-
-
-# The schema, and what in it would run as the migration role when the runner writes or reads its tables: a
-# bookkeeping table (or its sequence) owned by a role the user is not (a member of; superusers are trusted), one
-# that is not a plain table, or any trigger, rule or row-level policy on one; and the rights of :rights the user
-# lacks on the tables present. One query, run once per connection.
-PLANTED = """
-WITH RECURSIVE mine(oid) AS (
-    SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER
-    UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN mine ON m.member = mine.oid
-), tables AS (
-    SELECT c.oid, c.relname, c.relkind, c.relowner, c.relrowsecurity FROM pg_catalog.pg_class c
-    WHERE c.relnamespace = (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = :s)
-      AND c.relname = ANY(CAST(:tables AS pg_catalog.name[]))
-), objects AS (
-    SELECT oid, relname, relkind, relowner FROM tables
-    UNION ALL
-    SELECT q.oid, q.relname, q.relkind, q.relowner FROM pg_catalog.pg_depend d
-    JOIN pg_catalog.pg_class q ON q.oid = d.objid AND d.classid = CAST('pg_catalog.pg_class' AS pg_catalog.regclass)
-    WHERE d.refobjid IN (SELECT oid FROM tables) AND q.relkind = 'S'
-), problems AS (
-    SELECT o.relname::text || ' is owned by role ' || pg_catalog.quote_ident(r.rolname) AS what
-    FROM objects o JOIN pg_catalog.pg_roles r ON r.oid = o.relowner
-    WHERE NOT r.rolsuper AND o.relowner NOT IN (SELECT oid FROM mine)
-    UNION ALL
-    SELECT t.relname::text || ' is not a plain table (relkind ' || t.relkind::text || ')' FROM tables t
-    WHERE t.relkind NOT IN ('r', 'p')
-    UNION ALL
-    SELECT t.relname::text || ' has trigger ' || pg_catalog.quote_ident(g.tgname::text) FROM tables t
-    JOIN pg_catalog.pg_trigger g ON g.tgrelid = t.oid
-    UNION ALL
-    SELECT t.relname::text || ' has rule ' || pg_catalog.quote_ident(w.rulename::text) FROM tables t
-    JOIN pg_catalog.pg_rewrite w ON w.ev_class = t.oid
-    UNION ALL
-    SELECT t.relname::text || ' has row-level security' FROM tables t
-    WHERE t.relrowsecurity OR EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.oid)
-)
-SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE'), false), CURRENT_USER,
-       ARRAY(SELECT what FROM problems ORDER BY what),
-       ARRAY(SELECT ARRAY[t.relname::text, p] FROM tables t, pg_catalog.unnest(CAST(:rights AS text[])) WITH ORDINALITY r(p, i)
-             WHERE NOT pg_catalog.has_table_privilege(t.oid, p) ORDER BY t.relname, r.i)
-FROM (SELECT CAST(:s AS pg_catalog.name) AS name) s LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
-"""
-
-
-# What a run does to its tables: yoyo's marks and log, the checksums' and snapshot's upserts; read-only ones read.
-RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")
-
-
-def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS) -> tuple:
-    """(the schema exists, the user has USAGE on it, the user, what others planted among its bookkeeping,
-    [table, right] of `rights` the user lacks on the tables present)."""
-    from migrator.schema.queries import BOOKKEEPING_TABLES
-
-    return backend.execute(PLANTED, {"s": schema, "tables": list(BOOKKEEPING_TABLES), "rights": list(rights)}).fetchone()
-
-
-def _check_rights(state, schema: str, where: str) -> None:
-    """Rights missing on tables that exist: one line naming them and the GRANT (not a permission error later)."""
-    lacking: dict[str, list[str]] = {}
-    for table, right in state[4]:
-        lacking.setdefault(table, []).append(right)
-    if lacking:
-        what = "; ".join(f"{', '.join(rights)} on {schema}.{table}" for table, rights in lacking.items())
-        needed = sorted({r for rights in lacking.values() for r in rights}, key=RIGHTS.index)
-        raise MigratorError(f"user {state[2]} lacks {what} on {where} (the runner's bookkeeping); run GRANT "
-                            f"{', '.join(needed)} ON {', '.join(f'{schema}.{t}' for t in lacking)} TO {state[2]}, "
-                            "or connect as the tables' owner")
-
-
-def planted_list(schema: str, planted: list[str]) -> str:
-    return "; ".join(f"{schema}.{what}" for what in planted)
-
-
-def planted_error(schema: str, user: str, planted: list[str], where: str) -> str:
-    """The one line refusing a history others can make run code as the migration role."""
-    return (f"refusing the migration history in schema {schema} on {where}: {planted_list(schema, planted[:3])}"
-            f"{f' (and {len(planted) - 3} more)' if len(planted) > 3 else ''}; it would run as user {user}; "
-            f"a role with CREATE on schema {schema} planted it, or it was made by hand: inspect it, drop what is "
-            f"not the runner's (as a superuser or the schema's owner), and grant other roles USAGE only on {schema}")
 
 
 def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
