@@ -247,7 +247,7 @@ def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, usage: b
     present = [name for name, found, _ in rows if found]
     denied = {name: lacks for name, found, lacks in rows if found and lacks}
     absent = [name for name, found, _ in rows if not found]
-    planted = trust.bookkeeping_state(backend, schema)[3] if usage else []
+    planted = backend.verified[3] if usage else []  # read by connect(), which leaves refusing to this report
     if planted:  # what migrate refuses: objects others made that would run as this user
         report.add(Check("postgres bookkeeping", FAIL, f"in schema {schema}: {trust.planted_list(schema, planted)}; "
                          f"it would run as user {user} (another role with CREATE on {schema} made it?)",

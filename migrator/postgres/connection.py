@@ -145,6 +145,7 @@ def backend_class():
     class Backend(PostgresqlBackend):
         bookkeeping_schema = "public"
         pinned = False
+        verified: tuple = ()  # trust.bookkeeping_state of its schema, read once at connect
         failures_table_ready = False
         watcher = None  # a postgres.watch.Watcher following each migration session, when progress is on
 
@@ -249,8 +250,8 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
             backend.connection.close()
             raise MigratorError(foreign_history(backend, target), USAGE)
         try:  # before anything touches those tables (doctor reports it instead)
-            state = trust.verify(backend, target.schema or backend.bookkeeping_schema,
-                                 replace(target, schema=None).where, read_only, refuse=refuse_foreign)
+            state = backend.verified = trust.verify(backend, target.schema or backend.bookkeeping_schema,
+                                                    replace(target, schema=None).where, read_only, refuse=refuse_foreign)
         except MigratorError:
             backend.connection.close()
             raise
