@@ -12,8 +12,9 @@ text = text, which needs a cast) is never even considered, and a migration's `AL
 search_path` changes nothing. The checksum step, which runs in the migration's own session, names that
 schema explicitly and moves that session to `pg_catalog` first. The bookkeeping tables themselves are
 verified before use (postgres/trust.py): another role's table, trigger, rule or policy there is
-refused. Its commits (yoyo's marks and log) skip the wait for the WAL flush: a mark lost in a server crash is restored by the next run from the migration's own checksum,
-which commits durably with the migration.
+refused. Its commits (yoyo's marks and log) skip the wait for the WAL flush: a mark lost in a server
+crash is restored by the next run from the migration's own checksum, which commits durably with the
+migration.
 
 A tenant's schema (target.schema) changes two things, as Flyway's currentSchema does: every
 migration's session starts with search_path = that schema, then public (a connection option, so
@@ -33,8 +34,8 @@ from dataclasses import replace
 from typing import Iterator
 
 from migrator import output, whoami
-from migrator.postgres import trust
 from migrator.errors import USAGE, MigratorError
+from migrator.postgres import trust
 from migrator.targets import DdlLimits, PostgresTarget
 
 MIGRATION_TABLE = "_yoyo_migration"
