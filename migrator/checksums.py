@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS {schema}.{table} (
 )"""
 UPSERT = ("INSERT INTO {schema}.{table} (migration_id, sha256) VALUES (%s, %s) ON CONFLICT (migration_id) "
           "DO UPDATE SET sha256 = EXCLUDED.sha256, recorded_at = pg_catalog.now() AT TIME ZONE 'utc'")
-DELETE = "DELETE FROM {schema}.{table} WHERE migration_id = %s"
+# OPERATOR(pg_catalog.=): this runs in the migration's session too, whose search_path may hold a schema another
+# role can CREATE in (an `=` on varchar there would beat pg_catalog's text = text).
+DELETE = "DELETE FROM {schema}.{table} WHERE migration_id::pg_catalog.text OPERATOR(pg_catalog.=) %s::pg_catalog.text"
 # What a migration's SQL may have changed in its session that would stop the record being written.
 # ROLE NONE, not RESET ROLE: RESET returns to a database or role default `role`, which may lack the rights.
 RESET_SESSION = ("RESET SESSION AUTHORIZATION; SET ROLE NONE; RESET statement_timeout; RESET lock_timeout; "
@@ -77,6 +79,9 @@ def record(connection, schema: str, migration_id: str, sha: str | None, search_p
         read_only, path = cursor.fetchone()
         if search_path is not None and path != search_path:
             raise SearchPathChanged(path)
+        # The file is done: what follows in its session (the record, a tenant's check of what it made) resolves
+        # operators and functions in pg_catalog alone, whatever others planted in the migration's schemas.
+        cursor.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
         if read_only == "on":
             return False
         if sha is None:
@@ -125,11 +130,13 @@ def record_failure(backend, migration_id: str, what: str) -> None:
 
 
 def clear_failures(backend, ids: list[str]) -> None:
-    exists = backend.execute("SELECT to_regclass(:t) IS NOT NULL", {"t": FAILURES}).fetchone()[0] if ids else False
+    exists = (backend.execute("SELECT to_regclass(:t) IS NOT NULL", {"t": backend.qualified(FAILURES)}).fetchone()[0]
+              if ids else False)
     if exists:
         backend.failures_table_ready = True
         with backend.transaction(), backend.connection.cursor() as cursor:
-            cursor.execute(_sql("DELETE FROM {schema}.{table} WHERE migration_id = ANY(%s)",
+            cursor.execute(_sql("DELETE FROM {schema}.{table} WHERE migration_id::pg_catalog.text "
+                                "OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
                                 backend.bookkeeping_schema, FAILURES), (list(ids),))
 
 
@@ -164,7 +171,7 @@ def record_missing(backend, migrations, applied: set[str], sums: dict[str, str])
 
 def accept(backend, selected) -> list[Drift]:
     """Record the files' current content as applied (after a DBA reviewed the change)."""
-    before = dict(backend.execute(f"SELECT migration_id, sha256 FROM {TABLE}").fetchall())
+    before = dict(backend.execute(f"SELECT migration_id, sha256 FROM {backend.qualified(TABLE)}").fetchall())
     changes = [Drift(m.id, Path(m.path), (before.get(m.id) or "").strip(), file_sha256(Path(m.path))) for m in selected]
     with backend.transaction():
         for change in changes:

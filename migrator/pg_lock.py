@@ -47,7 +47,9 @@ def hold_for_shared_ddl(connection, statements, transactional: bool) -> None:
     session doing so (to the end of this file's transaction, or session). SIGTERM ends the wait: nothing ran."""
     if not any(_SHARED_DDL.search(statement.text) for statement in statements):
         return
-    query = "SELECT pg_try_advisory_xact_lock(%s)" if transactional else "SELECT pg_try_advisory_lock(%s)"
+    # (in the migration's session, whose search_path is the migration's: qualified)
+    query = ("SELECT pg_catalog.pg_try_advisory_xact_lock(%s)" if transactional
+             else "SELECT pg_catalog.pg_try_advisory_lock(%s)")
     with connection.cursor() as cursor:
         while True:
             cursor.execute(query, (SHARED_DDL_KEY,))
@@ -161,10 +163,13 @@ def _alive(backend, row) -> bool:
 
 
 def holder(backend, key: int = LOCK_KEY) -> str:
-    """Who holds the advisory lock: host and pid from its application_name, and since when."""
+    """Who holds the advisory lock. Any role that can connect may take it and call itself a runner (its
+    application_name is its own to choose), so host and pid are named only when proven: a runner holding it
+    writes its yoyo_lock row (pid, ctime) from the same session, in a table only the migration role can write;
+    else the session is named as the server knows it (server pid, user), unverified."""
     row = backend.execute(
         """
-        SELECT a.application_name, a.pid, a.client_addr::text, a.backend_start
+        SELECT a.application_name, a.pid, a.usename, a.client_addr::text, a.backend_start
         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
           AND l.classid = :high AND l.objid = :low
@@ -174,14 +179,26 @@ def holder(backend, key: int = LOCK_KEY) -> str:
     ).fetchone()
     if row is None:
         return "holder unknown"
-    app, backend_pid, client, since = row
+    app, backend_pid, user, client, since = row
     match = re.match(r"hcm-db-migrations (?P<host>\S+):(?P<pid>\d+)", app or "")
-    # pg_stat_activity hides another role's session (NULLs) from a user who is not a superuser.
-    if match:
-        who = f"host {match['host']} pid {match['pid']}"
-    elif since is None:
-        who = f"a session of another role (server pid {backend_pid})"
-    else:
-        who = f"{app or 'a session'} from {client or 'local'} (server pid {backend_pid})"
     when = f"since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip() if since else "(since unknown)"
-    return f"held by {who} {when}"
+    if match and _proven(backend, int(match["pid"]), since):
+        return f"held by host {match['host']} pid {match['pid']} {when}"
+    if since is None:  # pg_stat_activity hides another role's session (NULLs) from a user who is not a superuser
+        return f"held by a session of another role (server pid {backend_pid}, user {user or 'unknown'}; unverified) {when}"
+    said = f", calling itself '{app}'" if app else ""
+    return (f"held by an unverified session (server pid {backend_pid}, user {user or 'unknown'}, from "
+            f"{client or 'local'}{said}: no runner's lock row proves it) {when}")
+
+
+def _proven(backend, pid: int, since) -> bool:
+    """The lock row of runner `pid`, written after the session holding the advisory lock connected."""
+    table = backend.lock_table_quoted
+    readable = backend.execute("SELECT CASE WHEN to_regclass(:t) IS NULL THEN false "
+                               "ELSE has_table_privilege(to_regclass(:t), 'SELECT') END", {"t": table}).fetchone()[0]
+    if not readable or since is None:
+        return False
+    return bool(backend.execute(
+        f"SELECT count(*) FROM {table} WHERE pid = :pid "
+        "AND CAST(:since AS timestamptz) <= (ctime AT TIME ZONE 'UTC') + interval '2 seconds'",
+        {"pid": pid, "since": since}).fetchone()[0])

@@ -137,7 +137,9 @@ def test_migration_lock_held_is_a_warning(cli, db, sql_dir):
         result = cli("doctor", "--sql-dir", sql_dir, env=db.db_env())
     assert result.exit_code == 0
     line = lines(result)["postgres locks"][0]
-    assert line.startswith("warn") and "the migration lock is held by host otherhost pid 4242" in line
+    # a name any session may give itself, without a runner's lock row: not believed (issue 23)
+    assert line.startswith("warn") and "the migration lock is held by an unverified session (server pid" in line
+    assert "calling itself 'hcm-db-migrations otherhost:4242'" in line and "held by host" not in line
 
 
 def test_ca_bundle_not_pem(cli, tmp_path):

@@ -66,7 +66,9 @@ def test_a_live_holder_makes_the_next_runner_time_out_naming_it(cli, db):
         assert result.exit_code == 4
         line = one_error_line(result)
         assert f"another runner holds the migration lock on {db.server.host}:{db.server.port}/{db.name}" in line
-        assert "held by host pod-7 pid 4242 since 20" in line and "waited 0.5 s" in line
+        # (the name alone, without a runner's lock row, is not believed: issue 23)
+        assert "held by an unverified session (server pid" in line and "pod-7:4242" in line and "since 20" in line
+        assert "waited 0.5 s" in line
     finally:
         holder.close()  # the server releases the lock with the session
     assert cli("migrate", "--lock-timeout", "0.5", env=db.db_env()).exit_code == 0

@@ -137,8 +137,8 @@ def test_advance_takes_the_runners_change_and_keeps_the_drift(cli, db, sql_dir):
     with postgres.connect(target, read_only=False) as backend:
         schema = backend.bookkeeping_schema
         before = describe(backend.connection, schema)
-        with backend.connection.cursor() as cursor:  # what a migration does
-            cursor.execute(f"CREATE TABLE more_reports (id int); ALTER TABLE {T} ADD COLUMN region text")
+        with backend.connection.cursor() as cursor:  # what a migration does (this session's search_path is pg_catalog)
+            cursor.execute(f"CREATE TABLE public.more_reports (id int); ALTER TABLE public.{T} ADD COLUMN region text")
         recorded = snapshot.advance(backend.connection, schema, before, "migrate")
         report = snapshot.live_drift(backend.connection, schema)
     assert recorded.reason == "migrate"
@@ -147,7 +147,7 @@ def test_advance_takes_the_runners_change_and_keeps_the_drift(cli, db, sql_dir):
     with postgres.connect(target, read_only=False) as backend:  # a rollback that drops them again
         before = describe(backend.connection, schema)
         with backend.connection.cursor() as cursor:
-            cursor.execute(f"DROP TABLE more_reports; ALTER TABLE {T} DROP COLUMN region")
+            cursor.execute(f"DROP TABLE public.more_reports; ALTER TABLE public.{T} DROP COLUMN region")
         snapshot.advance(backend.connection, schema, before, "rollback")
         assert snapshot.live_drift(backend.connection, schema).changes == [f"index idx_emergency ON {T} added"]
 
@@ -157,7 +157,7 @@ def test_advance_with_nothing_recorded_records_the_live_schema(db):
     with postgres.connect(target, read_only=False) as backend:
         before = describe(backend.connection, backend.bookkeeping_schema)
         with backend.connection.cursor() as cursor:
-            cursor.execute("CREATE TABLE t (id int)")
+            cursor.execute("CREATE TABLE public.t (id int)")
         snapshot.advance(backend.connection, backend.bookkeeping_schema, before, "migrate")
         report = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
     assert report.recorded.reason == "migrate" and not report.drifted

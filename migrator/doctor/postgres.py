@@ -16,6 +16,7 @@ from migrator import checksums, pg_lock
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
 from migrator.errors import MigratorError
 from migrator.postgres import connection as postgres_connection
+from migrator.postgres import trust
 from migrator.targets import PostgresTarget
 
 MIN_VERSION = 140000  # client_connection_check_interval (a dead runner's work is cancelled)
@@ -246,7 +247,13 @@ def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, usage: b
     present = [name for name, found, _ in rows if found]
     denied = {name: lacks for name, found, lacks in rows if found and lacks}
     absent = [name for name, found, _ in rows if not found]
-    if denied:
+    planted = backend.verified[3] if usage else []  # read by connect(), which leaves refusing to this report
+    if planted:  # what migrate refuses: objects others made that would run as this user
+        report.add(Check("postgres bookkeeping", FAIL, f"in schema {schema}: {trust.planted_list(schema, planted)}; "
+                         f"it would run as user {user} (another role with CREATE on {schema} made it?)",
+                         f"inspect and drop what is not the runner's, as a superuser or {schema}'s owner; grant "
+                         f"other roles USAGE only on {schema}"))
+    elif denied:
         lacking = "; ".join(f"{', '.join(lacks)} on {name}" for name, lacks in denied.items())
         report.add(Check("postgres bookkeeping", FAIL, f"user {user} lacks {lacking} in schema {schema}",
                          f"GRANT {RIGHTS} ON {', '.join(f'{schema}.{t}' for t in denied)} TO {user}"))

@@ -5,12 +5,16 @@ in the state of a fresh session, as `psql -f` does, whatever the previous file d
 role, timeouts, session_replication_role or temp tables. The runner's limits are connection options
 (`-c lock_timeout=...`), so they apply to each file until the file sets its own.
 
-The run's own connection never runs a migration's SQL. Its search_path is pinned to the schema
-holding yoyo's tables, so yoyo's unqualified bookkeeping SQL finds them even after a migration
-ran `ALTER DATABASE ... SET search_path`; the checksum step, which runs in the migration's own
-session, names that schema explicitly. Its commits (yoyo's marks and log) skip the wait for the WAL
-flush: a mark lost in a server crash is restored by the next run from the migration's own checksum,
-which commits durably with the migration.
+The run's own connection never runs a migration's SQL. Its search_path is `pg_catalog` alone and
+every bookkeeping table is named with its schema (yoyo's `*_quoted` names included): an operator or
+function another role planted in a schema it may CREATE in (`pb.=` on varchar beats pg_catalog's
+text = text, which needs a cast) is never even considered, and a migration's `ALTER DATABASE ... SET
+search_path` changes nothing. The checksum step, which runs in the migration's own session, names that
+schema explicitly and moves that session to `pg_catalog` first. The bookkeeping tables themselves are
+verified before use (postgres/trust.py): another role's table, trigger, rule or policy there is
+refused. Its commits (yoyo's marks and log) skip the wait for the WAL flush: a mark lost in a server
+crash is restored by the next run from the migration's own checksum, which commits durably with the
+migration.
 
 A tenant's schema (target.schema) changes two things, as Flyway's currentSchema does: every
 migration's session starts with search_path = that schema, then public (a connection option, so
@@ -31,6 +35,7 @@ from typing import Iterator
 
 from migrator import output, whoami
 from migrator.errors import USAGE, MigratorError
+from migrator.postgres import trust
 from migrator.targets import DdlLimits, PostgresTarget
 
 MIGRATION_TABLE = "_yoyo_migration"
@@ -43,6 +48,8 @@ CONNECT_PARAMS = {"connect_timeout": "10", "application_name": f"hcm-db-migratio
 # A read-only command's URL carries its read timeout to Backend.connect (popped there, never sent to libpq).
 READ_TIMEOUT_ARG = "hcm_read_timeout"
 READ_ONLY = "-c default_transaction_read_only=on"
+# The tenants' survey connection resolves operators and functions in pg_catalog alone (see above).
+CATALOG_ONLY = "-c search_path=pg_catalog"
 # A migration whose client died (SIGKILL) is cancelled within seconds, releasing its locks (PostgreSQL 14+).
 CLIENT_CHECK = "-c client_connection_check_interval=2s"
 # The run's own connection first returns to the user it logged in as (a database or role default
@@ -82,7 +89,7 @@ WITH histories AS (
 SELECT schema,
        CASE WHEN NOT EXISTS (SELECT FROM own) THEN
            (SELECT string_agg(nspname, ',' ORDER BY nspname) FROM others WHERE NOT tenant) END,
-       pg_catalog.set_config('search_path', pg_catalog.quote_ident(schema), false),
+       pg_catalog.set_config('search_path', 'pg_catalog', false),
        pg_catalog.set_config('hcm.tenant_schema', '', false),
        pg_catalog.set_config('hcm.tenant_schemas', coalesce(
            (SELECT string_agg(nspname, ',' ORDER BY nspname) FROM others), ''), false),
@@ -94,7 +101,7 @@ SELECT schema,
 # to describe that schema alone.
 PIN_TENANT = """
 SET ROLE NONE;
-SELECT pg_catalog.set_config('search_path', pg_catalog.quote_ident(%(schema)s), false),
+SELECT pg_catalog.set_config('search_path', 'pg_catalog', false),
        pg_catalog.set_config('hcm.tenant_schema', %(schema)s, false),
        pg_catalog.set_config('hcm.tenant_schemas', '', false),
        pg_catalog.set_config('synchronous_commit', 'off', false)
@@ -146,6 +153,8 @@ def backend_class():
 
     class Backend(PostgresqlBackend):
         bookkeeping_schema = "public"
+        pinned = False
+        verified: tuple = ()  # trust.bookkeeping_state of its schema, read once at connect
         failures_table_ready = False
         watcher = None  # a postgres.watch.Watcher following each migration session, when progress is on
 
@@ -168,10 +177,42 @@ def backend_class():
                     self.bookkeeping_schema, self.foreign = self.schema, []
                     return
                 # SCHEMA_NAME=public (DIGIT's value outside a central instance) is the plain run: its
-                # history, lock, schema description and its migrations' search_path (the session's).
-                cursor.execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": self.schema})
+                # history, lock, schema description and its migrations' search_path (the session's). Once
+                # pinned (a re-pin after a rollback), the session's current schema is pg_catalog: keep the pin.
+                home = self.bookkeeping_schema if self.pinned else self.schema
+                cursor.execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": home})
                 self.bookkeeping_schema, foreign = cursor.fetchone()[:2]
-                self.foreign = foreign.split(",") if foreign else []
+                self.foreign, self.pinned = (foreign.split(",") if foreign else []), True
+
+        def qualified(self, table: str) -> str:
+            """A bookkeeping table's name with its schema, quoted (the session's search_path is pg_catalog)."""
+            return f"{self.quote_identifier(self.bookkeeping_schema)}.{self.quote_identifier(table)}"
+
+        # yoyo builds its SQL from these (`{0.migration_table_quoted}`, ...): every table it names is qualified.
+        migration_table_quoted = property(lambda self: self.qualified(self.migration_table))
+        log_table_quoted = property(lambda self: self.qualified(self.log_table))
+        lock_table_quoted = property(lambda self: self.qualified(self.lock_table))
+        version_table_quoted = property(lambda self: self.qualified(self.version_table))
+        # yoyo's transactional-DDL probe creates its table in the bookkeeping schema (its DROP, unqualified,
+        # then always fails: the answer is PostgreSQL's, transactional; a user who may not create there gets
+        # yoyo's own answer, as before).
+        create_test_table_sql = ("CREATE TABLE {0.bookkeeping_schema_quoted}.{table_name_quoted} "
+                                 "({quoted.id} INT PRIMARY KEY)")
+
+        def list_tables(self, **kwargs) -> list[str]:
+            # yoyo's reads current_schema, which is pg_catalog here
+            return [row[0] for row in self.execute(
+                "SELECT relname FROM pg_catalog.pg_class WHERE relnamespace = "
+                "pg_catalog.to_regnamespace(pg_catalog.quote_ident(:schema)) AND relkind IN ('r', 'p')",
+                {"schema": self.bookkeeping_schema}).fetchall()]
+
+        def ensure_internal_schema_updated(self):
+            # yoyo reads its version table unqualified; read it here, and let yoyo upgrade only a history
+            # older than its current layout (a new one, or yoyo < 6's).
+            if not self._internal_schema_updated and {self.migration_table, self.version_table} <= set(self.list_tables()):
+                version = self.execute(f"SELECT max(version) FROM {self.version_table_quoted}").fetchone()[0]
+                self._internal_schema_updated = version == 2
+            super().ensure_internal_schema_updated()
 
         def copy(self):
             session = MigrationSession(self.uri, self.migration_table)
@@ -262,7 +303,8 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
             refuse_foreign: bool = True) -> Iterator:
     """A yoyo backend. Read-only ones skip yoyo's init (it creates tables) and are read-only
     on the server too, so `plan` and `status` cannot write even by mistake. A plain run that finds no
-    history of its own but another one elsewhere is refused (doctor, with `refuse_foreign=False`, says it)."""
+    history of its own but another one elsewhere is refused, and so is a history holding objects other roles
+    planted (postgres/trust.py) (doctor, with `refuse_foreign=False`, says both)."""
     import psycopg2
     from yoyo.connections import parse_uri
 
@@ -272,13 +314,19 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
         if refuse_foreign and backend.foreign and (target.schema or not target.schemas):
             backend.connection.close()
             raise MigratorError(foreign_history(backend, target), USAGE)
+        try:  # before anything touches those tables (doctor reports it instead)
+            state = backend.verified = trust.verify(backend, target.schema or backend.bookkeeping_schema,
+                                                    replace(target, schema=None).where, read_only, refuse=refuse_foreign)
+        except MigratorError:
+            backend.connection.close()
+            raise
         if not read_only:
             backend.init_database()  # what yoyo's get_backend does: its lock table, a DDL probe
     except psycopg2.Error as exc:  # OperationalError, or ProgrammingError for a bad DSN option
         raise connection_error(exc, target)
     try:
         if not read_only:
-            _check_bookkeeping(backend, target)
+            _check_bookkeeping(backend, target, state)
         yield backend
     finally:
         backend.connection.close()
@@ -308,6 +356,7 @@ def survey_schemas(target: PostgresTarget, schemas: list[str], *, create: bool,
                                     ("host", uri.hostname)) if v is not None})
     given.pop("schema", None)
     seconds = given.pop(READ_TIMEOUT_ARG, None)
+    given["options"] = " ".join(s for s in (given.get("options", ""), CATALOG_ONLY) if s)
     try:
         connection = psycopg2.connect(**given)
     except psycopg2.Error as exc:
@@ -368,14 +417,12 @@ def tenant_mark(connection, schema: str) -> tuple[bool, bool, str] | None:
         return cursor.fetchone()
 
 
-def _check_bookkeeping(backend, target: PostgresTarget) -> None:
+def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
     """yoyo ignores a failure to create its lock table and later fails obscurely; say why instead.
     A tenant's lock table is marked as a tenant's (TENANT_MARK); where the user may not write it (COMMENT
     needs the owner), the run goes on and says who can: a plain run refuses an unmarked history elsewhere."""
     schema = target.schema or backend.bookkeeping_schema
-    exists, usage, user = backend.execute(
-        "SELECT n.oid IS NOT NULL, coalesce(has_schema_privilege(n.oid, 'USAGE'), false), current_user "
-        "FROM (SELECT :s AS name) s LEFT JOIN pg_namespace n ON n.nspname = s.name", {"s": schema}).fetchone()
+    exists, usage, user = state[:3]
     if target.schema and not exists:
         raise MigratorError(f"schema {target.schema} does not exist on {target.where}; create it, or pass "
                             "--create-schemas to `migrate`")

@@ -42,17 +42,18 @@ class Bookkeeping:
 def bookkeeping(backend) -> Bookkeeping:
     """Read-only (yoyo's own reader may create its tables). A checksum without a mark is a migration
     committed but not marked."""
+    names = {"marks": backend.qualified(MIGRATION_TABLE), "sums": backend.qualified(checksums.TABLE),
+             "failures": backend.qualified(checksums.FAILURES)}
     has_marks, has_sums, has_failures = backend.execute(
         "SELECT to_regclass(:marks) IS NOT NULL, to_regclass(:sums) IS NOT NULL, to_regclass(:failures) IS NOT NULL",
-        {"marks": MIGRATION_TABLE, "sums": checksums.TABLE, "failures": checksums.FAILURES},
-    ).fetchone()
+        names).fetchone()
     marks = sums = failures = []
     if has_marks:
-        marks = backend.execute(f'SELECT migration_id, applied_at_utc FROM "{MIGRATION_TABLE}" ORDER BY applied_at_utc').fetchall()
+        marks = backend.execute(f"SELECT migration_id, applied_at_utc FROM {names['marks']} ORDER BY applied_at_utc").fetchall()
     if has_sums:
-        sums = backend.execute(f"SELECT migration_id, sha256 FROM {checksums.TABLE}").fetchall()
+        sums = backend.execute(f"SELECT migration_id, sha256 FROM {names['sums']}").fetchall()
     if has_failures:
-        failures = backend.execute(f"SELECT migration_id, what FROM {checksums.FAILURES}").fetchall()
+        failures = backend.execute(f"SELECT migration_id, what FROM {names['failures']}").fetchall()
     return Bookkeeping(dict(marks), {i: sha.strip() for i, sha in sums}, dict(failures))
 
 

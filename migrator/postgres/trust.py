@@ -1,0 +1,92 @@
+"""Bookkeeping others cannot hijack: the runner's tables are verified before a run uses them.
+
+A role with CREATE on a schema the runner migrates (a tenant's, or public where PUBLIC may create, the
+default before PostgreSQL 15) can make the runner's tables first, or add to them what runs as whoever
+writes them: a trigger, a rule, a row-level policy. The run's own SQL resolves operators and functions in
+pg_catalog alone (postgres/connection.py); this module checks the tables themselves, with the rights the
+user lacks on them, in one catalog query per connection, and says what it found in one line.
+"""
+
+from __future__ import annotations
+
+from migrator.errors import USAGE, MigratorError
+
+# The schema, and what in it would run as the migration role when the runner writes or reads its tables: a
+# bookkeeping table owned by a role the user is not (a member of; superusers are trusted), one that is not a plain
+# table, or any trigger, rule or row-level security on one (a policy acts only with it on); and the rights of
+# :rights the user lacks on the tables present. (The runner's tables have no sequence; a column default or
+# sequence is their owner's, the trusted one.) One query, run once per connection, ~1 ms to plan.
+PLANTED = """
+WITH RECURSIVE mine(oid) AS (
+    SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER
+    UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN mine ON m.member = mine.oid
+), tables AS (
+    SELECT c.oid, c.relname::text AS name, c.relkind, o.rolsuper OR c.relowner IN (SELECT oid FROM mine) AS trusted,
+           o.rolname, c.relhastriggers, c.relhasrules, c.relrowsecurity
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
+    WHERE c.relnamespace = pg_catalog.to_regnamespace(pg_catalog.quote_ident(:s))
+      AND c.relname = ANY(CAST(:tables AS pg_catalog.name[]))
+)
+SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE'), false), CURRENT_USER,
+       ARRAY(SELECT t.name || ' ' || pg_catalog.concat_ws(', ',
+                 CASE WHEN NOT t.trusted THEN 'is owned by role ' || pg_catalog.quote_ident(t.rolname) END,
+                 CASE WHEN t.relkind NOT IN ('r', 'p') THEN 'is not a plain table (relkind ' || t.relkind::text || ')' END,
+                 CASE WHEN t.relhastriggers THEN (SELECT 'has trigger ' || pg_catalog.string_agg(
+                     pg_catalog.quote_ident(g.tgname::text), ', ') FROM pg_catalog.pg_trigger g WHERE g.tgrelid = t.oid) END,
+                 CASE WHEN t.relhasrules THEN 'has rules' END,
+                 CASE WHEN t.relrowsecurity THEN 'has row-level security' END)
+             FROM tables t WHERE NOT t.trusted OR t.relkind NOT IN ('r', 'p') OR t.relhasrules OR t.relrowsecurity
+                OR (t.relhastriggers AND EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid = t.oid))
+             ORDER BY t.name),
+       ARRAY(SELECT ARRAY[t.name, r.p] FROM tables t, pg_catalog.unnest(CAST(:rights AS text[])) WITH ORDINALITY r(p, i)
+             WHERE NOT pg_catalog.has_table_privilege(t.oid, r.p) ORDER BY t.name, r.i)
+FROM (SELECT CAST(:s AS pg_catalog.name) AS name) s LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
+"""
+
+
+# What a run does to its tables: yoyo's marks and log, the checksums' and snapshot's upserts; read-only ones read.
+RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS) -> tuple:
+    """(the schema exists, the user has USAGE on it, the user, what others planted among its bookkeeping,
+    [table, right] of `rights` the user lacks on the tables present)."""
+    from migrator.schema.queries import BOOKKEEPING_TABLES
+
+    return backend.execute(PLANTED, {"s": schema, "tables": list(BOOKKEEPING_TABLES), "rights": list(rights)}).fetchone()
+
+
+def check_rights(state, schema: str, where: str) -> None:
+    """Rights missing on tables that exist: one line naming them and the GRANT (not a permission error later)."""
+    lacking: dict[str, list[str]] = {}
+    for table, right in state[4]:
+        lacking.setdefault(table, []).append(right)
+    if lacking:
+        what = "; ".join(f"{', '.join(rights)} on {schema}.{table}" for table, rights in lacking.items())
+        needed = sorted({r for rights in lacking.values() for r in rights}, key=RIGHTS.index)
+        raise MigratorError(f"user {state[2]} lacks {what} on {where} (the runner's bookkeeping); run GRANT "
+                            f"{', '.join(needed)} ON {', '.join(f'{schema}.{t}' for t in lacking)} TO {state[2]}, "
+                            "or connect as the tables' owner")
+
+
+def planted_list(schema: str, planted: list[str]) -> str:
+    return "; ".join(f"{schema}.{what}" for what in planted)
+
+
+def planted_error(schema: str, user: str, planted: list[str], where: str) -> str:
+    """The one line refusing a history others can make run code as the migration role."""
+    return (f"refusing the migration history in schema {schema} on {where}: {planted_list(schema, planted[:3])}"
+            f"{f' (and {len(planted) - 3} more)' if len(planted) > 3 else ''}; it would run as user {user}; "
+            f"a role with CREATE on schema {schema} planted it, or it was made by hand: inspect it, drop what is "
+            f"not the runner's (as a superuser or the schema's owner), and grant other roles USAGE only on {schema}")
+
+
+def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = True) -> tuple:
+    """The bookkeeping_state of `schema`; with `refuse`, a MigratorError when others planted objects there or
+    the user lacks rights on a table present (`SELECT` to read; SELECT, INSERT, UPDATE, DELETE to write)."""
+    state = bookkeeping_state(backend, schema, ("SELECT",) if read_only else RIGHTS)
+    if refuse and state[3]:
+        raise MigratorError(planted_error(schema, state[2], state[3], where), USAGE)
+    if refuse and state[1]:  # (without USAGE on the schema, that is said first)
+        check_rights(state, schema, where)
+    return state

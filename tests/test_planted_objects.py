@@ -1,0 +1,214 @@
+"""Objects other roles planted never run as the migration role (issue 23, finding 2), on the real PostgreSQL.
+
+A low-privileged role with CREATE on a schema the runner migrates (a tenant's, or public where PUBLIC may
+CREATE, the default before PostgreSQL 15) plants (a) an `=` on varchar, which beats pg_catalog's text = text
+for an unqualified comparison, and (b) a bookkeeping table of its own with a trigger. Each planted function
+records the role it ran as in a table: it must stay empty whatever the runner does.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from conftest import add_migration, one_error_line
+
+
+@pytest.fixture
+def low(db):
+    """A login role with nothing of its own; dropped (with what it made) after the test."""
+    name = "low_" + uuid.uuid4().hex[:8]
+    db.query(f"CREATE ROLE {name} LOGIN")
+    yield name
+    db.query(f"DROP OWNED BY {name} CASCADE")
+    db.query(f"DROP ROLE {name}")
+
+
+def writable_by(db, schema: str, role: str) -> None:
+    """The grant the finding is about: another role may CREATE in the schema the runner migrates."""
+    if schema == "public":
+        db.query("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    else:
+        db.query(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        db.query(f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}")
+
+
+def hits_table(schema: str, role: str) -> str:
+    return (f"SET ROLE {role}; CREATE TABLE {schema}.planted_hits (who text); "
+            f"GRANT INSERT, SELECT ON {schema}.planted_hits TO PUBLIC; RESET ROLE")
+
+
+def plant_operators(db, schema: str, role: str) -> None:
+    """`=` on (varchar, varchar) and (varchar, text): exact matches for the bookkeeping's varchar columns."""
+    db.query(hits_table(schema, role) + f"""; SET ROLE {role};
+        CREATE FUNCTION {schema}.planted_eq(varchar, varchar) RETURNS boolean LANGUAGE sql VOLATILE AS $$
+            INSERT INTO {schema}.planted_hits VALUES (current_user);
+            SELECT $1::text OPERATOR(pg_catalog.=) $2::text $$;
+        CREATE FUNCTION {schema}.planted_eq(varchar, text) RETURNS boolean LANGUAGE sql VOLATILE AS $$
+            INSERT INTO {schema}.planted_hits VALUES (current_user);
+            SELECT $1::text OPERATOR(pg_catalog.=) $2 $$;
+        CREATE OPERATOR {schema}.= (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = {schema}.planted_eq);
+        CREATE OPERATOR {schema}.= (LEFTARG = varchar, RIGHTARG = text, FUNCTION = {schema}.planted_eq);
+        RESET ROLE""")
+
+
+def plant_table(db, schema: str, role: str, table: str = "_hcm_migration_checksum") -> None:
+    """The runner's table made first by the low role, with a BEFORE INSERT trigger recording who inserts."""
+    db.query(hits_table(schema, role) + f"""; SET ROLE {role};
+        CREATE TABLE {schema}.{table} (migration_id VARCHAR(255) PRIMARY KEY, sha256 CHAR(64) NOT NULL,
+                                       recorded_at TIMESTAMP NOT NULL DEFAULT now());
+        GRANT ALL ON {schema}.{table} TO PUBLIC;
+        CREATE FUNCTION {schema}.planted_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN INSERT INTO {schema}.planted_hits VALUES (current_user); RETURN NEW; END $$;
+        CREATE TRIGGER planted BEFORE INSERT ON {schema}.{table}
+            FOR EACH ROW EXECUTE FUNCTION {schema}.planted_trigger();
+        RESET ROLE""")
+
+
+def refusal(result) -> str:
+    """The one line that refuses (a tenant's run reports it as its schema's failure, then sums up)."""
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if "refusing the migration history" in line]
+    assert lines, result.output
+    return lines[0]
+
+
+def hits(db, schema: str) -> list[tuple]:
+    return db.query(f"SELECT who FROM {schema}.planted_hits")
+
+
+def schema_args(schema: str) -> list[str]:
+    return [] if schema == "public" else ["--schema", schema]
+
+
+def two_files(sql_dir) -> None:
+    """A transactional file and a non-transactional one (its progress goes through the failures table)."""
+    add_migration(sql_dir, "0002_one", "CREATE TABLE one (id int);\n", "DROP TABLE one;\n")
+    add_migration(sql_dir, "0003_two", "-- transactional: false\nCREATE TABLE two (id int);\n",
+                  "-- transactional: false\nDROP TABLE two;\n")
+
+
+@pytest.mark.parametrize("schema", ["pb", "public"])
+def test_a_planted_operator_is_never_called_by_the_runners_own_statements(cli, db, sql_dir, low, schema):
+    writable_by(db, schema, low)
+    args = ["--sql-dir", sql_dir, *schema_args(schema)]
+    assert cli("migrate", *args, env=db.db_env()).exit_code == 0
+    plant_operators(db, schema, low)
+    # the trap works: an unqualified varchar comparison in that schema calls it
+    db.query(f"SET search_path = {schema}; SELECT 1 FROM {schema}._yoyo_migration WHERE migration_id = 'x'")
+    assert hits(db, schema) == [("postgres",)]
+    db.query(f"DELETE FROM {schema}.planted_hits")
+
+    two_files(sql_dir)
+    for command in (["status"], ["migrate"], ["sql", "rollback", "--count", "2"], ["migrate"], ["sql", "rollback"],
+                    ["sql", "mark", "0003_two"], ["status"]):
+        result = cli(*command, *args, env=db.db_env())
+        assert result.exit_code == 0, (command, result.output)
+        assert hits(db, schema) == [], f"{' '.join(command)} called the planted operator"
+    assert [r[0] for r in db.query(f"SELECT migration_id FROM {schema}._yoyo_migration ORDER BY 1")] == [
+        "0001_create_hcm_report_metadata", "0002_one", "0003_two"]
+
+
+@pytest.mark.parametrize("schema", ["pc", "public"])
+def test_a_planted_bookkeeping_table_is_refused_and_doctor_fails_naming_it(cli, db, sql_dir, low, schema):
+    writable_by(db, schema, low)
+    plant_table(db, schema, low)
+    args = ["--sql-dir", sql_dir, *schema_args(schema)]
+    result = cli("migrate", *args, env=db.db_env())
+    line = refusal(result)
+    assert f"refusing the migration history in schema {schema}" in line, line
+    assert f"{schema}._hcm_migration_checksum is owned by role {low}" in line, line
+    assert "has trigger planted" in line and "it would run as user postgres" in line, line
+    assert hits(db, schema) == []
+    assert db.query("SELECT to_regclass(%s)", (f"{schema}.hcm_report_metadata",)) == [(None,)], "nothing ran"
+
+    for command in (["status"], ["sql", "rollback"]):
+        refused = cli(*command, *args, env=db.db_env())
+        assert f"{schema}._hcm_migration_checksum is owned by role {low}" in refusal(refused)
+    doctor = cli("doctor", *args, env=db.db_env())
+    assert doctor.exit_code == 1, doctor.output
+    [fail] = [line for line in doctor.stdout.splitlines() if line.startswith("FAIL  postgres bookkeeping")]
+    assert f"{schema}._hcm_migration_checksum is owned by role {low}" in fail, fail
+    assert "has trigger planted" in fail and "ready" not in doctor.stdout.splitlines()[-1]
+    assert hits(db, schema) == []
+
+
+def test_a_planted_yoyo_table_is_refused_too(cli, db, sql_dir, low):
+    writable_by(db, "pd", low)
+    db.query(f"SET ROLE {low}; CREATE TABLE pd._yoyo_migration (migration_hash VARCHAR(64) PRIMARY KEY, "
+             "migration_id VARCHAR(255), applied_at_utc TIMESTAMP); RESET ROLE")
+    line = refusal(cli("migrate", "--sql-dir", sql_dir, "--schema", "pd", env=db.db_env()))
+    assert f"pd._yoyo_migration is owned by role {low}" in line, line
+
+
+def test_a_trigger_on_the_runners_own_table_is_refused(cli, db, sql_dir):
+    """Owned by the migration role, but with a trigger: the runner's tables have none, so it is refused."""
+    assert cli("migrate", "--sql-dir", sql_dir, "--schema", "pe", "--create-schemas", env=db.db_env()).exit_code == 0
+    db.query("CREATE FUNCTION pe.f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; "
+             "CREATE TRIGGER t BEFORE DELETE ON pe._yoyo_migration FOR EACH ROW EXECUTE FUNCTION pe.f()")
+    line = refusal(cli("sql", "rollback", "--sql-dir", sql_dir, "--schema", "pe", env=db.db_env()))
+    assert "pe._yoyo_migration has trigger t" in line, line
+    assert db.query("SELECT count(*) FROM pe._yoyo_migration") == [(1,)]
+
+
+def test_a_member_roles_table_is_accepted(cli, db, sql_dir, low):
+    """Owned by a role the migration role is a member of: that is the migration role's own."""
+    writable_by(db, "pf", low)
+    migrator = "mig_" + uuid.uuid4().hex[:8]
+    db.query(f"CREATE ROLE {migrator} LOGIN IN ROLE {low}; GRANT CREATE ON DATABASE {db.name} TO {migrator}")
+    try:
+        db.query(f"SET ROLE {low}; CREATE TABLE pf._hcm_migration_checksum (migration_id VARCHAR(255) PRIMARY KEY, "
+                 "sha256 CHAR(64) NOT NULL, recorded_at TIMESTAMP NOT NULL DEFAULT now()); RESET ROLE")
+        result = cli("migrate", "--sql-dir", sql_dir, "--schema", "pf", env={**db.db_env(), "DB_USER": migrator})
+        assert result.exit_code == 0, result.output
+        assert db.query("SELECT count(*) FROM pf._hcm_migration_checksum") == [(1,)]
+    finally:
+        db.query(f"DROP OWNED BY {migrator} CASCADE; DROP ROLE {migrator}")
+
+
+# --- low: no rights on the bookkeeping is one line naming table, privilege and the GRANT ---------------------
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["status"]])
+def test_no_rights_on_a_bookkeeping_table_is_one_line_with_the_grant(cli, db, sql_dir, low, command):
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
+    db.query(f"GRANT USAGE, CREATE ON SCHEMA public TO {low}; "
+             f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {low}; "
+             f"REVOKE ALL ON public._yoyo_migration FROM {low}; REVOKE DELETE ON public.yoyo_lock FROM {low}")
+    result = cli(*command, "--sql-dir", sql_dir, env={**db.db_env(), "DB_USER": low})
+    line = one_error_line(result)
+    assert "unexpected" not in result.output, result.output
+    if command == ["migrate"]:
+        assert f"user {low} lacks SELECT, INSERT, UPDATE, DELETE on public._yoyo_migration; DELETE on public.yoyo_lock" in line
+        assert f"run GRANT SELECT, INSERT, UPDATE, DELETE ON public._yoyo_migration, public.yoyo_lock TO {low}" in line
+    else:  # reading needs SELECT alone
+        assert f"user {low} lacks SELECT on public._yoyo_migration" in line and "yoyo_lock" not in line, line
+        assert f"run GRANT SELECT ON public._yoyo_migration TO {low}" in line, line
+
+
+# --- low: a forged application_name does not make a session the named runner -----------------------------
+
+
+def test_a_forged_lock_holder_is_named_as_the_server_knows_it(cli, db, sql_dir, low):
+    import psycopg2
+
+    from migrator.pg_lock import LOCK_KEY
+
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
+    forger = psycopg2.connect(dbname=db.name, user=low, host=db.server.host, port=db.server.port,
+                              application_name="hcm-db-migrations victimhost:4242")
+    forger.autocommit = True
+    try:
+        forger.cursor().execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        pid = forger.info.backend_pid
+        for command in (["migrate", "--lock-timeout", "0.3"], ["sql", "break-lock"]):
+            line = one_error_line(cli(*command, "--sql-dir", sql_dir, env=db.db_env()))
+            assert f"held by an unverified session (server pid {pid}, user {low}" in line, line
+            assert "held by host victimhost" not in line, line
+        # the same name with a runner's lock row written after that session connected: that runner, named
+        db.query("INSERT INTO public.yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC', 4242)")
+        line = one_error_line(cli("migrate", "--lock-timeout", "0.3", "--sql-dir", sql_dir, env=db.db_env()))
+        assert "held by host victimhost pid 4242 since" in line, line
+    finally:
+        forger.close()
