@@ -30,6 +30,7 @@ class CommandSettings:
     lock_timeout: float = LOCK_TIMEOUT
     ddl_lock_timeout: str | None = None
     statement_timeout: str | None = None
+    lock_retry_budget: str | None = None
     note: Sink = output.note  # context lines (stderr)
     echo: Sink = output.result  # progress lines as they happen (stdout)
     show: Callable[[object], None] = output.report  # a finished report (a part of one, e.g. migrate's SQL part)
@@ -42,7 +43,7 @@ class CommandSettings:
     described: object = None  # a tenant's schema as read at the start of the run (tenants.run): drift's fast path
 
     def limits(self) -> DdlLimits:
-        return resolve_ddl_limits(self.ddl_lock_timeout, self.statement_timeout, self.env)
+        return resolve_ddl_limits(self.ddl_lock_timeout, self.statement_timeout, self.env, self.lock_retry_budget)
 
     def mongo_target(self, required: bool = False) -> MongoTarget | None:
         """The Mongo target (its notes said), or None when nothing is configured (an error if required)."""
