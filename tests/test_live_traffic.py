@@ -167,7 +167,7 @@ def snapshot_holder(db):
     """A REPEATABLE READ transaction that has taken its snapshot (a pg_dump, a long report)."""
     conn = connect(db, application_name="nightly-dump")
     conn.set_session(isolation_level="REPEATABLE READ")
-    conn.cursor().execute("SELECT count(*) FROM pg_class")
+    conn.cursor().execute("SELECT count(*) FROM pg_class /* card 4111-1111 */")
     return conn
 
 
@@ -177,6 +177,20 @@ def writer_holder(db):
     conn.cursor().execute("INSERT INTO hcm_report_metadata (dag_run_id, dag_name, campaign_number, report_name, "
                           "trigger_frequency, trigger_date, filestore_id) VALUES ('r', 'd', 'c', 'n', 'f', now(), 'x')")
     return conn
+
+
+def slow_rows(db):
+    """Rows whose key takes 0.5 s each to compute, so the build's table scan lasts seconds (nothing held)."""
+    db.query("INSERT INTO hcm_report_metadata (dag_run_id, dag_name, campaign_number, report_name, trigger_frequency, "
+             "trigger_date, filestore_id, tenant_id) SELECT 'r', 'd', 'c', 'n', 'f', now(), 'x' || g, 't' || g "
+             "FROM generate_series(1, 6) g")
+    return connect(db, application_name="idle")
+
+
+# The scan phase's build: an index on a key that is slow to compute (the function from a migration of its own).
+SLOW_KEY = ("CREATE FUNCTION slow_key(text) RETURNS text IMMUTABLE LANGUAGE plpgsql "
+            "AS $$BEGIN PERFORM pg_sleep(0.5); RETURN $1; END$$;\n")
+SLOW_BUILD = BUILD.replace("(tenant_id)", "(slow_key(tenant_id))")
 
 
 def wait_for_phase(db, phase, process=None, timeout=30):
@@ -191,23 +205,33 @@ def wait_for_phase(db, phase, process=None, timeout=30):
 def test_a_concurrent_build_waiting_for_an_old_snapshot_is_not_cancelled_by_lock_timeout(cli, db, sql_dir, seeded):
     add_migration(sql_dir, "0002_tenant_index", BUILD)
     holder = snapshot_holder(db)
-    threading.Timer(2.5, holder.commit).start()
+    pid = holder.info.backend_pid
+    threading.Timer(5, holder.commit).start()
     try:
         result = cli("migrate", "--ddl-lock-timeout", "200ms", "--sql-dir", sql_dir, env=seeded)
     finally:
         holder.close()
     assert result.exit_code == 0, result.output
     assert index_state(db) == [(True,)] and applied(db) == [SEED, "0002_tenant_index"]
+    # the progress line names the phase and whose transaction the build waits for (never its SQL)
+    assert "CREATE INDEX CONCURRENTLY on hcm_report_metadata waiting for old snapshots" in result.stderr
+    assert f"now the transaction of pid {pid} (application_name nightly-dump" in result.stderr
+    assert "4111" not in result.output
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-@pytest.mark.parametrize("phase,hold", [("waiting for writers before build", writer_holder),
-                                        ("waiting for old snapshots", snapshot_holder)],
-                         ids=["writers", "snapshots"])
+@pytest.mark.parametrize("phase,hold,build", [("waiting for writers before build", writer_holder, BUILD),
+                                              ("building index: scanning table", slow_rows, SLOW_BUILD),
+                                              ("waiting for old snapshots", snapshot_holder, BUILD)],
+                         ids=["writers", "scan", "snapshots"])
 def test_a_runner_stopped_during_a_concurrent_build_is_finished_by_the_rerun(cli, db, sql_dir, seeded, signum,
-                                                                              phase, hold):
-    add_migration(sql_dir, "0002_tenant_index", BUILD)
+                                                                              phase, hold, build):
+    if build is SLOW_BUILD:
+        add_migration(sql_dir, "0002_slow_key", SLOW_KEY)
+        assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    before = applied(db)
+    add_migration(sql_dir, "0003_tenant_index", build)
     holder = hold(db)
     try:
         runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
@@ -221,14 +245,14 @@ def test_a_runner_stopped_during_a_concurrent_build_is_finished_by_the_rerun(cli
     finally:
         holder.rollback()
         holder.close()
-    assert index_state(db) == [(False,)] and applied(db) == [SEED]  # the interrupted try's leftover
+    assert index_state(db) == [(False,)] and applied(db) == before  # the interrupted try's leftover
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code != 0
 
     rerun = cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded) if signum == signal.SIGTERM else \
         cli("migrate", "--sql-dir", sql_dir, env=seeded)
     assert rerun.exit_code == 0, rerun.output
     assert f"dropped INVALID index public.{INDEX}, left by an earlier try of this migration" in rerun.stderr
-    assert index_state(db) == [(True,)] and applied(db) == [SEED, "0002_tenant_index"]
+    assert index_state(db) == [(True,)] and applied(db) == [*before, "0003_tenant_index"]
     status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
     assert status.exit_code == 0, status.output  # no INVALID index, and the index is not drift
     assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded).exit_code == 0

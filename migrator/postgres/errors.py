@@ -3,11 +3,11 @@ exactly what was committed."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from migrator import output
 from migrator.errors import MigratorError
+from migrator.postgres import concurrently
 
 HINTS = {
     "55P03": "it waited longer than lock_timeout for a lock that other sessions hold: "
@@ -17,10 +17,6 @@ HINTS = {
     "53200": "the file takes more locks than max_locks_per_transaction allows: raise it on the server, "
              "or split the file",
 }
-
-
-# Only a failed CREATE/REINDEX ... CONCURRENTLY leaves an INVALID index behind.
-BUILDS_CONCURRENTLY = re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b)[^;]*\bconcurrently\b", re.IGNORECASE)
 
 
 class StatementFailed(Exception):
@@ -51,7 +47,7 @@ class StatementFailed(Exception):
         if self.opened is not None:
             done += (f"; statements {self.opened + 1}-{self.index + 1} ran inside the transaction the file opened "
                      f"at line {self.statements[self.opened].line}, which rolled back")
-        if BUILDS_CONCURRENTLY.match(self.statement.text):
+        if concurrently.is_concurrent(self.statement.text):  # only a failed one leaves an INVALID index behind
             done += "; a failed CONCURRENTLY build leaves an INVALID index, which `runner.py status` shows"
         return done
 

@@ -132,7 +132,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     skip = frozenset()
     if not transactional:
         skip = concurrently.prepare(connection, statements, path, migration.earlier_failure)
-    probe = retry.Probe(retry.probe_params(backend), connection.info.backend_pid) if policy.budget else None
+    probe = retry.Probe(retry.probe_params(backend), connection.info.backend_pid) if policy.per_try else None
     backoff = retry.Backoff(policy)
     start = done = 0
     try:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import random
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 from migrator import interrupt, output
 from migrator.settings import duration_seconds
@@ -119,72 +121,58 @@ ORDER BY p.pid
 
 class Probe:
     """Who blocks the migration session's running statement, asked from a second (read-only) connection every
-    PROBE_EVERY seconds while the statement runs; `seen` is the last answer that named someone. The connection
-    is opened only when a statement runs longer than PROBE_AFTER; if it cannot be, retries go on unnamed."""
+    PROBE_EVERY seconds while a statement has run longer than PROBE_AFTER; `seen` is the last answer that named
+    someone. A statement only stamps when it started (no cost per statement); the connection is opened the first
+    time one runs long enough. If it cannot be, the retries go on without naming the blocker."""
 
     def __init__(self, params: dict | None, pid: int):
         self.params, self.pid = params, pid
         self.seen: list[Blocker] = []
-        self._running = threading.Event()
+        self._since: float | None = None  # when the running statement started; None: none runs
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn = None
-        self._broken = params is None
 
-    def statement(self) -> "_Running":
+    @contextmanager
+    def statement(self) -> Iterator[None]:
         """Around one statement: the probe asks while it runs."""
-        return _Running(self)
+        self.seen, self._since = [], time.monotonic()
+        if self._thread is None and self.params is not None:
+            self._thread = threading.Thread(target=self._run, name="lock-probe", daemon=True)
+            self._thread.start()
+        try:
+            yield
+        finally:
+            self._since = None
 
     def close(self) -> None:
         self._stop.set()
-        self._running.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._conn is not None:
             self._conn.close()
 
-    def _start(self) -> None:
-        if self._thread is None and not self._broken:
-            self._thread = threading.Thread(target=self._run, name="lock-probe", daemon=True)
-            self._thread.start()
-        self.seen = []
-        self._running.set()
-
     def _run(self) -> None:
         import psycopg2
 
-        while not self._stop.is_set():
-            self._running.wait()
-            started = time.monotonic()
-            if self._stop.wait(PROBE_AFTER) or not self._running.is_set():
+        while not self._stop.wait(PROBE_EVERY):
+            since = self._since
+            running = time.monotonic() - since if since is not None else 0.0
+            # a lock is mostly asked for as a statement starts; later on, ask once a second
+            if running < PROBE_AFTER or (running > 5 and int(running * 10) % 10):
                 continue
             try:
                 if self._conn is None:
                     self._conn = psycopg2.connect(**{**self.params, "application_name": PROBE_NAME})
                     self._conn.autocommit = True
-                while self._running.is_set() and not self._stop.is_set():
-                    with self._conn.cursor() as cur:
-                        cur.execute(BLOCKERS, {"pid": self.pid})
-                        found = [Blocker(pid, app, user, state, float(age or 0), wanted)
-                                 for pid, app, user, state, age, wanted in cur.fetchall()]
-                    if found and self._running.is_set():
-                        self.seen = found
-                    # a lock is mostly asked for at the start; later, ask less often
-                    self._stop.wait(PROBE_EVERY if time.monotonic() - started < 5 else 1.0)
+                with self._conn.cursor() as cur:
+                    cur.execute(BLOCKERS, {"pid": self.pid})
+                    found = [Blocker(pid, app, user, state, float(age or 0), wanted)
+                             for pid, app, user, state, age, wanted in cur.fetchall()]
             except psycopg2.Error:
-                self._broken = True  # the retries go on; their lines cannot name the blocker
-                return
-
-
-class _Running:
-    def __init__(self, probe: Probe):
-        self.probe = probe
-
-    def __enter__(self):
-        self.probe._start()
-
-    def __exit__(self, *_exc):
-        self.probe._running.clear()
+                return  # the retries go on; their lines cannot name the blocker
+            if found and self._since == since:  # still the statement it asked about
+                self.seen = found
 
 
 def probe_params(backend) -> dict | None:
