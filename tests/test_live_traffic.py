@@ -299,3 +299,18 @@ def test_if_not_exists_over_an_invalid_index_is_not_recorded_as_applied(cli, db,
     assert rerun.exit_code == 0, rerun.output
     assert index_state(db) == [(True,)] and applied(db) == [SEED, "0002_tenant_index"]
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def test_a_block_the_file_opens_itself_is_retried_from_its_begin(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_steps", "-- transactional: false\nCREATE TABLE t_one (id int);\nBEGIN;\n"
+                  "CREATE TABLE t_in_block (id int);\nALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n"
+                  "COMMIT;\n")
+    conn, pid = blocker(db, hold=2)
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        conn.close()
+    # the block's CREATE TABLE rolled back with it and ran again: had it not, the retry would fail on it
+    assert result.exit_code == 0, result.output
+    assert "0002_steps.sql:5: lock not granted" in result.stderr
+    assert {"t_one", "t_in_block"} <= db.tables() and applied(db) == [SEED, "0002_steps"]

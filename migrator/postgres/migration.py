@@ -99,8 +99,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                 if not hasattr(exc, "pgcode"):
                     raise
                 in_block = not transactional and connection.info.transaction_status != IDLE
-                if in_block:
-                    connection.rollback()
+                if in_block:  # (connection.rollback() sends nothing on yoyo's autocommit connection)
+                    cursor.execute("ROLLBACK")
                 raise StatementFailed(exc, path, statements, index, transactional, done,
                                       opened if in_block else None) from exc
             if not transactional:
