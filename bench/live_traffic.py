@@ -141,6 +141,7 @@ def run_load(admin, db: str, work: Path, with_migrate: bool, sql_dir: Path) -> t
     out, err = pgbench.communicate()
     for thread in blockers:
         thread.join()
+    migrate["load"] = os.getloadavg()[0]  # the machine's own load: the baseline's noise
     return parse(out, err, logs), migrate
 
 
@@ -189,7 +190,7 @@ def case(admin) -> tuple[str, bool]:
             shutil.copytree(ROOT / "sql", dirs[db])
             prepare(admin, db, dirs[db])
         print(f"live-traffic: {ROWS} rows in each database; baseline load ({DURATION} s)...", flush=True)
-        baseline, _ = run_load(admin, base_db, work, False, dirs[base_db])
+        baseline, quiet = run_load(admin, base_db, work, False, dirs[base_db])
         for name, text in STEPS.items():
             (dirs[live_db] / f"{name}.sql").write_text(text)
         print(f"live-traffic: the same load with one migrate ({len(STEPS)} files)...", flush=True)
@@ -221,7 +222,8 @@ def case(admin) -> tuple[str, bool]:
         f"| one `migrate`, defaults | exit {migrate['exit']} in {migrate['seconds']:.1f} s, {len(retries)} lock "
         f"retries | {load.cells()} |",
         "",
-        f"After it: INVALID indexes: {invalid}; `status --exit-code`: {status.returncode}. Goal (0 failed, skipped, "
+        f"Load average (1 min) at the end of each run: {quiet['load']:.1f} and {migrate['load']:.1f}, on "
+        f"{os.cpu_count()} cores. After it: INVALID indexes: {invalid}; `status --exit-code`: {status.returncode}. Goal (0 failed, skipped, "
         f"late; max latency <= {limit:.0f} ms, i.e. max(600 ms, 2x baseline max); exit 0; no INVALID index; status 0): "
         f"**{'met' if met else 'MISSED'}**.",
         "",

@@ -256,7 +256,7 @@ def _limit_lines(settings: CommandSettings) -> list[str]:
     rows = [("lock_timeout", limits.lock_timeout, settings.ddl_lock_timeout, "--ddl-lock-timeout", "DB_LOCK_TIMEOUT",
              "each try's wait for its locks"),
             ("lock retry", limits.lock_retry_budget, settings.lock_retry_budget, "--lock-retry-budget",
-             "DB_LOCK_RETRY_BUDGET", "retries within this budget"),
+             "DB_LOCK_RETRY_BUDGET", "how long a statement blocked by a lock is retried"),
             ("statement_timeout", limits.statement_timeout, settings.statement_timeout, "--statement-timeout",
              "DB_STATEMENT_TIMEOUT", "")]
     lines = []
