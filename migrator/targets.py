@@ -113,7 +113,7 @@ class DdlLimits:
     most lock_timeout for its locks (so it never stalls the application longer), and a try that timed out is
     retried with backoff until lock_retry_budget is spent (postgres/retry.py)."""
 
-    lock_timeout: str = "500ms"
+    lock_timeout: str = "300ms"
     statement_timeout: str = "10min"
     lock_retry_budget: str = "5min"
 

@@ -52,7 +52,7 @@ def test_a_transactional_file_is_retried_whole_until_the_blocker_ends(cli, db, s
     finally:
         conn.close()
     assert result.exit_code == 0, result.output
-    retries = [line for line in result.stderr.splitlines() if "lock not granted within 500 ms" in line]
+    retries = [line for line in result.stderr.splitlines() if "lock not granted within 300 ms" in line]
     assert retries, result.stderr
     assert "0002_add_status.sql:2: lock not granted" in retries[0]
     assert f"blocked by pid {pid} (application report-job, user {db.server.user}, idle in transaction for" in retries[0]
@@ -96,7 +96,7 @@ def test_retries_are_json_events_and_the_limits_are_in_config(cli, db, sql_dir, 
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     retries = [e for e in events if e["event"] == "lock_retry"]
     assert retries and retries[0]["blocked_by"][0]["pid"] == pid
-    assert retries[0]["lock_timeout_s"] == 0.5 and retries[0]["budget_s"] == 300
+    assert retries[0]["lock_timeout_s"] == 0.3 and retries[0]["budget_s"] == 300
     config = cli("config", "--lock-retry-budget", "90s", env={**seeded, "DB_LOCK_TIMEOUT": "250ms"})
     assert "lock_timeout      250ms" in config.stdout and "DB_LOCK_TIMEOUT (environment)" in config.stdout
     assert "lock retry        90s" in config.stdout and "--lock-retry-budget" in config.stdout

@@ -173,7 +173,7 @@ def test_config_with_nothing_configured_names_the_local_database(cli, workdir, t
 
 
 @pytest.mark.parametrize("options, environ, expected", [
-    ({}, {}, ("500ms", "10min", "5min")),
+    ({}, {}, ("300ms", "10min", "5min")),
     ({"lock_timeout": "2s", "budget": "1min"}, {"DB_LOCK_TIMEOUT": "9s", "DB_STATEMENT_TIMEOUT": "1h",
                                                 "DB_LOCK_RETRY_BUDGET": "9min"}, ("2s", "1h", "1min")),
     ({}, {"DB_LOCK_TIMEOUT": "750ms", "DB_STATEMENT_TIMEOUT": "0", "DB_LOCK_RETRY_BUDGET": "0"}, ("750ms", "0", "0")),

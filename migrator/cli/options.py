@@ -34,7 +34,7 @@ QUIET = click.option("--quiet", is_flag=True,
 DDL_LIMITS = [
     click.option("--ddl-lock-timeout", metavar="DURATION",
                  help="lock_timeout of each try of a migration's statement: a try never queues traffic behind its "
-                      "lock longer (else DB_LOCK_TIMEOUT, else 500ms; 0 = wait forever)."),
+                      "lock longer (else DB_LOCK_TIMEOUT, else 300ms; 0 = wait forever)."),
     click.option("--lock-retry-budget", metavar="DURATION",
                  help="Retry a statement whose try timed out on a lock, with backoff, for this long in all (else "
                       "DB_LOCK_RETRY_BUDGET, else 5min; 0 = no retry)."),

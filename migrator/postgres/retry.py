@@ -1,7 +1,7 @@
 """Lock retries: a statement that cannot get its locks within lock_timeout is tried again, with backoff and
 jitter, until the run's lock retry budget is spent.
 
-Each try waits at most lock_timeout (500 ms by default) for its locks, so the application queries that queue
+Each try waits at most lock_timeout (300 ms by default) for its locks, so the application queries that queue
 behind the migration's lock request never wait longer; between tries nothing is requested and the application
 runs. A transactional file is retried as a whole (its transaction rolled back: as if that try never ran), a
 non-transactional one from the statement that failed (or from the BEGIN of a block the file opened itself).
@@ -26,7 +26,7 @@ from migrator.settings import duration_seconds
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
 FIRST_DELAY, MAX_DELAY = 0.5, 10.0  # seconds between tries: doubling, jittered, capped
 PROBE_AFTER = 0.05  # seconds a statement runs before the probe asks who blocks it, then every PROBE_EVERY
-PROBE_EVERY = 0.1
+PROBE_EVERY = 0.05
 PROBE_NAME = "hcm-db-migrations lock probe"
 
 
@@ -159,7 +159,7 @@ class Probe:
             since = self._since
             running = time.monotonic() - since if since is not None else 0.0
             # a lock is mostly asked for as a statement starts; later on, ask once a second
-            if running < PROBE_AFTER or (running > 5 and int(running * 10) % 10):
+            if running < PROBE_AFTER or (running > 5 and int(running / PROBE_EVERY) % int(1 / PROBE_EVERY)):
                 continue
             try:
                 if self._conn is None:
