@@ -314,3 +314,28 @@ def test_a_block_the_file_opens_itself_is_retried_from_its_begin(cli, db, sql_di
     assert result.exit_code == 0, result.output
     assert "0002_steps.sql:5: lock not granted" in result.stderr
     assert {"t_one", "t_in_block"} <= db.tables() and applied(db) == [SEED, "0002_steps"]
+
+
+def test_an_interrupted_reindex_concurrently_leaves_nothing_after_the_rerun(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_tenant_index", BUILD)
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    add_migration(sql_dir, "0003_reindex", f"-- transactional: false\nREINDEX INDEX CONCURRENTLY {INDEX};\n")
+    holder = snapshot_holder(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+        wait_for_phase(db, "waiting for old snapshots", runner)
+        runner.send_signal(signal.SIGTERM)
+        runner.communicate(timeout=30)
+    finally:
+        holder.close()
+    leftovers = db.query("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                         "WHERE NOT i.indisvalid")
+    assert leftovers and leftovers[0][0].startswith(f"{INDEX}_ccnew")  # the interrupted REINDEX's copy
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code != 0
+
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert f"dropped INVALID index public.{leftovers[0][0]}" in rerun.stderr
+    assert db.query("SELECT count(*) FROM pg_index WHERE NOT indisvalid") == [(0,)]
+    assert index_state(db) == [(True,)] and applied(db)[-1] == "0003_reindex"
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0

@@ -6,7 +6,8 @@ behind a migration recorded as applied, and an earlier try's leftover finished w
 - Before a file's build, when an earlier try of this same migration stopped part-way (its failure record): an
   INVALID index of the build's name on its table is that try's leftover, dropped (CONCURRENTLY) so the build
   runs again; a VALID one with the same definition is that try's work, which the server finished after the
-  runner died: the statement is counted as done.
+  runner died: the statement is counted as done. The INVALID copies an interrupted `REINDEX INDEX CONCURRENTLY`
+  leaves beside its index (name_ccnew...) are dropped before it runs again.
 - After the file ran, every index its builds name must be valid, else the migration fails and is not
   recorded (`CREATE INDEX CONCURRENTLY IF NOT EXISTS` skips over an INVALID index without a word).
 """
@@ -23,6 +24,8 @@ _IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
 BUILD = re.compile(
     rf"\s*create\s+(?P<unique>unique\s+)?index\s+concurrently\s+(?:if\s+not\s+exists\s+)?(?P<name>{_IDENT})\s+"
     rf"on\s+(?:only\s+)?(?P<table>{_IDENT}(?:\s*\.\s*{_IDENT})?)(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
+REINDEX = re.compile(rf"\s*reindex\s+(?:\([^)]*\)\s*)?index\s+concurrently\s+(?P<name>{_IDENT}(?:\s*\.\s*{_IDENT})?)\s*;?\s*$",
+                     re.IGNORECASE)
 ANY_CONCURRENT = re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b)[^;]*\bconcurrently\b", re.IGNORECASE)
 
 
@@ -84,13 +87,36 @@ def without_lock_timeout(cursor):
         cursor.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", (saved,))
 
 
+# The INVALID copies an interrupted REINDEX INDEX CONCURRENTLY leaves beside the index (name_ccnew, name_ccnew1...).
+REINDEX_LEFTOVERS = """
+SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
+FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_index o ON o.indexrelid = pg_catalog.to_regclass(%(name)s) AND o.indrelid = i.indrelid
+JOIN pg_catalog.pg_class oc ON oc.oid = o.indexrelid
+WHERE NOT i.indisvalid AND pg_catalog.left(c.relname, pg_catalog.length(oc.relname)) = oc.relname
+  AND pg_catalog.substr(c.relname, pg_catalog.length(oc.relname) + 1) ~ '^_cc(new|old)[0-9]*$'
+"""
+
+
 def prepare(connection, statements, path, earlier_failure: str | None) -> set[int]:
     """Before a non-transactional file runs again after an earlier try stopped part-way: drop its builds'
-    INVALID leftovers; return the statements whose VALID index (same definition) is already there."""
+    INVALID leftovers (a REINDEX's _ccnew copies too); return the statements whose VALID index (same
+    definition) is already there."""
     done: set[int] = set()
     if earlier_failure is None:
         return done
     with connection.cursor() as cursor:
+        for index, statement in enumerate(statements):
+            match = REINDEX.match(statement.text)
+            if not match:
+                continue
+            cursor.execute(REINDEX_LEFTOVERS, {"name": match["name"]})
+            for (leftover,) in cursor.fetchall():
+                with without_lock_timeout(cursor):
+                    cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {leftover}")
+                output.note(f"note: {path}:{statement.line}: dropped INVALID index {leftover}, left by an earlier "
+                            "try of this migration's REINDEX")
         for build in builds(statements):
             found = _find(cursor, build)
             if found is None:
