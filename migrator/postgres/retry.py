@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from migrator import interrupt, output
+from migrator.postgres.watch import lock_mode
 from migrator.settings import duration_seconds
 
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
@@ -209,8 +210,6 @@ def gave_up(exc, blockers: list[Blocker], backoff: Backoff):
 
 def _lock(wanted: str) -> str:
     mode, _, what = wanted.partition(" on ")
-    from migrator.postgres.watch import lock_mode
-
     return f"{lock_mode(mode)} lock on {what}"
 
 
