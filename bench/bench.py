@@ -5,7 +5,8 @@ between machines, ratios measured in one run hold. Databases are created on the 
 PostgreSQL (or BENCH_DATABASE_URL's server, a superuser URL) and dropped afterwards. The goals are
 printed, not asserted in `make test`. Results go to bench/RESULTS.md with the machine's description.
 
-BENCH_RUNS (default 5) sets the runs per case (at least 3).
+BENCH_RUNS (default 5) sets the runs per case (at least 3). `bench/bench.py --only live-traffic` runs the
+deploy-under-load case alone (bench/live_traffic.py), which writes its own section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -116,6 +117,10 @@ def run(cmd: list[str], env: dict[str, str]) -> float:
     if done.returncode != 0:
         raise SystemExit(f"bench: {' '.join(map(str, cmd[:3]))} failed: {done.stderr.strip()[-400:]}")
     return elapsed
+
+
+def runner_env(admin, db: str) -> dict[str, str]:
+    return clean_env(DATABASE_URL=database_url(admin, db))
 
 
 def runner(args: list[str], url: str) -> list[str]:
@@ -411,8 +416,22 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def live_traffic(admin) -> bool:
+    """The live-traffic case (bench/live_traffic.py): its own section of RESULTS.md; True when its goal is met."""
+    import live_traffic as live
+
+    section, met = live.case(admin)
+    print(section)
+    live.write_section(section)
+    return met
+
+
 def main() -> int:
     admin = admin_target()
+    if sys.argv[1:] == ["--only", "live-traffic"]:  # that case alone: its section of RESULTS.md, the rest kept
+        return 0 if live_traffic(admin) else 1
+    if sys.argv[1:]:
+        raise SystemExit("usage: bench/bench.py [--only live-traffic]")
     with tempfile.TemporaryDirectory(prefix="hcm-bench-") as tmp:
         work = Path(tmp)
         rows = [case_noop(admin), case_history(admin, work), case_big_file(admin, work), *case_500(admin, work),
@@ -428,7 +447,7 @@ def main() -> int:
         f"# Benchmark results\n\n`make bench` on {stamp}, medians of alternating runs (BENCH_RUNS={RUNS}).\n\n"
         f"Machine: {described}.\n\n{report}\n\nRatios are what carry between machines; absolute times do not.\n"
     )
-    return 1 if missed else 0
+    return 1 if missed or not live_traffic(admin) else 0
 
 
 if __name__ == "__main__":

@@ -304,12 +304,15 @@ def _from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> PostgresT
 _PG_DURATION = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
 
 
-def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, env: Env) -> DdlLimits:
-    """--ddl-lock-timeout / DB_LOCK_TIMEOUT and --statement-timeout / DB_STATEMENT_TIMEOUT (PostgreSQL units; 0 = off)."""
+def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, env: Env,
+                       lock_retry_budget: str | None = None) -> DdlLimits:
+    """--ddl-lock-timeout / DB_LOCK_TIMEOUT, --statement-timeout / DB_STATEMENT_TIMEOUT and --lock-retry-budget /
+    DB_LOCK_RETRY_BUDGET (PostgreSQL units; 0 = off)."""
     limits = DdlLimits()
     for attr, option, option_name, variable in (
         ("lock_timeout", lock_timeout, "--ddl-lock-timeout", "DB_LOCK_TIMEOUT"),
         ("statement_timeout", statement_timeout, "--statement-timeout", "DB_STATEMENT_TIMEOUT"),
+        ("lock_retry_budget", lock_retry_budget, "--lock-retry-budget", "DB_LOCK_RETRY_BUDGET"),
     ):
         value, origin = (option, option_name) if option else env.get(variable)
         if value is None:
@@ -334,6 +337,16 @@ def resolve_rewrite_threshold(option: int | None, env: Env) -> int:
         raise MigratorError(f"{origin}: {value!r} is not a number of rows; e.g. 10000 (0 refuses on any non-empty "
                             "table)", USAGE)
     return int(value.strip())
+
+
+_UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration_seconds(value: str, default_unit: str = "ms") -> float:
+    """A checked PostgreSQL duration in seconds ('500ms' -> 0.5); a bare number is in `default_unit` (lock_timeout's
+    and statement_timeout's unit is ms)."""
+    number, unit = re.match(r"^(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?$", value.strip()).groups()
+    return float(number) * _UNIT_SECONDS[unit or default_unit]
 
 
 def _apply_tls(target: PostgresTarget, option: str | None, env: Env) -> None:

@@ -111,10 +111,13 @@ class PostgresTarget:
 
 @dataclass
 class DdlLimits:
-    """Set on every migration's session, so DDL stuck behind application traffic fails fast."""
+    """Set on every migration's session, so DDL stuck behind application traffic fails fast: each try waits at
+    most lock_timeout for its locks (so it never stalls the application longer), and a try that timed out is
+    retried with backoff until lock_retry_budget is spent (postgres/retry.py)."""
 
-    lock_timeout: str = "5s"
+    lock_timeout: str = "300ms"
     statement_timeout: str = "10min"
+    lock_retry_budget: str = "5min"
 
 
 @dataclass

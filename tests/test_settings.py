@@ -182,15 +182,17 @@ def test_config_with_nothing_configured_names_the_local_database(cli, workdir, t
 
 
 @pytest.mark.parametrize("options, environ, expected", [
-    ({}, {}, ("5s", "10min")),
-    ({"lock_timeout": "2s"}, {"DB_LOCK_TIMEOUT": "9s", "DB_STATEMENT_TIMEOUT": "1h"}, ("2s", "1h")),
-    ({}, {"DB_LOCK_TIMEOUT": "750ms", "DB_STATEMENT_TIMEOUT": "0"}, ("750ms", "0")),
+    ({}, {}, ("300ms", "10min", "5min")),
+    ({"lock_timeout": "2s", "budget": "1min"}, {"DB_LOCK_TIMEOUT": "9s", "DB_STATEMENT_TIMEOUT": "1h",
+                                                "DB_LOCK_RETRY_BUDGET": "9min"}, ("2s", "1h", "1min")),
+    ({}, {"DB_LOCK_TIMEOUT": "750ms", "DB_STATEMENT_TIMEOUT": "0", "DB_LOCK_RETRY_BUDGET": "0"}, ("750ms", "0", "0")),
 ])
 def test_ddl_limits_options_over_environment_over_defaults(options, environ, expected):
     from migrator.settings import resolve_ddl_limits
 
-    limits = resolve_ddl_limits(options.get("lock_timeout"), options.get("statement_timeout"), Env(environ))
-    assert (limits.lock_timeout, limits.statement_timeout) == expected
+    limits = resolve_ddl_limits(options.get("lock_timeout"), options.get("statement_timeout"), Env(environ),
+                                options.get("budget"))
+    assert (limits.lock_timeout, limits.statement_timeout, limits.lock_retry_budget) == expected
 
 
 def test_a_bad_duration_names_its_setting():

@@ -7,7 +7,8 @@ import functools
 import click
 
 from migrator import output
-from migrator.cli.options import (CREATE_SCHEMAS, LOCK_TIMEOUT, REWRITE_THRESHOLD, SCRATCH_URL, STRICT, ddl_limits,
+from migrator.cli.options import (CREATE_SCHEMAS, LOCK_TIMEOUT, REWRITE_THRESHOLD, SCRATCH_URL, STRICT,
+                                  ddl_limit_options, ddl_limits,
                                   schema_run, settings_options)
 from migrator.commands import deploy, tenants
 from migrator.errors import USAGE, MigratorError
@@ -81,6 +82,7 @@ def status(settings, as_json, exit_code):
 
 @click.command()
 @settings_options(postgres=True, mongo=True, sql_dir=True)
+@ddl_limit_options
 def config(settings):
     """Show the resolved connections and where each setting came from (passwords masked). Connects to nothing."""
     output.report(deploy.config(settings))

@@ -38,8 +38,11 @@ QUIET = click.option("--quiet", is_flag=True,
                           "who holds a lock it waits for).")
 DDL_LIMITS = [
     click.option("--ddl-lock-timeout", metavar="DURATION",
-                 help="lock_timeout of every migration: fail fast instead of queueing traffic behind a lock "
-                      "(else DB_LOCK_TIMEOUT, else 5s; 0 = wait forever)."),
+                 help="lock_timeout of each try of a migration's statement: a try never queues traffic behind its "
+                      "lock longer (else DB_LOCK_TIMEOUT, else 300ms; 0 = wait forever)."),
+    click.option("--lock-retry-budget", metavar="DURATION",
+                 help="Retry a statement whose try timed out on a lock, with backoff, for this long in all (else "
+                      "DB_LOCK_RETRY_BUDGET, else 5min; 0 = no retry)."),
     click.option("--statement-timeout", metavar="DURATION",
                  help="statement_timeout of every migration (else DB_STATEMENT_TIMEOUT, else 10min; 0 = none)."),
 ]
@@ -123,8 +126,15 @@ def schema_run(command):
     return command
 
 
+def ddl_limit_options(command):
+    """The DDL limits alone (`config` shows them)."""
+    for option in reversed(DDL_LIMITS):
+        command = option(command)
+    return command
+
+
 def ddl_limits(command):
-    """--ddl-lock-timeout, --statement-timeout, and --quiet (the commands that run migrations take all three)."""
+    """--ddl-lock-timeout, --lock-retry-budget, --statement-timeout, and --quiet (the commands that run migrations)."""
     for option in reversed([*DDL_LIMITS, QUIET]):
         command = option(command)
     return command
@@ -140,8 +150,8 @@ def _settings(kwargs: dict) -> CommandSettings:
     pg = _take(kwargs, "database_url", "db_host", "db_port", "db_name", "db_user", "pg_secret", "schemas",
                "create_schemas")
     mongo = _take(kwargs, "mongo_url", "mongo_db", "mongo_timeout", "patch_timeout", "mongo_secret")
-    other = _take(kwargs, "sql_dir", "mongo_dir", "lock_timeout", "ddl_lock_timeout", "statement_timeout", "strict",
-                  "fail_fast", "parallel", "quiet", "rewrite_threshold_rows")
+    other = _take(kwargs, "sql_dir", "mongo_dir", "lock_timeout", "ddl_lock_timeout", "statement_timeout",
+                  "lock_retry_budget", "strict", "fail_fast", "parallel", "quiet", "rewrite_threshold_rows")
     settings = CommandSettings(
         postgres=PostgresOptions(
             database_url=pg["database_url"], host=pg["db_host"], port=pg["db_port"], dbname=pg["db_name"],
@@ -153,6 +163,7 @@ def _settings(kwargs: dict) -> CommandSettings:
             timeout=mongo["mongo_timeout"] or MongoOptions.timeout, patch_timeout=mongo["patch_timeout"] or 0.0,
             aws=AwsOptions(mongo["mongo_secret"], aws["profile"], aws["region"])),
         ddl_lock_timeout=other["ddl_lock_timeout"], statement_timeout=other["statement_timeout"],
+        lock_retry_budget=other["lock_retry_budget"],
         strict=bool(other["strict"]), fail_fast=bool(other["fail_fast"]), parallel=other["parallel"] or 1,
         progress=not other["quiet"], rewrite_threshold_rows=other["rewrite_threshold_rows"],
     )

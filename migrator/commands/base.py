@@ -30,6 +30,7 @@ class CommandSettings:
     lock_timeout: float = LOCK_TIMEOUT
     ddl_lock_timeout: str | None = None
     statement_timeout: str | None = None
+    lock_retry_budget: str | None = None
     note: Sink = output.note  # context lines (stderr)
     echo: Sink = output.result  # progress lines as they happen (stdout)
     show: Callable[[object], None] = output.report  # a finished report (a part of one, e.g. migrate's SQL part)
@@ -43,7 +44,7 @@ class CommandSettings:
     rewrite_threshold_rows: int | None = None  # --rewrite-threshold-rows (else REWRITE_THRESHOLD_ROWS, else 10,000)
 
     def limits(self) -> DdlLimits:
-        return resolve_ddl_limits(self.ddl_lock_timeout, self.statement_timeout, self.env)
+        return resolve_ddl_limits(self.ddl_lock_timeout, self.statement_timeout, self.env, self.lock_retry_budget)
 
     def rewrite_threshold(self) -> int:
         return resolve_rewrite_threshold(self.rewrite_threshold_rows, self.env)

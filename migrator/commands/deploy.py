@@ -74,11 +74,15 @@ def _apply_pending(settings: CommandSettings, backend, target, migrations, schem
     if refused:
         raise MigratorError(refused, USAGE)
 
-    with advancing_schema(settings, backend, "migrate", always=schema.recorded is None, before=schema.live) as changed:
+    built: list[str] = []  # indexes the applied files' CONCURRENTLY builds made: the runner's work, even one an
+    # earlier, interrupted try left (already there before this run, so not a change this run made)
+    with advancing_schema(settings, backend, "migrate", always=schema.recorded is None, before=schema.live,
+                          claimed=built) as changed:
         with watching(settings, backend, target):
             for migration, seconds in postgres.apply(backend, target, migrations):
                 applied.append(migration.id)
                 changed.append(migration.id)
+                built.extend(getattr(migration, "built_indexes", []))
                 settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
 
 
@@ -109,7 +113,7 @@ def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool):
 
 @contextlib.contextmanager
 def advancing_schema(settings: CommandSettings, backend, reason: str, *, always: bool = False,
-                     before=None) -> Iterator[list]:
+                     before=None, claimed: list | None = None) -> Iterator[list]:
     """Around the runner's own changes: afterwards (a failure too) the recorded schema moves forward by exactly
     what they changed, so drift found before stays drift and the runner's work never reads as drift. The block
     appends the ids it changed to the list it is given; with none, no failure and not `always`, nothing is recorded
@@ -128,7 +132,7 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
     finally:
         if changed or failed or always:
             try:
-                snapshot.advance(backend.connection, backend.bookkeeping_schema, before, reason)
+                snapshot.advance(backend.connection, backend.bookkeeping_schema, before, reason, claimed or ())
             except Exception as exc:
                 if not failed:
                     raise
@@ -258,6 +262,22 @@ def status(settings: CommandSettings) -> StatusReport:
     return StatusReport(target.display_url, states, invalid, schema, mongo)
 
 
+def _limit_lines(settings: CommandSettings) -> list[str]:
+    """Each try's lock_timeout, the lock retry budget and statement_timeout, with where each came from."""
+    limits = settings.limits()
+    rows = [("lock_timeout", limits.lock_timeout, settings.ddl_lock_timeout, "--ddl-lock-timeout", "DB_LOCK_TIMEOUT",
+             "each try's wait for its locks"),
+            ("lock retry", limits.lock_retry_budget, settings.lock_retry_budget, "--lock-retry-budget",
+             "DB_LOCK_RETRY_BUDGET", "how long a statement blocked by a lock is retried"),
+            ("statement_timeout", limits.statement_timeout, settings.statement_timeout, "--statement-timeout",
+             "DB_STATEMENT_TIMEOUT", "")]
+    lines = []
+    for label, value, option, option_name, variable, what in rows:
+        origin = option_name if option else (settings.env.get(variable)[1] or "default")
+        lines.append(f"  {label:<17} {value:<22} {origin}" + (f" ({what})" if what else ""))
+    return lines
+
+
 def config(settings: CommandSettings) -> Lines:
     """The resolved connections and where each setting came from; connects to nothing."""
     from migrator.settings import resolve_mongo, resolve_postgres
@@ -283,6 +303,7 @@ def config(settings: CommandSettings) -> Lines:
     if target.schemas:
         lines.append(f"  {'schemas':<9} {','.join(target.schemas):<30} {target.sources['schemas']}")
     lines.append(f"  {'sql dir':<9} {settings.sql_dir}")
+    lines += _limit_lines(settings)
     if mongo is None:
         return Lines(lines + ["MongoDB: not configured (set MONGO_URL and MONGO_DB, or MONGO_SECRET_NAME)"])
     lines += mongo.notes

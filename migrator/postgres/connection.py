@@ -157,6 +157,7 @@ def backend_class():
         verified: tuple = ()  # trust.bookkeeping_state of its schema, read once at connect
         failures_table_ready = False
         watcher = None  # a postgres.watch.Watcher following each migration session, when progress is on
+        limits: DdlLimits | None = None  # the run's DDL limits (each try's lock_timeout, the lock retry budget)
 
         foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
 
@@ -311,6 +312,7 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
     url = _connection_url(target, read_only, limits)
     try:
         backend = backend_class()(parse_uri(url), MIGRATION_TABLE)
+        backend.limits = limits
         if refuse_foreign and backend.foreign and (target.schema or not target.schemas):
             backend.connection.close()
             raise MigratorError(foreign_history(backend, target), USAGE)

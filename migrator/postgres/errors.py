@@ -3,24 +3,20 @@ exactly what was committed."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from migrator import output
 from migrator.errors import MigratorError
+from migrator.postgres import concurrently
 
 HINTS = {
     "55P03": "it waited longer than lock_timeout for a lock that other sessions hold: "
-             "run it when traffic is lower, or raise --ddl-lock-timeout",
+             "end the session that holds it, or run again when it has ended (--lock-retry-budget retries longer)",
     "57014": "it ran longer than statement_timeout: raise --statement-timeout, or make the migration cheaper",
     "25001": "put that statement in a migration of its own whose first line is `-- transactional: false`",
     "53200": "the file takes more locks than max_locks_per_transaction allows: raise it on the server, "
              "or split the file",
 }
-
-
-# Only a failed CREATE/REINDEX ... CONCURRENTLY leaves an INVALID index behind.
-BUILDS_CONCURRENTLY = re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b)[^;]*\bconcurrently\b", re.IGNORECASE)
 
 
 class StatementFailed(Exception):
@@ -51,7 +47,7 @@ class StatementFailed(Exception):
         if self.opened is not None:
             done += (f"; statements {self.opened + 1}-{self.index + 1} ran inside the transaction the file opened "
                      f"at line {self.statements[self.opened].line}, which rolled back")
-        if BUILDS_CONCURRENTLY.match(self.statement.text):
+        if concurrently.is_concurrent(self.statement.text):  # only a failed one leaves an INVALID index behind
             done += "; a failed CONCURRENTLY build leaves an INVALID index, which `runner.py status` shows"
         return done
 
@@ -91,7 +87,9 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         committed = "the connection was lost (a server restart, or pg_terminate_backend), so whether it committed " \
                     "is unknown: run `runner.py status`"
         todo = "then run again"
-    if isinstance(exc, StatementFailed) and not exc.transactional and exc.done:
+    if getattr(exc, "todo", None):  # the failure knows better (lock retries spent, an INVALID index)
+        todo = exc.todo
+    elif isinstance(exc, StatementFailed) and not exc.transactional and exc.done:
         guard = "IF EXISTS" if verb == "roll back" else "IF NOT EXISTS"
         todo = (f"`runner.py status` shows this; make the file safe to re-run ({guard}) or undo what committed, "
                 "then run again")

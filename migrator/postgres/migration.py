@@ -9,12 +9,13 @@ builds a single step, so a 20,000-statement file is one transaction without 20,0
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
 from migrator import checksums, interrupt, pg_lock
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import backfill, files
+from migrator.postgres import backfill, concurrently, files, retry
 from migrator.postgres.errors import StatementFailed, progress
 
 
@@ -64,20 +65,35 @@ def plan_text(migration) -> str:
     return files.plan_text(Path(migration.path), migration.use_transactions, getattr(migration, "tenant_schema", None))
 
 
-def run_statements(connection, path: Path, statements, transactional: bool, progress=None, guard=None) -> None:
-    """The file's statements, in order, in the session yoyo gives the migration. In a
-    non-transactional file `progress(done)` is told each time the count of committed statements grows
-    (a BEGIN the file runs itself holds it until its COMMIT). In a tenant's run `guard` (a
-    SearchPathGuard) stops the file at the statement that moved its search_path."""
-    done, opened = 0, None
+def execute(cursor, statement, probe=None, path: Path | None = None) -> None:
+    """One statement of a file, in the migration's session. While it runs, `probe` (retry.Probe) watches who
+    blocks it. A CONCURRENTLY build runs with lock_timeout off (concurrently.py); statement_timeout bounds it.
+    A `-- backfill: batch` statement repeats in committed batches (backfill.py)."""
+    with probe.statement() if probe is not None else contextlib.nullcontext():
+        if isinstance(statement, backfill.Batched):
+            statement.run(cursor.connection, cursor, path)
+        elif concurrently.is_concurrent(statement.text) and cursor.connection.info.transaction_status == IDLE:
+            with concurrently.without_lock_timeout(cursor):
+                cursor.execute(statement.text)
+        else:
+            cursor.execute(statement.text)
+
+
+def run_statements(connection, path: Path, statements, transactional: bool, progress=None, guard=None, *,
+                   start: int = 0, done: int = 0, probe=None, skip=frozenset()) -> None:
+    """The file's statements, in order, in the session yoyo gives the migration (from `start`, the first
+    `done` of them committed: a non-transactional file resumed after a lock retry). In a non-transactional
+    file `progress(done)` is told each time the count of committed statements grows (a BEGIN the file runs
+    itself holds it until its COMMIT). In a tenant's run `guard` (a SearchPathGuard) stops the file at the
+    statement that moved its search_path. Statements in `skip` are counted as done without running."""
+    opened = None
     with connection.cursor() as cursor:
-        for index, statement in enumerate(statements):
+        for index in range(start, len(statements)):
+            statement = statements[index]
             try:
                 with interrupt.live():  # SIGTERM stops the run here, never inside the bookkeeping
-                    if isinstance(statement, backfill.Batched):  # issue 24: `-- backfill: batch` (backfill.py)
-                        statement.run(connection, cursor, path)
-                    else:
-                        cursor.execute(statement.text)
+                    if index not in skip:
+                        execute(cursor, statement, probe, path)
             except interrupt.Interrupted as exc:
                 if exc.before_block and progress:  # it stopped between statements: this one never started
                     progress(done, started=False)
@@ -86,8 +102,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                 if not hasattr(exc, "pgcode"):
                     raise
                 in_block = not transactional and connection.info.transaction_status != IDLE
-                if in_block:
-                    connection.rollback()
+                if in_block:  # (connection.rollback() sends nothing on yoyo's autocommit connection)
+                    cursor.execute("ROLLBACK")
                 raise StatementFailed(exc, path, statements, index, transactional, done,
                                       opened if in_block else None) from exc
             if not transactional:
@@ -107,6 +123,75 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
         connection.rollback()
         raise MigratorError(f"{path}: ends inside a transaction it opened (BEGIN without COMMIT); that transaction "
                             "was rolled back, as psql does at the end of a file; add the COMMIT and run again")
+
+
+def run_retrying(backend, migration, path: Path, statements, transactional: bool, progress=None, guard=None) -> None:
+    """run_statements, with lock retries (retry.py): a try that timed out on a lock is retried after a backoff
+    until the budget is spent; a transactional file as a whole (its transaction rolled back and begun again),
+    a non-transactional one from the statement that failed. One line per retry; the last failure names the
+    blocker. A non-transactional file's CONCURRENTLY builds are prepared and checked (concurrently.py)."""
+    connection = backend.connection
+    policy = retry.Policy.of(getattr(backend.parent, "limits", None))
+    skip = frozenset()
+    if not transactional:
+        skip = concurrently.prepare(connection, statements, path, migration.earlier_failure)
+    probe = retry.Probe(retry.probe_params(backend), connection.info.backend_pid) if policy.per_try else None
+    backoff = retry.Backoff(policy)
+    start = done = 0
+    try:
+        pg_lock.hold_for_shared_ddl(connection, statements, transactional)
+        while True:
+            try:
+                run_statements(connection, path, statements, transactional, progress, guard, start=start, done=done,
+                               probe=probe, skip=skip)
+                break
+            except StatementFailed as exc:
+                if not retry.lock_timed_out(exc) or not policy.per_try:
+                    raise
+                blockers = probe.seen if probe is not None else []
+                delay = backoff.next_delay() if policy.budget else None
+                if delay is None:
+                    raise retry.gave_up(exc, blockers, backoff)
+                retry.say_retry(exc, blockers, backoff, delay)
+                if transactional:  # the whole file again, in a new transaction (as if this try never ran)
+                    with connection.cursor() as cursor:
+                        cursor.execute("ROLLBACK")
+                        cursor.execute("BEGIN")
+                    start = done = 0
+                else:
+                    start, done = (exc.opened if exc.opened is not None else exc.index), exc.done
+                try:
+                    retry.sleep(delay)
+                except interrupt.Interrupted:
+                    if progress:
+                        progress(done, started=False)
+                    raise
+                if transactional:
+                    pg_lock.hold_for_shared_ddl(connection, statements, transactional)
+    finally:
+        if probe is not None:
+            probe.close()
+    if not transactional:
+        invalid = concurrently.invalid_after(connection, statements)
+        if invalid:
+            raise IndexLeftInvalid(invalid, path, statements)
+        migration.built_indexes = concurrently.built(connection, statements)
+
+
+class IndexLeftInvalid(StatementFailed):
+    """A file ran to its end but an index one of its CONCURRENTLY builds names is INVALID: not recorded."""
+
+    def __init__(self, invalid: list[tuple[int, str]], path: Path, statements):
+        index, name = invalid[0]
+        cause = RuntimeError(
+            f"index {name} is INVALID (an earlier failed build that IF NOT EXISTS skipped, or a build that failed "
+            "without an error here), so the migration is not recorded as applied")
+        super().__init__(cause, path, statements, index, False, len(statements), None)
+        self.todo = ("run migrate again: it drops the INVALID index (DROP INDEX CONCURRENTLY) and builds it again; "
+                     "or drop it yourself and run again")
+
+    def committed(self) -> str:
+        return progress(self.statements, self.done, "not recorded as applied")
 
 
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE: no transaction open
@@ -269,8 +354,7 @@ def _migration_class():
                 progress.start()
             # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
             guard = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
-            pg_lock.hold_for_shared_ddl(backend.connection, statements, transactional)
-            run_statements(backend.connection, path, statements, transactional, progress, guard)
+            run_retrying(backend, migration, path, statements, transactional, progress, guard)
             try:
                 migration.record_after_commit = not checksums.record(
                     backend.connection, backend.bookkeeping_schema, migration.id, sha, guard and guard.expected)
@@ -291,6 +375,7 @@ def _migration_class():
             self._rollback_statements = None
             self.earlier_failure: str | None = None  # what an earlier run left (set before it runs)
             self.record_after_commit = False  # it made its transaction read-only: record it afterwards
+            self.built_indexes: list[str] = []  # the indexes its CONCURRENTLY builds made (the runner's, not drift)
 
         @property
         def depends(self):  # yoyo's loads the whole file for this; the header is enough

@@ -46,6 +46,16 @@ ORDER BY b.pid
 """
 
 
+# A CONCURRENTLY build's wait for older transactions: the pid it waits for now (no query text).
+_SNAPSHOT_WAIT = """
+SELECT p.command, p.relid::regclass::text, p.phase, p.lockers_done, p.lockers_total, p.current_locker_pid,
+       b.application_name, b.usename, b.state, extract(epoch FROM clock_timestamp() - b.state_change)
+FROM pg_catalog.pg_stat_progress_create_index p
+LEFT JOIN pg_catalog.pg_stat_activity b ON b.pid = p.current_locker_pid
+WHERE p.pid = %s AND p.phase LIKE 'waiting for%%'
+"""
+
+
 def duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 60:
@@ -180,6 +190,8 @@ class Watcher:
             fields = {"migration": self.label, "pid": pid, "elapsed_s": round(float(elapsed), 1),
                       "statement": statement[:200]}
             text = f"{self.label}: running for {duration(elapsed)}: {statement[:80]}"
+            if wait_type == "Lock" and self._say_snapshot_wait(cur, pid, text, fields):
+                return
             if wait_type == "Lock":
                 self._say_lock_wait(cur, pid, text, fields)
                 return
@@ -225,6 +237,28 @@ class Watcher:
             text += f" -- to end it: SELECT pg_terminate_backend({holders[0]['pid']})"
         fields.update(waiting_for=what, held_by=holders)
         self._say(text, "lock_wait", fields)
+
+    def _say_snapshot_wait(self, cur, pid: int, text: str, fields: dict) -> bool:
+        """A CONCURRENTLY build waiting for older transactions (its 'waiting for ...' phases): which one it waits
+        for now, and whose it is (no query text). It blocks no application query. False: not such a wait."""
+        cur.execute(_SNAPSHOT_WAIT, (pid,))
+        row = cur.fetchone()
+        if row is None:
+            return False
+        command, relation, phase, done, total, locker, app, user, state, age = row
+        text += f"; {command} on {relation} {phase} ({done} of {total} done)"
+        holder = None
+        if locker:
+            holder = {"pid": locker, "application_name": output.scrub(app or ""), "user": user, "state": state,
+                      "state_for_s": round(float(age or 0))}
+            who = (f"pid {locker} (application_name {holder['application_name'] or '(none)'}, user {user}, "
+                   f"{state} for {duration(holder['state_for_s'])})" if state is not None
+                   else f"pid {locker} (another role's session)")
+            text += (f", now the transaction of {who}; the build blocks no application query"
+                     f" -- to end it: SELECT pg_terminate_backend({locker})")
+        fields.update(command=f"{command} on {relation}", phase=phase, waiting_for_pid=locker, held_by=holder)
+        self._say(text, "snapshot_wait", fields)
+        return True
 
     def _live_terminal(self) -> bool:
         import sys

@@ -77,14 +77,14 @@ class StatusReport:
 
     def exit_code(self, gate: bool) -> int:
         """With --exit-code: 3 while an applied file has changed, 5 while the live schema drifted, 1 while
-        migrations are pending; else 0."""
+        migrations are pending or an INVALID index exists; else 0."""
         if not gate:
             return OK
         if self.changed:
             return DRIFT
         if self.schema.drifted:
             return SCHEMA_DRIFT
-        return FAILED if self.pending else OK
+        return FAILED if self.pending or self.invalid_indexes else OK
 
     def to_json(self) -> dict[str, Any]:
         return {

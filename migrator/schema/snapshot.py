@@ -99,19 +99,24 @@ def record(conn, schema: str, reason: str) -> Snapshot:
     return _store(conn, schema, describe(conn, schema), reason)
 
 
-def advance(conn, schema: str, before: Description, reason: str) -> Snapshot:
+def advance(conn, schema: str, before: Description, reason: str, claimed=()) -> Snapshot:
     """Move the recorded description forward by exactly what the runner changed: every object that
     differs between `before` (described just before the runner's change) and now takes its new state;
     every other object stays as recorded, so drift found before (recorded vs `before`) stays drift.
     With nothing recorded yet, the live description is recorded. Call it after each applied or rolled
-    back migration (or once after the loop, on failure too); commits like `record`."""
+    back migration (or once after the loop, on failure too); commits like `record`. `claimed`: names of indexes
+    the runner's migrations built (an earlier, interrupted try's included), taken as they are now."""
     now = describe(conn, schema)
     recorded_before = recorded_description(conn, schema)
     if recorded_before is None:
         return _store(conn, schema, now, reason)
     recorded_before = recorded_before.only(scope(conn))  # what is out of scope now leaves the record
     items = dict(recorded_before.items)
+    claimed = set(claimed)
     for key in before.items.keys() | now.items.keys():
+        if key[0] == "index" and key[1].rsplit(".", 1)[-1].strip('"') in claimed and key in now.items:
+            items[key] = now.items[key]
+            continue
         if before.items.get(key) == now.items.get(key):
             continue
         if key in now.items:

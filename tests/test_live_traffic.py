@@ -1,0 +1,341 @@
+"""Deploying under live traffic, against the real PostgreSQL: lock retries (a blocker that ends during the
+retries, one that outlasts the budget, a non-transactional file resumed, tenants retrying per schema) and
+CONCURRENTLY builds (not cancelled by lock_timeout, an interrupted build finished by the rerun with no human,
+the IF NOT EXISTS trap). Timings are not asserted here: the figures are in bench/ (make bench).
+"""
+
+import signal
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from conftest import SEED, add_migration, applied, one_error_line
+from test_reliability import runner_process
+
+SECRET_QUERY = "SELECT count(*) FROM hcm_report_metadata /* card 4111-1111 */"
+
+
+def connect(db, application_name="report-job", **kwargs):
+    server = db.server
+    return psycopg2.connect(dbname=db.name, user=server.user, password=server.password, host=server.host,
+                            port=server.port, application_name=application_name, **kwargs)
+
+
+def blocker(db, table="hcm_report_metadata", hold=None):
+    """A session holding ACCESS SHARE on `table` in an open transaction (an idle-in-transaction report); closed
+    after `hold` seconds when given. Returns (connection, pid)."""
+    conn = connect(db)
+    conn.cursor().execute(SECRET_QUERY.replace("hcm_report_metadata", table))
+    if hold is not None:
+        threading.Timer(hold, conn.close).start()
+    return conn, conn.info.backend_pid
+
+
+@pytest.fixture
+def seeded(cli, db, sql_dir):
+    env = db.db_env()
+    assert cli("migrate", "--sql-dir", sql_dir, env=env).exit_code == 0
+    return env
+
+
+# --- lock retries ---------------------------------------------------------------------------------
+
+
+def test_a_transactional_file_is_retried_whole_until_the_blocker_ends(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_add_status", "CREATE TABLE t_before (id int);\n"
+                  "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
+    conn, pid = blocker(db, hold=2.5)
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        conn.close()
+    assert result.exit_code == 0, result.output
+    retries = [line for line in result.stderr.splitlines() if "lock not granted within 300 ms" in line]
+    assert retries, result.stderr
+    assert "0002_add_status.sql:2: lock not granted" in retries[0]
+    assert f"blocked by pid {pid} (application report-job, user {db.server.user}, idle in transaction for" in retries[0]
+    assert f"to end it: SELECT pg_terminate_backend({pid})" in retries[0]
+    assert "ACCESS EXCLUSIVE lock on hcm_report_metadata" in retries[0]
+    assert "4111" not in result.output  # the blocker's query text is never shown
+    assert applied(db) == [SEED, "0002_add_status"]
+    assert "t_before" in db.tables()  # its earlier statement ran again in the new transaction, once
+
+
+def test_a_blocker_outlasting_the_budget_ends_in_one_line_naming_it(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
+    conn, pid = blocker(db)
+    try:
+        result = cli("migrate", "--lock-retry-budget", "2s", "--ddl-lock-timeout", "200ms", "--sql-dir", sql_dir,
+                     env=seeded)
+    finally:
+        conn.close()
+    line = one_error_line(result)
+    assert "0002_add_status.sql:1: failed to apply" in line and "lock timeout" in line
+    assert "nothing of it was applied: its transaction rolled back" in line
+    assert "lock retry budget 2 s, each try waiting 200 ms" in line
+    assert f"blocked by pid {pid} (application report-job" in line
+    assert f"SELECT pg_terminate_backend({pid})" in line and "run again once it has ended" in line
+    assert "4111" not in result.output
+    assert applied(db) == [SEED]
+    assert "status" not in {r[0] for r in db.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'hcm_report_metadata'")}
+
+
+def test_retries_are_json_events_and_the_limits_are_in_config(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
+    conn, pid = blocker(db, hold=1.5)
+    try:
+        result = cli("--log-format", "json", "migrate", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        conn.close()
+    import json
+
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    retries = [e for e in events if e["event"] == "lock_retry"]
+    assert retries and retries[0]["blocked_by"][0]["pid"] == pid
+    assert retries[0]["lock_timeout_s"] == 0.3 and retries[0]["budget_s"] == 300
+    config = cli("config", "--lock-retry-budget", "90s", env={**seeded, "DB_LOCK_TIMEOUT": "250ms"})
+    assert "lock_timeout      250ms" in config.stdout and "DB_LOCK_TIMEOUT (environment)" in config.stdout
+    assert "lock retry        90s" in config.stdout and "--lock-retry-budget" in config.stdout
+
+
+def test_a_non_transactional_file_resumes_at_the_statement_that_failed(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_steps", "-- transactional: false\nCREATE TABLE t_one (id int);\n"
+                  "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\nCREATE TABLE t_two (id int);\n")
+    conn, pid = blocker(db, hold=2)
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        conn.close()
+    # had it started over, CREATE TABLE t_one would have failed: it exists (committed before the retry)
+    assert result.exit_code == 0, result.output
+    assert "0002_steps.sql:3: lock not granted" in result.stderr and f"blocked by pid {pid}" in result.stderr
+    assert {"t_one", "t_two"} <= db.tables() and applied(db) == [SEED, "0002_steps"]
+
+
+def test_sigterm_during_the_backoff_stops_at_once(db, sql_dir, cli, seeded):
+    add_migration(sql_dir, "0002_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
+    conn, pid = blocker(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+        deadline = time.monotonic() + 30
+        line = ""
+        while "lock not granted" not in line:  # the first retry line: it is in its backoff now
+            line = runner.stderr.readline()
+            assert line and time.monotonic() < deadline, runner.communicate()
+        runner.send_signal(signal.SIGTERM)
+        out, err = runner.communicate(timeout=15)
+    finally:
+        conn.close()
+    assert runner.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted by SIGTERM" in err and "nothing of it was applied" in err
+    assert applied(db) == [SEED]
+
+
+def test_tenant_schemas_retry_each_on_its_own(cli, db, sql_dir):
+    env = db.db_env()
+    assert cli("migrate", "--schema", "ta", "--schema", "tb", "--create-schemas", "--sql-dir", sql_dir,
+               env=env).exit_code == 0
+    add_migration(sql_dir, "0002_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
+    conn, pid = blocker(db, table="tb.hcm_report_metadata", hold=2)
+    try:
+        result = cli("migrate", "--schema", "ta", "--schema", "tb", "--parallel", "2", "--sql-dir", sql_dir, env=env)
+    finally:
+        conn.close()
+    assert result.exit_code == 0, result.output
+    retries = [line for line in result.stderr.splitlines() if "lock not granted" in line]
+    assert retries and all("[tb] " in line and f"blocked by pid {pid}" in line for line in retries), result.stderr
+    for schema in ("ta", "tb"):
+        assert db.query(f"SELECT count(*) FROM information_schema.columns WHERE table_schema = '{schema}' "
+                        "AND table_name = 'hcm_report_metadata' AND column_name = 'status'") == [(1,)]
+
+
+# --- CONCURRENTLY ---------------------------------------------------------------------------------
+
+INDEX = "idx_hcm_report_tenant"
+BUILD = f"-- transactional: false\nCREATE INDEX CONCURRENTLY {INDEX} ON hcm_report_metadata (tenant_id);\n"
+
+
+def index_state(db):
+    return db.query(f"SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('{INDEX}')")
+
+
+def snapshot_holder(db):
+    """A REPEATABLE READ transaction that has taken its snapshot (a pg_dump, a long report)."""
+    conn = connect(db, application_name="nightly-dump")
+    conn.set_session(isolation_level="REPEATABLE READ")
+    conn.cursor().execute("SELECT count(*) FROM pg_class /* card 4111-1111 */")
+    return conn
+
+
+def writer_holder(db):
+    """A transaction that wrote to the table and has not committed (ROW EXCLUSIVE held)."""
+    conn = connect(db, application_name="app-writer")
+    conn.cursor().execute("INSERT INTO hcm_report_metadata (dag_run_id, dag_name, campaign_number, report_name, "
+                          "trigger_frequency, trigger_date, filestore_id) VALUES ('r', 'd', 'c', 'n', 'f', now(), 'x')")
+    return conn
+
+
+def slow_rows(db):
+    """Rows whose key takes 0.5 s each to compute, so the build's table scan lasts seconds (nothing held)."""
+    db.query("INSERT INTO hcm_report_metadata (dag_run_id, dag_name, campaign_number, report_name, trigger_frequency, "
+             "trigger_date, filestore_id, tenant_id) SELECT 'r', 'd', 'c', 'n', 'f', now(), 'x' || g, 't' || g "
+             "FROM generate_series(1, 6) g")
+    return connect(db, application_name="idle")
+
+
+# The scan phase's build: an index on a key that is slow to compute (the function from a migration of its own).
+SLOW_KEY = ("CREATE FUNCTION slow_key(text) RETURNS text IMMUTABLE LANGUAGE plpgsql "
+            "AS $$BEGIN PERFORM pg_sleep(0.5); RETURN $1; END$$;\n")
+SLOW_BUILD = BUILD.replace("(tenant_id)", "(slow_key(tenant_id))")
+
+
+def wait_for_phase(db, phase, process=None, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not db.query("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database() "
+                       "AND phase = %s", (phase,)):
+        assert time.monotonic() < deadline and (process is None or process.poll() is None), \
+            process.communicate() if process else phase
+        time.sleep(0.05)
+
+
+def test_a_concurrent_build_waiting_for_an_old_snapshot_is_not_cancelled_by_lock_timeout(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_tenant_index", BUILD)
+    holder = snapshot_holder(db)
+    pid = holder.info.backend_pid
+    threading.Timer(5, holder.commit).start()
+    try:
+        result = cli("migrate", "--ddl-lock-timeout", "200ms", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        holder.close()
+    assert result.exit_code == 0, result.output
+    assert index_state(db) == [(True,)] and applied(db) == [SEED, "0002_tenant_index"]
+    # the progress line names the phase and whose transaction the build waits for (never its SQL)
+    assert "CREATE INDEX CONCURRENTLY on hcm_report_metadata waiting for old snapshots" in result.stderr
+    assert f"now the transaction of pid {pid} (application_name nightly-dump" in result.stderr
+    assert "4111" not in result.output
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("phase,hold,build", [("waiting for writers before build", writer_holder, BUILD),
+                                              ("building index: scanning table", slow_rows, SLOW_BUILD),
+                                              ("waiting for old snapshots", snapshot_holder, BUILD)],
+                         ids=["writers", "scan", "snapshots"])
+def test_a_runner_stopped_during_a_concurrent_build_is_finished_by_the_rerun(cli, db, sql_dir, seeded, signum,
+                                                                              phase, hold, build):
+    if build is SLOW_BUILD:
+        add_migration(sql_dir, "0002_slow_key", SLOW_KEY)
+        assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    before = applied(db)
+    add_migration(sql_dir, "0003_tenant_index", build)
+    holder = hold(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+        wait_for_phase(db, phase, runner)
+        runner.send_signal(signum)
+        runner.communicate(timeout=30)
+        deadline = time.monotonic() + 15  # a SIGKILLed client's build is cancelled by the server (2 s check)
+        while db.query("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert index_state(db) == [(False,)] and applied(db) == before  # the interrupted try's leftover
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code != 0
+
+    rerun = cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded) if signum == signal.SIGTERM else \
+        cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert f"dropped INVALID index public.{INDEX}, left by an earlier try of this migration" in rerun.stderr
+    assert index_state(db) == [(True,)] and applied(db) == [*before, "0003_tenant_index"]
+    status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
+    assert status.exit_code == 0, status.output  # no INVALID index, and the index is not drift
+    assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def test_a_build_the_server_finished_after_the_runner_died_counts_as_done(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_tenant_index", BUILD)
+    holder = snapshot_holder(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+        wait_for_phase(db, "waiting for old snapshots", runner)
+        runner.send_signal(signal.SIGKILL)
+        runner.communicate(timeout=30)
+        holder.commit()  # at once: the build ends before the server notices its client is gone
+        deadline = time.monotonic() + 15
+        while db.query("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        holder.close()
+    assert index_state(db) == [(True,)] and applied(db) == [SEED]
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)  # without IF NOT EXISTS: "already exists" before
+    assert rerun.exit_code == 0, rerun.output
+    assert f"index public.{INDEX} is already built and valid" in rerun.stderr
+    assert applied(db) == [SEED, "0002_tenant_index"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def test_if_not_exists_over_an_invalid_index_is_not_recorded_as_applied(cli, db, sql_dir, seeded):
+    # an INVALID index of that name, as an earlier failed build leaves it
+    db.query(f"CREATE INDEX {INDEX} ON hcm_report_metadata (tenant_id); "
+             f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{INDEX}'::regclass")
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code != 0  # unexplained: reported
+    add_migration(sql_dir, "0002_tenant_index", BUILD.replace("CONCURRENTLY", "CONCURRENTLY IF NOT EXISTS"))
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    line = one_error_line(result)
+    assert "0002_tenant_index.sql:2: failed to apply" in line
+    assert f"index public.{INDEX} is INVALID" in line and "not recorded as applied" in line
+    assert "run migrate again: it drops the INVALID index" in line
+    assert applied(db) == [SEED] and index_state(db) == [(False,)]
+
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert index_state(db) == [(True,)] and applied(db) == [SEED, "0002_tenant_index"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def test_a_block_the_file_opens_itself_is_retried_from_its_begin(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_steps", "-- transactional: false\nCREATE TABLE t_one (id int);\nBEGIN;\n"
+                  "CREATE TABLE t_in_block (id int);\nALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n"
+                  "COMMIT;\n")
+    conn, pid = blocker(db, hold=2)
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        conn.close()
+    # the block's CREATE TABLE rolled back with it and ran again: had it not, the retry would fail on it
+    assert result.exit_code == 0, result.output
+    assert "0002_steps.sql:5: lock not granted" in result.stderr
+    assert {"t_one", "t_in_block"} <= db.tables() and applied(db) == [SEED, "0002_steps"]
+
+
+def test_an_interrupted_reindex_concurrently_leaves_nothing_after_the_rerun(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_tenant_index", BUILD)
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    add_migration(sql_dir, "0003_reindex", f"-- transactional: false\nREINDEX INDEX CONCURRENTLY {INDEX};\n")
+    holder = snapshot_holder(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+        wait_for_phase(db, "waiting for old snapshots", runner)
+        runner.send_signal(signal.SIGTERM)
+        runner.communicate(timeout=30)
+    finally:
+        holder.close()
+    leftovers = db.query("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                         "WHERE NOT i.indisvalid")
+    assert leftovers and leftovers[0][0].startswith(f"{INDEX}_ccnew")  # the interrupted REINDEX's copy
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code != 0
+
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert f"dropped INVALID index public.{leftovers[0][0]}" in rerun.stderr
+    assert db.query("SELECT count(*) FROM pg_index WHERE NOT indisvalid") == [(0,)]
+    assert index_state(db) == [(True,)] and applied(db)[-1] == "0003_reindex"
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
