@@ -13,9 +13,19 @@ from migrator.targets import AwsOptions, MongoOptions, PostgresOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+
+
+def _locations(ctx, param, value):
+    from migrator.postgres.flyway import locations  # (imported when used: --help stays fast)
+
+    return locations(value) if value is not None else None
+
+
 SQL_DIR = click.option(
-    "--sql-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "sql", show_default="sql/ beside runner.py",
-    envvar="SQL_DIR", help="Folder of the .sql migrations (else SQL_DIR).")
+    "--sql-dir", default=str(PROJECT_ROOT / "sql"), show_default="sql/ beside runner.py", callback=_locations,
+    envvar=["SQL_DIR", "FLYWAY_LOCATIONS"], metavar="PATH",
+    help="Folder of the .sql migrations, or Flyway locations (filesystem:a,filesystem:b) (else SQL_DIR, else "
+         "FLYWAY_LOCATIONS).")
 MONGO_DIR = click.option(
     "--mongo-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "mongo", show_default="mongo/ beside runner.py",
     envvar="MONGO_DIR", help="Folder of the Mongo patches (else MONGO_DIR).")

@@ -42,6 +42,7 @@ def new(sql_dir: Path, name: str) -> Lines:
 def mark(settings: CommandSettings, ids: list[str]) -> CountedLines:
     """Record migrations as applied without running them (adopting a database by trust; see adopt)."""
     from migrator import postgres
+    from migrator.postgres import flyway, history
 
     migrations = postgres.read_migrations(settings.sql_dir)
     selected = postgres.select_by_id(migrations, ids)
@@ -50,6 +51,8 @@ def mark(settings: CommandSettings, ids: list[str]) -> CountedLines:
         todo = [m for m in selected if m.id not in already]
         schema = check_schema_drift(settings, backend, refuse=False)
         postgres.mark(backend, todo)
+        if flyway.is_flyway(todo):  # Flyway's table too: a failed row of theirs replaced by a success row
+            history.mark(backend, todo)
         if todo:  # not over drift: what changed by hand is shown and accepted only after review (accept-drift)
             record_schema(settings, backend, "mark", schema)
     return CountedLines([f"  {'already applied' if m.id in already else 'marked applied'}: {m.id}" for m in selected],
@@ -59,6 +62,7 @@ def mark(settings: CommandSettings, ids: list[str]) -> CountedLines:
 def accept_changes(settings: CommandSettings, ids: list[str]) -> CountedLines:
     """After review, record the current content of applied migrations as what was applied."""
     from migrator import checksums, postgres
+    from migrator.postgres import flyway, history
 
     migrations = postgres.read_migrations(settings.sql_dir)
     selected = postgres.select_by_id(migrations, ids)
@@ -69,6 +73,8 @@ def accept_changes(settings: CommandSettings, ids: list[str]) -> CountedLines:
             raise MigratorError(f"{', '.join(not_applied)} not applied on {target.where}: nothing to accept "
                                 "(a pending file may change freely)", USAGE)
         changes = checksums.accept(backend, selected)
+        if flyway.is_flyway(selected):  # Flyway's table too (as `flyway repair` realigns checksums)
+            history.accept(backend, selected)
     return CountedLines([f"  accepted {c.id}: sha256 {c.current[:12]} (was {c.recorded[:12] or 'nothing'})"
                          for c in changes], len(changes))
 

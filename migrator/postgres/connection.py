@@ -141,6 +141,8 @@ def backend_class():
         failures_table_ready = False
         watcher = None  # a postgres.watch.Watcher following each migration session, when progress is on
 
+        flyway_table = "flyway_schema_history"  # a Flyway folder's history (SCHEMA_TABLE)
+        out_of_order = True
         foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
 
         def init_connection(self, connection):
@@ -159,6 +161,7 @@ def backend_class():
         def copy(self):
             session = MigrationSession(self.uri, self.migration_table)
             session.bookkeeping_schema = self.bookkeeping_schema
+            session.flyway_table = self.flyway_table
             session.parent = self  # where a non-transactional file's progress is recorded
             if self.watcher is not None:
                 self.watcher.follow(session.connection)
@@ -205,6 +208,7 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
     url = _connection_url(target, read_only, limits)
     try:
         backend = backend_class()(parse_uri(url), MIGRATION_TABLE)
+        backend.flyway_table, backend.out_of_order = target.flyway_table, target.out_of_order
         if refuse_foreign and backend.foreign and (target.schema or not target.schemas):
             backend.connection.close()
             raise MigratorError(foreign_history(backend, target), USAGE)

@@ -10,11 +10,12 @@ builds a single step, so a 20,000-statement file is one transaction without 20,0
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 
 from migrator import checksums, interrupt, pg_lock
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import files
+from migrator.postgres import files, flyway, history
 from migrator.postgres.errors import StatementFailed, progress
 
 
@@ -56,6 +57,8 @@ def is_transactional(migration) -> bool:
 
 
 def rollback_path(migration) -> Path:
+    if flyway.VERSIONED.match(Path(migration.path).name):
+        return flyway.undo_path(Path(migration.path))
     return Path(migration.path).with_name(Path(migration.path).name.replace(".sql", ".rollback.sql"))
 
 
@@ -264,6 +267,7 @@ def _migration_class():
                 progress.start()
             # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
             guard = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
+            started = time.monotonic()
             pg_lock.hold_for_shared_ddl(backend.connection, statements, transactional)
             run_statements(backend.connection, path, statements, transactional, progress, guard)
             try:
@@ -272,6 +276,14 @@ def _migration_class():
             except checksums.SearchPathChanged as exc:
                 raise SearchPathMoved(exc.found, guard.expected, path, statements, len(statements) - 1, transactional,
                                       0 if transactional else len(statements), None, at_end=True)
+            # Flyway's own row too, in the same transaction (TODO: a file that made its transaction read-only)
+            if flyway.parse(Path(migration.path).name) and not migration.record_after_commit:
+                history_path = Path(migration.path)
+                if rollback:
+                    history.forget(backend.connection, backend.bookkeeping_schema, backend.flyway_table, history_path)
+                else:
+                    history.record(backend.connection, backend.bookkeeping_schema, backend.flyway_table, history_path,
+                                   round((time.monotonic() - started) * 1000))
             if guard is not None and transactional:  # still before the commit: raising rolls it all back
                 outside = made_outside(backend.connection, backend.schema)
                 if outside:

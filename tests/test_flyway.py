@@ -1,0 +1,164 @@
+"""Flyway folders as they are (V/U/R files, several locations) and Flyway 10's history table, read and written.
+
+The samples are written here, one per shape seen in the platform's folders: 14-digit timestamps, invalid dates
+used as numbers, 12- and 14-digit versions mixed, dotted versions, descriptions with spaces and `-`.
+The tests against real Flyway 10 (tests/test_flyway_real.py) prove the two interchangeable.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import one_error_line, ok
+from migrator.errors import MigratorError
+from migrator.postgres import flyway
+
+HISTORY = "flyway_schema_history"
+
+
+def write(folder: Path, name: str, sql: str = "SELECT 1;\n") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(sql)
+    return folder / name
+
+
+def rows(db, table: str = HISTORY, schema: str = "public") -> list[tuple]:
+    return db.query(f'SELECT installed_rank, version, description, type, script, checksum, success '
+                    f'FROM "{schema}"."{table}" ORDER BY installed_rank')
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Path:
+    """A service's folder: every naming shape of the platform's, in an order text sorting would get wrong."""
+    folder = tmp_path / "db" / "migration" / "main"
+    write(folder, "V20230101120000__create_plan.sql", "CREATE TABLE plan (id INT PRIMARY KEY, name TEXT);\n")
+    write(folder, "V202301011300__create_facility.sql", "CREATE TABLE facility (id INT PRIMARY KEY);\n")  # 12 digits
+    write(folder, "V20242109141800__add_plan_status.sql", "ALTER TABLE plan ADD COLUMN status TEXT;\n")  # not a date
+    write(folder, "V20242112141500__alter plan_facility_add_column.sql", "ALTER TABLE facility ADD COLUMN plan_id INT;\n")
+    write(folder, "V20242112141501__add-plan-index.sql", "CREATE INDEX plan_name_idx ON plan (name);\n")
+    write(folder, "V20242412090311.1__dotted_version.sql", "ALTER TABLE plan ADD COLUMN dotted INT;\n")
+    write(folder, "U20242412090311.1__dotted_version.sql", "ALTER TABLE plan DROP COLUMN dotted;\n")
+    write(folder, "R__plan_view.sql", "CREATE OR REPLACE VIEW plan_view AS SELECT id, name FROM plan;\n")
+    return folder
+
+
+def test_versions_compare_part_by_part_as_integers():
+    assert flyway.version_key("1.10") > flyway.version_key("1.9")
+    assert flyway.version_key("1_2") == flyway.version_key("1.2")
+    assert flyway.version_key("1.0.0") == flyway.version_key("1")
+    assert flyway.version_key("202301011300") < flyway.version_key("20230101120000")  # 12 before 14 digits
+    assert flyway.version_key("20242412090311.1") > flyway.version_key("20242412090311")
+
+
+def test_a_service_folder_is_read_in_flyways_order(service):
+    names = [p.name for p in flyway.check_names(service)]
+    assert names == ["V202301011300__create_facility.sql", "V20230101120000__create_plan.sql",
+                     "V20242109141800__add_plan_status.sql", "V20242112141500__alter plan_facility_add_column.sql",
+                     "V20242112141501__add-plan-index.sql", "V20242412090311.1__dotted_version.sql",
+                     "R__plan_view.sql"]
+    assert flyway.description("V20242112141500__alter plan_facility_add_column.sql") == "alter plan facility add column"
+
+
+@pytest.mark.parametrize("first, second", [("V1__a.sql", "V1__b.sql"), ("V1.0__a.sql", "V1__b.sql"),
+                                           ("V1_2__a.sql", "V1.2__b.sql")])
+def test_two_files_of_one_version_are_refused_naming_both(tmp_path, first, second):
+    write(tmp_path, first)
+    write(tmp_path, second)
+    with pytest.raises(MigratorError) as refused:
+        flyway.check_names(tmp_path)
+    assert first in str(refused.value) and second in str(refused.value)
+
+
+@pytest.mark.parametrize("name, complaint", [
+    ("V1_create.sql", "not a valid Flyway migration file name"),
+    ("V1__bad\nname.sql", "not a valid Flyway migration file name"),
+    ("U3__orphan.sql", "an undo file without its migration V3__*.sql"),
+    ("0002_old_style.sql", "mixes the runner's NNNN_name.sql files (0002_old_style.sql) with Flyway's"),
+])
+def test_misnamed_files_and_mixed_folders_are_refused_in_one_line(cli, tmp_path, name, complaint):
+    write(tmp_path, "V1__init.sql")
+    write(tmp_path, name)
+    line = one_error_line(cli("plan", "--sql-dir", tmp_path, "--database-url", "postgresql://x@127.0.0.1:1/x"))
+    assert complaint in line
+
+
+def test_migrate_applies_in_version_order_and_writes_flyways_rows(cli, db, service):
+    result = ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    assert [r[4] for r in rows(db)] == [p.name for p in flyway.check_names(service)]
+    first = rows(db)[0]
+    assert first[:4] == (1, "202301011300", "create facility", "SQL")
+    assert first[5] == flyway.checksum(service / first[4]) and first[6] is True
+    assert rows(db)[-1][1:4] == (None, "plan view", "SQL")  # the repeatable, last, without a version
+    assert db.query("SELECT count(*) FROM plan_view") == [(0,)]
+    status = ok(cli("status", "--sql-dir", service, env=db.db_env()))
+    assert "7 applied, 0 pending" in status.stdout, status.stdout
+
+
+def test_a_repeatable_runs_again_only_when_its_checksum_changed(cli, db, service):
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    assert len(rows(db)) == 7
+    write(service, "R__plan_view.sql", "CREATE OR REPLACE VIEW plan_view AS SELECT id, name, status FROM plan;\n")
+    plan = ok(cli("plan", "--sql-dir", service, env=db.db_env()))
+    assert "R__plan_view" in plan.stdout and "V2023" not in plan.stdout
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    assert [r[4] for r in rows(db)][-2:] == ["R__plan_view.sql", "R__plan_view.sql"]
+    assert db.query("SELECT count(*) FROM information_schema.columns WHERE table_name = 'plan_view'") == [(3,)]
+
+
+def test_an_edited_applied_file_is_drift_by_flyways_checksum(cli, db, service):
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    write(service, "V20242109141800__add_plan_status.sql", "ALTER TABLE plan ADD COLUMN status VARCHAR(9);\n")
+    line = one_error_line(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    assert "V20242109141800__add_plan_status.sql changed since applied" in line
+    ok(cli("sql", "accept-changes", "V20242109141800__add_plan_status", "--sql-dir", service, env=db.db_env()))
+    assert db.query(f"SELECT checksum FROM {HISTORY} WHERE version = '20242109141800'") == [
+        (flyway.checksum(service / "V20242109141800__add_plan_status.sql"),)]
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+
+
+def test_an_older_version_is_applied_out_of_order_with_a_note_or_refused(cli, db, service):
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    write(service, "V20230601000000__late_branch.sql", "CREATE TABLE late (id INT);\n")
+    refused = cli("migrate", "--sql-dir", service, env={**db.db_env(), "FLYWAY_OUT_OF_ORDER": "false"})
+    assert "V20230601000000__late_branch older than the newest applied version" in one_error_line(refused)
+    done = ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    assert "applied out of order" in done.stderr
+    assert "late" in db.tables()
+
+
+def test_rollback_runs_the_u_file_and_removes_flyways_row(cli, db, tmp_path):
+    write(tmp_path, "V1__create_a.sql", "CREATE TABLE a (id INT);\n")
+    write(tmp_path, "V1.1__create_b.sql", "CREATE TABLE b (id INT);\n")
+    write(tmp_path, "U1.1__drop_b.sql", "DROP TABLE b;\n")
+    ok(cli("migrate", "--sql-dir", tmp_path, env=db.db_env()))
+    ok(cli("sql", "rollback", "--sql-dir", tmp_path, env=db.db_env()))
+    assert "b" not in db.tables() and [r[4] for r in rows(db)] == ["V1__create_a.sql"]
+    ok(cli("migrate", "--sql-dir", tmp_path, env=db.db_env()))
+    assert [r[4] for r in rows(db)] == ["V1__create_a.sql", "V1.1__create_b.sql"]
+
+
+def test_several_flyway_locations_are_merged_in_version_order(cli, db, tmp_path):
+    write(tmp_path / "main", "V2__create_b.sql", "CREATE TABLE b (id INT);\n")
+    write(tmp_path / "main", "V10__fill_b.sql", "INSERT INTO b SELECT id FROM seed_a;\n")
+    write(tmp_path / "seed", "V3__seed_a.sql", "CREATE TABLE seed_a AS SELECT 1 AS id;\n")
+    locations = f"filesystem:{tmp_path / 'main'},filesystem:{tmp_path / 'seed'}"
+    ok(cli("migrate", env={**db.db_env(), "FLYWAY_LOCATIONS": locations}))
+    assert [r[4] for r in rows(db)] == ["V2__create_b.sql", "V3__seed_a.sql", "V10__fill_b.sql"]
+    assert db.query("SELECT id FROM b") == [(1,)]
+
+
+def test_sql_new_in_a_flyway_folder_writes_a_utc_timestamp_and_its_undo(cli, tmp_path):
+    tmp_path = tmp_path / "sql"
+    write(tmp_path, "V20230101120000__create_plan.sql")
+    before = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    result = ok(cli("sql", "new", "add census", "--sql-dir", tmp_path))
+    created = sorted(p.name for p in tmp_path.iterdir() if p.name != "V20230101120000__create_plan.sql")
+    assert len(created) == 2 and created[0].startswith("U") and created[1].startswith("V"), created
+    stamp = re.match(r"V(\d{14})__add_census\.sql$", created[1])[1]
+    assert stamp >= before and created[0] == f"U{stamp}__add_census.sql"
+    assert created[1] in result.stdout
