@@ -162,3 +162,60 @@ def test_sql_new_in_a_flyway_folder_writes_a_utc_timestamp_and_its_undo(cli, tmp
     stamp = re.match(r"V(\d{14})__add_census\.sql$", created[1])[1]
     assert stamp >= before and created[0] == f"U{stamp}__add_census.sql"
     assert created[1] in result.stdout
+
+
+def test_services_sharing_a_schema_keep_their_own_histories_even_for_one_file_name(cli, db, tmp_path):
+    plan, census = tmp_path / "plan", tmp_path / "census"
+    write(plan, "V1__init.sql", "CREATE TABLE plan (id INT);\n")
+    write(census, "V1__init.sql", "CREATE TABLE census (id INT);\n")
+    write(census, "V2__census_view.sql", "CREATE VIEW census_plans AS SELECT p.id FROM plan p;\n")  # reads plan's
+    ok(cli("migrate", "--sql-dir", plan, env={**db.db_env(), "SCHEMA_TABLE": "plan_history"}))
+    ok(cli("migrate", "--sql-dir", census, env={**db.db_env(), "SCHEMA_TABLE": "census_history"}))
+    assert {"plan", "census", "census_plans"} <= db.tables()
+    # yoyo's marks are per history too: neither service's run takes the other's away
+    assert db.query("SELECT count(*) FROM _yoyo_migration WHERE migration_id = 'V1__init'") == [(2,)]
+    assert [r[4] for r in rows(db, "plan_history")] == ["V1__init.sql"]
+    assert [r[4] for r in rows(db, "census_history")] == ["V1__init.sql", "V2__census_view.sql"]
+    status = ok(cli("status", "--sql-dir", plan, env={**db.db_env(), "SCHEMA_TABLE": "plan_history"}))
+    assert "1 applied, 0 pending" in status.stdout, status.stdout
+    write(plan, "V2__plan_name.sql", "ALTER TABLE plan ADD COLUMN name TEXT;\n")
+    plan_run = ok(cli("migrate", "--sql-dir", plan, env={**db.db_env(), "SCHEMA_TABLE": "plan_history"}))
+    assert "V2__plan_name" in plan_run.stdout and "census" not in plan_run.stdout
+    assert [r[4] for r in rows(db, "census_history")] == ["V1__init.sql", "V2__census_view.sql"]
+
+
+def test_doctor_reports_the_flyway_history_and_what_the_next_migrate_does(cli, db, service):
+    before = cli("doctor", "--sql-dir", service, env=db.db_env())
+    assert "no public.flyway_schema_history yet: the next migrate creates it in Flyway 10's format" in before.stdout, \
+        before.output
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    write(service, "V20250101000000__create_census.sql", "CREATE TABLE census (id INT);\n")
+    after = cli("doctor", "--sql-dir", service, env=db.db_env())
+    assert ("public.flyway_schema_history: 7 row(s), newest version 20242412090311.1; the next migrate takes them as "
+            "applied (nothing re-applied) and applies 1 pending") in after.stdout, after.output
+
+
+def test_another_services_folder_does_not_list_this_repositorys_mongo_patches(cli, db, service, tmp_path):
+    plan = ok(cli("plan", "--sql-dir", service, env=db.db_env()))
+    assert "-- MongoDB: not configured, skipped" in plan.stdout and "patches in mongo/" not in plan.stdout
+    doctor = cli("doctor", "--sql-dir", service, env=db.db_env())
+    assert "not configured, and no patches: Mongo is skipped" in doctor.stdout, doctor.output
+    (tmp_path / "patches").mkdir()
+    (tmp_path / "patches" / "0001_fix.js").write_text("db.x.insertOne({});\n")
+    given = ok(cli("plan", "--sql-dir", service, "--mongo-dir", tmp_path / "patches", env=db.db_env()))
+    assert "patches in patches/: 0001_fix" in given.stdout
+
+
+def test_lint_pending_lints_only_the_files_not_yet_applied(cli, db, tmp_path):
+    from migrator.lint import squawk_path
+
+    if squawk_path() is None:
+        pytest.skip("squawk is not installed (`make install` brings it)")
+    write(tmp_path / "sql", "V1__old.sql", "CREATE INDEX old_idx ON plan (name);\n")  # blocking: a finding
+    write(tmp_path / "sql", "V0__plan.sql", "CREATE TABLE plan (name TEXT);\n")
+    ok(cli("migrate", "--sql-dir", tmp_path / "sql", env=db.db_env()))
+    write(tmp_path / "sql", "V2__new.sql", "CREATE INDEX new_idx ON plan (name);\n")
+    everything = cli("sql", "lint", "--sql-dir", tmp_path / "sql", env=db.db_env())
+    assert "V1__old.sql" in everything.stdout and "V2__new.sql" in everything.stdout, everything.output
+    pending = cli("sql", "lint", "--pending", "--sql-dir", tmp_path / "sql", env=db.db_env())
+    assert pending.exit_code == 1 and "V2__new.sql" in pending.stdout and "V1__old.sql" not in pending.stdout

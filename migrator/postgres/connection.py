@@ -167,6 +167,28 @@ def backend_class():
                 self.watcher.follow(session.connection)
             return session
 
+        # A Flyway folder's migrations are yoyo's per history (SCHEMA_TABLE): services sharing a schema keep
+        # their own marks even where their file names agree (the same version in several services).
+        def _per_history(self, migrations):
+            from migrator.postgres import flyway
+
+            for migration in migrations:
+                if flyway.parse(migration.id + ".sql"):
+                    migration.hash = flyway.history_hash(self.flyway_table, migration.id)
+            return migrations
+
+        def to_apply(self, migrations):
+            return super().to_apply(self._per_history(migrations))
+
+        def to_rollback(self, migrations):
+            return super().to_rollback(self._per_history(migrations))
+
+        def mark_one(self, migration, log=True):
+            super().mark_one(self._per_history([migration])[0], log)
+
+        def unmark_one(self, migration, log=True):
+            super().unmark_one(self._per_history([migration])[0], log)
+
         def get_log_data(self, migration=None, operation="apply"):
             # yoyo's own version calls getpass.getuser(), which fails where the Job runs (a uid
             # without a passwd entry) after the migration has committed; the rest is yoyo's.

@@ -9,6 +9,7 @@ but a number), then the repeatables by description. Flyway's own history table (
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
 from datetime import datetime, timezone
@@ -149,6 +150,11 @@ def undo_path(path: Path) -> Path:
         if match and match["kind"] == "U" and version_key(match["version"]) == key:
             return candidate
     return path.with_name("U" + path.name[1:])
+
+
+def history_hash(table: str, migration_id: str) -> str:
+    """yoyo's key of a Flyway file's mark: its id within its history (the Flyway table it belongs to)."""
+    return hashlib.sha256(f"{table}\0{migration_id}".encode()).hexdigest()
 
 
 def checksum(path: Path) -> int:

@@ -223,16 +223,18 @@ def accept(backend, selected) -> None:
                 table=_table(backend.bookkeeping_schema, table_name(backend))), (flyway.checksum(path), path.name))
 
 
-def sync(backend, migrations, found: FlywayBooks, marked: set[str], notify) -> None:
-    """Under the lock: yoyo's marks made to agree with Flyway's table (yoyo applies what it has not marked).
-    Applied by Flyway: marked (nothing re-applied); a repeatable whose file changed: unmarked, to run again."""
+def sync(backend, migrations, found: FlywayBooks, notify) -> None:
+    """Under the lock: yoyo's marks (this history's) made to agree with Flyway's table, since yoyo applies what it
+    has not marked. Applied by Flyway: marked (nothing re-applied); not applied there (a repeatable whose file
+    changed, a row removed): unmarked, to run."""
     from yoyo.migrations import MigrationList
 
-    taken = [m for m in migrations if m.id in found.applied and m.id not in marked]
+    todo = {m.id for m in backend.to_apply(migrations)}
+    taken = [m for m in migrations if m.id in found.applied and m.id in todo]
     if taken:
         backend.mark_migrations(MigrationList(taken))
         notify(f"note: took over {len(taken)} migration(s) applied by Flyway ({found.table}); nothing re-applied")
-    again = [m for m in migrations if m.id in found.stale and m.id in marked]
+    again = [m for m in migrations if m.id not in found.applied and m.id not in todo]
     if again:
         backend.unmark_migrations(MigrationList(again))
 

@@ -60,6 +60,10 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
     books = Bookkeeping(dict(marks), {i: sha.strip() for i, sha in sums}, dict(failures), {i for i, _ in marks})
     if migrations is None or history.flyway.is_flyway(migrations):
         books.flyway = history.books(backend, migrations)
+    if books.flyway is not None and migrations is not None:
+        # A Flyway folder's record is Flyway's table alone: yoyo's marks and the runner's checksums of another
+        # service in the same schema (a file name both use) are not this folder's.
+        books.applied, books.sums = dict(books.flyway.applied), {}
     if books.flyway is not None:
         for script_id in books.flyway.stale:
             books.applied.pop(script_id, None)
@@ -128,21 +132,19 @@ def reconcile(backend, migrations, notify) -> list:
         history.ensure_table(backend)  # the history of record from the first run on, as Flyway would make it
         books = bookkeeping(backend, migrations)
     if books.flyway is not None:
-        history.sync(backend, migrations, books.flyway, books.marked, notify)
+        history.sync(backend, migrations, books.flyway, notify)
         pending_ids = {m.id for m in migrations if m.id not in books.applied}
         history.refuse_failed(books.flyway, pending_ids, backend.bookkeeping_schema)
         history.out_of_order(migrations, books.flyway, [m for m in migrations if m.id in pending_ids], notify,
                              backend.out_of_order)
-        books.marked = (books.marked | set(books.flyway.applied)) - books.flyway.stale
+        return drift_of(migrations, books)
     applied = set(books.marked)
-    stale = books.flyway.stale if books.flyway else set()  # a changed repeatable: to run again, not "committed"
-    committed = [m for m in migrations if m.id in books.sums and m.id not in applied | stale]
+    committed = [m for m in migrations if m.id in books.sums and m.id not in applied]
     if committed:
         backend.mark_migrations(MigrationList(committed))
         applied |= {m.id for m in committed}
         notify(f"note: marked {', '.join(m.id for m in committed)} applied: committed by a runner that died before marking it")
-    crcs = books.flyway.crcs if books.flyway else {}
-    recorded_now = checksums.record_missing(backend, migrations, applied, {**crcs, **books.sums})
+    recorded_now = checksums.record_missing(backend, migrations, applied, books.sums)
     if recorded_now:
         notify(f"note: recorded the checksums of {len(recorded_now)} migration(s) applied before drift detection")
     checksums.clear_failures(backend, [i for i, what in books.failures.items()

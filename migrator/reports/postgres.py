@@ -170,6 +170,8 @@ class MongoPlanReport:
     folder: str = "mongo"
 
     def lines(self) -> list[str]:
+        if self.target is None and not self.folder:  # another service's SQL folder: no Mongo folder for this run
+            return ["-- MongoDB: not configured, skipped"]
         if self.target is None:
             return [f"-- MongoDB: not configured; patches in {self.folder}/: {', '.join(self.on_disk) or 'none'}"]
         return ([f"-- MongoDB {self.target}: {self.pending} pending patch(es), dry-run below; nothing was written"]
