@@ -219,3 +219,12 @@ def test_lint_pending_lints_only_the_files_not_yet_applied(cli, db, tmp_path):
     assert "V1__old.sql" in everything.stdout and "V2__new.sql" in everything.stdout, everything.output
     pending = cli("sql", "lint", "--pending", "--sql-dir", tmp_path / "sql", env=db.db_env())
     assert pending.exit_code == 1 and "V2__new.sql" in pending.stdout and "V1__old.sql" not in pending.stdout
+
+
+def test_a_flyway_file_of_concurrently_statements_runs_without_a_transaction_as_flyway_does(cli, db, tmp_path):
+    write(tmp_path / "sql", "V1__create_a.sql", "CREATE TABLE a (id INT);\n")
+    write(tmp_path / "sql", "V2__index_a.sql", "CREATE INDEX CONCURRENTLY a_idx ON a (id);\n")
+    plan = ok(cli("plan", "--sql-dir", tmp_path / "sql", env=db.db_env()))
+    assert "V2__index_a.sql (not transactional)" in plan.stdout
+    ok(cli("migrate", "--sql-dir", tmp_path / "sql", env=db.db_env()))
+    assert db.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'a_idx'::regclass") == [(True,)]

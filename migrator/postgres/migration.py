@@ -305,6 +305,11 @@ def _migration_class():
 
         def load(self):
             if self.steps is None:
+                if "transactional" not in self.directives and flyway.parse(Path(self.path).name):
+                    # As Flyway: a file of statements that cannot run in a transaction (CREATE INDEX
+                    # CONCURRENTLY) runs without one, no directive needed (read only when it is to run).
+                    self.use_transactions = not any(files.OUTSIDE_TRANSACTION.match(s.text) for s in
+                                                    files.statements(Path(self.path), in_transaction=False))
                 self.steps = [FileStep(self)]
 
         def rollback_transactional(self) -> bool:
