@@ -228,3 +228,19 @@ def test_a_flyway_file_of_concurrently_statements_runs_without_a_transaction_as_
     assert "V2__index_a.sql (not transactional)" in plan.stdout
     ok(cli("migrate", "--sql-dir", tmp_path / "sql", env=db.db_env()))
     assert db.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'a_idx'::regclass") == [(True,)]
+
+
+def test_verify_and_adopt_work_on_a_flyway_folder(cli, pg, db, tmp_path):
+    folder = tmp_path / "sql"
+    write(folder, "V1__create_a.sql", "CREATE TABLE a (id INT);\n")
+    write(folder, "U1__drop_a.sql", "DROP TABLE a;\n")
+    write(folder, "V1.1__create_b.sql", "CREATE TABLE b (id INT);\n")
+    write(folder, "U1.1__drop_b.sql", "DROP TABLE b;\n")
+    verified = cli("sql", "verify", "--sql-dir", folder, "--scratch-url", pg.url("postgres"))
+    assert verified.exit_code == 0 and "V1.1__create_b: up, down, up: ok" in verified.stdout, verified.output
+    db.query("CREATE TABLE a (id INT)")  # made by hand, as V1 makes it
+    adopted = cli("sql", "adopt", "--yes", "--sql-dir", folder, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    assert adopted.exit_code == 0 and "adopt: marked V1__create_a applied" in adopted.stdout, adopted.output
+    assert [(r[1], r[4], r[6]) for r in rows(db)] == [("1", "V1__create_a.sql", True)]  # Flyway's row, as repair+insert
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert [r[4] for r in rows(db)] == ["V1__create_a.sql", "V1.1__create_b.sql"]

@@ -42,17 +42,14 @@ def new(sql_dir: Path, name: str) -> Lines:
 def mark(settings: CommandSettings, ids: list[str]) -> CountedLines:
     """Record migrations as applied without running them (adopting a database by trust; see adopt)."""
     from migrator import postgres
-    from migrator.postgres import flyway, history
 
     migrations = postgres.read_migrations(settings.sql_dir)
     selected = postgres.select_by_id(migrations, ids)
     with locked_backend(settings) as (backend, _):
-        already = set(postgres.applied_ids(backend))
+        already = set(postgres.applied_ids(backend, migrations))
         todo = [m for m in selected if m.id not in already]
         schema = check_schema_drift(settings, backend, refuse=False)
         postgres.mark(backend, todo)
-        if flyway.is_flyway(todo):  # Flyway's table too: a failed row of theirs replaced by a success row
-            history.mark(backend, todo)
         if todo:  # not over drift: what changed by hand is shown and accepted only after review (accept-drift)
             record_schema(settings, backend, "mark", schema)
     return CountedLines([f"  {'already applied' if m.id in already else 'marked applied'}: {m.id}" for m in selected],

@@ -9,6 +9,7 @@ from typing import Iterator
 
 from migrator import checksums, interrupt, output, pg_lock
 from migrator.errors import USAGE, MigratorError
+from migrator.postgres import flyway, history
 from migrator.postgres.errors import StatementFailed, migration_error
 from migrator.postgres.migration import load_migrations, rollback_path
 from migrator.postgres.state import bookkeeping
@@ -146,5 +147,7 @@ def mark(backend, selected) -> None:
     from yoyo.migrations import MigrationList
 
     backend.mark_migrations(MigrationList(selected))
+    if flyway.is_flyway(selected):  # a Flyway folder's record: a success row each (a failed row replaced)
+        history.mark(backend, selected)
     checksums.accept(backend, selected)
     checksums.clear_failures(backend, [m.id for m in selected])

@@ -148,6 +148,7 @@ def backend_class():
         def init_connection(self, connection):
             # Called by yoyo on connect and after each rollback (which would undo the pin).
             with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_catalog.set_config('hcm.flyway_table', %s, false)", (self.flyway_table,))
                 if self.schema and self.schema != "public":
                     cursor.execute(PIN_TENANT, {"schema": self.schema})
                     self.bookkeeping_schema, self.foreign = self.schema, []
@@ -231,6 +232,8 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
     try:
         backend = backend_class()(parse_uri(url), MIGRATION_TABLE)
         backend.flyway_table, backend.out_of_order = target.flyway_table, target.out_of_order
+        if backend.flyway_table != backend_class().flyway_table:
+            backend.init_connection(backend.connection)  # the pins again, with SCHEMA_TABLE's name
         if refuse_foreign and backend.foreign and (target.schema or not target.schemas):
             backend.connection.close()
             raise MigratorError(foreign_history(backend, target), USAGE)

@@ -158,13 +158,20 @@ def refuse_failed(found: FlywayBooks, pending_ids: set[str], where: str) -> None
 
 
 def ensure_table(backend) -> None:
-    from psycopg2 import sql
-
-    schema, table = backend.bookkeeping_schema, table_name(backend)
     if read(backend) is None:
         with backend.transaction(), backend.connection.cursor() as cursor:
-            cursor.execute(sql.SQL(CREATE).format(table=_table(schema, table), pk=sql.Identifier(f"{table}_pk"),
-                                                  index=sql.Identifier(f"{table}_s_idx")))
+            _create(cursor, backend.bookkeeping_schema, table_name(backend))
+
+
+def _create(cursor, schema: str, table: str) -> None:
+    """Flyway's table, when missing (a scratch database built by verify, adopt or plan --impact too)."""
+    from psycopg2 import sql
+
+    cursor.execute("SELECT pg_catalog.to_regclass(%s) IS NULL",
+                   ('"{}"."{}"'.format(schema.replace('"', '""'), table.replace('"', '""')),))
+    if cursor.fetchone()[0]:
+        cursor.execute(sql.SQL(CREATE).format(table=_table(schema, table), pk=sql.Identifier(f"{table}_pk"),
+                                              index=sql.Identifier(f"{table}_s_idx")))
 
 
 def record(connection, schema: str, table: str, path: Path, milliseconds: int) -> None:
@@ -174,6 +181,7 @@ def record(connection, schema: str, table: str, path: Path, milliseconds: int) -
     match = flyway.parse(path.name)
     version = match["version"].replace("_", ".") if match["kind"] == "V" else None
     with connection.cursor() as cursor:
+        _create(cursor, schema, table)
         cursor.execute(sql.SQL(INSERT).format(table=_table(schema, table)),
                        (version, flyway.description(path.name), path.name, flyway.checksum(path), milliseconds))
 
