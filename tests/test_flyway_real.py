@@ -130,6 +130,16 @@ def test_a_tenant_schema_with_schema_table_is_flyways_currentschema_and_table(cl
     assert_flyway_has_nothing_to_do(real_flyway, db, service, schema="pb", table="plan_service_history")
 
 
+def test_a_tenant_schema_flyway_created_is_taken_over_without_its_schema_row(cli, db, real_flyway, service):
+    real_flyway(db, service, "migrate", schema="mz", table="plan_service_history")  # creates mz: a SCHEMA row first
+    assert rows(db, "plan_service_history", "mz")[0][3] == "SCHEMA"
+    env = {**db.db_env(), "SCHEMA_NAME": "mz", "SCHEMA_TABLE": "plan_service_history"}
+    status = ok(cli("status", "--sql-dir", service, env=env))
+    assert "7 applied, 0 pending" in status.stdout and "missing" not in status.stdout, status.stdout
+    ok(cli("migrate", "--sql-dir", service, env=env))
+    assert len(rows(db, "plan_service_history", "mz")) == 8
+
+
 def test_a_file_edited_after_flyway_applied_it_is_drift(cli, db, real_flyway, service):
     real_flyway(db, service, "migrate")
     write(service, "V20242109141800__add_plan_status.sql", "ALTER TABLE plan ADD COLUMN status VARCHAR(20);\n")

@@ -18,6 +18,9 @@ from migrator.errors import USAGE, MigratorError
 from migrator.postgres import flyway
 
 DEFAULT_TABLE = "flyway_schema_history"
+# The rows that stand for an applied migration (Flyway writes SQL for .sql files; the others are its Java and
+# script kinds, applied by Flyway and counted as such).
+MIGRATION_TYPES = ("SQL", "JDBC", "SPRING_JDBC", "SCRIPT", "CUSTOM")
 
 # Flyway 10's DDL for PostgreSQL (createMetaDataTable.sql), so Flyway finds the table it would have made.
 CREATE = """
@@ -105,20 +108,28 @@ def books(backend, migrations=None) -> FlywayBooks | None:
         return None
     found = FlywayBooks(table_name(backend), rows)
     repeatable_sums: dict[str, int | None] = {}
+    versions = {}  # version -> the script id applied for it (an undo or a deletion takes it back)
     for row in rows:
         script_id = Path(row.script).name.removesuffix(".sql")
-        if row.type == "BASELINE":
+        if row.type in ("BASELINE", "SQL_BASELINE") and row.version:
             found.baseline = row.version
+        elif row.type in ("UNDO_SQL", "DELETE") and row.version:
+            undone = versions.pop(flyway.version_key(row.version), None)
+            found.applied.pop(undone, None)
+            found.crcs.pop(undone, None)
+        elif row.type not in MIGRATION_TYPES:
+            continue  # Flyway's SCHEMA row (the schemas it created), or another tool's kind
         elif not row.success:
             found.failed[script_id] = row
         elif row.version is None:
             found.applied[script_id] = row.installed_on
             repeatable_sums[script_id] = row.checksum
             found.failed.pop(script_id, None)
-        elif row.type != "DELETE":
+        else:
             found.applied[script_id] = row.installed_on
             found.crcs[script_id] = row.checksum
             found.failed.pop(script_id, None)
+            versions[flyway.version_key(row.version)] = script_id
     for migration in migrations or ():
         if migration.id in repeatable_sums and flyway.is_repeatable(migration) and \
                 flyway.checksum(Path(migration.path)) != repeatable_sums[migration.id]:

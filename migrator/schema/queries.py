@@ -16,7 +16,7 @@ BOOKKEEPING_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_loc
 # runner's connection as hcm.flyway_table).
 NOT_BOOKKEEPING = ("NOT (c.relnamespace = ANY(CAST(%(bookkeeping)s AS oid[])) AND c.relname IN ("
                    + ", ".join(f"'{t}'" for t in BOOKKEEPING_TABLES)
-                   + ", pg_catalog.current_setting('hcm.flyway_table', true)))")
+                   + ", coalesce(pg_catalog.current_setting('hcm.flyway_table', true), '')))")
 QUALIFIED = "quote_ident(n.nspname) || '.' || quote_ident({name})"
 
 # Where yoyo's tables are (as the runner's connection pins it), else the session's current schema.
