@@ -135,11 +135,12 @@ def test_rollback_runs_the_u_file_and_removes_flyways_row(cli, db, tmp_path):
     write(tmp_path, "V1__create_a.sql", "CREATE TABLE a (id INT);\n")
     write(tmp_path, "V1.1__create_b.sql", "CREATE TABLE b (id INT);\n")
     write(tmp_path, "U1.1__drop_b.sql", "DROP TABLE b;\n")
+    write(tmp_path, "R__a_view.sql", "CREATE OR REPLACE VIEW a_view AS SELECT id FROM a;\n")  # applied last, no undo
     ok(cli("migrate", "--sql-dir", tmp_path, env=db.db_env()))
     ok(cli("sql", "rollback", "--sql-dir", tmp_path, env=db.db_env()))
-    assert "b" not in db.tables() and [r[4] for r in rows(db)] == ["V1__create_a.sql"]
+    assert "b" not in db.tables() and [r[4] for r in rows(db)] == ["V1__create_a.sql", "R__a_view.sql"]
     ok(cli("migrate", "--sql-dir", tmp_path, env=db.db_env()))
-    assert [r[4] for r in rows(db)] == ["V1__create_a.sql", "V1.1__create_b.sql"]
+    assert [r[4] for r in rows(db)] == ["V1__create_a.sql", "R__a_view.sql", "V1.1__create_b.sql"]
 
 
 def test_several_flyway_locations_are_merged_in_version_order(cli, db, tmp_path):

@@ -106,7 +106,8 @@ def apply(backend, target: PostgresTarget, migrations) -> Iterator[tuple[object,
 
 def select_rollback(backend, migrations, *, count: int | None, to: str | None, all_: bool) -> list:
     """The applied migrations to roll back, newest first; checks their rollback files first."""
-    applied = list(backend.to_rollback(migrations))
+    # A repeatable (R__) has no rollback and is re-run when it changes: rollbacks step over it, as Flyway's undo.
+    applied = [m for m in backend.to_rollback(migrations) if not flyway.is_repeatable(m)]
     if to is not None:
         ids = [m.id for m in applied]
         if to not in ids:
