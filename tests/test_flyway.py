@@ -245,3 +245,33 @@ def test_verify_and_adopt_work_on_a_flyway_folder(cli, pg, db, tmp_path):
     assert [(r[1], r[4], r[6]) for r in rows(db)] == [("1", "V1__create_a.sql", True)]  # Flyway's row, as repair+insert
     ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
     assert [r[4] for r in rows(db)] == ["V1__create_a.sql", "V1.1__create_b.sql"]
+
+
+def test_a_services_drift_is_its_own_objects_never_another_services(cli, db, tmp_path):
+    plan, census = tmp_path / "plan", tmp_path / "census"
+    write(plan, "V1__create_plan.sql", "CREATE TABLE plan (id INT);\n")
+    write(census, "V1__create_census.sql", "CREATE TABLE census (id INT);\n")
+    plan_env, census_env = ({**db.db_env(), "SCHEMA_TABLE": t} for t in ("plan_history", "census_history"))
+    ok(cli("migrate", "--sql-dir", plan, env=plan_env))
+    ok(cli("migrate", "--sql-dir", census, env=census_env))
+    db.query("CREATE TABLE census_extra (id INT)")  # another service's change, made as real Flyway would
+    db.query("CREATE INDEX census_id ON census (id)")
+    assert cli("status", "--exit-code", "--sql-dir", plan, env=plan_env).exit_code == 0  # not plan's drift
+    ok(cli("migrate", "--strict", "--sql-dir", plan, env=plan_env))
+    db.query("ALTER TABLE plan ADD COLUMN by_hand INT")  # a hand change to one of plan's own tables
+    status = cli("status", "--exit-code", "--sql-dir", plan, env=plan_env)
+    assert status.exit_code == 5 and "column plan.by_hand added" in status.stdout, status.output
+    assert "census" not in status.stdout
+
+
+def test_a_history_taken_over_from_flyway_owns_the_objects_its_files_name(cli, db, tmp_path):
+    folder = tmp_path / "plan"
+    write(folder, "V1__create_plan.sql", "CREATE TABLE plan (id INT);\n")
+    db.query("CREATE TABLE plan (id INT); CREATE TABLE census (id INT)")  # census: another service's
+    ok(cli("sql", "mark", "V1__create_plan", "--sql-dir", folder, env=db.db_env()))  # as Flyway would have recorded
+    db.query("DELETE FROM _yoyo_migration; DROP TABLE IF EXISTS _hcm_schema_owned")  # (as only Flyway ran it)
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    db.query("ALTER TABLE census ADD COLUMN x INT")
+    assert cli("status", "--exit-code", "--sql-dir", folder, env=db.db_env()).exit_code == 0
+    db.query("ALTER TABLE plan ADD COLUMN x INT")
+    assert cli("status", "--exit-code", "--sql-dir", folder, env=db.db_env()).exit_code == 5

@@ -142,13 +142,15 @@ def backend_class():
         watcher = None  # a postgres.watch.Watcher following each migration session, when progress is on
 
         flyway_table = "flyway_schema_history"  # a Flyway folder's history (SCHEMA_TABLE)
+        history: str | None = None  # set for a Flyway folder's run: its drift is its own objects' (history.py)
         out_of_order = True
         foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
 
         def init_connection(self, connection):
             # Called by yoyo on connect and after each rollback (which would undo the pin).
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_catalog.set_config('hcm.flyway_table', %s, false)", (self.flyway_table,))
+                cursor.execute("SELECT pg_catalog.set_config('hcm.flyway_table', %s, false), "
+                               "pg_catalog.set_config('hcm.history', %s, false)", (self.flyway_table, self.history or ""))
                 if self.schema and self.schema != "public":
                     cursor.execute(PIN_TENANT, {"schema": self.schema})
                     self.bookkeeping_schema, self.foreign = self.schema, []

@@ -258,6 +258,29 @@ def sync(backend, migrations, found: FlywayBooks, notify) -> None:
         backend.unmark_migrations(MigrationList(again))
 
 
+def scope_drift(backend) -> None:
+    """The run's connection names this history (hcm.history), so the schema's drift is limited to its objects."""
+    backend.history = table_name(backend)
+    backend.execute("SELECT pg_catalog.set_config('hcm.history', :history, false)", {"history": backend.history})
+
+
+def seed_owned(backend, migrations, found: FlywayBooks) -> None:
+    """Under the lock, the first time the runner meets a history Flyway applied: the objects it owns (its drift)
+    are those its applied files name; from then on, what each of its runs creates or changes."""
+    import re
+
+    from migrator.schema import snapshot
+
+    if not found.applied or snapshot.owned(backend.connection, backend.bookkeeping_schema, found.table) is not None:
+        return
+    words: set[str] = set()
+    for migration in migrations:
+        if migration.id in found.applied:
+            words |= set(re.findall(r"[a-z_][a-z0-9_$]*", Path(migration.path).read_text(errors="replace").lower()))
+    with backend.transaction():
+        snapshot.seed_owned(backend.connection, backend.bookkeeping_schema, found.table, words)
+
+
 def out_of_order(migrations, found: FlywayBooks, pending, notify, allowed: bool) -> None:
     """A pending version older than the newest applied: applied with a note (-outOfOrder=true, as the platform
     runs Flyway), or refused when FLYWAY_OUT_OF_ORDER=false."""

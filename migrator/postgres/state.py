@@ -60,6 +60,8 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
     books = Bookkeeping(dict(marks), {i: sha.strip() for i, sha in sums}, dict(failures), {i for i, _ in marks})
     if migrations is None or history.flyway.is_flyway(migrations):
         books.flyway = history.books(backend, migrations)
+    if migrations is not None and history.flyway.is_flyway(migrations):
+        history.scope_drift(backend)  # this history's objects are its drift, not the whole schema's
     if books.flyway is not None and migrations is not None:
         # A Flyway folder's record is Flyway's table alone: yoyo's marks and the runner's checksums of another
         # service in the same schema (a file name both use) are not this folder's.
@@ -133,6 +135,7 @@ def reconcile(backend, migrations, notify) -> list:
         books = bookkeeping(backend, migrations)
     if books.flyway is not None:
         history.sync(backend, migrations, books.flyway, notify)
+        history.seed_owned(backend, migrations, books.flyway)
         pending_ids = {m.id for m in migrations if m.id not in books.applied}
         history.refuse_failed(books.flyway, pending_ids, backend.bookkeeping_schema)
         history.out_of_order(migrations, books.flyway, [m for m in migrations if m.id in pending_ids], notify,
