@@ -7,6 +7,7 @@ The tests against real Flyway 10 (tests/test_flyway_real.py) prove the two inter
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -275,3 +276,14 @@ def test_a_history_taken_over_from_flyway_owns_the_objects_its_files_name(cli, d
     assert cli("status", "--exit-code", "--sql-dir", folder, env=db.db_env()).exit_code == 0
     db.query("ALTER TABLE plan ADD COLUMN x INT")
     assert cli("status", "--exit-code", "--sql-dir", folder, env=db.db_env()).exit_code == 5
+
+
+def test_plan_impact_on_a_database_flyway_migrated_measures_only_the_new_file(cli, pg, db, tmp_path):
+    folder = tmp_path / "sql"
+    write(folder, "V1__create_plan.sql", "CREATE TABLE plan (id INT);\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    db.query("DELETE FROM _yoyo_migration")  # as a database only Flyway ran: its table alone says V1 is applied
+    write(folder, "V2__index_plan.sql", "CREATE INDEX plan_id ON plan (id);\n")
+    result = ok(cli("plan", "--impact", "--json", "--sql-dir", folder, "--scratch-url", pg.url("postgres"),
+                    env=db.db_env()))
+    assert [m["id"] for m in json.loads(result.stdout)["migrations"]] == ["V2__index_plan"], result.stdout

@@ -145,6 +145,9 @@ def test_a_file_edited_after_flyway_applied_it_is_drift(cli, db, real_flyway, se
     write(service, "V20242109141800__add_plan_status.sql", "ALTER TABLE plan ADD COLUMN status VARCHAR(20);\n")
     result = cli("migrate", "--sql-dir", service, env=db.db_env())
     assert result.exit_code != 0 and "V20242109141800__add_plan_status.sql changed since applied" in result.stderr
+    # after review, accepted as `flyway repair` would: Flyway's validate agrees with the new checksum
+    ok(cli("sql", "accept-changes", "V20242109141800__add_plan_status", "--sql-dir", service, env=db.db_env()))
+    real_flyway(db, service, "validate")
 
 
 def test_a_failed_flyway_row_blocks_migrate_until_repaired(cli, db, real_flyway, tmp_path):

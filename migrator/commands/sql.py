@@ -64,7 +64,7 @@ def accept_changes(settings: CommandSettings, ids: list[str]) -> CountedLines:
     migrations = postgres.read_migrations(settings.sql_dir)
     selected = postgres.select_by_id(migrations, ids)
     with locked_backend(settings) as (backend, target):
-        applied = postgres.applied_ids(backend)
+        applied = postgres.applied_ids(backend, migrations)
         not_applied = [m.id for m in selected if m.id not in applied]
         if not_applied:
             raise MigratorError(f"{', '.join(not_applied)} not applied on {target.where}: nothing to accept "

@@ -180,7 +180,7 @@ def measure(server, live_backend, migrations, pending, findings, schema: str | N
     from migrator import postgres
     from migrator.errors import MigratorError
 
-    applied = set(postgres.applied_ids(live_backend))
+    applied = set(postgres.applied_ids(live_backend, migrations))
     live = live_backend.connection
     done = []
     with _scratch(server, schema) as db:

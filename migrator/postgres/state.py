@@ -58,9 +58,10 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
     if has_failures:
         failures = backend.execute(f"SELECT migration_id, what FROM {checksums.FAILURES}").fetchall()
     books = Bookkeeping(dict(marks), {i: sha.strip() for i, sha in sums}, dict(failures), {i for i, _ in marks})
-    if migrations is None or history.flyway.is_flyway(migrations):
+    flyway_folder = history.flyway.is_flyway(migrations) if migrations is not None else bool(backend.history)
+    if flyway_folder:  # (without the files: when this run's backend already met its Flyway folder)
         books.flyway = history.books(backend, migrations)
-    if migrations is not None and history.flyway.is_flyway(migrations):
+    if migrations is not None and flyway_folder:
         history.scope_drift(backend)  # this history's objects are its drift, not the whole schema's
     if books.flyway is not None and migrations is not None:
         # A Flyway folder's record is Flyway's table alone: yoyo's marks and the runner's checksums of another
