@@ -287,3 +287,10 @@ def test_plan_impact_on_a_database_flyway_migrated_measures_only_the_new_file(cl
     result = ok(cli("plan", "--impact", "--json", "--sql-dir", folder, "--scratch-url", pg.url("postgres"),
                     env=db.db_env()))
     assert [m["id"] for m in json.loads(result.stdout)["migrations"]] == ["V2__index_plan"], result.stdout
+
+
+def test_a_read_only_flyway_file_gets_its_row_after_the_commit(cli, db, tmp_path):
+    write(tmp_path / "sql", "V1__check.sql", "SET TRANSACTION READ ONLY;\nSELECT 1;\n")
+    ok(cli("migrate", "--sql-dir", tmp_path / "sql", env=db.db_env()))
+    assert [(r[4], r[6]) for r in rows(db)] == [("V1__check.sql", True)]
+    assert "0 pending" in ok(cli("status", "--sql-dir", tmp_path / "sql", env=db.db_env())).stdout

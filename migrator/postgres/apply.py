@@ -63,6 +63,8 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         raise migration_error(failed, migration, target.where, verb, path)
     if migration.record_after_commit:  # it made its transaction read-only, so it could not record itself
         checksums.record_after_commit(backend, migration.id, None if prefix else checksums.file_sha256(Path(migration.path)))
+        if flyway.parse(Path(migration.path).name):  # Flyway's row likewise
+            history.record_after_commit(backend, Path(migration.path), rolled_back=bool(prefix))
     if migration.earlier_failure is not None or not migration.use_transactions or prefix:
         checksums.clear_failures(backend, [migration.id])
 

@@ -197,6 +197,15 @@ def record(connection, schema: str, table: str, path: Path, milliseconds: int) -
                        (version, flyway.description(path.name), path.name, flyway.checksum(path), milliseconds))
 
 
+def record_after_commit(backend, path: Path, rolled_back: bool) -> None:
+    """On the run's own connection, for a file that made its transaction read-only (it could not write there)."""
+    with backend.transaction():
+        if rolled_back:
+            forget(backend.connection, backend.bookkeeping_schema, table_name(backend), path)
+        else:
+            record(backend.connection, backend.bookkeeping_schema, table_name(backend), path, 0)
+
+
 def forget(connection, schema: str, table: str, path: Path) -> None:
     """A rolled-back migration's rows (its U file ran): Flyway then sees it pending, as the runner does."""
     from psycopg2 import sql

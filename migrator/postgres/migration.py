@@ -276,7 +276,7 @@ def _migration_class():
             except checksums.SearchPathChanged as exc:
                 raise SearchPathMoved(exc.found, guard.expected, path, statements, len(statements) - 1, transactional,
                                       0 if transactional else len(statements), None, at_end=True)
-            # Flyway's own row too, in the same transaction (TODO: a file that made its transaction read-only)
+            # Flyway's own row too, in the same transaction (a read-only one: after the commit, apply.py)
             if flyway.parse(Path(migration.path).name) and not migration.record_after_commit:
                 history_path = Path(migration.path)
                 if rollback:
