@@ -25,8 +25,12 @@ endif
 MONGOSH_STAMP := .mongosh/.installed
 # The tests of the JS path need it; without npm they skip, saying why.
 TEST_MONGOSH := $(if $(shell command -v npm),$(MONGOSH_STAMP))
+# Real Flyway 10 (command line, PostgreSQL support, JDBC driver) from Maven Central, for the tests that prove
+# the runner interchangeable with it and for the bench; without mvn those tests skip, saying why.
+FLYWAY_STAMP := .flyway/.installed
+TEST_FLYWAY  := $(if $(shell command -v mvn),$(FLYWAY_STAMP))
 
-.PHONY: help install mongosh migrate plan status rollback new config doctor lint lock test bench schema db-stop clean
+.PHONY: help install mongosh flyway migrate plan status rollback new config doctor lint lock test bench schema db-stop clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -82,7 +86,14 @@ new: $(RUNTIME)  ## create the next migration pair: make new NAME=add_something
 lint: $(DEV)  ## lint sql/ with squawk (.squawk.toml), each file as the runner will run it
 	$(RUNNER) sql lint $(ARGS)
 
-test: $(DEV) $(TEST_MONGOSH)  ## run the test suite (starts its own PostgreSQL)
+$(FLYWAY_STAMP): tools/flyway/pom.xml
+	rm -rf .flyway/lib
+	mvn -q -f tools/flyway/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/.flyway/lib
+	touch $@
+
+flyway: $(FLYWAY_STAMP)  ## fetch Flyway 10's command line into .flyway/ with Maven (tests and bench)
+
+test: $(DEV) $(TEST_MONGOSH) $(TEST_FLYWAY)  ## run the test suite (starts its own PostgreSQL)
 	$(PYTHON) -m pytest $(ARGS)
 
 bench: $(DEV)  ## benchmarks against bare yoyo and psql; writes bench/RESULTS.md

@@ -396,6 +396,64 @@ def case_tenants(admin, work: Path) -> list[Row]:
                 f"{doctor / TENANTS * 1000:.0f} ms/schema")]
 
 
+FLYWAY_FILES = 200
+FLYWAY_SECTION = "## Flyway folders beside real Flyway 10"
+FLYWAY_NOTE = ("Flyway's times include the JVM's start (~1.5-2 s a run, as the platform's init container pays it) and "
+               "the bench's TCP front to the local server's Unix socket (a Python relay, in the bench's process; JDBC "
+               "speaks TCP only), so they are an upper bound: compare the order of magnitude, not the ratio.")
+FLYWAY_LIB = ROOT / ".flyway" / "lib"
+
+
+def flyway_cli(admin, front_port: int, db: str, sql_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """Real Flyway 10's command line (`make flyway`), JVM start included, as the platform runs it."""
+    url = f"jdbc:postgresql://127.0.0.1:{front_port}/{db}"
+    auth = [f"-user={admin.user or 'postgres'}"] + ([f"-password={admin.password}"] if admin.password else [])
+    return (["java", "-cp", f"{FLYWAY_LIB}/*", "org.flywaydb.commandline.Main", f"-url={url}", *auth,
+             f"-locations=filesystem:{sql_dir}", "-baselineOnMigrate=true", "-outOfOrder=true", "migrate"],
+            clean_env(REDGATE_DISABLE_TELEMETRY="true"))
+
+
+def case_flyway(admin, work: Path) -> list[Row]:
+    """A 200-file Flyway folder (14-digit versions) applied, then a no-op over it: the runner beside Flyway 10.
+    Flyway speaks TCP only; a local server on a Unix socket gets the suite's plain TCP front."""
+    if not shutil.which("java") or not list(FLYWAY_LIB.glob("flyway-commandline-10.*.jar")):
+        print("bench: Flyway rows skipped: needs java and `make flyway`", file=sys.stderr)
+        return []
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tls_proxy import TlsFront
+
+    sql_dir = work / "flyway"
+    sql_dir.mkdir()
+    for i in range(1, FLYWAY_FILES + 1):
+        (sql_dir / f"V2024{i:010d}__create table {i}.sql").write_text(
+            f"CREATE TABLE bench_f{i} (id int PRIMARY KEY, name text);\n")
+    socket_dir = admin.host or admin.params.get("host") or ""
+    if not socket_dir.startswith("/"):
+        raise SystemExit("bench: the Flyway rows need the local server's Unix socket (BENCH_DATABASE_URL unset)")
+    front = TlsFront(socket_dir, admin.port or 5432, None)
+    runs = max(3, RUNS)
+    try:
+        applied, flyways = [], []
+        for i in range(runs):
+            with databases(admin, 2) as (a, b):
+                sides = [(applied, runner(["migrate", "--sql-dir", str(sql_dir)], database_url(admin, a))),
+                         (flyways, flyway_cli(admin, front.port, b, sql_dir))]
+                for times, (cmd, env) in (sides if i % 2 == 0 else sides[::-1]):
+                    times.append(run(cmd, env))
+                if i == runs - 1:  # the no-op over the folder each applied
+                    noop, noop_flyway = alternate(runner(["migrate", "--sql-dir", str(sql_dir)], database_url(admin, a)),
+                                                  flyway_cli(admin, front.port, b, sql_dir), RUNS)
+    finally:
+        front.close()
+    mine, theirs = statistics.median(applied), statistics.median(flyways)
+    per = lambda s: f"{s / FLYWAY_FILES * 1000:.1f} ms/file"  # noqa: E731
+    return [
+        Row(f"`migrate` of a {FLYWAY_FILES}-file Flyway folder (Flyway's table written)", mine, theirs,
+            "Flyway 10.21 `migrate` (JVM start included)", None, f"runner {per(mine)}, Flyway {per(theirs)}"),
+        Row(f"no-op `migrate` over that Flyway folder", noop, noop_flyway, "Flyway 10.21 no-op `migrate`", None),
+    ]
+
+
 def machine(admin) -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown CPU")
@@ -430,13 +488,23 @@ def main() -> int:
     admin = admin_target()
     if sys.argv[1:] == ["--only", "live-traffic"]:  # that case alone: its section of RESULTS.md, the rest kept
         return 0 if live_traffic(admin) else 1
+    if sys.argv[1:] == ["flyway"]:  # `python bench/bench.py flyway`: those rows alone, in their own section
+        with tempfile.TemporaryDirectory(prefix="hcm-bench-") as tmp:
+            section = (f"{FLYWAY_SECTION}\n\n`python bench/bench.py flyway` on "
+                       f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, medians (BENCH_RUNS={RUNS}). Machine: "
+                       f"{machine(admin)}.\n\n{table(case_flyway(admin, Path(tmp)))}\n\n{FLYWAY_NOTE}\n")
+        print(section)
+        results = ROOT / "bench" / "RESULTS.md"
+        kept = results.read_text().split(f"\n{FLYWAY_SECTION}\n")[0].rstrip("\n")
+        results.write_text(f"{kept}\n\n{section}")
+        return 0
     if sys.argv[1:]:
-        raise SystemExit("usage: bench/bench.py [--only live-traffic]")
+        raise SystemExit("usage: bench/bench.py [--only live-traffic | flyway]")
     with tempfile.TemporaryDirectory(prefix="hcm-bench-") as tmp:
         work = Path(tmp)
         rows = [case_noop(admin), case_history(admin, work), case_big_file(admin, work), *case_500(admin, work),
                 case_status(admin, work), *case_live_drift(admin), case_help(), *case_mongo_patch(),
-                *case_tenants(admin, work)]
+                *case_tenants(admin, work), *case_flyway(admin, work)]
     described = machine(admin)
     report = table(rows)
     print(report)

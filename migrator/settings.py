@@ -39,9 +39,6 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _ASCII_NUMBER = re.compile(r"[0-9]{1,9}")  # str.isdigit() would take '²'
 # The platform's Flyway variables the runner reads and does not use (DIGIT's chart sets them all), and why.
 UNUSED_PLATFORM_VARIABLES = {
-    "SCHEMA_TABLE": ("the runner's history is yoyo's tables (_yoyo_migration, _yoyo_log, yoyo_lock) with its checksums, "
-                     "in each schema; a Flyway table of that name keeps Flyway's own history and is left alone"),
-    "FLYWAY_LOCATIONS": "the migrations are the image's sql/ (SQL_DIR or --sql-dir), not Flyway's locations",
 }
 
 
@@ -192,10 +189,24 @@ def _resolve_schemas(target: PostgresTarget, options: PostgresOptions, env: Env)
                             f"ignored: {target.sources['schemas']} names the schemas")
     target.create_schemas = options.create_schemas or _create_schemas(target, env)
     _one_per_pod(target, env)
+    _flyway_history(target, env)
     for name, why in UNUSED_PLATFORM_VARIABLES.items():
         value, origin = env.get(name)
         if value:
             target.notes.append(f"note: {name}={value} ({origin}) is not used: {why}")
+
+
+def _flyway_history(target: PostgresTarget, env: Env) -> None:
+    """SCHEMA_TABLE names a Flyway folder's history table (Flyway's own, default flyway_schema_history);
+    FLYWAY_OUT_OF_ORDER=false refuses a pending version older than the newest applied (Flyway's default)."""
+    value, origin = env.get("SCHEMA_TABLE")
+    if value:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
+            raise MigratorError(f"{origin}: {value!r} is not a table name (letters, digits and `_`)", USAGE)
+        target.flyway_table, target.sources["flyway_table"] = value, origin
+    value, origin = env.get("FLYWAY_OUT_OF_ORDER")
+    if value is not None:
+        target.out_of_order = _yes(value, origin)
 
 
 def _create_schemas(target: PostgresTarget, env: Env) -> bool:

@@ -58,6 +58,8 @@ class PostgresTarget:
     schema: str | None = None  # the one schema this connection migrates (search_path and bookkeeping there)
     create_schemas: bool = False
     read_timeout: float = 0.0  # seconds a read-only command waits for an answer to a statement (0: for ever)
+    flyway_table: str = "flyway_schema_history"  # SCHEMA_TABLE: a Flyway folder's history (Flyway's own table)
+    out_of_order: bool = True  # FLYWAY_OUT_OF_ORDER=false: an older pending version is refused, not applied
 
     def for_schema(self, schema: str) -> "PostgresTarget":
         """The same server, narrowed to one tenant's schema."""

@@ -357,7 +357,7 @@ def pod_runner(job_python, pg, db, tmp_path):
         (container,) = job["spec"]["template"]["spec"]["containers"]
 
         def run(with_mongo: bool = False, with_ca: bool = True, schemas: str | None = None, index: int | None = None,
-                port: int | None = None, command: list[str] | None = None):
+                port: int | None = None, command: list[str] | None = None, extra_env: dict | None = None):
             nonlocal runs
             runs += 1
             secrets = {"db": db_secret}
@@ -373,12 +373,12 @@ def pod_runner(job_python, pg, db, tmp_path):
             harness_env = {"PYTHONPATH": str(harness), "HCM_TEST_MONGOMOCK_STATE": str(state),
                            "MONGO_DIR": str(harness / "patches")}
             path = f"{root / 'bin'}:/usr/local/bin:/usr/bin:/bin"
-            variables = [f"{k}={v}" for k, v in {"PATH": path, **image, **env, **harness_env}.items()]
+            variables = [f"{k}={v}" for k, v in {"PATH": path, **image, **env, **harness_env, **(extra_env or {})}.items()]
             argv = ["setpriv", f"--reuid={JOB_UID}", f"--regid={JOB_UID}", "--clear-groups", "env", "-i", *variables,
                     *(command or container["command"])]
             return subprocess.run(argv, cwd=app, capture_output=True, text=True, timeout=180)
 
-        run.app, run.state, run.front = app, state, front
+        run.app, run.state, run.front, run.root = app, state, front, root
         return run
 
     yield pod
@@ -414,6 +414,26 @@ def test_the_job_migrates_as_uid_10001_without_a_passwd_entry(job_run, db):
     assert db.query("SELECT count(*) FROM _yoyo_log WHERE operation = 'apply'") == [(1,)]
     for run in (first, again):
         assert "Traceback" not in run.stderr and "trusted-Anyway-1" not in run.stdout + run.stderr
+
+
+def test_a_services_flyway_folder_runs_in_the_image_with_the_charts_variables(job_run, db):
+    """A service swaps `FROM egovio/flyway` for this image, keeps `COPY <folder> /flyway/sql` and the chart's
+    FLYWAY_LOCATIONS and SCHEMA_TABLE: its V files run, recorded in Flyway's table of that name."""
+    folder = job_run.root / "flyway" / "sql"  # /flyway/sql in the service's image
+    folder.mkdir(parents=True)
+    (folder / "V20230101120000__create_plan.sql").write_text("CREATE TABLE plan (id INT PRIMARY KEY);\n")
+    (folder / "V20242112141500__alter plan_add-name.sql").write_text("ALTER TABLE plan ADD COLUMN name TEXT;\n")
+    for path in (job_run.root / "flyway", folder, *folder.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    chart = {"FLYWAY_LOCATIONS": f"filesystem:{folder}", "SCHEMA_TABLE": "plan_service_schema"}
+    first = job_run(extra_env=chart)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert db.query("SELECT version, description, script, success FROM plan_service_schema ORDER BY installed_rank") == [
+        ("20230101120000", "create plan", "V20230101120000__create_plan.sql", True),
+        ("20242112141500", "alter plan add-name", "V20242112141500__alter plan_add-name.sql", True)]
+    assert "hcm_report_metadata" not in db.tables()  # the image's own sql/ is not the service's
+    again = job_run(extra_env=chart)
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr
 
 
 def test_the_job_applies_a_mongo_patch_once_and_logs_it_as_uid_10001(job_run):

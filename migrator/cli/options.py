@@ -6,6 +6,7 @@ import functools
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from migrator.cli.app import log_format_option, verbose_option
 from migrator.commands.base import LOCK_TIMEOUT as DEFAULT_LOCK_TIMEOUT, CommandSettings
@@ -13,9 +14,28 @@ from migrator.targets import AwsOptions, MongoOptions, PostgresOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+
+
+def _locations(ctx, param, value):
+    from migrator.postgres.flyway import locations  # (imported when used: --help stays fast)
+
+    return locations(value) if value is not None else None
+
+
+# Where a service's image built `FROM` this one puts its Flyway folder, as it did on egovio/flyway.
+IMAGE_FLYWAY_SQL = Path("/flyway/sql")
+
+
+def _default_sql_dir() -> str:
+    return str(IMAGE_FLYWAY_SQL if IMAGE_FLYWAY_SQL.is_dir() and any(IMAGE_FLYWAY_SQL.iterdir()) else PROJECT_ROOT / "sql")
+
+
 SQL_DIR = click.option(
-    "--sql-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "sql", show_default="sql/ beside runner.py",
-    envvar="SQL_DIR", help="Folder of the .sql migrations (else SQL_DIR).")
+    "--sql-dir", default=_default_sql_dir, show_default="/flyway/sql when it holds files, else sql/ beside runner.py",
+    callback=_locations,
+    envvar=["SQL_DIR", "FLYWAY_LOCATIONS"], metavar="PATH",
+    help="Folder of the .sql migrations, or Flyway locations (filesystem:a,filesystem:b) (else SQL_DIR, else "
+         "FLYWAY_LOCATIONS).")
 MONGO_DIR = click.option(
     "--mongo-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "mongo", show_default="mongo/ beside runner.py",
     envvar="MONGO_DIR", help="Folder of the Mongo patches (else MONGO_DIR).")
@@ -170,4 +190,9 @@ def _settings(kwargs: dict) -> CommandSettings:
     for name in ("sql_dir", "mongo_dir", "lock_timeout"):
         if other[name] is not None:
             setattr(settings, name, other[name])
+    # This repository's mongo/ is not another service's: pointed at another SQL folder, the Mongo side is listed
+    # only when its folder (--mongo-dir / MONGO_DIR) or its connection is given for the run.
+    context = click.get_current_context(silent=True)
+    given = context is not None and context.get_parameter_source("mongo_dir") not in (None, ParameterSource.DEFAULT)
+    settings.mongo_listed = given or settings.sql_dir == PROJECT_ROOT / "sql"
     return settings

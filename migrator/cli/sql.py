@@ -61,6 +61,15 @@ def accept_changes(settings, ids):
     output.report(tenants.accept_changes(settings, list(ids)))
 
 
+@sql.command()
+@settings_options(postgres=True, sql_dir=True)
+@click.argument("ids", nargs=-1)
+@LOCK_TIMEOUT
+def repair(settings, ids):
+    """A Flyway folder: remove the failed rows of IDS (else all) from Flyway's table, as `flyway repair` does."""
+    output.report(commands.repair(settings, list(ids)))
+
+
 @sql.command("accept-drift")
 @settings_options(postgres=True, sql_dir=True)
 @LOCK_TIMEOUT
@@ -116,9 +125,12 @@ def adopt(settings, yes, scratch_url, as_json):
 @SQL_DIR
 @click.option("--schema", "schemas", multiple=True, metavar="NAME",
               help="Tenant schemas are in use (else SCHEMA_NAME): also flag names qualified with public or a tenant.")
-def lint(sql_dir, schemas):
+@click.option("--pending", is_flag=True,
+              help="Only the migrations not yet applied to the database (DATABASE_URL / DB_* / DB_URL; over tenant "
+                   "schemas, pending in any): what CI wants on a long-applied folder.")
+def lint(sql_dir, schemas, pending):
     """Lint the migrations with squawk and .squawk.toml, each as the runner will run it; exit 1 on findings."""
-    findings, count = commands.lint(sql_dir, tenants.lint_schemas(schemas))
+    findings, count = commands.lint(sql_dir, tenants.lint_schemas(schemas), pending=pending)
     for finding in findings:
         output.result(str(finding))
     if findings:

@@ -27,6 +27,7 @@ class CommandSettings:
     mongo: MongoOptions = field(default_factory=MongoOptions)
     sql_dir: Path = PROJECT_ROOT / "sql"
     mongo_dir: Path = PROJECT_ROOT / "mongo"
+    mongo_listed: bool = True  # False: another service's SQL folder and no Mongo folder given (options.py)
     lock_timeout: float = LOCK_TIMEOUT
     ddl_lock_timeout: str | None = None
     statement_timeout: str | None = None
@@ -42,6 +43,11 @@ class CommandSettings:
     progress: bool = True  # live progress of long statements (--quiet turns it off)
     described: object = None  # a tenant's schema as read at the start of the run (tenants.run): drift's fast path
     rewrite_threshold_rows: int | None = None  # --rewrite-threshold-rows (else REWRITE_THRESHOLD_ROWS, else 10,000)
+
+    @property
+    def patch_dir(self) -> Path | None:
+        """The Mongo folder this run lists when Mongo is not configured (None: not this run's concern)."""
+        return self.mongo_dir if self.mongo_listed else None
 
     def limits(self) -> DdlLimits:
         return resolve_ddl_limits(self.ddl_lock_timeout, self.statement_timeout, self.env, self.lock_retry_budget)

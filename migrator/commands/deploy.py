@@ -236,9 +236,11 @@ def _schema_exists(backend, schema: str) -> bool:
 def _mongo_plan(settings: CommandSettings, mongo_target) -> MongoPlanReport:
     from migrator.mongo import actions, connection, patches
 
-    found = patches.discover(settings.mongo_dir) if settings.mongo_dir.is_dir() else []
     if mongo_target is None:
-        return MongoPlanReport(None, on_disk=[p.id for p in found], folder=settings.mongo_dir.name)
+        found = patches.discover(settings.patch_dir) if settings.patch_dir and settings.patch_dir.is_dir() else []
+        return MongoPlanReport(None, on_disk=[p.id for p in found],
+                               folder=settings.patch_dir.name if settings.patch_dir else "")
+    found = patches.discover(settings.mongo_dir) if settings.mongo_dir.is_dir() else []
     with connection.connect(mongo_target) as db:
         pending = len(actions.pending(db, found))
         with output.patch_output(err=True):  # the patches' own output stays off the SQL on stdout

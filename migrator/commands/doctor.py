@@ -19,11 +19,12 @@ def doctor(settings: CommandSettings, *, dev_tools: bool = True) -> DoctorReport
     environment.dotenv(report, env)
     environment.ca_bundle(report, settings.postgres.ca_bundle, env)
     pg_target = environment.postgres_settings(report, settings.postgres, env)
-    mongo_target = environment.mongo_settings(report, settings.mongo, env, settings.mongo_dir)
+    mongo_target = environment.mongo_settings(report, settings.mongo, env, settings.patch_dir)
     if pg_target is not None and not pg_target.local_dev:
         postgres.check(report, pg_target, settings.sql_dir)
     js_to_run = mongo.check(report, mongo_target, settings.mongo_dir) if mongo_target is not None else None
-    environment.mongosh(report, settings.mongo_dir, mongo_target is not None, js_to_run)
+    environment.mongosh(report, settings.mongo_dir if mongo_target else settings.patch_dir, mongo_target is not None,
+                        js_to_run)
     if dev_tools:
         environment.squawk(report)
     return report

@@ -46,7 +46,7 @@ def mark(settings: CommandSettings, ids: list[str]) -> CountedLines:
     migrations = postgres.read_migrations(settings.sql_dir)
     selected = postgres.select_by_id(migrations, ids)
     with locked_backend(settings) as (backend, _):
-        already = set(postgres.applied_ids(backend))
+        already = set(postgres.applied_ids(backend, migrations))
         todo = [m for m in selected if m.id not in already]
         schema = check_schema_drift(settings, backend, refuse=False)
         postgres.mark(backend, todo)
@@ -59,18 +59,38 @@ def mark(settings: CommandSettings, ids: list[str]) -> CountedLines:
 def accept_changes(settings: CommandSettings, ids: list[str]) -> CountedLines:
     """After review, record the current content of applied migrations as what was applied."""
     from migrator import checksums, postgres
+    from migrator.postgres import flyway, history
 
     migrations = postgres.read_migrations(settings.sql_dir)
     selected = postgres.select_by_id(migrations, ids)
     with locked_backend(settings) as (backend, target):
-        applied = postgres.applied_ids(backend)
+        applied = postgres.applied_ids(backend, migrations)
         not_applied = [m.id for m in selected if m.id not in applied]
         if not_applied:
             raise MigratorError(f"{', '.join(not_applied)} not applied on {target.where}: nothing to accept "
                                 "(a pending file may change freely)", USAGE)
         changes = checksums.accept(backend, selected)
+        if flyway.is_flyway(selected):  # Flyway's table too (as `flyway repair` realigns checksums)
+            history.accept(backend, selected)
     return CountedLines([f"  accepted {c.id}: sha256 {c.current[:12]} (was {c.recorded[:12] or 'nothing'})"
                          for c in changes], len(changes))
+
+
+def repair(settings: CommandSettings, ids: list[str]) -> CountedLines:
+    """A Flyway folder: remove the failed rows (of IDS, else all) from Flyway's table, as `flyway repair` does,
+    so the next migrate runs those files again (after what they left was undone by hand)."""
+    from migrator import postgres
+    from migrator.postgres import flyway, history
+
+    migrations = postgres.read_migrations(settings.sql_dir)
+    if not flyway.is_flyway(migrations):
+        raise MigratorError(f"{settings.sql_dir} is not a Flyway folder: `sql repair` removes failed rows from "
+                            "Flyway's table; the runner's own failures are settled by migrate or `sql mark`", USAGE)
+    selected = postgres.select_by_id(migrations, ids) if ids else []
+    with locked_backend(settings) as (backend, _):
+        with backend.transaction():
+            removed = history.forget_failed(backend, [m.id for m in selected])
+    return CountedLines([f"  removed {removed} failed row(s) from {history.table_name(backend)}"], removed)
 
 
 def accept_drift(settings: CommandSettings) -> CountedLines:
@@ -121,16 +141,31 @@ def adopt_on(settings: CommandSettings, server, *, yes: bool):
     return report
 
 
-def lint(sql_dir: Path, schemas: list[str] | None = None) -> tuple[list, int]:
+def lint(sql_dir: Path, schemas: list[str] | None = None, *, pending: bool = False) -> tuple[list, int]:
     """(findings, number of migrations) of squawk over the migrations, each as the runner will run it;
-    with tenant schemas, also the names qualified with public or a tenant's schema."""
+    with tenant schemas, also the names qualified with public or a tenant's schema. With `pending`, only the
+    files the database (each tenant's schema) has not applied: files applied years ago are not CI's concern."""
     from migrator import lint as squawk, postgres
 
     migrations = postgres.read_migrations(sql_dir)
+    if pending:
+        migrations = migrations.filter(lambda m: m.id in _pending_ids(CommandSettings(sql_dir=sql_dir), migrations))
     findings = squawk.lint(migrations)
     if schemas:
         findings = sorted(findings + squawk.tenant_findings(migrations, schemas), key=lambda f: (f.path, f.line, f.column))
     return findings, len(migrations)
+
+
+def _pending_ids(settings: CommandSettings, migrations) -> set[str]:
+    from migrator import postgres
+
+    target = settings.postgres_target()
+    ids: set[str] = set()
+    for one in [target.for_schema(s) for s in target.schemas] or [target]:
+        with postgres.connect(one, read_only=True) as backend:
+            applied = postgres.applied_ids(backend, migrations)
+        ids |= {m.id for m in migrations if m.id not in applied}
+    return ids
 
 
 def break_lock(settings: CommandSettings) -> CountedLines:

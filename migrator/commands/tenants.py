@@ -89,7 +89,7 @@ def _applied_of(settings: CommandSettings, migrations) -> tuple[int, int]:
 
     try:
         with postgres.connect(settings.pinned, read_only=True) as backend:
-            return len(set(postgres.applied_ids(backend)) & {m.id for m in migrations}), len(migrations)
+            return len(set(postgres.applied_ids(backend, migrations)) & {m.id for m in migrations}), len(migrations)
     except MigratorError:
         return 0, len(migrations)
 

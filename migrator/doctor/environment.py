@@ -146,7 +146,7 @@ def postgres_settings(report: DoctorReport, options: PostgresOptions, env: Env) 
     return target if len(target.schemas) > 1 else target.one_schema("doctor")  # several: checked one by one
 
 
-def mongo_settings(report: DoctorReport, options: MongoOptions, env: Env, mongo_dir: Path) -> MongoTarget | None:
+def mongo_settings(report: DoctorReport, options: MongoOptions, env: Env, mongo_dir: Path | None) -> MongoTarget | None:
     url = options.url or env.value("MONGO_URL")
     name, origin = (options.aws.secret_name, "--secret-name") if options.aws.secret_name else env.get("MONGO_SECRET_NAME")
     if name and not url and not secret(report, name, origin, options.aws, env, "mongo"):
@@ -157,7 +157,7 @@ def mongo_settings(report: DoctorReport, options: MongoOptions, env: Env, mongo_
         report.add(failed("mongo settings", str(exc)))
         return None
     if target is None:
-        found = sorted(p.name for p in mongo_dir.glob("*.[jp][sy]")) if mongo_dir.is_dir() else []
+        found = sorted(p.name for p in mongo_dir.glob("*.[jp][sy]")) if mongo_dir and mongo_dir.is_dir() else []
         if found:
             report.add(Check("mongo settings", WARN, f"not configured: the {len(found)} patch(es) in {mongo_dir} will be skipped",
                              "set MONGO_URL and MONGO_DB, or MONGO_SECRET_NAME"))
@@ -190,14 +190,14 @@ def _notes(report: DoctorReport, name: str, notes: list[str]) -> None:
         report.add(Check(name, WARN, detail, remedy))
 
 
-def mongosh(report: DoctorReport, mongo_dir: Path, mongo_configured: bool, js_to_run: list[str] | None) -> None:
+def mongosh(report: DoctorReport, mongo_dir: Path | None, mongo_configured: bool, js_to_run: list[str] | None) -> None:
     """mongosh, found as the runner finds it. Missing, it FAILs only when a JavaScript patch would run
     (pending or blocked, or unknown because Mongo could not be read); otherwise it is a warning."""
     from migrator.mongo import js_patch
 
-    js = sorted(mongo_dir.glob("*.js")) if mongo_dir.is_dir() else []
+    js = sorted(mongo_dir.glob("*.js")) if mongo_dir and mongo_dir.is_dir() else []
     if not js:
-        report.add(Check("mongosh", OK, f"not needed: no JavaScript patch in {mongo_dir}"))
+        report.add(Check("mongosh", OK, f"not needed: no JavaScript patch in {mongo_dir or 'this run (no Mongo folder or connection given)'}"))
         return
     try:
         path = js_patch.mongosh_path()

@@ -295,6 +295,30 @@ def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advi
         report.add(Check("postgres locks", OK, "advisory locks allowed; the migration lock is free"))
 
 
+def _flyway_history(report: DoctorReport, backend, migrations, todo) -> None:
+    """A Flyway folder: the Flyway history found (the history of record) and what the next migrate does with it."""
+    from migrator import postgres
+    from migrator.postgres import flyway, history
+
+    if not flyway.is_flyway(migrations):
+        return
+    found = postgres.bookkeeping(backend, migrations).flyway
+    where = f"{backend.bookkeeping_schema}.{history.table_name(backend)}"
+    if found is None:
+        report.add(Check("flyway history", OK, f"no {where} yet: the next migrate creates it in Flyway 10's format and "
+                                               f"records each of the {len(todo)} migration(s) it applies there"))
+    elif found.failed:
+        row = next(iter(found.failed.values()))
+        report.add(Check("flyway history", FAIL, f"{where} records {row.script} as FAILED (installed_rank {row.rank}): "
+                                                 "the next migrate refuses",
+                         "finish or undo it by hand, then `runner.py sql mark` it (or `runner.py sql repair`)"))
+    else:
+        newest = max((r.version for r in found.rows if r.version and r.success), key=flyway.version_key, default="-")
+        report.add(Check("flyway history", OK, f"{where}: {len(found.rows)} row(s), newest version {newest}; the next "
+                                               f"migrate takes them as applied (nothing re-applied) and applies "
+                                               f"{len(todo)} pending, recording each there"))
+
+
 def _migrations(report: DoctorReport, backend, target: PostgresTarget, sql_dir, described=None) -> None:
     from migrator import postgres
     from migrator.schema import snapshot
@@ -308,6 +332,7 @@ def _migrations(report: DoctorReport, backend, target: PostgresTarget, sql_dir, 
         return
     applied = sum(1 for s in states if s.applied_at)
     report.add(Check("migrations", OK, f"{applied} applied, {len(todo)} pending ({sql_dir})"))
+    _flyway_history(report, backend, migrations, todo)
     drift = [s for s in states if s.changed]
     if drift:
         report.add(failed("drift", str(postgres.drift_error(drift, target, "migrate would refuse to run"))))

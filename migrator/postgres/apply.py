@@ -9,6 +9,7 @@ from typing import Iterator
 
 from migrator import checksums, interrupt, output, pg_lock
 from migrator.errors import USAGE, MigratorError
+from migrator.postgres import flyway, history
 from migrator.postgres.errors import StatementFailed, migration_error
 from migrator.postgres.migration import load_migrations, rollback_path
 from migrator.postgres.state import bookkeeping
@@ -62,6 +63,8 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         raise migration_error(failed, migration, target.where, verb, path)
     if migration.record_after_commit:  # it made its transaction read-only, so it could not record itself
         checksums.record_after_commit(backend, migration.id, None if prefix else checksums.file_sha256(Path(migration.path)))
+        if flyway.parse(Path(migration.path).name):  # Flyway's row likewise
+            history.record_after_commit(backend, Path(migration.path), rolled_back=bool(prefix))
     if migration.earlier_failure is not None or not migration.use_transactions or prefix:
         checksums.clear_failures(backend, [migration.id])
 
@@ -105,7 +108,8 @@ def apply(backend, target: PostgresTarget, migrations) -> Iterator[tuple[object,
 
 def select_rollback(backend, migrations, *, count: int | None, to: str | None, all_: bool) -> list:
     """The applied migrations to roll back, newest first; checks their rollback files first."""
-    applied = list(backend.to_rollback(migrations))
+    # A repeatable (R__) has no rollback and is re-run when it changes: rollbacks step over it, as Flyway's undo.
+    applied = [m for m in backend.to_rollback(migrations) if not flyway.is_repeatable(m)]
     if to is not None:
         ids = [m.id for m in applied]
         if to not in ids:
@@ -146,5 +150,7 @@ def mark(backend, selected) -> None:
     from yoyo.migrations import MigrationList
 
     backend.mark_migrations(MigrationList(selected))
+    if flyway.is_flyway(selected):  # a Flyway folder's record: a success row each (a failed row replaced)
+        history.mark(backend, selected)
     checksums.accept(backend, selected)
     checksums.clear_failures(backend, [m.id for m in selected])

@@ -159,6 +159,9 @@ def backend_class():
         watcher = None  # a postgres.watch.Watcher following each migration session, when progress is on
         limits: DdlLimits | None = None  # the run's DDL limits (each try's lock_timeout, the lock retry budget)
 
+        flyway_table = "flyway_schema_history"  # a Flyway folder's history (SCHEMA_TABLE)
+        history: str | None = None  # set for a Flyway folder's run: its drift is its own objects' (history.py)
+        out_of_order = True
         foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
 
         def connect(self, dburi):
@@ -173,6 +176,8 @@ def backend_class():
         def init_connection(self, connection):
             # Called by yoyo on connect and after each rollback (which would undo the pin).
             with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_catalog.set_config('hcm.flyway_table', %s, false), "
+                               "pg_catalog.set_config('hcm.history', %s, false)", (self.flyway_table, self.history or ""))
                 if self.schema and self.schema != "public":
                     cursor.execute(PIN_TENANT, {"schema": self.schema})
                     self.bookkeeping_schema, self.foreign = self.schema, []
@@ -218,10 +223,33 @@ def backend_class():
         def copy(self):
             session = MigrationSession(self.uri, self.migration_table)
             session.bookkeeping_schema = self.bookkeeping_schema
+            session.flyway_table = self.flyway_table
             session.parent = self  # where a non-transactional file's progress is recorded
             if self.watcher is not None:
                 self.watcher.follow(session.connection)
             return session
+
+        # A Flyway folder's migrations are yoyo's per history (SCHEMA_TABLE): services sharing a schema keep
+        # their own marks even where their file names agree (the same version in several services).
+        def _per_history(self, migrations):
+            from migrator.postgres import flyway
+
+            for migration in migrations:
+                if flyway.parse(migration.id + ".sql"):
+                    migration.hash = flyway.history_hash(self.flyway_table, migration.id)
+            return migrations
+
+        def to_apply(self, migrations):
+            return super().to_apply(self._per_history(migrations))
+
+        def to_rollback(self, migrations):
+            return super().to_rollback(self._per_history(migrations))
+
+        def mark_one(self, migration, log=True):
+            super().mark_one(self._per_history([migration])[0], log)
+
+        def unmark_one(self, migration, log=True):
+            super().unmark_one(self._per_history([migration])[0], log)
 
         def get_log_data(self, migration=None, operation="apply"):
             # yoyo's own version calls getpass.getuser(), which fails where the Job runs (a uid
@@ -313,6 +341,9 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
     try:
         backend = backend_class()(parse_uri(url), MIGRATION_TABLE)
         backend.limits = limits
+        backend.flyway_table, backend.out_of_order = target.flyway_table, target.out_of_order
+        if backend.flyway_table != backend_class().flyway_table:
+            backend.init_connection(backend.connection)  # the pins again, with SCHEMA_TABLE's name
         if refuse_foreign and backend.foreign and (target.schema or not target.schemas):
             backend.connection.close()
             raise MigratorError(foreign_history(backend, target), USAGE)

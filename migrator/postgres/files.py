@@ -14,6 +14,7 @@ from pathlib import Path
 from migrator.errors import USAGE, MigratorError
 from migrator.output import visible
 from migrator.postgres import psql_reading
+from migrator.postgres import flyway
 from migrator.postgres.splitter import TAG_CHAR, TAG_START, SplitError, Statement, newlines, split
 
 # Checked on every name before any file is opened: a name is printed in `plan` (inside SQL) and in
@@ -45,6 +46,8 @@ def check_names(sql_dir: Path) -> list[Path]:
     Anything that looks like a migration but is not exactly one (`0002_B.SQL`, `0003_c.sql.orig`, a
     rollback without its migration) is refused rather than silently skipped.
     """
+    if flyway.is_flyway_folder(sql_dir):
+        return flyway.check_names(sql_dir)
     if not sql_dir.is_dir():
         raise MigratorError(f"migrations folder {sql_dir} not found; run from the project root or pass --sql-dir", USAGE)
     migrations, rollbacks, numbers = [], [], {}
@@ -411,6 +414,8 @@ def new(sql_dir: Path, name: str) -> tuple[Path, Path]:
     slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
     if not slug:
         raise MigratorError(f"migration name {name!r} has no letters or digits; e.g. `make new NAME=add_report_status`", USAGE)
+    if flyway.is_flyway_folder(sql_dir):
+        return flyway.new(sql_dir, slug)
     if not sql_dir.is_dir():
         raise MigratorError(f"migrations folder {sql_dir} not found; run from the project root", USAGE)
     numbers = [int(m["number"]) for p in sql_dir.glob("*.sql") if (m := FILE_NAME.match(p.name))]

@@ -170,7 +170,7 @@ def measure(server, live_backend, migrations, pending, findings, schema: str | N
     from migrator import postgres
     from migrator.errors import MigratorError
 
-    applied = set(postgres.applied_ids(live_backend))
+    applied = set(postgres.applied_ids(live_backend, migrations))
     live = live_backend.connection
     done = []
     seen = estimate.risks.Seen()  # what the pending statements before each one did (the rewrite judge's view)

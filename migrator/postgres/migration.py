@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from pathlib import Path
 
 from migrator import checksums, interrupt, pg_lock
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import backfill, concurrently, files, retry
+from migrator.postgres import backfill, concurrently, files, flyway, history, retry
 from migrator.postgres.errors import StatementFailed, progress
 
 
@@ -57,6 +58,8 @@ def is_transactional(migration) -> bool:
 
 
 def rollback_path(migration) -> Path:
+    if flyway.VERSIONED.match(Path(migration.path).name):
+        return flyway.undo_path(Path(migration.path))
     return Path(migration.path).with_name(Path(migration.path).name.replace(".sql", ".rollback.sql"))
 
 
@@ -354,6 +357,7 @@ def _migration_class():
                 progress.start()
             # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
             guard = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
+            started = time.monotonic()
             run_retrying(backend, migration, path, statements, transactional, progress, guard)
             try:
                 migration.record_after_commit = not checksums.record(
@@ -361,6 +365,14 @@ def _migration_class():
             except checksums.SearchPathChanged as exc:
                 raise SearchPathMoved(exc.found, guard.expected, path, statements, len(statements) - 1, transactional,
                                       0 if transactional else len(statements), None, at_end=True)
+            # Flyway's own row too, in the same transaction (a read-only one: after the commit, apply.py)
+            if flyway.parse(Path(migration.path).name) and not migration.record_after_commit:
+                history_path = Path(migration.path)
+                if rollback:
+                    history.forget(backend.connection, backend.bookkeeping_schema, backend.flyway_table, history_path)
+                else:
+                    history.record(backend.connection, backend.bookkeeping_schema, backend.flyway_table, history_path,
+                                   round((time.monotonic() - started) * 1000))
             if guard is not None and transactional:  # still before the commit: raising rolls it all back
                 outside = made_outside(backend.connection, backend.schema)
                 if outside:
@@ -383,6 +395,11 @@ def _migration_class():
 
         def load(self):
             if self.steps is None:
+                if "transactional" not in self.directives and flyway.parse(Path(self.path).name):
+                    # As Flyway: a file of statements that cannot run in a transaction (CREATE INDEX
+                    # CONCURRENTLY) runs without one, no directive needed (read only when it is to run).
+                    self.use_transactions = not any(files.OUTSIDE_TRANSACTION.match(s.text) for s in
+                                                    files.statements(Path(self.path), in_transaction=False))
                 self.steps = [FileStep(self)]
 
         def rollback_transactional(self) -> bool:

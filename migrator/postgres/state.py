@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from migrator import checksums
 from migrator.errors import DRIFT, MigratorError
+from migrator.postgres import history
 from migrator.postgres.connection import MIGRATION_TABLE
 from migrator.postgres.migration import load_migrations, ordered
 from migrator.targets import PostgresTarget
@@ -37,11 +38,14 @@ class Bookkeeping:
     applied: dict[str, datetime]  # id -> applied_at (yoyo's marks)
     sums: dict[str, str]  # id -> recorded sha256
     failures: dict[str, str]  # id -> what a failed non-transactional run left committed
+    marked: set[str] = field(default_factory=set)  # yoyo's own marks (applied also counts Flyway's table)
+    flyway: history.FlywayBooks | None = None  # a Flyway folder's history of record
 
 
-def bookkeeping(backend) -> Bookkeeping:
+def bookkeeping(backend, migrations=None) -> Bookkeeping:
     """Read-only (yoyo's own reader may create its tables). A checksum without a mark is a migration
-    committed but not marked."""
+    committed but not marked. Flyway's table (a Flyway folder's history of record) counts too: what it
+    records applied is applied, its failed rows are failures (history.books)."""
     names = {"marks": backend.qualified(MIGRATION_TABLE), "sums": backend.qualified(checksums.TABLE),
              "failures": backend.qualified(checksums.FAILURES)}
     has_marks, has_sums, has_failures = backend.execute(
@@ -54,16 +58,40 @@ def bookkeeping(backend) -> Bookkeeping:
         sums = backend.execute(f"SELECT migration_id, sha256 FROM {names['sums']}").fetchall()
     if has_failures:
         failures = backend.execute(f"SELECT migration_id, what FROM {names['failures']}").fetchall()
-    return Bookkeeping(dict(marks), {i: sha.strip() for i, sha in sums}, dict(failures))
+    books = Bookkeeping(dict(marks), {i: sha.strip() for i, sha in sums}, dict(failures), {i for i, _ in marks})
+    flyway_folder = history.flyway.is_flyway(migrations) if migrations is not None else bool(backend.history)
+    if flyway_folder:  # (without the files: when this run's backend already met its Flyway folder)
+        books.flyway = history.books(backend, migrations)
+    if migrations is not None and flyway_folder:
+        history.scope_drift(backend)  # this history's objects are its drift, not the whole schema's
+    if books.flyway is not None and migrations is not None:
+        # A Flyway folder's record is Flyway's table alone: yoyo's marks and the runner's checksums of another
+        # service in the same schema (a file name both use) are not this folder's.
+        books.applied, books.sums = dict(books.flyway.applied), {}
+    if books.flyway is not None:
+        for script_id in books.flyway.stale:
+            books.applied.pop(script_id, None)
+        books.applied.update(books.flyway.applied)
+        for script_id, row in books.flyway.failed.items():
+            books.failures.setdefault(script_id, f"{books.flyway.table} records {row.script} as FAILED "
+                                                 f"(installed_rank {row.rank}): what it left committed is unknown")
+    return books
 
 
-def applied_ids(backend) -> dict[str, datetime]:
-    return bookkeeping(backend).applied
+def drift_of(migrations, books: Bookkeeping) -> list:
+    """Applied files changed since: the runner's sha256, or Flyway's checksum where Flyway's table has one."""
+    crcs = books.flyway.crcs if books.flyway else {}
+    drift = checksums.drifted(migrations, set(books.applied), {i: s for i, s in books.sums.items() if i not in crcs})
+    return drift + (history.drifted(migrations, books.flyway) if books.flyway else [])
+
+
+def applied_ids(backend, migrations=None) -> dict[str, datetime]:
+    return bookkeeping(backend, migrations).applied
 
 
 def status(backend, migrations) -> list[MigrationState]:
-    books = bookkeeping(backend)
-    changed = {d.id for d in checksums.drifted(migrations, set(books.applied), books.sums)}
+    books = bookkeeping(backend, migrations)
+    changed = {d.id for d in drift_of(migrations, books)}
     states = [MigrationState(m.id, Path(m.path), books.applied.get(m.id), m.id in changed, _failure(books, m.id))
               for m in ordered(migrations)]
     on_disk = {m.id for m in migrations}
@@ -88,7 +116,7 @@ def _failure(books: Bookkeeping, migration_id: str) -> str | None:
 
 def pending(backend, migrations):
     """The migrations `migrate` would run, in its order, loaded (so refusals show before anything runs)."""
-    applied = applied_ids(backend)
+    applied = applied_ids(backend, migrations)
     todo = ordered(migrations.filter(lambda m: m.id not in applied))
     load_migrations(todo)
     return todo
@@ -103,8 +131,19 @@ def reconcile(backend, migrations, notify) -> list:
     """
     from yoyo.migrations import MigrationList
 
-    books = bookkeeping(backend)
-    applied = set(books.applied)
+    books = bookkeeping(backend, migrations)
+    if books.flyway is None and history.flyway.is_flyway(migrations):
+        history.ensure_table(backend)  # the history of record from the first run on, as Flyway would make it
+        books = bookkeeping(backend, migrations)
+    if books.flyway is not None:
+        history.sync(backend, migrations, books.flyway, notify)
+        history.seed_owned(backend, migrations, books.flyway)
+        pending_ids = {m.id for m in migrations if m.id not in books.applied}
+        history.refuse_failed(books.flyway, pending_ids, backend.bookkeeping_schema)
+        history.out_of_order(migrations, books.flyway, [m for m in migrations if m.id in pending_ids], notify,
+                             backend.out_of_order)
+        return drift_of(migrations, books)
+    applied = set(books.marked)
     committed = [m for m in migrations if m.id in books.sums and m.id not in applied]
     if committed:
         backend.mark_migrations(MigrationList(committed))
@@ -115,7 +154,8 @@ def reconcile(backend, migrations, notify) -> list:
         notify(f"note: recorded the checksums of {len(recorded_now)} migration(s) applied before drift detection")
     checksums.clear_failures(backend, [i for i, what in books.failures.items()
                                        if i in applied and not what.startswith(checksums.ROLLBACK)])
-    return checksums.drifted(migrations, applied, books.sums)
+    books.applied = {i: at for i, at in books.applied.items() if i in applied}
+    return drift_of(migrations, books)
 
 
 def drift_error(drift: list, target: PostgresTarget, verb: str = "migrate refuses to run") -> MigratorError:

@@ -176,6 +176,8 @@ class MongoPlanReport:
     folder: str = "mongo"
 
     def lines(self) -> list[str]:
+        if self.target is None and not self.folder:  # another service's SQL folder: no Mongo folder for this run
+            return ["-- MongoDB: not configured, skipped"]
         if self.target is None:
             return [f"-- MongoDB: not configured; patches in {visible(self.folder)}/: "
                     f"{visible(', '.join(self.on_disk)) or 'none'}"]

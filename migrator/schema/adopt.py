@@ -83,7 +83,7 @@ def adopt(backend, server: PostgresTarget, migrations, schema: str | None = None
     run = newest  # the contiguous run of matches ending at the newest: migrations in it change no schema
     while run - 1 in matching:
         run -= 1
-    marked = set(postgres.applied_ids(backend))
+    marked = set(postgres.applied_ids(backend, migrations))
     ids = [mid for mid, _ in prefixes[1: newest + 1]]
     report = AdoptReport(prefixes[newest][0], same_schema=[prefixes[i][0] for i in matching if i != newest and i > 0],
                          to_mark=[i for i in ids if i not in marked], already=[i for i in ids if i in marked])
@@ -109,7 +109,7 @@ def mark_adopted(backend, migrations, report: AdoptReport) -> list[str]:
     mark` does, checksums included) and record the schema. Returns the ids marked."""
     if not report.ok or not report.to_mark:
         return []
-    already = set(postgres.applied_ids(backend))
+    already = set(postgres.applied_ids(backend, migrations))
     selected = postgres.select_by_id(migrations, [i for i in report.to_mark if i not in already])
     postgres.mark(backend, selected)
     snapshot.record(backend.connection, backend.bookkeeping_schema, "adopt")

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 MANAGED_NS = "n.nspname <> 'information_schema' AND left(n.nspname, 3) <> 'pg_'"
 BOOKKEEPING_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock",
-                      "_hcm_migration_checksum", "_hcm_migration_failure", "_hcm_schema_snapshot")
+                      "_hcm_migration_checksum", "_hcm_migration_failure", "_hcm_schema_snapshot", "_hcm_schema_owned",
+                      "flyway_schema_history")
+# A Flyway folder's history table is bookkeeping too: its default name, or the run's SCHEMA_TABLE (set on the
+# runner's connection as hcm.flyway_table).
 NOT_BOOKKEEPING = ("NOT (c.relnamespace = ANY(CAST(%(bookkeeping)s AS oid[])) AND c.relname IN ("
-                   + ", ".join(f"'{t}'" for t in BOOKKEEPING_TABLES) + "))")
+                   + ", ".join(f"'{t}'" for t in BOOKKEEPING_TABLES)
+                   + ", coalesce(pg_catalog.current_setting('hcm.flyway_table', true), '')))")
 QUALIFIED = "quote_ident(n.nspname) || '.' || quote_ident({name})"
 
 # Where yoyo's tables are (as the runner's connection pins it), else the session's current schema.

@@ -15,7 +15,7 @@ from datetime import datetime
 from migrator import checksums, whoami
 from migrator.schema.describe import describe, scope
 from migrator.schema.diff import diff, summary
-from migrator.schema.model import Description
+from migrator.schema.model import Description, Item, top_key
 
 TABLE = "_hcm_schema_snapshot"
 CREATE = """
@@ -33,6 +33,18 @@ INSERT INTO {schema}.{table} (description, sha256, last_migration, recorded_by, 
 ON CONFLICT (id) DO UPDATE SET description = EXCLUDED.description, sha256 = EXCLUDED.sha256,
     last_migration = EXCLUDED.last_migration, recorded_at = pg_catalog.now() AT TIME ZONE 'utc',
     recorded_by = EXCLUDED.recorded_by, reason = EXCLUDED.reason"""
+# A Flyway folder's history (SCHEMA_TABLE) among several in one schema: the top-level objects its migrations
+# created or changed. Its drift is limited to those (and their parts): another service's objects are not its.
+OWNED = "_hcm_schema_owned"
+CREATE_OWNED = """
+CREATE TABLE IF NOT EXISTS {schema}.{table} (
+    history     VARCHAR(63) PRIMARY KEY,
+    objects     JSONB       NOT NULL,
+    recorded_at TIMESTAMP   NOT NULL DEFAULT (pg_catalog.now() AT TIME ZONE 'utc')
+)"""
+UPSERT_OWNED = """
+INSERT INTO {schema}.{table} (history, objects) VALUES (%s, %s)
+ON CONFLICT (history) DO UPDATE SET objects = EXCLUDED.objects, recorded_at = pg_catalog.now() AT TIME ZONE 'utc'"""
 LAST_MIGRATION = "SELECT migration_id FROM {schema}.{table} ORDER BY applied_at_utc DESC, migration_id DESC LIMIT 1"
 READ = "SELECT sha256, last_migration, recorded_at, recorded_by, reason FROM {schema}.{table}"
 
@@ -107,6 +119,13 @@ def advance(conn, schema: str, before: Description, reason: str, claimed=()) -> 
     back migration (or once after the loop, on failure too); commits like `record`. `claimed`: names of indexes
     the runner's migrations built (an earlier, interrupted try's included), taken as they are now."""
     now = describe(conn, schema)
+    changed = [key for key in before.items.keys() | now.items.keys() if before.items.get(key) != now.items.get(key)]
+    history = _history(conn)
+    if history:  # one service's history among several: what it created or changed is its own
+        own = owned(conn, schema, history) or set()
+        own |= {top(item) for key in changed for item in (before.items.get(key), now.items.get(key)) if item}
+        own -= {top(before.items[k]) for k in changed if k not in now.items and not before.items[k].parent}
+        set_owned(conn, schema, history, own)
     recorded_before = recorded_description(conn, schema)
     if recorded_before is None:
         return _store(conn, schema, now, reason)
@@ -117,13 +136,50 @@ def advance(conn, schema: str, before: Description, reason: str, claimed=()) -> 
         if key[0] == "index" and key[1].rsplit(".", 1)[-1].strip('"') in claimed and key in now.items:
             items[key] = now.items[key]
             continue
-        if before.items.get(key) == now.items.get(key):
+        if key not in changed:
             continue
         if key in now.items:
             items[key] = now.items[key]
         else:
             items.pop(key, None)
     return _store(conn, schema, Description(items), reason)
+
+
+def top(item: Item) -> str:
+    """The top-level object an item is or belongs to ("table public.plan" for its columns and indexes)."""
+    return item.parent or top_key(item.kind, item.name)
+
+
+def _history(conn) -> str | None:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT pg_catalog.current_setting('hcm.history', true)")
+        return cursor.fetchone()[0] or None
+
+
+def owned(conn, schema: str, history: str) -> set[str] | None:
+    """The objects a history owns, None before anything was recorded for it (reads only)."""
+    with conn.cursor() as cursor:
+        if not _exists(cursor, schema, OWNED):
+            return None
+        cursor.execute(_sql("SELECT objects FROM {schema}.{table} WHERE history = %s", schema, OWNED), (history,))
+        row = cursor.fetchone()
+    return set(row[0]) if row else None
+
+
+def set_owned(conn, schema: str, history: str, objects: set[str]) -> None:
+    with conn.cursor() as cursor:
+        checksums.create_table(cursor, CREATE_OWNED, schema, OWNED)
+        cursor.execute(_sql(UPSERT_OWNED, schema, OWNED), (history, json.dumps(sorted(objects))))
+
+
+def seed_owned(conn, schema: str, history: str, words: set[str]) -> None:
+    """A history taken over from Flyway, never recorded here: it owns the objects its applied files name."""
+    def bare(name: str) -> str:
+        return name.split("(", 1)[0].rsplit(".", 1)[-1].strip('"').lower()
+
+    live = describe(conn, schema)
+    set_owned(conn, schema, history, {top(item) for item in live.items.values()
+                                      if not item.parent and bare(item.name) in words})
 
 
 def _store(conn, schema: str, description: Description, reason: str) -> Snapshot:
@@ -179,6 +235,15 @@ def live_drift(conn, schema: str, described: Description | None = None) -> Drift
     expected = recorded_description(conn, schema).only(scope(conn))  # a record made before a schema became a tenant's
     if expected == live:
         return DriftReport(snapshot, live=live)
+    history = _history(conn)
+    own = owned(conn, schema, history) if history else None
+    if own is not None:  # one service's history among several: its own objects only
+        expected, compared = expected.only(lambda i: top(i) in own), live.only(lambda i: top(i) in own)
+        if expected == compared:
+            return DriftReport(snapshot, live=live)
+        changes = diff(expected, compared)
+        return DriftReport(snapshot, changes or ["schema text changed (no single object differs; compare with schema.sql)"],
+                           live=live)
     changes = diff(expected, live)
     return DriftReport(snapshot, changes or ["schema text changed (no single object differs; compare with schema.sql)"],
                        live=live)

@@ -1,0 +1,308 @@
+"""Flyway's own history table (Flyway 10's layout), the history of record of a Flyway folder.
+
+Read: a successful row is an applied migration (taken over with nothing re-applied), its checksum (Flyway's
+CRC32) what drift is checked against; a failed row blocks `migrate` as the runner's own failure records do; a
+BASELINE row stands for every version up to its own. Written: the row Flyway would write for each migration
+the runner applies, in the migration's own transaction, so Flyway 10 (`validate`, `info`, `migrate`) accepts
+the database afterwards and has nothing to do. yoyo's own tables are kept beside it (yoyo applies by them):
+`sync` makes them agree with this table under the lock, before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from migrator.errors import USAGE, MigratorError
+from migrator.postgres import flyway
+
+DEFAULT_TABLE = "flyway_schema_history"
+# The rows that stand for an applied migration (Flyway writes SQL for .sql files; the others are its Java and
+# script kinds, applied by Flyway and counted as such).
+MIGRATION_TYPES = ("SQL", "JDBC", "SPRING_JDBC", "SCRIPT", "CUSTOM")
+
+# Flyway 10's DDL for PostgreSQL (createMetaDataTable.sql), so Flyway finds the table it would have made.
+CREATE = """
+CREATE TABLE {table} (
+    "installed_rank" INT NOT NULL,
+    "version" VARCHAR(50),
+    "description" VARCHAR(200) NOT NULL,
+    "type" VARCHAR(20) NOT NULL,
+    "script" VARCHAR(1000) NOT NULL,
+    "checksum" INTEGER,
+    "installed_by" VARCHAR(100) NOT NULL,
+    "installed_on" TIMESTAMP NOT NULL DEFAULT now(),
+    "execution_time" INTEGER NOT NULL,
+    "success" BOOLEAN NOT NULL
+);
+ALTER TABLE {table} ADD CONSTRAINT {pk} PRIMARY KEY ("installed_rank");
+CREATE INDEX {index} ON {table} ("success");
+"""
+# installed_by: the user logged in (the runner's session has reset any role the migration set), as Flyway's.
+INSERT = """
+INSERT INTO {table} (installed_rank, version, description, type, script, checksum, installed_by, execution_time, success)
+SELECT coalesce(pg_catalog.max(installed_rank), 0) OPERATOR(pg_catalog.+) 1, %s, %s, 'SQL', %s, %s,
+       pg_catalog."current_user"(), %s, true
+FROM {table}
+"""
+SELECT = ("SELECT installed_rank, version, description, type, script, checksum, installed_on, success "
+          "FROM {table} ORDER BY installed_rank")
+
+
+@dataclass
+class Row:
+    rank: int
+    version: str | None
+    description: str
+    type: str
+    script: str
+    checksum: int | None
+    installed_on: datetime
+    success: bool
+
+
+@dataclass
+class FlywayBooks:
+    """What Flyway's table says, in the runner's terms (ids: file names without .sql)."""
+
+    table: str
+    rows: list[Row]
+    applied: dict[str, datetime] = field(default_factory=dict)
+    crcs: dict[str, int] = field(default_factory=dict)  # applied versioned id -> recorded checksum
+    failed: dict[str, Row] = field(default_factory=dict)
+    stale: set[str] = field(default_factory=set)  # repeatables applied once, whose file changed since: to run again
+    baseline: str | None = None
+
+
+def _table(schema: str, table: str):
+    from psycopg2 import sql
+
+    return sql.Identifier(schema, table)
+
+
+def table_name(backend) -> str:
+    return getattr(backend, "flyway_table", None) or DEFAULT_TABLE
+
+
+def read(backend) -> list[Row] | None:
+    """The table's rows, None when there is no such table (read-only)."""
+    schema, table = backend.bookkeeping_schema, table_name(backend)
+    with backend.connection.cursor() as cursor:
+        cursor.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
+                       ('"{}"."{}"'.format(schema.replace('"', '""'), table.replace('"', '""')),))
+        if not cursor.fetchone()[0]:
+            return None
+        from psycopg2 import sql
+
+        cursor.execute(sql.SQL(SELECT).format(table=_table(schema, table)))
+        return [Row(*row) for row in cursor.fetchall()]
+
+
+def books(backend, migrations=None) -> FlywayBooks | None:
+    """Flyway's table read as applied ids, checksums and failures; None when the schema has none. With the
+    folder's migrations, a repeatable counts applied only while its file matches its latest row, and a BASELINE
+    row stands for the files of its version and older."""
+    rows = read(backend)
+    if rows is None:
+        return None
+    found = FlywayBooks(table_name(backend), rows)
+    repeatable_sums: dict[str, int | None] = {}
+    versions = {}  # version -> the script id applied for it (an undo or a deletion takes it back)
+    for row in rows:
+        script_id = Path(row.script).name.removesuffix(".sql")
+        if row.type in ("BASELINE", "SQL_BASELINE") and row.version:
+            found.baseline = row.version
+        elif row.type in ("UNDO_SQL", "DELETE") and row.version:
+            undone = versions.pop(flyway.version_key(row.version), None)
+            found.applied.pop(undone, None)
+            found.crcs.pop(undone, None)
+        elif row.type not in MIGRATION_TYPES:
+            continue  # Flyway's SCHEMA row (the schemas it created), or another tool's kind
+        elif not row.success:
+            found.failed[script_id] = row
+        elif row.version is None:
+            found.applied[script_id] = row.installed_on
+            repeatable_sums[script_id] = row.checksum
+            found.failed.pop(script_id, None)
+        else:
+            found.applied[script_id] = row.installed_on
+            found.crcs[script_id] = row.checksum
+            found.failed.pop(script_id, None)
+            versions[flyway.version_key(row.version)] = script_id
+    for migration in migrations or ():
+        if migration.id in repeatable_sums and flyway.is_repeatable(migration) and \
+                flyway.checksum(Path(migration.path)) != repeatable_sums[migration.id]:
+            found.stale.add(migration.id)
+            del found.applied[migration.id]
+        version = flyway.version_of(migration)
+        if found.baseline and version and migration.id not in found.applied and \
+                flyway.version_key(version) <= flyway.version_key(found.baseline):
+            found.applied[migration.id] = rows[0].installed_on
+    return found
+
+
+def drifted(migrations, found: FlywayBooks):
+    """Applied versioned files whose Flyway checksum differs from the recorded one."""
+    from migrator.checksums import Drift
+
+    drift = []
+    for migration in migrations:
+        recorded = found.crcs.get(migration.id)
+        if recorded is not None:
+            current = flyway.checksum(Path(migration.path))
+            if current != recorded:
+                drift.append(Drift(migration.id, Path(migration.path), f"crc32 {recorded}", f"crc32 {current}"))
+    return drift
+
+
+def refuse_failed(found: FlywayBooks, pending_ids: set[str], where: str) -> None:
+    """A failed row (Flyway's, or a non-transactional file stopped part-way) blocks migrate, as the runner's own."""
+    failed = [(i, row) for i, row in found.failed.items() if i in pending_ids or i not in found.applied]
+    if failed:
+        script_id, row = failed[0]
+        raise MigratorError(
+            f"{found.table} in schema {where} records {row.script} as FAILED (installed_rank {row.rank}): what it left "
+            f"committed is unknown; finish or undo it by hand, then `runner.py sql mark "
+            f"'{script_id}'` (records it applied, as `flyway repair` then a manual insert would) or `runner.py sql "
+            f"repair` (removes the failed row, so migrate runs it again)", USAGE)
+
+
+def ensure_table(backend) -> None:
+    if read(backend) is None:
+        with backend.transaction(), backend.connection.cursor() as cursor:
+            _create(cursor, backend.bookkeeping_schema, table_name(backend))
+
+
+def _create(cursor, schema: str, table: str) -> None:
+    """Flyway's table, when missing (a scratch database built by verify, adopt or plan --impact too)."""
+    from psycopg2 import sql
+
+    cursor.execute("SELECT pg_catalog.to_regclass(%s) IS NULL",
+                   ('"{}"."{}"'.format(schema.replace('"', '""'), table.replace('"', '""')),))
+    if cursor.fetchone()[0]:
+        cursor.execute(sql.SQL(CREATE).format(table=_table(schema, table), pk=sql.Identifier(f"{table}_pk"),
+                                              index=sql.Identifier(f"{table}_s_idx")))
+
+
+def record(connection, schema: str, table: str, path: Path, milliseconds: int) -> None:
+    """The row Flyway writes for an applied SQL migration, in the migration's session (its transaction)."""
+    from psycopg2 import sql
+
+    match = flyway.parse(path.name)
+    version = match["version"].replace("_", ".") if match["kind"] == "V" else None
+    with connection.cursor() as cursor:
+        _create(cursor, schema, table)
+        cursor.execute(sql.SQL(INSERT).format(table=_table(schema, table)),
+                       (version, flyway.description(path.name), path.name, flyway.checksum(path), milliseconds))
+
+
+def record_after_commit(backend, path: Path, rolled_back: bool) -> None:
+    """On the run's own connection, for a file that made its transaction read-only (it could not write there)."""
+    with backend.transaction():
+        if rolled_back:
+            forget(backend.connection, backend.bookkeeping_schema, table_name(backend), path)
+        else:
+            record(backend.connection, backend.bookkeeping_schema, table_name(backend), path, 0)
+
+
+def forget(connection, schema: str, table: str, path: Path) -> None:
+    """A rolled-back migration's rows (its U file ran): Flyway then sees it pending, as the runner does."""
+    from psycopg2 import sql
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql.SQL("DELETE FROM {table} WHERE script = %s").format(table=_table(schema, table)),
+                       (path.name,))
+
+
+def mark(backend, selected) -> None:
+    """`sql mark` of Flyway files: their success rows (a failed row of theirs replaced), as repair then insert."""
+    ensure_table(backend)
+    with backend.transaction():
+        for migration in selected:
+            path = Path(migration.path)
+            forget_failed(backend, [migration.id])
+            record(backend.connection, backend.bookkeeping_schema, table_name(backend), path, 0)
+
+
+def forget_failed(backend, ids: list[str]) -> int:
+    """`sql repair`: the failed rows of these ids (all when empty) removed, as `flyway repair` does."""
+    from psycopg2 import sql
+
+    with backend.connection.cursor() as cursor:
+        query = sql.SQL("DELETE FROM {table} WHERE NOT success").format(
+            table=_table(backend.bookkeeping_schema, table_name(backend)))
+        if ids:
+            cursor.execute(query + sql.SQL(" AND script = ANY(%s)"), ([f"{i}.sql" for i in ids],))
+        else:
+            cursor.execute(query)
+        return cursor.rowcount
+
+
+def accept(backend, selected) -> None:
+    """`sql accept-changes`: the latest row of each file takes its current checksum (as `flyway repair`)."""
+    from psycopg2 import sql
+
+    with backend.transaction(), backend.connection.cursor() as cursor:
+        for migration in selected:
+            path = Path(migration.path)
+            cursor.execute(sql.SQL("UPDATE {table} SET checksum = %s WHERE installed_rank = (SELECT "
+                                   "pg_catalog.max(installed_rank) FROM {table} WHERE script = %s AND success)").format(
+                table=_table(backend.bookkeeping_schema, table_name(backend))), (flyway.checksum(path), path.name))
+
+
+def sync(backend, migrations, found: FlywayBooks, notify) -> None:
+    """Under the lock: yoyo's marks (this history's) made to agree with Flyway's table, since yoyo applies what it
+    has not marked. Applied by Flyway: marked (nothing re-applied); not applied there (a repeatable whose file
+    changed, a row removed): unmarked, to run."""
+    from yoyo.migrations import MigrationList
+
+    todo = {m.id for m in backend.to_apply(migrations)}
+    taken = [m for m in migrations if m.id in found.applied and m.id in todo]
+    if taken:
+        backend.mark_migrations(MigrationList(taken))
+        notify(f"note: took over {len(taken)} migration(s) applied by Flyway ({found.table}); nothing re-applied")
+    again = [m for m in migrations if m.id not in found.applied and m.id not in todo]
+    if again:
+        backend.unmark_migrations(MigrationList(again))
+
+
+def scope_drift(backend) -> None:
+    """The run's connection names this history (hcm.history), so the schema's drift is limited to its objects."""
+    backend.history = table_name(backend)
+    backend.execute("SELECT pg_catalog.set_config('hcm.history', :history, false)", {"history": backend.history})
+
+
+def seed_owned(backend, migrations, found: FlywayBooks) -> None:
+    """Under the lock, the first time the runner meets a history Flyway applied: the objects it owns (its drift)
+    are those its applied files name; from then on, what each of its runs creates or changes."""
+    import re
+
+    from migrator.schema import snapshot
+
+    if not found.applied or snapshot.owned(backend.connection, backend.bookkeeping_schema, found.table) is not None:
+        return
+    words: set[str] = set()
+    for migration in migrations:
+        if migration.id in found.applied:
+            words |= set(re.findall(r"[a-z_][a-z0-9_$]*", Path(migration.path).read_text(errors="replace").lower()))
+    with backend.transaction():
+        snapshot.seed_owned(backend.connection, backend.bookkeeping_schema, found.table, words)
+
+
+def out_of_order(migrations, found: FlywayBooks, pending, notify, allowed: bool) -> None:
+    """A pending version older than the newest applied: applied with a note (-outOfOrder=true, as the platform
+    runs Flyway), or refused when FLYWAY_OUT_OF_ORDER=false."""
+    applied = [flyway.version_key(v) for m in migrations if m.id in found.applied and (v := flyway.version_of(m))]
+    if not applied:
+        return
+    newest = max(applied)
+    older = [m.id for m in pending if (v := flyway.version_of(m)) and flyway.version_key(v) < newest]
+    if not older:
+        return
+    if not allowed:
+        raise MigratorError(f"{', '.join(older)} older than the newest applied version and not applied "
+                            "(FLYWAY_OUT_OF_ORDER=false refuses them); give them newer versions, or allow "
+                            "out-of-order runs (unset FLYWAY_OUT_OF_ORDER)", USAGE)
+    notify(f"note: {', '.join(older)} older than the newest applied version: applied out of order "
+           "(as Flyway's -outOfOrder=true)")

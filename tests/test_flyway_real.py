@@ -1,0 +1,166 @@
+"""Interchangeable with real Flyway 10 on one database, both ways: a database Flyway migrated is taken over with
+nothing re-applied, and after the runner applied more, Flyway's validate, info and migrate accept every row and
+have nothing to do. Flyway's command line comes from Maven Central (`make flyway`, tools/flyway/pom.xml) into
+.flyway/lib; without Java, or without Maven to fetch it, these tests skip saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT_ROOT, ok
+from test_flyway import rows, write
+from tls_proxy import TlsFront
+
+LIB = PROJECT_ROOT / ".flyway" / "lib"
+
+
+def fetch_flyway() -> Path:
+    """.flyway/lib, fetched with Maven when missing (as `make flyway`)."""
+    if not shutil.which("java"):
+        pytest.skip("java not found: the tests against real Flyway 10 need Java 17+")
+    if not list(LIB.glob("flyway-commandline-10.*.jar")):
+        if not shutil.which("mvn"):
+            pytest.skip("mvn not found and .flyway/lib is empty: `make flyway` fetches Flyway 10 with Maven")
+        subprocess.run(["make", "-C", str(PROJECT_ROOT), "flyway"], check=True, capture_output=True, timeout=600)
+    return LIB
+
+
+@pytest.fixture(scope="module")
+def front(pg):
+    """A TCP front for the suite's PostgreSQL (which listens on a Unix socket only; JDBC speaks TCP)."""
+    proxy = TlsFront(pg.host, pg.port, None)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def real_flyway(front, pg):
+    lib = fetch_flyway()
+
+    def run(db, folder: Path, command: str, *, schema: str | None = None, table: str | None = None,
+            options: tuple[str, ...] = ()) -> dict:
+        url = f"jdbc:postgresql://127.0.0.1:{front.port}/{db.name}" + (f"?currentSchema={schema}" if schema else "")
+        args = ["java", "-cp", f"{lib}/*", "org.flywaydb.commandline.Main", f"-url={url}", f"-user={pg.user}",
+                f"-locations=filesystem:{folder}", "-baselineOnMigrate=true", "-outOfOrder=true",
+                "-outputType=json", *options, command]
+        if pg.password:
+            args.insert(-1, f"-password={pg.password}")
+        if table:
+            args.insert(-1, f"-table={table}")
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "REDGATE_DISABLE_TELEMETRY": "true"})
+        result = json.loads(done.stdout[done.stdout.index("{"):])
+        assert done.returncode == 0 and "error" not in result, done.stdout + done.stderr
+        return result
+
+    return run
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Path:
+    """Every shape of the platform's names, plus a CRLF file and one with a byte order mark (Flyway's checksum
+    ignores both; the runner's must agree)."""
+    folder = tmp_path / "main"
+    write(folder, "V20230101120000__create_plan.sql", "CREATE TABLE plan (id INT PRIMARY KEY, name TEXT);\n")
+    write(folder, "V202301011300__create_facility.sql", "CREATE TABLE facility (id INT PRIMARY KEY);\n")
+    write(folder, "V20242109141800__add_plan_status.sql", "ALTER TABLE plan ADD COLUMN status TEXT;\n")
+    write(folder, "V20242112141500__alter plan_facility_add_column.sql", "ALTER TABLE facility ADD COLUMN plan_id INT;\n")
+    (folder / "V20242112141501__add-plan-index.sql").write_bytes(
+        b"-- windows line ends\r\nCREATE INDEX plan_name_idx\r\n  ON plan (name);\r\n")
+    (folder / "V20242412090311.1__dotted_version.sql").write_bytes(
+        "\ufeff-- a byte order mark, and ü\nALTER TABLE plan ADD COLUMN dotted INT;\n".encode())
+    write(folder, "R__plan_view.sql", "CREATE OR REPLACE VIEW plan_view AS SELECT id, name FROM plan;\n")
+    return folder
+
+
+def more(folder: Path) -> None:
+    """What a service adds later: a new version, an older one (a late branch), a changed repeatable."""
+    write(folder, "V20250101000000__create_census.sql", "CREATE TABLE census (id INT);\n")
+    write(folder, "V20240101000000__late_branch.sql", "CREATE TABLE late (id INT);\n")
+    write(folder, "R__plan_view.sql", "CREATE OR REPLACE VIEW plan_view AS SELECT id, name, status FROM plan;\n")
+
+
+def assert_flyway_has_nothing_to_do(real_flyway, db, folder: Path, **where) -> None:
+    real_flyway(db, folder, "validate", **where)
+    info = real_flyway(db, folder, "info", **where)
+    assert {m["state"] for m in info["migrations"]} <= {"Success", "Out of Order", "Superseded"}, info["migrations"]
+    assert real_flyway(db, folder, "migrate", **where)["migrationsExecuted"] == 0
+
+
+def test_a_database_flyway_migrated_is_taken_over_with_nothing_reapplied(cli, db, real_flyway, service):
+    real_flyway(db, service, "migrate")
+    flyways = rows(db)
+    status = ok(cli("status", "--sql-dir", service, env=db.db_env()))
+    assert "7 applied, 0 pending" in status.stdout, status.stdout
+    taken = ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    assert "took over 7 migration(s) applied by Flyway" in taken.stderr
+    assert rows(db) == flyways  # nothing re-applied, nothing re-recorded
+    more(service)
+    done = ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    assert "V20240101000000__late_branch older than the newest applied version" in done.stderr
+    assert [r[4] for r in rows(db)][7:] == ["V20240101000000__late_branch.sql", "V20250101000000__create_census.sql",
+                                            "R__plan_view.sql"]
+    assert_flyway_has_nothing_to_do(real_flyway, db, service)
+
+
+def test_after_the_runner_flyway_accepts_every_row_and_has_nothing_to_do(cli, db, real_flyway, service):
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    assert_flyway_has_nothing_to_do(real_flyway, db, service)
+    more(service)
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    assert_flyway_has_nothing_to_do(real_flyway, db, service)
+    # and Flyway's next file is the runner's next one too
+    write(service, "V20250201000000__by_flyway.sql", "CREATE TABLE by_flyway (id INT);\n")
+    assert real_flyway(db, service, "migrate")["migrationsExecuted"] == 1
+    status = ok(cli("status", "--sql-dir", service, env=db.db_env()))
+    assert "10 applied, 0 pending" in status.stdout, status.stdout
+
+
+def test_a_tenant_schema_with_schema_table_is_flyways_currentschema_and_table(cli, db, real_flyway, service):
+    env = {**db.db_env(), "SCHEMA_NAME": "pb", "SCHEMA_TABLE": "plan_service_history", "CREATE_SCHEMAS": "true"}
+    ok(cli("migrate", "--sql-dir", service, env=env))
+    assert len(rows(db, "plan_service_history", "pb")) == 7
+    assert_flyway_has_nothing_to_do(real_flyway, db, service, schema="pb", table="plan_service_history")
+
+
+def test_a_tenant_schema_flyway_created_is_taken_over_without_its_schema_row(cli, db, real_flyway, service):
+    real_flyway(db, service, "migrate", schema="mz", table="plan_service_history")  # creates mz: a SCHEMA row first
+    assert rows(db, "plan_service_history", "mz")[0][3] == "SCHEMA"
+    env = {**db.db_env(), "SCHEMA_NAME": "mz", "SCHEMA_TABLE": "plan_service_history"}
+    status = ok(cli("status", "--sql-dir", service, env=env))
+    assert "7 applied, 0 pending" in status.stdout and "missing" not in status.stdout, status.stdout
+    ok(cli("migrate", "--sql-dir", service, env=env))
+    assert len(rows(db, "plan_service_history", "mz")) == 8
+
+
+def test_a_file_edited_after_flyway_applied_it_is_drift(cli, db, real_flyway, service):
+    real_flyway(db, service, "migrate")
+    write(service, "V20242109141800__add_plan_status.sql", "ALTER TABLE plan ADD COLUMN status VARCHAR(20);\n")
+    result = cli("migrate", "--sql-dir", service, env=db.db_env())
+    assert result.exit_code != 0 and "V20242109141800__add_plan_status.sql changed since applied" in result.stderr
+    # after review, accepted as `flyway repair` would: Flyway's validate agrees with the new checksum
+    ok(cli("sql", "accept-changes", "V20242109141800__add_plan_status", "--sql-dir", service, env=db.db_env()))
+    real_flyway(db, service, "validate")
+
+
+def test_a_failed_flyway_row_blocks_migrate_until_repaired(cli, db, real_flyway, tmp_path):
+    folder = tmp_path / "main"
+    write(folder, "V1__create_a.sql", "CREATE TABLE a (id INT);\n")
+    # Flyway runs a file of CONCURRENTLY statements outside a transaction: the second fails, the first stays
+    write(folder, "V2__half.sql", "CREATE INDEX CONCURRENTLY a_idx ON a (id);\nCREATE INDEX CONCURRENTLY b_idx ON a (nope);\n")
+    with pytest.raises(AssertionError):  # (its session lock would make CONCURRENTLY wait for Flyway itself)
+        real_flyway(db, folder, "migrate", options=("-postgresql.transactional.lock=false",))
+    assert rows(db)[-1][4] == "V2__half.sql" and rows(db)[-1][6] is False
+    result = cli("migrate", "--sql-dir", folder, env=db.db_env())
+    assert result.exit_code != 0 and "records V2__half.sql as FAILED" in result.stderr
+    write(folder, "V2__half.sql", "-- transactional: false\nCREATE INDEX CONCURRENTLY a_idx ON a (id);\n")  # done by hand
+    ok(cli("sql", "mark", "V2__half", "--sql-dir", folder, env=db.db_env()))
+    assert [r[6] for r in rows(db)] == [True, True]
+    assert_flyway_has_nothing_to_do(real_flyway, db, folder)
