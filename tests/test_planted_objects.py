@@ -212,3 +212,26 @@ def test_a_forged_lock_holder_is_named_as_the_server_knows_it(cli, db, sql_dir, 
         assert "held by host victimhost pid 4242 since" in line, line
     finally:
         forger.close()
+
+
+def test_a_planted_flyway_history_under_its_schema_table_name_is_refused(cli, db, tmp_path, low):
+    """SCHEMA_TABLE names a Flyway folder's history: a table of that name another role made first (with a
+    trigger) is refused like the runner's own tables, before the runner writes Flyway's rows into it."""
+    folder = tmp_path / "flyway"
+    folder.mkdir()
+    (folder / "V20240101120000__create_x.sql").write_text("CREATE TABLE pf_x (id int);\n")
+    writable_by(db, "pf", low)
+    db.query(hits_table("pf", low) + f"""; SET ROLE {low};
+        CREATE TABLE pf.plan_history (installed_rank int PRIMARY KEY, version varchar(50), description varchar(200),
+            type varchar(20), script varchar(1000), checksum int, installed_by varchar(100),
+            installed_on timestamp DEFAULT now(), execution_time int, success boolean);
+        GRANT ALL ON pf.plan_history TO PUBLIC;
+        CREATE FUNCTION pf.planted_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN INSERT INTO pf.planted_hits VALUES (current_user); RETURN NEW; END $$;
+        CREATE TRIGGER planted BEFORE INSERT ON pf.plan_history FOR EACH ROW EXECUTE FUNCTION pf.planted_trigger();
+        RESET ROLE""")
+    result = cli("migrate", "--sql-dir", str(folder), "--schema", "pf", env={**db.db_env(), "SCHEMA_TABLE": "plan_history"})
+    line = refusal(result)
+    assert f"pf.plan_history is owned by role {low}" in line and "has trigger planted" in line, line
+    assert hits(db, "pf") == []
+    assert db.query("SELECT to_regclass('pf.pf_x')") == [(None,)], "nothing ran"

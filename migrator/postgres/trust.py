@@ -53,7 +53,8 @@ def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS) ->
     [table, right] of `rights` the user lacks on the tables present)."""
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
-    return backend.execute(PLANTED, {"s": schema, "tables": list(BOOKKEEPING_TABLES), "rights": list(rights)}).fetchone()
+    tables = list(dict.fromkeys([*BOOKKEEPING_TABLES, backend.flyway_table]))  # SCHEMA_TABLE's name too
+    return backend.execute(PLANTED, {"s": schema, "tables": tables, "rights": list(rights)}).fetchone()
 
 
 def check_rights(state, schema: str, where: str) -> None:
