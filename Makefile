@@ -26,7 +26,12 @@ MONGOSH_STAMP := .mongosh/.installed
 # The tests of the JS path need it; without npm they skip, saying why.
 TEST_MONGOSH := $(if $(shell command -v npm),$(MONGOSH_STAMP))
 
-.PHONY: help install mongosh migrate plan status rollback new config doctor lint lock test bench schema db-stop clean
+# FerretDB (a MongoDB wire-protocol server) for the Mongo tests and the local Mongo, built with Go into the git-ignored
+# .ferretdb/ once per version (migrator/ferretdb.py). Without Go the Mongo tests run on mongomock, saying so.
+FERRETDB_STAMP := .ferretdb/.built-$(shell sed -n 's/^VERSION = "\(.*\)"/\1/p' migrator/ferretdb.py)
+TEST_FERRETDB := $(if $(shell command -v go),$(FERRETDB_STAMP),no-go)
+
+.PHONY: help install mongosh ferretdb no-go migrate plan status rollback new config doctor lint lock test bench schema db-stop clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +60,15 @@ $(MONGOSH_STAMP): tools/mongosh/package.json tools/mongosh/package-lock.json
 
 mongosh: $(MONGOSH_STAMP)  ## install mongosh (for JavaScript patches) into .mongosh/ with npm ci
 
+$(FERRETDB_STAMP): | $(RUNTIME)
+	$(PYTHON) -m migrator.ferretdb
+
+ferretdb: $(RUNTIME)  ## build FerretDB (the local and test Mongo server) into .ferretdb/ with Go (once per version)
+	$(PYTHON) -m migrator.ferretdb
+
+no-go:
+	@echo "Go not found: the Mongo tests run on mongomock, not on FerretDB (install Go to test against a real server)"
+
 migrate: $(RUNTIME)  ## apply every pending migration (nothing configured: the local database)
 	$(RUNNER) migrate $(ARGS)
 
@@ -82,7 +96,7 @@ new: $(RUNTIME)  ## create the next migration pair: make new NAME=add_something
 lint: $(DEV)  ## lint sql/ with squawk (.squawk.toml), each file as the runner will run it
 	$(RUNNER) sql lint $(ARGS)
 
-test: $(DEV) $(TEST_MONGOSH)  ## run the test suite (starts its own PostgreSQL)
+test: $(DEV) $(TEST_MONGOSH) $(TEST_FERRETDB)  ## run the test suite (starts its own PostgreSQL and FerretDB)
 	$(PYTHON) -m pytest $(ARGS)
 
 bench: $(DEV)  ## benchmarks against bare yoyo and psql; writes bench/RESULTS.md
@@ -105,4 +119,4 @@ db-stop: $(RUNTIME)  ## stop the local development database (its data stays in .
 
 clean:  ## remove .venv and the local database's data
 	-$(RUNNER) devdb stop 2>/dev/null
-	rm -rf $(VENV) .devdb .mongosh
+	rm -rf $(VENV) .devdb .mongosh .ferretdb
