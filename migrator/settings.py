@@ -43,6 +43,12 @@ UNUSED_PLATFORM_VARIABLES = {
 }
 
 
+def postgres_configured(options: PostgresOptions, env: Env) -> bool:
+    """Whether any PostgreSQL setting is given (nothing is resolved: no secret is read)."""
+    return bool(options.database_url or options.aws.secret_name or any(getattr(options, k) for k in PG_OPTION_NAMES)
+                or any(env.get(name)[0] for name in ("DATABASE_URL", "DB_URL", "DB_SECRET_NAME", *PG_ENV_NAMES.values())))
+
+
 def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
     """Apply the settings order; raise MigratorError naming the setting that is wrong."""
     secret_name, secret_origin = options.aws.secret_name, "--secret-name"
