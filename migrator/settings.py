@@ -367,9 +367,15 @@ def resolve_mongo(options: MongoOptions, env: Env) -> MongoTarget | None:
     sources = {"url": origin, "database": db_origin}
     if ca_file:
         sources["tls"] = ca_origin
+    readonly, readonly_origin = env.get("MONGO_READONLY_URL")
+    if readonly:
+        ro = urls.parse(readonly, readonly_origin, "MongoDB", MONGO_SCHEMES, MONGO_EXAMPLE)
+        if not ro.netloc:
+            raise MigratorError(f"{readonly_origin} names no host; expected {MONGO_EXAMPLE}", USAGE)
+        sources["readonly"] = readonly_origin
     notes = env.take_notes() + warnings
     return MongoTarget(target_uri, database, sources, ca_file, documentdb, options.timeout, tls_mode, notes,
-                       options.patch_timeout)
+                       options.patch_timeout, readonly_uri=readonly or None)
 
 
 def _yes(value: str | None, origin: str | None) -> bool:

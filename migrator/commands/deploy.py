@@ -223,6 +223,7 @@ def _mongo_plan(settings: CommandSettings, mongo_target) -> MongoPlanReport:
     found = patches.discover(settings.mongo_dir) if settings.mongo_dir.is_dir() else []
     if mongo_target is None:
         return MongoPlanReport(None, on_disk=[p.id for p in found], folder=settings.mongo_dir.name)
+    mongo_target = mongo_target.for_dry_run()  # a read-only user, when one is set
     with connection.connect(mongo_target) as db:
         pending = len(actions.pending(db, found))
         with output.patch_output(err=True):  # the patches' own output stays off the SQL on stdout
