@@ -30,6 +30,9 @@ TEST_MONGOSH := $(if $(shell command -v npm),$(MONGOSH_STAMP))
 # .ferretdb/ once per version (migrator/ferretdb.py). Without Go the Mongo tests run on mongomock, saying so.
 FERRETDB_STAMP := .ferretdb/.built-$(shell sed -n 's/^VERSION = "\(.*\)"/\1/p' migrator/ferretdb.py)
 TEST_FERRETDB := $(if $(shell command -v go),$(FERRETDB_STAMP),no-go)
+# With Go, nothing configured means a local Mongo too, and mongo/ has JavaScript patches: `make migrate` installs
+# mongosh once when npm is there (MONGOSH set: that one is used).
+MIGRATE_MONGOSH := $(if $(MONGOSH),,$(if $(and $(shell command -v go),$(shell command -v npm)),$(MONGOSH_STAMP)))
 
 .PHONY: help install mongosh ferretdb no-go migrate plan status rollback new config doctor lint lock test bench schema db-stop clean
 
@@ -69,7 +72,7 @@ ferretdb: $(RUNTIME)  ## build FerretDB (the local and test Mongo server) into .
 no-go:
 	@echo "Go not found: the Mongo tests run on mongomock, not on FerretDB (install Go to test against a real server)"
 
-migrate: $(RUNTIME)  ## apply every pending migration (nothing configured: the local database)
+migrate: $(RUNTIME) $(MIGRATE_MONGOSH)  ## apply every pending migration (nothing configured: the local database)
 	$(RUNNER) migrate $(ARGS)
 
 plan: $(RUNTIME)  ## print the SQL migrate would run; writes nothing
