@@ -87,9 +87,9 @@ def test_doctor_says_whether_dry_runs_are_server_enforced(cli, readonly, tmp_pat
     folder = tmp_path / "mongo"
     folder.mkdir()
     enforced = cli("doctor", "--mongo-dir", folder, env=env)
-    (line,) = [l for l in enforced.stdout.splitlines() if "mongo dry runs" in l]
+    (line,) = [l for l in enforced.stdout.splitlines() if "mongo dry-run" in l]
     assert line.startswith("ok") and "server-enforced" in line and f"{READER}:***@" in line
     assert READER_PASSWORD not in enforced.output
     plain = cli("doctor", "--mongo-dir", folder, env={k: v for k, v in env.items() if k != "MONGO_READONLY_URL"})
-    (line,) = [l for l in plain.stdout.splitlines() if "mongo dry runs" in l]
+    (line,) = [l for l in plain.stdout.splitlines() if "mongo dry-run" in l]
     assert line.startswith("warn") and "not server-enforced" in line and "MONGO_READONLY_URL" in line

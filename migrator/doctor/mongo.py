@@ -39,7 +39,7 @@ def _dry_runs(report: DoctorReport, target: MongoTarget) -> None:
     from migrator.mongo import connection
 
     if not target.readonly_uri:
-        report.add(Check("mongo dry runs", WARN, "not server-enforced: the runner's guards stop a careless patch, "
+        report.add(Check("mongo dry-run", WARN, "not server-enforced: the runner's guards stop a careless patch, "
                          "not a deliberate one", "set MONGO_READONLY_URL to the URL of a read-only user: dry runs and "
                          "plan then use it, and the server refuses their writes"))
         return
@@ -48,9 +48,9 @@ def _dry_runs(report: DoctorReport, target: MongoTarget) -> None:
         with connection.connect(ro) as db:
             db.list_collection_names()
     except MigratorError as exc:
-        report.add(failed("mongo dry runs", f"{ro.sources['url']}: {exc}"))
+        report.add(failed("mongo dry-run", f"{ro.sources['url']}: {exc}"))
         return
-    report.add(Check("mongo dry runs", OK, f"server-enforced: dry runs and plan connect as the read-only user of "
+    report.add(Check("mongo dry-run", OK, f"server-enforced: dry runs and plan connect as the read-only user of "
                      f"{ro.sources['url']} ({ro.display_uri}); it must have no write privilege"))
 
 
