@@ -2,8 +2,9 @@
 
 Built from source with Go (the module's source from the module proxy, then `go build ./cmd/ferretdb`)
 into `.ferretdb/` (git-ignored), once: a stamp file named after the version marks a finished build, so
-the binary is reused until VERSION changes. 1.24 is the last release with the SQLite and PostgreSQL backends. Without Go there is no
-local Mongo server: callers say how to get one (install Go, or run a MongoDB container).
+the binary is reused until VERSION changes. 1.24 is the last release with the SQLite and PostgreSQL
+backends. Without Go there is no local Mongo server: callers say how to get one (install Go, or run a
+MongoDB container).
 
 `python -m migrator.ferretdb` builds it (what `make ferretdb` runs), or says in one line why not.
 """
