@@ -1,6 +1,6 @@
 """Mongo patches through the CLI: dry runs write nothing, real runs apply and log, the lock, the seed's records.
 
-Runs on mongomock, or on the real server at TEST_MONGO_URL.
+Runs on FerretDB (or the server at TEST_MONGO_URL; mongomock where Go is missing).
 """
 
 import hashlib

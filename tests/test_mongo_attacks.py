@@ -1,4 +1,4 @@
-"""The hostile tester's findings against the Mongo side, each as a test (mongomock, or TEST_MONGO_URL)."""
+"""The hostile tester's findings against the Mongo side, each as a test (on FerretDB; mongomock without Go)."""
 
 import copy
 import os
