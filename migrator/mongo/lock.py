@@ -25,7 +25,7 @@ from migrator.mongo.log import utcnow
 COLLECTION = "applied_patches_lock"
 LOCK_ID = "mongo-patches"
 TTL = timedelta(minutes=2)  # a dead runner's lock is taken over this long after its last heartbeat
-CLAIMS_KEPT = timedelta(days=1)  # takeover claims (one small document per takeover) are removed after this
+CLAIMS_KEPT = timedelta(days=1)  # a killed runner's takeover claim (released ones are removed) is removed after this
 
 
 class Lock:
@@ -97,6 +97,7 @@ class Lock:
             self._thread.join()
         if self.lost_at is None:
             self.collection.delete_one({"_id": LOCK_ID, "owner": self.owner})
+            self.collection.delete_many({"_id": {"$regex": "^takeover:"}, "by": self.owner})  # kept while held
 
     def holder(self) -> dict | None:
         return self.collection.find_one({"_id": LOCK_ID})
