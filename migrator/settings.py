@@ -47,6 +47,12 @@ PG_CONNECTION = ("DATABASE_URL", "DB_URL", *PG_ENV_NAMES.values(), *PLATFORM_CRE
 MONGO_CONNECTION = ("MONGO_URL", "MONGO_SECRET_NAME")
 
 
+def postgres_configured(options: PostgresOptions, env: Env) -> bool:
+    """Whether any PostgreSQL setting is given (nothing is resolved: no secret is read)."""
+    return bool(options.database_url or options.aws.secret_name or any(getattr(options, k) for k in PG_OPTION_NAMES)
+                or any(env.get(name)[0] for name in ("DATABASE_URL", "DB_URL", "DB_SECRET_NAME", *PG_ENV_NAMES.values())))
+
+
 def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
     """Apply the settings order; raise MigratorError naming the setting that is wrong.
 
@@ -410,9 +416,15 @@ def resolve_mongo(options: MongoOptions, env: Env) -> MongoTarget | None:
     sources = {"url": origin, "database": db_origin}
     if ca_file:
         sources["tls"] = ca_origin
+    readonly, readonly_origin = env.get("MONGO_READONLY_URL")
+    if readonly:
+        ro = urls.parse(readonly, readonly_origin, "MongoDB", MONGO_SCHEMES, MONGO_EXAMPLE)
+        if not ro.netloc:
+            raise MigratorError(f"{readonly_origin} names no host; expected {MONGO_EXAMPLE}", USAGE)
+        sources["readonly"] = readonly_origin
     notes = env.take_notes() + warnings
     return MongoTarget(target_uri, database, sources, ca_file, documentdb, options.timeout, tls_mode, notes,
-                       options.patch_timeout)
+                       options.patch_timeout, readonly_uri=readonly or None)
 
 
 def _yes(value: str | None, origin: str | None) -> bool:

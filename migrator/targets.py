@@ -145,6 +145,16 @@ class MongoTarget:
     tls: str = ""  # the TLS mode actually used, in words, for `config`
     notes: list[str] = field(default_factory=list)
     patch_timeout: float = 0.0
+    readonly_uri: str | None = None  # MONGO_READONLY_URL: a read-only user's URL, for dry runs and plan
+    read_only: bool = False  # this is that connection: the server refuses writes
+
+    def for_dry_run(self) -> "MongoTarget":
+        """The connection a dry run uses: the read-only user's, when one is set (the server then refuses every
+        write, however a patch tries), else this one (the runner's guards only)."""
+        if not self.readonly_uri:
+            return self
+        return replace(self, uri=self.readonly_uri, readonly_uri=None, read_only=True, notes=[],
+                       sources={**self.sources, "url": self.sources.get("readonly", "MONGO_READONLY_URL")})
 
     @property
     def parsed(self) -> urls.Url:

@@ -35,7 +35,7 @@ PASSWORD_USER = "hcm_app"
 
 # Every variable the runner reads; cleared for each test so the developer's shell cannot leak in.
 RUNNER_VARIABLES = [
-    "MONGO_URL", "MONGO_DB", "MONGO_SECRET_NAME", "MONGO_DIR", "MONGOSH_TEST_SKIP",
+    "MONGO_URL", "MONGO_DB", "MONGO_SECRET_NAME", "MONGO_READONLY_URL", "MONGO_DIR", "MONGOSH_TEST_SKIP",
     "DATABASE_URL", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_SECRET_NAME",
     "CA_BUNDLE", "SQL_DIR", "AWS_PROFILE", "PGPASSWORD", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE",
     "MONGO_DOCUMENTDB", "MONGO_ALLOW_PLAINTEXT", "PGSSLMODE", "PGSSLROOTCERT",
@@ -346,9 +346,10 @@ def table_schema(db, table: str) -> str | None:
     return rows[0][0] if rows else None
 
 
-# --- MongoDB: mongomock, or a real server at TEST_MONGO_URL ------------------------------------
+# --- MongoDB: FerretDB (built by `make test` when Go is there), a server at TEST_MONGO_URL, or mongomock ---------
 
 MOCK_MONGO_URL = "mongodb://mongo.test:27017"
+FERRETDB_PG_DATABASE = "ferretdb"
 
 
 @dataclass
@@ -356,30 +357,115 @@ class Mongo:
     url: str
     name: str
     db: object  # a pymongo (or mongomock) Database to seed and inspect
+    server: object = None  # the FerretDB Server (migrator.ferretdb) when the tests run on it
 
     @property
     def env(self) -> dict[str, str]:
         return {"MONGO_URL": self.url, "MONGO_DB": self.name}
+
+    @property
+    def real(self) -> bool:
+        return not self.url.startswith(MOCK_MONGO_URL)
 
     def snapshot(self) -> dict:
         """Every collection and document, to prove a dry run wrote nothing."""
         return {name: sorted(map(repr, self.db[name].find())) for name in sorted(self.db.list_collection_names())}
 
 
+def _ferretdb_binary():
+    """FerretDB's binary, built now if Go is there and `make test` did not build it; None without Go."""
+    from migrator import ferretdb
+
+    if os.environ.get("TEST_MONGO_URL"):
+        return None
+    return ferretdb.build()
+
+
+def pytest_report_header(config):
+    """One line: what the Mongo tests run on."""
+    from migrator import ferretdb
+
+    if os.environ.get("TEST_MONGO_URL"):
+        return "mongo: the server at TEST_MONGO_URL"
+    if ferretdb.built() or ferretdb.go():
+        return f"mongo: FerretDB {ferretdb.VERSION} ({ferretdb.BINARY}), SQLite backend (and PostgreSQL where a test asks)"
+    return "mongo: mongomock (Go not found, so no FerretDB; install Go to run the Mongo tests on a real server)"
+
+
+def ferretdb_pg_url(pg: Server, database: str = FERRETDB_PG_DATABASE) -> str:
+    """FerretDB's --postgresql-url for a database of the suite's server (pgx reads a socket folder from host=)."""
+    with pg.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+        if not cur.fetchone():
+            cur.execute(f"CREATE DATABASE {database}")
+    if pg.host.startswith("/"):
+        return f"postgres://{quote(pg.user)}@/{database}?host={pg.host}&port={pg.port}"
+    auth = quote(pg.user, safe="") + (":" + quote(pg.password, safe="") if pg.password else "")
+    return f"postgres://{auth}@{pg.host}:{pg.port}/{database}"
+
+
+@contextmanager
+def running_ferretdb(root: Path, **backend):
+    """A FerretDB process of the test's own (own port, own state folder), stopped at the end."""
+    from migrator import ferretdb
+
+    server = ferretdb.start(ferretdb.BINARY, root, **backend)
+    try:
+        yield server
+    finally:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def ferret(tmp_path_factory):
+    """The session's FerretDB (SQLite backend, in a temporary folder), or None (no Go: mongomock)."""
+    if _ferretdb_binary() is None:
+        yield None
+        return
+    root = tmp_path_factory.mktemp("ferretdb")
+    with running_ferretdb(root / "state", sqlite_dir=root / "data") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ferret_pg(tmp_path_factory, pg):
+    """A FerretDB on the PostgreSQL backend (database `ferretdb` of the suite's server): PostgreSQL's concurrency
+    under the log and lock, and its roles as Mongo users (FerretDB passes a client's credentials to PostgreSQL)."""
+    if _ferretdb_binary() is None:
+        pytest.skip("needs FerretDB (install Go)")
+    with running_ferretdb(tmp_path_factory.mktemp("ferretdb-pg"), postgresql_url=ferretdb_pg_url(pg)) as server:
+        yield server
+
+
 @pytest.fixture
-def mongo():
-    """A fresh Mongo database; runner commands reach it through MONGO_URL/MONGO_DB (env)."""
+def mongo(request):
+    """A fresh Mongo database (dropped after); runner commands reach it through MONGO_URL/MONGO_DB (env).
+
+    On FerretDB, or the server at TEST_MONGO_URL: pymongo over TCP. Without either: mongomock in this process."""
     import pymongo
 
     name = "hcm_test_" + uuid.uuid4().hex[:10]
-    real = os.environ.get("TEST_MONGO_URL")
+    server = request.getfixturevalue("ferret") if not os.environ.get("TEST_MONGO_URL") else None
+    real = os.environ.get("TEST_MONGO_URL") or (server.url if server else None)
     if real:
         client = pymongo.MongoClient(real, tz_aware=True)
-        yield Mongo(real, name, client[name])
+        yield Mongo(real, name, client[name], server)
         client.drop_database(name)
         client.close()
         return
+    yield from _mock_mongo(name)
+
+
+@pytest.fixture
+def mock_mongo():
+    """mongomock, for unit tests that need no server (or patch the driver's collection methods)."""
+    yield from _mock_mongo("hcm_test_" + uuid.uuid4().hex[:10])
+
+
+def _mock_mongo(name: str):
     import mongomock
+    import pymongo
 
     # pymongo.MongoClient itself is replaced for this host, so the runner's own code runs unchanged.
     with mongomock.patch(servers=(("mongo.test", 27017),)):

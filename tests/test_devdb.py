@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from conftest import fresh_clone
-from migrator import devdb
+from conftest import fresh_clone, one_error_line
+from migrator import devdb, ferretdb
+from migrator.mongo import js_patch
 from migrator.env import Env
 
 
@@ -48,13 +49,19 @@ def test_any_setting_keeps_the_local_database_off(cli, db, tmp_path):
 def test_make_migrate_and_status_on_a_fresh_clone(tmp_path):
     """The README's first command on a fresh clone, with nothing configured (PYTHON: no new venv)."""
     clone = fresh_clone(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "HCM_DEVDB"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "HCM_DEVDB", "MONGO"))}
+    if js_patch.LOCAL_MONGOSH.exists():  # this checkout's mongosh: the clone does not install its own
+        env["MONGOSH"] = str(js_patch.LOCAL_MONGOSH)
     make = ["make", "-s", "-C", str(clone), f"PYTHON={sys.executable}"]
     try:
         migrate = subprocess.run([*make, "migrate"], capture_output=True, text=True, env=env)
         assert migrate.returncode == 0, migrate.stderr
         assert "no database configured: using the local development database" in migrate.stderr
         assert str(clone / ".devdb") in migrate.stderr
+        if ferretdb.built() or ferretdb.go():  # the local Mongo too: the project's patches applied there
+            assert "no MongoDB configured: using the local development Mongo (FerretDB)" in migrate.stderr
+            assert "MongoDB: applied 2 patch(es)" in migrate.stdout, migrate.stdout
+            pid = int((clone / ".devdb" / "ferretdb" / "ferretdb.pid").read_text().split()[0])
         status = subprocess.run([*make, "status"], capture_output=True, text=True, env=env)
         assert status.returncode == 0, status.stderr
         assert "0001_create_hcm_report_metadata  applied" in status.stdout
@@ -63,3 +70,55 @@ def test_make_migrate_and_status_on_a_fresh_clone(tmp_path):
     finally:
         subprocess.run([*make, "db-stop"], capture_output=True, env=env)
     assert not (clone / ".devdb" / "postmaster.pid").exists()
+    if ferretdb.built() or ferretdb.go():
+        assert not ferretdb.alive(pid)
+
+
+# --- the local Mongo: FerretDB on the local PostgreSQL ------------------------------------------------
+
+needs_ferretdb = pytest.mark.skipif(not (ferretdb.built() or ferretdb.go()), reason="needs Go (FerretDB)")
+
+
+@needs_ferretdb
+def test_a_newcomer_writes_dry_runs_and_applies_a_patch_with_nothing_configured(cli, local_db, tmp_path):
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    created = cli("mongo", "new", "mark_reviewed", "--mongo-dir", folder)
+    assert created.exit_code == 0 and "0001_mark_reviewed.py" in created.stdout
+    (folder / "0001_mark_reviewed.py").write_text(
+        "def run(db, dry_run):\n"
+        "    n = db.reports.count_documents({})\n"
+        "    if dry_run:\n        return f'would add 1 to {n}'\n"
+        "    db.reports.insert_one({'reviewed': True})\n    return 'added 1'\n")
+    dry = cli("mongo", "apply", "--mongo-dir", folder)
+    assert dry.exit_code == 0, dry.output
+    assert "no MongoDB configured: using the local development Mongo (FerretDB) at mongodb://127.0.0.1:" in dry.stderr
+    assert "dry run 0001_mark_reviewed" in dry.stdout and "would add 1 to 0" in dry.stdout
+    run = cli("mongo", "apply", "--run", "--mongo-dir", folder)
+    assert run.exit_code == 0 and "applied 0001_mark_reviewed" in run.stdout, run.output
+    pid, port = map(int, (devdb.mongo_dir(local_db) / "ferretdb.pid").read_text().split())
+    import pymongo
+
+    with pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/") as client:  # the data is in the local PostgreSQL
+        assert client[devdb.MONGO_DATABASE].reports.count_documents({"reviewed": True}) == 1
+        assert client[devdb.MONGO_DATABASE].applied_patches.count_documents({"status": "applied"}) == 1
+    started = cli("devdb", "start")
+    assert started.stdout.splitlines() == [started.stdout.splitlines()[0], f"mongodb://127.0.0.1:{port}/unifieddevdb"]
+    assert started.stdout.startswith("postgresql://postgres@")
+    stopped = cli("devdb", "stop")
+    assert "(PostgreSQL and FerretDB)" in stopped.stdout and not ferretdb.alive(pid)
+    again = cli("mongo", "status", "--mongo-dir", folder)  # started again, the data kept
+    assert again.exit_code == 0 and "applied 1x" in again.stdout, again.output
+
+
+def test_without_go_the_message_says_how_to_get_a_local_mongo(cli, local_db, tmp_path, monkeypatch):
+    monkeypatch.setattr(ferretdb, "built", lambda: None)
+    monkeypatch.setattr(ferretdb, "go", lambda: None)
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    result = cli("mongo", "status", "--mongo-dir", folder)
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "MongoDB is not configured" in line
+    assert "install Go" in line and "docker run -d -p 27017:27017 mongo:7" in line and "MONGO_URL=" in line
+    started = cli("devdb", "start")
+    assert started.exit_code == 0 and "MongoDB: none (Go not found" in started.stdout

@@ -1,6 +1,6 @@
 """Mongo patches through the CLI: dry runs write nothing, real runs apply and log, the lock, the seed's records.
 
-Runs on mongomock, or on the real server at TEST_MONGO_URL.
+Runs on FerretDB (or the server at TEST_MONGO_URL; mongomock where Go is missing).
 """
 
 import hashlib
@@ -253,8 +253,8 @@ def test_new_patch_numbering_and_templates_that_refuse_to_run_unedited(cli, mong
     assert "NotImplementedError: 0002_fix_cycles: write this patch, then delete this line" in one_error_line(result)
 
 
-def test_mongo_commands_need_a_target(cli, mongo_dir):
-    result = cli("mongo", "status", "--mongo-dir", mongo_dir)
+def test_mongo_commands_need_a_target(cli, db, mongo_dir):
+    result = cli("mongo", "status", "--mongo-dir", mongo_dir, env=db.db_env())  # (nothing at all: the local Mongo)
     assert result.exit_code == 2
     assert "MongoDB is not configured: set MONGO_URL (and MONGO_DB), or pass --secret-name" in one_error_line(result)
 

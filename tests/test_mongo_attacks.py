@@ -1,4 +1,4 @@
-"""The hostile tester's findings against the Mongo side, each as a test (mongomock, or TEST_MONGO_URL)."""
+"""The hostile tester's findings against the Mongo side, each as a test (on FerretDB; mongomock without Go)."""
 
 import copy
 import os
@@ -118,7 +118,8 @@ def test_os_exit_in_a_patch_is_a_logged_failure(cli, mongo, tmp_path):
 
 
 # Finding 4, 15: text from a patch is scrubbed before it is stored or printed, and is one line.
-def test_a_password_in_a_patch_error_is_neither_stored_nor_printed(cli, mongo, tmp_path):
+def test_a_password_in_a_patch_error_is_neither_stored_nor_printed(cli, mock_mongo, tmp_path):
+    mongo = mock_mongo  # a password in the URL: a server would (rightly) refuse a user it does not know
     folder = tmp_path / "mongo"
     write_patch(folder, "0001_leaky.py",
                 "def run(db, dry_run):\n    raise RuntimeError('login failed with Hidden-Pw-77\\nsecond line')\n")
@@ -133,7 +134,8 @@ def test_a_password_in_a_patch_error_is_neither_stored_nor_printed(cli, mongo, t
 
 
 # Finding 5: logging set up at import time writes through the masking.
-def test_logging_configured_at_import_is_masked(cli, mongo, tmp_path):
+def test_logging_configured_at_import_is_masked(cli, mock_mongo, tmp_path):
+    mongo = mock_mongo  # a password in the URL: a server would (rightly) refuse a user it does not know
     folder = tmp_path / "mongo"
     write_patch(folder, "0001_logs.py",
                 "import logging, sys\nlogging.basicConfig(level=logging.INFO, force=True)\nlog = logging.getLogger('p')\n"

@@ -154,7 +154,7 @@ def gridfs_mongo(mongo):
     import os
     from unittest import mock
 
-    if os.environ.get("TEST_MONGO_URL"):
+    if mongo.real:
         yield mongo
         return
     from mongomock.gridfs import enable_gridfs_integration

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import MOCK_MONGO_URL, one_error_line
+from conftest import one_error_line
 from migrator.errors import MigratorError
 from migrator.env import Env
 from migrator.settings import resolve_mongo
@@ -80,14 +80,15 @@ def test_an_unreachable_server_fails_quickly_naming_host_and_port(cli):
 
 
 def test_seed_secret_layout(cli, aws, mongo):
-    name = aws("dev/ht-api", {"spring.data.mongodb.uri": MOCK_MONGO_URL, "spring.data.mongodb.database": mongo.name})
+    name = aws("dev/ht-api", {"spring.data.mongodb.uri": mongo.url, "spring.data.mongodb.database": mongo.name})
     result = cli("mongo", "status", "--secret_name", name)  # the seed's spelling
     assert result.exit_code == 0, result.output
-    assert f"MongoDB {MOCK_MONGO_URL} ({mongo.name})" in result.stdout
+    assert f"MongoDB {mongo.url} ({mongo.name})" in result.stdout
     assert "never applied" in result.stdout
 
 
-def test_documentdb_secret_layout(cli, aws, mongo):
+def test_documentdb_secret_layout(cli, aws, mock_mongo):
+    mongo = mock_mongo  # the secret's host and password: mongomock serves mongo.test and ignores credentials
     secret = {"host": "mongo.test", "port": 27017, "username": "app", "password": "Doc-Db-pw-4",
               "dbname": mongo.name, "ssl": False}
     name = aws("dev/docdb", secret)

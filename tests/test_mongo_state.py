@@ -1,9 +1,8 @@
 """Exactly once, or visibly not at all: the running record, the lock under concurrency, kills at every point.
 
-mongomock lives in one process, so concurrent runners are threads sharing its client; mongomock
-does not make single-document operations atomic as a server does, so `atomic_mock` serialises
-its collection methods (the guarantee the real server gives). With TEST_MONGO_URL set, the same
-tests run against the server unchanged.
+On FerretDB (or TEST_MONGO_URL) concurrent runners here are threads with a real server between them (real
+processes: test_mongo_processes.py). On mongomock (no Go), which lives in one process and does not make
+single-document operations atomic, `atomic_mock` serialises its collection methods.
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ def apply_all(db, folder, names=None, lock_wait=30.0):
 
 @pytest.fixture
 def atomic_mock(mongo, monkeypatch):
-    if os.environ.get("TEST_MONGO_URL"):
+    if mongo.real:
         return
     import mongomock.collection
 

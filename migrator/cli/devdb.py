@@ -17,16 +17,20 @@ def devdb():
 @devdb.command("start")
 @verbose_option
 def start():
-    """Start it (if needed) and print its URL, e.g. for psql."""
+    """Start it (if needed) and print its URLs: PostgreSQL (e.g. for psql), then Mongo (FerretDB, e.g. for mongosh)."""
     from migrator import devdb as local
+    from migrator.ferretdb import NO_GO
 
-    output.result(local.ensure_running(Env.load()).display_url)
+    env = Env.load()
+    output.result(local.ensure_running(env).display_url)
+    mongo = local.ensure_mongo(env, output.note)
+    output.result(f"{mongo.display_uri}{mongo.database}" if mongo else f"MongoDB: none ({NO_GO})")
 
 
 @devdb.command("stop")
 @verbose_option
 def stop():
-    """Stop it; its data stays in .devdb/."""
+    """Stop it (PostgreSQL and FerretDB); its data stays in .devdb/."""
     from migrator import devdb as local
 
     output.result(local.stop(Env.load()))

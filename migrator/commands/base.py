@@ -10,7 +10,8 @@ from typing import Callable, Iterator
 from migrator import output
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
-from migrator.settings import resolve_ddl_limits, resolve_mongo, resolve_postgres, resolve_rewrite_threshold
+from migrator.settings import (postgres_configured, resolve_ddl_limits, resolve_mongo, resolve_postgres,
+                               resolve_rewrite_threshold)
 from migrator.targets import DdlLimits, MongoOptions, MongoTarget, PostgresOptions, PostgresTarget
 
 Sink = Callable[[str], None]
@@ -42,6 +43,7 @@ class CommandSettings:
     mongo_off: bool = False  # a schema's part of a run: Mongo is the run's, done once
     progress: bool = True  # live progress of long statements (--quiet turns it off)
     described: object = None  # a tenant's schema as read at the start of the run (tenants.run): drift's fast path
+    local_mongo: MongoTarget | None = None  # the local FerretDB, once started for this command
     rewrite_threshold_rows: int | None = None  # --rewrite-threshold-rows (else REWRITE_THRESHOLD_ROWS, else 10,000)
 
     @property
@@ -58,11 +60,32 @@ class CommandSettings:
     def mongo_target(self, required: bool = False) -> MongoTarget | None:
         """The Mongo target (its notes said), or None when nothing is configured (an error if required)."""
         target = None if self.mongo_off else resolve_mongo(self.mongo, self.env)
+        local = target is None and not self.mongo_off and not postgres_configured(self.postgres, self.env)
+        if local:  # nothing configured at all: the local development database serves Mongo too (FerretDB)
+            target = self._local_mongo()
+            if target is None and not required:
+                from migrator.ferretdb import NO_GO
+
+                self.note(f"note: MongoDB is not configured and there is no local one: {NO_GO}")
         if target is None and required:
-            raise MigratorError("MongoDB is not configured: set MONGO_URL (and MONGO_DB), or pass --secret-name", USAGE)
+            from migrator.ferretdb import NO_GO
+
+            raise MigratorError("MongoDB is not configured: set MONGO_URL (and MONGO_DB), or pass --secret-name"
+                                + (f"; {NO_GO}" if local else ""), USAGE)
         for line in target.notes if target else ():
             self.note(line)
         return target
+
+    def _local_mongo(self) -> MongoTarget | None:
+        from migrator import devdb
+
+        if self.local_mongo is not None:
+            return self.local_mongo
+        found = self.local_mongo = devdb.ensure_mongo(self.env, self.note)
+        if found is not None:
+            self.note(f"no MongoDB configured: using the local development Mongo (FerretDB) at {found.display_uri} "
+                      f"(database {found.database}; set MONGO_URL to use another; `make db-stop` stops it)")
+        return found
 
     def postgres_target(self) -> PostgresTarget:
         """Resolve and, when nothing is configured, start the local database, saying so loudly."""

@@ -241,6 +241,7 @@ def _mongo_plan(settings: CommandSettings, mongo_target) -> MongoPlanReport:
         return MongoPlanReport(None, on_disk=[p.id for p in found],
                                folder=settings.patch_dir.name if settings.patch_dir else "")
     found = patches.discover(settings.mongo_dir) if settings.mongo_dir.is_dir() else []
+    mongo_target = mongo_target.for_dry_run()  # a read-only user, when one is set
     with connection.connect(mongo_target) as db:
         pending = len(actions.pending(db, found))
         with output.patch_output(err=True):  # the patches' own output stays off the SQL on stdout

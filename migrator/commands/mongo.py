@@ -34,7 +34,10 @@ def run_patches(settings: CommandSettings, mongo: MongoTarget, found: list, name
     from migrator.mongo import actions, connection
 
     if not run:
-        settings.note("dry run: nothing will be written (add --run to apply)")
+        mongo = mongo.for_dry_run()
+        enforced = (f"; the server enforces it: read-only user from {mongo.sources['url']}" if mongo.read_only
+                    else "")
+        settings.note(f"dry run: nothing will be written (add --run to apply){enforced}")
     report = PatchRunReport(run, found=len(found))
     with connection.connect(mongo) as db, output.patch_output():
         try:

@@ -29,7 +29,29 @@ def check(report: DoctorReport, target: MongoTarget, mongo_dir: Path) -> list[st
             _step(report, "mongo documentdb", target, _documentdb, db, target)
     except MigratorError as exc:  # connect() refused, or turned a driver error on the way out into one line
         report.add(failed("mongo" if reached else "mongo reachable", str(exc)))
+    if reached:
+        _dry_runs(report, target)
     return js
+
+
+def _dry_runs(report: DoctorReport, target: MongoTarget) -> None:
+    """Whether the server refuses a dry run's writes (a read-only user), or only the runner's guards do."""
+    from migrator.mongo import connection
+
+    if not target.readonly_uri:
+        report.add(Check("mongo dry-run", WARN, "not server-enforced: the runner's guards stop a careless patch, "
+                         "not a deliberate one", "set MONGO_READONLY_URL to the URL of a read-only user: dry runs and "
+                         "plan then use it, and the server refuses their writes"))
+        return
+    ro = target.for_dry_run()
+    try:
+        with connection.connect(ro) as db:
+            db.list_collection_names()
+    except MigratorError as exc:
+        report.add(failed("mongo dry-run", f"{ro.sources['url']}: {exc}"))
+        return
+    report.add(Check("mongo dry-run", OK, f"server-enforced: dry runs and plan connect as the read-only user of "
+                     f"{ro.sources['url']} ({ro.display_uri}); it must have no write privilege"))
 
 
 def _step(report: DoctorReport, name: str, target: MongoTarget, step, *args):

@@ -1,7 +1,8 @@
 """One runner at a time: an atomic lock document with an owner and an expiry, kept by a heartbeat.
 
-Taking it is one insert of a fixed _id (atomic on MongoDB and DocumentDB); an expired lock, left
-by a runner that died, is taken over with one conditional update. While held, a thread renews
+Taking it is one insert of a fixed _id (a duplicate key for everyone else: atomic on MongoDB, DocumentDB
+and FerretDB); an expired lock, left by a runner that died, is taken over by the one runner whose
+claim for that holder and expiry (another fixed _id) is inserted first. While held, a thread renews
 it every TTL/4; a renewal that matches nothing means another runner took it over (this one
 stalled longer than the TTL): the lock is lost, and `check()` stops the runner before its next
 write.
@@ -14,7 +15,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
 from migrator import whoami
@@ -24,6 +25,7 @@ from migrator.mongo.log import utcnow
 COLLECTION = "applied_patches_lock"
 LOCK_ID = "mongo-patches"
 TTL = timedelta(minutes=2)  # a dead runner's lock is taken over this long after its last heartbeat
+CLAIMS_KEPT = timedelta(days=1)  # a killed runner's takeover claim (released ones are removed) is removed after this
 
 
 class Lock:
@@ -38,19 +40,37 @@ class Lock:
         self._thread: threading.Thread | None = None
 
     def try_take(self) -> bool:
-        from pymongo import ReturnDocument
-        from pymongo.errors import DuplicateKeyError
-
         now = utcnow()
         fields = {"owner": self.owner, "host": whoami.host(), "pid": os.getpid(), "since": now,
                   "expires": now + TTL}
+        if self._insert({"_id": LOCK_ID, **fields}):
+            return True
+        # Taken: an expired lock is taken over by whoever first inserts the claim for that very holder and
+        # expiry (a duplicate key for every other runner), never by a conditional update. FerretDB runs
+        # findAndModify and update as a read, then a write by _id, so under a race several runners "won"
+        # find_one_and_update({expires: {$lt: now}}); a unique key is atomic on every server.
+        current = self.holder() or {}
+        expires = current.get("expires")
+        if not isinstance(expires, datetime):  # gone meanwhile (the next try inserts), or no expiry: never taken over
+            return False
+        expires = expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)
+        if expires >= now:
+            return False
+        claim = f"takeover:{current.get('owner')}:{expires.isoformat()}"
+        if not self._insert({"_id": claim, "by": self.owner, "at": now}):
+            return False
+        self.collection.delete_one({"_id": LOCK_ID, "owner": current.get("owner")})
+        self.collection.delete_many({"_id": {"$regex": "^takeover:"}, "at": {"$lt": now - CLAIMS_KEPT}})
+        return self._insert({"_id": LOCK_ID, **fields})  # a runner that found it free meanwhile wins instead
+
+    def _insert(self, document: dict) -> bool:
+        from pymongo.errors import DuplicateKeyError
+
         try:
-            self.collection.insert_one({"_id": LOCK_ID, **fields})
+            self.collection.insert_one(document)
             return True
         except DuplicateKeyError:
-            taken = self.collection.find_one_and_update(
-                {"_id": LOCK_ID, "expires": {"$lt": now}}, {"$set": fields}, return_document=ReturnDocument.AFTER)
-            return taken is not None and taken["owner"] == self.owner
+            return False
 
     def renew(self) -> bool:
         """Push the expiry out; False (and the lock marked lost) when this runner no longer owns it."""
@@ -77,6 +97,7 @@ class Lock:
             self._thread.join()
         if self.lost_at is None:
             self.collection.delete_one({"_id": LOCK_ID, "owner": self.owner})
+            self.collection.delete_many({"_id": {"$regex": "^takeover:"}, "by": self.owner})  # kept while held
 
     def holder(self) -> dict | None:
         return self.collection.find_one({"_id": LOCK_ID})

@@ -1,0 +1,151 @@
+"""JavaScript dry runs on the real mongosh against a real server (FerretDB): every write route is refused and
+the server's databases stay byte-identical; the same patch with --run writes, and is logged once."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from migrator.mongo import js_patch
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or not (js_patch.LOCAL_MONGOSH.exists() or shutil.which("mongosh")),
+    reason="needs Node.js and mongosh: `make mongosh` installs mongosh from npm",
+)
+
+
+@pytest.fixture
+def server(mongo):
+    if not mongo.real:
+        pytest.skip("needs a real Mongo server (FerretDB: install Go)")
+    return mongo
+
+
+def dump(client) -> dict:
+    """Every database, collection (with its options), index and document, as the server's raw BSON bytes."""
+    import bson
+    from bson.codec_options import CodecOptions
+    from bson.raw_bson import RawBSONDocument
+
+    raw = CodecOptions(document_class=RawBSONDocument)
+    found = {}
+    for name in sorted(client.list_database_names()):
+        db = client.get_database(name, codec_options=raw)
+        for info in sorted(db.list_collections(), key=lambda c: c["name"]):
+            collection = db[info["name"]]
+            found[f"{name}.{info['name']}"] = (
+                bson.encode(dict(info)),
+                sorted(bson.encode(dict(i)) for i in collection.list_indexes()),
+                sorted(bytes(d.raw) for d in collection.find()),
+            )
+    return found
+
+
+# Every write route a patch could take; each in its own try, so one refusal does not hide the next.
+WRITES = r"""
+const other = db.getSiblingDB(db.getName() + "_other");
+const viaMongo = db.getMongo().getDB(db.getName() + "_third");
+const c = db.getCollection("people");
+const routes = {
+  insertOne: () => c.insertOne({_id: 99, name: "new"}),
+  insertMany: () => c.insertMany([{_id: 98}, {_id: 97}]),
+  insert: () => c.insert({_id: 96}),
+  updateOne: () => c.updateOne({_id: 1}, {$set: {name: "changed"}}),
+  updateMany: () => c.updateMany({}, {$set: {touched: true}}),
+  update: () => c.update({_id: 1}, {$set: {name: "changed"}}),
+  replaceOne: () => c.replaceOne({_id: 1}, {name: "replaced"}),
+  deleteOne: () => c.deleteOne({_id: 1}),
+  deleteMany: () => c.deleteMany({}),
+  remove: () => c.remove({_id: 2}),
+  findOneAndUpdate: () => c.findOneAndUpdate({_id: 1}, {$set: {name: "fou"}}),
+  findOneAndReplace: () => c.findOneAndReplace({_id: 1}, {name: "for"}),
+  findOneAndDelete: () => c.findOneAndDelete({_id: 1}),
+  findAndModify: () => c.findAndModify({query: {_id: 1}, update: {$set: {name: "fam"}}}),
+  bulkWrite: () => c.bulkWrite([{insertOne: {document: {_id: 95}}}]),
+  orderedBulk: () => { const b = c.initializeOrderedBulkOp(); b.insert({_id: 94}); return b.execute(); },
+  unorderedBulk: () => { const b = c.initializeUnorderedBulkOp(); b.find({_id: 1}).updateOne({$set: {b: 1}}); return b.execute(); },
+  createIndex: () => c.createIndex({name: 1}),
+  createIndexes: () => c.createIndexes([{age: 1}]),
+  dropIndex: () => c.dropIndex("by_name"),
+  dropIndexes: () => c.dropIndexes(),
+  createCollection: () => db.createCollection("created"),
+  renameCollection: () => c.renameCollection("renamed"),
+  drop: () => db.getCollection("scratch").drop(),
+  dropDatabase: () => other.dropDatabase(),
+  aggregateOut: () => c.aggregate([{$match: {}}, {$out: "copied"}]).toArray(),
+  aggregateMerge: () => c.aggregate([{$merge: {into: "merged"}}]).toArray(),
+  dbAggregateOut: () => db.aggregate([{$documents: [{a: 1}]}, {$out: "fromdb"}]).toArray(),
+  runCommandInsert: () => db.runCommand({insert: "people", documents: [{_id: 93}]}),
+  runCommandUpdate: () => db.runCommand({update: "people", updates: [{q: {_id: 1}, u: {$set: {x: 1}}}]}),
+  runCommandDelete: () => db.runCommand({delete: "people", deletes: [{q: {}, limit: 0}]}),
+  runCommandCreate: () => db.runCommand({create: "viacommand"}),
+  runCommandDrop: () => db.runCommand({drop: "scratch"}),
+  runCommandFindAndModify: () => db.runCommand({findAndModify: "people", query: {_id: 1}, remove: true}),
+  runCommandAggregateOut: () => db.runCommand({aggregate: "people", pipeline: [{$out: "cmdout"}], cursor: {}}),
+  adminCommandRename: () => db.adminCommand({renameCollection: db.getName() + ".people", to: db.getName() + ".moved"}),
+  siblingInsert: () => other.getCollection("x").insertOne({a: 1}),
+  siblingUpdate: () => other.getCollection("x").updateOne({}, {$set: {a: 2}}, {upsert: true}),
+  getMongoGetDBInsert: () => viaMongo.getCollection("y").insertOne({a: 1}),
+  getMongoGetDBCreate: () => viaMongo.createCollection("z"),
+  sessionInsert: () => db.getMongo().startSession().getDatabase(db.getName()).getCollection("people").insertOne({_id: 92}),
+  newConnection: () => connect(db.getMongo()._uri || "mongodb://127.0.0.1:1/x"),
+  newMongo: () => new Mongo("mongodb://127.0.0.1:1"),
+};
+let wrote = 0, refused = 0, failed = [];
+for (const [name, route] of Object.entries(routes)) {
+  try {
+    route();
+    wrote += 1;
+    print(`WROTE ${name}`);
+  } catch (e) {
+    if (/not allowed in a dry run/.test(String(e.message))) refused += 1;
+    else failed.push(`${name}: ${e.message}`);
+  }
+}
+for (const f of failed) print(`FAILED ${f}`);
+// The reads the README promises: they work in a dry run.
+const reads = [
+  c.find({}).toArray().length, (c.findOne({_id: 1}) || {}).name, c.countDocuments({}), c.estimatedDocumentCount(),
+  c.distinct("name").length, c.aggregate([{$match: {_id: {$gte: 1}}}, {$count: "n"}]).toArray().concat([{}])[0].n,
+  c.getIndexes().length, db.getCollectionNames().includes("people"), db.runCommand({ping: 1}).ok,
+  db.runCommand({listCollections: 1}).ok, db.runCommand({count: "people"}).n, db.stats().ok,
+  other.getCollectionNames().length >= 0,
+];
+print(`READS ${JSON.stringify(reads)}`);
+patchComment(`${DRY_RUN ? "dry" : "run"}: wrote ${wrote}, refused ${refused}, failed ${failed.length}`);
+"""
+
+ROUTES = WRITES.count(": () =>")
+READS = '[3,"ada",3,3,3,3,2,true,1,1,3,1,true]'
+
+
+def seed(server) -> None:
+    server.db.people.insert_many([{"_id": 1, "name": "ada"}, {"_id": 2, "name": "bob"}, {"_id": 3, "name": "cy"}])
+    server.db.people.create_index("name", name="by_name")
+    server.db.scratch.insert_one({"_id": 1})
+
+
+def test_a_dry_run_js_patch_trying_every_write_route_leaves_the_server_byte_identical(cli, server, tmp_path):
+    seed(server)
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_every_write.js").write_text(WRITES)
+    before = dump(server.db.client)
+    result = cli("mongo", "apply", "--mongo-dir", folder, env=server.env)
+    assert result.exit_code == 0, result.output
+    assert "WROTE" not in result.stdout and "FAILED" not in result.stdout, result.stdout
+    assert f"READS {READS}" in result.stdout
+    assert f"dry: wrote 0, refused {ROUTES}, failed 0" in result.stdout
+    assert dump(server.db.client) == before  # not one byte changed, in any database
+    assert server.db.applied_patches.count_documents({}) == 0
+
+    real = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=server.env)
+    assert real.exit_code == 0, real.output
+    assert "WROTE insertOne" in real.stdout and "WROTE siblingInsert" in real.stdout and "WROTE getMongoGetDBInsert" in real.stdout
+    assert dump(server.db.client) != before
+    (record,) = server.db.applied_patches.find()
+    assert record["status"] == "applied" and record["comment"].startswith("run: wrote ")
+    client = server.db.client
+    for suffix in ("_other", "_third"):
+        client.drop_database(server.name + suffix)

@@ -1,0 +1,334 @@
+"""Exactly once, proven with real processes on a real server (FerretDB): `runner.py` processes racing, SIGKILLed
+at every point of a patch's life, the server killed and restarted, the server paused past the lock's lifetime.
+
+The points are hit by the test's own patch files, honestly: a patch's module-level code runs before the running
+record, its run() runs after it; the patch writes a marker file at its point and waits there for the test's
+SIGKILL. Nothing in the runner knows about these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT_ROOT, running_ferretdb
+from migrator.mongo import lock, log
+
+
+@pytest.fixture
+def server(mongo):
+    if not mongo.real:
+        pytest.skip("needs a real Mongo server (FerretDB: install Go)")
+    return mongo
+
+
+def runner(mongo, *args, env=None) -> subprocess.Popen:
+    """`runner.py ARGS` as a process of its own, pointed at the test's database."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "DB_", "DATABASE_URL"))}
+    environment.update(mongo.env, **(env or {}))
+    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / "runner.py"), *map(str, args)], env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the runner ended before {path.name}: {proc.communicate()}")
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.05)
+
+
+def counts(db) -> dict:
+    return {d["_id"]: d["n"] for d in db.counter.find()}
+
+
+# A patch that counts its applications: $inc on its own counter, so any second application shows.
+COUNT = """
+import time
+def run(db, dry_run):
+    time.sleep({sleep})
+    if not dry_run:
+        db.counter.update_one({{"_id": "{id}"}}, {{"$inc": {{"n": 1}}}}, upsert=True)
+    return "counted"
+"""
+
+
+def count_patch(folder: Path, patch_id: str, sleep: float = 0.0) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / f"{patch_id}.py").write_text(COUNT.format(id=patch_id, sleep=sleep))
+
+
+def test_ten_runner_processes_at_once_apply_three_patches_exactly_once(server, tmp_path):
+    folder = tmp_path / "mongo"
+    for i, patch_id in enumerate(("0001_a", "0002_b", "0003_c")):
+        count_patch(folder, patch_id, sleep=0.2 * i)
+    procs = [runner(server, "mongo", "apply", "--run", "--mongo-dir", folder, "--lock-timeout", 120) for _ in range(10)]
+    results = [finish(p) for p in procs]
+    assert [code for code, _, _ in results] == [0] * 10, [err for _, _, err in results]
+    assert counts(server.db) == {"0001_a": 1, "0002_b": 1, "0003_c": 1}
+    records = list(server.db.applied_patches.find())
+    assert sorted((r["patch"], r["status"]) for r in records) == [
+        ("0001_a", "applied"), ("0002_b", "applied"), ("0003_c", "applied")]
+    assert len({r["pid"] for r in records}) == 1  # one runner applied them; the nine others found them applied
+    assert sum("applied 0001_a" in out for _, out, _ in results) == 1
+    assert server.db[lock.COLLECTION].count_documents({}) == 0  # released
+
+
+TAKE = """
+import sys, time
+import pymongo
+from migrator.mongo import lock
+client = pymongo.MongoClient(sys.argv[1], tz_aware=True)
+client.admin.command("ping")
+for round, name in enumerate(sys.argv[3:]):  # all ten ask at the same instants, once per round
+    time.sleep(max(0.0, float(sys.argv[2]) + round * 0.5 - time.time()))
+    print("TAKEN" if lock.Lock(client[name]).try_take() else "REFUSED", flush=True)
+"""
+ROUNDS = 5
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, server):
+    """The test's server on each of FerretDB's backends: SQLite serialises writers, PostgreSQL does not."""
+    if request.param == "sqlite":
+        yield server
+        return
+    import pymongo
+
+    own = request.getfixturevalue("ferret_pg")
+    client = pymongo.MongoClient(own.url, tz_aware=True)
+    yield type(server)(own.url, server.name, client[server.name], own)
+    client.close()
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["free", "expired"])
+def test_the_lock_is_taken_by_exactly_one_of_ten_racing_processes(backend, expired):
+    """The duplicate-key insert (a free lock) and the takeover of an expired one, on the real server: ten
+    processes race, five rounds (a database each)."""
+    client = backend.db.client
+    names = [f"{backend.name}_{n}" for n in range(ROUNDS)]
+    if expired:
+        for name in names:
+            client[name][lock.COLLECTION].insert_one({"_id": lock.LOCK_ID, "owner": "dead", "host": "gone", "pid": 1,
+                                                      "since": log.utcnow(), "expires": log.utcnow() - timedelta(seconds=5)})
+    at = time.time() + 4
+    environment = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", TAKE, backend.url, str(at), *names], env=environment,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(10)]
+    outcomes = [finish(p) for p in procs]
+    try:
+        assert [code for code, _, _ in outcomes] == [0] * 10, [err for _, _, err in outcomes]
+        rounds = list(zip(*(out.split() for _, out, _ in outcomes)))
+        assert [sorted(r) for r in rounds] == [["REFUSED"] * 9 + ["TAKEN"]] * ROUNDS
+        assert all(client[name][lock.COLLECTION].find_one({"_id": lock.LOCK_ID})["owner"] != "dead" for name in names)
+    finally:
+        for name in names:
+            client.drop_database(name)
+
+
+def test_every_takeover_of_an_expired_lock_has_exactly_one_winner(backend):
+    """Many rounds of ten runners (threads, each its own Lock and connection, started at one barrier): with a
+    conditional findOneAndUpdate, FerretDB let several win most rounds (it reads, then writes by _id)."""
+    import threading
+
+    import pymongo
+
+    winners = []
+    for round in range(20):
+        name = f"{backend.name}_t{round}"
+        clients = [pymongo.MongoClient(backend.url, tz_aware=True) for _ in range(10)]
+        clients[0][name][lock.COLLECTION].insert_one({"_id": lock.LOCK_ID, "owner": "dead", "since": log.utcnow(),
+                                                       "expires": log.utcnow() - timedelta(seconds=5)})
+        barrier, taken = threading.Barrier(10), []
+        locks = [lock.Lock(c[name]) for c in clients]
+
+        def take(one):
+            barrier.wait()
+            taken.append(one.try_take())
+
+        threads = [threading.Thread(target=take, args=(one,)) for one in locks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        holder = clients[0][name][lock.COLLECTION].find_one({"_id": lock.LOCK_ID})
+        winners.append((taken.count(True), sum(holder["owner"] == one.owner for one in locks)))
+        clients[0].drop_database(name)
+        for c in clients:
+            c.close()
+    assert winners == [(1, 1)] * 20
+
+
+# --- SIGKILL at each point of a patch's life ---------------------------------------------------------
+
+# The patch: two writes (a counter per write), a marker file and a wait at the point the test names.
+POINTED = '''
+import os, time
+from pathlib import Path
+POINT, MARKS = os.environ.get("HCM_TEST_POINT", "none"), Path({marks!r})
+
+def reached(point):
+    if POINT == point:
+        (MARKS / point).touch()
+        time.sleep(float(os.environ.get("HCM_TEST_WAIT", "60")))
+
+reached("before the running record")  # module level: loaded before its running record is written
+
+def run(db, dry_run):
+    reached("after the running record")
+    db.counter.update_one({{"_id": "first"}}, {{"$inc": {{"n": 1}}}}, upsert=True)
+    reached("mid-patch")
+    db.counter.update_one({{"_id": "second"}}, {{"$inc": {{"n": 1}}}}, upsert=True)
+    reached("after the patch's writes")
+    return "two writes"
+'''
+
+POINTS = ["before the running record", "after the running record", "mid-patch", "after the patch's writes",
+          "while renewing the lock"]
+
+
+def pointed_patch(tmp_path: Path) -> tuple[Path, Path]:
+    folder, marks = tmp_path / "mongo", tmp_path / "marks"
+    folder.mkdir()
+    marks.mkdir()
+    (folder / "0001_two_writes.py").write_text(POINTED.format(marks=str(marks)))
+    return folder, marks
+
+
+def expire_lock(db) -> None:
+    """What time does to a killed runner's lock (TTL after its last heartbeat), without waiting for it."""
+    db[lock.COLLECTION].update_many({}, {"$set": {"expires": log.utcnow() - timedelta(seconds=1)}})
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_sigkill_at_each_point_never_leads_to_a_silent_second_application(server, tmp_path, point):
+    folder, marks = pointed_patch(tmp_path)
+    if point == "while renewing the lock":
+        # The patch returns after its writes; the runner then renews the lock (held.check) before it settles.
+        # The server is paused at that moment, so the renewal hangs, and the runner is killed inside it.
+        proc = runner(server, "mongo", "apply", "--run", "--mongo-dir", folder,
+                      env={"HCM_TEST_POINT": "after the patch's writes", "HCM_TEST_WAIT": "1"})
+        wait_for(marks / "after the patch's writes", proc)
+        os.kill(server.server.process.pid, signal.SIGSTOP)
+        try:
+            time.sleep(3)  # the patch's 1 s wait ends: the runner is in its renewal, waiting for the server
+            proc.kill()
+            proc.wait()
+        finally:
+            os.kill(server.server.process.pid, signal.SIGCONT)
+    else:
+        proc = runner(server, "mongo", "apply", "--run", "--mongo-dir", folder, env={"HCM_TEST_POINT": point})
+        wait_for(marks / point, proc)
+        proc.kill()
+        proc.wait()
+    finish(proc)
+    written = counts(server.db)
+    expire_lock(server.db)
+    code, out, err = finish(runner(server, "mongo", "apply", "--run", "--mongo-dir", folder))
+    if point == "before the running record":  # nothing was recorded or written: it runs now, once
+        assert code == 0 and "applied 0001_two_writes" in out, err
+        assert counts(server.db) == {"first": 1, "second": 1}
+        return
+    (line,) = [l for l in err.splitlines() if l.startswith("error:")]
+    assert code == 1 and "patch 0001_two_writes: a run started" in line and "never finished" in line, err
+    assert "`runner.py mongo resolve 0001_two_writes --applied`" in line and "runner.py mongo apply 0001_two_writes --run" in line
+    assert counts(server.db) == written  # not applied again
+    (record,) = server.db.applied_patches.find()
+    assert record["status"] == "running"
+    # Settled by a person, it is not run again either.
+    code, out, err = finish(runner(server, "mongo", "resolve", "0001_two_writes", "--applied", "--note", "checked",
+                                   "--mongo-dir", folder))
+    assert code == 0, err
+    code, out, err = finish(runner(server, "mongo", "apply", "--run", "--mongo-dir", folder))
+    assert code == 0 and counts(server.db) == written, err
+
+
+def test_the_server_killed_mid_patch_and_restarted(server, tmp_path):
+    """One line naming host:port; after the restart the patch is blocked, not applied again."""
+    from migrator import ferretdb
+
+    folder, marks = pointed_patch(tmp_path)
+    data, state = tmp_path / "ferretdb-data", tmp_path / "ferretdb-state"
+    with running_ferretdb(state, sqlite_dir=data) as own:
+        import pymongo
+
+        target = type(server)(own.url, server.name, pymongo.MongoClient(own.url, tz_aware=True)[server.name])
+        proc = runner(target, "mongo", "apply", "--run", "--mongo-dir", folder, "--mongo-timeout", 3,
+                      env={"HCM_TEST_POINT": "mid-patch", "HCM_TEST_WAIT": "2"})
+        wait_for(marks / "mid-patch", proc)
+        own.process.kill()
+        own.process.wait()
+        code, out, err = finish(proc)
+        (line,) = [l for l in err.splitlines() if l.startswith("error:")]
+        assert code == 1 and own.where in line, err
+        assert err.rstrip().splitlines()[-1] == line and "Traceback" not in err
+    with running_ferretdb(state, sqlite_dir=data, port=own.port) as again:
+        target.db.client.close()
+        target = type(server)(again.url, server.name, pymongo.MongoClient(again.url, tz_aware=True)[server.name])
+        expire_lock(target.db)
+        assert counts(target.db) == {"first": 1}
+        code, out, err = finish(runner(target, "mongo", "apply", "--run", "--mongo-dir", folder))
+        assert code == 1 and "patch 0001_two_writes: a run started" in err, err
+        assert counts(target.db) == {"first": 1}
+        target.db.client.close()
+    assert ferretdb.BINARY.exists()
+
+
+# --- the lock lost while the server was paused -------------------------------------------------------
+
+# The patch shortens the lock's lifetime (its module-level code runs in the runner, before its running
+# record: the runner then renews with the short TTL), waits for the test, and a second patch follows.
+SHORT_TTL = '''
+import time
+from datetime import timedelta
+from pathlib import Path
+from migrator.mongo import lock
+lock.TTL = timedelta(seconds=2)
+MARKS = Path({marks!r})
+
+def run(db, dry_run):
+    db.counter.update_one({{"_id": "first"}}, {{"$inc": {{"n": 1}}}}, upsert=True)
+    (MARKS / "running").touch()
+    while not (MARKS / "go on").exists():
+        time.sleep(0.05)
+    return "done"
+'''
+
+
+def test_a_runner_that_lost_its_lock_while_the_server_was_paused_stops_before_its_next_write(server, tmp_path):
+    folder, marks = tmp_path / "mongo", tmp_path / "marks"
+    folder.mkdir()
+    marks.mkdir()
+    (folder / "0001_slow.py").write_text(SHORT_TTL.format(marks=str(marks)))
+    count_patch(folder, "0002_next")
+    first = runner(server, "mongo", "apply", "--run", "--mongo-dir", folder)
+    wait_for(marks / "running", first)
+    pid = server.server.process.pid
+    os.kill(pid, signal.SIGSTOP)  # the server is paused past the lock's lifetime (2 s)
+    try:
+        time.sleep(3)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Another runner takes the expired lock over, finds the unsettled run and stops (releasing the lock).
+    code2, out2, err2 = finish(runner(server, "mongo", "apply", "--run", "--mongo-dir", folder, "--lock-timeout", 60))
+    assert code2 == 1 and "patch 0001_slow: a run started" in err2, err2
+    (marks / "go on").touch()
+    code, out, err = finish(first)
+    assert code == 4 and "lost the patch lock" in err and "stopped before writing anything more" in err, err
+    (record,) = server.db.applied_patches.find()
+    assert record["patch"] == "0001_slow" and record["status"] == "running"  # the first did not settle it
+    assert counts(server.db) == {"first": 1}  # 0002 never ran

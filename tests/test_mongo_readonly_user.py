@@ -1,0 +1,95 @@
+"""A server-enforced dry run: MONGO_READONLY_URL, a read-only user, is what dry runs and plan connect as.
+
+On FerretDB's PostgreSQL backend a Mongo user is a PostgreSQL role (FerretDB passes the credentials through,
+PLAIN), so a role with only SELECT on the database's tables is a read-only Mongo user."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from conftest import FERRETDB_PG_DATABASE
+
+READER, READER_PASSWORD = "hcm_mongo_reader", "Read-only-pw-1"
+
+# Deliberate circumvention: the real Database object, found through the garbage collector.
+CIRCUMVENTS = """
+import gc
+
+def run(db, dry_run):
+    real = next(o for o in gc.get_objects() if type(o).__name__ == "Database" and getattr(o, "name", None) == db.name)
+    real.things.insert_one({"written": "by a dry run"})
+    return "wrote behind the runner's back"
+"""
+
+
+@pytest.fixture
+def readonly(ferret_pg, pg):
+    """(env with MONGO_URL and MONGO_READONLY_URL, the database) on FerretDB's PostgreSQL backend."""
+    import pymongo
+
+    name = "hcm_ro_" + uuid.uuid4().hex[:8]
+    client = pymongo.MongoClient(ferret_pg.url, tz_aware=True)
+    client[name].things.insert_one({"_id": 1, "seeded": True})  # the database's schema and tables exist now
+    client[name].applied_patches.insert_one({"patch": "0000_old", "status": "applied"})
+    with pg.connect(FERRETDB_PG_DATABASE) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (READER,))
+        if not cur.fetchone():
+            cur.execute(f"CREATE ROLE {READER} LOGIN PASSWORD %s", (READER_PASSWORD,))
+        cur.execute(f"GRANT USAGE ON SCHEMA {name} TO {READER}; GRANT SELECT ON ALL TABLES IN SCHEMA {name} TO {READER}")
+    env = {"MONGO_URL": ferret_pg.url, "MONGO_DB": name,
+           "MONGO_READONLY_URL": f"mongodb://{READER}:{READER_PASSWORD}@{ferret_pg.where}/?authMechanism=PLAIN&authSource=$external"}
+    yield env, client[name]
+    with pg.connect(FERRETDB_PG_DATABASE) as conn, conn.cursor() as cur:
+        cur.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA {name} FROM {READER}; REVOKE USAGE ON SCHEMA {name} FROM {READER}")
+    client.drop_database(name)
+    client.close()
+
+
+def test_a_dry_run_cannot_write_even_by_deliberate_circumvention(cli, readonly, tmp_path):
+    env, db = readonly
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_circumvents.py").write_text(CIRCUMVENTS)
+    without = cli("mongo", "apply", "--mongo-dir", folder, env={k: v for k, v in env.items() if k != "MONGO_READONLY_URL"})
+    assert without.exit_code == 0 and db.things.count_documents({"written": "by a dry run"}) == 1  # the runner alone: it wrote
+    db.things.delete_many({"written": "by a dry run"})
+
+    result = cli("mongo", "apply", "--mongo-dir", folder, env=env)
+    assert result.exit_code == 1, result.output
+    assert "the server enforces it: read-only user from MONGO_READONLY_URL" in result.stderr
+    assert "permission denied" in result.stderr and READER_PASSWORD not in result.output
+    assert db.things.count_documents({"written": "by a dry run"}) == 0  # refused by the server
+    assert db.applied_patches.count_documents({}) == 1  # nothing logged either
+
+
+def test_reads_and_the_real_run_use_their_own_connections(cli, readonly, tmp_path):
+    env, db = readonly
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_reads.py").write_text(
+        "def run(db, dry_run):\n"
+        "    n = db.things.count_documents({'seeded': True})\n"
+        "    if not dry_run:\n        db.things.insert_one({'_id': 2})\n"
+        "    return f'{n} seeded'\n")
+    dry = cli("mongo", "apply", "--mongo-dir", folder, env=env)
+    assert dry.exit_code == 0 and "dry run 0001_reads" in dry.stdout and "1 seeded" in dry.stdout, dry.output
+    status = cli("mongo", "status", "--mongo-dir", folder, env=env)  # the log, read as ever
+    assert status.exit_code == 0 and "0000_old" in status.stdout
+    run = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=env)  # the writable URL
+    assert run.exit_code == 0 and "applied 0001_reads" in run.stdout, run.output
+    assert db.things.count_documents({"_id": 2}) == 1
+
+
+def test_doctor_says_whether_dry_runs_are_server_enforced(cli, readonly, tmp_path):
+    env, db = readonly
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    enforced = cli("doctor", "--mongo-dir", folder, env=env)
+    (line,) = [l for l in enforced.stdout.splitlines() if "mongo dry-run" in l]
+    assert line.startswith("ok") and "server-enforced" in line and f"{READER}:***@" in line
+    assert READER_PASSWORD not in enforced.output
+    plain = cli("doctor", "--mongo-dir", folder, env={k: v for k, v in env.items() if k != "MONGO_READONLY_URL"})
+    (line,) = [l for l in plain.stdout.splitlines() if "mongo dry-run" in l]
+    assert line.startswith("warn") and "not server-enforced" in line and "MONGO_READONLY_URL" in line
