@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-from migrator import output, pg_url, tls, urls
+from migrator import durations, output, pg_url, tls, urls
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
 from migrator.targets import (MONGO_EXAMPLE, MONGO_SCHEMES, AwsOptions, DdlLimits, MongoOptions,
@@ -294,9 +294,6 @@ def _from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> PostgresT
     )
 
 
-_PG_DURATION = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
-
-
 def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, env: Env) -> DdlLimits:
     """--ddl-lock-timeout / DB_LOCK_TIMEOUT and --statement-timeout / DB_STATEMENT_TIMEOUT (PostgreSQL units; 0 = off)."""
     limits = DdlLimits()
@@ -307,9 +304,10 @@ def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, 
         value, origin = (option, option_name) if option else env.get(variable)
         if value is None:
             continue
-        if not _PG_DURATION.match(value.strip()):
-            raise MigratorError(f"{origin}: {value!r} is not a duration; use PostgreSQL units, e.g. 5s, 500ms, 10min, or 0 for none", USAGE)
-        setattr(limits, attr, value.strip().replace(" ", ""))
+        try:
+            setattr(limits, attr, durations.pg_duration(value))
+        except ValueError as exc:
+            raise MigratorError(f"{origin}: {exc}", USAGE)
     return limits
 
 
