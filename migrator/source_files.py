@@ -43,7 +43,7 @@ def problem(path: Path, folder: Path) -> str | None:
             info = target.stat()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
         why = getattr(exc, "strerror", None) or "a symlink loop"
-        return f"cannot be read ({why}; a dangling link?); fix or remove it"
+        return f"cannot be read ({why}); a dangling link? fix or remove it"
     if not stat.S_ISREG(info.st_mode):
         kind = next((name for test, name in _KINDS.items() if test(info.st_mode)), None)
         return f"is {kind + ', ' if kind else ''}not a regular file; remove it, or move it out of the folder"
