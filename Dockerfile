@@ -3,13 +3,16 @@
 # (the Job mounts an emptyDir at /tmp, the only place anything is written).
 
 # Bases: current releases (Node.js 24 LTS; Python 3.12 on Debian 12), pinned by tag. Pin them by
-# digest as well when you build (README, "Updating the base images and locks").
+# digest as well when you build (README, "Updating the base images and locks"): a digest is written here only
+# once it is checked against the registry, and the repository has none verified yet, so the tags stay.
 
 # mongosh, for the JavaScript data patches in mongo/: exactly the packages of the committed npm lockfile.
 FROM node:24.21.0-bookworm-slim AS mongosh
 WORKDIR /opt/mongosh
 COPY tools/mongosh/package.json tools/mongosh/package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund
+# --ignore-scripts: no package's install script runs (they build or download native add-ons: Kerberos, client-side
+# encryption, OS DNS, ssh tunnels, none of which a patch uses; a download would bypass the lockfile's hashes).
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 
 FROM python:3.12.12-slim-bookworm
 
@@ -45,9 +48,8 @@ COPY mongo/ mongo/
 RUN python -m compileall -q runner.py migrator
 
 USER 10001:10001
-# The default command is for DIGIT's chart, which runs the image as an init container with no command
-# and can set only variables: `make migrate` passes ARGS (e.g. ARGS="--parallel 4") to the runner, and
-# there any non-zero exit just restarts the init container, so make folding every failure into exit 2
-# costs nothing. k8s/job.yaml and k8s/job-per-schema.yaml run `python3 runner.py migrate` instead: their
-# podFailurePolicy tells the runner's exit codes apart.
-CMD ["make", "migrate"]
+# The default command is for DIGIT's chart, which runs the image as an init container with no command and can set
+# only variables: ARGS (e.g. ARGS="--parallel 4") holds the runner's options. migrator.cli.image splits ARGS into
+# words as a shell would but runs no shell, so nothing in ARGS is executed; the runner's exit code is the pod's.
+# k8s/job.yaml and k8s/job-per-schema.yaml set their own command, `python3 runner.py migrate`.
+CMD ["python3", "-m", "migrator.cli.image", "migrate"]

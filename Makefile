@@ -62,7 +62,7 @@ install: $(DEV)  ## create .venv with the pinned runtime, local database and dev
 $(MONGOSH_STAMP): tools/mongosh/package.json tools/mongosh/package-lock.json
 	mkdir -p .mongosh
 	cp tools/mongosh/package.json tools/mongosh/package-lock.json .mongosh/
-	npm ci --prefix .mongosh --no-audit --no-fund --loglevel=error
+	npm ci --prefix .mongosh --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 mongosh: $(MONGOSH_STAMP)  ## install mongosh (for JavaScript patches) into .mongosh/ with npm ci

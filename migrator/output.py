@@ -11,10 +11,12 @@ patch); in the human format it prints nothing, the commands' own lines say it. M
 
 import contextvars
 import json
+import logging
 import re
 import shutil
 import sys
 import time
+import warnings
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Iterator
 from urllib.parse import quote, quote_plus
@@ -120,6 +122,36 @@ def set_format(name: str) -> None:
     if name not in FORMATS:
         raise ValueError(name)
     _format = name
+    _route_library_output(name == "json")
+
+
+# A library's Python warning (pymongo's "You appear to be connected to a DocumentDB cluster", urllib3's, boto3's) and a
+# log record nobody handles (logging's last resort) print plain text: in the json format every line must be an
+# event, so both become one ("warning", "log").
+_plain_show_warning = warnings.showwarning
+_plain_last_resort = logging.lastResort
+
+
+def _warning_event(message, category, filename, lineno, file=None, line=None) -> None:
+    _emit("warning", True, category=category.__name__, message=one_line(str(message)), where=f"{filename}:{lineno}")
+
+
+class _LogEvents(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        _emit("log", True, logger=record.name, level=record.levelname.lower(), message=one_line(record.getMessage()))
+
+
+_log_events = _LogEvents(logging.WARNING)
+
+
+def _route_library_output(as_json: bool) -> None:
+    global _plain_show_warning
+    if as_json and warnings.showwarning is not _warning_event:
+        _plain_show_warning = warnings.showwarning
+        warnings.showwarning = _warning_event
+    elif not as_json and warnings.showwarning is _warning_event:
+        warnings.showwarning = _plain_show_warning
+    logging.lastResort = _log_events if as_json else _plain_last_resort
 
 
 def json_format() -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-from migrator import credentials, output, pg_url, tls, urls
+from migrator import credentials, durations, output, pg_url, tls, urls
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
 from migrator.targets import (MONGO_EXAMPLE, MONGO_SCHEMES, AwsOptions, DdlLimits, MongoOptions,
@@ -318,9 +318,6 @@ def _from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> PostgresT
     )
 
 
-_PG_DURATION = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
-
-
 def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, env: Env,
                        lock_retry_budget: str | None = None) -> DdlLimits:
     """--ddl-lock-timeout / DB_LOCK_TIMEOUT, --statement-timeout / DB_STATEMENT_TIMEOUT and --lock-retry-budget /
@@ -334,36 +331,11 @@ def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, 
         value, origin = (option, option_name) if option else env.get(variable)
         if value is None:
             continue
-        if not _PG_DURATION.match(value.strip()):
-            raise MigratorError(f"{origin}: {value!r} is not a duration; use PostgreSQL units, e.g. 5s, 500ms, 10min, or 0 for none", USAGE)
-        setattr(limits, attr, value.strip().replace(" ", ""))
+        try:
+            setattr(limits, attr, durations.pg_duration(value))
+        except ValueError as exc:
+            raise MigratorError(f"{origin}: {exc}", USAGE)
     return limits
-
-
-def resolve_rewrite_threshold(option: int | None, env: Env) -> int:
-    """--rewrite-threshold-rows / REWRITE_THRESHOLD_ROWS: above this many live rows a rewrite or scan under a lock
-    that stops the application is refused (postgres/rewrites.py); default 10,000."""
-    from migrator.postgres.rewrites import THRESHOLD_ROWS
-
-    if option is not None:
-        return option
-    value, origin = env.get("REWRITE_THRESHOLD_ROWS")
-    if not value:
-        return THRESHOLD_ROWS
-    if not _ASCII_NUMBER.fullmatch(value.strip()):
-        raise MigratorError(f"{origin}: {value!r} is not a number of rows; e.g. 10000 (0 refuses on any non-empty "
-                            "table)", USAGE)
-    return int(value.strip())
-
-
-_UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def duration_seconds(value: str, default_unit: str = "ms") -> float:
-    """A checked PostgreSQL duration in seconds ('500ms' -> 0.5); a bare number is in `default_unit` (lock_timeout's
-    and statement_timeout's unit is ms)."""
-    number, unit = re.match(r"^(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?$", value.strip()).groups()
-    return float(number) * _UNIT_SECONDS[unit or default_unit]
 
 
 def _apply_tls(target: PostgresTarget, option: str | None, env: Env) -> None:

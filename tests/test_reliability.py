@@ -316,7 +316,7 @@ def case_lock_timeout(db, sql_dir, tmp_path, aws):
 
 
 def case_bad_ddl_lock_timeout(db, sql_dir, tmp_path, aws):
-    return ["migrate", "--ddl-lock-timeout", "soon"], _pw(db), 2, "--ddl-lock-timeout: 'soon' is not a duration"
+    return ["migrate", "--ddl-lock-timeout", "soon"], _pw(db), 2, "'--ddl-lock-timeout': 'soon' is not a duration"
 
 
 def case_unknown_dsn_option(db, sql_dir, tmp_path, aws):

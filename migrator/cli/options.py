@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from migrator import durations
 from migrator.cli.app import log_format_option, verbose_option
 from migrator.commands.base import LOCK_TIMEOUT as DEFAULT_LOCK_TIMEOUT, CommandSettings
 from migrator.targets import AwsOptions, MongoOptions, PostgresOptions
@@ -39,8 +40,33 @@ SQL_DIR = click.option(
 MONGO_DIR = click.option(
     "--mongo-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "mongo", show_default="mongo/ beside runner.py",
     envvar="MONGO_DIR", help="Folder of the Mongo patches (else MONGO_DIR).")
+
+
+class Seconds(click.ParamType):
+    """A duration in seconds, checked as it is parsed (durations.seconds): `nan`, `-5` or `1e400` are a usage error."""
+
+    name = "seconds"
+
+    def __init__(self, zero: bool):
+        self.zero = zero  # 0 means something (no limit, or try once)
+
+    def convert(self, value, param, ctx):
+        try:
+            return durations.seconds(value, zero=self.zero)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _pg_duration(_ctx, _param, value: str | None) -> str | None:
+    """--ddl-lock-timeout / --statement-timeout: PostgreSQL's units, within what it accepts."""
+    try:
+        return durations.pg_duration(value) if value else value  # empty: as not given (the variable, else the default)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc))
+
+
 LOCK_TIMEOUT = click.option(
-    "--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT, show_default=True, metavar="SECONDS",
+    "--lock-timeout", type=Seconds(zero=True), default=DEFAULT_LOCK_TIMEOUT, show_default=True, metavar="SECONDS",
     help="How long to wait for another runner's migration lock.")
 STRICT = click.option("--strict", is_flag=True,
                       help="Refuse to migrate while the live schema differs from the recorded one (exit 5).")
@@ -56,14 +82,18 @@ REWRITE_THRESHOLD = click.option(
 QUIET = click.option("--quiet", is_flag=True,
                      help="No live progress lines while a long statement runs (elapsed time, index build phase, "
                           "who holds a lock it waits for).")
+SHOW_BLOCKER_QUERY = click.option(
+    "--show-blocker-query", is_flag=True,
+    help="In the lines about a session blocking a migration, show its query too, with every literal replaced by ? "
+         "(by default: pid, user, application, state and lock only, as the query may hold secrets).")
 DDL_LIMITS = [
-    click.option("--ddl-lock-timeout", metavar="DURATION",
+    click.option("--ddl-lock-timeout", metavar="DURATION", callback=_pg_duration,
                  help="lock_timeout of each try of a migration's statement: a try never queues traffic behind its "
                       "lock longer (else DB_LOCK_TIMEOUT, else 300ms; 0 = wait forever)."),
-    click.option("--lock-retry-budget", metavar="DURATION",
+    click.option("--lock-retry-budget", metavar="DURATION", callback=_pg_duration,
                  help="Retry a statement whose try timed out on a lock, with backoff, for this long in all (else "
                       "DB_LOCK_RETRY_BUDGET, else 5min; 0 = no retry)."),
-    click.option("--statement-timeout", metavar="DURATION",
+    click.option("--statement-timeout", metavar="DURATION", callback=_pg_duration,
                  help="statement_timeout of every migration (else DB_STATEMENT_TIMEOUT, else 10min; 0 = none)."),
 ]
 POSTGRES = [
@@ -89,10 +119,10 @@ CREATE_SCHEMAS = click.option("--create-schemas", is_flag=True,
 MONGO = [
     click.option("--mongo-url", metavar="URL", help="MongoDB/DocumentDB URL (else MONGO_URL)."),
     click.option("--mongo-db", metavar="NAME", help="Mongo database (else MONGO_DB, the secret's, or the URL's)."),
-    click.option("--mongo-timeout", type=click.FloatRange(min=0, min_open=True), default=MongoOptions.timeout,
+    click.option("--mongo-timeout", type=Seconds(zero=False), default=MongoOptions.timeout,
                  show_default=True,
                  metavar="SECONDS", help="Give up on an unreachable Mongo server after this long."),
-    click.option("--patch-timeout", type=click.FloatRange(min=0), default=0, envvar="MONGO_PATCH_TIMEOUT",
+    click.option("--patch-timeout", type=Seconds(zero=True), default=0, envvar="MONGO_PATCH_TIMEOUT",
                  metavar="SECONDS", help="Stop a JavaScript patch (mongosh) running longer than this "
                                          "(else MONGO_PATCH_TIMEOUT; 0, the default: no limit)."),
 ]
@@ -154,8 +184,13 @@ def ddl_limit_options(command):
 
 
 def ddl_limits(command):
-    """--ddl-lock-timeout, --lock-retry-budget, --statement-timeout, and --quiet (the commands that run migrations)."""
-    for option in reversed([*DDL_LIMITS, QUIET]):
+    click.option("--ddl-lock-timeout", metavar="DURATION", callback=_pg_duration,
+                 help="lock_timeout of each try of a migration's statement: a try never queues traffic behind its "
+                      "lock longer (else DB_LOCK_TIMEOUT, else 300ms; 0 = wait forever)."),
+    click.option("--lock-retry-budget", metavar="DURATION", callback=_pg_duration,
+                 help="Retry a statement whose try timed out on a lock, with backoff, for this long in all (else "
+                      "DB_LOCK_RETRY_BUDGET, else 5min; 0 = no retry)."),
+    click.option("--statement-timeout", metavar="DURATION", callback=_pg_duration,
         command = option(command)
     return command
 
@@ -171,7 +206,8 @@ def _settings(kwargs: dict) -> CommandSettings:
                "create_schemas")
     mongo = _take(kwargs, "mongo_url", "mongo_db", "mongo_timeout", "patch_timeout", "mongo_secret")
     other = _take(kwargs, "sql_dir", "mongo_dir", "lock_timeout", "ddl_lock_timeout", "statement_timeout",
-                  "lock_retry_budget", "strict", "fail_fast", "parallel", "quiet", "rewrite_threshold_rows")
+                  "lock_retry_budget", "strict", "fail_fast", "parallel", "quiet", "rewrite_threshold_rows",
+                  "show_blocker_query")
     settings = CommandSettings(
         postgres=PostgresOptions(
             database_url=pg["database_url"], host=pg["db_host"], port=pg["db_port"], dbname=pg["db_name"],
@@ -186,6 +222,7 @@ def _settings(kwargs: dict) -> CommandSettings:
         lock_retry_budget=other["lock_retry_budget"],
         strict=bool(other["strict"]), fail_fast=bool(other["fail_fast"]), parallel=other["parallel"] or 1,
         progress=not other["quiet"], rewrite_threshold_rows=other["rewrite_threshold_rows"],
+        show_blocker_query=bool(other["show_blocker_query"]),
     )
     for name in ("sql_dir", "mongo_dir", "lock_timeout"):
         if other[name] is not None:

@@ -42,6 +42,7 @@ class CommandSettings:
     parallel: int = 1  # over several schemas: how many at once
     mongo_off: bool = False  # a schema's part of a run: Mongo is the run's, done once
     progress: bool = True  # live progress of long statements (--quiet turns it off)
+    show_blocker_query: bool = False  # a blocking session's query in progress lines (without literals)
     described: object = None  # a tenant's schema as read at the start of the run (tenants.run): drift's fast path
     local_mongo: MongoTarget | None = None  # the local FerretDB, once started for this command
     rewrite_threshold_rows: int | None = None  # --rewrite-threshold-rows (else REWRITE_THRESHOLD_ROWS, else 10,000)
@@ -139,7 +140,8 @@ def watching(settings: CommandSettings, backend, target: PostgresTarget) -> Iter
     """Live progress of each migration session `backend` opens, unless --quiet; SIGTERM cancels its statement."""
     from migrator.postgres import connection, watch
 
-    with watch.Watcher(connection.watcher_params(target, watch.APPLICATION_NAME), show=settings.progress) as watcher:
+    with watch.Watcher(connection.watcher_params(target, watch.APPLICATION_NAME), show=settings.progress,
+                       show_query=settings.show_blocker_query) as watcher:
         backend.watcher = watcher
         try:
             yield

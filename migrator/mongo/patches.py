@@ -7,15 +7,14 @@ log records (`001_close_expired_enrollments`) match `0001_close_expired_enrollme
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from migrator import source_files
 from migrator.errors import USAGE, MigratorError
 
-PATCH_NAME = re.compile(r"^(?P<number>[0-9]+)_(?P<name>[A-Za-z0-9_]+)$")
+PATCH_NAME = re.compile(r"(?P<number>[0-9]+)_(?P<name>[A-Za-z0-9_]+)\Z")
 KINDS = {".py": "py", ".js": "js"}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +41,7 @@ class Patch:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        return hashlib.sha256(source_files.read_bytes(self.path)).hexdigest()
 
 
 def one_line(text: str) -> str:
@@ -55,7 +54,7 @@ def discover(mongo_dir: Path) -> list[Patch]:
         raise MigratorError(f"patch folder {mongo_dir} not found; run from the project root or pass --mongo-dir", USAGE)
     patches: dict[tuple, Patch] = {}
     for path in sorted(mongo_dir.iterdir()):
-        if path.suffix.lower() not in KINDS or not path.name[:1].isdigit():
+        if path.suffix.lower().strip() not in KINDS or not path.name[:1].isdigit():  # `.js\n` too: refused below
             continue  # README.md, __init__.py, helpers: not patches
         _refuse_odd(path)  # looks like a patch: it must be one, or the command stops
         match = PATCH_NAME.match(path.stem)
@@ -71,27 +70,18 @@ def discover(mongo_dir: Path) -> list[Patch]:
 
 
 def _refuse_odd(path: Path) -> None:
-    """A name that looks like a patch's: a readable regular file named NNNN_name.py/.js (ASCII digits,
-    lower-case suffix), or one line that stops the command before anything is read or run."""
-    problem = None
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        problem = f"cannot be read ({exc.strerror or exc.__class__.__name__}; a dangling link?)"
-    else:
-        if not stat.S_ISREG(mode):
-            problem = "is not a regular file"
-        elif path.suffix not in KINDS:
-            problem = f"has the suffix {path.suffix}; patches end in lower-case .py or .js"
-        elif not PATCH_NAME.match(path.stem):
-            raise MigratorError(
-                f"{path}: not a valid patch name; patches are NNNN_name.py or NNNN_name.js (ASCII digits, an "
-                "underscore, then letters, digits and underscores); rename it, or move it out of the patch folder", USAGE)
-        elif not os.access(path, os.R_OK):
-            problem = "cannot be read (permissions)"
-    if problem:
-        raise MigratorError(f"{path}: looks like a patch but {problem}; fix or rename it, or move it out of the "
-                            "patch folder", USAGE)
+    """A name that looks like a patch's: a readable regular file inside the folder named NNNN_name.py/.js
+    (ASCII digits, lower-case suffix), or one line that stops the command before anything is read or run."""
+    source_files.check(path, path.parent)
+    if path.suffix not in KINDS:
+        raise MigratorError(f"{source_files.shown(path)}: looks like a patch but has the suffix "
+                            f"{source_files.shown(path.suffix)}; patches end in lower-case "
+                            ".py or .js: rename it, or move it out of the patch folder", USAGE)
+    if not PATCH_NAME.match(path.stem):
+        raise MigratorError(
+            f"{source_files.shown(path)}: not a valid patch name; patches are NNNN_name.py or NNNN_name.js (ASCII "
+            "digits, an underscore, then letters, digits and underscores); rename it, or move it out of the patch "
+            "folder", USAGE)
 
 
 def select(patches: list[Patch], names: list[str]) -> list[Patch]:
@@ -155,7 +145,12 @@ def new(mongo_dir: Path, name: str, kind: str) -> Path:
     if not slug:
         raise MigratorError(f"patch name {name!r} has no letters or digits; e.g. close_orphan_enrollments", USAGE)
     numbers = [p.key[0] for p in discover(mongo_dir)]
-    patch_id = f"{max(numbers, default=0) + 1:04d}_{slug}"
+    number = f"{max(numbers, default=0) + 1:04d}_"
+    source_files.check_new_name(number, slug, f".{kind}")
+    patch_id = f"{number}{slug}"
     path = mongo_dir / f"{patch_id}.{kind}"
-    path.write_text((PY_TEMPLATE if kind == "py" else JS_TEMPLATE).format(id=patch_id), encoding="utf-8")
+    try:
+        path.write_text((PY_TEMPLATE if kind == "py" else JS_TEMPLATE).format(id=patch_id), encoding="utf-8")
+    except OSError as exc:
+        raise MigratorError(f"cannot write {path} ({exc.strerror or exc}); fix the folder's permissions", USAGE)
     return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from migrator import source_files
 from migrator.errors import USAGE, MigratorError
 from migrator.output import visible
 from migrator.postgres import psql_reading
@@ -18,11 +19,13 @@ from migrator.postgres import flyway
 from migrator.postgres.splitter import TAG_CHAR, TAG_START, SplitError, Statement, newlines, split
 
 # Checked on every name before any file is opened: a name is printed in `plan` (inside SQL) and in
-# messages, so a newline or quote in it must never get that far.
-FILE_NAME = re.compile(r"^(?P<number>\d+)_(?P<name>[A-Za-z0-9_]+)(?P<rollback>\.rollback)?\.sql$")
-# Digits and `_` at the start: meant as a migration, so any other spelling of it is refused.
+# messages, so a newline or quote in it must never get that far. ASCII only, to the very end (`\d` takes
+# Arabic-Indic digits, `$` a trailing newline), as the Mongo side.
+FILE_NAME = re.compile(r"(?P<number>[0-9]+)_(?P<name>[A-Za-z0-9_]+)(?P<rollback>\.rollback)?\.sql\Z", re.ASCII)
+# Digits (any script's) and `_` at the start: meant as a migration, so any other spelling of it is refused.
 LOOKS_LIKE_MIGRATION = re.compile(r"^\s*\d+_")
-VALID_NAME = "NNNN_name.sql or NNNN_name.rollback.sql (digits, `_`, then letters, digits and `_`)"
+VALID_NAME = ("NNNN_name.sql or NNNN_name.rollback.sql (ASCII digits 0-9, `_`, then ASCII letters, digits and `_`, "
+              "nothing after .sql)")
 DIRECTIVE = re.compile(r"^\s*--\s*(transactional|depends)\s*:\s*(.*?)\s*$")
 COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
 BOM = "\ufeff"
@@ -62,6 +65,7 @@ def check_names(sql_dir: Path) -> list[Path]:
                 raise MigratorError(f"{shown}: not a valid migration file name; rename it to {VALID_NAME}, "
                                     "or move it out of the folder", USAGE)
             continue
+        source_files.check(path, sql_dir)  # a regular file inside the folder: nothing opened it yet
         if match["rollback"]:
             rollbacks.append(path)
             continue
@@ -82,7 +86,7 @@ def check_names(sql_dir: Path) -> list[Path]:
 def read_text(path: Path) -> str:
     """The file as psql reads it, minus a UTF-8 byte order mark (editors on Windows add one)."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = source_files.read_bytes(path).decode("utf-8")
     except OSError as exc:
         raise MigratorError(f"{path} cannot be read ({exc.strerror or exc}); fix the file or its permissions", USAGE)
     except UnicodeDecodeError as exc:
@@ -419,9 +423,15 @@ def new(sql_dir: Path, name: str) -> tuple[Path, Path]:
     if not sql_dir.is_dir():
         raise MigratorError(f"migrations folder {sql_dir} not found; run from the project root", USAGE)
     numbers = [int(m["number"]) for p in sql_dir.glob("*.sql") if (m := FILE_NAME.match(p.name))]
-    migration_id = f"{max(numbers, default=0) + 1:04d}_{slug}"
+    number = f"{max(numbers, default=0) + 1:04d}_"
+    source_files.check_new_name(number, slug, ".rollback.sql")
+    migration_id = f"{number}{slug}"
     path = sql_dir / f"{migration_id}.sql"
     rollback = sql_dir / f"{migration_id}.rollback.sql"
-    path.write_text(NEW_TEMPLATE.format(id=migration_id), encoding="utf-8")
-    rollback.write_text(NEW_ROLLBACK_TEMPLATE.format(id=migration_id), encoding="utf-8")
+    try:
+        path.write_text(NEW_TEMPLATE.format(id=migration_id), encoding="utf-8")
+        rollback.write_text(NEW_ROLLBACK_TEMPLATE.format(id=migration_id), encoding="utf-8")
+    except OSError as exc:
+        raise MigratorError(f"cannot write {exc.filename or sql_dir} ({exc.strerror or exc}); fix the folder's "
+                            "permissions", USAGE)
     return path, rollback

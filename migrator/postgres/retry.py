@@ -22,7 +22,7 @@ from typing import Iterator
 
 from migrator import interrupt, output
 from migrator.postgres.watch import lock_mode
-from migrator.settings import duration_seconds
+from migrator.durations import pg_seconds
 
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
 FIRST_DELAY, MAX_DELAY = 0.5, 10.0  # seconds between tries: doubling, jittered, capped
@@ -40,7 +40,7 @@ class Policy:
     def of(cls, limits) -> "Policy":
         if limits is None:
             return cls(0.0, 0.0)
-        return cls(duration_seconds(limits.lock_timeout), duration_seconds(limits.lock_retry_budget, "s"))
+        return cls(pg_seconds(limits.lock_timeout), pg_seconds(limits.lock_retry_budget, "s"))
 
 
 def lock_timed_out(exc) -> bool:

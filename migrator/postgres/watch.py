@@ -3,8 +3,9 @@
 The migration's session is followed by its pid (the backend hands each migration session to the
 watcher). Once a statement has run for FIRST_AFTER seconds, a line says how long, the phase and
 percentage of an index build (pg_stat_progress_create_index) or of VACUUM, CLUSTER, ANALYZE and COPY
-(their pg_stat_progress_* views), and, while it waits on a lock, who holds that lock: pid,
-application_name, user, client address, state and query, so the operator knows what to end. On a
+(their pg_stat_progress_* views), and, while it waits on a lock, who holds that lock (postgres.sessions:
+pid, application_name, user, client address, state, the lock; its query only with --show-blocker-query,
+without literals), so the operator knows what to end. On a
 terminal the line is rewritten every POLL seconds; in a log a timestamped line every LOG_EVERY seconds.
 The watcher never stops a migration: if it cannot read, it says so once and goes quiet.
 """
@@ -16,6 +17,7 @@ import threading
 import time
 
 from migrator import output
+from migrator.postgres import sessions
 
 FIRST_AFTER = 3.0  # seconds a statement runs before it is reported
 POLL = 1.0
@@ -37,12 +39,6 @@ _WAITED_FOR = """
 SELECT l.mode, coalesce(c.relname, l.locktype) FROM pg_catalog.pg_locks l
 LEFT JOIN pg_catalog.pg_class c ON l.locktype = 'relation' AND c.oid = l.relation
 WHERE l.pid = %s AND NOT l.granted LIMIT 1
-"""
-_BLOCKERS = """
-SELECT b.pid, b.application_name, b.usename, host(b.client_addr), b.state,
-       extract(epoch FROM clock_timestamp() - b.state_change), left(b.query, 300)
-FROM unnest(pg_catalog.pg_blocking_pids(%s)) AS p(pid) JOIN pg_catalog.pg_stat_activity b ON b.pid = p.pid
-ORDER BY b.pid
 """
 
 
@@ -79,9 +75,10 @@ class Watcher:
     own session, so it never takes a connection slot the migration needs) and closed when the next
     migration starts (`label`); when it cannot connect, one note says so and the run stays quiet."""
 
-    def __init__(self, params: dict, show: bool = True):
+    def __init__(self, params: dict, show: bool = True, show_query: bool = False):
         self.params = params  # psycopg2.connect() keywords
         self.show = show  # False (--quiet): no progress, but SIGTERM still cancels the running statement
+        self.show_query = show_query  # --show-blocker-query: a blocker's query, without its literals
         self._session = None  # the migration's connection
         self._label = ""  # the migration running now
         self._pid: int | None = None
@@ -219,21 +216,13 @@ class Watcher:
     def _say_lock_wait(self, cur, pid: int, text: str, fields: dict) -> None:
         cur.execute(_WAITED_FOR, (pid,))
         wanted = cur.fetchone()
-        cur.execute(_BLOCKERS, (pid,))
-        holders = []
-        for b_pid, app, user, addr, state, in_state, query in cur.fetchall():
-            if state is None:  # another role's session, and this one lacks pg_read_all_stats
-                holders.append({"pid": b_pid, "hidden": True})
-                continue
-            holders.append({"pid": b_pid, "application_name": output.scrub(app or ""), "user": user,
-                            "client_addr": addr or "local", "state": state, "state_for_s": round(float(in_state or 0)),
-                            "query": output.scrub(output.one_line(query or ""))})
+        holders = sessions.blockers(cur, pid, self.show_query)
         what = f"{lock_mode(wanted[0])} lock on {wanted[1]}" if wanted else "a lock"
         if wanted and wanted[1] in ("transactionid", "tuple"):  # a row another transaction changed or locked
             what = "a row lock" + (f" held by the transaction of pid {holders[0]['pid']}" if holders else "")
         text += f"; waiting for {what}"
         if holders:
-            text += ", held by " + "; ".join(_holder(h) for h in holders)
+            text += ", held by " + "; ".join(sessions.describe(h) for h in holders)
             text += f" -- to end it: SELECT pg_terminate_backend({holders[0]['pid']})"
         fields.update(waiting_for=what, held_by=holders)
         self._say(text, "lock_wait", fields)
@@ -275,10 +264,3 @@ class Watcher:
             output.progress_done()
             self._live = False
 
-
-def _holder(h: dict) -> str:
-    if h.get("hidden"):
-        return (f"pid {h['pid']} (another role's session: this role cannot see who it is or what it runs; "
-                "grant it pg_read_all_stats to see)")
-    return (f"pid {h['pid']} (application_name {h['application_name'] or '(none)'}, user {h['user']}, "
-            f"from {h['client_addr']}, {h['state']} for {duration(h['state_for_s'])}): {h['query'][:120]}")

@@ -1,0 +1,49 @@
+"""Durations the user gives (timeouts, waits), checked where they are read: finite, not negative, and within
+what PostgreSQL accepts for lock_timeout and statement_timeout (INT_MAX milliseconds, about 24.8 days).
+
+The runner's own waits (seconds) share that bound: no wait is meant to be longer, and a larger number
+(1e400, 99999999999) would otherwise overflow later, in a driver or a timer, as "unexpected".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+MAX_MS = 2_147_483_647  # PostgreSQL's limit for an integer setting in milliseconds (INT_MAX)
+MAX_SECONDS = MAX_MS // 1000
+_BOUND = f"at most {MAX_MS} ms, about 24 days"
+# PostgreSQL's units for a time setting whose base unit is the millisecond (no unit: milliseconds).
+_UNIT_MS = {"us": 0.001, "ms": 1, "": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+_PG_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(us|ms|s|min|h|d)?", re.ASCII)
+
+
+def pg_duration(value: str) -> str:
+    """A lock_timeout / statement_timeout as PostgreSQL takes it (`5s`, `500ms`, `10min`, `0`), spaces removed;
+    ValueError saying what is wrong."""
+    match = _PG_DURATION.fullmatch(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a duration; use PostgreSQL units, e.g. 5s, 500ms, 10min, or 0 for none")
+    # PostgreSQL rounds to whole milliseconds (rint), then refuses what does not fit an int.
+    if round(float(match[1]) * _UNIT_MS[match[2] or ""]) > MAX_MS:
+        raise ValueError(f"{value!r} is longer than PostgreSQL accepts ({_BOUND}); use a shorter one, or 0 for none")
+    return value.strip().replace(" ", "")
+
+
+def seconds(value, *, zero: bool) -> float:
+    """A number of seconds: finite, from 0 (`zero`) or above 0, at most MAX_SECONDS; ValueError otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    low = "from 0" if zero else "above 0"
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero) or number > MAX_SECONDS:
+        raise ValueError(f"{value!r} is not a number of seconds {low} up to {MAX_SECONDS} (about 24 days)")
+    return number
+
+
+def pg_seconds(value: str, default_unit: str = "") -> float:
+    """A checked PostgreSQL duration in seconds ('500ms' -> 0.5); a bare number is in `default_unit` (lock_timeout's
+    and statement_timeout's unit, milliseconds, when none is given)."""
+    number, unit = _PG_DURATION.fullmatch(value.strip()).groups()
+    return float(number) * _UNIT_MS[unit or default_unit] / 1000

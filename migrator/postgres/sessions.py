@@ -1,0 +1,97 @@
+"""Other sessions as the runner names them (who blocks a migration): pid, application_name, user, client
+address, state and for how long, how old its transaction is, and the lock it holds that the migration waits
+for. Never what it runs: another session's query text may hold `ALTER ROLE ... PASSWORD '...'` or an API key
+in a literal. Only when asked (--show-blocker-query) is the text shown, and then without its literals,
+comments and numbers (`without_literals`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from migrator import output
+from migrator.postgres.splitter import TAG_CHAR, TAG_START
+
+# Each session blocking `pid`, and the modes it was granted on the very lock `pid` waits for (NULL: it holds
+# none of it but is queued ahead for it). `{query}` is NULL unless the text was asked for.
+_BLOCKERS = """
+SELECT b.pid, b.application_name, b.usename, host(b.client_addr), b.state,
+       extract(epoch FROM clock_timestamp() - b.state_change), extract(epoch FROM clock_timestamp() - b.xact_start),
+       (SELECT pg_catalog.string_agg(DISTINCT h.mode, ',') FROM pg_catalog.pg_locks h, pg_catalog.pg_locks w
+        WHERE w.pid = %(pid)s AND NOT w.granted AND h.pid = b.pid AND h.granted AND h.locktype = w.locktype
+          AND h.database IS NOT DISTINCT FROM w.database AND h.relation IS NOT DISTINCT FROM w.relation
+          AND h.page IS NOT DISTINCT FROM w.page AND h.tuple IS NOT DISTINCT FROM w.tuple
+          AND h.virtualxid IS NOT DISTINCT FROM w.virtualxid
+          AND h.transactionid IS NOT DISTINCT FROM w.transactionid AND h.classid IS NOT DISTINCT FROM w.classid
+          AND h.objid IS NOT DISTINCT FROM w.objid AND h.objsubid IS NOT DISTINCT FROM w.objsubid),
+       {query}
+FROM unnest(pg_catalog.pg_blocking_pids(%(pid)s)) AS p(pid) JOIN pg_catalog.pg_stat_activity b ON b.pid = p.pid
+ORDER BY b.pid
+"""
+
+
+def blockers(cursor, pid: int, show_query: bool = False) -> list[dict]:
+    """The sessions blocking `pid`, each as blocker() makes it."""
+    cursor.execute(_BLOCKERS.format(query="left(b.query, 1000)" if show_query else "NULL"), {"pid": pid})
+    return [blocker(row) for row in cursor.fetchall()]
+
+
+def blocker(row) -> dict:
+    """One row of _BLOCKERS as the fields the runner prints (JSON-able); never the query unless the row has it."""
+    from migrator.postgres.watch import lock_mode  # (watch imports this module)
+
+    pid, app, user, addr, state, in_state, in_xact, holds, query = row
+    if state is None:  # another role's session, and this one lacks pg_read_all_stats
+        return {"pid": pid, "hidden": True}
+    found = {"pid": pid, "application_name": output.scrub(app or ""), "user": user, "client_addr": addr or "local",
+             "state": state, "state_for_s": round(float(in_state or 0)),
+             "transaction_for_s": None if in_xact is None else round(float(in_xact)),
+             "holds": [lock_mode(m) for m in holds.split(",")] if holds else []}
+    if query is not None:
+        found["query"] = output.scrub(without_literals(output.one_line(query)))[:300]
+    return found
+
+
+def describe(h: dict) -> str:
+    """A blocker in words, for a progress line or an error."""
+    if h.get("hidden"):
+        return (f"pid {h['pid']} (another role's session: this role cannot see who it is or what it runs; "
+                "grant it pg_read_all_stats to see)")
+    from migrator.postgres.watch import duration  # (watch imports this module)
+
+    xact = f", transaction open {duration(h['transaction_for_s'])}" if h.get("transaction_for_s") is not None else ""
+    holds = f"holds {' and '.join(h['holds'])}" if h.get("holds") else "queued ahead for the same lock"
+    text = (f"pid {h['pid']} (application_name {h['application_name'] or '(none)'}, user {h['user']}, "
+            f"from {h['client_addr']}, {h['state']} for {duration(h['state_for_s'])}{xact}; {holds})")
+    return text + (f": {h['query'][:120]}" if h.get("query") else "")
+
+
+# What may hold a value, left to right as PostgreSQL's lexer reads them; a construct cut short (the server keeps
+# only the first track_activity_query_size bytes) runs to the end. A plain '...' holding a backslash reads
+# differently with standard_conforming_strings on and off, and which the session had is unknown: everything from
+# it on goes. Quoted identifiers and words are names, kept; a number inside a word (t1) stays with it.
+_VALUE = re.compile(rf"""
+    (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
+  | (?P<estring>[Ee]'(?:[^'\\]|\\.|'')*(?:'|\Z))
+  | (?P<string>(?:[Uu]&|[BbXxNn])?'(?:[^'\\]|'')*(?:'|\Z))
+  | (?P<backslash>'.*)
+  | (?P<dollar>(?<![\w$])\$(?P<tag>{TAG_START}{TAG_CHAR}*)?\$.*?(?:\$(?P=tag)\$|\Z))
+  | (?P<ident>(?:[Uu]&)?"(?:[^"]|"")*(?:"|\Z))
+  | (?P<param>\$[0-9]+)
+  | (?P<word>[^\W\d][\w$]*)
+  | (?P<number>0[xXoObB][0-9A-Fa-f_]+|(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[Ee][+-]?[0-9]+)?)
+""", re.VERBOSE | re.DOTALL)
+
+
+def without_literals(query: str) -> str:
+    """`query` with every string, dollar-quoted body and number replaced by `?` and comments left out:
+    what it does stays readable (SELECT, ALTER ROLE app PASSWORD ?), no value in it does."""
+    def replace(match: re.Match) -> str:
+        kind = match.lastgroup if match.lastgroup != "tag" else "dollar"
+        if kind == "comment":
+            return " "
+        if kind in ("ident", "param", "word"):
+            return match.group()
+        return "?" if kind != "backslash" else "?..."
+
+    return _VALUE.sub(replace, query)

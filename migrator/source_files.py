@@ -1,0 +1,87 @@
+"""The files of sql/ and mongo/ as the runner takes them: regular files inside their folder, of a bounded size.
+
+A file in a pull request is read by `plan`, `status` and `sql lint` on a reviewer's machine, so what it is gets
+checked with stat before anything opens it: a symlink out of the folder would print what it points at (a
+credentials file), a FIFO would hang the command, a device (`/dev/zero`) would be read without end. A symlink to
+a regular file inside the folder is taken as that file (e.g. one rollback shared by two migrations). A hard link
+cannot be told from a file, but git stores none, so a pull request cannot bring one.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from migrator.errors import USAGE, MigratorError
+
+MAX_MIB = 64  # one file's limit: a pg_dump baseline of a large schema is a few MiB
+MAX_BYTES = MAX_MIB << 20
+# The longest file name most filesystems take (ext4, APFS, NTFS: 255 bytes).
+NAME_MAX = 255
+
+_KINDS = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a character device",
+          stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+
+
+def shown(path: Path | str) -> str:
+    """A path as one printable line: a newline or control character in a name is shown escaped."""
+    return ascii(str(path))[1:-1] if not str(path).isprintable() else str(path)
+
+
+def problem(path: Path, folder: Path) -> str | None:
+    """Why `path`, an entry of `folder`, is not a file the runner may read (what, then what to do), or None.
+
+    Only stat is used: nothing is opened, so a FIFO cannot block and a device is never read."""
+    try:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            target = path.resolve(strict=True)
+            if not target.is_relative_to(folder.resolve()):
+                return (f"is a symlink to {shown(target)}, outside {shown(folder)}; the runner reads only files inside "
+                        "the folder: copy the file in, or remove the link")
+            info = target.stat()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        why = getattr(exc, "strerror", None) or "a symlink loop"
+        return f"cannot be read ({why}); a dangling link? fix or remove it"
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _KINDS.items() if test(info.st_mode)), None)
+        return f"is {kind + ', ' if kind else ''}not a regular file; remove it, or move it out of the folder"
+    if info.st_size > MAX_BYTES:
+        return (f"is {info.st_size / (1 << 20):.1f} MiB, over the runner's limit of {MAX_MIB} MiB for one file; "
+                "split it into several")
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied); fix its permissions"
+    return None
+
+
+def check(path: Path, folder: Path) -> None:
+    """One line that stops the command, naming the file, unless `path` is a file the runner may read."""
+    found = problem(path, folder)
+    if found:
+        raise MigratorError(f"{shown(path)} {found}", USAGE)
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes, opened without blocking and checked again on the open file (what stat saw may have
+    been replaced since): a regular file of at most MAX_BYTES, else one line. OSError passes through."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise MigratorError(f"{shown(path)} is not a regular file; remove it, or move it out of the folder", USAGE)
+        data = file.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise MigratorError(f"{shown(path)} is over the runner's limit of {MAX_MIB} MiB for one file; split it into "
+                            "several", USAGE)
+    return data
+
+
+def check_new_name(prefix: str, name: str, suffix: str) -> None:
+    """The file `new` is about to write, prefix + name + suffix (its longest), fits the file name limit."""
+    size = len(f"{prefix}{name}{suffix}".encode("utf-8"))
+    if size > NAME_MAX:
+        room = NAME_MAX - len(f"{prefix}{suffix}".encode("utf-8"))
+        raise MigratorError(
+            f"the name makes a file name of {size} bytes ({prefix}{name[:20]}...{suffix}), over the limit of "
+            f"{NAME_MAX} bytes for a file name; shorten the name to at most {room} characters", USAGE)
