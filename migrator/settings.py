@@ -338,6 +338,22 @@ def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, 
     return limits
 
 
+def resolve_rewrite_threshold(option: int | None, env: Env) -> int:
+    """--rewrite-threshold-rows / REWRITE_THRESHOLD_ROWS: above this many live rows a rewrite or scan under a lock
+    that stops the application is refused (postgres/rewrites.py); default 10,000."""
+    from migrator.postgres.rewrites import THRESHOLD_ROWS
+
+    if option is not None:
+        return option
+    value, origin = env.get("REWRITE_THRESHOLD_ROWS")
+    if not value:
+        return THRESHOLD_ROWS
+    if not _ASCII_NUMBER.fullmatch(value.strip()):
+        raise MigratorError(f"{origin}: {value!r} is not a number of rows; e.g. 10000 (0 refuses on any non-empty "
+                            "table)", USAGE)
+    return int(value.strip())
+
+
 def _apply_tls(target: PostgresTarget, option: str | None, env: Env) -> None:
     bundle, origin = tls.resolve_ca_bundle(option, env)
     if target.local_dev:

@@ -184,13 +184,9 @@ def ddl_limit_options(command):
 
 
 def ddl_limits(command):
-    click.option("--ddl-lock-timeout", metavar="DURATION", callback=_pg_duration,
-                 help="lock_timeout of each try of a migration's statement: a try never queues traffic behind its "
-                      "lock longer (else DB_LOCK_TIMEOUT, else 300ms; 0 = wait forever)."),
-    click.option("--lock-retry-budget", metavar="DURATION", callback=_pg_duration,
-                 help="Retry a statement whose try timed out on a lock, with backoff, for this long in all (else "
-                      "DB_LOCK_RETRY_BUDGET, else 5min; 0 = no retry)."),
-    click.option("--statement-timeout", metavar="DURATION", callback=_pg_duration,
+    """--ddl-lock-timeout, --lock-retry-budget, --statement-timeout, --quiet and --show-blocker-query (the commands
+    that run migrations)."""
+    for option in reversed([*DDL_LIMITS, QUIET, SHOW_BLOCKER_QUERY]):
         command = option(command)
     return command
 
