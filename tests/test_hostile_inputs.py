@@ -118,6 +118,29 @@ def test_files_are_read_through_a_non_blocking_open_that_checks_again(tmp_path):
         source_files.read_bytes(fifo)
 
 
+@pytest.mark.parametrize("name, make, why", [
+    ("V2__planted.sql", "symlink_out", "is a symlink to "), ("R__planted.sql", "fifo", "is a FIFO (named pipe), not a "
+                                                            "regular file"),
+    ("U1__init.sql", "fifo", "is a FIFO (named pipe), not a regular file")])
+def test_a_flyway_file_that_is_not_a_regular_file_inside_its_folder_stops_the_command_unread(
+        db, tmp_path, name, make, why):
+    """A Flyway folder took its own path through the name check and skipped this one: a FIFO hung `plan`."""
+    folder = tmp_path / "service"
+    folder.mkdir()
+    (folder / "V1__init.sql").write_text("CREATE TABLE init (id int);\n")
+    _plant(folder, name, make, tmp_path)
+    proc = runner("plan", "--sql-dir", folder, "--database-url", db.url)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, out + err
+    assert SECRET not in out + err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert f"{folder / name} {why}" in line, line
+    assert "Traceback" not in err
+
+
 # --- 2. names: ASCII digits, nothing after .sql ---------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["\u0660\u0660\u0660\u0662_arabic.sql", "\uff10\uff10\uff10\uff12_wide.sql",
@@ -129,6 +152,21 @@ def test_a_migration_name_with_non_ascii_digits_or_a_trailing_blank_is_refused(d
     assert result.exit_code == 2
     assert "not a valid migration file name" in line and "ASCII digits 0-9" in line, line
     assert "\n" not in line and "\t" not in line
+    assert "sneaky" not in db.tables()
+
+
+@pytest.mark.parametrize("name", ["V\u0662__arabic.sql", "V1.\u0662__arabic_part.sql", "V\uff12__wide.sql",
+                                  "V2__newline.sql\n", "R__newline.sql\n"])
+def test_a_flyway_name_with_non_ascii_digits_or_a_trailing_newline_is_refused(db, tmp_path, cli, name):
+    folder = tmp_path / "service"
+    folder.mkdir()
+    (folder / "V1__init.sql").write_text("CREATE TABLE init (id int);\n")
+    (folder / name).write_text("CREATE TABLE sneaky (id int);\n")
+    result = cli("migrate", "--sql-dir", folder, env=db.db_env())
+    line = one_error_line(result)
+    assert result.exit_code == 2
+    assert "not a valid Flyway migration file name" in line, line
+    assert "\n" not in line
     assert "sneaky" not in db.tables()
 
 

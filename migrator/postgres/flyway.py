@@ -15,14 +15,18 @@ import zlib
 from datetime import datetime, timezone
 from pathlib import Path, PosixPath
 
+from migrator import source_files
 from migrator.errors import USAGE, MigratorError
 
 # ASCII letters, digits, space, `_ - . , ( ) +` in a description: a name is printed in `plan` (inside SQL
-# comments) and in messages, so a newline or quote must never get that far.
+# comments) and in messages, so a newline or quote must never get that far. ASCII only, to the very end (`\d`
+# takes Arabic-Indic digits, which int() reads as a version; `$` a trailing newline), as the runner's names.
 _DESCRIPTION = r"[A-Za-z0-9][A-Za-z0-9 _.,()+\-]*"
-VERSIONED = re.compile(rf"^(?P<kind>[VU])(?P<version>\d+(?:[._]\d+)*)__(?P<description>{_DESCRIPTION})\.sql$")
-REPEATABLE = re.compile(rf"^(?P<kind>R)__(?P<description>{_DESCRIPTION})\.sql$")
-# What looks like a Flyway file (and so makes a folder a Flyway folder, or is refused when misspelt).
+VERSIONED = re.compile(rf"(?P<kind>[VU])(?P<version>[0-9]+(?:[._][0-9]+)*)__(?P<description>{_DESCRIPTION})\.sql\Z",
+                       re.ASCII)
+REPEATABLE = re.compile(rf"(?P<kind>R)__(?P<description>{_DESCRIPTION})\.sql\Z", re.ASCII)
+# What looks like a Flyway file (and so makes a folder a Flyway folder, or is refused when misspelt): digits of
+# any script, so a misspelt version is refused rather than skipped.
 LOOKS_LIKE = re.compile(r"^[VUR]\d*[._\d]*__")
 RUNNER_NAME = re.compile(r"^\s*\d+_")
 VALID_NAME = ("V<version>__<description>.sql, U<version>__<description>.sql or R__<description>.sql (version: digits "
@@ -120,6 +124,7 @@ def check_names(sql_dir: Path) -> list[Path]:
                     raise MigratorError(f"{shown}: not a valid Flyway migration file name; rename it to {VALID_NAME}, "
                                         "or move it out of the folder", USAGE)
                 continue
+            source_files.check(path, folder)  # a regular file inside its folder (U files too): nothing opened it yet
             if match["kind"] == "R":
                 key = match["description"].replace("_", " ")
                 if key in repeatables:
@@ -160,7 +165,7 @@ def history_hash(table: str, migration_id: str) -> str:
 def checksum(path: Path) -> int:
     """Flyway's checksum: CRC32 over the file's lines without their line ends (\\r\\n, \\r or \\n, as Java's
     readLine splits), a UTF-8 byte order mark dropped, as a signed 32-bit integer."""
-    text = path.read_bytes().decode("utf-8", errors="replace").removeprefix("\ufeff")
+    text = source_files.read_bytes(path).decode("utf-8", errors="replace").removeprefix("\ufeff")
     value = zlib.crc32(re.sub(r"\r\n|\r|\n", "", text).encode("utf-8"))
     return value - (1 << 32) if value >= 1 << 31 else value
 
