@@ -55,7 +55,8 @@ def test_a_transactional_file_is_retried_whole_until_the_blocker_ends(cli, db, s
     retries = [line for line in result.stderr.splitlines() if "lock not granted within 300 ms" in line]
     assert retries, result.stderr
     assert "0002_add_status.sql:2: lock not granted" in retries[0]
-    assert f"blocked by pid {pid} (application report-job, user {db.server.user}, idle in transaction for" in retries[0]
+    assert f"blocked by pid {pid} (application_name report-job, user {db.server.user}, from " in retries[0]
+    assert "idle in transaction for" in retries[0] and "holds ACCESS SHARE" in retries[0]
     assert f"to end it: SELECT pg_terminate_backend({pid})" in retries[0]
     assert "ACCESS EXCLUSIVE lock on hcm_report_metadata" in retries[0]
     assert "4111" not in result.output  # the blocker's query text is never shown
@@ -75,7 +76,7 @@ def test_a_blocker_outlasting_the_budget_ends_in_one_line_naming_it(cli, db, sql
     assert "0002_add_status.sql:1: failed to apply" in line and "lock timeout" in line
     assert "nothing of it was applied: its transaction rolled back" in line
     assert "lock retry budget 2 s, each try waiting 200 ms" in line
-    assert f"blocked by pid {pid} (application report-job" in line
+    assert f"blocked by pid {pid} (application_name report-job" in line
     assert f"SELECT pg_terminate_backend({pid})" in line and "run again once it has ended" in line
     assert "4111" not in result.output
     assert applied(db) == [SEED]
@@ -100,6 +101,28 @@ def test_retries_are_json_events_and_the_limits_are_in_config(cli, db, sql_dir, 
     config = cli("config", "--lock-retry-budget", "90s", env={**seeded, "DB_LOCK_TIMEOUT": "250ms"})
     assert "lock_timeout      250ms" in config.stdout and "DB_LOCK_TIMEOUT (environment)" in config.stdout
     assert "lock retry        90s" in config.stdout and "--lock-retry-budget" in config.stdout
+
+
+def test_show_blocker_query_applies_to_the_retry_lines_too(cli, db, sql_dir, seeded):
+    """The retry lines describe a blocker as the progress lines do (one description): its query only when asked,
+    and then without its literals and comments."""
+    add_migration(sql_dir, "0002_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
+    conn, pid = blocker(db, hold=1.5)
+    try:
+        result = cli("--log-format", "json", "migrate", "--show-blocker-query", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        conn.close()
+    import json
+
+    assert result.exit_code == 0, result.output
+    retries = [json.loads(line) for line in result.stderr.splitlines() if '"lock_retry"' in line]
+    assert retries, result.stderr
+    (held,) = retries[0]["blocked_by"]
+    assert held["pid"] == pid and held["holds"] == ["ACCESS SHARE"] and held["state"] == "idle in transaction"
+    assert held["query"].strip() == "SELECT count(*) FROM hcm_report_metadata"
+    assert retries[0]["waiting_for"] == "ACCESS EXCLUSIVE lock on hcm_report_metadata"
+    assert ": SELECT count(*) FROM hcm_report_metadata" in retries[0]["message"]
+    assert "4111" not in result.output
 
 
 def test_a_non_transactional_file_resumes_at_the_statement_that_failed(cli, db, sql_dir, seeded):

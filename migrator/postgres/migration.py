@@ -138,7 +138,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     skip = frozenset()
     if not transactional:
         skip = concurrently.prepare(connection, statements, path, migration.earlier_failure)
-    probe = retry.Probe(retry.probe_params(backend), connection.info.backend_pid) if policy.per_try else None
+    probe = retry.probe(backend, connection.info.backend_pid) if policy.per_try else None
     backoff = retry.Backoff(policy)
     start = done = 0
     try:
@@ -151,11 +151,11 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
             except StatementFailed as exc:
                 if not retry.lock_timed_out(exc) or not policy.per_try:
                     raise
-                blockers = probe.seen if probe is not None else []
+                seen = probe.seen if probe is not None else retry.Seen([])
                 delay = backoff.next_delay() if policy.budget else None
                 if delay is None:
-                    raise retry.gave_up(exc, blockers, backoff)
-                retry.say_retry(exc, blockers, backoff, delay)
+                    raise retry.gave_up(exc, seen, backoff)
+                retry.say_retry(exc, seen, backoff, delay)
                 if transactional:  # the whole file again, in a new transaction (as if this try never ran)
                     with connection.cursor() as cursor:
                         cursor.execute("ROLLBACK")

@@ -7,8 +7,8 @@ runs. A transactional file is retried as a whole (its transaction rolled back: a
 non-transactional one from the statement that failed (or from the BEGIN of a block the file opened itself).
 
 Who blocks is seen from a second connection while a try waits (pg_blocking_pids): once the try has failed its
-lock request is gone, and the server no longer says. Of another session only its pid, application, user,
-state and age are shown, never its query text.
+lock request is gone, and the server no longer says. Another session is described as the progress lines describe
+it (postgres.sessions): who it is and the lock it holds, its query only with --show-blocker-query, without literals.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from migrator import interrupt, output
-from migrator.postgres.watch import lock_mode
 from migrator.durations import pg_seconds
+from migrator.postgres import sessions
 
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
 FIRST_DELAY, MAX_DELAY = 0.5, 10.0  # seconds between tries: doubling, jittered, capped
@@ -87,37 +87,10 @@ def sleep(seconds: float) -> None:
 
 
 @dataclass
-class Blocker:
-    pid: int
-    application: str | None
-    user: str | None
-    state: str | None  # None: another role's session this role may not see
-    seconds: float
-    wanted: str | None  # the lock the migration waited for, e.g. "ACCESS EXCLUSIVE on hcm_report_metadata"
-
-    def describe(self) -> str:
-        if self.state is None:
-            return (f"pid {self.pid} (another role's session: grant this role pg_read_all_stats to see whose) "
-                    f"-- to end it: SELECT pg_terminate_backend({self.pid})")
-        return (f"pid {self.pid} (application {output.scrub(self.application or '') or '(none)'}, user {self.user}, "
-                f"{self.state} for {_seconds(self.seconds)}) -- to end it: SELECT pg_terminate_backend({self.pid})")
-
-    def to_json(self) -> dict:
-        return {"pid": self.pid, "application_name": output.scrub(self.application or ""), "user": self.user,
-                "state": self.state, "state_for_s": round(self.seconds, 1)}
-
-
-# Who blocks `pid` now, and what it waits for: no query text (another session's SQL may hold data or secrets).
-BLOCKERS = """
-SELECT p.pid, b.application_name, b.usename, b.state,
-       extract(epoch FROM clock_timestamp() - coalesce(b.state_change, b.backend_start)),
-       (SELECT l.mode || ' on ' || coalesce(c.relname::text, l.locktype) FROM pg_catalog.pg_locks l
-        LEFT JOIN pg_catalog.pg_class c ON l.locktype = 'relation' AND c.oid = l.relation
-        WHERE l.pid = %(pid)s AND NOT l.granted LIMIT 1)
-FROM unnest(pg_catalog.pg_blocking_pids(%(pid)s)) AS p(pid)
-LEFT JOIN pg_catalog.pg_stat_activity b ON b.pid = p.pid
-ORDER BY p.pid
-"""
+class Seen:
+    """Who blocked a statement, as the probe last saw it: its blockers (sessions.blockers) and what it waited for."""
+    blockers: list[dict]
+    waiting_for: str | None = None
 
 
 class Probe:
@@ -126,9 +99,9 @@ class Probe:
     someone. A statement only stamps when it started (no cost per statement); the connection is opened the first
     time one runs long enough. If it cannot be, the retries go on without naming the blocker."""
 
-    def __init__(self, params: dict | None, pid: int):
-        self.params, self.pid = params, pid
-        self.seen: list[Blocker] = []
+    def __init__(self, params: dict | None, pid: int, show_query: bool = False):
+        self.params, self.pid, self.show_query = params, pid, show_query
+        self.seen = Seen([])
         self._since: float | None = None  # when the running statement started; None: none runs
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,7 +110,7 @@ class Probe:
     @contextmanager
     def statement(self) -> Iterator[None]:
         """Around one statement: the probe asks while it runs."""
-        self.seen, self._since = [], time.monotonic()
+        self.seen, self._since = Seen([]), time.monotonic()
         if self._thread is None and self.params is not None:
             self._thread = threading.Thread(target=self._run, name="lock-probe", daemon=True)
             self._thread.start()
@@ -167,39 +140,43 @@ class Probe:
                     self._conn = psycopg2.connect(**{**self.params, "application_name": PROBE_NAME})
                     self._conn.autocommit = True
                 with self._conn.cursor() as cur:
-                    cur.execute(BLOCKERS, {"pid": self.pid})
-                    found = [Blocker(pid, app, user, state, float(age or 0), wanted)
-                             for pid, app, user, state, age, wanted in cur.fetchall()]
+                    found = sessions.blockers(cur, self.pid, self.show_query)
+                    wanted = sessions.waiting_for(cur, self.pid, found) if found else None
             except psycopg2.Error:
                 return  # the retries go on; their lines cannot name the blocker
-            if found and self._since == since:  # still the statement it asked about
-                self.seen = found
+            # both read while it still waited (two queries: the try may time out between them), and still the
+            # statement it asked about
+            if found and wanted and self._since == since:
+                self.seen = Seen(found, wanted)
 
 
-def probe_params(backend) -> dict | None:
-    """The side connection's keywords: the watcher's (read-only, no limits), when the run has one."""
+def probe(backend, pid: int) -> Probe:
+    """The probe of migration session `pid`: on the watcher's connection keywords (read-only, no limits) and with
+    its --show-blocker-query, when the run has a watcher (else it never connects)."""
     watcher = getattr(getattr(backend, "parent", None), "watcher", None)
-    return dict(watcher.params) if watcher is not None else None
+    if watcher is None:
+        return Probe(None, pid)
+    return Probe(dict(watcher.params), pid, watcher.show_query)
 
 
-def say_retry(exc, blockers: list[Blocker], backoff: Backoff, delay: float) -> None:
+def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:
     """One line per retry: which statement, who blocks it (and how to end that), when the next try comes."""
     waited = _seconds(backoff.policy.per_try)
     text = f"{exc.path}:{exc.line}: lock not granted within {waited} (lock_timeout)"
-    if blockers and blockers[0].wanted:
-        text += f" waiting for {_lock(blockers[0].wanted)}"
-    text += "; blocked by " + ("; ".join(b.describe() for b in blockers) if blockers else "a session not seen in time")
+    if seen.waiting_for:
+        text += f" waiting for {seen.waiting_for}"
+    text += f"; blocked by {_who(seen)}"
     text += (f"; try {backoff.tries} in {delay:.1f} s, {_seconds(backoff.left())} of the lock retry budget left")
     schema = output.event_context().get("schema")
     output.progress(f"[{schema}] {text}" if schema else text, kind="lock_retry", file=str(exc.path), line=exc.line,
                     next_try=backoff.tries, delay_s=round(delay, 2), lock_timeout_s=backoff.policy.per_try,
                     budget_s=backoff.policy.budget, budget_left_s=round(backoff.left(), 1),
-                    blocked_by=[b.to_json() for b in blockers])
+                    waiting_for=seen.waiting_for, blocked_by=seen.blockers)
 
 
-def gave_up(exc, blockers: list[Blocker], backoff: Backoff):
+def gave_up(exc, seen: Seen, backoff: Backoff):
     """The final failure: the statement's error, told who blocked it and what to do."""
-    who = "; ".join(b.describe() for b in blockers) if blockers else "a session not seen in time"
+    who = _who(seen)
     retried = (f"gave up after {backoff.tries} tries in {_seconds(backoff.spent())} (lock retry budget "
                f"{_seconds(backoff.policy.budget)}, each try waiting {_seconds(backoff.policy.per_try)})"
                if backoff.policy.budget else "not retried (lock retry budget 0)")
@@ -208,9 +185,8 @@ def gave_up(exc, blockers: list[Blocker], backoff: Backoff):
     return exc
 
 
-def _lock(wanted: str) -> str:
-    mode, _, what = wanted.partition(" on ")
-    return f"{lock_mode(mode)} lock on {what}"
+def _who(seen: Seen) -> str:
+    return sessions.describe_all(seen.blockers) if seen.blockers else "a session not seen in time"
 
 
 def _seconds(seconds: float) -> str:

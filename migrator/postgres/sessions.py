@@ -30,6 +30,28 @@ ORDER BY b.pid
 """
 
 
+# The lock `pid` waits for now: its mode and the relation's name (else the lock's type).
+_WAITED_FOR = """
+SELECT l.mode, coalesce(c.relname::text, l.locktype) FROM pg_catalog.pg_locks l
+LEFT JOIN pg_catalog.pg_class c ON l.locktype = 'relation' AND c.oid = l.relation
+WHERE l.pid = %s AND NOT l.granted LIMIT 1
+"""
+
+
+def waiting_for(cursor, pid: int, holders: list[dict]) -> str | None:
+    """What `pid` waits for, in words (`ACCESS EXCLUSIVE lock on hcm_report_metadata`, or a row lock and whose
+    transaction holds it), given its blockers(); None when it waits for no lock (any more)."""
+    from migrator.postgres.watch import lock_mode  # (watch imports this module)
+
+    cursor.execute(_WAITED_FOR, (pid,))
+    wanted = cursor.fetchone()
+    if wanted is None:
+        return None
+    if wanted[1] in ("transactionid", "tuple"):  # a row another transaction changed or locked
+        return "a row lock" + (f" held by the transaction of pid {holders[0]['pid']}" if holders else "")
+    return f"{lock_mode(wanted[0])} lock on {wanted[1]}"
+
+
 def blockers(cursor, pid: int, show_query: bool = False) -> list[dict]:
     """The sessions blocking `pid`, each as blocker() makes it."""
     cursor.execute(_BLOCKERS.format(query="left(b.query, 1000)" if show_query else "NULL"), {"pid": pid})
@@ -64,6 +86,11 @@ def describe(h: dict) -> str:
     text = (f"pid {h['pid']} (application_name {h['application_name'] or '(none)'}, user {h['user']}, "
             f"from {h['client_addr']}, {h['state']} for {duration(h['state_for_s'])}{xact}; {holds})")
     return text + (f": {h['query'][:120]}" if h.get("query") else "")
+
+
+def describe_all(holders: list[dict]) -> str:
+    """Every blocker in words, each with the statement that ends it (the operator's way out)."""
+    return "; ".join(f"{describe(h)} -- to end it: SELECT pg_terminate_backend({h['pid']})" for h in holders)
 
 
 # What may hold a value, left to right as PostgreSQL's lexer reads them; a construct cut short (the server keeps

@@ -35,11 +35,6 @@ _PROGRESS = [
     ("pg_stat_progress_vacuum", "'VACUUM'", "heap_blks_scanned", "heap_blks_total", "NULL", "NULL"),
     ("pg_stat_progress_analyze", "'ANALYZE'", "sample_blks_scanned", "sample_blks_total", "NULL", "NULL"),
 ]
-_WAITED_FOR = """
-SELECT l.mode, coalesce(c.relname, l.locktype) FROM pg_catalog.pg_locks l
-LEFT JOIN pg_catalog.pg_class c ON l.locktype = 'relation' AND c.oid = l.relation
-WHERE l.pid = %s AND NOT l.granted LIMIT 1
-"""
 
 
 # A CONCURRENTLY build's wait for older transactions: the pid it waits for now (no query text).
@@ -214,16 +209,11 @@ class Watcher:
         return None
 
     def _say_lock_wait(self, cur, pid: int, text: str, fields: dict) -> None:
-        cur.execute(_WAITED_FOR, (pid,))
-        wanted = cur.fetchone()
         holders = sessions.blockers(cur, pid, self.show_query)
-        what = f"{lock_mode(wanted[0])} lock on {wanted[1]}" if wanted else "a lock"
-        if wanted and wanted[1] in ("transactionid", "tuple"):  # a row another transaction changed or locked
-            what = "a row lock" + (f" held by the transaction of pid {holders[0]['pid']}" if holders else "")
+        what = sessions.waiting_for(cur, pid, holders) or "a lock"
         text += f"; waiting for {what}"
         if holders:
-            text += ", held by " + "; ".join(sessions.describe(h) for h in holders)
-            text += f" -- to end it: SELECT pg_terminate_backend({holders[0]['pid']})"
+            text += ", held by " + sessions.describe_all(holders)
         fields.update(waiting_for=what, held_by=holders)
         self._say(text, "lock_wait", fields)
 
