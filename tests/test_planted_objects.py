@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conftest import add_migration, one_error_line
+from conftest import add_migration, applied, one_error_line
 
 
 @pytest.fixture
@@ -235,3 +235,82 @@ def test_a_planted_flyway_history_under_its_schema_table_name_is_refused(cli, db
     assert f"pf.plan_history is owned by role {low}" in line and "has trigger planted" in line, line
     assert hits(db, "pf") == []
     assert db.query("SELECT to_regclass('pf.pf_x')") == [(None,)], "nothing ran"
+
+
+# --- second review: the first statement, side connections and plan --impact resolve in pg_catalog alone -------
+
+
+def plant_function(db, schema: str, role: str, create: str) -> None:
+    """`create` (a CREATE FUNCTION/AGGREGATE/OPERATOR made by `role`) may call `{schema}.planted_hit()`,
+    which records who ran it."""
+    db.query(hits_table(schema, role) + f"""; SET ROLE {role};
+        CREATE FUNCTION {schema}.planted_hit() RETURNS boolean LANGUAGE sql VOLATILE AS $$
+            INSERT INTO {schema}.planted_hits VALUES (current_user); SELECT true $$;
+        {create};
+        RESET ROLE""")
+
+
+def test_a_planted_string_agg_is_not_called_by_the_first_pinning_statement(cli, db, sql_dir, low):
+    """string_agg(name, text) in public is an exact match for the pin's aggregate over nspname (pg_catalog's
+    takes text): it ran before the pin's own set_config('search_path') took effect."""
+    writable_by(db, "public", low)
+    plant_function(db, "public", low, f"""
+        CREATE FUNCTION public.sa_step(text, name, text) RETURNS text LANGUAGE sql AS $$ SELECT $2::text $$;
+        CREATE FUNCTION public.sa_final(text) RETURNS text LANGUAGE sql AS $$ SELECT CASE WHEN public.planted_hit()
+            THEN $1 END $$;
+        CREATE AGGREGATE public.string_agg(name, text) (SFUNC = public.sa_step, STYPE = text,
+                                                         FINALFUNC = public.sa_final)""")
+    db.query("SELECT string_agg(nspname, ',') FROM pg_namespace")  # the trap works
+    assert hits(db, "public") == [("postgres",)]
+    db.query("DELETE FROM public.planted_hits")
+    for command in (["migrate"], ["status"], ["doctor"]):
+        cli(*command, "--sql-dir", sql_dir, env=db.db_env())
+        assert hits(db, "public") == [], f"{command} called the planted string_agg"
+    assert applied(db) == ["0001_create_hcm_report_metadata"]
+
+
+def test_the_progress_watcher_never_calls_a_planted_unnest(db, sql_dir, low):
+    """The watcher's side connection (and the lock-retry probe on the same keywords) resolve in pg_catalog alone:
+    a planted public.unnest(integer[]) is an exact match for unnest(pg_blocking_pids(...))."""
+    import psycopg2
+
+    from test_progress import add, read_until, runner
+
+    assert runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url).wait(60) == 0
+    writable_by(db, "public", low)
+    plant_function(db, "public", low, """
+        CREATE FUNCTION public.unnest(integer[]) RETURNS SETOF integer LANGUAGE sql AS $$
+            SELECT x FROM pg_catalog.unnest($1) x WHERE public.planted_hit() $$""")
+    add(sql_dir, "0002_add_note", "ALTER TABLE hcm_report_metadata ADD COLUMN note text;\n")
+    holder = psycopg2.connect(db.url, application_name="dba-console-9")
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT count(*) FROM hcm_report_metadata")
+        proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url, "--ddl-lock-timeout", "120s")
+        lines = read_until(proc, lambda line: "pg_terminate_backend" in line, timeout=60)
+        holder.rollback()
+        proc.communicate(timeout=60)
+    finally:
+        holder.close()
+    assert any("dba-console-9" in line for line in lines), lines  # the holder is still named
+    assert proc.returncode == 0
+    assert hits(db, "public") == []
+
+
+def test_plan_impact_never_calls_a_planted_operator_on_the_live_database(cli, db, sql_dir, low, pg):
+    """The live sizes compared `c.oid = to_regclass(...)` (oid = regclass) under the bookkeeping schema's
+    search_path: a planted =(oid, regclass) there was an exact match."""
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
+    writable_by(db, "public", low)
+    plant_function(db, "public", low, """
+        CREATE FUNCTION public.eq_oid_regclass(oid, regclass) RETURNS boolean LANGUAGE sql AS $$
+            SELECT public.planted_hit() AND $1 OPERATOR(pg_catalog.=) $2::oid $$;
+        CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.eq_oid_regclass)""")
+    db.query("SET search_path = public; SELECT 1 FROM pg_class WHERE oid = 'pg_class'::regclass")  # the trap works
+    assert hits(db, "public") == [("postgres",)]
+    db.query("DELETE FROM public.planted_hits")
+    add_migration(sql_dir, "0002_big", "ALTER TABLE hcm_report_metadata ALTER COLUMN id TYPE bigint;\n", "SELECT 1;\n")
+    result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    assert result.exit_code == 0, result.output
+    assert "rewrites hcm_report_metadata (" in result.output, result.output  # the live size is still found
+    assert hits(db, "public") == []

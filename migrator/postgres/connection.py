@@ -48,7 +48,7 @@ CONNECT_PARAMS = {"connect_timeout": "10", "application_name": f"hcm-db-migratio
 # A read-only command's URL carries its read timeout to Backend.connect (popped there, never sent to libpq).
 READ_TIMEOUT_ARG = "hcm_read_timeout"
 READ_ONLY = "-c default_transaction_read_only=on"
-# The tenants' survey connection resolves operators and functions in pg_catalog alone (see above).
+# The side connections (tenants' survey, watcher, lock probe) resolve operators and functions in pg_catalog alone.
 CATALOG_ONLY = "-c search_path=pg_catalog"
 # A migration whose client died (SIGKILL) is cancelled within seconds, releasing its locks (PostgreSQL 14+).
 CLIENT_CHECK = "-c client_connection_check_interval=2s"
@@ -63,6 +63,9 @@ CLIENT_CHECK = "-c client_connection_check_interval=2s"
 # them all, so the schema description leaves them out; `foreign` names the unmarked ones when the
 # plain run has no history of its own, and the run refuses instead of starting a second one.
 TENANT_MARK = "hcm-db-migrations: the history of a tenant schema (runs with --schema / SCHEMA_NAME)"
+# It runs under the session's own search_path (it reads the home schema from it), so every function in it
+# is qualified and every call's arguments are of pg_catalog's exact types: a planted public.string_agg(name,
+# text) would otherwise be the exact match and run as the migration role before the pin takes effect.
 PIN_BOOKKEEPING = """
 SET ROLE NONE;
 WITH histories AS (
@@ -88,11 +91,13 @@ WITH histories AS (
 )
 SELECT schema,
        CASE WHEN NOT EXISTS (SELECT FROM own) THEN
-           (SELECT string_agg(nspname, ',' ORDER BY nspname) FROM others WHERE NOT tenant) END,
+           (SELECT pg_catalog.string_agg(nspname::pg_catalog.text, ','::pg_catalog.text ORDER BY nspname)
+            FROM others WHERE NOT tenant) END,
        pg_catalog.set_config('search_path', 'pg_catalog', false),
        pg_catalog.set_config('hcm.tenant_schema', '', false),
        pg_catalog.set_config('hcm.tenant_schemas', coalesce(
-           (SELECT string_agg(nspname, ',' ORDER BY nspname) FROM others), ''), false),
+           (SELECT pg_catalog.string_agg(nspname::pg_catalog.text, ','::pg_catalog.text ORDER BY nspname)
+            FROM others), ''), false),
        pg_catalog.set_config('synchronous_commit', 'off', false) FROM chosen
 """
 
@@ -118,9 +123,10 @@ def resolve_target(target: PostgresTarget, env) -> PostgresTarget:
 
 
 def watcher_params(target: PostgresTarget, application_name: str) -> dict:
-    """psycopg2.connect() keywords of a read-only side connection (the progress watcher), without limits."""
+    """psycopg2.connect() keywords of a read-only side connection (the progress watcher, the lock-retry
+    probe), without limits; its functions and operators resolve in pg_catalog alone from its first statement."""
     params = {**CONNECT_PARAMS, **target.params, "application_name": application_name}
-    params["options"] = " ".join(s for s in (params.get("options", ""), READ_ONLY) if s)
+    params["options"] = " ".join(s for s in (params.get("options", ""), READ_ONLY, CATALOG_ONLY) if s)
     fields = {"host": target.host, "port": target.port, "dbname": target.dbname, "user": target.user,
               "password": target.password}
     return {**{k: v for k, v in fields.items() if v}, **params}
