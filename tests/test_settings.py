@@ -188,7 +188,7 @@ def test_config_with_nothing_configured_names_the_local_database(cli, workdir, t
     ({}, {"DB_LOCK_TIMEOUT": "750ms", "DB_STATEMENT_TIMEOUT": "0", "DB_LOCK_RETRY_BUDGET": "0"}, ("750ms", "0", "0")),
 ])
 def test_ddl_limits_options_over_environment_over_defaults(options, environ, expected):
-    from migrator.settings import resolve_ddl_limits
+    from migrator.limits import resolve_ddl_limits
 
     limits = resolve_ddl_limits(options.get("lock_timeout"), options.get("statement_timeout"), Env(environ),
                                 options.get("budget"))
@@ -196,7 +196,7 @@ def test_ddl_limits_options_over_environment_over_defaults(options, environ, exp
 
 
 def test_a_bad_duration_names_its_setting():
-    from migrator.settings import resolve_ddl_limits
+    from migrator.limits import resolve_ddl_limits
 
     with pytest.raises(MigratorError, match=r"DB_STATEMENT_TIMEOUT \(environment\): 'later' is not a duration"):
         resolve_ddl_limits(None, None, Env({"DB_STATEMENT_TIMEOUT": "later"}))

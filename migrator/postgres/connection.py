@@ -36,6 +36,7 @@ from typing import Iterator
 from migrator import output, whoami
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import trust
+from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads
 from migrator.targets import DdlLimits, PostgresTarget
 
 MIGRATION_TABLE = "_yoyo_migration"
@@ -45,8 +46,6 @@ MIGRATION_TABLE = "_yoyo_migration"
 CONNECT_PARAMS = {"connect_timeout": "10", "application_name": f"hcm-db-migrations {socket.gethostname()}:{os.getpid()}"[:63],
                   "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3",
                   "tcp_user_timeout": "60000"}
-# A read-only command's URL carries its read timeout to Backend.connect (popped there, never sent to libpq).
-READ_TIMEOUT_ARG = "hcm_read_timeout"
 READ_ONLY = "-c default_transaction_read_only=on"
 # The side connections (tenants' survey, watcher, lock probe) resolve operators and functions in pg_catalog alone.
 CATALOG_ONLY = "-c search_path=pg_catalog"
@@ -281,53 +280,6 @@ def backend_class():
     return Backend
 
 
-def guard_reads(connection, where: str, seconds: float) -> None:
-    """Every statement on `connection` gets an answer within `seconds`, or fails in one line naming the server.
-
-    libpq waits for an answer for ever, and neither keepalives nor tcp_user_timeout help when a proxy
-    between goes silent after login (its kernel still acknowledges everything). A timer shuts the
-    socket down (a dup of libpq's descriptor, so libpq's own stays valid): libpq's wait ends with
-    "server closed the connection", which the cursor turns into the line below. Read-only commands
-    only: a migration's statement may rightly run for hours (statement_timeout bounds it on the server)."""
-    import threading
-
-    import psycopg2.extensions
-
-    lock = threading.Lock()  # the timer never shuts a socket whose statement has already returned
-
-    def shut(state: dict) -> None:
-        with lock:
-            if state["done"]:
-                return
-            state["fired"] = True
-            try:
-                with socket.socket(fileno=os.dup(connection.fileno())) as sock:
-                    sock.shutdown(socket.SHUT_RDWR)
-            except (OSError, psycopg2.Error):
-                pass
-
-    class GuardedCursor(psycopg2.extensions.cursor):
-        def execute(self, query, vars=None):
-            state = {"done": False, "fired": False}
-            timer = threading.Timer(seconds, shut, (state,))
-            timer.daemon = True
-            timer.start()
-            try:
-                return super().execute(query, vars)
-            except psycopg2.Error as exc:
-                if state["fired"]:
-                    raise MigratorError(f"PostgreSQL at {where}: no answer within {seconds:g} s (the server, or a proxy "
-                                        "or network between, went silent); check the network path, or raise "
-                                        "DB_READ_TIMEOUT for slow catalog reads") from exc
-                raise
-            finally:
-                with lock:
-                    state["done"] = True
-                timer.cancel()
-
-    connection.cursor_factory = GuardedCursor
-
-
 @functools.cache
 def _fqdn() -> str:
     return socket.getfqdn()
@@ -480,31 +432,3 @@ def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
     else:
         output.note(f"note: schema {schema}'s history lacks the tenant mark (a plain run refuses it rather than take "
                     f"it); user {user} may not write it; run as its owner ({owner}): {mark_statement(schema)}")
-
-
-def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:
-    text = output.scrub(str(exc).strip())
-    where = target.where
-    lowered = text.lower()
-    if "password authentication failed" in lowered or "no password supplied" in lowered:
-        what = f"authentication failed for user {target.user}; check the user and password ({_origin(target)})"
-    elif "does not exist" in lowered and "database" in lowered:
-        what = f"database {target.dbname} does not exist; create it (createdb {target.dbname}) or fix the database name ({_origin(target)})"
-    elif "could not translate host name" in lowered or "name or service not known" in lowered:
-        what = f"host {target.host} cannot be resolved; check the host name ({_origin(target)})"
-    elif "connection refused" in lowered or "no such file or directory" in lowered:
-        what = f"connection refused; is the server running, and are host and port right? ({_origin(target)})"
-    elif "unrecognized configuration parameter" in lowered and "client_connection_check_interval" in lowered:
-        what = "the server is older than PostgreSQL 14, which the runner needs (it cancels a dead runner's work)"
-    elif "timeout expired" in lowered:
-        what = "no answer within 10 s; check the host, port, firewall or security group"
-    elif "root certificate file" in lowered or "certificate verify failed" in lowered:
-        what = f"TLS verification failed ({text.splitlines()[-1].strip()}); check the CA bundle"
-    else:
-        what = text.splitlines()[-1].strip() if text else exc.__class__.__name__
-    return MigratorError(f"cannot connect to PostgreSQL at {where}: {what}")
-
-
-def _origin(target: PostgresTarget) -> str:
-    origins = sorted(set(target.sources.values()) - {"default"})
-    return "settings from " + (", ".join(origins) if origins else "defaults")

@@ -22,7 +22,7 @@ from typing import Iterator
 
 from migrator import interrupt, output
 from migrator.postgres.watch import lock_mode
-from migrator.settings import duration_seconds
+from migrator.limits import duration_seconds
 
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
 FIRST_DELAY, MAX_DELAY = 0.5, 10.0  # seconds between tries: doubling, jittered, capped
