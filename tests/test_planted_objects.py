@@ -314,3 +314,42 @@ def test_plan_impact_never_calls_a_planted_operator_on_the_live_database(cli, db
     assert result.exit_code == 0, result.output
     assert "rewrites hcm_report_metadata (" in result.output, result.output  # the live size is still found
     assert hits(db, "public") == []
+
+
+@pytest.fixture
+def migrator_role(db):
+    """A non-superuser migration role that may create schemas."""
+    name = "mig_" + uuid.uuid4().hex[:8]
+    db.query(f"CREATE ROLE {name} LOGIN; GRANT CREATE ON DATABASE {db.name} TO {name}")
+    yield name
+    db.query(f"DROP OWNED BY {name} CASCADE; DROP ROLE {name}")
+
+
+def test_a_tenant_schema_owned_by_another_role_is_refused_and_doctor_names_its_owner(cli, db, sql_dir, low,
+                                                                                     migrator_role):
+    """The schema's owner may drop or replace the runner's tables whenever it likes: not the run's to trust."""
+    db.query(f"GRANT CREATE ON DATABASE {db.name} TO {low}; SET ROLE {low}; CREATE SCHEMA po; "
+             f"GRANT USAGE, CREATE ON SCHEMA po TO {migrator_role}; RESET ROLE")
+    env = {**db.db_env(), "DB_USER": migrator_role}
+    result = cli("migrate", "--sql-dir", sql_dir, "--schema", "po", env=env)
+    line = refusal(result)
+    assert f"schema po is owned by role {low}" in line and f"ALTER SCHEMA po OWNER TO {migrator_role}" in line, line
+    assert db.query("SELECT to_regclass('po._yoyo_migration')") == [(None,)], "nothing ran"
+    doctor = cli("doctor", "--sql-dir", sql_dir, "--schema", "po", env=env)
+    assert doctor.exit_code == 1, doctor.output
+    [fail] = [line for line in doctor.stdout.splitlines() if line.startswith("FAIL  postgres bookkeeping")]
+    assert f"schema po is owned by role {low}" in fail, doctor.stdout
+    assert f"ALTER SCHEMA po OWNER TO {migrator_role}" in doctor.stdout
+    # its owner handing it over makes it the run's: accepted
+    db.query(f"ALTER SCHEMA po OWNER TO {migrator_role}")
+    assert cli("migrate", "--sql-dir", sql_dir, "--schema", "po", env=env).exit_code == 0
+
+
+def test_public_owned_by_pg_database_owner_is_trusted_for_the_databases_owner(cli, db, sql_dir, migrator_role):
+    """PostgreSQL 15+: public belongs to pg_database_owner, whose member is the database's owner."""
+    db.query(f"ALTER DATABASE {db.name} OWNER TO {migrator_role}")
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "DB_USER": migrator_role})
+        assert result.exit_code == 0, result.output
+    finally:
+        db.query(f"ALTER DATABASE {db.name} OWNER TO CURRENT_USER")
