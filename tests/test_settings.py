@@ -528,3 +528,31 @@ def test_an_environment_password_without_a_host_is_not_sent_anywhere_when_dotenv
     assert "DB_PASSWORD (environment) names a password but the environment names no host, while DATABASE_URL " \
         "(.env) names one" in line, line
     assert trap.connections == 0 and "Env-Secret-9" not in result.output
+
+
+@pytest.mark.parametrize("pgpass, query", [
+    ("db.internal.example:{port}:prod:app:REAL-SECRET\n", "?hostaddr=127.0.0.1"),  # the host's line, another address
+    ("*:*:*:app:REAL-SECRET\n", ""),  # a wildcard line matches any host .env names
+])
+def test_a_dotenv_host_never_gets_the_invokers_password_file(cli, workdir, trap, tmp_path, pgpass, query):
+    """libpq's password file is the invoker's (an environment-sourced password): a host that .env chose
+    must not receive it (the review's repro: hostaddr sent the db.internal line to a listener of .env's choosing)."""
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(pgpass.format(port=trap.port))
+    passfile.chmod(0o600)
+    host = "db.internal.example" if query else "127.0.0.1"
+    (workdir / ".env").write_text(f"DATABASE_URL=postgresql://app@{host}:{trap.port}/prod{query}\n")
+    result = cli("status", env={"PGPASSFILE": str(passfile)})
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert trap.passwords == [], result.output
+
+
+def test_a_passfile_in_a_dotenv_url_is_refused(cli, workdir, trap, tmp_path):
+    passfile = tmp_path / "pgpass"
+    passfile.write_text("*:*:*:*:REAL-SECRET\n")
+    passfile.chmod(0o600)
+    (workdir / ".env").write_text(f"DATABASE_URL=postgresql://app@127.0.0.1:{trap.port}/prod?passfile={passfile}\n")
+    result = cli("status")
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "DATABASE_URL (.env) names passfile=" in line, line
+    assert trap.passwords == [] and trap.connections == 0
