@@ -263,13 +263,24 @@ def _from_fields(option_fields: dict[str, str], env: Env) -> PostgresTarget:
             value, origin = env.get(PG_ENV_NAMES[key])
             if value is None and key in PLATFORM_CREDENTIALS:
                 value, origin = env.get(PLATFORM_CREDENTIALS[key])
+        if value is None and key == "password" and env.set_empty("DB_PASSWORD"):
+            raise MigratorError(f"{env.set_empty('DB_PASSWORD')} is set but empty: set the password, or remove the "
+                                "setting (only a configuration that names no password uses the seed's default)", USAGE)
         if value is None:
             value, origin = default, "default"
         target.sources[key] = origin
         if key == "host":
             _check_host(value, origin)
         setattr(target, key, _port(value, origin) if key == "port" else value)
+    if target.sources["password"] == "default" and not _local(target.host):
+        target.notes.append(f"note: no password set (DB_PASSWORD): the seed's default password is used for host "
+                            f"{target.host}; set DB_PASSWORD (or DB_PASSWORD_FILE) for a real server")
     return target
+
+
+def _local(host: str) -> bool:
+    """This machine: the seed's default password is the local development database's."""
+    return host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")
 
 
 def _check_host(host: str, origin: str) -> None:

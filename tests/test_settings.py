@@ -556,3 +556,25 @@ def test_a_passfile_in_a_dotenv_url_is_refused(cli, workdir, trap, tmp_path):
     line = one_error_line(result)
     assert result.exit_code == 2 and "DATABASE_URL (.env) names passfile=" in line, line
     assert trap.passwords == [] and trap.connections == 0
+
+
+@pytest.mark.parametrize("environ, dotenv, origin", [
+    ({"DB_PASSWORD": ""}, "", "DB_PASSWORD (environment)"),
+    ({}, "DB_PASSWORD=\n", "DB_PASSWORD (.env)"),
+    ({}, "DB_PASSWORD\n", "DB_PASSWORD (.env)"),
+])
+def test_an_empty_db_password_is_an_error_not_the_default_password(cli, workdir, trap, environ, dotenv, origin):
+    """The review's repro: `DB_HOST=... DB_PASSWORD= status` sent the seed's `postgres` to that host."""
+    where = {"DB_HOST": "127.0.0.1", "DB_PORT": str(trap.port)}
+    if dotenv:
+        (workdir / ".env").write_text("".join(f"{k}={v}\n" for k, v in where.items()) + dotenv)
+    result = cli("status", env={**(where if not dotenv else {}), **environ})
+    line = one_error_line(result)
+    assert result.exit_code == 2 and f"{origin} is set but empty" in line, line
+    assert trap.passwords == [] and trap.connections == 0
+
+
+def test_the_default_password_to_a_remote_host_is_said(cli):
+    result = cli("config", env={"DB_HOST": "db.example.internal"})
+    assert "note: no password set (DB_PASSWORD): the seed's default password is used for host db.example.internal" \
+        in result.output, result.output
