@@ -485,7 +485,8 @@ def _in_thread(call, limit: float = 120):
     return results[0] if results else None
 
 
-def test_status_through_a_proxy_that_goes_silent_after_login_ends_in_one_line(cli, db, pg, sql_dir):
+@pytest.mark.parametrize("command", ["status", "migrate"])  # migrate: its bookkeeping statements, before any file
+def test_a_command_through_a_proxy_that_goes_silent_after_login_ends_in_one_line(cli, db, pg, sql_dir, command):
     from pg_wire import SilentProxy
 
     if not pg.host.startswith("/"):
@@ -493,10 +494,10 @@ def test_status_through_a_proxy_that_goes_silent_after_login_ends_in_one_line(cl
     proxy = SilentProxy(pg.host, pg.port)
     try:
         env = {**db.db_env(), "DB_HOST": "127.0.0.1", "DB_PORT": str(proxy.port), "DB_READ_TIMEOUT": "2"}
-        result = _in_thread(lambda: cli("status", "--sql-dir", sql_dir, env=env), limit=60)
+        result = _in_thread(lambda: cli(command, "--sql-dir", sql_dir, env=env), limit=60)
     finally:
         proxy.close()
-    assert result is not None, "status hung behind the silent proxy"
+    assert result is not None, f"{command} hung behind the silent proxy"
     assert proxy.silenced >= 1  # it did log in, then got no answer
     line = one_error_line(result)
     assert f"PostgreSQL at 127.0.0.1:{proxy.port}/{db.name}: no answer within 2 s" in line, line

@@ -136,8 +136,8 @@ def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits |
     settings = [params.get("options", ""), CLIENT_CHECK]
     if read_only:
         settings.append(READ_ONLY)
-        if target.read_timeout:
-            params[READ_TIMEOUT_ARG] = f"{target.read_timeout:g}"
+    if target.read_timeout:  # the run's own statements (bookkeeping, catalogs); never a migration's (connect)
+        params[READ_TIMEOUT_ARG] = f"{target.read_timeout:g}"
     if limits:
         settings.append(f"-c lock_timeout={limits.lock_timeout} -c statement_timeout={limits.statement_timeout}")
     if target.schema and target.schema != "public":  # a checked lower-case identifier: nothing to quote
@@ -168,12 +168,13 @@ def backend_class():
         history: str | None = None  # set for a Flyway folder's run: its drift is its own objects' (history.py)
         out_of_order = True
         foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
+        guarded = True  # the run's own statements answer within the read timeout (failures.guard_reads)
 
         def connect(self, dburi):
             args = dict(dburi.args)
             seconds = args.pop(READ_TIMEOUT_ARG, None)
             connection = super().connect(dburi._replace(args=args))
-            if seconds:
+            if seconds and self.guarded:
                 host = dburi.hostname or args.get("host") or "localhost"
                 guard_reads(connection, f"{host}:{dburi.port or 5432}/{dburi.database}", float(seconds))
             return connection
@@ -272,7 +273,10 @@ def backend_class():
             }
 
     class MigrationSession(Backend):
-        """One migration's connection: left exactly as the server starts a session."""
+        """One migration's connection: left exactly as the server starts a session. Its statements have no read
+        timeout: a migration's may rightly run for hours (statement_timeout bounds it on the server)."""
+
+        guarded = False
 
         def init_connection(self, connection):
             pass

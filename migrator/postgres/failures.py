@@ -13,7 +13,7 @@ from migrator import output
 from migrator.errors import MigratorError
 from migrator.targets import PostgresTarget
 
-# A read-only command's URL carries its read timeout to Backend.connect (popped there, never sent to libpq).
+# The run's own URL carries its read timeout to Backend.connect (popped there, never sent to libpq).
 READ_TIMEOUT_ARG = "hcm_read_timeout"
 
 
@@ -23,8 +23,9 @@ def guard_reads(connection, where: str, seconds: float) -> None:
     libpq waits for an answer for ever, and neither keepalives nor tcp_user_timeout help when a proxy
     between goes silent after login (its kernel still acknowledges everything). A timer shuts the
     socket down (a dup of libpq's descriptor, so libpq's own stays valid): libpq's wait ends with
-    "server closed the connection", which the cursor turns into the line below. Read-only commands
-    only: a migration's statement may rightly run for hours (statement_timeout bounds it on the server)."""
+    "server closed the connection", which the cursor turns into the line below. The run's own connection
+    only (bookkeeping and catalog reads, in migrate too), never a migration's session: a migration's
+    statement may rightly run for hours (statement_timeout bounds it on the server)."""
     import threading
 
     import psycopg2.extensions
