@@ -206,8 +206,14 @@ def test_a_forged_lock_holder_is_named_as_the_server_knows_it(cli, db, sql_dir, 
             line = one_error_line(cli(*command, "--sql-dir", sql_dir, env=db.db_env()))
             assert f"held by an unverified session (server pid {pid}, user {low}" in line, line
             assert "held by host victimhost" not in line, line
-        # the same name with a runner's lock row written after that session connected: that runner, named
-        db.query("INSERT INTO public.yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC', 4242)")
+        # a real runner's row with that pid, written on another host (pods share pids): the row names its host,
+        # which is not the one the session claims: still unverified, and the claimed host is never named
+        db.query("INSERT INTO public.yoyo_lock (locked, ctime, pid, runner) VALUES "
+                 "(1, now() AT TIME ZONE 'UTC', 4242, 'hcm-db-migrations otherhost:4242')")
+        line = one_error_line(cli("migrate", "--lock-timeout", "0.3", "--sql-dir", sql_dir, env=db.db_env()))
+        assert f"held by an unverified session (server pid {pid}" in line and "held by host" not in line, line
+        # the row of the runner the session names, written after that session connected: that runner, named
+        db.query("UPDATE public.yoyo_lock SET runner = 'hcm-db-migrations victimhost:4242'")
         line = one_error_line(cli("migrate", "--lock-timeout", "0.3", "--sql-dir", sql_dir, env=db.db_env()))
         assert "held by host victimhost pid 4242 since" in line, line
     finally:
