@@ -49,7 +49,8 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LI
 """
 _LOCKS = """
 SELECT relation, mode, granted, locktype FROM pg_catalog.pg_locks
-WHERE pid = %s AND (locktype = 'relation' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+WHERE pid = %s AND (locktype = 'relation' AND database = (SELECT oid FROM pg_catalog.pg_database
+                                                          WHERE datname = pg_catalog.current_database())
                     OR NOT granted)
 """
 _LIVE_SIZE = """
