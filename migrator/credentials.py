@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
-from migrator.targets import PostgresTarget
+from migrator.targets import NO_PASSFILE, PostgresTarget
 
 
 def note_ignored(env: Env, where: str | None, names: tuple[str, ...], store: str) -> None:
@@ -26,16 +26,34 @@ def _credential_source(origin: str | None) -> str | None:
     if not origin or origin == "default" or origin.startswith("none"):
         return None
     if origin.startswith("--") or "(environment)" in origin:
-        return "the command line and the environment"
+        return INVOKER
     if "(.env)" in origin:
         return ".env"
     return origin  # secret NAME
 
 
+INVOKER = "the command line and the environment"
+
+
 def check_travel(target: PostgresTarget, env: Env, where: str | None) -> None:
-    """Both rules on where a password may go (README, "Connection settings")."""
+    """The rules on where a password may go (README, "Connection settings")."""
     _check_credentials_travel(target, env)
     _refuse_hostless_password(target, env, where)
+    _no_password_file(target)
+
+
+def _no_password_file(target: PostgresTarget) -> None:
+    """libpq's password file (~/.pgpass, PGPASSFILE) is the invoker's, a password from the environment: a host
+    that `.env` or a secret named never gets it (a wildcard line, or the line of the host name while
+    `hostaddr=` sends it elsewhere). Such a connection gets its password from its own source or none, and a
+    `passfile=` in that source's URL is refused."""
+    host_from = target.sources.get("host") or target.sources.get("url")
+    if target.local_dev or _credential_source(host_from) in (None, INVOKER):
+        return
+    if "passfile" in target.params and target.params["passfile"] != NO_PASSFILE:
+        raise MigratorError(f"{host_from} names passfile=, a password file of the invoker's, for a host it chose: "
+                            "remove passfile from it; put the password beside the host in the same source", USAGE)
+    target.params["passfile"] = NO_PASSFILE
 
 
 def _refuse_hostless_password(target: PostgresTarget, env: Env, where: str | None) -> None:

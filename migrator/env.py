@@ -35,6 +35,7 @@ class Env:
                  broken: Mapping[str, int] | None = None):
         self.environ = environ
         self.dotenv = {k: v for k, v in (dotenv or {}).items() if v is not None}
+        self.bare = {k for k, v in (dotenv or {}).items() if v is None}  # a .env line `NAME` with no `=`
         self.broken = dict(broken or {})  # NAME -> the .env line that sets it and cannot be parsed
         self.layers = LAYERS
         self._notes: list[str] = []  # what the reading itself has to say (a missing NAME_FILE)
@@ -85,6 +86,15 @@ class Env:
                 if value:
                     return value, f"{name}_FILE ({where})"
         return None, None
+
+    def set_empty(self, name: str) -> str | None:
+        """`get` takes an empty value for unset; where that would mean a default (a password), the origin of
+        `name` set to nothing (`NAME=`, or a bare `NAME` line in .env) in a layer consulted, else None."""
+        for where in self.layers:
+            layer = self._layer(where)
+            if (name in layer and not layer[name]) or (where == ".env" and name in self.bare):
+                return f"{name} ({where})"
+        return None
 
     def _refuse_broken(self, name: str) -> None:
         """A .env line for this setting that python-dotenv cannot read: an error, never "unset" (for a

@@ -59,7 +59,7 @@ def forget_secrets() -> None:
 
 
 def mask_known(text: str) -> str:
-    """The registered passwords inside URLs and DSNs, and nothing else: for SQL that `plan` prints for psql."""
+    """The registered passwords inside URLs and DSNs, and nothing else."""
     for secret in sorted(_secrets, key=len, reverse=True):  # longest first: they may hold spaces
         if secret in text:
             escaped = re.escape(secret)
@@ -165,11 +165,11 @@ def _now() -> str:
 
 
 def _masked(value, how=None):
-    """Every string inside a JSON-able value masked (SqlText: only registered passwords, as `sql`)."""
+    """Every string inside a JSON-able value masked (SqlText, a migration file's SQL: as it is, see `sql`)."""
     from migrator.reports import SqlText
 
     if isinstance(value, SqlText):
-        return mask_known(value)
+        return str(value)
     if isinstance(value, str):
         return (how or mask)(value)
     if isinstance(value, dict):
@@ -234,10 +234,14 @@ def result(text: str = "") -> None:
 
 
 def sql(text: str) -> None:
-    """SQL on stdout, for psql: only a registered password inside a URL or DSN is hidden."""
+    """SQL on stdout, for psql, exactly as the files hold it: masking is for the runner's own lines. A rewrite
+    here (`password=postgres$$` -> `password=***$$`) would make psql read other text than the guard
+    (psql_reading) checked, and a file's SQL is the reviewer's to see as it is."""
+    from migrator.reports import SqlText
+
     if json_format():
-        return _emit("sql", False, how=mask_known, sql=text)
-    click.echo(mask_known(text), file=_stream(False))
+        return _emit("sql", False, sql=SqlText(text))
+    click.echo(text, file=_stream(False))
 
 
 def note(text: str) -> None:
@@ -355,7 +359,7 @@ def patch_stderr() -> Iterator[None]:
 
 def report(report, as_json: bool = False) -> None:
     """A command's report on stdout: its text lines, or its to_json() as JSON. SQL for psql (reports.SqlText)
-    is printed as it is but for registered passwords; everything else is masked."""
+    is printed as it is; everything else is masked."""
     from migrator.reports import SqlText
 
     if json_format():  # one event: the report's JSON when it has one, else its lines
@@ -365,9 +369,9 @@ def report(report, as_json: bool = False) -> None:
         return _emit("report", False, kind=type(report).__name__, lines=list(report.lines()))
     if as_json:
         data = report.to_json()
-        text = json.dumps(data, indent=2, default=str)
-        (sql if _holds_sql(data, SqlText) else result)(text)
-        return
+        if _holds_sql(data, SqlText):  # each string masked but the SQL
+            return click.echo(json.dumps(_masked(data), indent=2, default=str), file=_stream(False))
+        return result(json.dumps(data, indent=2, default=str))
     for line in report.lines():
         (sql if isinstance(line, SqlText) else result)(line)
 

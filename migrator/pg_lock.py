@@ -84,6 +84,7 @@ def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str]
     try:
         with _interruptible():
             _clear_dead_runners_row(backend, target, deadline, notify)
+        _proof_column(backend)
         with backend.lock(timeout=timeout):
             yield
     finally:
@@ -162,11 +163,34 @@ def _alive(backend, row) -> bool:
     return bool(backend.execute(_ALIVE, {"pid": str(row[0]), "ctime": row[1]}).fetchone()[0])
 
 
+# The lock row names the runner that wrote it: the writing session's application_name (this runner's "host:pid",
+# set by the runner; only the migration role writes the table), filled in by a column default so that yoyo's own
+# INSERT writes it. Added once, by a user who owns the table; without it no holder is proven.
+PROOF_COLUMN = "runner"
+_HAS_PROOF = """
+SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass(:t)::pg_catalog.oid
+               AND attname = 'runner' AND NOT attisdropped),
+       pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class
+                               WHERE oid = pg_catalog.to_regclass(:t)::pg_catalog.oid), 'USAGE')
+"""
+
+
+def _proof_column(backend) -> None:
+    """The lock table's runner column, added when missing and the user owns the table (else left: unproven)."""
+    table = backend.lock_table_quoted
+    present, owner = backend.execute(_HAS_PROOF, {"t": table}).fetchone()
+    if not present and owner:
+        with backend.transaction():
+            backend.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {PROOF_COLUMN} text "
+                            "DEFAULT pg_catalog.current_setting('application_name')")
+
+
 def holder(backend, key: int = LOCK_KEY) -> str:
     """Who holds the advisory lock. Any role that can connect may take it and call itself a runner (its
     application_name is its own to choose), so host and pid are named only when proven: a runner holding it
-    writes its yoyo_lock row (pid, ctime) from the same session, in a table only the migration role can write;
-    else the session is named as the server knows it (server pid, user), unverified."""
+    writes its yoyo_lock row (pid, ctime, and its own host:pid in `runner`) from the same session, in a table
+    only the migration role can write; the host and pid named are the row's. Else the session is named as the
+    server knows it (server pid, user), unverified."""
     row = backend.execute(
         """
         SELECT a.application_name, a.pid, a.usename, a.client_addr::text, a.backend_start
@@ -182,8 +206,10 @@ def holder(backend, key: int = LOCK_KEY) -> str:
     app, backend_pid, user, client, since = row
     match = re.match(r"hcm-db-migrations (?P<host>\S+):(?P<pid>\d+)", app or "")
     when = f"since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip() if since else "(since unknown)"
-    if match and _proven(backend, int(match["pid"]), since):
-        return f"held by host {match['host']} pid {match['pid']} {when}"
+    proof = match and _proven(backend, int(match["pid"]), since, app)
+    if proof:  # host and pid as the proof row has them (the same as the session's name, which is not evidence)
+        proven = re.match(r"hcm-db-migrations (?P<host>\S+):(?P<pid>\d+)", proof)
+        return f"held by host {proven['host']} pid {proven['pid']} {when}"
     if since is None:  # pg_stat_activity hides another role's session (NULLs) from a user who is not a superuser
         return f"held by a session of another role (server pid {backend_pid}, user {user or 'unknown'}; unverified) {when}"
     said = f", calling itself '{app}'" if app else ""
@@ -191,14 +217,16 @@ def holder(backend, key: int = LOCK_KEY) -> str:
             f"{client or 'local'}{said}: no runner's lock row proves it) {when}")
 
 
-def _proven(backend, pid: int, since) -> bool:
-    """The lock row of runner `pid`, written after the session holding the advisory lock connected."""
+def _proven(backend, pid: int, since, app: str) -> str | None:
+    """The runner named by the lock row of runner `pid` written after the session holding the advisory lock
+    connected, when that row names the same runner (host and pid) as the session does; else None."""
     table = backend.lock_table_quoted
     readable = backend.execute("SELECT CASE WHEN to_regclass(:t) IS NULL THEN false "
                                "ELSE has_table_privilege(to_regclass(:t), 'SELECT') END", {"t": table}).fetchone()[0]
-    if not readable or since is None:
-        return False
-    return bool(backend.execute(
-        f"SELECT count(*) FROM {table} WHERE pid = :pid "
+    if not readable or since is None or not backend.execute(_HAS_PROOF, {"t": table}).fetchone()[0]:
+        return None
+    row = backend.execute(
+        f"SELECT {PROOF_COLUMN} FROM {table} WHERE pid = :pid AND {PROOF_COLUMN} = :app "
         "AND CAST(:since AS timestamptz) <= (ctime AT TIME ZONE 'UTC') + interval '2 seconds'",
-        {"pid": pid, "since": since}).fetchone()[0])
+        {"pid": pid, "since": since, "app": app}).fetchone()
+    return row[0] if row else None

@@ -22,10 +22,11 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-from migrator import credentials, durations, output, pg_url, tls, urls
+from migrator import credentials, output, pg_url, tls, urls
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
-from migrator.targets import (MONGO_EXAMPLE, MONGO_SCHEMES, AwsOptions, DdlLimits, MongoOptions,
+from migrator.limits import read_timeout
+from migrator.targets import (MONGO_EXAMPLE, MONGO_SCHEMES, AwsOptions, MongoOptions,
                               MongoTarget, PostgresOptions, PostgresTarget)
 
 PG_DEFAULTS = {"host": "localhost", "port": "5432", "dbname": "unifieddevdb", "user": "postgres", "password": "postgres"}
@@ -95,23 +96,10 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
     env = all_env  # the settings beyond the connection: each its own, the real environment first
     _resolve_schemas(target, options, env)
     _apply_tls(target, options.ca_bundle, env)
-    target.read_timeout = _read_timeout(env)
+    target.read_timeout = read_timeout(env)
     target.notes[:0] = env.take_notes()
     output.register_secret(target.password)
     return target
-
-
-DEFAULT_READ_TIMEOUT = 60.0  # seconds; catalog reads answer in well under that
-
-
-def _read_timeout(env: Env) -> float:
-    """DB_READ_TIMEOUT: seconds a read-only command (status, plan, doctor) waits for any answer; 0: for ever."""
-    value, origin = env.get("DB_READ_TIMEOUT")
-    if value is None:
-        return DEFAULT_READ_TIMEOUT
-    if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]+)?", value.strip()):
-        raise MigratorError(f"{origin}: {value!r} is not a number of seconds; use e.g. 60, or 0 to wait for ever", USAGE)
-    return float(value)
 
 
 def _port(value: str, origin: str, *, quote_value: bool = True) -> int:
@@ -281,13 +269,24 @@ def _from_fields(option_fields: dict[str, str], env: Env) -> PostgresTarget:
             value, origin = env.get(PG_ENV_NAMES[key])
             if value is None and key in PLATFORM_CREDENTIALS:
                 value, origin = env.get(PLATFORM_CREDENTIALS[key])
+        if value is None and key == "password" and env.set_empty("DB_PASSWORD"):
+            raise MigratorError(f"{env.set_empty('DB_PASSWORD')} is set but empty: set the password, or remove the "
+                                "setting (only a configuration that names no password uses the seed's default)", USAGE)
         if value is None:
             value, origin = default, "default"
         target.sources[key] = origin
         if key == "host":
             _check_host(value, origin)
         setattr(target, key, _port(value, origin) if key == "port" else value)
+    if target.sources["password"] == "default" and not _local(target.host):
+        target.notes.append(f"note: no password set (DB_PASSWORD): the seed's default password is used for host "
+                            f"{target.host}; set DB_PASSWORD (or DB_PASSWORD_FILE) for a real server")
     return target
+
+
+def _local(host: str) -> bool:
+    """This machine: the seed's default password is the local development database's."""
+    return host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")
 
 
 def _check_host(host: str, origin: str) -> None:
@@ -316,42 +315,6 @@ def _from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> PostgresT
         password=str(data["password"]),
         sources={k: source for k in ("host", "port", "dbname", "user", "password")},
     )
-
-
-def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, env: Env,
-                       lock_retry_budget: str | None = None) -> DdlLimits:
-    """--ddl-lock-timeout / DB_LOCK_TIMEOUT, --statement-timeout / DB_STATEMENT_TIMEOUT and --lock-retry-budget /
-    DB_LOCK_RETRY_BUDGET (PostgreSQL units; 0 = off)."""
-    limits = DdlLimits()
-    for attr, option, option_name, variable in (
-        ("lock_timeout", lock_timeout, "--ddl-lock-timeout", "DB_LOCK_TIMEOUT"),
-        ("statement_timeout", statement_timeout, "--statement-timeout", "DB_STATEMENT_TIMEOUT"),
-        ("lock_retry_budget", lock_retry_budget, "--lock-retry-budget", "DB_LOCK_RETRY_BUDGET"),
-    ):
-        value, origin = (option, option_name) if option else env.get(variable)
-        if value is None:
-            continue
-        try:
-            setattr(limits, attr, durations.pg_duration(value))
-        except ValueError as exc:
-            raise MigratorError(f"{origin}: {exc}", USAGE)
-    return limits
-
-
-def resolve_rewrite_threshold(option: int | None, env: Env) -> int:
-    """--rewrite-threshold-rows / REWRITE_THRESHOLD_ROWS: above this many live rows a rewrite or scan under a lock
-    that stops the application is refused (postgres/rewrites.py); default 10,000."""
-    from migrator.postgres.rewrites import THRESHOLD_ROWS
-
-    if option is not None:
-        return option
-    value, origin = env.get("REWRITE_THRESHOLD_ROWS")
-    if not value:
-        return THRESHOLD_ROWS
-    if not _ASCII_NUMBER.fullmatch(value.strip()):
-        raise MigratorError(f"{origin}: {value!r} is not a number of rows; e.g. 10000 (0 refuses on any non-empty "
-                            "table)", USAGE)
-    return int(value.strip())
 
 
 def _apply_tls(target: PostgresTarget, option: str | None, env: Env) -> None:

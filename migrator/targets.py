@@ -40,6 +40,11 @@ class PostgresOptions:
     create_schemas: bool = False  # create a schema that does not exist (else it fails, on its own)
 
 
+# libpq's password file for a connection whose host the invoker did not name (credentials.py): a path no one
+# can create (its parent is a device), so libpq finds no file and says nothing.
+NO_PASSFILE = "/dev/null/no-password-file"
+
+
 @dataclass
 class PostgresTarget:
     """A resolved PostgreSQL connection; `sources` maps each setting to where it came from."""
@@ -83,6 +88,8 @@ class PostgresTarget:
                 auth += ":" + ("***" if masked else quote(self.password, safe=""))
             auth += "@"
         params = dict(self.params)
+        if masked and params.get("passfile") == NO_PASSFILE:  # the runner's own, not the user's: not shown
+            del params["passfile"]
         hostport = self.host or ""
         if hostport.startswith("/"):  # a Unix socket directory travels as ?host=
             params.setdefault("host", hostport)

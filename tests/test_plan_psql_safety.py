@@ -214,3 +214,27 @@ def test_a_file_psql_would_end_inside_a_literal_cannot_shift_the_next_file(cli, 
         _psql(make_db(), plan.stdout, tmp_path, {})
         assert not (tmp_path / "pwned").exists()
     assert "0001_opens.sql:1:" in one_error_line(plan)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_password_masking_never_rewrites_the_sql_plan_prints(cli, db, make_db, sql_dir, tmp_path, as_json):
+    """The guard reads the file as it is; masking `password=postgres` (the seed's password) in the printed SQL
+    turned `postgres$$` into `***$$` and opened a dollar quote psql read differently: SQL is printed unmasked."""
+    import json
+
+    text = ("CREATE TABLE t (password text, postgres$$ text);\n"
+            f"SELECT password=postgres$$, $$ {PWN}$$ FROM t;\n")
+    add_migration(sql_dir, "0002_mask", text)
+    env = {**db.db_env(), "DB_PASSWORD": "postgres"}
+    plan = cli("plan", *(["--json"] if as_json else []), "--sql-dir", sql_dir, env=env)
+    assert plan.exit_code == 0, plan.output
+    if as_json:
+        data = json.loads(plan.stdout)
+        pending = (data.get("postgres") or data)["pending"]
+        [sql] = [p["sql"] for p in pending if p["id"] == "0002_mask"]
+        assert text.rstrip("\n") in sql, sql
+        return
+    assert text.rstrip("\n") in plan.stdout, plan.stdout
+    assert "***" not in plan.stdout.split("\n", 1)[1]
+    _psql(make_db(), plan.stdout, tmp_path, {})
+    assert not (tmp_path / "pwned").exists()

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conftest import add_migration, one_error_line
+from conftest import add_migration, applied, one_error_line
 
 
 @pytest.fixture
@@ -206,8 +206,14 @@ def test_a_forged_lock_holder_is_named_as_the_server_knows_it(cli, db, sql_dir, 
             line = one_error_line(cli(*command, "--sql-dir", sql_dir, env=db.db_env()))
             assert f"held by an unverified session (server pid {pid}, user {low}" in line, line
             assert "held by host victimhost" not in line, line
-        # the same name with a runner's lock row written after that session connected: that runner, named
-        db.query("INSERT INTO public.yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC', 4242)")
+        # a real runner's row with that pid, written on another host (pods share pids): the row names its host,
+        # which is not the one the session claims: still unverified, and the claimed host is never named
+        db.query("INSERT INTO public.yoyo_lock (locked, ctime, pid, runner) VALUES "
+                 "(1, now() AT TIME ZONE 'UTC', 4242, 'hcm-db-migrations otherhost:4242')")
+        line = one_error_line(cli("migrate", "--lock-timeout", "0.3", "--sql-dir", sql_dir, env=db.db_env()))
+        assert f"held by an unverified session (server pid {pid}" in line and "held by host" not in line, line
+        # the row of the runner the session names, written after that session connected: that runner, named
+        db.query("UPDATE public.yoyo_lock SET runner = 'hcm-db-migrations victimhost:4242'")
         line = one_error_line(cli("migrate", "--lock-timeout", "0.3", "--sql-dir", sql_dir, env=db.db_env()))
         assert "held by host victimhost pid 4242 since" in line, line
     finally:
@@ -235,3 +241,121 @@ def test_a_planted_flyway_history_under_its_schema_table_name_is_refused(cli, db
     assert f"pf.plan_history is owned by role {low}" in line and "has trigger planted" in line, line
     assert hits(db, "pf") == []
     assert db.query("SELECT to_regclass('pf.pf_x')") == [(None,)], "nothing ran"
+
+
+# --- second review: the first statement, side connections and plan --impact resolve in pg_catalog alone -------
+
+
+def plant_function(db, schema: str, role: str, create: str) -> None:
+    """`create` (a CREATE FUNCTION/AGGREGATE/OPERATOR made by `role`) may call `{schema}.planted_hit()`,
+    which records who ran it."""
+    db.query(hits_table(schema, role) + f"""; SET ROLE {role};
+        CREATE FUNCTION {schema}.planted_hit() RETURNS boolean LANGUAGE sql VOLATILE AS $$
+            INSERT INTO {schema}.planted_hits VALUES (current_user); SELECT true $$;
+        {create};
+        RESET ROLE""")
+
+
+def test_a_planted_string_agg_is_not_called_by_the_first_pinning_statement(cli, db, sql_dir, low):
+    """string_agg(name, text) in public is an exact match for the pin's aggregate over nspname (pg_catalog's
+    takes text): it ran before the pin's own set_config('search_path') took effect."""
+    writable_by(db, "public", low)
+    plant_function(db, "public", low, f"""
+        CREATE FUNCTION public.sa_step(text, name, text) RETURNS text LANGUAGE sql AS $$ SELECT $2::text $$;
+        CREATE FUNCTION public.sa_final(text) RETURNS text LANGUAGE sql AS $$ SELECT CASE WHEN public.planted_hit()
+            THEN $1 END $$;
+        CREATE AGGREGATE public.string_agg(name, text) (SFUNC = public.sa_step, STYPE = text,
+                                                         FINALFUNC = public.sa_final)""")
+    db.query("SELECT string_agg(nspname, ',') FROM pg_namespace")  # the trap works
+    assert hits(db, "public") == [("postgres",)]
+    db.query("DELETE FROM public.planted_hits")
+    for command in (["migrate"], ["status"], ["doctor"]):
+        cli(*command, "--sql-dir", sql_dir, env=db.db_env())
+        assert hits(db, "public") == [], f"{command} called the planted string_agg"
+    assert applied(db) == ["0001_create_hcm_report_metadata"]
+
+
+def test_the_progress_watcher_never_calls_a_planted_unnest(db, sql_dir, low):
+    """The watcher's side connection (and the lock-retry probe on the same keywords) resolve in pg_catalog alone:
+    a planted public.unnest(integer[]) is an exact match for unnest(pg_blocking_pids(...))."""
+    import psycopg2
+
+    from test_progress import add, read_until, runner
+
+    assert runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url).wait(60) == 0
+    writable_by(db, "public", low)
+    plant_function(db, "public", low, """
+        CREATE FUNCTION public.unnest(integer[]) RETURNS SETOF integer LANGUAGE sql AS $$
+            SELECT x FROM pg_catalog.unnest($1) x WHERE public.planted_hit() $$""")
+    add(sql_dir, "0002_add_note", "ALTER TABLE hcm_report_metadata ADD COLUMN note text;\n")
+    holder = psycopg2.connect(db.url, application_name="dba-console-9")
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT count(*) FROM hcm_report_metadata")
+        proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url, "--ddl-lock-timeout", "120s")
+        lines = read_until(proc, lambda line: "pg_terminate_backend" in line, timeout=60)
+        holder.rollback()
+        proc.communicate(timeout=60)
+    finally:
+        holder.close()
+    assert any("dba-console-9" in line for line in lines), lines  # the holder is still named
+    assert proc.returncode == 0
+    assert hits(db, "public") == []
+
+
+def test_plan_impact_never_calls_a_planted_operator_on_the_live_database(cli, db, sql_dir, low, pg):
+    """The live sizes compared `c.oid = to_regclass(...)` (oid = regclass) under the bookkeeping schema's
+    search_path: a planted =(oid, regclass) there was an exact match."""
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
+    writable_by(db, "public", low)
+    plant_function(db, "public", low, """
+        CREATE FUNCTION public.eq_oid_regclass(oid, regclass) RETURNS boolean LANGUAGE sql AS $$
+            SELECT public.planted_hit() AND $1 OPERATOR(pg_catalog.=) $2::oid $$;
+        CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.eq_oid_regclass)""")
+    db.query("SET search_path = public; SELECT 1 FROM pg_class WHERE oid = 'pg_class'::regclass")  # the trap works
+    assert hits(db, "public") == [("postgres",)]
+    db.query("DELETE FROM public.planted_hits")
+    add_migration(sql_dir, "0002_big", "ALTER TABLE hcm_report_metadata ALTER COLUMN id TYPE bigint;\n", "SELECT 1;\n")
+    result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    assert result.exit_code == 0, result.output
+    assert "rewrites hcm_report_metadata (" in result.output, result.output  # the live size is still found
+    assert hits(db, "public") == []
+
+
+@pytest.fixture
+def migrator_role(db):
+    """A non-superuser migration role that may create schemas."""
+    name = "mig_" + uuid.uuid4().hex[:8]
+    db.query(f"CREATE ROLE {name} LOGIN; GRANT CREATE ON DATABASE {db.name} TO {name}")
+    yield name
+    db.query(f"DROP OWNED BY {name} CASCADE; DROP ROLE {name}")
+
+
+def test_a_tenant_schema_owned_by_another_role_is_refused_and_doctor_names_its_owner(cli, db, sql_dir, low,
+                                                                                     migrator_role):
+    """The schema's owner may drop or replace the runner's tables whenever it likes: not the run's to trust."""
+    db.query(f"GRANT CREATE ON DATABASE {db.name} TO {low}; SET ROLE {low}; CREATE SCHEMA po; "
+             f"GRANT USAGE, CREATE ON SCHEMA po TO {migrator_role}; RESET ROLE")
+    env = {**db.db_env(), "DB_USER": migrator_role}
+    result = cli("migrate", "--sql-dir", sql_dir, "--schema", "po", env=env)
+    line = refusal(result)
+    assert f"schema po is owned by role {low}" in line and f"ALTER SCHEMA po OWNER TO {migrator_role}" in line, line
+    assert db.query("SELECT to_regclass('po._yoyo_migration')") == [(None,)], "nothing ran"
+    doctor = cli("doctor", "--sql-dir", sql_dir, "--schema", "po", env=env)
+    assert doctor.exit_code == 1, doctor.output
+    [fail] = [line for line in doctor.stdout.splitlines() if line.startswith("FAIL  postgres bookkeeping")]
+    assert f"schema po is owned by role {low}" in fail, doctor.stdout
+    assert f"ALTER SCHEMA po OWNER TO {migrator_role}" in doctor.stdout
+    # its owner handing it over makes it the run's: accepted
+    db.query(f"ALTER SCHEMA po OWNER TO {migrator_role}")
+    assert cli("migrate", "--sql-dir", sql_dir, "--schema", "po", env=env).exit_code == 0
+
+
+def test_public_owned_by_pg_database_owner_is_trusted_for_the_databases_owner(cli, db, sql_dir, migrator_role):
+    """PostgreSQL 15+: public belongs to pg_database_owner, whose member is the database's owner."""
+    db.query(f"ALTER DATABASE {db.name} OWNER TO {migrator_role}")
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "DB_USER": migrator_role})
+        assert result.exit_code == 0, result.output
+    finally:
+        db.query(f"ALTER DATABASE {db.name} OWNER TO CURRENT_USER")

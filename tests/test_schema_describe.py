@@ -194,3 +194,23 @@ def test_a_dropped_column_leaves_no_trace(make_db):
     direct.query("CREATE TABLE t (a int, c int)")
     detour.query("CREATE TABLE t (a int, b int, c int); ALTER TABLE t DROP COLUMN b")
     assert describe_db(direct).text == describe_db(detour).text
+
+
+def test_a_server_gone_silent_inside_the_snapshot_is_the_read_timeout_line(db):
+    """The snapshot's cleanup (ROLLBACK on the socket the read guard shut) must not replace the one-line read
+    timeout with "cursor already closed" (the review: a proxy gone silent during describe)."""
+    import psycopg2
+
+    from migrator.errors import MigratorError
+    from migrator.postgres.failures import guard_reads
+    from migrator.schema.describe import _read_only_snapshot
+
+    conn = psycopg2.connect(db.url)
+    conn.autocommit = True
+    guard_reads(conn, "db.example:5432/app", 0.5)
+    try:
+        with pytest.raises(MigratorError, match=r"PostgreSQL at db.example:5432/app: no answer within 0.5 s"):
+            with _read_only_snapshot(conn) as cursor:
+                cursor.execute("SELECT pg_catalog.pg_sleep(3)")
+    finally:
+        conn.close()

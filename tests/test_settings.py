@@ -188,7 +188,7 @@ def test_config_with_nothing_configured_names_the_local_database(cli, workdir, t
     ({}, {"DB_LOCK_TIMEOUT": "750ms", "DB_STATEMENT_TIMEOUT": "0", "DB_LOCK_RETRY_BUDGET": "0"}, ("750ms", "0", "0")),
 ])
 def test_ddl_limits_options_over_environment_over_defaults(options, environ, expected):
-    from migrator.settings import resolve_ddl_limits
+    from migrator.limits import resolve_ddl_limits
 
     limits = resolve_ddl_limits(options.get("lock_timeout"), options.get("statement_timeout"), Env(environ),
                                 options.get("budget"))
@@ -196,7 +196,7 @@ def test_ddl_limits_options_over_environment_over_defaults(options, environ, exp
 
 
 def test_a_bad_duration_names_its_setting():
-    from migrator.settings import resolve_ddl_limits
+    from migrator.limits import resolve_ddl_limits
 
     with pytest.raises(MigratorError, match=r"DB_STATEMENT_TIMEOUT \(environment\): 'later' is not a duration"):
         resolve_ddl_limits(None, None, Env({"DB_STATEMENT_TIMEOUT": "later"}))
@@ -485,7 +485,8 @@ def _in_thread(call, limit: float = 120):
     return results[0] if results else None
 
 
-def test_status_through_a_proxy_that_goes_silent_after_login_ends_in_one_line(cli, db, pg, sql_dir):
+@pytest.mark.parametrize("command", ["status", "migrate"])  # migrate: its bookkeeping statements, before any file
+def test_a_command_through_a_proxy_that_goes_silent_after_login_ends_in_one_line(cli, db, pg, sql_dir, command):
     from pg_wire import SilentProxy
 
     if not pg.host.startswith("/"):
@@ -493,10 +494,10 @@ def test_status_through_a_proxy_that_goes_silent_after_login_ends_in_one_line(cl
     proxy = SilentProxy(pg.host, pg.port)
     try:
         env = {**db.db_env(), "DB_HOST": "127.0.0.1", "DB_PORT": str(proxy.port), "DB_READ_TIMEOUT": "2"}
-        result = _in_thread(lambda: cli("status", "--sql-dir", sql_dir, env=env), limit=60)
+        result = _in_thread(lambda: cli(command, "--sql-dir", sql_dir, env=env), limit=60)
     finally:
         proxy.close()
-    assert result is not None, "status hung behind the silent proxy"
+    assert result is not None, f"{command} hung behind the silent proxy"
     assert proxy.silenced >= 1  # it did log in, then got no answer
     line = one_error_line(result)
     assert f"PostgreSQL at 127.0.0.1:{proxy.port}/{db.name}: no answer within 2 s" in line, line
@@ -528,3 +529,53 @@ def test_an_environment_password_without_a_host_is_not_sent_anywhere_when_dotenv
     assert "DB_PASSWORD (environment) names a password but the environment names no host, while DATABASE_URL " \
         "(.env) names one" in line, line
     assert trap.connections == 0 and "Env-Secret-9" not in result.output
+
+
+@pytest.mark.parametrize("pgpass, query", [
+    ("db.internal.example:{port}:prod:app:REAL-SECRET\n", "?hostaddr=127.0.0.1"),  # the host's line, another address
+    ("*:*:*:app:REAL-SECRET\n", ""),  # a wildcard line matches any host .env names
+])
+def test_a_dotenv_host_never_gets_the_invokers_password_file(cli, workdir, trap, tmp_path, pgpass, query):
+    """libpq's password file is the invoker's (an environment-sourced password): a host that .env chose
+    must not receive it (the review's repro: hostaddr sent the db.internal line to a listener of .env's choosing)."""
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(pgpass.format(port=trap.port))
+    passfile.chmod(0o600)
+    host = "db.internal.example" if query else "127.0.0.1"
+    (workdir / ".env").write_text(f"DATABASE_URL=postgresql://app@{host}:{trap.port}/prod{query}\n")
+    result = cli("status", env={"PGPASSFILE": str(passfile)})
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert trap.passwords == [], result.output
+
+
+def test_a_passfile_in_a_dotenv_url_is_refused(cli, workdir, trap, tmp_path):
+    passfile = tmp_path / "pgpass"
+    passfile.write_text("*:*:*:*:REAL-SECRET\n")
+    passfile.chmod(0o600)
+    (workdir / ".env").write_text(f"DATABASE_URL=postgresql://app@127.0.0.1:{trap.port}/prod?passfile={passfile}\n")
+    result = cli("status")
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "DATABASE_URL (.env) names passfile=" in line, line
+    assert trap.passwords == [] and trap.connections == 0
+
+
+@pytest.mark.parametrize("environ, dotenv, origin", [
+    ({"DB_PASSWORD": ""}, "", "DB_PASSWORD (environment)"),
+    ({}, "DB_PASSWORD=\n", "DB_PASSWORD (.env)"),
+    ({}, "DB_PASSWORD\n", "DB_PASSWORD (.env)"),
+])
+def test_an_empty_db_password_is_an_error_not_the_default_password(cli, workdir, trap, environ, dotenv, origin):
+    """The review's repro: `DB_HOST=... DB_PASSWORD= status` sent the seed's `postgres` to that host."""
+    where = {"DB_HOST": "127.0.0.1", "DB_PORT": str(trap.port)}
+    if dotenv:
+        (workdir / ".env").write_text("".join(f"{k}={v}\n" for k, v in where.items()) + dotenv)
+    result = cli("status", env={**(where if not dotenv else {}), **environ})
+    line = one_error_line(result)
+    assert result.exit_code == 2 and f"{origin} is set but empty" in line, line
+    assert trap.passwords == [] and trap.connections == 0
+
+
+def test_the_default_password_to_a_remote_host_is_said(cli):
+    result = cli("config", env={"DB_HOST": "db.example.internal"})
+    assert "note: no password set (DB_PASSWORD): the seed's default password is used for host db.example.internal" \
+        in result.output, result.output

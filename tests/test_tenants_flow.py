@@ -202,7 +202,9 @@ def test_break_lock_refuses_a_live_runners_lock_naming_it(cli, db, sql_dir):
     assert cli("migrate", "--sql-dir", sql_dir, "--schema", "a", "--create-schemas", env=db.db_env()).exit_code == 0
     other = _held_by_other(db, "a")
     try:
-        db.query("INSERT INTO a.yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC', 4242)")
+        # that runner's row, naming it (the runner column the writing session's default fills)
+        db.query("INSERT INTO a.yoyo_lock (locked, ctime, pid, runner) VALUES "
+                 "(1, now() AT TIME ZONE 'UTC', 4242, 'hcm-db-migrations otherhost:4242')")
         result = cli("sql", "break-lock", "--sql-dir", sql_dir, "--schema", "a", env=db.db_env())
         assert result.exit_code != 0
         failed = next(line for line in result.stderr.splitlines() if line.startswith("[a] FAILED"))

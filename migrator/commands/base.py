@@ -10,8 +10,8 @@ from typing import Callable, Iterator
 from migrator import output
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
-from migrator.settings import (postgres_configured, resolve_ddl_limits, resolve_mongo, resolve_postgres,
-                               resolve_rewrite_threshold)
+from migrator.limits import resolve_ddl_limits, resolve_rewrite_threshold
+from migrator.settings import postgres_configured, resolve_mongo, resolve_postgres
 from migrator.targets import DdlLimits, MongoOptions, MongoTarget, PostgresOptions, PostgresTarget
 
 Sink = Callable[[str], None]

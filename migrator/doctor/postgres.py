@@ -248,7 +248,11 @@ def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, usage: b
     denied = {name: lacks for name, found, lacks in rows if found and lacks}
     absent = [name for name, found, _ in rows if not found]
     planted = backend.verified[3] if usage else []  # read by connect(), which leaves refusing to this report
-    if planted:  # what migrate refuses: objects others made that would run as this user
+    if backend.verified[5]:  # the schema's owner may drop or replace the runner's tables
+        report.add(Check("postgres bookkeeping", FAIL, f"schema {schema} is owned by role {backend.verified[5]}, not "
+                         f"user {user} or a role it is a member of", f"as {backend.verified[5]} or a superuser: ALTER "
+                         f"SCHEMA {schema} OWNER TO {user}"))
+    elif planted:  # what migrate refuses: objects others made that would run as this user
         report.add(Check("postgres bookkeeping", FAIL, f"in schema {schema}: {trust.planted_list(schema, planted)}; "
                          f"it would run as user {user} (another role with CREATE on {schema} made it?)",
                          f"inspect and drop what is not the runner's, as a superuser or {schema}'s owner; grant "

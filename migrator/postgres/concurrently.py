@@ -63,7 +63,7 @@ SELECT i.indisvalid, i.indisunique, substring(pg_catalog.pg_get_indexdef(i.index
        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE i.indrelid = pg_catalog.to_regclass(%(table)s) AND c.relname = %(name)s
+WHERE i.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(table)s)::pg_catalog.oid AND c.relname = %(name)s
 """
 
 
@@ -92,7 +92,7 @@ REINDEX_LEFTOVERS = """
 SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_catalog.pg_index o ON o.indexrelid = pg_catalog.to_regclass(%(name)s) AND o.indrelid = i.indrelid
+JOIN pg_catalog.pg_index o ON o.indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(name)s)::pg_catalog.oid AND o.indrelid = i.indrelid
 JOIN pg_catalog.pg_class oc ON oc.oid = o.indexrelid
 WHERE NOT i.indisvalid AND pg_catalog.left(c.relname, pg_catalog.length(oc.relname)) = oc.relname
   AND pg_catalog.substr(c.relname, pg_catalog.length(oc.relname) + 1) ~ '^_cc(new|old)[0-9]*$'

@@ -36,6 +36,7 @@ from typing import Iterator
 from migrator import output, whoami
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import trust
+from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads
 from migrator.targets import DdlLimits, PostgresTarget
 
 MIGRATION_TABLE = "_yoyo_migration"
@@ -45,10 +46,8 @@ MIGRATION_TABLE = "_yoyo_migration"
 CONNECT_PARAMS = {"connect_timeout": "10", "application_name": f"hcm-db-migrations {socket.gethostname()}:{os.getpid()}"[:63],
                   "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3",
                   "tcp_user_timeout": "60000"}
-# A read-only command's URL carries its read timeout to Backend.connect (popped there, never sent to libpq).
-READ_TIMEOUT_ARG = "hcm_read_timeout"
 READ_ONLY = "-c default_transaction_read_only=on"
-# The tenants' survey connection resolves operators and functions in pg_catalog alone (see above).
+# The side connections (tenants' survey, watcher, lock probe) resolve operators and functions in pg_catalog alone.
 CATALOG_ONLY = "-c search_path=pg_catalog"
 # A migration whose client died (SIGKILL) is cancelled within seconds, releasing its locks (PostgreSQL 14+).
 CLIENT_CHECK = "-c client_connection_check_interval=2s"
@@ -63,6 +62,9 @@ CLIENT_CHECK = "-c client_connection_check_interval=2s"
 # them all, so the schema description leaves them out; `foreign` names the unmarked ones when the
 # plain run has no history of its own, and the run refuses instead of starting a second one.
 TENANT_MARK = "hcm-db-migrations: the history of a tenant schema (runs with --schema / SCHEMA_NAME)"
+# It runs under the session's own search_path (it reads the home schema from it), so every function in it
+# is qualified and every call's arguments are of pg_catalog's exact types: a planted public.string_agg(name,
+# text) would otherwise be the exact match and run as the migration role before the pin takes effect.
 PIN_BOOKKEEPING = """
 SET ROLE NONE;
 WITH histories AS (
@@ -88,11 +90,13 @@ WITH histories AS (
 )
 SELECT schema,
        CASE WHEN NOT EXISTS (SELECT FROM own) THEN
-           (SELECT string_agg(nspname, ',' ORDER BY nspname) FROM others WHERE NOT tenant) END,
+           (SELECT pg_catalog.string_agg(nspname::pg_catalog.text, ','::pg_catalog.text ORDER BY nspname)
+            FROM others WHERE NOT tenant) END,
        pg_catalog.set_config('search_path', 'pg_catalog', false),
        pg_catalog.set_config('hcm.tenant_schema', '', false),
        pg_catalog.set_config('hcm.tenant_schemas', coalesce(
-           (SELECT string_agg(nspname, ',' ORDER BY nspname) FROM others), ''), false),
+           (SELECT pg_catalog.string_agg(nspname::pg_catalog.text, ','::pg_catalog.text ORDER BY nspname)
+            FROM others), ''), false),
        pg_catalog.set_config('synchronous_commit', 'off', false) FROM chosen
 """
 
@@ -118,9 +122,10 @@ def resolve_target(target: PostgresTarget, env) -> PostgresTarget:
 
 
 def watcher_params(target: PostgresTarget, application_name: str) -> dict:
-    """psycopg2.connect() keywords of a read-only side connection (the progress watcher), without limits."""
+    """psycopg2.connect() keywords of a read-only side connection (the progress watcher, the lock-retry
+    probe), without limits; its functions and operators resolve in pg_catalog alone from its first statement."""
     params = {**CONNECT_PARAMS, **target.params, "application_name": application_name}
-    params["options"] = " ".join(s for s in (params.get("options", ""), READ_ONLY) if s)
+    params["options"] = " ".join(s for s in (params.get("options", ""), READ_ONLY, CATALOG_ONLY) if s)
     fields = {"host": target.host, "port": target.port, "dbname": target.dbname, "user": target.user,
               "password": target.password}
     return {**{k: v for k, v in fields.items() if v}, **params}
@@ -131,8 +136,8 @@ def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits |
     settings = [params.get("options", ""), CLIENT_CHECK]
     if read_only:
         settings.append(READ_ONLY)
-        if target.read_timeout:
-            params[READ_TIMEOUT_ARG] = f"{target.read_timeout:g}"
+    if target.read_timeout:  # the run's own statements (bookkeeping, catalogs); never a migration's (connect)
+        params[READ_TIMEOUT_ARG] = f"{target.read_timeout:g}"
     if limits:
         settings.append(f"-c lock_timeout={limits.lock_timeout} -c statement_timeout={limits.statement_timeout}")
     if target.schema and target.schema != "public":  # a checked lower-case identifier: nothing to quote
@@ -163,12 +168,13 @@ def backend_class():
         history: str | None = None  # set for a Flyway folder's run: its drift is its own objects' (history.py)
         out_of_order = True
         foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
+        guarded = True  # the run's own statements answer within the read timeout (failures.guard_reads)
 
         def connect(self, dburi):
             args = dict(dburi.args)
             seconds = args.pop(READ_TIMEOUT_ARG, None)
             connection = super().connect(dburi._replace(args=args))
-            if seconds:
+            if seconds and self.guarded:
                 host = dburi.hostname or args.get("host") or "localhost"
                 guard_reads(connection, f"{host}:{dburi.port or 5432}/{dburi.database}", float(seconds))
             return connection
@@ -267,59 +273,15 @@ def backend_class():
             }
 
     class MigrationSession(Backend):
-        """One migration's connection: left exactly as the server starts a session."""
+        """One migration's connection: left exactly as the server starts a session. Its statements have no read
+        timeout: a migration's may rightly run for hours (statement_timeout bounds it on the server)."""
+
+        guarded = False
 
         def init_connection(self, connection):
             pass
 
     return Backend
-
-
-def guard_reads(connection, where: str, seconds: float) -> None:
-    """Every statement on `connection` gets an answer within `seconds`, or fails in one line naming the server.
-
-    libpq waits for an answer for ever, and neither keepalives nor tcp_user_timeout help when a proxy
-    between goes silent after login (its kernel still acknowledges everything). A timer shuts the
-    socket down (a dup of libpq's descriptor, so libpq's own stays valid): libpq's wait ends with
-    "server closed the connection", which the cursor turns into the line below. Read-only commands
-    only: a migration's statement may rightly run for hours (statement_timeout bounds it on the server)."""
-    import threading
-
-    import psycopg2.extensions
-
-    lock = threading.Lock()  # the timer never shuts a socket whose statement has already returned
-
-    def shut(state: dict) -> None:
-        with lock:
-            if state["done"]:
-                return
-            state["fired"] = True
-            try:
-                with socket.socket(fileno=os.dup(connection.fileno())) as sock:
-                    sock.shutdown(socket.SHUT_RDWR)
-            except (OSError, psycopg2.Error):
-                pass
-
-    class GuardedCursor(psycopg2.extensions.cursor):
-        def execute(self, query, vars=None):
-            state = {"done": False, "fired": False}
-            timer = threading.Timer(seconds, shut, (state,))
-            timer.daemon = True
-            timer.start()
-            try:
-                return super().execute(query, vars)
-            except psycopg2.Error as exc:
-                if state["fired"]:
-                    raise MigratorError(f"PostgreSQL at {where}: no answer within {seconds:g} s (the server, or a proxy "
-                                        "or network between, went silent); check the network path, or raise "
-                                        "DB_READ_TIMEOUT for slow catalog reads") from exc
-                raise
-            finally:
-                with lock:
-                    state["done"] = True
-                timer.cancel()
-
-    connection.cursor_factory = GuardedCursor
 
 
 @functools.cache
@@ -474,31 +436,3 @@ def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
     else:
         output.note(f"note: schema {schema}'s history lacks the tenant mark (a plain run refuses it rather than take "
                     f"it); user {user} may not write it; run as its owner ({owner}): {mark_statement(schema)}")
-
-
-def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:
-    text = output.scrub(str(exc).strip())
-    where = target.where
-    lowered = text.lower()
-    if "password authentication failed" in lowered or "no password supplied" in lowered:
-        what = f"authentication failed for user {target.user}; check the user and password ({_origin(target)})"
-    elif "does not exist" in lowered and "database" in lowered:
-        what = f"database {target.dbname} does not exist; create it (createdb {target.dbname}) or fix the database name ({_origin(target)})"
-    elif "could not translate host name" in lowered or "name or service not known" in lowered:
-        what = f"host {target.host} cannot be resolved; check the host name ({_origin(target)})"
-    elif "connection refused" in lowered or "no such file or directory" in lowered:
-        what = f"connection refused; is the server running, and are host and port right? ({_origin(target)})"
-    elif "unrecognized configuration parameter" in lowered and "client_connection_check_interval" in lowered:
-        what = "the server is older than PostgreSQL 14, which the runner needs (it cancels a dead runner's work)"
-    elif "timeout expired" in lowered:
-        what = "no answer within 10 s; check the host, port, firewall or security group"
-    elif "root certificate file" in lowered or "certificate verify failed" in lowered:
-        what = f"TLS verification failed ({text.splitlines()[-1].strip()}); check the CA bundle"
-    else:
-        what = text.splitlines()[-1].strip() if text else exc.__class__.__name__
-    return MigratorError(f"cannot connect to PostgreSQL at {where}: {what}")
-
-
-def _origin(target: PostgresTarget) -> str:
-    origins = sorted(set(target.sources.values()) - {"default"})
-    return "settings from " + (", ".join(origins) if origins else "defaults")

@@ -154,15 +154,28 @@ def rewrite(cur, table: str) -> Work:
 
 _LIVE = """
 SELECT c.reltuples::bigint, pg_catalog.pg_relation_size(c.oid), pg_catalog.pg_total_relation_size(c.oid)
-FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(%s)
+FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s::pg_catalog.text)::pg_catalog.oid
 """
 
 
-def estimate(live, statements, speed: Speed | None) -> None:
-    """Each scan's and rewrite's live size, and its duration at the scratch server's speed."""
+def in_schema(relation: str, schema: str) -> str:
+    """A scratch relation's name (regclass text: unqualified when on the scratch's search_path) qualified with
+    `schema` unless it names its own; a dot inside double quotes is part of a name."""
+    quoted = False
+    for char in relation:
+        if char == '"':
+            quoted = not quoted
+        elif char == "." and not quoted:
+            return relation
+    return '"' + schema.replace('"', '""') + '".' + relation
+
+
+def estimate(live, statements, speed: Speed | None, schema: str) -> None:
+    """Each scan's and rewrite's live size (its name looked up in `schema`), and its duration at the scratch
+    server's speed."""
     with live.cursor() as cur:
         for work in (w for s in statements for w in s.work):
-            cur.execute(_LIVE, (work.table,))
+            cur.execute(_LIVE, (in_schema(work.table, schema),))
             row = cur.fetchone()
             if row:
                 work.rows, work.heap, work.total = (row[0] if row[0] >= 0 else None), row[1], row[2]

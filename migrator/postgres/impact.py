@@ -49,12 +49,13 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LI
 """
 _LOCKS = """
 SELECT relation, mode, granted, locktype FROM pg_catalog.pg_locks
-WHERE pid = %s AND (locktype = 'relation' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+WHERE pid = %s AND (locktype = 'relation' AND database = (SELECT oid FROM pg_catalog.pg_database
+                                                          WHERE datname = pg_catalog.current_database())
                     OR NOT granted)
 """
 _LIVE_SIZE = """
 SELECT c.reltuples::bigint, pg_catalog.pg_total_relation_size(c.oid) FROM pg_catalog.pg_class c
-WHERE c.oid = pg_catalog.to_regclass(%s)::pg_catalog.oid
+WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s::pg_catalog.text)::pg_catalog.oid
 """
 _OPEN_TRANSACTIONS = """
 SELECT pid, coalesce(application_name, ''), usename, state, extract(epoch FROM now() - xact_start)
@@ -383,24 +384,20 @@ def _execute(conn, text: str, failure: list) -> None:
 
 def _join_live(live, impact: MigrationImpact, schema: str, speed) -> None:
     """Row estimates, sizes and estimated durations from the live database; for CONCURRENTLY, its open transactions
-    now. The scratch's
-    relation names are found in `schema` (the bookkeeping's, as before); the run's own session, pg_catalog alone
-    otherwise, returns there."""
+    now. The scratch's relation names are looked up in `schema` (the bookkeeping's) by name, qualified: the run's
+    own session keeps its pg_catalog-only search_path, so nothing another role planted in `schema` (an `=` on
+    (oid, regclass)) is ever considered."""
     with live.cursor() as cur:
-        cur.execute("SELECT pg_catalog.set_config('search_path', pg_catalog.quote_ident(%s), false)", (schema,))
-        try:
-            for statement in impact.statements:
-                for lock in statement.locks + statement.rewrites:
-                    cur.execute(_LIVE_SIZE, (lock.relation,))
-                    row = cur.fetchone()
-                    if row:
-                        lock.rows, lock.bytes = (row[0] if row[0] >= 0 else None), row[1]
-                if statement.waits_for:
-                    cur.execute(_OPEN_TRANSACTIONS)
-                    statement.waits_for.append("on the live database right now: " + _open_transactions(cur.fetchall()))
-            estimate.estimate(live, impact.statements, speed)
-        finally:
-            cur.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
+        for statement in impact.statements:
+            for lock in statement.locks + statement.rewrites:
+                cur.execute(_LIVE_SIZE, (estimate.in_schema(lock.relation, schema),))
+                row = cur.fetchone()
+                if row:
+                    lock.rows, lock.bytes = (row[0] if row[0] >= 0 else None), row[1]
+            if statement.waits_for:
+                cur.execute(_OPEN_TRANSACTIONS)
+                statement.waits_for.append("on the live database right now: " + _open_transactions(cur.fetchall()))
+    estimate.estimate(live, impact.statements, speed, schema)
 
 
 def _open_transactions(rows) -> str:

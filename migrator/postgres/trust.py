@@ -14,8 +14,11 @@ from migrator.errors import USAGE, MigratorError
 # The schema, and what in it would run as the migration role when the runner writes or reads its tables: a
 # bookkeeping table owned by a role the user is not (a member of; superusers are trusted), one that is not a plain
 # table, or any trigger, rule or row-level security on one (a policy acts only with it on); and the rights of
-# :rights the user lacks on the tables present. (The runner's tables have no sequence; a column default or
-# sequence is their owner's, the trusted one.) One query, run once per connection, ~1 ms to plan.
+# :rights the user lacks on the tables present; and the schema's owner when it is not trusted the same way (it
+# may drop or replace the runner's tables at any time). public's owner on PostgreSQL 15+, pg_database_owner (the
+# database's owner), is trusted: it already owns the database; before 15 public is the bootstrap superuser's.
+# (The runner's tables have no sequence; a column default or sequence is their owner's, the trusted one.) One
+# query, run once per connection, ~1 ms to plan.
 PLANTED = """
 WITH RECURSIVE mine(oid) AS (
     SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER
@@ -39,8 +42,11 @@ SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE
                 OR (t.relhastriggers AND EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid = t.oid))
              ORDER BY t.name),
        ARRAY(SELECT ARRAY[t.name, r.p] FROM tables t, pg_catalog.unnest(CAST(:rights AS text[])) WITH ORDINALITY r(p, i)
-             WHERE NOT pg_catalog.has_table_privilege(t.oid, r.p) ORDER BY t.name, r.i)
+             WHERE NOT pg_catalog.has_table_privilege(t.oid, r.p) ORDER BY t.name, r.i),
+       CASE WHEN NOT (so.rolsuper OR so.rolname = 'pg_database_owner' OR so.oid IN (SELECT oid FROM mine))
+            THEN so.rolname::text END
 FROM (SELECT CAST(:s AS pg_catalog.name) AS name) s LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
+LEFT JOIN pg_catalog.pg_roles so ON so.oid = n.nspowner
 """
 
 
@@ -50,7 +56,7 @@ RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
 def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS) -> tuple:
     """(the schema exists, the user has USAGE on it, the user, what others planted among its bookkeeping,
-    [table, right] of `rights` the user lacks on the tables present)."""
+    [table, right] of `rights` the user lacks on the tables present, the schema's untrusted owner or None)."""
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
     tables = list(dict.fromkeys([*BOOKKEEPING_TABLES, backend.flyway_table]))  # SCHEMA_TABLE's name too
@@ -82,10 +88,19 @@ def planted_error(schema: str, user: str, planted: list[str], where: str) -> str
             f"not the runner's (as a superuser or the schema's owner), and grant other roles USAGE only on {schema}")
 
 
+def owner_error(schema: str, user: str, owner: str, where: str) -> str:
+    """The one line refusing a schema another role owns."""
+    return (f"refusing the migration history in schema {schema} on {where}: schema {schema} is owned by role {owner}, "
+            f"which may drop or replace the runner's tables (user {user} is not a member of it); as {owner} or a "
+            f"superuser run ALTER SCHEMA {schema} OWNER TO {user}")
+
+
 def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = True) -> tuple:
     """The bookkeeping_state of `schema`; with `refuse`, a MigratorError when others planted objects there or
     the user lacks rights on a table present (`SELECT` to read; SELECT, INSERT, UPDATE, DELETE to write)."""
     state = bookkeeping_state(backend, schema, ("SELECT",) if read_only else RIGHTS)
+    if refuse and state[5]:
+        raise MigratorError(owner_error(schema, state[2], state[5], where), USAGE)
     if refuse and state[3]:
         raise MigratorError(planted_error(schema, state[2], state[3], where), USAGE)
     if refuse and state[1]:  # (without USAGE on the schema, that is said first)

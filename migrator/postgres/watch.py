@@ -7,7 +7,9 @@ percentage of an index build (pg_stat_progress_create_index) or of VACUUM, CLUST
 pid, application_name, user, client address, state, the lock; its query only with --show-blocker-query,
 without literals), so the operator knows what to end. On a
 terminal the line is rewritten every POLL seconds; in a log a timestamped line every LOG_EVERY seconds.
-The watcher never stops a migration: if it cannot read, it says so once and goes quiet.
+The watcher never stops a migration: if it cannot read, it says so once and goes quiet. Its connection
+resolves functions in pg_catalog alone (connection.watcher_params), so relations are named by relname (a
+regclass would print schema-qualified there).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ _PROGRESS = [
 
 # A CONCURRENTLY build's wait for older transactions: the pid it waits for now (no query text).
 _SNAPSHOT_WAIT = """
-SELECT p.command, p.relid::regclass::text, p.phase, p.lockers_done, p.lockers_total, p.current_locker_pid,
+SELECT p.command, (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = p.relid), p.phase, p.lockers_done,
+       p.lockers_total, p.current_locker_pid,
        b.application_name, b.usename, b.state, extract(epoch FROM clock_timestamp() - b.state_change)
 FROM pg_catalog.pg_stat_progress_create_index p
 LEFT JOIN pg_catalog.pg_stat_activity b ON b.pid = p.current_locker_pid
@@ -195,7 +198,8 @@ class Watcher:
 
     def _progress(self, cur, pid: int) -> dict | None:
         for view, command, done, total, rows_done, rows_total in _PROGRESS:
-            cur.execute(f"SELECT {command}, phase, {done}, {total}, {rows_done}, {rows_total}, relid::regclass::text "
+            cur.execute(f"SELECT {command}, phase, {done}, {total}, {rows_done}, {rows_total}, "
+                        "(SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = relid) "
                         f"FROM pg_catalog.{view} WHERE pid = %s", (pid,))
             row = cur.fetchone()
             if row:

@@ -7,7 +7,7 @@ from datetime import datetime
 
 
 class SqlText(str):
-    """A line of SQL a DBA feeds to psql: output.report prints it unmasked but for registered passwords."""
+    """SQL from a migration file, which a DBA feeds to psql: output.report prints it exactly, never masked."""
 
 
 def _time(at: datetime | None) -> str | None:

@@ -141,6 +141,8 @@ def scope(conn) -> Callable[[Item], bool]:
 def _read_only_snapshot(conn):
     """A cursor whose queries share one read-only snapshot (or the caller's transaction, under a savepoint);
     afterwards the session is as it was: the local search_path and, after a failure, the aborted (sub)transaction undone."""
+    import psycopg2
+
     own_transaction = conn.info.transaction_status == 0  # psycopg2's IDLE: one read-only snapshot of our own
     with conn.cursor() as cursor:
         if not own_transaction:
@@ -154,10 +156,16 @@ def _read_only_snapshot(conn):
             yield cursor
             done = True
         finally:
-            if own_transaction:
-                conn.rollback() if not conn.autocommit else cursor.execute("ROLLBACK")
-            elif done or conn.info.transaction_status in (2, 3):  # INTRANS, INERROR
-                cursor.execute("ROLLBACK TO SAVEPOINT hcm_describe; RELEASE SAVEPOINT hcm_describe")
+            try:
+                if own_transaction:
+                    conn.rollback() if not conn.autocommit else cursor.execute("ROLLBACK")
+                elif done or conn.info.transaction_status in (2, 3):  # INTRANS, INERROR
+                    cursor.execute("ROLLBACK TO SAVEPOINT hcm_describe; RELEASE SAVEPOINT hcm_describe")
+            except psycopg2.Error:
+                if done:
+                    raise
+                # the failure inside (a read timeout's one line, a lost connection) is the one to tell: the
+                # cleanup of a connection it closed fails too ("cursor already closed")
 
 
 def _present(*definitions) -> None:

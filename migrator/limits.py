@@ -1,0 +1,61 @@
+"""The run's time and size limits from their options and variables: DDL lock and statement timeouts, the lock
+retry budget, the read timeout, the rewrite threshold."""
+
+from __future__ import annotations
+
+import re
+
+from migrator import durations
+from migrator.env import Env
+from migrator.errors import USAGE, MigratorError
+from migrator.targets import DdlLimits
+
+_ASCII_NUMBER = re.compile(r"[0-9]{1,9}")  # str.isdigit() would take '²'
+
+DEFAULT_READ_TIMEOUT = 60.0  # seconds; catalog reads answer in well under that
+
+
+def read_timeout(env: Env) -> float:
+    """DB_READ_TIMEOUT: seconds a read-only command (status, plan, doctor) waits for any answer; 0: for ever."""
+    value, origin = env.get("DB_READ_TIMEOUT")
+    if value is None:
+        return DEFAULT_READ_TIMEOUT
+    if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]+)?", value.strip()):
+        raise MigratorError(f"{origin}: {value!r} is not a number of seconds; use e.g. 60, or 0 to wait for ever", USAGE)
+    return float(value)
+
+
+def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, env: Env,
+                       lock_retry_budget: str | None = None) -> DdlLimits:
+    """--ddl-lock-timeout / DB_LOCK_TIMEOUT, --statement-timeout / DB_STATEMENT_TIMEOUT and --lock-retry-budget /
+    DB_LOCK_RETRY_BUDGET (PostgreSQL units; 0 = off)."""
+    limits = DdlLimits()
+    for attr, option, option_name, variable in (
+        ("lock_timeout", lock_timeout, "--ddl-lock-timeout", "DB_LOCK_TIMEOUT"),
+        ("statement_timeout", statement_timeout, "--statement-timeout", "DB_STATEMENT_TIMEOUT"),
+        ("lock_retry_budget", lock_retry_budget, "--lock-retry-budget", "DB_LOCK_RETRY_BUDGET"),
+    ):
+        value, origin = (option, option_name) if option else env.get(variable)
+        if value is None:
+            continue
+        try:
+            setattr(limits, attr, durations.pg_duration(value))
+        except ValueError as exc:
+            raise MigratorError(f"{origin}: {exc}", USAGE)
+    return limits
+
+
+def resolve_rewrite_threshold(option: int | None, env: Env) -> int:
+    """--rewrite-threshold-rows / REWRITE_THRESHOLD_ROWS: above this many live rows a rewrite or scan under a lock
+    that stops the application is refused (postgres/rewrites.py); default 10,000."""
+    from migrator.postgres.rewrites import THRESHOLD_ROWS
+
+    if option is not None:
+        return option
+    value, origin = env.get("REWRITE_THRESHOLD_ROWS")
+    if not value:
+        return THRESHOLD_ROWS
+    if not _ASCII_NUMBER.fullmatch(value.strip()):
+        raise MigratorError(f"{origin}: {value!r} is not a number of rows; e.g. 10000 (0 refuses on any non-empty "
+                            "table)", USAGE)
+    return int(value.strip())
