@@ -294,3 +294,51 @@ def test_a_read_only_flyway_file_gets_its_row_after_the_commit(cli, db, tmp_path
     ok(cli("migrate", "--sql-dir", tmp_path / "sql", env=db.db_env()))
     assert [(r[4], r[6]) for r in rows(db)] == [("V1__check.sql", True)]
     assert "0 pending" in ok(cli("status", "--sql-dir", tmp_path / "sql", env=db.db_env())).stdout
+
+
+def test_an_applied_file_renamed_is_never_applied_again_and_a_new_description_is_refused(cli, db, tmp_path):
+    """A history row belongs to its version (Flyway's key), not its script name: `V1` renamed `V01` is the same
+    migration; a new description is refused in one line, as Flyway's validate does."""
+    folder = tmp_path / "main"
+    first = write(folder, "V1__x.sql", "CREATE TABLE x (id INT);\n")
+    write(folder, "V2__seed_a.sql", "INSERT INTO x VALUES (1);\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    first.rename(folder / "V01__x.sql")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert [r[1] for r in rows(db)] == ["1", "2"]
+    (folder / "V2__seed_a.sql").rename(folder / "V2__seed_table_a.sql")
+    status = cli("status", "--sql-dir", folder, env=db.db_env())
+    assert "2 applied, 0 pending" in status.stdout, status.output
+    refused = cli("migrate", "--sql-dir", folder, env=db.db_env())
+    line = one_error_line(refused)
+    assert "V2__seed_table_a.sql" in line and "version 2" in line and "'seed a'" in line and "V2__seed_a.sql" in line
+    assert db.query("SELECT count(*) FROM x") == [(1,)] and len(rows(db)) == 2
+    ok(cli("sql", "accept-changes", "V2__seed_table_a", "--sql-dir", folder, env=db.db_env()))
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert rows(db)[1][2:5] == ("seed table a", "SQL", "V2__seed_table_a.sql")
+    assert db.query("SELECT count(*) FROM x") == [(1,)]
+
+
+def test_a_missing_history_table_is_an_empty_history_for_every_command(cli, db, tmp_path):
+    """A new service with no history yet: another service's yoyo marks of the same file name are not its own."""
+    runner_d, service_e = tmp_path / "d", tmp_path / "e"
+    write(runner_d, "V1__init.sql", "CREATE TABLE d (id INT);\n")
+    write(service_e, "V1__init.sql", "CREATE TABLE e (id INT);\n")
+    ok(cli("migrate", "--sql-dir", runner_d, env={**db.db_env(), "SCHEMA_TABLE": "hist_d"}))
+    status = cli("status", "--sql-dir", service_e, env={**db.db_env(), "SCHEMA_TABLE": "hist_e"})
+    assert "0 applied, 1 pending" in status.stdout and "CHANGED" not in status.stdout, status.output
+    plan = ok(cli("plan", "--sql-dir", service_e, env={**db.db_env(), "SCHEMA_TABLE": "hist_e"}))
+    assert "CREATE TABLE e" in plan.stdout
+
+
+def test_a_wrong_schema_table_is_named_when_another_history_records_this_folder(cli, db, service):
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    wrong = {**db.db_env(), "SCHEMA_TABLE": "wrong_name"}
+    status = cli("status", "--sql-dir", service, env=wrong)
+    assert "0 applied, 7 pending" in status.stdout, status.output
+    doctor = cli("doctor", "--sql-dir", service, env=wrong)
+    assert "but flyway_schema_history records V202301011300__create_facility.sql of this folder applied" in \
+        doctor.stdout and doctor.exit_code != 0, doctor.output
+    refused = cli("migrate", "--sql-dir", service, env=wrong)
+    assert "set SCHEMA_TABLE=flyway_schema_history" in one_error_line(refused)
+    assert db.query("SELECT to_regclass('public.wrong_name') IS NULL") == [(True,)]

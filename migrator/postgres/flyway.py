@@ -157,6 +157,14 @@ def undo_path(path: Path) -> Path:
     return path.with_name("U" + path.name[1:])
 
 
+# The script Flyway records for each file check_names read: its path relative to its location (`seed/V2__a.sql`).
+_SCRIPTS: dict[Path, str] = {}
+
+
+def script(path: Path) -> str:
+    return _SCRIPTS.get(Path(path), Path(path).name)
+
+
 def history_hash(table: str, migration_id: str) -> str:
     """yoyo's key of a Flyway file's mark: its id within its history (the Flyway table it belongs to)."""
     return hashlib.sha256(f"{table}\0{migration_id}".encode()).hexdigest()
