@@ -342,3 +342,19 @@ def test_a_wrong_schema_table_is_named_when_another_history_records_this_folder(
     refused = cli("migrate", "--sql-dir", service, env=wrong)
     assert "set SCHEMA_TABLE=flyway_schema_history" in one_error_line(refused)
     assert db.query("SELECT to_regclass('public.wrong_name') IS NULL") == [(True,)]
+
+
+def test_a_new_services_first_run_never_calls_another_services_history_or_objects_drift(cli, db, tmp_path):
+    service_d, service_f = tmp_path / "d", tmp_path / "f"
+    write(service_d, "V1__d.sql", "CREATE TABLE d_things (id INT);\n")
+    write(service_f, "V1__f.sql", "CREATE TABLE f_things (id INT);\n")
+    ok(cli("migrate", "--sql-dir", service_d, env={**db.db_env(), "SCHEMA_TABLE": "hist_d"}))
+    f_env = {**db.db_env(), "SCHEMA_TABLE": "hist_f"}
+    status = cli("status", "--exit-code", "--sql-dir", service_f, env=f_env)
+    assert "DRIFT" not in status.stdout and "hist_d" not in status.stdout, status.output
+    ok(cli("migrate", "--strict", "--sql-dir", service_f, env=f_env))
+    d_status = cli("status", "--exit-code", "--sql-dir", service_d, env={**db.db_env(), "SCHEMA_TABLE": "hist_d"})
+    assert d_status.exit_code == 0 and "hist_f" not in d_status.stdout, d_status.output
+    db.query("ALTER TABLE f_things ADD COLUMN by_hand INT")  # F's own table changed by hand: still F's drift
+    drifted = cli("status", "--exit-code", "--sql-dir", service_f, env=f_env)
+    assert drifted.exit_code == 5 and "f_things.by_hand added" in drifted.stdout, drifted.output

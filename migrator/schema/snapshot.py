@@ -236,7 +236,9 @@ def live_drift(conn, schema: str, described: Description | None = None) -> Drift
     if expected == live:
         return DriftReport(snapshot, live=live)
     history = _history(conn)
-    own = owned(conn, schema, history) if history else None
+    # A history with nothing recorded as its own yet (a new service, or one Flyway applied before its first run
+    # here) owns nothing yet: never the whole schema, whose other objects are other services'.
+    own = (owned(conn, schema, history) or set()) if history else None
     if own is not None:  # one service's history among several: its own objects only
         expected, compared = expected.only(lambda i: top(i) in own), live.only(lambda i: top(i) in own)
         if expected == compared:
