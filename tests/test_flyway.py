@@ -358,3 +358,11 @@ def test_a_new_services_first_run_never_calls_another_services_history_or_object
     db.query("ALTER TABLE f_things ADD COLUMN by_hand INT")  # F's own table changed by hand: still F's drift
     drifted = cli("status", "--exit-code", "--sql-dir", service_f, env=f_env)
     assert drifted.exit_code == 5 and "f_things.by_hand added" in drifted.stdout, drifted.output
+
+
+def test_a_sql_file_in_a_subfolder_of_a_runner_folder_is_refused_not_skipped(cli, db, tmp_path):
+    folder = tmp_path / "sql"
+    write(folder, "0001_a.sql", "CREATE TABLE a (id INT);\n")
+    write(folder / "later", "0002_b.sql", "CREATE TABLE b (id INT);\n")
+    line = one_error_line(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert "later/0002_b.sql: a migration in a subfolder" in line and "a" not in db.tables()

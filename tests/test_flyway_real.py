@@ -194,3 +194,21 @@ def test_flyway_and_the_runner_at_once_apply_a_migration_once(cli, db, real_flyw
     assert flyway_run.returncode == 0, out + err
     assert db.query("SELECT count(*) FROM a WHERE id = 2") == [(1,)]
     assert [(r[1], r[6]) for r in rows(db)] == [("1", True), ("2", True)]
+
+
+def test_subfolders_are_read_as_flyway_reads_them_and_recorded_with_their_path(cli, db, real_flyway, tmp_path):
+    """Flyway reads a location's subfolders recursively and records `seed/V2__seed.sql`: so does the runner,
+    including the image's layout (/flyway/sql holding main/)."""
+    location = tmp_path / "sql"
+    write(location / "main", "V1__create_a.sql", "CREATE TABLE a (id INT);\n")
+    write(location / "main" / "seed", "V2__seed.sql", "INSERT INTO a VALUES (2);\n")
+    real_flyway(db, location, "migrate")
+    by_flyway = [r[4] for r in rows(db)]
+    assert by_flyway == ["main/V1__create_a.sql", "main/seed/V2__seed.sql"]
+    status = ok(cli("status", "--sql-dir", location, env=db.db_env()))
+    assert "2 applied, 0 pending" in status.stdout, status.stdout
+    write(location / "main" / "seed", "V3__more.sql", "INSERT INTO a VALUES (3);\n")
+    ok(cli("migrate", "--sql-dir", location, env=db.db_env()))
+    assert rows(db)[-1][4] == "main/seed/V3__more.sql"
+    assert db.query("SELECT count(*) FROM a") == [(2,)]
+    assert_flyway_has_nothing_to_do(real_flyway, db, location)

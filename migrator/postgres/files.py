@@ -60,6 +60,13 @@ def check_names(sql_dir: Path) -> list[Path]:
             raise MigratorError(f"{shown}: the runner applies .sql migrations only (a yoyo Python migration would "
                                 "run unreviewed code); write it as SQL or move it out", USAGE)
         match = FILE_NAME.match(path.name)
+        if not match and path.is_dir() and not path.is_symlink() and any(flyway.walk(path)):
+            # a migration there is never silently skipped (the runner's folder is flat); other files (a shared
+            # snippet an NNNN file links to) stay allowed
+            nested = [p for p in flyway.walk(path) if LOOKS_LIKE_MIGRATION.match(p.name) or flyway.parse(p.name)]
+            if nested:
+                raise MigratorError(f"{nested[0]}: a migration in a subfolder of {sql_dir}; the runner reads only the "
+                                    "NNNN_name.sql files directly in its folder: move it up (renumbered) or out", USAGE)
         if not match:
             if LOOKS_LIKE_MIGRATION.match(path.name) or path.suffix.lower() == ".sql":
                 raise MigratorError(f"{shown}: not a valid migration file name; rename it to {VALID_NAME}, "

@@ -33,6 +33,10 @@ VALID_NAME = ("V<version>__<description>.sql, U<version>__<description>.sql or R
               "separated by `.` or `_`; description: letters, digits, spaces, `_ - . , ( ) +`)")
 
 
+# The script Flyway records for each file check_names read: its path relative to its location (`seed/V2__a.sql`).
+_SCRIPTS: dict[Path, str] = {}
+
+
 class Locations(PosixPath):
     """The migrations folder given as Flyway locations: the first one, carrying all of them (`locations`), so
     every command that takes a folder takes several. Paths derived from it are plain ones (no `locations`)."""
@@ -88,11 +92,24 @@ def is_repeatable(migration) -> bool:
     return Path(migration.path).name.startswith("R__")
 
 
+def walk(folder: Path) -> list[Path]:
+    """Every entry of a location and of its subfolders, as Flyway reads them (recursively; a link to a folder
+    is not followed), in name order within each folder."""
+    import os
+
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        found += [Path(root) / name for name in sorted(names)]
+    return found
+
+
 def is_flyway_folder(sql_dir: Path) -> bool:
-    """A folder holding any Flyway-named file (or several locations, which only Flyway folders have)."""
+    """A folder holding any Flyway-named file, in it or a subfolder (the image's /flyway/sql/main), or several
+    locations (which only Flyway folders have)."""
     if hasattr(sql_dir, "locations"):
         return True
-    return sql_dir.is_dir() and any(LOOKS_LIKE.match(p.name) for p in sql_dir.iterdir())
+    return sql_dir.is_dir() and any(LOOKS_LIKE.match(p.name) for p in walk(sql_dir))
 
 
 def is_flyway(migrations) -> bool:
@@ -110,14 +127,12 @@ def check_names(sql_dir: Path) -> list[Path]:
         if not folder.is_dir():
             raise MigratorError(f"migrations folder {folder} not found; check --sql-dir / SQL_DIR / FLYWAY_LOCATIONS",
                                 USAGE)
-        for path in sorted(folder.iterdir()):
-            shown = folder / ascii(path.name)[1:-1]
-            if path.is_dir():
-                continue
+        for path in walk(folder):
+            shown = path.parent / ascii(path.name)[1:-1]
             match = parse(path.name)
             if match is None:
                 if RUNNER_NAME.match(path.name):
-                    example = next((p.name for p in sorted(folder.iterdir()) if LOOKS_LIKE.match(p.name)), "")
+                    example = next((p.name for p in walk(folder) if LOOKS_LIKE.match(p.name)), "")
                     raise MigratorError(f"{folder} mixes the runner's NNNN_name.sql files ({shown.name}) with Flyway's "
                                         f"V<version>__name.sql ({example}); keep one naming scheme per folder", USAGE)
                 if LOOKS_LIKE.match(path.name) or path.suffix.lower() in (".sql", ".py"):
@@ -125,6 +140,7 @@ def check_names(sql_dir: Path) -> list[Path]:
                                         "or move it out of the folder", USAGE)
                 continue
             source_files.check(path, folder)  # a regular file inside its folder (U files too): nothing opened it yet
+            _SCRIPTS[path] = path.relative_to(folder).as_posix()  # what Flyway records: `seed/V2__a.sql`
             if match["kind"] == "R":
                 key = match["description"].replace("_", " ")
                 if key in repeatables:
@@ -155,10 +171,6 @@ def undo_path(path: Path) -> Path:
         if match and match["kind"] == "U" and version_key(match["version"]) == key:
             return candidate
     return path.with_name("U" + path.name[1:])
-
-
-# The script Flyway records for each file check_names read: its path relative to its location (`seed/V2__a.sql`).
-_SCRIPTS: dict[Path, str] = {}
 
 
 def script(path: Path) -> str:
