@@ -366,3 +366,14 @@ def test_a_sql_file_in_a_subfolder_of_a_runner_folder_is_refused_not_skipped(cli
     write(folder / "later", "0002_b.sql", "CREATE TABLE b (id INT);\n")
     line = one_error_line(cli("migrate", "--sql-dir", folder, env=db.db_env()))
     assert "later/0002_b.sql: a migration in a subfolder" in line and "a" not in db.tables()
+
+
+def test_sql_new_three_times_in_one_second_writes_three_free_versions_across_every_location(tmp_path):
+    main, seed = tmp_path / "main", tmp_path / "seed"
+    write(main, "V1__init.sql")
+    write(seed / "nested", "V20250101120001__seed.sql")  # the next second is taken in another location
+    folder = flyway.locations(f"filesystem:{main},filesystem:{seed}")
+    moment = datetime(2025, 1, 1, 12, 0, 0, 500, tzinfo=timezone.utc)
+    written = [flyway.new(folder, f"step_{i}", moment)[0].name for i in range(3)]
+    assert written == ["V20250101120000__step_0.sql", "V20250101120002__step_1.sql", "V20250101120003__step_2.sql"]
+    assert len(flyway.check_names(folder)) == 5

@@ -207,12 +207,17 @@ NEW_UNDO_TEMPLATE = """\
 
 def new(sql_dir: Path, slug: str, now: datetime | None = None) -> tuple[Path, Path]:
     """`V<UTC yyyyMMddHHmmss>__<slug>.sql` and its `U` file in the (first) location."""
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d%H%M%S")
+    from datetime import timedelta
+
+    taken = {version_key(m["version"]) for f in folders(sql_dir) if f.is_dir() for p in walk(f)
+             if (m := VERSIONED.match(p.name))}
+    moment = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    while version_key(moment.strftime("%Y%m%d%H%M%S")) in taken:  # three in one second: the next free one
+        moment += timedelta(seconds=1)
+    stamp = moment.strftime("%Y%m%d%H%M%S")
     folder = folders(sql_dir)[0]
     path = folder / f"V{stamp}__{slug}.sql"
     undo = folder / f"U{stamp}__{slug}.sql"
-    if path.exists() or undo.exists():
-        raise MigratorError(f"{path} already exists; wait a second and run it again", USAGE)
     path.write_text(NEW_TEMPLATE.format(name=path.name, undo=undo.name), encoding="utf-8")
     undo.write_text(NEW_UNDO_TEMPLATE.format(name=path.name), encoding="utf-8")
     return path, undo
