@@ -79,6 +79,10 @@ def test_two_files_of_one_version_are_refused_naming_both(tmp_path, first, secon
     ("V1__bad\nname.sql", "not a valid Flyway migration file name"),
     ("U3__orphan.sql", "an undo file without its migration V3__*.sql"),
     ("0002_old_style.sql", "mixes the runner's NNNN_name.sql files (0002_old_style.sql) with Flyway's"),
+    ("afterMigrate.sql", "afterMigrate.sql: a Flyway callback"),
+    ("beforeMigrate__grants.sql", "the runner does not run callbacks"),
+    ("V2__it's.sql", "no quote, backslash or control character"),
+    ("V2__a\u202eb.sql", "not a valid Flyway migration file name"),  # a bidirectional override
 ])
 def test_misnamed_files_and_mixed_folders_are_refused_in_one_line(cli, tmp_path, name, complaint):
     write(tmp_path, "V1__init.sql")

@@ -212,3 +212,20 @@ def test_subfolders_are_read_as_flyway_reads_them_and_recorded_with_their_path(c
     assert rows(db)[-1][4] == "main/seed/V3__more.sql"
     assert db.query("SELECT count(*) FROM a") == [(2,)]
     assert_flyway_has_nothing_to_do(real_flyway, db, location)
+
+
+def test_names_flyway_accepts_are_taken_and_recorded_as_flyway_records_them(cli, db, real_flyway, tmp_path):
+    folder = tmp_path / "main"
+    write(folder, "V1__a.sql", "CREATE TABLE a (id INT);\n")
+    write(folder, "V2__upper.SQL", "INSERT INTO a VALUES (2);\n")
+    write(folder, "V3__créer_table.sql", "CREATE TABLE créée (id INT);\n")
+    write(folder, "V10__a&b.sql", "INSERT INTO a VALUES (10);\n")
+    write(folder, "V11___lead.sql", "INSERT INTO a VALUES (11);\n")
+    write(folder, "V12__.sql", "INSERT INTO a VALUES (12);\n")
+    real_flyway(db, folder, "migrate", schema="fw", table="hist")
+    ok(cli("migrate", "--sql-dir", folder, env={**db.db_env(), "SCHEMA_NAME": "rn", "SCHEMA_TABLE": "hist",
+                                                "CREATE_SCHEMAS": "true"}))
+    by_flyway = [r[1:] for r in rows(db, "hist", "fw") if r[3] != "SCHEMA"]
+    assert [r[1:] for r in rows(db, "hist", "rn")] == by_flyway
+    assert len(by_flyway) == 6
+    assert_flyway_has_nothing_to_do(real_flyway, db, folder, schema="rn", table="hist")

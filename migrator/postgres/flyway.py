@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path, PosixPath
@@ -18,19 +19,22 @@ from pathlib import Path, PosixPath
 from migrator import source_files
 from migrator.errors import USAGE, MigratorError
 
-# ASCII letters, digits, space, `_ - . , ( ) +` in a description: a name is printed in `plan` (inside SQL
-# comments) and in messages, so a newline or quote must never get that far. ASCII only, to the very end (`\d`
-# takes Arabic-Indic digits, which int() reads as a version; `$` a trailing newline), as the runner's names.
-_DESCRIPTION = r"[A-Za-z0-9][A-Za-z0-9 _.,()+\-]*"
-VERSIONED = re.compile(rf"(?P<kind>[VU])(?P<version>[0-9]+(?:[._][0-9]+)*)__(?P<description>{_DESCRIPTION})\.sql\Z",
-                       re.ASCII)
-REPEATABLE = re.compile(rf"(?P<kind>R)__(?P<description>{_DESCRIPTION})\.sql\Z", re.ASCII)
-# What looks like a Flyway file (and so makes a folder a Flyway folder, or is refused when misspelt): digits of
-# any script, so a misspelt version is refused rather than skipped.
+# A description as Flyway takes it, minus what could break a line: ASCII letters, digits, space and
+# `_ - . , ( ) + &`, and letters of any script (`créer`); empty too (`V9__.sql`). A name is printed in `plan`'s
+# psql script (inside SQL comments) and in messages, so a quote, backslash or control character (a newline, a
+# bidirectional override) never gets that far: the version is ASCII digits only (`\d` takes Arabic-Indic ones,
+# which int() reads) and the name is anchored with \Z (`$` takes a trailing newline).
+_DESCRIPTION = r"(?:[A-Za-z0-9 _.,()+&\-]|[^\x00-\x7f])*"
+VERSIONED = re.compile(rf"(?P<kind>[VU])(?P<version>[0-9]+(?:[._][0-9]+)*)__(?P<description>{_DESCRIPTION})"
+                       r"\.(?i:sql)\Z", re.ASCII)
+REPEATABLE = re.compile(rf"(?P<kind>R)__(?P<description>{_DESCRIPTION})\.(?i:sql)\Z", re.ASCII)
+# Flyway's SQL callbacks (beforeMigrate.sql, afterMigrate__grants.sql, ...): run by Flyway around its commands.
+CALLBACK = re.compile(r"(?:before|after)[A-Za-z]*(?:__.*)?\.sql\Z|createSchema(?:__.*)?\.sql\Z", re.IGNORECASE)
 LOOKS_LIKE = re.compile(r"^[VUR]\d*[._\d]*__")
 RUNNER_NAME = re.compile(r"^\s*\d+_")
 VALID_NAME = ("V<version>__<description>.sql, U<version>__<description>.sql or R__<description>.sql (version: digits "
-              "separated by `.` or `_`; description: letters, digits, spaces, `_ - . , ( ) +`)")
+              "separated by `.` or `_`; description: letters, digits, spaces, `_ - . , ( ) + &`; no quote, "
+              "backslash or control character, since names are printed in plan's psql script)")
 
 
 # The script Flyway records for each file check_names read: its path relative to its location (`seed/V2__a.sql`).
@@ -74,7 +78,11 @@ def version_key(version: str) -> tuple[int, ...]:
 
 
 def parse(name: str) -> re.Match | None:
-    return VERSIONED.match(name) or REPEATABLE.match(name)
+    match = VERSIONED.match(name) or REPEATABLE.match(name)
+    # beyond ASCII, letters (and their accents) only: never a bidirectional override or a line separator
+    if match and all(c.isascii() or unicodedata.category(c)[0] in "LM" for c in match["description"]):
+        return match
+    return None
 
 
 def version_of(migration) -> str | None:
@@ -135,6 +143,10 @@ def check_names(sql_dir: Path) -> list[Path]:
                     example = next((p.name for p in walk(folder) if LOOKS_LIKE.match(p.name)), "")
                     raise MigratorError(f"{folder} mixes the runner's NNNN_name.sql files ({shown.name}) with Flyway's "
                                         f"V<version>__name.sql ({example}); keep one naming scheme per folder", USAGE)
+                if CALLBACK.match(path.name):
+                    raise MigratorError(f"{shown}: a Flyway callback (Flyway runs it around its own commands); the "
+                                        "runner does not run callbacks: move its SQL into a migration (an R__ file "
+                                        "runs again whenever it changes), or move it out of the folder", USAGE)
                 if LOOKS_LIKE.match(path.name) or path.suffix.lower() in (".sql", ".py"):
                     raise MigratorError(f"{shown}: not a valid Flyway migration file name; rename it to {VALID_NAME}, "
                                         "or move it out of the folder", USAGE)

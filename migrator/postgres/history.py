@@ -113,7 +113,7 @@ def books(backend, migrations=None) -> FlywayBooks | None:
     # Flyway's key of a versioned row is its version, not its script name: `V01__x.sql` is `V1__x.sql` applied
     files = {flyway.version_key(v): m for m in migrations or () if (v := flyway.version_of(m))}
     for row in rows:
-        script_id = Path(row.script).name.removesuffix(".sql")
+        script_id = Path(row.script).name[:-len(".sql")] if row.script.lower().endswith(".sql") else row.script
         if row.version and (migration := files.get(flyway.version_key(row.version))) is not None:
             script_id = migration.id
             if row.success and row.type in MIGRATION_TYPES and \
