@@ -381,3 +381,14 @@ def test_sql_new_three_times_in_one_second_writes_three_free_versions_across_eve
     written = [flyway.new(folder, f"step_{i}", moment)[0].name for i in range(3)]
     assert written == ["V20250101120000__step_0.sql", "V20250101120002__step_1.sql", "V20250101120003__step_2.sql"]
     assert len(flyway.check_names(folder)) == 5
+
+
+def test_a_comment_only_flyway_file_is_an_empty_migration_recorded_as_flyway_does(cli, db, tmp_path):
+    folder = tmp_path / "main"
+    write(folder, "V1__a.sql", "CREATE TABLE a (id INT);\n")
+    write(folder, "V2__placeholder.sql", "-- nothing yet\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert [(r[1], r[4], r[6]) for r in rows(db)] == [("1", "V1__a.sql", True), ("2", "V2__placeholder.sql", True)]
+    runner_folder = tmp_path / "sql"
+    write(runner_folder, "0001_placeholder.sql", "-- nothing yet\n")  # the runner's own folder: still refused
+    assert "holds no SQL statement" in one_error_line(cli("migrate", "--sql-dir", runner_folder, env=db.db_env()))

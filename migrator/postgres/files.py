@@ -150,7 +150,7 @@ def _split_and_check(path: Path, in_transaction: bool) -> tuple[list[Statement],
         found = split(read_text(path))
     except SplitError as exc:
         return [], [(exc.line, exc.message)]
-    if not found:
+    if not found and not flyway.parse(path.name):  # (a Flyway file may: Flyway applies and records it, empty)
         return [], [(0, "holds no SQL statement; add its SQL or delete the file (nothing was run)")]
     if not in_transaction:
         return found, []
