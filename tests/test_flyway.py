@@ -392,3 +392,11 @@ def test_a_comment_only_flyway_file_is_an_empty_migration_recorded_as_flyway_doe
     runner_folder = tmp_path / "sql"
     write(runner_folder, "0001_placeholder.sql", "-- nothing yet\n")  # the runner's own folder: still refused
     assert "holds no SQL statement" in one_error_line(cli("migrate", "--sql-dir", runner_folder, env=db.db_env()))
+
+
+def test_a_flyway_placeholder_is_refused_in_one_line_naming_it(cli, db, tmp_path):
+    folder = tmp_path / "main"
+    path = write(folder, "V1__ph.sql", "-- grants\nCREATE TABLE ${flyway:defaultSchema}.t (id INT);\n")
+    line = one_error_line(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert f"{path}:2: ${{flyway:defaultSchema}} is a Flyway placeholder, which the runner does not substitute" in line
+    assert "unqualified names" in line and "t" not in db.tables()
