@@ -400,3 +400,29 @@ def test_a_flyway_placeholder_is_refused_in_one_line_naming_it(cli, db, tmp_path
     line = one_error_line(cli("migrate", "--sql-dir", folder, env=db.db_env()))
     assert f"{path}:2: ${{flyway:defaultSchema}} is a Flyway placeholder, which the runner does not substitute" in line
     assert "unqualified names" in line and "t" not in db.tables()
+
+
+def test_a_single_location_with_a_trailing_newline_is_trimmed(cli, db, tmp_path):
+    folder = tmp_path / "main"
+    write(folder, "V1__a.sql", "CREATE TABLE a (id INT);\n")
+    ok(cli("migrate", env={**db.db_env(), "FLYWAY_LOCATIONS": f"filesystem:{folder}\n"}))
+    assert "a" in db.tables()
+
+
+def test_status_names_this_historys_last_migration_never_another_services(cli, db, tmp_path):
+    service_a, service_b = tmp_path / "a", tmp_path / "b"
+    write(service_b, "V1__b.sql", "CREATE TABLE b (id INT);\n")
+    write(service_a, "V20230101000000__a3.sql", "CREATE TABLE a (id INT);\n")
+    ok(cli("migrate", "--sql-dir", service_b, env={**db.db_env(), "SCHEMA_TABLE": "hist_b"}))
+    ok(cli("migrate", "--sql-dir", service_a, env={**db.db_env(), "SCHEMA_TABLE": "hist_a"}))
+    status = ok(cli("status", "--sql-dir", service_b, env={**db.db_env(), "SCHEMA_TABLE": "hist_b"}))
+    assert "(last migration V1__b)" in status.stdout and "a3" not in status.stdout, status.stdout
+
+
+def test_plan_warns_when_flyway_out_of_order_false_will_make_migrate_refuse(cli, db, service):
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    write(service, "V20230601000000__late_branch.sql", "CREATE TABLE late (id INT);\n")
+    plan = ok(cli("plan", "--sql-dir", service, env={**db.db_env(), "FLYWAY_OUT_OF_ORDER": "false"}))
+    assert "warning: migrate will refuse: V20230601000000__late_branch older than the newest applied" in plan.stderr
+    quiet = ok(cli("plan", "--sql-dir", service, env=db.db_env()))
+    assert "migrate will refuse" not in quiet.stderr

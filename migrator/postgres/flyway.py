@@ -51,7 +51,8 @@ class Locations(PosixPath):
 def locations(value: str | Path) -> Path:
     """`--sql-dir` / SQL_DIR / FLYWAY_LOCATIONS as a folder: `filesystem:` prefixes dropped, commas separating
     several locations (merged in version order by check_names). A `classpath:` location cannot be read here."""
-    parts = [p.strip() for p in str(value).split(",") if p.strip()] if "," in str(value) else [str(value)]
+    # (each trimmed, a single one too: a ConfigMap's block scalar ends FLYWAY_LOCATIONS with a newline)
+    parts = [p.strip() for p in str(value).split(",") if p.strip()] or [str(value)]
     paths = []
     for part in parts:
         if part.startswith("classpath:"):

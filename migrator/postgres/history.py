@@ -378,19 +378,27 @@ def seed_owned(backend, migrations, found: FlywayBooks) -> None:
         snapshot.seed_owned(backend.connection, backend.bookkeeping_schema, found.table, words)
 
 
+def older_than_applied(migrations, applied, pending) -> list[str]:
+    """The pending versioned ids older than the newest applied version (out of order)."""
+    versions = [flyway.version_key(v) for m in migrations if m.id in applied and (v := flyway.version_of(m))]
+    if not versions:
+        return []
+    newest = max(versions)
+    return [m.id for m in pending if (v := flyway.version_of(m)) and flyway.version_key(v) < newest]
+
+
+def out_of_order_refusal(older: list[str]) -> str:
+    return (f"{', '.join(older)} older than the newest applied version and not applied (FLYWAY_OUT_OF_ORDER=false "
+            "refuses them); give them newer versions, or allow out-of-order runs (unset FLYWAY_OUT_OF_ORDER)")
+
+
 def out_of_order(migrations, found: FlywayBooks, pending, notify, allowed: bool) -> None:
     """A pending version older than the newest applied: applied with a note (-outOfOrder=true, as the platform
     runs Flyway), or refused when FLYWAY_OUT_OF_ORDER=false."""
-    applied = [flyway.version_key(v) for m in migrations if m.id in found.applied and (v := flyway.version_of(m))]
-    if not applied:
-        return
-    newest = max(applied)
-    older = [m.id for m in pending if (v := flyway.version_of(m)) and flyway.version_key(v) < newest]
+    older = older_than_applied(migrations, found.applied, pending)
     if not older:
         return
     if not allowed:
-        raise MigratorError(f"{', '.join(older)} older than the newest applied version and not applied "
-                            "(FLYWAY_OUT_OF_ORDER=false refuses them); give them newer versions, or allow "
-                            "out-of-order runs (unset FLYWAY_OUT_OF_ORDER)", USAGE)
+        raise MigratorError(out_of_order_refusal(older), USAGE)
     notify(f"note: {', '.join(older)} older than the newest applied version: applied out of order "
            "(as Flyway's -outOfOrder=true)")
