@@ -426,3 +426,19 @@ def test_plan_warns_when_flyway_out_of_order_false_will_make_migrate_refuse(cli,
     assert "warning: migrate will refuse: V20230601000000__late_branch older than the newest applied" in plan.stderr
     quiet = ok(cli("plan", "--sql-dir", service, env=db.db_env()))
     assert "migrate will refuse" not in quiet.stderr
+
+
+def test_a_flyway_migrate_holding_its_lock_is_waited_for_within_the_lock_timeout_and_named(cli, db, pg, tmp_path):
+    from migrator import pg_lock
+
+    folder = tmp_path / "main"
+    write(folder, "V1__a.sql", "CREATE TABLE a (id INT);\n")
+    key = pg_lock.flyway_lock_key("public", "plan_history")
+    with pg.connect(db.name) as flyway_session, flyway_session.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", (key,))  # as Flyway 10 takes it for public.plan_history
+        refused = cli("migrate", "--lock-timeout", "1", "--sql-dir", folder,
+                      env={**db.db_env(), "SCHEMA_TABLE": "plan_history"})
+    line = one_error_line(refused)
+    assert "holds Flyway's lock on the history public.plan_history" in line and f"advisory lock {key}" in line
+    assert "a" not in db.tables()
+    ok(cli("migrate", "--sql-dir", folder, env={**db.db_env(), "SCHEMA_TABLE": "plan_history"}))
