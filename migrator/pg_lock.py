@@ -67,28 +67,58 @@ class LockWaitInterrupted(MigratorError):
     """SIGTERM came while the runner waited for the lock: nothing of the command ran."""
 
 
+# Flyway 10's lock for a history table (PostgreSQLAdvisoryLockTemplate): this number ("Flyway" in ASCII) plus the
+# Java hashCode of the table as Flyway quotes it ("schema"."table"), a session or transaction advisory lock.
+FLYWAY_LOCK_BASE = 77431708279161
+
+
+def flyway_lock_key(schema: str, table: str) -> int:
+    """The advisory lock Flyway 10 takes while it migrates into `schema`.`table`."""
+    text = '"{}"."{}"'.format(schema, table)
+    units = text.encode("utf-16-be")
+    value = 0
+    for i in range(0, len(units), 2):  # String.hashCode: s[0]*31^(n-1) + ... over UTF-16 units, in an int
+        value = (value * 31 + int.from_bytes(units[i:i + 2], "big")) & 0xFFFF_FFFF
+    return FLYWAY_LOCK_BASE + (value - (1 << 32) if value >= 1 << 31 else value)
+
+
 @contextmanager
 def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str], None]) -> Iterator[None]:
     deadline = time.monotonic() + timeout
     key = lock_key(target.schema or backend.bookkeeping_schema)
+    _wait(backend, target, key, deadline, lambda: (
+        f"another runner holds the migration lock on {target.where} ({holder(backend, key)}; waited {timeout:g} s); "
+        "wait for it to finish and run again, or raise --lock-timeout"))
+    # Flyway's own lock on the history SCHEMA_TABLE names, held for the whole run: a Flyway migrate on the same
+    # history (an init container, a developer) waits for this run, or this run for it; the history is read after.
+    table = getattr(backend, "flyway_table", None)
+    flyway_key = flyway_lock_key(backend.bookkeeping_schema, table) if table else None
+    try:
+        if flyway_key is not None:
+            _wait(backend, target, flyway_key, deadline, lambda: (
+                f"Flyway (or another runner) holds Flyway's lock on the history {backend.bookkeeping_schema}.{table} "
+                f"on {target.where} (advisory lock {flyway_key}, {holder(backend, flyway_key)}; waited {timeout:g} "
+                "s); wait for that Flyway migrate to finish and run again, or raise --lock-timeout"))
+        try:
+            with _interruptible():
+                _clear_dead_runners_row(backend, target, deadline, notify)
+            _proof_column(backend)
+            with backend.lock(timeout=timeout):
+                yield
+        finally:
+            if flyway_key is not None:
+                backend.execute("SELECT pg_advisory_unlock(:key)", {"key": flyway_key})
+    finally:
+        backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key})
+
+
+def _wait(backend, target: PostgresTarget, key: int, deadline: float, message: Callable[[], str]) -> None:
     with _interruptible():
         while not _try(backend, key):
             _stop_if_interrupted(target, lambda: holder(backend, key))
             if time.monotonic() >= deadline:
-                raise MigratorError(
-                    f"another runner holds the migration lock on {target.where} ({holder(backend, key)}; waited "
-                    f"{timeout:g} s); wait for it to finish and run again, or raise --lock-timeout",
-                    LOCKED,
-                )
+                raise MigratorError(message(), LOCKED)
             time.sleep(POLL_SECONDS)
-    try:
-        with _interruptible():
-            _clear_dead_runners_row(backend, target, deadline, notify)
-        _proof_column(backend)
-        with backend.lock(timeout=timeout):
-            yield
-    finally:
-        backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key})
 
 
 def _try(backend, key: int) -> bool:

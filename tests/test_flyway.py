@@ -79,6 +79,10 @@ def test_two_files_of_one_version_are_refused_naming_both(tmp_path, first, secon
     ("V1__bad\nname.sql", "not a valid Flyway migration file name"),
     ("U3__orphan.sql", "an undo file without its migration V3__*.sql"),
     ("0002_old_style.sql", "mixes the runner's NNNN_name.sql files (0002_old_style.sql) with Flyway's"),
+    ("afterMigrate.sql", "afterMigrate.sql: a Flyway callback"),
+    ("beforeMigrate__grants.sql", "the runner does not run callbacks"),
+    ("V2__it's.sql", "no quote, backslash or control character"),
+    ("V2__a\u202eb.sql", "not a valid Flyway migration file name"),  # a bidirectional override
 ])
 def test_misnamed_files_and_mixed_folders_are_refused_in_one_line(cli, tmp_path, name, complaint):
     write(tmp_path, "V1__init.sql")
@@ -294,3 +298,147 @@ def test_a_read_only_flyway_file_gets_its_row_after_the_commit(cli, db, tmp_path
     ok(cli("migrate", "--sql-dir", tmp_path / "sql", env=db.db_env()))
     assert [(r[4], r[6]) for r in rows(db)] == [("V1__check.sql", True)]
     assert "0 pending" in ok(cli("status", "--sql-dir", tmp_path / "sql", env=db.db_env())).stdout
+
+
+def test_an_applied_file_renamed_is_never_applied_again_and_a_new_description_is_refused(cli, db, tmp_path):
+    """A history row belongs to its version (Flyway's key), not its script name: `V1` renamed `V01` is the same
+    migration; a new description is refused in one line, as Flyway's validate does."""
+    folder = tmp_path / "main"
+    first = write(folder, "V1__x.sql", "CREATE TABLE x (id INT);\n")
+    write(folder, "V2__seed_a.sql", "INSERT INTO x VALUES (1);\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    first.rename(folder / "V01__x.sql")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert [r[1] for r in rows(db)] == ["1", "2"]
+    (folder / "V2__seed_a.sql").rename(folder / "V2__seed_table_a.sql")
+    status = cli("status", "--sql-dir", folder, env=db.db_env())
+    assert "2 applied, 0 pending" in status.stdout, status.output
+    refused = cli("migrate", "--sql-dir", folder, env=db.db_env())
+    line = one_error_line(refused)
+    assert "V2__seed_table_a.sql" in line and "version 2" in line and "'seed a'" in line and "V2__seed_a.sql" in line
+    assert db.query("SELECT count(*) FROM x") == [(1,)] and len(rows(db)) == 2
+    ok(cli("sql", "accept-changes", "V2__seed_table_a", "--sql-dir", folder, env=db.db_env()))
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert rows(db)[1][2:5] == ("seed table a", "SQL", "V2__seed_table_a.sql")
+    assert db.query("SELECT count(*) FROM x") == [(1,)]
+
+
+def test_a_missing_history_table_is_an_empty_history_for_every_command(cli, db, tmp_path):
+    """A new service with no history yet: another service's yoyo marks of the same file name are not its own."""
+    runner_d, service_e = tmp_path / "d", tmp_path / "e"
+    write(runner_d, "V1__init.sql", "CREATE TABLE d (id INT);\n")
+    write(service_e, "V1__init.sql", "CREATE TABLE e (id INT);\n")
+    ok(cli("migrate", "--sql-dir", runner_d, env={**db.db_env(), "SCHEMA_TABLE": "hist_d"}))
+    status = cli("status", "--sql-dir", service_e, env={**db.db_env(), "SCHEMA_TABLE": "hist_e"})
+    assert "0 applied, 1 pending" in status.stdout and "CHANGED" not in status.stdout, status.output
+    plan = ok(cli("plan", "--sql-dir", service_e, env={**db.db_env(), "SCHEMA_TABLE": "hist_e"}))
+    assert "CREATE TABLE e" in plan.stdout
+
+
+def test_a_wrong_schema_table_is_named_when_another_history_records_this_folder(cli, db, service):
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    wrong = {**db.db_env(), "SCHEMA_TABLE": "wrong_name"}
+    status = cli("status", "--sql-dir", service, env=wrong)
+    assert "0 applied, 7 pending" in status.stdout, status.output
+    doctor = cli("doctor", "--sql-dir", service, env=wrong)
+    assert "but flyway_schema_history records V202301011300__create_facility.sql of this folder applied" in \
+        doctor.stdout and doctor.exit_code != 0, doctor.output
+    refused = cli("migrate", "--sql-dir", service, env=wrong)
+    assert "set SCHEMA_TABLE=flyway_schema_history" in one_error_line(refused)
+    assert db.query("SELECT to_regclass('public.wrong_name') IS NULL") == [(True,)]
+
+
+def test_a_new_services_first_run_never_calls_another_services_history_or_objects_drift(cli, db, tmp_path):
+    service_d, service_f = tmp_path / "d", tmp_path / "f"
+    write(service_d, "V1__d.sql", "CREATE TABLE d_things (id INT);\n")
+    write(service_f, "V1__f.sql", "CREATE TABLE f_things (id INT);\n")
+    ok(cli("migrate", "--sql-dir", service_d, env={**db.db_env(), "SCHEMA_TABLE": "hist_d"}))
+    f_env = {**db.db_env(), "SCHEMA_TABLE": "hist_f"}
+    status = cli("status", "--exit-code", "--sql-dir", service_f, env=f_env)
+    assert "DRIFT" not in status.stdout and "hist_d" not in status.stdout, status.output
+    ok(cli("migrate", "--strict", "--sql-dir", service_f, env=f_env))
+    d_status = cli("status", "--exit-code", "--sql-dir", service_d, env={**db.db_env(), "SCHEMA_TABLE": "hist_d"})
+    assert d_status.exit_code == 0 and "hist_f" not in d_status.stdout, d_status.output
+    db.query("ALTER TABLE f_things ADD COLUMN by_hand INT")  # F's own table changed by hand: still F's drift
+    drifted = cli("status", "--exit-code", "--sql-dir", service_f, env=f_env)
+    assert drifted.exit_code == 5 and "f_things.by_hand added" in drifted.stdout, drifted.output
+
+
+def test_a_sql_file_in_a_subfolder_of_a_runner_folder_is_refused_not_skipped(cli, db, tmp_path):
+    folder = tmp_path / "sql"
+    write(folder, "0001_a.sql", "CREATE TABLE a (id INT);\n")
+    write(folder / "later", "0002_b.sql", "CREATE TABLE b (id INT);\n")
+    line = one_error_line(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert "later/0002_b.sql: a migration in a subfolder" in line and "a" not in db.tables()
+
+
+def test_sql_new_three_times_in_one_second_writes_three_free_versions_across_every_location(tmp_path):
+    main, seed = tmp_path / "main", tmp_path / "seed"
+    write(main, "V1__init.sql")
+    write(seed / "nested", "V20250101120001__seed.sql")  # the next second is taken in another location
+    folder = flyway.locations(f"filesystem:{main},filesystem:{seed}")
+    moment = datetime(2025, 1, 1, 12, 0, 0, 500, tzinfo=timezone.utc)
+    written = [flyway.new(folder, f"step_{i}", moment)[0].name for i in range(3)]
+    assert written == ["V20250101120000__step_0.sql", "V20250101120002__step_1.sql", "V20250101120003__step_2.sql"]
+    assert len(flyway.check_names(folder)) == 5
+
+
+def test_a_comment_only_flyway_file_is_an_empty_migration_recorded_as_flyway_does(cli, db, tmp_path):
+    folder = tmp_path / "main"
+    write(folder, "V1__a.sql", "CREATE TABLE a (id INT);\n")
+    write(folder, "V2__placeholder.sql", "-- nothing yet\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert [(r[1], r[4], r[6]) for r in rows(db)] == [("1", "V1__a.sql", True), ("2", "V2__placeholder.sql", True)]
+    runner_folder = tmp_path / "sql"
+    write(runner_folder, "0001_placeholder.sql", "-- nothing yet\n")  # the runner's own folder: still refused
+    assert "holds no SQL statement" in one_error_line(cli("migrate", "--sql-dir", runner_folder, env=db.db_env()))
+
+
+def test_a_flyway_placeholder_is_refused_in_one_line_naming_it(cli, db, tmp_path):
+    folder = tmp_path / "main"
+    path = write(folder, "V1__ph.sql", "-- grants\nCREATE TABLE ${flyway:defaultSchema}.t (id INT);\n")
+    line = one_error_line(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert f"{path}:2: ${{flyway:defaultSchema}} is a Flyway placeholder, which the runner does not substitute" in line
+    assert "unqualified names" in line and "t" not in db.tables()
+
+
+def test_a_single_location_with_a_trailing_newline_is_trimmed(cli, db, tmp_path):
+    folder = tmp_path / "main"
+    write(folder, "V1__a.sql", "CREATE TABLE a (id INT);\n")
+    ok(cli("migrate", env={**db.db_env(), "FLYWAY_LOCATIONS": f"filesystem:{folder}\n"}))
+    assert "a" in db.tables()
+
+
+def test_status_names_this_historys_last_migration_never_another_services(cli, db, tmp_path):
+    service_a, service_b = tmp_path / "a", tmp_path / "b"
+    write(service_b, "V1__b.sql", "CREATE TABLE b (id INT);\n")
+    write(service_a, "V20230101000000__a3.sql", "CREATE TABLE a (id INT);\n")
+    ok(cli("migrate", "--sql-dir", service_b, env={**db.db_env(), "SCHEMA_TABLE": "hist_b"}))
+    ok(cli("migrate", "--sql-dir", service_a, env={**db.db_env(), "SCHEMA_TABLE": "hist_a"}))
+    status = ok(cli("status", "--sql-dir", service_b, env={**db.db_env(), "SCHEMA_TABLE": "hist_b"}))
+    assert "(last migration V1__b)" in status.stdout and "a3" not in status.stdout, status.stdout
+
+
+def test_plan_warns_when_flyway_out_of_order_false_will_make_migrate_refuse(cli, db, service):
+    ok(cli("migrate", "--sql-dir", service, env=db.db_env()))
+    write(service, "V20230601000000__late_branch.sql", "CREATE TABLE late (id INT);\n")
+    plan = ok(cli("plan", "--sql-dir", service, env={**db.db_env(), "FLYWAY_OUT_OF_ORDER": "false"}))
+    assert "warning: migrate will refuse: V20230601000000__late_branch older than the newest applied" in plan.stderr
+    quiet = ok(cli("plan", "--sql-dir", service, env=db.db_env()))
+    assert "migrate will refuse" not in quiet.stderr
+
+
+def test_a_flyway_migrate_holding_its_lock_is_waited_for_within_the_lock_timeout_and_named(cli, db, pg, tmp_path):
+    from migrator import pg_lock
+
+    folder = tmp_path / "main"
+    write(folder, "V1__a.sql", "CREATE TABLE a (id INT);\n")
+    key = pg_lock.flyway_lock_key("public", "plan_history")
+    with pg.connect(db.name) as flyway_session, flyway_session.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", (key,))  # as Flyway 10 takes it for public.plan_history
+        refused = cli("migrate", "--lock-timeout", "1", "--sql-dir", folder,
+                      env={**db.db_env(), "SCHEMA_TABLE": "plan_history"})
+    line = one_error_line(refused)
+    assert "holds Flyway's lock on the history public.plan_history" in line and f"advisory lock {key}" in line
+    assert "a" not in db.tables()
+    ok(cli("migrate", "--sql-dir", folder, env={**db.db_env(), "SCHEMA_TABLE": "plan_history"}))

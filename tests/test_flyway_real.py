@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def real_flyway(front, pg):
     lib = fetch_flyway()
 
     def run(db, folder: Path, command: str, *, schema: str | None = None, table: str | None = None,
-            options: tuple[str, ...] = ()) -> dict:
+            options: tuple[str, ...] = (), background: bool = False):
         url = f"jdbc:postgresql://127.0.0.1:{front.port}/{db.name}" + (f"?currentSchema={schema}" if schema else "")
         args = ["java", "-cp", f"{lib}/*", "org.flywaydb.commandline.Main", f"-url={url}", f"-user={pg.user}",
                 f"-locations=filesystem:{folder}", "-baselineOnMigrate=true", "-outOfOrder=true",
@@ -54,8 +55,10 @@ def real_flyway(front, pg):
             args.insert(-1, f"-password={pg.password}")
         if table:
             args.insert(-1, f"-table={table}")
-        done = subprocess.run(args, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "REDGATE_DISABLE_TELEMETRY": "true"})
+        env = {**os.environ, "REDGATE_DISABLE_TELEMETRY": "true"}
+        if background:  # (the caller waits for it)
+            return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
         result = json.loads(done.stdout[done.stdout.index("{"):])
         assert done.returncode == 0 and "error" not in result, done.stdout + done.stderr
         return result
@@ -164,3 +167,65 @@ def test_a_failed_flyway_row_blocks_migrate_until_repaired(cli, db, real_flyway,
     ok(cli("sql", "mark", "V2__half", "--sql-dir", folder, env=db.db_env()))
     assert [r[6] for r in rows(db)] == [True, True]
     assert_flyway_has_nothing_to_do(real_flyway, db, folder)
+
+
+def test_flyway_and_the_runner_at_once_apply_a_migration_once(cli, db, real_flyway, tmp_path):
+    """The runner takes Flyway 10's own advisory lock on the history (its key computed as Flyway does) and reads
+    the history under it: a Flyway migrate in progress is waited for, and what it applied is not applied again."""
+    from migrator import pg_lock
+
+    folder = tmp_path / "main"
+    write(folder, "V1__create_a.sql", "CREATE TABLE a (id INT);\n")
+    write(folder, "V2__slow.sql", "SELECT pg_sleep(4);\nINSERT INTO a VALUES (2);\n")
+    key = pg_lock.flyway_lock_key("public", "flyway_schema_history")
+    flyway_run = real_flyway(db, folder, "migrate", background=True)
+    try:
+        for _ in range(600):  # until Flyway holds its lock (V2 sleeping in it): the key is Flyway's own
+            if db.query(f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                        f"AND classid = {key >> 32} AND objid = {key & 0xFFFFFFFF}") == [(1,)]:
+                break
+            assert flyway_run.poll() is None, flyway_run.communicate()
+            time.sleep(0.1)
+        else:
+            pytest.fail("Flyway never took the advisory lock the runner computes")
+        ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    finally:
+        out, err = flyway_run.communicate(timeout=300)
+    assert flyway_run.returncode == 0, out + err
+    assert db.query("SELECT count(*) FROM a WHERE id = 2") == [(1,)]
+    assert [(r[1], r[6]) for r in rows(db)] == [("1", True), ("2", True)]
+
+
+def test_subfolders_are_read_as_flyway_reads_them_and_recorded_with_their_path(cli, db, real_flyway, tmp_path):
+    """Flyway reads a location's subfolders recursively and records `seed/V2__seed.sql`: so does the runner,
+    including the image's layout (/flyway/sql holding main/)."""
+    location = tmp_path / "sql"
+    write(location / "main", "V1__create_a.sql", "CREATE TABLE a (id INT);\n")
+    write(location / "main" / "seed", "V2__seed.sql", "INSERT INTO a VALUES (2);\n")
+    real_flyway(db, location, "migrate")
+    by_flyway = [r[4] for r in rows(db)]
+    assert by_flyway == ["main/V1__create_a.sql", "main/seed/V2__seed.sql"]
+    status = ok(cli("status", "--sql-dir", location, env=db.db_env()))
+    assert "2 applied, 0 pending" in status.stdout, status.stdout
+    write(location / "main" / "seed", "V3__more.sql", "INSERT INTO a VALUES (3);\n")
+    ok(cli("migrate", "--sql-dir", location, env=db.db_env()))
+    assert rows(db)[-1][4] == "main/seed/V3__more.sql"
+    assert db.query("SELECT count(*) FROM a") == [(2,)]
+    assert_flyway_has_nothing_to_do(real_flyway, db, location)
+
+
+def test_names_flyway_accepts_are_taken_and_recorded_as_flyway_records_them(cli, db, real_flyway, tmp_path):
+    folder = tmp_path / "main"
+    write(folder, "V1__a.sql", "CREATE TABLE a (id INT);\n")
+    write(folder, "V2__upper.SQL", "INSERT INTO a VALUES (2);\n")
+    write(folder, "V3__créer_table.sql", "CREATE TABLE créée (id INT);\n")
+    write(folder, "V10__a&b.sql", "INSERT INTO a VALUES (10);\n")
+    write(folder, "V11___lead.sql", "INSERT INTO a VALUES (11);\n")
+    write(folder, "V12__.sql", "INSERT INTO a VALUES (12);\n")
+    real_flyway(db, folder, "migrate", schema="fw", table="hist")
+    ok(cli("migrate", "--sql-dir", folder, env={**db.db_env(), "SCHEMA_NAME": "rn", "SCHEMA_TABLE": "hist",
+                                                "CREATE_SCHEMAS": "true"}))
+    by_flyway = [r[1:] for r in rows(db, "hist", "fw") if r[3] != "SCHEMA"]
+    assert [r[1:] for r in rows(db, "hist", "rn")] == by_flyway
+    assert len(by_flyway) == 6
+    assert_flyway_has_nothing_to_do(real_flyway, db, folder, schema="rn", table="hist")

@@ -173,6 +173,7 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
         with postgres.connect(target, read_only=True) as backend:
             todo = postgres.pending(backend, migrations)
             drift = [s for s in postgres.status(backend, migrations) if s.changed]
+            _warn_out_of_order(settings, backend, migrations, todo)
             schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described)
             postgres.load_migrations(todo)
             verdicts = rewrites.judge(backend.connection, todo, threshold=settings.rewrite_threshold(),
@@ -186,6 +187,17 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
     if mongo_dry_run:
         settings.show(_mongo_plan(settings, mongo_target))
     return report
+
+
+def _warn_out_of_order(settings: CommandSettings, backend, migrations, todo) -> None:
+    """FLYWAY_OUT_OF_ORDER=false: plan says now what migrate will refuse."""
+    from migrator import postgres
+    from migrator.postgres import history
+
+    if not backend.out_of_order and history.flyway.is_flyway(migrations):
+        older = history.older_than_applied(migrations, postgres.applied_ids(backend, migrations), todo)
+        if older:
+            settings.note(f"warning: migrate will refuse: {history.out_of_order_refusal(older)}")
 
 
 def impact(settings: CommandSettings, scratch_url: str | None) -> ImpactReport:

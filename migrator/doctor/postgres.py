@@ -308,7 +308,12 @@ def _flyway_history(report: DoctorReport, backend, migrations, todo) -> None:
         return
     found = postgres.bookkeeping(backend, migrations).flyway
     where = f"{backend.bookkeeping_schema}.{history.table_name(backend)}"
-    if found is None:
+    other = history.other_history(backend, migrations) if found is None else None
+    if other is not None:
+        report.add(Check("flyway history", FAIL, f"no {where}, but {other[0]} records {other[1]} of this folder "
+                                                 "applied: the next migrate refuses (SCHEMA_TABLE most likely names "
+                                                 "the wrong history)", f"set SCHEMA_TABLE={other[0]}"))
+    elif found is None:
         report.add(Check("flyway history", OK, f"no {where} yet: the next migrate creates it in Flyway 10's format and "
                                                f"records each of the {len(todo)} migration(s) it applies there"))
     elif found.failed:

@@ -60,6 +60,13 @@ def check_names(sql_dir: Path) -> list[Path]:
             raise MigratorError(f"{shown}: the runner applies .sql migrations only (a yoyo Python migration would "
                                 "run unreviewed code); write it as SQL or move it out", USAGE)
         match = FILE_NAME.match(path.name)
+        if not match and path.is_dir() and not path.is_symlink() and any(flyway.walk(path)):
+            # a migration there is never silently skipped (the runner's folder is flat); other files (a shared
+            # snippet an NNNN file links to) stay allowed
+            nested = [p for p in flyway.walk(path) if LOOKS_LIKE_MIGRATION.match(p.name) or flyway.parse(p.name)]
+            if nested:
+                raise MigratorError(f"{nested[0]}: a migration in a subfolder of {sql_dir}; the runner reads only the "
+                                    "NNNN_name.sql files directly in its folder: move it up (renumbered) or out", USAGE)
         if not match:
             if LOOKS_LIKE_MIGRATION.match(path.name) or path.suffix.lower() == ".sql":
                 raise MigratorError(f"{shown}: not a valid migration file name; rename it to {VALID_NAME}, "
@@ -138,12 +145,24 @@ def problems(path: Path, *, in_transaction: bool) -> list[tuple[int, str]]:
     return _split_and_check(path, in_transaction)[1]
 
 
+# Flyway's placeholders (`${flyway:defaultSchema}`, `${name}`): Flyway replaces them anywhere in a file, and fails
+# on one it has no value for; psql would read `:defaultSchema` as its own variable. Not substituted here.
+FLYWAY_PLACEHOLDER = re.compile(r"\$\{[^}\n]*\}")
+
+
 def _split_and_check(path: Path, in_transaction: bool) -> tuple[list[Statement], list[tuple[int, str]]]:
+    text = read_text(path)
+    placeholder = FLYWAY_PLACEHOLDER.search(text) if flyway.parse(path.name) else None
+    if placeholder:
+        return [], [(newlines(text, 0, placeholder.start()) + 1,
+                     f"{visible(placeholder.group())} is a Flyway placeholder, which the runner does not substitute; "
+                     "write the SQL without it (the session's search_path is already the target schema: use "
+                     "unqualified names for ${flyway:defaultSchema}, current_user for ${flyway:user})")]
     try:
-        found = split(read_text(path))
+        found = split(text)
     except SplitError as exc:
         return [], [(exc.line, exc.message)]
-    if not found:
+    if not found and not flyway.parse(path.name):  # (a Flyway file may: Flyway applies and records it, empty)
         return [], [(0, "holds no SQL statement; add its SQL or delete the file (nothing was run)")]
     if not in_transaction:
         return found, []

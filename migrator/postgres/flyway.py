@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path, PosixPath
@@ -18,19 +19,26 @@ from pathlib import Path, PosixPath
 from migrator import source_files
 from migrator.errors import USAGE, MigratorError
 
-# ASCII letters, digits, space, `_ - . , ( ) +` in a description: a name is printed in `plan` (inside SQL
-# comments) and in messages, so a newline or quote must never get that far. ASCII only, to the very end (`\d`
-# takes Arabic-Indic digits, which int() reads as a version; `$` a trailing newline), as the runner's names.
-_DESCRIPTION = r"[A-Za-z0-9][A-Za-z0-9 _.,()+\-]*"
-VERSIONED = re.compile(rf"(?P<kind>[VU])(?P<version>[0-9]+(?:[._][0-9]+)*)__(?P<description>{_DESCRIPTION})\.sql\Z",
-                       re.ASCII)
-REPEATABLE = re.compile(rf"(?P<kind>R)__(?P<description>{_DESCRIPTION})\.sql\Z", re.ASCII)
-# What looks like a Flyway file (and so makes a folder a Flyway folder, or is refused when misspelt): digits of
-# any script, so a misspelt version is refused rather than skipped.
+# A description as Flyway takes it, minus what could break a line: ASCII letters, digits, space and
+# `_ - . , ( ) + &`, and letters of any script (`créer`); empty too (`V9__.sql`). A name is printed in `plan`'s
+# psql script (inside SQL comments) and in messages, so a quote, backslash or control character (a newline, a
+# bidirectional override) never gets that far: the version is ASCII digits only (`\d` takes Arabic-Indic ones,
+# which int() reads) and the name is anchored with \Z (`$` takes a trailing newline).
+_DESCRIPTION = r"(?:[A-Za-z0-9 _.,()+&\-]|[^\x00-\x7f])*"
+VERSIONED = re.compile(rf"(?P<kind>[VU])(?P<version>[0-9]+(?:[._][0-9]+)*)__(?P<description>{_DESCRIPTION})"
+                       r"\.(?i:sql)\Z", re.ASCII)
+REPEATABLE = re.compile(rf"(?P<kind>R)__(?P<description>{_DESCRIPTION})\.(?i:sql)\Z", re.ASCII)
+# Flyway's SQL callbacks (beforeMigrate.sql, afterMigrate__grants.sql, ...): run by Flyway around its commands.
+CALLBACK = re.compile(r"(?:before|after)[A-Za-z]*(?:__.*)?\.sql\Z|createSchema(?:__.*)?\.sql\Z", re.IGNORECASE)
 LOOKS_LIKE = re.compile(r"^[VUR]\d*[._\d]*__")
 RUNNER_NAME = re.compile(r"^\s*\d+_")
 VALID_NAME = ("V<version>__<description>.sql, U<version>__<description>.sql or R__<description>.sql (version: digits "
-              "separated by `.` or `_`; description: letters, digits, spaces, `_ - . , ( ) +`)")
+              "separated by `.` or `_`; description: letters, digits, spaces, `_ - . , ( ) + &`; no quote, "
+              "backslash or control character, since names are printed in plan's psql script)")
+
+
+# The script Flyway records for each file check_names read: its path relative to its location (`seed/V2__a.sql`).
+_SCRIPTS: dict[Path, str] = {}
 
 
 class Locations(PosixPath):
@@ -43,7 +51,8 @@ class Locations(PosixPath):
 def locations(value: str | Path) -> Path:
     """`--sql-dir` / SQL_DIR / FLYWAY_LOCATIONS as a folder: `filesystem:` prefixes dropped, commas separating
     several locations (merged in version order by check_names). A `classpath:` location cannot be read here."""
-    parts = [p.strip() for p in str(value).split(",") if p.strip()] if "," in str(value) else [str(value)]
+    # (each trimmed, a single one too: a ConfigMap's block scalar ends FLYWAY_LOCATIONS with a newline)
+    parts = [p.strip() for p in str(value).split(",") if p.strip()] or [str(value)]
     paths = []
     for part in parts:
         if part.startswith("classpath:"):
@@ -70,7 +79,11 @@ def version_key(version: str) -> tuple[int, ...]:
 
 
 def parse(name: str) -> re.Match | None:
-    return VERSIONED.match(name) or REPEATABLE.match(name)
+    match = VERSIONED.match(name) or REPEATABLE.match(name)
+    # beyond ASCII, letters (and their accents) only: never a bidirectional override or a line separator
+    if match and all(c.isascii() or unicodedata.category(c)[0] in "LM" for c in match["description"]):
+        return match
+    return None
 
 
 def version_of(migration) -> str | None:
@@ -88,11 +101,24 @@ def is_repeatable(migration) -> bool:
     return Path(migration.path).name.startswith("R__")
 
 
+def walk(folder: Path) -> list[Path]:
+    """Every entry of a location and of its subfolders, as Flyway reads them (recursively; a link to a folder
+    is not followed), in name order within each folder."""
+    import os
+
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        found += [Path(root) / name for name in sorted(names)]
+    return found
+
+
 def is_flyway_folder(sql_dir: Path) -> bool:
-    """A folder holding any Flyway-named file (or several locations, which only Flyway folders have)."""
+    """A folder holding any Flyway-named file, in it or a subfolder (the image's /flyway/sql/main), or several
+    locations (which only Flyway folders have)."""
     if hasattr(sql_dir, "locations"):
         return True
-    return sql_dir.is_dir() and any(LOOKS_LIKE.match(p.name) for p in sql_dir.iterdir())
+    return sql_dir.is_dir() and any(LOOKS_LIKE.match(p.name) for p in walk(sql_dir))
 
 
 def is_flyway(migrations) -> bool:
@@ -110,21 +136,24 @@ def check_names(sql_dir: Path) -> list[Path]:
         if not folder.is_dir():
             raise MigratorError(f"migrations folder {folder} not found; check --sql-dir / SQL_DIR / FLYWAY_LOCATIONS",
                                 USAGE)
-        for path in sorted(folder.iterdir()):
-            shown = folder / ascii(path.name)[1:-1]
-            if path.is_dir():
-                continue
+        for path in walk(folder):
+            shown = path.parent / ascii(path.name)[1:-1]
             match = parse(path.name)
             if match is None:
                 if RUNNER_NAME.match(path.name):
-                    example = next((p.name for p in sorted(folder.iterdir()) if LOOKS_LIKE.match(p.name)), "")
+                    example = next((p.name for p in walk(folder) if LOOKS_LIKE.match(p.name)), "")
                     raise MigratorError(f"{folder} mixes the runner's NNNN_name.sql files ({shown.name}) with Flyway's "
                                         f"V<version>__name.sql ({example}); keep one naming scheme per folder", USAGE)
+                if CALLBACK.match(path.name):
+                    raise MigratorError(f"{shown}: a Flyway callback (Flyway runs it around its own commands); the "
+                                        "runner does not run callbacks: move its SQL into a migration (an R__ file "
+                                        "runs again whenever it changes), or move it out of the folder", USAGE)
                 if LOOKS_LIKE.match(path.name) or path.suffix.lower() in (".sql", ".py"):
                     raise MigratorError(f"{shown}: not a valid Flyway migration file name; rename it to {VALID_NAME}, "
                                         "or move it out of the folder", USAGE)
                 continue
             source_files.check(path, folder)  # a regular file inside its folder (U files too): nothing opened it yet
+            _SCRIPTS[path] = path.relative_to(folder).as_posix()  # what Flyway records: `seed/V2__a.sql`
             if match["kind"] == "R":
                 key = match["description"].replace("_", " ")
                 if key in repeatables:
@@ -157,6 +186,10 @@ def undo_path(path: Path) -> Path:
     return path.with_name("U" + path.name[1:])
 
 
+def script(path: Path) -> str:
+    return _SCRIPTS.get(Path(path), Path(path).name)
+
+
 def history_hash(table: str, migration_id: str) -> str:
     """yoyo's key of a Flyway file's mark: its id within its history (the Flyway table it belongs to)."""
     return hashlib.sha256(f"{table}\0{migration_id}".encode()).hexdigest()
@@ -187,12 +220,17 @@ NEW_UNDO_TEMPLATE = """\
 
 def new(sql_dir: Path, slug: str, now: datetime | None = None) -> tuple[Path, Path]:
     """`V<UTC yyyyMMddHHmmss>__<slug>.sql` and its `U` file in the (first) location."""
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d%H%M%S")
+    from datetime import timedelta
+
+    taken = {version_key(m["version"]) for f in folders(sql_dir) if f.is_dir() for p in walk(f)
+             if (m := VERSIONED.match(p.name))}
+    moment = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    while version_key(moment.strftime("%Y%m%d%H%M%S")) in taken:  # three in one second: the next free one
+        moment += timedelta(seconds=1)
+    stamp = moment.strftime("%Y%m%d%H%M%S")
     folder = folders(sql_dir)[0]
     path = folder / f"V{stamp}__{slug}.sql"
     undo = folder / f"U{stamp}__{slug}.sql"
-    if path.exists() or undo.exists():
-        raise MigratorError(f"{path} already exists; wait a second and run it again", USAGE)
     path.write_text(NEW_TEMPLATE.format(name=path.name, undo=undo.name), encoding="utf-8")
     undo.write_text(NEW_UNDO_TEMPLATE.format(name=path.name), encoding="utf-8")
     return path, undo

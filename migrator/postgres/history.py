@@ -73,6 +73,7 @@ class FlywayBooks:
     failed: dict[str, Row] = field(default_factory=dict)
     stale: set[str] = field(default_factory=set)  # repeatables applied once, whose file changed since: to run again
     baseline: str | None = None
+    renamed: dict[str, Row] = field(default_factory=dict)  # id -> the applied row of its version, another description
 
 
 def _table(schema: str, table: str):
@@ -109,8 +110,17 @@ def books(backend, migrations=None) -> FlywayBooks | None:
     found = FlywayBooks(table_name(backend), rows)
     repeatable_sums: dict[str, int | None] = {}
     versions = {}  # version -> the script id applied for it (an undo or a deletion takes it back)
+    # Flyway's key of a versioned row is its version, not its script name: `V01__x.sql` is `V1__x.sql` applied
+    files = {flyway.version_key(v): m for m in migrations or () if (v := flyway.version_of(m))}
     for row in rows:
-        script_id = Path(row.script).name.removesuffix(".sql")
+        script_id = Path(row.script).name[:-len(".sql")] if row.script.lower().endswith(".sql") else row.script
+        if row.version and (migration := files.get(flyway.version_key(row.version))) is not None:
+            script_id = migration.id
+            if row.success and row.type in MIGRATION_TYPES and \
+                    row.description != flyway.description(Path(migration.path).name):
+                found.renamed[script_id] = row
+            else:
+                found.renamed.pop(script_id, None)
         if row.type in ("BASELINE", "SQL_BASELINE") and row.version:
             found.baseline = row.version
         elif row.type in ("UNDO_SQL", "DELETE") and row.version:
@@ -143,11 +153,16 @@ def books(backend, migrations=None) -> FlywayBooks | None:
 
 
 def drifted(migrations, found: FlywayBooks):
-    """Applied versioned files whose Flyway checksum differs from the recorded one."""
+    """Applied versioned files whose Flyway checksum (or description: a renamed file) differs from the recorded."""
     from migrator.checksums import Drift
 
     drift = []
     for migration in migrations:
+        if migration.id in found.renamed:
+            row = found.renamed[migration.id]
+            drift.append(Drift(migration.id, Path(migration.path), f"description {row.description!r}",
+                               f"description {flyway.description(Path(migration.path).name)!r}"))
+            continue
         recorded = found.crcs.get(migration.id)
         if recorded is not None:
             current = flyway.checksum(Path(migration.path))
@@ -166,6 +181,69 @@ def refuse_failed(found: FlywayBooks, pending_ids: set[str], where: str) -> None
             f"committed is unknown; finish or undo it by hand, then `runner.py sql mark "
             f"'{script_id}'` (records it applied, as `flyway repair` then a manual insert would) or `runner.py sql "
             f"repair` (removes the failed row, so migrate runs it again)", USAGE)
+
+
+def refuse_renamed(found: FlywayBooks, migrations) -> None:
+    """An applied version whose file now has another description: refused as Flyway's validate does (never
+    applied again: the row is the version's)."""
+    for migration in migrations:
+        row = found.renamed.get(migration.id)
+        if row is not None:
+            raise MigratorError(
+                f"{migration.path}: version {row.version} is applied ({found.table} installed_rank {row.rank}, "
+                f"script {row.script}) with the description {row.description!r}; a renamed applied migration is "
+                f"refused as Flyway's validate does: rename it back to {row.script}, or after review run `runner.py "
+                f"sql accept-changes {migration.id}` (records the new name, as `flyway repair`)", USAGE)
+
+
+# Flyway's history columns: a table with all of them is a history (some service's), whatever its name.
+COLUMNS = ("installed_rank", "version", "description", "type", "script", "checksum", "installed_by",
+           "installed_on", "execution_time", "success")
+TABLES = """
+SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0
+WHERE n.nspname OPERATOR(pg_catalog.=) %s AND c.relkind IN ('r', 'p') AND a.attname OPERATOR(pg_catalog.=) ANY(%s)
+GROUP BY c.relname HAVING pg_catalog.count(*) OPERATOR(pg_catalog.=) %s ORDER BY 1
+"""
+
+
+def history_tables(connection, schema: str) -> list[str]:
+    """Every Flyway-shaped history table in the schema (each service's, and the runner's)."""
+    with connection.cursor() as cursor:
+        cursor.execute(TABLES, (schema, list(COLUMNS), len(COLUMNS)))
+        return [name for (name,) in cursor.fetchall()]
+
+
+def other_history(backend, migrations) -> tuple[str, str] | None:
+    """(another history table, the file it records) when this folder's history table is missing but another
+    Flyway-shaped table in the schema records this folder's first version with this very file's checksum: most
+    likely SCHEMA_TABLE names the wrong table (as Flyway, migrate would re-apply everything)."""
+    from psycopg2 import sql
+
+    first = next((m for m in migrations if flyway.version_of(m)), None)
+    if first is None:
+        return None
+    key, crc = flyway.version_key(flyway.version_of(first)), flyway.checksum(Path(first.path))
+    schema = backend.bookkeeping_schema
+    for table in history_tables(backend.connection, schema):
+        if table == table_name(backend):
+            continue
+        with backend.connection.cursor() as cursor:
+            cursor.execute(sql.SQL("SELECT version, checksum FROM {table} WHERE success AND version IS NOT NULL")
+                           .format(table=_table(schema, table)))
+            if any(v and flyway.version_key(v) == key and c == crc for v, c in cursor.fetchall()):
+                return table, Path(first.path).name
+    return None
+
+
+def refuse_other_table(backend, migrations) -> None:
+    other = other_history(backend, migrations)
+    if other is not None:
+        raise MigratorError(
+            f"no {table_name(backend)} in schema {backend.bookkeeping_schema}, but {other[0]} there records "
+            f"{other[1]} of this folder applied: SCHEMA_TABLE={table_name(backend)} most likely names the wrong "
+            f"history; set SCHEMA_TABLE={other[0]} (or drop what {other[0]} applied before starting a new history)",
+            USAGE)
 
 
 def ensure_table(backend) -> None:
@@ -194,7 +272,7 @@ def record(connection, schema: str, table: str, path: Path, milliseconds: int) -
     with connection.cursor() as cursor:
         _create(cursor, schema, table)
         cursor.execute(sql.SQL(INSERT).format(table=_table(schema, table)),
-                       (version, flyway.description(path.name), path.name, flyway.checksum(path), milliseconds))
+                       (version, flyway.description(path.name), flyway.script(path), flyway.checksum(path), milliseconds))
 
 
 def record_after_commit(backend, path: Path, rolled_back: bool) -> None:
@@ -212,7 +290,7 @@ def forget(connection, schema: str, table: str, path: Path) -> None:
 
     with connection.cursor() as cursor:
         cursor.execute(sql.SQL("DELETE FROM {table} WHERE script = %s").format(table=_table(schema, table)),
-                       (path.name,))
+                       (flyway.script(path),))
 
 
 def mark(backend, selected) -> None:
@@ -240,15 +318,25 @@ def forget_failed(backend, ids: list[str]) -> int:
 
 
 def accept(backend, selected) -> None:
-    """`sql accept-changes`: the latest row of each file takes its current checksum (as `flyway repair`)."""
+    """`sql accept-changes`: the latest row of each file takes its current checksum, description and script
+    (as `flyway repair`); a versioned file's row is found by its version, a repeatable's by its script."""
     from psycopg2 import sql
 
+    found = books(backend, selected)
+    by_script = {Path(row.script).name: row for row in (found.rows if found else ()) if row.success}
+    by_version = {flyway.version_key(row.version): row for row in (found.rows if found else ())
+                  if row.success and row.version and row.type in MIGRATION_TYPES}
     with backend.transaction(), backend.connection.cursor() as cursor:
         for migration in selected:
             path = Path(migration.path)
-            cursor.execute(sql.SQL("UPDATE {table} SET checksum = %s WHERE installed_rank = (SELECT "
-                                   "pg_catalog.max(installed_rank) FROM {table} WHERE script = %s AND success)").format(
-                table=_table(backend.bookkeeping_schema, table_name(backend))), (flyway.checksum(path), path.name))
+            version = flyway.version_of(migration)
+            row = by_version.get(flyway.version_key(version)) if version else by_script.get(path.name)
+            if row is None:
+                continue
+            cursor.execute(sql.SQL("UPDATE {table} SET checksum = %s, description = %s, script = %s "
+                                   "WHERE installed_rank = %s").format(
+                table=_table(backend.bookkeeping_schema, table_name(backend))),
+                (flyway.checksum(path), flyway.description(path.name), flyway.script(path), row.rank))
 
 
 def sync(backend, migrations, found: FlywayBooks, notify) -> None:
@@ -290,19 +378,27 @@ def seed_owned(backend, migrations, found: FlywayBooks) -> None:
         snapshot.seed_owned(backend.connection, backend.bookkeeping_schema, found.table, words)
 
 
+def older_than_applied(migrations, applied, pending) -> list[str]:
+    """The pending versioned ids older than the newest applied version (out of order)."""
+    versions = [flyway.version_key(v) for m in migrations if m.id in applied and (v := flyway.version_of(m))]
+    if not versions:
+        return []
+    newest = max(versions)
+    return [m.id for m in pending if (v := flyway.version_of(m)) and flyway.version_key(v) < newest]
+
+
+def out_of_order_refusal(older: list[str]) -> str:
+    return (f"{', '.join(older)} older than the newest applied version and not applied (FLYWAY_OUT_OF_ORDER=false "
+            "refuses them); give them newer versions, or allow out-of-order runs (unset FLYWAY_OUT_OF_ORDER)")
+
+
 def out_of_order(migrations, found: FlywayBooks, pending, notify, allowed: bool) -> None:
     """A pending version older than the newest applied: applied with a note (-outOfOrder=true, as the platform
     runs Flyway), or refused when FLYWAY_OUT_OF_ORDER=false."""
-    applied = [flyway.version_key(v) for m in migrations if m.id in found.applied and (v := flyway.version_of(m))]
-    if not applied:
-        return
-    newest = max(applied)
-    older = [m.id for m in pending if (v := flyway.version_of(m)) and flyway.version_key(v) < newest]
+    older = older_than_applied(migrations, found.applied, pending)
     if not older:
         return
     if not allowed:
-        raise MigratorError(f"{', '.join(older)} older than the newest applied version and not applied "
-                            "(FLYWAY_OUT_OF_ORDER=false refuses them); give them newer versions, or allow "
-                            "out-of-order runs (unset FLYWAY_OUT_OF_ORDER)", USAGE)
+        raise MigratorError(out_of_order_refusal(older), USAGE)
     notify(f"note: {', '.join(older)} older than the newest applied version: applied out of order "
            "(as Flyway's -outOfOrder=true)")

@@ -64,10 +64,10 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
         books.flyway = history.books(backend, migrations)
     if migrations is not None and flyway_folder:
         history.scope_drift(backend)  # this history's objects are its drift, not the whole schema's
-    if books.flyway is not None and migrations is not None:
-        # A Flyway folder's record is Flyway's table alone: yoyo's marks and the runner's checksums of another
-        # service in the same schema (a file name both use) are not this folder's.
-        books.applied, books.sums = dict(books.flyway.applied), {}
+    if flyway_folder and migrations is not None:
+        # A Flyway folder's record is Flyway's table alone (none yet: an empty history): yoyo's marks and the
+        # runner's checksums of another service in the same schema (a file name both use) are not this folder's.
+        books.applied, books.sums = dict(books.flyway.applied) if books.flyway else {}, {}
     if books.flyway is not None:
         for script_id in books.flyway.stale:
             books.applied.pop(script_id, None)
@@ -133,6 +133,7 @@ def reconcile(backend, migrations, notify) -> list:
 
     books = bookkeeping(backend, migrations)
     if books.flyway is None and history.flyway.is_flyway(migrations):
+        history.refuse_other_table(backend, migrations)
         history.ensure_table(backend)  # the history of record from the first run on, as Flyway would make it
         books = bookkeeping(backend, migrations)
     if books.flyway is not None:
@@ -140,6 +141,7 @@ def reconcile(backend, migrations, notify) -> list:
         history.seed_owned(backend, migrations, books.flyway)
         pending_ids = {m.id for m in migrations if m.id not in books.applied}
         history.refuse_failed(books.flyway, pending_ids, backend.bookkeeping_schema)
+        history.refuse_renamed(books.flyway, migrations)
         history.out_of_order(migrations, books.flyway, [m for m in migrations if m.id in pending_ids], notify,
                              backend.out_of_order)
         return drift_of(migrations, books)

@@ -16,7 +16,13 @@ BOOKKEEPING_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_loc
 # runner's connection as hcm.flyway_table).
 NOT_BOOKKEEPING = ("NOT (c.relnamespace = ANY(CAST(%(bookkeeping)s AS oid[])) AND c.relname IN ("
                    + ", ".join(f"'{t}'" for t in BOOKKEEPING_TABLES)
-                   + ", coalesce(pg_catalog.current_setting('hcm.flyway_table', true), '')))")
+                   + ", coalesce(pg_catalog.current_setting('hcm.flyway_table', true), '')))"
+                   # and every Flyway-shaped history there, whatever SCHEMA_TABLE named it (each service's own)
+                   " AND NOT (c.relnamespace = ANY(CAST(%(bookkeeping)s AS oid[])) AND c.relkind IN ('r', 'p') AND "
+                   "(SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute fa WHERE fa.attrelid = c.oid AND "
+                   "fa.attnum > 0 AND NOT fa.attisdropped AND fa.attname IN ('installed_rank', 'version', "
+                   "'description', 'type', 'script', 'checksum', 'installed_by', 'installed_on', 'execution_time', "
+                   "'success')) = 10)")
 QUALIFIED = "quote_ident(n.nspname) || '.' || quote_ident({name})"
 
 # Where yoyo's tables are (as the runner's connection pins it), else the session's current schema.

@@ -9,7 +9,7 @@ migration, when, by whom and why. Reading it and checking drift write nothing.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from migrator import checksums, whoami
@@ -150,6 +150,20 @@ def top(item: Item) -> str:
     return item.parent or top_key(item.kind, item.name)
 
 
+def _last_of(conn, schema: str, history: str) -> str | None:
+    """The newest migration a (Flyway-shaped) history records applied, as an id (`V2__a`), or None."""
+    with conn.cursor() as cursor:
+        if not _exists(cursor, schema, history):
+            return None
+        cursor.execute(_sql("SELECT script FROM {schema}.{table} WHERE success AND type <> 'SCHEMA' "
+                            "ORDER BY installed_rank DESC LIMIT 1", schema, history))
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    name = row[0].rsplit("/", 1)[-1]
+    return name[:-len(".sql")] if name.lower().endswith(".sql") else name
+
+
 def _history(conn) -> str | None:
     with conn.cursor() as cursor:
         cursor.execute("SELECT pg_catalog.current_setting('hcm.history', true)")
@@ -227,6 +241,9 @@ def live_drift(conn, schema: str, described: Description | None = None) -> Drift
     snapshot = recorded(conn, schema)
     if snapshot is None:
         return DriftReport(None)
+    history = _history(conn)
+    if history:  # the record is the schema's; its last migration may be another service's: name this history's
+        snapshot = replace(snapshot, last_migration=_last_of(conn, schema, history))
     if described is not None and described.sha256 == snapshot.sha256:
         return DriftReport(snapshot)
     live = describe(conn, schema)
@@ -235,8 +252,9 @@ def live_drift(conn, schema: str, described: Description | None = None) -> Drift
     expected = recorded_description(conn, schema).only(scope(conn))  # a record made before a schema became a tenant's
     if expected == live:
         return DriftReport(snapshot, live=live)
-    history = _history(conn)
-    own = owned(conn, schema, history) if history else None
+    # A history with nothing recorded as its own yet (a new service, or one Flyway applied before its first run
+    # here) owns nothing yet: never the whole schema, whose other objects are other services'.
+    own = (owned(conn, schema, history) or set()) if history else None
     if own is not None:  # one service's history among several: its own objects only
         expected, compared = expected.only(lambda i: top(i) in own), live.only(lambda i: top(i) in own)
         if expected == compared:
