@@ -339,3 +339,76 @@ def test_an_interrupted_reindex_concurrently_leaves_nothing_after_the_rerun(cli,
     assert db.query("SELECT count(*) FROM pg_index WHERE NOT indisvalid") == [(0,)]
     assert index_state(db) == [(True,)] and applied(db)[-1] == "0003_reindex"
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def duplicate_dag_names(db):
+    db.query("INSERT INTO hcm_report_metadata (dag_run_id, dag_name, campaign_number, report_name, trigger_frequency, "
+             "trigger_date, filestore_id) SELECT 'r', 'same', 'c', 'n', 'f', now(), 'dup' || g FROM generate_series(1, 2) g")
+
+
+def invalid_indexes(db):
+    return db.query("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE NOT i.indisvalid")
+
+
+@pytest.mark.parametrize("build", [
+    "CREATE UNIQUE INDEX CONCURRENTLY ON hcm_report_metadata (dag_name);",
+    "CREATE /* reviewed */ UNIQUE INDEX CONCURRENTLY IF NOT EXISTS uq_dag ON hcm_report_metadata (dag_name);"],
+    ids=["unnamed", "comment-if-not-exists"])
+def test_a_failed_unique_build_unnamed_or_commented_is_rebuilt_by_the_rerun(cli, db, sql_dir, seeded, build):
+    duplicate_dag_names(db)
+    add_migration(sql_dir, "0002_unique_dag", f"-- transactional: false\n{build}\n")
+    failed = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert failed.exit_code != 0 and len(invalid_indexes(db)) == 1 and applied(db) == [SEED]
+    db.query("DELETE FROM hcm_report_metadata WHERE filestore_id = 'dup2'")
+
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert "dropped INVALID index public." in rerun.stderr
+    assert invalid_indexes(db) == [] and applied(db) == [SEED, "0002_unique_dag"]
+    assert db.query("SELECT count(*) FROM pg_index WHERE indrelid = 'hcm_report_metadata'::regclass "
+                    "AND indisunique AND indisvalid AND pg_get_indexdef(indexrelid) LIKE '%(dag_name)'") == [(1,)]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+@pytest.mark.parametrize("reindex", ["REINDEX TABLE CONCURRENTLY hcm_report_metadata",
+                                     "REINDEX (CONCURRENTLY) SCHEMA public"], ids=["table", "schema"])
+def test_an_interrupted_reindex_table_or_schema_is_finished_by_the_rerun_and_never_drift(cli, db, sql_dir, seeded,
+                                                                                         reindex):
+    add_migration(sql_dir, "0002_reindex", f"-- transactional: false\n{reindex};\n")
+    holder = snapshot_holder(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+        wait_for_phase(db, "waiting for old snapshots", runner)
+        runner.send_signal(signal.SIGTERM)
+        runner.communicate(timeout=30)
+    finally:
+        holder.close()
+    leftovers = [name for (name,) in invalid_indexes(db)]
+    assert leftovers and all("_ccnew" in name or "_ccold" in name for name in leftovers)
+    status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
+    assert status.exit_code != 0 and "outside migrations" not in status.output, status.output
+    assert "interrupted REINDEX ... CONCURRENTLY" in status.output
+
+    rerun = cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert f"dropped INVALID index public.{leftovers[0]}" in rerun.stderr or "dropped INVALID index" in rerun.stderr
+    assert invalid_indexes(db) == [] and applied(db) == [SEED, "0002_reindex"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def test_an_access_exclusive_holder_on_an_unrelated_table_does_not_break_the_run(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_unrelated", "CREATE TABLE unrelated (id serial PRIMARY KEY, n int DEFAULT 1 CHECK "
+                  "(n > 0), t text);\nCREATE INDEX unrelated_t ON unrelated (lower(t));\n"
+                  "CREATE VIEW unrelated_v AS SELECT * FROM unrelated;\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    add_migration(sql_dir, "0003_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
+    holder = connect(db, application_name="maintenance")
+    holder.cursor().execute("LOCK TABLE unrelated IN ACCESS EXCLUSIVE MODE")
+    threading.Timer(2, holder.close).start()
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)  # the drift check reads the catalog before and after
+    finally:
+        holder.close()
+    assert result.exit_code == 0, result.output
+    assert "unexpected" not in result.output
+    assert applied(db) == [SEED, "0002_unrelated", "0003_add_status"]

@@ -135,9 +135,10 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     blocker. A non-transactional file's CONCURRENTLY builds are prepared and checked (concurrently.py)."""
     connection = backend.connection
     policy = retry.Policy.of(getattr(backend.parent, "limits", None))
-    skip = frozenset()
+    skip, before = frozenset(), set()
     if not transactional:
         skip = concurrently.prepare(connection, statements, path, migration.earlier_failure)
+        before = concurrently.indexes_before(connection, statements)
     probe = retry.Probe(retry.probe_params(backend), connection.info.backend_pid) if policy.per_try else None
     backoff = retry.Backoff(policy)
     start = done = 0
@@ -175,10 +176,10 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         if probe is not None:
             probe.close()
     if not transactional:
-        invalid = concurrently.invalid_after(connection, statements)
+        invalid = concurrently.invalid_after(connection, statements, before)
         if invalid:
             raise IndexLeftInvalid(invalid, path, statements)
-        migration.built_indexes = concurrently.built(connection, statements)
+        migration.built_indexes = concurrently.built(connection, statements, before)
 
 
 class IndexLeftInvalid(StatementFailed):
