@@ -412,3 +412,19 @@ def test_an_access_exclusive_holder_on_an_unrelated_table_does_not_break_the_run
     assert result.exit_code == 0, result.output
     assert "unexpected" not in result.output
     assert applied(db) == [SEED, "0002_unrelated", "0003_add_status"]
+
+
+def test_a_do_block_that_commits_inside_is_not_retried(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_log", "CREATE TABLE run_log (at timestamptz);\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    add_migration(sql_dir, "0003_do", "-- transactional: false\nDO $$ BEGIN INSERT INTO run_log VALUES (now()); COMMIT; "
+                  "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20); END $$;\n")
+    conn, pid = blocker(db, hold=3)
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        conn.close()
+    line = one_error_line(result)
+    assert "0003_do.sql:2: failed to apply" in line and f"blocked by pid {pid}" in line, line
+    assert "not retried: a DO block or CALL may have committed part of its work" in line, line
+    assert db.query("SELECT count(*) FROM run_log") == [(1,)]  # its INSERT committed once, never run again

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import time
 from pathlib import Path
 
@@ -153,6 +154,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 if not retry.lock_timed_out(exc) or not policy.per_try:
                     raise
                 blockers = probe.seen if probe is not None else []
+                if not transactional and MAY_COMMIT.match(exc.statement.text):
+                    raise _not_retried(exc, blockers, backoff)
                 delay = backoff.next_delay() if policy.budget else None
                 if delay is None:
                     raise retry.gave_up(exc, blockers, backoff)
@@ -180,6 +183,18 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         if invalid:
             raise IndexLeftInvalid(invalid, path, statements)
         migration.built_indexes = concurrently.built(connection, statements, before)
+
+
+# A DO block or a CALL may COMMIT inside (PostgreSQL 11+): in a non-transactional file what it committed before the
+# lock timeout stays, so running it again would do that part twice.
+MAY_COMMIT = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:do|call)\b", re.IGNORECASE | re.DOTALL)
+
+
+def _not_retried(exc, blockers, backoff):
+    retry.gave_up(exc, blockers, backoff)
+    exc.todo = ("not retried: a DO block or CALL may have committed part of its work before the lock timeout, and a "
+                "retry would run that part again; " + exc.todo.split("; ", 1)[1])
+    return exc
 
 
 class IndexLeftInvalid(StatementFailed):
