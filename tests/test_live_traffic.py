@@ -428,3 +428,42 @@ def test_a_do_block_that_commits_inside_is_not_retried(cli, db, sql_dir, seeded)
     assert "0003_do.sql:2: failed to apply" in line and f"blocked by pid {pid}" in line, line
     assert "not retried: a DO block or CALL may have committed part of its work" in line, line
     assert db.query("SELECT count(*) FROM run_log") == [(1,)]  # its INSERT committed once, never run again
+
+
+def test_sigterm_in_the_backoff_of_a_non_transactional_file_is_not_called_partly_applied(db, sql_dir, cli, seeded):
+    add_migration(sql_dir, "0002_add_status", "-- transactional: false\n"
+                  "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
+    conn, _pid = blocker(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+        deadline = time.monotonic() + 30
+        line = ""
+        while "lock not granted" not in line:
+            line = runner.stderr.readline()
+            assert line and time.monotonic() < deadline, runner.communicate()
+        runner.send_signal(signal.SIGTERM)
+        runner.communicate(timeout=15)
+    finally:
+        conn.close()
+    status = cli("status", "--sql-dir", sql_dir, env=seeded)
+    row = next(entry for entry in status.stdout.splitlines() if "0002_add_status" in entry)
+    assert "PARTLY" not in row and "pending" in row, status.stdout
+    assert "no statement of it committed" in status.stdout
+
+
+def test_a_rerun_failing_after_an_earlier_run_committed_part_says_so(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_steps", "-- transactional: false\nCREATE TABLE t_one (id int);\nSELECT pg_sleep(30);\n")
+    runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+    deadline = time.monotonic() + 30
+    while "t_one" not in db.tables():
+        assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
+        time.sleep(0.1)
+    runner.send_signal(signal.SIGTERM)
+    runner.communicate(timeout=30)
+    status = cli("status", "--sql-dir", sql_dir, env=seeded)
+    assert "statements 1-1 of 2" in status.stdout and "COMMITTED" in status.stdout, status.stdout
+    line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))  # it starts over: t_one exists
+    assert "0002_steps.sql:2: failed to apply" in line and "already exists" in line
+    assert "no statement of it committed" not in line, line
+    assert "an earlier run left: not transactional: statements 1-1 of 2" in line, line
+    assert "a rerun starts from its first statement" in line and "IF NOT EXISTS" in line, line
