@@ -339,3 +339,12 @@ def test_a_using_that_keeps_the_value_is_no_rewrite(cli, db, sql_dir):
     add_migration(sql_dir, "0002_widen", f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id TYPE varchar(60) "
                                          "USING tenant_id::varchar(60);\n")
     ok(migrate(cli, db, sql_dir, *SMALL))
+
+
+def test_a_marker_inside_a_string_or_a_function_body_accepts_nothing(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_hidden", f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"
+                                          "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$\n"
+                                          f"-- accept-rewrite: public.{TABLE}\nSELECT 1 $$;\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and "0002_hidden.sql:1: ALTER COLUMN id TYPE bigint" in result.stderr, result.output

@@ -282,10 +282,14 @@ def _only_grows(typname: str, old_mod: int, new_mods: list[int]) -> bool:
     return False
 
 
-def markers(text: str) -> set[tuple[str | None, str]]:
-    """The tables a file accepts rewrites of (`-- accept-rewrite: a, s.b`), as (schema or None, name)."""
+def markers(text: str, statements=()) -> set[tuple[str | None, str]]:
+    """The tables a file accepts rewrites of (`-- accept-rewrite: a, s.b`), as (schema or None, name): comment lines
+    outside its `statements` only (one inside a string or a function's body is no marker)."""
     found = set()
+    spans = [(s.offset, s.offset + len(s.text)) for s in statements]
     for match in MARKER.finditer(text):
+        if any(start <= match.start() < end for start, end in spans):
+            continue
         for item in filter(None, (i.strip() for i in match[1].split(","))):
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower()
                      for p in re.findall(r'"(?:[^"]|"")*"|[^.\s]+', item)]
@@ -325,7 +329,8 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
                         if table is None or table[2] <= threshold:
                             continue
                         if accepted is None:
-                            accepted = {live.key(name) for name in markers(files.read_text(path))}
+                            accepted = {live.key(name) for name in markers(files.read_text(path),
+                                                                           migration.steps[0].statements)}
                         oid, relation, rows, size = table
                         verdicts.append(Verdict(str(path), risk, relation, rows, size,
                                                 key in accepted or _key_of(relation) in accepted, threshold))
