@@ -467,3 +467,15 @@ def test_a_rerun_failing_after_an_earlier_run_committed_part_says_so(cli, db, sq
     assert "no statement of it committed" not in line, line
     assert "an earlier run left: not transactional: statements 1-1 of 2" in line, line
     assert "a rerun starts from its first statement" in line and "IF NOT EXISTS" in line, line
+
+
+def test_an_invalid_index_of_the_same_name_but_another_definition_is_not_dropped(cli, db, sql_dir, seeded):
+    db.query(f"CREATE INDEX {INDEX} ON hcm_report_metadata (report_name); "
+             f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{INDEX}'::regclass")  # someone else's
+    add_migration(sql_dir, "0002_tenant_index", BUILD.replace("CONCURRENTLY", "CONCURRENTLY IF NOT EXISTS"))
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code != 0  # not recorded: the index is INVALID
+    line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))
+    assert f"0002_tenant_index.sql:2: an INVALID index public.{INDEX} is in the way" in line, line
+    assert "not dropped" in line
+    assert index_state(db) == [(False,)] and applied(db) == [SEED]
+    assert db.query(f"SELECT pg_get_indexdef('{INDEX}'::regclass) LIKE '%(report_name)'") == [(True,)]

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from migrator import output
+from migrator.errors import USAGE, MigratorError
 
 ANY_CONCURRENT = re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b)[^;]*\bconcurrently\b", re.IGNORECASE)
 _MAYBE = re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
@@ -202,6 +203,11 @@ def prepare(connection, statements, path, earlier_failure: str | None) -> set[in
             if found is None:
                 continue
             valid, unique, definition, qualified, *_ = found
+            if not valid and (unique, definition) != (build.unique, _definition(cursor, build)):
+                raise MigratorError(f"{path}:{line}: an INVALID index {qualified} is in the way of this build but is "
+                                    "not what it builds (another definition): not this migration's leftover, so it is "
+                                    f"not dropped; look at it, drop it yourself (DROP INDEX CONCURRENTLY {qualified}) "
+                                    "or rename the build, then run again", USAGE)
             if not valid:
                 _drop(cursor, qualified)
                 output.note(f"note: {path}:{line}: dropped INVALID index {qualified}, left by an earlier try of this "
