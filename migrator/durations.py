@@ -25,8 +25,12 @@ def pg_duration(value: str) -> str:
     if not match:
         raise ValueError(f"{value!r} is not a duration; use PostgreSQL units, e.g. 5s, 500ms, 10min, or 0 for none")
     # PostgreSQL rounds to whole milliseconds (rint), then refuses what does not fit an int.
-    if round(float(match[1]) * _UNIT_MS[match[2] or ""]) > MAX_MS:
+    ms = float(match[1]) * _UNIT_MS[match[2] or ""]
+    if round(ms) > MAX_MS:
         raise ValueError(f"{value!r} is longer than PostgreSQL accepts ({_BOUND}); use a shorter one, or 0 for none")
+    if ms > 0 and round(ms) == 0:
+        raise ValueError(f"{value!r} rounds to 0 ms on the server, which means no limit; use at least 1ms, or 0 "
+                         "for none")
     return value.strip().replace(" ", "")
 
 

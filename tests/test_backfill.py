@@ -94,3 +94,19 @@ def test_sql_lint_reports_a_misused_directive_as_migrate_refuses_it(cli, db, sql
     assert f"{path}:2:1: runner: `-- backfill: batch every 3` repeats its statement in committed batches" \
         in result.stdout, result.output
     assert result.exit_code != 0
+
+
+def test_only_an_update_or_delete_bounded_by_the_parser_is_batched(cli, db, sql_dir):
+    filled(cli, db, sql_dir)
+    for name, statement in {
+        "select_in_with": f"WITH x AS (SELECT id FROM {TABLE} LIMIT 10) SELECT count(*) FROM x;\n",
+        "update_in_with": f"WITH u AS (UPDATE {TABLE} SET ref = gen_random_uuid() WHERE id IN (SELECT id FROM {TABLE} "
+                          "WHERE ref IS NULL LIMIT 7) RETURNING 1) SELECT count(*) FROM u;\n",
+        "limit_in_string": f"UPDATE {TABLE} SET ref = gen_random_uuid(), tenant_id = 'no limit' WHERE ref IS NULL;\n",
+        "limit_in_comment": f"UPDATE {TABLE} SET ref = gen_random_uuid() /* LIMIT */ WHERE ref IS NULL;\n",
+    }.items():
+        add_migration(sql_dir, "0002_ref", f"-- transactional: false\nALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS "
+                                           f"ref uuid;\n-- backfill: batch\n{statement}")
+        line = one_error_line(migrate(cli, db, sql_dir))
+        assert "must be an UPDATE or DELETE that touches a bounded batch" in line, (name, line)
+    assert applied(db) == [SEED]

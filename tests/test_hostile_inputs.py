@@ -372,3 +372,12 @@ def test_npm_runs_no_install_script_in_the_image_or_make_mongosh():
     for name in ("Dockerfile", "Makefile"):
         calls = re.findall(r"^(?:\t|RUN )npm ci\b.*$", (PROJECT_ROOT / name).read_text(), re.M)  # what runs
         assert calls and all("--ignore-scripts" in call for call in calls), (name, calls)
+
+
+@pytest.mark.parametrize("value", ["400us", "0.4"])
+def test_a_lock_timeout_the_server_rounds_to_zero_is_refused(db, sql_dir, cli, value):
+    # PostgreSQL rounds to whole milliseconds: 400us would be 0, i.e. wait forever
+    result = cli("migrate", "--ddl-lock-timeout", value, "--sql-dir", sql_dir, env=db.db_env())
+    line = one_error_line(result)
+    assert f"--ddl-lock-timeout': '{value}' rounds to 0 ms on the server, which means no limit" in line, line
+    assert result.exit_code == 2 and "hcm_report_metadata" not in db.tables()

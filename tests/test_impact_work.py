@@ -52,3 +52,20 @@ def test_same_lock_catalog_only_or_a_scan_and_every_index_a_rewrite_rebuilds(cli
     (line,) = [line for line in text.splitlines() if line.startswith("  line 1: ALTER TABLE") and "SET NOT NULL" in line
                and "catalog only" in line]
     assert "catalog only: no row is read or written" in line
+
+
+def test_an_index_rebuilt_without_a_table_rewrite_and_a_new_columns_index_build_are_work(cli, db, pg, sql_dir):
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    db.query(FILL.format(table=TABLE, rows=2000) + f"; ANALYZE {TABLE}")
+    add_migration(sql_dir, "0002_collate", f'ALTER TABLE {TABLE} ALTER COLUMN report_name TYPE varchar(100) COLLATE "C";\n')
+    add_migration(sql_dir, "0003_unique_column", f"ALTER TABLE {TABLE} ADD COLUMN zz int UNIQUE;\n")
+    found = impact(cli, db, pg, sql_dir)
+    (collate,) = found["0002_collate"]
+    assert not collate["catalog_only"], collate
+    assert [w["work"] for w in collate["work"]] == ["reindex"], collate  # the column's indexes, not all of them
+    assert "idx_hcm_report_name" in collate["work"][0]["rebuilds"] and "idx_hcm_report_campaign" not in \
+        collate["work"][0]["rebuilds"]
+    assert collate["work"][0]["live_rows"] == 2000 and collate["work"][0]["lock"] == "ACCESS EXCLUSIVE"
+    (unique,) = found["0003_unique_column"]
+    assert not unique["catalog_only"] and [w["work"] for w in unique["work"]] == ["index"], unique
+    assert unique["work"][0]["lock"] == "ACCESS EXCLUSIVE"

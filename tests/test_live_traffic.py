@@ -362,3 +362,143 @@ def test_an_interrupted_reindex_concurrently_leaves_nothing_after_the_rerun(cli,
     assert db.query("SELECT count(*) FROM pg_index WHERE NOT indisvalid") == [(0,)]
     assert index_state(db) == [(True,)] and applied(db)[-1] == "0003_reindex"
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def duplicate_dag_names(db):
+    db.query("INSERT INTO hcm_report_metadata (dag_run_id, dag_name, campaign_number, report_name, trigger_frequency, "
+             "trigger_date, filestore_id) SELECT 'r', 'same', 'c', 'n', 'f', now(), 'dup' || g FROM generate_series(1, 2) g")
+
+
+def invalid_indexes(db):
+    return db.query("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE NOT i.indisvalid")
+
+
+@pytest.mark.parametrize("build", [
+    "CREATE UNIQUE INDEX CONCURRENTLY ON hcm_report_metadata (dag_name);",
+    "CREATE /* reviewed */ UNIQUE INDEX CONCURRENTLY IF NOT EXISTS uq_dag ON hcm_report_metadata (dag_name);"],
+    ids=["unnamed", "comment-if-not-exists"])
+def test_a_failed_unique_build_unnamed_or_commented_is_rebuilt_by_the_rerun(cli, db, sql_dir, seeded, build):
+    duplicate_dag_names(db)
+    add_migration(sql_dir, "0002_unique_dag", f"-- transactional: false\n{build}\n")
+    failed = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert failed.exit_code != 0 and len(invalid_indexes(db)) == 1 and applied(db) == [SEED]
+    db.query("DELETE FROM hcm_report_metadata WHERE filestore_id = 'dup2'")
+
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert "dropped INVALID index public." in rerun.stderr
+    assert invalid_indexes(db) == [] and applied(db) == [SEED, "0002_unique_dag"]
+    assert db.query("SELECT count(*) FROM pg_index WHERE indrelid = 'hcm_report_metadata'::regclass "
+                    "AND indisunique AND indisvalid AND pg_get_indexdef(indexrelid) LIKE '%(dag_name)'") == [(1,)]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+@pytest.mark.parametrize("reindex", ["REINDEX TABLE CONCURRENTLY hcm_report_metadata",
+                                     "REINDEX (CONCURRENTLY) SCHEMA public"], ids=["table", "schema"])
+def test_an_interrupted_reindex_table_or_schema_is_finished_by_the_rerun_and_never_drift(cli, db, sql_dir, seeded,
+                                                                                         reindex):
+    add_migration(sql_dir, "0002_reindex", f"-- transactional: false\n{reindex};\n")
+    holder = snapshot_holder(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+        wait_for_phase(db, "waiting for old snapshots", runner)
+        runner.send_signal(signal.SIGTERM)
+        runner.communicate(timeout=30)
+    finally:
+        holder.close()
+    leftovers = [name for (name,) in invalid_indexes(db)]
+    assert leftovers and all("_ccnew" in name or "_ccold" in name for name in leftovers)
+    status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
+    assert status.exit_code != 0 and "outside migrations" not in status.output, status.output
+    assert "interrupted REINDEX ... CONCURRENTLY" in status.output
+
+    rerun = cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert f"dropped INVALID index public.{leftovers[0]}" in rerun.stderr or "dropped INVALID index" in rerun.stderr
+    assert invalid_indexes(db) == [] and applied(db) == [SEED, "0002_reindex"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def test_an_access_exclusive_holder_on_an_unrelated_table_does_not_break_the_run(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_unrelated", "CREATE TABLE unrelated (id serial PRIMARY KEY, n int DEFAULT 1 CHECK "
+                  "(n > 0), t text);\nCREATE INDEX unrelated_t ON unrelated (lower(t));\n"
+                  "CREATE VIEW unrelated_v AS SELECT * FROM unrelated;\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    add_migration(sql_dir, "0003_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
+    holder = connect(db, application_name="maintenance")
+    holder.cursor().execute("LOCK TABLE unrelated IN ACCESS EXCLUSIVE MODE")
+    threading.Timer(2, holder.close).start()
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)  # the drift check reads the catalog before and after
+    finally:
+        holder.close()
+    assert result.exit_code == 0, result.output
+    assert "unexpected" not in result.output
+    assert applied(db) == [SEED, "0002_unrelated", "0003_add_status"]
+
+
+def test_a_do_block_that_commits_inside_is_not_retried(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_log", "CREATE TABLE run_log (at timestamptz);\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    add_migration(sql_dir, "0003_do", "-- transactional: false\nDO $$ BEGIN INSERT INTO run_log VALUES (now()); COMMIT; "
+                  "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20); END $$;\n")
+    conn, pid = blocker(db, hold=3)
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        conn.close()
+    line = one_error_line(result)
+    assert "0003_do.sql:2: failed to apply" in line and f"blocked by pid {pid}" in line, line
+    assert "not retried: a DO block or CALL may have committed part of its work" in line, line
+    assert db.query("SELECT count(*) FROM run_log") == [(1,)]  # its INSERT committed once, never run again
+
+
+def test_sigterm_in_the_backoff_of_a_non_transactional_file_is_not_called_partly_applied(db, sql_dir, cli, seeded):
+    add_migration(sql_dir, "0002_add_status", "-- transactional: false\n"
+                  "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
+    conn, _pid = blocker(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+        deadline = time.monotonic() + 30
+        line = ""
+        while "lock not granted" not in line:
+            line = runner.stderr.readline()
+            assert line and time.monotonic() < deadline, runner.communicate()
+        runner.send_signal(signal.SIGTERM)
+        runner.communicate(timeout=15)
+    finally:
+        conn.close()
+    status = cli("status", "--sql-dir", sql_dir, env=seeded)
+    row = next(entry for entry in status.stdout.splitlines() if "0002_add_status" in entry)
+    assert "PARTLY" not in row and "pending" in row, status.stdout
+    assert "no statement of it committed" in status.stdout
+
+
+def test_a_rerun_failing_after_an_earlier_run_committed_part_says_so(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_steps", "-- transactional: false\nCREATE TABLE t_one (id int);\nSELECT pg_sleep(30);\n")
+    runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+    deadline = time.monotonic() + 30
+    while "t_one" not in db.tables():
+        assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
+        time.sleep(0.1)
+    runner.send_signal(signal.SIGTERM)
+    runner.communicate(timeout=30)
+    status = cli("status", "--sql-dir", sql_dir, env=seeded)
+    assert "statements 1-1 of 2" in status.stdout and "COMMITTED" in status.stdout, status.stdout
+    line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))  # it starts over: t_one exists
+    assert "0002_steps.sql:2: failed to apply" in line and "already exists" in line
+    assert "no statement of it committed" not in line, line
+    assert "an earlier run left: not transactional: statements 1-1 of 2" in line, line
+    assert "a rerun starts from its first statement" in line and "IF NOT EXISTS" in line, line
+
+
+def test_an_invalid_index_of_the_same_name_but_another_definition_is_not_dropped(cli, db, sql_dir, seeded):
+    db.query(f"CREATE INDEX {INDEX} ON hcm_report_metadata (report_name); "
+             f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{INDEX}'::regclass")  # someone else's
+    add_migration(sql_dir, "0002_tenant_index", BUILD.replace("CONCURRENTLY", "CONCURRENTLY IF NOT EXISTS"))
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code != 0  # not recorded: the index is INVALID
+    line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))
+    assert f"0002_tenant_index.sql:2: an INVALID index public.{INDEX} is in the way" in line, line
+    assert "not dropped" in line
+    assert index_state(db) == [(False,)] and applied(db) == [SEED]
+    assert db.query(f"SELECT pg_get_indexdef('{INDEX}'::regclass) LIKE '%(report_name)'") == [(True,)]

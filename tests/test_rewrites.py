@@ -60,6 +60,22 @@ REFUSED = {
                    "ACCESS EXCLUSIVE"),
     "reindex": (f"-- transactional: false\nREINDEX TABLE {TABLE};\n", "REINDEX TABLE without CONCURRENTLY rebuilds",
                 "under ACCESS EXCLUSIVE (reads and writes wait)"),
+    # a comment between the keywords is read as the server reads it
+    "comment_between": (f"ALTER /* x */ TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n", "ALTER COLUMN id TYPE bigint",
+                        "ACCESS EXCLUSIVE"),
+    # a new column's constraint builds an index of, or scans, every row under the ADD COLUMN's lock
+    "add_column_unique": (f"ALTER TABLE {TABLE} ADD COLUMN z int UNIQUE;\n", "ADD COLUMN z UNIQUE builds an index on",
+                          "ACCESS EXCLUSIVE"),
+    "add_column_check": (f"ALTER TABLE {TABLE} ADD COLUMN z int CHECK (z > 0);\n", "ADD COLUMN z CHECK (...) scans",
+                         "ACCESS EXCLUSIVE"),
+    "add_column_references": (f"ALTER TABLE {TABLE} ADD COLUMN parent int REFERENCES {TABLE} (id);\n",
+                              "ADD COLUMN parent REFERENCES scans", "ACCESS EXCLUSIVE"),
+    # a new collation of an indexed column rebuilds its indexes
+    "collate": (f'ALTER TABLE {TABLE} ALTER COLUMN report_name TYPE varchar(100) COLLATE "C";\n',
+                "ALTER COLUMN report_name TYPE varchar(100) COLLATE \"C\" rebuilds the indexes of", "ACCESS EXCLUSIVE"),
+    # NOT VALID then VALIDATE in one ALTER TABLE: the scan runs under the ALTER's lock
+    "check_and_validate_in_one_alter": (f"-- transactional: false\nALTER TABLE {TABLE} ADD CONSTRAINT c_id CHECK (id > 0) "
+                                        "NOT VALID, VALIDATE CONSTRAINT c_id;\n", "VALIDATE CONSTRAINT c_id", "ACCESS EXCLUSIVE"),
 }
 
 
@@ -276,3 +292,59 @@ def test_an_update_of_every_row_after_an_alter_table_in_the_same_transaction_is_
     add_migration(sql_dir, "0002_fill", f"ALTER TABLE {TABLE} ADD COLUMN state text;\n"
                                         f"UPDATE {TABLE} SET state = 'new' WHERE id = 1;\n")  # a row or a few: fine
     ok(migrate(cli, db, sql_dir, *SMALL))
+
+
+# (file text, the line of the refused statement, what its refusal says)
+REFUSED_ELSEWHERE = {
+    "renamed_earlier": (f"ALTER TABLE {TABLE} RENAME TO reports;\nALTER TABLE reports ALTER COLUMN id TYPE bigint;\n",
+                        3, "ALTER COLUMN id TYPE bigint rewrites"),
+    "column_renamed_earlier": (f"ALTER TABLE {TABLE} RENAME COLUMN id TO key;\n"
+                               f"ALTER TABLE {TABLE} ALTER COLUMN key TYPE bigint;\n", 3, "ALTER COLUMN key TYPE bigint"),
+    "column_added_earlier": (f"ALTER TABLE {TABLE} ADD COLUMN n int;\nALTER TABLE {TABLE} ALTER COLUMN n TYPE bigint;\n",
+                             3, "ALTER COLUMN n TYPE bigint rewrites"),
+    "temp_table": (f"CREATE TEMP TABLE {TABLE} (id int);\nALTER TABLE public.{TABLE} ALTER COLUMN id TYPE bigint;\n",
+                   3, "ALTER COLUMN id TYPE bigint"),
+    "other_schema": (f"CREATE SCHEMA other;\nSET search_path TO other;\nCREATE TABLE {TABLE} (id int);\n"
+                     f"ALTER TABLE public.{TABLE} ALTER COLUMN id TYPE bigint;\n", 5, "ALTER COLUMN id TYPE bigint"),
+    "reindex_index": ("-- transactional: false\nREINDEX INDEX idx_hcm_report_campaign;\n", 3,
+                      "REINDEX INDEX idx_hcm_report_campaign without CONCURRENTLY rebuilds the indexes of"),
+    "reindex_schema": ("-- transactional: false\nREINDEX SCHEMA public;\n", 3,
+                       "REINDEX SCHEMA public without CONCURRENTLY rebuilds the indexes of"),
+    "bare_vacuum_full": ("-- transactional: false\nVACUUM FULL;\n", 3, "VACUUM FULL rewrites"),
+    "volatile_domain": (f"ALTER TABLE {TABLE} ADD COLUMN ref ref_uuid;\n", 2, "ADD COLUMN ref of domain ref_uuid"),
+    "update_where_true": (f"ALTER TABLE {TABLE} ADD COLUMN state text;\nUPDATE {TABLE} SET state = 'new' WHERE true;\n",
+                          3, "UPDATE of every row in the transaction of an earlier ALTER TABLE"),
+    "update_in_cte": (f"ALTER TABLE {TABLE} ADD COLUMN state text;\n"
+                      f"WITH u AS (UPDATE {TABLE} SET state = 'new' RETURNING 1) SELECT count(*) FROM u;\n",
+                      3, "UPDATE without WHERE in the transaction of an earlier ALTER TABLE"),
+    "update_after_lock": (f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE;\nUPDATE {TABLE} SET tenant_id = 'x';\n",
+                          3, "UPDATE without WHERE"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_ELSEWHERE))
+def test_a_rewrite_hidden_by_an_earlier_statement_or_spelling_is_refused(cli, db, sql_dir, case):
+    seeded(cli, db, sql_dir)
+    db.query("CREATE DOMAIN ref_uuid AS uuid DEFAULT gen_random_uuid()")  # (a live domain whose default is volatile)
+    text, line, what = REFUSED_ELSEWHERE[case]
+    path = add_migration(sql_dir, "0002_" + case, "-- why: a test\n" + text)
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    assert f"{path}:{line}: {what}" in result.stderr and f"public.{TABLE} (~50 rows" in result.stderr, result.stderr
+    assert applied(db) == [SEED]
+
+
+def test_a_using_that_keeps_the_value_is_no_rewrite(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_widen", f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id TYPE varchar(60) "
+                                         "USING tenant_id::varchar(60);\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+
+
+def test_a_marker_inside_a_string_or_a_function_body_accepts_nothing(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_hidden", f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"
+                                          "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$\n"
+                                          f"-- accept-rewrite: public.{TABLE}\nSELECT 1 $$;\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and "0002_hidden.sql:1: ALTER COLUMN id TYPE bigint" in result.stderr, result.output

@@ -9,7 +9,7 @@ from typing import Iterator
 
 from migrator import checksums, interrupt, output, pg_lock
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import flyway, history
+from migrator.postgres import concurrently, flyway, history
 from migrator.postgres.errors import StatementFailed, migration_error
 from migrator.postgres.migration import load_migrations, rollback_path
 from migrator.postgres.state import bookkeeping
@@ -49,7 +49,7 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         run()
     except StatementFailed as exc:
         if not exc.transactional:
-            if exc.done:
+            if exc.done or concurrently.is_concurrent(exc.statement.text):  # (its INVALID index: the rerun's to drop)
                 checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {exc.committed()}")
             elif migration.earlier_failure is None:  # only this run's "started" record: nothing committed
                 checksums.clear_failures(backend, [migration.id])

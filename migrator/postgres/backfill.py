@@ -27,8 +27,6 @@ from migrator.postgres.splitter import Statement
 
 DIRECTIVE = re.compile(r"^[ \t]*--[ \t]*backfill[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _VALUE = re.compile(r"batch(?:\s+every\s+([1-9][0-9]{0,5}))?", re.IGNORECASE)
-_BATCHED = re.compile(r"(?:update|delete|with)\b", re.IGNORECASE)
-_BOUNDED = re.compile(r"\blimit\b|\bfetch\s+first\b|\btablesample\b", re.IGNORECASE)
 _MENTIONED = re.compile("backfill", re.IGNORECASE)
 EVERY = 10
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
@@ -117,7 +115,7 @@ def _read(path: Path, statements: list[Statement], transactional: bool):
         elif statement is None or between.strip() and not all(
                 part.strip().startswith("--") for part in between.strip().splitlines()):
             problems.append((line, f"{what} must come right before the UPDATE or DELETE it repeats"))
-        elif not _BATCHED.match(statement.text) or not _BOUNDED.search(statement.text):
+        elif not _bounded_write(statement.text):
             problems.append((line, f"{what}: the statement at line {statement.line} must be an UPDATE or DELETE "
                                    "that touches a bounded batch, e.g. WHERE id IN (SELECT id FROM t WHERE <not done> "
                                    "LIMIT 5000), or it would never end"))
@@ -125,3 +123,30 @@ def _read(path: Path, statements: list[Statement], transactional: bool):
             found[index] = Batched(statement.text, statement.line, statement.offset, statement.terminated,
                                    int(value[1] or EVERY))
     return found, problems
+
+
+def _bounded_write(text: str) -> bool:
+    """An UPDATE or DELETE (its own rows counted: no final SELECT over a WITH) whose parse tree holds a LIMIT /
+    FETCH FIRST or a TABLESAMPLE: read with PostgreSQL's parser (pglast), never in a string or a comment."""
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+    from pglast.visitors import Visitor
+
+    try:
+        trees = [raw.stmt for raw in parse_sql(text)]
+    except ParseError:
+        return False
+    if len(trees) != 1 or not isinstance(trees[0], (ast.UpdateStmt, ast.DeleteStmt)):
+        return False
+    bounds = []
+
+    class Bounds(Visitor):
+        def visit_SelectStmt(self, _ancestors, node):
+            if node.limitCount is not None:
+                bounds.append(node)
+
+        def visit_RangeTableSample(self, _ancestors, node):
+            bounds.append(node)
+
+    Bounds()(trees[0])
+    return bool(bounds)

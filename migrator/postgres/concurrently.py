@@ -19,57 +19,117 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from migrator import output
+from migrator.errors import USAGE, MigratorError
 
-_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
-BUILD = re.compile(
-    rf"\s*create\s+(?P<unique>unique\s+)?index\s+concurrently\s+(?:if\s+not\s+exists\s+)?(?P<name>{_IDENT})\s+"
-    rf"on\s+(?:only\s+)?(?P<table>{_IDENT}(?:\s*\.\s*{_IDENT})?)(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
-REINDEX = re.compile(rf"\s*reindex\s+(?:\([^)]*\)\s*)?index\s+concurrently\s+(?P<name>{_IDENT}(?:\s*\.\s*{_IDENT})?)\s*;?\s*$",
-                     re.IGNORECASE)
 ANY_CONCURRENT = re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b)[^;]*\bconcurrently\b", re.IGNORECASE)
+_MAYBE = re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
 
 
 @dataclass
 class Build:
     index: int  # the statement's place in the file
-    name: str  # the index's name, as the catalog spells it
-    table: str  # as written (resolved by the session's search_path)
+    name: str | None  # the index's name, as the catalog spells it (None: unnamed, the server picks it)
+    table: str  # quoted, qualified as written (resolved by the session's search_path)
     unique: bool
-    rest: str  # what follows the table: USING ..., columns, INCLUDE, WHERE ...
+    probe: str  # the same build on the probe table (_definition)
+
+
+@dataclass
+class Reindex:
+    index: int
+    kind: str  # index, table or schema
+    target: str  # quoted: the index, the table or the schema
 
 
 def is_concurrent(text: str) -> bool:
-    return bool(ANY_CONCURRENT.match(text))
+    return bool(ANY_CONCURRENT.match(text)) or bool(_MAYBE.search(text)) and bool(_parsed(text))
+
+
+def _quoted(*names) -> str:
+    return ".".join('"' + name.replace('"', '""') + '"' for name in names if name)
+
+
+def _parsed(text: str) -> list:
+    """The CREATE INDEX / REINDEX trees of a statement that says CONCURRENTLY, read with PostgreSQL's parser
+    (pglast): a comment between its keywords or an unnamed build is read as the server reads it."""
+    if not _MAYBE.search(text):
+        return []
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        trees = [raw.stmt for raw in parse_sql(text)]
+    except ParseError:
+        return []
+    return [tree for tree in trees if isinstance(tree, ast.IndexStmt) and tree.concurrent
+            or isinstance(tree, ast.ReindexStmt) and any(p.defname == "concurrently" for p in tree.params or ())]
 
 
 def builds(statements) -> list[Build]:
-    """The named CREATE INDEX CONCURRENTLY statements of a file."""
+    """The CREATE INDEX CONCURRENTLY statements of a file (named or not)."""
+    from pglast import ast
+    from pglast.stream import RawStream
+
     found = []
     for index, statement in enumerate(statements):
-        match = BUILD.match(statement.text)
-        if match:
-            found.append(Build(index, _catalog_name(match["name"]), match["table"], bool(match["unique"]),
-                               match["rest"].strip().rstrip(";")))
+        for tree in _parsed(statement.text):
+            if not isinstance(tree, ast.IndexStmt):
+                continue
+            name, table = tree.idxname, _quoted(tree.relation.schemaname, tree.relation.relname)
+            tree.idxname, tree.concurrent, tree.if_not_exists, tree.tableSpace = PROBE_INDEX, False, False, None
+            tree.relation = ast.RangeVar(relname=PROBE_TABLE, inh=True, relpersistence="p")
+            found.append(Build(index, name, table, bool(tree.unique), RawStream()(tree)))
     return found
 
 
-def _catalog_name(ident: str) -> str:
-    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident.lower()
+def reindexes(statements) -> list[Reindex]:
+    """The REINDEX ... CONCURRENTLY statements of a file."""
+    from pglast import enums
+
+    kinds = {enums.ReindexObjectType.REINDEX_OBJECT_INDEX: "index", enums.ReindexObjectType.REINDEX_OBJECT_TABLE: "table",
+             enums.ReindexObjectType.REINDEX_OBJECT_SCHEMA: "schema"}
+    found = []
+    for index, statement in enumerate(statements):
+        for tree in _parsed(statement.text):
+            kind = kinds.get(getattr(tree, "kind", None))
+            if kind == "schema":
+                found.append(Reindex(index, kind, _quoted(tree.name)))
+            elif kind is not None:
+                found.append(Reindex(index, kind, _quoted(tree.relation.schemaname, tree.relation.relname)))
+    return found
 
 
-# The index of that name on that table: (valid, definition from USING on, qualified name).
+PROBE_TABLE, PROBE_INDEX = "_hcm_index_probe", "_hcm_index_probe_idx"
+
+
+# The index of that name on that table: (valid, unique, definition from USING on, qualified name, oid, name).
 FIND = """
 SELECT i.indisvalid, i.indisunique, substring(pg_catalog.pg_get_indexdef(i.indexrelid) from ' USING .*$'),
-       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), i.indexrelid::int8, c.relname
 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE i.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(table)s)::pg_catalog.oid AND c.relname = %(name)s
+WHERE i.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(table)s)::pg_catalog.oid
+  AND (c.relname = %(name)s OR %(name)s IS NULL)
 """
 
 
 def _find(cursor, build: Build):
+    """The index a named build names (a row of FIND), or None."""
     cursor.execute(FIND, {"table": build.table, "name": build.name})
-    return cursor.fetchone()
+    return cursor.fetchone() if build.name is not None else None
+
+
+def _on_table(cursor, build: Build) -> list:
+    """Every index on the build's table (rows of FIND)."""
+    cursor.execute(FIND, {"table": build.table, "name": None})
+    return cursor.fetchall()
+
+
+def indexes_before(connection, statements) -> set[int]:
+    """The indexes already on the tables the file's builds touch, before it runs (those after it that are not
+    here are its own work)."""
+    with connection.cursor() as cursor:
+        return {row[4] for build in builds(statements) for row in _on_table(cursor, build)}
 
 
 @contextmanager
@@ -87,45 +147,70 @@ def without_lock_timeout(cursor):
         cursor.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", (saved,))
 
 
-# The INVALID copies an interrupted REINDEX INDEX CONCURRENTLY leaves beside the index (name_ccnew, name_ccnew1...).
+# The INVALID copies an interrupted REINDEX ... CONCURRENTLY leaves (name_ccnew, name_ccold1...: the TOAST
+# table's index too) on the tables it reindexes.
 REINDEX_LEFTOVERS = """
+WITH rel AS (
+  SELECT c.oid, c.reltoastrelid FROM pg_catalog.pg_class c
+  WHERE CASE %(kind)s
+    WHEN 'index' THEN c.oid = (SELECT x.indrelid FROM pg_catalog.pg_index x
+                               WHERE x.indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(target)s)::pg_catalog.oid)
+    WHEN 'table' THEN c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(target)s)::pg_catalog.oid
+    ELSE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(%(target)s)::pg_catalog.oid AND c.relkind IN ('r', 'm', 'p') END)
 SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_catalog.pg_index o ON o.indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(name)s)::pg_catalog.oid AND o.indrelid = i.indrelid
-JOIN pg_catalog.pg_class oc ON oc.oid = o.indexrelid
-WHERE NOT i.indisvalid AND pg_catalog.left(c.relname, pg_catalog.length(oc.relname)) = oc.relname
-  AND pg_catalog.substr(c.relname, pg_catalog.length(oc.relname) + 1) ~ '^_cc(new|old)[0-9]*$'
+WHERE NOT i.indisvalid AND c.relname ~ '_cc(new|old)[0-9]*$'
+  AND i.indrelid IN (SELECT oid FROM rel UNION SELECT reltoastrelid FROM rel)
+ORDER BY 1
 """
+
+
+def reindex_leftovers(cursor, reindex: Reindex) -> list[str]:
+    cursor.execute(REINDEX_LEFTOVERS, {"kind": reindex.kind, "target": reindex.target})
+    return [row[0] for row in cursor.fetchall()]
+
+
+def _drop(cursor, qualified: str) -> None:
+    with without_lock_timeout(cursor):
+        cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
 
 
 def prepare(connection, statements, path, earlier_failure: str | None) -> set[int]:
     """Before a non-transactional file runs again after an earlier try stopped part-way: drop its builds'
-    INVALID leftovers (a REINDEX's _ccnew copies too); return the statements whose VALID index (same
-    definition) is already there."""
+    INVALID leftovers (a named build's index, an unnamed one's INVALID index of the same definition on its
+    table, a REINDEX's _ccnew/_ccold copies); return the statements whose VALID index (same definition) is
+    already there."""
     done: set[int] = set()
     if earlier_failure is None:
         return done
     with connection.cursor() as cursor:
-        for index, statement in enumerate(statements):
-            match = REINDEX.match(statement.text)
-            if not match:
-                continue
-            cursor.execute(REINDEX_LEFTOVERS, {"name": match["name"]})
-            for (leftover,) in cursor.fetchall():
-                with without_lock_timeout(cursor):
-                    cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {leftover}")
-                output.note(f"note: {path}:{statement.line}: dropped INVALID index {leftover}, left by an earlier "
-                            "try of this migration's REINDEX")
+        for reindex in reindexes(statements):
+            for leftover in reindex_leftovers(cursor, reindex):
+                _drop(cursor, leftover)
+                output.note(f"note: {path}:{statements[reindex.index].line}: dropped INVALID index {leftover}, left "
+                            "by an earlier try of this migration's REINDEX")
         for build in builds(statements):
+            line = statements[build.index].line
+            if build.name is None:  # the server named it: its INVALID twin on the table is the earlier try's
+                wanted = _definition(cursor, build)
+                for valid, unique, definition, qualified, *_ in _on_table(cursor, build):
+                    if not valid and wanted is not None and (unique, definition) == (build.unique, wanted):
+                        _drop(cursor, qualified)
+                        output.note(f"note: {path}:{line}: dropped INVALID index {qualified}, left by an earlier "
+                                    "try of this migration; building it again")
+                continue
             found = _find(cursor, build)
             if found is None:
                 continue
-            valid, unique, definition, qualified = found
-            line = statements[build.index].line
+            valid, unique, definition, qualified, *_ = found
+            if not valid and (unique, definition) != (build.unique, _definition(cursor, build)):
+                raise MigratorError(f"{path}:{line}: an INVALID index {qualified} is in the way of this build but is "
+                                    "not what it builds (another definition): not this migration's leftover, so it is "
+                                    f"not dropped; look at it, drop it yourself (DROP INDEX CONCURRENTLY {qualified}) "
+                                    "or rename the build, then run again", USAGE)
             if not valid:
-                with without_lock_timeout(cursor):
-                    cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
+                _drop(cursor, qualified)
                 output.note(f"note: {path}:{line}: dropped INVALID index {qualified}, left by an earlier try of this "
                             "migration; building it again")
             elif unique == build.unique and definition == _definition(cursor, build):
@@ -139,10 +224,9 @@ def _definition(cursor, build: Build) -> str | None:
     """What the statement would build, from USING on: built on an empty copy of the table's columns, rolled back."""
     cursor.execute("BEGIN")
     try:
-        cursor.execute(f"CREATE TEMP TABLE _hcm_index_probe (LIKE {build.table})")
-        cursor.execute(f"CREATE INDEX _hcm_index_probe_idx ON _hcm_index_probe {build.rest}")
-        cursor.execute("SELECT substring(pg_catalog.pg_get_indexdef('_hcm_index_probe_idx'::regclass) "
-                       "from ' USING .*$')")
+        cursor.execute(f"CREATE TEMP TABLE {PROBE_TABLE} (LIKE {build.table})")
+        cursor.execute(build.probe)
+        cursor.execute(f"SELECT substring(pg_catalog.pg_get_indexdef('{PROBE_INDEX}'::regclass) from ' USING .*$')")
         return cursor.fetchone()[0]
     except Exception as exc:
         if not hasattr(exc, "pgcode"):
@@ -152,14 +236,26 @@ def _definition(cursor, build: Build) -> str | None:
         cursor.execute("ROLLBACK")
 
 
-def invalid_after(connection, statements) -> list[tuple[int, str]]:
-    """(statement index, qualified name) of the file's builds whose index is INVALID now."""
+def invalid_after(connection, statements, before: set[int]) -> list[tuple[int, str]]:
+    """(statement index, qualified name) of the INVALID indexes the file leaves: a named build's, any other
+    on a table its builds touch that was not there before it ran (an unnamed build's), a REINDEX's copies."""
+    found = []
     with connection.cursor() as cursor:
-        found = [(build.index, _find(cursor, build)) for build in builds(statements)]
-    return [(index, row[3]) for index, row in found if row is not None and not row[0]]
+        for build in builds(statements):
+            named = _find(cursor, build)
+            rows = [named] if named is not None else []
+            rows += [row for row in _on_table(cursor, build) if row[4] not in before]
+            found += [(build.index, row[3]) for row in rows if not row[0]]
+        for reindex in reindexes(statements):
+            found += [(reindex.index, leftover) for leftover in reindex_leftovers(cursor, reindex)]
+    return list(dict.fromkeys(found))
 
 
-def built(connection, statements) -> list[str]:
-    """The unqualified names of the valid indexes the file's builds name (the runner's own work, for drift)."""
+def built(connection, statements, before: set[int]) -> list[str]:
+    """The unqualified names of the valid indexes the file's builds made (the runner's own work, for drift)."""
     with connection.cursor() as cursor:
-        return [build.name for build in builds(statements) if (row := _find(cursor, build)) and row[0]]
+        names = []
+        for build in builds(statements):
+            rows = _on_table(cursor, build)
+            names += [row[5] for row in rows if row[0] and (row[4] not in before or row[5] == build.name)]
+    return list(dict.fromkeys(names))

@@ -52,10 +52,13 @@ class StatementFailed(Exception):
         return done
 
 
+NOTHING_COMMITTED = "not transactional: no statement of it committed"
+
+
 def progress(statements, done: int, then: str) -> str:
     """What a non-transactional file committed, in words: `done` statements, then what happened."""
     if done == 0:
-        return f"not transactional: no statement of it committed; {then}"
+        return f"{NOTHING_COMMITTED}; {then}"
     return (f"not transactional: statements 1-{done} of {len(statements)} (through the one at line "
             f"{statements[done - 1].line}) COMMITTED; {then}")
 
@@ -87,9 +90,14 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         committed = "the connection was lost (a server restart, or pg_terminate_backend), so whether it committed " \
                     "is unknown: run `runner.py status`"
         todo = "then run again"
+    earlier = getattr(migration, "earlier_failure", None)
+    if isinstance(exc, StatementFailed) and not exc.transactional and earlier and not \
+            earlier.startswith(NOTHING_COMMITTED) and exc.done == 0:  # an earlier run committed part; this one none
+        committed = (f"this run committed none of its statements; a rerun starts from its first statement, and an "
+                     f"earlier run left: {earlier}")
     if getattr(exc, "todo", None):  # the failure knows better (lock retries spent, an INVALID index)
         todo = exc.todo
-    elif isinstance(exc, StatementFailed) and not exc.transactional and exc.done:
+    elif isinstance(exc, StatementFailed) and not exc.transactional and (exc.done or earlier):
         guard = "IF EXISTS" if verb == "roll back" else "IF NOT EXISTS"
         todo = (f"`runner.py status` shows this; make the file safe to re-run ({guard}) or undo what committed, "
                 "then run again")

@@ -80,7 +80,7 @@ def calibrate(connection) -> Speed | None:
 class Work:
     """One pass over a table's rows behind a statement's lock: a validating scan, an index build, or a rewrite."""
 
-    kind: str  # scan | index | validate | rewrite
+    kind: str  # scan | index | validate | rewrite | reindex (indexes rebuilt, the table's rows kept)
     table: str
     lock: str = ""
     oid: int = 0  # on the scratch database
@@ -91,13 +91,14 @@ class Work:
     seconds: float | None = None  # estimated from the live size and the scratch server's speed
 
     _WORDS = {"scan": "scans {t} to validate, under {lock}", "index": "reads {t} to build the index, under {lock}",
-              "validate": "scans {t} to validate, under {lock}", "rewrite": "rewrites {t}"}
+              "validate": "scans {t} to validate, under {lock}", "rewrite": "rewrites {t}",
+              "reindex": "reads {t} to rebuild its index(es) {indexes}, under {lock}"}
 
     def __str__(self) -> str:
         size = ("new: empty on the live database" if self.total is None else
                 f"~{risks.rows_text(self.rows)} rows, {risks.size_text(self.total)}" if self.rows is not None
                 else risks.size_text(self.total))
-        text = self._WORDS[self.kind].format(t=f"{self.table} ({size})", lock=self.lock)
+        text = self._WORDS[self.kind].format(t=f"{self.table} ({size})", lock=self.lock, indexes=", ".join(self.indexes))
         if self.kind == "rewrite":
             text += (f" and rebuilds its {len(self.indexes)} index(es) {', '.join(self.indexes)}" if self.indexes
                      else " (it has no index)")

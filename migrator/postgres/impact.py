@@ -308,7 +308,32 @@ def _measured(conn, cur, text: str, existing: dict, names: dict, held: dict, fou
                              and after[oid][2] != before[oid][2]), key=lambda r: (r.kind != "table", r.relation))
     if not found.truncates:
         found.work += [estimate.rewrite(cur, r.relation) for r in found.rewrites if r.kind == "table"]
+        found.work += _rebuilt_indexes(cur, before, after, existing, now)
     return now
+
+
+_TABLE_OF = """
+SELECT i.indrelid, i.indrelid::regclass::text, c.relfilenode FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_class c ON c.oid = i.indrelid WHERE i.indexrelid = pg_catalog.to_regclass(%s)
+"""
+
+
+def _rebuilt_indexes(cur, before: dict, after: dict, existing: dict, locks: dict) -> list:
+    """Indexes built again while their table kept its rows (a new COLLATE, a type change that keeps the rows: the
+    index is dropped and created again, or given a new relfilenode): each reads the table under the statement's
+    lock."""
+    now = {name for name, _kind, _node in after.values()}
+    by_table: dict = {}
+    for oid, (name, kind, node) in before.items():
+        if kind not in ("i", "I") or oid not in existing:
+            continue
+        if (oid in after and after[oid][2] != node) or (oid not in after and name in now):
+            cur.execute(_TABLE_OF, (name,))
+            row = cur.fetchone()
+            if row and (row[0] not in before or before[row[0]][2] == row[2]):  # a rewrite rebuilds all: said there
+                by_table.setdefault((row[0], row[1]), []).append(name)
+    return [estimate.Work("reindex", table, locks.get(oid, ""), oid=oid, indexes=sorted(names))
+            for (oid, table), names in sorted(by_table.items(), key=lambda item: item[0][1])]
 
 
 def _outside_transaction(target, conn, cur, statements, existing: dict, impact: MigrationImpact, judge) -> None:

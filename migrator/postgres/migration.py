@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import time
 from pathlib import Path
 
@@ -135,9 +136,10 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     blocker. A non-transactional file's CONCURRENTLY builds are prepared and checked (concurrently.py)."""
     connection = backend.connection
     policy = retry.Policy.of(getattr(backend.parent, "limits", None))
-    skip = frozenset()
+    skip, before = frozenset(), set()
     if not transactional:
         skip = concurrently.prepare(connection, statements, path, migration.earlier_failure)
+        before = concurrently.indexes_before(connection, statements)
     probe = retry.probe(backend, connection.info.backend_pid) if policy.per_try else None
     backoff = retry.Backoff(policy)
     start = done = 0
@@ -152,6 +154,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 if not retry.lock_timed_out(exc) or not policy.per_try:
                     raise
                 seen = probe.seen if probe is not None else retry.Seen([])
+                if not transactional and MAY_COMMIT.match(exc.statement.text):
+                    raise _not_retried(exc, seen, backoff)
                 delay = backoff.next_delay() if policy.budget else None
                 if delay is None:
                     raise retry.gave_up(exc, seen, backoff)
@@ -175,10 +179,22 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         if probe is not None:
             probe.close()
     if not transactional:
-        invalid = concurrently.invalid_after(connection, statements)
+        invalid = concurrently.invalid_after(connection, statements, before)
         if invalid:
             raise IndexLeftInvalid(invalid, path, statements)
-        migration.built_indexes = concurrently.built(connection, statements)
+        migration.built_indexes = concurrently.built(connection, statements, before)
+
+
+# A DO block or a CALL may COMMIT inside (PostgreSQL 11+): in a non-transactional file what it committed before the
+# lock timeout stays, so running it again would do that part twice.
+MAY_COMMIT = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:do|call)\b", re.IGNORECASE | re.DOTALL)
+
+
+def _not_retried(exc, seen, backoff):
+    retry.gave_up(exc, seen, backoff)
+    exc.todo = ("not retried: a DO block or CALL may have committed part of its work before the lock timeout, and a "
+                "retry would run that part again; " + exc.todo.split("; ", 1)[1])
+    return exc
 
 
 class IndexLeftInvalid(StatementFailed):

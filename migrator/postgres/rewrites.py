@@ -9,9 +9,12 @@ is new (never refused), a `CHECK (col IS NOT NULL)` one of them adds validated o
   ADD COLUMN with a volatile DEFAULT (gen_random_uuid(), clock_timestamp(), random(), serial, identity, a stored
   generated column), ALTER COLUMN TYPE that is not binary-coercible, SET NOT NULL without a validated CHECK,
   ADD FOREIGN KEY / CHECK without NOT VALID, ADD PRIMARY KEY / UNIQUE without USING INDEX, SET LOGGED/UNLOGGED,
-  SET TABLESPACE / ACCESS METHOD, CREATE INDEX without CONCURRENTLY (SHARE: blocks writes), REINDEX TABLE without
-  CONCURRENTLY, VACUUM FULL, CLUSTER, and VALIDATE CONSTRAINT in a transactional file whose earlier ALTER TABLE
-  holds the table's lock until COMMIT. (Statements a DO block or a function runs are not seen.)
+  SET TABLESPACE / ACCESS METHOD, CREATE INDEX without CONCURRENTLY (SHARE: blocks writes), REINDEX TABLE / INDEX /
+  SCHEMA without CONCURRENTLY, VACUUM FULL, CLUSTER, ADD COLUMN with UNIQUE / PRIMARY KEY / CHECK / REFERENCES or of
+  a domain with a volatile default, a new COLLATE of an indexed column, and VALIDATE CONSTRAINT (or an UPDATE /
+  DELETE of every row) in a transactional file whose earlier ALTER TABLE / LOCK TABLE holds the table's lock until
+  COMMIT. Earlier pending RENAMEs are undone to find the live table and column; a column the live table lacks (added
+  by a pending statement) is rewritten by a TYPE change. (Statements a DO block or a function runs are not seen.)
 
 Such a statement is refused when the live table holds more than the threshold (rows by the planner's estimate,
 reltuples scaled to the table's current pages as the planner does; a never-analyzed table is counted, capped at
@@ -90,8 +93,27 @@ FROM (SELECT relid FROM pg_catalog.pg_partition_tree(%(oid)s) WHERE isleaf
 """
 _VOLATILE = "SELECT 1 FROM pg_catalog.pg_proc WHERE proname = ANY(%s) AND provolatile = 'v' LIMIT 1"
 _COLUMN = """
-SELECT a.atttypid, a.atttypmod, a.attnotnull, pg_catalog.format_type(a.atttypid, a.atttypmod)
+SELECT a.atttypid, a.atttypmod, a.attnotnull, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attcollation,
+       EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY(i.indkey))
 FROM pg_catalog.pg_attribute a WHERE a.attrelid = %s AND a.attname = %s AND NOT a.attisdropped
+"""
+_COLLATION = "SELECT %s::regcollation::oid"
+# The tables of a schema (None: of the migration's search_path) or of an index, as (schema, name).
+_TABLES_IN = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm') AND n.nspname = ANY(%s) ORDER BY 1, 2
+"""
+_TABLE_OF_INDEX = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_catalog.pg_namespace inn ON inn.oid = ic.relnamespace
+WHERE ic.relname = %(name)s AND inn.nspname = ANY(%(path)s)
+ORDER BY pg_catalog.array_position(%(path)s, inn.nspname::text) LIMIT 1
+"""
+_DOMAIN_DEFAULT = """
+SELECT t.typdefault FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+WHERE t.typtype = 'd' AND t.typname = %(name)s AND n.nspname = ANY(%(path)s)
+ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
 """
 _NEW_TYPE = """
 SELECT t.oid, t.typname,
@@ -167,12 +189,40 @@ class _Live:
         self.cursor.execute(_COLUMN, (oid, column))
         return self.cursor.fetchone()
 
-    def rewrites_type(self, oid: int, column: str, type_name, using) -> bool:
-        """Whether ALTER COLUMN TYPE rewrites: not when the new type is the same or binary-coercible and its
-        length/precision only grows (varchar(n) -> varchar(m >= n) or text, numeric(p,s) -> numeric(q >= p,s))."""
+    def tables_in(self, schema: str | None) -> list[tuple[str, str]]:
+        self.cursor.execute(_TABLES_IN, ([schema] if schema else self.path,))
+        return [tuple(row) for row in self.cursor.fetchall()]
+
+    def table_of_index(self, name: tuple[str | None, str]) -> list[tuple[str, str]]:
+        self.cursor.execute(_TABLE_OF_INDEX, {"name": name[1], "path": [name[0]] if name[0] else self.path})
+        return [tuple(row) for row in self.cursor.fetchall()]
+
+    def domain_default_functions(self, type_name) -> set[str]:
+        """The functions a domain's DEFAULT calls (none when the type is not a domain)."""
+        names = [n.sval for n in type_name.names]
+        self.cursor.execute(_DOMAIN_DEFAULT, {"name": names[-1], "path": names[:-1] if len(names) > 1 else self.path})
+        row = self.cursor.fetchone()
+        return risks.expression_functions(row[0]) if row and row[0] else set()
+
+    def rewrites_type(self, oid: int, column: str, type_name, using, collation=None) -> str | None:
+        """What ALTER COLUMN TYPE does to the rows: "rewrites" unless the new type is the same or binary-coercible
+        and its length/precision only grows (varchar(n) -> varchar(m >= n) or text, numeric(p,s) -> numeric(q >= p,s));
+        a new collation of an indexed column "rebuilds the indexes of" the table; else None (catalog only)."""
         found = self.column(oid, column)
-        if found is None or using is not None:
-            return found is not None  # USING: an expression per row
+        if found is None:
+            return "rewrites"  # a column a pending statement added: retyping it rewrites the live table's rows
+        if using is not None and not _same_value(using, column, type_name):
+            return "rewrites"  # USING: an expression per row
+        if self._rewrites_type(found, type_name):
+            return "rewrites"
+        if collation is not None and found[5]:
+            self.cursor.execute(_COLLATION, (".".join('"' + n.sval.replace('"', '""') + '"'
+                                                      for n in collation.collname),))
+            if self.cursor.fetchone()[0] != found[4]:
+                return "rebuilds the indexes of"
+        return None
+
+    def _rewrites_type(self, found, type_name) -> bool:
         old_type, old_mod = found[0], found[1]
         name, mods = risks.type_name(type_name)
         self.cursor.execute(_NEW_TYPE, {"old": old_type, "name": name})
@@ -195,6 +245,18 @@ class _Live:
         self.cursor.close()
         if not self.connection.autocommit:
             self.connection.rollback()  # no lock of the judge's stays on the live tables
+
+
+def _same_value(using, column: str, type_name) -> bool:
+    """USING that is the column itself, or the column cast to the new type: the same as no USING."""
+    from pglast import ast
+
+    if isinstance(using, ast.TypeCast):
+        if risks.type_name(using.typeName) != risks.type_name(type_name):
+            return False
+        using = using.arg
+    return (isinstance(using, ast.ColumnRef) and len(using.fields) == 1
+            and getattr(using.fields[0], "sval", None) == column)
 
 
 def _qualified(schema: str, name: str) -> str:
@@ -220,10 +282,14 @@ def _only_grows(typname: str, old_mod: int, new_mods: list[int]) -> bool:
     return False
 
 
-def markers(text: str) -> set[tuple[str | None, str]]:
-    """The tables a file accepts rewrites of (`-- accept-rewrite: a, s.b`), as (schema or None, name)."""
+def markers(text: str, statements=()) -> set[tuple[str | None, str]]:
+    """The tables a file accepts rewrites of (`-- accept-rewrite: a, s.b`), as (schema or None, name): comment lines
+    outside its `statements` only (one inside a string or a function's body is no marker)."""
     found = set()
+    spans = [(s.offset, s.offset + len(s.text)) for s in statements]
     for match in MARKER.finditer(text):
+        if any(start <= match.start() < end for start, end in spans):
+            continue
         for item in filter(None, (i.strip() for i in match[1].split(","))):
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower()
                      for p in re.findall(r'"(?:[^"]|"")*"|[^.\s]+', item)]
@@ -263,7 +329,8 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
                         if table is None or table[2] <= threshold:
                             continue
                         if accepted is None:
-                            accepted = {live.key(name) for name in markers(files.read_text(path))}
+                            accepted = {live.key(name) for name in markers(files.read_text(path),
+                                                                           migration.steps[0].statements)}
                         oid, relation, rows, size = table
                         verdicts.append(Verdict(str(path), risk, relation, rows, size,
                                                 key in accepted or _key_of(relation) in accepted, threshold))

@@ -13,13 +13,17 @@ import re
 from dataclasses import dataclass, field
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
-_HINT = re.compile(r"(?:alter\s+table|create\s+(?:unique\s+)?index|vacuum|cluster|reindex)\b", re.IGNORECASE)
+_HINT = re.compile(r"\s*(?:alter\s+table|create\s+(?:unique\s+)?index|vacuum|cluster|reindex)\b", re.IGNORECASE)
+_COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint only: `ALTER /* x */ TABLE` is parsed too)
 # A table a statement creates, read without the parser (pg_dump and people write it so; IF NOT EXISTS may
 # name a table that exists and holds rows: not new). A table the judge cannot tell is new is judged by its size.
 _NAME = r'("(?:[^"]|"")*"|[A-Za-z_][\w$]*)'
-_CREATES = re.compile(rf"create\s+(?:(?:global|local)\s+)?(?:(?:temp|temporary|unlogged)\s+)?table\s+"
+_CREATES = re.compile(rf"create\s+(?:(?:global|local)\s+)?(?P<temp>(?:temp|temporary)\s+)?(?:unlogged\s+)?table\s+"
                       rf"(?!if\s+not\s+exists\b){_NAME}(?:\s*\.\s*{_NAME})?", re.IGNORECASE)
-_WRITES = re.compile(r"(?:update|delete)\b", re.IGNORECASE)
+_WRITES = re.compile(r"\s*(?:update|delete|with|lock)\b", re.IGNORECASE)
+_RENAMES = re.compile(r"\s*alter\s+table\b.*\brename\b", re.IGNORECASE | re.DOTALL)
+_SEARCH_PATH = re.compile(r"\s*set\s+(?:session\s+|local\s+)?search_path\s*(?:to|=)\s*(?P<first>\"(?:[^\"]|\"\")*\"|[^\s,;]+)",
+                          re.IGNORECASE)
 _SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}
 
 ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
@@ -74,19 +78,48 @@ class Seen:
     checks: dict = field(default_factory=dict)  # (table key, constraint name) -> column of CHECK (col IS NOT NULL)
     validated: dict = field(default_factory=dict)  # table key -> constraint names VALIDATEd by a pending statement
     altered: set | None = None  # in a transactional file: tables an earlier ALTER TABLE of it locked until COMMIT
+    renamed: dict = field(default_factory=dict)  # table key -> the live table's name (a pending RENAME TO)
+    columns: dict = field(default_factory=dict)  # (table key, column) -> the live column's name (RENAME COLUMN)
+    schema: str | None = None  # the schema a `SET search_path` of the file puts unqualified new tables in
 
     def begin_file(self, transactional: bool) -> None:
         self.altered = set() if transactional else None
+        self.schema = None  # each file runs in a fresh session
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
         return any(live.key(c) == live.key(name) for c in self.created)
 
+    def live_name(self, name: tuple[str | None, str], live) -> tuple[str | None, str]:
+        """The live table a name means after the pending RENAME TOs before this statement."""
+        return self.renamed.get(live.key(name), name)
+
+    def live_column(self, table, column: str, live) -> str:
+        return self.columns.get((live.key(table), column), column)
+
     def read(self, text: str) -> None:
-        """Note the table a CREATE TABLE statement creates."""
+        """Note the table a CREATE TABLE statement creates (a temporary one never makes a live table new; an
+        unqualified one goes to the schema the file's own SET search_path names) and the file's search_path."""
+        path = _SEARCH_PATH.match(text)
+        if path:
+            first = path["first"]
+            self.schema = first[1:-1].replace('""', '"') if first.startswith('"') else first.strip("'").lower()
         match = _CREATES.match(text)
-        if match:
-            parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in match.groups() if p]
-            self.created.add((parts[0], parts[1]) if len(parts) == 2 else (None, parts[0]))
+        if match and not match["temp"]:
+            parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in match.groups()[1:] if p]
+            self.created.add((parts[0], parts[1]) if len(parts) == 2 else (self.schema, parts[0]))
+
+    def rename(self, tree, live) -> None:
+        """Note a pending ALTER TABLE ... RENAME (TO, COLUMN): later statements name what it names."""
+        from pglast import enums
+
+        if tree.relation is None or tree.newname is None:
+            return
+        old = self.live_name(_name(tree.relation), live)
+        if tree.renameType == enums.ObjectType.OBJECT_TABLE:
+            self.renamed[live.key((tree.relation.schemaname or None, tree.newname))] = old
+        elif tree.renameType == enums.ObjectType.OBJECT_COLUMN:
+            self.columns[(live.key(_name(tree.relation)), tree.newname)] = self.live_column(
+                _name(tree.relation), tree.subname, live)
 
 
 def _name(range_var) -> tuple[str | None, str]:
@@ -142,7 +175,9 @@ def type_name(type_name) -> tuple[str, list[int]]:
 def parse(text: str, seen: Seen | None = None):
     """The statement's parse trees (pglast), or () when it is not one the judge reads or pglast cannot parse it
     (the server then says what is wrong). An UPDATE or DELETE is read only after an ALTER TABLE of its file."""
-    if not (_HINT.match(text) or seen is not None and seen.altered and _WRITES.match(text)):
+    hint = _COMMENTS.sub(" ", text)
+    if not (_HINT.match(hint) or seen is not None and seen.altered is not None and _WRITES.match(hint)
+            or _RENAMES.match(hint)):
         return ()
     from pglast import parse_sql
     from pglast.parser import ParseError
@@ -154,31 +189,85 @@ def parse(text: str, seen: Seen | None = None):
 
 
 def risks(tree, line: int, live, seen: Seen):
-    """What one statement does that may rewrite or scan a table; the CHECKs it adds and validates go to `seen`."""
+    """What one statement does that may rewrite or scan a table; the CHECKs it adds and validates go to `seen`.
+    Tables are named as the live database knows them (an earlier pending RENAME TO undone)."""
     from pglast import ast, enums
 
+    def name(range_var):
+        return seen.live_name(_name(range_var), live)
+
+    reindex = enums.ReindexObjectType
     if isinstance(tree, ast.IndexStmt) and not tree.concurrent:
-        yield Risk(line, _name(tree.relation), "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE,
+        yield Risk(line, name(tree.relation), "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE,
                    "index")
     elif isinstance(tree, ast.VacuumStmt) and tree.is_vacuumcmd and any(
             o.defname == "full" and str(getattr(o.arg, "sval", getattr(o.arg, "ival", "on"))).lower()
             not in ("false", "off", "0") for o in tree.options or ()):
-        for rel in tree.rels or ():
-            yield Risk(line, _name(rel.relation), "VACUUM FULL", "rewrites", ACCESS_EXCLUSIVE, "vacuum full")
+        tables = [name(rel.relation) for rel in tree.rels] if tree.rels else live.tables_in(None)  # bare: every table
+        for table in tables:
+            yield Risk(line, table, "VACUUM FULL", "rewrites", ACCESS_EXCLUSIVE, "vacuum full")
     elif isinstance(tree, ast.ClusterStmt) and tree.relation is not None:
-        yield Risk(line, _name(tree.relation), "CLUSTER", "rewrites", ACCESS_EXCLUSIVE, "cluster")
-    elif (isinstance(tree, ast.ReindexStmt) and tree.kind == enums.ReindexObjectType.REINDEX_OBJECT_TABLE
-          and not any(o.defname == "concurrently" for o in tree.params or ())):
+        yield Risk(line, name(tree.relation), "CLUSTER", "rewrites", ACCESS_EXCLUSIVE, "cluster")
+    elif isinstance(tree, ast.ReindexStmt) and not any(o.defname == "concurrently" for o in tree.params or ()):
         # SHARE on the table, ACCESS EXCLUSIVE on each index: a query planned on the table waits too
-        yield Risk(line, _name(tree.relation), "REINDEX TABLE without CONCURRENTLY", "rebuilds the indexes of",
-                   ACCESS_EXCLUSIVE, "reindex")
+        if tree.kind == reindex.REINDEX_OBJECT_TABLE:
+            tables, what = [name(tree.relation)], "REINDEX TABLE"
+        elif tree.kind == reindex.REINDEX_OBJECT_INDEX:
+            tables, what = live.table_of_index(_name(tree.relation)), f"REINDEX INDEX {tree.relation.relname}"
+        elif tree.kind == reindex.REINDEX_OBJECT_SCHEMA:
+            tables, what = live.tables_in(tree.name), f"REINDEX SCHEMA {tree.name}"
+        else:  # DATABASE / SYSTEM: every table
+            tables, what = live.tables_in(None), "REINDEX DATABASE"
+        for table in tables:
+            yield Risk(line, table, f"{what} without CONCURRENTLY", "rebuilds the indexes of", ACCESS_EXCLUSIVE,
+                       "reindex")
     elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_TABLE:
         yield from _alter_table(tree, line, live, seen)
-    elif (isinstance(tree, (ast.UpdateStmt, ast.DeleteStmt)) and tree.whereClause is None and seen.altered
-          and live.key(_name(tree.relation)) in seen.altered and not seen.is_new(_name(tree.relation), live)):
-        what = "UPDATE" if isinstance(tree, ast.UpdateStmt) else "DELETE"
-        yield Risk(line, _name(tree.relation), f"{what} without WHERE in the transaction of an earlier ALTER TABLE of "
-                                               "the table", "writes every row of", ACCESS_EXCLUSIVE, "update")
+    elif isinstance(tree, ast.RenameStmt):
+        seen.rename(tree, live)
+    elif isinstance(tree, ast.LockStmt) and seen.altered is not None:
+        seen.altered.update(live.key(name(rel)) for rel in tree.relations or ())  # held until COMMIT, as an ALTER's
+    elif seen.altered:
+        for write in _writes(tree):
+            table = name(write.relation)
+            if live.key(table) in seen.altered and not seen.is_new(table, live) and _every_row(write.whereClause):
+                what = "UPDATE" if isinstance(write, ast.UpdateStmt) else "DELETE"
+                what += " without WHERE" if write.whereClause is None else " of every row"
+                yield Risk(line, table, f"{what} in the transaction of an earlier ALTER TABLE of "
+                                        "the table", "writes every row of", ACCESS_EXCLUSIVE, "update")
+
+
+def _writes(tree) -> list:
+    """The UPDATEs and DELETEs a statement runs (its own, or in its WITH clauses)."""
+    from pglast import ast
+    from pglast.visitors import Visitor
+
+    found = []
+
+    class Writes(Visitor):
+        def visit_UpdateStmt(self, _ancestors, node):
+            found.append(node)
+
+        def visit_DeleteStmt(self, _ancestors, node):
+            found.append(node)
+
+    Writes()(tree)
+    return found
+
+
+def _every_row(where) -> bool:
+    """No WHERE, or one that is a constant true (`WHERE true`, `WHERE 1 = 1`): every row."""
+    from pglast import ast
+
+    if where is None:
+        return True
+    if isinstance(where, ast.A_Const):
+        return getattr(where.val, "boolval", False) is True
+    if isinstance(where, ast.TypeCast):
+        return str(getattr(getattr(where.arg, "val", None), "sval", "")).lower() in ("t", "true", "on", "1", "yes")
+    if isinstance(where, ast.A_Expr) and isinstance(where.lexpr, ast.A_Const) and isinstance(where.rexpr, ast.A_Const):
+        return where.name[-1].sval == "=" and _text(where.lexpr) == _text(where.rexpr)
+    return False
 
 
 def _alter_table(tree, line: int, live, seen: Seen):
@@ -188,20 +277,27 @@ def _alter_table(tree, line: int, live, seen: Seen):
     if not _COPIES:
         _COPIES.update({types.AT_SetLogged: "SET LOGGED", types.AT_SetUnLogged: "SET UNLOGGED",
                         types.AT_SetTableSpace: "SET TABLESPACE", types.AT_SetAccessMethod: "SET ACCESS METHOD"})
-    name = _name(tree.relation)
+    name = seen.live_name(_name(tree.relation), live)
     key = live.key(name)
     new = seen.is_new(name, live)
+    locked = False  # an earlier subcommand of this statement holds the table's ACCESS EXCLUSIVE lock
     for cmd in tree.cmds:
         if cmd.subtype == types.AT_AddColumn:
             column = cmd.def_
             why = _volatile_column(column, live) if not new else None
             if why:
                 yield Risk(line, name, f"ADD COLUMN {column.colname} {why}", "rewrites", ACCESS_EXCLUSIVE, "default")
+            elif not new:
+                yield from _column_constraints(column, name, line)
         elif cmd.subtype == types.AT_AlterColumnType and not new:
             table = live.table(name)
-            if table and live.rewrites_type(table[0], cmd.name, cmd.def_.typeName, cmd.def_.raw_default):
-                yield Risk(line, name, f"ALTER COLUMN {cmd.name} TYPE {_text(cmd.def_.typeName)}", "rewrites",
-                           ACCESS_EXCLUSIVE, "type")
+            column = seen.live_column(name, cmd.name, live)
+            how = table and live.rewrites_type(table[0], column, cmd.def_.typeName, cmd.def_.raw_default,
+                                               cmd.def_.collClause)
+            if how:
+                yield Risk(line, name, f"ALTER COLUMN {cmd.name} TYPE {_text(cmd.def_.typeName)}"
+                                       + (f" {_text(cmd.def_.collClause)}" if cmd.def_.collClause else ""),
+                           how, ACCESS_EXCLUSIVE, "type")
         elif cmd.subtype == types.AT_SetNotNull:
             if cmd.name in seen.not_null.get(key, set()) or new:
                 continue
@@ -212,7 +308,7 @@ def _alter_table(tree, line: int, live, seen: Seen):
         elif cmd.subtype == types.AT_AddConstraint:
             yield from _add_constraint(cmd.def_, name, key, line, seen, new)
         elif cmd.subtype == types.AT_ValidateConstraint:
-            if seen.altered is not None and key in seen.altered and not new:
+            if (locked or seen.altered is not None and key in seen.altered) and not new:
                 yield Risk(line, name, f"VALIDATE CONSTRAINT {cmd.name} in the transaction of an earlier ALTER TABLE "
                                        "of the table", "scans", ACCESS_EXCLUSIVE, "validate")
             seen.validated.setdefault(key, set()).add(cmd.name)
@@ -222,6 +318,7 @@ def _alter_table(tree, line: int, live, seen: Seen):
         elif cmd.subtype in _COPIES and not new:
             yield Risk(line, name, _COPIES[cmd.subtype] + (f" {cmd.name}" if cmd.name else ""), "rewrites",
                        ACCESS_EXCLUSIVE, "logged")
+        locked = locked or cmd.subtype != types.AT_ValidateConstraint
     if seen.altered is not None:
         seen.altered.add(key)  # its lock (ACCESS EXCLUSIVE for most subcommands) is held until the file commits
 
@@ -253,21 +350,54 @@ def _add_constraint(constraint, name, key, line: int, seen: Seen, new: bool):
         yield Risk(line, name, f"ADD {what} without USING INDEX", "builds an index on", ACCESS_EXCLUSIVE, "key")
 
 
+def _column_constraints(column, name, line: int):
+    """ADD COLUMN ... UNIQUE / PRIMARY KEY builds an index of every row, ... CHECK / REFERENCES scans them, all
+    under the ADD COLUMN's ACCESS EXCLUSIVE lock."""
+    from pglast import enums
+
+    kinds = enums.ConstrType
+    for constraint in column.constraints or ():
+        if constraint.contype in (kinds.CONSTR_PRIMARY, kinds.CONSTR_UNIQUE):
+            what = "PRIMARY KEY" if constraint.contype == kinds.CONSTR_PRIMARY else "UNIQUE"
+            yield Risk(line, name, f"ADD COLUMN {column.colname} {what}", "builds an index on", ACCESS_EXCLUSIVE,
+                       "key")
+        elif constraint.contype == kinds.CONSTR_CHECK and not constraint.skip_validation:
+            yield Risk(line, name, f"ADD COLUMN {column.colname} CHECK (...)", "scans", ACCESS_EXCLUSIVE, "check")
+        elif constraint.contype == kinds.CONSTR_FOREIGN and not constraint.skip_validation:
+            yield Risk(line, name, f"ADD COLUMN {column.colname} REFERENCES", "scans", ACCESS_EXCLUSIVE,
+                       "foreign key")
+
+
 def _volatile_column(column, live) -> str | None:
     """Why adding this column writes every row (a volatile default, serial, identity, stored generated), or None."""
     from pglast import enums
 
-    type_name = column.typeName.names[-1].sval if column.typeName else ""
-    if type_name in _SERIAL:
-        return f"{type_name} (its default nextval() is volatile)"
+    last = column.typeName.names[-1].sval if column.typeName else ""
+    if last in _SERIAL:
+        return f"{last} (its default nextval() is volatile)"
     for constraint in column.constraints or ():
         if constraint.contype == enums.ConstrType.CONSTR_IDENTITY:
             return "GENERATED AS IDENTITY (a value per row)"
         if constraint.contype == enums.ConstrType.CONSTR_GENERATED and constraint.generated_kind != "v":
             return "GENERATED ALWAYS AS (...) STORED"
-        if constraint.contype == enums.ConstrType.CONSTR_DEFAULT and live.volatile(_functions(constraint.raw_expr)):
-            return f"DEFAULT {_text(constraint.raw_expr)} (volatile: a value per row)"
+        if constraint.contype == enums.ConstrType.CONSTR_DEFAULT:
+            if live.volatile(_functions(constraint.raw_expr)):
+                return f"DEFAULT {_text(constraint.raw_expr)} (volatile: a value per row)"
+            return None  # the column's own default wins over its domain's
+    if column.typeName and live.volatile(live.domain_default_functions(column.typeName)):
+        return f"of domain {_text(column.typeName)}, whose DEFAULT is volatile (a value per row)"
     return None
+
+
+def expression_functions(text: str) -> set[str]:
+    """The functions an expression (as the catalog prints it) calls."""
+    from pglast import parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        return _functions(parse_sql(f"SELECT {text}")[0].stmt)
+    except ParseError:
+        return set()
 
 
 def rows_text(rows: int) -> str:

@@ -10,6 +10,7 @@ from migrator import checksums
 from migrator.errors import DRIFT, MigratorError
 from migrator.postgres import history
 from migrator.postgres.connection import MIGRATION_TABLE
+from migrator.postgres.errors import NOTHING_COMMITTED
 from migrator.postgres.migration import load_migrations, ordered
 from migrator.targets import PostgresTarget
 
@@ -30,6 +31,8 @@ class MigrationState:
             return "applied, CHANGED since"
         if self.applied_at:
             return "applied, PARTLY rolled back" if self.failure else "applied"
+        if self.failure and self.failure.startswith(NOTHING_COMMITTED):
+            return "pending, interrupted"  # (what it says: nothing committed, or an INVALID index it may have left)
         return "pending, PARTLY applied" if self.failure else "pending"
 
 

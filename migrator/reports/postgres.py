@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,8 @@ from migrator.errors import DRIFT, FAILED, OK, SCHEMA_DRIFT
 from migrator.output import visible
 from migrator.reports.base import Lines, SqlText, _time
 from migrator.reports.mongo import PatchRunReport, PatchStatusReport
+
+REINDEX_COPY = re.compile(r'_cc(new|old)[0-9]*"?$')  # the copies REINDEX ... CONCURRENTLY makes
 
 
 @dataclass
@@ -114,6 +117,11 @@ class StatusReport:
             ids = " ".join(s.id for s in changed)
             lines.append(f"  changed files block `migrate`: restore them, or after review `runner.py sql accept-changes {ids}`")
         for schema, index, table in self.invalid_indexes:
+            if REINDEX_COPY.search(index):  # the rerun of the migration that ran it drops it
+                lines.append(f"  INVALID index {schema}.{index} on {table} (left by an interrupted REINDEX ... "
+                             "CONCURRENTLY): run migrate again if a pending migration ran it, else "
+                             f"DROP INDEX CONCURRENTLY {schema}.{index}")
+                continue
             lines.append(f"  INVALID index {schema}.{index} on {table} (a failed CREATE INDEX CONCURRENTLY): "
                          f"DROP INDEX CONCURRENTLY {schema}.{index}; then run migrate again")
         lines += self.schema.lines()

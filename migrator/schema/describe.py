@@ -151,6 +151,10 @@ def _read_only_snapshot(conn):
             cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         else:  # psycopg2 sends BEGIN itself
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # A catalog read waits for a lock as long as statement_timeout allows, never the migrations' short
+        # lock_timeout: a function such as pg_get_indexdef locks its relation, and another session's ACCESS EXCLUSIVE
+        # on any table must not fail the run (its ACCESS SHARE queues behind no application query).
+        cursor.execute("SELECT pg_catalog.set_config('lock_timeout', '0', true)")
         done = False
         try:
             yield cursor

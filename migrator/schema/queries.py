@@ -137,13 +137,15 @@ FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n O
 WHERE k.contype NOT IN ('n', 't') AND {MANAGED_REL}
 """
 
-# Indexes that implement a primary key, unique or exclusion constraint are described by the constraint.
+# Indexes that implement a primary key, unique or exclusion constraint are described by the constraint. The
+# INVALID copies an interrupted REINDEX ... CONCURRENTLY leaves (name_ccnew, name_ccold) are no part of the schema:
+# status lists them as INVALID and the rerun drops them (postgres/concurrently.py), never drift.
 INDEXES = f"""
 SELECT {QUALIFIED.format(name='ic.relname')}, {QUALIFIED.format(name='c.relname')}, c.relkind,
        pg_get_indexdef(i.indexrelid), i.indisvalid, obj_description(i.indexrelid, 'pg_class')
 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE {MANAGED_REL}
+WHERE {MANAGED_REL} AND (i.indisvalid OR ic.relname !~ '_cc(new|old)[0-9]*$')
   AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid
                   AND k.contype IN ('p', 'u', 'x'))
 """
