@@ -332,3 +332,33 @@ def test_a_runner_that_lost_its_lock_while_the_server_was_paused_stops_before_it
     (record,) = server.db.applied_patches.find()
     assert record["patch"] == "0001_slow" and record["status"] == "running"  # the first did not settle it
     assert counts(server.db) == {"first": 1}  # 0002 never ran
+
+
+# --- mongosh dies with its runner ---------------------------------------------------------------------------------
+
+# Inserts once a second for a minute: a mongosh that outlives its runner keeps writing.
+TICKS = """
+for (let i = 0; i < 60; i++) {
+  db.ticks.insertOne({i: i});
+  sleep(1000);
+}
+"""
+
+
+def test_a_js_patch_dies_with_its_sigkilled_runner(server, tmp_path):
+    if not __import__("shutil").which("mongosh") and not (PROJECT_ROOT / ".mongosh").exists():
+        pytest.skip("needs mongosh (make mongosh)")
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_ticks.js").write_text(TICKS)
+    proc = runner(server, "mongo", "apply", "--run", "--mongo-dir", folder)
+    deadline = time.monotonic() + 60
+    while server.db.ticks.count_documents({}) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(2.5)  # mongosh's in-flight insert, then its death (PR_SET_DEATHSIG at once; the prelude's check in 1 s)
+    after_kill = server.db.ticks.count_documents({})
+    time.sleep(3)
+    assert server.db.ticks.count_documents({}) == after_kill  # no insert from an orphaned mongosh
