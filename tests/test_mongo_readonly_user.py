@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import FERRETDB_PG_DATABASE
+from conftest import FERRETDB_PG_DATABASE, one_error_line
 
 READER, READER_PASSWORD = "hcm_mongo_reader", "Read-only-pw-1"
 
@@ -131,3 +131,13 @@ def test_doctor_fails_a_readonly_user_that_can_write(cli, readonly, pg, ferret_p
     assert doctor.exit_code != 0 and password not in doctor.output
     assert "_hcm_readonly_probe" not in db.list_collection_names()  # the probe removed its write
 
+
+
+def test_an_unsupported_auth_mechanism_is_said_with_the_servers_words(cli, readonly, tmp_path):
+    env, db = readonly
+    url = f"mongodb://{READER}:{READER_PASSWORD}@{env['MONGO_URL'].split('//')[1].strip('/')}/?authMechanism=SCRAM-SHA-1"
+    result = cli("mongo", "status", "--mongo-dir", tmp_path, env={"MONGO_URL": url, "MONGO_DB": env["MONGO_DB"]})
+    assert result.exit_code != 0
+    line = one_error_line(result)
+    assert 'Unsupported authentication mechanism "SCRAM-SHA-1"' in line and "authMechanism=PLAIN" in line, line
+    assert READER_PASSWORD not in result.output
