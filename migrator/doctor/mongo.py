@@ -141,7 +141,7 @@ def _lock(report: DoctorReport, db, target: MongoTarget) -> None:
     if expires is None:
         report.add(Check("mongo lock", FAIL, f"lock document without expiry (held by {who}): a run would wait forever",
                          "remove it after checking no runner is alive"))
-    elif _aware(expires) < log.utcnow():
+    elif _aware(expires) < lock.server_now(db):  # the server's clock, as the runners compare it
         report.add(Check("mongo lock", WARN, f"left by {who}, expired: a dead runner's",
                          "nothing to do: the next run takes it over"))
     else:
