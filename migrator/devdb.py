@@ -12,6 +12,8 @@ and log are in `.devdb/ferretdb/`. Started with PostgreSQL's first use by a Mong
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import warnings
 from pathlib import Path
@@ -113,16 +115,28 @@ def ensure_mongo(env: Env, note) -> MongoTarget | None:
         return None
     pg = ensure_running(env)
     folder = mongo_dir(env)
-    port = _mongo_port(folder)
-    if port is None:
-        _create_database(pg, FERRETDB_PG_DATABASE)
-        url = f"postgres://{pg.user}@/{FERRETDB_PG_DATABASE}?host={pg.params['host']}&port={pg.port}"
-        server = ferretdb.start(binary, folder, postgresql_url=url, detach=True)
-        (folder / "ferretdb.pid").write_text(f"{server.process.pid}\n{server.port}\n")
-        port = server.port
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder):  # several commands at once: one checks and starts, the others then find it
+        port = _mongo_port(folder)
+        if port is None:
+            _create_database(pg, FERRETDB_PG_DATABASE)
+            url = f"postgres://{pg.user}@/{FERRETDB_PG_DATABASE}?host={pg.params['host']}&port={pg.port}"
+            server = ferretdb.start(binary, folder, postgresql_url=url, detach=True)
+            (folder / "ferretdb.pid").write_text(f"{server.process.pid}\n{server.port}\n")
+            port = server.port
     return MongoTarget(f"mongodb://127.0.0.1:{port}/", MONGO_DATABASE,
                        sources={"url": f"local development database in {folder}", "database": "local development database"},
                        tls="none (local development database, 127.0.0.1)")
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """An exclusive flock on folder/start.lock (released by the kernel if the holder dies)."""
+    import fcntl
+
+    with open(folder / "start.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _mongo_port(folder: Path) -> int | None:
@@ -135,7 +149,7 @@ def _mongo_port(folder: Path) -> int | None:
         pid, port = map(int, (folder / "ferretdb.pid").read_text().split()[:2])
     except (OSError, ValueError):
         return None
-    if not ferretdb.alive(pid):
+    if not ferretdb.ours(pid, folder, port):
         return None
     try:
         with pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=3000) as client:
@@ -149,12 +163,13 @@ def stop_mongo(env: Env) -> str | None:
     """Stop the local FerretDB if it runs; what happened, or None when it was not running."""
     from migrator import ferretdb
 
-    pid_file = mongo_dir(env) / "ferretdb.pid"
+    folder = mongo_dir(env)
+    pid_file = folder / "ferretdb.pid"
     try:
-        pid = int(pid_file.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        pid, port = map(int, pid_file.read_text().split()[:2])
+    except (OSError, ValueError):
         return None
-    stopped = ferretdb.alive(pid) and ferretdb.stop_pid(pid)
+    stopped = ferretdb.ours(pid, folder, port) and ferretdb.stop_pid(pid)  # a stale file's pid is not ours to kill
     pid_file.unlink(missing_ok=True)
     return "FerretDB (Mongo) stopped" if stopped else None
 

@@ -167,6 +167,19 @@ def stop_pid(pid: int, timeout: float = 10.0) -> bool:
     return True
 
 
+def ours(pid: int, state_dir: Path, port: int) -> bool:
+    """Alive and our FerretDB: a ferretdb binary started with this state folder and port (a pid file outlives its
+    process, and the pid may since name another program, or another checkout's server)."""
+    if not alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return not Path("/proc/self/cmdline").exists()  # no /proc (macOS): alive is all that can be told
+    return (Path(argv[0]).name == BINARY.name and f"--state-dir={state_dir}" in argv
+            and f"--listen-addr=127.0.0.1:{port}" in argv)
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie, ended but not yet reaped by the process that started it, is not)."""
     try:

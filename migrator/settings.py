@@ -372,6 +372,13 @@ def resolve_mongo(options: MongoOptions, env: Env) -> MongoTarget | None:
         ro = urls.parse(readonly, readonly_origin, "MongoDB", MONGO_SCHEMES, MONGO_EXAMPLE)
         if not ro.netloc:
             raise MigratorError(f"{readonly_origin} names no host; expected {MONGO_EXAMPLE}", USAGE)
+        # A dry run must read the log of the server --run writes, and as another user, or "read-only" means nothing.
+        if ro.netloc.lower() != parsed.netloc.lower():
+            raise MigratorError(f"{readonly_origin} points at {ro.netloc}, not at {parsed.netloc} ({origin}); "
+                                "set it to a read-only user's URL on the same server", USAGE)
+        if ro.user == parsed.user:
+            raise MigratorError(f"{readonly_origin} connects as the same user as {origin} ({parsed.user or 'none'}), which can "
+                                "write; set it to a read-only user's URL, or unset it", USAGE)
         sources["readonly"] = readonly_origin
     notes = env.take_notes() + warnings
     return MongoTarget(target_uri, database, sources, ca_file, documentdb, options.timeout, tls_mode, notes,

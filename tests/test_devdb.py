@@ -122,3 +122,54 @@ def test_without_go_the_message_says_how_to_get_a_local_mongo(cli, local_db, tmp
     assert "install Go" in line and "docker run -d -p 27017:27017 mongo:7" in line and "MONGO_URL=" in line
     started = cli("devdb", "start")
     assert started.exit_code == 0 and "MongoDB: none (Go not found" in started.stdout
+
+
+@needs_ferretdb
+def test_a_stale_ferretdb_pid_file_is_not_trusted_or_killed(cli, local_db, ferret, tmp_path):
+    """The pid file names an unrelated process (its pid reused) and a port where another FerretDB answers."""
+    devdb.ensure_running(local_db)  # PostgreSQL first: its folder must be empty for initdb
+    folder = devdb.mongo_dir(local_db)
+    folder.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "mongo").mkdir()
+    unrelated = subprocess.Popen(["sleep", "120"])
+    try:
+        (folder / "ferretdb.pid").write_text(f"{unrelated.pid}\n{ferret.port}\n")
+        status = cli("mongo", "status", "--mongo-dir", tmp_path / "mongo")
+        assert status.exit_code == 0, status.output
+        assert f"127.0.0.1:{ferret.port}/" not in status.stderr  # not someone else's server: its own, started
+        pid = int((folder / "ferretdb.pid").read_text().split()[0])
+        assert pid != unrelated.pid and ferretdb.alive(pid)
+        devdb.stop_mongo(local_db)
+        (folder / "ferretdb.pid").write_text(f"{unrelated.pid}\n{ferret.port}\n")
+        assert "FerretDB" not in cli("devdb", "stop").stdout
+        assert unrelated.poll() is None  # still running: not ours to kill
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+@needs_ferretdb
+def test_commands_at_once_start_one_local_ferretdb(local_db, tmp_path):
+    from conftest import PROJECT_ROOT
+
+    devdb.ensure_running(local_db)
+    (tmp_path / "mongo").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "DB_", "DATABASE_URL", "PG"))}
+    env["HCM_DEVDB_DIR"] = local_db.value("HCM_DEVDB_DIR")
+    procs = [subprocess.Popen([sys.executable, str(PROJECT_ROOT / "runner.py"), "mongo", "status", "--mongo-dir",
+                               str(tmp_path / "mongo")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    state_dir = f"--state-dir={devdb.mongo_dir(local_db)}"
+    servers = [pid for pid in os.listdir("/proc") if pid.isdigit() and ferretdb.alive(int(pid))
+               and state_dir in _cmdline(pid)]
+    assert len(servers) == 1, servers
+    assert len({err.splitlines()[0] for _, err in results}) == 1  # all four name the same server
+
+
+def _cmdline(pid: str) -> list[str]:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").split("\0")
+    except OSError:
+        return []

@@ -279,6 +279,8 @@ def test_the_server_killed_mid_patch_and_restarted(server, tmp_path):
     with running_ferretdb(state, sqlite_dir=data, port=own.port) as again:
         target.db.client.close()
         target = type(server)(again.url, server.name, pymongo.MongoClient(again.url, tz_aware=True)[server.name])
+        code, out, err = finish(runner(target, "mongo", "status", "--mongo-dir", folder))  # the lock not yet expired
+        assert "running now" not in out + err and f"pid {proc.pid} on this host has exited" in out + err, out + err
         expire_lock(target.db)
         assert counts(target.db) == {"first": 1}
         code, out, err = finish(runner(target, "mongo", "apply", "--run", "--mongo-dir", folder))
@@ -332,3 +334,53 @@ def test_a_runner_that_lost_its_lock_while_the_server_was_paused_stops_before_it
     (record,) = server.db.applied_patches.find()
     assert record["patch"] == "0001_slow" and record["status"] == "running"  # the first did not settle it
     assert counts(server.db) == {"first": 1}  # 0002 never ran
+
+
+# --- mongosh dies with its runner ---------------------------------------------------------------------------------
+
+# Inserts once a second for a minute: a mongosh that outlives its runner keeps writing.
+TICKS = """
+for (let i = 0; i < 60; i++) {
+  db.ticks.insertOne({i: i});
+  sleep(1000);
+}
+"""
+
+
+def test_a_js_patch_dies_with_its_sigkilled_runner(server, tmp_path):
+    if not __import__("shutil").which("mongosh") and not (PROJECT_ROOT / ".mongosh").exists():
+        pytest.skip("needs mongosh (make mongosh)")
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_ticks.js").write_text(TICKS)
+    proc = runner(server, "mongo", "apply", "--run", "--mongo-dir", folder)
+    deadline = time.monotonic() + 60
+    while server.db.ticks.count_documents({}) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(2.5)  # mongosh's in-flight insert, then its death (PR_SET_DEATHSIG at once; the prelude's check in 1 s)
+    after_kill = server.db.ticks.count_documents({})
+    time.sleep(3)
+    assert server.db.ticks.count_documents({}) == after_kill  # no insert from an orphaned mongosh
+
+
+# --- clock skew: every runner compares lock expiries on the server's clock ---------------------------------------
+
+def test_a_runner_whose_clock_runs_ahead_does_not_take_over_a_live_lock(server, monkeypatch):
+    from datetime import datetime, timezone
+
+    from migrator.mongo import state
+
+    holder = lock.Lock(server.db, "test")
+    assert holder.try_take()
+    try:
+        ahead = lambda: datetime.now(timezone.utc) + lock.TTL * 5  # noqa: E731 - this client's clock is wrong
+        monkeypatch.setattr(lock, "utcnow", ahead)
+        monkeypatch.setattr(log, "utcnow", ahead)
+        assert not lock.Lock(server.db, "test").try_take()  # the holder renewed it a moment ago, by the server
+        assert state._live_holder(server.db) is not None  # and status still says it runs
+    finally:
+        monkeypatch.undo()
+        holder.release()

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import FERRETDB_PG_DATABASE
+from conftest import FERRETDB_PG_DATABASE, one_error_line
 
 READER, READER_PASSWORD = "hcm_mongo_reader", "Read-only-pw-1"
 
@@ -58,7 +58,8 @@ def test_a_dry_run_cannot_write_even_by_deliberate_circumvention(cli, readonly, 
 
     result = cli("mongo", "apply", "--mongo-dir", folder, env=env)
     assert result.exit_code == 1, result.output
-    assert "the server enforces it: read-only user from MONGO_READONLY_URL" in result.stderr
+    assert "as the read-only user from MONGO_READONLY_URL (environment), whose writes the server refuses" in result.stderr
+    assert "a deliberate one can reach MONGO_URL's credentials" in result.stderr
     assert "permission denied" in result.stderr and READER_PASSWORD not in result.output
     assert db.things.count_documents({"written": "by a dry run"}) == 0  # refused by the server
     assert db.applied_patches.count_documents({}) == 1  # nothing logged either
@@ -88,8 +89,55 @@ def test_doctor_says_whether_dry_runs_are_server_enforced(cli, readonly, tmp_pat
     folder.mkdir()
     enforced = cli("doctor", "--mongo-dir", folder, env=env)
     (line,) = [l for l in enforced.stdout.splitlines() if "mongo dry-run" in l]
-    assert line.startswith("ok") and "server-enforced" in line and f"{READER}:***@" in line
+    assert line.startswith("ok") and "server-enforced for the runner" in line and f"{READER}:***@" in line
+    assert "probe write the server refused" in line and "a deliberate one can reach MONGO_URL's credentials" in line
     assert READER_PASSWORD not in enforced.output
     plain = cli("doctor", "--mongo-dir", folder, env={k: v for k, v in env.items() if k != "MONGO_READONLY_URL"})
     (line,) = [l for l in plain.stdout.splitlines() if "mongo dry-run" in l]
     assert line.startswith("warn") and "not server-enforced" in line and "MONGO_READONLY_URL" in line
+
+
+def test_a_readonly_url_as_the_writer_or_on_another_server_is_refused(cli, readonly, ferret, tmp_path):
+    env, db = readonly
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_reads.py").write_text("def run(db, dry_run):\n    return 'read'\n")
+    same = {**env, "MONGO_READONLY_URL": env["MONGO_URL"]}
+    doctor = cli("doctor", "--mongo-dir", folder, env=same)
+    assert "server-enforced" not in doctor.stdout
+    (line,) = [l for l in doctor.stdout.splitlines() if l.startswith("FAIL") and "MONGO_READONLY_URL" in l]
+    assert "connects as the same user as MONGO_URL" in line
+    dry = cli("mongo", "apply", "--mongo-dir", folder, env=same)
+    assert dry.exit_code == 2 and "connects as the same user as MONGO_URL" in dry.stderr and "server" not in dry.stdout
+    elsewhere = {**env, "MONGO_READONLY_URL": ferret.url}  # another server: its log is not this one's
+    other = cli("mongo", "apply", "--mongo-dir", folder, env=elsewhere)
+    assert other.exit_code == 2 and f"points at {ferret.where}" in other.stderr, other.output
+    assert "dry run 0001_reads" not in other.stdout
+
+
+def test_doctor_fails_a_readonly_user_that_can_write(cli, readonly, pg, ferret_pg, tmp_path):
+    env, db = readonly
+    writer, password = "hcm_mongo_not_reader", "Writes-too-pw-1"
+    with pg.connect(FERRETDB_PG_DATABASE) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (writer,))
+        if not cur.fetchone():
+            cur.execute(f"CREATE ROLE {writer} LOGIN SUPERUSER PASSWORD %s", (password,))
+    url = f"mongodb://{writer}:{password}@{ferret_pg.where}/?authMechanism=PLAIN&authSource=$external"
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    doctor = cli("doctor", "--mongo-dir", folder, env={**env, "MONGO_READONLY_URL": url})
+    (line,) = [l for l in doctor.stdout.splitlines() if "mongo dry-run" in l]
+    assert line.startswith("FAIL") and "MONGO_READONLY_URL can write" in line and "server-enforced" not in line
+    assert doctor.exit_code != 0 and password not in doctor.output
+    assert "_hcm_readonly_probe" not in db.list_collection_names()  # the probe removed its write
+
+
+
+def test_an_unsupported_auth_mechanism_is_said_with_the_servers_words(cli, readonly, tmp_path):
+    env, db = readonly
+    url = f"mongodb://{READER}:{READER_PASSWORD}@{env['MONGO_URL'].split('//')[1].strip('/')}/?authMechanism=SCRAM-SHA-1"
+    result = cli("mongo", "status", "--mongo-dir", tmp_path, env={"MONGO_URL": url, "MONGO_DB": env["MONGO_DB"]})
+    assert result.exit_code != 0
+    line = one_error_line(result)
+    assert 'Unsupported authentication mechanism "SCRAM-SHA-1"' in line and "authMechanism=PLAIN" in line, line
+    assert READER_PASSWORD not in result.output

@@ -35,8 +35,9 @@ def run_patches(settings: CommandSettings, mongo: MongoTarget, found: list, name
 
     if not run:
         mongo = mongo.for_dry_run()
-        enforced = (f"; the server enforces it: read-only user from {mongo.sources['url']}" if mongo.read_only
-                    else "")
+        enforced = (f"; as the read-only user from {mongo.sources['url']}, whose writes the server refuses (a "
+                    "patch still runs in the runner's process: a deliberate one can reach MONGO_URL's credentials)"
+                    if mongo.read_only else "")
         settings.note(f"dry run: nothing will be written (add --run to apply){enforced}")
     report = PatchRunReport(run, found=len(found))
     with connection.connect(mongo) as db, output.patch_output():

@@ -34,24 +34,43 @@ def check(report: DoctorReport, target: MongoTarget, mongo_dir: Path) -> list[st
     return js
 
 
+PROBE = "_hcm_readonly_probe"  # the scratch collection doctor tries to write through MONGO_READONLY_URL
+IN_PROCESS = ("a patch still runs in the runner's process, so a deliberate one can reach MONGO_URL's credentials "
+              "(environment, .env, secret files)")
+
+
 def _dry_runs(report: DoctorReport, target: MongoTarget) -> None:
-    """Whether the server refuses a dry run's writes (a read-only user), or only the runner's guards do."""
+    """Whether the server refuses a dry run's writes: proven by a write through MONGO_READONLY_URL that it refuses."""
+    from pymongo.errors import OperationFailure
+
     from migrator.mongo import connection
 
     if not target.readonly_uri:
         report.add(Check("mongo dry-run", WARN, "not server-enforced: the runner's guards stop a careless patch, "
                          "not a deliberate one", "set MONGO_READONLY_URL to the URL of a read-only user: dry runs and "
-                         "plan then use it, and the server refuses their writes"))
+                         "plan then use it, and the server refuses the runner's and a careless patch's writes"))
         return
     ro = target.for_dry_run()
     try:
         with connection.connect(ro) as db:
             db.list_collection_names()
+            try:
+                probe = db[PROBE].insert_one({"probe": "hcm doctor: a read-only user must not be able to write"})
+            except OperationFailure:
+                probe = None  # refused by the server: what a read-only user is
+            if probe is not None:
+                db[PROBE].drop()
+                report.add(Check("mongo dry-run", FAIL, f"MONGO_READONLY_URL can write: doctor's probe insert into "
+                                 f"{target.database}.{PROBE} as {ro.display_uri} succeeded (removed again)",
+                                 f"revoke that user's write privileges on {target.database}, or unset "
+                                 f"{ro.sources['url']}"))
+                return
     except MigratorError as exc:
         report.add(failed("mongo dry-run", f"{ro.sources['url']}: {exc}"))
         return
-    report.add(Check("mongo dry-run", OK, f"server-enforced: dry runs and plan connect as the read-only user of "
-                     f"{ro.sources['url']} ({ro.display_uri}); it must have no write privilege"))
+    report.add(Check("mongo dry-run", OK, f"server-enforced for the runner: dry runs and plan connect as the read-only "
+                     f"user of {ro.sources['url']} ({ro.display_uri}), whose probe write the server refused; "
+                     f"{IN_PROCESS}"))
 
 
 def _step(report: DoctorReport, name: str, target: MongoTarget, step, *args):
@@ -122,7 +141,7 @@ def _lock(report: DoctorReport, db, target: MongoTarget) -> None:
     if expires is None:
         report.add(Check("mongo lock", FAIL, f"lock document without expiry (held by {who}): a run would wait forever",
                          "remove it after checking no runner is alive"))
-    elif _aware(expires) < log.utcnow():
+    elif _aware(expires) < lock.server_now(db):  # the server's clock, as the runners compare it
         report.add(Check("mongo lock", WARN, f"left by {who}, expired: a dead runner's",
                          "nothing to do: the next run takes it over"))
     else:

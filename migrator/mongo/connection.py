@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.targets import MongoTarget
 
@@ -27,8 +28,12 @@ def connect(target: MongoTarget) -> Iterator:
             "the network or security group, and TLS (--ca-bundle)"
         )
     except errors.OperationFailure as exc:
-        if exc.code == 18:
-            raise MigratorError(f"MongoDB at {target.where}: authentication failed; check the user and password ({target.sources['url']})")
+        if exc.code == 18:  # the server's words tell a wrong password from a mechanism it lacks
+            said = output.scrub(str((exc.details or {}).get("errmsg") or exc)).replace("\n", " ")
+            hint = ("; FerretDB takes authMechanism=PLAIN (add it to the URL)" if "mechanism" in said.lower()
+                    else "; check the user and password")
+            raise MigratorError(f"MongoDB at {target.where}: authentication failed ({said}){hint} "
+                                f"({target.sources['url']})")
         raise MigratorError(f"MongoDB at {target.where}: {exc.details.get('errmsg', exc) if exc.details else exc}")
     except errors.PyMongoError as exc:
         raise MigratorError(f"MongoDB at {target.where}: {exc}")

@@ -3,7 +3,8 @@
 mongosh gets the URI (with its password) through the environment, not the command line, and
 nothing else of the runner's environment. In a dry run the shim (dry_run_shim.js) makes every
 write method throw before it reaches the server. On a timeout, or when the runner is stopped,
-the whole process group is killed (grandchildren too) and reading stops.
+the whole process group is killed (grandchildren too) and reading stops; a runner killed by SIGKILL
+takes mongosh with it (PR_SET_PDEATHSIG, and the prelude exits once its parent changes).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ JS_PRELUDE = (
     'Object.defineProperty(globalThis, "DRY_RUN", {{value: {dry}, writable: false, configurable: false, enumerable: true}});'
     ' Object.defineProperty(globalThis, "patchComment", {{value: (text) => print("' + COMMENT_MARK + '" + String(text).split(/\\r?\\n/).join(" | ")),'
     ' writable: false, configurable: false}});'
+    # The backstop for PR_SET_PDEATHSIG: once the runner is gone (mongosh re-parented), stop before the next write.
+    ' (() => {{ const runner = process.ppid; setInterval(() => {{ if (process.ppid !== runner) process.exit(137); }},'
+    ' 500).unref(); }})();'
 )
 
 
@@ -74,7 +78,8 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
         command = [mongosh_path(), "--nodb", "--norc", "--quiet", "--eval", prelude + " void 0;", *shim,
                    "--file", str(patch.path)]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)  # its own process group: killed whole, children included
+                                start_new_session=True,  # its own process group: killed whole, children included
+                                preexec_fn=_die_with_parent)
         try:
             lines, comment, timed_out = _read(proc, echo, timeout)
         finally:
@@ -122,6 +127,20 @@ def _read(proc: subprocess.Popen, echo: Callable[[str], None], timeout: float | 
         echo(line)
         if line.strip():
             kept.append(line.strip())
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel SIGKILLs mongosh when the runner dies, even by SIGKILL (its own session
+    keeps it out of the runner's group, so nothing else would). Linux only; elsewhere the prelude's check remains."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

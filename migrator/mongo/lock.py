@@ -5,7 +5,8 @@ and FerretDB); an expired lock, left by a runner that died, is taken over by the
 claim for that holder and expiry (another fixed _id) is inserted first. While held, a thread renews
 it every TTL/4; a renewal that matches nothing means another runner took it over (this one
 stalled longer than the TTL): the lock is lost, and `check()` stops the runner before its next
-write.
+write. Times are the server's clock (this client's, shifted by the offset `hello` shows), so a runner
+whose clock runs ahead does not take over a live lock, nor one behind keep a dead one.
 """
 
 from __future__ import annotations
@@ -35,12 +36,16 @@ class Lock:
         self.collection = db.get_collection(COLLECTION, read_preference=ReadPreference.PRIMARY)
         self.where = where or db.name
         self.owner = f"{whoami.host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.skew = server_skew(db)  # the server's clock minus this one's
         self.lost_at: str | None = None  # why the lock was lost, once it is
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def now(self) -> datetime:
+        return utcnow() + self.skew
+
     def try_take(self) -> bool:
-        now = utcnow()
+        now = self.now()
         fields = {"owner": self.owner, "host": whoami.host(), "pid": os.getpid(), "since": now,
                   "expires": now + TTL}
         if self._insert({"_id": LOCK_ID, **fields}):
@@ -75,7 +80,7 @@ class Lock:
     def renew(self) -> bool:
         """Push the expiry out; False (and the lock marked lost) when this runner no longer owns it."""
         if self.lost_at is None:
-            done = self.collection.update_one({"_id": LOCK_ID, "owner": self.owner}, {"$set": {"expires": utcnow() + TTL}})
+            done = self.collection.update_one({"_id": LOCK_ID, "owner": self.owner}, {"$set": {"expires": self.now() + TTL}})
             if done.matched_count == 0:
                 holder = self.holder() or {}
                 self.lost_at = (f"{utcnow():%Y-%m-%d %H:%M:%S} UTC, now held by {holder.get('host', 'nobody')} "
@@ -118,6 +123,27 @@ class Lock:
                 if time.monotonic() - last_ok >= TTL.total_seconds():
                     self.lost_at = f"not renewed for {TTL.total_seconds():g} s: {exc.__class__.__name__}"
                     return
+
+
+def server_skew(db) -> timedelta:
+    """The server's clock (hello's localTime, on MongoDB, DocumentDB and FerretDB; FerretDB 1.24 has no $$NOW and no
+    pipeline updates) minus this client's; zero when the server does not say (mongomock)."""
+    from pymongo.errors import PyMongoError
+
+    before = utcnow()
+    try:
+        at = db.client.admin.command("hello").get("localTime")
+    except (PyMongoError, NotImplementedError, AttributeError):
+        return timedelta(0)
+    if not isinstance(at, datetime):
+        return timedelta(0)
+    after = utcnow()
+    at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    return at - (before + (after - before) / 2)
+
+
+def server_now(db) -> datetime:
+    return utcnow() + server_skew(db)
 
 
 @contextmanager

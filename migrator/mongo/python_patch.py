@@ -7,7 +7,8 @@ sealed: no secret in os.environ and no MongoClient of any kind can be built. A p
 a thread running fails: a patch must finish its work before returning.
 
 A careless patch cannot write in a dry run; a deliberately malicious one can (gc.get_objects(),
-/proc/self/environ): a read-only database user is the only server-enforced guarantee.
+/proc/self/environ). MONGO_READONLY_URL makes the server refuse the runner's dry-run writes, but the patch
+still runs in this process and can reach MONGO_URL's credentials: not a sandbox.
 """
 
 from __future__ import annotations

@@ -110,9 +110,28 @@ def _live_holder(db) -> dict | None:
     from migrator.mongo import lock
 
     holder = lock.Lock(db).holder()
-    if not holder or log.when({"started": holder.get("expires")}) <= log.utcnow():
+    if not holder or log.when({"started": holder.get("expires")}) <= lock.server_now(db) or _exited(holder):
         return None
     return holder
+
+
+def _exited(record: dict) -> bool:
+    """A runner on this very host whose pid is gone (killed, or the server went away under it): not running now,
+    though its lock has not expired yet. On another host nothing can be told."""
+    import os
+
+    from migrator import whoami
+
+    pid = record.get("pid")
+    if record.get("host") != whoami.host() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, another user's
+    return False
 
 
 def pending(found: list[PatchState]) -> list[Patch]:
@@ -144,7 +163,8 @@ def explain(s: PatchState) -> str:
         return (f"patch {s.id} has a record with status {one_line(output.scrub(status))!r} (not written by this "
                 f"runner) {at} {where}; it is not run automatically until someone decides: {resolve}")
     if s.state == RUNNING:
-        return (f"patch {s.id}: a run started {at} {where} never finished (killed, or it lost its lock); "
+        gone = f" (pid {r.get('pid')} on this host has exited)" if _exited(r) else ""
+        return (f"patch {s.id}: a run started {at} {where} never finished{gone} (killed, or it lost its lock); "
                 f"its writes may be partly applied, so it is not run again automatically: {resolve}")
     error = one_line(output.scrub(str(r.get("error") or ""))) or "no error text"
     return (f"patch {s.id} failed {at} {where}: {error}; its writes so far are kept, so it is not run again "
