@@ -25,6 +25,9 @@ MAX_DOTENV = 1024 * 1024
 # unset, they would fall back to the default password.
 PASSWORD_SETTINGS = ("DB_PASSWORD", "FLYWAY_PASSWORD")
 LAYERS = ("environment", ".env")
+# libpq reads these itself: left in place they route a connection, and its password, to a host no setting of the
+# runner names while every message names the URL's host. The process drops them before anything connects.
+LIBPQ_ROUTING = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGSERVICEFILE")
 _DOTENV_NAME = re.compile(r"^\s*(?:export\s+)?['\"]?([A-Za-z_][A-Za-z0-9_.]*)['\"]?\s*=")
 
 
@@ -43,11 +46,13 @@ class Env:
 
     @classmethod
     def load(cls, dotenv_path: str | Path = ".env") -> "Env":
+        ignored = [name for name in LIBPQ_ROUTING if os.environ.pop(name, None) is not None]
         path = Path(dotenv_path)
-        if not path.is_file():
-            return cls(os.environ)
-        values, broken = read_dotenv(path)
-        return cls(os.environ, values, broken)
+        env = cls(os.environ, *read_dotenv(path)) if path.is_file() else cls(os.environ)
+        if ignored:
+            env.note(f"note: {', '.join(ignored)} ignored: libpq would connect (and send the password) there, "
+                     "while the runner connects where its own settings say (DATABASE_URL, DB_HOST, a secret)")
+        return env
 
     def _layer(self, where: str) -> Mapping[str, str]:
         return self.environ if where == "environment" else self.dotenv

@@ -359,3 +359,23 @@ def test_public_owned_by_pg_database_owner_is_trusted_for_the_databases_owner(cl
         assert result.exit_code == 0, result.output
     finally:
         db.query(f"ALTER DATABASE {db.name} OWNER TO CURRENT_USER")
+
+
+def test_a_role_search_path_with_pg_catalog_last_reaches_no_planted_operator(cli, db, sql_dir, low):
+    """The run connection's first statement (the pin) ran under the role's own search_path: with pg_catalog
+    listed after a schema others may create in, a planted = on name ran as the migration role (attack23b 2)."""
+    writable_by(db, "public", low)
+    db.query(hits_table("public", low) + f"""; SET ROLE {low};
+        CREATE FUNCTION public.planted_name_eq(name, name) RETURNS boolean LANGUAGE sql VOLATILE AS $$
+            INSERT INTO public.planted_hits VALUES (current_user);
+            SELECT $1::text OPERATOR(pg_catalog.=) $2::text $$;
+        CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = name, FUNCTION = public.planted_name_eq);
+        RESET ROLE""")
+    db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET search_path = public, pg_catalog")
+    try:
+        for command in (["migrate"], ["status"], ["sql", "rollback"]):
+            result = cli(*command, "--sql-dir", sql_dir, env=db.db_env())
+            assert result.exit_code == 0, (command, result.output)
+            assert hits(db, "public") == [], f"{' '.join(command)} called the planted operator"
+    finally:
+        db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} RESET search_path")

@@ -579,3 +579,22 @@ def test_the_default_password_to_a_remote_host_is_said(cli):
     result = cli("config", env={"DB_HOST": "db.example.internal"})
     assert "note: no password set (DB_PASSWORD): the seed's default password is used for host db.example.internal" \
         in result.output, result.output
+
+
+@pytest.mark.parametrize("variables, url_host", [
+    ({"PGHOSTADDR": "127.0.0.1"}, "127.0.0.3:{port}"),  # the address libpq dials instead of the URL's host
+    ({"PGHOST": "127.0.0.1", "PGPORT": "{port}"}, ""),  # a URL without a host: libpq's PGHOST would fill it
+    ({"PGSERVICE": "evil", "PGSERVICEFILE": "{service_file}"}, "127.0.0.3:{port}"),
+])
+def test_libpq_routing_variables_never_take_the_password_elsewhere(cli, workdir, trap, variables, url_host):
+    """libpq reads PGHOST, PGHOSTADDR, PGPORT and PGSERVICE itself: left in place, they sent the URL's password
+    to a host no setting of the runner named, while every message named the URL's host (attack23b 1)."""
+    service_file = workdir / "pg_service.conf"
+    service_file.write_text(f"[evil]\nhostaddr=127.0.0.1\nport={trap.port}\n")
+    fill = {"port": trap.port, "service_file": service_file}
+    env = {name: value.format(**fill) for name, value in variables.items()}
+    env["DATABASE_URL"] = f"postgresql://app:Url-Secret-9@{url_host.format(**fill)}/prod"
+    result = cli("status", env=env)
+    assert trap.passwords == [] and trap.connections == 0, result.output
+    assert result.exit_code != 0 and "Url-Secret-9" not in result.output
+    assert f"{sorted(variables)[-1]} ignored" in result.output, result.output

@@ -62,11 +62,12 @@ CLIENT_CHECK = "-c client_connection_check_interval=2s"
 # them all, so the schema description leaves them out; `foreign` names the unmarked ones when the
 # plain run has no history of its own, and the run refuses instead of starting a second one.
 TENANT_MARK = "hcm-db-migrations: the history of a tenant schema (runs with --schema / SCHEMA_NAME)"
-# It runs under the session's own search_path (it reads the home schema from it), so every function in it
-# is qualified and every call's arguments are of pg_catalog's exact types: a planted public.string_agg(name,
-# text) would otherwise be the exact match and run as the migration role before the pin takes effect.
+# The home schema is read first (HOME: one qualified call, no operator), then search_path is pinned to
+# pg_catalog before the rest runs: under the role's own search_path (one may list pg_catalog after a schema
+# others create in) a planted = on name, or string_agg(name, text), would run as the migration role.
+HOME = "SET ROLE NONE; SELECT pg_catalog.current_schema()"
 PIN_BOOKKEEPING = """
-SET ROLE NONE;
+SELECT pg_catalog.set_config('search_path', 'pg_catalog', false);
 WITH histories AS (
     SELECT n.oid, n.nspname,
         EXISTS (SELECT FROM pg_catalog.pg_class l WHERE l.relnamespace = n.oid AND l.relname = 'yoyo_lock'
@@ -192,6 +193,8 @@ def backend_class():
                 # history, lock, schema description and its migrations' search_path (the session's). Once
                 # pinned (a re-pin after a rollback), the session's current schema is pg_catalog: keep the pin.
                 home = self.bookkeeping_schema if self.pinned else self.schema
+                cursor.execute(HOME)
+                home = home or cursor.fetchone()[0]
                 cursor.execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": home})
                 self.bookkeeping_schema, foreign = cursor.fetchone()[:2]
                 self.foreign, self.pinned = (foreign.split(",") if foreign else []), True
