@@ -145,19 +145,11 @@ def problems(path: Path, *, in_transaction: bool) -> list[tuple[int, str]]:
     return _split_and_check(path, in_transaction)[1]
 
 
-# Flyway's placeholders (`${flyway:defaultSchema}`, `${name}`): Flyway replaces them anywhere in a file, and fails
-# on one it has no value for; psql would read `:defaultSchema` as its own variable. Not substituted here.
-FLYWAY_PLACEHOLDER = re.compile(r"\$\{[^}\n]*\}")
-
-
 def _split_and_check(path: Path, in_transaction: bool) -> tuple[list[Statement], list[tuple[int, str]]]:
     text = read_text(path)
-    placeholder = FLYWAY_PLACEHOLDER.search(text) if flyway.parse(path.name) else None
+    placeholder = flyway.PLACEHOLDER.search(text) if flyway.parse(path.name) else None
     if placeholder:
-        return [], [(newlines(text, 0, placeholder.start()) + 1,
-                     f"{visible(placeholder.group())} is a Flyway placeholder, which the runner does not substitute; "
-                     "write the SQL without it (the session's search_path is already the target schema: use "
-                     "unqualified names for ${flyway:defaultSchema}, current_user for ${flyway:user})")]
+        return [], [(newlines(text, 0, placeholder.start()) + 1, visible(placeholder.group()) + flyway.PLACEHOLDER_SAID)]
     try:
         found = split(text)
     except SplitError as exc:

@@ -101,6 +101,14 @@ def is_repeatable(migration) -> bool:
     return Path(migration.path).name.startswith("R__")
 
 
+# Flyway's placeholders (`${flyway:defaultSchema}`, `${name}`): Flyway replaces them anywhere in a file, and fails
+# on one it has no value for; psql would read `:defaultSchema` as its own variable. Not substituted here.
+PLACEHOLDER = re.compile(r"\$\{[^}\n]*\}")
+PLACEHOLDER_SAID = (" is a Flyway placeholder, which the runner does not substitute; write the SQL without it (the "
+                    "session's search_path is already the target schema: use unqualified names for "
+                    "${flyway:defaultSchema}, current_user for ${flyway:user})")
+
+
 def walk(folder: Path) -> list[Path]:
     """Every entry of a location and of its subfolders, as Flyway reads them (recursively; a link to a folder
     is not followed), in name order within each folder."""
