@@ -8,6 +8,7 @@ MongoDB: with a CA bundle, no URL or secret option may switch certificate or hos
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from migrator.errors import USAGE, MigratorError
@@ -61,7 +62,13 @@ def resolve_ca_bundle(option: str | None, env) -> tuple[str | None, str | None]:
 
 
 def is_local(host: str | None) -> bool:
-    return host is None or host.startswith("/") or host.lower() in LOCAL_HOSTS or host.startswith("127.")
+    """A socket folder, localhost, or a loopback address literal (a name such as 127.db.example is a remote host)."""
+    if host is None or host.startswith("/") or host.lower() in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _all_local(host: str | None, params: dict[str, str]) -> bool:

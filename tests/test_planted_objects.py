@@ -379,3 +379,32 @@ def test_a_role_search_path_with_pg_catalog_last_reaches_no_planted_operator(cli
             assert hits(db, "public") == [], f"{' '.join(command)} called the planted operator"
     finally:
         db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} RESET search_path")
+
+
+def test_the_concurrent_build_checks_on_the_migration_session_call_no_planted_operator(cli, db, sql_dir, low):
+    """The checks after a non-transactional file's REINDEX/CREATE INDEX CONCURRENTLY run on the migration's own
+    session, whose search_path is the file's: `relname ~ '...'` took a planted ~(name, name) over pg_catalog's
+    ~(name, text) for the unknown literal (attack23c 1)."""
+    import psycopg2
+
+    writable_by(db, "public", low)
+    db.query(hits_table("public", low) + f"""; SET ROLE {low};
+        CREATE FUNCTION public.planted_match(name, name) RETURNS boolean LANGUAGE sql VOLATILE AS $$
+            INSERT INTO public.planted_hits VALUES (current_user);
+            SELECT $1::text OPERATOR(pg_catalog.~) $2::text $$;
+        CREATE OPERATOR public.~ (LEFTARG = name, RIGHTARG = name, FUNCTION = public.planted_match);
+        CREATE FUNCTION public.planted_eq(name, name) RETURNS boolean LANGUAGE sql VOLATILE AS $$
+            INSERT INTO public.planted_hits VALUES (current_user);
+            SELECT $1::text OPERATOR(pg_catalog.=) $2::text $$;
+        CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = name, FUNCTION = public.planted_eq);
+        CREATE TABLE public.dup (x int); INSERT INTO public.dup VALUES (1), (1);
+        RESET ROLE""")
+    with pytest.raises(psycopg2.Error):  # an INVALID index somewhere, so the leftover filter reaches its ~
+        db.query("CREATE UNIQUE INDEX CONCURRENTLY dup_x ON public.dup (x)")
+    add_migration(sql_dir, "0002_reindex", "-- transactional: false\n"
+                  "REINDEX INDEX CONCURRENTLY idx_hcm_report_name;\n"
+                  "CREATE INDEX CONCURRENTLY idx_hcm_report_tenant ON hcm_report_metadata (tenant_id);\n",
+                  "-- transactional: false\nDROP INDEX CONCURRENTLY idx_hcm_report_tenant;\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert result.exit_code == 0, result.output
+    assert hits(db, "public") == [], "a check after the concurrent builds called a planted operator"

@@ -598,3 +598,14 @@ def test_libpq_routing_variables_never_take_the_password_elsewhere(cli, workdir,
     assert trap.passwords == [] and trap.connections == 0, result.output
     assert result.exit_code != 0 and "Url-Secret-9" not in result.output
     assert f"{sorted(variables)[-1]} ignored" in result.output, result.output
+
+
+@pytest.mark.parametrize("host, local", [("127.db.evil.example", False), ("127.0.0.1", True), ("127.8.9.10", True),
+                                          ("::1", True), ("localhost", True), ("db.example.com", False)])
+def test_only_loopback_addresses_count_as_a_local_server(host, local):
+    """A host name that merely starts with 127. is a remote host: libpq's default TLS (prefer, or PGSSLMODE) would
+    let the password travel in clear to it (attack23c 2)."""
+    from migrator import tls
+
+    mode, _ = tls.postgres_tls({}, host, None, None, None)
+    assert (mode == "libpq default (local server)") is local, mode

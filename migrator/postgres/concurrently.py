@@ -105,16 +105,37 @@ PROBE_TABLE, PROBE_INDEX = "_hcm_index_probe", "_hcm_index_probe_idx"
 # The index of that name on that table: (valid, unique, definition from USING on, qualified name, oid, name).
 FIND = """
 SELECT i.indisvalid, i.indisunique, substring(pg_catalog.pg_get_indexdef(i.indexrelid) from ' USING .*$'),
-       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), i.indexrelid::int8, c.relname
-FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+       pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||)
+       pg_catalog.quote_ident(c.relname), i.indexrelid::pg_catalog.int8, c.relname
+FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.indexrelid
+JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 WHERE i.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(table)s)::pg_catalog.oid
-  AND (c.relname = %(name)s OR %(name)s IS NULL)
+  AND (c.relname OPERATOR(pg_catalog.=) %(name)s::pg_catalog.name OR %(name)s IS NULL)
 """
+
+
+def _catalog(cursor, query: str, params: dict, resolve: dict[str, str]) -> list:
+    """A catalog read on the migration session, whose search_path is the file's (others may create in it: a
+    planted ~(name, name) or =(name, name) beats pg_catalog's for an unknown literal). The names in `resolve`
+    (param -> to_regclass / to_regnamespace) are resolved on the file's path first; the read itself runs with
+    pg_catalog alone, the session's own path set back afterwards."""
+    for param, function in resolve.items():
+        cursor.execute(f"SELECT pg_catalog.{function}(%s)::pg_catalog.oid", (params[param],))
+        params = {**params, param: cursor.fetchone()[0]}
+    cursor.execute("SELECT pg_catalog.current_setting('search_path')")
+    saved = cursor.fetchone()[0]
+    cursor.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
+    try:
+        cursor.execute(query, params)
+        return cursor.fetchall()
+    finally:
+        cursor.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (saved,))
 
 
 def _find(cursor, build: Build):
     """The index a named build names (a row of FIND), or None."""
+    if build.name is None:
+        return None
     cursor.execute(FIND, {"table": build.table, "name": build.name})
     return cursor.fetchone() if build.name is not None else None
 
@@ -153,10 +174,9 @@ REINDEX_LEFTOVERS = """
 WITH rel AS (
   SELECT c.oid, c.reltoastrelid FROM pg_catalog.pg_class c
   WHERE CASE %(kind)s
-    WHEN 'index' THEN c.oid = (SELECT x.indrelid FROM pg_catalog.pg_index x
-                               WHERE x.indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(target)s)::pg_catalog.oid)
-    WHEN 'table' THEN c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(target)s)::pg_catalog.oid
-    ELSE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(%(target)s)::pg_catalog.oid AND c.relkind IN ('r', 'm', 'p') END)
+    WHEN 'index' THEN c.oid = (SELECT x.indrelid FROM pg_catalog.pg_index x WHERE x.indexrelid = %(target)s)
+    WHEN 'table' THEN c.oid = %(target)s
+    ELSE c.relnamespace = %(target)s AND c.relkind IN ('r', 'm', 'p') END)
 SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -167,8 +187,9 @@ ORDER BY 1
 
 
 def reindex_leftovers(cursor, reindex: Reindex) -> list[str]:
-    cursor.execute(REINDEX_LEFTOVERS, {"kind": reindex.kind, "target": reindex.target})
-    return [row[0] for row in cursor.fetchall()]
+    function = "to_regnamespace" if reindex.kind == "schema" else "to_regclass"
+    rows = _catalog(cursor, REINDEX_LEFTOVERS, {"kind": reindex.kind, "target": reindex.target}, {"target": function})
+    return [row[0] for row in rows]
 
 
 def _drop(cursor, qualified: str) -> None:
