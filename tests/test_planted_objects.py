@@ -408,3 +408,36 @@ def test_the_concurrent_build_checks_on_the_migration_session_call_no_planted_op
     result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
     assert result.exit_code == 0, result.output
     assert hits(db, "public") == [], "a check after the concurrent builds called a planted operator"
+
+
+def test_plan_impacts_catalog_reads_on_the_scratch_session_call_no_planted_operator(db, low):
+    """plan --impact reads the scratch database's relations on the session that runs the migration's text (its
+    search_path is the default): `nspname NOT LIKE 'pg\\_toast%'` took a planted !~~(name, name) over pg_catalog's
+    !~~(name, text), run as the migration role, by a role that planted it in the new scratch database (attack23d 1).
+    The same query on a database where the trap is planted proves it."""
+    import psycopg2
+
+    from migrator.postgres import impact
+
+    writable_by(db, "public", low)
+    db.query(hits_table("public", low) + f"""; SET ROLE {low};
+        CREATE FUNCTION public.planted_unlike(name, name) RETURNS boolean LANGUAGE sql VOLATILE AS $$
+            INSERT INTO public.planted_hits VALUES (current_user);
+            SELECT $1::text OPERATOR(pg_catalog.!~~) $2::text $$;
+        CREATE OPERATOR public.!~~ (LEFTARG = name, RIGHTARG = name, FUNCTION = public.planted_unlike);
+        CREATE FUNCTION public.planted_ne(name, name) RETURNS boolean LANGUAGE sql VOLATILE AS $$
+            INSERT INTO public.planted_hits VALUES (current_user);
+            SELECT $1::text OPERATOR(pg_catalog.<>) $2::text $$;
+        CREATE OPERATOR public.<> (LEFTARG = name, RIGHTARG = name, FUNCTION = public.planted_ne);
+        RESET ROLE""")
+    server = db.server
+    conn = psycopg2.connect(dbname=db.name, user=server.user, password=server.password, host=server.host,
+                            port=server.port, options="-c search_path=public,pg_catalog")
+    conn.autocommit = True  # (a rollback would take the trap's own records with it)
+    try:
+        with conn.cursor() as cur:
+            assert impact._relations(cur)  # it still reads the relations
+            cur.execute(impact._LOCKS, (conn.info.backend_pid,))
+    finally:
+        conn.close()
+    assert hits(db, "public") == []

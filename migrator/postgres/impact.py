@@ -41,17 +41,22 @@ STRENGTH = list(BLOCKS)
 OBSERVED = ("cannot run in a transaction: observed while it waited, by polling its locks; "
             "a lock held only for an instant may be missing, and rewrites are not measured")
 KINDS = {"r": "table", "p": "table", "i": "index", "I": "index", "S": "sequence", "m": "materialized view", "v": "view"}
+# Both run on the scratch session that runs the migration's text (its search_path is the file's, and others may
+# create in public there): every comparison names pg_catalog's operator.
 _RELATIONS = """
 SELECT c.oid, c.oid::regclass::text, c.relkind, c.relfilenode FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%%'
-  AND n.nspname NOT LIKE 'pg\\_temp%%'
+JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+WHERE n.nspname::pg_catalog.text OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog', 'information_schema'])
+  AND NOT n.nspname::pg_catalog.text OPERATOR(pg_catalog.~~) 'pg\\_toast%%'
+  AND NOT n.nspname::pg_catalog.text OPERATOR(pg_catalog.~~) 'pg\\_temp%%'
 """
 _LOCKS = """
 SELECT relation, mode, granted, locktype FROM pg_catalog.pg_locks
-WHERE pid = %s AND (locktype = 'relation' AND database = (SELECT oid FROM pg_catalog.pg_database
-                                                          WHERE datname = pg_catalog.current_database())
-                    OR NOT granted)
+WHERE pid OPERATOR(pg_catalog.=) %s::pg_catalog.int4
+  AND (locktype OPERATOR(pg_catalog.=) 'relation'::pg_catalog.text
+       AND database OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database
+                                            WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+       OR NOT granted)
 """
 _LIVE_SIZE = """
 SELECT c.reltuples::bigint, pg_catalog.pg_total_relation_size(c.oid) FROM pg_catalog.pg_class c
