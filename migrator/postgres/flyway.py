@@ -51,7 +51,10 @@ class Locations(PosixPath):
 def locations(value: str | Path) -> Path:
     """`--sql-dir` / SQL_DIR / FLYWAY_LOCATIONS as a folder: `filesystem:` prefixes dropped, commas separating
     several locations (merged in version order by check_names). A `classpath:` location cannot be read here."""
-    # (each trimmed, a single one too: a ConfigMap's block scalar ends FLYWAY_LOCATIONS with a newline)
+    # (each trimmed, a single one too: a ConfigMap's block scalar ends FLYWAY_LOCATIONS with a newline; a folder
+    # that exists under the name as given is taken as it is)
+    if Path(value).is_dir():
+        return Path(value)
     parts = [p.strip() for p in str(value).split(",") if p.strip()] or [str(value)]
     paths = []
     for part in parts:
