@@ -10,7 +10,8 @@ from conftest import PROJECT_ROOT
 COMMANDS = [[], ["migrate"], ["plan"], ["status"], ["config"], ["sql"], ["sql", "rollback"], ["sql", "new"],
             ["sql", "mark"], ["sql", "accept-changes"], ["sql", "lint"], ["sql", "break-lock"], ["mongo"],
             ["mongo", "status"], ["mongo", "apply"], ["mongo", "history"], ["mongo", "resolve"],
-            ["mongo", "accept-changes"], ["mongo", "new"], ["devdb"], ["devdb", "start"], ["devdb", "stop"], ["doctor"]]
+            ["mongo", "accept-changes"], ["mongo", "new"], ["devdb"], ["devdb", "start"], ["devdb", "stop"], ["doctor"],
+            ["help"]]
 HEAVY = ("boto3", "pymongo", "yoyo", "psycopg2", "botocore")
 
 PROBE = """
@@ -76,3 +77,45 @@ def test_the_package_imports_run_one_way():
 
     for module in graph:
         visit(module, [])
+
+
+def _command_paths(command, path=()):
+    yield list(path)
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _command_paths(sub, (*path, name))
+
+
+def test_every_commands_help_fits_a_screen_of_80_columns(cli):
+    """At most 45 lines for every command and subcommand, found by walking the command tree (issue 22)."""
+    from migrator.cli import cli as group
+
+    paths = list(_command_paths(group))
+    assert ["sql", "rollback"] in paths and ["help"] in paths and len(paths) > 25
+    lengths = {}
+    for path in paths:
+        result = cli(*path, "--help", env={"COLUMNS": "80"})
+        assert result.exit_code == 0 and result.stdout.startswith("Usage: "), (path, result.output)
+        assert max(len(line) for line in result.stdout.splitlines()) <= 80, path
+        lengths[" ".join(path)] = len(result.stdout.splitlines())
+    assert {path: n for path, n in lengths.items() if n > 45} == {}
+
+
+def test_connection_options_are_summarised_in_each_command_and_described_once_by_help_connection(cli):
+    migrate = cli("migrate", "--help", env={"COLUMNS": "80"}).stdout
+    # Summarised by name under one heading, pointing to the topic; their descriptions are not repeated.
+    assert "Shared options (each described by `runner.py help TOPIC`)" in migrate
+    assert migrate.count("--database-url") == 1 and "DB_PASSWORD" not in migrate and "AWS_PROFILE" not in migrate
+    # Grouped by purpose: files, safety and output each under their heading, in that order.
+    headings = [line for line in migrate.splitlines() if line and not line.startswith(" ")]
+    assert headings[1:] == ["Files:", "Safety:", "Output:", "Shared options (each described by `runner.py help TOPIC`):"]
+    described = cli("help", "connection", env={"COLUMNS": "80"})
+    assert described.exit_code == 0
+    for option in ("--database-url URL", "--db-host HOST", "--db-port PORT", "--db-name NAME", "--db-user USER",
+                   "--mongo-url URL", "--mongo-db NAME", "--mongo-secret-name NAME", "--profile, --profile_name",
+                   "--region REGION", "--ca-bundle, --ca_bundle FILE", "DB_PASSWORD", "DB_SECRET_NAME",
+                   "On the mongo commands: AWS secret"):
+        assert option in described.stdout, option
+    limits = cli("help", "limits", env={"COLUMNS": "80"}).stdout
+    assert "--ddl-lock-timeout DURATION" in limits and "DB_LOCK_TIMEOUT" in limits and "--database-url" not in limits
+    unknown = cli("help", "nonsense")
+    assert unknown.exit_code == 2 and "nonsense" in unknown.stderr

@@ -8,16 +8,18 @@ Each callback only parses, calls one function of migrator.commands and renders i
   mongo   -- mongo status / apply / history / resolve / accept-changes / new
   devdb   -- devdb start / stop
   doctor  -- doctor: a new environment checked, changing nothing
+  help    -- --help grouped by purpose, and `help TOPIC` for the options every command shares
 """
 
 from migrator.cli import deploy
 from migrator.cli.app import cli
 from migrator.cli.devdb import devdb
 from migrator.cli.doctor import doctor
+from migrator.cli.help import help_
 from migrator.cli.mongo import mongo
 from migrator.cli.sql import sql
 
-for command in (deploy.migrate, deploy.plan, deploy.status, deploy.config, mongo, sql, devdb, doctor):
+for command in (deploy.migrate, deploy.plan, deploy.status, deploy.config, mongo, sql, devdb, doctor, help_):
     cli.add_command(command)
 
 __all__ = ["cli"]

@@ -7,6 +7,7 @@ import logging
 import click
 
 from migrator import __version__, output
+from migrator.cli.help import HelpGroup
 from migrator.errors import FAILED, USAGE, MigratorError
 
 
@@ -24,7 +25,7 @@ def _one_line(exc: click.UsageError) -> OneLineUsageError:
     return one
 
 
-class Runner(click.Group):
+class Runner(HelpGroup):
     """Turns a MigratorError into one line and its exit code; tracebacks only with -v."""
 
     def make_context(self, info_name, args, parent=None, **extra):
@@ -83,7 +84,7 @@ def _set_verbose(ctx: click.Context, _param, value: bool) -> bool:
 
 verbose_option = click.option(
     "-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_set_verbose,
-    help="Show tracebacks on errors and each migration step as it runs (passwords stay masked).",
+    help="Tracebacks on errors, each step as it runs.",
 )
 
 
@@ -99,8 +100,7 @@ def _set_log_format(ctx: click.Context, _param, value: str | None) -> str | None
 log_format_option = click.option(
     "--log-format", metavar="[human|json]", envvar="LOG_FORMAT", expose_value=False, is_eager=True,
     callback=_set_log_format,
-    help="human (default): lines for people; json: one JSON object per line and event, for log pipelines "
-         "(else LOG_FORMAT).")
+    help="human (default), or json: one JSON object per event, for log pipelines (else LOG_FORMAT).")
 
 
 @click.group(cls=Runner, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

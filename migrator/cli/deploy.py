@@ -7,6 +7,7 @@ import functools
 import click
 
 from migrator import output
+from migrator.cli.help import HelpCommand
 from migrator.cli.options import (CREATE_SCHEMAS, LOCK_TIMEOUT, REWRITE_THRESHOLD, SCRATCH_URL, STRICT,
                                   ddl_limit_options, ddl_limits,
                                   schema_run, settings_options)
@@ -15,7 +16,7 @@ from migrator.errors import USAGE, MigratorError
 from migrator.reports import Lines
 
 
-@click.command()
+@click.command(cls=HelpCommand)
 @settings_options(postgres=True, mongo=True, sql_dir=True)
 @LOCK_TIMEOUT
 @ddl_limits
@@ -32,23 +33,22 @@ def migrate(settings):
     tenants.migrate(settings)
 
 
-@click.command()
+@click.command(cls=HelpCommand)
 @settings_options(postgres=True, mongo=True, sql_dir=True)
 @click.option("--offline", is_flag=True, help="Print every migration without connecting to a database.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines (SQL, drift, lint; no Mongo dry runs).")
 @click.option("--impact", is_flag=True,
-              help="Measure each pending migration on a scratch database: the locks each statement takes (and what "
-                   "they block), the tables it rewrites, with live row counts and sizes. The live database is only read.")
-@click.option("--markdown", is_flag=True, help="With --impact: a Markdown table per migration, for a pull request.")
+              help="Measure each pending migration on a scratch database: locks taken (and what they block), tables "
+                   "rewritten, live row counts and sizes; the live database is only read.")
+@click.option("--markdown", is_flag=True, help="With --impact: Markdown tables, for a pull request.")
 @SCRATCH_URL
 @REWRITE_THRESHOLD
 @schema_run
 def plan(settings, offline, as_json, impact, markdown, scratch_url):
     """Print the SQL that `migrate` would run, in order, and dry-run the pending Mongo patches. Writes nothing.
 
-    stdout is the files' exact SQL with BEGIN;/COMMIT; around transactional migrations, so a DBA can
-    review it or feed it to psql; the Mongo part is in SQL comments; notes and patch output go to stderr.
-    --impact answers "what will this lock, for how long, and will it rewrite a big table?" instead.
+    stdout is the exact SQL, BEGIN;/COMMIT; around transactional files, for a DBA or psql (the Mongo part
+    in SQL comments, notes on stderr). --impact says what each migration locks, how long, and rewrites.
     """
     if markdown and not impact:
         raise MigratorError("--markdown goes with --impact", USAGE)
@@ -63,7 +63,7 @@ def plan(settings, offline, as_json, impact, markdown, scratch_url):
     raise click.exceptions.Exit(report.exit_code)
 
 
-@click.command()
+@click.command(cls=HelpCommand)
 @settings_options(postgres=True, mongo=True, sql_dir=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.option("--exit-code", is_flag=True,
@@ -80,7 +80,7 @@ def status(settings, as_json, exit_code):
     raise click.exceptions.Exit(report.exit_code(exit_code))
 
 
-@click.command()
+@click.command(cls=HelpCommand)
 @settings_options(postgres=True, mongo=True, sql_dir=True)
 @ddl_limit_options
 def config(settings):

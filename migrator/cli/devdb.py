@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from migrator import output
+from migrator.cli.help import HelpGroup
 from migrator.cli.app import verbose_option
 from migrator.env import Env
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def devdb():
     """The local development database (used when nothing is configured)."""
 

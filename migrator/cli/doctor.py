@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from migrator import output
+from migrator.cli.help import HelpCommand
 from migrator.cli.options import CREATE_SCHEMAS, settings_options
 from migrator.commands import doctor as commands
 
 
-@click.command()
+@click.command(cls=HelpCommand)
 @settings_options(postgres=True, mongo=True, sql_dir=True)
 @CREATE_SCHEMAS
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from migrator import output
+from migrator.cli.help import HelpGroup
 from migrator.cli.options import LOCK_TIMEOUT, MONGO_DIR, settings_options
 from migrator.commands import mongo as commands
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def mongo():
     """MongoDB / DocumentDB data patches in mongo/: status, apply (dry run unless --run), history, resolve,
     accept-changes, new."""

@@ -32,14 +32,14 @@ def _default_sql_dir() -> str:
 
 
 SQL_DIR = click.option(
-    "--sql-dir", default=_default_sql_dir, show_default="/flyway/sql when it holds files, else sql/ beside runner.py",
+    "--sql-dir", default=_default_sql_dir,
     callback=_locations,
     envvar=["SQL_DIR", "FLYWAY_LOCATIONS"], metavar="PATH",
-    help="Folder of the .sql migrations, or Flyway locations (filesystem:a,filesystem:b) (else SQL_DIR, else "
-         "FLYWAY_LOCATIONS).")
+    help="Folder of the .sql migrations, or Flyway locations filesystem:a,filesystem:b (else SQL_DIR, "
+         "FLYWAY_LOCATIONS, /flyway/sql holding files, sql/).")
 MONGO_DIR = click.option(
-    "--mongo-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "mongo", show_default="mongo/ beside runner.py",
-    envvar="MONGO_DIR", help="Folder of the Mongo patches (else MONGO_DIR).")
+    "--mongo-dir", type=click.Path(path_type=Path), default=PROJECT_ROOT / "mongo",
+    envvar="MONGO_DIR", help="Folder of the Mongo patches (else MONGO_DIR, else mongo/).")
 
 
 class Seconds(click.ParamType):
@@ -72,16 +72,13 @@ STRICT = click.option("--strict", is_flag=True,
                       help="Refuse to migrate while the live schema differs from the recorded one (exit 5).")
 SCRATCH_URL = click.option(
     "--scratch-url", metavar="URL", envvar="SCRATCH_DATABASE_URL",
-    help="A server where scratch databases may be created and dropped (else SCRATCH_DATABASE_URL, else the local "
-         "development server); only its server is used, never its database.")
+    help="Server for scratch databases, never its own database (else SCRATCH_DATABASE_URL, else the local one).")
 REWRITE_THRESHOLD = click.option(
     "--rewrite-threshold-rows", type=click.IntRange(min=0), metavar="ROWS",
-    help="Refuse a statement that rewrites or scans a live table of more than ROWS rows (planner's estimate) under a "
-         "lock that stops the application, unless its file says `-- accept-rewrite: TABLE` (else "
-         "REWRITE_THRESHOLD_ROWS, else 10000).")
+    help="Refuse a rewrite or scan of a table over ROWS rows (estimated) under a lock that stops the application, "
+         "unless its file says `-- accept-rewrite: TABLE` (else REWRITE_THRESHOLD_ROWS, 10000).")
 QUIET = click.option("--quiet", is_flag=True,
-                     help="No live progress lines while a long statement runs (elapsed time, index build phase, "
-                          "who holds a lock it waits for).")
+                     help="No live progress lines (elapsed time, index phase, blockers) while a statement runs.")
 SHOW_BLOCKER_QUERY = click.option(
     "--show-blocker-query", is_flag=True,
     help="In the lines about a session blocking a migration, show its query too, with every literal replaced by ? "
@@ -132,7 +129,7 @@ MONGO_SECRET = click.option("--mongo-secret-name", "mongo_secret", metavar="NAME
                             help="AWS secret with the Mongo URL (else MONGO_SECRET_NAME).")
 MONGO_SECRET_SEED = click.option(
     "--secret-name", "--secret_name", "mongo_secret", metavar="NAME",
-    help="AWS secret with spring.data.mongodb.uri/.database, or DocumentDB's host, port, username, password, dbname "
+    help="On the mongo commands: AWS secret with spring.data.mongodb.uri/.database, or DocumentDB's host, port, username, password, dbname "
          "(else MONGO_SECRET_NAME).")
 AWS = [
     click.option("--profile", "--profile_name", metavar="PROFILE", help="AWS profile for secrets (else AWS_PROFILE)."),

@@ -7,6 +7,7 @@ import functools
 import click
 
 from migrator import output
+from migrator.cli.help import HelpGroup
 from migrator.cli.app import verbose_option
 from migrator.cli.options import LOCK_TIMEOUT, SCHEMA_RUN, SCRATCH_URL, SQL_DIR, ddl_limits, schema_run, settings_options
 from migrator.commands import sql as commands, tenants
@@ -15,7 +16,7 @@ from migrator.errors import FAILED
 FAIL_FAST = SCHEMA_RUN[0]  # break-lock: one quick statement per schema, nothing worth running at once
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def sql():
     """Manage the SQL migrations: rollback, new, mark, accept-changes, accept-drift, verify, adopt, lint, break-lock."""
 
