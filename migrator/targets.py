@@ -111,11 +111,26 @@ class PostgresTarget:
         return self._url(masked=True)
 
     @property
+    def server(self) -> str:
+        return server_name(self.host or self.params.get("host", "localhost"), self.port)
+
+    @property
     def where(self) -> str:
-        """host:port/db for messages (a socket directory stands in for the host)."""
-        host = self.host or self.params.get("host", "localhost")
-        where = f"{host}:{self.port or 5432}/{self.dbname}"
+        """host:port/db for messages (over a socket: `socket /run/pg (port 5432), database db`)."""
+        where = where_name(self.host or self.params.get("host", "localhost"), self.port, self.dbname)
         return f"{where} schema {self.schema}" if self.schema else where
+
+
+def server_name(host: str, port: int | None) -> str:
+    """host:port for messages; a Unix socket folder as one: `socket /run/pg (port 5432)`."""
+    if host.startswith("/"):  # libpq's socket folder, never a host name
+        return f"socket {host} (port {port or 5432})"
+    return f"{host}:{port or 5432}"
+
+
+def where_name(host: str, port: int | None, dbname: str | None) -> str:
+    server = server_name(host, port)
+    return f"{server}, database {dbname}" if host.startswith("/") else f"{server}/{dbname}"
 
 
 @dataclass

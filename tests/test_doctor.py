@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SPECIAL_PASSWORD
+from migrator.targets import where_name
 
 PY_PATCH = 'def run(db, dry_run):\n    return "nothing"\n'
 JS_PATCH = 'print("hello");\n'
@@ -50,7 +51,7 @@ def test_a_good_setup_is_all_ok_and_nothing_is_written(cli, db, mongo, mongo_dir
     assert fails(result) == []
     found = lines(result)
     assert found["postgres reachable"][0].startswith("ok")
-    assert f"logged in to {db.server.host}:{db.server.port}/{db.name} as postgres" in found["postgres login"][0]
+    assert f"logged in to {where_name(db.server.host, db.server.port, db.name)} as postgres" in found["postgres login"][0]
     assert "PostgreSQL 18" in found["postgres version"][0] and "supported" in found["postgres version"][0]
     assert "user postgres can create in schema public" in found["postgres schema"][0]
     assert "the migration lock is free" in found["postgres locks"][0]

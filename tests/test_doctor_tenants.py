@@ -18,6 +18,7 @@ from urllib.parse import quote
 import test_doctor
 from conftest import PROJECT_ROOT, SPECIAL_PASSWORD, _bin, add_migration
 from test_doctor import ROLE_PASSWORD, as_role, fails, lines
+from migrator.targets import where_name
 
 role = test_doctor.role  # the fixture: plain login roles, dropped after the test
 
@@ -227,7 +228,7 @@ def test_create_schemas_is_ok_only_when_the_user_may_create_on_the_database(cli,
     assert without.exit_code == 1
     [line] = fails(without)
     assert line.startswith("FAIL  [n] postgres schema")
-    assert f"schema n does not exist on {db.server.host}:{db.server.port}/{db.name}, and user {name} lacks CREATE on " \
+    assert f"schema n does not exist on {where_name(db.server.host, db.server.port, db.name)}, and user {name} lacks CREATE on " \
            f"database {db.name}: migrate --create-schemas cannot create it" in line
     assert f"-> GRANT CREATE ON DATABASE {db.name} TO {name}, or create it as its owner (CREATE SCHEMA n AUTHORIZATION {name})" in line
     refused = cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env=env)  # true: the real run cannot either
@@ -278,7 +279,7 @@ def test_the_platforms_settings_over_several_schemas_never_print_the_password(cl
     as_json = cli("doctor", "--json", "--sql-dir", sql_dir, env=env)
     assert text.exit_code == 0, text.output
     found = lines(text)
-    assert f"logged in to {db.server.host}:{db.server.port}/{db.name} as {password_role}" in found["postgres login"][0]
+    assert f"logged in to {where_name(db.server.host, db.server.port, db.name)} as {password_role}" in found["postgres login"][0]
     assert "1 applied, 0 pending" in found["[pb] migrations"][0] and "1 applied, 0 pending" in found["[mz] migrations"][0]
     assert "migrate will create it" in found["[ng] postgres schema"][0]
     report = json.loads(as_json.stdout)

@@ -5,6 +5,7 @@ The table of bad inputs lives in test_reliability.py; these are the cases that n
 import socket
 
 from conftest import add_migration, applied, one_error_line
+from migrator.targets import where_name
 
 
 def free_port() -> int:
@@ -65,7 +66,7 @@ def test_a_live_holder_makes_the_next_runner_time_out_naming_it(cli, db):
         result = cli("migrate", "--lock-timeout", "0.5", env=db.db_env())
         assert result.exit_code == 4
         line = one_error_line(result)
-        assert f"another runner holds the migration lock on {db.server.host}:{db.server.port}/{db.name}" in line
+        assert f"another runner holds the migration lock on {where_name(db.server.host, db.server.port, db.name)}" in line
         # (the name alone, without a runner's lock row, is not believed: issue 23)
         assert "held by an unverified session (server pid" in line and "pod-7:4242" in line and "since 20" in line
         assert "waited 0.5 s" in line
@@ -114,3 +115,13 @@ def test_user_without_create_on_the_schema(cli, db, password_role):
     assert f"user {password_role} cannot create tables in schema public on" in line
     assert f"GRANT CREATE ON SCHEMA public TO {password_role}" in line
     assert db.tables() == set()
+
+
+def test_a_unix_socket_folder_is_named_as_a_socket_not_as_host_port(cli, tmp_path):
+    folder = tmp_path / "no-server-here"
+    folder.mkdir()
+    result = cli("status", env={"DATABASE_URL": f"postgresql://u@/d1?host={folder}&port=5499"})
+    line = one_error_line(result)
+    assert result.exit_code != 0
+    assert f"cannot connect to PostgreSQL at socket {folder} (port 5499), database d1: " in line
+    assert f"{folder}:5499" not in line

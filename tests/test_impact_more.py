@@ -8,6 +8,7 @@ import json
 from test_impact import TABLE
 from test_progress import add
 from test_schema_proof import scratch_databases
+from migrator.targets import server_name
 
 
 def plan_impact(cli, db, pg, sql_dir, *more, env=None):
@@ -116,5 +117,5 @@ def test_scratch_server_errors_name_scratch_url_and_the_report_names_the_server(
     assert "--scratch-url" in line and "--database-url" not in line, line
     text = plan_impact(cli, db, pg, sql_dir)
     assert text.exit_code == 0, text.output
-    assert f"measured on a scratch database on server {pg.host}:{pg.port} (rolled back" in text.stdout.splitlines()[0]
-    assert json.loads(plan_impact(cli, db, pg, sql_dir, "--json").stdout)["measured_on"] == f"server {pg.host}:{pg.port}"
+    assert f"measured on a scratch database on server {server_name(pg.host, pg.port)} (rolled back" in text.stdout.splitlines()[0]
+    assert json.loads(plan_impact(cli, db, pg, sql_dir, "--json").stdout)["measured_on"] == f"server {server_name(pg.host, pg.port)}"

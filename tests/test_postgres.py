@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from conftest import SEED_COLUMNS, SEED_INDEXES, add_migration, applied, one_error_line, psql_file, schema_dump
+from conftest import SEED_COLUMNS, SEED_INDEXES, add_migration, applied, one_error_line, psql_file, schema_dump, ok
 
 def test_migrate_creates_exactly_the_seed_schema(cli, db):
     result = cli("migrate", env=db.db_env())
@@ -215,11 +215,30 @@ def test_new_creates_the_next_numbered_pair(cli, sql_dir):
     created = sql_dir / "0002_add_report_status.sql"
     assert created.read_text().startswith("-- 0002_add_report_status\n")
     assert (sql_dir / "0002_add_report_status.rollback.sql").exists()
-    cli("sql", "new", "second", "--sql-dir", sql_dir)
-    assert (sql_dir / "0003_second.sql").exists()
-    # An unfilled migration is refused rather than silently applied as nothing.
+    # The rename is said in one line, before what was created.
+    assert result.stdout.splitlines()[0] == ("note: name 'Add report status!' written as add_report_status "
+                                             "(lower case, _ between words)")
+    second = cli("sql", "new", "second", "--sql-dir", sql_dir)
+    assert (sql_dir / "0003_second.sql").exists() and "note:" not in second.output  # a name kept as given: no note
+    # An unfilled migration is refused rather than silently applied as nothing, and named as the template.
     line = one_error_line(cli("plan", "--offline", "--sql-dir", sql_dir))
-    assert "0002_add_report_status.sql holds no SQL statement" in line
+    assert line.endswith("0002_add_report_status.sql is still the template `make new` wrote: add its SQL (and its "
+                         "rollback's), or delete the pair (nothing was run)")
+
+
+def test_status_names_a_pending_template_never_filled_in(cli, db, sql_dir):
+    ok(cli("sql", "new", "add_note", "--sql-dir", sql_dir))
+    ok(cli("sql", "new", "add_flag", "--sql-dir", sql_dir))
+    (sql_dir / "0003_add_flag.sql").write_text("-- 0003_add_flag\nCREATE TABLE flag (id int);\n")
+    result = cli("status", "--sql-dir", sql_dir, env=db.db_env())
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in result.stdout.splitlines() if line.startswith("  00")}
+    assert rows["0002_add_note"] == "pending, UNFILLED template" and rows["0003_add_flag"] == "pending"
+    assert ("  unfilled templates block `migrate`: add the SQL of 0002_add_note (and their rollbacks'), or delete "
+            "the pairs") in result.stdout.splitlines()
+    # A file emptied of its SQL but not the template is an ordinary pending file for status (migrate says why).
+    (sql_dir / "0002_add_note.sql").write_text("-- nothing yet\n")
+    assert "UNFILLED" not in cli("status", "--sql-dir", sql_dir, env=db.db_env()).stdout
 
 
 def test_new_rejects_a_name_without_letters(cli, sql_dir):

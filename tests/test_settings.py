@@ -212,7 +212,8 @@ def test_connection_fields_in_the_query_are_the_connections_and_configs():
     assert t.display_url == "postgresql://app:***@127.0.0.1:5491/d1?sslmode=disable"
     socket = resolve({"DB_URL": "jdbc:postgresql:///?host=/run/pg&port=5499&dbname=d2&user=u"})
     assert (socket.host, socket.port, socket.dbname, socket.user) == ("/run/pg", 5499, "d2", "u")
-    assert socket.where == "/run/pg:5499/d2" and socket.params == {}
+    assert socket.where == "socket /run/pg (port 5499), database d2" and socket.params == {}  # not as host:port
+    assert socket.server == "socket /run/pg (port 5499)" and t.server == "127.0.0.1:5491"
 
 
 def test_a_url_with_user_and_password_in_its_query_logs_in_as_that_user(cli, make_db, password_role, pg, sql_dir):

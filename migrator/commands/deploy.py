@@ -271,6 +271,8 @@ def status(settings: CommandSettings) -> StatusReport:
     target = settings.postgres_target()
     with postgres.connect(target, read_only=True) as backend:
         states = postgres.status(backend, migrations)
+        for state in states:  # only the pending files are read: migrate refuses a template never filled in
+            state.unfilled = not state.applied_at and state.path is not None and postgres.unfilled(state.path)
         invalid = postgres.invalid_indexes(backend)
         schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described)
     mongo = mongo_commands.patch_status(settings, mongo_target) if mongo_target else None

@@ -36,7 +36,10 @@ def rollback(settings: CommandSettings, *, count: int | None, to: str | None, al
 def new(sql_dir: Path, name: str) -> Lines:
     from migrator import postgres
 
-    return Lines([f"created {path}" for path in postgres.new(sql_dir, name)])
+    lines = [f"created {path}" for path in postgres.new(sql_dir, name)]
+    if postgres.slug(name) != name:  # said, not done silently: `Add Report` is looked for as add_report
+        lines.insert(0, f"note: name {name!r} written as {postgres.slug(name)} (lower case, _ between words)")
+    return Lines(lines)
 
 
 def mark(settings: CommandSettings, ids: list[str]) -> CountedLines:

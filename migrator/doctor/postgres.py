@@ -141,10 +141,10 @@ def _reachable(report: DoctorReport, target: PostgresTarget) -> bool:
             socket.create_connection((host, port), timeout=REACH_TIMEOUT).close()
     except OSError as exc:
         reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or exc.__class__.__name__)
-        report.add(Check("postgres reachable", FAIL, f"cannot reach {host}:{port} ({reason})",
+        report.add(Check("postgres reachable", FAIL, f"cannot reach {target.server} ({reason})",
                          "check the host and port, that the server runs, and the network or security group"))
         return False
-    report.add(Check("postgres reachable", OK, f"{host}:{port} answers ({(time.monotonic() - started) * 1000:.0f} ms)"))
+    report.add(Check("postgres reachable", OK, f"{target.server} answers ({(time.monotonic() - started) * 1000:.0f} ms)"))
     return True
 
 

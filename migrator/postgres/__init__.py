@@ -3,7 +3,8 @@
 yoyo does the ordering, the transactions, the bookkeeping (`_yoyo_migration`) and the lock. This
 package adds what a DBA and an operator need around it, one module per concern:
 
-- files: names checked before anything is read, headers, refusals, `plan` text, `sql new`;
+- files: names checked before anything is read, headers, refusals, `plan` text;
+- scaffold: `sql new`'s pair of files, from a template;
 - splitter: statements split where psql splits them, with their lines;
 - migration: each file as one yoyo Migration with one step (its statements, then its checksum);
 - connection: the run's connection (locks, bookkeeping) and a fresh session per migration;
@@ -15,7 +16,8 @@ package adds what a DBA and an operator need around it, one module per concern:
 from migrator.postgres.apply import apply, locked, mark, rollback, select_by_id, select_rollback
 from migrator.postgres.connection import (MIGRATION_TABLE, connect, connection_error, missing_schemas, resolve_target,
                                           survey_schemas)
-from migrator.postgres.files import FILE_NAME, new
+from migrator.postgres.files import FILE_NAME, unfilled
+from migrator.postgres.scaffold import new, slug
 from migrator.postgres.migration import (is_transactional, load_migrations, ordered, plan_text, read_migrations,
                                          rollback_path)
 from migrator.postgres.state import (MigrationState, applied_counts, applied_ids, bookkeeping, drift_error,
@@ -25,5 +27,5 @@ __all__ = [
     "FILE_NAME", "MIGRATION_TABLE", "MigrationState", "apply", "applied_counts", "applied_ids", "bookkeeping",
     "connect", "connection_error", "drift_error", "invalid_indexes", "is_transactional", "lacking_privileges",
     "load_migrations", "locked", "mark", "missing_schemas", "new", "ordered", "pending", "plan_text", "read_migrations", "reconcile", "resolve_target", "rollback",
-    "rollback_path", "select_by_id", "select_rollback", "status", "survey_schemas",
+    "rollback_path", "select_by_id", "select_rollback", "slug", "status", "survey_schemas", "unfilled",
 ]

@@ -37,7 +37,7 @@ from migrator import output, whoami
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import trust
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads
-from migrator.targets import DdlLimits, PostgresTarget
+from migrator.targets import DdlLimits, PostgresTarget, where_name
 
 MIGRATION_TABLE = "_yoyo_migration"
 # application_name names this runner (host:pid), so a lock timeout can say who holds the lock.
@@ -177,7 +177,7 @@ def backend_class():
             connection = super().connect(dburi._replace(args=args))
             if seconds and self.guarded:
                 host = dburi.hostname or args.get("host") or "localhost"
-                guard_reads(connection, f"{host}:{dburi.port or 5432}/{dburi.database}", float(seconds))
+                guard_reads(connection, where_name(host, dburi.port, dburi.database), float(seconds))
             return connection
 
         def init_connection(self, connection):

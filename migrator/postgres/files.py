@@ -131,6 +131,21 @@ def transactional(path: Path, directives: dict[str, tuple[str, int]]) -> bool:
     return value.lower() == "true"
 
 
+# A line of the template `sql new` writes (scaffold.py): a file holding it and no statement was never filled in.
+TEMPLATE_MARK = "-- What this migration does and why, for the DBA who reviews it."
+UNFILLED = ("is still the template `make new` wrote: add its SQL (and its rollback's), or delete the pair "
+            "(nothing was run)")
+
+
+def unfilled(path: Path) -> bool:
+    """The file is `sql new`'s template, never filled in (status and plan name it so)."""
+    text = read_text(path)
+    try:
+        return TEMPLATE_MARK in text and not split(text)
+    except SplitError:
+        return False
+
+
 def statements(path: Path, *, in_transaction: bool) -> list[Statement]:
     """The file's statements, refusing what cannot run (each refusal names file:line and what to do)."""
     found, found_problems = _split_and_check(path, in_transaction)
@@ -155,7 +170,8 @@ def _split_and_check(path: Path, in_transaction: bool) -> tuple[list[Statement],
     except SplitError as exc:
         return [], [(exc.line, exc.message)]
     if not found and not flyway.parse(path.name):  # (a Flyway file may: Flyway applies and records it, empty)
-        return [], [(0, "holds no SQL statement; add its SQL or delete the file (nothing was run)")]
+        return [], [(0, UNFILLED if TEMPLATE_MARK in text else "holds no SQL statement; add its SQL or delete the "
+                                                                 "file (nothing was run)")]
     if not in_transaction:
         return found, []
     return found, [(s.line, problem) for s in found if (problem := in_transaction_problem(s))]
@@ -405,44 +421,3 @@ def plan_text(path: Path, in_transaction: bool, schema: str | None = None) -> st
     if not in_transaction:
         return f"-- {visible(str(path))} (not transactional)\n{session}\n{body}\n"
     return f"-- {visible(str(path))}\n{session}\nBEGIN;\n{body}\nCOMMIT;\n"
-
-
-# --- new files ---------------------------------------------------------------------------
-
-NEW_TEMPLATE = """\
--- {id}
---
--- What this migration does and why, for the DBA who reviews it.
--- Runs in one transaction; for CREATE INDEX CONCURRENTLY add the directive
--- `-- transactional: false` as the first line.
--- Rolled back by {id}.rollback.sql.
-
-"""
-
-NEW_ROLLBACK_TEMPLATE = """\
--- Rollback of {id}: undoes it exactly, newest change first.
-
-"""
-
-
-def new(sql_dir: Path, name: str) -> tuple[Path, Path]:
-    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    if not slug:
-        raise MigratorError(f"migration name {name!r} has no letters or digits; e.g. `make new NAME=add_report_status`", USAGE)
-    if flyway.is_flyway_folder(sql_dir):
-        return flyway.new(sql_dir, slug)
-    if not sql_dir.is_dir():
-        raise MigratorError(f"migrations folder {sql_dir} not found; run from the project root", USAGE)
-    numbers = [int(m["number"]) for p in sql_dir.glob("*.sql") if (m := FILE_NAME.match(p.name))]
-    number = f"{max(numbers, default=0) + 1:04d}_"
-    source_files.check_new_name(number, slug, ".rollback.sql")
-    migration_id = f"{number}{slug}"
-    path = sql_dir / f"{migration_id}.sql"
-    rollback = sql_dir / f"{migration_id}.rollback.sql"
-    try:
-        path.write_text(NEW_TEMPLATE.format(id=migration_id), encoding="utf-8")
-        rollback.write_text(NEW_ROLLBACK_TEMPLATE.format(id=migration_id), encoding="utf-8")
-    except OSError as exc:
-        raise MigratorError(f"cannot write {exc.filename or sql_dir} ({exc.strerror or exc}); fix the folder's "
-                            "permissions", USAGE)
-    return path, rollback

@@ -166,7 +166,7 @@ class MigrationImpact:
 
 def server_name(target) -> str:
     """"server host:port": a scratch database is a database of its own on that server, whatever the URL names."""
-    return "server " + target.where.rsplit("/", 1)[0]
+    return "server " + target.server
 
 
 def measure(server, live_backend, migrations, pending, findings, schema: str | None = None) -> list[MigrationImpact]:

@@ -22,6 +22,7 @@ class MigrationState:
     applied_at: datetime | None
     changed: bool = False  # applied, and the file differs from what was applied
     failure: str | None = None  # a non-transactional file (or rollback) stopped part-way: what it left committed
+    unfilled: bool = False  # pending, and still the template `sql new` wrote
 
     @property
     def state(self) -> str:
@@ -33,7 +34,9 @@ class MigrationState:
             return "applied, PARTLY rolled back" if self.failure else "applied"
         if self.failure and self.failure.startswith(NOTHING_COMMITTED):
             return "pending, interrupted"  # (what it says: nothing committed, or an INVALID index it may have left)
-        return "pending, PARTLY applied" if self.failure else "pending"
+        if self.failure:
+            return "pending, PARTLY applied"
+        return "pending, UNFILLED template" if self.unfilled else "pending"
 
 
 @dataclass

@@ -113,6 +113,10 @@ class StatusReport:
         changed = self.changed
         lines.append(f"PostgreSQL: {len(self.states) - len(self.pending)} applied, {len(self.pending)} pending"
                      + (f", {len(changed)} CHANGED since applied" if changed else ""))
+        unfilled = [s.id for s in self.states if s.unfilled]
+        if unfilled:
+            lines.append(f"  unfilled templates block `migrate`: add the SQL of {', '.join(unfilled)} (and their "
+                         "rollbacks'), or delete the pairs")
         if changed:
             ids = " ".join(s.id for s in changed)
             lines.append(f"  changed files block `migrate`: restore them, or after review `runner.py sql accept-changes {ids}`")

@@ -78,7 +78,7 @@ def verify(server: PostgresTarget, migrations, from_id: str | None = None, schem
     if from_id is not None and from_id not in ids:
         raise MigratorError(f"--from {from_id}: no migration has that id (known: {', '.join(ids) or 'none'})", USAGE)
     start = ids.index(from_id) if from_id else 0
-    report = VerifyReport(server.where.rsplit("/", 1)[0], ids[:start], [], schema)
+    report = VerifyReport(server.server, ids[:start], [], schema)
     with scratch(server, schema) as db:
         for migration in todo[:start]:
             db.apply(migration)
