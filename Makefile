@@ -19,6 +19,7 @@ PIP      = $(if $(wildcard $(VENV)/bin/pip),$(VENV)/bin/pip,python3 -m pip --pyt
 ifeq ($(PYTHON),$(VENV)/bin/python)
 RUNTIME := $(VENV)/.runtime
 DEV     := $(VENV)/.dev
+SQUAWK  := $(VENV)/.squawk
 endif
 
 # mongosh for JavaScript patches and their tests, from tools/mongosh's npm lockfile, in a git-ignored folder.
@@ -57,6 +58,11 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PIP) -r requirements-dev.txt
 	touch $@
 
+# squawk alone (its pin in requirements-dev.txt), for `make plan`: the daily loop lints as CI's `make lint` does.
+$(VENV)/.squawk: requirements-dev.txt | $(RUNTIME)
+	$(PIP) "$$(grep -m1 '^squawk-cli==' requirements-dev.txt)"
+	touch $@
+
 install: $(DEV)  ## create .venv with the pinned runtime, local database and dev requirements
 
 $(MONGOSH_STAMP): tools/mongosh/package.json tools/mongosh/package-lock.json
@@ -79,7 +85,7 @@ no-go:
 migrate: $(RUNTIME) $(MIGRATE_MONGOSH)  ## apply every pending migration (nothing configured: the local database)
 	$(RUNNER) migrate $(ARGS)
 
-plan: $(RUNTIME)  ## print the SQL migrate would run; writes nothing
+plan: $(RUNTIME) $(SQUAWK)  ## print the SQL migrate would run, with squawk's lint; writes nothing
 	$(RUNNER) plan $(ARGS)
 
 status: $(RUNTIME)  ## list applied and pending migrations

@@ -32,6 +32,15 @@ def test_fresh_clone_make_migrate_installs_no_dev_requirements(tmp_path):
         os.utime(clone / "requirements-devdb.txt")
         assert "requirements-devdb.txt" in subprocess.run([*make, "-n", "migrate"], capture_output=True, text=True,
                                                           env=env).stdout
+        # The daily loop's `make plan` lints a pending file as CI's `make lint` does: it brings squawk, alone.
+        (clone / "sql" / "0900_add_note.sql").write_text("ALTER TABLE hcm_report_metadata ADD COLUMN note text;\n")
+        planned = subprocess.run([*make, "plan"], capture_output=True, text=True, env=env)
+        assert planned.returncode == 0, planned.stderr
+        assert "ADD COLUMN note" in planned.stdout and "lint skipped" not in planned.stderr
+        installed = subprocess.run([str(clone / ".venv/bin/python"), "-c", listing],
+                                   capture_output=True, text=True, check=True).stdout.lower()
+        names = {line.strip().replace("_", "-") for line in installed.splitlines()}
+        assert "squawk-cli" in names and names.isdisjoint(set(DEV_ONLY) - {"squawk-cli"}), sorted(names)
     finally:
         subprocess.run([*make, "db-stop"], capture_output=True, env=env)
     assert not (clone / ".devdb" / "postmaster.pid").exists()
