@@ -13,6 +13,7 @@ INTERRUPTED = 143  # stopped by SIGTERM: 128 + 15, as a shell reports it
 class MigratorError(Exception):
     """A failure the user can act on: the message says what failed, where, and what to do."""
 
-    def __init__(self, message: str, exit_code: int = FAILED):
+    def __init__(self, message: str, exit_code: int = FAILED, excerpt: tuple[str, ...] = ()):
         super().__init__(message)
         self.exit_code = exit_code
+        self.excerpt = excerpt  # shown above the line: the file's line and a caret under the error, as psql does

@@ -252,8 +252,11 @@ def note(text: str) -> None:
 
 
 def error(text: str, **fields) -> None:
+    """The error line, last; an `excerpt` (the file's line and a caret, as psql shows them) just above it."""
     if json_format():
         return _emit("error", True, message=text, **fields)
+    for line in fields.get("excerpt", ()):
+        click.echo(mask(visible(line)), file=_stream(True))
     click.echo(mask(_indented(f"error: {text}")), file=_stream(True))
 
 

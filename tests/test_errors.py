@@ -2,6 +2,7 @@
 
 The table of bad inputs lives in test_reliability.py; these are the cases that need more than a row."""
 
+import json
 import socket
 
 from conftest import add_migration, applied, one_error_line
@@ -29,7 +30,9 @@ def test_failing_migration_names_file_and_line_leaves_nothing_and_resumes_after_
     add_migration(sql_dir, "0002_broken", bad, "DROP TABLE t_ok;\n")
     result = cli("migrate", "--sql-dir", sql_dir, env=env)
     line = one_error_line(result)
-    assert f"{sql_dir}/0002_broken.sql:8: failed to apply" in line
+    # Where the server put the error, as psql shows it: file:line:column, the line and a caret just above.
+    assert f"{sql_dir}/0002_broken.sql:8:3: failed to apply" in line
+    assert result.stderr.splitlines()[-3:-1] == ["LINE 8:   no_such_table;", "          ^"]
     assert 'relation "no_such_table" does not exist' in line and "nothing of it was applied" in line
     assert "applied 0001_create_hcm_report_metadata" in result.stdout  # the one before it landed
     assert applied(db) == ["0001_create_hcm_report_metadata"]
@@ -125,3 +128,26 @@ def test_a_unix_socket_folder_is_named_as_a_socket_not_as_host_port(cli, tmp_pat
     assert result.exit_code != 0
     assert f"cannot connect to PostgreSQL at socket {folder} (port 5499), database d1: " in line
     assert f"{folder}:5499" not in line
+
+
+def test_the_caret_of_a_long_line_or_a_tabbed_one_stays_under_the_error(cli, db, sql_dir):
+    columns = [f"{n} AS c{n}" for n in range(40)]
+    long = "SELECT " + ", ".join([*columns, "nope_col", *columns]) + " FROM (SELECT 1) s;\n"
+    add_migration(sql_dir, "0002_long", f"SELECT 1;\n{long}")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    column = long.index("nope_col") + 1
+    assert f"0002_long.sql:2:{column}: failed to apply" in one_error_line(result)
+    shown, caret = result.stderr.splitlines()[-3:-1]
+    assert shown.startswith("LINE 2: ...") and shown.endswith("...") and len(shown) < 100
+    assert shown[caret.index("^"):].startswith("nope_col") and set(caret.strip()) == {"^"}
+    # A tab counts as one column, printed as one space, so the caret stays under the error.
+    add_migration(sql_dir, "0002_long", "SELECT 1;\n\tSELECT\tnope_col;\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert "0002_long.sql:2:9: failed to apply" in one_error_line(result)
+    shown, caret = result.stderr.splitlines()[-3:-1]
+    assert shown == "LINE 2:  SELECT nope_col;" and shown[caret.index("^"):] == "nope_col;"
+    # In the json format the excerpt is a field of the one error event.
+    result = cli("migrate", "--sql-dir", sql_dir, "--log-format", "json", env=db.db_env())
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    error = [e for e in events if e.get("event") == "error"]
+    assert len(error) == 1 and error[0]["excerpt"] == [shown, caret]

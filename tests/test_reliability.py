@@ -328,7 +328,7 @@ def case_unknown_dsn_option(db, sql_dir, tmp_path, aws):
 
 def case_sql_error(db, sql_dir, tmp_path, aws):
     add_migration(sql_dir, "0002_typo", "CREATE TABLE t_typo (id int);\nALTER TABLE t_typo ADD COLUM x int;\n")
-    return ["migrate", "--sql-dir", sql_dir], _pw(db), 1, "0002_typo.sql:2: failed to apply"
+    return ["migrate", "--sql-dir", sql_dir], _pw(db), 1, "0002_typo.sql:2:32: failed to apply"
 
 
 BAD_INPUTS = [case_unreadable_file, case_non_utf8_file, case_empty_file, case_duplicate_numbers, case_duplicate_ids,

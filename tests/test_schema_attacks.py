@@ -209,8 +209,7 @@ def test_a_blank_line_in_a_function_body_is_not_a_block_of_its_own():
     body = "CREATE OR REPLACE FUNCTION public.f()\n RETURNS int\nAS $$\nSELECT 1;\n\nSELECT 2\n$$;"
     old = f"-- header\n\n{body}\n\nCREATE TABLE public.t ();\n"
     new = f"-- header\n\n{body.replace('SELECT 2', 'SELECT 3')}\n\nCREATE TABLE public.t ();\n"
-    assert stale_summary(old, new) == ("schema.sql is out of date (1 block(s): ~ CREATE OR REPLACE FUNCTION public.f()); "
-                                       "run `make schema` and commit it")
+    assert stale_summary(old, new) == "schema.sql is out of date: function public.f() changed; run `make schema` and commit it"
 
 
 # --- 6: a re-application that fails after the rollback is a verify finding -------------------------

@@ -186,9 +186,16 @@ def test_schema_sql_is_current(pg):
 
 def test_a_stale_schema_sql_is_named_in_one_line(pg, sql_dir):
     committed = (PROJECT_ROOT / "schema.sql").read_text(encoding="utf-8")
-    add(sql_dir, "0002_region", f"ALTER TABLE {T} ADD COLUMN region text; CREATE TABLE foo (id int);", None)
+    add(sql_dir, "0002_region", f"ALTER TABLE {T} ADD COLUMN region text; CREATE TABLE foo (id int); "
+                                f"DROP INDEX idx_hcm_report_name; COMMENT ON COLUMN {T}.tenant_id IS 'owner'", None)
     problem = stale_summary(committed, schema_text(server_target(pg), sql_dir))
-    assert "\n" not in problem
-    assert problem.startswith("schema.sql is out of date (3 block(s): ")
-    assert "+ CREATE TABLE public.foo (" in problem and "~ CREATE TABLE public.hcm_report_metadata (" in problem
-    assert problem.endswith("run `make schema` and commit it")
+    # Each object that differs, and how, readable at a glance (the header's new last migration goes unsaid).
+    assert problem == ("schema.sql is out of date: table public.foo added; table public.hcm_report_metadata: column "
+                       "region added; table public.hcm_report_metadata: comment on column "
+                       "public.hcm_report_metadata.tenant_id changed; table public.hcm_report_metadata: index "
+                       "idx_hcm_report_name removed; run `make schema` and commit it")
+    # More than four: the rest counted.
+    add(sql_dir, "0003_more", "CREATE TABLE a1 (id int); CREATE TABLE a2 (id int); CREATE VIEW v1 AS SELECT 1 AS one;", None)
+    problem = stale_summary(committed, schema_text(server_target(pg), sql_dir))
+    assert problem.startswith("schema.sql is out of date: table public.a1 added; table public.a2 added; table "
+                              "public.foo added; table public.hcm_report_metadata: column region added; and 3 more; ")

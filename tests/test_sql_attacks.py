@@ -42,7 +42,9 @@ def test_cr_only_line_ends_lose_no_statement_and_lines_count_as_psql(cli, db, ma
     same_as_psql(cli, db, make_db, sql_dir, "0002_cr", sql)
     assert {"a", "b", "c"} <= db.tables()
     add_migration(sql_dir, "0003_cr_err", b"SELECT 1; -- one\rSELECT 2; -- two\rSELECT nope;\r")
-    assert "0003_cr_err.sql:3: failed to apply" in one_error_line(migrate(cli, db, sql_dir))
+    result = migrate(cli, db, sql_dir)
+    assert "0003_cr_err.sql:3:8: failed to apply" in one_error_line(result)  # (column 8 of line 3, as psql's caret)
+    assert result.stderr.splitlines()[-3:-1] == ["LINE 3: SELECT nope;", "               ^"]
 
 
 def test_begin_atomic_after_a_comment_between_words_is_one_function(cli, db, make_db, sql_dir):

@@ -44,7 +44,7 @@ class Runner(HelpGroup):
         except click.UsageError as exc:  # a subcommand's bad option or value
             raise _one_line(exc) from exc
         except MigratorError as exc:
-            _fail(ctx, str(exc), exc.exit_code)
+            _fail(ctx, str(exc), exc.exit_code, exc.excerpt)
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", 130)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -54,10 +54,10 @@ class Runner(HelpGroup):
                   FAILED)
 
 
-def _fail(ctx: click.Context, message: str, code: int) -> None:
+def _fail(ctx: click.Context, message: str, code: int, excerpt: tuple[str, ...] = ()) -> None:
     if ctx.find_root().meta.get("verbose"):
         output.traceback()
-    output.error(message, exit_code=code)
+    output.error(message, exit_code=code, **({"excerpt": list(excerpt)} if excerpt else {}))
     ctx.exit(code)
 
 

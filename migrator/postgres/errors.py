@@ -7,7 +7,7 @@ from pathlib import Path
 
 from migrator import output
 from migrator.errors import MigratorError
-from migrator.postgres import concurrently
+from migrator.postgres import concurrently, files
 
 HINTS = {
     "55P03": "it waited longer than lock_timeout for a lock that other sessions hold: "
@@ -39,6 +39,30 @@ class StatementFailed(Exception):
         position = getattr(getattr(self.cause, "diag", None), "statement_position", None)
         return self.statement.line_at(int(position) if position else None)
 
+    def position(self) -> tuple[int, list[str]] | None:
+        """(column, [the file's line, a caret under the column]) of the server's error position, as psql shows
+        them; None when the server gave none or the file no longer holds the statement as it ran."""
+        position = getattr(getattr(self.cause, "diag", None), "statement_position", None)
+        try:
+            text = files.read_text(self.path) if position else ""
+        except MigratorError:
+            return None
+        start = self.statement.offset
+        if not position or text[start:start + len(self.statement.text)] != self.statement.text:
+            return None
+        at = start + min(int(position), len(self.statement.text)) - 1  # (1-based characters into the statement)
+        begin = max(text.rfind("\n", 0, at), text.rfind("\r", 0, at)) + 1  # a lone \r ends a line too (splitter)
+        end = min((i for i in (text.find("\n", at), text.find("\r", at)) if i >= 0), default=len(text))
+        line = text[begin:end].replace("\t", " ")  # a tab: one column
+        column = at - begin + 1
+        shown, caret = line, column
+        if len(line) > EXCERPT_WIDTH:  # a long line: the part around the position, marked cut as psql marks it
+            left = max(0, min(column - EXCERPT_WIDTH // 2, len(line) - EXCERPT_WIDTH))
+            shown = ("..." if left else "") + line[left:left + EXCERPT_WIDTH] + ("..." if left + EXCERPT_WIDTH < len(line) else "")
+            caret = column - left + (3 if left else 0)
+        label = f"LINE {self.line}: "
+        return column, [label + shown, " " * (len(label) + caret - 1) + "^"]
+
     def committed(self) -> str:
         """What of the file is in the database now, in words."""
         if self.transactional:
@@ -53,6 +77,7 @@ class StatementFailed(Exception):
 
 
 NOTHING_COMMITTED = "not transactional: no statement of it committed"
+EXCERPT_WIDTH = 72  # characters of a long line shown around the error position
 
 
 def progress(statements, done: int, then: str) -> str:
@@ -77,8 +102,12 @@ def server_message(exc) -> str:
 
 def migration_error(exc, migration, where: str, verb: str, path: Path) -> MigratorError:
     """The one line for a failed migration or rollback (`exc` a StatementFailed or a driver error)."""
+    excerpt: list[str] = []
     if isinstance(exc, StatementFailed):
         cause, at, committed = exc.cause, f"{exc.path}:{exc.line}", exc.committed()
+        found = exc.position()
+        if found:  # file:line:column, and the line with a caret above the error line
+            at, excerpt = f"{at}:{found[0]}", found[1]
     else:  # e.g. COMMIT refused by a deferred constraint, or the checksum record
         cause, at = exc, str(path)
         committed = ("nothing of it was applied: its transaction rolled back" if migration.use_transactions
@@ -101,4 +130,5 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         guard = "IF EXISTS" if verb == "roll back" else "IF NOT EXISTS"
         todo = (f"`runner.py status` shows this; make the file safe to re-run ({guard}) or undo what committed, "
                 "then run again")
-    return MigratorError(f"{at}: failed to {verb} on {where}: {server_message(cause)} ({committed}); {todo}")
+    return MigratorError(f"{at}: failed to {verb} on {where}: {server_message(cause)} ({committed}); {todo}",
+                         excerpt=tuple(excerpt))
