@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import fresh_clone, one_error_line
+from conftest import add_migration, fresh_clone, ok, one_error_line
 from migrator import devdb, ferretdb
 from migrator.mongo import js_patch
 from migrator.env import Env
@@ -173,3 +173,30 @@ def _cmdline(pid: str) -> list[str]:
         return open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").split("\0")
     except OSError:
         return []
+
+
+def test_a_changed_migration_on_the_local_database_is_told_how_to_redo_it(cli, local_db, db, sql_dir, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv("MONGO_DIR", str(tmp_path))  # no patches: the SQL side is what this is about
+    ok(cli("migrate", "--sql-dir", sql_dir))
+    add_migration(sql_dir, "0002_add_note", "ALTER TABLE hcm_report_metadata ADD COLUMN note text;\n",
+                  "ALTER TABLE hcm_report_metadata DROP COLUMN note;\n")
+    add_migration(sql_dir, "0003_b", "CREATE TABLE b (id int);\n", "DROP TABLE b;\n")
+    ok(cli("migrate", "--sql-dir", sql_dir))
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))  # the same files on a database that is not local
+    # The migration being written changes after it was applied: the message says how to redo it, here.
+    add_migration(sql_dir, "0002_add_note", "ALTER TABLE hcm_report_metadata ADD COLUMN note varchar(200);\n",
+                  "ALTER TABLE hcm_report_metadata DROP COLUMN note;\n")
+    result = cli("migrate", "--sql-dir", sql_dir)
+    line = one_error_line(result)
+    assert result.exit_code == 3 and "0002_add_note.sql changed since applied" in line
+    assert line.endswith("not merged yet? redo it on this local database: `make rollback ARGS='--count 2' && make "
+                         "migrate` (its rollback file must undo what was applied)")
+    # Elsewhere it is not offered: a rollback there is no local fix.
+    elsewhere = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "changed since applied" in elsewhere and "make rollback" not in elsewhere
+    # Doing what it says works: the redone migration is the file as it is now.
+    ok(cli("sql", "rollback", "--count", "2", "--sql-dir", sql_dir))
+    ok(cli("migrate", "--sql-dir", sql_dir))
+    status = ok(cli("status", "--sql-dir", sql_dir, "--exit-code"))
+    assert "3 applied, 0 pending" in status.stdout

@@ -41,8 +41,9 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         if not target.schema:
             _say_other_histories(settings, backend)
         drift = postgres.reconcile(backend, migrations, settings.note)
-        if drift:
-            raise postgres.drift_error(drift, target)
+        if drift:  # on the local development database, the redo of a migration not merged yet is suggested
+            redo = postgres.redo_count(backend, migrations, drift) if target.local_dev else None
+            raise postgres.drift_error(drift, target, redo=redo)
         schema = check_schema_drift(settings, backend, refuse=settings.strict)
         # A drift check answered from a description read before the lock (a run over many tenants) leaves
         # nothing to describe when nothing is pending; else advancing_schema describes it, under the lock.

@@ -13,7 +13,7 @@ package adds what a DBA and an operator need around it, one module per concern:
 - apply: apply, roll back, mark; errors: the one line a failure ends in.
 """
 
-from migrator.postgres.apply import apply, locked, mark, rollback, select_by_id, select_rollback
+from migrator.postgres.apply import apply, locked, mark, redo_count, rollback, select_by_id, select_rollback
 from migrator.postgres.connection import (MIGRATION_TABLE, connect, connection_error, missing_schemas, resolve_target,
                                           survey_schemas)
 from migrator.postgres.files import FILE_NAME, unfilled
@@ -26,6 +26,6 @@ from migrator.postgres.state import (MigrationState, applied_counts, applied_ids
 __all__ = [
     "FILE_NAME", "MIGRATION_TABLE", "MigrationState", "apply", "applied_counts", "applied_ids", "bookkeeping",
     "connect", "connection_error", "drift_error", "invalid_indexes", "is_transactional", "lacking_privileges",
-    "load_migrations", "locked", "mark", "missing_schemas", "new", "ordered", "pending", "plan_text", "read_migrations", "reconcile", "resolve_target", "rollback",
+    "load_migrations", "locked", "mark", "missing_schemas", "new", "ordered", "redo_count", "pending", "plan_text", "read_migrations", "reconcile", "resolve_target", "rollback",
     "rollback_path", "select_by_id", "select_rollback", "slug", "status", "survey_schemas", "unfilled",
 ]

@@ -126,6 +126,12 @@ def select_rollback(backend, migrations, *, count: int | None, to: str | None, a
     return selected
 
 
+def redo_count(backend, migrations, drift) -> int | None:
+    """How many `rollback --count` takes back to reach every migration of `drift` (as select_rollback counts)."""
+    ids = [m.id for m in backend.to_rollback(migrations) if not flyway.is_repeatable(m)]
+    return max(ids.index(d.id) for d in drift) + 1 if all(d.id in ids for d in drift) else None
+
+
 def rollback(backend, target: PostgresTarget, selected) -> Iterator[tuple[object, float]]:
     from yoyo.migrations import MigrationList
 
