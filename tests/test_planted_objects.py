@@ -569,7 +569,7 @@ def trapped_scratch(monkeypatch, low):
 
 
 def trap_files(sql_dir, schema: str) -> None:
-    """A transactional file, a CONCURRENTLY build and a backfill, each on the trapped path (a plain run's files set
+    """A transactional file, a CONCURRENTLY build, a backfill and a rewrite, each on the trapped path (a plain run's files set
     it; a tenant's path is the runner's, its schema then public; their own SQL names pg_catalog's operators)."""
     path = "SET search_path = public, pg_catalog;\n" if schema == "public" else ""
     add_migration(sql_dir, "0002_tr", path + "CREATE TABLE tr (id int PRIMARY KEY, ref int, note varchar(20));\n"
@@ -581,6 +581,11 @@ def trap_files(sql_dir, schema: str) -> None:
     add_migration(sql_dir, "0004_tr_fill", "-- transactional: false\n" + path + "-- backfill: batch\n"
                   "UPDATE tr SET ref = 1 WHERE id OPERATOR(pg_catalog.=) ANY "
                   "(SELECT id FROM tr WHERE ref IS NULL LIMIT 7);\n", path + "UPDATE tr SET ref = NULL;\n")
+    add_migration(sql_dir, "0005_tr_types", path + "ALTER TABLE tr ALTER COLUMN ref TYPE bigint;\n"
+                  "ALTER TABLE tr ALTER COLUMN note TYPE varchar(40) COLLATE \"C\";\n"
+                  "ALTER TABLE tr ADD CONSTRAINT tr_ref CHECK (id IS NOT NULL);\n",
+                  path + "ALTER TABLE tr DROP CONSTRAINT tr_ref;\nALTER TABLE tr ALTER COLUMN ref TYPE int;\n"
+                  "ALTER TABLE tr ALTER COLUMN note TYPE varchar(20) COLLATE \"default\";\n")
 
 
 @pytest.mark.parametrize("schema", ["public", "pt"])
@@ -588,7 +593,7 @@ def test_no_command_calls_a_planted_operator_or_function(cli, db, pg, sql_dir, l
     """Issue 23, the audit: traps for every operator and function name the runner uses sit in a schema on the path
     ahead of pg_catalog, planted by a low role, in the live database and in every scratch database. No command
     may call one: migrate (plain and --schema), status, plan --impact, sql verify, sql adopt, rollback, mark,
-    the CONCURRENTLY path and a backfill."""
+    doctor, the CONCURRENTLY path, a backfill and the rewrite judge."""
     writable_by(db, schema, low)
     if schema != "public":
         db.query(f"ALTER SCHEMA {schema} OWNER TO CURRENT_USER")
@@ -602,18 +607,41 @@ def test_no_command_calls_a_planted_operator_or_function(cli, db, pg, sql_dir, l
         for command in (["sql", "adopt", "--yes", "--scratch-url", scratch], ["sql", "mark", "0001_create_hcm_report_metadata"],
                         ["plan", "--impact", "--scratch-url", scratch],
                         ["migrate"], ["status"], ["sql", "verify", "--scratch-url", scratch],
-                        ["sql", "rollback", "--count", "3"], ["migrate"], ["sql", "rollback"], ["sql", "mark", "0004_tr_fill"],
+                        ["sql", "rollback", "--count", "4"], ["migrate"], ["sql", "rollback"], ["sql", "mark", "0005_tr_types"],
                         ["status"], ["doctor"]):
-            if schema != "public" and "0001_create_hcm_report_metadata" in command + ["adopt"]:
+            if schema != "public" and {"adopt", "0001_create_hcm_report_metadata"} & set(command):
                 continue  # (adopt takes a plain database; a tenant's migrate makes 0001 in its own schema)
             result = cli(*command, *args, env=db.db_env())
             if command[:2] == ["sql", "adopt"]:  # the traps are objects of the live schema the history does not make
                 assert result.exit_code == 1 and "adopt: no prefix of the history matches the database" in result.stdout
             else:
-                assert result.exit_code == 0, (command, result.output)
+                assert result.exit_code == 0, (command, result.output[-1500:])
             assert trap_calls(db.query, schema) == 0, (command, db.query(f"SELECT DISTINCT * FROM {schema}.planted_hits"))
             assert all(calls == 0 for calls, _ in trapped_scratch), (command, trapped_scratch)
     finally:
         db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} RESET search_path")
     assert trapped_scratch, "the scratch databases were trapped"
-    assert db.query(f"SELECT migration_id FROM {schema}._yoyo_migration ORDER BY 1")[-1] == ("0004_tr_fill",)
+    assert db.query(f"SELECT migration_id FROM {schema}._yoyo_migration ORDER BY 1")[-1] == ("0005_tr_types",)
+
+
+def test_a_flyway_folder_migrate_calls_no_planted_operator_or_function(cli, db, tmp_path, low):
+    """The Flyway history's reads and writes (its own table, checksums, the takeover checks) under the traps."""
+    folder = tmp_path / "flyway"
+    folder.mkdir()
+    path = "SET search_path = public, pg_catalog;\n"
+    (folder / "V1__create_fw.sql").write_text(path + "CREATE TABLE fw (id int, note text);\n")
+    (folder / "V2__index_fw.sql").write_text(path + "CREATE INDEX CONCURRENTLY fw_note ON fw (note);\n")
+    (folder / "R__fw_view.sql").write_text(path + "CREATE OR REPLACE VIEW fw_v AS SELECT id FROM fw;\n")
+    writable_by(db, "public", low)
+    plant_traps(db.query, "public", low)
+    db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET search_path = public, pg_catalog")
+    try:
+        for command in (["migrate"], ["status"], ["migrate"], ["sql", "rollback"]):
+            result = cli(*command, "--sql-dir", folder, env=db.db_env())
+            assert trap_calls(db.query, "public") == 0, (command, db.query("SELECT DISTINCT * FROM public.planted_hits"))
+            if command != ["sql", "rollback"]:  # (no U file: refused, after reading the history)
+                assert result.exit_code == 0, (command, result.output)
+    finally:
+        db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} RESET search_path")
+    assert db.query("SELECT version FROM public.flyway_schema_history WHERE success ORDER BY installed_rank") == [
+        ("1",), ("2",), (None,)]
