@@ -442,6 +442,9 @@ def test_plan_impacts_catalog_reads_on_the_scratch_session_call_no_planted_opera
 TRAP_OPERATORS = ("=", "<>", "<", ">", "<=", ">=", "~~", "!~~", "~~*", "!~~*", "~", "!~", "~*", "!~*", "||")
 TRAP_TYPES = ("name", "text", "varchar", "bpchar", '"char"', "oid", "regclass", "regnamespace", "int2", "int4",
               "int8", "numeric", "bool", "timestamp", "timestamptz")
+# Type names (not SQL keywords) a cast finds on the search_path: planted as domains that record their caller.
+TRAP_DOMAINS = ("text", "name", "oid", "regclass", "regcollation", "regtype", "regnamespace", "int2", "int4", "int8",
+                "xid", "xid8", "bool", "jsonb", "numeric")
 
 
 def _spelled_calls() -> list[str]:
@@ -456,10 +459,12 @@ def _spelled_calls() -> list[str]:
 
 def plant_traps(query, schema: str, role: str) -> int:
     """Made by `role` in `schema`, each recording its caller: every operator of TRAP_OPERATORS on every pair of
-    TRAP_TYPES that pg_catalog's operator accepts, and a same-signature copy of every (non-polymorphic) pg_catalog
-    function whose name the runner spells. `query` runs SQL on the database. Returns how many were planted."""
+    TRAP_TYPES that pg_catalog's operator accepts, a same-signature copy of every (non-polymorphic) pg_catalog
+    function whose name the runner spells, and a domain for each of TRAP_DOMAINS. `query` runs SQL on the database. Returns how many were planted."""
     record = ("pg_catalog.format('INSERT INTO %I.planted_hits VALUES (current_user, %L); "
               "SELECT pg_catalog.nextval(%L);', s, what, pg_catalog.format('%s.planted_calls', s))")
+    record_check = record.replace(", s, what,", ", s, 'a cast to a planted type',")
+    domains = ", ".join(f"'{name}'" for name in TRAP_DOMAINS)
     words = ", ".join(f"'{word}'" for word in _spelled_calls())
     types = ", ".join("'" + t.replace("'", "''") + "'" for t in TRAP_TYPES)
     ops = ", ".join(f"'{op}'" for op in TRAP_OPERATORS)
@@ -503,6 +508,12 @@ def plant_traps(query, schema: str, role: str) -> int:
             EXCEPTION WHEN OTHERS THEN NULL;
             END;
           END LOOP;
+          -- a type name the runner casts to, found first in `s`: a domain whose CHECK records its caller
+          EXECUTE pg_catalog.format('CREATE FUNCTION %I.planted_check() RETURNS boolean LANGUAGE sql VOLATILE AS %L',
+                                    s, pg_catalog.concat({record_check}, ' SELECT true'));
+          FOREACH l IN ARRAY ARRAY[{domains}] LOOP
+            EXECUTE pg_catalog.format('CREATE DOMAIN %I.%I AS pg_catalog.%I CHECK (%I.planted_check())', s, l, l, s);
+          END LOOP;
         END $plant$;
         RESET ROLE""")
     return int(query(f"SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc WHERE pronamespace OPERATOR(pg_catalog.=) "
@@ -526,7 +537,8 @@ def test_the_traps_catch_an_unqualified_operator_and_function(db, low):
     db.query("SET search_path = pt, pg_catalog; " + qualified)
     assert trap_calls(db.query, "pt") == 0
     for unqualified in ("SELECT 'a'::name ~ 'b'", "SELECT relname NOT LIKE 'x' FROM pg_class LIMIT 1",
-                        "SELECT 1 = 2", "SELECT 'a'::text || 'b'", "SELECT lower('X')", "SELECT oid = 0 FROM pg_class LIMIT 1"):
+                        "SELECT 1 = 2", "SELECT 'a'::text || 'b'", "SELECT lower('X')", "SELECT oid = 0 FROM pg_class LIMIT 1",
+                        "SELECT 'pg_class'::regclass"):
         before = trap_calls(db.query, "pt")
         db.query("SET search_path = pt, pg_catalog; " + unqualified)
         assert trap_calls(db.query, "pt") > before, unqualified

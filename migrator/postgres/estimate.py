@@ -22,8 +22,8 @@ from migrator.postgres.rewrites import _Live
 
 CALIBRATION_ROWS = 50_000
 _CALIBRATE = [
-    "CREATE TABLE {t} (id int PRIMARY KEY, a text, b timestamptz, c int)",
-    # (its own calls spelled in pg_catalog: the scratch session's path may hold planted ones)
+    # (its types, calls and operators spelled in pg_catalog: the scratch session's path may hold planted ones)
+    "CREATE TABLE {t} (id int PRIMARY KEY, a pg_catalog.text, b pg_catalog.timestamptz, c int)",
     f"INSERT INTO {{t}} SELECT g, pg_catalog.md5(g::pg_catalog.text), pg_catalog.now(), g OPERATOR(pg_catalog.%) 100 "
     f"FROM pg_catalog.generate_series(1, {CALIBRATION_ROWS}) g",
     "CREATE INDEX ON {t} (c)",
