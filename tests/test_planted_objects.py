@@ -115,7 +115,7 @@ def test_a_planted_operator_is_never_called_by_the_runners_own_statements(cli, d
     plant_operators(db, schema, low)
     # the trap works: an unqualified varchar comparison in that schema calls it
     db.query(f"SET search_path = {schema}; SELECT 1 FROM {schema}._yoyo_migration WHERE migration_id = 'x'")
-    assert hits(db, schema) == [("postgres",)]
+    assert set(hits(db, schema)) == {("postgres",)}  # (once per row compared)
     db.query(f"DELETE FROM {schema}.planted_hits")
 
     two_files(sql_dir)
@@ -285,7 +285,7 @@ def test_a_planted_string_agg_is_not_called_by_the_first_pinning_statement(cli, 
         CREATE AGGREGATE public.string_agg(name, text) (SFUNC = public.sa_step, STYPE = text,
                                                          FINALFUNC = public.sa_final)""")
     db.query("SELECT string_agg(nspname, ',') FROM pg_namespace")  # the trap works
-    assert hits(db, "public") == [("postgres",)]
+    assert set(hits(db, "public")) == {("postgres",)}  # (once per row compared)
     db.query("DELETE FROM public.planted_hits")
     for command in (["migrate"], ["status"], ["doctor"]):
         cli(*command, "--sql-dir", sql_dir, env=db.db_env())
@@ -328,7 +328,7 @@ def test_plan_impact_never_calls_a_planted_operator_on_the_live_database(cli, db
     writable_by(db, "public", low)
     plant_operator(db, "public", low, "=", "oid", "regclass")
     db.query("SET search_path = public; SELECT 1 FROM pg_class WHERE oid = 'pg_class'::regclass")  # the trap works
-    assert hits(db, "public") == [("postgres",)]
+    assert set(hits(db, "public")) == {("postgres",)}  # (once per row compared)
     db.query("DELETE FROM public.planted_hits")
     add_migration(sql_dir, "0002_big", "ALTER TABLE hcm_report_metadata ALTER COLUMN id TYPE bigint;\n", "SELECT 1;\n")
     result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())

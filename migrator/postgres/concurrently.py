@@ -243,7 +243,8 @@ def _definition(cursor, build: Build) -> str | None:
     try:
         cursor.execute(f"CREATE TEMP TABLE {PROBE_TABLE} (LIKE {build.table})")
         cursor.execute(build.probe)
-        cursor.execute(f"SELECT substring(pg_catalog.pg_get_indexdef('{PROBE_INDEX}'::pg_catalog.regclass) from ' USING .*$')")
+        cursor.execute(f"SELECT substring(pg_catalog.pg_get_indexdef('{PROBE_INDEX}'::pg_catalog.regclass) "
+                       "from ' USING .*$')")
         return cursor.fetchone()[0]
     except Exception as exc:
         if not hasattr(exc, "pgcode"):

@@ -159,7 +159,8 @@ class _Live:
     def table(self, name: tuple[str | None, str]):
         """(oid, "schema.table", rows, bytes) of the live table, or None when it does not exist."""
         if name not in self.tables:
-            row = next(iter(self._rows(_RELATION, {"name": name[1], "path": [name[0]] if name[0] else self.path})), None)
+            path = [name[0]] if name[0] else self.path
+            row = next(iter(self._rows(_RELATION, {"name": name[1], "path": path})), None)
             self.tables[name] = row and (row[0], _qualified(row[1], row[2]), *self._size(row))
         return self.tables[name]
 
