@@ -8,11 +8,13 @@ records the role it ran as in a table: it must stay empty whatever the runner do
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import uuid
 
 import pytest
 
-from conftest import add_migration, applied, one_error_line
+from conftest import add_migration, applied, one_error_line, psql_file
 
 
 @pytest.fixture
@@ -35,22 +37,42 @@ def writable_by(db, schema: str, role: str) -> None:
 
 
 def hits_table(schema: str, role: str) -> str:
-    return (f"SET ROLE {role}; CREATE TABLE {schema}.planted_hits (who text); "
-            f"GRANT INSERT, SELECT ON {schema}.planted_hits TO PUBLIC; RESET ROLE")
+    """Where traps record their calls: a table (who, what) and a sequence, which no rollback takes back."""
+    return (f"SET ROLE {role}; CREATE TABLE IF NOT EXISTS {schema}.planted_hits (who text, what text); "
+            f"CREATE SEQUENCE IF NOT EXISTS {schema}.planted_calls; "
+            f"GRANT INSERT, SELECT ON {schema}.planted_hits TO PUBLIC; "
+            f"GRANT USAGE, SELECT ON {schema}.planted_calls TO PUBLIC; RESET ROLE")
+
+
+def _record(schema: str, what: str) -> str:
+    """The statements a trap's body starts with: who called it, counted outside any transaction too."""
+    what = what.replace("'", "''")
+    return (f"INSERT INTO {schema}.planted_hits VALUES (current_user, '{what}'); "
+            f"SELECT pg_catalog.nextval('{schema}.planted_calls');")
+
+
+def _trap_operator(schema: str, op: str, left: str, right: str) -> str:
+    """`op` on (left, right) in `schema`: records its call, then answers as pg_catalog's `op` would."""
+    function = f"{schema}.planted_op_{op.encode().hex()}"
+    result = "text" if op == "||" else "boolean"
+    return (f"CREATE FUNCTION {function}({left}, {right}) RETURNS {result} LANGUAGE sql VOLATILE AS $trap$ "
+            f"{_record(schema, f'{op}({left}, {right})')} SELECT $1 OPERATOR(pg_catalog.{op}) $2 $trap$; "
+            f"CREATE OPERATOR {schema}.{op} (LEFTARG = {left}, RIGHTARG = {right}, FUNCTION = {function})")
+
+
+def plant_operator(db, schema: str, role: str, op: str, left: str, right: str) -> None:
+    """A trap: `{schema}.{op}(left, right)`, made by `role`, recording who calls it in planted_hits."""
+    db.query(hits_table(schema, role) + f"; SET ROLE {role}; {_trap_operator(schema, op, left, right)}; RESET ROLE")
 
 
 def plant_operators(db, schema: str, role: str) -> None:
     """`=` on (varchar, varchar) and (varchar, text): exact matches for the bookkeeping's varchar columns."""
-    db.query(hits_table(schema, role) + f"""; SET ROLE {role};
-        CREATE FUNCTION {schema}.planted_eq(varchar, varchar) RETURNS boolean LANGUAGE sql VOLATILE AS $$
-            INSERT INTO {schema}.planted_hits VALUES (current_user);
-            SELECT $1::text OPERATOR(pg_catalog.=) $2::text $$;
-        CREATE FUNCTION {schema}.planted_eq(varchar, text) RETURNS boolean LANGUAGE sql VOLATILE AS $$
-            INSERT INTO {schema}.planted_hits VALUES (current_user);
-            SELECT $1::text OPERATOR(pg_catalog.=) $2 $$;
-        CREATE OPERATOR {schema}.= (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = {schema}.planted_eq);
-        CREATE OPERATOR {schema}.= (LEFTARG = varchar, RIGHTARG = text, FUNCTION = {schema}.planted_eq);
-        RESET ROLE""")
+    plant_operator(db, schema, role, "=", "varchar", "varchar")
+    plant_operator(db, schema, role, "=", "varchar", "text")
+
+
+def hits(db, schema: str) -> list[tuple]:
+    return db.query(f"SELECT who FROM {schema}.planted_hits")
 
 
 def plant_table(db, schema: str, role: str, table: str = "_hcm_migration_checksum") -> None:
@@ -74,10 +96,6 @@ def refusal(result) -> str:
     return lines[0]
 
 
-def hits(db, schema: str) -> list[tuple]:
-    return db.query(f"SELECT who FROM {schema}.planted_hits")
-
-
 def schema_args(schema: str) -> list[str]:
     return [] if schema == "public" else ["--schema", schema]
 
@@ -97,7 +115,7 @@ def test_a_planted_operator_is_never_called_by_the_runners_own_statements(cli, d
     plant_operators(db, schema, low)
     # the trap works: an unqualified varchar comparison in that schema calls it
     db.query(f"SET search_path = {schema}; SELECT 1 FROM {schema}._yoyo_migration WHERE migration_id = 'x'")
-    assert hits(db, schema) == [("postgres",)]
+    assert set(hits(db, schema)) == {("postgres",)}  # (once per row compared)
     db.query(f"DELETE FROM {schema}.planted_hits")
 
     two_files(sql_dir)
@@ -267,7 +285,7 @@ def test_a_planted_string_agg_is_not_called_by_the_first_pinning_statement(cli, 
         CREATE AGGREGATE public.string_agg(name, text) (SFUNC = public.sa_step, STYPE = text,
                                                          FINALFUNC = public.sa_final)""")
     db.query("SELECT string_agg(nspname, ',') FROM pg_namespace")  # the trap works
-    assert hits(db, "public") == [("postgres",)]
+    assert set(hits(db, "public")) == {("postgres",)}  # (once per row compared)
     db.query("DELETE FROM public.planted_hits")
     for command in (["migrate"], ["status"], ["doctor"]):
         cli(*command, "--sql-dir", sql_dir, env=db.db_env())
@@ -308,12 +326,9 @@ def test_plan_impact_never_calls_a_planted_operator_on_the_live_database(cli, db
     search_path: a planted =(oid, regclass) there was an exact match."""
     assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
     writable_by(db, "public", low)
-    plant_function(db, "public", low, """
-        CREATE FUNCTION public.eq_oid_regclass(oid, regclass) RETURNS boolean LANGUAGE sql AS $$
-            SELECT public.planted_hit() AND $1 OPERATOR(pg_catalog.=) $2::oid $$;
-        CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.eq_oid_regclass)""")
+    plant_operator(db, "public", low, "=", "oid", "regclass")
     db.query("SET search_path = public; SELECT 1 FROM pg_class WHERE oid = 'pg_class'::regclass")  # the trap works
-    assert hits(db, "public") == [("postgres",)]
+    assert set(hits(db, "public")) == {("postgres",)}  # (once per row compared)
     db.query("DELETE FROM public.planted_hits")
     add_migration(sql_dir, "0002_big", "ALTER TABLE hcm_report_metadata ALTER COLUMN id TYPE bigint;\n", "SELECT 1;\n")
     result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
@@ -365,12 +380,7 @@ def test_a_role_search_path_with_pg_catalog_last_reaches_no_planted_operator(cli
     """The run connection's first statement (the pin) ran under the role's own search_path: with pg_catalog
     listed after a schema others may create in, a planted = on name ran as the migration role (attack23b 2)."""
     writable_by(db, "public", low)
-    db.query(hits_table("public", low) + f"""; SET ROLE {low};
-        CREATE FUNCTION public.planted_name_eq(name, name) RETURNS boolean LANGUAGE sql VOLATILE AS $$
-            INSERT INTO public.planted_hits VALUES (current_user);
-            SELECT $1::text OPERATOR(pg_catalog.=) $2::text $$;
-        CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = name, FUNCTION = public.planted_name_eq);
-        RESET ROLE""")
+    plant_operator(db, "public", low, "=", "name", "name")
     db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET search_path = public, pg_catalog")
     try:
         for command in (["migrate"], ["status"], ["sql", "rollback"]):
@@ -388,17 +398,9 @@ def test_the_concurrent_build_checks_on_the_migration_session_call_no_planted_op
     import psycopg2
 
     writable_by(db, "public", low)
-    db.query(hits_table("public", low) + f"""; SET ROLE {low};
-        CREATE FUNCTION public.planted_match(name, name) RETURNS boolean LANGUAGE sql VOLATILE AS $$
-            INSERT INTO public.planted_hits VALUES (current_user);
-            SELECT $1::text OPERATOR(pg_catalog.~) $2::text $$;
-        CREATE OPERATOR public.~ (LEFTARG = name, RIGHTARG = name, FUNCTION = public.planted_match);
-        CREATE FUNCTION public.planted_eq(name, name) RETURNS boolean LANGUAGE sql VOLATILE AS $$
-            INSERT INTO public.planted_hits VALUES (current_user);
-            SELECT $1::text OPERATOR(pg_catalog.=) $2::text $$;
-        CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = name, FUNCTION = public.planted_eq);
-        CREATE TABLE public.dup (x int); INSERT INTO public.dup VALUES (1), (1);
-        RESET ROLE""")
+    plant_operator(db, "public", low, "~", "name", "name")
+    plant_operator(db, "public", low, "=", "name", "name")
+    db.query(f"SET ROLE {low}; CREATE TABLE public.dup (x int); INSERT INTO public.dup VALUES (1), (1); RESET ROLE")
     with pytest.raises(psycopg2.Error):  # an INVALID index somewhere, so the leftover filter reaches its ~
         db.query("CREATE UNIQUE INDEX CONCURRENTLY dup_x ON public.dup (x)")
     add_migration(sql_dir, "0002_reindex", "-- transactional: false\n"
@@ -420,16 +422,8 @@ def test_plan_impacts_catalog_reads_on_the_scratch_session_call_no_planted_opera
     from migrator.postgres import impact
 
     writable_by(db, "public", low)
-    db.query(hits_table("public", low) + f"""; SET ROLE {low};
-        CREATE FUNCTION public.planted_unlike(name, name) RETURNS boolean LANGUAGE sql VOLATILE AS $$
-            INSERT INTO public.planted_hits VALUES (current_user);
-            SELECT $1::text OPERATOR(pg_catalog.!~~) $2::text $$;
-        CREATE OPERATOR public.!~~ (LEFTARG = name, RIGHTARG = name, FUNCTION = public.planted_unlike);
-        CREATE FUNCTION public.planted_ne(name, name) RETURNS boolean LANGUAGE sql VOLATILE AS $$
-            INSERT INTO public.planted_hits VALUES (current_user);
-            SELECT $1::text OPERATOR(pg_catalog.<>) $2::text $$;
-        CREATE OPERATOR public.<> (LEFTARG = name, RIGHTARG = name, FUNCTION = public.planted_ne);
-        RESET ROLE""")
+    plant_operator(db, "public", low, "!~~", "name", "name")
+    plant_operator(db, "public", low, "<>", "name", "name")
     server = db.server
     conn = psycopg2.connect(dbname=db.name, user=server.user, password=server.password, host=server.host,
                             port=server.port, options="-c search_path=public,pg_catalog")
@@ -441,3 +435,225 @@ def test_plan_impacts_catalog_reads_on_the_scratch_session_call_no_planted_opera
     finally:
         conn.close()
     assert hits(db, "public") == []
+
+
+# --- the systematic audit: traps for every operator and function the runner spells, on every path ---------------
+
+TRAP_OPERATORS = ("=", "<>", "<", ">", "<=", ">=", "~~", "!~~", "~~*", "!~~*", "~", "!~", "~*", "!~*", "||")
+TRAP_TYPES = ("name", "text", "varchar", "bpchar", '"char"', "oid", "regclass", "regnamespace", "int2", "int4",
+              "int8", "numeric", "bool", "timestamp", "timestamptz")
+# Type names (not SQL keywords) a cast finds on the search_path: planted as domains that record their caller.
+TRAP_DOMAINS = ("text", "name", "oid", "regclass", "regcollation", "regtype", "regnamespace", "int2", "int4", "int8",
+                "xid", "xid8", "bool", "jsonb", "numeric")
+
+
+def _spelled_calls() -> list[str]:
+    """Every word the runner's source writes before `(`: those pg_catalog has as functions get a trap."""
+    from conftest import PROJECT_ROOT
+
+    words = set()
+    for path in (PROJECT_ROOT / "migrator").rglob("*.py"):
+        words.update(re.findall(r"(?<![\w.])([a-z_][a-z0-9_]*)\s*\(", path.read_text()))
+    return sorted(words)
+
+
+def plant_traps(query, schema: str, role: str) -> int:
+    """Made by `role` in `schema`, each recording its caller: every operator of TRAP_OPERATORS on every pair of
+    TRAP_TYPES that pg_catalog's operator accepts, a same-signature copy of every (non-polymorphic) pg_catalog
+    function whose name the runner spells, and a domain for each of TRAP_DOMAINS. `query` runs SQL on the database. Returns how many were planted."""
+    record = ("pg_catalog.format('INSERT INTO %I.planted_hits VALUES (current_user, %L); "
+              "SELECT pg_catalog.nextval(%L);', s, what, pg_catalog.format('%s.planted_calls', s))")
+    record_check = record.replace(", s, what,", ", s, 'a cast to a planted type',")
+    domains = ", ".join(f"'{name}'" for name in TRAP_DOMAINS)
+    words = ", ".join(f"'{word}'" for word in _spelled_calls())
+    types = ", ".join("'" + t.replace("'", "''") + "'" for t in TRAP_TYPES)
+    ops = ", ".join(f"'{op}'" for op in TRAP_OPERATORS)
+    query(hits_table(schema, role) + f"""; SET ROLE {role};
+        DO $plant$
+        DECLARE s text := '{schema}'; op text; l text; r text; what text; f record;
+        BEGIN
+          FOREACH op IN ARRAY ARRAY[{ops}] LOOP
+            FOREACH l IN ARRAY ARRAY[{types}] LOOP
+              FOREACH r IN ARRAY ARRAY[{types}] LOOP
+                what := pg_catalog.format('%s(%s, %s)', op, l, r);
+                BEGIN
+                  EXECUTE pg_catalog.format('CREATE FUNCTION %I.%I(%s, %s) RETURNS %s LANGUAGE sql VOLATILE AS %L',
+                    s, pg_catalog.format('planted_op_%s', pg_catalog.encode(pg_catalog.convert_to(op, 'UTF8'), 'hex')), l, r,
+                    CASE op WHEN '||' THEN 'text' ELSE 'boolean' END,
+                    pg_catalog.concat({record}, pg_catalog.format(' SELECT $1 OPERATOR(pg_catalog.%s) $2', op)));
+                  EXECUTE pg_catalog.format('CREATE OPERATOR %I.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = %I.%I)',
+                    s, op, l, r, s, pg_catalog.format('planted_op_%s', pg_catalog.encode(pg_catalog.convert_to(op, 'UTF8'), 'hex')));
+                EXCEPTION WHEN OTHERS THEN NULL;  -- pg_catalog has no such operator: nothing to shadow
+                END;
+              END LOOP;
+            END LOOP;
+          END LOOP;
+          FOR f IN SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args,
+                          pg_catalog.pg_get_function_result(p.oid) AS result, p.pronargs, p.proretset
+                   FROM pg_catalog.pg_proc p
+                   WHERE p.pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace
+                     AND p.prokind OPERATOR(pg_catalog.=) 'f' AND p.provariadic OPERATOR(pg_catalog.=) 0
+                     AND p.proname OPERATOR(pg_catalog.=) ANY (ARRAY[{words}]::pg_catalog.name[])
+                     AND NOT EXISTS (SELECT FROM pg_catalog.pg_type t
+                                     WHERE t.typtype OPERATOR(pg_catalog.=) 'p'
+                                       AND (t.oid OPERATOR(pg_catalog.=) ANY (p.proargtypes::pg_catalog.oid[])
+                                            OR t.oid OPERATOR(pg_catalog.=) p.prorettype)) LOOP
+            what := pg_catalog.format('%s(%s)', f.proname, f.args);
+            BEGIN
+              EXECUTE pg_catalog.format('CREATE FUNCTION %I.%I(%s) RETURNS %s LANGUAGE sql VOLATILE AS %L',
+                s, f.proname, f.args, f.result,
+                pg_catalog.concat({record}, CASE WHEN f.proretset THEN ' SELECT * FROM ' ELSE ' SELECT ' END,
+                pg_catalog.format('pg_catalog.%I(%s)', f.proname, coalesce(
+                     (SELECT pg_catalog.string_agg(pg_catalog.format('$%s', i), ', ') FROM pg_catalog.generate_series(1, f.pronargs) i), ''))));
+            EXCEPTION WHEN OTHERS THEN NULL;
+            END;
+          END LOOP;
+          -- a type name the runner casts to, found first in `s`: a domain whose CHECK records its caller
+          EXECUTE pg_catalog.format('CREATE FUNCTION %I.planted_check() RETURNS boolean LANGUAGE sql VOLATILE AS %L',
+                                    s, pg_catalog.concat({record_check}, ' SELECT true'));
+          FOREACH l IN ARRAY ARRAY[{domains}] LOOP
+            EXECUTE pg_catalog.format('CREATE DOMAIN %I.%I AS pg_catalog.%I CHECK (%I.planted_check())', s, l, l, s);
+          END LOOP;
+        END $plant$;
+        RESET ROLE""")
+    return int(query(f"SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc WHERE pronamespace OPERATOR(pg_catalog.=) "
+                     f"'{schema}'::pg_catalog.regnamespace AND proname OPERATOR(pg_catalog.<>) 'planted_hit'")[0][0])
+
+
+def trap_calls(query, schema: str) -> int:
+    """How many times the traps ran (a sequence: a rolled-back call still counts)."""
+    value, called = query(f"SELECT last_value, is_called FROM {schema}.planted_calls")[0]
+    return value if called else 0
+
+
+def test_the_traps_catch_an_unqualified_operator_and_function(db, low):
+    """The audit's traps work: under search_path = schema, pg_catalog an unqualified comparison, LIKE, concatenation
+    and call reach them; their OPERATOR(pg_catalog....) spellings do not."""
+    writable_by(db, "pt", low)
+    planted = plant_traps(db.query, "pt", low)
+    assert planted > 300, planted
+    qualified = ("SELECT 'a'::pg_catalog.name OPERATOR(pg_catalog.~) 'b', pg_catalog.lower('X'), "
+                 "1 OPERATOR(pg_catalog.=) 2, 'a'::pg_catalog.text OPERATOR(pg_catalog.||) 'b'")
+    db.query("SET search_path = pt, pg_catalog; " + qualified)
+    assert trap_calls(db.query, "pt") == 0
+    for unqualified in ("SELECT 'a'::name ~ 'b'", "SELECT relname NOT LIKE 'x' FROM pg_class LIMIT 1",
+                        "SELECT 1 = 2", "SELECT 'a'::text || 'b'", "SELECT lower('X')", "SELECT oid = 0 FROM pg_class LIMIT 1",
+                        "SELECT 'pg_class'::regclass"):
+        before = trap_calls(db.query, "pt")
+        db.query("SET search_path = pt, pg_catalog; " + unqualified)
+        assert trap_calls(db.query, "pt") > before, unqualified
+
+
+@pytest.fixture
+def trapped_scratch(monkeypatch, low):
+    """Every scratch database gets the traps the moment it exists (a racing planter where PUBLIC may CREATE on
+    public), with search_path = public, pg_catalog; the calls they saw are summed before it is dropped."""
+    import psycopg2
+
+    from migrator.schema import scratch
+
+    seen = []
+    real = scratch._on_server
+
+    def on_server(server, statement):
+        name = statement.split('"')[1]
+        if statement.startswith("DROP"):
+            with psycopg2.connect(dataclasses.replace(server, dbname=name).url) as conn, conn.cursor() as cur:
+                cur.execute("SELECT last_value, is_called FROM public.planted_calls")
+                value, called = cur.fetchone()
+                cur.execute("SELECT who, what FROM public.planted_hits")
+                seen.append((value if called else 0, sorted(set(cur.fetchall()))))
+            conn.close()
+        real(server, statement)
+        if statement.startswith("CREATE"):
+            def query(sql, params=None):
+                with psycopg2.connect(dataclasses.replace(server, dbname=name).url) as conn, conn.cursor() as cur:
+                    cur.execute(sql, params)
+                    rows = cur.fetchall() if cur.description else []
+                conn.close()
+                return rows
+            query(f"GRANT CREATE ON SCHEMA public TO {low}")
+            plant_traps(query, "public", low)
+            query(f'ALTER DATABASE "{name}" SET search_path = public, pg_catalog')
+
+    monkeypatch.setattr(scratch, "_on_server", on_server)
+    return seen
+
+
+def trap_files(sql_dir, schema: str) -> None:
+    """A transactional file, a CONCURRENTLY build, a backfill and a rewrite, each on the trapped path (a plain run's files set
+    it; a tenant's path is the runner's, its schema then public; their own SQL names pg_catalog's operators)."""
+    path = "SET search_path = public, pg_catalog;\n" if schema == "public" else ""
+    add_migration(sql_dir, "0002_tr", path + "CREATE TABLE tr (id int PRIMARY KEY, ref int, note varchar(20));\n"
+                  "INSERT INTO tr (id) SELECT g FROM pg_catalog.generate_series(1, 20) g;\n",
+                  path + "DROP TABLE tr;\n")
+    add_migration(sql_dir, "0003_tr_index", "-- transactional: false\n" + path +
+                  "CREATE INDEX CONCURRENTLY tr_note ON tr (note);\n",
+                  "-- transactional: false\n" + path + "DROP INDEX CONCURRENTLY tr_note;\n")
+    add_migration(sql_dir, "0004_tr_fill", "-- transactional: false\n" + path + "-- backfill: batch\n"
+                  "UPDATE tr SET ref = 1 WHERE id OPERATOR(pg_catalog.=) ANY "
+                  "(SELECT id FROM tr WHERE ref IS NULL LIMIT 7);\n", path + "UPDATE tr SET ref = NULL;\n")
+    add_migration(sql_dir, "0005_tr_types", path + "ALTER TABLE tr ALTER COLUMN ref TYPE bigint;\n"
+                  "ALTER TABLE tr ALTER COLUMN note TYPE varchar(40) COLLATE \"C\";\n"
+                  "ALTER TABLE tr ADD CONSTRAINT tr_ref CHECK (id IS NOT NULL);\n",
+                  path + "ALTER TABLE tr DROP CONSTRAINT tr_ref;\nALTER TABLE tr ALTER COLUMN ref TYPE int;\n"
+                  "ALTER TABLE tr ALTER COLUMN note TYPE varchar(20) COLLATE \"default\";\n")
+
+
+@pytest.mark.parametrize("schema", ["public", "pt"])
+def test_no_command_calls_a_planted_operator_or_function(cli, db, pg, sql_dir, low, schema, trapped_scratch):
+    """Issue 23, the audit: traps for every operator and function name the runner uses sit in a schema on the path
+    ahead of pg_catalog, planted by a low role, in the live database and in every scratch database. No command
+    may call one: migrate (plain and --schema), status, plan --impact, sql verify, sql adopt, rollback, mark,
+    doctor, the CONCURRENTLY path, a backfill and the rewrite judge."""
+    writable_by(db, schema, low)
+    if schema != "public":
+        db.query(f"ALTER SCHEMA {schema} OWNER TO CURRENT_USER")
+    assert psql_file(db, sql_dir / "0001_create_hcm_report_metadata.sql").returncode == 0  # adopted below
+    plant_traps(db.query, schema, low)
+    db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET search_path = {schema}, public, pg_catalog")
+    trap_files(sql_dir, schema)
+    scratch = pg.url("postgres")
+    args = ["--sql-dir", sql_dir, *schema_args(schema)]
+    try:
+        for command in (["sql", "adopt", "--yes", "--scratch-url", scratch], ["sql", "mark", "0001_create_hcm_report_metadata"],
+                        ["plan", "--impact", "--scratch-url", scratch],
+                        ["migrate"], ["status"], ["sql", "verify", "--scratch-url", scratch],
+                        ["sql", "rollback", "--count", "4"], ["migrate"], ["sql", "rollback"], ["sql", "mark", "0005_tr_types"],
+                        ["status"], ["doctor"]):
+            if schema != "public" and {"adopt", "0001_create_hcm_report_metadata"} & set(command):
+                continue  # (adopt takes a plain database; a tenant's migrate makes 0001 in its own schema)
+            result = cli(*command, *args, env=db.db_env())
+            if command[:2] == ["sql", "adopt"]:  # the traps are objects of the live schema the history does not make
+                assert result.exit_code == 1 and "adopt: no prefix of the history matches the database" in result.stdout
+            else:
+                assert result.exit_code == 0, (command, result.output[-1500:])
+            assert trap_calls(db.query, schema) == 0, (command, db.query(f"SELECT DISTINCT * FROM {schema}.planted_hits"))
+            assert all(calls == 0 for calls, _ in trapped_scratch), (command, trapped_scratch)
+    finally:
+        db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} RESET search_path")
+    assert trapped_scratch, "the scratch databases were trapped"
+    assert db.query(f"SELECT migration_id FROM {schema}._yoyo_migration ORDER BY 1")[-1] == ("0005_tr_types",)
+
+
+def test_a_flyway_folder_migrate_calls_no_planted_operator_or_function(cli, db, tmp_path, low):
+    """The Flyway history's reads and writes (its own table, checksums, the takeover checks) under the traps."""
+    folder = tmp_path / "flyway"
+    folder.mkdir()
+    path = "SET search_path = public, pg_catalog;\n"
+    (folder / "V1__create_fw.sql").write_text(path + "CREATE TABLE fw (id int, note text);\n")
+    (folder / "V2__index_fw.sql").write_text(path + "CREATE INDEX CONCURRENTLY fw_note ON fw (note);\n")
+    (folder / "R__fw_view.sql").write_text(path + "CREATE OR REPLACE VIEW fw_v AS SELECT id FROM fw;\n")
+    writable_by(db, "public", low)
+    plant_traps(db.query, "public", low)
+    db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET search_path = public, pg_catalog")
+    try:
+        for command in (["migrate"], ["status"], ["migrate"], ["sql", "rollback"]):
+            result = cli(*command, "--sql-dir", folder, env=db.db_env())
+            assert trap_calls(db.query, "public") == 0, (command, db.query("SELECT DISTINCT * FROM public.planted_hits"))
+            if command != ["sql", "rollback"]:  # (no U file: refused, after reading the history)
+                assert result.exit_code == 0, (command, result.output)
+    finally:
+        db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} RESET search_path")
+    assert db.query("SELECT version FROM public.flyway_schema_history WHERE success ORDER BY installed_rank") == [
+        ("1",), ("2",), (None,)]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from migrator import output
 from migrator.errors import USAGE, MigratorError
+from migrator.postgres.pinned import catalog_path
 
 ANY_CONCURRENT = re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b)[^;]*\bconcurrently\b", re.IGNORECASE)
 _MAYBE = re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
@@ -122,14 +123,9 @@ def _catalog(cursor, query: str, params: dict, resolve: dict[str, str]) -> list:
     for param, function in resolve.items():
         cursor.execute(f"SELECT pg_catalog.{function}(%s)::pg_catalog.oid", (params[param],))
         params = {**params, param: cursor.fetchone()[0]}
-    cursor.execute("SELECT pg_catalog.current_setting('search_path')")
-    saved = cursor.fetchone()[0]
-    cursor.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
-    try:
+    with catalog_path(cursor):
         cursor.execute(query, params)
         return cursor.fetchall()
-    finally:
-        cursor.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (saved,))
 
 
 def _find(cursor, build: Build):
@@ -247,7 +243,8 @@ def _definition(cursor, build: Build) -> str | None:
     try:
         cursor.execute(f"CREATE TEMP TABLE {PROBE_TABLE} (LIKE {build.table})")
         cursor.execute(build.probe)
-        cursor.execute(f"SELECT substring(pg_catalog.pg_get_indexdef('{PROBE_INDEX}'::regclass) from ' USING .*$')")
+        cursor.execute(f"SELECT substring(pg_catalog.pg_get_indexdef('{PROBE_INDEX}'::pg_catalog.regclass) "
+                       "from ' USING .*$')")
         return cursor.fetchone()[0]
     except Exception as exc:
         if not hasattr(exc, "pgcode"):

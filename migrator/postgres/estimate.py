@@ -22,18 +22,22 @@ from migrator.postgres.rewrites import _Live
 
 CALIBRATION_ROWS = 50_000
 _CALIBRATE = [
-    "CREATE TABLE {t} (id int PRIMARY KEY, a text, b timestamptz, c int)",
-    f"INSERT INTO {{t}} SELECT g, md5(g::text), now(), g % 100 FROM generate_series(1, {CALIBRATION_ROWS}) g",
+    # (its types, calls and operators spelled in pg_catalog: the scratch session's path may hold planted ones)
+    "CREATE TABLE {t} (id int PRIMARY KEY, a pg_catalog.text, b pg_catalog.timestamptz, c int)",
+    f"INSERT INTO {{t}} SELECT g, pg_catalog.md5(g::pg_catalog.text), pg_catalog.now(), g OPERATOR(pg_catalog.%) 100 "
+    f"FROM pg_catalog.generate_series(1, {CALIBRATION_ROWS}) g",
     "CREATE INDEX ON {t} (c)",
     "VACUUM ANALYZE {t}",
 ]
 _TABLE = "_hcm_impact_speed"
 CONCURRENT = "SHARE UPDATE EXCLUSIVE (reads and writes go on)"
-_HEAP = "SELECT pg_catalog.pg_relation_size(%s::regclass), pg_catalog.pg_total_relation_size(%s::regclass)"
-# The indexes of a table, the primary key's first (PostgreSQL rebuilds every one when it rewrites the table).
+_HEAP = ("SELECT pg_catalog.pg_relation_size(%s::pg_catalog.regclass), "
+         "pg_catalog.pg_total_relation_size(%s::pg_catalog.regclass)")
+# The indexes of a table, the primary key's first (PostgreSQL rebuilds every one when it rewrites the table). On the
+# scratch session (names as its path shows them): pg_catalog's operators and types named.
 _INDEXES = """
-SELECT i.indexrelid::regclass::text, i.indisprimary, i.indisunique
-FROM pg_catalog.pg_index i WHERE i.indrelid = pg_catalog.to_regclass(%s)
+SELECT i.indexrelid::pg_catalog.regclass::pg_catalog.text, i.indisprimary, i.indisunique
+FROM pg_catalog.pg_index i WHERE i.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s::pg_catalog.text)
 ORDER BY i.indisprimary DESC, i.indisunique DESC, 1
 """
 

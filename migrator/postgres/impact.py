@@ -41,10 +41,10 @@ STRENGTH = list(BLOCKS)
 OBSERVED = ("cannot run in a transaction: observed while it waited, by polling its locks; "
             "a lock held only for an instant may be missing, and rewrites are not measured")
 KINDS = {"r": "table", "p": "table", "i": "index", "I": "index", "S": "sequence", "m": "materialized view", "v": "view"}
-# Both run on the scratch session that runs the migration's text (its search_path is the file's, and others may
+# These run on the scratch session that runs the migration's text (its search_path is the file's, and others may
 # create in public there): every comparison names pg_catalog's operator.
 _RELATIONS = """
-SELECT c.oid, c.oid::regclass::text, c.relkind, c.relfilenode FROM pg_catalog.pg_class c
+SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text, c.relkind, c.relfilenode FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 WHERE n.nspname::pg_catalog.text OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog', 'information_schema'])
   AND NOT n.nspname::pg_catalog.text OPERATOR(pg_catalog.~~) 'pg\\_toast%%'
@@ -317,9 +317,11 @@ def _measured(conn, cur, text: str, existing: dict, names: dict, held: dict, fou
     return now
 
 
+# On the scratch session too: pg_catalog's operators and types named.
 _TABLE_OF = """
-SELECT i.indrelid, i.indrelid::regclass::text, c.relfilenode FROM pg_catalog.pg_index i
-JOIN pg_catalog.pg_class c ON c.oid = i.indrelid WHERE i.indexrelid = pg_catalog.to_regclass(%s)
+SELECT i.indrelid, i.indrelid::pg_catalog.regclass::pg_catalog.text, c.relfilenode FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.indrelid
+WHERE i.indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s::pg_catalog.text)
 """
 
 

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 
 from migrator.postgres import risks
+from migrator.postgres.pinned import catalog_path
 from migrator.postgres.risks import BLOCKS, INSTEAD, Risk
 
 THRESHOLD_ROWS = 10_000
@@ -97,7 +98,7 @@ SELECT a.atttypid, a.atttypmod, a.attnotnull, pg_catalog.format_type(a.atttypid,
        EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY(i.indkey))
 FROM pg_catalog.pg_attribute a WHERE a.attrelid = %s AND a.attname = %s AND NOT a.attisdropped
 """
-_COLLATION = "SELECT %s::regcollation::oid"
+_COLLATION = "SELECT %s::pg_catalog.regcollation::pg_catalog.oid"  # resolved on the file's path
 # The tables of a schema (None: of the migration's search_path) or of an index, as (schema, name).
 _TABLES_IN = """
 SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -119,7 +120,7 @@ _NEW_TYPE = """
 SELECT t.oid, t.typname,
        EXISTS (SELECT FROM pg_catalog.pg_cast k WHERE k.castsource = %(old)s AND k.casttarget = t.oid
                AND k.castmethod = 'b')
-FROM pg_catalog.pg_type t WHERE t.oid = pg_catalog.to_regtype(%(name)s)
+FROM pg_catalog.pg_type t WHERE t.oid = %(new)s
 """
 _NOT_NULL_CHECK = """
 SELECT 1 FROM pg_catalog.pg_constraint
@@ -148,8 +149,7 @@ class _Live:
         if schema:
             self.path = [schema, "public"]  # a tenant's migration session's search_path
         else:
-            self.cursor.execute(_SEARCH_PATH)
-            self.path = [row[0] for row in self.cursor.fetchall()]
+            self.path = [row[0] for row in self._rows(_SEARCH_PATH)]
         self.tables: dict = {}
 
     def key(self, name: tuple[str | None, str]) -> tuple[str, str]:
@@ -159,8 +159,8 @@ class _Live:
     def table(self, name: tuple[str | None, str]):
         """(oid, "schema.table", rows, bytes) of the live table, or None when it does not exist."""
         if name not in self.tables:
-            self.cursor.execute(_RELATION, {"name": name[1], "path": [name[0]] if name[0] else self.path})
-            row = self.cursor.fetchone()
+            path = [name[0]] if name[0] else self.path
+            row = next(iter(self._rows(_RELATION, {"name": name[1], "path": path})), None)
             self.tables[name] = row and (row[0], _qualified(row[1], row[2]), *self._size(row))
         return self.tables[name]
 
@@ -169,39 +169,34 @@ class _Live:
         if not self.sizes:
             return 0, 0
         oid, schema, name = row
-        self.cursor.execute(_SIZE, {"oid": oid})
-        rows, size = self.cursor.fetchone()
+        [(rows, size)] = self._rows(_SIZE, {"oid": oid})
         if rows is None:
             from psycopg2 import sql
 
-            self.cursor.execute(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(
+            [(rows,)] = self._rows(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(
                 sql.Identifier(schema, name)), (self.threshold + 1,))
-            rows = self.cursor.fetchone()[0]
         return rows, size
 
     def volatile(self, functions: set[str]) -> bool:
         if not functions:
             return False
-        self.cursor.execute(_VOLATILE, (sorted(functions),))
-        return self.cursor.fetchone() is not None
+        return bool(self._rows(_VOLATILE, (sorted(functions),)))
 
     def column(self, oid: int, column: str):
-        self.cursor.execute(_COLUMN, (oid, column))
-        return self.cursor.fetchone()
+        return next(iter(self._rows(_COLUMN, (oid, column))), None)
 
     def tables_in(self, schema: str | None) -> list[tuple[str, str]]:
-        self.cursor.execute(_TABLES_IN, ([schema] if schema else self.path,))
-        return [tuple(row) for row in self.cursor.fetchall()]
+        return [tuple(row) for row in self._rows(_TABLES_IN, ([schema] if schema else self.path,))]
 
     def table_of_index(self, name: tuple[str | None, str]) -> list[tuple[str, str]]:
-        self.cursor.execute(_TABLE_OF_INDEX, {"name": name[1], "path": [name[0]] if name[0] else self.path})
-        return [tuple(row) for row in self.cursor.fetchall()]
+        return [tuple(row) for row in self._rows(_TABLE_OF_INDEX, {"name": name[1],
+                                                                    "path": [name[0]] if name[0] else self.path})]
 
     def domain_default_functions(self, type_name) -> set[str]:
         """The functions a domain's DEFAULT calls (none when the type is not a domain)."""
         names = [n.sval for n in type_name.names]
-        self.cursor.execute(_DOMAIN_DEFAULT, {"name": names[-1], "path": names[:-1] if len(names) > 1 else self.path})
-        row = self.cursor.fetchone()
+        row = next(iter(self._rows(_DOMAIN_DEFAULT, {"name": names[-1],
+                                                     "path": names[:-1] if len(names) > 1 else self.path})), None)
         return risks.expression_functions(row[0]) if row and row[0] else set()
 
     def rewrites_type(self, oid: int, column: str, type_name, using, collation=None) -> str | None:
@@ -225,8 +220,8 @@ class _Live:
     def _rewrites_type(self, found, type_name) -> bool:
         old_type, old_mod = found[0], found[1]
         name, mods = risks.type_name(type_name)
-        self.cursor.execute(_NEW_TYPE, {"old": old_type, "name": name})
-        new = self.cursor.fetchone()
+        self.cursor.execute("SELECT pg_catalog.to_regtype(%s)::pg_catalog.oid", (name,))  # on the file's path
+        new = next(iter(self._rows(_NEW_TYPE, {"old": old_type, "new": self.cursor.fetchone()[0]})), None)
         if new is None:
             return True  # an unknown type: the server will say so
         new_type, typname, binary = new
@@ -238,8 +233,14 @@ class _Live:
         found = self.column(oid, column)
         if found is not None and found[2]:
             return True  # already NOT NULL: nothing to check
-        self.cursor.execute(_NOT_NULL_CHECK, {"oid": oid, "names": sorted(validated), "column": column})
-        return self.cursor.fetchone() is not None
+        return bool(self._rows(_NOT_NULL_CHECK, {"oid": oid, "names": sorted(validated), "column": column}))
+
+    def _rows(self, query, params=None) -> list:
+        """A catalog read with pg_catalog's operators and functions alone: the cursor may be the migration's own
+        session or a scratch database's, whose search_path others may have planted in."""
+        with catalog_path(self.cursor):
+            self.cursor.execute(query, params)
+            return self.cursor.fetchall()
 
     def close(self) -> None:
         self.cursor.close()

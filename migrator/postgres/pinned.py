@@ -1,0 +1,31 @@
+"""The runner's own reads on a session whose search_path it does not choose (the migration's session, whose path
+is the file's; a scratch database's session, made before anyone could lock its public schema).
+
+Another role that may CREATE in a schema on that path can plant an operator or function there that beats
+pg_catalog's for an unqualified comparison (`relname ~ '...'` took a planted ~(name, name)), which then runs as
+the migration role. Around such a read the path is pg_catalog, then pg_temp (never a planted temporary
+function), and the session's own path is set back afterwards, so the file's later statements see theirs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+CATALOG_ONLY = "pg_catalog, pg_temp"
+
+
+@contextmanager
+def catalog_path(cursor) -> Iterator[None]:
+    """Runs the block's statements on `cursor` with search_path = pg_catalog, pg_temp; the path set back after
+    (a failed transaction takes the change back itself: nothing is sent then)."""
+    import psycopg2.extensions as ext
+
+    cursor.execute("SELECT pg_catalog.current_setting('search_path')")
+    saved = cursor.fetchone()[0]
+    cursor.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (CATALOG_ONLY,))
+    try:
+        yield
+    finally:
+        if cursor.connection.info.transaction_status != ext.TRANSACTION_STATUS_INERROR:
+            cursor.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (saved,))
