@@ -7,7 +7,7 @@ the application's latency itself is measured in bench/ (make bench).
 """
 
 from conftest import SEED, add_migration, applied, one_error_line
-from test_live_traffic import blocker, seeded  # noqa: F401 (a fixture)
+from test_live_traffic import blocking, seeded  # noqa: F401 (a fixture)
 
 # The lock_timeout this statement runs with, in ms, kept as the largest seen over every try. Spelled so the file
 # does not name lock_timeout itself (a file that does keeps its own: see the last test).
@@ -29,11 +29,8 @@ def test_a_later_statement_waits_only_for_what_is_left_of_the_try(cli, db, sql_d
     tables(db)
     add_migration(sql_dir, "0002_two", "ALTER TABLE t_one ADD COLUMN a int;\nSELECT pg_sleep(0.15);\n" + SEEN
                   + "ALTER TABLE t_two ADD COLUMN b int;\n")
-    conn, pid = blocker(db, table="t_two", hold=2)
-    try:
+    with blocking(db, table="t_two", hold=2) as pid:
         result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    finally:
-        conn.close()
     assert result.exit_code == 0, result.output
     assert 0 < seen(db) <= 160, seen(db)  # before: 300 (each statement waited the whole lock_timeout)
     retries = [line for line in result.stderr.splitlines() if "0002_two.sql:4: lock not granted" in line]
@@ -84,11 +81,8 @@ def test_a_file_that_sets_lock_timeout_itself_keeps_its_own(cli, db, sql_dir, se
 def test_a_blocker_outlasting_the_budget_on_a_later_statement_still_fails_in_one_line(cli, db, sql_dir, seeded):
     tables(db)
     add_migration(sql_dir, "0002_two", "ALTER TABLE t_one ADD COLUMN a int;\nALTER TABLE t_two ADD COLUMN b int;\n")
-    conn, pid = blocker(db, table="t_two")
-    try:
+    with blocking(db, table="t_two") as pid:
         result = cli("migrate", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded)
-    finally:
-        conn.close()
     line = one_error_line(result)
     assert "0002_two.sql:2: failed to apply" in line and f"blocked by pid {pid}" in line
     assert applied(db) == [SEED]
