@@ -51,3 +51,10 @@ def pg_seconds(value: str, default_unit: str = "") -> float:
     and statement_timeout's unit, milliseconds, when none is given)."""
     number, unit = _PG_DURATION.fullmatch(value.strip()).groups()
     return float(number) * _UNIT_MS[unit or default_unit] / 1000
+
+
+def with_unit(value: str, default_unit: str) -> str:
+    """A duration as given, a bare number with the unit it is read in (`300` -> `300ms` for lock_timeout, `300s`
+    for the lock retry budget), so `config` never shows a number whose unit the reader must guess."""
+    match = _PG_DURATION.fullmatch(value.strip())
+    return f"{match[1]}{default_unit or 'ms'}" if match and not match[2] else value

@@ -1,5 +1,5 @@
 """The run's time and size limits from their options and variables: DDL lock and statement timeouts, the lock
-retry budget, the read timeout, the rewrite threshold."""
+retry budget, the backfill's batch limit, the read timeout, the rewrite threshold."""
 
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, 
             setattr(limits, attr, durations.pg_duration(value))
         except ValueError as exc:
             raise MigratorError(f"{origin}: {exc}", USAGE)
+    value, origin = env.get("BACKFILL_MAX_BATCHES")
+    if value:
+        if not _ASCII_NUMBER.fullmatch(value.strip()) or int(value) == 0:
+            raise MigratorError(f"{origin}: {value!r} is not a number of batches; e.g. 100000 (the most times a "
+                                "`-- backfill: batch` statement runs)", USAGE)
+        limits.backfill_max_batches = int(value)
     return limits
 
 

@@ -142,6 +142,7 @@ class DdlLimits:
     lock_timeout: str = "300ms"
     statement_timeout: str = "10min"
     lock_retry_budget: str = "5min"
+    backfill_max_batches: int = 100_000  # a `-- backfill: batch` statement's most runs (postgres/backfill.py)
 
 
 @dataclass

@@ -110,3 +110,47 @@ def test_only_an_update_or_delete_bounded_by_the_parser_is_batched(cli, db, sql_
         line = one_error_line(migrate(cli, db, sql_dir))
         assert "must be an UPDATE or DELETE that touches a bounded batch" in line, (name, line)
     assert applied(db) == [SEED]
+
+
+# Each batch bumps the first row not yet at 20: 3 rows x 20 = 60 batches that touch a row (a WHERE that is slow to
+# leave its done rows out), so without a limit it ends, late; with one it stops at the limit.
+SLOW_LOOP = ("-- transactional: false\n"
+             "{directive}\n"
+             "UPDATE loop_t SET n = n + 1 WHERE id IN (SELECT id FROM loop_t WHERE n < 20 ORDER BY id LIMIT 1);\n")
+
+
+def looping(cli, db, sql_dir, directive: str) -> None:
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    db.query("CREATE TABLE loop_t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);"
+             "INSERT INTO loop_t (id) VALUES (1), (2), (3)")
+    add_migration(sql_dir, "0002_loop", SLOW_LOOP.format(directive=directive))
+
+
+def test_a_backfill_still_touching_rows_after_its_most_batches_stops_in_one_line(cli, db, sql_dir):
+    looping(cli, db, sql_dir, "-- backfill: batch")
+    result = cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "BACKFILL_MAX_BATCHES": "5"})
+    line = one_error_line(result)
+    assert result.exit_code == 1
+    assert "0002_loop.sql:3: failed to apply" in line, line
+    assert "`-- backfill: batch` at line 3 ran 5 committed batches (5 rows)" in line
+    assert "`-- backfill: batch max N` or BACKFILL_MAX_BATCHES (now 5)" in line and "its WHERE" in line
+    assert db.query("SELECT sum(n) FROM loop_t") == [(5,)]  # the 5 batches stay committed
+    assert applied(db) == [SEED]
+
+
+def test_the_directive_s_own_max_wins_over_the_setting(cli, db, sql_dir):
+    looping(cli, db, sql_dir, "-- backfill: batch every 2 max 3")
+    result = cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "BACKFILL_MAX_BATCHES": "1000"})
+    assert "ran 3 committed batches" in one_error_line(result) and "(now 3)" in result.stderr
+    assert db.query("SELECT sum(n) FROM loop_t") == [(3,)]
+    # a limit the backfill fits in: it runs to the end
+    add_migration(sql_dir, "0002_loop", SLOW_LOOP.format(directive="-- backfill: batch max 100"))
+    ok(migrate(cli, db, sql_dir))
+    assert db.query("SELECT sum(n) FROM loop_t") == [(60,)]
+    assert applied(db)[-1] == "0002_loop"
+
+
+def test_a_bad_backfill_max_batches_setting_is_one_line(cli, db, sql_dir):
+    result = cli("config", env={**db.db_env(), "BACKFILL_MAX_BATCHES": "0"})
+    assert result.exit_code == 2 and "BACKFILL_MAX_BATCHES (environment): '0' is not a number of batches" in (
+        one_error_line(result))

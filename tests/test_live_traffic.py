@@ -7,6 +7,8 @@ the IF NOT EXISTS trap). Timings are not asserted here: the figures are in bench
 import signal
 import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import psycopg2
 import pytest
@@ -23,14 +25,18 @@ def connect(db, application_name="report-job", **kwargs):
                             port=server.port, application_name=application_name, **kwargs)
 
 
-def blocker(db, table="hcm_report_metadata", hold=None):
-    """A session holding ACCESS SHARE on `table` in an open transaction (an idle-in-transaction report); closed
-    after `hold` seconds when given. Returns (connection, pid)."""
+@contextmanager
+def blocking(db, table="hcm_report_metadata", hold=None) -> Iterator[int]:
+    """A session holding ACCESS SHARE on `table` in an open transaction (an idle-in-transaction report) while the
+    block runs, closed after `hold` seconds when given (else at the block's end). Yields its pid."""
     conn = connect(db)
-    conn.cursor().execute(SECRET_QUERY.replace("hcm_report_metadata", table))
-    if hold is not None:
-        threading.Timer(hold, conn.close).start()
-    return conn, conn.info.backend_pid
+    try:
+        conn.cursor().execute(SECRET_QUERY.replace("hcm_report_metadata", table))
+        if hold is not None:
+            threading.Timer(hold, conn.close).start()
+        yield conn.info.backend_pid
+    finally:
+        conn.close()
 
 
 @pytest.fixture
@@ -46,11 +52,8 @@ def seeded(cli, db, sql_dir):
 def test_a_transactional_file_is_retried_whole_until_the_blocker_ends(cli, db, sql_dir, seeded):
     add_migration(sql_dir, "0002_add_status", "CREATE TABLE t_before (id int);\n"
                   "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
-    conn, pid = blocker(db, hold=2.5)
-    try:
+    with blocking(db, hold=2.5) as pid:
         result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    finally:
-        conn.close()
     assert result.exit_code == 0, result.output
     retries = [line for line in result.stderr.splitlines() if "lock not granted within 300 ms" in line]
     assert retries, result.stderr
@@ -66,12 +69,9 @@ def test_a_transactional_file_is_retried_whole_until_the_blocker_ends(cli, db, s
 
 def test_a_blocker_outlasting_the_budget_ends_in_one_line_naming_it(cli, db, sql_dir, seeded):
     add_migration(sql_dir, "0002_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
-    conn, pid = blocker(db)
-    try:
+    with blocking(db) as pid:
         result = cli("migrate", "--lock-retry-budget", "2s", "--ddl-lock-timeout", "200ms", "--sql-dir", sql_dir,
                      env=seeded)
-    finally:
-        conn.close()
     line = one_error_line(result)
     assert "0002_add_status.sql:1: failed to apply" in line and "lock timeout" in line
     assert "nothing of it was applied: its transaction rolled back" in line
@@ -86,11 +86,8 @@ def test_a_blocker_outlasting_the_budget_ends_in_one_line_naming_it(cli, db, sql
 
 def test_retries_are_json_events_and_the_limits_are_in_config(cli, db, sql_dir, seeded):
     add_migration(sql_dir, "0002_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
-    conn, pid = blocker(db, hold=1.5)
-    try:
+    with blocking(db, hold=1.5) as pid:
         result = cli("--log-format", "json", "migrate", "--sql-dir", sql_dir, env=seeded)
-    finally:
-        conn.close()
     import json
 
     assert result.exit_code == 0, result.output
@@ -107,11 +104,8 @@ def test_show_blocker_query_applies_to_the_retry_lines_too(cli, db, sql_dir, see
     """The retry lines describe a blocker as the progress lines do (one description): its query only when asked,
     and then without its literals and comments."""
     add_migration(sql_dir, "0002_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
-    conn, pid = blocker(db, hold=1.5)
-    try:
+    with blocking(db, hold=1.5) as pid:
         result = cli("--log-format", "json", "migrate", "--show-blocker-query", "--sql-dir", sql_dir, env=seeded)
-    finally:
-        conn.close()
     import json
 
     assert result.exit_code == 0, result.output
@@ -128,11 +122,8 @@ def test_show_blocker_query_applies_to_the_retry_lines_too(cli, db, sql_dir, see
 def test_a_non_transactional_file_resumes_at_the_statement_that_failed(cli, db, sql_dir, seeded):
     add_migration(sql_dir, "0002_steps", "-- transactional: false\nCREATE TABLE t_one (id int);\n"
                   "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\nCREATE TABLE t_two (id int);\n")
-    conn, pid = blocker(db, hold=2)
-    try:
+    with blocking(db, hold=2) as pid:
         result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    finally:
-        conn.close()
     # had it started over, CREATE TABLE t_one would have failed: it exists (committed before the retry)
     assert result.exit_code == 0, result.output
     assert "0002_steps.sql:3: lock not granted" in result.stderr and f"blocked by pid {pid}" in result.stderr
@@ -141,8 +132,7 @@ def test_a_non_transactional_file_resumes_at_the_statement_that_failed(cli, db, 
 
 def test_sigterm_during_the_backoff_stops_at_once(db, sql_dir, cli, seeded):
     add_migration(sql_dir, "0002_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
-    conn, pid = blocker(db)
-    try:
+    with blocking(db) as pid:
         runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
         deadline = time.monotonic() + 30
         line = ""
@@ -151,8 +141,6 @@ def test_sigterm_during_the_backoff_stops_at_once(db, sql_dir, cli, seeded):
             assert line and time.monotonic() < deadline, runner.communicate()
         runner.send_signal(signal.SIGTERM)
         out, err = runner.communicate(timeout=15)
-    finally:
-        conn.close()
     assert runner.returncode == 128 + signal.SIGTERM, err
     assert "interrupted by SIGTERM" in err and "nothing of it was applied" in err
     assert applied(db) == [SEED]
@@ -163,11 +151,8 @@ def test_tenant_schemas_retry_each_on_its_own(cli, db, sql_dir):
     assert cli("migrate", "--schema", "ta", "--schema", "tb", "--create-schemas", "--sql-dir", sql_dir,
                env=env).exit_code == 0
     add_migration(sql_dir, "0002_add_status", "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
-    conn, pid = blocker(db, table="tb.hcm_report_metadata", hold=2)
-    try:
+    with blocking(db, table="tb.hcm_report_metadata", hold=2) as pid:
         result = cli("migrate", "--schema", "ta", "--schema", "tb", "--parallel", "2", "--sql-dir", sql_dir, env=env)
-    finally:
-        conn.close()
     assert result.exit_code == 0, result.output
     retries = [line for line in result.stderr.splitlines() if "lock not granted" in line]
     assert retries and all("[tb] " in line and f"blocked by pid {pid}" in line for line in retries), result.stderr
@@ -328,11 +313,8 @@ def test_a_block_the_file_opens_itself_is_retried_from_its_begin(cli, db, sql_di
     add_migration(sql_dir, "0002_steps", "-- transactional: false\nCREATE TABLE t_one (id int);\nBEGIN;\n"
                   "CREATE TABLE t_in_block (id int);\nALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n"
                   "COMMIT;\n")
-    conn, pid = blocker(db, hold=2)
-    try:
+    with blocking(db, hold=2) as pid:
         result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    finally:
-        conn.close()
     # the block's CREATE TABLE rolled back with it and ran again: had it not, the retry would fail on it
     assert result.exit_code == 0, result.output
     assert "0002_steps.sql:5: lock not granted" in result.stderr
@@ -442,11 +424,8 @@ def test_a_do_block_that_commits_inside_is_not_retried(cli, db, sql_dir, seeded)
     assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
     add_migration(sql_dir, "0003_do", "-- transactional: false\nDO $$ BEGIN INSERT INTO run_log VALUES (now()); COMMIT; "
                   "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20); END $$;\n")
-    conn, pid = blocker(db, hold=3)
-    try:
+    with blocking(db, hold=3) as pid:
         result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    finally:
-        conn.close()
     line = one_error_line(result)
     assert "0003_do.sql:2: failed to apply" in line and f"blocked by pid {pid}" in line, line
     assert "not retried: a DO block or CALL may have committed part of its work" in line, line
@@ -456,8 +435,7 @@ def test_a_do_block_that_commits_inside_is_not_retried(cli, db, sql_dir, seeded)
 def test_sigterm_in_the_backoff_of_a_non_transactional_file_is_not_called_partly_applied(db, sql_dir, cli, seeded):
     add_migration(sql_dir, "0002_add_status", "-- transactional: false\n"
                   "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\n")
-    conn, _pid = blocker(db)
-    try:
+    with blocking(db):
         runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
         deadline = time.monotonic() + 30
         line = ""
@@ -466,8 +444,6 @@ def test_sigterm_in_the_backoff_of_a_non_transactional_file_is_not_called_partly
             assert line and time.monotonic() < deadline, runner.communicate()
         runner.send_signal(signal.SIGTERM)
         runner.communicate(timeout=15)
-    finally:
-        conn.close()
     status = cli("status", "--sql-dir", sql_dir, env=seeded)
     row = next(entry for entry in status.stdout.splitlines() if "0002_add_status" in entry)
     assert "PARTLY" not in row and "pending" in row, status.stdout

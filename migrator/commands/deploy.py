@@ -281,17 +281,26 @@ def status(settings: CommandSettings) -> StatusReport:
 
 
 def _limit_lines(settings: CommandSettings) -> list[str]:
-    """Each try's lock_timeout, the lock retry budget and statement_timeout, with where each came from."""
-    limits = settings.limits()
-    rows = [("lock_timeout", limits.lock_timeout, settings.ddl_lock_timeout, "--ddl-lock-timeout", "DB_LOCK_TIMEOUT",
-             "each try's wait for its locks"),
-            ("lock retry", limits.lock_retry_budget, settings.lock_retry_budget, "--lock-retry-budget",
+    """Each try's lock_timeout, the lock retry budget, statement_timeout and the other limits, each with its unit
+    (a bare number is shown in the unit it is read in) and where it came from."""
+    from migrator.durations import with_unit
+    from migrator.limits import read_timeout
+
+    limits, env = settings.limits(), settings.env
+    rows = [("lock_timeout", with_unit(limits.lock_timeout, "ms"), settings.ddl_lock_timeout, "--ddl-lock-timeout",
+             "DB_LOCK_TIMEOUT", "each try's wait for its locks"),
+            ("lock retry", with_unit(limits.lock_retry_budget, "s"), settings.lock_retry_budget, "--lock-retry-budget",
              "DB_LOCK_RETRY_BUDGET", "how long a statement blocked by a lock is retried"),
-            ("statement_timeout", limits.statement_timeout, settings.statement_timeout, "--statement-timeout",
-             "DB_STATEMENT_TIMEOUT", "")]
+            ("statement_timeout", with_unit(limits.statement_timeout, "ms"), settings.statement_timeout,
+             "--statement-timeout", "DB_STATEMENT_TIMEOUT", ""),
+            ("rewrite threshold", f"{settings.rewrite_threshold()} rows", settings.rewrite_threshold_rows,
+             "--rewrite-threshold-rows", "REWRITE_THRESHOLD_ROWS", "a rewrite of a larger live table is refused"),
+            ("backfill batches", f"{limits.backfill_max_batches} batches", None, "", "BACKFILL_MAX_BATCHES",
+             "the most runs of a `-- backfill: batch` statement"),
+            ("read timeout", f"{read_timeout(env):g}s", None, "", "DB_READ_TIMEOUT", "status, plan and doctor reads")]
     lines = []
     for label, value, option, option_name, variable, what in rows:
-        origin = option_name if option else (settings.env.get(variable)[1] or "default")
+        origin = option_name if option is not None else (env.get(variable)[1] or "default")
         lines.append(f"  {label:<17} {value:<22} {origin}" + (f" ({what})" if what else ""))
     return lines
 

@@ -1,9 +1,10 @@
 """`-- backfill: batch`: a batched backfill without a hand-made loop (issue 24).
 
 A comment line `-- backfill: batch` (optionally `-- backfill: batch every N`: a progress line every N batches,
-default 10) right before an UPDATE or DELETE in a `-- transactional: false` file makes the runner repeat that
-statement, each run committed on its own, until it touches no row. Each run must touch a bounded batch and
-leave the rows it did out of the next one, e.g.
+default 10; `... max M`: at most M batches, else BACKFILL_MAX_BATCHES, 100,000) right before an UPDATE or DELETE
+in a `-- transactional: false` file makes the runner repeat that statement, each run committed on its own, until
+it touches no row (one still touching rows after its most batches stops with one line: it never loops for ever).
+Each run must touch a bounded batch and leave the rows it did out of the next one, e.g.
 
     -- backfill: batch
     UPDATE hcm_report_metadata SET ref = gen_random_uuid()
@@ -26,9 +27,10 @@ from migrator.errors import USAGE, MigratorError
 from migrator.postgres.splitter import Statement
 
 DIRECTIVE = re.compile(r"^[ \t]*--[ \t]*backfill[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
-_VALUE = re.compile(r"batch(?:\s+every\s+([1-9][0-9]{0,5}))?", re.IGNORECASE)
+_VALUE = re.compile(r"batch(?:\s+every\s+([1-9][0-9]{0,5}))?(?:\s+max\s+([1-9][0-9]{0,8}))?", re.IGNORECASE)
 _MENTIONED = re.compile("backfill", re.IGNORECASE)
 EVERY = 10
+MAX_BATCHES = 100_000  # default most batches of one statement: 500 M rows at 5,000 a batch, yet never for ever
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
 
 
@@ -37,8 +39,11 @@ class Batched(Statement):
     """A statement repeated in committed batches until it touches no row."""
 
     every: int = EVERY  # a progress line every this many batches
+    most: int | None = None  # `max N`: its most batches (else the run's BACKFILL_MAX_BATCHES)
 
-    def run(self, connection, cursor, path: Path) -> None:
+    def run(self, connection, cursor, path: Path, most: int = MAX_BATCHES) -> None:
+        """Batches until one touches no row; a statement still touching rows after `most` batches (its own
+        `max N` first) stops with one line: a WHERE that never leaves its done rows out would loop for ever."""
         from migrator import output
 
         if connection.info.transaction_status != IDLE:
@@ -58,6 +63,18 @@ class Batched(Statement):
                                 rows=rows, batches=batches, done=touched == 0)
             if touched == 0:
                 return
+            if batches >= (self.most or most):
+                raise TooManyBatches(
+                    f"`-- backfill: batch` at line {self.line} ran {batches} committed batches ({rows} rows) and its "
+                    "last one still touched rows; they stay committed; check that its WHERE leaves the rows it did "
+                    "out of the next batch, then raise the limit if the table needs more: `-- backfill: batch max N` "
+                    f"or BACKFILL_MAX_BATCHES (now {self.most or most}), and run again")
+
+
+class TooManyBatches(Exception):
+    """A batched backfill past its most batches (program_limit_exceeded, so it fails as a statement)."""
+
+    pgcode = "54000"
 
 
 class InTransaction(Exception):
@@ -107,7 +124,7 @@ def _read(path: Path, statements: list[Statement], transactional: bool):
         statement = found[index] if index is not None else None
         if value is None:
             problems.append((line, f"{what}: write `-- backfill: batch` (or `-- backfill: batch every N` for a "
-                                   "progress line every N batches)"))
+                                   "progress line every N batches, `max M` for at most M batches)"))
         elif transactional:
             problems.append((line, f"{what} repeats its statement in committed batches, which a transactional file "
                                    "cannot do (it runs in one transaction); put it in its own file whose first line "
@@ -121,7 +138,7 @@ def _read(path: Path, statements: list[Statement], transactional: bool):
                                    "LIMIT 5000), or it would never end"))
         else:
             found[index] = Batched(statement.text, statement.line, statement.offset, statement.terminated,
-                                   int(value[1] or EVERY))
+                                   int(value[1] or EVERY), int(value[2]) if value[2] else None)
     return found, problems
 
 

@@ -6,6 +6,12 @@ behind the migration's lock request never wait longer; between tries nothing is 
 runs. A transactional file is retried as a whole (its transaction rolled back: as if that try never ran), a
 non-transactional one from the statement that failed (or from the BEGIN of a block the file opened itself).
 
+A try's lock waits are bounded as a whole, not per statement: in a transaction, a later statement waits while
+holding the locks the earlier ones took, so the application queued behind those would wait n x lock_timeout.
+Each statement after the try's first gets what is left of lock_timeout since that first statement started
+(TryBudget; the time the earlier ones ran counts), never less than a floor: when nothing is left, a statement
+whose lock is free still runs and one that would wait ends the try after the floor.
+
 Who blocks is seen from a second connection while a try waits (pg_blocking_pids): once the try has failed its
 lock request is gone, and the server no longer says. Another session is described as the progress lines describe
 it (postgres.sessions): who it is and the lock it holds, its query only with --show-blocker-query, without literals.
@@ -14,6 +20,7 @@ it (postgres.sessions): who it is and the lock it holds, its query only with --s
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -29,6 +36,9 @@ FIRST_DELAY, MAX_DELAY = 0.5, 10.0  # seconds between tries: doubling, jittered,
 PROBE_AFTER = 0.05  # seconds a statement runs before the probe asks who blocks it, then every PROBE_EVERY
 PROBE_EVERY = 0.05
 PROBE_NAME = "hcm-db-migrations lock probe"
+FLOOR_SHARE, FLOOR_MIN = 0.1, 0.02  # the least a later statement may wait: a tenth of lock_timeout, >= 20 ms
+STEP_MS = 10  # lock_timeout is set again once what is left fell by this much (not before every statement)
+IN_TRANSACTION = 2  # psycopg2's TRANSACTION_STATUS_INTRANS: a transaction open, no statement running
 
 
 @dataclass
@@ -148,6 +158,48 @@ class Probe:
             # statement it asked about
             if found and wanted and self._since == since:
                 self.seen = Seen(found, wanted)
+
+
+class TryBudget:
+    """lock_timeout, per statement, of what is left of the try's: from the first statement of a transaction (a
+    transactional file's try, or a BEGIN ... COMMIT block a non-transactional file opens) on, the time spent
+    counts. Outside a transaction each statement commits and frees its locks: it gets the whole lock_timeout.
+    A file that sets lock_timeout itself keeps its own."""
+
+    def __init__(self, per_try: float, statements=()):
+        self.per_try_ms = round(per_try * 1000)
+        self.floor_ms = min(self.per_try_ms, max(round(FLOOR_MIN * 1000), round(self.per_try_ms * FLOOR_SHARE)))
+        self.own = any(_SETS_LOCK_TIMEOUT.search(s.text) for s in statements)
+        self.restart()
+
+    def restart(self) -> None:
+        """A new try (the transaction rolled back and begun again): nothing spent, lock_timeout the session's."""
+        self.started: float | None = None
+        self.set_ms: int | None = None
+
+    def before(self, cursor) -> None:
+        """Before a statement: lock_timeout set to what is left (SET LOCAL: gone with the transaction)."""
+        if self.own or cursor.connection.info.transaction_status != IN_TRANSACTION:
+            self.restart()
+            return
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now  # the try's first statement: the session's lock_timeout
+            return
+        left = max(self.floor_ms, int(self.per_try_ms - (now - self.started) * 1000))
+        if (self.set_ms if self.set_ms is not None else self.per_try_ms) - left >= STEP_MS:
+            cursor.execute(f"SET LOCAL lock_timeout = '{left}ms'")
+            self.set_ms = left
+
+    def done(self, cursor) -> None:
+        """After the last statement: the session's lock_timeout again for the rest of the transaction (the
+        runner's bookkeeping)."""
+        if self.set_ms is not None and cursor.connection.info.transaction_status == IN_TRANSACTION:
+            cursor.execute("SET LOCAL lock_timeout TO DEFAULT")
+        self.restart()
+
+
+_SETS_LOCK_TIMEOUT = re.compile(r"lock_timeout", re.IGNORECASE)
 
 
 def probe(backend, pid: int) -> Probe:

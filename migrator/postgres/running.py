@@ -1,0 +1,223 @@
+"""Running a migration file's statements in its session: each statement in order, what committed counted (a
+non-transactional file), lock retries around them (retry.py), and the tenant's search_path watched while they run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+from migrator import interrupt, pg_lock
+from migrator.errors import MigratorError
+from migrator.postgres import backfill, concurrently, retry
+from migrator.postgres.errors import StatementFailed, progress
+
+def execute(cursor, statement, probe=None, path: Path | None = None,
+            max_batches: int = backfill.MAX_BATCHES) -> None:
+    """One statement of a file, in the migration's session. While it runs, `probe` (retry.Probe) watches who
+    blocks it. A CONCURRENTLY build runs with lock_timeout off (concurrently.py); statement_timeout bounds it.
+    A `-- backfill: batch` statement repeats in committed batches (backfill.py)."""
+    with probe.statement() if probe is not None else contextlib.nullcontext():
+        if isinstance(statement, backfill.Batched):
+            statement.run(cursor.connection, cursor, path, max_batches)
+        elif concurrently.is_concurrent(statement.text) and cursor.connection.info.transaction_status == IDLE:
+            with concurrently.without_lock_timeout(cursor):
+                cursor.execute(statement.text)
+        else:
+            cursor.execute(statement.text)
+
+
+def run_statements(connection, path: Path, statements, transactional: bool, progress=None, guard=None, *,
+                   start: int = 0, done: int = 0, probe=None, skip=frozenset(), budget=None,
+                   max_batches: int = backfill.MAX_BATCHES) -> None:
+    """The file's statements, in order, in the session yoyo gives the migration (from `start`, the first
+    `done` of them committed: a non-transactional file resumed after a lock retry). In a non-transactional
+    file `progress(done)` is told each time the count of committed statements grows (a BEGIN the file runs
+    itself holds it until its COMMIT). In a tenant's run `guard` (a SearchPathGuard) stops the file at the
+    statement that moved its search_path. Statements in `skip` are counted as done without running. `budget`
+    (retry.TryBudget) gives each statement in a transaction what is left of the try's lock_timeout."""
+    opened = None
+    if budget is not None:
+        budget.restart()
+    with connection.cursor() as cursor:
+        for index in range(start, len(statements)):
+            statement = statements[index]
+            try:
+                with interrupt.live():  # SIGTERM stops the run here, never inside the bookkeeping
+                    if index not in skip:
+                        if budget is not None:
+                            budget.before(cursor)
+                        execute(cursor, statement, probe, path, max_batches)
+            except interrupt.Interrupted as exc:
+                if exc.before_block and progress:  # it stopped between statements: this one never started
+                    progress(done, started=False)
+                raise
+            except Exception as exc:
+                if not hasattr(exc, "pgcode"):
+                    raise
+                in_block = not transactional and connection.info.transaction_status != IDLE
+                if in_block:  # (connection.rollback() sends nothing on yoyo's autocommit connection)
+                    cursor.execute("ROLLBACK")
+                raise StatementFailed(exc, path, statements, index, transactional, done,
+                                      opened if in_block else None) from exc
+            if not transactional:
+                if connection.info.transaction_status == IDLE:
+                    opened = None
+                    if index + 1 > done:
+                        done = index + 1
+                        if progress:
+                            progress(done)
+                elif opened is None:
+                    opened = index
+            if guard is not None and (found := guard.changed(transactional)) is not None:
+                if opened is not None:
+                    cursor.execute("ROLLBACK")  # the file's own open transaction: nothing of it commits
+                raise SearchPathMoved(found, guard.expected, path, statements, index, transactional, done, opened)
+    if not transactional and connection.info.transaction_status != IDLE:
+        connection.rollback()
+        raise MigratorError(f"{path}: ends inside a transaction it opened (BEGIN without COMMIT); that transaction "
+                            "was rolled back, as psql does at the end of a file; add the COMMIT and run again")
+
+
+def run_retrying(backend, migration, path: Path, statements, transactional: bool, progress=None, guard=None) -> None:
+    """run_statements, with lock retries (retry.py): a try that timed out on a lock is retried after a backoff
+    until the budget is spent; a transactional file as a whole (its transaction rolled back and begun again),
+    a non-transactional one from the statement that failed. One line per retry; the last failure names the
+    blocker. A non-transactional file's CONCURRENTLY builds are prepared and checked (concurrently.py)."""
+    connection = backend.connection
+    limits = getattr(backend.parent, "limits", None)
+    policy = retry.Policy.of(limits)
+    skip, before = frozenset(), set()
+    if not transactional:
+        skip = concurrently.prepare(connection, statements, path, migration.earlier_failure)
+        before = concurrently.indexes_before(connection, statements)
+    probe = retry.probe(backend, connection.info.backend_pid) if policy.per_try else None
+    budget = retry.TryBudget(policy.per_try, statements) if policy.per_try else None
+    backoff = retry.Backoff(policy)
+    start = done = 0
+    try:
+        pg_lock.hold_for_shared_ddl(connection, statements, transactional)
+        while True:
+            try:
+                run_statements(connection, path, statements, transactional, progress, guard, start=start, done=done,
+                               probe=probe, skip=skip, budget=budget,
+                               max_batches=limits.backfill_max_batches if limits else backfill.MAX_BATCHES)
+                if budget is not None:
+                    with connection.cursor() as cursor:
+                        budget.done(cursor)
+                break
+            except StatementFailed as exc:
+                if not retry.lock_timed_out(exc) or not policy.per_try:
+                    raise
+                seen = probe.seen if probe is not None else retry.Seen([])
+                if not transactional and MAY_COMMIT.match(exc.statement.text):
+                    raise _not_retried(exc, seen, backoff)
+                delay = backoff.next_delay() if policy.budget else None
+                if delay is None:
+                    raise retry.gave_up(exc, seen, backoff)
+                retry.say_retry(exc, seen, backoff, delay)
+                if transactional:  # the whole file again, in a new transaction (as if this try never ran)
+                    with connection.cursor() as cursor:
+                        cursor.execute("ROLLBACK")
+                        cursor.execute("BEGIN")
+                    start = done = 0
+                else:
+                    start, done = (exc.opened if exc.opened is not None else exc.index), exc.done
+                try:
+                    retry.sleep(delay)
+                except interrupt.Interrupted:
+                    if progress:
+                        progress(done, started=False)
+                    raise
+                if transactional:
+                    pg_lock.hold_for_shared_ddl(connection, statements, transactional)
+    finally:
+        if probe is not None:
+            probe.close()
+    if not transactional:
+        invalid = concurrently.invalid_after(connection, statements, before)
+        if invalid:
+            raise IndexLeftInvalid(invalid, path, statements)
+        migration.built_indexes = concurrently.built(connection, statements, before)
+
+
+# A DO block or a CALL may COMMIT inside (PostgreSQL 11+): in a non-transactional file what it committed before the
+# lock timeout stays, so running it again would do that part twice.
+MAY_COMMIT = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:do|call)\b", re.IGNORECASE | re.DOTALL)
+
+
+def _not_retried(exc, seen, backoff):
+    retry.gave_up(exc, seen, backoff)
+    exc.todo = ("not retried: a DO block or CALL may have committed part of its work before the lock timeout, and a "
+                "retry would run that part again; " + exc.todo.split("; ", 1)[1])
+    return exc
+
+
+class IndexLeftInvalid(StatementFailed):
+    """A file ran to its end but an index one of its CONCURRENTLY builds names is INVALID: not recorded."""
+
+    def __init__(self, invalid: list[tuple[int, str]], path: Path, statements):
+        index, name = invalid[0]
+        cause = RuntimeError(
+            f"index {name} is INVALID (an earlier failed build that IF NOT EXISTS skipped, or a build that failed "
+            "without an error here), so the migration is not recorded as applied")
+        super().__init__(cause, path, statements, index, False, len(statements), None)
+        self.todo = ("run migrate again: it drops the INVALID index (DROP INDEX CONCURRENTLY) and builds it again; "
+                     "or drop it yourself and run again")
+
+    def committed(self) -> str:
+        return progress(self.statements, self.done, "not recorded as applied")
+
+
+IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE: no transaction open
+
+
+class SearchPathGuard:
+    """A tenant's run: the search_path the runner gave the session, watched while the file runs, for what
+    the text check cannot see (a path built at run time, 'search' || '_path'). PostgreSQL 18+ reports each
+    change of search_path to the client, so every statement is checked at no cost; an older server is asked
+    after each statement of a non-transactional file, and about a transactional one in the checksum step,
+    before its transaction commits."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.reported = connection.info.parameter_status("search_path") is not None
+        self.expected = connection.info.parameter_status("search_path") or self._ask()
+
+    def _ask(self) -> str:
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT pg_catalog.current_setting('search_path')")
+            return cursor.fetchone()[0]
+
+    def changed(self, transactional: bool) -> str | None:
+        """The session's search_path if it is no longer the runner's, else None."""
+        if self.reported:
+            now = self.connection.info.parameter_status("search_path")
+        elif transactional:
+            return None  # asked once, with the checksum
+        else:
+            now = self._ask()
+        return None if now == self.expected else now
+
+
+class SearchPathMoved(StatementFailed):
+    """A tenant's file changed its session's search_path: it stops there, and says what committed."""
+
+    def __init__(self, found: str, expected: str, path: Path, statements, index: int, transactional: bool,
+                 done: int, opened: int | None, at_end: bool = False):
+        what = "by its end the file" if at_end else "this statement"
+        cause = RuntimeError(
+            f"{what} changed search_path to '{found}' (a tenant's migration runs with '{expected}', its schema then "
+            "public), so what follows would land in another schema; remove what sets search_path (the text check "
+            "cannot see a name built at run time), and give a function SET search_path FROM CURRENT")
+        super().__init__(cause, path, statements, index, transactional, done, opened)
+
+    def committed(self) -> str:
+        if self.transactional:
+            return "nothing of it was committed: its transaction rolled back"
+        then = "the rest did not run"
+        if self.opened is not None:
+            then = (f"statements {self.opened + 1}-{self.index + 1} ran inside the transaction the file opened at "
+                    f"line {self.statements[self.opened].line}, which rolled back; {then}")
+        return progress(self.statements, self.done, then)
