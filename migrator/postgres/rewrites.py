@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from migrator.postgres import risks
 from migrator.postgres.risks import BLOCKS, INSTEAD, Risk
 
-THRESHOLD_ROWS = 10_000
 MARKER = re.compile(r"^[ \t]*--[ \t]*accept-rewrite[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 
 

@@ -16,6 +16,7 @@ from migrator import checksums, whoami
 from migrator.schema.describe import describe, scope
 from migrator.schema.diff import diff, summary
 from migrator.schema.model import Description, Item, top_key
+from migrator.tables import MIGRATION_TABLE
 
 TABLE = "_hcm_schema_snapshot"
 CREATE = """
@@ -197,8 +198,6 @@ def seed_owned(conn, schema: str, history: str, words: set[str]) -> None:
 
 
 def _store(conn, schema: str, description: Description, reason: str) -> Snapshot:
-    from migrator.postgres.connection import MIGRATION_TABLE
-
     with conn.cursor() as cursor:
         last = None
         if _exists(cursor, schema, MIGRATION_TABLE):
