@@ -15,7 +15,7 @@ import re
 import time
 from pathlib import Path
 
-from migrator import checksums, interrupt, pg_lock
+from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import backfill, concurrently, files, flyway, history, retry
 from migrator.postgres.errors import StatementFailed, progress
@@ -187,7 +187,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
 
 # A DO block or a CALL may COMMIT inside (PostgreSQL 11+): in a non-transactional file what it committed before the
 # lock timeout stays, so running it again would do that part twice.
-MAY_COMMIT = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:do|call)\b", re.IGNORECASE | re.DOTALL)
+MAY_COMMIT = lazy_re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:do|call)\b", re.IGNORECASE | re.DOTALL)
 
 
 def _not_retried(exc, seen, backoff):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from migrator import output
+from migrator import lazy_re, output
 from migrator.postgres.splitter import TAG_CHAR, TAG_START
 
 # Each session blocking `pid`, and the modes it was granted on the very lock `pid` waits for (NULL: it holds
@@ -107,7 +107,7 @@ def describe_all(holders: list[dict]) -> str:
 # only the first track_activity_query_size bytes) runs to the end. A plain '...' holding a backslash reads
 # differently with standard_conforming_strings on and off, and which the session had is unknown: everything from
 # it on goes. Quoted identifiers and words are names, kept; a number inside a word (t1) stays with it.
-_VALUE = re.compile(rf"""
+_VALUE = lazy_re.compile(rf"""
     (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
   | (?P<estring>[Ee]'(?:[^'\\]|\\.|'')*(?:'|\Z))
   | (?P<string>(?:[Uu]&|[BbXxNn])?'(?:[^'\\]|'')*(?:'|\Z))
