@@ -99,3 +99,22 @@ def test_a_no_op_migrate_re_records_a_stale_fingerprint_and_status_writes_none(c
     with postgres.connect(db_target(db), read_only=True) as backend:
         stored = snapshot.recorded(backend.connection, backend.bookkeeping_schema).fingerprint
         assert stored is not None and stored == fingerprint.take(backend.connection, backend.bookkeeping_schema)
+
+
+def test_the_settings_a_description_depends_on_are_part_of_it(db):
+    """The runner's scope pins (a tenant's schema apart from the tenants left out) and what the server prints with."""
+    conn = psycopg2.connect(db.url)
+    conn.autocommit = True
+    taken = []
+    try:
+        with conn.cursor() as cursor:
+            for statement in ("SELECT 1", "SELECT pg_catalog.set_config('hcm.tenant_schemas', 'a', false)",
+                              "SELECT pg_catalog.set_config('hcm.tenant_schemas', '', false), "
+                              "pg_catalog.set_config('hcm.tenant_schema', 'a', false)",
+                              "SET TimeZone = 'Asia/Tokyo'", "SET quote_all_identifiers = on"):
+                cursor.execute(statement)
+                taken.append(fingerprint.take(conn, "public"))
+        assert fingerprint.take(conn, "other") != taken[-1]  # the bookkeeping schema
+    finally:
+        conn.close()
+    assert len(set(taken)) == len(taken)

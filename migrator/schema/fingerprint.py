@@ -4,10 +4,10 @@ beside it: while the fingerprint is unchanged the description is too, so the dri
 Every committed change to a catalog row inserts a new row version (with the writing transaction's xid, xmin) or
 deletes one; the fingerprint is, per catalog the description reads (and the ones the server's pg_get_*def
 functions consult), the number of rows and the sum of a 64-bit hash of each row's xmin, plus the flags
-PostgreSQL updates in place (an index's validity). Role and tablespace names (shared
-catalogs, printed in grants and definitions), the session settings that scope the description, the bookkeeping
-schema, the server version and the code that describes are part of it too. A change it cannot tell from
-another (a 64-bit collision of sums) is the only miss; anything else only costs a full description.
+PostgreSQL updates in place (an index's validity). Role and tablespace names (shared catalogs, printed in grants
+and definitions), the session settings that scope the description or shape what the server prints, the bookkeeping
+schema, the server version and the code that describes are part of it too. A change it cannot tell from another
+(a 64-bit collision of sums) is the only miss; anything else only costs a full description.
 
 Taken before describing, never after: a change committed in between then makes the stored fingerprint older than
 the description, which only fails the next comparison.
@@ -35,6 +35,12 @@ IN_PLACE = ("SELECT 'pg_index flags', pg_catalog.count(*), pg_catalog.sum(pg_cat
             "t.indisreplident), 0)) "
             "FROM pg_catalog.pg_index t WHERE NOT (t.indisvalid AND t.indisready AND t.indislive) OR t.indisclustered "
             "OR t.indisreplident")
+# The settings that scope the description (the runner's pins: a tenant's schema, the tenants a plain run leaves out,
+# the Flyway history), the server's version and the settings the server prints definitions with (a default's
+# timestamp, float or bytea, quoting): the same catalog read under other settings is another description.
+_SETTINGS = ("hcm.tenant_schema", "hcm.tenant_schemas", "hcm.flyway_table", "hcm.history", "server_version_num",
+             "DateStyle", "IntervalStyle", "TimeZone", "extra_float_digits", "bytea_output",
+             "standard_conforming_strings", "quote_all_identifiers", "lc_monetary")
 # Only pg_catalog's functions and types, named: no operator or cast a planted object could stand in for. Every
 # row version a transaction writes carries that transaction's xid (xmin), and the rows a change removes were
 # written by transactions committed before the fingerprint: the multiset of xmins (count, sum of 64-bit hashes)
@@ -47,10 +53,10 @@ QUERY = "\nUNION ALL ".join(
     [_PART.format(name=c) for c in CATALOGS]
     + [IN_PLACE, _NAMES.format(name="pg_roles", column="rolname"),  # shared catalogs: the names printed
        _NAMES.format(name="pg_tablespace", column="spcname"),
-       "SELECT pg_catalog.concat_ws(',', pg_catalog.current_setting('hcm.tenant_schema', true), "
-       "pg_catalog.current_setting('hcm.tenant_schemas', true), pg_catalog.current_setting('hcm.flyway_table', true), "
-       "pg_catalog.current_setting('hcm.history', true), pg_catalog.current_setting('server_version_num'), "
-       "pg_catalog.current_database()), 0, 0"])
+       # each quoted (NULL, an unset one, apart from ''): the list reads one way only
+       "SELECT pg_catalog.concat_ws(',', pg_catalog.quote_nullable(pg_catalog.current_database()), "
+       + ", ".join(f"pg_catalog.quote_nullable(pg_catalog.current_setting('{name}', true))" for name in _SETTINGS)
+       + "), 0, 0"])
 # The code that turns the catalog into a description: a new version of it describes anew.
 _CODE = ("describe.py", "queries.py", "model.py")
 
