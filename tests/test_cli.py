@@ -46,39 +46,6 @@ def test_every_cli_and_package_module_stays_small():
     assert all(n <= 450 for n in sizes.values()), sizes
 
 
-def test_the_package_imports_run_one_way():
-    """No import cycle: each module's migrator imports, at module level, form a DAG."""
-    import ast
-
-    graph = {}
-    for path in (PROJECT_ROOT / "migrator").rglob("*.py"):
-        module = ".".join(path.relative_to(PROJECT_ROOT).with_suffix("").parts).removesuffix(".__init__")
-        deps = set()
-        for node in ast.parse(path.read_text()).body:  # module level only: lazy imports inside functions are fine
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("migrator"):
-                deps.add(node.module)
-                deps |= {f"{node.module}.{a.name}" for a in node.names}
-            elif isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names if a.name.startswith("migrator")}
-        graph[module] = deps
-    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
-    state: dict[str, int] = {}
-
-    def visit(module, trail):
-        if state.get(module) == 1:
-            raise AssertionError("import cycle: " + " -> ".join(trail + [module]))
-        if state.get(module) == 2:
-            return
-        state[module] = 1
-        for dep in graph[module]:
-            if not module.startswith(dep + "."):  # a package importing its own submodule is fine
-                visit(dep, trail + [module])
-        state[module] = 2
-
-    for module in graph:
-        visit(module, [])
-
-
 def _command_paths(command, path=()):
     yield list(path)
     for name, sub in getattr(command, "commands", {}).items():

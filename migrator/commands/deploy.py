@@ -44,7 +44,7 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         if drift:  # on the local development database, the redo of a migration not merged yet is suggested
             redo = postgres.redo_count(backend, migrations, drift) if target.local_dev else None
             raise postgres.drift_error(drift, target, redo=redo)
-        schema = check_schema_drift(settings, backend, refuse=settings.strict)
+        schema = check_schema_drift(settings, backend, refuse=settings.strict, refresh=True)
         # A drift check answered from a description read before the lock (a run over many tenants) leaves
         # nothing to describe when nothing is pending; else advancing_schema describes it, under the lock.
         if schema.live is not None or schema.recorded is None or backend.to_apply(migrations):
@@ -97,11 +97,12 @@ def migrate_mongo(settings: CommandSettings, mongo_target, mongo_patches):
     return mongo
 
 
-def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool):
-    """Live drift said before anything runs (a DBA's emergency index is allowed); refused when asked."""
+def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool, refresh: bool = False):
+    """Live drift said before anything runs (a DBA's emergency index is allowed); refused when asked. `refresh`:
+    a writing run under the lock records the catalog's fingerprint anew when the schema is as recorded."""
     from migrator.schema import snapshot
 
-    drift = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described)
+    drift = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described, refresh=refresh)
     if drift.drifted:
         if refuse:
             raise MigratorError(f"--strict: the live schema changed outside migrations ({drift.to_json()['summary']}); "

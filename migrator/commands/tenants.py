@@ -13,7 +13,6 @@ import dataclasses
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from migrator import output, pg_lock
@@ -312,6 +311,8 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
 
     with interrupt.guard() as guard, guard.deferred():  # a signal between schemas is recorded, not raised
         if settings.parallel > 1:
+            from concurrent.futures import ThreadPoolExecutor  # (threads and queues: only for --parallel)
+
             with ThreadPoolExecutor(max_workers=settings.parallel, thread_name_prefix="schema") as pool:
                 futures = [pool.submit(one, schema) for schema in target.schemas]
                 while not all(future.done() for future in futures):

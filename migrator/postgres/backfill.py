@@ -23,12 +23,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from migrator import lazy_re
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres.splitter import Statement
 
-DIRECTIVE = re.compile(r"^[ \t]*--[ \t]*backfill[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
-_VALUE = re.compile(r"batch(?:\s+every\s+([1-9][0-9]{0,5}))?(?:\s+max\s+([1-9][0-9]{0,8}))?", re.IGNORECASE)
-_MENTIONED = re.compile("backfill", re.IGNORECASE)
+DIRECTIVE = lazy_re.compile(r"^[ \t]*--[ \t]*backfill[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_VALUE = lazy_re.compile(r"batch(?:\s+every\s+([1-9][0-9]{0,5}))?(?:\s+max\s+([1-9][0-9]{0,8}))?", re.IGNORECASE)
+_MENTIONED = lazy_re.compile("backfill", re.IGNORECASE)
 EVERY = 10
 MAX_BATCHES = 100_000  # default most batches of one statement: 500 M rows at 5,000 a batch, yet never for ever
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE

@@ -18,12 +18,12 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from migrator import output
+from migrator import lazy_re, output
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres.pinned import catalog_path
 
-ANY_CONCURRENT = re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b)[^;]*\bconcurrently\b", re.IGNORECASE)
-_MAYBE = re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
+ANY_CONCURRENT = lazy_re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b)[^;]*\bconcurrently\b", re.IGNORECASE)
+_MAYBE = lazy_re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
 
 
 @dataclass

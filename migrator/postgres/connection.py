@@ -37,9 +37,9 @@ from migrator import output, whoami
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import trust
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads
+from migrator.tables import MIGRATION_TABLE
 from migrator.targets import DdlLimits, PostgresTarget, where_name
 
-MIGRATION_TABLE = "_yoyo_migration"
 # application_name names this runner (host:pid), so a lock timeout can say who holds the lock.
 # A dead peer or a network that drops packets is noticed within about a minute: keepalives while
 # waiting for an answer, and tcp_user_timeout for data the peer's kernel never acknowledges.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from migrator import source_files
+from migrator import lazy_re, source_files
 from migrator.errors import USAGE, MigratorError
 from migrator.output import visible
 from migrator.postgres import psql_reading
@@ -23,20 +23,20 @@ from migrator.postgres.splitter import TAG_CHAR, TAG_START, SplitError, Statemen
 # Arabic-Indic digits, `$` a trailing newline), as the Mongo side.
 FILE_NAME = re.compile(r"(?P<number>[0-9]+)_(?P<name>[A-Za-z0-9_]+)(?P<rollback>\.rollback)?\.sql\Z", re.ASCII)
 # Digits (any script's) and `_` at the start: meant as a migration, so any other spelling of it is refused.
-LOOKS_LIKE_MIGRATION = re.compile(r"^\s*\d+_")
+LOOKS_LIKE_MIGRATION = lazy_re.compile(r"^\s*\d+_")
 VALID_NAME = ("NNNN_name.sql or NNNN_name.rollback.sql (ASCII digits 0-9, `_`, then ASCII letters, digits and `_`, "
               "nothing after .sql)")
-DIRECTIVE = re.compile(r"^\s*--\s*(transactional|depends)\s*:\s*(.*?)\s*$")
-COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
+DIRECTIVE = lazy_re.compile(r"^\s*--\s*(transactional|depends)\s*:\s*(.*?)\s*$")
+COMMENT_OR_BLANK = lazy_re.compile(r"^\s*(--.*)?$")
 BOM = "\ufeff"
 
 # The first word(s) of statements that end or open a transaction: in a transactional file they would
 # commit part of it (psql -1 only warns), so such a file is refused before anything runs.
-TRANSACTION_CONTROL = re.compile(
+TRANSACTION_CONTROL = lazy_re.compile(
     r"(?:begin|start\s+transaction|commit|end|rollback(?!\s+(?:work\s+|transaction\s+)?to\b)|abort|"
     r"prepare\s+transaction)\b", re.IGNORECASE)
 # Statements PostgreSQL refuses inside a transaction block (SQLSTATE 25001).
-OUTSIDE_TRANSACTION = re.compile(
+OUTSIDE_TRANSACTION = lazy_re.compile(
     r"(?:create\s+(?:unique\s+)?index\s+concurrently|drop\s+index\s+concurrently|reindex\b.*\bconcurrently|"
     r"vacuum\b|create\s+database\b|drop\s+database\b|alter\s+system\b|create\s+tablespace\b|"
     r"drop\s+tablespace\b|cluster\s*;|create\s+subscription\b|drop\s+subscription\b)", re.IGNORECASE | re.DOTALL)
@@ -202,17 +202,17 @@ def in_transaction_problem(statement: Statement) -> str | None:
 # pg_catalog / pg_temp / ''). What no text check can see ('search' || '_path') the runner catches as the
 # migration runs (postgres.migration.SearchPathGuard).
 # Cheap first look (file, then statement): "search_path" spelled without "search" needs an escape (\ or UESCAPE).
-_TENANT_HINT = re.compile(r"search|\\|uescape|\bschema\b|create\s+extension", re.IGNORECASE)
-_SET_SCHEMA = re.compile(r"^alter\s+(?!extension\b)[^;]*\bset\s+schema\b", re.IGNORECASE)
-_CREATE_EXTENSION = re.compile(r"^create\s+extension\b", re.IGNORECASE)
-_WITH_SCHEMA = re.compile(r"\bschema\s+\S", re.IGNORECASE)
-_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
-_ROUTINE = re.compile(r"(?:create\s+(?:or\s+replace\s+)?(?:function|procedure)|alter\s+(?:function|procedure|routine))\b",
+_TENANT_HINT = lazy_re.compile(r"search|\\|uescape|\bschema\b|create\s+extension", re.IGNORECASE)
+_SET_SCHEMA = lazy_re.compile(r"^alter\s+(?!extension\b)[^;]*\bset\s+schema\b", re.IGNORECASE)
+_CREATE_EXTENSION = lazy_re.compile(r"^create\s+extension\b", re.IGNORECASE)
+_WITH_SCHEMA = lazy_re.compile(r"\bschema\s+\S", re.IGNORECASE)
+_COMMENTS = lazy_re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+_ROUTINE = lazy_re.compile(r"(?:create\s+(?:or\s+replace\s+)?(?:function|procedure)|alter\s+(?:function|procedure|routine))\b",
                       re.IGNORECASE)
 _TOKEN = re.compile(rf"""--[^\n]*|/\*.*?\*/|\$(?P<tag>{TAG_START}{TAG_CHAR}*|)\$(?P<body>.*?)\$(?P=tag)\$"""
                     r"""|[Ee]'(?:[^'\\]|\\.|'')*'|[Uu]&'(?:[^']|'')*'|[Uu]&"(?:[^"]|"")*"|'(?:[^']|'')*'"""
                     r"""|"(?:[^"]|"")*"|[A-Za-z_][\w$]*|\S""", re.DOTALL)
-_E_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)", re.DOTALL)
+_E_ESCAPE = lazy_re.compile(r"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)", re.DOTALL)
 _C_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _HARMLESS_PATH = {"pg_catalog", "pg_temp", ""}  # '' is PostgreSQL's documented safe form: pg_catalog, pg_temp
 
@@ -397,7 +397,7 @@ def _routine_search_path(tokens) -> tuple[int, str | None, int]:
 
 
 FRESH_SESSION = "\\connect -reuse-previous=on"
-RESTRICT_LINES = re.compile(r"^\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*(?=\r?$)", re.MULTILINE)
+RESTRICT_LINES = lazy_re.compile(r"^\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*(?=\r?$)", re.MULTILINE)
 
 
 def plan_text(path: Path, in_transaction: bool, schema: str | None = None) -> str:

@@ -16,7 +16,7 @@ import zlib
 from datetime import datetime, timezone
 from pathlib import Path, PosixPath
 
-from migrator import source_files
+from migrator import lazy_re, source_files
 from migrator.errors import USAGE, MigratorError
 
 # A description as Flyway takes it, minus what could break a line: ASCII letters, digits, space and
@@ -25,13 +25,13 @@ from migrator.errors import USAGE, MigratorError
 # bidirectional override) never gets that far: the version is ASCII digits only (`\d` takes Arabic-Indic ones,
 # which int() reads) and the name is anchored with \Z (`$` takes a trailing newline).
 _DESCRIPTION = r"(?:[A-Za-z0-9 _.,()+&\-]|[^\x00-\x7f])*"
-VERSIONED = re.compile(rf"(?P<kind>[VU])(?P<version>[0-9]+(?:[._][0-9]+)*)__(?P<description>{_DESCRIPTION})"
+VERSIONED = lazy_re.compile(rf"(?P<kind>[VU])(?P<version>[0-9]+(?:[._][0-9]+)*)__(?P<description>{_DESCRIPTION})"
                        r"\.(?i:sql)\Z", re.ASCII)
 REPEATABLE = re.compile(rf"(?P<kind>R)__(?P<description>{_DESCRIPTION})\.(?i:sql)\Z", re.ASCII)
 # Flyway's SQL callbacks (beforeMigrate.sql, afterMigrate__grants.sql, ...): run by Flyway around its commands.
-CALLBACK = re.compile(r"(?:before|after)[A-Za-z]*(?:__.*)?\.sql\Z|createSchema(?:__.*)?\.sql\Z", re.IGNORECASE)
-LOOKS_LIKE = re.compile(r"^[VUR]\d*[._\d]*__")
-RUNNER_NAME = re.compile(r"^\s*\d+_")
+CALLBACK = lazy_re.compile(r"(?:before|after)[A-Za-z]*(?:__.*)?\.sql\Z|createSchema(?:__.*)?\.sql\Z", re.IGNORECASE)
+LOOKS_LIKE = lazy_re.compile(r"^[VUR]\d*[._\d]*__")
+RUNNER_NAME = lazy_re.compile(r"^\s*\d+_")
 VALID_NAME = ("V<version>__<description>.sql, U<version>__<description>.sql or R__<description>.sql (version: digits "
               "separated by `.` or `_`; description: letters, digits, spaces, `_ - . , ( ) + &`; no quote, "
               "backslash or control character, since names are printed in plan's psql script)")
@@ -106,7 +106,7 @@ def is_repeatable(migration) -> bool:
 
 # Flyway's placeholders (`${flyway:defaultSchema}`, `${name}`): Flyway replaces them anywhere in a file, and fails
 # on one it has no value for; psql would read `:defaultSchema` as its own variable. Not substituted here.
-PLACEHOLDER = re.compile(r"\$\{[^}\n]*\}")
+PLACEHOLDER = lazy_re.compile(r"\$\{[^}\n]*\}")
 PLACEHOLDER_SAID = (" is a Flyway placeholder, which the runner does not substitute; write the SQL without it (the "
                     "session's search_path is already the target schema: use unqualified names for "
                     "${flyway:defaultSchema}, current_user for ${flyway:user})")

@@ -24,7 +24,7 @@ from typing import Iterator
 from migrator.postgres import estimate
 from migrator.postgres.risks import size_text as _bytes, rows_text as _count
 from migrator.postgres.connection import CLIENT_CHECK
-from migrator.postgres.watch import duration, lock_mode
+from migrator.postgres.sessions import duration, lock_mode
 
 # What each table lock mode blocks, in plain words (the conflict table of the PostgreSQL manual, 13.3.1).
 BLOCKS = {

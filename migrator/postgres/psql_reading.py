@@ -21,23 +21,25 @@ from __future__ import annotations
 
 import re
 
+from migrator import lazy_re
+
 IDENT = "A-Za-z0-9_$\x80-\U0010ffff"  # psql's ident_cont (every byte >= 0x80 is a letter to it)
-_IDENT_CHAR = re.compile(f"[{IDENT}]")
+_IDENT_CHAR = lazy_re.compile(f"[{IDENT}]")
 _SPECIAL = re.compile(r"""--|/\*|['"$\\:]""")
-_DOLLAR = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+_DOLLAR = lazy_re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
 _NAME = r"[A-Za-z0-9_\x80-\U0010ffff]+"  # psql's variable_char
-_VARIABLE = re.compile(rf":(?:'{_NAME}'|\"{_NAME}\"|{_NAME}|\{{\?)")
+_VARIABLE = lazy_re.compile(rf":(?:'{_NAME}'|\"{_NAME}\"|{_NAME}|\{{\?)")
 _PREFIX = {"e": "xe", "b": "xb", "x": "xh", "n": None}  # N'' is a plain '' to the lexer
 # After a closing quote, a newline (only \r inside psql's line) then a quote continues the same literal.
-_CONTINUE = re.compile(r"(?:[ \t\f]|--[^\n\r]*)*\r(?:[ \t\n\r\f]+|--[^\n\r]*\r)*'")
+_CONTINUE = lazy_re.compile(r"(?:[ \t\f]|--[^\n\r]*)*\r(?:[ \t\n\r\f]+|--[^\n\r]*\r)*'")
 _IN_STRING = {"xq": re.compile(r"'(?!')|''"), "xus": re.compile(r"'(?!')|''"), "xe": re.compile(r"\\.?|'(?!')|''", re.S),
               "xb": re.compile("'"), "xh": re.compile("'")}
-_COMMENT = re.compile(r"/\*|\*+/")
+_COMMENT = lazy_re.compile(r"/\*|\*+/")
 # A line every reading lexes from INITIAL back to INITIAL (the common case, checked fast): no backslash, no
 # dollar, double quote, /* or variable, only '...' strings that no letter, digit or & starts, a last -- comment.
-_PLAIN = re.compile(r"(?:[^'\"$\\:/\-\r]|/(?!\*)|-(?!-)|::|:=|(?<![A-Za-z0-9_$&])'[^'\\\r]*'(?!'))*(?:(?<![0-9.][eE])--[^\r]*)?\Z")
+_PLAIN = lazy_re.compile(r"(?:[^'\"$\\:/\-\r]|/(?!\*)|-(?!-)|::|:=|(?<![A-Za-z0-9_$&])'[^'\\\r]*'(?!'))*(?:(?<![0-9.][eE])--[^\r]*)?\Z")
 # pg_dump 15.14+ writes these two lines; the runner skips them (splitter.RESTRICT) and plan leaves them out.
-RESTRICT_LINE = re.compile(r"\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*\r?$")
+RESTRICT_LINE = lazy_re.compile(r"\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*\r?$")
 MAX_STATES = 32
 
 # Client encodings psql lexes by character length (libpq's PQmblen): a lead byte takes the next byte(s) with it.
@@ -63,7 +65,7 @@ def _gb18030(data: bytes, start: int, after: str) -> int:  # two bytes, four whe
 
 ENCODINGS = {"UTF8": None, "SJIS": _walk(lambda b: 1 if 0xA1 <= b <= 0xDF else 2), "BIG5": _pairs,
              "GB18030": _gb18030, "JOHAB": _walk(lambda b: 3 if b == 0x8F else 2)}
-_HIGH_RUN = re.compile("[^\x00-\x7f]+")
+_HIGH_RUN = lazy_re.compile("[^\x00-\x7f]+")
 
 
 def as_lexed(line: str, encoding: str) -> str:

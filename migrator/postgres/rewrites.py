@@ -28,12 +28,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from migrator import lazy_re
 from migrator.postgres import risks
 from migrator.postgres.pinned import catalog_path
 from migrator.postgres.risks import BLOCKS, INSTEAD, Risk
 
-THRESHOLD_ROWS = 10_000
-MARKER = re.compile(r"^[ \t]*--[ \t]*accept-rewrite[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+MARKER = lazy_re.compile(r"^[ \t]*--[ \t]*accept-rewrite[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass

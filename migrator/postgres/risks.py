@@ -12,16 +12,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from migrator import lazy_re
+
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
-_HINT = re.compile(r"\s*(?:alter\s+table|create\s+(?:unique\s+)?index|vacuum|cluster|reindex)\b", re.IGNORECASE)
-_COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint only: `ALTER /* x */ TABLE` is parsed too)
+_HINT = lazy_re.compile(r"\s*(?:alter\s+table|create\s+(?:unique\s+)?index|vacuum|cluster|reindex)\b", re.IGNORECASE)
+_COMMENTS = lazy_re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint only: `ALTER /* x */ TABLE` is parsed too)
 # A table a statement creates, read without the parser (pg_dump and people write it so; IF NOT EXISTS may
 # name a table that exists and holds rows: not new). A table the judge cannot tell is new is judged by its size.
 _NAME = r'("(?:[^"]|"")*"|[A-Za-z_][\w$]*)'
-_CREATES = re.compile(rf"create\s+(?:(?:global|local)\s+)?(?P<temp>(?:temp|temporary)\s+)?(?:unlogged\s+)?table\s+"
+_CREATES = lazy_re.compile(rf"create\s+(?:(?:global|local)\s+)?(?P<temp>(?:temp|temporary)\s+)?(?:unlogged\s+)?table\s+"
                       rf"(?!if\s+not\s+exists\b){_NAME}(?:\s*\.\s*{_NAME})?", re.IGNORECASE)
-_WRITES = re.compile(r"\s*(?:update|delete|with|lock)\b", re.IGNORECASE)
-_RENAMES = re.compile(r"\s*alter\s+table\b.*\brename\b", re.IGNORECASE | re.DOTALL)
+_WRITES = lazy_re.compile(r"\s*(?:update|delete|with|lock)\b", re.IGNORECASE)
+_RENAMES = lazy_re.compile(r"\s*alter\s+table\b.*\brename\b", re.IGNORECASE | re.DOTALL)
 _SEARCH_PATH = re.compile(r"\s*set\s+(?:session\s+|local\s+)?search_path\s*(?:to|=)\s*(?P<first>\"(?:[^\"]|\"\")*\"|[^\s,;]+)",
                           re.IGNORECASE)
 _SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}

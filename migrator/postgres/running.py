@@ -8,7 +8,7 @@ import contextlib
 import re
 from pathlib import Path
 
-from migrator import interrupt, pg_lock
+from migrator import interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import backfill, concurrently, retry
 from migrator.postgres.errors import StatementFailed, progress
@@ -144,7 +144,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
 
 # A DO block or a CALL may COMMIT inside (PostgreSQL 11+): in a non-transactional file what it committed before the
 # lock timeout stays, so running it again would do that part twice.
-MAY_COMMIT = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:do|call)\b", re.IGNORECASE | re.DOTALL)
+MAY_COMMIT = lazy_re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:do|call)\b", re.IGNORECASE | re.DOTALL)
 
 
 def _not_retried(exc, seen, backoff):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from migrator import output
+from migrator import lazy_re, output
 from migrator.postgres.splitter import TAG_CHAR, TAG_START
 
 # Each session blocking `pid`, and the modes it was granted on the very lock `pid` waits for (NULL: it holds
@@ -38,11 +38,25 @@ WHERE l.pid = %s AND NOT l.granted LIMIT 1
 """
 
 
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min" + (f" {seconds % 60} s" if seconds % 60 and seconds < 600 else "")
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def lock_mode(mode: str) -> str:
+    """AccessExclusiveLock -> ACCESS EXCLUSIVE."""
+    import re
+
+    return " ".join(re.findall(r"[A-Z][a-z]+", mode.removesuffix("Lock"))).upper()
+
+
 def waiting_for(cursor, pid: int, holders: list[dict]) -> str | None:
     """What `pid` waits for, in words (`ACCESS EXCLUSIVE lock on hcm_report_metadata`, or a row lock and whose
     transaction holds it), given its blockers(); None when it waits for no lock (any more)."""
-    from migrator.postgres.watch import lock_mode  # (watch imports this module)
-
     cursor.execute(_WAITED_FOR, (pid,))
     wanted = cursor.fetchone()
     if wanted is None:
@@ -60,8 +74,6 @@ def blockers(cursor, pid: int, show_query: bool = False) -> list[dict]:
 
 def blocker(row) -> dict:
     """One row of _BLOCKERS as the fields the runner prints (JSON-able); never the query unless the row has it."""
-    from migrator.postgres.watch import lock_mode  # (watch imports this module)
-
     pid, app, user, addr, state, in_state, in_xact, holds, query = row
     if state is None:  # another role's session, and this one lacks pg_read_all_stats
         return {"pid": pid, "hidden": True}
@@ -79,8 +91,6 @@ def describe(h: dict) -> str:
     if h.get("hidden"):
         return (f"pid {h['pid']} (another role's session: this role cannot see who it is or what it runs; "
                 "grant it pg_read_all_stats to see)")
-    from migrator.postgres.watch import duration  # (watch imports this module)
-
     xact = f", transaction open {duration(h['transaction_for_s'])}" if h.get("transaction_for_s") is not None else ""
     holds = f"holds {' and '.join(h['holds'])}" if h.get("holds") else "queued ahead for the same lock"
     text = (f"pid {h['pid']} (application_name {h['application_name'] or '(none)'}, user {h['user']}, "
@@ -97,7 +107,7 @@ def describe_all(holders: list[dict]) -> str:
 # only the first track_activity_query_size bytes) runs to the end. A plain '...' holding a backslash reads
 # differently with standard_conforming_strings on and off, and which the session had is unknown: everything from
 # it on goes. Quoted identifiers and words are names, kept; a number inside a word (t1) stays with it.
-_VALUE = re.compile(rf"""
+_VALUE = lazy_re.compile(rf"""
     (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
   | (?P<estring>[Ee]'(?:[^'\\]|\\.|'')*(?:'|\Z))
   | (?P<string>(?:[Uu]&|[BbXxNn])?'(?:[^'\\]|'')*(?:'|\Z))

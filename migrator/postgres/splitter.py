@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from migrator import lazy_re
 from migrator.postgres import psql_reading
 
 # What can change the lexer's state; everything between matches is plain text.
@@ -33,16 +34,16 @@ WORDS = re.compile(_SPECIAL + r"|(?<![\w$])(?i:begin|case|end)(?![\w$])")
 _GAP = r"(?:\s|--[^\r\n]*|/\*.*?\*/)+"
 ROUTINE = re.compile(rf"create{_GAP}(?:or{_GAP}replace{_GAP})?(?:function|procedure)\b", re.IGNORECASE | re.DOTALL)
 # A file's own `SET standard_conforming_strings`: psql (and the server) then read '\'' as an escape.
-CONFORMING = re.compile(r"(?:set|reset)\b(?:\s+(?:session|local))?\s+standard_conforming_strings\b"
+CONFORMING = lazy_re.compile(r"(?:set|reset)\b(?:\s+(?:session|local))?\s+standard_conforming_strings\b"
                         r"(?:\s*(?:=|\bto\b)\s*'?(\w+)'?)?", re.IGNORECASE)
-COPY_STDIN = re.compile(r"copy\b.*\bfrom\s+stdin\b", re.IGNORECASE | re.DOTALL)
+COPY_STDIN = lazy_re.compile(r"copy\b.*\bfrom\s+stdin\b", re.IGNORECASE | re.DOTALL)
 # STDIN anywhere (a keyword cannot be quoted or escaped): a COPY FROM STDIN psql alone sees is refused too.
-STDIN_WORD = re.compile(r"(?<![A-Za-z0-9_$\x80-\U0010ffff])stdin(?![A-Za-z0-9_$\x80-\U0010ffff])", re.IGNORECASE)
-COPY_STDOUT = re.compile(r"copy\b.*\bto\s+stdout\b", re.IGNORECASE | re.DOTALL)
+STDIN_WORD = lazy_re.compile(r"(?<![A-Za-z0-9_$\x80-\U0010ffff])stdin(?![A-Za-z0-9_$\x80-\U0010ffff])", re.IGNORECASE)
+COPY_STDOUT = lazy_re.compile(r"copy\b.*\bto\s+stdout\b", re.IGNORECASE | re.DOTALL)
 RESTRICT = re.compile(r"\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*\r?(?:\n|$)")  # pg_dump's key: letters, digits
 # PostgreSQL's lexer ends a `--` comment at \r as well as \n (files saved with old Mac line ends).
-BLANK = re.compile(r"(?:\s+|--[^\r\n]*)*")
-COMMENT_END = re.compile(r"[\r\n]")
+BLANK = lazy_re.compile(r"(?:\s+|--[^\r\n]*)*")
+COMMENT_END = lazy_re.compile(r"[\r\n]")
 
 
 def newlines(text: str, start: int = 0, end: int | None = None) -> int:
@@ -243,7 +244,7 @@ def _meta_command_message(text: str, at: int) -> str:
 
 # A comment between FROM and STDIN still means COPY FROM STDIN (psql then reads the lines after it as data,
 # up to a `\.` line, and lexes what follows from scratch): comments are blanked before the check.
-_COMMENTS = re.compile(r"--[^\r\n]*|/\*.*?\*/", re.DOTALL)
+_COMMENTS = lazy_re.compile(r"--[^\r\n]*|/\*.*?\*/", re.DOTALL)
 
 
 def _refuse_copy(statement: Statement) -> None:

@@ -20,6 +20,7 @@ import time
 
 from migrator import output
 from migrator.postgres import sessions
+from migrator.postgres.sessions import duration
 
 FIRST_AFTER = 3.0  # seconds a statement runs before it is reported
 POLL = 1.0
@@ -48,22 +49,6 @@ FROM pg_catalog.pg_stat_progress_create_index p
 LEFT JOIN pg_catalog.pg_stat_activity b ON b.pid = p.current_locker_pid
 WHERE p.pid = %s AND p.phase LIKE 'waiting for%%'
 """
-
-
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min" + (f" {seconds % 60} s" if seconds % 60 and seconds < 600 else "")
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-
-
-def lock_mode(mode: str) -> str:
-    """AccessExclusiveLock -> ACCESS EXCLUSIVE."""
-    import re
-
-    return " ".join(re.findall(r"[A-Z][a-z]+", mode.removesuffix("Lock"))).upper()
 
 
 class Watcher:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from migrator.sql_text import SqlText
 
-class SqlText(str):
-    """SQL from a migration file, which a DBA feeds to psql: output.report prints it exactly, never masked."""
+__all__ = ["Lines", "SqlText"]
 
 
 def _time(at: datetime | None) -> str | None:

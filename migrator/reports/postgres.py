@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from migrator import lazy_re
 from migrator.errors import DRIFT, FAILED, OK, SCHEMA_DRIFT
 from migrator.output import visible
 from migrator.reports.base import Lines, SqlText, _time
 from migrator.reports.mongo import PatchRunReport, PatchStatusReport
 
-REINDEX_COPY = re.compile(r'_cc(new|old)[0-9]*"?$')  # the copies REINDEX ... CONCURRENTLY makes
+REINDEX_COPY = lazy_re.compile(r'_cc(new|old)[0-9]*"?$')  # the copies REINDEX ... CONCURRENTLY makes
 
 
 @dataclass

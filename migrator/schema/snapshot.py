@@ -13,9 +13,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from migrator import checksums, whoami
+from migrator.schema import fingerprint
 from migrator.schema.describe import describe, scope
 from migrator.schema.diff import diff, summary
 from migrator.schema.model import Description, Item, top_key
+from migrator.tables import MIGRATION_TABLE
 
 TABLE = "_hcm_schema_snapshot"
 CREATE = """
@@ -26,7 +28,8 @@ CREATE TABLE IF NOT EXISTS {schema}.{table} (
     last_migration VARCHAR(255),
     recorded_at    TIMESTAMP    NOT NULL DEFAULT (pg_catalog.now() AT TIME ZONE 'utc'),
     recorded_by    TEXT         NOT NULL,
-    reason         TEXT         NOT NULL
+    reason         TEXT         NOT NULL,
+    fingerprint    TEXT
 )"""
 UPSERT = """
 INSERT INTO {schema}.{table} (description, sha256, last_migration, recorded_by, reason) VALUES (%s, %s, %s, %s, %s)
@@ -46,7 +49,9 @@ UPSERT_OWNED = """
 INSERT INTO {schema}.{table} (history, objects) VALUES (%s, %s)
 ON CONFLICT (history) DO UPDATE SET objects = EXCLUDED.objects, recorded_at = pg_catalog.now() AT TIME ZONE 'utc'"""
 LAST_MIGRATION = "SELECT migration_id FROM {schema}.{table} ORDER BY applied_at_utc DESC, migration_id DESC LIMIT 1"
-READ = "SELECT sha256, last_migration, recorded_at, recorded_by, reason FROM {schema}.{table}"
+# (the fingerprint by name: a table recorded before it had that column reads as NULL)
+READ = ("SELECT sha256, last_migration, recorded_at, recorded_by, reason, "
+        "pg_catalog.jsonb_extract_path_text(pg_catalog.to_jsonb(s.*), 'fingerprint') FROM {schema}.{table} s")
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Snapshot:
     recorded_at: datetime
     recorded_by: str
     reason: str
+    fingerprint: str | None = field(default=None, repr=False)  # schema/fingerprint.py: of the catalog described so
 
     def to_json(self) -> dict:
         return {"sha256": self.sha256, "last_migration": self.last_migration,
@@ -108,7 +114,8 @@ def _quote(name: str) -> str:
 def record(conn, schema: str, reason: str) -> Snapshot:
     """Describe the database and record it with its last applied migration. `schema` holds yoyo's
     tables (backend.bookkeeping_schema). Commits when the connection is in autocommit (yoyo's)."""
-    return _store(conn, schema, describe(conn, schema), reason)
+    taken = _fingerprint(conn, schema)
+    return _store(conn, schema, describe(conn, schema), reason, taken)
 
 
 def advance(conn, schema: str, before: Description, reason: str, claimed=()) -> Snapshot:
@@ -118,6 +125,7 @@ def advance(conn, schema: str, before: Description, reason: str, claimed=()) -> 
     With nothing recorded yet, the live description is recorded. Call it after each applied or rolled
     back migration (or once after the loop, on failure too); commits like `record`. `claimed`: names of indexes
     the runner's migrations built (an earlier, interrupted try's included), taken as they are now."""
+    taken = _fingerprint(conn, schema)
     now = describe(conn, schema)
     changed = [key for key in before.items.keys() | now.items.keys() if before.items.get(key) != now.items.get(key)]
     history = _history(conn)
@@ -128,7 +136,7 @@ def advance(conn, schema: str, before: Description, reason: str, claimed=()) -> 
         set_owned(conn, schema, history, own)
     recorded_before = recorded_description(conn, schema)
     if recorded_before is None:
-        return _store(conn, schema, now, reason)
+        return _store(conn, schema, now, reason, taken)
     recorded_before = recorded_before.only(scope(conn))  # what is out of scope now leaves the record
     items = dict(recorded_before.items)
     claimed = set(claimed)
@@ -142,7 +150,8 @@ def advance(conn, schema: str, before: Description, reason: str, claimed=()) -> 
             items[key] = now.items[key]
         else:
             items.pop(key, None)
-    return _store(conn, schema, Description(items), reason)
+    kept = Description(items)  # the fingerprint vouches only for a record that is what was described
+    return _store(conn, schema, kept, reason, taken if kept.sha256 == now.sha256 else None)
 
 
 def top(item: Item) -> str:
@@ -196,9 +205,16 @@ def seed_owned(conn, schema: str, history: str, words: set[str]) -> None:
                                       if not item.parent and bare(item.name) in words})
 
 
-def _store(conn, schema: str, description: Description, reason: str) -> Snapshot:
-    from migrator.postgres.connection import MIGRATION_TABLE
+def _fingerprint(conn, schema: str) -> str:
+    """The catalog's fingerprint before describing it for the record (fingerprint.py), the record's table made first:
+    making it is a catalog change of its own."""
+    with conn.cursor() as cursor:
+        checksums.create_table(cursor, CREATE, schema, TABLE)
+        fingerprint.prepare(cursor, schema, TABLE)
+    return fingerprint.take(conn, schema)
 
+
+def _store(conn, schema: str, description: Description, reason: str, taken: str | None = None) -> Snapshot:
     with conn.cursor() as cursor:
         last = None
         if _exists(cursor, schema, MIGRATION_TABLE):
@@ -208,6 +224,7 @@ def _store(conn, schema: str, description: Description, reason: str) -> Snapshot
         checksums.create_table(cursor, CREATE, schema, TABLE)
         cursor.execute(_sql(UPSERT, schema), (json.dumps(description.to_json()), description.sha256, last,
                                               whoami.user(), reason))
+        fingerprint.store(cursor, schema, TABLE, taken)
     return recorded(conn, schema)
 
 
@@ -230,14 +247,16 @@ def recorded_description(conn, schema: str) -> Description | None:
     return Description.from_json(row[0]) if row else None
 
 
-def live_drift(conn, schema: str, described: Description | None = None) -> DriftReport:
+def live_drift(conn, schema: str, described: Description | None = None, refresh: bool = False) -> DriftReport:
     """The live schema against the recorded description. Reads only (safe on `status`'s read-only
     connection). The recorded objects are read only when the text's sha256 differs.
 
     `described`: the schema as read a moment ago (describe_tenants at the start of a run over many tenants).
     When it equals the recorded one, that is the answer, without describing again; anything else (drift, or a
     change since) is described now. The report's `live` is then None: what the runner changes next is
-    measured against a description it takes itself, never a pre-read one."""
+    measured against a description it takes itself, never a pre-read one. So it is when the catalog's fingerprint
+    is the one recorded with the description (fingerprint.py); `refresh` (a writing connection, under the lock)
+    records the fingerprint anew when the live schema is found as recorded."""
     snapshot = recorded(conn, schema)
     if snapshot is None:
         return DriftReport(None)
@@ -246,8 +265,14 @@ def live_drift(conn, schema: str, described: Description | None = None) -> Drift
         snapshot = replace(snapshot, last_migration=_last_of(conn, schema, history))
     if described is not None and described.sha256 == snapshot.sha256:
         return DriftReport(snapshot)
+    taken = fingerprint.take(conn, schema) if snapshot.fingerprint or refresh else None
+    if taken is not None and taken == snapshot.fingerprint:
+        return DriftReport(snapshot)
     live = describe(conn, schema)
     if live.sha256 == snapshot.sha256:
+        if refresh:
+            with conn.cursor() as cursor:
+                fingerprint.store(cursor, schema, TABLE, taken)
         return DriftReport(snapshot, live=live)
     expected = recorded_description(conn, schema).only(scope(conn))  # a record made before a schema became a tenant's
     if expected == live:
