@@ -175,5 +175,6 @@ def break_lock(settings: CommandSettings) -> CountedLines:
     target = settings.postgres_target()
     with postgres.connect(target, read_only=False) as backend:
         removed = pg_lock.break_dead(backend, target)
-    return CountedLines([f"removed the migration lock on {target.where}" if removed
-                         else f"no migration lock to remove on {target.where}"], int(removed))
+        where = pg_lock.place(backend, target)
+    return CountedLines([f"removed the migration lock on {where}" if removed
+                         else f"no migration lock to remove on {where}"], int(removed))
