@@ -88,6 +88,25 @@ def hold_for_shared_ddl(connection, statements, transactional: bool) -> None:
             time.sleep(POLL_SECONDS / 4)
 
 
+@contextmanager
+def creating_bookkeeping(connection, schema: str) -> Iterator[None]:
+    """While a run creates, upgrades or rewrites its schema's shared bookkeeping (yoyo's tables, the checksum and
+    snapshot tables): histories sharing a schema (services at once, each under its own lock) would race on its
+    CREATE TABLEs and lose each other's snapshot updates. Held briefly: to the end of the transaction when one is
+    open (so a CREATE is committed before another session looks), else for the block."""
+    key = lock_key(f":bookkeeping {schema}")  # (a schema cannot be named so: names are plain identifiers)
+    with connection.cursor() as cursor:
+        if not connection.autocommit:
+            cursor.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (key,))
+            yield
+            return
+        cursor.execute("SELECT pg_catalog.pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
+
+
 class LockWaitInterrupted(MigratorError):
     """SIGTERM came while the runner waited for the lock: nothing of the command ran."""
 

@@ -109,3 +109,24 @@ def test_the_runners_own_history_keeps_its_historic_lock_key():
     assert pg_lock.lock_key("public") == pg_lock.lock_key(None) == pg_lock.LOCK_KEY
     assert len({pg_lock.LOCK_KEY, pg_lock.lock_key("public", "plan_history"), pg_lock.lock_key("public", "census_history"),
                 pg_lock.lock_key("a", "plan_history")}) == 4
+
+
+def test_services_first_runs_at_once_on_a_fresh_database_share_its_bookkeeping(cli, make_db, tmp_path):
+    """Three services' init containers starting together on a new database, each under its own history's lock: the
+    schema's shared bookkeeping (yoyo's tables, the checksum and snapshot tables) is created once, not raced on
+    (a duplicate CREATE TABLE failed a run), and no run loses another's update of the schema's record (drift)."""
+    for round_ in range(5):  # (each round a new database: the creation is what races)
+        db = make_db()
+        folders = {}
+        for service in ("plan", "census", "excel"):
+            folders[service] = tmp_path / f"{round_}{service}"
+            write(folders[service], "V1__init.sql", f"CREATE TABLE {service} (id INT);\n")
+            write(folders[service], f"V2__{service}_name.sql", f"ALTER TABLE {service} ADD COLUMN name TEXT;\n")
+        runs = [runner(db, folder, f"{service}_history", "migrate", wait=False) for service, folder in folders.items()]
+        for run in runs:
+            out, err = run.communicate(timeout=120)
+            assert run.returncode == 0, err
+        for service, folder in folders.items():
+            env = {**db.db_env(), "SCHEMA_TABLE": f"{service}_history"}
+            status = cli("status", "--exit-code", "--sql-dir", folder, env=env)
+            assert status.exit_code == 0 and "2 applied, 0 pending" in status.stdout, status.output
