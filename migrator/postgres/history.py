@@ -302,7 +302,7 @@ def _delete(connection, schema: str, table: str, condition: str, versions: list[
             table=_table(schema, table)))
         ranks = [rank for rank, version, script in cursor.fetchall()
                  if (version and flyway.version_key(version) in keys) or (not version and script in scripts)]
-        cursor.execute(sql.SQL("DELETE FROM {table} WHERE installed_rank = ANY(%s)").format(
+        cursor.execute(sql.SQL("DELETE FROM {table} WHERE installed_rank OPERATOR(pg_catalog.=) ANY(%s)").format(
             table=_table(schema, table)), (ranks,))
         return cursor.rowcount
 
