@@ -96,7 +96,7 @@ def creating_bookkeeping(connection, schema: str) -> Iterator[None]:
     open (so a CREATE is committed before another session looks), else for the block."""
     key = lock_key(f":bookkeeping {schema}")  # (a schema cannot be named so: names are plain identifiers)
     with connection.cursor() as cursor:
-        if not connection.autocommit:
+        if connection.get_transaction_status():  # not idle: in a transaction (yoyo's BEGIN on autocommit too)
             cursor.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (key,))
             yield
             return
