@@ -108,10 +108,16 @@ def ensure_table(backend) -> None:
 def create_table(cursor, template: str, schema: str, table: str) -> None:
     """A bookkeeping table, created when missing. Looked up first: CREATE TABLE IF NOT EXISTS needs CREATE
     on the schema even when the table is there, and a user granted rights on the tables alone must not fail."""
-    cursor.execute("SELECT pg_catalog.to_regclass(%s) IS NULL", ('"{}"."{}"'.format(*(name.replace('"', '""')
-                                                                                     for name in (schema, table))),))
+    from migrator import pg_lock
+
+    exists = "SELECT pg_catalog.to_regclass(%s) IS NULL"
+    name = '"{}"."{}"'.format(*(part.replace('"', '""') for part in (schema, table)))
+    cursor.execute(exists, (name,))
     if cursor.fetchone()[0]:
-        cursor.execute(_sql(template, schema, table))
+        with pg_lock.creating_bookkeeping(cursor.connection, schema):  # (another history's run may create it now)
+            cursor.execute(exists, (name,))
+            if cursor.fetchone()[0]:
+                cursor.execute(_sql(template, schema, table))
 
 
 def _upsert(backend, migration_id: str, sha: str) -> None:

@@ -12,6 +12,7 @@ SIGTERM ends a wait at once (LockWaitInterrupted): nothing was run.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import time
@@ -27,12 +28,36 @@ LOCK_KEY = int.from_bytes(b"hcmdbmig", "big") & 0x7FFF_FFFF_FFFF_FFFF
 POLL_SECONDS = 0.2
 
 
-def lock_key(schema: str | None) -> int:
-    """One key per bookkeeping schema: public's (a plain run's usual one, and SCHEMA_NAME=public) is the
-    database's historic key; each tenant schema has its own, so tenants migrate in parallel."""
+def lock_key(schema: str | None, history: str | None = None) -> int:
+    """One key per history. The runner's own (NNNN) history: one per bookkeeping schema, public's (a plain run's
+    usual one, and SCHEMA_NAME=public) the database's historic key, so older runners still exclude this one; each
+    tenant schema has its own, so tenants migrate in parallel. A Flyway folder's `history` (SCHEMA_TABLE): one
+    per table, so services sharing a schema migrate at once (one service run twice still waits for itself)."""
+    if history:
+        return _hashed(f"hcmdbmig:{schema or 'public'}:{history}")
     if not schema or schema == "public":
         return LOCK_KEY
-    return int.from_bytes(hashlib.sha256(f"hcmdbmig:{schema}".encode()).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+    return _hashed(f"hcmdbmig:{schema}")
+
+
+def _hashed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def lock_slot(history: str | None) -> int:
+    """The history's row in the schema's yoyo_lock (whose key is its `locked` column): 1, yoyo's own, for the
+    runner's own history (a bare `yoyo` CLI sees it); one per Flyway history, so services never share a row."""
+    return 1 if not history else 2 + _hashed(f"hcmdbmig-row:{history}") % (2**31 - 3)
+
+
+def run_key(backend, target: PostgresTarget) -> int:
+    """The advisory key of the history `target`'s run migrates (see lock_key)."""
+    return lock_key(target.schema or backend.bookkeeping_schema, target.history)
+
+
+def place(backend, target: PostgresTarget) -> str:
+    """Where the lock is, in words: the server (and schema), and a Flyway folder's history."""
+    return target.where + (f" for the history {backend.bookkeeping_schema}.{target.history}" if target.history else "")
 
 
 # DDL every history shares: PostgreSQL does not serialise two sessions' CREATE EXTENSION IF NOT EXISTS (the second
@@ -63,6 +88,25 @@ def hold_for_shared_ddl(connection, statements, transactional: bool) -> None:
             time.sleep(POLL_SECONDS / 4)
 
 
+@contextmanager
+def creating_bookkeeping(connection, schema: str) -> Iterator[None]:
+    """While a run creates, upgrades or rewrites its schema's shared bookkeeping (yoyo's tables, the checksum and
+    snapshot tables): histories sharing a schema (services at once, each under its own lock) would race on its
+    CREATE TABLEs and lose each other's snapshot updates. Held briefly: to the end of the transaction when one is
+    open (so a CREATE is committed before another session looks), else for the block."""
+    key = lock_key(f":bookkeeping {schema}")  # (a schema cannot be named so: names are plain identifiers)
+    with connection.cursor() as cursor:
+        if connection.get_transaction_status():  # not idle: in a transaction (yoyo's BEGIN on autocommit too)
+            cursor.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (key,))
+            yield
+            return
+        cursor.execute("SELECT pg_catalog.pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
+
+
 class LockWaitInterrupted(MigratorError):
     """SIGTERM came while the runner waited for the lock: nothing of the command ran."""
 
@@ -85,10 +129,10 @@ def flyway_lock_key(schema: str, table: str) -> int:
 @contextmanager
 def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str], None]) -> Iterator[None]:
     deadline = time.monotonic() + timeout
-    key = lock_key(target.schema or backend.bookkeeping_schema)
+    key = run_key(backend, target)
     _wait(backend, target, key, deadline, lambda: (
-        f"another runner holds the migration lock on {target.where} ({holder(backend, key)}; waited {timeout:g} s); "
-        "wait for it to finish and run again, or raise --lock-timeout"))
+        f"another runner holds the migration lock on {place(backend, target)} ({holder(backend, key)}; waited "
+        f"{timeout:g} s); wait for it to finish and run again, or raise --lock-timeout"))
     # Flyway's own lock on the history SCHEMA_TABLE names, held for the whole run: a Flyway migrate on the same
     # history (an init container, a developer) waits for this run, or this run for it; the history is read after.
     table = getattr(backend, "flyway_table", None)
@@ -103,7 +147,7 @@ def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str]
             with _interruptible():
                 _clear_dead_runners_row(backend, target, deadline, notify)
             _proof_column(backend)
-            with backend.lock(timeout=timeout):
+            with _row(backend, target, deadline):
                 yield
         finally:
             if flyway_key is not None:
@@ -119,6 +163,32 @@ def _wait(backend, target: PostgresTarget, key: int, deadline: float, message: C
             if time.monotonic() >= deadline:
                 raise MigratorError(message(), LOCKED)
             time.sleep(POLL_SECONDS)
+
+
+@contextmanager
+def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
+    """yoyo's lock row, in the history's slot (lock_slot), held while the run is; yoyo's own lock() calls within
+    (apply, rollback, mark) find it held. Polled until the deadline, as yoyo's lock(): an older runner's may be
+    there."""
+    slot, table, pid = lock_slot(target.history), backend.lock_table_quoted, os.getpid()
+    while True:
+        try:
+            with backend.transaction():
+                backend.execute(f"INSERT INTO {table} (locked, ctime, pid) VALUES (:slot, pg_catalog.timezone('UTC', "
+                                "pg_catalog.clock_timestamp()), :pid)", {"slot": slot, "pid": pid})
+            break
+        except backend.DatabaseError:
+            if time.monotonic() >= deadline:
+                raise MigratorError(f"the migration lock on {place(backend, target)} is held: {table} has its row; "
+                                    "wait for that runner to finish and run again, or raise --lock-timeout", LOCKED)
+            time.sleep(POLL_SECONDS)
+    backend._is_locked = True  # (yoyo's flag: its lock() is then a no-op)
+    try:
+        yield
+    finally:
+        backend._is_locked = False
+        with backend.transaction():
+            backend.execute(f"DELETE FROM {table} WHERE locked = :slot AND pid = :pid", {"slot": slot, "pid": pid})
 
 
 def _try(backend, key: int) -> bool:
@@ -143,18 +213,18 @@ def _stop_if_interrupted(target: PostgresTarget, who: Callable[[], str]) -> None
 def break_dead(backend, target: PostgresTarget) -> bool:
     """`sql break-lock`: remove the yoyo lock row a dead runner left (True), never a live runner's: the
     advisory lock taken by another session, or a row whose runner is still connected, is refused."""
-    key = lock_key(target.schema or backend.bookkeeping_schema)
+    key = run_key(backend, target)
     advice = "break-lock removes only a dead runner's lock: wait for it to finish, or end that runner first"
     if not _try(backend, key):
-        raise MigratorError(f"a live runner holds the migration lock on {target.where} ({holder(backend, key)}); "
-                            f"{advice}", LOCKED)
+        raise MigratorError(f"a live runner holds the migration lock on {place(backend, target)} "
+                            f"({holder(backend, key)}); {advice}", LOCKED)
     try:
-        row = backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted}").fetchone()
+        row = _row_of(backend, target)
         if row and _alive(backend, row):
-            raise MigratorError(f"the migration lock on {target.where} is held by a live runner (pid {row[0]}, since "
-                                f"{row[1]:%Y-%m-%d %H:%M:%S} UTC, still connected); {advice}", LOCKED)
+            raise MigratorError(f"the migration lock on {place(backend, target)} is held by a live runner (pid "
+                                f"{row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC, still connected); {advice}", LOCKED)
         if row:
-            backend.break_lock()
+            _break(backend, target)
         return row is not None
     finally:
         backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key})
@@ -171,21 +241,33 @@ WHERE pid <> pg_backend_pid() AND datname = current_database()
 """
 
 
+def _row_of(backend, target: PostgresTarget):
+    """(pid, ctime) of the lock row in this history's slot, or None."""
+    return backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted} WHERE locked = :slot",
+                           {"slot": lock_slot(target.history)}).fetchone()
+
+
+def _break(backend, target: PostgresTarget) -> None:
+    with backend.transaction():
+        backend.execute(f"DELETE FROM {backend.lock_table_quoted} WHERE locked = :slot",
+                        {"slot": lock_slot(target.history)})
+
+
 def _clear_dead_runners_row(backend, target: PostgresTarget, deadline: float, notify: Callable[[str], None]) -> None:
     while True:
-        row = backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted}").fetchone()
+        row = _row_of(backend, target)
         if not row:
             return
         if not _alive(backend, row):
             break
         if time.monotonic() >= deadline:
             raise MigratorError(
-                f"the migration lock on {target.where} is held by a live runner (pid {row[0]}, since "
+                f"the migration lock on {place(backend, target)} is held by a live runner (pid {row[0]}, since "
                 f"{row[1]:%Y-%m-%d %H:%M:%S} UTC) that does not share this runner's lock key (an older version?); "
                 "wait for it to finish and run again, or raise --lock-timeout", LOCKED)
         _stop_if_interrupted(target, lambda: f"held by a live runner, pid {row[0]}")
         time.sleep(POLL_SECONDS)
-    backend.break_lock()
+    _break(backend, target)
     notify(f"note: cleared the migration lock left by a runner that died (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC)")
 
 

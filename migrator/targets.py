@@ -65,6 +65,7 @@ class PostgresTarget:
     read_timeout: float = 0.0  # seconds a read-only command waits for an answer to a statement (0: for ever)
     flyway_table: str = "flyway_schema_history"  # SCHEMA_TABLE: a Flyway folder's history (Flyway's own table)
     out_of_order: bool = True  # FLYWAY_OUT_OF_ORDER=false: an older pending version is refused, not applied
+    history: str | None = None  # a Flyway folder's run: its history (SCHEMA_TABLE), whose own lock it takes (pg_lock)
 
     def for_schema(self, schema: str) -> "PostgresTarget":
         """The same server, narrowed to one tenant's schema."""

@@ -103,7 +103,16 @@ class CommandSettings:
             target.schemas, target.create_schemas = schemas, create
             self.note(f"no database configured: using the local development database at {target.display_url} "
                       "(set DATABASE_URL or DB_HOST to use another; `make db-stop` stops it)")
-        return target
+        return with_history(target, self.sql_dir)
+
+
+def with_history(target: PostgresTarget, sql_dir) -> PostgresTarget:
+    """A Flyway folder's run locks its own history (SCHEMA_TABLE), so services sharing a schema never wait for each
+    other; the runner's own folder, its schema's (pg_lock.lock_key)."""
+    from migrator.postgres import flyway
+
+    target.history = target.flyway_table if flyway.is_flyway_folder(sql_dir) else None
+    return target
 
 
 SCRATCH_ORIGIN = "--scratch-url (or SCRATCH_DATABASE_URL)"

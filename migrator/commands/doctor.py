@@ -7,7 +7,7 @@ database, which doctor does not start.
 
 from __future__ import annotations
 
-from migrator.commands.base import CommandSettings
+from migrator.commands.base import CommandSettings, with_history
 from migrator.doctor import DoctorReport
 
 
@@ -21,7 +21,7 @@ def doctor(settings: CommandSettings, *, dev_tools: bool = True) -> DoctorReport
     pg_target = environment.postgres_settings(report, settings.postgres, env)
     mongo_target = environment.mongo_settings(report, settings.mongo, env, settings.patch_dir)
     if pg_target is not None and not pg_target.local_dev:
-        postgres.check(report, pg_target, settings.sql_dir)
+        postgres.check(report, with_history(pg_target, settings.sql_dir), settings.sql_dir)
     js_to_run = mongo.check(report, mongo_target, settings.mongo_dir) if mongo_target is not None else None
     environment.mongosh(report, settings.mongo_dir if mongo_target else settings.patch_dir, mongo_target is not None,
                         js_to_run)

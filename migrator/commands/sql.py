@@ -20,7 +20,7 @@ def rollback(settings: CommandSettings, *, count: int | None, to: str | None, al
     migrations = postgres.read_migrations(settings.sql_dir)
     done = []
     with locked_backend(settings, settings.limits()) as (backend, target):
-        selected = postgres.select_rollback(backend, migrations, count=count, to=to, all_=all_)
+        selected = postgres.select_rollback(backend, migrations, count=count, to=to, all_=all_, notify=settings.note)
         schema = check_schema_drift(settings, backend, refuse=False)
         with advancing_schema(settings, backend, "rollback", before=schema.live) as changed, \
                 watching(settings, backend, target):
@@ -92,7 +92,7 @@ def repair(settings: CommandSettings, ids: list[str]) -> CountedLines:
     selected = postgres.select_by_id(migrations, ids) if ids else []
     with locked_backend(settings) as (backend, _):
         with backend.transaction():
-            removed = history.forget_failed(backend, [m.id for m in selected])
+            removed = history.forget_failed(backend, selected)
     return CountedLines([f"  removed {removed} failed row(s) from {history.table_name(backend)}"], removed)
 
 
@@ -178,5 +178,6 @@ def break_lock(settings: CommandSettings) -> CountedLines:
     target = settings.postgres_target()
     with postgres.connect(target, read_only=False) as backend:
         removed = pg_lock.break_dead(backend, target)
-    return CountedLines([f"removed the migration lock on {target.where}" if removed
-                         else f"no migration lock to remove on {target.where}"], int(removed))
+        where = pg_lock.place(backend, target)
+    return CountedLines([f"removed the migration lock on {where}" if removed
+                         else f"no migration lock to remove on {where}"], int(removed))

@@ -288,15 +288,18 @@ def _tenant_mark(report: DoctorReport, backend, schema: str, user: str) -> None:
 
 
 def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advisory: bool) -> None:
-    held = pg_lock.holder(backend, pg_lock.lock_key(target.schema or backend.bookkeeping_schema))
+    held = pg_lock.holder(backend, pg_lock.run_key(backend, target))
+    # a Flyway folder's lock is its history's (services sharing the schema have their own)
+    lock = f"the migration lock for the history {backend.bookkeeping_schema}.{target.history}" if target.history \
+        else "the migration lock"
     if not advisory:
         report.add(Check("postgres locks", FAIL, f"user {user} cannot call pg_try_advisory_lock (the migration lock)",
                          f"GRANT EXECUTE ON FUNCTION pg_try_advisory_lock(bigint), pg_advisory_unlock(bigint) TO {user}"))
     elif held.startswith("held by"):
-        report.add(Check("postgres locks", WARN, f"advisory locks allowed; the migration lock is {held}",
+        report.add(Check("postgres locks", WARN, f"advisory locks allowed; {lock} is {held}",
                          "a runner is migrating now: a run would wait for it (--lock-timeout)"))
     else:
-        report.add(Check("postgres locks", OK, "advisory locks allowed; the migration lock is free"))
+        report.add(Check("postgres locks", OK, f"advisory locks allowed; {lock} is free"))
 
 
 def _flyway_history(report: DoctorReport, backend, migrations, todo) -> None:

@@ -106,11 +106,16 @@ def apply(backend, target: PostgresTarget, migrations) -> Iterator[tuple[object,
             yield migration, seconds
 
 
-def select_rollback(backend, migrations, *, count: int | None, to: str | None, all_: bool) -> list:
+def select_rollback(backend, migrations, *, count: int | None, to: str | None, all_: bool,
+                    notify=lambda _line: None) -> list:
     """The applied migrations to roll back, newest first; checks their rollback files first."""
+    found = bookkeeping(backend, migrations).flyway
+    if found is not None:  # a Flyway folder's applied files are its table's, by version (a renamed file too)
+        history.sync(backend, migrations, found, notify)
     # A repeatable (R__) has no rollback and is re-run when it changes: rollbacks step over it, as Flyway's undo.
     applied = [m for m in backend.to_rollback(migrations) if not flyway.is_repeatable(m)]
     if to is not None:
+        to = getattr(flyway.by_version(migrations, to), "id", to)  # an ID given as a Flyway version
         ids = [m.id for m in applied]
         if to not in ids:
             known = ", ".join(reversed(ids)) or "none"
@@ -146,10 +151,11 @@ def rollback(backend, target: PostgresTarget, selected) -> Iterator[tuple[object
 
 def select_by_id(migrations, ids: list[str]) -> list:
     by_id = {m.id: m for m in migrations}
-    unknown = [i for i in ids if i not in by_id]
+    found = {i: by_id.get(i) or flyway.by_version(migrations, i) for i in ids}  # or a Flyway version
+    unknown = [i for i, m in found.items() if m is None]
     if unknown:
         raise MigratorError(f"unknown migration id {', '.join(unknown)}; `runner.py status` lists the ids", USAGE)
-    return [by_id[i] for i in ids]
+    return [found[i] for i in ids]
 
 
 def mark(backend, selected) -> None:

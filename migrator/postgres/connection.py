@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Iterator
 
-from migrator import output, whoami
+from migrator import output, pg_lock, whoami
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import trust
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads
@@ -224,10 +224,13 @@ def backend_class():
         def ensure_internal_schema_updated(self):
             # yoyo reads its version table unqualified; read it here, and let yoyo upgrade only a history
             # older than its current layout (a new one, or yoyo < 6's).
-            if not self._internal_schema_updated and {self.migration_table, self.version_table} <= set(self.list_tables()):
-                version = self.execute(f"SELECT max(version) FROM {self.version_table_quoted}").fetchone()[0]
-                self._internal_schema_updated = version == 2
-            super().ensure_internal_schema_updated()
+            if self._internal_schema_updated:
+                return
+            with pg_lock.creating_bookkeeping(self.connection, self.bookkeeping_schema):  # (histories at once)
+                if {self.migration_table, self.version_table} <= set(self.list_tables()):
+                    version = self.execute(f"SELECT max(version) FROM {self.version_table_quoted}").fetchone()[0]
+                    self._internal_schema_updated = version == 2
+                super().ensure_internal_schema_updated()
 
         def copy(self):
             session = MigrationSession(self.uri, self.migration_table)
@@ -319,7 +322,8 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
             backend.connection.close()
             raise
         if not read_only:
-            backend.init_database()  # what yoyo's get_backend does: its lock table, a DDL probe
+            with pg_lock.creating_bookkeeping(backend.connection, backend.bookkeeping_schema):
+                backend.init_database()  # what yoyo's get_backend does: its lock table, a DDL probe
     except psycopg2.Error as exc:  # OperationalError, or ProgrammingError for a bad DSN option
         raise connection_error(exc, target)
     try:

@@ -81,6 +81,18 @@ def version_key(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+VERSION = re.compile(r"[0-9]+(?:[._][0-9]+)*\Z", re.ASCII)
+
+
+def by_version(migrations, text: str):
+    """The versioned migration an ID given as a version names (`1.10`, `1_10`, `01.10.0`: Flyway's comparison),
+    else None."""
+    if not VERSION.match(text):
+        return None
+    key = version_key(text)
+    return next((m for m in migrations if (v := version_of(m)) and version_key(v) == key), None)
+
+
 def parse(name: str) -> re.Match | None:
     match = VERSIONED.match(name) or REPEATABLE.match(name)
     # beyond ASCII, letters (and their accents) only: never a bidirectional override or a line separator

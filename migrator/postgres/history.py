@@ -285,12 +285,26 @@ def record_after_commit(backend, path: Path, rolled_back: bool) -> None:
 
 
 def forget(connection, schema: str, table: str, path: Path) -> None:
-    """A rolled-back migration's rows (its U file ran): Flyway then sees it pending, as the runner does."""
+    """A rolled-back migration's rows (its U file ran): Flyway then sees it pending, as the runner does. A versioned
+    file's rows are its version's (as Flyway keys them: a renamed file's too), a repeatable's its script's."""
+    match = flyway.parse(path.name)
+    versions = [match["version"]] if match["kind"] == "V" else []
+    _delete(connection, schema, table, "true", versions, [flyway.script(path)])
+
+
+def _delete(connection, schema: str, table: str, condition: str, versions: list[str], scripts: list[str]) -> int:
+    """Delete the rows (meeting `condition`) of these versions, by Flyway's comparison, or of these scripts."""
     from psycopg2 import sql
 
+    keys = {flyway.version_key(v) for v in versions}
     with connection.cursor() as cursor:
-        cursor.execute(sql.SQL("DELETE FROM {table} WHERE script = %s").format(table=_table(schema, table)),
-                       (flyway.script(path),))
+        cursor.execute(sql.SQL("SELECT installed_rank, version, script FROM {table} WHERE " + condition).format(
+            table=_table(schema, table)))
+        ranks = [rank for rank, version, script in cursor.fetchall()
+                 if (version and flyway.version_key(version) in keys) or (not version and script in scripts)]
+        cursor.execute(sql.SQL("DELETE FROM {table} WHERE installed_rank OPERATOR(pg_catalog.=) ANY(%s)").format(
+            table=_table(schema, table)), (ranks,))
+        return cursor.rowcount
 
 
 def mark(backend, selected) -> None:
@@ -299,21 +313,22 @@ def mark(backend, selected) -> None:
     with backend.transaction():
         for migration in selected:
             path = Path(migration.path)
-            forget_failed(backend, [migration.id])
+            forget_failed(backend, [migration])
             record(backend.connection, backend.bookkeeping_schema, table_name(backend), path, 0)
 
 
-def forget_failed(backend, ids: list[str]) -> int:
-    """`sql repair`: the failed rows of these ids (all when empty) removed, as `flyway repair` does."""
+def forget_failed(backend, selected) -> int:
+    """`sql repair`: the failed rows of these migrations (all when none) removed, as `flyway repair` does; a
+    versioned file's by its version (whatever script name the row has), a repeatable's by its script."""
     from psycopg2 import sql
 
+    schema, table = backend.bookkeeping_schema, table_name(backend)
+    if selected:
+        versions = [v for m in selected if (v := flyway.version_of(m))]
+        scripts = [flyway.script(Path(m.path)) for m in selected if not flyway.version_of(m)]
+        return _delete(backend.connection, schema, table, "NOT success", versions, scripts)
     with backend.connection.cursor() as cursor:
-        query = sql.SQL("DELETE FROM {table} WHERE NOT success").format(
-            table=_table(backend.bookkeeping_schema, table_name(backend)))
-        if ids:
-            cursor.execute(query + sql.SQL(" AND script = ANY(%s)"), ([f"{i}.sql" for i in ids],))
-        else:
-            cursor.execute(query)
+        cursor.execute(sql.SQL("DELETE FROM {table} WHERE NOT success").format(table=_table(schema, table)))
         return cursor.rowcount
 
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from migrator import checksums, whoami
+from migrator import checksums, pg_lock, whoami
 from migrator.schema import fingerprint
 from migrator.schema.describe import describe, scope
 from migrator.schema.diff import diff, summary
@@ -134,12 +134,18 @@ def advance(conn, schema: str, before: Description, reason: str, claimed=()) -> 
         own |= {top(item) for key in changed for item in (before.items.get(key), now.items.get(key)) if item}
         own -= {top(before.items[k]) for k in changed if k not in now.items and not before.items[k].parent}
         set_owned(conn, schema, history, own)
+    # (the record is the schema's, shared by the histories in it: another service's run may move it at once)
+    with pg_lock.creating_bookkeeping(conn, schema):
+        return _advance(conn, schema, before, now, changed, reason, set(claimed), taken)
+
+
+def _advance(conn, schema: str, before: Description, now: Description, changed, reason: str, claimed: set,
+             taken):
     recorded_before = recorded_description(conn, schema)
     if recorded_before is None:
         return _store(conn, schema, now, reason, taken)
     recorded_before = recorded_before.only(scope(conn))  # what is out of scope now leaves the record
     items = dict(recorded_before.items)
-    claimed = set(claimed)
     for key in before.items.keys() | now.items.keys():
         if key[0] == "index" and key[1].rsplit(".", 1)[-1].strip('"') in claimed and key in now.items:
             items[key] = now.items[key]
