@@ -125,3 +125,38 @@ def test_a_patchs_stray_thread_dies_with_its_process_before_the_record_is_settle
     records = list(mongo.db.applied_patches.find({"patch": "0001_stray"}))
     assert [r["status"] for r in records] == (["failed"] if run else [])
     assert mongo.db.things.count_documents({"late": True}) == 0
+
+
+SERVICE_PROVIDER = '''
+const name = db.getName();
+const sp = db.getMongo()._serviceProvider;
+const routes = {
+  "serviceProvider.insertOne": () => sp.insertOne(name, "things", {written: "serviceProvider"}),
+  "db._mongo._serviceProvider.runCommandWithCheck": () =>
+    db._mongo._serviceProvider.runCommandWithCheck(name, {insert: "things", documents: [{written: "runCommand"}]}),
+  "the Node driver's client": () => sp.mongoClient.db(name).collection("things").insertOne({written: "driver"}),
+};
+let done = false;
+(async () => {
+  for (const [route, write] of Object.entries(routes)) {
+    try { await write(); print("WROTE via " + route); } catch (e) { print("refused via " + route + ": " + e.message); }
+  }
+})().finally(() => { done = true; });
+while (!done) sleep(50);  // mongosh's sleep lets the driver's promises settle
+'''
+
+
+def test_a_dry_run_js_patch_through_mongoshs_internals_cannot_write_as_the_readonly_user(cli, readonly, tmp_path):  # noqa: F811
+    env, db = readonly
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_internals.js").write_text(SERVICE_PROVIDER)
+    snapshot = lambda: {n: sorted(map(repr, db[n].find())) for n in sorted(db.list_collection_names())}  # noqa: E731
+    before = snapshot()
+    result = cli("mongo", "apply", "--mongo-dir", folder, env=env)
+    assert result.exit_code == 0 and "WROTE" not in result.stdout, result.output
+    assert result.stdout.count("refused via") == 3, result.output
+    assert snapshot() == before  # byte-identical: the server refused every route
+    # without MONGO_READONLY_URL only the shim stands there, and mongosh's internals go round it (doctor warns)
+    plain = cli("mongo", "apply", "--mongo-dir", folder, env={k: v for k, v in env.items() if k != "MONGO_READONLY_URL"})
+    assert "WROTE via" in plain.stdout, plain.output

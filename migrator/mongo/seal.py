@@ -84,3 +84,12 @@ def restrict(readable: Iterable[str], writable: Iterable[str]) -> bool:
     finally:
         os.close(ruleset)
     return True
+
+
+def guarantee() -> str:
+    """What a dry run's seal holds on this machine, for doctor and the dry run's note (truthful either way)."""
+    if abi():
+        return ("a patch runs sealed in a process of its own: only the read-only URL, no MONGO_URL, DB_* or AWS "
+                "secret in its environment, and no .env, secret file or runner memory within its reach (Landlock)")
+    return ("a patch runs in a process of its own with only the read-only URL in its environment, but this kernel has "
+            "no Landlock: a deliberate one can still read files the runner's user can (.env, secret files)")
