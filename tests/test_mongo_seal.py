@@ -160,3 +160,18 @@ def test_a_dry_run_js_patch_through_mongoshs_internals_cannot_write_as_the_reado
     # without MONGO_READONLY_URL only the shim stands there, and mongosh's internals go round it (doctor warns)
     plain = cli("mongo", "apply", "--mongo-dir", folder, env={k: v for k, v in env.items() if k != "MONGO_READONLY_URL"})
     assert "WROTE via" in plain.stdout, plain.output
+
+
+@pytest.mark.parametrize("run", [True, False], ids=["run", "dry-run"])
+def test_a_patch_error_from_its_process_names_the_patch_and_with_v_its_line(cli, mongo, tmp_path, run):
+    if not mongo.real:
+        pytest.skip("needs a real server: the patch's child process connects over TCP")
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    path = folder / "0001_fails.py"
+    path.write_text("def run(db, dry_run):\n    print('about to fail')\n    raise ValueError('no such plan')\n")
+    result = cli("-v", "mongo", "apply", *(["--run"] if run else []), "--mongo-dir", folder, env=mongo.env)
+    assert result.exit_code == 1 and "about to fail" in result.stdout, result.output
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert f"{path}: 0001_fails failed: ValueError: no such plan" in line
+    assert f'File "{path}", line 3, in run' in result.stderr  # the child's traceback, under -v

@@ -2,7 +2,8 @@
 
 mongosh gets the URI (with its password) through the environment, not the command line, and
 nothing else of the runner's environment. In a dry run the shim (dry_run_shim.js) makes every
-write method throw before it reaches the server. On a timeout, or when the runner is stopped,
+write method throw before it reaches the server, mongosh runs under Landlock (seal.py: no `.env` or
+secret file within reach) and the runner is non-dumpable. On a timeout, or when the runner is stopped,
 the whole process group is killed (grandchildren too) and reading stops; a runner killed by SIGKILL
 takes mongosh with it (PR_SET_PDEATHSIG, and the prelude exits once its parent changes).
 """
