@@ -71,7 +71,7 @@ def apply(db, target: MongoTarget | None, patches: list[Patch], names: list[str]
 
 
 def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard, echo) -> Outcome:
-    loaded = _prepare(patch, target)  # a patch that cannot load fails here: no record, nothing blocked
+    loaded = _prepare(patch, target if patch_child.used(db, target) else None)  # a patch that cannot load fails here: no record, nothing blocked
     try:
         held.check()
         with guard.deferred():
@@ -141,7 +141,7 @@ def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, ech
     try:
         if isinstance(loaded, patch_child.Child):
             comment = loaded.go()
-        elif patch.kind == "py" and target is not None:  # a dry run: its own sealed child
+        elif patch.kind == "py" and patch_child.used(db, target):  # a dry run: its own sealed child
             comment = patch_child.Child(patch, target, dry_run=True).go()
         elif patch.kind == "py":
             comment = python_patch.run(patch, db, dry_run, loaded)

@@ -35,6 +35,12 @@ GO = "go\n"
 READER_JOIN = 2.0  # seconds to drain the child's output after it is killed (its pipes close then)
 
 
+def used(db, target: MongoTarget | None) -> bool:
+    """Whether a patch runs in a child: against a server, yes; not for mongomock (tests without Go), whose
+    database lives in this process only."""
+    return target is not None and type(db).__module__.startswith("pymongo")
+
+
 class PatchError(Exception):
     """The patch's own failure in the child, already described as one scrubbed line."""
 
