@@ -292,9 +292,18 @@ def test_the_server_killed_mid_patch_and_restarted(server, tmp_path):
 
 # --- the lock lost while the server was paused -------------------------------------------------------
 
-# The first runner's lock lives 2 s (a sitecustomize on its PYTHONPATH: a patch runs in a process of its own,
-# so it cannot shorten the runner's); the patch writes, waits for the test, and a second patch follows.
-SHORT_TTL_RUNNER = "from datetime import timedelta\nfrom migrator.mongo import lock\nlock.TTL = timedelta(seconds=2)\n"
+# The first runner's lock lives 2 s once its patch starts (a sitecustomize on its PYTHONPATH: a patch runs in a
+# process of its own, so it cannot shorten the runner's). Its heartbeat, started with the usual TTL, next beats
+# 30 s later: the paused server lets the lock expire. The patch writes, waits for the test; a second patch follows.
+SHORT_TTL_RUNNER = """
+from datetime import timedelta
+from migrator.mongo import lock, log
+real_begin = log.begin
+def begin(*args, **kwargs):
+    lock.TTL = timedelta(seconds=2)
+    return real_begin(*args, **kwargs)
+log.begin = begin
+"""
 SHORT_TTL = '''
 import time
 from pathlib import Path

@@ -82,8 +82,11 @@ class Child:
     def go(self) -> str | None:
         """Run the loaded patch; its comment, or its error. The child is dead when this returns."""
         try:
-            self.proc.stdin.write(GO)
-            self.proc.stdin.flush()
+            try:
+                self.proc.stdin.write(GO)
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                pass  # the child is gone already: _outcome says so
             return self._outcome().get("comment")
         finally:
             self.kill()
