@@ -175,3 +175,27 @@ def test_a_patch_error_from_its_process_names_the_patch_and_with_v_its_line(cli,
     (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert f"{path}: 0001_fails failed: ValueError: no such plan" in line
     assert f'File "{path}", line 3, in run' in result.stderr  # the child's traceback, under -v
+
+
+READS_SECRETS_JS = '''
+const fs = require("fs");
+for (const path of [{dotenv!r}, "/proc/" + process.ppid + "/environ"]) {{
+  try {{
+    const text = fs.readFileSync(path, "latin1");
+    print((text.includes({secret!r}) ? "LEAK via " : "read without the secret: ") + path);
+  }} catch (e) {{ print("blocked " + path + " (" + e.code + ")"); }}
+}}
+'''
+
+
+def test_a_dry_run_js_patch_cannot_read_dotenv_or_the_runners_environ(cli, mongo, workdir, tmp_path):
+    if not mongo.real:
+        pytest.skip("needs a real server for mongosh")
+    dotenv = workdir / ".env"
+    dotenv.write_text(f"DB_PASSWORD={WRITER_PASSWORD}\n")
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_reads.js").write_text(READS_SECRETS_JS.format(dotenv=str(dotenv), secret=WRITER_PASSWORD))
+    result = cli("mongo", "apply", "--mongo-dir", folder, env={**mongo.env, "DB_PASSWORD": WRITER_PASSWORD})
+    assert result.exit_code == 0 and "dry run 0001_reads" in result.stdout, result.output
+    assert result.stdout.count("blocked ") == 2 and "LEAK" not in result.stdout, result.output
