@@ -122,13 +122,7 @@ def _settle_failure(db, record, patch: Patch, exc: BaseException, started: bool,
 
 def _describe(exc: BaseException) -> str:
     """A patch's exception as one scrubbed line (its text comes from outside the runner)."""
-    if isinstance(exc, SystemExit):
-        text = f"the patch called sys.exit({exc.code!r}) (a patch returns its comment; raise to fail)"
-    elif isinstance(exc, (python_patch.PatchExited, patch_child.PatchError)):
-        text = str(exc)
-    else:
-        text = f"{exc.__class__.__name__}: {exc}"
-    return one_line(output.scrub(text))
+    return str(exc) if isinstance(exc, patch_child.PatchError) else python_patch.describe(exc)
 
 
 def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, echo: Callable[[str], None],

@@ -175,7 +175,7 @@ def main(results_fd: int) -> None:
 def _described(exc: BaseException) -> dict:
     import traceback
 
-    from migrator.mongo.actions import _describe
+    from migrator.mongo.python_patch import describe
     from migrator.mongo.readonly import DryRunWriteError
 
     sys.stdout.flush()
@@ -185,4 +185,4 @@ def _described(exc: BaseException) -> dict:
         return {"error": "usage", "text": str(exc), "code": exc.exit_code, "traceback": trace}
     if isinstance(exc, DryRunWriteError):
         return {"error": "write", "text": str(exc), "traceback": trace}
-    return {"error": "failed", "text": _describe(exc), "traceback": trace}
+    return {"error": "failed", "text": describe(exc), "traceback": trace}

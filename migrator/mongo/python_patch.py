@@ -210,3 +210,14 @@ def sealed() -> Iterator[None]:
         raise
     else:
         lift()
+
+
+def describe(exc: BaseException) -> str:
+    """A patch's exception as one scrubbed line (its text comes from outside the runner)."""
+    if isinstance(exc, SystemExit):
+        text = f"the patch called sys.exit({exc.code!r}) (a patch returns its comment; raise to fail)"
+    elif isinstance(exc, PatchExited):
+        text = str(exc)
+    else:
+        text = f"{exc.__class__.__name__}: {exc}"
+    return one_line(output.scrub(text))
