@@ -292,14 +292,21 @@ def test_the_server_killed_mid_patch_and_restarted(server, tmp_path):
 
 # --- the lock lost while the server was paused -------------------------------------------------------
 
-# The patch shortens the lock's lifetime (its module-level code runs in the runner, before its running
-# record: the runner then renews with the short TTL), waits for the test, and a second patch follows.
+# The first runner's lock lives 2 s once its patch starts (a sitecustomize on its PYTHONPATH: a patch runs in a
+# process of its own, so it cannot shorten the runner's). Its heartbeat, started with the usual TTL, next beats
+# 30 s later: the paused server lets the lock expire. The patch writes, waits for the test; a second patch follows.
+SHORT_TTL_RUNNER = """
+from datetime import timedelta
+from migrator.mongo import lock, log
+real_begin = log.begin
+def begin(*args, **kwargs):
+    lock.TTL = timedelta(seconds=2)
+    return real_begin(*args, **kwargs)
+log.begin = begin
+"""
 SHORT_TTL = '''
 import time
-from datetime import timedelta
 from pathlib import Path
-from migrator.mongo import lock
-lock.TTL = timedelta(seconds=2)
 MARKS = Path({marks!r})
 
 def run(db, dry_run):
@@ -317,7 +324,9 @@ def test_a_runner_that_lost_its_lock_while_the_server_was_paused_stops_before_it
     marks.mkdir()
     (folder / "0001_slow.py").write_text(SHORT_TTL.format(marks=str(marks)))
     count_patch(folder, "0002_next")
-    first = runner(server, "mongo", "apply", "--run", "--mongo-dir", folder)
+    (tmp_path / "short_ttl").mkdir()
+    (tmp_path / "short_ttl" / "sitecustomize.py").write_text(SHORT_TTL_RUNNER)
+    first = runner(server, "mongo", "apply", "--run", "--mongo-dir", folder, env={"PYTHONPATH": f"{tmp_path / 'short_ttl'}:{PROJECT_ROOT}"})
     wait_for(marks / "running", first)
     pid = server.server.process.pid
     os.kill(pid, signal.SIGSTOP)  # the server is paused past the lock's lifetime (2 s)

@@ -218,8 +218,7 @@ def _inject(monkeypatch, point: str, action) -> str:
     return point
 
 
-def _patch_hooks(point: str) -> dict:
-    call = "__import__('test_mongo_state').ACTION(); "
+def _patch_hooks(point: str, call: str = "__import__('test_mongo_state').ACTION(); ") -> dict:
     return {"hook": call if point == "mid-patch" else "", "after": call if point == "after the patch's writes" else ""}
 
 
@@ -263,7 +262,10 @@ def test_sigkill_at_any_point_never_leads_to_a_silent_second_application(mongo, 
 def test_sigterm_at_any_point_is_handled_and_never_silently_reapplied(mongo, tmp_path, monkeypatch, cli, point):
     """A real SIGTERM to this process, through the runner's own handler."""
     global ACTION
-    folder = write_patch(tmp_path / "mongo", "0001_count", **_patch_hooks(point))
+    # On a server the patch runs in a process of its own: it signals its runner, then waits to be killed.
+    hooks = _patch_hooks(point, "__import__('os').kill(__import__('os').getppid(), 15); __import__('time').sleep(60); ") if mongo.real \
+        else _patch_hooks(point)
+    folder = write_patch(tmp_path / "mongo", "0001_count", **hooks)
     write_patch(folder, "0002_next")
     ACTION = lambda: os.kill(os.getpid(), signal.SIGTERM)
     with monkeypatch.context() as m:

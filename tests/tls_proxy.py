@@ -146,3 +146,21 @@ def _relay(a: socket.socket, b: socket.socket) -> None:
                 sock.close()
             except OSError:
                 pass
+
+
+class PlainTlsFront(TlsFront):
+    """TLS from the first byte, relayed to a TCP port (a MongoDB server without TLS: the suite's FerretDB)."""
+
+    def __init__(self, port: int, pki: Pki):
+        self.backend_port = port
+        super().__init__("", 0, pki)
+
+    def _handle(self, client: socket.socket) -> None:
+        try:
+            client = self.context.wrap_socket(client, server_side=True)
+            self.handshakes += 1
+            server = socket.create_connection(("127.0.0.1", self.backend_port))
+        except (OSError, ssl.SSLError):
+            client.close()
+            return
+        _relay(client, server)

@@ -31,13 +31,12 @@ def patch_status(settings: CommandSettings, mongo: MongoTarget) -> PatchStatusRe
 
 def run_patches(settings: CommandSettings, mongo: MongoTarget, found: list, names, *, run: bool) -> PatchRunReport:
     """Run the named patches, or every pending one; each is printed as it finishes."""
-    from migrator.mongo import actions, connection
+    from migrator.mongo import actions, connection, seal
 
     if not run:
         mongo = mongo.for_dry_run()
-        enforced = (f"; as the read-only user from {mongo.sources['url']}, whose writes the server refuses (a "
-                    "patch still runs in the runner's process: a deliberate one can reach MONGO_URL's credentials)"
-                    if mongo.read_only else "")
+        enforced = (f"; as the read-only user from {mongo.sources['url']}, whose writes the server refuses "
+                    f"({seal.guarantee()})" if mongo.read_only else "")
         settings.note(f"dry run: nothing will be written (add --run to apply){enforced}")
     report = PatchRunReport(run, found=len(found))
     with connection.connect(mongo) as db, output.patch_output():

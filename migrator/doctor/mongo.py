@@ -35,15 +35,13 @@ def check(report: DoctorReport, target: MongoTarget, mongo_dir: Path) -> list[st
 
 
 PROBE = "_hcm_readonly_probe"  # the scratch collection doctor tries to write through MONGO_READONLY_URL
-IN_PROCESS = ("a patch still runs in the runner's process, so a deliberate one can reach MONGO_URL's credentials "
-              "(environment, .env, secret files)")
 
 
 def _dry_runs(report: DoctorReport, target: MongoTarget) -> None:
     """Whether the server refuses a dry run's writes: proven by a write through MONGO_READONLY_URL that it refuses."""
     from pymongo.errors import OperationFailure
 
-    from migrator.mongo import connection
+    from migrator.mongo import connection, seal
 
     if not target.readonly_uri:
         report.add(Check("mongo dry-run", WARN, "not server-enforced: the runner's guards stop a careless patch, "
@@ -70,7 +68,7 @@ def _dry_runs(report: DoctorReport, target: MongoTarget) -> None:
         return
     report.add(Check("mongo dry-run", OK, f"server-enforced for the runner: dry runs and plan connect as the read-only "
                      f"user of {ro.sources['url']} ({ro.display_uri}), whose probe write the server refused; "
-                     f"{IN_PROCESS}"))
+                     f"{seal.guarantee()}"))
 
 
 def _step(report: DoctorReport, name: str, target: MongoTarget, step, *args):

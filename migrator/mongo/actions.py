@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 from migrator import output
 from migrator.errors import INTERRUPTED, USAGE, MigratorError
 from migrator import interrupt
-from migrator.mongo import js_patch, lock, log, python_patch, state
+from migrator.mongo import js_patch, lock, log, patch_child, python_patch, state
 from migrator.mongo.js_patch import JsPatchFailed
 from migrator.mongo.patches import Patch, one_line
 from migrator.targets import MongoTarget
@@ -71,10 +71,15 @@ def apply(db, target: MongoTarget | None, patches: list[Patch], names: list[str]
 
 
 def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard, echo) -> Outcome:
-    loaded = _prepare(patch)  # a patch that cannot load fails here: no record, nothing blocked
-    held.check()
-    with guard.deferred():
-        record = log.begin(db, patch, held.owner)
+    loaded = _prepare(patch, target if patch_child.used(db, target) else None)  # a patch that cannot load fails here: no record, nothing blocked
+    try:
+        held.check()
+        with guard.deferred():
+            record = log.begin(db, patch, held.owner)
+    except BaseException:
+        if isinstance(loaded, patch_child.Child):
+            loaded.kill()
+        raise
     started = False
     try:
         guard.check()  # a SIGTERM while the record was written: the patch never starts
@@ -89,10 +94,11 @@ def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard
     return outcome
 
 
-def _prepare(patch: Patch):
-    """Load a Python patch (its module-level code runs), or check mongosh and a JS file: one line, exit 2."""
+def _prepare(patch: Patch, target: MongoTarget | None):
+    """Load a Python patch in its child process (its module-level code runs), or check mongosh and a JS file:
+    one line, exit 2. With no target (tests on an in-memory database) the patch loads in this process."""
     if patch.kind == "py":
-        return python_patch.load(patch, dry_run=False)
+        return patch_child.Child(patch, target, dry_run=False) if target else python_patch.load(patch, dry_run=False)
     js_patch.check(patch)
     return None
 
@@ -116,13 +122,7 @@ def _settle_failure(db, record, patch: Patch, exc: BaseException, started: bool,
 
 def _describe(exc: BaseException) -> str:
     """A patch's exception as one scrubbed line (its text comes from outside the runner)."""
-    if isinstance(exc, SystemExit):
-        text = f"the patch called sys.exit({exc.code!r}) (a patch returns its comment; raise to fail)"
-    elif isinstance(exc, python_patch.PatchExited):
-        text = str(exc)
-    else:
-        text = f"{exc.__class__.__name__}: {exc}"
-    return one_line(output.scrub(text))
+    return str(exc) if isinstance(exc, patch_child.PatchError) else python_patch.describe(exc)
 
 
 def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, echo: Callable[[str], None],
@@ -133,7 +133,11 @@ def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, ech
     started = time.perf_counter()
     advice = "fix the patch, then see `runner.py mongo status`" if not dry_run else "fix the patch"
     try:
-        if patch.kind == "py":
+        if isinstance(loaded, patch_child.Child):
+            comment = loaded.go()
+        elif patch.kind == "py" and patch_child.used(db, target):  # a dry run: its own sealed child
+            comment = patch_child.Child(patch, target, dry_run=True).go()
+        elif patch.kind == "py":
             comment = python_patch.run(patch, db, dry_run, loaded)
         else:
             comment = js_patch.run_js(patch, target, dry_run, echo, timeout=target.patch_timeout if target else None)

@@ -2,8 +2,8 @@
 // method of mongosh's Database, Collection, Mongo and Bulk objects throws before it reaches the
 // server, so a patch that forgets `if (DRY_RUN)` cannot write. The patched prototypes are frozen and
 // connect()/new Mongo() are refused. A careless patch is stopped; a deliberate one could still find a
-// way (MONGO_READONLY_URL makes the server refuse this connection's writes, but mongosh runs as the
-// runner's user and can reach MONGO_URL's credentials: not a sandbox).
+// way, e.g. through mongosh's _serviceProvider and the Node driver under it: MONGO_READONLY_URL, the URL
+// a dry run's mongosh gets, makes the server refuse those writes (and Landlock keeps .env out of reach).
 (function () {
   "use strict";
   const WRITES = /^(insert|update|delete|remove|replace|save|findOneAnd|findAndModify|bulkWrite|initialize\w*BulkOp|drop|create|rename|hideIndex|unhideIndex|grant|revoke|shutdown|fsync|setProfiling|killOp|compact|reIndex|convertToCapped|enableSharding|shard|moveChunk|setLogLevel|setFeatureCompatibility|clone|copy|rotate|execute|mapReduce|cleanupOrphaned|checkMetadata|configureQueryAnalyzer)/;

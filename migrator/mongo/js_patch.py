@@ -2,7 +2,8 @@
 
 mongosh gets the URI (with its password) through the environment, not the command line, and
 nothing else of the runner's environment. In a dry run the shim (dry_run_shim.js) makes every
-write method throw before it reaches the server. On a timeout, or when the runner is stopped,
+write method throw before it reaches the server, mongosh runs under Landlock (seal.py: no `.env` or
+secret file within reach) and the runner is non-dumpable. On a timeout, or when the runner is stopped,
 the whole process group is killed (grandchildren too) and reading stops; a runner killed by SIGKILL
 takes mongosh with it (PR_SET_PDEATHSIG, and the prelude exits once its parent changes).
 """
@@ -24,6 +25,7 @@ from typing import Callable
 
 from migrator import output
 from migrator.errors import USAGE, MigratorError
+from migrator.mongo import seal
 from migrator.mongo.patches import PROJECT_ROOT, Patch, one_line
 from migrator.mongo.python_patch import SAFE_ENVIRONMENT, register_environment_secrets
 from migrator.targets import MongoTarget
@@ -75,11 +77,13 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
             prelude += " db = connect(process.env.HCM_MONGO_URI);"
             env["HCM_MONGO_URI"] = target.shell_uri()
         shim = ["--file", str(SHIM)] if dry_run else []
+        seal.non_dumpable()  # mongosh cannot read the runner's memory or /proc/<runner>/environ
+        start = _sealed(patch, home) if dry_run else _die_with_parent
         command = [mongosh_path(), "--nodb", "--norc", "--quiet", "--eval", prelude + " void 0;", *shim,
                    "--file", str(patch.path)]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True,  # its own process group: killed whole, children included
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=start)
         try:
             lines, comment, timed_out = _read(proc, echo, timeout)
         finally:
@@ -141,6 +145,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _sealed(patch: Patch, home: str) -> Callable[[], None]:
+    """A dry run's mongosh under Landlock (seal.py): it reads only mongosh, Node, the shim and the patch folder,
+    and writes only its own HOME, so `.env` and secret files are out of its reach as they are for Python patches."""
+    mongosh = Path(mongosh_path()).resolve()
+    modules = next((p for p in mongosh.parents if p.name == "node_modules"), mongosh.parent.parent)
+    readable = [str(modules), str(SHIM.parent), str(patch.path.parent), *seal.SYSTEM_READABLE]
+
+    def start():
+        _die_with_parent()
+        seal.restrict(readable, [home, "/dev/null"])
+    return start
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -6,9 +6,10 @@ the patches import), and with os._exit turned into a failure. In a dry run both 
 sealed: no secret in os.environ and no MongoClient of any kind can be built. A patch that leaves
 a thread running fails: a patch must finish its work before returning.
 
-A careless patch cannot write in a dry run; a deliberately malicious one can (gc.get_objects(),
-/proc/self/environ). MONGO_READONLY_URL makes the server refuse the runner's dry-run writes, but the patch
-still runs in this process and can reach MONGO_URL's credentials: not a sandbox.
+Against a server this runs inside the patch's own child process (patch_child.py), where a dry run is
+also sealed from the writer's credentials; in-process only for tests on an in-memory database. These
+guards stop a careless patch; a deliberate one can get around them (gc.get_objects()), so only
+MONGO_READONLY_URL, which the child connects as, makes its writes impossible.
 """
 
 from __future__ import annotations
@@ -209,3 +210,14 @@ def sealed() -> Iterator[None]:
         raise
     else:
         lift()
+
+
+def describe(exc: BaseException) -> str:
+    """A patch's exception as one scrubbed line (its text comes from outside the runner)."""
+    if isinstance(exc, SystemExit):
+        text = f"the patch called sys.exit({exc.code!r}) (a patch returns its comment; raise to fail)"
+    elif isinstance(exc, PatchExited):
+        text = str(exc)
+    else:
+        text = f"{exc.__class__.__name__}: {exc}"
+    return one_line(output.scrub(text))

@@ -1,0 +1,188 @@
+"""A Python patch runs in a child process of its own, started fresh (no inherited memory or connections).
+
+The runner sends the child, on its stdin, the patch and the URI to use (never through the environment or
+the command line); the child connects, loads the patch and says so, then waits for the runner's go (in a
+real run the `running` record is written in between), runs it and sends back its comment or its error on a
+pipe of their own. The runner then kills the child's whole process group and reaps it before it settles
+the record: threads the patch left behind die with it and cannot write afterwards.
+
+A dry run is sealed: the child's environment holds only PATH, locale and time zone (no MONGO_URL, DB_* or
+AWS secret), its URI is the read-only user's (MONGO_READONLY_URL) when one is set, the runner is made
+non-dumpable, and where the kernel has Landlock (`seal.py`) the child can read only what Python, the
+migrator package, the patch folder and the CA bundle need: not `.env`, secret files or /proc/<runner>.
+A real run's child gets the runner's environment and no file restriction, as when patches ran in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from migrator import output
+from migrator.errors import USAGE, MigratorError
+from migrator.mongo import seal
+from migrator.mongo.js_patch import _die_with_parent, _kill_group, mongosh_environment
+from migrator.mongo.patches import Patch
+from migrator.targets import MongoTarget
+
+PACKAGE = Path(__file__).resolve().parents[1]  # migrator/
+GO = "go\n"
+READER_JOIN = 2.0  # seconds to drain the child's output after it is killed (its pipes close then)
+
+
+def used(db, target: MongoTarget | None) -> bool:
+    """Whether a patch runs in a child: against a server, yes; not for mongomock (tests without Go), whose
+    database lives in this process only."""
+    return target is not None and type(db).__module__.startswith("pymongo")
+
+
+class PatchError(Exception):
+    """The patch's own failure in the child, already described as one scrubbed line."""
+
+
+class ChildTraceback(Exception):
+    """The child's traceback, chained under the error so that -v shows where in the patch it failed."""
+
+
+class Child:
+    """A patch's child process, loaded and waiting for go(); kill() it if the run does not go ahead."""
+
+    def __init__(self, patch: Patch, target: MongoTarget, dry_run: bool):
+        from migrator.mongo.python_patch import register_environment_secrets
+
+        register_environment_secrets()  # the child's output is masked as the patch's always was
+        seal.non_dumpable()  # before the child exists: it cannot read this process's memory or /proc files
+        self.patch, self.dry_run = patch, dry_run
+        self._home = tempfile.TemporaryDirectory(prefix="hcm-patch-")
+        env = mongosh_environment(self._home.name) if dry_run else dict(os.environ)
+        read, write = os.pipe()
+        command = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(PACKAGE.parent)!r}); "
+                   f"from migrator.mongo.patch_child import main; main({write})"]
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env, cwd=self._home.name, pass_fds=(write,),
+                                     start_new_session=True, preexec_fn=_die_with_parent)
+        os.close(write)
+        self._results = os.fdopen(read, "r", encoding="utf-8")
+        self._readers = [_echo(self.proc.stdout, sys.stdout), _echo(self.proc.stderr, sys.stderr)]
+        spec = {"id": patch.id, "path": str(patch.path), "uri": target.uri, "database": target.database,
+                "options": target.client_options(), "dry_run": dry_run, "home": self._home.name}
+        try:
+            self.proc.stdin.write(json.dumps(spec) + "\n")
+            self.proc.stdin.flush()
+            self._outcome()  # loaded, or the load's error (nothing ran, nothing logged)
+        except BaseException:
+            self.kill()
+            raise
+
+    def go(self) -> str | None:
+        """Run the loaded patch; its comment, or its error. The child is dead when this returns."""
+        try:
+            try:
+                self.proc.stdin.write(GO)
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                pass  # the child is gone already: _outcome says so
+            return self._outcome().get("comment")
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        _kill_group(self.proc)
+        self.proc.wait()
+        for reader in self._readers:
+            reader.join(READER_JOIN)
+        self._results.close()
+        self._home.cleanup()
+
+    def _outcome(self) -> dict:
+        from migrator.mongo.readonly import DryRunWriteError
+
+        try:
+            line = self._results.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            self.proc.wait()
+            raise PatchError(f"the patch's process ended (exit {self.proc.returncode}) before run() returned")
+        said = json.loads(line)
+        if "error" not in said:
+            return said
+        cause = ChildTraceback(said.get("traceback", ""))
+        if said["error"] == "usage":
+            raise MigratorError(said["text"], said.get("code", USAGE)) from cause
+        if said["error"] == "write":
+            raise DryRunWriteError(said["text"]) from cause
+        raise PatchError(said["text"]) from cause
+
+
+def _echo(stream, to) -> threading.Thread:
+    def copy():
+        with stream:
+            for line in stream:
+                to.write(output.scrub(line))
+                to.flush()
+
+    thread = threading.Thread(target=copy, daemon=True, name="patch-output")
+    thread.start()
+    return thread
+
+
+def readable(patch_folder: Path, ca_file: str | None) -> list[str]:
+    """What a sealed child may read: Python and its packages (never the project root or above it), the
+    migrator package, the patch folder, the CA bundle, and the system folders."""
+    root = PACKAGE.parent
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path}
+    kept = [p for p in paths if p and os.path.isabs(p) and not (root == Path(p) or root.is_relative_to(p))]
+    return [*kept, str(PACKAGE), str(patch_folder), *([ca_file] if ca_file else []), *seal.SYSTEM_READABLE]
+
+
+def main(results_fd: int) -> None:
+    """The child: load, say so, wait for go, run, say how it went."""
+    results = os.fdopen(results_fd, "w", encoding="utf-8")
+
+    def send(**message):
+        results.write(json.dumps(message) + "\n")
+        results.flush()
+
+    spec = json.loads(sys.stdin.readline())
+    patch = Patch(spec["id"], Path(spec["path"]), "py")
+    try:
+        import pymongo
+
+        from migrator.mongo import python_patch
+
+        if spec["dry_run"]:
+            seal.restrict(readable(patch.path.parent, spec["options"].get("tlsCAFile")), [spec["home"], "/dev/null"])
+        client = pymongo.MongoClient(spec.pop("uri"), **spec["options"])
+        module = python_patch.load(patch, spec["dry_run"])
+        send(loaded=True)
+        if sys.stdin.readline() != GO:
+            return
+        comment = python_patch.run(patch, client[spec["database"]], spec["dry_run"], module)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        send(comment=comment)
+    except BaseException as exc:  # everything the patch can raise, sys.exit included: described, then sent
+        send(**_described(exc))
+    os._exit(0)  # nothing else runs here: not the patch's threads, not atexit
+
+
+def _described(exc: BaseException) -> dict:
+    import traceback
+
+    from migrator.mongo.python_patch import describe
+    from migrator.mongo.readonly import DryRunWriteError
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    trace = "".join(traceback.format_exception(exc))
+    if isinstance(exc, MigratorError):
+        return {"error": "usage", "text": str(exc), "code": exc.exit_code, "traceback": trace}
+    if isinstance(exc, DryRunWriteError):
+        return {"error": "write", "text": str(exc), "traceback": trace}
+    return {"error": "failed", "text": describe(exc), "traceback": trace}
