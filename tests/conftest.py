@@ -281,6 +281,16 @@ def schema_dump(database: Database) -> str:
     return result.stdout
 
 
+# The JavaScript patch tests need Node.js and mongosh; `make test` installs mongosh first (with npm).
+from migrator.mongo import js_patch  # noqa: E402 (kept beside the one marker that needs it)
+
+needs_mongosh = pytest.mark.skipif(
+    shutil.which("node") is None
+    or not (js_patch.LOCAL_MONGOSH.exists() or shutil.which("mongosh")),
+    reason="needs Node.js and mongosh: `make mongosh` installs mongosh from npm",
+)
+
+
 def one_error_line(result: Result) -> str:
     """The single error line a failure must end in: no traceback, nothing else on stderr but notes."""
     assert result.exit_code != 0, result.output

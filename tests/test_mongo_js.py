@@ -4,21 +4,17 @@ mongosh comes from npm (`make mongosh`, pinned, in .mongosh/); these tests skip,
 only when Node.js or mongosh is missing.
 """
 
-import shutil
 import subprocess
 
 import pytest
 
-from conftest import one_error_line
-from migrator.mongo import actions, js_patch
+from conftest import needs_mongosh, one_error_line
+from migrator.mongo import actions
 from migrator.mongo import js_patch as js_patch_module
 from migrator.mongo.js_patch import JsPatchFailed, run_js
 from migrator.mongo.patches import Patch
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (js_patch.LOCAL_MONGOSH.exists() or shutil.which("mongosh")),
-    reason="needs Node.js and mongosh: `make mongosh` installs mongosh from npm",
-)
+pytestmark = needs_mongosh
 
 
 def js_patch(tmp_path, name: str, body: str) -> Patch:

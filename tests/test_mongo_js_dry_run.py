@@ -5,20 +5,18 @@ names and record every call that would reach the server; a write must throw befo
 """
 
 import os
-import shutil
 import subprocess
 import time
 
 import pytest
 
+from conftest import needs_mongosh
+
 from migrator.mongo import js_patch
 from migrator.mongo.js_patch import JsPatchFailed, run_js
 from migrator.mongo.patches import Patch
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (js_patch.LOCAL_MONGOSH.exists() or shutil.which("mongosh")),
-    reason="needs Node.js and mongosh: `make mongosh` installs mongosh from npm",
-)
+pytestmark = needs_mongosh
 
 STAND_IN = """
 globalThis.net = [];

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_mongosh
+
 from test_mongo_readonly_user import READER_PASSWORD, readonly  # noqa: F401 (the fixture)
 
 WRITER_PASSWORD = "Writer-pw-Sealed-7"
@@ -146,6 +148,7 @@ while (!done) sleep(50);  // mongosh's sleep lets the driver's promises settle
 '''
 
 
+@needs_mongosh
 def test_a_dry_run_js_patch_through_mongoshs_internals_cannot_write_as_the_readonly_user(cli, readonly, tmp_path):  # noqa: F811
     env, db = readonly
     folder = tmp_path / "mongo"
@@ -188,6 +191,7 @@ for (const path of [{dotenv!r}, "/proc/" + process.ppid + "/environ"]) {{
 '''
 
 
+@needs_mongosh
 def test_a_dry_run_js_patch_cannot_read_dotenv_or_the_runners_environ(cli, mongo, workdir, tmp_path):
     if not mongo.real:
         pytest.skip("needs a real server for mongosh")
