@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Iterator
 
 from migrator import output
 from migrator.commands import mongo as mongo_commands
-from migrator.commands.base import CommandSettings, locked_backend, watching
+from migrator.commands.base import PROJECT_ROOT, CommandSettings, locked_backend, watching
 from migrator.errors import SCHEMA_DRIFT, USAGE, MigratorError
 from migrator.reports import (MONGO_NOT_CONFIGURED, ImpactReport, Lines, MigrateReport, MongoPlanReport, PlanReport,
                               SqlMigrateReport, StatusReport)
@@ -43,7 +44,7 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         drift = postgres.reconcile(backend, migrations, settings.note)
         if drift:  # on the local development database, the redo of a migration not merged yet is suggested
             redo = postgres.redo_count(backend, migrations, drift) if target.local_dev else None
-            raise postgres.drift_error(drift, target, redo=redo)
+            raise postgres.drift_error(drift, target, redo=_redo_command(settings, target, redo))
         schema = check_schema_drift(settings, backend, refuse=settings.strict)
         # A drift check answered from a description read before the lock (a run over many tenants) leaves
         # nothing to describe when nothing is pending; else advancing_schema describes it, under the lock.
@@ -52,6 +53,25 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         states = postgres.status(backend, migrations)
     done, no_file = postgres.applied_counts(states)
     return SqlMigrateReport(applied, done, len(migrations), no_file)
+
+
+def _redo_command(settings: CommandSettings, target, count: int | None) -> str | None:
+    """make's redo of `count` migrations on exactly what this run targets: its schema (one schema's count: a
+    tenant run's schemas each get their own) and its folder; None when the folder cannot be said in ARGS='...'."""
+    import shlex
+
+    if not count:
+        return None
+    args = [f"--schema {target.schema}"] if target.schema else []
+    folder = Path(settings.sql_dir).resolve()
+    if folder != PROJECT_ROOT / "sql":
+        shown = str(folder.relative_to(PROJECT_ROOT)) if folder.is_relative_to(PROJECT_ROOT) else str(folder)
+        if shlex.quote(shown) != shown:
+            return None
+        args.append(f"--sql-dir {shown}")
+    where = " ".join(args)
+    return (f"make rollback ARGS='--count {count}{' ' + where if where else ''}' && make migrate"
+            + (f" ARGS='{where}'" if where else ""))
 
 
 def _say_other_histories(settings: CommandSettings, backend) -> None:
