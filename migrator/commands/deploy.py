@@ -181,6 +181,7 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
     """
     from migrator import lint, postgres
     from migrator.postgres import rewrites
+    from migrator.postgres.files import UNFILLED_ROLLBACK
     from migrator.schema import snapshot
 
     migrations = postgres.read_migrations(settings.sql_dir)  # only the files that will run are parsed
@@ -200,6 +201,10 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
             verdicts = rewrites.judge(backend.connection, todo, threshold=settings.rewrite_threshold(),
                                       schema=target.schema)
         where = target.display_url
+    for migration in todo:  # found now, not at the rollback that needs it
+        rollback = postgres.rollback_path(migration)
+        if rollback.is_file() and postgres.unfilled(rollback):
+            settings.note(f"warning: {rollback} {UNFILLED_ROLLBACK}")
     skipped = bool(todo) and lint.squawk_path() is None
     if skipped:
         settings.note("note: lint skipped: squawk is not installed here (`make install` brings it)")
@@ -294,6 +299,8 @@ def status(settings: CommandSettings) -> StatusReport:
         states = postgres.status(backend, migrations)
         for state in states:  # only the pending files are read: migrate refuses a template never filled in
             state.unfilled = not state.applied_at and state.path is not None and postgres.unfilled(state.path)
+            rollback = postgres.rollback_path(state) if state.path is not None else None
+            state.rollback_unfilled = rollback is not None and rollback.is_file() and postgres.unfilled(rollback)
         invalid = postgres.invalid_indexes(backend)
         schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described)
     mongo = mongo_commands.patch_status(settings, mongo_target) if mongo_target else None

@@ -23,6 +23,7 @@ class MigrationState:
     changed: bool = False  # applied, and the file differs from what was applied
     failure: str | None = None  # a non-transactional file (or rollback) stopped part-way: what it left committed
     unfilled: bool = False  # pending, and still the template `sql new` wrote
+    rollback_unfilled: bool = False  # its rollback file is still the template `sql new` wrote
 
     @property
     def state(self) -> str:
