@@ -100,6 +100,15 @@ def server_message(exc) -> str:
     return output.scrub("; ".join(parts))  # the server may quote a value, even a password
 
 
+def _connection_lost(cause) -> bool:
+    """The driver lost the server (no SQLSTATE: an OperationalError or InterfaceError); a ProgrammingError
+    without one is the driver refusing the statement itself, which the server never saw."""
+    import psycopg2
+
+    return getattr(cause, "pgcode", None) is None and isinstance(cause, (psycopg2.OperationalError,
+                                                                         psycopg2.InterfaceError))
+
+
 def migration_error(exc, migration, where: str, verb: str, path: Path) -> MigratorError:
     """The one line for a failed migration or rollback (`exc` a StatementFailed or a driver error)."""
     excerpt: list[str] = []
@@ -112,10 +121,10 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         cause, at = exc, str(path)
         committed = ("nothing of it was applied: its transaction rolled back" if migration.use_transactions
                      else "not transactional: its statements all ran and COMMITTED; recording it failed")
-        if getattr(cause, "pgcode", None) is None:
+        if _connection_lost(cause):
             committed = "the connection was lost, so whether it committed is unknown: run `runner.py status`"
     todo = HINTS.get(getattr(cause, "pgcode", None), "fix the file and run again")
-    if getattr(cause, "pgcode", None) is None and isinstance(cause, Exception) and hasattr(cause, "pgerror"):
+    if _connection_lost(cause):
         committed = "the connection was lost (a server restart, or pg_terminate_backend), so whether it committed " \
                     "is unknown: run `runner.py status`"
         todo = "then run again"
