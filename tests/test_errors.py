@@ -5,6 +5,8 @@ The table of bad inputs lives in test_reliability.py; these are the cases that n
 import json
 import socket
 
+import pytest
+
 from conftest import add_migration, applied, one_error_line
 from migrator.targets import where_name
 
@@ -151,3 +153,31 @@ def test_the_caret_of_a_long_line_or_a_tabbed_one_stays_under_the_error(cli, db,
     events = [json.loads(line) for line in result.stderr.splitlines()]
     error = [e for e in events if e.get("event") == "error"]
     assert len(error) == 1 and error[0]["excerpt"] == [shown, caret]
+
+
+@pytest.mark.parametrize("sql, at, shown", [
+    # A last statement without `;`: "end of input" just after its last character, on psql's line (attack 22).
+    ("SELECT (1\n", "1:10", "LINE 1: SELECT (1"),
+    ("SELECT (1\n-- trailing\n", "2:12", "LINE 2: -- trailing"),
+    ("SELECT 1;\nSELECT (1\n\n\n", "2:10", "LINE 2: SELECT (1"),
+    ("SELECT (1\r\n", "1:10", "LINE 1: SELECT (1"),
+])
+def test_an_error_at_the_end_of_a_last_statement_without_semicolon_is_where_psql_puts_it(cli, db, sql_dir, sql, at,
+                                                                                        shown):
+    add_migration(sql_dir, "0002_eoi", sql)
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert f"0002_eoi.sql:{at}: failed to apply" in one_error_line(result)
+    assert result.stderr.splitlines()[-3:-1] == [shown, " " * len(shown) + "^"]
+
+
+@pytest.mark.parametrize("before", ["'日本語テキスト'", "'😀😀'", "'e\u0301e\u0301'", "'\x1b[31mred'", "\t'é',\t'ü'"])
+def test_the_caret_stays_under_the_error_after_wide_combining_or_escaped_characters(cli, db, sql_dir, before):
+    import unicodedata
+
+    add_migration(sql_dir, "0002_wide", f"SELECT {before}, nope_col;\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    shown, caret = result.stderr.splitlines()[-3:-1]
+    # As a terminal lays the line out: a wide character two columns, a combining mark none.
+    width = [0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in shown]
+    columns = [sum(width[:i]) for i in range(len(shown))]
+    assert shown[columns.index(caret.index("^")):].startswith("nope_col"), (shown, caret)
