@@ -266,3 +266,14 @@ def test_new_rejects_a_name_without_letters(cli, sql_dir):
     result = cli("sql", "new", "!!!", "--sql-dir", sql_dir)
     assert result.exit_code == 2
     assert "has no letters or digits" in one_error_line(result)
+
+
+def test_new_says_exactly_which_letters_a_file_name_cannot_hold(cli, sql_dir):
+    """`añadir columna` became a_adir_columna with only "lower case, _ between words" said (attack 22)."""
+    result = ok(cli("sql", "new", "añadir columna", "--sql-dir", sql_dir))
+    assert result.stdout.splitlines()[0] == ("note: name 'añadir columna' written as a_adir_columna (lower case, _ "
+                                             "between words; dropped ñ: a file name takes a-z, 0-9 and _)")
+    assert (sql_dir / "0002_a_adir_columna.sql").exists()
+    # A name of letters only of another script has letters: it is said which, not "no letters".
+    line = one_error_line(cli("sql", "new", "добавь", "--sql-dir", sql_dir))
+    assert "'добавь' holds only letters a file name cannot take (д о б а в ь: a-z, 0-9 and _ only)" in line
