@@ -145,7 +145,8 @@ def _params(group, path):
 
 def test_help_topics_ignore_case_name_commands_and_label_each_meaning_of_an_option(cli):
     assert cli("help", "Tenants").stdout == cli("help", "tenants").stdout
-    assert cli("help", "migrate", env={"COLUMNS": "80"}).stdout == cli("migrate", "--help", env={"COLUMNS": "80"}).stdout
+    wide = {"COLUMNS": "80"}
+    assert cli("help", "migrate", env=wide).stdout == cli("migrate", "--help", env=wide).stdout
     assert cli("help", "sql", "rollback").stdout == cli("sql", "rollback", "--help").stdout
     unknown = cli("help", "nonsense")
     assert unknown.exit_code == 2 and "'nonsense'" in one_error_line(unknown)

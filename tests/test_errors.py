@@ -131,9 +131,9 @@ def test_a_unix_socket_folder_is_named_as_a_socket_not_as_host_port(cli, tmp_pat
     assert f"cannot connect to PostgreSQL at socket {folder} (port 5499), database d1: " in line
     assert f"{folder}:5499" not in line
     # A missing socket file is said as such, and the advice is about a socket, not a host and port (attack 22).
-    assert line.startswith(f"error: cannot connect to PostgreSQL at socket {folder} (port 5499), database d1: no server "
-                           f"socket {folder}/.s.PGSQL.5499; is the server running, and are the socket folder and port "
-                           "right?"), line
+    assert line.startswith(f"error: cannot connect to PostgreSQL at socket {folder} (port 5499), database d1: "
+                           f"no server socket {folder}/.s.PGSQL.5499; is the server running, and are the socket "
+                           "folder and port right?"), line
     assert "host and port" not in line and "connection refused" not in line
     doctor = cli("doctor", "--no-dev-tools", env={"DB_HOST": str(folder), "DB_PORT": "5499", "DB_NAME": "d1"})
     (reach,) = [row for row in doctor.stdout.splitlines() if "postgres reachable" in row]
@@ -187,7 +187,8 @@ def test_an_error_at_the_end_of_a_last_statement_without_semicolon_is_where_psql
     assert result.stderr.splitlines()[-3:-1] == [shown, " " * len(shown) + "^"]
 
 
-@pytest.mark.parametrize("before", ["'日本語テキスト'", "'😀😀'", "'e\u0301e\u0301'", "'\x1b[31mred'", "\t'é',\t'ü'"])
+@pytest.mark.parametrize("before", ["'日本語テキスト'", "'😀😀'", "'e\u0301e\u0301'", "'\x1b[31mred'",
+                                    "\t'é',\t'ü'"])
 def test_the_caret_stays_under_the_error_after_wide_combining_or_escaped_characters(cli, db, sql_dir, before):
     import unicodedata
 

@@ -287,7 +287,8 @@ def test_plan_piped_to_psql_starts_each_file_in_a_fresh_session_as_migrate_does(
 def test_a_stray_empty_statement_runs_as_in_psql_and_a_driver_refusal_is_no_lost_connection(cli, db, make_db,
                                                                                              sql_dir):
     """`;;` or a lone `;` ran fine in psql and failed migrate as "the connection was lost" (attack 22)."""
-    same_as_psql(cli, db, make_db, sql_dir, "0002_semi", "CREATE TABLE a (id int);;\n;\n/* c */ ;\nCREATE TABLE b (id int);\n")
+    same_as_psql(cli, db, make_db, sql_dir, "0002_semi",
+                 "CREATE TABLE a (id int);;\n;\n/* c */ ;\nCREATE TABLE b (id int);\n")
     assert {"a", "b"} <= db.tables()
     # A statement the driver itself refuses (no SQLSTATE: the server never saw it) is not a lost connection.
     import psycopg2

@@ -57,10 +57,11 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
 
 def _redo_command(settings: CommandSettings, target, count: int | None) -> str | None:
     """make's redo of `count` migrations on exactly what this run targets: its schema (one schema's count: a
-    tenant run's schemas each get their own) and its folder; None when the folder cannot be said in ARGS='...'."""
+    tenant run's schemas each get their own) and its folder; None when the folder cannot be said in ARGS='...'
+    (a path to quote, several Flyway locations)."""
     import shlex
 
-    if not count:
+    if not count or len(getattr(settings.sql_dir, "locations", ())) > 1:  # several Flyway locations: not one folder
         return None
     args = [f"--schema {target.schema}"] if target.schema else []
     folder = Path(settings.sql_dir).resolve()

@@ -27,5 +27,6 @@ __all__ = [
     "FILE_NAME", "MIGRATION_TABLE", "MigrationState", "apply", "applied_counts", "applied_ids", "bookkeeping",
     "connect", "connection_error", "drift_error", "invalid_indexes", "is_transactional", "lacking_privileges",
     "load_migrations", "locked", "mark", "missing_schemas", "new", "ordered", "redo_count", "pending", "plan_text", "read_migrations", "reconcile", "resolve_target", "rollback",
-    "rollback_path", "dropped_letters", "select_by_id", "select_rollback", "slug", "status", "survey_schemas", "unfilled",
+    "rollback_path",
+    "dropped_letters", "select_by_id", "select_rollback", "slug", "status", "survey_schemas", "unfilled",
 ]
