@@ -11,7 +11,7 @@ password into a name that is printed: it is refused in one line that never shows
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from migrator import output, urls
 from migrator.errors import USAGE, MigratorError
@@ -59,7 +59,10 @@ def read(url: str, origin: str) -> tuple[PostgresTarget, list[str]]:
         port = parts.port
     except ValueError:
         raise MigratorError(f"{origin}: the port is not a number from 1 to 65535; expected {EXAMPLE}", USAGE)
-    proper = {"host": parts.hostname, "port": str(port) if port else None, "dbname": parsed.path or None,
+    host, raw_host = parts.hostname, parsed.netloc.rpartition("@")[2]
+    if raw_host[:3].lower() == "%2f":  # libpq's spelling of a socket folder as the host: %2Frun%2Fpg (case kept)
+        host = unquote(raw_host.rsplit(":", 1)[0] if port else raw_host)
+    proper = {"host": host, "port": str(port) if port else None, "dbname": parsed.path or None,
               "user": parsed.user, "password": parsed.password}
     params, current = {}, []
     for key, value in parsed.query:

@@ -190,8 +190,9 @@ def test_a_changed_migration_on_the_local_database_is_told_how_to_redo_it(cli, l
     result = cli("migrate", "--sql-dir", sql_dir)
     line = one_error_line(result)
     assert result.exit_code == 3 and "0002_add_note.sql changed since applied" in line
-    assert line.endswith("not merged yet? redo it on this local database: `make rollback ARGS='--count 2' && make "
-                         "migrate` (its rollback file must undo what was applied)")
+    assert line.endswith(f"not merged yet? redo it on this local database: `make rollback ARGS='--count 2 --sql-dir "
+                         f"{sql_dir}' && make migrate ARGS='--sql-dir {sql_dir}'` (its rollback file must undo what "
+                         "was applied)")
     # Elsewhere it is not offered: a rollback there is no local fix.
     elsewhere = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert "changed since applied" in elsewhere and "make rollback" not in elsewhere
@@ -200,3 +201,25 @@ def test_a_changed_migration_on_the_local_database_is_told_how_to_redo_it(cli, l
     ok(cli("migrate", "--sql-dir", sql_dir))
     status = ok(cli("status", "--sql-dir", sql_dir, "--exit-code"))
     assert "3 applied, 0 pending" in status.stdout
+
+
+def test_the_redo_suggestion_targets_the_runs_schema_and_folder(cli, local_db, sql_dir, tmp_path, monkeypatch):
+    """Following the suggestion of a --schema run rolls back that schema's migration, not public's (attack 22)."""
+    monkeypatch.setenv("MONGO_DIR", str(tmp_path))
+    add_migration(sql_dir, "0002_b", "CREATE TABLE b (id int);\n", "DROP TABLE b;\n")
+    add_migration(sql_dir, "0003_c", "CREATE TABLE c (id int);\n", "DROP TABLE c;\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "t1", "--schema", "t2", "--create-schemas"))
+    ok(cli("migrate", "--sql-dir", sql_dir))
+    ok(cli("sql", "rollback", "--count", "1", "--sql-dir", sql_dir, "--schema", "t2"))  # t2: 0003 pending
+    add_migration(sql_dir, "0002_b", "CREATE TABLE b (id bigint);\n", "DROP TABLE b;\n")
+    result = cli("migrate", "--sql-dir", sql_dir, "--schema", "t1", "--schema", "t2")
+    assert result.exit_code != 0
+    # Each schema its own count, with its --schema and the run's --sql-dir in ARGS.
+    for schema, count in (("t1", 2), ("t2", 1)):
+        assert (f"make rollback ARGS='--count {count} --schema {schema} --sql-dir {sql_dir}' && make migrate "
+                f"ARGS='--schema {schema} --sql-dir {sql_dir}'") in result.stderr, result.stderr
+    # Doing what t1's says: t1 redone, public untouched.
+    ok(cli("sql", "rollback", "--count", "2", "--schema", "t1", "--sql-dir", sql_dir))
+    ok(cli("migrate", "--schema", "t1", "--sql-dir", sql_dir))
+    assert "3 applied, 0 pending" in ok(cli("status", "--sql-dir", sql_dir)).stdout
+    assert "3 applied, 0 pending" in ok(cli("status", "--sql-dir", sql_dir, "--schema", "t1")).stdout

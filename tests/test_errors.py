@@ -5,6 +5,8 @@ The table of bad inputs lives in test_reliability.py; these are the cases that n
 import json
 import socket
 
+import pytest
+
 from conftest import add_migration, applied, one_error_line
 from migrator.targets import where_name
 
@@ -128,6 +130,23 @@ def test_a_unix_socket_folder_is_named_as_a_socket_not_as_host_port(cli, tmp_pat
     assert result.exit_code != 0
     assert f"cannot connect to PostgreSQL at socket {folder} (port 5499), database d1: " in line
     assert f"{folder}:5499" not in line
+    # A missing socket file is said as such, and the advice is about a socket, not a host and port (attack 22).
+    assert line.startswith(f"error: cannot connect to PostgreSQL at socket {folder} (port 5499), database d1: "
+                           f"no server socket {folder}/.s.PGSQL.5499; is the server running, and are the socket "
+                           "folder and port right?"), line
+    assert "host and port" not in line and "connection refused" not in line
+    doctor = cli("doctor", "--no-dev-tools", env={"DB_HOST": str(folder), "DB_PORT": "5499", "DB_NAME": "d1"})
+    (reach,) = [row for row in doctor.stdout.splitlines() if "postgres reachable" in row]
+    assert f"no server socket {folder}/.s.PGSQL.5499 -> check that the server runs" in reach
+    assert "security group" not in reach
+
+
+def test_a_percent_encoded_socket_folder_as_the_url_host_is_accepted_as_libpq_does(cli, db):
+    from urllib.parse import quote
+
+    url = f"postgresql://{db.server.user}@{quote(db.server.host, safe='')}:{db.server.port}/{db.name}"
+    result = cli("status", env={"DATABASE_URL": url})
+    assert result.exit_code in (0, 1) and "0 applied, 1 pending" in result.stdout, result.output
 
 
 def test_the_caret_of_a_long_line_or_a_tabbed_one_stays_under_the_error(cli, db, sql_dir):
@@ -151,3 +170,49 @@ def test_the_caret_of_a_long_line_or_a_tabbed_one_stays_under_the_error(cli, db,
     events = [json.loads(line) for line in result.stderr.splitlines()]
     error = [e for e in events if e.get("event") == "error"]
     assert len(error) == 1 and error[0]["excerpt"] == [shown, caret]
+
+
+@pytest.mark.parametrize("sql, at, shown", [
+    # A last statement without `;`: "end of input" just after its last character, on psql's line (attack 22).
+    ("SELECT (1\n", "1:10", "LINE 1: SELECT (1"),
+    ("SELECT (1\n-- trailing\n", "2:12", "LINE 2: -- trailing"),
+    ("SELECT 1;\nSELECT (1\n\n\n", "2:10", "LINE 2: SELECT (1"),
+    ("SELECT (1\r\n", "1:10", "LINE 1: SELECT (1"),
+])
+def test_an_error_at_the_end_of_a_last_statement_without_semicolon_is_where_psql_puts_it(cli, db, sql_dir, sql, at,
+                                                                                        shown):
+    add_migration(sql_dir, "0002_eoi", sql)
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert f"0002_eoi.sql:{at}: failed to apply" in one_error_line(result)
+    assert result.stderr.splitlines()[-3:-1] == [shown, " " * len(shown) + "^"]
+
+
+@pytest.mark.parametrize("before", ["'日本語テキスト'", "'😀😀'", "'e\u0301e\u0301'", "'\x1b[31mred'",
+                                    "\t'é',\t'ü'"])
+def test_the_caret_stays_under_the_error_after_wide_combining_or_escaped_characters(cli, db, sql_dir, before):
+    import unicodedata
+
+    add_migration(sql_dir, "0002_wide", f"SELECT {before}, nope_col;\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    shown, caret = result.stderr.splitlines()[-3:-1]
+    # As a terminal lays the line out: a wide character two columns, a combining mark none.
+    width = [0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in shown]
+    columns = [sum(width[:i]) for i in range(len(shown))]
+    assert shown[columns.index(caret.index("^")):].startswith("nope_col"), (shown, caret)
+
+
+def test_a_tenant_run_and_the_json_failure_event_keep_the_line_and_caret(cli, db, sql_dir):
+    """A tenant run printed no excerpt; migration_failed in the json format had none (attack 22)."""
+    add_migration(sql_dir, "0002_bad", "SELECT 1;\nSELECT nope_col FROM hcm_report_metadata;\n")
+    result = cli("migrate", "--sql-dir", sql_dir, "--schema", "s1", "--schema", "s2", "--create-schemas",
+                 env=db.db_env())
+    assert result.exit_code != 0
+    for schema in ("s1", "s2"):
+        lines = result.stderr.splitlines()
+        failed = next(i for i, line in enumerate(lines) if line.startswith(f"[{schema}] FAILED: "))
+        assert lines[failed - 2:failed] == [f"[{schema}] LINE 2: SELECT nope_col FROM hcm_report_metadata;",
+                                            f"[{schema}]                ^"], result.stderr
+    result = cli("--log-format", "json", "migrate", "--sql-dir", sql_dir, env=db.db_env())
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    (failed,) = [e for e in events if e.get("event") == "migration_failed"]
+    assert failed["excerpt"] == ["LINE 2: SELECT nope_col FROM hcm_report_metadata;", "               ^"]

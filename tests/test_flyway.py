@@ -442,3 +442,21 @@ def test_a_flyway_migrate_holding_its_lock_is_waited_for_within_the_lock_timeout
     assert "holds Flyway's lock on the history public.plan_history" in line and f"advisory lock {key}" in line
     assert "a" not in db.tables()
     ok(cli("migrate", "--sql-dir", folder, env={**db.db_env(), "SCHEMA_TABLE": "plan_history"}))
+
+
+def test_an_unfilled_sql_new_template_in_a_flyway_folder_is_refused_not_applied(cli, db, tmp_path):
+    """Status said it blocks migrate, yet plan showed it and migrate applied and recorded it, empty (attack 22)."""
+    folder = tmp_path / "sql"
+    write(folder, "V1__init.sql", "CREATE TABLE t (id int);\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    ok(cli("sql", "new", "add thing", "--sql-dir", folder))
+    (template,) = folder.glob("V2*__add_thing.sql")
+    assert "pending, UNFILLED template" in ok(cli("status", "--sql-dir", folder, env=db.db_env())).stdout
+    said = f"{template} is still the template `make new` wrote: add its SQL (and its rollback's), or delete the pair"
+    assert said in one_error_line(cli("plan", "--sql-dir", folder, env=db.db_env()))
+    assert said in one_error_line(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert [r[4] for r in rows(db)] == ["V1__init.sql"]  # nothing recorded
+    # An empty Flyway file that is not the template is still applied, as Flyway does.
+    template.write_text("-- nothing here on purpose\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert [r[4] for r in rows(db)] == ["V1__init.sql", template.name]

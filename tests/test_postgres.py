@@ -241,7 +241,39 @@ def test_status_names_a_pending_template_never_filled_in(cli, db, sql_dir):
     assert "UNFILLED" not in cli("status", "--sql-dir", sql_dir, env=db.db_env()).stdout
 
 
+def test_an_unfilled_rollback_template_is_named_by_status_and_plan_and_json_keeps_pending(cli, db, sql_dir):
+    """Attack 22: a filled migration whose rollback was left as the template was found only at the rollback."""
+    import json
+
+    ok(cli("sql", "new", "add_t", "--sql-dir", sql_dir))
+    with (sql_dir / "0002_add_t.sql").open("a") as f:
+        f.write("CREATE TABLE t (id int);\n")
+    plan = ok(cli("plan", "--sql-dir", sql_dir, env=db.db_env()))
+    assert (f"warning: {sql_dir / '0002_add_t.rollback.sql'} is still the template `make new` wrote: rolling it "
+            "back would fail until its SQL is added") in plan.stderr
+    ok(cli("sql", "new", "add_u", "--sql-dir", sql_dir))
+    status = ok(cli("status", "--sql-dir", sql_dir, env=db.db_env())).stdout
+    assert ("  unfilled rollback templates: 0002_add_t cannot be rolled back until their rollback's SQL is added"
+            in status.splitlines())
+    # JSON: the state stays "pending", the template a separate boolean.
+    data = json.loads(ok(cli("status", "--json", "--sql-dir", sql_dir, env=db.db_env())).stdout)
+    rows = {m["id"]: m for m in data["migrations"]}
+    assert (rows["0003_add_u"]["status"], rows["0003_add_u"]["unfilled_template"]) == ("pending", True)
+    assert (rows["0002_add_t"]["unfilled_template"], rows["0002_add_t"]["unfilled_rollback"]) == (False, True)
+
+
 def test_new_rejects_a_name_without_letters(cli, sql_dir):
     result = cli("sql", "new", "!!!", "--sql-dir", sql_dir)
     assert result.exit_code == 2
     assert "has no letters or digits" in one_error_line(result)
+
+
+def test_new_says_exactly_which_letters_a_file_name_cannot_hold(cli, sql_dir):
+    """`añadir columna` became a_adir_columna with only "lower case, _ between words" said (attack 22)."""
+    result = ok(cli("sql", "new", "añadir columna", "--sql-dir", sql_dir))
+    assert result.stdout.splitlines()[0] == ("note: name 'añadir columna' written as a_adir_columna (lower case, _ "
+                                             "between words; dropped ñ: a file name takes a-z, 0-9 and _)")
+    assert (sql_dir / "0002_a_adir_columna.sql").exists()
+    # A name of letters only of another script has letters: it is said which, not "no letters".
+    line = one_error_line(cli("sql", "new", "добавь", "--sql-dir", sql_dir))
+    assert "'добавь' holds only letters a file name cannot take (д о б а в ь: a-z, 0-9 and _ only)" in line

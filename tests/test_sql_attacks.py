@@ -282,3 +282,27 @@ def test_plan_piped_to_psql_starts_each_file_in_a_fresh_session_as_migrate_does(
     assert done.returncode == 0, done.stderr
     assert schema_dump(db) == schema_dump(twin)
     assert table_schema(twin, "after_base") == "public"
+
+
+def test_a_stray_empty_statement_runs_as_in_psql_and_a_driver_refusal_is_no_lost_connection(cli, db, make_db,
+                                                                                             sql_dir):
+    """`;;` or a lone `;` ran fine in psql and failed migrate as "the connection was lost" (attack 22)."""
+    same_as_psql(cli, db, make_db, sql_dir, "0002_semi",
+                 "CREATE TABLE a (id int);;\n;\n/* c */ ;\nCREATE TABLE b (id int);\n")
+    assert {"a", "b"} <= db.tables()
+    # A statement the driver itself refuses (no SQLSTATE: the server never saw it) is not a lost connection.
+    import psycopg2
+
+    from migrator.postgres.errors import StatementFailed, migration_error
+    from migrator.postgres.splitter import split
+
+    path = add_migration(sql_dir, "0003_x", "SELECT 1;\n")
+    conn = psycopg2.connect(db.url)
+    try:
+        with pytest.raises(psycopg2.ProgrammingError) as refused:
+            conn.cursor().execute("")
+    finally:
+        conn.close()
+    failed = StatementFailed(refused.value, path, split("SELECT 1;\n"), 0, transactional=True)
+    line = str(migration_error(failed, object(), "the database", "apply", path))
+    assert "connection was lost" not in line and "nothing of it was applied" in line, line

@@ -47,8 +47,8 @@ def migrate(settings):
 def plan(settings, offline, as_json, impact, markdown, scratch_url):
     """Print the SQL that `migrate` would run, in order, and dry-run the pending Mongo patches. Writes nothing.
 
-    stdout is the exact SQL, BEGIN;/COMMIT; around transactional files, for a DBA or psql (the Mongo part
-    in SQL comments, notes on stderr). --impact says what each migration locks, how long, and rewrites.
+    stdout: the exact SQL for a DBA or psql (Mongo in SQL comments, notes on stderr); --impact: what each
+    migration locks, for how long, and rewrites.
     """
     if markdown and not impact:
         raise MigratorError("--markdown goes with --impact", USAGE)

@@ -6,7 +6,11 @@ lines in each `--help`; there they are one wrapped list of names, and `runner.py
 
 from __future__ import annotations
 
+import textwrap
+
 import click
+
+from migrator.errors import USAGE, MigratorError
 
 # Shared options, summarised in each command's help and described in full by `runner.py help TOPIC`.
 TOPICS = {
@@ -52,7 +56,18 @@ class HelpCommand(click.Command):
                   for topic, (_title, _about, names) in TOPICS.items()]
         if any(names for _topic, names in shared):
             with formatter.section("Shared options (each described by `runner.py help TOPIC`)"):
-                formatter.write_dl([(topic, names) for topic, names in shared if names])
+                _write_names(formatter, [(topic, names) for topic, names in shared if names])
+
+
+def _write_names(formatter: click.HelpFormatter, rows: list[tuple[str, str]]) -> None:
+    """Topic and its option names, wrapped between names only: an option name is never cut (click's wrapping
+    breaks `--lock-retry-budget` at a hyphen, and a name cut in two is not one to copy)."""
+    first = max(len(topic) for topic, _names in rows) + 2
+    width = max(formatter.width - formatter.current_indent - first, 20)
+    for topic, names in rows:
+        lines = textwrap.wrap(names, width, break_on_hyphens=False, break_long_words=False)
+        for i, line in enumerate(lines):
+            formatter.write(f"{'':>{formatter.current_indent}}{topic if i == 0 else '':<{first}}{line}\n")
 
 
 class HelpGroup(click.Group):
@@ -62,30 +77,62 @@ class HelpGroup(click.Group):
     group_class = type  # subgroups of the same class
 
 
-def _walk(command: click.Command):
-    yield command
-    for sub in getattr(command, "commands", {}).values():
-        yield from _walk(sub)
-
-
 @click.command("help", cls=HelpCommand)
-@click.argument("topic", required=False, type=click.Choice(list(TOPICS)))
+@click.argument("topic", nargs=-1)
 @click.pass_context
-def help_(ctx: click.Context, topic: str | None) -> None:
-    """Describe the options every command shares: connection, limits (locks and time limits) or tenants."""
+def help_(ctx: click.Context, topic: tuple[str, ...]) -> None:
+    """Describe the options every command shares (connection, limits or tenants), or show a command's help
+    (`runner.py help migrate` is `runner.py migrate --help`)."""
+    root = ctx.find_root().command
+    name = " ".join(topic).lower()
+    if name and name not in TOPICS:
+        command, path = root, []
+        for word in name.split():
+            command = getattr(command, "commands", {}).get(word)
+            if command is None:
+                raise MigratorError(f"no help topic or command {' '.join(topic)!r}: the topics are "
+                                    f"{', '.join(TOPICS)}; `runner.py --help` lists the commands", USAGE)
+            path.append(word)
+        with click.Context(command, info_name=' '.join([ctx.find_root().info_name, *path])) as sub:
+            click.echo(command.get_help(sub))
+        return
     formatter = ctx.make_formatter()
-    if topic is None:
+    if not name:
         with formatter.section("Topics"):
-            formatter.write_dl([(name, about) for name, (_title, about, _names) in TOPICS.items()])
+            formatter.write_dl([(topic_name, about) for topic_name, (_title, about, _names) in TOPICS.items()])
         formatter.write_paragraph()
-        formatter.write_text("Each command's own options: runner.py COMMAND --help.")
+        formatter.write_text("Each command's own options: runner.py COMMAND --help (or runner.py help COMMAND).")
     else:
-        title, about, names = TOPICS[topic]
-        seen = []  # an option as each command declares it, once (the Mongo commands' --secret-name differs)
-        for command in _walk(ctx.find_root().command):
-            for record in _records(ctx, [p for p in command.params if p.name in names]):
-                if record not in seen:
-                    seen.append(record)
+        title, about, names = TOPICS[name]
         with formatter.section(f"{title}: {about}"):
-            formatter.write_dl(seen)
+            formatter.write_dl(_described(ctx, root, names))
     click.echo(formatter.getvalue().rstrip("\n"))
+
+
+def _described(ctx: click.Context, root: click.Command, names) -> list[tuple[str, str]]:
+    """Each option as the commands declare it, once; an option some commands declare with another meaning
+    (sql verify's and sql lint's --schema) is labelled with the commands each meaning belongs to."""
+    seen: dict[tuple[str, str], list[str]] = {}
+    for path, command in _paths(root):
+        for record in _records(ctx, [p for p in command.params if p.name in names]):
+            seen.setdefault(record, []).append(" ".join(path))
+    rows = []
+    for (option, text), commands in seen.items():
+        variants = sorted((c for (o, _t), c in seen.items() if o == option), key=len, reverse=True)
+        if len(variants) > 1:
+            text = f"{'Every other command' if commands is variants[0] else _label(commands)}: {text}"
+        rows.append((option, text))
+    order = list(dict.fromkeys(option for option, _text in rows))
+    return sorted(rows, key=lambda row: order.index(row[0]))  # an option's meanings side by side
+
+
+def _label(commands: list[str]) -> str:
+    """`sql verify`, or `the mongo commands` for a meaning every command of the group has."""
+    groups = {command.split()[0] for command in commands}
+    return f"The {groups.pop()} commands" if len(groups) == 1 and len(commands) > 2 else ", ".join(commands)
+
+
+def _paths(command: click.Command, path: tuple[str, ...] = ()):
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _paths(sub, (*path, name))

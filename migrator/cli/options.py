@@ -75,8 +75,8 @@ SCRATCH_URL = click.option(
     help="Server for scratch databases, never its own database (else SCRATCH_DATABASE_URL, else the local one).")
 REWRITE_THRESHOLD = click.option(
     "--rewrite-threshold-rows", type=click.IntRange(min=0), metavar="ROWS",
-    help="Refuse a rewrite or scan of a table over ROWS rows (estimated) under a lock that stops the application, "
-         "unless its file says `-- accept-rewrite: TABLE` (else REWRITE_THRESHOLD_ROWS, 10000).")
+    help="Refuse rewriting or scanning a table of over ROWS rows under a lock that stops the application, "
+         "unless its file accepts it (else REWRITE_THRESHOLD_ROWS, 10000).")
 QUIET = click.option("--quiet", is_flag=True,
                      help="No live progress lines (elapsed time, index phase, blockers) while a statement runs.")
 SHOW_BLOCKER_QUERY = click.option(
@@ -129,7 +129,7 @@ MONGO_SECRET = click.option("--mongo-secret-name", "mongo_secret", metavar="NAME
                             help="AWS secret with the Mongo URL (else MONGO_SECRET_NAME).")
 MONGO_SECRET_SEED = click.option(
     "--secret-name", "--secret_name", "mongo_secret", metavar="NAME",
-    help="On the mongo commands: AWS secret with spring.data.mongodb.uri/.database, or DocumentDB's host, port, username, password, dbname "
+    help="AWS secret with spring.data.mongodb.uri/.database, or DocumentDB's host, port, username, password, dbname "
          "(else MONGO_SECRET_NAME).")
 AWS = [
     click.option("--profile", "--profile_name", metavar="PROFILE", help="AWS profile for secrets (else AWS_PROFILE)."),

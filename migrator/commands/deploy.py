@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Iterator
 
 from migrator import output
 from migrator.commands import mongo as mongo_commands
-from migrator.commands.base import CommandSettings, locked_backend, watching
+from migrator.commands.base import PROJECT_ROOT, CommandSettings, locked_backend, watching
 from migrator.errors import SCHEMA_DRIFT, USAGE, MigratorError
 from migrator.reports import (MONGO_NOT_CONFIGURED, ImpactReport, Lines, MigrateReport, MongoPlanReport, PlanReport,
                               SqlMigrateReport, StatusReport)
@@ -43,7 +44,7 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         drift = postgres.reconcile(backend, migrations, settings.note)
         if drift:  # on the local development database, the redo of a migration not merged yet is suggested
             redo = postgres.redo_count(backend, migrations, drift) if target.local_dev else None
-            raise postgres.drift_error(drift, target, redo=redo)
+            raise postgres.drift_error(drift, target, redo=_redo_command(settings, target, redo))
         schema = check_schema_drift(settings, backend, refuse=settings.strict, refresh=True)
         # A drift check answered from a description read before the lock (a run over many tenants) leaves
         # nothing to describe when nothing is pending; else advancing_schema describes it, under the lock.
@@ -52,6 +53,26 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         states = postgres.status(backend, migrations)
     done, no_file = postgres.applied_counts(states)
     return SqlMigrateReport(applied, done, len(migrations), no_file)
+
+
+def _redo_command(settings: CommandSettings, target, count: int | None) -> str | None:
+    """make's redo of `count` migrations on exactly what this run targets: its schema (one schema's count: a
+    tenant run's schemas each get their own) and its folder; None when the folder cannot be said in ARGS='...'
+    (a path to quote, several Flyway locations)."""
+    import shlex
+
+    if not count or len(getattr(settings.sql_dir, "locations", ())) > 1:  # several Flyway locations: not one folder
+        return None
+    args = [f"--schema {target.schema}"] if target.schema else []
+    folder = Path(settings.sql_dir).resolve()
+    if folder != PROJECT_ROOT / "sql":
+        shown = str(folder.relative_to(PROJECT_ROOT)) if folder.is_relative_to(PROJECT_ROOT) else str(folder)
+        if shlex.quote(shown) != shown:
+            return None
+        args.append(f"--sql-dir {shown}")
+    where = " ".join(args)
+    return (f"make rollback ARGS='--count {count}{' ' + where if where else ''}' && make migrate"
+            + (f" ARGS='{where}'" if where else ""))
 
 
 def _say_other_histories(settings: CommandSettings, backend) -> None:
@@ -162,6 +183,7 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
     """
     from migrator import lint, postgres
     from migrator.postgres import rewrites
+    from migrator.postgres.files import UNFILLED_ROLLBACK
     from migrator.schema import snapshot
 
     migrations = postgres.read_migrations(settings.sql_dir)  # only the files that will run are parsed
@@ -181,6 +203,10 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
             verdicts = rewrites.judge(backend.connection, todo, threshold=settings.rewrite_threshold(),
                                       schema=target.schema)
         where = target.display_url
+    for migration in todo:  # found now, not at the rollback that needs it
+        rollback = postgres.rollback_path(migration)
+        if rollback.is_file() and postgres.unfilled(rollback):
+            settings.note(f"warning: {rollback} {UNFILLED_ROLLBACK}")
     skipped = bool(todo) and lint.squawk_path() is None
     if skipped:
         settings.note("note: lint skipped: squawk is not installed here (`make install` brings it)")
@@ -275,6 +301,8 @@ def status(settings: CommandSettings) -> StatusReport:
         states = postgres.status(backend, migrations)
         for state in states:  # only the pending files are read: migrate refuses a template never filled in
             state.unfilled = not state.applied_at and state.path is not None and postgres.unfilled(state.path)
+            rollback = postgres.rollback_path(state) if state.path is not None else None
+            state.rollback_unfilled = rollback is not None and rollback.is_file() and postgres.unfilled(rollback)
         invalid = postgres.invalid_indexes(backend)
         schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described)
     mongo = mongo_commands.patch_status(settings, mongo_target) if mongo_target else None

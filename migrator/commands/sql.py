@@ -38,7 +38,9 @@ def new(sql_dir: Path, name: str) -> Lines:
 
     lines = [f"created {path}" for path in postgres.new(sql_dir, name)]
     if postgres.slug(name) != name:  # said, not done silently: `Add Report` is looked for as add_report
-        lines.insert(0, f"note: name {name!r} written as {postgres.slug(name)} (lower case, _ between words)")
+        dropped = postgres.dropped_letters(name)
+        lines.insert(0, f"note: name {name!r} written as {postgres.slug(name)} (lower case, _ between words"
+                        + (f"; dropped {' '.join(dropped)}: a file name takes a-z, 0-9 and _" if dropped else "") + ")")
     return Lines(lines)
 
 

@@ -295,7 +295,7 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
                 outcome.waited, outcome.seconds = True, time.perf_counter() - started
                 return
             except MigratorError as exc:
-                outcome.error, outcome.exit_code = str(exc), exc.exit_code
+                outcome.error, outcome.exit_code, outcome.excerpt = str(exc), exc.exit_code, exc.excerpt
                 outcome.report = getattr(exc, "partial", None)
             except psycopg2.Error as exc:  # the server refused what nothing foresaw: this schema's failure, not the run's
                 outcome.error, outcome.exit_code = (f"the server refused: {output.one_line(output.scrub(str(exc)))} "
@@ -305,6 +305,9 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
             outcome.seconds = time.perf_counter() - started
         outcome.ran = True
         if outcome.error:
+            for line in outcome.excerpt:  # kept whole: _print strips, and the caret's indent is its position
+                with _printing:
+                    settings.note(f"[{schema}] {output.visible(line)}")
             _print(settings.note, schema, f"FAILED: {outcome.error}")
             if settings.fail_fast:
                 stop.set()

@@ -141,6 +141,12 @@ def _reachable(report: DoctorReport, target: PostgresTarget) -> bool:
             socket.create_connection((host, port), timeout=REACH_TIMEOUT).close()
     except OSError as exc:
         reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or exc.__class__.__name__)
+        if host.startswith("/"):  # a socket: no network or security group between
+            said = (f"no server socket {host}/.s.PGSQL.{port}" if isinstance(exc, FileNotFoundError)
+                    else f"cannot reach {target.server} ({reason})")
+            report.add(Check("postgres reachable", FAIL, said, "check that the server runs, and that the socket "
+                             "folder and port are its unix_socket_directories and port"))
+            return False
         report.add(Check("postgres reachable", FAIL, f"cannot reach {target.server} ({reason})",
                          "check the host and port, that the server runs, and the network or security group"))
         return False

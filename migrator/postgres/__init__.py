@@ -18,7 +18,7 @@ from migrator.postgres.apply import apply, locked, mark, redo_count, rollback, s
 from migrator.postgres.connection import (MIGRATION_TABLE, connect, connection_error, missing_schemas, resolve_target,
                                           survey_schemas)
 from migrator.postgres.files import FILE_NAME, unfilled
-from migrator.postgres.scaffold import new, slug
+from migrator.postgres.scaffold import dropped_letters, new, slug
 from migrator.postgres.migration import (is_transactional, load_migrations, ordered, plan_text, read_migrations,
                                          rollback_path)
 from migrator.postgres.state import (MigrationState, applied_counts, applied_ids, bookkeeping, drift_error,
@@ -28,5 +28,6 @@ __all__ = [
     "FILE_NAME", "MIGRATION_TABLE", "MigrationState", "apply", "applied_counts", "applied_ids", "bookkeeping",
     "connect", "connection_error", "drift_error", "invalid_indexes", "is_transactional", "lacking_privileges",
     "load_migrations", "locked", "mark", "missing_schemas", "new", "ordered", "redo_count", "pending", "plan_text", "read_migrations", "reconcile", "resolve_target", "rollback",
-    "rollback_path", "select_by_id", "select_rollback", "slug", "status", "survey_schemas", "unfilled",
+    "rollback_path",
+    "dropped_letters", "select_by_id", "select_rollback", "slug", "status", "survey_schemas", "unfilled",
 ]

@@ -35,8 +35,10 @@ def _run_one(backend, target: PostgresTarget, migration, verb: str, path: Path, 
     try:
         _run_and_say(backend, target, migration, verb, path, run, prefix)
     except BaseException as exc:
+        excerpt = list(getattr(exc, "excerpt", ()))  # the file's line and the caret, as the error event has them
         output.event(f"{what}_failed", migration=migration.id, file=str(path),
-                     duration_ms=round((time.perf_counter() - started) * 1000), error=str(exc))
+                     duration_ms=round((time.perf_counter() - started) * 1000), error=str(exc),
+                     **({"excerpt": excerpt} if excerpt else {}))
         raise
     seconds = time.perf_counter() - started
     output.event(f"{what}_{'rolled_back' if prefix else 'applied'}", migration=migration.id,

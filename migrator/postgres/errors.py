@@ -3,6 +3,7 @@ exactly what was committed."""
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 from migrator import output
@@ -34,15 +35,21 @@ class StatementFailed(Exception):
         self.done = index if done is None else done
         self.opened = opened
 
+    def _position(self) -> int | None:
+        """The server's error position (1-based characters into the statement); an "end of input" past the
+        statement's trailing blanks (a last statement without `;`) backed up to just after its last character,
+        where psql, which sends no trailing newline, puts it."""
+        position = getattr(getattr(self.cause, "diag", None), "statement_position", None)
+        return min(int(position), len(self.statement.text.rstrip()) + 1) if position else None
+
     @property
     def line(self) -> int:
-        position = getattr(getattr(self.cause, "diag", None), "statement_position", None)
-        return self.statement.line_at(int(position) if position else None)
+        return self.statement.line_at(self._position())
 
     def position(self) -> tuple[int, list[str]] | None:
         """(column, [the file's line, a caret under the column]) of the server's error position, as psql shows
         them; None when the server gave none or the file no longer holds the statement as it ran."""
-        position = getattr(getattr(self.cause, "diag", None), "statement_position", None)
+        position = self._position()
         try:
             text = files.read_text(self.path) if position else ""
         except MigratorError:
@@ -50,18 +57,21 @@ class StatementFailed(Exception):
         start = self.statement.offset
         if not position or text[start:start + len(self.statement.text)] != self.statement.text:
             return None
-        at = start + min(int(position), len(self.statement.text)) - 1  # (1-based characters into the statement)
+        at = start + min(position, len(self.statement.text)) - 1
         begin = max(text.rfind("\n", 0, at), text.rfind("\r", 0, at)) + 1  # a lone \r ends a line too (splitter)
         end = min((i for i in (text.find("\n", at), text.find("\r", at)) if i >= 0), default=len(text))
-        line = text[begin:end].replace("\t", " ")  # a tab: one column
         column = at - begin + 1
-        shown, caret = line, column
+        # The line as printed (a tab one space, a control character its escape), the caret under the error in
+        # display columns (a wide character two, a combining one none).
+        line = output.visible(text[begin:end].replace("\t", " "))
+        index = len(output.visible(text[begin:at].replace("\t", " ")))
+        shown, caret = line, index
         if len(line) > EXCERPT_WIDTH:  # a long line: the part around the position, marked cut as psql marks it
-            left = max(0, min(column - EXCERPT_WIDTH // 2, len(line) - EXCERPT_WIDTH))
+            left = max(0, min(index - EXCERPT_WIDTH // 2, len(line) - EXCERPT_WIDTH))
             shown = ("..." if left else "") + line[left:left + EXCERPT_WIDTH] + ("..." if left + EXCERPT_WIDTH < len(line) else "")
-            caret = column - left + (3 if left else 0)
+            caret = index - left + (3 if left else 0)
         label = f"LINE {self.line}: "
-        return column, [label + shown, " " * (len(label) + caret - 1) + "^"]
+        return column, [label + shown, " " * (len(label) + display_width(shown[:caret])) + "^"]
 
     def committed(self) -> str:
         """What of the file is in the database now, in words."""
@@ -78,6 +88,11 @@ class StatementFailed(Exception):
 
 NOTHING_COMMITTED = "not transactional: no statement of it committed"
 EXCERPT_WIDTH = 72  # characters of a long line shown around the error position
+
+
+def display_width(text: str) -> int:
+    """Columns a terminal gives the text: East Asian wide and fullwidth characters two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 def progress(statements, done: int, then: str) -> str:
@@ -100,6 +115,15 @@ def server_message(exc) -> str:
     return output.scrub("; ".join(parts))  # the server may quote a value, even a password
 
 
+def _connection_lost(cause) -> bool:
+    """The driver lost the server (no SQLSTATE: an OperationalError or InterfaceError); a ProgrammingError
+    without one is the driver refusing the statement itself, which the server never saw."""
+    import psycopg2
+
+    return getattr(cause, "pgcode", None) is None and isinstance(cause, (psycopg2.OperationalError,
+                                                                         psycopg2.InterfaceError))
+
+
 def migration_error(exc, migration, where: str, verb: str, path: Path) -> MigratorError:
     """The one line for a failed migration or rollback (`exc` a StatementFailed or a driver error)."""
     excerpt: list[str] = []
@@ -112,10 +136,10 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         cause, at = exc, str(path)
         committed = ("nothing of it was applied: its transaction rolled back" if migration.use_transactions
                      else "not transactional: its statements all ran and COMMITTED; recording it failed")
-        if getattr(cause, "pgcode", None) is None:
+        if _connection_lost(cause):
             committed = "the connection was lost, so whether it committed is unknown: run `runner.py status`"
     todo = HINTS.get(getattr(cause, "pgcode", None), "fix the file and run again")
-    if getattr(cause, "pgcode", None) is None and isinstance(cause, Exception) and hasattr(cause, "pgerror"):
+    if _connection_lost(cause):
         committed = "the connection was lost (a server restart, or pg_terminate_backend), so whether it committed " \
                     "is unknown: run `runner.py status`"
         todo = "then run again"

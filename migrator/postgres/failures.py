@@ -75,6 +75,11 @@ def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:
         what = f"database {target.dbname} does not exist; create it (createdb {target.dbname}) or fix the database name ({_origin(target)})"
     elif "could not translate host name" in lowered or "name or service not known" in lowered:
         what = f"host {target.host} cannot be resolved; check the host name ({_origin(target)})"
+    elif (folder := target.host or target.params.get("host") or "").startswith("/") and (
+            "no such file or directory" in lowered or "connection refused" in lowered):  # a socket, no host or port
+        what = (f"no server socket {folder}/.s.PGSQL.{target.port or 5432}" if "no such file" in lowered else
+                "connection refused on its socket")
+        what += f"; is the server running, and are the socket folder and port right? ({_origin(target)})"
     elif "connection refused" in lowered or "no such file or directory" in lowered:
         what = f"connection refused; is the server running, and are host and port right? ({_origin(target)})"
     elif "unrecognized configuration parameter" in lowered and "client_connection_check_interval" in lowered:

@@ -133,15 +133,17 @@ def transactional(path: Path, directives: dict[str, tuple[str, int]]) -> bool:
 
 # A line of the template `sql new` writes (scaffold.py): a file holding it and no statement was never filled in.
 TEMPLATE_MARK = "-- What this migration does and why, for the DBA who reviews it."
+ROLLBACK_TEMPLATE_MARK = ": undoes it exactly, newest change first."  # the rollback (or U file) template's
 UNFILLED = ("is still the template `make new` wrote: add its SQL (and its rollback's), or delete the pair "
             "(nothing was run)")
+UNFILLED_ROLLBACK = "is still the template `make new` wrote: rolling it back would fail until its SQL is added"
 
 
 def unfilled(path: Path) -> bool:
-    """The file is `sql new`'s template, never filled in (status and plan name it so)."""
+    """The file (a migration or its rollback) is `sql new`'s template, never filled in (status and plan name it)."""
     text = read_text(path)
     try:
-        return TEMPLATE_MARK in text and not split(text)
+        return (TEMPLATE_MARK in text or ROLLBACK_TEMPLATE_MARK in text) and not split(text)
     except SplitError:
         return False
 
@@ -169,9 +171,10 @@ def _split_and_check(path: Path, in_transaction: bool) -> tuple[list[Statement],
         found = split(text)
     except SplitError as exc:
         return [], [(exc.line, exc.message)]
+    if not found and TEMPLATE_MARK in text:  # in a Flyway folder too: its `sql new` writes the same line
+        return [], [(0, UNFILLED)]
     if not found and not flyway.parse(path.name):  # (a Flyway file may: Flyway applies and records it, empty)
-        return [], [(0, UNFILLED if TEMPLATE_MARK in text else "holds no SQL statement; add its SQL or delete the "
-                                                                 "file (nothing was run)")]
+        return [], [(0, "holds no SQL statement; add its SQL or delete the file (nothing was run)")]
     if not in_transaction:
         return found, []
     return found, [(s.line, problem) for s in found if (problem := in_transaction_problem(s))]

@@ -31,10 +31,18 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+def dropped_letters(name: str) -> list[str]:
+    """The letters and digits of the name a file name cannot hold (ñ, é, Cyrillic...), each once."""
+    return list(dict.fromkeys(c for c in name.lower() if c.isalnum() and not re.match(r"[a-z0-9]", c)))
+
+
 def new(sql_dir: Path, name: str) -> tuple[Path, Path]:
     file_name = slug(name)
     if not file_name:
-        raise MigratorError(f"migration name {name!r} has no letters or digits; e.g. `make new NAME=add_report_status`", USAGE)
+        dropped = dropped_letters(name)
+        held = (f"holds only letters a file name cannot take ({' '.join(dropped)}: a-z, 0-9 and _ only)" if dropped
+                else "has no letters or digits")
+        raise MigratorError(f"migration name {name!r} {held}; e.g. `make new NAME=add_report_status`", USAGE)
     if flyway.is_flyway_folder(sql_dir):
         return flyway.new(sql_dir, file_name)
     if not sql_dir.is_dir():

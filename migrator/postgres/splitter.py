@@ -103,6 +103,9 @@ def split(text: str) -> list[Statement]:
     def end_statement(end: int, terminated: bool) -> None:
         nonlocal start, depth, begin_depth, pattern, conforming
         body = text[start:end]
+        if body == ";":  # an empty statement (`;;`, a lone `;`): psql sends nothing, nor does the runner
+            start, pattern = None, FAST
+            return
         statement = Statement(body, line_of(start), start, terminated)
         _refuse_copy(statement)
         setting = CONFORMING.match(body)

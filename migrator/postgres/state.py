@@ -23,6 +23,7 @@ class MigrationState:
     changed: bool = False  # applied, and the file differs from what was applied
     failure: str | None = None  # a non-transactional file (or rollback) stopped part-way: what it left committed
     unfilled: bool = False  # pending, and still the template `sql new` wrote
+    rollback_unfilled: bool = False  # its rollback file is still the template `sql new` wrote
 
     @property
     def state(self) -> str:
@@ -167,13 +168,13 @@ def reconcile(backend, migrations, notify) -> list:
 
 
 def drift_error(drift: list, target: PostgresTarget, verb: str = "migrate refuses to run",
-                redo: int | None = None) -> MigratorError:
-    """`redo`: on the local development database, how many rollbacks take back every changed file (a
-    migration still being written, not merged yet, is redone from its file)."""
+                redo: str | None = None) -> MigratorError:
+    """`redo`: on the local development database, the commands that take back every changed file and apply it
+    again, on exactly what this run targeted (a migration still being written, not merged yet, is redone)."""
     files = ", ".join(str(d.path) for d in drift)
     ids = " ".join(d.id for d in drift)
-    local = (f"; not merged yet? redo it on this local database: `make rollback ARGS='--count {redo}' && make migrate` "
-             "(its rollback file must undo what was applied)") if redo else ""
+    local = (f"; not merged yet? redo it on this local database: `{redo}` (its rollback file must undo what was "
+             "applied)") if redo else ""
     return MigratorError(
         f"{verb}: {files} changed since applied to {target.where}; restore the applied version, or after review "
         f"run `runner.py sql accept-changes {ids}` (new changes belong in a new migration){local}",

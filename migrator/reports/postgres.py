@@ -92,7 +92,8 @@ class StatusReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "target": self.target,
-            "migrations": [{"id": s.id, "status": s.state, "applied_at": _time(s.applied_at),
+            "migrations": [{"id": s.id, "status": "pending" if s.unfilled else s.state, "unfilled_template": s.unfilled,
+                            "unfilled_rollback": s.rollback_unfilled, "applied_at": _time(s.applied_at),
                             "file": str(s.path) if s.path else None, "failure": s.failure} for s in self.states],
             "applied": len(self.states) - len(self.pending),
             "pending": len(self.pending),
@@ -117,6 +118,10 @@ class StatusReport:
         if unfilled:
             lines.append(f"  unfilled templates block `migrate`: add the SQL of {', '.join(unfilled)} (and their "
                          "rollbacks'), or delete the pairs")
+        unfilled_rollbacks = [s.id for s in self.states if s.rollback_unfilled and not s.unfilled]
+        if unfilled_rollbacks:
+            lines.append(f"  unfilled rollback templates: {', '.join(unfilled_rollbacks)} cannot be rolled back "
+                         "until their rollback's SQL is added")
         if changed:
             ids = " ".join(s.id for s in changed)
             lines.append(f"  changed files block `migrate`: restore them, or after review `runner.py sql accept-changes {ids}`")

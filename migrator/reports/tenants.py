@@ -26,6 +26,7 @@ class SchemaOutcome:
     schema: str
     report: Any = None
     error: str | None = None
+    excerpt: tuple[str, ...] = ()  # the failed statement's line and a caret, shown above the schema's error
     exit_code: int = OK
     seconds: float = 0.0
     ran: bool = False  # False: --fail-fast or SIGTERM stopped the run before it

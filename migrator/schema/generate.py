@@ -7,14 +7,16 @@ on the local development server; `--check` says in one line whether the committe
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from migrator import output, postgres
 from migrator.errors import FAILED, MigratorError
 from migrator.schema.scratch import build
+from migrator.schema.stale import stale_summary
 from migrator.targets import PostgresTarget
+
+__all__ = ["schema_text", "stale_summary", "main"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HEADER = """\
@@ -29,9 +31,6 @@ HEADER = """\
 """
 
 
-BLOCK_STARTS = ("CREATE ", "ALTER DEFAULT PRIVILEGES ", "-- ")
-
-
 def schema_text(server: PostgresTarget, sql_dir: Path) -> str:
     """schema.sql's content: the header, then the description of every migration applied."""
     migrations = postgres.read_migrations(sql_dir)
@@ -40,75 +39,35 @@ def schema_text(server: PostgresTarget, sql_dir: Path) -> str:
     return HEADER.format(last=last) + build(server, migrations).text
 
 
-def stale_summary(committed: str, current: str) -> str | None:
-    """None when equal; else one line naming the objects that differ and how, e.g.
-    `table public.t: column region added; view public.v added`."""
-    if committed == current:
-        return None
-    old, new = _blocks(committed), _blocks(current)
-    changed = [f"{k} added" for k in new.keys() - old.keys()] + [f"{k} removed" for k in old.keys() - new.keys()]
-    changed += [line for k in old.keys() & new.keys() if old[k] != new[k] and not k.startswith(HEADER_START)
-                for line in _changes(k, old[k], new[k])]
-    if not changed:  # only the header: the last migration it names
-        changed = ["its header names another last migration"]
-    changed.sort()
-    shown = "; ".join(changed[:STALE_SHOWN]) + (f"; and {len(changed) - STALE_SHOWN} more" if len(changed) > STALE_SHOWN else "")
-    return f"schema.sql is out of date: {shown}; run `make schema` and commit it"
+def _dev_server() -> PostgresTarget:
+    from migrator import devdb
+    from migrator.env import Env
+
+    return devdb.ensure_running(Env.load())
 
 
-HEADER_START = "-- schema.sql:"
-STALE_SHOWN = 4  # differences named in the one line
-OBJECT = re.compile(r"(?:CREATE (?:OR REPLACE )?(?:UNIQUE )?|ALTER )((?:MATERIALIZED )?[A-Z]+(?: [A-Z]+)?) "
-                    r"(?:IF NOT EXISTS )?([^\s(]+(?:\(\S*?\))?)")
-# A block's parts, each named: (pattern on a line of the block, what the name is of). Columns and constraints only
-# inside a table's block (a function's body may indent its lines as well).
-TABLE_PARTS = ((re.compile(r"^    CONSTRAINT (\S+)"), "constraint"), (re.compile(r'^    ("[^"]+"|\S+) '), "column"))
-PARTS = ((re.compile(r"^CREATE (?:UNIQUE )?INDEX (\S+)"), "index"),
-         (re.compile(r"^CREATE (?:CONSTRAINT )?TRIGGER (\S+)"), "trigger"), (re.compile(r"^CREATE POLICY (\S+)"), "policy"),
-         (re.compile(r"^COMMENT ON (\w+(?: \w+)?) (\S+) IS"), None))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m migrator.schema.generate", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 with a one-line summary if the file is stale")
+    parser.add_argument("--sql-dir", type=Path, default=PROJECT_ROOT / "sql")
+    parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "schema.sql")
+    args = parser.parse_args(argv)
+    try:
+        text = schema_text(_dev_server(), args.sql_dir)
+        if args.check:
+            committed = args.output.read_text(encoding="utf-8") if args.output.is_file() else None
+            problem = stale_summary(committed, text)
+            if problem:
+                raise MigratorError(problem)
+            output.result(f"{args.output} is up to date")
+            return 0
+        args.output.write_text(text, encoding="utf-8")
+        output.result(f"wrote {args.output}")
+        return 0
+    except MigratorError as exc:
+        output.error(str(exc))
+        return exc.exit_code or FAILED
 
 
-def _blocks(text: str) -> dict[str, str]:
-    """Blocks by the object their first line creates (`table public.t`). A blank line inside a function body does not start a block: only
-    a chunk starting like a block (CREATE, ALTER DEFAULT PRIVILEGES, the header) does."""
-    found: list[str] = []
-    for chunk in text.split("\n\n"):
-        if found and not chunk.startswith(BLOCK_STARTS):
-            found[-1] += "\n\n" + chunk
-        elif chunk.strip():
-            found.append(chunk)
-    return {_object(block.splitlines()[0]): block for block in found}
-
-
-def _object(first_line: str) -> str:
-    """`table public.t` for `CREATE TABLE public.t (`; the line itself (cut) for what is not named so."""
-    found = OBJECT.match(first_line)
-    return f"{found[1].lower()} {found[2]}" if found else first_line[:60]
-
-
-def _parts(block: str) -> tuple[dict[str, str], list[str]]:
-    """The named parts of a block (columns, constraints, indexes, comments...) with their lines, and the other lines."""
-    patterns = (TABLE_PARTS + PARTS) if block.startswith("CREATE TABLE ") else PARTS
-    parts: dict[str, str] = {}
-    first, *lines = block.splitlines()
-    rest = [first]  # (its options: a sequence's CACHE, a view's definition start)
-    for line in lines:
-        found = next(((match, kind) for pattern, kind in patterns if (match := pattern.match(line))), None)
-        if found is None:
-            rest.append(line)
-            continue
-        match, kind = found
-        name = f"{kind} {match[1]}" if kind else f"comment on {match[1].lower()} {match[2]}"
-        parts[name] = parts.get(name, "") + line
-    return parts, sorted(rest)
-
-
-def _changes(what: str, old: str, new: str) -> list[str]:
-    """What changed in one object: its parts added, removed or changed, and the object itself if more changed."""
-    (before, old_rest), (after, new_rest) = _parts(old), _parts(new)
-    said = [f"{what}: {part} added" for part in after.keys() - before.keys()]
-    said += [f"{what}: {part} removed" for part in before.keys() - after.keys()]
-    said += [f"{what}: {part} changed" for part in before.keys() & after.keys() if before[part] != after[part]]
-    if old_rest != new_rest or not said:
-        said.append(f"{what} changed")
-    return said
+if __name__ == "__main__":  # `make schema` runs this module
+    sys.exit(main())
