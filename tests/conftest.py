@@ -8,6 +8,7 @@ adds a role that must give its password, to prove credentials really travel inta
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -388,7 +389,12 @@ def _ferretdb_binary():
 
     if os.environ.get("TEST_MONGO_URL"):
         return None
-    return ferretdb.build()
+    if ferretdb.built() or not ferretdb.go():
+        return ferretdb.built()
+    ferretdb.HOME.mkdir(parents=True, exist_ok=True)
+    with open(ferretdb.HOME / ".build.lock", "w") as lock:  # parallel workers: one builds, the others wait
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return ferretdb.build()
 
 
 def pytest_report_header(config):

@@ -6,6 +6,7 @@ runs the container's exact command from the repository root, as the image would 
 """
 
 import copy
+import fcntl
 import os
 import re
 import shutil
@@ -228,12 +229,16 @@ def job_python() -> Path:
         pytest.skip("running as another uid needs root, setpriv and /usr/bin/python3")
     lock = (PROJECT_ROOT / "requirements.lock").read_bytes()
     venv = Path("/tmp") / f"hcm-job-venv-{hashlib.sha256(lock).hexdigest()[:12]}"
-    if not (venv / ".ready").exists():  # built once per lock (~20 s), then reused
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([str(system_python), "-m", "venv", str(venv)], check=True)
-        pip = [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.run([*pip, "--require-hashes", "--no-deps", "-r", str(PROJECT_ROOT / "requirements.lock")], check=True)
-        (venv / ".ready").touch()
+    # Parallel workers (and other checkouts' suites) share the venv: one builds it, the others wait on the lock.
+    with open(f"{venv}.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if not (venv / ".ready").exists():  # built once per lock (~20 s), then reused
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([str(system_python), "-m", "venv", str(venv)], check=True)
+            pip = [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
+            subprocess.run([*pip, "--require-hashes", "--no-deps", "-r", str(PROJECT_ROOT / "requirements.lock")],
+                           check=True)
+            (venv / ".ready").touch()
     return venv / "bin" / "python"
 
 

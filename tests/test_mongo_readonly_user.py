@@ -13,12 +13,16 @@ from conftest import FERRETDB_PG_DATABASE, one_error_line
 
 READER, READER_PASSWORD = "hcm_mongo_reader", "Read-only-pw-1"
 
-# Deliberate circumvention: the real Database object, found through the garbage collector.
+# Deliberate circumvention: the runner's real Database object, found through the garbage collector (by the runner's
+# appname: the test's own handle on the database, a superuser's, is in the same process, and which one gc lists
+# first depends on what ran before on the worker).
 CIRCUMVENTS = """
 import gc
 
 def run(db, dry_run):
-    real = next(o for o in gc.get_objects() if type(o).__name__ == "Database" and getattr(o, "name", None) == db.name)
+    gc.collect()  # the earlier run's closed clients
+    real = next(o for o in gc.get_objects() if type(o).__name__ == "Database" and getattr(o, "name", None) == db.name
+                and o.client.options.pool_options.metadata.get("application") == {"name": "hcm-db-migrations"})
     real.things.insert_one({"written": "by a dry run"})
     return "wrote behind the runner's back"
 """

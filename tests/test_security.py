@@ -474,6 +474,9 @@ def _leaks(text: str) -> list[str]:
 def test_a_password_out_of_place_in_a_url_is_refused_in_one_line_and_never_printed(cli, tmp_path, url):
     url_file = tmp_path / "url"
     url_file.write_text(url + "\n")
+    # No JavaScript patch in MONGO_DIR: doctor then skips `mongosh --version` (~2 s of Node per call, 36 calls a
+    # case), which reads nothing of the URL; every command still resolves and refuses the URL as before.
+    no_js = {"MONGO_DIR": str(tmp_path)}
     sources = [({"DATABASE_URL": url}, [], "DATABASE_URL"), ({"DB_URL": url}, [], "DB_URL"),
                ({}, ["--database-url", url], "--database-url"),
                ({"DATABASE_URL_FILE": str(url_file)}, [], "DATABASE_URL_FILE"),
@@ -481,7 +484,7 @@ def test_a_password_out_of_place_in_a_url_is_refused_in_one_line_and_never_print
     for env, option, origin in sources:
         for command in COMMANDS:
             for flags in ([], ["-v"], ["--log-format", "json"]):
-                result = cli(*command, *option, *flags, env=env)
+                result = cli(*command, *option, *flags, env={**no_js, **env})
                 shown = f"{origin} {command} {flags}: {result.output}"
                 assert _leaks(result.output) == [], shown
                 assert result.exit_code in (1, 2), shown  # refused (doctor: a FAIL), never run
@@ -533,12 +536,14 @@ OTHER_SECRETS = [
 
 
 @pytest.mark.parametrize("env, secret", OTHER_SECRETS)
-def test_secrets_in_options_not_called_password_are_never_printed(cli, env, secret):
+def test_secrets_in_options_not_called_password_are_never_printed(cli, tmp_path, env, secret):
     """libpq's sslpassword; pymongo's tlsCertificateKeyFilePassword, proxyPassword, an AWS session token."""
-    runs = [("config",), ("-v", "--log-format", "json", "config"), ("doctor", "--json", "--no-dev-tools"),
-            ("-v", "doctor", "--no-dev-tools")]
-    for args in runs:
-        result = cli(*args, env={"DATABASE_URL": "postgresql://app:pw0@127.0.0.1:1/h0", **env})
+    # doctor gives up on the unreachable Mongo after 1 s, not 10 (a proxy host is retried until the timeout).
+    runs = [("config",), ("-v", "--log-format", "json", "config"),
+            ("doctor", "--json", "--no-dev-tools", "--mongo-timeout", "1"),
+            ("-v", "doctor", "--no-dev-tools", "--mongo-timeout", "1")]
+    for args in runs:  # MONGO_DIR without a .js patch: doctor skips `mongosh --version` (~2 s), unrelated here
+        result = cli(*args, env={"DATABASE_URL": "postgresql://app:pw0@127.0.0.1:1/h0", "MONGO_DIR": str(tmp_path), **env})
         assert secret not in result.output, (args, result.output)
         assert secret.lower() not in result.output.lower()
     assert output.mask(f"x?{secret}") == f"x?{secret}", "only values of the secret options are masked"
