@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import shutil
 import ssl
 import subprocess
 from datetime import datetime, timezone
@@ -233,6 +236,17 @@ def squawk(report: DoctorReport) -> None:
 
 
 def _version(command: list[str]) -> str | None:
+    """The first line a tool prints for --version. Asked once per process while the file is unchanged: mongosh
+    starts Node.js for it (about 2 s on a loaded machine), and doctor runs it once per schema and per check."""
+    try:
+        found = os.stat(shutil.which(command[0]) or command[0])
+    except OSError:
+        return None
+    return _version_of(tuple(command), (found.st_ino, found.st_size, found.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _version_of(command: tuple[str, ...], _file_stamp) -> str | None:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
