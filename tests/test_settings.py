@@ -54,9 +54,11 @@ def test_nothing_configured_means_the_local_development_database():
 
 
 def test_any_single_setting_turns_the_local_database_off():
-    for name, value in [("DATABASE_URL", ENV_URL), ("DB_NAME", "x"), ("DB_PASSWORD", "x"), ("DB_USER", "x")]:
+    for name, value in [("DATABASE_URL", ENV_URL), ("DB_NAME", "x"), ("DB_USER", "x")]:
         assert not resolve({name: value}).local_dev, name
     assert not resolve(port="6000").local_dev
+    with pytest.raises(MigratorError, match="no setting names the host"):  # nor a password to localhost
+        resolve({"DB_PASSWORD": "x"})
 
 
 def test_the_real_environment_gives_the_connection_whole_and_dotenv_only_where_it_names_none():
