@@ -89,18 +89,18 @@ def planted_list(schema: str, planted: list[str]) -> str:
 
 
 def planted_fix(schema: str, user: str, names: list[str]) -> str:
-    """What to do about planted tables: drop what is not the runner's, or hand the runner's to the user."""
-    tables = ", ".join(f"{schema}.{name}" for name in names[:3]) or f"{schema}.<table>"
-    return (f"inspect {tables}: drop what is not the runner's, or as a superuser or its owner run ALTER TABLE ... "
-            f"OWNER TO {user} (e.g. ALTER TABLE {tables.split(', ')[0]} OWNER TO {user}) and drop other roles' "
-            f"triggers, rules and policies; grant other roles USAGE only on {schema}")
+    """What to do about planted tables: drop what is not the runner's, hand what is to the user."""
+    tables = [f"{schema}.{name}" for name in names[:3]] or [f"{schema}.<table>"]
+    return (f"inspect {', '.join(tables)}: drop what is not the runner's; for what is, as a superuser or its owner run "
+            f"ALTER TABLE {tables[0]} OWNER TO {user} (and drop other roles' triggers, rules and policies); grant "
+            f"other roles USAGE only on {schema}")
 
 
-def planted_error(schema: str, user: str, planted: list[str], where: str, names: list[str] = ()) -> str:
+def planted_error(schema: str, user: str, planted: list[str], names: list[str], where: str) -> str:
     """The one line refusing a history others can make run code as the migration role."""
     return (f"refusing the migration history in schema {schema} on {where}: {planted_list(schema, planted[:3])}"
             f"{f' (and {len(planted) - 3} more)' if len(planted) > 3 else ''}; it would run as user {user} (a role "
-            f"with CREATE on schema {schema} planted it, or it was made by hand); {planted_fix(schema, user, list(names))}")
+            f"with CREATE on schema {schema} planted it, or it was made by hand); {planted_fix(schema, user, names)}")
 
 
 def owner_error(schema: str, user: str, owner: str, where: str) -> str:
@@ -117,7 +117,7 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
     if refuse and state[5]:
         raise MigratorError(owner_error(schema, state[2], state[5], where), USAGE)
     if refuse and state[3]:
-        raise MigratorError(planted_error(schema, state[2], state[3], where, state[6]), USAGE)
+        raise MigratorError(planted_error(schema, state[2], state[3], state[6], where), USAGE)
     if refuse and state[1]:  # (without USAGE on the schema, that is said first)
         check_rights(state, schema, where)
     return state
