@@ -57,17 +57,21 @@ def _no_password_file(target: PostgresTarget) -> None:
 
 
 def _refuse_hostless_password(target: PostgresTarget, env: Env, where: str | None) -> None:
-    """The source that wins names a password but no host, the other names a host: the password would go to
-    the default host, which is surely not what was meant. Refused, naming both (never the values)."""
-    if not where or target.sources.get("host") != "default" or target.sources.get("password") in (None, "default"):
+    """A password whose source names no host would go to the default host, localhost, which is surely not what was
+    meant (a local listener of anyone's would get it). Refused, naming the settings (never the values); the local
+    development database (nothing configured) and an explicit DB_HOST=localhost are fine."""
+    if target.sources.get("host") != "default" or target.sources.get("password") in (None, "default"):
         return
     hosts = [f"{name} ({other})" for other in env.layers if other != where
-             for name in env.names(("DATABASE_URL", "DB_URL", "DB_HOST", "DB_SECRET_NAME"), other)]
+             for name in env.names(("DATABASE_URL", "DB_URL", "DB_HOST", "DB_SECRET_NAME"), other)] if where else []
     if hosts:
         raise MigratorError(f"{target.sources['password']} names a password but the {where} names no host, while "
                             f"{hosts[0]} names one: the connection comes whole from the {where} (the real environment "
                             f"first), so the password would go to localhost; set the host in the {where} too, or "
                             "move the password beside the host", USAGE)
+    raise MigratorError(f"{target.sources['password']} names a password but no setting names the host: it would go to "
+                        "localhost (the default); set DB_HOST beside it (DB_HOST=localhost for this machine) or "
+                        "DATABASE_URL", USAGE)
 
 
 def _check_credentials_travel(target: PostgresTarget, env: Env) -> None:

@@ -85,6 +85,12 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
         target = _from_secret(secret_name, secret_origin, options.aws, env)
         secret_name = None  # used, not ignored
     else:
+        # the platform's credentials go with DB_URL: alone they name no server, and the local one is not it
+        platform = [env.get(name)[1] for name in PLATFORM_CREDENTIALS.values() if env.get(name)[0]]
+        if platform:
+            raise MigratorError(f"{', '.join(platform)} set but no DB_URL (or DATABASE_URL, DB_HOST) names the server "
+                                "they are for: set DB_URL too, or remove them to use the local development database",
+                                USAGE)
         target = PostgresTarget(local_dev=True, sources={"target": "nothing configured"})
 
     if secret_name:

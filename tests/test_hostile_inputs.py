@@ -249,6 +249,21 @@ def test_the_scrubber_keeps_what_the_statement_does_and_replaces_numbers():
     assert without_literals("SELECT 1234567812345678 /* card */") == "SELECT ?  "
 
 
+@pytest.mark.parametrize("query", [
+    "SET app.key = {s}", "set local app.key to {s}", "SELECT 1; SET SESSION app.key TO {s}, other; SELECT 2",
+    '/* c */ SET "app.key"={s}', "ALTER ROLE app SET app.key = {s}", "ALTER DATABASE d IN ROLE x SET app.key TO {s}",
+    "ALTER SYSTEM SET app.key = {s}", "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.key = {s} AS $$x$$"])
+def test_the_scrubber_leaves_no_bare_word_a_statement_sets_a_setting_to(query):
+    """A setting's value may be a bare word, which the literal pass kept as a name (attack23e 5)."""
+    from migrator.postgres.sessions import without_literals
+
+    scrubbed = without_literals(query.format(s="sk_live_Zq7secret"))
+    assert "sk_live" not in scrubbed and "app.key" in scrubbed, scrubbed
+    # what sets no setting keeps its names: an UPDATE's SET names columns
+    assert without_literals("UPDATE t1 SET key = other WHERE id = $1") == "UPDATE t1 SET key = other WHERE id = $1"
+    assert without_literals("SET ROLE admin; RESET app.key") == "SET ROLE admin; RESET app.key"
+
+
 # --- 4. durations: checked when parsed, within what PostgreSQL takes ----------------------------------------
 
 @pytest.mark.parametrize("option, value", [

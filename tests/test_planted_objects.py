@@ -170,17 +170,32 @@ def test_a_trigger_on_the_runners_own_table_is_refused(cli, db, sql_dir):
     assert db.query("SELECT count(*) FROM pe._yoyo_migration") == [(1,)]
 
 
-def test_a_member_roles_table_is_accepted(cli, db, sql_dir, low):
-    """Owned by a role the migration role is a member of: that is the migration role's own."""
+def test_a_member_roles_table_is_refused_and_its_default_never_runs(cli, db, sql_dir, low):
+    """Membership is granted by the other role's admin (PostgreSQL 14/15: a login role may GRANT itself to the
+    migration role; simulated by a superuser), even WITH INHERIT FALSE, SET FALSE: a table that role owns is not
+    the run's, or its column DEFAULT runs as the migration role on every insert (attack23e 1)."""
     writable_by(db, "pf", low)
     migrator = "mig_" + uuid.uuid4().hex[:8]
-    db.query(f"CREATE ROLE {migrator} LOGIN IN ROLE {low}; GRANT CREATE ON DATABASE {db.name} TO {migrator}")
+    db.query(f"CREATE ROLE {migrator} LOGIN; GRANT CREATE ON DATABASE {db.name} TO {migrator}; "
+             f"GRANT USAGE, CREATE ON SCHEMA pf TO {migrator}; GRANT {low} TO {migrator} WITH INHERIT FALSE, SET FALSE")
     try:
-        db.query(f"SET ROLE {low}; CREATE TABLE pf._hcm_migration_checksum (migration_id VARCHAR(255) PRIMARY KEY, "
-                 "sha256 CHAR(64) NOT NULL, recorded_at TIMESTAMP NOT NULL DEFAULT now()); RESET ROLE")
-        result = cli("migrate", "--sql-dir", sql_dir, "--schema", "pf", env={**db.db_env(), "DB_USER": migrator})
-        assert result.exit_code == 0, result.output
-        assert db.query("SELECT count(*) FROM pf._hcm_migration_checksum") == [(1,)]
+        db.query(hits_table("pf", low) + f"""; SET ROLE {low};
+            CREATE FUNCTION pf.planted_default() RETURNS int LANGUAGE sql AS
+                $$ INSERT INTO pf.planted_hits VALUES (current_user, 'default') RETURNING 1 $$;
+            CREATE TABLE pf._hcm_migration_checksum (migration_id VARCHAR(255) PRIMARY KEY, sha256 CHAR(64) NOT NULL,
+                recorded_at TIMESTAMP NOT NULL DEFAULT now(), x int DEFAULT pf.planted_default());
+            GRANT ALL ON pf._hcm_migration_checksum TO PUBLIC; RESET ROLE""")
+        env = {**db.db_env(), "DB_USER": migrator}
+        line = refusal(cli("migrate", "--sql-dir", sql_dir, "--schema", "pf", env=env))
+        assert f"pf._hcm_migration_checksum is owned by role {low}" in line, line
+        assert f"ALTER TABLE pf._hcm_migration_checksum OWNER TO {migrator}" in line, line
+        assert hits(db, "pf") == [] and db.query("SELECT count(*) FROM pf._hcm_migration_checksum") == [(0,)]
+        doctor = cli("doctor", "--sql-dir", sql_dir, "--schema", "pf", env=env)
+        assert doctor.exit_code == 1, doctor.output
+        [fail] = [line for line in doctor.stdout.splitlines() if line.startswith("FAIL  postgres bookkeeping")]
+        assert f"pf._hcm_migration_checksum is owned by role {low}" in fail, doctor.stdout
+        assert f"ALTER TABLE pf._hcm_migration_checksum OWNER TO {migrator}" in doctor.stdout
+        assert hits(db, "pf") == []
     finally:
         db.query(f"DROP OWNED BY {migrator} CASCADE; DROP ROLE {migrator}")
 

@@ -54,9 +54,11 @@ def test_nothing_configured_means_the_local_development_database():
 
 
 def test_any_single_setting_turns_the_local_database_off():
-    for name, value in [("DATABASE_URL", ENV_URL), ("DB_NAME", "x"), ("DB_PASSWORD", "x"), ("DB_USER", "x")]:
+    for name, value in [("DATABASE_URL", ENV_URL), ("DB_NAME", "x"), ("DB_USER", "x")]:
         assert not resolve({name: value}).local_dev, name
     assert not resolve(port="6000").local_dev
+    with pytest.raises(MigratorError, match="no setting names the host"):  # nor a password to localhost
+        resolve({"DB_PASSWORD": "x"})
 
 
 def test_the_real_environment_gives_the_connection_whole_and_dotenv_only_where_it_names_none():
@@ -610,3 +612,24 @@ def test_only_loopback_addresses_count_as_a_local_server(host, local):
 
     mode, _ = tls.postgres_tls({}, host, None, None, None)
     assert (mode == "libpq default (local server)") is local, mode
+
+
+def test_a_password_whose_source_names_no_host_is_sent_nowhere(cli, trap):
+    """Only DB_PASSWORD and DB_PORT set: the password went to localhost, a host no setting named (attack23e 3)."""
+    result = cli("status", env={"DB_PASSWORD": "Env-Secret-9", "DB_PORT": str(trap.port)})
+    line = one_error_line(result)
+    assert "DB_PASSWORD (environment) names a password but no setting names the host" in line, line
+    assert "DB_HOST=localhost" in line
+    assert trap.connections == 0 and trap.passwords == [] and "Env-Secret-9" not in result.output
+    # named explicitly, localhost is fine; nothing configured stays the local development database
+    assert resolve({"DB_HOST": "localhost", "DB_PASSWORD": "pw"}).host == "localhost"
+    assert resolve({}).local_dev and resolve({"DB_PORT": "6000"}).password == "postgres"
+
+
+@pytest.mark.parametrize("environ", [{"FLYWAY_USER": "app", "FLYWAY_PASSWORD": "Platform-Secret-1"},
+                                     {"FLYWAY_PASSWORD": "Platform-Secret-1"}])
+def test_platform_credentials_without_db_url_are_refused_not_ignored(environ):
+    """They were silently ignored and the local development database used instead (attack23e 4)."""
+    with pytest.raises(MigratorError, match=r"FLYWAY_.*\(environment\) set but no DB_URL .* names the server") as e:
+        resolve(environ)
+    assert "Platform-Secret-1" not in str(e.value)

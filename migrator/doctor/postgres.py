@@ -256,13 +256,12 @@ def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, usage: b
     planted = backend.verified[3] if usage else []  # read by connect(), which leaves refusing to this report
     if backend.verified[5]:  # the schema's owner may drop or replace the runner's tables
         report.add(Check("postgres bookkeeping", FAIL, f"schema {schema} is owned by role {backend.verified[5]}, not "
-                         f"user {user} or a role it is a member of", f"as {backend.verified[5]} or a superuser: ALTER "
+                         f"user {user} itself or a superuser", f"as {backend.verified[5]} or a superuser: ALTER "
                          f"SCHEMA {schema} OWNER TO {user}"))
     elif planted:  # what migrate refuses: objects others made that would run as this user
         report.add(Check("postgres bookkeeping", FAIL, f"in schema {schema}: {trust.planted_list(schema, planted)}; "
                          f"it would run as user {user} (another role with CREATE on {schema} made it?)",
-                         f"inspect and drop what is not the runner's, as a superuser or {schema}'s owner; grant "
-                         f"other roles USAGE only on {schema}"))
+                         trust.planted_fix(schema, user, backend.verified[6])))
     elif denied:
         lacking = "; ".join(f"{', '.join(lacks)} on {name}" for name, lacks in denied.items())
         report.add(Check("postgres bookkeeping", FAIL, f"user {user} lacks {lacking} in schema {schema}",
@@ -317,7 +316,10 @@ def _flyway_history(report: DoctorReport, backend, migrations, todo) -> None:
         return
     found = postgres.bookkeeping(backend, migrations).flyway
     where = f"{backend.bookkeeping_schema}.{history.table_name(backend)}"
-    other = history.other_history(backend, migrations) if found is None else None
+    other, untrusted = history.other_history(backend, migrations) if found is None else (None, [])
+    if untrusted:
+        report.add(Check("flyway history", WARN, history.unread_note(backend.bookkeeping_schema, untrusted)
+                         .removeprefix("note: ")))
     if other is not None:
         report.add(Check("flyway history", FAIL, f"no {where}, but {other[0]} records {other[1]} of this folder "
                                                  "applied: the next migrate refuses (SCHEMA_TABLE most likely names "

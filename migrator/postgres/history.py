@@ -214,30 +214,43 @@ def history_tables(connection, schema: str) -> list[str]:
         return [name for (name,) in cursor.fetchall()]
 
 
-def other_history(backend, migrations) -> tuple[str, str] | None:
+def other_history(backend, migrations) -> tuple[tuple[str, str] | None, list[str]]:
     """(another history table, the file it records) when this folder's history table is missing but another
     Flyway-shaped table in the schema records this folder's first version with this very file's checksum: most
-    likely SCHEMA_TABLE names the wrong table (as Flyway, migrate would re-apply everything)."""
+    likely SCHEMA_TABLE names the wrong table (as Flyway, migrate would re-apply everything); and the Flyway-shaped
+    tables left unread because postgres/trust.py would refuse them (another role's, or with a policy, rule or
+    trigger: reading one would run its code as the migration role)."""
     from psycopg2 import sql
+
+    from migrator.postgres import trust
 
     first = next((m for m in migrations if flyway.version_of(m)), None)
     if first is None:
-        return None
+        return None, []
     key, crc = flyway.version_key(flyway.version_of(first)), flyway.checksum(Path(first.path))
     schema = backend.bookkeeping_schema
-    for table in history_tables(backend.connection, schema):
-        if table == table_name(backend):
-            continue
+    tables = [t for t in history_tables(backend.connection, schema) if t != table_name(backend)]
+    untrusted = trust.untrusted(backend, schema, tables)
+    for table in (t for t in tables if t not in untrusted):
         with backend.connection.cursor() as cursor:
             cursor.execute(sql.SQL("SELECT version, checksum FROM {table} WHERE success AND version IS NOT NULL")
                            .format(table=_table(schema, table)))
             if any(v and flyway.version_key(v) == key and c == crc for v, c in cursor.fetchall()):
-                return table, Path(first.path).name
-    return None
+                return (table, Path(first.path).name), untrusted
+    return None, untrusted
 
 
-def refuse_other_table(backend, migrations) -> None:
-    other = other_history(backend, migrations)
+def unread_note(schema: str, untrusted: list[str]) -> str:
+    """The one note naming the Flyway-shaped tables not read (doctor says it as a WARN)."""
+    return (f"note: not reading Flyway-shaped table(s) {', '.join(f'{schema}.{t}' for t in untrusted)}: another role owns "
+            "them or they have a trigger, rule or row-level security, which would run as the migration role; if one "
+            "is an older history of this folder, have an admin ALTER TABLE ... OWNER TO the migration role")
+
+
+def refuse_other_table(backend, migrations, notify) -> None:
+    other, untrusted = other_history(backend, migrations)
+    if untrusted:
+        notify(unread_note(backend.bookkeeping_schema, untrusted))
     if other is not None:
         raise MigratorError(
             f"no {table_name(backend)} in schema {backend.bookkeeping_schema}, but {other[0]} there records "

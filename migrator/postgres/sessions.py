@@ -120,9 +120,17 @@ _VALUE = lazy_re.compile(rf"""
 """, re.VERBOSE | re.DOTALL)
 
 
+# A setting's value in a statement that sets one (SET, ALTER ROLE/DATABASE/SYSTEM ... SET, a function's SET):
+# `SET app.key = sk_live_abc` takes a bare word as a value, which the literals' pass keeps as a name. Everything
+# after `SET name =|TO` to the statement's end goes (an UPDATE's SET names columns: its statement starts otherwise).
+_SETTING = lazy_re.compile(r"""(?ix)
+    ^(\s*(?:(?:ALTER|CREATE)\b.*?\b)?SET\s+(?:(?:SESSION|LOCAL)\s+)?[^\s=;()]+\s*(?:=|\bTO\b))[^;]*""", re.DOTALL)
+
+
 def without_literals(query: str) -> str:
-    """`query` with every string, dollar-quoted body and number replaced by `?` and comments left out:
-    what it does stays readable (SELECT, ALTER ROLE app PASSWORD ?), no value in it does."""
+    """`query` with every string, dollar-quoted body and number replaced by `?` and comments left out, and the
+    value a statement sets a setting to: what it does stays readable (SELECT, ALTER ROLE app PASSWORD ?,
+    SET app.key = ?), no value in it does."""
     def replace(match: re.Match) -> str:
         kind = match.lastgroup if match.lastgroup != "tag" else "dollar"
         if kind == "comment":
@@ -131,4 +139,4 @@ def without_literals(query: str) -> str:
             return match.group()
         return "?" if kind != "backslash" else "?..."
 
-    return _VALUE.sub(replace, query)
+    return ";".join(_SETTING.sub(r"\1 ?", statement) for statement in _VALUE.sub(replace, query).split(";"))

@@ -140,7 +140,7 @@ def reconcile(backend, migrations, notify) -> list:
 
     books = bookkeeping(backend, migrations)
     if books.flyway is None and history.flyway.is_flyway(migrations):
-        history.refuse_other_table(backend, migrations)
+        history.refuse_other_table(backend, migrations, notify)
         history.ensure_table(backend)  # the history of record from the first run on, as Flyway would make it
         books = bookkeeping(backend, migrations)
     if books.flyway is not None:

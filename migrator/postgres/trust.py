@@ -12,23 +12,26 @@ from __future__ import annotations
 from migrator.errors import USAGE, MigratorError
 
 # The schema, and what in it would run as the migration role when the runner writes or reads its tables: a
-# bookkeeping table owned by a role the user is not (a member of; superusers are trusted), one that is not a plain
+# bookkeeping table owned by a role other than the user itself (superusers are trusted), one that is not a plain
 # table, or any trigger, rule or row-level security on one (a policy acts only with it on); and the rights of
 # :rights the user lacks on the tables present; and the schema's owner when it is not trusted the same way (it
-# may drop or replace the runner's tables at any time). public's owner on PostgreSQL 15+, pg_database_owner (the
-# database's owner), is trusted: it already owns the database; before 15 public is the bootstrap superuser's.
-# (The runner's tables have no sequence; a column default or sequence is their owner's, the trusted one.) One
-# query, run once per connection, ~1 ms to plan.
+# may drop or replace the runner's tables at any time). Membership is no trust: a role's admin grants it to
+# others (on PostgreSQL 14/15 a login role may GRANT itself to the user; on 16+ any CREATEROLE role its own), even
+# WITH INHERIT FALSE, SET FALSE, and its table's column DEFAULT, CHECK, index or generated expression then runs as
+# the user on every insert. public's owner on PostgreSQL 15+, pg_database_owner (the database's owner), is
+# trusted: it already owns the database; before 15 public is the bootstrap superuser's. (The runner's tables have
+# no sequence; a column default or sequence is their owner's, the trusted one.) Last, the names of the untrusted
+# tables (history.py reads no such Flyway-shaped table). One query, run once per connection, ~1 ms to plan.
 PLANTED = """
-WITH RECURSIVE mine(oid) AS (
-    SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER
-    UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN mine ON m.member = mine.oid
-), tables AS (
-    SELECT c.oid, c.relname::text AS name, c.relkind, o.rolsuper OR c.relowner IN (SELECT oid FROM mine) AS trusted,
+WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER), tables AS (
+    SELECT c.oid, c.relname::text AS name, c.relkind, o.rolsuper OR c.relowner = (SELECT oid FROM me) AS trusted,
            o.rolname, c.relhastriggers, c.relhasrules, c.relrowsecurity
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
     WHERE c.relnamespace = pg_catalog.to_regnamespace(pg_catalog.quote_ident(:s))
       AND c.relname = ANY(CAST(:tables AS pg_catalog.name[]))
+), planted AS (
+    SELECT t.* FROM tables t WHERE NOT t.trusted OR t.relkind NOT IN ('r', 'p') OR t.relhasrules OR t.relrowsecurity
+        OR (t.relhastriggers AND EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid = t.oid))
 )
 SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE'), false), CURRENT_USER,
        ARRAY(SELECT t.name || ' ' || pg_catalog.concat_ws(', ',
@@ -38,13 +41,12 @@ SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE
                      pg_catalog.quote_ident(g.tgname::text), ', ') FROM pg_catalog.pg_trigger g WHERE g.tgrelid = t.oid) END,
                  CASE WHEN t.relhasrules THEN 'has rules' END,
                  CASE WHEN t.relrowsecurity THEN 'has row-level security' END)
-             FROM tables t WHERE NOT t.trusted OR t.relkind NOT IN ('r', 'p') OR t.relhasrules OR t.relrowsecurity
-                OR (t.relhastriggers AND EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid = t.oid))
-             ORDER BY t.name),
+             FROM planted t ORDER BY t.name),
        ARRAY(SELECT ARRAY[t.name, r.p] FROM tables t, pg_catalog.unnest(CAST(:rights AS text[])) WITH ORDINALITY r(p, i)
              WHERE NOT pg_catalog.has_table_privilege(t.oid, r.p) ORDER BY t.name, r.i),
-       CASE WHEN NOT (so.rolsuper OR so.rolname = 'pg_database_owner' OR so.oid IN (SELECT oid FROM mine))
-            THEN so.rolname::text END
+       CASE WHEN NOT (so.rolsuper OR so.rolname = 'pg_database_owner' OR so.oid = (SELECT oid FROM me))
+            THEN so.rolname::text END,
+       ARRAY(SELECT t.name FROM planted t ORDER BY t.name)
 FROM (SELECT CAST(:s AS pg_catalog.name) AS name) s LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
 LEFT JOIN pg_catalog.pg_roles so ON so.oid = n.nspowner
 """
@@ -56,11 +58,17 @@ RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
 def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS) -> tuple:
     """(the schema exists, the user has USAGE on it, the user, what others planted among its bookkeeping,
-    [table, right] of `rights` the user lacks on the tables present, the schema's untrusted owner or None)."""
+    [table, right] of `rights` the user lacks on the tables present, the schema's untrusted owner or None, the
+    names of the planted tables)."""
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
     tables = list(dict.fromkeys([*BOOKKEEPING_TABLES, backend.flyway_table]))  # SCHEMA_TABLE's name too
     return backend.execute(PLANTED, {"s": schema, "tables": tables, "rights": list(rights)}).fetchone()
+
+
+def untrusted(backend, schema: str, tables: list[str]) -> list[str]:
+    """The tables among `tables` in `schema` the same check refuses: what the runner must not read either."""
+    return backend.execute(PLANTED, {"s": schema, "tables": tables, "rights": []}).fetchone()[6] if tables else []
 
 
 def check_rights(state, schema: str, where: str) -> None:
@@ -80,18 +88,25 @@ def planted_list(schema: str, planted: list[str]) -> str:
     return "; ".join(f"{schema}.{what}" for what in planted)
 
 
-def planted_error(schema: str, user: str, planted: list[str], where: str) -> str:
+def planted_fix(schema: str, user: str, names: list[str]) -> str:
+    """What to do about planted tables: drop what is not the runner's, hand what is to the user."""
+    tables = [f"{schema}.{name}" for name in names[:3]] or [f"{schema}.<table>"]
+    return (f"inspect {', '.join(tables)}: drop what is not the runner's; for what is, as a superuser or its owner run "
+            f"ALTER TABLE {tables[0]} OWNER TO {user} (and drop other roles' triggers, rules and policies); grant "
+            f"other roles USAGE only on {schema}")
+
+
+def planted_error(schema: str, user: str, planted: list[str], names: list[str], where: str) -> str:
     """The one line refusing a history others can make run code as the migration role."""
     return (f"refusing the migration history in schema {schema} on {where}: {planted_list(schema, planted[:3])}"
-            f"{f' (and {len(planted) - 3} more)' if len(planted) > 3 else ''}; it would run as user {user}; "
-            f"a role with CREATE on schema {schema} planted it, or it was made by hand: inspect it, drop what is "
-            f"not the runner's (as a superuser or the schema's owner), and grant other roles USAGE only on {schema}")
+            f"{f' (and {len(planted) - 3} more)' if len(planted) > 3 else ''}; it would run as user {user} (a role "
+            f"with CREATE on schema {schema} planted it, or it was made by hand); {planted_fix(schema, user, names)}")
 
 
 def owner_error(schema: str, user: str, owner: str, where: str) -> str:
     """The one line refusing a schema another role owns."""
     return (f"refusing the migration history in schema {schema} on {where}: schema {schema} is owned by role {owner}, "
-            f"which may drop or replace the runner's tables (user {user} is not a member of it); as {owner} or a "
+            f"which may drop or replace the runner's tables (it is not user {user}); as {owner} or a "
             f"superuser run ALTER SCHEMA {schema} OWNER TO {user}")
 
 
@@ -102,7 +117,7 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
     if refuse and state[5]:
         raise MigratorError(owner_error(schema, state[2], state[5], where), USAGE)
     if refuse and state[3]:
-        raise MigratorError(planted_error(schema, state[2], state[3], where), USAGE)
+        raise MigratorError(planted_error(schema, state[2], state[3], state[6], where), USAGE)
     if refuse and state[1]:  # (without USAGE on the schema, that is said first)
         check_rights(state, schema, where)
     return state
