@@ -10,7 +10,11 @@ A try's lock waits are bounded as a whole, not per statement: in a transaction, 
 holding the locks the earlier ones took, so the application queued behind those would wait n x lock_timeout.
 Each statement after the try's first gets what is left of lock_timeout since that first statement started
 (TryBudget; the time the earlier ones ran counts), never less than a floor: when nothing is left, a statement
-whose lock is free still runs and one that would wait ends the try after the floor.
+whose lock is free still runs and one that would wait ends the try after the floor. lock_timeout bounds each lock
+wait, though, and one statement may wait for several in turn (a partitioned table's partitions, a foreign key's
+two tables, LOCK TABLE a, b, a batch's row locks), holding those it got: the probe (below) ends such a statement
+once the try's time is spent, and that cancel is a lock timeout like the server's. A file's own SET lock_timeout
+(pg_dump's header: 0) is overridden, with a note: the runner's bound wins.
 
 Who blocks is seen from a second connection while a try waits (pg_blocking_pids): once the try has failed its
 lock request is gone, and the server no longer says. Another session is described as the progress lines describe
@@ -192,7 +196,8 @@ class Probe:
                         continue
                     now = time.monotonic()
                     self._waiting = self._waiting or now
-                    if self.per_try and self._try is not None and now - self._try > self.per_try and now - self._waiting >= self.floor:
+                    spent = self._try is not None and now - self._try > self.per_try
+                    if self.per_try and spent and now - self._waiting >= self.floor:
                         with self._sending:
                             if self._since == since:
                                 cur.execute(_CANCEL, (self.pid,))
@@ -215,6 +220,7 @@ class TryBudget:
     def __init__(self, per_try: float):
         self.per_try_ms = round(per_try * 1000)
         self.floor_ms = min(self.per_try_ms, max(round(FLOOR_MIN * 1000), round(self.per_try_ms * FLOOR_SHARE)))
+        self.noted: set[int] = set()  # the lines whose SET lock_timeout was said overridden (once, not each try)
         self.restart()
 
     def restart(self) -> None:
@@ -241,6 +247,9 @@ class TryBudget:
         and the retries): the session's own again (the runner's, given at connect), with a note."""
         cursor.execute("RESET lock_timeout")
         self.set_ms = None  # the next statement of a try sets what is left again
+        if statement.line in self.noted:
+            return
+        self.noted.add(statement.line)
         output.note(f"{path}:{statement.line}: the file's SET lock_timeout is overridden: each try waits at most "
                     f"{_seconds(self.per_try_ms / 1000)} for its locks, then is retried (--ddl-lock-timeout sets "
                     "that; remove the line from the file to drop this note)")
