@@ -113,9 +113,12 @@ class Seen:
 
 
 # The probe's cancel of the migration session: only while it still waits for a lock (one query: the check and the
-# signal together). Whether the try's time is spent and this wait outlasted the floor the probe knows.
+# signal together), and only once its transaction is older than the try's time too (a backfill's batch commits
+# and starts afresh: each batch is a try). Whether the try's time is spent and this wait outlasted the floor the
+# probe knows.
 _CANCEL = """SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity
-WHERE pid = %s AND state = 'active' AND wait_event_type = 'Lock'"""
+WHERE pid = %s AND state = 'active' AND wait_event_type = 'Lock'
+  AND clock_timestamp() - xact_start > pg_catalog.make_interval(secs => %s)"""
 QUERY_CANCELED = "57014"
 
 
@@ -200,7 +203,7 @@ class Probe:
                     if self.per_try and spent and now - self._waiting >= self.floor:
                         with self._sending:
                             if self._since == since:
-                                cur.execute(_CANCEL, (self.pid,))
+                                cur.execute(_CANCEL, (self.pid, self.per_try))
                                 row = cur.fetchone()
                                 sent = bool(row and row[0])
                                 self.seen = Seen(found, wanted, sent, now - self._try)
