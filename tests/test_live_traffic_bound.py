@@ -2,8 +2,8 @@
 several locks in turn (LOCK TABLE a, b; a partitioned table's partitions) holding those it got is ended by the
 runner once the try's lock_timeout is spent, as a lock timeout (retried, blocker named); a file cannot lift
 the bound with its own SET lock_timeout (overridden, with a note), and merely naming lock_timeout changes
-nothing; a later statement left only the floor has its blocker named and its real wait said. Asserted from the server and the runner's
-lines, never from timings (the application's latency is measured in bench/ and the repros).
+nothing; a later statement left only the floor has its blocker named and its real wait said. Asserted from
+the server and the runner's lines, never from timings (the application's latency: bench/ and the repros).
 """
 
 import threading
