@@ -265,7 +265,6 @@ class TryBudget:
         self.restart()
 
 
-
 # A statement that sets (or resets) the session's lock_timeout: SET / RESET as a statement, after any comments;
 # the word in a literal, a comment or a column name is not one.
 SETS_LOCK_TIMEOUT = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:set(?:\s+(?:session|local))?|reset)\s+"
