@@ -9,8 +9,7 @@ the application's latency itself is measured in bench/ (make bench).
 from conftest import SEED, add_migration, applied, one_error_line
 from test_live_traffic import blocking, seeded  # noqa: F401 (a fixture)
 
-# The lock_timeout this statement runs with, in ms, kept as the largest seen over every try. Spelled so the file
-# does not name lock_timeout itself (a file that does keeps its own: see the last test).
+# The lock_timeout this statement runs with, in ms, kept as the largest seen over every try.
 SEEN = ("SELECT pg_catalog.setval('seen', greatest(last_value, (extract(epoch FROM "
         "pg_catalog.current_setting('lock' || '_timeout')::interval) * 1000)::bigint)) FROM seen;\n")
 
@@ -67,15 +66,6 @@ def test_a_statement_outside_a_transaction_gets_the_whole_lock_timeout(cli, db, 
     result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     assert result.exit_code == 0, result.output
     assert seen(db) == 300
-
-
-def test_a_file_that_sets_lock_timeout_itself_keeps_its_own(cli, db, sql_dir, seeded):
-    tables(db)
-    add_migration(sql_dir, "0002_own", "SET LOCAL lock_timeout = '2s';\nALTER TABLE t_one ADD COLUMN a int;\n"
-                  "SELECT pg_sleep(0.15);\n" + SEEN)
-    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    assert result.exit_code == 0, result.output
-    assert seen(db) == 2000
 
 
 def test_a_blocker_outlasting_the_budget_on_a_later_statement_still_fails_in_one_line(cli, db, sql_dir, seeded):

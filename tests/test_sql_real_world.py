@@ -49,7 +49,7 @@ def test_set_role_does_not_break_the_bookkeeping(cli, db, sql_dir):
 
 
 def test_settings_of_one_file_do_not_reach_the_next_and_the_runners_limits_apply_to_each(cli, db, sql_dir):
-    add_migration(sql_dir, "0002_sets", "SET lock_timeout = 0;\nSET statement_timeout = '1h';\nSET check_function_bodies = off;\n"
+    add_migration(sql_dir, "0002_sets", "SET statement_timeout = '1h';\nSET check_function_bodies = off;\n"
         "SET standard_conforming_strings = off;\nCREATE TEMP TABLE t_temp (id int);\n")
     add_migration(sql_dir, "0003_sees", "CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout, "
         "current_setting('statement_timeout') AS statement_timeout, current_setting('check_function_bodies') AS cfb, "
@@ -59,9 +59,11 @@ def test_settings_of_one_file_do_not_reach_the_next_and_the_runners_limits_apply
     assert db.query("SELECT * FROM seen") == [("3s", "2min", "on", "on", True, "C:\\new")]
 
 
-def test_a_file_may_set_its_own_limits(cli, db, sql_dir):
-    add_migration(sql_dir, "0002_own", "SET lock_timeout = '7s';\nCREATE TABLE own AS SELECT current_setting('lock_timeout') AS v;\n")
-    ok(migrate(cli, db, sql_dir, "--ddl-lock-timeout", "3s"))
+def test_a_file_may_set_its_own_statement_timeout_not_its_lock_timeout(cli, db, sql_dir):
+    """(A file's lock_timeout would lift the bound on each try's lock waits: refused, test_live_traffic_bound.)"""
+    add_migration(sql_dir, "0002_own", "SET statement_timeout = '7s';\n"
+                  "CREATE TABLE own AS SELECT current_setting('statement_timeout') AS v;\n")
+    ok(migrate(cli, db, sql_dir, "--statement-timeout", "3s"))
     assert db.query("SELECT v FROM own") == [("7s",)]
 
 

@@ -10,7 +10,11 @@ A try's lock waits are bounded as a whole, not per statement: in a transaction, 
 holding the locks the earlier ones took, so the application queued behind those would wait n x lock_timeout.
 Each statement after the try's first gets what is left of lock_timeout since that first statement started
 (TryBudget; the time the earlier ones ran counts), never less than a floor: when nothing is left, a statement
-whose lock is free still runs and one that would wait ends the try after the floor.
+whose lock is free still runs and one that would wait ends the try after the floor. lock_timeout bounds each lock
+wait, though, and one statement may wait for several in turn (a partitioned table's partitions, a foreign key's
+two tables, LOCK TABLE a, b, a batch's row locks), holding those it got: the probe (below) ends such a statement
+once the try's time is spent, and that cancel is a lock timeout like the server's. A file's own SET lock_timeout
+(pg_dump's header: 0) is overridden, with a note: the runner's bound wins.
 
 Who blocks is seen from a second connection while a try waits (pg_blocking_pids): once the try has failed its
 lock request is gone, and the server no longer says. Another session is described as the progress lines describe
@@ -33,8 +37,9 @@ from migrator.postgres import sessions
 
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
 FIRST_DELAY, MAX_DELAY = 0.5, 10.0  # seconds between tries: doubling, jittered, capped
-PROBE_AFTER = 0.05  # seconds a statement runs before the probe asks who blocks it, then every PROBE_EVERY
-PROBE_EVERY = 0.05
+PROBE_AFTER = 0.01  # seconds a statement runs before the probe asks who blocks it, then every PROBE_EVERY
+PROBE_EVERY = 0.01  # (soon enough to see a wait of the floor's 20-30 ms; every 50 ms after SLOWER_AFTER)
+SLOWER_AFTER = 0.2
 PROBE_NAME = "hcm-db-migrations lock probe"
 FLOOR_SHARE, FLOOR_MIN = 0.1, 0.02  # the least a later statement may wait: a tenth of lock_timeout, >= 20 ms
 STEP_MS = 10  # lock_timeout is set again once what is left fell by this much (not before every statement)
@@ -98,36 +103,70 @@ def sleep(seconds: float) -> None:
 
 @dataclass
 class Seen:
-    """Who blocked a statement, as the probe last saw it: its blockers (sessions.blockers) and what it waited for."""
+    """Who blocked a statement, as the probe last saw it: its blockers (sessions.blockers) and what it waited for;
+    `cancelled`: the probe ended the statement (the try's bound spent), after `waited` seconds of the try."""
     blockers: list[dict]
     waiting_for: str | None = None
+    cancelled: bool = False
+    waited: float | None = None
+    lock_timeout: float | None = None  # seconds the statement's lock_timeout was (TryBudget's), if not the policy's
+
+
+# The probe's cancel of the migration session: only while it still waits for a lock (one query: the check and the
+# signal together), and only once its transaction is older than the try's time too (a backfill's batch commits
+# and starts afresh: each batch is a try). Whether the try's time is spent and this wait outlasted the floor the
+# probe knows.
+_CANCEL = """SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity
+WHERE pid = %s AND state = 'active' AND wait_event_type = 'Lock'
+  AND clock_timestamp() - xact_start > pg_catalog.make_interval(secs => %s)"""
+QUERY_CANCELED = "57014"
 
 
 class Probe:
     """Who blocks the migration session's running statement, asked from a second (read-only) connection every
     PROBE_EVERY seconds while a statement has run longer than PROBE_AFTER; `seen` is the last answer that named
     someone. A statement only stamps when it started (no cost per statement); the connection is opened the first
-    time one runs long enough. If it cannot be, the retries go on without naming the blocker."""
+    time one runs long enough. If it cannot be, the retries go on without naming the blocker.
 
-    def __init__(self, params: dict | None, pid: int, show_query: bool = False):
+    It also bounds the try as a whole (lock_timeout bounds each lock wait, and one statement may wait for several
+    locks in turn, holding those it got: a partitioned table's partitions, LOCK TABLE a, b, a foreign key's two
+    tables): once `per_try` has passed since the try's first statement and the session has waited for a lock
+    longer than `floor`, the probe cancels the statement, and the runner takes that cancel as a lock timeout.
+    The cancel is sent under `_sending`, which the statement's end waits for, so it can only reach the statement
+    it was meant for (a cancel that reaches an idle session is dropped by the server)."""
+
+    def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
+                 floor: float = 0.0):
         self.params, self.pid, self.show_query = params, pid, show_query
+        self.per_try, self.floor = per_try, floor
         self.seen = Seen([])
         self._since: float | None = None  # when the running statement started; None: none runs
+        self._try: float | None = None  # when the try's first statement started
+        self._waiting: float | None = None  # when the probe first saw the running statement wait for a lock
+        self._sending = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn = None
 
     @contextmanager
-    def statement(self) -> Iterator[None]:
-        """Around one statement: the probe asks while it runs."""
-        self.seen, self._since = Seen([]), time.monotonic()
+    def statement(self, try_started: float | None = None, bounded: bool = True) -> Iterator[None]:
+        """Around one statement (`try_started`: when the try's first statement started, if not this one;
+        not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled)."""
+        now = time.monotonic()
+        self.seen, self._waiting, self._try = Seen([]), None, (try_started or now) if bounded else None
+        self._since = now
         if self._thread is None and self.params is not None:
             self._thread = threading.Thread(target=self._run, name="lock-probe", daemon=True)
             self._thread.start()
         try:
             yield
         finally:
-            self._since = None
+            with self._sending:  # a cancel being sent lands on this statement, never on the next
+                self._since = None
+
+    def cancelled(self, exc) -> bool:
+        """The statement failed because the probe cancelled it (not a user's Ctrl-C or statement_timeout)."""
+        return self.seen.cancelled and getattr(getattr(exc, "cause", None), "pgcode", None) == QUERY_CANCELED
 
     def close(self) -> None:
         self._stop.set()
@@ -142,8 +181,9 @@ class Probe:
         while not self._stop.wait(PROBE_EVERY):
             since = self._since
             running = time.monotonic() - since if since is not None else 0.0
-            # a lock is mostly asked for as a statement starts; later on, ask once a second
-            if running < PROBE_AFTER or (running > 5 and int(running / PROBE_EVERY) % int(1 / PROBE_EVERY)):
+            # a lock is mostly asked for as a statement starts; later on, every 50 ms, after 5 s once a second
+            if running < PROBE_AFTER or (running > SLOWER_AFTER and int(running / PROBE_EVERY) % 5) or (
+                    running > 5 and int(running / PROBE_EVERY) % int(1 / PROBE_EVERY)):
                 continue
             try:
                 if self._conn is None:
@@ -152,24 +192,38 @@ class Probe:
                 with self._conn.cursor() as cur:
                     found = sessions.blockers(cur, self.pid, self.show_query)
                     wanted = sessions.waiting_for(cur, self.pid, found) if found else None
+                    # both read while it still waited (two queries: the try may time out between them), and still
+                    # the statement it asked about
+                    if not (found and wanted and self._since == since):
+                        self._waiting = None if self._since == since else self._waiting
+                        continue
+                    now = time.monotonic()
+                    self._waiting = self._waiting or now
+                    spent = self._try is not None and now - self._try > self.per_try
+                    if self.per_try and spent and now - self._waiting >= self.floor:
+                        with self._sending:
+                            if self._since == since:
+                                cur.execute(_CANCEL, (self.pid, self.per_try))
+                                row = cur.fetchone()
+                                sent = bool(row and row[0])
+                                self.seen = Seen(found, wanted, sent, now - self._try)
+                                continue
+                    if self._since == since:
+                        self.seen = Seen(found, wanted)
             except psycopg2.Error:
                 return  # the retries go on; their lines cannot name the blocker
-            # both read while it still waited (two queries: the try may time out between them), and still the
-            # statement it asked about
-            if found and wanted and self._since == since:
-                self.seen = Seen(found, wanted)
 
 
 class TryBudget:
     """lock_timeout, per statement, of what is left of the try's: from the first statement of a transaction (a
     transactional file's try, or a BEGIN ... COMMIT block a non-transactional file opens) on, the time spent
     counts. Outside a transaction each statement commits and frees its locks: it gets the whole lock_timeout.
-    A file that sets lock_timeout itself keeps its own."""
+    A file's own SET lock_timeout is overridden (override): the runner's bound wins."""
 
-    def __init__(self, per_try: float, statements=()):
+    def __init__(self, per_try: float):
         self.per_try_ms = round(per_try * 1000)
         self.floor_ms = min(self.per_try_ms, max(round(FLOOR_MIN * 1000), round(self.per_try_ms * FLOOR_SHARE)))
-        self.own = any(_SETS_LOCK_TIMEOUT.search(s.text) for s in statements)
+        self.noted: set[int] = set()  # the lines whose SET lock_timeout was said overridden (once, not each try)
         self.restart()
 
     def restart(self) -> None:
@@ -179,7 +233,7 @@ class TryBudget:
 
     def before(self, cursor) -> None:
         """Before a statement: lock_timeout set to what is left (SET LOCAL: gone with the transaction)."""
-        if self.own or cursor.connection.info.transaction_status != IN_TRANSACTION:
+        if cursor.connection.info.transaction_status != IN_TRANSACTION:
             self.restart()
             return
         now = time.monotonic()
@@ -191,6 +245,18 @@ class TryBudget:
             cursor.execute(f"SET LOCAL lock_timeout = '{left}ms'")
             self.set_ms = left
 
+    def override(self, cursor, path, statement) -> None:
+        """After a statement of the file that set lock_timeout (pg_dump's header: 0, which would lift the bound
+        and the retries): the session's own again (the runner's, given at connect), with a note."""
+        cursor.execute("RESET lock_timeout")
+        self.set_ms = None  # the next statement of a try sets what is left again
+        if statement.line in self.noted:
+            return
+        self.noted.add(statement.line)
+        output.note(f"{path}:{statement.line}: the file's SET lock_timeout is overridden: each try waits at most "
+                    f"{_seconds(self.per_try_ms / 1000)} for its locks, then is retried (--ddl-lock-timeout sets "
+                    "that; remove the line from the file to drop this note)")
+
     def done(self, cursor) -> None:
         """After the last statement: the session's lock_timeout again for the rest of the transaction (the
         runner's bookkeeping)."""
@@ -199,22 +265,26 @@ class TryBudget:
         self.restart()
 
 
-_SETS_LOCK_TIMEOUT = re.compile(r"lock_timeout", re.IGNORECASE)
+# A statement that sets (or resets) the session's lock_timeout: SET / RESET as a statement, after any comments;
+# the word in a literal, a comment or a column name is not one.
+SETS_LOCK_TIMEOUT = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:set(?:\s+(?:session|local))?|reset)\s+"
+                               r"(?:lock_timeout|\"lock_timeout\")(?![\w$])", re.IGNORECASE | re.DOTALL)
 
 
-def probe(backend, pid: int) -> Probe:
+def probe(backend, pid: int, budget: TryBudget | None = None) -> Probe:
     """The probe of migration session `pid`: on the watcher's connection keywords (read-only, no limits) and with
-    its --show-blocker-query, when the run has a watcher (else it never connects)."""
+    its --show-blocker-query, when the run has a watcher (else it never connects); bounding each try as `budget`
+    says (its lock_timeout and floor)."""
     watcher = getattr(getattr(backend, "parent", None), "watcher", None)
     if watcher is None:
         return Probe(None, pid)
-    return Probe(dict(watcher.params), pid, watcher.show_query)
+    bound = (budget.per_try_ms / 1000, budget.floor_ms / 1000) if budget is not None else (0, 0)
+    return Probe(dict(watcher.params), pid, watcher.show_query, *bound)
 
 
 def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:
     """One line per retry: which statement, who blocks it (and how to end that), when the next try comes."""
-    waited = _seconds(backoff.policy.per_try)
-    text = f"{exc.path}:{exc.line}: lock not granted within {waited} (lock_timeout)"
+    text = f"{exc.path}:{exc.line}: {_not_granted(seen, backoff.policy)}"
     if seen.waiting_for:
         text += f" waiting for {seen.waiting_for}"
     text += f"; blocked by {_who(seen)}"
@@ -229,12 +299,27 @@ def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:
 def gave_up(exc, seen: Seen, backoff: Backoff):
     """The final failure: the statement's error, told who blocked it and what to do."""
     who = _who(seen)
+    if seen.cancelled:  # the server says "canceling statement due to user request": say what ended it
+        exc.cause = TryEnded(_not_granted(seen, backoff.policy))
     retried = (f"gave up after {backoff.tries} tries in {_seconds(backoff.spent())} (lock retry budget "
                f"{_seconds(backoff.policy.budget)}, each try waiting {_seconds(backoff.policy.per_try)})"
                if backoff.policy.budget else "not retried (lock retry budget 0)")
     exc.todo = (f"{retried}; blocked by {who}; end that session, or run again once it has ended "
                 "(--lock-retry-budget / DB_LOCK_RETRY_BUDGET sets how long to keep retrying)")
     return exc
+
+
+class TryEnded(RuntimeError):
+    """A try the probe ended (its statement cancelled) because its lock waits outlasted the try's bound."""
+
+
+def _not_granted(seen: Seen, policy: Policy) -> str:
+    """What ended the try, with the real wait: the probe's cancel, or lock_timeout as the statement had it."""
+    if seen.cancelled:
+        return (f"locks not all granted within the try's {_seconds(policy.per_try)} (ended by the runner after "
+                f"{_seconds(seen.waited or 0)}: one statement waits for several locks, holding those it got)")
+    waited = seen.lock_timeout if seen.lock_timeout is not None else policy.per_try
+    return f"lock not granted within {_seconds(waited)} (lock_timeout)"
 
 
 def _who(seen: Seen) -> str:

@@ -14,14 +14,17 @@ from migrator.postgres import backfill, concurrently, retry
 from migrator.postgres.errors import StatementFailed, progress
 
 def execute(cursor, statement, probe=None, path: Path | None = None,
-            max_batches: int = backfill.MAX_BATCHES) -> None:
+            max_batches: int = backfill.MAX_BATCHES, try_started: float | None = None) -> None:
     """One statement of a file, in the migration's session. While it runs, `probe` (retry.Probe) watches who
-    blocks it. A CONCURRENTLY build runs with lock_timeout off (concurrently.py); statement_timeout bounds it.
-    A `-- backfill: batch` statement repeats in committed batches (backfill.py)."""
-    with probe.statement() if probe is not None else contextlib.nullcontext():
+    blocks it and ends the try once its time since `try_started` is spent. A CONCURRENTLY build runs with
+    lock_timeout off (concurrently.py), never ended by the probe; statement_timeout bounds it. A
+    `-- backfill: batch` statement repeats in committed batches (backfill.py)."""
+    concurrent = (not isinstance(statement, backfill.Batched) and concurrently.is_concurrent(statement.text)
+                  and cursor.connection.info.transaction_status == IDLE)
+    with probe.statement(try_started, not concurrent) if probe is not None else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
             statement.run(cursor.connection, cursor, path, max_batches)
-        elif concurrently.is_concurrent(statement.text) and cursor.connection.info.transaction_status == IDLE:
+        elif concurrent:
             with concurrently.without_lock_timeout(cursor):
                 cursor.execute(statement.text)
         else:
@@ -48,7 +51,9 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                     if index not in skip:
                         if budget is not None:
                             budget.before(cursor)
-                        execute(cursor, statement, probe, path, max_batches)
+                        execute(cursor, statement, probe, path, max_batches, budget.started if budget else None)
+                        if budget is not None and retry.SETS_LOCK_TIMEOUT.match(statement.text):
+                            budget.override(cursor, path, statement)
             except interrupt.Interrupted as exc:
                 if exc.before_block and progress:  # it stopped between statements: this one never started
                     progress(done, started=False)
@@ -92,8 +97,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     if not transactional:
         skip = concurrently.prepare(connection, statements, path, migration.earlier_failure)
         before = concurrently.indexes_before(connection, statements)
-    probe = retry.probe(backend, connection.info.backend_pid) if policy.per_try else None
-    budget = retry.TryBudget(policy.per_try, statements) if policy.per_try else None
+    budget = retry.TryBudget(policy.per_try) if policy.per_try else None
+    probe = retry.probe(backend, connection.info.backend_pid, budget) if policy.per_try else None
     backoff = retry.Backoff(policy)
     start = done = 0
     try:
@@ -108,9 +113,11 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                         budget.done(cursor)
                 break
             except StatementFailed as exc:
-                if not retry.lock_timed_out(exc) or not policy.per_try:
+                if not (retry.lock_timed_out(exc) or probe is not None and probe.cancelled(exc)) or not policy.per_try:
                     raise
                 seen = probe.seen if probe is not None else retry.Seen([])
+                if not seen.cancelled and budget is not None and budget.set_ms is not None:
+                    seen.lock_timeout = budget.set_ms / 1000  # what this statement could wait, not the whole try's
                 if not transactional and MAY_COMMIT.match(exc.statement.text):
                     raise _not_retried(exc, seen, backoff)
                 delay = backoff.next_delay() if policy.budget else None
