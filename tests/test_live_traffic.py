@@ -290,6 +290,52 @@ def test_a_build_the_server_finished_after_the_runner_died_counts_as_done(cli, d
     assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded).exit_code == 0
 
 
+UNNAMED = "-- transactional: false\nCREATE INDEX CONCURRENTLY ON hcm_report_metadata (tenant_id);\n"
+TENANT_INDEXES = ("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE "
+                  "i.indrelid = 'hcm_report_metadata'::regclass AND pg_get_indexdef(i.indexrelid) LIKE '%(tenant_id)' "
+                  "ORDER BY 1")
+
+
+def test_an_unnamed_build_the_server_finished_after_the_runner_died_is_not_built_twice(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_tenant_index", UNNAMED)
+    holder = snapshot_holder(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+        wait_for_phase(db, "waiting for old snapshots", runner)
+        runner.send_signal(signal.SIGKILL)
+        runner.communicate(timeout=30)
+        holder.commit()  # at once: the build ends before the server notices its client is gone
+        deadline = time.monotonic() + 15
+        while db.query("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        holder.close()
+    assert db.query(TENANT_INDEXES) == [("hcm_report_metadata_tenant_id_idx", True)] and applied(db) == [SEED]
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert "index public.hcm_report_metadata_tenant_id_idx is already built and valid" in rerun.stderr
+    assert db.query(TENANT_INDEXES) == [("hcm_report_metadata_tenant_id_idx", True)]  # no _idx1 twin
+    assert applied(db) == [SEED, "0002_tenant_index"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def test_an_unnamed_twin_made_before_the_migration_ran_is_not_taken_for_its_work(cli, db, sql_dir, seeded):
+    """Someone made the same index by hand before the migration's first try (which then failed on an earlier
+    statement): the rerun builds the file's index as written, it does not count the other one as its own."""
+    db.query("CREATE INDEX ON hcm_report_metadata (tenant_id); CREATE TABLE in_the_way (id int)")
+    add_migration(sql_dir, "0002_tenant_index", UNNAMED.replace("CREATE INDEX", "CREATE TABLE in_the_way (id int);\n"
+                                                                "CREATE INDEX"))
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code != 0  # "in_the_way" already exists
+    db.query("DROP TABLE in_the_way")
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert "already built" not in rerun.stderr
+    assert db.query(TENANT_INDEXES) == [("hcm_report_metadata_tenant_id_idx", True),
+                                        ("hcm_report_metadata_tenant_id_idx1", True)]
+
+
 def test_if_not_exists_over_an_invalid_index_is_not_recorded_as_applied(cli, db, sql_dir, seeded):
     # an INVALID index of that name, as an earlier failed build leaves it
     db.query(f"CREATE INDEX {INDEX} ON hcm_report_metadata (tenant_id); "

@@ -8,7 +8,7 @@ import contextlib
 import re
 from pathlib import Path
 
-from migrator import interrupt, lazy_re, pg_lock
+from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import backfill, concurrently, retry
 from migrator.postgres.errors import StatementFailed, progress
@@ -90,8 +90,10 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     policy = retry.Policy.of(limits)
     skip, before = frozenset(), set()
     if not transactional:
-        skip = concurrently.prepare(connection, statements, path, migration.earlier_failure)
-        before = concurrently.indexes_before(connection, statements)
+        books = backend.parent  # (its failure record tells an earlier try's index from an older twin)
+        record = (books.qualified(checksums.FAILURES), migration.id) if hasattr(books, "qualified") else None
+        skip = concurrently.prepare(connection, statements, path, migration.earlier_failure, record)
+        before = concurrently.indexes_before(connection, statements) - skip.oids  # (an accepted one is its work)
     probe = retry.probe(backend, connection.info.backend_pid) if policy.per_try else None
     budget = retry.TryBudget(policy.per_try, statements) if policy.per_try else None
     backoff = retry.Backoff(policy)
