@@ -336,6 +336,46 @@ def test_an_unnamed_twin_made_before_the_migration_ran_is_not_taken_for_its_work
                                         ("hcm_report_metadata_tenant_id_idx1", True)]
 
 
+def test_drop_index_concurrently_waits_for_old_transactions_without_lock_timeout(cli, db, sql_dir, seeded):
+    """It waits for the transactions using the table (blocking no one): not timed out, not retried until the
+    budget is spent; in a rollback file (the README's rollback of a concurrent build) likewise."""
+    add_migration(sql_dir, "0002_tenant_index", BUILD, rollback=f"-- transactional: false\nDROP INDEX CONCURRENTLY "
+                                                                f"{INDEX};\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0 and index_state(db) == [(True,)]
+    with blocking(db, hold=3):
+        result = cli("sql", "rollback", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded)
+    assert result.exit_code == 0, result.output
+    assert "lock not granted" not in result.stderr
+    assert index_state(db) == [] and applied(db) == [SEED]
+    add_migration(sql_dir, "0003_drop_index", f"-- transactional: false\nDROP INDEX CONCURRENTLY {INDEX};\n")
+    db.query(f"CREATE INDEX {INDEX} ON hcm_report_metadata (tenant_id)")
+    (sql_dir / "0002_tenant_index.sql").write_text("SELECT 1;\n")
+    (sql_dir / "0002_tenant_index.rollback.sql").unlink()
+    with blocking(db, hold=3):
+        result = cli("migrate", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded)
+    assert result.exit_code == 0, result.output
+    assert "lock not granted" not in result.stderr
+    assert index_state(db) == [] and applied(db) == [SEED, "0002_tenant_index", "0003_drop_index"]
+
+
+def test_an_interrupted_drop_index_concurrently_says_so_and_the_rerun_finishes_it(cli, db, sql_dir, seeded):
+    db.query(f"CREATE INDEX {INDEX} ON hcm_report_metadata (tenant_id)")
+    add_migration(sql_dir, "0002_drop_index", f"-- transactional: false\nDROP INDEX CONCURRENTLY {INDEX};\n")
+    with blocking(db):
+        failed = cli("migrate", "--statement-timeout", "1s", "--sql-dir", sql_dir, env=seeded)
+    line = one_error_line(failed)
+    assert "0002_drop_index.sql:2: failed to apply" in line and "statement timeout" in line
+    assert "a failed DROP INDEX CONCURRENTLY may have left its index INVALID" in line
+    assert "run migrate again to finish the drop" in line and "CREATE INDEX" not in line
+    assert index_state(db) == [(False,)] and applied(db) == [SEED]
+    status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
+    assert status.exit_code != 0 and "an interrupted DROP INDEX CONCURRENTLY" in status.output
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert index_state(db) == [] and applied(db) == [SEED, "0002_drop_index"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
 def test_if_not_exists_over_an_invalid_index_is_not_recorded_as_applied(cli, db, sql_dir, seeded):
     # an INVALID index of that name, as an earlier failed build leaves it
     db.query(f"CREATE INDEX {INDEX} ON hcm_report_metadata (tenant_id); "

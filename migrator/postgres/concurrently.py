@@ -1,7 +1,7 @@
-"""CREATE INDEX CONCURRENTLY done right: never timed out as if it blocked the application, never left INVALID
+"""CREATE / DROP INDEX CONCURRENTLY done right: never timed out as if it blocked the application, never left INVALID
 behind a migration recorded as applied, and an earlier try's leftover finished without a human.
 
-- A CONCURRENTLY build (CREATE INDEX / REINDEX) runs with lock_timeout off: it waits for older snapshots
+- A CONCURRENTLY build or drop (CREATE INDEX / REINDEX / DROP INDEX) runs with lock_timeout off: it waits for older snapshots
   (a pg_dump, a REPEATABLE READ report), which blocks no application query; statement_timeout still bounds it.
 - Before a file's build, when an earlier try of this same migration stopped part-way (its failure record): an
   INVALID index of the build's name on its table is that try's leftover, dropped (CONCURRENTLY) so the build
@@ -22,7 +22,9 @@ from migrator import lazy_re, output
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres.pinned import catalog_path
 
-ANY_CONCURRENT = lazy_re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b)[^;]*\bconcurrently\b", re.IGNORECASE)
+ANY_CONCURRENT = lazy_re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b|drop\s+index\b)[^;]*\bconcurrently\b",
+                                 re.IGNORECASE)
+DROP = lazy_re.compile(r"\s*drop\s+index\s+concurrently\b", re.IGNORECASE)
 _MAYBE = lazy_re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
 
 
@@ -44,7 +46,15 @@ class Reindex:
 
 
 def is_concurrent(text: str) -> bool:
+    """A CREATE / REINDEX / DROP INDEX ... CONCURRENTLY: it waits for older transactions, blocking no one."""
     return bool(ANY_CONCURRENT.match(text)) or bool(_MAYBE.search(text)) and bool(_parsed(text))
+
+
+def is_drop(text: str) -> bool:
+    """A DROP INDEX CONCURRENTLY (interrupted, it leaves the index INVALID; run again, it finishes the drop)."""
+    from pglast import ast
+
+    return bool(DROP.match(text)) or any(isinstance(tree, ast.DropStmt) for tree in _parsed(text))
 
 
 def _quoted(*names) -> str:
@@ -63,7 +73,7 @@ def _parsed(text: str) -> list:
         trees = [raw.stmt for raw in parse_sql(text)]
     except ParseError:
         return []
-    return [tree for tree in trees if isinstance(tree, ast.IndexStmt) and tree.concurrent
+    return [tree for tree in trees if isinstance(tree, (ast.IndexStmt, ast.DropStmt)) and tree.concurrent
             or isinstance(tree, ast.ReindexStmt) and any(p.defname == "concurrently" for p in tree.params or ())]
 
 
