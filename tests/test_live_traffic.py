@@ -407,6 +407,27 @@ def test_a_block_the_file_opens_itself_is_retried_from_its_begin(cli, db, sql_di
     assert {"t_one", "t_in_block"} <= db.tables() and applied(db) == [SEED, "0002_steps"]
 
 
+@pytest.mark.parametrize("taken,instead", [
+    ("CREATE TABLE hcm_audit (id int, tenant_id text); CREATE INDEX {i} ON hcm_audit (tenant_id)",
+     "the name is taken in that schema by index public.{i}: CREATE INDEX {i} ON public.hcm_audit USING btree "
+     "(tenant_id) (index names are per schema), so no index was built on \"hcm_report_metadata\""),
+    ("CREATE INDEX {i} ON hcm_report_metadata (dag_name)",
+     "index public.{i} already exists on \"hcm_report_metadata\" with another definition (USING btree (dag_name))")],
+    ids=["other-table", "other-definition"])
+def test_if_not_exists_over_a_name_taken_by_another_index_is_not_recorded_as_applied(cli, db, sql_dir, seeded, taken,
+                                                                                       instead):
+    db.query(taken.format(i=INDEX))
+    add_migration(sql_dir, "0002_tenant_index", BUILD.replace("CONCURRENTLY", "CONCURRENTLY IF NOT EXISTS"))
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    line = one_error_line(result)
+    assert "0002_tenant_index.sql:2: failed to apply" in line and instead.format(i=INDEX) in line, line
+    assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS built nothing" in line and "not recorded as applied" in line
+    assert "give the index another name in the file" in line
+    assert applied(db) == [SEED]
+    add_migration(sql_dir, "0002_tenant_index", BUILD.replace(INDEX, "idx_report_tenant"))
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0 and applied(db) == [SEED, "0002_tenant_index"]
+
+
 def test_an_interrupted_reindex_concurrently_leaves_nothing_after_the_rerun(cli, db, sql_dir, seeded):
     add_migration(sql_dir, "0002_tenant_index", BUILD)
     assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0

@@ -36,6 +36,7 @@ class Build:
     unique: bool
     probe: str  # the same build on an empty temporary copy of the table, named as it (_definition)
     relname: str  # the table's own name (the copy's)
+    if_not_exists: bool = False
 
 
 @dataclass
@@ -88,12 +89,12 @@ def builds(statements) -> list[Build]:
             if not isinstance(tree, ast.IndexStmt):
                 continue
             name, table = tree.idxname, _quoted(tree.relation.schemaname, tree.relation.relname)
-            relname = tree.relation.relname
+            relname, if_not_exists = tree.relation.relname, bool(tree.if_not_exists)
             # unnamed on the copy too: the server then picks the name it picks on the table (no other index there)
             tree.idxname = PROBE_INDEX if name is not None else None
             tree.concurrent, tree.if_not_exists, tree.tableSpace = False, False, None
             tree.relation = ast.RangeVar(schemaname="pg_temp", relname=relname, inh=True, relpersistence="p")
-            found.append(Build(index, name, table, bool(tree.unique), RawStream()(tree), relname))
+            found.append(Build(index, name, table, bool(tree.unique), RawStream()(tree), relname, if_not_exists))
     return found
 
 
@@ -351,3 +352,38 @@ def built(connection, statements, before: set[int]) -> list[str]:
             rows = _on_table(cursor, build)
             names += [row[5] for row in rows if row[0] and (row[4] not in before or row[5] == build.name)]
     return list(dict.fromkeys(names))
+
+
+# What holds a name in the schema of the table (oid given): its kind, its index definition, its qualified name.
+NAME_TAKEN = """
+SELECT c.relkind::text, pg_catalog.pg_get_indexdef(c.oid),
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = %(name)s AND c.relnamespace = (SELECT t.relnamespace FROM pg_catalog.pg_class t WHERE t.oid = %(table)s)
+"""
+KINDS = {"r": "a table", "p": "a partitioned table", "v": "a view", "m": "a materialized view", "S": "a sequence",
+         "f": "a foreign table", "c": "a composite type"}
+
+
+def skipped(connection, statements) -> list[tuple[int, str]]:
+    """(statement index, what is there instead) of the `IF NOT EXISTS name` builds the server skipped because
+    the name was taken by something else: an index of another definition on the table, or anything of that name
+    in the table's schema (index names are per schema). The server says it only in a NOTICE."""
+    found = []
+    with connection.cursor() as cursor:
+        for build in builds(statements):
+            if not build.if_not_exists or build.name is None:
+                continue
+            row = _find(cursor, build)
+            if row is not None:
+                wanted = _definition(cursor, build)
+                if wanted is not None and (row[1], row[2]) != (build.unique, wanted):
+                    found.append((build.index, f"index {row[3]} already exists on {build.table} with another "
+                                               f"definition ({'UNIQUE, ' if row[1] else ''}{row[2].strip()})"))
+                continue
+            for kind, definition, qualified in _catalog(cursor, NAME_TAKEN, {"name": build.name, "table": build.table},
+                                                        {"table": "to_regclass"}):
+                what = f"index {qualified}: {definition}" if kind in ("i", "I") else f"{KINDS.get(kind, kind)} {qualified}"
+                found.append((build.index, f"the name is taken in that schema by {what} (index names are per schema), "
+                                           f"so no index was built on {build.table}"))
+    return found

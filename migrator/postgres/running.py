@@ -141,6 +141,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         invalid = concurrently.invalid_after(connection, statements, before)
         if invalid:
             raise IndexLeftInvalid(invalid, path, statements)
+        if taken := concurrently.skipped(connection, statements):
+            raise IndexNotBuilt(*taken[0], path, statements)
         migration.built_indexes = concurrently.built(connection, statements, before)
 
 
@@ -167,6 +169,20 @@ class IndexLeftInvalid(StatementFailed):
         super().__init__(cause, path, statements, index, False, len(statements), None)
         self.todo = ("run migrate again: it drops the INVALID index (DROP INDEX CONCURRENTLY) and builds it again; "
                      "or drop it yourself and run again")
+
+    def committed(self) -> str:
+        return progress(self.statements, self.done, "not recorded as applied")
+
+
+class IndexNotBuilt(StatementFailed):
+    """A `CREATE INDEX CONCURRENTLY IF NOT EXISTS name` the server skipped (only a NOTICE): the name is another's."""
+
+    def __init__(self, index: int, instead: str, path: Path, statements):
+        cause = RuntimeError(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS built nothing: {instead}; so the migration "
+                             "is not recorded as applied")
+        super().__init__(cause, path, statements, index, False, len(statements), None)
+        self.todo = ("give the index another name in the file (or drop what holds the name if it is not wanted), "
+                     "then run again")
 
     def committed(self) -> str:
         return progress(self.statements, self.done, "not recorded as applied")
