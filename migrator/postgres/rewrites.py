@@ -79,15 +79,16 @@ FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamesp
 WHERE c.relname = %(name)s AND n.nspname = ANY(%(path)s) AND c.relkind IN ('r', 'p', 'm')
 ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
 """
-# The planner's row estimate of a table (a partitioned one: of its partitions), each reltuples scaled to the current
+# The planner's row estimate of a table with its partitions and inheritance children (an ALTER of the parent
+# reaches them all), each reltuples scaled to the current
 # pages as the planner does; NULL when one with pages has never been analyzed (reltuples -1 since PostgreSQL 14).
 _SIZE = """
 SELECT CASE WHEN bool_and(l.reltuples >= 0 AND l.relpages > 0 OR s.pages = 0)
             THEN sum(CASE WHEN s.pages = 0 THEN 0 ELSE l.reltuples / NULLIF(l.relpages, 0) * s.pages END) END::bigint,
        coalesce(sum(s.bytes), 0)::bigint
-FROM (SELECT relid FROM pg_catalog.pg_partition_tree(%(oid)s) WHERE isleaf
-      AND (SELECT relkind FROM pg_catalog.pg_class WHERE oid = %(oid)s) = 'p'
-      UNION ALL SELECT %(oid)s::regclass WHERE (SELECT relkind FROM pg_catalog.pg_class WHERE oid = %(oid)s) <> 'p') p
+FROM (WITH RECURSIVE tree(relid) AS (SELECT %(oid)s::oid UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i
+                                        JOIN tree ON i.inhparent = tree.relid)
+      SELECT relid FROM tree) p
      JOIN pg_catalog.pg_class l ON l.oid = p.relid,
      LATERAL (SELECT pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int AS pages,
                      pg_catalog.pg_total_relation_size(l.oid) AS bytes) s
@@ -98,6 +99,16 @@ SELECT a.atttypid, a.atttypmod, a.attnotnull, pg_catalog.format_type(a.atttypid,
        EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY(i.indkey))
 FROM pg_catalog.pg_attribute a WHERE a.attrelid = %s AND a.attname = %s AND NOT a.attisdropped
 """
+_DOMAIN_TABLES = """
+SELECT DISTINCT n.nspname, c.relname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT a.attisdropped AND c.relkind IN ('r', 'm', 'p') AND a.atttypid = (
+  SELECT t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+  WHERE t.typtype = 'd' AND t.typname = %(name)s AND tn.nspname = ANY(%(path)s)
+  ORDER BY pg_catalog.array_position(%(path)s, tn.nspname::text) LIMIT 1)
+ORDER BY 1, 2
+"""
+_CHECKED = "SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = %s AND contype = 'c' AND convalidated LIMIT 1"
 _COLLATION = "SELECT %s::pg_catalog.regcollation::pg_catalog.oid"  # resolved on the file's path
 # The tables of a schema (None: of the migration's search_path) or of an index, as (schema, name).
 _TABLES_IN = """
@@ -191,6 +202,14 @@ class _Live:
     def table_of_index(self, name: tuple[str | None, str]) -> list[tuple[str, str]]:
         return [tuple(row) for row in self._rows(_TABLE_OF_INDEX, {"name": name[1],
                                                                     "path": [name[0]] if name[0] else self.path})]
+
+    def domain_tables(self, names: list[str]) -> list[tuple[str, str]]:
+        """The tables with a column of the domain (found on the migration's search_path), as (schema, name)."""
+        return [tuple(row) for row in self._rows(_DOMAIN_TABLES, {"name": names[-1],
+                                                                  "path": names[:-1] if len(names) > 1 else self.path})]
+
+    def has_validated_check(self, oid: int) -> bool:
+        return bool(self._rows(_CHECKED, (oid,)))
 
     def domain_default_functions(self, type_name) -> set[str]:
         """The functions a domain's DEFAULT calls (none when the type is not a domain)."""
