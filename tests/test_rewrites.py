@@ -388,6 +388,23 @@ def test_a_stable_pending_function_default_and_an_attach_over_a_validated_check_
     assert applied(db)[-1] == "0004_attach"
 
 
+def test_a_small_table_an_earlier_pending_file_loads_rows_into_is_counted_as_big(cli, db, sql_dir):
+    seeded(cli, db, sql_dir, rows=5)
+    add_migration(sql_dir, "0002_seed_row", f"INSERT INTO {TABLE} (dag_run_id, dag_name, campaign_number, report_name, "
+                                            "trigger_frequency, trigger_date, filestore_id) VALUES "
+                                            "('one', 'd', 'c', 'r', 'Daily', now(), 'f');\n")
+    add_migration(sql_dir, "0003_type", f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    env = {**db.db_env(), "REWRITE_THRESHOLD_ROWS": "10"}
+    plan = json.loads(cli("plan", "--sql-dir", sql_dir, "--json", env=env).stdout)
+    assert plan["rewrites"] == []  # a few VALUES: the live size still tells
+    add_migration(sql_dir, "0002_seed_row", FILL.format(table=TABLE, rows=100) + ";\n")  # now it loads
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    assert (f"0003_type.sql:1: ALTER COLUMN id TYPE bigint rewrites public.{TABLE} (~5 rows now, and rows loaded into "
+            "it by an earlier pending statement: counted as big)") in result.stderr, result.stderr
+    assert applied(db) == [SEED]
+
+
 def test_a_using_that_keeps_the_value_is_no_rewrite(cli, db, sql_dir):
     seeded(cli, db, sql_dir)
     add_migration(sql_dir, "0002_widen", f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id TYPE varchar(60) "

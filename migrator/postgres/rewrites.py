@@ -45,6 +45,7 @@ class Verdict:
     bytes: int
     accepted: bool  # the file's marker names the table
     threshold: int
+    loaded: bool = False  # an earlier pending statement loads rows into it: counted as big, whatever its live size
 
     @property
     def refused(self) -> bool:
@@ -52,8 +53,10 @@ class Verdict:
 
     def line(self) -> str:
         r = self.risk
-        head = (f"{self.path}:{r.line}: {r.what} {r.does} {self.relation} (~{risks.rows_text(self.rows)} rows, "
-                f"{risks.size_text(self.bytes)}; more than {self.threshold}) under {r.lock} ({BLOCKS[r.lock]})")
+        rows = f"~{risks.rows_text(self.rows)} rows"
+        size = (f"{rows}, {risks.size_text(self.bytes)}; more than {self.threshold}" if not self.loaded
+                else f"{rows} now, and rows loaded into it by an earlier pending statement: counted as big")
+        head = f"{self.path}:{r.line}: {r.what} {r.does} {self.relation} ({size}) under {r.lock} ({BLOCKS[r.lock]})"
         if self.accepted:
             return _printable(f"{head}: accepted by the file's `-- accept-rewrite: {self.relation}`")
         return _printable(f"{head}; instead: {INSTEAD[r.kind]}; or accept the cost with `-- accept-rewrite: "
@@ -63,7 +66,7 @@ class Verdict:
         r = self.risk
         return {"file": self.path, "line": r.line, "statement": r.what, "does": r.does, "table": self.relation,
                 "live_rows": self.rows, "live_bytes": self.bytes, "lock": r.lock, "instead": INSTEAD[r.kind],
-                "accepted": self.accepted}
+                "accepted": self.accepted, "loaded_by_pending": self.loaded}
 
 
 def _printable(text: str) -> str:
@@ -346,14 +349,16 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
                         if seen.is_new(risk.table, live):
                             continue
                         table = live.table(risk.table)
-                        if table is None or table[2] <= threshold:
+                        loaded = seen.is_loaded(risk.table, live)  # (its live size says nothing of what it will be)
+                        if table is None or table[2] <= threshold and not loaded:
                             continue
                         if accepted is None:
                             accepted = {live.key(name) for name in markers(files.read_text(path),
                                                                            migration.steps[0].statements)}
                         oid, relation, rows, size = table
                         verdicts.append(Verdict(str(path), risk, relation, rows, size,
-                                                key in accepted or _key_of(relation) in accepted, threshold))
+                                                key in accepted or _key_of(relation) in accepted, threshold,
+                                                loaded and rows <= threshold))
     finally:
         if live is not None:
             live.close()

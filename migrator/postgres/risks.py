@@ -28,6 +28,10 @@ _COMMENTS = lazy_re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint o
 _NAME = r'("(?:[^"]|"")*"|[A-Za-z_][\w$]*)'
 _CREATES = lazy_re.compile(rf"create\s+(?:(?:global|local)\s+)?(?P<temp>(?:temp|temporary)\s+)?(?:unlogged\s+)?table\s+"
                       rf"(?!if\s+not\s+exists\b){_NAME}(?:\s*\.\s*{_NAME})?", re.IGNORECASE)
+# INSERT ... SELECT / COPY ... FROM: a pending statement that loads rows into a table (VALUES adds a known few)
+_LOADS = lazy_re.compile(rf"\s*(?:insert\s+into\s+{_NAME}(?:\s*\.\s*{_NAME})?(?:\s+as\s+\S+)?(?:\s*\([^)]*\))?"
+                         rf"\s*(?:overriding\s+\w+\s+value\s+)?\(?\s*(?:select|with|table)\b"
+                         rf"|copy\s+{_NAME}(?:\s*\.\s*{_NAME})?[^;]*?\bfrom\b)", re.IGNORECASE)
 _WRITES = lazy_re.compile(r"\s*(?:update|delete|with|lock)\b", re.IGNORECASE)
 _RENAMES = lazy_re.compile(r"\s*alter\s+table\b.*\brename\b", re.IGNORECASE | re.DOTALL)
 _SEARCH_PATH = re.compile(r"\s*set\s+(?:session\s+|local\s+)?search_path\s*(?:to|=)\s*(?P<first>\"(?:[^\"]|\"\")*\"|[^\s,;]+)",
@@ -50,6 +54,7 @@ class Seen:
     schema: str | None = None  # the schema a `SET search_path` of the file puts unqualified new tables in
     functions: dict = field(default_factory=dict)  # name -> volatile: the functions a pending statement creates
     checked: set = field(default_factory=set)  # table keys a pending statement gave a validated CHECK
+    loaded: set = field(default_factory=set)  # tables a pending statement loads rows into (INSERT ... SELECT, COPY)
 
     def begin_file(self, transactional: bool) -> None:
         self.altered = set() if transactional else None
@@ -57,6 +62,10 @@ class Seen:
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
         return any(live.key(c) == live.key(name) for c in self.created)
+
+    def is_loaded(self, name: tuple[str | None, str], live) -> bool:
+        """Its live size says nothing: an earlier pending statement loads rows into it."""
+        return any(live.key(c) == live.key(name) for c in self.loaded)
 
     def live_name(self, name: tuple[str | None, str], live) -> tuple[str | None, str]:
         """The live table a name means after the pending RENAME TOs before this statement."""
@@ -72,8 +81,13 @@ class Seen:
         if path:
             first = path["first"]
             self.schema = first[1:-1].replace('""', '"') if first.startswith('"') else first.strip("'").lower()
-        if _FUNCTION.match(_COMMENTS.sub(" ", text)):
+        bare = _COMMENTS.sub(" ", text)
+        if _FUNCTION.match(bare):
             self._function(text)
+        loads = _LOADS.match(bare)
+        if loads:
+            parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in loads.groups() if p]
+            self.loaded.add((parts[0], parts[1]) if len(parts) == 2 else (self.schema, parts[0]))
         match = _CREATES.match(text)
         if match and not match["temp"]:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in match.groups()[1:] if p]
