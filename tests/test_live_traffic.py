@@ -365,7 +365,7 @@ def test_an_interrupted_drop_index_concurrently_says_so_and_the_rerun_finishes_i
         failed = cli("migrate", "--statement-timeout", "1s", "--sql-dir", sql_dir, env=seeded)
     line = one_error_line(failed)
     assert "0002_drop_index.sql:2: failed to apply" in line and "statement timeout" in line
-    assert "a failed DROP INDEX CONCURRENTLY may have left its index INVALID" in line
+    assert "a DROP INDEX CONCURRENTLY stopped part-way may have left its index INVALID" in line
     assert "run migrate again to finish the drop" in line and "CREATE INDEX" not in line
     assert index_state(db) == [(False,)] and applied(db) == [SEED]
     status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
