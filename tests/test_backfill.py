@@ -112,6 +112,33 @@ def test_only_an_update_or_delete_bounded_by_the_parser_is_batched(cli, db, sql_
     assert applied(db) == [SEED]
 
 
+def test_a_limit_over_another_table_or_column_is_not_a_bounded_batch(cli, db, sql_dir):
+    """A LIMIT on the tenants list bounds tenants, not rows: one "batch" would touch every row of theirs."""
+    filled(cli, db, sql_dir)
+    for name, where in {
+        "other_table": "tenant_id IN (SELECT tenant_id FROM tenants ORDER BY 1 LIMIT 50)",
+        "other_column": f"id IN (SELECT other_id FROM {TABLE} LIMIT 50)",
+        "under_or": f"ref IS NULL OR id IN (SELECT id FROM {TABLE} WHERE ref IS NULL LIMIT 7)",
+    }.items():
+        add_migration(sql_dir, "0002_ref", f"-- transactional: false\nALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS "
+                                           f"ref uuid;\n-- backfill: batch\nUPDATE {TABLE} SET ref = gen_random_uuid() "
+                                           f"WHERE ref IS NULL AND {where};\n")
+        line = one_error_line(migrate(cli, db, sql_dir))
+        assert "must be an UPDATE or DELETE that touches a bounded batch of its own table's rows" in line, (name, line)
+        assert "a LIMIT over another table bounds that table's rows" in line
+    assert applied(db) == [SEED] and db.query("SELECT count(*) FROM batches") == [(0,)]
+
+
+def test_the_ctid_batch_pattern_is_accepted_and_batches(cli, db, sql_dir):
+    filled(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_ref", BACKFILL.replace(
+        f"WHERE id IN (SELECT id FROM {TABLE} WHERE ref IS NULL ORDER BY id LIMIT 7)",
+        f"WHERE ctid = ANY(ARRAY(SELECT ctid FROM public.{TABLE} WHERE ref IS NULL LIMIT 7))"))
+    ok(migrate(cli, db, sql_dir))
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NULL") == [(0,)]
+    assert db.query("SELECT count(DISTINCT xid) FROM batches") == [(9,)]  # 50 rows by 7, and the empty last one
+
+
 # Each batch bumps the first row not yet at 20: 3 rows x 20 = 60 batches that touch a row (a WHERE that is slow to
 # leave its done rows out), so without a limit it ends, late; with one it stops at the limit.
 SLOW_LOOP = ("-- transactional: false\n"

@@ -290,6 +290,92 @@ def test_a_build_the_server_finished_after_the_runner_died_counts_as_done(cli, d
     assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded).exit_code == 0
 
 
+UNNAMED = "-- transactional: false\nCREATE INDEX CONCURRENTLY ON hcm_report_metadata (tenant_id);\n"
+TENANT_INDEXES = ("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE "
+                  "i.indrelid = 'hcm_report_metadata'::regclass AND pg_get_indexdef(i.indexrelid) LIKE '%(tenant_id)' "
+                  "ORDER BY 1")
+
+
+def test_an_unnamed_build_the_server_finished_after_the_runner_died_is_not_built_twice(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_tenant_index", UNNAMED)
+    holder = snapshot_holder(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+        wait_for_phase(db, "waiting for old snapshots", runner)
+        runner.send_signal(signal.SIGKILL)
+        runner.communicate(timeout=30)
+        holder.commit()  # at once: the build ends before the server notices its client is gone
+        deadline = time.monotonic() + 15
+        while db.query("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        holder.close()
+    assert db.query(TENANT_INDEXES) == [("hcm_report_metadata_tenant_id_idx", True)] and applied(db) == [SEED]
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert "index public.hcm_report_metadata_tenant_id_idx is already built and valid" in rerun.stderr
+    assert db.query(TENANT_INDEXES) == [("hcm_report_metadata_tenant_id_idx", True)]  # no _idx1 twin
+    assert applied(db) == [SEED, "0002_tenant_index"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def test_an_unnamed_twin_made_before_the_migration_ran_is_not_taken_for_its_work(cli, db, sql_dir, seeded):
+    """Someone made the same index by hand before the migration's first try (which then failed on an earlier
+    statement): the rerun builds the file's index as written, it does not count the other one as its own."""
+    db.query("CREATE INDEX ON hcm_report_metadata (tenant_id); CREATE TABLE in_the_way (id int)")
+    add_migration(sql_dir, "0002_tenant_index", UNNAMED.replace("CREATE INDEX", "CREATE TABLE in_the_way (id int);\n"
+                                                                "CREATE INDEX"))
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code != 0  # "in_the_way" already exists
+    db.query("DROP TABLE in_the_way")
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert "already built" not in rerun.stderr
+    assert db.query(TENANT_INDEXES) == [("hcm_report_metadata_tenant_id_idx", True),
+                                        ("hcm_report_metadata_tenant_id_idx1", True)]
+
+
+def test_drop_index_concurrently_waits_for_old_transactions_without_lock_timeout(cli, db, sql_dir, seeded):
+    """It waits for the transactions using the table (blocking no one): not timed out, not retried until the
+    budget is spent; in a rollback file (the README's rollback of a concurrent build) likewise."""
+    add_migration(sql_dir, "0002_tenant_index", BUILD, rollback=f"-- transactional: false\nDROP INDEX CONCURRENTLY "
+                                                                f"{INDEX};\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0 and index_state(db) == [(True,)]
+    with blocking(db, hold=3):
+        result = cli("sql", "rollback", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded)
+    assert result.exit_code == 0, result.output
+    assert "lock not granted" not in result.stderr
+    assert index_state(db) == [] and applied(db) == [SEED]
+    add_migration(sql_dir, "0003_drop_index", f"-- transactional: false\nDROP INDEX CONCURRENTLY {INDEX};\n")
+    db.query(f"CREATE INDEX {INDEX} ON hcm_report_metadata (tenant_id)")
+    (sql_dir / "0002_tenant_index.sql").write_text("SELECT 1;\n")
+    (sql_dir / "0002_tenant_index.rollback.sql").unlink()
+    with blocking(db, hold=3):
+        result = cli("migrate", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded)
+    assert result.exit_code == 0, result.output
+    assert "lock not granted" not in result.stderr
+    assert index_state(db) == [] and applied(db) == [SEED, "0002_tenant_index", "0003_drop_index"]
+
+
+def test_an_interrupted_drop_index_concurrently_says_so_and_the_rerun_finishes_it(cli, db, sql_dir, seeded):
+    db.query(f"CREATE INDEX {INDEX} ON hcm_report_metadata (tenant_id)")
+    add_migration(sql_dir, "0002_drop_index", f"-- transactional: false\nDROP INDEX CONCURRENTLY {INDEX};\n")
+    with blocking(db):
+        failed = cli("migrate", "--statement-timeout", "1s", "--sql-dir", sql_dir, env=seeded)
+    line = one_error_line(failed)
+    assert "0002_drop_index.sql:2: failed to apply" in line and "statement timeout" in line
+    assert "a DROP INDEX CONCURRENTLY stopped part-way may have left its index INVALID" in line
+    assert "run migrate again to finish the drop" in line and "CREATE INDEX" not in line
+    assert index_state(db) == [(False,)] and applied(db) == [SEED]
+    status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
+    assert status.exit_code != 0 and "an interrupted DROP INDEX CONCURRENTLY" in status.output
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert index_state(db) == [] and applied(db) == [SEED, "0002_drop_index"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
 def test_if_not_exists_over_an_invalid_index_is_not_recorded_as_applied(cli, db, sql_dir, seeded):
     # an INVALID index of that name, as an earlier failed build leaves it
     db.query(f"CREATE INDEX {INDEX} ON hcm_report_metadata (tenant_id); "
@@ -319,6 +405,27 @@ def test_a_block_the_file_opens_itself_is_retried_from_its_begin(cli, db, sql_di
     assert result.exit_code == 0, result.output
     assert "0002_steps.sql:5: lock not granted" in result.stderr
     assert {"t_one", "t_in_block"} <= db.tables() and applied(db) == [SEED, "0002_steps"]
+
+
+@pytest.mark.parametrize("taken,instead", [
+    ("CREATE TABLE hcm_audit (id int, tenant_id text); CREATE INDEX {i} ON hcm_audit (tenant_id)",
+     "the name is taken in that schema by index public.{i}: CREATE INDEX {i} ON public.hcm_audit USING btree "
+     "(tenant_id) (index names are per schema), so no index was built on \"hcm_report_metadata\""),
+    ("CREATE INDEX {i} ON hcm_report_metadata (dag_name)",
+     "index public.{i} already exists on \"hcm_report_metadata\" with another definition (USING btree (dag_name))")],
+    ids=["other-table", "other-definition"])
+def test_if_not_exists_over_a_name_taken_by_another_index_is_not_recorded_as_applied(cli, db, sql_dir, seeded, taken,
+                                                                                       instead):
+    db.query(taken.format(i=INDEX))
+    add_migration(sql_dir, "0002_tenant_index", BUILD.replace("CONCURRENTLY", "CONCURRENTLY IF NOT EXISTS"))
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    line = one_error_line(result)
+    assert "0002_tenant_index.sql:2: failed to apply" in line and instead.format(i=INDEX) in line, line
+    assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS built nothing" in line and "not recorded as applied" in line
+    assert "give the index another name in the file" in line
+    assert applied(db) == [SEED]
+    add_migration(sql_dir, "0002_tenant_index", BUILD.replace(INDEX, "idx_report_tenant"))
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0 and applied(db) == [SEED, "0002_tenant_index"]
 
 
 def test_an_interrupted_reindex_concurrently_leaves_nothing_after_the_rerun(cli, db, sql_dir, seeded):

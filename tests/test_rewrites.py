@@ -334,6 +334,77 @@ def test_a_rewrite_hidden_by_an_earlier_statement_or_spelling_is_refused(cli, db
     assert applied(db) == [SEED]
 
 
+# (live setup, file text, the line of the refused statement, what its refusal says up to the table's size)
+REFUSED_OTHER_OBJECTS = {
+    "refresh_matview": (f"CREATE MATERIALIZED VIEW mv AS SELECT * FROM {TABLE}; ANALYZE mv",
+                        "REFRESH MATERIALIZED VIEW mv;\n", 2,
+                        "REFRESH MATERIALIZED VIEW without CONCURRENTLY rewrites public.mv (~50 rows"),
+    "set_expression": (f"ALTER TABLE {TABLE} ADD COLUMN g2 bigint GENERATED ALWAYS AS (id * 2) STORED",
+                       f"ALTER TABLE {TABLE} ALTER COLUMN g2 SET EXPRESSION AS (id * 3);\n", 2,
+                       f"ALTER COLUMN g2 SET EXPRESSION rewrites public.{TABLE} (~50 rows"),
+    # an empty inheritance parent: the ALTER reaches its big child
+    "inheritance_parent": ("CREATE TABLE base (id bigint); CREATE TABLE kid () INHERITS (base); "
+                           "INSERT INTO kid SELECT generate_series(1, 50); ANALYZE kid",
+                           "ALTER TABLE base ADD COLUMN u uuid DEFAULT gen_random_uuid();\n", 2,
+                           "ADD COLUMN u DEFAULT gen_random_uuid() (volatile: a value per row) rewrites public.base "
+                           "(~50 rows"),
+    # a function a pending statement creates, volatile by default
+    "pending_function": ("SELECT 1", "CREATE FUNCTION mk_code() RETURNS text LANGUAGE sql AS $$ SELECT "
+                                     f"md5(random()::text) $$;\nALTER TABLE {TABLE} ADD COLUMN code text DEFAULT "
+                                     "mk_code();\n", 3, "ADD COLUMN code DEFAULT mk_code() (volatile"),
+    "attach_partition": ("SELECT 1", f"CREATE TABLE evp (id bigint NOT NULL) PARTITION BY RANGE (id);\n"
+                                     f"ALTER TABLE evp ATTACH PARTITION {TABLE} FOR VALUES FROM (0) TO (1000000);\n",
+                         3, f"ATTACH PARTITION {TABLE} without a validated CHECK implying its bound scans "
+                            f"public.{TABLE} (~50 rows"),
+    "domain_constraint": (f"CREATE DOMAIN posint AS int; ALTER TABLE {TABLE} ADD COLUMN p posint",
+                          "ALTER DOMAIN posint ADD CONSTRAINT pos CHECK (VALUE >= 0);\n", 2,
+                          f"ALTER DOMAIN posint ADD CONSTRAINT pos without NOT VALID scans public.{TABLE} (~50 rows"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_OTHER_OBJECTS))
+def test_a_rewrite_or_scan_through_another_object_is_refused(cli, db, sql_dir, case):
+    seeded(cli, db, sql_dir)
+    setup, text, line, what = REFUSED_OTHER_OBJECTS[case]
+    db.query(setup)
+    path = add_migration(sql_dir, "0002_" + case, "-- why: a test\n" + text)
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    assert f"{path}:{line}: {what}" in result.stderr and "instead: " in result.stderr, result.stderr
+    assert applied(db) == [SEED]
+
+
+def test_a_stable_pending_function_default_and_an_attach_over_a_validated_check_run(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_fine", "CREATE FUNCTION code_of() RETURNS text LANGUAGE sql STABLE AS $$ SELECT "
+                                        f"'x' $$;\nALTER TABLE {TABLE} ADD COLUMN code text DEFAULT code_of();\n"
+                                        f"ALTER TABLE {TABLE} ADD CONSTRAINT in_range CHECK (id >= 0 AND id < 1000000) "
+                                        "NOT VALID;\n")
+    add_migration(sql_dir, "0003_validate", f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT in_range;\n")
+    add_migration(sql_dir, "0004_attach", f"CREATE TABLE evp (LIKE {TABLE}) PARTITION BY RANGE (id);\n"
+                                          f"ALTER TABLE evp ATTACH PARTITION {TABLE} FOR VALUES FROM (0) TO "
+                                          "(1000000);\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert applied(db)[-1] == "0004_attach"
+
+
+def test_a_small_table_an_earlier_pending_file_loads_rows_into_is_counted_as_big(cli, db, sql_dir):
+    seeded(cli, db, sql_dir, rows=5)
+    add_migration(sql_dir, "0002_seed_row", f"INSERT INTO {TABLE} (dag_run_id, dag_name, campaign_number, report_name, "
+                                            "trigger_frequency, trigger_date, filestore_id) VALUES "
+                                            "('one', 'd', 'c', 'r', 'Daily', now(), 'f');\n")
+    add_migration(sql_dir, "0003_type", f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    env = {**db.db_env(), "REWRITE_THRESHOLD_ROWS": "10"}
+    plan = json.loads(cli("plan", "--sql-dir", sql_dir, "--json", env=env).stdout)
+    assert plan["rewrites"] == []  # a few VALUES: the live size still tells
+    add_migration(sql_dir, "0002_seed_row", FILL.format(table=TABLE, rows=100) + ";\n")  # now it loads
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    assert (f"0003_type.sql:1: ALTER COLUMN id TYPE bigint rewrites public.{TABLE} (~5 rows now, and rows loaded into "
+            "it by an earlier pending statement: counted as big)") in result.stderr, result.stderr
+    assert applied(db) == [SEED]
+
+
 def test_a_using_that_keeps_the_value_is_no_rewrite(cli, db, sql_dir):
     seeded(cli, db, sql_dir)
     add_migration(sql_dir, "0002_widen", f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id TYPE varchar(60) "

@@ -135,8 +135,10 @@ def _read(path: Path, statements: list[Statement], transactional: bool):
             problems.append((line, f"{what} must come right before the UPDATE or DELETE it repeats"))
         elif not _bounded_write(statement.text):
             problems.append((line, f"{what}: the statement at line {statement.line} must be an UPDATE or DELETE "
-                                   "that touches a bounded batch, e.g. WHERE id IN (SELECT id FROM t WHERE <not done> "
-                                   "LIMIT 5000), or it would never end"))
+                                   "that touches a bounded batch of its own table's rows: WHERE id IN (SELECT id FROM "
+                                   "<its table> WHERE <not done> LIMIT 5000) with id a key, or WHERE ctid = ANY(ARRAY("
+                                   "SELECT ctid FROM <its table> WHERE <not done> LIMIT 5000)); a LIMIT over another "
+                                   "table bounds that table's rows, not the batch"))
         else:
             found[index] = Batched(statement.text, statement.line, statement.offset, statement.terminated,
                                    int(value[1] or EVERY), int(value[2]) if value[2] else None)
@@ -144,11 +146,13 @@ def _read(path: Path, statements: list[Statement], transactional: bool):
 
 
 def _bounded_write(text: str) -> bool:
-    """An UPDATE or DELETE (its own rows counted: no final SELECT over a WITH) whose parse tree holds a LIMIT /
-    FETCH FIRST or a TABLESAMPLE: read with PostgreSQL's parser (pglast), never in a string or a comment."""
-    from pglast import ast, parse_sql
+    """An UPDATE or DELETE (its own rows counted: no final SELECT over a WITH) whose WHERE bounds the rows of its
+    own table, read with PostgreSQL's parser (pglast), never in a string or a comment: a top-level condition
+    `col IN (SELECT col FROM <its table> ... LIMIT n)` (or `= ANY(...)`, `= (SELECT ...)`, a WITH query of that
+    shape, TABLESAMPLE for LIMIT) or `ctid = ANY(ARRAY(SELECT ctid FROM <its table> ... LIMIT n))`. A LIMIT over
+    another table (`tenant_id IN (SELECT id FROM tenants LIMIT 50)`) bounds that table's rows, not this one's."""
+    from pglast import ast, enums, parse_sql
     from pglast.parser import ParseError
-    from pglast.visitors import Visitor
 
     try:
         trees = [raw.stmt for raw in parse_sql(text)]
@@ -156,15 +160,48 @@ def _bounded_write(text: str) -> bool:
         return False
     if len(trees) != 1 or not isinstance(trees[0], (ast.UpdateStmt, ast.DeleteStmt)):
         return False
-    bounds = []
+    tree = trees[0]
+    target = (tree.relation.schemaname, tree.relation.relname)
+    ctes = {cte.ctename: cte.ctequery for cte in (tree.withClause.ctes if tree.withClause else ())}
+    where = tree.whereClause
+    conditions = where.args if isinstance(where, ast.BoolExpr) and where.boolop == enums.BoolExprType.AND_EXPR \
+        else [where]
 
-    class Bounds(Visitor):
-        def visit_SelectStmt(self, _ancestors, node):
-            if node.limitCount is not None:
-                bounds.append(node)
+    def column(node) -> str | None:
+        if isinstance(node, ast.ColumnRef) and isinstance(node.fields[-1], ast.String):
+            return node.fields[-1].sval
+        return None
 
-        def visit_RangeTableSample(self, _ancestors, node):
-            bounds.append(node)
+    def over_target(select, name: str, depth: int = 0) -> bool:
+        """`select` picks `name` from the statement's own table, at most n rows of it (or a WITH query that does)."""
+        if not isinstance(select, ast.SelectStmt) or len(select.fromClause or ()) != 1 \
+                or len(select.targetList or ()) != 1 or column(select.targetList[0].val) != name:
+            return False
+        source = select.fromClause[0]
+        sampled = isinstance(source, ast.RangeTableSample)
+        relation = source.relation if sampled else source
+        if not isinstance(relation, ast.RangeVar):
+            return False
+        if relation.schemaname is None and relation.relname in ctes and depth == 0:
+            return over_target(ctes[relation.relname], name, 1)
+        same = relation.relname == target[1] and None in (relation.schemaname, target[0]) \
+            or (relation.schemaname, relation.relname) == target
+        return same and (select.limitCount is not None or sampled)
 
-    Bounds()(trees[0])
-    return bool(bounds)
+    for condition in conditions:
+        if isinstance(condition, ast.SubLink) and condition.subLinkType == enums.SubLinkType.ANY_SUBLINK:
+            name = column(condition.testexpr)
+            if name and over_target(condition.subselect, name):
+                return True
+        elif isinstance(condition, ast.A_Expr) and isinstance(condition.rexpr, ast.SubLink) \
+                and [n.sval for n in condition.name] == ["="]:
+            name, link = column(condition.lexpr), condition.rexpr
+            if name and link.subLinkType in (enums.SubLinkType.ARRAY_SUBLINK, enums.SubLinkType.EXPR_SUBLINK) \
+                    and over_target(link.subselect, name):
+                return True
+        elif isinstance(condition, ast.A_Expr) and condition.kind == enums.A_Expr_Kind.AEXPR_OP_ANY \
+                and isinstance(condition.rexpr, ast.SubLink):
+            name = column(condition.lexpr)
+            if name and over_target(condition.rexpr.subselect, name):
+                return True
+    return False

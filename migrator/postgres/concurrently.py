@@ -1,7 +1,7 @@
-"""CREATE INDEX CONCURRENTLY done right: never timed out as if it blocked the application, never left INVALID
+"""CREATE / DROP INDEX CONCURRENTLY done right: never timed out as if it blocked the application, never left INVALID
 behind a migration recorded as applied, and an earlier try's leftover finished without a human.
 
-- A CONCURRENTLY build (CREATE INDEX / REINDEX) runs with lock_timeout off: it waits for older snapshots
+- A CONCURRENTLY build or drop (CREATE INDEX / REINDEX / DROP INDEX) runs with lock_timeout off: it waits for older snapshots
   (a pg_dump, a REPEATABLE READ report), which blocks no application query; statement_timeout still bounds it.
 - Before a file's build, when an earlier try of this same migration stopped part-way (its failure record): an
   INVALID index of the build's name on its table is that try's leftover, dropped (CONCURRENTLY) so the build
@@ -22,7 +22,9 @@ from migrator import lazy_re, output
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres.pinned import catalog_path
 
-ANY_CONCURRENT = lazy_re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b)[^;]*\bconcurrently\b", re.IGNORECASE)
+ANY_CONCURRENT = lazy_re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b|drop\s+index\b)[^;]*\bconcurrently\b",
+                                 re.IGNORECASE)
+DROP = lazy_re.compile(r"\s*drop\s+index\s+concurrently\b", re.IGNORECASE)
 _MAYBE = lazy_re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
 
 
@@ -32,7 +34,9 @@ class Build:
     name: str | None  # the index's name, as the catalog spells it (None: unnamed, the server picks it)
     table: str  # quoted, qualified as written (resolved by the session's search_path)
     unique: bool
-    probe: str  # the same build on the probe table (_definition)
+    probe: str  # the same build on an empty temporary copy of the table, named as it (_definition)
+    relname: str  # the table's own name (the copy's)
+    if_not_exists: bool = False
 
 
 @dataclass
@@ -43,7 +47,15 @@ class Reindex:
 
 
 def is_concurrent(text: str) -> bool:
+    """A CREATE / REINDEX / DROP INDEX ... CONCURRENTLY: it waits for older transactions, blocking no one."""
     return bool(ANY_CONCURRENT.match(text)) or bool(_MAYBE.search(text)) and bool(_parsed(text))
+
+
+def is_drop(text: str) -> bool:
+    """A DROP INDEX CONCURRENTLY (interrupted, it leaves the index INVALID; run again, it finishes the drop)."""
+    from pglast import ast
+
+    return bool(DROP.match(text)) or any(isinstance(tree, ast.DropStmt) for tree in _parsed(text))
 
 
 def _quoted(*names) -> str:
@@ -62,7 +74,7 @@ def _parsed(text: str) -> list:
         trees = [raw.stmt for raw in parse_sql(text)]
     except ParseError:
         return []
-    return [tree for tree in trees if isinstance(tree, ast.IndexStmt) and tree.concurrent
+    return [tree for tree in trees if isinstance(tree, (ast.IndexStmt, ast.DropStmt)) and tree.concurrent
             or isinstance(tree, ast.ReindexStmt) and any(p.defname == "concurrently" for p in tree.params or ())]
 
 
@@ -77,9 +89,12 @@ def builds(statements) -> list[Build]:
             if not isinstance(tree, ast.IndexStmt):
                 continue
             name, table = tree.idxname, _quoted(tree.relation.schemaname, tree.relation.relname)
-            tree.idxname, tree.concurrent, tree.if_not_exists, tree.tableSpace = PROBE_INDEX, False, False, None
-            tree.relation = ast.RangeVar(relname=PROBE_TABLE, inh=True, relpersistence="p")
-            found.append(Build(index, name, table, bool(tree.unique), RawStream()(tree)))
+            relname, if_not_exists = tree.relation.relname, bool(tree.if_not_exists)
+            # unnamed on the copy too: the server then picks the name it picks on the table (no other index there)
+            tree.idxname = PROBE_INDEX if name is not None else None
+            tree.concurrent, tree.if_not_exists, tree.tableSpace = False, False, None
+            tree.relation = ast.RangeVar(schemaname="pg_temp", relname=relname, inh=True, relpersistence="p")
+            found.append(Build(index, name, table, bool(tree.unique), RawStream()(tree), relname, if_not_exists))
     return found
 
 
@@ -100,7 +115,7 @@ def reindexes(statements) -> list[Reindex]:
     return found
 
 
-PROBE_TABLE, PROBE_INDEX = "_hcm_index_probe", "_hcm_index_probe_idx"
+PROBE_INDEX = "_hcm_index_probe_idx"
 
 
 # The index of that name on that table: (valid, unique, definition from USING on, qualified name, oid, name).
@@ -193,12 +208,20 @@ def _drop(cursor, qualified: str) -> None:
         cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
 
 
-def prepare(connection, statements, path, earlier_failure: str | None) -> set[int]:
+class Done(set):
+    """The statements counted as done (the index they build is already there, valid), and those indexes' oids."""
+
+    def __init__(self):
+        super().__init__()
+        self.oids: set[int] = set()
+
+
+def prepare(connection, statements, path, earlier_failure: str | None, record=None) -> Done:
     """Before a non-transactional file runs again after an earlier try stopped part-way: drop its builds'
-    INVALID leftovers (a named build's index, an unnamed one's INVALID index of the same definition on its
-    table, a REINDEX's _ccnew/_ccold copies); return the statements whose VALID index (same definition) is
-    already there."""
-    done: set[int] = set()
+    INVALID leftovers (a named build's index, an unnamed one's INVALID index of the same definition and the
+    server's name for it, a REINDEX's _ccnew/_ccold copies); return the statements whose VALID index (same
+    definition) is already there. `record`: (the failures table, the migration's id), see _made_since."""
+    done = Done()
     if earlier_failure is None:
         return done
     with connection.cursor() as cursor:
@@ -208,48 +231,100 @@ def prepare(connection, statements, path, earlier_failure: str | None) -> set[in
                 output.note(f"note: {path}:{statements[reindex.index].line}: dropped INVALID index {leftover}, left "
                             "by an earlier try of this migration's REINDEX")
         for build in builds(statements):
-            line = statements[build.index].line
-            if build.name is None:  # the server named it: its INVALID twin on the table is the earlier try's
-                wanted = _definition(cursor, build)
-                for valid, unique, definition, qualified, *_ in _on_table(cursor, build):
-                    if not valid and wanted is not None and (unique, definition) == (build.unique, wanted):
-                        _drop(cursor, qualified)
-                        output.note(f"note: {path}:{line}: dropped INVALID index {qualified}, left by an earlier "
-                                    "try of this migration; building it again")
-                continue
-            found = _find(cursor, build)
-            if found is None:
-                continue
-            valid, unique, definition, qualified, *_ = found
-            if not valid and (unique, definition) != (build.unique, _definition(cursor, build)):
-                raise MigratorError(f"{path}:{line}: an INVALID index {qualified} is in the way of this build but is "
-                                    "not what it builds (another definition): not this migration's leftover, so it is "
-                                    f"not dropped; look at it, drop it yourself (DROP INDEX CONCURRENTLY {qualified}) "
-                                    "or rename the build, then run again", USAGE)
-            if not valid:
-                _drop(cursor, qualified)
-                output.note(f"note: {path}:{line}: dropped INVALID index {qualified}, left by an earlier try of this "
-                            "migration; building it again")
-            elif unique == build.unique and definition == _definition(cursor, build):
+            where = f"{path}:{statements[build.index].line}"
+            found = _unnamed(cursor, build, where, record) if build.name is None else _named(cursor, build, where)
+            if found is not None:
                 done.add(build.index)
-                output.note(f"note: {path}:{line}: index {qualified} is already built and valid (an earlier try's "
-                            "build, finished by the server after that runner stopped): counted as done")
+                done.oids.add(found)
     return done
 
 
+DONE = ("is already built and valid (an earlier try's build, finished by the server after that runner stopped): "
+        "counted as done")
+DROPPED = "left by an earlier try of this migration; building it again"
+
+
+def _named(cursor, build: Build, where: str) -> int | None:
+    """A named build's index: dropped when INVALID, its oid when VALID with the build's definition."""
+    found = _find(cursor, build)
+    if found is None:
+        return None
+    valid, unique, definition, qualified, oid, _ = found
+    if not valid and (unique, definition) != (build.unique, _definition(cursor, build)):
+        raise MigratorError(f"{where}: an INVALID index {qualified} is in the way of this build but is "
+                            "not what it builds (another definition): not this migration's leftover, so it is "
+                            f"not dropped; look at it, drop it yourself (DROP INDEX CONCURRENTLY {qualified}) "
+                            "or rename the build, then run again", USAGE)
+    if not valid:
+        _drop(cursor, qualified)
+        output.note(f"note: {where}: dropped INVALID index {qualified}, {DROPPED}")
+    elif unique == build.unique and definition == _definition(cursor, build):
+        output.note(f"note: {where}: index {qualified} {DONE}")
+        return oid
+    return None
+
+
+def _unnamed(cursor, build: Build, where: str, record) -> int | None:
+    """An unnamed build's earlier try: an index on its table with its definition and the name the server gives
+    it (`t_c_idx`, or `t_c_idx1`... when taken) is that try's: dropped when INVALID; when VALID, counted as the
+    statement's work only if it was made after the migration's failure record was last written (a twin someone
+    made before the migration ran is not its work: the file's build runs, as written)."""
+    probe = _probe(cursor, build)
+    if probe is None:
+        return None
+    base, wanted = probe
+    accepted = None
+    for valid, unique, definition, qualified, oid, name in _on_table(cursor, build):
+        if (unique, definition) != (build.unique, wanted) or not re.fullmatch(re.escape(base) + "[0-9]*", name):
+            continue
+        if not valid:
+            _drop(cursor, qualified)
+            output.note(f"note: {where}: dropped INVALID index {qualified}, {DROPPED}")
+        elif accepted is None and _made_since(cursor, oid, record):
+            output.note(f"note: {where}: index {qualified} {DONE}")
+            accepted = oid
+    return accepted
+
+
+def _made_since(cursor, oid: int, record) -> bool:
+    """Whether the index was created after the migration's failure record was last written: the record is written
+    before a try's statements run and each time one commits, so an index newer than it is the interrupted
+    statement's (transaction ids compared by age, wraparound-safe for anything younger than 2^31 transactions)."""
+    if record is None:
+        return False
+    table, migration_id = record
+    cursor.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (table,))
+    if not cursor.fetchone()[0]:  # (a Flyway folder's failures are in Flyway's table: no record of ours)
+        return False
+    cursor.execute("SELECT pg_catalog.age(c.xmin) OPERATOR(pg_catalog.<) pg_catalog.age(f.xmin) "
+                   f"FROM pg_catalog.pg_class c, {table} f WHERE c.oid OPERATOR(pg_catalog.=) %s::pg_catalog.oid "
+                   "AND f.migration_id::pg_catalog.text OPERATOR(pg_catalog.=) %s::pg_catalog.text",
+                   (oid, migration_id))
+    row = cursor.fetchone()
+    return bool(row and row[0])
+
+
 def _definition(cursor, build: Build) -> str | None:
-    """What the statement would build, from USING on: built on an empty copy of the table's columns, rolled back."""
+    """What the statement would build, from USING on (None: not comparable, the statement runs and says why)."""
+    return (_probe(cursor, build) or (None, None))[1]
+
+
+def _probe(cursor, build: Build) -> tuple[str, str] | None:
+    """(the name the server gives the index, what it builds from USING on): built on an empty temporary copy of
+    the table's columns under the table's own name (so an unnamed build is named as on the table), rolled back."""
     cursor.execute("BEGIN")
     try:
-        cursor.execute(f"CREATE TEMP TABLE {PROBE_TABLE} (LIKE {build.table})")
+        cursor.execute(f"CREATE TEMP TABLE {_quoted(build.relname)} (LIKE {build.table})")
         cursor.execute(build.probe)
-        cursor.execute(f"SELECT substring(pg_catalog.pg_get_indexdef('{PROBE_INDEX}'::pg_catalog.regclass) "
-                       "from ' USING .*$')")
-        return cursor.fetchone()[0]
+        cursor.execute("SELECT c.relname, substring(pg_catalog.pg_get_indexdef(i.indexrelid) from ' USING .*$') "
+                       "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) "
+                       "i.indexrelid WHERE i.indrelid OPERATOR(pg_catalog.=) %s::pg_catalog.regclass",
+                       (_quoted("pg_temp", build.relname),))
+        return cursor.fetchone()
     except Exception as exc:
         if not hasattr(exc, "pgcode"):
             raise
-        return None  # not comparable: the statement runs and says what it says
+        return None
     finally:
         cursor.execute("ROLLBACK")
 
@@ -277,3 +352,38 @@ def built(connection, statements, before: set[int]) -> list[str]:
             rows = _on_table(cursor, build)
             names += [row[5] for row in rows if row[0] and (row[4] not in before or row[5] == build.name)]
     return list(dict.fromkeys(names))
+
+
+# What holds a name in the schema of the table (oid given): its kind, its index definition, its qualified name.
+NAME_TAKEN = """
+SELECT c.relkind::text, pg_catalog.pg_get_indexdef(c.oid),
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = %(name)s AND c.relnamespace = (SELECT t.relnamespace FROM pg_catalog.pg_class t WHERE t.oid = %(table)s)
+"""
+KINDS = {"r": "a table", "p": "a partitioned table", "v": "a view", "m": "a materialized view", "S": "a sequence",
+         "f": "a foreign table", "c": "a composite type"}
+
+
+def skipped(connection, statements) -> list[tuple[int, str]]:
+    """(statement index, what is there instead) of the `IF NOT EXISTS name` builds the server skipped because
+    the name was taken by something else: an index of another definition on the table, or anything of that name
+    in the table's schema (index names are per schema). The server says it only in a NOTICE."""
+    found = []
+    with connection.cursor() as cursor:
+        for build in builds(statements):
+            if not build.if_not_exists or build.name is None:
+                continue
+            row = _find(cursor, build)
+            if row is not None:
+                wanted = _definition(cursor, build)
+                if wanted is not None and (row[1], row[2]) != (build.unique, wanted):
+                    found.append((build.index, f"index {row[3]} already exists on {build.table} with another "
+                                               f"definition ({'UNIQUE, ' if row[1] else ''}{row[2].strip()})"))
+                continue
+            for kind, definition, qualified in _catalog(cursor, NAME_TAKEN, {"name": build.name, "table": build.table},
+                                                        {"table": "to_regclass"}):
+                what = f"index {qualified}: {definition}" if kind in ("i", "I") else f"{KINDS.get(kind, kind)} {qualified}"
+                found.append((build.index, f"the name is taken in that schema by {what} (index names are per schema), "
+                                           f"so no index was built on {build.table}"))
+    return found

@@ -81,7 +81,12 @@ class StatementFailed(Exception):
         if self.opened is not None:
             done += (f"; statements {self.opened + 1}-{self.index + 1} ran inside the transaction the file opened "
                      f"at line {self.statements[self.opened].line}, which rolled back")
-        if concurrently.is_concurrent(self.statement.text):  # only a failed one leaves an INVALID index behind
+        if concurrently.is_drop(self.statement.text):
+            code = getattr(self.cause, "pgcode", None) or ""
+            if code[:2] in ("57", "55", "08"):  # stopped while it waited (not "does not exist")
+                done += ("; but a DROP INDEX CONCURRENTLY stopped part-way may have left its index INVALID (no "
+                         "longer used by queries, still updated by writes): run migrate again to finish the drop")
+        elif concurrently.is_concurrent(self.statement.text):  # only a failed one leaves an INVALID index behind
             done += "; a failed CONCURRENTLY build leaves an INVALID index, which `runner.py status` shows"
         return done
 

@@ -45,6 +45,7 @@ class Verdict:
     bytes: int
     accepted: bool  # the file's marker names the table
     threshold: int
+    loaded: bool = False  # an earlier pending statement loads rows into it: counted as big, whatever its live size
 
     @property
     def refused(self) -> bool:
@@ -52,8 +53,10 @@ class Verdict:
 
     def line(self) -> str:
         r = self.risk
-        head = (f"{self.path}:{r.line}: {r.what} {r.does} {self.relation} (~{risks.rows_text(self.rows)} rows, "
-                f"{risks.size_text(self.bytes)}; more than {self.threshold}) under {r.lock} ({BLOCKS[r.lock]})")
+        rows = f"~{risks.rows_text(self.rows)} rows"
+        size = (f"{rows}, {risks.size_text(self.bytes)}; more than {self.threshold}" if not self.loaded
+                else f"{rows} now, and rows loaded into it by an earlier pending statement: counted as big")
+        head = f"{self.path}:{r.line}: {r.what} {r.does} {self.relation} ({size}) under {r.lock} ({BLOCKS[r.lock]})"
         if self.accepted:
             return _printable(f"{head}: accepted by the file's `-- accept-rewrite: {self.relation}`")
         return _printable(f"{head}; instead: {INSTEAD[r.kind]}; or accept the cost with `-- accept-rewrite: "
@@ -63,7 +66,7 @@ class Verdict:
         r = self.risk
         return {"file": self.path, "line": r.line, "statement": r.what, "does": r.does, "table": self.relation,
                 "live_rows": self.rows, "live_bytes": self.bytes, "lock": r.lock, "instead": INSTEAD[r.kind],
-                "accepted": self.accepted}
+                "accepted": self.accepted, "loaded_by_pending": self.loaded}
 
 
 def _printable(text: str) -> str:
@@ -79,15 +82,16 @@ FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamesp
 WHERE c.relname = %(name)s AND n.nspname = ANY(%(path)s) AND c.relkind IN ('r', 'p', 'm')
 ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
 """
-# The planner's row estimate of a table (a partitioned one: of its partitions), each reltuples scaled to the current
+# The planner's row estimate of a table with its partitions and inheritance children (an ALTER of the parent
+# reaches them all), each reltuples scaled to the current
 # pages as the planner does; NULL when one with pages has never been analyzed (reltuples -1 since PostgreSQL 14).
 _SIZE = """
 SELECT CASE WHEN bool_and(l.reltuples >= 0 AND l.relpages > 0 OR s.pages = 0)
             THEN sum(CASE WHEN s.pages = 0 THEN 0 ELSE l.reltuples / NULLIF(l.relpages, 0) * s.pages END) END::bigint,
        coalesce(sum(s.bytes), 0)::bigint
-FROM (SELECT relid FROM pg_catalog.pg_partition_tree(%(oid)s) WHERE isleaf
-      AND (SELECT relkind FROM pg_catalog.pg_class WHERE oid = %(oid)s) = 'p'
-      UNION ALL SELECT %(oid)s::regclass WHERE (SELECT relkind FROM pg_catalog.pg_class WHERE oid = %(oid)s) <> 'p') p
+FROM (WITH RECURSIVE tree(relid) AS (SELECT %(oid)s::oid UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i
+                                        JOIN tree ON i.inhparent = tree.relid)
+      SELECT relid FROM tree) p
      JOIN pg_catalog.pg_class l ON l.oid = p.relid,
      LATERAL (SELECT pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int AS pages,
                      pg_catalog.pg_total_relation_size(l.oid) AS bytes) s
@@ -105,6 +109,16 @@ SELECT a.atttypid, a.atttypmod, a.attnotnull, pg_catalog.format_type(a.atttypid,
        EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY(i.indkey))
 FROM pg_catalog.pg_attribute a WHERE a.attrelid = %s AND a.attname = %s AND NOT a.attisdropped
 """
+_DOMAIN_TABLES = """
+SELECT DISTINCT n.nspname, c.relname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT a.attisdropped AND c.relkind IN ('r', 'm', 'p') AND a.atttypid = (
+  SELECT t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+  WHERE t.typtype = 'd' AND t.typname = %(name)s AND tn.nspname = ANY(%(path)s)
+  ORDER BY pg_catalog.array_position(%(path)s, tn.nspname::text) LIMIT 1)
+ORDER BY 1, 2
+"""
+_CHECKED = "SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = %s AND contype = 'c' AND convalidated LIMIT 1"
 _COLLATION = "SELECT %s::pg_catalog.regcollation::pg_catalog.oid"  # resolved on the file's path
 # The tables of a schema (None: of the migration's search_path) or of an index, as (schema, name).
 _TABLES_IN = """
@@ -200,6 +214,14 @@ class _Live:
     def table_of_index(self, name: tuple[str | None, str]) -> list[tuple[str, str]]:
         return [tuple(row) for row in self._rows(_TABLE_OF_INDEX, {"name": name[1],
                                                                     "path": [name[0]] if name[0] else self.path})]
+
+    def domain_tables(self, names: list[str]) -> list[tuple[str, str]]:
+        """The tables with a column of the domain (found on the migration's search_path), as (schema, name)."""
+        return [tuple(row) for row in self._rows(_DOMAIN_TABLES, {"name": names[-1],
+                                                                  "path": names[:-1] if len(names) > 1 else self.path})]
+
+    def has_validated_check(self, oid: int) -> bool:
+        return bool(self._rows(_CHECKED, (oid,)))
 
     def domain_default_functions(self, type_name) -> set[str]:
         """The functions a domain's DEFAULT calls (none when the type is not a domain)."""
@@ -336,14 +358,16 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
                         if seen.is_new(risk.table, live):
                             continue
                         table = live.table(risk.table)
-                        if table is None or table[2] <= threshold:
+                        loaded = seen.is_loaded(risk.table, live)  # (its live size says nothing of what it will be)
+                        if table is None or table[2] <= threshold and not loaded:
                             continue
                         if accepted is None:
                             accepted = {live.key(name) for name in markers(files.read_text(path),
                                                                            migration.steps[0].statements)}
                         oid, relation, rows, size = table
                         verdicts.append(Verdict(str(path), risk, relation, rows, size,
-                                                key in accepted or _key_of(relation) in accepted, threshold))
+                                                key in accepted or _key_of(relation) in accepted, threshold,
+                                                loaded and rows <= threshold))
     finally:
         if live is not None:
             live.close()

@@ -13,61 +13,30 @@ import re
 from dataclasses import dataclass, field
 
 from migrator import lazy_re
+from migrator.postgres import risks_objects
+# (the kinds of risk, their locks and safe patterns; rewrites.py and impact.py read them from here)
+from migrator.postgres.risk_kinds import (  # noqa: F401
+    ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
-_HINT = lazy_re.compile(r"\s*(?:alter\s+table|create\s+(?:unique\s+)?index|vacuum|cluster|reindex)\b", re.IGNORECASE)
+_HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|create\s+(?:unique\s+)?index|vacuum|cluster|reindex|"
+                        r"refresh\s+materialized)\b", re.IGNORECASE)
+_FUNCTION = lazy_re.compile(r"\s*create\s+(?:or\s+replace\s+)?function\b", re.IGNORECASE)
 _COMMENTS = lazy_re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint only: `ALTER /* x */ TABLE` is parsed too)
 # A table a statement creates, read without the parser (pg_dump and people write it so; IF NOT EXISTS may
 # name a table that exists and holds rows: not new). A table the judge cannot tell is new is judged by its size.
 _NAME = r'("(?:[^"]|"")*"|[A-Za-z_][\w$]*)'
 _CREATES = lazy_re.compile(rf"create\s+(?:(?:global|local)\s+)?(?P<temp>(?:temp|temporary)\s+)?(?:unlogged\s+)?table\s+"
                       rf"(?!if\s+not\s+exists\b){_NAME}(?:\s*\.\s*{_NAME})?", re.IGNORECASE)
+# INSERT ... SELECT / COPY ... FROM: a pending statement that loads rows into a table (VALUES adds a known few)
+_LOADS = lazy_re.compile(rf"\s*(?:insert\s+into\s+{_NAME}(?:\s*\.\s*{_NAME})?(?:\s+as\s+\S+)?(?:\s*\([^)]*\))?"
+                         rf"\s*(?:overriding\s+\w+\s+value\s+)?\(?\s*(?:select|with|table)\b"
+                         rf"|copy\s+{_NAME}(?:\s*\.\s*{_NAME})?[^;]*?\bfrom\b)", re.IGNORECASE)
 _WRITES = lazy_re.compile(r"\s*(?:update|delete|with|lock)\b", re.IGNORECASE)
 _RENAMES = lazy_re.compile(r"\s*alter\s+table\b.*\brename\b", re.IGNORECASE | re.DOTALL)
 _SEARCH_PATH = re.compile(r"\s*set\s+(?:session\s+|local\s+)?search_path\s*(?:to|=)\s*(?P<first>\"(?:[^\"]|\"\")*\"|[^\s,;]+)",
                           re.IGNORECASE)
 _SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}
-
-ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
-SHARE = "SHARE"
-SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
-BLOCKS = {ACCESS_EXCLUSIVE: "reads and writes wait", SHARE: "writes wait", SHARE_ROW_EXCLUSIVE: "writes wait"}
-
-# The safe pattern of each kind, one phrase (the README shows each with SQL).
-INSTEAD = {
-    "default": ("add the column without the default (nullable), fill it with a `-- backfill: batch` UPDATE in a "
-                "`-- transactional: false` file, then ALTER COLUMN ... SET DEFAULT"),
-    "type": ("add a new column of the new type, backfill it in batches (`-- backfill: batch`), then swap the "
-             "columns in a short transaction"),
-    "not null": ("ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID, then VALIDATE CONSTRAINT in a later file, "
-                 "then SET NOT NULL (no scan once the CHECK is validated)"),
-    "foreign key": "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT in a later file",
-    "check": "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a later file",
-    "update": ("a `-- backfill: batch` UPDATE of bounded batches in a `-- transactional: false` file (the ALTER TABLE in "
-               "a file of its own)"),
-    "validate": ("VALIDATE CONSTRAINT in a later file: in its own transaction it scans under SHARE UPDATE EXCLUSIVE "
-                 "(reads and writes go on)"),
-    "key": ("CREATE UNIQUE INDEX CONCURRENTLY in a `-- transactional: false` file, then ADD CONSTRAINT ... "
-            "PRIMARY KEY / UNIQUE USING INDEX"),
-    "index": "CREATE INDEX CONCURRENTLY in a `-- transactional: false` file",
-    "reindex": "REINDEX TABLE CONCURRENTLY in a `-- transactional: false` file",
-    "logged": "there is no online form: schedule it in a maintenance window (or pg_repack for a new tablespace)",
-    "vacuum full": "pg_repack (online), or schedule it in a maintenance window",
-    "cluster": "pg_repack --order-by (online), or schedule it in a maintenance window",
-}
-
-
-@dataclass
-class Risk:
-    """One statement's part that rewrites or scans `table` under `lock` (as written in the file)."""
-
-    line: int
-    table: tuple[str | None, str]  # (schema or None, name) as written
-    what: str  # the subcommand, e.g. "ALTER COLUMN id TYPE bigint"
-    does: str  # rewrites | scans | builds an index on
-    lock: str
-    kind: str  # a key of INSTEAD
-
 
 # --- reading the statements (no database) ------------------------------------------------------------------
 
@@ -83,6 +52,9 @@ class Seen:
     renamed: dict = field(default_factory=dict)  # table key -> the live table's name (a pending RENAME TO)
     columns: dict = field(default_factory=dict)  # (table key, column) -> the live column's name (RENAME COLUMN)
     schema: str | None = None  # the schema a `SET search_path` of the file puts unqualified new tables in
+    functions: dict = field(default_factory=dict)  # name -> volatile: the functions a pending statement creates
+    checked: set = field(default_factory=set)  # table keys a pending statement gave a validated CHECK
+    loaded: set = field(default_factory=set)  # tables a pending statement loads rows into (INSERT ... SELECT, COPY)
 
     def begin_file(self, transactional: bool) -> None:
         self.altered = set() if transactional else None
@@ -90,6 +62,10 @@ class Seen:
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
         return any(live.key(c) == live.key(name) for c in self.created)
+
+    def is_loaded(self, name: tuple[str | None, str], live) -> bool:
+        """Its live size says nothing: an earlier pending statement loads rows into it."""
+        return any(live.key(c) == live.key(name) for c in self.loaded)
 
     def live_name(self, name: tuple[str | None, str], live) -> tuple[str | None, str]:
         """The live table a name means after the pending RENAME TOs before this statement."""
@@ -105,10 +81,31 @@ class Seen:
         if path:
             first = path["first"]
             self.schema = first[1:-1].replace('""', '"') if first.startswith('"') else first.strip("'").lower()
+        bare = _COMMENTS.sub(" ", text)
+        if _FUNCTION.match(bare):
+            self._function(text)
+        loads = _LOADS.match(bare)
+        if loads:
+            parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in loads.groups() if p]
+            self.loaded.add((parts[0], parts[1]) if len(parts) == 2 else (self.schema, parts[0]))
         match = _CREATES.match(text)
         if match and not match["temp"]:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in match.groups()[1:] if p]
             self.created.add((parts[0], parts[1]) if len(parts) == 2 else (self.schema, parts[0]))
+
+    def _function(self, text: str) -> None:
+        """A function a pending statement creates: volatile unless it says IMMUTABLE or STABLE (the default)."""
+        from pglast import ast, parse_sql
+        from pglast.parser import ParseError
+
+        try:
+            trees = [raw.stmt for raw in parse_sql(text)]
+        except ParseError:
+            return
+        for tree in trees:
+            if isinstance(tree, ast.CreateFunctionStmt):
+                volatility = [o.arg.sval for o in tree.options or () if o.defname == "volatility"]
+                self.functions[tree.funcname[-1].sval] = (volatility or ["volatile"])[-1] == "volatile"
 
     def rename(self, tree, live) -> None:
         """Note a pending ALTER TABLE ... RENAME (TO, COLUMN): later statements name what it names."""
@@ -225,6 +222,10 @@ def risks(tree, line: int, live, seen: Seen):
                        "reindex")
     elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_TABLE:
         yield from _alter_table(tree, line, live, seen)
+    elif isinstance(tree, ast.RefreshMatViewStmt):
+        yield from risks_objects.refresh(tree, line, name(tree.relation))
+    elif isinstance(tree, ast.AlterDomainStmt):
+        yield from risks_objects.alter_domain(tree, line, live, seen)
     elif isinstance(tree, ast.RenameStmt):
         seen.rename(tree, live)
     elif isinstance(tree, ast.LockStmt) and seen.altered is not None:
@@ -286,7 +287,7 @@ def _alter_table(tree, line: int, live, seen: Seen):
     for cmd in tree.cmds:
         if cmd.subtype == types.AT_AddColumn:
             column = cmd.def_
-            why = _volatile_column(column, live) if not new else None
+            why = _volatile_column(column, live, seen) if not new else None
             if why:
                 yield Risk(line, name, f"ADD COLUMN {column.colname} {why}", "rewrites", ACCESS_EXCLUSIVE, "default")
             elif not new:
@@ -300,6 +301,11 @@ def _alter_table(tree, line: int, live, seen: Seen):
                 yield Risk(line, name, f"ALTER COLUMN {cmd.name} TYPE {_text(cmd.def_.typeName)}"
                                        + (f" {_text(cmd.def_.collClause)}" if cmd.def_.collClause else ""),
                            how, ACCESS_EXCLUSIVE, "type")
+        elif cmd.subtype == types.AT_SetExpression and not new:
+            yield Risk(line, name, f"ALTER COLUMN {cmd.name} SET EXPRESSION", "rewrites", ACCESS_EXCLUSIVE,
+                       "expression")
+        elif cmd.subtype == types.AT_AttachPartition:
+            yield from risks_objects.attach(cmd, line, live, seen, seen.live_name(_name(cmd.def_.name), live))
         elif cmd.subtype == types.AT_SetNotNull:
             if cmd.name in seen.not_null.get(key, set()) or new:
                 continue
@@ -314,6 +320,7 @@ def _alter_table(tree, line: int, live, seen: Seen):
                 yield Risk(line, name, f"VALIDATE CONSTRAINT {cmd.name} in the transaction of an earlier ALTER TABLE "
                                        "of the table", "scans", ACCESS_EXCLUSIVE, "validate")
             seen.validated.setdefault(key, set()).add(cmd.name)
+            seen.checked.add(key)
             column = seen.checks.get((key, cmd.name))
             if column:
                 seen.not_null.setdefault(key, set()).add(column)
@@ -338,6 +345,7 @@ def _add_constraint(constraint, name, key, line: int, seen: Seen, new: bool):
             seen.checks[(key, constraint.conname)] = column
         if constraint.skip_validation:
             return
+        seen.checked.add(key)
         if column:
             seen.not_null.setdefault(key, set()).add(column)
         if not new:
@@ -370,7 +378,7 @@ def _column_constraints(column, name, line: int):
                        "foreign key")
 
 
-def _volatile_column(column, live) -> str | None:
+def _volatile_column(column, live, seen: Seen) -> str | None:
     """Why adding this column writes every row (a volatile default, serial, identity, stored generated), or None."""
     from pglast import enums
 
@@ -383,7 +391,8 @@ def _volatile_column(column, live) -> str | None:
         if constraint.contype == enums.ConstrType.CONSTR_GENERATED and constraint.generated_kind != "v":
             return "GENERATED ALWAYS AS (...) STORED"
         if constraint.contype == enums.ConstrType.CONSTR_DEFAULT:
-            if live.volatile(_functions(constraint.raw_expr)):
+            calls = _functions(constraint.raw_expr)  # a function a pending file creates: judged from its text
+            if any(seen.functions.get(f) for f in calls) or live.volatile(calls - seen.functions.keys()):
                 return f"DEFAULT {_text(constraint.raw_expr)} (volatile: a value per row)"
             return None  # the column's own default wins over its domain's
     if column.typeName and live.volatile(live.domain_default_functions(column.typeName)):
@@ -400,20 +409,3 @@ def expression_functions(text: str) -> set[str]:
         return _functions(parse_sql(f"SELECT {text}")[0].stmt)
     except ParseError:
         return set()
-
-
-def rows_text(rows: int) -> str:
-    """1.5 M, 12.0 k, 900: a row count for people."""
-    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if rows >= size:
-            return f"{rows / size:.1f} {unit}"
-    return str(max(rows, 0))
-
-
-def size_text(size: int) -> str:
-    """128.0 kB, 1.2 GB: a size for people."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} GB"

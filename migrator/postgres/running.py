@@ -8,7 +8,7 @@ import contextlib
 import re
 from pathlib import Path
 
-from migrator import interrupt, lazy_re, pg_lock
+from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import backfill, concurrently, retry
 from migrator.postgres.errors import StatementFailed, progress
@@ -95,8 +95,10 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     policy = retry.Policy.of(limits)
     skip, before = frozenset(), set()
     if not transactional:
-        skip = concurrently.prepare(connection, statements, path, migration.earlier_failure)
-        before = concurrently.indexes_before(connection, statements)
+        books = backend.parent  # (its failure record tells an earlier try's index from an older twin)
+        record = (books.qualified(checksums.FAILURES), migration.id) if hasattr(books, "qualified") else None
+        skip = concurrently.prepare(connection, statements, path, migration.earlier_failure, record)
+        before = concurrently.indexes_before(connection, statements) - skip.oids  # (an accepted one is its work)
     budget = retry.TryBudget(policy.per_try) if policy.per_try else None
     probe = retry.probe(backend, connection.info.backend_pid, budget) if policy.per_try else None
     backoff = retry.Backoff(policy)
@@ -146,6 +148,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         invalid = concurrently.invalid_after(connection, statements, before)
         if invalid:
             raise IndexLeftInvalid(invalid, path, statements)
+        if taken := concurrently.skipped(connection, statements):
+            raise IndexNotBuilt(*taken[0], path, statements)
         migration.built_indexes = concurrently.built(connection, statements, before)
 
 
@@ -172,6 +176,20 @@ class IndexLeftInvalid(StatementFailed):
         super().__init__(cause, path, statements, index, False, len(statements), None)
         self.todo = ("run migrate again: it drops the INVALID index (DROP INDEX CONCURRENTLY) and builds it again; "
                      "or drop it yourself and run again")
+
+    def committed(self) -> str:
+        return progress(self.statements, self.done, "not recorded as applied")
+
+
+class IndexNotBuilt(StatementFailed):
+    """A `CREATE INDEX CONCURRENTLY IF NOT EXISTS name` the server skipped (only a NOTICE): the name is another's."""
+
+    def __init__(self, index: int, instead: str, path: Path, statements):
+        cause = RuntimeError(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS built nothing: {instead}; so the migration "
+                             "is not recorded as applied")
+        super().__init__(cause, path, statements, index, False, len(statements), None)
+        self.todo = ("give the index another name in the file (or drop what holds the name if it is not wanted), "
+                     "then run again")
 
     def committed(self) -> str:
         return progress(self.statements, self.done, "not recorded as applied")

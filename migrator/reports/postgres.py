@@ -131,7 +131,8 @@ class StatusReport:
                              "CONCURRENTLY): run migrate again if a pending migration ran it, else "
                              f"DROP INDEX CONCURRENTLY {schema}.{index}")
                 continue
-            lines.append(f"  INVALID index {schema}.{index} on {table} (a failed CREATE INDEX CONCURRENTLY): "
+            lines.append(f"  INVALID index {schema}.{index} on {table} (a failed CREATE INDEX CONCURRENTLY "
+                         "or an interrupted DROP INDEX CONCURRENTLY): "
                          f"DROP INDEX CONCURRENTLY {schema}.{index}; then run migrate again")
         lines += self.schema.lines()
         return lines + (self.mongo.lines() if self.mongo else ["MongoDB: not configured"])

@@ -1,0 +1,47 @@
+"""Risks of statements on other objects than a table's own columns: a materialized view's REFRESH (the view
+rebuilt), a domain's new constraint (checked on every table with a column of it), a partition's ATTACH (its rows
+checked against the bound). risks.py finds them with the rest; the live answers come from rewrites._Live."""
+
+from __future__ import annotations
+
+from migrator.postgres.risk_kinds import ACCESS_EXCLUSIVE, SHARE, Risk
+
+
+def refresh(tree, line: int, name):
+    """REFRESH MATERIALIZED VIEW without CONCURRENTLY rebuilds the view under ACCESS EXCLUSIVE (WITH NO DATA only
+    empties it)."""
+    if not tree.concurrent and not tree.skipData:
+        yield Risk(line, name, "REFRESH MATERIALIZED VIEW without CONCURRENTLY", "rewrites", ACCESS_EXCLUSIVE,
+                   "refresh")
+
+
+def alter_domain(tree, line: int, live, seen):
+    """ALTER DOMAIN ... ADD CONSTRAINT without NOT VALID, or SET NOT NULL: every table with a column of the domain
+    is scanned under SHARE (writes wait)."""
+    from pglast import enums
+
+    constraint = tree.def_
+    if tree.subtype == "C" and constraint is not None and not constraint.skip_validation \
+            and constraint.contype in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL):
+        what = f"ADD {'CONSTRAINT ' + constraint.conname + ' ' if constraint.conname else ''}without NOT VALID"
+    elif tree.subtype == "N":
+        what = "SET NOT NULL"
+    else:
+        return
+    names = [n.sval for n in tree.typeName]
+    for table in live.domain_tables(names):
+        if not seen.is_new(table, live):
+            yield Risk(line, table, f"ALTER DOMAIN {'.'.join(names)} {what}", "scans", SHARE, "domain")
+
+
+def attach(cmd, line: int, live, seen, partition):
+    """ATTACH PARTITION scans the attached table's rows against the bound under ACCESS EXCLUSIVE on it, unless a
+    validated CHECK constraint of it implies the bound. Judged: any validated CHECK of the table (live, or added
+    validated / VALIDATEd by an earlier pending statement) is taken as that one; the server decides if it implies."""
+    if seen.is_new(partition, live) or live.key(partition) in seen.checked:
+        return
+    table = live.table(partition)
+    if table is None or live.has_validated_check(table[0]):
+        return
+    yield Risk(line, partition, f"ATTACH PARTITION {partition[1]} without a validated CHECK implying its bound",
+               "scans", ACCESS_EXCLUSIVE, "attach")
