@@ -130,8 +130,9 @@ class Probe:
 
     It also bounds the try as a whole (lock_timeout bounds each lock wait, and one statement may wait for several
     locks in turn, holding those it got: a partitioned table's partitions, LOCK TABLE a, b, a foreign key's two
-    tables): once `per_try` has passed since the try's first statement and the session has waited for a lock
-    longer than `floor`, the probe cancels the statement, and the runner takes that cancel as a lock timeout.
+    tables): once `per_try` and `floor` have passed since the try's first statement and the session has waited
+    for a lock longer than `floor`, the probe cancels the statement, and the runner takes that cancel as a lock
+    timeout.
     The cancel is sent under `_sending`, which the statement's end waits for, so it can only reach the statement
     it was meant for (a cancel that reaches an idle session is dropped by the server)."""
 
@@ -199,7 +200,9 @@ class Probe:
                         continue
                     now = time.monotonic()
                     self._waiting = self._waiting or now
-                    spent = self._try is not None and now - self._try > self.per_try
+                    # past the try's time by the floor: a single wait is the server's lock_timeout to end (its
+                    # own, truer line); the probe ends only what that cannot bound, several waits in turn
+                    spent = self._try is not None and now - self._try > self.per_try + self.floor
                     if self.per_try and spent and now - self._waiting >= self.floor:
                         with self._sending:
                             if self._since == since:
