@@ -123,3 +123,26 @@ def test_a_snapshot_table_planted_after_connect_is_refused_at_its_first_record(c
     line = refusal(result)
     assert f"rn._hcm_schema_snapshot is owned by role {low}" in line, line
     assert hits(db, "rn") == [], "the planted trigger or policy ran as the migration role"
+
+
+def test_doctor_says_one_fail_naming_a_view_planted_as_the_flyway_history(cli, db, tmp_path, low):
+    """A view named as the Flyway table: one FAIL naming it and its owner, nothing read from it, no second FAIL
+    from a write doctor's read-only session cannot make."""
+    folder = tmp_path / "flyway"
+    folder.mkdir()
+    (folder / "V1__a.sql").write_text("CREATE TABLE fw1 (id int);\n")
+    writable_by(db, "fw", low)
+    db.query(hits_table("fw", low) + f"""; SET ROLE {low};
+        CREATE FUNCTION fw.f() RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN INSERT INTO fw.planted_hits VALUES (current_user, 'view'); RETURN true; END $$;
+        CREATE VIEW fw.flyway_schema_history AS SELECT 1 installed_rank, '1'::varchar version,
+            'a'::varchar description, 'SQL'::varchar type, 'V1__a.sql'::varchar script, 0 checksum,
+            'x'::varchar installed_by, now()::timestamp installed_on, 1 execution_time, fw.f() success;
+        GRANT SELECT ON fw.flyway_schema_history TO PUBLIC; RESET ROLE""")
+    doctor = cli("doctor", "--sql-dir", str(folder), "--schema", "fw", env=db.db_env())
+    assert doctor.exit_code == 1, doctor.output
+    fails = [line for line in doctor.output.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 1, doctor.output
+    assert f"fw.flyway_schema_history is owned by role {low}" in fails[0] and "not a plain table" in fails[0], fails
+    assert "read-only transaction" not in doctor.output, doctor.output
+    assert hits(db, "fw") == [], "doctor read the planted view"
