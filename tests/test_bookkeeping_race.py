@@ -26,6 +26,8 @@ SHAPES = {
     "_hcm_schema_snapshot": "id BOOLEAN PRIMARY KEY DEFAULT true, description JSONB NOT NULL, sha256 CHAR(64) NOT NULL, "
                             "last_migration VARCHAR(255), recorded_at TIMESTAMP NOT NULL DEFAULT now(), "
                             "recorded_by TEXT NOT NULL, reason TEXT NOT NULL, fingerprint TEXT",
+    "_hcm_migration_failure": "migration_id VARCHAR(255) PRIMARY KEY, failed_at TIMESTAMP NOT NULL DEFAULT now(), "
+                              "what TEXT NOT NULL",
 }
 
 
@@ -146,3 +148,18 @@ def test_doctor_says_one_fail_naming_a_view_planted_as_the_flyway_history(cli, d
     assert f"fw.flyway_schema_history is owned by role {low}" in fails[0] and "not a plain table" in fails[0], fails
     assert "read-only transaction" not in doctor.output, doctor.output
     assert hits(db, "fw") == [], "doctor read the planted view"
+
+
+def test_a_failure_table_planted_while_the_runner_waits_is_refused_at_the_first_failure(cli, db, sql_dir, low):
+    """The failure table is made lazily, when a non-transactional file first fails part-way."""
+    from conftest import add_migration
+
+    add_migration(sql_dir, "0002_half", "-- transactional: false\nCREATE TABLE rh_one (id int);\nSELECT 1/0;\n",
+                  "-- transactional: false\nDROP TABLE rh_one;\n")
+    writable_by(db, "rh", low)
+    db.query(hits_table("rh", low))
+    result = race(db, low, "rh", "_hcm_migration_failure",
+                  lambda: cli("migrate", "--sql-dir", sql_dir, "--schema", "rh", env=db.db_env()))
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    assert f"rh._hcm_migration_failure is owned by role {low}" in result.output, result.output
+    assert hits(db, "rh") == [], "the planted trigger or policy ran as the migration role"
