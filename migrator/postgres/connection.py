@@ -321,13 +321,13 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
         try:  # before anything touches those tables (doctor reports it instead)
             state = backend.verified = trust.verify(backend, target.schema or backend.bookkeeping_schema,
                                                     replace(target, schema=None).where, read_only, refuse=refuse_foreign)
+            if not read_only:
+                with pg_lock.creating_bookkeeping(backend.connection, backend.bookkeeping_schema):
+                    backend.init_database()  # what yoyo's get_backend does: its lock table, a DDL probe
+                    trust.created(backend.connection, backend.bookkeeping_schema, [backend.lock_table])
         except MigratorError:
             backend.connection.close()
             raise
-        if not read_only:
-            with pg_lock.creating_bookkeeping(backend.connection, backend.bookkeeping_schema):
-                backend.init_database()  # what yoyo's get_backend does: its lock table, a DDL probe
-                trust.created(backend.connection, backend.bookkeeping_schema, [backend.lock_table])
     except psycopg2.Error as exc:  # OperationalError, or ProgrammingError for a bad DSN option
         raise connection_error(exc, target)
     try:
