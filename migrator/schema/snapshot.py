@@ -107,10 +107,6 @@ def _exists(cursor, schema: str, table: str) -> bool:
     return trust.present(cursor, schema, table)  # (refused when another role planted it since connect)
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def record(conn, schema: str, reason: str) -> Snapshot:
     """Describe the database and record it with its last applied migration. `schema` holds yoyo's
     tables (backend.bookkeeping_schema). Commits when the connection is in autocommit (yoyo's)."""
