@@ -85,17 +85,18 @@ def race(db, low: str, schema: str, table: str, run):
     return result
 
 
-@pytest.mark.parametrize("table", ["yoyo_lock", "_hcm_migration_checksum"])
-def test_a_table_planted_while_the_runner_waits_to_create_it_is_refused(cli, db, sql_dir, low, table):
-    writable_by(db, "rs", low)
-    db.query(hits_table("rs", low))
-    result = race(db, low, "rs", table, lambda: cli("migrate", "--sql-dir", sql_dir, "--schema", "rs",
-                                                    env=db.db_env()))
+@pytest.mark.parametrize("schema, table", [("rs", "yoyo_lock"), ("rs", "_hcm_migration_checksum"),
+                                           ("public", "yoyo_lock")])  # (public: plain mode, PUBLIC may CREATE)
+def test_a_table_planted_while_the_runner_waits_to_create_it_is_refused(cli, db, sql_dir, low, schema, table):
+    writable_by(db, schema, low)
+    db.query(hits_table(schema, low))
+    args = [] if schema == "public" else ["--schema", schema]
+    result = race(db, low, schema, table, lambda: cli("migrate", "--sql-dir", sql_dir, *args, env=db.db_env()))
     line = refusal(result)
-    assert "refusing the migration history in schema rs" in line, line
-    assert f"rs.{table} is owned by role {low}" in line and "has trigger planted" in line, line
-    assert hits(db, "rs") == [], "the planted trigger or policy ran as the migration role"
-    assert db.query("SELECT to_regclass('rs.hcm_report_metadata')") == [(None,)], "no migration ran"
+    assert f"refusing the migration history in schema {schema}" in line, line
+    assert f"{schema}.{table} is owned by role {low}" in line and "has trigger planted" in line, line
+    assert hits(db, schema) == [], "the planted trigger or policy ran as the migration role"
+    assert db.query(f"SELECT to_regclass('{schema}.hcm_report_metadata')") == [(None,)], "no migration ran"
 
 
 def test_a_flyway_history_planted_while_the_runner_waits_is_refused(cli, db, tmp_path, low):
