@@ -106,18 +106,10 @@ def ensure_table(backend) -> None:
 
 
 def create_table(cursor, template: str, schema: str, table: str) -> None:
-    """A bookkeeping table, created when missing. Looked up first: CREATE TABLE IF NOT EXISTS needs CREATE
-    on the schema even when the table is there, and a user granted rights on the tables alone must not fail."""
-    from migrator import pg_lock
+    """A bookkeeping table, created when missing and verified before use (postgres/trust.py)."""
+    from migrator.postgres import trust
 
-    exists = "SELECT pg_catalog.to_regclass(%s) IS NULL"
-    name = '"{}"."{}"'.format(*(part.replace('"', '""') for part in (schema, table)))
-    cursor.execute(exists, (name,))
-    if cursor.fetchone()[0]:
-        with pg_lock.creating_bookkeeping(cursor.connection, schema):  # (another history's run may create it now)
-            cursor.execute(exists, (name,))
-            if cursor.fetchone()[0]:
-                cursor.execute(_sql(template, schema, table))
+    trust.ensure_table(cursor, schema, table, lambda: cursor.execute(_sql(template, schema, table)))
 
 
 def _upsert(backend, migration_id: str, sha: str) -> None:
@@ -136,8 +128,10 @@ def record_failure(backend, migration_id: str, what: str) -> None:
 
 
 def clear_failures(backend, ids: list[str]) -> None:
-    exists = (backend.execute("SELECT to_regclass(:t) IS NOT NULL", {"t": backend.qualified(FAILURES)}).fetchone()[0]
-              if ids else False)
+    from migrator.postgres import trust
+
+    with backend.connection.cursor() as cursor:
+        exists = trust.present(cursor, backend.bookkeeping_schema, FAILURES) if ids else False
     if exists:
         backend.failures_table_ready = True
         with backend.transaction(), backend.connection.cursor() as cursor:

@@ -570,17 +570,17 @@ def trapped_scratch(monkeypatch, low):
     seen = []
     real = scratch._on_server
 
-    def on_server(server, statement):
-        name = statement.split('"')[1]
-        if statement.startswith("DROP"):
+    def on_server(server, statements, what="create"):
+        name = statements[0].split('"')[1]
+        if statements[0].startswith("DROP"):
             with psycopg2.connect(dataclasses.replace(server, dbname=name).url) as conn, conn.cursor() as cur:
                 cur.execute("SELECT last_value, is_called FROM public.planted_calls")
                 value, called = cur.fetchone()
                 cur.execute("SELECT who, what FROM public.planted_hits")
                 seen.append((value if called else 0, sorted(set(cur.fetchall()))))
             conn.close()
-        real(server, statement)
-        if statement.startswith("CREATE"):
+        rows = real(server, statements, what)
+        if statements[0].startswith("REVOKE"):  # (open to connections now; a superuser plants: trusted, not refused)
             def query(sql, params=None):
                 with psycopg2.connect(dataclasses.replace(server, dbname=name).url) as conn, conn.cursor() as cur:
                     cur.execute(sql, params)
@@ -590,6 +590,7 @@ def trapped_scratch(monkeypatch, low):
             query(f"GRANT CREATE ON SCHEMA public TO {low}")
             plant_traps(query, "public", low)
             query(f'ALTER DATABASE "{name}" SET search_path = public, pg_catalog')
+        return rows
 
     monkeypatch.setattr(scratch, "_on_server", on_server)
     return seen

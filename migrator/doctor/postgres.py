@@ -212,6 +212,9 @@ def _privileges(report: DoctorReport, backend, target: PostgresTarget) -> bool:
     if usage and target.schema not in (None, "public"):
         _tenant_mark(report, backend, schema, user)
     _lock(report, backend, target, user, advisory)
+    if backend.verified[5] or (usage and backend.verified[3]):  # said above; reading it may run what was planted
+        report.add(Check("migrations", WARN, "not checked: the bookkeeping is refused (see above)"))
+        return False
     if not (exists and usage) or unreadable:
         what = f"schema {schema}" if not (exists and usage) else ", ".join(unreadable)
         report.add(Check("migrations", FAIL, f"not checked: user {user} cannot read {what} (applied, pending and drift unknown)",

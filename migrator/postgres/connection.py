@@ -226,11 +226,14 @@ def backend_class():
             # older than its current layout (a new one, or yoyo < 6's).
             if self._internal_schema_updated:
                 return
+            tables = [self.migration_table, self.log_table, self.version_table]
             with pg_lock.creating_bookkeeping(self.connection, self.bookkeeping_schema):  # (histories at once)
+                trust.created(self.connection, self.bookkeeping_schema, tables)  # (another role's since connect)
                 if {self.migration_table, self.version_table} <= set(self.list_tables()):
                     version = self.execute(f"SELECT max(version) FROM {self.version_table_quoted}").fetchone()[0]
                     self._internal_schema_updated = version == 2
                 super().ensure_internal_schema_updated()
+                trust.created(self.connection, self.bookkeeping_schema, tables)
 
         def copy(self):
             session = MigrationSession(self.uri, self.migration_table)
@@ -318,12 +321,13 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
         try:  # before anything touches those tables (doctor reports it instead)
             state = backend.verified = trust.verify(backend, target.schema or backend.bookkeeping_schema,
                                                     replace(target, schema=None).where, read_only, refuse=refuse_foreign)
+            if not read_only:
+                with pg_lock.creating_bookkeeping(backend.connection, backend.bookkeeping_schema):
+                    backend.init_database()  # what yoyo's get_backend does: its lock table, a DDL probe
+                    trust.created(backend.connection, backend.bookkeeping_schema, [backend.lock_table])
         except MigratorError:
             backend.connection.close()
             raise
-        if not read_only:
-            with pg_lock.creating_bookkeeping(backend.connection, backend.bookkeeping_schema):
-                backend.init_database()  # what yoyo's get_backend does: its lock table, a DDL probe
     except psycopg2.Error as exc:  # OperationalError, or ProgrammingError for a bad DSN option
         raise connection_error(exc, target)
     try:

@@ -89,10 +89,10 @@ def table_name(backend) -> str:
 def read(backend) -> list[Row] | None:
     """The table's rows, None when there is no such table (read-only)."""
     schema, table = backend.bookkeeping_schema, table_name(backend)
+    from migrator.postgres import trust
+
     with backend.connection.cursor() as cursor:
-        cursor.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
-                       ('"{}"."{}"'.format(schema.replace('"', '""'), table.replace('"', '""')),))
-        if not cursor.fetchone()[0]:
+        if not trust.present(cursor, schema, table):  # (refused when another role planted it since connect)
             return None
         from psycopg2 import sql
 
@@ -269,11 +269,10 @@ def _create(cursor, schema: str, table: str) -> None:
     """Flyway's table, when missing (a scratch database built by verify, adopt or plan --impact too)."""
     from psycopg2 import sql
 
-    cursor.execute("SELECT pg_catalog.to_regclass(%s) IS NULL",
-                   ('"{}"."{}"'.format(schema.replace('"', '""'), table.replace('"', '""')),))
-    if cursor.fetchone()[0]:
-        cursor.execute(sql.SQL(CREATE).format(table=_table(schema, table), pk=sql.Identifier(f"{table}_pk"),
-                                              index=sql.Identifier(f"{table}_s_idx")))
+    from migrator.postgres import trust
+
+    trust.ensure_table(cursor, schema, table, lambda: cursor.execute(sql.SQL(CREATE).format(
+        table=_table(schema, table), pk=sql.Identifier(f"{table}_pk"), index=sql.Identifier(f"{table}_s_idx"))))
 
 
 def record(connection, schema: str, table: str, path: Path, milliseconds: int) -> None:

@@ -9,7 +9,11 @@ user lacks on them, in one catalog query per connection, and says what it found 
 
 from __future__ import annotations
 
+import re
+from typing import Callable
+
 from migrator.errors import USAGE, MigratorError
+from migrator.targets import where_name
 
 # The schema, and what in it would run as the migration role when the runner writes or reads its tables: a
 # bookkeeping table owned by a role other than the user itself (superusers are trusted), one that is not a plain
@@ -46,7 +50,7 @@ SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE
              WHERE NOT pg_catalog.has_table_privilege(t.oid, r.p) ORDER BY t.name, r.i),
        CASE WHEN NOT (so.rolsuper OR so.rolname = 'pg_database_owner' OR so.oid = (SELECT oid FROM me))
             THEN so.rolname::text END,
-       ARRAY(SELECT t.name FROM planted t ORDER BY t.name)
+       ARRAY(SELECT t.name FROM planted t ORDER BY t.name), ARRAY(SELECT t.name FROM tables t)
 FROM (SELECT CAST(:s AS pg_catalog.name) AS name) s LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
 LEFT JOIN pg_catalog.pg_roles so ON so.oid = n.nspowner
 """
@@ -59,7 +63,7 @@ RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS) -> tuple:
     """(the schema exists, the user has USAGE on it, the user, what others planted among its bookkeeping,
     [table, right] of `rights` the user lacks on the tables present, the schema's untrusted owner or None, the
-    names of the planted tables)."""
+    names of the planted tables, the names of the tables present)."""
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
     tables = list(dict.fromkeys([*BOOKKEEPING_TABLES, backend.flyway_table]))  # SCHEMA_TABLE's name too
@@ -121,3 +125,46 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
     if refuse and state[1]:  # (without USAGE on the schema, that is said first)
         check_rights(state, schema, where)
     return state
+
+
+# The same check on a plain psycopg2 cursor (%(name)s parameters), under a search_path of pg_catalog alone: it also
+# runs in a migration's own session, whose search_path may hold a schema others can create operators in.
+_ON_CURSOR = re.sub(r"(?<![:\w]):(s|tables|rights)\b", r"%(\1)s", PLANTED)
+
+
+def present(cursor, schema: str, table: str) -> bool:
+    """Whether the bookkeeping `table` is in `schema`, refusing it in one line when others planted it or what runs
+    on it. Checked at connect, a table may appear later (another role creates it between that check and the
+    runner's CREATE, which then finds it, or while a run waits): every look-up before a first use goes through
+    here, in the session that uses it, and nothing runs on the table in between."""
+    cursor.execute("SELECT pg_catalog.current_setting('search_path'), "
+                   "pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
+    path = cursor.fetchone()[0]
+    cursor.execute(_ON_CURSOR, {"s": schema, "tables": [table], "rights": []})
+    state = cursor.fetchone()
+    cursor.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (path,))
+    if state[3]:
+        info = cursor.connection.info
+        raise MigratorError(planted_error(schema, state[2], state[3], state[6],
+                                          where_name(info.host, info.port, info.dbname)), USAGE)
+    return table in state[7]
+
+
+def ensure_table(cursor, schema: str, table: str, create: Callable[[], None]) -> None:
+    """A bookkeeping table, made by `create` when missing (under the schema's bookkeeping lock: another history's
+    run may make it now), then verified: one made by another role meanwhile is refused before any use. Looked up
+    first: CREATE TABLE IF NOT EXISTS needs CREATE on the schema even when the table is there."""
+    from migrator import pg_lock
+
+    if not present(cursor, schema, table):
+        with pg_lock.creating_bookkeeping(cursor.connection, schema):
+            if not present(cursor, schema, table):
+                create()
+                present(cursor, schema, table)
+
+
+def created(connection, schema: str, tables: list[str]) -> None:
+    """Around a creation step made elsewhere (yoyo's tables): those present, verified before their first use."""
+    with connection.cursor() as cursor:
+        for table in tables:
+            present(cursor, schema, table)

@@ -22,7 +22,9 @@ PREFIX = "hcm_scratch_"
 LOCK_SECONDS = 10.0  # nobody else knows the scratch database; the lock is the runner's path, taken at once
 
 
-def _on_server(server: PostgresTarget, statement: str) -> None:
+def _on_server(server: PostgresTarget, statements: list[str], what: str = "create") -> list[tuple]:
+    """Each statement in turn, autocommit (CREATE DATABASE runs in no transaction), on one connection to the
+    server; the last one's rows."""
     import psycopg2
 
     try:
@@ -32,24 +34,50 @@ def _on_server(server: PostgresTarget, statement: str) -> None:
     try:
         conn.autocommit = True
         with conn.cursor() as cursor:
-            cursor.execute(statement)
+            for statement in statements:
+                cursor.execute(statement)
+            return cursor.fetchall() if cursor.description else []
     except psycopg2.Error as exc:
+        said = (exc.pgerror or str(exc)).strip().splitlines()[0]
+        if what == "drop":  # (its right to CREATE DATABASE was proven when it was made)
+            raise MigratorError(f"cannot drop scratch database {statements[0].split(chr(34))[1]} on {server.where} as "
+                                f"{server.user or 'the default user'} ({said}); it is left behind: as its owner or a "
+                                f"superuser run {statements[0]}")
         raise MigratorError(f"cannot create or drop a scratch database on {server.where} as {server.user or 'the default user'} "
-                            f"({(exc.pgerror or str(exc)).strip().splitlines()[0]}); schema checks need a server "
+                            f"({said}); schema checks need a server "
                             "where that user may CREATE DATABASE (e.g. the local development one)")
     finally:
         conn.close()
 
 
+# Nobody but the user (and superusers) may connect to a scratch database: a new database's CONNECT is PUBLIC's,
+# and before PostgreSQL 15 so is CREATE on its public schema: a co-tenant of the server could plant there what
+# the pending files then call as the user (a public.lower(varchar) beating pg_catalog's). Made closed, PUBLIC's
+# rights taken, then opened; a session already in it (a superuser's, or a member of the user's role) refuses it.
+OTHERS = ("SELECT pg_catalog.count(*), pg_catalog.string_agg(DISTINCT a.usename::pg_catalog.text, ', ') "
+          "FROM pg_catalog.pg_stat_activity a WHERE a.datname OPERATOR(pg_catalog.=) %s "
+          "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()")
+
+
 @contextmanager
 def scratch_database(server: PostgresTarget) -> Iterator[PostgresTarget]:
-    """A new, empty database on `server`'s server; yields its target; dropped on exit."""
+    """A new, empty database on `server`'s server, which only the user may connect to; yields its target; dropped
+    on exit."""
+    from psycopg2.extensions import QuotedString
+
     name = PREFIX + uuid.uuid4().hex[:12]
-    _on_server(server, f'CREATE DATABASE "{name}" TEMPLATE template0')
+    _on_server(server, [f'CREATE DATABASE "{name}" TEMPLATE template0 ALLOW_CONNECTIONS false'])
     try:
+        [(others, who)] = _on_server(server, [f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC',
+                                              f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true',
+                                              OTHERS.replace("%s", QuotedString(name).getquoted().decode())])
+        if others:
+            raise MigratorError(f"refusing scratch database {name} on {server.where}: {others} other session(s) of "
+                                f"user(s) {who} connected to it as soon as it was made; what they ran there would run "
+                                "as the migration role: find who (pg_stat_activity) and stop it, then run again")
         yield dataclasses.replace(server, dbname=name, notes=[])
     finally:
-        _on_server(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _on_server(server, [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], "drop")
 
 
 @dataclasses.dataclass

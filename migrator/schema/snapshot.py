@@ -102,13 +102,9 @@ def _sql(template: str, schema: str, table: str = TABLE):
 
 
 def _exists(cursor, schema: str, table: str) -> bool:
-    cursor.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
-                   (f"{_quote(schema)}.{_quote(table)}",))
-    return cursor.fetchone()[0]
+    from migrator.postgres import trust
 
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    return trust.present(cursor, schema, table)  # (refused when another role planted it since connect)
 
 
 def record(conn, schema: str, reason: str) -> Snapshot:
