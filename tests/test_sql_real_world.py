@@ -336,3 +336,27 @@ def test_adopting_a_live_database_marks_the_baseline_without_running_it(cli, mak
     assert schema_dump(live) == before
     result = cli("migrate", "--sql-dir", sql_dir, env=live.db_env())
     assert result.exit_code == 0 and "up to date (1 of 1" in result.stdout
+
+
+def test_the_runners_catalog_reads_inside_a_files_transaction_leave_its_set_local_path_as_psql_would(db):
+    """A SET LOCAL search_path ends with its transaction, even when the runner read the catalog in between."""
+    import psycopg2
+
+    from migrator.postgres import pinned
+
+    conn = psycopg2.connect(db.url)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SHOW search_path")
+            before = cursor.fetchone()[0]
+            cursor.execute("SET LOCAL search_path = pg_temp")
+            with pinned.catalog_path(cursor):
+                cursor.execute("SHOW search_path")
+                assert cursor.fetchone()[0] == pinned.CATALOG_ONLY
+            cursor.execute("SHOW search_path")
+            assert cursor.fetchone()[0] == "pg_temp"  # the file's own, for its later statements
+            conn.commit()
+            cursor.execute("SHOW search_path")
+            assert cursor.fetchone()[0] == before
+    finally:
+        conn.close()

@@ -21,11 +21,14 @@ def catalog_path(cursor) -> Iterator[None]:
     (a failed transaction takes the change back itself: nothing is sent then)."""
     import psycopg2.extensions as ext
 
-    cursor.execute("SELECT pg_catalog.current_setting('search_path')")
+    # Inside a transaction both changes are LOCAL: at its end the path is what the file's own SET / SET LOCAL
+    # leave, exactly as without this read (a session-wide restore would keep a SET LOCAL's path past COMMIT).
+    local = cursor.connection.info.transaction_status == ext.TRANSACTION_STATUS_INTRANS
+    cursor.execute("SELECT pg_catalog.current_setting('search_path'), "
+                   "pg_catalog.set_config('search_path', %s, %s)", (CATALOG_ONLY, local))
     saved = cursor.fetchone()[0]
-    cursor.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (CATALOG_ONLY,))
     try:
         yield
     finally:
         if cursor.connection.info.transaction_status != ext.TRANSACTION_STATUS_INERROR:
-            cursor.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (saved,))
+            cursor.execute("SELECT pg_catalog.set_config('search_path', %s, %s)", (saved, local))

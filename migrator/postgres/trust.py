@@ -13,6 +13,7 @@ import re
 from typing import Callable
 
 from migrator.errors import USAGE, MigratorError
+from migrator.postgres import pinned
 from migrator.targets import where_name
 
 # The schema, and what in it would run as the migration role when the runner writes or reads its tables: a
@@ -137,12 +138,9 @@ def present(cursor, schema: str, table: str) -> bool:
     on it. Checked at connect, a table may appear later (another role creates it between that check and the
     runner's CREATE, which then finds it, or while a run waits): every look-up before a first use goes through
     here, in the session that uses it, and nothing runs on the table in between."""
-    cursor.execute("SELECT pg_catalog.current_setting('search_path'), "
-                   "pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
-    path = cursor.fetchone()[0]
-    cursor.execute(_ON_CURSOR, {"s": schema, "tables": [table], "rights": []})
-    state = cursor.fetchone()
-    cursor.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (path,))
+    with pinned.catalog_path(cursor):
+        cursor.execute(_ON_CURSOR, {"s": schema, "tables": [table], "rights": []})
+        state = cursor.fetchone()
     if state[3]:
         info = cursor.connection.info
         raise MigratorError(planted_error(schema, state[2], state[3], state[6],
