@@ -266,21 +266,27 @@ def test_a_runner_stopped_during_a_concurrent_build_is_finished_by_the_rerun(cli
     assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded).exit_code == 0
 
 
-def test_a_build_the_server_finished_after_the_runner_died_counts_as_done(cli, db, sql_dir, seeded):
-    add_migration(sql_dir, "0002_tenant_index", BUILD)
+def kill_mid_build_and_let_the_server_finish_it(db, sql_dir, seeded):
+    """A runner SIGKILLed while its CONCURRENTLY build waits for an old snapshot, which then ends: the server
+    finishes the build on its own (it notices the client is gone only when it answers)."""
     holder = snapshot_holder(db)
     try:
         runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
         wait_for_phase(db, "waiting for old snapshots", runner)
         runner.send_signal(signal.SIGKILL)
         runner.communicate(timeout=30)
-        holder.commit()  # at once: the build ends before the server notices its client is gone
+        holder.commit()
         deadline = time.monotonic() + 15
         while db.query("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:
         holder.close()
+
+
+def test_a_build_the_server_finished_after_the_runner_died_counts_as_done(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_tenant_index", BUILD)
+    kill_mid_build_and_let_the_server_finish_it(db, sql_dir, seeded)
     assert index_state(db) == [(True,)] and applied(db) == [SEED]
     rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)  # without IF NOT EXISTS: "already exists" before
     assert rerun.exit_code == 0, rerun.output
@@ -298,19 +304,7 @@ TENANT_INDEXES = ("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class 
 
 def test_an_unnamed_build_the_server_finished_after_the_runner_died_is_not_built_twice(cli, db, sql_dir, seeded):
     add_migration(sql_dir, "0002_tenant_index", UNNAMED)
-    holder = snapshot_holder(db)
-    try:
-        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
-        wait_for_phase(db, "waiting for old snapshots", runner)
-        runner.send_signal(signal.SIGKILL)
-        runner.communicate(timeout=30)
-        holder.commit()  # at once: the build ends before the server notices its client is gone
-        deadline = time.monotonic() + 15
-        while db.query("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        holder.close()
+    kill_mid_build_and_let_the_server_finish_it(db, sql_dir, seeded)
     assert db.query(TENANT_INDEXES) == [("hcm_report_metadata_tenant_id_idx", True)] and applied(db) == [SEED]
     rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     assert rerun.exit_code == 0, rerun.output

@@ -44,6 +44,19 @@ def release_after_waited(db, conn, waited: str) -> threading.Thread:
     return thread
 
 
+def migrate_one_try(cli, db, sql_dir, seeded, first, second):
+    """One migrate with a 1 s try and no retry while app transaction `first` holds what the statement wants first
+    (released once it has waited 600 ms) and `second` what it wants next (held for good); both closed after."""
+    watch = release_after_waited(db, first, "600 ms")
+    try:
+        return cli("migrate", "--ddl-lock-timeout", "1s", "--lock-retry-budget", "0", "--sql-dir", sql_dir,
+                   env=seeded)
+    finally:
+        watch.join(timeout=10)
+        first.close()
+        second.close()
+
+
 FOREIGN_KEY = "ALTER TABLE t_one ADD CONSTRAINT fk FOREIGN KEY (id) REFERENCES t_two NOT VALID"
 
 
@@ -62,14 +75,7 @@ def test_one_statement_waiting_for_several_locks_is_ended_when_the_try_is_spent(
     first.cursor().execute("LOCK TABLE t_one IN ROW EXCLUSIVE MODE")
     second.cursor().execute("LOCK TABLE t_two IN ROW EXCLUSIVE MODE")
     pid = second.info.backend_pid
-    watch = release_after_waited(db, first, "600 ms")
-    try:
-        result = cli("migrate", "--ddl-lock-timeout", "1s", "--lock-retry-budget", "0", "--sql-dir", sql_dir,
-                     env=seeded)
-    finally:
-        watch.join(timeout=10)
-        first.close()
-        second.close()
+    result = migrate_one_try(cli, db, sql_dir, seeded, first, second)
     line = one_error_line(result)
     # before: "canceling statement due to lock timeout ... it waited longer than lock_timeout" after 1.6 s
     assert "0002_two.sql:" in line and "locks not all granted within the try's 1 s (ended by the runner" in line, line
@@ -87,14 +93,7 @@ def test_a_backfill_batch_meeting_several_row_locks_is_ended_when_its_try_is_spe
     first.cursor().execute("UPDATE rows_t SET v = 0 WHERE id = 1")
     second.cursor().execute("UPDATE rows_t SET v = 0 WHERE id = 2")
     pid = second.info.backend_pid
-    watch = release_after_waited(db, first, "600 ms")
-    try:
-        result = cli("migrate", "--ddl-lock-timeout", "1s", "--lock-retry-budget", "0", "--sql-dir", sql_dir,
-                     env=seeded)
-    finally:
-        watch.join(timeout=10)
-        first.close()
-        second.close()
+    result = migrate_one_try(cli, db, sql_dir, seeded, first, second)
     line = one_error_line(result)
     assert "0002_fill.sql:3:" in line, line
     assert "locks not all granted within the try's 1 s (ended by the runner" in line, line
