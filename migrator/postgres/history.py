@@ -391,19 +391,15 @@ def scope_drift(backend) -> None:
 
 def seed_owned(backend, migrations, found: FlywayBooks) -> None:
     """Under the lock, the first time the runner meets a history Flyway applied: the objects it owns (its drift)
-    are those its applied files name; from then on, what each of its runs creates or changes."""
-    import re
-
-    from migrator.schema import snapshot
+    are those its applied files name as DDL targets (a table a file only reads stays another's); from then on,
+    what each of its runs changes in the objects its files name."""
+    from migrator.schema import snapshot, targets
 
     if not found.applied or snapshot.owned(backend.connection, backend.bookkeeping_schema, found.table) is not None:
         return
-    words: set[str] = set()
-    for migration in migrations:
-        if migration.id in found.applied:
-            words |= set(re.findall(r"[a-z_][a-z0-9_$]*", Path(migration.path).read_text(errors="replace").lower()))
+    names = targets.named(m.path for m in migrations if m.id in found.applied)
     with backend.transaction():
-        snapshot.seed_owned(backend.connection, backend.bookkeeping_schema, found.table, words)
+        snapshot.seed_owned(backend.connection, backend.bookkeeping_schema, found.table, names)
 
 
 def older_than_applied(migrations, applied, pending) -> list[str]:

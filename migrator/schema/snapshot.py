@@ -17,6 +17,7 @@ from migrator.schema import fingerprint
 from migrator.schema.describe import describe, scope
 from migrator.schema.diff import diff, summary
 from migrator.schema.model import Description, Item, top_key
+from migrator.schema.targets import bare
 from migrator.tables import MIGRATION_TABLE
 
 TABLE = "_hcm_schema_snapshot"
@@ -118,25 +119,61 @@ def record(conn, schema: str, reason: str) -> Snapshot:
     return _store(conn, schema, describe(conn, schema), reason, taken)
 
 
-def advance(conn, schema: str, before: Description, reason: str, claimed=()) -> Snapshot:
+def accept(conn, schema: str, reason: str) -> tuple[Snapshot, int]:
+    """Record the live schema as the expected one (accept-drift), and how many changes were left as drift. One
+    service's history among several accepts only the objects it owns: another service's drift is for its own review."""
+    history = _history(conn)
+    if not history:
+        return record(conn, schema, reason), 0
+    taken = _fingerprint(conn, schema)
+    live = describe(conn, schema)
+    own = owned(conn, schema, history) or set()
+
+    def mine(item: Item) -> bool:
+        return top(item) in own
+
+    with pg_lock.creating_bookkeeping(conn, schema):
+        expected = recorded_description(conn, schema)
+        if expected is None:
+            return _store(conn, schema, live, reason, taken), 0
+        expected = expected.only(scope(conn))
+        kept = Description({**{k: i for k, i in expected.items.items() if not mine(i)},
+                            **{k: i for k, i in live.items.items() if mine(i)}})
+        left = diff(expected.only(lambda i: not mine(i)), live.only(lambda i: not mine(i)))
+        return _store(conn, schema, kept, reason, taken if kept.sha256 == live.sha256 else None), len(left)
+
+
+def advance(conn, schema: str, before: Description, reason: str, claimed=(), names: set[str] | None = None) -> Snapshot:
     """Move the recorded description forward by exactly what the runner changed: every object that
     differs between `before` (described just before the runner's change) and now takes its new state;
     every other object stays as recorded, so drift found before (recorded vs `before`) stays drift.
     With nothing recorded yet, the live description is recorded. Call it after each applied or rolled
     back migration (or once after the loop, on failure too); commits like `record`. `claimed`: names of indexes
-    the runner's migrations built (an earlier, interrupted try's included), taken as they are now."""
+    the runner's migrations built (an earlier, interrupted try's included), taken as they are now.
+    `names`: what the files applied or rolled back name as DDL targets (targets.py). In a schema shared by several
+    histories, only the changed objects they name are this run's (owned by its history, moved in the record): the
+    rest changed meanwhile (another service's run, a hand change) stays as found, for its own history to record."""
     taken = _fingerprint(conn, schema)
     now = describe(conn, schema)
     changed = [key for key in before.items.keys() | now.items.keys() if before.items.get(key) != now.items.get(key)]
     history = _history(conn)
-    if history:  # one service's history among several: what it created or changed is its own
+    if history:  # one service's history among several: what its files changed is its own
+        if names is not None:
+            changed = [key for key in changed if _named(before.items.get(key) or now.items[key], names)]
         own = owned(conn, schema, history) or set()
         own |= {top(item) for key in changed for item in (before.items.get(key), now.items.get(key)) if item}
         own -= {top(before.items[k]) for k in changed if k not in now.items and not before.items[k].parent}
         set_owned(conn, schema, history, own)
-    # (the record is the schema's, shared by the histories in it: another service's run may move it at once)
-    with pg_lock.creating_bookkeeping(conn, schema):
+    # (the record is the schema's, shared by the histories in it: another service's run may move it at once; the
+    # change is committed, so a wait cut short would leave it as drift)
+    wait = max(pg_lock.BOOKKEEPING_WAIT["seconds"], pg_lock.AFTER_COMMIT_WAIT)
+    with pg_lock.creating_bookkeeping(conn, schema, wait):
         return _advance(conn, schema, before, now, changed, reason, set(claimed), taken)
+
+
+def _named(item: Item, names: set[str]) -> bool:
+    """The item, or the top-level object it belongs to, is one the files name (an index by its own name too)."""
+    return bare(item.name) in names or bare(top(item).split(" ", 1)[1]) in names
 
 
 def _advance(conn, schema: str, before: Description, now: Description, changed, reason: str, claimed: set,
@@ -201,14 +238,12 @@ def set_owned(conn, schema: str, history: str, objects: set[str]) -> None:
         cursor.execute(_sql(UPSERT_OWNED, schema, OWNED), (history, json.dumps(sorted(objects))))
 
 
-def seed_owned(conn, schema: str, history: str, words: set[str]) -> None:
-    """A history taken over from Flyway, never recorded here: it owns the objects its applied files name."""
-    def bare(name: str) -> str:
-        return name.split("(", 1)[0].rsplit(".", 1)[-1].strip('"').lower()
-
+def seed_owned(conn, schema: str, history: str, names: set[str]) -> None:
+    """A history taken over from Flyway, never recorded here: it owns the objects its applied files name as
+    DDL targets (targets.py)."""
     live = describe(conn, schema)
     set_owned(conn, schema, history, {top(item) for item in live.items.values()
-                                      if not item.parent and bare(item.name) in words})
+                                      if not item.parent and bare(item.name) in names})
 
 
 def _fingerprint(conn, schema: str) -> str:
