@@ -127,3 +127,33 @@ def test_a_bookkeeping_lock_held_too_long_is_named_in_one_line(db, tmp_path):
     assert line.startswith("error: the shared bookkeeping lock of schema public (advisory lock ") and \
         "held by server pid" in line and "raise --lock-timeout" in line, line
     assert "a_t" not in db.tables()  # refused before anything ran
+
+
+def test_overlapping_locations_read_each_file_once(cli, db, tmp_path):
+    write(tmp_path / "sql" / "main", "V1__a.sql", "CREATE TABLE a (id INT);\n")
+    write(tmp_path / "sql" / "seed", "V2__b.sql", "CREATE TABLE b (id INT);\n")
+    main, top = tmp_path / "sql" / "main", tmp_path / "sql"
+    for n, locations in enumerate((f"filesystem:{main},filesystem:{main}", f"filesystem:{top},filesystem:{main}")):
+        env = {**db.db_env(), "FLYWAY_LOCATIONS": locations, "SCHEMA_TABLE": f"h{n}"}
+        status = ok(cli("status", env=env))  # (before: "share the version 1", one file read twice)
+        assert ("1 pending" if n == 0 else "2 pending") in status.stdout, status.stdout
+
+
+def test_a_takeover_claims_the_tables_its_files_change_not_those_they_mention(cli, db, tmp_path):
+    """Flyway migrated a service that only reads another's table (a view, an INSERT ... SELECT): the runner's first
+    run claims its own objects only, so a hand change to the other table is not its drift."""
+    db.query("CREATE TABLE plan (id INT)")  # another service's table, unowned
+    folder = tmp_path / "census"
+    write(folder, "V1__census.sql", "CREATE TABLE census (id INT);\n")
+    write(folder, "V2__view.sql", "CREATE VIEW census_plan AS SELECT id FROM plan;\n-- plan is read, not changed\n")
+    db.query("CREATE TABLE census (id INT); CREATE VIEW census_plan AS SELECT id FROM plan; "
+             "CREATE TABLE census_history (installed_rank INT PRIMARY KEY, version VARCHAR(50), "
+             "description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, script VARCHAR(1000) NOT NULL, "
+             "checksum INT, installed_by VARCHAR(100) NOT NULL, installed_on TIMESTAMP NOT NULL DEFAULT now(), "
+             "execution_time INT NOT NULL, success BOOLEAN NOT NULL)")
+    from migrator.postgres import flyway
+    for rank, name in ((1, "V1__census.sql"), (2, "V2__view.sql")):
+        db.query("INSERT INTO census_history VALUES (%s, %s, %s, 'SQL', %s, %s, 'flyway', now(), 1, true)",
+                 (rank, str(rank), flyway.description(name), name, flyway.checksum(folder / name)))
+    ok(cli("migrate", "--sql-dir", folder, env={**db.db_env(), "SCHEMA_TABLE": "census_history"}))
+    assert owned(db)["census_history"] == {"table public.census", "view public.census_plan"}

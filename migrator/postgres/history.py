@@ -367,7 +367,7 @@ def accept(backend, selected) -> None:
                 (flyway.checksum(path), flyway.description(path.name), flyway.script(path), row.rank))
 
 
-def sync(backend, migrations, found: FlywayBooks, notify) -> None:
+def sync(backend, migrations, found: FlywayBooks, notify) -> list:
     """Under the lock: yoyo's marks (this history's) made to agree with Flyway's table, since yoyo applies what it
     has not marked. Applied by Flyway: marked (nothing re-applied); not applied there (a repeatable whose file
     changed, a row removed): unmarked, to run."""
@@ -381,6 +381,7 @@ def sync(backend, migrations, found: FlywayBooks, notify) -> None:
     again = [m for m in migrations if m.id not in found.applied and m.id not in todo]
     if again:
         backend.unmark_migrations(MigrationList(again))
+    return taken
 
 
 def scope_drift(backend) -> None:
@@ -389,17 +390,25 @@ def scope_drift(backend) -> None:
     backend.execute("SELECT pg_catalog.set_config('hcm.history', :history, false)", {"history": backend.history})
 
 
-def seed_owned(backend, migrations, found: FlywayBooks) -> None:
-    """Under the lock, the first time the runner meets a history Flyway applied: the objects it owns (its drift)
-    are those its applied files name as DDL targets (a table a file only reads stays another's); from then on,
-    what each of its runs changes in the objects its files name."""
+def take_over(backend, migrations, found: FlywayBooks, taken) -> None:
+    """Under the lock: the files Flyway applied on this history that the runner did not (all, the first time the
+    runner meets it; else those in rows after the newest it recorded; `taken`, when that is unknown). What they name
+    as DDL targets is this history's work (its objects, the record moved to them), not drift; a table they only
+    read stays another's."""
     from migrator.schema import snapshot, targets
 
-    if not found.applied or snapshot.owned(backend.connection, backend.bookkeeping_schema, found.table) is not None:
-        return
-    names = targets.named(m.path for m in migrations if m.id in found.applied)
-    with backend.transaction():
-        snapshot.seed_owned(backend.connection, backend.bookkeeping_schema, found.table, names)
+    seen = snapshot.owned_rank(backend.connection, backend.bookkeeping_schema, found.table)
+    if seen is None:
+        files = [m for m in migrations if m.id in found.applied]
+    elif seen[1] is None:
+        files = taken
+    else:
+        scripts = {row.script for row in found.rows if row.success and row.rank > seen[1]}
+        files = [m for m in migrations if m.id in found.applied and flyway.script(Path(m.path)) in scripts]
+    if files:
+        with backend.transaction():
+            snapshot.take_over(backend.connection, backend.bookkeeping_schema, found.table,
+                               targets.named(Path(m.path) for m in files), "takeover")
 
 
 def older_than_applied(migrations, applied, pending) -> list[str]:

@@ -144,8 +144,8 @@ def reconcile(backend, migrations, notify) -> list:
         history.ensure_table(backend)  # the history of record from the first run on, as Flyway would make it
         books = bookkeeping(backend, migrations)
     if books.flyway is not None:
-        history.sync(backend, migrations, books.flyway, notify)
-        history.seed_owned(backend, migrations, books.flyway)
+        taken = history.sync(backend, migrations, books.flyway, notify)
+        history.take_over(backend, migrations, books.flyway, taken)
         pending_ids = {m.id for m in migrations if m.id not in books.applied}
         history.refuse_failed(books.flyway, pending_ids, backend.bookkeeping_schema)
         history.refuse_renamed(books.flyway, migrations)

@@ -44,11 +44,17 @@ CREATE_OWNED = """
 CREATE TABLE IF NOT EXISTS {schema}.{table} (
     history     VARCHAR(63) PRIMARY KEY,
     objects     JSONB       NOT NULL,
-    recorded_at TIMESTAMP   NOT NULL DEFAULT (pg_catalog.now() AT TIME ZONE 'utc')
+    recorded_at TIMESTAMP   NOT NULL DEFAULT (pg_catalog.now() AT TIME ZONE 'utc'),
+    flyway_rank INTEGER
 )"""
+# flyway_rank: the history's newest installed_rank when the runner last recorded its work; rows after it are another
+# tool's (real Flyway on the same history), taken over at the next run (history.take_over).
 UPSERT_OWNED = """
-INSERT INTO {schema}.{table} (history, objects) VALUES (%s, %s)
-ON CONFLICT (history) DO UPDATE SET objects = EXCLUDED.objects, recorded_at = pg_catalog.now() AT TIME ZONE 'utc'"""
+INSERT INTO {schema}.{table} (history, objects, flyway_rank) VALUES (%s, %s, %s)
+ON CONFLICT (history) DO UPDATE SET objects = EXCLUDED.objects, recorded_at = pg_catalog.now() AT TIME ZONE 'utc',
+    flyway_rank = EXCLUDED.flyway_rank"""
+# (a table made before it had that column gets it once)
+RANK_COLUMN = "ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS flyway_rank INTEGER"
 LAST_MIGRATION = "SELECT migration_id FROM {schema}.{table} ORDER BY applied_at_utc DESC, migration_id DESC LIMIT 1"
 # (the fingerprint by name: a table recorded before it had that column reads as NULL)
 READ = ("SELECT sha256, last_migration, recorded_at, recorded_by, reason, "
@@ -224,26 +230,48 @@ def _history(conn) -> str | None:
 
 def owned(conn, schema: str, history: str) -> set[str] | None:
     """The objects a history owns, None before anything was recorded for it (reads only)."""
+    found = owned_rank(conn, schema, history)
+    return None if found is None else found[0]
+
+
+def owned_rank(conn, schema: str, history: str) -> tuple[set[str], int | None] | None:
+    """The objects a history owns and its Flyway table's newest rank when they were recorded (None: unknown)."""
     with conn.cursor() as cursor:
         if not _exists(cursor, schema, OWNED):
             return None
-        cursor.execute(_sql("SELECT objects FROM {schema}.{table} WHERE history = %s", schema, OWNED), (history,))
+        cursor.execute(_sql("SELECT objects, pg_catalog.jsonb_extract_path_text(pg_catalog.to_jsonb(o.*), "
+                            "'flyway_rank') FROM {schema}.{table} o WHERE history = %s", schema, OWNED), (history,))
         row = cursor.fetchone()
-    return set(row[0]) if row else None
+    return (set(row[0]), int(row[1]) if row[1] else None) if row else None
 
 
 def set_owned(conn, schema: str, history: str, objects: set[str]) -> None:
     with conn.cursor() as cursor:
         checksums.create_table(cursor, CREATE_OWNED, schema, OWNED)
-        cursor.execute(_sql(UPSERT_OWNED, schema, OWNED), (history, json.dumps(sorted(objects))))
+        cursor.execute("SELECT true FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass(%s) "
+                       "AND attname = 'flyway_rank' AND NOT attisdropped", (f"{_quote(schema)}.{_quote(OWNED)}",))
+        if cursor.fetchone() is None:
+            with pg_lock.creating_bookkeeping(conn, schema):
+                cursor.execute(_sql(RANK_COLUMN, schema, OWNED))
+        rank = None
+        if _exists(cursor, schema, history):
+            cursor.execute(_sql("SELECT max(installed_rank) FROM {schema}.{table}", schema, history))
+            rank = cursor.fetchone()[0]
+        cursor.execute(_sql(UPSERT_OWNED, schema, OWNED), (history, json.dumps(sorted(objects)), rank))
 
 
-def seed_owned(conn, schema: str, history: str, names: set[str]) -> None:
-    """A history taken over from Flyway, never recorded here: it owns the objects its applied files name as
-    DDL targets (targets.py)."""
+def take_over(conn, schema: str, history: str, names: set[str], reason: str) -> None:
+    """Files applied on this history by another tool (Flyway, before or after the runner): the objects they name
+    (as `advance` names them) are this history's work, taken into its own and into the record as they are now."""
     live = describe(conn, schema)
-    set_owned(conn, schema, history, {top(item) for item in live.items.values()
-                                      if not item.parent and bare(item.name) in names})
+    mine = {key: item for key, item in live.items.items() if _named(item, names)}
+    set_owned(conn, schema, history, (owned(conn, schema, history) or set()) | {top(item) for item in mine.values()})
+    with pg_lock.creating_bookkeeping(conn, schema):
+        expected = recorded_description(conn, schema)
+        if expected is None:  # (the next migrate records the whole schema)
+            return
+        kept = {key: item for key, item in expected.only(scope(conn)).items.items() if not _named(item, names)}
+        _store(conn, schema, Description({**kept, **mine}), reason)
 
 
 def _fingerprint(conn, schema: str) -> str:
