@@ -240,6 +240,8 @@ def test_what_flyway_applies_after_the_runner_is_this_historys_work_not_drift(cl
     write(folder, "V2__c.sql", "ALTER TABLE t ADD COLUMN c INT;\n")
     write(folder, "R__v.sql", "CREATE OR REPLACE VIEW v AS SELECT 2 AS a;\n")
     assert real_flyway(db, folder, "migrate", table="h")["migrationsExecuted"] == 2
+    before = ok(cli("status", "--exit-code", "--sql-dir", folder, env=env))  # read-only: the next run takes it over
+    assert "schema: as recorded" in before.stdout, before.stdout
     strict = ok(cli("migrate", "--strict", "--sql-dir", folder, env=env))  # taken over, not refused as drift
     assert "took over 1 migration(s) applied by Flyway (h)" in strict.stderr, strict.output  # (and R__v re-run)
     ok(cli("status", "--exit-code", "--sql-dir", folder, env=env))

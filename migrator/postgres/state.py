@@ -70,7 +70,7 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
     if flyway_folder:  # (without the files: when this run's backend already met its Flyway folder)
         books.flyway = history.books(backend, migrations)
     if migrations is not None and flyway_folder:
-        history.scope_drift(backend)  # this history's objects are its drift, not the whole schema's
+        history.scope_drift(backend, migrations, books.flyway, books.marked)  # its own objects' drift only
     if flyway_folder and migrations is not None:
         # A Flyway folder's record is Flyway's table alone (none yet: an empty history): yoyo's marks and the
         # runner's checksums of another service in the same schema (a file name both use) are not this folder's.

@@ -223,9 +223,13 @@ def _last_of(conn, schema: str, history: str) -> str | None:
 
 
 def _history(conn) -> str | None:
+    return _setting(conn, "hcm.history") or None
+
+
+def _setting(conn, name: str) -> str:
     with conn.cursor() as cursor:
-        cursor.execute("SELECT pg_catalog.current_setting('hcm.history', true)")
-        return cursor.fetchone()[0] or None
+        cursor.execute("SELECT pg_catalog.current_setting(%s, true)", (name,))
+        return cursor.fetchone()[0] or ""
 
 
 def owned(conn, schema: str, history: str) -> set[str] | None:
@@ -349,8 +353,13 @@ def live_drift(conn, schema: str, described: Description | None = None, refresh:
     # A history with nothing recorded as its own yet (a new service, or one Flyway applied before its first run
     # here) owns nothing yet: never the whole schema, whose other objects are other services'.
     own = (owned(conn, schema, history) or set()) if history else None
-    if own is not None:  # one service's history among several: its own objects only
-        expected, compared = expected.only(lambda i: top(i) in own), live.only(lambda i: top(i) in own)
+    if own is not None:  # one service's history among several: its own objects only, but for what Flyway changed
+        taken = set(filter(None, _setting(conn, "hcm.taken_over").split(",")))  # since (the next run takes it over)
+
+        def mine(item: Item) -> bool:
+            return top(item) in own and not _named(item, taken)
+
+        expected, compared = expected.only(mine), live.only(mine)
         if expected == compared:
             return DriftReport(snapshot, live=live)
         changes = diff(expected, compared)
