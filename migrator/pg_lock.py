@@ -50,6 +50,34 @@ def lock_slot(history: str | None) -> int:
     return 1 if not history else 2 + _hashed(f"hcmdbmig-row:{history}") % (2**31 - 3)
 
 
+# A Flyway history's lock row lives in a table of the runner's own, never in yoyo_lock: an older runner (before
+# one lock per history) reads any yoyo_lock row as a runner's lock and its break-lock deletes them all. The
+# runner's own history keeps yoyo_lock's row 1 (a bare `yoyo` CLI sees it). Columns as yoyo_lock's, with the proof.
+HISTORY_LOCKS = "_hcm_history_lock"
+CREATE_HISTORY_LOCKS = """
+CREATE TABLE IF NOT EXISTS {schema}.{table} (
+    locked INTEGER   PRIMARY KEY,
+    ctime  TIMESTAMP,
+    pid    INTEGER   NOT NULL,
+    runner TEXT      DEFAULT pg_catalog.current_setting('application_name')
+)"""
+
+
+def lock_table(backend, history: str | None, create: bool = False) -> str | None:
+    """The table holding `history`'s lock row, quoted; None when a history's is not there (and not `create`)."""
+    if not history:
+        return backend.lock_table_quoted
+    table = backend.qualified(HISTORY_LOCKS)
+    if create:
+        from migrator import checksums
+
+        with backend.transaction(), backend.connection.cursor() as cursor:
+            checksums.create_table(cursor, CREATE_HISTORY_LOCKS, backend.bookkeeping_schema, HISTORY_LOCKS)
+    elif backend.execute("SELECT pg_catalog.to_regclass(:t) IS NULL", {"t": table}).fetchone()[0]:
+        return None
+    return table
+
+
 def run_key(backend, target: PostgresTarget) -> int:
     """The advisory key of the history `target`'s run migrates (see lock_key)."""
     return lock_key(target.schema or backend.bookkeeping_schema, target.history)
@@ -88,19 +116,49 @@ def hold_for_shared_ddl(connection, statements, transactional: bool) -> None:
             time.sleep(POLL_SECONDS / 4)
 
 
+# How long a run waits for its schema's shared bookkeeping lock: the run's --lock-timeout (held() sets it), never
+# the DDL lock_timeout its session has (300 ms): another service's run holds it for a moment, and a wait cut short
+# after a migration committed would leave that service's own change as drift.
+BOOKKEEPING_WAIT = {"seconds": 10.0}
+AFTER_COMMIT_WAIT = 60.0  # (at least, for the record of a change already committed: a run again finds it drift)
+_HOLDER = ("SELECT a.pid, a.application_name FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a "
+           "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s "
+           "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())")
+
+
+def bookkeeping_wait(seconds: float) -> None:
+    """The run's --lock-timeout, for its waits on the bookkeeping lock (connecting creates the tables: set first)."""
+    BOOKKEEPING_WAIT["seconds"] = seconds
+
+
 @contextmanager
-def creating_bookkeeping(connection, schema: str) -> Iterator[None]:
+def creating_bookkeeping(connection, schema: str, wait: float | None = None) -> Iterator[None]:
     """While a run creates, upgrades or rewrites its schema's shared bookkeeping (yoyo's tables, the checksum and
     snapshot tables): histories sharing a schema (services at once, each under its own lock) would race on its
     CREATE TABLEs and lose each other's snapshot updates. Held briefly: to the end of the transaction when one is
-    open (so a CREATE is committed before another session looks), else for the block."""
+    open (so a CREATE is committed before another session looks), else for the block. Polled (a try never meets
+    the session's lock_timeout) for `wait` seconds, else the run's --lock-timeout."""
     key = lock_key(f":bookkeeping {schema}")  # (a schema cannot be named so: names are plain identifiers)
+    in_transaction = bool(connection.get_transaction_status())  # (yoyo's BEGIN on autocommit too)
+    query = "SELECT pg_catalog.pg_try_advisory_{}lock(%s)".format("xact_" if in_transaction else "")
+    seconds = BOOKKEEPING_WAIT["seconds"] if wait is None else wait
+    deadline = time.monotonic() + seconds
     with connection.cursor() as cursor:
-        if connection.get_transaction_status():  # not idle: in a transaction (yoyo's BEGIN on autocommit too)
-            cursor.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (key,))
+        while True:
+            cursor.execute(query, (key,))
+            if cursor.fetchone()[0]:
+                break
+            if time.monotonic() >= deadline:
+                cursor.execute(_HOLDER, (key >> 32, key & 0xFFFF_FFFF))
+                row = cursor.fetchone()
+                who = f"server pid {row[0]} ({row[1] or 'no application_name'})" if row else "released meanwhile"
+                raise MigratorError(f"the shared bookkeeping lock of schema {schema} (advisory lock {key}, held by "
+                                    f"{who}) was not free within {seconds:g} s: another service's run in that schema "
+                                    "is recording; run again, or raise --lock-timeout", LOCKED)
+            time.sleep(POLL_SECONDS / 4)
+        if in_transaction:
             yield
             return
-        cursor.execute("SELECT pg_catalog.pg_advisory_lock(%s)", (key,))
         try:
             yield
         finally:
@@ -129,6 +187,7 @@ def flyway_lock_key(schema: str, table: str) -> int:
 @contextmanager
 def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str], None]) -> Iterator[None]:
     deadline = time.monotonic() + timeout
+    bookkeeping_wait(timeout)
     key = run_key(backend, target)
     _wait(backend, target, key, deadline, lambda: (
         f"another runner holds the migration lock on {place(backend, target)} ({holder(backend, key)}; waited "
@@ -170,7 +229,7 @@ def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
     """yoyo's lock row, in the history's slot (lock_slot), held while the run is; yoyo's own lock() calls within
     (apply, rollback, mark) find it held. Polled until the deadline, as yoyo's lock(): an older runner's may be
     there."""
-    slot, table, pid = lock_slot(target.history), backend.lock_table_quoted, os.getpid()
+    slot, table, pid = lock_slot(target.history), lock_table(backend, target.history, create=True), os.getpid()
     while True:
         try:
             with backend.transaction():
@@ -243,13 +302,16 @@ WHERE pid <> pg_backend_pid() AND datname = current_database()
 
 def _row_of(backend, target: PostgresTarget):
     """(pid, ctime) of the lock row in this history's slot, or None."""
-    return backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted} WHERE locked = :slot",
+    table = lock_table(backend, target.history)
+    if table is None:
+        return None
+    return backend.execute(f"SELECT pid, ctime FROM {table} WHERE locked = :slot",
                            {"slot": lock_slot(target.history)}).fetchone()
 
 
 def _break(backend, target: PostgresTarget) -> None:
     with backend.transaction():
-        backend.execute(f"DELETE FROM {backend.lock_table_quoted} WHERE locked = :slot",
+        backend.execute(f"DELETE FROM {lock_table(backend, target.history)} WHERE locked = :slot",
                         {"slot": lock_slot(target.history)})
 
 
@@ -332,13 +394,15 @@ def holder(backend, key: int = LOCK_KEY) -> str:
 def _proven(backend, pid: int, since, app: str) -> str | None:
     """The runner named by the lock row of runner `pid` written after the session holding the advisory lock
     connected, when that row names the same runner (host and pid) as the session does; else None."""
-    table = backend.lock_table_quoted
-    readable = backend.execute("SELECT CASE WHEN to_regclass(:t) IS NULL THEN false "
-                               "ELSE has_table_privilege(to_regclass(:t), 'SELECT') END", {"t": table}).fetchone()[0]
-    if not readable or since is None or not backend.execute(_HAS_PROOF, {"t": table}).fetchone()[0]:
-        return None
-    row = backend.execute(
-        f"SELECT {PROOF_COLUMN} FROM {table} WHERE pid = :pid AND {PROOF_COLUMN} = :app "
-        "AND CAST(:since AS timestamptz) <= (ctime AT TIME ZONE 'UTC') + interval '2 seconds'",
-        {"pid": pid, "since": since, "app": app}).fetchone()
-    return row[0] if row else None
+    for table in (backend.lock_table_quoted, backend.qualified(HISTORY_LOCKS)):
+        readable = backend.execute("SELECT CASE WHEN to_regclass(:t) IS NULL THEN false ELSE "
+                                   "has_table_privilege(to_regclass(:t), 'SELECT') END", {"t": table}).fetchone()[0]
+        if not readable or since is None or not backend.execute(_HAS_PROOF, {"t": table}).fetchone()[0]:
+            continue
+        row = backend.execute(
+            f"SELECT {PROOF_COLUMN} FROM {table} WHERE pid = :pid AND {PROOF_COLUMN} = :app "
+            "AND CAST(:since AS timestamptz) <= (ctime AT TIME ZONE 'UTC') + interval '2 seconds'",
+            {"pid": pid, "since": since, "app": app}).fetchone()
+        if row:
+            return row[0]
+    return None

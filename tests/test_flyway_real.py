@@ -229,3 +229,21 @@ def test_names_flyway_accepts_are_taken_and_recorded_as_flyway_records_them(cli,
     assert [r[1:] for r in rows(db, "hist", "rn")] == by_flyway
     assert len(by_flyway) == 6
     assert_flyway_has_nothing_to_do(real_flyway, db, folder, schema="rn", table="hist")
+
+
+def test_what_flyway_applies_after_the_runner_is_this_historys_work_not_drift(cli, db, real_flyway, tmp_path):
+    folder = tmp_path / "m"
+    env = {**db.db_env(), "SCHEMA_TABLE": "h"}
+    write(folder, "V1__t.sql", "CREATE TABLE t (id INT);\n")
+    write(folder, "R__v.sql", "CREATE OR REPLACE VIEW v AS SELECT 1 AS a;\n")
+    ok(cli("migrate", "--sql-dir", folder, env=env))
+    write(folder, "V2__c.sql", "ALTER TABLE t ADD COLUMN c INT;\n")
+    write(folder, "R__v.sql", "CREATE OR REPLACE VIEW v AS SELECT 2 AS a;\n")
+    assert real_flyway(db, folder, "migrate", table="h")["migrationsExecuted"] == 2
+    before = ok(cli("status", "--exit-code", "--sql-dir", folder, env=env))  # read-only: the next run takes it over
+    assert "schema: as recorded" in before.stdout, before.stdout
+    strict = ok(cli("migrate", "--strict", "--sql-dir", folder, env=env))  # taken over, not refused as drift
+    assert "took over 1 migration(s) applied by Flyway (h)" in strict.stderr, strict.output  # (and R__v re-run)
+    ok(cli("status", "--exit-code", "--sql-dir", folder, env=env))
+    db.query("ALTER TABLE t ADD COLUMN hand INT")  # a hand change afterwards is still drift
+    assert cli("status", "--exit-code", "--sql-dir", folder, env=env).exit_code == 5

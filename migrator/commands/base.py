@@ -135,8 +135,9 @@ def scratch_server(settings: CommandSettings, url: str | None) -> PostgresTarget
 @contextlib.contextmanager
 def locked_backend(settings: CommandSettings, limits: DdlLimits | None = None) -> Iterator[tuple]:
     """(backend, target) for a command that changes the database: connected, and holding the lock."""
-    from migrator import postgres
+    from migrator import pg_lock, postgres
 
+    pg_lock.bookkeeping_wait(settings.lock_timeout)  # (connecting may create the schema's shared bookkeeping)
     target = settings.postgres_target().one_schema("this command")
     settings.note(f"PostgreSQL: {target.display_url}" + (f" schema {target.schema}" if target.schema else ""))
     with (postgres.connect(target, read_only=False, limits=limits) as backend,

@@ -99,7 +99,7 @@ def _apply_pending(settings: CommandSettings, backend, target, migrations, schem
     built: list[str] = []  # indexes the applied files' CONCURRENTLY builds made: the runner's work, even one an
     # earlier, interrupted try left (already there before this run, so not a change this run made)
     with advancing_schema(settings, backend, "migrate", always=schema.recorded is None, before=schema.live,
-                          claimed=built) as changed:
+                          claimed=built, files=todo) as changed:
         with watching(settings, backend, target):
             for migration, seconds in postgres.apply(backend, target, migrations):
                 applied.append(migration.id)
@@ -136,11 +136,13 @@ def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool, refr
 
 @contextlib.contextmanager
 def advancing_schema(settings: CommandSettings, backend, reason: str, *, always: bool = False,
-                     before=None, claimed: list | None = None) -> Iterator[list]:
+                     before=None, claimed: list | None = None, files=()) -> Iterator[list]:
     """Around the runner's own changes: afterwards (a failure too) the recorded schema moves forward by exactly
     what they changed, so drift found before stays drift and the runner's work never reads as drift. The block
     appends the ids it changed to the list it is given; with none, no failure and not `always`, nothing is recorded
-    (a failure may have committed part of a non-transactional file: that is the runner's work too)."""
+    (a failure may have committed part of a non-transactional file: that is the runner's work too).
+    `files`: the migrations the block may run; what the ones it ran (after a failure: any of them) name as DDL
+    targets is this history's work, in a schema shared by several histories (snapshot.advance)."""
     from migrator.schema import describe, snapshot
 
     if before is None:  # (the drift check's description, when it made one, is the same moment's)
@@ -155,13 +157,22 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
     finally:
         if changed or failed or always:
             try:
-                snapshot.advance(backend.connection, backend.bookkeeping_schema, before, reason, claimed or ())
+                snapshot.advance(backend.connection, backend.bookkeeping_schema, before, reason, claimed or (),
+                                 _named(files, changed, failed))
             except Exception as exc:
                 if not failed:
                     raise
                 settings.note(f"note: the schema description could not be recorded after the failure "
                               f"({output.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)}); "
                               "`runner.py status` may list this run's changes as drift until the next migrate")
+
+
+def _named(files, changed: list, failed: bool) -> set[str]:
+    from migrator.postgres.migration import rollback_path
+    from migrator.schema import targets
+
+    ran = [m for m in files if failed or m.id in changed]
+    return targets.named([Path(m.path) for m in ran] + [rollback_path(m) for m in ran])
 
 
 def record_schema(settings: CommandSettings, backend, reason: str, drift_before) -> None:

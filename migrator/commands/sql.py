@@ -22,7 +22,7 @@ def rollback(settings: CommandSettings, *, count: int | None, to: str | None, al
     with locked_backend(settings, settings.limits()) as (backend, target):
         selected = postgres.select_rollback(backend, migrations, count=count, to=to, all_=all_, notify=settings.note)
         schema = check_schema_drift(settings, backend, refuse=False)
-        with advancing_schema(settings, backend, "rollback", before=schema.live) as changed, \
+        with advancing_schema(settings, backend, "rollback", before=schema.live, files=selected) as changed, \
                 watching(settings, backend, target):
             for migration, seconds in postgres.rollback(backend, target, selected):
                 done.append(migration.id)
@@ -100,14 +100,21 @@ def repair(settings: CommandSettings, ids: list[str]) -> CountedLines:
 
 def accept_drift(settings: CommandSettings) -> CountedLines:
     """After review, record the live schema as the expected one (clears schema drift)."""
+    from migrator import postgres
+    from migrator.postgres import history
     from migrator.schema import snapshot
 
+    flyway_folder = history.flyway.is_flyway(postgres.read_migrations(settings.sql_dir))
     with locked_backend(settings) as (backend, _):
+        if flyway_folder:  # one service's history among several in the schema: its own objects' drift only
+            history.scope_drift(backend)
         before = snapshot.live_drift(backend.connection, backend.bookkeeping_schema)
-        recorded = snapshot.record(backend.connection, backend.bookkeeping_schema, "accept-drift")
+        recorded, left = snapshot.accept(backend.connection, backend.bookkeeping_schema, "accept-drift")
     accepted = [f"  accepted: {line}" for line in before.changes]
+    others = ([f"schema: {left} change(s) in objects this history ({backend.history}) does not own left as drift "
+               "(their own service's `sql accept-drift` reviews them)"] if left else [])
     return CountedLines(accepted + [f"schema: recorded as it is now (sha256 {recorded.sha256[:12]}, last migration "
-                                    f"{recorded.last_migration or 'none'})"], len(before.changes))
+                                    f"{recorded.last_migration or 'none'})"] + others, len(before.changes))
 
 
 def verify(settings: CommandSettings, *, from_id: str | None, scratch_url: str | None, schema: str | None = None):

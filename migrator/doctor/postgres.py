@@ -246,7 +246,7 @@ def bookkeeping_tables(backend) -> list[str]:
     from migrator.schema import snapshot
 
     return [backend.migration_table, backend.log_table, backend.lock_table, backend.version_table,
-            checksums.TABLE, checksums.FAILURES, snapshot.TABLE]
+            checksums.TABLE, checksums.FAILURES, snapshot.TABLE] + ([pg_lock.HISTORY_LOCKS] if backend.history else [])
 
 
 def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, usage: bool, create: bool) -> list[str]:

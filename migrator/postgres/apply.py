@@ -113,7 +113,7 @@ def select_rollback(backend, migrations, *, count: int | None, to: str | None, a
     """The applied migrations to roll back, newest first; checks their rollback files first."""
     found = bookkeeping(backend, migrations).flyway
     if found is not None:  # a Flyway folder's applied files are its table's, by version (a renamed file too)
-        history.sync(backend, migrations, found, notify)
+        history.take_over(backend, migrations, found, history.sync(backend, migrations, found, notify))
     # A repeatable (R__) has no rollback and is re-run when it changes: rollbacks step over it, as Flyway's undo.
     applied = [m for m in backend.to_rollback(migrations) if not flyway.is_repeatable(m)]
     if to is not None:

@@ -155,11 +155,15 @@ def check_names(sql_dir: Path) -> list[Path]:
     versions: dict[tuple[int, ...], Path] = {}
     undo: list[tuple[tuple[int, ...], Path]] = []
     repeatables: dict[str, Path] = {}
+    seen: set[Path] = set()  # (one file reached through two locations, a folder and its subfolder: read once)
     for folder in folders(sql_dir):
         if not folder.is_dir():
             raise MigratorError(f"migrations folder {folder} not found; check --sql-dir / SQL_DIR / FLYWAY_LOCATIONS",
                                 USAGE)
         for path in walk(folder):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
             shown = path.parent / ascii(path.name)[1:-1]
             match = parse(path.name)
             if match is None:

@@ -366,7 +366,7 @@ def accept(backend, selected) -> None:
                 (flyway.checksum(path), flyway.description(path.name), flyway.script(path), row.rank))
 
 
-def sync(backend, migrations, found: FlywayBooks, notify) -> None:
+def sync(backend, migrations, found: FlywayBooks, notify) -> list:
     """Under the lock: yoyo's marks (this history's) made to agree with Flyway's table, since yoyo applies what it
     has not marked. Applied by Flyway: marked (nothing re-applied); not applied there (a repeatable whose file
     changed, a row removed): unmarked, to run."""
@@ -380,29 +380,47 @@ def sync(backend, migrations, found: FlywayBooks, notify) -> None:
     again = [m for m in migrations if m.id not in found.applied and m.id not in todo]
     if again:
         backend.unmark_migrations(MigrationList(again))
+    return taken
 
 
-def scope_drift(backend) -> None:
-    """The run's connection names this history (hcm.history), so the schema's drift is limited to its objects."""
+def scope_drift(backend, migrations=None, found: FlywayBooks | None = None, marked=()) -> None:
+    """The connection names this history (hcm.history): drift is its objects' only, but for what files Flyway
+    applied since the runner's last run name (hcm.taken_over: the next run takes them over; `status` reads only)."""
+    from migrator.schema import targets
+
     backend.history = table_name(backend)
-    backend.execute("SELECT pg_catalog.set_config('hcm.history', :history, false)", {"history": backend.history})
+    theirs = _theirs(backend, migrations, found, [m for m in migrations if m.id in found.applied and m.id not in
+                                                  marked]) if found and found.applied and migrations else []
+    names = ",".join(sorted(targets.named(m.path for m in theirs)))
+    backend.execute("SELECT pg_catalog.set_config('hcm.history', :history, false), pg_catalog.set_config("
+                    "'hcm.taken_over', :names, false)", {"history": backend.history, "names": names})
 
 
-def seed_owned(backend, migrations, found: FlywayBooks) -> None:
-    """Under the lock, the first time the runner meets a history Flyway applied: the objects it owns (its drift)
-    are those its applied files name; from then on, what each of its runs creates or changes."""
-    import re
+def _theirs(backend, migrations, found: FlywayBooks, taken, first=()) -> list:
+    """The files Flyway applied on this history that the runner did not: `first` the first time the runner meets
+    it; else those in rows after the newest rank it recorded; `taken` (applied, not marked) when that is unknown."""
+    from migrator.schema.snapshot import owned_rank
 
-    from migrator.schema import snapshot
+    seen = owned_rank(backend.connection, backend.bookkeeping_schema, found.table)
+    if seen is None:
+        return list(first)
+    if seen[1] is None:
+        return list(taken)
+    scripts = {row.script for row in found.rows if row.success and row.rank > seen[1]}
+    return [m for m in migrations if m.id in found.applied and flyway.script(Path(m.path)) in scripts]
 
-    if not found.applied or snapshot.owned(backend.connection, backend.bookkeeping_schema, found.table) is not None:
-        return
-    words: set[str] = set()
-    for migration in migrations:
-        if migration.id in found.applied:
-            words |= set(re.findall(r"[a-z_][a-z0-9_$]*", Path(migration.path).read_text(errors="replace").lower()))
-    with backend.transaction():
-        snapshot.seed_owned(backend.connection, backend.bookkeeping_schema, found.table, words)
+
+def take_over(backend, migrations, found: FlywayBooks, taken) -> None:
+    """Under the lock: what the files Flyway applied here and the runner did not (_theirs) name as DDL targets is
+    this history's work (its objects, the record moved to them), not drift; a table they only read is another's."""
+    from migrator.schema import snapshot, targets
+
+    files = _theirs(backend, migrations, found, taken, first=[m for m in migrations if m.id in found.applied])
+    if files:
+        with backend.transaction():
+            snapshot.take_over(backend.connection, backend.bookkeeping_schema, found.table,
+                               targets.named(Path(m.path) for m in files), "takeover")
+        backend.execute("SELECT pg_catalog.set_config('hcm.taken_over', '', false)")
 
 
 def older_than_applied(migrations, applied, pending) -> list[str]:

@@ -70,7 +70,7 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
     if flyway_folder:  # (without the files: when this run's backend already met its Flyway folder)
         books.flyway = history.books(backend, migrations)
     if migrations is not None and flyway_folder:
-        history.scope_drift(backend)  # this history's objects are its drift, not the whole schema's
+        history.scope_drift(backend, migrations, books.flyway, books.marked)  # its own objects' drift only
     if flyway_folder and migrations is not None:
         # A Flyway folder's record is Flyway's table alone (none yet: an empty history): yoyo's marks and the
         # runner's checksums of another service in the same schema (a file name both use) are not this folder's.
@@ -144,8 +144,8 @@ def reconcile(backend, migrations, notify) -> list:
         history.ensure_table(backend)  # the history of record from the first run on, as Flyway would make it
         books = bookkeeping(backend, migrations)
     if books.flyway is not None:
-        history.sync(backend, migrations, books.flyway, notify)
-        history.seed_owned(backend, migrations, books.flyway)
+        taken = history.sync(backend, migrations, books.flyway, notify)
+        history.take_over(backend, migrations, books.flyway, taken)
         pending_ids = {m.id for m in migrations if m.id not in books.applied}
         history.refuse_failed(books.flyway, pending_ids, backend.bookkeeping_schema)
         history.refuse_renamed(books.flyway, migrations)

@@ -11,6 +11,7 @@ from __future__ import annotations
 MANAGED_NS = "n.nspname <> 'information_schema' AND left(n.nspname, 3) <> 'pg_'"
 BOOKKEEPING_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock",
                       "_hcm_migration_checksum", "_hcm_migration_failure", "_hcm_schema_snapshot", "_hcm_schema_owned",
+                      "_hcm_history_lock",
                       "flyway_schema_history")
 # A Flyway folder's history table is bookkeeping too: its default name, or the run's SCHEMA_TABLE (set on the
 # runner's connection as hcm.flyway_table).

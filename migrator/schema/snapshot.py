@@ -17,6 +17,7 @@ from migrator.schema import fingerprint
 from migrator.schema.describe import describe, scope
 from migrator.schema.diff import diff, summary
 from migrator.schema.model import Description, Item, top_key
+from migrator.schema.targets import bare
 from migrator.tables import MIGRATION_TABLE
 
 TABLE = "_hcm_schema_snapshot"
@@ -43,11 +44,17 @@ CREATE_OWNED = """
 CREATE TABLE IF NOT EXISTS {schema}.{table} (
     history     VARCHAR(63) PRIMARY KEY,
     objects     JSONB       NOT NULL,
-    recorded_at TIMESTAMP   NOT NULL DEFAULT (pg_catalog.now() AT TIME ZONE 'utc')
+    recorded_at TIMESTAMP   NOT NULL DEFAULT (pg_catalog.now() AT TIME ZONE 'utc'),
+    flyway_rank INTEGER
 )"""
+# flyway_rank: the history's newest installed_rank when the runner last recorded its work; rows after it are another
+# tool's (real Flyway on the same history), taken over at the next run (history.take_over).
 UPSERT_OWNED = """
-INSERT INTO {schema}.{table} (history, objects) VALUES (%s, %s)
-ON CONFLICT (history) DO UPDATE SET objects = EXCLUDED.objects, recorded_at = pg_catalog.now() AT TIME ZONE 'utc'"""
+INSERT INTO {schema}.{table} (history, objects, flyway_rank) VALUES (%s, %s, %s)
+ON CONFLICT (history) DO UPDATE SET objects = EXCLUDED.objects, recorded_at = pg_catalog.now() AT TIME ZONE 'utc',
+    flyway_rank = EXCLUDED.flyway_rank"""
+# (a table made before it had that column gets it once)
+RANK_COLUMN = "ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS flyway_rank INTEGER"
 LAST_MIGRATION = "SELECT migration_id FROM {schema}.{table} ORDER BY applied_at_utc DESC, migration_id DESC LIMIT 1"
 # (the fingerprint by name: a table recorded before it had that column reads as NULL)
 READ = ("SELECT sha256, last_migration, recorded_at, recorded_by, reason, "
@@ -114,25 +121,61 @@ def record(conn, schema: str, reason: str) -> Snapshot:
     return _store(conn, schema, describe(conn, schema), reason, taken)
 
 
-def advance(conn, schema: str, before: Description, reason: str, claimed=()) -> Snapshot:
+def accept(conn, schema: str, reason: str) -> tuple[Snapshot, int]:
+    """Record the live schema as the expected one (accept-drift), and how many changes were left as drift. One
+    service's history among several accepts only the objects it owns: another service's drift is for its own review."""
+    history = _history(conn)
+    if not history:
+        return record(conn, schema, reason), 0
+    taken = _fingerprint(conn, schema)
+    live = describe(conn, schema)
+    own = owned(conn, schema, history) or set()
+
+    def mine(item: Item) -> bool:
+        return top(item) in own
+
+    with pg_lock.creating_bookkeeping(conn, schema):
+        expected = recorded_description(conn, schema)
+        if expected is None:
+            return _store(conn, schema, live, reason, taken), 0
+        expected = expected.only(scope(conn))
+        kept = Description({**{k: i for k, i in expected.items.items() if not mine(i)},
+                            **{k: i for k, i in live.items.items() if mine(i)}})
+        left = diff(expected.only(lambda i: not mine(i)), live.only(lambda i: not mine(i)))
+        return _store(conn, schema, kept, reason, taken if kept.sha256 == live.sha256 else None), len(left)
+
+
+def advance(conn, schema: str, before: Description, reason: str, claimed=(), names: set[str] | None = None) -> Snapshot:
     """Move the recorded description forward by exactly what the runner changed: every object that
     differs between `before` (described just before the runner's change) and now takes its new state;
     every other object stays as recorded, so drift found before (recorded vs `before`) stays drift.
     With nothing recorded yet, the live description is recorded. Call it after each applied or rolled
     back migration (or once after the loop, on failure too); commits like `record`. `claimed`: names of indexes
-    the runner's migrations built (an earlier, interrupted try's included), taken as they are now."""
+    the runner's migrations built (an earlier, interrupted try's included), taken as they are now.
+    `names`: what the files applied or rolled back name as DDL targets (targets.py). In a schema shared by several
+    histories, only the changed objects they name are this run's (owned by its history, moved in the record): the
+    rest changed meanwhile (another service's run, a hand change) stays as found, for its own history to record."""
     taken = _fingerprint(conn, schema)
     now = describe(conn, schema)
     changed = [key for key in before.items.keys() | now.items.keys() if before.items.get(key) != now.items.get(key)]
     history = _history(conn)
-    if history:  # one service's history among several: what it created or changed is its own
+    if history:  # one service's history among several: what its files changed is its own
+        if names is not None:
+            changed = [key for key in changed if _named(before.items.get(key) or now.items[key], names)]
         own = owned(conn, schema, history) or set()
         own |= {top(item) for key in changed for item in (before.items.get(key), now.items.get(key)) if item}
         own -= {top(before.items[k]) for k in changed if k not in now.items and not before.items[k].parent}
         set_owned(conn, schema, history, own)
-    # (the record is the schema's, shared by the histories in it: another service's run may move it at once)
-    with pg_lock.creating_bookkeeping(conn, schema):
+    # (the record is the schema's, shared by the histories in it: another service's run may move it at once; the
+    # change is committed, so a wait cut short would leave it as drift)
+    wait = max(pg_lock.BOOKKEEPING_WAIT["seconds"], pg_lock.AFTER_COMMIT_WAIT)
+    with pg_lock.creating_bookkeeping(conn, schema, wait):
         return _advance(conn, schema, before, now, changed, reason, set(claimed), taken)
+
+
+def _named(item: Item, names: set[str]) -> bool:
+    """The item, or the top-level object it belongs to, is one the files name (an index by its own name too)."""
+    return bare(item.name) in names or bare(top(item).split(" ", 1)[1]) in names
 
 
 def _advance(conn, schema: str, before: Description, now: Description, changed, reason: str, claimed: set,
@@ -176,35 +219,59 @@ def _last_of(conn, schema: str, history: str) -> str | None:
 
 
 def _history(conn) -> str | None:
+    return _setting(conn, "hcm.history") or None
+
+
+def _setting(conn, name: str) -> str:
     with conn.cursor() as cursor:
-        cursor.execute("SELECT pg_catalog.current_setting('hcm.history', true)")
-        return cursor.fetchone()[0] or None
+        cursor.execute("SELECT pg_catalog.current_setting(%s, true)", (name,))
+        return cursor.fetchone()[0] or ""
 
 
 def owned(conn, schema: str, history: str) -> set[str] | None:
     """The objects a history owns, None before anything was recorded for it (reads only)."""
+    found = owned_rank(conn, schema, history)
+    return None if found is None else found[0]
+
+
+def owned_rank(conn, schema: str, history: str) -> tuple[set[str], int | None] | None:
+    """The objects a history owns and its Flyway table's newest rank when they were recorded (None: unknown)."""
     with conn.cursor() as cursor:
         if not _exists(cursor, schema, OWNED):
             return None
-        cursor.execute(_sql("SELECT objects FROM {schema}.{table} WHERE history = %s", schema, OWNED), (history,))
+        cursor.execute(_sql("SELECT objects, pg_catalog.jsonb_extract_path_text(pg_catalog.to_jsonb(o.*), "
+                            "'flyway_rank') FROM {schema}.{table} o WHERE history = %s", schema, OWNED), (history,))
         row = cursor.fetchone()
-    return set(row[0]) if row else None
+    return (set(row[0]), int(row[1]) if row[1] else None) if row else None
 
 
 def set_owned(conn, schema: str, history: str, objects: set[str]) -> None:
     with conn.cursor() as cursor:
         checksums.create_table(cursor, CREATE_OWNED, schema, OWNED)
-        cursor.execute(_sql(UPSERT_OWNED, schema, OWNED), (history, json.dumps(sorted(objects))))
+        cursor.execute("SELECT true FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass(%s) "
+                       "AND attname = 'flyway_rank' AND NOT attisdropped", (f"{_quote(schema)}.{_quote(OWNED)}",))
+        if cursor.fetchone() is None:
+            with pg_lock.creating_bookkeeping(conn, schema):
+                cursor.execute(_sql(RANK_COLUMN, schema, OWNED))
+        rank = None
+        if _exists(cursor, schema, history):
+            cursor.execute(_sql("SELECT max(installed_rank) FROM {schema}.{table}", schema, history))
+            rank = cursor.fetchone()[0]
+        cursor.execute(_sql(UPSERT_OWNED, schema, OWNED), (history, json.dumps(sorted(objects)), rank))
 
 
-def seed_owned(conn, schema: str, history: str, words: set[str]) -> None:
-    """A history taken over from Flyway, never recorded here: it owns the objects its applied files name."""
-    def bare(name: str) -> str:
-        return name.split("(", 1)[0].rsplit(".", 1)[-1].strip('"').lower()
-
+def take_over(conn, schema: str, history: str, names: set[str], reason: str) -> None:
+    """Files applied on this history by another tool (Flyway, before or after the runner): the objects they name
+    (as `advance` names them) are this history's work, taken into its own and into the record as they are now."""
     live = describe(conn, schema)
-    set_owned(conn, schema, history, {top(item) for item in live.items.values()
-                                      if not item.parent and bare(item.name) in words})
+    mine = {key: item for key, item in live.items.items() if _named(item, names)}
+    set_owned(conn, schema, history, (owned(conn, schema, history) or set()) | {top(item) for item in mine.values()})
+    with pg_lock.creating_bookkeeping(conn, schema):
+        expected = recorded_description(conn, schema)
+        if expected is None:  # (the next migrate records the whole schema)
+            return
+        kept = {key: item for key, item in expected.only(scope(conn)).items.items() if not _named(item, names)}
+        _store(conn, schema, Description({**kept, **mine}), reason)
 
 
 def _fingerprint(conn, schema: str) -> str:
@@ -282,8 +349,13 @@ def live_drift(conn, schema: str, described: Description | None = None, refresh:
     # A history with nothing recorded as its own yet (a new service, or one Flyway applied before its first run
     # here) owns nothing yet: never the whole schema, whose other objects are other services'.
     own = (owned(conn, schema, history) or set()) if history else None
-    if own is not None:  # one service's history among several: its own objects only
-        expected, compared = expected.only(lambda i: top(i) in own), live.only(lambda i: top(i) in own)
+    if own is not None:  # one service's history among several: its own objects only, but for what Flyway changed
+        taken = set(filter(None, _setting(conn, "hcm.taken_over").split(",")))  # since (the next run takes it over)
+
+        def mine(item: Item) -> bool:
+            return top(item) in own and not _named(item, taken)
+
+        expected, compared = expected.only(mine), live.only(mine)
         if expected == compared:
             return DriftReport(snapshot, live=live)
         changes = diff(expected, compared)

@@ -1,0 +1,94 @@
+"""The objects a migration file changes, by name: the targets of its DDL (CREATE/ALTER/DROP/COMMENT/GRANT ...),
+never the tables it only reads or writes rows of. A service's history owns what its files name (snapshot.py):
+what else changed meanwhile in a shared schema is another service's work or a hand change, never this history's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Statements that change no object's definition (rows, settings, transactions): their tables are not targets.
+NOT_DDL = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CopyStmt", "DoStmt",
+           "TransactionStmt", "VariableSetStmt", "VariableShowStmt", "ExplainStmt", "CallStmt", "LockStmt",
+           "TruncateStmt", "VacuumStmt", "NotifyStmt", "ListenStmt", "UnlistenStmt", "CheckPointStmt",
+           "DiscardStmt", "PrepareStmt", "ExecuteStmt", "DeallocateStmt", "DeclareCursorStmt", "FetchStmt",
+           "ClosePortalStmt", "ClusterStmt", "ReindexStmt", "LoadStmt", "RefreshMatViewStmt"}
+# The fields of a DDL statement that name what it changes (a trigger's function, a view's query: not targets).
+FIELDS = ("relation", "view", "sequence", "typevar", "table", "into", "idxname", "newname", "relations", "object",
+          "objects", "funcname", "func", "typeName", "domainname", "defnames", "trigname")
+SKIP = {"CreateTrigStmt": {"funcname"}}
+
+
+def named(paths) -> set[str]:
+    """The bare, lower-cased names the files' DDL statements target (missing files are skipped)."""
+    names: set[str] = set()
+    for path in paths:
+        path = Path(path)
+        if path.is_file():
+            names |= file_targets(path.read_text(encoding="utf-8", errors="replace"))
+    return names
+
+
+def file_targets(text: str) -> set[str]:
+    from pglast import parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        statements = [raw.stmt for raw in parse_sql(text)]
+    except ParseError:  # (a psql-only line, a syntax pglast lacks): statement by statement, the unreadable ignored
+        statements = []
+        for piece in _pieces(text):
+            try:
+                statements += [raw.stmt for raw in parse_sql(piece)]
+            except ParseError:
+                continue
+    names: set[str] = set()
+    for statement in statements:
+        kind = type(statement).__name__
+        if kind in NOT_DDL:
+            continue
+        column = "COLUMN" in repr(getattr(statement, "objtype", ""))  # COMMENT ON COLUMN t.c: the table t
+        for name in FIELDS:
+            if name not in SKIP.get(kind, ()):
+                _collect(getattr(statement, name, None), names, column)
+    return names
+
+
+def _pieces(text: str) -> list[str]:
+    from migrator.postgres import splitter
+
+    try:
+        return [statement.text for statement in splitter.split(text)]
+    except Exception:  # noqa: BLE001 - (what the splitter refuses, the run refuses with its own line)
+        return []
+
+
+def _collect(node, names: set[str], column: bool = False) -> None:
+    from pglast import ast
+
+    if node is None:
+        return
+    if isinstance(node, str):
+        names.add(node.lower())
+    elif isinstance(node, ast.RangeVar):
+        names.add(node.relname.lower())
+    elif isinstance(node, ast.IntoClause):
+        _collect(node.rel, names)
+    elif isinstance(node, ast.String):
+        names.add(node.sval.lower())
+    elif isinstance(node, ast.ObjectWithArgs):
+        _collect(node.objname, names)
+    elif isinstance(node, ast.TypeName):
+        _collect(node.names, names)
+    elif isinstance(node, (tuple, list)):
+        if node and all(isinstance(part, ast.String) for part in node):  # a qualified name: its last part
+            parts = [part.sval.lower() for part in node]
+            names.add(parts[-2] if column and len(parts) > 1 else parts[-1])
+        else:
+            for part in node:
+                _collect(part, names, column)
+
+
+def bare(name: str) -> str:
+    """An object's name as the files say it: `public.f(integer)` -> `f`, `"Plan"` -> `plan`."""
+    return name.split("(", 1)[0].rsplit(".", 1)[-1].strip('"').lower()
