@@ -60,10 +60,11 @@ def race(db, low: str, schema: str, table: str, run):
 
     def plant():
         try:
-            for _ in range(1200):  # (the runner queues behind the lock within its first second)
-                cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                               "AND ((classid::bigint << 32) | objid::bigint) = %s", (key,))
-                if cursor.fetchone()[0]:
+            # the runner polls the lock (pg_try_advisory_lock): it waits once its try on that key is seen
+            tried = f"%pg_try_advisory_%lock({key})%"
+            for _ in range(1200):
+                if db.query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND pid <> pg_backend_pid()",
+                            (tried,))[0][0]:
                     break
                 time.sleep(0.05)
             cursor.execute(planted(schema, table))

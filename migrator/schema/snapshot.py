@@ -245,11 +245,17 @@ def owned_rank(conn, schema: str, history: str) -> tuple[set[str], int | None] |
     return (set(row[0]), int(row[1]) if row[1] else None) if row else None
 
 
+_HAS_RANK = """SELECT true FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+WHERE n.nspname OPERATOR(pg_catalog.=) %s AND c.relname OPERATOR(pg_catalog.=) %s
+  AND a.attname OPERATOR(pg_catalog.=) 'flyway_rank' AND NOT a.attisdropped"""
+
+
 def set_owned(conn, schema: str, history: str, objects: set[str]) -> None:
     with conn.cursor() as cursor:
         checksums.create_table(cursor, CREATE_OWNED, schema, OWNED)
-        cursor.execute("SELECT true FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass(%s) "
-                       "AND attname = 'flyway_rank' AND NOT attisdropped", (f"{_quote(schema)}.{_quote(OWNED)}",))
+        cursor.execute(_HAS_RANK, (schema, OWNED))
         if cursor.fetchone() is None:
             with pg_lock.creating_bookkeeping(conn, schema):
                 cursor.execute(_sql(RANK_COLUMN, schema, OWNED))
