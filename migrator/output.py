@@ -337,6 +337,12 @@ class _MaskingStream:
         self.stream.flush()
 
 
+def patch_stream(err: bool) -> "_MaskingStream":
+    """Where a patch's child process's output goes in the runner: scrubbed, and in the json format whole lines as
+    patch_output events (flush() ends a partial line as its own event)."""
+    return _MaskingStream(err, "stderr" if err else "stdout")
+
+
 @contextmanager
 def patch_output(err: bool = False) -> Iterator[None]:
     """Route a Python patch's print() through the masking, to stdout (or stderr); a last line without
