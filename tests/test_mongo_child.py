@@ -75,3 +75,50 @@ def test_a_patch_cannot_choose_the_runners_exit_code(cli, real, tmp_path, run):
     folder = _folder(tmp_path, "0001_forge.py", FORGES)
     result = cli("mongo", "apply", *(["--run"] if run else []), "--mongo-dir", folder, env=real.env)
     assert result.exit_code == 2, result.output
+
+
+REACHES_OUT = '''import os, signal, socket
+
+def attempt(route, act):
+    try:
+        act()
+        print("DID " + route)
+    except OSError as exc:
+        print("blocked " + route + " (" + exc.__class__.__name__ + ")")
+
+def run(db, dry_run):
+    attempt("truncate outside", lambda: os.truncate({victim!r}, 0))
+    attempt("truncate in the patch folder", lambda: os.truncate(__file__, 0))
+    attempt("list /dev", lambda: os.listdir("/dev"))
+    attempt("open a terminal", lambda: open("/dev/ptmx", "rb"))
+    attempt("signal the runner", lambda: os.kill(os.getppid(), 0))
+    attempt("connect elsewhere", lambda: socket.create_connection(("127.0.0.1", {other}), timeout=5).close())
+    attempt("bind", lambda: socket.socket().bind(("127.0.0.1", 0)))
+    with open("/dev/urandom", "rb") as random, open("/dev/null", "w") as null:
+        null.write(random.read(8).hex())
+    with open(os.path.join(os.environ["HOME"], "scratch"), "w") as scratch:  # its HOME stays writable
+        scratch.write("ok")
+    return str(db.things.count_documents({{}})) + " things read"
+'''
+
+
+def test_a_dry_run_patch_cannot_truncate_open_devices_signal_the_runner_or_connect_elsewhere(cli, real, tmp_path):
+    import socket
+
+    from migrator.mongo import seal
+
+    if seal.abi() < 6:
+        pytest.skip(f"needs Landlock ABI 6 (this kernel's: {seal.abi()})")
+    victim = tmp_path / "0001_init.sql"
+    victim.write_text("CREATE TABLE kept ();\n")
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        folder = _folder(tmp_path, "0001_reach.py", REACHES_OUT.format(victim=str(victim), other=other.getsockname()[1]))
+        real.db.things.insert_one({"kept": True})
+        result = cli("mongo", "apply", "--mongo-dir", folder, env=real.env)
+    assert result.exit_code == 0, result.output
+    assert "DID" not in result.stdout, result.stdout
+    assert result.stdout.count("blocked") == 7, result.stdout
+    assert victim.read_text() == "CREATE TABLE kept ();\n" and "def run" in (folder / "0001_reach.py").read_text()
+    assert "1 things read" in result.output  # the server's port stays reachable

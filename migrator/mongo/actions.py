@@ -136,11 +136,12 @@ def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, ech
         if isinstance(loaded, patch_child.Child):
             comment = loaded.go()
         elif patch.kind == "py" and patch_child.used(db, target):  # a dry run: its own sealed child
-            comment = patch_child.Child(patch, target, dry_run=True).go()
+            comment = patch_child.Child(patch, target, dry_run=True, client=db.client).go()
         elif patch.kind == "py":
             comment = python_patch.run(patch, db, dry_run, loaded)
         else:
-            comment = js_patch.run_js(patch, target, dry_run, echo, timeout=target.patch_timeout if target else None)
+            comment = js_patch.run_js(patch, target, dry_run, echo, timeout=target.patch_timeout if target else None,
+                                      client=getattr(db, "client", None))
     except (MigratorError, interrupt.Interrupted):
         raise
     except DryRunWriteError as exc:

@@ -26,6 +26,7 @@ from pathlib import Path
 from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.mongo import seal
+from migrator.mongo.connection import ports
 from migrator.mongo.js_patch import _die_with_parent, _kill_group, mongosh_environment
 from migrator.mongo.patches import Patch
 from migrator.targets import MongoTarget
@@ -52,7 +53,7 @@ class ChildTraceback(Exception):
 class Child:
     """A patch's child process, loaded and waiting for go(); kill() it if the run does not go ahead."""
 
-    def __init__(self, patch: Patch, target: MongoTarget, dry_run: bool):
+    def __init__(self, patch: Patch, target: MongoTarget, dry_run: bool, client=None):
         from migrator.mongo.python_patch import register_environment_secrets
 
         register_environment_secrets()  # the child's output is masked as the patch's always was
@@ -73,7 +74,8 @@ class Child:
         if options.get("tlsCAFile"):  # the child's cwd is its HOME: a relative path would name another file
             options["tlsCAFile"] = os.path.abspath(options["tlsCAFile"])
         spec = {"id": patch.id, "path": os.path.abspath(patch.path), "uri": target.uri, "database": target.database,
-                "options": options, "dry_run": dry_run, "home": self._home.name}
+                "options": options, "dry_run": dry_run, "home": self._home.name,
+                "ports": sorted(ports(target, client)) if dry_run else []}
         try:
             self.proc.stdin.write(json.dumps(spec) + "\n")
             self.proc.stdin.flush()
@@ -164,7 +166,8 @@ def main(results_fd: int) -> None:
         from migrator.mongo import python_patch
 
         if spec["dry_run"]:
-            seal.restrict(readable(patch.path.parent, spec["options"].get("tlsCAFile")), [spec["home"], "/dev/null"])
+            seal.restrict(readable(patch.path.parent, spec["options"].get("tlsCAFile")),
+                          [spec["home"], *seal.SYSTEM_WRITABLE], spec["ports"])
         client = pymongo.MongoClient(spec.pop("uri"), **spec["options"])
         module = python_patch.load(patch, spec["dry_run"])
         send(loaded=True)
