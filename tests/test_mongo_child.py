@@ -122,3 +122,34 @@ def test_a_dry_run_patch_cannot_truncate_open_devices_signal_the_runner_or_conne
     assert result.stdout.count("blocked") == 7, result.stdout
     assert victim.read_text() == "CREATE TABLE kept ();\n" and "def run" in (folder / "0001_reach.py").read_text()
     assert "1 things read" in result.output  # the server's port stays reachable
+
+
+@pytest.mark.parametrize("run", [True, False], ids=["run", "dry-run"])
+def test_ctrl_c_during_a_patch_is_an_interruption_not_the_patchs_failure(real, tmp_path, run):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+    from test_progress import read_until
+
+    folder = _folder(tmp_path, "0001_long.py", "import sys, time\n\ndef run(db, dry_run):\n"
+                     "    sys.stderr.write('patch started\\n')\n    time.sleep(60)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_", "MONGO", "LOG_FORMAT"))}
+    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "runner.py"), "mongo", "apply",
+                             *(["--run"] if run else []), "--mongo-dir", str(folder)],
+                            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**env, **real.env}, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        lines = read_until(proc, lambda line: "patch started" in line, 60)
+        assert any("patch started" in line for line in lines), lines
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the runner (the patch's process has a session of its own)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "KeyboardInterrupt" not in err and "fix the patch" not in err, err
+    assert ("0001_long interrupted by SIGINT" if run else "error: interrupted") in err, err
+    records = list(real.db.applied_patches.find({"patch": "0001_long"}))
+    assert [r["status"] for r in records] == (["failed"] if run else [])
