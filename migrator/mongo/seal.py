@@ -8,8 +8,8 @@ project's `.env`, secret files, /proc/<runner>/* and the operator's terminal are
 their path or mode, and Landlock forbids tracing a process outside the sandbox. Each right the kernel's
 Landlock ABI offers is handled: truncate (ABI 3), device ioctls (5); TCP only to `ports`, no bind (4);
 no signal or abstract UNIX socket outside the sandbox (6: a dry run cannot kill a real run's runner). It
-holds for root too. Outside Landlock: chmod, chown, utime and xattrs of files the user can reach (guarantee()
-says so). `non_dumpable()` is the runner's own part: its memory and /proc files are closed to processes of
+holds for root too. chmod, chown, utime and xattrs are outside Landlock: a small seccomp filter refuses them
+(x86_64; elsewhere guarantee() says they are open). `non_dumpable()` is the runner's own part: its memory and /proc files are closed to processes of
 the same user (root with CAP_SYS_PTRACE excepted, which Landlock covers for the child).
 """
 
@@ -102,6 +102,7 @@ def restrict(readable: Iterable[str], writable: Iterable[str], ports: Iterable[i
                 raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for TCP port {port}")
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 or libc.syscall(RESTRICT_SELF, ruleset, 0) < 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+        _no_attribute_changes(libc)
     finally:
         os.close(ruleset)
     return True
@@ -122,6 +123,44 @@ def _add_path(libc, ruleset: int, path: str, access: int) -> None:
         os.close(fd)
 
 
+# chmod, fchmod, chown, fchown, lchown, utime, setxattr, lsetxattr, fsetxattr, removexattr, lremovexattr, fremovexattr,
+# utimes, fchownat, futimesat, fchmodat, utimensat, fchmodat2, setxattrat, removexattrat (x86_64 numbers).
+ATTRIBUTE_SYSCALLS_X86_64 = (90, 91, 92, 93, 94, 132, 188, 189, 190, 197, 198, 199, 235, 260, 261, 268, 280, 452, 463, 466)
+AUDIT_ARCH_X86_64, X32_BIT = 0xC000003E, 0x40000000
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+LD_ABS_W, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06
+ALLOW, EPERM = 0x7FFF0000, 0x00050000 | 1
+
+
+class _Filter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_Filter))]
+
+
+def seccomp_covers() -> bool:
+    """Whether this machine gets the seccomp filter that stops chmod/chown/utime/xattr (Landlock does not)."""
+    return os.uname().machine == "x86_64"
+
+
+def _no_attribute_changes(libc) -> None:
+    """A seccomp filter: chmod, chown, utime and xattr calls fail (EPERM) on any file, as do 32-bit (i386, x32)
+    system calls, which would go round the numbers. x86_64 only; elsewhere guarantee() says they are open."""
+    if not seccomp_covers():
+        return
+    calls = ATTRIBUTE_SYSCALLS_X86_64
+    deny = 5 + len(calls)  # the index of the EPERM return (after the ALLOW one)
+    code = [(LD_ABS_W, 0, 0, 4), (JEQ, 0, deny - 2, AUDIT_ARCH_X86_64), (LD_ABS_W, 0, 0, 0), (JGE, deny - 4, 0, X32_BIT)]
+    code += [(JEQ, deny - (5 + i), 0, nr) for i, nr in enumerate(calls)]
+    code += [(RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
+    filters = (_Filter * len(code))(*[_Filter(*c) for c in code])
+    program = _Program(len(code), filters)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) < 0:
+        raise OSError(ctypes.get_errno(), "seccomp filter failed")
+
+
 def guarantee() -> str:
     """What a dry run's seal holds on this machine, for doctor and the dry run's note (truthful either way)."""
     version = abi()
@@ -136,7 +175,8 @@ def guarantee() -> str:
     held = ("a patch runs sealed in a process of its own: only the read-only URL, no MONGO_URL, DB_* or AWS secret "
             "in its environment, no .env, secret file, terminal or runner memory within its reach, TCP only to the "
             "URI's ports (Landlock)")
-    beyond = "; it can still change the mode, owner or times of files the runner's user can (outside Landlock)"
+    beyond = "" if seccomp_covers() else ("; it can still change the mode, owner or times of files the runner's "
+                                          "user can (outside Landlock; the seccomp filter is x86_64 only)")
     if lacks:
         held += f"; this kernel's Landlock (ABI {version}) cannot stop it from: {', '.join(lacks)}"
     return held + beyond
