@@ -159,3 +159,30 @@ def test_ctrl_c_during_a_patch_is_an_interruption_not_the_patchs_failure(real, t
     assert ("0001_long interrupted by SIGINT" if run else "error: interrupted") in err, err
     records = list(real.db.applied_patches.find({"patch": "0001_long"}))
     assert [r["status"] for r in records] == (["failed"] if run else [])
+
+
+def test_a_dry_runs_process_in_a_session_of_its_own_ends_with_the_patch(cli, real, tmp_path):
+    import os
+    import re
+    import time
+    from pathlib import Path
+
+    from migrator.mongo import seal
+
+    if seal.abi() < 6:
+        pytest.skip(f"needs Landlock ABI 6 (this kernel's: {seal.abi()})")
+    folder = _folder(tmp_path, "0001_daemon.py", "import subprocess\n\ndef run(db, dry_run):\n"
+                     "    p = subprocess.Popen(['sleep', '120'], start_new_session=True)\n"
+                     "    print(f'daemon={p.pid}')\n    return 'left a daemon'\n")
+    result = cli("mongo", "apply", "--mongo-dir", folder, env=real.env)
+    assert result.exit_code == 0, result.output
+    pid = int(re.search(r"^daemon=(\d+)$", result.stdout, re.M).group(1))
+    stat = Path(f"/proc/{pid}/stat")
+    for _ in range(50):  # SIGKILL is delivered at once; its reaping (by init) may take a moment
+        if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.1)
+    alive = stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    if alive:
+        os.kill(pid, 9)
+    assert not alive

@@ -176,9 +176,11 @@ def main(results_fd: int) -> None:
         comment = python_patch.run(patch, client[spec["database"]], spec["dry_run"], module)
         sys.stdout.flush()
         sys.stderr.flush()
-        send(comment=comment)
+        outcome = {"comment": comment}
     except BaseException as exc:  # everything the patch can raise, sys.exit included: described, then sent
-        send(**_described(exc))
+        outcome = _described(exc)
+    seal.end_descendants()  # sealed: processes it started in a session of their own end too (else: documented)
+    send(**outcome)
     os._exit(0)  # nothing else runs here: not the patch's threads, not atexit
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 from typing import Iterable
 
 PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
@@ -103,8 +104,26 @@ def restrict(readable: Iterable[str], writable: Iterable[str], ports: Iterable[i
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 or libc.syscall(RESTRICT_SELF, ruleset, 0) < 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
         _no_attribute_changes(libc)
+        global _signals_scoped
+        _signals_scoped = bool(attr.scoped & SCOPE_SIGNAL)
     finally:
         os.close(ruleset)
+    return True
+
+
+_signals_scoped = False  # this process is in a Landlock domain that cannot signal outside itself
+
+
+def end_descendants() -> bool:
+    """SIGKILL every process this sealed process started, whatever their session or group (a daemon a patch
+    left would outlive the group kill): kill(-1) reaches only this Landlock domain's processes when signals are
+    scoped, and never the caller. Nothing (False) anywhere else: there kill(-1) would reach all the user's."""
+    if not _signals_scoped:
+        return False
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # none left
     return True
 
 
