@@ -51,6 +51,7 @@ def ports(target: MongoTarget, client=None) -> set[int]:
     from pymongo.uri_parser import parse_uri
 
     found = {port for _host, port in parse_uri(target.uri)["nodelist"]}
-    if client is not None:
-        found |= {port for _host, port in client.topology_description.server_descriptions()}
+    topology = getattr(client, "topology_description", None)  # None: no client, or mongomock's (tests)
+    if topology is not None:
+        found |= {port for _host, port in topology.server_descriptions()}
     return found

@@ -11,6 +11,10 @@ AWS secret), its URI is the read-only user's (MONGO_READONLY_URL) when one is se
 non-dumpable, and where the kernel has Landlock (`seal.py`) the child can read only what Python, the
 migrator package, the patch folder and the CA bundle need: not `.env`, secret files or /proc/<runner>.
 A real run's child gets the runner's environment and no file restriction, as when patches ran in-process.
+
+The child runs unbuffered (its output reaches the runner line by line, and is not lost when it is killed),
+reads the protocol on a descriptor of its own with stdin on /dev/null (a patch reading stdin gets its end, not
+the protocol), and the runner takes no exit code from it (a patch could write on the results pipe itself).
 """
 
 from __future__ import annotations
