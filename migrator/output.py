@@ -343,8 +343,10 @@ class _MaskingStream:
 
 def patch_stream(err: bool) -> "_MaskingStream":
     """Where a patch's child process's output goes in the runner: scrubbed, and in the json format whole lines as
-    patch_output events (flush() ends a partial line as its own event)."""
-    return _MaskingStream(err, "stderr" if err else "stdout")
+    patch_output events (flush() ends a partial line as its own event). Where patch_output() already routes a
+    patch's print() (to stderr, for `plan`), there."""
+    current = sys.stderr if err else sys.stdout
+    return current if isinstance(current, _MaskingStream) else _MaskingStream(err, "stderr" if err else "stdout")
 
 
 @contextmanager
