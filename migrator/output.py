@@ -30,7 +30,10 @@ _secrets: set[str] = set()
 
 # user:password@ in any URL-like text (postgresql://, mongodb+srv://, jdbc:postgresql://, ...). The runner
 # refuses unencoded credentials, so a password here holds no "/" (which keeps https://h:8443/a@b intact).
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"'<>]*):(?P<pw>[^\s/@\"'<>]+)@")
+# Linear in the text: a scheme is tried only where a run of scheme characters starts (its leading digits and
+# +.- skipped), and no part gives characters back (possessive), so a 20 MB line of letters is one pass, not n².
+_URL_PASSWORD = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<lead>[0-9+.-]*+)"
+                           r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*+://[^:/@\s\"'<>]*+):(?P<pw>[^\s/@\"'<>]++)@")
 # password=... in libpq key/value DSNs and URL query strings (JDBC's ?password=), and the other options that
 # carry a secret: libpq's sslpassword, pymongo's proxyPassword and tlsCertificateKey(File)Password; not
 # must_change_password=.
@@ -77,7 +80,8 @@ def mask(text: str) -> str:
     is an ordinary word such as "postgres".
     """
     text = mask_known(text)
-    text = _URL_PASSWORD.sub(lambda m: m.group(0) if m.group("pw") == "***" else f"{m.group('head')}:***@", text)
+    text = _URL_PASSWORD.sub(lambda m: m.group(0) if m.group("pw") == "***" else f"{m.group('lead')}{m.group('head')}:***@",
+                             text)
     text = _AWS_TOKEN.sub(lambda m: f"{m.group('head')}***", text)
     return _DSN_PASSWORD.sub(lambda m: m.group(0) if m.group("pw").strip("'\"") == "***" else f"{m.group('head')}***", text)
 
@@ -335,6 +339,14 @@ class _MaskingStream:
             self._event(self.pending)
             self.pending = ""
         self.stream.flush()
+
+
+def patch_stream(err: bool) -> "_MaskingStream":
+    """Where a patch's child process's output goes in the runner: scrubbed, and in the json format whole lines as
+    patch_output events (flush() ends a partial line as its own event). Where patch_output() already routes a
+    patch's print() (to stderr, for `plan`), there."""
+    current = sys.stderr if err else sys.stdout
+    return current if isinstance(current, _MaskingStream) else _MaskingStream(err, "stderr" if err else "stdout")
 
 
 @contextmanager

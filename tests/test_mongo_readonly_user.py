@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from conftest import FERRETDB_PG_DATABASE, one_error_line
+from migrator.doctor.mongo import PROBE
 
 READER, READER_PASSWORD = "hcm_mongo_reader", "Read-only-pw-1"
 
@@ -26,6 +27,26 @@ def run(db, dry_run):
     real.things.insert_one({"written": "by a dry run"})
     return "wrote behind the runner's back"
 """
+
+
+ANONYMOUS, ANONYMOUS_PASSWORD = "hcm_ferret_anonymous", "Anonymous-pw-1"
+
+
+@pytest.fixture(scope="session")
+def ferret_strict(tmp_path_factory, pg, ferret_pg):
+    """A FerretDB on the same backend whose own PostgreSQL user may do nothing: a client without credentials is
+    refused, one with credentials acts as its own role (what a server with authentication on does)."""
+    from conftest import running_ferretdb
+
+    with pg.connect(FERRETDB_PG_DATABASE) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ANONYMOUS,))
+        if not cur.fetchone():
+            cur.execute(f"CREATE ROLE {ANONYMOUS} LOGIN PASSWORD %s", (ANONYMOUS_PASSWORD,))
+    where = f"/{FERRETDB_PG_DATABASE}?host={pg.host}&port={pg.port}" if pg.host.startswith("/") else \
+        f"{pg.host}:{pg.port}/{FERRETDB_PG_DATABASE}"
+    url = f"postgres://{ANONYMOUS}:{ANONYMOUS_PASSWORD}@{where}"
+    with running_ferretdb(tmp_path_factory.mktemp("ferretdb-strict"), postgresql_url=url) as server:
+        yield server
 
 
 @pytest.fixture
@@ -87,10 +108,19 @@ def test_reads_and_the_real_run_use_their_own_connections(cli, readonly, tmp_pat
     assert db.things.count_documents({"_id": 2}) == 1
 
 
-def test_doctor_says_whether_dry_runs_are_server_enforced(cli, readonly, tmp_path):
+def test_doctor_says_whether_dry_runs_are_server_enforced(cli, readonly, ferret_pg, ferret_strict, pg, tmp_path):
     env, db = readonly
     folder = tmp_path / "mongo"
     folder.mkdir()
+    anonymous = cli("doctor", "--mongo-dir", folder, env=env)  # the suite's FerretDB: its backend URL's user writes
+    (line,) = [l for l in anonymous.stdout.splitlines() if "mongo dry-run" in l]
+    assert line.startswith("warn") and "not server-enforced" in line and "no credentials at all" in line, line
+    assert "server-enforced for the runner" not in line and READER_PASSWORD not in anonymous.output
+    assert db[PROBE].count_documents({}) == 0  # the probe removed again
+    # the same database through a FerretDB whose own user may do nothing: anonymous writes refused
+    writer = f"{pg.user}:{pg.password or 'any'}@{ferret_strict.where}/?authMechanism=PLAIN&authSource=$external"
+    env = {**env, "MONGO_URL": f"mongodb://{writer}",
+           "MONGO_READONLY_URL": env["MONGO_READONLY_URL"].replace(ferret_pg.where, ferret_strict.where)}
     enforced = cli("doctor", "--mongo-dir", folder, env=env)
     (line,) = [l for l in enforced.stdout.splitlines() if "mongo dry-run" in l]
     assert line.startswith("ok") and "server-enforced for the runner" in line and f"{READER}:***@" in line

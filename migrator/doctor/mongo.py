@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, failed, one_line
 from migrator.errors import MigratorError
@@ -66,9 +67,35 @@ def _dry_runs(report: DoctorReport, target: MongoTarget) -> None:
     except MigratorError as exc:
         report.add(failed("mongo dry-run", f"{ro.sources['url']}: {exc}"))
         return
+    if _anonymous_write(ro):
+        report.add(Check("mongo dry-run", WARN, f"not server-enforced: the read-only user of {ro.sources['url']} is "
+                         f"refused, but doctor's probe insert into {target.database}.{PROBE} over a connection with no "
+                         f"credentials at all to {target.hosts} succeeded (removed again): a deliberate dry-run patch "
+                         "can connect so", "turn on authentication on the server (mongod: security.authorization; "
+                         "FerretDB: a backend URL whose own user may not write, so that clients' credentials count)"))
+        return
     report.add(Check("mongo dry-run", OK, f"server-enforced for the runner: dry runs and plan connect as the read-only "
                      f"user of {ro.sources['url']} ({ro.display_uri}), whose probe write the server refused; "
                      f"{seal.guarantee()}"))
+
+
+def _anonymous_write(ro: MongoTarget) -> bool:
+    """Whether the server lets a client with no credentials write (FerretDB with a credentialed backend URL does):
+    then a dry run's patch could connect so, whatever MONGO_READONLY_URL's user may do."""
+    import pymongo
+    from pymongo.errors import PyMongoError
+
+    parts = urlsplit(ro.uri)
+    query = "&".join(p for p in parts.query.split("&") if p and not p.lower().startswith("auth"))
+    uri = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, query, ""))
+    try:
+        with pymongo.MongoClient(uri, **ro.client_options()) as client:
+            collection = client[ro.database][PROBE]
+            collection.insert_one({"probe": "hcm doctor: a client without credentials must not be able to write"})
+            collection.drop()
+            return True
+    except PyMongoError:
+        return False  # refused (or no such connection at all): what an authenticating server does
 
 
 def _step(report: DoctorReport, name: str, target: MongoTarget, step, *args):

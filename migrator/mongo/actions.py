@@ -9,6 +9,7 @@ settles it after; it stops at the first failure, and refuses to start while a pa
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -114,7 +115,8 @@ def _settle_failure(db, record, patch: Patch, exc: BaseException, started: bool,
         lost = f"; the lock was lost meanwhile ({held.lost_at}), so its record stays `running`: see `runner.py mongo status`"
     if isinstance(exc, interrupt.Interrupted):
         written = "it had not started" if not started else "its writes so far are kept; the next run stops at it"
-        raise MigratorError(f"{patch.path}: {patch.id} {exc} ({written}){lost}", INTERRUPTED) from exc
+        code = 128 + signal.SIGINT if exc.signum == signal.SIGINT else INTERRUPTED  # as a shell reports Ctrl-C
+        raise MigratorError(f"{patch.path}: {patch.id} {exc} ({written}){lost}", code) from exc
     if isinstance(exc, MigratorError):
         raise MigratorError(f"{exc}{lost}", exc.exit_code) from exc
     raise MigratorError(f"{patch.path}: {patch.id} failed: {error}{lost}") from exc
@@ -136,13 +138,18 @@ def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, ech
         if isinstance(loaded, patch_child.Child):
             comment = loaded.go()
         elif patch.kind == "py" and patch_child.used(db, target):  # a dry run: its own sealed child
-            comment = patch_child.Child(patch, target, dry_run=True).go()
+            comment = patch_child.Child(patch, target, dry_run=True, client=db.client).go()
         elif patch.kind == "py":
             comment = python_patch.run(patch, db, dry_run, loaded)
         else:
-            comment = js_patch.run_js(patch, target, dry_run, echo, timeout=target.patch_timeout if target else None)
+            comment = js_patch.run_js(patch, target, dry_run, echo, timeout=target.patch_timeout if target else None,
+                                      client=getattr(db, "client", None))
     except (MigratorError, interrupt.Interrupted):
         raise
+    except KeyboardInterrupt as exc:  # Ctrl-C reaches the runner, not the patch's process: not the patch's failure
+        if dry_run:
+            raise  # nothing to settle: the CLI says "interrupted"
+        raise interrupt.Interrupted(signal.SIGINT) from exc
     except DryRunWriteError as exc:
         raise MigratorError(f"{patch.path}: dry run of {patch.id} tried to write: {_describe(exc)}") from exc
     except JsPatchFailed as exc:

@@ -43,3 +43,15 @@ def connect(target: MongoTarget) -> Iterator:
         raise MigratorError(f"MongoDB at {target.where}: {exc.__class__.__name__}: {exc}") from exc
     finally:
         client.close()
+
+
+def ports(target: MongoTarget, client=None) -> set[int]:
+    """The TCP ports of the target's servers, for a dry run's seal: the URI's hosts (an SRV URI's looked up now)
+    and the members the runner's client found (a replica set's other members may listen elsewhere)."""
+    from pymongo.uri_parser import parse_uri
+
+    found = {port for _host, port in parse_uri(target.uri)["nodelist"]}
+    topology = getattr(client, "topology_description", None)  # None: no client, or mongomock's (tests)
+    if topology is not None:
+        found |= {port for _host, port in topology.server_descriptions()}
+    return found

@@ -11,6 +11,10 @@ AWS secret), its URI is the read-only user's (MONGO_READONLY_URL) when one is se
 non-dumpable, and where the kernel has Landlock (`seal.py`) the child can read only what Python, the
 migrator package, the patch folder and the CA bundle need: not `.env`, secret files or /proc/<runner>.
 A real run's child gets the runner's environment and no file restriction, as when patches ran in-process.
+
+The child runs unbuffered (its output reaches the runner line by line, and is not lost when it is killed),
+reads the protocol on a descriptor of its own with stdin on /dev/null (a patch reading stdin gets its end, not
+the protocol), and the runner takes no exit code from it (a patch could write on the results pipe itself).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.mongo import seal
+from migrator.mongo.connection import ports
 from migrator.mongo.js_patch import _die_with_parent, _kill_group, mongosh_environment
 from migrator.mongo.patches import Patch
 from migrator.targets import MongoTarget
@@ -52,7 +57,7 @@ class ChildTraceback(Exception):
 class Child:
     """A patch's child process, loaded and waiting for go(); kill() it if the run does not go ahead."""
 
-    def __init__(self, patch: Patch, target: MongoTarget, dry_run: bool):
+    def __init__(self, patch: Patch, target: MongoTarget, dry_run: bool, client=None):
         from migrator.mongo.python_patch import register_environment_secrets
 
         register_environment_secrets()  # the child's output is masked as the patch's always was
@@ -61,16 +66,20 @@ class Child:
         self._home = tempfile.TemporaryDirectory(prefix="hcm-patch-")
         env = mongosh_environment(self._home.name) if dry_run else dict(os.environ)
         read, write = os.pipe()
-        command = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(PACKAGE.parent)!r}); "
+        command = [sys.executable, "-I", "-u", "-c", f"import sys; sys.path.insert(0, {str(PACKAGE.parent)!r}); "
                    f"from migrator.mongo.patch_child import main; main({write})"]
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env, cwd=self._home.name, pass_fds=(write,),
                                      start_new_session=True, preexec_fn=_die_with_parent)
         os.close(write)
         self._results = os.fdopen(read, "r", encoding="utf-8")
-        self._readers = [_echo(self.proc.stdout, sys.stdout), _echo(self.proc.stderr, sys.stderr)]
-        spec = {"id": patch.id, "path": str(patch.path), "uri": target.uri, "database": target.database,
-                "options": target.client_options(), "dry_run": dry_run, "home": self._home.name}
+        self._readers = [_echo(self.proc.stdout, False), _echo(self.proc.stderr, True)]
+        options = target.client_options()
+        if options.get("tlsCAFile"):  # the child's cwd is its HOME: a relative path would name another file
+            options["tlsCAFile"] = os.path.abspath(options["tlsCAFile"])
+        spec = {"id": patch.id, "path": os.path.abspath(patch.path), "uri": target.uri, "database": target.database,
+                "options": options, "dry_run": dry_run, "home": self._home.name,
+                "ports": sorted(ports(target, client)) if dry_run else []}
         try:
             self.proc.stdin.write(json.dumps(spec) + "\n")
             self.proc.stdin.flush()
@@ -113,18 +122,21 @@ class Child:
         if "error" not in said:
             return said
         cause = ChildTraceback(said.get("traceback", ""))
-        if said["error"] == "usage":
-            raise MigratorError(said["text"], said.get("code", USAGE)) from cause
+        if said["error"] == "usage":  # never the child's exit code: a patch could write this line itself
+            raise MigratorError(said["text"], USAGE) from cause
         if said["error"] == "write":
             raise DryRunWriteError(said["text"]) from cause
         raise PatchError(said["text"]) from cause
 
 
-def _echo(stream, to) -> threading.Thread:
+def _echo(stream, err: bool) -> threading.Thread:
+    """Copy the child's stdout or stderr through output's patch stream (masked; json: patch_output events)."""
+    to = output.patch_stream(err)
+
     def copy():
         with stream:
-            for line in stream:
-                to.write(output.scrub(line))
+            for line in stream:  # whole lines as they come; a last line without a newline at the child's end
+                to.write(line)
                 to.flush()
 
     thread = threading.Thread(target=copy, daemon=True, name="patch-output")
@@ -149,7 +161,8 @@ def main(results_fd: int) -> None:
         results.write(json.dumps(message) + "\n")
         results.flush()
 
-    spec = json.loads(sys.stdin.readline())
+    protocol = _protocol_off_stdin()
+    spec = json.loads(protocol.readline())
     patch = Patch(spec["id"], Path(spec["path"]), "py")
     try:
         import pymongo
@@ -157,19 +170,33 @@ def main(results_fd: int) -> None:
         from migrator.mongo import python_patch
 
         if spec["dry_run"]:
-            seal.restrict(readable(patch.path.parent, spec["options"].get("tlsCAFile")), [spec["home"], "/dev/null"])
+            seal.restrict(readable(patch.path.parent, spec["options"].get("tlsCAFile")),
+                          [spec["home"], *seal.SYSTEM_WRITABLE], spec["ports"])
         client = pymongo.MongoClient(spec.pop("uri"), **spec["options"])
         module = python_patch.load(patch, spec["dry_run"])
         send(loaded=True)
-        if sys.stdin.readline() != GO:
+        if protocol.readline() != GO:
             return
         comment = python_patch.run(patch, client[spec["database"]], spec["dry_run"], module)
         sys.stdout.flush()
         sys.stderr.flush()
-        send(comment=comment)
+        outcome = {"comment": comment}
     except BaseException as exc:  # everything the patch can raise, sys.exit included: described, then sent
-        send(**_described(exc))
+        outcome = _described(exc)
+    seal.end_descendants()  # sealed: processes it started in a session of their own end too (else: documented)
+    send(**outcome)
     os._exit(0)  # nothing else runs here: not the patch's threads, not atexit
+
+
+def _protocol_off_stdin():
+    """The runner's pipe on a private descriptor, and stdin on /dev/null: a patch that reads stdin gets its end at
+    once rather than waiting on the protocol (and the runner on it) forever."""
+    protocol = os.fdopen(os.dup(0), "r", encoding="utf-8")  # os.dup: not inherited by what the patch starts
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(0, "r", closefd=False)
+    return protocol
 
 
 def _described(exc: BaseException) -> dict:
@@ -182,7 +209,7 @@ def _described(exc: BaseException) -> dict:
     sys.stderr.flush()
     trace = "".join(traceback.format_exception(exc))
     if isinstance(exc, MigratorError):
-        return {"error": "usage", "text": str(exc), "code": exc.exit_code, "traceback": trace}
+        return {"error": "usage", "text": str(exc), "traceback": trace}
     if isinstance(exc, DryRunWriteError):
         return {"error": "write", "text": str(exc), "traceback": trace}
     return {"error": "failed", "text": describe(exc), "traceback": trace}

@@ -1,37 +1,55 @@
-"""The kernel's part of a Python patch's child process (Linux): what it may read, write and trace.
+"""The kernel's part of a patch's sealed process (Linux): what it may read, write, connect to and signal.
 
-`restrict(readable, writable)` applies Landlock to the calling process (the child, before it loads the
-patch): files are readable only beneath the given folders (Python, its packages, the migrator package, the
-patch folder, the CA bundle, /usr, /lib, /etc, /dev) and writable only beneath its own temporary HOME. So
-the project's `.env`, secret files and /proc/<runner>/* cannot be opened, whatever their path or mode, and
-Landlock forbids tracing a process outside the sandbox (no ptrace or process_vm_readv of the runner). It
-holds for root too. `non_dumpable()` is the runner's own part: its memory and /proc files are closed to
-processes of the same user (root with CAP_SYS_PTRACE excepted, which Landlock covers for the child).
+`restrict(readable, writable, ports)` applies Landlock to the calling process (a dry run's patch child, or
+mongosh, before the patch loads): files are readable only beneath the given folders (Python, its packages,
+the migrator package, the patch folder, the CA bundle, /usr, /lib, /etc, and of /dev only null, zero and
+urandom) and writable, truncatable and with device ioctls only beneath its own temporary HOME. So the
+project's `.env`, secret files, /proc/<runner>/* and the operator's terminal are out of reach, whatever
+their path or mode, and Landlock forbids tracing a process outside the sandbox. Each right the kernel's
+Landlock ABI offers is handled: truncate (ABI 3), device ioctls (5); TCP only to `ports`, no bind (4);
+no signal or abstract UNIX socket outside the sandbox (6: a dry run cannot kill a real run's runner). It
+holds for root too. chmod, chown, utime and xattrs are outside Landlock: a small seccomp filter refuses them
+(x86_64; elsewhere guarantee() says they are open). `non_dumpable()` is the runner's own part: its memory and /proc files are closed to processes of
+the same user (root with CAP_SYS_PTRACE excepted, which Landlock covers for the child).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import signal
 from typing import Iterable
 
 PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
 # landlock_create_ruleset / add_rule / restrict_self: the same numbers on every architecture (unified table).
 CREATE_RULESET, ADD_RULE, RESTRICT_SELF = 444, 445, 446
-CREATE_RULESET_VERSION, RULE_PATH_BENEATH = 1, 1
+CREATE_RULESET_VERSION, RULE_PATH_BENEATH, RULE_NET_PORT = 1, 1, 2
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 ALL_ABI1 = (1 << 13) - 1  # execute, write, read, read dir, remove dir/file, make char/dir/reg/sock/fifo/block/sym
+MAKE_CHAR, MAKE_BLOCK = 1 << 6, 1 << 11
+REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15  # ABI 2, 3, 5
+# Never granted, even in HOME: root could make a device node of a disk or terminal there and open it.
+DEVICES = MAKE_CHAR | MAKE_BLOCK | IOCTL_DEV
+FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE  # what a rule on a file (not a folder) takes
+BIND_TCP, CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 READ = EXECUTE | READ_FILE | READ_DIR
-SYSTEM_READABLE = ("/usr", "/lib", "/lib64", "/bin", "/etc", "/dev")
+SYSTEM_READABLE = ("/usr", "/lib", "/lib64", "/bin", "/etc", "/dev/null", "/dev/zero", "/dev/urandom")
+SYSTEM_WRITABLE = ("/dev/null",)
 
 
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
 
 
 class _PathBeneath(ctypes.Structure):
     _pack_ = 1
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+class _NetPort(ctypes.Structure):
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
 
 
 def _libc():
@@ -47,6 +65,15 @@ def abi() -> int:
     return max(version, 0)
 
 
+def handled(version: int) -> _RulesetAttr:
+    """Every right this ABI version knows: what is handled and not allowed by a rule is denied."""
+    fs = ALL_ABI1 | (REFER if version >= 2 else 0) | (TRUNCATE if version >= 3 else 0)
+    fs |= IOCTL_DEV if version >= 5 else 0
+    net = BIND_TCP | CONNECT_TCP if version >= 4 else 0
+    scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if version >= 6 else 0
+    return _RulesetAttr(fs, net, scoped)
+
+
 def non_dumpable() -> None:
     """The runner's memory and /proc/<pid>/{environ,mem} closed to its own user's other processes."""
     try:
@@ -55,41 +82,120 @@ def non_dumpable() -> None:
         pass
 
 
-def restrict(readable: Iterable[str], writable: Iterable[str]) -> bool:
-    """Landlock this process: read only beneath `readable`, write only beneath `writable`. False without Landlock."""
-    if not abi():
+def restrict(readable: Iterable[str], writable: Iterable[str], ports: Iterable[int] = ()) -> bool:
+    """Landlock this process: read only beneath `readable`, write only beneath `writable`, TCP connect only to
+    `ports` (any host: Landlock knows ports, not addresses), no bind. False without Landlock."""
+    version = abi()
+    if not version:
         return False
     libc = _libc()
-    attr = _RulesetAttr(ALL_ABI1)
+    attr = handled(version)
     ruleset = libc.syscall(CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     try:
-        rules = [(p, READ) for p in readable] + [(p, ALL_ABI1) for p in writable]
+        rules = [(p, READ) for p in readable] + [(p, attr.handled_access_fs & ~DEVICES) for p in writable]
         for path, access in rules:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue  # a folder this system lacks (/lib64)
-            try:
-                if not os.path.isdir(path):
-                    access &= EXECUTE | READ_FILE | WRITE_FILE  # a file takes file rights only
-                rule = _PathBeneath(access, fd)
-                if libc.syscall(ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(rule), 0) < 0:
-                    raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
-            finally:
-                os.close(fd)
+            _add_path(libc, ruleset, path, access & attr.handled_access_fs)
+        for port in sorted(set(ports)) if attr.handled_access_net else ():
+            rule = _NetPort(CONNECT_TCP, port)
+            if libc.syscall(ADD_RULE, ruleset, RULE_NET_PORT, ctypes.byref(rule), 0) < 0:
+                raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for TCP port {port}")
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 or libc.syscall(RESTRICT_SELF, ruleset, 0) < 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+        _no_attribute_changes(libc)
+        global _signals_scoped
+        _signals_scoped = bool(attr.scoped & SCOPE_SIGNAL)
     finally:
         os.close(ruleset)
     return True
 
 
+_signals_scoped = False  # this process is in a Landlock domain that cannot signal outside itself
+
+
+def end_descendants() -> bool:
+    """SIGKILL every process this sealed process started, whatever their session or group (a daemon a patch
+    left would outlive the group kill): kill(-1) reaches only this Landlock domain's processes when signals are
+    scoped, and never the caller. Nothing (False) anywhere else: there kill(-1) would reach all the user's."""
+    if not _signals_scoped:
+        return False
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # none left
+    return True
+
+
+def _add_path(libc, ruleset: int, path: str, access: int) -> None:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return  # a folder this system lacks (/lib64)
+    try:
+        if not os.path.isdir(path):
+            access &= FILE_RIGHTS  # a file takes file rights only
+        rule = _PathBeneath(access, fd)
+        if libc.syscall(ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(rule), 0) < 0:
+            raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
+    finally:
+        os.close(fd)
+
+
+# chmod, fchmod, chown, fchown, lchown, utime, setxattr, lsetxattr, fsetxattr, removexattr, lremovexattr, fremovexattr,
+# utimes, fchownat, futimesat, fchmodat, utimensat, fchmodat2, setxattrat, removexattrat (x86_64 numbers).
+ATTRIBUTE_SYSCALLS_X86_64 = (90, 91, 92, 93, 94, 132, 188, 189, 190, 197, 198, 199, 235, 260, 261, 268, 280, 452, 463, 466)
+AUDIT_ARCH_X86_64, X32_BIT = 0xC000003E, 0x40000000
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+LD_ABS_W, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06
+ALLOW, EPERM = 0x7FFF0000, 0x00050000 | 1
+
+
+class _Filter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_Filter))]
+
+
+def seccomp_covers() -> bool:
+    """Whether this machine gets the seccomp filter that stops chmod/chown/utime/xattr (Landlock does not)."""
+    return os.uname().machine == "x86_64"
+
+
+def _no_attribute_changes(libc) -> None:
+    """A seccomp filter: chmod, chown, utime and xattr calls fail (EPERM) on any file, as do 32-bit (i386, x32)
+    system calls, which would go round the numbers. x86_64 only; elsewhere guarantee() says they are open."""
+    if not seccomp_covers():
+        return
+    calls = ATTRIBUTE_SYSCALLS_X86_64
+    deny = 5 + len(calls)  # the index of the EPERM return (after the ALLOW one)
+    code = [(LD_ABS_W, 0, 0, 4), (JEQ, 0, deny - 2, AUDIT_ARCH_X86_64), (LD_ABS_W, 0, 0, 0), (JGE, deny - 4, 0, X32_BIT)]
+    code += [(JEQ, deny - (5 + i), 0, nr) for i, nr in enumerate(calls)]
+    code += [(RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
+    filters = (_Filter * len(code))(*[_Filter(*c) for c in code])
+    program = _Program(len(code), filters)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) < 0:
+        raise OSError(ctypes.get_errno(), "seccomp filter failed")
+
+
 def guarantee() -> str:
     """What a dry run's seal holds on this machine, for doctor and the dry run's note (truthful either way)."""
-    if abi():
-        return ("a patch runs sealed in a process of its own: only the read-only URL, no MONGO_URL, DB_* or AWS "
-                "secret in its environment, and no .env, secret file or runner memory within its reach (Landlock)")
-    return ("a patch runs in a process of its own with only the read-only URL in its environment, but this kernel has "
-            "no Landlock: a deliberate one can still read files the runner's user can (.env, secret files)")
+    version = abi()
+    if not version:
+        return ("a patch runs in a process of its own with only the read-only URL in its environment, but this kernel "
+                "has no Landlock: a deliberate patch can still read and write the files the runner's user can (.env, "
+                "secret files; a patch planted in the patch folder for the next --run), as root read the runner's "
+                "memory, signal any process (a real run's runner) and connect anywhere")
+    lacks = [what for needed, what in ((3, "truncate files"), (4, "connect to any host and port"),
+                                       (5, "use device ioctls"), (6, "signal other processes (a real run's runner)"))
+             if version < needed]
+    held = ("a patch runs sealed in a process of its own: only the read-only URL, no MONGO_URL, DB_* or AWS secret "
+            "in its environment, no .env, secret file, terminal or runner memory within its reach, TCP only to the "
+            "URI's ports (Landlock)")
+    beyond = "" if seccomp_covers() else ("; it can still change the mode, owner or times of files the runner's "
+                                          "user can (outside Landlock; the seccomp filter is x86_64 only)")
+    if lacks:
+        held += f"; this kernel's Landlock (ABI {version}) cannot stop it from: {', '.join(lacks)}"
+    return held + beyond
