@@ -7,6 +7,7 @@ the server and the runner's lines, never from timings (the application's latency
 """
 
 import threading
+import time
 
 import pytest
 
@@ -170,3 +171,36 @@ def test_a_later_statement_left_the_floor_names_its_blocker_and_its_real_wait(cl
     assert retries and all(f"blocked by pid {pid}" in text for text in retries), result.stderr
     assert all("within 100 ms (lock_timeout)" in text or "ended by the runner" in text for text in retries), retries
     assert applied(db) == [SEED]
+
+
+def test_a_commit_that_timed_out_is_retried_from_its_begin_never_alone(cli, db, sql_dir, seeded):
+    """A deferred foreign key checks at COMMIT, which then waits for the app's row lock on the parent and times
+    out: the server rolled the block back, so the retry runs the block again from its BEGIN. (It used to run the
+    COMMIT alone, on no transaction: "applied", with its INSERT lost.)"""
+    db.query("CREATE TABLE parent (id int PRIMARY KEY); INSERT INTO parent VALUES (1); "
+             "CREATE TABLE child (id int, parent_id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)")
+    add_migration(sql_dir, "0002_child", "-- transactional: false\nBEGIN;\nINSERT INTO child VALUES (1, 1);\n"
+                  "COMMIT;\n")
+    app = connect(db, application_name="app-row-lock")
+    app.cursor().execute("SELECT * FROM parent WHERE id = 1 FOR UPDATE")
+    blocker = app.info.backend_pid
+
+    def release_on_the_second_try():  # two waits with their own start: a try timed out at COMMIT and was retried
+        starts = set()
+        while len(starts) < 2:
+            starts |= {row[0] for row in db.query(
+                "SELECT l.waitstart FROM pg_locks l WHERE NOT l.granted AND l.waitstart IS NOT NULL "
+                "AND %s = ANY(pg_blocking_pids(l.pid))", (blocker,))}
+            time.sleep(0.02)
+        app.close()
+
+    watch = threading.Thread(target=release_on_the_second_try, daemon=True)
+    watch.start()
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        watch.join(timeout=60)
+        app.close()
+    assert result.exit_code == 0, result.output
+    assert "0002_child.sql:4: lock not granted" in result.stderr, result.stderr  # the COMMIT's wait, retried
+    assert applied(db) == [SEED, "0002_child"] and db.query("SELECT id, parent_id FROM child") == [(1, 1)]

@@ -61,8 +61,10 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             except Exception as exc:
                 if not hasattr(exc, "pgcode"):
                     raise
-                in_block = not transactional and connection.info.transaction_status != IDLE
-                if in_block:  # (connection.rollback() sends nothing on yoyo's autocommit connection)
+                still_open = connection.info.transaction_status != IDLE
+                # in the file's own block, open still or ended by this failure (a COMMIT that failed rolled it back)
+                in_block = not transactional and (still_open or opened is not None)
+                if in_block and still_open:  # (connection.rollback() sends nothing on yoyo's autocommit connection)
                     cursor.execute("ROLLBACK")
                 raise StatementFailed(exc, path, statements, index, transactional, done,
                                       opened if in_block else None) from exc
