@@ -204,3 +204,22 @@ def test_a_commit_that_timed_out_is_retried_from_its_begin_never_alone(cli, db, 
     assert result.exit_code == 0, result.output
     assert "0002_child.sql:4: lock not granted" in result.stderr, result.stderr  # the COMMIT's wait, retried
     assert applied(db) == [SEED, "0002_child"] and db.query("SELECT id, parent_id FROM child") == [(1, 1)]
+
+
+def test_a_statement_that_works_long_then_waits_briefly_once_is_not_ended(cli, db, sql_dir, seeded):
+    """The try's bound counts its lock waits, not the statement's own work: an UPDATE that works 1 s, then waits
+    200 ms for one row an app transaction holds (under the 300 ms lock_timeout), is left to finish."""
+    db.query("CREATE TABLE rows_w (id int PRIMARY KEY, v int); INSERT INTO rows_w VALUES (1, 0), (2, 0)")
+    add_migration(sql_dir, "0002_work", "UPDATE rows_w SET v = v + 1 "
+                  "WHERE id = 2 OR (id = 1 AND pg_catalog.pg_sleep(1) IS NOT NULL);\n")
+    app = connect(db, application_name="app-row")
+    app.cursor().execute("UPDATE rows_w SET v = 0 WHERE id = 2")
+    watch = release_after_waited(db, app, "200 ms")
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        watch.join(timeout=30)
+        app.close()
+    assert result.exit_code == 0, result.output
+    assert "granted within" not in result.stderr, result.stderr  # no try ended, none retried
+    assert db.query("SELECT id, v FROM rows_w ORDER BY id") == [(1, 1), (2, 1)]

@@ -104,7 +104,7 @@ def sleep(seconds: float) -> None:
 @dataclass
 class Seen:
     """Who blocked a statement, as the probe last saw it: its blockers (sessions.blockers) and what it waited for;
-    `cancelled`: the probe ended the statement (the try's bound spent), after `waited` seconds of the try."""
+    `cancelled`: the probe ended the statement (the try's bound spent), after `waited` seconds of lock waits."""
     blockers: list[dict]
     waiting_for: str | None = None
     cancelled: bool = False
@@ -130,9 +130,9 @@ class Probe:
 
     It also bounds the try as a whole (lock_timeout bounds each lock wait, and one statement may wait for several
     locks in turn, holding those it got: a partitioned table's partitions, LOCK TABLE a, b, a foreign key's two
-    tables): once `per_try` and `floor` have passed since the try's first statement and the session has waited
-    for a lock longer than `floor`, the probe cancels the statement, and the runner takes that cancel as a lock
-    timeout.
+    tables): once the try's lock waits, as sampled, pass `per_try` and `floor` (a single wait is the server's
+    lock_timeout to end; the statements' own work is not counted) and the current wait has lasted longer than
+    `floor`, the probe cancels the statement, and the runner takes that cancel as a lock timeout.
     The cancel is sent under `_sending`, which the statement's end waits for, so it can only reach the statement
     it was meant for (a cancel that reaches an idle session is dropped by the server)."""
 
@@ -144,6 +144,8 @@ class Probe:
         self._since: float | None = None  # when the running statement started; None: none runs
         self._try: float | None = None  # when the try's first statement started
         self._waiting: float | None = None  # when the probe first saw the running statement wait for a lock
+        self._waited = 0.0  # the try's lock waits so far, as the probe saw them (its work is not counted)
+        self._seen_waiting: float | None = None  # the probe's last sample that saw a wait, if the latest did
         self._sending = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -154,7 +156,10 @@ class Probe:
         """Around one statement (`try_started`: when the try's first statement started, if not this one;
         not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled)."""
         now = time.monotonic()
-        self.seen, self._waiting, self._try = Seen([]), None, (try_started or now) if bounded else None
+        started = (try_started or now) if bounded else None
+        if started != self._try:
+            self._waited = 0.0
+        self.seen, self._waiting, self._seen_waiting, self._try = Seen([]), None, None, started
         self._since = now
         if self._thread is None and self.params is not None:
             self._thread = threading.Thread(target=self._run, name="lock-probe", daemon=True)
@@ -197,19 +202,23 @@ class Probe:
                     # the statement it asked about
                     if not (found and wanted and self._since == since):
                         self._waiting = None if self._since == since else self._waiting
+                        self._seen_waiting = None
                         continue
                     now = time.monotonic()
                     self._waiting = self._waiting or now
+                    if self._seen_waiting is not None:
+                        self._waited += now - self._seen_waiting
+                    self._seen_waiting = now
                     # past the try's time by the floor: a single wait is the server's lock_timeout to end (its
                     # own, truer line); the probe ends only what that cannot bound, several waits in turn
-                    spent = self._try is not None and now - self._try > self.per_try + self.floor
+                    spent = self._try is not None and self._waited > self.per_try + self.floor
                     if self.per_try and spent and now - self._waiting >= self.floor:
                         with self._sending:
                             if self._since == since:
                                 cur.execute(_CANCEL, (self.pid, self.per_try))
                                 row = cur.fetchone()
                                 sent = bool(row and row[0])
-                                self.seen = Seen(found, wanted, sent, now - self._try)
+                                self.seen = Seen(found, wanted, sent, self._waited)
                                 continue
                     if self._since == since:
                         self.seen = Seen(found, wanted)
@@ -320,7 +329,7 @@ def _not_granted(seen: Seen, policy: Policy) -> str:
     """What ended the try, with the real wait: the probe's cancel, or lock_timeout as the statement had it."""
     if seen.cancelled:
         return (f"locks not all granted within the try's {_seconds(policy.per_try)} (ended by the runner after "
-                f"{_seconds(seen.waited or 0)}: one statement waits for several locks, holding those it got)")
+                f"{_seconds(seen.waited or 0)} of lock waits in this try, holding the locks it got meanwhile)")
     waited = seen.lock_timeout if seen.lock_timeout is not None else policy.per_try
     return f"lock not granted within {_seconds(waited)} (lock_timeout)"
 
