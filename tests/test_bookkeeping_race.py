@@ -165,3 +165,22 @@ def test_a_failure_table_planted_while_the_runner_waits_is_refused_at_the_first_
     assert result.exit_code != 0 and "Traceback" not in result.output, result.output
     assert f"rh._hcm_migration_failure is owned by role {low}" in result.output, result.output
     assert hits(db, "rh") == [], "the planted trigger or policy ran as the migration role"
+
+
+def test_a_session_holding_the_bookkeeping_lock_is_named_and_waited_for_within_lock_timeout(cli, db, sql_dir, low):
+    """Any role that can connect can take the schema's bookkeeping lock (its key is no secret): the run waits
+    --lock-timeout, then says which lock and who holds it, with the held-lock exit code; never "cannot connect"."""
+    from migrator.pg_lock import lock_key
+
+    holder = psycopg2.connect(dbname=db.name, user=low, host=db.server.host, port=db.server.port,
+                              application_name="squatter")
+    holder.autocommit = True
+    holder.cursor().execute("SELECT pg_advisory_lock(%s)", (lock_key(":bookkeeping bk"),))
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, "--schema", "bk", "--create-schemas", "--lock-timeout", "1",
+                     env=db.db_env())
+    finally:
+        holder.close()
+    line = next((line for line in result.stderr.splitlines() if line.startswith("[bk] FAILED")), result.output)
+    assert result.exit_code == 4 and "cannot connect" not in line, result.output
+    assert "shared bookkeeping lock of schema bk" in line and "squatter" in line and "within 1 s" in line, line
