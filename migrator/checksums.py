@@ -106,8 +106,8 @@ def ensure_table(backend) -> None:
 
 
 def create_table(cursor, template: str, schema: str, table: str) -> None:
-    """A bookkeeping table, created when missing and verified before use (postgres/trust.py)."""
-    from migrator.postgres import trust
+    """A bookkeeping table, created when missing and verified before use (trust.py)."""
+    from migrator import trust
 
     trust.ensure_table(cursor, schema, table, lambda: cursor.execute(_sql(template, schema, table)))
 
@@ -128,7 +128,7 @@ def record_failure(backend, migration_id: str, what: str) -> None:
 
 
 def clear_failures(backend, ids: list[str]) -> None:
-    from migrator.postgres import trust
+    from migrator import trust
 
     with backend.connection.cursor() as cursor:
         exists = trust.present(cursor, backend.bookkeeping_schema, FAILURES) if ids else False

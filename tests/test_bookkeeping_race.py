@@ -1,6 +1,6 @@
 """A bookkeeping table planted after the connect-time check is refused before its first use (sixth review, #1).
 
-The runner verifies its tables at connect (postgres/trust.py) and creates missing ones later. A role with CREATE
+The runner verifies its tables at connect (trust.py) and creates missing ones later. A role with CREATE
 on the schema that makes one in between (made deterministic here as in the review: it holds the schema's
 ":bookkeeping" advisory lock until the runner waits on it, plants, lets go) must be refused in one line, and its
 trigger never runs as the migration role.

@@ -342,7 +342,7 @@ def test_the_runners_catalog_reads_inside_a_files_transaction_leave_its_set_loca
     """A SET LOCAL search_path ends with its transaction, even when the runner read the catalog in between."""
     import psycopg2
 
-    from migrator.postgres import pinned
+    from migrator import pinned
 
     conn = psycopg2.connect(db.url)
     try:

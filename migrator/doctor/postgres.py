@@ -16,7 +16,7 @@ from migrator import checksums, pg_lock
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
 from migrator.errors import MigratorError
 from migrator.postgres import connection as postgres_connection
-from migrator.postgres import trust
+from migrator import trust
 from migrator.targets import PostgresTarget
 
 MIN_VERSION = 140000  # client_connection_check_interval (a dead runner's work is cancelled)

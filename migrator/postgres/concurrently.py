@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from migrator import lazy_re, output
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres.pinned import catalog_path
+from migrator.pinned import catalog_path
 
 ANY_CONCURRENT = lazy_re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b|drop\s+index\b)[^;]*\bconcurrently\b",
                                  re.IGNORECASE)

@@ -11,7 +11,7 @@ function another role planted in a schema it may CREATE in (`pb.=` on varchar be
 text = text, which needs a cast) is never even considered, and a migration's `ALTER DATABASE ... SET
 search_path` changes nothing. The checksum step, which runs in the migration's own session, names that
 schema explicitly and moves that session to `pg_catalog` first. The bookkeeping tables themselves are
-verified before use (postgres/trust.py): another role's table, trigger, rule or policy there is
+verified before use (trust.py): another role's table, trigger, rule or policy there is
 refused. Its commits (yoyo's marks and log) skip the wait for the WAL flush: a mark lost in a server
 crash is restored by the next run from the migration's own checksum, which commits durably with the
 migration.
@@ -35,7 +35,7 @@ from typing import Iterator
 
 from migrator import output, pg_lock, whoami
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import trust
+from migrator import trust
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads
 from migrator.tables import MIGRATION_TABLE
 from migrator.targets import DdlLimits, PostgresTarget, where_name
@@ -304,7 +304,7 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
     """A yoyo backend. Read-only ones skip yoyo's init (it creates tables) and are read-only
     on the server too, so `plan` and `status` cannot write even by mistake. A plain run that finds no
     history of its own but another one elsewhere is refused, and so is a history holding objects other roles
-    planted (postgres/trust.py) (doctor, with `refuse_foreign=False`, says both)."""
+    planted (trust.py) (doctor, with `refuse_foreign=False`, says both)."""
     import psycopg2
     from yoyo.connections import parse_uri
 

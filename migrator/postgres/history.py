@@ -89,7 +89,7 @@ def table_name(backend) -> str:
 def read(backend) -> list[Row] | None:
     """The table's rows, None when there is no such table (read-only)."""
     schema, table = backend.bookkeeping_schema, table_name(backend)
-    from migrator.postgres import trust
+    from migrator import trust
 
     with backend.connection.cursor() as cursor:
         if not trust.present(cursor, schema, table):  # (refused when another role planted it since connect)
@@ -218,11 +218,11 @@ def other_history(backend, migrations) -> tuple[tuple[str, str] | None, list[str
     """(another history table, the file it records) when this folder's history table is missing but another
     Flyway-shaped table in the schema records this folder's first version with this very file's checksum: most
     likely SCHEMA_TABLE names the wrong table (as Flyway, migrate would re-apply everything); and the Flyway-shaped
-    tables left unread because postgres/trust.py would refuse them (another role's, or with a policy, rule or
+    tables left unread because trust.py would refuse them (another role's, or with a policy, rule or
     trigger: reading one would run its code as the migration role)."""
     from psycopg2 import sql
 
-    from migrator.postgres import trust
+    from migrator import trust
 
     first = next((m for m in migrations if flyway.version_of(m)), None)
     if first is None:
@@ -269,7 +269,7 @@ def _create(cursor, schema: str, table: str) -> None:
     """Flyway's table, when missing (a scratch database built by verify, adopt or plan --impact too)."""
     from psycopg2 import sql
 
-    from migrator.postgres import trust
+    from migrator import trust
 
     trust.ensure_table(cursor, schema, table, lambda: cursor.execute(sql.SQL(CREATE).format(
         table=_table(schema, table), pk=sql.Identifier(f"{table}_pk"), index=sql.Identifier(f"{table}_s_idx"))))

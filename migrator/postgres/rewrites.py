@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from migrator import lazy_re
 from migrator.postgres import risks
-from migrator.postgres.pinned import catalog_path
+from migrator.pinned import catalog_path
 from migrator.postgres.risks import BLOCKS, INSTEAD, Risk
 
 MARKER = lazy_re.compile(r"^[ \t]*--[ \t]*accept-rewrite[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)

@@ -109,7 +109,7 @@ def _sql(template: str, schema: str, table: str = TABLE):
 
 
 def _exists(cursor, schema: str, table: str) -> bool:
-    from migrator.postgres import trust
+    from migrator import trust
 
     return trust.present(cursor, schema, table)  # (refused when another role planted it since connect)
 

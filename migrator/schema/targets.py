@@ -55,11 +55,11 @@ def file_targets(text: str) -> set[str]:
 
 
 def _pieces(text: str) -> list[str]:
-    from migrator.postgres import splitter
+    import pglast
 
-    try:
-        return [statement.text for statement in splitter.split(text)]
-    except Exception:  # noqa: BLE001 - (what the splitter refuses, the run refuses with its own line)
+    try:  # (pglast's scanner, not postgres.splitter: the schema package does not import the postgres one)
+        return list(pglast.split(text, with_parser=False))
+    except Exception:  # noqa: BLE001 - (what does not scan, the run refuses with its own line)
         return []
 
 

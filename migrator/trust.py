@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from migrator.bookkeeping_lock import creating_bookkeeping
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import pinned
+from migrator import pinned
 from migrator.targets import where_name
 
 # The schema, and what in it would run as the migration role when the runner writes or reads its tables: a
@@ -152,10 +153,8 @@ def ensure_table(cursor, schema: str, table: str, create: Callable[[], None]) ->
     """A bookkeeping table, made by `create` when missing (under the schema's bookkeeping lock: another history's
     run may make it now), then verified: one made by another role meanwhile is refused before any use. Looked up
     first: CREATE TABLE IF NOT EXISTS needs CREATE on the schema even when the table is there."""
-    from migrator import pg_lock
-
     if not present(cursor, schema, table):
-        with pg_lock.creating_bookkeeping(cursor.connection, schema):
+        with creating_bookkeeping(cursor.connection, schema):
             if not present(cursor, schema, table):
                 create()
                 present(cursor, schema, table)
