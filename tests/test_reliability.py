@@ -351,4 +351,4 @@ def test_bad_input(case, cli, db, sql_dir, tmp_path, aws, password_role):
     line = one_error_line(result)
     assert message in line
     assert PASSWORD not in result.output and SPECIAL_PASSWORD not in result.output
-    assert len(line) < 400  # one readable line, not a dump
+    assert len(line.replace(db.server.host, "")) < 400  # one readable line, not a dump (less the socket folder)
