@@ -422,10 +422,8 @@ def test_if_not_exists_over_a_name_taken_by_another_index_is_not_recorded_as_app
     assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0 and applied(db) == [SEED, "0002_tenant_index"]
 
 
-def test_an_interrupted_reindex_concurrently_leaves_nothing_after_the_rerun(cli, db, sql_dir, seeded):
-    add_migration(sql_dir, "0002_tenant_index", BUILD)
-    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
-    add_migration(sql_dir, "0003_reindex", f"-- transactional: false\nREINDEX INDEX CONCURRENTLY {INDEX};\n")
+def sigterm_while_waiting_for_old_snapshots(db, sql_dir, seeded):
+    """A runner stopped by SIGTERM while its concurrent build or REINDEX waits for an old snapshot."""
     holder = snapshot_holder(db)
     try:
         runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
@@ -434,6 +432,13 @@ def test_an_interrupted_reindex_concurrently_leaves_nothing_after_the_rerun(cli,
         runner.communicate(timeout=30)
     finally:
         holder.close()
+
+
+def test_an_interrupted_reindex_concurrently_leaves_nothing_after_the_rerun(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_tenant_index", BUILD)
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    add_migration(sql_dir, "0003_reindex", f"-- transactional: false\nREINDEX INDEX CONCURRENTLY {INDEX};\n")
+    sigterm_while_waiting_for_old_snapshots(db, sql_dir, seeded)
     leftovers = db.query("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                          "WHERE NOT i.indisvalid")
     assert leftovers and leftovers[0][0].startswith(f"{INDEX}_ccnew")  # the interrupted REINDEX's copy
@@ -481,14 +486,7 @@ def test_a_failed_unique_build_unnamed_or_commented_is_rebuilt_by_the_rerun(cli,
 def test_an_interrupted_reindex_table_or_schema_is_finished_by_the_rerun_and_never_drift(cli, db, sql_dir, seeded,
                                                                                          reindex):
     add_migration(sql_dir, "0002_reindex", f"-- transactional: false\n{reindex};\n")
-    holder = snapshot_holder(db)
-    try:
-        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
-        wait_for_phase(db, "waiting for old snapshots", runner)
-        runner.send_signal(signal.SIGTERM)
-        runner.communicate(timeout=30)
-    finally:
-        holder.close()
+    sigterm_while_waiting_for_old_snapshots(db, sql_dir, seeded)
     leftovers = [name for (name,) in invalid_indexes(db)]
     assert leftovers and all("_ccnew" in name or "_ccold" in name for name in leftovers)
     status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
