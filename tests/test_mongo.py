@@ -118,7 +118,7 @@ def test_a_failing_patch_is_logged_as_failed_and_stops_the_rest(cli, mongo, mong
     (mongo_dir / "0003_after.py").write_text("def run(db, dry_run):\n    db.marker.insert_one({'ran': True})\n")
     result = cli("mongo", "apply", "--run", "--mongo-dir", mongo_dir, env=mongo.env)
     line = one_error_line(result)
-    assert f"{mongo_dir}/0002_broken.py: 0002_broken failed: ValueError: no such campaign: C-42" in line
+    assert f"{mongo_dir}/0002_broken.py:2: 0002_broken failed: ValueError: no such campaign: C-42" in line
     assert result.exit_code == 1
     records = {r["patch"]: r for r in mongo.db.applied_patches.find()}
     assert records[PATCH_0001]["status"] == "applied"

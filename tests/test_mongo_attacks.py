@@ -151,8 +151,9 @@ def test_logging_configured_at_import_is_masked(cli, mock_mongo, tmp_path):
 
 # Finding 9: load failures leave no record and block nothing; helpers beside patches import.
 @pytest.mark.parametrize("text, expected", [
-    ("def run(db, dry_run:\n", "SyntaxError"),
-    ("import no_such_module_xyz\ndef run(db, dry_run):\n    pass\n", "ModuleNotFoundError"),
+    ("def run(db, dry_run:\n", "0001_broken.py:1 cannot be loaded: SyntaxError"),
+    ("import no_such_module_xyz\ndef run(db, dry_run):\n    pass\n", "0001_broken.py:1 cannot be loaded: ModuleNotFoundError"),
+    ("X = 1\nraise RuntimeError('no config')\n", "0001_broken.py:2 cannot be loaded: RuntimeError: no config"),
     ("X = 1\n", "defines no run(db, dry_run)"),
 ])
 def test_a_patch_that_cannot_load_leaves_no_record(cli, mongo, tmp_path, text, expected):

@@ -276,6 +276,10 @@ def test_the_server_killed_mid_patch_and_restarted(server, tmp_path):
         (line,) = [l for l in err.splitlines() if l.startswith("error:")]
         assert code == 1 and own.where in line, err
         assert err.rstrip().splitlines()[-1] == line and "Traceback" not in err
+        # ... and the patch, where it failed, and what is known of it: started, record left running, how to settle
+        assert f"patch 0001_two_writes ({folder / '0001_two_writes.py'}:17)" in line, line
+        assert "record is left `running`: its writes may be partly applied" in line
+        assert "`runner.py mongo resolve 0001_two_writes --applied` or `--not-applied`" in line
     with running_ferretdb(state, sqlite_dir=data, port=own.port) as again:
         target.db.client.close()
         target = type(server)(again.url, server.name, pymongo.MongoClient(again.url, tz_aware=True)[server.name])

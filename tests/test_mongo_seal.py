@@ -166,18 +166,22 @@ def test_a_dry_run_js_patch_through_mongoshs_internals_cannot_write_as_the_reado
 
 
 @pytest.mark.parametrize("run", [True, False], ids=["run", "dry-run"])
-def test_a_patch_error_from_its_process_names_the_patch_and_with_v_its_line(cli, mongo, tmp_path, run):
+@pytest.mark.parametrize("verbose", [False, True], ids=["plain", "-v"])
+def test_a_patch_error_from_its_process_names_the_patch_and_its_line(cli, mongo, tmp_path, run, verbose):
     if not mongo.real:
         pytest.skip("needs a real server: the patch's child process connects over TCP")
     folder = tmp_path / "mongo"
     folder.mkdir()
     path = folder / "0001_fails.py"
-    path.write_text("def run(db, dry_run):\n    print('about to fail')\n    raise ValueError('no such plan')\n")
-    result = cli("-v", "mongo", "apply", *(["--run"] if run else []), "--mongo-dir", folder, env=mongo.env)
+    (folder / "helper.py").write_text("def check(plan):\n    raise ValueError(f'no such plan: {plan}')\n")
+    path.write_text("import helper\ndef run(db, dry_run):\n    print('about to fail')\n    helper.check('P-7')\n")
+    result = cli(*(["-v"] if verbose else []), "mongo", "apply", *(["--run"] if run else []), "--mongo-dir", folder,
+                 env=mongo.env)
     assert result.exit_code == 1 and "about to fail" in result.stdout, result.output
     (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-    assert f"{path}: 0001_fails failed: ValueError: no such plan" in line
-    assert f'File "{path}", line 3, in run' in result.stderr  # the child's traceback, under -v
+    # the patch's own line that led to the error (not the helper's), without -v; the traceback only with -v
+    assert f"{path}:4: 0001_fails failed: ValueError: no such plan: P-7" in line
+    assert (f'File "{path}", line 4, in run' in result.stderr) == verbose, result.stderr
 
 
 READS_SECRETS_JS = '''

@@ -96,7 +96,7 @@ def test_system_exit_and_any_base_exception_is_that_patchs_failure(cli, mongo, t
     write_patch(folder, "0002_after")
     result = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=mongo.env)
     assert result.exit_code == 1  # not 0 (sys.exit(0)), not 2 (a usage error)
-    assert f"0001_quits.py: 0001_quits failed: {described}" in one_error_line(result)
+    assert f"0001_quits.py:{3 + body.count(chr(10))}: 0001_quits failed: {described}" in one_error_line(result)
     (record,) = mongo.db.applied_patches.find()
     assert record["status"] == "failed" and described in record["error"]
     assert counter(mongo.db) == 0  # the later patch did not run

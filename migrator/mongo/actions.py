@@ -9,6 +9,7 @@ settles it after; it stops at the first failure, and refuses to start while a pa
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from dataclasses import dataclass
@@ -25,10 +26,11 @@ from migrator.targets import MongoTarget
 
 
 class PatchFailed(MigratorError):
-    """A patch's own failure; `reason` is what the log keeps."""
+    """A patch's own failure; `reason` is what the log keeps, `where` its file (and line, when known)."""
 
-    def __init__(self, patch: Patch, reason: str, advice: str):
-        super().__init__(f"{patch.path}: {patch.id} failed: {reason}; {advice}")
+    def __init__(self, patch: Patch, reason: str, advice: str, where: str | None = None):
+        self.where = where or str(patch.path)
+        super().__init__(f"{self.where}: {patch.id} failed: {reason}; {advice}")
         self.reason = reason
 
 
@@ -73,10 +75,14 @@ def apply(db, target: MongoTarget | None, patches: list[Patch], names: list[str]
 
 def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard, echo) -> Outcome:
     loaded = _prepare(patch, target if patch_child.used(db, target) else None)  # a patch that cannot load fails here: no record, nothing blocked
+    where = target.where if target else db.name
     try:
-        held.check()
-        with guard.deferred():
-            record = log.begin(db, patch, held.owner)
+        with _server_lost(where, patch, "before it started: it did not run, but its `running` record may have been "
+                          f"written (if `runner.py mongo status` shows it, `runner.py mongo resolve {patch.id} "
+                          "--not-applied --note ...` once the server is back)"):
+            held.check()
+            with guard.deferred():
+                record = log.begin(db, patch, held.owner)
     except BaseException:
         if isinstance(loaded, patch_child.Child):
             loaded.kill()
@@ -87,12 +93,27 @@ def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard
         started = True
         outcome = _run_one(db, target, patch, dry_run=False, echo=echo, loaded=loaded)
     except BaseException as exc:  # SystemExit, SIGTERM, a bug in the patch: all failures of this patch
-        _settle_failure(db, record, patch, exc, started, held, guard)
+        _settle_failure(db, where, record, patch, exc, started, held, guard)
         raise  # not reached: _settle_failure raises
-    held.check()  # lost the lock while the patch ran: leave the record running, say so
-    with guard.deferred():
-        log.settle(db, record, log.APPLIED, comment=outcome.comment)
+    with _server_lost(where, patch, "after it returned (its writes are done), so its record is left `running`: once "
+                      f"the server is back, check its writes and `runner.py mongo resolve {patch.id} --applied --note ...`"):
+        held.check()  # lost the lock while the patch ran: leave the record running, say so
+        with guard.deferred():
+            log.settle(db, record, log.APPLIED, comment=outcome.comment)
     return outcome
+
+
+@contextlib.contextmanager
+def _server_lost(where: str, patch: Patch, known: str, at: str | None = None) -> Iterator[None]:
+    """The server went away (or refused) around a patch's record: one line naming the server, the patch's file and
+    what is known of its state, rather than only the server (the CLI's connection line)."""
+    from pymongo.errors import PyMongoError
+
+    try:
+        yield
+    except PyMongoError as exc:
+        said = one_line(output.scrub(f"{exc.__class__.__name__}: {exc}"))
+        raise MigratorError(f"MongoDB at {where}: {said}; patch {patch.id} ({at or patch.path}) {known}") from exc
 
 
 def _prepare(patch: Patch, target: MongoTarget | None):
@@ -104,14 +125,20 @@ def _prepare(patch: Patch, target: MongoTarget | None):
     return None
 
 
-def _settle_failure(db, record, patch: Patch, exc: BaseException, started: bool, held, guard) -> None:
+def _settle_failure(db, where: str, record, patch: Patch, exc: BaseException, started: bool, held, guard) -> None:
     status = log.FAILED if started else log.CANCELLED
     error = exc.reason if isinstance(exc, PatchFailed) else str(exc) if isinstance(exc, MigratorError) else _describe(exc)
     lost = ""
-    if held.renew():
-        with guard.deferred():
-            log.settle(db, record, status, error=error)
-    else:
+    known = (f"failed ({error}) and its record is left `running`: its writes may be partly applied; once the server "
+             f"is back, {state.settle_commands(patch.id)}" if started else
+             f"did not start, but its record is left `running`: once the server is back, `runner.py mongo resolve "
+             f"{patch.id} --not-applied --note ...`")
+    with _server_lost(where, patch, known, exc.where if isinstance(exc, PatchFailed) else None):
+        renewed = held.renew()
+        if renewed:
+            with guard.deferred():
+                log.settle(db, record, status, error=error)
+    if not renewed:
         lost = f"; the lock was lost meanwhile ({held.lost_at}), so its record stays `running`: see `runner.py mongo status`"
     if isinstance(exc, interrupt.Interrupted):
         written = "it had not started" if not started else "its writes so far are kept; the next run stops at it"
@@ -155,7 +182,8 @@ def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, ech
     except JsPatchFailed as exc:
         raise PatchFailed(patch, one_line(output.scrub(str(exc))), advice) from exc
     except BaseException as exc:  # the patch's own error, sys.exit included: name it, keep the traceback for -v
-        raise PatchFailed(patch, _describe(exc), advice) from exc
+        line = exc.line if isinstance(exc, patch_child.PatchError) else None
+        raise PatchFailed(patch, _describe(exc), advice, python_patch.located(patch, exc, line)) from exc
     return Outcome(patch, comment, time.perf_counter() - started)
 
 

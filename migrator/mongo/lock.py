@@ -158,8 +158,15 @@ def held(db, where: str, wait: float, poll: float = 0.2) -> Iterator[Lock]:
     lock.start_heartbeat()
     try:
         yield lock
-    finally:
-        lock.release()
+    except BaseException:
+        from pymongo.errors import PyMongoError
+
+        try:  # the server may be gone: the error that stopped the run is the one to say (the lock then expires)
+            lock.release()
+        except PyMongoError:
+            pass
+        raise
+    lock.release()
 
 
 def _held_by(holder: dict, where: str, wait: float) -> str:

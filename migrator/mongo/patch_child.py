@@ -47,7 +47,11 @@ def used(db, target: MongoTarget | None) -> bool:
 
 
 class PatchError(Exception):
-    """The patch's own failure in the child, already described as one scrubbed line."""
+    """The patch's own failure in the child, already described as one scrubbed line; `line`: where in the patch."""
+
+    def __init__(self, text: str, line: int | None = None):
+        super().__init__(text)
+        self.line = line
 
 
 class ChildTraceback(Exception):
@@ -126,7 +130,7 @@ class Child:
             raise MigratorError(said["text"], USAGE) from cause
         if said["error"] == "write":
             raise DryRunWriteError(said["text"]) from cause
-        raise PatchError(said["text"]) from cause
+        raise PatchError(said["text"], said.get("line") if isinstance(said.get("line"), int) else None) from cause
 
 
 def _echo(stream, err: bool) -> threading.Thread:
@@ -182,7 +186,7 @@ def main(results_fd: int) -> None:
         sys.stderr.flush()
         outcome = {"comment": comment}
     except BaseException as exc:  # everything the patch can raise, sys.exit included: described, then sent
-        outcome = _described(exc)
+        outcome = _described(exc, patch.path)
     seal.end_descendants()  # sealed: processes it started in a session of their own end too (else: documented)
     send(**outcome)
     os._exit(0)  # nothing else runs here: not the patch's threads, not atexit
@@ -199,10 +203,10 @@ def _protocol_off_stdin():
     return protocol
 
 
-def _described(exc: BaseException) -> dict:
+def _described(exc: BaseException, patch_path: Path) -> dict:
     import traceback
 
-    from migrator.mongo.python_patch import describe
+    from migrator.mongo.python_patch import describe, line_in
     from migrator.mongo.readonly import DryRunWriteError
 
     sys.stdout.flush()
@@ -212,4 +216,4 @@ def _described(exc: BaseException) -> dict:
         return {"error": "usage", "text": str(exc), "traceback": trace}
     if isinstance(exc, DryRunWriteError):
         return {"error": "write", "text": str(exc), "traceback": trace}
-    return {"error": "failed", "text": describe(exc), "traceback": trace}
+    return {"error": "failed", "text": describe(exc), "traceback": trace, "line": line_in(patch_path, exc)}

@@ -74,7 +74,7 @@ def _load(patch: Patch) -> ModuleType:
         spec.loader.exec_module(module)
     except (Exception, SystemExit, PatchExited) as exc:
         reason = one_line(output.scrub(f"{exc.__class__.__name__}: {exc}"))
-        raise MigratorError(f"{patch.path} cannot be loaded: {reason}; fix it (nothing ran, nothing was logged)",
+        raise MigratorError(f"{located(patch, exc)} cannot be loaded: {reason}; fix it (nothing ran, nothing was logged)",
                             USAGE) from exc
     if not callable(getattr(module, "run", None)):
         raise MigratorError(f"{patch.path} defines no run(db, dry_run); see `runner.py mongo new --py`", USAGE)
@@ -221,3 +221,21 @@ def describe(exc: BaseException) -> str:
     else:
         text = f"{exc.__class__.__name__}: {exc}"
     return one_line(output.scrub(text))
+
+
+def line_in(patch_path, exc: BaseException) -> int | None:
+    """The patch file's line the error came through (its deepest frame there; a SyntaxError's own line), so that
+    the one error line points at it without -v; None when the patch's code is not on the traceback."""
+    import traceback
+
+    path = os.path.abspath(patch_path)
+    if isinstance(exc, SyntaxError) and exc.filename and os.path.abspath(exc.filename) == path:
+        return exc.lineno
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) == path]
+    return lines[-1] if lines else None
+
+
+def located(patch: Patch, exc: BaseException | None, line: int | None = None) -> str:
+    """`path:line` of a patch's error (`path` when its line is unknown)."""
+    line = line or (line_in(patch.path, exc) if exc is not None else None)
+    return f"{patch.path}:{line}" if line else str(patch.path)

@@ -143,10 +143,15 @@ def pending(found: list[PatchState]) -> list[Patch]:
     return [s.patch for s in found if s.state == PENDING]
 
 
+def settle_commands(patch_id: str) -> str:
+    """How a person settles an unfinished or failed run (also said when the server went away mid-patch)."""
+    return (f"look at the data, then re-run it deliberately (`runner.py mongo apply {patch_id} --run`) or mark it "
+            f"resolved (`runner.py mongo resolve {patch_id} --applied` or `--not-applied`, with --note)")
+
+
 def explain(s: PatchState) -> str:
     """Why a patch blocks the automatic run, and the commands that unblock it."""
-    resolve = (f"look at the data, then re-run it deliberately (`runner.py mongo apply {s.id} --run`) or mark it "
-               f"resolved (`runner.py mongo resolve {s.id} --applied` or `--not-applied`, with --note)")
+    resolve = settle_commands(s.id)
     if s.state == CHANGED:
         return (f"patch {s.id} was applied but its file {s.patch.path} has changed since (checksum "
                 f"{s.applied_checksum[:12]} -> {s.patch.checksum[:12]}); automatic runs stop until you restore the file, "
