@@ -3,9 +3,12 @@ the server's databases stay byte-identical; the same patch with --run writes, an
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 import pytest
+
+from pymongo.errors import OperationFailure
 
 from migrator.mongo import js_patch
 
@@ -89,6 +92,24 @@ const routes = {
   getMongoGetDBInsert: () => viaMongo.getCollection("y").insertOne({a: 1}),
   getMongoGetDBCreate: () => viaMongo.createCollection("z"),
   sessionInsert: () => db.getMongo().startSession().getDatabase(db.getName()).getCollection("people").insertOne({_id: 92}),
+  propertyInsert: () => db.people.insertOne({_id: 91}),
+  collectionRunCommand: () => c.runCommand("insert", {documents: [{_id: 90}]}),
+  bulkUpsertReplace: () => { const b = c.initializeOrderedBulkOp(); b.find({_id: 5}).upsert().replaceOne({a: 1}); return b.execute(); },
+  createView: () => db.createView("people_view", "people", [{$match: {}}]),
+  createUser: () => db.createUser({user: "hcm_dry", pwd: "x", roles: []}),
+  changeUserPassword: () => db.changeUserPassword("hcm_dry", "y"),
+  createSearchIndex: () => c.createSearchIndex({name: "s", definition: {mappings: {dynamic: true}}}),
+  facetMerge: () => c.aggregate([{$facet: {a: [{$match: {}}]}}, {$merge: {into: "facetmerged"}}]).toArray(),
+  lookupOut: () => c.aggregate([{$lookup: {from: "scratch", pipeline: [{$out: "lookedup"}], as: "x"}}]).toArray(),
+  runCommandString: () => other.runCommand("dropDatabase"),
+  runCommandCreateIndexes: () => db.runCommand({createIndexes: "people", indexes: [{key: {age: 1}, name: "age_1"}]}),
+  runCommandDropIndexes: () => db.runCommand({dropIndexes: "people", index: "by_name"}),
+  runCommandCollMod: () => db.runCommand({collMod: "people", validator: {name: {$exists: true}}}),
+  runCommandAggregateMerge: () => db.runCommand({aggregate: "people", pipeline: [{$merge: {into: "cmdmerged"}}], cursor: {}}),
+  siblingRunCommand: () => other.runCommand({insert: "x", documents: [{a: 1}]}),
+  siblingRename: () => other.getCollection("x").renameCollection("y"),
+  getMongoGetDBDrop: () => viaMongo.dropDatabase(),
+  getMongoGetDBRunCommand: () => viaMongo.runCommand({create: "w"}),
   newConnection: () => connect(db.getMongo()._uri || "mongodb://127.0.0.1:1/x"),
   newMongo: () => new Mongo("mongodb://127.0.0.1:1"),
 };
@@ -146,6 +167,8 @@ def test_a_dry_run_js_patch_trying_every_write_route_leaves_the_server_byte_iden
     assert dump(server.db.client) != before
     (record,) = server.db.applied_patches.find()
     assert record["status"] == "applied" and record["comment"].startswith("run: wrote ")
+    with contextlib.suppress(OperationFailure):  # the run's createUser, where the server has users
+        server.db.command("dropUser", "hcm_dry")
     client = server.db.client
     for suffix in ("_other", "_third"):
         client.drop_database(server.name + suffix)
