@@ -9,6 +9,7 @@ SIGKILL. Nothing in the runner knows about these tests.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PROJECT_ROOT, running_ferretdb
-from migrator.mongo import lock, log
+from migrator.mongo import js_patch, lock, log
 
 
 @pytest.fixture
@@ -257,11 +258,27 @@ def test_sigkill_at_each_point_never_leads_to_a_silent_second_application(server
     assert code == 0 and counts(server.db) == written, err
 
 
-def test_the_server_killed_mid_patch_and_restarted(server, tmp_path):
-    """One line naming host:port; after the restart the patch is blocked, not applied again."""
+# The same two writes in JavaScript, for mongosh (a real run's mongosh may write files: the marker).
+POINTED_JS = """
+db.counter.updateOne({{_id: "first"}}, {{$inc: {{n: 1}}}}, {{upsert: true}});
+require("fs").writeFileSync({marks!r} + "/mid-patch", "");
+sleep(2000);
+db.counter.updateOne({{_id: "second"}}, {{$inc: {{n: 1}}}}, {{upsert: true}});
+"""
+
+
+@pytest.mark.parametrize("kind", ["py", "js"])
+def test_the_server_killed_mid_patch_and_restarted(server, tmp_path, kind):
+    """One line naming host:port and the patch; after the restart the patch is blocked, not applied again."""
     from migrator import ferretdb
 
     folder, marks = pointed_patch(tmp_path)
+    patch = folder / f"0001_two_writes.{kind}"
+    if kind == "js":
+        if not js_patch.LOCAL_MONGOSH.exists() and not shutil.which("mongosh"):
+            pytest.skip("needs mongosh (make mongosh)")
+        (folder / "0001_two_writes.py").unlink()
+        patch.write_text(POINTED_JS.format(marks=str(marks)))
     data, state = tmp_path / "ferretdb-data", tmp_path / "ferretdb-state"
     with running_ferretdb(state, sqlite_dir=data) as own:
         import pymongo
@@ -277,7 +294,8 @@ def test_the_server_killed_mid_patch_and_restarted(server, tmp_path):
         assert code == 1 and own.where in line, err
         assert err.rstrip().splitlines()[-1] == line and "Traceback" not in err
         # ... and the patch, where it failed, and what is known of it: started, record left running, how to settle
-        assert f"patch 0001_two_writes ({folder / '0001_two_writes.py'}:17)" in line, line
+        at = f"{patch}:17" if kind == "py" else str(patch)  # mongosh's rewriter hides a JS patch's line
+        assert f"patch 0001_two_writes ({at})" in line, line
         assert "record is left `running`: its writes may be partly applied" in line
         assert "`runner.py mongo resolve 0001_two_writes --applied` or `--not-applied`" in line
     with running_ferretdb(state, sqlite_dir=data, port=own.port) as again:
@@ -377,6 +395,13 @@ def test_a_js_patch_dies_with_its_sigkilled_runner(server, tmp_path):
     after_kill = server.db.ticks.count_documents({})
     time.sleep(3)
     assert server.db.ticks.count_documents({}) == after_kill  # no insert from an orphaned mongosh
+    # the next run names the JS patch and the commands to settle it, and does not run it again
+    expire_lock(server.db)
+    code, out, err = finish(runner(server, "mongo", "apply", "--run", "--mongo-dir", folder))
+    (line,) = [l for l in err.splitlines() if l.startswith("error:")]
+    assert code == 1 and "patch 0001_ticks: a run started" in line and "never finished" in line, err
+    assert "`runner.py mongo resolve 0001_ticks --applied` or `--not-applied`" in line
+    assert server.db.ticks.count_documents({}) == after_kill
 
 
 # --- clock skew: every runner compares lock expiries on the server's clock ---------------------------------------
