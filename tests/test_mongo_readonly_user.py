@@ -72,19 +72,24 @@ def readonly(ferret_pg, pg):
     client.close()
 
 
-def test_a_dry_run_cannot_write_even_by_deliberate_circumvention(cli, readonly, tmp_path):
+@pytest.mark.parametrize("command", [("mongo", "apply"), ("plan",)], ids=["mongo-apply", "plan"])
+def test_a_dry_run_cannot_write_even_by_deliberate_circumvention(cli, readonly, tmp_path, request, command):
     env, db = readonly
+    if command == ("plan",):  # plan dry-runs the patches too, after the SQL: the same read-only connection
+        env = {**env, **request.getfixturevalue("db").db_env()}
     folder = tmp_path / "mongo"
     folder.mkdir()
     (folder / "0001_circumvents.py").write_text(CIRCUMVENTS)
-    without = cli("mongo", "apply", "--mongo-dir", folder, env={k: v for k, v in env.items() if k != "MONGO_READONLY_URL"})
+    without = cli(*command, "--mongo-dir", folder, env={k: v for k, v in env.items() if k != "MONGO_READONLY_URL"})
     assert without.exit_code == 0 and db.things.count_documents({"written": "by a dry run"}) == 1  # the runner alone: it wrote
     db.things.delete_many({"written": "by a dry run"})
 
-    result = cli("mongo", "apply", "--mongo-dir", folder, env=env)
+    result = cli(*command, "--mongo-dir", folder, env=env)
     assert result.exit_code == 1, result.output
-    assert "as the read-only user from MONGO_READONLY_URL (environment), whose writes the server refuses" in result.stderr
-    assert "a patch runs sealed in a process of its own" in result.stderr
+    if command == ("mongo", "apply"):  # (plan's header, printed after its dry runs, is not reached)
+        assert "as the read-only user from MONGO_READONLY_URL (environment), whose writes the server refuses" in result.stderr
+        assert "a patch runs sealed in a process of its own" in result.stderr
+    assert "0001_circumvents.py:8: 0001_circumvents failed" in result.stderr
     assert "permission denied" in result.stderr and READER_PASSWORD not in result.output
     assert db.things.count_documents({"written": "by a dry run"}) == 0  # refused by the server
     assert db.applied_patches.count_documents({}) == 1  # nothing logged either
