@@ -117,13 +117,36 @@ def test_os_exit_in_a_patch_is_a_logged_failure(cli, mongo, tmp_path):
     assert mongo.db.applied_patches.find_one({"patch": "0001_exits"})["status"] == "failed"
 
 
+@pytest.fixture(params=["mongomock", "ferretdb"])
+def with_password(request):
+    """(Mongo, env whose MONGO_URL has the password Hidden-Pw-77). mongomock ignores credentials; FerretDB on
+    PostgreSQL passes them to PostgreSQL (PLAIN), which trusts the suite's local connections: a real server, and
+    the patch in a process of its own."""
+    if request.param == "mongomock":
+        mongo = request.getfixturevalue("mock_mongo")
+        yield mongo, {**mongo.env, "MONGO_URL": mongo.url.replace("mongodb://", "mongodb://u:Hidden-Pw-77@")}
+        return
+    import uuid
+
+    import pymongo
+
+    from conftest import Mongo
+
+    own, pg = request.getfixturevalue("ferret_pg"), request.getfixturevalue("pg")
+    name = "hcm_pw_" + uuid.uuid4().hex[:8]
+    client = pymongo.MongoClient(own.url, tz_aware=True)
+    url = f"mongodb://{pg.user}:Hidden-Pw-77@{own.where}/?authMechanism=PLAIN&authSource=$external"
+    yield Mongo(url, name, client[name], own), {"MONGO_URL": url, "MONGO_DB": name}
+    client.drop_database(name)
+    client.close()
+
+
 # Finding 4, 15: text from a patch is scrubbed before it is stored or printed, and is one line.
-def test_a_password_in_a_patch_error_is_neither_stored_nor_printed(cli, mock_mongo, tmp_path):
-    mongo = mock_mongo  # a password in the URL: a server would (rightly) refuse a user it does not know
+def test_a_password_in_a_patch_error_is_neither_stored_nor_printed(cli, with_password, tmp_path):
+    mongo, env = with_password
     folder = tmp_path / "mongo"
     write_patch(folder, "0001_leaky.py",
                 "def run(db, dry_run):\n    raise RuntimeError('login failed with Hidden-Pw-77\\nsecond line')\n")
-    env = {**mongo.env, "MONGO_URL": mongo.url.replace("mongodb://", "mongodb://u:Hidden-Pw-77@")}
     result = cli("mongo", "apply", "--mongo-dir", folder, "--run", env=env)
     line = one_error_line(result)
     assert "Hidden-Pw-77" not in result.output and "second line" in line
@@ -134,15 +157,14 @@ def test_a_password_in_a_patch_error_is_neither_stored_nor_printed(cli, mock_mon
 
 
 # Finding 5: logging set up at import time writes through the masking.
-def test_logging_configured_at_import_is_masked(cli, mock_mongo, tmp_path):
-    mongo = mock_mongo  # a password in the URL: a server would (rightly) refuse a user it does not know
+def test_logging_configured_at_import_is_masked(cli, with_password, tmp_path):
+    mongo, env = with_password
     folder = tmp_path / "mongo"
     write_patch(folder, "0001_logs.py",
                 "import logging, sys\nlogging.basicConfig(level=logging.INFO, force=True)\nlog = logging.getLogger('p')\n"
                 "def run(db, dry_run):\n"
                 "    log.info('url mongodb://u:Hidden-Pw-77@h/ and Hidden-Pw-77')\n"
                 "    sys.__stderr__.write('raw Hidden-Pw-77\\n')\n")
-    env = {**mongo.env, "MONGO_URL": mongo.url.replace("mongodb://", "mongodb://u:Hidden-Pw-77@")}
     result = cli("mongo", "apply", "--mongo-dir", folder, env=env)
     assert result.exit_code == 0, result.output
     assert "url mongodb://u:***@h/" in result.stderr

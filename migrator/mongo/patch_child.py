@@ -125,12 +125,13 @@ class Child:
         said = json.loads(line)
         if "error" not in said:
             return said
-        cause = ChildTraceback(said.get("traceback", ""))
+        cause = ChildTraceback(output.scrub(str(said.get("traceback", ""))))
+        text = output.scrub(str(said["text"]))  # the child knows no password of the runner's (its URI's included)
         if said["error"] == "usage":  # never the child's exit code: a patch could write this line itself
-            raise MigratorError(said["text"], USAGE) from cause
+            raise MigratorError(text, USAGE) from cause
         if said["error"] == "write":
-            raise DryRunWriteError(said["text"]) from cause
-        raise PatchError(said["text"], said.get("line") if isinstance(said.get("line"), int) else None) from cause
+            raise DryRunWriteError(text) from cause
+        raise PatchError(text, said.get("line") if isinstance(said.get("line"), int) else None) from cause
 
 
 def _echo(stream, err: bool) -> threading.Thread:
