@@ -73,7 +73,23 @@ def count_patch(folder: Path, patch_id: str, sleep: float = 0.0) -> None:
     (folder / f"{patch_id}.py").write_text(COUNT.format(id=patch_id, sleep=sleep))
 
 
-def test_ten_runner_processes_at_once_apply_three_patches_exactly_once(server, tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, server):
+    """The test's server on each of FerretDB's backends: SQLite serialises writers, PostgreSQL does not."""
+    if request.param == "sqlite":
+        yield server
+        return
+    import pymongo
+
+    own = request.getfixturevalue("ferret_pg")
+    client = pymongo.MongoClient(own.url, tz_aware=True)
+    yield type(server)(own.url, server.name, client[server.name], own)
+    client.drop_database(server.name)
+    client.close()
+
+
+def test_ten_runner_processes_at_once_apply_three_patches_exactly_once(backend, tmp_path):
+    server = backend  # on SQLite, which serialises writers, and on PostgreSQL, which does not
     folder = tmp_path / "mongo"
     for i, patch_id in enumerate(("0001_a", "0002_b", "0003_c")):
         count_patch(folder, patch_id, sleep=0.2 * i)
@@ -100,20 +116,6 @@ for round, name in enumerate(sys.argv[3:]):  # all ten ask at the same instants,
     print("TAKEN" if lock.Lock(client[name]).try_take() else "REFUSED", flush=True)
 """
 ROUNDS = 5
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request, server):
-    """The test's server on each of FerretDB's backends: SQLite serialises writers, PostgreSQL does not."""
-    if request.param == "sqlite":
-        yield server
-        return
-    import pymongo
-
-    own = request.getfixturevalue("ferret_pg")
-    client = pymongo.MongoClient(own.url, tz_aware=True)
-    yield type(server)(own.url, server.name, client[server.name], own)
-    client.close()
 
 
 @pytest.mark.parametrize("expired", [False, True], ids=["free", "expired"])
