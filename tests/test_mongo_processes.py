@@ -269,9 +269,11 @@ db.counter.updateOne({{_id: "second"}}, {{$inc: {{n: 1}}}}, {{upsert: true}});
 """
 
 
-@pytest.mark.parametrize("kind", ["py", "js"])
-def test_the_server_killed_mid_patch_and_restarted(server, tmp_path, kind):
-    """One line naming host:port and the patch; after the restart the patch is blocked, not applied again."""
+@pytest.mark.parametrize("kind, point", [("py", "mid-patch"), ("js", "mid-patch"), ("py", "after the patch's writes")],
+                         ids=["py-mid-patch", "js-mid-patch", "py-after-its-writes"])
+def test_the_server_killed_mid_patch_and_restarted(server, tmp_path, kind, point):
+    """One line naming host:port, the patch and what is known of it; after the restart the patch is blocked, not
+    applied again."""
     from migrator import ferretdb
 
     folder, marks = pointed_patch(tmp_path)
@@ -287,8 +289,8 @@ def test_the_server_killed_mid_patch_and_restarted(server, tmp_path, kind):
 
         target = type(server)(own.url, server.name, pymongo.MongoClient(own.url, tz_aware=True)[server.name])
         proc = runner(target, "mongo", "apply", "--run", "--mongo-dir", folder, "--mongo-timeout", 3,
-                      env={"HCM_TEST_POINT": "mid-patch", "HCM_TEST_WAIT": "2"})
-        wait_for(marks / "mid-patch", proc)
+                      env={"HCM_TEST_POINT": point, "HCM_TEST_WAIT": "2"})
+        wait_for(marks / point, proc)
         own.process.kill()
         own.process.wait()
         code, out, err = finish(proc)
@@ -296,20 +298,25 @@ def test_the_server_killed_mid_patch_and_restarted(server, tmp_path, kind):
         assert code == 1 and own.where in line, err
         assert err.rstrip().splitlines()[-1] == line and "Traceback" not in err
         # ... and the patch, where it failed, and what is known of it: started, record left running, how to settle
-        at = f"{patch}:17" if kind == "py" else str(patch)  # mongosh's rewriter hides a JS patch's line
-        assert f"patch 0001_two_writes ({at})" in line, line
-        assert "record is left `running`: its writes may be partly applied" in line
-        assert "`runner.py mongo resolve 0001_two_writes --applied` or `--not-applied`" in line
+        if point == "mid-patch":  # its second write failed: where, and that it may be half done
+            at = f"{patch}:17" if kind == "py" else str(patch)  # mongosh's rewriter hides a JS patch's line
+            assert f"patch 0001_two_writes ({at}) failed (" in line, line
+            assert "record is left `running`: its writes may be partly applied" in line
+            assert "`runner.py mongo resolve 0001_two_writes --applied` or `--not-applied`" in line
+        else:  # it returned; its record could not be settled
+            assert f"patch 0001_two_writes ({patch}) after it returned (its writes are done)" in line, line
+            assert "`runner.py mongo resolve 0001_two_writes --applied --note ...`" in line
+        written = {"first": 1} if point == "mid-patch" else {"first": 1, "second": 1}
     with running_ferretdb(state, sqlite_dir=data, port=own.port) as again:
         target.db.client.close()
         target = type(server)(again.url, server.name, pymongo.MongoClient(again.url, tz_aware=True)[server.name])
         code, out, err = finish(runner(target, "mongo", "status", "--mongo-dir", folder))  # the lock not yet expired
         assert "running now" not in out + err and f"pid {proc.pid} on this host has exited" in out + err, out + err
         expire_lock(target.db)
-        assert counts(target.db) == {"first": 1}
+        assert counts(target.db) == written
         code, out, err = finish(runner(target, "mongo", "apply", "--run", "--mongo-dir", folder))
         assert code == 1 and "patch 0001_two_writes: a run started" in err, err
-        assert counts(target.db) == {"first": 1}
+        assert counts(target.db) == written
         target.db.client.close()
     assert ferretdb.BINARY.exists()
 
