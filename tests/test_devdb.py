@@ -1,5 +1,6 @@
 """The local development database: used only when nothing is configured, started once, left running."""
 
+import json
 import os
 import subprocess
 import sys
@@ -97,6 +98,8 @@ def test_a_newcomer_writes_dry_runs_and_applies_a_patch_with_nothing_configured(
     run = cli("mongo", "apply", "--run", "--mongo-dir", folder)
     assert run.exit_code == 0 and "applied 0001_mark_reviewed" in run.stdout, run.output
     pid, port = map(int, (devdb.mongo_dir(local_db) / "ferretdb.pid").read_text().split())
+    # FerretDB's own record of its telemetry decision, in its state folder under the dev folder: off
+    assert json.loads((devdb.mongo_dir(local_db) / "state.json").read_text())["telemetry"] is False
     import pymongo
 
     with pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/") as client:  # the data is in the local PostgreSQL

@@ -88,6 +88,18 @@ def backend(request, server):
     client.close()
 
 
+def test_the_suites_ferretdb_is_its_own_with_telemetry_off(backend, tmp_path_factory):
+    """Each backend's server: its own port (not 27017), its own state folder under the test's temporary root, and
+    FerretDB's own record of its telemetry decision: off (never "undecided", which reports after a delay)."""
+    import json
+
+    own = backend.server
+    assert own.port != 27017 and own.url == f"mongodb://127.0.0.1:{own.port}/"
+    assert own.log.parent.is_relative_to(tmp_path_factory.getbasetemp())
+    assert json.loads((own.log.parent / "state.json").read_text())["telemetry"] is False
+    assert backend.db.client.admin.command("ping")["ok"] == 1
+
+
 def test_ten_runner_processes_at_once_apply_three_patches_exactly_once(backend, tmp_path):
     server = backend  # on SQLite, which serialises writers, and on PostgreSQL, which does not
     folder = tmp_path / "mongo"
