@@ -10,6 +10,7 @@ settles it after; it stops at the first failure, and refuses to start while a pa
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -112,8 +113,16 @@ def _server_lost(where: str, patch: Patch, known: str, at: str | None = None) ->
     try:
         yield
     except PyMongoError as exc:
-        said = one_line(output.scrub(f"{exc.__class__.__name__}: {exc}"))
+        said = _driver_words(one_line(output.scrub(f"{exc.__class__.__name__}: {exc}")))
         raise MigratorError(f"MongoDB at {where}: {said}; patch {patch.id} ({at or patch.path}) {known}") from exc
+
+
+# pymongo's additions to a connection error, which say nothing the line needs (and its topology runs to 500 chars).
+DRIVER_NOISE = re.compile(r" \(configured timeouts:[^)]*\)|, Timeout: .*$")
+
+
+def _driver_words(text: str) -> str:
+    return DRIVER_NOISE.sub("", text)
 
 
 def _prepare(patch: Patch, target: MongoTarget | None):
@@ -129,7 +138,7 @@ def _settle_failure(db, where: str, record, patch: Patch, exc: BaseException, st
     status = log.FAILED if started else log.CANCELLED
     error = exc.reason if isinstance(exc, PatchFailed) else str(exc) if isinstance(exc, MigratorError) else _describe(exc)
     lost = ""
-    known = (f"failed ({error}) and its record is left `running`: its writes may be partly applied; once the server "
+    known = (f"failed ({_driver_words(error)}) and its record is left `running`: its writes may be partly applied; once the server "
              f"is back, {state.settle_commands(patch.id)}" if started else
              f"did not start, but its record is left `running`: once the server is back, `runner.py mongo resolve "
              f"{patch.id} --not-applied --note ...`")
