@@ -281,8 +281,9 @@ db.counter.updateOne({{_id: "second"}}, {{$inc: {{n: 1}}}}, {{upsert: true}});
 """
 
 
-@pytest.mark.parametrize("kind, point", [("py", "mid-patch"), ("js", "mid-patch"), ("py", "after the patch's writes")],
-                         ids=["py-mid-patch", "js-mid-patch", "py-after-its-writes"])
+@pytest.mark.parametrize("kind, point", [("py", "mid-patch"), ("js", "mid-patch"), ("py", "after the patch's writes"),
+                                         ("py", "before the running record")],
+                         ids=["py-mid-patch", "js-mid-patch", "py-after-its-writes", "py-before-its-record"])
 def test_the_server_killed_mid_patch_and_restarted(server, tmp_path, kind, point):
     """One line naming host:port, the patch and what is known of it; after the restart the patch is blocked, not
     applied again."""
@@ -316,13 +317,22 @@ def test_the_server_killed_mid_patch_and_restarted(server, tmp_path, kind, point
             assert f"patch 0001_two_writes ({at}) failed (" in line, line
             assert "record is left `running`: its writes may be partly applied" in line
             assert "`runner.py mongo resolve 0001_two_writes --applied` or `--not-applied`" in line
-        else:  # it returned; its record could not be settled
+        elif point == "after the patch's writes":  # it returned; its record could not be settled
             assert f"patch 0001_two_writes ({patch}) after it returned (its writes are done)" in line, line
             assert "`runner.py mongo resolve 0001_two_writes --applied --note ...`" in line
+        else:  # loaded, then the server went away before its record: it never ran
+            assert f"patch 0001_two_writes ({patch}) before it started: it did not run" in line, line
         written = {"first": 1} if point == "mid-patch" else {"first": 1, "second": 1}
     with running_ferretdb(state, sqlite_dir=data, port=own.port) as again:
         target.db.client.close()
         target = type(server)(again.url, server.name, pymongo.MongoClient(again.url, tz_aware=True)[server.name])
+        if point == "before the running record":  # no record, nothing written: the next run applies it, once
+            expire_lock(target.db)
+            assert counts(target.db) == {} and target.db.applied_patches.count_documents({}) == 0
+            code, out, err = finish(runner(target, "mongo", "apply", "--run", "--mongo-dir", folder))
+            assert code == 0 and counts(target.db) == written, err
+            target.db.client.close()
+            return
         code, out, err = finish(runner(target, "mongo", "status", "--mongo-dir", folder))  # the lock not yet expired
         assert "running now" not in out + err and f"pid {proc.pid} on this host has exited" in out + err, out + err
         expire_lock(target.db)
