@@ -51,7 +51,7 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         run()
     except StatementFailed as exc:
         if not exc.transactional:
-            if exc.done or concurrently.is_concurrent(exc.statement.text):  # (its INVALID index: the rerun's to drop)
+            if exc.done or concurrently.is_concurrent(exc.statement.text) or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
                 checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {exc.committed()}")
             elif migration.earlier_failure is None:  # only this run's "started" record: nothing committed
                 checksums.clear_failures(backend, [migration.id])

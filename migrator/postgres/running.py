@@ -10,7 +10,7 @@ from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
-from migrator.postgres import backfill, concurrently, retry
+from migrator.postgres import backfill, concurrently, detach, retry
 from migrator.postgres.errors import StatementFailed, progress
 
 def execute(cursor, statement, probe=None, path: Path | None = None,
@@ -19,9 +19,10 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     blocks it and ends the try once its time since `try_started` is spent. A CONCURRENTLY build runs with
     lock_timeout off (concurrently.py), never ended by the probe; statement_timeout bounds it. A
     `-- backfill: batch` statement repeats in committed batches (backfill.py)."""
-    concurrent = (not isinstance(statement, backfill.Batched) and concurrently.is_concurrent(statement.text)
-                  and cursor.connection.info.transaction_status == IDLE)
-    with probe.statement(try_started, not concurrent) if probe is not None else contextlib.nullcontext():
+    concurrent = (not isinstance(statement, backfill.Batched) and cursor.connection.info.transaction_status == IDLE
+                  and (concurrently.is_concurrent(statement.text) or detach.is_detach(statement.text)))
+    batched = isinstance(statement, backfill.Batched)
+    with probe.statement(try_started, not concurrent, not batched) if probe is not None else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
             statement.run(cursor.connection, cursor, path, max_batches)
         elif concurrent:
@@ -101,8 +102,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         record = (books.qualified(checksums.FAILURES), migration.id) if hasattr(books, "qualified") else None
         skip = concurrently.prepare(connection, statements, path, migration.earlier_failure, record)
         before = concurrently.indexes_before(connection, statements) - skip.oids  # (an accepted one is its work)
+        statements = detach.finalizing(connection, statements, path, migration.earlier_failure)
     budget = retry.TryBudget(policy.per_try) if policy.per_try else None
-    probe = retry.probe(backend, connection.info.backend_pid, budget) if policy.per_try else None
+    probe = retry.probe(backend, connection, budget) if policy.per_try else None
     backoff = retry.Backoff(policy)
     start = done = 0
     try:
@@ -117,9 +119,15 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                         budget.done(cursor)
                 break
             except StatementFailed as exc:
+                exc.left_pending = None if transactional else detach.left_pending(connection, exc.statement.text)
+                if exc.left_pending:
+                    exc.todo = ("end the older transactions it waited for (the progress lines name them) or raise "
+                                "--statement-timeout, then run migrate again: it completes the detach (FINALIZE)")
                 if not (retry.lock_timed_out(exc) or probe is not None and probe.cancelled(exc)) or not policy.per_try:
                     raise
                 seen = probe.seen if probe is not None else retry.Seen([])
+                if probe is not None and not seen.blockers:
+                    seen.blind = seen.blind or probe.blind  # why no one is named
                 if not seen.cancelled and budget is not None and budget.set_ms is not None:
                     seen.lock_timeout = budget.set_ms / 1000  # what this statement could wait, not the whole try's
                 if not transactional and MAY_COMMIT.match(exc.statement.text):
