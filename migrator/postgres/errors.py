@@ -108,6 +108,9 @@ def progress(statements, done: int, then: str) -> str:
     """What a non-transactional file committed, in words: `done` statements, then what happened."""
     if done == 0:
         return f"{NOTHING_COMMITTED}; {then}"
+    if done == 1:  # (not "statements 1-1 of 1")
+        which = "its only statement" if len(statements) == 1 else f"statement 1 of {len(statements)}"
+        return f"not transactional: {which} (line {statements[0].line}) COMMITTED; {then}"
     return (f"not transactional: statements 1-{done} of {len(statements)} (through the one at line "
             f"{statements[done - 1].line}) COMMITTED; {then}")
 

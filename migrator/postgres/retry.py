@@ -287,10 +287,12 @@ class TryBudget:
     """lock_timeout, per statement, of what is left of the try's: from the first statement of a transaction (a
     transactional file's try, or a BEGIN ... COMMIT block a non-transactional file opens) on, the time spent
     counts. Outside a transaction each statement commits and frees its locks: it gets the whole lock_timeout.
-    A file's own SET lock_timeout is overridden (override): the runner's bound wins."""
+    A file's own SET lock_timeout is overridden (override): the runner's bound wins, unless the file's is stricter.
+    `retried`: a try that timed out is retried (the lock retry budget is not 0)."""
 
-    def __init__(self, per_try: float):
-        self.per_try_ms = round(per_try * 1000)
+    def __init__(self, per_try: float, retried: bool = True):
+        self.per_try_ms, self.retried = round(per_try * 1000), retried
+        self.file_ms: int | None = None  # a stricter lock_timeout the file set itself: kept, never loosened
         self.floor_ms = min(self.per_try_ms, max(round(FLOOR_MIN * 1000), round(self.per_try_ms * FLOOR_SHARE)))
         self.noted: set[int] = set()  # the lines whose SET lock_timeout was said overridden (once, not each try)
         self.restart()
@@ -310,21 +312,30 @@ class TryBudget:
             self.started = now  # the try's first statement: the session's lock_timeout
             return
         left = max(self.floor_ms, int(self.per_try_ms - (now - self.started) * 1000))
+        if self.file_ms is not None and self.file_ms <= left:
+            return  # the file's own, stricter, is in force (SET LOCAL of what is left would loosen it)
         if (self.set_ms if self.set_ms is not None else self.per_try_ms) - left >= STEP_MS:
             cursor.execute(f"SET LOCAL lock_timeout = '{left}ms'")
             self.set_ms = left
 
     def override(self, cursor, path, statement) -> None:
         """After a statement of the file that set lock_timeout (pg_dump's header: 0, which would lift the bound
-        and the retries): the session's own again (the runner's, given at connect), with a note."""
+        and the retries): the session's own again (the runner's, given at connect), with a note. A stricter
+        value (a file's 100ms) is kept: it only makes each wait, and so each application stall, shorter."""
+        cursor.execute("SELECT setting::int FROM pg_catalog.pg_settings WHERE name = 'lock_timeout'")
+        ms = cursor.fetchone()[0]
+        if 0 < ms <= self.per_try_ms:
+            self.file_ms = ms
+            return
         cursor.execute("RESET lock_timeout")
         self.set_ms = None  # the next statement of a try sets what is left again
         if statement.line in self.noted:
             return
         self.noted.add(statement.line)
         output.note(f"{path}:{statement.line}: the file's SET lock_timeout is overridden: each try waits at most "
-                    f"{_seconds(self.per_try_ms / 1000)} for its locks, then is retried (--ddl-lock-timeout sets "
-                    "that; remove the line from the file to drop this note)")
+                    f"{_seconds(self.per_try_ms / 1000)} for its locks, then "
+                    f"{'is retried' if self.retried else 'fails (the lock retry budget is 0: no retry)'} "
+                    "(--ddl-lock-timeout sets that; remove the line from the file to drop this note)")
 
     def done(self, cursor) -> None:
         """After the last statement: the session's lock_timeout again for the rest of the transaction (the

@@ -103,7 +103,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         skip = concurrently.prepare(connection, statements, path, migration.earlier_failure, record)
         before = concurrently.indexes_before(connection, statements) - skip.oids  # (an accepted one is its work)
         statements = detach.finalizing(connection, statements, path, migration.earlier_failure)
-    budget = retry.TryBudget(policy.per_try) if policy.per_try else None
+    budget = retry.TryBudget(policy.per_try, bool(policy.budget)) if policy.per_try else None
     probe = retry.probe(backend, connection, budget) if policy.per_try else None
     backoff = retry.Backoff(policy)
     start = done = 0
@@ -128,8 +128,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 seen = probe.seen if probe is not None else retry.Seen([])
                 if probe is not None and not seen.blockers:
                     seen.blind = seen.blind or probe.blind  # why no one is named
-                if not seen.cancelled and budget is not None and budget.set_ms is not None:
-                    seen.lock_timeout = budget.set_ms / 1000  # what this statement could wait, not the whole try's
+                if not seen.cancelled and budget is not None and (budget.set_ms or budget.file_ms) is not None:
+                    # what this statement could wait (what was left of the try, or the file's own stricter value)
+                    seen.lock_timeout = min(ms for ms in (budget.set_ms, budget.file_ms) if ms is not None) / 1000
                 if not transactional and MAY_COMMIT.match(exc.statement.text):
                     raise _not_retried(exc, seen, backoff)
                 delay = backoff.next_delay() if policy.budget else None
@@ -157,7 +158,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     if not transactional:
         invalid = concurrently.invalid_after(connection, statements, before)
         if invalid:
-            raise IndexLeftInvalid(invalid, path, statements)
+            raise IndexLeftInvalid(invalid, path, statements, concurrently.not_ours(connection, statements, invalid[0][0]))
         if taken := concurrently.skipped(connection, statements):
             raise IndexNotBuilt(*taken[0], path, statements)
         migration.built_indexes = concurrently.built(connection, statements, before)
@@ -178,7 +179,7 @@ def _not_retried(exc, seen, backoff):
 class IndexLeftInvalid(StatementFailed):
     """A file ran to its end but an index one of its CONCURRENTLY builds names is INVALID: not recorded."""
 
-    def __init__(self, invalid: list[tuple[int, str]], path: Path, statements):
+    def __init__(self, invalid: list[tuple[int, str]], path: Path, statements, not_ours: bool = False):
         index, name = invalid[0]
         cause = RuntimeError(
             f"index {name} is INVALID (an earlier failed build that IF NOT EXISTS skipped, or a build that failed "
@@ -186,6 +187,10 @@ class IndexLeftInvalid(StatementFailed):
         super().__init__(cause, path, statements, index, False, len(statements), None)
         self.todo = ("run migrate again: it drops the INVALID index (DROP INDEX CONCURRENTLY) and builds it again; "
                      "or drop it yourself and run again")
+        if not_ours:  # the rerun refuses to drop it (concurrently._named): say what will happen
+            self.todo = (f"it is not what this file builds (another definition), so migrate will not drop it: look "
+                         f"at it, drop it yourself (DROP INDEX CONCURRENTLY {name}) or rename the build, then run "
+                         "again")
 
     def committed(self) -> str:
         return progress(self.statements, self.done, "not recorded as applied")
