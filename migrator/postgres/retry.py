@@ -141,11 +141,12 @@ class Probe:
     Blind: its connection may be refused (the role's CONNECTION LIMIT, max_connections full) or closed under it
     (an admin's pg_terminate_backend, a failover). It connects again, waiting longer each time (RECONNECT_FIRST
     doubling to RECONNECT_MAX), and says once why it is blind. Meanwhile it cannot tell a lock wait from work, so
-    it bounds the try by the clock: a statement of a try that ran longer than `per_try` + `floor` is cancelled
-    through the migration connection's own cancel request (libpq's, which needs no session slot), as a lock
-    timeout: a try never stalls the application longer than when seen, at the cost of retrying a statement
-    that was merely slow. A backfill's batches (each its own try, each wait bounded by lock_timeout) and a
-    CONCURRENTLY build are left alone."""
+    it bounds by the clock the statements whose lock request queues the application's queries (STRONG_LOCK: DDL,
+    LOCK TABLE, TRUNCATE, ...): one that ran longer than `per_try` + `floor` is cancelled through the migration
+    connection's own cancel request (libpq's, which needs no session slot), as a lock timeout: it never stalls
+    the application longer than when seen, at the cost of retrying such a statement that was merely slow. Data
+    changes, queries (each lock wait bounded by lock_timeout, blocking only the rows' users), a backfill's batches,
+    VALIDATE CONSTRAINT and CONCURRENTLY statements (weaker locks, blocking no query) are left alone."""
 
     def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
                  floor: float = 0.0, cancel=None):
@@ -265,11 +266,11 @@ class Probe:
         self.blind, self._reconnect_wait = None, RECONNECT_FIRST
 
     def _bound_by_clock(self, since: float | None) -> None:
-        """Blind: the try's bound kept by the clock (see the class): the statement cancelled, once, past it."""
+        """Blind: the bound kept by the clock (see the class): the statement cancelled, once, past it."""
         if (self.blind is None or self._cancel is None or not self.per_try or not self._clock_bound
                 or self._try is None or since is None or self.seen.cancelled):
             return
-        ran = time.monotonic() - self._try
+        ran = time.monotonic() - since
         if ran <= self.per_try + self.floor:
             return
         import psycopg2
@@ -343,6 +344,14 @@ class TryBudget:
         if self.set_ms is not None and cursor.connection.info.transaction_status == IN_TRANSACTION:
             cursor.execute("SET LOCAL lock_timeout TO DEFAULT")
         self.restart()
+
+
+# A statement whose lock request queues the application's reads or writes behind it (ACCESS EXCLUSIVE, SHARE, ...):
+# what the blind probe bounds by the clock. VALIDATE CONSTRAINT (SHARE UPDATE EXCLUSIVE) blocks no query.
+STRONG_LOCK = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:alter|drop|lock|truncate|cluster|reindex|vacuum\s+full"
+                         r"|refresh\s+materialized|create\s+(?:unique\s+)?index|create\s+(?:or\s+replace\s+)?"
+                         r"(?:constraint\s+)?trigger|create\s+rule|comment\s+on\s+(?:table|column))\b"
+                         r"(?!.*\bvalidate\s+constraint\b)", re.IGNORECASE | re.DOTALL)
 
 
 # A statement that sets (or resets) the session's lock_timeout: SET / RESET as a statement, after any comments;

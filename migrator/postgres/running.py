@@ -21,8 +21,8 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     `-- backfill: batch` statement repeats in committed batches (backfill.py)."""
     concurrent = (not isinstance(statement, backfill.Batched) and cursor.connection.info.transaction_status == IDLE
                   and (concurrently.is_concurrent(statement.text) or detach.is_detach(statement.text)))
-    batched = isinstance(statement, backfill.Batched)
-    with probe.statement(try_started, not concurrent, not batched) if probe is not None else contextlib.nullcontext():
+    clock = not isinstance(statement, backfill.Batched) and bool(retry.STRONG_LOCK.match(statement.text))
+    with probe.statement(try_started, not concurrent, clock) if probe is not None else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
             statement.run(cursor.connection, cursor, path, max_batches)
         elif concurrent:
