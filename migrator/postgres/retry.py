@@ -258,8 +258,8 @@ class Probe:
         if self.blind is None:
             self.blind = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
             output.note(f"note: the lock probe cannot see the migration session ({self.blind}): until it connects "
-                        f"again, a statement whose try runs longer than {_seconds(self.per_try + self.floor)} is "
-                        "ended as a lock wait and retried, blockers unnamed; free a connection for it (the role's "
+                        f"again, a DDL or LOCK statement running longer than {_seconds(self.per_try + self.floor)} "
+                        "is ended as a lock wait and retried, blockers unnamed; free a connection for it (the role's "
                         "CONNECTION LIMIT, max_connections)")
 
     def _sees_again(self) -> None:
