@@ -142,10 +142,11 @@ def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str]
             with _row(backend, target, deadline):
                 yield
         finally:
-            if flyway_key is not None:
+            if flyway_key is not None and not backend.connection.closed:
                 backend.execute("SELECT pg_advisory_unlock(:key)", {"key": flyway_key})
     finally:
-        backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key})
+        if not backend.connection.closed:  # (a lost session's advisory locks went with it)
+            backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key})
 
 
 def _wait(backend, target: PostgresTarget, key: int, deadline: float, message: Callable[[], str]) -> None:
@@ -179,8 +180,9 @@ def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
         yield
     finally:
         backend._is_locked = False
-        with backend.transaction():
-            backend.execute(f"DELETE FROM {table} WHERE locked = :slot AND pid = :pid", {"slot": slot, "pid": pid})
+        if not backend.connection.closed:  # (lost: the next run clears the row of a runner no session holds)
+            with backend.transaction():
+                backend.execute(f"DELETE FROM {table} WHERE locked = :slot AND pid = :pid", {"slot": slot, "pid": pid})
 
 
 def _try(backend, key: int) -> bool:

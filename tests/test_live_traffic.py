@@ -559,11 +559,11 @@ def test_a_rerun_failing_after_an_earlier_run_committed_part_says_so(cli, db, sq
     runner.send_signal(signal.SIGTERM)
     runner.communicate(timeout=30)
     status = cli("status", "--sql-dir", sql_dir, env=seeded)
-    assert "statements 1-1 of 2" in status.stdout and "COMMITTED" in status.stdout, status.stdout
+    assert "statement 1 of 2 (line" in status.stdout and "COMMITTED" in status.stdout, status.stdout
     line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))  # it starts over: t_one exists
     assert "0002_steps.sql:2: failed to apply" in line and "already exists" in line
     assert "no statement of it committed" not in line, line
-    assert "an earlier run left: not transactional: statements 1-1 of 2" in line, line
+    assert "an earlier run left: not transactional: statement 1 of 2 (line" in line, line
     assert "a rerun starts from its first statement" in line and "IF NOT EXISTS" in line, line
 
 

@@ -153,11 +153,11 @@ def test_a_non_transactional_file_that_opens_its_own_transaction_is_not_reported
         "CREATE TABLE nt2 (id int);\nSELECT 1/0;\nCOMMIT;\n")
     line = one_error_line(migrate(cli, db, sql_dir))
     assert "0002_own_tx.sql:6: failed to apply" in line and "division by zero" in line
-    assert "statements 1-1 of 6 (through the one at line 2) COMMITTED" in line
+    assert "statement 1 of 6 (line 2) COMMITTED" in line
     assert "statements 2-5 ran inside the transaction the file opened at line 3, which rolled back" in line
     assert {"nt0"} == {t for t in db.tables() if t.startswith("nt")}
     status = status_of(cli, db, sql_dir)
-    assert "pending, PARTLY applied" in status and "statements 1-1 of 6" in status
+    assert "pending, PARTLY applied" in status and "statement 1 of 6 (line 2)" in status
 
 
 def runner_process(db, sql_dir: Path, tmp_path: Path, *args) -> subprocess.Popen:
@@ -184,7 +184,7 @@ def test_sigkill_in_a_non_transactional_file_leaves_a_truthful_status(cli, db, s
     proc.wait()
     status = status_of(cli, db, sql_dir)
     assert "0002_slow" in status and "pending, PARTLY applied" in status
-    assert "statements 1-1 of 3 (through the one at line 2) COMMITTED; interrupted in statement 2 (line 3)" in status
+    assert "statement 1 of 3 (line 2) COMMITTED; interrupted in statement 2 (line 3)" in status
     # the next run fails on k1 (as psql would) and says what an earlier run left, not "nothing committed"
     line = one_error_line(migrate(cli, db, sql_dir))
     assert 'relation "k1" already exists' in line and "COMMITTED" not in line.split("(", 1)[0]
@@ -204,10 +204,10 @@ def test_sigterm_stops_the_run_in_order_with_one_line_saying_what_committed(cli,
     assert len(errors) == 1 and "Traceback" not in stderr, stderr
     assert "0002_slow.sql: interrupted by SIGTERM while it was running" in errors[0]
     # the signal is taken when the running statement returns: its fate is not guessed
-    assert "statements 1-1 of 3 (through the one at line 2) COMMITTED; interrupted in statement 2 (line 3)" in errors[0]
+    assert "statement 1 of 3 (line 2) COMMITTED; interrupted in statement 2 (line 3)" in errors[0]
     assert "k3" not in db.tables() and "k2" not in db.tables()
     status = status_of(cli, db, sql_dir)
-    assert "pending, PARTLY applied" in status and "statements 1-1 of 3" in status
+    assert "pending, PARTLY applied" in status and "statement 1 of 3 (line 2)" in status
 
 
 def test_sigterm_in_a_transactional_file_rolls_it_back_and_says_so(cli, db, sql_dir, tmp_path):
@@ -247,10 +247,10 @@ def test_a_rollback_that_fails_halfway_is_recorded_and_worded_for_a_rollback(cli
     ok(migrate(cli, db, sql_dir))
     line = one_error_line(cli("sql", "rollback", "--sql-dir", sql_dir, env=db.db_env()))
     assert "0002_idx.rollback.sql:3: failed to roll back" in line
-    assert "statements 1-1 of 3 (through the one at line 2) COMMITTED" in line
+    assert "statement 1 of 3 (line 2) COMMITTED" in line
     assert "IF EXISTS" in line and "IF NOT EXISTS" not in line and "INVALID" not in line
     status = status_of(cli, db, sql_dir)
-    assert "applied, PARTLY rolled back" in status and "rollback: " in status and "statements 1-1 of 3" in status
+    assert "applied, PARTLY rolled back" in status and "rollback: " in status and "statement 1 of 3 (line 2)" in status
     ok(migrate(cli, db, sql_dir))  # migrate does not forget a partial rollback
     assert "applied, PARTLY rolled back" in status_of(cli, db, sql_dir)
 

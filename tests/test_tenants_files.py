@@ -185,7 +185,7 @@ def test_a_search_path_change_inside_the_files_own_transaction_rolls_that_transa
     result = cli("migrate", "--sql-dir", sql_dir, "--schema", "a", env=three.db_env())
     error = failed_line(result, "a")
     assert "0002_x.sql:5: failed to apply" in error
-    assert ("statements 1-1 of 6 (through the one at line 2) COMMITTED; statements 2-4 ran inside the transaction "
+    assert ("statement 1 of 6 (line 2) COMMITTED; statements 2-4 ran inside the transaction "
             "the file opened at line 3, which rolled back; the rest did not run") in error, error
     assert relations(three, "a") >= {"ok1"} and "in_block" not in relations(three, "a") and leaked(three) == []
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import click
 
 from migrator import __version__, output
 from migrator.cli.help import HelpGroup
 from migrator.errors import FAILED, USAGE, MigratorError
+
+
+READER_GONE = 141  # the exit code of a Unix tool whose reader closed the pipe (128 + SIGPIPE)
 
 
 class OneLineUsageError(click.UsageError):
@@ -38,7 +43,12 @@ class Runner(HelpGroup):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # (a reader that left is met here, not in the interpreter's exit)
+            return result
+        except BrokenPipeError:  # `plan | head`: the reader has what it wanted; quiet, as Unix tools are
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(READER_GONE)
         except OneLineUsageError:
             raise
         except click.UsageError as exc:  # a subcommand's bad option or value

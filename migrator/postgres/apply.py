@@ -51,7 +51,7 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         run()
     except StatementFailed as exc:
         if not exc.transactional:
-            if exc.done or concurrently.is_concurrent(exc.statement.text):  # (its INVALID index: the rerun's to drop)
+            if exc.done or concurrently.is_concurrent(exc.statement.text) or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
                 checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {exc.committed()}")
             elif migration.earlier_failure is None:  # only this run's "started" record: nothing committed
                 checksums.clear_failures(backend, [migration.id])
@@ -62,6 +62,8 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         failed = exc.__context__ if isinstance(exc.__context__, StatementFailed) else exc
         if isinstance(exc.__context__, interrupt.Interrupted):
             raise _interrupted(backend, target, migration, verb, path, exc.__context__)
+        if getattr(migration, "steps_committed", False) and backend.connection.closed:
+            raise _unrecorded(target, migration, verb, path, exc) from exc
         raise migration_error(failed, migration, target.where, verb, path)
     if migration.record_after_commit:  # it made its transaction read-only, so it could not record itself
         checksums.record_after_commit(backend, migration.id, None if prefix else checksums.file_sha256(Path(migration.path)))
@@ -80,6 +82,25 @@ def _interrupted(backend, target: PostgresTarget, migration, verb: str, path: Pa
         committed = recorded.removeprefix(checksums.ROLLBACK) or "not transactional: `runner.py status` shows what committed"
     return MigratorError(f"{path}: {exc} while it was running ({verb} on {target.where}); {committed}; "
                          "migrations reported done before it are committed; run the command again", 128 + exc.signum)
+
+
+def _unrecorded(target: PostgresTarget, migration, verb: str, path: Path, exc) -> MigratorError:
+    """The file committed in its own session, then the run's own connection was lost (killed by an admin, a
+    failover) before the history said so: what is true, and what the next run does about it."""
+    why = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
+    lost = f"the runner's own connection to {target.where} was lost before it recorded that ({why})"
+    if verb == "roll back":
+        return MigratorError(f"{path}: the rollback of {migration.id} COMMITTED, but {lost}: the history still lists "
+                             "it as applied though its objects are gone; delete its row "
+                             f"(migration_id '{migration.id}') from _yoyo_migration so that migrate applies it "
+                             "again, rather than rolling it back twice")
+    if getattr(migration, "record_after_commit", False):  # a read-only file's checksum was to be written there too
+        then = (f"it left no record the next run can see, so run `runner.py sql mark {migration.id}` (it must not "
+                "run twice), then migrate again")
+    else:
+        then = ("`status` shows it pending until the next `migrate`, which marks it applied from the checksum it "
+                "committed with, without running it again; run migrate again")
+    return MigratorError(f"{path}: {migration.id} was applied and COMMITTED, but {lost}; {then}")
 
 
 def _stop_if_interrupted(guard, target: PostgresTarget, migration, verb: str) -> None:

@@ -344,6 +344,16 @@ def invalid_after(connection, statements, before: set[int]) -> list[tuple[int, s
     return list(dict.fromkeys(found))
 
 
+def not_ours(connection, statements, index: int) -> bool:
+    """Whether the INVALID index a named build (statement `index`) left is another definition than it builds:
+    someone else's, which a rerun refuses to drop (_named) rather than dropping and building it again."""
+    with connection.cursor() as cursor:
+        for build in builds(statements):
+            if build.index == index and build.name is not None and (found := _find(cursor, build)) is not None:
+                return not found[0] and (found[1], found[2]) != (build.unique, _definition(cursor, build))
+    return False
+
+
 def built(connection, statements, before: set[int]) -> list[str]:
     """The unqualified names of the valid indexes the file's builds made (the runner's own work, for drift)."""
     with connection.cursor() as cursor:

@@ -26,7 +26,6 @@ yoyo's own use of it (an unquoted SET search_path) is replaced by PIN_TENANT.
 from __future__ import annotations
 
 import functools
-import os
 import socket
 import uuid
 from contextlib import contextmanager
@@ -40,17 +39,9 @@ from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard
 from migrator.tables import MIGRATION_TABLE
 from migrator.targets import DdlLimits, PostgresTarget, where_name
 
-# application_name names this runner (host:pid), so a lock timeout can say who holds the lock.
-# A dead peer or a network that drops packets is noticed within about a minute: keepalives while
-# waiting for an answer, and tcp_user_timeout for data the peer's kernel never acknowledges.
-CONNECT_PARAMS = {"connect_timeout": "10", "application_name": f"hcm-db-migrations {socket.gethostname()}:{os.getpid()}"[:63],
-                  "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3",
-                  "tcp_user_timeout": "60000"}
-READ_ONLY = "-c default_transaction_read_only=on"
-# The side connections (tenants' survey, watcher, lock probe) resolve operators and functions in pg_catalog alone.
-CATALOG_ONLY = "-c search_path=pg_catalog"
-# A migration whose client died (SIGKILL) is cancelled within seconds, releasing its locks (PostgreSQL 14+).
-CLIENT_CHECK = "-c client_connection_check_interval=2s"
+from migrator.postgres.session_options import (CATALOG_ONLY, CLIENT_CHECK, CONNECT_PARAMS, NO_IDLE_TIMEOUTS,  # noqa: F401
+                                                READ_ONLY)
+
 # The run's own connection first returns to the user it logged in as (a database or role default
 # `SET role = ...` would otherwise apply), then pins search_path to where the runner's tables are.
 # A plain run's history is in its home schema (`home`, else the session's current schema) or public:
@@ -126,7 +117,7 @@ def watcher_params(target: PostgresTarget, application_name: str) -> dict:
     """psycopg2.connect() keywords of a read-only side connection (the progress watcher, the lock-retry
     probe), without limits; its functions and operators resolve in pg_catalog alone from its first statement."""
     params = {**CONNECT_PARAMS, **target.params, "application_name": application_name}
-    params["options"] = " ".join(s for s in (params.get("options", ""), READ_ONLY, CATALOG_ONLY) if s)
+    params["options"] = " ".join(s for s in (params.get("options", ""), NO_IDLE_TIMEOUTS, READ_ONLY, CATALOG_ONLY) if s)
     fields = {"host": target.host, "port": target.port, "dbname": target.dbname, "user": target.user,
               "password": target.password}
     return {**{k: v for k, v in fields.items() if v}, **params}
@@ -134,7 +125,7 @@ def watcher_params(target: PostgresTarget, application_name: str) -> dict:
 
 def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits | None) -> str:
     params = {**CONNECT_PARAMS, **target.params}
-    settings = [params.get("options", ""), CLIENT_CHECK]
+    settings = [params.get("options", ""), CLIENT_CHECK, NO_IDLE_TIMEOUTS]
     if read_only:
         settings.append(READ_ONLY)
     if target.read_timeout:  # the run's own statements (bookkeeping, catalogs); never a migration's (connect)

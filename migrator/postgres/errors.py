@@ -77,7 +77,11 @@ class StatementFailed(Exception):
         """What of the file is in the database now, in words."""
         if self.transactional:
             return "nothing of it was applied: its transaction rolled back"
-        done = progress(self.statements, self.done, f"statement {self.index + 1} failed; the rest did not run")
+        failed = f"statement {self.index + 1} failed"
+        if getattr(self, "left_pending", None):  # DETACH PARTITION CONCURRENTLY (detach.py)
+            failed = (f"statement {self.index + 1} stopped part-way, the first of its two transactions COMMITTED: "
+                      f"partition {self.left_pending} is left pending detach (still attached for the parent's queries)")
+        done = progress(self.statements, self.done, f"{failed}; the rest did not run")
         if self.opened is not None:
             done += (f"; statements {self.opened + 1}-{self.index + 1} ran inside the transaction the file opened "
                      f"at line {self.statements[self.opened].line}, which rolled back")
@@ -104,6 +108,9 @@ def progress(statements, done: int, then: str) -> str:
     """What a non-transactional file committed, in words: `done` statements, then what happened."""
     if done == 0:
         return f"{NOTHING_COMMITTED}; {then}"
+    if done == 1:  # (not "statements 1-1 of 1")
+        which = "its only statement" if len(statements) == 1 else f"statement 1 of {len(statements)}"
+        return f"not transactional: {which} (line {statements[0].line}) COMMITTED; {then}"
     return (f"not transactional: statements 1-{done} of {len(statements)} (through the one at line "
             f"{statements[done - 1].line}) COMMITTED; {then}")
 

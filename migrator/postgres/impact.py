@@ -23,7 +23,7 @@ from typing import Iterator
 
 from migrator.postgres import estimate
 from migrator.postgres.risks import size_text as _bytes, rows_text as _count
-from migrator.postgres.connection import CLIENT_CHECK
+from migrator.postgres.session_options import CLIENT_CHECK, NO_IDLE_TIMEOUTS
 from migrator.postgres.sessions import duration, lock_mode
 
 # What each table lock mode blocks, in plain words (the conflict table of the PostgreSQL manual, 13.3.1).
@@ -229,7 +229,8 @@ def psycopg2_connect(url: str, schema: str | None = None):
     in a tenant's schema, its search_path as a migration session's."""
     import psycopg2
 
-    return psycopg2.connect(url, options=CLIENT_CHECK + (f" -c search_path={schema},public" if schema else ""))
+    path = f" -c search_path={schema},public" if schema else ""
+    return psycopg2.connect(url, options=f"{CLIENT_CHECK} {NO_IDLE_TIMEOUTS}{path}")
 
 
 def _calibrated(target):

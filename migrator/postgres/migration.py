@@ -231,8 +231,10 @@ def _migration_class():
             applying = self.use_transactions
             if direction == "rollback":
                 self.use_transactions = self.rollback_transactional()
+            self.steps_committed = False
             try:
                 super().process_steps(backend, direction, force)
+                self.steps_committed = True  # its session committed: what follows is the run's own bookkeeping
             finally:
                 self.use_transactions = applying
 

@@ -41,6 +41,7 @@ PROBE_AFTER = 0.01  # seconds a statement runs before the probe asks who blocks 
 PROBE_EVERY = 0.01  # (soon enough to see a wait of the floor's 20-30 ms; every 50 ms after SLOWER_AFTER)
 SLOWER_AFTER = 0.2
 PROBE_NAME = "hcm-db-migrations lock probe"
+RECONNECT_FIRST, RECONNECT_MAX = 0.1, 2.0  # seconds between the probe's tries to connect again, doubling
 FLOOR_SHARE, FLOOR_MIN = 0.1, 0.02  # the least a later statement may wait: a tenth of lock_timeout, >= 20 ms
 STEP_MS = 10  # lock_timeout is set again once what is left fell by this much (not before every statement)
 IN_TRANSACTION = 2  # psycopg2's TRANSACTION_STATUS_INTRANS: a transaction open, no statement running
@@ -110,6 +111,7 @@ class Seen:
     cancelled: bool = False
     waited: float | None = None
     lock_timeout: float | None = None  # seconds the statement's lock_timeout was (TryBudget's), if not the policy's
+    blind: str | None = None  # why the probe could not see the session when it ended the try (Probe: blind)
 
 
 # The probe's cancel of the migration session: only while it still waits for a lock (one query: the check and the
@@ -134,11 +136,21 @@ class Probe:
     lock_timeout to end; the statements' own work is not counted) and the current wait has lasted longer than
     `floor`, the probe cancels the statement, and the runner takes that cancel as a lock timeout.
     The cancel is sent under `_sending`, which the statement's end waits for, so it can only reach the statement
-    it was meant for (a cancel that reaches an idle session is dropped by the server)."""
+    it was meant for (a cancel that reaches an idle session is dropped by the server).
+
+    Blind: its connection may be refused (the role's CONNECTION LIMIT, max_connections full) or closed under it
+    (an admin's pg_terminate_backend, a failover). It connects again, waiting longer each time (RECONNECT_FIRST
+    doubling to RECONNECT_MAX), and says once why it is blind. Meanwhile it cannot tell a lock wait from work, so
+    it bounds by the clock the statements whose lock request queues the application's queries (STRONG_LOCK: DDL,
+    LOCK TABLE, TRUNCATE, ...): one that ran longer than `per_try` + `floor` is cancelled through the migration
+    connection's own cancel request (libpq's, which needs no session slot), as a lock timeout: it never stalls
+    the application longer than when seen, at the cost of retrying such a statement that was merely slow. Data
+    changes, queries (each lock wait bounded by lock_timeout, blocking only the rows' users), a backfill's batches,
+    VALIDATE CONSTRAINT and CONCURRENTLY statements (weaker locks, blocking no query) are left alone."""
 
     def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
-                 floor: float = 0.0):
-        self.params, self.pid, self.show_query = params, pid, show_query
+                 floor: float = 0.0, cancel=None):
+        self.params, self.pid, self.show_query, self._cancel = params, pid, show_query, cancel
         self.per_try, self.floor = per_try, floor
         self.seen = Seen([])
         self._since: float | None = None  # when the running statement started; None: none runs
@@ -150,16 +162,22 @@ class Probe:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn = None
+        self.blind: str | None = None  # why the probe cannot see the session now (its connection refused or lost)
+        self._reconnect_at, self._reconnect_wait = 0.0, RECONNECT_FIRST
+        self._clock_bound = True  # the running statement may be ended by the clock while the probe is blind
 
     @contextmanager
-    def statement(self, try_started: float | None = None, bounded: bool = True) -> Iterator[None]:
+    def statement(self, try_started: float | None = None, bounded: bool = True,
+                  clock_bound: bool = True) -> Iterator[None]:
         """Around one statement (`try_started`: when the try's first statement started, if not this one;
-        not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled)."""
+        not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled; not `clock_bound`:
+        not ended by the clock while the probe is blind, a backfill's batches)."""
         now = time.monotonic()
         started = (try_started or now) if bounded else None
         if started != self._try:
             self._waited = 0.0
         self.seen, self._waiting, self._seen_waiting, self._try = Seen([]), None, None, started
+        self._clock_bound = clock_bound
         self._since = now
         if self._thread is None and self.params is not None:
             self._thread = threading.Thread(target=self._run, name="lock-probe", daemon=True)
@@ -191,11 +209,15 @@ class Probe:
             if running < PROBE_AFTER or (running > SLOWER_AFTER and int(running / PROBE_EVERY) % 5) or (
                     running > 5 and int(running / PROBE_EVERY) % int(1 / PROBE_EVERY)):
                 continue
+            if self._conn is None and time.monotonic() < self._reconnect_at:
+                self._bound_by_clock(since)
+                continue
             try:
                 if self._conn is None:
                     self._conn = psycopg2.connect(**{**self.params, "application_name": PROBE_NAME})
                     self._conn.autocommit = True
                 with self._conn.cursor() as cur:
+                    self._sees_again()
                     found = sessions.blockers(cur, self.pid, self.show_query)
                     wanted = sessions.waiting_for(cur, self.pid, found) if found else None
                     # both read while it still waited (two queries: the try may time out between them), and still
@@ -222,18 +244,56 @@ class Probe:
                                 continue
                     if self._since == since:
                         self.seen = Seen(found, wanted)
-            except psycopg2.Error:
-                return  # the retries go on; their lines cannot name the blocker
+            except psycopg2.Error as exc:
+                self._lost(exc)
+                self._bound_by_clock(since)
+
+    def _lost(self, exc) -> None:
+        """The probe's connection was refused or closed: blind until it connects again (one line says so)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._reconnect_at = time.monotonic() + self._reconnect_wait
+        self._reconnect_wait = min(RECONNECT_MAX, self._reconnect_wait * 2)
+        if self.blind is None:
+            self.blind = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
+            output.note(f"note: the lock probe cannot see the migration session ({self.blind}): until it connects "
+                        f"again, a DDL or LOCK statement running longer than {_seconds(self.per_try + self.floor)} "
+                        "is ended as a lock wait and retried, blockers unnamed; free a connection for it (the role's "
+                        "CONNECTION LIMIT, max_connections)")
+
+    def _sees_again(self) -> None:
+        self.blind, self._reconnect_wait = None, RECONNECT_FIRST
+
+    def _bound_by_clock(self, since: float | None) -> None:
+        """Blind: the bound kept by the clock (see the class): the statement cancelled, once, past it."""
+        if (self.blind is None or self._cancel is None or not self.per_try or not self._clock_bound
+                or self._try is None or since is None or self.seen.cancelled):
+            return
+        ran = time.monotonic() - since
+        if ran <= self.per_try + self.floor:
+            return
+        import psycopg2
+
+        with self._sending:
+            if self._since == since:
+                try:
+                    self._cancel()
+                except psycopg2.Error:  # the migration session itself is gone: its statement fails on its own
+                    return
+                self.seen = Seen([], None, True, ran, blind=self.blind)
 
 
 class TryBudget:
     """lock_timeout, per statement, of what is left of the try's: from the first statement of a transaction (a
     transactional file's try, or a BEGIN ... COMMIT block a non-transactional file opens) on, the time spent
     counts. Outside a transaction each statement commits and frees its locks: it gets the whole lock_timeout.
-    A file's own SET lock_timeout is overridden (override): the runner's bound wins."""
+    A file's own SET lock_timeout is overridden (override): the runner's bound wins, unless the file's is stricter.
+    `retried`: a try that timed out is retried (the lock retry budget is not 0)."""
 
-    def __init__(self, per_try: float):
-        self.per_try_ms = round(per_try * 1000)
+    def __init__(self, per_try: float, retried: bool = True):
+        self.per_try_ms, self.retried = round(per_try * 1000), retried
+        self.file_ms: int | None = None  # a stricter lock_timeout the file set itself: kept, never loosened
         self.floor_ms = min(self.per_try_ms, max(round(FLOOR_MIN * 1000), round(self.per_try_ms * FLOOR_SHARE)))
         self.noted: set[int] = set()  # the lines whose SET lock_timeout was said overridden (once, not each try)
         self.restart()
@@ -253,21 +313,30 @@ class TryBudget:
             self.started = now  # the try's first statement: the session's lock_timeout
             return
         left = max(self.floor_ms, int(self.per_try_ms - (now - self.started) * 1000))
+        if self.file_ms is not None and self.file_ms <= left:
+            return  # the file's own, stricter, is in force (SET LOCAL of what is left would loosen it)
         if (self.set_ms if self.set_ms is not None else self.per_try_ms) - left >= STEP_MS:
             cursor.execute(f"SET LOCAL lock_timeout = '{left}ms'")
             self.set_ms = left
 
     def override(self, cursor, path, statement) -> None:
         """After a statement of the file that set lock_timeout (pg_dump's header: 0, which would lift the bound
-        and the retries): the session's own again (the runner's, given at connect), with a note."""
+        and the retries): the session's own again (the runner's, given at connect), with a note. A stricter
+        value (a file's 100ms) is kept: it only makes each wait, and so each application stall, shorter."""
+        cursor.execute("SELECT setting::int FROM pg_catalog.pg_settings WHERE name = 'lock_timeout'")
+        ms = cursor.fetchone()[0]
+        if 0 < ms <= self.per_try_ms:
+            self.file_ms = ms
+            return
         cursor.execute("RESET lock_timeout")
         self.set_ms = None  # the next statement of a try sets what is left again
         if statement.line in self.noted:
             return
         self.noted.add(statement.line)
         output.note(f"{path}:{statement.line}: the file's SET lock_timeout is overridden: each try waits at most "
-                    f"{_seconds(self.per_try_ms / 1000)} for its locks, then is retried (--ddl-lock-timeout sets "
-                    "that; remove the line from the file to drop this note)")
+                    f"{_seconds(self.per_try_ms / 1000)} for its locks, then "
+                    f"{'is retried' if self.retried else 'fails (the lock retry budget is 0: no retry)'} "
+                    "(--ddl-lock-timeout sets that; remove the line from the file to drop this note)")
 
     def done(self, cursor) -> None:
         """After the last statement: the session's lock_timeout again for the rest of the transaction (the
@@ -277,21 +346,30 @@ class TryBudget:
         self.restart()
 
 
+# A statement whose lock request queues the application's reads or writes behind it (ACCESS EXCLUSIVE, SHARE, ...):
+# what the blind probe bounds by the clock. VALIDATE CONSTRAINT (SHARE UPDATE EXCLUSIVE) blocks no query.
+STRONG_LOCK = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:alter|drop|lock|truncate|cluster|reindex|vacuum\s+full"
+                         r"|refresh\s+materialized|create\s+(?:unique\s+)?index|create\s+(?:or\s+replace\s+)?"
+                         r"(?:constraint\s+)?trigger|create\s+rule|comment\s+on\s+(?:table|column))\b"
+                         r"(?!.*\bvalidate\s+constraint\b)", re.IGNORECASE | re.DOTALL)
+
+
 # A statement that sets (or resets) the session's lock_timeout: SET / RESET as a statement, after any comments;
 # the word in a literal, a comment or a column name is not one.
 SETS_LOCK_TIMEOUT = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:set(?:\s+(?:session|local))?|reset)\s+"
                                r"(?:lock_timeout|\"lock_timeout\")(?![\w$])", re.IGNORECASE | re.DOTALL)
 
 
-def probe(backend, pid: int, budget: TryBudget | None = None) -> Probe:
-    """The probe of migration session `pid`: on the watcher's connection keywords (read-only, no limits) and with
-    its --show-blocker-query, when the run has a watcher (else it never connects); bounding each try as `budget`
-    says (its lock_timeout and floor)."""
+def probe(backend, connection, budget: TryBudget | None = None) -> Probe:
+    """The probe of the migration session on `connection`: on the watcher's connection keywords (read-only, no
+    limits) and with its --show-blocker-query, when the run has a watcher (else it never connects); bounding each
+    try as `budget` says (its lock_timeout and floor), blind or not (the connection's own cancel request)."""
+    pid = connection.info.backend_pid
     watcher = getattr(getattr(backend, "parent", None), "watcher", None)
     if watcher is None:
         return Probe(None, pid)
     bound = (budget.per_try_ms / 1000, budget.floor_ms / 1000) if budget is not None else (0, 0)
-    return Probe(dict(watcher.params), pid, watcher.show_query, *bound)
+    return Probe(dict(watcher.params), pid, watcher.show_query, *bound, cancel=connection.cancel)
 
 
 def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:
@@ -327,6 +405,9 @@ class TryEnded(RuntimeError):
 
 def _not_granted(seen: Seen, policy: Policy) -> str:
     """What ended the try, with the real wait: the probe's cancel, or lock_timeout as the statement had it."""
+    if seen.cancelled and seen.blind:
+        return (f"ended by the runner after {_seconds(seen.waited or 0)}, past the try's {_seconds(policy.per_try)}, "
+                "taken as a lock wait: the lock probe was blind, so a wait could not be told from work")
     if seen.cancelled:
         return (f"locks not all granted within the try's {_seconds(policy.per_try)} (ended by the runner after "
                 f"{_seconds(seen.waited or 0)} of lock waits in this try, holding the locks it got meanwhile)")
@@ -335,7 +416,11 @@ def _not_granted(seen: Seen, policy: Policy) -> str:
 
 
 def _who(seen: Seen) -> str:
-    return sessions.describe_all(seen.blockers) if seen.blockers else "a session not seen in time"
+    if seen.blockers:
+        return sessions.describe_all(seen.blockers)
+    if seen.blind:
+        return f"a session the runner could not see (the lock probe cannot connect: {seen.blind})"
+    return "a session not seen in time"
 
 
 def _seconds(seconds: float) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
-from migrator.postgres import backfill, concurrently, retry
+from migrator.postgres import backfill, concurrently, detach, retry
 from migrator.postgres.errors import StatementFailed, progress
 
 def execute(cursor, statement, probe=None, path: Path | None = None,
@@ -19,9 +19,10 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     blocks it and ends the try once its time since `try_started` is spent. A CONCURRENTLY build runs with
     lock_timeout off (concurrently.py), never ended by the probe; statement_timeout bounds it. A
     `-- backfill: batch` statement repeats in committed batches (backfill.py)."""
-    concurrent = (not isinstance(statement, backfill.Batched) and concurrently.is_concurrent(statement.text)
-                  and cursor.connection.info.transaction_status == IDLE)
-    with probe.statement(try_started, not concurrent) if probe is not None else contextlib.nullcontext():
+    concurrent = (not isinstance(statement, backfill.Batched) and cursor.connection.info.transaction_status == IDLE
+                  and (concurrently.is_concurrent(statement.text) or detach.is_detach(statement.text)))
+    clock = not isinstance(statement, backfill.Batched) and bool(retry.STRONG_LOCK.match(statement.text))
+    with probe.statement(try_started, not concurrent, clock) if probe is not None else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
             statement.run(cursor.connection, cursor, path, max_batches)
         elif concurrent:
@@ -101,8 +102,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         record = (books.qualified(checksums.FAILURES), migration.id) if hasattr(books, "qualified") else None
         skip = concurrently.prepare(connection, statements, path, migration.earlier_failure, record)
         before = concurrently.indexes_before(connection, statements) - skip.oids  # (an accepted one is its work)
-    budget = retry.TryBudget(policy.per_try) if policy.per_try else None
-    probe = retry.probe(backend, connection.info.backend_pid, budget) if policy.per_try else None
+        statements = detach.finalizing(connection, statements, path, migration.earlier_failure)
+    budget = retry.TryBudget(policy.per_try, bool(policy.budget)) if policy.per_try else None
+    probe = retry.probe(backend, connection, budget) if policy.per_try else None
     backoff = retry.Backoff(policy)
     start = done = 0
     try:
@@ -117,11 +119,18 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                         budget.done(cursor)
                 break
             except StatementFailed as exc:
+                exc.left_pending = None if transactional else detach.left_pending(connection, exc.statement.text)
+                if exc.left_pending:
+                    exc.todo = ("end the older transactions it waited for (the progress lines name them) or raise "
+                                "--statement-timeout, then run migrate again: it completes the detach (FINALIZE)")
                 if not (retry.lock_timed_out(exc) or probe is not None and probe.cancelled(exc)) or not policy.per_try:
                     raise
                 seen = probe.seen if probe is not None else retry.Seen([])
-                if not seen.cancelled and budget is not None and budget.set_ms is not None:
-                    seen.lock_timeout = budget.set_ms / 1000  # what this statement could wait, not the whole try's
+                if probe is not None and not seen.blockers:
+                    seen.blind = seen.blind or probe.blind  # why no one is named
+                if not seen.cancelled and budget is not None and (budget.set_ms or budget.file_ms) is not None:
+                    # what this statement could wait (what was left of the try, or the file's own stricter value)
+                    seen.lock_timeout = min(ms for ms in (budget.set_ms, budget.file_ms) if ms is not None) / 1000
                 if not transactional and MAY_COMMIT.match(exc.statement.text):
                     raise _not_retried(exc, seen, backoff)
                 delay = backoff.next_delay() if policy.budget else None
@@ -149,7 +158,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     if not transactional:
         invalid = concurrently.invalid_after(connection, statements, before)
         if invalid:
-            raise IndexLeftInvalid(invalid, path, statements)
+            raise IndexLeftInvalid(invalid, path, statements, concurrently.not_ours(connection, statements, invalid[0][0]))
         if taken := concurrently.skipped(connection, statements):
             raise IndexNotBuilt(*taken[0], path, statements)
         migration.built_indexes = concurrently.built(connection, statements, before)
@@ -170,7 +179,7 @@ def _not_retried(exc, seen, backoff):
 class IndexLeftInvalid(StatementFailed):
     """A file ran to its end but an index one of its CONCURRENTLY builds names is INVALID: not recorded."""
 
-    def __init__(self, invalid: list[tuple[int, str]], path: Path, statements):
+    def __init__(self, invalid: list[tuple[int, str]], path: Path, statements, not_ours: bool = False):
         index, name = invalid[0]
         cause = RuntimeError(
             f"index {name} is INVALID (an earlier failed build that IF NOT EXISTS skipped, or a build that failed "
@@ -178,6 +187,10 @@ class IndexLeftInvalid(StatementFailed):
         super().__init__(cause, path, statements, index, False, len(statements), None)
         self.todo = ("run migrate again: it drops the INVALID index (DROP INDEX CONCURRENTLY) and builds it again; "
                      "or drop it yourself and run again")
+        if not_ours:  # the rerun refuses to drop it (concurrently._named): say what will happen
+            self.todo = (f"it is not what this file builds (another definition), so migrate will not drop it: look "
+                         f"at it, drop it yourself (DROP INDEX CONCURRENTLY {name}) or rename the build, then run "
+                         "again")
 
     def committed(self) -> str:
         return progress(self.statements, self.done, "not recorded as applied")

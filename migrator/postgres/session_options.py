@@ -1,0 +1,23 @@
+"""The options every session the runner opens connects with: who it is, how a dead peer is noticed, and what a
+DBA's session defaults may not do to it (a leaf: connection.py and the side connections, impact's, read them)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+# application_name names this runner (host:pid), so a lock timeout can say who holds the lock.
+# A dead peer or a network that drops packets is noticed within about a minute: keepalives while
+# waiting for an answer, and tcp_user_timeout for data the peer's kernel never acknowledges.
+CONNECT_PARAMS = {"connect_timeout": "10", "application_name": f"hcm-db-migrations {socket.gethostname()}:{os.getpid()}"[:63],
+                  "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3",
+                  "tcp_user_timeout": "60000"}
+READ_ONLY = "-c default_transaction_read_only=on"
+# The side connections (tenants' survey, watcher, lock probe) resolve operators and functions in pg_catalog alone.
+CATALOG_ONLY = "-c search_path=pg_catalog"
+# A migration whose client died (SIGKILL) is cancelled within seconds, releasing its locks (PostgreSQL 14+).
+CLIENT_CHECK = "-c client_connection_check_interval=2s"
+# Every session the runner opens outlives a DBA's idle timeouts (PostgreSQL 14+): the run's own connection idles
+# while a migration works (closed, a committed migration would go unrecorded), the probe between tries, a session
+# in a transaction during a retry's backoff. A connection option outranks the database's and the role's settings.
+NO_IDLE_TIMEOUTS = "-c idle_session_timeout=0 -c idle_in_transaction_session_timeout=0"

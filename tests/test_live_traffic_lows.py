@@ -1,0 +1,71 @@
+"""The hostile pass's low findings on issue 24 (reproM, reproI and the rest): every line true to what happens
+next, a file's stricter lock_timeout kept, and `plan | head` / `status | head` ending quietly as Unix tools do."""
+
+import os
+import subprocess
+import sys
+
+import psycopg2
+import pytest
+
+from conftest import PROJECT_ROOT, SEED, add_migration, applied, one_error_line
+from test_live_traffic import blocking, connect, seeded  # noqa: F401 (a fixture)
+
+
+def test_if_not_exists_over_someone_elses_invalid_index_says_what_the_rerun_will_do(cli, db, sql_dir, seeded):
+    """A DBA's failed unique build left idx_k INVALID (another definition than the file's). Before: "run migrate
+    again: it drops the INVALID index ... and builds it again", and the rerun refused to."""
+    db.query("CREATE TABLE t_k (id int, k int); INSERT INTO t_k VALUES (1, 1), (2, 1)")
+    dba = connect(db, application_name="dba")
+    dba.autocommit = True
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        dba.cursor().execute("CREATE UNIQUE INDEX CONCURRENTLY idx_k ON t_k (k)")
+    dba.close()
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\nCREATE INDEX CONCURRENTLY IF NOT EXISTS idx_k ON t_k (k);\n")
+    line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))
+    assert "index public.idx_k is INVALID" in line, line
+    assert "its only statement (line 2) COMMITTED" in line and "1-1 of 1" not in line, line
+    assert "migrate will not drop it" in line and "DROP INDEX CONCURRENTLY public.idx_k" in line, line
+    assert "it drops the INVALID index" not in line, line
+    rerun = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))
+    assert "is not what it builds (another definition): not this migration's leftover, so it is not dropped" in rerun
+    assert applied(db) == [SEED]
+
+
+def test_the_override_note_does_not_promise_a_retry_with_budget_0(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_dump", "SET lock_timeout = 0;\nCREATE TABLE t_dump (id int);\n")
+    result = cli("migrate", "--lock-retry-budget", "0", "--sql-dir", sql_dir, env=seeded)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if "the file's SET lock_timeout is overridden" in line]
+    assert len(notes) == 1, result.stderr
+    assert "then fails (the lock retry budget is 0: no retry)" in notes[0] and "retried" not in notes[0], notes[0]
+
+
+def test_a_files_stricter_lock_timeout_is_kept(cli, db, sql_dir, seeded):
+    """SET lock_timeout = '100ms' is stricter than the runner's 300 ms. Before: reset to 300 ms, with a note."""
+    add_migration(sql_dir, "0002_strict", "SET lock_timeout = '100ms';\n"
+                  "ALTER TABLE hcm_report_metadata ADD COLUMN note text;\n")
+    with blocking(db) as pid:
+        result = cli("migrate", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded)
+    line = one_error_line(result)
+    assert "0002_strict.sql:2: failed to apply" in line and f"blocked by pid {pid}" in line, line
+    retries = [line for line in result.stderr.splitlines() if "0002_strict.sql:2: lock not granted" in line]
+    assert retries and all("lock not granted within 100 ms (lock_timeout)" in r for r in retries), result.stderr
+    assert "overridden" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", ["plan", "status"])
+def test_a_reader_that_left_ends_the_command_quietly(db, sql_dir, seeded, command):
+    """stdout a pipe whose reader is gone (`runner.py plan | head -1` after head exits). Before: a
+    BrokenPipeError traceback ("unexpected BrokenPipeError" or "Exception ignored ... BrokenPipeError")."""
+    for number in range(2, 40):
+        add_migration(sql_dir, f"{number:04d}_t{number}", f"CREATE TABLE t{number} (id int);\n")
+    read, write = os.pipe()
+    os.close(read)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "MONGO_"))}
+    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "runner.py"), command, "--sql-dir", str(sql_dir)],
+                            env={**clean, **seeded}, stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err
+    assert "BrokenPipe" not in err and "Traceback" not in err and "error" not in err, err
