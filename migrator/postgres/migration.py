@@ -145,6 +145,19 @@ class Progress:
         checksums.record_failure(self.backend, self.migration.id, self.prefix + progress(self.statements, done, then))
 
 
+def _uncommitted(migration, rollback: bool, how: str) -> str:
+    """What a refused bookkeeping lock leaves (bookkeeping_lock.Recording): nothing of this file; every change the
+    run made before it was committed and recorded (each one under that lock)."""
+    if rollback:
+        return (f"so {migration.id} was not rolled back ({how}): it is still applied, the newest; those reported "
+                "rolled back before it are rolled back and recorded. Once that session has let go (end it if it is "
+                f"not a runner's), `runner.py sql rollback --count 1` rolls back {migration.id} alone; or raise "
+                "--lock-timeout")
+    return (f"so {migration.id} was not applied ({how}); those reported applied before it are committed and "
+            "recorded. Run migrate again once that session has let go (end it if it is not a runner's), or raise "
+            "--lock-timeout")
+
+
 @functools.cache
 def _migration_class():
     from yoyo.migrations import Migration, StepBase
@@ -170,7 +183,10 @@ def _migration_class():
             migration = self.migration
             transactional = migration.use_transactions  # the rollback file's own mode while rolling back
             progress = None
+            recording = getattr(backend.parent, "recording", None)  # (a run that records its changes: all but scratch)
             if not transactional:
+                if recording is not None:  # before its first statement commits
+                    recording.before_commit(_uncommitted(migration, rollback, "it did not start"))
                 progress = Progress(backend.parent, migration, statements, rollback)
                 progress.start()
             # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
@@ -195,6 +211,8 @@ def _migration_class():
                 outside = made_outside(backend.connection, backend.schema)
                 if outside:
                     raise ReachedOutside(outside, backend.schema, path, statements)
+            if recording is not None and transactional:  # the last step before its COMMIT
+                recording.before_commit(_uncommitted(migration, rollback, "its transaction rolled back"))
 
     class SqlFileMigration(Migration):
         def __init__(self, path: Path):
