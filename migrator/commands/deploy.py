@@ -103,8 +103,8 @@ def _apply_pending(settings: CommandSettings, backend, target, migrations, schem
         with watching(settings, backend, target):
             for migration, seconds in postgres.apply(backend, target, migrations):
                 applied.append(migration.id)
-                changed.append(migration.id)
                 built.extend(getattr(migration, "built_indexes", []))
+                changed.append(migration.id)  # (recorded now: its built indexes first)
                 settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
 
 
