@@ -108,8 +108,9 @@ def _take(cursor, schema: str, key: int, kind: str, wait: float | None, busy: st
             who = holder(cursor, key) or "released meanwhile"
             raise BookkeepingBusy(f"the shared bookkeeping lock of schema {schema} (advisory lock {key}, held by "
                                   f"{who}) was not free within {seconds:g} s: "
-                                  + (busy or "another service's run in that schema is recording; run again, or "
-                                     "raise --lock-timeout"), LOCKED)
+                                  + (busy or "a runner holds it for a moment while it records (held longer, it "
+                                     "may not be a runner's: end that session); run again, or raise --lock-timeout"),
+                                  LOCKED)
         time.sleep(POLL_SECONDS / 4)
 
 

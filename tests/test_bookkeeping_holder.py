@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import psycopg2
 import pytest
 
-from conftest import add_migration, ok
+from conftest import add_migration, ok, one_error_line
 from test_planted_objects import low  # noqa: F401 (a fixture)
 
 FORGED = "hcm-db-migrations ci-7:42, user postgres\nerror: forged"  # (the server escapes the line break itself)
@@ -95,29 +95,53 @@ SEED = "0001_create_hcm_report_metadata"
 
 @pytest.mark.parametrize("transactional", [True, False])
 def test_a_holder_arriving_while_a_migration_runs_never_leaves_it_unrecorded(cli, db, sql_dir, low, transactional):
-    """Transactional: the migration rolls back (it cannot be recorded), the one before it stays committed and
-    recorded. Not transactional: the run took the lock before the file's first statement; the holder waits."""
+    """Transactional: the migration rolls back (it cannot be recorded). Not transactional: the run took the lock
+    before the file's first statement; the holder waits for the record."""
     from migrator.bookkeeping_lock import bookkeeping_key
 
     ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "bh", "--create-schemas", env=db.db_env()))
     head = "" if transactional else "-- transactional: false\n"
-    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n", "DROP TABLE a;\n")
-    add_migration(sql_dir, "0003_b", f"{head}CREATE TABLE b (id int);\n{waits_for_holder(low, bookkeeping_key('bh'))}",
-                  f"{head}DROP TABLE b;\n")
+    add_migration(sql_dir, "0002_a", f"{head}CREATE TABLE a (id int);\n{waits_for_holder(low, bookkeeping_key('bh'))}",
+                  f"{head}DROP TABLE a;\n")
+    add_migration(sql_dir, "0003_b", "CREATE TABLE b (id int);\n", "DROP TABLE b;\n")
     with arriving(db, low, "bh") as pid:
         result = run(cli, db, sql_dir, "migrate")
     if transactional:
         line = failed_line(result)
         said_holder(line, pid, low)
-        assert "so 0003_b was not applied (its transaction rolled back); those reported applied before it are " \
-               "committed and recorded. Run migrate again" in line, line
-        assert applied_in(db, "bh") == [SEED, "0002_a"] and db.query("SELECT to_regclass('bh.b')") == [(None,)]
-        add_migration(sql_dir, "0003_b", f"{head}CREATE TABLE b (id int);\n", f"{head}DROP TABLE b;\n")  # (no wait)
+        assert "so 0002_a was not applied (its transaction rolled back)" in line and "Run migrate again" in line, line
+        assert applied_in(db, "bh") == [SEED] and db.query("SELECT to_regclass('bh.a')") == [(None,)]
+        add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n", "DROP TABLE a;\n")  # (no wait)
     else:
         ok(result)
     no_drift(cli, db, sql_dir)  # (and what is left lands on the next run, recorded)
     assert applied_in(db, "bh") == [SEED, "0002_a", "0003_b"]
     no_drift(cli, db, sql_dir)
+
+
+def test_in_a_schema_services_share_each_migration_is_recorded_as_it_lands(cli, db, tmp_path, low):
+    """Services sharing a schema (Flyway histories) each record per migration and let go, so another's run waits
+    one record at most; a holder arriving during the second migration stops it, the first is committed and
+    recorded."""
+    from migrator.bookkeeping_lock import bookkeeping_key
+
+    folder = tmp_path / "svc"
+    folder.mkdir()
+    (folder / "V1__a.sql").write_text("CREATE TABLE svc_a (id int);\n")
+    waits = waits_for_holder(low, bookkeeping_key("public"))
+    (folder / "V2__b.sql").write_text(f"CREATE TABLE svc_b (id int);\n{waits}")
+    env = {**db.db_env(), "SCHEMA_TABLE": "svc_hist"}
+    with arriving(db, low, "public") as pid:
+        result = cli("migrate", "--sql-dir", folder, "--lock-timeout", "1", env=env)
+    line = one_error_line(result)
+    assert result.exit_code == 4 and f"server pid {pid} (user {low}" in line, line
+    assert "so V2__b was not applied (its transaction rolled back); those reported applied before it are " \
+           "committed and recorded" in line, line
+    assert db.query("SELECT to_regclass('svc_a')::text, to_regclass('svc_b')") == [("svc_a", None)]
+    (folder / "V2__b.sql").write_text("CREATE TABLE svc_b (id int);\n")
+    status = cli("status", "--sql-dir", folder, env=env)
+    assert status.exit_code == 0 and "DRIFT" not in status.output, status.output
+    ok(cli("migrate", "--sql-dir", folder, "--strict", env=env))
 
 
 def test_a_holder_stops_a_rollback_uncommitted_and_never_invites_another_files_rollback(cli, db, sql_dir, low):
@@ -133,6 +157,8 @@ def test_a_holder_stops_a_rollback_uncommitted_and_never_invites_another_files_r
     assert "0002_a was not rolled back (its transaction rolled back): it is still applied" in line, line
     assert "`runner.py sql rollback --count 1` rolls back 0002_a alone" in line, line
     assert "rolled back 0002_a" not in result.output, result.output
+    summary = result.stderr.strip().splitlines()[-1]  # (never "run rollback again": a --count 2 failing part-way
+    assert "not the same --count again" in summary and "run rollback again" not in summary, summary  # took one)
     assert db.query("SELECT to_regclass('bh.a')::text") == [("bh.a",)]
     assert applied_in(db, "bh") == [SEED, "0002_a"]
     no_drift(cli, db, sql_dir)

@@ -139,9 +139,11 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
                      before=None, claimed: list | None = None, files=()) -> Iterator[list]:
     """Around the runner's own changes: the recorded schema moves forward by exactly what they changed, so drift
     found before stays drift and the runner's work never reads as drift. The block appends each id it changed to
-    the list it is given, as it lands: that change is recorded then, under the schema's bookkeeping lock, which
-    the change took before it could commit (bookkeeping_lock.Recording: another session holding that lock stops
-    the change uncommitted, never leaves it unrecorded). After a failure what is left is recorded too (a
+    the list it is given. The first change takes the schema's bookkeeping lock before it can commit
+    (bookkeeping_lock.Recording: another session holding that lock stops the change uncommitted, never leaves it
+    unrecorded), and the lock is held until the record is written: after the block, or, in a schema several
+    histories share (services migrating at once), after each change, so another service waits for one record at
+    most (each describes the schema again: slower). After a failure what is left is recorded too (a
     non-transactional file may have committed part); with no change, no failure and not `always`, nothing is.
     `files`: the migrations the block may run; what the ones it ran (after a failure: any of them) name as DDL
     targets is this history's work, in a schema shared by several histories (snapshot.advance)."""
@@ -159,7 +161,7 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
         done[:] = changed
         recording.release()
 
-    changed = _Recorded(record)
+    changed = _Recorded(record if snapshot.history(backend.connection) else None)
     try:
         yield changed
     except BaseException as exc:
@@ -173,7 +175,7 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
                           "`runner.py status` may list this run's changes as drift until the next migrate")
         raise
     else:
-        if always and not done:
+        if len(changed) > len(done) or (always and not done):
             record()
     finally:
         recording.release()
@@ -181,7 +183,7 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
 
 
 class _Recorded(list):
-    """The ids a block changed; each recorded as it is appended (advancing_schema)."""
+    """The ids a block changed; each recorded as it is appended when given `record` (advancing_schema)."""
 
     def __init__(self, record):
         super().__init__()
@@ -189,7 +191,8 @@ class _Recorded(list):
 
     def append(self, item) -> None:
         super().append(item)
-        self._record()
+        if self._record is not None:
+            self._record()
 
 
 def _named(ran) -> set[str]:

@@ -193,6 +193,9 @@ def _migration_class():
             guard = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
             started = time.monotonic()
             run_retrying(backend, migration, path, statements, transactional, progress, guard)
+            if recording is not None and transactional:  # before its COMMIT, and before its bookkeeping rows (a
+                # checksum row of a name another service's file shares would make that one wait for this lock too)
+                recording.before_commit(_uncommitted(migration, rollback, "its transaction rolled back"))
             try:
                 migration.record_after_commit = not checksums.record(
                     backend.connection, backend.bookkeeping_schema, migration.id, sha, guard and guard.expected)
@@ -211,8 +214,6 @@ def _migration_class():
                 outside = made_outside(backend.connection, backend.schema)
                 if outside:
                     raise ReachedOutside(outside, backend.schema, path, statements)
-            if recording is not None and transactional:  # the last step before its COMMIT
-                recording.before_commit(_uncommitted(migration, rollback, "its transaction rolled back"))
 
     class SqlFileMigration(Migration):
         def __init__(self, path: Path):

@@ -226,6 +226,9 @@ def _history(conn) -> str | None:
     return _setting(conn, "hcm.history") or None
 
 
+history = _history  # (public: one service's history among several in the schema, or None)
+
+
 def _setting(conn, name: str) -> str:
     with conn.cursor() as cursor:
         cursor.execute("SELECT pg_catalog.current_setting(%s, true)", (name,))
