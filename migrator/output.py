@@ -111,6 +111,14 @@ def visible(text: str) -> str:
     return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
+def quoted(text: str) -> str:
+    """A name another party chose (a session's application_name) in single quotes, every character outside
+    printable ASCII escaped (\\n, \\u0430): it can neither forge a line, nor end its quotes, nor pass for a name
+    spelled with look-alike letters."""
+    return "'" + "".join("\\'" if c == "'" else c if " " <= c <= "~" and c != "\\" else ascii(c)[1:-1]
+                         for c in text) + "'"
+
+
 def _indented(text: str) -> str:
     """Human output: a message's own line breaks become indented continuation lines and control characters
     escapes, so outside text in it (a server's message) cannot print a line that looks like the runner's."""

@@ -62,7 +62,7 @@ def test_a_migration_waiting_on_a_lock_names_the_session_holding_it(db, sql_dir)
     assert found, "".join(lines) + err
     line = found[0]
     assert f"pid {holder_pid}" in line
-    assert "application_name dba-console-7" in line
+    assert "application_name 'dba-console-7'" in line
     assert "idle in transaction for" in line
     assert "ACCESS EXCLUSIVE lock on hcm_report_metadata" in line
     assert "holds ACCESS SHARE" in line  # what it holds, never what it runs (issue 23: its text may hold secrets)

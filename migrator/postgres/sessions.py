@@ -86,6 +86,11 @@ def blocker(row) -> dict:
     return found
 
 
+def named(application_name: str) -> str:
+    """A session's application_name, its own to choose (a forged one may read as more fields): quoted."""
+    return output.quoted(application_name) if application_name else "(none)"
+
+
 def describe(h: dict) -> str:
     """A blocker in words, for a progress line or an error."""
     if h.get("hidden"):
@@ -93,7 +98,7 @@ def describe(h: dict) -> str:
                 "grant it pg_read_all_stats to see)")
     xact = f", transaction open {duration(h['transaction_for_s'])}" if h.get("transaction_for_s") is not None else ""
     holds = f"holds {' and '.join(h['holds'])}" if h.get("holds") else "queued ahead for the same lock"
-    text = (f"pid {h['pid']} (application_name {h['application_name'] or '(none)'}, user {h['user']}, "
+    text = (f"pid {h['pid']} (application_name {named(h['application_name'])}, user {h['user']}, "
             f"from {h['client_addr']}, {h['state']} for {duration(h['state_for_s'])}{xact}; {holds})")
     return text + (f": {h['query'][:120]}" if h.get("query") else "")
 
