@@ -273,11 +273,14 @@ def kill_mid_build_and_let_the_server_finish_it(db, sql_dir, seeded):
     try:
         runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
         wait_for_phase(db, "waiting for old snapshots", runner)
+        (building,) = db.query("SELECT pid FROM pg_stat_progress_create_index WHERE datname = current_database()")
         runner.send_signal(signal.SIGKILL)
         runner.communicate(timeout=30)
         holder.commit()
-        deadline = time.monotonic() + 15
-        while db.query("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
+        # Until the build's session is gone: its progress row ends before its last transaction (the one that marks
+        # the index valid) commits, so an empty progress view left a window where the index still read invalid.
+        deadline = time.monotonic() + 30
+        while db.query("SELECT 1 FROM pg_stat_activity WHERE pid = %s", building):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:
