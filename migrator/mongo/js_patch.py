@@ -128,7 +128,7 @@ def _read(proc: subprocess.Popen, echo: Callable[[str], None], timeout: float | 
         if line.startswith(COMMENT_MARK):
             comment = one_line(line[len(COMMENT_MARK):])
             continue
-        echo(line)
+        echo(output.visible(line))  # its escape sequences and \r shown, not acted on by the terminal
         if line.strip():
             kept.append(line.strip())
 
