@@ -241,3 +241,21 @@ def test_control_characters_in_a_patchs_output_and_comment_are_shown_not_acted_o
     assert not any(c in shown for c in "\x1b\x07\r\x9b"), repr(shown)
     (record,) = real.db.applied_patches.find({"patch": "0001_esc"})
     assert record["comment"] == "c\\x1b[2Jx\\x07"
+
+
+JS_ESCAPES = 'print("A\\u001b]52;c;ZWNobyBwd25lZA==\\u0007 \\r  applied 0009_fake (1 ms): ok");\npatchComment("c\\u001b[2Jx");\n'
+
+
+def test_control_characters_in_a_javascript_patchs_output_and_comment_are_shown_not_acted_on(real, tmp_path):
+    import shutil
+
+    from migrator.mongo import js_patch
+
+    if shutil.which("node") is None or not (js_patch.LOCAL_MONGOSH.exists() or shutil.which("mongosh")):
+        pytest.skip("needs Node.js and mongosh: `make mongosh` installs mongosh from npm")
+    folder = _folder(tmp_path, "0001_esc.js", JS_ESCAPES)
+    code, out, err = _run("mongo", "apply", "--run", "--mongo-dir", folder, env=real.env)
+    assert code == 0, out + err
+    assert "A\\x1b]52;c;ZWNobyBwd25lZA==\\x07 \\r  applied 0009_fake (1 ms): ok" in out, out
+    assert "applied 0001_esc" in out and "c\\x1b[2Jx" in out, out
+    assert not any(c in out + err for c in "\x1b\x07\r"), repr(out + err)
