@@ -172,7 +172,7 @@ def test_an_outcome_without_the_runners_nonce_fails_the_patch_never_applies_it(r
     folder = _folder(tmp_path, "0001_forge.py", FORGES_OUTCOME.format(forged=forged))
     code, out, err = _run("mongo", "apply", *(["--run"] if run else []), "--mongo-dir", folder, env=real.env)
     assert code == 1, out + err  # a failed patch's code, whatever the forged line says
-    assert f"0001_forge failed: its process sent an unreadable result" in err, err
+    assert "0001_forge failed: its process sent an unreadable result" in err, err
     assert "forged" not in out + err and "all fine" not in out + err
     records = list(real.db.applied_patches.find({"patch": "0001_forge"}))
     assert [r["status"] for r in records] == (["failed"] if run else [])
