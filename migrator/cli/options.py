@@ -130,7 +130,7 @@ MONGO = [
                  show_default=True,
                  metavar="SECONDS", help="Give up on an unreachable Mongo server after this long."),
     click.option("--patch-timeout", type=Seconds(zero=True), default=0, envvar="MONGO_PATCH_TIMEOUT",
-                 metavar="SECONDS", help="Stop a JavaScript patch (mongosh) running longer than this "
+                 metavar="SECONDS", help="Stop a patch (Python or mongosh) running longer than this "
                                          "(else MONGO_PATCH_TIMEOUT; 0, the default: no limit)."),
 ]
 # Beside the PostgreSQL options the Mongo secret has its own name; on the `mongo` commands it is

@@ -10,6 +10,7 @@ takes mongosh with it (PR_SET_PDEATHSIG, and the prelude exits once its parent c
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -81,7 +82,7 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
         start = _sealed(patch, home, _ports(target, client)) if dry_run else _die_with_parent
         command = [mongosh_path(), "--nodb", "--norc", "--quiet", "--eval", prelude + " void 0;", *shim,
                    "--file", str(patch.path)]
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True,  # its own process group: killed whole, children included
                                 preexec_fn=start)
         try:
@@ -100,9 +101,9 @@ def _read(proc: subprocess.Popen, echo: Callable[[str], None], timeout: float | 
     """mongosh's lines (echoed, scrubbed) until it and its children close the pipe, it exits (plus a
     grace for what is buffered), or the timeout; what is left in the pipe after that is not read."""
     lines: queue.Queue = queue.Queue()
-    def read_all():
-        with proc.stdout:
-            for line in proc.stdout:
+    def read_all():  # lines end at \n only: a \r is shown (an escape), not a line break
+        with io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="backslashreplace", newline="\n") as stream:
+            for line in stream:
                 lines.put(line)
         lines.put(None)
 
@@ -128,7 +129,7 @@ def _read(proc: subprocess.Popen, echo: Callable[[str], None], timeout: float | 
         if line.startswith(COMMENT_MARK):
             comment = one_line(line[len(COMMENT_MARK):])
             continue
-        echo(line)
+        echo(output.visible(line))  # its escape sequences and \r shown, not acted on by the terminal
         if line.strip():
             kept.append(line.strip())
 
