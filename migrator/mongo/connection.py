@@ -45,13 +45,18 @@ def connect(target: MongoTarget) -> Iterator:
         client.close()
 
 
-def ports(target: MongoTarget, client=None) -> set[int]:
-    """The TCP ports of the target's servers, for a dry run's seal: the URI's hosts (an SRV URI's looked up now)
-    and the members the runner's client found (a replica set's other members may listen elsewhere)."""
+def servers(target: MongoTarget, client=None) -> set[tuple[str, int]]:
+    """The target's servers (host, port), for a dry run's seal: the URI's hosts (an SRV URI's looked up now) and
+    the members the runner's client found (a replica set's other members may have other names and ports)."""
     from pymongo.uri_parser import parse_uri
 
-    found = {port for _host, port in parse_uri(target.uri)["nodelist"]}
+    found = set(parse_uri(target.uri)["nodelist"])
     topology = getattr(client, "topology_description", None)  # None: no client, or mongomock's (tests)
     if topology is not None:
-        found |= {port for _host, port in topology.server_descriptions()}
+        found |= set(topology.server_descriptions())
     return found
+
+
+def ports(target: MongoTarget, client=None) -> set[int]:
+    """The TCP ports of the target's servers (Landlock filters ports, not hosts)."""
+    return {port for _host, port in servers(target, client)}

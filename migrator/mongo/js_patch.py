@@ -157,6 +157,7 @@ def _sealed(patch: Patch, home: str, ports: set[int]) -> Callable[[], None]:
     """A dry run's mongosh under Landlock (seal.py): it reads only mongosh, Node, the shim and the patch folder,
     and writes only its own HOME, so `.env` and secret files are out of its reach as they are for Python patches;
     TCP only to the servers' ports, no signal to a process outside (a real run's runner)."""
+    seal.check_folder(patch.path.parent)
     mongosh = Path(mongosh_path()).resolve()
     modules = next((p for p in mongosh.parents if p.name == "node_modules"), mongosh.parent.parent)
     readable = [str(modules), str(SHIM.parent), str(patch.path.parent), *seal.SYSTEM_READABLE]

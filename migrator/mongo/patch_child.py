@@ -30,7 +30,7 @@ from pathlib import Path
 from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.mongo import seal
-from migrator.mongo.connection import ports
+from migrator.mongo.connection import servers
 from migrator.mongo.js_patch import _die_with_parent, _kill_group, mongosh_environment
 from migrator.mongo.patches import Patch
 from migrator.targets import MongoTarget
@@ -66,6 +66,8 @@ class Child:
 
         register_environment_secrets()  # the child's output is masked as the patch's always was
         seal.non_dumpable()  # before the child exists: it cannot read this process's memory or /proc files
+        if dry_run:
+            seal.check_folder(patch.path.parent)
         self.patch, self.dry_run = patch, dry_run
         self._home = tempfile.TemporaryDirectory(prefix="hcm-patch-")
         env = mongosh_environment(self._home.name) if dry_run else dict(os.environ)
@@ -83,7 +85,7 @@ class Child:
             options["tlsCAFile"] = os.path.abspath(options["tlsCAFile"])
         spec = {"id": patch.id, "path": os.path.abspath(patch.path), "uri": target.uri, "database": target.database,
                 "options": options, "dry_run": dry_run, "home": self._home.name,
-                "ports": sorted(ports(target, client)) if dry_run else []}
+                "servers": sorted(servers(target, client)) if dry_run else []}
         try:
             self.proc.stdin.write(json.dumps(spec) + "\n")
             self.proc.stdin.flush()
@@ -174,9 +176,11 @@ def main(results_fd: int) -> None:
 
         from migrator.mongo import python_patch
 
-        if spec["dry_run"]:
+        if spec["dry_run"]:  # no UDP after the seal, so no DNS: the servers' names are looked up first
+            seal.pin_names(host for host, _port in spec["servers"])
             seal.restrict(readable(patch.path.parent, spec["options"].get("tlsCAFile")),
-                          [spec["home"], *seal.SYSTEM_WRITABLE], spec["ports"])
+                          [spec["home"], *seal.SYSTEM_WRITABLE], [port for _host, port in spec["servers"]],
+                          datagrams=spec["uri"].startswith("mongodb+srv:"))
         client = pymongo.MongoClient(spec.pop("uri"), **spec["options"])
         module = python_patch.load(patch, spec["dry_run"])
         send(loaded=True)
