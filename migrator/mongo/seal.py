@@ -209,9 +209,15 @@ def guarantee() -> str:
              if version < needed]
     held = ("a patch runs sealed in a process of its own: only the read-only URL, no MONGO_URL, DB_* or AWS secret "
             "in its environment, no .env, secret file, terminal or runner memory within its reach, TCP only to the "
-            "URI's ports (Landlock)")
-    beyond = "" if seccomp.covers() else ("; it can still change the mode, owner or times of files the runner's "
-                                          "user can (outside Landlock; the seccomp filter is x86_64 only)")
+            "URI's ports (Landlock), no capability, even as root")
+    if seccomp.covers():
+        held += ("; no Unix socket by path (a local database that trusts local users), netlink or raw socket, no "
+                 "chmod, chown, times, xattrs, file flags or mounts (seccomp); UDP only from a JS patch or with a "
+                 "mongodb+srv URI (their DNS)")
+    else:
+        held += ("; it can still connect to Unix sockets by path (a local database that trusts local users), send "
+                 "UDP and change the mode, owner, times or flags of files the runner's user owns (the seccomp filter "
+                 "is x86_64 only)")
     if lacks:
         held += f"; this kernel's Landlock (ABI {version}) cannot stop it from: {', '.join(lacks)}"
-    return held + beyond
+    return held
