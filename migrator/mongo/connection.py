@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -55,6 +56,13 @@ def servers(target: MongoTarget, client=None) -> set[tuple[str, int]]:
     if topology is not None:
         found |= set(topology.server_descriptions())
     return found
+
+
+def ca_files(target: MongoTarget) -> list[str]:
+    """The CA bundles the target's connections read (--ca-bundle / CA_BUNDLE, a tlsCAFile in the URL), absolute:
+    a sealed patch may read them (of /etc it reads only the system's certificates)."""
+    found = [target.ca_file, target.parsed.param("tlsCAFile")]
+    return [os.path.abspath(path) for path in found if path]
 
 
 def ports(target: MongoTarget, client=None) -> set[int]:

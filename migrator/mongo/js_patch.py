@@ -78,7 +78,7 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
             env["HCM_MONGO_URI"] = target.shell_uri()
         shim = ["--file", str(SHIM)] if dry_run else []
         seal.non_dumpable()  # mongosh cannot read the runner's memory or /proc/<runner>/environ
-        start = _sealed(patch, home, _ports(target, client)) if dry_run else _die_with_parent
+        start = _sealed(patch, home, target, client) if dry_run else _die_with_parent
         command = [mongosh_path(), "--nodb", "--norc", "--quiet", "--eval", prelude + " void 0;", *shim,
                    "--file", str(patch.path)]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -147,24 +147,22 @@ def _die_with_parent() -> None:
         pass
 
 
-def _ports(target: MongoTarget | None, client) -> set[int]:
-    from migrator.mongo.connection import ports
+def _sealed(patch: Patch, home: str, target: MongoTarget | None, client) -> Callable[[], None]:
+    """A dry run's mongosh under Landlock (seal.py): it reads only mongosh, Node, the shim, the patch folder and the
+    CA bundles, and writes only its own HOME, so `.env` and secret files are out of its reach as they are for Python
+    patches; TCP only to the servers' ports, no signal to a process outside (a real run's runner)."""
+    from migrator.mongo.connection import ca_files, ports
 
-    return ports(target, client) if target is not None else set()
-
-
-def _sealed(patch: Patch, home: str, ports: set[int]) -> Callable[[], None]:
-    """A dry run's mongosh under Landlock (seal.py): it reads only mongosh, Node, the shim and the patch folder,
-    and writes only its own HOME, so `.env` and secret files are out of its reach as they are for Python patches;
-    TCP only to the servers' ports, no signal to a process outside (a real run's runner)."""
     seal.check_folder(patch.path.parent)
     mongosh = Path(mongosh_path()).resolve()
     modules = next((p for p in mongosh.parents if p.name == "node_modules"), mongosh.parent.parent)
     readable = [str(modules), str(SHIM.parent), str(patch.path.parent), *seal.SYSTEM_READABLE]
+    readable += ca_files(target) if target is not None else []
+    tcp = ports(target, client) if target is not None else set()
 
     def start():
         _die_with_parent()
-        seal.restrict(readable, [home, *seal.SYSTEM_WRITABLE], ports)
+        seal.restrict(readable, [home, *seal.SYSTEM_WRITABLE], tcp)
     return start
 
 

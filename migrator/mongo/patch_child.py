@@ -30,7 +30,7 @@ from pathlib import Path
 from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.mongo import seal
-from migrator.mongo.connection import servers
+from migrator.mongo.connection import ca_files, servers
 from migrator.mongo.js_patch import _die_with_parent, _kill_group, mongosh_environment
 from migrator.mongo.patches import Patch
 from migrator.targets import MongoTarget
@@ -85,7 +85,7 @@ class Child:
             options["tlsCAFile"] = os.path.abspath(options["tlsCAFile"])
         spec = {"id": patch.id, "path": os.path.abspath(patch.path), "uri": target.uri, "database": target.database,
                 "options": options, "dry_run": dry_run, "home": self._home.name,
-                "servers": sorted(servers(target, client)) if dry_run else []}
+                "servers": sorted(servers(target, client)) if dry_run else [], "ca_files": ca_files(target)}
         try:
             self.proc.stdin.write(json.dumps(spec) + "\n")
             self.proc.stdin.flush()
@@ -151,13 +151,13 @@ def _echo(stream, err: bool) -> threading.Thread:
     return thread
 
 
-def readable(patch_folder: Path, ca_file: str | None) -> list[str]:
+def readable(patch_folder: Path, ca_files: list[str]) -> list[str]:
     """What a sealed child may read: Python and its packages (never the project root or above it), the
     migrator package, the patch folder, the CA bundle, and the system folders."""
     root = PACKAGE.parent
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path}
     kept = [p for p in paths if p and os.path.isabs(p) and not (root == Path(p) or root.is_relative_to(p))]
-    return [*kept, str(PACKAGE), str(patch_folder), *([ca_file] if ca_file else []), *seal.SYSTEM_READABLE]
+    return [*kept, str(PACKAGE), str(patch_folder), *ca_files, *seal.SYSTEM_READABLE]
 
 
 def main(results_fd: int) -> None:
@@ -178,7 +178,7 @@ def main(results_fd: int) -> None:
 
         if spec["dry_run"]:  # no UDP after the seal, so no DNS: the servers' names are looked up first
             seal.pin_names(host for host, _port in spec["servers"])
-            seal.restrict(readable(patch.path.parent, spec["options"].get("tlsCAFile")),
+            seal.restrict(readable(patch.path.parent, spec["ca_files"]),
                           [spec["home"], *seal.SYSTEM_WRITABLE], [port for _host, port in spec["servers"]],
                           datagrams=spec["uri"].startswith("mongodb+srv:"))
         client = pymongo.MongoClient(spec.pop("uri"), **spec["options"])
