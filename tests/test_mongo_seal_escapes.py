@@ -59,7 +59,7 @@ def run(db, dry_run):
     probe("netlink", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close())
     probe("raw icmp", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close())
     probe("sctp", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132).close())
-    return str(db.things.count_documents({{}})) + " things read"  # the server still reachable, by its name
+    return str(db.things.count_documents({{}})) + " things read"  # the server still reachable, by its name (pinned)
 '''
 
 
@@ -81,6 +81,18 @@ def _probes(output: str) -> dict[str, str]:
     return dict(line[len("PROBE "):].split(": ", 1) for line in output.splitlines() if line.startswith("PROBE "))
 
 
+def _named(real, monkeypatch) -> dict[str, str]:
+    """The server's URL by a name only the runner can resolve (here: this test process's getaddrinfo): a sealed
+    patch has no DNS, so it connects only through the addresses the runner looked up for it."""
+    lookup = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *rest, **kw: lookup(
+        "127.0.0.1" if host == PINNED else host, *rest, **kw))
+    return {**real.env, "MONGO_URL": real.env["MONGO_URL"].replace("127.0.0.1", PINNED)}
+
+
+PINNED = "ferretdb.pinned.invalid"
+
+
 def _sealed():
     from migrator.mongo import seal
 
@@ -88,7 +100,7 @@ def _sealed():
         pytest.skip(f"needs Landlock ABI 4 (this kernel's: {seal.abi()}) and x86_64 for the seccomp filter")
 
 
-def test_a_dry_run_patch_cannot_reach_a_local_postgresql_socket_or_send_udp(cli, real, pg, tmp_path):
+def test_a_dry_run_patch_cannot_reach_a_local_postgresql_socket_or_send_udp(cli, real, pg, tmp_path, monkeypatch):
     _sealed()
     if not pg.host.startswith("/"):
         pytest.skip("needs the suite's own PostgreSQL (a Unix socket)")
@@ -98,7 +110,7 @@ def test_a_dry_run_patch_cannot_reach_a_local_postgresql_socket_or_send_udp(cli,
         body = SOCKETS.format(pg_socket=f"{pg.host}/.s.PGSQL.{pg.port}", pg_dir=pg.host, pg_port=pg.port,
                               udp_port=listener.getsockname()[1])
         folder = _folder(tmp_path, "0001_sockets.py", PROBES.format(body=body))
-        env = {**real.env, "MONGO_URL": real.env["MONGO_URL"].replace("127.0.0.1", "localhost")}  # a name to look up
+        env = _named(real, monkeypatch)
         real.db.things.insert_one({"kept": True})
         result = cli("mongo", "apply", "--mongo-dir", folder, env=env)
         with pytest.raises(socket.timeout):
@@ -187,27 +199,41 @@ def test_a_dry_run_refuses_a_patch_folder_that_holds_dotenv(cli, real, workdir, 
 
 
 JS_PROBES = '''
-const net = require("net"), os = require("os"), cp = require("child_process");
-let pending = 1;
+const net = require("net"), os = require("os"), cp = require("child_process"), dgram = require("dgram");
+let pending = 2;
+const udp = dgram.createSocket("udp4");
+udp.on("error", (e) => {{ print("PROBE udp: " + e.code); pending = 0; }});
+udp.send("sent from a dry run", {udp_port}, "127.0.0.1", (e) => {{ print("PROBE udp: " + (e ? e.code : "DID")); pending--; }});
 const s = net.connect({{path: {pg_socket!r}}});
 s.on("connect", () => {{ print("PROBE unix socket by path: DID"); s.destroy(); pending--; }});
 s.on("error", (e) => {{ print("PROBE unix socket by path: " + e.code); pending--; }});
 try {{ os.setPriority(0, -5); print("PROBE nice -5: DID"); }}
 catch (e) {{ print("PROBE nice -5: " + ((e.info && e.info.code) || e.code)); }}
 print("PROBE child: " + cp.execSync("echo spawned").toString().trim());  // libuv's socketpair for its stdio
-while (pending) sleep(50);
+print("PROBE things: " + db.things.countDocuments({{}}));  // the server still reachable, by its name
+while (pending > 0) sleep(50);
 '''
 
 
 @needs_mongosh
-def test_a_dry_run_js_patch_cannot_reach_a_unix_socket_or_keep_roots_powers(cli, real, pg, tmp_path):
+def test_a_dry_run_js_patch_cannot_reach_a_unix_socket_send_udp_or_keep_roots_powers(cli, real, pg, tmp_path,
+                                                                                    monkeypatch):
     _sealed()
     if not pg.host.startswith("/"):
         pytest.skip("needs the suite's own PostgreSQL (a Unix socket)")
-    folder = _folder(tmp_path, "0001_probes.js", JS_PROBES.format(pg_socket=f"{pg.host}/.s.PGSQL.{pg.port}"))
-    result = cli("mongo", "apply", "--mongo-dir", folder, env=real.env)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.settimeout(0.5)
+        folder = _folder(tmp_path, "0001_probes.js", JS_PROBES.format(pg_socket=f"{pg.host}/.s.PGSQL.{pg.port}",
+                                                                      udp_port=listener.getsockname()[1]))
+        env = _named(real, monkeypatch)
+        real.db.things.insert_one({"kept": True})
+        result = cli("mongo", "apply", "--mongo-dir", folder, env=env)
+        with pytest.raises(socket.timeout):
+            listener.recvfrom(100)  # nothing arrived
     assert result.exit_code == 0, result.output
     probes = _probes(result.stdout)
     assert probes["unix socket by path"] == "EPERM" and probes["child"] == "spawned", result.stdout
+    assert probes["udp"] == "EPERM" and "PROBE things: 1" in result.stdout, result.stdout
     if os.geteuid() == 0:  # root's power to raise a priority is gone with the others
         assert probes["nice -5"] in ("EACCES", "EPERM"), result.stdout

@@ -86,6 +86,7 @@ class Child:
         spec = {"id": patch.id, "path": os.path.abspath(patch.path), "uri": target.uri, "database": target.database,
                 "options": options, "dry_run": dry_run, "home": self._home.name,
                 "servers": sorted(servers(target, client)) if dry_run else [], "ca_files": ca_files(target)}
+        spec["pinned"] = seal.looked_up(host for host, _port in spec["servers"])  # no DNS in the seal
         try:
             self.proc.stdin.write(json.dumps(spec) + "\n")
             self.proc.stdin.flush()
@@ -176,8 +177,8 @@ def main(results_fd: int) -> None:
 
         from migrator.mongo import python_patch
 
-        if spec["dry_run"]:  # no UDP after the seal, so no DNS: the servers' names are looked up first
-            seal.pin_names(host for host, _port in spec["servers"])
+        if spec["dry_run"]:
+            seal.pin_names(spec["pinned"])
             seal.restrict(readable(patch.path.parent, spec["ca_files"]),
                           [spec["home"], *seal.SYSTEM_WRITABLE], [port for _host, port in spec["servers"]],
                           datagrams=spec["uri"].startswith("mongodb+srv:"))

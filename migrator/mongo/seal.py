@@ -9,8 +9,9 @@ project's `.env`, secret files, /proc/<runner>/* and the operator's terminal are
 their path or mode, and Landlock forbids tracing a process outside the sandbox. Each right the kernel's
 Landlock ABI offers is handled: truncate (ABI 3), device ioctls (5); TCP only to `ports`, no bind (4);
 no signal or abstract UNIX socket outside the sandbox (6: a dry run cannot kill a real run's runner).
-What Landlock does not govern is seccomp.py's: every capability dropped (root's included), sockets only
-TCP/UDP over IP (no Unix socket by path, netlink or raw), no chmod/chown/utime/xattr/file flags/mounts.
+What Landlock does not govern is seccomp.py's: every capability dropped (root's included), sockets only TCP
+(and UDP for an SRV URI's DNS) over IP: no Unix socket by path, netlink or raw; no chmod, chown, utime,
+xattrs, file flags or mounts. `pin_names()`: the servers' addresses, looked up by the runner (no DNS inside).
 `non_dumpable()` is the runner's own part: its memory and /proc files are closed to processes of the same
 user (root with CAP_SYS_PTRACE excepted, which Landlock covers for the child).
 """
@@ -145,9 +146,9 @@ def end_descendants() -> bool:
     return True
 
 
-def pin_names(hosts: Iterable[str]) -> None:
-    """Look the servers' names up now, before the seal refuses UDP (and so DNS): socket.getaddrinfo answers them
-    from here after it (pymongo calls it for each new connection). Other names fail to resolve in the seal."""
+def looked_up(hosts: Iterable[str]) -> dict[str, list]:
+    """The servers' names looked up now, before the seal refuses UDP (and so DNS): getaddrinfo's answers by name
+    (a name that does not resolve is left out: the connection fails and says so)."""
     import socket
 
     known = {}
@@ -155,7 +156,15 @@ def pin_names(hosts: Iterable[str]) -> None:
         try:
             known[host] = socket.getaddrinfo(host, None, 0, socket.SOCK_STREAM)
         except OSError:
-            pass  # unresolvable now too: the connection fails and says so
+            pass
+    return known
+
+
+def pin_names(known: dict[str, list]) -> None:
+    """socket.getaddrinfo answers the servers' names from `known` (looked_up() by the runner) after the seal
+    (pymongo calls it for each new connection); other names resolve only from /etc/hosts in the seal."""
+    import socket
+
     lookup = socket.getaddrinfo
 
     def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
@@ -212,8 +221,8 @@ def guarantee() -> str:
             "URI's ports (Landlock), no capability, even as root")
     if seccomp.covers():
         held += ("; no Unix socket by path (a local database that trusts local users), netlink or raw socket, no "
-                 "chmod, chown, times, xattrs, file flags or mounts (seccomp); UDP only from a JS patch or with a "
-                 "mongodb+srv URI (their DNS)")
+                 "chmod, chown, times, xattrs, file flags or mounts (seccomp); no UDP (the runner looks the servers' "
+                 "names up for it) except with a mongodb+srv URI (the driver's DNS)")
     else:
         held += ("; it can still connect to Unix sockets by path (a local database that trusts local users), send "
                  "UDP and change the mode, owner, times or flags of files the runner's user owns (the seccomp filter "
