@@ -202,8 +202,10 @@ JS_PROBES = '''
 const net = require("net"), os = require("os"), cp = require("child_process"), dgram = require("dgram");
 let pending = 2;
 const udp = dgram.createSocket("udp4");
-udp.on("error", (e) => {{ print("PROBE udp: " + e.code); pending = 0; }});
-udp.send("sent from a dry run", {udp_port}, "127.0.0.1", (e) => {{ print("PROBE udp: " + (e ? e.code : "DID")); pending--; }});
+let udpSaid = false;
+const said = (code) => {{ if (!udpSaid) {{ udpSaid = true; print("PROBE udp: " + code); pending--; }} }};
+udp.on("error", (e) => said(e.code));  // a failed implicit bind comes as an event, a failed send to the callback
+udp.send("sent from a dry run", {udp_port}, "127.0.0.1", (e) => said(e ? e.code : "DID"));
 const s = net.connect({{path: {pg_socket!r}}});
 s.on("connect", () => {{ print("PROBE unix socket by path: DID"); s.destroy(); pending--; }});
 s.on("error", (e) => {{ print("PROBE unix socket by path: " + e.code); pending--; }});
