@@ -239,3 +239,38 @@ def test_a_dry_run_js_patch_cannot_reach_a_unix_socket_send_udp_or_keep_roots_po
     assert probes["udp"] == "EPERM" and "PROBE things: 1" in result.stdout, result.stdout
     if os.geteuid() == 0:  # root's power to raise a priority is gone with the others
         assert probes["nice -5"] in ("EACCES", "EPERM"), result.stdout
+
+
+WITHOUT_LANDLOCK = """
+import ctypes, socket, struct, sys
+from migrator.mongo import seal
+
+seal.abi = lambda: 0  # as on a kernel without Landlock
+assert seal.restrict([], [], [], datagrams=False) is False
+libc = ctypes.CDLL(None, use_errno=True)
+data = ctypes.create_string_buffer(24)
+libc.syscall(125, struct.pack("Ii", 0x20080522, 0), data)
+print("CAPS " + data.raw.hex())
+for name, family, kind in (("unix", socket.AF_UNIX, socket.SOCK_STREAM), ("udp", socket.AF_INET, socket.SOCK_DGRAM)):
+    try:
+        socket.socket(family, kind).close()
+        print(name + " DID")
+    except OSError as exc:
+        print(name + " " + str(exc.errno))
+"""
+
+
+def test_without_landlock_a_sealed_process_still_has_no_capability_and_the_socket_filter(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+    from migrator.mongo import seal
+
+    if not seal.seccomp_covers():
+        pytest.skip("the seccomp filter is x86_64 only")
+    done = subprocess.run([sys.executable, "-c", WITHOUT_LANDLOCK], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "unix 1" in done.stdout and "udp 1" in done.stdout, done.stdout  # EPERM
+    if os.geteuid() == 0:
+        assert "CAPS " + "0" * 48 in done.stdout, done.stdout

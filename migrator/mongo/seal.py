@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -103,6 +104,7 @@ def restrict(readable: Iterable[str], writable: Iterable[str], ports: Iterable[i
     (seccomp.py; `datagrams`: whether UDP stays open). False without Landlock."""
     version = abi()
     if not version:
+        _beyond_landlock(datagrams)
         return False
     libc = _libc()
     attr = handled(version)
@@ -128,6 +130,17 @@ def restrict(readable: Iterable[str], writable: Iterable[str], ports: Iterable[i
     finally:
         os.close(ruleset)
     return True
+
+
+def _beyond_landlock(datagrams: bool) -> None:
+    """Linux without Landlock (an older kernel, or turned off): still no capability and the same seccomp filter."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = _libc()
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0:
+        raise OSError(ctypes.get_errno(), "no_new_privs failed")
+    seccomp.drop_capabilities(libc)
+    seccomp.install(libc, datagrams)
 
 
 _signals_scoped = False  # this process is in a Landlock domain that cannot signal outside itself
@@ -208,25 +221,32 @@ def _add_path(libc, ruleset: int, path: str, access: int) -> None:
 def guarantee() -> str:
     """What a dry run's seal holds on this machine, for doctor and the dry run's note (truthful either way)."""
     version = abi()
-    if not version:
-        return ("a patch runs in a process of its own with only the read-only URL in its environment, but this kernel "
+    linux = sys.platform.startswith("linux")
+    if seccomp.covers():
+        beyond = ("no Unix socket by path (a local database that trusts local users), netlink or raw socket, no "
+                  "chmod, chown, times, xattrs, file flags or mounts (seccomp); no UDP (the runner looks the servers' "
+                  "names up for it) except with a mongodb+srv URI (the driver's DNS)")
+    else:
+        beyond = ("it can still connect to Unix sockets by path (a local database that trusts local users), send "
+                  "UDP and change the mode, owner, times or flags of files the runner's user owns (the seccomp filter "
+                  "is x86_64 only)")
+    if not version and not linux:
+        return ("a patch runs in a process of its own with only the read-only URL in its environment, but this system "
                 "has no Landlock: a deliberate patch can still read and write the files the runner's user can (.env, "
                 "secret files; a patch planted in the patch folder for the next --run), as root read the runner's "
                 "memory, signal any process (a real run's runner) and connect anywhere")
+    if not version:
+        return ("a patch runs in a process of its own with only the read-only URL in its environment and no "
+                f"capability, even as root; {beyond}; but this kernel has no Landlock: a deliberate patch can still "
+                "read and write the files the runner's user can (.env, secret files; a patch planted in the patch "
+                "folder for the next --run), signal the user's processes (a real run's runner) and connect over TCP "
+                "anywhere")
     lacks = [what for needed, what in ((3, "truncate files"), (4, "connect to any host and port"),
                                        (5, "use device ioctls"), (6, "signal other processes (a real run's runner)"))
              if version < needed]
     held = ("a patch runs sealed in a process of its own: only the read-only URL, no MONGO_URL, DB_* or AWS secret "
             "in its environment, no .env, secret file, terminal or runner memory within its reach, TCP only to the "
-            "URI's ports (Landlock), no capability, even as root")
-    if seccomp.covers():
-        held += ("; no Unix socket by path (a local database that trusts local users), netlink or raw socket, no "
-                 "chmod, chown, times, xattrs, file flags or mounts (seccomp); no UDP (the runner looks the servers' "
-                 "names up for it) except with a mongodb+srv URI (the driver's DNS)")
-    else:
-        held += ("; it can still connect to Unix sockets by path (a local database that trusts local users), send "
-                 "UDP and change the mode, owner, times or flags of files the runner's user owns (the seccomp filter "
-                 "is x86_64 only)")
+            f"URI's ports (Landlock), no capability, even as root; {beyond}")
     if lacks:
         held += f"; this kernel's Landlock (ABI {version}) cannot stop it from: {', '.join(lacks)}"
     return held
