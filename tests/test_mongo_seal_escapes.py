@@ -183,18 +183,19 @@ def test_a_dry_run_patch_reads_of_etc_only_what_the_interpreters_need(cli, real,
     assert present >= {"/etc/shadow"} and {probes[p] for p in present} == {"EACCES"}, result.stdout
 
 
-@pytest.mark.parametrize("where", ["patch folder", "working folder"])
-def test_a_dry_run_refuses_a_patch_folder_that_holds_dotenv(cli, real, workdir, where):
+@pytest.mark.parametrize("where", ["patch folder", "working folder", "NAME_FILE"])
+def test_a_dry_run_refuses_a_patch_folder_that_holds_dotenv_or_a_secret_file(cli, real, workdir, where):
     _sealed()
-    folder = workdir / "patches" if where == "patch folder" else workdir
+    folder = workdir if where == "working folder" else workdir / "patches"
     folder.mkdir(exist_ok=True)
-    (folder / "0001_reads_dotenv.py").write_text("def run(db, dry_run):\n    return open(__file__.rsplit('/', 1)[0] "
-                                                 "+ '/.env').read()\n")
-    (folder / ".env").write_text("DB_PASSWORD=Dotenv-Secret-9\n")
-    result = cli("mongo", "apply", "--mongo-dir", folder, env=real.env)
+    secret = folder / (".env" if where != "NAME_FILE" else "aws-credentials")
+    (folder / "0001_reads_it.py").write_text(f"def run(db, dry_run):\n    return open({str(secret)!r}).read()\n")
+    secret.write_text("DB_PASSWORD=Dotenv-Secret-9\n")
+    env = {**real.env, **({"AWS_SHARED_CREDENTIALS_FILE": str(secret)} if where == "NAME_FILE" else {})}
+    result = cli("mongo", "apply", "--mongo-dir", folder, env=env)
     assert result.exit_code == 2 and "Dotenv-Secret-9" not in result.output, result.output
     (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-    assert f"holds {folder / '.env'}" in line and "move the patches to a folder of their own" in line, line
+    assert f"holds {secret}" in line and "move the patches to a folder of their own" in line, line
     assert real.db.applied_patches.count_documents({}) == 0
 
 
