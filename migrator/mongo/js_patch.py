@@ -15,8 +15,8 @@ import os
 import queue
 import re
 import shutil
-import socket
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
