@@ -141,6 +141,7 @@ def run(db, dry_run):
     flags = bytearray(4)
     fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
     probe("FS_IOC_SETFLAGS", lambda: fcntl.ioctl(fd, FS_IOC_SETFLAGS, bytes(flags)))  # its own flags back
+    probe("FITHAW", lambda: fcntl.ioctl(fd, 0xC0045878, 0))  # thawing a filesystem not frozen: EINVAL as root
     attr = ctypes.create_string_buffer(24)
     if libc.syscall(468, -100, __file__.encode(), attr, 24, 0) == 0:  # file_getattr (Linux 6.17)
         probe("file_setattr", lambda: libc.syscall(469, -100, __file__.encode(), attr, 24, 0))
@@ -158,7 +159,7 @@ def test_a_dry_run_patch_run_by_root_has_no_capability_left(cli, real, tmp_path)
     assert "CAPS " + "0" * 48 in result.stdout and "BOUNDING 0" in result.stdout, result.stdout
     probes = _probes(result.stdout)
     assert {probes.pop("sethostname"), probes.pop("nice -5")} == {"EPERM", "EACCES"}, result.stdout
-    assert set(probes.values()) == {"EPERM"} and {"mount_setattr", "FS_IOC_SETFLAGS"} <= set(probes), result.stdout
+    assert set(probes.values()) == {"EPERM"} and {"mount_setattr", "FS_IOC_SETFLAGS", "FITHAW"} <= set(probes), result.stdout
     # the same patch, applied: a real run keeps the runner's powers (nothing changed by the probes)
     run = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=real.env)
     assert run.exit_code == 0 and "CAPS " + "0" * 48 not in run.stdout, run.output
