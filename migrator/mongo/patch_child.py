@@ -37,7 +37,7 @@ from pathlib import Path
 
 from migrator import output
 from migrator.mongo import seal
-from migrator.mongo.connection import ports
+from migrator.mongo.connection import ca_files, servers
 from migrator.mongo.js_patch import _die_with_parent, _kill_group, mongosh_environment
 from migrator.mongo.patches import Patch, bounded
 from migrator.targets import MongoTarget
@@ -75,6 +75,8 @@ class Child:
 
         register_environment_secrets()  # the child's output is masked as the patch's always was
         seal.non_dumpable()  # before the child exists: it cannot read this process's memory or /proc files
+        if dry_run:
+            seal.check_folder(patch.path.parent)
         self.patch, self.dry_run = patch, dry_run
         self._home = tempfile.TemporaryDirectory(prefix="hcm-patch-")
         env = mongosh_environment(self._home.name) if dry_run else dict(os.environ)
@@ -93,7 +95,8 @@ class Child:
             options["tlsCAFile"] = os.path.abspath(options["tlsCAFile"])
         spec = {"id": patch.id, "path": os.path.abspath(patch.path), "uri": target.uri, "database": target.database,
                 "options": options, "dry_run": dry_run, "home": self._home.name,
-                "ports": sorted(ports(target, client)) if dry_run else []}
+                "servers": sorted(servers(target, client)) if dry_run else [], "ca_files": ca_files(target)}
+        spec["pinned"] = seal.looked_up(host for host, _port in spec["servers"])  # no DNS in the seal
         try:
             self.proc.stdin.write(json.dumps(spec).encode() + b"\n")
             self.proc.stdin.flush()
@@ -249,13 +252,13 @@ def _echo(pipe, err: bool) -> threading.Thread:
     return thread
 
 
-def readable(patch_folder: Path, ca_file: str | None) -> list[str]:
+def readable(patch_folder: Path, ca_files: list[str]) -> list[str]:
     """What a sealed child may read: Python and its packages (never the project root or above it), the
     migrator package, the patch folder, the CA bundle, and the system folders."""
     root = PACKAGE.parent
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path}
     kept = [p for p in paths if p and os.path.isabs(p) and not (root == Path(p) or root.is_relative_to(p))]
-    return [*kept, str(PACKAGE), str(patch_folder), *([ca_file] if ca_file else []), *seal.SYSTEM_READABLE]
+    return [*kept, str(PACKAGE), str(patch_folder), *ca_files, *seal.SYSTEM_READABLE]
 
 
 def main(results_fd: int) -> None:
@@ -276,8 +279,10 @@ def main(results_fd: int) -> None:
         from migrator.mongo import python_patch
 
         if spec["dry_run"]:
-            seal.restrict(readable(patch.path.parent, spec["options"].get("tlsCAFile")),
-                          [spec["home"], *seal.SYSTEM_WRITABLE], spec["ports"])
+            seal.pin_names(spec["pinned"])
+            seal.restrict(readable(patch.path.parent, spec["ca_files"]),
+                          [spec["home"], *seal.SYSTEM_WRITABLE], [port for _host, port in spec["servers"]],
+                          datagrams=spec["uri"].startswith("mongodb+srv:"))
         client = pymongo.MongoClient(spec.pop("uri"), **spec["options"])
         module = python_patch.load(patch, spec["dry_run"])
         send(loaded=True)
