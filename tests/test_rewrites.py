@@ -290,8 +290,28 @@ def test_an_update_of_every_row_after_an_alter_table_in_the_same_transaction_is_
     assert f"{path}:2: UPDATE without WHERE in the transaction of an earlier ALTER TABLE of the table writes every " \
            f"row of public.{TABLE}" in result.stderr and "`-- backfill: batch`" in result.stderr
     add_migration(sql_dir, "0002_fill", f"ALTER TABLE {TABLE} ADD COLUMN state text;\n"
-                                        f"UPDATE {TABLE} SET state = 'new' WHERE id = 1;\n")  # a row or a few: fine
+                                        f"UPDATE {TABLE} SET state = 'new' WHERE id = 1;\n"  # a row or a few: fine
+                                        f"DELETE FROM {TABLE} WHERE id IN (2, 3) AND state IS NULL;\n"
+                                        f"UPDATE {TABLE} SET state = 'b' WHERE id IN (SELECT id FROM {TABLE} "
+                                        "WHERE state IS NULL LIMIT 5);\n")  # one bounded batch
     ok(migrate(cli, db, sql_dir, *SMALL))
+    assert db.query(f"SELECT count(*) FILTER (WHERE state = 'new'), count(*) FILTER (WHERE state = 'b') "
+                    f"FROM {TABLE}") == [(1, 5)]
+
+
+def test_a_backfill_in_the_alter_s_transaction_names_the_lock_and_the_marker_accepts_it(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    text = (f"ALTER TABLE {TABLE} ADD COLUMN region text;\n"
+            f"UPDATE {TABLE} SET region = 'eu' WHERE region IS NULL;\n")
+    path = add_migration(sql_dir, "0002_region", text)
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    line = next(entry for entry in result.stderr.splitlines() if f"{path}:2: " in entry)
+    assert f"may write every row of public.{TABLE} (~50 rows" in line and "under ACCESS EXCLUSIVE" in line, line
+    assert "instead: a `-- backfill: batch` UPDATE of bounded batches in a `-- transactional: false` file" in line
+    add_migration(sql_dir, "0002_region", f"-- accept-rewrite: public.{TABLE}\n" + text)
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE region = 'eu'") == [(50,)]
 
 
 # (file text, the line of the refused statement, what its refusal says)
@@ -319,6 +339,21 @@ REFUSED_ELSEWHERE = {
                       3, "UPDATE without WHERE in the transaction of an earlier ALTER TABLE"),
     "update_after_lock": (f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE;\nUPDATE {TABLE} SET tenant_id = 'x';\n",
                           3, "UPDATE without WHERE"),
+    # any WHERE that is no bounded batch, under the lock the file's transaction holds (attack24c item 3)
+    "update_where_is_null": (f"ALTER TABLE {TABLE} ADD COLUMN region text;\n"
+                             f"UPDATE {TABLE} SET region = 'eu' WHERE region IS NULL;\n", 3,
+                             "UPDATE whose WHERE is no bounded batch (it may match every row) in the transaction of an earlier ALTER TABLE of the table may write every row of"),
+    "update_where_range": (f"ALTER TABLE {TABLE} ADD COLUMN c int;\nUPDATE {TABLE} SET c = 1 WHERE id > 0;\n", 3,
+                           "UPDATE whose WHERE is no bounded batch (it may match every row) in the transaction of an earlier ALTER TABLE"),
+    "delete_not_a_key": (f"ALTER TABLE {TABLE} ADD COLUMN c int;\nDELETE FROM {TABLE} WHERE tenant_id = 't1';\n", 3,
+                         "DELETE whose WHERE is no bounded batch (it may match every row) in the transaction of an earlier ALTER TABLE"),
+    "trigger_then_update": ("CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;\n"
+                            f"CREATE TRIGGER t BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION f();\n"
+                            f"UPDATE {TABLE} SET tenant_id = tenant_id WHERE tenant_id <> 'x';\n", 4,
+                            "UPDATE whose WHERE is no bounded batch (it may match every row) in the transaction of an earlier CREATE TRIGGER of the table may write every row of"),
+    "lock_then_create_table_as": (f"LOCK TABLE {TABLE} IN SHARE MODE;\nCREATE TABLE hcm_copy AS SELECT * FROM {TABLE};\n",
+                                  3, "a copy of its rows (CREATE TABLE AS / INSERT ... SELECT) in the transaction of an "
+                                     "earlier LOCK TABLE of the table reads every row of"),
 }
 
 

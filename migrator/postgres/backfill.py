@@ -182,7 +182,7 @@ def _bound(text: str) -> tuple[str, str | None] | None:
     (`tenant_id IN (SELECT id FROM tenants LIMIT 50)`) bounds that table's rows, not this one's. Else (the bound's
     SELECT, without its locking clause, to check it is empty at the end; what in it can make a batch empty while
     rows remain: TABLESAMPLE, SKIP LOCKED, OFFSET, random(), else None)."""
-    from pglast import ast, enums, parse_sql
+    from pglast import ast, parse_sql
     from pglast.parser import ParseError
 
     try:
@@ -191,7 +191,13 @@ def _bound(text: str) -> tuple[str, str | None] | None:
         return None
     if len(trees) != 1 or not isinstance(trees[0], (ast.UpdateStmt, ast.DeleteStmt)):
         return None
-    tree = trees[0]
+    return batch_bound(trees[0])
+
+
+def batch_bound(tree) -> tuple[str, str | None] | None:
+    """_bound of a parsed UPDATE or DELETE (risks.py asks it too: a bounded batch is no write of every row)."""
+    from pglast import ast, enums
+
     target = (tree.relation.schemaname, tree.relation.relname)
     ctes = {cte.ctename: cte.ctequery for cte in (tree.withClause.ctes if tree.withClause else ())}
     where = tree.whereClause

@@ -118,6 +118,10 @@ WHERE NOT a.attisdropped AND c.relkind IN ('r', 'm', 'p') AND a.atttypid = (
   ORDER BY pg_catalog.array_position(%(path)s, tn.nspname::text) LIMIT 1)
 ORDER BY 1, 2
 """
+_UNIQUE = """
+SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+WHERE i.indrelid = %s AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = %s LIMIT 1
+"""
 _CHECKED = "SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = %s AND contype = 'c' AND convalidated LIMIT 1"
 _COLLATION = "SELECT %s::pg_catalog.regcollation::pg_catalog.oid"  # resolved on the file's path
 # The tables of a schema (None: of the migration's search_path) or of an index, as (schema, name).
@@ -219,6 +223,10 @@ class _Live:
         """The tables with a column of the domain (found on the migration's search_path), as (schema, name)."""
         return [tuple(row) for row in self._rows(_DOMAIN_TABLES, {"name": names[-1],
                                                                   "path": names[:-1] if len(names) > 1 else self.path})]
+
+    def unique_column(self, oid: int, column: str) -> bool:
+        """A single-column unique index (no predicate) on the column: `column = constant` is one row at most."""
+        return bool(self._rows(_UNIQUE, (oid, column)))
 
     def has_validated_check(self, oid: int) -> bool:
         return bool(self._rows(_CHECKED, (oid,)))
