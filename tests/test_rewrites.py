@@ -74,6 +74,9 @@ REFUSED = {
     "collate": (f'ALTER TABLE {TABLE} ALTER COLUMN report_name TYPE varchar(100) COLLATE "C";\n',
                 "ALTER COLUMN report_name TYPE varchar(100) COLLATE \"C\" rebuilds the indexes of", "ACCESS EXCLUSIVE"),
     # NOT VALID then VALIDATE in one ALTER TABLE: the scan runs under the ALTER's lock
+    # PostgreSQL 18's NOT NULL constraint scans as SET NOT NULL does (attack24c item 3)
+    "not_null_constraint": (f"ALTER TABLE {TABLE} ADD CONSTRAINT nn_tenant NOT NULL tenant_id;\n",
+                            "ADD CONSTRAINT nn_tenant NOT NULL tenant_id without a validated CHECK", "ACCESS EXCLUSIVE"),
     "check_and_validate_in_one_alter": (f"-- transactional: false\nALTER TABLE {TABLE} ADD CONSTRAINT c_id CHECK (id > 0) "
                                         "NOT VALID, VALIDATE CONSTRAINT c_id;\n", "VALIDATE CONSTRAINT c_id", "ACCESS EXCLUSIVE"),
 }
@@ -110,6 +113,7 @@ ALLOWED = [
     f"ALTER TABLE {TABLE} ADD CONSTRAINT id_positive CHECK (id > 0) NOT VALID;\n",
     f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT id_positive;\n",
     f"ALTER TABLE {TABLE} ALTER COLUMN id SET NOT NULL;\n",  # already NOT NULL (the primary key)
+    f"ALTER TABLE {TABLE} ADD CONSTRAINT nn_tenant NOT NULL tenant_id NOT VALID;\n",  # PostgreSQL 18: no scan
     f"-- transactional: false\nCREATE INDEX CONCURRENTLY idx_tenant ON {TABLE} (tenant_id);\n",
 ]
 
@@ -391,6 +395,17 @@ REFUSED_OTHER_OBJECTS = {
                                      f"ALTER TABLE evp ATTACH PARTITION {TABLE} FOR VALUES FROM (0) TO (1000000);\n",
                          3, f"ATTACH PARTITION {TABLE} without a validated CHECK implying its bound scans "
                             f"public.{TABLE} (~50 rows"),
+    # a small view over a big table: its REFRESH reads the big table under the view's lock (attack24c item 3)
+    "refresh_small_view_of_big_table": (f"CREATE MATERIALIZED VIEW small_mv AS SELECT tenant_id, count(*) FROM {TABLE} "
+                                        "GROUP BY 1; ANALYZE small_mv", "REFRESH MATERIALIZED VIEW small_mv;\n", 2,
+                                        "REFRESH MATERIALIZED VIEW without CONCURRENTLY rewrites public.small_mv (~50 rows"),
+    # the primary key makes its index's nullable column NOT NULL: a scan (attack24c item 3)
+    "primary_key_using_nullable_index": (f"ALTER TABLE {TABLE} ADD COLUMN k bigint; UPDATE {TABLE} SET k = id; "
+                                         f"CREATE UNIQUE INDEX u_k ON {TABLE} (k)",
+                                         f"ALTER TABLE {TABLE} DROP CONSTRAINT {TABLE}_pkey, ADD CONSTRAINT pk2 PRIMARY "
+                                         "KEY USING INDEX u_k;\n", 2,
+                                         "ADD PRIMARY KEY USING INDEX u_k (an implied SET NOT NULL k without a validated "
+                                         f"CHECK (k IS NOT NULL)) scans public.{TABLE} (~50 rows"),
     "domain_constraint": (f"CREATE DOMAIN posint AS int; ALTER TABLE {TABLE} ADD COLUMN p posint",
                           "ALTER DOMAIN posint ADD CONSTRAINT pos CHECK (VALUE >= 0);\n", 2,
                           f"ALTER DOMAIN posint ADD CONSTRAINT pos without NOT VALID scans public.{TABLE} (~50 rows"),
@@ -454,3 +469,25 @@ def test_a_marker_inside_a_string_or_a_function_body_accepts_nothing(cli, db, sq
                                           f"-- accept-rewrite: public.{TABLE}\nSELECT 1 $$;\n")
     result = migrate(cli, db, sql_dir, *SMALL)
     assert result.exit_code == 2 and "0002_hidden.sql:1: ALTER COLUMN id TYPE bigint" in result.stderr, result.output
+
+
+def test_a_primary_key_using_a_pending_index_is_judged_by_its_columns_or_said_unjudged(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN k bigint; UPDATE {TABLE} SET k = id; ANALYZE {TABLE}")
+    add_migration(sql_dir, "0002_index", f"-- transactional: false\nCREATE UNIQUE INDEX CONCURRENTLY u_k ON {TABLE} (k);\n")
+    swap = f"ALTER TABLE {TABLE} DROP CONSTRAINT {TABLE}_pkey, ADD CONSTRAINT pk2 PRIMARY KEY USING INDEX {{}};\n"
+    path = add_migration(sql_dir, "0003_key", swap.format("u_k"))
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and f"{path}:1: ADD PRIMARY KEY USING INDEX u_k (an implied SET NOT NULL k " \
+        "without a validated CHECK (k IS NOT NULL)) scans" in result.stderr, result.output
+    path = add_migration(sql_dir, "0003_key", swap.format("u_nowhere"))
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and f"{path}:1: ADD PRIMARY KEY USING INDEX u_nowhere (an implied SET NOT NULL of " \
+        "columns that cannot be judged: its index was not found) may scan" in result.stderr, result.output
+    # the safe way: a validated CHECK (k IS NOT NULL) first, then the key is catalog only
+    add_migration(sql_dir, "0003_check", f"ALTER TABLE {TABLE} ADD CONSTRAINT k_nn CHECK (k IS NOT NULL) NOT VALID;\n")
+    add_migration(sql_dir, "0004_validate", f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT k_nn;\n")
+    add_migration(sql_dir, "0005_key", swap.format("u_k"))
+    (sql_dir / "0003_key.sql").unlink()
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert applied(db)[-1] == "0005_key"

@@ -77,7 +77,7 @@ def _printable(text: str) -> str:
 # --- judging (the live database, read only) ------------------------------------------------------------------
 
 _RELATION = """
-SELECT c.oid, n.nspname, c.relname
+SELECT c.oid, n.nspname, c.relname, c.relkind
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = %(name)s AND n.nspname = ANY(%(path)s) AND c.relkind IN ('r', 'p', 'm')
 ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
@@ -95,6 +95,19 @@ FROM (WITH RECURSIVE tree(relid) AS (SELECT %(oid)s::oid UNION SELECT i.inhrelid
      JOIN pg_catalog.pg_class l ON l.oid = p.relid,
      LATERAL (SELECT pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int AS pages,
                      pg_catalog.pg_total_relation_size(l.oid) AS bytes) s
+"""
+# The tables a materialized view's query reads (through plain views too): its REFRESH reads them all under its lock.
+_SOURCES = """
+WITH RECURSIVE src(oid, kind) AS (
+  SELECT %(oid)s::oid, 'v'::"char"
+  UNION
+  SELECT d.refobjid, c.relkind FROM src
+  JOIN pg_catalog.pg_rewrite r ON r.ev_class = src.oid AND src.kind = 'v'
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+   AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> src.oid
+  JOIN pg_catalog.pg_class c ON c.oid = d.refobjid)
+SELECT c.oid, n.nspname, c.relname FROM src JOIN pg_catalog.pg_class c ON c.oid = src.oid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE src.kind IN ('r', 'p', 'm') AND src.oid <> %(oid)s
 """
 # Whether counting the table's rows runs no other role's code: a row-level policy acts on a SELECT as the user
 # (unless the user owns the table, which made the policy, or bypasses it); triggers and rules do not fire on it.
@@ -121,6 +134,11 @@ ORDER BY 1, 2
 _UNIQUE = """
 SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
 WHERE i.indrelid = %s AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = %s LIMIT 1
+"""
+_INDEX_COLUMNS = """
+SELECT a.attname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+WHERE i.indrelid = %s AND ic.relname = %s ORDER BY a.attnum
 """
 _CHECKED = "SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = %s AND contype = 'c' AND convalidated LIMIT 1"
 _COLLATION = "SELECT %s::pg_catalog.regcollation::pg_catalog.oid"  # resolved on the file's path
@@ -186,7 +204,11 @@ class _Live:
         if name not in self.tables:
             path = [name[0]] if name[0] else self.path
             row = next(iter(self._rows(_RELATION, {"name": name[1], "path": path})), None)
-            self.tables[name] = row and (row[0], _qualified(row[1], row[2]), *self._size(row))
+            self.tables[name] = row and (row[0], _qualified(row[1], row[2]), *self._size(row[:3]))
+            if row and row[3] == "m" and self.sizes:  # a view's REFRESH costs what its query reads: the larger counts
+                sources = [self._size(source) for source in self._rows(_SOURCES, {"oid": row[0]})]
+                read = (sum(r for r, _ in sources), sum(b for _, b in sources))
+                self.tables[name] = (*self.tables[name][:2], *map(max, self.tables[name][2:], read))
         return self.tables[name]
 
     def _size(self, row) -> tuple[int, int]:
@@ -227,6 +249,9 @@ class _Live:
     def unique_column(self, oid: int, column: str) -> bool:
         """A single-column unique index (no predicate) on the column: `column = constant` is one row at most."""
         return bool(self._rows(_UNIQUE, (oid, column)))
+
+    def index_columns(self, oid: int, index: str) -> list[str]:
+        return [row[0] for row in self._rows(_INDEX_COLUMNS, (oid, index))]
 
     def has_validated_check(self, oid: int) -> bool:
         return bool(self._rows(_CHECKED, (oid,)))

@@ -57,6 +57,7 @@ class Seen:
     functions: dict = field(default_factory=dict)  # name -> volatile: the functions a pending statement creates
     checked: set = field(default_factory=set)  # table keys a pending statement gave a validated CHECK
     loaded: set = field(default_factory=set)  # tables a pending statement loads rows into (INSERT ... SELECT, COPY)
+    indexes: dict = field(default_factory=dict)  # (table key, index name) -> its columns: a pending CREATE INDEX's
 
     def begin_file(self, transactional: bool) -> None:
         self.altered = {} if transactional else None
@@ -200,6 +201,8 @@ def risks(tree, line: int, live, seen: Seen):
         return seen.live_name(_name(range_var), live)
 
     reindex = enums.ReindexObjectType
+    if isinstance(tree, ast.IndexStmt) and tree.idxname:  # (its columns, for a later ADD PRIMARY KEY USING INDEX)
+        seen.indexes[(live.key(name(tree.relation)), tree.idxname)] = [p.name for p in tree.indexParams]
     if isinstance(tree, ast.IndexStmt) and not tree.concurrent:
         yield Risk(line, name(tree.relation), "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE,
                    "index")
@@ -280,6 +283,8 @@ def _alter_table(tree, line: int, live, seen: Seen):
                                        f"({cmd.name} IS NOT NULL)", "scans", ACCESS_EXCLUSIVE, "not null")
         elif cmd.subtype == types.AT_AddConstraint:
             yield from _add_constraint(cmd.def_, name, key, line, seen, new)
+            if not new:
+                yield from _implicit_not_null(cmd.def_, name, key, line, live, seen)
         elif cmd.subtype == types.AT_ValidateConstraint:
             if (locked or seen.altered is not None and key in seen.altered) and not new:
                 yield Risk(line, name, f"VALIDATE CONSTRAINT {cmd.name} in the transaction of an earlier ALTER TABLE "
@@ -298,6 +303,37 @@ def _alter_table(tree, line: int, live, seen: Seen):
 
 
 _COPIES = {}  # the subcommands that copy the whole table (filled on first use: the parser's enums load lazily)
+
+
+def _implicit_not_null(constraint, name, key, line: int, live, seen: Seen):
+    """A NOT NULL that scans every row unless a validated CHECK (col IS NOT NULL) proves it: PostgreSQL 18's `ADD
+    CONSTRAINT nn NOT NULL col` (without NOT VALID) and `ADD PRIMARY KEY USING INDEX` on a column that may be NULL.
+    An index neither live nor made by a pending statement cannot be judged: said so, not passed."""
+    from pglast import enums
+
+    kinds = enums.ConstrType
+    if constraint.contype == kinds.CONSTR_NOTNULL and not constraint.skip_validation:
+        columns, what = [k.sval for k in constraint.keys or ()], f"ADD CONSTRAINT {constraint.conname} NOT NULL {{}}"
+    elif constraint.contype == kinds.CONSTR_PRIMARY and constraint.indexname:
+        columns = seen.indexes.get((key, constraint.indexname))
+        table = live.table(name)
+        if columns is None and table is not None:
+            columns = live.index_columns(table[0], constraint.indexname)
+        what = f"ADD PRIMARY KEY USING INDEX {constraint.indexname} (an implied SET NOT NULL {{}})"
+        if not columns:
+            yield Risk(line, name, what.format("of columns that cannot be judged: its index was not found"), "may scan",
+                       ACCESS_EXCLUSIVE, "not null")
+            return
+    else:
+        return
+    table = live.table(name)
+    for column in columns:
+        live_column = seen.live_column(name, column, live)
+        if column in seen.not_null.get(key, set()) or table is None \
+                or live.not_null_proven(table[0], live_column, seen.validated.get(key, set())):
+            continue
+        yield Risk(line, name, what.format(f"{column} without a validated CHECK ({column} IS NOT NULL)"), "scans",
+                   ACCESS_EXCLUSIVE, "not null")
 
 
 def _add_constraint(constraint, name, key, line: int, seen: Seen, new: bool):
