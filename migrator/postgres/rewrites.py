@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 from migrator import lazy_re
-from migrator.postgres import risks
+from migrator.postgres import risks, table_sizes
 from migrator.pinned import catalog_path
 from migrator.postgres.risks import BLOCKS, INSTEAD, Risk
 
@@ -81,40 +81,6 @@ SELECT c.oid, n.nspname, c.relname, c.relkind
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = %(name)s AND n.nspname = ANY(%(path)s) AND c.relkind IN ('r', 'p', 'm')
 ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
-"""
-# The planner's row estimate of a table with its partitions and inheritance children (an ALTER of the parent
-# reaches them all), each reltuples scaled to the current
-# pages as the planner does; NULL when one with pages has never been analyzed (reltuples -1 since PostgreSQL 14).
-_SIZE = """
-SELECT CASE WHEN bool_and(l.reltuples >= 0 AND l.relpages > 0 OR s.pages = 0)
-            THEN sum(CASE WHEN s.pages = 0 THEN 0 ELSE l.reltuples / NULLIF(l.relpages, 0) * s.pages END) END::bigint,
-       coalesce(sum(s.bytes), 0)::bigint
-FROM (WITH RECURSIVE tree(relid) AS (SELECT %(oid)s::oid UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i
-                                        JOIN tree ON i.inhparent = tree.relid)
-      SELECT relid FROM tree) p
-     JOIN pg_catalog.pg_class l ON l.oid = p.relid,
-     LATERAL (SELECT pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int AS pages,
-                     pg_catalog.pg_total_relation_size(l.oid) AS bytes) s
-"""
-# The tables a materialized view's query reads (through plain views too): its REFRESH reads them all under its lock.
-_SOURCES = """
-WITH RECURSIVE src(oid, kind) AS (
-  SELECT %(oid)s::oid, 'v'::"char"
-  UNION
-  SELECT d.refobjid, c.relkind FROM src
-  JOIN pg_catalog.pg_rewrite r ON r.ev_class = src.oid AND src.kind = 'v'
-  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
-   AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> src.oid
-  JOIN pg_catalog.pg_class c ON c.oid = d.refobjid)
-SELECT c.oid, n.nspname, c.relname FROM src JOIN pg_catalog.pg_class c ON c.oid = src.oid
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE src.kind IN ('r', 'p', 'm') AND src.oid <> %(oid)s
-"""
-# Whether counting the table's rows runs no other role's code: a row-level policy acts on a SELECT as the user
-# (unless the user owns the table, which made the policy, or bypasses it); triggers and rules do not fire on it.
-_COUNTABLE = """
-SELECT NOT c.relrowsecurity OR c.relowner OPERATOR(pg_catalog.=) r.oid OR r.rolsuper OR r.rolbypassrls
-FROM pg_catalog.pg_class c, pg_catalog.pg_roles r WHERE c.oid OPERATOR(pg_catalog.=) %(oid)s
-  AND r.rolname OPERATOR(pg_catalog.=) CURRENT_USER
 """
 _VOLATILE = "SELECT 1 FROM pg_catalog.pg_proc WHERE proname = ANY(%s) AND provolatile = 'v' LIMIT 1"
 _COLUMN = """
@@ -204,27 +170,8 @@ class _Live:
         if name not in self.tables:
             path = [name[0]] if name[0] else self.path
             row = next(iter(self._rows(_RELATION, {"name": name[1], "path": path})), None)
-            self.tables[name] = row and (row[0], _qualified(row[1], row[2]), *self._size(row[:3]))
-            if row and row[3] == "m" and self.sizes:  # a view's REFRESH costs what its query reads: the larger counts
-                sources = [self._size(source) for source in self._rows(_SOURCES, {"oid": row[0]})]
-                read = (sum(r for r, _ in sources), sum(b for _, b in sources))
-                self.tables[name] = (*self.tables[name][:2], *map(max, self.tables[name][2:], read))
+            self.tables[name] = row and (row[0], _qualified(row[1], row[2]), *table_sizes.size(self, row))
         return self.tables[name]
-
-    def _size(self, row) -> tuple[int, int]:
-        """(rows, bytes): the planner's estimate; a never-analyzed table counted, capped just above the threshold."""
-        if not self.sizes:
-            return 0, 0
-        oid, schema, name = row
-        [(rows, size)] = self._rows(_SIZE, {"oid": oid})
-        if rows is None and not self._rows(_COUNTABLE, {"oid": oid})[0][0]:
-            rows = self.threshold + 1  # another role's row-level policy: not run, the table taken as large
-        if rows is None:
-            from psycopg2 import sql
-
-            [(rows,)] = self._rows(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(
-                sql.Identifier(schema, name)), (self.threshold + 1,))
-        return rows, size
 
     def volatile(self, functions: set[str]) -> bool:
         if not functions:
