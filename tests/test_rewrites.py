@@ -351,6 +351,9 @@ REFUSED_ELSEWHERE = {
                            "UPDATE whose WHERE is no bounded batch (it may match every row) in the transaction of an earlier ALTER TABLE"),
     "delete_not_a_key": (f"ALTER TABLE {TABLE} ADD COLUMN c int;\nDELETE FROM {TABLE} WHERE tenant_id = 't1';\n", 3,
                          "DELETE whose WHERE is no bounded batch (it may match every row) in the transaction of an earlier ALTER TABLE"),
+    "merge_after_alter": (f"ALTER TABLE {TABLE} ADD COLUMN c int;\nMERGE INTO {TABLE} t USING (SELECT 1 AS one) s "
+                          "ON t.c IS NULL WHEN MATCHED THEN UPDATE SET c = 1;\n", 3, "MERGE (it may match every row) in "
+                          "the transaction of an earlier ALTER TABLE of the table may write every row of"),
     "trigger_then_update": ("CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;\n"
                             f"CREATE TRIGGER t BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION f();\n"
                             f"UPDATE {TABLE} SET tenant_id = tenant_id WHERE tenant_id <> 'x';\n", 4,

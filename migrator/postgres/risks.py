@@ -32,7 +32,7 @@ _CREATES = lazy_re.compile(rf"create\s+(?:(?:global|local)\s+)?(?P<temp>(?:temp|
 _LOADS = lazy_re.compile(rf"\s*(?:insert\s+into\s+{_NAME}(?:\s*\.\s*{_NAME})?(?:\s+as\s+\S+)?(?:\s*\([^)]*\))?"
                          rf"\s*(?:overriding\s+\w+\s+value\s+)?\(?\s*(?:select|with|table)\b"
                          rf"|copy\s+{_NAME}(?:\s*\.\s*{_NAME})?[^;]*?\bfrom\b)", re.IGNORECASE)
-_WRITES = lazy_re.compile(r"\s*(?:update|delete|with|lock|create\s+(?:or\s+replace\s+)?(?:constraint\s+)?trigger)\b",
+_WRITES = lazy_re.compile(r"\s*(?:update|delete|merge|with|lock|create\s+(?:or\s+replace\s+)?(?:constraint\s+)?trigger)\b",
                           re.IGNORECASE)
 _STORES = lazy_re.compile(r"\s*(?:insert|select|create)\b", re.IGNORECASE)  # read once the file's transaction locks
 _RENAMES = lazy_re.compile(r"\s*alter\s+table\b.*\brename\b", re.IGNORECASE | re.DOTALL)

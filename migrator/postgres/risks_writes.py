@@ -44,13 +44,16 @@ def under_lock(tree, line: int, live, seen, name):
     """The whole-table writes and reads of `tree` on a table this transaction has locked."""
     from pglast import ast
 
-    for write in _nodes(tree, (ast.UpdateStmt, ast.DeleteStmt)):
+    for write in _nodes(tree, (ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)):
         table = name(write.relation)
         held = seen.altered.get(live.key(table))
         if held is None or seen.is_new(table, live) or _bounded(write, live, table):
             continue
-        what = "UPDATE" if isinstance(write, ast.UpdateStmt) else "DELETE"
-        if write.whereClause is None or _every_row(write.whereClause):
+        what = "UPDATE" if isinstance(write, ast.UpdateStmt) else "DELETE" if isinstance(write, ast.DeleteStmt) \
+            else "MERGE"
+        if what == "MERGE":
+            what, does = "MERGE (it may match every row)", "may write every row of"
+        elif write.whereClause is None or _every_row(write.whereClause):
             what, does = what + (" without WHERE" if write.whereClause is None else " of every row"), \
                 "writes every row of"
         else:
@@ -101,7 +104,7 @@ def _bounded(write, live, table) -> bool:
 
     from migrator.postgres import backfill
 
-    if write.whereClause is None:
+    if getattr(write, "whereClause", None) is None:  # (a MERGE has none: its join decides)
         return False
     if backfill.batch_bound(write) is not None:
         return True

@@ -59,6 +59,8 @@ class Waits:
         """A read that gave up on a lock (exc): one line naming the holder and the next try, then the wait; the
         budget spent (or none pinned), one error line. A statement_timeout: one error line."""
         code = getattr(exc, "pgcode", None)
+        if code == QUERY_CANCELED and interrupt.requested() is not None:
+            raise exc  # the runner's own stop (SIGTERM), told as such by the caller
         who = _holders(conn)
         if code == QUERY_CANCELED:
             raise MigratorError(f"reading the schema's catalog before the run did not finish within statement_timeout "
