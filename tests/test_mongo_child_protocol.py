@@ -11,23 +11,10 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from test_progress import runner
+from test_mongo_child import _folder, real  # noqa: F401 (a fixture)
 
 WRITER_PASSWORD = "Writer-Pw-5150"
 DB_PASSWORD = "Db-Password-42"
-
-
-@pytest.fixture
-def real(mongo):
-    if not mongo.real:
-        pytest.skip("needs a real server: the patch's child process connects over TCP")
-    return mongo
-
-
-def _folder(tmp_path, name: str, text: str):
-    folder = tmp_path / "mongo"
-    folder.mkdir()
-    (folder / name).write_text(text)
-    return folder
 
 
 def _run(*args, env: dict, timeout: float = 180):

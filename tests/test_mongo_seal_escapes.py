@@ -10,6 +10,7 @@ import socket
 import pytest
 
 from conftest import needs_mongosh
+from test_mongo_child import _folder, real  # noqa: F401 (a fixture)
 
 PROBES = '''import ctypes, errno, fcntl, os, socket, struct
 
@@ -61,20 +62,6 @@ def run(db, dry_run):
     probe("sctp", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132).close())
     return str(db.things.count_documents({{}})) + " things read"  # the server still reachable, by its name (pinned)
 '''
-
-
-@pytest.fixture
-def real(mongo):
-    if not mongo.real:
-        pytest.skip("needs a real server: the patch's child process connects over TCP")
-    return mongo
-
-
-def _folder(tmp_path, name: str, text: str):
-    folder = tmp_path / "mongo"
-    folder.mkdir()
-    (folder / name).write_text(text)
-    return folder
 
 
 def _probes(output: str) -> dict[str, str]:
