@@ -101,6 +101,21 @@ def test_a_run_session_lost_mid_file_says_what_committed_and_the_rerun_starts_ov
     assert applied(db) == [SEED, "0002_bonus"] and notes(db) == ["bonus", "bonus", "more"]  # as said: from statement 1
 
 
+def test_a_statement_failing_after_the_run_session_was_lost_is_said_as_it_failed(cli, db, sql_dir, seeded):
+    """Its failure cannot be recorded on the lost session: the line says the failure and what committed. Before:
+    "unexpected OperationalError" (the failure's record on the closed connection)."""
+    killing_once(db)
+    kill = KILL_BOOKKEEPING.replace("SELECT pg_catalog", "PERFORM pg_catalog").rstrip().rstrip(";")
+    add_migration(sql_dir, "0002_bonus", NONTX + "INSERT INTO payouts (note) VALUES ('bonus');\n"
+                  f"DO $$ BEGIN {kill}; RAISE EXCEPTION 'boom'; END $$;\n")
+    line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))
+    assert "0002_bonus.sql:3: failed to apply on " in line and ": boom; " in line, line
+    assert "(not transactional: statement 1 of 2 (line 2) COMMITTED; statement 2 failed; the rest did not run)" in line
+    assert notes(db) == ["bonus"] and applied(db) == [SEED]
+    status = cli("status", "--sql-dir", sql_dir, env=seeded)  # the progress record written before the loss
+    assert "statement 1 of 2 (line 2) COMMITTED; interrupted in statement 2 (line 3)" in status.output, status.output
+
+
 def test_a_run_session_lost_after_a_whole_non_transactional_file_says_mark_it(cli, db, sql_dir, seeded):
     killing_once(db)
     add_migration(sql_dir, "0002_bonus", NONTX + "INSERT INTO payouts (note) VALUES ('bonus');\n" + KILL_BOOKKEEPING)

@@ -51,10 +51,11 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         run()
     except StatementFailed as exc:
         if not exc.transactional:
-            if exc.done or concurrently.is_concurrent(exc.statement.text) or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
-                checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {exc.committed()}")
-            elif migration.earlier_failure is None:  # only this run's "started" record: nothing committed
-                checksums.clear_failures(backend, [migration.id])
+            try:
+                _record_failed(backend, migration, exc, prefix)
+            except (backend.DatabaseError, backend.driver.InterfaceError):  # the run's own session lost (by the
+                if not backend.connection.closed:  # file itself, say): its last progress record stays
+                    raise
         raise migration_error(exc, migration, target.where, verb, path)
     except RunSessionLost as exc:
         raise _lost_mid_file(target, migration, verb, path, exc) from exc
@@ -72,6 +73,14 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         if flyway.parse(Path(migration.path).name):  # Flyway's row likewise
             history.record_after_commit(backend, Path(migration.path), rolled_back=bool(prefix))
     if migration.earlier_failure is not None or not migration.use_transactions or prefix:
+        checksums.clear_failures(backend, [migration.id])
+
+
+def _record_failed(backend, migration, exc: StatementFailed, prefix: str) -> None:
+    """On the run's own connection: what a failed non-transactional file left committed (or that it left nothing)."""
+    if exc.done or concurrently.is_concurrent(exc.statement.text) or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
+        checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {exc.committed()}")
+    elif migration.earlier_failure is None:  # only this run's "started" record: nothing committed
         checksums.clear_failures(backend, [migration.id])
 
 
