@@ -162,6 +162,25 @@ def test_a_run_session_lost_mid_rollback_file_says_what_committed(cli, db, sql_d
     assert notes(db) == [] and applied(db) == [SEED]
 
 
+def test_a_run_session_lost_after_a_whole_non_transactional_rollback_says_how_to_unmark_it(cli, db, sql_dir, seeded):
+    """Its checksum row stays too (the file's end removes it): left there, migrate would mark it applied unrun."""
+    killing_once(db)
+    add_migration(sql_dir, "0002_bonus", "INSERT INTO payouts (note) VALUES ('bonus');\n",
+                  rollback=NONTX + "DELETE FROM payouts WHERE note = 'bonus';\n" + KILL_BOOKKEEPING)
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    line = one_error_line(cli("sql", "rollback", "--count", "1", "--sql-dir", sql_dir, env=seeded))
+    assert "0002_bonus.rollback.sql: not transactional: statements 1-2 of 2 (through the one at line 3) COMMITTED, " \
+           "but the runner's own connection to " in line, line
+    assert line.endswith("delete its rows (migration_id '0002_bonus') from _yoyo_migration and "
+                         "_hcm_migration_checksum so that migrate applies it again, rather than rolling it back twice")
+    db.query("DROP TABLE run_session_killer; DELETE FROM public._yoyo_migration WHERE migration_id = '0002_bonus'; "
+             "DELETE FROM public._hcm_migration_checksum WHERE migration_id = '0002_bonus'")
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert applied(db) == [SEED, "0002_bonus"] and notes(db) == ["bonus"]
+    assert "PARTLY" not in cli("status", "--sql-dir", sql_dir, env=seeded).output
+
+
 def test_a_run_session_lost_after_a_rollback_committed_says_how_to_unmark_it(cli, db, sql_dir, seeded):
     """0003's rollback committed first (the lock is held): 0002's rollback commits, yoyo's unmark meets the lost
     session. Its advice, followed, lets migrate apply 0002 again."""

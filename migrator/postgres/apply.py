@@ -100,10 +100,11 @@ def _lost(target: PostgresTarget, exc, before: str) -> str:
     return f"the runner's own connection to {target.where} was lost {before} ({why})"
 
 
-def _unmark(migration) -> str:
-    return (f"the history still lists it as applied though its objects are gone; delete its row (migration_id "
-            f"'{migration.id}') from _yoyo_migration so that migrate applies it again, rather than rolling it back "
-            "twice")
+def _unmark(migration, checksum: bool = False) -> str:
+    """`checksum`: its checksum row stayed too (a non-transactional rollback, whose file removes it as it ends)."""
+    rows, tables = ("rows", f"_yoyo_migration and {checksums.TABLE}") if checksum else ("row", "_yoyo_migration")
+    return (f"the history still lists it as applied though its objects are gone; delete its {rows} (migration_id "
+            f"'{migration.id}') from {tables} so that migrate applies it again, rather than rolling it back twice")
 
 
 def _lost_mid_file(target: PostgresTarget, migration, verb: str, path: Path, exc: RunSessionLost) -> MigratorError:
@@ -122,7 +123,7 @@ def _lost_mid_file(target: PostgresTarget, migration, verb: str, path: Path, exc
         then = (f"the next {again} runs this file again from its first statement: make it safe to re-run "
                 f"({'IF EXISTS' if rolling else 'IF NOT EXISTS'}) or undo what committed, then run {again} again")
     elif rolling:
-        then = _unmark(migration)
+        then = _unmark(migration, checksum=True)
     else:
         then = (f"the next migrate would run it all again, so run `runner.py sql mark {migration.id}` (it must not "
                 "run twice), then migrate again")
