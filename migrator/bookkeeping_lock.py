@@ -142,5 +142,7 @@ class Recording:
     def release(self) -> None:
         if self.held:
             self.held = False
+            if self.connection.closed:  # the session is gone, and its session-level lock with it
+                return
             with self.connection.cursor() as cursor:
                 cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (bookkeeping_key(self.schema),))

@@ -1,7 +1,8 @@
 """Sessions the server takes away mid-run (hostile pass on issue 24, reproE/E2/F/D): a DBA's idle_session_timeout
 on the database, an admin's pg_terminate_backend, a role's CONNECTION LIMIT. The runner's sessions are immune to
-the idle timeouts; one lost anyway after a migration committed is said exactly, and the next run does not apply
-it twice; the lock probe comes back after it was killed, and while it cannot see, each try is still bounded and
+the idle timeouts; the run's own one lost anyway is said exactly (nothing of a transactional file before its COMMIT;
+which statements of a non-transactional one; a migration or rollback COMMITTED but unrecorded), and the next run does
+what the line says; the lock probe comes back after it was killed, and while it cannot see, each try is still bounded and
 one line says why it is blind. Asserted from the server and the runner's lines, never from timings.
 """
 
@@ -27,28 +28,177 @@ def test_idle_session_timeout_does_not_close_the_runners_sessions(cli, db, sql_d
     assert db.query("SELECT count(*) FROM payouts") == [(1,)]
 
 
-# The migration itself ends the run's own session (the one holding the migration's advisory lock, not its own):
-# the file commits, then the runner's record of it fails on a connection the server closed.
+# --- the run's own session, ended by the migration itself -----------------------------------------------
+
+# The run's own session (the one holding the migration's advisory lock, not the file's), ended from inside the
+# file, as an admin's pg_terminate_backend would, once: while the table run_session_killer exists.
 KILL_BOOKKEEPING = """SELECT pg_catalog.pg_terminate_backend(l.pid) FROM pg_catalog.pg_locks l
 JOIN pg_catalog.pg_stat_activity a USING (pid)
 WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_catalog.pg_backend_pid()
-  AND a.application_name LIKE 'hcm-db-migrations %';
+  AND a.application_name LIKE 'hcm-db-migrations %'
+  AND pg_catalog.to_regclass('public.run_session_killer') IS NOT NULL;
 """
+NONTX = "-- transactional: false\n"
+
+
+def killing_once(db):
+    db.query("CREATE TABLE payouts (id serial PRIMARY KEY, note text); CREATE TABLE run_session_killer ()")
+
+
+def notes(db) -> list[str]:
+    return [note for (note,) in db.query("SELECT note FROM payouts ORDER BY id")]
+
+
+def test_a_run_session_lost_before_a_transactional_commit_commits_nothing_and_the_rerun_applies_it(
+        cli, db, sql_dir, seeded):
+    """The run takes the bookkeeping lock on its own session before the file's COMMIT: that session is gone, so the
+    file's transaction rolls back. Before: "whether it committed is unknown"."""
+    killing_once(db)
+    add_migration(sql_dir, "0002_bonus", "INSERT INTO payouts (note) VALUES ('bonus');\n" + KILL_BOOKKEEPING)
+    line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))
+    assert f"0002_bonus.sql: the runner's own connection to socket {db.server.host} (port " in line, line
+    assert f"database {db.name} was lost before 0002_bonus committed (" in line, line
+    assert line.endswith(": nothing of this file committed (its transaction rolled back); run migrate again"), line
+    assert notes(db) == [] and applied(db) == [SEED]
+    db.query("DROP TABLE run_session_killer")
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert applied(db) == [SEED, "0002_bonus"] and notes(db) == ["bonus"]
 
 
 def test_a_bookkeeping_session_lost_after_the_commit_is_said_and_not_applied_twice(cli, db, sql_dir, seeded):
-    db.query("CREATE TABLE payouts (id serial PRIMARY KEY, note text)")
-    add_migration(sql_dir, "0002_bonus", "INSERT INTO payouts (note) VALUES ('bonus');\n" + KILL_BOOKKEEPING)
+    """0002 committed first, so the run holds the bookkeeping lock already: 0003 commits, then yoyo's mark of it on
+    the lost session fails. Before: "unexpected InterfaceError" (the lock's release on the closed connection)."""
+    killing_once(db)
+    add_migration(sql_dir, "0002_first", "INSERT INTO payouts (note) VALUES ('first');\n")
+    add_migration(sql_dir, "0003_bonus", "INSERT INTO payouts (note) VALUES ('bonus');\n" + KILL_BOOKKEEPING)
     line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))
-    # before: "error: unexpected InterfaceError: connection already closed"
-    assert "0002_bonus.sql: 0002_bonus was applied and COMMITTED, but the runner's own connection to " in line, line
+    assert "0003_bonus.sql: 0003_bonus was applied and COMMITTED, but the runner's own connection to " in line, line
     assert "was lost before it recorded that" in line and "without running it again" in line, line
-    assert db.query("SELECT count(*) FROM payouts") == [(1,)]
+    assert notes(db) == ["first", "bonus"] and applied(db) == [SEED, "0002_first"]
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)  # (the killer still armed: the file must not run)
+    assert rerun.exit_code == 0, rerun.output
+    assert "marked 0003_bonus applied: committed by a runner that died before marking it" in rerun.stderr
+    assert applied(db) == [SEED, "0002_first", "0003_bonus"]
+    assert notes(db) == ["first", "bonus"]  # not applied twice
+
+
+def test_a_run_session_lost_mid_file_says_what_committed_and_the_rerun_starts_over(cli, db, sql_dir, seeded):
+    """Non-transactional: statements 1-2 committed, the progress record of statement 2 meets the lost session.
+    Before: "unexpected InterfaceError"."""
+    killing_once(db)
+    add_migration(sql_dir, "0002_bonus", NONTX + "INSERT INTO payouts (note) VALUES ('bonus');\n" + KILL_BOOKKEEPING
+                  + "INSERT INTO payouts (note) VALUES ('more');\n")
+    line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))
+    assert "0002_bonus.sql: not transactional: statements 1-2 of 3 (through the one at line 3) COMMITTED, but the " \
+           "runner's own connection to " in line, line
+    assert line.endswith("; the next migrate runs this file again from its first statement: make it safe to re-run "
+                         "(IF NOT EXISTS) or undo what committed, then run migrate again"), line
+    assert notes(db) == ["bonus"] and applied(db) == [SEED]
+    db.query("DROP TABLE run_session_killer")
     rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     assert rerun.exit_code == 0, rerun.output
-    assert "marked 0002_bonus applied: committed by a runner that died before marking it" in rerun.stderr
-    assert applied(db) == [SEED, "0002_bonus"]
-    assert db.query("SELECT count(*) FROM payouts") == [(1,)]  # not applied twice
+    assert applied(db) == [SEED, "0002_bonus"] and notes(db) == ["bonus", "bonus", "more"]  # as said: from statement 1
+
+
+def test_a_statement_failing_after_the_run_session_was_lost_is_said_as_it_failed(cli, db, sql_dir, seeded):
+    """Its failure cannot be recorded on the lost session: the line says the failure and what committed. Before:
+    "unexpected OperationalError" (the failure's record on the closed connection)."""
+    killing_once(db)
+    kill = KILL_BOOKKEEPING.replace("SELECT pg_catalog", "PERFORM pg_catalog").rstrip().rstrip(";")
+    add_migration(sql_dir, "0002_bonus", NONTX + "INSERT INTO payouts (note) VALUES ('bonus');\n"
+                  f"DO $$ BEGIN {kill}; RAISE EXCEPTION 'boom'; END $$;\n")
+    line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))
+    assert "0002_bonus.sql:3: failed to apply on " in line and ": boom; " in line, line
+    assert "(not transactional: statement 1 of 2 (line 2) COMMITTED; statement 2 failed; the rest did not run)" in line
+    assert notes(db) == ["bonus"] and applied(db) == [SEED]
+    status = cli("status", "--sql-dir", sql_dir, env=seeded)  # the progress record written before the loss
+    assert "statement 1 of 2 (line 2) COMMITTED; interrupted in statement 2 (line 3)" in status.output, status.output
+
+
+def test_a_run_session_lost_after_a_whole_non_transactional_file_says_mark_it(cli, db, sql_dir, seeded):
+    killing_once(db)
+    add_migration(sql_dir, "0002_bonus", NONTX + "INSERT INTO payouts (note) VALUES ('bonus');\n" + KILL_BOOKKEEPING)
+    line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))
+    assert "0002_bonus.sql: not transactional: statements 1-2 of 2 (through the one at line 3) COMMITTED, but " in line
+    assert line.endswith("; the next migrate would run it all again, so run `runner.py sql mark 0002_bonus` (it must "
+                         "not run twice), then migrate again"), line
+    assert cli("sql", "mark", "0002_bonus", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)  # (the killer still armed: the file must not run)
+    assert rerun.exit_code == 0, rerun.output
+    assert applied(db) == [SEED, "0002_bonus"] and notes(db) == ["bonus"]
+
+
+def test_a_run_session_lost_before_a_rollback_commits_leaves_it_applied(cli, db, sql_dir, seeded):
+    killing_once(db)
+    add_migration(sql_dir, "0002_bonus", "INSERT INTO payouts (note) VALUES ('bonus');\n",
+                  rollback="DELETE FROM payouts WHERE note = 'bonus';\n" + KILL_BOOKKEEPING)
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    line = one_error_line(cli("sql", "rollback", "--count", "1", "--sql-dir", sql_dir, env=seeded))
+    assert "0002_bonus.rollback.sql: the runner's own connection to " in line, line
+    assert " was lost before the rollback of 0002_bonus committed (" in line, line
+    assert line.endswith(": nothing of this file committed (its transaction rolled back); 0002_bonus is still "
+                         "applied; run the same `runner.py sql rollback` again"), line
+    assert notes(db) == ["bonus"] and applied(db) == [SEED, "0002_bonus"]
+    db.query("DROP TABLE run_session_killer")
+    assert cli("sql", "rollback", "--count", "1", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    assert notes(db) == [] and applied(db) == [SEED]
+
+
+def test_a_run_session_lost_mid_rollback_file_says_what_committed(cli, db, sql_dir, seeded):
+    killing_once(db)
+    add_migration(sql_dir, "0002_bonus", "INSERT INTO payouts (note) VALUES ('bonus'), ('more');\n",
+                  rollback=NONTX + "DELETE FROM payouts WHERE note = 'bonus';\n" + KILL_BOOKKEEPING
+                  + "DELETE FROM payouts WHERE note = 'more';\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    line = one_error_line(cli("sql", "rollback", "--count", "1", "--sql-dir", sql_dir, env=seeded))
+    assert "0002_bonus.rollback.sql: not transactional: statements 1-2 of 3 (through the one at line 3) COMMITTED, " \
+           "but the runner's own connection to " in line, line
+    assert line.endswith("; the next sql rollback runs this file again from its first statement: make it safe to "
+                         "re-run (IF EXISTS) or undo what committed, then run sql rollback again"), line
+    assert notes(db) == ["more"] and applied(db) == [SEED, "0002_bonus"]
+    db.query("DROP TABLE run_session_killer")
+    assert cli("sql", "rollback", "--count", "1", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    assert notes(db) == [] and applied(db) == [SEED]
+
+
+def test_a_run_session_lost_after_a_whole_non_transactional_rollback_says_how_to_unmark_it(cli, db, sql_dir, seeded):
+    """Its checksum row stays too (the file's end removes it): left there, migrate would mark it applied unrun."""
+    killing_once(db)
+    add_migration(sql_dir, "0002_bonus", "INSERT INTO payouts (note) VALUES ('bonus');\n",
+                  rollback=NONTX + "DELETE FROM payouts WHERE note = 'bonus';\n" + KILL_BOOKKEEPING)
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    line = one_error_line(cli("sql", "rollback", "--count", "1", "--sql-dir", sql_dir, env=seeded))
+    assert "0002_bonus.rollback.sql: not transactional: statements 1-2 of 2 (through the one at line 3) COMMITTED, " \
+           "but the runner's own connection to " in line, line
+    assert line.endswith("delete its rows (migration_id '0002_bonus') from _yoyo_migration and "
+                         "_hcm_migration_checksum so that migrate applies it again, rather than rolling it back twice")
+    db.query("DROP TABLE run_session_killer; DELETE FROM public._yoyo_migration WHERE migration_id = '0002_bonus'; "
+             "DELETE FROM public._hcm_migration_checksum WHERE migration_id = '0002_bonus'")
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert applied(db) == [SEED, "0002_bonus"] and notes(db) == ["bonus"]
+    assert "PARTLY" not in cli("status", "--sql-dir", sql_dir, env=seeded).output
+
+
+def test_a_run_session_lost_after_a_rollback_committed_says_how_to_unmark_it(cli, db, sql_dir, seeded):
+    """0003's rollback committed first (the lock is held): 0002's rollback commits, yoyo's unmark meets the lost
+    session. Its advice, followed, lets migrate apply 0002 again."""
+    killing_once(db)
+    add_migration(sql_dir, "0002_bonus", "INSERT INTO payouts (note) VALUES ('bonus');\n",
+                  rollback="DELETE FROM payouts WHERE note = 'bonus';\n" + KILL_BOOKKEEPING)
+    add_migration(sql_dir, "0003_more", "INSERT INTO payouts (note) VALUES ('more');\n",
+                  rollback="DELETE FROM payouts WHERE note = 'more';\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    line = one_error_line(cli("sql", "rollback", "--count", "2", "--sql-dir", sql_dir, env=seeded))
+    assert "0002_bonus.rollback.sql: the rollback of 0002_bonus COMMITTED, but the runner's own connection to " in line
+    assert line.endswith("delete its row (migration_id '0002_bonus') from _yoyo_migration so that migrate applies "
+                         "it again, rather than rolling it back twice"), line
+    assert notes(db) == [] and applied(db) == [SEED, "0002_bonus"]
+    db.query("DROP TABLE run_session_killer; DELETE FROM public._yoyo_migration WHERE migration_id = '0002_bonus'")
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert applied(db) == [SEED, "0002_bonus", "0003_more"] and notes(db) == ["bonus", "more"]
 
 
 # --- the lock probe, blind or killed ----------------------------------------------------------------------

@@ -10,8 +10,8 @@ from typing import Iterator
 from migrator import checksums, interrupt, output, pg_lock
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import concurrently, flyway, history
-from migrator.postgres.errors import StatementFailed, migration_error
-from migrator.postgres.migration import load_migrations, rollback_path
+from migrator.postgres.errors import StatementFailed, migration_error, progress
+from migrator.postgres.migration import RunSessionLost, load_migrations, rollback_path
 from migrator.postgres.state import bookkeeping
 from migrator.targets import PostgresTarget
 
@@ -51,11 +51,14 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         run()
     except StatementFailed as exc:
         if not exc.transactional:
-            if exc.done or concurrently.is_concurrent(exc.statement.text) or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
-                checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {exc.committed()}")
-            elif migration.earlier_failure is None:  # only this run's "started" record: nothing committed
-                checksums.clear_failures(backend, [migration.id])
+            try:
+                _record_failed(backend, migration, exc, prefix)
+            except (backend.DatabaseError, backend.driver.InterfaceError):  # the run's own session lost (by the
+                if not backend.connection.closed:  # file itself, say): its last progress record stays
+                    raise
         raise migration_error(exc, migration, target.where, verb, path)
+    except RunSessionLost as exc:
+        raise _lost_mid_file(target, migration, verb, path, exc) from exc
     except interrupt.Interrupted as exc:
         raise _interrupted(backend, target, migration, verb, path, exc)
     except (backend.DatabaseError, backend.driver.InterfaceError) as exc:  # Interface: yoyo's rollback on a lost connection
@@ -73,6 +76,14 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         checksums.clear_failures(backend, [migration.id])
 
 
+def _record_failed(backend, migration, exc: StatementFailed, prefix: str) -> None:
+    """On the run's own connection: what a failed non-transactional file left committed (or that it left nothing)."""
+    if exc.done or concurrently.is_concurrent(exc.statement.text) or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
+        checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {exc.committed()}")
+    elif migration.earlier_failure is None:  # only this run's "started" record: nothing committed
+        checksums.clear_failures(backend, [migration.id])
+
+
 def _interrupted(backend, target: PostgresTarget, migration, verb: str, path: Path, exc) -> MigratorError:
     transactional = migration.rollback_transactional() if verb == "roll back" else migration.use_transactions
     if transactional:
@@ -84,16 +95,48 @@ def _interrupted(backend, target: PostgresTarget, migration, verb: str, path: Pa
                          "migrations reported done before it are committed; run the command again", 128 + exc.signum)
 
 
+def _lost(target: PostgresTarget, exc, before: str) -> str:
+    why = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
+    return f"the runner's own connection to {target.where} was lost {before} ({why})"
+
+
+def _unmark(migration, checksum: bool = False) -> str:
+    """`checksum`: its checksum row stayed too (a non-transactional rollback, whose file removes it as it ends)."""
+    rows, tables = ("rows", f"_yoyo_migration and {checksums.TABLE}") if checksum else ("row", "_yoyo_migration")
+    return (f"the history still lists it as applied though its objects are gone; delete its {rows} (migration_id "
+            f"'{migration.id}') from {tables} so that migrate applies it again, rather than rolling it back twice")
+
+
+def _lost_mid_file(target: PostgresTarget, migration, verb: str, path: Path, exc: RunSessionLost) -> MigratorError:
+    """The run's own connection was lost while the file ran in its session (at the bookkeeping lock before its
+    COMMIT, at a progress record): what of it committed, and what the next run does about it."""
+    rolling = verb == "roll back"
+    if not exc.done:  # (None: its transaction, never committed, rolled back when the run stopped)
+        nothing = "its transaction rolled back" if exc.done is None else "not transactional: no statement of it ran"
+        what = f"the rollback of {migration.id}" if rolling else migration.id
+        then = (f"{migration.id} is still applied; run the same `runner.py sql rollback` again" if rolling
+                else "run migrate again")
+        return MigratorError(f"{path}: {_lost(target, exc.cause, f'before {what} committed')}: nothing of this file "
+                             f"committed ({nothing}); {then}")
+    if exc.done < len(exc.statements):
+        again = "sql rollback" if rolling else "migrate"
+        then = (f"the next {again} runs this file again from its first statement: make it safe to re-run "
+                f"({'IF EXISTS' if rolling else 'IF NOT EXISTS'}) or undo what committed, then run {again} again")
+    elif rolling:
+        then = _unmark(migration, checksum=True)
+    else:
+        then = (f"the next migrate would run it all again, so run `runner.py sql mark {migration.id}` (it must not "
+                "run twice), then migrate again")
+    committed = progress(exc.statements, exc.done, "").removesuffix("; ")
+    return MigratorError(f"{path}: {committed}, but {_lost(target, exc.cause, 'before it recorded that')}; {then}")
+
+
 def _unrecorded(target: PostgresTarget, migration, verb: str, path: Path, exc) -> MigratorError:
     """The file committed in its own session, then the run's own connection was lost (killed by an admin, a
     failover) before the history said so: what is true, and what the next run does about it."""
-    why = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
-    lost = f"the runner's own connection to {target.where} was lost before it recorded that ({why})"
+    lost = _lost(target, exc, "before it recorded that")
     if verb == "roll back":
-        return MigratorError(f"{path}: the rollback of {migration.id} COMMITTED, but {lost}: the history still lists "
-                             "it as applied though its objects are gone; delete its row "
-                             f"(migration_id '{migration.id}') from _yoyo_migration so that migrate applies it "
-                             "again, rather than rolling it back twice")
+        return MigratorError(f"{path}: the rollback of {migration.id} COMMITTED, but {lost}: {_unmark(migration)}")
     if getattr(migration, "record_after_commit", False):  # a read-only file's checksum was to be written there too
         then = (f"it left no record the next run can see, so run `runner.py sql mark {migration.id}` (it must not "
                 "run twice), then migrate again")

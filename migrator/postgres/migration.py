@@ -121,6 +121,27 @@ class ReachedOutside(StatementFailed):
         return "nothing of it was committed: its transaction rolled back"
 
 
+class RunSessionLost(Exception):
+    """The run's own connection (the bookkeeping lock's, the progress record's) was lost while a file ran: `done`
+    of its statements committed (None: a transactional file, whose transaction then rolls back: nothing)."""
+
+    def __init__(self, cause, statements, done: int | None):
+        super().__init__(str(cause))
+        self.cause, self.statements, self.done = cause, statements, done
+
+
+def _on_run_session(connection, statements, done: int | None, call) -> None:
+    """`call()` on the run's own connection; its loss (an admin's pg_terminate_backend, a failover) said as such."""
+    from psycopg2 import InterfaceError, OperationalError
+
+    try:
+        call()
+    except (InterfaceError, OperationalError) as exc:
+        if not connection.closed:
+            raise
+        raise RunSessionLost(exc, statements, done) from exc
+
+
 class Progress:
     """A non-transactional file's progress, recorded on the run's own connection (autocommit) before
     it starts and as each statement commits: whatever stops the run, `status` then says the truth."""
@@ -142,7 +163,9 @@ class Progress:
                     "which may or may not have committed")
         else:
             then = "interrupted before it was recorded as " + ("rolled back" if self.prefix else "applied")
-        checksums.record_failure(self.backend, self.migration.id, self.prefix + progress(self.statements, done, then))
+        what = self.prefix + progress(self.statements, done, then)
+        _on_run_session(self.backend.connection, self.statements, done,
+                        lambda: checksums.record_failure(self.backend, self.migration.id, what))
 
 
 def _uncommitted(migration, rollback: bool, how: str) -> str:
@@ -186,7 +209,8 @@ def _migration_class():
             recording = getattr(backend.parent, "recording", None)  # (a run that records its changes: all but scratch)
             if not transactional:
                 if recording is not None:  # before its first statement commits
-                    recording.before_commit(_uncommitted(migration, rollback, "it did not start"))
+                    _on_run_session(recording.connection, statements, 0, lambda: recording.before_commit(
+                        _uncommitted(migration, rollback, "it did not start")))
                 progress = Progress(backend.parent, migration, statements, rollback)
                 progress.start()
             # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
@@ -195,7 +219,8 @@ def _migration_class():
             run_retrying(backend, migration, path, statements, transactional, progress, guard)
             if recording is not None and transactional:  # before its COMMIT, and before its bookkeeping rows (a
                 # checksum row of a name another service's file shares would make that one wait for this lock too)
-                recording.before_commit(_uncommitted(migration, rollback, "its transaction rolled back"))
+                _on_run_session(recording.connection, statements, None, lambda: recording.before_commit(
+                    _uncommitted(migration, rollback, "its transaction rolled back")))
             try:
                 migration.record_after_commit = not checksums.record(
                     backend.connection, backend.bookkeeping_schema, migration.id, sha, guard and guard.expected)
