@@ -51,17 +51,45 @@ _HOLDER = ("SELECT a.pid, a.usename, a.application_name, "
            "WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())")
 
 
+# A lock a PREPAREd transaction holds has no session (pg_locks pid NULL): it outlives disconnects and restarts until
+# COMMIT/ROLLBACK PREPARED. Its transaction is found by the transactionid lock it holds under the same
+# virtualtransaction (LEFT JOINs: a row, gid NULL, when it cannot be told).
+_PREPARED = ("SELECT p.gid, p.owner, p.prepared FROM pg_catalog.pg_locks l "
+             "LEFT JOIN pg_catalog.pg_locks x ON x.virtualtransaction OPERATOR(pg_catalog.=) l.virtualtransaction "
+             "AND x.locktype OPERATOR(pg_catalog.=) 'transactionid' AND x.pid IS NULL "
+             "LEFT JOIN pg_catalog.pg_prepared_xacts p ON p.transaction OPERATOR(pg_catalog.=) x.transactionid "
+             "WHERE l.pid IS NULL AND " + _HOLDER.split(" WHERE ", 1)[1] + " LIMIT 1")
+
+
+def prepared(cursor, key: int) -> str | None:
+    """The prepared transaction holding advisory lock `key`, with how to end it; None when none does."""
+    cursor.execute(_PREPARED, (key >> 32, key & 0xFFFF_FFFF))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    gid, owner, at = row
+    if gid is None:
+        return ("a prepared transaction (no session: it holds the lock across disconnects and restarts; "
+                "pg_prepared_xacts names it: ROLLBACK PREPARED it, as its owner or a superuser)")
+    literal = "'" + gid.replace("'", "''") + "'"
+    end = f"ROLLBACK PREPARED {literal}" if literal.isascii() and literal.isprintable() else \
+        "ROLLBACK PREPARED with its gid (pg_prepared_xacts)"
+    return (f"the prepared transaction {quoted(gid)} (owner {quoted(owner)}, prepared {at:%Y-%m-%d %H:%M:%S %Z}; no "
+            f"session: it holds the lock across disconnects and restarts until `{end}`, run as its owner or a "
+            "superuser)")
+
+
 def bookkeeping_key(schema: str) -> int:
     return lock_key(f":bookkeeping {schema}")  # (a schema cannot be named so: names are plain identifiers)
 
 
 def holder(cursor, key: int) -> str | None:
     """Who holds advisory lock `key` as the server knows it (pid, user), its application_name (its own to choose)
-    quoted and marked unverified; None when no session does."""
+    quoted and marked unverified; a prepared transaction holding it (prepared); None when none does."""
     cursor.execute(_HOLDER, (key >> 32, key & 0xFFFF_FFFF))
     row = cursor.fetchone()
     if row is None:
-        return None
+        return prepared(cursor, key)
     pid, user, app, age = row
     said = f", application_name {quoted(app)} unverified" if app else ", no application_name"
     since = f", connected {age:.0f} s ago" if age is not None else ""
@@ -106,16 +134,21 @@ def _take(cursor, schema: str, key: int, kind: str, wait: float | None, busy: st
             return
         if time.monotonic() >= deadline:
             who = holder(cursor, key) or "released meanwhile"
-            raise BookkeepingBusy(f"the shared bookkeeping lock of schema {schema} (advisory lock {key}, held by "
-                                  f"{who}) was not free within {seconds:g} s: "
+            lock = f"the shared bookkeeping lock of schema {schema} (advisory lock {key}, held by {who})"
+            raise BookkeepingBusy(f"{lock} was not free within {seconds:g} s: "
                                   + (busy or "a runner holds it for a moment while it records (held longer, it "
                                      "may not be a runner's: end that session); run again, or raise --lock-timeout"),
-                                  LOCKED)
+                                  LOCKED, lock=lock)
         time.sleep(POLL_SECONDS / 4)
 
 
 class BookkeepingBusy(MigratorError):
-    """The bookkeeping lock was not free: nothing was committed by the step that asked for it."""
+    """The bookkeeping lock was not free: nothing was committed by the step that asked for it. `lock`: which lock,
+    and who held it."""
+
+    def __init__(self, message: str, code: int, lock: str = ""):
+        super().__init__(message, code)
+        self.lock = lock
 
 
 class Recording:
@@ -128,12 +161,13 @@ class Recording:
     def __init__(self, connection, schema: str):
         self.connection, self.schema, self.held, self.refused = connection, schema, False, False
 
-    def before_commit(self, busy: str) -> None:
-        """Taken (session-level, on the run's own session) unless held; `busy`: what a refusal leaves."""
+    def before_commit(self, busy: str, wait: float | None = None) -> None:
+        """Taken (session-level, on the run's own session) unless held, polled for `wait` seconds (else the run's
+        --lock-timeout); `busy`: what a refusal leaves."""
         if not self.held:
             try:
                 with self.connection.cursor() as cursor:
-                    _take(cursor, self.schema, bookkeeping_key(self.schema), "", None, busy)
+                    _take(cursor, self.schema, bookkeeping_key(self.schema), "", wait, busy)
             except BookkeepingBusy:
                 self.refused = True
                 raise

@@ -64,7 +64,9 @@ def arriving(db, role: str, schema: str):
 
 
 def run(cli, db, sql_dir, *args):
-    return cli(*args, "--sql-dir", sql_dir, "--schema", "bh", "--lock-timeout", "1", env=db.db_env())
+    """(A holder stays to the end: a transactional file is retried for the lock retry budget, 1 s here.)"""
+    return cli(*args, "--sql-dir", sql_dir, "--schema", "bh", "--lock-timeout", "1", "--lock-retry-budget", "1s",
+               env=db.db_env())
 
 
 def applied_in(db, schema: str) -> list[str]:
@@ -110,6 +112,7 @@ def test_a_holder_arriving_while_a_migration_runs_never_leaves_it_unrecorded(cli
         line = failed_line(result)
         said_holder(line, pid, low)
         assert "so 0002_a was not applied (its transaction rolled back)" in line and "Run migrate again" in line, line
+        assert "not free before the COMMIT (gave up after " in line and "raise --lock-retry-budget" in line, line
         assert applied_in(db, "bh") == [SEED] and db.query("SELECT to_regclass('bh.a')") == [(None,)]
         add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n", "DROP TABLE a;\n")  # (no wait)
     else:
@@ -132,7 +135,7 @@ def test_in_a_schema_services_share_each_migration_is_recorded_as_it_lands(cli, 
     (folder / "V2__b.sql").write_text(f"CREATE TABLE svc_b (id int);\n{waits}")
     env = {**db.db_env(), "SCHEMA_TABLE": "svc_hist"}
     with arriving(db, low, "public") as pid:
-        result = cli("migrate", "--sql-dir", folder, "--lock-timeout", "1", env=env)
+        result = cli("migrate", "--sql-dir", folder, "--lock-timeout", "1", "--lock-retry-budget", "1s", env=env)
     line = one_error_line(result)
     assert result.exit_code == 4 and f"server pid {pid} (user {low}" in line, line
     assert "so V2__b was not applied (its transaction rolled back); those reported applied before it are " \
@@ -202,3 +205,88 @@ def test_the_holder_named_is_the_bigint_locks_never_a_two_int4_lock_with_the_sam
             assert holder(cursor, key) is None
             cursor.execute("SELECT pg_try_advisory_lock(%s)", (key,))
             assert cursor.fetchone() == (True,)  # (a different lock: the bookkeeping one is free)
+
+
+GATE = 4242  # an advisory lock the holder takes once it holds the bookkeeping lock (pg_locks: no snapshot)
+
+
+@contextmanager
+def holding_while_app_waits(db, role: str, schema: str, table: str, seen: dict):
+    """`role` takes the schema's bookkeeping lock once a file runs its gate (files_gate), then waits until the
+    runner's transaction holds ACCESS EXCLUSIVE on `table` and an application query (as `role`) is queued behind
+    it; it lets go only once that query has returned. `seen`: its pid, and whether the query returned while the
+    lock was still held."""
+    from migrator.bookkeeping_lock import bookkeeping_key
+
+    holder = psycopg2.connect(dbname=db.name, user=role, host=db.server.host, port=db.server.port,
+                              application_name=FORGED)
+    holder.autocommit = True
+    app = psycopg2.connect(dbname=db.name, user=role, host=db.server.host, port=db.server.port)
+    app.autocommit = True
+    seen["pid"] = holder.get_backend_pid()
+    ended = threading.Event()  # (the run ended: stop waiting)
+
+    def hold():
+        while not db.query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%gate' || '-wait%%'")[0][0]:
+            if ended.wait(0.05):
+                return
+        cursor = holder.cursor()
+        cursor.execute("SELECT pg_advisory_lock(%s)", (bookkeeping_key(schema),))
+        cursor.execute("SELECT pg_advisory_lock(%s)", (GATE,))  # (the file goes on)
+        with db.server.connect(db.name) as watch, watch.cursor() as looking:
+            while not ended.is_set():
+                looking.execute("SELECT count(*) FROM pg_locks WHERE relation = to_regclass(%s) AND granted "
+                                "AND mode = 'AccessExclusiveLock'", (table,))
+                if looking.fetchone()[0]:
+                    break
+            else:
+                return
+        try:
+            app.cursor().execute(f"SELECT count(*) FROM {table}")  # queued behind the migration's ALTER TABLE
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND objid = %s",
+                           (bookkeeping_key(schema) & 0xFFFF_FFFF,))
+            seen["returned while held"] = cursor.fetchone() == (1,)
+        finally:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", (bookkeeping_key(schema),))
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        ended.set()
+        thread.join()
+        app.close()
+        holder.close()
+
+
+def files_gate() -> str:
+    """A statement that waits until the holder has the bookkeeping lock (and so the GATE lock)."""
+    return ("DO $$ BEGIN /* gate-wait */ WHILE NOT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND "
+            f"granted AND objid = {GATE} AND objsubid = 1) LOOP PERFORM pg_sleep(0.05); END LOOP; END $$;\n")
+
+
+def test_a_held_bookkeeping_lock_never_keeps_the_files_table_locks_past_the_try(cli, db, sql_dir, low):
+    """attack 23e (app_stall): the bookkeeping lock is asked for before the COMMIT, while the file's ALTER TABLE
+    holds ACCESS EXCLUSIVE. Before: the runner polled for it --lock-timeout long (10 s by default), the
+    application queued behind the table all along, then the run failed. Now it is one more lock of the try:
+    not free within the try's lock_timeout, the transaction rolls back (the application's query returns while
+    the holder still holds it) and the whole file is tried again after a backoff, which then commits."""
+    ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "bh", "--create-schemas", env=db.db_env()))
+    add_migration(sql_dir, "0002_hot", f"CREATE TABLE hot (id int);\nGRANT USAGE ON SCHEMA bh TO {low};\n"
+                  f"GRANT SELECT ON hot TO {low};\n", "DROP TABLE hot;\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "bh", env=db.db_env()))  # (a run holds the lock from its
+    # first commit to its end: 0003 is the first file of the run below)
+    add_migration(sql_dir, "0003_note", f"{files_gate()}ALTER TABLE hot ADD COLUMN note text;\n",
+                  "ALTER TABLE hot DROP COLUMN note;\n")
+    with holding_while_app_waits(db, low, "bh", "bh.hot", {}) as seen:
+        result = cli("migrate", "--sql-dir", sql_dir, "--schema", "bh", "--lock-timeout", "5", env=db.db_env())
+    ok(result)
+    assert seen["returned while held"], seen
+    retries = [line for line in result.stderr.splitlines() if "not free within the try's lock_timeout" in line]
+    assert retries and f"server pid {seen['pid']} (user {low}" in retries[0], result.output
+    assert "0003_note.sql:2: the shared bookkeeping lock of schema bh" in retries[0], retries[0]
+    assert applied_in(db, "bh") == [SEED, "0002_hot", "0003_note"]
+    assert db.query("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'bh' "
+                    "AND table_name = 'hot' AND column_name = 'note'") == [(1,)]
+    no_drift(cli, db, sql_dir)

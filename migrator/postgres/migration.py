@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from migrator import checksums
+from migrator.bookkeeping_lock import BookkeepingBusy
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import backfill, files, flyway, history
+from migrator.postgres import backfill, files, flyway, history, retry
 from migrator.postgres.errors import StatementFailed, progress
 from migrator.postgres.running import SearchPathGuard, SearchPathMoved, run_retrying
 
@@ -168,17 +169,51 @@ class Progress:
                         lambda: checksums.record_failure(self.backend, self.migration.id, what))
 
 
-def _uncommitted(migration, rollback: bool, how: str) -> str:
+def _uncommitted(migration, rollback: bool, how: str, option: str = "--lock-timeout") -> str:
     """What a refused bookkeeping lock leaves (bookkeeping_lock.Recording): nothing of this file; every change the
     run made before it was committed and recorded (each one under that lock)."""
     if rollback:
         return (f"so {migration.id} was not rolled back ({how}): it is still applied, the newest; those reported "
                 "rolled back before it are rolled back and recorded. Once that session has let go (end it if it is "
                 f"not a runner's), `runner.py sql rollback --count 1` rolls back {migration.id} alone; or raise "
-                "--lock-timeout")
+                f"{option}")
     return (f"so {migration.id} was not applied ({how}); those reported applied before it are committed and "
             "recorded. Run migrate again once that session has let go (end it if it is not a runner's), or raise "
-            "--lock-timeout")
+            f"{option}")
+
+
+def _run_then_lock(backend, migration, path: Path, statements, guard, recording, rollback: bool) -> None:
+    """A transactional file, then the bookkeeping lock before its COMMIT (and before its bookkeeping rows: a
+    checksum row of a name another service's file shares would make that one wait for this lock too). That lock
+    is one more lock of the try: asked for while the file's transaction holds its locks (an ALTER TABLE's ACCESS
+    EXCLUSIVE, the application queued behind it), so never longer than the try's lock_timeout; not free, the
+    transaction rolls back and the whole file is tried again after a backoff, within the lock retry budget, as
+    for any lock. (Taken before the file instead, it would be held while the file runs: the other services
+    sharing the schema could then record nothing, and commit nothing, for as long.)"""
+    policy = retry.Policy.of(getattr(backend.parent, "limits", None))
+    backoff = retry.Backoff(policy)
+    busy = _uncommitted(migration, rollback, "its transaction rolled back",
+                        "--lock-retry-budget" if policy.per_try else "--lock-timeout")
+    while True:
+        run_retrying(backend, migration, path, statements, True, None, guard, backoff=backoff)
+        try:  # (lock_timeout 0: the file's own locks wait unbounded, and so does this one, for --lock-timeout)
+            _on_run_session(recording.connection, statements, None, lambda: recording.before_commit(
+                busy, policy.per_try or None))
+            return
+        except BookkeepingBusy as exc:
+            delay = backoff.next_delay() if policy.per_try and policy.budget else None
+            if delay is None:
+                if policy.per_try:
+                    exc.args = (f"{exc.lock} was not free before the COMMIT ({retry.given_up(backoff)}): {busy}",)
+                raise
+            recording.refused = False  # (not yet: this try's transaction rolls back, and the file is tried again)
+            retry.say_own_lock_retry(path, statements[-1].line, f"{exc.lock} not free within the try's lock_timeout "
+                                     "(asked for before the COMMIT, holding the file's locks); its transaction rolled "
+                                     "back", backoff, delay)
+            with backend.connection.cursor() as cursor:
+                cursor.execute("ROLLBACK")
+                cursor.execute("BEGIN")
+            retry.sleep(delay)
 
 
 @functools.cache
@@ -216,11 +251,10 @@ def _migration_class():
             # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
             guard = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
             started = time.monotonic()
-            run_retrying(backend, migration, path, statements, transactional, progress, guard)
-            if recording is not None and transactional:  # before its COMMIT, and before its bookkeeping rows (a
-                # checksum row of a name another service's file shares would make that one wait for this lock too)
-                _on_run_session(recording.connection, statements, None, lambda: recording.before_commit(
-                    _uncommitted(migration, rollback, "its transaction rolled back")))
+            if recording is not None and transactional:
+                _run_then_lock(backend, migration, path, statements, guard, recording, rollback)
+            else:
+                run_retrying(backend, migration, path, statements, transactional, progress, guard)
             try:
                 migration.record_after_commit = not checksums.record(
                     backend.connection, backend.bookkeeping_schema, migration.id, sha, guard and guard.expected)

@@ -429,3 +429,22 @@ def _seconds(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s".replace(".0 s", " s")
     return f"{int(seconds // 60)} min" + (f" {int(seconds % 60)} s" if int(seconds % 60) else "")
+
+
+def say_own_lock_retry(path, line: int, what: str, backoff: Backoff, delay: float) -> None:
+    """say_retry's line for a lock the runner asks for itself in the try (the bookkeeping lock before a COMMIT):
+    `what` names the lock and its holder."""
+    text = (f"{path}:{line}: {what}; try {backoff.tries} in {delay:.1f} s, {_seconds(backoff.left())} of the lock "
+            "retry budget left")
+    schema = output.event_context().get("schema")
+    output.progress(f"[{schema}] {text}" if schema else text, kind="lock_retry", file=str(path), line=line,
+                    next_try=backoff.tries, delay_s=round(delay, 2), lock_timeout_s=backoff.policy.per_try,
+                    budget_s=backoff.policy.budget, budget_left_s=round(backoff.left(), 1))
+
+
+def given_up(backoff: Backoff) -> str:
+    """How long a file was tried, for the final line: its tries, the budget, each try's lock_timeout."""
+    if not backoff.policy.budget:
+        return f"each try waiting {_seconds(backoff.policy.per_try)}, not retried (lock retry budget 0)"
+    return (f"gave up after {backoff.tries} tries in {_seconds(backoff.spent())}, lock retry budget "
+            f"{_seconds(backoff.policy.budget)}, each try waiting {_seconds(backoff.policy.per_try)}")

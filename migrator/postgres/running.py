@@ -88,11 +88,13 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                             "was rolled back, as psql does at the end of a file; add the COMMIT and run again")
 
 
-def run_retrying(backend, migration, path: Path, statements, transactional: bool, progress=None, guard=None) -> None:
+def run_retrying(backend, migration, path: Path, statements, transactional: bool, progress=None, guard=None,
+                 backoff=None) -> None:
     """run_statements, with lock retries (retry.py): a try that timed out on a lock is retried after a backoff
     until the budget is spent; a transactional file as a whole (its transaction rolled back and begun again),
     a non-transactional one from the statement that failed. One line per retry; the last failure names the
-    blocker. A non-transactional file's CONCURRENTLY builds are prepared and checked (concurrently.py)."""
+    blocker. A non-transactional file's CONCURRENTLY builds are prepared and checked (concurrently.py). `backoff`:
+    the file's tries so far (migration._run_then_lock tries it again as a whole)."""
     connection = backend.connection
     limits = getattr(backend.parent, "limits", None)
     policy = retry.Policy.of(limits)
@@ -105,7 +107,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         statements = detach.finalizing(connection, statements, path, migration.earlier_failure)
     budget = retry.TryBudget(policy.per_try, bool(policy.budget)) if policy.per_try else None
     probe = retry.probe(backend, connection, budget) if policy.per_try else None
-    backoff = retry.Backoff(policy)
+    backoff = backoff or retry.Backoff(policy)
     start = done = 0
     try:
         pg_lock.hold_for_shared_ddl(connection, statements, transactional)
