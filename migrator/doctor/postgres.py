@@ -296,25 +296,54 @@ def _tenant_mark(report: DoctorReport, backend, schema: str, user: str) -> None:
 
 
 def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advisory: bool) -> None:
-    held = pg_lock.holder(backend, pg_lock.run_key(backend, target))
+    key = pg_lock.run_key(backend, target)
+    held = pg_lock.holder(backend, key)
     # a Flyway folder's lock is its history's (services sharing the schema have their own)
     lock = f"the migration lock for the history {backend.bookkeeping_schema}.{target.history}" if target.history \
         else "the migration lock"
+    books_key = bookkeeping_lock.bookkeeping_key(backend.bookkeeping_schema)
+    with backend.connection.cursor() as cursor:  # (any role that can connect may take them: their keys are no secret)
+        stuck = bookkeeping_lock.prepared(cursor, key)
+        books = bookkeeping_lock.holder(cursor, books_key)
+        books_stuck = books is not None and bookkeeping_lock.prepared(cursor, books_key) == books
+        free = advisory and not held.startswith("held by") and _free(cursor, key)
+        books_free = books is None and advisory and _free(cursor, books_key)
     if not advisory:
         report.add(Check("postgres locks", FAIL, f"user {user} cannot call pg_try_advisory_lock (the migration lock)",
                          f"GRANT EXECUTE ON FUNCTION pg_try_advisory_lock(bigint), pg_advisory_unlock(bigint) TO {user}"))
+    elif stuck:
+        report.add(Check("postgres locks", FAIL, f"advisory locks allowed; {lock} is held by {stuck}",
+                         "every run waits for it, then stops (exit 4): end that prepared transaction as said"))
     elif held.startswith("held by"):
         report.add(Check("postgres locks", WARN, f"advisory locks allowed; {lock} is {held}",
                          "a runner is migrating now: a run would wait for it (--lock-timeout)"))
+    elif not free:
+        report.add(Check("postgres locks", WARN, f"advisory locks allowed; {lock} is held (holder unknown: doctor's "
+                         "try to take it failed, and no session it can see holds it)", "a run would wait for it "
+                         "(--lock-timeout); pg_locks names the holder to a superuser"))
     else:
         report.add(Check("postgres locks", OK, f"advisory locks allowed; {lock} is free"))
-    with backend.connection.cursor() as cursor:  # (any role that can connect may take it: its key is no secret)
-        books = bookkeeping_lock.holder(cursor, bookkeeping_lock.bookkeeping_key(backend.bookkeeping_schema))
-    if books:
-        report.add(Check("bookkeeping lock", WARN, f"the shared bookkeeping lock of schema {backend.bookkeeping_schema}"
-                         f" is held by {books}", "a runner holds it for a moment while it records a change; held "
-                         "longer, every write command stops after --lock-timeout (exit 4) with nothing committed: "
-                         "if it is not a runner's, end that session (pg_terminate_backend)"))
+    where = f"the shared bookkeeping lock of schema {backend.bookkeeping_schema}"
+    if books_stuck:
+        report.add(Check("bookkeeping lock", FAIL, f"{where} is held by {books}", "every write command stops after "
+                         "--lock-timeout (exit 4) with nothing committed: end that prepared transaction as said"))
+    elif books:
+        report.add(Check("bookkeeping lock", WARN, f"{where} is held by {books}", "a runner holds it for a moment "
+                         "while it records a change; held longer, every write command stops after --lock-timeout "
+                         "(exit 4) with nothing committed: if it is not a runner's, end that session "
+                         "(pg_terminate_backend)"))
+    elif advisory and not books_free:
+        report.add(Check("bookkeeping lock", WARN, f"{where} is held (holder unknown: doctor's try to take it failed)",
+                         "held longer than a moment, every write command stops after --lock-timeout (exit 4)"))
+
+
+def _free(cursor, key: int) -> bool:
+    """Whether advisory lock `key` is free now: tried (and let go at once), never inferred from pg_locks."""
+    cursor.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (key,))
+    if not cursor.fetchone()[0]:
+        return False
+    cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
+    return True
 
 
 def _flyway_history(report: DoctorReport, backend, migrations, todo) -> None:
