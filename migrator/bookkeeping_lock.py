@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from migrator.errors import LOCKED, MigratorError
-from migrator.output import quoted
+from migrator.output import quoted, role
 
 # One advisory lock key per database for this project ("hcmdbmig" as a 64-bit integer).
 LOCK_KEY = int.from_bytes(b"hcmdbmig", "big") & 0x7FFF_FFFF_FFFF_FFFF
@@ -74,7 +74,7 @@ def prepared(cursor, key: int) -> str | None:
     literal = "'" + gid.replace("'", "''") + "'"
     end = f"ROLLBACK PREPARED {literal}" if literal.isascii() and literal.isprintable() else \
         "ROLLBACK PREPARED with its gid (pg_prepared_xacts)"
-    return (f"the prepared transaction {quoted(gid)} (owner {quoted(owner)}, prepared {at:%Y-%m-%d %H:%M:%S %Z}; no "
+    return (f"the prepared transaction {quoted(gid)} (owner {role(owner)}, prepared {at:%Y-%m-%d %H:%M:%S %Z}; no "
             f"session: it holds the lock across disconnects and restarts until `{end}`, run as its owner or a "
             "superuser)")
 
@@ -93,8 +93,7 @@ def holder(cursor, key: int) -> str | None:
     pid, user, app, age = row
     said = f", application_name {quoted(app)} unverified" if app else ", no application_name"
     since = f", connected {age:.0f} s ago" if age is not None else ""
-    user = (user if user.isidentifier() and user.isascii() else quoted(user)) if user else "unknown"
-    return f"server pid {pid} (user {user}{said}{since})"
+    return f"server pid {pid} (user {role(user)}{said}{since})"
 
 
 def bookkeeping_wait(seconds: float) -> None:

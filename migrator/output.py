@@ -101,8 +101,10 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-# Line breaks (\n, \r, and those Unicode adds) and the characters a terminal acts on.
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# Line breaks (\n, \r, and those Unicode adds), the characters a terminal acts on, and the invisible ones that
+# reorder or hide what is shown (bidi controls, zero-width characters): a name can then not read as another.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u061c\u200b-\u200f\u202a-\u202e"
+                      "\u2066-\u2069\ufeff]")
 
 
 def visible(text: str) -> str:
@@ -117,6 +119,13 @@ def quoted(text: str) -> str:
     spelled with look-alike letters."""
     return "'" + "".join("\\'" if c == "'" else c if " " <= c <= "~" and c != "\\" else ascii(c)[1:-1]
                          for c in text) + "'"
+
+
+def role(name: str | None) -> str:
+    """A role's name (anyone with CREATEROLE chooses it): bare when a plain identifier, else quoted()."""
+    if not name:
+        return "unknown"
+    return name if name.isidentifier() and name.isascii() else quoted(name)
 
 
 def _shown(text: str) -> str:

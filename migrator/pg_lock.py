@@ -333,9 +333,9 @@ def holder(backend, key: int = LOCK_KEY) -> str:
         proven = re.match(r"hcm-db-migrations (?P<host>\S+):(?P<pid>\d+)", proof)
         return f"held by host {proven['host']} pid {proven['pid']} {when}"
     if since is None:  # pg_stat_activity hides another role's session (NULLs) from a user who is not a superuser
-        return f"held by a session of another role (server pid {backend_pid}, user {user or 'unknown'}; unverified) {when}"
+        return f"held by a session of another role (server pid {backend_pid}, user {output.role(user)}; unverified) {when}"
     said = f", calling itself {output.quoted(app)}" if app else ""
-    return (f"held by an unverified session (server pid {backend_pid}, user {user or 'unknown'}, from "
+    return (f"held by an unverified session (server pid {backend_pid}, user {output.role(user)}, from "
             f"{client or 'local'}{said}: no runner's lock row proves it) {when}")
 
 

@@ -110,11 +110,11 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
 
 def _port(value: str, origin: str, *, quote_value: bool = True) -> int:
     """The port as a number. A secret's value is never quoted back: a mis-keyed secret may hold a password there."""
-    try:
-        port = int(value)
-    except ValueError:
+    digits = str(value).strip()
+    if not re.fullmatch(r"[0-9]+", digits):  # ASCII digits only (int() takes '５４３２' and '5_432')
         shown = f" {value!r}" if quote_value else ""
         raise MigratorError(f"{origin}: port{shown} is not a number; set it to the server's port, e.g. 5432", USAGE)
+    port = int(digits)
     if not 0 < port < 65536:
         raise MigratorError(f"{origin}: port {port} is out of range; set it to the server's port, e.g. 5432", USAGE)
     return port

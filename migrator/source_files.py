@@ -10,6 +10,7 @@ so a checkout never has one).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -68,12 +69,26 @@ def check(path: Path, folder: Path) -> None:
 
 def read_bytes(path: Path) -> bytes:
     """The file's bytes, opened without blocking and checked again on the open file (what stat saw may have
-    been replaced since): a regular file of at most MAX_BYTES, else one line. OSError passes through."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    been replaced since): a regular file of the folder's own (one name, never a link out of its folder) of at
+    most MAX_BYTES, else one line. OSError passes through."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:  # a symlink: problem() accepted one into the folder; a link swapped in since is not
+        if exc.errno != errno.ELOOP:
+            raise
+        target = Path(os.path.realpath(path))
+        if not target.is_relative_to(Path(os.path.realpath(path.parent))):
+            raise MigratorError(f"{shown(path)} is a symlink to {shown(target)}, outside its folder; the runner reads "
+                                "only files inside the folder: copy the file in, or remove the link", USAGE)
+        fd = os.open(target, flags)
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise MigratorError(f"{shown(path)} is not a regular file; remove it, or move it out of the folder", USAGE)
+        if info.st_nlink != 1:
+            raise MigratorError(f"{shown(path)} is a hard link ({info.st_nlink} names for one file); the runner reads "
+                                "only files of the folder's own: copy the file in (cp), or remove the link", USAGE)
         data = file.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise MigratorError(f"{shown(path)} is over the runner's limit of {MAX_MIB} MiB for one file; split it into "

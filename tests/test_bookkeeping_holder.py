@@ -290,3 +290,21 @@ def test_a_held_bookkeeping_lock_never_keeps_the_files_table_locks_past_the_try(
     assert db.query("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'bh' "
                     "AND table_name = 'hot' AND column_name = 'note'") == [(1,)]
     no_drift(cli, db, sql_dir)
+
+
+def test_a_failed_transactional_migration_never_waits_for_the_lock_to_record_nothing(cli, db, sql_dir, low):
+    """attack 23e (low): a transactional file that failed (nothing committed) still recorded the schema under the
+    bookkeeping lock, waiting max(--lock-timeout, 60 s) for a holder, then noted that it could not. Nothing
+    committed since the last record: nothing to record, no wait."""
+    from migrator.bookkeeping_lock import bookkeeping_key
+
+    ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "bh", "--create-schemas", env=db.db_env()))
+    add_migration(sql_dir, "0002_a", f"{waits_for_holder(low, bookkeeping_key('bh'))}SELECT 1 / 0;\n",
+                  "SELECT 1;\n")
+    with arriving(db, low, "bh"):
+        result = run(cli, db, sql_dir, "migrate")
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[bh] FAILED")]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "0002_a.sql:2" in lines[0] and "division by zero" in lines[0], lines[0]
+    assert "could not be recorded" not in result.output, result.output
+    assert applied_in(db, "bh") == [SEED]

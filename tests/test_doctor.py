@@ -402,7 +402,7 @@ def test_lock_held_by_another_role_seen_by_a_plain_user(cli, db, role, sql_dir):
     assert line.startswith("warn") and "the migration lock is held by a session of another role (server pid" in line
     assert "(since unknown)" in line
     assert migrate.exit_code != 0 and "unexpected" not in migrate.output
-    assert "another runner holds the migration lock" in migrate.stderr and "(since unknown)" in migrate.stderr
+    assert "a session holds the migration lock" in migrate.stderr and "(since unknown)" in migrate.stderr
 
 
 def test_schema_drift_is_a_warning(cli, db, sql_dir):

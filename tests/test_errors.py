@@ -57,6 +57,28 @@ def test_a_lock_row_left_by_a_dead_runner_no_longer_blocks(cli, db):
     assert db.query("SELECT count(*) FROM yoyo_lock") == [(0,)]
 
 
+def test_a_holders_role_name_is_quoted_so_it_cannot_read_as_more_fields(cli, db):
+    """attack 23e (low): a role (CREATEROLE chooses its name) printed bare read as the line's own fields."""
+    import uuid
+
+    import psycopg2
+
+    from migrator.pg_lock import LOCK_KEY
+
+    name = f"e{uuid.uuid4().hex[:4]}, from 10.1.2.3: no runner's lock row proves it) since"  # (<= 63 bytes)
+    db.query(f'CREATE ROLE "{name}" LOGIN')
+    holder = psycopg2.connect(dbname=db.name, user=name, host=db.server.host, port=db.server.port)
+    try:
+        holder.autocommit = True
+        holder.cursor().execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        result = cli("migrate", "--lock-timeout", "0.5", env=db.db_env())
+    finally:
+        holder.close()
+        db.query(f'DROP ROLE "{name}"')
+    line = one_error_line(result)
+    assert result.exit_code == 4 and "user '" + name.replace("'", "\\'") + "', from local" in line, line
+
+
 def test_a_live_holder_makes_the_next_runner_time_out_naming_it(cli, db):
     import psycopg2
 
@@ -71,7 +93,7 @@ def test_a_live_holder_makes_the_next_runner_time_out_naming_it(cli, db):
         result = cli("migrate", "--lock-timeout", "0.5", env=db.db_env())
         assert result.exit_code == 4
         line = one_error_line(result)
-        assert f"another runner holds the migration lock on {where_name(db.server.host, db.server.port, db.name)}" in line
+        assert f"a session holds the migration lock on {where_name(db.server.host, db.server.port, db.name)}" in line
         # (the name alone, without a runner's lock row, is not believed: issue 23)
         assert "held by an unverified session (server pid" in line and "pod-7:4242" in line and "since 20" in line
         assert "waited 0.5 s" in line

@@ -118,6 +118,30 @@ def test_files_are_read_through_a_non_blocking_open_that_checks_again(tmp_path):
         source_files.read_bytes(fifo)
 
 
+@pytest.mark.parametrize("swap, why", [("symlink", "is a symlink to .*outside.sql, outside its folder"),
+                                       ("hardlink", "is a hard link \\(2 names for one file\\)")])
+def test_a_file_swapped_for_a_link_after_its_check_is_refused_by_the_read_itself(tmp_path, swap, why):
+    """attack 23e (low): the read re-checked only S_ISREG on what it opened, following a symlink and taking a hard
+    link swapped in after problem() passed. A link into the folder (which problem() accepts) is still read."""
+    from migrator import source_files
+    from migrator.errors import MigratorError
+
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    outside = tmp_path / "outside.sql"
+    outside.write_text("SELECT 'not the folder''s';\n")
+    path = folder / "0002_swap.sql"
+    path.write_text("SELECT 1;\n")
+    assert source_files.problem(path, folder) is None
+    path.unlink()
+    path.symlink_to(outside) if swap == "symlink" else os.link(outside, path)
+    with pytest.raises(MigratorError, match=f"0002_swap.sql {why}"):
+        source_files.read_bytes(path)
+    (folder / "real.sql").write_text("SELECT 2;\n")
+    (folder / "0003_link.sql").symlink_to(folder / "real.sql")
+    assert source_files.read_bytes(folder / "0003_link.sql") == b"SELECT 2;\n"
+
+
 @pytest.mark.parametrize("name, make, why", [
     ("V2__planted.sql", "symlink_out", "is a symlink to "), ("R__planted.sql", "fifo", "is a FIFO (named pipe), not a "
                                                             "regular file"),

@@ -39,7 +39,7 @@ def prepared_lock(db, role: str, key: int):
 
 def named(text: str, role: str) -> str:
     """The prepared transaction named in `text`, with its advice: returns the advice (SQL)."""
-    assert f"the prepared transaction 'evil\\'s hold' (owner '{role}', prepared " in text, text
+    assert f"the prepared transaction 'evil\\'s hold' (owner {role}, prepared " in text, text
     assert "as its owner or a superuser" in text, text
     return re.search(r"until `(ROLLBACK PREPARED [^`]+)`", text)[1]
 

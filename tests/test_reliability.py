@@ -313,7 +313,7 @@ def case_lock_timeout(db, sql_dir, tmp_path, aws):
     holder.autocommit = True
     holder.cursor().execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
     case_lock_timeout.holder = holder  # closed by the test
-    return ["migrate", "--lock-timeout", "0.3"], _pw(db), 4, "another runner holds the migration lock"
+    return ["migrate", "--lock-timeout", "0.3"], _pw(db), 4, "a session holds the migration lock"
 
 
 def case_bad_ddl_lock_timeout(db, sql_dir, tmp_path, aws):

@@ -87,6 +87,8 @@ def test_special_password_is_url_encoded_and_comes_back_intact():
 @pytest.mark.parametrize("environ, message", [
     ({"DB_PORT": "54x2"}, "DB_PORT (environment): port '54x2' is not a number"),
     ({"DB_PORT": "70000"}, "port 70000 is out of range"),
+    ({"DB_PORT": "\uff15\uff14\uff13\uff12"}, "DB_PORT (environment): port '\uff15\uff14\uff13\uff12' is not a number"),
+    ({"DB_PORT": "5_432"}, "DB_PORT (environment): port '5_432' is not a number"),  # (int() took both)
     ({"DATABASE_URL": "postgresql://u:p@h:port/db"}, "DATABASE_URL (environment): the host part is not host[:port]"),
     ({"DATABASE_URL": "postgresql://u:p@h:99999/db"}, "DATABASE_URL (environment): the port is not a number from 1 to 65535"),
     ({"DATABASE_URL": "mysql://u:p@h/db"}, "is not a PostgreSQL URL (scheme 'mysql')"),
@@ -633,3 +635,13 @@ def test_platform_credentials_without_db_url_are_refused_not_ignored(environ):
     with pytest.raises(MigratorError, match=r"FLYWAY_.*\(environment\) set but no DB_URL .* names the server") as e:
         resolve(environ)
     assert "Platform-Secret-1" not in str(e.value)
+
+
+def test_outside_text_shown_escapes_what_reorders_or_hides_characters():
+    """attack 23e (low): a drift line's name with U+200B (zero width) or U+202E (right-to-left override) read as
+    another name; visible() escapes them as it does line breaks and terminal controls."""
+    from migrator.output import visible
+
+    hidden = "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff\u061c"
+    assert visible(f"t7.hcm_report{hidden}") == "t7.hcm_report" + "".join(ascii(c)[1:-1] for c in hidden)
+    assert visible("t7.caf\u00e9 \u0430") == "t7.caf\u00e9 \u0430"  # (letters stay letters)

@@ -96,7 +96,7 @@ def test_accept_drift_per_schema_each_under_its_own_lock_in_parallel(cli, db, te
         holder.close()
     error = one_error_line(result)
     assert result.exit_code == 4 and "accept-drift failed in 1 of 3 schema(s): mz" in error, result.output
-    assert "[mz] FAILED: another runner holds the migration lock on" in result.stderr
+    assert "[mz] FAILED: a session holds the migration lock on" in result.stderr
     for schema in ("pb", "ng"):
         accepted = [line for line in result.stdout.splitlines() if line.startswith(f"[{schema}] accepted:")]
         assert accepted == [f"[{schema}] accepted: column {schema}.made_by_hand.id added",

@@ -165,7 +165,10 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
     try:
         yield changed
     except BaseException as exc:
-        if recording.refused:  # nothing of the change that asked for the lock committed; all before it is recorded
+        # Refused: nothing of the change that asked for the lock committed, all before it is recorded. Not held:
+        # nothing committed since the last record (each commit takes it first), so no wait for it (another
+        # session may hold it) to record nothing.
+        if recording.refused or not recording.held:
             raise
         try:
             record(failed=True)

@@ -98,7 +98,7 @@ def describe(h: dict) -> str:
                 "grant it pg_read_all_stats to see)")
     xact = f", transaction open {duration(h['transaction_for_s'])}" if h.get("transaction_for_s") is not None else ""
     holds = f"holds {' and '.join(h['holds'])}" if h.get("holds") else "queued ahead for the same lock"
-    text = (f"pid {h['pid']} (application_name {named(h['application_name'])}, user {h['user']}, "
+    text = (f"pid {h['pid']} (application_name {named(h['application_name'])}, user {output.role(h['user'])}, "
             f"from {h['client_addr']}, {h['state']} for {duration(h['state_for_s'])}{xact}; {holds})")
     return text + (f": {h['query'][:120]}" if h.get("query") else "")
 
