@@ -17,7 +17,7 @@ NOT_SETTINGS = {
     "FILE_NAME", "MIGRATION_TABLE",           # yoyo's class attributes
     "SQL_BASELINE", "SPRING_JDBC", "UNDO_SQL",  # Flyway history row types
     "MONGO_NOT_CONFIGURED",                   # a report's fixed line
-    "O_CLOEXEC",                              # an os flag
+    "O_CLOEXEC", "O_NOFOLLOW",                # os flags
     "LC_ALL", "LC_CTYPE", "LC_MESSAGES",      # set for a patch's child process, not read
     "HCM_MONGO_URI", "HCM_PATCH_FILE",        # the runner's own hand-over to mongosh
 }
