@@ -121,20 +121,35 @@ def creating_bookkeeping(connection, schema: str, wait: float | None = None) -> 
             cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
 
 
-def _take(cursor, schema: str, key: int, kind: str, wait: float | None, busy: str | None = None) -> None:
+# Whether a session waits for a lock that `pid` (a migration's session) holds: the application queued behind it.
+_QUEUED = ("SELECT EXISTS (SELECT FROM pg_catalog.pg_locks w WHERE NOT w.granted "
+           "AND %s OPERATOR(pg_catalog.=) ANY (pg_catalog.pg_blocking_pids(w.pid)))")
+
+
+def _take(cursor, schema: str, key: int, kind: str, wait: float | None, busy: str | None = None,
+          queue: tuple[int, float] | None = None) -> None:
     """Polled (a try never meets the session's lock_timeout) for `wait` seconds, else the run's --lock-timeout;
-    then one line naming the holder (`busy`: what that means for the run, else "run again")."""
+    then one line naming the holder (`busy`: what that means for the run, else "run again"). `queue`: (pid,
+    seconds): given up sooner, once a session has queued behind the locks of session `pid` that long."""
     query = f"SELECT pg_catalog.pg_try_advisory_{kind}lock(%s)"
     seconds = BOOKKEEPING_WAIT["seconds"] if wait is None else wait
     deadline = time.monotonic() + seconds
+    queued_since = None
     while True:
         cursor.execute(query, (key,))
         if cursor.fetchone()[0]:
             return
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if queue is not None:
+            cursor.execute(_QUEUED, (queue[0],))
+            queued_since = (queued_since or now) if cursor.fetchone()[0] else None
+        behind = queued_since is not None and now - queued_since >= queue[1]
+        if now >= deadline or behind:
             who = holder(cursor, key) or "released meanwhile"
             lock = f"the shared bookkeeping lock of schema {schema} (advisory lock {key}, held by {who})"
-            raise BookkeepingBusy(f"{lock} was not free within {seconds:g} s: "
+            within = (f"while sessions queued {queue[1]:g} s behind the file's locks" if behind
+                      else f"within {seconds:g} s")
+            raise BookkeepingBusy(f"{lock} was not free {within}: "
                                   + (busy or "a runner holds it for a moment while it records (held longer, it "
                                      "may not be a runner's: end that session); run again, or raise --lock-timeout"),
                                   LOCKED, lock=lock)
@@ -160,13 +175,13 @@ class Recording:
     def __init__(self, connection, schema: str):
         self.connection, self.schema, self.held, self.refused = connection, schema, False, False
 
-    def before_commit(self, busy: str, wait: float | None = None) -> None:
-        """Taken (session-level, on the run's own session) unless held, polled for `wait` seconds (else the run's
-        --lock-timeout); `busy`: what a refusal leaves."""
+    def before_commit(self, busy: str, queue: tuple[int, float] | None = None) -> None:
+        """Taken (session-level, on the run's own session) unless held, polled for the run's --lock-timeout (or
+        until sessions queued behind the migration's locks, `queue`: see _take); `busy`: what a refusal leaves."""
         if not self.held:
             try:
                 with self.connection.cursor() as cursor:
-                    _take(cursor, self.schema, bookkeeping_key(self.schema), "", wait, busy)
+                    _take(cursor, self.schema, bookkeeping_key(self.schema), "", None, busy, queue)
             except BookkeepingBusy:
                 self.refused = True
                 raise

@@ -270,8 +270,9 @@ def test_a_held_bookkeeping_lock_never_keeps_the_files_table_locks_past_the_try(
     """attack 23e (app_stall): the bookkeeping lock is asked for before the COMMIT, while the file's ALTER TABLE
     holds ACCESS EXCLUSIVE. Before: the runner polled for it --lock-timeout long (10 s by default), the
     application queued behind the table all along, then the run failed. Now it is one more lock of the try:
-    not free within the try's lock_timeout, the transaction rolls back (the application's query returns while
-    the holder still holds it) and the whole file is tried again after a backoff, which then commits."""
+    not free once a session has queued behind the file's locks for the try's lock_timeout, the transaction rolls
+    back (the application's query returns while the holder still holds it) and the whole file is tried again
+    after a backoff, which then commits."""
     ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "bh", "--create-schemas", env=db.db_env()))
     add_migration(sql_dir, "0002_hot", f"CREATE TABLE hot (id int);\nGRANT USAGE ON SCHEMA bh TO {low};\n"
                   f"GRANT SELECT ON hot TO {low};\n", "DROP TABLE hot;\n")
@@ -283,7 +284,7 @@ def test_a_held_bookkeeping_lock_never_keeps_the_files_table_locks_past_the_try(
         result = cli("migrate", "--sql-dir", sql_dir, "--schema", "bh", "--lock-timeout", "5", env=db.db_env())
     ok(result)
     assert seen["returned while held"], seen
-    retries = [line for line in result.stderr.splitlines() if "not free within the try's lock_timeout" in line]
+    retries = [line for line in result.stderr.splitlines() if "not free before the COMMIT (sessions queued" in line]
     assert retries and f"server pid {seen['pid']} (user {low}" in retries[0], result.output
     assert "0003_note.sql:2: the shared bookkeeping lock of schema bh" in retries[0], retries[0]
     assert applied_in(db, "bh") == [SEED, "0002_hot", "0003_note"]

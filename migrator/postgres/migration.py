@@ -186,19 +186,21 @@ def _run_then_lock(backend, migration, path: Path, statements, guard, recording,
     """A transactional file, then the bookkeeping lock before its COMMIT (and before its bookkeeping rows: a
     checksum row of a name another service's file shares would make that one wait for this lock too). That lock
     is one more lock of the try: asked for while the file's transaction holds its locks (an ALTER TABLE's ACCESS
-    EXCLUSIVE, the application queued behind it), so never longer than the try's lock_timeout; not free, the
-    transaction rolls back and the whole file is tried again after a backoff, within the lock retry budget, as
-    for any lock. (Taken before the file instead, it would be held while the file runs: the other services
-    sharing the schema could then record nothing, and commit nothing, for as long.)"""
+    EXCLUSIVE), so waited for only until a session has queued behind them for the try's lock_timeout (else up to
+    --lock-timeout: a long file's work is not thrown away for a moment's record of another service); not free,
+    the transaction rolls back and the whole file is tried again after a backoff, within the lock retry budget,
+    as for any lock. (Taken before the file instead, it would be held while the file runs: the other services
+    sharing the schema could then commit nothing for as long.)"""
     policy = retry.Policy.of(getattr(backend.parent, "limits", None))
     backoff = retry.Backoff(policy)
     busy = _uncommitted(migration, rollback, "its transaction rolled back",
-                        "--lock-retry-budget" if policy.per_try else "--lock-timeout")
+                        "--lock-retry-budget" if policy.per_try and policy.budget else "--lock-timeout")
+    # (lock_timeout 0: the file's own locks wait unbounded, and so does this one, for --lock-timeout)
+    queue = (backend.connection.info.backend_pid, policy.per_try) if policy.per_try else None
     while True:
         run_retrying(backend, migration, path, statements, True, None, guard, backoff=backoff)
-        try:  # (lock_timeout 0: the file's own locks wait unbounded, and so does this one, for --lock-timeout)
-            _on_run_session(recording.connection, statements, None, lambda: recording.before_commit(
-                busy, policy.per_try or None))
+        try:
+            _on_run_session(recording.connection, statements, None, lambda: recording.before_commit(busy, queue))
             return
         except BookkeepingBusy as exc:
             delay = backoff.next_delay() if policy.per_try and policy.budget else None
@@ -207,9 +209,9 @@ def _run_then_lock(backend, migration, path: Path, statements, guard, recording,
                     exc.args = (f"{exc.lock} was not free before the COMMIT ({retry.given_up(backoff)}): {busy}",)
                 raise
             recording.refused = False  # (not yet: this try's transaction rolls back, and the file is tried again)
-            retry.say_own_lock_retry(path, statements[-1].line, f"{exc.lock} not free within the try's lock_timeout "
-                                     "(asked for before the COMMIT, holding the file's locks); its transaction rolled "
-                                     "back", backoff, delay)
+            retry.say_own_lock_retry(path, statements[-1].line, f"{exc.lock} not free before the COMMIT (sessions "
+                                     "queued behind the file's locks, or --lock-timeout spent); its transaction "
+                                     "rolled back", backoff, delay)
             with backend.connection.cursor() as cursor:
                 cursor.execute("ROLLBACK")
                 cursor.execute("BEGIN")
