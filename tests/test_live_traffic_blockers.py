@@ -4,6 +4,7 @@ a lock wait at COMMIT (a deferred foreign key's check). On a server of their own
 max_prepared_transactions, set at start, and a quick autovacuum (naptime 1 s) must not disturb the other tests."""
 
 import json
+import signal
 import threading
 import time
 import warnings
@@ -231,3 +232,49 @@ def test_a_lock_retry_budget_in_bare_seconds_is_the_runners(cli, db, seeded):
     env = cli("config", env={**seeded, "DB_LOCK_RETRY_BUDGET": "0.5"})
     assert env.exit_code == 0 and "lock retry        0.5s" in env.stdout, env.output
     assert cli("config", "--ddl-lock-timeout", "0.5", env=seeded).exit_code == 2  # lock_timeout: the server's ms
+
+
+def _sigterm_at_old_snapshots(db, sql_dir, env) -> str:
+    from test_live_traffic import snapshot_holder, wait_for_phase
+    from test_reliability import runner_process
+
+    holder = snapshot_holder(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], env)
+        wait_for_phase(db, "waiting for old snapshots", runner)
+        runner.send_signal(signal.SIGTERM)
+        return runner.communicate(timeout=30)[1]
+    finally:
+        holder.close()
+
+
+def test_sigterm_in_a_rerun_build_says_what_this_run_did(cli, db, sql_dir, seeded):
+    """The first run's build was stopped; the rerun drops its INVALID index, builds again, and is stopped too.
+    Before: the rerun's line repeated the first run's record as if it were its own."""
+    from test_live_traffic import BUILD
+
+    add_migration(sql_dir, "0002_tenant_index", BUILD)
+    first = _sigterm_at_old_snapshots(db, sql_dir, seeded)
+    assert "interrupted by SIGTERM" in first, first
+    err = _sigterm_at_old_snapshots(db, sql_dir, seeded)
+    line = [r for r in err.splitlines() if r.startswith("error:")][-1]
+    assert "interrupted by SIGTERM while it was running" in line, line
+    assert "this run committed none of its statements; an earlier run left: not transactional:" in line, line
+    assert "a CONCURRENTLY build stopped part-way leaves its index INVALID: the next migrate drops it" in line, line
+
+
+def test_status_says_migrate_rebuilds_the_pending_migrations_own_invalid_index(cli, db, sql_dir, seeded):
+    """Before: "DROP INDEX CONCURRENTLY ...; then run migrate again", a person's job, though migrate drops it."""
+    from test_live_traffic import BUILD, INDEX
+
+    add_migration(sql_dir, "0002_tenant_index", BUILD)
+    _sigterm_at_old_snapshots(db, sql_dir, seeded)
+    status = cli("status", "--sql-dir", sql_dir, env=seeded)
+    assert (f"INVALID index public.{INDEX} on hcm_report_metadata (left by an earlier try of pending "
+            "0002_tenant_index's CONCURRENTLY build): `runner.py migrate` drops it and builds it again") in status.stdout
+    assert "DROP INDEX CONCURRENTLY" not in status.stdout, status.stdout
+    db.query("CREATE INDEX CONCURRENTLY idx_other ON hcm_report_metadata (report_name)")
+    db.query("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'idx_other'::regclass")  # no migration's
+    status = cli("status", "--sql-dir", sql_dir, env=seeded)
+    assert "INVALID index public.idx_other on hcm_report_metadata (a failed CREATE INDEX CONCURRENTLY" in status.stdout
+    assert "DROP INDEX CONCURRENTLY public.idx_other; then run migrate again" in status.stdout
