@@ -98,6 +98,33 @@ def test_an_autovacuum_this_role_cannot_get_cancelled_is_named_with_what_to_do(c
     assert "GRANT SET ON PARAMETER deadlock_timeout" in line and "user None" not in line, line
 
 
+def test_an_anti_wraparound_autovacuum_is_named_as_one_and_waited_for(cli, own_db, sql_dir):
+    """PostgreSQL never cancels an anti-wraparound autovacuum for a lock request: the runner says so and that it
+    ends on its own (not "end that session"), and does not claim a cancel it cannot get."""
+    own_db.query("CREATE TABLE t_wrap (id int PRIMARY KEY, n int) WITH (autovacuum_freeze_max_age = 100000, "
+                 "autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1, autovacuum_enabled = false)")
+    own_db.query("INSERT INTO t_wrap SELECT g, 0 FROM generate_series(1, 30000) g")
+    # its age past its freeze_max_age: the server starts a VACUUM (to prevent wraparound), autovacuum off or not
+    own_db.query("DO $$ BEGIN FOR i IN 1..100100 LOOP PERFORM pg_catalog.pg_current_xact_id(); COMMIT; END LOOP; "
+                 "END $$")
+    for _ in range(600):
+        found = own_db.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+                             "AND query LIKE '%t_wrap (to prevent wraparound)'")
+        if found:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("no anti-wraparound autovacuum within 60 s")
+    add_migration(sql_dir, "0002_add", "ALTER TABLE t_wrap ADD COLUMN x int;\n")
+    line = one_error_line(cli("migrate", "--lock-retry-budget", "1500ms", "--sql-dir", sql_dir, env=own_db.db_env()))
+    worker = found[0][0]
+    assert (f"blocked by pid {worker} (autovacuum worker: an anti-wraparound autovacuum, which PostgreSQL never "
+            "cancels") in line, line
+    assert "it ends once the table is frozen" in line and "never cancelled by PostgreSQL and must finish" in line
+    assert "pg_terminate_backend" not in line and "end that session" not in line, line
+    own_db.query(f"SELECT pg_cancel_backend({worker})")
+
+
 def _prepared(db, gid: str, how: str) -> None:
     conn = connect(db, application_name="xa-manager")
     conn.autocommit = True

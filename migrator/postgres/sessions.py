@@ -184,8 +184,9 @@ def ending(h: dict) -> str:
                 f"'{gid}' or ROLLBACK PREPARED '{gid}' (whichever its transaction manager meant)")
     if h.get("wraparound"):
         return "it ends once the table is frozen (cancelled, it starts again)"
-    if h.get("autovacuum") or h.get("no_role"):
-        return f"to end it: SELECT pg_cancel_backend({h['pid']})"
+    if h.get("autovacuum") or h.get("no_role"):  # (it restarts later, as the server's own cancel would)
+        return (f"to end it: SELECT pg_cancel_backend({h['pid']}) (as a superuser, or a member of "
+                "pg_signal_autovacuum_worker on PostgreSQL 18+)")
     return f"to end it: SELECT pg_terminate_backend({h['pid']})"
 
 
