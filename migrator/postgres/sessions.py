@@ -13,20 +13,23 @@ from migrator import lazy_re, output
 from migrator.postgres.splitter import TAG_CHAR, TAG_START
 
 # Each session blocking `pid`, and the modes it was granted on the very lock `pid` waits for (NULL: it holds
-# none of it but is queued ahead for it). `{query}` is NULL unless the text was asked for.
+# none of it but is queued ahead for it). `{query}` is NULL unless the text was asked for. A prepared transaction
+# is a row of pid 0 and nothing else (_PREPARED then says which, only then: it reads pg_locks three times).
 _BLOCKERS = """
-SELECT b.pid, b.application_name, b.usename, host(b.client_addr), b.state,
+SELECT p.pid, b.application_name, b.usename, host(b.client_addr), b.state,
        extract(epoch FROM clock_timestamp() - b.state_change), extract(epoch FROM clock_timestamp() - b.xact_start),
+       CASE WHEN b.pid IS NOT NULL THEN
        (SELECT pg_catalog.string_agg(DISTINCT h.mode, ',') FROM pg_catalog.pg_locks h, pg_catalog.pg_locks w
         WHERE w.pid = %(pid)s AND NOT w.granted AND h.pid = b.pid AND h.granted AND h.locktype = w.locktype
           AND h.database IS NOT DISTINCT FROM w.database AND h.relation IS NOT DISTINCT FROM w.relation
           AND h.page IS NOT DISTINCT FROM w.page AND h.tuple IS NOT DISTINCT FROM w.tuple
           AND h.virtualxid IS NOT DISTINCT FROM w.virtualxid
           AND h.transactionid IS NOT DISTINCT FROM w.transactionid AND h.classid IS NOT DISTINCT FROM w.classid
-          AND h.objid IS NOT DISTINCT FROM w.objid AND h.objsubid IS NOT DISTINCT FROM w.objsubid),
+          AND h.objid IS NOT DISTINCT FROM w.objid AND h.objsubid IS NOT DISTINCT FROM w.objsubid) END,
        {query}, b.backend_type, b.usesysid IS NULL, b.query LIKE 'autovacuum:%%(to prevent wraparound)%%'
-FROM unnest(pg_catalog.pg_blocking_pids(%(pid)s)) AS p(pid) JOIN pg_catalog.pg_stat_activity b ON b.pid = p.pid
-ORDER BY b.pid
+FROM unnest(pg_catalog.pg_blocking_pids(%(pid)s)) AS p(pid) LEFT JOIN pg_catalog.pg_stat_activity b ON b.pid = p.pid
+WHERE b.pid IS NOT NULL OR p.pid = 0
+ORDER BY p.pid
 """
 
 
@@ -43,7 +46,6 @@ JOIN pg_catalog.pg_locks w ON w.pid = %(pid)s AND NOT w.granted AND h.locktype =
  AND h.page IS NOT DISTINCT FROM w.page AND h.tuple IS NOT DISTINCT FROM w.tuple
  AND h.transactionid IS NOT DISTINCT FROM w.transactionid AND h.classid IS NOT DISTINCT FROM w.classid
  AND h.objid IS NOT DISTINCT FROM w.objid AND h.objsubid IS NOT DISTINCT FROM w.objsubid
-WHERE 0 = ANY (pg_catalog.pg_blocking_pids(%(pid)s))
 GROUP BY x.gid, x.owner, x.database, x.prepared ORDER BY x.prepared
 """
 
@@ -89,7 +91,10 @@ def waiting_for(cursor, pid: int, holders: list[dict]) -> str | None:
 def blockers(cursor, pid: int, show_query: bool = False) -> list[dict]:
     """The sessions blocking `pid`, each as blocker() makes it."""
     cursor.execute(_BLOCKERS.format(query="left(b.query, 1000)" if show_query else "NULL"), {"pid": pid})
-    found = [blocker(row) for row in cursor.fetchall()]
+    rows = cursor.fetchall()
+    found = [blocker(row) for row in rows if row[0] != 0]
+    if len(found) == len(rows):
+        return found
     cursor.execute(_PREPARED, {"pid": pid})
     return found + [prepared(row) for row in cursor.fetchall()]
 
