@@ -117,8 +117,9 @@ $(FLYWAY_STAMP): tools/flyway/pom.xml
 flyway: $(FLYWAY_STAMP)  ## fetch Flyway 10's command line into .flyway/ with Maven (tests and bench)
 
 # Parallel workers (pytest-xdist), each with its own PostgreSQL and FerretDB; the tools above are built first, once.
-# TEST_WORKERS=0 runs in one process. The slowest tests are listed at the end, so growth is seen.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=0 runs in one process. Four even on 2 cores: the tests mostly wait on servers and processes.
+# The slowest tests are listed at the end, so growth is seen.
+TEST_WORKERS ?= 4
 test: $(DEV) $(TEST_MONGOSH) $(TEST_FLYWAY) $(TEST_FERRETDB)  ## run the test suite (starts its own PostgreSQL and FerretDB)
 	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(ARGS)
 

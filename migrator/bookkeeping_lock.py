@@ -1,7 +1,7 @@
 """The advisory lock keys of the runner, and the schema's shared bookkeeping lock.
 
-A leaf (it imports no other part of the runner but errors): trust.py takes the bookkeeping lock while it creates
-a table, and pg_lock (the migration lock) builds its keys here.
+A leaf (it imports no other part of the runner but errors and output): trust.py takes the bookkeeping lock while it
+creates a table, and pg_lock (the migration lock) builds its keys here.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from migrator.errors import LOCKED, MigratorError
+from migrator.output import quoted
 
 # One advisory lock key per database for this project ("hcmdbmig" as a 64-bit integer).
 LOCK_KEY = int.from_bytes(b"hcmdbmig", "big") & 0x7FFF_FFFF_FFFF_FFFF
@@ -39,9 +40,33 @@ def _hashed(text: str) -> int:
 # after a migration committed would leave that service's own change as drift.
 BOOKKEEPING_WAIT = {"seconds": 10.0}
 AFTER_COMMIT_WAIT = 60.0  # (at least, for the record of a change already committed: a run again finds it drift)
-_HOLDER = ("SELECT a.pid, a.application_name FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a "
-           "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s "
-           "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())")
+# (objsubid 1: a lock on one bigint key, never the two-int4 lock whose halves happen to match it)
+_HOLDER = ("SELECT a.pid, a.usename, a.application_name, "
+           "pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) a.backend_start) "
+           "FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid "
+           "WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted AND l.objsubid OPERATOR(pg_catalog.=) 1 "
+           "AND l.classid OPERATOR(pg_catalog.=) %s::pg_catalog.oid "
+           "AND l.objid OPERATOR(pg_catalog.=) %s::pg_catalog.oid "
+           "AND l.database OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database "
+           "WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())")
+
+
+def bookkeeping_key(schema: str) -> int:
+    return lock_key(f":bookkeeping {schema}")  # (a schema cannot be named so: names are plain identifiers)
+
+
+def holder(cursor, key: int) -> str | None:
+    """Who holds advisory lock `key` as the server knows it (pid, user), its application_name (its own to choose)
+    quoted and marked unverified; None when no session does."""
+    cursor.execute(_HOLDER, (key >> 32, key & 0xFFFF_FFFF))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    pid, user, app, age = row
+    said = f", application_name {quoted(app)} unverified" if app else ", no application_name"
+    since = f", connected {age:.0f} s ago" if age is not None else ""
+    user = (user if user.isidentifier() and user.isascii() else quoted(user)) if user else "unknown"
+    return f"server pid {pid} (user {user}{said}{since})"
 
 
 def bookkeeping_wait(seconds: float) -> None:
@@ -56,24 +81,10 @@ def creating_bookkeeping(connection, schema: str, wait: float | None = None) -> 
     CREATE TABLEs and lose each other's snapshot updates. Held briefly: to the end of the transaction when one is
     open (so a CREATE is committed before another session looks), else for the block. Polled (a try never meets
     the session's lock_timeout) for `wait` seconds, else the run's --lock-timeout."""
-    key = lock_key(f":bookkeeping {schema}")  # (a schema cannot be named so: names are plain identifiers)
+    key = bookkeeping_key(schema)
     in_transaction = bool(connection.get_transaction_status())  # (yoyo's BEGIN on autocommit too)
-    query = "SELECT pg_catalog.pg_try_advisory_{}lock(%s)".format("xact_" if in_transaction else "")
-    seconds = BOOKKEEPING_WAIT["seconds"] if wait is None else wait
-    deadline = time.monotonic() + seconds
     with connection.cursor() as cursor:
-        while True:
-            cursor.execute(query, (key,))
-            if cursor.fetchone()[0]:
-                break
-            if time.monotonic() >= deadline:
-                cursor.execute(_HOLDER, (key >> 32, key & 0xFFFF_FFFF))
-                row = cursor.fetchone()
-                who = f"server pid {row[0]} ({row[1] or 'no application_name'})" if row else "released meanwhile"
-                raise MigratorError(f"the shared bookkeeping lock of schema {schema} (advisory lock {key}, held by "
-                                    f"{who}) was not free within {seconds:g} s: another service's run in that schema "
-                                    "is recording; run again, or raise --lock-timeout", LOCKED)
-            time.sleep(POLL_SECONDS / 4)
+        _take(cursor, schema, key, "xact_" if in_transaction else "", wait)
         if in_transaction:
             yield
             return
@@ -83,3 +94,53 @@ def creating_bookkeeping(connection, schema: str, wait: float | None = None) -> 
             cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
 
 
+def _take(cursor, schema: str, key: int, kind: str, wait: float | None, busy: str | None = None) -> None:
+    """Polled (a try never meets the session's lock_timeout) for `wait` seconds, else the run's --lock-timeout;
+    then one line naming the holder (`busy`: what that means for the run, else "run again")."""
+    query = f"SELECT pg_catalog.pg_try_advisory_{kind}lock(%s)"
+    seconds = BOOKKEEPING_WAIT["seconds"] if wait is None else wait
+    deadline = time.monotonic() + seconds
+    while True:
+        cursor.execute(query, (key,))
+        if cursor.fetchone()[0]:
+            return
+        if time.monotonic() >= deadline:
+            who = holder(cursor, key) or "released meanwhile"
+            raise BookkeepingBusy(f"the shared bookkeeping lock of schema {schema} (advisory lock {key}, held by "
+                                  f"{who}) was not free within {seconds:g} s: "
+                                  + (busy or "a runner holds it for a moment while it records (held longer, it "
+                                     "may not be a runner's: end that session); run again, or raise --lock-timeout"),
+                                  LOCKED)
+        time.sleep(POLL_SECONDS / 4)
+
+
+class BookkeepingBusy(MigratorError):
+    """The bookkeeping lock was not free: nothing was committed by the step that asked for it."""
+
+
+class Recording:
+    """A run that records what it commits (commands/deploy.advancing_schema): the schema's bookkeeping lock, taken
+    on the run's own session before its first change can commit (inside a migration's transaction, before its
+    COMMIT; before a non-transactional file's first statement) and held until the record is written. Another
+    session holding that lock (any role that can connect may) then stops the run before anything commits, so the
+    record is never left behind a committed change (which every later run would call drift)."""
+
+    def __init__(self, connection, schema: str):
+        self.connection, self.schema, self.held, self.refused = connection, schema, False, False
+
+    def before_commit(self, busy: str) -> None:
+        """Taken (session-level, on the run's own session) unless held; `busy`: what a refusal leaves."""
+        if not self.held:
+            try:
+                with self.connection.cursor() as cursor:
+                    _take(cursor, self.schema, bookkeeping_key(self.schema), "", None, busy)
+            except BookkeepingBusy:
+                self.refused = True
+                raise
+            self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            with self.connection.cursor() as cursor:
+                cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (bookkeeping_key(self.schema),))

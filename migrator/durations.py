@@ -35,10 +35,14 @@ def pg_duration(value: str, default_unit: str = "") -> str:
     return value.strip().replace(" ", "")
 
 
+# A number as written with ASCII digits (float() also takes '５', '1_0' and ' nan').
+_NUMBER = re.compile(r"\s*\+?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*", re.ASCII)
+
+
 def seconds(value, *, zero: bool) -> float:
     """A number of seconds: finite, from 0 (`zero`) or above 0, at most MAX_SECONDS; ValueError otherwise."""
     try:
-        number = float(value)
+        number = float(value) if not isinstance(value, str) or _NUMBER.fullmatch(value) else math.nan
     except (TypeError, ValueError):
         number = math.nan
     low = "from 0" if zero else "above 0"

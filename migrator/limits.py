@@ -1,5 +1,5 @@
 """The run's time and size limits from their options and variables: DDL lock and statement timeouts, the lock
-retry budget, the backfill's batch limit, the read timeout, the rewrite threshold."""
+retry budget, the backfill's batch limit, the read timeouts (database, Secrets Manager), the rewrite threshold."""
 
 from __future__ import annotations
 
@@ -24,6 +24,19 @@ def read_timeout(env: Env) -> float:
         return DEFAULT_READ_TIMEOUT
     if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]+)?", value.strip()):
         raise MigratorError(f"{origin}: {value!r} is not a number of seconds; use e.g. 60, or 0 to wait for ever", USAGE)
+    return float(value)
+
+
+DEFAULT_SECRETS_READ_TIMEOUT = 10.0  # seconds; Secrets Manager answers in milliseconds
+
+
+def secrets_read_timeout(env: Env) -> float:
+    """SECRETS_READ_TIMEOUT: seconds each Secrets Manager request may wait for its answer (two tries)."""
+    value, origin = env.get("SECRETS_READ_TIMEOUT")
+    if value is None:
+        return DEFAULT_SECRETS_READ_TIMEOUT
+    if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]+)?", value.strip()) or float(value) == 0:
+        raise MigratorError(f"{origin}: {value!r} is not a number of seconds above 0; use e.g. 10", USAGE)
     return float(value)
 
 

@@ -111,6 +111,20 @@ def visible(text: str) -> str:
     return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
+def quoted(text: str) -> str:
+    """A name another party chose (a session's application_name) in single quotes, every character outside
+    printable ASCII escaped (\\n, \\u0430): it can neither forge a line, nor end its quotes, nor pass for a name
+    spelled with look-alike letters."""
+    return "'" + "".join("\\'" if c == "'" else c if " " <= c <= "~" and c != "\\" else ascii(c)[1:-1]
+                         for c in text) + "'"
+
+
+def _shown(text: str) -> str:
+    """A patch's output as it reaches a terminal or log: its lines kept, any other control character (an escape
+    sequence, a \\r that would overwrite the line with a fake "applied") written as its escape."""
+    return "\n".join(visible(line) for line in text.split("\n"))
+
+
 def _indented(text: str) -> str:
     """Human output: a message's own line breaks become indented continuation lines and control characters
     escapes, so outside text in it (a server's message) cannot print a line that looks like the runner's."""
@@ -326,12 +340,12 @@ class _MaskingStream:
             for line in lines:
                 self._event(line)
             return len(text)
-        click.echo(scrub(text), nl=False, file=self.stream)
+        click.echo(_shown(scrub(text)), nl=False, file=self.stream)
         return len(text)
 
     def _event(self, line: str) -> None:
         record = {"ts": _now(), "event": "patch_output",
-                  "stream": "stderr" if self.err else "stdout", "message": scrub(line)}
+                  "stream": "stderr" if self.err else "stdout", "message": visible(scrub(line))}
         click.echo(json.dumps(record), file=self.stream)
 
     def flush(self) -> None:

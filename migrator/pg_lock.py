@@ -19,11 +19,12 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from migrator import interrupt
+from migrator import interrupt, output
 from migrator.errors import LOCKED, MigratorError
 from migrator.targets import PostgresTarget
 from migrator.bookkeeping_lock import (AFTER_COMMIT_WAIT, BOOKKEEPING_WAIT, LOCK_KEY, POLL_SECONDS,  # noqa: F401
-                                      _hashed, bookkeeping_wait, creating_bookkeeping, lock_key)
+                                      BookkeepingBusy, Recording, _hashed, bookkeeping_wait, creating_bookkeeping,
+                                      lock_key)
 
 
 def lock_slot(history: str | None) -> int:
@@ -321,7 +322,7 @@ def holder(backend, key: int = LOCK_KEY) -> str:
         return f"held by host {proven['host']} pid {proven['pid']} {when}"
     if since is None:  # pg_stat_activity hides another role's session (NULLs) from a user who is not a superuser
         return f"held by a session of another role (server pid {backend_pid}, user {user or 'unknown'}; unverified) {when}"
-    said = f", calling itself '{app}'" if app else ""
+    said = f", calling itself {output.quoted(app)}" if app else ""
     return (f"held by an unverified session (server pid {backend_pid}, user {user or 'unknown'}, from "
             f"{client or 'local'}{said}: no runner's lock row proves it) {when}")
 

@@ -10,6 +10,7 @@ import json
 
 from migrator.env import Env
 from migrator.errors import MigratorError
+from migrator.limits import secrets_read_timeout
 from migrator.targets import AwsOptions
 
 _HINTS = {
@@ -22,11 +23,11 @@ _HINTS = {
 }
 
 
-def _client_config():
+def _client_config(read_timeout: float):
     """Bounded network waits: a Secrets Manager endpoint that stops answering fails in seconds, not never."""
     from botocore.config import Config
 
-    return Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
+    return Config(connect_timeout=5, read_timeout=read_timeout, retries={"max_attempts": 2, "mode": "standard"})
 
 
 def profile_and_region(aws: AwsOptions, env: Env) -> tuple[str | None, str | None]:
@@ -41,10 +42,11 @@ def fetch_json(name: str, aws: AwsOptions, env: Env) -> dict:
     import botocore.exceptions as bx
 
     profile, region = profile_and_region(aws, env)
+    read_timeout = secrets_read_timeout(env)
     where = f"AWS secret {name}" + (f" (profile {profile})" if profile else "")
     try:
         session = boto3.Session(profile_name=profile, region_name=region)
-        client = session.client("secretsmanager", config=_client_config())
+        client = session.client("secretsmanager", config=_client_config(read_timeout))
         response = client.get_secret_value(SecretId=name)
     except bx.ProfileNotFound:
         raise MigratorError(f"{where}: AWS profile {profile!r} not found in ~/.aws/config; fix --profile")
@@ -57,8 +59,9 @@ def fetch_json(name: str, aws: AwsOptions, env: Env) -> dict:
         hint = _HINTS.get(code, exc.response.get("Error", {}).get("Message", code))
         raise MigratorError(f"{where}: {hint}")
     except (bx.ConnectTimeoutError, bx.ReadTimeoutError) as exc:
-        raise MigratorError(f"{where}: Secrets Manager did not answer in time ({exc}); check the network path "
-                            "(k8s/networkpolicy-secrets-manager.yaml) and the region")
+        raise MigratorError(f"{where}: Secrets Manager did not answer in time ({exc}; {read_timeout:g} s a try, "
+                            "SECRETS_READ_TIMEOUT); check the network path (k8s/networkpolicy-secrets-manager.yaml) "
+                            "and the region")
     except bx.EndpointConnectionError as exc:
         raise MigratorError(f"{where}: cannot reach Secrets Manager ({exc}); check the network and the region")
     except bx.BotoCoreError as exc:

@@ -4,7 +4,8 @@ A file in a pull request is read by `plan`, `status` and `sql lint` on a reviewe
 checked with stat before anything opens it: a symlink out of the folder would print what it points at (a
 credentials file), a FIFO would hang the command, a device (`/dev/zero`) would be read without end. A symlink to
 a regular file inside the folder is taken as that file (e.g. one rollback shared by two migrations). A hard link
-cannot be told from a file, but git stores none, so a pull request cannot bring one.
+is a file with more than one name, one of which may be outside (a credentials file): refused too (git stores none,
+so a checkout never has one).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def problem(path: Path, folder: Path) -> str | None:
     if not stat.S_ISREG(info.st_mode):
         kind = next((name for test, name in _KINDS.items() if test(info.st_mode)), None)
         return f"is {kind + ', ' if kind else ''}not a regular file; remove it, or move it out of the folder"
+    if info.st_nlink > 1:
+        return (f"is a hard link ({info.st_nlink} names for one file; another may be outside {shown(folder)}); the "
+                "runner reads only files of the folder's own: copy the file in (cp), or remove the link")
     if info.st_size > MAX_BYTES:
         return (f"is {info.st_size / (1 << 20):.1f} MiB, over the runner's limit of {MAX_MIB} MiB for one file; "
                 "split it into several")

@@ -152,7 +152,7 @@ class MongoOptions:
     database: str | None = None
     ca_bundle: str | None = None
     timeout: float = 10.0
-    patch_timeout: float = 0.0  # seconds a mongosh patch may run; 0: no limit
+    patch_timeout: float = 0.0  # seconds a patch (Python or mongosh) may run; 0: no limit
     aws: AwsOptions = field(default_factory=AwsOptions)
 
 

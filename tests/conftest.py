@@ -42,6 +42,7 @@ RUNNER_VARIABLES = [
     "MONGO_DOCUMENTDB", "MONGO_ALLOW_PLAINTEXT", "PGSSLMODE", "PGSSLROOTCERT",
     "DB_URL", "SCHEMA_NAME", "SCHEMA_TABLE", "FLYWAY_USER", "FLYWAY_PASSWORD", "SCHEMA_INDEX", "SCHEMA_COUNT",
     "FLYWAY_LOCATIONS", "CA_BUNDLE_OPTIONAL", "DB_TLS_INSECURE", "DB_READ_TIMEOUT", "FLYWAY_OUT_OF_ORDER",
+    "SECRETS_READ_TIMEOUT",
 ]
 RUNNER_VARIABLES += [f"{name}_FILE" for name in RUNNER_VARIABLES]
 
@@ -395,6 +396,34 @@ def _ferretdb_binary():
     with open(ferretdb.HOME / ".build.lock", "w") as lock:  # parallel workers: one builds, the others wait
         fcntl.flock(lock, fcntl.LOCK_EX)
         return ferretdb.build()
+
+
+# --- the slowest tests of the last run start first (pytest's cache), so no worker is left with a long one at the end
+
+DURATIONS_KEY = "hcm/durations"
+SLOW_FIRST = 5.0  # seconds a test took last time to be started before the others, longest first
+_durations: dict[str, float] = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every xdist worker reads the same cache file, so all collect the same order (as xdist requires)."""
+    cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
+    last = cache.get(DURATIONS_KEY, {}) if cache else {}
+    slow = sorted((item for item in items if last.get(item.nodeid, 0) >= SLOW_FIRST),
+                  key=lambda item: -last[item.nodeid])
+    if slow:
+        items[:] = slow + [item for item in items if last.get(item.nodeid, 0) < SLOW_FIRST]
+
+
+def pytest_runtest_logreport(report):
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration  # set-up, call, tear-down
+
+
+def pytest_sessionfinish(session):
+    cache = getattr(session.config, "cache", None)
+    if cache and not hasattr(session.config, "workerinput"):  # the controller (or a lone process) writes it
+        merged = {**cache.get(DURATIONS_KEY, {}), **_durations}
+        cache.set(DURATIONS_KEY, {nodeid: round(seconds, 2) for nodeid, seconds in merged.items()})
 
 
 def pytest_report_header(config):

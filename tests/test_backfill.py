@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from conftest import SEED, add_migration, applied, migrate, ok, one_error_line
 from test_rewrites import FILL, TABLE
 
@@ -181,3 +183,38 @@ def test_a_bad_backfill_max_batches_setting_is_one_line(cli, db, sql_dir):
     result = cli("config", env={**db.db_env(), "BACKFILL_MAX_BATCHES": "0"})
     assert result.exit_code == 2 and "BACKFILL_MAX_BATCHES (environment): '0' is not a number of batches" in (
         one_error_line(result))
+
+
+@pytest.mark.parametrize("bound,named", [
+    (f"id IN (SELECT id FROM {TABLE} TABLESAMPLE SYSTEM (50) WHERE ref IS NULL)", "TABLESAMPLE"),
+    (f"id IN (SELECT id FROM {TABLE} WHERE ref IS NULL LIMIT 7 FOR UPDATE SKIP LOCKED)", "SKIP LOCKED"),
+    (f"id IN (SELECT id FROM {TABLE} WHERE ref IS NULL ORDER BY id LIMIT 7 OFFSET 45)", "OFFSET"),
+    (f"id IN (SELECT id FROM {TABLE} WHERE ref IS NULL AND random() < 0.5 LIMIT 7)", "random()")],
+    ids=["tablesample", "skip-locked", "offset", "random"])
+def test_a_bound_that_can_pick_no_row_while_rows_remain_is_refused(cli, db, sql_dir, bound, named):
+    """An empty batch proves the backfill done only when the bound picks every remaining row in turn: a sample of
+    pages, rows the application holds (SKIP LOCKED), an OFFSET past the rows left or a coin toss can pick none
+    while rows remain (attack24c item 1: "backfill done", applied, 22,137 rows still NULL)."""
+    filled(cli, db, sql_dir)
+    path = add_migration(sql_dir, "0002_ref", BACKFILL.replace(
+        f"WHERE id IN (SELECT id FROM {TABLE} WHERE ref IS NULL ORDER BY id LIMIT 7)", f"WHERE {bound}"))
+    line = one_error_line(migrate(cli, db, sql_dir))
+    assert line.startswith(f"error: {path}:3: `-- backfill: batch every 3`: the statement at line 4 bounds its "
+                           f"batch with {named}, which can pick no row while rows remain"), line
+    assert "use WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000)" in line
+    assert "nothing was run" in line and applied(db) == [SEED]
+    assert db.query("SELECT count(*) FROM batches") == [(0,)]
+
+
+def test_an_empty_batch_while_its_subquery_still_picks_rows_is_not_done(cli, db, sql_dir):
+    """A condition outside the subquery: the first batch's 7 rows include some of tenant t1, the next picks the
+    same 7 (the others are still NULL) and touches none, though t1's rows beyond them remain."""
+    filled(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_ref", BACKFILL.replace("ORDER BY id LIMIT 7)", "ORDER BY id LIMIT 7) AND tenant_id = 't1'"))
+    result = migrate(cli, db, sql_dir)
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "0002_ref.sql:4: failed to apply" in line, line
+    assert "its last batch touched no row, yet its subquery still picks rows, so rows remain to do" in line
+    assert "put the whole not-done condition inside it" in line
+    assert "backfill done" not in result.stderr and applied(db) == [SEED]
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE tenant_id = 't1' AND ref IS NULL")[0][0] > 0

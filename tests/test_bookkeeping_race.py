@@ -115,14 +115,14 @@ def test_a_flyway_history_planted_while_the_runner_waits_is_refused(cli, db, tmp
 
 
 def test_a_snapshot_table_planted_after_connect_is_refused_at_its_first_record(cli, db, sql_dir, low):
-    """No lock trick: the snapshot's table is made at the first record, after the first migration ran; one
+    """No lock trick: the snapshot's table is made at the first record, as the first migration lands; one
     planted meanwhile (here: by that migration, as a stand-in for another session) is refused."""
     from conftest import add_migration
 
     writable_by(db, "rn", low)
     db.query(hits_table("rn", low))
     body = planted("rn", "_hcm_schema_snapshot")
-    add_migration(sql_dir, "0002_plant", f"SET ROLE {low};\n{body};\nRESET ROLE;\n", "SELECT 1;\n")
+    add_migration(sql_dir, "0000_plant", f"SET ROLE {low};\n{body};\nRESET ROLE;\n", "SELECT 1;\n")  # (the first)
     result = cli("migrate", "--sql-dir", sql_dir, "--schema", "rn", env=db.db_env())
     line = refusal(result)
     assert f"rn._hcm_schema_snapshot is owned by role {low}" in line, line

@@ -20,6 +20,7 @@ from test_flyway import rows, write
 from tls_proxy import TlsFront
 
 LIB = PROJECT_ROOT / ".flyway" / "lib"
+JVM_QUICK_START = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 
 
 def fetch_flyway() -> Path:
@@ -48,7 +49,10 @@ def real_flyway(front, pg):
     def run(db, folder: Path, command: str, *, schema: str | None = None, table: str | None = None,
             options: tuple[str, ...] = (), background: bool = False):
         url = f"jdbc:postgresql://127.0.0.1:{front.port}/{db.name}" + (f"?currentSchema={schema}" if schema else "")
-        args = ["java", "-cp", f"{lib}/*", "org.flywaydb.commandline.Main", f"-url={url}", f"-user={pg.user}",
+        # A short-lived JVM: C1 only and the serial collector halve each run's start (~3.2 s to ~1.6 s measured);
+        # what Flyway does to the database is the same.
+        args = ["java", *JVM_QUICK_START, "-cp", f"{lib}/*", "org.flywaydb.commandline.Main", f"-url={url}",
+                f"-user={pg.user}",
                 f"-locations=filesystem:{folder}", "-baselineOnMigrate=true", "-outOfOrder=true",
                 "-outputType=json", *options, command]
         if pg.password:

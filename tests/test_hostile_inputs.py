@@ -198,7 +198,7 @@ def test_a_blocking_sessions_query_is_never_printed_only_who_it_is_and_its_lock(
     assert runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url).wait(60) == 0
     human, pid = _blocked_run(db, sql_dir, "human")
     line = next(line for line in human if "pg_terminate_backend" in line)
-    assert f"pid {pid} (application_name dba-console" in line and "idle in transaction for" in line
+    assert f"pid {pid} (application_name 'dba-console" in line and "idle in transaction for" in line
     assert "holds ACCESS SHARE" in line, line
     assert SECRET not in "".join(human) and "ALTER ROLE" not in line and "api_key" not in line
 

@@ -58,7 +58,7 @@ def test_a_transactional_file_is_retried_whole_until_the_blocker_ends(cli, db, s
     retries = [line for line in result.stderr.splitlines() if "lock not granted within 300 ms" in line]
     assert retries, result.stderr
     assert "0002_add_status.sql:2: lock not granted" in retries[0]
-    assert f"blocked by pid {pid} (application_name report-job, user {db.server.user}, from " in retries[0]
+    assert f"blocked by pid {pid} (application_name 'report-job', user {db.server.user}, from " in retries[0]
     assert "idle in transaction for" in retries[0] and "holds ACCESS SHARE" in retries[0]
     assert f"to end it: SELECT pg_terminate_backend({pid})" in retries[0]
     assert "ACCESS EXCLUSIVE lock on hcm_report_metadata" in retries[0]
@@ -76,7 +76,7 @@ def test_a_blocker_outlasting_the_budget_ends_in_one_line_naming_it(cli, db, sql
     assert "0002_add_status.sql:1: failed to apply" in line and "lock timeout" in line
     assert "nothing of it was applied: its transaction rolled back" in line
     assert "lock retry budget 2 s, each try waiting 200 ms" in line
-    assert f"blocked by pid {pid} (application_name report-job" in line
+    assert f"blocked by pid {pid} (application_name 'report-job'" in line
     assert f"SELECT pg_terminate_backend({pid})" in line and "run again once it has ended" in line
     assert "4111" not in result.output
     assert applied(db) == [SEED]
@@ -223,7 +223,7 @@ def test_a_concurrent_build_waiting_for_an_old_snapshot_is_not_cancelled_by_lock
     assert index_state(db) == [(True,)] and applied(db) == [SEED, "0002_tenant_index"]
     # the progress line names the phase and whose transaction the build waits for (never its SQL)
     assert "CREATE INDEX CONCURRENTLY on hcm_report_metadata waiting for old snapshots" in result.stderr
-    assert f"now the transaction of pid {pid} (application_name nightly-dump" in result.stderr
+    assert f"now the transaction of pid {pid} (application_name 'nightly-dump'" in result.stderr
     assert "4111" not in result.output
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
 
@@ -273,11 +273,14 @@ def kill_mid_build_and_let_the_server_finish_it(db, sql_dir, seeded):
     try:
         runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
         wait_for_phase(db, "waiting for old snapshots", runner)
+        (building,) = db.query("SELECT pid FROM pg_stat_progress_create_index WHERE datname = current_database()")
         runner.send_signal(signal.SIGKILL)
         runner.communicate(timeout=30)
         holder.commit()
-        deadline = time.monotonic() + 15
-        while db.query("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
+        # Until the build's session is gone: its progress row ends before its last transaction (the one that marks
+        # the index valid) commits, so an empty progress view left a window where the index still read invalid.
+        deadline = time.monotonic() + 30
+        while db.query("SELECT 1 FROM pg_stat_activity WHERE pid = %s", building):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:

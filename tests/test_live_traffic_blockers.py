@@ -171,7 +171,7 @@ def test_a_lock_wait_at_commit_is_retried_and_its_blocker_named(cli, db, sql_dir
     assert result.exit_code == 0, result.output
     retries = [r for r in result.stderr.splitlines() if "0002_child.sql" in r and "lock not granted" in r]
     assert retries, result.stderr
-    assert f"blocked by pid {pid} (application_name payroll-app" in retries[0], retries[0]
+    assert f"blocked by pid {pid} (application_name 'payroll-app'" in retries[0], retries[0]
     assert f"waiting for a row lock held by the transaction of pid {pid}" in retries[0], retries[0]
     assert "0002_child.sql:1: at COMMIT (the file's deferred constraint checks), lock not granted" in retries[0]
     assert applied(db)[-1] == "0002_child" and db.query("SELECT count(*) FROM t_child") == [(1,)]

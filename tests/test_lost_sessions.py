@@ -110,7 +110,7 @@ def test_a_killed_probe_connects_again_and_goes_on_bounding_and_naming(cli, db, 
         killer.join(timeout=10)
     line = one_error_line(result)
     assert "0002_lifted.sql:2: failed to apply" in line, line
-    assert f"blocked by pid {pid} (application_name report-job" in line, line  # seen again after the kill
+    assert f"blocked by pid {pid} (application_name 'report-job'" in line, line  # seen again after the kill
     assert "the lock probe cannot see the migration session (terminating connection" in result.stderr \
         or "the lock probe cannot see the migration session (server closed the connection" in result.stderr, \
         result.stderr

@@ -74,7 +74,9 @@ def run(db, dry_run):
 def test_a_patch_cannot_choose_the_runners_exit_code(cli, real, tmp_path, run):
     folder = _folder(tmp_path, "0001_forge.py", FORGES)
     result = cli("mongo", "apply", *(["--run"] if run else []), "--mongo-dir", folder, env=real.env)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output  # a failed patch's, attributed to it: not the forged usage error's 2
+    assert "0001_forge failed: its process sent an unreadable result" in result.stderr
+    assert "all fine" not in result.output
 
 
 REACHES_OUT = '''import os, signal, socket

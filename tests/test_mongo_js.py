@@ -93,7 +93,7 @@ def test_the_uri_travels_in_the_environment_not_the_command_line(tmp_path, monke
     assert "db = connect(process.env.HCM_MONGO_URI);" in seen["argv"][5]
     # Nothing else of the runner's environment: no password, no AWS key, no MONGO_URL; telemetry off.
     assert set(seen["env"]) <= {"PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "LC_ALL", "LC_CTYPE", "LC_MESSAGES",
-                                "HCM_MONGO_URI", "MONGOSH_FORCE_DISABLE_TELEMETRY_FOR_TESTING"}
+                                "HCM_MONGO_URI", "HCM_PINNED", "MONGOSH_FORCE_DISABLE_TELEMETRY_FOR_TESTING"}
     uri = seen["env"]["HCM_MONGO_URI"]
     assert uri.startswith("mongodb://app:Js-Secret-5@docdb.example:27017/hcm?")
     assert "tls=true" in uri and "tlsCAFile=/ca.pem" in uri and "retryWrites=false" in uri

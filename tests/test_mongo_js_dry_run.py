@@ -138,14 +138,17 @@ def test_the_timeout_bounds_a_patch_whose_child_keeps_the_pipe_open(tmp_path, de
     path = tmp_path / "0001_spawns.js"
     path.write_text(
         "const cp = require('child_process');\n"
-        f"const child = cp.spawn('sh', ['-c', 'echo $$ > {marker}; exec sleep 30'], "
+        f"const child = cp.spawn('sh', ['-c', 'echo $$ > {marker}; exec sleep 60'], "
         f"{{stdio: 'inherit', detached: {detached}}});\n"
-        "sleep(20000);\n")
+        "sleep(60000);\n")
     started = time.monotonic()
+    # The timeout leaves mongosh time to start and spawn its child on a loaded machine (3 s did not, at load 15);
+    # the patch and its child would hold the pipe for 60 s.
     with pytest.raises(JsPatchFailed) as err:
-        run_js(Patch("0001_spawns", path, "js"), None, False, lambda line: None, timeout=3)
-    assert time.monotonic() - started < 8
-    assert "stopped after 3 s" in str(err.value)
+        run_js(Patch("0001_spawns", path, "js"), None, False, lambda line: None, timeout=8)
+    assert time.monotonic() - started < 30
+    assert "stopped after 8 s" in str(err.value)
+    assert marker.exists(), "mongosh had not spawned its child within the 8 s timeout"
     child = int(marker.read_text())
     time.sleep(0.3)
     alive = os.path.exists(f"/proc/{child}") and "Z" not in open(f"/proc/{child}/stat").read().split()[2]

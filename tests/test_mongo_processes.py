@@ -347,11 +347,14 @@ def test_the_server_killed_mid_patch_and_restarted(server, tmp_path, kind, point
 # --- the lock lost while the server was paused -------------------------------------------------------
 
 # The first runner's lock lives 2 s once its patch starts (a sitecustomize on its PYTHONPATH: a patch runs in a
-# process of its own, so it cannot shorten the runner's). Its heartbeat, started with the usual TTL, next beats
-# 30 s later: the paused server lets the lock expire. The patch writes, waits for the test; a second patch follows.
+# process of its own, so it cannot shorten the runner's). Its heartbeat, started with a TTL of 20 s, beats every
+# 5 s (it used to be the usual TTL's 30 s, which the test waited out): each renewal leaves the lock 2 s to live, so
+# it expires between beats and the second runner takes it over. The patch writes, waits for the test; a second
+# patch follows.
 SHORT_TTL_RUNNER = """
 from datetime import timedelta
 from migrator.mongo import lock, log
+lock.TTL = timedelta(seconds=20)  # the heartbeat's interval is TTL / 4, read when it starts
 real_begin = log.begin
 def begin(*args, **kwargs):
     lock.TTL = timedelta(seconds=2)

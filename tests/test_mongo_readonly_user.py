@@ -87,7 +87,7 @@ def test_a_dry_run_cannot_write_even_by_deliberate_circumvention(cli, readonly, 
     result = cli(*command, "--mongo-dir", folder, env=env)
     assert result.exit_code == 1, result.output
     if command == ("mongo", "apply"):  # (plan's header, printed after its dry runs, is not reached)
-        assert "as the read-only user from MONGO_READONLY_URL (environment), whose writes the server refuses" in result.stderr
+        assert "as the read-only user from MONGO_READONLY_URL (environment) (that the server refuses its writes" in result.stderr
         assert "a patch runs sealed in a process of its own" in result.stderr
     assert "0001_circumvents.py:8: 0001_circumvents failed" in result.stderr
     assert "permission denied" in result.stderr and READER_PASSWORD not in result.output

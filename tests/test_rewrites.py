@@ -74,6 +74,9 @@ REFUSED = {
     "collate": (f'ALTER TABLE {TABLE} ALTER COLUMN report_name TYPE varchar(100) COLLATE "C";\n',
                 "ALTER COLUMN report_name TYPE varchar(100) COLLATE \"C\" rebuilds the indexes of", "ACCESS EXCLUSIVE"),
     # NOT VALID then VALIDATE in one ALTER TABLE: the scan runs under the ALTER's lock
+    # PostgreSQL 18's NOT NULL constraint scans as SET NOT NULL does (attack24c item 3)
+    "not_null_constraint": (f"ALTER TABLE {TABLE} ADD CONSTRAINT nn_tenant NOT NULL tenant_id;\n",
+                            "ADD CONSTRAINT nn_tenant NOT NULL tenant_id without a validated CHECK", "ACCESS EXCLUSIVE"),
     "check_and_validate_in_one_alter": (f"-- transactional: false\nALTER TABLE {TABLE} ADD CONSTRAINT c_id CHECK (id > 0) "
                                         "NOT VALID, VALIDATE CONSTRAINT c_id;\n", "VALIDATE CONSTRAINT c_id", "ACCESS EXCLUSIVE"),
 }
@@ -110,6 +113,7 @@ ALLOWED = [
     f"ALTER TABLE {TABLE} ADD CONSTRAINT id_positive CHECK (id > 0) NOT VALID;\n",
     f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT id_positive;\n",
     f"ALTER TABLE {TABLE} ALTER COLUMN id SET NOT NULL;\n",  # already NOT NULL (the primary key)
+    f"ALTER TABLE {TABLE} ADD CONSTRAINT nn_tenant NOT NULL tenant_id NOT VALID;\n",  # PostgreSQL 18: no scan
     f"-- transactional: false\nCREATE INDEX CONCURRENTLY idx_tenant ON {TABLE} (tenant_id);\n",
 ]
 
@@ -290,8 +294,28 @@ def test_an_update_of_every_row_after_an_alter_table_in_the_same_transaction_is_
     assert f"{path}:2: UPDATE without WHERE in the transaction of an earlier ALTER TABLE of the table writes every " \
            f"row of public.{TABLE}" in result.stderr and "`-- backfill: batch`" in result.stderr
     add_migration(sql_dir, "0002_fill", f"ALTER TABLE {TABLE} ADD COLUMN state text;\n"
-                                        f"UPDATE {TABLE} SET state = 'new' WHERE id = 1;\n")  # a row or a few: fine
+                                        f"UPDATE {TABLE} SET state = 'new' WHERE id = 1;\n"  # a row or a few: fine
+                                        f"DELETE FROM {TABLE} WHERE id IN (2, 3) AND state IS NULL;\n"
+                                        f"UPDATE {TABLE} SET state = 'b' WHERE id IN (SELECT id FROM {TABLE} "
+                                        "WHERE state IS NULL LIMIT 5);\n")  # one bounded batch
     ok(migrate(cli, db, sql_dir, *SMALL))
+    assert db.query(f"SELECT count(*) FILTER (WHERE state = 'new'), count(*) FILTER (WHERE state = 'b') "
+                    f"FROM {TABLE}") == [(1, 5)]
+
+
+def test_a_backfill_in_the_alter_s_transaction_names_the_lock_and_the_marker_accepts_it(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    text = (f"ALTER TABLE {TABLE} ADD COLUMN region text;\n"
+            f"UPDATE {TABLE} SET region = 'eu' WHERE region IS NULL;\n")
+    path = add_migration(sql_dir, "0002_region", text)
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    line = next(entry for entry in result.stderr.splitlines() if f"{path}:2: " in entry)
+    assert f"may write every row of public.{TABLE} (~50 rows" in line and "under ACCESS EXCLUSIVE" in line, line
+    assert "instead: a `-- backfill: batch` UPDATE of bounded batches in a `-- transactional: false` file" in line
+    add_migration(sql_dir, "0002_region", f"-- accept-rewrite: public.{TABLE}\n" + text)
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE region = 'eu'") == [(50,)]
 
 
 # (file text, the line of the refused statement, what its refusal says)
@@ -319,6 +343,24 @@ REFUSED_ELSEWHERE = {
                       3, "UPDATE without WHERE in the transaction of an earlier ALTER TABLE"),
     "update_after_lock": (f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE;\nUPDATE {TABLE} SET tenant_id = 'x';\n",
                           3, "UPDATE without WHERE"),
+    # any WHERE that is no bounded batch, under the lock the file's transaction holds (attack24c item 3)
+    "update_where_is_null": (f"ALTER TABLE {TABLE} ADD COLUMN region text;\n"
+                             f"UPDATE {TABLE} SET region = 'eu' WHERE region IS NULL;\n", 3,
+                             "UPDATE whose WHERE is no bounded batch (it may match every row) in the transaction of an earlier ALTER TABLE of the table may write every row of"),
+    "update_where_range": (f"ALTER TABLE {TABLE} ADD COLUMN c int;\nUPDATE {TABLE} SET c = 1 WHERE id > 0;\n", 3,
+                           "UPDATE whose WHERE is no bounded batch (it may match every row) in the transaction of an earlier ALTER TABLE"),
+    "delete_not_a_key": (f"ALTER TABLE {TABLE} ADD COLUMN c int;\nDELETE FROM {TABLE} WHERE tenant_id = 't1';\n", 3,
+                         "DELETE whose WHERE is no bounded batch (it may match every row) in the transaction of an earlier ALTER TABLE"),
+    "merge_after_alter": (f"ALTER TABLE {TABLE} ADD COLUMN c int;\nMERGE INTO {TABLE} t USING (SELECT 1 AS one) s "
+                          "ON t.c IS NULL WHEN MATCHED THEN UPDATE SET c = 1;\n", 3, "MERGE (it may match every row) in "
+                          "the transaction of an earlier ALTER TABLE of the table may write every row of"),
+    "trigger_then_update": ("CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;\n"
+                            f"CREATE TRIGGER t BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION f();\n"
+                            f"UPDATE {TABLE} SET tenant_id = tenant_id WHERE tenant_id <> 'x';\n", 4,
+                            "UPDATE whose WHERE is no bounded batch (it may match every row) in the transaction of an earlier CREATE TRIGGER of the table may write every row of"),
+    "lock_then_create_table_as": (f"LOCK TABLE {TABLE} IN SHARE MODE;\nCREATE TABLE hcm_copy AS SELECT * FROM {TABLE};\n",
+                                  3, "a copy of its rows (CREATE TABLE AS / INSERT ... SELECT) in the transaction of an "
+                                     "earlier LOCK TABLE of the table reads every row of"),
 }
 
 
@@ -356,6 +398,17 @@ REFUSED_OTHER_OBJECTS = {
                                      f"ALTER TABLE evp ATTACH PARTITION {TABLE} FOR VALUES FROM (0) TO (1000000);\n",
                          3, f"ATTACH PARTITION {TABLE} without a validated CHECK implying its bound scans "
                             f"public.{TABLE} (~50 rows"),
+    # a small view over a big table: its REFRESH reads the big table under the view's lock (attack24c item 3)
+    "refresh_small_view_of_big_table": (f"CREATE MATERIALIZED VIEW small_mv AS SELECT tenant_id, count(*) FROM {TABLE} "
+                                        "GROUP BY 1; ANALYZE small_mv", "REFRESH MATERIALIZED VIEW small_mv;\n", 2,
+                                        "REFRESH MATERIALIZED VIEW without CONCURRENTLY rewrites public.small_mv (~50 rows"),
+    # the primary key makes its index's nullable column NOT NULL: a scan (attack24c item 3)
+    "primary_key_using_nullable_index": (f"ALTER TABLE {TABLE} ADD COLUMN k bigint; UPDATE {TABLE} SET k = id; "
+                                         f"CREATE UNIQUE INDEX u_k ON {TABLE} (k)",
+                                         f"ALTER TABLE {TABLE} DROP CONSTRAINT {TABLE}_pkey, ADD CONSTRAINT pk2 PRIMARY "
+                                         "KEY USING INDEX u_k;\n", 2,
+                                         "ADD PRIMARY KEY USING INDEX u_k (an implied SET NOT NULL k without a validated "
+                                         f"CHECK (k IS NOT NULL)) scans public.{TABLE} (~50 rows"),
     "domain_constraint": (f"CREATE DOMAIN posint AS int; ALTER TABLE {TABLE} ADD COLUMN p posint",
                           "ALTER DOMAIN posint ADD CONSTRAINT pos CHECK (VALUE >= 0);\n", 2,
                           f"ALTER DOMAIN posint ADD CONSTRAINT pos without NOT VALID scans public.{TABLE} (~50 rows"),
@@ -419,3 +472,25 @@ def test_a_marker_inside_a_string_or_a_function_body_accepts_nothing(cli, db, sq
                                           f"-- accept-rewrite: public.{TABLE}\nSELECT 1 $$;\n")
     result = migrate(cli, db, sql_dir, *SMALL)
     assert result.exit_code == 2 and "0002_hidden.sql:1: ALTER COLUMN id TYPE bigint" in result.stderr, result.output
+
+
+def test_a_primary_key_using_a_pending_index_is_judged_by_its_columns_or_said_unjudged(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN k bigint; UPDATE {TABLE} SET k = id; ANALYZE {TABLE}")
+    add_migration(sql_dir, "0002_index", f"-- transactional: false\nCREATE UNIQUE INDEX CONCURRENTLY u_k ON {TABLE} (k);\n")
+    swap = f"ALTER TABLE {TABLE} DROP CONSTRAINT {TABLE}_pkey, ADD CONSTRAINT pk2 PRIMARY KEY USING INDEX {{}};\n"
+    path = add_migration(sql_dir, "0003_key", swap.format("u_k"))
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and f"{path}:1: ADD PRIMARY KEY USING INDEX u_k (an implied SET NOT NULL k " \
+        "without a validated CHECK (k IS NOT NULL)) scans" in result.stderr, result.output
+    path = add_migration(sql_dir, "0003_key", swap.format("u_nowhere"))
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and f"{path}:1: ADD PRIMARY KEY USING INDEX u_nowhere (an implied SET NOT NULL of " \
+        "columns that cannot be judged: its index was not found) may scan" in result.stderr, result.output
+    # the safe way: a validated CHECK (k IS NOT NULL) first, then the key is catalog only
+    add_migration(sql_dir, "0003_check", f"ALTER TABLE {TABLE} ADD CONSTRAINT k_nn CHECK (k IS NOT NULL) NOT VALID;\n")
+    add_migration(sql_dir, "0004_validate", f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT k_nn;\n")
+    add_migration(sql_dir, "0005_key", swap.format("u_k"))
+    (sql_dir / "0003_key.sql").unlink()
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert applied(db)[-1] == "0005_key"

@@ -72,7 +72,8 @@ def test_no_region(cli, aws, monkeypatch, tmp_path):
 
 
 def test_a_secrets_manager_endpoint_that_never_answers_ends_in_one_line(cli, tmp_path):
-    """issue 23 #5: boto3's default read timeout (60 s, retried) kept a run waiting for minutes."""
+    """issue 23 #5: boto3's default read timeout (60 s, retried) kept a run waiting for minutes. The wait is
+    SECRETS_READ_TIMEOUT's (default 10 s a try): 1 s here, so the test does not wait out the default."""
     import socket
     import threading
 
@@ -82,7 +83,8 @@ def test_a_secrets_manager_endpoint_that_never_answers_ends_in_one_line(cli, tmp
     env = {"DB_SECRET_NAME": "dev/silent", "AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_CONFIG_FILE": str(tmp_path / "none"),
            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-           "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{listener.getsockname()[1]}"}
+           "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{listener.getsockname()[1]}",
+           "SECRETS_READ_TIMEOUT": "1"}
     results = []
     worker = threading.Thread(target=lambda: results.append(cli("config", env=env)), daemon=True)
     worker.start()
@@ -92,3 +94,12 @@ def test_a_secrets_manager_endpoint_that_never_answers_ends_in_one_line(cli, tmp
     line = one_error_line(results[0])
     assert "AWS secret dev/silent: Secrets Manager did not answer in time" in line, line
     assert held  # it did connect: the read, not the connection, timed out
+    assert "1 s a try, SECRETS_READ_TIMEOUT" in line, line
+
+
+@pytest.mark.parametrize("value", ["0", "ten", "-1", "10s"])
+def test_a_secrets_read_timeout_that_is_not_seconds_is_one_line(cli, aws, value):
+    aws("dev/db", {"host": "h", "username": "u", "password": "p", "dbname": "d"})
+    result = cli("config", env={"DB_SECRET_NAME": "dev/db", "SECRETS_READ_TIMEOUT": value})
+    line = one_error_line(result)
+    assert f"SECRETS_READ_TIMEOUT (environment): {value!r} is not a number of seconds above 0" in line, line

@@ -57,6 +57,16 @@ class Seconds(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class Whole(click.IntRange):
+    """A whole number in a range, ASCII digits only (click's int() takes '５' and '1_0')."""
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if not (text.isascii() and text.isdigit()):
+            self.fail(f"{value!r} is not a whole number (digits 0-9)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def _pg_duration(_ctx, param, value: str | None) -> str | None:
     """--ddl-lock-timeout / --statement-timeout: PostgreSQL's units, within what it accepts (--lock-retry-budget:
     the runner's own, a bare number in seconds)."""
@@ -76,7 +86,7 @@ SCRATCH_URL = click.option(
     "--scratch-url", metavar="URL", envvar="SCRATCH_DATABASE_URL",
     help="Server for scratch databases, never its own database (else SCRATCH_DATABASE_URL, else the local one).")
 REWRITE_THRESHOLD = click.option(
-    "--rewrite-threshold-rows", type=click.IntRange(min=0), metavar="ROWS",
+    "--rewrite-threshold-rows", type=Whole(min=0), metavar="ROWS",
     help="Refuse rewriting or scanning a table of over ROWS rows under a lock that stops the application, "
          "unless its file accepts it (else REWRITE_THRESHOLD_ROWS, 10000).")
 QUIET = click.option("--quiet", is_flag=True,
@@ -110,7 +120,7 @@ POSTGRES = [
 # How a run over several schemas goes (migrate, rollback, mark; --parallel also plan and status).
 SCHEMA_RUN = [
     click.option("--fail-fast", is_flag=True, help="Over several schemas: stop at the first that fails."),
-    click.option("--parallel", type=click.IntRange(min=1, max=64), default=1, show_default=True, metavar="N",
+    click.option("--parallel", type=Whole(min=1, max=64), default=1, show_default=True, metavar="N",
                  help="Over several schemas: run up to N at once (each its own connection and lock)."),
 ]
 CREATE_SCHEMAS = click.option("--create-schemas", is_flag=True,
@@ -122,7 +132,7 @@ MONGO = [
                  show_default=True,
                  metavar="SECONDS", help="Give up on an unreachable Mongo server after this long."),
     click.option("--patch-timeout", type=Seconds(zero=True), default=0, envvar="MONGO_PATCH_TIMEOUT",
-                 metavar="SECONDS", help="Stop a JavaScript patch (mongosh) running longer than this "
+                 metavar="SECONDS", help="Stop a patch (Python or mongosh) running longer than this "
                                          "(else MONGO_PATCH_TIMEOUT; 0, the default: no limit)."),
 ]
 # Beside the PostgreSQL options the Mongo secret has its own name; on the `mongo` commands it is

@@ -9,7 +9,8 @@ import click
 from migrator import output
 from migrator.cli.help import HelpGroup
 from migrator.cli.app import verbose_option
-from migrator.cli.options import LOCK_TIMEOUT, SCHEMA_RUN, SCRATCH_URL, SQL_DIR, ddl_limits, schema_run, settings_options
+from migrator.cli.options import (LOCK_TIMEOUT, SCHEMA_RUN, SCRATCH_URL, SQL_DIR, Whole, ddl_limits, schema_run,
+                                  settings_options)
 from migrator.commands import sql as commands, tenants
 from migrator.errors import FAILED
 
@@ -23,7 +24,7 @@ def sql():
 
 @sql.command()
 @settings_options(postgres=True, sql_dir=True)
-@click.option("--count", type=click.IntRange(min=1), metavar="N", help="Roll back the last N migrations.")
+@click.option("--count", type=Whole(min=1), metavar="N", help="Roll back the last N migrations.")
 @click.option("--to", "to", metavar="ID", help="Roll back every migration applied after ID (ID stays applied).")
 @click.option("--all", "all_", is_flag=True, help="Roll back every applied migration.")
 @LOCK_TIMEOUT

@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-from migrator import output
+from migrator import output, pg_lock
 from migrator.commands import mongo as mongo_commands
 from migrator.commands.base import PROJECT_ROOT, CommandSettings, locked_backend, watching
 from migrator.errors import SCHEMA_DRIFT, USAGE, MigratorError
@@ -103,8 +103,8 @@ def _apply_pending(settings: CommandSettings, backend, target, migrations, schem
         with watching(settings, backend, target):
             for migration, seconds in postgres.apply(backend, target, migrations):
                 applied.append(migration.id)
-                changed.append(migration.id)
                 built.extend(getattr(migration, "built_indexes", []))
+                changed.append(migration.id)  # (recorded now: its built indexes first)
                 settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
 
 
@@ -137,41 +137,68 @@ def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool, refr
 @contextlib.contextmanager
 def advancing_schema(settings: CommandSettings, backend, reason: str, *, always: bool = False,
                      before=None, claimed: list | None = None, files=()) -> Iterator[list]:
-    """Around the runner's own changes: afterwards (a failure too) the recorded schema moves forward by exactly
-    what they changed, so drift found before stays drift and the runner's work never reads as drift. The block
-    appends the ids it changed to the list it is given; with none, no failure and not `always`, nothing is recorded
-    (a failure may have committed part of a non-transactional file: that is the runner's work too).
+    """Around the runner's own changes: the recorded schema moves forward by exactly what they changed, so drift
+    found before stays drift and the runner's work never reads as drift. The block appends each id it changed to
+    the list it is given. The first change takes the schema's bookkeeping lock before it can commit
+    (bookkeeping_lock.Recording: another session holding that lock stops the change uncommitted, never leaves it
+    unrecorded), and the lock is held until the record is written: after the block, or, in a schema several
+    histories share (services migrating at once), after each change, so another service waits for one record at
+    most (each describes the schema again: slower). After a failure what is left is recorded too (a
+    non-transactional file may have committed part); with no change, no failure and not `always`, nothing is.
     `files`: the migrations the block may run; what the ones it ran (after a failure: any of them) name as DDL
     targets is this history's work, in a schema shared by several histories (snapshot.advance)."""
     from migrator.schema import describe, snapshot
 
     if before is None:  # (the drift check's description, when it made one, is the same moment's)
         before = describe(backend.connection, backend.bookkeeping_schema)
-    changed: list = []
-    failed = False
+    recording = backend.recording = pg_lock.Recording(backend.connection, backend.bookkeeping_schema)
+    seen, done = [before], []
+
+    def record(failed: bool = False) -> None:
+        ran = [m for m in files if m.id in changed[len(done):] or (failed and m.id not in done)]
+        snapshot.advance(backend.connection, backend.bookkeeping_schema, seen[-1], reason, claimed or (),
+                         _named(ran), seen)
+        done[:] = changed
+        recording.release()
+
+    changed = _Recorded(record if snapshot.history(backend.connection) else None)
     try:
         yield changed
-    except BaseException:
-        failed = True
+    except BaseException as exc:
+        if recording.refused:  # nothing of the change that asked for the lock committed; all before it is recorded
+            raise
+        try:
+            record(failed=True)
+        except Exception as error:
+            settings.note(f"note: the schema description could not be recorded after the failure "
+                          f"({output.scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)}); "
+                          "`runner.py status` may list this run's changes as drift until the next migrate")
         raise
+    else:
+        if len(changed) > len(done) or (always and not done):
+            record()
     finally:
-        if changed or failed or always:
-            try:
-                snapshot.advance(backend.connection, backend.bookkeeping_schema, before, reason, claimed or (),
-                                 _named(files, changed, failed))
-            except Exception as exc:
-                if not failed:
-                    raise
-                settings.note(f"note: the schema description could not be recorded after the failure "
-                              f"({output.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)}); "
-                              "`runner.py status` may list this run's changes as drift until the next migrate")
+        recording.release()
+        backend.recording = None
 
 
-def _named(files, changed: list, failed: bool) -> set[str]:
+class _Recorded(list):
+    """The ids a block changed; each recorded as it is appended when given `record` (advancing_schema)."""
+
+    def __init__(self, record):
+        super().__init__()
+        self._record = record
+
+    def append(self, item) -> None:
+        super().append(item)
+        if self._record is not None:
+            self._record()
+
+
+def _named(ran) -> set[str]:
     from migrator.postgres.migration import rollback_path
     from migrator.schema import targets
 
-    ran = [m for m in files if failed or m.id in changed]
     return targets.named([Path(m.path) for m in ran] + [rollback_path(m) for m in ran])
 
 

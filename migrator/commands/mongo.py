@@ -35,8 +35,10 @@ def run_patches(settings: CommandSettings, mongo: MongoTarget, found: list, name
 
     if not run:
         mongo = mongo.for_dry_run()
-        enforced = (f"; as the read-only user from {mongo.sources['url']}, whose writes the server refuses "
-                    f"({seal.guarantee()})" if mongo.read_only else "")
+        # not checked here (a probe write would be a write): doctor's probe proves the server refuses them
+        enforced = (f"; as the read-only user from {mongo.sources['url']} (that the server refuses its writes, and "
+                    f"those of a client without credentials, is unchecked here: `runner.py doctor` checks it; "
+                    f"{seal.guarantee()})" if mongo.read_only else "")
         settings.note(f"dry run: nothing will be written (add --run to apply){enforced}")
     report = PatchRunReport(run, found=len(found))
     with connection.connect(mongo) as db, output.patch_output():

@@ -12,7 +12,7 @@ import dataclasses
 import socket
 import time
 
-from migrator import checksums, pg_lock
+from migrator import bookkeeping_lock, checksums, pg_lock
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
 from migrator.errors import MigratorError
 from migrator.postgres import connection as postgres_connection
@@ -308,6 +308,13 @@ def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advi
                          "a runner is migrating now: a run would wait for it (--lock-timeout)"))
     else:
         report.add(Check("postgres locks", OK, f"advisory locks allowed; {lock} is free"))
+    with backend.connection.cursor() as cursor:  # (any role that can connect may take it: its key is no secret)
+        books = bookkeeping_lock.holder(cursor, bookkeeping_lock.bookkeeping_key(backend.bookkeeping_schema))
+    if books:
+        report.add(Check("bookkeeping lock", WARN, f"the shared bookkeeping lock of schema {backend.bookkeeping_schema}"
+                         f" is held by {books}", "a runner holds it for a moment while it records a change; held "
+                         "longer, every write command stops after --lock-timeout (exit 4) with nothing committed: "
+                         "if it is not a runner's, end that session (pg_terminate_backend)"))
 
 
 def _flyway_history(report: DoctorReport, backend, migrations, todo) -> None:

@@ -193,7 +193,8 @@ def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, ech
     except BaseException as exc:  # the patch's own error, sys.exit included: name it, keep the traceback for -v
         line = exc.line if isinstance(exc, patch_child.PatchError) else None
         raise PatchFailed(patch, _describe(exc), advice, python_patch.located(patch, exc, line)) from exc
-    return Outcome(patch, comment, time.perf_counter() - started)
+    # printed and logged alike: scrubbed with the runner's passwords, visible, bounded
+    return Outcome(patch, None if comment is None else log.clean(comment), time.perf_counter() - started)
 
 
 def status(db, patches: list[Patch]) -> list[state.PatchState]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -45,13 +46,25 @@ def connect(target: MongoTarget) -> Iterator:
         client.close()
 
 
-def ports(target: MongoTarget, client=None) -> set[int]:
-    """The TCP ports of the target's servers, for a dry run's seal: the URI's hosts (an SRV URI's looked up now)
-    and the members the runner's client found (a replica set's other members may listen elsewhere)."""
+def servers(target: MongoTarget, client=None) -> set[tuple[str, int]]:
+    """The target's servers (host, port), for a dry run's seal: the URI's hosts (an SRV URI's looked up now) and
+    the members the runner's client found (a replica set's other members may have other names and ports)."""
     from pymongo.uri_parser import parse_uri
 
-    found = {port for _host, port in parse_uri(target.uri)["nodelist"]}
+    found = set(parse_uri(target.uri)["nodelist"])
     topology = getattr(client, "topology_description", None)  # None: no client, or mongomock's (tests)
     if topology is not None:
-        found |= {port for _host, port in topology.server_descriptions()}
+        found |= set(topology.server_descriptions())
     return found
+
+
+def ca_files(target: MongoTarget) -> list[str]:
+    """The CA bundles the target's connections read (--ca-bundle / CA_BUNDLE, a tlsCAFile in the URL), absolute:
+    a sealed patch may read them (of /etc it reads only the system's certificates)."""
+    found = [target.ca_file, target.parsed.param("tlsCAFile")]
+    return [os.path.abspath(path) for path in found if path]
+
+
+def ports(target: MongoTarget, client=None) -> set[int]:
+    """The TCP ports of the target's servers (Landlock filters ports, not hosts)."""
+    return {port for _host, port in servers(target, client)}

@@ -10,12 +10,14 @@ takes mongosh with it (PR_SET_PDEATHSIG, and the prelude exits once its parent c
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -50,6 +52,19 @@ class JsPatchFailed(Exception):
 # DRY_RUN is a non-writable, non-configurable global; a patch can still shadow it (`let DRY_RUN = false`,
 # eval), which is why dry runs rely on the shim, not on DRY_RUN. patchComment(text) sets the logged comment.
 COMMENT_MARK = "\x1ehcm-comment\x1e"
+# A sealed dry run has no UDP, so no DNS: the servers' names, looked up by the runner (HCM_PINNED), answer Node's
+# dns.lookup, which the driver's connections use.
+JS_PINNED = (
+    ' (() => { const dns = require("dns"), pinned = JSON.parse(process.env.HCM_PINNED), lookup = dns.lookup;'
+    ' dns.lookup = function (host, options, callback) {'
+    ' if (typeof options === "function") { callback = options; options = {}; }'
+    ' if (!pinned[host]) return lookup.call(this, host, options, callback);'
+    ' const o = typeof options === "number" ? {family: options} : (options || {});'
+    ' const found = pinned[host].filter((a) => !o.family || a.family === o.family);'
+    ' process.nextTick(() => o.all ? callback(null, found) : found.length ? callback(null, found[0].address,'
+    ' found[0].family) : callback(Object.assign(new Error("getaddrinfo ENOTFOUND " + host), {code: "ENOTFOUND"})));'
+    ' }; })();'
+)
 JS_PRELUDE = (
     'Object.defineProperty(globalThis, "DRY_RUN", {{value: {dry}, writable: false, configurable: false, enumerable: true}});'
     ' Object.defineProperty(globalThis, "patchComment", {{value: (text) => print("' + COMMENT_MARK + '" + String(text).split(/\\r?\\n/).join(" | ")),'
@@ -73,15 +88,18 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
     register_environment_secrets()  # mongosh could read them from /proc/<runner pid>/environ
     with tempfile.TemporaryDirectory(prefix="hcm-mongosh-") as home:
         env = mongosh_environment(home)
+        if target is not None and dry_run:
+            prelude += JS_PINNED
+            env["HCM_PINNED"] = _pinned(target, client)
         if target is not None:
             prelude += " db = connect(process.env.HCM_MONGO_URI);"
             env["HCM_MONGO_URI"] = target.shell_uri()
         shim = ["--file", str(SHIM)] if dry_run else []
         seal.non_dumpable()  # mongosh cannot read the runner's memory or /proc/<runner>/environ
-        start = _sealed(patch, home, _ports(target, client)) if dry_run else _die_with_parent
+        start = _sealed(patch, home, target, client) if dry_run else _die_with_parent
         command = [mongosh_path(), "--nodb", "--norc", "--quiet", "--eval", prelude + " void 0;", *shim,
                    "--file", str(patch.path)]
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True,  # its own process group: killed whole, children included
                                 preexec_fn=start)
         try:
@@ -100,9 +118,9 @@ def _read(proc: subprocess.Popen, echo: Callable[[str], None], timeout: float | 
     """mongosh's lines (echoed, scrubbed) until it and its children close the pipe, it exits (plus a
     grace for what is buffered), or the timeout; what is left in the pipe after that is not read."""
     lines: queue.Queue = queue.Queue()
-    def read_all():
-        with proc.stdout:
-            for line in proc.stdout:
+    def read_all():  # lines end at \n only: a \r is shown (an escape), not a line break
+        with io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="backslashreplace", newline="\n") as stream:
+            for line in stream:
                 lines.put(line)
         lines.put(None)
 
@@ -128,7 +146,7 @@ def _read(proc: subprocess.Popen, echo: Callable[[str], None], timeout: float | 
         if line.startswith(COMMENT_MARK):
             comment = one_line(line[len(COMMENT_MARK):])
             continue
-        echo(line)
+        echo(output.visible(line))  # its escape sequences and \r shown, not acted on by the terminal
         if line.strip():
             kept.append(line.strip())
 
@@ -147,24 +165,33 @@ def _die_with_parent() -> None:
         pass
 
 
-def _ports(target: MongoTarget | None, client) -> set[int]:
-    from migrator.mongo.connection import ports
+def _sealed(patch: Patch, home: str, target: MongoTarget | None, client) -> Callable[[], None]:
+    """A dry run's mongosh under Landlock (seal.py): it reads only mongosh, Node, the shim, the patch folder and the
+    CA bundles, and writes only its own HOME, so `.env` and secret files are out of its reach as they are for Python
+    patches; TCP only to the servers' ports, no signal to a process outside (a real run's runner)."""
+    from migrator.mongo.connection import ca_files, ports
 
-    return ports(target, client) if target is not None else set()
-
-
-def _sealed(patch: Patch, home: str, ports: set[int]) -> Callable[[], None]:
-    """A dry run's mongosh under Landlock (seal.py): it reads only mongosh, Node, the shim and the patch folder,
-    and writes only its own HOME, so `.env` and secret files are out of its reach as they are for Python patches;
-    TCP only to the servers' ports, no signal to a process outside (a real run's runner)."""
+    seal.check_folder(patch.path.parent)
     mongosh = Path(mongosh_path()).resolve()
     modules = next((p for p in mongosh.parents if p.name == "node_modules"), mongosh.parent.parent)
     readable = [str(modules), str(SHIM.parent), str(patch.path.parent), *seal.SYSTEM_READABLE]
+    readable += ca_files(target) if target is not None else []
+    tcp = ports(target, client) if target is not None else set()
+    srv = target is not None and target.uri.startswith("mongodb+srv:")  # the driver's SRV lookups need DNS
 
     def start():
         _die_with_parent()
-        seal.restrict(readable, [home, *seal.SYSTEM_WRITABLE], ports)
+        seal.restrict(readable, [home, *seal.SYSTEM_WRITABLE], tcp, datagrams=srv)
     return start
+
+
+def _pinned(target: MongoTarget, client) -> str:
+    """The servers' names and addresses for JS_PINNED, looked up here (the sealed mongosh has no DNS)."""
+    from migrator.mongo.connection import servers
+
+    known = seal.looked_up(host for host, _port in servers(target, client))
+    return json.dumps({host: [{"address": a[4][0], "family": 6 if a[0] == socket.AF_INET6 else 4} for a in found]
+                       for host, found in known.items()})
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

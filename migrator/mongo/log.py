@@ -47,26 +47,28 @@ def begin(db, patch: Patch, lock_owner: str) -> dict:
 
 
 def settle(db, record: dict, status: str, *, comment: str | None = None, error: str | None = None) -> None:
-    """Complete a `running` record: applied, failed or cancelled. Comments and errors come from the patch:
-    scrubbed (every registered password, anywhere) and on one line before they are stored."""
+    """Complete a `running` record: applied, failed or cancelled. Comments and errors come from the patch: clean()
+    before they are stored."""
     finished = utcnow()
-    fields = {"status": status, "comment": _clean(comment or ""), "applied": finished, "finished": finished,
+    fields = {"status": status, "comment": clean(comment or ""), "applied": finished, "finished": finished,
               "duration_ms": int((finished - record["started"]).total_seconds() * 1000)}
     if error is not None:
-        fields["error"] = _clean(error)
+        fields["error"] = clean(error)
     collection(db).update_one({"_id": record["_id"], "status": RUNNING}, {"$set": fields})
 
 
-def _clean(text: str) -> str:
-    from migrator.mongo.patches import one_line
+def clean(text: str) -> str:
+    """A patch's text as the log keeps it and the runner prints it: scrubbed with the runner's passwords (the patch's
+    process knows none), on one line, control characters as escapes, and bounded (a record must fit the server)."""
+    from migrator.mongo.patches import bounded, one_line
 
-    return one_line(output.scrub(str(text)))
+    return bounded(output.visible(one_line(output.scrub(str(text)))))
 
 
 def decide(db, patch_id: str, status: str, note: str, checksum: str | None, **extra) -> dict:
     """A person's decision about a patch (resolved, accepted), logged like a run."""
     now = utcnow()
-    record = {"patch": patch_id, "comment": _clean(note), "applied": now, "status": status,
+    record = {"patch": patch_id, "comment": clean(note), "applied": now, "status": status,
               "checksum": checksum, "started": now, "finished": now, **extra, **_who()}
     collection(db).insert_one(record)
     record.pop("_id", None)

@@ -14,30 +14,39 @@ A real run's child gets the runner's environment and no file restriction, as whe
 
 The child runs unbuffered (its output reaches the runner line by line, and is not lost when it is killed),
 reads the protocol on a descriptor of its own with stdin on /dev/null (a patch reading stdin gets its end, not
-the protocol), and the runner takes no exit code from it (a patch could write on the results pipe itself).
+the protocol). The patch shares the child's process, so it can write on the results pipe itself: the runner
+takes no exit code and no error kind from the child, checks every message's shape, and takes as the outcome only
+a message carrying the nonce it sent with go (which module-level code cannot know). Anything else is "its
+process sent an unreadable result", of that patch. Every text from the child is scrubbed, made visible and
+bounded here, with the runner's passwords. --patch-timeout bounds the load and the run.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import secrets
+import select
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from migrator import output
-from migrator.errors import USAGE, MigratorError
 from migrator.mongo import seal
-from migrator.mongo.connection import ports
+from migrator.mongo.connection import ca_files, servers
 from migrator.mongo.js_patch import _die_with_parent, _kill_group, mongosh_environment
-from migrator.mongo.patches import Patch
+from migrator.mongo.patches import Patch, bounded
 from migrator.targets import MongoTarget
 
 PACKAGE = Path(__file__).resolve().parents[1]  # migrator/
-GO = "go\n"
+GO = "go"  # and the nonce
 READER_JOIN = 2.0  # seconds to drain the child's output after it is killed (its pipes close then)
+MAX_MESSAGE = 64 << 20  # bytes of one message: the texts in it are bounded only after they are scrubbed here
+UNREADABLE = "its process sent an unreadable result"
 
 
 def used(db, target: MongoTarget | None) -> bool:
@@ -66,6 +75,8 @@ class Child:
 
         register_environment_secrets()  # the child's output is masked as the patch's always was
         seal.non_dumpable()  # before the child exists: it cannot read this process's memory or /proc files
+        if dry_run:
+            seal.check_folder(patch.path.parent)
         self.patch, self.dry_run = patch, dry_run
         self._home = tempfile.TemporaryDirectory(prefix="hcm-patch-")
         env = mongosh_environment(self._home.name) if dry_run else dict(os.environ)
@@ -73,34 +84,37 @@ class Child:
         command = [sys.executable, "-I", "-u", "-c", f"import sys; sys.path.insert(0, {str(PACKAGE.parent)!r}); "
                    f"from migrator.mongo.patch_child import main; main({write})"]
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env, cwd=self._home.name, pass_fds=(write,),
+                                     env=env, cwd=self._home.name, pass_fds=(write,),
                                      start_new_session=True, preexec_fn=_die_with_parent)
         os.close(write)
-        self._results = os.fdopen(read, "r", encoding="utf-8")
+        self._results = _Messages(read)
+        self.timeout = target.patch_timeout or None
         self._readers = [_echo(self.proc.stdout, False), _echo(self.proc.stderr, True)]
         options = target.client_options()
         if options.get("tlsCAFile"):  # the child's cwd is its HOME: a relative path would name another file
             options["tlsCAFile"] = os.path.abspath(options["tlsCAFile"])
         spec = {"id": patch.id, "path": os.path.abspath(patch.path), "uri": target.uri, "database": target.database,
                 "options": options, "dry_run": dry_run, "home": self._home.name,
-                "ports": sorted(ports(target, client)) if dry_run else []}
+                "servers": sorted(servers(target, client)) if dry_run else [], "ca_files": ca_files(target)}
+        spec["pinned"] = seal.looked_up(host for host, _port in spec["servers"])  # no DNS in the seal
         try:
-            self.proc.stdin.write(json.dumps(spec) + "\n")
+            self.proc.stdin.write(json.dumps(spec).encode() + b"\n")
             self.proc.stdin.flush()
-            self._outcome()  # loaded, or the load's error (nothing ran, nothing logged)
+            self._loaded()
         except BaseException:
             self.kill()
             raise
 
     def go(self) -> str | None:
-        """Run the loaded patch; its comment, or its error. The child is dead when this returns."""
+        """Run the loaded patch; its comment (not yet cleaned), or its error. The child is dead when this returns."""
+        nonce = secrets.token_hex(16)
         try:
             try:
-                self.proc.stdin.write(GO)
+                self.proc.stdin.write(f"{GO} {nonce}\n".encode())
                 self.proc.stdin.flush()
             except BrokenPipeError:
                 pass  # the child is gone already: _outcome says so
-            return self._outcome().get("comment")
+            return self._outcome(nonce)
         finally:
             self.kill()
 
@@ -112,31 +126,120 @@ class Child:
         self._results.close()
         self._home.cleanup()
 
-    def _outcome(self) -> dict:
-        from migrator.mongo.readonly import DryRunWriteError
+    def _loaded(self) -> None:
+        """The child says it loaded the patch, or why it could not: either way one line naming the patch (exit 2,
+        nothing ran, nothing logged), whatever the child wrote (its module-level code can write on the pipe)."""
+        from migrator.mongo.python_patch import LoadFailed
 
         try:
-            line = self._results.readline()
-        except (BrokenPipeError, OSError):
-            line = ""
-        if not line:
+            said = self._next("before it was loaded")
+        except PatchError as exc:
+            raise LoadFailed(self.patch, str(exc)) from exc
+        if said == {"loaded": True} and not self._results.pending():
+            return
+        if _shaped(said, {"error": str, "text": str, "traceback": str, "line": (int, type(None))}) and \
+                said["error"] == "load":
+            raise LoadFailed(self.patch, clean(said["text"]), _line(said)) from _traceback(said)
+        raise LoadFailed(self.patch, UNREADABLE)
+
+    def _outcome(self, nonce: str) -> str | None:
+        """run()'s comment, or its error as the patch's failure; only a message carrying `nonce` counts."""
+        from migrator.mongo.readonly import DryRunWriteError
+
+        said = self._next("before run() returned")
+        if _shaped(said, {"nonce": str, "comment": (str, type(None))}) and said["nonce"] == nonce:
+            return said["comment"]
+        if not (_shaped(said, {"nonce": str, "error": str, "text": str, "traceback": str, "line": (int, type(None))})
+                and said["nonce"] == nonce and said["error"] in ("failed", "write")):
+            raise PatchError(UNREADABLE)
+        if said["error"] == "write" and self.dry_run:
+            raise DryRunWriteError(clean(said["text"])) from _traceback(said)
+        raise PatchError(clean(said["text"]), _line(said)) from _traceback(said)
+
+    def _next(self, when: str):
+        """The child's next message (decoded JSON, or None when it is not JSON); PatchError when the child ended
+        or --patch-timeout passed first (the child is killed then)."""
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        try:
+            line = self._results.next(deadline)
+        except TimeoutError:
+            _kill_group(self.proc)
+            raise PatchError(f"stopped after {self.timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)") from None
+        except OverflowError:
+            return None
+        if line is None:
             self.proc.wait()
-            raise PatchError(f"the patch's process ended (exit {self.proc.returncode}) before run() returned")
-        said = json.loads(line)
-        if "error" not in said:
-            return said
-        cause = ChildTraceback(output.scrub(str(said.get("traceback", ""))))
-        text = output.scrub(str(said["text"]))  # the child knows no password of the runner's (its URI's included)
-        if said["error"] == "usage":  # never the child's exit code: a patch could write this line itself
-            raise MigratorError(text, USAGE) from cause
-        if said["error"] == "write":
-            raise DryRunWriteError(text) from cause
-        raise PatchError(text, said.get("line") if isinstance(said.get("line"), int) else None) from cause
+            raise PatchError(f"the patch's process ended (exit {self.proc.returncode}) {when}")
+        try:
+            return json.loads(line)
+        except (ValueError, RecursionError):
+            return None
 
 
-def _echo(stream, err: bool) -> threading.Thread:
-    """Copy the child's stdout or stderr through output's patch stream (masked; json: patch_output events)."""
+def clean(text: str) -> str:
+    from migrator.mongo import log
+
+    return log.clean(text)  # the child knows no password of the runner's (its URI's included)
+
+
+def _shaped(said, fields: dict) -> bool:
+    """A message with exactly these fields, each of its type (a bool is not an int)."""
+    return isinstance(said, dict) and said.keys() == fields.keys() and all(
+        isinstance(said[k], kind) and not isinstance(said[k], bool) for k, kind in fields.items())
+
+
+def _line(said: dict) -> int | None:
+    return said["line"] if isinstance(said["line"], int) and said["line"] > 0 else None
+
+
+def _traceback(said: dict) -> ChildTraceback:
+    """The child's traceback, for -v: scrubbed and bounded like every text from it."""
+    return ChildTraceback(bounded(output.scrub(said["traceback"])))
+
+
+class _Messages:
+    """The results pipe: one JSON message a line, read with a deadline and at most MAX_MESSAGE bytes a line."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer, self.scanned, self.ended = fd, bytearray(), 0, False
+
+    def next(self, deadline: float | None) -> bytes | None:
+        """The next line; None at the end of the pipe; TimeoutError after `deadline`; OverflowError if too long."""
+        while True:
+            end = self.buffer.find(b"\n", self.scanned)
+            if end >= 0:
+                line = bytes(self.buffer[:end])
+                del self.buffer[:end + 1]
+                self.scanned = 0
+                return line
+            self.scanned = len(self.buffer)
+            if self.ended:
+                line, self.buffer[:] = bytes(self.buffer), b""
+                return line or None  # a last line without its newline is read (and found unreadable)
+            if len(self.buffer) > MAX_MESSAGE:
+                raise OverflowError(len(self.buffer))
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.fd], [], [], wait)[0]:
+                raise TimeoutError
+            chunk = os.read(self.fd, 1 << 16)
+            self.ended = not chunk
+            self.buffer += chunk
+
+    def pending(self) -> bool:
+        """Whether more than one message came (before go, only one can be the child's own)."""
+        return bool(self.buffer) or bool(select.select([self.fd], [], [], 0)[0])
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _echo(pipe, err: bool) -> threading.Thread:
+    """Copy the child's stdout or stderr through output's patch stream (masked; json: patch_output events). Lines
+    end at \n only: a \r reaches the stream, which shows it as an escape (as any other byte the patch printed)."""
     to = output.patch_stream(err)
+    stream = io.TextIOWrapper(pipe, encoding="utf-8", errors="backslashreplace", newline="\n")
 
     def copy():
         with stream:
@@ -149,13 +252,13 @@ def _echo(stream, err: bool) -> threading.Thread:
     return thread
 
 
-def readable(patch_folder: Path, ca_file: str | None) -> list[str]:
+def readable(patch_folder: Path, ca_files: list[str]) -> list[str]:
     """What a sealed child may read: Python and its packages (never the project root or above it), the
     migrator package, the patch folder, the CA bundle, and the system folders."""
     root = PACKAGE.parent
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path}
     kept = [p for p in paths if p and os.path.isabs(p) and not (root == Path(p) or root.is_relative_to(p))]
-    return [*kept, str(PACKAGE), str(patch_folder), *([ca_file] if ca_file else []), *seal.SYSTEM_READABLE]
+    return [*kept, str(PACKAGE), str(patch_folder), *ca_files, *seal.SYSTEM_READABLE]
 
 
 def main(results_fd: int) -> None:
@@ -169,27 +272,31 @@ def main(results_fd: int) -> None:
     protocol = _protocol_off_stdin()
     spec = json.loads(protocol.readline())
     patch = Patch(spec["id"], Path(spec["path"]), "py")
+    nonce = None
     try:
         import pymongo
 
         from migrator.mongo import python_patch
 
         if spec["dry_run"]:
-            seal.restrict(readable(patch.path.parent, spec["options"].get("tlsCAFile")),
-                          [spec["home"], *seal.SYSTEM_WRITABLE], spec["ports"])
+            seal.pin_names(spec["pinned"])
+            seal.restrict(readable(patch.path.parent, spec["ca_files"]),
+                          [spec["home"], *seal.SYSTEM_WRITABLE], [port for _host, port in spec["servers"]],
+                          datagrams=spec["uri"].startswith("mongodb+srv:"))
         client = pymongo.MongoClient(spec.pop("uri"), **spec["options"])
         module = python_patch.load(patch, spec["dry_run"])
         send(loaded=True)
-        if protocol.readline() != GO:
+        word, _, nonce = protocol.readline().strip().partition(" ")
+        if word != GO:
             return
         comment = python_patch.run(patch, client[spec["database"]], spec["dry_run"], module)
         sys.stdout.flush()
         sys.stderr.flush()
         outcome = {"comment": comment}
     except BaseException as exc:  # everything the patch can raise, sys.exit included: described, then sent
-        outcome = _described(exc, patch.path)
+        outcome = _described(exc, patch.path, loaded=nonce is not None)
     seal.end_descendants()  # sealed: processes it started in a session of their own end too (else: documented)
-    send(**outcome)
+    send(**outcome) if nonce is None else send(nonce=nonce, **outcome)
     os._exit(0)  # nothing else runs here: not the patch's threads, not atexit
 
 
@@ -204,17 +311,18 @@ def _protocol_off_stdin():
     return protocol
 
 
-def _described(exc: BaseException, patch_path: Path) -> dict:
+def _described(exc: BaseException, patch_path: Path, loaded: bool) -> dict:
+    """The message for an error: before go, why the patch cannot be loaded; after, run()'s failure."""
     import traceback
 
-    from migrator.mongo.python_patch import describe, line_in
+    from migrator.mongo.python_patch import LoadFailed, describe, line_in
     from migrator.mongo.readonly import DryRunWriteError
 
     sys.stdout.flush()
     sys.stderr.flush()
-    trace = "".join(traceback.format_exception(exc))
-    if isinstance(exc, MigratorError):
-        return {"error": "usage", "text": str(exc), "traceback": trace}
+    said = {"text": describe(exc), "traceback": "".join(traceback.format_exception(exc)), "line": line_in(patch_path, exc)}
+    if not loaded:
+        return {**said, "error": "load", **({"text": exc.reason, "line": exc.line} if isinstance(exc, LoadFailed) else {})}
     if isinstance(exc, DryRunWriteError):
-        return {"error": "write", "text": str(exc), "traceback": trace}
-    return {"error": "failed", "text": describe(exc), "traceback": trace, "line": line_in(patch_path, exc)}
+        return {**said, "error": "write", "text": str(exc)}
+    return {**said, "error": "failed"}

@@ -49,6 +49,19 @@ def one_line(text: str) -> str:
     return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
+# What a record keeps and a line prints of a patch's text (comment, error, traceback): a record must stay far
+# below the server's 16 MB document limit, or the settle fails and the patch stays `running`.
+MAX_TEXT = 64 * 1024
+
+
+def bounded(text: str, limit: int = MAX_TEXT) -> str:
+    """Outside text cut to at most `limit` characters, saying so and how long it was (bounded twice: the same)."""
+    if len(text) <= limit:
+        return text
+    note = f" ... (truncated, {len(text.encode('utf-8', 'replace'))} bytes)"
+    return text[:limit - len(note)] + note
+
+
 def discover(mongo_dir: Path) -> list[Patch]:
     if not mongo_dir.is_dir():
         raise MigratorError(f"patch folder {mongo_dir} not found; run from the project root or pass --mongo-dir", USAGE)

@@ -67,17 +67,24 @@ def run(patch: Patch, db, dry_run: bool, module: ModuleType | None = None) -> st
     return None if comment is None else one_line(output.scrub(str(comment)))
 
 
+class LoadFailed(MigratorError):
+    """A patch that cannot be loaded (nothing ran, nothing was logged): `reason` and its file's `line` (if known)."""
+
+    def __init__(self, patch: Patch, reason: str, line: int | None = None):
+        where = f"{patch.path}:{line}" if line else str(patch.path)
+        super().__init__(f"{where} cannot be loaded: {reason}; fix it (nothing ran, nothing was logged)", USAGE)
+        self.reason, self.line = reason, line
+
+
 def _load(patch: Patch) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"hcm_patch_{patch.id}", patch.path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except (Exception, SystemExit, PatchExited) as exc:
-        reason = one_line(output.scrub(f"{exc.__class__.__name__}: {exc}"))
-        raise MigratorError(f"{located(patch, exc)} cannot be loaded: {reason}; fix it (nothing ran, nothing was logged)",
-                            USAGE) from exc
+        raise LoadFailed(patch, one_line(output.scrub(f"{exc.__class__.__name__}: {exc}")), line_in(patch.path, exc)) from exc
     if not callable(getattr(module, "run", None)):
-        raise MigratorError(f"{patch.path} defines no run(db, dry_run); see `runner.py mongo new --py`", USAGE)
+        raise LoadFailed(patch, "it defines no run(db, dry_run) (see `runner.py mongo new --py`)")
     return module
 
 

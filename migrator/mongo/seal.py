@@ -2,15 +2,18 @@
 
 `restrict(readable, writable, ports)` applies Landlock to the calling process (a dry run's patch child, or
 mongosh, before the patch loads): files are readable only beneath the given folders (Python, its packages,
-the migrator package, the patch folder, the CA bundle, /usr, /lib, /etc, and of /dev only null, zero and
-urandom) and writable, truncatable and with device ioctls only beneath its own temporary HOME. So the
+the migrator package, the patch folder, the CA bundle, /usr, /lib, of /etc only what the interpreters read
+(CA certificates, hosts, resolv.conf, passwd, ...: no shadow, ssh or ssl/private) and of /dev only null, zero
+and urandom) and writable, truncatable and with device ioctls only beneath its own temporary HOME. So the
 project's `.env`, secret files, /proc/<runner>/* and the operator's terminal are out of reach, whatever
 their path or mode, and Landlock forbids tracing a process outside the sandbox. Each right the kernel's
 Landlock ABI offers is handled: truncate (ABI 3), device ioctls (5); TCP only to `ports`, no bind (4);
-no signal or abstract UNIX socket outside the sandbox (6: a dry run cannot kill a real run's runner). It
-holds for root too. chmod, chown, utime and xattrs are outside Landlock: a small seccomp filter refuses them
-(x86_64; elsewhere guarantee() says they are open). `non_dumpable()` is the runner's own part: its memory and /proc files are closed to processes of
-the same user (root with CAP_SYS_PTRACE excepted, which Landlock covers for the child).
+no signal or abstract UNIX socket outside the sandbox (6: a dry run cannot kill a real run's runner).
+What Landlock does not govern is seccomp.py's: every capability dropped (root's included), sockets only TCP
+(and UDP for an SRV URI's DNS) over IP: no Unix socket by path, netlink or raw; no chmod, chown, utime,
+xattrs, file flags or mounts. `pin_names()`: the servers' addresses, looked up by the runner (no DNS inside).
+`non_dumpable()` is the runner's own part: its memory and /proc files are closed to processes of the same
+user (root with CAP_SYS_PTRACE excepted, which Landlock covers for the child).
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
+from pathlib import Path
 from typing import Iterable
+
+from migrator.errors import USAGE, MigratorError
+from migrator.mongo import seccomp
+from migrator.mongo.seccomp import covers as seccomp_covers  # noqa: F401 (the tests' name)
 
 PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
 # landlock_create_ruleset / add_rule / restrict_self: the same numbers on every architecture (unified table).
@@ -34,7 +43,13 @@ FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE  # what a rule on a fi
 BIND_TCP, CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 READ = EXECUTE | READ_FILE | READ_DIR
-SYSTEM_READABLE = ("/usr", "/lib", "/lib64", "/bin", "/etc", "/dev/null", "/dev/zero", "/dev/urandom")
+# Of /etc only what Python, OpenSSL, glibc's resolver and Node read (CA certificates, names, users, time zone, the
+# loader's cache): never /etc/shadow, /etc/ssh, /etc/ssl/private or a service's secrets.
+ETC_READABLE = ("ssl/certs", "ssl/openssl.cnf", "pki/tls/certs", "pki/ca-trust/extracted", "ca-certificates",
+                "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf", "services", "protocols",
+                "passwd", "group", "localtime", "timezone", "ld.so.cache", "mongosh.conf")
+SYSTEM_READABLE = ("/usr", "/lib", "/lib64", "/bin", *(f"/etc/{name}" for name in ETC_READABLE), "/dev/null",
+                   "/dev/zero", "/dev/urandom")
 SYSTEM_WRITABLE = ("/dev/null",)
 
 
@@ -82,11 +97,14 @@ def non_dumpable() -> None:
         pass
 
 
-def restrict(readable: Iterable[str], writable: Iterable[str], ports: Iterable[int] = ()) -> bool:
+def restrict(readable: Iterable[str], writable: Iterable[str], ports: Iterable[int] = (),
+             datagrams: bool = True) -> bool:
     """Landlock this process: read only beneath `readable`, write only beneath `writable`, TCP connect only to
-    `ports` (any host: Landlock knows ports, not addresses), no bind. False without Landlock."""
+    `ports` (any host: Landlock knows ports, not addresses), no bind; then no capability and the seccomp filter
+    (seccomp.py; `datagrams`: whether UDP stays open). False without Landlock."""
     version = abi()
     if not version:
+        _beyond_landlock(datagrams)
         return False
     libc = _libc()
     attr = handled(version)
@@ -101,14 +119,28 @@ def restrict(readable: Iterable[str], writable: Iterable[str], ports: Iterable[i
             rule = _NetPort(CONNECT_TCP, port)
             if libc.syscall(ADD_RULE, ruleset, RULE_NET_PORT, ctypes.byref(rule), 0) < 0:
                 raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for TCP port {port}")
-        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 or libc.syscall(RESTRICT_SELF, ruleset, 0) < 0:
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0:
+            raise OSError(ctypes.get_errno(), "no_new_privs failed")
+        seccomp.drop_capabilities(libc)  # before Landlock: it reads /proc/sys
+        if libc.syscall(RESTRICT_SELF, ruleset, 0) < 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
-        _no_attribute_changes(libc)
+        seccomp.install(libc, datagrams)
         global _signals_scoped
         _signals_scoped = bool(attr.scoped & SCOPE_SIGNAL)
     finally:
         os.close(ruleset)
     return True
+
+
+def _beyond_landlock(datagrams: bool) -> None:
+    """Linux without Landlock (an older kernel, or turned off): still no capability and the same seccomp filter."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = _libc()
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0:
+        raise OSError(ctypes.get_errno(), "no_new_privs failed")
+    seccomp.drop_capabilities(libc)
+    seccomp.install(libc, datagrams)
 
 
 _signals_scoped = False  # this process is in a Landlock domain that cannot signal outside itself
@@ -127,6 +159,50 @@ def end_descendants() -> bool:
     return True
 
 
+def looked_up(hosts: Iterable[str]) -> dict[str, list]:
+    """The servers' names looked up now, before the seal refuses UDP (and so DNS): getaddrinfo's answers by name
+    (a name that does not resolve is left out: the connection fails and says so)."""
+    import socket
+
+    known = {}
+    for host in set(hosts):
+        try:
+            known[host] = socket.getaddrinfo(host, None, 0, socket.SOCK_STREAM)
+        except OSError:
+            pass
+    return known
+
+
+def pin_names(known: dict[str, list]) -> None:
+    """socket.getaddrinfo answers the servers' names from `known` (looked_up() by the runner) after the seal
+    (pymongo calls it for each new connection); other names resolve only from /etc/hosts in the seal."""
+    import socket
+
+    lookup = socket.getaddrinfo
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        if host not in known:
+            return lookup(host, port, family, type, proto, flags)
+        number = port if isinstance(port, int) else int(port or 0)
+        return [(f, t, p, c, (address[0], number, *address[2:])) for f, t, p, c, address in known[host]
+                if family in (0, f)]
+
+    socket.getaddrinfo = getaddrinfo
+
+
+def check_folder(folder: Path) -> None:
+    """A dry run's patch folder is readable to the patch: refuse one that holds `.env` (the working folder's, the
+    project's, its own) or a NAME_FILE secret, rather than hand them to it (one line; nothing ran)."""
+    if not abi():
+        return  # nothing is sealed here: guarantee() says what a patch can read
+    where = Path(folder).resolve()
+    named = [Path(v) for k, v in os.environ.items() if k.endswith("_FILE") and v]
+    for secret in (where / ".env", Path.cwd() / ".env", Path(__file__).resolve().parents[2] / ".env", *named):
+        if secret.is_file() and secret.resolve().is_relative_to(where):
+            raise MigratorError(f"the patch folder {folder} (--mongo-dir / MONGO_DIR) holds {secret}, which a dry "
+                                "run's patch could read: move the patches to a folder of their own", USAGE)
+
+
 def _add_path(libc, ruleset: int, path: str, access: int) -> None:
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -142,60 +218,35 @@ def _add_path(libc, ruleset: int, path: str, access: int) -> None:
         os.close(fd)
 
 
-# chmod, fchmod, chown, fchown, lchown, utime, setxattr, lsetxattr, fsetxattr, removexattr, lremovexattr, fremovexattr,
-# utimes, fchownat, futimesat, fchmodat, utimensat, fchmodat2, setxattrat, removexattrat (x86_64 numbers).
-ATTRIBUTE_SYSCALLS_X86_64 = (90, 91, 92, 93, 94, 132, 188, 189, 190, 197, 198, 199, 235, 260, 261, 268, 280, 452, 463, 466)
-AUDIT_ARCH_X86_64, X32_BIT = 0xC000003E, 0x40000000
-PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
-LD_ABS_W, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06
-ALLOW, EPERM = 0x7FFF0000, 0x00050000 | 1
-
-
-class _Filter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
-
-
-class _Program(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_Filter))]
-
-
-def seccomp_covers() -> bool:
-    """Whether this machine gets the seccomp filter that stops chmod/chown/utime/xattr (Landlock does not)."""
-    return os.uname().machine == "x86_64"
-
-
-def _no_attribute_changes(libc) -> None:
-    """A seccomp filter: chmod, chown, utime and xattr calls fail (EPERM) on any file, as do 32-bit (i386, x32)
-    system calls, which would go round the numbers. x86_64 only; elsewhere guarantee() says they are open."""
-    if not seccomp_covers():
-        return
-    calls = ATTRIBUTE_SYSCALLS_X86_64
-    deny = 5 + len(calls)  # the index of the EPERM return (after the ALLOW one)
-    code = [(LD_ABS_W, 0, 0, 4), (JEQ, 0, deny - 2, AUDIT_ARCH_X86_64), (LD_ABS_W, 0, 0, 0), (JGE, deny - 4, 0, X32_BIT)]
-    code += [(JEQ, deny - (5 + i), 0, nr) for i, nr in enumerate(calls)]
-    code += [(RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
-    filters = (_Filter * len(code))(*[_Filter(*c) for c in code])
-    program = _Program(len(code), filters)
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) < 0:
-        raise OSError(ctypes.get_errno(), "seccomp filter failed")
-
-
 def guarantee() -> str:
     """What a dry run's seal holds on this machine, for doctor and the dry run's note (truthful either way)."""
     version = abi()
-    if not version:
-        return ("a patch runs in a process of its own with only the read-only URL in its environment, but this kernel "
+    linux = sys.platform.startswith("linux")
+    if seccomp.covers():
+        beyond = ("no Unix socket by path (a local database that trusts local users), netlink or raw socket, no "
+                  "chmod, chown, times, xattrs, file flags or mounts (seccomp); no UDP (the runner looks the servers' "
+                  "names up for it) except with a mongodb+srv URI (the driver's DNS)")
+    else:
+        beyond = ("it can still connect to Unix sockets by path (a local database that trusts local users), send "
+                  "UDP and change the mode, owner, times or flags of files the runner's user owns (the seccomp filter "
+                  "is x86_64 only)")
+    if not version and not linux:
+        return ("a patch runs in a process of its own with only the read-only URL in its environment, but this system "
                 "has no Landlock: a deliberate patch can still read and write the files the runner's user can (.env, "
                 "secret files; a patch planted in the patch folder for the next --run), as root read the runner's "
                 "memory, signal any process (a real run's runner) and connect anywhere")
+    if not version:
+        return ("a patch runs in a process of its own with only the read-only URL in its environment and no "
+                f"capability, even as root; {beyond}; but this kernel has no Landlock: a deliberate patch can still "
+                "read and write the files the runner's user can (.env, secret files; a patch planted in the patch "
+                "folder for the next --run), signal the user's processes (a real run's runner) and connect over TCP "
+                "anywhere")
     lacks = [what for needed, what in ((3, "truncate files"), (4, "connect to any host and port"),
                                        (5, "use device ioctls"), (6, "signal other processes (a real run's runner)"))
              if version < needed]
     held = ("a patch runs sealed in a process of its own: only the read-only URL, no MONGO_URL, DB_* or AWS secret "
             "in its environment, no .env, secret file, terminal or runner memory within its reach, TCP only to the "
-            "URI's ports (Landlock)")
-    beyond = "" if seccomp_covers() else ("; it can still change the mode, owner or times of files the runner's "
-                                          "user can (outside Landlock; the seccomp filter is x86_64 only)")
+            f"URI's ports (Landlock), no capability, even as root; {beyond}")
     if lacks:
         held += f"; this kernel's Landlock (ABI {version}) cannot stop it from: {', '.join(lacks)}"
-    return held + beyond
+    return held

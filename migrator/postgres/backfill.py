@@ -13,7 +13,8 @@ Each run must touch a bounded batch and leave the rows it did out of the next on
 so each batch holds its row locks for milliseconds and the application goes on between batches; a failure or
 SIGTERM keeps the batches already committed, and a rerun goes on where it stopped. The file still runs as is with
 `psql -f` (the statement then does one batch). In a transactional file the batches could not commit: refused
-before anything runs.
+before anything runs. An empty batch means done only if the bound's SELECT then picks no row either (checked), so
+bounds that can pick none while rows remain (TABLESAMPLE, SKIP LOCKED, OFFSET, random()) are refused.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Batched(Statement):
 
     every: int = EVERY  # a progress line every this many batches
     most: int | None = None  # `max N`: its most batches (else the run's BACKFILL_MAX_BATCHES)
+    bound: str | None = None  # the SELECT picking a batch's rows: empty once no row is left (see _confirm_done)
 
     def run(self, connection, cursor, path: Path, most: int = MAX_BATCHES) -> None:
         """Batches until one touches no row; a statement still touching rows after `most` batches (its own
@@ -57,6 +59,8 @@ class Batched(Statement):
             touched = max(cursor.rowcount, 0)
             batches += 1
             rows += touched
+            if touched == 0:
+                self._confirm_done(cursor, batches, rows)
             if touched == 0 or batches % self.every == 0:
                 done = " done" if touched == 0 else ""
                 output.progress(f"{path}:{self.line}: backfill{done}: {rows} row(s) in {batches} committed batch(es), "
@@ -70,6 +74,27 @@ class Batched(Statement):
                     "last one still touched rows; they stay committed; check that its WHERE leaves the rows it did "
                     "out of the next batch, then raise the limit if the table needs more: `-- backfill: batch max N` "
                     f"or BACKFILL_MAX_BATCHES (now {self.most or most}), and run again")
+
+
+    def _confirm_done(self, cursor, batches: int, rows: int) -> None:
+        """A batch that touched no row proves the backfill done only if its bound picks no row either: a
+        condition outside the subquery (`... LIMIT 5000) AND tenant_id = 7`) can leave every picked row untouched
+        while rows remain, and the migration must not be recorded as applied then."""
+        if self.bound is None:
+            return
+        cursor.execute(f"SELECT EXISTS ({self.bound})")
+        if cursor.fetchone()[0]:
+            raise NotDone(
+                f"`-- backfill: batch` at line {self.line}: its last batch touched no row, yet its subquery still "
+                f"picks rows, so rows remain to do ({rows} rows in {batches} committed batches stay committed): its "
+                "WHERE outside the subquery leaves the picked rows out; put the whole not-done condition inside it "
+                "(WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000)) and run again")
+
+
+class NotDone(Exception):
+    """A batched backfill whose empty batch does not mean no row is left (so it fails as a statement)."""
+
+    pgcode = "55000"
 
 
 class TooManyBatches(Exception):
@@ -133,7 +158,11 @@ def _read(path: Path, statements: list[Statement], transactional: bool):
         elif statement is None or between.strip() and not all(
                 part.strip().startswith("--") for part in between.strip().splitlines()):
             problems.append((line, f"{what} must come right before the UPDATE or DELETE it repeats"))
-        elif not _bounded_write(statement.text):
+        elif (bound := _bound(statement.text)) is not None and bound[1]:
+            problems.append((line, f"{what}: the statement at line {statement.line} bounds its batch with {bound[1]}, "
+                                   "which can pick no row while rows remain, so an empty batch would not mean done: "
+                                   "use WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000)"))
+        elif bound is None:
             problems.append((line, f"{what}: the statement at line {statement.line} must be an UPDATE or DELETE "
                                    "that touches a bounded batch of its own table's rows: WHERE id IN (SELECT id FROM "
                                    "<its table> WHERE <not done> LIMIT 5000) with id a key, or WHERE ctid = ANY(ARRAY("
@@ -141,31 +170,41 @@ def _read(path: Path, statements: list[Statement], transactional: bool):
                                    "table bounds that table's rows, not the batch"))
         else:
             found[index] = Batched(statement.text, statement.line, statement.offset, statement.terminated,
-                                   int(value[1] or EVERY), int(value[2]) if value[2] else None)
+                                   int(value[1] or EVERY), int(value[2]) if value[2] else None, bound[0])
     return found, problems
 
 
-def _bounded_write(text: str) -> bool:
-    """An UPDATE or DELETE (its own rows counted: no final SELECT over a WITH) whose WHERE bounds the rows of its
-    own table, read with PostgreSQL's parser (pglast), never in a string or a comment: a top-level condition
-    `col IN (SELECT col FROM <its table> ... LIMIT n)` (or `= ANY(...)`, `= (SELECT ...)`, a WITH query of that
-    shape, TABLESAMPLE for LIMIT) or `ctid = ANY(ARRAY(SELECT ctid FROM <its table> ... LIMIT n))`. A LIMIT over
-    another table (`tenant_id IN (SELECT id FROM tenants LIMIT 50)`) bounds that table's rows, not this one's."""
-    from pglast import ast, enums, parse_sql
+def _bound(text: str) -> tuple[str, str | None] | None:
+    """None unless an UPDATE or DELETE (its own rows counted: no final SELECT over a WITH) whose WHERE bounds the
+    rows of its own table, read with PostgreSQL's parser (pglast), never in a string or a comment: a top-level
+    condition `col IN (SELECT col FROM <its table> ... LIMIT n)` (or `= ANY(...)`, `= (SELECT ...)`, a WITH query of
+    that shape) or `ctid = ANY(ARRAY(SELECT ctid FROM <its table> ... LIMIT n))`. A LIMIT over another table
+    (`tenant_id IN (SELECT id FROM tenants LIMIT 50)`) bounds that table's rows, not this one's. Else (the bound's
+    SELECT, without its locking clause, to check it is empty at the end; what in it can make a batch empty while
+    rows remain: TABLESAMPLE, SKIP LOCKED, OFFSET, random(), else None)."""
+    from pglast import ast, parse_sql
     from pglast.parser import ParseError
 
     try:
         trees = [raw.stmt for raw in parse_sql(text)]
     except ParseError:
-        return False
+        return None
     if len(trees) != 1 or not isinstance(trees[0], (ast.UpdateStmt, ast.DeleteStmt)):
-        return False
-    tree = trees[0]
+        return None
+    return batch_bound(trees[0])
+
+
+def batch_bound(tree) -> tuple[str, str | None] | None:
+    """_bound of a parsed UPDATE or DELETE (risks.py asks it too: a bounded batch is no write of every row)."""
+    from pglast import ast, enums
+
     target = (tree.relation.schemaname, tree.relation.relname)
     ctes = {cte.ctename: cte.ctequery for cte in (tree.withClause.ctes if tree.withClause else ())}
     where = tree.whereClause
     conditions = where.args if isinstance(where, ast.BoolExpr) and where.boolop == enums.BoolExprType.AND_EXPR \
         else [where]
+
+    found = []  # the SELECT over its own table that bounds the batch
 
     def column(node) -> str | None:
         if isinstance(node, ast.ColumnRef) and isinstance(node.fields[-1], ast.String):
@@ -186,22 +225,53 @@ def _bounded_write(text: str) -> bool:
             return over_target(ctes[relation.relname], name, 1)
         same = relation.relname == target[1] and None in (relation.schemaname, target[0]) \
             or (relation.schemaname, relation.relname) == target
-        return same and (select.limitCount is not None or sampled)
+        if same and (select.limitCount is not None or sampled):
+            found.append(select)
+            return True
+        return False
 
     for condition in conditions:
         if isinstance(condition, ast.SubLink) and condition.subLinkType == enums.SubLinkType.ANY_SUBLINK:
             name = column(condition.testexpr)
             if name and over_target(condition.subselect, name):
-                return True
+                return _checked(found[-1])
         elif isinstance(condition, ast.A_Expr) and isinstance(condition.rexpr, ast.SubLink) \
                 and [n.sval for n in condition.name] == ["="]:
             name, link = column(condition.lexpr), condition.rexpr
             if name and link.subLinkType in (enums.SubLinkType.ARRAY_SUBLINK, enums.SubLinkType.EXPR_SUBLINK) \
                     and over_target(link.subselect, name):
-                return True
+                return _checked(found[-1])
         elif isinstance(condition, ast.A_Expr) and condition.kind == enums.A_Expr_Kind.AEXPR_OP_ANY \
                 and isinstance(condition.rexpr, ast.SubLink):
             name = column(condition.lexpr)
             if name and over_target(condition.rexpr.subselect, name):
-                return True
-    return False
+                return _checked(found[-1])
+    return None
+
+
+_RANDOM = {"random", "random_normal", "setseed"}
+
+
+def _checked(select) -> tuple[str, str | None]:
+    """(the bound's SELECT without its locking clause, what in it can pick no row while rows remain, or None)."""
+    from pglast import ast, enums
+    from pglast.stream import RawStream
+    from pglast.visitors import Visitor
+
+    class Calls(Visitor):
+        def __init__(self):
+            self.names = set()
+
+        def visit_FuncCall(self, ancestors, node):
+            self.names.add(node.funcname[-1].sval)
+
+    calls = Calls()
+    if select.whereClause is not None:
+        calls(select.whereClause)
+    reason = ("TABLESAMPLE" if isinstance(select.fromClause[0], ast.RangeTableSample)
+              else "SKIP LOCKED" if any(clause.waitPolicy == enums.LockWaitPolicy.LockWaitSkip
+                                        for clause in select.lockingClause or ())
+              else "OFFSET" if select.limitOffset is not None
+              else f"{sorted(calls.names & _RANDOM)[0]}()" if calls.names & _RANDOM else None)
+    select.lockingClause = None  # the check only reads: it must neither lock rows nor wait on them
+    return RawStream()(select), reason

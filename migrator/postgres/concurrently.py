@@ -180,13 +180,16 @@ def without_lock_timeout(cursor):
 
 
 # The INVALID copies an interrupted REINDEX ... CONCURRENTLY leaves (name_ccnew, name_ccold1...: the TOAST
-# table's index too) on the tables it reindexes.
+# table's index too) on the tables it reindexes: a partitioned table's (or index's) are on its partitions.
 REINDEX_LEFTOVERS = """
 WITH rel AS (
   SELECT c.oid, c.reltoastrelid FROM pg_catalog.pg_class c
   WHERE CASE %(kind)s
-    WHEN 'index' THEN c.oid = (SELECT x.indrelid FROM pg_catalog.pg_index x WHERE x.indexrelid = %(target)s)
+    WHEN 'index' THEN c.oid IN (SELECT x.indrelid FROM pg_catalog.pg_index x WHERE x.indexrelid = %(target)s
+                                UNION ALL SELECT t.relid FROM pg_catalog.pg_index x,
+                                pg_catalog.pg_partition_tree(x.indrelid) t WHERE x.indexrelid = %(target)s)
     WHEN 'table' THEN c.oid = %(target)s
+      OR c.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree(%(target)s::pg_catalog.regclass))
     ELSE c.relnamespace = %(target)s AND c.relkind IN ('r', 'm', 'p') END)
 SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid

@@ -131,7 +131,8 @@ def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits |
     if target.read_timeout:  # the run's own statements (bookkeeping, catalogs); never a migration's (connect)
         params[READ_TIMEOUT_ARG] = f"{target.read_timeout:g}"
     if limits:
-        settings.append(f"-c lock_timeout={limits.lock_timeout} -c statement_timeout={limits.statement_timeout}")
+        settings.append(f"-c lock_timeout={limits.lock_timeout} -c statement_timeout={limits.statement_timeout} "
+                        f"-c hcm.lock_retry_budget={limits.lock_retry_budget}")  # (schema/describe_locks.py)
     if target.schema and target.schema != "public":  # a checked lower-case identifier: nothing to quote
         settings.append(f"-c search_path={target.schema},public")
     if target.schema:  # (SCHEMA_NAME=public keeps the session's search_path, as the plain run it is)

@@ -145,6 +145,19 @@ class Progress:
         checksums.record_failure(self.backend, self.migration.id, self.prefix + progress(self.statements, done, then))
 
 
+def _uncommitted(migration, rollback: bool, how: str) -> str:
+    """What a refused bookkeeping lock leaves (bookkeeping_lock.Recording): nothing of this file; every change the
+    run made before it was committed and recorded (each one under that lock)."""
+    if rollback:
+        return (f"so {migration.id} was not rolled back ({how}): it is still applied, the newest; those reported "
+                "rolled back before it are rolled back and recorded. Once that session has let go (end it if it is "
+                f"not a runner's), `runner.py sql rollback --count 1` rolls back {migration.id} alone; or raise "
+                "--lock-timeout")
+    return (f"so {migration.id} was not applied ({how}); those reported applied before it are committed and "
+            "recorded. Run migrate again once that session has let go (end it if it is not a runner's), or raise "
+            "--lock-timeout")
+
+
 @functools.cache
 def _migration_class():
     from yoyo.migrations import Migration, StepBase
@@ -170,13 +183,19 @@ def _migration_class():
             migration = self.migration
             transactional = migration.use_transactions  # the rollback file's own mode while rolling back
             progress = None
+            recording = getattr(backend.parent, "recording", None)  # (a run that records its changes: all but scratch)
             if not transactional:
+                if recording is not None:  # before its first statement commits
+                    recording.before_commit(_uncommitted(migration, rollback, "it did not start"))
                 progress = Progress(backend.parent, migration, statements, rollback)
                 progress.start()
             # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
             guard = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
             started = time.monotonic()
             run_retrying(backend, migration, path, statements, transactional, progress, guard)
+            if recording is not None and transactional:  # before its COMMIT, and before its bookkeeping rows (a
+                # checksum row of a name another service's file shares would make that one wait for this lock too)
+                recording.before_commit(_uncommitted(migration, rollback, "its transaction rolled back"))
             try:
                 migration.record_after_commit = not checksums.record(
                     backend.connection, backend.bookkeeping_schema, migration.id, sha, guard and guard.expected)

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 from migrator import lazy_re
-from migrator.postgres import risks
+from migrator.postgres import risks, table_sizes
 from migrator.pinned import catalog_path
 from migrator.postgres.risks import BLOCKS, INSTEAD, Risk
 
@@ -77,31 +77,10 @@ def _printable(text: str) -> str:
 # --- judging (the live database, read only) ------------------------------------------------------------------
 
 _RELATION = """
-SELECT c.oid, n.nspname, c.relname
+SELECT c.oid, n.nspname, c.relname, c.relkind
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = %(name)s AND n.nspname = ANY(%(path)s) AND c.relkind IN ('r', 'p', 'm')
 ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
-"""
-# The planner's row estimate of a table with its partitions and inheritance children (an ALTER of the parent
-# reaches them all), each reltuples scaled to the current
-# pages as the planner does; NULL when one with pages has never been analyzed (reltuples -1 since PostgreSQL 14).
-_SIZE = """
-SELECT CASE WHEN bool_and(l.reltuples >= 0 AND l.relpages > 0 OR s.pages = 0)
-            THEN sum(CASE WHEN s.pages = 0 THEN 0 ELSE l.reltuples / NULLIF(l.relpages, 0) * s.pages END) END::bigint,
-       coalesce(sum(s.bytes), 0)::bigint
-FROM (WITH RECURSIVE tree(relid) AS (SELECT %(oid)s::oid UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i
-                                        JOIN tree ON i.inhparent = tree.relid)
-      SELECT relid FROM tree) p
-     JOIN pg_catalog.pg_class l ON l.oid = p.relid,
-     LATERAL (SELECT pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int AS pages,
-                     pg_catalog.pg_total_relation_size(l.oid) AS bytes) s
-"""
-# Whether counting the table's rows runs no other role's code: a row-level policy acts on a SELECT as the user
-# (unless the user owns the table, which made the policy, or bypasses it); triggers and rules do not fire on it.
-_COUNTABLE = """
-SELECT NOT c.relrowsecurity OR c.relowner OPERATOR(pg_catalog.=) r.oid OR r.rolsuper OR r.rolbypassrls
-FROM pg_catalog.pg_class c, pg_catalog.pg_roles r WHERE c.oid OPERATOR(pg_catalog.=) %(oid)s
-  AND r.rolname OPERATOR(pg_catalog.=) CURRENT_USER
 """
 _VOLATILE = "SELECT 1 FROM pg_catalog.pg_proc WHERE proname = ANY(%s) AND provolatile = 'v' LIMIT 1"
 _COLUMN = """
@@ -117,6 +96,15 @@ WHERE NOT a.attisdropped AND c.relkind IN ('r', 'm', 'p') AND a.atttypid = (
   WHERE t.typtype = 'd' AND t.typname = %(name)s AND tn.nspname = ANY(%(path)s)
   ORDER BY pg_catalog.array_position(%(path)s, tn.nspname::text) LIMIT 1)
 ORDER BY 1, 2
+"""
+_UNIQUE = """
+SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+WHERE i.indrelid = %s AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = %s LIMIT 1
+"""
+_INDEX_COLUMNS = """
+SELECT a.attname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+WHERE i.indrelid = %s AND ic.relname = %s ORDER BY a.attnum
 """
 _CHECKED = "SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = %s AND contype = 'c' AND convalidated LIMIT 1"
 _COLLATION = "SELECT %s::pg_catalog.regcollation::pg_catalog.oid"  # resolved on the file's path
@@ -182,23 +170,8 @@ class _Live:
         if name not in self.tables:
             path = [name[0]] if name[0] else self.path
             row = next(iter(self._rows(_RELATION, {"name": name[1], "path": path})), None)
-            self.tables[name] = row and (row[0], _qualified(row[1], row[2]), *self._size(row))
+            self.tables[name] = row and (row[0], _qualified(row[1], row[2]), *table_sizes.size(self, row))
         return self.tables[name]
-
-    def _size(self, row) -> tuple[int, int]:
-        """(rows, bytes): the planner's estimate; a never-analyzed table counted, capped just above the threshold."""
-        if not self.sizes:
-            return 0, 0
-        oid, schema, name = row
-        [(rows, size)] = self._rows(_SIZE, {"oid": oid})
-        if rows is None and not self._rows(_COUNTABLE, {"oid": oid})[0][0]:
-            rows = self.threshold + 1  # another role's row-level policy: not run, the table taken as large
-        if rows is None:
-            from psycopg2 import sql
-
-            [(rows,)] = self._rows(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(
-                sql.Identifier(schema, name)), (self.threshold + 1,))
-        return rows, size
 
     def volatile(self, functions: set[str]) -> bool:
         if not functions:
@@ -219,6 +192,13 @@ class _Live:
         """The tables with a column of the domain (found on the migration's search_path), as (schema, name)."""
         return [tuple(row) for row in self._rows(_DOMAIN_TABLES, {"name": names[-1],
                                                                   "path": names[:-1] if len(names) > 1 else self.path})]
+
+    def unique_column(self, oid: int, column: str) -> bool:
+        """A single-column unique index (no predicate) on the column: `column = constant` is one row at most."""
+        return bool(self._rows(_UNIQUE, (oid, column)))
+
+    def index_columns(self, oid: int, index: str) -> list[str]:
+        return [row[0] for row in self._rows(_INDEX_COLUMNS, (oid, index))]
 
     def has_validated_check(self, oid: int) -> bool:
         return bool(self._rows(_CHECKED, (oid,)))

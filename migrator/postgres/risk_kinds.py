@@ -8,7 +8,8 @@ from dataclasses import dataclass
 ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
 SHARE = "SHARE"
 SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
-BLOCKS = {ACCESS_EXCLUSIVE: "reads and writes wait", SHARE: "writes wait", SHARE_ROW_EXCLUSIVE: "writes wait"}
+BLOCKS = {ACCESS_EXCLUSIVE: "reads and writes wait", SHARE: "writes wait", SHARE_ROW_EXCLUSIVE: "writes wait",
+          "EXCLUSIVE": "writes wait"}
 
 # The safe pattern of each kind, one phrase (the README shows each with SQL).
 INSTEAD = {
@@ -22,6 +23,8 @@ INSTEAD = {
     "check": "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a later file",
     "update": ("a `-- backfill: batch` UPDATE of bounded batches in a `-- transactional: false` file (the ALTER TABLE in "
                "a file of its own)"),
+    "read": ("copy the rows in a file of its own, without the earlier ALTER TABLE / LOCK TABLE / CREATE TRIGGER "
+             "(a plain read takes ACCESS SHARE: the application goes on)"),
     "validate": ("VALIDATE CONSTRAINT in a later file: in its own transaction it scans under SHARE UPDATE EXCLUSIVE "
                  "(reads and writes go on)"),
     "key": ("CREATE UNIQUE INDEX CONCURRENTLY in a `-- transactional: false` file, then ADD CONSTRAINT ... "

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from migrator import lazy_re
-from migrator.postgres import risks_objects
+from migrator.postgres import risks_objects, risks_writes
 # (the kinds of risk, their locks and safe patterns; rewrites.py and impact.py read them from here)
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
@@ -32,7 +32,9 @@ _CREATES = lazy_re.compile(rf"create\s+(?:(?:global|local)\s+)?(?P<temp>(?:temp|
 _LOADS = lazy_re.compile(rf"\s*(?:insert\s+into\s+{_NAME}(?:\s*\.\s*{_NAME})?(?:\s+as\s+\S+)?(?:\s*\([^)]*\))?"
                          rf"\s*(?:overriding\s+\w+\s+value\s+)?\(?\s*(?:select|with|table)\b"
                          rf"|copy\s+{_NAME}(?:\s*\.\s*{_NAME})?[^;]*?\bfrom\b)", re.IGNORECASE)
-_WRITES = lazy_re.compile(r"\s*(?:update|delete|with|lock)\b", re.IGNORECASE)
+_WRITES = lazy_re.compile(r"\s*(?:update|delete|merge|with|lock|create\s+(?:or\s+replace\s+)?(?:constraint\s+)?trigger)\b",
+                          re.IGNORECASE)
+_STORES = lazy_re.compile(r"\s*(?:insert|select|create)\b", re.IGNORECASE)  # read once the file's transaction locks
 _RENAMES = lazy_re.compile(r"\s*alter\s+table\b.*\brename\b", re.IGNORECASE | re.DOTALL)
 _SEARCH_PATH = re.compile(r"\s*set\s+(?:session\s+|local\s+)?search_path\s*(?:to|=)\s*(?P<first>\"(?:[^\"]|\"\")*\"|[^\s,;]+)",
                           re.IGNORECASE)
@@ -48,16 +50,17 @@ class Seen:
     not_null: dict = field(default_factory=dict)  # table key -> columns proven NOT NULL by a validated CHECK
     checks: dict = field(default_factory=dict)  # (table key, constraint name) -> column of CHECK (col IS NOT NULL)
     validated: dict = field(default_factory=dict)  # table key -> constraint names VALIDATEd by a pending statement
-    altered: set | None = None  # in a transactional file: tables an earlier ALTER TABLE of it locked until COMMIT
+    altered: dict | None = None  # in a transactional file: table key -> (lock, by what) held until COMMIT
     renamed: dict = field(default_factory=dict)  # table key -> the live table's name (a pending RENAME TO)
     columns: dict = field(default_factory=dict)  # (table key, column) -> the live column's name (RENAME COLUMN)
     schema: str | None = None  # the schema a `SET search_path` of the file puts unqualified new tables in
     functions: dict = field(default_factory=dict)  # name -> volatile: the functions a pending statement creates
     checked: set = field(default_factory=set)  # table keys a pending statement gave a validated CHECK
     loaded: set = field(default_factory=set)  # tables a pending statement loads rows into (INSERT ... SELECT, COPY)
+    indexes: dict = field(default_factory=dict)  # (table key, index name) -> its columns: a pending CREATE INDEX's
 
     def begin_file(self, transactional: bool) -> None:
-        self.altered = set() if transactional else None
+        self.altered = {} if transactional else None
         self.schema = None  # each file runs in a fresh session
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
@@ -173,9 +176,11 @@ def type_name(type_name) -> tuple[str, list[int]]:
 
 def parse(text: str, seen: Seen | None = None):
     """The statement's parse trees (pglast), or () when it is not one the judge reads or pglast cannot parse it
-    (the server then says what is wrong). An UPDATE or DELETE is read only after an ALTER TABLE of its file."""
+    (the server then says what is wrong). In a transactional file its LOCKs, CREATE TRIGGERs, UPDATEs and
+    DELETEs are read, and once it holds a lock its copies (CREATE TABLE AS, INSERT ... SELECT) too."""
     hint = _COMMENTS.sub(" ", text)
-    if not (_HINT.match(hint) or seen is not None and seen.altered is not None and _WRITES.match(hint)
+    if not (_HINT.match(hint) or seen is not None and seen.altered is not None and (
+            _WRITES.match(hint) or seen.altered and _STORES.match(hint))
             or _RENAMES.match(hint)):
         return ()
     from pglast import parse_sql
@@ -196,6 +201,8 @@ def risks(tree, line: int, live, seen: Seen):
         return seen.live_name(_name(range_var), live)
 
     reindex = enums.ReindexObjectType
+    if isinstance(tree, ast.IndexStmt) and tree.idxname:  # (its columns, for a later ADD PRIMARY KEY USING INDEX)
+        seen.indexes[(live.key(name(tree.relation)), tree.idxname)] = [p.name for p in tree.indexParams]
     if isinstance(tree, ast.IndexStmt) and not tree.concurrent:
         yield Risk(line, name(tree.relation), "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE,
                    "index")
@@ -228,49 +235,10 @@ def risks(tree, line: int, live, seen: Seen):
         yield from risks_objects.alter_domain(tree, line, live, seen)
     elif isinstance(tree, ast.RenameStmt):
         seen.rename(tree, live)
-    elif isinstance(tree, ast.LockStmt) and seen.altered is not None:
-        seen.altered.update(live.key(name(rel)) for rel in tree.relations or ())  # held until COMMIT, as an ALTER's
+    elif seen.altered is not None and risks_writes.lock_taken(tree, live, seen, name):
+        pass  # a LOCK TABLE or CREATE TRIGGER: its lock is held until COMMIT, as an ALTER's
     elif seen.altered:
-        for write in _writes(tree):
-            table = name(write.relation)
-            if live.key(table) in seen.altered and not seen.is_new(table, live) and _every_row(write.whereClause):
-                what = "UPDATE" if isinstance(write, ast.UpdateStmt) else "DELETE"
-                what += " without WHERE" if write.whereClause is None else " of every row"
-                yield Risk(line, table, f"{what} in the transaction of an earlier ALTER TABLE of "
-                                        "the table", "writes every row of", ACCESS_EXCLUSIVE, "update")
-
-
-def _writes(tree) -> list:
-    """The UPDATEs and DELETEs a statement runs (its own, or in its WITH clauses)."""
-    from pglast import ast
-    from pglast.visitors import Visitor
-
-    found = []
-
-    class Writes(Visitor):
-        def visit_UpdateStmt(self, _ancestors, node):
-            found.append(node)
-
-        def visit_DeleteStmt(self, _ancestors, node):
-            found.append(node)
-
-    Writes()(tree)
-    return found
-
-
-def _every_row(where) -> bool:
-    """No WHERE, or one that is a constant true (`WHERE true`, `WHERE 1 = 1`): every row."""
-    from pglast import ast
-
-    if where is None:
-        return True
-    if isinstance(where, ast.A_Const):
-        return getattr(where.val, "boolval", False) is True
-    if isinstance(where, ast.TypeCast):
-        return str(getattr(getattr(where.arg, "val", None), "sval", "")).lower() in ("t", "true", "on", "1", "yes")
-    if isinstance(where, ast.A_Expr) and isinstance(where.lexpr, ast.A_Const) and isinstance(where.rexpr, ast.A_Const):
-        return where.name[-1].sval == "=" and _text(where.lexpr) == _text(where.rexpr)
-    return False
+        yield from risks_writes.under_lock(tree, line, live, seen, name)
 
 
 def _alter_table(tree, line: int, live, seen: Seen):
@@ -315,6 +283,8 @@ def _alter_table(tree, line: int, live, seen: Seen):
                                        f"({cmd.name} IS NOT NULL)", "scans", ACCESS_EXCLUSIVE, "not null")
         elif cmd.subtype == types.AT_AddConstraint:
             yield from _add_constraint(cmd.def_, name, key, line, seen, new)
+            if not new:
+                yield from _implicit_not_null(cmd.def_, name, key, line, live, seen)
         elif cmd.subtype == types.AT_ValidateConstraint:
             if (locked or seen.altered is not None and key in seen.altered) and not new:
                 yield Risk(line, name, f"VALIDATE CONSTRAINT {cmd.name} in the transaction of an earlier ALTER TABLE "
@@ -328,11 +298,42 @@ def _alter_table(tree, line: int, live, seen: Seen):
             yield Risk(line, name, _COPIES[cmd.subtype] + (f" {cmd.name}" if cmd.name else ""), "rewrites",
                        ACCESS_EXCLUSIVE, "logged")
         locked = locked or cmd.subtype != types.AT_ValidateConstraint
-    if seen.altered is not None:
-        seen.altered.add(key)  # its lock (ACCESS EXCLUSIVE for most subcommands) is held until the file commits
+    if seen.altered is not None:  # its lock (ACCESS EXCLUSIVE for most subcommands) is held until the file commits
+        risks_writes.hold(seen, key, ACCESS_EXCLUSIVE, "ALTER TABLE")
 
 
 _COPIES = {}  # the subcommands that copy the whole table (filled on first use: the parser's enums load lazily)
+
+
+def _implicit_not_null(constraint, name, key, line: int, live, seen: Seen):
+    """A NOT NULL that scans every row unless a validated CHECK (col IS NOT NULL) proves it: PostgreSQL 18's `ADD
+    CONSTRAINT nn NOT NULL col` (without NOT VALID) and `ADD PRIMARY KEY USING INDEX` on a column that may be NULL.
+    An index neither live nor made by a pending statement cannot be judged: said so, not passed."""
+    from pglast import enums
+
+    kinds = enums.ConstrType
+    if constraint.contype == kinds.CONSTR_NOTNULL and not constraint.skip_validation:
+        columns, what = [k.sval for k in constraint.keys or ()], f"ADD CONSTRAINT {constraint.conname} NOT NULL {{}}"
+    elif constraint.contype == kinds.CONSTR_PRIMARY and constraint.indexname:
+        columns = seen.indexes.get((key, constraint.indexname))
+        table = live.table(name)
+        if columns is None and table is not None:
+            columns = live.index_columns(table[0], constraint.indexname)
+        what = f"ADD PRIMARY KEY USING INDEX {constraint.indexname} (an implied SET NOT NULL {{}})"
+        if not columns:
+            yield Risk(line, name, what.format("of columns that cannot be judged: its index was not found"), "may scan",
+                       ACCESS_EXCLUSIVE, "not null")
+            return
+    else:
+        return
+    table = live.table(name)
+    for column in columns:
+        live_column = seen.live_column(name, column, live)
+        if column in seen.not_null.get(key, set()) or table is None \
+                or live.not_null_proven(table[0], live_column, seen.validated.get(key, set())):
+            continue
+        yield Risk(line, name, what.format(f"{column} without a validated CHECK ({column} IS NOT NULL)"), "scans",
+                   ACCESS_EXCLUSIVE, "not null")
 
 
 def _add_constraint(constraint, name, key, line: int, seen: Seen, new: bool):

@@ -83,7 +83,7 @@ def waiting_for(cursor, pid: int, holders: list[dict]) -> str | None:
         return None
     if wanted[1] in ("transactionid", "tuple"):  # a row another transaction changed or locked
         if holders and holders[0].get("prepared") is not None:
-            return f"a row lock held by prepared transaction '{holders[0]['prepared']}'"
+            return f"a row lock held by prepared transaction {output.quoted(holders[0]['prepared'])}"
         return "a row lock" + (f" held by the transaction of pid {holders[0]['pid']}" if holders else "")
     return f"{lock_mode(wanted[0])} lock on {wanted[1]}"
 
@@ -135,10 +135,15 @@ def blocker(row) -> dict:
     return found
 
 
+def named(application_name: str) -> str:
+    """A session's application_name, its own to choose (a forged one may read as more fields): quoted."""
+    return output.quoted(application_name) if application_name else "(none)"
+
+
 def describe(h: dict) -> str:
     """A blocker in words, for a progress line or an error."""
     if h.get("prepared") is not None:
-        return (f"prepared transaction '{h['prepared']}' (two-phase commit: no session, it never ends by itself; "
+        return (f"prepared transaction {output.quoted(h['prepared'])} (two-phase commit: no session, it never ends by itself; "
                 f"owner {h['user']}, database {h['database']}, prepared {duration(h['transaction_for_s'])} ago; "
                 f"{_holds(h)})")
     if h.get("autovacuum"):
@@ -152,7 +157,7 @@ def describe(h: dict) -> str:
         return (f"pid {h['pid']} (another role's session: this role cannot see who it is or what it runs; "
                 "grant it pg_read_all_stats to see)")
     xact = f", transaction open {duration(h['transaction_for_s'])}" if h.get("transaction_for_s") is not None else ""
-    text = (f"pid {h['pid']} (application_name {h['application_name'] or '(none)'}, user {h['user']}, "
+    text = (f"pid {h['pid']} (application_name {named(h['application_name'])}, user {h['user']}, "
             f"from {h['client_addr']}, {h['state']} for {duration(h['state_for_s'])}{xact}; {_holds(h)})")
     return text + (f": {h['query'][:120]}" if h.get("query") else "")
 
@@ -185,6 +190,8 @@ def ending(h: dict) -> str:
     """The statement that ends a blocker."""
     if h.get("prepared") is not None:
         gid = h["prepared"].replace("'", "''")
+        if not gid.isprintable():  # (its quoted name above shows it escaped, which SQL would not read back)
+            return "to end it: COMMIT PREPARED or ROLLBACK PREPARED it by its gid in pg_prepared_xacts"
         return (f"to end it, connected to database {h['database']} as its owner or a superuser: COMMIT PREPARED "
                 f"'{gid}' or ROLLBACK PREPARED '{gid}' (whichever its transaction manager meant)")
     if h.get("wraparound"):

@@ -219,7 +219,7 @@ class Watcher:
         if locker:
             holder = {"pid": locker, "application_name": output.scrub(app or ""), "user": user, "state": state,
                       "state_for_s": round(float(age or 0))}
-            who = (f"pid {locker} (application_name {holder['application_name'] or '(none)'}, user {user}, "
+            who = (f"pid {locker} (application_name {sessions.named(holder['application_name'])}, user {user}, "
                    f"{state} for {duration(holder['state_for_s'])})" if state is not None
                    else f"pid {locker} (another role's session)")
             text += (f", now the transaction of {who}; the build blocks no application query"

@@ -77,6 +77,9 @@ class SchemasReport:
         """What to run next, true for this command: a re-run over the schemas done is a no-op only for some."""
         done = [o.schema for o in self.outcomes if o.state == "ok"]
         rest = " ".join(f"--schema {o.schema}" for o in self.outcomes if o.state != "ok")
+        if self.command == "rollback" and not done:  # (a schema that failed part-way keeps what it rolled back)
+            return (f"{fix}roll back what its line says is still applied, with --to ID (`runner.py status` lists "
+                    "them), not the same --count again")
         if self.command not in _RERUN or not done:
             return f"{fix}run {self.command} again" + (" (done schemas are a no-op)" if done and fix else "")
         return (f"{self.command} is done in {', '.join(done)}; {fix}run it again only for the rest "

@@ -22,7 +22,7 @@ import time
 from typing import Callable
 
 from migrator.errors import MigratorError
-from migrator.schema import queries as q
+from migrator.schema import describe_locks, queries as q
 from migrator.schema.model import Description, Item, belongs_to, database_wide, escape_control_names, top_key
 
 ATTEMPTS = 8  # a busy server with DDL in flight can need a few (the sleeps between add up to 1.4 s)
@@ -41,26 +41,32 @@ def describe(conn, bookkeeping_schema: str | None = None) -> Description:
     `_yoyo_migration` is, else the session's current schema. On an idle connection (yoyo's autocommit one)
     or a non-autocommit one, the queries share one read-only snapshot; inside a caller's open transaction they
     run under a savepoint (and that transaction's isolation)."""
-    return _retrying(lambda tolerate: _describe_once(conn, bookkeeping_schema, tolerate))[None]
+    return _retrying(conn, lambda tolerate: _describe_once(conn, bookkeeping_schema, tolerate))[None]
 
 
 def describe_tenants(conn, schemas: list[str]) -> dict[str, Description]:
     """Each tenant's schema exactly as describe() on that tenant's own connection gives it, all read in one
     pass over the catalog (one query per kind for every schema: 50 tenants in ~60 ms instead of ~900 ms).
     The fast path of a run over many tenants; a schema that does not exist gets an empty description."""
-    return _retrying(lambda tolerate: _describe_once(conn, None, tolerate, tenants=list(schemas)))
+    return _retrying(conn, lambda tolerate: _describe_once(conn, None, tolerate, tenants=list(schemas)))
 
 
-def _retrying(read) -> dict:
+def _retrying(conn, read) -> dict:
     import psycopg2
 
-    for attempt in range(1, ATTEMPTS + 1):
+    waits, attempt = describe_locks.Waits(), 0
+    while attempt < ATTEMPTS:
+        attempt += 1
         last = attempt == ATTEMPTS
         try:
             return {key: escape_control_names(d) for key, d in read(last).items()}
         except Vanished:
             pass  # not on the last attempt: it skips what vanished
         except psycopg2.Error as exc:
+            if describe_locks.is_lock_wait(exc):
+                waits.after(conn, exc)  # (a lock wait is no attempt of the objects that change)
+                attempt -= 1
+                continue
             message = (exc.pgerror or str(exc)).strip().splitlines()[0] if (exc.pgerror or str(exc)) else ""
             if not any(text in message for text in VANISHED_ERRORS):
                 raise
@@ -151,10 +157,10 @@ def _read_only_snapshot(conn):
             cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         else:  # psycopg2 sends BEGIN itself
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        # A catalog read waits for a lock as long as statement_timeout allows, never the migrations' short
-        # lock_timeout: a function such as pg_get_indexdef locks its relation, and another session's ACCESS EXCLUSIVE
-        # on any table must not fail the run (its ACCESS SHARE queues behind no application query).
-        cursor.execute("SELECT pg_catalog.set_config('lock_timeout', '0', true)")
+        # A function such as pg_get_indexdef locks its relation: on a migration session each read waits at most
+        # its lock_timeout and is retried (describe_locks.py); elsewhere as long as statement_timeout allows.
+        cursor.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)",
+                       (describe_locks.session_limits(cursor)[0],))
         done = False
         try:
             yield cursor

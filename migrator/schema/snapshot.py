@@ -145,7 +145,8 @@ def accept(conn, schema: str, reason: str) -> tuple[Snapshot, int]:
         return _store(conn, schema, kept, reason, taken if kept.sha256 == live.sha256 else None), len(left)
 
 
-def advance(conn, schema: str, before: Description, reason: str, claimed=(), names: set[str] | None = None) -> Snapshot:
+def advance(conn, schema: str, before: Description, reason: str, claimed=(), names: set[str] | None = None,
+            seen: list | None = None) -> Snapshot:
     """Move the recorded description forward by exactly what the runner changed: every object that
     differs between `before` (described just before the runner's change) and now takes its new state;
     every other object stays as recorded, so drift found before (recorded vs `before`) stays drift.
@@ -154,9 +155,12 @@ def advance(conn, schema: str, before: Description, reason: str, claimed=(), nam
     the runner's migrations built (an earlier, interrupted try's included), taken as they are now.
     `names`: what the files applied or rolled back name as DDL targets (targets.py). In a schema shared by several
     histories, only the changed objects they name are this run's (owned by its history, moved in the record): the
-    rest changed meanwhile (another service's run, a hand change) stays as found, for its own history to record."""
+    rest changed meanwhile (another service's run, a hand change) stays as found, for its own history to record.
+    `seen` gets the live description taken (the `before` of the run's next change)."""
     taken = _fingerprint(conn, schema)
     now = describe(conn, schema)
+    if seen is not None:
+        seen.append(now)
     changed = [key for key in before.items.keys() | now.items.keys() if before.items.get(key) != now.items.get(key)]
     history = _history(conn)
     if history:  # one service's history among several: what its files changed is its own
@@ -220,6 +224,9 @@ def _last_of(conn, schema: str, history: str) -> str | None:
 
 def _history(conn) -> str | None:
     return _setting(conn, "hcm.history") or None
+
+
+history = _history  # (public: one service's history among several in the schema, or None)
 
 
 def _setting(conn, name: str) -> str:

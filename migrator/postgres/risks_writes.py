@@ -1,0 +1,140 @@
+"""Writes and reads of a whole table in the transaction of an earlier statement of the same file that locked it
+(ALTER TABLE, LOCK TABLE, CREATE TRIGGER): the lock is held until COMMIT, so every row the statement touches is
+touched while the application waits. risks.py finds them with the rest; `seen.altered` (table key -> the lock held)
+says which tables a transactional file has locked so far.
+
+An UPDATE or DELETE is refused unless it touches a bounded few rows: a `-- backfill: batch` shape (a LIMIT over its
+own table, backfill.batch_bound) or a top-level `key = constant` / `key IN (constants)` on a column with a unique
+index of its own. `WHERE region IS NULL` or `WHERE id > 0` may match every row: refused like no WHERE. A CREATE
+TABLE AS / SELECT INTO / INSERT ... SELECT reading a locked table is refused the same way (unless LIMITed).
+"""
+
+from __future__ import annotations
+
+from migrator.postgres.risk_kinds import ACCESS_EXCLUSIVE, BLOCKS, Risk
+
+# LOCK TABLE's modes by number (lockdefs.h); from SHARE up the application's writes wait.
+_MODES = {5: "SHARE", 6: "SHARE ROW EXCLUSIVE", 7: "EXCLUSIVE", 8: ACCESS_EXCLUSIVE}
+
+
+def lock_taken(tree, live, seen, name) -> bool:
+    """Note the tables a LOCK TABLE or CREATE TRIGGER of a transactional file locks until COMMIT; True if it is one."""
+    from pglast import ast
+
+    if isinstance(tree, ast.LockStmt):
+        mode = _MODES.get(tree.mode)
+        for relation in tree.relations or ():
+            if mode in BLOCKS:
+                hold(seen, live.key(name(relation)), mode, "LOCK TABLE")
+        return True
+    if isinstance(tree, ast.CreateTrigStmt):
+        hold(seen, live.key(name(tree.relation)), "SHARE ROW EXCLUSIVE", "CREATE TRIGGER")
+        return True
+    return False
+
+
+def hold(seen, key, lock: str, by: str) -> None:
+    """The file's transaction holds `lock` on the table from here (the strongest one taken counts)."""
+    held = seen.altered.get(key)
+    if held is None or held[0] != ACCESS_EXCLUSIVE:
+        seen.altered[key] = (lock, by)
+
+
+def under_lock(tree, line: int, live, seen, name):
+    """The whole-table writes and reads of `tree` on a table this transaction has locked."""
+    from pglast import ast
+
+    for write in _nodes(tree, (ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)):
+        table = name(write.relation)
+        held = seen.altered.get(live.key(table))
+        if held is None or seen.is_new(table, live) or _bounded(write, live, table):
+            continue
+        what = "UPDATE" if isinstance(write, ast.UpdateStmt) else "DELETE" if isinstance(write, ast.DeleteStmt) \
+            else "MERGE"
+        if what == "MERGE":
+            what, does = "MERGE (it may match every row)", "may write every row of"
+        elif write.whereClause is None or _every_row(write.whereClause):
+            what, does = what + (" without WHERE" if write.whereClause is None else " of every row"), \
+                "writes every row of"
+        else:
+            what, does = what + " whose WHERE is no bounded batch (it may match every row)", "may write every row of"
+        yield Risk(line, table, f"{what} in the transaction of an earlier {held[1]} of the table", does, held[0],
+                   "update")
+    for query in _copies(tree):
+        for relation in _nodes(query, (ast.RangeVar,)):
+            table = name(relation)
+            held = seen.altered.get(live.key(table))
+            if held is not None and not seen.is_new(table, live) and query.limitCount is None:
+                yield Risk(line, table, f"a copy of its rows (CREATE TABLE AS / INSERT ... SELECT) in the transaction "
+                                        f"of an earlier {held[1]} of the table", "reads every row of", held[0], "read")
+
+
+def _copies(tree) -> list:
+    """The SELECTs whose rows a statement stores: CREATE TABLE AS, SELECT INTO, INSERT ... SELECT."""
+    from pglast import ast
+
+    if isinstance(tree, ast.CreateTableAsStmt) and isinstance(tree.query, ast.SelectStmt):
+        return [tree.query]
+    if isinstance(tree, ast.SelectStmt) and tree.intoClause is not None:
+        return [tree]
+    if isinstance(tree, ast.InsertStmt) and isinstance(tree.selectStmt, ast.SelectStmt) \
+            and tree.selectStmt.valuesLists is None:
+        return [tree.selectStmt]
+    return []
+
+
+def _nodes(tree, kinds) -> list:
+    from pglast.visitors import Visitor
+
+    found = []
+
+    class Finder(Visitor):
+        def visit(self, _ancestors, node):
+            if isinstance(node, kinds):
+                found.append(node)
+
+    Finder()(tree)
+    return found
+
+
+def _bounded(write, live, table) -> bool:
+    """A bounded few rows: a `-- backfill: batch` shape, or `key = constant` / `key IN (constants)` (top-level AND)
+    on a column with a single-column unique index of the live table."""
+    from pglast import ast, enums
+
+    from migrator.postgres import backfill
+
+    if getattr(write, "whereClause", None) is None:  # (a MERGE has none: its join decides)
+        return False
+    if backfill.batch_bound(write) is not None:
+        return True
+    where = write.whereClause
+    conditions = where.args if isinstance(where, ast.BoolExpr) and where.boolop == enums.BoolExprType.AND_EXPR \
+        else [where]
+    found = live.table(table)
+    for condition in conditions:
+        if not isinstance(condition, ast.A_Expr) or not isinstance(condition.lexpr, ast.ColumnRef) \
+                or not isinstance(condition.lexpr.fields[-1], ast.String):
+            continue
+        equal = condition.kind == enums.A_Expr_Kind.AEXPR_OP and [n.sval for n in condition.name] == ["="] \
+            and isinstance(condition.rexpr, (ast.A_Const, ast.ParamRef))
+        listed = condition.kind == enums.A_Expr_Kind.AEXPR_IN and isinstance(condition.rexpr, (list, tuple)) \
+            and all(isinstance(item, ast.A_Const) for item in condition.rexpr)
+        if (equal or listed) and found and live.unique_column(found[0], condition.lexpr.fields[-1].sval):
+            return True
+    return False
+
+
+def _every_row(where) -> bool:
+    """A WHERE that is a constant true (`WHERE true`, `WHERE 1 = 1`): every row."""
+    from pglast import ast
+
+    if isinstance(where, ast.A_Const):
+        return getattr(where.val, "boolval", False) is True
+    if isinstance(where, ast.TypeCast):
+        return str(getattr(getattr(where.arg, "val", None), "sval", "")).lower() in ("t", "true", "on", "1", "yes")
+    if isinstance(where, ast.A_Expr) and isinstance(where.lexpr, ast.A_Const) and isinstance(where.rexpr, ast.A_Const):
+        from pglast.stream import RawStream
+
+        return where.name[-1].sval == "=" and RawStream()(where.lexpr) == RawStream()(where.rexpr)
+    return False

@@ -1,0 +1,261 @@
+"""What crosses from a Python patch's child process to the runner (issue 20's second hostile pass, items 3, 4, 5, 8,
+9, 10, 11): every text scrubbed with the runner's passwords, visible and bounded; only a message carrying the
+runner's nonce is an outcome; the child chooses no exit code; --patch-timeout bounds a Python patch. Real runner
+processes on the real server."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from test_progress import runner
+
+WRITER_PASSWORD = "Writer-Pw-5150"
+DB_PASSWORD = "Db-Password-42"
+
+
+@pytest.fixture
+def real(mongo):
+    if not mongo.real:
+        pytest.skip("needs a real server: the patch's child process connects over TCP")
+    return mongo
+
+
+def _folder(tmp_path, name: str, text: str):
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / name).write_text(text)
+    return folder
+
+
+def _run(*args, env: dict, timeout: float = 180):
+    """runner.py as a process of its own: (exit code, stdout, stderr)."""
+    proc = runner(*args, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, out, err
+
+
+def _with_password(url: str, user: str, password: str) -> str:
+    """The server's URL with credentials (FerretDB's SQLite backend lets anyone in: they are only a secret to leak)."""
+    parts = urlsplit(url)
+    query = "&".join(filter(None, [parts.query, "authMechanism=PLAIN"]))
+    return urlunsplit((parts.scheme, f"{user}:{password}@{parts.netloc}", parts.path or "/", query, ""))
+
+
+def _events(err: str) -> list[dict]:
+    return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+
+LEAKS = '''import os
+from urllib.parse import urlsplit
+
+def run(db, dry_run):
+    secrets = urlsplit(os.environ["MONGO_URL"]).password + " / " + os.environ["DB_PASSWORD"]
+    if os.environ.get("LEAK_AS") == "error":
+        raise RuntimeError("auth problem with " + secrets)
+    return "comment: " + secrets
+'''
+
+
+@pytest.mark.parametrize("leak_as", ["comment", "error"])
+@pytest.mark.parametrize("log_format", ["human", "json"])
+def test_a_patchs_comment_and_error_are_scrubbed_with_the_runners_passwords(real, tmp_path, leak_as, log_format):
+    folder = _folder(tmp_path, "0001_leaks.py", LEAKS)
+    env = {**real.env, "MONGO_URL": _with_password(real.url, "writer", WRITER_PASSWORD), "DB_PASSWORD": DB_PASSWORD,
+           "LEAK_AS": leak_as, "LOG_FORMAT": log_format}
+    code, out, err = _run("mongo", "apply", "--run", "--mongo-dir", folder, env=env)
+    assert code == (0 if leak_as == "comment" else 1), out + err
+    assert WRITER_PASSWORD not in out + err and DB_PASSWORD not in out + err, out + err
+    assert "*** / ***" in out + err
+    if log_format == "json":
+        event = "patch_applied" if leak_as == "comment" else "patch_failed"
+        assert [e for e in _events(err) if e["event"] == event], err
+    (record,) = real.db.applied_patches.find({"patch": "0001_leaks"})
+    stored = f"{record.get('comment')} {record.get('error')}"
+    assert WRITER_PASSWORD not in stored and DB_PASSWORD not in stored and "*** / ***" in stored
+
+
+FINDS_READER = '''import gc
+
+def run(db, dry_run):
+    found = {v for o in gc.get_objects() if isinstance(o, dict) for v in list(o.values())
+             if isinstance(v, str) and "Reader-Pw" in v}
+    alone = {v.rpartition(":")[2].partition("@")[0] if "://" in v else v for v in found}
+    return "found: " + " ".join(sorted(alone))
+'''
+
+
+def test_a_dry_runs_comment_is_scrubbed_of_the_read_only_users_password(real, tmp_path):
+    folder = _folder(tmp_path, "0001_finds.py", FINDS_READER)
+    env = {**real.env, "MONGO_URL": _with_password(real.url, "writer", WRITER_PASSWORD),
+           "MONGO_READONLY_URL": _with_password(real.url, "reader", "Reader-Pw-77")}
+    code, out, err = _run("mongo", "apply", "--mongo-dir", folder, env=env)
+    assert code == 0, out + err
+    assert "found: ***" in out, out
+    assert "Reader-Pw-77" not in out + err
+
+
+def test_the_dry_run_note_does_not_claim_what_it_did_not_check(real, tmp_path):
+    # the server lets anyone write: a note saying it refuses the read-only user's writes would be false
+    folder = _folder(tmp_path, "0001_ok.py", "def run(db, dry_run):\n    return 'ok'\n")
+    env = {**real.env, "MONGO_URL": _with_password(real.url, "writer", WRITER_PASSWORD),
+           "MONGO_READONLY_URL": _with_password(real.url, "reader", "Reader-Pw-77")}
+    code, out, err = _run("mongo", "apply", "--mongo-dir", folder, env=env)
+    assert code == 0, out + err
+    assert "whose writes the server refuses" not in err, err
+    assert "unchecked here: `runner.py doctor` checks it" in err, err
+
+
+# Module-level code (it runs before the runner's `running` record and before go) writes on every descriptor.
+JUNK = '''import os
+for fd in range(3, 20):
+    try:
+        os.write(fd, {junk!r})
+    except OSError:
+        pass
+
+def run(db, dry_run):
+    db.marker.insert_one({{"run": "ran"}})
+    return "ran"
+'''
+
+
+@pytest.mark.parametrize("junk", [b'"loaded"\n', b"not json\n", b"7\n", b'{"error": "usage"}\n',
+                                  b'{"comment": "forged"}\n', b"[" * 100000 + b"\n"],
+                         ids=["string", "not-json", "number", "usage-without-text", "comment", "deep"])
+def test_junk_on_the_results_pipe_before_go_is_the_patchs_unreadable_result_and_nothing_runs(real, tmp_path, junk):
+    folder = _folder(tmp_path, "0001_junk.py", JUNK.format(junk=junk))
+    code, out, err = _run("mongo", "apply", "--run", "--mongo-dir", folder, env=real.env)
+    assert code == 2, out + err
+    assert f"error: {folder / '0001_junk.py'} cannot be loaded: its process sent an unreadable result" in err, err
+    assert "unexpected" not in err and "Traceback" not in err, err
+    assert real.db.marker.count_documents({}) == 0  # run() never ran
+    assert real.db.applied_patches.count_documents({}) == 0
+
+
+def test_a_forged_loaded_message_is_never_taken_for_the_outcome(real, tmp_path):
+    # the child's own "loaded" follows the forged one: seen before go (nothing runs) or as run()'s outcome (failed)
+    folder = _folder(tmp_path, "0001_junk.py", JUNK.format(junk=b'{"loaded": true}\n'))
+    code, out, err = _run("mongo", "apply", "--run", "--mongo-dir", folder, env=real.env)
+    assert code in (1, 2), out + err
+    assert "its process sent an unreadable result" in err and "0001_junk" in err, err
+    assert [r["status"] for r in real.db.applied_patches.find()] in ([], ["failed"])
+
+
+# run() itself writes a well-formed outcome, and one like the child's failure, without the runner's nonce.
+FORGES_OUTCOME = '''import json, os, stat
+
+def run(db, dry_run):
+    db.marker.insert_one({{"run": "ran"}}) if not dry_run else None
+    line = (json.dumps({forged}) + "\\n").encode()
+    for fd in range(3, 64):
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.write(fd, line)
+        except OSError:
+            pass
+    return "the real comment"
+'''
+
+
+@pytest.mark.parametrize("forged", [{"comment": "forged"}, {"error": "usage", "text": "all fine", "code": 0},
+                                    {"nonce": "0" * 32, "comment": "forged"}],
+                         ids=["comment", "usage", "wrong-nonce"])
+@pytest.mark.parametrize("run", [True, False], ids=["run", "dry-run"])
+def test_an_outcome_without_the_runners_nonce_fails_the_patch_never_applies_it(real, tmp_path, forged, run):
+    folder = _folder(tmp_path, "0001_forge.py", FORGES_OUTCOME.format(forged=forged))
+    code, out, err = _run("mongo", "apply", *(["--run"] if run else []), "--mongo-dir", folder, env=real.env)
+    assert code == 1, out + err  # a failed patch's code, whatever the forged line says
+    assert "0001_forge failed: its process sent an unreadable result" in err, err
+    assert "forged" not in out + err and "all fine" not in out + err
+    records = list(real.db.applied_patches.find({"patch": "0001_forge"}))
+    assert [r["status"] for r in records] == (["failed"] if run else [])
+
+
+def test_a_huge_comment_is_bounded_and_the_record_settles(real, tmp_path):
+    folder = _folder(tmp_path, "0001_huge.py", "def run(db, dry_run):\n    db.marker.insert_one({'done': 1})\n"
+                     "    return 'b' * 17_000_000\n")
+    code, out, err = _run("mongo", "apply", "--run", "--mongo-dir", folder, env=real.env)
+    assert code == 0, err[-2000:]
+    assert "... (truncated, 17000000 bytes)" in out
+    assert len(out) < 200_000
+    (record,) = real.db.applied_patches.find({"patch": "0001_huge"})
+    assert record["status"] == "applied"
+    assert record["comment"].endswith("(truncated, 17000000 bytes)") and len(record["comment"]) < 70_000
+
+
+def test_a_huge_error_is_bounded_and_the_record_settles_failed(real, tmp_path):
+    folder = _folder(tmp_path, "0001_huge.py", "def run(db, dry_run):\n    raise RuntimeError('e' * 17_000_000)\n")
+    code, out, err = _run("mongo", "apply", "--run", "--mongo-dir", folder, env=real.env)
+    assert code == 1, err[-2000:]
+    assert "(truncated, " in err and len(err) < 200_000
+    (record,) = real.db.applied_patches.find({"patch": "0001_huge"})
+    assert record["status"] == "failed" and len(record["error"]) < 70_000
+
+
+@pytest.mark.parametrize("run", [True, False], ids=["run", "dry-run"])
+def test_patch_timeout_stops_a_python_patch(real, tmp_path, run):
+    folder = _folder(tmp_path, "0001_sleeps.py", "import time\n\ndef run(db, dry_run):\n    time.sleep(3600)\n")
+    code, out, err = _run("mongo", "apply", *(["--run"] if run else []), "--patch-timeout", "2", "--mongo-dir", folder,
+                          env=real.env, timeout=120)
+    assert code == 1, out + err
+    assert "0001_sleeps failed: stopped after 2 s (--patch-timeout / MONGO_PATCH_TIMEOUT)" in err, err
+    records = list(real.db.applied_patches.find({"patch": "0001_sleeps"}))
+    assert [r["status"] for r in records] == (["failed"] if run else [])
+
+
+def test_patch_timeout_stops_a_python_patch_that_hangs_while_loading(real, tmp_path):
+    folder = _folder(tmp_path, "0001_hangs.py", "import time\ntime.sleep(3600)\n\ndef run(db, dry_run):\n    pass\n")
+    code, out, err = _run("mongo", "apply", "--run", "--patch-timeout", "2", "--mongo-dir", folder, env=real.env,
+                          timeout=120)
+    assert code == 2, out + err
+    assert "0001_hangs.py cannot be loaded: stopped after 2 s (--patch-timeout" in err, err
+    assert real.db.applied_patches.count_documents({}) == 0
+
+
+ESCAPES = '''def run(db, dry_run):
+    print("A\\x1b[31mRED\\x1b]52;c;ZWNobyBwd25lZA==\\x07 \\r  applied 0009_fake (1 ms): ok\\x9b2J")
+    return "c\\x1b[2Jx\\x07"
+'''
+
+
+@pytest.mark.parametrize("log_format", ["human", "json"])
+def test_control_characters_in_a_patchs_output_and_comment_are_shown_not_acted_on(real, tmp_path, log_format):
+    folder = _folder(tmp_path, "0001_esc.py", ESCAPES)
+    code, out, err = _run("mongo", "apply", "--run", "--mongo-dir", folder, env={**real.env, "LOG_FORMAT": log_format})
+    assert code == 0, out + err
+    if log_format == "json":
+        texts = [e.get("message") or e.get("comment") or "" for e in _events(err) + _events(out)]
+        shown = "\n".join(texts)
+        assert "\\x1b]52;c;" in shown and "\\x1b[2Jx\\x07" in shown, shown
+    else:
+        shown = out + err
+        assert "A\\x1b[31mRED\\x1b]52;c;ZWNobyBwd25lZA==\\x07 \\r  applied 0009_fake (1 ms): ok\\x9b2J" in out, out
+        assert "c\\x1b[2Jx\\x07" in out, out
+    assert not any(c in shown for c in "\x1b\x07\r\x9b"), repr(shown)
+    (record,) = real.db.applied_patches.find({"patch": "0001_esc"})
+    assert record["comment"] == "c\\x1b[2Jx\\x07"
+
+
+JS_ESCAPES = 'print("A\\u001b]52;c;ZWNobyBwd25lZA==\\u0007 \\r  applied 0009_fake (1 ms): ok");\npatchComment("c\\u001b[2Jx");\n'
+
+
+def test_control_characters_in_a_javascript_patchs_output_and_comment_are_shown_not_acted_on(real, tmp_path):
+    import shutil
+
+    from migrator.mongo import js_patch
+
+    if shutil.which("node") is None or not (js_patch.LOCAL_MONGOSH.exists() or shutil.which("mongosh")):
+        pytest.skip("needs Node.js and mongosh: `make mongosh` installs mongosh from npm")
+    folder = _folder(tmp_path, "0001_esc.js", JS_ESCAPES)
+    code, out, err = _run("mongo", "apply", "--run", "--mongo-dir", folder, env=real.env)
+    assert code == 0, out + err
+    assert "A\\x1b]52;c;ZWNobyBwd25lZA==\\x07 \\r  applied 0009_fake (1 ms): ok" in out, out
+    assert "applied 0001_esc" in out and "c\\x1b[2Jx" in out, out
+    assert not any(c in out + err for c in "\x1b\x07\r"), repr(out + err)
