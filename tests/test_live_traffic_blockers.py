@@ -32,6 +32,8 @@ def own_pg(tmp_path_factory) -> Server:
         cur.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
     pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
     yield s
+    # (the wheel's cleanup stops only the postmaster it started, and the restart made another: stopped here)
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=60)
     server.cleanup()
 
 
