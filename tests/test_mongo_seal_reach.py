@@ -112,3 +112,37 @@ def test_a_dry_run_patch_cannot_reach_a_datagram_socket_or_leave_ipc_listen_leas
     probes = _probes(result.stdout)
     assert probes.pop("stream pair") == "DID", result.stdout
     assert set(probes.values()) == {"EPERM"} and len(probes) == 10, result.stdout
+
+
+def test_a_dry_run_refuses_a_patch_folder_that_holds_a_secret_file_named_in_dotenv(cli, real, workdir):
+    _sealed()
+    folder = workdir.parent / "patches"
+    (folder / "sub").mkdir(parents=True)
+    secret = folder / "sub" / "dbpass"
+    secret.write_text("Dotenv-File-Secret-9\n")
+    (workdir / ".env").write_text(f"DB_PASSWORD_FILE={secret}\n")  # .env only: not in the real environment
+    (folder / "0001_reads_it.py").write_text(f"def run(db, dry_run):\n    return open({str(secret)!r}).read()\n")
+    result = cli("mongo", "apply", "--mongo-dir", folder, env=real.env)
+    assert result.exit_code == 2 and "Dotenv-File-Secret-9" not in result.output, result.output
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert f"holds {secret}" in line and "move the patches to a folder of their own" in line, line
+    assert real.db.applied_patches.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("how", ["DB_PASSWORD in .env", "DB_PASSWORD_FILE in .env", "FLYWAY_PASSWORD_FILE in env"])
+def test_a_patch_never_prints_a_password_the_settings_know_from_any_source(cli, real, workdir, how):
+    password = "Known-Pass-4" + how.split()[0][:2]  # as a real run's patch could read it (.env, its file)
+    file = workdir.parent / "password"
+    file.write_text(password + "\n")
+    name, _, where = how.partition(" in ")
+    value = str(file) if name.endswith("_FILE") else password
+    (workdir / ".env").write_text(f"{name}={value}\n" if where == ".env" else "")
+    env = {**real.env, **({name: value} if where == "env" else {})}
+    folder = workdir.parent / "patches"
+    folder.mkdir()
+    (folder / "0001_prints_it.py").write_text(f"def run(db, dry_run):\n    print('said {password}')\n"
+                                              f"    return 'comment {password}'\n")
+    result = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=env)
+    assert result.exit_code == 0 and "said ***" in result.output and "comment ***" in result.output, result.output
+    assert password not in result.output
+    assert password not in str(real.db.applied_patches.find_one({"_id": "0001_prints_it"}))

@@ -192,11 +192,14 @@ def pin_names(known: dict[str, list]) -> None:
 
 def check_folder(folder: Path) -> None:
     """A dry run's patch folder is readable to the patch: refuse one that holds `.env` (the working folder's, the
-    project's, its own) or a NAME_FILE secret, rather than hand them to it (one line; nothing ran)."""
+    project's, its own) or a NAME_FILE secret (named in the environment or in the working folder's .env, which the
+    settings read), rather than hand them to it (one line; nothing ran)."""
+    from migrator.env import Env
+
     if not abi():
         return  # nothing is sealed here: guarantee() says what a patch can read
     where = Path(folder).resolve()
-    named = [Path(v) for k, v in os.environ.items() if k.endswith("_FILE") and v]
+    named = [Path(v) for v in Env.load().named_files()]
     for secret in (where / ".env", Path.cwd() / ".env", Path(__file__).resolve().parents[2] / ".env", *named):
         if secret.is_file() and secret.resolve().is_relative_to(where):
             raise MigratorError(f"the patch folder {folder} (--mongo-dir / MONGO_DIR) holds {secret}, which a dry "
