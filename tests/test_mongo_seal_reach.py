@@ -146,3 +146,52 @@ def test_a_patch_never_prints_a_password_the_settings_know_from_any_source(cli, 
     assert result.exit_code == 0 and "said ***" in result.output and "comment ***" in result.output, result.output
     assert password not in result.output
     assert password not in str(real.db.applied_patches.find_one({"_id": "0001_prints_it"}))
+
+
+DAEMON_PY = '''import subprocess, sys, time
+
+def run(db, dry_run):
+    daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(f"DAEMON {{daemon.pid}}", flush=True)
+    {end}
+'''
+
+DAEMON_JS = '''
+const cp = require("child_process");
+const daemon = cp.spawn("sleep", ["120"], {detached: true, stdio: "ignore"});
+daemon.unref();
+print("DAEMON " + daemon.pid);
+'''
+
+
+def _daemon_ended(output: str) -> bool:
+    """Whether the process the patch printed as DAEMON is gone (killed, and reaped: not even a zombie is left)."""
+    import os
+
+    (pid,) = [int(line.split()[1]) for line in output.splitlines() if line.startswith("DAEMON ")]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    os.kill(pid, 9)  # left by the runner: not by this test
+    return False
+
+
+@pytest.mark.parametrize("case", ["dry run past --patch-timeout", "--run", "JS dry run"])
+def test_a_process_a_patch_starts_in_a_session_of_its_own_ends_with_the_patch(cli, real, tmp_path, case):
+    import shutil
+
+    from migrator.mongo import js_patch
+
+    if case.startswith("JS") and not (js_patch.LOCAL_MONGOSH.exists() or shutil.which("mongosh")):
+        pytest.skip("needs Node.js and mongosh: `make mongosh` installs mongosh from npm")
+    if case.startswith("JS"):
+        folder = _folder(tmp_path, "0001_daemon.js", DAEMON_JS)
+    else:
+        end = "time.sleep(3600)" if "timeout" in case else "return 'started'"
+        folder = _folder(tmp_path, "0001_daemon.py", DAEMON_PY.format(end=end))
+    args = ["--patch-timeout", "3"] if "timeout" in case else ["--run"] if case == "--run" else []
+    result = cli("mongo", "apply", "--mongo-dir", folder, *args, env=real.env)
+    assert (result.exit_code != 0) == ("timeout" in case), result.output
+    assert _daemon_ended(result.stdout), result.output
