@@ -18,17 +18,18 @@ _UNIT_MS = {"us": 0.001, "ms": 1, "": 1, "s": 1000, "min": 60_000, "h": 3_600_00
 _PG_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(us|ms|s|min|h|d)?", re.ASCII)
 
 
-def pg_duration(value: str) -> str:
+def pg_duration(value: str, default_unit: str = "") -> str:
     """A lock_timeout / statement_timeout as PostgreSQL takes it (`5s`, `500ms`, `10min`, `0`), spaces removed;
-    ValueError saying what is wrong."""
+    ValueError saying what is wrong. `default_unit` "s": the runner's own duration (the lock retry budget), a bare
+    number in seconds, never sent to the server (so no rounding to its milliseconds)."""
     match = _PG_DURATION.fullmatch(value.strip())
     if not match:
         raise ValueError(f"{value!r} is not a duration; use PostgreSQL units, e.g. 5s, 500ms, 10min, or 0 for none")
     # PostgreSQL rounds to whole milliseconds (rint), then refuses what does not fit an int.
-    ms = float(match[1]) * _UNIT_MS[match[2] or ""]
+    ms = float(match[1]) * _UNIT_MS[match[2] or default_unit]
     if round(ms) > MAX_MS:
         raise ValueError(f"{value!r} is longer than PostgreSQL accepts ({_BOUND}); use a shorter one, or 0 for none")
-    if ms > 0 and round(ms) == 0:
+    if ms > 0 and round(ms) == 0 and not default_unit:
         raise ValueError(f"{value!r} rounds to 0 ms on the server, which means no limit; use at least 1ms, or 0 "
                          "for none")
     return value.strip().replace(" ", "")

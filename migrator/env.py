@@ -28,6 +28,9 @@ LAYERS = ("environment", ".env")
 # libpq reads these itself: left in place they route a connection, and its password, to a host no setting of the
 # runner names while every message names the URL's host. The process drops them before anything connects.
 LIBPQ_ROUTING = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGSERVICEFILE")
+# The names whose values are secrets, masked in every text from outside the runner (a patch's output).
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|_KEY$|^MONGO_URL$|^MONGO_READONLY_URL$|^DATABASE_URL$",
+                         re.IGNORECASE)
 _DOTENV_NAME = re.compile(r"^\s*(?:export\s+)?['\"]?([A-Za-z_][A-Za-z0-9_.]*)['\"]?\s*=")
 
 
@@ -157,6 +160,28 @@ class Env:
 
     def value(self, name: str) -> str | None:
         return self.get(name)[0]
+
+    def secret_values(self) -> list[str]:
+        """Every secret either layer holds, set directly or in a NAME_FILE's file (read quietly: a file that cannot be
+        read is the setting's own error, when a command uses it), for masking whichever command runs."""
+        found = []
+        for where in LAYERS:
+            for name, value in self._layer(where).items():
+                base = name.removesuffix("_FILE")
+                if not value or not SECRET_NAME.search(base):
+                    continue
+                if name == base:
+                    found.append(value)
+                elif os.path.isfile(value):
+                    try:
+                        found.append(self._read_file(name, value, where) or "")
+                    except MigratorError:
+                        pass
+        return [value for value in found if value]
+
+    def named_files(self) -> list[str]:
+        """The paths every NAME_FILE of either layer names (whatever NAME is: an AWS credentials file too)."""
+        return [v for where in LAYERS for k, v in self._layer(where).items() if k.endswith("_FILE") and v]
 
 
 def _text(data: bytes, what: str) -> str:

@@ -54,7 +54,7 @@ def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, 
         if value is None:
             continue
         try:
-            setattr(limits, attr, durations.pg_duration(value))
+            setattr(limits, attr, durations.pg_duration(value, "s" if attr == "lock_retry_budget" else ""))
         except ValueError as exc:
             raise MigratorError(f"{origin}: {exc}", USAGE)
     value, origin = env.get("BACKFILL_MAX_BATCHES")

@@ -348,7 +348,10 @@ DOCDB_HOST_SUFFIX = ".docdb.amazonaws.com"
 
 
 def resolve_mongo(options: MongoOptions, env: Env) -> MongoTarget | None:
-    """The Mongo target, or None when nothing is configured."""
+    """The Mongo target, or None when nothing is configured. Every secret the settings hold is masked from here on,
+    whatever its source (a DB_PASSWORD of .env, its file): a patch can read them and print them."""
+    for value in env.secret_values():
+        output.register_secret(value)
     source, where = env.source(MONGO_CONNECTION)  # per source, as PostgreSQL's (resolve_postgres)
     credentials.note_ignored(env, where, MONGO_CONNECTION, "MongoDB")
     url, origin = (options.url, "--mongo-url") if options.url else source.get("MONGO_URL")

@@ -164,6 +164,22 @@ def test_a_held_lock_makes_the_second_runner_wait_then_fail_naming_the_holder(cl
     assert mongo.db.applied_patches.count_documents({}) == 0
 
 
+def test_a_lock_held_by_a_pid_gone_from_this_host_says_so(cli, mongo, mongo_dir):
+    import subprocess
+
+    from migrator import whoami
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid now names no process (a runner killed by SIGKILL)
+    mongo.db[lock.COLLECTION].insert_one({"_id": lock.LOCK_ID, "owner": "killed", "host": whoami.host(),
+                                          "pid": gone.pid, "since": NOW, "expires": NOW + timedelta(minutes=10)})
+    result = cli("mongo", "apply", "--run", "--lock-timeout", "0.5", "--mongo-dir", mongo_dir, env=mongo.env)
+    assert result.exit_code == 4
+    line = one_error_line(result)
+    assert f"pid {gone.pid} no longer exists on this host (that runner was killed)" in line, line
+    assert "wait for it to finish" not in line, line
+
+
 def test_an_expired_lock_is_taken_over(cli, mongo, mongo_dir):
     mongo.db[lock.COLLECTION].insert_one({"_id": lock.LOCK_ID, "owner": "dead", "host": "pod-1", "pid": 1,
                                           "since": NOW - timedelta(hours=2), "expires": NOW - timedelta(hours=1)})

@@ -67,10 +67,12 @@ class Whole(click.IntRange):
         return super().convert(value, param, ctx)
 
 
-def _pg_duration(_ctx, _param, value: str | None) -> str | None:
-    """--ddl-lock-timeout / --statement-timeout: PostgreSQL's units, within what it accepts."""
+def _pg_duration(_ctx, param, value: str | None) -> str | None:
+    """--ddl-lock-timeout / --statement-timeout: PostgreSQL's units, within what it accepts (--lock-retry-budget:
+    the runner's own, a bare number in seconds)."""
+    unit = "s" if param.name == "lock_retry_budget" else ""
     try:
-        return durations.pg_duration(value) if value else value  # empty: as not given (the variable, else the default)
+        return durations.pg_duration(value, unit) if value else value  # empty: as not given (the variable, else the default)
     except ValueError as exc:
         raise click.BadParameter(str(exc))
 

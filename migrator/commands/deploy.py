@@ -347,7 +347,7 @@ def status(settings: CommandSettings) -> StatusReport:
         invalid = postgres.invalid_indexes(backend)
         schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described)
     mongo = mongo_commands.patch_status(settings, mongo_target) if mongo_target else None
-    return StatusReport(target.display_url, states, invalid, schema, mongo)
+    return StatusReport(target.display_url, states, invalid, schema, mongo, postgres.rebuilt_by(states, invalid))
 
 
 def _limit_lines(settings: CommandSettings) -> list[str]:

@@ -28,6 +28,7 @@ from typing import Callable
 from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.mongo import seal
+from migrator.mongo.orphans import Orphans
 from migrator.mongo.patches import PROJECT_ROOT, Patch, one_line
 from migrator.mongo.python_patch import SAFE_ENVIRONMENT, register_environment_secrets
 from migrator.targets import MongoTarget
@@ -99,6 +100,7 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
         start = _sealed(patch, home, target, client) if dry_run else _die_with_parent
         command = [mongosh_path(), "--nodb", "--norc", "--quiet", "--eval", prelude + " void 0;", *shim,
                    "--file", str(patch.path)]
+        orphans = Orphans()  # what mongosh's children leave (a detached process) is killed when it ends
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True,  # its own process group: killed whole, children included
                                 preexec_fn=start)
@@ -107,6 +109,7 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
         finally:
             _kill_group(proc)  # the pipe is left to the reader thread: closing it here would wait for its read
             proc.wait()
+            orphans.end()
         if timed_out:
             raise JsPatchFailed(proc.returncode, f"stopped after {timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)")
     if proc.returncode != 0:

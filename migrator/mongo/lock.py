@@ -173,6 +173,25 @@ def _held_by(holder: dict, where: str, wait: float) -> str:
     since = holder.get("since")
     if not since:
         return f"the patch lock on {where} is held by another runner (waited {wait:g} s); wait for it to finish"
-    return (f"the patch lock on {where} is held by {holder.get('host', '?')} pid {holder.get('pid', '?')} "
-            f"since {since:%Y-%m-%d %H:%M:%S} UTC (waited {wait:g} s); wait for it to finish, or if that runner "
-            f"died the lock expires {TTL.total_seconds():g} s after its last heartbeat")
+    held = (f"the patch lock on {where} is held by {holder.get('host', '?')} pid {holder.get('pid', '?')} "
+            f"since {since:%Y-%m-%d %H:%M:%S} UTC (waited {wait:g} s); ")
+    if exited(holder):
+        return held + (f"pid {holder['pid']} no longer exists on this host (that runner was killed): the lock expires "
+                       f"{TTL.total_seconds():g} s after its last heartbeat, then run again")
+    return held + (f"wait for it to finish, or if that runner died the lock expires {TTL.total_seconds():g} s after "
+                   "its last heartbeat")
+
+
+def exited(holder: dict) -> bool:
+    """A runner on this very host whose pid is gone (killed, or the server went away under it): not running now,
+    though its lock or record says so. On another host nothing can be told."""
+    pid = holder.get("pid")
+    if holder.get("host") != whoami.host() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, another user's
+    return False

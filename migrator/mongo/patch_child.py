@@ -4,7 +4,8 @@ The runner sends the child, on its stdin, the patch and the URI to use (never th
 the command line); the child connects, loads the patch and says so, then waits for the runner's go (in a
 real run the `running` record is written in between), runs it and sends back its comment or its error on a
 pipe of their own. The runner then kills the child's whole process group and reaps it before it settles
-the record: threads the patch left behind die with it and cannot write afterwards.
+the record: threads the patch left behind die with it and cannot write afterwards, and so do processes it
+started in a session of their own (orphans.py), a timeout included.
 
 A dry run is sealed: the child's environment holds only PATH, locale and time zone (no MONGO_URL, DB_* or
 AWS secret), its URI is the read-only user's (MONGO_READONLY_URL) when one is set, the runner is made
@@ -39,6 +40,7 @@ from migrator import output
 from migrator.mongo import seal
 from migrator.mongo.connection import ca_files, servers
 from migrator.mongo.js_patch import _die_with_parent, _kill_group, mongosh_environment
+from migrator.mongo.orphans import Orphans
 from migrator.mongo.patches import Patch, bounded
 from migrator.targets import MongoTarget
 
@@ -81,6 +83,7 @@ class Child:
         self._home = tempfile.TemporaryDirectory(prefix="hcm-patch-")
         env = mongosh_environment(self._home.name) if dry_run else dict(os.environ)
         read, write = os.pipe()
+        self._orphans = Orphans()  # what its processes leave (a daemon) comes to the runner, and is killed with it
         command = [sys.executable, "-I", "-u", "-c", f"import sys; sys.path.insert(0, {str(PACKAGE.parent)!r}); "
                    f"from migrator.mongo.patch_child import main; main({write})"]
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -121,6 +124,7 @@ class Child:
     def kill(self) -> None:
         _kill_group(self.proc)
         self.proc.wait()
+        self._orphans.end()
         for reader in self._readers:
             reader.join(READER_JOIN)
         self._results.close()

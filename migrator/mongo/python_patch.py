@@ -17,20 +17,19 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import re
 import sys
 import threading
 from types import ModuleType
 from typing import Iterator
 
 from migrator import output
+from migrator.env import SECRET_NAME
 from migrator.errors import USAGE, MigratorError
 from migrator.mongo.patches import Patch, one_line
 
 # What a patch may see of the environment in a dry run (and all mongosh ever gets).
 SAFE_ENVIRONMENT = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "LC_ALL", "LC_CTYPE", "LC_MESSAGES")
 # Environment values masked in everything a patch prints (it could read them from /proc/self/environ).
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|_KEY$|^MONGO_URL$|^MONGO_READONLY_URL$|^DATABASE_URL$", re.IGNORECASE)
 
 
 class PatchExited(BaseException):

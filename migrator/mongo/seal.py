@@ -10,8 +10,9 @@ their path or mode, and Landlock forbids tracing a process outside the sandbox. 
 Landlock ABI offers is handled: truncate (ABI 3), device ioctls (5); TCP only to `ports`, no bind (4);
 no signal or abstract UNIX socket outside the sandbox (6: a dry run cannot kill a real run's runner).
 What Landlock does not govern is seccomp.py's: every capability dropped (root's included), sockets only TCP
-(and UDP for an SRV URI's DNS) over IP: no Unix socket by path, netlink or raw; no chmod, chown, utime,
-xattrs, file flags or mounts. `pin_names()`: the servers' addresses, looked up by the runner (no DNS inside).
+(and UDP for an SRV URI's DNS) over IP: no Unix socket by path, datagram pair, netlink or raw, no listen(); no
+chmod, chown, utime, xattrs, file flags or mounts; prlimit and priorities only on itself; no SysV IPC, lease or
+keyring. `pin_names()`: the servers' addresses, looked up by the runner (no DNS inside).
 `non_dumpable()` is the runner's own part: its memory and /proc files are closed to processes of the same
 user (root with CAP_SYS_PTRACE excepted, which Landlock covers for the child).
 """
@@ -192,11 +193,14 @@ def pin_names(known: dict[str, list]) -> None:
 
 def check_folder(folder: Path) -> None:
     """A dry run's patch folder is readable to the patch: refuse one that holds `.env` (the working folder's, the
-    project's, its own) or a NAME_FILE secret, rather than hand them to it (one line; nothing ran)."""
+    project's, its own) or a NAME_FILE secret (named in the environment or in the working folder's .env, which the
+    settings read), rather than hand them to it (one line; nothing ran)."""
+    from migrator.env import Env
+
     if not abi():
         return  # nothing is sealed here: guarantee() says what a patch can read
     where = Path(folder).resolve()
-    named = [Path(v) for k, v in os.environ.items() if k.endswith("_FILE") and v]
+    named = [Path(v) for v in Env.load().named_files()]
     for secret in (where / ".env", Path.cwd() / ".env", Path(__file__).resolve().parents[2] / ".env", *named):
         if secret.is_file() and secret.resolve().is_relative_to(where):
             raise MigratorError(f"the patch folder {folder} (--mongo-dir / MONGO_DIR) holds {secret}, which a dry "
@@ -223,13 +227,16 @@ def guarantee() -> str:
     version = abi()
     linux = sys.platform.startswith("linux")
     if seccomp.covers():
-        beyond = ("no Unix socket by path (a local database that trusts local users), netlink or raw socket, no "
-                  "chmod, chown, times, xattrs, file flags or mounts (seccomp); no UDP (the runner looks the servers' "
+        beyond = ("no Unix socket by path (a local database that trusts local users), datagram socket pair, netlink "
+                  "or raw socket, no listen(), no chmod, chown, times, xattrs, file flags or mounts, no limit or "
+                  "priority set on another process (a real run's runner, a server), no SysV IPC, file lease or "
+                  "keyring (seccomp); no UDP (the runner looks the servers' "
                   "names up for it) except with a mongodb+srv URI (the driver's DNS)")
     else:
         beyond = ("it can still connect to Unix sockets by path (a local database that trusts local users), send "
-                  "UDP and change the mode, owner, times or flags of files the runner's user owns (the seccomp filter "
-                  "is x86_64 only)")
+                  "UDP, set the CPU or file limits of the user's processes (a real run's runner, a server), leave SysV "
+                  "IPC behind and change the mode, owner, times or flags of files the runner's user owns (the "
+                  "seccomp filter is x86_64 only)")
     if not version and not linux:
         return ("a patch runs in a process of its own with only the read-only URL in its environment, but this system "
                 "has no Landlock: a deliberate patch can still read and write the files the runner's user can (.env, "

@@ -7,6 +7,11 @@ only of the IP families, TCP (Landlock filters its ports) and, where allowed, UD
 local PostgreSQL, docker.sock: Landlock does not govern connect() there), no netlink, no raw or SCTP socket, no
 io_uring (it makes sockets without socket()); chmod, chown, utime, xattrs, file_setattr, mounts and the ioctls that
 change a file's flags or freeze its filesystem fail with EPERM, as does every 32-bit system call (other numbers).
+Nor can it act on another process of the same user, which Landlock's scopes do not cover: prlimit64, the scheduler
+and I/O priority calls and the page-migration calls take only pid 0 (itself: what glibc's setrlimit and nice pass).
+Unix socket pairs only of SOCK_STREAM (a datagram pair can sendto() any datagram socket by path: syslog,
+journald); no SysV IPC (a shared memory segment outlives the dry run), no listen() (Landlock governs bind, not the
+ephemeral port listen() takes), no file lease (F_SETLEASE stalls the file's writers) and no kernel keyring.
 """
 
 from __future__ import annotations
@@ -21,8 +26,16 @@ CAPABILITY_VERSION_3 = 0x20080522
 # mount, umount2, open_tree, move_mount, fsopen, fsconfig, fsmount, fspick, mount_setattr; io_uring_setup, _enter,
 # _register (x86_64 numbers).
 DENIED_X86_64 = (90, 91, 92, 93, 94, 132, 188, 189, 190, 197, 198, 199, 235, 260, 261, 268, 280, 452, 463, 466, 469,
-                 155, 165, 166, 428, 429, 430, 431, 432, 433, 442, 425, 426, 427)
-SOCKET, IOCTL = 41, 16  # socketpair (53) stays: an unnamed pair reaches no path (libuv's child stdio uses it)
+                 155, 165, 166, 428, 429, 430, 431, 432, 433, 442, 425, 426, 427,
+                 29, 30, 31, 64, 65, 66, 68, 69, 70, 71, 220, 50, 248, 249, 250)
+# shmget, shmat, shmctl, semget, semop, semctl, msgget, msgsnd, msgrcv, msgctl, semtimedop; listen; add_key,
+# request_key, keyctl.
+SOCKET, IOCTL, SOCKETPAIR, FCNTL = 41, 16, 53, 72  # a stream pair stays: libuv's child stdio, asyncio use it
+F_SETLEASE = 1024
+# Calls whose first argument is a pid (0: the caller): prlimit64, sched_setparam, sched_setscheduler,
+# sched_setaffinity, sched_setattr, migrate_pages, move_pages. setpriority and ioprio_set: (which, who).
+SELF_ONLY = (302, 142, 144, 203, 314, 256, 279)
+SETPRIORITY, IOPRIO_SET, PRIO_PROCESS, IOPRIO_WHO_PROCESS = 141, 251, 0, 1
 AF_INET, AF_INET6, SOCK_STREAM, SOCK_DGRAM, SOCK_TYPE_MASK = 2, 10, 1, 2, 0xF
 IPPROTO_IP, IPPROTO_TCP, IPPROTO_UDP = 0, 6, 17
 # FS_IOC_SETFLAGS (and its 32-bit form), FS_IOC_FSSETXATTR, FIFREEZE, FITHAW, FS_IOC_SETVERSION (both),
@@ -88,7 +101,15 @@ def _program(datagrams: bool) -> list:
     load = lambda offset: (LD_ABS_W, None, None, offset)  # noqa: E731
     code = [load(ARCH), (JEQ, None, "deny", AUDIT_ARCH_X86_64), load(NR), (JGE, "deny", None, X32_BIT)]
     code += [(JEQ, "deny", None, nr) for nr in DENIED_X86_64]
-    code += [(JEQ, "socket", None, SOCKET), (JEQ, "ioctl", None, IOCTL), (RET, None, None, ALLOW)]
+    code += [(JEQ, "socket", None, SOCKET), (JEQ, "ioctl", None, IOCTL), (JEQ, "pair", None, SOCKETPAIR),
+             (JEQ, "fcntl", None, FCNTL), *[(JEQ, "self", None, nr) for nr in SELF_ONLY],
+             (JEQ, "prio", None, SETPRIORITY), (JEQ, "ioprio", None, IOPRIO_SET), (RET, None, None, ALLOW)]
+    code += ["pair", load(ARGS + 8), (AND, None, None, SOCK_TYPE_MASK), (JEQ, "allow", "deny", SOCK_STREAM)]
+    code += ["fcntl", load(ARGS + 8), (JEQ, "deny", "allow", F_SETLEASE)]
+    code += ["prio", load(ARGS), (JEQ, "who", "deny", PRIO_PROCESS)]
+    code += ["ioprio", load(ARGS), (JEQ, "who", "deny", IOPRIO_WHO_PROCESS)]
+    code += ["who", load(ARGS + 8), (JEQ, "allow", "deny", 0)]
+    code += ["self", load(ARGS), (JEQ, "allow", "deny", 0)]
     code += ["socket", load(ARGS), (JEQ, "family", None, AF_INET), (JEQ, "family", "deny", AF_INET6)]
     code += ["family", load(ARGS + 8), (AND, None, None, SOCK_TYPE_MASK), (JEQ, "protocol-tcp", None, SOCK_STREAM)]
     code += [(JEQ, "protocol-udp", "deny", SOCK_DGRAM)] if datagrams else [(RET, None, None, EPERM)]
@@ -112,5 +133,7 @@ def _assemble(program: list) -> list[tuple[int, int, int, int]]:
             continue
         op, true, false, k = item
         here = len(code) + 1
-        code.append((op, at[true] - here if true else 0, at[false] - here if false else 0, k))
+        jumps = (at[true] - here if true else 0, at[false] - here if false else 0)
+        assert all(0 <= jump < 256 for jump in jumps), item  # BPF's conditional jumps are 8-bit
+        code.append((op, *jumps, k))
     return code

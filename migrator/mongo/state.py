@@ -110,28 +110,9 @@ def _live_holder(db) -> dict | None:
     from migrator.mongo import lock
 
     holder = lock.Lock(db).holder()
-    if not holder or log.when({"started": holder.get("expires")}) <= lock.server_now(db) or _exited(holder):
+    if not holder or log.when({"started": holder.get("expires")}) <= lock.server_now(db) or lock.exited(holder):
         return None
     return holder
-
-
-def _exited(record: dict) -> bool:
-    """A runner on this very host whose pid is gone (killed, or the server went away under it): not running now,
-    though its lock has not expired yet. On another host nothing can be told."""
-    import os
-
-    from migrator import whoami
-
-    pid = record.get("pid")
-    if record.get("host") != whoami.host() or not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # alive, another user's
-    return False
 
 
 def pending(found: list[PatchState]) -> list[Patch]:
@@ -168,7 +149,9 @@ def explain(s: PatchState) -> str:
         return (f"patch {s.id} has a record with status {one_line(output.scrub(status))!r} (not written by this "
                 f"runner) {at} {where}; it is not run automatically until someone decides: {resolve}")
     if s.state == RUNNING:
-        gone = f" (pid {r.get('pid')} on this host has exited)" if _exited(r) else ""
+        from migrator.mongo.lock import exited
+
+        gone = f" (pid {r.get('pid')} on this host has exited)" if exited(r) else ""
         return (f"patch {s.id}: a run started {at} {where} never finished{gone} (killed, or it lost its lock); "
                 f"its writes may be partly applied, so it is not run again automatically: {resolve}")
     error = one_line(output.scrub(str(r.get("error") or ""))) or "no error text"

@@ -91,6 +91,11 @@ def _interrupted(backend, target: PostgresTarget, migration, verb: str, path: Pa
     else:
         recorded = bookkeeping(backend).failures.get(migration.id, "")
         committed = recorded.removeprefix(checksums.ROLLBACK) or "not transactional: `runner.py status` shows what committed"
+        if recorded and recorded == migration.earlier_failure:  # unchanged: each commit of this run would update it
+            committed = f"this run committed none of its statements; an earlier run left: {committed}"
+            if verb == "apply" and any(concurrently.is_concurrent(s.text) for s in migration.steps[0].statements):
+                committed += ("; a CONCURRENTLY build stopped part-way leaves its index INVALID: the next migrate "
+                              "drops it and builds it again")
     return MigratorError(f"{path}: {exc} while it was running ({verb} on {target.where}); {committed}; "
                          "migrations reported done before it are committed; run the command again", 128 + exc.signum)
 

@@ -33,7 +33,7 @@ from typing import Iterator
 
 from migrator import interrupt, output
 from migrator.durations import pg_seconds
-from migrator.postgres import sessions
+from migrator.postgres import autovacuum, sessions
 
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
 FIRST_DELAY, MAX_DELAY = 0.5, 10.0  # seconds between tries: doubling, jittered, capped
@@ -51,6 +51,7 @@ IN_TRANSACTION = 2  # psycopg2's TRANSACTION_STATUS_INTRANS: a transaction open,
 class Policy:
     per_try: float  # seconds each try waits for a lock (lock_timeout); 0: forever, so nothing to retry
     budget: float  # seconds of retrying in all; 0: no retry
+    quick_autovacuum_cancel: bool = False  # the session's deadlock_timeout lowered below per_try (autovacuum.py)
 
     @classmethod
     def of(cls, limits) -> "Policy":
@@ -374,7 +375,7 @@ def probe(backend, connection, budget: TryBudget | None = None) -> Probe:
 
 def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:
     """One line per retry: which statement, who blocks it (and how to end that), when the next try comes."""
-    text = f"{exc.path}:{exc.line}: {_not_granted(seen, backoff.policy)}"
+    text = f"{exc.path}:{exc.line}: {_at_commit(exc)}{_not_granted(seen, backoff.policy)}"
     if seen.waiting_for:
         text += f" waiting for {seen.waiting_for}"
     text += f"; blocked by {_who(seen)}"
@@ -394,8 +395,13 @@ def gave_up(exc, seen: Seen, backoff: Backoff):
     retried = (f"gave up after {backoff.tries} tries in {_seconds(backoff.spent())} (lock retry budget "
                f"{_seconds(backoff.policy.budget)}, each try waiting {_seconds(backoff.policy.per_try)})"
                if backoff.policy.budget else "not retried (lock retry budget 0)")
-    exc.todo = (f"{retried}; blocked by {who}; end that session, or run again once it has ended "
+    way_out = autovacuum.advice(seen.blockers, backoff.policy.per_try, backoff.policy.quick_autovacuum_cancel)
+    exc.todo = (f"{_at_commit(exc)}{retried}; blocked by {who}; {way_out or sessions.way_out(seen.blockers)} "
                 "(--lock-retry-budget / DB_LOCK_RETRY_BUDGET sets how long to keep retrying)")
+    if not exc.transactional and exc.done:  # a rerun starts the file over: what committed runs again
+        which = f"statements 1-{exc.done}, which COMMITTED, run" if exc.done > 1 else "statement 1, which COMMITTED, runs"
+        exc.todo += (f"; a rerun runs the file from its first statement, so {which} again: make the file safe to "
+                     "re-run (IF NOT EXISTS) before that")
     return exc
 
 
@@ -413,6 +419,11 @@ def _not_granted(seen: Seen, policy: Policy) -> str:
                 f"{_seconds(seen.waited or 0)} of lock waits in this try, holding the locks it got meanwhile)")
     waited = seen.lock_timeout if seen.lock_timeout is not None else policy.per_try
     return f"lock not granted within {_seconds(waited)} (lock_timeout)"
+
+
+def _at_commit(exc) -> str:
+    """Where a transactional file's wait was when it was its COMMIT's (running.deferred_checks)."""
+    return "at COMMIT (the file's deferred constraint checks), " if getattr(exc, "at_commit", False) else ""
 
 
 def _who(seen: Seen) -> str:

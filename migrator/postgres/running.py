@@ -10,7 +10,7 @@ from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
-from migrator.postgres import backfill, concurrently, detach, retry
+from migrator.postgres import autovacuum, backfill, concurrently, detach, retry, sessions
 from migrator.postgres.errors import StatementFailed, progress
 
 def execute(cursor, statement, probe=None, path: Path | None = None,
@@ -105,6 +105,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         skip = concurrently.prepare(connection, statements, path, migration.earlier_failure, record)
         before = concurrently.indexes_before(connection, statements) - skip.oids  # (an accepted one is its work)
         statements = detach.finalizing(connection, statements, path, migration.earlier_failure)
+    if policy.per_try and autovacuum.may_set(connection):  # an autovacuum in the way cancelled within a try
+        policy.quick_autovacuum_cancel = True
+        autovacuum.lower_deadlock_timeout(connection, policy.per_try)
     budget = retry.TryBudget(policy.per_try, bool(policy.budget)) if policy.per_try else None
     probe = retry.probe(backend, connection, budget) if policy.per_try else None
     backoff = backoff or retry.Backoff(policy)
@@ -116,6 +119,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 run_statements(connection, path, statements, transactional, progress, guard, start=start, done=done,
                                probe=probe, skip=skip, budget=budget,
                                max_batches=limits.backfill_max_batches if limits else backfill.MAX_BATCHES)
+                if transactional and statements:
+                    deferred_checks(connection, path, statements, probe, budget)
                 if budget is not None:
                     with connection.cursor() as cursor:
                         budget.done(cursor)
@@ -125,6 +130,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 if exc.left_pending:
                     exc.todo = ("end the older transactions it waited for (the progress lines name them) or raise "
                                 "--statement-timeout, then run migrate again: it completes the detach (FINALIZE)")
+                if not transactional and concurrently.is_concurrent(exc.statement.text):
+                    _waited_for_prepared(connection, exc)
                 if not (retry.lock_timed_out(exc) or probe is not None and probe.cancelled(exc)) or not policy.per_try:
                     raise
                 seen = probe.seen if probe is not None else retry.Seen([])
@@ -143,6 +150,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     with connection.cursor() as cursor:
                         cursor.execute("ROLLBACK")
                         cursor.execute("BEGIN")
+                    if policy.quick_autovacuum_cancel:  # (the ROLLBACK undid the SET)
+                        autovacuum.lower_deadlock_timeout(connection, policy.per_try)
                     start = done = 0
                 else:
                     start, done = (exc.opened if exc.opened is not None else exc.index), exc.done
@@ -164,6 +173,40 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         if taken := concurrently.skipped(connection, statements):
             raise IndexNotBuilt(*taken[0], path, statements)
         migration.built_indexes = concurrently.built(connection, statements, before)
+
+
+def _waited_for_prepared(connection, exc) -> None:
+    """A CONCURRENTLY build that ran out of statement_timeout while a prepared transaction (two-phase commit: no
+    session, it never ends by itself) was open here most likely waited for it: say so, and how to end it."""
+    if getattr(exc.cause, "pgcode", None) != retry.QUERY_CANCELED or connection.info.transaction_status != IDLE:
+        return
+    with connection.cursor() as cursor:
+        held = sessions.prepared_here(cursor)
+    if held:
+        exc.todo = (f"it most likely waited for {sessions.describe(held[0])}, which a build must wait out: "
+                    f"{sessions.ending(held[0])}, then run migrate again (it drops the INVALID index and builds it "
+                    "again)")
+
+
+def deferred_checks(connection, path: Path, statements, probe=None, budget=None) -> None:
+    """A transactional file's deferred constraint checks (a DEFERRABLE foreign key, a constraint trigger) run at
+    its COMMIT, where a lock wait (the parent row an app transaction holds) would fail outside the retries: run
+    them here as the try's last statement (SET CONSTRAINTS ALL IMMEDIATE checks what is outstanding, as COMMIT
+    would), so such a wait is a try's like any other, its blocker named, the file retried as a whole."""
+    with connection.cursor() as cursor:
+        try:
+            with interrupt.live():
+                if budget is not None:
+                    budget.before(cursor)
+                # (not ended by the clock while the probe is blind: checking many rows is work, not a wait)
+                with probe.statement(budget.started if budget else None, True, False) if probe else contextlib.nullcontext():
+                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        except Exception as exc:
+            if getattr(exc, "pgcode", None) not in (retry.LOCK_NOT_AVAILABLE, retry.QUERY_CANCELED):
+                raise  # a violation: the file's error at COMMIT, as it was
+            failed = StatementFailed(exc, path, statements, len(statements) - 1, True)
+            failed.at_commit = True
+            raise failed from exc
 
 
 # A DO block or a CALL may COMMIT inside (PostgreSQL 11+): in a non-transactional file what it committed before the

@@ -13,20 +13,40 @@ from migrator import lazy_re, output
 from migrator.postgres.splitter import TAG_CHAR, TAG_START
 
 # Each session blocking `pid`, and the modes it was granted on the very lock `pid` waits for (NULL: it holds
-# none of it but is queued ahead for it). `{query}` is NULL unless the text was asked for.
+# none of it but is queued ahead for it). `{query}` is NULL unless the text was asked for. A prepared transaction
+# is a row of pid 0 and nothing else (_PREPARED then says which, only then: it reads pg_locks three times).
 _BLOCKERS = """
-SELECT b.pid, b.application_name, b.usename, host(b.client_addr), b.state,
+SELECT p.pid, b.application_name, b.usename, host(b.client_addr), b.state,
        extract(epoch FROM clock_timestamp() - b.state_change), extract(epoch FROM clock_timestamp() - b.xact_start),
+       CASE WHEN b.pid IS NOT NULL THEN
        (SELECT pg_catalog.string_agg(DISTINCT h.mode, ',') FROM pg_catalog.pg_locks h, pg_catalog.pg_locks w
         WHERE w.pid = %(pid)s AND NOT w.granted AND h.pid = b.pid AND h.granted AND h.locktype = w.locktype
           AND h.database IS NOT DISTINCT FROM w.database AND h.relation IS NOT DISTINCT FROM w.relation
           AND h.page IS NOT DISTINCT FROM w.page AND h.tuple IS NOT DISTINCT FROM w.tuple
           AND h.virtualxid IS NOT DISTINCT FROM w.virtualxid
           AND h.transactionid IS NOT DISTINCT FROM w.transactionid AND h.classid IS NOT DISTINCT FROM w.classid
-          AND h.objid IS NOT DISTINCT FROM w.objid AND h.objsubid IS NOT DISTINCT FROM w.objsubid),
-       {query}
-FROM unnest(pg_catalog.pg_blocking_pids(%(pid)s)) AS p(pid) JOIN pg_catalog.pg_stat_activity b ON b.pid = p.pid
-ORDER BY b.pid
+          AND h.objid IS NOT DISTINCT FROM w.objid AND h.objsubid IS NOT DISTINCT FROM w.objsubid) END,
+       {query}, b.backend_type, b.usesysid IS NULL, b.query LIKE 'autovacuum:%%(to prevent wraparound)%%'
+FROM unnest(pg_catalog.pg_blocking_pids(%(pid)s)) AS p(pid) LEFT JOIN pg_catalog.pg_stat_activity b ON b.pid = p.pid
+WHERE b.pid IS NOT NULL OR p.pid = 0
+ORDER BY p.pid
+"""
+
+
+# The prepared transactions (two-phase commit: no session, pg_blocking_pids says 0) holding the lock `pid` waits
+# for: their locks have no pid and share the virtual transaction of the one on their own transaction id.
+_PREPARED = """
+SELECT x.gid, x.owner, x.database, extract(epoch FROM clock_timestamp() - x.prepared),
+       pg_catalog.string_agg(DISTINCT h.mode, ',')
+FROM pg_catalog.pg_prepared_xacts x
+JOIN pg_catalog.pg_locks t ON t.pid IS NULL AND t.locktype = 'transactionid' AND t.transactionid = x.transaction
+JOIN pg_catalog.pg_locks h ON h.pid IS NULL AND h.granted AND h.virtualtransaction = t.virtualtransaction
+JOIN pg_catalog.pg_locks w ON w.pid = %(pid)s AND NOT w.granted AND h.locktype = w.locktype
+ AND h.database IS NOT DISTINCT FROM w.database AND h.relation IS NOT DISTINCT FROM w.relation
+ AND h.page IS NOT DISTINCT FROM w.page AND h.tuple IS NOT DISTINCT FROM w.tuple
+ AND h.transactionid IS NOT DISTINCT FROM w.transactionid AND h.classid IS NOT DISTINCT FROM w.classid
+ AND h.objid IS NOT DISTINCT FROM w.objid AND h.objsubid IS NOT DISTINCT FROM w.objsubid
+GROUP BY x.gid, x.owner, x.database, x.prepared ORDER BY x.prepared
 """
 
 
@@ -62,6 +82,8 @@ def waiting_for(cursor, pid: int, holders: list[dict]) -> str | None:
     if wanted is None:
         return None
     if wanted[1] in ("transactionid", "tuple"):  # a row another transaction changed or locked
+        if holders and holders[0].get("prepared") is not None:
+            return f"a row lock held by prepared transaction {output.quoted(holders[0]['prepared'])}"
         return "a row lock" + (f" held by the transaction of pid {holders[0]['pid']}" if holders else "")
     return f"{lock_mode(wanted[0])} lock on {wanted[1]}"
 
@@ -69,18 +91,45 @@ def waiting_for(cursor, pid: int, holders: list[dict]) -> str | None:
 def blockers(cursor, pid: int, show_query: bool = False) -> list[dict]:
     """The sessions blocking `pid`, each as blocker() makes it."""
     cursor.execute(_BLOCKERS.format(query="left(b.query, 1000)" if show_query else "NULL"), {"pid": pid})
-    return [blocker(row) for row in cursor.fetchall()]
+    rows = cursor.fetchall()
+    found = [blocker(row) for row in rows if row[0] != 0]
+    if len(found) == len(rows):
+        return found
+    cursor.execute(_PREPARED, {"pid": pid})
+    return found + [prepared(row) for row in cursor.fetchall()]
+
+
+# This database's prepared transactions, oldest first: what a CONCURRENTLY build waiting on "pid 0" waits for.
+_PREPARED_HERE = """
+SELECT gid, owner, database, extract(epoch FROM clock_timestamp() - prepared), NULL
+FROM pg_catalog.pg_prepared_xacts WHERE database = pg_catalog.current_database() ORDER BY prepared
+"""
+
+
+def prepared_here(cursor) -> list[dict]:
+    """This database's prepared transactions, each as prepared() makes it."""
+    cursor.execute(_PREPARED_HERE)
+    return [prepared(row) for row in cursor.fetchall()]
+
+
+def prepared(row) -> dict:
+    """One row of _PREPARED: a prepared transaction (pid 0: it has no session), by its gid."""
+    gid, owner, database, age, holds = row
+    return {"pid": 0, "prepared": output.scrub(gid), "user": owner, "database": database,
+            "transaction_for_s": round(float(age or 0)), "holds": [lock_mode(m) for m in (holds or "").split(",") if m]}
 
 
 def blocker(row) -> dict:
     """One row of _BLOCKERS as the fields the runner prints (JSON-able); never the query unless the row has it."""
-    pid, app, user, addr, state, in_state, in_xact, holds, query = row
-    if state is None:  # another role's session, and this one lacks pg_read_all_stats
-        return {"pid": pid, "hidden": True}
+    pid, app, user, addr, state, in_state, in_xact, holds, query, kind, no_role, wraparound = row
+    if state is None:  # another role's session (or a role-less server process), and this one lacks pg_read_all_stats
+        return {"pid": pid, "hidden": True, **({"no_role": True} if no_role else {})}
     found = {"pid": pid, "application_name": output.scrub(app or ""), "user": user, "client_addr": addr or "local",
              "state": state, "state_for_s": round(float(in_state or 0)),
              "transaction_for_s": None if in_xact is None else round(float(in_xact)),
              "holds": [lock_mode(m) for m in holds.split(",")] if holds else []}
+    if kind == "autovacuum worker":
+        found.update(autovacuum=True, wraparound=bool(wraparound))
     if query is not None:
         found["query"] = output.scrub(without_literals(output.one_line(query)))[:300]
     return found
@@ -93,27 +142,73 @@ def named(application_name: str) -> str:
 
 def describe(h: dict) -> str:
     """A blocker in words, for a progress line or an error."""
+    if h.get("prepared") is not None:
+        return (f"prepared transaction {output.quoted(h['prepared'])} (two-phase commit: no session, it never ends by itself; "
+                f"owner {h['user']}, database {h['database']}, prepared {duration(h['transaction_for_s'])} ago; "
+                f"{_holds(h)})")
+    if h.get("autovacuum"):
+        what = ("an anti-wraparound autovacuum, which PostgreSQL never cancels" if h.get("wraparound") else
+                "an autovacuum, which PostgreSQL cancels once a lock request waited deadlock_timeout")
+        return f"pid {h['pid']} (autovacuum worker: {what}; running for {duration(h['state_for_s'])}; {_holds(h)})"
+    if h.get("no_role"):
+        return (f"pid {h['pid']} (a server process with no role, most likely an autovacuum worker: this role cannot "
+                "see which; grant it pg_read_all_stats to see)")
     if h.get("hidden"):
         return (f"pid {h['pid']} (another role's session: this role cannot see who it is or what it runs; "
                 "grant it pg_read_all_stats to see)")
     xact = f", transaction open {duration(h['transaction_for_s'])}" if h.get("transaction_for_s") is not None else ""
-    holds = f"holds {' and '.join(h['holds'])}" if h.get("holds") else "queued ahead for the same lock"
     text = (f"pid {h['pid']} (application_name {named(h['application_name'])}, user {output.role(h['user'])}, "
-            f"from {h['client_addr']}, {h['state']} for {duration(h['state_for_s'])}{xact}; {holds})")
+            f"from {h['client_addr']}, {h['state']} for {duration(h['state_for_s'])}{xact}; {_holds(h)})")
     return text + (f": {h['query'][:120]}" if h.get("query") else "")
 
 
+def _holds(h: dict) -> str:
+    return f"holds {' and '.join(h['holds'])}" if h.get("holds") else "queued ahead for the same lock"
+
+
+SHOWN = 3  # blockers named in a line; the rest counted (40 idle sessions would make each line 8 KB)
+
+
 def describe_all(holders: list[dict]) -> str:
-    """Every blocker in words, each with the statement that ends it (the operator's way out)."""
-    return "; ".join(f"{describe(h)} -- to end it: SELECT pg_terminate_backend({h['pid']})" for h in holders)
+    """The blockers in words (the first SHOWN, then how many more), each with the statement that ends it (the
+    operator's way out)."""
+    named = "; ".join(f"{describe(h)} -- {ending(h)}" for h in holders[:SHOWN])
+    more = len(holders) - SHOWN
+    return named + (f"; and {more} more session{'s' if more > 1 else ''} (pg_blocking_pids lists them)" if more > 0 else "")
+
+
+def way_out(holders: list[dict]) -> str:
+    """What to do about the blockers, in the final failure (each one's statement is in its description)."""
+    if holders and all(h.get("prepared") is not None for h in holders):
+        return "commit or roll back the prepared transaction" + ("s" if len(holders) > 1 else "") + ", then run again"
+    if len(holders) > 1:
+        return "end those sessions, or run again once they have ended"
+    return "end that session, or run again once it has ended"
+
+
+def ending(h: dict) -> str:
+    """The statement that ends a blocker."""
+    if h.get("prepared") is not None:
+        gid = h["prepared"].replace("'", "''")
+        if not gid.isprintable():  # (its quoted name above shows it escaped, which SQL would not read back)
+            return "to end it: COMMIT PREPARED or ROLLBACK PREPARED it by its gid in pg_prepared_xacts"
+        return (f"to end it, connected to database {h['database']} as its owner or a superuser: COMMIT PREPARED "
+                f"'{gid}' or ROLLBACK PREPARED '{gid}' (whichever its transaction manager meant)")
+    if h.get("wraparound"):
+        return "it ends once the table is frozen (cancelled, it starts again)"
+    if h.get("autovacuum") or h.get("no_role"):  # (it restarts later, as the server's own cancel would)
+        return (f"to end it: SELECT pg_cancel_backend({h['pid']}) (as a superuser, or a member of "
+                "pg_signal_autovacuum_worker on PostgreSQL 18+)")
+    return f"to end it: SELECT pg_terminate_backend({h['pid']})"
 
 
 # What may hold a value, left to right as PostgreSQL's lexer reads them; a construct cut short (the server keeps
 # only the first track_activity_query_size bytes) runs to the end. A plain '...' holding a backslash reads
 # differently with standard_conforming_strings on and off, and which the session had is unknown: everything from
-# it on goes. Quoted identifiers and words are names, kept; a number inside a word (t1) stays with it.
+# it on goes. Quoted identifiers and words are names, kept; a number inside a word (t1) stays with it. A /* comment
+# nests, as the server's does (/* a /* b */ c */ is one): its end is found by counting (_comment_end).
 _VALUE = lazy_re.compile(rf"""
-    (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
+    (?P<comment>--[^\n]*|/\*)
   | (?P<estring>[Ee]'(?:[^'\\]|\\.|'')*(?:'|\Z))
   | (?P<string>(?:[Uu]&|[BbXxNn])?'(?:[^'\\]|'')*(?:'|\Z))
   | (?P<backslash>'.*)
@@ -144,4 +239,23 @@ def without_literals(query: str) -> str:
             return match.group()
         return "?" if kind != "backslash" else "?..."
 
-    return ";".join(_SETTING.sub(r"\1 ?", statement) for statement in _VALUE.sub(replace, query).split(";"))
+    parts, at = [], 0
+    while (match := _VALUE.search(query, at)) is not None:
+        parts.append(query[at:match.start()] + replace(match))
+        at = _comment_end(query, match.end()) if match.group() == "/*" else match.end()
+    scrubbed = "".join(parts) + query[at:]
+    return ";".join(_SETTING.sub(r"\1 ?", statement) for statement in scrubbed.split(";"))
+
+
+def _comment_end(query: str, at: int) -> int:
+    """Where the /* comment whose body starts at `at` ends, nested ones inside it counted (the text's end if it
+    was cut short)."""
+    depth = 1
+    while depth and at < len(query):
+        if query.startswith("/*", at):
+            depth, at = depth + 1, at + 2
+        elif query.startswith("*/", at):
+            depth, at = depth - 1, at + 2
+        else:
+            at += 1
+    return len(query) if depth else at

@@ -224,6 +224,10 @@ class Watcher:
                    else f"pid {locker} (another role's session)")
             text += (f", now the transaction of {who}; the build blocks no application query"
                      f" -- to end it: SELECT pg_terminate_backend({locker})")
+        elif locker == 0 and (held := sessions.prepared_here(cur)):  # pid 0: a prepared transaction (no session)
+            holder = held[0]
+            text += (f", now (most likely) {sessions.describe(holder)}; the build blocks no application query -- "
+                     f"{sessions.ending(holder)}")
         fields.update(command=f"{command} on {relation}", phase=phase, waiting_for_pid=locker, held_by=holder)
         self._say(text, "snapshot_wait", fields)
         return True

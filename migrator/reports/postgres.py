@@ -69,6 +69,7 @@ class StatusReport:
     invalid_indexes: list[tuple[str, str, str]]
     schema: Any  # schema.snapshot.DriftReport
     mongo: PatchStatusReport | None
+    rebuilt: dict = field(default_factory=dict)  # INVALID index -> the pending migration whose rerun rebuilds it
 
     @property
     def changed(self) -> list:
@@ -130,6 +131,12 @@ class StatusReport:
                 lines.append(f"  INVALID index {schema}.{index} on {table} (left by an interrupted REINDEX ... "
                              "CONCURRENTLY): run migrate again if a pending migration ran it, else "
                              f"DROP INDEX CONCURRENTLY {schema}.{index}")
+                continue
+            if index in self.rebuilt:
+                migration, failed = self.rebuilt[index]
+                lines.append(f"  INVALID index {schema}.{index} on {table} (left by an earlier try of pending "
+                             f"{migration}'s CONCURRENTLY build): `runner.py migrate` drops it and builds it again"
+                             + (" (fix what made that build fail first: its record above)" if failed else ""))
                 continue
             lines.append(f"  INVALID index {schema}.{index} on {table} (a failed CREATE INDEX CONCURRENTLY "
                          "or an interrupted DROP INDEX CONCURRENTLY): "

@@ -1,0 +1,197 @@
+"""The dry-run seal's reach found by issue 20's third hostile pass (attack20d), each closed: prlimit on another
+process of the same user (a concurrent --run's runner, a server), a datagram socket pair that sends to any Unix
+datagram socket by path, SysV IPC that outlives the dry run, listen(), file leases and the kernel keyring. Real
+processes on FerretDB: the patch's sealed child acts on processes and sockets this test owns."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import pytest
+
+from test_mongo_child import _folder, real  # noqa: F401 (a fixture)
+from test_mongo_seal_escapes import PROBES, _probes, _sealed
+
+OTHERS = '''
+RLIMIT_CPU, RLIMIT_NOFILE = 0, 7
+
+class rlimit(ctypes.Structure):
+    _fields_ = [("cur", ctypes.c_ulong), ("max", ctypes.c_ulong)]
+
+def run(db, dry_run):
+    victim, low, old = {victim}, rlimit(1, 1), rlimit()
+    probe("prlimit CPU other", lambda: libc.prlimit(victim, RLIMIT_CPU, ctypes.byref(low), None))
+    probe("prlimit NOFILE other", lambda: libc.prlimit(victim, RLIMIT_NOFILE, ctypes.byref(rlimit(0, 0)), None))
+    probe("prlimit read other", lambda: libc.prlimit(victim, RLIMIT_CPU, None, ctypes.byref(old)))
+    probe("setpriority other", lambda: libc.setpriority(0, victim, 19))
+    probe("setpriority user", lambda: libc.setpriority(2, 0, 19))  # PRIO_USER 0: all of this user's processes
+    probe("sched_setattr other", lambda: libc.syscall(314, victim, (ctypes.c_uint32 * 14)(56), 0))
+    probe("ioprio_set other", lambda: libc.syscall(251, 1, victim, (3 << 13)))
+    probe("setrlimit self", lambda: libc.prlimit(0, RLIMIT_CPU, None, ctypes.byref(old)))  # glibc's own: kept
+    probe("nice self", lambda: libc.setpriority(0, 0, 1))
+    return "probed"
+'''
+
+
+def _limits(pid: int) -> str:
+    with open(f"/proc/{pid}/limits") as f:
+        return f.read()
+
+
+def test_a_dry_run_patch_cannot_change_the_limits_of_another_process_of_its_user(cli, real, tmp_path):
+    _sealed()
+    victim = subprocess.Popen(["sleep", "120"])  # as a concurrent --run's runner or a server would be
+    try:
+        before = _limits(victim.pid)
+        folder = _folder(tmp_path, "0001_limits.py", PROBES.format(body=OTHERS.format(victim=victim.pid)))
+        result = cli("mongo", "apply", "--mongo-dir", folder, env=real.env)
+        after = _limits(victim.pid)
+    finally:
+        victim.kill()
+        victim.wait()
+    assert result.exit_code == 0 and "probed" in result.stdout, result.output
+    assert after == before, after  # its CPU time and descriptors unlimited as they were
+    probes = _probes(result.stdout)
+    assert probes.pop("setrlimit self") == "DID" and probes.pop("nice self") == "DID", result.stdout
+    assert set(probes.values()) == {"EPERM"} and len(probes) == 7, result.stdout
+
+
+LOCAL = '''
+def run(db, dry_run):
+    def datagram(kind, how):
+        def act():
+            a, b = socket.socketpair(socket.AF_UNIX, kind)
+            if how == "sendto":
+                a.sendto(b"sent from a dry run", {path!r})
+            else:
+                a.connect({path!r})
+                a.send(b"sent from a dry run")
+        return act
+
+    def stream():
+        a, b = socket.socketpair()  # kept: asyncio and libuv's child stdio use one
+        a.sendall(b"x")
+        return 0 if b.recv(1) == b"x" else -1
+
+    def shm():
+        return libc.shmget(0x20F0D, 1 << 20, 0o1000 | 0o600)  # IPC_CREAT: a segment that outlives the dry run
+
+    probe("dgram pair sendto", datagram(socket.SOCK_DGRAM, "sendto"))
+    probe("dgram pair connect", datagram(socket.SOCK_DGRAM, "connect"))
+    probe("seqpacket pair", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+    probe("stream pair", stream)
+    probe("shmget", shm)
+    probe("semget", lambda: libc.semget(0x20F0D, 1, 0o1000 | 0o600))
+    probe("msgget", lambda: libc.msgget(0x20F0D, 0o1000 | 0o600))
+    probe("listen", lambda: socket.socket().listen(1))  # an ephemeral port on 0.0.0.0 without bind()
+    fd = os.open(__file__, os.O_RDONLY)
+    probe("lease", lambda: fcntl.fcntl(fd, 1024, fcntl.F_RDLCK))  # F_SETLEASE: its writers would stall
+    probe("keyctl", lambda: libc.syscall(250, 0, -3, 0))  # KEYCTL_GET_KEYRING_ID of the session keyring
+    probe("add_key", lambda: libc.syscall(248, b"user", b"hcm", b"x", 1, -3))
+    return "probed"
+'''
+
+
+def _ipc_keys() -> str:
+    return "".join(open(f"/proc/sysvipc/{kind}").read() for kind in ("shm", "sem", "msg"))
+
+
+def test_a_dry_run_patch_cannot_reach_a_datagram_socket_or_leave_ipc_listen_lease_or_keys(cli, real, tmp_path):
+    _sealed()
+    path = str(tmp_path / "syslog.sock")  # as /dev/log or journald's socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.settimeout(0.5)
+        folder = _folder(tmp_path, "0001_local.py", PROBES.format(body=LOCAL.format(path=path)))
+        result = cli("mongo", "apply", "--mongo-dir", folder, env=real.env)
+        with pytest.raises(socket.timeout):
+            listener.recv(100)  # nothing arrived
+    assert result.exit_code == 0 and "probed" in result.stdout, result.output
+    assert "20f0d" not in _ipc_keys(), _ipc_keys()  # no segment, semaphore or queue left behind (its key in hex)
+    probes = _probes(result.stdout)
+    assert probes.pop("stream pair") == "DID", result.stdout
+    assert set(probes.values()) == {"EPERM"} and len(probes) == 10, result.stdout
+
+
+def test_a_dry_run_refuses_a_patch_folder_that_holds_a_secret_file_named_in_dotenv(cli, real, workdir):
+    _sealed()
+    folder = workdir.parent / "patches"
+    (folder / "sub").mkdir(parents=True)
+    secret = folder / "sub" / "dbpass"
+    secret.write_text("Dotenv-File-Secret-9\n")
+    (workdir / ".env").write_text(f"DB_PASSWORD_FILE={secret}\n")  # .env only: not in the real environment
+    (folder / "0001_reads_it.py").write_text(f"def run(db, dry_run):\n    return open({str(secret)!r}).read()\n")
+    result = cli("mongo", "apply", "--mongo-dir", folder, env=real.env)
+    assert result.exit_code == 2 and "Dotenv-File-Secret-9" not in result.output, result.output
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert f"holds {secret}" in line and "move the patches to a folder of their own" in line, line
+    assert real.db.applied_patches.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("how", ["DB_PASSWORD in .env", "DB_PASSWORD_FILE in .env", "FLYWAY_PASSWORD_FILE in env"])
+def test_a_patch_never_prints_a_password_the_settings_know_from_any_source(cli, real, workdir, how):
+    password = "Known-Pass-4" + how.split()[0][:2]  # as a real run's patch could read it (.env, its file)
+    file = workdir.parent / "password"
+    file.write_text(password + "\n")
+    name, _, where = how.partition(" in ")
+    value = str(file) if name.endswith("_FILE") else password
+    (workdir / ".env").write_text(f"{name}={value}\n" if where == ".env" else "")
+    env = {**real.env, **({name: value} if where == "env" else {})}
+    folder = workdir.parent / "patches"
+    folder.mkdir()
+    (folder / "0001_prints_it.py").write_text(f"def run(db, dry_run):\n    print('said {password}')\n"
+                                              f"    return 'comment {password}'\n")
+    result = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=env)
+    assert result.exit_code == 0 and "said ***" in result.output and "comment ***" in result.output, result.output
+    assert password not in result.output
+    assert password not in str(real.db.applied_patches.find_one({"_id": "0001_prints_it"}))
+
+
+DAEMON_PY = '''import subprocess, sys, time
+
+def run(db, dry_run):
+    daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(f"DAEMON {{daemon.pid}}", flush=True)
+    {end}
+'''
+
+DAEMON_JS = '''
+const cp = require("child_process");
+const daemon = cp.spawn("sleep", ["120"], {detached: true, stdio: "ignore"});
+daemon.unref();
+print("DAEMON " + daemon.pid);
+'''
+
+
+def _daemon_ended(output: str) -> bool:
+    """Whether the process the patch printed as DAEMON is gone (killed, and reaped: not even a zombie is left)."""
+    import os
+
+    (pid,) = [int(line.split()[1]) for line in output.splitlines() if line.startswith("DAEMON ")]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    os.kill(pid, 9)  # left by the runner: not by this test
+    return False
+
+
+@pytest.mark.parametrize("case", ["dry run past --patch-timeout", "--run", "JS dry run"])
+def test_a_process_a_patch_starts_in_a_session_of_its_own_ends_with_the_patch(cli, real, tmp_path, case):
+    import shutil
+
+    from migrator.mongo import js_patch
+
+    if case.startswith("JS") and not (js_patch.LOCAL_MONGOSH.exists() or shutil.which("mongosh")):
+        pytest.skip("needs Node.js and mongosh: `make mongosh` installs mongosh from npm")
+    if case.startswith("JS"):
+        folder = _folder(tmp_path, "0001_daemon.js", DAEMON_JS)
+    else:
+        end = "time.sleep(3600)" if "timeout" in case else "return 'started'"
+        folder = _folder(tmp_path, "0001_daemon.py", DAEMON_PY.format(end=end))
+    args = ["--patch-timeout", "3"] if "timeout" in case else ["--run"] if case == "--run" else []
+    result = cli("mongo", "apply", "--mongo-dir", folder, *args, env=real.env)
+    assert (result.exit_code != 0) == ("timeout" in case), result.output
+    assert _daemon_ended(result.stdout), result.output
