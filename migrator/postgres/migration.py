@@ -13,7 +13,7 @@ import functools
 import time
 from pathlib import Path
 
-from migrator import checksums
+from migrator import checksums, output
 from migrator.bookkeeping_lock import BookkeepingBusy
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import backfill, files, flyway, history, retry
@@ -206,16 +206,36 @@ def _run_then_lock(backend, migration, path: Path, statements, guard, recording,
             delay = backoff.next_delay() if policy.per_try and policy.budget else None
             if delay is None:
                 if policy.per_try:
-                    exc.args = (f"{exc.lock} was not free before the COMMIT ({retry.given_up(backoff)}): {busy}",)
+                    exc.args = (f"{exc.lock} was not free before the COMMIT ({_given_up(backoff)}): {busy}",)
                 raise
             recording.refused = False  # (not yet: this try's transaction rolls back, and the file is tried again)
-            retry.say_own_lock_retry(path, statements[-1].line, f"{exc.lock} not free before the COMMIT (sessions "
+            _say_retry(path, statements[-1].line, f"{exc.lock} not free before the COMMIT (sessions "
                                      "queued behind the file's locks, or --lock-timeout spent); its transaction "
                                      "rolled back", backoff, delay)
             with backend.connection.cursor() as cursor:
                 cursor.execute("ROLLBACK")
                 cursor.execute("BEGIN")
             retry.sleep(delay)
+
+
+def _say_retry(path, line: int, what: str, backoff: retry.Backoff, delay: float) -> None:
+    """retry.say_retry's line for a lock the runner asks for itself in the try (the bookkeeping lock before a COMMIT):
+    `what` names the lock and its holder."""
+    text = (f"{path}:{line}: {what}; try {backoff.tries} in {delay:.1f} s, {retry.seconds_text(backoff.left())} of "
+            "the lock retry budget left")
+    schema = output.event_context().get("schema")
+    output.progress(f"[{schema}] {text}" if schema else text, kind="lock_retry", file=str(path), line=line,
+                    next_try=backoff.tries, delay_s=round(delay, 2), lock_timeout_s=backoff.policy.per_try,
+                    budget_s=backoff.policy.budget, budget_left_s=round(backoff.left(), 1))
+
+
+def _given_up(backoff: retry.Backoff) -> str:
+    """How long a file was tried, for the final line: its tries, the budget, each try's lock_timeout."""
+    if not backoff.policy.budget:
+        return f"each try waiting {retry.seconds_text(backoff.policy.per_try)}, not retried (lock retry budget 0)"
+    seconds = retry.seconds_text
+    return (f"gave up after {backoff.tries} tries in {seconds(backoff.spent())}, lock retry budget "
+            f"{seconds(backoff.policy.budget)}, each try waiting {seconds(backoff.policy.per_try)}")
 
 
 @functools.cache

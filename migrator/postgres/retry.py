@@ -259,7 +259,7 @@ class Probe:
         if self.blind is None:
             self.blind = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
             output.note(f"note: the lock probe cannot see the migration session ({self.blind}): until it connects "
-                        f"again, a DDL or LOCK statement running longer than {_seconds(self.per_try + self.floor)} "
+                        f"again, a DDL or LOCK statement running longer than {seconds_text(self.per_try + self.floor)} "
                         "is ended as a lock wait and retried, blockers unnamed; free a connection for it (the role's "
                         "CONNECTION LIMIT, max_connections)")
 
@@ -335,7 +335,7 @@ class TryBudget:
             return
         self.noted.add(statement.line)
         output.note(f"{path}:{statement.line}: the file's SET lock_timeout is overridden: each try waits at most "
-                    f"{_seconds(self.per_try_ms / 1000)} for its locks, then "
+                    f"{seconds_text(self.per_try_ms / 1000)} for its locks, then "
                     f"{'is retried' if self.retried else 'fails (the lock retry budget is 0: no retry)'} "
                     "(--ddl-lock-timeout sets that; remove the line from the file to drop this note)")
 
@@ -379,7 +379,7 @@ def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:
     if seen.waiting_for:
         text += f" waiting for {seen.waiting_for}"
     text += f"; blocked by {_who(seen)}"
-    text += (f"; try {backoff.tries} in {delay:.1f} s, {_seconds(backoff.left())} of the lock retry budget left")
+    text += (f"; try {backoff.tries} in {delay:.1f} s, {seconds_text(backoff.left())} of the lock retry budget left")
     schema = output.event_context().get("schema")
     output.progress(f"[{schema}] {text}" if schema else text, kind="lock_retry", file=str(exc.path), line=exc.line,
                     next_try=backoff.tries, delay_s=round(delay, 2), lock_timeout_s=backoff.policy.per_try,
@@ -392,8 +392,8 @@ def gave_up(exc, seen: Seen, backoff: Backoff):
     who = _who(seen)
     if seen.cancelled:  # the server says "canceling statement due to user request": say what ended it
         exc.cause = TryEnded(_not_granted(seen, backoff.policy))
-    retried = (f"gave up after {backoff.tries} tries in {_seconds(backoff.spent())} (lock retry budget "
-               f"{_seconds(backoff.policy.budget)}, each try waiting {_seconds(backoff.policy.per_try)})"
+    retried = (f"gave up after {backoff.tries} tries in {seconds_text(backoff.spent())} (lock retry budget "
+               f"{seconds_text(backoff.policy.budget)}, each try waiting {seconds_text(backoff.policy.per_try)})"
                if backoff.policy.budget else "not retried (lock retry budget 0)")
     way_out = autovacuum.advice(seen.blockers, backoff.policy.per_try, backoff.policy.quick_autovacuum_cancel)
     exc.todo = (f"{_at_commit(exc)}{retried}; blocked by {who}; {way_out or sessions.way_out(seen.blockers)} "
@@ -412,13 +412,14 @@ class TryEnded(RuntimeError):
 def _not_granted(seen: Seen, policy: Policy) -> str:
     """What ended the try, with the real wait: the probe's cancel, or lock_timeout as the statement had it."""
     if seen.cancelled and seen.blind:
-        return (f"ended by the runner after {_seconds(seen.waited or 0)}, past the try's {_seconds(policy.per_try)}, "
-                "taken as a lock wait: the lock probe was blind, so a wait could not be told from work")
+        return (f"ended by the runner after {seconds_text(seen.waited or 0)}, past the try's "
+                f"{seconds_text(policy.per_try)}, taken as a lock wait: the lock probe was blind, so a wait could not "
+                "be told from work")
     if seen.cancelled:
-        return (f"locks not all granted within the try's {_seconds(policy.per_try)} (ended by the runner after "
-                f"{_seconds(seen.waited or 0)} of lock waits in this try, holding the locks it got meanwhile)")
+        return (f"locks not all granted within the try's {seconds_text(policy.per_try)} (ended by the runner after "
+                f"{seconds_text(seen.waited or 0)} of lock waits in this try, holding the locks it got meanwhile)")
     waited = seen.lock_timeout if seen.lock_timeout is not None else policy.per_try
-    return f"lock not granted within {_seconds(waited)} (lock_timeout)"
+    return f"lock not granted within {seconds_text(waited)} (lock_timeout)"
 
 
 def _at_commit(exc) -> str:
@@ -434,28 +435,9 @@ def _who(seen: Seen) -> str:
     return "a session not seen in time"
 
 
-def _seconds(seconds: float) -> str:
+def seconds_text(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
         return f"{seconds:.1f} s".replace(".0 s", " s")
     return f"{int(seconds // 60)} min" + (f" {int(seconds % 60)} s" if int(seconds % 60) else "")
-
-
-def say_own_lock_retry(path, line: int, what: str, backoff: Backoff, delay: float) -> None:
-    """say_retry's line for a lock the runner asks for itself in the try (the bookkeeping lock before a COMMIT):
-    `what` names the lock and its holder."""
-    text = (f"{path}:{line}: {what}; try {backoff.tries} in {delay:.1f} s, {_seconds(backoff.left())} of the lock "
-            "retry budget left")
-    schema = output.event_context().get("schema")
-    output.progress(f"[{schema}] {text}" if schema else text, kind="lock_retry", file=str(path), line=line,
-                    next_try=backoff.tries, delay_s=round(delay, 2), lock_timeout_s=backoff.policy.per_try,
-                    budget_s=backoff.policy.budget, budget_left_s=round(backoff.left(), 1))
-
-
-def given_up(backoff: Backoff) -> str:
-    """How long a file was tried, for the final line: its tries, the budget, each try's lock_timeout."""
-    if not backoff.policy.budget:
-        return f"each try waiting {_seconds(backoff.policy.per_try)}, not retried (lock retry budget 0)"
-    return (f"gave up after {backoff.tries} tries in {_seconds(backoff.spent())}, lock retry budget "
-            f"{_seconds(backoff.policy.budget)}, each try waiting {_seconds(backoff.policy.per_try)}")
