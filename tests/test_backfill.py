@@ -218,3 +218,44 @@ def test_an_empty_batch_while_its_subquery_still_picks_rows_is_not_done(cli, db,
     assert "put the whole not-done condition inside it" in line
     assert "backfill done" not in result.stderr and applied(db) == [SEED]
     assert db.query(f"SELECT count(*) FROM {TABLE} WHERE tenant_id = 't1' AND ref IS NULL")[0][0] > 0
+
+
+def test_a_batch_bound_on_a_column_that_is_no_key_is_refused_before_anything_runs(cli, db, sql_dir):
+    """`tenant_id IN (SELECT tenant_id ... LIMIT 7)`: each "batch" is every row of the tenants picked, again and
+    again as rows come in (attack24d: rows changed 3+ times, app max 5.8 s). Only a key (or ctid) bounds a batch."""
+    filled(cli, db, sql_dir)
+    path = add_migration(sql_dir, "0002_ref", BACKFILL.replace(
+        f"WHERE id IN (SELECT id FROM {TABLE} WHERE ref IS NULL ORDER BY id LIMIT 7)",
+        f"WHERE tenant_id IN (SELECT tenant_id FROM {TABLE} WHERE ref IS NULL LIMIT 7)"))
+    line = one_error_line(migrate(cli, db, sql_dir))
+    assert line.startswith(f"error: {path}:4: `-- backfill: batch` at line 4 bounds its batch by tenant_id, which is "
+                           f"no key of public.{TABLE}"), line
+    assert "WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000) with id its primary key" in line
+    assert "nothing was run" in line and applied(db) == [SEED]
+    assert db.query("SELECT count(*) FROM batches") == [(0,)]
+    assert "ref" not in [c for (c,) in db.query(f"SELECT column_name FROM information_schema.columns "
+                                                f"WHERE table_name = '{TABLE}'")]
+
+
+def test_a_non_key_bound_on_a_table_the_run_creates_stops_before_its_first_batch(cli, db, sql_dir):
+    filled(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_new", "CREATE TABLE fresh (id int, grp int, done bool DEFAULT false);\n"
+                                       "INSERT INTO fresh SELECT g, g % 3 FROM generate_series(1, 20) g;\n")
+    add_migration(sql_dir, "0003_fill", "-- transactional: false\n-- backfill: batch\nUPDATE fresh SET done = true "
+                                        "WHERE grp IN (SELECT grp FROM fresh WHERE NOT done LIMIT 5);\n")
+    result = migrate(cli, db, sql_dir)
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "0003_fill.sql:3: failed to apply" in line, line
+    assert "bounds its batch by grp, which is no key of \"fresh\"" in line and "the statement did not run" in line
+    assert applied(db) == [SEED, "0002_new"] and db.query("SELECT count(*) FROM fresh WHERE done") == [(0,)]
+
+
+@pytest.mark.parametrize("limit,named", [("ALL", "LIMIT ALL"), ("1000000", "LIMIT 1000000 (more than 100000 rows"),
+                                         ("(SELECT 7)", "a LIMIT that is no number")])
+def test_a_limit_that_bounds_nothing_is_refused(cli, db, sql_dir, limit, named):
+    filled(cli, db, sql_dir)
+    path = add_migration(sql_dir, "0002_ref", BACKFILL.replace("ORDER BY id LIMIT 7", f"ORDER BY id LIMIT {limit}"))
+    line = one_error_line(migrate(cli, db, sql_dir))
+    assert line.startswith(f"error: {path}:3: `-- backfill: batch every 3`: the statement at line 4 bounds its batch "
+                           f"with {named}"), line
+    assert "use at most LIMIT 100000" in line and "nothing was run" in line and applied(db) == [SEED]

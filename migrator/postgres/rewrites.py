@@ -315,7 +315,7 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
     live table of more than `threshold` rows under a lock that stops the application; refused or accepted."""
     from pathlib import Path
 
-    from migrator.postgres import files
+    from migrator.postgres import backfill, files
 
     verdicts: list[Verdict] = []
     seen = risks.Seen()
@@ -327,6 +327,9 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
             seen.begin_file(migration.use_transactions)
             for statement in migration.steps[0].statements:
                 seen.read(statement.text)
+                if isinstance(statement, backfill.Batched) and statement.column != "ctid":
+                    live = live or _Live(connection, schema, threshold)
+                    _batch_key(path, statement, live, seen)
                 trees = risks.parse(statement.text, seen)
                 if not trees:
                     continue
@@ -352,6 +355,19 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
         if live is not None:
             live.close()
     return verdicts
+
+
+def _batch_key(path, statement, live, seen) -> None:
+    """A `-- backfill: batch` bounded by a column that is no key of its live table: refused before anything runs
+    (one of a table a pending statement creates is checked before its first batch)."""
+    from migrator.errors import USAGE, MigratorError
+    from migrator.postgres import backfill
+
+    table = _key_of(statement.table) if "." in statement.table else (None, statement.table.strip('"'))
+    found = None if seen.is_new(table, live) else live.table(seen.live_name(table, live))
+    if found is not None and not live.unique_column(found[0], statement.column):
+        raise MigratorError(f"{path}:{statement.line}: " + backfill.not_key(statement.line, statement.column, found[1])
+                            + " (nothing was run)", USAGE)
 
 
 def _key_of(relation: str) -> tuple[str, str]:

@@ -3,9 +3,9 @@
 touched while the application waits. risks.py finds them with the rest; `seen.altered` (table key -> the lock held)
 says which tables a transactional file has locked so far.
 
-An UPDATE or DELETE is refused unless it touches a bounded few rows: a `-- backfill: batch` shape (a LIMIT over its
-own table, backfill.batch_bound) or a top-level `key = constant` / `key IN (constants)` on a column with a unique
-index of its own. `WHERE region IS NULL` or `WHERE id > 0` may match every row: refused like no WHERE. A CREATE
+An UPDATE or DELETE is refused unless it touches a bounded few rows: a top-level `key = constant` / `key IN
+(constants)` on a column with a unique index of its own (a `LIMIT` batch shape is no bound here: all its batches
+would run under the lock). `WHERE region IS NULL` or `WHERE id > 0` may match every row: refused like no WHERE. A CREATE
 TABLE AS / SELECT INTO / INSERT ... SELECT reading a locked table is refused the same way (unless LIMITed).
 """
 
@@ -98,16 +98,13 @@ def _nodes(tree, kinds) -> list:
 
 
 def _bounded(write, live, table) -> bool:
-    """A bounded few rows: a `-- backfill: batch` shape, or `key = constant` / `key IN (constants)` (top-level AND)
-    on a column with a single-column unique index of the live table."""
+    """A bounded few rows: `key = constant` / `key IN (constants)` (top-level AND) on a column with a single-column
+    unique index of the live table. A batch bound (`id IN (SELECT id ... LIMIT n)`) is none here: under the lock
+    every batch runs in the same transaction, so the lock is held for all of them."""
     from pglast import ast, enums
-
-    from migrator.postgres import backfill
 
     if getattr(write, "whereClause", None) is None:  # (a MERGE has none: its join decides)
         return False
-    if backfill.batch_bound(write) is not None:
-        return True
     where = write.whereClause
     conditions = where.args if isinstance(where, ast.BoolExpr) and where.boolop == enums.BoolExprType.AND_EXPR \
         else [where]
