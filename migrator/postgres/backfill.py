@@ -40,7 +40,7 @@ SAFE = "WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000) wit
 _KEY = """
 SELECT EXISTS (SELECT FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
                ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-               WHERE i.indrelid = pg_catalog.to_regclass(%s) AND i.indisunique AND i.indisvalid
+               WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid
                AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = %s)
 """
 
@@ -75,8 +75,14 @@ class Batched(Statement):
             raise InTransaction(f"`-- backfill: batch` at line {self.line} runs inside the transaction this file opened "
                                 "(BEGIN): its batches could not commit one by one; remove the BEGIN around it")
         if self.column != "ctid":
-            cursor.execute(_KEY, (self.table, self.column))
-            if not cursor.fetchone()[0]:
+            from migrator.pinned import catalog_path
+
+            cursor.execute("SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid", (self.table,))  # on the file's path
+            oid = cursor.fetchone()[0]
+            with catalog_path(cursor):  # (pg_catalog's operators alone: the file's path may hold others)
+                cursor.execute(_KEY, (oid, self.column))
+                key = cursor.fetchone()[0]
+            if not key:
                 raise NotKey(not_key(self.line, self.column, self.table) + " (the statement did not run)")
         batches = rows = 0
         started = time.monotonic()
