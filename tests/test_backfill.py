@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import signal
+import time
 
 import pytest
 
@@ -259,3 +261,77 @@ def test_a_limit_that_bounds_nothing_is_refused(cli, db, sql_dir, limit, named):
     assert line.startswith(f"error: {path}:3: `-- backfill: batch every 3`: the statement at line 4 bounds its batch "
                            f"with {named}"), line
     assert "use at most LIMIT 100000" in line and "nothing was run" in line and applied(db) == [SEED]
+
+
+def test_a_failing_backfill_says_how_many_batches_committed_and_status_shows_it_partly_applied(cli, db, sql_dir):
+    """attack24d BF2: batch 5 fails after 4 committed batches; the line said "no statement of it committed" and
+    status "pending" though 28 rows were committed."""
+    filled(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid;"
+             "CREATE FUNCTION stop_at_30() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+             "IF NEW.id = 30 THEN RAISE EXCEPTION 'row 30 refused'; END IF; RETURN NEW; END $$;"
+             f"CREATE TRIGGER stop_at_30 BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION stop_at_30()")
+    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
+    line = one_error_line(migrate(cli, db, sql_dir))
+    assert "the backfill at line 3 COMMITTED 28 row(s) in 4 batch(es)" in line, line
+    assert "no statement of it committed" not in line
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL") == [(28,)]
+    status = cli("status", "--sql-dir", sql_dir, env=db.db_env()).output
+    assert "0002_ref" in status and "pending, PARTLY applied" in status, status
+
+
+def test_a_sigtermed_backfill_says_how_many_batches_committed(db, sql_dir, cli):
+    from test_progress import runner
+
+    filled(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid;"
+             "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); "
+             f"RETURN NEW; END $$; CREATE TRIGGER slow_row BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION "
+             "slow_row()")
+    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
+    proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url)
+    try:
+        for _ in range(300):  # until 3 batches committed
+            if db.query("SELECT count(*) FROM batches")[0][0] >= 3:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    found = re.search(r"the backfill at line 3 COMMITTED (\d+) row\(s\) in (\d+) batch\(es\)", err)
+    assert found and "no statement of it committed" not in err, err
+    done = db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL")[0][0]
+    assert int(found[1]) <= done <= int(found[1]) + 7 and int(found[2]) >= 3, (done, err)
+    status = cli("status", "--sql-dir", sql_dir, env=db.db_env()).output
+    assert "pending, PARTLY applied" in status, status
+
+
+def test_a_bound_naming_the_outer_statement_s_table_is_refused_before_anything_runs(cli, db, sql_dir):
+    """attack24d bf2/corr: `... AND x.tenant_id = m.tenant_id LIMIT ...`: the done check runs the subquery alone."""
+    filled(cli, db, sql_dir)
+    path = add_migration(sql_dir, "0002_ref", BACKFILL.replace(
+        f"UPDATE {TABLE} SET", f"UPDATE {TABLE} m SET").replace(
+        f"WHERE id IN (SELECT id FROM {TABLE} WHERE ref IS NULL ORDER BY id LIMIT 7)",
+        f"WHERE id IN (SELECT id FROM {TABLE} x WHERE x.ref IS NULL AND x.tenant_id = m.tenant_id LIMIT 7)"))
+    line = one_error_line(migrate(cli, db, sql_dir))
+    assert line.startswith(f"error: {path}:3: `-- backfill: batch every 3`: the subquery bounding the statement at "
+                           "line 4 names m, a table outside it, so it cannot run alone"), line
+    assert "nothing was run" in line and applied(db) == [SEED]
+
+
+def test_a_done_check_that_cannot_run_is_one_line_saying_the_batches_committed(cli, db, sql_dir):
+    """An unqualified column of the statement's FROM table in the subquery: the batches run, the check cannot."""
+    filled(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid; CREATE TABLE pick (tname text); INSERT INTO pick VALUES ('t1')")
+    add_migration(sql_dir, "0002_ref", f"-- transactional: false\n-- backfill: batch\nUPDATE {TABLE} SET ref = "
+                                       f"gen_random_uuid() FROM pick WHERE id IN (SELECT id FROM {TABLE} x WHERE "
+                                       "x.ref IS NULL AND x.tenant_id = tname LIMIT 7);\n")
+    result = migrate(cli, db, sql_dir)
+    line = one_error_line(result)
+    t1 = db.query(f"SELECT count(*) FROM {TABLE} WHERE tenant_id = 't1'")[0][0]
+    assert result.exit_code == 1 and "the check that no row is left (its subquery run alone) could not run: " \
+        'column "tname" does not exist' in line, line
+    assert f"the backfill at line 3 COMMITTED {t1} row(s) in" in line and applied(db) == [SEED]
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL") == [(t1,)]

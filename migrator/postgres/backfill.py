@@ -19,6 +19,7 @@ bounds that can pick none while rows remain (TABLESAMPLE, SKIP LOCKED, OFFSET, r
 
 from __future__ import annotations
 
+import contextvars
 import re
 import time
 from dataclasses import dataclass
@@ -53,7 +54,11 @@ class Bound(NamedTuple):
     column: str  # the statement's column the SELECT picks: a key of the table (or ctid), else a batch is no batch
     table: str  # the statement's table as written (quoted), for to_regclass()
     limit: str | None  # why its LIMIT is no bound (LIMIT ALL, a LIMIT over MAX_LIMIT, a non-constant one), or None
+    outer: str | None = None  # a table of the statement outside the SELECT that it names (it cannot run alone)
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
+# Told (statement, batches, rows) after each committed batch: the run records it, so whatever stops the run,
+# `status` says how much of the backfill committed (migration.Progress).
+COMMITTED = contextvars.ContextVar("backfill_committed", default=None)
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,6 @@ class Batched(Statement):
     def run(self, connection, cursor, path: Path, most: int = MAX_BATCHES) -> None:
         """Batches until one touches no row; a statement still touching rows after `most` batches (its own
         `max N` first) stops with one line: a WHERE that never leaves its done rows out would loop for ever."""
-        from migrator import output
-
         if connection.info.transaction_status != IDLE:
             raise InTransaction(f"`-- backfill: batch` at line {self.line} runs inside the transaction this file opened "
                                 "(BEGIN): its batches could not commit one by one; remove the BEGIN around it")
@@ -84,13 +87,26 @@ class Batched(Statement):
                 key = cursor.fetchone()[0]
             if not key:
                 raise NotKey(not_key(self.line, self.column, self.table) + " (the statement did not run)")
-        batches = rows = 0
+        counts = [0, 0]  # batches committed, their rows
+        try:
+            self._batches(cursor, path, most, counts)
+        except Exception as exc:  # (the batches committed before it: the error line and `status` say so)
+            exc.backfill_committed = (self.line, *counts)
+            raise
+
+    def _batches(self, cursor, path: Path, most: int, counts: list) -> None:
+        from migrator import output
+
         started = time.monotonic()
+        note = COMMITTED.get()
         while True:
             cursor.execute(self.text)  # autocommit (a non-transactional file): each batch commits here
             touched = max(cursor.rowcount, 0)
-            batches += 1
-            rows += touched
+            counts[0] += 1
+            counts[1] += touched
+            batches, rows = counts
+            if note is not None and touched:
+                note(self, batches, rows)
             if touched == 0:
                 self._confirm_done(cursor, batches, rows)
             if touched == 0 or batches % self.every == 0:
@@ -114,8 +130,20 @@ class Batched(Statement):
         while rows remain, and the migration must not be recorded as applied then."""
         if self.bound is None:
             return
-        cursor.execute(f"SELECT EXISTS ({self.bound})")
-        if cursor.fetchone()[0]:
+        import psycopg2
+
+        try:
+            cursor.execute(f"SELECT EXISTS ({self.bound})")
+            left = cursor.fetchone()[0]
+        except psycopg2.Error as exc:
+            from migrator.postgres.errors import server_message
+
+            raise NotDone(f"`-- backfill: batch` at line {self.line}: its {batches} batches ({rows} rows) COMMITTED and "
+                          "the last touched no row, but the check that no row is left (its subquery run alone) could "
+                          f"not run: {server_message(exc)}; so it is not recorded as applied: make the subquery "
+                          "runnable alone (WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000)) "
+                          "and run again") from exc
+        if left:
             raise NotDone(
                 f"`-- backfill: batch` at line {self.line}: its last batch touched no row, yet its subquery still "
                 f"picks rows, so rows remain to do ({rows} rows in {batches} committed batches stay committed): its "
@@ -208,6 +236,11 @@ def _read(path: Path, statements: list[Statement], transactional: bool):
             problems.append((line, f"{what}: the statement at line {statement.line} bounds its batch with {bound.reason}, "
                                    "which can pick no row while rows remain, so an empty batch would not mean done: "
                                    "use WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000)"))
+        elif bound is not None and bound.outer:
+            problems.append((line, f"{what}: the subquery bounding the statement at line {statement.line} names "
+                                   f"{bound.outer}, a table outside it, so it cannot run alone to check that the "
+                                   "backfill is done: name only the subquery's own table in it (WHERE id IN (SELECT "
+                                   "id FROM <its table> WHERE <not done> LIMIT 5000))"))
         elif bound is not None and bound.limit:
             problems.append((line, f"{what}: the statement at line {statement.line} bounds its batch with "
                                    f"{bound.limit}, which is no bound: each batch holds the row locks of all its rows "
@@ -333,4 +366,31 @@ def _checked(select, column: str, table: str) -> Bound:
     elif count is not None and count.val.ival > MAX_LIMIT:
         limit = f"LIMIT {count.val.ival} (more than {MAX_LIMIT} rows a batch)"
     select.lockingClause = None  # the check only reads: it must neither lock rows nor wait on them
-    return Bound(RawStream()(select), reason, column, table, limit)
+    return Bound(RawStream()(select), reason, column, table, limit, _outer(select))
+
+
+def _outer(select) -> str | None:
+    """The qualifier of a column the SELECT names that no table inside it is called (`m.tenant_id` of the UPDATE's
+    `m`): such a SELECT cannot run alone, as the done check runs it."""
+    from pglast import ast
+    from pglast.visitors import Visitor
+
+    names, qualifiers = set(), []
+
+    class Names(Visitor):
+        def visit_RangeVar(self, _ancestors, node):
+            names.add(node.alias.aliasname if node.alias else node.relname)
+
+        def visit_RangeSubselect(self, _ancestors, node):
+            if node.alias:
+                names.add(node.alias.aliasname)
+
+        def visit_CommonTableExpr(self, _ancestors, node):
+            names.add(node.ctename)
+
+        def visit_ColumnRef(self, _ancestors, node):
+            if len(node.fields) > 1 and isinstance(node.fields[-2], ast.String):
+                qualifiers.append(node.fields[-2].sval)
+
+    Names()(select)
+    return next((q for q in qualifiers if q not in names), None)
