@@ -124,6 +124,10 @@ WHERE c.relkind IN ('r', 'p') AND v.oid = (
   ORDER BY pg_catalog.array_position(%(path)s, xn.nspname::text) LIMIT 1)
 ORDER BY 1, 2
 """
+_DEFAULT_PARTITION = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_partitioned_table p JOIN pg_catalog.pg_class c ON c.oid = p.partdefid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE p.partrelid = %s
+"""
 _INDEX_COLUMNS = """
 SELECT a.attname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
@@ -228,6 +232,11 @@ class _Live:
         """((schema, table), through a view) of each table writing `name` locks: a view's, a partition's parents."""
         return [((row[0], row[1]), row[2]) for row in
                 self._rows(_BASES, {"name": name[1], "path": [name[0]] if name[0] else self.path})]
+
+    def default_partition(self, oid: int) -> tuple[str, str] | None:
+        """(schema, name) of the partitioned table's DEFAULT partition, if it has one."""
+        row = next(iter(self._rows(_DEFAULT_PARTITION, (oid,))), None)
+        return row and (row[0], row[1])
 
     def index_columns(self, oid: int, index: str) -> list[str]:
         return [row[0] for row in self._rows(_INDEX_COLUMNS, (oid, index))]

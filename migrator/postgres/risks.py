@@ -20,7 +20,8 @@ from migrator.postgres.risk_kinds import (  # noqa: F401
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
 _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|create\s+(?:unique\s+)?index|vacuum|cluster|reindex|"
-                        r"refresh\s+materialized)\b", re.IGNORECASE)
+                        r"refresh\s+materialized|create\s+(?:(?:global|local)\s+)?(?:unlogged\s+)?table\s+[^;]*?"
+                        r"\bpartition\s+of)\b", re.IGNORECASE)
 _FUNCTION = lazy_re.compile(r"\s*create\s+(?:or\s+replace\s+)?function\b", re.IGNORECASE)
 _COMMENTS = lazy_re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint only: `ALTER /* x */ TABLE` is parsed too)
 # A table a statement creates, read without the parser (pg_dump and people write it so; IF NOT EXISTS may
@@ -214,6 +215,9 @@ def risks(tree, line: int, live, seen: Seen):
         return seen.live_name(_name(range_var), live)
 
     reindex = enums.ReindexObjectType
+    if isinstance(tree, ast.CreateStmt) and tree.partbound is not None:  # (a DEFAULT partition's rows scanned)
+        yield from risks_objects.default_scan(tree.partbound, name(tree.inhRelations[0]), line, live, seen,
+                                              "CREATE TABLE ... PARTITION OF")
     if isinstance(tree, ast.IndexStmt) and tree.idxname:  # (its columns, for a later ADD PRIMARY KEY USING INDEX)
         seen.indexes[(live.key(name(tree.relation)), tree.idxname)] = [p.name for p in tree.indexParams]
     if isinstance(tree, ast.IndexStmt) and not tree.concurrent:
@@ -289,6 +293,7 @@ def _alter_table(tree, line: int, live, seen: Seen):
                        "expression")
         elif cmd.subtype == types.AT_AttachPartition:
             yield from risks_objects.attach(cmd, line, live, seen, seen.live_name(_name(cmd.def_.name), live))
+            yield from risks_objects.default_scan(cmd.def_.bound, name, line, live, seen, "ATTACH PARTITION")
         elif cmd.subtype == types.AT_SetNotNull:
             if cmd.name in seen.not_null.get(key, set()) or new:
                 continue
