@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import signal
+import time
 
 import pytest
 
@@ -218,3 +220,118 @@ def test_an_empty_batch_while_its_subquery_still_picks_rows_is_not_done(cli, db,
     assert "put the whole not-done condition inside it" in line
     assert "backfill done" not in result.stderr and applied(db) == [SEED]
     assert db.query(f"SELECT count(*) FROM {TABLE} WHERE tenant_id = 't1' AND ref IS NULL")[0][0] > 0
+
+
+def test_a_batch_bound_on_a_column_that_is_no_key_is_refused_before_anything_runs(cli, db, sql_dir):
+    """`tenant_id IN (SELECT tenant_id ... LIMIT 7)`: each "batch" is every row of the tenants picked, again and
+    again as rows come in (attack24d: rows changed 3+ times, app max 5.8 s). Only a key (or ctid) bounds a batch."""
+    filled(cli, db, sql_dir)
+    path = add_migration(sql_dir, "0002_ref", BACKFILL.replace(
+        f"WHERE id IN (SELECT id FROM {TABLE} WHERE ref IS NULL ORDER BY id LIMIT 7)",
+        f"WHERE tenant_id IN (SELECT tenant_id FROM {TABLE} WHERE ref IS NULL LIMIT 7)"))
+    line = one_error_line(migrate(cli, db, sql_dir))
+    assert line.startswith(f"error: {path}:4: `-- backfill: batch` at line 4 bounds its batch by tenant_id, which is "
+                           f"no key of public.{TABLE}"), line
+    assert "WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000) with id its primary key" in line
+    assert "nothing was run" in line and applied(db) == [SEED]
+    assert db.query("SELECT count(*) FROM batches") == [(0,)]
+    assert "ref" not in [c for (c,) in db.query(f"SELECT column_name FROM information_schema.columns "
+                                                f"WHERE table_name = '{TABLE}'")]
+
+
+def test_a_non_key_bound_on_a_table_the_run_creates_stops_before_its_first_batch(cli, db, sql_dir):
+    filled(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_new", "CREATE TABLE fresh (id int, grp int, done bool DEFAULT false);\n"
+                                       "INSERT INTO fresh SELECT g, g % 3 FROM generate_series(1, 20) g;\n")
+    add_migration(sql_dir, "0003_fill", "-- transactional: false\n-- backfill: batch\nUPDATE fresh SET done = true "
+                                        "WHERE grp IN (SELECT grp FROM fresh WHERE NOT done LIMIT 5);\n")
+    result = migrate(cli, db, sql_dir)
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "0003_fill.sql:3: failed to apply" in line, line
+    assert "bounds its batch by grp, which is no key of \"fresh\"" in line and "the statement did not run" in line
+    assert applied(db) == [SEED, "0002_new"] and db.query("SELECT count(*) FROM fresh WHERE done") == [(0,)]
+
+
+@pytest.mark.parametrize("limit,named", [("ALL", "LIMIT ALL"), ("1000000", "LIMIT 1000000 (more than 100000 rows"),
+                                         ("(SELECT 7)", "a LIMIT that is no number")])
+def test_a_limit_that_bounds_nothing_is_refused(cli, db, sql_dir, limit, named):
+    filled(cli, db, sql_dir)
+    path = add_migration(sql_dir, "0002_ref", BACKFILL.replace("ORDER BY id LIMIT 7", f"ORDER BY id LIMIT {limit}"))
+    line = one_error_line(migrate(cli, db, sql_dir))
+    assert line.startswith(f"error: {path}:3: `-- backfill: batch every 3`: the statement at line 4 bounds its batch "
+                           f"with {named}"), line
+    assert "use at most LIMIT 100000" in line and "nothing was run" in line and applied(db) == [SEED]
+
+
+def test_a_failing_backfill_says_how_many_batches_committed_and_status_shows_it_partly_applied(cli, db, sql_dir):
+    """attack24d BF2: batch 5 fails after 4 committed batches; the line said "no statement of it committed" and
+    status "pending" though 28 rows were committed."""
+    filled(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid;"
+             "CREATE FUNCTION stop_at_30() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+             "IF NEW.id = 30 THEN RAISE EXCEPTION 'row 30 refused'; END IF; RETURN NEW; END $$;"
+             f"CREATE TRIGGER stop_at_30 BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION stop_at_30()")
+    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
+    line = one_error_line(migrate(cli, db, sql_dir))
+    assert "the backfill at line 3 COMMITTED 28 row(s) in 4 batch(es)" in line, line
+    assert "no statement of it committed" not in line
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL") == [(28,)]
+    status = cli("status", "--sql-dir", sql_dir, env=db.db_env()).output
+    assert "0002_ref" in status and "pending, PARTLY applied" in status, status
+
+
+def test_a_sigtermed_backfill_says_how_many_batches_committed(db, sql_dir, cli):
+    from test_progress import runner
+
+    filled(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid;"
+             "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); "
+             f"RETURN NEW; END $$; CREATE TRIGGER slow_row BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION "
+             "slow_row()")
+    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
+    proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url)
+    try:
+        for _ in range(300):  # until 3 batches committed
+            if db.query("SELECT count(*) FROM batches")[0][0] >= 3:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    found = re.search(r"the backfill at line 3 COMMITTED (\d+) row\(s\) in (\d+) batch\(es\)", err)
+    assert found and "no statement of it committed" not in err, err
+    done = db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL")[0][0]
+    assert int(found[1]) <= done <= int(found[1]) + 7 and int(found[2]) >= 3, (done, err)
+    status = cli("status", "--sql-dir", sql_dir, env=db.db_env()).output
+    assert "pending, PARTLY applied" in status, status
+
+
+def test_a_bound_naming_the_outer_statement_s_table_is_refused_before_anything_runs(cli, db, sql_dir):
+    """attack24d bf2/corr: `... AND x.tenant_id = m.tenant_id LIMIT ...`: the done check runs the subquery alone."""
+    filled(cli, db, sql_dir)
+    path = add_migration(sql_dir, "0002_ref", BACKFILL.replace(
+        f"UPDATE {TABLE} SET", f"UPDATE {TABLE} m SET").replace(
+        f"WHERE id IN (SELECT id FROM {TABLE} WHERE ref IS NULL ORDER BY id LIMIT 7)",
+        f"WHERE id IN (SELECT id FROM {TABLE} x WHERE x.ref IS NULL AND x.tenant_id = m.tenant_id LIMIT 7)"))
+    line = one_error_line(migrate(cli, db, sql_dir))
+    assert line.startswith(f"error: {path}:3: `-- backfill: batch every 3`: the subquery bounding the statement at "
+                           "line 4 names m, a table outside it, so it cannot run alone"), line
+    assert "nothing was run" in line and applied(db) == [SEED]
+
+
+def test_a_done_check_that_cannot_run_is_one_line_saying_the_batches_committed(cli, db, sql_dir):
+    """An unqualified column of the statement's FROM table in the subquery: the batches run, the check cannot."""
+    filled(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid; CREATE TABLE pick (tname text); INSERT INTO pick VALUES ('t1')")
+    add_migration(sql_dir, "0002_ref", f"-- transactional: false\n-- backfill: batch\nUPDATE {TABLE} SET ref = "
+                                       f"gen_random_uuid() FROM pick WHERE id IN (SELECT id FROM {TABLE} x WHERE "
+                                       "x.ref IS NULL AND x.tenant_id = tname LIMIT 7);\n")
+    result = migrate(cli, db, sql_dir)
+    line = one_error_line(result)
+    t1 = db.query(f"SELECT count(*) FROM {TABLE} WHERE tenant_id = 't1'")[0][0]
+    assert result.exit_code == 1 and "the check that no row is left (its subquery run alone) could not run: " \
+        'column "tname" does not exist' in line, line
+    assert f"the backfill at line 3 COMMITTED {t1} row(s) in" in line and applied(db) == [SEED]
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL") == [(t1,)]

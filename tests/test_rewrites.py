@@ -295,12 +295,9 @@ def test_an_update_of_every_row_after_an_alter_table_in_the_same_transaction_is_
            f"row of public.{TABLE}" in result.stderr and "`-- backfill: batch`" in result.stderr
     add_migration(sql_dir, "0002_fill", f"ALTER TABLE {TABLE} ADD COLUMN state text;\n"
                                         f"UPDATE {TABLE} SET state = 'new' WHERE id = 1;\n"  # a row or a few: fine
-                                        f"DELETE FROM {TABLE} WHERE id IN (2, 3) AND state IS NULL;\n"
-                                        f"UPDATE {TABLE} SET state = 'b' WHERE id IN (SELECT id FROM {TABLE} "
-                                        "WHERE state IS NULL LIMIT 5);\n")  # one bounded batch
+                                        f"DELETE FROM {TABLE} WHERE id IN (2, 3) AND state IS NULL;\n")
     ok(migrate(cli, db, sql_dir, *SMALL))
-    assert db.query(f"SELECT count(*) FILTER (WHERE state = 'new'), count(*) FILTER (WHERE state = 'b') "
-                    f"FROM {TABLE}") == [(1, 5)]
+    assert db.query(f"SELECT count(*) FILTER (WHERE state = 'new'), count(*) FROM {TABLE}") == [(1, 48)]
 
 
 def test_a_backfill_in_the_alter_s_transaction_names_the_lock_and_the_marker_accepts_it(cli, db, sql_dir):
@@ -358,6 +355,10 @@ REFUSED_ELSEWHERE = {
                             f"CREATE TRIGGER t BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION f();\n"
                             f"UPDATE {TABLE} SET tenant_id = tenant_id WHERE tenant_id <> 'x';\n", 4,
                             "UPDATE whose WHERE is no bounded batch (it may match every row) in the transaction of an earlier CREATE TRIGGER of the table may write every row of"),
+    # a batch shape bounds nothing under the lock: in one transaction every batch runs while it is held (attack24d)
+    "batch_shape_after_alter": (f"ALTER TABLE {TABLE} ADD COLUMN state text;\nUPDATE {TABLE} SET state = 'b' WHERE id IN "
+                                f"(SELECT id FROM {TABLE} WHERE state IS NULL LIMIT 5);\n", 3,
+                                "UPDATE whose WHERE is no bounded batch (it may match every row) in the transaction of an earlier ALTER TABLE"),
     "lock_then_create_table_as": (f"LOCK TABLE {TABLE} IN SHARE MODE;\nCREATE TABLE hcm_copy AS SELECT * FROM {TABLE};\n",
                                   3, "a copy of its rows (CREATE TABLE AS / INSERT ... SELECT) in the transaction of an "
                                      "earlier LOCK TABLE of the table reads every row of"),
@@ -376,6 +377,9 @@ def test_a_rewrite_hidden_by_an_earlier_statement_or_spelling_is_refused(cli, db
     assert applied(db) == [SEED]
 
 
+DEFAULT_PARTITION = ("CREATE TABLE ev (id int) PARTITION BY RANGE (id); CREATE TABLE ev_p1 PARTITION OF ev FOR VALUES "
+                     "FROM (0) TO (1000); CREATE TABLE ev_def PARTITION OF ev DEFAULT; INSERT INTO ev SELECT "
+                     "generate_series(5001, 5050); ANALYZE ev_def")
 # (live setup, file text, the line of the refused statement, what its refusal says up to the table's size)
 REFUSED_OTHER_OBJECTS = {
     "refresh_matview": (f"CREATE MATERIALIZED VIEW mv AS SELECT * FROM {TABLE}; ANALYZE mv",
@@ -409,6 +413,14 @@ REFUSED_OTHER_OBJECTS = {
                                          "KEY USING INDEX u_k;\n", 2,
                                          "ADD PRIMARY KEY USING INDEX u_k (an implied SET NOT NULL k without a validated "
                                          f"CHECK (k IS NOT NULL)) scans public.{TABLE} (~50 rows"),
+    # a new partition's range checked against a big DEFAULT partition's rows, under ACCESS EXCLUSIVE (attack24d PD)
+    "partition_of_with_default": (DEFAULT_PARTITION, "CREATE TABLE ev_p2 PARTITION OF ev FOR VALUES FROM (1000) TO (2000);\n",
+                                  2, "CREATE TABLE ... PARTITION OF (a new partition of ev) without a validated CHECK on "
+                                     "the DEFAULT partition excluding its range scans public.ev_def (~50 rows"),
+    "attach_with_default": (DEFAULT_PARTITION + "; CREATE TABLE ev_p2 (id int)",
+                            "ALTER TABLE ev ATTACH PARTITION ev_p2 FOR VALUES FROM (1000) TO (2000);\n", 2,
+                            "ATTACH PARTITION (a new partition of ev) without a validated CHECK on the DEFAULT partition "
+                            "excluding its range scans public.ev_def (~50 rows"),
     "domain_constraint": (f"CREATE DOMAIN posint AS int; ALTER TABLE {TABLE} ADD COLUMN p posint",
                           "ALTER DOMAIN posint ADD CONSTRAINT pos CHECK (VALUE >= 0);\n", 2,
                           f"ALTER DOMAIN posint ADD CONSTRAINT pos without NOT VALID scans public.{TABLE} (~50 rows"),
@@ -494,3 +506,14 @@ def test_a_primary_key_using_a_pending_index_is_judged_by_its_columns_or_said_un
     (sql_dir / "0003_key.sql").unlink()
     ok(migrate(cli, db, sql_dir, *SMALL))
     assert applied(db)[-1] == "0005_key"
+
+
+def test_a_new_partition_passes_once_a_validated_check_on_the_default_partition_excludes_its_range(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    db.query(DEFAULT_PARTITION)
+    add_migration(sql_dir, "0002_check", "ALTER TABLE ev_def ADD CONSTRAINT not_p2 CHECK (id < 1000 OR id >= 2000) "
+                                         "NOT VALID;\n")
+    add_migration(sql_dir, "0003_validate", "ALTER TABLE ev_def VALIDATE CONSTRAINT not_p2;\n")
+    add_migration(sql_dir, "0004_p2", "CREATE TABLE ev_p2 PARTITION OF ev FOR VALUES FROM (1000) TO (2000);\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert db.query("SELECT count(*) FROM pg_inherits WHERE inhparent = 'ev'::regclass") == [(3,)]

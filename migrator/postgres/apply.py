@@ -78,7 +78,8 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
 
 def _record_failed(backend, migration, exc: StatementFailed, prefix: str) -> None:
     """On the run's own connection: what a failed non-transactional file left committed (or that it left nothing)."""
-    if exc.done or concurrently.is_concurrent(exc.statement.text) or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
+    batches = (getattr(exc.cause, "backfill_committed", None) or (0, 0, 0))[1]  # a backfill's committed batches
+    if exc.done or batches or concurrently.is_concurrent(exc.statement.text) or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
         checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {exc.committed()}")
     elif migration.earlier_failure is None:  # only this run's "started" record: nothing committed
         checksums.clear_failures(backend, [migration.id])

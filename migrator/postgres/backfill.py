@@ -19,10 +19,12 @@ bounds that can pick none while rows remain (TABLESAMPLE, SKIP LOCKED, OFFSET, r
 
 from __future__ import annotations
 
+import contextvars
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from migrator import lazy_re
 from migrator.errors import USAGE, MigratorError
@@ -33,7 +35,30 @@ _VALUE = lazy_re.compile(r"batch(?:\s+every\s+([1-9][0-9]{0,5}))?(?:\s+max\s+([1
 _MENTIONED = lazy_re.compile("backfill", re.IGNORECASE)
 EVERY = 10
 MAX_BATCHES = 100_000  # default most batches of one statement: 500 M rows at 5,000 a batch, yet never for ever
+MAX_LIMIT = 100_000  # a batch's most rows: more holds its row locks (and the application) for seconds
+SAFE = "WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000) with id its primary key"
+# A single-column unique index without predicate on the column: the bound's rows are exactly the batch's rows.
+_KEY = """
+SELECT EXISTS (SELECT FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+               ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+               WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid
+               AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = %s)
+"""
+
+
+class Bound(NamedTuple):
+    """What bounds a batched statement's batch."""
+
+    select: str  # the bound's SELECT without its locking clause (empty once no row is left: see _confirm_done)
+    reason: str | None  # what in it can pick no row while rows remain (TABLESAMPLE, SKIP LOCKED, ...), or None
+    column: str  # the statement's column the SELECT picks: a key of the table (or ctid), else a batch is no batch
+    table: str  # the statement's table as written (quoted), for to_regclass()
+    limit: str | None  # why its LIMIT is no bound (LIMIT ALL, a LIMIT over MAX_LIMIT, a non-constant one), or None
+    outer: str | None = None  # a table of the statement outside the SELECT that it names (it cannot run alone)
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
+# Told (statement, batches, rows) after each committed batch: the run records it, so whatever stops the run,
+# `status` says how much of the backfill committed (migration.Progress).
+COMMITTED = contextvars.ContextVar("backfill_committed", default=None)
 
 
 @dataclass(frozen=True)
@@ -43,22 +68,45 @@ class Batched(Statement):
     every: int = EVERY  # a progress line every this many batches
     most: int | None = None  # `max N`: its most batches (else the run's BACKFILL_MAX_BATCHES)
     bound: str | None = None  # the SELECT picking a batch's rows: empty once no row is left (see _confirm_done)
+    column: str = "ctid"  # the column the bound picks (checked to be a key before the first batch)
+    table: str = ""  # the statement's table, as written
 
     def run(self, connection, cursor, path: Path, most: int = MAX_BATCHES) -> None:
         """Batches until one touches no row; a statement still touching rows after `most` batches (its own
         `max N` first) stops with one line: a WHERE that never leaves its done rows out would loop for ever."""
-        from migrator import output
-
         if connection.info.transaction_status != IDLE:
             raise InTransaction(f"`-- backfill: batch` at line {self.line} runs inside the transaction this file opened "
                                 "(BEGIN): its batches could not commit one by one; remove the BEGIN around it")
-        batches = rows = 0
+        if self.column != "ctid":
+            from migrator.pinned import catalog_path
+
+            cursor.execute("SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid", (self.table,))  # on the file's path
+            oid = cursor.fetchone()[0]
+            with catalog_path(cursor):  # (pg_catalog's operators alone: the file's path may hold others)
+                cursor.execute(_KEY, (oid, self.column))
+                key = cursor.fetchone()[0]
+            if not key:
+                raise NotKey(not_key(self.line, self.column, self.table) + " (the statement did not run)")
+        counts = [0, 0]  # batches committed, their rows
+        try:
+            self._batches(cursor, path, most, counts)
+        except Exception as exc:  # (the batches committed before it: the error line and `status` say so)
+            exc.backfill_committed = (self.line, *counts)
+            raise
+
+    def _batches(self, cursor, path: Path, most: int, counts: list) -> None:
+        from migrator import output
+
         started = time.monotonic()
+        note = COMMITTED.get()
         while True:
             cursor.execute(self.text)  # autocommit (a non-transactional file): each batch commits here
             touched = max(cursor.rowcount, 0)
-            batches += 1
-            rows += touched
+            counts[0] += 1
+            counts[1] += touched
+            batches, rows = counts
+            if note is not None and touched:
+                note(self, batches, rows)
             if touched == 0:
                 self._confirm_done(cursor, batches, rows)
             if touched == 0 or batches % self.every == 0:
@@ -82,13 +130,39 @@ class Batched(Statement):
         while rows remain, and the migration must not be recorded as applied then."""
         if self.bound is None:
             return
-        cursor.execute(f"SELECT EXISTS ({self.bound})")
-        if cursor.fetchone()[0]:
+        import psycopg2
+
+        try:
+            cursor.execute(f"SELECT EXISTS ({self.bound})")
+            left = cursor.fetchone()[0]
+        except psycopg2.Error as exc:
+            from migrator.postgres.errors import server_message
+
+            raise NotDone(f"`-- backfill: batch` at line {self.line}: its {batches} batches ({rows} rows) COMMITTED and "
+                          "the last touched no row, but the check that no row is left (its subquery run alone) could "
+                          f"not run: {server_message(exc)}; so it is not recorded as applied: make the subquery "
+                          "runnable alone (WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000)) "
+                          "and run again") from exc
+        if left:
             raise NotDone(
                 f"`-- backfill: batch` at line {self.line}: its last batch touched no row, yet its subquery still "
                 f"picks rows, so rows remain to do ({rows} rows in {batches} committed batches stay committed): its "
                 "WHERE outside the subquery leaves the picked rows out; put the whole not-done condition inside it "
                 "(WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000)) and run again")
+
+
+def not_key(line: int, column: str, table: str) -> str:
+    """The one line for a batch bound on a column that is no key of its table."""
+    return (f"`-- backfill: batch` at line {line} bounds its batch by {column}, which is no key of {table} (no "
+            f"unique index on exactly it): a batch would write every row sharing the picked values, again and "
+            f"again as rows come in; use {SAFE}, or WHERE ctid = ANY(ARRAY(SELECT ctid FROM <its table> WHERE "
+            "<not done> LIMIT 5000))")
+
+
+class NotKey(Exception):
+    """A batched backfill bound by a column that is no key (so it fails as a statement, before its first batch)."""
+
+    pgcode = "42P10"
 
 
 class NotDone(Exception):
@@ -158,10 +232,19 @@ def _read(path: Path, statements: list[Statement], transactional: bool):
         elif statement is None or between.strip() and not all(
                 part.strip().startswith("--") for part in between.strip().splitlines()):
             problems.append((line, f"{what} must come right before the UPDATE or DELETE it repeats"))
-        elif (bound := _bound(statement.text)) is not None and bound[1]:
-            problems.append((line, f"{what}: the statement at line {statement.line} bounds its batch with {bound[1]}, "
+        elif (bound := _bound(statement.text)) is not None and bound.reason:
+            problems.append((line, f"{what}: the statement at line {statement.line} bounds its batch with {bound.reason}, "
                                    "which can pick no row while rows remain, so an empty batch would not mean done: "
                                    "use WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000)"))
+        elif bound is not None and bound.outer:
+            problems.append((line, f"{what}: the subquery bounding the statement at line {statement.line} names "
+                                   f"{bound.outer}, a table outside it, so it cannot run alone to check that the "
+                                   "backfill is done: name only the subquery's own table in it (WHERE id IN (SELECT "
+                                   "id FROM <its table> WHERE <not done> LIMIT 5000))"))
+        elif bound is not None and bound.limit:
+            problems.append((line, f"{what}: the statement at line {statement.line} bounds its batch with "
+                                   f"{bound.limit}, which is no bound: each batch holds the row locks of all its rows "
+                                   f"until it commits; use at most LIMIT {MAX_LIMIT} (5000 is a good batch)"))
         elif bound is None:
             problems.append((line, f"{what}: the statement at line {statement.line} must be an UPDATE or DELETE "
                                    "that touches a bounded batch of its own table's rows: WHERE id IN (SELECT id FROM "
@@ -170,11 +253,12 @@ def _read(path: Path, statements: list[Statement], transactional: bool):
                                    "table bounds that table's rows, not the batch"))
         else:
             found[index] = Batched(statement.text, statement.line, statement.offset, statement.terminated,
-                                   int(value[1] or EVERY), int(value[2]) if value[2] else None, bound[0])
+                                   int(value[1] or EVERY), int(value[2]) if value[2] else None, bound.select,
+                                   bound.column, bound.table)
     return found, problems
 
 
-def _bound(text: str) -> tuple[str, str | None] | None:
+def _bound(text: str) -> Bound | None:
     """None unless an UPDATE or DELETE (its own rows counted: no final SELECT over a WITH) whose WHERE bounds the
     rows of its own table, read with PostgreSQL's parser (pglast), never in a string or a comment: a top-level
     condition `col IN (SELECT col FROM <its table> ... LIMIT n)` (or `= ANY(...)`, `= (SELECT ...)`, a WITH query of
@@ -194,11 +278,12 @@ def _bound(text: str) -> tuple[str, str | None] | None:
     return batch_bound(trees[0])
 
 
-def batch_bound(tree) -> tuple[str, str | None] | None:
-    """_bound of a parsed UPDATE or DELETE (risks.py asks it too: a bounded batch is no write of every row)."""
+def batch_bound(tree) -> Bound | None:
+    """_bound of a parsed UPDATE or DELETE."""
     from pglast import ast, enums
 
     target = (tree.relation.schemaname, tree.relation.relname)
+    table = ".".join('"' + part.replace('"', '""') + '"' for part in target if part)
     ctes = {cte.ctename: cte.ctequery for cte in (tree.withClause.ctes if tree.withClause else ())}
     where = tree.whereClause
     conditions = where.args if isinstance(where, ast.BoolExpr) and where.boolop == enums.BoolExprType.AND_EXPR \
@@ -234,26 +319,26 @@ def batch_bound(tree) -> tuple[str, str | None] | None:
         if isinstance(condition, ast.SubLink) and condition.subLinkType == enums.SubLinkType.ANY_SUBLINK:
             name = column(condition.testexpr)
             if name and over_target(condition.subselect, name):
-                return _checked(found[-1])
+                return _checked(found[-1], name, table)
         elif isinstance(condition, ast.A_Expr) and isinstance(condition.rexpr, ast.SubLink) \
                 and [n.sval for n in condition.name] == ["="]:
             name, link = column(condition.lexpr), condition.rexpr
             if name and link.subLinkType in (enums.SubLinkType.ARRAY_SUBLINK, enums.SubLinkType.EXPR_SUBLINK) \
                     and over_target(link.subselect, name):
-                return _checked(found[-1])
+                return _checked(found[-1], name, table)
         elif isinstance(condition, ast.A_Expr) and condition.kind == enums.A_Expr_Kind.AEXPR_OP_ANY \
                 and isinstance(condition.rexpr, ast.SubLink):
             name = column(condition.lexpr)
             if name and over_target(condition.rexpr.subselect, name):
-                return _checked(found[-1])
+                return _checked(found[-1], name, table)
     return None
 
 
 _RANDOM = {"random", "random_normal", "setseed"}
 
 
-def _checked(select) -> tuple[str, str | None]:
-    """(the bound's SELECT without its locking clause, what in it can pick no row while rows remain, or None)."""
+def _checked(select, column: str, table: str) -> Bound:
+    """The Bound of a batch picked by `select` (its `column`s of `table`)."""
     from pglast import ast, enums
     from pglast.stream import RawStream
     from pglast.visitors import Visitor
@@ -273,5 +358,39 @@ def _checked(select) -> tuple[str, str | None]:
                                         for clause in select.lockingClause or ())
               else "OFFSET" if select.limitOffset is not None
               else f"{sorted(calls.names & _RANDOM)[0]}()" if calls.names & _RANDOM else None)
+    count, limit = select.limitCount, None
+    if isinstance(count, ast.A_Const) and count.isnull:
+        limit = "LIMIT ALL"
+    elif count is not None and not (isinstance(count, ast.A_Const) and isinstance(count.val, ast.Integer)):
+        limit = f"a LIMIT that is no number ({RawStream()(count)})"
+    elif count is not None and count.val.ival > MAX_LIMIT:
+        limit = f"LIMIT {count.val.ival} (more than {MAX_LIMIT} rows a batch)"
     select.lockingClause = None  # the check only reads: it must neither lock rows nor wait on them
-    return RawStream()(select), reason
+    return Bound(RawStream()(select), reason, column, table, limit, _outer(select))
+
+
+def _outer(select) -> str | None:
+    """The qualifier of a column the SELECT names that no table inside it is called (`m.tenant_id` of the UPDATE's
+    `m`): such a SELECT cannot run alone, as the done check runs it."""
+    from pglast import ast
+    from pglast.visitors import Visitor
+
+    names, qualifiers = set(), []
+
+    class Names(Visitor):
+        def visit_RangeVar(self, _ancestors, node):
+            names.add(node.alias.aliasname if node.alias else node.relname)
+
+        def visit_RangeSubselect(self, _ancestors, node):
+            if node.alias:
+                names.add(node.alias.aliasname)
+
+        def visit_CommonTableExpr(self, _ancestors, node):
+            names.add(node.ctename)
+
+        def visit_ColumnRef(self, _ancestors, node):
+            if len(node.fields) > 1 and isinstance(node.fields[-2], ast.String):
+                qualifiers.append(node.fields[-2].sval)
+
+    Names()(select)
+    return next((q for q in qualifiers if q not in names), None)

@@ -81,7 +81,8 @@ class StatementFailed(Exception):
         if getattr(self, "left_pending", None):  # DETACH PARTITION CONCURRENTLY (detach.py)
             failed = (f"statement {self.index + 1} stopped part-way, the first of its two transactions COMMITTED: "
                       f"partition {self.left_pending} is left pending detach (still attached for the parent's queries)")
-        done = progress(self.statements, self.done, f"{failed}; the rest did not run")
+        done = progress(self.statements, self.done, f"{failed}; the rest did not run",
+                        getattr(self.cause, "backfill_committed", None))
         if self.opened is not None:
             done += (f"; statements {self.opened + 1}-{self.index + 1} ran inside the transaction the file opened "
                      f"at line {self.statements[self.opened].line}, which rolled back")
@@ -104,8 +105,14 @@ def display_width(text: str) -> int:
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
-def progress(statements, done: int, then: str) -> str:
-    """What a non-transactional file committed, in words: `done` statements, then what happened."""
+def progress(statements, done: int, then: str, batches: tuple[int, int, int] | None = None) -> str:
+    """What a non-transactional file committed, in words: `done` statements, then what happened; `batches` (line,
+    batches, rows): what the `-- backfill: batch` statement after them committed before it stopped."""
+    if batches and batches[1]:
+        part = f"the backfill at line {batches[0]} COMMITTED {batches[2]} row(s) in {batches[1]} batch(es)"
+        if done == 0:
+            return f"not transactional: {part} (no statement before it); {then}"
+        then = f"{part}; {then}"
     if done == 0:
         return f"{NOTHING_COMMITTED}; {then}"
     if done == 1:  # (not "statements 1-1 of 1")

@@ -168,6 +168,15 @@ class Progress:
         _on_run_session(self.backend.connection, self.statements, done,
                         lambda: checksums.record_failure(self.backend, self.migration.id, what))
 
+    def batched(self, statement, batches: int, rows: int) -> None:
+        """A `-- backfill: batch` statement committed another batch (the statements before it all committed)."""
+        done = next(i for i, s in enumerate(self.statements) if s is statement)
+        then = (f"interrupted in statement {done + 1} (line {statement.line}), whose later batches may or may not have "
+                "committed; a rerun goes on where it stopped")
+        what = self.prefix + progress(self.statements, done, then, (statement.line, batches, rows))
+        _on_run_session(self.backend.connection, self.statements, done,
+                        lambda: checksums.record_failure(self.backend, self.migration.id, what))
+
 
 def _uncommitted(migration, rollback: bool, how: str, option: str = "--lock-timeout") -> str:
     """What a refused bookkeeping lock leaves (bookkeeping_lock.Recording): nothing of this file; every change the
@@ -273,10 +282,14 @@ def _migration_class():
             # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
             guard = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
             started = time.monotonic()
-            if recording is not None and transactional:
-                _run_then_lock(backend, migration, path, statements, guard, recording, rollback)
-            else:
-                run_retrying(backend, migration, path, statements, transactional, progress, guard)
+            token = backfill.COMMITTED.set(progress and progress.batched)
+            try:
+                if recording is not None and transactional:
+                    _run_then_lock(backend, migration, path, statements, guard, recording, rollback)
+                else:
+                    run_retrying(backend, migration, path, statements, transactional, progress, guard)
+            finally:
+                backfill.COMMITTED.reset(token)
             try:
                 migration.record_after_commit = not checksums.record(
                     backend.connection, backend.bookkeeping_schema, migration.id, sha, guard and guard.expected)

@@ -101,6 +101,33 @@ _UNIQUE = """
 SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
 WHERE i.indrelid = %s AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = %s LIMIT 1
 """
+# A unique index (no predicate, no expression) whose key columns are all among the given ones: one row at most.
+_UNIQUE_WITHIN = """
+SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = %(oid)s AND i.indisunique AND i.indpred IS NULL
+  AND i.indexprs IS NULL AND NOT EXISTS (
+    SELECT FROM pg_catalog.generate_series(0, i.indnkeyatts - 1) k JOIN pg_catalog.pg_attribute a
+    ON a.attrelid = i.indrelid AND a.attnum = i.indkey[k] WHERE a.attname <> ALL(%(columns)s::pg_catalog.name[]))
+LIMIT 1
+"""
+# The tables a writing statement on a relation locks too: a view's (one level), a partition's ancestors.
+_BASES = """
+SELECT n.nspname, c.relname, v.relkind = 'v' FROM pg_catalog.pg_class v
+JOIN LATERAL (SELECT d.refobjid FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d
+              ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+              WHERE r.ev_class = v.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+              AND d.refobjid <> v.oid
+              UNION SELECT a.relid FROM pg_catalog.pg_partition_ancestors(v.oid) a WHERE a.relid <> v.oid) b ON true
+JOIN pg_catalog.pg_class c ON c.oid = b.refobjid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND v.oid = (
+  SELECT x.oid FROM pg_catalog.pg_class x JOIN pg_catalog.pg_namespace xn ON xn.oid = x.relnamespace
+  WHERE x.relname = %(name)s AND xn.nspname = ANY(%(path)s)
+  ORDER BY pg_catalog.array_position(%(path)s, xn.nspname::text) LIMIT 1)
+ORDER BY 1, 2
+"""
+_DEFAULT_PARTITION = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_partitioned_table p JOIN pg_catalog.pg_class c ON c.oid = p.partdefid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE p.partrelid = %s
+"""
 _INDEX_COLUMNS = """
 SELECT a.attname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
@@ -196,6 +223,20 @@ class _Live:
     def unique_column(self, oid: int, column: str) -> bool:
         """A single-column unique index (no predicate) on the column: `column = constant` is one row at most."""
         return bool(self._rows(_UNIQUE, (oid, column)))
+
+    def unique_within(self, oid: int, columns: list[str]) -> bool:
+        """A unique index whose key columns are all among `columns`: `a = 1 AND b = 2` on it is one row at most."""
+        return bool(self._rows(_UNIQUE_WITHIN, {"oid": oid, "columns": columns}))
+
+    def bases(self, name: tuple[str | None, str]) -> list[tuple[tuple[str, str], bool]]:
+        """((schema, table), through a view) of each table writing `name` locks: a view's, a partition's parents."""
+        return [((row[0], row[1]), row[2]) for row in
+                self._rows(_BASES, {"name": name[1], "path": [name[0]] if name[0] else self.path})]
+
+    def default_partition(self, oid: int) -> tuple[str, str] | None:
+        """(schema, name) of the partitioned table's DEFAULT partition, if it has one."""
+        row = next(iter(self._rows(_DEFAULT_PARTITION, (oid,))), None)
+        return row and (row[0], row[1])
 
     def index_columns(self, oid: int, index: str) -> list[str]:
         return [row[0] for row in self._rows(_INDEX_COLUMNS, (oid, index))]
@@ -315,7 +356,7 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
     live table of more than `threshold` rows under a lock that stops the application; refused or accepted."""
     from pathlib import Path
 
-    from migrator.postgres import files
+    from migrator.postgres import backfill, files
 
     verdicts: list[Verdict] = []
     seen = risks.Seen()
@@ -327,6 +368,9 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
             seen.begin_file(migration.use_transactions)
             for statement in migration.steps[0].statements:
                 seen.read(statement.text)
+                if isinstance(statement, backfill.Batched) and statement.column != "ctid":
+                    live = live or _Live(connection, schema, threshold)
+                    _batch_key(path, statement, live, seen)
                 trees = risks.parse(statement.text, seen)
                 if not trees:
                     continue
@@ -352,6 +396,19 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
         if live is not None:
             live.close()
     return verdicts
+
+
+def _batch_key(path, statement, live, seen) -> None:
+    """A `-- backfill: batch` bounded by a column that is no key of its live table: refused before anything runs
+    (one of a table a pending statement creates is checked before its first batch)."""
+    from migrator.errors import USAGE, MigratorError
+    from migrator.postgres import backfill
+
+    table = _key_of(statement.table) if "." in statement.table else (None, statement.table.strip('"'))
+    found = None if seen.is_new(table, live) else live.table(seen.live_name(table, live))
+    if found is not None and not live.unique_column(found[0], statement.column):
+        raise MigratorError(f"{path}:{statement.line}: " + backfill.not_key(statement.line, statement.column, found[1])
+                            + " (nothing was run)", USAGE)
 
 
 def _key_of(relation: str) -> tuple[str, str]:

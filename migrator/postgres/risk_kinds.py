@@ -40,6 +40,9 @@ INSTEAD = {
                    "trigger, then swapped in a short transaction; or a maintenance window"),
     "attach": ("ADD CONSTRAINT ... CHECK (<the partition bound>) NOT VALID on it, VALIDATE CONSTRAINT in a later "
                "file, then ATTACH PARTITION (no scan once a validated CHECK implies the bound), then drop the CHECK"),
+    "default partition": ("ADD CONSTRAINT ... CHECK (NOT (<the new partition's range>)) NOT VALID on the DEFAULT "
+                          "partition, VALIDATE CONSTRAINT in a later file, then create or attach the partition (no "
+                          "scan once a validated CHECK excludes its range)"),
     "domain": ("ALTER DOMAIN ... ADD CONSTRAINT ... NOT VALID, then ALTER DOMAIN ... VALIDATE CONSTRAINT in a later "
                "file, off-peak"),
 }

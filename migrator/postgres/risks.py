@@ -20,7 +20,8 @@ from migrator.postgres.risk_kinds import (  # noqa: F401
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
 _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|create\s+(?:unique\s+)?index|vacuum|cluster|reindex|"
-                        r"refresh\s+materialized)\b", re.IGNORECASE)
+                        r"refresh\s+materialized|create\s+(?:(?:global|local)\s+)?(?:unlogged\s+)?table\s+[^;]*?"
+                        r"\bpartition\s+of)\b", re.IGNORECASE)
 _FUNCTION = lazy_re.compile(r"\s*create\s+(?:or\s+replace\s+)?function\b", re.IGNORECASE)
 _COMMENTS = lazy_re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint only: `ALTER /* x */ TABLE` is parsed too)
 # A table a statement creates, read without the parser (pg_dump and people write it so; IF NOT EXISTS may
@@ -34,7 +35,14 @@ _LOADS = lazy_re.compile(rf"\s*(?:insert\s+into\s+{_NAME}(?:\s*\.\s*{_NAME})?(?:
                          rf"|copy\s+{_NAME}(?:\s*\.\s*{_NAME})?[^;]*?\bfrom\b)", re.IGNORECASE)
 _WRITES = lazy_re.compile(r"\s*(?:update|delete|merge|with|lock|create\s+(?:or\s+replace\s+)?(?:constraint\s+)?trigger)\b",
                           re.IGNORECASE)
-_STORES = lazy_re.compile(r"\s*(?:insert|select|create)\b", re.IGNORECASE)  # read once the file's transaction locks
+_STORES = lazy_re.compile(r"\s*(?:insert|select|create|do)\b", re.IGNORECASE)  # read once the file's transaction locks
+# statements that lock a table until the transaction's end (risks_writes.lock_taken)
+_TAKES = lazy_re.compile(r"\s*(?:drop\s+index|(?:create|alter)\s+policy|create\s+(?:(?:global|local)\s+)?(?:unlogged\s+)?"
+                         r"table\b.*\breferences\b)", re.IGNORECASE | re.DOTALL)
+# a non-transactional file's own transaction block: its statements hold their locks until its end, as a file's
+_BEGIN = lazy_re.compile(r"\s*(?:begin|start\s+transaction)\b", re.IGNORECASE)
+_END = lazy_re.compile(r"\s*(?:commit|end|abort|rollback)\b(?!\s+(?:work\s+|transaction\s+)?(?:to|prepared)\b)",
+                       re.IGNORECASE)
 _RENAMES = lazy_re.compile(r"\s*alter\s+table\b.*\brename\b", re.IGNORECASE | re.DOTALL)
 _SEARCH_PATH = re.compile(r"\s*set\s+(?:session\s+|local\s+)?search_path\s*(?:to|=)\s*(?P<first>\"(?:[^\"]|\"\")*\"|[^\s,;]+)",
                           re.IGNORECASE)
@@ -58,9 +66,12 @@ class Seen:
     checked: set = field(default_factory=set)  # table keys a pending statement gave a validated CHECK
     loaded: set = field(default_factory=set)  # tables a pending statement loads rows into (INSERT ... SELECT, COPY)
     indexes: dict = field(default_factory=dict)  # (table key, index name) -> its columns: a pending CREATE INDEX's
+    views: dict = field(default_factory=dict)  # view key -> the tables it reads: a CREATE VIEW of a locked file's
+    transactional: bool = True  # the file runs in one transaction (else only its own BEGIN ... COMMIT blocks)
 
     def begin_file(self, transactional: bool) -> None:
         self.altered = {} if transactional else None
+        self.transactional = transactional
         self.schema = None  # each file runs in a fresh session
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
@@ -80,6 +91,9 @@ class Seen:
     def read(self, text: str) -> None:
         """Note the table a CREATE TABLE statement creates (a temporary one never makes a live table new; an
         unqualified one goes to the schema the file's own SET search_path names) and the file's search_path."""
+        if not self.transactional:  # its BEGIN ... COMMIT block holds each lock taken in it until its end
+            bare = _COMMENTS.sub(" ", text)
+            self.altered = {} if _BEGIN.match(bare) else None if _END.match(bare) else self.altered
         path = _SEARCH_PATH.match(text)
         if path:
             first = path["first"]
@@ -180,7 +194,7 @@ def parse(text: str, seen: Seen | None = None):
     DELETEs are read, and once it holds a lock its copies (CREATE TABLE AS, INSERT ... SELECT) too."""
     hint = _COMMENTS.sub(" ", text)
     if not (_HINT.match(hint) or seen is not None and seen.altered is not None and (
-            _WRITES.match(hint) or seen.altered and _STORES.match(hint))
+            _WRITES.match(hint) or _TAKES.match(hint) or seen.altered and _STORES.match(hint))
             or _RENAMES.match(hint)):
         return ()
     from pglast import parse_sql
@@ -201,6 +215,9 @@ def risks(tree, line: int, live, seen: Seen):
         return seen.live_name(_name(range_var), live)
 
     reindex = enums.ReindexObjectType
+    if isinstance(tree, ast.CreateStmt) and tree.partbound is not None:  # (a DEFAULT partition's rows scanned)
+        yield from risks_objects.default_scan(tree.partbound, name(tree.inhRelations[0]), line, live, seen,
+                                              "CREATE TABLE ... PARTITION OF")
     if isinstance(tree, ast.IndexStmt) and tree.idxname:  # (its columns, for a later ADD PRIMARY KEY USING INDEX)
         seen.indexes[(live.key(name(tree.relation)), tree.idxname)] = [p.name for p in tree.indexParams]
     if isinstance(tree, ast.IndexStmt) and not tree.concurrent:
@@ -234,6 +251,8 @@ def risks(tree, line: int, live, seen: Seen):
     elif isinstance(tree, ast.AlterDomainStmt):
         yield from risks_objects.alter_domain(tree, line, live, seen)
     elif isinstance(tree, ast.RenameStmt):
+        if seen.altered is not None and tree.relation is not None:  # (ACCESS EXCLUSIVE until COMMIT, as an ALTER's)
+            risks_writes.hold(seen, live.key(name(tree.relation)), ACCESS_EXCLUSIVE, "ALTER TABLE ... RENAME")
         seen.rename(tree, live)
     elif seen.altered is not None and risks_writes.lock_taken(tree, live, seen, name):
         pass  # a LOCK TABLE or CREATE TRIGGER: its lock is held until COMMIT, as an ALTER's
@@ -274,6 +293,7 @@ def _alter_table(tree, line: int, live, seen: Seen):
                        "expression")
         elif cmd.subtype == types.AT_AttachPartition:
             yield from risks_objects.attach(cmd, line, live, seen, seen.live_name(_name(cmd.def_.name), live))
+            yield from risks_objects.default_scan(cmd.def_.bound, name, line, live, seen, "ATTACH PARTITION")
         elif cmd.subtype == types.AT_SetNotNull:
             if cmd.name in seen.not_null.get(key, set()) or new:
                 continue

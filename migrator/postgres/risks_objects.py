@@ -1,6 +1,6 @@
 """Risks of statements on other objects than a table's own columns: a materialized view's REFRESH (the view
 rebuilt), a domain's new constraint (checked on every table with a column of it), a partition's ATTACH (its rows
-checked against the bound). risks.py finds them with the rest; the live answers come from rewrites._Live."""
+checked against the bound), a new partition's bound (the DEFAULT partition's rows checked against it). risks.py finds them with the rest; the live answers come from rewrites._Live."""
 
 from __future__ import annotations
 
@@ -45,3 +45,20 @@ def attach(cmd, line: int, live, seen, partition):
         return
     yield Risk(line, partition, f"ATTACH PARTITION {partition[1]} without a validated CHECK implying its bound",
                "scans", ACCESS_EXCLUSIVE, "attach")
+
+
+def default_scan(bound, parent, line: int, live, seen, what: str):
+    """A new partition (CREATE TABLE ... PARTITION OF, ATTACH PARTITION) of a parent with a DEFAULT partition: the
+    server scans the DEFAULT partition's rows for any of the new range, under ACCESS EXCLUSIVE, unless a validated
+    CHECK of it excludes the range (any validated CHECK of it is taken as that one, as for attach)."""
+    if bound is None or bound.is_default or seen.is_new(parent, live):
+        return
+    table = live.table(parent)
+    default = table and live.default_partition(table[0])
+    if not default or seen.is_new(default, live) or live.key(default) in seen.checked:
+        return
+    found = live.table(default)
+    if found is None or live.has_validated_check(found[0]):
+        return
+    yield Risk(line, default, f"{what} (a new partition of {parent[1]}) without a validated CHECK on the DEFAULT "
+                              "partition excluding its range", "scans", ACCESS_EXCLUSIVE, "default partition")
