@@ -71,16 +71,22 @@ def finalizing(connection, statements, path, earlier_failure: str | None) -> lis
     pending replaced by its FINALIZE (one note each); unchanged when no earlier try stopped part-way."""
     if earlier_failure is None or not any(_MAYBE.search(s.text) for s in statements):
         return statements
-    changed = list(statements)
     with connection.cursor() as cursor:
         for index, statement in enumerate(statements):
-            found = parse(statement.text)
-            if found is None or pending(cursor, statement.text) is None:
-                continue
-            finalize = f"ALTER TABLE {found[0]} DETACH PARTITION {found[1]} FINALIZE"
-            changed[index] = replace(statement, text=finalize)
-            output.note(f"note: {path}:{statement.line}: partition {found[1]} is pending detach, left by an earlier "
-                        f"try of this migration: completing it ({finalize})")
+            if parse(statement.text) is not None and pending(cursor, statement.text) is not None:
+                statements = finalize(statements, index, path)
+    return statements
+
+
+def finalize(statements, index: int, path) -> list:
+    """The statements, the detach at `index` (its partition pending, left by an earlier try of this migration)
+    replaced by its FINALIZE, with a note."""
+    parent, partition = parse(statements[index].text)
+    text = f"ALTER TABLE {parent} DETACH PARTITION {partition} FINALIZE"
+    changed = list(statements)
+    changed[index] = replace(statements[index], text=text)
+    output.note(f"note: {path}:{statements[index].line}: partition {partition} is pending detach, left by an earlier "
+                f"try of this migration: completing it ({text})")
     return changed
 
 
