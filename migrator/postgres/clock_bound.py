@@ -23,6 +23,8 @@ def _name(relation) -> str:
 
 def created(text: str) -> set[str]:
     """The tables a statement creates (their names, unqualified)."""
+    if "create" not in text.lower():  # (cheap: most statements are not parsed twice)
+        return set()
     return {_name(tree.relation) for tree in _trees(text) if type(tree).__name__ == "CreateStmt"}
 
 

@@ -90,9 +90,25 @@ def finalize(statements, index: int, path) -> list:
     return changed
 
 
-def left_pending(connection, text: str) -> str | None:
-    """After a detach statement failed: the partition it left pending (its first transaction committed)."""
-    if parse(text) is None or connection.closed:
+def left_pending(connection, text: str, cause=None) -> str | None:
+    """After a detach statement failed: the partition it left pending (its first transaction committed); not
+    one that was pending before it ran (the server's "already pending detach": see pending_before)."""
+    if parse(text) is None or connection.closed or _already(cause):
         return None
     with connection.cursor() as cursor:
         return pending(cursor, text)
+
+
+def pending_before(text: str, cause) -> str | None:
+    """After a detach statement failed on "already pending detach": what to do, in words (that pending detach
+    is someone else's, or an earlier try's no failure record of this migration explains)."""
+    found = parse(text)
+    if found is None or not _already(cause):
+        return None
+    return (f"partition {found[1]} was pending detach before this statement ran, not left by this migration (a "
+            "DBA's interrupted detach, or a try no failure record of this migration explains): once you know whose "
+            f"it is, complete it (ALTER TABLE {found[0]} DETACH PARTITION {found[1]} FINALIZE) and run migrate again")
+
+
+def _already(cause) -> bool:
+    return getattr(cause, "pgcode", None) == "55000" and "already pending detach" in str(cause)

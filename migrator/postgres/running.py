@@ -137,10 +137,13 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     _made_in_run(backend).update(*(clock_bound.created(s.text) for s in statements))
                 break
             except StatementFailed as exc:
-                exc.left_pending = None if transactional else detach.left_pending(connection, exc.statement.text)
+                exc.left_pending = None if transactional else detach.left_pending(connection, exc.statement.text,
+                                                                                   exc.cause)
                 if exc.left_pending:
                     exc.todo = ("end the older transactions it waited for (the progress lines name them) or raise "
                                 "--statement-timeout, then run migrate again: it completes the detach (FINALIZE)")
+                elif not transactional and (todo := detach.pending_before(exc.statement.text, exc.cause)):
+                    exc.todo = todo
                 if not transactional and concurrently.is_concurrent(exc.statement.text):
                     _waited_for_prepared(connection, exc)
                 if not (retry.lock_timed_out(exc) or probe is not None and probe.cancelled(exc)) or not policy.per_try:
@@ -174,6 +177,10 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     if progress:
                         progress(done, started=False)
                     raise
+                if (lost := _lost(connection)) is not None:  # ended between tries: no statement was running
+                    failed = StatementFailed(lost, path, statements, exc.index, transactional, done)
+                    failed.in_backoff = True
+                    raise failed from lost
                 if transactional:
                     pg_lock.hold_for_shared_ddl(connection, statements, transactional)
     finally:
@@ -186,6 +193,18 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         if taken := concurrently.skipped(connection, statements):
             raise IndexNotBuilt(*taken[0], path, statements)
         migration.built_indexes = concurrently.built(connection, statements, before)
+
+
+def _lost(connection):
+    """The driver's error if the session was lost (an admin's pg_terminate_backend, a failover), else None."""
+    import psycopg2
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        return exc
+    return None
 
 
 def _exempt(backend, path: Path, statements) -> set:
