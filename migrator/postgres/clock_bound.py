@@ -4,7 +4,8 @@ its text. Blind, the probe cannot tell a lock wait from work, so it bounds all o
 anything it does not know included, except:
 
 - data changes and queries (their row lock waits each bounded by lock_timeout, blocking only the rows' users),
-  SET / SHOW / transaction control, and VALIDATE CONSTRAINT (SHARE UPDATE EXCLUSIVE: blocks no query);
+  SET / SHOW / transaction control, VALIDATE CONSTRAINT (SHARE UPDATE EXCLUSIVE: blocks no query), CONCURRENTLY
+  statements (REFRESH MATERIALIZED VIEW CONCURRENTLY: EXCLUSIVE, which no read waits on);
 - a plain CREATE TABLE (a new table: nobody waits on it; one that is a partition, inherits or references another
   table locks that one, and is bounded);
 - a statement on a table created earlier in the same run (no application query uses a table the run just made),
@@ -51,22 +52,28 @@ def _takes(tree, exempt) -> bool:
     kind = type(tree).__name__
     if kind in _FREE:
         return False
+    if kind == "AlterTableStmt":  # (on an exempt table still bounded where it locks another: a foreign key, INHERIT)
+        if _name(tree.relation) in exempt:
+            return any(cmd.subtype == enums.AlterTableType.AT_AddInherit or _references([cmd.def_])
+                       for cmd in tree.cmds or ())
+        return any(cmd.subtype != enums.AlterTableType.AT_ValidateConstraint for cmd in tree.cmds or ())
     if _name(getattr(tree, "relation", None)) in exempt:
         return False
-    if kind == "AlterTableStmt":
-        return any(cmd.subtype != enums.AlterTableType.AT_ValidateConstraint for cmd in tree.cmds or ())
     if kind == "CreateStmt":
-        return bool(tree.partbound or tree.inhRelations or _references(tree))
+        return bool(tree.partbound or tree.inhRelations or _references(tree.tableElts))
     if kind in ("IndexStmt", "DropStmt"):
+        return not tree.concurrent
+    if kind == "RefreshMatViewStmt":  # CONCURRENTLY: EXCLUSIVE, which no read of the view waits on
         return not tree.concurrent
     if kind == "ReindexStmt":
         return not any(p.defname == "concurrently" for p in tree.params or ())
     return True
 
 
-def _references(tree) -> bool:
+def _references(elements) -> bool:
+    """A foreign key among the table elements (constraints, or columns' constraints): it locks the table it names."""
     from pglast import enums
 
-    constraints = [e for e in tree.tableElts or () if type(e).__name__ == "Constraint"]
-    constraints += [c for e in tree.tableElts or () for c in getattr(e, "constraints", None) or ()]
+    constraints = [e for e in elements or () if type(e).__name__ == "Constraint"]
+    constraints += [c for e in elements or () for c in getattr(e, "constraints", None) or ()]
     return any(c.contype == enums.ConstrType.CONSTR_FOREIGN for c in constraints)
