@@ -16,7 +16,7 @@ def writing(db, hold: float, table="hcm_report_metadata"):
     """An app session idle in transaction after a write (ROW EXCLUSIVE on `table`), closed after `hold` seconds."""
     conn = connect(db, application_name="app")
     try:
-        conn.cursor().execute(f"UPDATE {table} SET report_name = report_name WHERE false")
+        conn.cursor().execute(f"LOCK TABLE {table} IN ROW EXCLUSIVE MODE")
         threading.Timer(hold, conn.close).start()
         yield conn.info.backend_pid
     finally:
@@ -87,6 +87,18 @@ def test_a_blind_probe_leaves_work_on_a_table_the_run_created(cli, make_db, limi
     assert result.exit_code == 0, result.output
     assert "ended by the runner" not in result.stderr, result.stderr
     assert applied(db)[-2:] == ["0002_new", "0003_check"]
+
+
+def test_a_blind_probe_still_bounds_a_new_tables_foreign_key_to_an_app_table(cli, make_db, limited_role, sql_dir, pg):
+    """The new table is nobody's, but its foreign key locks the table it references (SHARE ROW EXCLUSIVE: the
+    app's writes there queue behind it): still bounded by the clock."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    db.query("ALTER TABLE t_probe ADD PRIMARY KEY (id)")
+    add_migration(sql_dir, "0002_fk", LIFTED + "CREATE TABLE t_new (id int);\n"
+                  "ALTER TABLE t_new ADD FOREIGN KEY (id) REFERENCES t_probe (id);\n")
+    with writing(db, hold=8, table="t_probe"):
+        line = one_error_line(migrate("--lock-retry-budget", "1s"))
+    assert "0002_fk.sql:3: failed to apply" in line and "the lock probe was blind" in line, line
 
 
 def test_a_blind_probe_leaves_an_accepted_rewrite_alone(cli, make_db, limited_role, sql_dir, pg):
