@@ -201,7 +201,7 @@ def _lost(connection):
 
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+            cursor.execute("SHOW lock_timeout")  # (takes no snapshot: a file's SET TRANSACTION may still come first)
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         return exc
     return None
