@@ -108,6 +108,11 @@ def live() -> contextlib.AbstractContextManager:
     return _active.live() if _active else contextlib.nullcontext()
 
 
+def guarded() -> bool:
+    """A guard is active (a run's): SIGTERM is turned into Interrupted, not the default silent exit."""
+    return _active is not None
+
+
 def is_live() -> bool:
     """True while a migration's own statements run (a signal would stop them now, not be deferred)."""
     return _active is not None and not _active._deferring

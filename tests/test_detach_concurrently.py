@@ -64,4 +64,27 @@ def test_a_pending_detach_no_earlier_try_explains_is_left_to_the_servers_error(c
     add_migration(sql_dir, "0002_detach", DETACH)
     line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=seeded))
     assert 'partition "ev1" already pending detach' in line and "completing it" not in line, line
+    # before: "the first of its two transactions COMMITTED: partition ev1 is left pending detach" (the DBA's did)
+    assert "COMMITTED" not in line and "left pending" not in line, line
+    assert 'partition "ev1" was pending detach before this statement ran, not left by this migration' in line, line
+    assert 'ALTER TABLE "ev" DETACH PARTITION "ev1" FINALIZE' in line, line
     assert db.query(PARTITIONS) == [("ev1", True), ("ev2", False)]
+
+
+def test_a_detach_waiting_for_the_partitions_lock_is_bounded_and_the_retry_finalizes(cli, db, sql_dir, seeded):
+    """A report reading the partition itself (not the parent) in a 2.5 s transaction: the detach's second
+    transaction waits for ACCESS EXCLUSIVE on it, and every app query on the partition queues behind. Before:
+    lock_timeout off, that wait lasted the report's life, unretried. Now the probe ends it as any DDL's lock wait,
+    and the retry completes the detach the cancelled try left pending (FINALIZE)."""
+    partitioned(db)
+    add_migration(sql_dir, "0002_detach", DETACH)
+    with blocking(db, table="ev1", hold=2.5) as pid:
+        result = cli("migrate", "--ddl-lock-timeout", "200ms", "--sql-dir", sql_dir, env=seeded)
+    assert result.exit_code == 0, result.output
+    retries = [line for line in result.stderr.splitlines() if "0002_detach.sql:2: locks not all granted" in line]
+    assert retries and f"blocked by pid {pid}" in retries[0], result.stderr
+    assert "ACCESS EXCLUSIVE lock on ev1" in retries[0], retries[0]
+    assert 'partition "ev1" is pending detach, left by an earlier try of this migration: completing it' \
+        in result.stderr, result.stderr
+    assert applied(db) == [SEED, "0002_detach"]
+    assert db.query(PARTITIONS) == [("ev2", False)]

@@ -22,9 +22,6 @@ from migrator import lazy_re, output
 from migrator.errors import USAGE, MigratorError
 from migrator.pinned import catalog_path
 
-ANY_CONCURRENT = lazy_re.compile(r"\s*(?:create\b[^;]*\bindex|reindex\b|drop\s+index\b)[^;]*\bconcurrently\b",
-                                 re.IGNORECASE)
-DROP = lazy_re.compile(r"\s*drop\s+index\s+concurrently\b", re.IGNORECASE)
 _MAYBE = lazy_re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
 
 
@@ -48,14 +45,14 @@ class Reindex:
 
 def is_concurrent(text: str) -> bool:
     """A CREATE / REINDEX / DROP INDEX ... CONCURRENTLY: it waits for older transactions, blocking no one."""
-    return bool(ANY_CONCURRENT.match(text)) or bool(_MAYBE.search(text)) and bool(_parsed(text))
+    return bool(_parsed(text))  # the parse tree, never the word: a comment or a literal may say it
 
 
 def is_drop(text: str) -> bool:
     """A DROP INDEX CONCURRENTLY (interrupted, it leaves the index INVALID; run again, it finishes the drop)."""
     from pglast import ast
 
-    return bool(DROP.match(text)) or any(isinstance(tree, ast.DropStmt) for tree in _parsed(text))
+    return any(isinstance(tree, ast.DropStmt) for tree in _parsed(text))
 
 
 def _quoted(*names) -> str:

@@ -71,22 +71,44 @@ def finalizing(connection, statements, path, earlier_failure: str | None) -> lis
     pending replaced by its FINALIZE (one note each); unchanged when no earlier try stopped part-way."""
     if earlier_failure is None or not any(_MAYBE.search(s.text) for s in statements):
         return statements
-    changed = list(statements)
     with connection.cursor() as cursor:
         for index, statement in enumerate(statements):
-            found = parse(statement.text)
-            if found is None or pending(cursor, statement.text) is None:
-                continue
-            finalize = f"ALTER TABLE {found[0]} DETACH PARTITION {found[1]} FINALIZE"
-            changed[index] = replace(statement, text=finalize)
-            output.note(f"note: {path}:{statement.line}: partition {found[1]} is pending detach, left by an earlier "
-                        f"try of this migration: completing it ({finalize})")
+            if parse(statement.text) is not None and pending(cursor, statement.text) is not None:
+                statements = finalize(statements, index, path)
+    return statements
+
+
+def finalize(statements, index: int, path) -> list:
+    """The statements, the detach at `index` (its partition pending, left by an earlier try of this migration)
+    replaced by its FINALIZE, with a note."""
+    parent, partition = parse(statements[index].text)
+    text = f"ALTER TABLE {parent} DETACH PARTITION {partition} FINALIZE"
+    changed = list(statements)
+    changed[index] = replace(statements[index], text=text)
+    output.note(f"note: {path}:{statements[index].line}: partition {partition} is pending detach, left by an earlier "
+                f"try of this migration: completing it ({text})")
     return changed
 
 
-def left_pending(connection, text: str) -> str | None:
-    """After a detach statement failed: the partition it left pending (its first transaction committed)."""
-    if parse(text) is None or connection.closed:
+def left_pending(connection, text: str, cause=None) -> str | None:
+    """After a detach statement failed: the partition it left pending (its first transaction committed); not
+    one that was pending before it ran (the server's "already pending detach": see pending_before)."""
+    if parse(text) is None or connection.closed or _already(cause):
         return None
     with connection.cursor() as cursor:
         return pending(cursor, text)
+
+
+def pending_before(text: str, cause) -> str | None:
+    """After a detach statement failed on "already pending detach": what to do, in words (that pending detach
+    is someone else's, or an earlier try's no failure record of this migration explains)."""
+    found = parse(text)
+    if found is None or not _already(cause):
+        return None
+    return (f"partition {found[1]} was pending detach before this statement ran, not left by this migration (a "
+            "DBA's interrupted detach, or a try no failure record of this migration explains): once you know whose "
+            f"it is, complete it (ALTER TABLE {found[0]} DETACH PARTITION {found[1]} FINALIZE) and run migrate again")
+
+
+def _already(cause) -> bool:
+    return getattr(cause, "pgcode", None) == "55000" and "already pending detach" in str(cause)

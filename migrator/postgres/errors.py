@@ -158,7 +158,14 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         if _connection_lost(cause):
             committed = "the connection was lost, so whether it committed is unknown: run `runner.py status`"
     todo = HINTS.get(getattr(cause, "pgcode", None), "fix the file and run again")
-    if _connection_lost(cause):
+    if _connection_lost(cause) and getattr(exc, "in_backoff", False):  # (running.run_retrying)
+        committed = "the session was lost between lock retries, while no statement was running: " + (
+            "nothing of it was applied: its transaction rolled back" if exc.transactional else
+            progress(exc.statements, exc.done, f"statement {exc.index + 1} was to be tried again; the rest did not run"))
+        todo = exc.todo = "run again" if exc.transactional or not exc.done else (
+            "a rerun runs the file from its first statement, so what COMMITTED runs again: make the file safe to "
+            "re-run (IF NOT EXISTS) or undo that, then run again")
+    elif _connection_lost(cause):
         committed = "the connection was lost (a server restart, or pg_terminate_backend), so whether it committed " \
                     "is unknown: run `runner.py status`"
         todo = "then run again"

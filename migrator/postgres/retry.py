@@ -120,8 +120,9 @@ class Seen:
 # and starts afresh: each batch is a try). Whether the try's time is spent and this wait outlasted the floor the
 # probe knows.
 _CANCEL = """SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity
-WHERE pid = %s AND state = 'active' AND wait_event_type = 'Lock'
+WHERE pid = %s AND state = 'active' AND wait_event_type = 'Lock' AND (wait_event = 'relation' OR NOT %s)
   AND clock_timestamp() - xact_start > pg_catalog.make_interval(secs => %s)"""
+_WAIT = "SELECT wait_event FROM pg_catalog.pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
 QUERY_CANCELED = "57014"
 
 
@@ -142,12 +143,12 @@ class Probe:
     Blind: its connection may be refused (the role's CONNECTION LIMIT, max_connections full) or closed under it
     (an admin's pg_terminate_backend, a failover). It connects again, waiting longer each time (RECONNECT_FIRST
     doubling to RECONNECT_MAX), and says once why it is blind. Meanwhile it cannot tell a lock wait from work, so
-    it bounds by the clock the statements whose lock request queues the application's queries (STRONG_LOCK: DDL,
-    LOCK TABLE, TRUNCATE, ...): one that ran longer than `per_try` + `floor` is cancelled through the migration
+    it bounds by the clock the statements that may take a lock the application's queries wait on (clock_bound.py:
+    DDL, LOCK TABLE, DO, CALL, ...): one that ran longer than `per_try` + `floor` is cancelled through the migration
     connection's own cancel request (libpq's, which needs no session slot), as a lock timeout: it never stalls
     the application longer than when seen, at the cost of retrying such a statement that was merely slow. Data
-    changes, queries (each lock wait bounded by lock_timeout, blocking only the rows' users), a backfill's batches,
-    VALIDATE CONSTRAINT and CONCURRENTLY statements (weaker locks, blocking no query) are left alone."""
+    changes, queries, a backfill's batches, CONCURRENTLY statements, work on tables this run created or the file
+    accepts a rewrite of are left alone (clock_bound.py)."""
 
     def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
                  floor: float = 0.0, cancel=None):
@@ -166,19 +167,21 @@ class Probe:
         self.blind: str | None = None  # why the probe cannot see the session now (its connection refused or lost)
         self._reconnect_at, self._reconnect_wait = 0.0, RECONNECT_FIRST
         self._clock_bound = True  # the running statement may be ended by the clock while the probe is blind
+        self._relations = False  # only its waits for a table's lock count (a detach: not those for older snapshots)
 
     @contextmanager
     def statement(self, try_started: float | None = None, bounded: bool = True,
-                  clock_bound: bool = True) -> Iterator[None]:
+                  clock_bound: bool = True, relations: bool = False) -> Iterator[None]:
         """Around one statement (`try_started`: when the try's first statement started, if not this one;
         not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled; not `clock_bound`:
-        not ended by the clock while the probe is blind, a backfill's batches)."""
+        not ended by the clock while the probe is blind, a backfill's batches; `relations`: only its waits for a
+        table's lock are bounded, a DETACH ... CONCURRENTLY's waits for older snapshots block no one)."""
         now = time.monotonic()
         started = (try_started or now) if bounded else None
         if started != self._try:
             self._waited = 0.0
         self.seen, self._waiting, self._seen_waiting, self._try = Seen([]), None, None, started
-        self._clock_bound = clock_bound
+        self._clock_bound, self._relations = clock_bound, relations
         self._since = now
         if self._thread is None and self.params is not None:
             self._thread = threading.Thread(target=self._run, name="lock-probe", daemon=True)
@@ -223,6 +226,12 @@ class Probe:
                     wanted = sessions.waiting_for(cur, self.pid, found) if found else None
                     # both read while it still waited (two queries: the try may time out between them), and still
                     # the statement it asked about
+                    if self._relations and found and wanted:  # waiting out older snapshots: named, not counted
+                        cur.execute(_WAIT, (self.pid,))
+                        if (cur.fetchone() or ("",))[0] != "relation":
+                            if self._since == since:
+                                self.seen = Seen(found, wanted)
+                            found = None
                     if not (found and wanted and self._since == since):
                         self._waiting = None if self._since == since else self._waiting
                         self._seen_waiting = None
@@ -238,7 +247,7 @@ class Probe:
                     if self.per_try and spent and now - self._waiting >= self.floor:
                         with self._sending:
                             if self._since == since:
-                                cur.execute(_CANCEL, (self.pid, self.per_try))
+                                cur.execute(_CANCEL, (self.pid, self._relations, self.per_try))
                                 row = cur.fetchone()
                                 sent = bool(row and row[0])
                                 self.seen = Seen(found, wanted, sent, self._waited)
@@ -259,7 +268,8 @@ class Probe:
         if self.blind is None:
             self.blind = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
             output.note(f"note: the lock probe cannot see the migration session ({self.blind}): until it connects "
-                        f"again, a DDL or LOCK statement running longer than {seconds_text(self.per_try + self.floor)} "
+                        f"again, a statement that may lock what the app uses (DDL, LOCK, DO, CALL) running longer than "
+                        f"{seconds_text(self.per_try + self.floor)} "
                         "is ended as a lock wait and retried, blockers unnamed; free a connection for it (the role's "
                         "CONNECTION LIMIT, max_connections)")
 
@@ -347,14 +357,6 @@ class TryBudget:
         self.restart()
 
 
-# A statement whose lock request queues the application's reads or writes behind it (ACCESS EXCLUSIVE, SHARE, ...):
-# what the blind probe bounds by the clock. VALIDATE CONSTRAINT (SHARE UPDATE EXCLUSIVE) blocks no query.
-STRONG_LOCK = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:alter|drop|lock|truncate|cluster|reindex|vacuum\s+full"
-                         r"|refresh\s+materialized|create\s+(?:unique\s+)?index|create\s+(?:or\s+replace\s+)?"
-                         r"(?:constraint\s+)?trigger|create\s+rule|comment\s+on\s+(?:table|column))\b"
-                         r"(?!.*\bvalidate\s+constraint\b)", re.IGNORECASE | re.DOTALL)
-
-
 # A statement that sets (or resets) the session's lock_timeout: SET / RESET as a statement, after any comments;
 # the word in a literal, a comment or a column name is not one.
 SETS_LOCK_TIMEOUT = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:set(?:\s+(?:session|local))?|reset)\s+"
@@ -395,7 +397,9 @@ def gave_up(exc, seen: Seen, backoff: Backoff):
     retried = (f"gave up after {backoff.tries} tries in {seconds_text(backoff.spent())} (lock retry budget "
                f"{seconds_text(backoff.policy.budget)}, each try waiting {seconds_text(backoff.policy.per_try)})"
                if backoff.policy.budget else "not retried (lock retry budget 0)")
-    way_out = autovacuum.advice(seen.blockers, backoff.policy.per_try, backoff.policy.quick_autovacuum_cancel)
+    way_out = autovacuum.advice(seen.blockers, backoff.policy.per_try, backoff.policy.quick_autovacuum_cancel) or (
+        "let the probe connect (allow the migration role one more connection: its CONNECTION LIMIT, or free a slot "
+        "under max_connections), then run again" if seen.blind and seen.cancelled else None)
     exc.todo = (f"{_at_commit(exc)}{retried}; blocked by {who}; {way_out or sessions.way_out(seen.blockers)} "
                 "(--lock-retry-budget / DB_LOCK_RETRY_BUDGET sets how long to keep retrying)")
     if not exc.transactional and exc.done:  # a rerun starts the file over: what committed runs again
@@ -430,6 +434,9 @@ def _at_commit(exc) -> str:
 def _who(seen: Seen) -> str:
     if seen.blockers:
         return sessions.describe_all(seen.blockers)
+    if seen.blind and seen.cancelled:  # maybe no one: a slow statement looks the same
+        return (f"no session the runner could name: the lock probe cannot connect ({seen.blind}), so it could not "
+                "tell a lock wait from work and ended the statement by the clock")
     if seen.blind:
         return f"a session the runner could not see (the lock probe cannot connect: {seen.blind})"
     return "a session not seen in time"

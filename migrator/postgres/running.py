@@ -10,19 +10,24 @@ from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
-from migrator.postgres import autovacuum, backfill, concurrently, detach, retry, sessions
+from migrator.postgres import autovacuum, backfill, clock_bound, concurrently, detach, retry, rewrites, sessions
 from migrator.postgres.errors import StatementFailed, progress
 
 def execute(cursor, statement, probe=None, path: Path | None = None,
-            max_batches: int = backfill.MAX_BATCHES, try_started: float | None = None) -> None:
+            max_batches: int = backfill.MAX_BATCHES, try_started: float | None = None, exempt=frozenset()) -> None:
     """One statement of a file, in the migration's session. While it runs, `probe` (retry.Probe) watches who
     blocks it and ends the try once its time since `try_started` is spent. A CONCURRENTLY build runs with
     lock_timeout off (concurrently.py), never ended by the probe; statement_timeout bounds it. A
-    `-- backfill: batch` statement repeats in committed batches (backfill.py)."""
-    concurrent = (not isinstance(statement, backfill.Batched) and cursor.connection.info.transaction_status == IDLE
-                  and (concurrently.is_concurrent(statement.text) or detach.is_detach(statement.text)))
-    clock = not isinstance(statement, backfill.Batched) and bool(retry.STRONG_LOCK.match(statement.text))
-    with probe.statement(try_started, not concurrent, clock) if probe is not None else contextlib.nullcontext():
+    `-- backfill: batch` statement repeats in committed batches (backfill.py). While the probe is blind, the
+    clock bounds what may take a lock the app waits on (clock_bound.py; `exempt`: tables it may work on)."""
+    plain = not isinstance(statement, backfill.Batched) and cursor.connection.info.transaction_status == IDLE
+    detaching = plain and detach.is_detach(statement.text)
+    concurrent = plain and (detaching or concurrently.is_concurrent(statement.text))
+    # (a detach's wait for the partition's lock queues the app's queries on it: bounded as any DDL's, not blind)
+    clock = (probe is not None and not isinstance(statement, backfill.Batched) and not detaching
+             and clock_bound.bounded(statement.text, exempt))
+    with probe.statement(try_started, detaching or not concurrent, clock, detaching) if probe is not None \
+            else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
             statement.run(cursor.connection, cursor, path, max_batches)
         elif concurrent:
@@ -34,13 +39,14 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
 
 def run_statements(connection, path: Path, statements, transactional: bool, progress=None, guard=None, *,
                    start: int = 0, done: int = 0, probe=None, skip=frozenset(), budget=None,
-                   max_batches: int = backfill.MAX_BATCHES) -> None:
+                   max_batches: int = backfill.MAX_BATCHES, exempt: set | None = None) -> None:
     """The file's statements, in order, in the session yoyo gives the migration (from `start`, the first
     `done` of them committed: a non-transactional file resumed after a lock retry). In a non-transactional
     file `progress(done)` is told each time the count of committed statements grows (a BEGIN the file runs
     itself holds it until its COMMIT). In a tenant's run `guard` (a SearchPathGuard) stops the file at the
     statement that moved its search_path. Statements in `skip` are counted as done without running. `budget`
-    (retry.TryBudget) gives each statement in a transaction what is left of the try's lock_timeout."""
+    (retry.TryBudget) gives each statement in a transaction what is left of the try's lock_timeout. `exempt`:
+    the tables the blind probe leaves unbounded (clock_bound.py), grown by the tables the statements create."""
     opened = None
     if budget is not None:
         budget.restart()
@@ -52,7 +58,10 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                     if index not in skip:
                         if budget is not None:
                             budget.before(cursor)
-                        execute(cursor, statement, probe, path, max_batches, budget.started if budget else None)
+                        execute(cursor, statement, probe, path, max_batches, budget.started if budget else None,
+                                exempt if exempt is not None else frozenset())
+                        if exempt is not None:
+                            exempt |= clock_bound.created(statement.text)
                         if budget is not None and retry.SETS_LOCK_TIMEOUT.match(statement.text):
                             budget.override(cursor, path, statement)
             except interrupt.Interrupted as exc:
@@ -110,6 +119,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         autovacuum.lower_deadlock_timeout(connection, policy.per_try)
     budget = retry.TryBudget(policy.per_try, bool(policy.budget)) if policy.per_try else None
     probe = retry.probe(backend, connection, budget) if policy.per_try else None
+    exempt = _exempt(backend, path, statements) if probe is not None else None
     backoff = backoff or retry.Backoff(policy)
     start = done = 0
     try:
@@ -118,18 +128,24 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
             try:
                 run_statements(connection, path, statements, transactional, progress, guard, start=start, done=done,
                                probe=probe, skip=skip, budget=budget,
-                               max_batches=limits.backfill_max_batches if limits else backfill.MAX_BATCHES)
+                               max_batches=limits.backfill_max_batches if limits else backfill.MAX_BATCHES,
+                               exempt=exempt)
                 if transactional and statements:
                     deferred_checks(connection, path, statements, probe, budget)
                 if budget is not None:
                     with connection.cursor() as cursor:
                         budget.done(cursor)
+                if exempt is not None:
+                    _made_in_run(backend).update(*(clock_bound.created(s.text) for s in statements))
                 break
             except StatementFailed as exc:
-                exc.left_pending = None if transactional else detach.left_pending(connection, exc.statement.text)
+                exc.left_pending = None if transactional else detach.left_pending(connection, exc.statement.text,
+                                                                                   exc.cause)
                 if exc.left_pending:
                     exc.todo = ("end the older transactions it waited for (the progress lines name them) or raise "
                                 "--statement-timeout, then run migrate again: it completes the detach (FINALIZE)")
+                elif not transactional and (todo := detach.pending_before(exc.statement.text, exc.cause)):
+                    exc.todo = todo
                 if not transactional and concurrently.is_concurrent(exc.statement.text):
                     _waited_for_prepared(connection, exc)
                 if not (retry.lock_timed_out(exc) or probe is not None and probe.cancelled(exc)) or not policy.per_try:
@@ -155,12 +171,18 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     start = done = 0
                 else:
                     start, done = (exc.opened if exc.opened is not None else exc.index), exc.done
+                    if exc.left_pending:  # the cancelled detach's first transaction committed: the retry finishes it
+                        statements = detach.finalize(statements, exc.index, path)
                 try:
                     retry.sleep(delay)
                 except interrupt.Interrupted:
                     if progress:
                         progress(done, started=False)
                     raise
+                if (lost := _lost(connection)) is not None:  # ended between tries: no statement was running
+                    failed = StatementFailed(lost, path, statements, exc.index, transactional, done)
+                    failed.in_backoff = True
+                    raise failed from lost
                 if transactional:
                     pg_lock.hold_for_shared_ddl(connection, statements, transactional)
     finally:
@@ -173,6 +195,36 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         if taken := concurrently.skipped(connection, statements):
             raise IndexNotBuilt(*taken[0], path, statements)
         migration.built_indexes = concurrently.built(connection, statements, before)
+
+
+def _lost(connection):
+    """The driver's error if the session was lost (an admin's pg_terminate_backend, a failover), else None."""
+    import psycopg2
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW lock_timeout")  # (takes no snapshot: a file's SET TRANSACTION may still come first)
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        return exc
+    return None
+
+
+def _exempt(backend, path: Path, statements) -> set:
+    """The tables the blind probe leaves to work unbounded (clock_bound.py): those created earlier in this run
+    and those the file's `-- accept-rewrite:` marker names."""
+    try:
+        accepted = {name for _, name in rewrites.markers(path.read_text(encoding="utf-8"), statements)}
+    except (OSError, UnicodeError):
+        accepted = set()
+    return _made_in_run(backend) | accepted
+
+
+def _made_in_run(backend) -> set:
+    """The tables this run's files created so far (kept on the run's own session)."""
+    run = backend.parent
+    if not hasattr(run, "created_tables"):
+        run.created_tables = set()
+    return run.created_tables
 
 
 def _waited_for_prepared(connection, exc) -> None:

@@ -52,6 +52,11 @@ def describe_tenants(conn, schemas: list[str]) -> dict[str, Description]:
 
 
 def _retrying(conn, read) -> dict:
+    with describe_locks.stoppable():  # (SIGTERM: one line, never the default silent exit)
+        return _retried(conn, read)
+
+
+def _retried(conn, read) -> dict:
     import psycopg2
 
     waits, attempt = describe_locks.Waits(), 0

@@ -9,7 +9,9 @@ one line, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import signal
 import time
 
 from migrator import interrupt, output
@@ -122,7 +124,36 @@ def _sleep(seconds: float) -> None:
     """SIGTERM during the wait stops at once, as the runner's other lock retries do."""
     end = time.monotonic() + seconds
     while (remaining := end - time.monotonic()) > 0:
-        signum = interrupt.requested()
-        if signum is not None:
-            raise interrupt.Interrupted(signum)
+        _stop_if_asked()
         time.sleep(min(0.05, remaining))
+
+
+@contextlib.contextmanager
+def stoppable():
+    """Around the description's reads and waits: SIGTERM raised as Interrupted where a run's guard is active;
+    else recorded, and the reads stop at the next wait or at their end with one error line, exit 128 + the signal,
+    the migration lock released on the way out (the default action exited silently and left it)."""
+    global _own
+    if interrupt.guarded():
+        yield
+        return
+    with interrupt.guard() as guard, guard.deferred():
+        _own = True
+        try:
+            yield
+            _stop_if_asked()
+        finally:
+            _own = False
+
+
+_own = False  # the SIGTERM guard is the description's own (no run's is active)
+
+
+def _stop_if_asked() -> None:
+    signum = interrupt.requested()
+    if signum is not None and _own:
+        raise MigratorError(f"interrupted by {signal.Signals(signum).name} while reading the schema's catalog (its "
+                            "lock waits retried): stopped there, nothing more was run; run the command again",
+                            128 + signum)
+    if signum is not None:
+        raise interrupt.Interrupted(signum)
