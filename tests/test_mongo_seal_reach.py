@@ -195,3 +195,66 @@ def test_a_process_a_patch_starts_in_a_session_of_its_own_ends_with_the_patch(cl
     result = cli("mongo", "apply", "--mongo-dir", folder, *args, env=real.env)
     assert (result.exit_code != 0) == ("timeout" in case), result.output
     assert _daemon_ended(result.stdout), result.output
+
+
+HOPPER_PY = '''import os, subprocess, sys, time
+from pathlib import Path
+
+HOP = """import os, sys
+for n in range(300):
+    if os.fork():
+        os._exit(0)  # each exited parent is an orphan of the runner (a child subreaper while the patch runs)
+open(sys.argv[1], "w").close()
+"""
+
+def run(db, dry_run):
+    subprocess.Popen([sys.executable, "-c", HOP, {hopped!r}], start_new_session=True)
+    for _ in range(1200):  # until the test has looked at the runner's children
+        if Path({looked!r}).exists():
+            return "hopped"
+        time.sleep(0.05)
+    return "never looked"
+'''
+
+
+def _zombie_children(pid: int) -> int:
+    """How many of `pid`'s children have exited and are still waiting to be reaped (state Z)."""
+    import os
+
+    count = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            for child in f.read().split():
+                try:
+                    with open(f"/proc/{child}/stat", "rb") as stat:
+                        count += stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+                except OSError:
+                    pass  # reaped meanwhile
+    return count
+
+
+def test_the_processes_a_patch_orphans_are_reaped_while_it_still_runs(cli, real, tmp_path):
+    """attack20e: a patch that forks and lets each parent exit left one zombie of the runner per fork until the
+    patch ended: unbounded, the host's pid space is exhausted. The runner (here the test's process) reaps them."""
+    import os
+    import threading
+    import time
+
+    hopped, looked = tmp_path / "hopped", tmp_path / "looked"
+    folder = _folder(tmp_path, "0001_hopper.py", HOPPER_PY.format(hopped=str(hopped), looked=str(looked)))
+    results = []
+    worker = threading.Thread(target=lambda: results.append(cli("mongo", "apply", "--run", "--mongo-dir", folder,
+                                                                 env=real.env)), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not hopped.exists() and worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hopped.exists(), results
+    seen = [_zombie_children(os.getpid())]
+    while seen[-1] > 5 and time.monotonic() < deadline:  # the last hops may still be exiting
+        time.sleep(0.2)
+        seen.append(_zombie_children(os.getpid()))
+    looked.touch()
+    worker.join(120)
+    assert results and results[0].exit_code == 0 and "hopped" in results[0].output, results
+    assert seen[-1] <= 5, f"zombies of the runner while the patch ran: {seen[0]} at first, {seen[-1]} at last"

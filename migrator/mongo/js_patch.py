@@ -104,6 +104,7 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True,  # its own process group: killed whole, children included
                                 preexec_fn=start)
+        orphans.reap(proc.pid)
         try:
             lines, comment, timed_out = _read(proc, echo, timeout)
         finally:

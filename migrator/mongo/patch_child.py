@@ -89,6 +89,7 @@ class Child:
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=env, cwd=self._home.name, pass_fds=(write,),
                                      start_new_session=True, preexec_fn=_die_with_parent)
+        self._orphans.reap(self.proc.pid)
         os.close(write)
         self._results = _Messages(read)
         self.timeout = target.patch_timeout or None
