@@ -258,3 +258,49 @@ def test_the_processes_a_patch_orphans_are_reaped_while_it_still_runs(cli, real,
     worker.join(120)
     assert results and results[0].exit_code == 0 and "hopped" in results[0].output, results
     assert seen[-1] <= 5, f"zombies of the runner while the patch ran: {seen[0]} at first, {seen[-1]} at last"
+
+
+CLONE3 = '''import subprocess
+
+def run(db, dry_run):
+    def clone3():  # with CLONE_INTO_CGROUP and an O_PATH descriptor it would move its child into any cgroup
+        args = (ctypes.c_uint64 * 11)()
+        args[4] = 17  # exit_signal SIGCHLD
+        pid = libc.syscall(435, args, 88)
+        if pid == 0:
+            libc._exit(0)
+        if pid > 0:
+            os.waitpid(pid, 0)
+        return pid
+
+    def fork():
+        pid = os.fork()
+        if pid == 0:
+            libc._exit(7)
+        return 0 if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7 else -1
+
+    probe("clone3", clone3)
+    probe("fork", fork)
+    probe("subprocess", lambda: 0 if subprocess.run(["true"]).returncode == 0 else -1)
+    probe("node child", lambda: 0 if subprocess.run(["node", "-e", NODE]).returncode == 0 else -1)
+    return "probed"
+
+NODE = "process.exit(require('child_process').spawnSync('true').status)"
+'''
+
+
+def test_a_dry_run_patch_cannot_clone3_yet_still_starts_processes(cli, real, tmp_path):
+    """attack20e: clone3(CLONE_INTO_CGROUP) put a sealed process's child into any cgroup v2 folder (another
+    service's: its memory and pid limits). clone3 is refused with ENOSYS, as in Docker's default profile: glibc,
+    Python and Node fall back to clone, so a patch still starts processes."""
+    import shutil
+
+    _sealed()
+    folder = _folder(tmp_path, "0001_clone3.py", PROBES.format(body=CLONE3))
+    result = cli("mongo", "apply", "--mongo-dir", folder, env=real.env)
+    assert result.exit_code == 0 and "probed" in result.stdout, result.output
+    probes = _probes(result.stdout)
+    if not shutil.which("node"):
+        probes.pop("node child")
+    assert probes.pop("clone3") == "ENOSYS", result.stdout
+    assert set(probes.values()) == {"DID"}, result.stdout
