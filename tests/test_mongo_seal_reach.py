@@ -304,3 +304,49 @@ def test_a_dry_run_patch_cannot_clone3_yet_still_starts_processes(cli, real, tmp
         probes.pop("node child")
     assert probes.pop("clone3") == "ENOSYS", result.stdout
     assert set(probes.values()) == {"DID"}, result.stdout
+
+
+SAYS_HOME = '''import os, time
+
+def run(db, dry_run):
+    print("HOME " + os.getcwd(), flush=True)  # a patch's working folder is its HOME
+    time.sleep(120)
+'''
+
+
+def test_the_home_a_sigkilled_runner_left_is_removed_by_the_next_run_but_not_a_live_ones(cli, real, tmp_path):
+    """attack20e: a runner killed by SIGKILL left its /tmp/hcm-patch-* HOME (a patch's files, up to what it wrote
+    there) behind for good. The next run removes it; a live runner's (held) HOME stays."""
+    import fcntl
+    import os
+    import select
+    import tempfile
+    import time
+
+    from test_progress import runner
+
+    killed = runner("mongo", "apply", "--mongo-dir", _folder(tmp_path, "0001_home.py", SAYS_HOME), env=real.env)
+    try:
+        ready, _, _ = select.select([killed.stdout], [], [], 60)
+        line = killed.stdout.readline() if ready else ""
+    finally:
+        killed.kill()
+        killed.wait()
+    assert line.startswith("HOME "), line
+    left = line.split(" ", 1)[1].strip()
+    live = tempfile.mkdtemp(prefix=f"hcm-patch-{killed.pid}-")  # a pid in its name, as a runner's
+    held = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as a runner running a patch holds its HOME
+    try:
+        assert os.path.isdir(left)  # the SIGKILLed runner could not remove it
+        long_ago = time.time() - 3600
+        for folder in (left, live):
+            os.utime(folder, (long_ago, long_ago))
+        (tmp_path / "next").mkdir()
+        ok = _folder(tmp_path / "next", "0001_ok.py", "def run(db, dry_run):\n    return 'ok'\n")
+        result = cli("mongo", "apply", "--mongo-dir", ok, env=real.env)
+        assert result.exit_code == 0, result.output
+        assert not os.path.exists(left) and os.path.isdir(live)
+    finally:
+        os.close(held)
+        os.rmdir(live)
