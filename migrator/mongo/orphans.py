@@ -2,13 +2,13 @@
 the patch's process group, and would outlive the run (a dry run's sealed ones too, past --patch-timeout).
 
 While a patch runs, the runner is a child subreaper (Linux `PR_SET_CHILD_SUBREAPER`): whatever the patch's processes
-orphan is re-parented to the runner instead of init. While it runs, a thread reaps every such orphan that has exited (a
-zombie holds a pid: a patch that forks and lets the parent exit, or runs `cmd &` per document, would exhaust the host's
-pid space before the patch ends); the patch's own process is left to its Popen. `Orphans.end()`, once the patch's own process is dead, SIGKILLs
-and reaps every child of the runner that was not there before the patch, until none is left (a daemon's children are
-re-parented in turn). The runner starts nothing else while a patch runs, so every new child then is the patch's.
-Elsewhere (not Linux) nothing is done, and the docs say so. A runner killed by SIGKILL cannot do this: its orphans
-go to init.
+orphan is re-parented to the runner instead of init. While it runs, a thread reaps every such orphan that has exited
+(a zombie holds a pid: a patch that forks and lets the parent exit, or runs `cmd &` per document, would exhaust the
+host's pid space before the patch ends); the patch's own process is left to its Popen. `Orphans.end()`, once the
+patch's own process is dead, SIGKILLs and reaps every child of the runner that was not there before the patch, until
+none is left (a daemon's children are re-parented in turn). The runner starts nothing else while a patch runs, so
+every new child then is the patch's. Elsewhere (not Linux) nothing is done, and the docs say so. A runner killed by
+SIGKILL cannot do this: its orphans go to init.
 """
 
 from __future__ import annotations
