@@ -48,6 +48,10 @@ _AWS_TOKEN = re.compile(r"(?P<head>AWS_SESSION_TOKEN\s*(?::|%3A)\s*)(?P<pw>[^\s&
 # at all (a password "p" would eat every p); inside URLs and DSNs every registered password is hidden.
 _EDGE = r"\w./\\-"
 MIN_FREE_TEXT_SECRET = 4
+# A longer one that is not a word (digits, mixed case, punctuation) is replaced wherever it appears: next to a
+# full stop, a slash or a dash ("/run/secrets/<pw>", "<pw>.bak") it is still the password.
+MIN_ANYWHERE_SECRET = 8
+_WORD = re.compile(r"[a-z_]+|[A-Z_]+")
 # Where a server quotes a name, not a password: 'password authentication failed for user "app"' keeps the
 # user's name even when the password is the same word (the name is shown everywhere else anyway).
 _NAME_POSITION = r'(?<!user ")(?<!role ")'
@@ -87,12 +91,14 @@ def mask(text: str) -> str:
 
 
 def scrub(text: str) -> str:
-    """`mask`, and every registered password standing alone anywhere: for text from outside the runner
-    (server messages, a patch's output and errors), where a password could be quoted on its own."""
+    """`mask`, and every registered password standing alone anywhere, a long one wherever it is: for text from
+    outside the runner (server messages, a patch's output and errors), where a password could be quoted on its own."""
     text = mask(text)
     for secret in sorted(_secrets, key=len, reverse=True):
         if len(secret) >= MIN_FREE_TEXT_SECRET and secret in text:
-            text = re.sub(rf"(?<![{_EDGE}]){_NAME_POSITION}{re.escape(secret)}(?![{_EDGE}])", "***", text)
+            edge = "" if len(secret) >= MIN_ANYWHERE_SECRET and not _WORD.fullmatch(secret) else f"[{_EDGE}]"
+            before, after = (f"(?<!{edge})", f"(?!{edge})") if edge else ("", "")
+            text = re.sub(rf"{before}{_NAME_POSITION}{re.escape(secret)}{after}", "***", text)
     return text
 
 

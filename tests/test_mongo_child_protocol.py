@@ -68,6 +68,31 @@ def test_a_patchs_comment_and_error_are_scrubbed_with_the_runners_passwords(real
     assert WRITER_PASSWORD not in stored and DB_PASSWORD not in stored and "*** / ***" in stored
 
 
+LEAKS_BESIDE_PUNCTUATION = '''import os
+from urllib.parse import urlsplit
+
+def run(db, dry_run):
+    pw, mpw = os.environ["DB_PASSWORD"], urlsplit(os.environ["MONGO_URL"]).password
+    print(f"could not log in with password {pw}.")
+    print(f"secret path: /run/secrets/{pw}, backup file {pw}.bak, db pw -{pw}-")
+    raise RuntimeError(f"login failed for app/{mpw}.")
+'''
+
+
+def test_a_long_password_is_masked_beside_a_full_stop_a_slash_or_a_dash(real, tmp_path):
+    """attack20e: a password printed next to punctuation ("/run/secrets/<pw>", "<pw>.bak") did not "stand alone",
+    so it was printed whole and stored in applied_patches: a long one is masked wherever it appears."""
+    folder = _folder(tmp_path, "0001_edges.py", LEAKS_BESIDE_PUNCTUATION)
+    env = {**real.env, "MONGO_URL": _with_password(real.url, "writer", WRITER_PASSWORD), "DB_PASSWORD": DB_PASSWORD}
+    code, out, err = _run("mongo", "apply", "--run", "--mongo-dir", folder, env=env)
+    assert code == 1, out + err
+    assert WRITER_PASSWORD not in out + err and DB_PASSWORD not in out + err, out + err
+    for shown in ("password ***.", "/run/secrets/***,", "***.bak", "-***-", "app/***."):
+        assert shown in out + err, (shown, out + err)
+    (record,) = real.db.applied_patches.find({"patch": "0001_edges"})
+    assert WRITER_PASSWORD not in str(record) and "app/***." in record["error"], record
+
+
 FINDS_READER = '''import gc
 
 def run(db, dry_run):

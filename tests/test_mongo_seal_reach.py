@@ -195,3 +195,158 @@ def test_a_process_a_patch_starts_in_a_session_of_its_own_ends_with_the_patch(cl
     result = cli("mongo", "apply", "--mongo-dir", folder, *args, env=real.env)
     assert (result.exit_code != 0) == ("timeout" in case), result.output
     assert _daemon_ended(result.stdout), result.output
+
+
+HOPPER_PY = '''import os, subprocess, sys, time
+from pathlib import Path
+
+HOP = """import os, sys
+for n in range(300):
+    if os.fork():
+        os._exit(0)  # each exited parent is an orphan of the runner (a child subreaper while the patch runs)
+open(sys.argv[1], "w").close()
+"""
+
+def run(db, dry_run):
+    subprocess.Popen([sys.executable, "-c", HOP, {hopped!r}], start_new_session=True)
+    for _ in range(1200):  # until the test has looked at the runner's children
+        if Path({looked!r}).exists():
+            return "hopped"
+        time.sleep(0.05)
+    return "never looked"
+'''
+
+
+def _zombie_children(pid: int) -> int:
+    """How many of `pid`'s children have exited and are still waiting to be reaped (state Z)."""
+    import os
+
+    count = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            for child in f.read().split():
+                try:
+                    with open(f"/proc/{child}/stat", "rb") as stat:
+                        count += stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+                except OSError:
+                    pass  # reaped meanwhile
+    return count
+
+
+def test_the_processes_a_patch_orphans_are_reaped_while_it_still_runs(cli, real, tmp_path):
+    """attack20e: a patch that forks and lets each parent exit left one zombie of the runner per fork until the
+    patch ended: unbounded, the host's pid space is exhausted. The runner (here the test's process) reaps them."""
+    import os
+    import threading
+    import time
+
+    hopped, looked = tmp_path / "hopped", tmp_path / "looked"
+    folder = _folder(tmp_path, "0001_hopper.py", HOPPER_PY.format(hopped=str(hopped), looked=str(looked)))
+    results = []
+    worker = threading.Thread(target=lambda: results.append(cli("mongo", "apply", "--run", "--mongo-dir", folder,
+                                                                 env=real.env)), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not hopped.exists() and worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hopped.exists(), results
+    seen = [_zombie_children(os.getpid())]
+    while seen[-1] > 5 and time.monotonic() < deadline:  # the last hops may still be exiting
+        time.sleep(0.2)
+        seen.append(_zombie_children(os.getpid()))
+    looked.touch()
+    worker.join(120)
+    assert results and results[0].exit_code == 0 and "hopped" in results[0].output, results
+    assert seen[-1] <= 5, f"zombies of the runner while the patch ran: {seen[0]} at first, {seen[-1]} at last"
+
+
+CLONE3 = '''import subprocess
+
+def run(db, dry_run):
+    def clone3():  # with CLONE_INTO_CGROUP and an O_PATH descriptor it would move its child into any cgroup
+        args = (ctypes.c_uint64 * 11)()
+        args[4] = 17  # exit_signal SIGCHLD
+        pid = libc.syscall(435, args, 88)
+        if pid == 0:
+            libc._exit(0)
+        if pid > 0:
+            os.waitpid(pid, 0)
+        return pid
+
+    def fork():
+        pid = os.fork()
+        if pid == 0:
+            libc._exit(7)
+        return 0 if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7 else -1
+
+    probe("clone3", clone3)
+    probe("fork", fork)
+    probe("subprocess", lambda: 0 if subprocess.run(["true"]).returncode == 0 else -1)
+    probe("node child", lambda: 0 if subprocess.run(["node", "-e", NODE]).returncode == 0 else -1)
+    return "probed"
+
+NODE = "process.exit(require('child_process').spawnSync('true').status)"
+'''
+
+
+def test_a_dry_run_patch_cannot_clone3_yet_still_starts_processes(cli, real, tmp_path):
+    """attack20e: clone3(CLONE_INTO_CGROUP) put a sealed process's child into any cgroup v2 folder (another
+    service's: its memory and pid limits). clone3 is refused with ENOSYS, as in Docker's default profile: glibc,
+    Python and Node fall back to clone, so a patch still starts processes."""
+    import shutil
+
+    _sealed()
+    folder = _folder(tmp_path, "0001_clone3.py", PROBES.format(body=CLONE3))
+    result = cli("mongo", "apply", "--mongo-dir", folder, env=real.env)
+    assert result.exit_code == 0 and "probed" in result.stdout, result.output
+    probes = _probes(result.stdout)
+    if not shutil.which("node"):
+        probes.pop("node child")
+    assert probes.pop("clone3") == "ENOSYS", result.stdout
+    assert set(probes.values()) == {"DID"}, result.stdout
+
+
+SAYS_HOME = '''import os, time
+
+def run(db, dry_run):
+    print("HOME " + os.getcwd(), flush=True)  # a patch's working folder is its HOME
+    time.sleep(120)
+'''
+
+
+def test_the_home_a_sigkilled_runner_left_is_removed_by_the_next_run_but_not_a_live_ones(cli, real, tmp_path):
+    """attack20e: a runner killed by SIGKILL left its /tmp/hcm-patch-* HOME (a patch's files, up to what it wrote
+    there) behind for good. The next run removes it; a live runner's (held) HOME stays."""
+    import fcntl
+    import os
+    import select
+    import tempfile
+    import time
+
+    from test_progress import runner
+
+    killed = runner("mongo", "apply", "--mongo-dir", _folder(tmp_path, "0001_home.py", SAYS_HOME), env=real.env)
+    try:
+        ready, _, _ = select.select([killed.stdout], [], [], 60)
+        line = killed.stdout.readline() if ready else ""
+    finally:
+        killed.kill()
+        killed.wait()
+    assert line.startswith("HOME "), line
+    left = line.split(" ", 1)[1].strip()
+    live = tempfile.mkdtemp(prefix=f"hcm-patch-{killed.pid}-")  # a pid in its name, as a runner's
+    held = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as a runner running a patch holds its HOME
+    try:
+        assert os.path.isdir(left)  # the SIGKILLed runner could not remove it
+        long_ago = time.time() - 3600
+        for folder in (left, live):
+            os.utime(folder, (long_ago, long_ago))
+        (tmp_path / "next").mkdir()
+        ok = _folder(tmp_path / "next", "0001_ok.py", "def run(db, dry_run):\n    return 'ok'\n")
+        result = cli("mongo", "apply", "--mongo-dir", ok, env=real.env)
+        assert result.exit_code == 0, result.output
+        assert not os.path.exists(left) and os.path.isdir(live)
+    finally:
+        os.close(held)
+        os.rmdir(live)

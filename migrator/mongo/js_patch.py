@@ -19,7 +19,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Callable
 from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.mongo import seal
+from migrator.mongo.homes import Home
 from migrator.mongo.orphans import Orphans
 from migrator.mongo.patches import PROJECT_ROOT, Patch, one_line
 from migrator.mongo.python_patch import SAFE_ENVIRONMENT, register_environment_secrets
@@ -87,7 +87,7 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
     """
     prelude = JS_PRELUDE.format(dry="true" if dry_run else "false")
     register_environment_secrets()  # mongosh could read them from /proc/<runner pid>/environ
-    with tempfile.TemporaryDirectory(prefix="hcm-mongosh-") as home:
+    with Home("hcm-mongosh-") as home:
         env = mongosh_environment(home)
         if target is not None and dry_run:
             prelude += JS_PINNED
@@ -104,6 +104,7 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True,  # its own process group: killed whole, children included
                                 preexec_fn=start)
+        orphans.reap(proc.pid)
         try:
             lines, comment, timed_out = _read(proc, echo, timeout)
         finally:
@@ -236,7 +237,7 @@ def check(patch: Patch) -> None:
 
 def _syntax_problem(mongosh: str, patch: Patch) -> dict | None:
     """mongosh compiles the file (its async rewriter, then V8) without running it: None, or the error."""
-    with tempfile.TemporaryDirectory(prefix="hcm-mongosh-") as home:
+    with Home("hcm-mongosh-") as home:
         env = mongosh_environment(home)
         env["HCM_PATCH_FILE"] = str(patch.path)
         command = [mongosh, "--nodb", "--norc", "--quiet", "--exposeAsyncRewriter", "--file", str(SYNTAX_CHECK)]

@@ -176,8 +176,9 @@ def _held_by(holder: dict, where: str, wait: float) -> str:
     held = (f"the patch lock on {where} is held by {holder.get('host', '?')} pid {holder.get('pid', '?')} "
             f"since {since:%Y-%m-%d %H:%M:%S} UTC (waited {wait:g} s); ")
     if exited(holder):
-        return held + (f"pid {holder['pid']} no longer exists on this host (that runner was killed): the lock expires "
-                       f"{TTL.total_seconds():g} s after its last heartbeat, then run again")
+        # killed, or stopped by an error that kept it from the server (a lost connection): either way it is gone
+        return held + (f"pid {holder['pid']} no longer exists on this host (that runner ended without releasing it): "
+                       f"the lock expires {TTL.total_seconds():g} s after its last heartbeat, then run again")
     return held + (f"wait for it to finish, or if that runner died the lock expires {TTL.total_seconds():g} s after "
                    "its last heartbeat")
 

@@ -2,11 +2,13 @@
 the patch's process group, and would outlive the run (a dry run's sealed ones too, past --patch-timeout).
 
 While a patch runs, the runner is a child subreaper (Linux `PR_SET_CHILD_SUBREAPER`): whatever the patch's processes
-orphan is re-parented to the runner instead of init. `Orphans.end()`, once the patch's own process is dead, SIGKILLs
-and reaps every child of the runner that was not there before the patch, until none is left (a daemon's children are
-re-parented in turn). The runner starts nothing else while a patch runs, so every new child then is the patch's.
-Elsewhere (not Linux) nothing is done, and the docs say so. A runner killed by SIGKILL cannot do this: its orphans
-go to init.
+orphan is re-parented to the runner instead of init. While it runs, a thread reaps every such orphan that has exited
+(a zombie holds a pid: a patch that forks and lets the parent exit, or runs `cmd &` per document, would exhaust the
+host's pid space before the patch ends); the patch's own process is left to its Popen. `Orphans.end()`, once the
+patch's own process is dead, SIGKILLs and reaps every child of the runner that was not there before the patch, until
+none is left (a daemon's children are re-parented in turn). The runner starts nothing else while a patch runs, so
+every new child then is the patch's. Elsewhere (not Linux) nothing is done, and the docs say so. A runner killed by
+SIGKILL cannot do this: its orphans go to init.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 
 PR_SET_CHILD_SUBREAPER = 36
 ROUNDS = 1000  # each round kills one generation; a patch would need that many nested daemons to outlast it
+REAP_EVERY = 0.02  # seconds between two looks for exited orphans: a fast forker leaves a few dozen zombies at most
 
 
 def _prctl(value: int) -> bool:
@@ -28,6 +32,20 @@ def _prctl(value: int) -> bool:
 
 
 def children() -> set[int]:
+    """This process's children, from /proc/self/task/*/children (every thread's), else from every process's stat."""
+    if not os.path.exists(f"/proc/self/task/{os.getpid()}/children"):  # a kernel without CONFIG_PROC_CHILDREN
+        return _scanned()
+    found = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children", "rb") as f:
+                found.update(map(int, f.read().split()))
+        except OSError:
+            pass  # that thread ended meanwhile
+    return found
+
+
+def _scanned() -> set[int]:
     """This process's children, from /proc (their parent is the 4th field of stat, after the name in parentheses)."""
     me, found = os.getpid(), set()
     for entry in os.listdir("/proc"):
@@ -50,10 +68,29 @@ class Orphans:
     def __init__(self):
         self.on = sys.platform.startswith("linux") and _prctl(1)
         self.before = children() if self.on else set()  # the runner's own (a server it started): never touched
+        self._stop, self._reaper = threading.Event(), None
+
+    def reap(self, patch_pid: int) -> None:
+        """Reap exited orphans from now until end(); `patch_pid`, the patch's own process, is left to its Popen."""
+        if self.on:
+            known = self.before | {patch_pid}
+            self._reaper = threading.Thread(target=self._reap, args=(known,), daemon=True, name="hcm-reaper")
+            self._reaper.start()
+
+    def _reap(self, known: set[int]) -> None:
+        while not self._stop.wait(REAP_EVERY):
+            for pid in children() - known:
+                try:
+                    os.waitpid(pid, os.WNOHANG)  # a zombie is reaped; a live one is left as it is
+                except ChildProcessError:
+                    pass  # reaped by end() meanwhile
 
     def end(self) -> None:
         if not self.on:
             return
+        self._stop.set()
+        if self._reaper is not None:
+            self._reaper.join()
         try:
             for _ in range(ROUNDS):
                 left = children() - self.before

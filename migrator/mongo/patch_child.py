@@ -31,7 +31,6 @@ import secrets
 import select
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from pathlib import Path
 from migrator import output
 from migrator.mongo import seal
 from migrator.mongo.connection import ca_files, servers
+from migrator.mongo.homes import Home
 from migrator.mongo.js_patch import _die_with_parent, _kill_group, mongosh_environment
 from migrator.mongo.orphans import Orphans
 from migrator.mongo.patches import Patch, bounded
@@ -80,7 +80,7 @@ class Child:
         if dry_run:
             seal.check_folder(patch.path.parent)
         self.patch, self.dry_run = patch, dry_run
-        self._home = tempfile.TemporaryDirectory(prefix="hcm-patch-")
+        self._home = Home("hcm-patch-")
         env = mongosh_environment(self._home.name) if dry_run else dict(os.environ)
         read, write = os.pipe()
         self._orphans = Orphans()  # what its processes leave (a daemon) comes to the runner, and is killed with it
@@ -89,6 +89,7 @@ class Child:
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=env, cwd=self._home.name, pass_fds=(write,),
                                      start_new_session=True, preexec_fn=_die_with_parent)
+        self._orphans.reap(self.proc.pid)
         os.close(write)
         self._results = _Messages(read)
         self.timeout = target.patch_timeout or None

@@ -229,14 +229,14 @@ def guarantee() -> str:
     if seccomp.covers():
         beyond = ("no Unix socket by path (a local database that trusts local users), datagram socket pair, netlink "
                   "or raw socket, no listen(), no chmod, chown, times, xattrs, file flags or mounts, no limit or "
-                  "priority set on another process (a real run's runner, a server), no SysV IPC, file lease or "
-                  "keyring (seccomp); no UDP (the runner looks the servers' "
-                  "names up for it) except with a mongodb+srv URI (the driver's DNS)")
+                  "priority set on another process (a real run's runner, a server), no SysV IPC, file lease, "
+                  "keyring or clone3 (which moves a child into another cgroup) (seccomp); no UDP (the runner looks "
+                  "the servers' names up for it) except with a mongodb+srv URI (the driver's DNS)")
     else:
         beyond = ("it can still connect to Unix sockets by path (a local database that trusts local users), send "
                   "UDP, set the CPU or file limits of the user's processes (a real run's runner, a server), leave SysV "
-                  "IPC behind and change the mode, owner, times or flags of files the runner's user owns (the "
-                  "seccomp filter is x86_64 only)")
+                  "IPC behind, as root move a child into another cgroup (clone3) and change the mode, owner, times "
+                  "or flags of files the runner's user owns (the seccomp filter is x86_64 only)")
     if not version and not linux:
         return ("a patch runs in a process of its own with only the read-only URL in its environment, but this system "
                 "has no Landlock: a deliberate patch can still read and write the files the runner's user can (.env, "

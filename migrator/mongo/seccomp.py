@@ -12,6 +12,8 @@ and I/O priority calls and the page-migration calls take only pid 0 (itself: wha
 Unix socket pairs only of SOCK_STREAM (a datagram pair can sendto() any datagram socket by path: syslog,
 journald); no SysV IPC (a shared memory segment outlives the dry run), no listen() (Landlock governs bind, not the
 ephemeral port listen() takes), no file lease (F_SETLEASE stalls the file's writers) and no kernel keyring.
+clone3 fails with ENOSYS (CLONE_INTO_CGROUP would put a child into any cgroup, another service's; seccomp cannot read
+its flags, which are in memory): glibc, Python and Node then fall back to clone, as under Docker's default profile.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ F_SETLEASE = 1024
 # Calls whose first argument is a pid (0: the caller): prlimit64, sched_setparam, sched_setscheduler,
 # sched_setaffinity, sched_setattr, migrate_pages, move_pages. setpriority and ioprio_set: (which, who).
 SELF_ONLY = (302, 142, 144, 203, 314, 256, 279)
+CLONE3 = 435
 SETPRIORITY, IOPRIO_SET, PRIO_PROCESS, IOPRIO_WHO_PROCESS = 141, 251, 0, 1
 AF_INET, AF_INET6, SOCK_STREAM, SOCK_DGRAM, SOCK_TYPE_MASK = 2, 10, 1, 2, 0xF
 IPPROTO_IP, IPPROTO_TCP, IPPROTO_UDP = 0, 6, 17
@@ -44,7 +47,7 @@ DENIED_IOCTLS = (0x40086602, 0x40046602, 0x401C5820, 0xC0045877, 0xC0045878, 0x4
 AUDIT_ARCH_X86_64, X32_BIT = 0xC000003E, 0x40000000
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 LD_ABS_W, JEQ, JGE, AND, RET = 0x20, 0x15, 0x35, 0x54, 0x06
-ALLOW, EPERM = 0x7FFF0000, 0x00050000 | 1
+ALLOW, EPERM, ENOSYS = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
 NR, ARCH, ARGS = 0, 4, 16  # offsets in struct seccomp_data (an argument's low 32 bits at ARGS + 8 * i)
 
 
@@ -100,7 +103,7 @@ def _program(datagrams: bool) -> list:
     """The filter with named jump targets: (code, true target, false target, k) or a label (str)."""
     load = lambda offset: (LD_ABS_W, None, None, offset)  # noqa: E731
     code = [load(ARCH), (JEQ, None, "deny", AUDIT_ARCH_X86_64), load(NR), (JGE, "deny", None, X32_BIT)]
-    code += [(JEQ, "deny", None, nr) for nr in DENIED_X86_64]
+    code += [(JEQ, "deny", None, nr) for nr in DENIED_X86_64] + [(JEQ, "nosys", None, CLONE3)]
     code += [(JEQ, "socket", None, SOCKET), (JEQ, "ioctl", None, IOCTL), (JEQ, "pair", None, SOCKETPAIR),
              (JEQ, "fcntl", None, FCNTL), *[(JEQ, "self", None, nr) for nr in SELF_ONLY],
              (JEQ, "prio", None, SETPRIORITY), (JEQ, "ioprio", None, IOPRIO_SET), (RET, None, None, ALLOW)]
@@ -116,7 +119,8 @@ def _program(datagrams: bool) -> list:
     code += ["protocol-tcp", load(ARGS + 16), (JEQ, "allow", None, IPPROTO_IP), (JEQ, "allow", "deny", IPPROTO_TCP)]
     code += ["protocol-udp", load(ARGS + 16), (JEQ, "allow", None, IPPROTO_IP), (JEQ, "allow", "deny", IPPROTO_UDP)]
     code += ["ioctl", load(ARGS + 8), *[(JEQ, "deny", None, cmd) for cmd in DENIED_IOCTLS]]
-    return code + ["allow", (RET, None, None, ALLOW), "deny", (RET, None, None, EPERM)]
+    return code + ["allow", (RET, None, None, ALLOW), "deny", (RET, None, None, EPERM),
+                   "nosys", (RET, None, None, ENOSYS)]
 
 
 def _assemble(program: list) -> list[tuple[int, int, int, int]]:
