@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -350,3 +352,23 @@ def test_the_home_a_sigkilled_runner_left_is_removed_by_the_next_run_but_not_a_l
     finally:
         os.close(held)
         os.rmdir(live)
+
+
+def test_the_reaper_ends_with_the_patchs_process_and_never_takes_a_later_childs_exit_code():
+    """A reaper left running after its patch (one loaded, then never started) reaped the runner's later children:
+    their Popen then read exit code 0 (ECHILD), so a failing process of the runner looked successful."""
+    from migrator.mongo.orphans import Orphans
+
+    orphans = Orphans()
+    if not orphans.on:
+        pytest.skip("needs Linux's PR_SET_CHILD_SUBREAPER")
+    patch = subprocess.Popen(["true"])  # exits at once and stays a zombie for its Popen, as a finished patch's does
+    try:
+        orphans.reap(patch.pid)
+        time.sleep(0.3)  # the reaper's look (every 20 ms) sees the patch's process has exited
+        later = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+        time.sleep(0.5)  # a reaper still running would reap it meanwhile
+        assert later.wait() == 3
+    finally:
+        patch.wait()
+        orphans.end()

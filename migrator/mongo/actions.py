@@ -94,6 +94,8 @@ def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard
         started = True
         outcome = _run_one(db, target, patch, dry_run=False, echo=echo, loaded=loaded)
     except BaseException as exc:  # SystemExit, SIGTERM, a bug in the patch: all failures of this patch
+        if not started and isinstance(loaded, patch_child.Child):
+            loaded.kill()  # loaded, never started: its process (and the runner's reaper) end here
         _settle_failure(db, where, record, patch, exc, started, held, guard)
         raise  # not reached: _settle_failure raises
     with _server_lost(where, patch, "after it returned (its writes are done), so its record is left `running`: once "

@@ -62,6 +62,16 @@ def _scanned() -> set[int]:
     return found
 
 
+def _running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting for its Popen has)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
+
+
 class Orphans:
     """Made just before a patch's process starts; end() after it is dead (and reaped)."""
 
@@ -74,12 +84,12 @@ class Orphans:
         """Reap exited orphans from now until end(); `patch_pid`, the patch's own process, is left to its Popen."""
         if self.on:
             known = self.before | {patch_pid}
-            self._reaper = threading.Thread(target=self._reap, args=(known,), daemon=True, name="hcm-reaper")
+            self._reaper = threading.Thread(target=self._reap, args=(known, patch_pid), daemon=True, name="hcm-reaper")
             self._reaper.start()
 
-    def _reap(self, known: set[int]) -> None:
-        while not self._stop.wait(REAP_EVERY):
-            for pid in children() - known:
+    def _reap(self, known: set[int], patch_pid: int) -> None:
+        while not self._stop.wait(REAP_EVERY) and _running(patch_pid):  # never outlives the patch's process: a
+            for pid in children() - known:  # child the runner starts after it (mongosh, a test's) is not an orphan
                 try:
                     os.waitpid(pid, os.WNOHANG)  # a zombie is reaped; a live one is left as it is
                 except ChildProcessError:

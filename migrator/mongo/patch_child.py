@@ -94,14 +94,14 @@ class Child:
         self._results = _Messages(read)
         self.timeout = target.patch_timeout or None
         self._readers = [_echo(self.proc.stdout, False), _echo(self.proc.stderr, True)]
-        options = target.client_options()
-        if options.get("tlsCAFile"):  # the child's cwd is its HOME: a relative path would name another file
-            options["tlsCAFile"] = os.path.abspath(options["tlsCAFile"])
-        spec = {"id": patch.id, "path": os.path.abspath(patch.path), "uri": target.uri, "database": target.database,
-                "options": options, "dry_run": dry_run, "home": self._home.name,
-                "servers": sorted(servers(target, client)) if dry_run else [], "ca_files": ca_files(target)}
-        spec["pinned"] = seal.looked_up(host for host, _port in spec["servers"])  # no DNS in the seal
-        try:
+        try:  # (a name that cannot be looked up, a dead pipe: the child and its reaper end here too)
+            options = target.client_options()
+            if options.get("tlsCAFile"):  # the child's cwd is its HOME: a relative path would name another file
+                options["tlsCAFile"] = os.path.abspath(options["tlsCAFile"])
+            spec = {"id": patch.id, "path": os.path.abspath(patch.path), "uri": target.uri, "database": target.database,
+                    "options": options, "dry_run": dry_run, "home": self._home.name,
+                    "servers": sorted(servers(target, client)) if dry_run else [], "ca_files": ca_files(target)}
+            spec["pinned"] = seal.looked_up(host for host, _port in spec["servers"])  # no DNS in the seal
             self.proc.stdin.write(json.dumps(spec).encode() + b"\n")
             self.proc.stdin.flush()
             self._loaded()
