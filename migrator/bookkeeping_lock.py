@@ -130,7 +130,7 @@ def _take(cursor, schema: str, key: int, kind: str, wait: float | None, busy: st
           queue: tuple[int, float] | None = None) -> None:
     """Polled (a try never meets the session's lock_timeout) for `wait` seconds, else the run's --lock-timeout;
     then one line naming the holder (`busy`: what that means for the run, else "run again"). `queue`: (pid,
-    seconds): given up sooner, once a session has queued behind the locks of session `pid` that long."""
+    seconds): given up sooner, that long after a session was first seen queued behind the locks of session `pid`."""
     query = f"SELECT pg_catalog.pg_try_advisory_{kind}lock(%s)"
     seconds = BOOKKEEPING_WAIT["seconds"] if wait is None else wait
     deadline = time.monotonic() + seconds
@@ -140,9 +140,10 @@ def _take(cursor, schema: str, key: int, kind: str, wait: float | None, busy: st
         if cursor.fetchone()[0]:
             return
         now = time.monotonic()
-        if queue is not None:
+        if queue is not None and queued_since is None:  # (never reset: an application whose queries time out
+            # sooner than queue[1] and retry is never queued that long without a break, yet stalls all the while)
             cursor.execute(_QUEUED, (queue[0],))
-            queued_since = (queued_since or now) if cursor.fetchone()[0] else None
+            queued_since = now if cursor.fetchone()[0] else None
         behind = queued_since is not None and now - queued_since >= queue[1]
         if now >= deadline or behind:
             who = holder(cursor, key) or "released meanwhile"

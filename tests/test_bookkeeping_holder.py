@@ -211,11 +211,12 @@ GATE = 4242  # an advisory lock the holder takes once it holds the bookkeeping l
 
 
 @contextmanager
-def holding_while_app_waits(db, role: str, schema: str, table: str, seen: dict):
+def holding_while_app_waits(db, role: str, schema: str, table: str, seen: dict, timeout_ms: int = 0):
     """`role` takes the schema's bookkeeping lock once a file runs its gate (files_gate), then waits until the
     runner's transaction holds ACCESS EXCLUSIVE on `table` and an application query (as `role`) is queued behind
     it; it lets go only once that query has returned. `seen`: its pid, and whether the query returned while the
-    lock was still held."""
+    lock was still held. `timeout_ms`: the query carries that statement_timeout and, cancelled, is asked again
+    after 0.1 s (an API's guard and backoff); `seen["cancelled"]` counts the cancels."""
     from migrator.bookkeeping_lock import bookkeeping_key
 
     holder = psycopg2.connect(dbname=db.name, user=role, host=db.server.host, port=db.server.port,
@@ -242,7 +243,16 @@ def holding_while_app_waits(db, role: str, schema: str, table: str, seen: dict):
             else:
                 return
         try:
-            app.cursor().execute(f"SELECT count(*) FROM {table}")  # queued behind the migration's ALTER TABLE
+            asking = app.cursor()
+            asking.execute(f"SET statement_timeout = {timeout_ms}")
+            seen["cancelled"] = 0
+            while not ended.is_set():
+                try:
+                    asking.execute(f"SELECT count(*) FROM {table}")  # queued behind the migration's ALTER TABLE
+                    break
+                except psycopg2.errors.QueryCanceled:
+                    seen["cancelled"] += 1
+                    time.sleep(0.1)
             cursor.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND objid = %s",
                            (bookkeeping_key(schema) & 0xFFFF_FFFF,))
             seen["returned while held"] = cursor.fetchone() == (1,)
@@ -309,3 +319,26 @@ def test_a_failed_transactional_migration_never_waits_for_the_lock_to_record_not
     assert "0002_a.sql:2" in lines[0] and "division by zero" in lines[0], lines[0]
     assert "could not be recorded" not in result.output, result.output
     assert applied_in(db, "bh") == [SEED]
+
+
+def test_an_application_whose_queries_time_out_sooner_than_the_try_still_gets_the_table_back(cli, db, sql_dir, low):
+    """attack 23f (flap_stall): the queue check gave up the bookkeeping-lock wait only once a session had queued
+    behind the file's locks for the try's lock_timeout (300 ms) without a break; one poll that saw no waiter reset
+    it. An application whose statement_timeout (200 ms) is shorter, retrying after each cancel, never queued that
+    long: the run held the table for the whole --lock-timeout and every query failed. Now the try is given up
+    lock_timeout after a session was first seen queued: the query gets through within a few retries."""
+    ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "bh", "--create-schemas", env=db.db_env()))
+    add_migration(sql_dir, "0002_hot", f"CREATE TABLE hot (id int);\nGRANT USAGE ON SCHEMA bh TO {low};\n"
+                  f"GRANT SELECT ON hot TO {low};\n", "DROP TABLE hot;\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "bh", env=db.db_env()))
+    add_migration(sql_dir, "0003_note", f"{files_gate()}ALTER TABLE hot ADD COLUMN note text;\n",
+                  "ALTER TABLE hot DROP COLUMN note;\n")
+    with holding_while_app_waits(db, low, "bh", "bh.hot", {}, timeout_ms=200) as seen:
+        result = cli("migrate", "--sql-dir", sql_dir, "--schema", "bh", "--lock-timeout", "10", env=db.db_env())
+    ok(result)
+    assert seen["returned while held"], seen
+    assert seen["cancelled"] < 15, seen  # (before: cancelled all --lock-timeout long, some 30 times)
+    retries = [line for line in result.stderr.splitlines() if "not free before the COMMIT (sessions queued" in line]
+    assert retries and f"server pid {seen['pid']} (user {low}" in retries[0], result.output
+    assert applied_in(db, "bh") == [SEED, "0002_hot", "0003_note"]
+    no_drift(cli, db, sql_dir)

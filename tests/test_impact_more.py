@@ -67,6 +67,25 @@ def test_sessions_this_role_cannot_see_are_not_called_no_open_transaction(cli, m
     assert "1 session(s) of other roles this role cannot see" in now and "pg_read_all_stats" in now
 
 
+def test_an_open_transactions_forged_application_name_is_quoted(cli, db, pg, sql_dir):
+    """attack 23f (impact_appname): the application_name of a session with a transaction open, its own to
+    choose, was printed raw: it read as more fields of the line (a user, another session). Now quoted."""
+    import psycopg2
+
+    assert cli("migrate", "--sql-dir", sql_dir, "--quiet", env=db.db_env()).exit_code == 0
+    add(sql_dir, "0002_index", f"-- transactional: false\nCREATE INDEX CONCURRENTLY idx_tenant ON {TABLE} (tenant_id);\n")
+    holder = psycopg2.connect(db.url, application_name="job, user postgres\nforged")
+    pid = holder.get_backend_pid()
+    try:
+        with holder.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM {TABLE}")
+        result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    finally:
+        holder.close()
+    assert result.exit_code == 0, result.output
+    assert f"pid {pid} ('job, user postgres\\\\x0aforged', user " in result.output, result.output
+
+
 def _seeded(cli, db, sql_dir, rows: int = 2000) -> None:
     assert cli("migrate", "--sql-dir", sql_dir, "--quiet", env=db.db_env()).exit_code == 0
     db.query(f"INSERT INTO {TABLE} (dag_run_id, dag_name, campaign_number, report_name, trigger_frequency, "

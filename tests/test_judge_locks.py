@@ -28,7 +28,7 @@ def test_the_size_read_of_a_locked_table_is_no_crash_and_the_migration_waits_its
         holder.close()
     assert "unexpected" not in result.output, result.output
     assert result.exit_code == 0, result.output
-    assert "lock not granted" in result.stderr and "application_name maintenance" in result.stderr, result.stderr
+    assert "lock not granted" in result.stderr and "application_name 'maintenance'" in result.stderr, result.stderr
     assert applied(db) == [SEED, "0002_not_null"]
 
 
@@ -62,15 +62,16 @@ def test_the_schema_description_waits_for_a_lock_in_retried_tries_naming_the_hol
     assert result.exit_code == 0 and "unexpected" not in result.output, result.output
     waits = [line for line in result.stderr.splitlines() if "schema description before the run" in line]
     assert waits and "lock not granted within 300 ms (lock_timeout) reading the catalog" in waits[0], result.stderr
-    assert f"blocked by pid {pid} (holds ACCESS EXCLUSIVE on public.hcm_audit; application_name maintenance" in waits[0]
+    assert f"blocked by pid {pid} (holds ACCESS EXCLUSIVE on public.hcm_audit; application_name 'maintenance'" in waits[0]
     assert f"SELECT pg_terminate_backend({pid})" in waits[0] and "of the lock retry budget left" in waits[0]
     assert applied(db) == [SEED, "0002_x"]
 
 
 def test_a_lock_outlasting_the_budget_ends_the_description_in_one_line(cli, db, sql_dir, seeded):
+    """(The holder's application_name, its own to choose, is quoted: attack 23f, it read as more fields.)"""
     db.query("CREATE TABLE hcm_audit (id int, at timestamptz DEFAULT now())")
     add_migration(sql_dir, "0002_x", f"ALTER TABLE {TABLE} ADD COLUMN x int;\n")
-    holder = connect(db, application_name="maintenance")
+    holder = connect(db, application_name="job, user postgres\nforged")
     holder.cursor().execute("LOCK TABLE hcm_audit IN ACCESS EXCLUSIVE MODE")
     pid = holder.info.backend_pid
     try:
@@ -80,5 +81,6 @@ def test_a_lock_outlasting_the_budget_ends_the_description_in_one_line(cli, db, 
     line = one_error_line(result)
     assert result.exit_code == 1 and "unexpected" not in result.output, result.output
     assert line.startswith("error: reading the schema's catalog before the run: lock not granted within 300 ms"), line
-    assert f"blocked by pid {pid} (holds ACCESS EXCLUSIVE on public.hcm_audit" in line
+    assert f"blocked by pid {pid} (holds ACCESS EXCLUSIVE on public.hcm_audit; application_name " \
+           "'job, user postgres\\\\x0aforged', user " in line, line
     assert "--lock-retry-budget" in line and applied(db) == [SEED]

@@ -213,7 +213,7 @@ def test_a_non_transactional_file_giving_up_after_a_commit_says_what_the_rerun_d
     add_migration(sql_dir, "0002_two", "-- transactional: false\nALTER TABLE hcm_report_metadata ADD COLUMN a int;\n"
                   "ALTER TABLE t_other ADD COLUMN b int;\n")
     with blocking(db, table="t_other") as pid:
-        line = one_error_line(cli("migrate", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded))
+        line = one_error_line(cli("migrate", "-v", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded))
     assert "0002_two.sql:3: failed to apply" in line and f"blocked by pid {pid}" in line, line
     assert "statement 1 of 2 (line 2) COMMITTED; statement 2 failed" in line, line
     assert ("a rerun runs the file from its first statement, so statement 1, which COMMITTED, runs again: make the "
@@ -242,7 +242,7 @@ def test_many_blockers_are_counted_after_the_first_three(cli, db, sql_dir, seede
     try:
         for conn in holders:
             conn.cursor().execute("SELECT 1 FROM hcm_report_metadata LIMIT 1")
-        line = one_error_line(cli("migrate", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded))
+        line = one_error_line(cli("migrate", "-v", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded))
     finally:
         for conn in holders:
             conn.close()
@@ -307,3 +307,24 @@ def test_status_says_migrate_rebuilds_the_pending_migrations_own_invalid_index(c
     status = cli("status", "--sql-dir", sql_dir, env=seeded)
     assert "INVALID index public.idx_other on hcm_report_metadata (a failed CREATE INDEX CONCURRENTLY" in status.stdout
     assert "DROP INDEX CONCURRENTLY public.idx_other; then run migrate again" in status.stdout
+
+
+def test_a_prepared_transactions_forged_owner_is_quoted(cli, own_db, sql_dir):
+    """attack 23f (prepared_owner_forge): the owner of a prepared transaction in the way (a role's name: anyone
+    with CREATEROLE chooses it) was printed raw: it read as more fields (another database). Now quoted."""
+    owner = "xa-manager, database postgres"
+    own_db.query(f"CREATE ROLE \"{owner}\" LOGIN; GRANT SELECT ON hcm_report_metadata TO \"{owner}\"")
+    server = own_db.server
+    conn = psycopg2.connect(dbname=own_db.name, user=owner, host=server.host, port=server.port)
+    conn.autocommit = True
+    conn.cursor().execute("BEGIN; LOCK TABLE hcm_report_metadata IN ACCESS SHARE MODE; PREPARE TRANSACTION 'pt_x'")
+    conn.close()
+    add_migration(sql_dir, "0002_add", "ALTER TABLE hcm_report_metadata ADD COLUMN x int;\n")
+    try:
+        line = one_error_line(cli("migrate", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=own_db.db_env()))
+    finally:
+        own_db.query("ROLLBACK PREPARED 'pt_x'")
+        own_db.query(f"DROP OWNED BY \"{owner}\"; DROP ROLE \"{owner}\"")
+    assert "blocked by prepared transaction 'pt_x' (two-phase commit" in line, line
+    assert "owner 'xa-manager, database postgres', database " in line, line
+    assert applied(own_db) == [SEED]

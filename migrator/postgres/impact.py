@@ -21,10 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from migrator.output import role
 from migrator.postgres import estimate
 from migrator.postgres.risks import size_text as _bytes, rows_text as _count
 from migrator.postgres.session_options import CLIENT_CHECK, NO_IDLE_TIMEOUTS
-from migrator.postgres.sessions import duration, lock_mode
+from migrator.postgres.sessions import duration, lock_mode, named
 
 # What each table lock mode blocks, in plain words (the conflict table of the PostgreSQL manual, 13.3.1).
 BLOCKS = {
@@ -436,7 +437,7 @@ def _join_live(live, impact: MigrationImpact, schema: str, speed) -> None:
 def _open_transactions(rows) -> str:
     """The open transactions a CONCURRENTLY statement would wait for; sessions of other roles this role
     cannot see (no pg_read_all_stats: their xact_start reads NULL) are said as such, never "none"."""
-    seen = [f"pid {pid} ({app or 'no application_name'}, user {user}, {state}, transaction open {duration(age or 0)})"
+    seen = [f"pid {pid} ({named(app) if app else 'no application_name'}, user {role(user)}, {state}, transaction open {duration(age or 0)})"
             for pid, app, user, state, age in rows if state is not None]
     hidden = len(rows) - len(seen)
     if hidden:
