@@ -213,7 +213,7 @@ def test_a_non_transactional_file_giving_up_after_a_commit_says_what_the_rerun_d
     add_migration(sql_dir, "0002_two", "-- transactional: false\nALTER TABLE hcm_report_metadata ADD COLUMN a int;\n"
                   "ALTER TABLE t_other ADD COLUMN b int;\n")
     with blocking(db, table="t_other") as pid:
-        line = one_error_line(cli("migrate", "-v", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded))
+        line = one_error_line(cli("migrate", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded))
     assert "0002_two.sql:3: failed to apply" in line and f"blocked by pid {pid}" in line, line
     assert "statement 1 of 2 (line 2) COMMITTED; statement 2 failed" in line, line
     assert ("a rerun runs the file from its first statement, so statement 1, which COMMITTED, runs again: make the "
@@ -242,7 +242,7 @@ def test_many_blockers_are_counted_after_the_first_three(cli, db, sql_dir, seede
     try:
         for conn in holders:
             conn.cursor().execute("SELECT 1 FROM hcm_report_metadata LIMIT 1")
-        line = one_error_line(cli("migrate", "-v", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded))
+        line = one_error_line(cli("migrate", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=seeded))
     finally:
         for conn in holders:
             conn.close()
