@@ -429,8 +429,13 @@ REFUSED_OTHER_OBJECTS = {
 
 @pytest.mark.parametrize("case", list(REFUSED_OTHER_OBJECTS))
 def test_a_rewrite_or_scan_through_another_object_is_refused(cli, db, sql_dir, case):
+    refused_before_running(cli, db, sql_dir, case, *REFUSED_OTHER_OBJECTS[case])
+
+
+def refused_before_running(cli, db, sql_dir, case: str, setup: str, text: str, line: int, what: str) -> None:
+    """`setup` on the live table, then a file whose line `line` (after its why-line) is refused as `what`: exit 2,
+    the safe pattern given, nothing applied."""
     seeded(cli, db, sql_dir)
-    setup, text, line, what = REFUSED_OTHER_OBJECTS[case]
     db.query(setup)
     path = add_migration(sql_dir, "0002_" + case, "-- why: a test\n" + text)
     result = migrate(cli, db, sql_dir, *SMALL)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SEED, add_migration, applied, migrate, ok
-from test_rewrites import FILL, SMALL, TABLE, seeded
+from conftest import add_migration, applied, migrate, ok
+from test_rewrites import FILL, SMALL, TABLE, refused_before_running, seeded
 
 ADD = f"ALTER TABLE {TABLE} ADD COLUMN region text;\n"
 SOME = f"UPDATE {TABLE} SET tenant_id = 'x' WHERE tenant_id = 't1';\n"
@@ -52,14 +52,7 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_a_write_under_a_lock_taken_or_reached_another_way_is_refused(cli, db, sql_dir, case):
-    seeded(cli, db, sql_dir)
-    setup, text, line, what = REFUSED[case]
-    db.query(setup)
-    path = add_migration(sql_dir, "0002_" + case, "-- why: a test\n" + text)
-    result = migrate(cli, db, sql_dir, *SMALL)
-    assert result.exit_code == 2, result.output
-    assert f"{path}:{line}: {what}" in result.stderr and "instead: " in result.stderr, result.stderr
-    assert applied(db) == [SEED]
+    refused_before_running(cli, db, sql_dir, case, *REFUSED[case])
 
 
 def test_a_composite_key_lookup_and_writes_after_the_block_s_commit_are_allowed(cli, db, sql_dir):
