@@ -4,6 +4,7 @@ patch folder's secrets. Real processes on FerretDB, a real PostgreSQL socket, mo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -87,13 +88,21 @@ def _sealed():
         pytest.skip(f"needs Landlock ABI 4 (this kernel's: {seal.abi()}) and x86_64 for the seccomp filter")
 
 
-def test_a_dry_run_patch_cannot_reach_a_local_postgresql_socket_or_send_udp(cli, real, pg, tmp_path, monkeypatch):
+@contextlib.contextmanager
+def sealed_beside_a_socket(pg):
+    """A sealed dry run is possible here and the suite's PostgreSQL has a Unix socket: a UDP listener a patch
+    must not reach (nothing may arrive in 0.5 s)."""
     _sealed()
     if not pg.host.startswith("/"):
         pytest.skip("needs the suite's own PostgreSQL (a Unix socket)")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
         listener.bind(("127.0.0.1", 0))
         listener.settimeout(0.5)
+        yield listener
+
+
+def test_a_dry_run_patch_cannot_reach_a_local_postgresql_socket_or_send_udp(cli, real, pg, tmp_path, monkeypatch):
+    with sealed_beside_a_socket(pg) as listener:
         body = SOCKETS.format(pg_socket=f"{pg.host}/.s.PGSQL.{pg.port}", pg_dir=pg.host, pg_port=pg.port,
                               udp_port=listener.getsockname()[1])
         folder = _folder(tmp_path, "0001_sockets.py", PROBES.format(body=body))
@@ -210,12 +219,7 @@ while (pending > 0) sleep(50);
 @needs_mongosh
 def test_a_dry_run_js_patch_cannot_reach_a_unix_socket_send_udp_or_keep_roots_powers(cli, real, pg, tmp_path,
                                                                                     monkeypatch):
-    _sealed()
-    if not pg.host.startswith("/"):
-        pytest.skip("needs the suite's own PostgreSQL (a Unix socket)")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.settimeout(0.5)
+    with sealed_beside_a_socket(pg) as listener:
         folder = _folder(tmp_path, "0001_probes.js", JS_PROBES.format(pg_socket=f"{pg.host}/.s.PGSQL.{pg.port}",
                                                                       udp_port=listener.getsockname()[1]))
         env = _named(real, monkeypatch)
