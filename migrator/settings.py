@@ -25,7 +25,7 @@ from urllib.parse import quote
 from migrator import credentials, output, pg_url, tls, urls
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
-from migrator.limits import read_timeout
+from migrator.limits import read_timeout, resolve_ddl_limits
 from migrator.targets import (MONGO_EXAMPLE, MONGO_SCHEMES, AwsOptions, MongoOptions,
                               MongoTarget, PostgresOptions, PostgresTarget)
 
@@ -103,6 +103,10 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
     _resolve_schemas(target, options, env)
     _apply_tls(target, options.ca_bundle, env)
     target.read_timeout = read_timeout(env)
+    try:  # the schema description's lock waits (schema/describe_locks.py); commands' options override them
+        target.catalog_waits = resolve_ddl_limits(None, None, env)
+    except MigratorError:
+        pass  # said by the commands that run migrations; a description then waits as before
     target.notes[:0] = env.take_notes()
     output.register_secret(target.password)
     return target

@@ -103,6 +103,8 @@ class CommandSettings:
             target.schemas, target.create_schemas = schemas, create
             self.note(f"no database configured: using the local development database at {target.display_url} "
                       "(set DATABASE_URL or DB_HOST to use another; `make db-stop` stops it)")
+        with contextlib.suppress(MigratorError):  # (a bad limit: said by the commands that run migrations)
+            target.catalog_waits = self.limits()  # --ddl-lock-timeout, --lock-retry-budget too (settings.py)
         return with_history(target, self.sql_dir)
 
 

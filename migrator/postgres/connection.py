@@ -133,6 +133,9 @@ def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits |
     if limits:
         settings.append(f"-c lock_timeout={limits.lock_timeout} -c statement_timeout={limits.statement_timeout} "
                         f"-c hcm.lock_retry_budget={limits.lock_retry_budget}")  # (schema/describe_locks.py)
+    elif target.catalog_waits:  # no migration session's: only the schema description's waits are bounded
+        settings.append(f"-c hcm.describe_lock_timeout={target.catalog_waits.lock_timeout} "
+                        f"-c hcm.lock_retry_budget={target.catalog_waits.lock_retry_budget}")
     if target.schema and target.schema != "public":  # a checked lower-case identifier: nothing to quote
         settings.append(f"-c search_path={target.schema},public")
     if target.schema:  # (SCHEMA_NAME=public keeps the session's search_path, as the plain run it is)

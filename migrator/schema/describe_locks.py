@@ -3,8 +3,10 @@ ACCESS SHARE on each relation: another session's ACCESS EXCLUSIVE on any table (
 would make a run wait, with no line, up to statement_timeout. On a migration session (its lock_timeout and the
 run's lock retry budget pinned at connect, postgres/connection.py) each read waits at most that lock_timeout; a
 read that gave up is retried with backoff, one line each naming who holds the lock, until the budget is spent,
-then one error line. Elsewhere (no budget pinned) the read waits as before, and a statement_timeout ending it is
-one line, never a traceback.
+then one error line. A read-only command's connection (status, plan, doctor; a tenant run's first survey) pins
+the same bound for the description alone (hcm.describe_lock_timeout; attack 23f: it waited silently until the read
+timeout blamed the network). Elsewhere (no budget pinned) the read waits as before, and a statement_timeout ending
+it is one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ ORDER BY l.granted DESC, l.pid LIMIT 5
 
 
 _LIMITS = ("SELECT pg_catalog.current_setting('lock_timeout'), "
-           "pg_catalog.current_setting('hcm.lock_retry_budget', true)")
+           "pg_catalog.current_setting('hcm.lock_retry_budget', true), "
+           "pg_catalog.current_setting('hcm.describe_lock_timeout', true)")
 
 
 def session_limits(cursor) -> tuple[str, float | None]:
@@ -44,7 +47,9 @@ def session_limits(cursor) -> tuple[str, float | None]:
 
 
 def _limits(row) -> tuple[str, float | None]:
-    lock_timeout, budget = row
+    lock_timeout, budget, own = row
+    if lock_timeout in ("0", "0ms") and own:  # a read-only command's connection: the description's own bound
+        lock_timeout = own
     if not budget or lock_timeout in ("0", "0ms"):
         return "0", None  # not a migration session with limits: wait, bounded by statement_timeout
     return lock_timeout, pg_seconds(budget, "s")
