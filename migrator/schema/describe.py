@@ -193,9 +193,16 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _grant_lines(grants: str | None):
+    """(verb, privileges, grantee, option) of each line queries.grants gives (its grantee in hex)."""
+    for line in (grants or "").split("\n"):
+        if line:
+            verb, privileges, grantee, option = line.split("\t")
+            yield verb, privileges, bytes.fromhex(grantee).decode("utf-8"), option
+
+
 def _grant_items(kind: str, name: str, parent: str, grants: str | None, target: str, column: str = ""):
-    for line in (grants or "").splitlines():
-        verb, privileges, grantee, option = line.split("\t")
+    for verb, privileges, grantee, option in _grant_lines(grants):
         to = "TO" if verb == "GRANT" else "FROM"
         suffix = f" {option}" if option else ""
         on_column = f" ({column})" if column else ""
@@ -384,8 +391,8 @@ def _type(name, typtype, labels, base, not_null, default, checks, range_options,
     parent = top_key("type", name)
     yield Item("type", name, text)
     yield from _extras("domain" if typtype == "d" else "type", name, parent, comment, grants)
-    for line in (constraint_comments or "").splitlines():
-        constraint, text = line.split("\t", 1)
+    for line in (constraint_comments or "").splitlines():  # (hex: see queries.TYPES)
+        constraint, text = (bytes.fromhex(part).decode("utf-8") for part in line.split("\t"))
         yield from _extras("constraint", f"{constraint} ON DOMAIN {name}", parent, text, None)
 
 
@@ -418,8 +425,7 @@ def _default_privileges(role, schema, objtype, grants):
         return
     name = f"FOR ROLE {role}" + (f" IN SCHEMA {schema}" if schema else "") + f" ON {DEFAULT_PRIVILEGE_OBJECTS[objtype]}"
     lines = []
-    for line in grants.splitlines():
-        verb, privileges, grantee, option = line.split("\t")
+    for verb, privileges, grantee, option in _grant_lines(grants):
         to = "TO" if verb == "GRANT" else "FROM"
         lines.append(f"ALTER DEFAULT PRIVILEGES {name.rsplit(' ON ', 1)[0]} {verb} {privileges} "
                      f"ON {DEFAULT_PRIVILEGE_OBJECTS[objtype]} {to} {grantee}{' ' + option if option else ''};")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from migrator import output
 from migrator.schema.model import PER_TABLE, Description, Item, visible
 
 SHORT = 160  # a changed object whose text fits on a line shows old -> new; a longer one says "changed"
@@ -63,7 +64,8 @@ def diff(old: Description, new: Description) -> list[str]:
     # Column order can only have changed in a table one of whose columns differs (position is part of a column).
     tables = {item.parent_name for key in differing for item in (old.items.get(key), new.items.get(key))
               if item is not None and item.kind == "column"}
-    return [visible(line) for line in lines + _column_order(old, new, tables)]
+    # (output.visible too: a bidi control or line separator in a quoted name, a role's say, prints escaped)
+    return [output.visible(visible(line)) for line in lines + _column_order(old, new, tables)]
 
 
 def _changed(before: Item, after: Item) -> str:

@@ -57,14 +57,19 @@ def not_extension_member(catalog: str, oid: str) -> str:
 
 
 def grants(acl: str, owner: str, default: str) -> str:
-    """What differs from the default privileges, one line per grantee: "GRANT\tSELECT, UPDATE\tPUBLIC\t"
-    or "REVOKE\tEXECUTE\tPUBLIC\t". The owner's own privileges are left out (owners are not described)."""
+    """What differs from the default privileges, one line per grantee: "GRANT\tSELECT, UPDATE\t<grantee>\t"
+    or "REVOKE\tEXECUTE\t<grantee>\t", the grantee (PUBLIC, or the quoted role) in hex: a role's name may hold a
+    tab or a line break (any CREATEROLE role can make one), which must not split the line. Sorted as the plain
+    lines were. The owner's own privileges are left out (owners are not described)."""
     actual = f"aclexplode({acl})"
     defaults = f"aclexplode({default})"
-    return f"""CASE WHEN {acl} IS NOT NULL THEN (SELECT string_agg(x.line, E'\\n' ORDER BY x.line) FROM (
+    grantee = "CASE WHEN e.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(e.grantee)) END"
+    return f"""CASE WHEN {acl} IS NOT NULL THEN (SELECT string_agg(x.line, E'\\n' ORDER BY x.sort) FROM (
         SELECT e.verb || E'\\t' || string_agg(e.privilege_type, ', ' ORDER BY e.privilege_type) || E'\\t'
-               || CASE WHEN e.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(e.grantee)) END
-               || E'\\t' || CASE WHEN e.is_grantable THEN 'WITH GRANT OPTION' ELSE '' END AS line
+               || encode(convert_to({grantee}, 'UTF8'), 'hex')
+               || E'\\t' || CASE WHEN e.is_grantable THEN 'WITH GRANT OPTION' ELSE '' END AS line,
+               e.verb || E'\\t' || string_agg(e.privilege_type, ', ' ORDER BY e.privilege_type) || E'\\t'
+               || {grantee} || E'\\t' || CASE WHEN e.is_grantable THEN 'WITH GRANT OPTION' ELSE '' END AS sort
         FROM ((SELECT 'GRANT' AS verb, a.privilege_type, a.grantee, a.is_grantable FROM {actual} a
                EXCEPT SELECT 'GRANT', d.privilege_type, d.grantee, d.is_grantable FROM {defaults} d)
               UNION ALL
@@ -248,7 +253,8 @@ SELECT {QUALIFIED.format(name='t.typname')}, t.typtype,
        CASE WHEN t.typtype = 'd' AND t.typcollation <> (SELECT b.typcollation FROM pg_type b WHERE b.oid = t.typbasetype)
             THEN t.typcollation::regcollation::text END,
        obj_description(t.oid, 'pg_type'), {default_grants('t.typacl', 'T', 't.typowner')},
-       (SELECT string_agg(quote_ident(k.conname) || E'\\t' || d.description, E'\\n' ORDER BY k.conname)
+       (SELECT string_agg(encode(convert_to(quote_ident(k.conname), 'UTF8'), 'hex') || E'\\t'  -- (a tab, a line
+                          || encode(convert_to(d.description, 'UTF8'), 'hex'), E'\\n' ORDER BY k.conname)  -- break in either)
         FROM pg_constraint k JOIN pg_description d ON d.objoid = k.oid AND d.classoid = 'pg_constraint'::regclass
         WHERE k.contypid = t.oid)
 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
