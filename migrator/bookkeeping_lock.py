@@ -48,7 +48,7 @@ _HOLDER = ("SELECT a.pid, a.usename, a.application_name, "
            "AND l.classid OPERATOR(pg_catalog.=) %s::pg_catalog.oid "
            "AND l.objid OPERATOR(pg_catalog.=) %s::pg_catalog.oid "
            "AND l.database OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database "
-           "WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())")
+           "WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) ORDER BY a.pid")
 
 
 # A lock a PREPAREd transaction holds has no session (pg_locks pid NULL): it outlives disconnects and restarts until
@@ -58,7 +58,8 @@ _PREPARED = ("SELECT p.gid, p.owner, p.prepared FROM pg_catalog.pg_locks l "
              "LEFT JOIN pg_catalog.pg_locks x ON x.virtualtransaction OPERATOR(pg_catalog.=) l.virtualtransaction "
              "AND x.locktype OPERATOR(pg_catalog.=) 'transactionid' AND x.pid IS NULL "
              "LEFT JOIN pg_catalog.pg_prepared_xacts p ON p.transaction OPERATOR(pg_catalog.=) x.transactionid "
-             "WHERE l.pid IS NULL AND " + _HOLDER.split(" WHERE ", 1)[1] + " LIMIT 1")
+             "WHERE l.pid IS NULL AND " + _HOLDER.split(" WHERE ", 1)[1].removesuffix(" ORDER BY a.pid") + " LIMIT 1")
+SHOWN = 3  # holders named in a line; the rest counted
 
 
 def prepared(cursor, key: int) -> str | None:
@@ -85,15 +86,18 @@ def bookkeeping_key(schema: str) -> int:
 
 def holder(cursor, key: int) -> str | None:
     """Who holds advisory lock `key` as the server knows it (pid, user), its application_name (its own to choose)
-    quoted and marked unverified; a prepared transaction holding it (prepared); None when none does."""
+    quoted and marked unverified, and a prepared transaction holding it (prepared): all of them in one line (a
+    shared lock has many holders; named one per run, ending the one named left the next); None when none does."""
     cursor.execute(_HOLDER, (key >> 32, key & 0xFFFF_FFFF))
-    row = cursor.fetchone()
-    if row is None:
-        return prepared(cursor, key)
-    pid, user, app, age = row
-    said = f", application_name {quoted(app)} unverified" if app else ", no application_name"
-    since = f", connected {age:.0f} s ago" if age is not None else ""
-    return f"server pid {pid} (user {role(user)}{said}{since})"
+    named = []
+    for pid, user, app, age in cursor.fetchall():
+        said = f", application_name {quoted(app)} unverified" if app else ", no application_name"
+        since = f", connected {age:.0f} s ago" if age is not None else ""
+        named.append(f"server pid {pid} (user {role(user)}{said}{since})")
+    stuck = prepared(cursor, key)
+    named += [stuck] if stuck else []
+    more = len(named) - SHOWN
+    return " and ".join(named[:SHOWN]) + (f" and {more} more (pg_locks lists them)" if more > 0 else "") or None
 
 
 def bookkeeping_wait(seconds: float) -> None:

@@ -76,3 +76,38 @@ def test_a_lock_a_prepared_transaction_holds_is_named_with_how_to_end_it(cli, db
     ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "ph", env=db.db_env()))
     doctor = cli("doctor", "--sql-dir", sql_dir, "--schema", "ph", env=db.db_env())
     assert not lines(doctor, "held by") and doctor.exit_code == 0, doctor.output
+
+
+def test_a_shared_lock_held_by_a_session_and_a_prepared_transaction_names_both_in_one_line(cli, db, sql_dir, low):
+    """(attack 23f prepared_and_session: doctor and migrate named the session only; once it was ended, the next run
+    named the prepared transaction: two rounds.)"""
+    from migrator.bookkeeping_lock import bookkeeping_key
+
+    if db.query("SELECT current_setting('max_prepared_transactions')::int")[0][0] == 0:
+        pytest.skip("the server (TEST_DATABASE_URL) runs with max_prepared_transactions = 0: no prepared transaction")
+    ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "ps", "--create-schemas", env=db.db_env()))
+    (sql_dir / "0002_a.sql").write_text("CREATE TABLE a (id int);\n")
+    key = bookkeeping_key("ps")
+    prepared = psycopg2.connect(dbname=db.name, user=low, host=db.server.host, port=db.server.port)
+    prepared.cursor().execute("SELECT pg_advisory_xact_lock_shared(%s); PREPARE TRANSACTION %s", (key, GID))
+    prepared.close()
+    session = psycopg2.connect(dbname=db.name, user=low, host=db.server.host, port=db.server.port)
+    session.autocommit = True
+    session.cursor().execute("SELECT pg_advisory_lock_shared(%s)", (key,))
+    pid = session.info.backend_pid
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, "--schema", "ps", "--lock-timeout", "1",
+                     "--lock-retry-budget", "0", env=db.db_env())
+        doctor = cli("doctor", "--sql-dir", sql_dir, "--schema", "ps", env=db.db_env())
+    finally:
+        session.close()
+        db.query("ROLLBACK PREPARED %s", (GID,))
+    failed = lines(result, "[ps] FAILED")
+    assert result.exit_code == 4 and len(failed) == 1, result.output
+    check = lines(doctor, "FAIL ", "bookkeeping lock")
+    assert len(check) == 1 and doctor.exit_code != 0, doctor.output
+    for line in (failed[0], check[0]):
+        assert f"held by server pid {pid} (user {low}, no application_name, connected " in line, line
+        assert " s ago) and the prepared transaction " in line, line
+        assert named(line, low) == "ROLLBACK PREPARED 'evil''s hold'"
+    assert "and the sessions named with it" in check[0], check[0]

@@ -305,7 +305,7 @@ def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advi
     with backend.connection.cursor() as cursor:  # (any role that can connect may take them: their keys are no secret)
         stuck = bookkeeping_lock.prepared(cursor, key)
         books = bookkeeping_lock.holder(cursor, books_key)
-        books_stuck = books is not None and bookkeeping_lock.prepared(cursor, books_key) == books
+        books_stuck = bookkeeping_lock.prepared(cursor, books_key) if books is not None else None
         free = advisory and not held.startswith("held by") and _free(cursor, key)
         books_free = books is None and advisory and _free(cursor, books_key)
     if not advisory:
@@ -326,7 +326,8 @@ def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advi
     where = f"the shared bookkeeping lock of schema {backend.bookkeeping_schema}"
     if books_stuck:
         report.add(Check("bookkeeping lock", FAIL, f"{where} is held by {books}", "every write command stops after "
-                         "--lock-timeout (exit 4) with nothing committed: end that prepared transaction as said"))
+                         "--lock-timeout (exit 4) with nothing committed: end that prepared transaction as said"
+                         + (" (and the sessions named with it, if not a runner's)" if books != books_stuck else "")))
     elif books:
         report.add(Check("bookkeeping lock", WARN, f"{where} is held by {books}", "a runner holds it for a moment "
                          "while it records a change; held longer, every write command stops after --lock-timeout "
