@@ -21,6 +21,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from migrator import source_files
+
 TABLE = "_hcm_migration_checksum"
 FAILURES = "_hcm_migration_failure"
 ROLLBACK = "rollback: "  # how a failure record of a rollback (the migration stays applied) begins
@@ -56,7 +58,7 @@ def _sql(template: str, schema: str, table: str = TABLE):
 
 
 def file_sha256(path: Path) -> str:
-    text = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    text = source_files.read_bytes(path).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     return hashlib.sha256(text).hexdigest()
 
 

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from migrator import source_files
 from migrator.errors import MigratorError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +104,7 @@ def tenant_findings(migrations, schemas: list[str]) -> list[Finding]:
                 continue
             found += [Finding(str(path), line, 1, "tenant-outside", problem, "")
                       for line, problem in files.tenant_problems(path)]
-            text = path.read_text(encoding="utf-8-sig")
+            text = source_files.read_bytes(path).decode("utf-8-sig")
             line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
             for at, name, schema in qualified_names(text, schemas):
                 line = bisect.bisect_right(line_starts, at)

@@ -142,6 +142,35 @@ def test_a_file_swapped_for_a_link_after_its_check_is_refused_by_the_read_itself
     assert source_files.read_bytes(folder / "0003_link.sql") == b"SELECT 2;\n"
 
 
+@pytest.mark.parametrize("read", ["directives", "checksum", "targets"])
+def test_every_read_after_the_folder_check_refuses_a_file_swapped_for_a_link_out(tmp_path, read):
+    """attack 23f (low): the directives, the checksum and the targets a file's DDL names were read with open() /
+    read_bytes, following a symlink swapped in after the folder check (and blocking on a FIFO). Now each goes
+    through source_files.read_bytes (O_NOFOLLOW, one link, a size cap): refused in one line."""
+    from migrator import checksums
+    from migrator.errors import MigratorError
+    from migrator.postgres import files
+    from migrator.schema import targets
+
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    outside = tmp_path / "outside.sql"
+    outside.write_text("-- transactional: false\nCREATE TABLE secret (id int);\n")
+    path = folder / "0002_swap.sql"
+    path.symlink_to(outside)
+    reader = {"directives": files.read_directives, "checksum": checksums.file_sha256,
+              "targets": lambda p: targets.named([p])}[read]
+    with pytest.raises(MigratorError, match="0002_swap.sql is a symlink to .*outside.sql, outside its folder"):
+        reader(path)
+    fifo = folder / "0003_fifo.sql"
+    os.mkfifo(fifo)
+    with pytest.raises(MigratorError, match="0003_fifo.sql is not a regular file"):
+        reader(fifo)
+    path.unlink()
+    path.write_text("-- transactional: false\nCREATE TABLE mine (id int);\n")  # the folder's own file: read
+    assert reader(path) == {"directives": {"transactional": ("false", 1)}, "targets": {"mine"}}.get(read, reader(path))
+
+
 @pytest.mark.parametrize("name, make, why", [
     ("V2__planted.sql", "symlink_out", "is a symlink to "), ("R__planted.sql", "fifo", "is a FIFO (named pipe), not a "
                                                             "regular file"),

@@ -8,6 +8,7 @@ which runs out of shared memory at ~20,000 statements), no statement or token li
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -105,11 +106,13 @@ def read_text(path: Path) -> str:
 def read_directives(path: Path) -> dict[str, tuple[str, int]]:
     """yoyo's `-- transactional:` / `-- depends:` directives from the leading comments, with their line.
 
-    Only the leading comment lines are read, so a large file costs nothing until it runs.
+    Read as every read after the folder check is (source_files.read_bytes: a file swapped for a link or a FIFO
+    since is refused in one line); only its leading comment lines are looked at.
     """
     directives: dict[str, tuple[str, int]] = {}
     try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
+        text = source_files.read_bytes(path).decode("utf-8", errors="replace")
+        with io.StringIO(text, newline=None) as handle:  # (universal newlines, as the text-mode open was)
             for number, line in enumerate(handle, 1):
                 line = line.removeprefix(BOM) if number == 1 else line
                 match = DIRECTIVE.match(line)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
-from migrator.postgres import autovacuum, backfill, clock_bound, concurrently, detach, retry, rewrites, sessions
+from migrator.postgres import (autovacuum, backfill, clock_bound, concurrently, detach, files, retry, rewrites,
+                               sessions)
 from migrator.postgres.errors import StatementFailed, progress
 
 def execute(cursor, statement, probe=None, path: Path | None = None,
@@ -213,7 +214,7 @@ def _exempt(backend, path: Path, statements) -> set:
     """The tables the blind probe leaves to work unbounded (clock_bound.py): those created earlier in this run
     and those the file's `-- accept-rewrite:` marker names."""
     try:
-        accepted = {name for _, name in rewrites.markers(path.read_text(encoding="utf-8"), statements)}
+        accepted = {name for _, name in rewrites.markers(files.read_text(path), statements)}
     except (OSError, UnicodeError):
         accepted = set()
     return _made_in_run(backend) | accepted

@@ -5,7 +5,10 @@ what else changed meanwhile in a shared schema is another service's work or a ha
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from migrator import source_files
 
 # Statements that change no object's definition (rows, settings, transactions): their tables are not targets.
 NOT_DDL = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CopyStmt", "DoStmt",
@@ -24,8 +27,8 @@ def named(paths) -> set[str]:
     names: set[str] = set()
     for path in paths:
         path = Path(path)
-        if path.is_file():
-            names |= file_targets(path.read_text(encoding="utf-8", errors="replace"))
+        if os.path.lexists(path):  # (anything but a missing file: a link or FIFO swapped in is refused)
+            names |= file_targets(source_files.read_bytes(path).decode("utf-8", errors="replace"))
     return names
 
 
