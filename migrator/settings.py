@@ -26,7 +26,7 @@ from migrator import credentials, output, pg_url, tls, urls
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
 from migrator.limits import read_timeout, resolve_ddl_limits
-from migrator.targets import (MONGO_EXAMPLE, MONGO_SCHEMES, AwsOptions, MongoOptions,
+from migrator.targets import (MONGO_EXAMPLE, MONGO_SCHEMES, AwsOptions, DdlLimits, MongoOptions,
                               MongoTarget, PostgresOptions, PostgresTarget)
 
 PG_DEFAULTS = {"host": "localhost", "port": "5432", "dbname": "unifieddevdb", "user": "postgres", "password": "postgres"}
@@ -105,8 +105,8 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
     target.read_timeout = read_timeout(env)
     try:  # the schema description's lock waits (schema/describe_locks.py); commands' options override them
         target.catalog_waits = resolve_ddl_limits(None, None, env)
-    except MigratorError:
-        pass  # said by the commands that run migrations; a description then waits as before
+    except MigratorError:  # said by the commands that run migrations; a description still waits within the defaults
+        target.catalog_waits = DdlLimits()
     target.notes[:0] = env.take_notes()
     output.register_secret(target.password)
     return target

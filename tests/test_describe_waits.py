@@ -73,3 +73,17 @@ def test_a_lock_outlasting_the_budget_is_one_line_naming_the_holder(cli, db, sql
     assert result.exit_code == 1 and "unexpected" not in result.output, result.output
     assert "lock not granted within 300 ms (lock_timeout)" in line and "lock retry budget spent" in line, line
     assert named(pid) in line and "DB_LOCK_RETRY_BUDGET" in line, line
+
+
+def test_an_unreadable_lock_setting_still_bounds_a_read_only_commands_waits(cli, db, sql_dir, tenant):
+    """`status` does not use DB_LOCK_TIMEOUT itself, so a bad value is not its error; the description's waits then
+    keep the defaults rather than waiting unbounded until the read timeout."""
+    holder = holding(db, 2)
+    pid = holder.info.backend_pid
+    try:
+        result = cli("status", "--sql-dir", sql_dir, env={**tenant, "DB_LOCK_TIMEOUT": "soon"})
+    finally:
+        holder.close()
+    assert result.exit_code == 0 and "no answer within" not in result.output, result.output
+    waits = [line for line in result.stderr.splitlines() if "lock not granted within 300 ms" in line]
+    assert waits and named(pid) in waits[0], result.output
