@@ -60,7 +60,7 @@ def test_the_schema_description_waits_for_a_lock_in_retried_tries_naming_the_hol
     finally:
         holder.close()
     assert result.exit_code == 0 and "unexpected" not in result.output, result.output
-    waits = [line for line in result.stderr.splitlines() if "schema description before the run" in line]
+    waits = [line for line in result.stderr.splitlines() if "schema description: lock" in line]
     assert waits and "lock not granted within 300 ms (lock_timeout) reading the catalog" in waits[0], result.stderr
     assert f"blocked by pid {pid} (holds ACCESS EXCLUSIVE on public.hcm_audit; application_name 'maintenance'" in waits[0]
     assert f"SELECT pg_terminate_backend({pid})" in waits[0] and "of the lock retry budget left" in waits[0]
@@ -80,7 +80,7 @@ def test_a_lock_outlasting_the_budget_ends_the_description_in_one_line(cli, db, 
         holder.close()
     line = one_error_line(result)
     assert result.exit_code == 1 and "unexpected" not in result.output, result.output
-    assert line.startswith("error: reading the schema's catalog before the run: lock not granted within 300 ms"), line
+    assert line.startswith("error: reading the schema's catalog: lock not granted within 300 ms"), line
     assert f"blocked by pid {pid} (holds ACCESS EXCLUSIVE on public.hcm_audit; application_name " \
            "'job, user postgres\\\\x0aforged', user " in line, line
     assert "--lock-retry-budget" in line and applied(db) == [SEED]

@@ -70,7 +70,7 @@ class Waits:
             raise exc  # the runner's own stop (SIGTERM), told as such by the caller
         who = _holders(conn)
         if code == QUERY_CANCELED:
-            raise MigratorError(f"reading the schema's catalog before the run did not finish within statement_timeout "
+            raise MigratorError(f"reading the schema's catalog did not finish within statement_timeout "
                                 f"(--statement-timeout); the sessions holding or waiting for ACCESS EXCLUSIVE: {who}; "
                                 "end the one in the way, or run again once it has ended")
         lock_timeout, budget = _limits(_read(conn, _LIMITS)[0])
@@ -79,13 +79,13 @@ class Waits:
         self.started = self.started or time.monotonic()
         left = (budget or 0) - (time.monotonic() - self.started)
         if left <= 0:
-            raise MigratorError(f"reading the schema's catalog before the run: lock not granted within {lock_timeout} "
+            raise MigratorError(f"reading the schema's catalog: lock not granted within {lock_timeout} "
                                 f"(lock_timeout), {self.tries} tries in {time.monotonic() - self.started:.1f} s (lock "
                                 f"retry budget spent); blocked by {who}; end that session, or run again once it has "
                                 "ended (--lock-retry-budget / DB_LOCK_RETRY_BUDGET sets how long to keep retrying)")
         delay = min(left, min(MAX_DELAY, FIRST_DELAY * 2 ** (self.tries - 1)) * random.uniform(0.5, 1))
         self.tries += 1
-        output.progress(f"schema description before the run: lock not granted within {lock_timeout} (lock_timeout) "
+        output.progress(f"schema description: lock not granted within {lock_timeout} (lock_timeout) "
                         f"reading the catalog; blocked by {who}; try {self.tries} in {delay:.1f} s, {left:.0f} s of "
                         "the lock retry budget left", kind="lock_retry", file=None, line=None, next_try=self.tries,
                         delay_s=round(delay, 2), budget_left_s=round(left, 1), waiting_for="schema description")
