@@ -419,17 +419,19 @@ def _ferretdb_binary():
         return ferretdb.build()
 
 
-# --- the slowest tests of the last run start first (pytest's cache), so no worker is left with a long one at the end
+# --- the slowest tests of the last run start first (pytest's cache), so no worker is left with a long one at the end;
+# a fresh clone (no cache yet, as CI's) takes them from slow_tests.json: a reference run's tests of SLOW_FIRST s or more
 
 DURATIONS_KEY = "hcm/durations"
 SLOW_FIRST = 5.0  # seconds a test took last time to be started before the others, longest first
+SLOW_TESTS = Path(__file__).with_name("slow_tests.json")
 _durations: dict[str, float] = {}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every xdist worker reads the same cache file, so all collect the same order (as xdist requires)."""
+    """Every xdist worker reads the same files, so all collect the same order (as xdist requires)."""
     cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
-    last = cache.get(DURATIONS_KEY, {}) if cache else {}
+    last = {**json.loads(SLOW_TESTS.read_text()), **(cache.get(DURATIONS_KEY, {}) if cache else {})}
     slow = sorted((item for item in items if last.get(item.nodeid, 0) >= SLOW_FIRST),
                   key=lambda item: -last[item.nodeid])
     if slow:
