@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from contextlib import contextmanager
 import warnings
@@ -31,6 +32,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # environment): those must run make as a user would.
 for _variable in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "ARGS", "NAME"):
     os.environ.pop(_variable, None)
+# The suite starts hundreds of Python processes (xdist workers, runner.py, patches' children): with
+# PYTHONDONTWRITEBYTECODE (set in some shells) each compiled every module it imports, ~1 s of CPU a runner.py. Their
+# bytecode is cached in a folder of the suite's own, so no __pycache__ appears beside a test's patch files.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+os.environ.setdefault("PYTHONPYCACHEPREFIX", str(PROJECT_ROOT / ".pytest_cache" / "pycache"))
+sys.dont_write_bytecode, sys.pycache_prefix = False, os.environ["PYTHONPYCACHEPREFIX"]  # (this process too)
 SPECIAL_PASSWORD = "p@ss:w/rd#%?&= x"
 PASSWORD_USER = "hcm_app"
 
