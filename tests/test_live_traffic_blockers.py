@@ -1,8 +1,8 @@
 """Blockers no session can end (the third hostile pass on issue 24, items 4, 7, 8): an autovacuum worker, which
 PostgreSQL cancels only after deadlock_timeout; a prepared transaction (two-phase commit: pg_blocking_pids says 0);
 a lock wait at COMMIT (a deferred foreign key's check). The autovacuum tests run on a server of their own (a quick
-autovacuum, naptime 1 s, server-wide, must not disturb the other tests), all on one worker so one such server starts;
-the prepared transactions on the suite's server (started with max_prepared_transactions, conftest)."""
+autovacuum, naptime 1 s, server-wide, must not disturb the other tests); the prepared transactions on the suite's
+server (started with max_prepared_transactions, conftest)."""
 
 import json
 import signal
@@ -15,8 +15,6 @@ import pytest
 
 from conftest import SEED, Server, _new_database, add_migration, applied, embedded_server, one_error_line
 from test_live_traffic import blocking, connect, seeded  # noqa: F401 (a fixture)
-
-on_own_server = pytest.mark.xdist_group("live_traffic_blockers_own_server")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +69,6 @@ def _autovacuum_running(db, table: str, owner: str = "") -> int:
     pytest.fail("no autovacuum started on the table within 60 s")
 
 
-@on_own_server
 def test_an_autovacuum_in_the_way_is_cancelled_within_a_try(cli, own_db, sql_dir):
     """Before: every 300 ms try gave up before the server's 1 s deadlock_timeout cancelled the autovacuum; the
     budget ran out, the blocker "application_name (none), user None"."""
@@ -83,7 +80,6 @@ def test_an_autovacuum_in_the_way_is_cancelled_within_a_try(cli, own_db, sql_dir
     assert not own_db.query("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND query LIKE '%%t_vac%%'", (worker,))
 
 
-@on_own_server
 def test_an_autovacuum_this_role_cannot_get_cancelled_is_named_with_what_to_do(cli, own_pg, own_db, sql_dir):
     """A role that may not lower deadlock_timeout: every try gives up; the line names the autovacuum worker and
     says why the server does not cancel it and what does."""
@@ -107,7 +103,6 @@ def test_an_autovacuum_this_role_cannot_get_cancelled_is_named_with_what_to_do(c
     assert "GRANT SET ON PARAMETER deadlock_timeout" in line and "user None" not in line, line
 
 
-@on_own_server
 def test_an_anti_wraparound_autovacuum_is_named_as_one_and_waited_for(cli, own_db, sql_dir):
     """PostgreSQL never cancels an anti-wraparound autovacuum for a lock request: the runner says so and that it
     ends on its own (not "end that session"), and does not claim a cancel it cannot get."""
