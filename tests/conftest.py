@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from contextlib import contextmanager
 import warnings
@@ -36,7 +37,9 @@ for _variable in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "ARGS", "
 # PYTHONDONTWRITEBYTECODE (set in some shells) each compiled every module it imports, ~1 s of CPU a runner.py. Their
 # bytecode is cached in a folder of the suite's own, so no __pycache__ appears beside a test's patch files.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-os.environ.setdefault("PYTHONPYCACHEPREFIX", str(PROJECT_ROOT / ".pytest_cache" / "pycache"))
+PYCACHE = str(PROJECT_ROOT / ".pytest_cache" / "pycache")
+if os.environ.setdefault("PYTHONPYCACHEPREFIX", PYCACHE) == PYCACHE and "PYTEST_XDIST_WORKER" not in os.environ:
+    shutil.rmtree(PYCACHE + tempfile.gettempdir(), ignore_errors=True)  # the last run's temporary files' (~8 MB)
 sys.dont_write_bytecode, sys.pycache_prefix = False, os.environ["PYTHONPYCACHEPREFIX"]  # (this process too)
 SPECIAL_PASSWORD = "p@ss:w/rd#%?&= x"
 PASSWORD_USER = "hcm_app"
