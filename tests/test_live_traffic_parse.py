@@ -148,6 +148,10 @@ def test_sigterm_while_the_schema_description_waits_is_one_line_and_frees_the_lo
 
 WAITING = ("SELECT pid FROM pg_locks WHERE NOT granted AND locktype = 'relation' "
            "AND relation = 'hcm_report_metadata'::regclass")
+# Its try over and no statement running for a while: in the backoff (0.25 s at least), not still ending the failed
+# try (a kill there is a session lost mid-statement: the test failed so under load).
+IN_BACKOFF = ("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state LIKE 'idle%%' "
+              "AND clock_timestamp() - state_change > interval '100 milliseconds'")
 
 
 def kill_in_backoff(db) -> None:
@@ -160,7 +164,7 @@ def kill_in_backoff(db) -> None:
         rows = db.query(WAITING)
         if rows:
             waiter = rows[0][0]
-        elif waiter is not None:
+        elif waiter is not None and db.query(IN_BACKOFF, (waiter,)):
             db.query(f"SELECT pg_terminate_backend({waiter})")
             return
         time.sleep(0.005)

@@ -155,8 +155,9 @@ def test_a_careless_patch_cannot_write_in_a_dry_run(cli, mongo, mongo_dir):
 
 
 def test_a_held_lock_makes_the_second_runner_wait_then_fail_naming_the_holder(cli, mongo, mongo_dir):
+    now = datetime.now(timezone.utc)  # (not NOW: collected a long run's minutes ago, the lock would have expired)
     mongo.db[lock.COLLECTION].insert_one({"_id": lock.LOCK_ID, "owner": "other", "host": "pod-7", "pid": 4242,
-                                          "since": NOW, "expires": NOW + timedelta(minutes=10)})
+                                          "since": now, "expires": now + timedelta(minutes=10)})
     result = cli("mongo", "apply", "--run", "--lock-timeout", "0.5", "--mongo-dir", mongo_dir, env=mongo.env)
     assert result.exit_code == 4
     line = one_error_line(result)
@@ -171,8 +172,9 @@ def test_a_lock_held_by_a_pid_gone_from_this_host_says_so(cli, mongo, mongo_dir)
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # its pid now names no process (a runner killed by SIGKILL, or ended on a lost connection)
+    now = datetime.now(timezone.utc)  # (not NOW, as above)
     mongo.db[lock.COLLECTION].insert_one({"_id": lock.LOCK_ID, "owner": "killed", "host": whoami.host(),
-                                          "pid": gone.pid, "since": NOW, "expires": NOW + timedelta(minutes=10)})
+                                          "pid": gone.pid, "since": now, "expires": now + timedelta(minutes=10)})
     result = cli("mongo", "apply", "--run", "--lock-timeout", "0.5", "--mongo-dir", mongo_dir, env=mongo.env)
     assert result.exit_code == 4
     line = one_error_line(result)
