@@ -5,7 +5,10 @@ Runs on FerretDB (or the server at TEST_MONGO_URL; mongomock where Go is missing
 
 import hashlib
 import json
+import os
+import py_compile
 import shutil
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -61,6 +64,7 @@ def test_dry_run_shows_what_it_would_do_and_writes_nothing(cli, mongo, mongo_dir
             and "Would modify 2 enrollment records out of 2 expired enrollment records. "
                 "Total number of ACTIVE enrollments in the database is 4" in result.stdout)
     assert mongo.snapshot() == before  # no change, no log record, no lock document
+    assert [p.name for p in mongo_dir.iterdir()] == [f"{PATCH_0001}.py"]  # nor a __pycache__ beside the patch
 
 
 def test_run_applies_and_logs_the_seed_fields_and_the_new_ones(cli, mongo, mongo_dir):
@@ -80,6 +84,26 @@ def test_run_applies_and_logs_the_seed_fields_and_the_new_ones(cli, mongo, mongo
     assert isinstance(record["duration_ms"], int) and record["host"] and record["user"]
     assert record["runner_version"] and "error" not in record
     assert mongo.db[lock.COLLECTION].count_documents({}) == 0  # released
+
+
+def test_a_patch_runs_from_its_own_source_never_from_a_pycache_beside_it(cli, mongo, tmp_path):
+    """The record's checksum is the source's: a bytecode file beside it (stale, or planted with the source's
+    mtime and size, which is all Python's import checks) must not run instead, and a run writes none there."""
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    patch = folder / "0001_marker.py"
+    patch.write_text('def run(db, dry_run):\n    return "ran a planted!"\n')
+    os.utime(patch, (1_700_000_000, 1_700_000_000))
+    cached = folder / "__pycache__" / f"0001_marker.{sys.implementation.cache_tag}.pyc"  # (beside it, as -I looks)
+    py_compile.compile(str(patch), cfile=str(cached), doraise=True)
+    patch.write_text('def run(db, dry_run):\n    return "ran the source"\n')  # the same size
+    os.utime(patch, (1_700_000_000, 1_700_000_000))
+    result = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=mongo.env)
+    assert result.exit_code == 0, result.output
+    (record,) = list(mongo.db.applied_patches.find())
+    assert record["comment"] == "ran the source", record
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == [
+        "0001_marker.py", "__pycache__", cached.relative_to(folder).as_posix()]
 
 
 def test_applied_patches_are_not_rerun_unless_named(cli, mongo, mongo_dir):
