@@ -1,5 +1,6 @@
 """What a binary-coercible type change and a column of a constrained domain still do to a big table (attack24e
-findings 1 and 2), each verdict checked against what the real PostgreSQL does (relfilenodes, seq_tup_read)."""
+findings 1 and 2, and two lows), each verdict checked against what the real PostgreSQL does (relfilenodes,
+seq_tup_read)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def test_the_server_does_what_the_verdicts_say_and_a_plain_index_or_not_valid_ch
     plain index's files; with a NOT VALID CHECK and only plain indexes it is catalog only and runs unrefused."""
     seeded(cli, db, sql_dir)
     db.query(f"ALTER TABLE {TABLE} ADD CONSTRAINT tenant_set CHECK (btrim(tenant_id) <> ''); "
-             f"CREATE INDEX idx_tenant_lower ON {TABLE} (lower(tenant_id)); CREATE INDEX idx_tenant ON {TABLE} (tenant_id); "
+             f"CREATE INDEX idx_tenant_lower ON {TABLE} (lower(tenant_id)); "
+             f"CREATE INDEX idx_tenant ON {TABLE} (tenant_id); "
              f"ALTER TABLE {TABLE} ADD CONSTRAINT name_set CHECK (report_name <> '') NOT VALID")
     before, scanned = _files(db), _scanned(db)
     add_migration(sql_dir, "0002_widen", MARKER + WIDEN)
@@ -137,3 +139,24 @@ def test_plan_impact_says_the_recheck_scan_and_only_the_indexes_built_again(cli,
     plan = json.loads(cli("plan", "--sql-dir", sql_dir, "--json", env={**db.db_env(), "REWRITE_THRESHOLD_ROWS": "10"}
                           ).stdout)
     assert {r["does"] for r in plan["rewrites"]} == {"scans", "rebuilds index(es) idx_tenant_name of"}, plan
+
+
+def test_a_marker_inside_a_block_comment_accepts_nothing(cli, db, sql_dir):
+    """attack24e low: a commented-out marker (in /* */, nested too) was honoured; one after the comment still is."""
+    seeded(cli, db, sql_dir)
+    retype = f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"
+    add_migration(sql_dir, "0002_hidden", f"/* old: /* nested */\n{MARKER}*/\n" + retype)
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and "0002_hidden.sql:4: ALTER COLUMN id TYPE bigint" in result.stderr, result.output
+    add_migration(sql_dir, "0002_hidden", f"/* old: /* nested */ */\n{MARKER}" + retype)
+    ok(migrate(cli, db, sql_dir, *SMALL))
+
+
+def test_plan_impact_never_cuts_a_statement_mid_name(cli, db, pg, sql_dir):
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    long = (f"ALTER TABLE {TABLE} ADD CONSTRAINT fk_parent_report FOREIGN KEY (id) REFERENCES {TABLE}(id) NOT VALID;\n")
+    add_migration(sql_dir, "0002_fk", long)
+    text = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env()).stdout
+    (line,) = [line for line in text.splitlines() if line.startswith("  line 1: ALTER TABLE")]
+    assert line.startswith(f"  line 1: ALTER TABLE {TABLE} ADD CONSTRAINT fk_parent_report FOREIGN KEY (id) REFERENCES "
+                           "...: "), line  # before: "REFERENCES hcm_rep: " (the name cut at 100 characters)

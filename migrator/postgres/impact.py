@@ -127,7 +127,8 @@ class StatementImpact:
 
     @property
     def summary(self) -> str:
-        head = " ".join(self.text.split())[:100].rstrip(";")
+        head = " ".join(self.text.split()).rstrip(";")
+        head = head if len(head) <= 100 else head[:101].rsplit(" ", 1)[0] + " ..."  # (never mid-name)
         if self.error:
             return f"{head}: failed on the scratch database: {self.error}"
         if self.observed:
