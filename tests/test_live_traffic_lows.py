@@ -69,3 +69,30 @@ def test_a_reader_that_left_ends_the_command_quietly(db, sql_dir, seeded, comman
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141, err
     assert "BrokenPipe" not in err and "Traceback" not in err and "error" not in err, err
+
+
+@pytest.mark.parametrize("header", ["SET statement_timeout = 0;\nSET lock_timeout = 0;\n",
+                                    "set local statement_timeout to '1h';\n",
+                                    "-- transactional: false\n/* dump */ SET SESSION \"statement_timeout\" TO 0;\n"])
+def test_a_files_own_statement_timeout_cannot_lift_the_runs_bound(cli, db, sql_dir, seeded, header):
+    """pg_dump's header SET statement_timeout = 0 (attack24e finding 5). Before: the sleep ran to its end, unbounded,
+    without a word; now the run's --statement-timeout ends it, and one note says so and how to lift it."""
+    path = add_migration(sql_dir, "0002_dump", header + "SELECT pg_sleep(3);\n")
+    result = cli("migrate", "--statement-timeout", "1s", "--sql-dir", sql_dir, env=seeded)
+    assert result.exit_code == 1 and "canceling statement due to statement timeout" in result.stderr, result.output
+    line = 2 if header.startswith("--") else 1
+    notes = [n for n in result.stderr.splitlines() if "the file's SET statement_timeout is overridden" in n]
+    assert notes == [f"{path}:{line}: the file's SET statement_timeout is overridden: each statement still ends after "
+                     "1 s (the run's --statement-timeout / DB_STATEMENT_TIMEOUT: raise it, or 0 for none, to let this "
+                     "run longer; remove the line from the file to drop this note)"], result.stderr
+    assert applied(db) == [SEED]
+
+
+def test_a_files_stricter_statement_timeout_is_kept_and_the_run_may_lift_it(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_strict", "SET statement_timeout = '200ms';\nSELECT pg_sleep(1);\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)  # the run's 10 min: the file's 200 ms is stricter
+    assert result.exit_code == 1 and "statement timeout" in result.stderr and "overridden" not in result.stderr
+    add_migration(sql_dir, "0002_strict", "SET statement_timeout = 0;\nSELECT pg_sleep(1);\n")
+    result = cli("migrate", "--statement-timeout", "0", "--sql-dir", sql_dir, env=seeded)  # lifted deliberately
+    assert result.exit_code == 0 and "overridden" not in result.stderr, result.output
+    assert applied(db) == [SEED, "0002_strict"]

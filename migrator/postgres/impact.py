@@ -127,7 +127,8 @@ class StatementImpact:
 
     @property
     def summary(self) -> str:
-        head = " ".join(self.text.split())[:100].rstrip(";")
+        head = " ".join(self.text.split()).rstrip(";")
+        head = head if len(head) <= 100 else head[:101].rsplit(" ", 1)[0] + " ..."  # (never mid-name)
         if self.error:
             return f"{head}: failed on the scratch database: {self.error}"
         if self.observed:
@@ -331,12 +332,13 @@ def _rebuilt_indexes(cur, before: dict, after: dict, existing: dict, locks: dict
     """Indexes built again while their table kept its rows (a new COLLATE, a type change that keeps the rows: the
     index is dropped and created again, or given a new relfilenode): each reads the table under the statement's
     lock."""
-    now = {name for name, _kind, _node in after.values()}
+    now = {name: node for name, _kind, node in after.values()}
     by_table: dict = {}
     for oid, (name, kind, node) in before.items():
         if kind not in ("i", "I") or oid not in existing:
             continue
-        if (oid in after and after[oid][2] != node) or (oid not in after and name in now):
+        # (one created again with its old file kept, TryReuseIndex: a plain index of a binary-coercible type change)
+        if (oid in after and after[oid][2] != node) or (oid not in after and name in now and now[name] != node):
             cur.execute(_TABLE_OF, (name,))
             row = cur.fetchone()
             if row and (row[0] not in before or before[row[0]][2] == row[2]):  # a rewrite rebuilds all: said there

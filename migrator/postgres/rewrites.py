@@ -252,9 +252,9 @@ class _Live:
         return risks.expression_functions(row[0]) if row and row[0] else set()
 
     def rewrites_type(self, oid: int, column: str, type_name, using, collation=None) -> str | None:
-        """What ALTER COLUMN TYPE does to the rows: "rewrites" unless the new type is the same or binary-coercible
-        and its length/precision only grows (varchar(n) -> varchar(m >= n) or text, numeric(p,s) -> numeric(q >= p,s));
-        a new collation of an indexed column "rebuilds the indexes of" the table; else None (catalog only)."""
+        """ALTER COLUMN TYPE: "rewrites" unless the type is the same or binary-coercible and its limit only grows (varchar(n)
+        -> varchar(m >= n) or text...); a new collation of an indexed column "rebuilds the indexes of"; else None
+        (the rows kept: what depends on the column is judged by risks_types.retyped)."""
         found = self.column(oid, column)
         if found is None:
             return "rewrites"  # a column a pending statement added: retyping it rewrites the live table's rows
@@ -340,6 +340,7 @@ def markers(text: str, statements=()) -> set[tuple[str | None, str]]:
     outside its `statements` only (one inside a string or a function's body is no marker)."""
     found = set()
     spans = [(s.offset, s.offset + len(s.text)) for s in statements]
+    spans += _block_comments(text, sorted(spans))
     for match in MARKER.finditer(text):
         if any(start <= match.start() < end for start, end in spans):
             continue
@@ -348,6 +349,26 @@ def markers(text: str, statements=()) -> set[tuple[str | None, str]]:
                      for p in re.findall(r'"(?:[^"]|"")*"|[^.\s]+', item)]
             if len(parts) in (1, 2):
                 found.add((parts[0], parts[1]) if len(parts) == 2 else (None, parts[0]))
+    return found
+
+
+def _block_comments(text: str, statements: list) -> list[tuple[int, int]]:
+    """The /* ... */ comments (nested, as PostgreSQL reads them) between the statements: a marker in one is out."""
+    found, at = [], 0
+    for start, end in statements + [(len(text), len(text))]:
+        while at < start:
+            if text.startswith("--", at):
+                at = (text.find("\n", at, start) + 1) or start  # (a line comment: no /* opens in it)
+            elif text.startswith("/*", at):
+                opened, depth = at, 0
+                while at < len(text) and (depth > 0 or at == opened):
+                    pair = text[at:at + 2]
+                    depth += (pair == "/*") - (pair == "*/")
+                    at += 2 if pair in ("/*", "*/") else 1
+                found.append((opened, at))
+            else:
+                at += 1
+        at = max(at, end)
     return found
 
 

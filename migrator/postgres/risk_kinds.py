@@ -43,6 +43,12 @@ INSTEAD = {
     "default partition": ("ADD CONSTRAINT ... CHECK (NOT (<the new partition's range>)) NOT VALID on the DEFAULT "
                           "partition, VALIDATE CONSTRAINT in a later file, then create or attach the partition (no "
                           "scan once a validated CHECK excludes its range)"),
+    "domain column": ("add the column with the domain's base type (nullable), ADD CONSTRAINT ... CHECK (...) NOT "
+                      "VALID saying what the domain says, then VALIDATE CONSTRAINT in a later file"),
+    "type check": ("in one ALTER TABLE, DROP CONSTRAINT the CHECK, change the type and ADD it again NOT VALID; then "
+                   "VALIDATE CONSTRAINT in a later file"),
+    "type index": ("DROP INDEX CONCURRENTLY the index first, change the type, then CREATE INDEX CONCURRENTLY it again "
+                   "(each in a `-- transactional: false` file)"),
     "domain": ("ALTER DOMAIN ... ADD CONSTRAINT ... NOT VALID, then ALTER DOMAIN ... VALIDATE CONSTRAINT in a later "
                "file, off-peak"),
 }

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from migrator import lazy_re
-from migrator.postgres import risks_objects, risks_writes
+from migrator.postgres import risks_objects, risks_types, risks_writes
 # (the kinds of risk, their locks and safe patterns; rewrites.py and impact.py read them from here)
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
@@ -68,6 +68,7 @@ class Seen:
     indexes: dict = field(default_factory=dict)  # (table key, index name) -> its columns: a pending CREATE INDEX's
     views: dict = field(default_factory=dict)  # view key -> the tables it reads: a CREATE VIEW of a locked file's
     transactional: bool = True  # the file runs in one transaction (else only its own BEGIN ... COMMIT blocks)
+    domains: dict = field(default_factory=dict)  # name -> (has a CHECK / NOT NULL, base type): a pending CREATE DOMAIN
 
     def begin_file(self, transactional: bool) -> None:
         self.altered = {} if transactional else None
@@ -101,6 +102,8 @@ class Seen:
         bare = _COMMENTS.sub(" ", text)
         if _FUNCTION.match(bare):
             self._function(text)
+        elif risks_types.DOMAIN_HINT.match(bare):
+            risks_types.read_domain(text, self)
         loads = _LOADS.match(bare)
         if loads:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in loads.groups() if p]
@@ -275,8 +278,11 @@ def _alter_table(tree, line: int, live, seen: Seen):
         if cmd.subtype == types.AT_AddColumn:
             column = cmd.def_
             why = _volatile_column(column, live, seen) if not new else None
-            if why:
-                yield Risk(line, name, f"ADD COLUMN {column.colname} {why}", "rewrites", ACCESS_EXCLUSIVE, "default")
+            domain = not new and not why and column.typeName and risks_types.constrained_domain(column.typeName, live,
+                                                                                                  seen)
+            if why or domain:
+                yield Risk(line, name, f"ADD COLUMN {column.colname} {why or domain}", "rewrites", ACCESS_EXCLUSIVE,
+                           "default" if why else "domain column")
             elif not new:
                 yield from _column_constraints(column, name, line)
         elif cmd.subtype == types.AT_AlterColumnType and not new:
@@ -288,6 +294,9 @@ def _alter_table(tree, line: int, live, seen: Seen):
                 yield Risk(line, name, f"ALTER COLUMN {cmd.name} TYPE {_text(cmd.def_.typeName)}"
                                        + (f" {_text(cmd.def_.collClause)}" if cmd.def_.collClause else ""),
                            how, ACCESS_EXCLUSIVE, "type")
+            elif table:  # the rows kept, not its CHECKs and some of its indexes
+                yield from risks_types.retyped(live, table[0], column, f"ALTER COLUMN {cmd.name} TYPE "
+                                               f"{_text(cmd.def_.typeName)}", name, line)
         elif cmd.subtype == types.AT_SetExpression and not new:
             yield Risk(line, name, f"ALTER COLUMN {cmd.name} SET EXPRESSION", "rewrites", ACCESS_EXCLUSIVE,
                        "expression")

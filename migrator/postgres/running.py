@@ -11,7 +11,7 @@ from pathlib import Path
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import (autovacuum, backfill, clock_bound, concurrently, detach, files, retry, rewrites,
-                               sessions)
+                               sessions, statement_bound)
 from migrator.postgres.errors import StatementFailed, progress
 
 def execute(cursor, statement, probe=None, path: Path | None = None,
@@ -65,6 +65,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                             exempt |= clock_bound.created(statement.text)
                         if budget is not None and retry.SETS_LOCK_TIMEOUT.match(statement.text):
                             budget.override(cursor, path, statement)
+                        if statement_bound.SETS_STATEMENT_TIMEOUT.match(statement.text):
+                            statement_bound.keep(cursor, path, statement)
             except interrupt.Interrupted as exc:
                 if exc.before_block and progress:  # it stopped between statements: this one never started
                     progress(done, started=False)

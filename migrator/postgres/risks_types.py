@@ -1,0 +1,97 @@
+"""What a column's type costs beyond a rewrite of its rows: read from PostgreSQL's own rules (tablecmds.c).
+
+A binary-coercible `ALTER COLUMN TYPE` (varchar(20) -> varchar(64), varchar <-> text) keeps the rows, but
+ATExecAlterColumnType drops and re-creates every constraint and index that depends on the column: a validated CHECK
+naming it is checked again on every row, and an index whose expression or predicate (WHERE) names it, or with an
+expression anywhere, is built again (CheckIndexCompatible never reuses those; a plain index whose operator class
+stays compatible keeps its file, TryReuseIndex). Both under the ALTER's ACCESS EXCLUSIVE lock.
+
+`ADD COLUMN c some_domain` where the domain, or a domain it is based on, has a CHECK or NOT NULL constraint rewrites
+the table even without a default (ATExecAddColumn: a domain with constraints is evaluated on every row). A domain a
+pending statement creates is judged from its text (`Seen.domains`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from migrator import lazy_re
+from migrator.postgres.risk_kinds import ACCESS_EXCLUSIVE, Risk
+
+# Validated CHECKs naming the column: re-checked on every row by a type change (NOT VALID ones are not).
+_CHECKS = """
+SELECT c.conname FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_attribute a
+ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)
+WHERE c.conrelid = %(oid)s AND c.contype = 'c' AND c.convalidated AND a.attname = %(column)s ORDER BY 1
+"""
+# Indexes on the column (a key or INCLUDE column, or named by an expression or predicate) that PostgreSQL builds
+# again: one with an expression or a predicate, or an invalid one (CheckIndexCompatible).
+_INDEXES = """
+SELECT ic.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attname = %(column)s AND NOT a.attisdropped
+WHERE i.indrelid = %(oid)s AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL OR NOT i.indisvalid)
+  AND (a.attnum = ANY(i.indkey) OR EXISTS (
+    SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+    AND d.objid = i.indexrelid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+    AND d.refobjid = i.indrelid AND d.refobjsubid = a.attnum))
+ORDER BY 1
+"""
+# The domain (on the path) and the domains it is based on: does any carry a CHECK or NOT NULL? (None: no domain)
+_DOMAIN = """
+WITH RECURSIVE chain(oid, depth) AS (
+  (SELECT t.oid, 0 FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+   WHERE t.typtype = 'd' AND t.typname = %(name)s AND n.nspname = ANY(%(path)s)
+   ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1)
+  UNION ALL SELECT t.typbasetype, c.depth + 1 FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid
+  WHERE t.typtype = 'd' AND c.depth < 100)
+SELECT bool_or(t.typnotnull OR EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid))
+FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype = 'd'
+"""
+# A pending CREATE DOMAIN (read without the parser when the statement is no such thing)
+DOMAIN_HINT = lazy_re.compile(r"\s*create\s+domain\b", re.IGNORECASE)
+
+
+def retyped(live, oid: int, column: str, what: str, name, line: int):
+    """The scan and index builds of a type change that keeps the rows (the live column `column` of table `oid`)."""
+    checks = [row[0] for row in live._rows(_CHECKS, {"oid": oid, "column": column})]
+    if checks:
+        yield Risk(line, name, f"{what} (binary-coercible, but CHECK {', '.join(checks)} is checked again on every "
+                               "row)", "scans", ACCESS_EXCLUSIVE, "type check")
+    indexes = [row[0] for row in live._rows(_INDEXES, {"oid": oid, "column": column})]
+    if indexes:
+        yield Risk(line, name, f"{what} (binary-coercible, but an index with an expression or a WHERE is built "
+                               "again)", f"rebuilds index(es) {', '.join(indexes)} of", ACCESS_EXCLUSIVE, "type index")
+
+
+def constrained_domain(type_name, live, seen) -> str | None:
+    """Why adding a column of this type rewrites the table: a domain with a CHECK / NOT NULL, or None."""
+    names = [n.sval for n in type_name.names]
+    if _constrained(names, live, seen, 0):
+        return (f"of domain {'.'.join(names)}, which has a CHECK or NOT NULL constraint (checked on every row, "
+                "default or not)")
+    return None
+
+
+def _constrained(names: list[str], live, seen, depth: int) -> bool:
+    pending = seen.domains.get(names[-1])
+    if pending is not None and depth < 100:  # a pending CREATE DOMAIN: its own constraints, or its base's
+        own, base = pending
+        return own or _constrained(base, live, seen, depth + 1)
+    row = live._rows(_DOMAIN, {"name": names[-1], "path": names[:-1] if len(names) > 1 else live.path})
+    return bool(row and row[0][0])
+
+
+def read_domain(text: str, seen) -> None:
+    """Note a pending CREATE DOMAIN: whether it has a CHECK or NOT NULL of its own, and the type it is based on."""
+    from pglast import ast, enums, parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        trees = [raw.stmt for raw in parse_sql(text)]
+    except ParseError:
+        return
+    for tree in trees:
+        if isinstance(tree, ast.CreateDomainStmt):
+            own = any(c.contype in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)
+                      for c in tree.constraints or ())
+            seen.domains[tree.domainname[-1].sval] = (own, [n.sval for n in tree.typeName.names])
