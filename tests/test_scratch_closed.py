@@ -7,6 +7,7 @@ then call as the migration role. The runner here is a CREATEDB role, not a super
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 
@@ -144,3 +145,26 @@ def test_a_scratch_database_left_behind_is_said_truthfully(cli, pg, sql_dir, cre
             conn.autocommit = True
             for name in scratch_databases(pg):
                 cur.execute(f'DROP DATABASE "{name}"')
+
+
+def test_a_session_the_user_cannot_end_is_waited_out_before_the_scratch_database_is_dropped(pg, creator):
+    """DROP DATABASE ... WITH (FORCE) cannot end a backend of a role the user is not a member of: a co-tenant's
+    refused login still starting up (a load race seen in the suite), here a member of the user's role that got
+    in. The drop is retried while such a session lasts, not failed at once leaving the database behind."""
+    from schema_helpers import server_target
+    from migrator.schema.scratch import scratch_database
+
+    member = "scrm_" + uuid.uuid4().hex[:8]
+    with pg.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE ROLE {member} LOGIN IN ROLE {creator}")
+    try:
+        target = dataclasses.replace(server_target(pg), user=creator)
+        with scratch_database(target) as scratch:
+            inside = psycopg2.connect(dbname=scratch.dbname, user=member, host=pg.host, port=pg.port,
+                                      password=pg.password)
+            threading.Timer(1.0, inside.close).start()
+        assert scratch_databases(pg) == []
+    finally:
+        with pg.connect() as conn, conn.cursor() as cur:
+            conn.autocommit = True
+            cur.execute(f"DROP ROLE {member}")

@@ -8,6 +8,7 @@ database the target names: only that database's server is used.
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
@@ -19,6 +20,7 @@ from migrator.schema.model import Description
 from migrator.targets import PostgresTarget
 
 PREFIX = "hcm_scratch_"
+DROP_WAIT = 10.0  # seconds a session the user may not end can keep it from dropping its scratch database
 LOCK_SECONDS = 10.0  # nobody else knows the scratch database; the lock is the runner's path, taken at once
 
 
@@ -40,9 +42,9 @@ def _on_server(server: PostgresTarget, statements: list[str], what: str = "creat
     except psycopg2.Error as exc:
         said = (exc.pgerror or str(exc)).strip().splitlines()[0]
         if what == "drop":  # (its right to CREATE DATABASE was proven when it was made)
-            raise MigratorError(f"cannot drop scratch database {statements[0].split(chr(34))[1]} on {server.where} as "
+            raise MigratorError(f"cannot drop scratch database {statements[-1].split(chr(34))[1]} on {server.where} as "
                                 f"{server.user or 'the default user'} ({said}); it is left behind: as its owner or a "
-                                f"superuser run {statements[0]}")
+                                f"superuser run {statements[-1]}")
         raise MigratorError(f"cannot create or drop a scratch database on {server.where} as {server.user or 'the default user'} "
                             f"({said}); schema checks need a server "
                             "where that user may CREATE DATABASE (e.g. the local development one)")
@@ -77,7 +79,22 @@ def scratch_database(server: PostgresTarget) -> Iterator[PostgresTarget]:
                                 "as the migration role: find who (pg_stat_activity) and stop it, then run again")
         yield dataclasses.replace(server, dbname=name, notes=[])
     finally:
-        _on_server(server, [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], "drop")
+        _drop(server, name)
+
+
+def _drop(server: PostgresTarget, name: str) -> None:
+    """Closed to new sessions, then dropped; retried while a session the user may not end is in it (a co-tenant's
+    refused login still starting up), for at most DROP_WAIT seconds."""
+    deadline = time.monotonic() + DROP_WAIT
+    while True:
+        try:
+            _on_server(server, [f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+                                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], "drop")
+            return
+        except MigratorError as exc:
+            if "permission denied to terminate" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 @dataclasses.dataclass
