@@ -31,6 +31,7 @@ class Seen:
     waited: float | None = None
     lock_timeout: float | None = None  # seconds the statement's lock_timeout was (TryBudget's), if not the policy's
     blind: str | None = None  # why the probe could not see the session when it ended the try (Probe: blind)
+    deadlock: str | None = None  # the try was ended by a deadlock: with whom, over what (deadlocks.py)
 
 
 # The probe's cancel of the migration session: only while it still waits for a lock (one query: the check and the

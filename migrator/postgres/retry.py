@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from migrator import interrupt, output
 from migrator.durations import pg_seconds
-from migrator.postgres import autovacuum, sessions
+from migrator.postgres import autovacuum, deadlocks, sessions
 # the probe has its own module (lock_probe.py); its names stay reachable here for the runner's modules
 from migrator.postgres.lock_probe import PROBE_NAME, QUERY_CANCELED, Probe, Seen, seconds_text  # noqa: F401
 
@@ -55,8 +55,8 @@ class Policy:
 
 
 def lock_timed_out(exc) -> bool:
-    """A StatementFailed whose statement gave up waiting for a lock."""
-    return getattr(getattr(exc, "cause", None), "pgcode", None) == LOCK_NOT_AVAILABLE
+    """A StatementFailed whose statement gave up waiting for a lock, or lost a deadlock (a try that lost too)."""
+    return getattr(getattr(exc, "cause", None), "pgcode", None) in (LOCK_NOT_AVAILABLE, deadlocks.DEADLOCK)
 
 
 class Backoff:
@@ -182,7 +182,8 @@ def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:
     text = f"{exc.path}:{exc.line}: {_at_commit(exc)}{_not_granted(seen, backoff.policy)}"
     if seen.waiting_for:
         text += f" waiting for {seen.waiting_for}"
-    text += f"; blocked by {_who(seen)}"
+    if not seen.deadlock:
+        text += f"; blocked by {_who(seen)}"
     text += (f"; try {backoff.tries} in {delay:.1f} s, {seconds_text(backoff.left())} of the lock retry budget left")
     schema = output.event_context().get("schema")
     output.progress(f"[{schema}] {text}" if schema else text, kind="lock_retry", file=str(exc.path), line=exc.line,
@@ -202,7 +203,12 @@ def gave_up(exc, seen: Seen, backoff: Backoff):
     way_out = autovacuum.advice(seen.blockers, backoff.policy.per_try, backoff.policy.quick_autovacuum_cancel) or (
         "let the probe connect (allow the migration role one more connection: its CONNECTION LIMIT, or free a slot "
         "under max_connections), then run again" if seen.blind and seen.cancelled else None)
-    exc.todo = (f"{_at_commit(exc)}{retried}; blocked by {who}; {way_out or sessions.way_out(seen.blockers)} "
+    if seen.deadlock:  # not the file's fault: the application takes the same locks in the other order
+        exc.cause = TryEnded(_not_granted(seen, backoff.policy))
+        who, way_out = "", ("run again when the application is quieter, or take the file's locks in the order the "
+                            "application takes them (a LOCK TABLE of both first)")
+    exc.todo = (f"{_at_commit(exc)}{retried}; {f'blocked by {who}; ' if who else ''}"
+                f"{way_out or sessions.way_out(seen.blockers)} "
                 "(--lock-retry-budget / DB_LOCK_RETRY_BUDGET sets how long to keep retrying)")
     if not exc.transactional and exc.done:  # a rerun starts the file over: what committed runs again
         which = f"statements 1-{exc.done}, which COMMITTED, run" if exc.done > 1 else "statement 1, which COMMITTED, runs"
@@ -217,6 +223,8 @@ class TryEnded(RuntimeError):
 
 def _not_granted(seen: Seen, policy: Policy) -> str:
     """What ended the try, with the real wait: the probe's cancel, or lock_timeout as the statement had it."""
+    if seen.deadlock:
+        return f"deadlock: PostgreSQL ended this try (rolled back) so the other side could go on: {seen.deadlock}"
     if seen.cancelled and seen.blind:
         return (f"ended by the runner after {seconds_text(seen.waited or 0)}, past the try's "
                 f"{seconds_text(policy.per_try)}, taken as a lock wait: the lock probe was blind, so a wait could not "
