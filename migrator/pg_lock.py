@@ -141,11 +141,10 @@ def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str]
             with _row(backend, target, deadline):
                 yield
         finally:
-            if flyway_key is not None and not backend.connection.closed:
-                backend.execute("SELECT pg_advisory_unlock(:key)", {"key": flyway_key})
-    finally:
-        if not backend.connection.closed:  # (a lost session's advisory locks went with it)
-            backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key})
+            if flyway_key is not None:
+                _unless_lost(backend, lambda: backend.execute("SELECT pg_advisory_unlock(:key)", {"key": flyway_key}))
+    finally:  # (a lost session's advisory locks went with it)
+        _unless_lost(backend, lambda: backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key}))
 
 
 def _held_by(backend, target: PostgresTarget, key: int, timeout: float) -> str:
@@ -191,9 +190,33 @@ def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
         yield
     finally:
         backend._is_locked = False
-        if not backend.connection.closed:  # (lost: the next run clears the row of a runner no session holds)
-            with backend.transaction():
-                backend.execute(f"DELETE FROM {table} WHERE locked = :slot AND pid = :pid", {"slot": slot, "pid": pid})
+        _unless_lost(backend, lambda: _delete_row(backend, table, slot, pid))
+
+
+def _delete_row(backend, table: str, slot, pid: int) -> None:
+    with backend.transaction():
+        backend.execute(f"DELETE FROM {table} WHERE locked = :slot AND pid = :pid", {"slot": slot, "pid": pid})
+
+
+def _unless_lost(backend, cleanup: Callable[[], None]) -> None:
+    """A cleanup on the run's session, left out when that session is lost (a failover, pg_terminate_backend): what
+    it held went with it, and the next run clears a row no session holds. Lost is told by the error too: a
+    connection the server closed while idle still reads as open until used, and the cleanup's error would then
+    replace the run's own line (what was applied, run again)."""
+    if backend.connection.closed:
+        return
+    try:
+        cleanup()
+    except Exception as exc:
+        if not _session_lost(backend, exc):
+            raise
+
+
+def _session_lost(backend, exc: BaseException) -> bool:
+    import psycopg2
+
+    return bool(backend.connection.closed) or (isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+                                               and getattr(exc, "pgcode", None) is None)
 
 
 def _try(backend, key: int) -> bool:

@@ -134,3 +134,37 @@ class SilentProxy(_Listener):
         """Read and drop what the client sends (its kernel ACKs it, as a live proxy's does), never answer."""
         while client.recv(65536):
             pass
+
+
+class CutProxy(_Listener):
+    """Relays every session to the suite's server's Unix socket until cut(): then closes both ends of each at
+    once, no error message sent, as a failover (the server gone, its sockets reset) looks to a client."""
+
+    def __init__(self, socket_dir: str, port: int):
+        self.backend = str(Path(socket_dir) / f".s.PGSQL.{port}")
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        super().__init__()
+
+    def cut(self) -> None:
+        self.listener.close()
+        for pair in self._pairs:
+            for sock in pair:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def _handle(self, client: socket.socket) -> None:
+        server = socket.socket(socket.AF_UNIX)
+        server.connect(self.backend)
+        server.sendall(_startup(client))
+        self._pairs.append((client, server))
+        while True:
+            ready, _, _ = select.select([client, server], [], [])
+            for source, sink in ((client, server), (server, client)):
+                if source in ready:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    sink.sendall(data)

@@ -38,7 +38,7 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
     from migrator import postgres
 
     applied = []
-    with locked_backend(settings, settings.limits()) as (backend, target):
+    with _said_if_interrupted(settings, applied), locked_backend(settings, settings.limits()) as (backend, target):
         if not target.schema:
             _say_other_histories(settings, backend)
         drift = postgres.reconcile(backend, migrations, settings.note)
@@ -53,6 +53,36 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         states = postgres.status(backend, migrations)
     done, no_file = postgres.applied_counts(states)
     return SqlMigrateReport(applied, done, len(migrations), no_file)
+
+
+@contextlib.contextmanager
+def _said_if_interrupted(settings: CommandSettings, applied: list) -> Iterator[None]:
+    """SIGTERM outside the steps that say their own stop (connecting, the migration lock's row, the history,
+    between the migrations): one line of what was (not) applied, never the default action's silent exit 143.
+    A plain handler, not a guard: the steps with their own (the lock wait, the schema description, the
+    migrations) install theirs over it and say more; a tenant run's guard is left alone."""
+    import signal
+    import threading
+
+    from migrator import interrupt
+
+    if interrupt.guarded() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise interrupt.Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except interrupt.Interrupted as exc:
+        done = (f"{len(applied)} migration(s) applied and committed ({', '.join(applied)}), no other started"
+                if applied else "no migration was applied")
+        raise MigratorError(f"{settings.postgres_target().where}: {exc} outside any migration: {done}; the migration "
+                            "lock, if taken, ended with the session; run migrate again", 128 + exc.signum) from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _redo_command(settings: CommandSettings, target, count: int | None) -> str | None:

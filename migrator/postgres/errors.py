@@ -13,6 +13,8 @@ from migrator.postgres import concurrently, files
 HINTS = {
     "55P03": "it waited longer than lock_timeout for a lock that other sessions hold: "
              "end the session that holds it, or run again when it has ended (--lock-retry-budget retries longer)",
+    "40P01": "it deadlocked with another session (PostgreSQL ended this side, its transaction rolled back): "
+             "run again; lock retries (--ddl-lock-timeout, --lock-retry-budget) retry it by themselves",
     "57014": "it ran longer than statement_timeout: raise --statement-timeout, or make the migration cheaper",
     "25001": "put that statement in a migration of its own whose first line is `-- transactional: false`",
     "53200": "the file takes more locks than max_locks_per_transaction allows: raise it on the server, "
@@ -169,6 +171,13 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         committed = "the connection was lost (a server restart, or pg_terminate_backend), so whether it committed " \
                     "is unknown: run `runner.py status`"
         todo = "then run again"
+        batches = getattr(cause, "backfill_committed", None)
+        if isinstance(exc, StatementFailed) and not exc.transactional and batches and batches[1]:
+            # the batches before the one cut committed: known; only that last one is not
+            committed = ("the connection was lost (a server restart, or pg_terminate_backend) during a batch: "
+                         + progress(exc.statements, exc.done, "whether the batch running then committed is unknown",
+                                    batches))
+            todo = exc.todo = "run again: the rerun continues the backfill where it stopped (its WHERE leaves done rows out)"
     earlier = getattr(migration, "earlier_failure", None)
     if isinstance(exc, StatementFailed) and not exc.transactional and earlier and not \
             earlier.startswith(NOTHING_COMMITTED) and exc.done == 0:  # an earlier run committed part; this one none

@@ -25,23 +25,17 @@ from __future__ import annotations
 
 import random
 import re
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from migrator import interrupt, output
 from migrator.durations import pg_seconds
-from migrator.postgres import autovacuum, sessions
+from migrator.postgres import autovacuum, deadlocks, sessions
+# the probe has its own module (lock_probe.py); its names stay reachable here for the runner's modules
+from migrator.postgres.lock_probe import PROBE_NAME, QUERY_CANCELED, Probe, Seen, seconds_text  # noqa: F401
 
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
 FIRST_DELAY, MAX_DELAY = 0.5, 10.0  # seconds between tries: doubling, jittered, capped
-PROBE_AFTER = 0.01  # seconds a statement runs before the probe asks who blocks it, then every PROBE_EVERY
-PROBE_EVERY = 0.01  # (soon enough to see a wait of the floor's 20-30 ms; every 50 ms after SLOWER_AFTER)
-SLOWER_AFTER = 0.2
-PROBE_NAME = "hcm-db-migrations lock probe"
-RECONNECT_FIRST, RECONNECT_MAX = 0.1, 2.0  # seconds between the probe's tries to connect again, doubling
 FLOOR_SHARE, FLOOR_MIN = 0.1, 0.02  # the least a later statement may wait: a tenth of lock_timeout, >= 20 ms
 STEP_MS = 10  # lock_timeout is set again once what is left fell by this much (not before every statement)
 IN_TRANSACTION = 2  # psycopg2's TRANSACTION_STATUS_INTRANS: a transaction open, no statement running
@@ -61,8 +55,8 @@ class Policy:
 
 
 def lock_timed_out(exc) -> bool:
-    """A StatementFailed whose statement gave up waiting for a lock."""
-    return getattr(getattr(exc, "cause", None), "pgcode", None) == LOCK_NOT_AVAILABLE
+    """A StatementFailed whose statement gave up waiting for a lock, or lost a deadlock (a try that lost too)."""
+    return getattr(getattr(exc, "cause", None), "pgcode", None) in (LOCK_NOT_AVAILABLE, deadlocks.DEADLOCK)
 
 
 class Backoff:
@@ -101,198 +95,6 @@ def sleep(seconds: float) -> None:
         if remaining <= 0:
             return
         time.sleep(min(0.05, remaining))
-
-
-@dataclass
-class Seen:
-    """Who blocked a statement, as the probe last saw it: its blockers (sessions.blockers) and what it waited for;
-    `cancelled`: the probe ended the statement (the try's bound spent), after `waited` seconds of lock waits."""
-    blockers: list[dict]
-    waiting_for: str | None = None
-    cancelled: bool = False
-    waited: float | None = None
-    lock_timeout: float | None = None  # seconds the statement's lock_timeout was (TryBudget's), if not the policy's
-    blind: str | None = None  # why the probe could not see the session when it ended the try (Probe: blind)
-
-
-# The probe's cancel of the migration session: only while it still waits for a lock (one query: the check and the
-# signal together), and only once its transaction is older than the try's time too (a backfill's batch commits
-# and starts afresh: each batch is a try). Whether the try's time is spent and this wait outlasted the floor the
-# probe knows.
-_CANCEL = """SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity
-WHERE pid = %s AND state = 'active' AND wait_event_type = 'Lock' AND (wait_event = 'relation' OR NOT %s)
-  AND clock_timestamp() - xact_start > pg_catalog.make_interval(secs => %s)"""
-_WAIT = "SELECT wait_event FROM pg_catalog.pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
-QUERY_CANCELED = "57014"
-
-
-class Probe:
-    """Who blocks the migration session's running statement, asked from a second (read-only) connection every
-    PROBE_EVERY seconds while a statement has run longer than PROBE_AFTER; `seen` is the last answer that named
-    someone. A statement only stamps when it started (no cost per statement); the connection is opened the first
-    time one runs long enough. If it cannot be, the retries go on without naming the blocker.
-
-    It also bounds the try as a whole (lock_timeout bounds each lock wait, and one statement may wait for several
-    locks in turn, holding those it got: a partitioned table's partitions, LOCK TABLE a, b, a foreign key's two
-    tables): once the try's lock waits, as sampled, pass `per_try` and `floor` (a single wait is the server's
-    lock_timeout to end; the statements' own work is not counted) and the current wait has lasted longer than
-    `floor`, the probe cancels the statement, and the runner takes that cancel as a lock timeout.
-    The cancel is sent under `_sending`, which the statement's end waits for, so it can only reach the statement
-    it was meant for (a cancel that reaches an idle session is dropped by the server).
-
-    Blind: its connection may be refused (the role's CONNECTION LIMIT, max_connections full) or closed under it
-    (an admin's pg_terminate_backend, a failover). It connects again, waiting longer each time (RECONNECT_FIRST
-    doubling to RECONNECT_MAX), and says once why it is blind. Meanwhile it cannot tell a lock wait from work, so
-    it bounds by the clock the statements that may take a lock the application's queries wait on (clock_bound.py:
-    DDL, LOCK TABLE, DO, CALL, ...): one that ran longer than `per_try` + `floor` is cancelled through the migration
-    connection's own cancel request (libpq's, which needs no session slot), as a lock timeout: it never stalls
-    the application longer than when seen, at the cost of retrying such a statement that was merely slow. Data
-    changes, queries, a backfill's batches, CONCURRENTLY statements, work on tables this run created or the file
-    accepts a rewrite of are left alone (clock_bound.py)."""
-
-    def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
-                 floor: float = 0.0, cancel=None):
-        self.params, self.pid, self.show_query, self._cancel = params, pid, show_query, cancel
-        self.per_try, self.floor = per_try, floor
-        self.seen = Seen([])
-        self._since: float | None = None  # when the running statement started; None: none runs
-        self._try: float | None = None  # when the try's first statement started
-        self._waiting: float | None = None  # when the probe first saw the running statement wait for a lock
-        self._waited = 0.0  # the try's lock waits so far, as the probe saw them (its work is not counted)
-        self._seen_waiting: float | None = None  # the probe's last sample that saw a wait, if the latest did
-        self._sending = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._conn = None
-        self.blind: str | None = None  # why the probe cannot see the session now (its connection refused or lost)
-        self._reconnect_at, self._reconnect_wait = 0.0, RECONNECT_FIRST
-        self._clock_bound = True  # the running statement may be ended by the clock while the probe is blind
-        self._relations = False  # only its waits for a table's lock count (a detach: not those for older snapshots)
-
-    @contextmanager
-    def statement(self, try_started: float | None = None, bounded: bool = True,
-                  clock_bound: bool = True, relations: bool = False) -> Iterator[None]:
-        """Around one statement (`try_started`: when the try's first statement started, if not this one;
-        not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled; not `clock_bound`:
-        not ended by the clock while the probe is blind, a backfill's batches; `relations`: only its waits for a
-        table's lock are bounded, a DETACH ... CONCURRENTLY's waits for older snapshots block no one)."""
-        now = time.monotonic()
-        started = (try_started or now) if bounded else None
-        if started != self._try:
-            self._waited = 0.0
-        self.seen, self._waiting, self._seen_waiting, self._try = Seen([]), None, None, started
-        self._clock_bound, self._relations = clock_bound, relations
-        self._since = now
-        if self._thread is None and self.params is not None:
-            self._thread = threading.Thread(target=self._run, name="lock-probe", daemon=True)
-            self._thread.start()
-        try:
-            yield
-        finally:
-            with self._sending:  # a cancel being sent lands on this statement, never on the next
-                self._since = None
-
-    def cancelled(self, exc) -> bool:
-        """The statement failed because the probe cancelled it (not a user's Ctrl-C or statement_timeout)."""
-        return self.seen.cancelled and getattr(getattr(exc, "cause", None), "pgcode", None) == QUERY_CANCELED
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self._conn is not None:
-            self._conn.close()
-
-    def _run(self) -> None:
-        import psycopg2
-
-        while not self._stop.wait(PROBE_EVERY):
-            since = self._since
-            running = time.monotonic() - since if since is not None else 0.0
-            # a lock is mostly asked for as a statement starts; later on, every 50 ms, after 5 s once a second
-            if running < PROBE_AFTER or (running > SLOWER_AFTER and int(running / PROBE_EVERY) % 5) or (
-                    running > 5 and int(running / PROBE_EVERY) % int(1 / PROBE_EVERY)):
-                continue
-            if self._conn is None and time.monotonic() < self._reconnect_at:
-                self._bound_by_clock(since)
-                continue
-            try:
-                if self._conn is None:
-                    self._conn = psycopg2.connect(**{**self.params, "application_name": PROBE_NAME})
-                    self._conn.autocommit = True
-                with self._conn.cursor() as cur:
-                    self._sees_again()
-                    found = sessions.blockers(cur, self.pid, self.show_query)
-                    wanted = sessions.waiting_for(cur, self.pid, found) if found else None
-                    # both read while it still waited (two queries: the try may time out between them), and still
-                    # the statement it asked about
-                    if self._relations and found and wanted:  # waiting out older snapshots: named, not counted
-                        cur.execute(_WAIT, (self.pid,))
-                        if (cur.fetchone() or ("",))[0] != "relation":
-                            if self._since == since:
-                                self.seen = Seen(found, wanted)
-                            found = None
-                    if not (found and wanted and self._since == since):
-                        self._waiting = None if self._since == since else self._waiting
-                        self._seen_waiting = None
-                        continue
-                    now = time.monotonic()
-                    self._waiting = self._waiting or now
-                    if self._seen_waiting is not None:
-                        self._waited += now - self._seen_waiting
-                    self._seen_waiting = now
-                    # past the try's time by the floor: a single wait is the server's lock_timeout to end (its
-                    # own, truer line); the probe ends only what that cannot bound, several waits in turn
-                    spent = self._try is not None and self._waited > self.per_try + self.floor
-                    if self.per_try and spent and now - self._waiting >= self.floor:
-                        with self._sending:
-                            if self._since == since:
-                                cur.execute(_CANCEL, (self.pid, self._relations, self.per_try))
-                                row = cur.fetchone()
-                                sent = bool(row and row[0])
-                                self.seen = Seen(found, wanted, sent, self._waited)
-                                continue
-                    if self._since == since:
-                        self.seen = Seen(found, wanted)
-            except psycopg2.Error as exc:
-                self._lost(exc)
-                self._bound_by_clock(since)
-
-    def _lost(self, exc) -> None:
-        """The probe's connection was refused or closed: blind until it connects again (one line says so)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self._reconnect_at = time.monotonic() + self._reconnect_wait
-        self._reconnect_wait = min(RECONNECT_MAX, self._reconnect_wait * 2)
-        if self.blind is None:
-            self.blind = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
-            output.note(f"note: the lock probe cannot see the migration session ({self.blind}): until it connects "
-                        f"again, a statement that may lock what the app uses (DDL, LOCK, DO, CALL) running longer than "
-                        f"{seconds_text(self.per_try + self.floor)} "
-                        "is ended as a lock wait and retried, blockers unnamed; free a connection for it (the role's "
-                        "CONNECTION LIMIT, max_connections)")
-
-    def _sees_again(self) -> None:
-        self.blind, self._reconnect_wait = None, RECONNECT_FIRST
-
-    def _bound_by_clock(self, since: float | None) -> None:
-        """Blind: the bound kept by the clock (see the class): the statement cancelled, once, past it."""
-        if (self.blind is None or self._cancel is None or not self.per_try or not self._clock_bound
-                or self._try is None or since is None or self.seen.cancelled):
-            return
-        ran = time.monotonic() - since
-        if ran <= self.per_try + self.floor:
-            return
-        import psycopg2
-
-        with self._sending:
-            if self._since == since:
-                try:
-                    self._cancel()
-                except psycopg2.Error:  # the migration session itself is gone: its statement fails on its own
-                    return
-                self.seen = Seen([], None, True, ran, blind=self.blind)
 
 
 class TryBudget:
@@ -380,7 +182,8 @@ def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:
     text = f"{exc.path}:{exc.line}: {_at_commit(exc)}{_not_granted(seen, backoff.policy)}"
     if seen.waiting_for:
         text += f" waiting for {seen.waiting_for}"
-    text += f"; blocked by {_who(seen)}"
+    if not seen.deadlock:
+        text += f"; blocked by {_who(seen)}"
     text += (f"; try {backoff.tries} in {delay:.1f} s, {seconds_text(backoff.left())} of the lock retry budget left")
     schema = output.event_context().get("schema")
     output.progress(f"[{schema}] {text}" if schema else text, kind="lock_retry", file=str(exc.path), line=exc.line,
@@ -400,7 +203,12 @@ def gave_up(exc, seen: Seen, backoff: Backoff):
     way_out = autovacuum.advice(seen.blockers, backoff.policy.per_try, backoff.policy.quick_autovacuum_cancel) or (
         "let the probe connect (allow the migration role one more connection: its CONNECTION LIMIT, or free a slot "
         "under max_connections), then run again" if seen.blind and seen.cancelled else None)
-    exc.todo = (f"{_at_commit(exc)}{retried}; blocked by {who}; {way_out or sessions.way_out(seen.blockers)} "
+    if seen.deadlock:  # not the file's fault: the application takes the same locks in the other order
+        exc.cause = TryEnded(_not_granted(seen, backoff.policy))
+        who, way_out = "", ("run again when the application is quieter, or take the file's locks in the order the "
+                            "application takes them (a LOCK TABLE of both first)")
+    exc.todo = (f"{_at_commit(exc)}{retried}; {f'blocked by {who}; ' if who else ''}"
+                f"{way_out or sessions.way_out(seen.blockers)} "
                 "(--lock-retry-budget / DB_LOCK_RETRY_BUDGET sets how long to keep retrying)")
     if not exc.transactional and exc.done:  # a rerun starts the file over: what committed runs again
         which = f"statements 1-{exc.done}, which COMMITTED, run" if exc.done > 1 else "statement 1, which COMMITTED, runs"
@@ -415,6 +223,8 @@ class TryEnded(RuntimeError):
 
 def _not_granted(seen: Seen, policy: Policy) -> str:
     """What ended the try, with the real wait: the probe's cancel, or lock_timeout as the statement had it."""
+    if seen.deadlock:
+        return f"deadlock: PostgreSQL ended this try (rolled back) so the other side could go on: {seen.deadlock}"
     if seen.cancelled and seen.blind:
         return (f"ended by the runner after {seconds_text(seen.waited or 0)}, past the try's "
                 f"{seconds_text(policy.per_try)}, taken as a lock wait: the lock probe was blind, so a wait could not "
@@ -440,11 +250,3 @@ def _who(seen: Seen) -> str:
     if seen.blind:
         return f"a session the runner could not see (the lock probe cannot connect: {seen.blind})"
     return "a session not seen in time"
-
-
-def seconds_text(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s".replace(".0 s", " s")
-    return f"{int(seconds // 60)} min" + (f" {int(seconds % 60)} s" if int(seconds % 60) else "")

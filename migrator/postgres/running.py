@@ -10,8 +10,8 @@ from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
-from migrator.postgres import (autovacuum, backfill, clock_bound, concurrently, detach, files, retry, rewrites,
-                               sessions, statement_bound)
+from migrator.postgres import (autovacuum, backfill, clock_bound, concurrently, deadlocks, detach, files, retry,
+                               rewrites, sessions, statement_bound)
 from migrator.postgres.errors import StatementFailed, progress
 
 def execute(cursor, statement, probe=None, path: Path | None = None,
@@ -74,7 +74,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             except Exception as exc:
                 if not hasattr(exc, "pgcode"):
                     raise
-                still_open = connection.info.transaction_status != IDLE
+                still_open = connection.info.transaction_status not in (IDLE, LOST)  # (lost: no ROLLBACK to send)
                 # in the file's own block, open still or ended by this failure (a COMMIT that failed rolled it back)
                 in_block = not transactional and (still_open or opened is not None)
                 if in_block and still_open:  # (connection.rollback() sends nothing on yoyo's autocommit connection)
@@ -154,6 +154,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 if not (retry.lock_timed_out(exc) or probe is not None and probe.cancelled(exc)) or not policy.per_try:
                     raise
                 seen = probe.seen if probe is not None else retry.Seen([])
+                if deadlocks.deadlocked(exc):
+                    seen = retry.Seen([], deadlock=deadlocks.other_sessions(connection, exc, transactional,
+                                                                            seen.blockers))
                 if probe is not None and not seen.blockers:
                     seen.blind = seen.blind or probe.blind  # why no one is named
                 if not seen.cancelled and budget is not None and (budget.set_ms or budget.file_ms) is not None:
@@ -166,9 +169,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     raise retry.gave_up(exc, seen, backoff)
                 retry.say_retry(exc, seen, backoff, delay)
                 if transactional:  # the whole file again, in a new transaction (as if this try never ran)
-                    with connection.cursor() as cursor:
-                        cursor.execute("ROLLBACK")
-                        cursor.execute("BEGIN")
+                    if (lost := _lost(connection, "ROLLBACK", "BEGIN")) is not None:
+                        raise _lost_in_backoff(lost, path, statements, exc.index, transactional, done)
                     if policy.quick_autovacuum_cancel:  # (the ROLLBACK undid the SET)
                         autovacuum.lower_deadlock_timeout(connection, policy.per_try)
                     start = done = 0
@@ -183,9 +185,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                         progress(done, started=False)
                     raise
                 if (lost := _lost(connection)) is not None:  # ended between tries: no statement was running
-                    failed = StatementFailed(lost, path, statements, exc.index, transactional, done)
-                    failed.in_backoff = True
-                    raise failed from lost
+                    raise _lost_in_backoff(lost, path, statements, exc.index, transactional, done)
                 if transactional:
                     pg_lock.hold_for_shared_ddl(connection, statements, transactional)
     finally:
@@ -200,16 +200,27 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         migration.built_indexes = concurrently.built(connection, statements, before)
 
 
-def _lost(connection):
-    """The driver's error if the session was lost (an admin's pg_terminate_backend, a failover), else None."""
+def _lost(connection, *queries: str):
+    """`queries` run (by default one that takes no snapshot: a file's SET TRANSACTION may still come first); the
+    driver's error if the session was lost meanwhile (an admin's pg_terminate_backend, a failover), else None."""
     import psycopg2
 
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SHOW lock_timeout")  # (takes no snapshot: a file's SET TRANSACTION may still come first)
+            for query in queries or ("SHOW lock_timeout",):
+                cursor.execute(query)
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         return exc
     return None
+
+
+def _lost_in_backoff(lost, path: Path, statements, index: int, transactional: bool, done: int) -> StatementFailed:
+    """The session lost between a file's tries (its last try's ROLLBACK included): no statement of it was
+    running, so a transactional file applied nothing (errors.migration_error says it)."""
+    failed = StatementFailed(lost, path, statements, index, transactional, done)
+    failed.in_backoff = True
+    failed.__cause__ = lost
+    return failed
 
 
 def _exempt(backend, path: Path, statements) -> set:
@@ -311,6 +322,7 @@ class IndexNotBuilt(StatementFailed):
 
 
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE: no transaction open
+LOST = 4  # psycopg2's TRANSACTION_STATUS_UNKNOWN: the connection is gone
 
 
 class SearchPathGuard:
