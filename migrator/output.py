@@ -284,8 +284,17 @@ def note(text: str) -> None:
     click.echo(mask(_indented(text)), file=_stream(True))
 
 
+def unquoted_secrets(text: str) -> str:
+    """An error quotes a setting's value back (`port 'x' is not a number`): never one equal to a known password
+    (a mis-keyed secret puts the password in DB_PORT)."""
+    for secret in _secrets:
+        text = text.replace(repr(secret), "'***'").replace(f'"{secret}"', '"***"')
+    return text
+
+
 def error(text: str, **fields) -> None:
     """The error line, last; an `excerpt` (the file's line and a caret, as psql shows them) just above it."""
+    text = unquoted_secrets(text)
     if json_format():
         return _emit("error", True, message=text, **fields)
     for line in fields.get("excerpt", ()):
