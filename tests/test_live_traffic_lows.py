@@ -69,3 +69,27 @@ def test_a_reader_that_left_ends_the_command_quietly(db, sql_dir, seeded, comman
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141, err
     assert "BrokenPipe" not in err and "Traceback" not in err and "error" not in err, err
+
+
+def test_a_concurrent_builds_wait_names_the_holders_role_on_one_line(cli, db, sql_dir, seeded):
+    """The 'waiting for old snapshots' line names the role as output.role does: a line break in it never splits
+    the line, nor does a name full of commas read as further fields (attack 23g, low)."""
+    import threading
+
+    from test_live_traffic import BUILD
+
+    name = "dump\nerror: forged line"
+    db.query('CREATE ROLE "dump\nerror: forged line" LOGIN')
+    holder = psycopg2.connect(dbname=db.name, user=name, host=db.server.host, port=db.server.port)
+    try:
+        holder.set_session(isolation_level="REPEATABLE READ")
+        holder.cursor().execute("SELECT count(*) FROM pg_class")
+        threading.Timer(7, holder.commit).start()
+        add_migration(sql_dir, "0002_tenant_index", BUILD)
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        holder.close()
+        db.query('DROP ROLE "dump\nerror: forged line"')
+    assert result.exit_code == 0, result.output
+    assert "user 'dump\\nerror: forged line', idle in transaction" in result.stderr, result.stderr
+    assert not any(line.startswith("error: forged") for line in result.output.splitlines()), result.output
