@@ -120,6 +120,6 @@ def register_passwords(env) -> None:
     secret puts the password in DB_PORT) never shows it (output.unquoted_secrets)."""
     for name in ("DB_PASSWORD", "FLYWAY_PASSWORD", "PGPASSWORD"):
         try:
-            output.register_secret(env.get(name)[0])
+            output.register_password(env.get(name)[0])
         except MigratorError:  # (an unreadable one is refused where it is used)
             pass
