@@ -93,3 +93,12 @@ def test_a_concurrent_builds_wait_names_the_holders_role_on_one_line(cli, db, sq
     assert result.exit_code == 0, result.output
     assert "user 'dump\\nerror: forged line', idle in transaction" in result.stderr, result.stderr
     assert not any(line.startswith("error: forged") for line in result.output.splitlines()), result.output
+
+
+def test_a_prepared_transactions_database_name_never_splits_the_line():
+    """A database name is chosen by whoever may CREATEDB: shown as output.role shows a role (one line)."""
+    from migrator.postgres import sessions
+
+    text = sessions.describe({"prepared": "gid", "user": "app", "database": "db\nerror: forged",
+                              "transaction_for_s": 5, "holds": ["ACCESS EXCLUSIVE"]})
+    assert "\n" not in text and "database 'db\\nerror: forged'" in text, text
