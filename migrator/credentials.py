@@ -5,6 +5,7 @@ password). settings.py resolves; this module says what was ignored and refuses w
 
 from __future__ import annotations
 
+from migrator import output
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
 from migrator.targets import NO_PASSFILE, PostgresTarget
@@ -112,3 +113,13 @@ def note_mixed(target: PostgresTarget) -> None:
     if _credential_family(user_from) != _credential_family(password_from):
         target.notes.append(f"note: user from {user_from}, password from {password_from}: different settings; "
                             "if the login fails, check that they belong together")
+
+
+def register_passwords(env) -> None:
+    """Every password setting's value, masked from the start: an error quoting another setting back (a mis-keyed
+    secret puts the password in DB_PORT) never shows it (output.unquoted_secrets)."""
+    for name in ("DB_PASSWORD", "FLYWAY_PASSWORD", "PGPASSWORD"):
+        try:
+            output.register_password(env.get(name)[0])
+        except MigratorError:  # (an unreadable one is refused where it is used)
+            pass

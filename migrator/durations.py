@@ -35,6 +35,14 @@ def pg_duration(value: str, default_unit: str = "") -> str:
     return value.strip().replace(" ", "")
 
 
+def pg_milliseconds(shown: str) -> float:
+    """A time setting as the server shows it (SHOW statement_timeout: `0`, `500ms`, `5s`, `2min`, `1h`), in ms."""
+    match = _PG_DURATION.fullmatch(shown.strip())
+    if not match:
+        raise ValueError(f"{shown!r} is not a duration PostgreSQL shows")
+    return float(match[1]) * _UNIT_MS[match[2] or ""]
+
+
 # A number as written with ASCII digits (float() also takes '５', '1_0' and ' nan').
 _NUMBER = re.compile(r"\s*\+?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*", re.ASCII)
 

@@ -27,6 +27,7 @@ from migrator.sql_text import SqlText
 
 # Passwords seen by the settings resolver (raw and URL-encoded forms).
 _secrets: set[str] = set()
+_passwords: set[str] = set()  # (password settings only: SECRETS_READ_TIMEOUT's value is a "secret" too)
 
 # user:password@ in any URL-like text (postgresql://, mongodb+srv://, jdbc:postgresql://, ...). The runner
 # refuses unencoded credentials, so a password here holds no "/" (which keeps https://h:8443/a@b intact).
@@ -63,8 +64,16 @@ def register_secret(value: str | None) -> None:
         _secrets.update({value, quote(value, safe=""), quote_plus(value)})
 
 
+def register_password(value: str | None) -> None:
+    """A password setting's value: masked, and never quoted back by an error (unquoted_secrets)."""
+    register_secret(value)
+    if value:
+        _passwords.add(value)
+
+
 def forget_secrets() -> None:
     _secrets.clear()
+    _passwords.clear()
 
 
 def mask_known(text: str) -> str:
@@ -284,8 +293,17 @@ def note(text: str) -> None:
     click.echo(mask(_indented(text)), file=_stream(True))
 
 
+def unquoted_secrets(text: str) -> str:
+    """An error quotes a setting's value back (`port 'x' is not a number`): never one equal to a known password
+    (a mis-keyed secret puts the password in DB_PORT)."""
+    for secret in _passwords:
+        text = text.replace(repr(secret), "'***'").replace(f'"{secret}"', '"***"')
+    return text
+
+
 def error(text: str, **fields) -> None:
     """The error line, last; an `excerpt` (the file's line and a caret, as psql shows them) just above it."""
+    text = unquoted_secrets(text)
     if json_format():
         return _emit("error", True, message=text, **fields)
     for line in fields.get("excerpt", ()):

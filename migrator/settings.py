@@ -61,6 +61,7 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
     them, else `.env`; the other source's are ignored (said in a note). Options are laid over that
     source; a password then goes only to a host its own source named (credentials.check_travel)."""
     all_env = env
+    credentials.register_passwords(all_env)  # known before any setting is quoted back
     env, where = env.source(PG_CONNECTION)
     credentials.note_ignored(all_env, where, PG_CONNECTION, "PostgreSQL")
     secret_name, secret_origin = options.aws.secret_name, "--secret-name"

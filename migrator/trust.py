@@ -14,7 +14,7 @@ from typing import Callable
 
 from migrator.bookkeeping_lock import creating_bookkeeping
 from migrator.errors import USAGE, MigratorError
-from migrator import pinned
+from migrator import output, pinned
 from migrator.targets import where_name
 
 # The schema, and what in it would run as the migration role when the runner writes or reads its tables: a
@@ -91,7 +91,8 @@ def check_rights(state, schema: str, where: str) -> None:
 
 
 def planted_list(schema: str, planted: list[str]) -> str:
-    return "; ".join(f"{schema}.{what}" for what in planted)
+    """(quote_ident keeps a line break in an owner's or a trigger's name: escaped here, so the line never splits)"""
+    return "; ".join(output.visible(f"{schema}.{what}") for what in planted)
 
 
 def planted_fix(schema: str, user: str, names: list[str]) -> str:
@@ -110,7 +111,8 @@ def planted_error(schema: str, user: str, planted: list[str], names: list[str], 
 
 
 def owner_error(schema: str, user: str, owner: str, where: str) -> str:
-    """The one line refusing a schema another role owns."""
+    """The one line refusing a schema another role owns (its name as output.role shows it)."""
+    owner = output.role(owner)
     return (f"refusing the migration history in schema {schema} on {where}: schema {schema} is owned by role {owner}, "
             f"which may drop or replace the runner's tables (it is not user {user}); as {owner} or a "
             f"superuser run ALTER SCHEMA {schema} OWNER TO {user}")

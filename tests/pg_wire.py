@@ -168,3 +168,37 @@ class CutProxy(_Listener):
                     if not data:
                         return
                     sink.sendall(data)
+
+
+class StallProxy(_Listener):
+    """Relays to the suite's server's Unix socket until a client message holds `trigger`, then relays nothing
+    more either way on that connection while keeping both sockets open: a path gone silent mid-run (a hung
+    pooler, a NAT). Other connections (a cancel request, a check) still go through. `close()` drops them all."""
+
+    def __init__(self, socket_dir: str, port: int, trigger: bytes = b"STALLME"):
+        self.backend = str(Path(socket_dir) / f".s.PGSQL.{port}")
+        self.trigger = trigger
+        self.stalled = 0
+        self._held: list[socket.socket] = []
+        super().__init__()
+
+    def close(self) -> None:
+        super().close()
+        for sock in self._held:
+            sock.close()
+
+    def _handle(self, client: socket.socket) -> None:
+        server = socket.socket(socket.AF_UNIX)
+        server.connect(self.backend)
+        self._held += [client, server]
+        stalled = False
+        while True:
+            ready, _, _ = select.select([client, server], [], [])
+            for sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                if sock is client and self.trigger in data and not stalled:
+                    stalled, self.stalled = True, self.stalled + 1
+                if not stalled:
+                    (server if sock is client else client).sendall(data)

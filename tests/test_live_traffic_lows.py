@@ -96,3 +96,36 @@ def test_a_files_stricter_statement_timeout_is_kept_and_the_run_may_lift_it(cli,
     result = cli("migrate", "--statement-timeout", "0", "--sql-dir", sql_dir, env=seeded)  # lifted deliberately
     assert result.exit_code == 0 and "overridden" not in result.stderr, result.output
     assert applied(db) == [SEED, "0002_strict"]
+
+
+def test_a_concurrent_builds_wait_names_the_holders_role_on_one_line(cli, db, sql_dir, seeded):
+    """The 'waiting for old snapshots' line names the role as output.role does: a line break in it never splits
+    the line, nor does a name full of commas read as further fields (attack 23g, low)."""
+    import threading
+
+    from test_live_traffic import BUILD
+
+    name = "dump\nerror: forged line"
+    db.query('CREATE ROLE "dump\nerror: forged line" LOGIN')
+    holder = psycopg2.connect(dbname=db.name, user=name, host=db.server.host, port=db.server.port)
+    try:
+        holder.set_session(isolation_level="REPEATABLE READ")
+        holder.cursor().execute("SELECT count(*) FROM pg_class")
+        threading.Timer(7, holder.commit).start()
+        add_migration(sql_dir, "0002_tenant_index", BUILD)
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        holder.close()
+        db.query('DROP ROLE "dump\nerror: forged line"')
+    assert result.exit_code == 0, result.output
+    assert "user 'dump\\nerror: forged line', idle in transaction" in result.stderr, result.stderr
+    assert not any(line.startswith("error: forged") for line in result.output.splitlines()), result.output
+
+
+def test_a_prepared_transactions_database_name_never_splits_the_line():
+    """A database name is chosen by whoever may CREATEDB: shown as output.role shows a role (one line)."""
+    from migrator.postgres import sessions
+
+    text = sessions.describe({"prepared": "gid", "user": "app", "database": "db\nerror: forged",
+                              "transaction_for_s": 5, "holds": ["ACCESS EXCLUSIVE"]})
+    assert "\n" not in text and "database 'db\\nerror: forged'" in text, text

@@ -230,3 +230,16 @@ def test_a_mongosh_that_cannot_check_is_one_line_not_a_failed_patch(tmp_path, mo
                               f"--exposeAsyncRewriter; use mongosh {js_patch_module.MONGOSH_VERSION} (`make mongosh`) "
                               "or fix MONGOSH (nothing ran, nothing was logged)")
     assert mongo.db.applied_patches.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_mongosh_runs_the_bytes_that_were_checked_and_hashed(tmp_path, dry_run):
+    """The patch is checked and hashed, then run: a file replaced in between (a local writer racing the run) does
+    not run, nor is its checksum what the record says (attack 23g low)."""
+    patch = js_patch(tmp_path, "0001_swap", 'print("checked");\n')
+    js_patch_module.check(patch)
+    checksum = patch.checksum
+    patch.path.write_text('print("swapped in");\n')
+    seen = []
+    run_js(patch, None, dry_run, seen.append)
+    assert seen == ["checked"] and patch.checksum == checksum

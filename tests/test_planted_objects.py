@@ -673,3 +673,29 @@ def test_a_flyway_folder_migrate_calls_no_planted_operator_or_function(cli, db, 
         db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} RESET search_path")
     assert db.query("SELECT version FROM public.flyway_schema_history WHERE success ORDER BY installed_rank") == [
         ("1",), ("2",), (None,)]
+
+
+FORGER = '"planter\nerror: forged line"'  # a role name with a line break (anyone with CREATEROLE may choose it)
+
+
+@pytest.fixture
+def forger(db):
+    db.query(f"CREATE ROLE {FORGER} LOGIN")
+    yield FORGER
+    db.query(f"DROP OWNED BY {FORGER} CASCADE")
+    db.query(f"DROP ROLE {FORGER}")
+
+
+@pytest.mark.parametrize("how", ["planted table", "schema owner"])
+def test_an_owner_with_a_line_break_in_its_name_never_splits_the_refusal(cli, db, sql_dir, forger, how):
+    if how == "schema owner":
+        db.query(f"CREATE SCHEMA pn AUTHORIZATION {forger}")
+    else:
+        writable_by(db, "pn", forger)
+        plant_table(db, "pn", forger)
+    args = ["--sql-dir", sql_dir, "--schema", "pn"]
+    for result in (cli("migrate", *args, env=db.db_env()), cli("doctor", *args, env=db.db_env())):
+        assert result.exit_code != 0
+        assert not any(line.startswith("error: forged") for line in result.output.splitlines()), result.output
+        [line] = [line for line in result.output.splitlines() if "owned by role" in line]
+        assert "planter\\nerror: forged line" in line, line

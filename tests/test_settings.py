@@ -645,3 +645,13 @@ def test_outside_text_shown_escapes_what_reorders_or_hides_characters():
     hidden = "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff\u061c"
     assert visible(f"t7.hcm_report{hidden}") == "t7.hcm_report" + "".join(ascii(c)[1:-1] for c in hidden)
     assert visible("t7.caf\u00e9 \u0430") == "t7.caf\u00e9 \u0430"  # (letters stay letters)
+
+
+@pytest.mark.parametrize("mode", [[], ["-v"], ["--log-format", "json"]])
+@pytest.mark.parametrize("command", ["status", "doctor"])
+def test_a_password_put_in_db_port_is_never_quoted_back(cli, command, mode):
+    """A mis-keyed secret (the password in DB_PORT) is refused in one line that does not show it (attack 23g)."""
+    result = cli(*mode, command, env={"DB_HOST": "db.example", "DB_PORT": "Sekr3tG", "DB_PASSWORD": "Sekr3tG"})
+    assert result.exit_code != 0
+    assert "DB_PORT (environment): port" in result.output, result.output
+    assert "Sekr3tG" not in result.output, result.output

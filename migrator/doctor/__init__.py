@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from migrator.output import unquoted_secrets
+
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 NAME_WIDTH = 20  # the check names' column; wider when a name is longer
 
@@ -48,7 +50,7 @@ def one_line(text: object) -> str:
 
 def failed(name: str, message: str, remedy: str = "") -> Check:
     """A FAIL from one of the runner's error messages, which say what and then, after '; ', what to do."""
-    detail, _, told = one_line(message).partition("; ")
+    detail, _, told = one_line(unquoted_secrets(message)).partition("; ")
     return Check(name, FAIL, detail, told or remedy)
 
 

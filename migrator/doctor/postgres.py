@@ -12,7 +12,7 @@ import dataclasses
 import socket
 import time
 
-from migrator import bookkeeping_lock, checksums, pg_lock
+from migrator import bookkeeping_lock, checksums, output, pg_lock
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
 from migrator.errors import MigratorError
 from migrator.postgres import connection as postgres_connection
@@ -258,8 +258,9 @@ def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, usage: b
     absent = [name for name, found, _ in rows if not found]
     planted = backend.verified[3] if usage else []  # read by connect(), which leaves refusing to this report
     if backend.verified[5]:  # the schema's owner may drop or replace the runner's tables
-        report.add(Check("postgres bookkeeping", FAIL, f"schema {schema} is owned by role {backend.verified[5]}, not "
-                         f"user {user} itself or a superuser", f"as {backend.verified[5]} or a superuser: ALTER "
+        owner = output.role(backend.verified[5])
+        report.add(Check("postgres bookkeeping", FAIL, f"schema {schema} is owned by role {owner}, not "
+                         f"user {user} itself or a superuser", f"as {owner} or a superuser: ALTER "
                          f"SCHEMA {schema} OWNER TO {user}"))
     elif planted:  # what migrate refuses: objects others made that would run as this user
         report.add(Check("postgres bookkeeping", FAIL, f"in schema {schema}: {trust.planted_list(schema, planted)}; "

@@ -99,7 +99,7 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
         seal.non_dumpable()  # mongosh cannot read the runner's memory or /proc/<runner>/environ
         start = _sealed(patch, home, target, client) if dry_run else _die_with_parent
         command = [mongosh_path(), "--nodb", "--norc", "--quiet", "--eval", prelude + " void 0;", *shim,
-                   "--file", str(patch.path)]
+                   "--file", private_copy(patch, home)]
         orphans = Orphans()  # what mongosh's children leave (a detached process) is killed when it ends
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True,  # its own process group: killed whole, children included
@@ -224,7 +224,7 @@ def check(patch: Patch) -> None:
     compiling as mongosh would run it. One line (exit 2) otherwise: nothing ran, nothing was logged."""
     mongosh = mongosh_path()
     try:
-        patch.path.read_bytes()
+        patch.source  # noqa: B018 (read once here: the bytes checked, hashed and run)
     except OSError as exc:
         raise MigratorError(f"{patch.path} cannot be read: {exc.strerror}; fix it (nothing ran, nothing was logged)",
                             USAGE) from exc
@@ -235,11 +235,19 @@ def check(patch: Patch) -> None:
         raise MigratorError(f"{where}: {message}; fix it (nothing ran, nothing was logged)", USAGE)
 
 
+def private_copy(patch: Patch, home: str) -> str:
+    """The patch's bytes as checked and hashed (Patch.source), in its own HOME: mongosh runs exactly those, never
+    what the path holds by then (a file swapped after the check, a FIFO)."""
+    copy = Path(home) / patch.path.name
+    copy.write_bytes(patch.source)
+    return str(copy)
+
+
 def _syntax_problem(mongosh: str, patch: Patch) -> dict | None:
     """mongosh compiles the file (its async rewriter, then V8) without running it: None, or the error."""
     with Home("hcm-mongosh-") as home:
         env = mongosh_environment(home)
-        env["HCM_PATCH_FILE"] = str(patch.path)
+        env["HCM_PATCH_FILE"] = private_copy(patch, home)
         command = [mongosh, "--nodb", "--norc", "--quiet", "--exposeAsyncRewriter", "--file", str(SYNTAX_CHECK)]
         try:
             done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=SYNTAX_CHECK_TIMEOUT)

@@ -6,6 +6,7 @@ log records (`001_close_expired_enrollments`) match `0001_close_expired_enrollme
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -39,9 +40,15 @@ class Patch:
     def key(self):
         return patch_key(self.id)
 
+    @functools.cached_property
+    def source(self) -> bytes:
+        """The file's bytes, read once: what is checked, hashed, recorded and run (js_patch.py) are the same, even
+        if the file is replaced meanwhile."""
+        return source_files.read_bytes(self.path)
+
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(source_files.read_bytes(self.path)).hexdigest()
+        return hashlib.sha256(self.source).hexdigest()
 
 
 def one_line(text: str) -> str:

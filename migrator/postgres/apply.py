@@ -9,7 +9,7 @@ from typing import Iterator
 
 from migrator import checksums, interrupt, output, pg_lock
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import concurrently, flyway, history
+from migrator.postgres import concurrently, failures, flyway, history
 from migrator.postgres.errors import StatementFailed, migration_error, progress
 from migrator.postgres.migration import RunSessionLost, load_migrations, rollback_path
 from migrator.postgres.state import bookkeeping
@@ -59,12 +59,16 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         raise migration_error(exc, migration, target.where, verb, path)
     except RunSessionLost as exc:
         raise _lost_mid_file(target, migration, verb, path, exc) from exc
+    except failures.NoAnswer as exc:
+        raise _silent(path, exc) from exc
     except interrupt.Interrupted as exc:
         raise _interrupted(backend, target, migration, verb, path, exc)
     except (backend.DatabaseError, backend.driver.InterfaceError) as exc:  # Interface: yoyo's rollback on a lost connection
         failed = exc.__context__ if isinstance(exc.__context__, StatementFailed) else exc
         if isinstance(exc.__context__, interrupt.Interrupted):
             raise _interrupted(backend, target, migration, verb, path, exc.__context__)
+        if isinstance(exc.__context__, failures.NoAnswer):  # (yoyo's rollback on the session cut off)
+            raise _silent(path, exc.__context__) from exc
         if getattr(migration, "steps_committed", False) and backend.connection.closed:
             raise _unrecorded(target, migration, verb, path, exc) from exc
         raise migration_error(failed, migration, target.where, verb, path)
@@ -74,6 +78,14 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
             history.record_after_commit(backend, Path(migration.path), rolled_back=bool(prefix))
     if migration.earlier_failure is not None or not migration.use_transactions or prefix:
         checksums.clear_failures(backend, [migration.id])
+
+
+def _silent(path: Path, exc) -> MigratorError:
+    """A migration's session went silent (failures.guard_session): located at the file's statement, else it was
+    the COMMIT or the bookkeeping in that session."""
+    if str(exc).startswith(f"{path}:"):
+        return MigratorError(str(exc))
+    return MigratorError(f"{path}: {exc}, waiting for its COMMIT or its record; {failures.outcome(False)}")
 
 
 def _record_failed(backend, migration, exc: StatementFailed, prefix: str) -> None:

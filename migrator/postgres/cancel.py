@@ -5,7 +5,9 @@ inside libpq. The C-level handler still writes the signal's number to the wakeup
 it and sends the server a cancel request for the migration's session (connection.cancel()), but only
 while the migration's own statements run (interrupt.is_live(): never the bookkeeping). The statement
 ends at once, and the runner's SIGTERM handler (interrupt.py) stops the run in order, as it does
-between statements.
+between statements. A cancel that goes unanswered (a silent network path) is followed by cutting libpq's wait
+short (failures.shut): SIGTERM ends the run even then. A blocking libpq is kept (no wait callback): the wakeup fd
+reaches this thread whatever the main thread waits in.
 """
 
 from __future__ import annotations
@@ -17,11 +19,44 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from migrator import interrupt
+from migrator.errors import MigratorError
+from migrator.postgres import failures
+
+
+# A cancel the server does not answer within this (the path to it went silent: its session idles in a transaction
+# while libpq waits for an answer that never comes) ends libpq's wait on the client side.
+CANCEL_GRACE = 5.0
+
+
+def cut_off(connection) -> None:
+    if not connection.closed and interrupt.is_live():  # (still in the statement: the cancel was not answered)
+        failures.shut(connection)
+
+
+def by_pid(params: dict, pid: int, where: str) -> None:
+    """Cancel server pid `pid` from a new connection (`params`: psycopg2.connect keywords), each wait bounded and
+    the GIL free meanwhile: the driver's own cancel request blocks every thread where the path has gone silent."""
+    import psycopg2
+
+    try:
+        connection = psycopg2.connect(**params)
+    except psycopg2.Error:
+        return  # (the cut-off still comes)
+    try:
+        failures.guard_reads(connection, where, CANCEL_GRACE)
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_catalog.pg_cancel_backend(%s)", (pid,))
+    except (psycopg2.Error, MigratorError):
+        pass
+    finally:
+        connection.close()
 
 
 @contextmanager
-def on_sigterm(session: Callable[[], object]) -> Iterator[None]:
-    """For the block, SIGTERM cancels what `session()` (a psycopg2 connection, or None) is running."""
+def on_sigterm(session: Callable[[], object], cancel: Callable[[object], None] | None = None) -> Iterator[None]:
+    """For the block, SIGTERM cancels what `session()` (a psycopg2 connection, or None) is running: by `cancel`
+    (by_pid), else by the driver's cancel request (which holds the GIL until the server closes its connection)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -33,7 +68,10 @@ def on_sigterm(session: Callable[[], object]) -> Iterator[None]:
         while data := os.read(read_end, 64):
             connection = session()
             if signal.SIGTERM in data and connection is not None and not connection.closed and interrupt.is_live():
-                connection.cancel()
+                cut = threading.Timer(CANCEL_GRACE, cut_off, (connection,))  # (first: a silent path eats the
+                cut.daemon = True                                             # cancel request too, which then hangs)
+                cut.start()
+                (cancel or type(connection).cancel)(connection)
 
     thread = threading.Thread(target=watch, name="cancel-on-sigterm", daemon=True)
     thread.start()

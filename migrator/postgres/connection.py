@@ -32,15 +32,15 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Iterator
 
-from migrator import output, pg_lock, whoami
+from migrator import output, pg_lock, trust, whoami
 from migrator.errors import USAGE, MigratorError
-from migrator import trust
-from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads
+from migrator.postgres import retry
+from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads, guard_session
 from migrator.tables import MIGRATION_TABLE
 from migrator.targets import DdlLimits, PostgresTarget, where_name
 
 from migrator.postgres.session_options import (CATALOG_ONLY, CLIENT_CHECK, CONNECT_PARAMS, NO_IDLE_TIMEOUTS,  # noqa: F401
-                                                READ_ONLY)
+                                                READ_ONLY, migration_idle_bound)
 
 # The run's own connection first returns to the user it logged in as (a database or role default
 # `SET role = ...` would otherwise apply), then pins search_path to where the runner's tables are.
@@ -164,15 +164,20 @@ def backend_class():
         history: str | None = None  # set for a Flyway folder's run: its drift is its own objects' (history.py)
         out_of_order = True
         foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
-        guarded = True  # the run's own statements answer within the read timeout (failures.guard_reads)
+        guarded = True  # the run's own statements answer within the read timeout; a migration's: guard_session's
 
         def connect(self, dburi):
             args = dict(dburi.args)
             seconds = args.pop(READ_TIMEOUT_ARG, None)
+            if not self.guarded:  # a migration's session: the server ends its transaction once left idle too long
+                args["options"] = migration_idle_bound(args.get("options", ""), pg_lock.BOOKKEEPING_WAIT["seconds"],
+                                                       retry.MAX_DELAY)
             connection = super().connect(dburi._replace(args=args))
-            if seconds and self.guarded:
-                host = dburi.hostname or args.get("host") or "localhost"
-                guard_reads(connection, where_name(host, dburi.port, dburi.database), float(seconds))
+            where = where_name(dburi.hostname or args.get("host") or "localhost", dburi.port, dburi.database)
+            if not self.guarded:
+                guard_session(connection, where)
+            elif seconds:
+                guard_reads(connection, where, float(seconds))
             return connection
 
         def init_connection(self, connection):
@@ -277,8 +282,8 @@ def backend_class():
             }
 
     class MigrationSession(Backend):
-        """One migration's connection: left exactly as the server starts a session. Its statements have no read
-        timeout: a migration's may rightly run for hours (statement_timeout bounds it on the server)."""
+        """One migration's connection: left exactly as the server starts a session. No read timeout: a migration's
+        statement may rightly run for hours; guard_session's bound follows its statement_timeout instead."""
 
         guarded = False
 

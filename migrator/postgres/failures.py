@@ -7,9 +7,13 @@ wait for an answer on a connection (a proxy gone silent after login otherwise ha
 from __future__ import annotations
 
 import os
+import re
 import socket
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
-from migrator import output
+from migrator import durations, output
 from migrator.errors import MigratorError
 from migrator.targets import PostgresTarget
 
@@ -21,48 +25,128 @@ def guard_reads(connection, where: str, seconds: float) -> None:
     """Every statement on `connection` gets an answer within `seconds`, or fails in one line naming the server.
 
     libpq waits for an answer for ever, and neither keepalives nor tcp_user_timeout help when a proxy
-    between goes silent after login (its kernel still acknowledges everything). A timer shuts the
-    socket down (a dup of libpq's descriptor, so libpq's own stays valid): libpq's wait ends with
-    "server closed the connection", which the cursor turns into the line below. The run's own connection
-    only (bookkeeping and catalog reads, in migrate too), never a migration's session: a migration's
-    statement may rightly run for hours (statement_timeout bounds it on the server)."""
-    import threading
-
+    between goes silent after login (its kernel still acknowledges everything). The run's own connection
+    (bookkeeping and catalog reads, in migrate too); a migration's session has guard_session's bound."""
     import psycopg2.extensions
-
-    lock = threading.Lock()  # the timer never shuts a socket whose statement has already returned
-
-    def shut(state: dict) -> None:
-        with lock:
-            if state["done"]:
-                return
-            state["fired"] = True
-            try:
-                with socket.socket(fileno=os.dup(connection.fileno())) as sock:
-                    sock.shutdown(socket.SHUT_RDWR)
-            except (OSError, psycopg2.Error):
-                pass
 
     class GuardedCursor(psycopg2.extensions.cursor):
         def execute(self, query, vars=None):
-            state = {"done": False, "fired": False}
-            timer = threading.Timer(seconds, shut, (state,))
-            timer.daemon = True
-            timer.start()
-            try:
-                return super().execute(query, vars)
-            except psycopg2.Error as exc:
-                if state["fired"]:
-                    raise MigratorError(f"PostgreSQL at {where}: no answer within {seconds:g} s (the server, or a proxy "
-                                        "or network between, went silent); check the network path, or raise "
-                                        "DB_READ_TIMEOUT for slow catalog reads") from exc
-                raise
-            finally:
-                with lock:
-                    state["done"] = True
-                timer.cancel()
+            with answered_within(connection, seconds) as state:
+                try:
+                    return super().execute(query, vars)
+                except psycopg2.Error as exc:
+                    if state["fired"]:
+                        raise MigratorError(f"PostgreSQL at {where}: no answer within {seconds:g} s (the server, or a "
+                                            "proxy or network between, went silent); check the network path, or raise "
+                                            "DB_READ_TIMEOUT for slow catalog reads") from exc
+                    raise
 
     connection.cursor_factory = GuardedCursor
+
+
+@contextmanager
+def answered_within(connection, seconds: float | None) -> Iterator[dict]:
+    """The block's wait on `connection` ends within `seconds` (None: no bound); state["fired"]: the bound ended it.
+
+    A timer shuts the socket down (a dup of libpq's descriptor, so libpq's own stays valid): libpq's wait ends
+    with "server closed the connection"."""
+    state = {"done": False, "fired": False}
+    if seconds is None:
+        yield state
+        return
+    lock = threading.Lock()  # the timer never shuts a socket whose statement has already returned
+
+    def fire() -> None:
+        with lock:
+            if not state["done"]:
+                state["fired"] = True
+                shut(connection)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield state
+    finally:
+        with lock:
+            state["done"] = True
+        timer.cancel()
+
+
+def shut(connection) -> None:
+    """End whatever libpq waits for on `connection` (cancel.py's SIGTERM too), the session's server side untouched."""
+    import psycopg2
+
+    try:
+        with socket.socket(fileno=os.dup(connection.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, psycopg2.Error):
+        pass
+
+
+class NoAnswer(MigratorError):
+    """A migration's session got no answer within its bound (guard_session): the path to the server went silent."""
+
+
+# A migration's statement ends on the server within its statement_timeout: this much later, no answer means the
+# path went silent (the server's error on a timeout, a rollback, a commit's flush take far less).
+ANSWER_MARGIN = 30.0
+# Statements after which the session's statement_timeout is read again: a file may change it (SET, RESET, set_config,
+# a DO block or procedure; a transaction's end undoes SET LOCAL).
+_MAY_SET_TIMEOUT = re.compile(r"statement_timeout|set_config|^\s*(DO|CALL|RESET|COMMIT|END|ROLLBACK|ABORT)\b",
+                              re.IGNORECASE | re.MULTILINE)
+
+
+def guard_session(connection, where: str) -> None:
+    """A migration's session: each statement gets an answer within the session's statement_timeout plus
+    ANSWER_MARGIN, else NoAnswer (one line). No bound while statement_timeout is 0: the server never ends the
+    statement, so no wait is known to be too long (the server-side idle_in_transaction bound still frees locks)."""
+    import psycopg2.extensions
+
+    bound = {"seconds": None}
+
+    def read_bound() -> None:
+        with answered_within(connection, ANSWER_MARGIN) as state, \
+                connection.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
+            try:
+                cursor.execute("SHOW statement_timeout")  # (takes no snapshot, in a file's transaction too)
+            except psycopg2.Error as exc:
+                if state["fired"]:
+                    raise NoAnswer(silent(where, ANSWER_MARGIN)) from exc
+                raise
+            ms = durations.pg_milliseconds(cursor.fetchone()[0])
+        bound["seconds"] = ms / 1000 + ANSWER_MARGIN if ms else None
+
+    class SessionCursor(psycopg2.extensions.cursor):
+        def execute(self, query, vars=None):
+            seconds = bound["seconds"]
+            with answered_within(connection, seconds) as state:
+                try:
+                    result = super().execute(query, vars)
+                except psycopg2.Error as exc:
+                    if state["fired"]:
+                        raise NoAnswer(silent(where, seconds)) from exc
+                    raise
+            if isinstance(query, str) and _MAY_SET_TIMEOUT.search(query):
+                read_bound()
+            return result
+
+    read_bound()
+    connection.cursor_factory = SessionCursor
+
+
+def outcome(in_transaction: bool) -> str:
+    """What a NoAnswer left on the server, and what to do."""
+    if in_transaction:
+        done = ("nothing of the file committed: the server rolls its transaction back and releases its locks when it "
+                "notices the session gone (at the latest after its idle_in_transaction_session_timeout)")
+    else:
+        done = "whether the server carried it out (and committed it) is unknown: `runner.py status` and the objects tell"
+    return f"{done}; check the network path to the server, then run the command again"
+
+
+def silent(where: str, seconds: float) -> str:
+    return f"no answer from PostgreSQL at {where} within {seconds:g} s (the server, or a proxy or network between, went silent)"
 
 
 def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:

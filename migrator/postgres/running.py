@@ -10,9 +10,12 @@ from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
-from migrator.postgres import (autovacuum, backfill, clock_bound, concurrently, deadlocks, detach, files, retry,
-                               rewrites, sessions, statement_bound)
+from migrator.postgres import (autovacuum, backfill, clock_bound, concurrently, deadlocks, detach, failures, files,
+                               retry, rewrites, sessions, statement_bound)
 from migrator.postgres.errors import StatementFailed, progress
+
+_ENDS = re.compile(r"\s*(COMMIT|END|PREPARE\s+TRANSACTION)\b", re.IGNORECASE)  # (a NoAnswer's outcome unknown)
+
 
 def execute(cursor, statement, probe=None, path: Path | None = None,
             max_batches: int = backfill.MAX_BATCHES, try_started: float | None = None, exempt=frozenset()) -> None:
@@ -67,6 +70,10 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                             budget.override(cursor, path, statement)
                         if statement_bound.SETS_STATEMENT_TIMEOUT.match(statement.text):
                             statement_bound.keep(cursor, path, statement)
+            except failures.NoAnswer as exc:
+                raise failures.NoAnswer(f"{path}:{statement.line}: {exc}, waiting for the statement there to end; "
+                                        + failures.outcome(in_transaction=(transactional or opened is not None)
+                                                           and not _ENDS.match(statement.text))) from exc
             except interrupt.Interrupted as exc:
                 if exc.before_block and progress:  # it stopped between statements: this one never started
                     progress(done, started=False)

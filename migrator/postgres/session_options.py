@@ -21,3 +21,16 @@ CLIENT_CHECK = "-c client_connection_check_interval=2s"
 # while a migration works (closed, a committed migration would go unrecorded), the probe between tries, a session
 # in a transaction during a retry's backoff. A connection option outranks the database's and the role's settings.
 NO_IDLE_TIMEOUTS = "-c idle_session_timeout=0 -c idle_in_transaction_session_timeout=0"
+# A migration's session, though, gets a bound the runner never reaches inside a transaction (its longest gaps there:
+# the bookkeeping lock's waits before a COMMIT or a progress record, a retry's backoff), so that a runner gone or cut
+# off mid-file (a proxy gone silent keeps the TCP connection open) leaves no lock held for ever: the server rolls the
+# session's transaction back. Never below IDLE_IN_TRANSACTION_FLOOR seconds.
+IDLE_IN_TRANSACTION_FLOOR = 600.0
+
+
+def migration_idle_bound(options: str, bookkeeping_wait: float, backoff: float) -> str:
+    """`options` with a migration session's idle_in_transaction_session_timeout instead of NO_IDLE_TIMEOUTS' 0:
+    `bookkeeping_wait` (the run's --lock-timeout) and `backoff` (a retry's longest wait) with room to spare."""
+    seconds = max(IDLE_IN_TRANSACTION_FLOOR, 3 * bookkeeping_wait + 2 * backoff)
+    return options.replace("idle_in_transaction_session_timeout=0",
+                           f"idle_in_transaction_session_timeout={round(seconds * 1000)}ms")

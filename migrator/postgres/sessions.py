@@ -144,7 +144,7 @@ def describe(h: dict) -> str:
     """A blocker in words, for a progress line or an error."""
     if h.get("prepared") is not None:
         return (f"prepared transaction {output.quoted(h['prepared'])} (two-phase commit: no session, it never ends by itself; "
-                f"owner {output.role(h['user'])}, database {h['database']}, prepared {duration(h['transaction_for_s'])} ago; "
+                f"owner {output.role(h['user'])}, database {output.role(h['database'])}, prepared {duration(h['transaction_for_s'])} ago; "
                 f"{_holds(h)})")
     if h.get("autovacuum"):
         what = ("an anti-wraparound autovacuum, which PostgreSQL never cancels" if h.get("wraparound") else

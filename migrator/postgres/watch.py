@@ -97,7 +97,8 @@ class Watcher:
         from migrator.postgres import cancel
 
         self._cancelling = ExitStack()
-        self._cancelling.enter_context(cancel.on_sigterm(lambda: self._session))
+        self._cancelling.enter_context(cancel.on_sigterm(lambda: self._session, lambda _: cancel.by_pid(
+            self.params, self._pid, f"{self.params.get('host')}:{self.params.get('port')}")))
         if self.show:
             run = contextvars.copy_context().run  # its events keep the part's fields (a tenant's schema)
             self._thread = threading.Thread(target=run, args=(self._run,), name="migration-watcher", daemon=True)
@@ -219,8 +220,8 @@ class Watcher:
         if locker:
             holder = {"pid": locker, "application_name": output.scrub(app or ""), "user": user, "state": state,
                       "state_for_s": round(float(age or 0))}
-            who = (f"pid {locker} (application_name {sessions.named(holder['application_name'])}, user {user}, "
-                   f"{state} for {duration(holder['state_for_s'])})" if state is not None
+            who = (f"pid {locker} (application_name {sessions.named(holder['application_name'])}, user "
+                   f"{output.role(user)}, {state} for {duration(holder['state_for_s'])})" if state is not None
                    else f"pid {locker} (another role's session)")
             text += (f", now the transaction of {who}; the build blocks no application query"
                      f" -- to end it: SELECT pg_terminate_backend({locker})")

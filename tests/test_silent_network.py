@@ -1,0 +1,133 @@
+"""A network path that goes silent in the middle of a migration (attack 23g, medium): a proxy that stops relaying
+after the file's ALTER TABLE took ACCESS EXCLUSIVE, keeping TCP open. migrate ends with one line within its bound,
+the server drops the session's lock by itself, and SIGTERM ends the runner. A real stalling proxy (pg_wire) in front
+of the suite's PostgreSQL; the bounds are made short here (their values are the code's)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg2
+import pytest
+
+from conftest import PROJECT_ROOT, SEED, add_migration, applied, one_error_line
+from pg_wire import StallProxy
+from test_settings import _in_thread
+
+STALLING = "ALTER TABLE hcm_report_metadata ADD COLUMN status VARCHAR(20);\nSELECT 'STALLME';\n"
+
+
+@pytest.fixture
+def proxy(pg):
+    stall = StallProxy(pg.host, pg.port)
+    yield stall
+    stall.close()
+
+
+@pytest.fixture
+def seeded(cli, db, sql_dir):
+    env = db.db_env()
+    assert cli("migrate", "--sql-dir", sql_dir, env=env).exit_code == 0
+    return {**env, "DB_HOST": "127.0.0.1"}
+
+
+def through(env, proxy) -> dict:
+    return {**env, "DB_PORT": str(proxy.port)}
+
+
+def app_can_read(db) -> bool:
+    """An application's read of the table answers within 1 s (no ACCESS EXCLUSIVE held on it)."""
+    conn = psycopg2.connect(dbname=db.name, user=db.server.user, host=db.server.host, port=db.server.port,
+                            options="-c lock_timeout=1s")
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM hcm_report_metadata")
+        return True
+    except psycopg2.errors.LockNotAvailable:
+        return False
+    finally:
+        conn.close()
+
+
+def test_a_path_gone_silent_mid_file_ends_migrate_in_one_line(cli, db, sql_dir, seeded, proxy, monkeypatch):
+    from migrator.postgres import failures
+
+    monkeypatch.setattr(failures, "ANSWER_MARGIN", 1.0, raising=False)
+    add_migration(sql_dir, "0002_stall", STALLING)
+    result = _in_thread(lambda: cli("migrate", "--sql-dir", sql_dir, "--statement-timeout", "1s",
+                                    env=through(seeded, proxy)), limit=60)
+    assert result is not None, "migrate hung behind the silent path"
+    line = one_error_line(result)
+    assert proxy.stalled == 1
+    assert "0002_stall.sql:2: no answer from PostgreSQL at 127.0.0.1:" in line and "within 2 s" in line, line
+    assert f"/{db.name} " in line and "nothing of the file committed" in line and "run the command again" in line
+    assert applied(db) == [SEED]
+
+
+def test_no_deadline_while_statement_timeout_is_off(cli, db, sql_dir, seeded, proxy, monkeypatch):
+    """statement_timeout 0: the server never ends a statement, so the client never cuts one (a long build runs)."""
+    from migrator.postgres import failures
+
+    monkeypatch.setattr(failures, "ANSWER_MARGIN", 0.5, raising=False)
+    add_migration(sql_dir, "0002_slow", "SELECT pg_sleep(2);\n")
+    result = cli("migrate", "--sql-dir", sql_dir, "--statement-timeout", "0", env=through(seeded, proxy))
+    assert result.exit_code == 0, result.output
+    assert applied(db) == [SEED, "0002_slow"]
+
+
+def test_a_file_that_raises_its_statement_timeout_is_not_cut_at_the_runs(cli, db, sql_dir, seeded, proxy,
+                                                                          monkeypatch):
+    from migrator.postgres import failures
+
+    monkeypatch.setattr(failures, "ANSWER_MARGIN", 0.5, raising=False)
+    add_migration(sql_dir, "0002_slow", "SET statement_timeout = '10s';\nSELECT pg_sleep(2);\n")
+    result = cli("migrate", "--sql-dir", sql_dir, "--statement-timeout", "1s", env=through(seeded, proxy))
+    assert result.exit_code == 0, result.output
+
+
+# A runner process whose server-side idle bound is short (its floor; --lock-timeout 0 makes the rest 2 x backoff).
+LAUNCH = ("import sys; sys.argv[0] = 'runner.py'; from migrator.postgres import retry, session_options; "
+          "session_options.IDLE_IN_TRANSACTION_FLOOR = 2; retry.MAX_DELAY = 1; import runner; runner.cli()")
+
+
+CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "MONGO_"))}
+
+
+def stalled_runner(sql_dir, env, proxy) -> subprocess.Popen:
+    runner = subprocess.Popen([sys.executable, "-c", LAUNCH, "migrate", "--sql-dir", str(sql_dir),
+                               "--statement-timeout", "0", "--lock-timeout", "0"], cwd=PROJECT_ROOT,
+                              env={**CLEAN, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.monotonic() + 60
+    while not proxy.stalled:
+        assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
+        time.sleep(0.1)
+    return runner
+
+
+def test_the_server_drops_the_lock_of_a_runner_cut_off(db, sql_dir, seeded, proxy):
+    add_migration(sql_dir, "0002_stall", STALLING)
+    runner = stalled_runner(sql_dir, through(seeded, proxy), proxy)
+    try:
+        deadline = time.monotonic() + 60
+        while not app_can_read(db):  # the server rolls the idle transaction back once past its bound
+            assert time.monotonic() < deadline, "the application stayed locked out"
+        assert runner.poll() is None  # (statement_timeout 0: the client still waits; the server ended it)
+    finally:
+        runner.kill()
+        runner.communicate()
+    assert applied(db) == [SEED]
+
+
+def test_sigterm_ends_a_runner_waiting_on_a_silent_path(db, sql_dir, seeded, proxy):
+    add_migration(sql_dir, "0002_stall", STALLING)
+    runner = stalled_runner(sql_dir, through(seeded, proxy), proxy)
+    runner.send_signal(signal.SIGTERM)
+    try:
+        _, err = runner.communicate(timeout=60)
+    finally:
+        runner.kill()
+    assert runner.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "interrupted by SIGTERM" in err.splitlines()[-1], err
