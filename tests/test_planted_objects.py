@@ -572,7 +572,7 @@ def trapped_scratch(monkeypatch, low):
 
     def on_server(server, statements, what="create"):
         name = statements[0].split('"')[1]
-        if statements[0].startswith("DROP"):
+        if statements[-1].startswith("DROP"):  # (its statements: closed to connections, then dropped)
             with psycopg2.connect(dataclasses.replace(server, dbname=name).url) as conn, conn.cursor() as cur:
                 cur.execute("SELECT last_value, is_called FROM public.planted_calls")
                 value, called = cur.fetchone()
