@@ -98,3 +98,34 @@ def test_a_patch_whose_process_dies_beside_a_live_fork_fails_and_the_fork_is_kil
     records = list(real.db.applied_patches.find({"patch": "0001_crash"}))
     assert [r["status"] for r in records] == (["failed"] if run and at == "run" else [])
     assert real.db[lock.COLLECTION].count_documents({"_id": lock.LOCK_ID}) == 0  # the next runner is not kept out
+
+
+# A chain of nested processes in a session of their own (each a `sleep` whose only child is the next link), longer
+# than the 1000 generations the runner used to kill: the ones below outlived the run, with the runner's environment.
+CHAIN = """import os, time
+DEPTH, MARK = {depth}, {mark!r}
+
+def run(db, dry_run):
+    if os.fork() == 0:
+        os.setsid()  # out of the patch's process group: only the runner's sweep of what it left can end them
+        for _ in range(DEPTH):
+            if os.fork():
+                os.execv("/bin/sleep", ["sleep", MARK])  # a link holding the rest of the chain
+        open({done!r}, "w").close()
+        os.execv("/bin/sleep", ["sleep", MARK])
+    while not os.path.exists({done!r}):
+        time.sleep(0.05)
+    return "chain built"
+"""
+
+
+def test_a_chain_of_nested_daemons_longer_than_a_thousand_ends_with_the_run(real, tmp_path):
+    mark = f"3600.{time.time_ns() % 10**6}"  # (a survivor must outlive the test's look)
+    folder = _folder(tmp_path, "0001_chain.py", CHAIN.format(depth=1100, mark=mark, done=str(tmp_path / "done")))
+    try:
+        code, out, err = _run("mongo", "apply", "--run", "--mongo-dir", folder, env=real.env, timeout=300)
+        assert code == 0, out + err
+        assert "applied 0001_chain" in out + err, out + err
+        assert _survivors(_marked(mark)) == []
+    finally:
+        _kill_all(_marked(mark))
