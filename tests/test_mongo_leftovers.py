@@ -129,3 +129,24 @@ def test_a_chain_of_nested_daemons_longer_than_a_thousand_ends_with_the_run(real
         assert _survivors(_marked(mark)) == []
     finally:
         _kill_all(_marked(mark))
+
+
+def test_sigterm_to_a_dry_run_kills_the_patchs_daemon_and_says_so_in_one_line(real, tmp_path):
+    folder = _folder(tmp_path, "0001_daemon.py", "import subprocess, sys, time\n\ndef run(db, dry_run):\n"
+                     "    p = subprocess.Popen(['sleep', '3600'], start_new_session=True)\n"
+                     "    sys.stderr.write(f'daemon={p.pid}\\n')\n    time.sleep(60)\n")
+    proc = runner("mongo", "apply", "--mongo-dir", folder, env=real.env)
+    try:
+        lines = read_until(proc, lambda line: "daemon=" in line, 60)
+        daemon = int(re.search(r"daemon=(\d+)", "".join(lines)).group(1))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    alive = _survivors([daemon])
+    _kill_all(alive)
+    assert proc.returncode == 143, err
+    assert _errors(err) == [f"error: {folder / '0001_daemon.py'}: dry run of 0001_daemon interrupted by "
+                                        "SIGTERM (nothing was written)"], err
+    assert alive == []
