@@ -56,8 +56,14 @@ def apply(db, target: MongoTarget | None, patches: list[Patch], names: list[str]
     from migrator.mongo.patches import select
 
     if not run:
-        for patch in select(patches, names) if names else pending(db, patches):
-            yield _run_one(db, target, patch, dry_run=True, echo=echo)
+        with interrupt.guard():  # SIGTERM (a Job's deadline): the patch's processes are killed, one line, as in a run
+            for patch in select(patches, names) if names else pending(db, patches):
+                try:
+                    outcome = _run_one(db, target, patch, dry_run=True, echo=echo)
+                except interrupt.Interrupted as exc:
+                    raise MigratorError(f"{patch.path}: dry run of {patch.id} {exc} (nothing was written)",
+                                        128 + exc.signum) from exc
+                yield outcome
         return
     where = target.where if target else db.name
     with lock.held(db, where, lock_wait) as held, interrupt.guard() as guard:

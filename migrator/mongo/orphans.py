@@ -5,10 +5,12 @@ While a patch runs, the runner is a child subreaper (Linux `PR_SET_CHILD_SUBREAP
 orphan is re-parented to the runner instead of init. While it runs, a thread reaps every such orphan that has exited
 (a zombie holds a pid: a patch that forks and lets the parent exit, or runs `cmd &` per document, would exhaust the
 host's pid space before the patch ends); the patch's own process is left to its Popen. `Orphans.end()`, once the
-patch's own process is dead, SIGKILLs and reaps every child of the runner that was not there before the patch, until
-none is left (a daemon's children are re-parented in turn). The runner starts nothing else while a patch runs, so
-every new child then is the patch's. Elsewhere (not Linux) nothing is done, and the docs say so. A runner killed by
-SIGKILL cannot do this: its orphans go to init.
+patch's own process is dead, stops (SIGSTOP) every process below each child of the runner that was not there before
+the patch, each before its own children are read, so that none can start another meanwhile; then SIGKILLs them all
+and reaps what comes back to the runner, and looks again until none is left: a chain of nested daemons of any depth
+ends in one pass. The runner starts nothing else while a patch runs, so every new child then is the patch's.
+Elsewhere (not Linux) nothing is done, and the docs say so. A runner killed by SIGKILL cannot do this: its orphans
+go to init.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import sys
 import threading
 
 PR_SET_CHILD_SUBREAPER = 36
-ROUNDS = 1000  # each round kills one generation; a patch would need that many nested daemons to outlast it
 REAP_EVERY = 0.02  # seconds between two looks for exited orphans: a fast forker leaves a few dozen zombies at most
 
 
@@ -31,23 +32,29 @@ def _prctl(value: int) -> bool:
         return False
 
 
-def children() -> set[int]:
-    """This process's children, from /proc/self/task/*/children (every thread's), else from every process's stat."""
+def children(pid: int | None = None) -> set[int]:
+    """A process's children (this one's by default), from /proc/PID/task/*/children (every thread's), else from
+    every process's stat."""
+    pid = pid or os.getpid()
     if not os.path.exists(f"/proc/self/task/{os.getpid()}/children"):  # a kernel without CONFIG_PROC_CHILDREN
-        return _scanned()
+        return _scanned(pid)
     found = set()
-    for task in os.listdir("/proc/self/task"):
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found  # it ended meanwhile
+    for task in tasks:
         try:
-            with open(f"/proc/self/task/{task}/children", "rb") as f:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
                 found.update(map(int, f.read().split()))
         except OSError:
             pass  # that thread ended meanwhile
     return found
 
 
-def _scanned() -> set[int]:
-    """This process's children, from /proc (their parent is the 4th field of stat, after the name in parentheses)."""
-    me, found = os.getpid(), set()
+def _scanned(me: int) -> set[int]:
+    """A process's children, from /proc (their parent is the 4th field of stat, after the name in parentheses)."""
+    found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -102,16 +109,36 @@ class Orphans:
         if self._reaper is not None:
             self._reaper.join()
         try:
-            for _ in range(ROUNDS):
-                left = children() - self.before
-                if not left:
-                    break
-                for pid in left:
+            while left := children() - self.before:
+                for pid in _stopped_below(left):
+                    _signal(pid, signal.SIGKILL)
+                for pid in children() - self.before:  # the killed, and what they left: re-parented to the runner
+                    _signal(pid, signal.SIGKILL)  # (one that escaped the walk: its children are found next pass)
                     try:
-                        os.kill(pid, signal.SIGKILL)
                         os.waitpid(pid, 0)
-                    except (ProcessLookupError, ChildProcessError):
+                    except ChildProcessError:
                         pass  # reaped by someone else meanwhile
         finally:
             _prctl(0)
             self.on = False
+
+
+def _stopped_below(top: set[int]) -> list[int]:
+    """`top` and every process below them, each stopped (SIGSTOP) before its children are read: a fork it had not
+    finished by then fails (the kernel restarts it once the signal is handled), so none is missed and none can start
+    another while the rest are found."""
+    found, todo = [], list(top)
+    while todo:
+        pid = todo.pop()
+        if _signal(pid, signal.SIGSTOP):
+            found.append(pid)
+            todo.extend(children(pid))
+    return found
+
+
+def _signal(pid: int, signum: int) -> bool:
+    try:
+        os.kill(pid, signum)
+        return True
+    except ProcessLookupError:
+        return False  # ended meanwhile

@@ -49,6 +49,7 @@ GO = "go"  # and the nonce
 READER_JOIN = 2.0  # seconds to drain the child's output after it is killed (its pipes close then)
 MAX_MESSAGE = 64 << 20  # bytes of one message: the texts in it are bounded only after they are scrubbed here
 UNREADABLE = "its process sent an unreadable result"
+POLL = 0.2  # seconds between two looks at the patch's process where the kernel has no pidfd (before Linux 5.3)
 
 
 def used(db, target: MongoTarget | None) -> bool:
@@ -91,7 +92,7 @@ class Child:
                                      start_new_session=True, preexec_fn=_die_with_parent)
         self._orphans.reap(self.proc.pid)
         os.close(write)
-        self._results = _Messages(read)
+        self._results = _Messages(read, self.proc)
         self.timeout = target.patch_timeout or None
         self._readers = [_echo(self.proc.stdout, False), _echo(self.proc.stderr, True)]
         try:  # (a name that cannot be looked up, a dead pipe: the child and its reaper end here too)
@@ -203,10 +204,19 @@ def _traceback(said: dict) -> ChildTraceback:
 
 
 class _Messages:
-    """The results pipe: one JSON message a line, read with a deadline and at most MAX_MESSAGE bytes a line."""
+    """The results pipe: one JSON message a line, read with a deadline and at most MAX_MESSAGE bytes a line.
 
-    def __init__(self, fd: int):
-        self.fd, self.buffer, self.scanned, self.ended = fd, bytearray(), 0, False
+    The pipe ends when the patch's process exits, or when it ends: a process it forked (os.fork, multiprocessing)
+    holds the pipe's write end and would keep the runner waiting for an end that never comes, had its process died
+    without a result (the OOM killer, a segfault). What the process wrote before it exited is in the pipe then."""
+
+    def __init__(self, fd: int, proc: subprocess.Popen):
+        self.fd, self.proc, self.buffer, self.scanned, self.ended = fd, proc, bytearray(), 0, False
+        try:
+            self.pidfd = os.pidfd_open(proc.pid)  # readable once the process exits: no polling
+        except (AttributeError, OSError):
+            self.pidfd = None
+        self.exited = False
 
     def next(self, deadline: float | None) -> bytes | None:
         """The next line; None at the end of the pipe; TimeoutError after `deadline`; OverflowError if too long."""
@@ -223,21 +233,39 @@ class _Messages:
                 return line or None  # a last line without its newline is read (and found unreadable)
             if len(self.buffer) > MAX_MESSAGE:
                 raise OverflowError(len(self.buffer))
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not select.select([self.fd], [], [], wait)[0]:
-                raise TimeoutError
+            if not (self._ready(0) if self.exited else self._wait(deadline)):
+                self.ended = True  # the process exited and the pipe holds nothing more of it
+                continue
             chunk = os.read(self.fd, 1 << 16)
             self.ended = not chunk
             self.buffer += chunk
+
+    def _wait(self, deadline: float | None) -> bool:
+        """Until the pipe has something (True), the patch's process exited (what is in the pipe), or `deadline`."""
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            step = left if self.pidfd is not None else POLL if left is None else min(POLL, left)
+            ready = select.select([self.fd, *([self.pidfd] if self.pidfd is not None else [])], [], [], step)[0]
+            if self.fd in ready:
+                return True
+            if self.proc.poll() is not None:
+                self.exited = True
+                return self._ready(0)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError
+
+    def _ready(self, wait: float) -> bool:
+        return bool(select.select([self.fd], [], [], wait)[0])
 
     def pending(self) -> bool:
         """Whether more than one message came (before go, only one can be the child's own)."""
         return bool(self.buffer) or bool(select.select([self.fd], [], [], 0)[0])
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for fd in (self.fd, self.pidfd):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        self.fd, self.pidfd = -1, None
 
 
 def _echo(pipe, err: bool) -> threading.Thread:
