@@ -271,3 +271,17 @@ def test_control_characters_in_a_javascript_patchs_output_and_comment_are_shown_
     assert "A\\x1b]52;c;ZWNobyBwd25lZA==\\x07 \\r  applied 0009_fake (1 ms): ok" in out, out
     assert "applied 0001_esc" in out and "c\\x1b[2Jx" in out, out
     assert not any(c in out + err for c in "\x1b\x07\r"), repr(out + err)
+
+
+def test_the_patch_timeout_counts_from_the_childs_start_not_the_interpreters(cli, real, tmp_path, monkeypatch):
+    """On a loaded machine the child's interpreter and the runner's modules took over 2 s to start, and
+    `--patch-timeout 2` blamed the patch ("cannot be loaded: stopped after 2 s"). The start has its own bound and
+    says so; here made too short for any start, while the patch's own 600 s never comes into it."""
+    from migrator.mongo import patch_child
+
+    monkeypatch.setattr(patch_child, "START_SECONDS", 0.001)
+    folder = _folder(tmp_path, "0001_quick.py", "def run(db, dry_run):\n    return 'ran'\n")
+    result = cli("mongo", "apply", "--run", "--patch-timeout", "600", "--mongo-dir", folder, env=real.env)
+    assert result.exit_code == 2, result.output
+    assert "0001_quick.py cannot be loaded: its process did not start within 0.001 s" in result.stderr, result.stderr
+    assert "--patch-timeout" not in result.stderr and real.db.applied_patches.count_documents({}) == 0

@@ -49,6 +49,7 @@ GO = "go"  # and the nonce
 READER_JOIN = 2.0  # seconds to drain the child's output after it is killed (its pipes close then)
 MAX_MESSAGE = 64 << 20  # bytes of one message: the texts in it are bounded only after they are scrubbed here
 UNREADABLE = "its process sent an unreadable result"
+START_SECONDS = 60.0  # for the child's interpreter and the runner's own modules, before --patch-timeout's clock starts
 POLL = 0.2  # seconds between two looks at the patch's process where the kernel has no pidfd (before Linux 5.3)
 
 
@@ -137,8 +138,10 @@ class Child:
         nothing ran, nothing logged), whatever the child wrote (its module-level code can write on the pipe)."""
         from migrator.mongo.python_patch import LoadFailed
 
-        try:
-            said = self._next("before it was loaded")
+        try:  # (a loaded machine's slow interpreter start is not the patch's time)
+            said = self._next("before it was loaded", START_SECONDS)
+            if said == {"started": True}:
+                said = self._next("before it was loaded")
         except PatchError as exc:
             raise LoadFailed(self.patch, str(exc)) from exc
         if said == {"loaded": True} and not self._results.pending():
@@ -162,14 +165,18 @@ class Child:
             raise DryRunWriteError(clean(said["text"])) from _traceback(said)
         raise PatchError(clean(said["text"]), _line(said)) from _traceback(said)
 
-    def _next(self, when: str):
+    def _next(self, when: str, seconds: float | None = None):
         """The child's next message (decoded JSON, or None when it is not JSON); PatchError when the child ended
-        or --patch-timeout passed first (the child is killed then)."""
-        deadline = time.monotonic() + self.timeout if self.timeout else None
+        or --patch-timeout (else `seconds`) passed first (the child is killed then)."""
+        bound = seconds or self.timeout
+        deadline = time.monotonic() + bound if bound else None
         try:
             line = self._results.next(deadline)
         except TimeoutError:
             _kill_group(self.proc)
+            if seconds:
+                raise PatchError(f"its process did not start within {seconds:g} s (the machine is overloaded?); "
+                                 "nothing of the patch ran: run again") from None
             raise PatchError(f"stopped after {self.timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)") from None
         except OverflowError:
             return None
@@ -311,6 +318,7 @@ def main(results_fd: int) -> None:
 
         from migrator.mongo import python_patch
 
+        send(started=True)  # --patch-timeout counts from here: loading the patch, then running it
         if spec["dry_run"]:
             seal.pin_names(spec["pinned"])
             seal.restrict(readable(patch.path.parent, spec["ca_files"]),
