@@ -59,12 +59,14 @@ def test_settings_of_one_file_do_not_reach_the_next_and_the_runners_limits_apply
     assert db.query("SELECT * FROM seen") == [("3s", "2min", "on", "on", True, "C:\\new")]
 
 
-def test_a_file_may_set_its_own_statement_timeout_not_its_lock_timeout(cli, db, sql_dir):
-    """(A file's lock_timeout would lift the bound on each try's lock waits: refused, test_live_traffic_bound.)"""
-    add_migration(sql_dir, "0002_own", "SET statement_timeout = '7s';\n"
-                  "CREATE TABLE own AS SELECT current_setting('statement_timeout') AS v;\n")
+def test_a_file_may_tighten_its_own_statement_timeout_never_lift_it_nor_its_lock_timeout(cli, db, sql_dir):
+    """(A file's lock_timeout would lift the bound on each try's lock waits: refused, test_live_traffic_bound; a
+    looser statement_timeout is overridden with a note: test_live_traffic_lows.)"""
+    add_migration(sql_dir, "0002_own", "SET statement_timeout = '2s';\n"
+                  "CREATE TABLE own AS SELECT current_setting('statement_timeout') AS v;\n"
+                  "SET statement_timeout = '7s';\nINSERT INTO own SELECT current_setting('statement_timeout');\n")
     ok(migrate(cli, db, sql_dir, "--statement-timeout", "3s"))
-    assert db.query("SELECT v FROM own") == [("7s",)]
+    assert db.query("SELECT v FROM own") == [("2s",), ("3s",)]
 
 
 def test_session_replication_role_replica_does_not_let_the_next_file_break_a_foreign_key(cli, db, sql_dir):
