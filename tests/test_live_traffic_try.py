@@ -33,7 +33,9 @@ def test_a_later_statement_waits_only_for_what_is_left_of_the_try(cli, db, sql_d
     assert result.exit_code == 0, result.output
     assert 0 < seen(db) <= 160, seen(db)  # before: 300 (each statement waited the whole lock_timeout)
     retries = [line for line in result.stderr.splitlines() if "0002_two.sql:4: lock not granted" in line]
-    assert retries and f"blocked by pid {pid}" in retries[0], result.stderr
+    # (named by a retry; on a loaded machine the first try can spend its 300 ms before the statement and its 30 ms
+    # floor is too short to see the blocker: that line then says "not seen in time")
+    assert any(f"blocked by pid {pid}" in line for line in retries), result.stderr
     assert applied(db) == [SEED, "0002_two"]
 
 
