@@ -91,6 +91,19 @@ class Watcher:
         """The migration session that runs next (called with its connection when yoyo opens it)."""
         self._session, self._pid, self._since = connection, connection.info.backend_pid, time.monotonic()
 
+    def end_cut_off(self, in_transaction: bool) -> str | None:
+        """The followed session, if a silent path cut it off (failures.shut closed the client's side): ended on the
+        server, and what became of it (cancel.end_session); None: it was not cut off."""
+        from migrator.postgres import cancel
+
+        session, pid = self._session, self._pid
+        if session is None or pid is None or not session.closed:
+            return None
+        return cancel.end_session(self.params, pid, self._where(), in_transaction)
+
+    def _where(self) -> str:
+        return f"{self.params.get('host')}:{self.params.get('port')}"
+
     def __enter__(self) -> "Watcher":
         from contextlib import ExitStack
 
@@ -98,7 +111,7 @@ class Watcher:
 
         self._cancelling = ExitStack()
         self._cancelling.enter_context(cancel.on_sigterm(lambda: self._session, lambda _: cancel.by_pid(
-            self.params, self._pid, f"{self.params.get('host')}:{self.params.get('port')}")))
+            self.params, self._pid, self._where())))
         if self.show:
             run = contextvars.copy_context().run  # its events keep the part's fields (a tenant's schema)
             self._thread = threading.Thread(target=run, args=(self._run,), name="migration-watcher", daemon=True)
