@@ -156,3 +156,28 @@ def test_sigterm_on_a_silent_path_ends_the_session_and_its_lock(db, sql_dir, see
     assert "its transaction rolled back and its locks are released" in line, err
     assert app_can_read(db)
     assert applied(db) == [SEED]
+
+
+def idle_bound_seen(db) -> list[tuple]:
+    """The idle_in_transaction_session_timeout a migration's session ran with (recorded by the file itself)."""
+    return db.query("SELECT v FROM idle_seen")
+
+
+IDLE_SEEN = "CREATE TABLE idle_seen AS SELECT current_setting('idle_in_transaction_session_timeout') AS v;\n"
+
+
+def test_a_huge_lock_timeout_clamps_the_idle_bound_to_postgresqls_int(cli, db, sql_dir, seeded):
+    """Before: 3 x 716000 s in ms overflowed the server's int and every migration session failed to connect."""
+    add_migration(sql_dir, "0002_idle", IDLE_SEEN)
+    result = cli("migrate", "--sql-dir", sql_dir, "--lock-timeout", "716000", env=db.db_env())
+    assert result.exit_code == 0, result.output
+    assert idle_bound_seen(db) == [("2147483647ms",)]
+
+
+def test_url_options_naming_the_idle_bound_are_left_as_written(cli, db, sql_dir, seeded):
+    """Before: the bound was set by rewriting the options' text: '=0s' became '=600000mss', refused at connect."""
+    add_migration(sql_dir, "0002_idle", IDLE_SEEN)
+    url = db.url + ("&" if "?" in db.url else "?") + "options=-c%20idle_in_transaction_session_timeout%3D0s"
+    result = cli("migrate", "--sql-dir", sql_dir, env={"DATABASE_URL": url})
+    assert result.exit_code == 0, result.output
+    assert idle_bound_seen(db) == [("10min",)]
