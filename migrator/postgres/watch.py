@@ -208,7 +208,7 @@ class Watcher:
                     percent = round(100.0 * done_n / total_n, 1)
                 elif rows_total_n:
                     percent = round(100.0 * rows_n / rows_total_n, 1)
-                return {"command": f"{command} on {relation}", "phase": phase, "percent": percent}
+                return {"command": f"{command} on {output.visible(str(relation))}", "phase": phase, "percent": percent}
         return None
 
     def _say_lock_wait(self, cur, pid: int, text: str, fields: dict) -> None:
@@ -228,7 +228,7 @@ class Watcher:
         if row is None:
             return False
         command, relation, phase, done, total, locker, app, user, state, age = row
-        text += f"; {command} on {relation} {phase} ({done} of {total} done)"
+        text += f"; {command} on {output.visible(str(relation))} {phase} ({done} of {total} done)"
         holder = None
         if locker:
             holder = {"pid": locker, "application_name": output.scrub(app or ""), "user": user, "state": state,
