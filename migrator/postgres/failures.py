@@ -84,6 +84,17 @@ def shut(connection) -> None:
         pass
 
 
+def opened(connect, *args):
+    """connect(*args); a refused connect is marked `at_connect` (errors.migration_error: nothing was sent on it)."""
+    import psycopg2
+
+    try:
+        return connect(*args)
+    except psycopg2.OperationalError as exc:
+        exc.at_connect = True
+        raise
+
+
 class NoAnswer(MigratorError):
     """A migration's session got no answer within its bound (guard_session): the path to the server went silent.
     `in_transaction`: the file's transaction was open (running.py knows), so nothing of it committed."""
