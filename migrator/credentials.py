@@ -118,8 +118,21 @@ def note_mixed(target: PostgresTarget) -> None:
 def register_passwords(env) -> None:
     """Every password setting's value, masked from the start: an error quoting another setting back (a mis-keyed
     secret puts the password in DB_PORT) never shows it (output.unquoted_secrets)."""
-    for name in ("DB_PASSWORD", "FLYWAY_PASSWORD", "PGPASSWORD"):
+    for name in ("DB_PASSWORD", "FLYWAY_PASSWORD", "PGPASSWORD", "DATABASE_URL", "DB_URL", "MONGO_URL", "FLYWAY_URL"):
         try:
-            output.register_password(env.get(name)[0])
+            value = env.get(name)[0]
         except MigratorError:  # (an unreadable one is refused where it is used)
-            pass
+            continue
+        for password in _url_passwords(value) if name.endswith("_URL") else [value]:
+            output.register_password(password)
+
+
+def _url_passwords(url: str | None) -> list[str]:
+    """A URL's passwords: user:password@ and a password= parameter (JDBC's); none from a malformed one."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    try:
+        parts = urlsplit((url or "").removeprefix("jdbc:"))
+        return ([unquote(parts.password)] if parts.password else []) + parse_qs(parts.query).get("password", [])
+    except ValueError:
+        return []
