@@ -118,7 +118,7 @@ def note_mixed(target: PostgresTarget) -> None:
 def register_passwords(env) -> None:
     """Every password setting's value, masked from the start: an error quoting another setting back (a mis-keyed
     secret puts the password in DB_PORT) never shows it (output.unquoted_secrets)."""
-    for name in ("DB_PASSWORD", "FLYWAY_PASSWORD", "PGPASSWORD", "DATABASE_URL", "DB_URL", "MONGO_URL", "FLYWAY_URL"):
+    for name in ("DB_PASSWORD", "FLYWAY_PASSWORD", "PGPASSWORD", "DATABASE_URL", "DB_URL", "MONGO_URL"):
         try:
             value = env.get(name)[0]
         except MigratorError:  # (an unreadable one is refused where it is used)

@@ -672,3 +672,12 @@ def test_every_password_the_run_knows_is_never_quoted_back(cli, environ, tmp_pat
     assert result.exit_code != 0
     assert "TIMEOUT (environment)" in result.output, result.output
     assert "Zq7xK9wPv" not in result.output, result.output
+
+
+def test_a_password_in_mongo_patch_timeout_is_named_by_its_variable_and_never_quoted_back(cli, tmp_path):
+    """attack23h: click's validation quoted the value back (nothing registered yet) and named --patch-timeout."""
+    result = cli("mongo", "apply", "--mongo-dir", str(tmp_path),
+                 env={"DB_PASSWORD": "Zq7xK9wPv", "MONGO_PATCH_TIMEOUT": "Zq7xK9wPv"})
+    assert result.exit_code != 0
+    assert "MONGO_PATCH_TIMEOUT (environment): " in result.output, result.output
+    assert "Zq7xK9wPv" not in result.output, result.output
