@@ -5,6 +5,8 @@ password). settings.py resolves; this module says what was ignored and refuses w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from migrator import output
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
@@ -125,6 +127,31 @@ def register_passwords(env) -> None:
             continue
         for password in _url_passwords(value) if name.endswith("_URL") else [value]:
             output.register_password(password)
+    for password in _passfile_passwords(env.get("PGPASSFILE")[0] or "~/.pgpass"):
+        output.register_password(password)
+
+
+def _passfile_passwords(path: str) -> list[str]:
+    """The passwords of libpq's password file (host:port:db:user:password lines, \\ escaping : and \\)."""
+    try:
+        text = Path(path).expanduser().read_text(errors="replace")
+    except (OSError, ValueError):
+        return []
+    found = []
+    for line in text.splitlines():
+        fields, field, escaped = [], "", False
+        for char in line:
+            if not escaped and char == "\\":
+                escaped = True
+                continue
+            if not escaped and char == ":" and len(fields) < 4:
+                fields, field = fields + [field], ""
+            else:
+                field += char
+            escaped = False
+        if len(fields) == 4 and field and not line.startswith("#"):
+            found.append(field)
+    return found
 
 
 def _url_passwords(url: str | None) -> list[str]:

@@ -681,3 +681,14 @@ def test_a_password_in_mongo_patch_timeout_is_named_by_its_variable_and_never_qu
     assert result.exit_code != 0
     assert "MONGO_PATCH_TIMEOUT (environment): " in result.output, result.output
     assert "Zq7xK9wPv" not in result.output, result.output
+
+
+def test_a_password_file_password_put_in_db_port_is_never_quoted_back(cli, tmp_path):
+    """attack23h mask_sweep2: PGPASSFILE's passwords were not known before the settings were parsed."""
+    passfile = tmp_path / "pgpass"
+    passfile.write_text("# a comment\ndb.example:5432:*:app:Pw9\\:xQ7\n")
+    passfile.chmod(0o600)
+    result = cli("status", env={"DB_HOST": "db.example", "DB_PORT": "Pw9:xQ7", "PGPASSFILE": str(passfile)})
+    assert result.exit_code != 0
+    assert "DB_PORT (environment): port" in result.output, result.output
+    assert "xQ7" not in result.output, result.output
