@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -73,10 +74,18 @@ def answered_within(connection, seconds: float | None) -> Iterator[dict]:
         timer.cancel()
 
 
+_cut: weakref.WeakSet = weakref.WeakSet()  # the connections shut() cut off (their server side may live on)
+
+
+def was_cut_off(connection) -> bool:
+    return connection in _cut
+
+
 def shut(connection) -> None:
     """End whatever libpq waits for on `connection` (cancel.py's SIGTERM too), the session's server side untouched."""
     import psycopg2
 
+    _cut.add(connection)
     try:
         with socket.socket(fileno=os.dup(connection.fileno())) as sock:
             sock.shutdown(socket.SHUT_RDWR)

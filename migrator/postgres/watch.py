@@ -92,12 +92,12 @@ class Watcher:
         self._session, self._pid, self._since = connection, connection.info.backend_pid, time.monotonic()
 
     def end_cut_off(self, in_transaction: bool) -> str | None:
-        """The followed session, if a silent path cut it off (failures.shut closed the client's side): ended on the
+        """The followed session, if a silent path cut it off (failures.shut cut the client's side): ended on the
         server, and what became of it (cancel.end_session); None: it was not cut off."""
-        from migrator.postgres import cancel
+        from migrator.postgres import cancel, failures
 
         session, pid = self._session, self._pid
-        if session is None or pid is None or not session.closed:
+        if session is None or pid is None or not failures.was_cut_off(session):
             return None
         return cancel.end_session(self.params, pid, self._where(), in_transaction)
 
