@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import threading
+import time
 import weakref
 from contextlib import contextmanager
 from typing import Iterator
@@ -93,15 +94,25 @@ def shut(connection) -> None:
         pass
 
 
+# A session this run just closed may not have left the server yet (its backend exits after the client has gone):
+# under a role's CONNECTION LIMIT the next one is refused meanwhile, so "too many connections" is tried again so long.
+SLOT_WAIT = 3.0
+
+
 def opened(connect, *args):
     """connect(*args); a refused connect is marked `at_connect` (errors.migration_error: nothing was sent on it)."""
     import psycopg2
 
-    try:
-        return connect(*args)
-    except psycopg2.OperationalError as exc:
-        exc.at_connect = True
-        raise
+    deadline = time.monotonic() + SLOT_WAIT
+    while True:
+        try:
+            return connect(*args)
+        except psycopg2.OperationalError as exc:
+            if "too many connections" in str(exc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            exc.at_connect = True
+            raise
 
 
 class NoAnswer(MigratorError):
