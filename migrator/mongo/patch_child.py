@@ -24,6 +24,7 @@ bounded here, with the runner's passwords. --patch-timeout bounds the load and t
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -101,6 +102,7 @@ class Child:
             if options.get("tlsCAFile"):  # the child's cwd is its HOME: a relative path would name another file
                 options["tlsCAFile"] = os.path.abspath(options["tlsCAFile"])
             spec = {"id": patch.id, "path": os.path.abspath(patch.path), "uri": target.uri, "database": target.database,
+                    "source": base64.b64encode(patch.source).decode(),  # the hashed bytes run, not the path's now
                     "options": options, "dry_run": dry_run, "home": self._home.name,
                     "servers": sorted(servers(target, client)) if dry_run else [], "ca_files": ca_files(target)}
             spec["pinned"] = seal.looked_up(host for host, _port in spec["servers"])  # no DNS in the seal
@@ -312,6 +314,7 @@ def main(results_fd: int) -> None:
     protocol = _protocol_off_stdin()
     spec = json.loads(protocol.readline())
     patch = Patch(spec["id"], Path(spec["path"]), "py")
+    patch.__dict__["source"] = base64.b64decode(spec["source"])  # (cached_property's slot) the bytes the runner hashed
     nonce = None
     try:
         import pymongo
