@@ -28,7 +28,7 @@ from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.mongo import seal
 from migrator.mongo.homes import Home
-from migrator.mongo.orphans import Orphans
+from migrator.mongo.orphans import Orphans, uninterrupted
 from migrator.mongo.patches import PROJECT_ROOT, Patch, one_line
 from migrator.mongo.python_patch import SAFE_ENVIRONMENT, register_environment_secrets
 from migrator.targets import MongoTarget
@@ -108,9 +108,10 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
         try:
             lines, comment, timed_out = _read(proc, echo, timeout)
         finally:
-            _kill_group(proc)  # the pipe is left to the reader thread: closing it here would wait for its read
-            proc.wait()
-            orphans.end()
+            with uninterrupted():  # (a second SIGTERM here would leave mongosh's children running)
+                _kill_group(proc)  # the pipe is left to the reader thread: closing it here would wait for its read
+                proc.wait()
+                orphans.end()
         if timed_out:
             raise JsPatchFailed(proc.returncode, f"stopped after {timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)")
     if proc.returncode != 0:

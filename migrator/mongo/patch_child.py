@@ -41,7 +41,7 @@ from migrator.mongo import seal
 from migrator.mongo.connection import ca_files, servers
 from migrator.mongo.homes import Home
 from migrator.mongo.js_patch import _die_with_parent, _kill_group, mongosh_environment
-from migrator.mongo.orphans import Orphans
+from migrator.mongo.orphans import Orphans, uninterrupted
 from migrator.mongo.patches import Patch, bounded
 from migrator.targets import MongoTarget
 
@@ -127,13 +127,14 @@ class Child:
             self.kill()
 
     def kill(self) -> None:
-        _kill_group(self.proc)
-        self.proc.wait()
-        self._orphans.end()
-        for reader in self._readers:
-            reader.join(READER_JOIN)
-        self._results.close()
-        self._home.cleanup()
+        with uninterrupted():  # (a second SIGTERM here would leave its daemons running)
+            _kill_group(self.proc)
+            self.proc.wait()
+            self._orphans.end()
+            for reader in self._readers:
+                reader.join(READER_JOIN)
+            self._results.close()
+            self._home.cleanup()
 
     def _loaded(self) -> None:
         """The child says it loaded the patch, or why it could not: either way one line naming the patch (exit 2,
