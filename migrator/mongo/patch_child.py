@@ -51,6 +51,7 @@ READER_JOIN = 2.0  # seconds to drain the child's output after it is killed (its
 MAX_MESSAGE = 64 << 20  # bytes of one message: the texts in it are bounded only after they are scrubbed here
 UNREADABLE = "its process sent an unreadable result"
 START_SECONDS = 60.0  # for the child's interpreter and the runner's own modules, before --patch-timeout's clock starts
+CLOSED_GRACE = 1.0  # seconds for the process to exit once its results pipe ended, before the patch is found to have closed it
 POLL = 0.2  # seconds between two looks at the patch's process where the kernel has no pidfd (before Linux 5.3)
 
 
@@ -176,20 +177,46 @@ class Child:
         try:
             line = self._results.next(deadline)
         except TimeoutError:
-            _kill_group(self.proc)
-            if seconds:
-                raise PatchError(f"its process did not start within {seconds:g} s (the machine is overloaded?); "
-                                 "nothing of the patch ran: run again") from None
-            raise PatchError(f"stopped after {self.timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)") from None
+            raise self._stopped(seconds) from None
         except OverflowError:
             return None
         if line is None:
-            self.proc.wait()
-            raise PatchError(f"the patch's process ended (exit {self.proc.returncode}) {when}")
+            self._ended(when, deadline, seconds)
         try:
             return json.loads(line)
         except (ValueError, RecursionError):
             return None
+
+    def _stopped(self, seconds: float | None) -> PatchError:
+        """Its time is up: the child is killed, and the error says which bound."""
+        _kill_group(self.proc)
+        if seconds:
+            return PatchError(f"its process did not start within {seconds:g} s (the machine is overloaded?); "
+                              "nothing of the patch ran: run again")
+        return PatchError(f"stopped after {self.timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)")
+
+    def _ended(self, when: str, deadline: float | None, seconds: float | None) -> None:
+        """The results pipe ended: its process exits (which closes the pipe), or the patch closed the pipe and works on
+        (os.closerange(3, N)), waited for within the same deadline all the same."""
+        try:
+            self.proc.wait(_left(deadline, CLOSED_GRACE))
+            closed = self.proc.returncode == 0  # the child's own end: what it sent was lost, its pipe was closed
+        except subprocess.TimeoutExpired:  # alive after its pipe ended: the patch closed it
+            try:
+                self.proc.wait(_left(deadline))
+            except subprocess.TimeoutExpired:
+                raise self._stopped(seconds) from None
+            closed = True
+        if closed:
+            raise PatchError("the patch closed the runner's results pipe (a descriptor it did not open), so its outcome "
+                             f"is unknown; its process ended (exit {self.proc.returncode})")
+        raise PatchError(f"the patch's process ended (exit {self.proc.returncode}) {when}")
+
+
+def _left(deadline: float | None, at_most: float | None = None) -> float | None:
+    """Seconds until `deadline` (None: no bound), at most `at_most`."""
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    return at_most if left is None else left if at_most is None else min(left, at_most)
 
 
 def clean(text: str) -> str:
@@ -341,7 +368,10 @@ def main(results_fd: int) -> None:
     except BaseException as exc:  # everything the patch can raise, sys.exit included: described, then sent
         outcome = _described(exc, patch.path, loaded=nonce is not None)
     seal.end_descendants()  # sealed: processes it started in a session of their own end too (else: documented)
-    send(**outcome) if nonce is None else send(nonce=nonce, **outcome)
+    try:
+        send(**outcome) if nonce is None else send(nonce=nonce, **outcome)
+    except OSError:
+        pass  # the patch closed the pipe (os.closerange): the runner says so, not this process's traceback
     os._exit(0)  # nothing else runs here: not the patch's threads, not atexit
 
 
