@@ -51,7 +51,7 @@ READER_JOIN = 2.0  # seconds to drain the child's output after it is killed (its
 MAX_MESSAGE = 64 << 20  # bytes of one message: the texts in it are bounded only after they are scrubbed here
 UNREADABLE = "its process sent an unreadable result"
 START_SECONDS = 60.0  # for the child's interpreter and the runner's own modules, before --patch-timeout's clock starts
-CLOSED_GRACE = 1.0  # seconds for the process to exit once its results pipe ended, before the patch is found to have closed it
+CLOSED_GRACE = 1.0  # seconds for the process to exit once its results pipe ended (else the patch closed the pipe)
 POLL = 0.2  # seconds between two looks at the patch's process where the kernel has no pidfd (before Linux 5.3)
 
 
@@ -208,8 +208,8 @@ class Child:
                 raise self._stopped(seconds) from None
             closed = True
         if closed:
-            raise PatchError("the patch closed the runner's results pipe (a descriptor it did not open), so its outcome "
-                             f"is unknown; its process ended (exit {self.proc.returncode})")
+            raise PatchError("the patch closed the runner's results pipe (a descriptor it did not open), so its "
+                             f"outcome is unknown; its process ended (exit {self.proc.returncode})")
         raise PatchError(f"the patch's process ended (exit {self.proc.returncode}) {when}")
 
 
