@@ -188,3 +188,28 @@ def test_a_dry_runs_process_in_a_session_of_its_own_ends_with_the_patch(cli, rea
     if alive:
         os.kill(pid, 9)
     assert not alive
+
+
+# The file of a later patch is replaced while an earlier patch of the same run runs (issue 20, attack20g's toctou):
+# the child used to re-read the path and run the new bytes under the old bytes' checksum.
+REPLACES = """from pathlib import Path
+
+def run(db, dry_run):
+    target = Path(__file__).with_name("0002_target.py")
+    target.write_text(target.read_text().replace("v1 (reviewed)", "v2 (edited mid-run)"))
+    return "replaced 0002"
+"""
+
+
+def test_a_python_patch_replaced_during_the_run_runs_the_bytes_hashed_and_recorded(cli, real, tmp_path):
+    import hashlib
+
+    reviewed = "def run(db, dry_run):\n    return 'v1 (reviewed)'\n"
+    folder = _folder(tmp_path, "0001_replaces.py", REPLACES)
+    (folder / "0002_target.py").write_text(reviewed)
+    result = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=real.env)
+    assert result.exit_code == 0, result.output
+    assert "v1 (reviewed)" in result.output and "v2" not in result.output, result.output
+    record = real.db.applied_patches.find_one({"patch": "0002_target"})
+    assert record["comment"] == "v1 (reviewed)"
+    assert record["checksum"] == hashlib.sha256(reviewed.encode()).hexdigest()

@@ -231,6 +231,35 @@ def test_patch_timeout_stops_a_python_patch_that_hangs_while_loading(real, tmp_p
     assert real.db.applied_patches.count_documents({}) == 0
 
 
+# A patch that closes every inherited descriptor (a daemon-style cleanup, or a library that does it), the runner's
+# results pipe included, then works on: the pipe's end used to make the runner wait for the process with no bound.
+@pytest.mark.parametrize("run", [True, False], ids=["run", "dry-run"])
+@pytest.mark.parametrize("at", ["import", "run"])
+def test_patch_timeout_stops_a_python_patch_that_closed_its_descriptors(real, tmp_path, run, at):
+    work = "os.closerange(3, 4096)\n    time.sleep(3600)\n"
+    text = (f"import os, time\n\nif True:\n    {work}\ndef run(db, dry_run):\n    pass\n" if at == "import" else
+            f"import os, time\n\ndef run(db, dry_run):\n    {work}")
+    folder = _folder(tmp_path, "0001_closes.py", text)
+    code, out, err = _run("mongo", "apply", *(["--run"] if run else []), "--patch-timeout", "3", "--mongo-dir", folder,
+                          env=real.env, timeout=60)  # before: the runner waited the hour
+    said = "0001_closes.py cannot be loaded" if at == "import" else "0001_closes failed"
+    assert code == (2 if at == "import" else 1), out + err
+    assert f"{said}: stopped after 3 s (--patch-timeout / MONGO_PATCH_TIMEOUT)" in err, err
+    assert "Traceback" not in err, err
+    records = list(real.db.applied_patches.find({"patch": "0001_closes"}))
+    assert [r["status"] for r in records] == (["failed"] if run and at == "run" else [])
+
+
+def test_a_python_patch_that_closed_its_descriptors_and_returned_is_not_said_to_have_died_first(real, tmp_path):
+    folder = _folder(tmp_path, "0001_closes.py", "import os\n\ndef run(db, dry_run):\n    os.closerange(3, 4096)\n"
+                     "    return 'done'\n")
+    code, out, err = _run("mongo", "apply", "--run", "--mongo-dir", folder, env=real.env, timeout=60)
+    assert code == 1, out + err
+    assert ("0001_closes failed: the patch closed the runner's results pipe (a descriptor it did not open), so its "
+            "outcome is unknown; its process ended (exit 0)") in err, err
+    assert "before run() returned" not in err and "Traceback" not in err, err
+
+
 ESCAPES = '''def run(db, dry_run):
     print("A\\x1b[31mRED\\x1b]52;c;ZWNobyBwd25lZA==\\x07 \\r  applied 0009_fake (1 ms): ok\\x9b2J")
     return "c\\x1b[2Jx\\x07"

@@ -172,3 +172,24 @@ def test_a_dry_run_js_patch_trying_every_write_route_leaves_the_server_byte_iden
     client = server.db.client
     for suffix in ("_other", "_third"):
         client.drop_database(server.name + suffix)
+
+
+# mongosh's idiom for a helper beside the script: `load(__dirname + "/helper.js")`. The patch runs as a private copy
+# of its checked bytes in its own HOME (issue 20): the helpers come along, or the idiom fails, the run left FAILED.
+JSDIR = """load(__dirname + "/helper_lib.js");
+patchComment("helper says " + HELPER_SAYS + (DRY_RUN ? " (dry)" : ""));
+"""
+
+
+def test_a_js_patch_loads_a_helper_beside_it_through_dirname(cli, server, tmp_path):
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_jsdir.js").write_text(JSDIR)
+    (folder / "helper_lib.js").write_text('var HELPER_SAYS = "hello from beside the patch";\n')
+    dry = cli("mongo", "apply", "--mongo-dir", folder, env=server.env)
+    assert dry.exit_code == 0, dry.output
+    assert "helper says hello from beside the patch (dry)" in dry.output
+    run = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=server.env)
+    assert run.exit_code == 0, run.output
+    (record,) = server.db.applied_patches.find()
+    assert record["status"] == "applied" and record["comment"] == "helper says hello from beside the patch"

@@ -150,3 +150,65 @@ def test_sigterm_to_a_dry_run_kills_the_patchs_daemon_and_says_so_in_one_line(re
     assert _errors(err) == [f"error: {folder / '0001_daemon.py'}: dry run of 0001_daemon interrupted by "
                                         "SIGTERM (nothing was written)"], err
     assert alive == []
+
+
+# A --run patch with a helper writing in a session of its own and a fan of processes below another (the runner's
+# cleanup stops each of them); the operator sends SIGTERM twice, the second while the cleanup runs: it used to abort
+# it (raised in proc.wait() or Orphans.end()), and the helper kept writing (or stayed stopped) after the runner exited.
+TWICE = """import os, subprocess, sys, time
+HELPER = '''
+import os, time, pymongo
+ticks = pymongo.MongoClient(os.environ["MONGO_URL"])[os.environ["MONGO_DB"]].ticks
+while True:
+    ticks.insert_one({{"t": time.time()}}); time.sleep(0.05)
+'''
+
+def run(db, dry_run):
+    helper = subprocess.Popen([sys.executable, "-c", HELPER], start_new_session=True)
+    fan = os.fork()
+    if fan == 0:
+        os.setsid()
+        for _ in range({fan}):
+            if os.fork() == 0:
+                os.execv("/bin/sleep", ["sleep", {mark!r}])
+        open({done!r}, "w").close()
+        os.execv("/bin/sleep", ["sleep", {mark!r}])
+    while db.ticks.count_documents({{}}) < 3 or not os.path.exists({done!r}):
+        time.sleep(0.05)
+    sys.stderr.write(f"helper={{helper.pid}} patch={{os.getpid()}}\\n")
+    time.sleep(120)
+"""
+
+
+def _killed(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True  # reaped already
+
+
+def test_a_second_sigterm_during_the_cleanup_does_not_leave_the_patchs_helper_writing(real, tmp_path):
+    mark = f"3600.{time.time_ns() % 10**6}"
+    folder = _folder(tmp_path, "0001_twice.py", TWICE.format(fan=2000, mark=mark, done=str(tmp_path / "done")))
+    proc = runner("mongo", "apply", "--run", "--mongo-dir", folder, env=real.env)
+    helper = None
+    try:
+        lines = read_until(proc, lambda line: "helper=" in line, 120)
+        helper, patch = map(int, re.search(r"helper=(\d+) patch=(\d+)", "".join(lines)).groups())
+        proc.send_signal(signal.SIGTERM)
+        while not _killed(patch):  # the cleanup has begun (it kills the patch's process first): the second one now
+            pass
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        alive = _survivors([helper, *_marked(mark)])
+        ticks = real.db.ticks.count_documents({})
+        time.sleep(1)
+        assert (alive, real.db.ticks.count_documents({})) == ([], ticks)  # nothing left, nothing writes any more
+        assert proc.returncode in (143, -signal.SIGTERM), err  # (a second one after the run's end: SIGTERM's own)
+        assert _errors(err) == [f"error: {folder / '0001_twice.py'}: 0001_twice interrupted by SIGTERM (its writes "
+                                "so far are kept; the next run stops at it)"], err
+    finally:
+        proc.kill()
+        proc.wait()
+        _kill_all(([helper] if helper else []) + _marked(mark))

@@ -10,6 +10,7 @@ takes mongosh with it (PR_SET_PDEATHSIG, and the prelude exits once its parent c
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -28,9 +29,10 @@ from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.mongo import seal
 from migrator.mongo.homes import Home
-from migrator.mongo.orphans import Orphans
-from migrator.mongo.patches import PROJECT_ROOT, Patch, one_line
+from migrator.mongo.orphans import Orphans, uninterrupted
+from migrator.mongo.patches import PATCH_NAME, PROJECT_ROOT, Patch, one_line
 from migrator.mongo.python_patch import SAFE_ENVIRONMENT, register_environment_secrets
+from migrator.source_files import read_bytes
 from migrator.targets import MongoTarget
 
 MONGOSH_VERSION = "2.12.0"
@@ -100,6 +102,7 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
         start = _sealed(patch, home, target, client) if dry_run else _die_with_parent
         command = [mongosh_path(), "--nodb", "--norc", "--quiet", "--eval", prelude + " void 0;", *shim,
                    "--file", private_copy(patch, home)]
+        copy_helpers(patch, home)
         orphans = Orphans()  # what mongosh's children leave (a detached process) is killed when it ends
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True,  # its own process group: killed whole, children included
@@ -108,9 +111,10 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
         try:
             lines, comment, timed_out = _read(proc, echo, timeout)
         finally:
-            _kill_group(proc)  # the pipe is left to the reader thread: closing it here would wait for its read
-            proc.wait()
-            orphans.end()
+            with uninterrupted():  # (a second SIGTERM here would leave mongosh's children running)
+                _kill_group(proc)  # the pipe is left to the reader thread: closing it here would wait for its read
+                proc.wait()
+                orphans.end()
         if timed_out:
             raise JsPatchFailed(proc.returncode, f"stopped after {timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)")
     if proc.returncode != 0:
@@ -241,6 +245,16 @@ def private_copy(patch: Patch, home: str) -> str:
     copy = Path(home) / patch.path.name
     copy.write_bytes(patch.source)
     return str(copy)
+
+
+def copy_helpers(patch: Patch, home: str) -> None:
+    """The folder's other .js files (helpers, not patches) beside the private copy, so that `load(__dirname +
+    "/helper.js")`, mongosh's idiom for a helper beside the script, finds them. Read as the runner reads a patch: one
+    it cannot read so (a link out of the folder, a FIFO) is left out (loading it fails as not found)."""
+    for path in sorted(patch.path.parent.glob("*.js")):
+        if not PATCH_NAME.match(path.stem):
+            with contextlib.suppress(OSError, MigratorError):
+                (Path(home) / path.name).write_bytes(read_bytes(path))
 
 
 def _syntax_problem(mongosh: str, patch: Patch) -> dict | None:

@@ -15,11 +15,13 @@ go to init.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
 import threading
+from typing import Iterator
 
 PR_SET_CHILD_SUBREAPER = 36
 REAP_EVERY = 0.02  # seconds between two looks for exited orphans: a fast forker leaves a few dozen zombies at most
@@ -121,6 +123,26 @@ class Orphans:
         finally:
             _prctl(0)
             self.on = False
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """The block (killing a patch's processes and reaping them) finishes whatever SIGTERM/SIGINT comes meanwhile: a
+    second one raised in its middle left the patch's daemons alive and writing after the runner exited. The first
+    that came is delivered once after the block, to the handlers the block found (only the main thread has any)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    saved = {signum: signal.signal(signum, lambda signum, _frame: came.append(signum))
+             for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if came:
+            signal.raise_signal(came[0])
 
 
 def _stopped_below(top: set[int]) -> list[int]:

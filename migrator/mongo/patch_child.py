@@ -24,6 +24,7 @@ bounded here, with the runner's passwords. --patch-timeout bounds the load and t
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -40,7 +41,7 @@ from migrator.mongo import seal
 from migrator.mongo.connection import ca_files, servers
 from migrator.mongo.homes import Home
 from migrator.mongo.js_patch import _die_with_parent, _kill_group, mongosh_environment
-from migrator.mongo.orphans import Orphans
+from migrator.mongo.orphans import Orphans, uninterrupted
 from migrator.mongo.patches import Patch, bounded
 from migrator.targets import MongoTarget
 
@@ -50,6 +51,7 @@ READER_JOIN = 2.0  # seconds to drain the child's output after it is killed (its
 MAX_MESSAGE = 64 << 20  # bytes of one message: the texts in it are bounded only after they are scrubbed here
 UNREADABLE = "its process sent an unreadable result"
 START_SECONDS = 60.0  # for the child's interpreter and the runner's own modules, before --patch-timeout's clock starts
+CLOSED_GRACE = 1.0  # seconds for the process to exit once its results pipe ended (else the patch closed the pipe)
 POLL = 0.2  # seconds between two looks at the patch's process where the kernel has no pidfd (before Linux 5.3)
 
 
@@ -101,6 +103,7 @@ class Child:
             if options.get("tlsCAFile"):  # the child's cwd is its HOME: a relative path would name another file
                 options["tlsCAFile"] = os.path.abspath(options["tlsCAFile"])
             spec = {"id": patch.id, "path": os.path.abspath(patch.path), "uri": target.uri, "database": target.database,
+                    "source": base64.b64encode(patch.source).decode(),  # the hashed bytes run, not the path's now
                     "options": options, "dry_run": dry_run, "home": self._home.name,
                     "servers": sorted(servers(target, client)) if dry_run else [], "ca_files": ca_files(target)}
             spec["pinned"] = seal.looked_up(host for host, _port in spec["servers"])  # no DNS in the seal
@@ -125,13 +128,14 @@ class Child:
             self.kill()
 
     def kill(self) -> None:
-        _kill_group(self.proc)
-        self.proc.wait()
-        self._orphans.end()
-        for reader in self._readers:
-            reader.join(READER_JOIN)
-        self._results.close()
-        self._home.cleanup()
+        with uninterrupted():  # (a second SIGTERM here would leave its daemons running)
+            _kill_group(self.proc)
+            self.proc.wait()
+            self._orphans.end()
+            for reader in self._readers:
+                reader.join(READER_JOIN)
+            self._results.close()
+            self._home.cleanup()
 
     def _loaded(self) -> None:
         """The child says it loaded the patch, or why it could not: either way one line naming the patch (exit 2,
@@ -173,20 +177,46 @@ class Child:
         try:
             line = self._results.next(deadline)
         except TimeoutError:
-            _kill_group(self.proc)
-            if seconds:
-                raise PatchError(f"its process did not start within {seconds:g} s (the machine is overloaded?); "
-                                 "nothing of the patch ran: run again") from None
-            raise PatchError(f"stopped after {self.timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)") from None
+            raise self._stopped(seconds) from None
         except OverflowError:
             return None
         if line is None:
-            self.proc.wait()
-            raise PatchError(f"the patch's process ended (exit {self.proc.returncode}) {when}")
+            self._ended(when, deadline, seconds)
         try:
             return json.loads(line)
         except (ValueError, RecursionError):
             return None
+
+    def _stopped(self, seconds: float | None) -> PatchError:
+        """Its time is up: the child is killed, and the error says which bound."""
+        _kill_group(self.proc)
+        if seconds:
+            return PatchError(f"its process did not start within {seconds:g} s (the machine is overloaded?); "
+                              "nothing of the patch ran: run again")
+        return PatchError(f"stopped after {self.timeout:g} s (--patch-timeout / MONGO_PATCH_TIMEOUT)")
+
+    def _ended(self, when: str, deadline: float | None, seconds: float | None) -> None:
+        """The results pipe ended: its process exits (which closes the pipe), or the patch closed the pipe and works on
+        (os.closerange(3, N)), waited for within the same deadline all the same."""
+        try:
+            self.proc.wait(_left(deadline, CLOSED_GRACE))
+            closed = self.proc.returncode == 0  # the child's own end: what it sent was lost, its pipe was closed
+        except subprocess.TimeoutExpired:  # alive after its pipe ended: the patch closed it
+            try:
+                self.proc.wait(_left(deadline))
+            except subprocess.TimeoutExpired:
+                raise self._stopped(seconds) from None
+            closed = True
+        if closed:
+            raise PatchError("the patch closed the runner's results pipe (a descriptor it did not open), so its "
+                             f"outcome is unknown; its process ended (exit {self.proc.returncode})")
+        raise PatchError(f"the patch's process ended (exit {self.proc.returncode}) {when}")
+
+
+def _left(deadline: float | None, at_most: float | None = None) -> float | None:
+    """Seconds until `deadline` (None: no bound), at most `at_most`."""
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    return at_most if left is None else left if at_most is None else min(left, at_most)
 
 
 def clean(text: str) -> str:
@@ -312,6 +342,7 @@ def main(results_fd: int) -> None:
     protocol = _protocol_off_stdin()
     spec = json.loads(protocol.readline())
     patch = Patch(spec["id"], Path(spec["path"]), "py")
+    patch.__dict__["source"] = base64.b64decode(spec["source"])  # (cached_property's slot) the bytes the runner hashed
     nonce = None
     try:
         import pymongo
@@ -337,7 +368,10 @@ def main(results_fd: int) -> None:
     except BaseException as exc:  # everything the patch can raise, sys.exit included: described, then sent
         outcome = _described(exc, patch.path, loaded=nonce is not None)
     seal.end_descendants()  # sealed: processes it started in a session of their own end too (else: documented)
-    send(**outcome) if nonce is None else send(nonce=nonce, **outcome)
+    try:
+        send(**outcome) if nonce is None else send(nonce=nonce, **outcome)
+    except OSError:
+        pass  # the patch closed the pipe (os.closerange): the runner says so, not this process's traceback
     os._exit(0)  # nothing else runs here: not the patch's threads, not atexit
 
 

@@ -26,7 +26,6 @@ from migrator import output
 from migrator.env import SECRET_NAME
 from migrator.errors import USAGE, MigratorError
 from migrator.mongo.patches import Patch, one_line
-from migrator.source_files import read_bytes
 
 # What a patch may see of the environment in a dry run (and all mongosh ever gets).
 SAFE_ENVIRONMENT = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "LC_ALL", "LC_CTYPE", "LC_MESSAGES")
@@ -79,8 +78,8 @@ class LoadFailed(MigratorError):
 def _load(patch: Patch) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"hcm_patch_{patch.id}", patch.path)
     module = importlib.util.module_from_spec(spec)
-    try:  # compiled from the file's own bytes: no __pycache__ written beside it, none (planted or stale) read
-        exec(compile(read_bytes(patch.path), str(patch.path), "exec", dont_inherit=True), module.__dict__)
+    try:  # compiled from the bytes hashed (Patch.source): no __pycache__ written beside it, none (planted or stale) read
+        exec(compile(patch.source, str(patch.path), "exec", dont_inherit=True), module.__dict__)
     except (Exception, SystemExit, PatchExited) as exc:
         raise LoadFailed(patch, one_line(output.scrub(f"{exc.__class__.__name__}: {exc}")), line_in(patch.path, exc)) from exc
     if not callable(getattr(module, "run", None)):
