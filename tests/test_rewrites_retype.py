@@ -92,6 +92,13 @@ DOMAIN_REFUSED = {
     "pending_over_live": ("CREATE DOMAIN posint AS int CHECK (VALUE > 0)",
                           f"CREATE DOMAIN mine AS posint;\nALTER TABLE {TABLE} ADD COLUMN m mine;\n",
                           "ADD COLUMN m of domain mine"),
+    # attack24f: a live plain domain given a constraint by a pending ALTER DOMAIN (same file: ad2)
+    "pending_alter_domain_not_null": ("CREATE DOMAIN plaindom AS int", f"ALTER DOMAIN plaindom SET NOT NULL;\n"
+                                      f"ALTER TABLE {TABLE} ADD COLUMN d plaindom DEFAULT 1;\n",
+                                      "ADD COLUMN d of domain plaindom"),
+    "pending_alter_domain_under_live": ("CREATE DOMAIN plaindom AS int; CREATE DOMAIN small AS plaindom",
+                                        "ALTER DOMAIN public.plaindom ADD CONSTRAINT pos CHECK (VALUE > 0) NOT VALID;"
+                                        f"\nALTER TABLE {TABLE} ADD COLUMN s small;\n", "ADD COLUMN s of domain small"),
 }
 
 
@@ -215,3 +222,19 @@ def test_the_server_rebuilds_what_the_verdict_names_on_a_partition_and_keeps_its
     db.query("DROP INDEX ev_p1_lower; DROP INDEX ev_code")
     ok(migrate(cli, db, sql_dir, *SMALL))  # a partition's own plain index, a NOT VALID CHECK: catalog only
     assert applied(db)[-1] == "0004_text"
+
+
+def test_a_domain_given_a_check_by_an_earlier_pending_file_is_refused_and_the_server_rewrites(cli, db, sql_dir):
+    """attack24f reproAD `ad`: ALTER DOMAIN ... ADD CONSTRAINT in one pending file, ADD COLUMN of it in the next."""
+    seeded(cli, db, sql_dir)
+    db.query("CREATE DOMAIN plaindom AS int")
+    add_migration(sql_dir, "0002_dom", "ALTER DOMAIN plaindom ADD CONSTRAINT plaindom_pos CHECK (VALUE > 0);\n")
+    path = add_migration(sql_dir, "0003_add", f"ALTER TABLE {TABLE} ADD COLUMN d plaindom;\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and f"{path}:1: ADD COLUMN d of domain plaindom, which has a CHECK" in result.stderr, \
+        result.output
+    assert applied(db) == [SEED]
+    before = _files(db)[TABLE]
+    add_migration(sql_dir, "0003_add", MARKER + f"ALTER TABLE {TABLE} ADD COLUMN d plaindom;\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert _files(db)[TABLE] != before  # the verdict was right: rewritten

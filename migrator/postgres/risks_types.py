@@ -8,7 +8,7 @@ stays compatible keeps its file, TryReuseIndex). Both under the ALTER's ACCESS E
 
 `ADD COLUMN c some_domain` where the domain, or a domain it is based on, has a CHECK or NOT NULL constraint rewrites
 the table even without a default (ATExecAddColumn: a domain with constraints is evaluated on every row). A domain a
-pending statement creates is judged from its text (`Seen.domains`).
+pending statement creates, or gives a constraint with ALTER DOMAIN, is judged from its text (`Seen.domains`).
 """
 
 from __future__ import annotations
@@ -59,11 +59,12 @@ WITH RECURSIVE chain(oid, depth) AS (
    ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1)
   UNION ALL SELECT t.typbasetype, c.depth + 1 FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid
   WHERE t.typtype = 'd' AND c.depth < 100)
-SELECT bool_or(t.typnotnull OR EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid))
+SELECT bool_or(t.typnotnull OR EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid)),
+  pg_catalog.array_agg(t.typname::pg_catalog.text)
 FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype = 'd'
 """
-# A pending CREATE DOMAIN (read without the parser when the statement is no such thing)
-DOMAIN_HINT = lazy_re.compile(r"\s*create\s+domain\b", re.IGNORECASE)
+# A pending CREATE / ALTER DOMAIN (read without the parser when the statement is no such thing)
+DOMAIN_HINT = lazy_re.compile(r"\s*(create|alter)\s+domain\b", re.IGNORECASE)
 
 
 def retyped(live, oid: int, column: str, what: str, name, line: int):
@@ -101,11 +102,14 @@ def _constrained(names: list[str], live, seen, depth: int) -> bool:
         own, base = pending
         return own or _constrained(base, live, seen, depth + 1)
     row = live._rows(_DOMAIN, {"name": names[-1], "path": names[:-1] if len(names) > 1 else live.path})
-    return bool(row and row[0][0])
+    # (a live domain, or one it is based on, given a constraint by a pending ALTER DOMAIN)
+    return bool(row and (row[0][0] or any(seen.domains.get(name, (False,))[0] for name in row[0][1] or ())))
 
 
 def read_domain(text: str, seen) -> None:
-    """Note a pending CREATE DOMAIN: whether it has a CHECK or NOT NULL of its own, and the type it is based on."""
+    """Note a pending CREATE DOMAIN (whether it has a CHECK or NOT NULL of its own, and the type it is based on), or
+    an ALTER DOMAIN that gives one (ADD CONSTRAINT, SET NOT NULL: constrained from then on, whatever it was). A DROP
+    CONSTRAINT / DROP NOT NULL is not counted (another constraint may be left): judged as before it, never less."""
     from pglast import ast, enums, parse_sql
     from pglast.parser import ParseError
 
@@ -118,3 +122,7 @@ def read_domain(text: str, seen) -> None:
             own = any(c.contype in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)
                       for c in tree.constraints or ())
             seen.domains[tree.domainname[-1].sval] = (own, [n.sval for n in tree.typeName.names])
+        elif isinstance(tree, ast.AlterDomainStmt) and (tree.subtype == "O" or tree.subtype == "C" and getattr(
+                tree.def_, "contype", None) in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)):
+            name = tree.typeName[-1].sval
+            seen.domains[name] = (True, seen.domains.get(name, (False, []))[1])
