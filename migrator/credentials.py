@@ -5,6 +5,8 @@ password). settings.py resolves; this module says what was ignored and refuses w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from migrator import output
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
@@ -118,8 +120,46 @@ def note_mixed(target: PostgresTarget) -> None:
 def register_passwords(env) -> None:
     """Every password setting's value, masked from the start: an error quoting another setting back (a mis-keyed
     secret puts the password in DB_PORT) never shows it (output.unquoted_secrets)."""
-    for name in ("DB_PASSWORD", "FLYWAY_PASSWORD", "PGPASSWORD"):
+    for name in ("DB_PASSWORD", "FLYWAY_PASSWORD", "PGPASSWORD", "DATABASE_URL", "DB_URL", "MONGO_URL"):
         try:
-            output.register_password(env.get(name)[0])
+            value = env.get(name)[0]
         except MigratorError:  # (an unreadable one is refused where it is used)
-            pass
+            continue
+        for password in _url_passwords(value) if name.endswith("_URL") else [value]:
+            output.register_password(password)
+    for password in _passfile_passwords(env.get("PGPASSFILE")[0] or "~/.pgpass"):
+        output.register_password(password)
+
+
+def _passfile_passwords(path: str) -> list[str]:
+    """The passwords of libpq's password file (host:port:db:user:password lines, \\ escaping : and \\)."""
+    try:
+        text = Path(path).expanduser().read_text(errors="replace")
+    except (OSError, ValueError):
+        return []
+    found = []
+    for line in text.splitlines():
+        fields, field, escaped = [], "", False
+        for char in line:
+            if not escaped and char == "\\":
+                escaped = True
+                continue
+            if not escaped and char == ":" and len(fields) < 4:
+                fields, field = fields + [field], ""
+            else:
+                field += char
+            escaped = False
+        if len(fields) == 4 and field and not line.startswith("#"):
+            found.append(field)
+    return found
+
+
+def _url_passwords(url: str | None) -> list[str]:
+    """A URL's passwords: user:password@ and a password= parameter (JDBC's); none from a malformed one."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    try:
+        parts = urlsplit((url or "").removeprefix("jdbc:"))
+        return ([unquote(parts.password)] if parts.password else []) + parse_qs(parts.query).get("password", [])
+    except ValueError:
+        return []

@@ -293,12 +293,16 @@ def note(text: str) -> None:
     click.echo(mask(_indented(text)), file=_stream(True))
 
 
+_QUOTED = re.compile(r"'[^'\\]*'|\"[^\"\\]*\"")  # a value quoted back
+
+
 def unquoted_secrets(text: str) -> str:
     """An error quotes a setting's value back (`port 'x' is not a number`): never one equal to a known password
     (a mis-keyed secret puts the password in DB_PORT)."""
     for secret in _passwords:
         text = text.replace(repr(secret), "'***'").replace(f'"{secret}"', '"***"')
-    return text
+    bare = {secret.strip() for secret in _passwords} - {""}  # (quoted back with the spaces around it too)
+    return _QUOTED.sub(lambda m: m[0][0] + "***" + m[0][0] if m[0][1:-1].strip() in bare else m[0], text)
 
 
 def error(text: str, **fields) -> None:

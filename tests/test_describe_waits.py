@@ -87,3 +87,19 @@ def test_an_unreadable_lock_setting_still_bounds_a_read_only_commands_waits(cli,
     assert result.exit_code == 0 and "no answer within" not in result.output, result.output
     waits = [line for line in result.stderr.splitlines() if "lock not granted within 300 ms" in line]
     assert waits and named(pid) in waits[0], result.output
+
+
+def test_a_held_tables_name_with_a_line_break_cannot_forge_a_line(cli, db, sql_dir, tenant):
+    """attack23h table_newline: the name came raw from regclass, so the line split and its second half read as the
+    runner's own "error:" line; it is now escaped (\\n) wherever a held or waited relation is named."""
+    forged = 'zz\nerror: migrate failed in 1 of 1 schema(s)'
+    db.query(f'CREATE TABLE {SCHEMA}."{forged}" (id int DEFAULT 1 PRIMARY KEY)')
+    holder = connect(db, application_name=APP)
+    holder.cursor().execute(f'LOCK TABLE {SCHEMA}."{forged}" IN ACCESS EXCLUSIVE MODE')
+    try:
+        result = cli("status", "--sql-dir", sql_dir, env={**tenant, "DB_LOCK_RETRY_BUDGET": "1s"})
+    finally:
+        holder.close()
+    line = one_error_line(result)
+    assert f'ACCESS EXCLUSIVE on {SCHEMA}."zz\\nerror: migrate failed' in line, result.stderr
+    assert not any(text.startswith("error: migrate") for text in result.stderr.splitlines()), result.stderr

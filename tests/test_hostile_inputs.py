@@ -348,7 +348,7 @@ def test_a_duration_variable_out_of_range_names_the_variable(db, sql_dir, cli):
     result = cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "DB_LOCK_TIMEOUT": "99999999999s"})
     assert "DB_LOCK_TIMEOUT (environment): '99999999999s' is longer than PostgreSQL accepts" in one_error_line(result)
     result = cli("mongo", "status", "--mongo-dir", sql_dir, env={"MONGO_PATCH_TIMEOUT": "nan"})
-    assert "Invalid value for '--patch-timeout'" in one_error_line(result)
+    assert "MONGO_PATCH_TIMEOUT (environment): 'nan' is not a number of seconds" in one_error_line(result)
 
 
 def test_the_longest_duration_postgresql_accepts_is_accepted_and_runs(db, sql_dir, cli):

@@ -265,3 +265,43 @@ def test_a_killed_probe_connects_again_and_goes_on_bounding_and_naming(cli, db, 
         or "the lock probe cannot see the migration session (server closed the connection" in result.stderr, \
         result.stderr
     assert applied(db) == [SEED]
+
+
+def test_a_migration_session_refused_at_connect_says_nothing_was_sent(cli, make_db, limited_role, sql_dir, pg):
+    """attack23h conn_limit: the role's last slot taken between the run's own connect and the migration's. Before:
+    "the connection was lost ..., so whether it committed is unknown" though nothing was sent."""
+    import psycopg2
+
+    db = make_db(owner=limited_role)
+    url = pg.url(db.name, user=limited_role, password=LIMITED_PASSWORD)
+    assert cli("migrate", "--sql-dir", sql_dir, "--database-url", url).exit_code == 0
+    add_migration(sql_dir, "0002_orders", "CREATE TABLE orders (id int);\n")
+    other = psycopg2.connect(url)  # one of its two slots: the run's own connection takes the other
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, "--database-url", url)
+    finally:
+        other.close()
+    line = one_error_line(result)
+    assert "0002_orders.sql: failed to apply" in line and "too many connections" in line, line
+    assert "could not connect: nothing of it was sent, nothing applied" in line, line
+    assert "whether it committed is unknown" not in line, line
+    assert "0002_orders" not in applied(db)
+
+
+def test_a_slot_freed_within_moments_lets_the_migration_session_in(cli, make_db, limited_role, sql_dir, pg):
+    """A session the run just closed leaves the server a moment later (its backend exits after the client): under a
+    CONNECTION LIMIT the next session was refused meanwhile (a suite failure under load). Here another session
+    holds the last slot for 1 s: the migration's connect waits for it rather than failing the file."""
+    import threading
+
+    import psycopg2
+
+    db = make_db(owner=limited_role)
+    url = pg.url(db.name, user=limited_role, password=LIMITED_PASSWORD)
+    assert cli("migrate", "--sql-dir", sql_dir, "--database-url", url).exit_code == 0
+    add_migration(sql_dir, "0002_orders", "CREATE TABLE orders (id int);\n")
+    other = psycopg2.connect(url)
+    threading.Timer(1.0, other.close).start()
+    result = cli("migrate", "--sql-dir", sql_dir, "--database-url", url)
+    assert result.exit_code == 0, result.output
+    assert "0002_orders" in applied(db)

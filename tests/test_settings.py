@@ -655,3 +655,40 @@ def test_a_password_put_in_db_port_is_never_quoted_back(cli, command, mode):
     assert result.exit_code != 0
     assert "DB_PORT (environment): port" in result.output, result.output
     assert "Sekr3tG" not in result.output, result.output
+
+
+@pytest.mark.parametrize("environ", [
+    {"DATABASE_URL": "postgresql://app:Zq7xK9wPv@db.example/app", "DB_LOCK_TIMEOUT": "Zq7xK9wPv"},
+    {"DATABASE_URL": "postgresql://app:Zq7xK9wPv@db.example/app", "DB_STATEMENT_TIMEOUT": "Zq7xK9wPv"},
+    {"DB_URL": "jdbc:postgresql://db.example/app?user=app&password=Zq7xK9wPv", "FLYWAY_USER": "app",
+     "DB_LOCK_TIMEOUT": "Zq7xK9wPv"},
+    {"DB_HOST": "db.example", "MONGO_URL": "mongodb://m:Zq7xK9wPv@mongo.example/hcm", "DB_LOCK_TIMEOUT": "Zq7xK9wPv"},
+    {"DB_HOST": "db.example", "DB_PASSWORD": "Zq7xK9wPv", "DB_LOCK_TIMEOUT": " Zq7xK9wPv "},
+])
+def test_every_password_the_run_knows_is_never_quoted_back(cli, environ, tmp_path):
+    """attack23h mask_sweep: only DB_PASSWORD, FLYWAY_PASSWORD and PGPASSWORD were known before the settings were
+    parsed, and only an exact quoted value was masked: a URL's password in another setting was quoted back."""
+    result = cli("migrate", "--sql-dir", str(tmp_path), env=environ)
+    assert result.exit_code != 0
+    assert "TIMEOUT (environment)" in result.output, result.output
+    assert "Zq7xK9wPv" not in result.output, result.output
+
+
+def test_a_password_in_mongo_patch_timeout_is_named_by_its_variable_and_never_quoted_back(cli, tmp_path):
+    """attack23h: click's validation quoted the value back (nothing registered yet) and named --patch-timeout."""
+    result = cli("mongo", "apply", "--mongo-dir", str(tmp_path),
+                 env={"DB_PASSWORD": "Zq7xK9wPv", "MONGO_PATCH_TIMEOUT": "Zq7xK9wPv"})
+    assert result.exit_code != 0
+    assert "MONGO_PATCH_TIMEOUT (environment): " in result.output, result.output
+    assert "Zq7xK9wPv" not in result.output, result.output
+
+
+def test_a_password_file_password_put_in_db_port_is_never_quoted_back(cli, tmp_path):
+    """attack23h mask_sweep2: PGPASSFILE's passwords were not known before the settings were parsed."""
+    passfile = tmp_path / "pgpass"
+    passfile.write_text("# a comment\ndb.example:5432:*:app:Pw9\\:xQ7\n")
+    passfile.chmod(0o600)
+    result = cli("status", env={"DB_HOST": "db.example", "DB_PORT": "Pw9:xQ7", "PGPASSFILE": str(passfile)})
+    assert result.exit_code != 0
+    assert "DB_PORT (environment): port" in result.output, result.output
+    assert "xQ7" not in result.output, result.output

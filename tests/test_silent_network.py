@@ -63,6 +63,9 @@ def test_a_path_gone_silent_mid_file_ends_migrate_in_one_line(cli, db, sql_dir, 
     assert proxy.stalled == 1
     assert "0002_stall.sql:2: no answer from PostgreSQL at 127.0.0.1:" in line and "within 2 s" in line, line
     assert f"/{db.name} " in line and "nothing of the file committed" in line and "run the command again" in line
+    # The runner ended its session on the server (which would hold ACCESS EXCLUSIVE until its 600 s idle bound).
+    assert "the runner ended its session pid " in line and "transaction rolled back and its locks are released" in line
+    assert app_can_read(db)
     assert applied(db) == [SEED]
 
 
@@ -98,8 +101,8 @@ LAUNCH = ("import sys; sys.argv[0] = 'runner.py'; from migrator.postgres import 
 CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "MONGO_"))}
 
 
-def stalled_runner(sql_dir, env, proxy) -> subprocess.Popen:
-    runner = subprocess.Popen([sys.executable, "-c", LAUNCH, "migrate", "--sql-dir", str(sql_dir),
+def stalled_runner(sql_dir, env, proxy, launch=LAUNCH) -> subprocess.Popen:
+    runner = subprocess.Popen([sys.executable, "-c", launch, "migrate", "--sql-dir", str(sql_dir),
                                "--statement-timeout", "0", "--lock-timeout", "0"], cwd=PROJECT_ROOT,
                               env={**CLEAN, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
@@ -134,3 +137,47 @@ def test_sigterm_ends_a_runner_waiting_on_a_silent_path(db, sql_dir, seeded, pro
         runner.kill()
     assert runner.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and "interrupted by SIGTERM" in err.splitlines()[-1], err
+
+
+def test_sigterm_on_a_silent_path_ends_the_session_and_its_lock(db, sql_dir, seeded, proxy):
+    """The cancel reaches a session idle in its transaction (its answer lost on the path): it would hold ACCESS
+    EXCLUSIVE until the server's 600 s idle bound; the runner ends it from its side connection and says so."""
+    add_migration(sql_dir, "0002_stall", STALLING)
+    runner = stalled_runner(sql_dir, through(seeded, proxy), proxy,
+                            launch="import sys; sys.argv[0] = 'runner.py'; import runner; runner.cli()")
+    runner.send_signal(signal.SIGTERM)
+    try:
+        _, err = runner.communicate(timeout=60)
+    finally:
+        runner.kill()
+    assert runner.returncode == 128 + signal.SIGTERM, err
+    line = err.splitlines()[-1]
+    assert "nothing of it was applied: the runner ended its session pid " in line, err
+    assert "its transaction rolled back and its locks are released" in line, err
+    assert app_can_read(db)
+    assert applied(db) == [SEED]
+
+
+def idle_bound_seen(db) -> list[tuple]:
+    """The idle_in_transaction_session_timeout a migration's session ran with (recorded by the file itself)."""
+    return db.query("SELECT v FROM idle_seen")
+
+
+IDLE_SEEN = "CREATE TABLE idle_seen AS SELECT current_setting('idle_in_transaction_session_timeout') AS v;\n"
+
+
+def test_a_huge_lock_timeout_clamps_the_idle_bound_to_postgresqls_int(cli, db, sql_dir, seeded):
+    """Before: 3 x 716000 s in ms overflowed the server's int and every migration session failed to connect."""
+    add_migration(sql_dir, "0002_idle", IDLE_SEEN)
+    result = cli("migrate", "--sql-dir", sql_dir, "--lock-timeout", "716000", env=db.db_env())
+    assert result.exit_code == 0, result.output
+    assert idle_bound_seen(db) == [("2147483647ms",)]
+
+
+def test_url_options_naming_the_idle_bound_are_left_as_written(cli, db, sql_dir, seeded):
+    """Before: the bound was set by rewriting the options' text: '=0s' became '=600000mss', refused at connect."""
+    add_migration(sql_dir, "0002_idle", IDLE_SEEN)
+    url = db.url + ("&" if "?" in db.url else "?") + "options=-c%20idle_in_transaction_session_timeout%3D0s"
+    result = cli("migrate", "--sql-dir", sql_dir, env={"DATABASE_URL": url})
+    assert result.exit_code == 0, result.output
+    assert idle_bound_seen(db) == [("10min",)]

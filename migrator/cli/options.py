@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import click
@@ -54,6 +55,11 @@ class Seconds(click.ParamType):
         try:
             return durations.seconds(value, zero=self.zero)
         except ValueError as exc:
+            if ctx is not None and param.envvar and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
+                from migrator import credentials, env
+
+                credentials.register_passwords(env.Env(os.environ))  # (a mis-keyed password is never quoted back)
+                raise click.UsageError(f"{param.envvar} (environment): {exc}", ctx) from exc
             self.fail(str(exc), param, ctx)
 
 

@@ -60,7 +60,7 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
     except RunSessionLost as exc:
         raise _lost_mid_file(target, migration, verb, path, exc) from exc
     except failures.NoAnswer as exc:
-        raise _silent(path, exc) from exc
+        raise _silent(backend, path, exc) from exc
     except interrupt.Interrupted as exc:
         raise _interrupted(backend, target, migration, verb, path, exc)
     except (backend.DatabaseError, backend.driver.InterfaceError) as exc:  # Interface: yoyo's rollback on a lost connection
@@ -68,7 +68,7 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         if isinstance(exc.__context__, interrupt.Interrupted):
             raise _interrupted(backend, target, migration, verb, path, exc.__context__)
         if isinstance(exc.__context__, failures.NoAnswer):  # (yoyo's rollback on the session cut off)
-            raise _silent(path, exc.__context__) from exc
+            raise _silent(backend, path, exc.__context__) from exc
         if getattr(migration, "steps_committed", False) and backend.connection.closed:
             raise _unrecorded(target, migration, verb, path, exc) from exc
         raise migration_error(failed, migration, target.where, verb, path)
@@ -80,12 +80,17 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         checksums.clear_failures(backend, [migration.id])
 
 
-def _silent(path: Path, exc) -> MigratorError:
+def _silent(backend, path: Path, exc: failures.NoAnswer) -> MigratorError:
     """A migration's session went silent (failures.guard_session): located at the file's statement, else it was
-    the COMMIT or the bookkeeping in that session."""
-    if str(exc).startswith(f"{path}:"):
-        return MigratorError(str(exc))
-    return MigratorError(f"{path}: {exc}, waiting for its COMMIT or its record; {failures.outcome(False)}")
+    the COMMIT or the bookkeeping in that session. Its server side is ended from the side connection."""
+    ended = _end_cut_off(backend, exc.in_transaction)
+    where = str(exc) if str(exc).startswith(f"{path}:") else f"{path}: {exc}, waiting for its COMMIT or its record"
+    return MigratorError(f"{where}; {failures.outcome(exc.in_transaction, ended)}")
+
+
+def _end_cut_off(backend, in_transaction: bool) -> str | None:
+    """What became of the migration's session on the server, if a silent path cut it off (watch.Watcher)."""
+    return backend.watcher.end_cut_off(in_transaction) if backend.watcher is not None else None
 
 
 def _record_failed(backend, migration, exc: StatementFailed, prefix: str) -> None:
@@ -99,8 +104,9 @@ def _record_failed(backend, migration, exc: StatementFailed, prefix: str) -> Non
 
 def _interrupted(backend, target: PostgresTarget, migration, verb: str, path: Path, exc) -> MigratorError:
     transactional = migration.rollback_transactional() if verb == "roll back" else migration.use_transactions
+    ended = _end_cut_off(backend, transactional)  # (a silent path: the cancel reached an idle session)
     if transactional:
-        committed = "nothing of it was applied: its transaction rolled back"
+        committed = f"nothing of it was applied: {ended or 'its transaction rolled back'}"
     else:
         recorded = bookkeeping(backend).failures.get(migration.id, "")
         committed = recorded.removeprefix(checksums.ROLLBACK) or "not transactional: `runner.py status` shows what committed"
@@ -109,6 +115,8 @@ def _interrupted(backend, target: PostgresTarget, migration, verb: str, path: Pa
             if verb == "apply" and any(concurrently.is_concurrent(s.text) for s in migration.steps[0].statements):
                 committed += ("; a CONCURRENTLY build stopped part-way leaves its index INVALID: the next migrate "
                               "drops it and builds it again")
+    if ended and not transactional:
+        committed += f"; {ended}"
     return MigratorError(f"{path}: {exc} while it was running ({verb} on {target.where}); {committed}; "
                          "migrations reported done before it are committed; run the command again", 128 + exc.signum)
 

@@ -53,6 +53,38 @@ def by_pid(params: dict, pid: int, where: str) -> None:
         connection.close()
 
 
+def end_session(params: dict, pid: int, where: str, in_transaction: bool) -> str:
+    """End the runner's own migration session `pid` on the server from a new connection (`params`): cut off by a
+    silent path, it idles in its transaction holding its locks until the server's idle bound (a cancel does nothing
+    to an idle session; the same role may terminate it). What became of it, in words."""
+    import psycopg2
+
+    gone = False
+    try:
+        connection = psycopg2.connect(**params)
+    except psycopg2.Error:
+        connection = None
+    if connection is not None:
+        try:
+            failures.guard_reads(connection, where, CANCEL_GRACE * 2)
+            connection.autocommit = True
+            with connection.cursor() as cursor:  # (the run's own role only: never another's session by its pid)
+                cursor.execute("SELECT pg_catalog.pg_terminate_backend(pid, %s) FROM pg_catalog.pg_stat_activity "
+                               "WHERE pid = %s AND usename = current_user", (int(CANCEL_GRACE * 1000), pid))
+                cursor.execute("SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE pid = %s)", (pid,))
+                gone = cursor.fetchone()[0]
+        except (psycopg2.Error, MigratorError):
+            pass
+        finally:
+            connection.close()
+    if gone:
+        rolled = "its transaction rolled back and " if in_transaction else ""
+        return f"the runner ended its session pid {pid} on the server: {rolled}its locks are released"
+    return (f"the runner could not end its session pid {pid} on the server: its locks stay until the server notices "
+            f"it gone (at most its idle_in_transaction_session_timeout); end it now with "
+            f"`SELECT pg_terminate_backend({pid})`")
+
+
 @contextmanager
 def on_sigterm(session: Callable[[], object], cancel: Callable[[object], None] | None = None) -> Iterator[None]:
     """For the block, SIGTERM cancels what `session()` (a psycopg2 connection, or None) is running: by `cancel`

@@ -35,7 +35,7 @@ from typing import Iterator
 from migrator import output, pg_lock, trust, whoami
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import retry
-from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads, guard_session
+from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads, guard_session, opened
 from migrator.tables import MIGRATION_TABLE
 from migrator.targets import DdlLimits, PostgresTarget, where_name
 
@@ -172,7 +172,7 @@ def backend_class():
             if not self.guarded:  # a migration's session: the server ends its transaction once left idle too long
                 args["options"] = migration_idle_bound(args.get("options", ""), pg_lock.BOOKKEEPING_WAIT["seconds"],
                                                        retry.MAX_DELAY)
-            connection = super().connect(dburi._replace(args=args))
+            connection = opened(super().connect, dburi._replace(args=args))
             where = where_name(dburi.hostname or args.get("host") or "localhost", dburi.port, dburi.database)
             if not self.guarded:
                 guard_session(connection, where)

@@ -167,6 +167,9 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         todo = exc.todo = "run again" if exc.transactional or not exc.done else (
             "a rerun runs the file from its first statement, so what COMMITTED runs again: make the file safe to "
             "re-run (IF NOT EXISTS) or undo that, then run again")
+    elif _connection_lost(cause) and getattr(cause, "at_connect", False):  # (connection.py: its session's connect)
+        committed = "its session could not connect: nothing of it was sent, nothing applied"
+        todo = "free a connection slot (or fix what the server refused), then run again"
     elif _connection_lost(cause):
         committed = "the connection was lost (a server restart, or pg_terminate_backend), so whether it committed " \
                     "is unknown: run `runner.py status`"

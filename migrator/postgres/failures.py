@@ -10,6 +10,8 @@ import os
 import re
 import socket
 import threading
+import time
+import weakref
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -73,10 +75,18 @@ def answered_within(connection, seconds: float | None) -> Iterator[dict]:
         timer.cancel()
 
 
+_cut: weakref.WeakSet = weakref.WeakSet()  # the connections shut() cut off (their server side may live on)
+
+
+def was_cut_off(connection) -> bool:
+    return connection in _cut
+
+
 def shut(connection) -> None:
     """End whatever libpq waits for on `connection` (cancel.py's SIGTERM too), the session's server side untouched."""
     import psycopg2
 
+    _cut.add(connection)
     try:
         with socket.socket(fileno=os.dup(connection.fileno())) as sock:
             sock.shutdown(socket.SHUT_RDWR)
@@ -84,8 +94,32 @@ def shut(connection) -> None:
         pass
 
 
+# A session this run just closed may not have left the server yet (its backend exits after the client has gone):
+# under a role's CONNECTION LIMIT the next one is refused meanwhile, so "too many connections" is tried again so long.
+SLOT_WAIT = 3.0
+
+
+def opened(connect, *args):
+    """connect(*args); a refused connect is marked `at_connect` (errors.migration_error: nothing was sent on it)."""
+    import psycopg2
+
+    deadline = time.monotonic() + SLOT_WAIT
+    while True:
+        try:
+            return connect(*args)
+        except psycopg2.OperationalError as exc:
+            if "too many connections" in str(exc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            exc.at_connect = True
+            raise
+
+
 class NoAnswer(MigratorError):
-    """A migration's session got no answer within its bound (guard_session): the path to the server went silent."""
+    """A migration's session got no answer within its bound (guard_session): the path to the server went silent.
+    `in_transaction`: the file's transaction was open (running.py knows), so nothing of it committed."""
+
+    in_transaction = False
 
 
 # A migration's statement ends on the server within its statement_timeout: this much later, no answer means the
@@ -135,13 +169,15 @@ def guard_session(connection, where: str) -> None:
     connection.cursor_factory = SessionCursor
 
 
-def outcome(in_transaction: bool) -> str:
-    """What a NoAnswer left on the server, and what to do."""
+def outcome(in_transaction: bool, ended: str | None = None) -> str:
+    """What a NoAnswer left on the server, and what to do; `ended`: what became of its session (cancel.end_session)."""
     if in_transaction:
-        done = ("nothing of the file committed: the server rolls its transaction back and releases its locks when it "
-                "notices the session gone (at the latest after its idle_in_transaction_session_timeout)")
+        done = "nothing of the file committed: " + (ended or (
+            "the server rolls its transaction back and releases its locks when it notices the session gone (at the "
+            "latest after its idle_in_transaction_session_timeout)"))
     else:
         done = "whether the server carried it out (and committed it) is unknown: `runner.py status` and the objects tell"
+        done += f"; {ended}" if ended else ""
     return f"{done}; check the network path to the server, then run the command again"
 
 

@@ -72,9 +72,9 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                         if bound:
                             statement_bound.keep(cursor, path, statement, bound)
             except failures.NoAnswer as exc:
-                raise failures.NoAnswer(f"{path}:{statement.line}: {exc}, waiting for the statement there to end; "
-                                        + failures.outcome(in_transaction=(transactional or opened is not None)
-                                                           and not _ENDS.match(statement.text))) from exc
+                located = failures.NoAnswer(f"{path}:{statement.line}: {exc}, waiting for the statement there to end")
+                located.in_transaction = (transactional or opened is not None) and not _ENDS.match(statement.text)
+                raise located from exc  # (apply._silent says what it left)
             except interrupt.Interrupted as exc:
                 if exc.before_block and progress:  # it stopped between statements: this one never started
                     progress(done, started=False)

@@ -28,9 +28,14 @@ NO_IDLE_TIMEOUTS = "-c idle_session_timeout=0 -c idle_in_transaction_session_tim
 IDLE_IN_TRANSACTION_FLOOR = 600.0
 
 
+# PostgreSQL's integer settings are 32-bit: a millisecond value above this is refused at connect.
+PG_INT_MAX = 2147483647
+
+
 def migration_idle_bound(options: str, bookkeeping_wait: float, backoff: float) -> str:
-    """`options` with a migration session's idle_in_transaction_session_timeout instead of NO_IDLE_TIMEOUTS' 0:
-    `bookkeeping_wait` (the run's --lock-timeout) and `backoff` (a retry's longest wait) with room to spare."""
+    """`options` and, after them (a later -c wins; the user's own text is left as written), a migration session's
+    idle_in_transaction_session_timeout instead of NO_IDLE_TIMEOUTS' 0: `bookkeeping_wait` (the run's
+    --lock-timeout) and `backoff` (a retry's longest wait) with room to spare, at most PostgreSQL's int."""
     seconds = max(IDLE_IN_TRANSACTION_FLOOR, 3 * bookkeeping_wait + 2 * backoff)
-    return options.replace("idle_in_transaction_session_timeout=0",
-                           f"idle_in_transaction_session_timeout={round(seconds * 1000)}ms")
+    bound = f"-c idle_in_transaction_session_timeout={min(round(seconds * 1000), PG_INT_MAX)}ms"
+    return f"{options} {bound}" if options else bound

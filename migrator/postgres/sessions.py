@@ -85,7 +85,7 @@ def waiting_for(cursor, pid: int, holders: list[dict]) -> str | None:
         if holders and holders[0].get("prepared") is not None:
             return f"a row lock held by prepared transaction {output.quoted(holders[0]['prepared'])}"
         return "a row lock" + (f" held by the transaction of pid {holders[0]['pid']}" if holders else "")
-    return f"{lock_mode(wanted[0])} lock on {wanted[1]}"
+    return f"{lock_mode(wanted[0])} lock on {output.visible(wanted[1])}"
 
 
 def blockers(cursor, pid: int, show_query: bool = False) -> list[dict]:

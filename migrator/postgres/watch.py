@@ -91,6 +91,19 @@ class Watcher:
         """The migration session that runs next (called with its connection when yoyo opens it)."""
         self._session, self._pid, self._since = connection, connection.info.backend_pid, time.monotonic()
 
+    def end_cut_off(self, in_transaction: bool) -> str | None:
+        """The followed session, if a silent path cut it off (failures.shut cut the client's side): ended on the
+        server, and what became of it (cancel.end_session); None: it was not cut off."""
+        from migrator.postgres import cancel, failures
+
+        session, pid = self._session, self._pid
+        if session is None or pid is None or not failures.was_cut_off(session):
+            return None
+        return cancel.end_session(self.params, pid, self._where(), in_transaction)
+
+    def _where(self) -> str:
+        return f"{self.params.get('host')}:{self.params.get('port')}"
+
     def __enter__(self) -> "Watcher":
         from contextlib import ExitStack
 
@@ -98,7 +111,7 @@ class Watcher:
 
         self._cancelling = ExitStack()
         self._cancelling.enter_context(cancel.on_sigterm(lambda: self._session, lambda _: cancel.by_pid(
-            self.params, self._pid, f"{self.params.get('host')}:{self.params.get('port')}")))
+            self.params, self._pid, self._where())))
         if self.show:
             run = contextvars.copy_context().run  # its events keep the part's fields (a tenant's schema)
             self._thread = threading.Thread(target=run, args=(self._run,), name="migration-watcher", daemon=True)
@@ -195,7 +208,7 @@ class Watcher:
                     percent = round(100.0 * done_n / total_n, 1)
                 elif rows_total_n:
                     percent = round(100.0 * rows_n / rows_total_n, 1)
-                return {"command": f"{command} on {relation}", "phase": phase, "percent": percent}
+                return {"command": f"{command} on {output.visible(str(relation))}", "phase": phase, "percent": percent}
         return None
 
     def _say_lock_wait(self, cur, pid: int, text: str, fields: dict) -> None:
@@ -215,7 +228,7 @@ class Watcher:
         if row is None:
             return False
         command, relation, phase, done, total, locker, app, user, state, age = row
-        text += f"; {command} on {relation} {phase} ({done} of {total} done)"
+        text += f"; {command} on {output.visible(str(relation))} {phase} ({done} of {total} done)"
         holder = None
         if locker:
             holder = {"pid": locker, "application_name": output.scrub(app or ""), "user": user, "state": state,

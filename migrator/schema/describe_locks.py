@@ -118,9 +118,9 @@ def _holders(conn) -> str:
     if not rows:
         return "a session not seen in time"
     return "; ".join(
-        (f"pid {pid} ({'holds' if granted else 'waits for'} ACCESS EXCLUSIVE on {table}; application_name "
+        (f"pid {pid} ({'holds' if granted else 'waits for'} ACCESS EXCLUSIVE on {output.visible(table)}; application_name "
          f"{output.quoted(app) if app else '(none)'}, user {output.role(user)}, {state} for {age} s): to end it: SELECT pg_terminate_backend({pid})")
-        if pid else f"a prepared transaction holding ACCESS EXCLUSIVE on {table} (pg_prepared_xacts: COMMIT PREPARED "
+        if pid else f"a prepared transaction holding ACCESS EXCLUSIVE on {output.visible(table)} (pg_prepared_xacts: COMMIT PREPARED "
                     "or ROLLBACK PREPARED its gid)"
         for pid, table, granted, app, user, state, age in rows)
 
