@@ -1,7 +1,7 @@
 """The advisory lock keys of the runner, and the schema's shared bookkeeping lock.
 
-A leaf (it imports no other part of the runner but errors and output): trust.py takes the bookkeeping lock while it
-creates a table, and pg_lock (the migration lock) builds its keys here.
+A leaf (it imports no other part of the runner but errors, output and targets' where_name): trust.py takes the
+bookkeeping lock while it creates a table, and pg_lock (the migration lock) builds its keys here.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from migrator import output
 from migrator.errors import LOCKED, MigratorError
 from migrator.output import quoted, role
+from migrator.targets import where_name
 
 # One advisory lock key per database for this project ("hcmdbmig" as a 64-bit integer).
 LOCK_KEY = int.from_bytes(b"hcmdbmig", "big") & 0x7FFF_FFFF_FFFF_FFFF
@@ -106,23 +108,36 @@ def bookkeeping_wait(seconds: float) -> None:
 
 
 @contextmanager
-def creating_bookkeeping(connection, schema: str, wait: float | None = None) -> Iterator[None]:
+def creating_bookkeeping(connection, schema: str, wait: float | None = None, setup: bool = False) -> Iterator[None]:
     """While a run creates, upgrades or rewrites its schema's shared bookkeeping (yoyo's tables, the checksum and
     snapshot tables): histories sharing a schema (services at once, each under its own lock) would race on its
     CREATE TABLEs and lose each other's snapshot updates. Held briefly: to the end of the transaction when one is
     open (so a CREATE is committed before another session looks), else for the block. Polled (a try never meets
-    the session's lock_timeout) for `wait` seconds, else the run's --lock-timeout."""
+    the session's lock_timeout) for `wait` seconds, else the run's --lock-timeout. `setup`: the run's first set-up,
+    before any migration: the connection lost meanwhile (a failover) is said as such, in one line."""
+    import psycopg2
+
     key = bookkeeping_key(schema)
+    info = connection.info
+    where = where_name(info.host, info.port, info.dbname)
     in_transaction = bool(connection.get_transaction_status())  # (yoyo's BEGIN on autocommit too)
-    with connection.cursor() as cursor:
-        _take(cursor, schema, key, "xact_" if in_transaction else "", wait)
-        if in_transaction:
-            yield
-            return
-        try:
-            yield
-        finally:
-            cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
+    try:
+        with connection.cursor() as cursor:
+            _take(cursor, schema, key, "xact_" if in_transaction else "", wait)
+            if in_transaction:
+                yield
+                return
+            try:
+                yield
+            finally:
+                if not connection.closed:  # (a lost session's locks went with it: its own error is the one to tell)
+                    cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        if not setup or not connection.closed:
+            raise
+        why = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
+        raise MigratorError(f"the connection to {where} was lost while the run set up its bookkeeping, before any "
+                            f"migration: nothing was applied; run again ({why})") from exc
 
 
 # Whether a session waits for a lock that `pid` (a migration's session) holds: the application queued behind it.

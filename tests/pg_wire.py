@@ -140,9 +140,10 @@ class CutProxy(_Listener):
     """Relays every session to the suite's server's Unix socket until cut(): then closes both ends of each at
     once, no error message sent, as a failover (the server gone, its sockets reset) looks to a client."""
 
-    def __init__(self, socket_dir: str, port: int):
+    def __init__(self, socket_dir: str, port: int, trigger: bytes | None = None):
         self.backend = str(Path(socket_dir) / f".s.PGSQL.{port}")
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.trigger = trigger  # cut() by itself as a client message holding it arrives (not relayed)
         super().__init__()
 
     def cut(self) -> None:
@@ -166,6 +167,9 @@ class CutProxy(_Listener):
                 if source in ready:
                     data = source.recv(65536)
                     if not data:
+                        return
+                    if self.trigger and source is client and self.trigger in data:
+                        self.cut()
                         return
                     sink.sendall(data)
 

@@ -208,3 +208,27 @@ def test_a_backfill_cut_by_a_failover_says_how_many_batches_committed_and_the_re
     rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     assert rerun.exit_code == 0, rerun.output
     assert db.query("SELECT count(*) FROM hcm_report_metadata WHERE ref IS NULL") == [(0,)]
+
+
+
+def test_a_failover_while_the_bookkeeping_is_set_up_says_nothing_was_applied(cli, db, pg, sql_dir):
+    """attack24f reproRS b: a cut as yoyo creates its tables (inside the bookkeeping lock, before any migration)
+    came out as "unexpected OperationalError / InterfaceError" (the lock's release sent on the lost connection)."""
+    from pg_wire import CutProxy
+
+    if not pg.host.startswith("/"):
+        pytest.skip("the proxy relays to the suite's own server's Unix socket")
+    proxy = CutProxy(pg.host, pg.port, trigger=b"INT NOT NULL PRIMARY KEY")
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "DB_HOST": "127.0.0.1",
+                                                           "DB_PORT": str(proxy.port)})
+    finally:
+        proxy.cut()
+    line = one_error_line(result)
+    assert "unexpected" not in line, line
+    assert f"the connection to 127.0.0.1:{proxy.port}/{db.name} was lost while the run set up its bookkeeping, " \
+           "before any migration: nothing was applied; run again" in line, line
+    assert "_yoyo_version" not in db.tables()
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert rerun.exit_code == 0, rerun.output
+    assert applied(db) == [SEED]

@@ -73,7 +73,9 @@ def test_a_reader_that_left_ends_the_command_quietly(db, sql_dir, seeded, comman
 
 @pytest.mark.parametrize("header", ["SET statement_timeout = 0;\nSET lock_timeout = 0;\n",
                                     "set local statement_timeout to '1h';\n",
-                                    "-- transactional: false\n/* dump */ SET SESSION \"statement_timeout\" TO 0;\n"])
+                                    "-- transactional: false\n/* dump */ SET SESSION \"statement_timeout\" TO 0;\n",
+                                    "SELECT pg_catalog.set_config('statement_timeout', '0', false);\n",
+                                    "select set_config( 'statement_timeout', '1h', true);\n"])
 def test_a_files_own_statement_timeout_cannot_lift_the_runs_bound(cli, db, sql_dir, seeded, header):
     """pg_dump's header SET statement_timeout = 0 (attack24e finding 5). Before: the sleep ran to its end, unbounded,
     without a word; now the run's --statement-timeout ends it, and one note says so and how to lift it."""

@@ -92,6 +92,13 @@ DOMAIN_REFUSED = {
     "pending_over_live": ("CREATE DOMAIN posint AS int CHECK (VALUE > 0)",
                           f"CREATE DOMAIN mine AS posint;\nALTER TABLE {TABLE} ADD COLUMN m mine;\n",
                           "ADD COLUMN m of domain mine"),
+    # attack24f: a live plain domain given a constraint by a pending ALTER DOMAIN (same file: ad2)
+    "pending_alter_domain_not_null": ("CREATE DOMAIN plaindom AS int", f"ALTER DOMAIN plaindom SET NOT NULL;\n"
+                                      f"ALTER TABLE {TABLE} ADD COLUMN d plaindom DEFAULT 1;\n",
+                                      "ADD COLUMN d of domain plaindom"),
+    "pending_alter_domain_under_live": ("CREATE DOMAIN plaindom AS int; CREATE DOMAIN small AS plaindom",
+                                        "ALTER DOMAIN public.plaindom ADD CONSTRAINT pos CHECK (VALUE > 0) NOT VALID;"
+                                        f"\nALTER TABLE {TABLE} ADD COLUMN s small;\n", "ADD COLUMN s of domain small"),
 }
 
 
@@ -160,3 +167,74 @@ def test_plan_impact_never_cuts_a_statement_mid_name(cli, db, pg, sql_dir):
     (line,) = [line for line in text.splitlines() if line.startswith("  line 1: ALTER TABLE")]
     assert line.startswith(f"  line 1: ALTER TABLE {TABLE} ADD CONSTRAINT fk_parent_report FOREIGN KEY (id) REFERENCES "
                            "...: "), line  # before: "REFERENCES hcm_rep: " (the name cut at 100 characters)
+
+
+# attack24f: a partitioned (or inheritance parent) table whose partition / child has its own CHECK or expression
+# index: ALTER COLUMN TYPE recurses, and checks / builds each one again (only the parent's were read).
+EVENTS = ("CREATE TABLE ev (id int, code varchar(20)) PARTITION BY RANGE (id); "
+          "CREATE TABLE ev_p1 PARTITION OF ev FOR VALUES FROM (0) TO (1000); "
+          "INSERT INTO ev SELECT g, 'c' || g FROM generate_series(1, 50) g; ")
+CHILD = ("CREATE TABLE ev (id int, code varchar(20)); CREATE TABLE ev_c1 () INHERITS (ev); "
+         "INSERT INTO ev_c1 SELECT g, 'c' || g FROM generate_series(1, 50) g; ")
+REBUILT = "an index with an expression or a WHERE is built again) rebuilds index(es)"
+EV_WIDEN = "ALTER TABLE ev ALTER COLUMN code TYPE varchar(64);\n"
+PARTS_REFUSED = {
+    "partition_check": (EVENTS + "ALTER TABLE ev_p1 ADD CONSTRAINT p1_code CHECK (code <> '')",
+                        "CHECK p1_code (of partition/child ev_p1) is checked again on every row) scans public.ev"),
+    "partition_expression_index": (EVENTS + "CREATE INDEX ev_p1_lower ON ev_p1 (lower(code))",
+                                   f"{REBUILT} ev_p1_lower (of partition/child ev_p1) of public.ev"),
+    "child_partial_index": (CHILD + "CREATE INDEX ev_c1_set ON ev_c1 (id) WHERE code IS NOT NULL",
+                            f"{REBUILT} ev_c1_set (of partition/child ev_c1) of public.ev"),
+}
+
+
+@pytest.mark.parametrize("case", list(PARTS_REFUSED))
+def test_a_partitions_own_check_or_expression_index_is_refused(cli, db, sql_dir, case):
+    setup, what = PARTS_REFUSED[case]
+    refused_before_running(cli, db, sql_dir, case, setup + "; ANALYZE ev", EV_WIDEN, 2,
+                           "ALTER COLUMN code TYPE varchar(64) (binary-coercible, but " + what)
+
+
+def test_the_server_rebuilds_what_the_verdict_names_on_a_partition_and_keeps_its_own_plain_index(cli, db, pg,
+                                                                                                sql_dir):
+    ok(migrate(cli, db, sql_dir, "--quiet"))  # (the setup in a migration: plan --impact measures on a scratch copy)
+    add_migration(sql_dir, "0002_setup", EVENTS.replace("; ", ";\n") + "CREATE INDEX ev_code ON ev (code);\n"
+                  "CREATE INDEX ev_p1_lower ON ev_p1 (lower(code));\n"
+                  "CREATE INDEX ev_p1_own ON ev_p1 (code);\n"
+                  "ALTER TABLE ev ADD CONSTRAINT ev_code_set CHECK (code <> '') NOT VALID;\n")
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    db.query("ANALYZE ev")
+    add_migration(sql_dir, "0003_widen", EV_WIDEN)
+    (widen,) = impact(cli, db, pg, sql_dir)["0003_widen"]
+    assert {w["work"] for w in widen["work"]} == {"reindex"}, widen
+    assert [w["rebuilds"] for w in widen["work"]] == [["ev_p1_code_idx", "ev_p1_lower"]], widen
+    files = "SELECT relname, relfilenode FROM pg_class WHERE relname LIKE 'ev%%'"
+    before = dict(db.query(files))
+    add_migration(sql_dir, "0003_widen", "-- accept-rewrite: public.ev\n" + EV_WIDEN)
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    after = dict(db.query(files))
+    # the partition of the partitioned index ev_code is built again too (PostgreSQL 18), not ev_p1's own plain one
+    assert sorted(n for n in before if after.get(n) != before[n]) == ["ev_p1_code_idx", "ev_p1_lower"], (before, after)
+    add_migration(sql_dir, "0004_text", "ALTER TABLE ev ALTER COLUMN code TYPE text;\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and f"{REBUILT} ev_p1_code_idx (of partition/child ev_p1, of index ev_code), " \
+        "ev_p1_lower (of partition/child ev_p1) of public.ev" in result.stderr, result.stderr
+    db.query("DROP INDEX ev_p1_lower; DROP INDEX ev_code")
+    ok(migrate(cli, db, sql_dir, *SMALL))  # a partition's own plain index, a NOT VALID CHECK: catalog only
+    assert applied(db)[-1] == "0004_text"
+
+
+def test_a_domain_given_a_check_by_an_earlier_pending_file_is_refused_and_the_server_rewrites(cli, db, sql_dir):
+    """attack24f reproAD `ad`: ALTER DOMAIN ... ADD CONSTRAINT in one pending file, ADD COLUMN of it in the next."""
+    seeded(cli, db, sql_dir)
+    db.query("CREATE DOMAIN plaindom AS int")
+    add_migration(sql_dir, "0002_dom", "ALTER DOMAIN plaindom ADD CONSTRAINT plaindom_pos CHECK (VALUE > 0);\n")
+    path = add_migration(sql_dir, "0003_add", f"ALTER TABLE {TABLE} ADD COLUMN d plaindom;\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and f"{path}:1: ADD COLUMN d of domain plaindom, which has a CHECK" in result.stderr, \
+        result.output
+    assert applied(db) == [SEED]
+    before = _files(db)[TABLE]
+    add_migration(sql_dir, "0003_add", MARKER + f"ALTER TABLE {TABLE} ADD COLUMN d plaindom;\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert _files(db)[TABLE] != before  # the verdict was right: rewritten

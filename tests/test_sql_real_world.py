@@ -69,6 +69,31 @@ def test_a_file_may_tighten_its_own_statement_timeout_never_lift_it_nor_its_lock
     assert db.query("SELECT v FROM own") == [("2s",), ("3s",)]
 
 
+PG_DUMP_HEADER = ("SET statement_timeout = 0;\nSET lock_timeout = 0;\nSET idle_in_transaction_session_timeout = 0;\n"
+                  "SET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n"
+                  "SELECT pg_catalog.set_config('search_path', '', false);\nSET check_function_bodies = false;\n"
+                  "SET xmloption = content;\nSET client_min_messages = warning;\nSET row_security = off;\n")
+BOUNDS = ("current_setting('idle_in_transaction_session_timeout') AS idle, "
+          "current_setting('statement_timeout') AS statement_timeout")
+
+
+def test_a_pg_dump_header_cannot_switch_off_the_sessions_idle_bound(cli, db, sql_dir):
+    """attack24f: pg_dump's SET idle_in_transaction_session_timeout = 0 switched off the server-side bound that rolls
+    a cut-off runner's transaction back (its locks held for good); now the run's bound is kept, with one note."""
+    add_migration(sql_dir, "0002_plain", f"CREATE TABLE plain AS SELECT {BOUNDS};\n")
+    path = add_migration(sql_dir, "0003_dump", PG_DUMP_HEADER + f"CREATE TABLE public.own AS SELECT {BOUNDS};\n")
+    result = migrate(cli, db, sql_dir, "--statement-timeout", "2min")
+    ok(result)
+    ((run_idle, _),) = db.query("SELECT * FROM plain")
+    assert run_idle != "0" and db.query("SELECT * FROM own") == [(run_idle, "2min")]
+    assert f"{path}:3: the file's SET idle_in_transaction_session_timeout is overridden: the server still rolls back " \
+           "a transaction left idle for " in result.stderr, result.stderr
+    add_migration(sql_dir, "0004_stricter", "SET idle_in_transaction_session_timeout = '5min';\n"
+                  f"CREATE TABLE stricter AS SELECT {BOUNDS};\n")
+    ok(migrate(cli, db, sql_dir))
+    assert db.query("SELECT idle FROM stricter") == [("5min",)]  # a stricter one is the file's to keep
+
+
 def test_session_replication_role_replica_does_not_let_the_next_file_break_a_foreign_key(cli, db, sql_dir):
     add_migration(sql_dir, "0002_replica", "CREATE TABLE parent (id int PRIMARY KEY);\n"
         "CREATE TABLE child (parent_id int REFERENCES parent);\nSET session_replication_role = replica;\n")

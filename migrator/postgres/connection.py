@@ -227,7 +227,7 @@ def backend_class():
             if self._internal_schema_updated:
                 return
             tables = [self.migration_table, self.log_table, self.version_table]
-            with pg_lock.creating_bookkeeping(self.connection, self.bookkeeping_schema):  # (histories at once)
+            with pg_lock.creating_bookkeeping(self.connection, self.bookkeeping_schema, setup=True):  # (histories)
                 trust.created(self.connection, self.bookkeeping_schema, tables)  # (another role's since connect)
                 if {self.migration_table, self.version_table} <= set(self.list_tables()):
                     version = self.execute(f"SELECT max(version) FROM {self.version_table_quoted}").fetchone()[0]

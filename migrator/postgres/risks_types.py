@@ -8,7 +8,7 @@ stays compatible keeps its file, TryReuseIndex). Both under the ALTER's ACCESS E
 
 `ADD COLUMN c some_domain` where the domain, or a domain it is based on, has a CHECK or NOT NULL constraint rewrites
 the table even without a default (ATExecAddColumn: a domain with constraints is evaluated on every row). A domain a
-pending statement creates is judged from its text (`Seen.domains`).
+pending statement creates, or gives a constraint with ALTER DOMAIN, is judged from its text (`Seen.domains`).
 """
 
 from __future__ import annotations
@@ -18,23 +18,38 @@ import re
 from migrator import lazy_re
 from migrator.postgres.risk_kinds import ACCESS_EXCLUSIVE, Risk
 
-# Validated CHECKs naming the column: re-checked on every row by a type change (NOT VALID ones are not).
-_CHECKS = """
-SELECT c.conname FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_attribute a
+# The table and every partition / inheritance child below it (ALTER COLUMN TYPE recurses to each: their own CHECKs
+# and indexes are checked / built again too).
+_TREE = """WITH RECURSIVE tree(oid) AS (SELECT %(oid)s::pg_catalog.oid UNION SELECT h.inhrelid
+  FROM pg_catalog.pg_inherits h JOIN tree ON h.inhparent = tree.oid)"""
+# Validated CHECKs naming the column: re-checked on every row by a type change (NOT VALID ones are not); a child's
+# copy of the parent's CHECK is said once, as the parent's.
+_CHECKS = _TREE + """
+SELECT DISTINCT c.conname, r.relname, c.conrelid <> %(oid)s, NULL
+FROM pg_catalog.pg_constraint c JOIN tree ON tree.oid = c.conrelid
+JOIN pg_catalog.pg_class r ON r.oid = c.conrelid JOIN pg_catalog.pg_attribute a
 ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)
-WHERE c.conrelid = %(oid)s AND c.contype = 'c' AND c.convalidated AND a.attname = %(column)s ORDER BY 1
+WHERE c.contype = 'c' AND c.convalidated AND a.attname = %(column)s
+  AND (c.conrelid = %(oid)s OR c.conislocal) ORDER BY 3, 2, 1
 """
 # Indexes on the column (a key or INCLUDE column, or named by an expression or predicate) that PostgreSQL builds
-# again: one with an expression or a predicate, or an invalid one (CheckIndexCompatible).
-_INDEXES = """
-SELECT ic.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+# again: one with an expression or a predicate, or an invalid one (CheckIndexCompatible), and any partition of a
+# partitioned index (its file is not reused: seen on PostgreSQL 18). Only those with a file: a partitioned index
+# (relkind I) is said through its partitions'.
+_INDEXES = _TREE + """
+SELECT ic.relname, r.relname, i.indrelid <> %(oid)s, (SELECT p.relname FROM pg_catalog.pg_inherits h
+  JOIN pg_catalog.pg_class p ON p.oid = h.inhparent WHERE h.inhrelid = i.indexrelid)
+FROM pg_catalog.pg_index i JOIN tree ON tree.oid = i.indrelid
+JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid AND ic.relkind = 'i'
+JOIN pg_catalog.pg_class r ON r.oid = i.indrelid
 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attname = %(column)s AND NOT a.attisdropped
-WHERE i.indrelid = %(oid)s AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL OR NOT i.indisvalid)
+WHERE (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL OR NOT i.indisvalid
+       OR EXISTS (SELECT FROM pg_catalog.pg_inherits h WHERE h.inhrelid = i.indexrelid))
   AND (a.attnum = ANY(i.indkey) OR EXISTS (
     SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
     AND d.objid = i.indexrelid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
     AND d.refobjid = i.indrelid AND d.refobjsubid = a.attnum))
-ORDER BY 1
+ORDER BY 3, 2, 1
 """
 # The domain (on the path) and the domains it is based on: does any carry a CHECK or NOT NULL? (None: no domain)
 _DOMAIN = """
@@ -44,23 +59,32 @@ WITH RECURSIVE chain(oid, depth) AS (
    ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1)
   UNION ALL SELECT t.typbasetype, c.depth + 1 FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid
   WHERE t.typtype = 'd' AND c.depth < 100)
-SELECT bool_or(t.typnotnull OR EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid))
+SELECT bool_or(t.typnotnull OR EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid)),
+  pg_catalog.array_agg(t.typname::pg_catalog.text)
 FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype = 'd'
 """
-# A pending CREATE DOMAIN (read without the parser when the statement is no such thing)
-DOMAIN_HINT = lazy_re.compile(r"\s*create\s+domain\b", re.IGNORECASE)
+# A pending CREATE / ALTER DOMAIN (read without the parser when the statement is no such thing)
+DOMAIN_HINT = lazy_re.compile(r"\s*(create|alter)\s+domain\b", re.IGNORECASE)
 
 
 def retyped(live, oid: int, column: str, what: str, name, line: int):
-    """The scan and index builds of a type change that keeps the rows (the live column `column` of table `oid`)."""
-    checks = [row[0] for row in live._rows(_CHECKS, {"oid": oid, "column": column})]
+    """The scan and index builds of a type change that keeps the rows (the live column `column` of table `oid`, and
+    of each partition / child of it)."""
+    checks = _named(live._rows(_CHECKS, {"oid": oid, "column": column}))
     if checks:
-        yield Risk(line, name, f"{what} (binary-coercible, but CHECK {', '.join(checks)} is checked again on every "
-                               "row)", "scans", ACCESS_EXCLUSIVE, "type check")
-    indexes = [row[0] for row in live._rows(_INDEXES, {"oid": oid, "column": column})]
+        yield Risk(line, name, f"{what} (binary-coercible, but CHECK {checks} is checked again on every row)", "scans",
+                   ACCESS_EXCLUSIVE, "type check")
+    indexes = _named(live._rows(_INDEXES, {"oid": oid, "column": column}))
     if indexes:
         yield Risk(line, name, f"{what} (binary-coercible, but an index with an expression or a WHERE is built "
-                               "again)", f"rebuilds index(es) {', '.join(indexes)} of", ACCESS_EXCLUSIVE, "type index")
+                               "again)", f"rebuilds index(es) {indexes} of", ACCESS_EXCLUSIVE, "type index")
+
+
+def _named(rows) -> str:
+    """Names, a partition's / child's own said with its table: `ev_p1_lower (of partition/child ev_p1)`, and a
+    partition of a partitioned index with that index: `ev_p1_code_idx (of partition/child ev_p1, of index ev_code)`."""
+    return ", ".join(name + (f" (of partition/child {table}" + (f", of index {parent}" if parent else "") + ")"
+                             if child else "") for name, table, child, parent in rows)
 
 
 def constrained_domain(type_name, live, seen) -> str | None:
@@ -78,11 +102,14 @@ def _constrained(names: list[str], live, seen, depth: int) -> bool:
         own, base = pending
         return own or _constrained(base, live, seen, depth + 1)
     row = live._rows(_DOMAIN, {"name": names[-1], "path": names[:-1] if len(names) > 1 else live.path})
-    return bool(row and row[0][0])
+    # (a live domain, or one it is based on, given a constraint by a pending ALTER DOMAIN)
+    return bool(row and (row[0][0] or any(seen.domains.get(name, (False,))[0] for name in row[0][1] or ())))
 
 
 def read_domain(text: str, seen) -> None:
-    """Note a pending CREATE DOMAIN: whether it has a CHECK or NOT NULL of its own, and the type it is based on."""
+    """Note a pending CREATE DOMAIN (whether it has a CHECK or NOT NULL of its own, and the type it is based on), or
+    an ALTER DOMAIN that gives one (ADD CONSTRAINT, SET NOT NULL: constrained from then on, whatever it was). A DROP
+    CONSTRAINT / DROP NOT NULL is not counted (another constraint may be left): judged as before it, never less."""
     from pglast import ast, enums, parse_sql
     from pglast.parser import ParseError
 
@@ -95,3 +122,7 @@ def read_domain(text: str, seen) -> None:
             own = any(c.contype in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)
                       for c in tree.constraints or ())
             seen.domains[tree.domainname[-1].sval] = (own, [n.sval for n in tree.typeName.names])
+        elif isinstance(tree, ast.AlterDomainStmt) and (tree.subtype == "O" or tree.subtype == "C" and getattr(
+                tree.def_, "contype", None) in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)):
+            name = tree.typeName[-1].sval
+            seen.domains[name] = (True, seen.domains.get(name, (False, []))[1])
