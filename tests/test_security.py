@@ -403,7 +403,7 @@ def test_a_setting_file_drops_its_bom_and_line_breaks_and_refuses_huge_files(tmp
 
 @pytest.mark.parametrize("args, env, message", [
     (["migrate", "--lock-timeout", "abc"], {}, "Invalid value for '--lock-timeout': 'abc' is not a number of seconds from 0"),
-    (["mongo", "status"], {"MONGO_PATCH_TIMEOUT": "abc"}, "Invalid value for '--patch-timeout'"),
+    (["mongo", "status"], {"MONGO_PATCH_TIMEOUT": "abc"}, "MONGO_PATCH_TIMEOUT (environment): 'abc' is not a number of seconds"),
     (["migrate", "--no-such-option"], {}, "No such option '--no-such-option'."),
     (["no-such-command"], {}, "No such command 'no-such-command'."),
 ])
