@@ -60,7 +60,7 @@ class _Listener:
     def _guarded(self, client: socket.socket) -> None:
         try:
             self._handle(client)
-        except (OSError, struct.error):
+        except (OSError, struct.error, ValueError):  # ValueError: close() closed a socket the relay selects on
             pass
 
     def _handle(self, client: socket.socket) -> None:
