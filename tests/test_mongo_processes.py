@@ -397,9 +397,24 @@ def test_a_runner_that_lost_its_lock_while_the_server_was_paused_stops_before_it
     (marks / "go on").touch()
     code, out, err = finish(first)
     assert code == 4 and "lost the patch lock" in err and "stopped before writing anything more" in err, err
+    # why, in words: the runner that took it over, the lock removed (the other runner released it), or renewals
+    # the paused server never answered (test_mongo_lock_reason.py: never the driver's private class name)
+    assert any(why in err for why in (" UTC, now held by ", " UTC, removed)", "the server did not answer (")), err
     (record,) = server.db.applied_patches.find()
     assert record["patch"] == "0001_slow" and record["status"] == "running"  # the first did not settle it
     assert counts(server.db) == {"first": 1}  # 0002 never ran
+
+
+def test_renewals_the_server_never_answered_are_said_in_words_never_as_the_drivers_private_class():
+    """A server paused past the lock's lifetime (attack 20g: 135 s) fails the heartbeat's renewal with pymongo's
+    `_OperationCancelled` when the pool resets: the lost-lock line quotes what the driver said, not that name."""
+    from pymongo.errors import AutoReconnect, _OperationCancelled
+
+    from migrator.mongo import lock
+
+    assert lock._reason(_OperationCancelled("operation cancelled")) == "operation cancelled"
+    assert lock._reason(AutoReconnect("127.0.0.1:27017: timed out")) == "AutoReconnect: 127.0.0.1:27017: timed out"
+    assert lock._reason(_OperationCancelled("")) == "no reason given"
 
 
 # --- mongosh dies with its runner ---------------------------------------------------------------------------------

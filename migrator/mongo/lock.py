@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
-from migrator import whoami
+from migrator import output, whoami
 from migrator.errors import LOCKED, MigratorError
 from migrator.mongo.log import utcnow
 
@@ -121,8 +121,19 @@ class Lock:
                 last_ok = time.monotonic()
             except Exception as exc:  # the server is away: lost once the lock may have expired
                 if time.monotonic() - last_ok >= TTL.total_seconds():
-                    self.lost_at = f"not renewed for {TTL.total_seconds():g} s: {exc.__class__.__name__}"
+                    self.lost_at = (f"not renewed for {TTL.total_seconds():g} s: the server did not answer "
+                                    f"({_reason(exc)})")
                     return
+
+
+def _reason(exc: Exception) -> str:
+    """What the driver said, first line, never its private class name (`_OperationCancelled`: the renewal was
+    abandoned when the pool reset after the server went away)."""
+    text = (output.scrub(str(exc)).strip().splitlines() or [""])[0][:200]
+    name = type(exc).__name__
+    if name.startswith("_"):
+        return text or "no reason given"
+    return f"{name}: {text}" if text else name
 
 
 def server_skew(db) -> timedelta:
