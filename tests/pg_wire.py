@@ -206,3 +206,82 @@ class StallProxy(_Listener):
                     stalled, self.stalled = True, self.stalled + 1
                 if not stalled:
                     (server if sock is client else client).sendall(data)
+
+
+CANCEL_REQUEST = 80877102
+
+
+def _without_options(packet: bytes) -> bytes:
+    """A startup packet without its `options` parameter (PgBouncer's ignore_startup_parameters=options)."""
+    words = packet[8:].split(b"\0")[:-2]
+    pairs = [(k, v) for k, v in zip(words[::2], words[1::2]) if k != b"options"]
+    body = packet[4:8] + b"".join(k + b"\0" + v + b"\0" for k, v in pairs) + b"\0"
+    return struct.pack("!I", len(body) + 4) + body
+
+
+class PoolerProxy(_Listener):
+    """Relays to the suite's server's Unix socket as a connection pooler (PgBouncer) does. Every client is handed a
+    BackendKeyData pid of the proxy's own (`fake_pid`, else a random number) and its cancel requests are passed on
+    with the server's key; with `strip` (bytes), a startup packet holding it loses its `options` (b"": every one). A
+    client message holding `trigger` silences that connection, both sockets kept open (as StallProxy)."""
+
+    def __init__(self, socket_dir: str, port: int, *, strip: bytes | None = None, fake_pid: int | None = None,
+                 trigger: bytes = b"STALLME"):
+        self.backend = str(Path(socket_dir) / f".s.PGSQL.{port}")
+        self.strip, self.fake_pid, self.trigger = strip, fake_pid, trigger
+        self.stripped = self.stalled = 0
+        self.real_pids: list[int] = []  # the server's pid of each session, in order; those silenced:
+        self.stalled_pids: list[int] = []
+        self._keys: dict[bytes, bytes] = {}  # the client's (pid, key) -> the server's
+        self._held: list[socket.socket] = []
+        super().__init__()
+
+    def close(self) -> None:
+        super().close()
+        for sock in self._held:
+            sock.close()
+
+    def _handle(self, client: socket.socket) -> None:
+        import random
+
+        server = socket.socket(socket.AF_UNIX)
+        server.connect(self.backend)
+        self._held += [client, server]
+        packet = _startup(client)
+        if struct.unpack("!I", packet[4:8])[0] == CANCEL_REQUEST:
+            server.sendall(packet[:8] + self._keys.get(packet[8:16], packet[8:16]))
+            return
+        if self.strip is not None and self.strip in packet:
+            packet, self.stripped = _without_options(packet), self.stripped + 1
+        server.sendall(packet)
+        pending, logged_in, stalled, own = b"", False, False, None
+        while True:
+            ready, _, _ = select.select([client, server], [], [])
+            for sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                if sock is client and self.trigger in data and not stalled:
+                    stalled, self.stalled = True, self.stalled + 1
+                    self.stalled_pids.append(own)
+                if stalled:
+                    continue
+                if sock is client or logged_in:
+                    (server if sock is client else client).sendall(data)
+                    continue
+                pending += data
+                while len(pending) >= 5 and len(pending) >= 1 + struct.unpack("!I", pending[1:5])[0]:
+                    size = 1 + struct.unpack("!I", pending[1:5])[0]
+                    message, pending = pending[:size], pending[size:]
+                    if message[:1] == b"K":  # BackendKeyData: the pooler's own pid for this client
+                        real = message[5:13]
+                        own = struct.unpack("!I", real[:4])[0]
+                        self.real_pids.append(own)
+                        fake = struct.pack("!I", self.fake_pid or random.randint(100000, 2**31 - 1)) + real[4:]
+                        self._keys[fake] = real
+                        message = message[:5] + fake
+                    client.sendall(message)
+                    logged_in = logged_in or message[:1] == b"Z"
+                if logged_in and pending:
+                    client.sendall(pending)
+                    pending = b""

@@ -15,8 +15,8 @@ package adds what a DBA and an operator need around it, one module per concern:
 """
 
 from migrator.postgres.apply import apply, locked, mark, redo_count, rollback, select_by_id, select_rollback
-from migrator.postgres.connection import (MIGRATION_TABLE, connect, connection_error, missing_schemas, resolve_target,
-                                          survey_schemas)
+from migrator.postgres.connection import MIGRATION_TABLE, connect, connection_error, resolve_target
+from migrator.postgres.tenant_survey import missing_schemas, survey_schemas
 from migrator.postgres.files import FILE_NAME, unfilled
 from migrator.postgres.scaffold import dropped_letters, new, slug
 from migrator.postgres.migration import (is_transactional, load_migrations, ordered, plan_text, read_migrations,

@@ -33,9 +33,10 @@ def cut_off(connection) -> None:
         failures.shut(connection)
 
 
-def by_pid(params: dict, pid: int, where: str) -> None:
-    """Cancel server pid `pid` from a new connection (`params`: psycopg2.connect keywords), each wait bounded and
-    the GIL free meanwhile: the driver's own cancel request blocks every thread where the path has gone silent."""
+def by_pid(params: dict, session, where: str) -> None:
+    """Cancel `session` (server_session.ServerSession: the server's pid and start, never a pooler's pid) from a new
+    connection (`params`: psycopg2.connect keywords), each wait bounded and the GIL free meanwhile: the driver's own
+    cancel request blocks every thread where the path has gone silent."""
     import psycopg2
 
     try:
@@ -46,43 +47,52 @@ def by_pid(params: dict, pid: int, where: str) -> None:
         failures.guard_reads(connection, where, CANCEL_GRACE)
         connection.autocommit = True
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_catalog.pg_cancel_backend(%s)", (pid,))
+            cursor.execute(f"SELECT pg_catalog.pg_cancel_backend(pid) {_OURS}", (session.pid, session.started))
     except (psycopg2.Error, MigratorError):
         pass
     finally:
         connection.close()
 
 
-def end_session(params: dict, pid: int, where: str, in_transaction: bool) -> str:
-    """End the runner's own migration session `pid` on the server from a new connection (`params`): cut off by a
-    silent path, it idles in its transaction holding its locks until the server's idle bound (a cancel does nothing
-    to an idle session; the same role may terminate it). What became of it, in words."""
+# The runner's own session and no other: its pid, its start (a pid is reused) and the run's own role.
+_OURS = "FROM pg_catalog.pg_stat_activity WHERE pid = %s AND backend_start = %s AND usename = current_user"
+
+
+def end_session(params: dict, session, where: str, in_transaction: bool) -> str:
+    """End the runner's own migration `session` (server_session.ServerSession) on the server from a new connection
+    (`params`): cut off by a silent path, it idles in its transaction holding its locks until the server's idle bound
+    (a cancel does nothing to an idle session; the same role may terminate it). What became of it, in words: "ended"
+    only if its row was there before and is gone after."""
     import psycopg2
 
-    gone = False
-    try:
-        connection = psycopg2.connect(**params)
+    found = gone = None
+    try:  # (a session without its start read cannot be told from a later one of the same pid: left alone)
+        connection = psycopg2.connect(**params) if session.started is not None else None
     except psycopg2.Error:
         connection = None
     if connection is not None:
         try:
             failures.guard_reads(connection, where, CANCEL_GRACE * 2)
             connection.autocommit = True
-            with connection.cursor() as cursor:  # (the run's own role only: never another's session by its pid)
-                cursor.execute("SELECT pg_catalog.pg_terminate_backend(pid, %s) FROM pg_catalog.pg_stat_activity "
-                               "WHERE pid = %s AND usename = current_user", (int(CANCEL_GRACE * 1000), pid))
-                cursor.execute("SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE pid = %s)", (pid,))
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT pg_catalog.pg_terminate_backend(pid, %s) {_OURS}",
+                               (int(CANCEL_GRACE * 1000), session.pid, session.started))
+                found = cursor.fetchone() is not None
+                cursor.execute("SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE pid = %s AND "
+                               "backend_start = %s)", (session.pid, session.started))
                 gone = cursor.fetchone()[0]
         except (psycopg2.Error, MigratorError):
             pass
         finally:
             connection.close()
-    if gone:
-        rolled = "its transaction rolled back and " if in_transaction else ""
-        return f"the runner ended its session pid {pid} on the server: {rolled}its locks are released"
-    return (f"the runner could not end its session pid {pid} on the server: its locks stay until the server notices "
-            f"it gone (at most its idle_in_transaction_session_timeout); end it now with "
-            f"`SELECT pg_terminate_backend({pid})`")
+    rolled = "its transaction rolled back and " if in_transaction else ""
+    if found and gone:
+        return f"the runner ended its session pid {session.pid} on the server: {rolled}its locks are released"
+    if found is False and gone:
+        return (f"its session pid {session.pid} had already left the server (no session of that pid and start): "
+                f"{rolled}its locks are released")
+    return (f"the runner could not end its session pid {session.pid} on the server: its locks stay until the server "
+            f"notices it gone (at most its idle_in_transaction_session_timeout); end it now with `{session.ending()}`")
 
 
 @contextmanager

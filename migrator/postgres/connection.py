@@ -34,7 +34,7 @@ from typing import Iterator
 
 from migrator import output, pg_lock, trust, whoami
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import retry
+from migrator.postgres import retry, server_session
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads, guard_session, opened
 from migrator.tables import MIGRATION_TABLE
 from migrator.targets import DdlLimits, PostgresTarget, where_name
@@ -123,7 +123,7 @@ def watcher_params(target: PostgresTarget, application_name: str) -> dict:
     return {**{k: v for k, v in fields.items() if v}, **params}
 
 
-def _connection_url(target: PostgresTarget, read_only: bool, limits: DdlLimits | None) -> str:
+def session_url(target: PostgresTarget, read_only: bool, limits: DdlLimits | None) -> str:
     params = {**CONNECT_PARAMS, **target.params}
     settings = [params.get("options", ""), CLIENT_CHECK, NO_IDLE_TIMEOUTS]
     if read_only:
@@ -174,8 +174,10 @@ def backend_class():
                                                        retry.MAX_DELAY)
             connection = opened(super().connect, dburi._replace(args=args))
             where = where_name(dburi.hostname or args.get("host") or "localhost", dburi.port, dburi.database)
+            self.relied, self.where = server_session.wanted(args.get("options", "")), where  # (checked on first use)
             if not self.guarded:
-                guard_session(connection, where)
+                guard_session(connection, where, lambda cursor: server_session.first_read(connection, cursor,
+                                                                                          self.relied, where))
             elif seconds:
                 guard_reads(connection, where, float(seconds))
             return connection
@@ -183,8 +185,11 @@ def backend_class():
         def init_connection(self, connection):
             # Called by yoyo on connect and after each rollback (which would undo the pin).
             with connection.cursor() as cursor:
+                select, names = server_session.query(connection, self.relied)
                 cursor.execute("SELECT pg_catalog.set_config('hcm.flyway_table', %s, false), "
-                               "pg_catalog.set_config('hcm.history', %s, false)", (self.flyway_table, self.history or ""))
+                               f"pg_catalog.set_config('hcm.history', %s, false){select}",
+                               (self.flyway_table, self.history or "", *names))
+                server_session.check(connection, cursor.fetchone()[2:], self.relied, self.where)
                 if self.schema and self.schema != "public":
                     cursor.execute(PIN_TENANT, {"schema": self.schema})
                     self.bookkeeping_schema, self.foreign = self.schema, []
@@ -308,7 +313,7 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
     import psycopg2
     from yoyo.connections import parse_uri
 
-    url = _connection_url(target, read_only, limits)
+    url = session_url(target, read_only, limits)
     try:
         backend = backend_class()(parse_uri(url), MIGRATION_TABLE)
         backend.limits = limits
@@ -336,59 +341,6 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
         yield backend
     finally:
         backend.connection.close()
-
-
-def missing_schemas(target: PostgresTarget, schemas: list[str], *, create: bool) -> list[str]:
-    """The tenants' schemas that do not exist; with `create`, they are created (by the user connected)."""
-    return survey_schemas(target, schemas, create=create, describe=False)[0]
-
-
-def survey_schemas(target: PostgresTarget, schemas: list[str], *, create: bool,
-                   describe: bool = True) -> tuple[list[str], dict]:
-    """(the missing schemas, each present schema's description) of the tenants, over one connection: the
-    descriptions, read in one pass, spare each tenant's drift check its own (schema.describe_tenants).
-    With `create`, the missing schemas are created (by the user connected) and none is missing."""
-    import psycopg2
-    from psycopg2 import sql
-
-    from yoyo.connections import parse_uri
-
-    from migrator.schema.describe import describe_tenants
-
-    uri = parse_uri(_connection_url(replace(target, schema=None), not create, None))
-    # Read as yoyo's own connect() reads it (the query's fields first, then the URL's own host, user, ...).
-    given = {"dbname": uri.database, **uri.args}
-    given.update({k: v for k, v in (("user", uri.username), ("password", uri.password), ("port", uri.port),
-                                    ("host", uri.hostname)) if v is not None})
-    given.pop("schema", None)
-    seconds = given.pop(READ_TIMEOUT_ARG, None)
-    given["options"] = " ".join(s for s in (given.get("options", ""), CATALOG_ONLY) if s)
-    try:
-        connection = psycopg2.connect(**given)
-    except psycopg2.Error as exc:
-        raise connection_error(exc, target)
-    if seconds:
-        guard_reads(connection, target.where, float(seconds))
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY(%s)", (schemas,))
-            found = {row[0] for row in cursor.fetchall()}
-            missing = [schema for schema in schemas if schema not in found]
-            for schema in missing if create else ():
-                try:
-                    cursor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-                except psycopg2.Error as exc:
-                    raise MigratorError(f"cannot create schema {schema} on {target.where}: "
-                                        f"{output.scrub(str(exc)).strip().splitlines()[0]}; create it as its owner "
-                                        "or grant CREATE on the database")
-        present = [schema for schema in schemas if schema in found]
-        # public's (SCHEMA_NAME=public) is the plain run's description, read on its own connection
-        tenants = [schema for schema in present if schema != "public"]
-        described = describe_tenants(connection, tenants) if describe and tenants else {}
-    finally:
-        connection.close()
-    return ([] if create else missing), described
 
 
 def foreign_history(backend, target: PostgresTarget) -> str:

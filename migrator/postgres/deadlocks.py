@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from migrator import output
-from migrator.postgres import sessions
+from migrator.postgres import server_session, sessions
 
 DEADLOCK = "40P01"
 _WAITS = re.compile(r"Process (\d+) waits for (\w+) on (.+?); blocked by process (\d+)\.")
@@ -39,7 +39,7 @@ def other_sessions(connection, exc, transactional: bool, seen: list[dict]) -> st
             if transactional:
                 cursor.execute("BEGIN")
     detail = getattr(getattr(exc.cause, "diag", None), "message_detail", None) or ""
-    ours = connection.info.backend_pid
+    ours = server_session.of(connection).pid  # (the server's, as the DETAIL names it)
     waits = {int(pid): (mode, what, int(by)) for pid, mode, what, by in _WAITS.findall(detail)}
     others = sorted(pid for pid in waits if pid != ours)
     if not others:

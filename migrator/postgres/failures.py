@@ -131,24 +131,29 @@ _MAY_SET_TIMEOUT = re.compile(r"statement_timeout|set_config|^\s*(DO|CALL|RESET|
                               re.IGNORECASE | re.MULTILINE)
 
 
-def guard_session(connection, where: str) -> None:
+def guard_session(connection, where: str, first=None) -> None:
     """A migration's session: each statement gets an answer within the session's statement_timeout plus
     ANSWER_MARGIN, else NoAnswer (one line). No bound while statement_timeout is 0: the server never ends the
-    statement, so no wait is known to be too long (the server-side idle_in_transaction bound still frees locks)."""
+    statement, so no wait is known to be too long (the server-side idle_in_transaction bound still frees locks).
+    `first(cursor)`: the session's first read (server_session.first_read), its statement_timeout as shown."""
     import psycopg2.extensions
 
     bound = {"seconds": None}
 
-    def read_bound() -> None:
+    def show(cursor) -> str:
+        cursor.execute("SHOW statement_timeout")  # (takes no snapshot, in a file's transaction too)
+        return cursor.fetchone()[0]
+
+    def read_bound(read=show) -> None:
         with answered_within(connection, ANSWER_MARGIN) as state, \
                 connection.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
             try:
-                cursor.execute("SHOW statement_timeout")  # (takes no snapshot, in a file's transaction too)
+                shown = read(cursor)
             except psycopg2.Error as exc:
                 if state["fired"]:
                     raise NoAnswer(silent(where, ANSWER_MARGIN)) from exc
                 raise
-            ms = durations.pg_milliseconds(cursor.fetchone()[0])
+            ms = durations.pg_milliseconds(shown)
         bound["seconds"] = ms / 1000 + ANSWER_MARGIN if ms else None
 
     class SessionCursor(psycopg2.extensions.cursor):
@@ -165,7 +170,7 @@ def guard_session(connection, where: str) -> None:
                 read_bound()
             return result
 
-    read_bound()
+    read_bound(first or show)
     connection.cursor_factory = SessionCursor
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from migrator import checksums, output
 from migrator.bookkeeping_lock import BookkeepingBusy
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import backfill, files, flyway, history, retry
+from migrator.postgres import backfill, files, flyway, history, retry, server_session
 from migrator.postgres.errors import StatementFailed, progress
 from migrator.postgres.running import SearchPathGuard, SearchPathMoved, run_retrying
 
@@ -205,7 +205,7 @@ def _run_then_lock(backend, migration, path: Path, statements, guard, recording,
     busy = _uncommitted(migration, rollback, "its transaction rolled back",
                         "--lock-retry-budget" if policy.per_try and policy.budget else "--lock-timeout")
     # (lock_timeout 0: the file's own locks wait unbounded, and so does this one, for --lock-timeout)
-    queue = (backend.connection.info.backend_pid, policy.per_try) if policy.per_try else None
+    queue = (server_session.of(backend.connection).pid, policy.per_try) if policy.per_try else None
     while True:
         run_retrying(backend, migration, path, statements, True, None, guard, backoff=backoff)
         try:

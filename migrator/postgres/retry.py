@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from migrator import interrupt, output
 from migrator.durations import pg_seconds
-from migrator.postgres import autovacuum, deadlocks, sessions
+from migrator.postgres import autovacuum, deadlocks, server_session, sessions
 # the probe has its own module (lock_probe.py); its names stay reachable here for the runner's modules
 from migrator.postgres.lock_probe import PROBE_NAME, QUERY_CANCELED, Probe, Seen, seconds_text  # noqa: F401
 
@@ -169,7 +169,7 @@ def probe(backend, connection, budget: TryBudget | None = None) -> Probe:
     """The probe of the migration session on `connection`: on the watcher's connection keywords (read-only, no
     limits) and with its --show-blocker-query, when the run has a watcher (else it never connects); bounding each
     try as `budget` says (its lock_timeout and floor), blind or not (the connection's own cancel request)."""
-    pid = connection.info.backend_pid
+    pid = server_session.of(connection).pid  # (the server's: a pooler hands the client a pid of its own)
     watcher = getattr(getattr(backend, "parent", None), "watcher", None)
     if watcher is None:
         return Probe(None, pid)

@@ -65,6 +65,7 @@ class Watcher:
         self._session = None  # the migration's connection
         self._label = ""  # the migration running now
         self._pid: int | None = None
+        self._server = None  # the followed session's server_session.ServerSession
         self._since = 0.0  # when the followed session started
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the side connection: the thread polls it, the main thread closes it
@@ -89,7 +90,10 @@ class Watcher:
 
     def follow(self, connection) -> None:
         """The migration session that runs next (called with its connection when yoyo opens it)."""
-        self._session, self._pid, self._since = connection, connection.info.backend_pid, time.monotonic()
+        from migrator.postgres import server_session
+
+        self._server = server_session.of(connection)  # (the server's pid: a pooler hands the client one of its own)
+        self._session, self._pid, self._since = connection, self._server.pid, time.monotonic()
 
     def end_cut_off(self, in_transaction: bool) -> str | None:
         """The followed session, if a silent path cut it off (failures.shut cut the client's side): ended on the
@@ -99,7 +103,7 @@ class Watcher:
         session, pid = self._session, self._pid
         if session is None or pid is None or not failures.was_cut_off(session):
             return None
-        return cancel.end_session(self.params, pid, self._where(), in_transaction)
+        return cancel.end_session(self.params, self._server, self._where(), in_transaction)
 
     def _where(self) -> str:
         return f"{self.params.get('host')}:{self.params.get('port')}"
@@ -111,7 +115,7 @@ class Watcher:
 
         self._cancelling = ExitStack()
         self._cancelling.enter_context(cancel.on_sigterm(lambda: self._session, lambda _: cancel.by_pid(
-            self.params, self._pid, self._where())))
+            self.params, self._server, self._where())))
         if self.show:
             run = contextvars.copy_context().run  # its events keep the part's fields (a tenant's schema)
             self._thread = threading.Thread(target=run, args=(self._run,), name="migration-watcher", daemon=True)

@@ -1,0 +1,149 @@
+"""What the server made of a session the runner opened: the settings the run relies on, and who the session is.
+
+The runner's limits travel in the startup packet's `options` (-c lock_timeout, statement_timeout, the idle bounds,
+client_connection_check_interval, a tenant's search_path, the read-only default of plan and status). A connection
+pooler between may drop them (PgBouncer's ignore_startup_parameters=options does), and the session then runs with
+none of them, silently. So each session the run relies on (its own, each migration's) reads back, in one query on
+connect that it sends anyway, what the server applied, and the run refuses where it differs. They are never SET
+in-band instead: in a transaction-mode pool, a session's SET reaches other clients' transactions.
+
+The same query reads the session's server pid and start (pg_backend_pid(), pg_stat_activity.backend_start): a
+pooler hands its client a BackendKeyData pid of its own, which names no server session, or another one. The runner
+cancels and ends its sessions by these (cancel.py), never by libpq's backend_pid.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from datetime import datetime
+
+from migrator import durations, output
+from migrator.errors import USAGE, MigratorError
+
+# The settings the runner sets and relies on; hcm.* ones (its own, read by its SQL) are checked too.
+RELIED = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout",
+          "client_connection_check_interval", "default_transaction_read_only", "search_path")
+_DURATIONS = {"lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout",
+              "client_connection_check_interval"}
+# Schema-qualified calls and operators: a migration's session resolves names in the tenant's schema.
+_WHO = ("pg_catalog.pg_backend_pid(), (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a "
+        "WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())")
+
+
+@dataclass(frozen=True)
+class ServerSession:
+    """A session as the server knows it: its pid, and when it started (a pid alone may be reused)."""
+
+    pid: int
+    started: datetime | None
+
+    def ending(self) -> str:
+        """The statement that ends this session, and no other."""
+        started = f" AND backend_start = '{self.started.isoformat(sep=' ')}'" if self.started else ""
+        return f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = {self.pid}{started}"
+
+
+_known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> its ServerSession
+
+
+def wanted(options: str) -> dict[str, str]:
+    """The relied-on settings `options` (libpq's: `-c name=value`, `--name=value`) asks for; a later one wins."""
+    words = _words(options)
+    settings: dict[str, str] = {}
+    for before, word in zip([""] + words, words):
+        if before == "-c":
+            pair = word
+        elif word.startswith(("--", "-c")):
+            pair = word[2:]
+        else:
+            continue
+        name, sep, value = pair.partition("=")
+        name = name.strip().lower().replace("-", "_")
+        if sep and (name in RELIED or name.startswith("hcm.")):
+            settings[name] = value
+    return settings
+
+
+def _words(options: str) -> list[str]:
+    """`options` split as the server splits it: at white space, a backslash taking the next character as it is."""
+    words, word, escaped = [], None, False
+    for char in options:
+        if escaped or (char != "\\" and not char.isspace()):
+            word, escaped = (word or "") + char, False
+        elif char == "\\":
+            escaped, word = True, word or ""
+        elif word is not None:
+            words.append(word)
+            word = None
+    return words + ([word] if word is not None else [])
+
+
+def query(connection, settings: dict[str, str]) -> tuple[str, list[str]]:
+    """The select list (`, ...`) and its parameters reading the session's identity and `settings` as the server
+    applied them, appended to a query the session sends anyway; empty once `connection`'s are known."""
+    if connection in _known:
+        return "", []
+    return ", " + ", ".join([_WHO] + ["pg_catalog.current_setting(%s, true)"] * len(settings)), list(settings)
+
+
+def first_read(connection, cursor, settings: dict[str, str], where: str) -> str:
+    """A migration session's first statement (failures.guard_session's): query() and check(), and its
+    statement_timeout as shown."""
+    select, names = query(connection, settings)
+    cursor.execute(f"SELECT pg_catalog.current_setting('statement_timeout'){select}", names)
+    row = cursor.fetchone()
+    check(connection, row[1:], settings, where)
+    return row[0]
+
+
+def check(connection, row, settings: dict[str, str], where: str) -> ServerSession:
+    """The session's identity from `row` (query()'s columns), recorded for `connection`; refuses in one line where a
+    setting differs from the one asked for. No columns: known already."""
+    if not row:
+        return _known[connection]
+    pid, started, *shown = row
+    differ = [f"{name} {_shown(value)} instead of {want}" for (name, want), value in zip(settings.items(), shown)
+              if not _same(name, want, value)]
+    if differ:
+        connection.close()  # (nothing else is sent on it)
+        raise MigratorError(
+            f"PostgreSQL at {where} did not apply the session settings the runner sent in the connection's "
+            f"`options`: {'; '.join(differ)} (a connection pooler between that drops `options`, e.g. PgBouncer with "
+            "ignore_startup_parameters=options?): nothing was run; connect to PostgreSQL directly, or through a "
+            "session-mode pool that passes `options` to the server", USAGE)
+    session = _known[connection] = ServerSession(pid, started)
+    return session
+
+
+def of(connection) -> ServerSession:
+    """The server's own pid and start of `connection`'s session (read on it once, if its connect did not)."""
+    if connection not in _known:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {_WHO}")
+            _known[connection] = ServerSession(*cursor.fetchone())
+    return _known[connection]
+
+
+def _shown(value: str | None) -> str:
+    return "unset" if value is None else "= " + output.visible(repr(value) if value == "" else value)
+
+
+def _same(name: str, want: str, value: str | None) -> bool:
+    if value is None:
+        return False
+    if name in _DURATIONS:
+        try:
+            return round(durations.pg_milliseconds(value)) == round(durations.pg_milliseconds(want))
+        except ValueError:
+            pass
+    if name == "default_transaction_read_only":
+        return _boolean(value) == _boolean(want)
+    if name == "search_path":
+        return [s.strip() for s in value.split(",")] == [s.strip() for s in want.split(",")]
+    return value == want
+
+
+def _boolean(value: str) -> str:
+    return {"on": "on", "true": "on", "yes": "on", "1": "on", "off": "off", "false": "off", "no": "off",
+            "0": "off"}.get(value.strip().lower(), value)
