@@ -155,3 +155,14 @@ def test_end_session_ends_the_session_of_its_pid_and_start_and_says_so_only_then
     said = cancel.end_session(params, own, "here", True)
     assert said.startswith(f"the runner ended its session pid {own.pid} on the server: its transaction rolled back")
     assert not alive(innocent)
+
+
+def test_plan_impact_through_a_pooler_reads_the_locks_of_its_own_session(cli, db, sql_dir, seeded, faked):
+    """Before: the scratch session's locks were read by the pid the pooler showed (another session's): the ALTER
+    TABLE's ACCESS EXCLUSIVE went unreported."""
+    assert cli("migrate", "--sql-dir", sql_dir, "--quiet", env=db.db_env()).exit_code == 0
+    add_migration(sql_dir, "0002_column", "ALTER TABLE hcm_report_metadata ADD COLUMN x int;\n")
+    scratch = f"postgresql://{db.server.user}@127.0.0.1:{faked.port}/postgres"
+    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", scratch, env=db.db_env())
+    assert result.exit_code == 0, result.output
+    assert "ACCESS EXCLUSIVE" in result.stdout and "hcm_report_metadata" in result.stdout, result.stdout

@@ -26,6 +26,7 @@ from migrator.postgres import estimate
 from migrator.postgres.risks import size_text as _bytes, rows_text as _count
 from migrator.postgres.session_options import CLIENT_CHECK, NO_IDLE_TIMEOUTS
 from migrator.postgres.sessions import duration, lock_mode, named
+from migrator.postgres.server_session import of as session_of  # (the server's pid: a pooler hands out its own)
 
 # What each table lock mode blocks, in plain words (the conflict table of the PostgreSQL manual, 13.3.1).
 BLOCKS = {
@@ -302,7 +303,7 @@ def _measured(conn, cur, text: str, existing: dict, names: dict, held: dict, fou
         return held
     found.command = cur.statusmessage or ""
     after = _relations(cur)
-    cur.execute(_LOCKS, (conn.info.backend_pid,))
+    cur.execute(_LOCKS, (session_of(conn).pid,))
     now = dict(held)
     for oid, mode, _granted, _type in cur.fetchall():
         mode = lock_mode(mode)
@@ -377,7 +378,7 @@ def _observed(target, conn, text: str, existing: dict, found: StatementImpact) -
     """One statement in autocommit while another session holds an open snapshot, which CONCURRENTLY waits
     for: the locks it holds while it waits are read (polled), then the snapshot is let go."""
     found.observed = True
-    pid = conn.info.backend_pid
+    pid = session_of(conn).pid
     observer = psycopg2_connect(target.url, target.schema)
     failure: list = []
     try:
