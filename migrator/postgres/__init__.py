@@ -9,6 +9,8 @@ package adds what a DBA and an operator need around it, one module per concern:
 - migration: each file as one yoyo Migration with one step (its statements, then its checksum);
 - running: a file's statements in its session, with lock retries (retry: each try's lock waits bounded as a whole);
 - connection: the run's connection (locks, bookkeeping) and a fresh session per migration;
+- server_session: what the server applied of each session's settings (a pooler may drop them), its own pid;
+- tenant_survey: which tenants' schemas exist, and their descriptions, over one connection;
 - failures: a connect error or a silent server in one line;
 - state: what was applied, read without writing; repairs under the lock;
 - apply: apply, roll back, mark; errors: the one line a failure ends in.

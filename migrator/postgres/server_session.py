@@ -110,10 +110,10 @@ def check(connection, row, settings: dict[str, str], where: str) -> ServerSessio
         raise MigratorError(
             f"PostgreSQL at {where} did not apply the session settings the runner sent in the connection's "
             f"`options`: {'; '.join(differ)} (a connection pooler between that drops `options`, e.g. PgBouncer with "
-            "ignore_startup_parameters=options?): nothing was run; connect to PostgreSQL directly, or through a "
-            "session-mode pool that passes `options` to the server", USAGE)
-    session = _known[connection] = ServerSession(pid, started)
-    return session
+            "ignore_startup_parameters=options?): nothing was run on that session; connect to PostgreSQL directly, "
+            "or through a session-mode pool that passes `options` to the server", USAGE)
+    _known[connection] = ServerSession(pid, started)
+    return _known[connection]
 
 
 def of(connection) -> ServerSession:
