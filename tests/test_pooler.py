@@ -55,6 +55,11 @@ def test_a_pooler_that_drops_options_is_refused_before_anything_runs(cli, db, sq
     assert "statement_timeout = 0 instead of 3s" in line and "lock_timeout = 0 instead of 300ms" in line, line
     assert "ignore_startup_parameters=options" in line and "connect to PostgreSQL directly" in line, line
     assert applied(db) == [SEED]
+    # status (read-only by its options: default_transaction_read_only) and doctor say the same
+    status = cli("status", "--sql-dir", sql_dir, env=through(seeded, pooler))
+    assert status.exit_code == 2 and "default_transaction_read_only = off instead of on" in status.output
+    doctor = cli("doctor", "--sql-dir", sql_dir, env=through(seeded, pooler))
+    assert doctor.exit_code != 0 and "did not apply the session settings" in doctor.output, doctor.output
 
 
 @pytest.mark.parametrize("pooler", [{"strip": b"search_path=tp,public"}], indirect=True)
