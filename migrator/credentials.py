@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from migrator import output
-from migrator.env import Env
+from migrator.env import MAX_DOTENV, Env, NotRegularFile, read_regular_file
 from migrator.errors import USAGE, MigratorError
 from migrator.targets import NO_PASSFILE, PostgresTarget
 
@@ -127,16 +127,32 @@ def register_passwords(env) -> None:
             continue
         for password in _url_passwords(value) if name.endswith("_URL") else [value]:
             output.register_password(password)
-    for password in _passfile_passwords(env.get("PGPASSFILE")[0] or "~/.pgpass"):
+    path, origin = env.get("PGPASSFILE")
+    for password in _passfile_passwords(env, path or "~/.pgpass", origin):
         output.register_password(password)
 
 
-def _passfile_passwords(path: str) -> list[str]:
-    """The passwords of libpq's password file (host:port:db:user:password lines, \\ escaping : and \\)."""
+# libpq reads its password file at every connection; the runner only for masking, before any setting is parsed.
+MAX_PASSFILE = MAX_DOTENV  # thousands of lines; /dev/zero or a log file is a mistake
+
+
+def _passfile_passwords(env: Env, path: str, origin: str | None) -> list[str]:
+    """The passwords of libpq's password file (host:port:db:user:password lines, \\ escaping : and \\). Like libpq,
+    only a plain file: a FIFO would hang every command, /dev/zero fill the memory (said in a note, as psql warns)."""
+    file = Path(path).expanduser()
+    where = f"{origin}: {file}" if origin else f"libpq's password file {file}"
     try:
-        text = Path(path).expanduser().read_text(errors="replace")
-    except (OSError, ValueError):
+        data = read_regular_file(file, MAX_PASSFILE)
+    except NotRegularFile as exc:
+        env.note(f"note: {where} is {exc}: skipped, as libpq skips it; point PGPASSFILE at a plain file, or remove it")
         return []
+    except (OSError, ValueError):  # none (the usual case), or unreadable: libpq cannot use it either
+        return []
+    if len(data) > MAX_PASSFILE:
+        env.note(f"note: {where} is larger than {MAX_PASSFILE >> 10} KiB, not a password file: not read by the "
+                 "runner (a password of it would not be masked); fix PGPASSFILE")
+        return []
+    text = data.decode("utf-8", errors="replace")
     found = []
     for line in text.splitlines():
         fields, field, escaped = [], "", False
@@ -155,11 +171,14 @@ def _passfile_passwords(path: str) -> list[str]:
 
 
 def _url_passwords(url: str | None) -> list[str]:
-    """A URL's passwords: user:password@ and a password= parameter (JDBC's); none from a malformed one."""
+    """A URL's passwords: user:password@ and every parameter that carries one (password= as JDBC writes it,
+    libpq's sslpassword=, output.SECRET_OPTIONS); none from a malformed one."""
     from urllib.parse import parse_qs, unquote, urlsplit
 
     try:
         parts = urlsplit((url or "").removeprefix("jdbc:"))
-        return ([unquote(parts.password)] if parts.password else []) + parse_qs(parts.query).get("password", [])
+        return ([unquote(parts.password)] if parts.password else []) + [
+            value for key, values in parse_qs(parts.query).items() if key.lower() in output.SECRET_OPTIONS
+            for value in values]
     except ValueError:
         return []
