@@ -5,6 +5,8 @@ password). settings.py resolves; this module says what was ignored and refuses w
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from migrator import output
@@ -43,6 +45,20 @@ def check_travel(target: PostgresTarget, env: Env, where: str | None) -> None:
     _check_credentials_travel(target, env)
     _refuse_hostless_password(target, env, where)
     _no_password_file(target)
+    _no_unplain_password_file(target, env)
+
+
+def _no_unplain_password_file(target: PostgresTarget, env: Env) -> None:
+    """A password file that is no plain file, skipped by the runner (_passfile_passwords): libpq is pointed nowhere
+    too. psycopg2's libpq would skip it with a raw 'WARNING: ... not a plain file' on stderr (a line outside the JSON
+    log); the repro's psql hung opening the FIFO."""
+    path = target.params.get("passfile") or env.environ.get("PGPASSFILE") or "~/.pgpass"
+    try:
+        mode = os.stat(Path(path).expanduser()).st_mode
+    except (OSError, RuntimeError):  # none (the runner's NO_PASSFILE too), or unreadable: libpq passes over it
+        return
+    if not stat.S_ISREG(mode):
+        target.params["passfile"] = NO_PASSFILE
 
 
 def _no_password_file(target: PostgresTarget) -> None:

@@ -3,6 +3,7 @@ a FIFO or a device, sslpassword= quoted back, a URL's options that swallow the r
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -84,6 +85,20 @@ def test_a_password_file_that_is_no_plain_file_is_skipped_never_read(tmp_path, w
     assert len(note) == 1 and note[0].startswith("note: "), done.stdout + done.stderr
     assert "not a regular file" in note[0] or "a folder" in note[0], note
     assert "PostgreSQL: postgresql://postgres:***@db.example" in done.stdout, done.stdout
+
+
+def test_a_fifo_password_file_is_skipped_by_libpq_too_without_its_raw_warning(db, tmp_path):
+    """libpq skips it too, but says so on stderr itself ('WARNING: password file ... is not a plain file'): a line
+    outside the JSON log. The runner's note says it; libpq is pointed at no file."""
+    os.mkfifo(tmp_path / "fifo")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PGPASSFILE": str(tmp_path / "fifo"),
+           "DATABASE_URL": db.server.url(db.name, password="")}
+    done = _runner(["--log-format", "json", "status", "--sql-dir", str(PROJECT_ROOT / "sql")], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in (done.stdout + done.stderr).splitlines()]  # every line is an event
+    notes = [e["message"] for e in events if e["event"] == "note" and "PGPASSFILE (environment)" in e["message"]]
+    assert len(notes) == 1 and "not a regular file" in notes[0], events
+    assert SEED in done.stdout, done.stdout
 
 
 def test_a_password_file_over_the_cap_is_not_read(cli, tmp_path):
