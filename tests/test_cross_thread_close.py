@@ -95,12 +95,13 @@ def test_the_lock_probes_cancel_of_the_migration_session_is_sent_under_the_same_
 
 def test_a_cancel_or_cut_off_after_the_close_touches_nothing(db):
     conn = held_cancel_connection(db)
+    conn.go_on.set()
     failures.close(conn)
     other = held_cancel_connection(db)  # (may well get the closed one's descriptor number)
     try:
-        failures.cancel(conn)
+        with pytest.raises(psycopg2.InterfaceError):  # (the driver's own answer, as the lock probe expects it)
+            failures.cancel(conn)
         failures.shut(conn)
-        assert not conn.inside.is_set()  # the driver's cancel was never called on the closed connection
         with other.cursor() as cur:
             cur.execute("SELECT 1")
             assert cur.fetchone() == (1,)

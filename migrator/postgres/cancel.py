@@ -119,5 +119,6 @@ def on_sigterm(session: Callable[[], object], cancel: Callable[[object], None] |
         thread.join(timeout=5)
         for cut in list(cuts):  # (the statement it was for is over: never a later one's, nor a closed connection's)
             cut.cancel()
+            cut.join(timeout=CANCEL_GRACE)
         if not thread.is_alive():  # (else its read would take a descriptor reused meanwhile)
             os.close(read_end)

@@ -110,10 +110,10 @@ def close(connection) -> None:
 
 
 def cancel(connection) -> None:
-    """The driver's cancel request for what `connection` runs, sent from another thread (nothing once closed)."""
-    with touching(connection) as still_open:
-        if still_open:
-            connection.cancel()
+    """The driver's cancel request for what `connection` runs, sent from another thread (its InterfaceError once
+    closed, as the driver's own: never a cancel of a connection being closed)."""
+    with _touch_lock(connection):
+        connection.cancel()
 
 
 def shut(connection) -> None:
