@@ -82,10 +82,11 @@ def was_cut_off(connection) -> bool:
     return connection in _cut
 
 
-# psycopg2 runs connection.cancel() and .fileno() without the connection's own mutex, while close() frees the
-# PGconn with the GIL released: another thread's cancel or fileno racing a close reads freed memory (and a
-# reused descriptor: the socket shut would be someone else's). Each such touch and the connection's close take
-# its one lock here (cancel.py, lock_probe.py, the timers below; close() for the connections they touch).
+# psycopg2 (2.9) runs connection.cancel() and .fileno() without the connection's own mutex, while close() frees
+# the PGconn with the GIL released: another thread's fileno racing a close reads the freed PGconn, and the number
+# it returns may already be a new socket's (shut would cut someone else's connection); its cancel is sent for a
+# session being closed. Each such touch and the connection's close take its one lock here (cancel.py, the lock
+# probe, answered_within's timer; close() where the connection is one of theirs).
 _touch_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _touch_locks_guard = threading.Lock()
 
