@@ -4,8 +4,12 @@ Per test: wall time, this process's CPU and its reaped children's (resource.getr
 process the test waited for by kind (runner.py, mongosh/node, java, pip, make, ...: os.wait4's rusage), the
 servers' CPU (the worker's postmaster with its exited and live backends, FerretDB processes) and time.sleep's
 total. Written per worker to $HCM_CPU_PROFILE/<worker>.json; bench/cpu_report.py sums them.
-Child Python processes report the processes they start through bench/cpu_profile_child.py (a .pth hook,
-installed by `python bench/cpu_profile.py install`), keyed by the test that started them (HCM_CPU_TEST).
+Child Python processes report the processes they start through bench/cpu_profile_child.py (a .pth hook in the
+venv, `.venv/bin/python bench/cpu_profile.py install` / `uninstall`), keyed by the test that started them
+(HCM_CPU_TEST). HCM_CPU_BASETEMP (pytest's --basetemp) lets it find the workers' postmasters; HCM_CPU_SKIP, a file
+of node ids, leaves out tests already measured (a run in parts). Example, as bench/RESULTS.md's table was made:
+  HCM_CPU_PROFILE=/tmp/prof HCM_CPU_BASETEMP=/tmp/pt .venv/bin/python -m pytest -p bench.cpu_profile \\
+      --basetemp=/tmp/pt -n 4 --dist loadgroup && .venv/bin/python bench/cpu_report.py /tmp/prof
 """
 
 from __future__ import annotations
@@ -233,10 +237,15 @@ def pytest_sessionfinish(session):
     Path(OUT, f"{worker}.json").write_text(json.dumps({"tests": RECORDS, "servers_at_end": servers}))
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["install"]:
+if __name__ == "__main__" and sys.argv[1:2] in (["install"], ["uninstall"]):
     import site
 
-    target = Path(site.getsitepackages()[0], "hcm_cpu_profile.pth")
-    target.write_text(f"import os, sys; exec(open({str(Path(__file__).with_name('cpu_profile_child.py'))!r}).read()) "
-                      "if os.environ.get('HCM_CPU_TEST') else None\n")
-    print(target)
+    target = Path(site.getsitepackages()[0], "hcm_cpu_profile.pth")  # (this interpreter's: run it with .venv's)
+    if sys.argv[1] == "uninstall":
+        target.unlink(missing_ok=True)
+    else:
+        here = Path(__file__).resolve()
+        target.write_text(f"import os; os.environ.setdefault('HCM_CPU_PROFILE_PLUGIN', {str(here)!r}); "
+                          f"exec(open({str(here.with_name('cpu_profile_child.py'))!r}).read()) "
+                          "if os.environ.get('HCM_CPU_TEST') else None\n")
+    print(sys.argv[1], target)

@@ -8,6 +8,9 @@ def _hcm_cpu_profile_child():
     import resource
     import sys
 
+    if getattr(sys, "_hcm_cpu_profile_child", False):  # (once a process)
+        return
+    sys._hcm_cpu_profile_child = True
     import importlib.util
     spec = importlib.util.spec_from_file_location("_hcm_cpu_profile", os.environ.get("HCM_CPU_PROFILE_PLUGIN", ""))
     if spec is None:

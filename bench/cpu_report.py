@@ -34,7 +34,12 @@ def load(folder: Path):
     children = []
     log = folder / "children.log"
     if log.exists():
-        children = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        seen = set()  # (a process's line once: the first hook wrote two a process, the second empty)
+        for line in log.read_text().splitlines():
+            record = json.loads(line) if line.strip() else None
+            if record and record["pid"] not in seen:
+                seen.add(record["pid"])
+                children.append(record)
     return tests, servers_end, children
 
 
