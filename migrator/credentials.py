@@ -5,10 +5,12 @@ password). settings.py resolves; this module says what was ignored and refuses w
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from migrator import output
-from migrator.env import Env
+from migrator.env import MAX_DOTENV, Env, NotRegularFile, read_regular_file
 from migrator.errors import USAGE, MigratorError
 from migrator.targets import NO_PASSFILE, PostgresTarget
 
@@ -43,6 +45,20 @@ def check_travel(target: PostgresTarget, env: Env, where: str | None) -> None:
     _check_credentials_travel(target, env)
     _refuse_hostless_password(target, env, where)
     _no_password_file(target)
+    _no_unplain_password_file(target, env)
+
+
+def _no_unplain_password_file(target: PostgresTarget, env: Env) -> None:
+    """A password file that is no plain file, skipped by the runner (_passfile_passwords): libpq is pointed nowhere
+    too. psycopg2's libpq would skip it with a raw 'WARNING: ... not a plain file' on stderr (a line outside the JSON
+    log); the repro's psql hung opening the FIFO."""
+    path = target.params.get("passfile") or env.environ.get("PGPASSFILE") or "~/.pgpass"
+    try:
+        mode = os.stat(Path(path).expanduser()).st_mode
+    except (OSError, RuntimeError):  # none (the runner's NO_PASSFILE too), or unreadable: libpq passes over it
+        return
+    if not stat.S_ISREG(mode):
+        target.params["passfile"] = NO_PASSFILE
 
 
 def _no_password_file(target: PostgresTarget) -> None:
@@ -127,16 +143,32 @@ def register_passwords(env) -> None:
             continue
         for password in _url_passwords(value) if name.endswith("_URL") else [value]:
             output.register_password(password)
-    for password in _passfile_passwords(env.get("PGPASSFILE")[0] or "~/.pgpass"):
+    path, origin = env.get("PGPASSFILE")
+    for password in _passfile_passwords(env, path or "~/.pgpass", origin):
         output.register_password(password)
 
 
-def _passfile_passwords(path: str) -> list[str]:
-    """The passwords of libpq's password file (host:port:db:user:password lines, \\ escaping : and \\)."""
+# libpq reads its password file at every connection; the runner only for masking, before any setting is parsed.
+MAX_PASSFILE = MAX_DOTENV  # thousands of lines; /dev/zero or a log file is a mistake
+
+
+def _passfile_passwords(env: Env, path: str, origin: str | None) -> list[str]:
+    """The passwords of libpq's password file (host:port:db:user:password lines, \\ escaping : and \\). Like libpq,
+    only a plain file: a FIFO would hang every command, /dev/zero fill the memory (said in a note, as psql warns)."""
+    file = Path(path).expanduser()
+    where = f"{origin}: {file}" if origin else f"libpq's password file {file}"
     try:
-        text = Path(path).expanduser().read_text(errors="replace")
-    except (OSError, ValueError):
+        data = read_regular_file(file, MAX_PASSFILE)
+    except NotRegularFile as exc:
+        env.note(f"note: {where} is {exc}: skipped, as libpq skips it; point PGPASSFILE at a plain file, or remove it")
         return []
+    except (OSError, ValueError):  # none (the usual case), or unreadable: libpq cannot use it either
+        return []
+    if len(data) > MAX_PASSFILE:
+        env.note(f"note: {where} is larger than {MAX_PASSFILE >> 10} KiB, not a password file: not read by the "
+                 "runner (a password of it would not be masked); fix PGPASSFILE")
+        return []
+    text = data.decode("utf-8", errors="replace")
     found = []
     for line in text.splitlines():
         fields, field, escaped = [], "", False
@@ -155,11 +187,14 @@ def _passfile_passwords(path: str) -> list[str]:
 
 
 def _url_passwords(url: str | None) -> list[str]:
-    """A URL's passwords: user:password@ and a password= parameter (JDBC's); none from a malformed one."""
+    """A URL's passwords: user:password@ and every parameter that carries one (password= as JDBC writes it,
+    libpq's sslpassword=, output.SECRET_OPTIONS); none from a malformed one."""
     from urllib.parse import parse_qs, unquote, urlsplit
 
     try:
         parts = urlsplit((url or "").removeprefix("jdbc:"))
-        return ([unquote(parts.password)] if parts.password else []) + parse_qs(parts.query).get("password", [])
+        return ([unquote(parts.password)] if parts.password else []) + [
+            value for key, values in parse_qs(parts.query).items() if key.lower() in output.SECRET_OPTIONS
+            for value in values]
     except ValueError:
         return []

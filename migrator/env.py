@@ -115,15 +115,9 @@ class Env:
     def _read_file(self, variable: str, path: str, where: str) -> str | None:
         what = f"{variable} ({where}): {path}"
         try:
-            # Checked before opening, and opened non-blocking: a FIFO would hang the open, a device never end.
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                kind = "a folder" if os.path.isdir(path) else "not a regular file (a FIFO, socket or device)"
-                raise MigratorError(f"{what} is {kind}; point {variable} at the file holding the value", USAGE)
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-            with os.fdopen(fd, "rb") as file:
-                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):  # swapped after the check
-                    raise MigratorError(f"{what} is not a regular file; point {variable} at the file holding the value", USAGE)
-                data = file.read(MAX_SETTING_FILE + 1)
+            data = read_regular_file(path, MAX_SETTING_FILE)
+        except NotRegularFile as exc:
+            raise MigratorError(f"{what} is {exc}; point {variable} at the file holding the value", USAGE)
         except FileNotFoundError:
             if variable[:-5] in PASSWORD_SETTINGS:
                 raise MigratorError(f"{what} does not exist; mount the Secret there or fix the path (without it "
@@ -182,6 +176,23 @@ class Env:
     def named_files(self) -> list[str]:
         """The paths every NAME_FILE of either layer names (whatever NAME is: an AWS credentials file too)."""
         return [v for where in LAYERS for k, v in self._layer(where).items() if k.endswith("_FILE") and v]
+
+
+class NotRegularFile(Exception):
+    """A path that names a folder, FIFO, socket or device: what it is, in words."""
+
+
+def read_regular_file(path: str | Path, limit: int) -> bytes:
+    """At most limit + 1 bytes of a regular file (more than `limit`: the caller's "too large"). Checked before
+    opening, opened non-blocking and checked again on the open file (swapped since?): a FIFO would hang the open,
+    a device (/dev/zero) never end. NotRegularFile when it is not one; OSError passes through."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise NotRegularFile("a folder" if os.path.isdir(path) else "not a regular file (a FIFO, socket or device)")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise NotRegularFile("not a regular file")
+        return file.read(limit + 1)
 
 
 def _text(data: bytes, what: str) -> str:

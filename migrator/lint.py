@@ -18,6 +18,7 @@ from pathlib import Path
 
 from migrator import source_files
 from migrator.errors import MigratorError
+from migrator.output import visible
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG = PROJECT_ROOT / ".squawk.toml"
@@ -33,7 +34,10 @@ class Finding:
     help: str
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}:{self.column}: {self.rule}: {self.message}" + (f" ({self.help})" if self.help else "")
+        # squawk quotes the file's identifiers as written: a line break in one would start a line of the PR
+        # author's (`error: ...`, a CI runner's `::error::` command), a \r overwrite the line. One line, escaped.
+        return visible(f"{self.path}:{self.line}:{self.column}: {self.rule}: {self.message}"
+                       + (f" ({self.help})" if self.help else ""))
 
 
 def squawk_path() -> str | None:

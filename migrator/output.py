@@ -36,9 +36,9 @@ _passwords: set[str] = set()  # (password settings only: SECRETS_READ_TIMEOUT's 
 _URL_PASSWORD = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<lead>[0-9+.-]*+)"
                            r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*+://[^:/@\s\"'<>]*+):(?P<pw>[^\s/@\"'<>]++)@")
 # password=... in libpq key/value DSNs and URL query strings (JDBC's ?password=), and the other options that
-# carry a secret: libpq's sslpassword, pymongo's proxyPassword and tlsCertificateKey(File)Password; not
-# must_change_password=.
-SECRET_OPTIONS = ("password", "sslpassword", "proxypassword", "tlscertificatekeyfilepassword",
+# carry a secret: libpq's sslpassword (and PostgreSQL 18's oauth_client_secret), pymongo's proxyPassword and
+# tlsCertificateKey(File)Password; not must_change_password=.
+SECRET_OPTIONS = ("password", "sslpassword", "oauth_client_secret", "proxypassword", "tlscertificatekeyfilepassword",
                   "tlscertificatekeypassword")
 _DSN_PASSWORD = re.compile(rf"(?P<head>(?<![\w])(?:{'|'.join(SECRET_OPTIONS)})\s*=\s*)"
                            r"(?P<pw>'(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s&'\"]+)", re.IGNORECASE)

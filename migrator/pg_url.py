@@ -49,7 +49,7 @@ def read(url: str, origin: str) -> tuple[PostgresTarget, list[str]]:
     parsed = urls.parse(url[len(JDBC_PREFIX):] if jdbc else url, origin, "PostgreSQL", PG_SCHEMES, EXAMPLE)
     output.register_secret(parsed.password)
     for key, value in parsed.query:
-        if key.lower() == "password":
+        if key.lower() in output.SECRET_OPTIONS:  # password=, sslpassword=...
             output.register_secret(value)  # hidden even if what follows refuses the URL
     _refuse_misplaced(parsed, url.partition("?")[2], origin)
     if "," in parsed.netloc:
@@ -75,6 +75,8 @@ def read(url: str, origin: str) -> tuple[PostgresTarget, list[str]]:
         if key in params:
             raise MigratorError(f"{origin} sets {key}=, which would replace the connection the runner checks "
                                 f"(host, TLS, timeouts); put those settings in the URL itself", USAGE)
+    if "options" in params:
+        _check_options(params["options"], origin)
     if "schema" in params:  # yoyo's own parameter: its history in one schema, the migrations in another
         raise MigratorError(f"{origin} sets schema=, which would split a schema's history from its migrations; "
                             "name the schema with --schema or SCHEMA_NAME instead", USAGE)
@@ -85,6 +87,37 @@ def read(url: str, origin: str) -> tuple[PostgresTarget, list[str]]:
                             user=fields["user"], password=fields["password"], params=params,
                             sources={"url": origin}, notes=notes)
     return target, current
+
+
+# The runner appends its own -c settings (lock_timeout, statement_timeout, the idle bound, search_path) to the URL's
+# options after a space; the server splits the whole as pg_split_opts does (at spaces, a backslash escaping the next
+# character) and reads it as its command line. A final unpaired backslash escapes that space, a switch left without
+# its value (-c) takes the runner's first -c as its value, `--` ends the switches: the runner's own settings then
+# break the login with only the server's 'Try "postgres --help"'.
+_SWITCH_WITH_VALUE = ("-B", "-C", "-c", "-D", "-d", "-f", "-h", "-k", "-N", "-p", "-r", "-S", "-t", "-v", "-W")
+
+
+def _check_options(options: str, origin: str) -> None:
+    words, word, escaped = [], "", False
+    for char in options:
+        if escaped or char not in "\\ \t\n\r\v\f":  # (the server's isspace: ASCII only)
+            word, escaped = word + char, False
+        elif char == "\\":
+            escaped = True
+        elif word:
+            words, word = words + [word], ""
+    words += [word] if word else []
+    if escaped:
+        why = ("ends in a backslash, which escapes the space before the runner's own -c settings (lock_timeout, "
+               "statement_timeout); remove it, or write \\\\ for a backslash in a value")
+    elif words and words[-1] in _SWITCH_WITH_VALUE:
+        why = (f"ends in {words[-1]} without its value, which would take the runner's own -c settings as its value; "
+               "complete it (-c name=value) or remove it")
+    elif "--" in words:
+        why = "holds --, which ends the server's switches: the runner's own -c settings would be refused; remove it"
+    else:
+        return
+    raise MigratorError(f"{origin}: its options parameter {why}", USAGE)
 
 
 def _refuse_misplaced(parsed: urls.Url, raw_query: str, origin: str) -> None:

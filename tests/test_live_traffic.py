@@ -30,12 +30,18 @@ def blocking(db, table="hcm_report_metadata", hold=None) -> Iterator[int]:
     """A session holding ACCESS SHARE on `table` in an open transaction (an idle-in-transaction report) while the
     block runs, closed after `hold` seconds when given (else at the block's end). Yields its pid."""
     conn = connect(db)
+    release = None
     try:
         conn.cursor().execute(SECRET_QUERY.replace("hcm_report_metadata", table))
+        pid = conn.info.backend_pid  # (read before the timer may close it: never beside a close in another thread)
         if hold is not None:
-            threading.Timer(hold, conn.close).start()
-        yield conn.info.backend_pid
+            release = threading.Timer(hold, conn.close)
+            release.start()
+        yield pid
     finally:
+        if release is not None:  # its close done, or never to come, before this one (and nothing left after the test)
+            release.cancel()
+            release.join()
         conn.close()
 
 

@@ -26,6 +26,7 @@ from migrator.postgres import failures
 # A cancel the server does not answer within this (the path to it went silent: its session idles in a transaction
 # while libpq waits for an answer that never comes) ends libpq's wait on the client side.
 CANCEL_GRACE = 5.0
+CUT_OFF_THREAD = "cancel-cut-off"
 
 
 def cut_off(connection) -> None:
@@ -98,22 +99,25 @@ def end_session(params: dict, session, where: str, in_transaction: bool) -> str:
 @contextmanager
 def on_sigterm(session: Callable[[], object], cancel: Callable[[object], None] | None = None) -> Iterator[None]:
     """For the block, SIGTERM cancels what `session()` (a psycopg2 connection, or None) is running: by `cancel`
-    (by_pid), else by the driver's cancel request (which holds the GIL until the server closes its connection)."""
+    (by_pid), else by the driver's cancel request (which holds the GIL until the server closes its connection;
+    sent under failures.touching: the connection's close waits for it). The cut-offs end with the block."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     previous = signal.set_wakeup_fd(write_end)
+    cuts: list[threading.Timer] = []
 
     def watch() -> None:
         while data := os.read(read_end, 64):
             connection = session()
             if signal.SIGTERM in data and connection is not None and not connection.closed and interrupt.is_live():
                 cut = threading.Timer(CANCEL_GRACE, cut_off, (connection,))  # (first: a silent path eats the
-                cut.daemon = True                                             # cancel request too, which then hangs)
+                cut.name, cut.daemon = CUT_OFF_THREAD, True                   # cancel request too, which then hangs)
+                cuts.append(cut)
                 cut.start()
-                (cancel or type(connection).cancel)(connection)
+                (cancel or failures.cancel)(connection)
 
     thread = threading.Thread(target=watch, name="cancel-on-sigterm", daemon=True)
     thread.start()
@@ -123,4 +127,8 @@ def on_sigterm(session: Callable[[], object], cancel: Callable[[object], None] |
         signal.set_wakeup_fd(previous)
         os.close(write_end)  # the thread reads the end of the pipe
         thread.join(timeout=5)
-        os.close(read_end)
+        for cut in list(cuts):  # (the statement it was for is over: never a later one's, nor a closed connection's)
+            cut.cancel()
+            cut.join(timeout=CANCEL_GRACE)
+        if not thread.is_alive():  # (else its read would take a descriptor reused meanwhile)
+            os.close(read_end)

@@ -5,16 +5,14 @@ in the state of a fresh session, as `psql -f` does, whatever the previous file d
 role, timeouts, session_replication_role or temp tables. The runner's limits are connection options
 (`-c lock_timeout=...`), so they apply to each file until the file sets its own.
 
-The run's own connection never runs a migration's SQL. Its search_path is `pg_catalog` alone and
-every bookkeeping table is named with its schema (yoyo's `*_quoted` names included): an operator or
-function another role planted in a schema it may CREATE in (`pb.=` on varchar beats pg_catalog's
-text = text, which needs a cast) is never even considered, and a migration's `ALTER DATABASE ... SET
-search_path` changes nothing. The checksum step, which runs in the migration's own session, names that
-schema explicitly and moves that session to `pg_catalog` first. The bookkeeping tables themselves are
-verified before use (trust.py): another role's table, trigger, rule or policy there is
-refused. Its commits (yoyo's marks and log) skip the wait for the WAL flush: a mark lost in a server
-crash is restored by the next run from the migration's own checksum, which commits durably with the
-migration.
+The run's own connection never runs a migration's SQL. Its search_path is `pg_catalog` alone and every bookkeeping
+table is named with its schema (yoyo's `*_quoted` names included): an operator or function another role planted in a
+schema it may CREATE in (`pb.=` on varchar beats pg_catalog's text = text, which needs a cast) is never even
+considered, and a migration's `ALTER DATABASE ... SET search_path` changes nothing. The checksum step, which runs in
+the migration's own session, names that schema explicitly and moves that session to `pg_catalog` first. The
+bookkeeping tables themselves are verified before use (trust.py): another role's table, trigger, rule or policy
+there is refused. Its commits (yoyo's marks and log) skip the wait for the WAL flush: a mark lost in a server crash
+is restored by the next run from the migration's own checksum, which commits durably with the migration.
 
 A tenant's schema (target.schema) changes two things, as Flyway's currentSchema does: every
 migration's session starts with search_path = that schema, then public (a connection option, so
@@ -34,7 +32,7 @@ from typing import Iterator
 
 from migrator import output, pg_lock, trust, whoami
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import retry, server_session
+from migrator.postgres import failures, retry, server_session
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads, guard_session, opened
 from migrator.tables import MIGRATION_TABLE
 from migrator.targets import DdlLimits, PostgresTarget, where_name
@@ -294,6 +292,9 @@ def backend_class():
 
         def init_connection(self, connection):
             pass
+
+        def __exit__(self, *_exc):  # (another thread's cancel or shut of it done first: failures.close)
+            failures.close(self.connection)
 
     return Backend
 

@@ -82,16 +82,54 @@ def was_cut_off(connection) -> bool:
     return connection in _cut
 
 
+# psycopg2 (2.9) runs connection.cancel() and .fileno() without the connection's own mutex, while close() frees
+# the PGconn with the GIL released: another thread's fileno racing a close reads the freed PGconn, and the number
+# it returns may already be a new socket's (shut would cut someone else's connection); its cancel is sent for a
+# session being closed. Each such touch and the connection's close take its one lock here (cancel.py, the lock
+# probe, answered_within's timer; close() where the connection is one of theirs).
+_touch_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_touch_locks_guard = threading.Lock()
+
+
+def _touch_lock(connection) -> threading.Lock:
+    with _touch_locks_guard:
+        return _touch_locks.setdefault(connection, threading.Lock())
+
+
+@contextmanager
+def touching(connection) -> Iterator[bool]:
+    """From another thread: the block touches `connection` only if it yields True (open, and it stays open until
+    the block ends: close() waits for it)."""
+    with _touch_lock(connection):
+        yield not connection.closed
+
+
+def close(connection) -> None:
+    """Close `connection` once no other thread's cancel or shut is on it (none touches it after)."""
+    with _touch_lock(connection):
+        connection.close()
+
+
+def cancel(connection) -> None:
+    """The driver's cancel request for what `connection` runs, sent from another thread (its InterfaceError once
+    closed, as the driver's own: never a cancel of a connection being closed)."""
+    with _touch_lock(connection):
+        connection.cancel()
+
+
 def shut(connection) -> None:
     """End whatever libpq waits for on `connection` (cancel.py's SIGTERM too), the session's server side untouched."""
     import psycopg2
 
     _cut.add(connection)
-    try:
-        with socket.socket(fileno=os.dup(connection.fileno())) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
-    except (OSError, psycopg2.Error):
-        pass
+    with touching(connection) as still_open:
+        if not still_open:
+            return
+        try:
+            with socket.socket(fileno=os.dup(connection.fileno())) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, psycopg2.Error):
+            pass
 
 
 # A session this run just closed may not have left the server yet (its backend exits after the client has gone):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from migrator.output import role
-from migrator.postgres import estimate
+from migrator.postgres import estimate, failures
 from migrator.postgres.risks import size_text as _bytes, rows_text as _count
 from migrator.postgres.session_options import CLIENT_CHECK, NO_IDLE_TIMEOUTS
 from migrator.postgres.sessions import duration, lock_mode, named
@@ -260,7 +260,7 @@ def _measure_one(target, migration, seen) -> MigrationImpact:
             else:
                 _outside_transaction(target, conn, cur, statements, existing, impact, judge)
     finally:
-        conn.close()
+        failures.close(conn)  # (after a SIGTERM's cancel of it)
     return impact
 
 

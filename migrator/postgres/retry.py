@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from migrator import interrupt, output
 from migrator.durations import pg_seconds
-from migrator.postgres import autovacuum, deadlocks, server_session, sessions
+from migrator.postgres import autovacuum, deadlocks, failures, server_session, sessions
 # the probe has its own module (lock_probe.py); its names stay reachable here for the runner's modules
 from migrator.postgres.lock_probe import PROBE_NAME, QUERY_CANCELED, Probe, Seen, seconds_text  # noqa: F401
 
@@ -174,7 +174,7 @@ def probe(backend, connection, budget: TryBudget | None = None) -> Probe:
     if watcher is None:
         return Probe(None, pid)
     bound = (budget.per_try_ms / 1000, budget.floor_ms / 1000) if budget is not None else (0, 0)
-    return Probe(dict(watcher.params), pid, watcher.show_query, *bound, cancel=connection.cancel)
+    return Probe(dict(watcher.params), pid, watcher.show_query, *bound, cancel=lambda: failures.cancel(connection))
 
 
 def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:

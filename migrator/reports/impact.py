@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from migrator.output import visible
 from migrator.reports.base import SqlText
 
 
@@ -65,7 +66,7 @@ class ImpactReport:
             lines += [f"  lint: {f}" for f in m.findings]
         if self.exit_code:
             lines.append(self._unmeasured())
-        return lines
+        return _one_line_each(lines)
 
     def markdown(self) -> list[str]:
         """A table per migration, lint findings beside the statement they are about: for a pull request."""
@@ -89,7 +90,14 @@ class ImpactReport:
             lines.append(f"**{_cell(self._unmeasured())}**")
         if self.lint_skipped:
             lines.append("_lint skipped: squawk is not installed here_")
-        return lines
+        return _one_line_each(lines)
+
+
+def _one_line_each(lines: list[str]) -> list[str]:
+    """Relation names (the catalog's, chosen by a migration's author), statements, server errors and lint findings
+    go into these lines: each stays one line, its line breaks and control characters escaped (output.visible), so
+    none can overwrite or forge a line of the reviewer's report."""
+    return [visible(line) for line in lines]
 
 
 def _code(text: str) -> str:
@@ -100,4 +108,4 @@ def _code(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return visible(text).replace("|", "\\|")
