@@ -16,7 +16,7 @@ import psycopg2.extensions
 import pytest
 
 from migrator import interrupt, postgres
-from migrator.postgres import cancel, failures, retry
+from migrator.postgres import cancel, failures, retry, server_session
 from test_pg_lock import target_of
 
 HELD = 0.5  # how long a closer is given to (wrongly) finish while a cancel is in flight: not a timing assertion
@@ -37,8 +37,10 @@ class HeldCancel(psycopg2.extensions.connection):
 
 def held_cancel_connection(db) -> HeldCancel:
     server = db.server
-    return psycopg2.connect(dbname=db.name, user=server.user, password=server.password, host=server.host,
+    conn = psycopg2.connect(dbname=db.name, user=server.user, password=server.password, host=server.host,
                             port=server.port, connection_factory=HeldCancel)
+    server_session.of(conn)  # its server pid read at connect, as for the runner's own sessions (the lock probe's)
+    return conn
 
 
 def sleeping(conn) -> tuple[threading.Thread, list]:

@@ -117,7 +117,8 @@ def check(connection, row, settings: dict[str, str], where: str) -> ServerSessio
 
 
 def of(connection) -> ServerSession:
-    """The server's own pid and start of `connection`'s session (read on it once, if its connect did not)."""
+    """The server's own pid and start of `connection`'s session (read on it once if its connect did not: idle, and
+    from the thread that uses it)."""
     if connection not in _known:
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT {_WHO}")
