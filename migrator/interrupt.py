@@ -81,7 +81,7 @@ def guard() -> Iterator[Guard]:
         return
     g = Guard()
     if _active is None:
-        _requested = None  # a new run (the CLI in tests runs several in one process)
+        _requested = _unanswered  # (a new run has none; a swallowed raise of stop() is kept)
     previous, outer = signal.signal(signal.SIGTERM, g._handle), _active
     _active = g
     try:
@@ -96,8 +96,26 @@ _requested: int | None = None  # the signal received during the run, for every t
 
 
 def requested() -> int | None:
-    """The signal received since the outermost guard started, if any."""
+    """The signal received since the outermost guard started, if any (or one stop() raised before it)."""
     return _requested
+
+
+_unanswered: int | None = None  # a signal stop() raised: its Interrupted may have been swallowed
+
+
+def reset() -> None:
+    """A new run: no signal received yet (the CLI in tests runs several in one process)."""
+    global _requested, _unanswered
+    _requested = _unanswered = None
+
+
+def stop(signum, _frame) -> None:
+    """A plain SIGTERM handler for the steps outside any guard: raised where the runner is, and remembered for
+    the run's next guard, since a raise inside an import's C code can be swallowed (seen: the run then waited out
+    its whole --lock-timeout), so the next wait still stops the run."""
+    global _requested, _unanswered
+    _requested = _unanswered = signum
+    raise Interrupted(signum)
 
 
 def live() -> contextlib.AbstractContextManager:

@@ -70,10 +70,7 @@ def _said_if_interrupted(settings: CommandSettings, applied: list) -> Iterator[N
         yield
         return
 
-    def stop(signum, _frame):
-        raise interrupt.Interrupted(signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, interrupt.stop)
     try:
         yield
     except interrupt.Interrupted as exc:
