@@ -13,8 +13,11 @@ the database's own that sets either, called by name from a statement that names 
 
 from __future__ import annotations
 
+import contextvars
 import re
 import weakref
+from contextlib import contextmanager
+from typing import Iterator
 
 from migrator import durations, output
 from migrator.postgres.retry import seconds_text
@@ -44,6 +47,20 @@ _NOTED: set = set()  # (file, line, setting) already said: once, not on each loc
 _SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+_REPLAYED: contextvars.ContextVar[bool] = contextvars.ContextVar("replayed", default=False)
+
+
+@contextmanager
+def replaying() -> Iterator[None]:
+    """While applied files are rebuilt on a scratch copy (plan --impact): their bounds kept as ever, without a note
+    (said when each was applied; a plan's notes are about its pending files)."""
+    token = _REPLAYED.set(True)
+    try:
+        yield
+    finally:
+        _REPLAYED.reset(token)
+
+
 def hold(cursor, path, statement) -> None:
     """After `statement` of the file: each bound it could have loosened read back, the run's put back (keep)."""
     if not may_set(statement.text):
@@ -65,7 +82,7 @@ def keep(cursor, path, statement, name: str, ms: float) -> float:
         if ms != run_ms:
             cursor.execute(f"SET {name} = {int(ms)}")
         return ms
-    if (str(path), statement.line, name) not in _NOTED:
+    if (str(path), statement.line, name) not in _NOTED and not _REPLAYED.get():
         _NOTED.add((str(path), statement.line, name))
         output.note(f"{path}:{statement.line}: the file's SET {name} is overridden: " + _KEPT[name].format(
             seconds_text(run_ms / 1000)) + "remove the line from the file to drop this note)")
