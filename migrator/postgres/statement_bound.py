@@ -30,11 +30,12 @@ _RUNS_CODE = re.compile(r"(?<![\w$])(?:call|execute|do(?!\s+(?:nothing|update)(?
 
 
 def may_set(text: str) -> bool:
-    """Whether the statement's text could set a bound (substring tests first: a regex over each INSERT of a data
-    load costs as much as the INSERT)."""
+    """Whether the statement's text could set a bound (substring tests first: a regex searched through each INSERT
+    of a data load costs nearly what the INSERT does)."""
     low = text.lower()
     return ("set" in low or "u&" in low
             or (("do" in low or "call" in low or "execute" in low) and _RUNS_CODE.search(low) is not None))
+
 
 # What each note says the run's bound does, and how to change it.
 _KEPT = {"statement_timeout": "each statement still ends after {} (the run's --statement-timeout / "
@@ -45,9 +46,7 @@ _KEPT = {"statement_timeout": "each statement still ends after {} (the run's --s
 _NOTED: set = set()  # (file, line, setting) already said: once, not on each lock retry of the file
 # Each migration session's bounds as last read and kept (an unchanged value needs no RESET to compare with the run's).
 _SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-_REPLAYED: contextvars.ContextVar[bool] = contextvars.ContextVar("replayed", default=False)
+_REPLAYED: contextvars.ContextVar[bool] = contextvars.ContextVar("replayed", default=False)  # (replaying())
 
 
 @contextmanager
