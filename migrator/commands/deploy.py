@@ -38,7 +38,8 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
     from migrator import postgres
 
     applied = []
-    with _said_if_interrupted(settings, applied), locked_backend(settings, settings.limits()) as (backend, target):
+    with (_said_if_interrupted(settings, applied),
+          locked_backend(settings, settings.limits(), migrating=True) as (backend, target)):
         if not target.schema:
             _say_other_histories(settings, backend)
         drift = postgres.reconcile(backend, migrations, settings.note)

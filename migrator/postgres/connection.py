@@ -156,6 +156,7 @@ def backend_class():
         verified: tuple = ()  # trust.bookkeeping_state of its schema, read once at connect
         failures_table_ready = False
         watcher = None  # a postgres.watch.Watcher following each migration session, when progress is on
+        started = False  # a migration (or rollback) began: a lost connection is then its error to tell (apply.py)
         limits: DdlLimits | None = None  # the run's DDL limits (each try's lock_timeout, the lock retry budget)
 
         flyway_table = "flyway_schema_history"  # a Flyway folder's history (SCHEMA_TABLE)
