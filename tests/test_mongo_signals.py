@@ -142,3 +142,34 @@ def test_a_burst_of_ctrl_c_during_a_patch_names_it_once_without_a_traceback(serv
     else:
         assert _errors(err) == [f"error: {patch}: dry run of 0001_long interrupted by SIGINT (nothing was written)"], err
         assert server.db.applied_patches.count_documents({}) == 0
+
+
+AFTER_STOP = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from migrator import interrupt
+
+interrupt.after_stop()  # as runner.py does
+try:
+    with interrupt.guard(ctrl_c=True):
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C stops the run
+except interrupt.Interrupted as exc:
+    print("stopped:", exc)
+os.kill(os.getpid(), signal.{late})  # pressed again while the runner says what happened, after its guard
+print("said it")
+"""
+
+
+@pytest.mark.parametrize("late", ["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_run_was_stopped_does_not_cut_the_message_short(late):
+    """The guard's handlers end with the run; a burst's later signals then met Python's own: a KeyboardInterrupt
+    traceback (or "error: interrupted" instead of the line naming the patch), or SIGTERM's silent exit."""
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    done = subprocess.run([sys.executable, "-c", AFTER_STOP.format(root=str(PROJECT_ROOT), late=late)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "stopped: interrupted by SIGINT\nsaid it\n", done
+    assert "KeyboardInterrupt" not in done.stderr
