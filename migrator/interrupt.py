@@ -5,9 +5,9 @@ The handler raises `Interrupted` where the runner is, so the running patch (Mong
 waits, so that a record is never half written; `check()` raises it right after. The SQL side defers
 the signal for the whole run and lets it through only while a migration's own statements run
 (`live()`), so its bookkeeping is never cut in half. The Mongo side's guard takes Ctrl-C (SIGINT) the
-same way (`ctrl_c=True`; the SQL side leaves it to KeyboardInterrupt, on which psycopg cancels the
-statement), and there the run stops once: a later signal only waits, so that a burst of Ctrl-C cannot
-cut the cleanup, the record or the message short (`after_stop()` keeps it so until the process ends).
+same way (`ctrl_c=True`; on the SQL side Ctrl-C stays Python's KeyboardInterrupt, unchanged), and there
+the run stops once: a later signal only waits, so that a burst of Ctrl-C cannot cut the patch's cleanup,
+its record or the message short (`after_stop()`, in runner.py, keeps it so until the process ends).
 """
 
 from __future__ import annotations
