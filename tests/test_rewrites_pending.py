@@ -163,3 +163,30 @@ def test_the_server_rewrites_the_table_a_pending_set_schema_moved(cli, db, sql_d
     add_migration(sql_dir, "0003_retype", MARKER + f"ALTER TABLE arch.{TABLE} ALTER COLUMN id TYPE bigint;\n")
     ok(migrate(cli, db, sql_dir, *SMALL))
     assert _files(db)[TABLE] != before  # rewritten, as the verdict said
+
+
+def test_the_safe_patterns_the_refusal_gives_pass_once_a_pending_file_drops_what_would_be_redone(cli, db, sql_dir):
+    """The refusal's own advice (DROP INDEX CONCURRENTLY, widen, CREATE INDEX CONCURRENTLY; DROP CONSTRAINT, widen, ADD
+    ... NOT VALID in one ALTER TABLE) was refused too: the pending DROPs were not read. Another index's DROP hides
+    nothing; the server keeps the table's file, as the verdict says."""
+    seeded(cli, db, sql_dir)
+    db.query(f"CREATE INDEX idx_tenant_lower ON {TABLE} (lower(tenant_id)); CREATE INDEX idx_other ON {TABLE} (id) "
+             f"WHERE id > 0; ALTER TABLE {TABLE} ADD CONSTRAINT tenant_set CHECK (tenant_id <> '')")
+    add_migration(sql_dir, "0002_drop", "-- transactional: false\nDROP INDEX CONCURRENTLY IF EXISTS public.idx_other;\n")
+    path = add_migration(sql_dir, "0003_widen", WIDEN)
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and f"{path}:1: {REBUILDS.format('idx_tenant_lower')}" in result.stderr, result.output
+    assert f"{path}:1: {CHECKED}" in result.stderr, result.stderr
+    add_migration(sql_dir, "0002_drop", "-- transactional: false\nDROP INDEX CONCURRENTLY idx_tenant_lower;\n")
+    add_migration(sql_dir, "0003_widen", f"ALTER TABLE {TABLE} DROP CONSTRAINT tenant_set, ALTER COLUMN tenant_id TYPE "
+                                         "varchar(64), ADD CONSTRAINT tenant_set CHECK (tenant_id <> '') NOT VALID;\n")
+    add_migration(sql_dir, "0004_index", "-- transactional: false\nCREATE INDEX CONCURRENTLY idx_tenant_lower ON "
+                                         f"{TABLE} (lower(tenant_id));\n")
+    before = _files(db)
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert _files(db)[TABLE] == before[TABLE] and _files(db)["idx_other"] == before["idx_other"]
+    add_migration(sql_dir, "0005_widen", f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT tenant_set;\n"
+                                         f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id TYPE varchar(80);\n")
+    result = migrate(cli, db, sql_dir, *SMALL)  # the index built again by 0004 and the CHECK validated: both redone
+    assert result.exit_code == 2 and "0005_widen.sql:2: ALTER COLUMN tenant_id TYPE varchar(80) (binary-coercible, " \
+        "but CHECK tenant_set" in result.stderr and "idx_tenant_lower of" in result.stderr, result.stderr

@@ -24,6 +24,7 @@ _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|create\s+(?:unique\s+)?
                         r"\bpartition\s+of)\b", re.IGNORECASE)
 _FUNCTION = lazy_re.compile(r"\s*(?:create\s+(?:or\s+replace\s+)?function|alter\s+(?:function|routine))\b",
                             re.IGNORECASE)
+_DROP_INDEX = lazy_re.compile(r"\s*drop\s+index\b", re.IGNORECASE)
 _COMMENTS = lazy_re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint only: `ALTER /* x */ TABLE` is parsed too)
 # A table a statement creates, read without the parser (pg_dump and people write it so; IF NOT EXISTS may
 # name a table that exists and holds rows: not new). A table the judge cannot tell is new is judged by its size.
@@ -74,6 +75,8 @@ class Seen:
     domain_defaults: dict = field(default_factory=dict)  # name -> the functions its DEFAULT calls, or ("live", base)
     rebuilt: dict = field(default_factory=dict)  # table key -> {index name: the live columns it names}
     pending_checks: dict = field(default_factory=dict)  # (table key, name) -> (live columns, validated when added)
+    dropped_indexes: set = field(default_factory=set)  # (schema or None, name): a pending DROP INDEX's
+    dropped_checks: set = field(default_factory=set)  # (table key, name): a pending DROP CONSTRAINT's
 
     def begin_file(self, transactional: bool) -> None:
         self.altered = {} if transactional else None
@@ -109,6 +112,8 @@ class Seen:
             risks_pending.read_function(text, self)
         elif risks_types.DOMAIN_HINT.match(bare):
             risks_types.read_domain(text, self)
+        elif _DROP_INDEX.match(bare):
+            risks_pending.read_drop_index(text, self)
         loads = _LOADS.match(bare)
         if loads:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in loads.groups() if p]
@@ -306,6 +311,8 @@ def _alter_table(tree, line: int, live, seen: Seen):
             column = seen.checks.get((key, cmd.name))
             if column:
                 seen.not_null.setdefault(key, set()).add(column)
+        elif cmd.subtype == types.AT_DropConstraint:
+            risks_pending.drop_check(key, cmd.name, seen)
         elif cmd.subtype in _COPIES and not new:
             yield Risk(line, name, _COPIES[cmd.subtype] + (f" {cmd.name}" if cmd.name else ""), "rewrites",
                        ACCESS_EXCLUSIVE, "logged")

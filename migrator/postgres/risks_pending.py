@@ -2,8 +2,9 @@
 their text because the live catalog does not have it yet (attack24g): a function's volatility (CREATE FUNCTION,
 ALTER FUNCTION / ROUTINE ... VOLATILE), a domain's DEFAULT (CREATE DOMAIN ... DEFAULT, inherited from its base domain
 when it has none; ALTER DOMAIN ... SET / DROP DEFAULT), an index with an expression or a WHERE and a validated CHECK
-(a later binary-coercible type change of a column they name builds / checks them again), a table's new schema (SET
-SCHEMA, followed as a RENAME TO is). Kept in risks.Seen; risks.py and risks_types.py ask here.
+(a later binary-coercible type change of a column they name builds / checks them again) and their DROP (the safe
+pattern: drop, change the type, build / add NOT VALID again), a table's new schema (SET SCHEMA, followed as a RENAME
+TO is). Kept in risks.Seen; risks.py and risks_types.py ask here.
 """
 
 from __future__ import annotations
@@ -105,6 +106,32 @@ def check(constraint, table, live, seen) -> None:
     name = constraint.conname or f"(unnamed CHECK {len(seen.pending_checks)})"
     seen.pending_checks[(live.key(table), name)] = (
         {seen.live_column(table, c, live) for c in column_refs(constraint.raw_expr)}, not constraint.skip_validation)
+
+
+def read_drop_index(text: str, seen) -> None:
+    """A pending DROP INDEX: a later type change no longer builds it (live or made by a pending statement)."""
+    from pglast import ast, enums
+
+    for tree in _trees(text):
+        if isinstance(tree, ast.DropStmt) and tree.removeType == enums.ObjectType.OBJECT_INDEX:
+            for names in tree.objects:
+                name = (names[0].sval if len(names) > 1 else None, names[-1].sval)
+                seen.dropped_indexes.add(name)
+                for indexes in seen.rebuilt.values():
+                    indexes.pop(name[1], None)
+
+
+def drop_check(key, name: str, seen) -> None:
+    """A pending ALTER TABLE ... DROP CONSTRAINT: a later type change no longer checks it (live or pending)."""
+    seen.dropped_checks.add((key, name))
+    seen.pending_checks.pop((key, name), None)
+
+
+def dropped_index(row, seen) -> bool:
+    """A live index (a row of risks_types._INDEXES: name, table, is a child's, partitioned parent, schema) or the
+    partitioned index it is a partition of, that a pending DROP INDEX drops (an unqualified name taken as it)."""
+    return any(name in (row[0], row[3]) and dropped_schema in (None, row[4])
+               for dropped_schema, name in seen.dropped_indexes)
 
 
 def retyped(key, column: str, seen) -> tuple[list[str], list[str]]:

@@ -39,7 +39,8 @@ WHERE c.contype = 'c' AND (c.convalidated OR c.conname = ANY(%(validated)s)) AND
 # (relkind I) is said through its partitions'.
 _INDEXES = _TREE + """
 SELECT ic.relname, r.relname, i.indrelid <> %(oid)s, (SELECT p.relname FROM pg_catalog.pg_inherits h
-  JOIN pg_catalog.pg_class p ON p.oid = h.inhparent WHERE h.inhrelid = i.indexrelid)
+  JOIN pg_catalog.pg_class p ON p.oid = h.inhparent WHERE h.inhrelid = i.indexrelid),
+  (SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.oid = ic.relnamespace)
 FROM pg_catalog.pg_index i JOIN tree ON tree.oid = i.indrelid
 JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid AND ic.relkind = 'i'
 JOIN pg_catalog.pg_class r ON r.oid = i.indrelid
@@ -73,13 +74,17 @@ def retyped(live, oid: int, column: str, what: str, name, line: int, seen):
     of each partition / child of it), with the CHECKs and indexes earlier pending statements make on it."""
     key = live.key(name)
     pending_checks, pending_indexes = risks_pending.retyped(key, column, seen)
-    live_checks = live._rows(_CHECKS, {"oid": oid, "column": column, "validated": sorted(seen.validated.get(key, ()))})
+    live_checks = [row for row in live._rows(_CHECKS, {"oid": oid, "column": column,
+                                                       "validated": sorted(seen.validated.get(key, ()))})
+                   if (key, row[0]) not in seen.dropped_checks]
     checks = ", ".join(filter(None, [_named(live_checks)] + [c for c in pending_checks
                                                             if c not in {row[0] for row in live_checks}]))
     if checks:
         yield Risk(line, name, f"{what} (binary-coercible, but CHECK {checks} is checked again on every row)", "scans",
                    ACCESS_EXCLUSIVE, "type check")
-    indexes = ", ".join(filter(None, [_named(live._rows(_INDEXES, {"oid": oid, "column": column}))] + pending_indexes))
+    live_indexes = [row[:4] for row in live._rows(_INDEXES, {"oid": oid, "column": column})
+                    if not risks_pending.dropped_index(row, seen)]
+    indexes = ", ".join(filter(None, [_named(live_indexes)] + pending_indexes))
     if indexes:
         yield Risk(line, name, f"{what} (binary-coercible, but an index with an expression or a WHERE is built "
                                "again)", f"rebuilds index(es) {indexes} of", ACCESS_EXCLUSIVE, "type index")
