@@ -56,6 +56,9 @@ REFUSED = {
     "pending_partial_index": ("SELECT 1", ["-- transactional: false\nCREATE INDEX CONCURRENTLY idx_set ON "
                                            f"{TABLE} (id) WHERE tenant_id <> '';\n", WIDEN], (1, 1),
                               REBUILDS.format("idx_set")),
+    "pending_unnamed_index": ("SELECT 1", ["-- transactional: false\nCREATE INDEX CONCURRENTLY ON "
+                                           f"{TABLE} (lower(tenant_id));\n", WIDEN], (1, 1),
+                              REBUILDS.format("(unnamed 1)")),
     "pending_index_other_column_expression": (
         "SELECT 1", [MARKER + f"CREATE INDEX idx_tn ON {TABLE} (tenant_id, lower(report_name));\n", WIDEN], (1, 1),
         REBUILDS.format("idx_tn")),
@@ -172,7 +175,8 @@ def test_the_safe_patterns_the_refusal_gives_pass_once_a_pending_file_drops_what
     seeded(cli, db, sql_dir)
     db.query(f"CREATE INDEX idx_tenant_lower ON {TABLE} (lower(tenant_id)); CREATE INDEX idx_other ON {TABLE} (id) "
              f"WHERE id > 0; ALTER TABLE {TABLE} ADD CONSTRAINT tenant_set CHECK (tenant_id <> '')")
-    add_migration(sql_dir, "0002_drop", "-- transactional: false\nDROP INDEX CONCURRENTLY IF EXISTS public.idx_other;\n")
+    add_migration(sql_dir, "0002_drop", "-- transactional: false\nDROP INDEX CONCURRENTLY IF EXISTS public.idx_other;"
+                                        "\n")
     path = add_migration(sql_dir, "0003_widen", WIDEN)
     result = migrate(cli, db, sql_dir, *SMALL)
     assert result.exit_code == 2 and f"{path}:1: {REBUILDS.format('idx_tenant_lower')}" in result.stderr, result.output

@@ -204,6 +204,7 @@ def risks(tree, line: int, live, seen: Seen):
                                               "CREATE TABLE ... PARTITION OF")
     if isinstance(tree, ast.IndexStmt) and tree.idxname:  # (its columns, for a later ADD PRIMARY KEY USING INDEX)
         seen.indexes[(live.key(name(tree.relation)), tree.idxname)] = [p.name for p in tree.indexParams]
+    if isinstance(tree, ast.IndexStmt):  # (one a later type change builds again)
         risks_pending.index(tree, name(tree.relation), live, seen)
     if isinstance(tree, ast.IndexStmt) and not tree.concurrent:
         yield Risk(line, name(tree.relation), "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE,

@@ -97,13 +97,14 @@ def index(tree, table, live, seen) -> None:
     columns = {p.name for p in (*tree.indexParams, *(tree.indexIncludingParams or ())) if p.name}
     for node in (*expressions, tree.whereClause):
         columns |= column_refs(node) if node is not None else set()
-    seen.rebuilt.setdefault(live.key(table), {})[tree.idxname] = {seen.live_column(table, c, live) for c in columns}
+    indexes = seen.rebuilt.setdefault(live.key(table), {})
+    indexes[tree.idxname or f"(unnamed {len(indexes) + 1})"] = {seen.live_column(table, c, live) for c in columns}
 
 
 def check(constraint, table, live, seen) -> None:
     """A pending ADD CONSTRAINT ... CHECK: the live columns it names, for a later type change (checked again on every
     row once validated: added without NOT VALID, or VALIDATEd by a pending statement)."""
-    name = constraint.conname or f"(unnamed CHECK {len(seen.pending_checks)})"
+    name = constraint.conname or f"(unnamed {len(seen.pending_checks) + 1})"
     seen.pending_checks[(live.key(table), name)] = (
         {seen.live_column(table, c, live) for c in column_refs(constraint.raw_expr)}, not constraint.skip_validation)
 
