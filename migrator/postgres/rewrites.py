@@ -244,9 +244,8 @@ class _Live:
     def has_validated_check(self, oid: int) -> bool:
         return bool(self._rows(_CHECKED, (oid,)))
 
-    def domain_default_functions(self, type_name) -> set[str]:
-        """The functions a domain's DEFAULT calls (none when the type is not a domain)."""
-        names = [n.sval for n in type_name.names]
+    def domain_default_functions(self, names: list[str]) -> set[str]:
+        """The functions a live domain's DEFAULT calls (none when the type is not a domain)."""
         row = next(iter(self._rows(_DOMAIN_DEFAULT, {"name": names[-1],
                                                      "path": names[:-1] if len(names) > 1 else self.path})), None)
         return risks.expression_functions(row[0]) if row and row[0] else set()

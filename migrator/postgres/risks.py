@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from migrator import lazy_re
-from migrator.postgres import risks_objects, risks_types, risks_writes
+from migrator.postgres import risks_objects, risks_pending, risks_types, risks_writes
 # (the kinds of risk, their locks and safe patterns; rewrites.py and impact.py read them from here)
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
@@ -22,7 +22,9 @@ from migrator.postgres.risk_kinds import (  # noqa: F401
 _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|create\s+(?:unique\s+)?index|vacuum|cluster|reindex|"
                         r"refresh\s+materialized|create\s+(?:(?:global|local)\s+)?(?:unlogged\s+)?table\s+[^;]*?"
                         r"\bpartition\s+of)\b", re.IGNORECASE)
-_FUNCTION = lazy_re.compile(r"\s*create\s+(?:or\s+replace\s+)?function\b", re.IGNORECASE)
+_FUNCTION = lazy_re.compile(r"\s*(?:create\s+(?:or\s+replace\s+)?function|alter\s+(?:function|routine))\b",
+                            re.IGNORECASE)
+_DROP_INDEX = lazy_re.compile(r"\s*drop\s+index\b", re.IGNORECASE)
 _COMMENTS = lazy_re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint only: `ALTER /* x */ TABLE` is parsed too)
 # A table a statement creates, read without the parser (pg_dump and people write it so; IF NOT EXISTS may
 # name a table that exists and holds rows: not new). A table the judge cannot tell is new is judged by its size.
@@ -69,6 +71,12 @@ class Seen:
     views: dict = field(default_factory=dict)  # view key -> the tables it reads: a CREATE VIEW of a locked file's
     transactional: bool = True  # the file runs in one transaction (else only its own BEGIN ... COMMIT blocks)
     domains: dict = field(default_factory=dict)  # name -> (has a CHECK / NOT NULL, base type): a pending CREATE DOMAIN
+    # what risks_pending reads: a domain's DEFAULT, expression / partial indexes and CHECKs a type change redoes
+    domain_defaults: dict = field(default_factory=dict)  # name -> the functions its DEFAULT calls, or ("live", base)
+    rebuilt: dict = field(default_factory=dict)  # table key -> {index name: the live columns it names}
+    pending_checks: dict = field(default_factory=dict)  # (table key, name) -> (live columns, validated when added)
+    dropped_indexes: set = field(default_factory=set)  # (schema or None, name): a pending DROP INDEX's
+    dropped_checks: set = field(default_factory=set)  # (table key, name): a pending DROP CONSTRAINT's
 
     def begin_file(self, transactional: bool) -> None:
         self.altered = {} if transactional else None
@@ -101,9 +109,11 @@ class Seen:
             self.schema = first[1:-1].replace('""', '"') if first.startswith('"') else first.strip("'").lower()
         bare = _COMMENTS.sub(" ", text)
         if _FUNCTION.match(bare):
-            self._function(text)
+            risks_pending.read_function(text, self)
         elif risks_types.DOMAIN_HINT.match(bare):
             risks_types.read_domain(text, self)
+        elif _DROP_INDEX.match(bare):
+            risks_pending.read_drop_index(text, self)
         loads = _LOADS.match(bare)
         if loads:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in loads.groups() if p]
@@ -112,20 +122,6 @@ class Seen:
         if match and not match["temp"]:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in match.groups()[1:] if p]
             self.created.add((parts[0], parts[1]) if len(parts) == 2 else (self.schema, parts[0]))
-
-    def _function(self, text: str) -> None:
-        """A function a pending statement creates: volatile unless it says IMMUTABLE or STABLE (the default)."""
-        from pglast import ast, parse_sql
-        from pglast.parser import ParseError
-
-        try:
-            trees = [raw.stmt for raw in parse_sql(text)]
-        except ParseError:
-            return
-        for tree in trees:
-            if isinstance(tree, ast.CreateFunctionStmt):
-                volatility = [o.arg.sval for o in tree.options or () if o.defname == "volatility"]
-                self.functions[tree.funcname[-1].sval] = (volatility or ["volatile"])[-1] == "volatile"
 
     def rename(self, tree, live) -> None:
         """Note a pending ALTER TABLE ... RENAME (TO, COLUMN): later statements name what it names."""
@@ -153,21 +149,6 @@ def _null_test_column(expr) -> str | None:
             and isinstance(expr.arg, ast.ColumnRef) and len(expr.arg.fields) == 1):
         return expr.arg.fields[0].sval
     return None
-
-
-def _functions(node) -> set[str]:
-    """The names of the functions an expression calls (qualified ones by their last part)."""
-    from pglast import ast
-    from pglast.visitors import Visitor
-
-    names: set[str] = set()
-
-    class Calls(Visitor):
-        def visit_FuncCall(self, _ancestors, call):
-            names.add(call.funcname[-1].sval)
-
-    Calls()(node)
-    return names
 
 
 def _text(node) -> str:
@@ -223,6 +204,8 @@ def risks(tree, line: int, live, seen: Seen):
                                               "CREATE TABLE ... PARTITION OF")
     if isinstance(tree, ast.IndexStmt) and tree.idxname:  # (its columns, for a later ADD PRIMARY KEY USING INDEX)
         seen.indexes[(live.key(name(tree.relation)), tree.idxname)] = [p.name for p in tree.indexParams]
+    if isinstance(tree, ast.IndexStmt):  # (one a later type change builds again)
+        risks_pending.index(tree, name(tree.relation), live, seen)
     if isinstance(tree, ast.IndexStmt) and not tree.concurrent:
         yield Risk(line, name(tree.relation), "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE,
                    "index")
@@ -257,6 +240,10 @@ def risks(tree, line: int, live, seen: Seen):
         if seen.altered is not None and tree.relation is not None:  # (ACCESS EXCLUSIVE until COMMIT, as an ALTER's)
             risks_writes.hold(seen, live.key(name(tree.relation)), ACCESS_EXCLUSIVE, "ALTER TABLE ... RENAME")
         seen.rename(tree, live)
+    elif isinstance(tree, ast.AlterObjectSchemaStmt) and tree.objectType == enums.ObjectType.OBJECT_TABLE:
+        if seen.altered is not None and tree.relation is not None:
+            risks_writes.hold(seen, live.key(name(tree.relation)), ACCESS_EXCLUSIVE, "ALTER TABLE ... SET SCHEMA")
+        risks_pending.set_schema(tree, live, seen)
     elif seen.altered is not None and risks_writes.lock_taken(tree, live, seen, name):
         pass  # a LOCK TABLE or CREATE TRIGGER: its lock is held until COMMIT, as an ALTER's
     elif seen.altered:
@@ -296,7 +283,7 @@ def _alter_table(tree, line: int, live, seen: Seen):
                            how, ACCESS_EXCLUSIVE, "type")
             elif table:  # the rows kept, not its CHECKs and some of its indexes
                 yield from risks_types.retyped(live, table[0], column, f"ALTER COLUMN {cmd.name} TYPE "
-                                               f"{_text(cmd.def_.typeName)}", name, line)
+                                               f"{_text(cmd.def_.typeName)}", name, line, seen)
         elif cmd.subtype == types.AT_SetExpression and not new:
             yield Risk(line, name, f"ALTER COLUMN {cmd.name} SET EXPRESSION", "rewrites", ACCESS_EXCLUSIVE,
                        "expression")
@@ -311,6 +298,8 @@ def _alter_table(tree, line: int, live, seen: Seen):
                 yield Risk(line, name, f"ALTER COLUMN {cmd.name} SET NOT NULL without a validated CHECK "
                                        f"({cmd.name} IS NOT NULL)", "scans", ACCESS_EXCLUSIVE, "not null")
         elif cmd.subtype == types.AT_AddConstraint:
+            if cmd.def_.contype == enums.ConstrType.CONSTR_CHECK:  # (named by a later type change of its columns)
+                risks_pending.check(cmd.def_, name, live, seen)
             yield from _add_constraint(cmd.def_, name, key, line, seen, new)
             if not new:
                 yield from _implicit_not_null(cmd.def_, name, key, line, live, seen)
@@ -323,6 +312,8 @@ def _alter_table(tree, line: int, live, seen: Seen):
             column = seen.checks.get((key, cmd.name))
             if column:
                 seen.not_null.setdefault(key, set()).add(column)
+        elif cmd.subtype == types.AT_DropConstraint:
+            risks_pending.drop_check(key, cmd.name, seen)
         elif cmd.subtype in _COPIES and not new:
             yield Risk(line, name, _COPIES[cmd.subtype] + (f" {cmd.name}" if cmd.name else ""), "rewrites",
                        ACCESS_EXCLUSIVE, "logged")
@@ -421,13 +412,17 @@ def _volatile_column(column, live, seen: Seen) -> str | None:
         if constraint.contype == enums.ConstrType.CONSTR_GENERATED and constraint.generated_kind != "v":
             return "GENERATED ALWAYS AS (...) STORED"
         if constraint.contype == enums.ConstrType.CONSTR_DEFAULT:
-            calls = _functions(constraint.raw_expr)  # a function a pending file creates: judged from its text
-            if any(seen.functions.get(f) for f in calls) or live.volatile(calls - seen.functions.keys()):
+            if _volatile(risks_pending.functions_called(constraint.raw_expr), live, seen):
                 return f"DEFAULT {_text(constraint.raw_expr)} (volatile: a value per row)"
             return None  # the column's own default wins over its domain's
-    if column.typeName and live.volatile(live.domain_default_functions(column.typeName)):
+    if column.typeName and _volatile(risks_pending.domain_default_calls(column.typeName, live, seen), live, seen):
         return f"of domain {_text(column.typeName)}, whose DEFAULT is volatile (a value per row)"
     return None
+
+
+def _volatile(calls: set[str], live, seen: Seen) -> bool:
+    """Any of `calls` volatile: one a pending statement creates or makes VOLATILE by its text, the others live."""
+    return any(seen.functions.get(f) for f in calls) or live.volatile(calls - seen.functions.keys())
 
 
 def expression_functions(text: str) -> set[str]:
@@ -436,6 +431,6 @@ def expression_functions(text: str) -> set[str]:
     from pglast.parser import ParseError
 
     try:
-        return _functions(parse_sql(f"SELECT {text}")[0].stmt)
+        return risks_pending.functions_called(parse_sql(f"SELECT {text}")[0].stmt)
     except ParseError:
         return set()
