@@ -4,10 +4,12 @@ Before anything runs, `migrate` (and `plan`, which shows the same verdicts) read
 PostgreSQL's own parser (pglast: quoted identifiers, schema-qualified names, several subcommands in one ALTER
 TABLE, pg_dump's spelling) and judges it with what the earlier pending statements do: a table one of them creates
 is new (never refused), a `CHECK (col IS NOT NULL)` one of them adds validated or VALIDATEs lets a later
-`SET NOT NULL` skip its scan. What is left rewrites or scans the live table while holding its lock:
+`SET NOT NULL` skip its scan (a PostgreSQL 18 NOT NULL constraint's VALIDATE too). What is left rewrites or scans the
+live table while holding its lock:
 
   ADD COLUMN with a volatile DEFAULT (gen_random_uuid(), clock_timestamp(), random(), serial, identity, a stored
-  generated column), ALTER COLUMN TYPE that is not binary-coercible, SET NOT NULL without a validated CHECK,
+  generated column), ALTER COLUMN TYPE that is not binary-coercible (risks_retype: a domain with no constraint is
+  its base type; timestamp <-> timestamptz keeps the rows in a UTC TimeZone), SET NOT NULL without a validated CHECK,
   ADD FOREIGN KEY / CHECK without NOT VALID, ADD PRIMARY KEY / UNIQUE without USING INDEX, SET LOGGED/UNLOGGED,
   SET TABLESPACE / ACCESS METHOD, CREATE INDEX without CONCURRENTLY (SHARE: blocks writes), REINDEX TABLE / INDEX /
   SCHEMA without CONCURRENTLY, VACUUM FULL, CLUSTER, ADD COLUMN with UNIQUE / PRIMARY KEY / CHECK / REFERENCES or of
