@@ -17,7 +17,7 @@ from migrator.postgres import risks_objects, risks_types, risks_writes
 # (the kinds of risk, their locks and safe patterns; rewrites.py and impact.py read them from here)
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
-from migrator.postgres import risks_retype  # noqa: E402 (ALTER COLUMN TYPE, a file's TimeZone)
+from migrator.postgres import risks_retype  # (ALTER COLUMN TYPE, a file's TimeZone)
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
 _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|create\s+(?:unique\s+)?index|vacuum|cluster|reindex|"
