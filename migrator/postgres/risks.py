@@ -17,6 +17,7 @@ from migrator.postgres import risks_objects, risks_pending, risks_types, risks_w
 # (the kinds of risk, their locks and safe patterns; rewrites.py and impact.py read them from here)
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
+from migrator.postgres import risks_retype  # (ALTER COLUMN TYPE, a file's TimeZone)
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
 _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|create\s+(?:unique\s+)?index|vacuum|cluster|reindex|"
@@ -64,6 +65,8 @@ class Seen:
     renamed: dict = field(default_factory=dict)  # table key -> the live table's name (a pending RENAME TO)
     columns: dict = field(default_factory=dict)  # (table key, column) -> the live column's name (RENAME COLUMN)
     schema: str | None = None  # the schema a `SET search_path` of the file puts unqualified new tables in
+    timezone: str | None = None  # the TimeZone a `SET TIME ZONE` of the file gives what follows (None: the session's)
+    domain_types: dict = field(default_factory=dict)  # name -> the type a pending CREATE DOMAIN is over (a TypeName)
     functions: dict = field(default_factory=dict)  # name -> volatile: the functions a pending statement creates
     checked: set = field(default_factory=set)  # table keys a pending statement gave a validated CHECK
     loaded: set = field(default_factory=set)  # tables a pending statement loads rows into (INSERT ... SELECT, COPY)
@@ -81,7 +84,7 @@ class Seen:
     def begin_file(self, transactional: bool) -> None:
         self.altered = {} if transactional else None
         self.transactional = transactional
-        self.schema = None  # each file runs in a fresh session
+        self.schema = self.timezone = None  # each file runs in a fresh session
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
         return any(live.key(c) == live.key(name) for c in self.created)
@@ -122,6 +125,7 @@ class Seen:
         if match and not match["temp"]:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in match.groups()[1:] if p]
             self.created.add((parts[0], parts[1]) if len(parts) == 2 else (self.schema, parts[0]))
+        risks_retype.read_setting(bare, text, self)
 
     def rename(self, tree, live) -> None:
         """Note a pending ALTER TABLE ... RENAME (TO, COLUMN): later statements name what it names."""
@@ -158,18 +162,6 @@ def _text(node) -> str:
         return RawStream()(node)
     except Exception:  # a node pglast cannot print alone: the kind says enough
         return "..."
-
-
-def type_name(type_name) -> tuple[str, list[int]]:
-    """('pg_catalog.int8', [typmods]) of a TypeName, for to_regtype()."""
-    from pglast import ast
-
-    names = [n.sval for n in type_name.names]
-    text = ".".join(n if re.fullmatch(r"[a-z_][a-z0-9_$]*", n) else '"' + n.replace('"', '""') + '"' for n in names)
-    if type_name.arrayBounds:
-        text += "[]"
-    mods = [m.val.ival for m in type_name.typmods or () if isinstance(m, ast.A_Const) and hasattr(m.val, "ival")]
-    return text, mods
 
 
 def parse(text: str, seen: Seen | None = None):
@@ -275,12 +267,13 @@ def _alter_table(tree, line: int, live, seen: Seen):
         elif cmd.subtype == types.AT_AlterColumnType and not new:
             table = live.table(name)
             column = seen.live_column(name, cmd.name, live)
-            how = table and live.rewrites_type(table[0], column, cmd.def_.typeName, cmd.def_.raw_default,
-                                               cmd.def_.collClause)
+            how = table and risks_retype.rewrites_type(live, seen, table[0], column, cmd.def_.typeName,
+                                                       cmd.def_.raw_default, cmd.def_.collClause)
             if how:
+                does, why = how
                 yield Risk(line, name, f"ALTER COLUMN {cmd.name} TYPE {_text(cmd.def_.typeName)}"
-                                       + (f" {_text(cmd.def_.collClause)}" if cmd.def_.collClause else ""),
-                           how, ACCESS_EXCLUSIVE, "type")
+                                       + (f" {_text(cmd.def_.collClause)}" if cmd.def_.collClause else "") + why,
+                           does, ACCESS_EXCLUSIVE, "type index" if does.startswith("rebuilds index(es)") else "type")
             elif table:  # the rows kept, not its CHECKs and some of its indexes
                 yield from risks_types.retyped(live, table[0], column, f"ALTER COLUMN {cmd.name} TYPE "
                                                f"{_text(cmd.def_.typeName)}", name, line, seen)
@@ -328,12 +321,18 @@ _COPIES = {}  # the subcommands that copy the whole table (filled on first use: 
 def _implicit_not_null(constraint, name, key, line: int, live, seen: Seen):
     """A NOT NULL that scans every row unless a validated CHECK (col IS NOT NULL) proves it: PostgreSQL 18's `ADD
     CONSTRAINT nn NOT NULL col` (without NOT VALID) and `ADD PRIMARY KEY USING INDEX` on a column that may be NULL.
-    An index neither live nor made by a pending statement cannot be judged: said so, not passed."""
+    An index neither live nor made by a pending statement cannot be judged: said so, not passed. A NOT NULL
+    constraint's name is kept, NOT VALID or not: a later VALIDATE of it proves the column as a CHECK's does."""
     from pglast import enums
 
     kinds = enums.ConstrType
-    if constraint.contype == kinds.CONSTR_NOTNULL and not constraint.skip_validation:
-        columns, what = [k.sval for k in constraint.keys or ()], f"ADD CONSTRAINT {constraint.conname} NOT NULL {{}}"
+    if constraint.contype == kinds.CONSTR_NOTNULL:
+        columns = [k.sval for k in constraint.keys or ()]
+        for column in columns:  # (unnamed: PostgreSQL's own name for it, table_column_not_null)
+            seen.checks[(key, constraint.conname or f"{name[1]}_{column}_not_null")] = column
+        if constraint.skip_validation:
+            return
+        what = f"ADD {'CONSTRAINT ' + constraint.conname + ' ' if constraint.conname else ''}NOT NULL {{}}"
     elif constraint.contype == kinds.CONSTR_PRIMARY and constraint.indexname:
         columns = seen.indexes.get((key, constraint.indexname))
         table = live.table(name)
@@ -354,6 +353,7 @@ def _implicit_not_null(constraint, name, key, line: int, live, seen: Seen):
             continue
         yield Risk(line, name, what.format(f"{column} without a validated CHECK ({column} IS NOT NULL)"), "scans",
                    ACCESS_EXCLUSIVE, "not null")
+    seen.not_null.setdefault(key, set()).update(columns)  # (NOT NULL from here on: a later SET NOT NULL reads nothing)
 
 
 def _add_constraint(constraint, name, key, line: int, seen: Seen, new: bool):
