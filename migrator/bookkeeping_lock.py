@@ -135,9 +135,20 @@ def creating_bookkeeping(connection, schema: str, wait: float | None = None, set
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         if not setup or not connection.closed:
             raise
-        why = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
-        raise MigratorError(f"the connection to {where} was lost while the run set up its bookkeeping, before any "
-                            f"migration: nothing was applied; run again ({why})") from exc
+        raise lost_before_migrations(where, exc, "while the run set up its bookkeeping, before any migration") from exc
+
+
+def lost_before_migrations(where: str, exc: BaseException, when: str) -> MigratorError:
+    """The run's connection lost (a failover) `when`, before any migration began: nothing was applied. Said with
+    the server's own words (the first lost-connection error: a later "cursor already closed" is its echo)."""
+    import psycopg2
+
+    cause = exc
+    while cause.__context__ is not None and not isinstance(cause, psycopg2.OperationalError):
+        cause = cause.__context__
+    cause = cause if isinstance(cause, psycopg2.Error) else exc
+    why = (output.scrub(str(cause)).strip().splitlines() or [type(cause).__name__])[0]
+    return MigratorError(f"the connection to {where} was lost {when}: nothing was applied; run again ({why})")
 
 
 # Whether a session waits for a lock that `pid` (a migration's session) holds: the application queued behind it.

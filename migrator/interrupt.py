@@ -4,12 +4,16 @@ The handler raises `Interrupted` where the runner is, so the running patch (Mong
 (SQL) fails like any other and its record is settled. While a record is being written the signal
 waits, so that a record is never half written; `check()` raises it right after. The SQL side defers
 the signal for the whole run and lets it through only while a migration's own statements run
-(`live()`), so its bookkeeping is never cut in half.
+(`live()`), so its bookkeeping is never cut in half. The Mongo side's guard takes Ctrl-C (SIGINT) the
+same way (`ctrl_c=True`; on the SQL side Ctrl-C stays Python's KeyboardInterrupt, unchanged), and there
+the run stops once: a later signal only waits, so that a burst of Ctrl-C cannot cut the patch's cleanup,
+its record or the message short (`after_stop()`, in runner.py, keeps it so until the process ends).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -27,26 +31,45 @@ class Interrupted(BaseException):
 
 
 class Guard:
-    def __init__(self, main: bool = True):
+    def __init__(self, main: bool = True, once: bool = False):
         self._deferring = False
         self._pending: int | None = None
         self._main = main  # False: a worker thread's guard, which sees the main thread's signal
+        self._once = once  # raise one signal only: the run is stopping, a later one would cut its cleanup short
+        self._raised = False
 
     def _handle(self, signum, _frame) -> None:
         global _requested
         _requested = signum
+        if self._once and self._raised:
+            return  # the run is stopping already
         if self._deferring:
-            self._pending = signum
+            if self._pending is None or not self._once:
+                self._pending = signum
         else:
+            self._raised = True
             raise Interrupted(signum)
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
-        self._deferring = True
+        saved, self._deferring = self._deferring, True
         try:
             yield
         finally:
-            self._deferring = False
+            self._deferring = saved
+
+    def hold(self) -> None:
+        """A signal waits from now until `resume()` (or the guard's end): where a patch's run ends, so that its
+        cleanup, its record and the outcome's line happen whatever comes."""
+        self._deferring = True
+
+    def resume(self) -> None:
+        self._deferring = False
+
+    @property
+    def pending(self) -> int | None:
+        """The signal waiting to be raised, if any."""
+        return self._pending
 
     @contextmanager
     def live(self) -> Iterator[None]:
@@ -65,29 +88,33 @@ class Guard:
     def check(self) -> None:
         if self._pending is not None:
             signum, self._pending = self._pending, None
+            self._raised = True
             raise Interrupted(signum)
         if not self._main and _requested is not None:
             raise Interrupted(_requested)
 
 
 @contextmanager
-def guard() -> Iterator[Guard]:
-    """Turn SIGTERM into `Interrupted` for the block. Signals are delivered to the main thread; in a
-    worker thread (schemas run in parallel) the guard raises, before each migration and each
-    statement, the signal the main thread's handler recorded."""
+def guard(ctrl_c: bool = False) -> Iterator[Guard]:
+    """Turn SIGTERM (with ctrl_c, SIGINT too, raised once) into `Interrupted` for the block. Signals are
+    delivered to the main thread; in a worker thread (schemas run in parallel) the guard raises, before
+    each migration and each statement, the signal the main thread's handler recorded."""
     global _active, _requested
     if threading.current_thread() is not threading.main_thread():
         yield Guard(main=False)
         return
-    g = Guard()
+    g = Guard(once=ctrl_c)
     if _active is None:
-        _requested = None  # a new run (the CLI in tests runs several in one process)
-    previous, outer = signal.signal(signal.SIGTERM, g._handle), _active
+        _requested = _unanswered  # (a new run has none; a swallowed raise of stop() is kept)
+    keep_off = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # (started with Ctrl-C ignored, as `cmd &` is)
+    signums = (signal.SIGTERM, signal.SIGINT) if ctrl_c and not keep_off else (signal.SIGTERM,)
+    previous, outer = {signum: signal.signal(signum, g._handle) for signum in signums}, _active
     _active = g
     try:
         yield g
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         _active = outer
 
 
@@ -95,9 +122,51 @@ _active: Guard | None = None
 _requested: int | None = None  # the signal received during the run, for every thread to see
 
 
+def hold() -> None:
+    """The active guard's `hold()` (main thread; nothing without a guard)."""
+    if _active is not None and threading.current_thread() is threading.main_thread():
+        _active.hold()
+
+
+def after_stop() -> None:
+    """For runner.py's process: once a run was told to stop (`requested()`), a later SIGTERM or Ctrl-C is ignored
+    while the runner releases its lock, says what happened and exits (a second Ctrl-C printed a KeyboardInterrupt
+    traceback, a second SIGTERM ended it before its message). Before that, both act as Python's defaults."""
+    def late(signum, _frame) -> None:
+        if _requested is not None:
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not when started with Ctrl-C ignored)
+        signal.signal(signal.SIGINT, late)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, late)
+
+
 def requested() -> int | None:
-    """The signal received since the outermost guard started, if any."""
+    """The signal received since the outermost guard started, if any (or one stop() raised before it)."""
     return _requested
+
+
+_unanswered: int | None = None  # a signal stop() raised: its Interrupted may have been swallowed
+
+
+def reset() -> None:
+    """A new run: no signal received yet (the CLI in tests runs several in one process)."""
+    global _requested, _unanswered
+    _requested = _unanswered = None
+
+
+def stop(signum, _frame) -> None:
+    """A plain SIGTERM handler for the steps outside any guard: raised where the runner is, and remembered for
+    the run's next guard, since a raise inside an import's C code can be swallowed (seen: the run then waited out
+    its whole --lock-timeout), so the next wait still stops the run."""
+    global _requested, _unanswered
+    _requested = _unanswered = signum
+    raise Interrupted(signum)
 
 
 def live() -> contextlib.AbstractContextManager:

@@ -237,9 +237,10 @@ def sql_dir(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def fresh_secret_registry():
     """One CLI process serves one command; in-process tests must not share remembered passwords or formats."""
-    from migrator import output
+    from migrator import interrupt, output
 
     yield
+    interrupt.reset()  # (a signal one test sent the CLI in-process must not stop the next)
     output.forget_secrets()
     output.set_format("human")  # (a test that ended in the json format must not hand it to the next one)
 

@@ -145,3 +145,16 @@ def test_url_options_with_an_escaped_backslash_still_connect(cli, db, sql_dir):
     result = cli("migrate", "--sql-dir", sql_dir, "--database-url", _with_options(db.url, options))
     ok(result)
     assert applied(db) == [SEED]
+
+
+@pytest.mark.parametrize("options, fatal, hint", [
+    ("-c%20statement_timeout%3D5x", 'invalid value for parameter "statement_timeout": "5x"', "Valid units"),
+    ("-c%20log_min_messages%3Dfoo", 'invalid value for parameter "log_min_messages": "foo"', "Available values"),
+])
+def test_a_refused_login_says_the_servers_error_with_its_hint_never_the_hint_alone(cli, db, sql_dir, options, fatal,
+                                                                                  hint):
+    """The runner kept only the last line of libpq's error: a FATAL with a HINT printed the HINT alone."""
+    result = cli("migrate", "--sql-dir", sql_dir, "--database-url", _with_options(db.url, options))
+    line = one_error_line(result)
+    assert result.exit_code != 0 and line.startswith("error: cannot connect to PostgreSQL at "), line
+    assert f"FATAL:  {fatal}; HINT:  {hint}" in line, line

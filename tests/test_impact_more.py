@@ -4,6 +4,7 @@ unseen sessions, wording, Markdown; against the real server."""
 from __future__ import annotations
 
 import json
+import os
 
 from test_impact import TABLE
 from test_progress import add
@@ -138,3 +139,26 @@ def test_scratch_server_errors_name_scratch_url_and_the_report_names_the_server(
     assert text.exit_code == 0, text.output
     assert f"measured on a scratch database on server {server_name(pg.host, pg.port)} (rolled back" in text.stdout.splitlines()[0]
     assert json.loads(plan_impact(cli, db, pg, sql_dir, "--json").stdout)["measured_on"] == f"server {server_name(pg.host, pg.port)}"
+
+
+def test_an_applied_files_notes_are_not_the_plans(cli, db, pg, sql_dir):
+    """attack24g finding 9: an applied file replayed on the scratch copy said "the file's SET
+    idle_in_transaction_session_timeout is overridden": notes belong to the files the plan is about. (A process of
+    its own: the migrate before it, in this one, said that note already, and says each once.)"""
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    header = "SET idle_in_transaction_session_timeout = 0;\nSET lock_timeout = 0;\n"
+    add(sql_dir, "0002_dump", header + "CREATE TABLE dumped (id int);\n")
+    assert cli("migrate", "--sql-dir", sql_dir, "--quiet", env=db.db_env()).exit_code == 0
+    add(sql_dir, "0003_pending", header + f"ALTER TABLE {TABLE} ADD COLUMN note text;\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "MONGO_"))}
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "runner.py"), "plan", "--impact", "--sql-dir",
+                             str(sql_dir), "--scratch-url", pg.url("postgres")], env={**clean, **db.db_env()},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "0002_dump" not in result.stderr, result.stderr
+    assert "0003_pending.sql:1: the file's SET idle_in_transaction_session_timeout is overridden" in result.stderr, \
+        result.stderr

@@ -75,10 +75,24 @@ def test_a_reader_that_left_ends_the_command_quietly(db, sql_dir, seeded, comman
                                     "set local statement_timeout to '1h';\n",
                                     "-- transactional: false\n/* dump */ SET SESSION \"statement_timeout\" TO 0;\n",
                                     "SELECT pg_catalog.set_config('statement_timeout', '0', false);\n",
-                                    "select set_config( 'statement_timeout', '1h', true);\n"])
+                                    "select set_config( 'statement_timeout', '1h', true);\n",
+                                    # attack24g finding 8: spellings a rule on the statement's start missed
+                                    "SET /* pg */ statement_timeout = 0;\n",
+                                    "VALUES (set_config('statement_timeout', '0', false));\n",
+                                    "SELECT * FROM set_config('statement_timeout', '0', false);\n",
+                                    "SELECT 1, set_config('statement_timeout', '0', false);\n",
+                                    "SELECT \"set_config\"('statement_timeout', '0', false);\n",
+                                    "(SELECT set_config('statement_timeout', '0', false));\n",
+                                    "WITH x AS (SELECT 1) SELECT set_config('statement_timeout', '0', false);\n",
+                                    "SELECT set_config(E'statement_timeout', '0', false);\n",
+                                    "SELECT set_config($$statement_timeout$$, '0', false);\n",
+                                    "SELECT U&\"\\0073et_config\"(U&'\\0073tatement_timeout', '0', false);\n",
+                                    "DO $$ BEGIN EXECUTE 'SE' || 'T statement' || '_timeout = 0'; END $$;\n",
+                                    "UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout';\n"])
 def test_a_files_own_statement_timeout_cannot_lift_the_runs_bound(cli, db, sql_dir, seeded, header):
-    """pg_dump's header SET statement_timeout = 0 (attack24e finding 5). Before: the sleep ran to its end, unbounded,
-    without a word; now the run's --statement-timeout ends it, and one note says so and how to lift it."""
+    """pg_dump's header SET statement_timeout = 0 (attack24e finding 5), and every other spelling (a set_config
+    anywhere, quoted, escaped, a DO block's dynamic SET: attack24g finding 8). Before: the sleep ran to its end,
+    unbounded, without a word; now the run's --statement-timeout ends it, and one note says so and how to lift it."""
     path = add_migration(sql_dir, "0002_dump", header + "SELECT pg_sleep(3);\n")
     result = cli("migrate", "--statement-timeout", "1s", "--sql-dir", sql_dir, env=seeded)
     assert result.exit_code == 1 and "canceling statement due to statement timeout" in result.stderr, result.output
@@ -88,6 +102,18 @@ def test_a_files_own_statement_timeout_cannot_lift_the_runs_bound(cli, db, sql_d
                      "1 s (the run's --statement-timeout / DB_STATEMENT_TIMEOUT: raise it, or 0 for none, to let this "
                      "run longer; remove the line from the file to drop this note)"], result.stderr
     assert applied(db) == [SEED]
+
+
+def test_a_files_idle_in_transaction_bound_set_in_any_spelling_is_put_back(cli, db, sql_dir, seeded):
+    """attack24g finding 8, the server-side idle bound: a set_config inside a select list lifted it (0: a runner cut
+    off mid-transaction would leave its locks held for ever)."""
+    path = add_migration(sql_dir, "0002_idle",
+                         "SELECT 1, set_config('idle_in_transaction_session_timeout', '0', false);\n"
+                         "CREATE TABLE idle_seen AS SELECT current_setting('idle_in_transaction_session_timeout') v;\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert result.exit_code == 0, result.output
+    assert f"{path}:1: the file's SET idle_in_transaction_session_timeout is overridden" in result.stderr, result.stderr
+    assert db.query("SELECT v FROM idle_seen") != [("0",)]
 
 
 def test_a_files_stricter_statement_timeout_is_kept_and_the_run_may_lift_it(cli, db, sql_dir, seeded):

@@ -158,7 +158,7 @@ def test_ctrl_c_during_a_patch_is_an_interruption_not_the_patchs_failure(real, t
         proc.kill()
     assert proc.returncode == 130, err
     assert "KeyboardInterrupt" not in err and "fix the patch" not in err, err
-    assert ("0001_long interrupted by SIGINT" if run else "error: interrupted") in err, err
+    assert ("0001_long interrupted by SIGINT" if run else "dry run of 0001_long interrupted by SIGINT") in err, err
     records = list(real.db.applied_patches.find({"patch": "0001_long"}))
     assert [r["status"] for r in records] == (["failed"] if run else [])
 

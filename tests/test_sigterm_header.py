@@ -30,3 +30,39 @@ def test_a_sigterm_right_after_the_header_says_what_was_not_done(db, sql_dir, cl
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "interrupted by SIGTERM" in errors[0], err
     assert "t_never" not in db.tables() and applied(db) == [SEED]
+
+
+def test_a_sigterm_whose_interrupt_was_swallowed_still_stops_the_lock_wait(db, sql_dir, cli, seeded, monkeypatch):
+    """Seen: the SIGTERM landed while connecting imported psycopg2, its Interrupted was lost inside the import's C
+    code, and the run then waited out the whole --lock-timeout (exit 4). The signal is remembered for the run:
+    the lock wait's first poll stops it. (The swallow is reproduced where it happened: around the connect.)"""
+    import os
+    import signal
+
+    from migrator import interrupt, postgres
+    from migrator.bookkeeping_lock import LOCK_KEY
+
+    real_connect = postgres.connect
+
+    def connect_swallowing_the_signal(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # (the handler runs between bytecodes: raised in here)
+                pass
+        except interrupt.Interrupted:
+            pass  # what the import's C code did
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(postgres, "connect", connect_swallowing_the_signal)
+    add_migration(sql_dir, "0002_t", "CREATE TABLE t_never (id int);\n")
+    holder = connect(db, application_name="another runner")
+    holder.autocommit = True
+    holder.cursor().execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, "--lock-timeout", "30", env=seeded)
+    finally:
+        holder.close()
+    assert result.exit_code == 128 + signal.SIGTERM, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "interrupted by SIGTERM while waiting for the migration lock" in errors[0], errors
+    assert "t_never" not in db.tables() and applied(db) == [SEED]

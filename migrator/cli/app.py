@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from migrator import __version__, output
+from migrator import __version__, interrupt, output
 from migrator.cli.help import HelpGroup
 from migrator.errors import FAILED, USAGE, MigratorError
 
@@ -42,6 +42,7 @@ class Runner(HelpGroup):
             raise _one_line(exc) from exc
 
     def invoke(self, ctx: click.Context):
+        interrupt.reset()  # a new run (tests run several in one process)
         try:
             result = super().invoke(ctx)
             sys.stdout.flush()  # (a reader that left is met here, not in the interpreter's exit)

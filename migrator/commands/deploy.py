@@ -38,7 +38,8 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
     from migrator import postgres
 
     applied = []
-    with _said_if_interrupted(settings, applied), locked_backend(settings, settings.limits()) as (backend, target):
+    with (_said_if_interrupted(settings, applied),
+          locked_backend(settings, settings.limits(), migrating=True) as (backend, target)):
         if not target.schema:
             _say_other_histories(settings, backend)
         drift = postgres.reconcile(backend, migrations, settings.note)
@@ -70,10 +71,7 @@ def _said_if_interrupted(settings: CommandSettings, applied: list) -> Iterator[N
         yield
         return
 
-    def stop(signum, _frame):
-        raise interrupt.Interrupted(signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, interrupt.stop)
     try:
         yield
     except interrupt.Interrupted as exc:

@@ -55,60 +55,98 @@ def apply(db, target: MongoTarget | None, patches: list[Patch], names: list[str]
     """
     from migrator.mongo.patches import select
 
-    if not run:
-        with interrupt.guard():  # SIGTERM (a Job's deadline): the patch's processes are killed, one line, as in a run
-            for patch in select(patches, names) if names else pending(db, patches):
-                try:
-                    outcome = _run_one(db, target, patch, dry_run=True, echo=echo)
-                except interrupt.Interrupted as exc:
-                    raise MigratorError(f"{patch.path}: dry run of {patch.id} {exc} (nothing was written)",
-                                        128 + exc.signum) from exc
-                yield outcome
-        return
-    where = target.where if target else db.name
-    with lock.held(db, where, lock_wait) as held, interrupt.guard() as guard:
+    with interrupt.guard(ctrl_c=True) as guard:  # SIGTERM (a Job's deadline) or Ctrl-C: one line, the patch named
+        if not run:
+            yield from _dry_run(db, target, select(patches, names) if names else None, patches, guard, echo)
+            return
         done: list[str] = []
         try:
-            todo = select(patches, names) if names else pending(db, patches)  # read under the lock
-            for patch in todo:
-                outcome = _apply_one(db, target, patch, held, guard, echo)
-                done.append(patch.id)
-                guard.check()  # a SIGTERM while the record was settled
-                yield outcome
-        except interrupt.Interrupted as exc:  # between patches: nothing is half done
+            with lock.held(db, target.where if target else db.name, lock_wait) as held:
+                try:
+                    todo = select(patches, names) if names else pending(db, patches)  # read under the lock
+                    for patch in todo:
+                        guard.resume()  # its loading and its run can be stopped
+                        guard.check()  # a signal that waited for the previous record and its line
+                        outcome = _apply_one(db, target, patch, held, guard, echo)  # returns held: its record is settled
+                        done.append(patch.id)
+                        yield outcome
+                finally:
+                    guard.hold()  # the lock is released, and what happened is said, whatever comes now
+            guard.check()
+        except interrupt.Interrupted as exc:  # between patches (or before the first, after the last): none is half done
             applied = f"after applying {', '.join(done)} (logged)" if done else "before any patch started"
-            raise MigratorError(f"{exc} {applied}; the remaining patches did not run", INTERRUPTED) from exc
+            raise MigratorError(f"{exc} {applied}; the remaining patches did not run", _exit_code(exc)) from exc
+
+
+def _dry_run(db, target, chosen: list[Patch] | None, patches: list[Patch], guard: interrupt.Guard, echo):
+    done: list[str] = []
+    try:
+        for patch in pending(db, patches) if chosen is None else chosen:
+            guard.resume()
+            guard.check()
+            try:
+                outcome = _run_one(db, target, patch, dry_run=True, echo=echo)  # returns held
+            except interrupt.Interrupted as exc:
+                raise MigratorError(f"{patch.path}: dry run of {patch.id} {exc} (nothing was written)",
+                                    _exit_code(exc)) from exc
+            done.append(patch.id)
+            yield outcome
+        guard.hold()
+        guard.check()
+    except interrupt.Interrupted as exc:
+        after = f"after {', '.join(done)}" if done else "before any patch started"
+        raise MigratorError(f"dry run {exc} {after}; the remaining patches did not run (nothing was written)",
+                            _exit_code(exc)) from exc
+
+
+def _exit_code(exc: interrupt.Interrupted) -> int:
+    return 128 + signal.SIGINT if exc.signum == signal.SIGINT else INTERRUPTED  # as a shell reports Ctrl-C
 
 
 def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard, echo) -> Outcome:
-    loaded = _prepare(patch, target if patch_child.used(db, target) else None)  # a patch that cannot load fails here: no record, nothing blocked
+    """Load, record, run and settle one patch. Every way it ends says which patch and whether it ran; it returns
+    with the guard held (a signal since the patch returned waits for its record and its line)."""
+    try:
+        loaded = _prepare(patch, target if patch_child.used(db, target) else None)  # a patch that cannot load fails here: no record, nothing blocked
+    except interrupt.Interrupted as exc:
+        raise MigratorError(f"{patch.path}: {patch.id} {exc} while it loaded (it did not run, no record was "
+                            "written); the remaining patches did not run", _exit_code(exc)) from exc
     where = target.where if target else db.name
     try:
-        with _server_lost(where, patch, "before it started: it did not run, but its `running` record may have been "
-                          f"written (if `runner.py mongo status` shows it, `runner.py mongo resolve {patch.id} "
-                          "--not-applied --note ...` once the server is back)"):
+        with guard.deferred(), _server_lost(
+                where, patch, "before it started: it did not run, but its `running` record may have been written (if "
+                f"`runner.py mongo status` shows it, `runner.py mongo resolve {patch.id} --not-applied --note ...` "
+                "once the server is back)"):
             held.check()
-            with guard.deferred():
-                record = log.begin(db, patch, held.owner)
+            record = log.begin(db, patch, held.owner)
     except BaseException:
-        if isinstance(loaded, patch_child.Child):
-            loaded.kill()
+        with guard.deferred():
+            if isinstance(loaded, patch_child.Child):
+                loaded.kill()
         raise
     started = False
     try:
         guard.check()  # a SIGTERM while the record was written: the patch never starts
         started = True
-        outcome = _run_one(db, target, patch, dry_run=False, echo=echo, loaded=loaded)
+        outcome = _run_one(db, target, patch, dry_run=False, echo=echo, loaded=loaded)  # returns held
     except BaseException as exc:  # SystemExit, SIGTERM, a bug in the patch: all failures of this patch
-        if not started and isinstance(loaded, patch_child.Child):
-            loaded.kill()  # loaded, never started: its process (and the runner's reaper) end here
-        _settle_failure(db, where, record, patch, exc, started, held, guard)
+        with guard.deferred():  # (a signal now: the failure is settled and said first)
+            if not started and isinstance(loaded, patch_child.Child):
+                loaded.kill()  # loaded, never started: its process (and the runner's reaper) end here
+            _settle_failure(db, where, record, patch, exc, started, held)
         raise  # not reached: _settle_failure raises
-    with _server_lost(where, patch, "after it returned (its writes are done), so its record is left `running`: once "
-                      f"the server is back, check its writes and `runner.py mongo resolve {patch.id} --applied --note ...`"):
-        held.check()  # lost the lock while the patch ran: leave the record running, say so
-        with guard.deferred():
+    guard.hold()
+    try:
+        with _server_lost(where, patch, "after it returned (its writes are done), so its record is left `running`: once "
+                          "the server is back, `runner.py mongo status`, check its writes, then "
+                          f"`runner.py mongo resolve {patch.id} --applied --note ...`"):
+            held.check()  # lost the lock while the patch ran: leave the record running, say so
             log.settle(db, record, log.APPLIED, comment=outcome.comment)
+    except MigratorError as exc:
+        if guard.pending is None:
+            raise
+        stopped = interrupt.Interrupted(guard.pending)
+        raise MigratorError(f"{stopped} after {patch.id} ran; {exc}", _exit_code(stopped)) from exc
     return outcome
 
 
@@ -142,7 +180,8 @@ def _prepare(patch: Patch, target: MongoTarget | None):
     return None
 
 
-def _settle_failure(db, where: str, record, patch: Patch, exc: BaseException, started: bool, held, guard) -> None:
+def _settle_failure(db, where: str, record, patch: Patch, exc: BaseException, started: bool, held) -> None:
+    """Called with the guard deferred: a signal meanwhile waits until the record is written and the line said."""
     status = log.FAILED if started else log.CANCELLED
     error = exc.reason if isinstance(exc, PatchFailed) else str(exc) if isinstance(exc, MigratorError) else _describe(exc)
     lost = ""
@@ -153,14 +192,12 @@ def _settle_failure(db, where: str, record, patch: Patch, exc: BaseException, st
     with _server_lost(where, patch, known, exc.where if isinstance(exc, PatchFailed) else None):
         renewed = held.renew()
         if renewed:
-            with guard.deferred():
-                log.settle(db, record, status, error=error)
+            log.settle(db, record, status, error=error)
     if not renewed:
         lost = f"; the lock was lost meanwhile ({held.lost_at}), so its record stays `running`: see `runner.py mongo status`"
     if isinstance(exc, interrupt.Interrupted):
         written = "it had not started" if not started else "its writes so far are kept; the next run stops at it"
-        code = 128 + signal.SIGINT if exc.signum == signal.SIGINT else INTERRUPTED  # as a shell reports Ctrl-C
-        raise MigratorError(f"{patch.path}: {patch.id} {exc} ({written}){lost}", code) from exc
+        raise MigratorError(f"{patch.path}: {patch.id} {exc} ({written}){lost}", _exit_code(exc)) from exc
     if isinstance(exc, MigratorError):
         raise MigratorError(f"{exc}{lost}", exc.exit_code) from exc
     raise MigratorError(f"{patch.path}: {patch.id} failed: {error}{lost}") from exc
@@ -179,20 +216,21 @@ def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, ech
     started = time.perf_counter()
     advice = "fix the patch, then see `runner.py mongo status`" if not dry_run else "fix the patch"
     try:
-        if isinstance(loaded, patch_child.Child):
-            comment = loaded.go()
-        elif patch.kind == "py" and patch_child.used(db, target):  # a dry run: its own sealed child
-            comment = patch_child.Child(patch, target, dry_run=True, client=db.client).go()
-        elif patch.kind == "py":
-            comment = python_patch.run(patch, db, dry_run, loaded)
-        else:
-            comment = js_patch.run_js(patch, target, dry_run, echo, timeout=target.patch_timeout if target else None,
-                                      client=getattr(db, "client", None))
+        try:
+            if isinstance(loaded, patch_child.Child):
+                comment = loaded.go()
+            elif patch.kind == "py" and patch_child.used(db, target):  # a dry run: its own sealed child
+                comment = patch_child.Child(patch, target, dry_run=True, client=db.client).go()
+            elif patch.kind == "py":
+                comment = python_patch.run(patch, db, dry_run, loaded)
+            else:
+                comment = js_patch.run_js(patch, target, dry_run, echo, timeout=target.patch_timeout if target else None,
+                                          client=getattr(db, "client", None))
+        finally:
+            interrupt.hold()  # the patch's run ended: a signal now waits for its record (the others hold earlier)
     except (MigratorError, interrupt.Interrupted):
         raise
     except KeyboardInterrupt as exc:  # Ctrl-C reaches the runner, not the patch's process: not the patch's failure
-        if dry_run:
-            raise  # nothing to settle: the CLI says "interrupted"
         raise interrupt.Interrupted(signal.SIGINT) from exc
     except DryRunWriteError as exc:
         raise MigratorError(f"{patch.path}: dry run of {patch.id} tried to write: {_describe(exc)}") from exc

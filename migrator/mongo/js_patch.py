@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from migrator import output
+from migrator import interrupt, output
 from migrator.errors import USAGE, MigratorError
 from migrator.mongo import seal
 from migrator.mongo.homes import Home
@@ -111,6 +111,7 @@ def run_js(patch: Patch, target: MongoTarget | None, dry_run: bool, echo: Callab
         try:
             lines, comment, timed_out = _read(proc, echo, timeout)
         finally:
+            interrupt.hold()  # its run ended: a signal from now waits for its cleanup and its record
             with uninterrupted():  # (a second SIGTERM here would leave mongosh's children running)
                 _kill_group(proc)  # the pipe is left to the reader thread: closing it here would wait for its read
                 proc.wait()

@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from migrator import output
+from migrator import interrupt, output
 from migrator.mongo import seal
 from migrator.mongo.connection import ca_files, servers
 from migrator.mongo.homes import Home
@@ -125,6 +125,7 @@ class Child:
                 pass  # the child is gone already: _outcome says so
             return self._outcome(nonce)
         finally:
+            interrupt.hold()  # its run ended: a signal from now waits for its cleanup and its record
             self.kill()
 
     def kill(self) -> None:

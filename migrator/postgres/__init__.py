@@ -16,7 +16,8 @@ package adds what a DBA and an operator need around it, one module per concern:
 - apply: apply, roll back, mark; errors: the one line a failure ends in.
 """
 
-from migrator.postgres.apply import apply, locked, mark, redo_count, rollback, select_by_id, select_rollback
+from migrator.postgres.apply import (apply, locked, lost_before_migrations, mark, redo_count, rollback, select_by_id,
+                                     select_rollback)
 from migrator.postgres.connection import MIGRATION_TABLE, connect, connection_error, resolve_target
 from migrator.postgres.tenant_survey import missing_schemas, survey_schemas
 from migrator.postgres.files import FILE_NAME, unfilled
@@ -30,6 +31,6 @@ __all__ = [
     "FILE_NAME", "MIGRATION_TABLE", "MigrationState", "apply", "applied_counts", "applied_ids", "bookkeeping",
     "connect", "connection_error", "drift_error", "invalid_indexes", "is_transactional", "lacking_privileges", "rebuilt_by",
     "load_migrations", "locked", "mark", "missing_schemas", "new", "ordered", "redo_count", "pending", "plan_text", "read_migrations", "reconcile", "resolve_target", "rollback",
-    "rollback_path",
+    "lost_before_migrations", "rollback_path",
     "dropped_letters", "select_by_id", "select_rollback", "slug", "status", "survey_schemas", "unfilled",
 ]

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from migrator import checksums, interrupt, output, pg_lock
+from migrator import bookkeeping_lock, checksums, interrupt, output, pg_lock
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import concurrently, failures, flyway, history
 from migrator.postgres.errors import StatementFailed, migration_error, progress
@@ -24,9 +24,23 @@ def locked(backend, target: PostgresTarget, timeout: float, notify) -> Iterator[
         yield
 
 
+@contextmanager
+def lost_before_migrations(backend, target: PostgresTarget) -> Iterator[None]:
+    """Around migrate's steps from its lock to its first migration (the lock, the history, the drift check, the
+    pending files, the rewrite judge, the schema's description, the failure records): the connection lost there
+    (a failover) is one line, nothing applied, whichever read met it. Once a migration began, its own error says."""
+    try:
+        yield
+    except (backend.DatabaseError, backend.driver.InterfaceError) as exc:
+        if backend.started or not backend.connection.closed:
+            raise
+        raise bookkeeping_lock.lost_before_migrations(target.where, exc, "before the first migration") from exc
+
+
 def _run_one(backend, target: PostgresTarget, migration, verb: str, path: Path, run) -> float:
     """Run yoyo's apply/rollback of one migration; a failure or SIGTERM becomes one true line."""
     started = time.perf_counter()
+    backend.started = True
     prefix = checksums.ROLLBACK if verb == "roll back" else ""
     what = "rollback" if prefix else "migration"
     if backend.watcher is not None:

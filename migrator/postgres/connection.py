@@ -14,11 +14,10 @@ bookkeeping tables themselves are verified before use (trust.py): another role's
 there is refused. Its commits (yoyo's marks and log) skip the wait for the WAL flush: a mark lost in a server crash
 is restored by the next run from the migration's own checksum, which commits durably with the migration.
 
-A tenant's schema (target.schema) changes two things, as Flyway's currentSchema does: every
-migration's session starts with search_path = that schema, then public (a connection option, so
-`RESET search_path` returns there), and the bookkeeping is pinned to that schema instead of found.
-The schema travels in the URL as yoyo's own `schema` parameter (yoyo pops it before connecting);
-yoyo's own use of it (an unquoted SET search_path) is replaced by PIN_TENANT.
+A tenant's schema (target.schema) changes two things, as Flyway's currentSchema does: every migration's session
+starts with search_path = that schema, then public (a connection option, so `RESET search_path` returns there), and
+the bookkeeping is pinned to that schema instead of found. The schema travels in the URL as yoyo's own `schema`
+parameter (yoyo pops it before connecting); yoyo's own use of it (an unquoted SET search_path) is PIN_TENANT's.
 """
 
 from __future__ import annotations
@@ -156,6 +155,7 @@ def backend_class():
         verified: tuple = ()  # trust.bookkeeping_state of its schema, read once at connect
         failures_table_ready = False
         watcher = None  # a postgres.watch.Watcher following each migration session, when progress is on
+        started = False  # a migration (or rollback) began: a lost connection is then its error to tell (apply.py)
         limits: DdlLimits | None = None  # the run's DDL limits (each try's lock_timeout, the lock retry budget)
 
         flyway_table = "flyway_schema_history"  # a Flyway folder's history (SCHEMA_TABLE)

@@ -252,8 +252,17 @@ def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:
     elif "root certificate file" in lowered or "certificate verify failed" in lowered:
         what = f"TLS verification failed ({text.splitlines()[-1].strip()}); check the CA bundle"
     else:
-        what = text.splitlines()[-1].strip() if text else exc.__class__.__name__
+        what = _last_error(text) or exc.__class__.__name__
     return MigratorError(f"cannot connect to PostgreSQL at {where}: {what}")
+
+
+def _last_error(text: str) -> str:
+    """libpq's last attempt's error (one line per host tried), with the server's HINT after it: never the HINT
+    alone ('Try "postgres --help"' said nothing of the options that caused it)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    notes = [line for line in lines if line.startswith(("HINT:", "DETAIL:"))]
+    errors = [line for line in lines if line not in notes]
+    return "; ".join(errors[-1:] + notes) if errors else "; ".join(notes)
 
 
 def _origin(target: PostgresTarget) -> str:

@@ -187,7 +187,7 @@ def measure(server, live_backend, migrations, pending, findings, schema: str | N
         for migration in postgres.ordered(migrations):
             if migration.id in applied:
                 try:
-                    db.apply(migration)
+                    db.replay(migration)
                 except MigratorError as exc:
                     raise MigratorError(f"the applied migrations do not rebuild the live schema on the scratch database "
                                         f"on {server_name(server)}: {exc}; nothing was measured (the live database changed "

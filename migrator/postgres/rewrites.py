@@ -4,10 +4,12 @@ Before anything runs, `migrate` (and `plan`, which shows the same verdicts) read
 PostgreSQL's own parser (pglast: quoted identifiers, schema-qualified names, several subcommands in one ALTER
 TABLE, pg_dump's spelling) and judges it with what the earlier pending statements do: a table one of them creates
 is new (never refused), a `CHECK (col IS NOT NULL)` one of them adds validated or VALIDATEs lets a later
-`SET NOT NULL` skip its scan. What is left rewrites or scans the live table while holding its lock:
+`SET NOT NULL` skip its scan (a PostgreSQL 18 NOT NULL constraint's VALIDATE too). What is left rewrites or scans the
+live table while holding its lock:
 
   ADD COLUMN with a volatile DEFAULT (gen_random_uuid(), clock_timestamp(), random(), serial, identity, a stored
-  generated column), ALTER COLUMN TYPE that is not binary-coercible, SET NOT NULL without a validated CHECK,
+  generated column), ALTER COLUMN TYPE that is not binary-coercible (risks_retype: a domain with no constraint is
+  its base type; timestamp <-> timestamptz keeps the rows in a UTC TimeZone), SET NOT NULL without a validated CHECK,
   ADD FOREIGN KEY / CHECK without NOT VALID, ADD PRIMARY KEY / UNIQUE without USING INDEX, SET LOGGED/UNLOGGED,
   SET TABLESPACE / ACCESS METHOD, CREATE INDEX without CONCURRENTLY (SHARE: blocks writes), REINDEX TABLE / INDEX /
   SCHEMA without CONCURRENTLY, VACUUM FULL, CLUSTER, ADD COLUMN with UNIQUE / PRIMARY KEY / CHECK / REFERENCES or of
@@ -134,7 +136,6 @@ JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.i
 WHERE i.indrelid = %s AND ic.relname = %s ORDER BY a.attnum
 """
 _CHECKED = "SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = %s AND contype = 'c' AND convalidated LIMIT 1"
-_COLLATION = "SELECT %s::pg_catalog.regcollation::pg_catalog.oid"  # resolved on the file's path
 # The tables of a schema (None: of the migration's search_path) or of an index, as (schema, name).
 _TABLES_IN = """
 SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -152,18 +153,19 @@ SELECT t.typdefault FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON 
 WHERE t.typtype = 'd' AND t.typname = %(name)s AND n.nspname = ANY(%(path)s)
 ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
 """
-_NEW_TYPE = """
-SELECT t.oid, t.typname,
-       EXISTS (SELECT FROM pg_catalog.pg_cast k WHERE k.castsource = %(old)s AND k.casttarget = t.oid
-               AND k.castmethod = 'b')
-FROM pg_catalog.pg_type t WHERE t.oid = %(new)s
+# The column is NOT NULL with no scan left to do: a validated CHECK (col IS NOT NULL) or NOT NULL constraint (or one
+# a pending statement VALIDATEs), or attnotnull with no NOT VALID NOT NULL constraint (PostgreSQL 18 marks the column
+# for one already, but SET NOT NULL then validates it: a scan).
+_NOT_NULL_PROVEN = """
+SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = %(oid)s AND a.attname = %(column)s AND NOT a.attisdropped
+  AND (EXISTS (SELECT FROM pg_catalog.pg_constraint c WHERE c.conrelid = a.attrelid
+               AND (c.convalidated OR c.conname = ANY(%(names)s)) AND (c.contype = 'n' AND c.conkey = ARRAY[a.attnum]
+               OR c.contype = 'c' AND pg_catalog.pg_get_constraintdef(c.oid)
+                                      = 'CHECK ((' || pg_catalog.quote_ident(%(column)s) || ' IS NOT NULL))'))
+       OR a.attnotnull AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint c WHERE c.conrelid = a.attrelid
+                                       AND c.contype = 'n' AND c.conkey = ARRAY[a.attnum] AND NOT c.convalidated))
 """
-_NOT_NULL_CHECK = """
-SELECT 1 FROM pg_catalog.pg_constraint
-WHERE conrelid = %(oid)s AND contype = 'c' AND (convalidated OR conname = ANY(%(names)s))
-  AND pg_catalog.pg_get_constraintdef(oid) = 'CHECK ((' || pg_catalog.quote_ident(%(column)s) || ' IS NOT NULL))'
-LIMIT 1
-"""
+_RESET_VALUE = "SELECT reset_val FROM pg_catalog.pg_settings WHERE name = %s"
 # A fresh session's search_path ("$user" resolved), its schemas that exist: where a migration's names resolve.
 _SEARCH_PATH = """
 SELECT x FROM (SELECT CASE WHEN pg_catalog.btrim(s, '"') = '$user' THEN current_user::text
@@ -187,6 +189,7 @@ class _Live:
         else:
             self.path = [row[0] for row in self._rows(_SEARCH_PATH)]
         self.tables: dict = {}
+        self.settings: dict = {}  # (setting())
 
     def key(self, name: tuple[str | None, str]) -> tuple[str, str]:
         """The table's key: an unqualified name in the schema a CREATE would put it in (the path's first)."""
@@ -244,48 +247,21 @@ class _Live:
     def has_validated_check(self, oid: int) -> bool:
         return bool(self._rows(_CHECKED, (oid,)))
 
-    def domain_default_functions(self, type_name) -> set[str]:
-        """The functions a domain's DEFAULT calls (none when the type is not a domain)."""
-        names = [n.sval for n in type_name.names]
+    def domain_default_functions(self, names: list[str]) -> set[str]:
+        """The functions a live domain's DEFAULT calls (none when the type is not a domain)."""
         row = next(iter(self._rows(_DOMAIN_DEFAULT, {"name": names[-1],
                                                      "path": names[:-1] if len(names) > 1 else self.path})), None)
         return risks.expression_functions(row[0]) if row and row[0] else set()
 
-    def rewrites_type(self, oid: int, column: str, type_name, using, collation=None) -> str | None:
-        """ALTER COLUMN TYPE: "rewrites" unless the type is the same or binary-coercible and its limit only grows (varchar(n)
-        -> varchar(m >= n) or text...); a new collation of an indexed column "rebuilds the indexes of"; else None
-        (the rows kept: what depends on the column is judged by risks_types.retyped)."""
-        found = self.column(oid, column)
-        if found is None:
-            return "rewrites"  # a column a pending statement added: retyping it rewrites the live table's rows
-        if using is not None and not _same_value(using, column, type_name):
-            return "rewrites"  # USING: an expression per row
-        if self._rewrites_type(found, type_name):
-            return "rewrites"
-        if collation is not None and found[5]:
-            self.cursor.execute(_COLLATION, (".".join('"' + n.sval.replace('"', '""') + '"'
-                                                      for n in collation.collname),))
-            if self.cursor.fetchone()[0] != found[4]:
-                return "rebuilds the indexes of"
-        return None
-
-    def _rewrites_type(self, found, type_name) -> bool:
-        old_type, old_mod = found[0], found[1]
-        name, mods = risks.type_name(type_name)
-        self.cursor.execute("SELECT pg_catalog.to_regtype(%s)::pg_catalog.oid", (name,))  # on the file's path
-        new = next(iter(self._rows(_NEW_TYPE, {"old": old_type, "new": self.cursor.fetchone()[0]})), None)
-        if new is None:
-            return True  # an unknown type: the server will say so
-        new_type, typname, binary = new
-        if new_type == old_type:
-            return not _only_grows(typname, old_mod, mods)
-        return not (binary and not mods)  # varchar(n) -> text: a relabel; text -> varchar(n): each row checked
-
     def not_null_proven(self, oid: int, column: str, validated: set) -> bool:
-        found = self.column(oid, column)
-        if found is not None and found[2]:
-            return True  # already NOT NULL: nothing to check
-        return bool(self._rows(_NOT_NULL_CHECK, {"oid": oid, "names": sorted(validated), "column": column}))
+        return bool(self._rows(_NOT_NULL_PROVEN, {"oid": oid, "names": sorted(validated), "column": column}))
+
+    def setting(self, name: str) -> str:
+        """A setting as a fresh session of the run starts with it (the connection's options and PGTZ-style
+        variables, the role's and the database's settings), whatever the run's own session set since."""
+        if name not in self.settings:
+            self.settings[name] = self._rows(_RESET_VALUE, (name,))[0][0]
+        return self.settings[name]
 
     def _rows(self, query, params=None) -> list:
         """A catalog read with pg_catalog's operators and functions alone: the cursor may be the migration's own
@@ -300,39 +276,9 @@ class _Live:
             self.connection.rollback()  # no lock of the judge's stays on the live tables
 
 
-def _same_value(using, column: str, type_name) -> bool:
-    """USING that is the column itself, or the column cast to the new type: the same as no USING."""
-    from pglast import ast
-
-    if isinstance(using, ast.TypeCast):
-        if risks.type_name(using.typeName) != risks.type_name(type_name):
-            return False
-        using = using.arg
-    return (isinstance(using, ast.ColumnRef) and len(using.fields) == 1
-            and getattr(using.fields[0], "sval", None) == column)
-
-
 def _qualified(schema: str, name: str) -> str:
     quote = lambda n: n if re.fullmatch(r"[a-z_][a-z0-9_$]*", n) else '"' + n.replace('"', '""') + '"'  # noqa: E731
     return f"{quote(schema)}.{quote(name)}"
-
-
-def _only_grows(typname: str, old_mod: int, new_mods: list[int]) -> bool:
-    """Same type: only a typmod that removes or widens the limit keeps the data as it is."""
-    if not new_mods:
-        return typname in ("varchar", "numeric", "varbit", "timestamp", "timestamptz", "time", "timetz", "interval") \
-            or old_mod < 0
-    if old_mod < 0:
-        return False  # a limit added: every row is checked
-    if typname in ("varchar", "varbit", "bit", "bpchar"):
-        old = old_mod - 4 if typname in ("varchar", "bpchar") else old_mod
-        return new_mods[0] >= old and typname in ("varchar", "varbit")
-    if typname == "numeric":
-        precision, scale = ((old_mod - 4) >> 16) & 0xFFFF, (old_mod - 4) & 0xFFFF
-        return new_mods[0] >= precision and (new_mods[1] if len(new_mods) > 1 else 0) == scale
-    if typname in ("timestamp", "timestamptz", "time", "timetz"):
-        return new_mods[0] >= old_mod
-    return False
 
 
 def markers(text: str, statements=()) -> set[tuple[str | None, str]]:

@@ -13,16 +13,19 @@ import re
 from dataclasses import dataclass, field
 
 from migrator import lazy_re
-from migrator.postgres import risks_objects, risks_types, risks_writes
+from migrator.postgres import risks_objects, risks_pending, risks_types, risks_writes
 # (the kinds of risk, their locks and safe patterns; rewrites.py and impact.py read them from here)
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
+from migrator.postgres import risks_retype  # (ALTER COLUMN TYPE, a file's TimeZone)
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
 _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|create\s+(?:unique\s+)?index|vacuum|cluster|reindex|"
                         r"refresh\s+materialized|create\s+(?:(?:global|local)\s+)?(?:unlogged\s+)?table\s+[^;]*?"
                         r"\bpartition\s+of)\b", re.IGNORECASE)
-_FUNCTION = lazy_re.compile(r"\s*create\s+(?:or\s+replace\s+)?function\b", re.IGNORECASE)
+_FUNCTION = lazy_re.compile(r"\s*(?:create\s+(?:or\s+replace\s+)?function|alter\s+(?:function|routine))\b",
+                            re.IGNORECASE)
+_DROP_INDEX = lazy_re.compile(r"\s*drop\s+index\b", re.IGNORECASE)
 _COMMENTS = lazy_re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint only: `ALTER /* x */ TABLE` is parsed too)
 # A table a statement creates, read without the parser (pg_dump and people write it so; IF NOT EXISTS may
 # name a table that exists and holds rows: not new). A table the judge cannot tell is new is judged by its size.
@@ -62,6 +65,8 @@ class Seen:
     renamed: dict = field(default_factory=dict)  # table key -> the live table's name (a pending RENAME TO)
     columns: dict = field(default_factory=dict)  # (table key, column) -> the live column's name (RENAME COLUMN)
     schema: str | None = None  # the schema a `SET search_path` of the file puts unqualified new tables in
+    timezone: str | None = None  # the TimeZone a `SET TIME ZONE` of the file gives what follows (None: the session's)
+    domain_types: dict = field(default_factory=dict)  # name -> the type a pending CREATE DOMAIN is over (a TypeName)
     functions: dict = field(default_factory=dict)  # name -> volatile: the functions a pending statement creates
     checked: set = field(default_factory=set)  # table keys a pending statement gave a validated CHECK
     loaded: set = field(default_factory=set)  # tables a pending statement loads rows into (INSERT ... SELECT, COPY)
@@ -69,11 +74,17 @@ class Seen:
     views: dict = field(default_factory=dict)  # view key -> the tables it reads: a CREATE VIEW of a locked file's
     transactional: bool = True  # the file runs in one transaction (else only its own BEGIN ... COMMIT blocks)
     domains: dict = field(default_factory=dict)  # name -> (has a CHECK / NOT NULL, base type): a pending CREATE DOMAIN
+    # what risks_pending reads: a domain's DEFAULT, expression / partial indexes and CHECKs a type change redoes
+    domain_defaults: dict = field(default_factory=dict)  # name -> the functions its DEFAULT calls, or ("live", base)
+    rebuilt: dict = field(default_factory=dict)  # table key -> {index name: the live columns it names}
+    pending_checks: dict = field(default_factory=dict)  # (table key, name) -> (live columns, validated when added)
+    dropped_indexes: set = field(default_factory=set)  # (schema or None, name): a pending DROP INDEX's
+    dropped_checks: set = field(default_factory=set)  # (table key, name): a pending DROP CONSTRAINT's
 
     def begin_file(self, transactional: bool) -> None:
         self.altered = {} if transactional else None
         self.transactional = transactional
-        self.schema = None  # each file runs in a fresh session
+        self.schema = self.timezone = None  # each file runs in a fresh session
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
         return any(live.key(c) == live.key(name) for c in self.created)
@@ -101,9 +112,11 @@ class Seen:
             self.schema = first[1:-1].replace('""', '"') if first.startswith('"') else first.strip("'").lower()
         bare = _COMMENTS.sub(" ", text)
         if _FUNCTION.match(bare):
-            self._function(text)
+            risks_pending.read_function(text, self)
         elif risks_types.DOMAIN_HINT.match(bare):
             risks_types.read_domain(text, self)
+        elif _DROP_INDEX.match(bare):
+            risks_pending.read_drop_index(text, self)
         loads = _LOADS.match(bare)
         if loads:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in loads.groups() if p]
@@ -112,20 +125,7 @@ class Seen:
         if match and not match["temp"]:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in match.groups()[1:] if p]
             self.created.add((parts[0], parts[1]) if len(parts) == 2 else (self.schema, parts[0]))
-
-    def _function(self, text: str) -> None:
-        """A function a pending statement creates: volatile unless it says IMMUTABLE or STABLE (the default)."""
-        from pglast import ast, parse_sql
-        from pglast.parser import ParseError
-
-        try:
-            trees = [raw.stmt for raw in parse_sql(text)]
-        except ParseError:
-            return
-        for tree in trees:
-            if isinstance(tree, ast.CreateFunctionStmt):
-                volatility = [o.arg.sval for o in tree.options or () if o.defname == "volatility"]
-                self.functions[tree.funcname[-1].sval] = (volatility or ["volatile"])[-1] == "volatile"
+        risks_retype.read_setting(bare, text, self)
 
     def rename(self, tree, live) -> None:
         """Note a pending ALTER TABLE ... RENAME (TO, COLUMN): later statements name what it names."""
@@ -155,21 +155,6 @@ def _null_test_column(expr) -> str | None:
     return None
 
 
-def _functions(node) -> set[str]:
-    """The names of the functions an expression calls (qualified ones by their last part)."""
-    from pglast import ast
-    from pglast.visitors import Visitor
-
-    names: set[str] = set()
-
-    class Calls(Visitor):
-        def visit_FuncCall(self, _ancestors, call):
-            names.add(call.funcname[-1].sval)
-
-    Calls()(node)
-    return names
-
-
 def _text(node) -> str:
     from pglast.stream import RawStream
 
@@ -177,18 +162,6 @@ def _text(node) -> str:
         return RawStream()(node)
     except Exception:  # a node pglast cannot print alone: the kind says enough
         return "..."
-
-
-def type_name(type_name) -> tuple[str, list[int]]:
-    """('pg_catalog.int8', [typmods]) of a TypeName, for to_regtype()."""
-    from pglast import ast
-
-    names = [n.sval for n in type_name.names]
-    text = ".".join(n if re.fullmatch(r"[a-z_][a-z0-9_$]*", n) else '"' + n.replace('"', '""') + '"' for n in names)
-    if type_name.arrayBounds:
-        text += "[]"
-    mods = [m.val.ival for m in type_name.typmods or () if isinstance(m, ast.A_Const) and hasattr(m.val, "ival")]
-    return text, mods
 
 
 def parse(text: str, seen: Seen | None = None):
@@ -223,6 +196,8 @@ def risks(tree, line: int, live, seen: Seen):
                                               "CREATE TABLE ... PARTITION OF")
     if isinstance(tree, ast.IndexStmt) and tree.idxname:  # (its columns, for a later ADD PRIMARY KEY USING INDEX)
         seen.indexes[(live.key(name(tree.relation)), tree.idxname)] = [p.name for p in tree.indexParams]
+    if isinstance(tree, ast.IndexStmt):  # (one a later type change builds again)
+        risks_pending.index(tree, name(tree.relation), live, seen)
     if isinstance(tree, ast.IndexStmt) and not tree.concurrent:
         yield Risk(line, name(tree.relation), "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE,
                    "index")
@@ -257,6 +232,10 @@ def risks(tree, line: int, live, seen: Seen):
         if seen.altered is not None and tree.relation is not None:  # (ACCESS EXCLUSIVE until COMMIT, as an ALTER's)
             risks_writes.hold(seen, live.key(name(tree.relation)), ACCESS_EXCLUSIVE, "ALTER TABLE ... RENAME")
         seen.rename(tree, live)
+    elif isinstance(tree, ast.AlterObjectSchemaStmt) and tree.objectType == enums.ObjectType.OBJECT_TABLE:
+        if seen.altered is not None and tree.relation is not None:
+            risks_writes.hold(seen, live.key(name(tree.relation)), ACCESS_EXCLUSIVE, "ALTER TABLE ... SET SCHEMA")
+        risks_pending.set_schema(tree, live, seen)
     elif seen.altered is not None and risks_writes.lock_taken(tree, live, seen, name):
         pass  # a LOCK TABLE or CREATE TRIGGER: its lock is held until COMMIT, as an ALTER's
     elif seen.altered:
@@ -288,15 +267,16 @@ def _alter_table(tree, line: int, live, seen: Seen):
         elif cmd.subtype == types.AT_AlterColumnType and not new:
             table = live.table(name)
             column = seen.live_column(name, cmd.name, live)
-            how = table and live.rewrites_type(table[0], column, cmd.def_.typeName, cmd.def_.raw_default,
-                                               cmd.def_.collClause)
+            how = table and risks_retype.rewrites_type(live, seen, table[0], column, cmd.def_.typeName,
+                                                       cmd.def_.raw_default, cmd.def_.collClause)
             if how:
+                does, why = how
                 yield Risk(line, name, f"ALTER COLUMN {cmd.name} TYPE {_text(cmd.def_.typeName)}"
-                                       + (f" {_text(cmd.def_.collClause)}" if cmd.def_.collClause else ""),
-                           how, ACCESS_EXCLUSIVE, "type")
+                                       + (f" {_text(cmd.def_.collClause)}" if cmd.def_.collClause else "") + why,
+                           does, ACCESS_EXCLUSIVE, "type index" if does.startswith("rebuilds index(es)") else "type")
             elif table:  # the rows kept, not its CHECKs and some of its indexes
                 yield from risks_types.retyped(live, table[0], column, f"ALTER COLUMN {cmd.name} TYPE "
-                                               f"{_text(cmd.def_.typeName)}", name, line)
+                                               f"{_text(cmd.def_.typeName)}", name, line, seen)
         elif cmd.subtype == types.AT_SetExpression and not new:
             yield Risk(line, name, f"ALTER COLUMN {cmd.name} SET EXPRESSION", "rewrites", ACCESS_EXCLUSIVE,
                        "expression")
@@ -311,6 +291,8 @@ def _alter_table(tree, line: int, live, seen: Seen):
                 yield Risk(line, name, f"ALTER COLUMN {cmd.name} SET NOT NULL without a validated CHECK "
                                        f"({cmd.name} IS NOT NULL)", "scans", ACCESS_EXCLUSIVE, "not null")
         elif cmd.subtype == types.AT_AddConstraint:
+            if cmd.def_.contype == enums.ConstrType.CONSTR_CHECK:  # (named by a later type change of its columns)
+                risks_pending.check(cmd.def_, name, live, seen)
             yield from _add_constraint(cmd.def_, name, key, line, seen, new)
             if not new:
                 yield from _implicit_not_null(cmd.def_, name, key, line, live, seen)
@@ -323,6 +305,8 @@ def _alter_table(tree, line: int, live, seen: Seen):
             column = seen.checks.get((key, cmd.name))
             if column:
                 seen.not_null.setdefault(key, set()).add(column)
+        elif cmd.subtype == types.AT_DropConstraint:
+            risks_pending.drop_check(key, cmd.name, seen)
         elif cmd.subtype in _COPIES and not new:
             yield Risk(line, name, _COPIES[cmd.subtype] + (f" {cmd.name}" if cmd.name else ""), "rewrites",
                        ACCESS_EXCLUSIVE, "logged")
@@ -337,12 +321,18 @@ _COPIES = {}  # the subcommands that copy the whole table (filled on first use: 
 def _implicit_not_null(constraint, name, key, line: int, live, seen: Seen):
     """A NOT NULL that scans every row unless a validated CHECK (col IS NOT NULL) proves it: PostgreSQL 18's `ADD
     CONSTRAINT nn NOT NULL col` (without NOT VALID) and `ADD PRIMARY KEY USING INDEX` on a column that may be NULL.
-    An index neither live nor made by a pending statement cannot be judged: said so, not passed."""
+    An index neither live nor made by a pending statement cannot be judged: said so, not passed. A NOT NULL
+    constraint's name is kept, NOT VALID or not: a later VALIDATE of it proves the column as a CHECK's does."""
     from pglast import enums
 
     kinds = enums.ConstrType
-    if constraint.contype == kinds.CONSTR_NOTNULL and not constraint.skip_validation:
-        columns, what = [k.sval for k in constraint.keys or ()], f"ADD CONSTRAINT {constraint.conname} NOT NULL {{}}"
+    if constraint.contype == kinds.CONSTR_NOTNULL:
+        columns = [k.sval for k in constraint.keys or ()]
+        for column in columns:  # (unnamed: PostgreSQL's own name for it, table_column_not_null)
+            seen.checks[(key, constraint.conname or f"{name[1]}_{column}_not_null")] = column
+        if constraint.skip_validation:
+            return
+        what = f"ADD {'CONSTRAINT ' + constraint.conname + ' ' if constraint.conname else ''}NOT NULL {{}}"
     elif constraint.contype == kinds.CONSTR_PRIMARY and constraint.indexname:
         columns = seen.indexes.get((key, constraint.indexname))
         table = live.table(name)
@@ -363,6 +353,7 @@ def _implicit_not_null(constraint, name, key, line: int, live, seen: Seen):
             continue
         yield Risk(line, name, what.format(f"{column} without a validated CHECK ({column} IS NOT NULL)"), "scans",
                    ACCESS_EXCLUSIVE, "not null")
+    seen.not_null.setdefault(key, set()).update(columns)  # (NOT NULL from here on: a later SET NOT NULL reads nothing)
 
 
 def _add_constraint(constraint, name, key, line: int, seen: Seen, new: bool):
@@ -421,13 +412,17 @@ def _volatile_column(column, live, seen: Seen) -> str | None:
         if constraint.contype == enums.ConstrType.CONSTR_GENERATED and constraint.generated_kind != "v":
             return "GENERATED ALWAYS AS (...) STORED"
         if constraint.contype == enums.ConstrType.CONSTR_DEFAULT:
-            calls = _functions(constraint.raw_expr)  # a function a pending file creates: judged from its text
-            if any(seen.functions.get(f) for f in calls) or live.volatile(calls - seen.functions.keys()):
+            if _volatile(risks_pending.functions_called(constraint.raw_expr), live, seen):
                 return f"DEFAULT {_text(constraint.raw_expr)} (volatile: a value per row)"
             return None  # the column's own default wins over its domain's
-    if column.typeName and live.volatile(live.domain_default_functions(column.typeName)):
+    if column.typeName and _volatile(risks_pending.domain_default_calls(column.typeName, live, seen), live, seen):
         return f"of domain {_text(column.typeName)}, whose DEFAULT is volatile (a value per row)"
     return None
+
+
+def _volatile(calls: set[str], live, seen: Seen) -> bool:
+    """Any of `calls` volatile: one a pending statement creates or makes VOLATILE by its text, the others live."""
+    return any(seen.functions.get(f) for f in calls) or live.volatile(calls - seen.functions.keys())
 
 
 def expression_functions(text: str) -> set[str]:
@@ -436,6 +431,6 @@ def expression_functions(text: str) -> set[str]:
     from pglast.parser import ParseError
 
     try:
-        return _functions(parse_sql(f"SELECT {text}")[0].stmt)
+        return risks_pending.functions_called(parse_sql(f"SELECT {text}")[0].stmt)
     except ParseError:
         return set()

@@ -16,20 +16,21 @@ from __future__ import annotations
 import re
 
 from migrator import lazy_re
+from migrator.postgres import risks_pending
 from migrator.postgres.risk_kinds import ACCESS_EXCLUSIVE, Risk
 
 # The table and every partition / inheritance child below it (ALTER COLUMN TYPE recurses to each: their own CHECKs
 # and indexes are checked / built again too).
 _TREE = """WITH RECURSIVE tree(oid) AS (SELECT %(oid)s::pg_catalog.oid UNION SELECT h.inhrelid
   FROM pg_catalog.pg_inherits h JOIN tree ON h.inhparent = tree.oid)"""
-# Validated CHECKs naming the column: re-checked on every row by a type change (NOT VALID ones are not); a child's
-# copy of the parent's CHECK is said once, as the parent's.
+# Validated CHECKs naming the column (or VALIDATEd by a pending statement): re-checked on every row by a type change
+# (NOT VALID ones are not); a child's copy of the parent's CHECK is said once, as the parent's.
 _CHECKS = _TREE + """
 SELECT DISTINCT c.conname, r.relname, c.conrelid <> %(oid)s, NULL
 FROM pg_catalog.pg_constraint c JOIN tree ON tree.oid = c.conrelid
 JOIN pg_catalog.pg_class r ON r.oid = c.conrelid JOIN pg_catalog.pg_attribute a
 ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)
-WHERE c.contype = 'c' AND c.convalidated AND a.attname = %(column)s
+WHERE c.contype = 'c' AND (c.convalidated OR c.conname = ANY(%(validated)s)) AND a.attname = %(column)s
   AND (c.conrelid = %(oid)s OR c.conislocal) ORDER BY 3, 2, 1
 """
 # Indexes on the column (a key or INCLUDE column, or named by an expression or predicate) that PostgreSQL builds
@@ -38,7 +39,8 @@ WHERE c.contype = 'c' AND c.convalidated AND a.attname = %(column)s
 # (relkind I) is said through its partitions'.
 _INDEXES = _TREE + """
 SELECT ic.relname, r.relname, i.indrelid <> %(oid)s, (SELECT p.relname FROM pg_catalog.pg_inherits h
-  JOIN pg_catalog.pg_class p ON p.oid = h.inhparent WHERE h.inhrelid = i.indexrelid)
+  JOIN pg_catalog.pg_class p ON p.oid = h.inhparent WHERE h.inhrelid = i.indexrelid),
+  (SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.oid = ic.relnamespace)
 FROM pg_catalog.pg_index i JOIN tree ON tree.oid = i.indrelid
 JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid AND ic.relkind = 'i'
 JOIN pg_catalog.pg_class r ON r.oid = i.indrelid
@@ -67,14 +69,22 @@ FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype = 'd'
 DOMAIN_HINT = lazy_re.compile(r"\s*(create|alter)\s+domain\b", re.IGNORECASE)
 
 
-def retyped(live, oid: int, column: str, what: str, name, line: int):
+def retyped(live, oid: int, column: str, what: str, name, line: int, seen):
     """The scan and index builds of a type change that keeps the rows (the live column `column` of table `oid`, and
-    of each partition / child of it)."""
-    checks = _named(live._rows(_CHECKS, {"oid": oid, "column": column}))
+    of each partition / child of it), with the CHECKs and indexes earlier pending statements make on it."""
+    key = live.key(name)
+    pending_checks, pending_indexes = risks_pending.retyped(key, column, seen)
+    live_checks = [row for row in live._rows(_CHECKS, {"oid": oid, "column": column,
+                                                       "validated": sorted(seen.validated.get(key, ()))})
+                   if (key, row[0]) not in seen.dropped_checks]
+    checks = ", ".join(filter(None, [_named(live_checks)] + [c for c in pending_checks
+                                                            if c not in {row[0] for row in live_checks}]))
     if checks:
         yield Risk(line, name, f"{what} (binary-coercible, but CHECK {checks} is checked again on every row)", "scans",
                    ACCESS_EXCLUSIVE, "type check")
-    indexes = _named(live._rows(_INDEXES, {"oid": oid, "column": column}))
+    live_indexes = [row[:4] for row in live._rows(_INDEXES, {"oid": oid, "column": column})
+                    if not risks_pending.dropped_index(row, seen)]
+    indexes = ", ".join(filter(None, [_named(live_indexes)] + pending_indexes))
     if indexes:
         yield Risk(line, name, f"{what} (binary-coercible, but an index with an expression or a WHERE is built "
                                "again)", f"rebuilds index(es) {indexes} of", ACCESS_EXCLUSIVE, "type index")
@@ -118,10 +128,12 @@ def read_domain(text: str, seen) -> None:
     except ParseError:
         return
     for tree in trees:
+        risks_pending.read_domain_default(tree, seen)
         if isinstance(tree, ast.CreateDomainStmt):
             own = any(c.contype in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)
                       for c in tree.constraints or ())
             seen.domains[tree.domainname[-1].sval] = (own, [n.sval for n in tree.typeName.names])
+            seen.domain_types[tree.domainname[-1].sval] = tree.typeName  # (its typmods: risks_retype)
         elif isinstance(tree, ast.AlterDomainStmt) and (tree.subtype == "O" or tree.subtype == "C" and getattr(
                 tree.def_, "contype", None) in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)):
             name = tree.typeName[-1].sval

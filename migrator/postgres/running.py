@@ -68,9 +68,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                             exempt |= clock_bound.created(statement.text)
                         if budget is not None and retry.SETS_LOCK_TIMEOUT.match(statement.text):
                             budget.override(cursor, path, statement)
-                        bound = statement_bound.setting(statement.text)
-                        if bound:
-                            statement_bound.keep(cursor, path, statement, bound)
+                        statement_bound.hold(cursor, path, statement)
             except failures.NoAnswer as exc:
                 located = failures.NoAnswer(f"{path}:{statement.line}: {exc}, waiting for the statement there to end")
                 located.in_transaction = (transactional or opened is not None) and not _ENDS.match(statement.text)

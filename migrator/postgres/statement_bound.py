@@ -4,24 +4,38 @@ pg_dump's header says `SET statement_timeout = 0;`: run as written, it would lea
 unbounded without a word (a rewrite holding ACCESS EXCLUSIVE for an hour). It also says
 `SET idle_in_transaction_session_timeout = 0;`, which would switch off the server-side bound that rolls back a
 migration's transaction (releasing its locks) when the runner is cut off (session_options.migration_idle_bound).
-After a statement that sets either, a value looser than the run's (0, or longer) is reset to the session's own (the
-run's, given at connect), with one note; a stricter one (a file's 30s) is kept: it only ends sooner. As lock_timeout's
-(retry.TryBudget.override). Known limits: a DO block's set_config or an UPDATE of pg_settings is not seen.
+After a statement whose text could set either, however spelled (`SET /* c */ statement_timeout`, a set_config
+anywhere in it, quoted or escaped, an UPDATE of pg_settings, a DO block, a CALL), both are read back: a value looser
+than the run's (0, or longer) is reset to the session's own (the run's, given at connect), with one note; a stricter one
+(a file's 30s) is kept: it only ends sooner. As lock_timeout's (retry.TryBudget.override). Known limit: a function of
+the database's own that sets either, called by name from a statement that names none of these (or from a trigger).
 """
 
 from __future__ import annotations
 
+import contextvars
 import re
+import weakref
+from contextlib import contextmanager
+from typing import Iterator
 
 from migrator import durations, output
 from migrator.postgres.retry import seconds_text
 
-_BOUNDS = r"statement_timeout|idle_in_transaction_session_timeout"
-# SET / RESET of either as a statement, or a SELECT [pg_catalog.]set_config of it, after any comments; the word in a
-# literal or a name is not one.
-SETS_BOUND = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:(?:set(?:\s+(?:session|local))?|reset)\s+"
-                        rf"(?P<name>{_BOUNDS}|\"(?:{_BOUNDS})\")|select\s+(?:pg_catalog\s*\.\s*)?set_config\s*\(\s*"
-                        rf"'(?P<config>{_BOUNDS})')(?![\w$])", re.IGNORECASE | re.DOTALL)
+_BOUNDS = ("statement_timeout", "idle_in_transaction_session_timeout")
+# Read back after any statement that could set a bound, whatever the spelling: "set" anywhere (SET, RESET, set_config,
+# pg_settings; quoted, commented: one more SHOW at worst), a Unicode escape (U&"\0073et_config"), code a DO block, a
+# CALL or an EXECUTE runs. Not after the statements of a data load (20,000 INSERTs: no SHOW at all).
+_RUNS_CODE = re.compile(r"(?<![\w$])(?:call|execute|do(?!\s+(?:nothing|update)(?![\w$])))(?![\w$])")
+
+
+def may_set(text: str) -> bool:
+    """Whether the statement's text could set a bound (substring tests first: a regex searched through each INSERT
+    of a data load costs nearly what the INSERT does)."""
+    low = text.lower()
+    return ("set" in low or "u&" in low
+            or (("do" in low or "call" in low or "execute" in low) and _RUNS_CODE.search(low) is not None))
+
 
 # What each note says the run's bound does, and how to change it.
 _KEPT = {"statement_timeout": "each statement still ends after {} (the run's --statement-timeout / "
@@ -30,29 +44,48 @@ _KEPT = {"statement_timeout": "each statement still ends after {} (the run's --s
                                                 "runner's bound, so that a runner cut off leaves no lock held; "}
 
 _NOTED: set = set()  # (file, line, setting) already said: once, not on each lock retry of the file
+# Each migration session's bounds as last read and kept (an unchanged value needs no RESET to compare with the run's).
+_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_REPLAYED: contextvars.ContextVar[bool] = contextvars.ContextVar("replayed", default=False)  # (replaying())
 
 
-def setting(text: str) -> str | None:
-    """The bound a statement sets (statement_timeout, idle_in_transaction_session_timeout), or None."""
-    match = SETS_BOUND.match(text)
-    return match and (match["name"] or match["config"]).strip('"').lower()
+@contextmanager
+def replaying() -> Iterator[None]:
+    """While applied files are rebuilt on a scratch copy (plan --impact): their bounds kept as ever, without a note
+    (said when each was applied; a plan's notes are about its pending files)."""
+    token = _REPLAYED.set(True)
+    try:
+        yield
+    finally:
+        _REPLAYED.reset(token)
 
 
-def keep(cursor, path, statement, name: str) -> None:
-    """After `statement` (it sets the bound `name`): the run's bound again unless the file's is stricter."""
+def hold(cursor, path, statement) -> None:
+    """After `statement` of the file: each bound it could have loosened read back, the run's put back (keep)."""
+    if not may_set(statement.text):
+        return
+    seen = _SEEN.setdefault(cursor.connection, {})
+    for name in _BOUNDS:
+        ms = _shown(cursor, name)
+        if seen.get(name) != ms:
+            seen[name] = keep(cursor, path, statement, name, ms)
+
+
+def keep(cursor, path, statement, name: str, ms: float) -> float:
+    """After `statement` (the bound `name` reads `ms`): the run's bound again unless the file's is stricter; the
+    value in force after."""
     # Utility statements only: a file's own 1 ms bound (kept: stricter) must not cancel the runner's look at it.
-    ms = _shown(cursor, name)
     cursor.execute(f"RESET {name}")
     run_ms = _shown(cursor, name)
     if run_ms == 0 or 0 < ms <= run_ms:  # no bound to keep, or the file's is stricter: the file's again
         if ms != run_ms:
             cursor.execute(f"SET {name} = {int(ms)}")
-        return
-    if (str(path), statement.line, name) in _NOTED:
-        return
-    _NOTED.add((str(path), statement.line, name))
-    output.note(f"{path}:{statement.line}: the file's SET {name} is overridden: "
-                + _KEPT[name].format(seconds_text(run_ms / 1000)) + "remove the line from the file to drop this note)")
+        return ms
+    if (str(path), statement.line, name) not in _NOTED and not _REPLAYED.get():
+        _NOTED.add((str(path), statement.line, name))
+        output.note(f"{path}:{statement.line}: the file's SET {name} is overridden: " + _KEPT[name].format(
+            seconds_text(run_ms / 1000)) + "remove the line from the file to drop this note)")
+    return run_ms
 
 
 def _shown(cursor, name: str) -> float:

@@ -110,6 +110,13 @@ class Scratch:
         for _ in postgres.apply(self.backend, self.target, MigrationList([migration])):
             pass
 
+    def replay(self, migration) -> None:
+        """An applied migration rebuilt, as apply, without its notes (said when it was applied)."""
+        from migrator.postgres import statement_bound
+
+        with statement_bound.replaying():
+            self.apply(migration)
+
     def rollback(self, migration) -> None:
         migration.load()
         migration.rollback_statements()  # a missing rollback file: one clear line
