@@ -10,6 +10,15 @@ SCHEMA_DRIFT = 5  # the live schema differs from the description recorded after 
 INTERRUPTED = 143  # stopped by SIGTERM: 128 + 15, as a shell reports it
 
 
+def words(exc: BaseException) -> str:
+    """An exception as a line's words: `Name: text`; the text alone for a library's private class (pymongo's
+    `_OperationCancelled` says nothing to an operator), the name alone when there is no text."""
+    text, name = str(exc).strip(), type(exc).__name__
+    if name.startswith("_"):
+        return text or "no reason given"
+    return f"{name}: {text}" if text else name
+
+
 class MigratorError(Exception):
     """A failure the user can act on: the message says what failed, where, and what to do."""
 

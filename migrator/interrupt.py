@@ -13,7 +13,6 @@ its record or the message short (`after_stop()`, in runner.py, keeps it so until
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -131,14 +130,15 @@ def hold() -> None:
 def after_stop() -> None:
     """For runner.py's process: once a run was told to stop (`requested()`), a later SIGTERM or Ctrl-C is ignored
     while the runner releases its lock, says what happened and exits (a second Ctrl-C printed a KeyboardInterrupt
-    traceback, a second SIGTERM ended it before its message). Before that, both act as Python's defaults."""
+    traceback, a second SIGTERM ended it before its message). Before that, Ctrl-C is Python's KeyboardInterrupt and
+    SIGTERM stop(): one line, exit 143 (its default action, re-sent to itself, is ignored by the Job's container's
+    PID 1: the run went on as if never told)."""
     def late(signum, _frame) -> None:
         if _requested is not None:
             return
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        stop(signum, _frame)
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not when started with Ctrl-C ignored)
         signal.signal(signal.SIGINT, late)

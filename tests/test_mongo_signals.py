@@ -173,3 +173,59 @@ def test_a_signal_after_the_run_was_stopped_does_not_cut_the_message_short(late)
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == "stopped: interrupted by SIGINT\nsaid it\n", done
     assert "KeyboardInterrupt" not in done.stderr
+
+
+@pytest.mark.parametrize("pid1", [False, True], ids=["process", "pid-1-of-a-container"])
+def test_a_sigterm_before_the_patches_guard_stops_the_run_in_one_line(server, tmp_path, pid1):
+    """A SIGTERM while the runner still connects (the server slow to answer) met Python's default action: a
+    silent exit -15; as a container's PID 1 (the Job) that default is ignored, and the run went on to apply the
+    patch as if never told (attack 20i)."""
+    import shutil
+    import subprocess
+
+    folder, marks = tmp_path / "mongo", tmp_path / "marks"
+    folder.mkdir()
+    marks.mkdir()
+    (folder / "0001_never.py").write_text(f"from pathlib import Path\n\ndef run(db, dry_run):\n"
+                                          f"    Path({str(marks)!r}, 'ran').touch()\n    return 'ran'\n")
+    wrapper = ["unshare", "--pid", "--fork", "--kill-child"] if pid1 else []
+    if pid1 and (not shutil.which("unshare") or subprocess.run([*wrapper, "true"]).returncode != 0):
+        pytest.skip("needs unshare --pid (root, or user namespaces)")
+    paused = server.server.process.pid
+    os.kill(paused, signal.SIGSTOP)  # the runner's connect waits for the server: the window before any guard
+    try:
+        proc = (_as_pid_1(server, folder, wrapper) if pid1 else
+                runner(server, "mongo", "apply", "--run", "--mongo-dir", folder))
+        header = proc.stderr.readline()
+        assert header.startswith("MongoDB:"), header
+        time.sleep(0.3)  # (past the header: connecting)
+        os.kill(_runner_pid(proc, pid1), signal.SIGTERM)
+        time.sleep(0.3)
+    finally:
+        os.kill(paused, signal.SIGCONT)
+    code, _, err = finish(proc)
+    assert code == 128 + signal.SIGTERM, err
+    (line,) = _errors(header + err)
+    assert "interrupted by SIGTERM outside any migration or patch" in line, line
+    assert not (marks / "ran").exists() and server.db.applied_patches.count_documents({}) == 0
+
+
+def _as_pid_1(server, folder: Path, wrapper: list[str]):
+    import subprocess
+    import sys
+
+    from test_mongo_processes import PROJECT_ROOT
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "DB_", "DATABASE_URL"))}
+    environment.update(server.env)
+    return subprocess.Popen([*wrapper, sys.executable, str(PROJECT_ROOT / "runner.py"), "mongo", "apply", "--run",
+                             "--mongo-dir", str(folder)], env=environment, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
+
+
+def _runner_pid(proc, pid1: bool) -> int:
+    """The runner's own pid: under unshare, the child it forked (PID 1 inside its namespace)."""
+    if not pid1:
+        return proc.pid
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    return int(children[0])

@@ -58,6 +58,9 @@ class Runner(HelpGroup):
             _fail(ctx, str(exc), exc.exit_code, exc.excerpt)
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", 130)
+        except interrupt.Interrupted as exc:  # outside any step that says its own stop (runner.py's after_stop)
+            _fail(ctx, f"{exc} outside any migration or patch: what was applied, if anything, is said above "
+                       "(`runner.py status`, `runner.py mongo status`); run the command again", 128 + exc.signum)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # a bug: say so, keep the traceback for -v

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from migrator import output
-from migrator.errors import INTERRUPTED, USAGE, MigratorError
+from migrator.errors import INTERRUPTED, USAGE, MigratorError, words
 from migrator import interrupt
 from migrator.mongo import js_patch, lock, log, patch_child, python_patch, state
 from migrator.mongo.js_patch import JsPatchFailed
@@ -136,11 +136,14 @@ def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard
             _settle_failure(db, where, record, patch, exc, started, held)
         raise  # not reached: _settle_failure raises
     guard.hold()
+    returned = (f"after it returned (its writes are done), so its record is left `running`: once the server is back, "
+                f"`runner.py mongo status`, check its writes, then `runner.py mongo resolve {patch.id} --applied --note ...`")
     try:
-        with _server_lost(where, patch, "after it returned (its writes are done), so its record is left `running`: once "
-                          "the server is back, `runner.py mongo status`, check its writes, then "
-                          f"`runner.py mongo resolve {patch.id} --applied --note ...`"):
-            held.check()  # lost the lock while the patch ran: leave the record running, say so
+        with _server_lost(where, patch, returned):
+            try:
+                held.check()  # lost the lock while the patch ran: leave the record running, say so
+            except MigratorError as exc:  # (the patch ran: never let the line read as if it had not)
+                raise MigratorError(f"{exc}; patch {patch.id} ({patch.path}) ran {returned}", exc.exit_code) from exc
             log.settle(db, record, log.APPLIED, comment=outcome.comment)
     except MigratorError as exc:
         if guard.pending is None:
@@ -159,7 +162,7 @@ def _server_lost(where: str, patch: Patch, known: str, at: str | None = None) ->
     try:
         yield
     except PyMongoError as exc:
-        said = _driver_words(one_line(output.scrub(f"{exc.__class__.__name__}: {exc}")))
+        said = _driver_words(one_line(output.scrub(words(exc))))
         raise MigratorError(f"MongoDB at {where}: {said}; patch {patch.id} ({at or patch.path}) {known}") from exc
 
 

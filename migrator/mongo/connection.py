@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from migrator import output
-from migrator.errors import USAGE, MigratorError
+from migrator.errors import USAGE, MigratorError, words
 from migrator.targets import MongoTarget
 
 
@@ -41,7 +41,7 @@ def connect(target: MongoTarget) -> Iterator:
     try:
         yield client[target.database]
     except errors.PyMongoError as exc:  # the server went away, a permission, ...: still one line
-        raise MigratorError(f"MongoDB at {target.where}: {exc.__class__.__name__}: {exc}") from exc
+        raise MigratorError(f"MongoDB at {target.where}: {words(exc)}") from exc
     finally:
         client.close()
 

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
 from migrator import output, whoami
-from migrator.errors import LOCKED, MigratorError
+from migrator.errors import LOCKED, MigratorError, words
 from migrator.mongo.log import utcnow
 
 COLLECTION = "applied_patches_lock"
@@ -127,13 +127,9 @@ class Lock:
 
 
 def _reason(exc: Exception) -> str:
-    """What the driver said, first line, never its private class name (`_OperationCancelled`: the renewal was
-    abandoned when the pool reset after the server went away)."""
-    text = (output.scrub(str(exc)).strip().splitlines() or [""])[0][:200]
-    name = type(exc).__name__
-    if name.startswith("_"):
-        return text or "no reason given"
-    return f"{name}: {text}" if text else name
+    """What the driver said, first line (`_OperationCancelled`: the renewal was abandoned when the pool reset
+    after the server went away)."""
+    return (output.scrub(words(exc)).splitlines() or [""])[0][:200]
 
 
 def server_skew(db) -> timedelta:

@@ -24,7 +24,7 @@ from typing import Iterator
 
 from migrator import output
 from migrator.env import SECRET_NAME
-from migrator.errors import USAGE, MigratorError
+from migrator.errors import USAGE, MigratorError, words
 from migrator.mongo.patches import Patch, one_line
 
 # What a patch may see of the environment in a dry run (and all mongosh ever gets).
@@ -81,7 +81,7 @@ def _load(patch: Patch) -> ModuleType:
     try:  # compiled from the bytes hashed (Patch.source): no __pycache__ written beside it, none (planted or stale) read
         exec(compile(patch.source, str(patch.path), "exec", dont_inherit=True), module.__dict__)
     except (Exception, SystemExit, PatchExited) as exc:
-        raise LoadFailed(patch, one_line(output.scrub(f"{exc.__class__.__name__}: {exc}")), line_in(patch.path, exc)) from exc
+        raise LoadFailed(patch, one_line(output.scrub(words(exc))), line_in(patch.path, exc)) from exc
     if not callable(getattr(module, "run", None)):
         raise LoadFailed(patch, "it defines no run(db, dry_run) (see `runner.py mongo new --py`)")
     return module
@@ -225,7 +225,7 @@ def describe(exc: BaseException) -> str:
     elif isinstance(exc, PatchExited):
         text = str(exc)
     else:
-        text = f"{exc.__class__.__name__}: {exc}"
+        text = words(exc)
     return one_line(output.scrub(text))
 
 
