@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Iterator
 
-from migrator import output, pg_lock, trust, whoami
+from migrator import output, pg_lock, pinned, trust, whoami
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import failures, retry, server_session
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads, guard_session, opened
@@ -226,7 +226,7 @@ def backend_class():
 
         def ensure_internal_schema_updated(self):
             # yoyo reads its version table unqualified; read it here, and let yoyo upgrade only a history
-            # older than its current layout (a new one, or yoyo < 6's).
+            # older than its current layout (a new one, or yoyo < 6's): its tables, made or changed, verified again.
             if self._internal_schema_updated:
                 return
             tables = [self.migration_table, self.log_table, self.version_table]
@@ -235,13 +235,13 @@ def backend_class():
                 if {self.migration_table, self.version_table} <= set(self.list_tables()):
                     version = self.execute(f"SELECT max(version) FROM {self.version_table_quoted}").fetchone()[0]
                     self._internal_schema_updated = version == 2
-                super().ensure_internal_schema_updated()
-                trust.created(self.connection, self.bookkeeping_schema, tables)
+                if not self._internal_schema_updated:
+                    super().ensure_internal_schema_updated()
+                    trust.created(self.connection, self.bookkeeping_schema, tables)
 
         def copy(self):
             session = MigrationSession(self.uri, self.migration_table)
-            session.bookkeeping_schema = self.bookkeeping_schema
-            session.flyway_table = self.flyway_table
+            session.bookkeeping_schema, session.flyway_table = self.bookkeeping_schema, self.flyway_table
             session.parent = self  # where a non-transactional file's progress is recorded
             if self.watcher is not None:
                 self.watcher.follow(session.connection)
@@ -317,10 +317,10 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
     url = session_url(target, read_only, limits)
     try:
         backend = backend_class()(parse_uri(url), MIGRATION_TABLE)
-        backend.limits = limits
-        backend.flyway_table, backend.out_of_order = target.flyway_table, target.out_of_order
+        backend.limits, backend.flyway_table, backend.out_of_order = limits, target.flyway_table, target.out_of_order
         if backend.flyway_table != backend_class().flyway_table:
             backend.init_connection(backend.connection)  # the pins again, with SCHEMA_TABLE's name
+        pinned.pin(backend.connection)  # (init_connection set its path to pg_catalog, committed: see pinned.py)
         if refuse_foreign and backend.foreign and (target.schema or not target.schemas):
             backend.connection.close()
             raise MigratorError(foreign_history(backend, target), USAGE)

@@ -5,6 +5,7 @@ what else changed meanwhile in a shared schema is another service's work or a ha
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -32,7 +33,10 @@ def named(paths) -> set[str]:
     return names
 
 
-def file_targets(text: str) -> set[str]:
+# A run asks for the same files' targets again (each record of a change, the rollback's, a takeover): keyed by the
+# text, a file parses once per process and an edited file afresh; frozen, so no caller changes the kept answer.
+@functools.lru_cache(maxsize=64)
+def file_targets(text: str) -> frozenset[str]:
     from pglast import parse_sql
     from pglast.parser import ParseError
 
@@ -54,7 +58,7 @@ def file_targets(text: str) -> set[str]:
         for name in FIELDS:
             if name not in SKIP.get(kind, ()):
                 _collect(getattr(statement, name, None), names, column)
-    return names
+    return frozenset(names)
 
 
 def _pieces(text: str) -> list[str]:
