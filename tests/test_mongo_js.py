@@ -220,7 +220,9 @@ def test_the_node_check_gives_mongoshs_own_verdict_and_line(tmp_path, case):
         assert cheap["name"] == "SyntaxError" and cheap["line"] == (None if line == "no line" else line)
 
 
-def test_the_check_starts_node_not_mongosh(tmp_path, monkeypatch):
+@pytest.mark.parametrize("script", ["node_modules/.bin/mongosh", "node_modules/mongosh/bin/mongosh.js"])  # (image's)
+def test_the_check_starts_node_not_mongosh(tmp_path, monkeypatch, script):
+    monkeypatch.setenv("MONGOSH", str(js_patch_module.LOCAL_MONGOSH.parents[2] / script))
     started = []
     run = subprocess.run
     monkeypatch.setattr(subprocess, "run", lambda command, **kw: started.append(command) or run(command, **kw))

@@ -29,8 +29,9 @@
     if (!process.env.HCM_MONGOSH) return null;
     try {
       const path = require("path");
-      const evaluator = require.resolve("@mongosh/shell-evaluator", { paths: [path.dirname(process.env.HCM_MONGOSH)] });
-      const AsyncWriter = require(require.resolve("@mongosh/async-rewriter2", { paths: [path.dirname(evaluator)] })).default;
+      const from = (name, file) => require.resolve(name, { paths: [path.dirname(file)] });
+      const evaluator = from("@mongosh/shell-evaluator", from("@mongosh/cli-repl", process.env.HCM_MONGOSH));
+      const AsyncWriter = require(from("@mongosh/async-rewriter2", evaluator)).default;
       const writer = new AsyncWriter();
       return (text) => writer.process(text);
     } catch (e) {
