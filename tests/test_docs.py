@@ -19,7 +19,7 @@ NOT_SETTINGS = {
     "MONGO_NOT_CONFIGURED",                   # a report's fixed line
     "O_CLOEXEC", "O_NOFOLLOW",                # os flags
     "LC_ALL", "LC_CTYPE", "LC_MESSAGES",      # set for a patch's child process, not read
-    "HCM_MONGO_URI", "HCM_PATCH_FILE",        # the runner's own hand-over to mongosh
+    "HCM_MONGO_URI", "HCM_PATCH_FILE", "HCM_MONGOSH",  # the runner's own hand-over to mongosh (and its check)
 }
 ENV_LIKE = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$")
 ENV_READERS = {"get", "value", "getenv", "pop", "set_empty"}

@@ -193,6 +193,63 @@ def test_a_syntax_error_is_one_line_before_any_record_and_blocks_nothing(cli, mo
     assert [(r["patch"], r["status"]) for r in mongo.db.applied_patches.find()] == [("0001_typo", "applied")]
 
 
+# The check runs on plain node with the rewriter mongosh itself loads (a tenth of a mongosh start); mongosh's own
+# `--exposeAsyncRewriter` is the reference: every case gets the same verdict and line from both.
+SAME_VERDICT = {
+    **{case: (body, line) for case, (body, line, _message) in SYNTAX_ERRORS.items()},
+    "top-level await deep in the file": ("function f() { return 1; }\n" * 30 + "await f();\n", 31),
+    "implicit await of a promise-returning call": ('const n = db.getCollection("a").countDocuments({});\nprint(n + 1);\n',
+                                                   None),
+    "a syntax error deep in the file": ("".join(f"print({i});\n" for i in range(1, 40)) + "if (x {\n}\n", 40),
+    "only the rewriter's wrapping rejects it (await as a name)": ("var await = 1;\nprint(await);\n", "no line"),
+}
+
+
+@pytest.mark.parametrize("case", SAME_VERDICT)
+def test_the_node_check_gives_mongoshs_own_verdict_and_line(tmp_path, case):
+    body, line = SAME_VERDICT[case]
+    patch = js_patch(tmp_path, "0001_case", body)
+    mongosh = js_patch_module.mongosh_path()
+    node = js_patch_module._node_of(mongosh)
+    assert node, "the npm mongosh is a node script: the cheap check applies"
+    cheap, reference = (js_patch_module._run_check(mongosh, patch, n) for n in (node, None))
+    assert cheap == reference
+    if line is None:
+        assert cheap is None
+    else:
+        assert cheap["name"] == "SyntaxError" and cheap["line"] == (None if line == "no line" else line)
+
+
+@pytest.mark.parametrize("script", ["node_modules/.bin/mongosh", "node_modules/mongosh/bin/mongosh.js"])  # (image's)
+def test_the_check_starts_node_not_mongosh(tmp_path, monkeypatch, script):
+    monkeypatch.setenv("MONGOSH", str(js_patch_module.LOCAL_MONGOSH.parents[2] / script))
+    started = []
+    run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: started.append(command) or run(command, **kw))
+    js_patch_module.check(js_patch(tmp_path, "0001_fine", "print(1);\n"))
+    with pytest.raises(Exception, match=r":2: SyntaxError: Unexpected token"):
+        js_patch_module.check(js_patch(tmp_path, "0002_typo", "print(1);\nconst y = );\n"))
+    assert [command[1:] for command in started] == [[str(js_patch_module.SYNTAX_CHECK)]] * 2
+    assert all(command[0] == js_patch_module._node_of(js_patch_module.mongosh_path()) for command in started)
+
+
+def test_a_node_mongosh_without_the_rewriter_package_is_checked_by_itself(tmp_path, mongo, monkeypatch):
+    """A node script with no @mongosh packages beside it: mongosh's own --exposeAsyncRewriter decides (here: refused)."""
+    from migrator.errors import MigratorError
+
+    fake = tmp_path / "mongosh.js"
+    fake.write_text("#!/usr/bin/env node\nconsole.error('Error: unknown option ' + process.argv[5]);\nprocess.exit(1);\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("MONGOSH", str(fake))
+    patch = js_patch(tmp_path, "0001_fine", "print(1);\n")
+    with pytest.raises(MigratorError) as err:
+        list(actions.apply(mongo.db, None, [patch], run=True, lock_wait=1, echo=lambda line: None))
+    assert err.value.exit_code == 2
+    assert str(err.value).startswith(f"{fake} could not check the syntax of {patch.path}: Error: unknown option "
+                                      "--exposeAsyncRewriter; use mongosh ")
+    assert mongo.db.applied_patches.count_documents({}) == 0
+
+
 def test_a_syntax_error_stops_the_run_after_the_patches_before_it(tmp_path, mongo):
     from migrator.errors import MigratorError
 

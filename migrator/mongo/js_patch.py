@@ -259,11 +259,40 @@ def copy_helpers(patch: Patch, home: str) -> None:
 
 
 def _syntax_problem(mongosh: str, patch: Patch) -> dict | None:
-    """mongosh compiles the file (its async rewriter, then V8) without running it: None, or the error."""
+    """mongosh's rewriter, then V8, compile the file without running it: None, or the error. Plain node loads the
+    rewriter mongosh would (a third of a mongosh start's CPU); a mongosh that is not a node script checks it itself."""
+    node = _node_of(mongosh)
+    result = _run_check(mongosh, patch, node) if node else None
+    if not node or (result and "unsupported" in result):  # no rewriter beside it: mongosh's --exposeAsyncRewriter
+        result = _run_check(mongosh, patch, None)
+    if result and "unsupported" in result:
+        raise _cannot_check(mongosh, patch, result["unsupported"])
+    return result
+
+
+def _node_of(mongosh: str) -> str | None:
+    """The node that runs mongosh (`#!/usr/bin/env node` on the PATH it gets, or a named node), if it is a script."""
+    try:
+        with open(Path(mongosh).resolve(), "rb") as script:
+            first = script.readline(200).decode("utf-8", "replace").split()
+    except OSError:
+        return None
+    if first[:2] == ["#!/usr/bin/env", "node"] and len(first) == 2:
+        return shutil.which("node", path=mongosh_environment("")["PATH"])  # the PATH mongosh gets
+    if len(first) == 1 and first[0].startswith("#!") and Path(first[0][2:]).name == "node":
+        return first[0][2:]
+    return None
+
+
+def _run_check(mongosh: str, patch: Patch, node: str | None) -> dict | None:
     with Home("hcm-mongosh-") as home:
         env = mongosh_environment(home)
         env["HCM_PATCH_FILE"] = private_copy(patch, home)
-        command = [mongosh, "--nodb", "--norc", "--quiet", "--exposeAsyncRewriter", "--file", str(SYNTAX_CHECK)]
+        if node:
+            env["HCM_MONGOSH"] = str(Path(mongosh).resolve())
+            command = [node, str(SYNTAX_CHECK)]
+        else:
+            command = [mongosh, "--nodb", "--norc", "--quiet", "--exposeAsyncRewriter", "--file", str(SYNTAX_CHECK)]
         try:
             done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=SYNTAX_CHECK_TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -272,10 +301,7 @@ def _syntax_problem(mongosh: str, patch: Patch) -> dict | None:
     if done.returncode != 0 or not marked:
         said = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
         raise _cannot_check(mongosh, patch, _js_error(said) or f"exit {done.returncode}")
-    result = json.loads(marked[-1][len(SYNTAX_MARK):])
-    if result and "unsupported" in result:
-        raise _cannot_check(mongosh, patch, result["unsupported"])
-    return result
+    return json.loads(marked[-1][len(SYNTAX_MARK):])
 
 
 def _cannot_check(mongosh: str, patch: Patch, why: str) -> MigratorError:
