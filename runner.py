@@ -6,9 +6,7 @@ The command line lives in migrator/cli, the commands in migrator/commands. Exit 
 4 lock held by another runner, 130 interrupted, 143 stopped by SIGTERM.
 """
 
-from migrator import interrupt
-from migrator.cli import cli
+from migrator.cli import cli, main  # noqa: F401 (cli: the group, imported by tests and tools)
 
 if __name__ == "__main__":
-    interrupt.after_stop()  # a second Ctrl-C or SIGTERM cannot cut the first one's stop short
-    cli()
+    main()

@@ -66,3 +66,26 @@ def test_a_sigterm_whose_interrupt_was_swallowed_still_stops_the_lock_wait(db, s
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "interrupted by SIGTERM while waiting for the migration lock" in errors[0], errors
     assert "t_never" not in db.tables() and applied(db) == [SEED]
+
+
+def test_a_sigterm_while_the_command_line_is_read_is_one_line():
+    """runner.py's late handler raises the run's stop (as a container's PID 1 the default action was ignored): one
+    that lands while click reads the command line, before any command's own handling, is one line, exit 143."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    code = (f"import os, runpy, signal, sys, click.core\nsys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
+            "real = click.core.Command.make_context\n"
+            "def make_context(*args, **kwargs):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return real(*args, **kwargs)\n"
+            "click.core.Command.make_context = make_context\n"
+            f"sys.argv = ['runner.py', 'status']\nrunpy.run_path({str(PROJECT_ROOT / 'runner.py')!r}, "
+            "run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.stderr.strip().splitlines() == ["error: interrupted by SIGTERM before the command started: nothing "
+                                                "was run"], done.stderr

@@ -11,6 +11,8 @@ Each callback only parses, calls one function of migrator.commands and renders i
   help    -- --help grouped by purpose, and `help TOPIC` for the options every command shares
 """
 
+import sys
+
 from migrator.cli import deploy
 from migrator.cli.app import cli
 from migrator.cli.devdb import devdb
@@ -22,4 +24,18 @@ from migrator.cli.sql import sql
 for command in (deploy.migrate, deploy.plan, deploy.status, deploy.config, mongo, sql, devdb, doctor, help_):
     cli.add_command(command)
 
-__all__ = ["cli"]
+
+def main() -> None:
+    """runner.py's entry: a second Ctrl-C or SIGTERM cannot cut the first one's stop short (interrupt.after_stop);
+    one that lands while the command line is read, before any command's own handling, is one line too."""
+    from migrator import interrupt
+
+    interrupt.after_stop()
+    try:
+        cli()
+    except interrupt.Interrupted as exc:
+        sys.stderr.write(f"error: {exc} before the command started: nothing was run\n")
+        sys.exit(128 + exc.signum)
+
+
+__all__ = ["cli", "main"]
