@@ -174,15 +174,11 @@ class CutProxy(_Listener):
                     sink.sendall(data)
 
 
-class StallProxy(_Listener):
-    """Relays to the suite's server's Unix socket until a client message holds `trigger`, then relays nothing
-    more either way on that connection while keeping both sockets open: a path gone silent mid-run (a hung
-    pooler, a NAT). Other connections (a cancel request, a check) still go through. `close()` drops them all."""
+class _Relay(_Listener):
+    """Relays each client to the suite's server's Unix socket; keeps both sockets open until `close()`."""
 
-    def __init__(self, socket_dir: str, port: int, trigger: bytes = b"STALLME"):
+    def __init__(self, socket_dir: str, port: int):
         self.backend = str(Path(socket_dir) / f".s.PGSQL.{port}")
-        self.trigger = trigger
-        self.stalled = 0
         self._held: list[socket.socket] = []
         super().__init__()
 
@@ -191,10 +187,25 @@ class StallProxy(_Listener):
         for sock in self._held:
             sock.close()
 
-    def _handle(self, client: socket.socket) -> None:
+    def _server(self, client: socket.socket) -> socket.socket:
         server = socket.socket(socket.AF_UNIX)
         server.connect(self.backend)
         self._held += [client, server]
+        return server
+
+
+class StallProxy(_Relay):
+    """Relays to the suite's server's Unix socket until a client message holds `trigger`, then relays nothing
+    more either way on that connection while keeping both sockets open: a path gone silent mid-run (a hung
+    pooler, a NAT). Other connections (a cancel request, a check) still go through. `close()` drops them all."""
+
+    def __init__(self, socket_dir: str, port: int, trigger: bytes = b"STALLME"):
+        self.trigger = trigger
+        self.stalled = 0
+        super().__init__(socket_dir, port)
+
+    def _handle(self, client: socket.socket) -> None:
+        server = self._server(client)
         stalled = False
         while True:
             ready, _, _ = select.select([client, server], [], [])
@@ -219,7 +230,7 @@ def _without_options(packet: bytes) -> bytes:
     return struct.pack("!I", len(body) + 4) + body
 
 
-class PoolerProxy(_Listener):
+class PoolerProxy(_Relay):
     """Relays to the suite's server's Unix socket as a connection pooler (PgBouncer) does. Every client is handed a
     BackendKeyData pid of the proxy's own (`fake_pid`, else a random number) and its cancel requests are passed on
     with the server's key; with `strip` (bytes), a startup packet holding it loses its `options` (b"": every one). A
@@ -227,26 +238,17 @@ class PoolerProxy(_Listener):
 
     def __init__(self, socket_dir: str, port: int, *, strip: bytes | None = None, fake_pid: int | None = None,
                  trigger: bytes = b"STALLME"):
-        self.backend = str(Path(socket_dir) / f".s.PGSQL.{port}")
         self.strip, self.fake_pid, self.trigger = strip, fake_pid, trigger
         self.stripped = self.stalled = 0
         self.real_pids: list[int] = []  # the server's pid of each session, in order; those silenced:
         self.stalled_pids: list[int] = []
         self._keys: dict[bytes, bytes] = {}  # the client's (pid, key) -> the server's
-        self._held: list[socket.socket] = []
-        super().__init__()
-
-    def close(self) -> None:
-        super().close()
-        for sock in self._held:
-            sock.close()
+        super().__init__(socket_dir, port)
 
     def _handle(self, client: socket.socket) -> None:
         import random
 
-        server = socket.socket(socket.AF_UNIX)
-        server.connect(self.backend)
-        self._held += [client, server]
+        server = self._server(client)
         packet = _startup(client)
         if struct.unpack("!I", packet[4:8])[0] == CANCEL_REQUEST:
             server.sendall(packet[:8] + self._keys.get(packet[8:16], packet[8:16]))
