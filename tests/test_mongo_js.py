@@ -233,23 +233,6 @@ def test_the_check_starts_node_not_mongosh(tmp_path, monkeypatch, script):
     assert all(command[0] == js_patch_module._node_of(js_patch_module.mongosh_path()) for command in started)
 
 
-def test_a_node_mongosh_without_the_rewriter_package_is_checked_by_itself(tmp_path, mongo, monkeypatch):
-    """A node script with no @mongosh packages beside it: mongosh's own --exposeAsyncRewriter decides (here: refused)."""
-    from migrator.errors import MigratorError
-
-    fake = tmp_path / "mongosh.js"
-    fake.write_text("#!/usr/bin/env node\nconsole.error('Error: unknown option ' + process.argv[5]);\nprocess.exit(1);\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("MONGOSH", str(fake))
-    patch = js_patch(tmp_path, "0001_fine", "print(1);\n")
-    with pytest.raises(MigratorError) as err:
-        list(actions.apply(mongo.db, None, [patch], run=True, lock_wait=1, echo=lambda line: None))
-    assert err.value.exit_code == 2
-    assert str(err.value).startswith(f"{fake} could not check the syntax of {patch.path}: Error: unknown option "
-                                      "--exposeAsyncRewriter; use mongosh ")
-    assert mongo.db.applied_patches.count_documents({}) == 0
-
-
 def test_a_syntax_error_stops_the_run_after_the_patches_before_it(tmp_path, mongo):
     from migrator.errors import MigratorError
 
@@ -272,11 +255,16 @@ def test_what_mongosh_runs_passes_the_check(tmp_path, body):
     run_js(patch, None, True, lambda line: None)  # and mongosh does run it
 
 
-def test_a_mongosh_that_cannot_check_is_one_line_not_a_failed_patch(tmp_path, mongo, monkeypatch):
+@pytest.mark.parametrize("name, script", [
+    ("old-mongosh", "#!/bin/sh\necho 'Error: unknown option --exposeAsyncRewriter' >&2\nexit 1\n"),
+    # a node script with no @mongosh packages beside it: mongosh's own --exposeAsyncRewriter decides (here: refused)
+    ("mongosh.js", "#!/usr/bin/env node\nconsole.error('Error: unknown option ' + process.argv[5]);\nprocess.exit(1);\n"),
+], ids=["not-node", "node-without-the-rewriter-package"])
+def test_a_mongosh_that_cannot_check_is_one_line_not_a_failed_patch(tmp_path, mongo, monkeypatch, name, script):
     from migrator.errors import MigratorError
 
-    fake = tmp_path / "old-mongosh"
-    fake.write_text("#!/bin/sh\necho 'Error: unknown option --exposeAsyncRewriter' >&2\nexit 1\n")
+    fake = tmp_path / name
+    fake.write_text(script)
     fake.chmod(0o755)
     monkeypatch.setenv("MONGOSH", str(fake))
     patch = js_patch(tmp_path, "0001_fine", "print(1);\n")
