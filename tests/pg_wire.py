@@ -140,10 +140,11 @@ class CutProxy(_Listener):
     """Relays every session to the suite's server's Unix socket until cut(): then closes both ends of each at
     once, no error message sent, as a failover (the server gone, its sockets reset) looks to a client."""
 
-    def __init__(self, socket_dir: str, port: int, trigger: bytes | None = None):
+    def __init__(self, socket_dir: str, port: int, trigger: bytes | None = None, skip: int = 0):
         self.backend = str(Path(socket_dir) / f".s.PGSQL.{port}")
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self.trigger = trigger  # cut() by itself as a client message holding it arrives (not relayed)
+        self.trigger = trigger  # cut() by itself as a client message holding it arrives (not relayed) ...
+        self.skip = skip  # ... after this many such messages were relayed
         super().__init__()
 
     def cut(self) -> None:
@@ -169,8 +170,10 @@ class CutProxy(_Listener):
                     if not data:
                         return
                     if self.trigger and source is client and self.trigger in data:
-                        self.cut()
-                        return
+                        self.skip -= 1
+                        if self.skip < 0:
+                            self.cut()
+                            return
                     sink.sendall(data)
 
 

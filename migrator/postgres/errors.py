@@ -136,7 +136,7 @@ def server_message(exc) -> str:
     return output.scrub("; ".join(parts))  # the server may quote a value, even a password
 
 
-def _connection_lost(cause) -> bool:
+def connection_lost(cause) -> bool:
     """The driver lost the server (no SQLSTATE: an OperationalError or InterfaceError); a ProgrammingError
     without one is the driver refusing the statement itself, which the server never saw."""
     import psycopg2
@@ -157,20 +157,20 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         cause, at = exc, str(path)
         committed = ("nothing of it was applied: its transaction rolled back" if migration.use_transactions
                      else "not transactional: its statements all ran and COMMITTED; recording it failed")
-        if _connection_lost(cause):
+        if connection_lost(cause):
             committed = "the connection was lost, so whether it committed is unknown: run `runner.py status`"
     todo = HINTS.get(getattr(cause, "pgcode", None), "fix the file and run again")
-    if _connection_lost(cause) and getattr(exc, "in_backoff", False):  # (running.run_retrying)
+    if connection_lost(cause) and getattr(exc, "in_backoff", False):  # (running.run_retrying)
         committed = "the session was lost between lock retries, while no statement was running: " + (
             "nothing of it was applied: its transaction rolled back" if exc.transactional else
             progress(exc.statements, exc.done, f"statement {exc.index + 1} was to be tried again; the rest did not run"))
         todo = exc.todo = "run again" if exc.transactional or not exc.done else (
             "a rerun runs the file from its first statement, so what COMMITTED runs again: make the file safe to "
             "re-run (IF NOT EXISTS) or undo that, then run again")
-    elif _connection_lost(cause) and getattr(cause, "at_connect", False):  # (connection.py: its session's connect)
+    elif connection_lost(cause) and getattr(cause, "at_connect", False):  # (connection.py: its session's connect)
         committed = "its session could not connect: nothing of it was sent, nothing applied"
         todo = "free a connection slot (or fix what the server refused), then run again"
-    elif _connection_lost(cause):
+    elif connection_lost(cause):
         committed = "the connection was lost (a server restart, or pg_terminate_backend), so whether it committed " \
                     "is unknown: run `runner.py status`"
         todo = "then run again"

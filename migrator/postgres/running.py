@@ -12,6 +12,7 @@ from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import (autovacuum, backfill, clock_bound, concurrently, deadlocks, detach, failures, files,
                                retry, rewrites, sessions, statement_bound)
+from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, progress
 
 _ENDS = re.compile(r"\s*(COMMIT|END|PREPARE\s+TRANSACTION)\b", re.IGNORECASE)  # (a NoAnswer's outcome unknown)
@@ -175,25 +176,28 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     raise retry.gave_up(exc, seen, backoff)
                 retry.say_retry(exc, seen, backoff, delay)
                 if transactional:  # the whole file again, in a new transaction (as if this try never ran)
-                    if (lost := _lost(connection, "ROLLBACK", "BEGIN")) is not None:
-                        raise _lost_in_backoff(lost, path, statements, exc.index, transactional, done)
-                    if policy.quick_autovacuum_cancel:  # (the ROLLBACK undid the SET)
-                        autovacuum.lower_deadlock_timeout(connection, policy.per_try)
                     start = done = 0
                 else:
                     start, done = (exc.opened if exc.opened is not None else exc.index), exc.done
                     if exc.left_pending:  # the cancelled detach's first transaction committed: the retry finishes it
                         statements = detach.finalize(statements, exc.index, path)
-                try:
-                    retry.sleep(delay)
-                except interrupt.Interrupted:
-                    if progress:
-                        progress(done, started=False)
-                    raise
-                if (lost := _lost(connection)) is not None:  # ended between tries: no statement was running
-                    raise _lost_in_backoff(lost, path, statements, exc.index, transactional, done)
-                if transactional:
-                    pg_lock.hold_for_shared_ddl(connection, statements, transactional)
+                with _between_tries(path, statements, exc.index, transactional, done):
+                    if transactional:
+                        with connection.cursor() as cursor:
+                            cursor.execute("ROLLBACK")
+                            cursor.execute("BEGIN")
+                        if policy.quick_autovacuum_cancel:  # (the ROLLBACK undid the SET)
+                            autovacuum.lower_deadlock_timeout(connection, policy.per_try)
+                    try:
+                        retry.sleep(delay)
+                    except interrupt.Interrupted:
+                        if progress:
+                            progress(done, started=False)
+                        raise
+                    with connection.cursor() as cursor:  # ended between tries? (a query that takes no snapshot: a
+                        cursor.execute("SHOW lock_timeout")  # file's SET TRANSACTION may still come first)
+                    if transactional:
+                        pg_lock.hold_for_shared_ddl(connection, statements, transactional)
     finally:
         if probe is not None:
             probe.close()
@@ -206,27 +210,19 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         migration.built_indexes = concurrently.built(connection, statements, before)
 
 
-def _lost(connection, *queries: str):
-    """`queries` run (by default one that takes no snapshot: a file's SET TRANSACTION may still come first); the
-    driver's error if the session was lost meanwhile (an admin's pg_terminate_backend, a failover), else None."""
-    import psycopg2
-
+@contextlib.contextmanager
+def _between_tries(path: Path, statements, index: int, transactional: bool, done: int):
+    """The session lost between a file's tries (its last try's ROLLBACK included: an admin's pg_terminate_backend,
+    a failover): no statement of it was running, so a transactional file applied nothing (errors.migration_error
+    says it). Any statement sent then, not only the ROLLBACK: each is a moment a failover can hit."""
     try:
-        with connection.cursor() as cursor:
-            for query in queries or ("SHOW lock_timeout",):
-                cursor.execute(query)
-    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-        return exc
-    return None
-
-
-def _lost_in_backoff(lost, path: Path, statements, index: int, transactional: bool, done: int) -> StatementFailed:
-    """The session lost between a file's tries (its last try's ROLLBACK included): no statement of it was
-    running, so a transactional file applied nothing (errors.migration_error says it)."""
-    failed = StatementFailed(lost, path, statements, index, transactional, done)
-    failed.in_backoff = True
-    failed.__cause__ = lost
-    return failed
+        yield
+    except Exception as lost:
+        if not errors.connection_lost(lost):
+            raise
+        failed = StatementFailed(lost, path, statements, index, transactional, done)
+        failed.in_backoff = True
+        raise failed from lost
 
 
 def _exempt(backend, path: Path, statements) -> set:
