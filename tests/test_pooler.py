@@ -3,6 +3,7 @@
 and a pooler hands each client a BackendKeyData pid of its own, so a cancel or terminate by that pid hits no
 session, or another one. A real relay (pg_wire.PoolerProxy) in front of the suite's PostgreSQL."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -74,6 +75,28 @@ def test_a_tenant_session_whose_search_path_was_dropped_names_the_setting_not_th
     assert f"PostgreSQL at 127.0.0.1:{pooler.port}/{db.name} did not apply" in line, result.output
     assert 'search_path = "$user", public instead of tp,public' in line and "qualified" not in result.output, line
     assert not db.query("SELECT 1 FROM pg_class WHERE relname = 'things'")
+
+
+@pytest.mark.parametrize("pooler", [{"strip": b""}], indirect=True)
+def test_the_same_values_from_the_roles_settings_behind_such_a_pooler_are_refused_too(cli, db, sql_dir, seeded,
+                                                                                        pooler):
+    """attack 23j: a DBA answering the refusal with ALTER ROLE ... SET of each value it lists (or a pool's
+    connect_query) made the values match: the run went on in a transaction-mode pool, its session-level pins and
+    advisory locks landing on pooled server sessions of other clients. Only values the server took from this
+    connection's own `options` count."""
+    add_migration(sql_dir, "0002_sleep", "SELECT pg_sleep(0.1);\n")
+    first = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=through(seeded, pooler)))
+    wanted = re.findall(r"([a-z_.]+) (?:= \S+|unset) instead of ([^,;()]+?)(?=[,;] |\s\(a connection)", first)
+    assert {"lock_timeout", "statement_timeout"} <= {name for name, _ in wanted}, first
+    for name, value in wanted:
+        db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET {name} = '{value}'")
+    result = cli("migrate", "--sql-dir", sql_dir, env=through(seeded, pooler))
+    line = one_error_line(result)
+    assert result.exit_code == 2, result.output
+    assert "not from this connection's `options`" in line and "lock_timeout (from the role's settings in " \
+        "this database (ALTER ROLE ... IN DATABASE ... SET)" in line, line
+    assert "instead of" not in line and applied(db) == [SEED], line
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0  # (directly: its options win)
 
 
 def test_a_clean_session_through_the_pooler_migrates(cli, db, sql_dir, seeded, pooler):

@@ -29,6 +29,13 @@ _DURATIONS = {"lock_timeout", "statement_timeout", "idle_in_transaction_session_
 # Schema-qualified calls and operators: a migration's session resolves names in the tenant's schema.
 _WHO = ("pg_catalog.pg_backend_pid(), (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a "
         "WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())")
+# The relied-on settings whose value is not the startup packet's (source 'client'): a role's or database's ALTER ...
+# SET, the server's file, a pool's in-band SET. A value equal to the one sent proves nothing then: the pool may be
+# one whose transactions each land on another server session.
+_ELSEWHERE = ("(SELECT pg_catalog.string_agg(s.name OPERATOR(pg_catalog.||) '=' OPERATOR(pg_catalog.||) s.source, ',' "
+              "ORDER BY s.name) FROM pg_catalog.pg_settings s "
+              "WHERE s.name OPERATOR(pg_catalog.=) ANY (%s::pg_catalog.text[]) "
+              "AND s.source OPERATOR(pg_catalog.<>) 'client')")
 
 
 @dataclass(frozen=True)
@@ -79,12 +86,14 @@ def _words(options: str) -> list[str]:
     return words + ([word] if word is not None else [])
 
 
-def query(connection, settings: dict[str, str]) -> tuple[str, list[str]]:
-    """The select list (`, ...`) and its parameters reading the session's identity and `settings` as the server
-    applied them, appended to a query the session sends anyway; empty once `connection`'s are known."""
+def query(connection, settings: dict[str, str]) -> tuple[str, list]:
+    """The select list (`, ...`) and its parameters reading the session's identity, which of `settings` the server
+    took from elsewhere than this connection's `options` (pg_settings.source; hcm.* are not listed there), and
+    each as applied; appended to a query the session sends anyway; empty once `connection`'s are known."""
     if connection in _known:
         return "", []
-    return ", " + ", ".join([_WHO] + ["pg_catalog.current_setting(%s, true)"] * len(settings)), list(settings)
+    return (", " + ", ".join([_WHO, _ELSEWHERE] + ["pg_catalog.current_setting(%s, true)"] * len(settings)),
+            [list(settings), *settings])
 
 
 def first_read(connection, cursor, settings: dict[str, str], where: str) -> str:
@@ -102,16 +111,20 @@ def check(connection, row, settings: dict[str, str], where: str) -> ServerSessio
     setting differs from the one asked for. No columns: known already."""
     if not row:
         return _known[connection]
-    pid, started, *shown = row
+    pid, started, elsewhere, *shown = row
     differ = [f"{name} {_shown(value)} instead of {want}" for (name, want), value in zip(settings.items(), shown)
               if not _same(name, want, value)]
-    if differ:
+    if differ or elsewhere:
         connection.close()  # (nothing else is sent on it)
+        what = (f"did not apply the session settings the runner sent in the connection's `options`: "
+                f"{', '.join(differ)}" if differ else
+                "took the session settings the runner relies on from elsewhere, not from this connection's "
+                f"`options`: {', '.join(_from(pair) for pair in elsewhere.split(','))}")
         raise MigratorError(
-            f"PostgreSQL at {where} did not apply the session settings the runner sent in the connection's "
-            f"`options`: {'; '.join(differ)} (a connection pooler between that drops `options`, e.g. PgBouncer with "
+            f"PostgreSQL at {where} {what} (a connection pooler between that drops `options`, e.g. PgBouncer with "
             "ignore_startup_parameters=options?): nothing was run on that session; connect to PostgreSQL directly, "
-            "or through a session-mode pool that passes `options` to the server", USAGE)
+            "or through a session-mode pool that passes `options` to the server (setting the values on the role "
+            "does not do: a transaction-mode pool runs each transaction on another server session)", USAGE)
     _known[connection] = ServerSession(pid, started)
     return _known[connection]
 
@@ -124,6 +137,18 @@ def of(connection) -> ServerSession:
             cursor.execute(f"SELECT {_WHO}")
             _known[connection] = ServerSession(*cursor.fetchone())
     return _known[connection]
+
+
+_SOURCES = {"user": "the role's settings (ALTER ROLE ... SET)", "database": "the database's settings (ALTER DATABASE "
+            "... SET)", "database user": "the role's settings in this database (ALTER ROLE ... IN DATABASE ... SET)",
+            "configuration file": "the server's configuration", "session": "a SET in the session (a pool's "
+            "connect_query?)", "default": "the server's default"}
+
+
+def _from(pair: str) -> str:
+    """`name=source` (pg_settings.source) as said."""
+    name, _, source = pair.partition("=")
+    return f"{name} (from {_SOURCES.get(source, output.visible(source))})"
 
 
 def _shown(value: str | None) -> str:
