@@ -132,6 +132,10 @@ KEPT = {
     "same_collation": (TENANT_C, f'ALTER TABLE {TABLE} ALTER COLUMN tenant_id TYPE varchar(64) COLLATE "C";\n'),
     "named_collation_of_the_index": (f'CREATE INDEX idx_tenant ON {TABLE} (tenant_id COLLATE "C")',
                                      f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id TYPE text;\n"),
+    # a named operator class stays (pg_get_indexdef names it): citext is binary-coercible to text
+    "named_opclass_of_the_index": (f"CREATE EXTENSION IF NOT EXISTS citext; CREATE INDEX idx_tenant ON {TABLE} "
+                                   "(tenant_id text_pattern_ops)",
+                                   f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id TYPE citext;\n"),
     "plain_domain": (f"CREATE DOMAIN pdom AS text; CREATE INDEX idx_tenant ON {TABLE} (tenant_id)",
                      f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id TYPE pdom;\n"),
     "pending_index_widened": ("SELECT 1", "-- transactional: false\nCREATE INDEX CONCURRENTLY idx_tenant ON "
