@@ -66,13 +66,11 @@ class Seen:
     columns: dict = field(default_factory=dict)  # (table key, column) -> the live column's name (RENAME COLUMN)
     schema: str | None = None  # the schema a `SET search_path` of the file puts unqualified new tables in
     timezone: str | None = None  # the TimeZone a `SET TIME ZONE` of the file gives what follows (None: the session's)
-    # what risks_retype / risks_keyed read: a fresh session's TimeZone set by an earlier file (ALTER DATABASE / ROLE),
-    # pending CREATE COLLATIONs, a pending domain's COLLATE, pending indexes' keys (table key -> column -> index)
-    session_zone: str | None = None
-    next_session_zone: str | None = None
-    collations: set = field(default_factory=set)
-    domain_collations: dict = field(default_factory=dict)
-    keyed: dict = field(default_factory=dict)
+    session_zone: str | None = None  # a fresh session's TimeZone once an earlier file's ALTER DATABASE / ROLE set it
+    next_session_zone: str | None = None  # (set by this file's ALTER DATABASE / ROLE: the next files' sessions)
+    collations: set = field(default_factory=set)  # the collations a pending CREATE COLLATION makes
+    domain_collations: dict = field(default_factory=dict)  # domain name -> its pending CREATE DOMAIN's COLLATE
+    keyed: dict = field(default_factory=dict)  # table key -> live column -> {index: its keys}: pending (risks_keyed)
     domain_types: dict = field(default_factory=dict)  # name -> the type a pending CREATE DOMAIN is over (a TypeName)
     functions: dict = field(default_factory=dict)  # name -> volatile: the functions a pending statement creates
     checked: set = field(default_factory=set)  # table keys a pending statement gave a validated CHECK
