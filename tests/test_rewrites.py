@@ -72,7 +72,9 @@ REFUSED = {
                               "ADD COLUMN parent REFERENCES scans", "ACCESS EXCLUSIVE"),
     # a new collation of an indexed column rebuilds its indexes
     "collate": (f'ALTER TABLE {TABLE} ALTER COLUMN report_name TYPE varchar(100) COLLATE "C";\n',
-                "ALTER COLUMN report_name TYPE varchar(100) COLLATE \"C\" rebuilds the indexes of", "ACCESS EXCLUSIVE"),
+                "ALTER COLUMN report_name TYPE varchar(100) COLLATE \"C\" (no rewrite, but each index on it is built "
+                "again: its collation changes) rebuilds index(es) idx_hcm_report_campaign_report_freq, "
+                "idx_hcm_report_name of", "ACCESS EXCLUSIVE"),
     # NOT VALID then VALIDATE in one ALTER TABLE: the scan runs under the ALTER's lock
     # PostgreSQL 18's NOT NULL constraint scans as SET NOT NULL does (attack24c item 3)
     "not_null_constraint": (f"ALTER TABLE {TABLE} ADD CONSTRAINT nn_tenant NOT NULL tenant_id;\n",

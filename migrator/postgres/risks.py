@@ -17,7 +17,7 @@ from migrator.postgres import risks_objects, risks_pending, risks_types, risks_w
 # (the kinds of risk, their locks and safe patterns; rewrites.py and impact.py read them from here)
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
-from migrator.postgres import risks_retype  # (ALTER COLUMN TYPE, a file's TimeZone)
+from migrator.postgres import risks_keyed, risks_retype  # (ALTER COLUMN TYPE, a file's TimeZone)
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
 _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|create\s+(?:unique\s+)?index|vacuum|cluster|reindex|"
@@ -66,6 +66,11 @@ class Seen:
     columns: dict = field(default_factory=dict)  # (table key, column) -> the live column's name (RENAME COLUMN)
     schema: str | None = None  # the schema a `SET search_path` of the file puts unqualified new tables in
     timezone: str | None = None  # the TimeZone a `SET TIME ZONE` of the file gives what follows (None: the session's)
+    session_zone: str | None = None  # a fresh session's TimeZone once an earlier file's ALTER DATABASE / ROLE set it
+    next_session_zone: str | None = None  # (set by this file's ALTER DATABASE / ROLE: the next files' sessions)
+    collations: set = field(default_factory=set)  # the collations a pending CREATE COLLATION makes
+    domain_collations: dict = field(default_factory=dict)  # domain name -> its pending CREATE DOMAIN's COLLATE
+    keyed: dict = field(default_factory=dict)  # table key -> live column -> {index: its keys}: pending (risks_keyed)
     domain_types: dict = field(default_factory=dict)  # name -> the type a pending CREATE DOMAIN is over (a TypeName)
     functions: dict = field(default_factory=dict)  # name -> volatile: the functions a pending statement creates
     checked: set = field(default_factory=set)  # table keys a pending statement gave a validated CHECK
@@ -85,6 +90,7 @@ class Seen:
         self.altered = {} if transactional else None
         self.transactional = transactional
         self.schema = self.timezone = None  # each file runs in a fresh session
+        self.session_zone = self.next_session_zone  # (which an earlier file's ALTER DATABASE / ROLE SET changed)
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
         return any(live.key(c) == live.key(name) for c in self.created)
@@ -125,7 +131,7 @@ class Seen:
         if match and not match["temp"]:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in match.groups()[1:] if p]
             self.created.add((parts[0], parts[1]) if len(parts) == 2 else (self.schema, parts[0]))
-        risks_retype.read_setting(bare, text, self)
+        risks_retype.read(bare, text, self)
 
     def rename(self, tree, live) -> None:
         """Note a pending ALTER TABLE ... RENAME (TO, COLUMN): later statements name what it names."""
@@ -198,6 +204,7 @@ def risks(tree, line: int, live, seen: Seen):
         seen.indexes[(live.key(name(tree.relation)), tree.idxname)] = [p.name for p in tree.indexParams]
     if isinstance(tree, ast.IndexStmt):  # (one a later type change builds again)
         risks_pending.index(tree, name(tree.relation), live, seen)
+        risks_keyed.index(tree, name(tree.relation), live, seen)
     if isinstance(tree, ast.IndexStmt) and not tree.concurrent:
         yield Risk(line, name(tree.relation), "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE,
                    "index")
@@ -268,7 +275,7 @@ def _alter_table(tree, line: int, live, seen: Seen):
             table = live.table(name)
             column = seen.live_column(name, cmd.name, live)
             how = table and risks_retype.rewrites_type(live, seen, table[0], column, cmd.def_.typeName,
-                                                       cmd.def_.raw_default, cmd.def_.collClause)
+                                                       cmd.def_.raw_default, cmd.def_.collClause, key)
             if how:
                 does, why = how
                 yield Risk(line, name, f"ALTER COLUMN {cmd.name} TYPE {_text(cmd.def_.typeName)}"
@@ -293,6 +300,7 @@ def _alter_table(tree, line: int, live, seen: Seen):
         elif cmd.subtype == types.AT_AddConstraint:
             if cmd.def_.contype == enums.ConstrType.CONSTR_CHECK:  # (named by a later type change of its columns)
                 risks_pending.check(cmd.def_, name, live, seen)
+            risks_keyed.constraint(cmd.def_, name, live, seen)  # (an index a later type change may build again)
             yield from _add_constraint(cmd.def_, name, key, line, seen, new)
             if not new:
                 yield from _implicit_not_null(cmd.def_, name, key, line, live, seen)

@@ -9,9 +9,10 @@ ATColumnChangeRequiresRewrite): the rows are kept when every stored value stays 
   relabel). A domain with a constraint checks every row (a rewrite).
 - timestamp <-> timestamptz (PostgreSQL 12+, no precision or 6) when the statement's TimeZone is UTC or another fixed
   zero offset (the stored values are the same): the one a fresh session of the run starts with (the connection's
-  options, PGTZ, the role's and the database's settings: read, not assumed), or the file's own SET TIME ZONE before
-  the statement. Each index keyed on the column is built again then (its operator class changes, CheckIndexCompatible)
-  under the ALTER's ACCESS EXCLUSIVE lock.
+  options, PGTZ, the role's and the database's settings: read, not assumed; unknown once an earlier pending file's
+  ALTER DATABASE / ROLE ... SET timezone changed them), or the file's own SET TIME ZONE before the statement.
+- Rows kept, each index keyed on the column whose operator class or collation changes is still built again under the
+  ALTER's ACCESS EXCLUSIVE lock (risks_keyed): timestamp -> timestamptz, text -> citext, a "C" column widened.
 - A USING that is more than the column (cast to the new type) computes every row.
 """
 
@@ -20,12 +21,12 @@ from __future__ import annotations
 import re
 
 from migrator import lazy_re
-from migrator.postgres import risks_types
+from migrator.postgres import risks_keyed, risks_types
 
 TIMESTAMPS = {1114, 1184}  # timestamp, timestamptz: pg_type oids fixed in every PostgreSQL
 # A type named in a file, found on the migration's search_path (the element's array type for `x[]`).
 _NAMED = """
-SELECT CASE WHEN %(array)s THEN t.typarray ELSE t.oid END
+SELECT CASE WHEN %(array)s THEN t.typarray ELSE t.oid END, t.typcollation
 FROM pg_catalog.unnest(%(path)s::pg_catalog.text[]) WITH ORDINALITY p(s, o)
 JOIN pg_catalog.pg_namespace n ON n.nspname = p.s JOIN pg_catalog.pg_type t ON t.typnamespace = n.oid
 WHERE t.typname = %(name)s ORDER BY p.o LIMIT 1
@@ -40,32 +41,25 @@ SELECT c.oid, c.typmod, t.typname, pg_catalog.format_type(c.oid, c.typmod)
 FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype <> 'd'
 """
 _BINARY = "SELECT 1 FROM pg_catalog.pg_cast WHERE castsource = %s AND casttarget = %s AND castmethod = 'b'"
-_COLLATION = "SELECT %s::pg_catalog.regcollation::pg_catalog.oid"  # resolved on the file's path
-# Indexes keyed on the column (an INCLUDE column has no operator class) of the table and of each partition / child.
-_KEYED = risks_types._TREE + """
-SELECT ic.relname, r.relname, i.indrelid <> %(oid)s, (SELECT p.relname FROM pg_catalog.pg_inherits h
-  JOIN pg_catalog.pg_class p ON p.oid = h.inhparent WHERE h.inhrelid = i.indexrelid)
-FROM pg_catalog.pg_index i JOIN tree ON tree.oid = i.indrelid
-JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid AND ic.relkind = 'i'
-JOIN pg_catalog.pg_class r ON r.oid = i.indrelid
-JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attname = %(column)s AND NOT a.attisdropped
-WHERE a.attnum = ANY((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1])
-"""
 # The zones whose offset is zero at every time (tzdata's UTC aliases), and POSIX specs of a zero offset, no DST
 # (`UTC0`, `<+00>-00`: what SET TIME ZONE 0 shows); any other zone converts the stored values.
 _UTC = frozenset(f"{prefix}{name}" for prefix in ("", "etc/") for name in (
     "utc", "uct", "gmt", "gmt0", "gmt+0", "gmt-0", "greenwich", "universal", "zulu"))
 _ZERO_POSIX = lazy_re.compile(r"(?:[a-z]{3,}|<[^<>]+>)[+-]?0{1,2}(?::0{1,2}){0,2}", re.IGNORECASE)
-# Statements that set the session's TimeZone (read with the parser), and set_config, whose value is not read.
-_SETS_ZONE = lazy_re.compile(r"\s*(?:set\s+(?:session\s+|local\s+)?(?:time\s+zone|timezone)|"
-                             r"reset\s+(?:timezone|all))\b", re.IGNORECASE)
+# Statements that may set the session's TimeZone (read with the parser: `SET "TimeZone"`, U&"..." are the same
+# setting), those that set it for the later files' fresh sessions, and set_config, whose value is not read.
+_SETS_ZONE = lazy_re.compile(r"\s*(?:set|reset)\b", re.IGNORECASE)
+_SETS_SESSIONS = lazy_re.compile(r"\s*alter\s+(?:database|role|user)\b", re.IGNORECASE)
+_CREATES_COLLATION = lazy_re.compile(r"\s*create\s+collation\b", re.IGNORECASE)
 _CONFIG_ZONE = lazy_re.compile(r"\bset_config\b.*\btime\s*zone\b", re.IGNORECASE | re.DOTALL)
 
 
-def rewrites_type(live, seen, oid: int, column: str, type_name, using, collation) -> tuple[str, str] | None:
-    """ALTER COLUMN TYPE of the live column `column` of table `oid`: (what it does, why) when it rewrites the rows
-    ("rewrites") or builds indexes again; None when the rows and indexes stay (what depends on the column is then
-    judged by risks_types.retyped)."""
+def rewrites_type(live, seen, oid: int, column: str, type_name, using, collation,
+                  key=None) -> tuple[str, str] | None:
+    """ALTER COLUMN TYPE of the live column `column` of table `oid` (key `key`): (what it does, why) when it rewrites
+    the rows ("rewrites") or builds indexes keyed on it again (their operator class or collation changes:
+    risks_keyed); None when the rows and those indexes stay (what else depends on the column is then judged by
+    risks_types.retyped)."""
     found = live.column(oid, column)
     if found is None:
         return "rewrites", ""  # a column a pending statement added: retyping it rewrites the live table's rows
@@ -88,16 +82,35 @@ def rewrites_type(live, seen, oid: int, column: str, type_name, using, collation
         kept, why = not mods and bool(live._rows(_BINARY, (old_oid, new_oid))), ""
     if not kept:
         return "rewrites", why
-    if collation is not None and found[5]:
-        live.cursor.execute(_COLLATION, (".".join('"' + n.sval.replace('"', '""') + '"' for n in collation.collname),))
-        if live.cursor.fetchone()[0] != found[4]:
-            return "rebuilds the indexes of", ""
-    if zone is not None:
-        indexes = _rebuilt(live, oid, column)
-        if indexes:
-            return (f"rebuilds index(es) {indexes} of", f" (no rewrite in TimeZone {zone}, but each index on it is "
-                                                         "built again: its operator class changes)")
+    named = _named(live, type_name)  # (the column's new type as the catalog will say it: a live domain's own oid)
+    new_collation = (risks_keyed.collation(live, seen, [n.sval for n in collation.collname]) if collation is not None
+                     else _type_collation(live, seen, type_name, 0))
+    indexes, what = risks_keyed.rebuilt(live, seen, oid, column, key, (found[0], found[4]),
+                                        (named[0] if named else new_oid, new_collation))
+    if indexes:
+        return (f"rebuilds index(es) {indexes} of", f" (no rewrite{' in TimeZone ' + zone if zone else ''}, but each "
+                f"index on it is built again: its {what} change{'' if ' and ' in what else 's'})")
     return None
+
+
+def _named(live, type_name) -> tuple[int, int] | None:
+    """(oid, collation) of the live type a file names (found on the migration's search_path), or None."""
+    names = [n.sval for n in type_name.names]
+    path = names[-2:-1] or ["pg_catalog"] * ("pg_catalog" not in live.path) + live.path
+    row = live._rows(_NAMED, {"name": names[-1], "path": path, "array": bool(type_name.arrayBounds)})
+    return tuple(row[0]) if row and row[0][0] is not None else None
+
+
+def _type_collation(live, seen, type_name, depth: int):
+    """The collation a column takes from its new type without a COLLATE clause: the type's own (a domain's, given by
+    its CREATE DOMAIN ... COLLATE, else its base type's), a pending domain's read from its text."""
+    names = [n.sval for n in type_name.names]
+    pending = None if type_name.arrayBounds else seen.domain_types.get(names[-1])
+    if pending is not None and depth < 100:
+        own = seen.domain_collations.get(names[-1])
+        return risks_keyed.collation(live, seen, own) if own else _type_collation(live, seen, pending, depth + 1)
+    named = _named(live, type_name)
+    return named[1] if named else None
 
 
 def _target(live, seen, type_name, depth: int) -> tuple[int, str, list[int]] | None:
@@ -125,7 +138,7 @@ def _zone_keeps(live, seen, mods: list[int]) -> tuple[bool, str]:
     if live.connection.info.server_version < 120000:
         return False, " (before PostgreSQL 12 every value is converted)"
     whose, zone = ("the file's", seen.timezone) if seen.timezone is not None else (
-        "the session's", live.setting("TimeZone"))
+        "the session's", seen.session_zone or live.setting("TimeZone"))
     if utc(zone):
         return True, zone
     return False, f" ({whose} TimeZone {zone} is not UTC: every value is converted)"
@@ -140,33 +153,55 @@ def utc(zone: str) -> bool:
         return name in _UTC or bool(_ZERO_POSIX.fullmatch(name))
 
 
-def _rebuilt(live, oid: int, column: str) -> str:
-    """The indexes a type change that changes the column's operator class builds again: those keyed on it, and
-    those retyped() names (an expression or a WHERE)."""
-    params = {"oid": oid, "column": column}
-    rows = set(map(tuple, live._rows(_KEYED, params) + live._rows(risks_types._INDEXES, params)))
-    return risks_types._named(sorted(rows, key=lambda r: (r[2], r[1], r[0])))
+def read(bare: str, text: str, seen) -> None:
+    """Note what a pending statement gives the type changes after it: the TimeZone (read_setting), a collation a
+    CREATE COLLATION makes, the collation a CREATE DOMAIN ... COLLATE gives its domain."""
+    if _CREATES_COLLATION.match(bare) or risks_types.DOMAIN_HINT.match(bare):
+        from pglast import ast, enums
+
+        for tree in _trees(text):
+            if isinstance(tree, ast.DefineStmt) and tree.kind == enums.ObjectType.OBJECT_COLLATION:
+                seen.collations.add(tree.defnames[-1].sval)
+            elif isinstance(tree, ast.CreateDomainStmt) and tree.collClause is not None:
+                seen.domain_collations[tree.domainname[-1].sval] = [n.sval for n in tree.collClause.collname]
+    elif _SETS_SESSIONS.match(bare):
+        from pglast import ast, enums
+
+        for tree in _trees(text):
+            setting = getattr(tree, "setstmt", None) if isinstance(tree, (ast.AlterDatabaseSetStmt,
+                                                                           ast.AlterRoleSetStmt)) else None
+            if setting is not None and ((setting.name or "").lower() == "timezone"
+                                        or setting.kind == enums.VariableSetKind.VAR_RESET_ALL):
+                seen.next_session_zone = "(set by ALTER DATABASE / ROLE in an earlier pending file)"
+    else:
+        read_setting(bare, text, seen)
+
+
+def _trees(text: str) -> list:
+    from pglast import parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        return [raw.stmt for raw in parse_sql(text)]
+    except ParseError:
+        return []
 
 
 def read_setting(bare: str, text: str, seen) -> None:
     """Note the TimeZone a statement of the file gives the statements after it in its session: SET [SESSION | LOCAL]
-    TIME ZONE / timezone, RESET or SET ... DEFAULT (the session's again); set_config, an INTERVAL, or SET LOCAL in a
-    non-transactional file (its own transaction blocks are not followed) give a zone not read: never taken for UTC."""
+    TIME ZONE / timezone (any case, quoted or not), RESET or SET ... DEFAULT (the session's again); set_config, an
+    INTERVAL, or SET LOCAL in a non-transactional file (its own transaction blocks are not followed) give a zone not
+    read: never taken for UTC."""
     if _CONFIG_ZONE.search(bare):
         seen.timezone = "(set by set_config)"
         return
     if not _SETS_ZONE.match(bare):
         return
-    from pglast import ast, enums, parse_sql
-    from pglast.parser import ParseError
+    from pglast import ast, enums
 
-    try:
-        trees = [raw.stmt for raw in parse_sql(text)]
-    except ParseError:
-        return
     kinds = enums.VariableSetKind
-    for tree in trees:
-        if not isinstance(tree, ast.VariableSetStmt) or tree.name not in ("timezone", None):
+    for tree in _trees(text):
+        if not isinstance(tree, ast.VariableSetStmt) or (tree.name or "timezone").lower() != "timezone":
             continue
         if tree.is_local and not seen.transactional:
             seen.timezone = "(SET LOCAL outside a transaction)"
