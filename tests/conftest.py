@@ -161,7 +161,9 @@ def password_role(pg: Server) -> str:
     with pg.connect() as conn, conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PASSWORD_USER,))
         if not cur.fetchone():
-            cur.execute(f"CREATE ROLE {PASSWORD_USER} LOGIN CREATEDB PASSWORD %s", (SPECIAL_PASSWORD,))
+            cur.execute(f"CREATE ROLE {PASSWORD_USER}")
+        # (always set: test_schema_describe.py creates the role without a password when it runs first)
+        cur.execute(f"ALTER ROLE {PASSWORD_USER} LOGIN CREATEDB PASSWORD %s", (SPECIAL_PASSWORD,))
     return PASSWORD_USER
 
 
