@@ -1,6 +1,7 @@
 """Services sharing one database and schema, each with its own Flyway history (SCHEMA_TABLE): one runner lock per
 history, so they migrate at the same time, while one service run twice still waits for itself; everything that
-names or breaks a lock addresses the history in question. Proven with real runner processes."""
+names or breaks a lock addresses the history in question. Proven with real runner processes where runs overlap (the
+paused holder, services starting together); a run on its own, or beside a paused process, runs in-process (here)."""
 
 from __future__ import annotations
 
@@ -22,14 +23,17 @@ def write(folder: Path, name: str, sql: str) -> None:
     (folder / name).write_text(sql)
 
 
-def runner(db, folder: Path, table: str, *args: str, wait: bool = True):
-    """A real runner process migrating `folder` into the history `table`."""
+def runner(db, folder: Path, table: str, *args: str) -> subprocess.Popen:
+    """A real runner process migrating `folder` into the history `table` (started, not waited for)."""
     command = [sys.executable, str(PROJECT_ROOT / "runner.py"), *args, "--sql-dir", str(folder)]
     env = {"PATH": "/usr/bin:/bin", **db.db_env(), "SCHEMA_TABLE": table}
-    if wait:
-        return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
     return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+
+
+def here(cli, db, folder: Path, table: str, *args: str):
+    """The runner in-process (the suite's CLI fixture) migrating `folder` into the history `table`."""
+    return cli(*args, "--sql-dir", folder, env={**db.db_env(), "SCHEMA_TABLE": table})
 
 
 @contextmanager
@@ -38,7 +42,7 @@ def paused(db, folder: Path, table: str):
     so it holds its history's lock; let go and finished (exit 0) on leaving."""
     with db.server.connect(db.name) as gate, gate.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_lock(%s)", (GATE,))
-        process = runner(db, folder, table, "migrate", "--lock-timeout", "60", wait=False)
+        process = runner(db, folder, table, "migrate", "--lock-timeout", "60")
         try:
             deadline = time.monotonic() + 60
             while not db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
@@ -53,14 +57,14 @@ def paused(db, folder: Path, table: str):
 
 
 @contextmanager
-def two_services(db, tmp_path: Path):
+def two_services(cli, db, tmp_path: Path):
     """plan and census in one schema, each migrated once; plan's next file paused (its runner holds its lock)."""
     plan, census = tmp_path / "plan", tmp_path / "census"
     write(plan, "V1__init.sql", "CREATE TABLE plan (id INT);\n")
     write(census, "V1__init.sql", "CREATE TABLE census (id INT);\n")
     for folder, table in ((plan, "plan_history"), (census, "census_history")):
-        done = runner(db, folder, table, "migrate")
-        assert done.returncode == 0, done.stderr
+        done = here(cli, db, folder, table, "migrate")
+        assert done.exit_code == 0, done.output
     write(plan, "V2__slow.sql", f"SELECT pg_advisory_xact_lock({GATE});\nCREATE TABLE plan_two (id INT);\n")
     write(census, "V2__census_two.sql", "CREATE TABLE census_two (id INT);\n")
     with paused(db, plan, "plan_history") as process:
@@ -68,13 +72,13 @@ def two_services(db, tmp_path: Path):
     assert "plan_two" in db.tables()
 
 
-def test_two_services_in_one_schema_migrate_at_once_but_one_service_twice_waits(db, tmp_path):
-    with two_services(db, tmp_path) as (plan, census, first):
-        other = runner(db, census, "census_history", "migrate", "--lock-timeout", "10")
-        assert other.returncode == 0, other.stderr  # census did not wait for plan's runner
+def test_two_services_in_one_schema_migrate_at_once_but_one_service_twice_waits(cli, db, tmp_path):
+    with two_services(cli, db, tmp_path) as (plan, census, first):
+        other = here(cli, db, census, "census_history", "migrate", "--lock-timeout", "10")
+        assert other.exit_code == 0, other.output  # census did not wait for plan's runner
         assert "census_two" in db.tables() and "plan_two" not in db.tables()
-        again = runner(db, plan, "plan_history", "migrate", "--lock-timeout", "1")
-        assert again.returncode == LOCKED, again.stderr
+        again = here(cli, db, plan, "plan_history", "migrate", "--lock-timeout", "1")
+        assert again.exit_code == LOCKED, again.output
         line = again.stderr.strip().splitlines()[-1]
         assert line.startswith("error: another runner holds the migration lock on ") and \
             "for the history public.plan_history" in line, line
@@ -82,7 +86,7 @@ def test_two_services_in_one_schema_migrate_at_once_but_one_service_twice_waits(
 
 
 def test_break_lock_doctor_and_the_holder_address_the_history_in_question(cli, db, tmp_path):
-    with two_services(db, tmp_path) as (plan, census, first):
+    with two_services(cli, db, tmp_path) as (plan, census, first):
         census_env, plan_env = ({**db.db_env(), "SCHEMA_TABLE": t} for t in ("census_history", "plan_history"))
         free = ok(cli("sql", "break-lock", "--sql-dir", census, env=census_env))
         assert "no migration lock to remove on" in free.stdout and "for the history public.census_history" in free.stdout
@@ -123,7 +127,7 @@ def test_services_first_runs_at_once_on_a_fresh_database_share_its_bookkeeping(c
             folders[service] = tmp_path / f"{round_}{service}"
             write(folders[service], "V1__init.sql", f"CREATE TABLE {service} (id INT);\n")
             write(folders[service], f"V2__{service}_name.sql", f"ALTER TABLE {service} ADD COLUMN name TEXT;\n")
-        runs = [runner(db, folder, f"{service}_history", "migrate", wait=False) for service, folder in folders.items()]
+        runs = [runner(db, folder, f"{service}_history", "migrate") for service, folder in folders.items()]
         for run in runs:
             out, err = run.communicate(timeout=120)
             assert run.returncode == 0, err

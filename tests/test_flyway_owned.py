@@ -1,6 +1,7 @@
 """Services sharing one schema, each with its own history (SCHEMA_TABLE): a history owns (and moves in the schema's
 record) only the objects its own files name as DDL targets, even while another service migrates at the same time or
-a DBA changes a table meanwhile; accepting one service's drift leaves the others'. Real runner processes."""
+a DBA changes a table meanwhile; accepting one service's drift leaves the others'. Real runner processes where runs
+overlap (a paused holder, services started together); a run on its own or beside a paused one runs in-process."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from conftest import ok
 from migrator.errors import SCHEMA_DRIFT
 from migrator.schema import targets
-from test_flyway_locks import GATE, paused, runner, write
+from test_flyway_locks import GATE, here, paused, runner, write
 
 
 def owned(db) -> dict[str, set[str]]:
@@ -27,14 +28,14 @@ def test_a_run_paused_while_another_service_migrates_and_a_dba_changes_its_table
     write(plan, "V1__init.sql", "CREATE TABLE plan (id INT);\n")
     write(census, "V1__init.sql", "CREATE TABLE census (id INT);\n")
     for folder, table in ((plan, "plan_history"), (census, "census_history")):
-        assert runner(db, folder, table, "migrate").returncode == 0
+        assert here(cli, db, folder, table, "migrate").exit_code == 0
     # plan's next file reads census (a view on another service's table is not a claim on it)
     write(plan, "V2__slow.sql", f"SELECT pg_advisory_xact_lock({GATE});\nCREATE TABLE plan_two (id INT);\n"
                                 "CREATE VIEW plan_census AS SELECT id FROM census;\n")
     write(census, "V2__census_two.sql", "CREATE TABLE census_two (id INT);\n")
     with paused(db, plan, "plan_history"):  # plan's run has described the schema and waits inside its migration
-        done = runner(db, census, "census_history", "migrate")
-        assert done.returncode == 0, done.stderr
+        done = here(cli, db, census, "census_history", "migrate")
+        assert done.exit_code == 0, done.output
         db.query("ALTER TABLE census ADD COLUMN hand INT")  # a hand change, during plan's run
     assert owned(db) == {"plan_history": {"table public.plan", "table public.plan_two", "view public.plan_census"},
                          "census_history": {"table public.census", "table public.census_two"}}
@@ -54,7 +55,7 @@ def test_services_started_together_each_own_only_their_objects(cli, make_db, tmp
                                               f"CREATE INDEX svc{n}_name ON svc{n}_t (name);\n"
                                               f"CREATE SEQUENCE svc{n}_seq;\nCREATE FUNCTION svc{n}_f() RETURNS INT "
                                               "LANGUAGE sql AS 'SELECT 1';\n")
-        runs = [runner(db, folder, f"svc{n}_hist", "migrate", wait=False) for n, folder in folders.items()]
+        runs = [runner(db, folder, f"svc{n}_hist", "migrate") for n, folder in folders.items()]
         for run in runs:
             assert run.communicate(timeout=180) and run.returncode == 0
         assert owned(db) == {f"svc{n}_hist": {f"table public.svc{n}_t", f"sequence public.svc{n}_seq",
@@ -70,7 +71,7 @@ def test_accept_drift_of_one_service_leaves_the_others_drift(cli, db, tmp_path):
     for n in (0, 1):
         folders[n] = tmp_path / f"svc{n}"
         write(folders[n], "V1__t.sql", f"CREATE TABLE svc{n}_t (id INT);\n")
-        assert runner(db, folders[n], f"svc{n}_hist", "migrate").returncode == 0
+        assert here(cli, db, folders[n], f"svc{n}_hist", "migrate").exit_code == 0
     db.query("ALTER TABLE svc0_t ADD COLUMN hand0 INT; ALTER TABLE svc1_t ADD COLUMN hand1 INT")
     accepted = ok(cli("sql", "accept-drift", "--sql-dir", folders[0], env={**db.db_env(), "SCHEMA_TABLE": "svc0_hist"}))
     assert "hand0" in accepted.stdout and "hand1" not in accepted.stdout, accepted.stdout
@@ -97,7 +98,7 @@ def test_a_run_waits_for_the_schemas_bookkeeping_lock_after_its_migration_commit
 
     folder = tmp_path / "a"
     write(folder, "V1__a.sql", "CREATE TABLE a_t (id INT);\n")
-    assert runner(db, folder, "a_hist", "migrate").returncode == 0
+    assert here(cli, db, folder, "a_hist", "migrate").exit_code == 0
     write(folder, "V2__c.sql", f"ALTER TABLE a_t ADD COLUMN c INT;\nSELECT pg_advisory_xact_lock({GATE});\n")
     key = pg_lock.lock_key(":bookkeeping public")
     holding = threading.Thread(target=db.query, args=("SELECT pg_advisory_xact_lock(%s), pg_sleep(2)", (key,)))
@@ -113,7 +114,7 @@ def test_a_run_waits_for_the_schemas_bookkeeping_lock_after_its_migration_commit
     assert ok(status(cli, db, folder, "a_hist"))  # its own change is not drift
 
 
-def test_a_bookkeeping_lock_held_too_long_is_named_in_one_line(db, tmp_path):
+def test_a_bookkeeping_lock_held_too_long_is_named_in_one_line(cli, db, tmp_path):
     from migrator import pg_lock
     from migrator.errors import LOCKED
 
@@ -121,8 +122,8 @@ def test_a_bookkeeping_lock_held_too_long_is_named_in_one_line(db, tmp_path):
     write(folder, "V1__a.sql", "CREATE TABLE a_t (id INT);\n")
     with db.server.connect(db.name) as other, other.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_lock(%s)", (pg_lock.lock_key(":bookkeeping public"),))
-        done = runner(db, folder, "a_hist", "migrate", "--lock-timeout", "1")
-    assert done.returncode == LOCKED, done.stderr
+        done = here(cli, db, folder, "a_hist", "migrate", "--lock-timeout", "1")
+    assert done.exit_code == LOCKED, done.output
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("error: the shared bookkeeping lock of schema public (advisory lock ") and \
         "held by server pid" in line and "raise --lock-timeout" in line, line

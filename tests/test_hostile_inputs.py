@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from conftest import PROJECT_ROOT, add_migration, one_error_line
+from conftest import PROJECT_ROOT, add_migration, ok, one_error_line
 from test_progress import add, read_until, runner
 
 SECRET = "sk_live_Hostile42"  # what another file or session must never leak
@@ -247,8 +247,8 @@ def _blocked_run(db, sql_dir, log_format: str, *flags: str) -> tuple[list[str], 
     return lines + out.splitlines() + err.splitlines(), pid
 
 
-def test_a_blocking_sessions_query_is_never_printed_only_who_it_is_and_its_lock(db, sql_dir):
-    assert runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url).wait(60) == 0
+def test_a_blocking_sessions_query_is_never_printed_only_who_it_is_and_its_lock(cli, db, sql_dir):
+    ok(cli("migrate", "--sql-dir", sql_dir, "--database-url", db.url))  # (setup: in-process)
     human, pid = _blocked_run(db, sql_dir, "human")
     line = next(line for line in human if "pg_terminate_backend" in line)
     assert f"pid {pid} (application_name 'dba-console" in line and "idle in transaction for" in line
@@ -264,8 +264,8 @@ def test_a_blocking_sessions_query_is_never_printed_only_who_it_is_and_its_lock(
     assert "query" not in held_by
 
 
-def test_show_blocker_query_shows_the_query_without_its_literals(db, sql_dir):
-    assert runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url).wait(60) == 0
+def test_show_blocker_query_shows_the_query_without_its_literals(cli, db, sql_dir):
+    ok(cli("migrate", "--sql-dir", sql_dir, "--database-url", db.url))  # (setup: in-process)
     lines, _ = _blocked_run(db, sql_dir, "json", "--show-blocker-query")
     assert SECRET not in "".join(lines)
     event = next(json.loads(line) for line in lines if '"lock_wait"' in line)

@@ -7,13 +7,14 @@ import json
 import signal
 import time
 
+from conftest import ok
 from test_impact import TABLE
 from test_progress import add, runner
 from test_schema_proof import scratch_databases
 
 
-def test_sigterm_during_plan_impact_drops_the_scratch_database(db, pg, sql_dir):
-    assert runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url).wait(60) == 0
+def test_sigterm_during_plan_impact_drops_the_scratch_database(cli, db, pg, sql_dir):
+    ok(cli("migrate", "--sql-dir", sql_dir, "--database-url", db.url))  # (setup: in-process)
     add(sql_dir, "0002_slow", "SELECT pg_sleep(60);\n")
     proc = runner("plan", "--impact", "--sql-dir", sql_dir, "--database-url", db.url, "--scratch-url", pg.url("postgres"))
     deadline = time.monotonic() + 30

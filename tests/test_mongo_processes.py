@@ -3,7 +3,8 @@ at every point of a patch's life, the server killed and restarted, the server pa
 
 The points are hit by the test's own patch files, honestly: a patch's module-level code runs before the running
 record, its run() runs after it; the patch writes a marker file at its point and waits there for the test's
-SIGKILL. Nothing in the runner knows about these tests.
+SIGKILL. Nothing in the runner knows about these tests. The run after a kill (status, resolve, apply again), which
+only reads what the killed one left, runs in-process (here: the suite's CLI fixture).
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def runner(mongo, *args, env=None) -> subprocess.Popen:
 def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
+
+
+def here(cli, mongo, *args) -> tuple[int, str, str]:
+    """`runner.py ARGS` in-process (the suite's CLI fixture), pointed at the test's database: as finish(runner(...))."""
+    result = cli(*args, env=mongo.env)
+    return result.exit_code, result.stdout, result.stderr
 
 
 def wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
@@ -230,7 +237,7 @@ def expire_lock(db) -> None:
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_sigkill_at_each_point_never_leads_to_a_silent_second_application(server, tmp_path, point):
+def test_sigkill_at_each_point_never_leads_to_a_silent_second_application(cli, server, tmp_path, point):
     folder, marks = pointed_patch(tmp_path)
     if point == "while renewing the lock":
         # The patch returns after its writes; the runner then renews the lock (held.check) before it settles.
@@ -253,7 +260,7 @@ def test_sigkill_at_each_point_never_leads_to_a_silent_second_application(server
     finish(proc)
     written = counts(server.db)
     expire_lock(server.db)
-    code, out, err = finish(runner(server, "mongo", "apply", "--run", "--mongo-dir", folder))
+    code, out, err = here(cli, server, "mongo", "apply", "--run", "--mongo-dir", folder)
     if point == "before the running record":  # nothing was recorded or written: it runs now, once
         assert code == 0 and "applied 0001_two_writes" in out, err
         assert counts(server.db) == {"first": 1, "second": 1}
@@ -265,10 +272,10 @@ def test_sigkill_at_each_point_never_leads_to_a_silent_second_application(server
     (record,) = server.db.applied_patches.find()
     assert record["status"] == "running"
     # Settled by a person, it is not run again either.
-    code, out, err = finish(runner(server, "mongo", "resolve", "0001_two_writes", "--applied", "--note", "checked",
-                                   "--mongo-dir", folder))
+    code, out, err = here(cli, server, "mongo", "resolve", "0001_two_writes", "--applied", "--note", "checked",
+                          "--mongo-dir", folder)
     assert code == 0, err
-    code, out, err = finish(runner(server, "mongo", "apply", "--run", "--mongo-dir", folder))
+    code, out, err = here(cli, server, "mongo", "apply", "--run", "--mongo-dir", folder)
     assert code == 0 and counts(server.db) == written, err
 
 
@@ -284,7 +291,7 @@ db.counter.updateOne({{_id: "second"}}, {{$inc: {{n: 1}}}}, {{upsert: true}});
 @pytest.mark.parametrize("kind, point", [("py", "mid-patch"), ("js", "mid-patch"), ("py", "after the patch's writes"),
                                          ("py", "before the running record")],
                          ids=["py-mid-patch", "js-mid-patch", "py-after-its-writes", "py-before-its-record"])
-def test_the_server_killed_mid_patch_and_restarted(server, tmp_path, kind, point):
+def test_the_server_killed_mid_patch_and_restarted(cli, server, tmp_path, kind, point):
     """One line naming host:port, the patch and what is known of it; after the restart the patch is blocked, not
     applied again."""
     from migrator import ferretdb
@@ -329,15 +336,15 @@ def test_the_server_killed_mid_patch_and_restarted(server, tmp_path, kind, point
         if point == "before the running record":  # no record, nothing written: the next run applies it, once
             expire_lock(target.db)
             assert counts(target.db) == {} and target.db.applied_patches.count_documents({}) == 0
-            code, out, err = finish(runner(target, "mongo", "apply", "--run", "--mongo-dir", folder))
+            code, out, err = here(cli, target, "mongo", "apply", "--run", "--mongo-dir", folder)
             assert code == 0 and counts(target.db) == written, err
             target.db.client.close()
             return
-        code, out, err = finish(runner(target, "mongo", "status", "--mongo-dir", folder))  # the lock not yet expired
+        code, out, err = here(cli, target, "mongo", "status", "--mongo-dir", folder)  # the lock not yet expired
         assert "running now" not in out + err and f"pid {proc.pid} on this host has exited" in out + err, out + err
         expire_lock(target.db)
         assert counts(target.db) == written
-        code, out, err = finish(runner(target, "mongo", "apply", "--run", "--mongo-dir", folder))
+        code, out, err = here(cli, target, "mongo", "apply", "--run", "--mongo-dir", folder)
         assert code == 1 and "patch 0001_two_writes: a run started" in err, err
         assert counts(target.db) == written
         target.db.client.close()
@@ -431,7 +438,7 @@ for (let i = 0; i < 60; i++) {
 """
 
 
-def test_a_js_patch_dies_with_its_sigkilled_runner(server, tmp_path):
+def test_a_js_patch_dies_with_its_sigkilled_runner(cli, server, tmp_path):
     if not __import__("shutil").which("mongosh") and not (PROJECT_ROOT / ".mongosh").exists():
         pytest.skip("needs mongosh (make mongosh)")
     folder = tmp_path / "mongo"
@@ -450,7 +457,7 @@ def test_a_js_patch_dies_with_its_sigkilled_runner(server, tmp_path):
     assert server.db.ticks.count_documents({}) == after_kill  # no insert from an orphaned mongosh
     # the next run names the JS patch and the commands to settle it, and does not run it again
     expire_lock(server.db)
-    code, out, err = finish(runner(server, "mongo", "apply", "--run", "--mongo-dir", folder))
+    code, out, err = here(cli, server, "mongo", "apply", "--run", "--mongo-dir", folder)
     (line,) = [l for l in err.splitlines() if l.startswith("error:")]
     assert code == 1 and "patch 0001_ticks: a run started" in line and "never finished" in line, err
     assert "`runner.py mongo resolve 0001_ticks --applied` or `--not-applied`" in line

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from conftest import add_migration, applied, one_error_line, psql_file
+from conftest import add_migration, applied, ok, one_error_line, psql_file
 
 
 @pytest.fixture
@@ -308,14 +308,14 @@ def test_a_planted_string_agg_is_not_called_by_the_first_pinning_statement(cli, 
     assert applied(db) == ["0001_create_hcm_report_metadata"]
 
 
-def test_the_progress_watcher_never_calls_a_planted_unnest(db, sql_dir, low):
+def test_the_progress_watcher_never_calls_a_planted_unnest(cli, db, sql_dir, low):
     """The watcher's side connection (and the lock-retry probe on the same keywords) resolve in pg_catalog alone:
     a planted public.unnest(integer[]) is an exact match for unnest(pg_blocking_pids(...))."""
     import psycopg2
 
     from test_progress import add, read_until, runner
 
-    assert runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url).wait(60) == 0
+    ok(cli("migrate", "--sql-dir", sql_dir, "--database-url", db.url))  # (setup: in-process)
     writable_by(db, "public", low)
     plant_function(db, "public", low, """
         CREATE FUNCTION public.unnest(integer[]) RETURNS SETOF integer LANGUAGE sql AS $$

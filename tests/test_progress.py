@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg2
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, ok
 
 
 def runner(*args, env: dict | None = None) -> subprocess.Popen:
@@ -41,9 +41,8 @@ def add(sql_dir: Path, name: str, text: str) -> None:
     (sql_dir / f"{name}.rollback.sql").write_text("SELECT 1;\n")
 
 
-def test_a_migration_waiting_on_a_lock_names_the_session_holding_it(db, sql_dir):
-    base = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url)
-    assert base.wait(60) == 0, base.stderr.read()
+def test_a_migration_waiting_on_a_lock_names_the_session_holding_it(cli, db, sql_dir):
+    ok(cli("migrate", "--sql-dir", sql_dir, "--database-url", db.url))  # (setup: in-process)
     add(sql_dir, "0002_add_note", "ALTER TABLE hcm_report_metadata ADD COLUMN note text;\n")
     holder = psycopg2.connect(db.url, application_name="dba-console-7")
     try:

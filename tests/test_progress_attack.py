@@ -1,5 +1,6 @@
 """Live progress under attack: a terminal, a role with few connections, passwords in other sessions,
-a killed or SIGTERMed migration session; each with the runner as a subprocess, as it really runs."""
+a killed or SIGTERMed migration session; each with the runner as a subprocess, as it really runs (a test's setup
+migrate, before anything is attacked, runs in-process: the CLI fixture)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, ok
 from test_progress import add, read_until, runner
 
 VERBOSE = tuple(os.environ.get("T_VERBOSE", "").split())
@@ -74,13 +75,12 @@ def test_the_watcher_never_takes_a_connection_the_migration_needs(make_db, limit
     assert LIMITED_PASSWORD not in out + err
 
 
-def test_a_lock_holder_quoting_a_password_is_scrubbed_in_both_formats(make_db, password_role, sql_dir, pg):
+def test_a_lock_holder_quoting_a_password_is_scrubbed_in_both_formats(cli, make_db, password_role, sql_dir, pg):
     from conftest import SPECIAL_PASSWORD
 
     db = make_db(owner=password_role)
     url = pg.url(db.name, user=password_role, password=SPECIAL_PASSWORD)
-    base = runner("migrate", "--sql-dir", sql_dir, "--database-url", url)
-    assert base.wait(60) == 0, base.stderr.read()
+    ok(cli("migrate", "--sql-dir", sql_dir, "--database-url", url))
     holder = psycopg2.connect(url, application_name=f"job {SPECIAL_PASSWORD}")  # the same role: visible
     try:
         for number, log_format in ((2, "human"), (3, "json")):
@@ -101,12 +101,12 @@ def test_a_lock_holder_quoting_a_password_is_scrubbed_in_both_formats(make_db, p
         holder.close()
 
 
-def test_a_holder_this_role_cannot_see_is_said_as_such(make_db, password_role, sql_dir, pg):
+def test_a_holder_this_role_cannot_see_is_said_as_such(cli, make_db, password_role, sql_dir, pg):
     from conftest import SPECIAL_PASSWORD
 
     db = make_db(owner=password_role)
     url = pg.url(db.name, user=password_role, password=SPECIAL_PASSWORD)
-    assert runner("migrate", "--sql-dir", sql_dir, "--database-url", url).wait(60) == 0
+    ok(cli("migrate", "--sql-dir", sql_dir, "--database-url", url))
     add(sql_dir, "0002_add_note", "ALTER TABLE hcm_report_metadata ADD COLUMN note text;\n")
     holder = psycopg2.connect(db.url)  # the superuser: its session is hidden from an ordinary role
     try:
@@ -125,8 +125,8 @@ def test_a_holder_this_role_cannot_see_is_said_as_such(make_db, password_role, s
     assert "None" not in line and "insufficient privilege" not in line
 
 
-def test_a_row_lock_wait_names_the_transaction_holding_it(db, sql_dir):
-    assert runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url).wait(60) == 0
+def test_a_row_lock_wait_names_the_transaction_holding_it(cli, db, sql_dir):
+    ok(cli("migrate", "--sql-dir", sql_dir, "--database-url", db.url))
     db.query("INSERT INTO hcm_report_metadata (dag_run_id, dag_name, campaign_number, report_name, trigger_frequency, "
              "trigger_date, filestore_id, tenant_id) VALUES ('r', 'd', 'c', 'n', 'Daily', now(), 'f', 't')")
     add(sql_dir, "0002_touch", "UPDATE hcm_report_metadata SET dag_name = 'x';\n")
@@ -158,8 +158,8 @@ def _session_of(db, application_like: str, query_like: str, timeout: float = 30)
     raise AssertionError(f"no session running {query_like}")
 
 
-def test_a_killed_migration_session_is_one_line_saying_the_connection_was_lost(db, sql_dir):
-    assert runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url).wait(60) == 0
+def test_a_killed_migration_session_is_one_line_saying_the_connection_was_lost(cli, db, sql_dir):
+    ok(cli("migrate", "--sql-dir", sql_dir, "--database-url", db.url))
     add(sql_dir, "0002_sleep", "SELECT pg_sleep(30);\n")
     proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url, *VERBOSE)
     pid = _session_of(db, "hcm-db-migrations %", "SELECT pg_sleep(30)%")
@@ -175,8 +175,8 @@ def test_a_killed_migration_session_is_one_line_saying_the_connection_was_lost(d
 
 
 @pytest.mark.parametrize("quiet", [(), ("--quiet",)])
-def test_sigterm_cancels_the_running_statement_and_stops_in_order(db, sql_dir, quiet):
-    assert runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url).wait(60) == 0
+def test_sigterm_cancels_the_running_statement_and_stops_in_order(cli, db, sql_dir, quiet):
+    ok(cli("migrate", "--sql-dir", sql_dir, "--database-url", db.url))
     add(sql_dir, "0002_sleep", "CREATE TABLE before_sleep (id int);\nSELECT pg_sleep(60);\n")
     proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url, *quiet)
     _session_of(db, "hcm-db-migrations %", "SELECT pg_sleep(60)%")

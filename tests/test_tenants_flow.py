@@ -14,7 +14,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import SEED, add_migration, one_error_line
+from conftest import SEED, add_migration, ok, one_error_line
 from test_tenants import history, relations, summary_rows
 from test_tenants_attacks import runner, wait_for_sleeps
 
@@ -156,9 +156,10 @@ def _wait_until_waiting(db, seconds: float = 20) -> None:
 
 
 @pytest.mark.parametrize("schemas, parallel", [(["a", "c"], 1), (["a", "c"], 2), ([], 1)])
-def test_sigterm_while_waiting_for_the_lock_ends_the_wait_and_runs_nothing(db, sql_dir, tmp_path, schemas, parallel):
+def test_sigterm_while_waiting_for_the_lock_ends_the_wait_and_runs_nothing(cli, db, sql_dir, tmp_path, schemas,
+                                                                             parallel):
     args = [arg for schema in schemas for arg in ("--schema", schema)] + ["--parallel", parallel]
-    runner(db, "migrate", "--sql-dir", sql_dir, "--create-schemas", *args, cwd=tmp_path).communicate(timeout=60)
+    ok(cli("migrate", "--sql-dir", sql_dir, "--create-schemas", *args, env=db.db_env()))  # (setup: in-process)
     chain(sql_dir, "0002_t6")
     other = _held_by_other(db, schemas[0] if schemas else None)
     try:

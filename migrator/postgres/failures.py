@@ -17,6 +17,7 @@ from typing import Iterator
 
 from migrator import durations, output
 from migrator.errors import MigratorError
+from migrator.postgres import watchdog
 from migrator.targets import PostgresTarget
 
 # The run's own URL carries its read timeout to Backend.connect (popped there, never sent to libpq).
@@ -50,7 +51,7 @@ def guard_reads(connection, where: str, seconds: float) -> None:
 def answered_within(connection, seconds: float | None) -> Iterator[dict]:
     """The block's wait on `connection` ends within `seconds` (None: no bound); state["fired"]: the bound ended it.
 
-    A timer shuts the socket down (a dup of libpq's descriptor, so libpq's own stays valid): libpq's wait ends
+    The watchdog shuts the socket down (a dup of libpq's descriptor, so libpq's own stays valid): libpq's wait ends
     with "server closed the connection"."""
     state = {"done": False, "fired": False}
     if seconds is None:
@@ -64,15 +65,13 @@ def answered_within(connection, seconds: float | None) -> Iterator[dict]:
                 state["fired"] = True
                 shut(connection)
 
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
+    bound = watchdog.arm(seconds, fire)  # (one thread watches every bound: a Timer per statement cost ~0.1 ms)
     try:
         yield state
     finally:
         with lock:
             state["done"] = True
-        timer.cancel()
+        watchdog.disarm(bound)
 
 
 _cut: weakref.WeakSet = weakref.WeakSet()  # the connections shut() cut off (their server side may live on)
@@ -86,7 +85,7 @@ def was_cut_off(connection) -> bool:
 # the PGconn with the GIL released: another thread's fileno racing a close reads the freed PGconn, and the number
 # it returns may already be a new socket's (shut would cut someone else's connection); its cancel is sent for a
 # session being closed. Each such touch and the connection's close take its one lock here (cancel.py, the lock
-# probe, answered_within's timer; close() where the connection is one of theirs).
+# probe, answered_within's bound; close() where the connection is one of theirs).
 _touch_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _touch_locks_guard = threading.Lock()
 
