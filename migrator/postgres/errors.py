@@ -99,6 +99,14 @@ class StatementFailed(Exception):
 
 
 NOTHING_COMMITTED = "not transactional: no statement of it committed"
+# A unique index build (CREATE UNIQUE INDEX, ADD PRIMARY KEY / UNIQUE) that found the same key twice: the data is wrong
+DUPLICATES = ("the table holds rows with the same key (the DETAIL names one): find them (SELECT the key, count(*) ... "
+              "GROUP BY the key HAVING count(*) > 1), fix the data (the file is not wrong), then run again")
+
+
+def nothing_committed(failure: str) -> bool:
+    """A recorded failure (`file:line: what committed; ...`) says no statement of it committed."""
+    return NOTHING_COMMITTED in failure.split("; ", 1)[0]
 EXCERPT_WIDTH = 72  # characters of a long line shown around the error position
 
 
@@ -160,6 +168,8 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         if connection_lost(cause):
             committed = "the connection was lost, so whether it committed is unknown: run `runner.py status`"
     todo = HINTS.get(getattr(cause, "pgcode", None), "fix the file and run again")
+    if getattr(cause, "pgcode", None) == "23505" and server_message(cause).startswith("could not create unique index"):
+        todo = DUPLICATES
     if connection_lost(cause) and getattr(exc, "in_backoff", False):  # (running.run_retrying)
         committed = "the session was lost between lock retries, while no statement was running: " + (
             "nothing of it was applied: its transaction rolled back" if exc.transactional else
@@ -183,12 +193,13 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
             todo = exc.todo = "run again: the rerun continues the backfill where it stopped (its WHERE leaves done rows out)"
     earlier = getattr(migration, "earlier_failure", None)
     if isinstance(exc, StatementFailed) and not exc.transactional and earlier and not \
-            earlier.startswith(NOTHING_COMMITTED) and exc.done == 0:  # an earlier run committed part; this one none
+            nothing_committed(earlier) and exc.done == 0:  # an earlier run committed part; this one none
         committed = (f"this run committed none of its statements; a rerun starts from its first statement, and an "
                      f"earlier run left: {earlier}")
     if getattr(exc, "todo", None):  # the failure knows better (lock retries spent, an INVALID index)
         todo = exc.todo
-    elif isinstance(exc, StatementFailed) and not exc.transactional and (exc.done or earlier):
+    elif isinstance(exc, StatementFailed) and not exc.transactional and (
+            exc.done or earlier and not nothing_committed(earlier)):
         guard = "IF EXISTS" if verb == "roll back" else "IF NOT EXISTS"
         todo = (f"`runner.py status` shows this; make the file safe to re-run ({guard}) or undo what committed, "
                 "then run again")

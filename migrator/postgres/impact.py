@@ -182,7 +182,8 @@ def measure(server, live_backend, migrations, pending, findings, schema: str | N
     applied = set(postgres.applied_ids(live_backend, migrations))
     live = live_backend.connection
     done = []
-    seen = estimate.risks.Seen()  # what the pending statements before each one did (the rewrite judge's view)
+    # what the pending statements before each one did (the rewrite judge's view; the renames already in the catalog)
+    seen = estimate.risks.Seen(follow=False)
     with _scratch(server, schema) as db:
         for migration in postgres.ordered(migrations):
             if migration.id in applied:

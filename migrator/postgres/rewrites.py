@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 
 from migrator import lazy_re
-from migrator.postgres import risks, table_sizes
+from migrator.postgres import risks, risks_pending, table_sizes
 from migrator.pinned import catalog_path
 from migrator.postgres.risks import BLOCKS, INSTEAD, Risk
 
@@ -148,22 +148,39 @@ JOIN pg_catalog.pg_namespace inn ON inn.oid = ic.relnamespace
 WHERE ic.relname = %(name)s AND inn.nspname = ANY(%(path)s)
 ORDER BY pg_catalog.array_position(%(path)s, inn.nspname::text) LIMIT 1
 """
+_GENERATED = ("SELECT attgenerated::pg_catalog.text FROM pg_catalog.pg_attribute WHERE attrelid = %s AND attname = %s "
+              "AND NOT attisdropped")
+# The tables (of an index, for relkind 'i') a tablespace holds relations of kind %(kind)s of, system ones left out
+# (ALTER ... ALL IN TABLESPACE moves none of them); the database's default tablespace is reltablespace 0.
+_IN_TABLESPACE = """
+SELECT DISTINCT n.nspname, t.relname FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_class t ON t.oid = COALESCE((SELECT i.indrelid FROM pg_catalog.pg_index i
+                                                WHERE i.indexrelid = c.oid), c.oid)
+JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+WHERE c.relkind = %(kind)s AND n.nspname <> ALL(ARRAY['pg_catalog', 'information_schema'])
+  AND n.nspname NOT LIKE 'pg\\_toast%%' AND c.reltablespace = (
+    SELECT CASE WHEN s.oid = d.dattablespace THEN 0 ELSE s.oid END FROM pg_catalog.pg_tablespace s
+    JOIN pg_catalog.pg_database d ON d.datname = pg_catalog.current_database() WHERE s.spcname = %(name)s)
+ORDER BY 1, 2
+"""
 _DOMAIN_DEFAULT = """
 SELECT t.typdefault FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
 WHERE t.typtype = 'd' AND t.typname = %(name)s AND n.nspname = ANY(%(path)s)
 ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
 """
-# The column is NOT NULL with no scan left to do: a validated CHECK (col IS NOT NULL) or NOT NULL constraint (or one
-# a pending statement VALIDATEs), or attnotnull with no NOT VALID NOT NULL constraint (PostgreSQL 18 marks the column
-# for one already, but SET NOT NULL then validates it: a scan).
+# The column is NOT NULL with no scan left to do: attnotnull with no NOT NULL constraint of it NOT VALID (PostgreSQL 18
+# marks the column for one already, but SET NOT NULL then validates it: a scan) unless a pending statement VALIDATEs
+# it, none dropped by one (nor a pending DROP NOT NULL); or a validated CHECK (of those, risks_pending.check_proves:
+# `col IS NOT NULL`, alone or as a top-level AND conjunct), not dropped by a pending statement.
 _NOT_NULL_PROVEN = """
-SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = %(oid)s AND a.attname = %(column)s AND NOT a.attisdropped
-  AND (EXISTS (SELECT FROM pg_catalog.pg_constraint c WHERE c.conrelid = a.attrelid
-               AND (c.convalidated OR c.conname = ANY(%(names)s)) AND (c.contype = 'n' AND c.conkey = ARRAY[a.attnum]
-               OR c.contype = 'c' AND pg_catalog.pg_get_constraintdef(c.oid)
-                                      = 'CHECK ((' || pg_catalog.quote_ident(%(column)s) || ' IS NOT NULL))'))
-       OR a.attnotnull AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint c WHERE c.conrelid = a.attrelid
-                                       AND c.contype = 'n' AND c.conkey = ARRAY[a.attnum] AND NOT c.convalidated))
+SELECT a.attnotnull AND NOT %(nullable)s AND NOT EXISTS (
+    SELECT FROM pg_catalog.pg_constraint c WHERE c.conrelid = a.attrelid AND c.contype = 'n'
+    AND c.conkey = ARRAY[a.attnum] AND (NOT c.convalidated AND c.conname <> ALL(%(names)s)
+                                        OR c.conname = ANY(%(dropped)s))),
+  ARRAY(SELECT pg_catalog.pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c
+        WHERE c.conrelid = a.attrelid AND c.contype = 'c' AND a.attnum = ANY(c.conkey)
+        AND (c.convalidated OR c.conname = ANY(%(names)s)) AND c.conname <> ALL(%(dropped)s))
+FROM pg_catalog.pg_attribute a WHERE a.attrelid = %(oid)s AND a.attname = %(column)s AND NOT a.attisdropped
 """
 _RESET_VALUE = "SELECT reset_val FROM pg_catalog.pg_settings WHERE name = %s"
 # A fresh session's search_path ("$user" resolved), its schemas that exist: where a migration's names resolve.
@@ -218,6 +235,13 @@ class _Live:
         return [tuple(row) for row in self._rows(_TABLE_OF_INDEX, {"name": name[1],
                                                                     "path": [name[0]] if name[0] else self.path})]
 
+    def generated(self, oid: int, column: str) -> str:
+        """The column's attgenerated: 's' stored, 'v' virtual (PostgreSQL 18), '' neither (or no such column)."""
+        return next(iter(self._rows(_GENERATED, (oid, column))), ("",))[0]
+
+    def in_tablespace(self, name: str, kind: str) -> list[tuple[str, str]]:
+        return [tuple(row) for row in self._rows(_IN_TABLESPACE, {"name": name, "kind": kind})]
+
     def domain_tables(self, names: list[str]) -> list[tuple[str, str]]:
         """The tables with a column of the domain (found on the migration's search_path), as (schema, name)."""
         return [tuple(row) for row in self._rows(_DOMAIN_TABLES, {"name": names[-1],
@@ -253,8 +277,13 @@ class _Live:
                                                      "path": names[:-1] if len(names) > 1 else self.path})), None)
         return risks.expression_functions(row[0]) if row and row[0] else set()
 
-    def not_null_proven(self, oid: int, column: str, validated: set) -> bool:
-        return bool(self._rows(_NOT_NULL_PROVEN, {"oid": oid, "names": sorted(validated), "column": column}))
+    def not_null_proven(self, oid: int, column: str, validated: set, dropped: set = frozenset(),
+                        nullable: bool = False) -> bool:
+        """Proven NOT NULL (_NOT_NULL_PROVEN): `validated` / `dropped` constraint names, `nullable` (DROP NOT NULL) as
+        pending statements leave them."""
+        row = next(iter(self._rows(_NOT_NULL_PROVEN, {"oid": oid, "names": sorted(validated), "column": column,
+                                                       "dropped": sorted(dropped), "nullable": nullable})), None)
+        return bool(row and (row[0] or any(risks_pending.check_proves(d, column) for d in row[1])))
 
     def setting(self, name: str) -> str:
         """A setting as a fresh session of the run starts with it (the connection's options and PGTZ-style

@@ -13,15 +13,16 @@ import re
 from dataclasses import dataclass, field
 
 from migrator import lazy_re
-from migrator.postgres import risks_objects, risks_pending, risks_types, risks_writes
+from migrator.postgres import risks_nullable, risks_objects, risks_pending, risks_types, risks_writes
 # (the kinds of risk, their locks and safe patterns; rewrites.py and impact.py read them from here)
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
 from migrator.postgres import risks_keyed, risks_retype  # (ALTER COLUMN TYPE, a file's TimeZone)
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
-_HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|create\s+(?:unique\s+)?index|vacuum|cluster|reindex|"
-                        r"refresh\s+materialized|create\s+(?:(?:global|local)\s+)?(?:unlogged\s+)?table\s+[^;]*?"
+_HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|alter\s+(?:index|materialized\s+view)\s[^;]*?\btablespace|"
+                        r"create\s+(?:unique\s+)?index|vacuum|cluster|reindex|refresh\s+materialized|"
+                        r"create\s+(?:(?:global|local)\s+)?(?:unlogged\s+)?table\s+[^;]*?"
                         r"\bpartition\s+of)\b", re.IGNORECASE)
 _FUNCTION = lazy_re.compile(r"\s*(?:create\s+(?:or\s+replace\s+)?function|alter\s+(?:function|routine))\b",
                             re.IGNORECASE)
@@ -46,6 +47,9 @@ _TAKES = lazy_re.compile(r"\s*(?:drop\s+index|(?:create|alter)\s+policy|create\s
 _BEGIN = lazy_re.compile(r"\s*(?:begin|start\s+transaction)\b", re.IGNORECASE)
 _END = lazy_re.compile(r"\s*(?:commit|end|abort|rollback)\b(?!\s+(?:work\s+|transaction\s+)?(?:to|prepared)\b)",
                        re.IGNORECASE)
+# a pending RENAME TO / SET SCHEMA of what a later statement may name (risks_pending.read_moves; a table's: risks())
+_MOVES = lazy_re.compile(r"\s*alter\s+(?:domain|type|function|routine|procedure|schema)\b.*"
+                         r"\b(?:rename\s+to|set\s+schema)\b", re.IGNORECASE | re.DOTALL)
 _RENAMES = lazy_re.compile(r"\s*alter\s+table\b.*\brename\b", re.IGNORECASE | re.DOTALL)
 _SEARCH_PATH = re.compile(r"\s*set\s+(?:session\s+|local\s+)?search_path\s*(?:to|=)\s*(?P<first>\"(?:[^\"]|\"\")*\"|[^\s,;]+)",
                           re.IGNORECASE)
@@ -59,10 +63,13 @@ class Seen:
 
     created: set = field(default_factory=set)  # tables created by a pending statement, as written
     not_null: dict = field(default_factory=dict)  # table key -> columns proven NOT NULL by a validated CHECK
-    checks: dict = field(default_factory=dict)  # (table key, constraint name) -> column of CHECK (col IS NOT NULL)
+    checks: dict = field(default_factory=dict)  # (table key, constraint name) -> the columns it proves NOT NULL
     validated: dict = field(default_factory=dict)  # table key -> constraint names VALIDATEd by a pending statement
     altered: dict | None = None  # in a transactional file: table key -> (lock, by what) held until COMMIT
-    renamed: dict = field(default_factory=dict)  # table key -> the live table's name (a pending RENAME TO)
+    # (kind, the name a pending RENAME TO / SET SCHEMA gives) -> the live object's name, or risks_pending.GONE for the
+    # name it took away; kinds: table (key -> (schema, name)), type ((schema or None, name)), function, schema
+    aliases: dict = field(default_factory=dict)
+    follow: bool = True  # follow them (False: the catalog read has them already, plan --impact's scratch database)
     columns: dict = field(default_factory=dict)  # (table key, column) -> the live column's name (RENAME COLUMN)
     schema: str | None = None  # the schema a `SET search_path` of the file puts unqualified new tables in
     timezone: str | None = None  # the TimeZone a `SET TIME ZONE` of the file gives what follows (None: the session's)
@@ -85,6 +92,7 @@ class Seen:
     pending_checks: dict = field(default_factory=dict)  # (table key, name) -> (live columns, validated when added)
     dropped_indexes: set = field(default_factory=set)  # (schema or None, name): a pending DROP INDEX's
     dropped_checks: set = field(default_factory=set)  # (table key, name): a pending DROP CONSTRAINT's
+    nullable: set = field(default_factory=set)  # (table key, column): a pending DROP NOT NULL's
 
     def begin_file(self, transactional: bool) -> None:
         self.altered = {} if transactional else None
@@ -100,8 +108,8 @@ class Seen:
         return any(live.key(c) == live.key(name) for c in self.loaded)
 
     def live_name(self, name: tuple[str | None, str], live) -> tuple[str | None, str]:
-        """The live table a name means after the pending RENAME TOs before this statement."""
-        return self.renamed.get(live.key(name), name)
+        """The live table a name means after the pending RENAME TO / SET SCHEMAs before this statement."""
+        return risks_pending.live_table(self, name, live)
 
     def live_column(self, table, column: str, live) -> str:
         return self.columns.get((live.key(table), column), column)
@@ -123,6 +131,8 @@ class Seen:
             risks_types.read_domain(text, self)
         elif _DROP_INDEX.match(bare):
             risks_pending.read_drop_index(text, self)
+        if _MOVES.match(bare):
+            risks_pending.read_moves(text, self)
         loads = _LOADS.match(bare)
         if loads:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in loads.groups() if p]
@@ -141,7 +151,8 @@ class Seen:
             return
         old = self.live_name(_name(tree.relation), live)
         if tree.renameType == enums.ObjectType.OBJECT_TABLE:
-            self.renamed[live.key((tree.relation.schemaname or None, tree.newname))] = old
+            risks_pending.move(self, "table", live.key(_name(tree.relation)),
+                               live.key((tree.relation.schemaname or None, tree.newname)), old)
         elif tree.renameType == enums.ObjectType.OBJECT_COLUMN:
             self.columns[(live.key(_name(tree.relation)), tree.newname)] = self.live_column(
                 _name(tree.relation), tree.subname, live)
@@ -149,16 +160,6 @@ class Seen:
 
 def _name(range_var) -> tuple[str | None, str]:
     return range_var.schemaname or None, range_var.relname
-
-
-def _null_test_column(expr) -> str | None:
-    """`col IS NOT NULL` (a CHECK that proves a column NOT NULL) -> col."""
-    from pglast import ast, enums
-
-    if (isinstance(expr, ast.NullTest) and expr.nulltesttype == enums.NullTestType.IS_NOT_NULL
-            and isinstance(expr.arg, ast.ColumnRef) and len(expr.arg.fields) == 1):
-        return expr.arg.fields[0].sval
-    return None
 
 
 def _text(node) -> str:
@@ -231,6 +232,10 @@ def risks(tree, line: int, live, seen: Seen):
                        "reindex")
     elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_TABLE:
         yield from _alter_table(tree, line, live, seen)
+    elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_INDEX:
+        yield from risks_objects.index_tablespace(tree, line, live)
+    elif isinstance(tree, ast.AlterTableMoveAllStmt):
+        yield from risks_objects.move_all(tree, line, live)
     elif isinstance(tree, ast.RefreshMatViewStmt):
         yield from risks_objects.refresh(tree, line, name(tree.relation))
     elif isinstance(tree, ast.AlterDomainStmt):
@@ -264,8 +269,8 @@ def _alter_table(tree, line: int, live, seen: Seen):
         if cmd.subtype == types.AT_AddColumn:
             column = cmd.def_
             why = _volatile_column(column, live, seen) if not new else None
-            domain = not new and not why and column.typeName and risks_types.constrained_domain(column.typeName, live,
-                                                                                                  seen)
+            domain = not new and not why and column.typeName and risks_types.constrained_domain(
+                risks_pending.live_type(seen, column.typeName), live, seen)
             if why or domain:
                 yield Risk(line, name, f"ADD COLUMN {column.colname} {why or domain}", "rewrites", ACCESS_EXCLUSIVE,
                            "default" if why else "domain column")
@@ -274,7 +279,8 @@ def _alter_table(tree, line: int, live, seen: Seen):
         elif cmd.subtype == types.AT_AlterColumnType and not new:
             table = live.table(name)
             column = seen.live_column(name, cmd.name, live)
-            how = table and risks_retype.rewrites_type(live, seen, table[0], column, cmd.def_.typeName,
+            how = table and risks_retype.rewrites_type(live, seen, table[0], column,
+                                                       risks_pending.live_type(seen, cmd.def_.typeName),
                                                        cmd.def_.raw_default, cmd.def_.collClause, key)
             if how:
                 does, why = how
@@ -285,36 +291,37 @@ def _alter_table(tree, line: int, live, seen: Seen):
                 yield from risks_types.retyped(live, table[0], column, f"ALTER COLUMN {cmd.name} TYPE "
                                                f"{_text(cmd.def_.typeName)}", name, line, seen)
         elif cmd.subtype == types.AT_SetExpression and not new:
-            yield Risk(line, name, f"ALTER COLUMN {cmd.name} SET EXPRESSION", "rewrites", ACCESS_EXCLUSIVE,
-                       "expression")
+            table = live.table(name)  # (a VIRTUAL generated column's, PostgreSQL 18: catalog only, nothing stored)
+            if not (table and live.generated(table[0], seen.live_column(name, cmd.name, live)) == "v"):
+                yield Risk(line, name, f"ALTER COLUMN {cmd.name} SET EXPRESSION", "rewrites", ACCESS_EXCLUSIVE,
+                           "expression")
         elif cmd.subtype == types.AT_AttachPartition:
             yield from risks_objects.attach(cmd, line, live, seen, seen.live_name(_name(cmd.def_.name), live))
             yield from risks_objects.default_scan(cmd.def_.bound, name, line, live, seen, "ATTACH PARTITION")
         elif cmd.subtype == types.AT_SetNotNull:
             if cmd.name in seen.not_null.get(key, set()) or new:
                 continue
-            table = live.table(name)
-            if table and not live.not_null_proven(table[0], cmd.name, seen.validated.get(key, set())):
-                yield Risk(line, name, f"ALTER COLUMN {cmd.name} SET NOT NULL without a validated CHECK "
-                                       f"({cmd.name} IS NOT NULL)", "scans", ACCESS_EXCLUSIVE, "not null")
+            yield from risks_nullable.set_not_null(cmd.name, name, key, line, live, seen)
         elif cmd.subtype == types.AT_AddConstraint:
             if cmd.def_.contype == enums.ConstrType.CONSTR_CHECK:  # (named by a later type change of its columns)
                 risks_pending.check(cmd.def_, name, live, seen)
             risks_keyed.constraint(cmd.def_, name, live, seen)  # (an index a later type change may build again)
             yield from _add_constraint(cmd.def_, name, key, line, seen, new)
             if not new:
-                yield from _implicit_not_null(cmd.def_, name, key, line, live, seen)
+                yield from risks_nullable.implicit_not_null(cmd.def_, name, key, line, live, seen)
         elif cmd.subtype == types.AT_ValidateConstraint:
             if (locked or seen.altered is not None and key in seen.altered) and not new:
                 yield Risk(line, name, f"VALIDATE CONSTRAINT {cmd.name} in the transaction of an earlier ALTER TABLE "
                                        "of the table", "scans", ACCESS_EXCLUSIVE, "validate")
             seen.validated.setdefault(key, set()).add(cmd.name)
             seen.checked.add(key)
-            column = seen.checks.get((key, cmd.name))
-            if column:
-                seen.not_null.setdefault(key, set()).add(column)
-        elif cmd.subtype == types.AT_DropConstraint:
+            seen.not_null.setdefault(key, set()).update(seen.checks.get((key, cmd.name), ()))
+        elif cmd.subtype == types.AT_DropConstraint:  # (what it proved NOT NULL no longer is)
             risks_pending.drop_check(key, cmd.name, seen)
+            seen.not_null.get(key, set()).difference_update(seen.checks.get((key, cmd.name), ()))
+        elif cmd.subtype == types.AT_DropNotNull:
+            seen.nullable.add((key, seen.live_column(name, cmd.name, live)))
+            seen.not_null.get(key, set()).discard(cmd.name)
         elif cmd.subtype in _COPIES and not new:
             yield Risk(line, name, _COPIES[cmd.subtype] + (f" {cmd.name}" if cmd.name else ""), "rewrites",
                        ACCESS_EXCLUSIVE, "logged")
@@ -326,57 +333,18 @@ def _alter_table(tree, line: int, live, seen: Seen):
 _COPIES = {}  # the subcommands that copy the whole table (filled on first use: the parser's enums load lazily)
 
 
-def _implicit_not_null(constraint, name, key, line: int, live, seen: Seen):
-    """A NOT NULL that scans every row unless a validated CHECK (col IS NOT NULL) proves it: PostgreSQL 18's `ADD
-    CONSTRAINT nn NOT NULL col` (without NOT VALID) and `ADD PRIMARY KEY USING INDEX` on a column that may be NULL.
-    An index neither live nor made by a pending statement cannot be judged: said so, not passed. A NOT NULL
-    constraint's name is kept, NOT VALID or not: a later VALIDATE of it proves the column as a CHECK's does."""
-    from pglast import enums
-
-    kinds = enums.ConstrType
-    if constraint.contype == kinds.CONSTR_NOTNULL:
-        columns = [k.sval for k in constraint.keys or ()]
-        for column in columns:  # (unnamed: PostgreSQL's own name for it, table_column_not_null)
-            seen.checks[(key, constraint.conname or f"{name[1]}_{column}_not_null")] = column
-        if constraint.skip_validation:
-            return
-        what = f"ADD {'CONSTRAINT ' + constraint.conname + ' ' if constraint.conname else ''}NOT NULL {{}}"
-    elif constraint.contype == kinds.CONSTR_PRIMARY and constraint.indexname:
-        columns = seen.indexes.get((key, constraint.indexname))
-        table = live.table(name)
-        if columns is None and table is not None:
-            columns = live.index_columns(table[0], constraint.indexname)
-        what = f"ADD PRIMARY KEY USING INDEX {constraint.indexname} (an implied SET NOT NULL {{}})"
-        if not columns:
-            yield Risk(line, name, what.format("of columns that cannot be judged: its index was not found"), "may scan",
-                       ACCESS_EXCLUSIVE, "not null")
-            return
-    else:
-        return
-    table = live.table(name)
-    for column in columns:
-        live_column = seen.live_column(name, column, live)
-        if column in seen.not_null.get(key, set()) or table is None \
-                or live.not_null_proven(table[0], live_column, seen.validated.get(key, set())):
-            continue
-        yield Risk(line, name, what.format(f"{column} without a validated CHECK ({column} IS NOT NULL)"), "scans",
-                   ACCESS_EXCLUSIVE, "not null")
-    seen.not_null.setdefault(key, set()).update(columns)  # (NOT NULL from here on: a later SET NOT NULL reads nothing)
-
-
 def _add_constraint(constraint, name, key, line: int, seen: Seen, new: bool):
     from pglast import enums
 
     kinds = enums.ConstrType
     if constraint.contype == kinds.CONSTR_CHECK:
-        column = _null_test_column(constraint.raw_expr)
-        if column and constraint.conname:
-            seen.checks[(key, constraint.conname)] = column
+        columns = risks_pending.not_null_columns(constraint.raw_expr)
+        if columns and constraint.conname:
+            seen.checks[(key, constraint.conname)] = columns
         if constraint.skip_validation:
             return
         seen.checked.add(key)
-        if column:
-            seen.not_null.setdefault(key, set()).add(column)
+        seen.not_null.setdefault(key, set()).update(columns)
         if not new:
             yield Risk(line, name, f"ADD {'CONSTRAINT ' + constraint.conname + ' ' if constraint.conname else ''}"
                                    "CHECK without NOT VALID", "scans", ACCESS_EXCLUSIVE, "check")
@@ -423,13 +391,16 @@ def _volatile_column(column, live, seen: Seen) -> str | None:
             if _volatile(risks_pending.functions_called(constraint.raw_expr), live, seen):
                 return f"DEFAULT {_text(constraint.raw_expr)} (volatile: a value per row)"
             return None  # the column's own default wins over its domain's
-    if column.typeName and _volatile(risks_pending.domain_default_calls(column.typeName, live, seen), live, seen):
+    if column.typeName and _volatile(risks_pending.domain_default_calls(risks_pending.live_type(seen, column.typeName),
+                                                                        live, seen), live, seen):
         return f"of domain {_text(column.typeName)}, whose DEFAULT is volatile (a value per row)"
     return None
 
 
 def _volatile(calls: set[str], live, seen: Seen) -> bool:
-    """Any of `calls` volatile: one a pending statement creates or makes VOLATILE by its text, the others live."""
+    """Any of `calls` volatile: one a pending statement creates or makes VOLATILE by its text, the others live (by the
+    name a pending RENAME TO took them from)."""
+    calls = {f if f in seen.functions else risks_pending.live_function(seen, f) for f in calls}
     return any(seen.functions.get(f) for f in calls) or live.volatile(calls - seen.functions.keys())
 
 

@@ -1,9 +1,12 @@
 """Risks of statements on other objects than a table's own columns: a materialized view's REFRESH (the view
 rebuilt), a domain's new constraint (checked on every table with a column of it), a partition's ATTACH (its rows
-checked against the bound), a new partition's bound (the DEFAULT partition's rows checked against it). risks.py finds them with the rest; the live answers come from rewrites._Live."""
+checked against the bound), a new partition's bound (the DEFAULT partition's rows checked against it), an index's or
+a whole tablespace's move to another tablespace (each file copied). risks.py finds them with the rest; the live
+answers come from rewrites._Live."""
 
 from __future__ import annotations
 
+from migrator.postgres import risks_pending
 from migrator.postgres.risk_kinds import ACCESS_EXCLUSIVE, SHARE, Risk
 
 
@@ -18,7 +21,7 @@ def refresh(tree, line: int, name):
 def alter_domain(tree, line: int, live, seen):
     """ALTER DOMAIN ... ADD CONSTRAINT without NOT VALID, or SET NOT NULL: every table with a column of the domain
     is scanned under SHARE (writes wait)."""
-    from pglast import enums
+    from pglast import ast, enums
 
     constraint = tree.def_
     if tree.subtype == "C" and constraint is not None and not constraint.skip_validation \
@@ -28,7 +31,7 @@ def alter_domain(tree, line: int, live, seen):
         what = "SET NOT NULL"
     else:
         return
-    names = [n.sval for n in tree.typeName]
+    names = [n.sval for n in risks_pending.live_type(seen, ast.TypeName(names=tree.typeName)).names]
     for table in live.domain_tables(names):
         if not seen.is_new(table, live):
             yield Risk(line, table, f"ALTER DOMAIN {'.'.join(names)} {what}", "scans", SHARE, "domain")
@@ -62,3 +65,28 @@ def default_scan(bound, parent, line: int, live, seen, what: str):
         return
     yield Risk(line, default, f"{what} (a new partition of {parent[1]}) without a validated CHECK on the DEFAULT "
                               "partition excluding its range", "scans", ACCESS_EXCLUSIVE, "default partition")
+
+
+def index_tablespace(tree, line: int, live):
+    """ALTER INDEX ... SET TABLESPACE copies the index's file under ACCESS EXCLUSIVE on it (every query planned on
+    its table waits), as ALTER TABLE ... SET TABLESPACE copies the table's."""
+    from pglast import enums
+
+    for cmd in tree.cmds:
+        if cmd.subtype == enums.AlterTableType.AT_SetTableSpace:
+            for table in live.table_of_index((tree.relation.schemaname or None, tree.relation.relname)):
+                yield Risk(line, table, f"ALTER INDEX {tree.relation.relname} SET TABLESPACE {cmd.name}",
+                           "copies an index of", ACCESS_EXCLUSIVE, "logged")
+
+
+def move_all(tree, line: int, live):
+    """ALTER TABLE / INDEX / MATERIALIZED VIEW ALL IN TABLESPACE ... SET TABLESPACE: each one of the tablespace
+    copied (OWNED BY not read: all of them judged)."""
+    from pglast import enums
+
+    kind = {enums.ObjectType.OBJECT_INDEX: "INDEX", enums.ObjectType.OBJECT_MATVIEW: "MATERIALIZED VIEW"}.get(
+        tree.objtype, "TABLE")
+    what = f"ALTER {kind} ALL IN TABLESPACE {tree.orig_tablespacename} SET TABLESPACE {tree.new_tablespacename}"
+    for table in live.in_tablespace(tree.orig_tablespacename, {"TABLE": "r", "INDEX": "i"}.get(kind, "m")):
+        yield Risk(line, table, what, "copies an index of" if kind == "INDEX" else "rewrites", ACCESS_EXCLUSIVE,
+                   "logged")

@@ -3,8 +3,9 @@ their text because the live catalog does not have it yet (attack24g): a function
 ALTER FUNCTION / ROUTINE ... VOLATILE), a domain's DEFAULT (CREATE DOMAIN ... DEFAULT, inherited from its base domain
 when it has none; ALTER DOMAIN ... SET / DROP DEFAULT), an index with an expression or a WHERE and a validated CHECK
 (a later binary-coercible type change of a column they name builds / checks them again) and their DROP (the safe
-pattern: drop, change the type, build / add NOT VALID again), a table's new schema (SET SCHEMA, followed as a RENAME
-TO is). Kept in risks.Seen; risks.py and risks_types.py ask here.
+pattern: drop, change the type, build / add NOT VALID again), and the new name a RENAME TO / SET SCHEMA gives a
+table, a domain or type, a function or a schema (attack24h: one map, Seen.aliases, of the names pending statements
+give -> the live object; the old name no longer resolves). Kept in risks.Seen; risks.py and risks_types.py ask here.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def read_domain_default(tree, seen) -> None:
 
     if isinstance(tree, ast.CreateDomainStmt):
         own = [c.raw_expr for c in tree.constraints or () if c.contype == enums.ConstrType.CONSTR_DEFAULT]
-        base = [n.sval for n in tree.typeName.names]
+        base = [n.sval for n in live_type(seen, tree.typeName).names]
         seen.domain_defaults[tree.domainname[-1].sval] = (
             functions_called(own[-1]) if own else seen.domain_defaults.get(base[-1], ("live", base)))
     elif isinstance(tree, ast.AlterDomainStmt) and tree.subtype == "T":
@@ -70,6 +71,29 @@ def functions_called(node) -> set[str]:
 
     Calls()(node)
     return names
+
+
+def not_null_columns(expr) -> set[str]:
+    """The columns a CHECK's expression proves NOT NULL: `col IS NOT NULL`, or a top-level AND conjunct of it."""
+    from pglast import ast, enums
+
+    if isinstance(expr, ast.BoolExpr) and expr.boolop == enums.BoolExprType.AND_EXPR:
+        return set().union(*(not_null_columns(arg) for arg in expr.args))
+    if (isinstance(expr, ast.NullTest) and expr.nulltesttype == enums.NullTestType.IS_NOT_NULL
+            and isinstance(expr.arg, ast.ColumnRef) and len(expr.arg.fields) == 1):
+        return {expr.arg.fields[0].sval}
+    return set()
+
+
+def check_proves(definition: str, column: str) -> bool:
+    """A CHECK as the catalog prints it (pg_get_constraintdef) proves `column` NOT NULL."""
+    from pglast import parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        return column in not_null_columns(parse_sql(f"ALTER TABLE t ADD {definition}")[0].stmt.cmds[0].def_.raw_expr)
+    except (ParseError, AttributeError, IndexError):
+        return False
 
 
 def column_refs(node) -> set[str]:
@@ -143,8 +167,84 @@ def retyped(key, column: str, seen) -> tuple[list[str], list[str]]:
     return checks, [name for name, columns in seen.rebuilt.get(key, {}).items() if column in columns]
 
 
+GONE = object()  # an alias's value: a pending RENAME TO / SET SCHEMA took the name away
+
+
+def move(seen, kind: str, old, new, to, gone: bool = True) -> None:
+    """A pending RENAME TO / SET SCHEMA: `new` (a key of `kind`) names the live object `to` from here on; `old`
+    names nothing (unless `gone` is False: a function's old name may still name an overload)."""
+    if gone:
+        seen.aliases[(kind, old)] = GONE
+    seen.aliases[(kind, new)] = to
+
+
 def set_schema(tree, live, seen) -> None:
     """A pending ALTER TABLE ... SET SCHEMA: later statements name the live table by its new schema."""
     if tree.relation is not None and tree.newschema:
-        old = seen.live_name((tree.relation.schemaname or None, tree.relation.relname), live)
-        seen.renamed[live.key((tree.newschema, tree.relation.relname))] = old
+        written = (tree.relation.schemaname or None, tree.relation.relname)
+        move(seen, "table", live.key(written), live.key((tree.newschema, tree.relation.relname)),
+             seen.live_name(written, live))
+
+
+def live_table(seen, name, live):
+    """The live table a name means after the pending renames of it or of its schema (none: a name taken away, unless
+    a pending statement creates a table of that name again)."""
+    found = seen.aliases.get(("table", live.key(name))) if seen.follow else name
+    if found is None:
+        schema = seen.aliases.get(("schema", name[0]), name[0]) if name[0] else None
+        found = GONE if schema is GONE else (schema, name[1])
+    return (name if seen.is_new(name, live) else (name[0], "")) if found is GONE else found
+
+
+def live_type(seen, type_name):
+    """The TypeName as the live catalog (or a pending CREATE DOMAIN) knows it: the pending renames of it or of its
+    schema followed (a name taken away names an empty type, which nothing has)."""
+    import copy
+
+    from pglast import ast
+
+    if not seen.follow:
+        return type_name
+    names = [n.sval for n in type_name.names]
+    schema, name = (names[-2] if len(names) > 1 else None), names[-1]
+    found = seen.aliases.get(("type", (schema, name)))
+    if found is None:  # (renamed unqualified, named qualified: or the other way round)
+        found = next((to for (kind, key), to in seen.aliases.items() if kind == "type" and key[1] == name
+                      and None in (key[0], schema)), (schema, name))
+    if found is not GONE and found[0]:
+        found = (seen.aliases.get(("schema", found[0]), found[0]), found[1])
+    if found is GONE or found[0] is GONE:
+        found = (None, "")
+    if found == (schema, name):
+        return type_name
+    moved = copy.copy(type_name)
+    moved.names = tuple(ast.String(sval=n) for n in found if n is not None)
+    return moved
+
+
+def live_function(seen, name: str) -> str:
+    return seen.aliases.get(("function", name), name) if seen.follow else name
+
+
+def read_moves(text: str, seen) -> None:
+    """A pending ALTER DOMAIN / TYPE / FUNCTION / ROUTINE / PROCEDURE / SCHEMA ... RENAME TO, or a domain's or
+    type's SET SCHEMA (a function is found by its name alone: its SET SCHEMA changes nothing the judge reads)."""
+    from pglast import ast, enums
+
+    kinds = enums.ObjectType
+    for tree in _trees(text):
+        if isinstance(tree, ast.RenameStmt) and tree.renameType == kinds.OBJECT_SCHEMA:
+            move(seen, "schema", tree.subname, tree.newname, seen.aliases.get(("schema", tree.subname), tree.subname))
+        elif isinstance(tree, ast.RenameStmt) and tree.renameType in (kinds.OBJECT_FUNCTION, kinds.OBJECT_ROUTINE,
+                                                                       kinds.OBJECT_PROCEDURE):
+            old = tree.object.objname[-1].sval
+            move(seen, "function", old, tree.newname, live_function(seen, old), gone=False)
+        elif (isinstance(tree, ast.RenameStmt) and tree.renameType in (kinds.OBJECT_DOMAIN, kinds.OBJECT_TYPE)
+              or isinstance(tree, ast.AlterObjectSchemaStmt) and tree.objectType in (kinds.OBJECT_DOMAIN,
+                                                                                     kinds.OBJECT_TYPE)):
+            names = [n.sval for n in tree.object]
+            old = (names[-2] if len(names) > 1 else None, names[-1])
+            renamed = isinstance(tree, ast.RenameStmt)
+            to = [n.sval for n in live_type(seen, ast.TypeName(names=tree.object)).names]
+            move(seen, "type", old, (old[0], tree.newname) if renamed else (tree.newschema, old[1]),
+                 (to[-2] if len(to) > 1 else None, to[-1]), gone=renamed)

@@ -132,7 +132,8 @@ def read_domain(text: str, seen) -> None:
         if isinstance(tree, ast.CreateDomainStmt):
             own = any(c.contype in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)
                       for c in tree.constraints or ())
-            seen.domains[tree.domainname[-1].sval] = (own, [n.sval for n in tree.typeName.names])
+            seen.domains[tree.domainname[-1].sval] = (own, [n.sval for n in risks_pending.live_type(
+                seen, tree.typeName).names])
             seen.domain_types[tree.domainname[-1].sval] = tree.typeName  # (its typmods: risks_retype)
         elif isinstance(tree, ast.AlterDomainStmt) and (tree.subtype == "O" or tree.subtype == "C" and getattr(
                 tree.def_, "contype", None) in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)):

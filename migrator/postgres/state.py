@@ -10,7 +10,7 @@ from migrator import checksums
 from migrator.errors import DRIFT, MigratorError
 from migrator.postgres import history
 from migrator.postgres.connection import MIGRATION_TABLE
-from migrator.postgres.errors import NOTHING_COMMITTED
+from migrator.postgres.errors import nothing_committed
 from migrator.postgres.migration import load_migrations, ordered
 from migrator.targets import PostgresTarget
 
@@ -33,7 +33,7 @@ class MigrationState:
             return "applied, CHANGED since"
         if self.applied_at:
             return "applied, PARTLY rolled back" if self.failure else "applied"
-        if self.failure and self.failure.startswith(NOTHING_COMMITTED):
+        if self.failure and nothing_committed(self.failure):
             return "pending, interrupted"  # (what it says: nothing committed, or an INVALID index it may have left)
         if self.failure:
             return "pending, PARTLY applied"
