@@ -400,6 +400,9 @@ def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
     if target.schema and not exists:
         raise MigratorError(f"schema {target.schema} does not exist on {target.where}; create it, or pass "
                             "--create-schemas to `migrate`")
+    plain = not target.schema or target.schema == "public"
+    if plain and usage and backend.trusted_at_connect([backend.lock_table]):
+        return  # (its lock table there and the schema usable: a plain run has no mark to read)
     state = tenant_mark(backend.connection, schema)
     if state is None or not usage:
         lacks, grant = ("cannot create tables in", "CREATE") if usage else ("has no USAGE on", "USAGE, CREATE")
@@ -407,7 +410,7 @@ def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
             f"user {user} {lacks} schema {schema} on {replace(target, schema=None).where} (yoyo's bookkeeping "
             f"needs it); run GRANT {grant} ON SCHEMA {schema} TO {user}, or connect as the schema's owner")
     marked, may_mark, owner = state
-    if not target.schema or target.schema == "public" or marked:
+    if plain or marked:
         return
     if may_mark:
         with backend.transaction():
