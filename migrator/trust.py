@@ -148,7 +148,8 @@ def present(cursor, schema: str, table: str) -> bool:
     """Whether the bookkeeping `table` is in `schema`, refusing it in one line when others planted it or what runs
     on it. Checked at connect, a table may appear later (another role creates it between that check and the
     runner's CREATE, which then finds it, or while a run waits): every look-up before a first use goes through
-    here, in the session that uses it, and nothing runs on the table in between."""
+    here, in the session that uses it, and nothing runs on the table in between (one verify() found there, on this
+    connection, is not looked up again)."""
     if (schema, table) in _VERIFIED.get(cursor.connection, ()):
         return True
     with pinned.catalog_path(cursor):
