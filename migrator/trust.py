@@ -10,6 +10,7 @@ user lacks on them, in one catalog query per connection, and says what it found 
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Callable
 
 from migrator.bookkeeping_lock import creating_bookkeeping
@@ -128,7 +129,14 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
         raise MigratorError(planted_error(schema, state[2], state[3], state[6], where), USAGE)
     if refuse and state[1]:  # (without USAGE on the schema, that is said first)
         check_rights(state, schema, where)
+    _VERIFIED[backend.connection] = {(schema, table) for table in state[7] if table not in state[6]}
     return state
+
+
+# Per connection, the (schema, table)s its verify() found present and planted by no one: present() in that same
+# session need not ask again (such a table is replaced only by its trusted owner or the schema's, and a trigger,
+# rule or policy is added by its owner or a role it granted TRIGGER, as much after any look-up as before it).
+_VERIFIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # The same check on a plain psycopg2 cursor (%(name)s parameters), under a search_path of pg_catalog alone: it also
@@ -140,7 +148,10 @@ def present(cursor, schema: str, table: str) -> bool:
     """Whether the bookkeeping `table` is in `schema`, refusing it in one line when others planted it or what runs
     on it. Checked at connect, a table may appear later (another role creates it between that check and the
     runner's CREATE, which then finds it, or while a run waits): every look-up before a first use goes through
-    here, in the session that uses it, and nothing runs on the table in between."""
+    here, in the session that uses it, and nothing runs on the table in between (one verify() found there, on this
+    connection, is not looked up again)."""
+    if (schema, table) in _VERIFIED.get(cursor.connection, ()):
+        return True
     with pinned.catalog_path(cursor):
         cursor.execute(_ON_CURSOR, {"s": schema, "tables": [table], "rights": []})
         state = cursor.fetchone()

@@ -133,13 +133,13 @@ def test_a_search_path_built_at_run_time_stops_the_file_and_nothing_of_it_commit
 def as_older_server(monkeypatch) -> None:
     """PostgreSQL before 18 does not report search_path to the client: the guard then asks the server
     (emulated here by not reading the report; the server is still the real one)."""
-    from migrator.postgres import migration
+    from migrator.postgres import file_step
 
     def older_server(self, connection):
         self.connection, self.reported = connection, False
         self.expected = self._ask()
 
-    monkeypatch.setattr(migration.SearchPathGuard, "__init__", older_server)
+    monkeypatch.setattr(file_step.SearchPathGuard, "__init__", older_server)
 
 
 def test_on_a_server_that_does_not_report_search_path_the_checksum_step_catches_it_before_commit(

@@ -7,7 +7,6 @@ import click
 from migrator import output
 from migrator.cli.help import HelpCommand
 from migrator.cli.options import CREATE_SCHEMAS, settings_options
-from migrator.commands import doctor as commands
 
 
 @click.command(cls=HelpCommand)
@@ -25,6 +24,8 @@ def doctor(settings, as_json, no_dev_tools):
     --create-schemas a missing schema is ok when the user may create it. Read-only connections; no
     lock is taken. Exit 0 when nothing FAILs, 1 otherwise.
     """
+    from migrator.commands import doctor as commands  # (its checks and report: loaded by doctor alone)
+
     report = commands.doctor(settings, dev_tools=not no_dev_tools)
     output.report(report, as_json)
     raise click.exceptions.Exit(report.exit_code)

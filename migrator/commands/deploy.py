@@ -106,7 +106,7 @@ def _redo_command(settings: CommandSettings, target, count: int | None) -> str |
 def _say_other_histories(settings: CommandSettings, backend) -> None:
     """A run without schemas on a central instance migrates its own history only: say which tenants it leaves
     (a Job whose SCHEMA_NAME went missing would otherwise report success having migrated no tenant)."""
-    others = backend.execute("SELECT pg_catalog.current_setting('hcm.tenant_schemas', true)").fetchone()[0]
+    others = backend.tenant_schemas  # (read when the connection was pinned)
     if others:
         settings.note(f"note: schema(s) {others.replace(',', ', ')} hold their own histories (tenants'), which a run "
                       "without --schema / SCHEMA_NAME leaves alone; this run migrates "

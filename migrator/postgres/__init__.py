@@ -6,7 +6,7 @@ package adds what a DBA and an operator need around it, one module per concern:
 - files: names checked before anything is read, headers, refusals, `plan` text;
 - scaffold: `sql new`'s pair of files, from a template;
 - splitter: statements split where psql splits them, with their lines;
-- migration: each file as one yoyo Migration with one step (its statements, then its checksum);
+- migration: each file as one yoyo Migration with one step; file_step: that step (its statements, then its checksum);
 - running: a file's statements in its session, with lock retries (retry: each try's lock waits bounded as a whole);
 - connection: the run's connection (locks, bookkeeping) and a fresh session per migration;
 - server_session: what the server applied of each session's settings (a pooler may drop them), its own pid;

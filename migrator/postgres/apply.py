@@ -10,8 +10,8 @@ from typing import Iterator
 from migrator import bookkeeping_lock, checksums, interrupt, output, pg_lock
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import concurrently, failures, flyway, history
-from migrator.postgres.errors import StatementFailed, migration_error, progress
-from migrator.postgres.migration import RunSessionLost, load_migrations, rollback_path
+from migrator.postgres.errors import RunSessionLost, StatementFailed, migration_error, progress
+from migrator.postgres.migration import load_migrations, rollback_path
 from migrator.postgres.state import bookkeeping
 from migrator.targets import PostgresTarget
 

@@ -57,7 +57,7 @@ class Bound(NamedTuple):
     outer: str | None = None  # a table of the statement outside the SELECT that it names (it cannot run alone)
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
 # Told (statement, batches, rows) after each committed batch: the run records it, so whatever stops the run,
-# `status` says how much of the backfill committed (migration.Progress).
+# `status` says how much of the backfill committed (file_step.Progress).
 COMMITTED = contextvars.ContextVar("backfill_committed", default=None)
 
 

@@ -31,7 +31,7 @@ from typing import Iterator
 
 from migrator import output, pg_lock, pinned, trust, whoami
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import failures, retry, server_session
+from migrator.postgres import failures, server_session
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads, guard_session, opened
 from migrator.tables import MIGRATION_TABLE
 from migrator.targets import DdlLimits, PostgresTarget, where_name
@@ -162,14 +162,17 @@ def backend_class():
         history: str | None = None  # set for a Flyway folder's run: its drift is its own objects' (history.py)
         out_of_order = True
         foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
+        tenant_schemas = ""  # hcm.tenant_schemas as pinned: the other histories (tenants') a plain run leaves alone
         guarded = True  # the run's own statements answer within the read timeout; a migration's: guard_session's
 
         def connect(self, dburi):
             args = dict(dburi.args)
             seconds = args.pop(READ_TIMEOUT_ARG, None)
             if not self.guarded:  # a migration's session: the server ends its transaction once left idle too long
+                from migrator.postgres.retry import MAX_DELAY  # (the running machinery: a no-op never loads it)
+
                 args["options"] = migration_idle_bound(args.get("options", ""), pg_lock.BOOKKEEPING_WAIT["seconds"],
-                                                       retry.MAX_DELAY)
+                                                       MAX_DELAY)
             connection = opened(super().connect, dburi._replace(args=args))
             where = where_name(dburi.hostname or args.get("host") or "localhost", dburi.port, dburi.database)
             self.relied, self.where = server_session.wanted(args.get("options", "")), where  # (checked on first use)
@@ -190,7 +193,7 @@ def backend_class():
                 server_session.check(connection, cursor.fetchone()[2:], self.relied, self.where)
                 if self.schema and self.schema != "public":
                     cursor.execute(PIN_TENANT, {"schema": self.schema})
-                    self.bookkeeping_schema, self.foreign = self.schema, []
+                    self.bookkeeping_schema, self.foreign, self.tenant_schemas = self.schema, [], ""
                     return
                 # SCHEMA_NAME=public (DIGIT's value outside a central instance) is the plain run: its
                 # history, lock, schema description and its migrations' search_path (the session's). Once
@@ -199,7 +202,8 @@ def backend_class():
                 cursor.execute(HOME)
                 home = home or cursor.fetchone()[0]
                 cursor.execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": home})
-                self.bookkeeping_schema, foreign = cursor.fetchone()[:2]
+                row = cursor.fetchone()
+                self.bookkeeping_schema, foreign, self.tenant_schemas = row[0], row[1], row[4]
                 self.foreign, self.pinned = (foreign.split(",") if foreign else []), True
 
         def qualified(self, table: str) -> str:
@@ -211,11 +215,6 @@ def backend_class():
         log_table_quoted = property(lambda self: self.qualified(self.log_table))
         lock_table_quoted = property(lambda self: self.qualified(self.lock_table))
         version_table_quoted = property(lambda self: self.qualified(self.version_table))
-        # yoyo's transactional-DDL probe creates its table in the bookkeeping schema (its DROP, unqualified,
-        # then always fails: the answer is PostgreSQL's, transactional; a user who may not create there gets
-        # yoyo's own answer, as before).
-        create_test_table_sql = ("CREATE TABLE {0.bookkeeping_schema_quoted}.{table_name_quoted} "
-                                 "({quoted.id} INT PRIMARY KEY)")
 
         def list_tables(self, **kwargs) -> list[str]:
             # yoyo's reads current_schema, which is pg_catalog here
@@ -230,14 +229,26 @@ def backend_class():
             if self._internal_schema_updated:
                 return
             tables = [self.migration_table, self.log_table, self.version_table]
+            if self.trusted_at_connect(tables):  # nothing to make, no lock to wait for
+                self._internal_schema_updated = self._current_layout()
+                if self._internal_schema_updated:
+                    return
             with pg_lock.creating_bookkeeping(self.connection, self.bookkeeping_schema, setup=True):  # (histories)
                 trust.created(self.connection, self.bookkeeping_schema, tables)  # (another role's since connect)
                 if {self.migration_table, self.version_table} <= set(self.list_tables()):
-                    version = self.execute(f"SELECT max(version) FROM {self.version_table_quoted}").fetchone()[0]
-                    self._internal_schema_updated = version == 2
+                    self._internal_schema_updated = self._current_layout()
                 if not self._internal_schema_updated:
                     super().ensure_internal_schema_updated()
                     trust.created(self.connection, self.bookkeeping_schema, tables)
+
+        def trusted_at_connect(self, tables: list[str]) -> bool:
+            """Whether these bookkeeping tables were all present, and none planted, when connecting (trust.verify):
+            nothing to make, nothing to verify again (only their trusted owners, or the schema's, may replace them)."""
+            present, planted = (self.verified[7], self.verified[6]) if self.verified else ((), ())
+            return set(tables) <= set(present) and not set(tables) & set(planted)
+
+        def _current_layout(self) -> bool:
+            return self.execute(f"SELECT max(version) FROM {self.version_table_quoted}").fetchone()[0] == 2
 
         def copy(self):
             session = MigrationSession(self.uri, self.migration_table)
@@ -327,9 +338,13 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
         try:  # before anything touches those tables (doctor reports it instead)
             state = backend.verified = trust.verify(backend, target.schema or backend.bookkeeping_schema,
                                                     replace(target, schema=None).where, read_only, refuse=refuse_foreign)
-            if not read_only:
+            # What yoyo's get_backend does (init_database), less what a run does not need: its lock table made
+            # only when missing, and no DDL probe (a table created and dropped on every connect): the probe's
+            # answer (has_transactional_ddl, PostgreSQL's True unless it could not create the table) is read only
+            # when a migration's later step fails, to undo its earlier steps, and every migration here is one step.
+            if not read_only and not backend.trusted_at_connect([backend.lock_table]):
                 with pg_lock.creating_bookkeeping(backend.connection, backend.bookkeeping_schema):
-                    backend.init_database()  # what yoyo's get_backend does: its lock table, a DDL probe
+                    backend.create_lock_table()
                     trust.created(backend.connection, backend.bookkeeping_schema, [backend.lock_table])
         except MigratorError:
             backend.connection.close()
@@ -385,6 +400,9 @@ def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
     if target.schema and not exists:
         raise MigratorError(f"schema {target.schema} does not exist on {target.where}; create it, or pass "
                             "--create-schemas to `migrate`")
+    plain = not target.schema or target.schema == "public"
+    if plain and usage and backend.trusted_at_connect([backend.lock_table]):
+        return  # (its lock table there and the schema usable: a plain run has no mark to read)
     state = tenant_mark(backend.connection, schema)
     if state is None or not usage:
         lacks, grant = ("cannot create tables in", "CREATE") if usage else ("has no USAGE on", "USAGE, CREATE")
@@ -392,7 +410,7 @@ def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
             f"user {user} {lacks} schema {schema} on {replace(target, schema=None).where} (yoyo's bookkeeping "
             f"needs it); run GRANT {grant} ON SCHEMA {schema} TO {user}, or connect as the schema's owner")
     marked, may_mark, owner = state
-    if not target.schema or target.schema == "public" or marked:
+    if plain or marked:
         return
     if may_mark:
         with backend.transaction():

@@ -205,3 +205,12 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
                 "then run again")
     return MigratorError(f"{at}: failed to {verb} on {where}: {server_message(cause)} ({committed}); {todo}",
                          excerpt=tuple(excerpt))
+
+
+class RunSessionLost(Exception):
+    """The run's own connection (the bookkeeping lock's, the progress record's) was lost while a file ran: `done`
+    of its statements committed (None: a transactional file, whose transaction then rolls back: nothing)."""
+
+    def __init__(self, cause, statements, done: int | None):
+        super().__init__(str(cause))
+        self.cause, self.statements, self.done = cause, statements, done

@@ -427,3 +427,9 @@ def plan_text(path: Path, in_transaction: bool, schema: str | None = None) -> st
     if not in_transaction:
         return f"-- {visible(str(path))} (not transactional)\n{session}\n{body}\n"
     return f"-- {visible(str(path))}\n{session}\nBEGIN;\n{body}\nCOMMIT;\n"
+
+
+def rollback_path(migration) -> Path:
+    if flyway.VERSIONED.match(Path(migration.path).name):
+        return flyway.undo_path(Path(migration.path))
+    return Path(migration.path).with_name(Path(migration.path).name.replace(".sql", ".rollback.sql"))

@@ -113,7 +113,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     until the budget is spent; a transactional file as a whole (its transaction rolled back and begun again),
     a non-transactional one from the statement that failed. One line per retry; the last failure names the
     blocker. A non-transactional file's CONCURRENTLY builds are prepared and checked (concurrently.py). `backoff`:
-    the file's tries so far (migration._run_then_lock tries it again as a whole)."""
+    the file's tries so far (file_step._run_then_lock tries it again as a whole)."""
     connection = backend.connection
     limits = getattr(backend.parent, "limits", None)
     policy = retry.Policy.of(limits)
