@@ -290,3 +290,17 @@ class PoolerProxy(_Relay):
                 if logged_in and pending:
                     client.sendall(pending)
                     pending = b""
+
+
+class RefusingServer(_Listener):
+    """Answers every startup with one ErrorResponse of `fields` (e.g. {"S": "FATAL", "M": ..., "H": ...}), as a
+    server refusing the login does (or a hostile one, whose message and hint may hold line breaks)."""
+
+    def __init__(self, fields: dict[str, str]):
+        self.fields = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
+        super().__init__()
+
+    def _handle(self, client: socket.socket) -> None:
+        with client:
+            _startup(client)
+            client.sendall(b"E" + struct.pack("!I", len(self.fields) + 4) + self.fields)
