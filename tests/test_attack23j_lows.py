@@ -4,6 +4,7 @@ or a folder called "not found", a symlink in sql/ to a folder silently skipped."
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -120,3 +121,31 @@ def test_a_link_to_a_huge_folder_is_refused_without_walking_it_all(cli, db, sql_
     assert line.startswith(f"error: {sql_dir}/big holds over {source_files.MAX_NESTED} names, not a folder of "
                            "migrations;"), line
     assert applied(db) == []
+
+
+# --- a refused session leaves nothing of the runner's on a pooled server session (attack 23j, pgb_leak) ----------
+
+
+LEFT = ("SELECT pg_catalog.current_setting('hcm.flyway_table', true), pg_catalog.current_setting('hcm.history', true), "
+        "pg_catalog.current_setting('search_path'), pg_catalog.current_setting('synchronous_commit')")
+
+
+@pytest.mark.parametrize("command", [["status"], ["migrate"], ["migrate", "--schema", "t60", "--create-schemas"]])
+def test_a_session_refused_behind_a_pool_leaves_no_setting_on_its_server_session(cli, db, sql_dir, pg, command):
+    """init_connection's first statement set hcm.flyway_table / hcm.history (session level) in the same query as the
+    read-back of the settings: a refused session handed them to the pool's next client."""
+    from pg_wire import PoolerProxy
+
+    proxy = PoolerProxy(pg.host, pg.port, strip=b"", after=LEFT)
+    try:
+        env = {**db.db_env(), "DB_HOST": "127.0.0.1", "DB_PORT": str(proxy.port)}
+        result = cli(*command, "--sql-dir", sql_dir, env=env)
+        assert result.exit_code in (1, 2) and "did not apply the session settings" in result.stderr, result.output
+        for _ in range(100):  # each server session answers once its client left (the proxy's own thread)
+            if len(proxy.left) == len(proxy.real_pids):
+                break
+            time.sleep(0.1)
+    finally:
+        proxy.close()
+    assert proxy.left and all(row[:2] == [None, None] for row in proxy.left), proxy.left
+    assert all(row[2] == '"$user", public' and row[3] == "on" for row in proxy.left), proxy.left
