@@ -13,7 +13,6 @@ import copy
 import io
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Mapping
 
