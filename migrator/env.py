@@ -13,10 +13,10 @@ import copy
 import io
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Mapping
 
+from migrator import source_files
 from migrator.errors import USAGE, MigratorError
 
 MAX_SETTING_FILE = 64 * 1024  # a password or URL; /dev/zero or a log file is a mistake
@@ -186,12 +186,12 @@ def read_regular_file(path: str | Path, limit: int) -> bytes:
     """At most limit + 1 bytes of a regular file (more than `limit`: the caller's "too large"). Checked before
     opening, opened non-blocking and checked again on the open file (swapped since?): a FIFO would hang the open,
     a device (/dev/zero) never end. NotRegularFile when it is not one; OSError passes through."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise NotRegularFile("a folder" if os.path.isdir(path) else "not a regular file (a FIFO, socket or device)")
+    if kind := source_files.not_regular(os.stat(path).st_mode):
+        raise NotRegularFile(kind)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise NotRegularFile("not a regular file")
+        if kind := source_files.not_regular(os.fstat(file.fileno()).st_mode):
+            raise NotRegularFile(kind)
         return file.read(limit + 1)
 
 

@@ -21,6 +21,7 @@ MAX_MIB = 64  # one file's limit: a pg_dump baseline of a large schema is a few 
 MAX_BYTES = MAX_MIB << 20
 # The longest file name most filesystems take (ext4, APFS, NTFS: 255 bytes).
 NAME_MAX = 255
+MAX_NESTED = 10_000  # names looked at under a subfolder of sql/ (or a link to a folder) for a migration
 
 _KINDS = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a character device",
           stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
@@ -46,9 +47,8 @@ def problem(path: Path, folder: Path) -> str | None:
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
         why = getattr(exc, "strerror", None) or "a symlink loop"
         return f"cannot be read ({why}); a dangling link? fix or remove it"
-    if not stat.S_ISREG(info.st_mode):
-        kind = next((name for test, name in _KINDS.items() if test(info.st_mode)), None)
-        return f"is {kind + ', ' if kind else ''}not a regular file; remove it, or move it out of the folder"
+    if kind := not_regular(info.st_mode):
+        return f"is {kind}; remove it, or move it out of the folder"
     if info.st_nlink > 1:
         return (f"is a hard link ({info.st_nlink} names for one file; another may be outside {shown(folder)}); the "
                 "runner reads only files of the folder's own: copy the file in (cp), or remove the link")
@@ -57,6 +57,31 @@ def problem(path: Path, folder: Path) -> str | None:
                 "split it into several")
     if not os.access(path, os.R_OK):
         return "cannot be read (permission denied); fix its permissions"
+    return None
+
+
+def not_regular(mode: int) -> str | None:
+    """What a path that is no regular file is, in words ("a FIFO (named pipe), not a regular file"), else None."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS.items() if test(mode)), None)
+    return f"{kind + ', ' if kind else ''}not a regular file"
+
+
+def first_below(folder: Path, wanted) -> Path | None:
+    """The first file in `folder` or below whose name `wanted` accepts, in name order. Names only, nothing opened;
+    links below it are not followed, and past MAX_NESTED names one line refuses it (a link to / must not walk the
+    disk)."""
+    seen = 0
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        if found := next((name for name in sorted(names) if wanted(name)), None):
+            return Path(root) / found
+        seen += len(dirs) + len(names)
+        if seen > MAX_NESTED:
+            raise MigratorError(f"{shown(folder)} holds over {MAX_NESTED} names, not a folder of migrations; the "
+                                "runner reads only the files directly in its folder: move it out, or remove the link",
+                                USAGE)
     return None
 
 

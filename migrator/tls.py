@@ -9,8 +9,11 @@ MongoDB: with a CA bundle, no URL or secret option may switch certificate or hos
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
+from migrator import source_files
+from migrator.env import NotRegularFile, read_regular_file
 from migrator.errors import USAGE, MigratorError
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
@@ -21,6 +24,9 @@ MONGO_INSECURE = ("tlsInsecure", "tlsAllowInvalidCertificates", "tlsAllowInvalid
 # The one spelling that lets CA_BUNDLE_OPTIONAL run without a bundle: a manifest must say it in words.
 INSECURE_SETTING, INSECURE_VALUE = "DB_TLS_INSECURE", "unverified"
 RDS_BUNDLE_URL = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
+# The certificate and key files a driver opens, named in a URL (a CRL folder, sslcrldir, is meant to be one).
+PG_FILE_PARAMS = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+MONGO_FILE_PARAMS = ("tlsCAFile", "tlsCertificateKeyFile", "tlsCRLFile")
 
 
 def resolve_ca_bundle(option: str | None, env) -> tuple[str | None, str | None]:
@@ -46,19 +52,34 @@ def resolve_ca_bundle(option: str | None, env) -> tuple[str | None, str | None]:
                  f"({insecure_origin}) with CA_BUNDLE_OPTIONAL: the server's certificate is NOT verified, the "
                  "password goes to whoever answers; create the ConfigMap (README, \"The CA bundle\")")
         return None, None
-    if not file.is_file():
+    try:
+        head = read_regular_file(file, 1 << 20)  # a bundle is ~200 KiB; never read a huge file whole
+    except NotRegularFile as exc:  # a FIFO would hang the read, a device never end: it is there, just not a file
+        raise MigratorError(f"CA bundle {path} ({origin}) is {exc}; point it at the PEM bundle file ({RDS_BUNDLE_URL})",
+                            USAGE)
+    except FileNotFoundError:
         unverified = "" if option else (f"; only to run without verifying the server, set CA_BUNDLE_OPTIONAL=true "
                                         f"and {INSECURE_SETTING}={INSECURE_VALUE}")
         raise MigratorError(f"CA bundle {path} ({origin}) not found; download the RDS bundle ({RDS_BUNDLE_URL}) "
                             f"or fix the path (the Job: create the ConfigMap hcm-db-ca){unverified}", USAGE)
-    try:
-        with file.open("rb") as stream:
-            head = stream.read(1 << 20)  # a bundle is ~200 KiB; never read a huge file whole
     except OSError as exc:
         raise MigratorError(f"CA bundle {path} ({origin}) cannot be read ({exc.strerror}); fix its permissions", USAGE)
     if b"-----BEGIN CERTIFICATE-----" not in head:
         raise MigratorError(f"CA bundle {path} ({origin}) holds no PEM certificate; use the PEM bundle ({RDS_BUNDLE_URL})", USAGE)
     return str(file.resolve()), origin
+
+
+def _regular_files(paths: dict[str, str | None], where: str) -> None:
+    """Each certificate or key file a URL names is a regular file, if it exists (a FIFO would hang the driver's
+    open, a device its read); an absent one the driver names itself, as it does libpq's `sslrootcert=system`."""
+    for name, path in paths.items():
+        try:
+            kind = source_files.not_regular(os.stat(path).st_mode) if path else None
+        except (OSError, ValueError):
+            continue
+        if kind:
+            raise MigratorError(f"{where} names {name}={source_files.shown(path)}, which is {kind}; point it at the "
+                                "PEM file", USAGE)
 
 
 def is_local(host: str | None) -> bool:
@@ -85,6 +106,7 @@ def postgres_tls(params: dict[str, str], host: str | None, url_origin: str | Non
     """Set sslmode (and sslrootcert) in `params`; return (the TLS mode in words, warnings)."""
     mode = params.get("sslmode")
     where = url_origin or "the settings"
+    _regular_files({name: params.get(name) for name in PG_FILE_PARAMS}, where)
     if bundle:
         if mode and mode != "verify-full":
             raise MigratorError(f"{where} asks for sslmode={mode}, which would not verify the server against the CA "
@@ -114,6 +136,7 @@ def truthy(value: str | None) -> bool:
 
 def mongo_tls(url, url_origin: str, bundle: str | None, bundle_origin: str | None) -> tuple[str, list[str]]:
     """Check a parsed Mongo URL against the CA bundle; return (the TLS mode in words, warnings)."""
+    _regular_files({name: url.param(name) for name in MONGO_FILE_PARAMS}, url_origin)
     insecure = [name for name in MONGO_INSECURE if truthy(url.param(name))]
     tls_param = url.param("tls") if url.param("tls") is not None else url.param("ssl")
     tls_off = tls_param is not None and not truthy(tls_param)

@@ -233,15 +233,39 @@ def _without_options(packet: bytes) -> bytes:
     return struct.pack("!I", len(body) + 4) + body
 
 
+TERMINATE = b"X\0\0\0\4"
+
+
+def _first_row(server: socket.socket, query: str) -> list[str | None]:
+    """`query`'s first row (text values), asked on `server` in the simple query protocol."""
+    body = query.encode() + b"\0"
+    server.sendall(b"Q" + struct.pack("!I", len(body) + 4) + body)
+    row: list[str | None] | None = None
+    while True:
+        kind, length = struct.unpack("!cI", _read(server, 5))
+        body = _read(server, length - 4)
+        if kind == b"D" and row is None:
+            row, at = [], 2
+            for _ in range(struct.unpack("!H", body[:2])[0]):
+                size = struct.unpack("!i", body[at:at + 4])[0]
+                row.append(None if size < 0 else body[at + 4:at + 4 + size].decode())
+                at += 4 + max(size, 0)
+        if kind == b"Z":
+            return row or []
+
+
 class PoolerProxy(_Relay):
     """Relays to the suite's server's Unix socket as a connection pooler (PgBouncer) does. Every client is handed a
     BackendKeyData pid of the proxy's own (`fake_pid`, else a random number) and its cancel requests are passed on
     with the server's key; with `strip` (bytes), a startup packet holding it loses its `options` (b"": every one). A
-    client message holding `trigger` silences that connection, both sockets kept open (as StallProxy)."""
+    client message holding `trigger` silences that connection, both sockets kept open (as StallProxy). With `after` (a
+    query), a client's Terminate is not passed on: once the client left, its server session answers `after` (as a
+    transaction-mode pool hands it to the next client), the first row's values appended to `left`."""
 
     def __init__(self, socket_dir: str, port: int, *, strip: bytes | None = None, fake_pid: int | None = None,
-                 trigger: bytes = b"STALLME"):
-        self.strip, self.fake_pid, self.trigger = strip, fake_pid, trigger
+                 trigger: bytes = b"STALLME", after: str | None = None):
+        self.strip, self.fake_pid, self.trigger, self.after = strip, fake_pid, trigger, after
+        self.left: list[list[str | None]] = []
         self.stripped = self.stalled = 0
         self.real_pids: list[int] = []  # the server's pid of each session, in order; those silenced:
         self.stalled_pids: list[int] = []
@@ -264,7 +288,11 @@ class PoolerProxy(_Relay):
             ready, _, _ = select.select([client, server], [], [])
             for sock in ready:
                 data = sock.recv(65536)
+                if self.after and sock is client and data.endswith(TERMINATE):
+                    data = data[:-len(TERMINATE)]
                 if not data:
+                    if self.after and sock is client:
+                        self.left.append(_first_row(server, self.after))
                     return
                 if sock is client and self.trigger in data and not stalled:
                     stalled, self.stalled = True, self.stalled + 1
@@ -290,3 +318,17 @@ class PoolerProxy(_Relay):
                 if logged_in and pending:
                     client.sendall(pending)
                     pending = b""
+
+
+class RefusingServer(_Listener):
+    """Answers every startup with one ErrorResponse of `fields` (e.g. {"S": "FATAL", "M": ..., "H": ...}), as a
+    server refusing the login does (or a hostile one, whose message and hint may hold line breaks)."""
+
+    def __init__(self, fields: dict[str, str]):
+        self.fields = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
+        super().__init__()
+
+    def _handle(self, client: socket.socket) -> None:
+        with client:
+            _startup(client)
+            client.sendall(b"E" + struct.pack("!I", len(self.fields) + 4) + self.fields)

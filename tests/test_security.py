@@ -136,7 +136,7 @@ def test_a_missing_optional_secret_file_is_said_and_a_directory_is_an_error(cli,
     assert f"MONGO_URL_FILE (environment) names {tmp_path / 'absent' / 'url'}, which does not exist" in missing.stdout
     assert "MongoDB: not configured" in missing.stdout
     broken = cli("config", env={"DB_PASSWORD_FILE": str(tmp_path)})
-    assert f"DB_PASSWORD_FILE (environment): {tmp_path} is a folder" in one_error_line(broken)
+    assert f"DB_PASSWORD_FILE (environment): {tmp_path} is a directory, not a regular file" in one_error_line(broken)
 
 
 def test_the_variable_wins_over_its_file(tmp_path):

@@ -391,8 +391,8 @@ def _fifo(tmp_path):
     (lambda p: p.write_bytes(b"pw\0rest"), "holds a NUL byte"),
     (lambda p: p.write_bytes("S3cret-pw".encode("utf-16")), "is UTF-16 text; save it as UTF-8"),
     (lambda p: p.write_bytes(b"\xff\xfepw"[2:] + b"\xe9t\xe9"), "is not UTF-8 text"),
-    (lambda p: p.mkdir(), "is a folder"),
-    (None, "is not a regular file (a FIFO, socket or device)"),
+    (lambda p: p.mkdir(), "is a directory, not a regular file"),
+    (None, "is a FIFO (named pipe), not a regular file"),
     (lambda p: None, "does not exist; mount the Secret there or fix the path"),
 ])
 def test_an_empty_or_unreadable_password_file_is_one_line_never_the_default_password(cli, tmp_path, make, message):

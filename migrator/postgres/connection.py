@@ -54,6 +54,10 @@ TENANT_MARK = "hcm-db-migrations: the history of a tenant schema (runs with --sc
 # pg_catalog before the rest runs: under the role's own search_path (one may list pg_catalog after a schema
 # others create in) a planted = on name, or string_agg(name, text), would run as the migration role.
 HOME = "SET ROLE NONE; SELECT pg_catalog.current_schema()"
+# The run's own names (a Flyway folder's history table, its history), read by its SQL: set by the pins, once the
+# session's settings were read back as asked (a refused session sets nothing).
+OURS = ("pg_catalog.set_config('hcm.flyway_table', %(flyway_table)s, false), "
+        "pg_catalog.set_config('hcm.history', %(history)s, false)")
 PIN_BOOKKEEPING = """
 SELECT pg_catalog.set_config('search_path', 'pg_catalog', false);
 WITH histories AS (
@@ -86,7 +90,7 @@ SELECT schema,
        pg_catalog.set_config('hcm.tenant_schemas', coalesce(
            (SELECT pg_catalog.string_agg(nspname::pg_catalog.text, ','::pg_catalog.text ORDER BY nspname)
             FROM others), ''), false),
-       pg_catalog.set_config('synchronous_commit', 'off', false) FROM chosen
+       pg_catalog.set_config('synchronous_commit', 'off', false), """ + OURS + """ FROM chosen
 """
 
 
@@ -97,8 +101,7 @@ SET ROLE NONE;
 SELECT pg_catalog.set_config('search_path', 'pg_catalog', false),
        pg_catalog.set_config('hcm.tenant_schema', %(schema)s, false),
        pg_catalog.set_config('hcm.tenant_schemas', '', false),
-       pg_catalog.set_config('synchronous_commit', 'off', false)
-"""
+       pg_catalog.set_config('synchronous_commit', 'off', false), """ + OURS + "\n"
 
 
 def resolve_target(target: PostgresTarget, env) -> PostgresTarget:
@@ -186,13 +189,16 @@ def backend_class():
         def init_connection(self, connection):
             # Called by yoyo on connect and after each rollback (which would undo the pin).
             with connection.cursor() as cursor:
+                # The read-back sets nothing: a session refused behind a transaction-mode pool must leave nothing
+                # of the runner's on the server session the pool hands on. The pins (set only once it passed)
+                # carry hcm.flyway_table and hcm.history too, in the statement they send anyway.
                 select, names = server_session.query(connection, self.relied)
-                cursor.execute("SELECT pg_catalog.set_config('hcm.flyway_table', %s, false), "
-                               f"pg_catalog.set_config('hcm.history', %s, false){select}",
-                               (self.flyway_table, self.history or "", *names))
-                server_session.check(connection, cursor.fetchone()[2:], self.relied, self.where)
+                if select:
+                    cursor.execute("SELECT " + select.removeprefix(", "), names)
+                    server_session.check(connection, cursor.fetchone(), self.relied, self.where)
+                ours = {"flyway_table": self.flyway_table, "history": self.history or ""}
                 if self.schema and self.schema != "public":
-                    cursor.execute(PIN_TENANT, {"schema": self.schema})
+                    cursor.execute(PIN_TENANT, {"schema": self.schema, **ours})
                     self.bookkeeping_schema, self.foreign, self.tenant_schemas = self.schema, [], ""
                     return
                 # SCHEMA_NAME=public (DIGIT's value outside a central instance) is the plain run: its
@@ -201,7 +207,7 @@ def backend_class():
                 home = self.bookkeeping_schema if self.pinned else self.schema
                 cursor.execute(HOME)
                 home = home or cursor.fetchone()[0]
-                cursor.execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": home})
+                cursor.execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": home, **ours})
                 row = cursor.fetchone()
                 self.bookkeeping_schema, foreign, self.tenant_schemas = row[0], row[1], row[4]
                 self.foreign, self.pinned = (foreign.split(",") if foreign else []), True

@@ -256,12 +256,21 @@ def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:
 
 
 def _last_error(text: str) -> str:
-    """libpq's last attempt's error (one line per host tried), with the server's HINT after it: never the HINT
-    alone ('Try "postgres --help"' said nothing of the options that caused it)."""
+    """libpq's last attempt (each host tried starts a line 'connection to server ...'): its error line first, then
+    each HINT/DETAIL, every part with its continuation lines folded in. A message spanning lines (or holding a CR)
+    can then never put one of its lines in place of the server's FATAL, nor leave the HINT alone."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    notes = [line for line in lines if line.startswith(("HINT:", "DETAIL:"))]
-    errors = [line for line in lines if line not in notes]
-    return "; ".join(errors[-1:] + notes) if errors else "; ".join(notes)
+    starts = [i for i, line in enumerate(lines) if line.startswith(_ATTEMPT)]
+    parts: list[str] = []
+    for line in lines[starts[-1]:] if starts else lines:
+        if parts and not line.startswith(("HINT:", "DETAIL:")):
+            parts[-1] += " " + line
+        else:
+            parts.append(line)
+    return "; ".join(parts)
+
+
+_ATTEMPT = ("connection to server ", "could not connect to server")
 
 
 def _origin(target: PostgresTarget) -> str:

@@ -61,13 +61,13 @@ def check_names(sql_dir: Path) -> list[Path]:
             raise MigratorError(f"{shown}: the runner applies .sql migrations only (a yoyo Python migration would "
                                 "run unreviewed code); write it as SQL or move it out", USAGE)
         match = FILE_NAME.match(path.name)
-        if not match and path.is_dir() and not path.is_symlink() and any(flyway.walk(path)):
-            # a migration there is never silently skipped (the runner's folder is flat); other files (a shared
-            # snippet an NNNN file links to) stay allowed
-            nested = [p for p in flyway.walk(path) if LOOKS_LIKE_MIGRATION.match(p.name) or flyway.parse(p.name)]
-            if nested:
-                raise MigratorError(f"{nested[0]}: a migration in a subfolder of {sql_dir}; the runner reads only the "
-                                    "NNNN_name.sql files directly in its folder: move it up (renumbered) or out", USAGE)
+        if not match and path.is_dir() and (nested := source_files.first_below(path, _nested)):
+            # a migration there is never silently skipped (the runner's folder is flat), nor one in a folder a
+            # link names (inside or out); other files (a shared snippet an NNNN file links to) stay allowed
+            link = f" (a link to {source_files.shown(path.resolve())})" if path.is_symlink() else ""
+            fix = "remove the link, or copy the file in (renumbered)" if link else "move it up (renumbered) or out"
+            raise MigratorError(f"{source_files.shown(nested)}: a migration in a subfolder of {sql_dir}{link}; the "
+                                f"runner reads only the NNNN_name.sql files directly in its folder: {fix}", USAGE)
         if not match:
             if LOOKS_LIKE_MIGRATION.match(path.name) or path.suffix.lower() == ".sql":
                 raise MigratorError(f"{shown}: not a valid migration file name; rename it to {VALID_NAME}, "
@@ -89,6 +89,10 @@ def check_names(sql_dir: Path) -> list[Path]:
             raise MigratorError(f"{path}: a rollback without its migration {path.name.replace('.rollback', '')}; "
                                 "rename it to match its migration, or delete it", USAGE)
     return sorted(migrations, key=lambda p: (int(FILE_NAME.match(p.name)["number"]), p.name))
+
+
+def _nested(name: str) -> bool:
+    return bool(LOOKS_LIKE_MIGRATION.match(name) or flyway.parse(name))
 
 
 def read_text(path: Path) -> str:
