@@ -699,3 +699,24 @@ def test_an_owner_with_a_line_break_in_its_name_never_splits_the_refusal(cli, db
         assert not any(line.startswith("error: forged") for line in result.output.splitlines()), result.output
         [line] = [line for line in result.output.splitlines() if "owned by role" in line]
         assert "planter\\nerror: forged line" in line, line
+
+
+@pytest.mark.parametrize("search_path", ["''", "app", "pg_catalog, public"])
+def test_a_role_search_path_naming_no_usable_schema_keeps_the_bookkeeping_in_public(cli, db, tmp_path, search_path):
+    """attack23k 2: with the role's search_path empty (CVE-2018-1058 hardening) or naming no schema of this database,
+    the home schema fell back to the pinned session's current_schema(), pg_catalog: migrate said "run GRANT CREATE ON
+    SCHEMA pg_catalog", doctor advised it (a role creating objects every session resolves first). (The file names
+    its schema: under such a search_path an unqualified CREATE fails as it would in psql.)"""
+    sql_dir = tmp_path / "sql"
+    sql_dir.mkdir()
+    add_migration(sql_dir, "0001_home", "CREATE TABLE public.t_home (id int);\n")
+    db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET search_path = {search_path}")
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+        doctor = cli("doctor", "--sql-dir", sql_dir, env=db.db_env())
+    finally:
+        db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} RESET search_path")
+    assert result.exit_code == 0, result.output
+    assert "pg_catalog" not in result.output and "pg_catalog" not in doctor.output, (result.output, doctor.output)
+    assert db.query("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE c.relname = '_yoyo_migration'") == [("public",)]

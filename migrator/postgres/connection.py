@@ -53,7 +53,11 @@ TENANT_MARK = "hcm-db-migrations: the history of a tenant schema (runs with --sc
 # The home schema is read first (HOME: one qualified call, no operator), then search_path is pinned to
 # pg_catalog before the rest runs: under the role's own search_path (one may list pg_catalog after a schema
 # others create in) a planted = on name, or string_agg(name, text), would run as the migration role.
-HOME = "SET ROLE NONE; SELECT pg_catalog.current_schema()"
+# The home schema is the first one of the role's search_path that exists and is no system schema (a search_path of
+# '' or of pg_catalog first, a hardening, must never make pg_catalog the bookkeeping's home): else public.
+HOME = ("SET ROLE NONE; SELECT s FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS t(s, o) "
+        "WHERE NOT pg_catalog.starts_with(s::pg_catalog.text, 'pg_') "
+        "AND s OPERATOR(pg_catalog.<>) 'information_schema' ORDER BY o LIMIT 1")
 # The run's own names (a Flyway folder's history table, its history), read by its SQL: set by the pins, once the
 # session's settings were read back as asked (a refused session sets nothing).
 OURS = ("pg_catalog.set_config('hcm.flyway_table', %(flyway_table)s, false), "
@@ -70,7 +74,7 @@ WITH histories AS (
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relname = '_yoyo_migration' AND c.relkind IN ('r', 'p')
 ), home AS (
-    SELECT coalesce(%(home)s, pg_catalog.current_schema(), 'public') AS name
+    SELECT coalesce(%(home)s, 'public') AS name
 ), own AS (
     SELECT h.nspname FROM histories h, home
     WHERE NOT h.tenant AND h.nspname IN (home.name, 'public')
@@ -206,7 +210,7 @@ def backend_class():
                 # pinned (a re-pin after a rollback), the session's current schema is pg_catalog: keep the pin.
                 home = self.bookkeeping_schema if self.pinned else self.schema
                 cursor.execute(HOME)
-                home = home or cursor.fetchone()[0]
+                home = home or next(iter(cursor.fetchone() or ()), None)
                 cursor.execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": home, **ours})
                 row = cursor.fetchone()
                 self.bookkeeping_schema, foreign, self.tenant_schemas = row[0], row[1], row[4]
