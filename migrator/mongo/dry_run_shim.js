@@ -1,17 +1,29 @@
 // The dry-run shim, loaded by mongosh after `db` is connected and before the patch: every write
 // method of mongosh's Database, Collection, Mongo and Bulk objects throws before it reaches the
-// server, so a patch that forgets `if (DRY_RUN)` cannot write. The patched prototypes are frozen and
-// connect()/new Mongo() are refused. A careless patch is stopped; a deliberate one could still find a
-// way, e.g. through mongosh's _serviceProvider and the Node driver under it: MONGO_READONLY_URL, the URL
-// a dry run's mongosh gets, makes the server refuse those writes (and Landlock keeps .env out of reach).
+// server, so a patch that forgets `if (DRY_RUN)` cannot write. Under them, mongosh's service provider
+// (the one bridge from every shell method to the Node driver) lets only its read methods through, so a
+// write route the names miss (ensureIndex -> _createIndexes -> createIndexes) is refused there too.
+// The patched prototypes are frozen and connect()/new Mongo() are refused. A careless patch is stopped;
+// a deliberate one could still find a way, through the Node driver under the provider: MONGO_READONLY_URL,
+// the URL a dry run's mongosh gets, makes the server refuse those writes (and Landlock keeps .env out of reach).
 (function () {
   "use strict";
-  const WRITES = /^(insert|update|delete|remove|replace|save|findOneAnd|findAndModify|bulkWrite|initialize\w*BulkOp|drop|create|rename|hideIndex|unhideIndex|grant|revoke|shutdown|fsync|setProfiling|killOp|compact|reIndex|convertToCapped|enableSharding|shard|moveChunk|setLogLevel|setFeatureCompatibility|clone|copy|rotate|execute|mapReduce|cleanupOrphaned|checkMetadata|configureQueryAnalyzer)/;
+  const WRITES = /^(insert|ensureIndex|update|delete|remove|replace|save|findOneAnd|findAndModify|bulkWrite|initialize\w*BulkOp|drop|create|rename|hideIndex|unhideIndex|grant|revoke|shutdown|fsync|setProfiling|killOp|compact|reIndex|convertToCapped|enableSharding|shard|moveChunk|setLogLevel|setFeatureCompatibility|clone|copy|rotate|execute|mapReduce|cleanupOrphaned|checkMetadata|configureQueryAnalyzer)/;
   // runCommand/adminCommand: only these read commands pass (aggregate only without $out/$merge).
   const READ_COMMANDS = new Set(["ping", "hello", "ismaster", "buildinfo", "serverstatus", "hostinfo",
     "connectionstatus", "dbstats", "collstats", "count", "distinct", "find", "getmore", "killcursors",
     "listcollections", "listindexes", "listdatabases", "explain", "aggregate", "datasize", "whatsmyuri",
     "getparameter", "getcmdlineopts", "currentop", "validate", "listsearchindexes"]);
+
+  // The service provider's methods that only read (or only look at the connection); any other one, a write or
+  // one a later mongosh adds, is refused. aggregate and the runCommand family are checked like the shell's.
+  const PROVIDER_READS = new Set(["getNewConnection", "_getHostnameForConnection", "getConnectionInfo", "db",
+    "_dbTestWrapper", "getDBCache", "hasUnifiedAggregateOptions", "close", "suspend", "count", "countDocuments",
+    "distinct", "estimatedDocumentCount", "find", "listDatabases", "getTopologyDescription", "getIndexes",
+    "listCollections", "authenticate", "getReadPreference", "getReadConcern", "getWriteConcern",
+    "readPreferenceFromOptions", "resetConnectionOptions", "startSession", "watch", "getRawClient", "getURI",
+    "getFleOptions", "processDriverOptions", "getSearchIndexes", "createClientEncryption"]);
+  const PROVIDER_CHECKED = {aggregate: 2, aggregateDb: 1, runCommand: 1, runCommandWithCheck: 1, runCursorCommand: 1};
 
   function refuse(what) {
     throw new Error(`${what} is not allowed in a dry run (it writes, or may); check DRY_RUN before writing`);
@@ -31,8 +43,18 @@
     if (typeof command === "object" && pipelineWrites(command)) refuse(`${where} with $out/$merge`);
   }
 
+  // Up to, not into, Object.prototype: mongosh's classes come from Node's own realm, not the script's.
+  function* chain(proto) {
+    for (let p = proto; p && Object.getPrototypeOf(p) !== null; p = Object.getPrototypeOf(p)) yield p;
+  }
+
+  function seal(p, name, wrapped) {
+    const d = Object.getOwnPropertyDescriptor(p, name);
+    Object.defineProperty(p, name, { value: wrapped, writable: false, configurable: false, enumerable: d.enumerable });
+  }
+
   function guard(proto, label) {
-    for (let p = proto; p && p !== Object.prototype; p = Object.getPrototypeOf(p)) {
+    for (const p of chain(proto)) {
       for (const name of Object.getOwnPropertyNames(p)) {
         const d = Object.getOwnPropertyDescriptor(p, name);
         if (name === "constructor" || !d || typeof d.value !== "function") continue;
@@ -51,9 +73,27 @@
             return real.call(this, command, ...rest);
           };
         }
-        if (wrapped) {
-          Object.defineProperty(p, name, { value: wrapped, writable: false, configurable: false, enumerable: d.enumerable });
-        }
+        if (wrapped) seal(p, name, wrapped);
+      }
+      Object.freeze(p);
+    }
+  }
+
+  function guardProvider(provider) {
+    for (const p of chain(Object.getPrototypeOf(provider))) {
+      for (const name of Object.getOwnPropertyNames(p)) {
+        const d = Object.getOwnPropertyDescriptor(p, name);
+        if (name === "constructor" || !d || typeof d.value !== "function" || PROVIDER_READS.has(name)) continue;
+        const real = d.value, at = PROVIDER_CHECKED[name];
+        seal(p, name, at === undefined ? function () { refuse(`mongosh's ${name} (a write)`); }
+          : function (...args) {
+            if (name.startsWith("aggregate")) {
+              if (pipelineWrites(args[at])) refuse(`mongosh's ${name} with $out/$merge`);
+            } else {
+              checkCommand(args[at], `mongosh's ${name}`);
+            }
+            return real.apply(this, args);
+          });
       }
       Object.freeze(p);
     }
@@ -70,7 +110,11 @@
   if (collection) {
     guard(Object.getPrototypeOf(collection), "collection");
     guard(Object.getPrototypeOf(target), "db");
-    if (typeof target.getMongo === "function") guard(Object.getPrototypeOf(target.getMongo()), "mongo");
+    if (typeof target.getMongo === "function") {
+      const mongo = target.getMongo();
+      guard(Object.getPrototypeOf(mongo), "mongo");
+      if (mongo._serviceProvider) guardProvider(mongo._serviceProvider);  // (the stand-ins have none)
+    }
   }
   for (const name of ["connect", "Mongo"]) {
     Object.defineProperty(globalThis, name, {
