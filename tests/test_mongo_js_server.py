@@ -184,8 +184,8 @@ def test_a_dry_run_js_patch_trying_every_write_route_leaves_the_server_byte_iden
 
 
 # A careless patch in the old shell's words: ensureIndex (mongosh's legacy createIndex), a unique one, on `db` and
-# on another database; and a shell method the shim's names do not know (_createIndexes), refused by the service
-# provider under it. The dry run fails at that line, one clear line; no index, no database is created.
+# on another database; a shell method the shim's names do not know (_createIndexes), refused by the service provider
+# under it; a deliberate one through the Node driver. The dry run fails, one clear line; nothing is created.
 CARELESS = {
     "ensureIndex": ('db.people.ensureIndex({email: 1}, {unique: true});\n'
                     'db.getSiblingDB(db.getName() + "_ens").things.ensureIndex({a: 1});\n',
@@ -194,6 +194,24 @@ CARELESS = {
                            "collection.ensureIndex is not allowed in a dry run"),
     "privateCreateIndexes": ("db.people._createIndexes([{legacy: 1}]);\n",
                              "mongosh's createIndexes (a write) is not allowed in a dry run"),
+    # deliberate: the Node driver under the provider; its connection lets only reads through
+    "driverInsert": ('db.getMongo()._serviceProvider.mongoClient.db(db.getName()).collection("raw").insertOne({a: 1});\n',
+                     "the driver's command(\"insert\") is not allowed in a dry run"),
+    "driverCreateIndex": ('db.getMongo()._serviceProvider.db(db.getName()).collection("people").createIndex({p: 1});\n',
+                          "the driver's command(\"createIndexes\") is not allowed in a dry run"),
+    # the seals cannot be taken off: the provider's prototype is frozen, the driver's writeCommand fixed
+    "providerUndone": ("const sp = Object.getPrototypeOf(db.getMongo()._serviceProvider);\n"
+                       "try { Object.defineProperty(sp, 'createIndexes', {value: () => ['x']}); } catch (e) {}\n"
+                       "try { delete sp.createIndexes; Object.setPrototypeOf(sp, {}); } catch (e) {}\n"
+                       "db.people._createIndexes([{undone: 1}]);\n",
+                       "mongosh's createIndexes (a write) is not allowed in a dry run"),
+    "driverUndone": ("const server = db.getMongo()._serviceProvider.mongoClient.topology.s.servers.values().next().value;\n"
+                     "let p = Object.getPrototypeOf(server.monitor.connection);\n"
+                     "while (!Object.getOwnPropertyNames(p).includes('writeCommand')) p = Object.getPrototypeOf(p);\n"
+                     "try { Object.defineProperty(p, 'writeCommand', {value: async () => {}}); } catch (e) {}\n"
+                     "try { delete p.writeCommand; } catch (e) {}\n"
+                     "db.getMongo()._serviceProvider.mongoClient.db(db.getName()).collection('raw').insertOne({a: 1});\n",
+                     "the driver's command(\"insert\") is not allowed in a dry run"),
 }
 
 

@@ -3,9 +3,10 @@
 // server, so a patch that forgets `if (DRY_RUN)` cannot write. Under them, mongosh's service provider
 // (the one bridge from every shell method to the Node driver) lets only its read methods through, so a
 // write route the names miss (ensureIndex -> _createIndexes -> createIndexes) is refused there too.
-// The patched prototypes are frozen and connect()/new Mongo() are refused. A careless patch is stopped;
-// a deliberate one could still find a way, through the Node driver under the provider: MONGO_READONLY_URL,
-// the URL a dry run's mongosh gets, makes the server refuse those writes (and Landlock keeps .env out of reach).
+// Under the provider, the Node driver's connection sends only read commands. The patched prototypes are
+// frozen and connect()/new Mongo() are refused. A careless patch is stopped; a deliberate one could still find a
+// way (bytes written to the driver's socket): MONGO_READONLY_URL, the URL a dry run's mongosh gets, makes the
+// server refuse those writes (and Landlock keeps .env out of reach).
 (function () {
   "use strict";
   const WRITES = /^(insert|ensureIndex|update|delete|remove|replace|save|findOneAnd|findAndModify|bulkWrite|initialize\w*BulkOp|drop|create|rename|hideIndex|unhideIndex|grant|revoke|shutdown|fsync|setProfiling|killOp|compact|reIndex|convertToCapped|enableSharding|shard|moveChunk|setLogLevel|setFeatureCompatibility|clone|copy|rotate|execute|mapReduce|cleanupOrphaned|checkMetadata|configureQueryAnalyzer)/;
@@ -24,6 +25,10 @@
     "readPreferenceFromOptions", "resetConnectionOptions", "startSession", "watch", "getRawClient", "getURI",
     "getFleOptions", "processDriverOptions", "getSearchIndexes", "createClientEncryption"]);
   const PROVIDER_CHECKED = {aggregate: 2, aggregateDb: 1, runCommand: 1, runCommandWithCheck: 1, runCursorCommand: 1};
+
+  // What the driver itself sends besides reads: the handshake, authentication, ending sessions.
+  const WIRE_ALSO = new Set(["hello", "ismaster", "saslstart", "saslcontinue", "authenticate", "getnonce", "logout",
+    "endsessions"]);
 
   function refuse(what) {
     throw new Error(`${what} is not allowed in a dry run (it writes, or may); check DRY_RUN before writing`);
@@ -99,6 +104,30 @@
     }
   }
 
+  // Below the provider, the Node driver (a deliberate patch's provider.mongoClient): every message to the server
+  // leaves through Connection.writeCommand (the monitor's connection shows the class); only reads and the
+  // handshake pass. The prototype is not frozen (the driver's own instances must stay as they are); writeCommand is
+  // fixed. Only the socket itself is left, and MONGO_READONLY_URL.
+  function guardDriver(provider) {
+    let connection = null;
+    try {
+      for (const server of provider.mongoClient.topology.s.servers.values()) connection ||= server.monitor?.connection;
+    } catch (e) {
+      return;  // no topology to look at: the provider's seal stands alone
+    }
+    let p = connection && Object.getPrototypeOf(connection);
+    while (p && !Object.getOwnPropertyNames(p).includes("writeCommand")) p = Object.getPrototypeOf(p);
+    if (!p) return;
+    const real = p.writeCommand;
+    seal(p, "writeCommand", function (message, ...rest) {
+      const sent = message && (message.command || message.query);
+      const command = sent && sent.$query ? sent.$query : sent;
+      const name = Object.keys(command || {})[0];
+      if (!WIRE_ALSO.has(String(name).toLowerCase())) checkCommand(command, "the driver's command");
+      return real.call(this, message, ...rest);
+    });
+  }
+
   // The tests give stand-in classes as hcmShimTarget (mongosh refuses a `db` that is not its Database).
   let target = null, collection = null;
   try {
@@ -113,7 +142,10 @@
     if (typeof target.getMongo === "function") {
       const mongo = target.getMongo();
       guard(Object.getPrototypeOf(mongo), "mongo");
-      if (mongo._serviceProvider) guardProvider(mongo._serviceProvider);  // (the stand-ins have none)
+      if (mongo._serviceProvider) {  // (the stand-ins have none)
+        guardProvider(mongo._serviceProvider);
+        guardDriver(mongo._serviceProvider);
+      }
     }
   }
   for (const name of ["connect", "Mongo"]) {
