@@ -128,8 +128,9 @@ class Orphans:
                         pass  # reaped by someone else meanwhile
             else:
                 if left := children() - self.before:
-                    output.note(f"warning: could not end process(es) {', '.join(map(str, sorted(left)))} that the "
-                                f"patch left behind; they may still run: end them (kill {' '.join(map(str, sorted(left)))})")
+                    pids = " ".join(map(str, sorted(left)))
+                    output.note(f"warning: could not end process(es) {pids} that the patch left behind; they may "
+                                f"still run: end them (`kill -9 {pids}`)")
         finally:
             _prctl(0)
             self.on = False
