@@ -110,6 +110,15 @@ const routes = {
   siblingRename: () => other.getCollection("x").renameCollection("y"),
   getMongoGetDBDrop: () => viaMongo.dropDatabase(),
   getMongoGetDBRunCommand: () => viaMongo.runCommand({create: "w"}),
+  ensureIndex: () => c.ensureIndex({legacy: 1}),
+  ensureIndexUnique: () => c.ensureIndex({name: 1}, {unique: true}),
+  siblingEnsureIndex: () => other.getCollection("x").ensureIndex({a: 1}),
+  getMongoGetDBEnsureIndex: () => viaMongo.getCollection("y").ensureIndex({a: 1}, {unique: true}),
+  // Below the shell's names: mongosh's service provider itself (each its own collection: in --run these race).
+  providerInsertOne: () => db.getMongo()._serviceProvider.insertOne(db.getName(), "provided1", {a: 1}),
+  providerCreateIndexes: () => db.getMongo()._serviceProvider.createIndexes(db.getName(), "provided2", [{key: {a: 1}}]),
+  providerRunCommand: () => db.getMongo()._serviceProvider.runCommandWithCheck(db.getName(), {insert: "provided3", documents: [{a: 1}]}),
+  providerUpdateMany: () => db.getMongo()._serviceProvider.updateMany(db.getName(), "people", {}, {$set: {p: 1}}),
   newConnection: () => connect(db.getMongo()._uri || "mongodb://127.0.0.1:1/x"),
   newMongo: () => new Mongo("mongodb://127.0.0.1:1"),
 };
@@ -172,6 +181,53 @@ def test_a_dry_run_js_patch_trying_every_write_route_leaves_the_server_byte_iden
     client = server.db.client
     for suffix in ("_other", "_third"):
         client.drop_database(server.name + suffix)
+
+
+# A careless patch in the old shell's words: ensureIndex (mongosh's legacy createIndex), a unique one, on `db` and
+# on another database; a shell method the shim's names do not know (_createIndexes), refused by the service provider
+# under it; a deliberate one through the Node driver. The dry run fails, one clear line; nothing is created.
+CARELESS = {
+    "ensureIndex": ('db.people.ensureIndex({email: 1}, {unique: true});\n'
+                    'db.getSiblingDB(db.getName() + "_ens").things.ensureIndex({a: 1});\n',
+                    "collection.ensureIndex is not allowed in a dry run"),
+    "siblingEnsureIndex": ('db.getSiblingDB(db.getName() + "_ens").things.ensureIndex({a: 1});\n',
+                           "collection.ensureIndex is not allowed in a dry run"),
+    "privateCreateIndexes": ("db.people._createIndexes([{legacy: 1}]);\n",
+                             "mongosh's createIndexes (a write) is not allowed in a dry run"),
+    # deliberate: the Node driver under the provider; its connection lets only reads through
+    "driverInsert": ('db.getMongo()._serviceProvider.mongoClient.db(db.getName()).collection("raw").insertOne({a: 1});\n',
+                     "the driver's command(\"insert\") is not allowed in a dry run"),
+    "driverCreateIndex": ('db.getMongo()._serviceProvider.db(db.getName()).collection("people").createIndex({p: 1});\n',
+                          "the driver's command(\"createIndexes\") is not allowed in a dry run"),
+    # the seals cannot be taken off: the provider's prototype is frozen, the driver's writeCommand fixed
+    "providerUndone": ("const sp = Object.getPrototypeOf(db.getMongo()._serviceProvider);\n"
+                       "try { Object.defineProperty(sp, 'createIndexes', {value: () => ['x']}); } catch (e) {}\n"
+                       "try { delete sp.createIndexes; Object.setPrototypeOf(sp, {}); } catch (e) {}\n"
+                       "db.people._createIndexes([{undone: 1}]);\n",
+                       "mongosh's createIndexes (a write) is not allowed in a dry run"),
+    "driverUndone": ("const server = db.getMongo()._serviceProvider.mongoClient.topology.s.servers.values().next().value;\n"
+                     "let p = Object.getPrototypeOf(server.monitor.connection);\n"
+                     "while (!Object.getOwnPropertyNames(p).includes('writeCommand')) p = Object.getPrototypeOf(p);\n"
+                     "try { Object.defineProperty(p, 'writeCommand', {value: async () => {}}); } catch (e) {}\n"
+                     "try { delete p.writeCommand; } catch (e) {}\n"
+                     "db.getMongo()._serviceProvider.mongoClient.db(db.getName()).collection('raw').insertOne({a: 1});\n",
+                     "the driver's command(\"insert\") is not allowed in a dry run"),
+}
+
+
+@pytest.mark.parametrize("case", CARELESS)
+def test_a_careless_ensure_index_fails_the_dry_run_and_writes_nothing(cli, server, tmp_path, case):
+    body, said = CARELESS[case]
+    seed(server)
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_ensure.js").write_text(body + 'patchComment("indexes: " + db.people.getIndexes().length);\n')
+    before = dump(server.db.client)
+    result = cli("mongo", "apply", "--mongo-dir", folder, env=server.env)
+    assert result.exit_code != 0 and said in result.output, result.output
+    assert "indexes: " not in result.output
+    assert dump(server.db.client) == before
+    assert server.name + "_ens" not in server.db.client.list_database_names()
 
 
 # mongosh's idiom for a helper beside the script: `load(__dirname + "/helper.js")`. The patch runs as a private copy

@@ -408,7 +408,7 @@ def test_a_runner_that_lost_its_lock_while_the_server_was_paused_stops_before_it
     # the paused server never answered (test_mongo_lock_reason.py: never the driver's private class name)
     assert any(why in err for why in (" UTC, now held by ", " UTC, removed)", "the server did not answer (")), err
     # its patch had returned: the line says so and how to settle it (attack 20i: "re-run it" applied it twice)
-    assert "patch 0001_slow (" in err and "ran after it returned (its writes are done)" in err, err
+    assert "patch 0001_slow (" in err and "had finished (its writes are done) when the lost lock was seen" in err, err
     assert "runner.py mongo resolve 0001_slow --applied" in err, err
     (record,) = server.db.applied_patches.find()
     assert record["patch"] == "0001_slow" and record["status"] == "running"  # the first did not settle it

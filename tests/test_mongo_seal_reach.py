@@ -5,10 +5,12 @@ processes on FerretDB: the patch's sealed child acts on processes and sockets th
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -372,3 +374,48 @@ def test_the_reaper_ends_with_the_patchs_process_and_never_takes_a_later_childs_
     finally:
         patch.wait()
         orphans.end()
+
+
+ORPHANS_IN = """
+import subprocess, sys
+sys.path.insert(0, {root!r})
+from migrator.mongo import orphans
+o = orphans.Orphans()
+{setup}
+patch = subprocess.Popen(["sh", "-c", {patch!r}])
+o.reap(patch.pid)
+patch.wait()
+o.end()
+print("ended", o.on, "left", sorted(orphans.children()))
+"""
+
+
+def _end_orphans(prefix: list[str], setup: str = "", patch: str = "sleep 30 & exit 0") -> subprocess.CompletedProcess:
+    root = str(Path(__file__).resolve().parent.parent)
+    script = ORPHANS_IN.format(root=root, setup=setup, patch=patch)  # (by default it leaves a process behind)
+    # A hang is the failure: end() looping forever on pids it cannot end (killed with its process group)
+    return subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_as_pid_1_without_its_own_proc_ending_orphans_says_so_and_returns():
+    """As PID 1 of a PID namespace without its own /proc, /proc/{getpid()} was the host's init: end() chased the
+    host's processes (kill and waitpid failing on pids not in the namespace) and spun forever."""
+    if not sys.platform.startswith("linux") or subprocess.run(["unshare", "--pid", "--fork", "true"]).returncode:
+        pytest.skip("needs Linux and unshare --pid (root)")
+    done = _end_orphans(["unshare", "--pid", "--fork"])
+    assert done.returncode == 0 and "ended False" in done.stdout, done.stdout + done.stderr
+    assert "/proc is not this process's" in done.stderr and "--mount-proc" in done.stderr
+    with_proc = _end_orphans(["unshare", "--pid", "--fork", "--mount-proc"])  # its own /proc: orphans are ended
+    assert with_proc.returncode == 0 and "ended False left []" in with_proc.stdout, with_proc.stdout + with_proc.stderr
+    assert "/proc is not" not in with_proc.stderr and "could not end" not in with_proc.stderr
+
+
+def test_a_process_that_cannot_be_ended_is_named_and_the_ending_stops():
+    """end() looped for as long as /proc listed a child it could neither kill nor reap (as with the host's /proc):
+    now a bounded number of passes, then one line naming what is left. Here /proc is made to list this test's own
+    process (not the script's child: waitpid fails) and every kill is a no-op."""
+    setup = ("import os; orphans._signal = lambda pid, signum: False\n"
+             "orphans.children = lambda pid=None: set() if pid else {os.getppid()}")
+    done = _end_orphans([], setup=setup, patch="exit 0")
+    assert done.returncode == 0 and "ended False" in done.stdout, done.stdout + done.stderr
+    assert f"could not end process(es) {os.getpid()} that the patch left behind" in done.stderr, done.stderr

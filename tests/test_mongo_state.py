@@ -175,6 +175,10 @@ def test_a_runner_that_loses_the_lock_stops_before_its_next_write(mongo, tmp_pat
         apply_all(mongo.db, folder)
     assert err.value.exit_code == 4
     assert "lost the patch lock" in str(err.value) and "now held by pod-9 pid 9" in str(err.value)
+    # its patch had returned, and the server answered: the line says so (not "once the server is back", attack20j)
+    said = str(err.value)
+    assert "patch 0001_count (" in said and ") had finished (its writes are done) when the lost lock was seen" in said
+    assert "once the server is back" not in said and "runner.py mongo resolve 0001_count --applied" in said
     (record,) = mongo.db.applied_patches.find()  # not settled by a runner that no longer holds the lock
     assert record["patch"] == "0001_count" and record["status"] == "running"
     assert counter(mongo.db) == 1  # 0002 never started

@@ -142,8 +142,11 @@ def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard
         with _server_lost(where, patch, returned):
             try:
                 held.check()  # lost the lock while the patch ran: leave the record running, say so
-            except MigratorError as exc:  # (the patch ran: never let the line read as if it had not)
-                raise MigratorError(f"{exc}; patch {patch.id} ({patch.path}) ran {returned}", exc.exit_code) from exc
+            except MigratorError as exc:  # (the patch ran: never let the line read as if it had not; the server
+                raise MigratorError(  # answered, it is the lock that is gone)
+                    f"{exc}; patch {patch.id} ({patch.path}) had finished (its writes are done) when the lost lock was "
+                    f"seen, its record is left `running` (this runner no longer holds the lock): check its "
+                    f"writes, then `runner.py mongo resolve {patch.id} --applied --note ...`", exc.exit_code) from exc
             log.settle(db, record, log.APPLIED, comment=outcome.comment)
     except MigratorError as exc:
         if guard.pending is None:

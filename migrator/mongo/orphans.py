@@ -23,8 +23,12 @@ import sys
 import threading
 from typing import Iterator
 
+from migrator import output
+
 PR_SET_CHILD_SUBREAPER = 36
 REAP_EVERY = 0.02  # seconds between two looks for exited orphans: a fast forker leaves a few dozen zombies at most
+ENDING_PASSES = 100  # end()'s kill-and-reap passes at most: each ends a generation; a process it cannot end is said
+_said_no_proc = False
 
 
 def _prctl(value: int) -> bool:
@@ -37,17 +41,17 @@ def _prctl(value: int) -> bool:
 def children(pid: int | None = None) -> set[int]:
     """A process's children (this one's by default), from /proc/PID/task/*/children (every thread's), else from
     every process's stat."""
-    pid = pid or os.getpid()
-    if not os.path.exists(f"/proc/self/task/{os.getpid()}/children"):  # a kernel without CONFIG_PROC_CHILDREN
-        return _scanned(pid)
+    where = pid or "self"  # not os.getpid(): as PID 1 of a namespace without its /proc, /proc/1 is the host's init
+    if not os.path.exists("/proc/thread-self/children"):  # a kernel without CONFIG_PROC_CHILDREN
+        return _scanned(pid or int(os.readlink("/proc/self")))
     found = set()
     try:
-        tasks = os.listdir(f"/proc/{pid}/task")
+        tasks = os.listdir(f"/proc/{where}/task")
     except OSError:
         return found  # it ended meanwhile
     for task in tasks:
         try:
-            with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
+            with open(f"/proc/{where}/task/{task}/children", "rb") as f:
                 found.update(map(int, f.read().split()))
         except OSError:
             pass  # that thread ended meanwhile
@@ -85,7 +89,7 @@ class Orphans:
     """Made just before a patch's process starts; end() after it is dead (and reaped)."""
 
     def __init__(self):
-        self.on = sys.platform.startswith("linux") and _prctl(1)
+        self.on = sys.platform.startswith("linux") and _proc_is_ours() and _prctl(1)
         self.before = children() if self.on else set()  # the runner's own (a server it started): never touched
         self._stop, self._reaper = threading.Event(), None
 
@@ -111,7 +115,9 @@ class Orphans:
         if self._reaper is not None:
             self._reaper.join()
         try:
-            while left := children() - self.before:
+            for _ in range(ENDING_PASSES):
+                if not (left := children() - self.before):
+                    break
                 for pid in _stopped_below(left):
                     _signal(pid, signal.SIGKILL)
                 for pid in children() - self.before:  # the killed, and what they left: re-parented to the runner
@@ -120,9 +126,31 @@ class Orphans:
                         os.waitpid(pid, 0)
                     except ChildProcessError:
                         pass  # reaped by someone else meanwhile
+            else:
+                if left := children() - self.before:
+                    pids = " ".join(map(str, sorted(left)))
+                    output.note(f"warning: could not end process(es) {pids} that the patch left behind; they may "
+                                f"still run: end them (`kill -9 {pids}`)")
         finally:
             _prctl(0)
             self.on = False
+
+
+def _proc_is_ours() -> bool:
+    """/proc shows this process's pid namespace. As PID 1 of a namespace without its own /proc (`unshare --pid`
+    alone, some sandboxes) it is the host's: the pids it lists are not the ones kill() and waitpid() take here.
+    Then orphans are not looked for, and one line says so."""
+    global _said_no_proc
+    try:
+        if os.readlink("/proc/self") == str(os.getpid()):
+            return True
+    except OSError:
+        pass
+    if not _said_no_proc:
+        _said_no_proc = True
+        output.note("warning: /proc is not this process's (a PID namespace without its own /proc mount): a process "
+                    "a patch detaches (a daemon) is not ended with it; mount one (`unshare --pid --fork --mount-proc`)")
+    return False
 
 
 @contextlib.contextmanager
