@@ -32,10 +32,14 @@ def main() -> None:
 
     interrupt.after_stop()
     try:
+        if interrupt.early_stop():  # (while the CLI loaded: runner.py's interrupt.early())
+            raise interrupt.Interrupted(interrupt.early_stop())
         cli()
     except interrupt.Interrupted as exc:
         sys.stderr.write(f"error: {exc} before the command started: nothing was run\n")
         sys.exit(128 + exc.signum)
+    finally:
+        interrupt.exiting()  # (said, whatever the outcome: a signal now would only cut the exit short)
 
 
 __all__ = ["cli", "main"]
