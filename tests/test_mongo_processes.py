@@ -400,8 +400,8 @@ def test_a_runner_that_lost_its_lock_while_the_server_was_paused_stops_before_it
     finally:
         os.kill(first.pid, signal.SIGCONT)
     assert code2 == 1 and "patch 0001_slow: a run started" in err2, err2
-    assert f"(pid {first.pid} on this host is still alive: it may still be writing; wait for it to end, or stop it, " \
-           "before re-running or resolving)" in err2, err2
+    assert f"never finished (pid {first.pid} on this host is still alive: it lost its lock and may still be writing; " \
+           "wait for it to end, or stop it, before re-running or resolving)" in err2, err2
     # The first runner's heartbeat finds its lock lost while its patch still runs (it waits for "go on", never
     # given): the patch is stopped then, not left running until it returns.
     code, out, err = finish(first)

@@ -233,9 +233,11 @@ def _held_by(holder: dict, where: str, wait: float) -> str:
 
 
 def alive(holder: dict) -> bool:
-    """A runner on this very host whose pid still exists: it may be writing still (it stalled, then went on)."""
+    """A runner on this very host whose pid still exists: it may be writing still (it stalled, then went on). Not this
+    process's own pid: a container with a fixed hostname starts every run as the same PID 1."""
     pid = holder.get("pid")
-    return holder.get("host") == whoami.host() and isinstance(pid, int) and pid > 0 and not exited(holder)
+    return (holder.get("host") == whoami.host() and isinstance(pid, int) and 0 < pid != os.getpid()
+            and not exited(holder))
 
 
 def exited(holder: dict) -> bool:
