@@ -291,3 +291,43 @@ def test_a_signal_while_the_runner_exits_after_its_work_prints_no_traceback(serv
     assert code == 0 and "Traceback" not in err and "Exception ignored" not in err, err
     assert [(r["patch"], r["status"]) for r in server.db.applied_patches.find()] == [("0001_w", "applied")]
     assert server.db.w.count_documents({}) == 1 and server.db.applied_patches_lock.count_documents({}) == 0
+
+
+def test_the_images_default_command_as_pid_1_stops_on_a_sigterm_while_it_connects(server, db, tmp_path):
+    """The image's CMD (`python3 -m migrator.cli.image migrate`, DIGIT's init container: the pod's PID 1) called the
+    CLI without runner.py's signal handling: a SIGTERM while it connected to Mongo found no handler and was dropped,
+    and the patch was applied after the server answered."""
+    import select
+    import shutil
+    import subprocess
+    import sys
+
+    from test_mongo_processes import PROJECT_ROOT
+
+    wrapper = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    if not shutil.which("unshare") or subprocess.run([*wrapper, "true"]).returncode != 0:
+        pytest.skip("needs unshare --pid --mount-proc (root, or user namespaces)")
+    folder, marks, sql = tmp_path / "mongo", tmp_path / "marks", tmp_path / "sql"
+    for made in (folder, marks, sql):
+        made.mkdir()
+    (folder / "0001_never.py").write_text(f"from pathlib import Path\n\ndef run(db, dry_run):\n"
+                                          f"    Path({str(marks)!r}, 'ran').touch()\n    return 'ran'\n")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "DB_", "DATABASE_URL"))}
+    environment.update(server.env, DATABASE_URL=db.url, ARGS=f"--sql-dir {sql} --mongo-dir {folder}")
+    paused = server.server.process.pid
+    os.kill(paused, signal.SIGSTOP)  # its connect waits for the server
+    try:
+        proc = subprocess.Popen([*wrapper, sys.executable, "-m", "migrator.cli.image", "migrate"], env=environment,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
+        assert select.select([proc.stdout], [], [], 60)[0], "the SQL part never ended"
+        said = proc.stdout.readline()  # the SQL part's report: the Mongo part starts, its server checked for 10 s
+        time.sleep(0.5)
+        os.kill(_runner_pid(proc, True), signal.SIGTERM)
+        time.sleep(0.3)
+    finally:
+        os.kill(paused, signal.SIGCONT)
+    code, _, err = finish(proc)
+    (line,) = _errors(err)
+    assert code == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert said.startswith("PostgreSQL") and "interrupted by SIGTERM outside any migration or patch" in line, (said, line)
+    assert not (marks / "ran").exists() and server.db.applied_patches.count_documents({}) == 0
