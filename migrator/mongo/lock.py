@@ -6,7 +6,8 @@ claim for that holder and expiry (another fixed _id) is inserted first. While he
 it every TTL/4; a renewal that matches nothing means another runner took it over (this one
 stalled longer than the TTL): the lock is lost, and `check()` stops the runner before its next
 write. A patch running then (`stopping()`) is stopped at once: the heartbeat signals the main thread
-(STOP_SIGNAL), whose handler raises `Lost` there, so the patch's process group is killed as on SIGTERM. Times are the server's clock (this client's, shifted by the offset `hello` shows), so a runner
+(STOP_SIGNAL), whose handler raises `Lost` there, so the patch's process group is killed as on SIGTERM.
+Times are the server's clock (this client's, shifted by the offset `hello` shows), so a runner
 whose clock runs ahead does not take over a live lock, nor one behind keep a dead one.
 """
 
