@@ -6,7 +6,9 @@ The command line lives in migrator/cli, the commands in migrator/commands. Exit 
 4 lock held by another runner, 130 interrupted, 143 stopped by SIGTERM.
 """
 
-from migrator.cli import cli, main  # noqa: F401 (cli: the group, imported by tests and tools)
+if __name__ == "__main__":  # first: as a container's PID 1, a SIGTERM that finds no handler is dropped
+    __import__("migrator.interrupt").interrupt.early()
+from migrator.cli import cli, main  # noqa: E402,F401 (cli: the group, imported by tests and tools)
 
 if __name__ == "__main__":
     main()

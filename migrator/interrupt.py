@@ -140,10 +140,43 @@ def after_stop() -> None:
             raise KeyboardInterrupt
         stop(signum, _frame)
 
+    global _own_process
+    _own_process = True
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not when started with Ctrl-C ignored)
         signal.signal(signal.SIGINT, late)
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _kept_early):
         signal.signal(signal.SIGTERM, late)
+
+
+_early: int | None = None  # a SIGTERM received while runner.py loaded the CLI (early())
+_own_process = False  # after_stop() ran: this is runner.py's process (not a test's), whose exit exiting() quiets
+
+
+def _kept_early(signum, _frame) -> None:
+    global _early
+    _early = signum
+
+
+def early() -> None:
+    """runner.py's very first step: a SIGTERM while the CLI loads (a fraction of a second) is kept, and said by main()
+    as one line, exit 143, nothing run. As a container's PID 1, a SIGTERM that finds no handler is dropped by the kernel
+    (PID 1 has no default action): the run went on as if never told. Kept, not raised: a raise in an import is a
+    traceback."""
+    signal.signal(signal.SIGTERM, _kept_early)
+
+
+def early_stop() -> int | None:
+    """The SIGTERM early() kept, if any."""
+    return _early
+
+
+def exiting() -> None:
+    """runner.py's command has rendered its result: a SIGTERM or Ctrl-C while the process exits (pymongo's atexit
+    joins its threads, half a second) is ignored. It printed "Exception ignored in atexit callback" and a traceback
+    after a run that was done and said; what was done is recorded, and the exit code is the command's."""
+    if _own_process:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def requested() -> int | None:

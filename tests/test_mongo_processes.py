@@ -398,21 +398,98 @@ def test_a_runner_that_lost_its_lock_while_the_server_was_paused_stops_before_it
         time.sleep(3)
     finally:
         os.kill(pid, signal.SIGCONT)
-    # Another runner takes the expired lock over, finds the unsettled run and stops (releasing the lock).
-    code2, out2, err2 = finish(runner(server, "mongo", "apply", "--run", "--mongo-dir", folder, "--lock-timeout", 60))
+    # Another runner takes the expired lock over, finds the unsettled run and stops (releasing the lock). The first
+    # runner is frozen meanwhile (still stalled, as a frozen VM is): the second says it is alive on this host and may
+    # still be writing (attack 20j: its advice, followed then, applied the patch twice).
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        code2, out2, err2 = finish(runner(server, "mongo", "apply", "--run", "--mongo-dir", folder, "--lock-timeout", 60))
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert code2 == 1 and "patch 0001_slow: a run started" in err2, err2
-    (marks / "go on").touch()
+    assert f"never finished (pid {first.pid} on this host is still alive: it lost its lock and may still be writing; " \
+           "wait for it to end, or stop it, before re-running or resolving)" in err2, err2
+    # The first runner's heartbeat finds its lock lost while its patch still runs (it waits for "go on", never
+    # given): the patch is stopped then, not left running until it returns.
     code, out, err = finish(first)
-    assert code == 4 and "lost the patch lock" in err and "stopped before writing anything more" in err, err
+    (line,) = [l for l in err.splitlines() if l.startswith("error:")]
+    assert code == 4 and "lost the patch lock" in line and "stopped before writing anything more" not in line, err
     # why, in words: the runner that took it over, the lock removed (the other runner released it), or renewals
     # the paused server never answered (test_mongo_lock_reason.py: never the driver's private class name)
-    assert any(why in err for why in (" UTC, now held by ", " UTC, removed)", "the server did not answer (")), err
-    # its patch had returned: the line says so and how to settle it (attack 20i: "re-run it" applied it twice)
-    assert "patch 0001_slow (" in err and "had finished (its writes are done) when the lost lock was seen" in err, err
-    assert "runner.py mongo resolve 0001_slow --applied" in err, err
+    assert any(why in line for why in (" UTC, now held by ", " UTC, removed)", "the server did not answer (")), err
+    assert f"while patch 0001_slow ({folder / '0001_slow.py'}) ran: its process was stopped then; its writes until " \
+           "then are kept and its record is left `running`" in line, line
+    assert "`runner.py mongo resolve 0001_slow --applied` or `--not-applied`" in line, line
     (record,) = server.db.applied_patches.find()
     assert record["patch"] == "0001_slow" and record["status"] == "running"  # the first did not settle it
     assert counts(server.db) == {"first": 1}  # 0002 never ran
+    assert "Traceback" not in err and not list(marks.glob("go on"))
+
+
+# The runner's heartbeat beats every second (TTL 4 s), and notes when it finds the lock lost.
+FAST_BEAT_RUNNER = """
+import time
+from datetime import timedelta
+from migrator.mongo import lock
+lock.TTL = timedelta(seconds=4)
+real_lost = lock.Lock._lost
+def _lost(self):
+    open({marks!r} + "/lost at", "w").write(repr(time.time()))
+    return real_lost(self)
+lock.Lock._lost = _lost
+"""
+# attack 20j's unlock_long: the lock is lost while the patch has a minute of writes left (here it removes the lock
+# document itself; in life another runner took it over after a stall).
+UNLOCK_LONG = """
+import time
+def run(db, dry_run):
+    db.applied_patches_lock.delete_many({})
+    for i in range(600):
+        db.m.insert_one({"i": i, "at": time.time()})
+        time.sleep(0.1)
+    db.m.insert_one({"done": True})
+    return "600 writes"
+"""
+
+
+@pytest.mark.parametrize("kind", ["py", "js"])
+def test_a_patch_whose_runner_lost_the_lock_is_stopped_at_once_not_when_it_returns(server, tmp_path, kind):
+    folder, marks, site = tmp_path / "mongo", tmp_path / "marks", tmp_path / "fast_beat"
+    for made in (folder, marks, site):
+        made.mkdir()
+    if kind == "js":
+        if not js_patch.LOCAL_MONGOSH.exists() and not shutil.which("mongosh"):
+            pytest.skip("needs mongosh (make mongosh)")
+        (folder / "0001_unlock_long.js").write_text(
+            "db.applied_patches_lock.deleteMany({});\nfor (let i = 0; i < 600; i++) {\n"
+            "  db.m.insertOne({i: i, at: Date.now() / 1000});\n  sleep(100);\n}\ndb.m.insertOne({done: true});\n")
+    else:
+        (folder / "0001_unlock_long.py").write_text(UNLOCK_LONG)
+    count_patch(folder, "0002_next")
+    (site / "sitecustomize.py").write_text(FAST_BEAT_RUNNER.format(marks=str(marks)))
+    code, out, err = finish(runner(server, "mongo", "apply", "--run", "--mongo-dir", folder,
+                                   env={"PYTHONPATH": f"{site}:{PROJECT_ROOT}"}))
+    written = server.db.m.count_documents({})
+    (line,) = [l for l in err.splitlines() if l.startswith("error:")]
+    assert code == 4 and "Traceback" not in err, err
+    patch = folder / f"0001_unlock_long.{kind}"
+    assert line.startswith(f"error: lost the patch lock on {server.server.where}/{server.name} (") and " UTC, removed)" in line, line
+    assert f"while patch 0001_unlock_long ({patch}) ran: its process was stopped then; its writes until then are " \
+           "kept and its record is left `running`: `runner.py mongo status`, check its writes, then `runner.py mongo " \
+           "resolve 0001_unlock_long --applied` or `--not-applied` (with --note)" in line, line
+    assert "stopped before writing anything more" not in line
+    # no write after the runner found the lock lost (the one in flight at that instant aside), none after it ended
+    lost = float((marks / "lost at").read_text())
+    late = [d["i"] for d in server.db.m.find({"at": {"$gt": lost + 1.0}})]
+    assert late == [] and server.db.m.count_documents({"done": True}) == 0 and 0 < written < 600, (late, written)
+    time.sleep(1.5)
+    assert server.db.m.count_documents({}) == written
+    assert [(r["patch"], r["status"]) for r in server.db.applied_patches.find()] == [("0001_unlock_long", "running")]
+    assert counts(server.db) == {}  # 0002 never ran
+    # the next run refuses to re-run it silently, naming it and the commands
+    code, out, err = finish(runner(server, "mongo", "apply", "--run", "--mongo-dir", folder))
+    assert code == 1 and "patch 0001_unlock_long: a run started" in err and "has exited" in err, err
+    assert server.db.m.count_documents({}) == written
 
 
 def test_renewals_the_server_never_answered_are_said_in_words_never_as_the_drivers_private_class():

@@ -229,3 +229,105 @@ def _runner_pid(proc, pid1: bool) -> int:
         return proc.pid
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     return int(children[0])
+
+
+def test_a_sigterm_while_the_cli_loads_as_pid_1_stops_the_run_in_one_line(server, tmp_path):
+    """As a container's PID 1 the kernel drops a SIGTERM that finds no handler: one sent while runner.py still imported
+    the CLI (before main() installed its handler) was lost, and both patches were applied, exit 0 (attack 20j).
+    The moment is the CLI's own import of click (Python's import profile, on stderr): no handler was there before."""
+    import re
+    import shutil
+    import subprocess
+
+    from test_progress import read_until
+
+    wrapper = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    if not shutil.which("unshare") or subprocess.run([*wrapper, "true"]).returncode != 0:
+        pytest.skip("needs unshare --pid --mount-proc (root, or user namespaces)")
+    folder, marks = tmp_path / "mongo", tmp_path / "marks"
+    folder.mkdir()
+    marks.mkdir()
+    for name in ("0001_a", "0002_b"):
+        (folder / f"{name}.py").write_text(f"from pathlib import Path\n\ndef run(db, dry_run):\n"
+                                           f"    Path({str(marks)!r}, {name!r}).touch()\n    return 'ran'\n")
+    os.environ["PYTHONPROFILEIMPORTTIME"] = "1"  # (read by _as_pid_1's copy of the environment)
+    try:
+        proc = _as_pid_1(server, folder, wrapper)
+    finally:
+        del os.environ["PYTHONPROFILEIMPORTTIME"]
+    seen = read_until(proc, lambda line: re.search(r"\|\s+click$", line.rstrip()), 60)
+    assert seen and re.search(r"\|\s+click$", seen[-1].rstrip()), seen[-5:]
+    os.kill(_runner_pid(proc, True), signal.SIGTERM)
+    code, _, err = finish(proc)
+    (line,) = _errors(err)
+    assert code == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert line == "error: interrupted by SIGTERM before the command started: nothing was run", line
+    assert list(marks.iterdir()) == [] and server.db.applied_patches.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_signal_while_the_runner_exits_after_its_work_prints_no_traceback(server, tmp_path, signum):
+    """Once `mongo apply --run` said what it applied, the process exits (pymongo's atexit joins its threads, half a
+    second): a SIGTERM or Ctrl-C then printed "Exception ignored in atexit callback" and a traceback (attack 20j)."""
+    import subprocess
+    import sys
+
+    from test_mongo_processes import PROJECT_ROOT
+
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_w.py").write_text("def run(db, dry_run):\n    db.w.insert_one({'w': 1})\n    return 'wrote'\n")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "DB_", "DATABASE_URL"))}
+    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "runner.py"), "mongo", "apply", "--run", "--mongo-dir",
+                             str(folder)], env={**environment, **server.env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (as a terminal's)
+    for line in proc.stdout:  # what it applied is said: it exits now
+        if line.startswith("MongoDB: applied"):
+            break
+    time.sleep(0.05)  # (into the exit)
+    proc.send_signal(signum)
+    code, out, err = finish(proc)
+    assert code == 0 and "Traceback" not in err and "Exception ignored" not in err, err
+    assert [(r["patch"], r["status"]) for r in server.db.applied_patches.find()] == [("0001_w", "applied")]
+    assert server.db.w.count_documents({}) == 1 and server.db.applied_patches_lock.count_documents({}) == 0
+
+
+def test_the_images_default_command_as_pid_1_stops_on_a_sigterm_while_it_connects(server, db, tmp_path):
+    """The image's CMD (`python3 -m migrator.cli.image migrate`, DIGIT's init container: the pod's PID 1) called the
+    CLI without runner.py's signal handling: a SIGTERM while it connected to Mongo found no handler and was dropped,
+    and the patch was applied after the server answered."""
+    import select
+    import shutil
+    import subprocess
+    import sys
+
+    from test_mongo_processes import PROJECT_ROOT
+
+    wrapper = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    if not shutil.which("unshare") or subprocess.run([*wrapper, "true"]).returncode != 0:
+        pytest.skip("needs unshare --pid --mount-proc (root, or user namespaces)")
+    folder, marks, sql = tmp_path / "mongo", tmp_path / "marks", tmp_path / "sql"
+    for made in (folder, marks, sql):
+        made.mkdir()
+    (folder / "0001_never.py").write_text(f"from pathlib import Path\n\ndef run(db, dry_run):\n"
+                                          f"    Path({str(marks)!r}, 'ran').touch()\n    return 'ran'\n")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "DB_", "DATABASE_URL"))}
+    environment.update(server.env, DATABASE_URL=db.url, ARGS=f"--sql-dir {sql} --mongo-dir {folder}")
+    paused = server.server.process.pid
+    os.kill(paused, signal.SIGSTOP)  # its connect waits for the server
+    try:
+        proc = subprocess.Popen([*wrapper, sys.executable, "-m", "migrator.cli.image", "migrate"], env=environment,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
+        assert select.select([proc.stdout], [], [], 60)[0], "the SQL part never ended"
+        said = proc.stdout.readline()  # the SQL part's report: the Mongo part starts, its server checked for 10 s
+        time.sleep(0.5)
+        os.kill(_runner_pid(proc, True), signal.SIGTERM)
+        time.sleep(0.3)
+    finally:
+        os.kill(paused, signal.SIGCONT)
+    code, _, err = finish(proc)
+    (line,) = _errors(err)
+    assert code == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert said.startswith("PostgreSQL") and "interrupted by SIGTERM outside any migration or patch" in line, (said, line)
+    assert not (marks / "ran").exists() and server.db.applied_patches.count_documents({}) == 0

@@ -25,17 +25,21 @@ for command in (deploy.migrate, deploy.plan, deploy.status, deploy.config, mongo
     cli.add_command(command)
 
 
-def main() -> None:
+def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     """runner.py's entry: a second Ctrl-C or SIGTERM cannot cut the first one's stop short (interrupt.after_stop);
     one that lands while the command line is read, before any command's own handling, is one line too."""
     from migrator import interrupt
 
     interrupt.after_stop()
     try:
-        cli()
+        if interrupt.early_stop():  # (while the CLI loaded: runner.py's interrupt.early())
+            raise interrupt.Interrupted(interrupt.early_stop())
+        cli(args, prog_name=prog_name)
     except interrupt.Interrupted as exc:
         sys.stderr.write(f"error: {exc} before the command started: nothing was run\n")
         sys.exit(128 + exc.signum)
+    finally:
+        interrupt.exiting()  # (said, whatever the outcome: a signal now would only cut the exit short)
 
 
 __all__ = ["cli", "main"]

@@ -46,6 +46,7 @@ class Runner(HelpGroup):
         try:
             result = super().invoke(ctx)
             sys.stdout.flush()  # (a reader that left is met here, not in the interpreter's exit)
+            interrupt.exiting()  # the result is said: a signal from now on would only cut the exit short
             return result
         except BrokenPipeError:  # `plan | head`: the reader has what it wanted; quiet, as Unix tools are
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -72,6 +73,7 @@ def _fail(ctx: click.Context, message: str, code: int, excerpt: tuple[str, ...] 
     if ctx.find_root().meta.get("verbose"):
         output.traceback()
     output.error(message, exit_code=code, **({"excerpt": list(excerpt)} if excerpt else {}))
+    interrupt.exiting()
     ctx.exit(code)
 
 

@@ -16,14 +16,14 @@ from migrator.errors import USAGE
 
 
 def main() -> None:
-    from migrator.cli import cli
+    from migrator.cli import main as run  # runner.py's handling of signals: as the pod's PID 1 this is the runner
 
     try:
         extra = shlex.split(os.environ.get("ARGS", ""))
     except ValueError as exc:  # an unclosed quote
         output.error(f"ARGS {os.environ['ARGS']!r} cannot be split into options ({exc}); fix the ARGS variable")
         sys.exit(USAGE)
-    cli([*sys.argv[1:], *extra], prog_name="runner.py")
+    run([*sys.argv[1:], *extra], prog_name="runner.py")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from migrator import output
-from migrator.errors import INTERRUPTED, USAGE, MigratorError, words
+from migrator.errors import INTERRUPTED, LOCKED, USAGE, MigratorError, words
 from migrator import interrupt
 from migrator.mongo import js_patch, lock, log, patch_child, python_patch, state
 from migrator.mongo.js_patch import JsPatchFailed
@@ -128,7 +128,8 @@ def _apply_one(db, target, patch: Patch, held: lock.Lock, guard: interrupt.Guard
     try:
         guard.check()  # a SIGTERM while the record was written: the patch never starts
         started = True
-        outcome = _run_one(db, target, patch, dry_run=False, echo=echo, loaded=loaded)  # returns held
+        with held.stopping():  # the lock lost meanwhile: the patch's process is stopped then, not when it returns
+            outcome = _run_one(db, target, patch, dry_run=False, echo=echo, loaded=loaded)  # returns held
     except BaseException as exc:  # SystemExit, SIGTERM, a bug in the patch: all failures of this patch
         with guard.deferred():  # (a signal now: the failure is settled and said first)
             if not started and isinstance(loaded, patch_child.Child):
@@ -188,6 +189,12 @@ def _prepare(patch: Patch, target: MongoTarget | None):
 
 def _settle_failure(db, where: str, record, patch: Patch, exc: BaseException, started: bool, held) -> None:
     """Called with the guard deferred: a signal meanwhile waits until the record is written and the line said."""
+    if isinstance(exc, lock.Lost):  # its record is another runner's business now: left `running`, said
+        raise MigratorError(
+            f"lost the patch lock on {where} ({exc}) while patch {patch.id} ({patch.path}) ran: its process was "
+            f"stopped then; its writes until then are kept and its record is left `running`: `runner.py mongo status`, "
+            f"check its writes, then `runner.py mongo resolve {patch.id} --applied` or `--not-applied` (with --note)",
+            LOCKED) from exc
     status = log.FAILED if started else log.CANCELLED
     error = exc.reason if isinstance(exc, PatchFailed) else str(exc) if isinstance(exc, MigratorError) else _describe(exc)
     lost = ""
@@ -234,7 +241,7 @@ def _run_one(db, target: MongoTarget | None, patch: Patch, *, dry_run: bool, ech
                                           client=getattr(db, "client", None))
         finally:
             interrupt.hold()  # the patch's run ended: a signal now waits for its record (the others hold earlier)
-    except (MigratorError, interrupt.Interrupted):
+    except (MigratorError, interrupt.Interrupted, lock.Lost):
         raise
     except KeyboardInterrupt as exc:  # Ctrl-C reaches the runner, not the patch's process: not the patch's failure
         raise interrupt.Interrupted(signal.SIGINT) from exc

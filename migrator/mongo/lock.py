@@ -5,13 +5,16 @@ and FerretDB); an expired lock, left by a runner that died, is taken over by the
 claim for that holder and expiry (another fixed _id) is inserted first. While held, a thread renews
 it every TTL/4; a renewal that matches nothing means another runner took it over (this one
 stalled longer than the TTL): the lock is lost, and `check()` stops the runner before its next
-write. Times are the server's clock (this client's, shifted by the offset `hello` shows), so a runner
+write. A patch running then (`stopping()`) is stopped at once: the heartbeat signals the main thread
+(STOP_SIGNAL), whose handler raises `Lost` there, so the patch's process group is killed as on SIGTERM.
+Times are the server's clock (this client's, shifted by the offset `hello` shows), so a runner
 whose clock runs ahead does not take over a live lock, nor one behind keep a dead one.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import uuid
@@ -27,6 +30,11 @@ COLLECTION = "applied_patches_lock"
 LOCK_ID = "mongo-patches"
 TTL = timedelta(minutes=2)  # a dead runner's lock is taken over this long after its last heartbeat
 CLAIMS_KEPT = timedelta(days=1)  # a killed runner's takeover claim (released ones are removed) is removed after this
+STOP_SIGNAL = signal.SIGUSR1  # the heartbeat's word to the main thread: the lock is lost, stop the running patch
+
+
+class Lost(BaseException):
+    """Raised in the main thread while a patch runs (`stopping()`), the moment the heartbeat finds the lock lost."""
 
 
 class Lock:
@@ -40,6 +48,8 @@ class Lock:
         self.lost_at: str | None = None  # why the lock was lost, once it is
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watching = False  # a patch runs: the heartbeat stops it on a loss (under _mutex, with the handler's state)
+        self._mutex = threading.Lock()
 
     def now(self) -> datetime:
         return utcnow() + self.skew
@@ -91,7 +101,8 @@ class Lock:
         """Before a write this runner controls: still ours (renewed now), or stop saying so."""
         if not self.renew():
             raise MigratorError(
-                f"lost the patch lock on {self.where} ({self.lost_at}): stopped before writing anything more; "
+                f"lost the patch lock on {self.where} ({self.lost_at}): this runner stops here, writing no record and "
+                "starting no patch; "
                 f"this runner stalled longer than the lock's TTL ({TTL.total_seconds():g} s) and another runner took "
                 "it over, or the lock document was removed; run `runner.py mongo status` to see what was settled",
                 LOCKED)
@@ -117,13 +128,45 @@ class Lock:
         while not self._stop.wait(interval):
             try:
                 if not self.renew():
-                    return
+                    return self._lost()
                 last_ok = time.monotonic()
             except Exception as exc:  # the server is away: lost once the lock may have expired
                 if time.monotonic() - last_ok >= TTL.total_seconds():
                     self.lost_at = (f"not renewed for {TTL.total_seconds():g} s: the server did not answer "
                                     f"({_reason(exc)})")
-                    return
+                    return self._lost()
+
+    def _lost(self) -> None:
+        """A patch running now would go on writing under a lock another runner may hold: its stop, at once."""
+        with self._mutex:
+            if self._watching:
+                signal.pthread_kill(threading.main_thread().ident, STOP_SIGNAL)
+
+    def _on_signal(self, _signum, _frame) -> None:
+        from migrator import interrupt
+
+        # (not while a patch's end is being handled: its cleanup and record come first, then check() says it)
+        if self._watching and self.lost_at is not None and (interrupt.is_live() or not interrupt.guarded()):
+            raise Lost(self.lost_at)
+
+    @contextmanager
+    def stopping(self) -> Iterator[None]:
+        """While the block (a patch's run) goes on, a loss of the lock raises `Lost` in it at once (main thread only:
+        signals reach it alone; elsewhere the loss is said after the patch returns)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(STOP_SIGNAL, self._on_signal)
+        with self._mutex:
+            self._watching = True
+        try:
+            if self.lost_at is not None:
+                raise Lost(self.lost_at)
+            yield
+        finally:
+            with self._mutex:  # (the heartbeat signals only while this holds: never to the handler restored below)
+                self._watching = False
+            signal.signal(STOP_SIGNAL, previous)
 
 
 def _reason(exc: Exception) -> str:
@@ -188,6 +231,14 @@ def _held_by(holder: dict, where: str, wait: float) -> str:
                        f"the lock expires {TTL.total_seconds():g} s after its last heartbeat, then run again")
     return held + (f"wait for it to finish, or if that runner died the lock expires {TTL.total_seconds():g} s after "
                    "its last heartbeat")
+
+
+def alive(holder: dict) -> bool:
+    """A runner on this very host whose pid still exists: it may be writing still (it stalled, then went on). Not this
+    process's own pid: a container with a fixed hostname starts every run as the same PID 1."""
+    pid = holder.get("pid")
+    return (holder.get("host") == whoami.host() and isinstance(pid, int) and 0 < pid != os.getpid()
+            and not exited(holder))
 
 
 def exited(holder: dict) -> bool:

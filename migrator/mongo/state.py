@@ -149,10 +149,14 @@ def explain(s: PatchState) -> str:
         return (f"patch {s.id} has a record with status {one_line(output.scrub(status))!r} (not written by this "
                 f"runner) {at} {where}; it is not run automatically until someone decides: {resolve}")
     if s.state == RUNNING:
-        from migrator.mongo.lock import exited
+        from migrator.mongo.lock import alive, exited
 
         gone = f" (pid {r.get('pid')} on this host has exited)" if exited(r) else ""
-        return (f"patch {s.id}: a run started {at} {where} never finished{gone} (killed, or it lost its lock); "
+        why = "killed, or it lost its lock"
+        if alive(r):  # a runner that stalled past the lock's lifetime: its patch may be writing still
+            why = (f"pid {r.get('pid')} on this host is still alive: it lost its lock and may still be writing; wait "
+                   "for it to end, or stop it, before re-running or resolving")
+        return (f"patch {s.id}: a run started {at} {where} never finished{gone} ({why}); "
                 f"its writes may be partly applied, so it is not run again automatically: {resolve}")
     error = one_line(output.scrub(str(r.get("error") or ""))) or "no error text"
     return (f"patch {s.id} failed {at} {where}: {error}; its writes so far are kept, so it is not run again "
