@@ -15,7 +15,7 @@ import time
 from migrator import bookkeeping_lock, checksums, output, pg_lock
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
 from migrator.errors import MigratorError
-from migrator.postgres import connection as postgres_connection
+from migrator.postgres import connection as postgres_connection, server_session
 from migrator import trust
 from migrator.targets import PostgresTarget
 
@@ -182,6 +182,9 @@ def _writable(report: DoctorReport, backend, target: PostgresTarget) -> None:
         report.add(Check("postgres writable", FAIL, f"{target.where} makes transactions read-only by default "
                          f"(default_transaction_read_only set on {defaults}): every migration would fail",
                          f"{writer}; or ALTER DATABASE/ROLE ... RESET default_transaction_read_only"))
+    elif server_session.asks_read_only(target.params.get("options", "")):
+        report.add(Check("postgres writable", FAIL, f"{target.where} is connected with default_transaction_read_only "
+                         "on in the URL's options: every migration would fail", f"{writer}; or drop it from the URL"))
     elif server_file:
         report.add(Check("postgres writable", FAIL, f"{target.where} makes transactions read-only by default "
                          "(default_transaction_read_only in the server's configuration)",
