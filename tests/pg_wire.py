@@ -339,12 +339,14 @@ class TxPool(_Listener):
     packet, `options` included, when it opens a server session: every server session took the runner's settings
     from its own startup packet (source 'client'), yet each transaction of a client runs on whichever server session
     is idle, released at each ReadyForQuery 'I'. `size` sessions per startup packet are opened on the first client's
-    login and handed out in turn (so a client's next transaction runs on another one). No client authentication."""
+    login and handed out in turn (so a client's next transaction runs on another one), pooled by user, database and
+`options`, as the attack's model. No client authentication."""
 
     def __init__(self, socket_dir: str, port: int, size: int = 2):
         self.backend, self.size = str(Path(socket_dir) / f".s.PGSQL.{port}"), size
         self.sessions: dict[bytes, list[tuple[socket.socket, int, list[bytes]]]] = {}
         self.every: list[tuple[socket.socket, int, list[bytes]]] = []
+        self.packets: dict[bytes, bytes] = {}
         self._free = threading.Condition()
         super().__init__()
 
@@ -393,6 +395,11 @@ class TxPool(_Listener):
         packet = _startup(client)
         if struct.unpack("!I", packet[4:8])[0] == CANCEL_REQUEST:
             return client.close()  # (dropped, as many pools do)
+        words = packet[8:].split(b"\0")
+        params = dict(zip(words[0:-2:2], words[1:-2:2]))
+        key = params.get(b"user", b"") + b"\0" + params.get(b"database", b"") + b"\0" + params.get(b"options", b"")
+        self.packets.setdefault(key, packet)  # (the first client's: as the pool opens its sessions with)
+        packet = self.packets[key]
         first = self._take(packet)
         client.sendall(b"R" + struct.pack("!II", 8, 0) + b"".join(first[2])
                        + b"K" + struct.pack("!III", 12, 4242, 4242) + b"Z" + struct.pack("!I", 5) + b"I")
