@@ -84,7 +84,7 @@ def hold_for_shared_ddl(connection, statements, transactional: bool) -> None:
     if not any(_SHARED_DDL.search(statement.text) for statement in statements):
         return
     # (in the migration's session, whose search_path is the migration's: qualified)
-    call = f"pg_catalog.pg_try_advisory_{'xact_' if transactional else ''}lock(%s)"
+    call = f"pg_catalog.pg_try_advisory_{'xact_' if transactional else ''}lock(%(key)s)"
     with connection.cursor() as cursor:
         while True:
             got = on_own_session(connection, cursor, call, SHARED_DDL_KEY)
@@ -228,11 +228,11 @@ def _session_lost(backend, exc: BaseException) -> bool:
 
 
 def _try(backend, target: PostgresTarget, key: int) -> bool:
-    return _here(backend, target, "pg_catalog.pg_try_advisory_lock(%s)", key)
+    return _here(backend, target, "pg_catalog.pg_try_advisory_lock(%(key)s)", key)
 
 
 def _unlock(backend, target: PostgresTarget, key: int) -> None:
-    _here(backend, target, "pg_catalog.pg_advisory_unlock(%s)", key)
+    _here(backend, target, "pg_catalog.pg_advisory_unlock(%(key)s)", key)
 
 
 def _here(backend, target: PostgresTarget, call: str, key: int):

@@ -343,12 +343,10 @@ def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advi
 
 
 def _free(cursor, key: int) -> bool:
-    """Whether advisory lock `key` is free now: tried (and let go at once), never inferred from pg_locks."""
-    cursor.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (key,))
-    if not cursor.fetchone()[0]:
-        return False
-    cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
-    return True
+    """Whether advisory lock `key` is free now: tried (and let go at once), never inferred from pg_locks. In one
+    statement, on doctor's own server session (a transaction-mode pool could release another client's)."""
+    return bookkeeping_lock.on_own_session(cursor.connection, cursor, "CASE WHEN pg_catalog.pg_try_advisory_lock("
+                                           "%(key)s) THEN pg_catalog.pg_advisory_unlock(%(key)s) ELSE false END", key)
 
 
 def _flyway_history(report: DoctorReport, backend, migrations, todo) -> None:
