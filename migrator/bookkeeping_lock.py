@@ -131,7 +131,7 @@ def creating_bookkeeping(connection, schema: str, wait: float | None = None, set
                 yield
             finally:
                 if not connection.closed:  # (a lost session's locks went with it: its own error is the one to tell)
-                    cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
+                    on_own_session(connection, cursor, "pg_catalog.pg_advisory_unlock(%(key)s)", key)
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         if not setup or not connection.closed:
             raise
@@ -161,13 +161,12 @@ def _take(cursor, schema: str, key: int, kind: str, wait: float | None, busy: st
     """Polled (a try never meets the session's lock_timeout) for `wait` seconds, else the run's --lock-timeout;
     then one line naming the holder (`busy`: what that means for the run, else "run again"). `queue`: (pid,
     seconds): given up sooner, that long after a session was first seen queued behind the locks of session `pid`."""
-    query = f"SELECT pg_catalog.pg_try_advisory_{kind}lock(%s)"
+    call = f"pg_catalog.pg_try_advisory_{kind}lock(%(key)s)"
     seconds = BOOKKEEPING_WAIT["seconds"] if wait is None else wait
     deadline = time.monotonic() + seconds
     queued_since = None
     while True:
-        cursor.execute(query, (key,))
-        if cursor.fetchone()[0]:
+        if on_own_session(cursor.connection, cursor, call, key):
             return
         now = time.monotonic()
         if queue is not None and queued_since is None:  # (never reset: an application whose queries time out
@@ -185,6 +184,19 @@ def _take(cursor, schema: str, key: int, kind: str, wait: float | None, busy: st
                                      "may not be a runner's: end that session); run again, or raise --lock-timeout"),
                                   LOCKED, lock=lock)
         time.sleep(POLL_SECONDS / 4)
+
+
+def on_own_session(connection, cursor, call: str, key: int, where: str | None = None):
+    """`call` (of advisory lock `key`, a session-level lock's take or release) on `connection`'s own server session
+    only; elsewhere (a transaction-mode pool) nothing, and the run refuses (server_session.here): such a lock is
+    re-entrant, so another client's run's would be taken again, or released."""
+    from migrator.postgres import server_session
+
+    cursor.execute(f"SELECT CASE WHEN {server_session.here(connection)} THEN {call} END", {"key": key})
+    done = cursor.fetchone()[0]
+    if done is None:
+        raise server_session.elsewhere(connection, where)
+    return done
 
 
 class BookkeepingBusy(MigratorError):
@@ -224,4 +236,5 @@ class Recording:
             if self.connection.closed:  # the session is gone, and its session-level lock with it
                 return
             with self.connection.cursor() as cursor:
-                cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (bookkeeping_key(self.schema),))
+                on_own_session(self.connection, cursor, "pg_catalog.pg_advisory_unlock(%(key)s)",
+                               bookkeeping_key(self.schema))

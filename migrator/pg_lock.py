@@ -24,7 +24,7 @@ from migrator.errors import LOCKED, MigratorError
 from migrator.targets import PostgresTarget
 from migrator.bookkeeping_lock import (AFTER_COMMIT_WAIT, BOOKKEEPING_WAIT, LOCK_KEY, POLL_SECONDS,  # noqa: F401
                                       BookkeepingBusy, Recording, _hashed, bookkeeping_wait, creating_bookkeeping,
-                                      lock_key, prepared)
+                                      lock_key, on_own_session, prepared)
 
 
 def lock_slot(history: str | None) -> int:
@@ -84,12 +84,11 @@ def hold_for_shared_ddl(connection, statements, transactional: bool) -> None:
     if not any(_SHARED_DDL.search(statement.text) for statement in statements):
         return
     # (in the migration's session, whose search_path is the migration's: qualified)
-    query = ("SELECT pg_catalog.pg_try_advisory_xact_lock(%s)" if transactional
-             else "SELECT pg_catalog.pg_try_advisory_lock(%s)")
+    call = f"pg_catalog.pg_try_advisory_{'xact_' if transactional else ''}lock(%(key)s)"
     with connection.cursor() as cursor:
         while True:
-            cursor.execute(query, (SHARED_DDL_KEY,))
-            if cursor.fetchone()[0]:
+            got = on_own_session(connection, cursor, call, SHARED_DDL_KEY)
+            if got:
                 return
             signum = interrupt.requested()
             if signum is not None:
@@ -142,9 +141,9 @@ def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str]
                 yield
         finally:
             if flyway_key is not None:
-                _unless_lost(backend, lambda: backend.execute("SELECT pg_advisory_unlock(:key)", {"key": flyway_key}))
+                _unless_lost(backend, lambda: _unlock(backend, target, flyway_key))
     finally:  # (a lost session's advisory locks went with it)
-        _unless_lost(backend, lambda: backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key}))
+        _unless_lost(backend, lambda: _unlock(backend, target, key))
 
 
 def _held_by(backend, target: PostgresTarget, key: int, timeout: float) -> str:
@@ -161,11 +160,16 @@ def _held_by(backend, target: PostgresTarget, key: int, timeout: float) -> str:
 
 def _wait(backend, target: PostgresTarget, key: int, deadline: float, message: Callable[[], str]) -> None:
     with _interruptible():
-        while not _try(backend, key):
+        while not _try(backend, target, key):
             _stop_if_interrupted(target, lambda: holder(backend, key))
             if time.monotonic() >= deadline:
                 raise MigratorError(message(), LOCKED)
             time.sleep(POLL_SECONDS)
+
+
+# The INSERT's errors that cannot mean another runner's row: the session may not write (a reader endpoint, a
+# read-only default), said at once instead of waiting the lock timeout out and calling the lock held.
+_NOT_HELD = ("25006",)
 
 
 @contextmanager
@@ -180,7 +184,11 @@ def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
                 backend.execute(f"INSERT INTO {table} (locked, ctime, pid) VALUES (:slot, pg_catalog.timezone('UTC', "
                                 "pg_catalog.clock_timestamp()), :pid)", {"slot": slot, "pid": pid})
             break
-        except backend.DatabaseError:
+        except backend.DatabaseError as exc:
+            if getattr(exc, "pgcode", None) in _NOT_HELD:
+                from migrator.postgres import server_session
+
+                raise server_session.read_only(target.where) from None
             if time.monotonic() >= deadline:
                 raise MigratorError(f"the migration lock on {place(backend, target)} is held: {table} has its row; "
                                     "wait for that runner to finish and run again, or raise --lock-timeout", LOCKED)
@@ -219,8 +227,17 @@ def _session_lost(backend, exc: BaseException) -> bool:
                                                and getattr(exc, "pgcode", None) is None)
 
 
-def _try(backend, key: int) -> bool:
-    return backend.execute("SELECT pg_try_advisory_lock(:key)", {"key": key}).fetchone()[0]
+def _try(backend, target: PostgresTarget, key: int) -> bool:
+    return _here(backend, target, "pg_catalog.pg_try_advisory_lock(%(key)s)", key)
+
+
+def _unlock(backend, target: PostgresTarget, key: int) -> None:
+    _here(backend, target, "pg_catalog.pg_advisory_unlock(%(key)s)", key)
+
+
+def _here(backend, target: PostgresTarget, call: str, key: int):
+    with backend.connection.cursor() as cursor:
+        return on_own_session(backend.connection, cursor, call, key, target.where)
 
 
 @contextmanager
@@ -243,7 +260,7 @@ def break_dead(backend, target: PostgresTarget) -> bool:
     advisory lock taken by another session, or a row whose runner is still connected, is refused."""
     key = run_key(backend, target)
     advice = "break-lock removes only a dead runner's lock: wait for it to finish, or end that runner first"
-    if not _try(backend, key):
+    if not _try(backend, target, key):
         raise MigratorError(f"a live runner holds the migration lock on {place(backend, target)} "
                             f"({holder(backend, key)}); {advice}", LOCKED)
     try:
@@ -255,7 +272,7 @@ def break_dead(backend, target: PostgresTarget) -> bool:
             _break(backend, target)
         return row is not None
     finally:
-        backend.execute("SELECT pg_advisory_unlock(:key)", {"key": key})
+        _unlock(backend, target, key)
 
 
 # A yoyo lock row's runner is alive while a session of it (this runner's application_name ends in

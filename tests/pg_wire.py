@@ -332,3 +332,99 @@ class RefusingServer(_Listener):
         with client:
             _startup(client)
             client.sendall(b"E" + struct.pack("!I", len(self.fields) + 4) + self.fields)
+
+
+class TxPool(_Listener):
+    """A transaction-mode pool (model, attack 23k) that, unlike PgBouncer 1.18, forwards each client's startup
+    packet, `options` included, when it opens a server session: every server session took the runner's settings
+    from its own startup packet (source 'client'), yet each transaction of a client runs on whichever server session
+    is idle, released at each ReadyForQuery 'I'. `size` sessions per startup packet are opened on the first client's
+    login and handed out in turn (so a client's next transaction runs on another one), pooled by user, database and
+`options`, as the attack's model. No client authentication."""
+
+    def __init__(self, socket_dir: str, port: int, size: int = 2):
+        self.backend, self.size = str(Path(socket_dir) / f".s.PGSQL.{port}"), size
+        self.sessions: dict[bytes, list[tuple[socket.socket, int, list[bytes]]]] = {}
+        self.every: list[tuple[socket.socket, int, list[bytes]]] = []
+        self.packets: dict[bytes, bytes] = {}
+        self._free = threading.Condition()
+        super().__init__()
+
+    def close(self) -> None:
+        super().close()
+        for sock, _, _ in self.every:
+            sock.close()
+
+    def on_each(self, query: str) -> list[list[str | None]]:
+        """`query`'s first row on each idle server session (as the pool's next clients would see them)."""
+        with self._free:
+            return [_first_row(sock, query) for sock, _, _ in self.every]
+
+    def _open(self, packet: bytes) -> tuple[socket.socket, int, list[bytes]]:
+        server = socket.socket(socket.AF_UNIX)
+        server.connect(self.backend)
+        server.sendall(packet)
+        status, pid = [], 0
+        while True:
+            kind, length = struct.unpack("!cI", _read(server, 5))
+            body = _read(server, length - 4)
+            if kind == b"S":
+                status.append(kind + struct.pack("!I", length) + body)
+            elif kind == b"K":
+                pid = struct.unpack("!I", body[:4])[0]
+            elif kind == b"E":
+                raise OSError(body)
+            elif kind == b"Z":
+                return server, pid, status
+
+    def _take(self, packet: bytes):
+        with self._free:
+            if packet not in self.sessions:
+                self.sessions[packet] = [self._open(packet) for _ in range(self.size)]
+                self.every += self.sessions[packet]
+            while not self.sessions[packet]:
+                self._free.wait()
+            return self.sessions[packet].pop(0)
+
+    def _give(self, packet: bytes, session) -> None:
+        with self._free:
+            self.sessions[packet].append(session)
+            self._free.notify()
+
+    def _handle(self, client: socket.socket) -> None:
+        packet = _startup(client)
+        if struct.unpack("!I", packet[4:8])[0] == CANCEL_REQUEST:
+            return client.close()  # (dropped, as many pools do)
+        words = packet[8:].split(b"\0")
+        params = dict(zip(words[0:-2:2], words[1:-2:2]))
+        key = params.get(b"user", b"") + b"\0" + params.get(b"database", b"") + b"\0" + params.get(b"options", b"")
+        self.packets.setdefault(key, packet)  # (the first client's: as the pool opens its sessions with)
+        packet = self.packets[key]
+        first = self._take(packet)
+        client.sendall(b"R" + struct.pack("!II", 8, 0) + b"".join(first[2])
+                       + b"K" + struct.pack("!III", 12, 4242, 4242) + b"Z" + struct.pack("!I", 5) + b"I")
+        self._give(packet, first)
+        session = None
+        try:
+            while True:
+                kind, length = struct.unpack("!cI", _read(client, 5))
+                body = _read(client, length - 4)
+                if kind == b"X":
+                    return
+                session = session or self._take(packet)
+                session[0].sendall(kind + struct.pack("!I", length) + body)
+                if kind not in (b"Q", b"S", b"H"):
+                    continue
+                while True:
+                    answer, size = struct.unpack("!cI", _read(session[0], 5))
+                    reply = _read(session[0], size - 4)
+                    client.sendall(answer + struct.pack("!I", size) + reply)
+                    if answer == b"Z":
+                        break
+                if reply == b"I":
+                    self._give(packet, session)
+                    session = None
+        finally:
+            if session is not None:
+                self._give(packet, session)
+            client.close()

@@ -15,7 +15,7 @@ import time
 from migrator import bookkeeping_lock, checksums, output, pg_lock
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
 from migrator.errors import MigratorError
-from migrator.postgres import connection as postgres_connection
+from migrator.postgres import connection as postgres_connection, server_session
 from migrator import trust
 from migrator.targets import PostgresTarget
 
@@ -182,6 +182,9 @@ def _writable(report: DoctorReport, backend, target: PostgresTarget) -> None:
         report.add(Check("postgres writable", FAIL, f"{target.where} makes transactions read-only by default "
                          f"(default_transaction_read_only set on {defaults}): every migration would fail",
                          f"{writer}; or ALTER DATABASE/ROLE ... RESET default_transaction_read_only"))
+    elif server_session.asks_read_only(target.params.get("options", "")):
+        report.add(Check("postgres writable", FAIL, f"{target.where} is connected with default_transaction_read_only "
+                         "on in the URL's options: every migration would fail", f"{writer}; or drop it from the URL"))
     elif server_file:
         report.add(Check("postgres writable", FAIL, f"{target.where} makes transactions read-only by default "
                          "(default_transaction_read_only in the server's configuration)",
@@ -340,12 +343,10 @@ def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advi
 
 
 def _free(cursor, key: int) -> bool:
-    """Whether advisory lock `key` is free now: tried (and let go at once), never inferred from pg_locks."""
-    cursor.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (key,))
-    if not cursor.fetchone()[0]:
-        return False
-    cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
-    return True
+    """Whether advisory lock `key` is free now: tried (and let go at once), never inferred from pg_locks. In one
+    statement, on doctor's own server session (a transaction-mode pool could release another client's)."""
+    return bookkeeping_lock.on_own_session(cursor.connection, cursor, "CASE WHEN pg_catalog.pg_try_advisory_lock("
+                                           "%(key)s) THEN pg_catalog.pg_advisory_unlock(%(key)s) ELSE false END", key)
 
 
 def _flyway_history(report: DoctorReport, backend, migrations, todo) -> None:

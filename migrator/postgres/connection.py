@@ -201,20 +201,33 @@ def backend_class():
                     cursor.execute("SELECT " + select.removeprefix(", "), names)
                     server_session.check(connection, cursor.fetchone(), self.relied, self.where)
                 ours = {"flyway_table": self.flyway_table, "history": self.history or ""}
+                execute = functools.partial(self._on_own_session, connection, cursor)
                 if self.schema and self.schema != "public":
-                    cursor.execute(PIN_TENANT, {"schema": self.schema, **ours})
+                    execute(PIN_TENANT, {"schema": self.schema, **ours})
                     self.bookkeeping_schema, self.foreign, self.tenant_schemas = self.schema, [], ""
                     return
                 # SCHEMA_NAME=public (DIGIT's value outside a central instance) is the plain run: its
                 # history, lock, schema description and its migrations' search_path (the session's). Once
                 # pinned (a re-pin after a rollback), the session's current schema is pg_catalog: keep the pin.
                 home = self.bookkeeping_schema if self.pinned else self.schema
-                cursor.execute(HOME)
+                execute(HOME)
                 home = home or next(iter(cursor.fetchone() or ()), None)
-                cursor.execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": home, **ours})
+                execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": home, **ours})
                 row = cursor.fetchone()
                 self.bookkeeping_schema, foreign, self.tenant_schemas = row[0], row[1], row[4]
                 self.foreign, self.pinned = (foreign.split(",") if foreign else []), True
+
+        def _on_own_session(self, connection, cursor, sql: str, params: dict | None = None) -> None:
+            """A pin, each its own transaction (autocommit): done only on the session's own server session (a
+            transaction-mode pool may hand it another client's), else nothing and the run refuses."""
+            import psycopg2
+
+            try:
+                cursor.execute(server_session.guard(connection) + sql, params)
+            except psycopg2.DataError as exc:
+                if server_session.is_elsewhere(exc):
+                    raise server_session.elsewhere(connection, self.where) from None
+                raise
 
         def qualified(self, table: str) -> str:
             """A bookkeeping table's name with its schema, quoted (the session's search_path is pg_catalog)."""
@@ -414,6 +427,9 @@ def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
     if plain and usage and backend.trusted_at_connect([backend.lock_table]):
         return  # (its lock table there and the schema usable: a plain run has no mark to read)
     state = tenant_mark(backend.connection, schema)
+    if (state is None or not usage) and backend.execute("SELECT pg_catalog.current_setting('transaction_read_only') "
+                                                        "OPERATOR(pg_catalog.=) 'on'").fetchone()[0]:
+        raise server_session.read_only(replace(target, schema=None).where)  # (no GRANT would help)
     if state is None or not usage:
         lacks, grant = ("cannot create tables in", "CREATE") if usage else ("has no USAGE on", "USAGE, CREATE")
         raise MigratorError(

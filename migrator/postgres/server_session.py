@@ -10,16 +10,22 @@ in-band instead: in a transaction-mode pool, a session's SET reaches other clien
 The same query reads the session's server pid and start (pg_backend_pid(), pg_stat_activity.backend_start): a
 pooler hands its client a BackendKeyData pid of its own, which names no server session, or another one. The runner
 cancels and ends its sessions by these (cancel.py), never by libpq's backend_pid.
+
+A pool that forwards `options` (each server session then took them from its own startup packet: source 'client')
+passes that read, yet may run each later transaction on another server session, one another client's run may hold
+locks or pins on. So every statement taking or releasing a session-level lock, and every pin after the read, runs
+only where pid and start are the read's (`here`, `guard`), and the run refuses otherwise (`elsewhere`).
 """
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from migrator import durations, output
 from migrator.errors import USAGE, MigratorError
+from migrator.targets import where_name
 
 # The settings the runner sets and relies on; hcm.* ones (its own, read by its SQL) are checked too.
 RELIED = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout",
@@ -49,6 +55,63 @@ class ServerSession:
         """The statement that ends this session, and no other."""
         started = f" AND backend_start = '{self.started.isoformat(sep=' ')}'" if self.started else ""
         return f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = {self.pid}{started}"
+
+
+    def here(self) -> str:
+        """An SQL condition true only on this server session (no parameter, no colon: yoyo's :name style)."""
+        started = (f" AND (SELECT pg_catalog.to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISSUS') FROM "
+                   "pg_catalog.pg_stat_activity a WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()) "
+                   f"OPERATOR(pg_catalog.=) '{self.started.astimezone(timezone.utc):%Y%m%d%H%M%S%f}'"
+                   if self.started else "")
+        return f"(pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.=) {self.pid}{started})"
+
+
+# What a guard() statement fails with elsewhere (in its error's text): a statement sent with it then does nothing.
+_ELSEWHERE_MARK = "hcm-db-migrations: another server session"
+
+
+def here(connection) -> str:
+    """of(connection).here()."""
+    return of(connection).here()
+
+
+def guard(connection) -> str:
+    """A statement to send first, in the same query string, before statements that must run on `connection`'s own
+    server session: it fails elsewhere (an error ends the whole string, undone), see is_elsewhere()."""
+    return (f"SELECT CASE WHEN {here(connection)} THEN 0 ELSE CAST(pg_catalog.concat('{_ELSEWHERE_MARK} ', "
+            "pg_catalog.pg_backend_pid()) AS pg_catalog.int4) END;\n")
+
+
+def is_elsewhere(exc: BaseException) -> bool:
+    """Whether `exc` is guard()'s failure."""
+    return _ELSEWHERE_MARK in str(exc)
+
+
+def elsewhere(connection, where: str | None = None) -> MigratorError:
+    """The run's refusal when a statement reached another server session than its first; `connection` is closed
+    (nothing else is sent on it: each statement might reach yet another client's session)."""
+    where = where or where_name(connection.info.host, connection.info.port, connection.info.dbname)
+    connection.close()
+    return MigratorError(
+        f"PostgreSQL at {where}: each transaction reached another server session (a transaction-mode pool?): the "
+        "statement that found it did nothing; connect to PostgreSQL directly or through a session-mode pool", USAGE)
+
+
+READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction
+
+
+def read_only(where: str) -> MigratorError:
+    """The run's one line when its session may not write: the server made it read-only."""
+    return MigratorError(
+        f"PostgreSQL at {where} runs this session read-only (a reader endpoint or hot standby, or "
+        "default_transaction_read_only on for the role or database, or in the URL's options): nothing was written; "
+        "connect to the writer (the primary), or turn that default off for the migration role", USAGE)
+
+
+def asks_read_only(options: str) -> bool:
+    """Whether libpq `options` turn default_transaction_read_only on."""
+    value = wanted(options).get("default_transaction_read_only")
+    return value is not None and _boolean(value) == "on"
 
 
 _known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> its ServerSession
