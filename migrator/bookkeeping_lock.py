@@ -190,7 +190,7 @@ def on_own_session(connection, cursor, call: str, key: int, where: str | None = 
     """`call` (of advisory lock `key`, a session-level lock's take or release) on `connection`'s own server session
     only; elsewhere (a transaction-mode pool) nothing, and the run refuses (server_session.here): such a lock is
     re-entrant, so another client's run's would be taken again, or released."""
-    from migrator.postgres import server_session
+    from migrator import server_session
 
     cursor.execute(f"SELECT CASE WHEN {server_session.here(connection)} THEN {call} END", {"key": key})
     done = cursor.fetchone()[0]

@@ -186,7 +186,7 @@ def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
             break
         except backend.DatabaseError as exc:
             if getattr(exc, "pgcode", None) in _NOT_HELD:
-                from migrator.postgres import server_session
+                from migrator import server_session
 
                 raise server_session.read_only(target.where) from None
             if time.monotonic() >= deadline:

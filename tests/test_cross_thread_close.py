@@ -15,8 +15,8 @@ import psycopg2.errors
 import psycopg2.extensions
 import pytest
 
-from migrator import interrupt, postgres
-from migrator.postgres import cancel, failures, retry, server_session
+from migrator import interrupt, postgres, server_session
+from migrator.postgres import cancel, failures, retry
 from test_pg_lock import target_of
 
 HELD = 0.5  # how long a closer is given to (wrongly) finish while a cancel is in flight: not a timing assertion

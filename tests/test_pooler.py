@@ -172,7 +172,8 @@ def test_end_session_ends_the_session_of_its_pid_and_start_and_says_so_only_then
     """A session of the same pid but another start (a pid reused) is left alone, and the line says what is known."""
     from datetime import timedelta
 
-    from migrator.postgres import cancel, server_session
+    from migrator.postgres import cancel
+    from migrator import server_session
 
     params = {"host": db.server.host, "port": db.server.port, "dbname": db.name, "user": db.server.user}
     own = server_session.of(innocent)

@@ -9,9 +9,8 @@ import sys
 import pytest
 
 from conftest import PROJECT_ROOT, SEED, add_migration, applied, one_error_line
-from migrator import bookkeeping_lock, pg_lock, postgres
+from migrator import bookkeeping_lock, pg_lock, postgres, server_session
 from migrator.errors import MigratorError
-from migrator.postgres import server_session
 from pg_wire import TxPool
 from test_pg_lock import target_of
 from test_silent_network import CLEAN, seeded, through  # noqa: F401 (a fixture)

@@ -12,11 +12,10 @@ import dataclasses
 import socket
 import time
 
-from migrator import bookkeeping_lock, checksums, output, pg_lock
+from migrator import bookkeeping_lock, checksums, output, pg_lock, server_session, trust
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
 from migrator.errors import MigratorError
-from migrator.postgres import connection as postgres_connection, server_session
-from migrator import trust
+from migrator.postgres import connection as postgres_connection
 from migrator.targets import PostgresTarget
 
 MIN_VERSION = 140000  # client_connection_check_interval (a dead runner's work is cancelled)

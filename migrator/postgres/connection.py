@@ -29,9 +29,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Iterator
 
-from migrator import output, pg_lock, pinned, trust, whoami
+from migrator import output, pg_lock, pinned, server_session, trust, whoami
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import failures, server_session
+from migrator.postgres import failures
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads, guard_session, opened
 from migrator.tables import MIGRATION_TABLE
 from migrator.targets import DdlLimits, PostgresTarget, where_name

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 
-from migrator import output
-from migrator.postgres import server_session, sessions
+from migrator import output, server_session
+from migrator.postgres import sessions
 
 DEADLOCK = "40P01"
 _WAITS = re.compile(r"Process (\d+) waits for (\w+) on (.+?); blocked by process (\d+)\.")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from yoyo.migrations import StepBase
 
-from migrator import checksums, output
+from migrator import checksums, output, server_session
 from migrator.bookkeeping_lock import BookkeepingBusy
-from migrator.postgres import backfill, files, flyway, history, retry, server_session
+from migrator.postgres import backfill, files, flyway, history, retry
 from migrator.postgres.errors import RunSessionLost, StatementFailed, progress
 from migrator.postgres.files import rollback_path
 from migrator.postgres.running import SearchPathGuard, SearchPathMoved, run_retrying

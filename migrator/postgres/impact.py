@@ -26,7 +26,7 @@ from migrator.postgres import estimate, failures
 from migrator.postgres.risks import size_text as _bytes, rows_text as _count
 from migrator.postgres.session_options import CLIENT_CHECK, NO_IDLE_TIMEOUTS
 from migrator.postgres.sessions import duration, lock_mode, named
-from migrator.postgres.server_session import of as session_of  # (the server's pid: a pooler hands out its own)
+from migrator.server_session import of as session_of  # (the server's pid: a pooler hands out its own)
 
 # What each table lock mode blocks, in plain words (the conflict table of the PostgreSQL manual, 13.3.1).
 BLOCKS = {

@@ -28,9 +28,9 @@ import re
 import time
 from dataclasses import dataclass
 
-from migrator import interrupt, output
+from migrator import interrupt, output, server_session
 from migrator.durations import pg_seconds
-from migrator.postgres import autovacuum, deadlocks, failures, server_session, sessions
+from migrator.postgres import autovacuum, deadlocks, failures, sessions
 # the probe has its own module (lock_probe.py); its names stay reachable here for the runner's modules
 from migrator.postgres.lock_probe import PROBE_NAME, QUERY_CANCELED, Probe, Seen, seconds_text  # noqa: F401
 

@@ -90,7 +90,7 @@ class Watcher:
 
     def follow(self, connection) -> None:
         """The migration session that runs next (called with its connection when yoyo opens it)."""
-        from migrator.postgres import server_session
+        from migrator import server_session
 
         self._server = server_session.of(connection)  # (the server's pid: a pooler hands the client one of its own)
         self._session, self._pid, self._since = connection, self._server.pid, time.monotonic()
