@@ -37,6 +37,9 @@ for _variable in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "ARGS", "
 # PYTHONDONTWRITEBYTECODE (set in some shells) each compiled every module it imports, ~1 s of CPU a runner.py. Their
 # bytecode is cached in a folder of the suite's own, so no __pycache__ appears beside a test's patch files.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+# The tests' own connections too (threads, TCP through the proxies): libpq's GSSAPI probe is not thread-safe in the
+# driver's bundled Kerberos (migrator/postgres/session_options.py).
+os.environ.setdefault("PGGSSENCMODE", "disable")
 PYCACHE = str(PROJECT_ROOT / ".pytest_cache" / "pycache")
 if os.environ.setdefault("PYTHONPYCACHEPREFIX", PYCACHE) == PYCACHE and "PYTEST_XDIST_WORKER" not in os.environ:
     shutil.rmtree(PYCACHE + tempfile.gettempdir(), ignore_errors=True)  # the last run's temporary files' (~8 MB)

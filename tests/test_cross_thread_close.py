@@ -159,3 +159,20 @@ def test_sigterms_cut_off_ends_with_the_block(db):
         assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t not in timers_before]
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("given,expected", [(None, "disable"), ("prefer", "prefer")])
+def test_libpqs_gssapi_probe_is_off_unless_the_user_asks_for_it(given, expected):
+    """libpq's GSSAPI encryption probe runs the driver's bundled Kerberos library, not safe across threads
+    (psycopg#1213: segfaults); the runner connects from several threads. Off by default for every connection the
+    process makes (libpq reads PGGSSENCMODE); a user's own PGGSSENCMODE wins."""
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "PGGSSENCMODE"} | ({"PGGSSENCMODE": given} if given else {})
+    shown = subprocess.run([sys.executable, "-c", "import os, migrator.postgres.connection; "
+                            "print(os.environ.get('PGGSSENCMODE'))"], cwd=PROJECT_ROOT, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert shown == expected

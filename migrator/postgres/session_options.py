@@ -6,6 +6,11 @@ from __future__ import annotations
 import os
 import socket
 
+# libpq's GSSAPI encryption probe (gssencmode=prefer, tried on every TCP connect) runs the Kerberos library bundled
+# in psycopg2-binary, which is not safe across threads (psycopg#1213: segfaults; the runner connects from several
+# threads: the watcher, the lock probe). Off unless the user asks for it (PGGSSENCMODE, or gssencmode in the URL).
+os.environ.setdefault("PGGSSENCMODE", "disable")
+
 # application_name names this runner (host:pid), so a lock timeout can say who holds the lock.
 # A dead peer or a network that drops packets is noticed within about a minute: keepalives while
 # waiting for an answer, and tcp_user_timeout for data the peer's kernel never acknowledges.
