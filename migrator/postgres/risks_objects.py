@@ -32,7 +32,7 @@ def alter_domain(tree, line: int, live, seen):
     else:
         return
     names = [n.sval for n in risks_pending.live_type(seen, ast.TypeName(names=tree.typeName)).names]
-    for table in live.domain_tables(names):
+    for table in risks_pending.catalog(seen, live.domain_tables(names)):
         if not seen.is_new(table, live):
             yield Risk(line, table, f"ALTER DOMAIN {'.'.join(names)} {what}", "scans", SHARE, "domain")
 
@@ -58,6 +58,7 @@ def default_scan(bound, parent, line: int, live, seen, what: str):
         return
     table = live.table(parent)
     default = table and live.default_partition(table[0])
+    default = default and risks_pending.catalog(seen, [default])[0]
     if not default or seen.is_new(default, live) or live.key(default) in seen.checked:
         return
     found = live.table(default)

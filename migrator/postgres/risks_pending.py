@@ -170,6 +170,30 @@ def retyped(key, column: str, seen) -> tuple[list[str], list[str]]:
 GONE = object()  # an alias's value: a pending RENAME TO / SET SCHEMA took the name away
 
 
+class Shadowed(str):
+    """The name of the domain (live, or made by an earlier pending CREATE DOMAIN) that a pending RENAME TO / SET
+    SCHEMA moved away before a pending CREATE DOMAIN took its old name: what is noted under the bare name is the new
+    domain's, so the old one's is kept under this (equal to no plain name)."""
+
+    def __eq__(self, other):
+        return isinstance(other, Shadowed) and str.__eq__(self, other)
+
+    def __hash__(self):
+        return hash((Shadowed, str(self)))
+
+
+def shadow(seen, name: str) -> None:
+    """A pending CREATE DOMAIN `name`: the types the pending renames moved away from that name keep meaning the old
+    domain (attack24i 2: "new" belongs to the object, not to its name)."""
+    moved = False
+    for key, to in list(seen.aliases.items()):
+        if key[0] == "type" and to is not GONE and not isinstance(to[1], Shadowed) and to[1] == name:
+            seen.aliases[key], moved = (to[0], Shadowed(name)), True
+    for noted in (seen.domains, seen.domain_defaults, seen.domain_types, seen.domain_collations):
+        if moved and name in noted:
+            noted[Shadowed(name)] = noted.pop(name)
+
+
 def move(seen, kind: str, old, new, to, gone: bool = True) -> None:
     """A pending RENAME TO / SET SCHEMA: `new` (a key of `kind`) names the live object `to` from here on; `old`
     names nothing (unless `gone` is False: a function's old name may still name an overload)."""
@@ -186,14 +210,34 @@ def set_schema(tree, live, seen) -> None:
              seen.live_name(written, live))
 
 
+class New(tuple):
+    """A table's name resolved to the table a pending CREATE TABLE makes (attack24i 2: "new" belongs to the object,
+    not to a name: a live table renamed away is not new when its old name is created again)."""
+
+
+class Live(tuple):
+    """A table's name resolved to a live table (or to none: an empty name)."""
+
+
+def catalog(seen, names) -> list:
+    """Tables the live catalog names: live ones (on plan --impact's scratch database, where pending statements ran
+    already, a name as written: resolved by live_table)."""
+    return [Live(name) if seen.follow else name for name in names]
+
+
 def live_table(seen, name, live):
-    """The live table a name means after the pending renames of it or of its schema (none: a name taken away, unless
-    a pending statement creates a table of that name again)."""
-    found = seen.aliases.get(("table", live.key(name))) if seen.follow else name
+    """The table a name means after the pending renames of it or of its schema, marked New or Live (none: a name
+    taken away, unless a pending statement creates a table of that name again). Resolved names stay as they are."""
+    if isinstance(name, (New, Live)):
+        return name
+    created = any(live.key(c) == live.key(name) for c in seen.created)
+    found = seen.aliases.get(("table", live.key(name))) if seen.follow else None
     if found is None:
-        schema = seen.aliases.get(("schema", name[0]), name[0]) if name[0] else None
-        found = GONE if schema is GONE else (schema, name[1])
-    return (name if seen.is_new(name, live) else (name[0], "")) if found is GONE else found
+        schema = seen.aliases.get(("schema", name[0]), name[0]) if name[0] and seen.follow else name[0]
+        found = GONE if schema is GONE else New(name) if created else Live((schema, name[1]))
+    if found is GONE:
+        return New(name) if created else Live((name[0], ""))
+    return found if isinstance(found, (New, Live)) else Live(found)
 
 
 def live_type(seen, type_name):
