@@ -23,6 +23,13 @@ REFUSED = {
                          f"rewrites public.{TABLE}"),
     "set_not_null": ("SELECT 1", [SWAP, "ALTER TABLE rm_old ALTER COLUMN tenant_id SET NOT NULL;\n"],
                      f"scans public.{TABLE}"),
+    # what is noted of the new table (a validated CHECK proving NOT NULL) is not the live one's
+    "check_on_the_new_table": ("SELECT 1", [SWAP + f"ALTER TABLE {TABLE} ADD CONSTRAINT nn CHECK (tenant_id IS NOT "
+                                                   "NULL);\n",
+                                            "ALTER TABLE rm_old ALTER COLUMN tenant_id SET NOT NULL;\n"],
+                               f"scans public.{TABLE}"),
+    "index_tablespace": ("SELECT 1", [SWAP, "ALTER INDEX idx_hcm_report_name SET TABLESPACE pg_default;\n"],
+                         f"copies an index of public.{TABLE}"),
     "citext_indexed": ("CREATE EXTENSION IF NOT EXISTS citext",
                        [SWAP, "ALTER TABLE rm_old ALTER COLUMN report_name TYPE citext;\n"],
                        f"idx_hcm_report_name of public.{TABLE}"),
@@ -36,6 +43,10 @@ REFUSED = {
     "domain_swap": ("CREATE DOMAIN d1v AS uuid DEFAULT gen_random_uuid()",
                     ["ALTER DOMAIN d1v RENAME TO d_old;\nCREATE DOMAIN d1v AS int;\n",
                      f"ALTER TABLE {TABLE} ADD COLUMN u d_old;\n"], f"rewrites public.{TABLE}"),
+    "function_swap": ("CREATE FUNCTION vf() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT (random() * 100)::int'",
+                      ["ALTER FUNCTION vf() RENAME TO vf_old;\n"
+                       "CREATE FUNCTION vf() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';\n",
+                       f"ALTER TABLE {TABLE} ADD COLUMN v int DEFAULT vf_old();\n"], f"rewrites public.{TABLE}"),
 }
 
 

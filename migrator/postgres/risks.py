@@ -236,9 +236,9 @@ def risks(tree, line: int, live, seen: Seen):
     elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_TABLE:
         yield from _alter_table(tree, line, live, seen)
     elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_INDEX:
-        yield from risks_objects.index_tablespace(tree, line, live)
+        yield from risks_objects.index_tablespace(tree, line, live, seen)
     elif isinstance(tree, ast.AlterTableMoveAllStmt):
-        yield from risks_objects.move_all(tree, line, live)
+        yield from risks_objects.move_all(tree, line, live, seen)
     elif isinstance(tree, ast.RefreshMatViewStmt):
         yield from risks_objects.refresh(tree, line, name(tree.relation))
     elif isinstance(tree, ast.AlterDomainStmt):

@@ -29,6 +29,7 @@ def read_function(text: str, seen) -> None:
 
     for tree in _trees(text):
         if isinstance(tree, ast.CreateFunctionStmt):
+            shadow(seen, "function", tree.funcname[-1].sval, [seen.functions])
             volatility = [o.arg.sval for o in tree.options or () if o.defname == "volatility"]
             seen.functions[tree.funcname[-1].sval] = (volatility or ["volatile"])[-1] == "volatile"
         elif isinstance(tree, ast.AlterFunctionStmt):
@@ -182,16 +183,18 @@ class Shadowed(str):
         return hash((Shadowed, str(self)))
 
 
-def shadow(seen, name: str) -> None:
-    """A pending CREATE DOMAIN `name`: the types the pending renames moved away from that name keep meaning the old
-    domain (attack24i 2: "new" belongs to the object, not to its name)."""
+def shadow(seen, kind: str, name: str, noted) -> None:
+    """A pending CREATE DOMAIN / FUNCTION `name` (kind "type" / "function"): the names the pending renames moved away
+    from it keep meaning the old object, and what `noted` (dicts by bare name) holds of the old one is kept apart
+    (attack24i 2: "new" belongs to the object, not to its name)."""
     moved = False
     for key, to in list(seen.aliases.items()):
-        if key[0] == "type" and to is not GONE and not isinstance(to[1], Shadowed) and to[1] == name:
-            seen.aliases[key], moved = (to[0], Shadowed(name)), True
-    for noted in (seen.domains, seen.domain_defaults, seen.domain_types, seen.domain_collations):
-        if moved and name in noted:
-            noted[Shadowed(name)] = noted.pop(name)
+        bare = to if to is GONE or kind == "function" else to[1]
+        if key[0] == kind and bare is not GONE and not isinstance(bare, Shadowed) and bare == name:
+            seen.aliases[key], moved = Shadowed(name) if kind == "function" else (to[0], Shadowed(name)), True
+    for found in noted if moved else ():
+        if name in found:
+            found[Shadowed(name)] = found.pop(name)
 
 
 def move(seen, kind: str, old, new, to, gone: bool = True) -> None:
@@ -212,7 +215,14 @@ def set_schema(tree, live, seen) -> None:
 
 class New(tuple):
     """A table's name resolved to the table a pending CREATE TABLE makes (attack24i 2: "new" belongs to the object,
-    not to a name: a live table renamed away is not new when its old name is created again)."""
+    not to a name: a live table renamed away is not new when its old name is created again). Equal to no plain name,
+    so what is noted by table key (CHECKs, NOT NULL proofs, locks held) of the new table is not the live one's."""
+
+    def __eq__(self, other):
+        return isinstance(other, New) and tuple.__eq__(self, other)
+
+    def __hash__(self):
+        return hash((New, tuple(self)))
 
 
 class Live(tuple):

@@ -136,7 +136,8 @@ def read_domain(text: str, seen) -> None:
         return
     for tree in trees:
         if isinstance(tree, ast.CreateDomainStmt):
-            risks_pending.shadow(seen, tree.domainname[-1].sval)
+            risks_pending.shadow(seen, "type", tree.domainname[-1].sval, [seen.domains, seen.domain_defaults,
+                                                                          seen.domain_types, seen.domain_collations])
         risks_pending.read_domain_default(tree, seen)
         if isinstance(tree, ast.CreateDomainStmt):
             own = any(c.contype in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)
