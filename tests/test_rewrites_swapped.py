@@ -43,6 +43,9 @@ REFUSED = {
     "domain_swap": ("CREATE DOMAIN d1v AS uuid DEFAULT gen_random_uuid()",
                     ["ALTER DOMAIN d1v RENAME TO d_old;\nCREATE DOMAIN d1v AS int;\n",
                      f"ALTER TABLE {TABLE} ADD COLUMN u d_old;\n"], f"rewrites public.{TABLE}"),
+    "domain_set_schema_swap": ("CREATE DOMAIN d1v AS uuid DEFAULT gen_random_uuid(); CREATE SCHEMA archl",
+                               ["ALTER DOMAIN d1v SET SCHEMA archl;\nCREATE DOMAIN d1v AS int;\n",
+                                f"ALTER TABLE {TABLE} ADD COLUMN u archl.d1v;\n"], f"rewrites public.{TABLE}"),
     "function_swap": ("CREATE FUNCTION vf() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT (random() * 100)::int'",
                       ["ALTER FUNCTION vf() RENAME TO vf_old;\n"
                        "CREATE FUNCTION vf() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';\n",
