@@ -62,6 +62,11 @@ REFUSED = {
     "pending_index_other_column_expression": (
         "SELECT 1", [MARKER + f"CREATE INDEX idx_tn ON {TABLE} (tenant_id, lower(report_name));\n", WIDEN], (1, 1),
         REBUILDS.format("idx_tn")),
+    # attack24i 3: a failed build's INVALID (plain) index is said to be one, with its fix
+    "live_invalid_index": (f"CREATE INDEX idx_tenant ON {TABLE} (tenant_id); UPDATE pg_index SET indisvalid = false "
+                           "WHERE indexrelid = 'idx_tenant'::regclass", [WIDEN], (0, 1),
+                           RETYPED + "the INVALID index idx_tenant is built again by the ALTER: REINDEX INDEX "
+                           f"CONCURRENTLY it (or drop it) first) rebuilds index(es) idx_tenant of public.{TABLE}"),
     # ... and a CHECK an earlier pending file validates
     "pending_validated_check": ("SELECT 1", [f"ALTER TABLE {TABLE} ADD CONSTRAINT tenant_set CHECK (tenant_id <> '');\n"
                                              + MARKER, WIDEN], (1, 1),

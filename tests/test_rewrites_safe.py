@@ -80,6 +80,13 @@ TZ_REFUSED = {
     "set_config": (f"SELECT pg_catalog.set_config('TimeZone', 'Asia/Tokyo', false);\n{TZ}", 3,
                    "ALTER COLUMN created_at TYPE timestamptz (the file's TimeZone (set by set_config) is not UTC: "
                    "every value is converted) rewrites"),
+    # attack24i 3: a DO block's EXECUTE 'SET ...' (the judge does not read its body): not read as UTC
+    "do_execute": (f"DO $$ BEGIN EXECUTE 'SET TIME ZONE ''America/New_York'''; END $$;\n{TZ}", 3,
+                   "ALTER COLUMN created_at TYPE timestamptz (the file's TimeZone (set inside a statement the judge "
+                   "does not read) is not UTC: every value is converted) rewrites"),
+    "do_set_config": (f"DO $$ BEGIN PERFORM set_config('TimeZone', 'Asia/Tokyo', false); END $$;\n{TZ}", 3,
+                      "ALTER COLUMN created_at TYPE timestamptz (the file's TimeZone (set by set_config) is not UTC: "
+                      "every value is converted) rewrites"),
     # SET LOCAL outside a transaction block does nothing: not read as UTC
     "set_local_without_transaction": (f"-- transactional: false\nSET LOCAL TIME ZONE 'UTC';\n{TZ}", 4,
                                       "ALTER COLUMN created_at TYPE timestamptz (the file's TimeZone (SET LOCAL "
@@ -97,6 +104,16 @@ def test_timestamptz_is_refused_when_the_file_changes_the_zone_the_precision_or_
     text, line, what = TZ_REFUSED[case]
     refused_before_running(cli, db, sql_dir, case, f"ALTER DATABASE {db.name} SET TimeZone = 'UTC'", text, line,
                            what + f" public.{TABLE} (~50 rows")
+
+
+def test_a_functions_own_time_zone_setting_leaves_the_sessions_utc(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    _zone(db, "UTC")
+    before = _files(db)
+    add_migration(sql_dir, "0002_tz", "CREATE FUNCTION tzf() RETURNS int LANGUAGE sql SET timezone = 'Asia/Tokyo' "
+                                      f"AS 'SELECT 1';\n{TZ}")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert _files(db) == before  # catalog only, as judged
 
 
 def test_the_server_keeps_the_table_and_rebuilds_only_the_index_of_the_column(cli, db, sql_dir):

@@ -209,8 +209,10 @@ class _Live:
         self.settings: dict = {}  # (setting())
 
     def key(self, name: tuple[str | None, str]) -> tuple[str, str]:
-        """The table's key: an unqualified name in the schema a CREATE would put it in (the path's first)."""
-        return (name[0] or (self.path[0] if self.path else "public"), name[1])
+        """The table's key: an unqualified name in the schema a CREATE would put it in (the path's first); a new
+        table's stays apart from the live one's of the same name (risks_pending.New)."""
+        key = (name[0] or (self.path[0] if self.path else "public"), name[1])
+        return risks_pending.New(key) if isinstance(name, risks_pending.New) else key
 
     def table(self, name: tuple[str | None, str]):
         """(oid, "schema.table", rows, bytes) of the live table, or None when it does not exist."""

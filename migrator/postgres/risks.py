@@ -61,7 +61,7 @@ _SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"
 class Seen:
     """What the pending statements before this one do, as far as the judge cares."""
 
-    created: set = field(default_factory=set)  # tables created by a pending statement, as written
+    created: set = field(default_factory=set)  # the names pending CREATE TABLEs give (risks_pending.New: the tables)
     not_null: dict = field(default_factory=dict)  # table key -> columns proven NOT NULL by a validated CHECK
     checks: dict = field(default_factory=dict)  # (table key, constraint name) -> the columns it proves NOT NULL
     validated: dict = field(default_factory=dict)  # table key -> constraint names VALIDATEd by a pending statement
@@ -101,7 +101,8 @@ class Seen:
         self.session_zone = self.next_session_zone  # (which an earlier file's ALTER DATABASE / ROLE SET changed)
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
-        return any(live.key(c) == live.key(name) for c in self.created)
+        """The table a name means (as written, or already resolved by live_name) is one a pending statement creates."""
+        return isinstance(self.live_name(name, live), risks_pending.New)
 
     def is_loaded(self, name: tuple[str | None, str], live) -> bool:
         """Its live size says nothing: an earlier pending statement loads rows into it."""
@@ -212,7 +213,8 @@ def risks(tree, line: int, live, seen: Seen):
     elif isinstance(tree, ast.VacuumStmt) and tree.is_vacuumcmd and any(
             o.defname == "full" and str(getattr(o.arg, "sval", getattr(o.arg, "ival", "on"))).lower()
             not in ("false", "off", "0") for o in tree.options or ()):
-        tables = [name(rel.relation) for rel in tree.rels] if tree.rels else live.tables_in(None)  # bare: every table
+        tables = [name(rel.relation) for rel in tree.rels] if tree.rels else risks_pending.catalog(
+            seen, live.tables_in(None))  # bare: every table
         for table in tables:
             yield Risk(line, table, "VACUUM FULL", "rewrites", ACCESS_EXCLUSIVE, "vacuum full")
     elif isinstance(tree, ast.ClusterStmt) and tree.relation is not None:
@@ -222,20 +224,21 @@ def risks(tree, line: int, live, seen: Seen):
         if tree.kind == reindex.REINDEX_OBJECT_TABLE:
             tables, what = [name(tree.relation)], "REINDEX TABLE"
         elif tree.kind == reindex.REINDEX_OBJECT_INDEX:
-            tables, what = live.table_of_index(_name(tree.relation)), f"REINDEX INDEX {tree.relation.relname}"
+            tables = risks_pending.catalog(seen, live.table_of_index(_name(tree.relation)))
+            what = f"REINDEX INDEX {tree.relation.relname}"
         elif tree.kind == reindex.REINDEX_OBJECT_SCHEMA:
-            tables, what = live.tables_in(tree.name), f"REINDEX SCHEMA {tree.name}"
+            tables, what = risks_pending.catalog(seen, live.tables_in(tree.name)), f"REINDEX SCHEMA {tree.name}"
         else:  # DATABASE / SYSTEM: every table
-            tables, what = live.tables_in(None), "REINDEX DATABASE"
+            tables, what = risks_pending.catalog(seen, live.tables_in(None)), "REINDEX DATABASE"
         for table in tables:
             yield Risk(line, table, f"{what} without CONCURRENTLY", "rebuilds the indexes of", ACCESS_EXCLUSIVE,
                        "reindex")
     elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_TABLE:
         yield from _alter_table(tree, line, live, seen)
     elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_INDEX:
-        yield from risks_objects.index_tablespace(tree, line, live)
+        yield from risks_objects.index_tablespace(tree, line, live, seen)
     elif isinstance(tree, ast.AlterTableMoveAllStmt):
-        yield from risks_objects.move_all(tree, line, live)
+        yield from risks_objects.move_all(tree, line, live, seen)
     elif isinstance(tree, ast.RefreshMatViewStmt):
         yield from risks_objects.refresh(tree, line, name(tree.relation))
     elif isinstance(tree, ast.AlterDomainStmt):

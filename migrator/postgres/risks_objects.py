@@ -32,7 +32,7 @@ def alter_domain(tree, line: int, live, seen):
     else:
         return
     names = [n.sval for n in risks_pending.live_type(seen, ast.TypeName(names=tree.typeName)).names]
-    for table in live.domain_tables(names):
+    for table in risks_pending.catalog(seen, live.domain_tables(names)):
         if not seen.is_new(table, live):
             yield Risk(line, table, f"ALTER DOMAIN {'.'.join(names)} {what}", "scans", SHARE, "domain")
 
@@ -58,6 +58,7 @@ def default_scan(bound, parent, line: int, live, seen, what: str):
         return
     table = live.table(parent)
     default = table and live.default_partition(table[0])
+    default = default and risks_pending.catalog(seen, [default])[0]
     if not default or seen.is_new(default, live) or live.key(default) in seen.checked:
         return
     found = live.table(default)
@@ -67,19 +68,20 @@ def default_scan(bound, parent, line: int, live, seen, what: str):
                               "partition excluding its range", "scans", ACCESS_EXCLUSIVE, "default partition")
 
 
-def index_tablespace(tree, line: int, live):
+def index_tablespace(tree, line: int, live, seen):
     """ALTER INDEX ... SET TABLESPACE copies the index's file under ACCESS EXCLUSIVE on it (every query planned on
     its table waits), as ALTER TABLE ... SET TABLESPACE copies the table's."""
     from pglast import enums
 
     for cmd in tree.cmds:
         if cmd.subtype == enums.AlterTableType.AT_SetTableSpace:
-            for table in live.table_of_index((tree.relation.schemaname or None, tree.relation.relname)):
+            for table in risks_pending.catalog(seen, live.table_of_index((tree.relation.schemaname or None,
+                                                                          tree.relation.relname))):
                 yield Risk(line, table, f"ALTER INDEX {tree.relation.relname} SET TABLESPACE {cmd.name}",
                            "copies an index of", ACCESS_EXCLUSIVE, "logged")
 
 
-def move_all(tree, line: int, live):
+def move_all(tree, line: int, live, seen):
     """ALTER TABLE / INDEX / MATERIALIZED VIEW ALL IN TABLESPACE ... SET TABLESPACE: each one of the tablespace
     copied (OWNED BY not read: all of them judged)."""
     from pglast import enums
@@ -87,6 +89,7 @@ def move_all(tree, line: int, live):
     kind = {enums.ObjectType.OBJECT_INDEX: "INDEX", enums.ObjectType.OBJECT_MATVIEW: "MATERIALIZED VIEW"}.get(
         tree.objtype, "TABLE")
     what = f"ALTER {kind} ALL IN TABLESPACE {tree.orig_tablespacename} SET TABLESPACE {tree.new_tablespacename}"
-    for table in live.in_tablespace(tree.orig_tablespacename, {"TABLE": "r", "INDEX": "i"}.get(kind, "m")):
+    for table in risks_pending.catalog(seen, live.in_tablespace(tree.orig_tablespacename, {
+            "TABLE": "r", "INDEX": "i"}.get(kind, "m"))):
         yield Risk(line, table, what, "copies an index of" if kind == "INDEX" else "rewrites", ACCESS_EXCLUSIVE,
                    "logged")

@@ -29,6 +29,7 @@ def read_function(text: str, seen) -> None:
 
     for tree in _trees(text):
         if isinstance(tree, ast.CreateFunctionStmt):
+            shadow(seen, "function", tree.funcname[-1].sval, [seen.functions])
             volatility = [o.arg.sval for o in tree.options or () if o.defname == "volatility"]
             seen.functions[tree.funcname[-1].sval] = (volatility or ["volatile"])[-1] == "volatile"
         elif isinstance(tree, ast.AlterFunctionStmt):
@@ -170,6 +171,32 @@ def retyped(key, column: str, seen) -> tuple[list[str], list[str]]:
 GONE = object()  # an alias's value: a pending RENAME TO / SET SCHEMA took the name away
 
 
+class Shadowed(str):
+    """The name of the domain (live, or made by an earlier pending CREATE DOMAIN) that a pending RENAME TO / SET
+    SCHEMA moved away before a pending CREATE DOMAIN took its old name: what is noted under the bare name is the new
+    domain's, so the old one's is kept under this (equal to no plain name)."""
+
+    def __eq__(self, other):
+        return isinstance(other, Shadowed) and str.__eq__(self, other)
+
+    def __hash__(self):
+        return hash((Shadowed, str(self)))
+
+
+def shadow(seen, kind: str, name: str, noted) -> None:
+    """A pending CREATE DOMAIN / FUNCTION `name` (kind "type" / "function"): the names the pending renames moved away
+    from it keep meaning the old object, and what `noted` (dicts by bare name) holds of the old one is kept apart
+    (attack24i 2: "new" belongs to the object, not to its name)."""
+    moved = False
+    for key, to in list(seen.aliases.items()):
+        bare = to if to is GONE or kind == "function" else to[1]
+        if key[0] == kind and bare is not GONE and not isinstance(bare, Shadowed) and bare == name:
+            seen.aliases[key], moved = Shadowed(name) if kind == "function" else (to[0], Shadowed(name)), True
+    for found in noted if moved else ():
+        if name in found:
+            found[Shadowed(name)] = found.pop(name)
+
+
 def move(seen, kind: str, old, new, to, gone: bool = True) -> None:
     """A pending RENAME TO / SET SCHEMA: `new` (a key of `kind`) names the live object `to` from here on; `old`
     names nothing (unless `gone` is False: a function's old name may still name an overload)."""
@@ -186,14 +213,41 @@ def set_schema(tree, live, seen) -> None:
              seen.live_name(written, live))
 
 
+class New(tuple):
+    """A table's name resolved to the table a pending CREATE TABLE makes (attack24i 2: "new" belongs to the object,
+    not to a name: a live table renamed away is not new when its old name is created again). Equal to no plain name,
+    so what is noted by table key (CHECKs, NOT NULL proofs, locks held) of the new table is not the live one's."""
+
+    def __eq__(self, other):
+        return isinstance(other, New) and tuple.__eq__(self, other)
+
+    def __hash__(self):
+        return hash((New, tuple(self)))
+
+
+class Live(tuple):
+    """A table's name resolved to a live table (or to none: an empty name)."""
+
+
+def catalog(seen, names) -> list:
+    """Tables the live catalog names: live ones (on plan --impact's scratch database, where pending statements ran
+    already, a name as written: resolved by live_table)."""
+    return [Live(name) if seen.follow else name for name in names]
+
+
 def live_table(seen, name, live):
-    """The live table a name means after the pending renames of it or of its schema (none: a name taken away, unless
-    a pending statement creates a table of that name again)."""
-    found = seen.aliases.get(("table", live.key(name))) if seen.follow else name
+    """The table a name means after the pending renames of it or of its schema, marked New or Live (none: a name
+    taken away, unless a pending statement creates a table of that name again). Resolved names stay as they are."""
+    if isinstance(name, (New, Live)):
+        return name
+    created = any(live.key(c) == live.key(name) for c in seen.created)
+    found = seen.aliases.get(("table", live.key(name))) if seen.follow else None
     if found is None:
-        schema = seen.aliases.get(("schema", name[0]), name[0]) if name[0] else None
-        found = GONE if schema is GONE else (schema, name[1])
-    return (name if seen.is_new(name, live) else (name[0], "")) if found is GONE else found
+        schema = seen.aliases.get(("schema", name[0]), name[0]) if name[0] and seen.follow else name[0]
+        found = GONE if schema is GONE else New(name) if created else Live((schema, name[1]))
+    if found is GONE:
+        return New(name) if created else Live((name[0], ""))
+    return found if isinstance(found, (New, Live)) else Live(found)
 
 
 def live_type(seen, type_name):

@@ -52,6 +52,9 @@ _SETS_ZONE = lazy_re.compile(r"\s*(?:set|reset)\b", re.IGNORECASE)
 _SETS_SESSIONS = lazy_re.compile(r"\s*alter\s+(?:database|role|user)\b", re.IGNORECASE)
 _CREATES_COLLATION = lazy_re.compile(r"\s*create\s+collation\b", re.IGNORECASE)
 _CONFIG_ZONE = lazy_re.compile(r"\bset_config\b.*\btime\s*zone\b", re.IGNORECASE | re.DOTALL)
+# a SET of the zone inside a statement the judge does not read (a DO block's EXECUTE 'SET TIME ZONE ...')
+_INNER_ZONE = lazy_re.compile(r"\bset\s+(?:session\s+|local\s+)?(?:time\s+zone\b|\"?timezone\b)", re.IGNORECASE)
+_DEFINES = lazy_re.compile(r"\s*(?:create|alter)\b", re.IGNORECASE)  # (a function's own SET, or its body: not run)
 
 
 def rewrites_type(live, seen, oid: int, column: str, type_name, using, collation,
@@ -191,11 +194,14 @@ def read_setting(bare: str, text: str, seen) -> None:
     """Note the TimeZone a statement of the file gives the statements after it in its session: SET [SESSION | LOCAL]
     TIME ZONE / timezone (any case, quoted or not), RESET or SET ... DEFAULT (the session's again); set_config, an
     INTERVAL, or SET LOCAL in a non-transactional file (its own transaction blocks are not followed) give a zone not
-    read: never taken for UTC."""
+    read, as does a DO block (or any other statement) whose text sets it (EXECUTE 'SET TIME ZONE ...'): never taken
+    for UTC."""
     if _CONFIG_ZONE.search(bare):
         seen.timezone = "(set by set_config)"
         return
     if not _SETS_ZONE.match(bare):
+        if _INNER_ZONE.search(bare) and not _DEFINES.match(bare):
+            seen.timezone = "(set inside a statement the judge does not read)"
         return
     from pglast import ast, enums
 

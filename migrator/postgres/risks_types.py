@@ -40,7 +40,8 @@ WHERE c.contype = 'c' AND (c.convalidated OR c.conname = ANY(%(validated)s)) AND
 _INDEXES = _TREE + """
 SELECT ic.relname, r.relname, i.indrelid <> %(oid)s, (SELECT p.relname FROM pg_catalog.pg_inherits h
   JOIN pg_catalog.pg_class p ON p.oid = h.inhparent WHERE h.inhrelid = i.indexrelid),
-  (SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.oid = ic.relnamespace)
+  (SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.oid = ic.relnamespace),
+  NOT i.indisvalid AND i.indexprs IS NULL AND i.indpred IS NULL
 FROM pg_catalog.pg_index i JOIN tree ON tree.oid = i.indrelid
 JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid AND ic.relkind = 'i'
 JOIN pg_catalog.pg_class r ON r.oid = i.indrelid
@@ -82,12 +83,18 @@ def retyped(live, oid: int, column: str, what: str, name, line: int, seen):
     if checks:
         yield Risk(line, name, f"{what} (binary-coercible, but CHECK {checks} is checked again on every row)", "scans",
                    ACCESS_EXCLUSIVE, "type check")
-    live_indexes = [row[:4] for row in live._rows(_INDEXES, {"oid": oid, "column": column})
-                    if not risks_pending.dropped_index(row, seen)]
-    indexes = ", ".join(filter(None, [_named(live_indexes)] + pending_indexes))
+    rows = [row for row in live._rows(_INDEXES, {"oid": oid, "column": column})
+            if not risks_pending.dropped_index(row, seen)]
+    indexes = ", ".join(filter(None, [_named([row[:4] for row in rows])] + pending_indexes))
     if indexes:
-        yield Risk(line, name, f"{what} (binary-coercible, but an index with an expression or a WHERE is built "
-                               "again)", f"rebuilds index(es) {indexes} of", ACCESS_EXCLUSIVE, "type index")
+        invalid = [row[0] for row in rows if row[5]]  # (a failed build's leftover: what it is, and its own fix)
+        why = "an index with an expression or a WHERE is built again" if len(invalid) < len(rows) or \
+            pending_indexes else ""
+        if invalid:
+            why += ("; " if why else "") + f"the INVALID index {', '.join(invalid)} is built again by the ALTER: " \
+                "REINDEX INDEX CONCURRENTLY it (or drop it) first"
+        yield Risk(line, name, f"{what} (binary-coercible, but {why})", f"rebuilds index(es) {indexes} of",
+                   ACCESS_EXCLUSIVE, "type index")
 
 
 def _named(rows) -> str:
@@ -128,6 +135,9 @@ def read_domain(text: str, seen) -> None:
     except ParseError:
         return
     for tree in trees:
+        if isinstance(tree, ast.CreateDomainStmt):
+            risks_pending.shadow(seen, "type", tree.domainname[-1].sval, [seen.domains, seen.domain_defaults,
+                                                                          seen.domain_types, seen.domain_collations])
         risks_pending.read_domain_default(tree, seen)
         if isinstance(tree, ast.CreateDomainStmt):
             own = any(c.contype in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)
