@@ -49,7 +49,7 @@ RUN python -m compileall -q runner.py migrator
 
 USER 10001:10001
 # The default command is for DIGIT's chart, which runs the image as an init container with no command and can set
-# only variables: ARGS (e.g. ARGS="--parallel 4") holds the runner's options. migrator.cli.image splits ARGS into
+# only variables: ARGS (e.g. ARGS="--parallel 4") holds the runner's options. migrator.image splits ARGS into
 # words as a shell would but runs no shell, so nothing in ARGS is executed; the runner's exit code is the pod's.
 # k8s/job.yaml and k8s/job-per-schema.yaml set their own command, `python3 runner.py migrate`.
-CMD ["python3", "-m", "migrator.cli.image", "migrate"]
+CMD ["python3", "-m", "migrator.image", "migrate"]

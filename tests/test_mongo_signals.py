@@ -210,7 +210,7 @@ def test_a_sigterm_before_the_patches_guard_stops_the_run_in_one_line(server, tm
     assert not (marks / "ran").exists() and server.db.applied_patches.count_documents({}) == 0
 
 
-def _as_pid_1(server, folder: Path, wrapper: list[str]):
+def _as_pid_1(server, folder: Path, wrapper: list[str], entry: tuple[str, ...] = ("runner.py",)):
     import subprocess
     import sys
 
@@ -218,7 +218,7 @@ def _as_pid_1(server, folder: Path, wrapper: list[str]):
 
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "DB_", "DATABASE_URL"))}
     environment.update(server.env)
-    return subprocess.Popen([*wrapper, sys.executable, str(PROJECT_ROOT / "runner.py"), "mongo", "apply", "--run",
+    return subprocess.Popen([*wrapper, sys.executable, *entry, "mongo", "apply", "--run",
                              "--mongo-dir", str(folder)], env=environment, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
 
@@ -231,9 +231,11 @@ def _runner_pid(proc, pid1: bool) -> int:
     return int(children[0])
 
 
-def test_a_sigterm_while_the_cli_loads_as_pid_1_stops_the_run_in_one_line(server, tmp_path):
+@pytest.mark.parametrize("entry", [("runner.py",), ("-m", "migrator.image")], ids=["runner.py", "image-command"])
+def test_a_sigterm_while_the_cli_loads_as_pid_1_stops_the_run_in_one_line(server, tmp_path, entry):
     """As a container's PID 1 the kernel drops a SIGTERM that finds no handler: one sent while runner.py still imported
-    the CLI (before main() installed its handler) was lost, and both patches were applied, exit 0 (attack 20j).
+    the CLI (before main() installed its handler) was lost, and both patches were applied, exit 0 (attack 20j); the
+    image's CMD (`-m migrator.cli.image`: the CLI package loaded before any handler) likewise (attack 20k).
     The moment is the CLI's own import of click (Python's import profile, on stderr): no handler was there before."""
     import re
     import shutil
@@ -252,7 +254,7 @@ def test_a_sigterm_while_the_cli_loads_as_pid_1_stops_the_run_in_one_line(server
                                            f"    Path({str(marks)!r}, {name!r}).touch()\n    return 'ran'\n")
     os.environ["PYTHONPROFILEIMPORTTIME"] = "1"  # (read by _as_pid_1's copy of the environment)
     try:
-        proc = _as_pid_1(server, folder, wrapper)
+        proc = _as_pid_1(server, folder, wrapper, entry)
     finally:
         del os.environ["PYTHONPROFILEIMPORTTIME"]
     seen = read_until(proc, lambda line: re.search(r"\|\s+click$", line.rstrip()), 60)
@@ -294,7 +296,7 @@ def test_a_signal_while_the_runner_exits_after_its_work_prints_no_traceback(serv
 
 
 def test_the_images_default_command_as_pid_1_stops_on_a_sigterm_while_it_connects(server, db, tmp_path):
-    """The image's CMD (`python3 -m migrator.cli.image migrate`, DIGIT's init container: the pod's PID 1) called the
+    """The image's CMD (`python3 -m migrator.image migrate`, DIGIT's init container: the pod's PID 1) called the
     CLI without runner.py's signal handling: a SIGTERM while it connected to Mongo found no handler and was dropped,
     and the patch was applied after the server answered."""
     import select
@@ -317,7 +319,7 @@ def test_the_images_default_command_as_pid_1_stops_on_a_sigterm_while_it_connect
     paused = server.server.process.pid
     os.kill(paused, signal.SIGSTOP)  # its connect waits for the server
     try:
-        proc = subprocess.Popen([*wrapper, sys.executable, "-m", "migrator.cli.image", "migrate"], env=environment,
+        proc = subprocess.Popen([*wrapper, sys.executable, "-m", "migrator.image", "migrate"], env=environment,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
         assert select.select([proc.stdout], [], [], 60)[0], "the SQL part never ended"
         said = proc.stdout.readline()  # the SQL part's report: the Mongo part starts, its server checked for 10 s

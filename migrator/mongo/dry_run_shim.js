@@ -5,7 +5,8 @@
 // write route the names miss (ensureIndex -> _createIndexes -> createIndexes) is refused there too.
 // Under the provider, the Node driver's connection sends only read commands. The patched prototypes are
 // frozen and connect()/new Mongo() are refused. A careless patch is stopped; a deliberate one could still find a
-// way (bytes written to the driver's socket): MONGO_READONLY_URL, the URL a dry run's mongosh gets, makes the
+// way (a command object whose toBSON() sends another command; bytes written to the driver's socket):
+// MONGO_READONLY_URL, the URL a dry run's mongosh gets, makes the
 // server refuse those writes (and Landlock keeps .env out of reach).
 (function () {
   "use strict";

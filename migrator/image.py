@@ -1,4 +1,5 @@
-"""The image's default command: `runner.py migrate` plus the options in ARGS, never through a shell.
+"""The image's default command (`python3 -m migrator.image migrate`): `runner.py migrate` plus the options in ARGS,
+never through a shell. Outside migrator.cli so that `-m` does not load the CLI before its SIGTERM handler is in.
 
 DIGIT's chart runs the image with no command and can set only variables, so ARGS (e.g. "--parallel 4") is its
 one way to give flags. It is split into words as a shell splits them (quotes group), but nothing in it runs:
@@ -7,12 +8,15 @@ one way to give flags. It is split into words as a shell splits them (quotes gro
 
 from __future__ import annotations
 
-import os
-import shlex
-import sys
+if __name__ == "__main__":  # first, before the CLI loads: as the pod's PID 1 a SIGTERM finding no handler is dropped
+    __import__("migrator.interrupt").interrupt.early()
 
-from migrator import output
-from migrator.errors import USAGE
+import os  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+
+from migrator import output  # noqa: E402
+from migrator.errors import USAGE  # noqa: E402
 
 
 def main() -> None:
