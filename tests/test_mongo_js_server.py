@@ -212,6 +212,11 @@ CARELESS = {
                      "try { delete p.writeCommand; } catch (e) {}\n"
                      "db.getMongo()._serviceProvider.mongoClient.db(db.getName()).collection('raw').insertOne({a: 1});\n",
                      "the driver's command(\"insert\") is not allowed in a dry run"),
+    # deliberate: an object whose toBSON() the serializer calls, so the bytes sent are another command (attack 20k)
+    "toBSONCommand": ('db.runCommand({ping: 1, toBSON() { return {insert: "people", documents: [{x: 1}], '
+                      '$db: db.getName()}; }});\n', "toBSON() is not allowed in a dry run"),
+    "toBSONStage": ('db.people.aggregate([{$match: {}, toBSON() { return {$out: "copied"}; }}]).toArray();\n',
+                    "toBSON() is not allowed in a dry run"),
 }
 
 

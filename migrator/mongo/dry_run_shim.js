@@ -5,8 +5,7 @@
 // write route the names miss (ensureIndex -> _createIndexes -> createIndexes) is refused there too.
 // Under the provider, the Node driver's connection sends only read commands. The patched prototypes are
 // frozen and connect()/new Mongo() are refused. A careless patch is stopped; a deliberate one could still find a
-// way (a command object whose toBSON() sends another command; bytes written to the driver's socket):
-// MONGO_READONLY_URL, the URL a dry run's mongosh gets, makes the
+// way (bytes written to the driver's socket): MONGO_READONLY_URL, the URL a dry run's mongosh gets, makes the
 // server refuse those writes (and Landlock keeps .env out of reach).
 (function () {
   "use strict";
@@ -43,7 +42,16 @@
     return false;
   }
 
+  // The serializer sends what an object's toBSON() returns, not the object the checks read: another command, a
+  // $out stage. No command a patch may send in a dry run needs one (the driver's own types have none).
+  function carriesToBSON(value, depth) {
+    if (value === null || typeof value !== "object" || depth > 100) return false;
+    if (typeof value.toBSON === "function") return true;
+    return Object.values(value).some((v) => carriesToBSON(v, depth + 1));
+  }
+
   function checkCommand(command, where) {
+    if (carriesToBSON(command, 0)) refuse(`${where} carrying toBSON()`);
     const name = typeof command === "string" ? command : Object.keys(command || {})[0];
     if (!READ_COMMANDS.has(String(name).toLowerCase())) refuse(`${where}(${JSON.stringify(name)})`);
     if (typeof command === "object" && pipelineWrites(command)) refuse(`${where} with $out/$merge`);
@@ -124,6 +132,7 @@
       const sent = message && (message.command || message.query);
       const command = sent && sent.$query ? sent.$query : sent;
       const name = Object.keys(command || {})[0];
+      if (carriesToBSON(command, 0)) refuse("the driver's command carrying toBSON()");
       if (!WIRE_ALSO.has(String(name).toLowerCase())) checkCommand(command, "the driver's command");
       return real.call(this, message, ...rest);
     });
