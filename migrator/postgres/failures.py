@@ -145,13 +145,14 @@ def side_connection(params: dict):
     return connection
 
 
-LET_GO = 1.0  # seconds a side connection's close waits for its thread, before and after shutting its socket
+STOPPING = 0.1  # seconds a stopping side connection's thread gets to end its read, before its socket is shut
+LET_GO = 1.0  # seconds it gets after that (its read then fails at once), else it is left to it
 
 
 def let_go(connection, thread) -> bool:
     """Close a side connection whose `thread` may still be in libpq on it (a silent path; psycopg2's close would
     wait for that read for ever): its socket is shut from outside first, which ends the read. A thread stuck even
-    then keeps it (False: left open, to the process's end); never a wait longer than 2 x LET_GO."""
+    then keeps it (False: left open, to the process's end); never a wait longer than STOPPING + LET_GO."""
     if thread is not None and thread.is_alive():
         shut(connection)
         thread.join(LET_GO)

@@ -120,7 +120,7 @@ class Probe:
         """Never blocks behind its thread: one stuck in libpq (a silent path) is cut off (failures.let_go)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=failures.LET_GO)
+            self._thread.join(timeout=failures.STOPPING)
         conn = self._conn
         if conn is not None and failures.let_go(conn, self._thread):
             self._conn = None
@@ -181,6 +181,8 @@ class Probe:
                     return
                 self._lost(exc)
                 self._bound_by_clock(since)
+        if (conn := self._conn) is not None:  # (opened after close() stopped waiting for it)
+            failures.close(conn)
 
     def _lost(self, exc) -> None:
         """The probe's connection was refused or closed: blind until it connects again (one line says so)."""

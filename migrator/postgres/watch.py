@@ -125,15 +125,15 @@ class Watcher:
     def __exit__(self, *_exc) -> None:
         self._cancelling.close()
         self._stop.set()
+        self._let_go(failures.STOPPING)  # (first: a poll stuck on a silent path would hold the join)
         if self._thread:
             self._thread.join(timeout=failures.LET_GO)
         self._end_line()
-        self._let_go()
 
-    def _let_go(self) -> None:
+    def _let_go(self, wait: float = failures.LET_GO) -> None:
         """The side connection closed, never waiting long behind a poll a silent path holds in libpq (its lock):
-        past LET_GO its socket is shut from outside, which ends the poll (its thread then closes it)."""
-        if not self._lock.acquire(timeout=failures.LET_GO):
+        past `wait` its socket is shut from outside, which ends the poll (its thread then closes it)."""
+        if not self._lock.acquire(timeout=wait):
             if (conn := self._conn) is not None:
                 failures.shut(conn)
             if not self._lock.acquire(timeout=failures.LET_GO):  # (left to its thread: it closes it as it fails)
@@ -154,7 +154,7 @@ class Watcher:
 
         if self._conn is not None:
             return True
-        if self._gave_up or self._pid is None or time.monotonic() - self._since < FIRST_AFTER:
+        if self._gave_up or self._stop.is_set() or self._pid is None or time.monotonic() - self._since < FIRST_AFTER:
             return False
         try:
             self._conn = failures.side_connection(self.params)
