@@ -93,3 +93,22 @@ def test_a_path_gone_silent_between_lock_tries_says_nothing_of_the_file_ran(cli,
     assert "nothing of the file committed" in line and "COMMIT or its record" not in line, line
     assert "unknown" not in line, line
     assert applied(db) == [SEED] and "status" not in columns(db)
+
+
+def test_a_concurrent_build_gone_silent_says_so_at_its_line(cli, db, sql_dir, seeded, stalling, monkeypatch):
+    """Before: restoring its lock_timeout on the session cut off failed ("cursor already closed"), and that error,
+    recorded on the run's own connection, stood in for the silent path's line (attack24i reproPH, sil/cic)."""
+    from migrator.postgres import failures
+
+    monkeypatch.setattr(failures, "ANSWER_MARGIN", 1.0, raising=False)
+    proxy = stalling(b"rm_stall_idx")
+    add_migration(sql_dir, "0002_cic", "-- transactional: false\n"
+                  "CREATE INDEX CONCURRENTLY rm_stall_idx ON hcm_report_metadata (tenant_id);\n")
+    result = _in_thread(lambda: cli("migrate", "--sql-dir", sql_dir, "--statement-timeout", "1s",
+                                    env=through(seeded, proxy)), limit=120)
+    assert result is not None, "migrate hung behind the silent path"
+    line = one_error_line(result)
+    assert proxy.stalled == 1
+    assert "0002_cic.sql:2: no answer from PostgreSQL at 127.0.0.1:" in line and "within 2 s" in line, line
+    assert "cursor already closed" not in line, line
+    assert applied(db) == [SEED]
