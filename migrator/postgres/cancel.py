@@ -41,7 +41,7 @@ def by_pid(params: dict, session, where: str) -> None:
     import psycopg2
 
     try:
-        connection = psycopg2.connect(**params)
+        connection = failures.side_connection(params)
     except psycopg2.Error:
         return  # (the cut-off still comes)
     try:
@@ -68,7 +68,7 @@ def end_session(params: dict, session, where: str, in_transaction: bool) -> str:
 
     found = gone = None
     try:  # (a session without its start read cannot be told from a later one of the same pid: left alone)
-        connection = psycopg2.connect(**params) if session.started is not None else None
+        connection = failures.side_connection(params) if session.started is not None else None
     except psycopg2.Error:
         connection = None
     if connection is not None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from migrator import lazy_re, output
 from migrator.errors import USAGE, MigratorError
 from migrator.pinned import catalog_path
+from migrator.postgres import failures
 
 _MAYBE = lazy_re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
 
@@ -172,8 +173,9 @@ def without_lock_timeout(cursor):
     cursor.execute("SELECT pg_catalog.set_config('lock_timeout', '0', false)")
     try:
         yield
-    finally:
-        cursor.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", (saved,))
+    finally:  # (not on a session a silent path cut off: its error would hide that line, failures.NoAnswer's)
+        if not failures.was_cut_off(cursor.connection):
+            cursor.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", (saved,))
 
 
 # The INVALID copies an interrupted REINDEX ... CONCURRENTLY leaves (name_ccnew, name_ccold1...: the TOAST

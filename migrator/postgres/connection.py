@@ -118,10 +118,13 @@ def resolve_target(target: PostgresTarget, env) -> PostgresTarget:
 
 
 def watcher_params(target: PostgresTarget, application_name: str) -> dict:
-    """psycopg2.connect() keywords of a read-only side connection (the progress watcher, the lock-retry
-    probe), without limits; its functions and operators resolve in pg_catalog alone from its first statement."""
+    """failures.side_connection() keywords of a read-only side connection (the progress watcher, the lock-retry
+    probe), without limits but the read timeout; its functions and operators resolve in pg_catalog alone from its
+    first statement."""
     params = {**CONNECT_PARAMS, **target.params, "application_name": application_name}
     params["options"] = " ".join(s for s in (params.get("options", ""), NO_IDLE_TIMEOUTS, READ_ONLY, CATALOG_ONLY) if s)
+    if target.read_timeout:  # its reads bounded as the run's own (failures.side_connection)
+        params[READ_TIMEOUT_ARG] = f"{target.read_timeout:g}"
     fields = {"host": target.host, "port": target.port, "dbname": target.dbname, "user": target.user,
               "password": target.password}
     return {**{k: v for k, v in fields.items() if v}, **params}

@@ -131,6 +131,37 @@ def shut(connection) -> None:
             pass
 
 
+def side_connection(params: dict):
+    """A side connection (the lock probe's, the progress watcher's, a cancel's) on connection.watcher_params'
+    keywords: its reads bounded as the run's own are (READ_TIMEOUT_ARG, popped: never sent to libpq), so its thread
+    gives up on a silent path (a MigratorError) instead of holding the connection in libpq for ever."""
+    import psycopg2
+
+    given = dict(params)
+    seconds = given.pop(READ_TIMEOUT_ARG, None)
+    connection = psycopg2.connect(**given)
+    if seconds:
+        guard_reads(connection, f"{given.get('host')}:{given.get('port')}", float(seconds))
+    return connection
+
+
+STOPPING = 0.1  # seconds a stopping side connection's thread gets to end its read, before its socket is shut
+LET_GO = 1.0  # seconds it gets after that (its read then fails at once), else it is left to it
+
+
+def let_go(connection, thread) -> bool:
+    """Close a side connection whose `thread` may still be in libpq on it (a silent path; psycopg2's close would
+    wait for that read for ever): its socket is shut from outside first, which ends the read. A thread stuck even
+    then keeps it (False: left open, to the process's end); never a wait longer than STOPPING + LET_GO."""
+    if thread is not None and thread.is_alive():
+        shut(connection)
+        thread.join(LET_GO)
+        if thread.is_alive():
+            return False
+    close(connection)
+    return True
+
+
 # A session this run just closed may not have left the server yet (its backend exits after the client has gone):
 # under a role's CONNECTION LIMIT the next one is refused meanwhile, so "too many connections" is tried again so long.
 SLOT_WAIT = 3.0

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from migrator import output
-from migrator.postgres import sessions
+from migrator.errors import MigratorError
+from migrator.postgres import failures, sessions
 
 PROBE_AFTER = 0.01  # seconds a statement runs before the probe asks who blocks it, then every PROBE_EVERY
 PROBE_EVERY = 0.01  # (soon enough to see a wait of the floor's 20-30 ms; every 50 ms after SLOWER_AFTER)
@@ -116,11 +117,13 @@ class Probe:
         return self.seen.cancelled and getattr(getattr(exc, "cause", None), "pgcode", None) == QUERY_CANCELED
 
     def close(self) -> None:
+        """Never blocks behind its thread: one stuck in libpq (a silent path) is cut off (failures.let_go)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self._conn is not None:
-            self._conn.close()
+            self._thread.join(timeout=failures.STOPPING)
+        conn = self._conn
+        if conn is not None and failures.let_go(conn, self._thread):
+            self._conn = None
 
     def _run(self) -> None:
         import psycopg2
@@ -137,11 +140,11 @@ class Probe:
                 continue
             try:
                 if self._conn is None:
-                    self._conn = psycopg2.connect(**{**self.params, "application_name": PROBE_NAME})
+                    self._conn = failures.side_connection({**self.params, "application_name": PROBE_NAME})
                     self._conn.autocommit = True
                 with self._conn.cursor() as cur:
-                    self._sees_again()
                     found = sessions.blockers(cur, self.pid, self.show_query)
+                    self._sees_again()  # (once answered: a path gone silent lets it connect, never read)
                     wanted = sessions.waiting_for(cur, self.pid, found) if found else None
                     # both read while it still waited (two queries: the try may time out between them), and still
                     # the statement it asked about
@@ -173,14 +176,18 @@ class Probe:
                                 continue
                     if self._since == since:
                         self.seen = Seen(found, wanted)
-            except psycopg2.Error as exc:
+            except (psycopg2.Error, MigratorError) as exc:  # (MigratorError: its read bound, a silent path)
+                if self._stop.is_set():  # cut off by close(): it closes the connection
+                    return
                 self._lost(exc)
                 self._bound_by_clock(since)
+        if (conn := self._conn) is not None:  # (opened after close() stopped waiting for it)
+            failures.close(conn)
 
     def _lost(self, exc) -> None:
         """The probe's connection was refused or closed: blind until it connects again (one line says so)."""
         if self._conn is not None:
-            self._conn.close()
+            failures.close(self._conn)
             self._conn = None
         self._reconnect_at = time.monotonic() + self._reconnect_wait
         self._reconnect_wait = min(RECONNECT_MAX, self._reconnect_wait * 2)

@@ -214,9 +214,13 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
 def _between_tries(path: Path, statements, index: int, transactional: bool, done: int):
     """The session lost between a file's tries (its last try's ROLLBACK included: an admin's pg_terminate_backend,
     a failover): no statement of it was running, so a transactional file applied nothing (errors.migration_error
-    says it). Any statement sent then, not only the ROLLBACK: each is a moment a failover can hit."""
+    says it). Any statement sent then, not only the ROLLBACK: each is a moment a failover can hit, or a silent path."""
     try:
         yield
+    except failures.NoAnswer as silent:  # the path went silent: none of the file's statements was running either
+        located = failures.NoAnswer(f"{path}: {silent}, between its lock tries (none of its statements was running)")
+        located.in_transaction = transactional  # (its try's transaction: nothing of it can have committed)
+        raise located from silent
     except Exception as lost:
         if not errors.connection_lost(lost):
             raise

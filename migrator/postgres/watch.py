@@ -19,7 +19,8 @@ import threading
 import time
 
 from migrator import output
-from migrator.postgres import sessions
+from migrator.errors import MigratorError
+from migrator.postgres import failures, sessions
 from migrator.postgres.sessions import duration
 
 FIRST_AFTER = 3.0  # seconds a statement runs before it is reported
@@ -83,9 +84,8 @@ class Watcher:
     @label.setter
     def label(self, value: str) -> None:
         """A migration starts (before its session opens): the side connection of the previous one goes."""
-        with self._lock:
-            self._label, self._pid, self._session = value, None, None
-            self._close()
+        self._label, self._pid, self._session = value, None, None
+        self._let_go()
         self._end_line()
 
     def follow(self, connection) -> None:
@@ -125,15 +125,27 @@ class Watcher:
     def __exit__(self, *_exc) -> None:
         self._cancelling.close()
         self._stop.set()
+        self._let_go(failures.STOPPING)  # (first: a poll stuck on a silent path would hold the join)
         if self._thread:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=failures.LET_GO)
         self._end_line()
-        with self._lock:
+
+    def _let_go(self, wait: float = failures.LET_GO) -> None:
+        """The side connection closed, never waiting long behind a poll a silent path holds in libpq (its lock):
+        past `wait` its socket is shut from outside, which ends the poll (its thread then closes it)."""
+        if not self._lock.acquire(timeout=wait):
+            if (conn := self._conn) is not None:
+                failures.shut(conn)
+            if not self._lock.acquire(timeout=failures.LET_GO):  # (left to its thread: it closes it as it fails)
+                return
+        try:
             self._close()
+        finally:
+            self._lock.release()
 
     def _close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            failures.close(self._conn)  # (after a shut of it: _let_go)
             self._conn = None
 
     def _connected(self) -> bool:
@@ -142,10 +154,10 @@ class Watcher:
 
         if self._conn is not None:
             return True
-        if self._gave_up or self._pid is None or time.monotonic() - self._since < FIRST_AFTER:
+        if self._gave_up or self._stop.is_set() or self._pid is None or time.monotonic() - self._since < FIRST_AFTER:
             return False
         try:
-            self._conn = psycopg2.connect(**self.params)
+            self._conn = failures.side_connection(self.params)
             self._conn.autocommit = True
         except psycopg2.Error as exc:
             self._gave_up = True
@@ -161,7 +173,7 @@ class Watcher:
                 try:
                     if self._connected():
                         self.poll()
-                except psycopg2.Error as exc:
+                except (psycopg2.Error, MigratorError) as exc:  # (MigratorError: its read bound, a silent path)
                     if self._pid is not None and not self._stop.is_set():
                         output.note(f"note: live progress stopped: {output.one_line(str(exc))}")
                     self._gave_up = True
