@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SEED, add_migration, applied, migrate, ok
+from conftest import add_migration, migrate, ok
 from test_rewrites import SMALL, TABLE, seeded
-from test_rewrites_pending import MARKER, VOLATILE_DOMAIN, _files, _write
+from test_rewrites_pending import MARKER, VOLATILE_DOMAIN, _files, _write, refused_by_migrate_and_plan
 
 VOLATILE_FUNCTION = "CREATE FUNCTION vf() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT (random() * 100)::int'"
 LIVE_DOMAIN = "CREATE DOMAIN d1v AS uuid DEFAULT gen_random_uuid()"
@@ -68,16 +68,7 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_a_statement_is_judged_after_what_earlier_pending_statements_rename_or_drop(cli, db, sql_dir, case):
-    setup, texts, (index, line), what = REFUSED[case]
-    seeded(cli, db, sql_dir)
-    db.query(setup)
-    path = _write(sql_dir, texts)[index]
-    result = migrate(cli, db, sql_dir, *SMALL)
-    assert result.exit_code == 2, result.output
-    assert f"{path}:{line}: {what}" in result.stderr and "instead: " in result.stderr, result.stderr
-    assert applied(db) == [SEED]
-    plan = cli("plan", "--sql-dir", sql_dir, env={**db.db_env(), "REWRITE_THRESHOLD_ROWS": "10"})
-    assert plan.exit_code == 0 and f"-- REFUSED by migrate: {path}:{line}: {what}" in plan.stdout, plan.output
+    refused_by_migrate_and_plan(cli, db, sql_dir, REFUSED[case])
 
 
 def test_the_server_rewrites_for_a_renamed_volatile_function_and_the_marker_accepts_it(cli, db, sql_dir):

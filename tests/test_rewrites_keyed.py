@@ -10,6 +10,7 @@ import pytest
 
 from conftest import SEED, add_migration, applied, migrate, ok
 from test_rewrites import SMALL, TABLE, seeded
+from test_rewrites_pending import _files, refused_by_migrate_and_plan
 
 MARKER = f"-- accept-rewrite: public.{TABLE}\n"
 OF = f" of public.{TABLE} (~50 rows"
@@ -77,28 +78,10 @@ REFUSED = {
 }
 
 
-def _files(db) -> dict:
-    return dict(db.query("SELECT relname, relfilenode FROM pg_class WHERE relname LIKE 'idx_%%' OR relname = %s",
-                         (TABLE,)))
-
-
-def _write(sql_dir, texts) -> list:
-    return [add_migration(sql_dir, f"{number:04d}_pending", text) for number, text in enumerate(texts, 2)]
-
-
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_an_index_built_again_by_a_type_change_that_keeps_the_rows_is_refused_by_migrate_and_plan(cli, db, sql_dir,
                                                                                                  case):
-    setup, texts, (index, line), what = REFUSED[case]
-    seeded(cli, db, sql_dir)
-    db.query(setup.replace("{db}", db.name))
-    path = _write(sql_dir, [text.replace("{db}", db.name) for text in texts])[index]
-    result = migrate(cli, db, sql_dir, *SMALL)
-    assert result.exit_code == 2, result.output
-    assert f"{path}:{line}: {what}" in result.stderr and "instead: " in result.stderr, result.stderr
-    assert applied(db) == [SEED]
-    plan = cli("plan", "--sql-dir", sql_dir, env={**db.db_env(), "REWRITE_THRESHOLD_ROWS": "10"})
-    assert plan.exit_code == 0 and f"-- REFUSED by migrate: {path}:{line}: {what}" in plan.stdout, plan.output
+    refused_by_migrate_and_plan(cli, db, sql_dir, REFUSED[case], lambda text: text.replace("{db}", db.name))
 
 
 # (live setup, the file, the index the server builds again when it is accepted)
