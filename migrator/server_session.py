@@ -154,7 +154,7 @@ def _refused(connection, where: str | None) -> str:
                                (keys,))
                 if cursor.fetchone()[0] is not None:
                     break
-    except psycopg2.Error:
+    except (psycopg2.Error, MigratorError):  # (a silent path's NoAnswer too)
         pass  # (the refusal is the line to say; the pool's session keeps them until it ends)
     connection.close()
     return where

@@ -3,7 +3,7 @@ settings from its own startup packet, so the read-back passes, yet each later tr
 another client's server session. The pins and every take or release of a session-level advisory lock run only on
 the session's own server session (its pid and start as first read), else do nothing, and the run refuses, letting go
 of the locks it took there first. Where the pool has one server session for every client (attack 23l), the migration
-lock is never taken twice on it, and a migration's connection never runs on a session an earlier client SET things in."""
+lock is never taken twice on it, and no migration runs on a server session an earlier client SET its search_path in."""
 
 import contextlib
 import functools
