@@ -15,7 +15,7 @@ import time
 from migrator import bookkeeping_lock, checksums, output, pg_lock, server_session, trust
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
 from migrator.errors import MigratorError
-from migrator.postgres import connection as postgres_connection
+from migrator.postgres import tenant_mark
 from migrator.targets import PostgresTarget
 
 MIN_VERSION = 140000  # client_connection_check_interval (a dead runner's work is cancelled)
@@ -83,8 +83,9 @@ def check(report: DoctorReport, target: PostgresTarget, sql_dir) -> None:
 
 
 def _schema_checks(report: DoctorReport, backend, target: PostgresTarget, sql_dir, described=None) -> None:
-    if backend.foreign and target.schema in (None, "public"):  # the plain run would refuse (connection.connect)
-        report.add(failed("postgres history", postgres_connection.foreign_history(backend, target)))
+    if (backend.foreign or backend.twin) and target.schema in (None, "public"):  # the plain run would refuse
+        said = tenant_mark.foreign_history if backend.foreign else tenant_mark.twin_histories  # (connection.connect)
+        report.add(failed("postgres history", said(backend, target)))
         return
     readable = _guarded(report, backend, "postgres schema", _privileges, target)
     if readable:
@@ -286,7 +287,7 @@ def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, usage: b
 def _tenant_mark(report: DoctorReport, backend, schema: str, user: str) -> None:
     """A tenant's history whose mark is lost (a restore without comments): a plain run refuses rather than take
     it; the tenant's next migrate writes the mark if its user owns the lock table, else its owner must."""
-    state = postgres_connection.tenant_mark(backend.connection, schema)
+    state = tenant_mark.state(backend.connection, schema)
     if state is None or state[0]:
         return  # no history yet (the first migrate marks it), or marked
     _, may_mark, owner = state
@@ -295,7 +296,7 @@ def _tenant_mark(report: DoctorReport, backend, schema: str, user: str) -> None:
     else:
         report.add(Check("tenant mark", WARN, f"the history in {schema} lacks the tenant mark and user {user} may not "
                          f"write it (the owner of {schema}.yoyo_lock is {owner}): migrate works, but a plain run "
-                         "refuses while public holds no history", f"as {owner}: {postgres_connection.mark_statement(schema)}"))
+                         "refuses while public holds no history", f"as {owner}: {tenant_mark.mark_statement(schema)}"))
 
 
 def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advisory: bool) -> None:
