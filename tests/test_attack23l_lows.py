@@ -1,0 +1,65 @@
+"""Attack 23l's lows: names from the catalogs (the home schema, an INVALID index) forging output lines in doctor and
+status; doctor saying "ready" while the role's search_path leaves an unqualified CREATE nowhere to go."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg2
+import pytest
+
+from conftest import SEED, ok
+
+# A schema or index name anyone with CREATE may choose: its line break would start a line of the runner's own.
+FORGED = "line\nerror: forged\r0002_b  applied\u202ex"
+ESCAPED = "line\\nerror: forged\\r0002_b  applied\\u202ex"
+
+
+def _forged_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(("error: forged", "0002_b"))]
+
+
+@pytest.fixture
+def role_path(db):
+    """Set the role's search_path in this database (ALTER ROLE ... IN DATABASE), reset after the test."""
+    def set_path(path: str) -> None:
+        db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET search_path = {path}")
+    yield set_path
+    db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} RESET search_path")
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def test_a_home_schema_named_with_a_line_break_is_escaped_in_every_doctor_line(cli, db, sql_dir, role_path):
+    """attack23l home_names: doctor printed the home schema raw in three lines (privileges, bookkeeping, and the
+    locks'), so a line break in its name started an `error:` line of its own."""
+    db.query(f"CREATE SCHEMA {_quoted(FORGED)} AUTHORIZATION {db.server.user}")
+    role_path(f"{_quoted(FORGED)}, public")
+    for run in range(2):  # before the first migrate (tables to create) and after it (all present)
+        doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env())
+        assert doctor.exit_code == 0, doctor.output
+        assert _forged_lines(doctor.output) == [] and "\r" not in doctor.output and "\u202e" not in doctor.output
+        named = [line for line in doctor.stdout.splitlines() if ESCAPED in line]
+        assert any(line.startswith("ok    postgres schema") for line in named), doctor.stdout
+        assert any(line.startswith("ok    postgres bookkeeping") for line in named), doctor.stdout
+        if not run:
+            ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    # JSON keeps the name as it is: its encoding escapes the line break
+    report = json.loads(cli("doctor", "--json", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env()).stdout)
+    assert any(FORGED in check["detail"] for check in report["checks"]), report
+    assert db.query(f"SELECT migration_id FROM {_quoted(FORGED)}._yoyo_migration") == [(SEED,)]
+
+
+def test_an_invalid_index_named_with_a_line_break_is_one_escaped_status_line(cli, db, sql_dir):
+    """status lists INVALID indexes of every schema: the index's name is whoever made it."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    db.query("CREATE TABLE dup (id int); INSERT INTO dup VALUES (1), (1)")
+    with pytest.raises(psycopg2.Error), db.server.connect(db.name) as conn:  # (leaves the index INVALID)
+        conn.autocommit = True
+        conn.cursor().execute(f"CREATE UNIQUE INDEX CONCURRENTLY {_quoted(FORGED)} ON dup (id)")
+    status = cli("status", "--sql-dir", sql_dir, env=db.db_env())
+    assert _forged_lines(status.output) == [] and "\r" not in status.stdout, status.stdout
+    [line] = [line for line in status.stdout.splitlines() if "INVALID index" in line]
+    assert f"public.{ESCAPED} on dup" in line and f"DROP INDEX CONCURRENTLY public.{ESCAPED}" in line, line
