@@ -8,7 +8,8 @@ import json
 import psycopg2
 import pytest
 
-from conftest import SEED, ok
+from conftest import SEED, ok, one_error_line
+from test_planted_objects import low  # noqa: F401 (the fixture: a login role owning nothing)
 
 # A schema or index name anyone with CREATE may choose: its line break would start a line of the runner's own.
 FORGED = "line\nerror: forged\r0002_b  applied\u202ex"
@@ -63,3 +64,45 @@ def test_an_invalid_index_named_with_a_line_break_is_one_escaped_status_line(cli
     assert _forged_lines(status.output) == [] and "\r" not in status.stdout, status.stdout
     [line] = [line for line in status.stdout.splitlines() if "INVALID index" in line]
     assert f"public.{ESCAPED} on dup" in line and f"DROP INDEX CONCURRENTLY public.{ESCAPED}" in line, line
+
+
+def test_a_home_schema_named_with_a_line_break_and_owned_by_another_role_is_refused_in_one_line(
+        cli, db, sql_dir, low, role_path):
+    """The refusal quotes the schema: its line break made a second (indented) line of the error."""
+    db.query(f"CREATE SCHEMA {_quoted(FORGED)} AUTHORIZATION {low}")
+    role_path(f"{_quoted(FORGED)}, public")
+    for command in ("migrate", "status"):
+        result = cli(command, "--sql-dir", sql_dir, env=db.db_env())
+        line = one_error_line(result)
+        assert result.exit_code == 2 and f"schema {ESCAPED} is owned by role {low}" in line, result.output
+        assert _forged_lines(result.output) == [] and "\r" not in result.output, result.output
+
+
+@pytest.mark.parametrize("path, said", [("''", '("") names no schema that exists'),
+                                        ("nosuch", "(nosuch) names no schema that exists"),
+                                        ("pg_catalog, public", "(pg_catalog, public) puts pg_catalog first"),
+                                        ("pg_temp, public", "(pg_temp, public) puts pg_temp first: an unqualified "
+                                                            "CREATE TABLE in a migration makes a temporary table")])
+def test_doctor_warns_when_the_roles_search_path_leaves_an_unqualified_create_nowhere(cli, db, sql_dir, role_path,
+                                                                                       path, said):
+    """attack23l: doctor said "ready" while every unqualified CREATE (the seed's) fails under the role's search_path.
+    A warning, not a FAIL: a file that names its schema runs, as it would in psql."""
+    role_path(path)
+    report = json.loads(cli("doctor", "--json", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env()).stdout)
+    [check] = [c for c in report["checks"] if c["name"] == "postgres search_path"]
+    assert check["status"] == "warn" and said in check["detail"] and "unqualified CREATE" in check["detail"], check
+    assert f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET search_path = public" in check["remedy"], check
+    assert report["ok"] is True
+    # what the warning says: the seed's unqualified CREATE TABLE lands nowhere lasting (the bookkeeping in public)
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert result.exit_code == (0 if path.startswith("pg_temp") else 1), result.output
+    assert db.query("SELECT count(*) FROM pg_tables WHERE tablename = 'hcm_report_metadata'") == [(0,)]
+
+
+def test_doctor_says_nothing_of_a_search_path_that_creates_in_a_schema(cli, db, sql_dir, role_path):
+    db.query(f"CREATE SCHEMA app AUTHORIZATION {db.server.user}")
+    for path in (None, "app, public", '"$user", public'):
+        if path:
+            role_path(path)
+        doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env())
+        assert doctor.exit_code == 0 and "search_path" not in doctor.stdout, (path, doctor.stdout)

@@ -138,6 +138,19 @@ def test_an_unmarked_tenant_history_in_the_home_schema_beside_public_is_refused_
     assert applied(db) == [SEED, "0002_t4"] and history(db, "app") == ["0001_t"]
 
 
+def test_doctor_over_a_tenant_then_public_checks_publics_own_history(cli, db, sql_dir):
+    """doctor pins each schema in turn on one connection: public's check, after a tenant's whose mark was lost, took
+    that tenant's schema for the plain run's home (its last pin) instead of public, as SCHEMA_NAME=public's run does."""
+    listed = {**db.db_env(), "SCHEMA_NAME": "pb,public"}
+    ok(cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env=listed))
+    db.query("COMMENT ON TABLE pb.yoyo_lock IS NULL")
+    ok(cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_NAME": "public"}))
+    report = json.loads(cli("doctor", "--json", "--no-dev-tools", "--sql-dir", sql_dir, env=listed).stdout)
+    assert report["ok"] is True, [c for c in report["checks"] if c["status"] != "ok"]
+    [public] = [c for c in report["checks"] if c["name"] == "postgres schema" and c.get("schema") == "public"]
+    assert "schema public" in public["detail"], public
+
+
 def test_the_plain_history_in_another_schema_is_named_not_silently_replaced(cli, db, sql_dir):
     """A plain history made under another search_path (`app`): a run under the default one says where it is."""
     db.query(f"CREATE SCHEMA app; ALTER DATABASE {db.name} SET search_path = app")

@@ -87,9 +87,29 @@ def _schema_checks(report: DoctorReport, backend, target: PostgresTarget, sql_di
         said = tenant_mark.foreign_history if backend.foreign else tenant_mark.twin_histories  # (connection.connect)
         report.add(failed("postgres history", said(backend, target)))
         return
+    if target.schema in (None, "public"):
+        _creation_schema(report, backend, target)
     readable = _guarded(report, backend, "postgres schema", _privileges, target)
     if readable:
         _guarded(report, backend, "migrations", _migrations, target, sql_dir, described)
+
+
+def _creation_schema(report: DoctorReport, backend, target: PostgresTarget) -> None:
+    """A plain run's migrations run under the role's own search_path, as psql's would: where it names no schema that
+    exists (or pg_catalog first, a hardening), every unqualified CREATE fails; with pg_temp first, CREATE TABLE makes
+    a temporary table. A file naming its schemas still runs, so a warning: the setting and its fix (the bookkeeping
+    stays in public either way)."""
+    schema, path = backend.creates_in or (None, "")
+    if schema and not schema.startswith("pg_") and schema != "information_schema":
+        return
+    user, database = backend.execute("SELECT current_user, current_database()").fetchone()
+    said = ("names no schema that exists: an unqualified CREATE in a migration fails" if not schema else
+            "puts pg_temp first: an unqualified CREATE TABLE in a migration makes a temporary table, gone when its "
+            "session ends (recorded as applied all the same)" if schema.startswith("pg_temp") else
+            f"puts {schema} first: an unqualified CREATE in a migration fails")
+    report.add(Check("postgres search_path", WARN, f"user {user}'s search_path ({path}) {said}, as in psql",
+                     f"ALTER ROLE {user} IN DATABASE {database} SET search_path = public (your schema first, then "
+                     "public), or name the schema in each file"))
 
 
 def _each_schema(report: DoctorReport, backend, target: PostgresTarget, sql_dir) -> None:

@@ -56,10 +56,12 @@ from migrator.postgres.session_options import (CATALOG_ONLY, CLIENT_CHECK, CONNE
 # pg_catalog before the rest runs: under the role's own search_path (one may list pg_catalog after a schema
 # others create in) a planted = on name, or string_agg(name, text), would run as the migration role.
 # The home schema is the first one of the role's search_path that exists and is no system schema (a search_path of
-# '' or of pg_catalog first, a hardening, must never make pg_catalog the bookkeeping's home): else public.
-HOME = ("SET ROLE NONE; SELECT s FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS t(s, o) "
-        "WHERE NOT pg_catalog.starts_with(s::pg_catalog.text, 'pg_') "
-        "AND s OPERATOR(pg_catalog.<>) 'information_schema' ORDER BY o LIMIT 1")
+# '' or of pg_catalog first, a hardening, must never make pg_catalog the bookkeeping's home): else public. Read with
+# it, as a migration's fresh session has them: the schema an unqualified CREATE goes to, and the path (doctor).
+HOME = ("SET ROLE NONE; SELECT (SELECT s FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY "
+        "AS t(s, o) WHERE NOT pg_catalog.starts_with(s::pg_catalog.text, 'pg_') "
+        "AND s OPERATOR(pg_catalog.<>) 'information_schema' ORDER BY o LIMIT 1), pg_catalog.current_schema(), "
+        "pg_catalog.current_setting('search_path')")
 # The run's own names (a Flyway folder's history table, its history), read by its SQL: set by the pins, once the
 # session's settings were read back as asked (a refused session sets nothing).
 OURS = ("pg_catalog.set_config('hcm.flyway_table', %(flyway_table)s, false), "
@@ -178,6 +180,7 @@ def backend_class():
         out_of_order = True
         foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
         twin: str | None = None  # a plain run's: its home schema, when it and public both hold a complete history
+        creates_in: tuple = ()  # a plain run's: (the schema an unqualified CREATE uses or None, the search_path)
         tenant_schemas = ""  # hcm.tenant_schemas as pinned: the other histories (tenants') a plain run leaves alone
         guarded = True  # the run's own statements answer within the read timeout; a migration's: guard_session's
 
@@ -217,10 +220,12 @@ def backend_class():
                     return
                 # SCHEMA_NAME=public (DIGIT's value outside a central instance) is the plain run: its
                 # history, lock, schema description and its migrations' search_path (the session's). Once
-                # pinned (a re-pin after a rollback), the session's current schema is pg_catalog: keep the pin.
-                home = self.bookkeeping_schema if self.pinned else self.schema
+                # pinned (a re-pin after a rollback), the session's current schema is pg_catalog: keep the pin
+                # (public's, where doctor's one connection pins tenants first).
+                home = "public" if self.schema == "public" else self.bookkeeping_schema if self.pinned else None
                 execute(HOME)
-                home = home or next(iter(cursor.fetchone() or ()), None)
+                first, *creates_in = cursor.fetchone()
+                home, self.creates_in = home or first, self.creates_in or tuple(creates_in)  # (a re-pin's: pg_catalog)
                 execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": home, **ours})
                 row = cursor.fetchone()
                 self.bookkeeping_schema, foreign, self.tenant_schemas, self.twin = row[0], row[1], row[4], row[-1]
@@ -410,9 +415,9 @@ def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
         raise server_session.read_only(replace(target, schema=None).where)  # (no GRANT would help)
     if state is None or not usage:
         lacks, grant = ("cannot create tables in", "CREATE") if usage else ("has no USAGE on", "USAGE, CREATE")
-        raise MigratorError(
+        raise MigratorError(output.visible(  # (a home schema may be named anything: one line)
             f"user {user} {lacks} schema {schema} on {replace(target, schema=None).where} (yoyo's bookkeeping "
-            f"needs it); run GRANT {grant} ON SCHEMA {schema} TO {user}, or connect as the schema's owner")
+            f"needs it); run GRANT {grant} ON SCHEMA {schema} TO {user}, or connect as the schema's owner"))
     marked, may_mark, owner = state
     if plain or marked:
         return
