@@ -10,6 +10,7 @@ import pytest
 
 from conftest import SEED, ok, one_error_line
 from test_planted_objects import low  # noqa: F401 (the fixture: a login role owning nothing)
+from test_tenants_history import home_path  # noqa: F401 (the fixture: the role's search_path in this database)
 
 # A schema or index name anyone with CREATE may choose: its line break would start a line of the runner's own.
 FORGED = "line\nerror: forged\r0002_b  applied\u202ex"
@@ -20,24 +21,15 @@ def _forged_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(("error: forged", "0002_b"))]
 
 
-@pytest.fixture
-def role_path(db):
-    """Set the role's search_path in this database (ALTER ROLE ... IN DATABASE), reset after the test."""
-    def set_path(path: str) -> None:
-        db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET search_path = {path}")
-    yield set_path
-    db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} RESET search_path")
-
-
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def test_a_home_schema_named_with_a_line_break_is_escaped_in_every_doctor_line(cli, db, sql_dir, role_path):
+def test_a_home_schema_named_with_a_line_break_is_escaped_in_every_doctor_line(cli, db, sql_dir, home_path):
     """attack23l home_names: doctor printed the home schema raw in three lines (privileges, bookkeeping, and the
     locks'), so a line break in its name started an `error:` line of its own."""
     db.query(f"CREATE SCHEMA {_quoted(FORGED)} AUTHORIZATION {db.server.user}")
-    role_path(f"{_quoted(FORGED)}, public")
+    home_path(f"{_quoted(FORGED)}, public")
     for run in range(2):  # before the first migrate (tables to create) and after it (all present)
         doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env())
         assert doctor.exit_code == 0, doctor.output
@@ -67,10 +59,10 @@ def test_an_invalid_index_named_with_a_line_break_is_one_escaped_status_line(cli
 
 
 def test_a_home_schema_named_with_a_line_break_and_owned_by_another_role_is_refused_in_one_line(
-        cli, db, sql_dir, low, role_path):
+        cli, db, sql_dir, low, home_path):
     """The refusal quotes the schema: its line break made a second (indented) line of the error."""
     db.query(f"CREATE SCHEMA {_quoted(FORGED)} AUTHORIZATION {low}")
-    role_path(f"{_quoted(FORGED)}, public")
+    home_path(f"{_quoted(FORGED)}, public")
     for command in ("migrate", "status"):
         result = cli(command, "--sql-dir", sql_dir, env=db.db_env())
         line = one_error_line(result)
@@ -83,11 +75,11 @@ def test_a_home_schema_named_with_a_line_break_and_owned_by_another_role_is_refu
                                         ("pg_catalog, public", "(pg_catalog, public) puts pg_catalog first"),
                                         ("pg_temp, public", "(pg_temp, public) puts pg_temp first: an unqualified "
                                                             "CREATE TABLE in a migration makes a temporary table")])
-def test_doctor_warns_when_the_roles_search_path_leaves_an_unqualified_create_nowhere(cli, db, sql_dir, role_path,
+def test_doctor_warns_when_the_roles_search_path_leaves_an_unqualified_create_nowhere(cli, db, sql_dir, home_path,
                                                                                        path, said):
     """attack23l: doctor said "ready" while every unqualified CREATE (the seed's) fails under the role's search_path.
     A warning, not a FAIL: a file that names its schema runs, as it would in psql."""
-    role_path(path)
+    home_path(path)
     report = json.loads(cli("doctor", "--json", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env()).stdout)
     [check] = [c for c in report["checks"] if c["name"] == "postgres search_path"]
     assert check["status"] == "warn" and said in check["detail"] and "unqualified CREATE" in check["detail"], check
@@ -99,10 +91,10 @@ def test_doctor_warns_when_the_roles_search_path_leaves_an_unqualified_create_no
     assert db.query("SELECT count(*) FROM pg_tables WHERE tablename = 'hcm_report_metadata'") == [(0,)]
 
 
-def test_doctor_says_nothing_of_a_search_path_that_creates_in_a_schema(cli, db, sql_dir, role_path):
+def test_doctor_says_nothing_of_a_search_path_that_creates_in_a_schema(cli, db, sql_dir, home_path):
     db.query(f"CREATE SCHEMA app AUTHORIZATION {db.server.user}")
     for path in (None, "app, public", '"$user", public'):
         if path:
-            role_path(path)
+            home_path(path)
         doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env())
         assert doctor.exit_code == 0 and "search_path" not in doctor.stdout, (path, doctor.stdout)
