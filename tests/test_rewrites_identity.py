@@ -39,6 +39,19 @@ REFUSED = {
     "domain_retype_other_schema_same_name": (VF, ["CREATE DOMAIN arch.dbig AS int;\n"
                                                   f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE public.dbig;\n"], (0, 2),
                                              f"ALTER COLUMN id TYPE public.dbig rewrites public.{TABLE}"),
+    "domain_default_other_schema_same_name": (
+        VF + "; CREATE DOMAIN d1v AS uuid DEFAULT gen_random_uuid()",
+        ["CREATE DOMAIN arch.d1v AS uuid;\n" f"ALTER TABLE {TABLE} ADD COLUMN u public.d1v;\n"], (0, 2),
+        f"ADD COLUMN u of domain public.d1v, whose DEFAULT is volatile (a value per row) rewrites public.{TABLE}"),
+    # the name a pending RENAME TO took away, made again by a constrained CREATE DOMAIN: that new domain's
+    "domain_renamed_away_new_constrained": (VF, ["ALTER DOMAIN dchk RENAME TO dold;\n"
+                                                 "CREATE DOMAIN dchk AS int CHECK (VALUE > 5);\n"
+                                                 f"ALTER TABLE {TABLE} ADD COLUMN c dchk;\n"], (0, 3),
+                                            f"ADD COLUMN c of domain dchk, {CHECKED}"),
+    # a function the judge cannot see (made in a DO block) is taken as volatile, and the refusal says why
+    "function_not_found": (VF, ["DO $$BEGIN EXECUTE $f$CREATE FUNCTION cf() " + IMMUTABLE + "$f$; END$$;\n"
+                                + ADD_VF.format("cf")], (0, 2),
+                           "ADD COLUMN x DEFAULT cf() (taken as volatile, cf() not found: a value per row) rewrites"),
     # a domain keeps a constraint another DROP leaves, and one a pending ALTER DOMAIN gives counts
     "domain_one_of_two_checks_dropped": (
         "CREATE DOMAIN d2 AS int CONSTRAINT pos CHECK (VALUE > 0) CONSTRAINT small CHECK (VALUE < 9)",

@@ -396,13 +396,13 @@ def _volatile_column(column, live, seen: Seen) -> str | None:
         if constraint.contype == enums.ConstrType.CONSTR_GENERATED and constraint.generated_kind != "v":
             return "GENERATED ALWAYS AS (...) STORED"
         if constraint.contype == enums.ConstrType.CONSTR_DEFAULT:
-            if risks_functions.volatile(risks_pending.functions_called(constraint.raw_expr), live, seen):
-                return f"DEFAULT {_text(constraint.raw_expr)} (volatile: a value per row)"
-            return None  # the column's own default wins over its domain's
+            why = risks_functions.volatile(risks_pending.functions_called(constraint.raw_expr), live, seen)
+            return why and f"DEFAULT {_text(constraint.raw_expr)} ({why}: a value per row)"  # (wins over its domain's)
     calls = column.typeName and risks_pending.domain_default_calls(risks_pending.live_type(seen, column.typeName),
                                                                     live, seen)
-    if calls and risks_functions.volatile(calls, live, seen):
-        return f"of domain {_text(column.typeName)}, whose DEFAULT is volatile (a value per row)"
+    why = calls and risks_functions.volatile(calls, live, seen)
+    if why:
+        return f"of domain {_text(column.typeName)}, whose DEFAULT is {why} (a value per row)"
     return None
 
 

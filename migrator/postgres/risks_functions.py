@@ -123,15 +123,18 @@ def current(names: set[str], live, seen) -> list[Fn]:
     return fns
 
 
-def volatile(calls: set[tuple], live, seen) -> bool:
-    """Any of `calls` ((schema or None, name, argument count or None)) may call a volatile function, or one the
-    judge does not find."""
+def volatile(calls: set[tuple], live, seen) -> str | None:
+    """Why `calls` ((schema or None, name, argument count or None)) may give a value per row: "volatile" when a
+    function one may call is, "taken as volatile" when the judge finds none a call may mean; None when none may."""
     if not calls:
-        return False
+        return None
     fns = current({name for _, name, _ in calls}, live, seen)
-    for schema, name, count in calls:
+    unknown = []
+    for schema, name, count in sorted(calls, key=lambda c: (c[0] or "", c[1], -1 if c[2] is None else c[2])):
         may = [f for f in fns if f.name == name and (schema is None or _schema(f, live) == schema)
                and (count is None or f.least <= count and (f.most is None or count <= f.most))]
-        if not may or any(f.volatile for f in may):
-            return True
-    return False
+        if any(f.volatile for f in may):
+            return "volatile"
+        if not may:
+            unknown.append(f"{schema + '.' if schema else ''}{name}()")
+    return f"taken as volatile, {', '.join(unknown)} not found" if unknown else None

@@ -1,11 +1,12 @@
 """What earlier pending statements change that decides whether a later one rewrites or scans a table, read from
-their text because the live catalog does not have it yet (attack24g): a domain's DEFAULT (CREATE DOMAIN ... DEFAULT, inherited from its base domain
-when it has none; ALTER DOMAIN ... SET / DROP DEFAULT), an index with an expression or a WHERE and a validated CHECK
-(a later binary-coercible type change of a column they name builds / checks them again) and their DROP (the safe
-pattern: drop, change the type, build / add NOT VALID again), and the new name a RENAME TO / SET SCHEMA gives a
-table, a domain or type or a schema (attack24h: one map, Seen.aliases, of the names pending statements give -> the
-live object; the old name no longer resolves); a domain is noted by (schema, name) (attack24j: domain_key,
-pending_domain). Functions: risks_functions. Kept in risks.Seen; risks.py and risks_types.py ask here.
+their text because the live catalog does not have it yet (attack24g): a domain's DEFAULT (CREATE DOMAIN ...
+DEFAULT, inherited from its base domain when it has none; ALTER DOMAIN ... SET / DROP DEFAULT), an index with an
+expression or a WHERE and a validated CHECK (a later binary-coercible type change of a column they name builds /
+checks them again) and their DROP (the safe pattern: drop, change the type, build / add NOT VALID again), and the new
+name a RENAME TO / SET SCHEMA gives a table, a domain or type or a schema (attack24h: one map, Seen.aliases, of the
+names pending statements give -> the live object; the old name no longer resolves); a domain is noted by (schema,
+name) (attack24j: domain_key, pending_domain). Functions: risks_functions. Kept in risks.Seen; risks.py and
+risks_types.py ask here.
 """
 
 from __future__ import annotations

@@ -156,6 +156,9 @@ def read_domain(text: str, seen) -> None:
             own = any(c.contype in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)
                       for c in tree.constraints or ())
             key = risks_pending.domain_key([n.sval for n in tree.domainname], seen)
+            for gone in [k for k, to in seen.aliases.items() if to is risks_pending.GONE and k[0] == "type"
+                         and k[1][1] == key[1] and (k[1][0] == key[0] or None in (k[1][0], key[0]))]:
+                del seen.aliases[gone]  # (a name a pending RENAME TO took away: this domain's from here on)
             seen.domains[key] = (own, [n.sval for n in risks_pending.live_type(seen, tree.typeName).names])
             seen.domain_types[key] = tree.typeName  # (its typmods: risks_retype)
         elif isinstance(tree, ast.AlterDomainStmt):
