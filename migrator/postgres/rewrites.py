@@ -84,7 +84,6 @@ FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamesp
 WHERE c.relname = %(name)s AND n.nspname = ANY(%(path)s) AND c.relkind IN ('r', 'p', 'm')
 ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
 """
-_VOLATILE = "SELECT 1 FROM pg_catalog.pg_proc WHERE proname = ANY(%s) AND provolatile = 'v' LIMIT 1"
 _COLUMN = """
 SELECT a.atttypid, a.atttypmod, a.attnotnull, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attcollation,
        EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY(i.indkey))
@@ -221,11 +220,6 @@ class _Live:
             row = next(iter(self._rows(_RELATION, {"name": name[1], "path": path})), None)
             self.tables[name] = row and (row[0], _qualified(row[1], row[2]), *table_sizes.size(self, row))
         return self.tables[name]
-
-    def volatile(self, functions: set[str]) -> bool:
-        if not functions:
-            return False
-        return bool(self._rows(_VOLATILE, (sorted(functions),)))
 
     def column(self, oid: int, column: str):
         return next(iter(self._rows(_COLUMN, (oid, column))), None)
