@@ -173,6 +173,9 @@ def password_role(pg: Server) -> str:
     return PASSWORD_USER
 
 
+TABLES = "SELECT table_name FROM information_schema.tables WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+
+
 @dataclass
 class Database:
     server: Server
@@ -214,8 +217,7 @@ class Database:
         self._watchers.clear()
 
     def tables(self) -> set[str]:
-        return {r[0] for r in self.query(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema NOT IN ('pg_catalog', 'information_schema')")}
+        return {r[0] for r in self.query(TABLES)}
 
     def db_env(self) -> dict[str, str]:
         """The seed's DB_* variables pointing at this database."""
@@ -433,9 +435,12 @@ def add_migration(sql_dir: Path, name: str, sql: str | bytes, rollback: str | No
 
 def applied(db) -> list[str]:
     """The ids yoyo marks applied, in id order ([] before the bookkeeping exists)."""
-    if "_yoyo_migration" not in db.tables():
-        return []
-    return [r[0] for r in db.query("SELECT migration_id FROM public._yoyo_migration ORDER BY migration_id")]
+    with db.server.connect(db.name) as conn, conn.cursor() as cur:  # (one fresh session for both looks, not two)
+        cur.execute(TABLES)
+        if "_yoyo_migration" not in {r[0] for r in cur.fetchall()}:
+            return []
+        cur.execute("SELECT migration_id FROM public._yoyo_migration ORDER BY migration_id")
+        return [r[0] for r in cur.fetchall()]
 
 
 def migrate(cli, db, sql_dir, *args):
