@@ -90,6 +90,37 @@ def test_a_no_op_migrate_makes_no_table_and_sends_no_failing_statement(cli, db, 
     assert counts.total <= 29  # (bench/statements.py's no-op: 63 before this)
 
 
+BOOKKEEPING_READ = "SELECT migration_id, sha256 FROM"  # (state.bookkeeping's checksums: once per read of it)
+
+
+def _up_to_date(sql_dir) -> str:
+    files = len([p for p in sql_dir.glob("*.sql") if not p.name.endswith(".rollback.sql")])
+    return f"PostgreSQL: up to date ({files} of {files} migrations applied)"
+
+
+def test_a_no_op_migrate_reads_the_bookkeeping_once_and_reports_from_it(cli, db, sql_dir):
+    add_migration(sql_dir, "0100_t", "CREATE TABLE t (id int PRIMARY KEY);", "DROP TABLE t;")
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    with counting() as counts:
+        result = ok(migrate(cli, db, sql_dir))
+    assert sum(n for text, n in counts.by_text.items() if text.startswith(BOOKKEEPING_READ)) == 1
+    assert _up_to_date(sql_dir) in result.stdout
+
+
+def test_a_migrate_that_repaired_the_bookkeeping_reports_what_it_holds_after_the_repair(cli, db, sql_dir):
+    # A mark lost (a runner killed between the migration's commit and yoyo's mark): the run marks it, runs nothing,
+    # and its summary counts it applied (the bookkeeping read again, not the read from before the repair).
+    add_migration(sql_dir, "0100_t", "CREATE TABLE t (id int PRIMARY KEY);", "DROP TABLE t;")
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    marked = applied(db)
+    db.query("DELETE FROM public._yoyo_migration WHERE migration_id = '0100_t'")
+    with counting() as counts:
+        result = ok(migrate(cli, db, sql_dir))
+    assert "marked 0100_t applied" in result.stderr and applied(db) == marked
+    assert _up_to_date(sql_dir) in result.stdout
+    assert sum(n for text, n in counts.by_text.items() if text.startswith(BOOKKEEPING_READ)) == 2
+
+
 def test_a_lock_table_gone_since_the_last_run_is_made_again_and_verified(cli, db, sql_dir):
     add_migration(sql_dir, "0100_t", "CREATE TABLE t (id int PRIMARY KEY);", "DROP TABLE t;")
     ok(migrate(cli, db, sql_dir, "--quiet"))

@@ -51,7 +51,9 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         # nothing to describe when nothing is pending; else advancing_schema describes it, under the lock.
         if schema.live is not None or schema.recorded is None or backend.to_apply(migrations):
             _apply_pending(settings, backend, target, migrations, schema, applied)
-        states = postgres.status(backend, migrations)
+            states = postgres.status(backend, migrations)
+        else:  # nothing ran: the bookkeeping is as reconcile read it (unless it repaired some: read again)
+            states = postgres.status(backend, migrations, postgres.reconciled(backend))
     done, no_file = postgres.applied_counts(states)
     return SqlMigrateReport(applied, done, len(migrations), no_file)
 

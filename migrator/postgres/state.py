@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -96,8 +97,9 @@ def applied_ids(backend, migrations=None) -> dict[str, datetime]:
     return bookkeeping(backend, migrations).applied
 
 
-def status(backend, migrations) -> list[MigrationState]:
-    books = bookkeeping(backend, migrations)
+def status(backend, migrations, books: Bookkeeping | None = None) -> list[MigrationState]:
+    """`books`: the bookkeeping as read a moment ago (reconciled()), else read now."""
+    books = books or bookkeeping(backend, migrations)
     changed = {d.id for d in drift_of(migrations, books)}
     states = [MigrationState(m.id, Path(m.path), books.applied.get(m.id), m.id in changed, _failure(books, m.id))
               for m in ordered(migrations)]
@@ -129,6 +131,16 @@ def pending(backend, migrations):
     return todo
 
 
+# The bookkeeping reconcile read, per backend, when it changed none of it: a migrate that then runs nothing reports
+# from it rather than read it again (nothing was written since: the run holds the lock). Taken once (reconciled).
+_unchanged: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def reconciled(backend) -> Bookkeeping | None:
+    """The bookkeeping the last reconcile on `backend` read and left as it was, once; None when it changed any."""
+    return _unchanged.pop(backend, None)
+
+
 def reconcile(backend, migrations, notify) -> list:
     """Under the lock, before migrating: repair and record what earlier runs left, return the drift.
 
@@ -138,6 +150,7 @@ def reconcile(backend, migrations, notify) -> list:
     """
     from yoyo.migrations import MigrationList
 
+    _unchanged.pop(backend, None)
     books = bookkeeping(backend, migrations)
     if books.flyway is None and history.flyway.is_flyway(migrations):
         history.refuse_other_table(backend, migrations, notify)
@@ -161,9 +174,11 @@ def reconcile(backend, migrations, notify) -> list:
     recorded_now = checksums.record_missing(backend, migrations, applied, books.sums)
     if recorded_now:
         notify(f"note: recorded the checksums of {len(recorded_now)} migration(s) applied before drift detection")
-    checksums.clear_failures(backend, [i for i, what in books.failures.items()
-                                       if i in applied and not what.startswith(checksums.ROLLBACK)])
+    settled = [i for i, what in books.failures.items() if i in applied and not what.startswith(checksums.ROLLBACK)]
+    checksums.clear_failures(backend, settled)
     books.applied = {i: at for i, at in books.applied.items() if i in applied}
+    if not (committed or recorded_now or settled):
+        _unchanged[backend] = books
     return drift_of(migrations, books)
 
 
