@@ -107,6 +107,16 @@ def test_a_no_op_migrate_reads_the_bookkeeping_once_and_reports_from_it(cli, db,
     assert _up_to_date(sql_dir) in result.stdout
 
 
+def test_the_drift_check_reads_the_runs_history_with_the_recorded_schema(cli, db, sql_dir):
+    # hcm.history (a Flyway folder's history among several in a schema) comes back with the record, not in a read
+    # of its own (what it scopes: test_flyway_owned.py)
+    add_migration(sql_dir, "0100_t", "CREATE TABLE t (id int PRIMARY KEY);", "DROP TABLE t;")
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    with counting() as counts:
+        ok(migrate(cli, db, sql_dir, "--quiet"))
+    assert [text for text in counts.by_text if "current_setting(%s" in text] == []
+
+
 def test_a_migrate_that_repaired_the_bookkeeping_reports_what_it_holds_after_the_repair(cli, db, sql_dir):
     # A mark lost (a runner killed between the migration's commit and yoyo's mark): the run marks it, runs nothing,
     # and its summary counts it applied (the bookkeeping read again, not the read from before the repair).

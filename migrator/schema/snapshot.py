@@ -57,8 +57,10 @@ ON CONFLICT (history) DO UPDATE SET objects = EXCLUDED.objects, recorded_at = pg
 RANK_COLUMN = "ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS flyway_rank INTEGER"
 LAST_MIGRATION = "SELECT migration_id FROM {schema}.{table} ORDER BY applied_at_utc DESC, migration_id DESC LIMIT 1"
 # (the fingerprint by name: a table recorded before it had that column reads as NULL)
+# (and this session's history, hcm.history, which live_drift reads next: one statement)
 READ = ("SELECT sha256, last_migration, recorded_at, recorded_by, reason, "
-        "pg_catalog.jsonb_extract_path_text(pg_catalog.to_jsonb(s.*), 'fingerprint') FROM {schema}.{table} s")
+        "pg_catalog.jsonb_extract_path_text(pg_catalog.to_jsonb(s.*), 'fingerprint'), "
+        "pg_catalog.current_setting('hcm.history', true) FROM {schema}.{table} s")
 
 
 @dataclass
@@ -312,12 +314,17 @@ def _store(conn, schema: str, description: Description, reason: str, taken: str 
 
 def recorded(conn, schema: str) -> Snapshot | None:
     """The recorded snapshot's facts (not its description), or None when nothing was recorded. Reads only."""
+    return _recorded(conn, schema)[0]
+
+
+def _recorded(conn, schema: str) -> tuple[Snapshot | None, str | None]:
+    """recorded(), and this session's history (_history) when there is a record."""
     with conn.cursor() as cursor:
         if not _exists(cursor, schema, TABLE):
-            return None
+            return None, None
         cursor.execute(_sql(READ, schema))
         row = cursor.fetchone()
-    return Snapshot(row[0].strip(), *row[1:]) if row else None
+    return (Snapshot(row[0].strip(), *row[1:-1]), row[-1] or None) if row else (None, None)
 
 
 def recorded_description(conn, schema: str) -> Description | None:
@@ -339,10 +346,9 @@ def live_drift(conn, schema: str, described: Description | None = None, refresh:
     measured against a description it takes itself, never a pre-read one. So it is when the catalog's fingerprint
     is the one recorded with the description (fingerprint.py); `refresh` (a writing connection, under the lock)
     records the fingerprint anew when the live schema is found as recorded."""
-    snapshot = recorded(conn, schema)
+    snapshot, history = _recorded(conn, schema)
     if snapshot is None:
         return DriftReport(None)
-    history = _history(conn)
     if history:  # the record is the schema's; its last migration may be another service's: name this history's
         snapshot = replace(snapshot, last_migration=_last_of(conn, schema, history))
     if described is not None and described.sha256 == snapshot.sha256:
