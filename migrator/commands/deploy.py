@@ -14,23 +14,30 @@ from migrator.reports import (MONGO_NOT_CONFIGURED, ImpactReport, Lines, Migrate
                               SqlMigrateReport, StatusReport)
 
 
-def migrate(settings: CommandSettings) -> MigrateReport:
+def migrate(settings: CommandSettings, checked: tuple | None = None) -> MigrateReport:
     """Apply every pending SQL migration, then every pending Mongo patch, for real; show each part when done.
 
     Everything that can be refused is checked before PostgreSQL changes: the files, the Mongo settings
-    and patches, the DDL limits. An edited applied migration refuses the run; live schema drift is said
-    first, and refuses it with --strict. The recorded schema moves forward by what the migrations changed
-    (drift stays drift, for `sql accept-drift`).
+    and patches, the DDL limits (`checked`: checks() made already). An edited applied migration refuses the run;
+    live schema drift is said first, and refuses it with --strict. The recorded schema moves forward by what the
+    migrations changed (drift stays drift, for `sql accept-drift`).
     """
-    from migrator import postgres
-    from migrator.mongo import patches
-
-    migrations = postgres.read_migrations(settings.sql_dir)
-    mongo_target = settings.mongo_target()
-    mongo_patches = patches.discover(settings.mongo_dir) if mongo_target else []
+    migrations, mongo_target, mongo_patches = checked or checks(settings)
     sql = migrate_sql(settings, migrations)
     settings.show(sql)  # before the Mongo part: the Job's log says where PostgreSQL ended, whatever follows
     return MigrateReport(sql, migrate_mongo(settings, mongo_target, mongo_patches))
+
+
+def checks(settings: CommandSettings) -> tuple:
+    """(the SQL files, the Mongo target, its patches: read only where Mongo is configured), each checked."""
+    from migrator import postgres
+
+    migrations, mongo_target = postgres.read_migrations(settings.sql_dir), settings.mongo_target()
+    if not mongo_target:
+        return migrations, mongo_target, []
+    from migrator.mongo import patches
+
+    return migrations, mongo_target, patches.discover(settings.mongo_dir)
 
 
 def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:

@@ -42,15 +42,11 @@ def lint_schemas(given: tuple[str, ...]) -> list[str]:
 
 def migrate(settings: CommandSettings) -> MigrateReport:
     """`migrate`: per schema its PostgreSQL part, one summary, then the Mongo part once (not after a failure)."""
-    from migrator import postgres
-    from migrator.mongo import patches
-
-    postgres.read_migrations(settings.sql_dir)  # a bad file name refuses the run before any schema
-    mongo_target = settings.mongo_target()
-    mongo_patches = patches.discover(settings.mongo_dir) if mongo_target else []
+    checked = deploy.checks(settings)  # a bad file name refuses the run before any schema
+    _, mongo_target, mongo_patches = checked
     target = tenant_target(settings)
     if target is None:
-        return deploy.migrate(settings)
+        return deploy.migrate(settings, checked)
     refuse_outside_tenant(settings.sql_dir, target)
     # --strict refuses on drift: its check must see the schema as it is under the lock, not as the run began.
     summary = SchemasReport("migrate", run(settings, target, _migrate_one, writes=True, pre_read=not settings.strict))
