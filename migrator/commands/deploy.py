@@ -6,12 +6,12 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-from migrator import output, pg_lock
+from migrator import output, pg_lock, reports
 from migrator.commands import mongo as mongo_commands
 from migrator.commands.base import PROJECT_ROOT, CommandSettings, locked_backend, watching
 from migrator.errors import SCHEMA_DRIFT, USAGE, MigratorError
-from migrator.reports import (MONGO_NOT_CONFIGURED, ImpactReport, Lines, MigrateReport, MongoPlanReport, PlanReport,
-                              SqlMigrateReport, StatusReport)
+from migrator.reports import (MONGO_NOT_CONFIGURED, Lines, MigrateReport, MongoPlanReport, PlanReport, SqlMigrateReport,
+                              StatusReport)
 
 
 def migrate(settings: CommandSettings, checked: tuple | None = None) -> MigrateReport:
@@ -306,7 +306,7 @@ def _warn_out_of_order(settings: CommandSettings, backend, migrations, todo) -> 
             settings.note(f"warning: migrate will refuse: {history.out_of_order_refusal(older)}")
 
 
-def impact(settings: CommandSettings, scratch_url: str | None) -> ImpactReport:
+def impact(settings: CommandSettings, scratch_url: str | None) -> reports.ImpactReport:
     """`plan --impact`: each pending migration measured on a scratch database built to the live database's
     applied state; the live database is only read (row estimates, sizes, open transactions). One schema
     per run. SIGTERM drops the scratch database and says so."""
@@ -322,7 +322,7 @@ def impact(settings: CommandSettings, scratch_url: str | None) -> ImpactReport:
                                 "check --schema (or SCHEMA_NAME)", USAGE)
         todo = postgres.pending(backend, migrations)
         if not todo:  # nothing to measure: no scratch database
-            return ImpactReport(target.display_url, "", [])
+            return reports.ImpactReport(target.display_url, "", [])
         postgres.load_migrations(todo)
         drifted = [s.id for s in postgres.status(backend, migrations) if s.changed]
         if drifted:
@@ -341,7 +341,7 @@ def impact(settings: CommandSettings, scratch_url: str | None) -> ImpactReport:
                 raise MigratorError(f"plan --impact: {exc}: stopped; the scratch database on "
                                     f"{measure.server_name(server)} was "
                                     "dropped and the live database was only read", 128 + exc.signum)
-    return ImpactReport(target.display_url, measure.server_name(server), found, skipped,
+    return reports.ImpactReport(target.display_url, measure.server_name(server), found, skipped,
                         [m.id for m in todo[len(found):]])
 
 
