@@ -17,11 +17,10 @@ from migrator.reports import (MONGO_NOT_CONFIGURED, Lines, MigrateReport, MongoP
 def migrate(settings: CommandSettings, checked: tuple | None = None) -> MigrateReport:
     """Apply every pending SQL migration, then every pending Mongo patch, for real; show each part when done.
 
-    Everything that can be refused is checked before PostgreSQL changes: the files, the Mongo settings
-    and patches, the DDL limits (`checked`: checks() made already). An edited applied migration refuses the run;
-    live schema drift is said first, and refuses it with --strict. The recorded schema moves forward by what the
-    migrations changed (drift stays drift, for `sql accept-drift`).
-    """
+    Everything that can be refused is checked before PostgreSQL changes: the files, the Mongo settings and patches,
+    the DDL limits (`checked`: checks() made already). An edited applied migration refuses the run; live schema drift
+    is said first, and refuses it with --strict. The recorded schema moves forward by what the migrations changed
+    (drift stays drift, for `sql accept-drift`)."""
     migrations, mongo_target, mongo_patches = checked or checks(settings)
     sql = migrate_sql(settings, migrations)
     settings.show(sql)  # before the Mongo part: the Job's log says where PostgreSQL ended, whatever follows
@@ -184,7 +183,8 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
     non-transactional file may have committed part); with no change, no failure and not `always`, nothing is.
     `files`: the migrations the block may run; what the ones it ran (after a failure: any of them) name as DDL
     targets is this history's work, in a schema shared by several histories (snapshot.advance)."""
-    from migrator.schema import describe, snapshot
+    from migrator.schema import snapshot
+    from migrator.schema.describe import describe
 
     if before is None:  # (the drift check's description, when it made one, is the same moment's)
         before = describe(backend.connection, backend.bookkeeping_schema)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from migrator import checksums, pg_lock, whoami
 from migrator.schema import fingerprint
-from migrator.schema.describe import describe, scope
-from migrator.schema.diff import diff, summary
-from migrator.schema.model import Description, Item, top_key
 from migrator.schema.targets import bare
 from migrator.tables import MIGRATION_TABLE
+
+if TYPE_CHECKING:  # (the describing code loads where a description is taken or compared: a drift check the
+    # catalog's fingerprint answers, a no-op migrate's, never loads it)
+    from migrator.schema.model import Description, Item
 
 TABLE = "_hcm_schema_snapshot"
 CREATE = """
@@ -100,6 +102,8 @@ class DriftReport:
                 + ["  keep them in a migration, undo them, or after review `runner.py sql accept-drift`"])
 
     def to_json(self) -> dict:
+        from migrator.schema.diff import summary
+
         return {"recorded": self.recorded.to_json() if self.recorded else None,
                 "drifted": self.drifted, "changes": self.changes, "summary": summary(self.changes)}
 
@@ -119,6 +123,8 @@ def _exists(cursor, schema: str, table: str) -> bool:
 def record(conn, schema: str, reason: str) -> Snapshot:
     """Describe the database and record it with its last applied migration. `schema` holds yoyo's
     tables (backend.bookkeeping_schema). Commits when the connection is in autocommit (yoyo's)."""
+    from migrator.schema.describe import describe
+
     taken = _fingerprint(conn, schema)
     return _store(conn, schema, describe(conn, schema), reason, taken)
 
@@ -126,6 +132,10 @@ def record(conn, schema: str, reason: str) -> Snapshot:
 def accept(conn, schema: str, reason: str) -> tuple[Snapshot, int]:
     """Record the live schema as the expected one (accept-drift), and how many changes were left as drift. One
     service's history among several accepts only the objects it owns: another service's drift is for its own review."""
+    from migrator.schema.describe import describe, scope
+    from migrator.schema.diff import diff
+    from migrator.schema.model import Description
+
     history = _history(conn)
     if not history:
         return record(conn, schema, reason), 0
@@ -159,6 +169,8 @@ def advance(conn, schema: str, before: Description, reason: str, claimed=(), nam
     histories, only the changed objects they name are this run's (owned by its history, moved in the record): the
     rest changed meanwhile (another service's run, a hand change) stays as found, for its own history to record.
     `seen` gets the live description taken (the `before` of the run's next change)."""
+    from migrator.schema.describe import describe
+
     taken = _fingerprint(conn, schema)
     now = describe(conn, schema)
     if seen is not None:
@@ -186,6 +198,9 @@ def _named(item: Item, names: set[str]) -> bool:
 
 def _advance(conn, schema: str, before: Description, now: Description, changed, reason: str, claimed: set,
              taken):
+    from migrator.schema.describe import scope
+    from migrator.schema.model import Description
+
     recorded_before = recorded_description(conn, schema)
     if recorded_before is None:
         return _store(conn, schema, now, reason, taken)
@@ -207,6 +222,8 @@ def _advance(conn, schema: str, before: Description, now: Description, changed, 
 
 def top(item: Item) -> str:
     """The top-level object an item is or belongs to ("table public.plan" for its columns and indexes)."""
+    from migrator.schema.model import top_key
+
     return item.parent or top_key(item.kind, item.name)
 
 
@@ -278,6 +295,9 @@ def set_owned(conn, schema: str, history: str, objects: set[str]) -> None:
 def take_over(conn, schema: str, history: str, names: set[str], reason: str) -> None:
     """Files applied on this history by another tool (Flyway, before or after the runner): the objects they name
     (as `advance` names them) are this history's work, taken into its own and into the record as they are now."""
+    from migrator.schema.describe import describe, scope
+    from migrator.schema.model import Description
+
     live = describe(conn, schema)
     mine = {key: item for key, item in live.items.items() if _named(item, names)}
     set_owned(conn, schema, history, (owned(conn, schema, history) or set()) | {top(item) for item in mine.values()})
@@ -333,6 +353,8 @@ def recorded_description(conn, schema: str) -> Description | None:
             return None
         cursor.execute(_sql("SELECT description FROM {schema}.{table}", schema))
         row = cursor.fetchone()
+    from migrator.schema.model import Description
+
     return Description.from_json(row[0]) if row else None
 
 
@@ -356,6 +378,9 @@ def live_drift(conn, schema: str, described: Description | None = None, refresh:
     taken = fingerprint.take(conn, schema) if snapshot.fingerprint or refresh else None
     if taken is not None and taken == snapshot.fingerprint:
         return DriftReport(snapshot)
+    from migrator.schema.describe import describe, scope
+    from migrator.schema.diff import diff
+
     live = describe(conn, schema)
     if live.sha256 == snapshot.sha256:
         if refresh:
