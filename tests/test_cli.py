@@ -1,6 +1,5 @@
 """The command line's shape: every command's --help works without importing a driver, and errors are one line."""
 
-import os
 import re
 import subprocess
 import sys
@@ -35,26 +34,6 @@ def test_help_of_every_command_imports_no_driver(path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"Usage: runner.py {' '.join(path)}".rstrip())
     assert done.stdout.splitlines()[-1] == "IMPORTED "  # none of them
-
-
-# What a no-op migrate (all applied, Mongo not configured) never runs, so never imports (issue 22: a fast no-op):
-# a file's reading, running and judging, a failure's words, a Flyway folder's history, Mongo's patches, doctor,
-# the reports of other commands, the describing code (the catalog's fingerprint answers the drift check).
-NOT_FOR_A_NO_OP = ("migrator.postgres.file_step", "migrator.postgres.running", "migrator.postgres.rewrites",
-                   "migrator.postgres.concurrently", "migrator.postgres.history", "migrator.postgres.backfill",
-                   "migrator.postgres.splitter", "migrator.mongo.patches", "migrator.doctor", "migrator.reports.tenants",
-                   "migrator.reports.impact", "migrator.schema.describe", "migrator.schema.diff", "migrator.schema.model")
-
-
-def test_a_no_op_migrate_imports_none_of_what_it_does_not_run(db, sql_dir, tmp_path):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "MONGO_", "AWS_"))},
-           **db.db_env(), "PYTHONPATH": str(PROJECT_ROOT)}
-    args = [sys.executable, "-c", PROBE.format(heavy=NOT_FOR_A_NO_OP), "migrate", "--sql-dir", str(sql_dir)]
-    first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert first.returncode == 0 and "applied 0001" in first.stdout, first.stderr  # (a file ran: some are loaded)
-    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert again.returncode == 0 and "up to date" in again.stdout, again.stderr
-    assert again.stdout.splitlines()[-1] == "IMPORTED "  # none of them
 
 
 def test_runner_py_is_only_the_entry_point():
