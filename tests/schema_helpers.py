@@ -42,7 +42,7 @@ def migration_files(sql_dir: Path) -> list[Path]:
 def describe_db(db: Database):
     import psycopg2
 
-    from migrator.schema import describe
+    from migrator.schema.describe import describe
 
     conn = psycopg2.connect(db.url)
     try:

@@ -1,11 +1,16 @@
-"""Reads that cannot change within a run are made once (issue 22: round trips per everyday command).
+"""Reads that cannot change within a run are made once (issue 22: round trips per everyday command), and a no-op
+imports only what it runs.
 
 Counted, never timed: bench/statements.py wraps psycopg2.connect and counts what every connection sends."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from bench.statements import counting
-from conftest import add_migration, applied, migrate, ok
+from conftest import PROJECT_ROOT, add_migration, applied, migrate, ok
 
 # pinned.catalog_path's statements: the file's path read and pg_catalog set, then the path set back.
 CATALOG_PATH = ("SELECT pg_catalog.current_setting('search_path'), pg_catalog.set_config('search_path',",
@@ -87,7 +92,48 @@ def test_a_no_op_migrate_makes_no_table_and_sends_no_failing_statement(cli, db, 
         ok(migrate(cli, db, sql_dir, "--quiet"))
     ddl = [text for text in counts.by_text if text.startswith(("CREATE", "DROP", "ALTER"))]
     assert ddl == [] and counts.by_text["ROLLBACK"] == 0
-    assert counts.total <= 29  # (bench/statements.py's no-op: 63 before this)
+    assert counts.total <= 25  # (bench/statements.py's no-op: 63, then 29, before this)
+
+
+BOOKKEEPING_READ = "SELECT migration_id, sha256 FROM"  # (state.bookkeeping's checksums: once per read of it)
+
+
+def _up_to_date(sql_dir) -> str:
+    files = len([p for p in sql_dir.glob("*.sql") if not p.name.endswith(".rollback.sql")])
+    return f"PostgreSQL: up to date ({files} of {files} migrations applied)"
+
+
+def test_a_no_op_migrate_reads_the_bookkeeping_once_and_reports_from_it(cli, db, sql_dir):
+    add_migration(sql_dir, "0100_t", "CREATE TABLE t (id int PRIMARY KEY);", "DROP TABLE t;")
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    with counting() as counts:
+        result = ok(migrate(cli, db, sql_dir))
+    assert sum(n for text, n in counts.by_text.items() if text.startswith(BOOKKEEPING_READ)) == 1
+    assert _up_to_date(sql_dir) in result.stdout
+
+
+def test_the_drift_check_reads_the_runs_history_with_the_recorded_schema(cli, db, sql_dir):
+    # hcm.history (a Flyway folder's history among several in a schema) comes back with the record, not in a read
+    # of its own (what it scopes: test_flyway_owned.py)
+    add_migration(sql_dir, "0100_t", "CREATE TABLE t (id int PRIMARY KEY);", "DROP TABLE t;")
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    with counting() as counts:
+        ok(migrate(cli, db, sql_dir, "--quiet"))
+    assert [text for text in counts.by_text if "current_setting(%s" in text] == []
+
+
+def test_a_migrate_that_repaired_the_bookkeeping_reports_what_it_holds_after_the_repair(cli, db, sql_dir):
+    # A mark lost (a runner killed between the migration's commit and yoyo's mark): the run marks it, runs nothing,
+    # and its summary counts it applied (the bookkeeping read again, not the read from before the repair).
+    add_migration(sql_dir, "0100_t", "CREATE TABLE t (id int PRIMARY KEY);", "DROP TABLE t;")
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    marked = applied(db)
+    db.query("DELETE FROM public._yoyo_migration WHERE migration_id = '0100_t'")
+    with counting() as counts:
+        result = ok(migrate(cli, db, sql_dir))
+    assert "marked 0100_t applied" in result.stderr and applied(db) == marked
+    assert _up_to_date(sql_dir) in result.stdout
+    assert sum(n for text, n in counts.by_text.items() if text.startswith(BOOKKEEPING_READ)) == 2
 
 
 def test_a_lock_table_gone_since_the_last_run_is_made_again_and_verified(cli, db, sql_dir):
@@ -117,3 +163,33 @@ def test_each_files_ddl_targets_are_parsed_once_and_an_edited_file_afresh(tmp_pa
     path.write_text("CREATE TABLE round_trip_b (id int);")
     assert targets.named([path]) == {"round_trip_b"}
     assert len(parsed) == 2
+
+
+# What a no-op migrate (all applied, Mongo not configured) never runs, so never imports: a file's reading, running
+# and judging, a failure's words, a Flyway folder's history, Mongo's patches, doctor, the reports of other commands,
+# the describing code (the catalog's fingerprint answers the drift check).
+NOT_FOR_A_NO_OP = ("migrator.postgres.file_step", "migrator.postgres.running", "migrator.postgres.rewrites",
+                   "migrator.postgres.concurrently", "migrator.postgres.history", "migrator.postgres.backfill",
+                   "migrator.postgres.splitter", "migrator.mongo.patches", "migrator.doctor", "migrator.reports.tenants",
+                   "migrator.reports.impact", "migrator.schema.describe", "migrator.schema.diff", "migrator.schema.model")
+NO_OP_PROBE = """
+import sys
+from migrator.cli import cli
+try:
+    cli(sys.argv[1:], prog_name="runner.py")
+except SystemExit as exit:
+    code = exit.code
+print("IMPORTED", ",".join(m for m in {modules!r} if m in sys.modules))
+raise SystemExit(code)
+"""
+
+
+def test_a_no_op_migrate_imports_none_of_what_it_does_not_run(db, sql_dir, tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "MONGO_", "AWS_"))},
+           **db.db_env(), "PYTHONPATH": str(PROJECT_ROOT)}
+    args = [sys.executable, "-c", NO_OP_PROBE.format(modules=NOT_FOR_A_NO_OP), "migrate", "--sql-dir", str(sql_dir)]
+    first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert first.returncode == 0 and "applied 0001" in first.stdout, first.stderr  # (a file ran: some are loaded)
+    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stderr
+    assert again.stdout.splitlines()[-1] == "IMPORTED "  # none of them

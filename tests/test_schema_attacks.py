@@ -13,7 +13,9 @@ from schema_helpers import db_target, describe_db
 
 from migrator import postgres
 from migrator.errors import MigratorError
-from migrator.schema import describe, diff, snapshot
+from migrator.schema import snapshot
+from migrator.schema.describe import describe
+from migrator.schema.diff import diff
 from migrator.schema.generate import stale_summary
 
 T = "hcm_report_metadata"

@@ -7,7 +7,8 @@ import pytest
 from conftest import PASSWORD_USER, _drop_database, _new_database
 from schema_helpers import KINDS, REPO_SQL, describe_db, migration_files, psql_all, with_kinds
 
-from migrator.schema import describe, diff, summary
+from migrator.schema.describe import describe
+from migrator.schema.diff import diff, summary
 
 
 def test_runner_and_psql_give_byte_identical_descriptions(cli, make_db, sql_dir):

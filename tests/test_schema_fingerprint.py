@@ -9,6 +9,7 @@ from schema_helpers import db_target
 from test_schema_describe import CHANGES, kinds_db  # noqa: F401 (the fixture: the repository's schema + every kind)
 
 from migrator import postgres
+import migrator.schema.describe as describing
 from migrator.schema import fingerprint, snapshot
 
 T = "hcm_report_metadata"
@@ -28,7 +29,7 @@ def test_an_unchanged_catalog_is_answered_from_the_fingerprint(kinds_db, monkeyp
         stored = snapshot.record(conn, "public", "test")  # (the first one may have made the table: a catalog change)
         assert stored.fingerprint == fingerprint.take(conn, "public")
         with monkeypatch.context() as patched:
-            patched.setattr(snapshot, "describe", _no_describing)
+            patched.setattr(describing, "describe", _no_describing)
             report = snapshot.live_drift(conn, "public")
         assert not report.drifted and report.recorded.sha256 == stored.sha256 and report.live is None
 

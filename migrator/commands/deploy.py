@@ -6,31 +6,37 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-from migrator import output, pg_lock
+from migrator import output, pg_lock, reports
 from migrator.commands import mongo as mongo_commands
 from migrator.commands.base import PROJECT_ROOT, CommandSettings, locked_backend, watching
 from migrator.errors import SCHEMA_DRIFT, USAGE, MigratorError
-from migrator.reports import (MONGO_NOT_CONFIGURED, ImpactReport, Lines, MigrateReport, MongoPlanReport, PlanReport,
-                              SqlMigrateReport, StatusReport)
+from migrator.reports import (MONGO_NOT_CONFIGURED, Lines, MigrateReport, MongoPlanReport, PlanReport, SqlMigrateReport,
+                              StatusReport)
 
 
-def migrate(settings: CommandSettings) -> MigrateReport:
+def migrate(settings: CommandSettings, checked: tuple | None = None) -> MigrateReport:
     """Apply every pending SQL migration, then every pending Mongo patch, for real; show each part when done.
 
-    Everything that can be refused is checked before PostgreSQL changes: the files, the Mongo settings
-    and patches, the DDL limits. An edited applied migration refuses the run; live schema drift is said
-    first, and refuses it with --strict. The recorded schema moves forward by what the migrations changed
-    (drift stays drift, for `sql accept-drift`).
-    """
-    from migrator import postgres
-    from migrator.mongo import patches
-
-    migrations = postgres.read_migrations(settings.sql_dir)
-    mongo_target = settings.mongo_target()
-    mongo_patches = patches.discover(settings.mongo_dir) if mongo_target else []
+    Everything that can be refused is checked before PostgreSQL changes: the files, the Mongo settings and patches,
+    the DDL limits (`checked`: checks() made already). An edited applied migration refuses the run; live schema drift
+    is said first, and refuses it with --strict. The recorded schema moves forward by what the migrations changed
+    (drift stays drift, for `sql accept-drift`)."""
+    migrations, mongo_target, mongo_patches = checked or checks(settings)
     sql = migrate_sql(settings, migrations)
     settings.show(sql)  # before the Mongo part: the Job's log says where PostgreSQL ended, whatever follows
     return MigrateReport(sql, migrate_mongo(settings, mongo_target, mongo_patches))
+
+
+def checks(settings: CommandSettings) -> tuple:
+    """(the SQL files, the Mongo target, its patches: read only where Mongo is configured), each checked."""
+    from migrator import postgres
+
+    migrations, mongo_target = postgres.read_migrations(settings.sql_dir), settings.mongo_target()
+    if not mongo_target:
+        return migrations, mongo_target, []
+    from migrator.mongo import patches
+
+    return migrations, mongo_target, patches.discover(settings.mongo_dir)
 
 
 def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
@@ -51,7 +57,9 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         # nothing to describe when nothing is pending; else advancing_schema describes it, under the lock.
         if schema.live is not None or schema.recorded is None or backend.to_apply(migrations):
             _apply_pending(settings, backend, target, migrations, schema, applied)
-        states = postgres.status(backend, migrations)
+            states = postgres.status(backend, migrations)
+        else:  # nothing ran: the bookkeeping is as reconcile read it (unless it repaired some: read again)
+            states = postgres.status(backend, migrations, postgres.reconciled(backend))
     done, no_file = postgres.applied_counts(states)
     return SqlMigrateReport(applied, done, len(migrations), no_file)
 
@@ -175,7 +183,8 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
     non-transactional file may have committed part); with no change, no failure and not `always`, nothing is.
     `files`: the migrations the block may run; what the ones it ran (after a failure: any of them) name as DDL
     targets is this history's work, in a schema shared by several histories (snapshot.advance)."""
-    from migrator.schema import describe, snapshot
+    from migrator.schema import snapshot
+    from migrator.schema.describe import describe
 
     if before is None:  # (the drift check's description, when it made one, is the same moment's)
         before = describe(backend.connection, backend.bookkeeping_schema)
@@ -297,7 +306,7 @@ def _warn_out_of_order(settings: CommandSettings, backend, migrations, todo) -> 
             settings.note(f"warning: migrate will refuse: {history.out_of_order_refusal(older)}")
 
 
-def impact(settings: CommandSettings, scratch_url: str | None) -> ImpactReport:
+def impact(settings: CommandSettings, scratch_url: str | None) -> reports.ImpactReport:
     """`plan --impact`: each pending migration measured on a scratch database built to the live database's
     applied state; the live database is only read (row estimates, sizes, open transactions). One schema
     per run. SIGTERM drops the scratch database and says so."""
@@ -313,7 +322,7 @@ def impact(settings: CommandSettings, scratch_url: str | None) -> ImpactReport:
                                 "check --schema (or SCHEMA_NAME)", USAGE)
         todo = postgres.pending(backend, migrations)
         if not todo:  # nothing to measure: no scratch database
-            return ImpactReport(target.display_url, "", [])
+            return reports.ImpactReport(target.display_url, "", [])
         postgres.load_migrations(todo)
         drifted = [s.id for s in postgres.status(backend, migrations) if s.changed]
         if drifted:
@@ -332,7 +341,7 @@ def impact(settings: CommandSettings, scratch_url: str | None) -> ImpactReport:
                 raise MigratorError(f"plan --impact: {exc}: stopped; the scratch database on "
                                     f"{measure.server_name(server)} was "
                                     "dropped and the live database was only read", 128 + exc.signum)
-    return ImpactReport(target.display_url, measure.server_name(server), found, skipped,
+    return reports.ImpactReport(target.display_url, measure.server_name(server), found, skipped,
                         [m.id for m in todo[len(found):]])
 
 

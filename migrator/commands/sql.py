@@ -7,8 +7,8 @@ from pathlib import Path
 from migrator.commands.base import CommandSettings, locked_backend, scratch_server, watching
 from migrator.commands.deploy import advancing_schema, check_schema_drift, record_schema
 from migrator.errors import USAGE, MigratorError
+from migrator import reports
 from migrator.reports import Lines, RollbackReport
-from migrator.reports.tenants import CountedLines
 
 
 def rollback(settings: CommandSettings, *, count: int | None, to: str | None, all_: bool) -> RollbackReport:
@@ -44,7 +44,7 @@ def new(sql_dir: Path, name: str) -> Lines:
     return Lines(lines)
 
 
-def mark(settings: CommandSettings, ids: list[str]) -> CountedLines:
+def mark(settings: CommandSettings, ids: list[str]) -> reports.CountedLines:
     """Record migrations as applied without running them (adopting a database by trust; see adopt)."""
     from migrator import postgres
 
@@ -57,11 +57,11 @@ def mark(settings: CommandSettings, ids: list[str]) -> CountedLines:
         postgres.mark(backend, todo)
         if todo:  # not over drift: what changed by hand is shown and accepted only after review (accept-drift)
             record_schema(settings, backend, "mark", schema)
-    return CountedLines([f"  {'already applied' if m.id in already else 'marked applied'}: {m.id}" for m in selected],
-                        len(todo))
+    return reports.CountedLines(
+        [f"  {'already applied' if m.id in already else 'marked applied'}: {m.id}" for m in selected], len(todo))
 
 
-def accept_changes(settings: CommandSettings, ids: list[str]) -> CountedLines:
+def accept_changes(settings: CommandSettings, ids: list[str]) -> reports.CountedLines:
     """After review, record the current content of applied migrations as what was applied."""
     from migrator import checksums, postgres
     from migrator.postgres import flyway, history
@@ -77,11 +77,11 @@ def accept_changes(settings: CommandSettings, ids: list[str]) -> CountedLines:
         changes = checksums.accept(backend, selected)
         if flyway.is_flyway(selected):  # Flyway's table too (as `flyway repair` realigns checksums)
             history.accept(backend, selected)
-    return CountedLines([f"  accepted {c.id}: sha256 {c.current[:12]} (was {c.recorded[:12] or 'nothing'})"
-                         for c in changes], len(changes))
+    return reports.CountedLines([f"  accepted {c.id}: sha256 {c.current[:12]} (was {c.recorded[:12] or 'nothing'})"
+                                 for c in changes], len(changes))
 
 
-def repair(settings: CommandSettings, ids: list[str]) -> CountedLines:
+def repair(settings: CommandSettings, ids: list[str]) -> reports.CountedLines:
     """A Flyway folder: remove the failed rows (of IDS, else all) from Flyway's table, as `flyway repair` does,
     so the next migrate runs those files again (after what they left was undone by hand)."""
     from migrator import postgres
@@ -95,10 +95,10 @@ def repair(settings: CommandSettings, ids: list[str]) -> CountedLines:
     with locked_backend(settings) as (backend, _):
         with backend.transaction():
             removed = history.forget_failed(backend, selected)
-    return CountedLines([f"  removed {removed} failed row(s) from {history.table_name(backend)}"], removed)
+    return reports.CountedLines([f"  removed {removed} failed row(s) from {history.table_name(backend)}"], removed)
 
 
-def accept_drift(settings: CommandSettings) -> CountedLines:
+def accept_drift(settings: CommandSettings) -> reports.CountedLines:
     """After review, record the live schema as the expected one (clears schema drift)."""
     from migrator import postgres
     from migrator.postgres import history
@@ -113,8 +113,9 @@ def accept_drift(settings: CommandSettings) -> CountedLines:
     accepted = [f"  accepted: {line}" for line in before.changes]
     others = ([f"schema: {left} change(s) in objects this history ({backend.history}) does not own left as drift "
                "(their own service's `sql accept-drift` reviews them)"] if left else [])
-    return CountedLines(accepted + [f"schema: recorded as it is now (sha256 {recorded.sha256[:12]}, last migration "
-                                    f"{recorded.last_migration or 'none'})"] + others, len(before.changes))
+    line = (f"schema: recorded as it is now (sha256 {recorded.sha256[:12]}, last migration "
+            f"{recorded.last_migration or 'none'})")
+    return reports.CountedLines(accepted + [line] + others, len(before.changes))
 
 
 def verify(settings: CommandSettings, *, from_id: str | None, scratch_url: str | None, schema: str | None = None):
@@ -180,7 +181,7 @@ def _pending_ids(settings: CommandSettings, migrations) -> set[str]:
     return ids
 
 
-def break_lock(settings: CommandSettings) -> CountedLines:
+def break_lock(settings: CommandSettings) -> reports.CountedLines:
     """Remove the lock row a dead runner left; a live runner's lock is refused (naming it)."""
     from migrator import pg_lock, postgres
 
@@ -188,5 +189,5 @@ def break_lock(settings: CommandSettings) -> CountedLines:
     with postgres.connect(target, read_only=False) as backend:
         removed = pg_lock.break_dead(backend, target)
         where = pg_lock.place(backend, target)
-    return CountedLines([f"removed the migration lock on {where}" if removed
-                         else f"no migration lock to remove on {where}"], int(removed))
+    return reports.CountedLines([f"removed the migration lock on {where}" if removed
+                                 else f"no migration lock to remove on {where}"], int(removed))

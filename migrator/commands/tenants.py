@@ -15,12 +15,12 @@ import threading
 import time
 from typing import Callable
 
-from migrator import output, pg_lock
+from migrator import output, pg_lock, reports
 from migrator.commands import deploy
 from migrator.commands import sql as sql_commands
 from migrator.commands.base import CommandSettings
 from migrator.errors import FAILED, USAGE, MigratorError
-from migrator.reports import MigrateReport, SchemaOutcome, SchemasPlanReport, SchemasReport, SchemasStatusReport
+from migrator.reports import MigrateReport
 
 _printing = threading.Lock()  # one line at a time from parallel schemas
 
@@ -42,18 +42,15 @@ def lint_schemas(given: tuple[str, ...]) -> list[str]:
 
 def migrate(settings: CommandSettings) -> MigrateReport:
     """`migrate`: per schema its PostgreSQL part, one summary, then the Mongo part once (not after a failure)."""
-    from migrator import postgres
-    from migrator.mongo import patches
-
-    postgres.read_migrations(settings.sql_dir)  # a bad file name refuses the run before any schema
-    mongo_target = settings.mongo_target()
-    mongo_patches = patches.discover(settings.mongo_dir) if mongo_target else []
+    checked = deploy.checks(settings)  # a bad file name refuses the run before any schema
+    _, mongo_target, mongo_patches = checked
     target = tenant_target(settings)
     if target is None:
-        return deploy.migrate(settings)
+        return deploy.migrate(settings, checked)
     refuse_outside_tenant(settings.sql_dir, target)
     # --strict refuses on drift: its check must see the schema as it is under the lock, not as the run began.
-    summary = SchemasReport("migrate", run(settings, target, _migrate_one, writes=True, pre_read=not settings.strict))
+    summary = reports.SchemasReport("migrate", run(settings, target, _migrate_one, writes=True,
+                                                   pre_read=not settings.strict))
     settings.show(summary)
     _stop_if_interrupted(summary)
     if summary.failed:
@@ -131,7 +128,7 @@ def adopt(settings: CommandSettings, *, yes: bool, scratch_url: str | None):
             raise exc
         return report
 
-    return _finished(settings, SchemasReport("adopt", run(settings, target, one, writes=False)), show=True)
+    return _finished(settings, reports.SchemasReport("adopt", run(settings, target, one, writes=False)), show=True)
 
 
 def verify(settings: CommandSettings, *, from_id: str | None, scratch_url: str | None, schemas: tuple[str, ...]):
@@ -145,7 +142,7 @@ def verify(settings: CommandSettings, *, from_id: str | None, scratch_url: str |
     return sql_commands.verify(settings, from_id=from_id, scratch_url=scratch_url, schema=names[0] if names else None)
 
 
-def _stop_if_interrupted(summary: SchemasReport) -> None:
+def _stop_if_interrupted(summary: reports.SchemasReport) -> None:
     """SIGTERM stopped the run: the summary was shown; one line says what ran and what did not."""
     from migrator import interrupt
 
@@ -161,7 +158,7 @@ def _stop_if_interrupted(summary: SchemasReport) -> None:
                         f"{summary.rerun(fix='')}", 128 + signum)
 
 
-def rollback(settings: CommandSettings, **how) -> SchemasReport | object:
+def rollback(settings: CommandSettings, **how) -> reports.SchemasReport | object:
     target = tenant_target(settings)
     if target is not None:
         refuse_outside_tenant(settings.sql_dir, target, rollbacks=True)
@@ -190,7 +187,7 @@ def _each(settings: CommandSettings, command: str, work: Callable[[CommandSettin
     target = tenant_target(settings)
     if target is None:
         return work(settings)
-    return _finished(settings, SchemasReport(command, run(settings, target, lambda s: _said(s, work(s)),
+    return _finished(settings, reports.SchemasReport(command, run(settings, target, lambda s: _said(s, work(s)),
                                                           writes=True)))
 
 
@@ -205,7 +202,7 @@ def status(settings: CommandSettings):
     from migrator.commands import mongo as mongo_commands
 
     mongo = mongo_commands.patch_status(settings, mongo_target) if mongo_target else None
-    return SchemasStatusReport(target.display_url, outcomes, mongo)
+    return reports.SchemasStatusReport(target.display_url, outcomes, mongo)
 
 
 def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True):
@@ -217,7 +214,7 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
     show = settings.show
     outcomes = run(dataclasses.replace(settings, show=lambda report: None), target, _planned, writes=False,
                    pre_read=True)
-    report = SchemasPlanReport(target.display_url, outcomes, None)
+    report = reports.SchemasPlanReport(target.display_url, outcomes, None)
     show(report)
     if mongo_dry_run:
         show(deploy._mongo_plan(settings, settings.mongo_target()))  # plan's own Mongo part, once
@@ -246,7 +243,7 @@ def _said(settings: CommandSettings, report):
     return report
 
 
-def _finished(settings: CommandSettings, summary: SchemasReport, show: bool = False) -> SchemasReport:
+def _finished(settings: CommandSettings, summary: reports.SchemasReport, show: bool = False) -> reports.SchemasReport:
     """The summary, for the CLI to print (shown here with `show`); on a failure it is shown here, before
     the error line."""
     if summary.failed or show:
@@ -258,7 +255,7 @@ def _finished(settings: CommandSettings, summary: SchemasReport, show: bool = Fa
 
 
 def run(settings: CommandSettings, target, work: Callable[[CommandSettings], object], *, writes: bool,
-        pre_read: bool = False) -> list[SchemaOutcome]:
+        pre_read: bool = False) -> list[reports.SchemaOutcome]:
     """`work` once per schema, in order or `settings.parallel` at a time; every schema gets an outcome.
     SIGTERM stops the run: the running schemas stop (after their current statement), the rest stay
     "not run", and the caller shows the summary (interrupt.requested() says it happened). `writes`: the
@@ -274,7 +271,7 @@ def run(settings: CommandSettings, target, work: Callable[[CommandSettings], obj
     refused = _create(target, missing) if writes and target.create_schemas else {
         schema: (f"schema {schema} does not exist on {target.where}; create it, or pass --create-schemas to `migrate`")
         for schema in missing}
-    outcomes = {schema: SchemaOutcome(schema) for schema in target.schemas}
+    outcomes = {schema: reports.SchemaOutcome(schema) for schema in target.schemas}
     stop = threading.Event()
 
     def one(schema: str) -> None:

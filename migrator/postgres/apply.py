@@ -9,7 +9,7 @@ from typing import Iterator
 
 from migrator import bookkeeping_lock, checksums, interrupt, output, pg_lock
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import concurrently, failures, flyway, history
+from migrator.postgres import failures, flyway
 from migrator.postgres.errors import RunSessionLost, StatementFailed, migration_error, progress
 from migrator.postgres.migration import load_migrations, rollback_path
 from migrator.postgres.state import bookkeeping
@@ -89,6 +89,8 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
     if migration.record_after_commit:  # it made its transaction read-only, so it could not record itself
         checksums.record_after_commit(backend, migration.id, None if prefix else checksums.file_sha256(Path(migration.path)))
         if flyway.parse(Path(migration.path).name):  # Flyway's row likewise
+            from migrator.postgres import history
+
             history.record_after_commit(backend, Path(migration.path), rolled_back=bool(prefix))
     if migration.earlier_failure is not None or not migration.use_transactions or prefix:
         checksums.clear_failures(backend, [migration.id])
@@ -109,6 +111,8 @@ def _end_cut_off(backend, in_transaction: bool) -> str | None:
 
 def _record_failed(backend, migration, exc: StatementFailed, prefix: str) -> None:
     """On the run's own connection: what a failed non-transactional file left committed (or that it left nothing)."""
+    from migrator.postgres import concurrently
+
     batches = (getattr(exc.cause, "backfill_committed", None) or (0, 0, 0))[1]  # a backfill's committed batches
     if exc.done or batches or concurrently.is_concurrent(exc.statement.text) or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
         checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {exc.committed()}")
@@ -126,6 +130,8 @@ def _interrupted(backend, target: PostgresTarget, migration, verb: str, path: Pa
         committed = recorded.removeprefix(checksums.ROLLBACK) or "not transactional: `runner.py status` shows what committed"
         if recorded and recorded == migration.earlier_failure:  # unchanged: each commit of this run would update it
             committed = f"this run committed none of its statements; an earlier run left: {committed}"
+            from migrator.postgres import concurrently
+
             if verb == "apply" and any(concurrently.is_concurrent(s.text) for s in migration.steps[0].statements):
                 committed += ("; a CONCURRENTLY build stopped part-way leaves its index INVALID: the next migrate "
                               "drops it and builds it again")
@@ -217,6 +223,8 @@ def select_rollback(backend, migrations, *, count: int | None, to: str | None, a
     """The applied migrations to roll back, newest first; checks their rollback files first."""
     found = bookkeeping(backend, migrations).flyway
     if found is not None:  # a Flyway folder's applied files are its table's, by version (a renamed file too)
+        from migrator.postgres import history
+
         history.take_over(backend, migrations, found, history.sync(backend, migrations, found, notify))
     # A repeatable (R__) has no rollback and is re-run when it changes: rollbacks step over it, as Flyway's undo.
     applied = [m for m in backend.to_rollback(migrations) if not flyway.is_repeatable(m)]
@@ -269,6 +277,8 @@ def mark(backend, selected) -> None:
 
     backend.mark_migrations(MigrationList(selected))
     if flyway.is_flyway(selected):  # a Flyway folder's record: a success row each (a failed row replaced)
+        from migrator.postgres import history
+
         history.mark(backend, selected)
     checksums.accept(backend, selected)
     checksums.clear_failures(backend, [m.id for m in selected])

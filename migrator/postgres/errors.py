@@ -8,7 +8,7 @@ from pathlib import Path
 
 from migrator import output
 from migrator.errors import MigratorError
-from migrator.postgres import concurrently, files
+from migrator.postgres import files
 
 HINTS = {
     "55P03": "it waited longer than lock_timeout for a lock that other sessions hold: "
@@ -77,6 +77,8 @@ class StatementFailed(Exception):
 
     def committed(self) -> str:
         """What of the file is in the database now, in words."""
+        from migrator.postgres import concurrently  # (a failure's words: a no-op never loads it)
+
         if self.transactional:
             return "nothing of it was applied: its transaction rolled back"
         failed = f"statement {self.index + 1} failed"

@@ -11,13 +11,16 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from migrator import lazy_re, source_files
 from migrator.errors import USAGE, MigratorError
 from migrator.output import visible
-from migrator.postgres import psql_reading
-from migrator.postgres import flyway
-from migrator.postgres.splitter import TAG_CHAR, TAG_START, SplitError, Statement, newlines, split
+from migrator.postgres import flyway, psql_reading
+from migrator.postgres.psql_reading import TAG_CHAR, TAG_START
+
+if TYPE_CHECKING:  # (the splitter: loaded where a file is split, never by a no-op's names and headers)
+    from migrator.postgres.splitter import Statement
 
 # Checked on every name before any file is opened: a name is printed in `plan` (inside SQL) and in
 # messages, so a newline or quote in it must never get that far. ASCII only, to the very end (`\d` takes
@@ -148,6 +151,8 @@ UNFILLED_ROLLBACK = "is still the template `make new` wrote: rolling it back wou
 
 def unfilled(path: Path) -> bool:
     """The file (a migration or its rollback) is `sql new`'s template, never filled in (status and plan name it)."""
+    from migrator.postgres.splitter import SplitError, split
+
     text = read_text(path)
     try:
         return (TEMPLATE_MARK in text or ROLLBACK_TEMPLATE_MARK in text) and not split(text)
@@ -170,6 +175,8 @@ def problems(path: Path, *, in_transaction: bool) -> list[tuple[int, str]]:
 
 
 def _split_and_check(path: Path, in_transaction: bool) -> tuple[list[Statement], list[tuple[int, str]]]:
+    from migrator.postgres.splitter import SplitError, newlines, split
+
     text = read_text(path)
     placeholder = flyway.PLACEHOLDER.search(text) if flyway.parse(path.name) else None
     if placeholder:
@@ -219,7 +226,7 @@ _WITH_SCHEMA = lazy_re.compile(r"\bschema\s+\S", re.IGNORECASE)
 _COMMENTS = lazy_re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 _ROUTINE = lazy_re.compile(r"(?:create\s+(?:or\s+replace\s+)?(?:function|procedure)|alter\s+(?:function|procedure|routine))\b",
                       re.IGNORECASE)
-_TOKEN = re.compile(rf"""--[^\n]*|/\*.*?\*/|\$(?P<tag>{TAG_START}{TAG_CHAR}*|)\$(?P<body>.*?)\$(?P=tag)\$"""
+_TOKEN = lazy_re.compile(rf"""--[^\n]*|/\*.*?\*/|\$(?P<tag>{TAG_START}{TAG_CHAR}*|)\$(?P<body>.*?)\$(?P=tag)\$"""
                     r"""|[Ee]'(?:[^'\\]|\\.|'')*'|[Uu]&'(?:[^']|'')*'|[Uu]&"(?:[^"]|"")*"|'(?:[^']|'')*'"""
                     r"""|"(?:[^"]|"")*"|[A-Za-z_][\w$]*|\S""", re.DOTALL)
 _E_ESCAPE = lazy_re.compile(r"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)", re.DOTALL)
@@ -239,6 +246,8 @@ _BODY_MENTIONS = ("names search_path in a function's body: a body that sets sear
 
 def tenant_problems(path: Path) -> list[tuple[int, str]]:
     """(line, message) of each statement that would reach outside a tenant's schema (cheap when none)."""
+    from migrator.postgres.splitter import SplitError, newlines, split
+
     text = read_text(path)
     if not _TENANT_HINT.search(text):
         return []
@@ -415,6 +424,8 @@ def plan_text(path: Path, in_transaction: bool, schema: str | None = None) -> st
     last statement has none, so the COMMIT that follows stays a statement of its own). For a tenant's
     schema each fresh session first gets the search_path the runner gives it, so `plan | psql` lands
     every schema's section in its schema."""
+    from migrator.postgres.splitter import split
+
     body = read_text(path).rstrip("\n")
     found = split(body) if body.strip() else []
     if found and not found[-1].terminated:

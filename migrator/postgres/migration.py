@@ -13,7 +13,7 @@ import functools
 from pathlib import Path
 
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import backfill, files, flyway
+from migrator.postgres import files, flyway
 from migrator.postgres.files import rollback_path
 
 
@@ -114,6 +114,8 @@ def _migration_class():
                     raise MigratorError(f"{path} not found: {self.id} cannot be rolled back; write its rollback "
                                         "file first (nothing was rolled back)")
                 transactional = self.rollback_transactional()
+                from migrator.postgres import backfill  # (a file's reading: a no-op never loads it)
+
                 self._rollback_statements = backfill.marked(path, files.statements(path, in_transaction=transactional),
                                                             transactional)
             return self._rollback_statements

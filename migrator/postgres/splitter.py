@@ -19,12 +19,9 @@ from dataclasses import dataclass
 
 from migrator import lazy_re
 from migrator.postgres import psql_reading
+from migrator.postgres.psql_reading import TAG_CHAR, TAG_START  # (sessions.py's and files.py's too)
 
 # What can change the lexer's state; everything between matches is plain text.
-# (Tag characters: ASCII letters, digits, _ and any non-ASCII character, as psql's lexer. Spelled as what they are
-# not, the ASCII rest: a class of huge ranges (or \w) takes ~6 ms to compile at every start, this one ~0.3 ms.)
-TAG_START = r"[^\x00-\x40\x5b-\x5e\x60\x7b-\x7f]"  # A-Z a-z _ and non-ASCII
-TAG_CHAR = r"[^\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"  # and 0-9
 _SPECIAL = rf"""--|/\*|'|"|(?<![\w$])\$(?:{TAG_START}{TAG_CHAR}*)?\$|;|\(|\)|\\"""
 FAST = re.compile(_SPECIAL)
 # Inside CREATE FUNCTION/PROCEDURE, words are tracked too (BEGIN ATOMIC ... END).

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from migrator import checksums
 from migrator.errors import DRIFT, MigratorError
-from migrator.postgres import history
+from migrator.postgres import flyway
 from migrator.postgres.connection import MIGRATION_TABLE
 from migrator.postgres.errors import nothing_committed
 from migrator.postgres.migration import load_migrations, ordered
 from migrator.targets import PostgresTarget
+
+if TYPE_CHECKING:  # (history: a Flyway folder's, loaded only for one)
+    from migrator.postgres import history
 
 
 @dataclass
@@ -66,8 +71,10 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
     if has_failures:
         failures = backend.execute(f"SELECT migration_id, what FROM {names['failures']}").fetchall()
     books = Bookkeeping(dict(marks), {i: sha.strip() for i, sha in sums}, dict(failures), {i for i, _ in marks})
-    flyway_folder = history.flyway.is_flyway(migrations) if migrations is not None else bool(backend.history)
+    flyway_folder = flyway.is_flyway(migrations) if migrations is not None else bool(backend.history)
     if flyway_folder:  # (without the files: when this run's backend already met its Flyway folder)
+        from migrator.postgres import history
+
         books.flyway = history.books(backend, migrations)
     if migrations is not None and flyway_folder:
         history.scope_drift(backend, migrations, books.flyway, books.marked)  # its own objects' drift only
@@ -89,15 +96,20 @@ def drift_of(migrations, books: Bookkeeping) -> list:
     """Applied files changed since: the runner's sha256, or Flyway's checksum where Flyway's table has one."""
     crcs = books.flyway.crcs if books.flyway else {}
     drift = checksums.drifted(migrations, set(books.applied), {i: s for i, s in books.sums.items() if i not in crcs})
-    return drift + (history.drifted(migrations, books.flyway) if books.flyway else [])
+    if books.flyway is None:
+        return drift
+    from migrator.postgres import history
+
+    return drift + history.drifted(migrations, books.flyway)
 
 
 def applied_ids(backend, migrations=None) -> dict[str, datetime]:
     return bookkeeping(backend, migrations).applied
 
 
-def status(backend, migrations) -> list[MigrationState]:
-    books = bookkeeping(backend, migrations)
+def status(backend, migrations, books: Bookkeeping | None = None) -> list[MigrationState]:
+    """`books`: the bookkeeping as read a moment ago (reconciled()), else read now."""
+    books = books or bookkeeping(backend, migrations)
     changed = {d.id for d in drift_of(migrations, books)}
     states = [MigrationState(m.id, Path(m.path), books.applied.get(m.id), m.id in changed, _failure(books, m.id))
               for m in ordered(migrations)]
@@ -129,6 +141,16 @@ def pending(backend, migrations):
     return todo
 
 
+# The bookkeeping reconcile read, per backend, when it changed none of it: a migrate that then runs nothing reports
+# from it rather than read it again (nothing was written since: the run holds the lock). Taken once (reconciled).
+_unchanged: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def reconciled(backend) -> Bookkeeping | None:
+    """The bookkeeping the last reconcile on `backend` read and left as it was, once; None when it changed any."""
+    return _unchanged.pop(backend, None)
+
+
 def reconcile(backend, migrations, notify) -> list:
     """Under the lock, before migrating: repair and record what earlier runs left, return the drift.
 
@@ -136,10 +158,13 @@ def reconcile(backend, migrations, notify) -> list:
     (a non-transactional file records its checksum only after all its statements committed).
     Applied migrations without a checksum predate drift detection: record today's files.
     """
-    from yoyo.migrations import MigrationList
-
+    _unchanged.pop(backend, None)
     books = bookkeeping(backend, migrations)
-    if books.flyway is None and history.flyway.is_flyway(migrations):
+    if books.flyway is None and not flyway.is_flyway(migrations):
+        return _reconcile_plain(backend, migrations, notify, books)
+    from migrator.postgres import history  # (a Flyway folder's history of record)
+
+    if books.flyway is None:
         history.refuse_other_table(backend, migrations, notify)
         history.ensure_table(backend)  # the history of record from the first run on, as Flyway would make it
         books = bookkeeping(backend, migrations)
@@ -152,6 +177,13 @@ def reconcile(backend, migrations, notify) -> list:
         history.out_of_order(migrations, books.flyway, [m for m in migrations if m.id in pending_ids], notify,
                              backend.out_of_order)
         return drift_of(migrations, books)
+    return _reconcile_plain(backend, migrations, notify, books)
+
+
+def _reconcile_plain(backend, migrations, notify, books: Bookkeeping) -> list:
+    """reconcile's repairs of yoyo's marks and the runner's checksums."""
+    from yoyo.migrations import MigrationList
+
     applied = set(books.marked)
     committed = [m for m in migrations if m.id in books.sums and m.id not in applied]
     if committed:
@@ -161,9 +193,11 @@ def reconcile(backend, migrations, notify) -> list:
     recorded_now = checksums.record_missing(backend, migrations, applied, books.sums)
     if recorded_now:
         notify(f"note: recorded the checksums of {len(recorded_now)} migration(s) applied before drift detection")
-    checksums.clear_failures(backend, [i for i, what in books.failures.items()
-                                       if i in applied and not what.startswith(checksums.ROLLBACK)])
+    settled = [i for i, what in books.failures.items() if i in applied and not what.startswith(checksums.ROLLBACK)]
+    checksums.clear_failures(backend, settled)
     books.applied = {i: at for i, at in books.applied.items() if i in applied}
+    if not (committed or recorded_now or settled):
+        _unchanged[backend] = books
     return drift_of(migrations, books)
 
 

@@ -2,16 +2,34 @@
 built on it: schema.sql, live drift, up-down-up verification of migrations, adoption by comparison.
 
 - model: the description as data (objects keyed by kind and name) and its text;
-- describe: the description of a live database, read from the catalog;
-- diff: two descriptions -> one readable line per changed object;
+- describe: the description of a live database, read from the catalog (`describe.describe`);
+- diff: two descriptions -> one readable line per changed object (`diff.diff`);
 - snapshot: the description recorded in the bookkeeping after a change, and live drift against it;
 - scratch: throwaway databases on a server, migrations applied through the runner's own path;
 - verify: apply, roll back, re-apply each migration and compare; adopt: find the history prefix a database matches;
 - generate: schema.sql (`make schema`).
+
+Each name loads its module on first use: a drift check answered by the catalog's fingerprint (a no-op migrate)
+never loads the describing code. (describe() and diff() are imported from their modules, which share their names.)
 """
 
-from migrator.schema.describe import describe
-from migrator.schema.diff import diff, summary
-from migrator.schema.model import Description, Item
+from __future__ import annotations
 
-__all__ = ["Description", "Item", "describe", "diff", "summary"]
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (the names, loaded by __getattr__ below)
+    from migrator.schema.diff import summary
+    from migrator.schema.model import Description, Item
+
+_WHERE = {"Description": "model", "Item": "model", "summary": "diff"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value  # (once)
+    return value

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from migrator import checksums, pg_lock, whoami
 from migrator.schema import fingerprint
-from migrator.schema.describe import describe, scope
-from migrator.schema.diff import diff, summary
-from migrator.schema.model import Description, Item, top_key
 from migrator.schema.targets import bare
 from migrator.tables import MIGRATION_TABLE
+
+if TYPE_CHECKING:  # (the describing code loads where a description is taken or compared: a drift check the
+    # catalog's fingerprint answers, a no-op migrate's, never loads it)
+    from migrator.schema.model import Description, Item
 
 TABLE = "_hcm_schema_snapshot"
 CREATE = """
@@ -57,8 +59,10 @@ ON CONFLICT (history) DO UPDATE SET objects = EXCLUDED.objects, recorded_at = pg
 RANK_COLUMN = "ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS flyway_rank INTEGER"
 LAST_MIGRATION = "SELECT migration_id FROM {schema}.{table} ORDER BY applied_at_utc DESC, migration_id DESC LIMIT 1"
 # (the fingerprint by name: a table recorded before it had that column reads as NULL)
+# (and this session's history, hcm.history, which live_drift reads next: one statement)
 READ = ("SELECT sha256, last_migration, recorded_at, recorded_by, reason, "
-        "pg_catalog.jsonb_extract_path_text(pg_catalog.to_jsonb(s.*), 'fingerprint') FROM {schema}.{table} s")
+        "pg_catalog.jsonb_extract_path_text(pg_catalog.to_jsonb(s.*), 'fingerprint'), "
+        "pg_catalog.current_setting('hcm.history', true) FROM {schema}.{table} s")
 
 
 @dataclass
@@ -98,6 +102,8 @@ class DriftReport:
                 + ["  keep them in a migration, undo them, or after review `runner.py sql accept-drift`"])
 
     def to_json(self) -> dict:
+        from migrator.schema.diff import summary
+
         return {"recorded": self.recorded.to_json() if self.recorded else None,
                 "drifted": self.drifted, "changes": self.changes, "summary": summary(self.changes)}
 
@@ -117,6 +123,8 @@ def _exists(cursor, schema: str, table: str) -> bool:
 def record(conn, schema: str, reason: str) -> Snapshot:
     """Describe the database and record it with its last applied migration. `schema` holds yoyo's
     tables (backend.bookkeeping_schema). Commits when the connection is in autocommit (yoyo's)."""
+    from migrator.schema.describe import describe
+
     taken = _fingerprint(conn, schema)
     return _store(conn, schema, describe(conn, schema), reason, taken)
 
@@ -124,6 +132,10 @@ def record(conn, schema: str, reason: str) -> Snapshot:
 def accept(conn, schema: str, reason: str) -> tuple[Snapshot, int]:
     """Record the live schema as the expected one (accept-drift), and how many changes were left as drift. One
     service's history among several accepts only the objects it owns: another service's drift is for its own review."""
+    from migrator.schema.describe import describe, scope
+    from migrator.schema.diff import diff
+    from migrator.schema.model import Description
+
     history = _history(conn)
     if not history:
         return record(conn, schema, reason), 0
@@ -157,6 +169,8 @@ def advance(conn, schema: str, before: Description, reason: str, claimed=(), nam
     histories, only the changed objects they name are this run's (owned by its history, moved in the record): the
     rest changed meanwhile (another service's run, a hand change) stays as found, for its own history to record.
     `seen` gets the live description taken (the `before` of the run's next change)."""
+    from migrator.schema.describe import describe
+
     taken = _fingerprint(conn, schema)
     now = describe(conn, schema)
     if seen is not None:
@@ -184,6 +198,9 @@ def _named(item: Item, names: set[str]) -> bool:
 
 def _advance(conn, schema: str, before: Description, now: Description, changed, reason: str, claimed: set,
              taken):
+    from migrator.schema.describe import scope
+    from migrator.schema.model import Description
+
     recorded_before = recorded_description(conn, schema)
     if recorded_before is None:
         return _store(conn, schema, now, reason, taken)
@@ -205,6 +222,8 @@ def _advance(conn, schema: str, before: Description, now: Description, changed, 
 
 def top(item: Item) -> str:
     """The top-level object an item is or belongs to ("table public.plan" for its columns and indexes)."""
+    from migrator.schema.model import top_key
+
     return item.parent or top_key(item.kind, item.name)
 
 
@@ -276,6 +295,9 @@ def set_owned(conn, schema: str, history: str, objects: set[str]) -> None:
 def take_over(conn, schema: str, history: str, names: set[str], reason: str) -> None:
     """Files applied on this history by another tool (Flyway, before or after the runner): the objects they name
     (as `advance` names them) are this history's work, taken into its own and into the record as they are now."""
+    from migrator.schema.describe import describe, scope
+    from migrator.schema.model import Description
+
     live = describe(conn, schema)
     mine = {key: item for key, item in live.items.items() if _named(item, names)}
     set_owned(conn, schema, history, (owned(conn, schema, history) or set()) | {top(item) for item in mine.values()})
@@ -312,12 +334,17 @@ def _store(conn, schema: str, description: Description, reason: str, taken: str 
 
 def recorded(conn, schema: str) -> Snapshot | None:
     """The recorded snapshot's facts (not its description), or None when nothing was recorded. Reads only."""
+    return _recorded(conn, schema)[0]
+
+
+def _recorded(conn, schema: str) -> tuple[Snapshot | None, str | None]:
+    """recorded(), and this session's history (_history) when there is a record."""
     with conn.cursor() as cursor:
         if not _exists(cursor, schema, TABLE):
-            return None
+            return None, None
         cursor.execute(_sql(READ, schema))
         row = cursor.fetchone()
-    return Snapshot(row[0].strip(), *row[1:]) if row else None
+    return (Snapshot(row[0].strip(), *row[1:-1]), row[-1] or None) if row else (None, None)
 
 
 def recorded_description(conn, schema: str) -> Description | None:
@@ -326,6 +353,8 @@ def recorded_description(conn, schema: str) -> Description | None:
             return None
         cursor.execute(_sql("SELECT description FROM {schema}.{table}", schema))
         row = cursor.fetchone()
+    from migrator.schema.model import Description
+
     return Description.from_json(row[0]) if row else None
 
 
@@ -339,10 +368,9 @@ def live_drift(conn, schema: str, described: Description | None = None, refresh:
     measured against a description it takes itself, never a pre-read one. So it is when the catalog's fingerprint
     is the one recorded with the description (fingerprint.py); `refresh` (a writing connection, under the lock)
     records the fingerprint anew when the live schema is found as recorded."""
-    snapshot = recorded(conn, schema)
+    snapshot, history = _recorded(conn, schema)
     if snapshot is None:
         return DriftReport(None)
-    history = _history(conn)
     if history:  # the record is the schema's; its last migration may be another service's: name this history's
         snapshot = replace(snapshot, last_migration=_last_of(conn, schema, history))
     if described is not None and described.sha256 == snapshot.sha256:
@@ -350,6 +378,9 @@ def live_drift(conn, schema: str, described: Description | None = None, refresh:
     taken = fingerprint.take(conn, schema) if snapshot.fingerprint or refresh else None
     if taken is not None and taken == snapshot.fingerprint:
         return DriftReport(snapshot)
+    from migrator.schema.describe import describe, scope
+    from migrator.schema.diff import diff
+
     live = describe(conn, schema)
     if live.sha256 == snapshot.sha256:
         if refresh:
