@@ -196,3 +196,36 @@ def test_the_next_files_fresh_session_does_not_keep_the_path(cli, db, sql_dir):
     _arch(db)
     _refused_keeping_the_table(cli, db, sql_dir, [f"SET search_path = arch, public;\n{NEW}",
                                                   f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"], 1)
+
+
+def test_discard_all_gives_the_session_path_back(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    _arch(db)
+    _refused_keeping_the_table(cli, db, sql_dir, [f"-- transactional: false\nSET search_path = arch;\n{NEW}DISCARD ALL;"
+                                                  f"\nALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"], 5)
+
+
+def test_alter_system_search_path_leaves_the_later_files_path_unknown(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    _arch(db)
+    try:
+        _refused_keeping_the_table(cli, db, sql_dir, ["-- transactional: false\nALTER SYSTEM SET search_path = arch;\n"
+                                                      "SELECT pg_reload_conf();\n", NEW + RETYPE_LIVE], 2)
+    finally:  # (the server's setting outlives the test's database)
+        with db.server.connect(db.name) as conn:
+            conn.autocommit = True
+            conn.cursor().execute("ALTER SYSTEM RESET search_path")
+            conn.cursor().execute("SELECT pg_reload_conf()")
+
+
+def test_set_role_makes_user_in_the_path_another_schema(cli, db, sql_dir, password_role):
+    """The runner's own "$user" schema holds a small table of the name; after SET ROLE, "$user" is the other role's
+    (none here) and the big public table is the one the server retypes: refused."""
+    seeded(cli, db, sql_dir)
+    user = db.query("SELECT current_user")[0][0]
+    db.query(f'CREATE SCHEMA "{user}"; CREATE TABLE "{user}".{TABLE} (id int); ALTER TABLE public.{TABLE} OWNER TO '
+             f"{password_role}")  # (the role may alter it)
+    for spelling in (f"SET ROLE {password_role}", f"SET SESSION AUTHORIZATION {password_role}"):
+        for path in ("", 'SET search_path = "$user", public;\n'):
+            _refused_keeping_the_table(cli, db, sql_dir, [f"{spelling};\n{path}ALTER TABLE {TABLE} ALTER COLUMN id "
+                                                          "TYPE bigint;\n"], 2 + bool(path), plan=False)

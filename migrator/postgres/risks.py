@@ -77,6 +77,7 @@ class Seen:
     next_session_path: object = None
     schemas: set = field(default_factory=set)
     path_functions: set = field(default_factory=set)
+    role_set: bool = False  # the file's SET ROLE / SESSION AUTHORIZATION: "$user" in its path is another schema
     timezone: str | None = None  # the TimeZone a `SET TIME ZONE` of the file gives what follows (None: the session's)
     session_zone: str | None = None  # a fresh session's TimeZone once an earlier file's ALTER DATABASE / ROLE set it
     next_session_zone: str | None = None  # (set by this file's ALTER DATABASE / ROLE: the next files' sessions)
@@ -104,7 +105,7 @@ class Seen:
         self.transactional = transactional
         self.path = self.timezone = None  # each file runs in a fresh session
         self.session_zone = self.next_session_zone  # (which an earlier file's ALTER DATABASE / ROLE SET changed)
-        self.session_path = self.next_session_path
+        self.session_path, self.role_set = self.next_session_path, False
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
         """The table a name means (as written, or already resolved by live_name) is one a pending statement creates."""

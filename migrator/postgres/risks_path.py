@@ -20,7 +20,8 @@ import re
 from migrator import lazy_re
 
 _SETS = lazy_re.compile(r"\s*(?:set|reset)\b", re.IGNORECASE)
-_SESSIONS = lazy_re.compile(r"\s*alter\s+(?:database|role|user)\b", re.IGNORECASE)
+_SESSIONS = lazy_re.compile(r"\s*alter\s+(?:database|role|user|system)\b", re.IGNORECASE)
+_DISCARD = lazy_re.compile(r"\s*discard\s+all\b", re.IGNORECASE)  # (resets the session's settings: RESET ALL)
 _SCHEMA = lazy_re.compile(r"\s*create\s+schema\b", re.IGNORECASE)
 _CONFIG = lazy_re.compile(r"\bset_config\b", re.IGNORECASE)
 _SELECT = lazy_re.compile(r"\s*select\b", re.IGNORECASE)
@@ -76,6 +77,13 @@ class Maybe:
         self.before, self.calls, self.pending, self.found = before, calls, pending, None
 
 
+class Role:
+    """The path before a SET ROLE / SESSION AUTHORIZATION / RESET ROLE: unknown if it holds "$user" (another schema)."""
+
+    def __init__(self, before):
+        self.before, self.found = before, None
+
+
 class At(tuple):
     """The schema slot of an unqualified name noted by a pending statement: (the path then, a CREATE's or a
     reference's), resolved when the live catalog is at hand (rewrites._Live.key)."""
@@ -86,6 +94,8 @@ def read(bare: str, text: str, seen) -> None:
     sessions (seen.next_session_path), and the schemas and path-setting functions it creates."""
     if _SETS.match(bare):
         _read_set(text, seen)
+    elif _DISCARD.match(bare):
+        seen.path = None
     elif _SESSIONS.match(bare):
         _read_sessions(text, seen)
     elif _SCHEMA.match(bare):
@@ -98,6 +108,7 @@ def read(bare: str, text: str, seen) -> None:
             _read_function(text, seen)
     elif _CONFIG.search(bare):
         seen.path = _set_config(text, seen)
+        seen.path = Role(seen.path) if seen.role_set and isinstance(seen.path, Path) else seen.path
     elif _INNER.search(bare) and not _DEFINES.match(bare):
         seen.path = Unknown("set inside a statement the judge does not read (a DO block's EXECUTE, a call)")
     elif not _DEFINES.match(bare):
@@ -124,6 +135,8 @@ def _read_set(text: str, seen) -> None:
 
     kinds = enums.VariableSetKind
     for tree in _trees(text):
+        if isinstance(tree, ast.VariableSetStmt) and (tree.name or "").lower() in ("role", "session_authorization"):
+            seen.path, seen.role_set = Role(now(seen)), True
         if not isinstance(tree, ast.VariableSetStmt) or (tree.name or "search_path").lower() != "search_path":
             continue
         if tree.kind in (kinds.VAR_RESET_ALL, kinds.VAR_RESET, kinds.VAR_SET_DEFAULT):
@@ -134,18 +147,19 @@ def _read_set(text: str, seen) -> None:
             seen.path = Unknown("SET LOCAL search_path outside the file's transaction")
         elif all(isinstance(a, ast.A_Const) and isinstance(a.val, ast.String) for a in tree.args or ()):
             seen.path = Path(a.val.sval for a in tree.args or ())
+            seen.path = Role(seen.path) if seen.role_set else seen.path
         else:
             seen.path = Unknown("SET search_path to a value the judge does not read")
 
 
 def _read_sessions(text: str, seen) -> None:
-    """An ALTER DATABASE / ROLE ... SET search_path (or RESET ALL): what the later files' sessions start with is not
-    read (the connection's options, the role's and the database's settings decide)."""
+    """An ALTER DATABASE / ROLE / SYSTEM ... SET search_path (or RESET ALL): what the later files' sessions start with
+    is not read (the connection's options, the role's, the database's and the server's settings decide)."""
     from pglast import ast, enums
 
     for tree in _trees(text):
-        setting = getattr(tree, "setstmt", None) if isinstance(tree, (ast.AlterDatabaseSetStmt,
-                                                                       ast.AlterRoleSetStmt)) else None
+        setting = getattr(tree, "setstmt", None) if isinstance(tree, (ast.AlterDatabaseSetStmt, ast.AlterRoleSetStmt,
+                                                                       ast.AlterSystemStmt)) else None
         if setting is not None and ((setting.name or "").lower() == "search_path"
                                     or setting.kind == enums.VariableSetKind.VAR_RESET_ALL):
             seen.next_session_path = Unknown("set by ALTER DATABASE / ROLE in an earlier pending file")
@@ -224,6 +238,13 @@ def now(seen):
 
 
 def _settle(live, found):
+    if isinstance(found, Role):
+        if found.found is None:
+            before = _settle(live, found.before)
+            raw = before if isinstance(before, Path) else live.setting("search_path") if before is None else ""
+            found.found = (Unknown('the role changed by SET ROLE / SESSION AUTHORIZATION while "$user" is in it')
+                           if "$user" in raw else before,)
+        return found.found[0]
     if not isinstance(found, Maybe):
         return found
     if found.found is None:
