@@ -162,7 +162,7 @@ def _read_sessions(text: str, seen) -> None:
                                                                        ast.AlterSystemStmt)) else None
         if setting is not None and ((setting.name or "").lower() == "search_path"
                                     or setting.kind == enums.VariableSetKind.VAR_RESET_ALL):
-            seen.next_session_path = Unknown("set by ALTER DATABASE / ROLE in an earlier pending file")
+            seen.next_session_path = Unknown("set by ALTER DATABASE / ROLE / SYSTEM in an earlier pending file")
 
 
 def _set_config(text: str, seen):
