@@ -261,15 +261,20 @@ def schemas(live, seen, path) -> list[str] | Unknown:
     path = _settle(live, path)
     if path is None or isinstance(path, Unknown):
         return live.session_path if path is None else path
-    names = [live.role() if name == "$user" else name for name in path]
-    asked = tuple(names + [_moved(seen, name) for name in names])
-    if asked not in live.paths:
-        live.paths[asked] = {row[0] for row in live._rows(_EXISTING, (list(asked),))}
-    return [name for name in dict.fromkeys(names) if _moved(seen, name) in live.paths[asked] or name in seen.schemas]
+    moves = tuple((k, id(v)) for k, v in seen.aliases.items() if k[0] == "schema")
+    memo = ("(schemas)", path, len(seen.schemas), moves)
+    if memo not in live.paths:  # (asked again for each name of each statement)
+        names = [live.role() if name == "$user" else name for name in path]
+        existing = {row[0] for row in live._rows(_EXISTING, (names + [_moved(seen, name) for name in names],))}
+        live.paths[memo] = [name for name in dict.fromkeys(names) if _moved(seen, name) in existing
+                            or name in seen.schemas]
+    return live.paths[memo]
 
 
 def schema_of(live, seen, slot, name: str):
     """The schema an unqualified `name` means: slot None (a reference now) or At((state, creates))."""
+    if slot is not None and (slot, name) in live.paths:  # (a pending statement's: where it went then)
+        return live.paths[(slot, name)]
     path, creates = (state(live, seen), False) if slot is None else tuple(slot)
     found = schemas(live, seen, path)
     if isinstance(found, Unknown):
@@ -285,7 +290,15 @@ def schema_of(live, seen, slot, name: str):
                 return schema
             if alias is None and _moved(seen, schema) in held:
                 return schema
-    return found[0] if found else ""  # (no schema of the path exists: the server finds and creates nothing)
+    found = found[0] if found else ""  # (no schema of the path exists: the server finds and creates nothing)
+    if slot is not None:
+        live.paths[(slot, name)] = found
+    return found
+
+
+def made(live, seen, name) -> bool:
+    """A pending CREATE TABLE made the table `name` (a key) means."""
+    return tuple(live.key(name)) in _made(live, seen)
 
 
 def _made(live, seen) -> set:
