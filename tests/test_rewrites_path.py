@@ -53,6 +53,8 @@ UNREAD = {
     "pending_function_call": SETS_PATH.format("setp2") + ";\nSELECT setp2()",
     "live_function_call": "SELECT setp()",
     "set_local_outside_a_transaction": "-- transactional: false\nSET LOCAL search_path = arch",
+    "rolled_back_to_a_savepoint": "SAVEPOINT s;\nSET search_path = arch;\nROLLBACK TO SAVEPOINT s",
+    "rolled_back_block": "-- transactional: false\nBEGIN;\nSET search_path = arch;\nROLLBACK",
 }
 
 

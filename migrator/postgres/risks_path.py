@@ -22,6 +22,8 @@ from migrator import lazy_re
 _SETS = lazy_re.compile(r"\s*(?:set|reset)\b", re.IGNORECASE)
 _SESSIONS = lazy_re.compile(r"\s*alter\s+(?:database|role|user|system)\b", re.IGNORECASE)
 _DISCARD = lazy_re.compile(r"\s*discard\s+all\b", re.IGNORECASE)  # (resets the session's settings: RESET ALL)
+# (a SET in the block, or after a SAVEPOINT, undone)
+_ROLLBACK = lazy_re.compile(r"\s*(?:rollback|abort)\b", re.IGNORECASE)
 _SCHEMA = lazy_re.compile(r"\s*create\s+schema\b", re.IGNORECASE)
 _CONFIG = lazy_re.compile(r"\bset_config\b", re.IGNORECASE)
 _SELECT = lazy_re.compile(r"\s*select\b", re.IGNORECASE)
@@ -96,6 +98,8 @@ def read(bare: str, text: str, seen) -> None:
         _read_set(text, seen)
     elif _DISCARD.match(bare):
         seen.path = None
+    elif _ROLLBACK.match(bare) and seen.path is not None:
+        seen.path = Unknown("a ROLLBACK may have undone the file's SET search_path")
     elif _SESSIONS.match(bare):
         _read_sessions(text, seen)
     elif _SCHEMA.match(bare):
