@@ -186,17 +186,37 @@ def _take(cursor, schema: str, key: int, kind: str, wait: float | None, busy: st
         time.sleep(POLL_SECONDS / 4)
 
 
-def on_own_session(connection, cursor, call: str, key: int, where: str | None = None):
+TAKE, RELEASE = "pg_catalog.pg_try_advisory_lock(%(key)s)", "pg_catalog.pg_advisory_unlock(%(key)s)"
+# Whether this server session holds advisory lock %(key)s (whoever of its clients took it).
+_OWN_HOLD = ("EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() "
+             "AND l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.objsubid OPERATOR(pg_catalog.=) 1 "
+             "AND l.classid OPERATOR(pg_catalog.=) %(high)s::pg_catalog.oid "
+             "AND l.objid OPERATOR(pg_catalog.=) %(low)s::pg_catalog.oid)")
+
+
+def on_own_session(connection, cursor, call: str, key: int, where: str | None = None, once: bool = False):
     """`call` (of advisory lock `key`, a session-level lock's take or release) on `connection`'s own server session
     only; elsewhere (a transaction-mode pool) nothing, and the run refuses (server_session.here): such a lock is
-    re-entrant, so another client's run's would be taken again, or released."""
+    re-entrant, so another client's run's would be taken again, or released. `once` (the migration lock's take):
+    refused too where the session already holds it and this connection did not take it (a pool sharing one server
+    session: server_session.shared), in the same statement as the take. Takes and releases are recorded, so that
+    a refusal lets the locks go (server_session.holds)."""
     from migrator import server_session
 
-    cursor.execute(f"SELECT CASE WHEN {server_session.here(connection)} THEN {call} END", {"key": key})
+    here = server_session.here(connection)
+    if once and not server_session.holding(connection, key):
+        cursor.execute(f"SELECT CASE WHEN {here} IS NOT TRUE THEN NULL WHEN {_OWN_HOLD} THEN -1 WHEN {call} THEN 1 "
+                       "ELSE 0 END", {"key": key, "high": key >> 32, "low": key & 0xFFFF_FFFF})
+    else:
+        cursor.execute(f"SELECT CASE WHEN {here} THEN {call} END", {"key": key})
     done = cursor.fetchone()[0]
     if done is None:
         raise server_session.elsewhere(connection, where)
-    return done
+    if done == -1:
+        raise server_session.shared(connection, where)
+    if done and call in (TAKE, RELEASE):
+        server_session.holds(connection, key, call == TAKE)
+    return bool(done) if once else done
 
 
 class BookkeepingBusy(MigratorError):

@@ -23,8 +23,8 @@ from migrator import interrupt, output
 from migrator.errors import LOCKED, MigratorError
 from migrator.targets import PostgresTarget
 from migrator.bookkeeping_lock import (AFTER_COMMIT_WAIT, BOOKKEEPING_WAIT, LOCK_KEY, POLL_SECONDS,  # noqa: F401
-                                      BookkeepingBusy, Recording, _hashed, bookkeeping_wait, creating_bookkeeping,
-                                      lock_key, on_own_session, prepared)
+                                      RELEASE, TAKE, BookkeepingBusy, Recording, _hashed, bookkeeping_wait,
+                                      creating_bookkeeping, lock_key, on_own_session, prepared)
 
 
 def lock_slot(history: str | None) -> int:
@@ -228,16 +228,17 @@ def _session_lost(backend, exc: BaseException) -> bool:
 
 
 def _try(backend, target: PostgresTarget, key: int) -> bool:
-    return _here(backend, target, "pg_catalog.pg_try_advisory_lock(%(key)s)", key)
+    """Taken once per server session: one that already holds it for another client (a pool sharing it) refuses."""
+    return _here(backend, target, TAKE, key, once=True)
 
 
 def _unlock(backend, target: PostgresTarget, key: int) -> None:
-    _here(backend, target, "pg_catalog.pg_advisory_unlock(%(key)s)", key)
+    _here(backend, target, RELEASE, key)
 
 
-def _here(backend, target: PostgresTarget, call: str, key: int):
+def _here(backend, target: PostgresTarget, call: str, key: int, once: bool = False):
     with backend.connection.cursor() as cursor:
-        return on_own_session(backend.connection, cursor, call, key, target.where)
+        return on_own_session(backend.connection, cursor, call, key, target.where, once)
 
 
 @contextmanager

@@ -89,12 +89,75 @@ def is_elsewhere(exc: BaseException) -> bool:
 
 def elsewhere(connection, where: str | None = None) -> MigratorError:
     """The run's refusal when a statement reached another server session than its first; `connection` is closed
-    (nothing else is sent on it: each statement might reach yet another client's session)."""
-    where = where or where_name(connection.info.host, connection.info.port, connection.info.dbname)
-    connection.close()
+    (after letting go of its locks: see _refused)."""
     return MigratorError(
-        f"PostgreSQL at {where}: each transaction reached another server session (a transaction-mode pool?): the "
-        "statement that found it did nothing; connect to PostgreSQL directly or through a session-mode pool", USAGE)
+        f"PostgreSQL at {_refused(connection, where)}: each transaction reached another server session (a "
+        "transaction-mode pool?): the statement that found it did nothing; connect to PostgreSQL directly or through "
+        "a session-mode pool", USAGE)
+
+
+def shared(connection, where: str | None = None) -> MigratorError:
+    """The run's refusal when its own server session already holds the migration lock it was about to take: another
+    client's run took it there (a pool sharing one server session; session locks are re-entrant, so the take would
+    succeed and the holder's lock row read as a dead runner's). `connection` is closed."""
+    return MigratorError(
+        f"PostgreSQL at {_refused(connection, where)}: this run's server session already holds the migration lock, "
+        "for another client (a transaction-mode pool shares one server session between clients): nothing was run; "
+        "connect to PostgreSQL directly or through a session-mode pool", USAGE)
+
+
+def carried(connection, where: str) -> MigratorError:
+    """A migration's new connection whose server session another client set things in before (its search_path SET
+    there, as the runner's own pins are: a transaction-mode pool hands server sessions on): the file would run with
+    that path. `connection` is closed."""
+    return MigratorError(
+        f"PostgreSQL at {_refused(connection, where)}: a migration's new connection reached a server session another "
+        "client used before (its search_path was SET in that session, not by the migration): nothing of the migration "
+        "ran; connect to PostgreSQL directly or through a session-mode pool that resets sessions (DISCARD ALL)", USAGE)
+
+
+# The session-level advisory locks each connection took and holds (on_own_session's takes): a refused run lets them
+# go on its own server session before it leaves, never leaving them on a pooled session the pool keeps.
+_holding: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> [key, ...] (a key once per take)
+RELEASE_TRIES = 4  # guarded releases sent: each lands on whichever server session the pool hands on
+
+
+def holds(connection, key: int, taken: bool) -> None:
+    """Records session-level advisory lock `key` taken (True) or released (False) on `connection`'s own session."""
+    keys = _holding.setdefault(connection, [])
+    if taken:
+        keys.append(key)
+    elif key in keys:
+        keys.remove(key)
+
+
+def holding(connection, key: int) -> bool:
+    return key in _holding.get(connection, ())
+
+
+def _refused(connection, where: str | None) -> str:
+    """Before a refusal: the session-level advisory locks `connection` took, released on its own server session only
+    (guarded: elsewhere the statement does nothing, so it is sent again, a few times; a pool hands each transaction
+    to an idle session). Then `connection` is closed: nothing else is sent on it. Its `where`, in words."""
+    import psycopg2
+    import psycopg2.extensions as ext
+
+    where = where or where_name(connection.info.host, connection.info.port, connection.info.dbname)
+    keys = _holding.pop(connection, [])
+    try:
+        with connection.cursor() as cursor:
+            for _ in range(RELEASE_TRIES if keys and not connection.closed else 0):
+                if connection.info.transaction_status != ext.TRANSACTION_STATUS_IDLE:
+                    connection.rollback()  # (a transaction keeps its server session: the next try may reach another)
+                cursor.execute(f"SELECT CASE WHEN {here(connection)} THEN (SELECT pg_catalog.count(*) FROM "
+                               "pg_catalog.unnest(%s::pg_catalog.int8[]) k WHERE pg_catalog.pg_advisory_unlock(k)) END",
+                               (keys,))
+                if cursor.fetchone()[0] is not None:
+                    break
+    except (psycopg2.Error, MigratorError):  # (a silent path's NoAnswer too)
+        pass  # (the refusal is the line to say; the pool's session keeps them until it ends)
+    connection.close()
+    return where
 
 
 READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction
@@ -159,13 +222,21 @@ def query(connection, settings: dict[str, str]) -> tuple[str, list]:
             [list(settings), *settings])
 
 
+# A new connection has SET nothing yet: a search_path SET in its server session (source 'session') is an earlier
+# client's (the runner's own pin to pg_catalog, left on a server session a transaction-mode pool hands on).
+_CARRIED = ("(SELECT s.source OPERATOR(pg_catalog.=) 'session' FROM pg_catalog.pg_settings s "
+            "WHERE s.name OPERATOR(pg_catalog.=) 'search_path')")
+
+
 def first_read(connection, cursor, settings: dict[str, str], where: str) -> str:
     """A migration session's first statement (failures.guard_session's): query() and check(), and its
-    statement_timeout as shown."""
+    statement_timeout as shown; refused where its server session carries another client's search_path (carried)."""
     select, names = query(connection, settings)
-    cursor.execute(f"SELECT pg_catalog.current_setting('statement_timeout'){select}", names)
+    cursor.execute(f"SELECT pg_catalog.current_setting('statement_timeout'), {_CARRIED}{select}", names)
     row = cursor.fetchone()
-    check(connection, row[1:], settings, where)
+    if row[1]:
+        raise carried(connection, where)
+    check(connection, row[2:], settings, where)
     return row[0]
 
 

@@ -86,9 +86,9 @@ def check_rights(state, schema: str, where: str) -> None:
     if lacking:
         what = "; ".join(f"{', '.join(rights)} on {schema}.{table}" for table, rights in lacking.items())
         needed = sorted({r for rights in lacking.values() for r in rights}, key=RIGHTS.index)
-        raise MigratorError(f"user {state[2]} lacks {what} on {where} (the runner's bookkeeping); run GRANT "
-                            f"{', '.join(needed)} ON {', '.join(f'{schema}.{t}' for t in lacking)} TO {state[2]}, "
-                            "or connect as the tables' owner")
+        raise MigratorError(output.visible(
+            f"user {state[2]} lacks {what} on {where} (the runner's bookkeeping); run GRANT {', '.join(needed)} ON "
+            f"{', '.join(f'{schema}.{t}' for t in lacking)} TO {state[2]}, or connect as the tables' owner"))
 
 
 def planted_list(schema: str, planted: list[str]) -> str:
@@ -105,18 +105,21 @@ def planted_fix(schema: str, user: str, names: list[str]) -> str:
 
 
 def planted_error(schema: str, user: str, planted: list[str], names: list[str], where: str) -> str:
-    """The one line refusing a history others can make run code as the migration role."""
-    return (f"refusing the migration history in schema {schema} on {where}: {planted_list(schema, planted[:3])}"
-            f"{f' (and {len(planted) - 3} more)' if len(planted) > 3 else ''}; it would run as user {user} (a role "
-            f"with CREATE on schema {schema} planted it, or it was made by hand); {planted_fix(schema, user, names)}")
+    """The one line refusing a history others can make run code as the migration role (the schema may be a home
+    schema named anything: escaped, as planted_list escapes the rest)."""
+    return output.visible(
+        f"refusing the migration history in schema {schema} on {where}: {planted_list(schema, planted[:3])}"
+        f"{f' (and {len(planted) - 3} more)' if len(planted) > 3 else ''}; it would run as user {user} (a role "
+        f"with CREATE on schema {schema} planted it, or it was made by hand); {planted_fix(schema, user, names)}")
 
 
 def owner_error(schema: str, user: str, owner: str, where: str) -> str:
     """The one line refusing a schema another role owns (its name as output.role shows it)."""
     owner = output.role(owner)
-    return (f"refusing the migration history in schema {schema} on {where}: schema {schema} is owned by role {owner}, "
-            f"which may drop or replace the runner's tables (it is not user {user}); as {owner} or a "
-            f"superuser run ALTER SCHEMA {schema} OWNER TO {user}")
+    return output.visible(
+        f"refusing the migration history in schema {schema} on {where}: schema {schema} is owned by role {owner}, "
+        f"which may drop or replace the runner's tables (it is not user {user}); as {owner} or a "
+        f"superuser run ALTER SCHEMA {schema} OWNER TO {user}")
 
 
 def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = True) -> tuple:

@@ -16,10 +16,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from contextlib import contextmanager
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -172,10 +173,14 @@ def password_role(pg: Server) -> str:
     return PASSWORD_USER
 
 
+TABLES = "SELECT table_name FROM information_schema.tables WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+
+
 @dataclass
 class Database:
     server: Server
     name: str
+    _watchers: dict = field(default_factory=dict, repr=False, compare=False)  # {thread id: poll()'s session}
 
     @property
     def url(self) -> str:
@@ -186,9 +191,33 @@ class Database:
             cur.execute(sql, params)
             return cur.fetchall() if cur.description else []
 
+    def poll(self, sql: str, params=None) -> list[tuple]:
+        """query() for a loop that watches (pg_stat_activity, pg_locks, progress, a count) until something happens: one
+        kept autocommit session per thread, not a new one per look (~5 ms of server CPU each). Only for read-only
+        looks that need no fresh session; one the server ended meanwhile (a test that ends sessions) is opened again."""
+        key = threading.get_ident()
+        for attempt in (1, 2):
+            conn = self._watchers.get(key)
+            if conn is None or conn.closed:
+                conn = self._watchers[key] = psycopg2.connect(dbname=self.name, user=self.server.user, host=self.server.host,
+                                                              password=self.server.password, port=self.server.port)
+                conn.autocommit = True
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql, params)
+                    return cur.fetchall() if cur.description else []
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                if not conn.closed or attempt == 2:  # (a server's error on a live session is the test's to see)
+                    raise
+
+    def close(self) -> None:
+        """poll()'s sessions (before the database is dropped)."""
+        for conn in self._watchers.values():
+            conn.close()
+        self._watchers.clear()
+
     def tables(self) -> set[str]:
-        return {r[0] for r in self.query(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema NOT IN ('pg_catalog', 'information_schema')")}
+        return {r[0] for r in self.query(TABLES)}
 
     def db_env(self) -> dict[str, str]:
         """The seed's DB_* variables pointing at this database."""
@@ -234,6 +263,7 @@ def _new_database(pg: Server, owner: str | None = None) -> Database:
 
 
 def _drop_database(pg: Server, db: Database) -> None:
+    db.close()
     _admin_execute(pg, f"DROP DATABASE IF EXISTS {db.name} WITH (FORCE)")
 
 
@@ -405,9 +435,12 @@ def add_migration(sql_dir: Path, name: str, sql: str | bytes, rollback: str | No
 
 def applied(db) -> list[str]:
     """The ids yoyo marks applied, in id order ([] before the bookkeeping exists)."""
-    if "_yoyo_migration" not in db.tables():
-        return []
-    return [r[0] for r in db.query("SELECT migration_id FROM public._yoyo_migration ORDER BY migration_id")]
+    with db.server.connect(db.name) as conn, conn.cursor() as cur:  # (one fresh session for both looks, not two)
+        cur.execute(TABLES)
+        if "_yoyo_migration" not in {r[0] for r in cur.fetchall()}:
+            return []
+        cur.execute("SELECT migration_id FROM public._yoyo_migration ORDER BY migration_id")
+        return [r[0] for r in cur.fetchall()]
 
 
 def migrate(cli, db, sql_dir, *args):

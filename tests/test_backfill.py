@@ -292,7 +292,7 @@ def test_a_sigtermed_backfill_says_how_many_batches_committed(db, sql_dir, cli):
     proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url)
     try:
         for _ in range(300):  # until 3 batches committed
-            if db.query("SELECT count(*) FROM batches")[0][0] >= 3:
+            if db.poll("SELECT count(*) FROM batches")[0][0] >= 3:
                 break
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)

@@ -50,7 +50,7 @@ def arriving(db, role: str, schema: str):
     holder.autocommit = True
 
     def take():
-        while not db.query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%holder' || '-wait%%'")[0][0]:
+        while not db.poll("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%holder' || '-wait%%'")[0][0]:
             time.sleep(0.05)
         holder.cursor().execute("SELECT pg_advisory_lock(%s)", (bookkeeping_key(schema),))
 
@@ -228,7 +228,7 @@ def holding_while_app_waits(db, role: str, schema: str, table: str, seen: dict, 
     ended = threading.Event()  # (the run ended: stop waiting)
 
     def hold():
-        while not db.query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%gate' || '-wait%%'")[0][0]:
+        while not db.poll("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%gate' || '-wait%%'")[0][0]:
             if ended.wait(0.05):
                 return
         cursor = holder.cursor()

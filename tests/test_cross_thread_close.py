@@ -144,8 +144,8 @@ def test_sigterms_cut_off_ends_with_the_block(db):
     timers_before = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
 
     def terminate_once_it_runs():
-        while not db.query("SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = %s AND state = 'active'", (pid,)):
-            db.query("SELECT pg_catalog.pg_sleep(0.01)")
+        while not db.poll("SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = %s AND state = 'active'", (pid,)):
+            db.poll("SELECT pg_catalog.pg_sleep(0.01)")
         os.kill(os.getpid(), signal.SIGTERM)
 
     try:

@@ -201,8 +201,8 @@ def test_another_runner_holding_one_schemas_lock_is_a_warning_for_that_schema_on
         try:
             key = lock_key("b")
             deadline = time.monotonic() + 30
-            while not db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                               "AND classid = %s AND objid = %s", (key >> 32, key & 0xFFFF_FFFF))[0][0]:
+            while not db.poll("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                              "AND classid = %s AND objid = %s", (key >> 32, key & 0xFFFF_FFFF))[0][0]:
                 assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
                 time.sleep(0.1)
             result = cli("doctor", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_NAME": "a,b,c"})

@@ -19,7 +19,7 @@ def cut_in_backoff(db, proxy, after: float) -> None:
     migration's try timed out waiting for hcm_report_metadata (0: as its ROLLBACK runs; 0.1: in the backoff)."""
     deadline, waiter = time.monotonic() + 30, None
     while time.monotonic() < deadline:
-        rows = db.query(WAITING)
+        rows = db.poll(WAITING)
         if rows:
             waiter = rows[0][0]
         elif waiter is not None:
@@ -98,7 +98,7 @@ def app_in_the_other_order(db, first: str, then: str, ready: threading.Event, ou
         outcome.append(conn.info.backend_pid)
         ready.set()
         deadline = time.monotonic() + 30
-        while not db.query(APP_WAITS_FIRST.replace("hcm_report_metadata", first) % conn.info.backend_pid):
+        while not db.poll(APP_WAITS_FIRST.replace("hcm_report_metadata", first) % conn.info.backend_pid):
             if time.monotonic() > deadline:
                 raise AssertionError("the migration never waited for the app's table")
             time.sleep(0.005)
@@ -151,7 +151,7 @@ def app_rows_in_the_other_order(db, ready: threading.Event, outcome: list) -> No
         outcome.append(conn.info.backend_pid)
         ready.set()
         deadline = time.monotonic() + 30
-        while not db.query(RUNNER_WAITS_FOR_A_ROW):
+        while not db.poll(RUNNER_WAITS_FOR_A_ROW):
             if time.monotonic() > deadline:
                 raise AssertionError("the backfill never waited for the app's row")
             time.sleep(0.005)
@@ -208,7 +208,7 @@ def test_a_backfill_cut_by_a_failover_says_how_many_batches_committed_and_the_re
 
     def cut_in_the_third_batch():
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and db.query("SELECT count(*) FROM batches")[0][0] < 2:
+        while time.monotonic() < deadline and db.poll("SELECT count(*) FROM batches")[0][0] < 2:
             time.sleep(0.01)
         time.sleep(0.1)  # (inside the third batch's sleep)
         proxy.cut()

@@ -45,8 +45,8 @@ def paused(db, folder: Path, table: str):
         process = runner(db, folder, table, "migrate", "--lock-timeout", "60")
         try:
             deadline = time.monotonic() + 60
-            while not db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                               "AND classid = 0 AND objid = %s", (GATE,))[0][0]:
+            while not db.poll("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                              "AND classid = 0 AND objid = %s", (GATE,))[0][0]:
                 assert process.poll() is None and time.monotonic() < deadline, process.communicate()
                 time.sleep(0.1)
             yield process

@@ -104,8 +104,8 @@ def test_a_run_waits_for_the_schemas_bookkeeping_lock_after_its_migration_commit
     holding = threading.Thread(target=db.query, args=("SELECT pg_advisory_xact_lock(%s), pg_sleep(2)", (key,)))
     with paused(db, folder, "a_hist") as process:  # the run waits inside V2, past every earlier bookkeeping step
         holding.start()  # another service's run records for 2 s, from the moment V2 commits
-        while not db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                           "AND classid = %s AND objid = %s", (key >> 32, key & 0xFFFF_FFFF))[0][0]:
+        while not db.poll("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                          "AND classid = %s AND objid = %s", (key >> 32, key & 0xFFFF_FFFF))[0][0]:
             time.sleep(0.05)
     holding.join()
     assert process.returncode == 0

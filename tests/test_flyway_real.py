@@ -215,8 +215,8 @@ def test_flyway_and_the_runner_at_once_apply_a_migration_once(cli, db, real_flyw
     flyway_run = real_flyway(db, folder, "migrate", background=True)
     try:
         for _ in range(600):  # until Flyway holds its lock (V2 sleeping in it): the key is Flyway's own
-            if db.query(f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                        f"AND classid = {key >> 32} AND objid = {key & 0xFFFFFFFF}") == [(1,)]:
+            if db.poll(f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                       f"AND classid = {key >> 32} AND objid = {key & 0xFFFFFFFF}") == [(1,)]:
                 break
             assert flyway_run.poll() is None, flyway_run.communicate()
             time.sleep(0.1)

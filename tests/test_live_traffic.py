@@ -209,8 +209,8 @@ SLOW_BUILD = BUILD.replace("(tenant_id)", "(slow_key(tenant_id))")
 
 def wait_for_phase(db, phase, process=None, timeout=30):
     deadline = time.monotonic() + timeout
-    while not db.query("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database() "
-                       "AND phase = %s", (phase,)):
+    while not db.poll("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database() "
+                      "AND phase = %s", (phase,)):
         assert time.monotonic() < deadline and (process is None or process.poll() is None), \
             process.communicate() if process else phase
         time.sleep(0.05)
@@ -253,7 +253,7 @@ def test_a_runner_stopped_during_a_concurrent_build_is_finished_by_the_rerun(cli
         runner.send_signal(signum)
         runner.communicate(timeout=30)
         deadline = time.monotonic() + 15  # a SIGKILLed client's build is cancelled by the server (2 s check)
-        while db.query("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
+        while db.poll("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
             assert time.monotonic() < deadline
             time.sleep(0.1)
     finally:
@@ -286,7 +286,7 @@ def kill_mid_build_and_let_the_server_finish_it(db, sql_dir, seeded):
         # Until the build's session is gone: its progress row ends before its last transaction (the one that marks
         # the index valid) commits, so an empty progress view left a window where the index still read invalid.
         deadline = time.monotonic() + 30
-        while db.query("SELECT 1 FROM pg_stat_activity WHERE pid = %s", building):
+        while db.poll("SELECT 1 FROM pg_stat_activity WHERE pid = %s", building):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:

@@ -61,8 +61,8 @@ def _autovacuum_running(db, table: str, owner: str = "") -> int:
     db.query(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 30000) g")
     db.query(f"UPDATE {table} SET n = 1 WHERE id % 3 = 0")
     for _ in range(600):
-        found = db.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' AND query LIKE %s",
-                         (f"%{table}%",))
+        found = db.poll("SELECT pid FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' AND query LIKE %s",
+                        (f"%{table}%",))
         if found:
             return found[0][0]
         time.sleep(0.1)
@@ -113,8 +113,8 @@ def test_an_anti_wraparound_autovacuum_is_named_as_one_and_waited_for(cli, own_d
     own_db.query("DO $$ BEGIN FOR i IN 1..100100 LOOP PERFORM pg_catalog.pg_current_xact_id(); COMMIT; END LOOP; "
                  "END $$")
     for _ in range(600):
-        found = own_db.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
-                             "AND query LIKE '%t_wrap (to prevent wraparound)'")
+        found = own_db.poll("SELECT pid FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+                            "AND query LIKE '%t_wrap (to prevent wraparound)'")
         if found:
             break
         time.sleep(0.1)

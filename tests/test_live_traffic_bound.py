@@ -188,7 +188,7 @@ def test_a_commit_that_timed_out_is_retried_from_its_begin_never_alone(cli, db, 
     def release_on_the_second_try():  # two waits with their own start: a try timed out at COMMIT and was retried
         starts = set()
         while len(starts) < 2:
-            starts |= {row[0] for row in db.query(
+            starts |= {row[0] for row in db.poll(
                 "SELECT l.waitstart FROM pg_locks l WHERE NOT l.granted AND l.waitstart IS NOT NULL "
                 "AND %s = ANY(pg_blocking_pids(l.pid))", (blocker,))}
             time.sleep(0.02)

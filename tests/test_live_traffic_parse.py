@@ -135,7 +135,7 @@ def test_sigterm_while_the_schema_description_waits_is_one_line_and_frees_the_lo
         holder.cursor().execute("LOCK TABLE hcm_audit IN ACCESS EXCLUSIVE MODE")
         runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not db.query(
+        while time.monotonic() < deadline and not db.poll(
                 "SELECT 1 FROM pg_locks WHERE NOT granted AND relation = 'hcm_audit'::regclass"):
             time.sleep(0.02)
         time.sleep(0.5)  # (in its retries)
@@ -168,10 +168,10 @@ def kill_in_backoff(db) -> None:
 
     deadline, waiter = time.monotonic() + 30, None
     while time.monotonic() < deadline:
-        rows = db.query(WAITING)
+        rows = db.poll(WAITING)
         if rows:
             waiter = rows[0][0]
-        elif waiter is not None and db.query(IN_BACKOFF, (waiter,)):
+        elif waiter is not None and db.poll(IN_BACKOFF, (waiter,)):
             db.query(f"SELECT pg_terminate_backend({waiter})")
             return
         time.sleep(0.005)

@@ -4,6 +4,7 @@ mongosh comes from npm (`make mongosh`, pinned, in .mongosh/); these tests skip,
 only when Node.js or mongosh is missing.
 """
 
+import json
 import subprocess
 
 import pytest
@@ -205,19 +206,50 @@ SAME_VERDICT = {
 }
 
 
+@pytest.fixture(scope="module")
+def mongoshs_verdicts(tmp_path_factory):
+    """mongosh's own check (`--exposeAsyncRewriter`, the same syntax_check.js) of every SAME_VERDICT case, all in one
+    mongosh (~1.2 CPU-s a start): each case's file `load()`ed in turn, as `--file` loads one; the loads share nothing
+    but mongosh's rewriter, as every file one mongosh loads does. The one-case test below holds it to the product's
+    own one-file `_run_check`."""
+    folder = tmp_path_factory.mktemp("verdicts")
+    files = []
+    for number, (body, _line) in enumerate(SAME_VERDICT.values()):
+        files.append(folder / f"{number:04d}_case.js")
+        files[-1].write_text(body)
+    driver = folder / "driver.js"
+    driver.write_text(f"for (const file of {json.dumps([str(f) for f in files])}) {{\n  process.env.HCM_PATCH_FILE = file;\n"
+                      f"  load({json.dumps(str(js_patch_module.SYNTAX_CHECK))});\n}}\n")
+    command = [js_patch_module.mongosh_path(), "--nodb", "--norc", "--quiet", "--exposeAsyncRewriter", "--file", str(driver)]
+    home = folder / "home"
+    home.mkdir()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                          env=js_patch_module.mongosh_environment(str(home)))
+    mark = js_patch_module.SYNTAX_MARK
+    marked = [json.loads(line[len(mark):]) for line in done.stdout.split("\n") if line.startswith(mark)]
+    assert done.returncode == 0 and len(marked) == len(SAME_VERDICT), done.stdout + done.stderr
+    return dict(zip(SAME_VERDICT, marked))
+
+
 @pytest.mark.parametrize("case", SAME_VERDICT)
-def test_the_node_check_gives_mongoshs_own_verdict_and_line(tmp_path, case):
+def test_the_node_check_gives_mongoshs_own_verdict_and_line(tmp_path, mongoshs_verdicts, case):
     body, line = SAME_VERDICT[case]
     patch = js_patch(tmp_path, "0001_case", body)
     mongosh = js_patch_module.mongosh_path()
     node = js_patch_module._node_of(mongosh)
     assert node, "the npm mongosh is a node script: the cheap check applies"
-    cheap, reference = (js_patch_module._run_check(mongosh, patch, n) for n in (node, None))
+    cheap, reference = js_patch_module._run_check(mongosh, patch, node), mongoshs_verdicts[case]
     assert cheap == reference
     if line is None:
         assert cheap is None
     else:
         assert cheap["name"] == "SyntaxError" and cheap["line"] == (None if line == "no line" else line)
+
+
+@pytest.mark.parametrize("case", ["implicit await of a promise-returning call", "a syntax error deep in the file"])
+def test_mongoshs_verdicts_in_one_mongosh_are_its_one_file_checks(tmp_path, mongoshs_verdicts, case):
+    patch = js_patch(tmp_path, "0001_case", SAME_VERDICT[case][0])
+    assert js_patch_module._run_check(js_patch_module.mongosh_path(), patch, None) == mongoshs_verdicts[case]
 
 
 @pytest.mark.parametrize("script", ["node_modules/.bin/mongosh", "node_modules/mongosh/bin/mongosh.js"])  # (image's)

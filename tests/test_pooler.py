@@ -152,8 +152,8 @@ def test_sigterm_behind_a_pooler_cancels_the_runners_statement_not_the_pid_it_wa
     try:
         sleeper.start()
         deadline = time.monotonic() + 60
-        while not db.query("SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60);' AND "
-                           "state = 'active'"):
+        while not db.poll("SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60);' AND "
+                          "state = 'active'"):
             assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
             time.sleep(0.1)
         runner.send_signal(signal.SIGTERM)

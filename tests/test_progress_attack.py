@@ -150,8 +150,8 @@ def test_a_row_lock_wait_names_the_transaction_holding_it(cli, db, sql_dir):
 def _session_of(db, application_like: str, query_like: str, timeout: float = 30) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = db.query("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE %s "
-                        "AND application_name LIKE %s AND state = 'active'", (query_like, application_like))
+        rows = db.poll("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE %s "
+                       "AND application_name LIKE %s AND state = 'active'", (query_like, application_like))
         if rows:
             return rows[0][0]
         time.sleep(0.1)

@@ -204,7 +204,7 @@ def test_a_sigkilled_runner_does_not_block_the_next_one(db, sql_dir):
     add_migration(sql_dir, "0002_partial", slow, "DROP TABLE t_partial;\n")
     victim = runner_process(["migrate", "--sql-dir", sql_dir], env)
     deadline = time.monotonic() + 30
-    while not db.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()"):
+    while not db.poll("SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()"):
         assert time.monotonic() < deadline and victim.poll() is None, victim.communicate()
         time.sleep(0.1)
     victim.send_signal(signal.SIGKILL)

@@ -168,7 +168,7 @@ def runner_process(db, sql_dir: Path, tmp_path: Path, *args) -> subprocess.Popen
 
 def wait_for_sleep(db, seconds: float = 15) -> None:
     deadline = time.monotonic() + seconds
-    while not db.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%%' AND state = 'active'"):
+    while not db.poll("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%%' AND state = 'active'"):
         assert time.monotonic() < deadline, "the migration never reached its pg_sleep"
         time.sleep(0.05)
 

@@ -31,8 +31,8 @@ def runner(db, *args, env: dict | None = None, cwd: Path) -> subprocess.Popen:
 
 def wait_for_sleeps(db, count: int = 1, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
-    while db.query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%%' "
-                   "AND state = 'active'")[0][0] < count:
+    while db.poll("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%%' "
+                  "AND state = 'active'")[0][0] < count:
         assert time.monotonic() < deadline, "the migrations never reached their pg_sleep"
         time.sleep(0.05)
 

@@ -142,8 +142,8 @@ def _while_a_is_locked(db, args: list[str], change_b: str) -> subprocess.Complet
                                   cwd=PROJECT_ROOT, env={"PATH": "/usr/bin:/bin", **db.db_env(), "SCHEMA_NAME": "a,b"},
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 20
-        while not db.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE '%%pg_try_advisory_lock(%%' "
-                           "AND pid <> pg_backend_pid()"):
+        while not db.poll("SELECT 1 FROM pg_stat_activity WHERE query LIKE '%%pg_try_advisory_lock(%%' "
+                          "AND pid <> pg_backend_pid()"):
             assert time.monotonic() < deadline and runner.poll() is None, "the runner never waited for a's lock"
             time.sleep(0.05)
         db.query(change_b)

@@ -148,9 +148,9 @@ def _held_by_other(db, schema: str | None):
 
 def _wait_until_waiting(db, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
-    while not db.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE '%%pg_try_advisory_lock(%%' "
-                       "AND application_name LIKE 'hcm-db-migrations%%' AND pid <> pg_backend_pid() "
-                       "AND application_name NOT LIKE '%%otherhost%%'"):
+    while not db.poll("SELECT 1 FROM pg_stat_activity WHERE query LIKE '%%pg_try_advisory_lock(%%' "
+                      "AND application_name LIKE 'hcm-db-migrations%%' AND pid <> pg_backend_pid() "
+                      "AND application_name NOT LIKE '%%otherhost%%'"):
         assert time.monotonic() < deadline, "the runner never waited for the lock"
         time.sleep(0.05)
 

@@ -96,6 +96,61 @@ def test_a_lost_mark_with_the_plain_history_in_public_leaves_the_tenant_alone(cl
     assert status.exit_code == 0 and "schema: as recorded" in status.stdout, status.output
 
 
+@pytest.fixture
+def home_path(db):
+    """Set the role's search_path in this database (as ALTER ROLE ... IN DATABASE does), reset after the test."""
+    def home(path: str) -> None:
+        db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET search_path = {path}")
+    yield home
+    db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} RESET search_path")
+
+
+def test_an_unmarked_tenant_history_in_the_home_schema_beside_public_is_refused_not_switched_to(
+        cli, db, sql_dir, tmp_path, home_path):
+    """attack23l home_switch: the plain history in public, a tenant's in app whose mark a restore without comments
+    lost, then the role's search_path made app first: the plain run switched to app's history, re-applied the plain
+    folder there and exited 0; doctor said "ready". Both are complete histories: refused, naming both and the way."""
+    tenant = tmp_path / "tenant"
+    tenant.mkdir()
+    add_migration(tenant, "0001_t", "CREATE TABLE t (id int);\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    ok(cli("migrate", "--sql-dir", tenant, "--schema", "app", "--create-schemas", env=db.db_env()))
+    db.query("COMMENT ON TABLE app.yoyo_lock IS NULL")
+    home_path("app, public")
+    for command in ("migrate", "status", "plan"):
+        result = cli(command, "--sql-dir", sql_dir, env=db.db_env())
+        line = one_error_line(result)
+        assert result.exit_code == 2, (command, result.output)
+        assert "schemas app and public both hold a migration history without the tenant mark" in line, line
+        assert db.name in line and "run with --schema app" in line and f"COMMENT ON TABLE app.yoyo_lock IS '{MARK}'" \
+            in line and "set search_path without app first" in line, line
+    assert history(db, "app") == ["0001_t"] and applied(db) == [SEED], "nothing applied twice"
+    assert "hcm_report_metadata" not in relations(db, "app")
+    doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env())
+    [failed] = [line for line in doctor.stdout.splitlines() if line.startswith("FAIL")]
+    assert doctor.exit_code == 1 and failed.startswith("FAIL  postgres history") and "run with --schema app" in failed
+    assert "ready" not in doctor.stdout.splitlines()[-1], doctor.stdout
+    # the tenant's own run writes its mark back; the plain run then keeps to public's history
+    ok(cli("migrate", "--sql-dir", tenant, "--schema", "app", env=db.db_env()))
+    assert mark_of(db, "app") == MARK
+    add_migration(sql_dir, "0002_t4", "CREATE TABLE public.t4 (id int);\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert applied(db) == [SEED, "0002_t4"] and history(db, "app") == ["0001_t"]
+
+
+def test_doctor_over_a_tenant_then_public_checks_publics_own_history(cli, db, sql_dir):
+    """doctor pins each schema in turn on one connection: public's check, after a tenant's whose mark was lost, took
+    that tenant's schema for the plain run's home (its last pin) instead of public, as SCHEMA_NAME=public's run does."""
+    listed = {**db.db_env(), "SCHEMA_NAME": "pb,public"}
+    ok(cli("migrate", "--sql-dir", sql_dir, "--create-schemas", env=listed))
+    db.query("COMMENT ON TABLE pb.yoyo_lock IS NULL")
+    ok(cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_NAME": "public"}))
+    report = json.loads(cli("doctor", "--json", "--no-dev-tools", "--sql-dir", sql_dir, env=listed).stdout)
+    assert report["ok"] is True, [c for c in report["checks"] if c["status"] != "ok"]
+    [public] = [c for c in report["checks"] if c["name"] == "postgres schema" and c.get("schema") == "public"]
+    assert "schema public" in public["detail"], public
+
+
 def test_the_plain_history_in_another_schema_is_named_not_silently_replaced(cli, db, sql_dir):
     """A plain history made under another search_path (`app`): a run under the default one says where it is."""
     db.query(f"CREATE SCHEMA app; ALTER DATABASE {db.name} SET search_path = app")

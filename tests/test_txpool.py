@@ -1,16 +1,28 @@
 """Behind a transaction-mode pool that forwards `options` (attack 23k): every server session took the runner's
 settings from its own startup packet, so the read-back passes, yet each later transaction of the run may run on
 another client's server session. The pins and every take or release of a session-level advisory lock run only on
-the session's own server session (its pid and start as first read), else do nothing, and the run refuses."""
+the session's own server session (its pid and start as first read), else do nothing, and the run refuses, letting go
+of the locks it took there first. Where the pool has one server session for every client (attack 23l), the migration
+lock is never taken twice on it, and no migration runs on a server session an earlier client SET its search_path in."""
 
+import contextlib
+import functools
+import os
 import subprocess
 import sys
+import time
+from urllib.parse import parse_qsl, urlsplit
 
+import psycopg2
 import pytest
 
 from conftest import PROJECT_ROOT, SEED, add_migration, applied, one_error_line
 from migrator import bookkeeping_lock, pg_lock, postgres, server_session
+from migrator.env import Env
 from migrator.errors import MigratorError
+from migrator.postgres.connection import session_url
+from migrator.settings import resolve_postgres
+from migrator.targets import PostgresOptions
 from pg_wire import TxPool
 from test_pg_lock import target_of
 from test_silent_network import CLEAN, seeded, through  # noqa: F401 (a fixture)
@@ -99,3 +111,101 @@ def test_on_its_own_server_session_the_guards_change_nothing(db):
         backend.rollback()  # yoyo's: the pins again, guarded
         assert backend.execute("SELECT current_setting('search_path')").fetchone()[0] == "pg_catalog"
     assert _advisory_locks(db) == 0
+
+
+# attack 23l: a pool holding ONE server session that every client's transactions share.
+SHARED_LINE = "this run's server session already holds the migration lock"
+
+
+@pytest.fixture
+def txpool1(pg):
+    pool = TxPool(pg.host, pg.port, size=1)
+    yield pool
+    pool.close()
+
+
+def _pooled(db, pool):
+    return resolve_postgres(PostgresOptions(), Env({**db.db_env(), "DB_HOST": "127.0.0.1", "DB_PORT": str(pool.port)}))
+
+
+def test_a_run_sharing_the_lock_holders_server_session_is_refused_and_clears_nothing(db, txpool1):
+    """attack 23l txpool_size1: before, run 2's pg_try_advisory_lock succeeded on the server session holding run 1's
+    lock (session locks are re-entrant), _ALIVE left out that only session and run 2 cleared run 1's row as a dead
+    runner's ("note: cleared ..."), then applied the migration run 1 was running."""
+    target, notes = _pooled(db, txpool1), []
+    with postgres.connect(target, read_only=False) as first, postgres.connect(target, read_only=False) as second:
+        assert server_session.of(first.connection) == server_session.of(second.connection)  # (one server session)
+        with pg_lock.held(first, target, 5, notes.append):
+            with pytest.raises(MigratorError) as err:
+                with pg_lock.held(second, target, 1, notes.append):
+                    pytest.fail("took the migration lock its own server session holds for another run")
+            assert err.value.exit_code == 2 and SHARED_LINE in str(err.value), err.value
+            assert "connect to PostgreSQL directly or through a session-mode pool" in str(err.value)
+            assert second.connection.closed and notes == []
+            assert db.query("SELECT pid FROM public.yoyo_lock") == [(os.getpid(),)]  # (run 1's row kept)
+            assert _advisory_locks(db) == 2  # (run 1's two, not released by the refused run)
+    assert _advisory_locks(db) == 0
+
+
+def test_two_runs_through_a_one_session_pool_never_apply_a_migration_twice(cli, db, sql_dir, seeded, txpool1):
+    """attack 23l txpool_size1 end to end: run 2 starts while run 1's non-transactional file runs; the pool's
+    session for the runs' own connections was opened by an earlier client (its application_name is not run 1's).
+    Before: run 2 took the lock again there and cleared run 1's lock row as a dead runner's (the attack's pool: and
+    ran the file again; this one names its migration sessions after run 1, so run 2 waited out --lock-timeout and
+    called run 1 an older version, exit 4)."""
+    env = through(seeded, txpool1)
+    db.query("CREATE TABLE hits (n int)")
+    assert cli("migrate", "--sql-dir", sql_dir, "--lock-timeout", "5", env=env).exit_code == 0  # (opens the session)
+    add_migration(sql_dir, "0003_hits", "-- transactional: false\nINSERT INTO hits VALUES (1);\n"
+                  "SELECT pg_sleep(3);\nINSERT INTO hits VALUES (2);\n")
+    run = functools.partial(subprocess.Popen, [sys.executable, "runner.py", "migrate", "--sql-dir", str(sql_dir),
+                                               "--lock-timeout", "5"],
+                            cwd=PROJECT_ROOT, env={**CLEAN, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    first = run()
+    deadline = time.monotonic() + 60
+    while db.query("SELECT count(*) FROM hits")[0][0] == 0:  # (run 1 holds the lock, its file running)
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = run()
+    (out1, err1), (out2, err2) = first.communicate(timeout=120), second.communicate(timeout=120)
+    assert db.query("SELECT n FROM hits ORDER BY n") == [(1,), (2,)], (err1, err2)
+    assert db.query("SELECT count(*) FROM public._yoyo_log WHERE migration_id = '0003_hits'")[0][0] == 1
+    assert first.returncode == 0, err1
+    assert second.returncode == 2 and SHARED_LINE in err2.strip().splitlines()[-1], err2
+    assert "cleared the migration lock" not in err2
+
+
+def test_a_run_refused_after_it_took_the_lock_leaves_no_lock_on_its_pooled_session(db, txpool):
+    """attack 23l txpool_lockleft: a run whose later statement reached another server session refused, leaving its
+    session advisory locks on its own pooled server session (idle) for as long as the pool kept it: every later
+    migrate, direct ones too, waited and failed. Now the refusal lets them go there first (a guarded release)."""
+    target = _pooled(db, txpool)
+    options = dict(parse_qsl(urlsplit(session_url(target, False, None)).query))["options"]
+    raw = functools.partial(psycopg2.connect, host="127.0.0.1", port=txpool.port, dbname=db.name,
+                            user=db.server.user, password=db.server.password, options=options)
+    with contextlib.closing(raw()) as x, contextlib.closing(raw()) as y:
+        x.cursor().execute("SELECT 1")  # (x's transaction keeps one server session: the run's are all the other)
+        with postgres.connect(target, read_only=False) as run, pg_lock.held(run, target, 5, lambda _: None):
+            assert _advisory_locks(db) == 2  # (the run's lock and Flyway's on its history, on its own session)
+            y.cursor().execute("SELECT 1")  # y's transaction on the run's server session, then both end:
+            x.commit(), y.commit()  # the run's next transaction reaches x's session, the one after its own
+            with pytest.raises(MigratorError) as err:
+                bookkeeping_lock.Recording(run.connection, run.bookkeeping_schema).before_commit("")
+            assert POOL_LINE in str(err.value) and run.connection.closed
+            assert _advisory_locks(db) == 0
+
+
+def test_a_migration_reaching_a_session_another_client_set_its_search_path_in_is_refused_not_blamed(cli, db, sql_dir,
+                                                                                                    seeded, txpool1):
+    """attack 23l txpool_fwd: the first file's record pins its session's search_path to pg_catalog (as the run's own
+    are); the pool hands that server session to the next file's connection, whose CREATE TABLE then failed
+    "permission denied for schema pg_catalog ... fix the file" (a correct file). Now its first read refuses."""
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n")
+    add_migration(sql_dir, "0003_b", "CREATE TABLE b (id int);\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=through(seeded, txpool1))
+    line = one_error_line(result)
+    assert result.exit_code == 2, result.output
+    assert "a migration's new connection reached a server session another client used before" in line, line
+    assert "fix the file" not in line and "connect to PostgreSQL directly" in line, line
+    assert applied(db) == [SEED, "0002_a"] and "b" not in db.tables()

@@ -108,9 +108,9 @@ def _say_other_histories(settings: CommandSettings, backend) -> None:
     (a Job whose SCHEMA_NAME went missing would otherwise report success having migrated no tenant)."""
     others = backend.tenant_schemas  # (read when the connection was pinned)
     if others:
-        settings.note(f"note: schema(s) {others.replace(',', ', ')} hold their own histories (tenants'), which a run "
-                      "without --schema / SCHEMA_NAME leaves alone; this run migrates "
-                      f"{backend.bookkeeping_schema}'s history only")
+        settings.note(output.visible(  # (the catalogs' names: escaped, one line)
+            f"note: schema(s) {others.replace(',', ', ')} hold their own histories (tenants'), which a run without "
+            f"--schema / SCHEMA_NAME leaves alone; this run migrates {backend.bookkeeping_schema}'s history only"))
 
 
 def _apply_pending(settings: CommandSettings, backend, target, migrations, schema, applied: list) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from migrator.output import unquoted_secrets
+from migrator.output import unquoted_secrets, visible
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 NAME_WIDTH = 20  # the check names' column; wider when a name is longer
@@ -33,8 +33,11 @@ class Check:
         return f"[{self.schema}] {self.name}" if self.schema else self.name
 
     def line(self, width: int = NAME_WIDTH) -> str:
+        """One line: the names in it come from the catalogs (a home schema, an owner), any of which may hold a line
+        break; each control character is written as its escape, so no name forges a line (JSON keeps them as
+        they are: its encoding escapes them)."""
         text = f"{self.status:<4}  {self.label:<{width}}  {self.detail}"
-        return text + (f" -> {self.remedy}" if self.remedy else "")
+        return visible(text + (f" -> {self.remedy}" if self.remedy else ""))
 
     def to_json(self) -> dict[str, Any]:
         fields = asdict(self)

@@ -15,7 +15,7 @@ import time
 from migrator import bookkeeping_lock, checksums, output, pg_lock, server_session, trust
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
 from migrator.errors import MigratorError
-from migrator.postgres import connection as postgres_connection
+from migrator.postgres import tenant_mark
 from migrator.targets import PostgresTarget
 
 MIN_VERSION = 140000  # client_connection_check_interval (a dead runner's work is cancelled)
@@ -83,12 +83,33 @@ def check(report: DoctorReport, target: PostgresTarget, sql_dir) -> None:
 
 
 def _schema_checks(report: DoctorReport, backend, target: PostgresTarget, sql_dir, described=None) -> None:
-    if backend.foreign and target.schema in (None, "public"):  # the plain run would refuse (connection.connect)
-        report.add(failed("postgres history", postgres_connection.foreign_history(backend, target)))
+    if (backend.foreign or backend.twin) and target.schema in (None, "public"):  # the plain run would refuse
+        said = tenant_mark.foreign_history if backend.foreign else tenant_mark.twin_histories  # (connection.connect)
+        report.add(failed("postgres history", said(backend, target)))
         return
+    if target.schema in (None, "public"):
+        _creation_schema(report, backend, target)
     readable = _guarded(report, backend, "postgres schema", _privileges, target)
     if readable:
         _guarded(report, backend, "migrations", _migrations, target, sql_dir, described)
+
+
+def _creation_schema(report: DoctorReport, backend, target: PostgresTarget) -> None:
+    """A plain run's migrations run under the role's own search_path, as psql's would: where it names no schema that
+    exists (or pg_catalog first, a hardening), every unqualified CREATE fails; with pg_temp first, CREATE TABLE makes
+    a temporary table. A file naming its schemas still runs, so a warning: the setting and its fix (the bookkeeping
+    stays in public either way)."""
+    schema, path = backend.creates_in or (None, "")
+    if schema and not schema.startswith("pg_") and schema != "information_schema":
+        return
+    user, database = backend.execute("SELECT current_user, current_database()").fetchone()
+    said = ("names no schema that exists: an unqualified CREATE in a migration fails" if not schema else
+            "puts pg_temp first: an unqualified CREATE TABLE in a migration makes a temporary table, gone when its "
+            "session ends (recorded as applied all the same)" if schema.startswith("pg_temp") else
+            f"puts {schema} first: an unqualified CREATE in a migration fails")
+    report.add(Check("postgres search_path", WARN, f"user {user}'s search_path ({path}) {said}, as in psql",
+                     f"ALTER ROLE {user} IN DATABASE {database} SET search_path = public (your schema first, then "
+                     "public), or name the schema in each file"))
 
 
 def _each_schema(report: DoctorReport, backend, target: PostgresTarget, sql_dir) -> None:
@@ -286,7 +307,7 @@ def _bookkeeping(report: DoctorReport, backend, schema: str, user: str, usage: b
 def _tenant_mark(report: DoctorReport, backend, schema: str, user: str) -> None:
     """A tenant's history whose mark is lost (a restore without comments): a plain run refuses rather than take
     it; the tenant's next migrate writes the mark if its user owns the lock table, else its owner must."""
-    state = postgres_connection.tenant_mark(backend.connection, schema)
+    state = tenant_mark.state(backend.connection, schema)
     if state is None or state[0]:
         return  # no history yet (the first migrate marks it), or marked
     _, may_mark, owner = state
@@ -295,7 +316,7 @@ def _tenant_mark(report: DoctorReport, backend, schema: str, user: str) -> None:
     else:
         report.add(Check("tenant mark", WARN, f"the history in {schema} lacks the tenant mark and user {user} may not "
                          f"write it (the owner of {schema}.yoyo_lock is {owner}): migrate works, but a plain run "
-                         "refuses while public holds no history", f"as {owner}: {postgres_connection.mark_statement(schema)}"))
+                         "refuses while public holds no history", f"as {owner}: {tenant_mark.mark_statement(schema)}"))
 
 
 def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advisory: bool) -> None:

@@ -31,8 +31,9 @@ from typing import Iterator
 
 from migrator import output, pg_lock, pinned, server_session, trust, whoami
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import failures
+from migrator.postgres import failures, tenant_mark
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads, guard_session, opened
+from migrator.postgres.tenant_mark import TENANT_MARK
 from migrator.tables import MIGRATION_TABLE
 from migrator.targets import DdlLimits, PostgresTarget, where_name
 
@@ -48,16 +49,19 @@ from migrator.postgres.session_options import (CATALOG_ONLY, CLIENT_CHECK, CONNE
 # carries TENANT_MARK), or one this run would only find by guessing (a tenant whose mark a dump
 # without comments lost, a plain history made under another search_path). hcm.tenant_schemas lists
 # them all, so the schema description leaves them out; `foreign` names the unmarked ones when the
-# plain run has no history of its own, and the run refuses instead of starting a second one.
-TENANT_MARK = "hcm-db-migrations: the history of a tenant schema (runs with --schema / SCHEMA_NAME)"
+# plain run has no history of its own, and the run refuses instead of starting a second one. `twin` names the home
+# schema when it and public both hold a complete unmarked history (a tenant's whose mark was lost, put first on the
+# role's search_path): the run refuses rather than switch from public's to it and apply its files again.
 # The home schema is read first (HOME: one qualified call, no operator), then search_path is pinned to
 # pg_catalog before the rest runs: under the role's own search_path (one may list pg_catalog after a schema
 # others create in) a planted = on name, or string_agg(name, text), would run as the migration role.
 # The home schema is the first one of the role's search_path that exists and is no system schema (a search_path of
-# '' or of pg_catalog first, a hardening, must never make pg_catalog the bookkeeping's home): else public.
-HOME = ("SET ROLE NONE; SELECT s FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS t(s, o) "
-        "WHERE NOT pg_catalog.starts_with(s::pg_catalog.text, 'pg_') "
-        "AND s OPERATOR(pg_catalog.<>) 'information_schema' ORDER BY o LIMIT 1")
+# '' or of pg_catalog first, a hardening, must never make pg_catalog the bookkeeping's home): else public. Read with
+# it, as a migration's fresh session has them: the schema an unqualified CREATE goes to, and the path (doctor).
+HOME = ("SET ROLE NONE; SELECT (SELECT s FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY "
+        "AS t(s, o) WHERE NOT pg_catalog.starts_with(s::pg_catalog.text, 'pg_') "
+        "AND s OPERATOR(pg_catalog.<>) 'information_schema' ORDER BY o LIMIT 1), pg_catalog.current_schema(), "
+        "pg_catalog.current_setting('search_path')")
 # The run's own names (a Flyway folder's history table, its history), read by its SQL: set by the pins, once the
 # session's settings were read back as asked (a refused session sets nothing).
 OURS = ("pg_catalog.set_config('hcm.flyway_table', %(flyway_table)s, false), "
@@ -94,7 +98,10 @@ SELECT schema,
        pg_catalog.set_config('hcm.tenant_schemas', coalesce(
            (SELECT pg_catalog.string_agg(nspname::pg_catalog.text, ','::pg_catalog.text ORDER BY nspname)
             FROM others), ''), false),
-       pg_catalog.set_config('synchronous_commit', 'off', false), """ + OURS + """ FROM chosen
+       pg_catalog.set_config('synchronous_commit', 'off', false), """ + OURS + """,
+       (SELECT home.name FROM home WHERE (SELECT pg_catalog.count(*) FROM histories h WHERE NOT h.tenant
+            AND h.locked AND h.checked AND h.nspname IN (home.name, 'public')) = 2)
+FROM chosen
 """
 
 
@@ -172,6 +179,8 @@ def backend_class():
         history: str | None = None  # set for a Flyway folder's run: its drift is its own objects' (history.py)
         out_of_order = True
         foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
+        twin: str | None = None  # a plain run's: its home schema, when it and public both hold a complete history
+        creates_in: tuple = ()  # a plain run's: (the schema an unqualified CREATE uses or None, the search_path)
         tenant_schemas = ""  # hcm.tenant_schemas as pinned: the other histories (tenants') a plain run leaves alone
         guarded = True  # the run's own statements answer within the read timeout; a migration's: guard_session's
 
@@ -207,17 +216,19 @@ def backend_class():
                 execute = functools.partial(self._on_own_session, connection, cursor)
                 if self.schema and self.schema != "public":
                     execute(PIN_TENANT, {"schema": self.schema, **ours})
-                    self.bookkeeping_schema, self.foreign, self.tenant_schemas = self.schema, [], ""
+                    self.bookkeeping_schema, self.foreign, self.tenant_schemas, self.twin = self.schema, [], "", None
                     return
                 # SCHEMA_NAME=public (DIGIT's value outside a central instance) is the plain run: its
                 # history, lock, schema description and its migrations' search_path (the session's). Once
-                # pinned (a re-pin after a rollback), the session's current schema is pg_catalog: keep the pin.
-                home = self.bookkeeping_schema if self.pinned else self.schema
+                # pinned (a re-pin after a rollback), the session's current schema is pg_catalog: keep the pin
+                # (public's, where doctor's one connection pins tenants first).
+                home = "public" if self.schema == "public" else self.bookkeeping_schema if self.pinned else None
                 execute(HOME)
-                home = home or next(iter(cursor.fetchone() or ()), None)
+                first, *creates_in = cursor.fetchone()
+                home, self.creates_in = home or first, self.creates_in or tuple(creates_in)  # (a re-pin's: pg_catalog)
                 execute(PIN_BOOKKEEPING, {"mark": TENANT_MARK, "home": home, **ours})
                 row = cursor.fetchone()
-                self.bookkeeping_schema, foreign, self.tenant_schemas = row[0], row[1], row[4]
+                self.bookkeeping_schema, foreign, self.tenant_schemas, self.twin = row[0], row[1], row[4], row[-1]
                 self.foreign, self.pinned = (foreign.split(",") if foreign else []), True
 
         def _on_own_session(self, connection, cursor, sql: str, params: dict | None = None) -> None:
@@ -358,9 +369,10 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
         if backend.flyway_table != backend_class().flyway_table:
             backend.init_connection(backend.connection)  # the pins again, with SCHEMA_TABLE's name
         pinned.pin(backend.connection)  # (init_connection set its path to pg_catalog, committed: see pinned.py)
-        if refuse_foreign and backend.foreign and (target.schema or not target.schemas):
+        if refuse_foreign and (backend.foreign or backend.twin) and (target.schema or not target.schemas):
             backend.connection.close()
-            raise MigratorError(foreign_history(backend, target), USAGE)
+            raise MigratorError((tenant_mark.foreign_history if backend.foreign else tenant_mark.twin_histories)(
+                backend, target), USAGE)
         try:  # before anything touches those tables (doctor reports it instead)
             state = backend.verified = trust.verify(backend, target.schema or backend.bookkeeping_schema,
                                                     replace(target, schema=None).where, read_only, refuse=refuse_foreign)
@@ -385,38 +397,6 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
         backend.connection.close()
 
 
-def foreign_history(backend, target: PostgresTarget) -> str:
-    """Why a plain run (or SCHEMA_NAME=public) refuses: its schema holds no history, another schema one."""
-    one, more = backend.foreign[0], backend.foreign[1:]
-    holds = f"schema {one} holds one" if not more else f"schemas {', '.join(backend.foreign)} hold histories"
-    return (f"no migration history in schema {backend.bookkeeping_schema} on {replace(target, schema=None).where}, "
-            f"but {holds} without the tenant mark (a tenant's restored without comments?): a second history is "
-            f"not started; if it is a tenant's, run with --schema {one} (SCHEMA_NAME={one}); else set search_path to "
-            f"{one} (ALTER ROLE ... SET search_path)")
-
-
-# The lock table's mark, and whether this user may write it (COMMENT needs the table's owner). By the
-# catalogs: naming a table in a schema without USAGE is an error, not an answer.
-MARK_STATE = """
-SELECT pg_catalog.obj_description(c.oid, 'pg_class') IS NOT DISTINCT FROM %(mark)s,
-       pg_catalog.pg_has_role(c.relowner, 'USAGE'), pg_catalog.pg_get_userbyid(c.relowner)
-FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %(schema)s AND c.relname = 'yoyo_lock'
-"""
-
-
-def mark_statement(schema: str) -> str:
-    """The statement that marks a schema's history as a tenant's."""
-    return f"COMMENT ON TABLE {schema}.yoyo_lock IS '{TENANT_MARK}'"
-
-
-def tenant_mark(connection, schema: str) -> tuple[bool, bool, str] | None:
-    """(marked, this user may mark it, the lock table's owner) of a tenant's history; None before it has one."""
-    with connection.cursor() as cursor:
-        cursor.execute(MARK_STATE, {"mark": TENANT_MARK, "schema": schema})
-        return cursor.fetchone()
-
-
 def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
     """yoyo ignores a failure to create its lock table and later fails obscurely; say why instead.
     A tenant's lock table is marked as a tenant's (TENANT_MARK); where the user may not write it (COMMENT
@@ -429,15 +409,15 @@ def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
     plain = not target.schema or target.schema == "public"
     if plain and usage and backend.trusted_at_connect([backend.lock_table]):
         return  # (its lock table there and the schema usable: a plain run has no mark to read)
-    state = tenant_mark(backend.connection, schema)
+    state = tenant_mark.state(backend.connection, schema)
     if (state is None or not usage) and backend.execute("SELECT pg_catalog.current_setting('transaction_read_only') "
                                                         "OPERATOR(pg_catalog.=) 'on'").fetchone()[0]:
         raise server_session.read_only(replace(target, schema=None).where)  # (no GRANT would help)
     if state is None or not usage:
         lacks, grant = ("cannot create tables in", "CREATE") if usage else ("has no USAGE on", "USAGE, CREATE")
-        raise MigratorError(
+        raise MigratorError(output.visible(  # (a home schema may be named anything: one line)
             f"user {user} {lacks} schema {schema} on {replace(target, schema=None).where} (yoyo's bookkeeping "
-            f"needs it); run GRANT {grant} ON SCHEMA {schema} TO {user}, or connect as the schema's owner")
+            f"needs it); run GRANT {grant} ON SCHEMA {schema} TO {user}, or connect as the schema's owner"))
     marked, may_mark, owner = state
     if plain or marked:
         return
@@ -446,4 +426,4 @@ def _check_bookkeeping(backend, target: PostgresTarget, state) -> None:
             backend.execute(f"COMMENT ON TABLE {backend.lock_table_quoted} IS :mark", {"mark": TENANT_MARK})
     else:
         output.note(f"note: schema {schema}'s history lacks the tenant mark (a plain run refuses it rather than take "
-                    f"it); user {user} may not write it; run as its owner ({owner}): {mark_statement(schema)}")
+                    f"it); user {user} may not write it; run as its owner ({owner}): {tenant_mark.mark_statement(schema)}")

@@ -89,7 +89,6 @@ FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamesp
 WHERE c.relname = %(name)s AND c.relkind IN ('r', 'p', 'm') AND (n.nspname = ANY(%(path)s)
   OR %(any)s AND n.nspname <> ALL(ARRAY['pg_catalog', 'information_schema']) AND n.nspname !~ '^pg_(toast|temp)')
 """
-_VOLATILE = "SELECT 1 FROM pg_catalog.pg_proc WHERE proname = ANY(%s) AND provolatile = 'v' LIMIT 1"
 _COLUMN = """
 SELECT a.atttypid, a.atttypmod, a.attnotnull, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attcollation,
        EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY(i.indkey))
@@ -234,11 +233,6 @@ class _Live:
             found = [(row[0], _qualified(row[1], row[2]), *table_sizes.size(self, row)) for row in rows]
             self.tables[name] = max(found, key=lambda t: (t[2], t[3]), default=None)
         return self.tables[name]
-
-    def volatile(self, functions: set[str]) -> bool:
-        if not functions:
-            return False
-        return bool(self._rows(_VOLATILE, (sorted(functions),)))
 
     def column(self, oid: int, column: str):
         return next(iter(self._rows(_COLUMN, (oid, column))), None)

@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass, field
 
 from migrator import lazy_re
-from migrator.postgres import risks_nullable, risks_objects, risks_path, risks_pending, risks_types, risks_writes
+from migrator.postgres import (risks_functions, risks_nullable, risks_objects, risks_path, risks_pending, risks_types,
+                               risks_writes)
 # (the kinds of risk, their locks and safe patterns; rewrites.py and impact.py read them from here)
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
@@ -24,8 +25,8 @@ _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|alter\s+(?:index|materi
                         r"create\s+(?:unique\s+)?index|vacuum|cluster|reindex|refresh\s+materialized|"
                         r"create\s+(?:(?:global|local)\s+)?(?:unlogged\s+)?table\s+[^;]*?"
                         r"\bpartition\s+of)\b", re.IGNORECASE)
-_FUNCTION = lazy_re.compile(r"\s*(?:create\s+(?:or\s+replace\s+)?function|alter\s+(?:function|routine))\b",
-                            re.IGNORECASE)
+_FUNCTION = lazy_re.compile(r"\s*(?:create\s+(?:or\s+replace\s+)?function|"
+                            r"alter\s+(?:function|routine|procedure|schema))\b", re.IGNORECASE)
 _DROP_INDEX = lazy_re.compile(r"\s*drop\s+index\b", re.IGNORECASE)
 _COMMENTS = lazy_re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint only: `ALTER /* x */ TABLE` is parsed too)
 # A table a statement creates, read without the parser (pg_dump and people write it so; IF NOT EXISTS may
@@ -65,7 +66,8 @@ class Seen:
     validated: dict = field(default_factory=dict)  # table key -> constraint names VALIDATEd by a pending statement
     altered: dict | None = None  # in a transactional file: table key -> (lock, by what) held until COMMIT
     # (kind, the name a pending RENAME TO / SET SCHEMA gives) -> the live object's name, or risks_pending.GONE for the
-    # name it took away; kinds: table (key -> (schema, name)), type ((schema or None, name)), function, schema
+    # name it took away; kinds: table (key -> (schema, name)), type ((schema or None, name)), schema (functions:
+    # risks_functions, by Seen.functions)
     aliases: dict = field(default_factory=dict)
     follow: bool = True  # follow them (False: the catalog read has them already, plan --impact's scratch database)
     columns: dict = field(default_factory=dict)  # (table key, column) -> the live column's name (RENAME COLUMN)
@@ -82,23 +84,33 @@ class Seen:
     session_zone: str | None = None  # a fresh session's TimeZone once an earlier file's ALTER DATABASE / ROLE set it
     next_session_zone: str | None = None  # (set by this file's ALTER DATABASE / ROLE: the next files' sessions)
     collations: set = field(default_factory=set)  # the collations a pending CREATE COLLATION makes
-    domain_collations: dict = field(default_factory=dict)  # domain name -> its pending CREATE DOMAIN's COLLATE
+    domain_collations: dict = field(default_factory=dict)  # domain -> its pending CREATE DOMAIN's COLLATE
     keyed: dict = field(default_factory=dict)  # table key -> live column -> {index: its keys}: pending (risks_keyed)
-    domain_types: dict = field(default_factory=dict)  # name -> the type a pending CREATE DOMAIN is over (a TypeName)
-    functions: dict = field(default_factory=dict)  # name -> volatile: the functions a pending statement creates
+    domain_types: dict = field(default_factory=dict)  # domain -> the type a pending CREATE DOMAIN is over (a TypeName)
+    functions: list = field(default_factory=list)  # what pending statements do to functions, in order (risks_functions)
     checked: set = field(default_factory=set)  # table keys a pending statement gave a validated CHECK
     loaded: set = field(default_factory=set)  # tables a pending statement loads rows into (INSERT ... SELECT, COPY)
     indexes: dict = field(default_factory=dict)  # (table key, index name) -> its columns: a pending CREATE INDEX's
     views: dict = field(default_factory=dict)  # view key -> the tables it reads: a CREATE VIEW of a locked file's
     transactional: bool = True  # the file runs in one transaction (else only its own BEGIN ... COMMIT blocks)
-    domains: dict = field(default_factory=dict)  # name -> (has a CHECK / NOT NULL, base type): a pending CREATE DOMAIN
+    # (schema or None: the live path's first, name) -> (has a CHECK / NOT NULL, base type): a pending CREATE DOMAIN
+    domains: dict = field(default_factory=dict)  # (risks_pending.domain_key keys the domain_* dicts alike)
+    domain_constrained: set = field(default_factory=set)  # domain names a pending ALTER DOMAIN gives a constraint
+    domain_dropped: set = field(default_factory=set)  # (schema or None, domain, constraint): a pending DROP's
     # what risks_pending reads: a domain's DEFAULT, expression / partial indexes and CHECKs a type change redoes
-    domain_defaults: dict = field(default_factory=dict)  # name -> the functions its DEFAULT calls, or ("live", base)
+    domain_defaults: dict = field(default_factory=dict)  # domain -> the functions its DEFAULT calls, or ("live", base)
     rebuilt: dict = field(default_factory=dict)  # table key -> {index name: the live columns it names}
     pending_checks: dict = field(default_factory=dict)  # (table key, name) -> (live columns, validated when added)
     dropped_indexes: set = field(default_factory=set)  # (schema or None, name): a pending DROP INDEX's
     dropped_checks: set = field(default_factory=set)  # (table key, name): a pending DROP CONSTRAINT's
     nullable: set = field(default_factory=set)  # (table key, column): a pending DROP NOT NULL's
+
+    @property
+    def schema(self) -> str | None:
+        """The first schema of the file's own SET search_path as written (functions and domains it creates are noted
+        under it: risks_functions, risks_pending), or None: the path the judge resolves on (rewrites._Live.path)."""
+        path = self.path.before if isinstance(self.path, risks_path.Role) else self.path
+        return path[0] if isinstance(path, risks_path.Path) and path and path[0] != "$user" else None
 
     def begin_file(self, transactional: bool) -> None:
         self.altered = {} if transactional else None
@@ -131,7 +143,7 @@ class Seen:
         bare = _COMMENTS.sub(" ", text)
         risks_path.read(bare, text, self)
         if _FUNCTION.match(bare):
-            risks_pending.read_function(text, self)
+            risks_functions.read(text, self)
         elif risks_types.DOMAIN_HINT.match(bare):
             risks_types.read_domain(text, self)
         elif _DROP_INDEX.match(bare):
@@ -397,20 +409,14 @@ def _volatile_column(column, live, seen: Seen) -> str | None:
         if constraint.contype == enums.ConstrType.CONSTR_GENERATED and constraint.generated_kind != "v":
             return "GENERATED ALWAYS AS (...) STORED"
         if constraint.contype == enums.ConstrType.CONSTR_DEFAULT:
-            if _volatile(risks_pending.functions_called(constraint.raw_expr), live, seen):
-                return f"DEFAULT {_text(constraint.raw_expr)} (volatile: a value per row)"
-            return None  # the column's own default wins over its domain's
-    if column.typeName and _volatile(risks_pending.domain_default_calls(risks_pending.live_type(seen, column.typeName),
-                                                                        live, seen), live, seen):
-        return f"of domain {_text(column.typeName)}, whose DEFAULT is volatile (a value per row)"
+            why = risks_functions.volatile(risks_pending.functions_called(constraint.raw_expr), live, seen)
+            return why and f"DEFAULT {_text(constraint.raw_expr)} ({why}: a value per row)"  # (wins over its domain's)
+    calls = column.typeName and risks_pending.domain_default_calls(risks_pending.live_type(seen, column.typeName),
+                                                                    live, seen)
+    why = calls and risks_functions.volatile(calls, live, seen)
+    if why:
+        return f"of domain {_text(column.typeName)}, whose DEFAULT is {why} (a value per row)"
     return None
-
-
-def _volatile(calls: set[str], live, seen: Seen) -> bool:
-    """Any of `calls` volatile: one a pending statement creates or makes VOLATILE by its text, the others live (by the
-    name a pending RENAME TO took them from)."""
-    calls = {f if f in seen.functions else risks_pending.live_function(seen, f) for f in calls}
-    return any(seen.functions.get(f) for f in calls) or live.volatile(calls - seen.functions.keys())
 
 
 def expression_functions(text: str) -> set[str]:

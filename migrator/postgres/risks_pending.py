@@ -1,11 +1,12 @@
 """What earlier pending statements change that decides whether a later one rewrites or scans a table, read from
-their text because the live catalog does not have it yet (attack24g): a function's volatility (CREATE FUNCTION,
-ALTER FUNCTION / ROUTINE ... VOLATILE), a domain's DEFAULT (CREATE DOMAIN ... DEFAULT, inherited from its base domain
-when it has none; ALTER DOMAIN ... SET / DROP DEFAULT), an index with an expression or a WHERE and a validated CHECK
-(a later binary-coercible type change of a column they name builds / checks them again) and their DROP (the safe
-pattern: drop, change the type, build / add NOT VALID again), and the new name a RENAME TO / SET SCHEMA gives a
-table, a domain or type, a function or a schema (attack24h: one map, Seen.aliases, of the names pending statements
-give -> the live object; the old name no longer resolves). Kept in risks.Seen; risks.py and risks_types.py ask here.
+their text because the live catalog does not have it yet (attack24g): a domain's DEFAULT (CREATE DOMAIN ...
+DEFAULT, inherited from its base domain when it has none; ALTER DOMAIN ... SET / DROP DEFAULT), an index with an
+expression or a WHERE and a validated CHECK (a later binary-coercible type change of a column they name builds /
+checks them again) and their DROP (the safe pattern: drop, change the type, build / add NOT VALID again), and the new
+name a RENAME TO / SET SCHEMA gives a table, a domain or type or a schema (attack24h: one map, Seen.aliases, of the
+names pending statements give -> the live object; the old name no longer resolves); a domain is noted by (schema,
+name) (attack24j: domain_key, pending_domain). Functions: risks_functions. Kept in risks.Seen; risks.py and
+risks_types.py ask here.
 """
 
 from __future__ import annotations
@@ -23,22 +24,6 @@ def _trees(text: str) -> list:
         return []
 
 
-def read_function(text: str, seen) -> None:
-    """A function a pending statement creates: volatile unless it says IMMUTABLE or STABLE (the default). One it
-    makes VOLATILE with ALTER FUNCTION is volatile from then on; one made IMMUTABLE / STABLE is judged as before (an
-    overload of the same name may stay volatile): never less."""
-    from pglast import ast
-
-    for tree in _trees(text):
-        if isinstance(tree, ast.CreateFunctionStmt):
-            shadow(seen, "function", tree.funcname[-1].sval, [seen.functions])
-            volatility = [o.arg.sval for o in tree.options or () if o.defname == "volatility"]
-            seen.functions[tree.funcname[-1].sval] = (volatility or ["volatile"])[-1] == "volatile"
-        elif isinstance(tree, ast.AlterFunctionStmt):
-            if [a.arg.sval for a in tree.actions or () if a.defname == "volatility"][-1:] == ["volatile"]:
-                seen.functions[tree.func.objname[-1].sval] = True
-
-
 def read_domain_default(tree, seen) -> None:
     """Note the DEFAULT a pending CREATE DOMAIN (its own, else its base domain's as it is now: PostgreSQL copies it)
     or ALTER DOMAIN ... SET / DROP DEFAULT gives a domain: the functions it calls, or ("live", base) to read from the
@@ -48,29 +33,56 @@ def read_domain_default(tree, seen) -> None:
     if isinstance(tree, ast.CreateDomainStmt):
         own = [c.raw_expr for c in tree.constraints or () if c.contype == enums.ConstrType.CONSTR_DEFAULT]
         base = [n.sval for n in live_type(seen, tree.typeName).names]
-        seen.domain_defaults[tree.domainname[-1].sval] = (
-            functions_called(own[-1]) if own else seen.domain_defaults.get(base[-1], ("live", base)))
+        at, name = domain_key(base, seen)  # (a pending base domain: by its name, the schemas where known)
+        noted = [v for k, v in seen.domain_defaults.items() if k[1] == name and (k[0] == at or None in (k[0], at))]
+        seen.domain_defaults[domain_key([n.sval for n in tree.domainname], seen)] = (
+            functions_called(own[-1]) if own else noted[-1] if noted else ("live", base))
     elif isinstance(tree, ast.AlterDomainStmt) and tree.subtype == "T":
-        seen.domain_defaults[tree.typeName[-1].sval] = functions_called(tree.def_) if tree.def_ else set()
+        seen.domain_defaults[domain_key([n.sval for n in tree.typeName], seen)] = (
+            functions_called(tree.def_) if tree.def_ else set())
 
 
-def domain_default_calls(type_name, live, seen) -> set[str]:
+def domain_key(names: list[str], seen) -> tuple:
+    """The key a pending statement notes a domain under: (schema, name); an unqualified name's schema is the file's
+    search_path's first (Seen.schema), or None: the live search_path's first (pending_domain)."""
+    return names[-2] if len(names) > 1 else seen.schema, names[-1]
+
+
+def pending_domain(noted: dict, names: list[str], live, seen) -> tuple[list, bool]:
+    """(what `noted` (by domain_key) holds of the domain `names` names, whether the live domain of that name counts
+    too): qualified, the noted one of that schema, else the live one; unqualified, the one of the search_path's first
+    schema (where the file's CREATE put it), else any noted of that name in another schema and the live one (which
+    the server finds first is not followed: each counts)."""
+    first = lambda schema: schema or (live.path[0] if live.path else "public")  # noqa: E731
+    schema = first(names[-2] if len(names) > 1 else seen.schema)
+    same = [value for (at, name), value in noted.items() if name == names[-1] and first(at) == schema]
+    if same or len(names) > 1:
+        return same[-1:], not same
+    return [value for (_, name), value in noted.items() if name == names[-1]], True
+
+
+def domain_default_calls(type_name, live, seen) -> set[tuple]:
     """The functions the DEFAULT of the domain `type_name` names calls, after the pending statements (none when it is
     no domain or has no DEFAULT)."""
     names = [n.sval for n in type_name.names]
-    found = seen.domain_defaults.get(names[-1], ("live", names))
-    return live.domain_default_functions(found[1]) if isinstance(found, tuple) else found
+    values, live_too = pending_domain(seen.domain_defaults, names, live, seen)
+    calls = set(live.domain_default_functions(names)) if live_too else set()
+    for found in values:
+        calls |= live.domain_default_functions(found[1]) if isinstance(found, tuple) else found
+    return calls
 
 
-def functions_called(node) -> set[str]:
-    """The names of the functions an expression calls (qualified ones by their last part)."""
+def functions_called(node) -> set[tuple]:
+    """The functions an expression calls: (schema or None, name, argument count or None: VARIADIC's unknown)."""
     from pglast.visitors import Visitor
 
-    names: set[str] = set()
+    names: set[tuple] = set()
 
     class Calls(Visitor):
         def visit_FuncCall(self, _ancestors, call):
-            names.add(call.funcname[-1].sval)
+            parts = [n.sval for n in call.funcname]
+            names.add((parts[-2] if len(parts) > 1 else None, parts[-1],
+                       None if call.func_variadic else len(call.args or ())))
 
     Calls()(node)
     return names
@@ -185,23 +197,21 @@ class Shadowed(str):
         return hash((Shadowed, str(self)))
 
 
-def shadow(seen, kind: str, name: str, noted) -> None:
-    """A pending CREATE DOMAIN / FUNCTION `name` (kind "type" / "function"): the names the pending renames moved away
-    from it keep meaning the old object, and what `noted` (dicts by bare name) holds of the old one is kept apart
-    (attack24i 2: "new" belongs to the object, not to its name)."""
-    moved = False
+def shadow(seen, name: str, noted) -> None:
+    """A pending CREATE DOMAIN `name`: the names the pending renames moved away from it keep meaning the old object,
+    and what `noted` (dicts by domain_key) holds of the old one is kept apart (attack24i 2: "new" belongs to the
+    object, not to its name)."""
     for key, to in list(seen.aliases.items()):
-        bare = to if to is GONE or kind == "function" else to[1]
-        if key[0] == kind and bare is not GONE and not isinstance(bare, Shadowed) and bare == name:
-            seen.aliases[key], moved = Shadowed(name) if kind == "function" else (to[0], Shadowed(name)), True
-    for found in noted if moved else ():
-        if name in found:
-            found[Shadowed(name)] = found.pop(name)
+        if key[0] == "type" and to is not GONE and not isinstance(to[1], Shadowed) and to[1] == name:
+            seen.aliases[key] = (to[0], Shadowed(name))
+            for found in noted:
+                for at in [k for k in found if k[1] == name and (k[0] == to[0] or None in (k[0], to[0]))]:
+                    found[(at[0], Shadowed(name))] = found.pop(at)
 
 
 def move(seen, kind: str, old, new, to, gone: bool = True) -> None:
     """A pending RENAME TO / SET SCHEMA: `new` (a key of `kind`) names the live object `to` from here on; `old`
-    names nothing (unless `gone` is False: a function's old name may still name an overload)."""
+    names nothing (unless `gone` is False: a domain's SET SCHEMA, noted by schema and name)."""
     if gone:
         seen.aliases[(kind, old)] = GONE
     seen.aliases[(kind, new)] = to
@@ -278,23 +288,15 @@ def live_type(seen, type_name):
     return moved
 
 
-def live_function(seen, name: str) -> str:
-    return seen.aliases.get(("function", name), name) if seen.follow else name
-
-
 def read_moves(text: str, seen) -> None:
-    """A pending ALTER DOMAIN / TYPE / FUNCTION / ROUTINE / PROCEDURE / SCHEMA ... RENAME TO, or a domain's or
-    type's SET SCHEMA (a function is found by its name alone: its SET SCHEMA changes nothing the judge reads)."""
+    """A pending ALTER DOMAIN / TYPE / SCHEMA ... RENAME TO, or a domain's or type's SET SCHEMA (a function's:
+    risks_functions)."""
     from pglast import ast, enums
 
     kinds = enums.ObjectType
     for tree in _trees(text):
         if isinstance(tree, ast.RenameStmt) and tree.renameType == kinds.OBJECT_SCHEMA:
             move(seen, "schema", tree.subname, tree.newname, seen.aliases.get(("schema", tree.subname), tree.subname))
-        elif isinstance(tree, ast.RenameStmt) and tree.renameType in (kinds.OBJECT_FUNCTION, kinds.OBJECT_ROUTINE,
-                                                                       kinds.OBJECT_PROCEDURE):
-            old = tree.object.objname[-1].sval
-            move(seen, "function", old, tree.newname, live_function(seen, old), gone=False)
         elif (isinstance(tree, ast.RenameStmt) and tree.renameType in (kinds.OBJECT_DOMAIN, kinds.OBJECT_TYPE)
               or isinstance(tree, ast.AlterObjectSchemaStmt) and tree.objectType in (kinds.OBJECT_DOMAIN,
                                                                                      kinds.OBJECT_TYPE)):

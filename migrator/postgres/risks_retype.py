@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 
 from migrator import lazy_re
-from migrator.postgres import risks_keyed, risks_types
+from migrator.postgres import risks_keyed, risks_pending, risks_types
 
 TIMESTAMPS = {1114, 1184}  # timestamp, timestamptz: pg_type oids fixed in every PostgreSQL
 # A type named in a file, found on the migration's search_path (the element's array type for `x[]`).
@@ -108,10 +108,13 @@ def _type_collation(live, seen, type_name, depth: int):
     """The collation a column takes from its new type without a COLLATE clause: the type's own (a domain's, given by
     its CREATE DOMAIN ... COLLATE, else its base type's), a pending domain's read from its text."""
     names = [n.sval for n in type_name.names]
-    pending = None if type_name.arrayBounds else seen.domain_types.get(names[-1])
-    if pending is not None and depth < 100:
-        own = seen.domain_collations.get(names[-1])
-        return risks_keyed.collation(live, seen, own) if own else _type_collation(live, seen, pending, depth + 1)
+    pending, live_too = ([], True) if type_name.arrayBounds else risks_pending.pending_domain(
+        seen.domain_types, names, live, seen)
+    if pending and depth < 100:
+        if live_too or len(pending) > 1:
+            return None  # (which domain the name means is not known: _target says so first)
+        own = risks_pending.pending_domain(seen.domain_collations, names, live, seen)[0]
+        return risks_keyed.collation(live, seen, own[0]) if own else _type_collation(live, seen, pending[0], depth + 1)
     named = _named(live, type_name)
     return named[1] if named else None
 
@@ -120,9 +123,12 @@ def _target(live, seen, type_name, depth: int) -> tuple[int, str, list[int]] | N
     """(oid, name, typmods) of the type a column is stored as once it has `type_name`: a domain's base type (one a
     pending CREATE DOMAIN makes, from its text); None when the type is found nowhere."""
     names = [n.sval for n in type_name.names]
-    pending = None if type_name.arrayBounds else seen.domain_types.get(names[-1])
-    if pending is not None and depth < 100:
-        return _target(live, seen, pending, depth + 1)
+    pending, live_too = ([], True) if type_name.arrayBounds else risks_pending.pending_domain(
+        seen.domain_types, names, live, seen)
+    if pending and (live_too or len(pending) > 1):
+        return None  # a pending domain of that name in another schema, or the live one: not known which (a rewrite)
+    if pending and depth < 100:
+        return _target(live, seen, pending[0], depth + 1)
     path = names[-2:-1] or ["pg_catalog"] * ("pg_catalog" not in live.path) + live.path
     row = live._rows(_NAMED, {"name": names[-1], "path": path, "array": bool(type_name.arrayBounds)})
     if not row or row[0][0] is None:
@@ -166,7 +172,8 @@ def read(bare: str, text: str, seen) -> None:
             if isinstance(tree, ast.DefineStmt) and tree.kind == enums.ObjectType.OBJECT_COLLATION:
                 seen.collations.add(tree.defnames[-1].sval)
             elif isinstance(tree, ast.CreateDomainStmt) and tree.collClause is not None:
-                seen.domain_collations[tree.domainname[-1].sval] = [n.sval for n in tree.collClause.collname]
+                seen.domain_collations[risks_pending.domain_key([n.sval for n in tree.domainname], seen)] = [
+                    n.sval for n in tree.collClause.collname]
     elif _SETS_SESSIONS.match(bare):
         from pglast import ast, enums
 

@@ -54,7 +54,8 @@ WHERE (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL OR NOT i.indisvalid
     AND d.refobjid = i.indrelid AND d.refobjsubid = a.attnum))
 ORDER BY 3, 2, 1
 """
-# The domain (on the path) and the domains it is based on: does any carry a CHECK or NOT NULL? (None: no domain)
+# The domain (on the path) and the domains it is based on: their constraints (a NOT NULL one as "NOT NULL": only
+# DROP NOT NULL is followed for it) and whether they are NOT NULL (none: no domain)
 _DOMAIN = """
 WITH RECURSIVE chain(oid, depth) AS (
   (SELECT t.oid, 0 FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
@@ -62,9 +63,11 @@ WITH RECURSIVE chain(oid, depth) AS (
    ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1)
   UNION ALL SELECT t.typbasetype, c.depth + 1 FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid
   WHERE t.typtype = 'd' AND c.depth < 100)
-SELECT bool_or(t.typnotnull OR EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid)),
-  pg_catalog.array_agg(t.typname::pg_catalog.text)
-FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype = 'd'
+SELECT n.nspname::pg_catalog.text, t.typname::pg_catalog.text,
+  ARRAY(SELECT CASE k.contype WHEN 'n' THEN 'NOT NULL' ELSE k.conname::pg_catalog.text END
+                   FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid), t.typnotnull
+FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+WHERE t.typtype = 'd'
 """
 # A pending CREATE / ALTER DOMAIN (read without the parser when the statement is no such thing)
 DOMAIN_HINT = lazy_re.compile(r"\s*(create|alter)\s+domain\b", re.IGNORECASE)
@@ -114,19 +117,29 @@ def constrained_domain(type_name, live, seen) -> str | None:
 
 
 def _constrained(names: list[str], live, seen, depth: int) -> bool:
-    pending = seen.domains.get(names[-1])
-    if pending is not None and depth < 100:  # a pending CREATE DOMAIN: its own constraints, or its base's
-        own, base = pending
-        return own or _constrained(base, live, seen, depth + 1)
-    row = live._rows(_DOMAIN, {"name": names[-1], "path": names[:-1] if len(names) > 1 else live.path})
-    # (a live domain, or one it is based on, given a constraint by a pending ALTER DOMAIN)
-    return bool(row and (row[0][0] or any(seen.domains.get(name, (False,))[0] for name in row[0][1] or ())))
+    """The domain `names` names (a pending CREATE DOMAIN's, by (schema, name): risks_pending.pending_domain, or a
+    live one) or one it is based on has a CHECK / NOT NULL, after the pending ALTER DOMAINs."""
+    pending, live_too = risks_pending.pending_domain(seen.domains, names, live, seen)
+    if depth >= 100:
+        return True  # (a chain the judge does not follow to its end: taken as constrained)
+    if any(own or _constrained(base, live, seen, depth + 1) for own, base in pending):
+        return True
+    if not live_too:
+        return False
+    first = live.path[0] if live.path else "public"
+    for schema, name, constraints, not_null in live._rows(_DOMAIN, {
+            "name": names[-1], "path": names[:-1] if len(names) > 1 else live.path}):
+        dropped = {c for at, domain, c in seen.domain_dropped if domain == name and (at or first) == schema}
+        if name in seen.domain_constrained or (set(constraints) | ({"NOT NULL"} if not_null else set())) - dropped:
+            return True
+    return False
 
 
 def read_domain(text: str, seen) -> None:
     """Note a pending CREATE DOMAIN (whether it has a CHECK or NOT NULL of its own, and the type it is based on), or
-    an ALTER DOMAIN that gives one (ADD CONSTRAINT, SET NOT NULL: constrained from then on, whatever it was). A DROP
-    CONSTRAINT / DROP NOT NULL is not counted (another constraint may be left): judged as before it, never less."""
+    an ALTER DOMAIN that gives one (ADD CONSTRAINT, SET NOT NULL: constrained from then on, whatever it was) or drops
+    one of a live domain (DROP CONSTRAINT, DROP NOT NULL: it counts no more; the domain is plain once none is left).
+    A pending domain's DROP is not followed: judged as before it, never less."""
     from pglast import ast, enums, parse_sql
     from pglast.parser import ParseError
 
@@ -136,16 +149,26 @@ def read_domain(text: str, seen) -> None:
         return
     for tree in trees:
         if isinstance(tree, ast.CreateDomainStmt):
-            risks_pending.shadow(seen, "type", tree.domainname[-1].sval, [seen.domains, seen.domain_defaults,
-                                                                          seen.domain_types, seen.domain_collations])
+            risks_pending.shadow(seen, tree.domainname[-1].sval, [seen.domains, seen.domain_defaults,
+                                                                  seen.domain_types, seen.domain_collations])
         risks_pending.read_domain_default(tree, seen)
         if isinstance(tree, ast.CreateDomainStmt):
             own = any(c.contype in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)
                       for c in tree.constraints or ())
-            seen.domains[tree.domainname[-1].sval] = (own, [n.sval for n in risks_pending.live_type(
-                seen, tree.typeName).names])
-            seen.domain_types[tree.domainname[-1].sval] = tree.typeName  # (its typmods: risks_retype)
-        elif isinstance(tree, ast.AlterDomainStmt) and (tree.subtype == "O" or tree.subtype == "C" and getattr(
-                tree.def_, "contype", None) in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL)):
-            name = tree.typeName[-1].sval
-            seen.domains[name] = (True, seen.domains.get(name, (False, []))[1])
+            key = risks_pending.domain_key([n.sval for n in tree.domainname], seen)
+            for gone in [k for k, to in seen.aliases.items() if to is risks_pending.GONE and k[0] == "type"
+                         and k[1][1] == key[1] and (k[1][0] == key[0] or None in (k[1][0], key[0]))]:
+                del seen.aliases[gone]  # (a name a pending RENAME TO took away: this domain's from here on)
+            seen.domains[key] = (own, [n.sval for n in risks_pending.live_type(seen, tree.typeName).names])
+            seen.domain_types[key] = tree.typeName  # (its typmods: risks_retype)
+        elif isinstance(tree, ast.AlterDomainStmt):
+            names = [n.sval for n in risks_pending.live_type(seen, ast.TypeName(names=tree.typeName)).names]
+            if tree.subtype == "O" or tree.subtype == "C" and getattr(tree.def_, "contype", None) in (
+                    enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL):
+                seen.domain_constrained.add(names[-1])  # (any domain of that name: never less)
+                for key, (_, base) in list(seen.domains.items()):
+                    if key[1] == names[-1]:
+                        seen.domains[key] = (True, base)
+            elif tree.subtype in ("X", "N"):  # (a live domain's only: a qualified name, or the path's first schema's)
+                key = risks_pending.domain_key(names, seen)
+                seen.domain_dropped.add((*key, tree.name if tree.subtype == "X" else "NOT NULL"))

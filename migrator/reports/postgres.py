@@ -127,20 +127,21 @@ class StatusReport:
             ids = " ".join(s.id for s in changed)
             lines.append(f"  changed files block `migrate`: restore them, or after review `runner.py sql accept-changes {ids}`")
         for schema, index, table in self.invalid_indexes:
+            name, table = visible(f"{schema}.{index}"), visible(table)  # (anyone's names: one line each)
             if REINDEX_COPY.search(index):  # the rerun of the migration that ran it drops it
-                lines.append(f"  INVALID index {schema}.{index} on {table} (left by an interrupted REINDEX ... "
+                lines.append(f"  INVALID index {name} on {table} (left by an interrupted REINDEX ... "
                              "CONCURRENTLY): run migrate again if a pending migration ran it, else "
-                             f"DROP INDEX CONCURRENTLY {schema}.{index}")
+                             f"DROP INDEX CONCURRENTLY {name}")
                 continue
             if index in self.rebuilt:
                 migration, failed = self.rebuilt[index]
-                lines.append(f"  INVALID index {schema}.{index} on {table} (left by an earlier try of pending "
+                lines.append(f"  INVALID index {name} on {table} (left by an earlier try of pending "
                              f"{migration}'s CONCURRENTLY build): `runner.py migrate` drops it and builds it again"
                              + (" (fix what made that build fail first: its record above)" if failed else ""))
                 continue
-            lines.append(f"  INVALID index {schema}.{index} on {table} (a failed CREATE INDEX CONCURRENTLY "
+            lines.append(f"  INVALID index {name} on {table} (a failed CREATE INDEX CONCURRENTLY "
                          "or an interrupted DROP INDEX CONCURRENTLY): "
-                         f"DROP INDEX CONCURRENTLY {schema}.{index}; then run migrate again")
+                         f"DROP INDEX CONCURRENTLY {name}; then run migrate again")
         lines += self.schema.lines()
         return lines + (self.mongo.lines() if self.mongo else ["MongoDB: not configured"])
 
