@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 
 from migrator import lazy_re
-from migrator.postgres import (risks_functions, risks_nullable, risks_objects, risks_path, risks_pending, risks_types,
-                               risks_writes)
+from migrator.postgres import (risks_functions, risks_nullable, risks_objects, risks_path, risks_pending,
+                               risks_types, risks_writes)
 # (the kinds of risk, their locks and safe patterns; rewrites.py and impact.py read them from here)
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
