@@ -125,7 +125,7 @@ def work_before(cur, text: str, line: int, schema: str | None, seen) -> tuple[bo
     if not trees:
         return False, []
     found = []
-    live = _Live(cur.connection, schema, 0, sizes=False)
+    live = _Live(cur.connection, schema, 0, sizes=False, seen=seen)
     for tree in trees:
         for risk in risks.risks(tree, line, live, seen):
             if risk.does in ("scans", "builds an index on") and live.table(risk.table):

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 
 from migrator import lazy_re
-from migrator.postgres import risks, risks_pending, table_sizes
+from migrator.postgres import risks, risks_path, risks_pending, table_sizes
 from migrator.pinned import catalog_path
 from migrator.postgres.risks import BLOCKS, INSTEAD, Risk
 
@@ -48,6 +48,7 @@ class Verdict:
     accepted: bool  # the file's marker names the table
     threshold: int
     loaded: bool = False  # an earlier pending statement loads rows into it: counted as big, whatever its live size
+    unknown: str = ""  # why the file's search_path is not known: its unqualified name taken for the biggest table
 
     @property
     def refused(self) -> bool:
@@ -59,6 +60,9 @@ class Verdict:
         size = (f"{rows}, {risks.size_text(self.bytes)}; more than {self.threshold}" if not self.loaded
                 else f"{rows} now, and rows loaded into it by an earlier pending statement: counted as big")
         head = f"{self.path}:{r.line}: {r.what} {r.does} {self.relation} ({size}) under {r.lock} ({BLOCKS[r.lock]})"
+        if self.unknown:
+            head += (f" (the unqualified name {r.table[1]} may mean this table: the file's search_path is unknown, "
+                     f"{self.unknown}; qualify the name)")
         if self.accepted:
             return _printable(f"{head}: accepted by the file's `-- accept-rewrite: {self.relation}`")
         return _printable(f"{head}; instead: {INSTEAD[r.kind]}; or accept the cost with `-- accept-rewrite: "
@@ -68,7 +72,8 @@ class Verdict:
         r = self.risk
         return {"file": self.path, "line": r.line, "statement": r.what, "does": r.does, "table": self.relation,
                 "live_rows": self.rows, "live_bytes": self.bytes, "lock": r.lock, "instead": INSTEAD[r.kind],
-                "accepted": self.accepted, "loaded_by_pending": self.loaded}
+                "accepted": self.accepted, "loaded_by_pending": self.loaded,
+                "search_path_unknown": self.unknown or None}
 
 
 def _printable(text: str) -> str:
@@ -81,8 +86,8 @@ def _printable(text: str) -> str:
 _RELATION = """
 SELECT c.oid, n.nspname, c.relname, c.relkind
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relname = %(name)s AND n.nspname = ANY(%(path)s) AND c.relkind IN ('r', 'p', 'm')
-ORDER BY pg_catalog.array_position(%(path)s, n.nspname::text) LIMIT 1
+WHERE c.relname = %(name)s AND c.relkind IN ('r', 'p', 'm') AND (n.nspname = ANY(%(path)s)
+  OR %(any)s AND n.nspname <> ALL(ARRAY['pg_catalog', 'information_schema']) AND n.nspname !~ '^pg_(toast|temp)')
 """
 _COLUMN = """
 SELECT a.atttypid, a.atttypmod, a.attnotnull, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attcollation,
@@ -182,43 +187,51 @@ SELECT a.attnotnull AND NOT %(nullable)s AND NOT EXISTS (
 FROM pg_catalog.pg_attribute a WHERE a.attrelid = %(oid)s AND a.attname = %(column)s AND NOT a.attisdropped
 """
 _RESET_VALUE = "SELECT reset_val FROM pg_catalog.pg_settings WHERE name = %s"
-# A fresh session's search_path ("$user" resolved), its schemas that exist: where a migration's names resolve.
-_SEARCH_PATH = """
-SELECT x FROM (SELECT CASE WHEN pg_catalog.btrim(s, '"') = '$user' THEN current_user::text
-                           ELSE pg_catalog.btrim(s, '"') END, o
-               FROM pg_catalog.regexp_split_to_table((SELECT reset_val FROM pg_catalog.pg_settings
-                                                      WHERE name = 'search_path'), '\\s*,\\s*') WITH ORDINALITY t(s, o)) y(x, o)
-WHERE EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = x) ORDER BY o
-"""
-
-
 class _Live:
     """The live database as the judge reads it: names resolved on the migration's search_path."""
 
-    def __init__(self, connection, schema: str | None, threshold: int, sizes: bool = True):
+    def __init__(self, connection, schema: str | None, threshold: int, sizes: bool = True, seen=None):
         """`sizes` False (plan --impact, inside the transaction it measures): only the catalog is read, so no lock
-        of the judge's own is counted as the statement's; rows and bytes are then 0."""
-        self.connection, self.threshold, self.sizes = connection, threshold, sizes
+        of the judge's own is counted as the statement's; rows and bytes are then 0. `seen` (risks.Seen): the
+        file's own search_path is followed (risks_path)."""
+        self.connection, self.threshold, self.sizes, self.seen = connection, threshold, sizes, seen
         self.cursor = connection.cursor()
         if schema:
-            self.path = [schema, "public"]  # a tenant's migration session's search_path
+            self.session_path = [schema, "public"]  # a tenant's migration session's search_path
         else:
-            self.path = [row[0] for row in self._rows(_SEARCH_PATH)]
+            self.session_path = [row[0] for row in self._rows(risks_path.SESSION_PATH)]
         self.tables: dict = {}
         self.settings: dict = {}  # (setting())
+        self.paths: dict = {}  # (risks_path.schemas)
+
+    @property
+    def path(self) -> list[str]:
+        """The schemas unqualified names resolve in now: the file's search_path (the session's when unknown)."""
+        found = risks_path.schemas(self, self.seen, risks_path.state(self, self.seen)) if self.seen else None
+        return self.session_path if found is None or isinstance(found, risks_path.Unknown) else found
+
+    def role(self) -> str:
+        if "(role)" not in self.settings:
+            self.settings["(role)"] = self._rows("SELECT current_user::text")[0][0]
+        return self.settings["(role)"]
 
     def key(self, name: tuple[str | None, str]) -> tuple[str, str]:
-        """The table's key: an unqualified name in the schema a CREATE would put it in (the path's first); a new
-        table's stays apart from the live one's of the same name (risks_pending.New)."""
-        key = (name[0] or (self.path[0] if self.path else "public"), name[1])
-        return risks_pending.New(key) if isinstance(name, risks_pending.New) else key
+        """The table's key: an unqualified name in the schema it resolves to (risks_path.schema_of; a risks_path.Unknown
+        when the file's path is not known); a new table's stays apart from the live one's (risks_pending.New)."""
+        key = name if isinstance(name[0], str) else (
+            risks_path.schema_of(self, self.seen, name[0], name[1]) if self.seen
+            else self.path[0] if self.path else "public", name[1])
+        return risks_pending.New(key) if isinstance(name, risks_pending.New) else tuple(key)
 
     def table(self, name: tuple[str | None, str]):
-        """(oid, "schema.table", rows, bytes) of the live table, or None when it does not exist."""
+        """(oid, "schema.table", rows, bytes) of the live table, or None when it does not exist. An unqualified name
+        on an unknown path: the biggest of that name in any schema."""
+        name = self.key(name)
         if name not in self.tables:
-            path = [name[0]] if name[0] else self.path
-            row = next(iter(self._rows(_RELATION, {"name": name[1], "path": path})), None)
-            self.tables[name] = row and (row[0], _qualified(row[1], row[2]), *table_sizes.size(self, row))
+            rows = self._rows(_RELATION, {"name": name[1], "path": [name[0]], "any": isinstance(
+                name[0], risks_path.Unknown)})
+            found = [(row[0], _qualified(row[1], row[2]), *table_sizes.size(self, row)) for row in rows]
+            self.tables[name] = max(found, key=lambda t: (t[2], t[3]), default=None)
         return self.tables[name]
 
     def column(self, oid: int, column: str):
@@ -361,13 +374,13 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
             for statement in migration.steps[0].statements:
                 seen.read(statement.text)
                 if isinstance(statement, backfill.Batched) and statement.column != "ctid":
-                    live = live or _Live(connection, schema, threshold)
+                    live = live or _Live(connection, schema, threshold, seen=seen)
                     _batch_key(path, statement, live, seen)
                 trees = risks.parse(statement.text, seen)
                 if not trees:
                     continue
                 if live is None:
-                    live = _Live(connection, schema, threshold)
+                    live = _Live(connection, schema, threshold, seen=seen)
                 for tree in trees:
                     for risk in risks.risks(tree, statement.line, live, seen):
                         key = live.key(risk.table)
@@ -383,7 +396,8 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
                         oid, relation, rows, size = table
                         verdicts.append(Verdict(str(path), risk, relation, rows, size,
                                                 key in accepted or _key_of(relation) in accepted, threshold,
-                                                loaded and rows <= threshold))
+                                                loaded and rows <= threshold, key[0] if isinstance(
+                                                    key[0], risks_path.Unknown) else ""))
     finally:
         if live is not None:
             live.close()

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 
 from migrator import lazy_re
-from migrator.postgres import (risks_functions, risks_nullable, risks_objects, risks_pending, risks_types,
-                               risks_writes)
+from migrator.postgres import (risks_functions, risks_nullable, risks_objects, risks_path, risks_pending,
+                               risks_types, risks_writes)
 # (the kinds of risk, their locks and safe patterns; rewrites.py and impact.py read them from here)
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
@@ -52,8 +52,6 @@ _END = lazy_re.compile(r"\s*(?:commit|end|abort|rollback)\b(?!\s+(?:work\s+|tran
 _MOVES = lazy_re.compile(r"\s*alter\s+(?:domain|type|function|routine|procedure|schema)\b.*"
                          r"\b(?:rename\s+to|set\s+schema)\b", re.IGNORECASE | re.DOTALL)
 _RENAMES = lazy_re.compile(r"\s*alter\s+table\b.*\brename\b", re.IGNORECASE | re.DOTALL)
-_SEARCH_PATH = re.compile(r"\s*set\s+(?:session\s+|local\s+)?search_path\s*(?:to|=)\s*(?P<first>\"(?:[^\"]|\"\")*\"|[^\s,;]+)",
-                          re.IGNORECASE)
 _SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}
 
 # --- reading the statements (no database) ------------------------------------------------------------------
@@ -73,7 +71,15 @@ class Seen:
     aliases: dict = field(default_factory=dict)
     follow: bool = True  # follow them (False: the catalog read has them already, plan --impact's scratch database)
     columns: dict = field(default_factory=dict)  # (table key, column) -> the live column's name (RENAME COLUMN)
-    schema: str | None = None  # the schema a `SET search_path` of the file puts unqualified new tables in
+    # the file's search_path (risks_path: None the session's, a Path, an Unknown, a Maybe), what a fresh session of
+    # the later files starts with (None, or Unknown once an earlier file's ALTER DATABASE / ROLE set it), the schemas
+    # pending CREATE SCHEMAs make, the functions pending statements create whose body may set it
+    path: object = None
+    session_path: object = None
+    next_session_path: object = None
+    schemas: set = field(default_factory=set)
+    path_functions: set = field(default_factory=set)
+    role_set: bool = False  # the file's SET ROLE / SESSION AUTHORIZATION: "$user" in its path is another schema
     timezone: str | None = None  # the TimeZone a `SET TIME ZONE` of the file gives what follows (None: the session's)
     session_zone: str | None = None  # a fresh session's TimeZone once an earlier file's ALTER DATABASE / ROLE set it
     next_session_zone: str | None = None  # (set by this file's ALTER DATABASE / ROLE: the next files' sessions)
@@ -99,11 +105,19 @@ class Seen:
     dropped_checks: set = field(default_factory=set)  # (table key, name): a pending DROP CONSTRAINT's
     nullable: set = field(default_factory=set)  # (table key, column): a pending DROP NOT NULL's
 
+    @property
+    def schema(self) -> str | None:
+        """The first schema of the file's own SET search_path as written (functions and domains it creates are noted
+        under it: risks_functions, risks_pending), or None: the path the judge resolves on (rewrites._Live.path)."""
+        path = self.path.before if isinstance(self.path, risks_path.Role) else self.path
+        return path[0] if isinstance(path, risks_path.Path) and path and path[0] != "$user" else None
+
     def begin_file(self, transactional: bool) -> None:
         self.altered = {} if transactional else None
         self.transactional = transactional
-        self.schema = self.timezone = None  # each file runs in a fresh session
+        self.path = self.timezone = None  # each file runs in a fresh session
         self.session_zone = self.next_session_zone  # (which an earlier file's ALTER DATABASE / ROLE SET changed)
+        self.session_path, self.role_set = self.next_session_path, False
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
         """The table a name means (as written, or already resolved by live_name) is one a pending statement creates."""
@@ -122,15 +136,12 @@ class Seen:
 
     def read(self, text: str) -> None:
         """Note the table a CREATE TABLE statement creates (a temporary one never makes a live table new; an
-        unqualified one goes to the schema the file's own SET search_path names) and the file's search_path."""
+        unqualified one goes where the file's search_path puts it: risks_path) and the file's search_path."""
         if not self.transactional:  # its BEGIN ... COMMIT block holds each lock taken in it until its end
             bare = _COMMENTS.sub(" ", text)
             self.altered = {} if _BEGIN.match(bare) else None if _END.match(bare) else self.altered
-        path = _SEARCH_PATH.match(text)
-        if path:
-            first = path["first"]
-            self.schema = first[1:-1].replace('""', '"') if first.startswith('"') else first.strip("'").lower()
         bare = _COMMENTS.sub(" ", text)
+        risks_path.read(bare, text, self)
         if _FUNCTION.match(bare):
             risks_functions.read(text, self)
         elif risks_types.DOMAIN_HINT.match(bare):
@@ -142,11 +153,13 @@ class Seen:
         loads = _LOADS.match(bare)
         if loads:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in loads.groups() if p]
-            self.loaded.add((parts[0], parts[1]) if len(parts) == 2 else (self.schema, parts[0]))
+            unqualified = (risks_path.At((risks_path.now(self), False)), parts[0])  # (where it resolves now)
+            self.loaded.add((parts[0], parts[1]) if len(parts) == 2 else unqualified)
         match = _CREATES.match(text)
         if match and not match["temp"]:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in match.groups()[1:] if p]
-            self.created.add((parts[0], parts[1]) if len(parts) == 2 else (self.schema, parts[0]))
+            unqualified = (risks_path.At((risks_path.now(self), True)), parts[0])  # (where the path puts it)
+            self.created.add((parts[0], parts[1]) if len(parts) == 2 else unqualified)
         risks_retype.read(bare, text, self)
 
     def rename(self, tree, live) -> None:

@@ -11,6 +11,8 @@ risks_types.py ask here.
 
 from __future__ import annotations
 
+from migrator.postgres import risks_path
+
 
 def _trees(text: str) -> list:
     from pglast import parse_sql
@@ -250,7 +252,7 @@ def live_table(seen, name, live):
     taken away, unless a pending statement creates a table of that name again). Resolved names stay as they are."""
     if isinstance(name, (New, Live)):
         return name
-    created = any(live.key(c) == live.key(name) for c in seen.created)
+    created = risks_path.made(live, seen, name)
     found = seen.aliases.get(("table", live.key(name))) if seen.follow else None
     if found is None:
         schema = seen.aliases.get(("schema", name[0]), name[0]) if name[0] and seen.follow else name[0]

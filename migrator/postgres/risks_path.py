@@ -1,0 +1,325 @@
+"""The search_path a migration's unqualified table names resolve on (attack24j): its file's own, as its statements
+leave it, read with the parser in every spelling the server accepts (SET [SESSION | LOCAL] search_path TO / = ..., SET
+SCHEMA '...', a quoted or U& name in any case, RESET / SET ... TO DEFAULT / RESET ALL: the session's again, a literal
+`SELECT set_config('search_path', '...', ...)`), else the session's (rewrites._Live.path), unknown once an earlier
+pending file's ALTER DATABASE / ROLE ... SET search_path changed what a fresh session starts with (the TimeZone
+twin: risks_retype). What may set it and cannot be read (a set_config with a value not written as a literal, a DO
+block or another statement that mentions search_path, set_config or SET SCHEMA, a call of a function whose body
+does: one a pending CREATE FUNCTION makes, or a live one, asked of the catalog) leaves it unknown: an unqualified
+table name in a risky statement is then judged as the biggest live table of that name in any schema (rewrites).
+
+A name resolves as the server resolves it: the first schema of the path that holds a relation of that name (a
+table a pending CREATE TABLE made there counts, schemas that do not exist are skipped, a pending CREATE SCHEMA's
+exist, "$user" is the role); a CREATE TABLE puts it in the first schema that exists. Used by risks.Seen (reading) and
+rewrites._Live (resolving)."""
+
+from __future__ import annotations
+
+import re
+
+from migrator import lazy_re
+
+_SETS = lazy_re.compile(r"\s*(?:set|reset)\b", re.IGNORECASE)
+_SESSIONS = lazy_re.compile(r"\s*alter\s+(?:database|role|user|system)\b", re.IGNORECASE)
+_DISCARD = lazy_re.compile(r"\s*discard\s+all\b", re.IGNORECASE)  # (resets the session's settings: RESET ALL)
+# (a SET in the block, or after a SAVEPOINT, undone)
+_ROLLBACK = lazy_re.compile(r"\s*(?:rollback|abort)\b", re.IGNORECASE)
+_SCHEMA = lazy_re.compile(r"\s*create\s+schema\b", re.IGNORECASE)
+_CONFIG = lazy_re.compile(r"\bset_config\b", re.IGNORECASE)
+_SELECT = lazy_re.compile(r"\s*select\b", re.IGNORECASE)
+# what may set it inside a statement the judge does not read (a DO block's EXECUTE, a function's body)
+_INNER = lazy_re.compile(r"search_path|\bset_config\b|\bset\s+schema\b", re.IGNORECASE)
+_DEFINES = lazy_re.compile(r"\s*(?:create|alter|comment|drop|grant|revoke|show)\b", re.IGNORECASE)
+_FUNCTION = lazy_re.compile(r"\s*create\s+(?:or\s+replace\s+)?(?:function|procedure)\b", re.IGNORECASE)
+_CALLS = lazy_re.compile(r'([A-Za-z_][\w$]*|"(?:[^"]|"")+")\s*\(')
+# A live function (not the system's) of one of these names whose body may set search_path for its caller (no SET
+# search_path of its own, which the server undoes when it returns).
+_SETTER = r"""
+SELECT p.proname::text FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE p.proname = ANY(%s) AND n.nspname <> ALL(ARRAY['pg_catalog', 'information_schema'])
+  AND p.prosrc ~* 'search_path|set_config|set\s+schema'
+  AND NOT EXISTS (SELECT FROM pg_catalog.unnest(p.proconfig) c WHERE c ILIKE 'search\_path=%%') LIMIT 1
+"""
+# A fresh session's search_path ("$user" resolved), its schemas that exist: where a migration's names resolve.
+SESSION_PATH = """
+SELECT x FROM (SELECT CASE WHEN pg_catalog.btrim(s, '"') = '$user' THEN current_user::text
+                           ELSE pg_catalog.btrim(s, '"') END, o
+               FROM pg_catalog.regexp_split_to_table((SELECT reset_val FROM pg_catalog.pg_settings
+                                                      WHERE name = 'search_path'), '\\s*,\\s*')
+                    WITH ORDINALITY t(s, o)) y(x, o)
+WHERE EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = x) ORDER BY o
+"""
+
+
+_EXISTING = "SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname = ANY(%s)"
+# the schemas holding a relation (of any kind: the server's lookup finds views and sequences too) of that name
+_FIRST = """
+SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = %(name)s AND n.nspname = ANY(%(path)s)
+"""
+
+
+class Unknown(str):
+    """A search_path the judge cannot read (the text says why). Equal only to itself: a table created under it is
+    the one an unqualified name means until the path changes again, and no other."""
+
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
+
+class Path(tuple):
+    """The schemas a file's SET names, as written ("$user" and schemas that do not exist resolved when read)."""
+
+
+class Maybe:
+    """The path before a call of functions that may set it (`calls`): asked of the live catalog when needed."""
+
+    def __init__(self, before, calls: set[str], pending: set[str]):
+        self.before, self.calls, self.pending, self.found = before, calls, pending, None
+
+
+class Role:
+    """The path before a SET ROLE / SESSION AUTHORIZATION / RESET ROLE: unknown if it holds "$user" (another schema)."""
+
+    def __init__(self, before):
+        self.before, self.found = before, None
+
+
+class At(tuple):
+    """The schema slot of an unqualified name noted by a pending statement: (the path then, a CREATE's or a
+    reference's), resolved when the live catalog is at hand (rewrites._Live.key)."""
+
+
+def read(bare: str, text: str, seen) -> None:
+    """Note what a statement does to the search_path of its session (seen.path) or of the later files' fresh
+    sessions (seen.next_session_path), and the schemas and path-setting functions it creates."""
+    if _SETS.match(bare):
+        _read_set(text, seen)
+    elif _DISCARD.match(bare):
+        seen.path = None
+    elif _ROLLBACK.match(bare) and seen.path is not None:
+        seen.path = Unknown("a ROLLBACK may have undone the file's SET search_path")
+    elif _SESSIONS.match(bare):
+        _read_sessions(text, seen)
+    elif _SCHEMA.match(bare):
+        for tree in _trees(text):
+            name = getattr(tree, "schemaname", None) or getattr(getattr(tree, "authrole", None), "rolename", None)
+            if name:
+                seen.schemas.add(name)
+    elif _FUNCTION.match(bare):
+        if _INNER.search(bare):
+            _read_function(text, seen)
+    elif _CONFIG.search(bare):
+        seen.path = _set_config(text, seen)
+        seen.path = Role(seen.path) if seen.role_set and isinstance(seen.path, Path) else seen.path
+    elif _INNER.search(bare) and not _DEFINES.match(bare):
+        seen.path = Unknown("set inside a statement the judge does not read (a DO block's EXECUTE, a call)")
+    elif not _DEFINES.match(bare):
+        calls = {n[1:-1].replace('""', '"') if n.startswith('"') else n.lower() for n in _CALLS.findall(bare)}
+        if calls and isinstance(seen.path, Maybe) and seen.path.found is None:  # (one check for a run of them)
+            seen.path.calls |= calls
+            seen.path.pending |= seen.path_functions & calls
+        elif calls:
+            seen.path = Maybe(now(seen), calls, seen.path_functions & calls)
+
+
+def _trees(text: str) -> list:
+    from pglast import parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        return [raw.stmt for raw in parse_sql(text)]
+    except ParseError:
+        return []
+
+
+def _read_set(text: str, seen) -> None:
+    from pglast import ast, enums
+
+    kinds = enums.VariableSetKind
+    for tree in _trees(text):
+        if isinstance(tree, ast.VariableSetStmt) and (tree.name or "").lower() in ("role", "session_authorization"):
+            seen.path, seen.role_set = Role(now(seen)), True
+        if not isinstance(tree, ast.VariableSetStmt) or (tree.name or "search_path").lower() != "search_path":
+            continue
+        if tree.kind in (kinds.VAR_RESET_ALL, kinds.VAR_RESET, kinds.VAR_SET_DEFAULT):
+            seen.path = None  # the session's again
+        elif tree.kind != kinds.VAR_SET_VALUE:
+            continue  # FROM CURRENT: as it is
+        elif tree.is_local and not seen.transactional:
+            seen.path = Unknown("SET LOCAL search_path outside the file's transaction")
+        elif all(isinstance(a, ast.A_Const) and isinstance(a.val, ast.String) for a in tree.args or ()):
+            seen.path = Path(a.val.sval for a in tree.args or ())
+            seen.path = Role(seen.path) if seen.role_set else seen.path
+        else:
+            seen.path = Unknown("SET search_path to a value the judge does not read")
+
+
+def _read_sessions(text: str, seen) -> None:
+    """An ALTER DATABASE / ROLE / SYSTEM ... SET search_path (or RESET ALL): what the later files' sessions start with
+    is not read (the connection's options, the role's, the database's and the server's settings decide)."""
+    from pglast import ast, enums
+
+    for tree in _trees(text):
+        setting = getattr(tree, "setstmt", None) if isinstance(tree, (ast.AlterDatabaseSetStmt, ast.AlterRoleSetStmt,
+                                                                       ast.AlterSystemStmt)) else None
+        if setting is not None and ((setting.name or "").lower() == "search_path"
+                                    or setting.kind == enums.VariableSetKind.VAR_RESET_ALL):
+            seen.next_session_path = Unknown("set by ALTER DATABASE / ROLE / SYSTEM in an earlier pending file")
+
+
+def _set_config(text: str, seen):
+    """The path after a statement calling set_config: read when it is `SELECT set_config('search_path', '...',
+    <literal>)` alone, as it was when it sets another setting by a literal name, else unknown."""
+    from pglast import ast
+    from pglast.visitors import Visitor
+
+    calls = []
+
+    class Calls(Visitor):
+        def visit_FuncCall(self, _ancestors, call):
+            if call.funcname[-1].sval == "set_config":
+                calls.append(call)
+
+    trees = _trees(text)
+    for tree in trees:
+        Calls()(tree)
+    literal = [all(isinstance(a, ast.A_Const) for a in c.args or ()) and len(c.args or ()) == 3 for c in calls]
+    if not calls or not all(literal):
+        return Unknown("set by set_config with a value the judge does not read")
+    named = [c for c in calls if str(getattr(c.args[0].val, "sval", "")).lower() == "search_path"]
+    if not named:
+        return seen.path
+    tree = trees[0] if len(trees) == 1 else None
+    alone = (isinstance(tree, ast.SelectStmt) and len(named) == len(calls) == 1 and len(tree.targetList or ()) == 1
+             and tree.targetList[0].val is named[0] and not any(
+                 getattr(tree, k) for k in ("fromClause", "whereClause", "withClause", "havingClause", "groupClause")))
+    value = getattr(named[0].args[1].val, "sval", None)
+    local = getattr(named[0].args[2].val, "boolval", None)
+    schemas = split_identifiers(value) if alone and isinstance(value, str) else None
+    if schemas is None or local is None or local and not seen.transactional:
+        return Unknown("set by set_config with a value the judge does not read")
+    return Path(schemas)
+
+
+def split_identifiers(value: str) -> list[str] | None:
+    """A search_path's text as the server splits it (SplitIdentifierString): unquoted names lower-cased, quoted ones
+    kept; None when the server would refuse it."""
+    found, at = [], 0
+    value = value.strip()
+    while value and at <= len(value):
+        match = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^\s,"]+))\s*(,|$)').match(value, at)
+        if not match:
+            return None
+        found.append(match[1].replace('""', '"') if match[1] is not None else match[2].lower())
+        at = match.end()
+        if not match[3]:
+            break
+    return found
+
+
+def _read_function(text: str, seen) -> None:
+    """A pending CREATE FUNCTION / PROCEDURE whose body may set search_path (and no SET search_path of its own)."""
+    from pglast import ast
+
+    for tree in _trees(text):
+        if isinstance(tree, ast.CreateFunctionStmt) and not any(
+                o.defname == "set" and (o.arg.name or "").lower() == "search_path" for o in tree.options or ()):
+            seen.path_functions.add(tree.funcname[-1].sval)
+
+
+# --- resolving (rewrites._Live) ---------------------------------------------------------------------------
+
+def state(live, seen):
+    """The file's path now: None (the session's), a Path or an Unknown."""
+    return _settle(live, now(seen))
+
+
+def now(seen):
+    """The file's path as it stands (unsettled): its own, else what its fresh session started with."""
+    return seen.path if seen.path is not None else seen.session_path
+
+
+def _settle(live, found):
+    if isinstance(found, Role):
+        if found.found is None:
+            before = _settle(live, found.before)
+            raw = before if isinstance(before, Path) else live.setting("search_path") if before is None else ""
+            found.found = (Unknown('the role changed by SET ROLE / SESSION AUTHORIZATION while "$user" is in it')
+                           if "$user" in raw else before,)
+        return found.found[0]
+    if not isinstance(found, Maybe):
+        return found
+    if found.found is None:
+        before = _settle(live, found.before)
+        setter = sorted(found.pending) or [r[0] for r in live._rows(_SETTER, (sorted(found.calls),))]
+        found.found = (Unknown(f"a call of {setter[0]}(), whose body may set it") if setter
+                       else (before,))
+    return found.found[0] if isinstance(found.found, tuple) else found.found
+
+
+def schemas(live, seen, path) -> list[str] | Unknown:
+    """The schemas of `path` (a state) names resolve in: those that exist (live or made by a pending CREATE SCHEMA),
+    "$user" as the role, in order; the session's for None."""
+    path = _settle(live, path)
+    if path is None or isinstance(path, Unknown):
+        return live.session_path if path is None else path
+    moves = tuple((k, id(v)) for k, v in seen.aliases.items() if k[0] == "schema")
+    memo = ("(schemas)", path, len(seen.schemas), moves)
+    if memo not in live.paths:  # (asked again for each name of each statement)
+        names = [live.role() if name == "$user" else name for name in path]
+        existing = {row[0] for row in live._rows(_EXISTING, (names + [_moved(seen, name) for name in names],))}
+        live.paths[memo] = [name for name in dict.fromkeys(names) if _moved(seen, name) in existing
+                            or name in seen.schemas]
+    return live.paths[memo]
+
+
+def schema_of(live, seen, slot, name: str):
+    """The schema an unqualified `name` means: slot None (a reference now) or At((state, creates))."""
+    if slot is not None and (slot, name) in live.paths:  # (a pending statement's: where it went then)
+        return live.paths[(slot, name)]
+    path, creates = (state(live, seen), False) if slot is None else tuple(slot)
+    found = schemas(live, seen, path)
+    if isinstance(found, Unknown):
+        return found
+    if not creates:
+        looked = tuple(_moved(seen, s) for s in found)
+        if (looked, name) not in live.paths:
+            live.paths[(looked, name)] = {row[0] for row in live._rows(_FIRST, {"name": name, "path": list(looked)})}
+        held = live.paths[(looked, name)]
+        for schema in found:
+            alias = seen.aliases.get(("table", (schema, name)))
+            if alias is not None and not _gone(alias) or (schema, name) in _made(live, seen):
+                return schema
+            if alias is None and _moved(seen, schema) in held:
+                return schema
+    found = found[0] if found else ""  # (no schema of the path exists: the server finds and creates nothing)
+    if slot is not None:
+        live.paths[(slot, name)] = found
+    return found
+
+
+def made(live, seen, name) -> bool:
+    """A pending CREATE TABLE made the table `name` (a key) means."""
+    return tuple(live.key(name)) in _made(live, seen)
+
+
+def _made(live, seen) -> set:
+    """The keys of the tables pending CREATE TABLEs made so far (pending statements only add to them)."""
+    made = live.paths.get("(made)")
+    if made is None or made[0] != len(seen.created):
+        made = live.paths["(made)"] = len(seen.created), {tuple(live.key(c)) for c in seen.created}
+    return made[1]
+
+
+def _moved(seen, schema: str) -> str:
+    """The live name of a schema a pending ALTER SCHEMA ... RENAME TO named so (one renamed away: none)."""
+    to = seen.aliases.get(("schema", schema), schema)
+    return to if isinstance(to, str) else ""
+
+
+def _gone(alias) -> bool:
+    from migrator.postgres import risks_pending
+
+    return alias is risks_pending.GONE

@@ -1,0 +1,233 @@
+"""A file's search_path, in every spelling, decides which table its unqualified names mean (attack24j reproSP,
+reproLP): SET search_path / SET SCHEMA / set_config with a literal are followed, the whole list in order (schemas
+that do not exist skipped, pending CREATE SCHEMA / TABLE counted); what may set it and cannot be read (a DO block,
+set_config with a non-literal, a call of a function that sets it, an earlier file's ALTER DATABASE / ROLE) leaves it
+unknown. Each verdict checked by migrate and plan on the real PostgreSQL, and the live table's file kept."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from conftest import SEED, add_migration, applied, migrate, ok
+from test_rewrites import SMALL, TABLE, seeded
+from test_rewrites_pending import _write
+
+NEW = f"CREATE TABLE {TABLE} (id int, tenant_id varchar(50));\n"
+RETYPE_LIVE = f"ALTER TABLE public.{TABLE} ALTER COLUMN id TYPE bigint;\n"
+RETYPED = f"ALTER COLUMN id TYPE bigint rewrites public.{TABLE} (~50 rows"
+SETS_PATH = ("CREATE FUNCTION {}() RETURNS void LANGUAGE plpgsql AS "
+             "$$BEGIN PERFORM set_config('search_path', 'arch', false); END$$")
+_LIVE_FILE = "SELECT relfilenode FROM pg_class WHERE oid = 'public.{}'::regclass".format(TABLE)
+
+
+def path_spellings():
+    """`SET search_path = arch` as the server accepts it: the keyword's and the name's case, a quoted or U& name,
+    SESSION / LOCAL, TO / =, comments and line breaks between the words, the value quoted or not; SET SCHEMA and a
+    literal set_config."""
+    sets = ("SET", "set", "Set")
+    names = ("search_path", "SEARCH_PATH", '"search_path"', '"Search_Path"', 'U&"search_path"')
+    scopes = ("", "SESSION ", "LOCAL ", "session ")
+    tos = (" = ", " TO ", "=", "\n  to\n  ")
+    gaps = (" ", "\n", " /* why */ ", " -- why\n ")
+    values = ("arch", "ARCH", '"arch"', "'arch'", "arch, public", "nosuch, arch", '"$user", arch')
+    for number, (s, n, scope, to, gap, value) in enumerate(itertools.product(sets, names, scopes, tos, gaps, values)):
+        if number % 53 == 0:  # (a spread sample of the 6,720: each part's every choice appears)
+            yield f"{s}{gap}{scope}{n}{to}{value}"
+    for s, gap, value in itertools.product(("SET", "set"), (" ", "\n", " /* x */ "), ("'arch'", "'ARCH'")):
+        yield f"{s}{gap}SCHEMA{gap}{value}"  # (SET SCHEMA takes a string: its case is kept, 'ARCH' names no schema)
+    for call in ("set_config('search_path', 'arch', false)", "pg_catalog.set_config('SEARCH_PATH', 'arch, public', "
+                 "true)", "set_config( 'search_path' ,'nosuch,ARCH', false)", "SET_CONFIG('search_path', '\"arch\"', "
+                 "false)"):
+        yield f"SELECT {call}"
+
+
+# what may set the path and cannot be read: unknown from there on
+UNREAD = {
+    "do_block": "DO $$ BEGIN EXECUTE 'SET search_path = arch'; END $$",
+    "do_set_schema": "DO $$BEGIN EXECUTE 'set schema ''arch'''; END$$",
+    "set_config_expression": "SELECT set_config('search' || '_path', 'arch', false)",
+    "set_config_column": "SELECT set_config(name, 'arch', false) FROM pg_settings WHERE name = 'search_path'",
+    "set_config_in_where": "SELECT 1 WHERE set_config('search_path', 'arch', false) IS NOT NULL",
+    "pending_function_call": SETS_PATH.format("setp2") + ";\nSELECT setp2()",
+    "live_function_call": "SELECT setp()",
+    "set_local_outside_a_transaction": "-- transactional: false\nSET LOCAL search_path = arch",
+    "rolled_back_to_a_savepoint": "SAVEPOINT s;\nSET search_path = arch;\nROLLBACK TO SAVEPOINT s",
+    "rolled_back_block": "-- transactional: false\nBEGIN;\nSET search_path = arch;\nROLLBACK",
+}
+
+
+def _arch(db) -> None:
+    db.query("CREATE SCHEMA arch")
+
+
+def _live_file(db) -> int:
+    return db.query(_LIVE_FILE)[0][0]
+
+
+def _refused_keeping_the_table(cli, db, sql_dir, texts, line: int, what: str = RETYPED, plan: bool = True) -> None:
+    before = _live_file(db)
+    path = _write(sql_dir, texts)[-1]
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and f"{path}:{line}: {what}" in result.stderr, (texts, result.output)
+    assert applied(db) == [SEED] and _live_file(db) == before
+    if plan:
+        shown = cli("plan", "--sql-dir", sql_dir, env={**db.db_env(), "REWRITE_THRESHOLD_ROWS": "10"})
+        assert shown.exit_code == 0 and f"-- REFUSED by migrate: {path}:{line}: {what}" in shown.stdout, (texts,
+                                                                                                         shown.output)
+    for written in sql_dir.glob("000[2-9]_*"):
+        written.unlink()
+
+
+def test_every_spelling_of_the_files_search_path_puts_the_new_table_in_its_schema_not_over_the_live_one(cli, db,
+                                                                                                        sql_dir):
+    """A CREATE TABLE of the live table's name after the file moved its path lands in arch: a rewrite of the live
+    public table is still the live table's, refused, whatever the spelling of the move."""
+    seeded(cli, db, sql_dir)
+    _arch(db)
+    spellings = list(path_spellings())
+    assert len(spellings) > 120
+    for number, spelling in enumerate(spellings):
+        text = f"{spelling};\n{NEW}{RETYPE_LIVE}"
+        _refused_keeping_the_table(cli, db, sql_dir, [text], text.count("\n"), plan=number % 6 == 0)
+
+
+@pytest.mark.parametrize("case", list(UNREAD))
+def test_a_search_path_the_judge_cannot_read_refuses_a_risky_statement_on_an_unqualified_name(cli, db, sql_dir, case):
+    """The new table went who knows where: the live one named qualified is the live one; an unqualified name in a
+    risky statement may mean the big table, and the refusal says why."""
+    seeded(cli, db, sql_dir)
+    _arch(db)
+    db.query(SETS_PATH.format("setp"))  # (a live function whose body sets search_path)
+    text = UNREAD[case] + ";\n"
+    _refused_keeping_the_table(cli, db, sql_dir, [text + NEW + RETYPE_LIVE], text.count("\n") + 2)
+    _refused_keeping_the_table(cli, db, sql_dir, [text + f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"],
+                               text.count("\n") + 1)
+
+
+def test_the_refusal_under_an_unknown_path_says_so_and_a_qualified_name_runs(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    _arch(db)
+    path = add_migration(sql_dir, "0002_do", UNREAD["do_block"] + f";\nALTER TABLE {TABLE} ADD COLUMN u uuid "
+                                                                  "DEFAULT gen_random_uuid();\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and f"{path}:2: ADD COLUMN u DEFAULT gen_random_uuid()" in result.stderr
+    assert (f"(the unqualified name {TABLE} may mean this table: the file's search_path is unknown, set inside a "
+            "statement the judge does not read") in result.stderr and "qualify the name)" in result.stderr
+    add_migration(sql_dir, "0002_do", f"{UNREAD['do_block']};\nALTER TABLE public.{TABLE} ADD COLUMN u int "
+                                      "DEFAULT 1;\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))  # (named qualified, catalog only: nothing to refuse)
+
+
+# the path changed back before the risky statement, or by an earlier file for the later files' sessions
+BACK = {
+    "reset": "RESET search_path", "set_default": "SET search_path TO DEFAULT", "reset_all": "RESET ALL",
+    "set_config_back": "SELECT set_config('search_path', 'public', false)", "set_schema_back": "SET SCHEMA 'public'",
+}
+
+
+@pytest.mark.parametrize("case", list(BACK))
+def test_a_path_set_back_resolves_the_unqualified_name_to_the_live_table_again(cli, db, sql_dir, case):
+    seeded(cli, db, sql_dir)
+    _arch(db)
+    _refused_keeping_the_table(cli, db, sql_dir, [f"SET search_path = arch, public;\n{NEW}{BACK[case]};\n"
+                                                  f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"], 4)
+
+
+@pytest.mark.parametrize("alter", ["ALTER DATABASE {db} SET search_path = arch, public",
+                                   "ALTER ROLE CURRENT_USER SET search_path = arch, public",
+                                   "ALTER ROLE CURRENT_USER IN DATABASE {db} SET \"Search_Path\" TO arch"])
+def test_an_earlier_files_alter_database_or_role_search_path_leaves_the_later_files_path_unknown(cli, db, sql_dir,
+                                                                                                 alter):
+    seeded(cli, db, sql_dir)
+    _arch(db)
+    try:
+        _refused_keeping_the_table(cli, db, sql_dir, [alter.format(db=db.name) + ";\n", NEW + RETYPE_LIVE], 2)
+    finally:  # (a role's setting outlives the test's database)
+        db.query("ALTER ROLE CURRENT_USER RESET search_path")
+
+
+def test_the_files_path_not_the_sessions_decides_which_table_an_unqualified_name_means(cli, db, sql_dir):
+    """reproLP: the database's default path is arch, public with a small arch table of the name; the file's own
+    `SET search_path = public` retypes the big public table: refused, and the server would have rewritten it."""
+    seeded(cli, db, sql_dir)
+    db.query(f"CREATE SCHEMA arch; CREATE TABLE arch.{TABLE} (id int, tenant_id int); "
+             f"ALTER DATABASE {db.name} SET search_path = arch, public")
+    text = f"SET search_path = public;\nALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"
+    _refused_keeping_the_table(cli, db, sql_dir, [text], 2)
+    for spelling in ("SET search_path = nosuch, public", "SET SCHEMA 'public'", 'SET search_path = "$user", public',
+                     "SELECT set_config('search_path', 'nosuch , public', false)"):
+        _refused_keeping_the_table(cli, db, sql_dir, [text.replace("SET search_path = public", spelling)], 2)
+    before = _live_file(db)
+    add_migration(sql_dir, "0002_retype", f"-- accept-rewrite: public.{TABLE}\n" + text)
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert _live_file(db) != before  # the server rewrote the public table, as judged
+
+
+# the whole list, in order: schemas that do not exist skipped, an earlier one holding the name first
+PASSES = {
+    "created_in_the_first_schema": f"SET search_path = arch, public;\n{NEW}ALTER TABLE {TABLE} ALTER COLUMN id "
+                                   "TYPE bigint;\n",
+    "created_after_a_missing_schema": f"SET search_path = nosuch, arch, public;\n{NEW}ALTER TABLE {TABLE} ALTER COLUMN "
+                                      "id TYPE bigint;\n",
+    "pending_schema": f"CREATE SCHEMA arch2;\nSET search_path = arch2, public;\n{NEW}CREATE INDEX ON {TABLE} (id);\n",
+    "set_config_literal": f"SELECT set_config('search_path', 'arch,public', false);\n{NEW}"
+                          f"ALTER TABLE {TABLE} ADD COLUMN u uuid DEFAULT gen_random_uuid();\n",
+    "set_schema": f"SET SCHEMA 'arch';\n{NEW}CREATE INDEX ON {TABLE} (tenant_id);\n",
+    "earlier_file": f"SET search_path = arch, public;\n{NEW}",
+}
+
+
+@pytest.mark.parametrize("case", list(PASSES))
+def test_an_unqualified_name_meaning_the_new_table_on_the_files_path_runs_and_the_live_table_is_kept(cli, db, sql_dir,
+                                                                                                    case):
+    seeded(cli, db, sql_dir)
+    _arch(db)
+    before = _live_file(db)
+    texts = [PASSES[case]]
+    if case == "earlier_file":  # (the next file sets the path again: the table an earlier pending file created)
+        texts.append(f"SET search_path = arch, public;\nALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    _write(sql_dir, texts)
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert _live_file(db) == before
+
+
+def test_the_next_files_fresh_session_does_not_keep_the_path(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    _arch(db)
+    _refused_keeping_the_table(cli, db, sql_dir, [f"SET search_path = arch, public;\n{NEW}",
+                                                  f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"], 1)
+
+
+def test_discard_all_gives_the_session_path_back(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    _arch(db)
+    _refused_keeping_the_table(cli, db, sql_dir, [f"-- transactional: false\nSET search_path = arch;\n{NEW}DISCARD ALL;"
+                                                  f"\nALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"], 5)
+
+
+def test_alter_system_search_path_leaves_the_later_files_path_unknown(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    _arch(db)
+    try:
+        _refused_keeping_the_table(cli, db, sql_dir, ["-- transactional: false\nALTER SYSTEM SET search_path = arch;\n"
+                                                      "SELECT pg_reload_conf();\n", NEW + RETYPE_LIVE], 2)
+    finally:  # (the server's setting outlives the test's database)
+        with db.server.connect(db.name) as conn:
+            conn.autocommit = True
+            conn.cursor().execute("ALTER SYSTEM RESET search_path")
+            conn.cursor().execute("SELECT pg_reload_conf()")
+
+
+def test_set_role_makes_user_in_the_path_another_schema(cli, db, sql_dir, password_role):
+    """The runner's own "$user" schema holds a small table of the name; after SET ROLE, "$user" is the other role's
+    (none here) and the big public table is the one the server retypes: refused."""
+    seeded(cli, db, sql_dir)
+    user = db.query("SELECT current_user")[0][0]
+    db.query(f'CREATE SCHEMA "{user}"; CREATE TABLE "{user}".{TABLE} (id int); ALTER TABLE public.{TABLE} OWNER TO '
+             f"{password_role}")  # (the role may alter it)
+    for spelling in (f"SET ROLE {password_role}", f"SET SESSION AUTHORIZATION {password_role}"):
+        for path in ("", 'SET search_path = "$user", public;\n'):
+            _refused_keeping_the_table(cli, db, sql_dir, [f"{spelling};\n{path}ALTER TABLE {TABLE} ALTER COLUMN id "
+                                                          "TYPE bigint;\n"], 2 + bool(path), plan=False)
