@@ -91,6 +91,9 @@ class At(tuple):
     reference's), resolved when the live catalog is at hand (rewrites._Live.key)."""
 
 
+GONE = object()  # an alias's value: a pending RENAME TO / SET SCHEMA took the name away (risks_pending)
+
+
 def read(bare: str, text: str, seen) -> None:
     """Note what a statement does to the search_path of its session (seen.path) or of the later files' fresh
     sessions (seen.next_session_path), and the schemas and path-setting functions it creates."""
@@ -320,6 +323,4 @@ def _moved(seen, schema: str) -> str:
 
 
 def _gone(alias) -> bool:
-    from migrator.postgres import risks_pending
-
-    return alias is risks_pending.GONE
+    return alias is GONE

@@ -182,7 +182,7 @@ def retyped(key, column: str, seen) -> tuple[list[str], list[str]]:
     return checks, [name for name, columns in seen.rebuilt.get(key, {}).items() if column in columns]
 
 
-GONE = object()  # an alias's value: a pending RENAME TO / SET SCHEMA took the name away
+GONE = risks_path.GONE  # an alias's value: a pending RENAME TO / SET SCHEMA took the name away
 
 
 class Shadowed(str):
