@@ -135,10 +135,24 @@ def holding(connection, key: int) -> bool:
     return key in _holding.get(connection, ())
 
 
+# The runner's own settings (connection.py's pins, history.py's), set in-band on its sessions: never in a startup
+# packet, so one of them set (not empty) on a session that has not set it yet is an earlier client's (a pool's reused
+# server session). A refusal RESETs them on its own server session with the pins' search_path and role.
+MARKS = ("hcm.flyway_table", "hcm.history", "hcm.tenant_schema", "hcm.tenant_schemas", "hcm.taken_over")
+_RESET = "".join(f"RESET {name};\n" for name in ("ROLE", "search_path", "synchronous_commit", *MARKS))
+
+
+def leave(connection) -> None:
+    """`connection` closed as a refusal leaves it (_refused): its locks let go and its pins RESET on its own server
+    session first."""
+    _refused(connection, None)
+
+
 def _refused(connection, where: str | None) -> str:
-    """Before a refusal: the session-level advisory locks `connection` took, released on its own server session only
-    (guarded: elsewhere the statement does nothing, so it is sent again, a few times; a pool hands each transaction
-    to an idle session). Then `connection` is closed: nothing else is sent on it. Its `where`, in words."""
+    """Before a refusal: the session-level advisory locks `connection` took released, and the run's pins (search_path
+    pg_catalog, its hcm.* marks) RESET, on its own server session only (guarded: elsewhere the statement does
+    nothing, so it is sent again, a few times; a pool hands each transaction to an idle session), never leaving them
+    for the pool's next client. Then `connection` is closed: nothing else is sent on it. Its `where`, in words."""
     import psycopg2
     import psycopg2.extensions as ext
 
@@ -146,14 +160,17 @@ def _refused(connection, where: str | None) -> str:
     keys = _holding.pop(connection, [])
     try:
         with connection.cursor() as cursor:
-            for _ in range(RELEASE_TRIES if keys and not connection.closed else 0):
+            # (a connection whose first read passed may hold pins; one refused by that read never set any)
+            for _ in range(RELEASE_TRIES if (keys or connection in _known) and not connection.closed else 0):
                 if connection.info.transaction_status != ext.TRANSACTION_STATUS_IDLE:
                     connection.rollback()  # (a transaction keeps its server session: the next try may reach another)
-                cursor.execute(f"SELECT CASE WHEN {here(connection)} THEN (SELECT pg_catalog.count(*) FROM "
-                               "pg_catalog.unnest(%s::pg_catalog.int8[]) k WHERE pg_catalog.pg_advisory_unlock(k)) END",
-                               (keys,))
-                if cursor.fetchone()[0] is not None:
+                try:
+                    cursor.execute(guard(connection) + _RESET + "SELECT pg_catalog.count(*) FROM pg_catalog.unnest("
+                                   "%s::pg_catalog.int8[]) k WHERE pg_catalog.pg_advisory_unlock(k)", (keys,))
                     break
+                except psycopg2.DataError as exc:
+                    if not is_elsewhere(exc):
+                        raise
     except (psycopg2.Error, MigratorError):  # (a silent path's NoAnswer too)
         pass  # (the refusal is the line to say; the pool's session keeps them until it ends)
     connection.close()

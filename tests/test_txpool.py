@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 import psycopg2
 import pytest
 
-from conftest import PROJECT_ROOT, SEED, add_migration, applied, one_error_line
+from conftest import PROJECT_ROOT, SEED, add_migration, applied, ok, one_error_line
 from migrator import bookkeeping_lock, pg_lock, postgres, server_session
 from migrator.env import Env
 from migrator.errors import MigratorError
@@ -26,6 +26,7 @@ from migrator.targets import PostgresOptions
 from pg_wire import TxPool
 from test_pg_lock import target_of
 from test_silent_network import CLEAN, seeded, through  # noqa: F401 (a fixture)
+from test_tenants_history import home_path  # noqa: F401 (a fixture)
 
 POOL_LINE = "each transaction reached another server session (a transaction-mode pool?)"
 LEFT = ("SELECT pg_catalog.current_setting('search_path'), pg_catalog.current_setting('hcm.history', true), "
@@ -51,7 +52,7 @@ def test_a_run_through_a_transaction_mode_pool_that_forwards_options_is_refused_
     assert "connect to PostgreSQL directly or through a session-mode pool" in line, line
     assert applied(db) == [SEED]
     left = txpool.on_each(LEFT)
-    assert len(left) == 2 and all(row[0] != "pg_catalog" and row[1] is None and row[2] == "0" for row in left), left
+    assert len(left) == 2 and all(row[0] != "pg_catalog" and not row[1] and row[2] == "0" for row in left), left
 
 
 def test_two_runs_through_such_a_pool_never_apply_a_migration_twice(cli, db, sql_dir, seeded, txpool):
@@ -209,3 +210,26 @@ def test_a_migration_reaching_a_session_another_client_set_its_search_path_in_is
     assert "a migration's new connection reached a server session another client used before" in line, line
     assert "fix the file" not in line and "connect to PostgreSQL directly" in line, line
     assert applied(db) == [SEED, "0002_a"] and "b" not in db.tables()
+
+
+TWIN_LINE = "schemas app and public both hold a migration history without the tenant mark"
+
+
+def test_a_refused_run_resets_its_pins_so_the_next_run_through_the_pool_is_refused_too(cli, db, sql_dir, seeded,
+                                                                                       txpool1, tmp_path, home_path):
+    """attack23m txpool_recycled_twin: the role's search_path app, public; app and public both hold a complete
+    history. Run 1 through a pool that keeps server sessions as they are was refused (two histories), leaving its
+    pins (search_path pg_catalog, hcm.*) on the pooled session; run 2 got it, read no home schema from that path,
+    took public's history and applied the pending file (exit 0). Now the refusal RESETs its pins there first."""
+    tenant = tmp_path / "tenant"
+    tenant.mkdir()
+    add_migration(tenant, "0001_t", "CREATE TABLE t (id int);\n")
+    ok(cli("migrate", "--sql-dir", tenant, "--schema", "app", "--create-schemas", env=db.db_env()))
+    db.query("COMMENT ON TABLE app.yoyo_lock IS NULL")  # (a restore without comments)
+    home_path("app, public")
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
+    for run in (1, 2):
+        result = cli("migrate", "--sql-dir", sql_dir, env=through(seeded, txpool1))
+        assert result.exit_code == 2 and TWIN_LINE in one_error_line(result), (run, result.output)
+    assert applied(db) == [SEED] and "more_rows" not in db.tables()
+    assert [row[:2] for row in txpool1.on_each(LEFT)] == [["app, public", ""]]
