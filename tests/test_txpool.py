@@ -129,14 +129,23 @@ def _pooled(db, pool):
     return resolve_postgres(PostgresOptions(), Env({**db.db_env(), "DB_HOST": "127.0.0.1", "DB_PORT": str(pool.port)}))
 
 
+CARRIED_LINE = "this run's connection reached a server session another client used before"
+
+
 def test_a_run_sharing_the_lock_holders_server_session_is_refused_and_clears_nothing(db, txpool1):
     """attack 23l txpool_size1: before, run 2's pg_try_advisory_lock succeeded on the server session holding run 1's
     lock (session locks are re-entrant), _ALIVE left out that only session and run 2 cleared run 1's row as a dead
-    runner's ("note: cleared ..."), then applied the migration run 1 was running."""
+    runner's ("note: cleared ..."), then applied the migration run 1 was running. Run 2 is refused when it connects
+    (run 1's pins are on the session: attack23m); where the pool RESETs settings between clients but keeps
+    session locks (RESET ALL as its reset query), at its lock take."""
     target, notes = _pooled(db, txpool1), []
-    with postgres.connect(target, read_only=False) as first, postgres.connect(target, read_only=False) as second:
-        assert server_session.of(first.connection) == server_session.of(second.connection)  # (one server session)
-        with pg_lock.held(first, target, 5, notes.append):
+    with postgres.connect(target, read_only=False) as first, pg_lock.held(first, target, 5, notes.append):
+        with pytest.raises(MigratorError) as err:
+            postgres.connect(target, read_only=False).__enter__()
+        assert err.value.exit_code == 2 and CARRIED_LINE in str(err.value), err.value
+        first.execute("RESET ALL")  # (the pool's reset query: settings go, session locks stay)
+        with postgres.connect(target, read_only=False) as second:
+            assert server_session.of(first.connection) == server_session.of(second.connection)  # (one server session)
             with pytest.raises(MigratorError) as err:
                 with pg_lock.held(second, target, 1, notes.append):
                     pytest.fail("took the migration lock its own server session holds for another run")
@@ -148,6 +157,24 @@ def test_a_run_sharing_the_lock_holders_server_session_is_refused_and_clears_not
     assert _advisory_locks(db) == 0
 
 
+def test_a_run_whose_server_session_carries_an_earlier_runs_settings_is_refused_before_reading_its_home(
+        cli, db, sql_dir, txpool1, home_path):
+    """attack23m txpool_recycled_home: the history in app, the role's search_path app first; after one run through a
+    pool that keeps server sessions as they are, the next run got that session's search_path (pg_catalog), read no
+    home schema and was refused "no migration history in schema public ... set search_path to app" (untrue), or
+    took public's (finding 1). Now its first read sees the earlier run's marks (hcm.*) and says what is wrong."""
+    home_path("app, public")  # (a plain history made under it: in app)
+    db.query("CREATE SCHEMA app")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    env = through({**db.db_env(), "DB_HOST": "127.0.0.1"}, txpool1)
+    for command in ("status", "migrate"):  # (each its own pooled session: their options differ)
+        ok(cli(command, "--sql-dir", sql_dir, env=env))  # (an earlier client: its pins stay on the pool's session)
+        result = cli(command, "--sql-dir", sql_dir, env=env)
+        line = one_error_line(result)
+        assert result.exit_code == 2 and CARRIED_LINE in line and "DISCARD ALL" in line, (command, result.output)
+        assert "no migration history" not in line, line
+
+
 def test_two_runs_through_a_one_session_pool_never_apply_a_migration_twice(cli, db, sql_dir, seeded, txpool1):
     """attack 23l txpool_size1 end to end: run 2 starts while run 1's non-transactional file runs; the pool's
     session for the runs' own connections was opened by an earlier client (its application_name is not run 1's).
@@ -156,7 +183,10 @@ def test_two_runs_through_a_one_session_pool_never_apply_a_migration_twice(cli, 
     called run 1 an older version, exit 4)."""
     env = through(seeded, txpool1)
     db.query("CREATE TABLE hits (n int)")
-    assert cli("migrate", "--sql-dir", sql_dir, "--lock-timeout", "5", env=env).exit_code == 0  # (opens the session)
+    options = dict(parse_qsl(urlsplit(session_url(_pooled(db, txpool1), False, None)).query))["options"]
+    with contextlib.closing(psycopg2.connect(host="127.0.0.1", port=txpool1.port, dbname=db.name, options=options,
+                                             user=db.server.user, password=db.server.password)) as opener:
+        opener.cursor().execute("SELECT 1")  # (opens the pool's session for the runs' own connections)
     add_migration(sql_dir, "0003_hits", "-- transactional: false\nINSERT INTO hits VALUES (1);\n"
                   "SELECT pg_sleep(3);\nINSERT INTO hits VALUES (2);\n")
     run = functools.partial(subprocess.Popen, [sys.executable, "runner.py", "migrate", "--sql-dir", str(sql_dir),
@@ -173,7 +203,8 @@ def test_two_runs_through_a_one_session_pool_never_apply_a_migration_twice(cli, 
     assert db.query("SELECT n FROM hits ORDER BY n") == [(1,), (2,)], (err1, err2)
     assert db.query("SELECT count(*) FROM public._yoyo_log WHERE migration_id = '0003_hits'")[0][0] == 1
     assert first.returncode == 0, err1
-    assert second.returncode == 2 and SHARED_LINE in err2.strip().splitlines()[-1], err2
+    last = err2.strip().splitlines()[-1]  # (run 1's pins on that session: refused as it connects, attack23m)
+    assert second.returncode == 2 and (CARRIED_LINE in last or SHARED_LINE in last), err2
     assert "cleared the migration lock" not in err2
 
 
@@ -233,3 +264,15 @@ def test_a_refused_run_resets_its_pins_so_the_next_run_through_the_pool_is_refus
         assert result.exit_code == 2 and TWIN_LINE in one_error_line(result), (run, result.output)
     assert applied(db) == [SEED] and "more_rows" not in db.tables()
     assert [row[:2] for row in txpool1.on_each(LEFT)] == [["app, public", ""]]
+
+
+def test_a_login_trigger_that_sets_search_path_does_not_refuse_a_direct_run(cli, db, sql_dir):
+    """attack23m login_trigger: a PostgreSQL 17+ login event trigger SETs search_path in every new session (source
+    'session'); every migration's first read took that for an earlier client's and refused "connect to PostgreSQL
+    directly" on a direct connection. The runner's own marks (hcm.*) tell an earlier run from it."""
+    db.query("CREATE FUNCTION public.login_path() RETURNS event_trigger LANGUAGE plpgsql AS "
+             "$$ BEGIN PERFORM pg_catalog.set_config('search_path', 'public', false); END $$")
+    db.query("CREATE EVENT TRIGGER login_path ON login EXECUTE FUNCTION public.login_path()")
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert applied(db) == [SEED, "0002_a"] and "a" in db.tables()

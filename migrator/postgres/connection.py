@@ -211,7 +211,7 @@ def backend_class():
                 select, names = server_session.query(connection, self.relied)
                 if select:
                     cursor.execute("SELECT " + select.removeprefix(", "), names)
-                    server_session.check(connection, cursor.fetchone(), self.relied, self.where)
+                    server_session.check(connection, cursor.fetchone(), self.relied, self.where, migration=False)
                 ours = {"flyway_table": self.flyway_table, "history": self.history or ""}
                 execute = functools.partial(self._on_own_session, connection, cursor)
                 if self.schema and self.schema != "public":
