@@ -279,21 +279,27 @@ def break_dead(backend, target: PostgresTarget) -> bool:
 # A yoyo lock row's runner is alive while a session of it (this runner's application_name ends in
 # host:pid, see postgres/connection.py) that connected before the row was written is still there;
 # such a row is waited for, never broken. (Pods of an Indexed Job share pids: a later one is not it.)
+# Any role may name its session so: only a session of a role that could have written the row (INSERT on the lock
+# table: its owner, a superuser, a grantee) counts, named exactly as the row's runner column says where it has one.
 _ALIVE = """
 SELECT count(*) FROM pg_stat_activity
 WHERE pid <> pg_backend_pid() AND datname = current_database()
   AND application_name LIKE 'hcm-db-migrations %%:' || :pid
+  AND application_name = coalesce(CAST(:runner AS text), application_name)
+  AND has_table_privilege(usesysid, to_regclass(:table), 'INSERT')
   AND backend_start <= (CAST(:ctime AS timestamp) AT TIME ZONE 'UTC') + interval '2 seconds'
 """
 
 
 def _row_of(backend, target: PostgresTarget):
-    """(pid, ctime) of the lock row in this history's slot, or None."""
+    """(pid, ctime, runner or None, table) of the lock row in this history's slot, or None. (`runner` read as the
+    row's JSON: a table without that column answers NULL, in the same statement.)"""
     table = lock_table(backend, target.history)
     if table is None:
         return None
-    return backend.execute(f"SELECT pid, ctime FROM {table} WHERE locked = :slot",
-                           {"slot": lock_slot(target.history)}).fetchone()
+    row = backend.execute(f"SELECT pid, ctime, to_jsonb(l) ->> '{PROOF_COLUMN}' FROM {table} l WHERE locked = :slot",
+                          {"slot": lock_slot(target.history)}).fetchone()
+    return (*row, table) if row else None
 
 
 def _break(backend, target: PostgresTarget) -> None:
@@ -321,7 +327,9 @@ def _clear_dead_runners_row(backend, target: PostgresTarget, deadline: float, no
 
 
 def _alive(backend, row) -> bool:
-    return bool(backend.execute(_ALIVE, {"pid": str(row[0]), "ctime": row[1]}).fetchone()[0])
+    pid, ctime, runner, table = row
+    return bool(backend.execute(_ALIVE, {"pid": str(pid), "ctime": ctime, "runner": runner, "table": table})
+                .fetchone()[0])
 
 
 # The lock row names the runner that wrote it: the writing session's application_name (this runner's "host:pid",
