@@ -326,6 +326,20 @@ def _clear_dead_runners_row(backend, target: PostgresTarget, deadline: float, no
     notify(f"note: cleared the migration lock left by a runner that died (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC)")
 
 
+def live_row(backend, target: PostgresTarget) -> str | None:
+    """The lock row a run would wait for as a live runner's, in words (doctor: its advisory lock may be free); None
+    when there is none, its runner is gone, or the user may not read the table."""
+    table = lock_table(backend, target.history)
+    if table is None or not backend.execute("SELECT to_regclass(:t) IS NOT NULL AND has_table_privilege(to_regclass("
+                                            ":t), 'SELECT')", {"t": table}).fetchone()[0]:
+        return None
+    row = _row_of(backend, target)
+    if not row or not _alive(backend, row):
+        return None
+    runner = f", runner {output.quoted(row[2])}" if row[2] else ""
+    return f"its lock row (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC{runner}) names a runner still connected"
+
+
 def _alive(backend, row) -> bool:
     pid, ctime, runner, table = row
     return bool(backend.execute(_ALIVE, {"pid": str(pid), "ctime": ctime, "runner": runner, "table": table})

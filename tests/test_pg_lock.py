@@ -75,8 +75,9 @@ def test_a_dead_runners_row_is_not_kept_live_by_a_session_that_only_calls_itself
     assert db.query("SELECT count(*) FROM yoyo_lock") == [(0,)]
 
 
-def test_a_live_runners_row_is_still_kept_by_its_own_session(db):
-    """The other side: the session of the role that wrote the row, named as the row says, keeps it live."""
+def test_a_live_runners_row_is_still_kept_by_its_own_session_and_doctor_names_it(cli, db, sql_dir):
+    """The other side: the session of the role that wrote the row, named as the row says, keeps it live; doctor,
+    which said "ready" (the advisory lock free), warns naming it."""
     target = target_of(db)
     with postgres.connect(target, read_only=False) as backend, \
             _session(db, db.server.user, db.server.password, "hcm-db-migrations x:4242"):
@@ -86,6 +87,10 @@ def test_a_live_runners_row_is_still_kept_by_its_own_session(db):
         with pytest.raises(MigratorError) as err:
             pg_lock.break_dead(backend, target)
         assert err.value.exit_code == LOCKED and "held by a live runner (pid 4242" in str(err.value)
+        doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env())
+        [line] = [line for line in doctor.stdout.splitlines() if line.lower().startswith("warn  postgres locks")]
+        assert "the migration lock is free, but its lock row (pid 4242" in line, doctor.stdout
+        assert "runner 'hcm-db-migrations x:4242') names a runner still connected" in line, line
 
 
 def test_the_lock_goes_with_its_session(db):
