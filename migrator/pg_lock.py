@@ -194,6 +194,10 @@ def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
                                     "wait for that runner to finish and run again, or raise --lock-timeout", LOCKED)
             time.sleep(POLL_SECONDS)
     backend._is_locked = True  # (yoyo's flag: its lock() is then a no-op)
+    from migrator import server_session  # (a refusal deletes it: server_session._refused)
+
+    server_session.wrote_row(backend.connection, f"DELETE FROM {table} WHERE locked "
+                           f"OPERATOR(pg_catalog.=) {slot} AND pid OPERATOR(pg_catalog.=) {pid}")
     try:
         yield
     finally:
@@ -202,8 +206,11 @@ def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
 
 
 def _delete_row(backend, table: str, slot, pid: int) -> None:
+    from migrator import server_session
+
     with backend.transaction():
         backend.execute(f"DELETE FROM {table} WHERE locked = :slot AND pid = :pid", {"slot": slot, "pid": pid})
+    server_session.wrote_row(backend.connection, None)
 
 
 def _unless_lost(backend, cleanup: Callable[[], None]) -> None:
@@ -330,8 +337,10 @@ def live_row(backend, target: PostgresTarget) -> str | None:
     """The lock row a run would wait for as a live runner's, in words (doctor: its advisory lock may be free); None
     when there is none, its runner is gone, or the user may not read the table."""
     table = lock_table(backend, target.history)
-    if table is None or not backend.execute("SELECT to_regclass(:t) IS NOT NULL AND has_table_privilege(to_regclass("
-                                            ":t), 'SELECT')", {"t": table}).fetchone()[0]:
+    if table is None or not backend.execute(  # (to_regclass refuses a schema without USAGE)
+            "SELECT CASE WHEN has_schema_privilege(to_regnamespace(quote_ident(:s)), 'USAGE') THEN "
+            "to_regclass(:t) IS NOT NULL AND has_table_privilege(to_regclass(:t), 'SELECT') END",
+            {"s": backend.bookkeeping_schema, "t": table}).fetchone()[0]:
         return None
     row = _row_of(backend, target)
     if not row or not _alive(backend, row):

@@ -142,6 +142,18 @@ def holding(connection, key: int) -> bool:
     return key in _holding.get(connection, ())
 
 
+_rows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> the DELETE of the lock row it wrote
+
+
+def wrote_row(connection, delete: str | None) -> None:
+    """Records the lock row `connection` wrote (the statement deleting it; None: deleted): a refusal deletes it on
+    its own server session, else it would read as a live runner's while the pool keeps a session so named."""
+    if delete:
+        _rows[connection] = delete
+    else:
+        _rows.pop(connection, None)
+
+
 _RESET = "".join(f"RESET {name};\n" for name in ("ROLE", "search_path", "synchronous_commit", *MARKS))
 
 
@@ -152,15 +164,15 @@ def leave(connection) -> None:
 
 
 def _refused(connection, where: str | None) -> str:
-    """Before a refusal: the session-level advisory locks `connection` took released, and the run's pins (search_path
-    pg_catalog, its hcm.* marks) RESET, on its own server session only (guarded: elsewhere the statement does
-    nothing, so it is sent again, a few times; a pool hands each transaction to an idle session), never leaving them
-    for the pool's next client. Then `connection` is closed: nothing else is sent on it. Its `where`, in words."""
+    """Before a refusal: the session-level advisory locks `connection` took released, the lock row it wrote deleted,
+    and the run's pins (search_path pg_catalog, its hcm.* marks) RESET, on its own server session only (guarded:
+    elsewhere the statement does nothing, so it is sent again, a few times; a pool hands each transaction to an idle
+    session), never leaving them for the pool's next client. Then `connection` is closed: nothing else is sent on it. Its `where`, in words."""
     import psycopg2
     import psycopg2.extensions as ext
 
     where = where or where_name(connection.info.host, connection.info.port, connection.info.dbname)
-    keys = _holding.pop(connection, [])
+    keys, row = _holding.pop(connection, []), _rows.pop(connection, None)
     try:
         with connection.cursor() as cursor:
             # (a connection whose first read passed may hold pins; one refused by that read never set any)
@@ -168,8 +180,9 @@ def _refused(connection, where: str | None) -> str:
                 if connection.info.transaction_status != ext.TRANSACTION_STATUS_IDLE:
                     connection.rollback()  # (a transaction keeps its server session: the next try may reach another)
                 try:
-                    cursor.execute(guard(connection) + _RESET + "SELECT pg_catalog.count(*) FROM pg_catalog.unnest("
-                                   "%s::pg_catalog.int8[]) k WHERE pg_catalog.pg_advisory_unlock(k)", (keys,))
+                    cursor.execute(guard(connection) + (f"{row};\n" if row else "") + _RESET
+                                   + "SELECT pg_catalog.count(*) FROM pg_catalog.unnest(%s::pg_catalog.int8[]) k "
+                                   "WHERE pg_catalog.pg_advisory_unlock(k)", (keys,))
                     break
                 except psycopg2.DataError as exc:
                     if not is_elsewhere(exc):

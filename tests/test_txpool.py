@@ -211,7 +211,9 @@ def test_two_runs_through_a_one_session_pool_never_apply_a_migration_twice(cli, 
 def test_a_run_refused_after_it_took_the_lock_leaves_no_lock_on_its_pooled_session(db, txpool):
     """attack 23l txpool_lockleft: a run whose later statement reached another server session refused, leaving its
     session advisory locks on its own pooled server session (idle) for as long as the pool kept it: every later
-    migrate, direct ones too, waited and failed. Now the refusal lets them go there first (a guarded release)."""
+    migrate, direct ones too, waited and failed. Now the refusal lets them go there first (a guarded release), and
+    deletes its lock row there (attack23m txpool_lockrow: the row read as a live runner's while the pool kept a
+    session named after the run, and a later migrate stopped, exit 4, "held by a live runner")."""
     target = _pooled(db, txpool)
     options = dict(parse_qsl(urlsplit(session_url(target, False, None)).query))["options"]
     raw = functools.partial(psycopg2.connect, host="127.0.0.1", port=txpool.port, dbname=db.name,
@@ -226,6 +228,7 @@ def test_a_run_refused_after_it_took_the_lock_leaves_no_lock_on_its_pooled_sessi
                 bookkeeping_lock.Recording(run.connection, run.bookkeeping_schema).before_commit("")
             assert POOL_LINE in str(err.value) and run.connection.closed
             assert _advisory_locks(db) == 0
+            assert db.query("SELECT count(*) FROM public.yoyo_lock") == [(0,)]  # (attack23m: its row deleted too)
 
 
 def test_a_migration_reaching_a_session_another_client_set_its_search_path_in_is_refused_not_blamed(cli, db, sql_dir,
