@@ -194,6 +194,10 @@ def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
                                     "wait for that runner to finish and run again, or raise --lock-timeout", LOCKED)
             time.sleep(POLL_SECONDS)
     backend._is_locked = True  # (yoyo's flag: its lock() is then a no-op)
+    from migrator import server_session  # (a refusal deletes it: server_session._refused)
+
+    server_session.wrote_row(backend.connection, f"DELETE FROM {table} WHERE locked "
+                           f"OPERATOR(pg_catalog.=) {slot} AND pid OPERATOR(pg_catalog.=) {pid}")
     try:
         yield
     finally:
@@ -202,8 +206,11 @@ def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
 
 
 def _delete_row(backend, table: str, slot, pid: int) -> None:
+    from migrator import server_session
+
     with backend.transaction():
         backend.execute(f"DELETE FROM {table} WHERE locked = :slot AND pid = :pid", {"slot": slot, "pid": pid})
+    server_session.wrote_row(backend.connection, None)
 
 
 def _unless_lost(backend, cleanup: Callable[[], None]) -> None:
@@ -279,21 +286,27 @@ def break_dead(backend, target: PostgresTarget) -> bool:
 # A yoyo lock row's runner is alive while a session of it (this runner's application_name ends in
 # host:pid, see postgres/connection.py) that connected before the row was written is still there;
 # such a row is waited for, never broken. (Pods of an Indexed Job share pids: a later one is not it.)
+# Any role may name its session so: only a session of a role that could have written the row (INSERT on the lock
+# table: its owner, a superuser, a grantee) counts, named exactly as the row's runner column says where it has one.
 _ALIVE = """
 SELECT count(*) FROM pg_stat_activity
 WHERE pid <> pg_backend_pid() AND datname = current_database()
   AND application_name LIKE 'hcm-db-migrations %%:' || :pid
+  AND application_name = coalesce(CAST(:runner AS text), application_name)
+  AND has_table_privilege(usesysid, to_regclass(:table), 'INSERT')
   AND backend_start <= (CAST(:ctime AS timestamp) AT TIME ZONE 'UTC') + interval '2 seconds'
 """
 
 
 def _row_of(backend, target: PostgresTarget):
-    """(pid, ctime) of the lock row in this history's slot, or None."""
+    """(pid, ctime, runner or None, table) of the lock row in this history's slot, or None. (`runner` read as the
+    row's JSON: a table without that column answers NULL, in the same statement.)"""
     table = lock_table(backend, target.history)
     if table is None:
         return None
-    return backend.execute(f"SELECT pid, ctime FROM {table} WHERE locked = :slot",
-                           {"slot": lock_slot(target.history)}).fetchone()
+    row = backend.execute(f"SELECT pid, ctime, to_jsonb(l) ->> '{PROOF_COLUMN}' FROM {table} l WHERE locked = :slot",
+                          {"slot": lock_slot(target.history)}).fetchone()
+    return (*row, table) if row else None
 
 
 def _break(backend, target: PostgresTarget) -> None:
@@ -320,8 +333,26 @@ def _clear_dead_runners_row(backend, target: PostgresTarget, deadline: float, no
     notify(f"note: cleared the migration lock left by a runner that died (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC)")
 
 
+def live_row(backend, target: PostgresTarget) -> str | None:
+    """The lock row a run would wait for as a live runner's, in words (doctor: its advisory lock may be free); None
+    when there is none, its runner is gone, or the user may not read the table."""
+    table = lock_table(backend, target.history)
+    if table is None or not backend.execute(  # (to_regclass refuses a schema without USAGE)
+            "SELECT CASE WHEN has_schema_privilege(to_regnamespace(quote_ident(:s)), 'USAGE') THEN "
+            "to_regclass(:t) IS NOT NULL AND has_table_privilege(to_regclass(:t), 'SELECT') END",
+            {"s": backend.bookkeeping_schema, "t": table}).fetchone()[0]:
+        return None
+    row = _row_of(backend, target)
+    if not row or not _alive(backend, row):
+        return None
+    runner = f", runner {output.quoted(row[2])}" if row[2] else ""
+    return f"its lock row (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC{runner}) names a runner still connected"
+
+
 def _alive(backend, row) -> bool:
-    return bool(backend.execute(_ALIVE, {"pid": str(row[0]), "ctime": row[1]}).fetchone()[0])
+    pid, ctime, runner, table = row
+    return bool(backend.execute(_ALIVE, {"pid": str(pid), "ctime": ctime, "runner": runner, "table": table})
+                .fetchone()[0])
 
 
 # The lock row names the runner that wrote it: the writing session's application_name (this runner's "host:pid",

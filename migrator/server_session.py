@@ -30,6 +30,11 @@ from migrator.targets import where_name
 # The settings the runner sets and relies on; hcm.* ones (its own, read by its SQL) are checked too.
 RELIED = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout",
           "client_connection_check_interval", "default_transaction_read_only", "search_path")
+# The runner's own settings (connection.py's pins, history.py's), set in-band on its sessions: never in a startup
+# packet, so one of them set (not empty) on a session that has not set it yet is an earlier client's (a pool's reused
+# server session). A refusal RESETs them on its own server session with the pins' search_path and role.
+MARKS = ("hcm.flyway_table", "hcm.history", "hcm.tenant_schema", "hcm.tenant_schemas", "hcm.taken_over",
+         "hcm.done")  # (hcm.done: a migration session's, once its file ran: checksums.record)
 _DURATIONS = {"lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout",
               "client_connection_check_interval"}
 # Schema-qualified calls and operators: a migration's session resolves names in the tenant's schema.
@@ -106,14 +111,16 @@ def shared(connection, where: str | None = None) -> MigratorError:
         "connect to PostgreSQL directly or through a session-mode pool", USAGE)
 
 
-def carried(connection, where: str) -> MigratorError:
-    """A migration's new connection whose server session another client set things in before (its search_path SET
-    there, as the runner's own pins are: a transaction-mode pool hands server sessions on): the file would run with
-    that path. `connection` is closed."""
+def carried(connection, where: str, migration: bool = True) -> MigratorError:
+    """A new connection (a migration's, or the run's own) whose server session an earlier run set its own settings in
+    (MARKS: a pool hands server sessions on as they are): the file would run with that run's search_path, the run
+    would read its home schema from it. `connection` is closed."""
+    which = "a migration's new connection" if migration else "this run's connection"
     return MigratorError(
-        f"PostgreSQL at {_refused(connection, where)}: a migration's new connection reached a server session another "
-        "client used before (its search_path was SET in that session, not by the migration): nothing of the migration "
-        "ran; connect to PostgreSQL directly or through a session-mode pool that resets sessions (DISCARD ALL)", USAGE)
+        f"PostgreSQL at {_refused(connection, where)}: {which} reached a server session another client used before "
+        "(an earlier run's own settings were SET in that session, as a pool that hands sessions on without resetting "
+        f"them leaves them): nothing{' of the migration' if migration else ''} ran; connect to PostgreSQL directly or "
+        "through a session-mode pool that resets sessions (DISCARD ALL)", USAGE)
 
 
 # The session-level advisory locks each connection took and holds (on_own_session's takes): a refused run lets them
@@ -135,25 +142,51 @@ def holding(connection, key: int) -> bool:
     return key in _holding.get(connection, ())
 
 
+_rows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> the DELETE of the lock row it wrote
+
+
+def wrote_row(connection, delete: str | None) -> None:
+    """Records the lock row `connection` wrote (the statement deleting it; None: deleted): a refusal deletes it on
+    its own server session, else it would read as a live runner's while the pool keeps a session so named."""
+    if delete:
+        _rows[connection] = delete
+    else:
+        _rows.pop(connection, None)
+
+
+_RESET = "".join(f"RESET {name};\n" for name in ("ROLE", "search_path", "synchronous_commit", *MARKS))
+
+
+def leave(connection) -> None:
+    """`connection` closed as a refusal leaves it (_refused): its locks let go and its pins RESET on its own server
+    session first."""
+    _refused(connection, None)
+
+
 def _refused(connection, where: str | None) -> str:
-    """Before a refusal: the session-level advisory locks `connection` took, released on its own server session only
-    (guarded: elsewhere the statement does nothing, so it is sent again, a few times; a pool hands each transaction
-    to an idle session). Then `connection` is closed: nothing else is sent on it. Its `where`, in words."""
+    """Before a refusal: the session-level advisory locks `connection` took released, the lock row it wrote deleted,
+    and the run's pins (search_path pg_catalog, its hcm.* marks) RESET, on its own server session only (guarded:
+    elsewhere the statement does nothing, so it is sent again, a few times; a pool hands each transaction to an idle
+    session), never leaving them for the pool's next client. Then `connection` is closed: nothing else is sent on it. Its `where`, in words."""
     import psycopg2
     import psycopg2.extensions as ext
 
     where = where or where_name(connection.info.host, connection.info.port, connection.info.dbname)
-    keys = _holding.pop(connection, [])
+    keys, row = _holding.pop(connection, []), _rows.pop(connection, None)
     try:
         with connection.cursor() as cursor:
-            for _ in range(RELEASE_TRIES if keys and not connection.closed else 0):
+            # (a connection whose first read passed may hold pins; one refused by that read never set any)
+            for _ in range(RELEASE_TRIES if (keys or connection in _known) and not connection.closed else 0):
                 if connection.info.transaction_status != ext.TRANSACTION_STATUS_IDLE:
                     connection.rollback()  # (a transaction keeps its server session: the next try may reach another)
-                cursor.execute(f"SELECT CASE WHEN {here(connection)} THEN (SELECT pg_catalog.count(*) FROM "
-                               "pg_catalog.unnest(%s::pg_catalog.int8[]) k WHERE pg_catalog.pg_advisory_unlock(k)) END",
-                               (keys,))
-                if cursor.fetchone()[0] is not None:
+                try:
+                    cursor.execute(guard(connection) + (f"{row};\n" if row else "") + _RESET
+                                   + "SELECT pg_catalog.count(*) FROM pg_catalog.unnest(%s::pg_catalog.int8[]) k "
+                                   "WHERE pg_catalog.pg_advisory_unlock(k)", (keys,))
                     break
+                except psycopg2.DataError as exc:
+                    if not is_elsewhere(exc):
+                        raise
     except (psycopg2.Error, MigratorError):  # (a silent path's NoAnswer too)
         pass  # (the refusal is the line to say; the pool's session keeps them until it ends)
     connection.close()
@@ -213,39 +246,43 @@ def _words(options: str) -> list[str]:
 
 
 def query(connection, settings: dict[str, str]) -> tuple[str, list]:
-    """The select list (`, ...`) and its parameters reading the session's identity, which of `settings` the server
-    took from elsewhere than this connection's `options` (pg_settings.source; hcm.* are not listed there), and
-    each as applied; appended to a query the session sends anyway; empty once `connection`'s are known."""
+    """The select list (`, ...`) and its parameters reading the session's identity, whether an earlier client left
+    the runner's own settings in it (_CARRIED), which of `settings` the server took from elsewhere than this
+    connection's `options` (pg_settings.source; hcm.* are not listed there), and each as applied; appended to a
+    query the session sends anyway; empty once `connection`'s are known."""
     if connection in _known:
         return "", []
-    return (", " + ", ".join([_WHO, _ELSEWHERE] + ["pg_catalog.current_setting(%s, true)"] * len(settings)),
+    return (", " + ", ".join([_WHO, _CARRIED, _ELSEWHERE] + ["pg_catalog.current_setting(%s, true)"] * len(settings)),
             [list(settings), *settings])
 
 
-# A new connection has SET nothing yet: a search_path SET in its server session (source 'session') is an earlier
-# client's (the runner's own pin to pg_catalog, left on a server session a transaction-mode pool hands on).
-_CARRIED = ("(SELECT s.source OPERATOR(pg_catalog.=) 'session' FROM pg_catalog.pg_settings s "
-            "WHERE s.name OPERATOR(pg_catalog.=) 'search_path')")
+# A new connection has SET nothing yet: one of the runner's own settings set in its server session is an earlier
+# run's (its pins, left on a server session a pool hands on). Not search_path's source: a PostgreSQL 17 login event
+# trigger may SET that in every new session, which a direct connection must pass.
+_CARRIED = ("(SELECT pg_catalog.count(*) FROM pg_catalog.unnest(ARRAY[" + ", ".join(f"'{m}'" for m in MARKS)
+            + "]::pg_catalog.text[]) m WHERE pg_catalog.current_setting(m, true) OPERATOR(pg_catalog.<>) '') "
+            "OPERATOR(pg_catalog.>) 0")
 
 
 def first_read(connection, cursor, settings: dict[str, str], where: str) -> str:
     """A migration session's first statement (failures.guard_session's): query() and check(), and its
-    statement_timeout as shown; refused where its server session carries another client's search_path (carried)."""
+    statement_timeout as shown."""
     select, names = query(connection, settings)
-    cursor.execute(f"SELECT pg_catalog.current_setting('statement_timeout'), {_CARRIED}{select}", names)
+    cursor.execute(f"SELECT pg_catalog.current_setting('statement_timeout'){select}", names)
     row = cursor.fetchone()
-    if row[1]:
-        raise carried(connection, where)
-    check(connection, row[2:], settings, where)
+    check(connection, row[1:], settings, where)
     return row[0]
 
 
-def check(connection, row, settings: dict[str, str], where: str) -> ServerSession:
-    """The session's identity from `row` (query()'s columns), recorded for `connection`; refuses in one line where a
-    setting differs from the one asked for. No columns: known already."""
+def check(connection, row, settings: dict[str, str], where: str, migration: bool = True) -> ServerSession:
+    """The session's identity from `row` (query()'s columns), recorded for `connection`; refuses in one line where an
+    earlier run's settings are in it (carried), or a setting differs from the one asked for. No columns: known
+    already."""
     if not row:
         return _known[connection]
-    pid, started, elsewhere, *shown = row
+    pid, started, earlier, elsewhere, *shown = row
+    if earlier:
+        raise carried(connection, where, migration)
     differ = [f"{name} {_shown(value)} instead of {want}" for (name, want), value in zip(settings.items(), shown)
               if not _same(name, want, value)]
     if differ or elsewhere:

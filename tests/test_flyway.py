@@ -460,3 +460,19 @@ def test_an_unfilled_sql_new_template_in_a_flyway_folder_is_refused_not_applied(
     template.write_text("-- nothing here on purpose\n")
     ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
     assert [r[4] for r in rows(db)] == ["V1__init.sql", template.name]
+
+
+def test_a_history_rows_script_name_is_printed_on_one_line_by_status(cli, db, tmp_path):
+    """attack23m flyway_notes: a row written by the table's owner (or Flyway) whose script holds a line break: status
+    printed its second half at column 0 ("error: forged-in-status ... applied, file missing"), and so did the schema
+    line's "last migration". Every id read from a history row is escaped, as doctor does."""
+    folder = tmp_path / "svc"
+    write(folder, "V1__a.sql", "CREATE TABLE a (id int);\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    db.query(f"INSERT INTO public.{HISTORY} (installed_rank, version, description, type, script, checksum, "
+             "installed_by, execution_time, success) VALUES (2, '3', 'c', 'SQL', "
+             "E'V3__c\\nerror: forged-in-status.sql', 1, 'x', 1, true)")
+    ok(cli("sql", "accept-drift", "--sql-dir", folder, env=db.db_env()))  # (the schema line names the row's id)
+    status = cli("status", "--sql-dir", folder, env=db.db_env())
+    assert not [line for line in status.output.splitlines() if line.startswith("error:")], status.output
+    assert "V3__c\\nerror: forged-in-status" in status.stdout, status.stdout

@@ -1,7 +1,9 @@
 """migrator.pg_lock on its own: one holder per database, named when another waits, gone with its session."""
 
+import contextlib
 import time
 
+import psycopg2
 import pytest
 
 from migrator import pg_lock, postgres
@@ -9,6 +11,7 @@ from migrator.errors import LOCKED, MigratorError
 from migrator.settings import resolve_postgres
 from migrator.env import Env
 from migrator.targets import PostgresOptions
+from test_doctor import ROLE_PASSWORD, role  # noqa: F401 (a fixture)
 
 
 def target_of(db):
@@ -44,6 +47,50 @@ def test_a_dead_runners_yoyo_row_is_cleared_with_a_note(db):
             pass
     assert any("cleared the migration lock left by a runner that died (pid 4242" in n for n in notes)
     assert db.query("SELECT count(*) FROM yoyo_lock") == [(0,)]
+
+
+def _session(db, user: str, password: str | None, name: str):
+    return contextlib.closing(psycopg2.connect(host=db.server.host, port=db.server.port, dbname=db.name, user=user,
+                                               password=password, application_name=name))
+
+
+def test_a_dead_runners_row_is_not_kept_live_by_a_session_that_only_calls_itself_its_runner(db, role):
+    """attack23m row_alive_forged: a role that may not write the lock table kept one idle session named
+    'hcm-db-migrations x:4242'; a row a dead runner of pid 4242 left then blocked migrate ("held by a live runner",
+    exit 4) and break-lock ("still connected") for as long as that session lived. Only a session of a role that could
+    have written the row counts, named exactly as the row's runner column says."""
+    target, notes = target_of(db), []
+    with postgres.connect(target, read_only=False) as backend, \
+            _session(db, role(), ROLE_PASSWORD, "hcm-db-migrations x:4242"), \
+            _session(db, db.server.user, db.server.password, "hcm-db-migrations y:4242"):  # (the row names x's)
+        pg_lock._proof_column(backend)  # (the runner column, as a run adds it)
+        db.query("INSERT INTO yoyo_lock (locked, ctime, pid, runner) VALUES (1, now(), 4242, "
+                 "'hcm-db-migrations x:4242')")
+        assert pg_lock.break_dead(backend, target)
+        db.query("INSERT INTO yoyo_lock (locked, ctime, pid, runner) VALUES (1, now(), 4242, "
+                 "'hcm-db-migrations x:4242')")
+        with pg_lock.held(backend, target, 1, notes.append):
+            pass
+    assert any("cleared the migration lock left by a runner that died (pid 4242" in n for n in notes), notes
+    assert db.query("SELECT count(*) FROM yoyo_lock") == [(0,)]
+
+
+def test_a_live_runners_row_is_still_kept_by_its_own_session_and_doctor_names_it(cli, db, sql_dir):
+    """The other side: the session of the role that wrote the row, named as the row says, keeps it live; doctor,
+    which said "ready" (the advisory lock free), warns naming it."""
+    target = target_of(db)
+    with postgres.connect(target, read_only=False) as backend, \
+            _session(db, db.server.user, db.server.password, "hcm-db-migrations x:4242"):
+        pg_lock._proof_column(backend)
+        db.query("INSERT INTO yoyo_lock (locked, ctime, pid, runner) VALUES (1, now(), 4242, "
+                 "'hcm-db-migrations x:4242')")
+        with pytest.raises(MigratorError) as err:
+            pg_lock.break_dead(backend, target)
+        assert err.value.exit_code == LOCKED and "held by a live runner (pid 4242" in str(err.value)
+        doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env())
+        [line] = [line for line in doctor.stdout.splitlines() if line.lower().startswith("warn  postgres locks")]
+        assert "the migration lock is free, but its lock row (pid 4242" in line, doctor.stdout
+        assert "runner 'hcm-db-migrations x:4242') names a runner still connected" in line, line
 
 
 def test_the_lock_goes_with_its_session(db):

@@ -91,7 +91,8 @@ def test_a_live_runners_yoyo_lock_row_is_waited_for_never_broken(cli, db, sql_di
     assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 0
     alive = psycopg2.connect(db.url, application_name="hcm-db-migrations otherhost:4242")
     try:
-        db.query("INSERT INTO public.yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC', 4242)")
+        db.query("INSERT INTO public.yoyo_lock (locked, ctime, pid, runner) VALUES (1, now() AT TIME ZONE 'UTC', 4242, "
+                 "'hcm-db-migrations otherhost:4242')")  # (as that runner writes it: its runner column its name)
         result = cli("migrate", "--sql-dir", sql_dir, "--lock-timeout", "1", env=db.db_env())
         line = one_error_line(result)
         assert "held by a live runner (pid 4242" in line and result.exit_code != 0

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 import psycopg2
 import pytest
 
-from conftest import PROJECT_ROOT, SEED, add_migration, applied, one_error_line
+from conftest import PROJECT_ROOT, SEED, add_migration, applied, ok, one_error_line
 from migrator import bookkeeping_lock, pg_lock, postgres, server_session
 from migrator.env import Env
 from migrator.errors import MigratorError
@@ -26,6 +26,7 @@ from migrator.targets import PostgresOptions
 from pg_wire import TxPool
 from test_pg_lock import target_of
 from test_silent_network import CLEAN, seeded, through  # noqa: F401 (a fixture)
+from test_tenants_history import home_path  # noqa: F401 (a fixture)
 
 POOL_LINE = "each transaction reached another server session (a transaction-mode pool?)"
 LEFT = ("SELECT pg_catalog.current_setting('search_path'), pg_catalog.current_setting('hcm.history', true), "
@@ -51,7 +52,7 @@ def test_a_run_through_a_transaction_mode_pool_that_forwards_options_is_refused_
     assert "connect to PostgreSQL directly or through a session-mode pool" in line, line
     assert applied(db) == [SEED]
     left = txpool.on_each(LEFT)
-    assert len(left) == 2 and all(row[0] != "pg_catalog" and row[1] is None and row[2] == "0" for row in left), left
+    assert len(left) == 2 and all(row[0] != "pg_catalog" and not row[1] and row[2] == "0" for row in left), left
 
 
 def test_two_runs_through_such_a_pool_never_apply_a_migration_twice(cli, db, sql_dir, seeded, txpool):
@@ -128,14 +129,23 @@ def _pooled(db, pool):
     return resolve_postgres(PostgresOptions(), Env({**db.db_env(), "DB_HOST": "127.0.0.1", "DB_PORT": str(pool.port)}))
 
 
+CARRIED_LINE = "this run's connection reached a server session another client used before"
+
+
 def test_a_run_sharing_the_lock_holders_server_session_is_refused_and_clears_nothing(db, txpool1):
     """attack 23l txpool_size1: before, run 2's pg_try_advisory_lock succeeded on the server session holding run 1's
     lock (session locks are re-entrant), _ALIVE left out that only session and run 2 cleared run 1's row as a dead
-    runner's ("note: cleared ..."), then applied the migration run 1 was running."""
+    runner's ("note: cleared ..."), then applied the migration run 1 was running. Run 2 is refused when it connects
+    (run 1's pins are on the session: attack23m); where the pool RESETs settings between clients but keeps
+    session locks (RESET ALL as its reset query), at its lock take."""
     target, notes = _pooled(db, txpool1), []
-    with postgres.connect(target, read_only=False) as first, postgres.connect(target, read_only=False) as second:
-        assert server_session.of(first.connection) == server_session.of(second.connection)  # (one server session)
-        with pg_lock.held(first, target, 5, notes.append):
+    with postgres.connect(target, read_only=False) as first, pg_lock.held(first, target, 5, notes.append):
+        with pytest.raises(MigratorError) as err:
+            postgres.connect(target, read_only=False).__enter__()
+        assert err.value.exit_code == 2 and CARRIED_LINE in str(err.value), err.value
+        first.execute("RESET ALL")  # (the pool's reset query: settings go, session locks stay)
+        with postgres.connect(target, read_only=False) as second:
+            assert server_session.of(first.connection) == server_session.of(second.connection)  # (one server session)
             with pytest.raises(MigratorError) as err:
                 with pg_lock.held(second, target, 1, notes.append):
                     pytest.fail("took the migration lock its own server session holds for another run")
@@ -147,6 +157,24 @@ def test_a_run_sharing_the_lock_holders_server_session_is_refused_and_clears_not
     assert _advisory_locks(db) == 0
 
 
+def test_a_run_whose_server_session_carries_an_earlier_runs_settings_is_refused_before_reading_its_home(
+        cli, db, sql_dir, txpool1, home_path):
+    """attack23m txpool_recycled_home: the history in app, the role's search_path app first; after one run through a
+    pool that keeps server sessions as they are, the next run got that session's search_path (pg_catalog), read no
+    home schema and was refused "no migration history in schema public ... set search_path to app" (untrue), or
+    took public's (finding 1). Now its first read sees the earlier run's marks (hcm.*) and says what is wrong."""
+    home_path("app, public")  # (a plain history made under it: in app)
+    db.query("CREATE SCHEMA app")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    env = through({**db.db_env(), "DB_HOST": "127.0.0.1"}, txpool1)
+    for command in ("status", "migrate"):  # (each its own pooled session: their options differ)
+        ok(cli(command, "--sql-dir", sql_dir, env=env))  # (an earlier client: its pins stay on the pool's session)
+        result = cli(command, "--sql-dir", sql_dir, env=env)
+        line = one_error_line(result)
+        assert result.exit_code == 2 and CARRIED_LINE in line and "DISCARD ALL" in line, (command, result.output)
+        assert "no migration history" not in line, line
+
+
 def test_two_runs_through_a_one_session_pool_never_apply_a_migration_twice(cli, db, sql_dir, seeded, txpool1):
     """attack 23l txpool_size1 end to end: run 2 starts while run 1's non-transactional file runs; the pool's
     session for the runs' own connections was opened by an earlier client (its application_name is not run 1's).
@@ -155,7 +183,10 @@ def test_two_runs_through_a_one_session_pool_never_apply_a_migration_twice(cli, 
     called run 1 an older version, exit 4)."""
     env = through(seeded, txpool1)
     db.query("CREATE TABLE hits (n int)")
-    assert cli("migrate", "--sql-dir", sql_dir, "--lock-timeout", "5", env=env).exit_code == 0  # (opens the session)
+    options = dict(parse_qsl(urlsplit(session_url(_pooled(db, txpool1), False, None)).query))["options"]
+    with contextlib.closing(psycopg2.connect(host="127.0.0.1", port=txpool1.port, dbname=db.name, options=options,
+                                             user=db.server.user, password=db.server.password)) as opener:
+        opener.cursor().execute("SELECT 1")  # (opens the pool's session for the runs' own connections)
     add_migration(sql_dir, "0003_hits", "-- transactional: false\nINSERT INTO hits VALUES (1);\n"
                   "SELECT pg_sleep(3);\nINSERT INTO hits VALUES (2);\n")
     run = functools.partial(subprocess.Popen, [sys.executable, "runner.py", "migrate", "--sql-dir", str(sql_dir),
@@ -172,14 +203,17 @@ def test_two_runs_through_a_one_session_pool_never_apply_a_migration_twice(cli, 
     assert db.query("SELECT n FROM hits ORDER BY n") == [(1,), (2,)], (err1, err2)
     assert db.query("SELECT count(*) FROM public._yoyo_log WHERE migration_id = '0003_hits'")[0][0] == 1
     assert first.returncode == 0, err1
-    assert second.returncode == 2 and SHARED_LINE in err2.strip().splitlines()[-1], err2
+    last = err2.strip().splitlines()[-1]  # (run 1's pins on that session: refused as it connects, attack23m)
+    assert second.returncode == 2 and (CARRIED_LINE in last or SHARED_LINE in last), err2
     assert "cleared the migration lock" not in err2
 
 
 def test_a_run_refused_after_it_took_the_lock_leaves_no_lock_on_its_pooled_session(db, txpool):
     """attack 23l txpool_lockleft: a run whose later statement reached another server session refused, leaving its
     session advisory locks on its own pooled server session (idle) for as long as the pool kept it: every later
-    migrate, direct ones too, waited and failed. Now the refusal lets them go there first (a guarded release)."""
+    migrate, direct ones too, waited and failed. Now the refusal lets them go there first (a guarded release), and
+    deletes its lock row there (attack23m txpool_lockrow: the row read as a live runner's while the pool kept a
+    session named after the run, and a later migrate stopped, exit 4, "held by a live runner")."""
     target = _pooled(db, txpool)
     options = dict(parse_qsl(urlsplit(session_url(target, False, None)).query))["options"]
     raw = functools.partial(psycopg2.connect, host="127.0.0.1", port=txpool.port, dbname=db.name,
@@ -194,6 +228,7 @@ def test_a_run_refused_after_it_took_the_lock_leaves_no_lock_on_its_pooled_sessi
                 bookkeeping_lock.Recording(run.connection, run.bookkeeping_schema).before_commit("")
             assert POOL_LINE in str(err.value) and run.connection.closed
             assert _advisory_locks(db) == 0
+            assert db.query("SELECT count(*) FROM public.yoyo_lock") == [(0,)]  # (attack23m: its row deleted too)
 
 
 def test_a_migration_reaching_a_session_another_client_set_its_search_path_in_is_refused_not_blamed(cli, db, sql_dir,
@@ -209,3 +244,38 @@ def test_a_migration_reaching_a_session_another_client_set_its_search_path_in_is
     assert "a migration's new connection reached a server session another client used before" in line, line
     assert "fix the file" not in line and "connect to PostgreSQL directly" in line, line
     assert applied(db) == [SEED, "0002_a"] and "b" not in db.tables()
+
+
+TWIN_LINE = "schemas app and public both hold a migration history without the tenant mark"
+
+
+def test_a_refused_run_resets_its_pins_so_the_next_run_through_the_pool_is_refused_too(cli, db, sql_dir, seeded,
+                                                                                       txpool1, tmp_path, home_path):
+    """attack23m txpool_recycled_twin: the role's search_path app, public; app and public both hold a complete
+    history. Run 1 through a pool that keeps server sessions as they are was refused (two histories), leaving its
+    pins (search_path pg_catalog, hcm.*) on the pooled session; run 2 got it, read no home schema from that path,
+    took public's history and applied the pending file (exit 0). Now the refusal RESETs its pins there first."""
+    tenant = tmp_path / "tenant"
+    tenant.mkdir()
+    add_migration(tenant, "0001_t", "CREATE TABLE t (id int);\n")
+    ok(cli("migrate", "--sql-dir", tenant, "--schema", "app", "--create-schemas", env=db.db_env()))
+    db.query("COMMENT ON TABLE app.yoyo_lock IS NULL")  # (a restore without comments)
+    home_path("app, public")
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
+    for run in (1, 2):
+        result = cli("migrate", "--sql-dir", sql_dir, env=through(seeded, txpool1))
+        assert result.exit_code == 2 and TWIN_LINE in one_error_line(result), (run, result.output)
+    assert applied(db) == [SEED] and "more_rows" not in db.tables()
+    assert [row[:2] for row in txpool1.on_each(LEFT)] == [["app, public", ""]]
+
+
+def test_a_login_trigger_that_sets_search_path_does_not_refuse_a_direct_run(cli, db, sql_dir):
+    """attack23m login_trigger: a PostgreSQL 17+ login event trigger SETs search_path in every new session (source
+    'session'); every migration's first read took that for an earlier client's and refused "connect to PostgreSQL
+    directly" on a direct connection. The runner's own marks (hcm.*) tell an earlier run from it."""
+    db.query("CREATE FUNCTION public.login_path() RETURNS event_trigger LANGUAGE plpgsql AS "
+             "$$ BEGIN PERFORM pg_catalog.set_config('search_path', 'public', false); END $$")
+    db.query("CREATE EVENT TRIGGER login_path ON login EXECUTE FUNCTION public.login_path()")
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert applied(db) == [SEED, "0002_a"] and "a" in db.tables()

@@ -345,6 +345,9 @@ def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advi
         report.add(Check("postgres locks", WARN, f"advisory locks allowed; {lock} is held (holder unknown: doctor's "
                          "try to take it failed, and no session it can see holds it)", "a run would wait for it "
                          "(--lock-timeout); pg_locks names the holder to a superuser"))
+    elif (row := pg_lock.live_row(backend, target)) is not None:
+        report.add(Check("postgres locks", WARN, f"advisory locks allowed; {lock} is free, but {row}", "a run waits "
+                         "for that runner, then stops (exit 4); if it is no runner, end that session"))
     else:
         report.add(Check("postgres locks", OK, f"advisory locks allowed; {lock} is free"))
     where = f"the shared bookkeeping lock of schema {backend.bookkeeping_schema}"

@@ -211,7 +211,7 @@ def backend_class():
                 select, names = server_session.query(connection, self.relied)
                 if select:
                     cursor.execute("SELECT " + select.removeprefix(", "), names)
-                    server_session.check(connection, cursor.fetchone(), self.relied, self.where)
+                    server_session.check(connection, cursor.fetchone(), self.relied, self.where, migration=False)
                 ours = {"flyway_table": self.flyway_table, "history": self.history or ""}
                 execute = functools.partial(self._on_own_session, connection, cursor)
                 if self.schema and self.schema != "public":
@@ -370,7 +370,7 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
             backend.init_connection(backend.connection)  # the pins again, with SCHEMA_TABLE's name
         pinned.pin(backend.connection)  # (init_connection set its path to pg_catalog, committed: see pinned.py)
         if refuse_foreign and (backend.foreign or backend.twin) and (target.schema or not target.schemas):
-            backend.connection.close()
+            server_session.leave(backend.connection)  # (its pins RESET: a pool's next client reads its own path)
             raise MigratorError((tenant_mark.foreign_history if backend.foreign else tenant_mark.twin_histories)(
                 backend, target), USAGE)
         try:  # before anything touches those tables (doctor reports it instead)
@@ -385,7 +385,7 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
                     backend.create_lock_table()
                     trust.created(backend.connection, backend.bookkeeping_schema, [backend.lock_table])
         except MigratorError:
-            backend.connection.close()
+            server_session.leave(backend.connection)
             raise
     except psycopg2.Error as exc:  # OperationalError, or ProgrammingError for a bad DSN option
         raise connection_error(exc, target)

@@ -35,7 +35,8 @@ def _without_file(ids: list[str]) -> str:
     """The applied migrations whose file is gone (never counted among the files), in words; "" if none."""
     if not ids:
         return ""
-    return f"{len(ids)} applied migration{'s have' if len(ids) > 1 else ' has'} no file: {', '.join(ids)}"
+    names = ", ".join(visible(i) for i in ids)  # (ids from history rows: Flyway's, anyone's who wrote them)
+    return f"{len(ids)} applied migration{'s have' if len(ids) > 1 else ' has'} no file: {names}"
 
 
 @dataclass
@@ -106,10 +107,11 @@ class StatusReport:
 
     def lines(self) -> list[str]:
         lines = [f"PostgreSQL {self.target}"]
-        width = max((len(s.id) for s in self.states), default=0)
-        for s in self.states:
+        ids = [visible(s.id) for s in self.states]  # (an id of a history row without its file: one line)
+        width = max((len(i) for i in ids), default=0)
+        for s, id_ in zip(self.states, ids):
             when = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else ""
-            lines.append(f"  {s.id:<{width}}  {s.state:<8}  {when}".rstrip())
+            lines.append(f"  {id_:<{width}}  {s.state:<8}  {when}".rstrip())
             if s.failure:
                 lines.append(f"    {visible(s.failure)}")  # server text: it may hold line breaks
         changed = self.changed

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from migrator import checksums, pg_lock, whoami
+from migrator import checksums, output, pg_lock, whoami
 from migrator.schema import fingerprint
 from migrator.schema.targets import bare
 from migrator.tables import MIGRATION_TABLE
@@ -96,7 +96,8 @@ class DriftReport:
             return ["schema: no description recorded yet (the next migrate, rollback, mark or accept-drift records one)"]
         since = f"since {self.recorded.reason} at {self.recorded.recorded_at:%Y-%m-%d %H:%M:%S} UTC"
         if not self.changes:
-            return [f"schema: as recorded {since} (last migration {self.recorded.last_migration or 'none'})"]
+            return [f"schema: as recorded {since} (last migration "
+                    f"{output.visible(self.recorded.last_migration or 'none')})"]  # (a history row's id: one line)
         return ([f"schema: DRIFT {since}: {len(self.changes)} change(s) made outside migrations"]
                 + [f"  {line}" for line in self.changes]
                 + ["  keep them in a migration, undo them, or after review `runner.py sql accept-drift`"])
