@@ -83,9 +83,7 @@ def record(connection, schema: str, migration_id: str, sha: str | None, search_p
             raise SearchPathChanged(path)
         # The file is done: what follows in its session (the record, a tenant's check of what it made) resolves
         # operators and functions in pg_catalog alone, whatever others planted in the migration's schemas.
-        # (hcm.done marks the session as a run's: a pool's next client of it refuses, server_session.MARKS)
-        cursor.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false), "
-                       "pg_catalog.set_config('hcm.done', 'on', false)")
+        cursor.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
         if read_only == "on":
             return False
         if sha is None:

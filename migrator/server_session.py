@@ -34,7 +34,7 @@ RELIED = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_time
 # packet, so one of them set (not empty) on a session that has not set it yet is an earlier client's (a pool's reused
 # server session). A refusal RESETs them on its own server session with the pins' search_path and role.
 MARKS = ("hcm.flyway_table", "hcm.history", "hcm.tenant_schema", "hcm.tenant_schemas", "hcm.taken_over",
-         "hcm.done")  # (hcm.done: a migration session's, once its file ran: checksums.record)
+         "hcm.done")  # (hcm.done: every session's of a run, set by its first read: _CARRIED)
 _DURATIONS = {"lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout",
               "client_connection_check_interval"}
 # Schema-qualified calls and operators: a migration's session resolves names in the tenant's schema.
@@ -258,10 +258,12 @@ def query(connection, settings: dict[str, str]) -> tuple[str, list]:
 
 # A new connection has SET nothing yet: one of the runner's own settings set in its server session is an earlier
 # run's (its pins, left on a server session a pool hands on). Not search_path's source: a PostgreSQL 17 login event
-# trigger may SET that in every new session, which a direct connection must pass.
-_CARRIED = ("(SELECT pg_catalog.count(*) FROM pg_catalog.unnest(ARRAY[" + ", ".join(f"'{m}'" for m in MARKS)
+# trigger may SET that in every new session, which a direct connection must pass. A session found clean is marked
+# (hcm.done) in the same statement, after the check (CASE's order): whatever its file then leaves in it, a failed
+# one's SET search_path included, a pool's next client of that server session refuses.
+_CARRIED = ("CASE WHEN (SELECT pg_catalog.count(*) FROM pg_catalog.unnest(ARRAY[" + ", ".join(f"'{m}'" for m in MARKS)
             + "]::pg_catalog.text[]) m WHERE pg_catalog.current_setting(m, true) OPERATOR(pg_catalog.<>) '') "
-            "OPERATOR(pg_catalog.>) 0")
+            "OPERATOR(pg_catalog.>) 0 THEN true ELSE pg_catalog.set_config('hcm.done', 'on', false) IS NULL END")
 
 
 def first_read(connection, cursor, settings: dict[str, str], where: str) -> str:

@@ -279,3 +279,18 @@ def test_a_login_trigger_that_sets_search_path_does_not_refuse_a_direct_run(cli,
     add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n")
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert applied(db) == [SEED, "0002_a"] and "a" in db.tables()
+
+
+def test_a_failed_files_server_session_is_marked_so_a_pools_next_client_of_it_refuses(cli, db, sql_dir, seeded,
+                                                                                       txpool1):
+    """attack23n txpool_failed_file2: a non-transactional file SET search_path = other, public and failed; only a
+    file that ran marked its session (hcm.done), so the pool's next client of that server session (the fixed file's
+    migration, once the run's own marked sessions were gone) passed its first read and created its table in
+    `other`, exit 0. Now every session is marked by its first read, whatever its file then does."""
+    db.query("CREATE SCHEMA other")
+    add_migration(sql_dir, "0002_b", "-- transactional: false\nSET search_path = other, public;\nSELECT 1/0;\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=through(seeded, txpool1))
+    assert result.exit_code == 1 and "division by zero" in one_error_line(result), result.output
+    left = txpool1.on_each("SELECT pg_catalog.current_setting('search_path'), "
+                           "pg_catalog.current_setting('hcm.done', true)")
+    assert ["other, public", "on"] in left, left  # (the file's SET kept there, and the session marked)
