@@ -62,6 +62,10 @@ class Probe:
     The cancel is sent under `_sending`, which the statement's end waits for, so it can only reach the statement
     it was meant for (a cancel that reaches an idle session is dropped by the server).
 
+    It also bounds what the statement HOLDS (lock_waiters.py): while one that may take a lock the application waits
+    on runs (clock_bound.py), or any after one in the same try, and the session is not itself waiting, an application
+    session that waited on its table lock past `per_try` + `floor` ends it (not a lock timeout: the run fails).
+
     Blind: its connection may be refused (the role's CONNECTION LIMIT, max_connections full) or closed under it
     (an admin's pg_terminate_backend, a failover). It connects again, waiting longer each time (RECONNECT_FIRST
     doubling to RECONNECT_MAX), and says once why it is blind. Meanwhile it cannot tell a lock wait from work, so
