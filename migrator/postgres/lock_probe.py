@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from migrator import output
+from migrator.durations import seconds_text  # noqa: F401 (reachable here for the runner's modules)
 from migrator.errors import MigratorError
 from migrator.postgres import failures, lock_waiters, sessions
 
@@ -251,10 +252,3 @@ class Probe:
                     return
                 self.seen = Seen([], None, True, ran, blind=self.blind)
 
-
-def seconds_text(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s".replace(".0 s", " s")
-    return f"{int(seconds // 60)} min" + (f" {int(seconds % 60)} s" if int(seconds % 60) else "")

@@ -10,6 +10,7 @@ retried: a retry would hold the lock as long again.
 from __future__ import annotations
 
 from migrator import output
+from migrator.durations import seconds_text
 from migrator.postgres import sessions
 
 # Each other client session waiting for a table lock that `pid` holds granted (and that pid_blocking_pids says `pid`
@@ -62,8 +63,6 @@ def shown(text: str, width: int = 60) -> str:
 def held_too_long(exc, seen, bound: float) -> None:
     """Turn the StatementFailed the probe's cancel caused (`seen`: lock_probe.Seen) into the one line the run fails
     with: not retried, a retry would hold the lock as long again."""
-    from migrator.postgres.lock_probe import seconds_text
-
     waiter = seen.held
     table = output.visible(waiter["table"])
     held = (f"ran while its transaction held a lock on {table} that an earlier statement of the file took, and"
