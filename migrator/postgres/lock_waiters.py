@@ -13,7 +13,7 @@ from migrator import output
 from migrator.durations import seconds_text
 from migrator.postgres import sessions
 
-# Each other client session waiting for a table lock that `pid` holds granted (and that pid_blocking_pids says `pid`
+# Each other client session waiting for a table lock that `pid` holds granted (and that pg_blocking_pids says `pid`
 # blocks), for how long it has waited (waitstart on 14+, else since its state last changed) and on which table.
 # The runner's own sessions (its lock probe, watcher, bookkeeping: application_name hcm-db-migrations ...) and
 # autovacuum (not a client backend) are no application.
