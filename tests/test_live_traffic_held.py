@@ -25,13 +25,13 @@ class App:
     """An application session that, once the migration holds t_app's lock, reads t_app with statement_timeout 5 s:
     `rows` its answer, `error` what ended it instead (the server's cancel after 5 s: the stall went unbounded)."""
 
-    def __init__(self, db):
-        self.db, self.rows, self.error, self.pid = db, None, None, None
+    def __init__(self, db, name="hcm-app"):
+        self.db, self.name, self.rows, self.error, self.pid = db, name, None, None, None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
-        conn = connect(self.db, application_name="hcm-app")
+        conn = connect(self.db, application_name=self.name)
         conn.autocommit = True
         try:
             cur = conn.cursor()
@@ -89,6 +89,18 @@ def test_the_same_block_with_no_one_waiting_is_applied(cli, db, sql_dir, seeded)
     add_migration(sql_dir, "0002_hold", DO_HOLDING.format(sleep=1.5))
     result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     assert result.exit_code == 0, result.output
+    assert applied(db) == [SEED, "0002_hold"]
+
+
+def test_another_runner_waiting_is_no_application(cli, db, sql_dir, seeded):
+    """A session of another hcm-db-migrations run (a tenant's, a second Job) queued on the table is not counted."""
+    app_table(db)
+    add_migration(sql_dir, "0002_hold", DO_HOLDING.format(sleep=1.5))
+    other = App(db, "hcm-db-migrations other-host:42")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    other.join()
+    assert result.exit_code == 0, result.output
+    assert other.error is None and other.rows == [(2,)]
     assert applied(db) == [SEED, "0002_hold"]
 
 
