@@ -71,3 +71,12 @@ def with_unit(value: str, default_unit: str) -> str:
     for the lock retry budget), so `config` never shows a number whose unit the reader must guess."""
     match = _PG_DURATION.fullmatch(value.strip())
     return f"{match[1]}{default_unit or 'ms'}" if match and not match[2] else value
+
+
+def seconds_text(seconds: float) -> str:
+    """A duration the runner measured, in words: `330 ms`, `2.5 s`, `5 min 3 s`."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s".replace(".0 s", " s")
+    return f"{int(seconds // 60)} min" + (f" {int(seconds % 60)} s" if int(seconds % 60) else "")

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from migrator import output
+from migrator.durations import seconds_text  # noqa: F401 (reachable here for the runner's modules)
 from migrator.errors import MigratorError
-from migrator.postgres import failures, sessions
+from migrator.postgres import failures, lock_waiters, sessions
 
 PROBE_AFTER = 0.01  # seconds a statement runs before the probe asks who blocks it, then every PROBE_EVERY
 PROBE_EVERY = 0.01  # (soon enough to see a wait of the floor's 20-30 ms; every 50 ms after SLOWER_AFTER)
@@ -33,6 +34,8 @@ class Seen:
     lock_timeout: float | None = None  # seconds the statement's lock_timeout was (TryBudget's), if not the policy's
     blind: str | None = None  # why the probe could not see the session when it ended the try (Probe: blind)
     deadlock: str | None = None  # the try was ended by a deadlock: with whom, over what (deadlocks.py)
+    held: dict | None = None  # ended holding a lock an application session waited on too long (lock_waiters.py)
+    held_earlier: bool = False  # that lock taken by an earlier statement of the transaction, not this one
 
 
 # The probe's cancel of the migration session: only while it still waits for a lock (one query: the check and the
@@ -59,6 +62,10 @@ class Probe:
     `floor`, the probe cancels the statement, and the runner takes that cancel as a lock timeout.
     The cancel is sent under `_sending`, which the statement's end waits for, so it can only reach the statement
     it was meant for (a cancel that reaches an idle session is dropped by the server).
+
+    It also bounds what the statement HOLDS (lock_waiters.py): while one that may take a lock the application waits
+    on runs (clock_bound.py), or any after one in the same try, and the session is not itself waiting, an application
+    session that waited on its table lock past `per_try` + `floor` ends it (not a lock timeout: the run fails).
 
     Blind: its connection may be refused (the role's CONNECTION LIMIT, max_connections full) or closed under it
     (an admin's pg_terminate_backend, a failover). It connects again, waiting longer each time (RECONNECT_FIRST
@@ -88,6 +95,8 @@ class Probe:
         self._reconnect_at, self._reconnect_wait = 0.0, RECONNECT_FIRST
         self._clock_bound = True  # the running statement may be ended by the clock while the probe is blind
         self._relations = False  # only its waits for a table's lock count (a detach: not those for older snapshots)
+        self._holds = False  # the try ran a statement that may hold a lock the app waits on (lock_waiters.py)
+        self.exempt: set | frozenset = frozenset()  # tables whose waiters the run accepts (running._exempt)
 
     @contextmanager
     def statement(self, try_started: float | None = None, bounded: bool = True,
@@ -99,7 +108,8 @@ class Probe:
         now = time.monotonic()
         started = (try_started or now) if bounded else None
         if started != self._try:
-            self._waited = 0.0
+            self._waited, self._holds = 0.0, False
+        self._holds = self._holds or (bounded and clock_bound)  # (kept by a transaction to its end)
         self.seen, self._waiting, self._seen_waiting, self._try = Seen([]), None, None, started
         self._clock_bound, self._relations = clock_bound, relations
         self._since = now
@@ -115,6 +125,10 @@ class Probe:
     def cancelled(self, exc) -> bool:
         """The statement failed because the probe cancelled it (not a user's Ctrl-C or statement_timeout)."""
         return self.seen.cancelled and getattr(getattr(exc, "cause", None), "pgcode", None) == QUERY_CANCELED
+
+    def held(self, exc) -> bool:
+        """The probe ended the statement because application sessions waited on a lock it held (not retried)."""
+        return self.cancelled(exc) and self.seen.held is not None
 
     def close(self) -> None:
         """Never blocks behind its thread: one stuck in libpq (a silent path) is cut off (failures.let_go)."""
@@ -132,8 +146,9 @@ class Probe:
             since = self._since
             running = time.monotonic() - since if since is not None else 0.0
             # a lock is mostly asked for as a statement starts; later on, every 50 ms, after 5 s once a second
+            # (holding what the app may wait on: every 50 ms, its waiters' stall is the bound)
             if running < PROBE_AFTER or (running > SLOWER_AFTER and int(running / PROBE_EVERY) % 5) or (
-                    running > 5 and int(running / PROBE_EVERY) % int(1 / PROBE_EVERY)):
+                    running > 5 and not self._holds and int(running / PROBE_EVERY) % int(1 / PROBE_EVERY)):
                 continue
             if self._conn is None and time.monotonic() < self._reconnect_at:
                 self._bound_by_clock(since)
@@ -154,6 +169,9 @@ class Probe:
                             if self._since == since:
                                 self.seen = Seen(found, wanted)
                             found = None
+                    if not found and self._holds and self.per_try and self._since == since \
+                            and self._ended_holder(cur, since):
+                        continue
                     if not (found and wanted and self._since == since):
                         self._waiting = None if self._since == since else self._waiting
                         self._seen_waiting = None
@@ -183,6 +201,20 @@ class Probe:
                 self._bound_by_clock(since)
         if (conn := self._conn) is not None:  # (opened after close() stopped waiting for it)
             failures.close(conn)
+
+    def _ended_holder(self, cur, since: float) -> bool:
+        """Not waiting itself: an application session that waited on a table lock the migration session holds
+        longer than the try's bound (`per_try` + `floor`, as a wait's) ends the statement (lock_waiters.py)."""
+        waiting = lock_waiters.waiters(cur, self.pid, self.exempt)
+        if not waiting or waiting[0]["waited_s"] <= self.per_try + self.floor:
+            return False
+        with self._sending:
+            if self._since == since:
+                cur.execute(lock_waiters.CANCEL_HOLDER, (self.pid,))
+                row = cur.fetchone()
+                if row and row[0]:
+                    self.seen = Seen([], cancelled=True, held=waiting[0], held_earlier=not self._clock_bound)
+        return True
 
     def _lost(self, exc) -> None:
         """The probe's connection was refused or closed: blind until it connects again (one line says so)."""
@@ -220,10 +252,3 @@ class Probe:
                     return
                 self.seen = Seen([], None, True, ran, blind=self.blind)
 
-
-def seconds_text(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s".replace(".0 s", " s")
-    return f"{int(seconds // 60)} min" + (f" {int(seconds % 60)} s" if int(seconds % 60) else "")

@@ -11,7 +11,7 @@ from pathlib import Path
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import (autovacuum, backfill, clock_bound, concurrently, deadlocks, detach, failures, files,
-                               retry, rewrites, sessions, statement_bound)
+                               lock_waiters, retry, rewrites, sessions, statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, progress
 
@@ -130,6 +130,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     budget = retry.TryBudget(policy.per_try, bool(policy.budget)) if policy.per_try else None
     probe = retry.probe(backend, connection, budget) if policy.per_try else None
     exempt = _exempt(backend, path, statements) if probe is not None else None
+    if probe is not None:
+        probe.exempt = exempt
     backoff = backoff or retry.Backoff(policy)
     start = done = 0
     try:
@@ -158,6 +160,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     exc.todo = todo
                 if not transactional and concurrently.is_concurrent(exc.statement.text):
                     _waited_for_prepared(connection, exc)
+                if probe is not None and probe.held(exc):  # the app waited on what it held: not a lock retry
+                    lock_waiters.held_too_long(exc, probe.seen, probe.per_try + probe.floor)
+                    raise
                 if not (retry.lock_timed_out(exc) or probe is not None and probe.cancelled(exc)) or not policy.per_try:
                     raise
                 seen = probe.seen if probe is not None else retry.Seen([])
