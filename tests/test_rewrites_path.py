@@ -256,6 +256,7 @@ HIDDEN = {
     "begin_atomic": ("CREATE FUNCTION atom() RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT set_config('search_path', "
                      "'arch', false); END", ["SELECT atom();\n"]),
     "create_table_as": (_SETPI, ["CREATE TABLE tmpx AS SELECT setpi() AS x;\n"]),
+    "beside_another_settings_set_config": (_SETPI, ["SELECT set_config('lock_timeout', '0', false), setpi();\n"]),
     "event_trigger": ("", ["CREATE FUNCTION evt() RETURNS event_trigger LANGUAGE plpgsql AS $f$" + _SETTER.format("")
                            + "$f$;\nCREATE EVENT TRIGGER evt ON ddl_command_end EXECUTE FUNCTION evt();\n"
                            "COMMENT ON TABLE public.hcm_report_metadata IS 'x';\n"]),
@@ -295,13 +296,15 @@ def test_a_path_set_or_a_schema_made_by_code_the_judge_cannot_read_refuses_the_l
 @pytest.mark.parametrize("code", ["", "CREATE FUNCTION harmless() RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET "
                                   "search_path = pg_catalog AS $f$BEGIN RETURN 1; END$f$"])
 def test_code_that_cannot_set_the_path_leaves_it_known_and_the_new_table_is_the_one_retyped(cli, db, sql_dir, code):
-    """No code of the database may set it (a function with its own SET clause and a plain body cannot): the file's
-    path stays known, the unqualified retype is the new arch table's, applied, the live table kept."""
+    """No code of the database may set it or make a schema (a function with its own SET clause and a plain body
+    cannot): the file's path stays known (nosuch skipped), the unqualified retype is the new arch table's, applied,
+    the live table kept."""
     seeded(cli, db, sql_dir)
     _arch(db)
     db.query(code or "CREATE FUNCTION harmless() RETURNS int LANGUAGE sql AS 'SELECT 1'")
     before = _live_file(db)
-    add_migration(sql_dir, "0002_calls", f"SET search_path = arch, public;\n{NEW}SELECT harmless();\n"
+    add_migration(sql_dir, "0002_calls", f"SELECT harmless();\nSET search_path = nosuch, arch, public;\n{NEW}"
+                                         "SELECT harmless();\n"
                                          "SELECT * FROM pg_settings;\n"  # (the system's own rule calls set_config)
                                          f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
     ok(migrate(cli, db, sql_dir, *SMALL))
