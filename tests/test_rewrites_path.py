@@ -12,7 +12,7 @@ import pytest
 
 from conftest import SEED, add_migration, applied, migrate, ok
 from test_rewrites import SMALL, TABLE, seeded
-from test_rewrites_pending import _write
+from test_rewrites_pending import _write, refused_by_migrate_and_plan
 
 NEW = f"CREATE TABLE {TABLE} (id int, tenant_id varchar(50));\n"
 RETYPE_LIVE = f"ALTER TABLE public.{TABLE} ALTER COLUMN id TYPE bigint;\n"
@@ -53,8 +53,6 @@ UNREAD = {
     "pending_function_call": SETS_PATH.format("setp2") + ";\nSELECT setp2()",
     "live_function_call": "SELECT setp()",
     "set_local_outside_a_transaction": "-- transactional: false\nSET LOCAL search_path = arch",
-    "rolled_back_to_a_savepoint": "SAVEPOINT s;\nSET search_path = arch;\nROLLBACK TO SAVEPOINT s",
-    "rolled_back_block": "-- transactional: false\nBEGIN;\nSET search_path = arch;\nROLLBACK",
 }
 
 
@@ -231,3 +229,119 @@ def test_set_role_makes_user_in_the_path_another_schema(cli, db, sql_dir, passwo
         for path in ("", 'SET search_path = "$user", public;\n'):
             _refused_keeping_the_table(cli, db, sql_dir, [f"{spelling};\n{path}ALTER TABLE {TABLE} ALTER COLUMN id "
                                                           "TYPE bigint;\n"], 2 + bool(path), plan=False)
+
+
+# attack24k 3: code the judge cannot read that sets the path (a function with its own SET search_path clause whose body
+# sets it for the session, an operator, a view, a trigger, an event trigger, a call inside CREATE TABLE AS, a
+# prepared statement, a default calling set_config, a BEGIN ATOMIC body) or makes the path's first schema (a DO
+# block's EXECUTE): the CREATE may have gone to arch, the live public table is the live one, refused.
+_SETTER = "BEGIN PERFORM set_config('search_path', 'arch', false); {} END"
+_CLAUSE = ("CREATE FUNCTION {}() RETURNS void LANGUAGE plpgsql SET search_path = public AS $f$"
+           + _SETTER.format("") + "$f$")
+_SETPI = "CREATE FUNCTION setpi(a int DEFAULT 1, b int DEFAULT 1) RETURNS int LANGUAGE plpgsql AS $f$" + _SETTER.format(
+    "RETURN a;") + "$f$;\n"
+HIDDEN = {
+    "set_clause_live": (_CLAUSE.format("setpc"), ["SELECT setpc();\n"]),
+    "set_clause_pending": ("", [_CLAUSE.format("setpc2") + ";\nSELECT setpc2();\n"]),
+    "operator": (_SETPI + "CREATE OPERATOR ### (leftarg = int, rightarg = int, function = setpi)",
+                 ["SELECT 1 ### 1;\n"]),
+    "view": (_SETPI + "CREATE VIEW setv AS SELECT setpi() AS x", ["SELECT * FROM setv;\n"]),
+    "view_calling_set_config": ("CREATE VIEW setv AS SELECT set_config('search_path', 'arch', false) AS x",
+                                ["SELECT * FROM setv;\n"]),
+    "trigger": ("CREATE TABLE trg (id serial); CREATE FUNCTION trgf() RETURNS trigger LANGUAGE plpgsql AS $f$"
+                + _SETTER.format("RETURN new;") + "$f$; CREATE TRIGGER trg_b BEFORE INSERT ON trg FOR EACH ROW "
+                "EXECUTE FUNCTION trgf()", ["INSERT INTO trg DEFAULT VALUES;\n"]),
+    "column_default": ("CREATE TABLE dflt (id int, x text DEFAULT set_config('search_path', 'arch', false))",
+                       ["INSERT INTO dflt (id) VALUES (1);\n"]),
+    "begin_atomic": ("CREATE FUNCTION atom() RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT set_config('search_path', "
+                     "'arch', false); END", ["SELECT atom();\n"]),
+    "create_table_as": (_SETPI, ["CREATE TABLE tmpx AS SELECT setpi() AS x;\n"]),
+    "beside_another_settings_set_config": (_SETPI, ["SELECT set_config('lock_timeout', '0', false), setpi();\n"]),
+    "event_trigger": ("", ["CREATE FUNCTION evt() RETURNS event_trigger LANGUAGE plpgsql AS $f$" + _SETTER.format("")
+                           + "$f$;\nCREATE EVENT TRIGGER evt ON ddl_command_end EXECUTE FUNCTION evt();\n"
+                           "COMMENT ON TABLE public.hcm_report_metadata IS 'x';\n"]),
+    "prepare_execute": ("", ["PREPARE p AS SELECT set_config('search_path', 'arch', false);\nSET search_path = public;"
+                             "\nEXECUTE p;\n"]),
+    "schema_made_by_do": ("DROP SCHEMA arch", ["DO $$ BEGIN EXECUTE 'CREATE SCHEMA arch'; END $$;\n"
+                                               "SET search_path = arch, public;\n"]),
+    "schema_made_by_do_earlier_file": ("DROP SCHEMA arch", ["DO $$ BEGIN EXECUTE 'CREATE SCHEMA arch'; END $$;\n",
+                                                            "SET search_path = arch, public;\n"]),
+    "schema_made_by_a_function": ("DROP SCHEMA arch; CREATE FUNCTION mk() RETURNS void LANGUAGE plpgsql AS "
+                                  "$f$BEGIN CREATE SCHEMA arch; END$f$", ["SELECT mk();\nSET search_path = arch, "
+                                                                          "public;\n"]),
+}
+
+
+def _refused_and_kept(cli, db, sql_dir, case) -> None:
+    """refused_by_migrate_and_plan, and the live table's file is the one it had once seeded (not rewritten)."""
+    files = []
+
+    def fill(text):  # (called first on the set-up, right after the seed)
+        files.extend([] if files else [_live_file(db)])
+        return text
+
+    refused_by_migrate_and_plan(cli, db, sql_dir, case, fill)
+    assert files == [_live_file(db)]
+
+
+@pytest.mark.parametrize("case", list(HIDDEN))
+def test_a_path_set_or_a_schema_made_by_code_the_judge_cannot_read_refuses_the_live_tables_rewrite(cli, db, sql_dir,
+                                                                                                   case):
+    setup, texts = HIDDEN[case]
+    texts = texts[:-1] + [texts[-1] + NEW + RETYPE_LIVE]
+    _refused_and_kept(cli, db, sql_dir, ("CREATE SCHEMA arch;" + setup, texts,
+                                         (len(texts) - 1, texts[-1].count("\n")), RETYPED))
+
+
+@pytest.mark.parametrize("code", ["", "CREATE FUNCTION harmless() RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET "
+                                  "search_path = pg_catalog AS $f$BEGIN RETURN 1; END$f$"])
+def test_code_that_cannot_set_the_path_leaves_it_known_and_the_new_table_is_the_one_retyped(cli, db, sql_dir, code):
+    """No code of the database may set it or make a schema (a function with its own SET clause and a plain body
+    cannot): the file's path stays known (nosuch skipped), the unqualified retype is the new arch table's, applied,
+    the live table kept."""
+    seeded(cli, db, sql_dir)
+    _arch(db)
+    db.query(code or "CREATE FUNCTION harmless() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    before = _live_file(db)
+    add_migration(sql_dir, "0002_calls", f"SELECT harmless();\nSET search_path = nosuch, arch, public;\n{NEW}"
+                                         "SELECT harmless();\n"
+                                         "SELECT * FROM pg_settings;\n"  # (the system's own rule calls set_config)
+                                         f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert _live_file(db) == before and db.query(f"SELECT count(*) FROM arch.{TABLE}") == [(0,)]
+
+
+# attack24k 4: a ROLLBACK TO SAVEPOINT (or a non-transactional file's block ROLLBACK) undoes what the judge noted
+RENAMED = (f"ALTER TABLE {TABLE} RENAME TO old_{TABLE};\nCREATE TABLE {TABLE} (id int, tenant_id varchar(50));\n")
+VOLATILE = "CREATE FUNCTION vf() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT (random() * 9)::int'"
+ROLLED_BACK = {
+    "rename_and_create": ("SELECT 1", ["SAVEPOINT s;\n" + RENAMED + f"ROLLBACK TO SAVEPOINT s;\n{RETYPE_LIVE}"], (0, 5),
+                          RETYPED),
+    "nested": ("SELECT 1", ["SAVEPOINT a;\nSAVEPOINT b;\n" + RENAMED + "RELEASE SAVEPOINT b;\nROLLBACK TO a;\n"
+                    f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"], (0, 7), RETYPED),
+    "block": ("SELECT 1", ["-- transactional: false\nBEGIN;\n" + RENAMED + f"ROLLBACK;\n{RETYPE_LIVE}"], (0, 6),
+              RETYPED),
+    "function": (VOLATILE, ["SAVEPOINT s;\nCREATE OR REPLACE FUNCTION vf() RETURNS int LANGUAGE sql IMMUTABLE AS "
+                            f"'SELECT 1';\nROLLBACK TO SAVEPOINT s;\nALTER TABLE {TABLE} ADD COLUMN x int DEFAULT "
+                            "vf();\n"], (0, 4), "ADD COLUMN x DEFAULT vf()"),
+    "path": ("CREATE SCHEMA arch", ["SAVEPOINT s;\nSET search_path = arch, public;\n" + NEW + "ROLLBACK TO "
+                                    f"SAVEPOINT s;\nALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"], (0, 5),
+             RETYPED),
+    "path_block": ("CREATE SCHEMA arch", ["-- transactional: false\nBEGIN;\nSET search_path = arch;\n" + NEW +
+                                          f"ROLLBACK;\nALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"], (0, 6),
+                   RETYPED),
+}
+
+
+@pytest.mark.parametrize("case", list(ROLLED_BACK))
+def test_what_a_rollback_to_a_savepoint_undoes_the_judge_forgets(cli, db, sql_dir, case):
+    _refused_and_kept(cli, db, sql_dir, ROLLED_BACK[case])
+
+
+def test_a_released_savepoint_keeps_what_the_judge_noted(cli, db, sql_dir):
+    seeded(cli, db, sql_dir)
+    before = _live_file(db)
+    add_migration(sql_dir, "0002_swap", "SAVEPOINT s;\n" + RENAMED + "RELEASE SAVEPOINT s;\n"
+                                        f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))  # (the new, empty table retyped; the live one renamed, not rewritten)
+    assert db.query(f"SELECT relfilenode FROM pg_class WHERE relname = 'old_{TABLE}'") == [(before,)]

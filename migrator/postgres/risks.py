@@ -19,6 +19,7 @@ from migrator.postgres import (risks_functions, risks_nullable, risks_objects, r
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
 from migrator.postgres import risks_keyed, risks_retype  # (ALTER COLUMN TYPE, a file's TimeZone)
+from migrator.postgres import risks_savepoints
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
 _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|alter\s+(?:index|materialized\s+view)\s[^;]*?\btablespace|"
@@ -79,6 +80,9 @@ class Seen:
     next_session_path: object = None
     schemas: set = field(default_factory=set)
     path_functions: set = field(default_factory=set)
+    opaque: str | None = None  # code the judge cannot read ran ("unread") or may have ("code"): risks_path
+    savepoints: list = field(default_factory=list)  # (name, a copy of the rest) per SAVEPOINT: risks_savepoints
+    made_log: list = field(default_factory=list)  # `created` in order (risks_path._made adds only the new ones)
     role_set: bool = False  # the file's SET ROLE / SESSION AUTHORIZATION: "$user" in its path is another schema
     timezone: str | None = None  # the TimeZone a `SET TIME ZONE` of the file gives what follows (None: the session's)
     session_zone: str | None = None  # a fresh session's TimeZone once an earlier file's ALTER DATABASE / ROLE set it
@@ -109,7 +113,9 @@ class Seen:
     def schema(self) -> str | None:
         """The first schema of the file's own SET search_path as written (functions and domains it creates are noted
         under it: risks_functions, risks_pending), or None: the path the judge resolves on (rewrites._Live.path)."""
-        path = self.path.before if isinstance(self.path, risks_path.Role) else self.path
+        path = self.path
+        while isinstance(path, (risks_path.Role, risks_path.Maybe)):  # (as the statement found it)
+            path = path.before
         return path[0] if isinstance(path, risks_path.Path) and path and path[0] != "$user" else None
 
     def begin_file(self, transactional: bool) -> None:
@@ -117,7 +123,7 @@ class Seen:
         self.transactional = transactional
         self.path = self.timezone = None  # each file runs in a fresh session
         self.session_zone = self.next_session_zone  # (which an earlier file's ALTER DATABASE / ROLE SET changed)
-        self.session_path, self.role_set = self.next_session_path, False
+        self.session_path, self.role_set, self.savepoints = self.next_session_path, False, []
 
     def is_new(self, name: tuple[str | None, str], live) -> bool:
         """The table a name means (as written, or already resolved by live_name) is one a pending statement creates."""
@@ -137,11 +143,12 @@ class Seen:
     def read(self, text: str) -> None:
         """Note the table a CREATE TABLE statement creates (a temporary one never makes a live table new; an
         unqualified one goes where the file's search_path puts it: risks_path) and the file's search_path."""
-        if not self.transactional:  # its BEGIN ... COMMIT block holds each lock taken in it until its end
-            bare = _COMMENTS.sub(" ", text)
-            self.altered = {} if _BEGIN.match(bare) else None if _END.match(bare) else self.altered
         bare = _COMMENTS.sub(" ", text)
-        risks_path.read(bare, text, self)
+        if risks_savepoints.read(bare, text, self):  # (a ROLLBACK [TO SAVEPOINT]: what was noted since undone)
+            return
+        if not self.transactional:  # its BEGIN ... COMMIT block holds each lock taken in it until its end
+            self.altered = {} if _BEGIN.match(bare) else None if _END.match(bare) else self.altered
+        runs = risks_path.read(bare, text, self)
         if _FUNCTION.match(bare):
             risks_functions.read(text, self)
         elif risks_types.DOMAIN_HINT.match(bare):
@@ -159,8 +166,13 @@ class Seen:
         if match and not match["temp"]:
             parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in match.groups()[1:] if p]
             unqualified = (risks_path.At((risks_path.now(self), True)), parts[0])  # (where the path puts it)
-            self.created.add((parts[0], parts[1]) if len(parts) == 2 else unqualified)
+            made = (parts[0], parts[1]) if len(parts) == 2 else unqualified
+            if made not in self.created:
+                self.created.add(made)
+                self.made_log.append(made)
         risks_retype.read(bare, text, self)
+        if runs:  # (code it ran may have set the path for the statements after it)
+            risks_path.ran(self)
 
     def rename(self, tree, live) -> None:
         """Note a pending ALTER TABLE ... RENAME (TO, COLUMN): later statements name what it names."""
