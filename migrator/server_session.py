@@ -116,11 +116,50 @@ def carried(connection, where: str, migration: bool = True) -> MigratorError:
     (MARKS: a pool hands server sessions on as they are): the file would run with that run's search_path, the run
     would read its home schema from it. `connection` is closed."""
     which = "a migration's new connection" if migration else "this run's connection"
+    preset = _preset(connection)
+    if preset:
+        return MigratorError(
+            f"PostgreSQL at {_refused(connection, where)}: every new session there comes with the runner's own "
+            f"setting(s) {', '.join(preset)} (they are set in-band by a run and mark its sessions, so a pool's next "
+            "client refuses): nothing ran; the database's owner or the role runs the RESET shown", USAGE)
     return MigratorError(
         f"PostgreSQL at {_refused(connection, where)}: {which} reached a server session another client used before "
         "(an earlier run's own settings were SET in that session, as a pool that hands sessions on without resetting "
         f"them leaves them): nothing{' of the migration' if migration else ''} ran; connect to PostgreSQL directly or "
         "through a session-mode pool that resets sessions (DISCARD ALL)", USAGE)
+
+
+# The runner's marks a new session gets from ALTER DATABASE / ROLE ... SET (pg_db_role_setting): not an earlier run's.
+_PRESET = ("SELECT s.setdatabase OPERATOR(pg_catalog.<>) 0, r.rolname, pg_catalog.split_part(c, '=', 1) "
+           "FROM pg_catalog.pg_db_role_setting s LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) "
+           "s.setrole, pg_catalog.unnest(s.setconfig) c WHERE s.setdatabase IN (0, (SELECT oid FROM "
+           "pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())) AND "
+           "s.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) session_user)) "
+           "AND pg_catalog.split_part(c, '=', 1) OPERATOR(pg_catalog.=) ANY(%s) "
+           "AND pg_catalog.split_part(c, '=', 2) OPERATOR(pg_catalog.<>) ''")
+
+
+def _preset(connection) -> list[str]:
+    """The runner's marks ALTER DATABASE / ROLE ... SET gives every new session, each with the RESET that ends it."""
+    from psycopg2.extensions import quote_ident
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_PRESET, (list(MARKS),))
+            rows = cursor.fetchall()
+        database = quote_ident(connection.info.dbname, connection)
+        return [output.visible(f"{name} (ALTER {_whose(role, in_database, database, connection)} RESET {name})")
+                for in_database, role, name in rows]
+    except Exception:  # (the refusal's own line stands without it)
+        return []
+
+
+def _whose(role: str | None, in_database: bool, database: str, connection) -> str:
+    from psycopg2.extensions import quote_ident
+
+    if role is None:
+        return f"DATABASE {database}" if in_database else "ROLE ALL"
+    return f"ROLE {quote_ident(role, connection)}" + (f" IN DATABASE {database}" if in_database else "")
 
 
 # The session-level advisory locks each connection took and holds (on_own_session's takes): a refused run lets them

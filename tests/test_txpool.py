@@ -294,3 +294,26 @@ def test_a_failed_files_server_session_is_marked_so_a_pools_next_client_of_it_re
     left = txpool1.on_each("SELECT pg_catalog.current_setting('search_path'), "
                            "pg_catalog.current_setting('hcm.done', true)")
     assert ["other, public", "on"] in left, left  # (the file's SET kept there, and the session marked)
+
+
+@pytest.mark.parametrize("preset, reset", [
+    ("ALTER DATABASE {db} SET hcm.history = 'x'", 'hcm.history (ALTER DATABASE "{db}" RESET hcm.history)'),
+    ("ALTER ROLE {role} IN DATABASE {db} SET hcm.tenant_schema = 'evil'",
+     'hcm.tenant_schema (ALTER ROLE "{role}" IN DATABASE "{db}" RESET hcm.tenant_schema)'),
+])
+def test_a_mark_every_new_session_gets_from_a_role_or_database_default_is_named_with_its_reset(cli, db, sql_dir,
+                                                                                               preset, reset):
+    """attack23n marks_forged: the runner's own marks set by ALTER DATABASE / ROLE ... SET come with every fresh
+    direct session; the refusal said another client used the session before and to connect directly (it was)."""
+    role = db.query("SELECT current_user")[0][0]
+    names = {"db": db.name, "role": role}
+    db.query(preset.format(**names))
+    try:
+        result = cli("status", "--sql-dir", sql_dir, env=db.db_env())
+        line = one_error_line(result)
+        assert result.exit_code == 2, result.output
+        assert "every new session there comes with the runner's own setting(s) " + reset.format(**names) in line, line
+        assert "connect to PostgreSQL directly" not in line, line
+    finally:
+        db.query(f"ALTER DATABASE {db.name} RESET ALL")
+        db.query(f"ALTER ROLE {role} IN DATABASE {db.name} RESET ALL")
