@@ -66,8 +66,17 @@ REFUSED = {
                                         f"CREATE OR REPLACE FUNCTION public.vtk(dk) {IMMUTABLE};\n"
                                         + ADD + "x int DEFAULT public.vtk(1::public.dk);\n"], (0, 3),
                                        f"ADD COLUMN x DEFAULT public.vtk(CAST(1 AS public.dk)) {VOLATILE}"),
+    # an implicit cast the server may apply to an argument: its function is evaluated per row
+    "implicit_cast_of_an_argument": (["CREATE FUNCTION vm3(int) RETURNS mood LANGUAGE sql VOLATILE"
+                                      " AS $f$SELECT 'a'::mood$f$;\nDROP CAST (int AS mood);\n"
+                                      "CREATE CAST (int AS mood) WITH FUNCTION vm3(int) AS IMPLICIT;\n"
+                                      "CREATE FUNCTION mf(mood) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';\n"
+                                      + ADD + "x int DEFAULT mf(1);\n"], (0, 5),
+                                     "ADD COLUMN x DEFAULT mf(1) (taken as volatile, an implicit cast calls a volatile "
+                                     f"function: a value per row) {REWRITES}"),
     # a search_path the judge cannot read: an unqualified type may be any schema's, so the live function stays
-    "argument_type_on_an_unread_path": (["DO $$BEGIN PERFORM pg_catalog.set_config('search_path', 'arch', false); END$$;\n"
+    "argument_type_on_an_unread_path": (["DO $$BEGIN PERFORM pg_catalog.set_config('search_path', 'arch', false);"
+                                         " END$$;\n"
                                          f"CREATE OR REPLACE FUNCTION public.vtk(dk) {IMMUTABLE};\n"
                                          + ADD + "x int DEFAULT public.vtk(1::public.dk);\n"], (0, 3),
                                         f"ADD COLUMN x DEFAULT public.vtk(CAST(1 AS public.dk)) {VOLATILE}"),

@@ -65,6 +65,10 @@ SELECT EXISTS (SELECT FROM pg_catalog.pg_cast k JOIN chain ON k.casttarget = cha
     JOIN pg_catalog.pg_proc p ON p.oid = t.typinput WHERE p.provolatile = 'v')
 FROM chain WHERE chain.depth = 0
 """
+_IMPLICIT = """
+SELECT EXISTS (SELECT FROM pg_catalog.pg_cast k JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc
+               WHERE k.castcontext = 'i' AND p.provolatile = 'v')
+"""
 ANY = "%TYPE"  # an ALTER's argument list naming a type by %TYPE: any overload of the name may be the one
 _DEPTH = 10  # argument DEFAULTs calling functions with argument DEFAULTs...: judged this deep, then taken as volatile
 
@@ -153,7 +157,8 @@ def read(text: str, seen) -> None:
             seen.functions.append(("operator", _named(function[-1], seen) if function else None,
                                    (names[-2] if len(names) > 1 else seen.schema, names[-1])))
         elif isinstance(tree, ast.CreateCastStmt):
-            seen.functions.append(("cast", tree.func and _ref(tree.func, seen), _type(tree.targettype)))
+            seen.functions.append(("cast", tree.func and _ref(tree.func, seen), _type(tree.targettype),
+                                   tree.context == enums.CoercionContext.COERCION_IMPLICIT))
         elif isinstance(tree, (ast.CreateEnumStmt, ast.CreateRangeStmt, ast.CompositeTypeStmt)) or isinstance(
                 tree, ast.DefineStmt) and tree.kind == kinds.OBJECT_TYPE:
             seen.functions.append(("type", _type_made(tree, seen)))
@@ -293,11 +298,20 @@ def volatile(calls: set[tuple], live, seen, depth: int = 0) -> str | None:
         if not may:
             unknown.append(f"{schema + '.' if schema else ''}{name}()")
         defaults |= {d for f in may if count is None or count < len(f.args) for d in f.defaults}
+    if any(isinstance(c, Op) or not isinstance(c, Cast) and c[2] != 0 for c in calls) and _implicit(fns, live, seen):
+        return "taken as volatile, an implicit cast calls a volatile function"  # (an argument's type is not inferred)
     if defaults:  # (an argument a call leaves out: its DEFAULT is evaluated with the call)
         why = volatile(defaults, live, seen, depth + 1) if depth < _DEPTH else "taken as volatile, argument DEFAULTs"
         if why == "volatile" or why and not unknown:
             return why
     return f"taken as volatile, {', '.join(unknown)} not found" if unknown else None
+
+
+def _implicit(fns: list[Fn], live, seen) -> bool:
+    """An implicit cast (live, or a pending CREATE CAST's) calls a volatile function: the server may apply it to any
+    argument of a call or an operand of an operator."""
+    pending = [e[1] for e in seen.functions if e[0] == "cast" and e[3] and e[1] is not None] if seen.follow else []
+    return bool(live._rows(_IMPLICIT)[0][0]) or any(_may_be_volatile(ref, fns, live, seen) for ref in pending)
 
 
 def _may_be_volatile(ref, fns: list[Fn], live, seen) -> bool | str:
