@@ -21,6 +21,7 @@ volatile.
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 from migrator.postgres.risks_pending import Cast, Op, functions_called
@@ -71,6 +72,18 @@ SELECT EXISTS (SELECT FROM pg_catalog.pg_cast k JOIN pg_catalog.pg_proc p ON p.o
 """
 ANY = "%TYPE"  # an ALTER's argument list naming a type by %TYPE: any overload of the name may be the one
 _DEPTH = 10  # argument DEFAULTs calling functions with argument DEFAULTs...: judged this deep, then taken as volatile
+
+
+_ASKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # live -> {(query, params): rows}
+
+
+def _asked(live, query: str, params) -> list:
+    """A catalog answer that does not change while one `live` judges (nothing runs meanwhile), asked once."""
+    answers = _ASKED.setdefault(live, {})
+    key = (query, tuple(sorted(params.items())) if isinstance(params, dict) else params)
+    if key not in answers:
+        answers[key] = live._rows(query, params)
+    return answers[key]
 
 
 class Fn(NamedTuple):
@@ -245,10 +258,15 @@ def current(names: set[str], live, seen) -> list[Fn]:
     if not seen.follow or not seen.functions:  # (plan --impact's scratch database: the catalog has them already)
         return fns
     types = _Types(live, seen, _written_types(seen))
+    at = None  # (schema, name, argument types) -> its index in fns, until a move changes them (one pass per call)
     for event in seen.functions:
+        if event[0] != "create":
+            at = None
         if event[0] == "create":  # (a plain CREATE of a name in use fails: whatever was noted there was not)
             new = event[1]._replace(schema=_schema(event[1], live), args=types.args(event[1].args, event[1].path))
-            fns = [f for f in fns if (_schema(f, live), f.name, f.args) != (new.schema, new.name, new.args)] + [new]
+            at = at if at is not None else {(_schema(f, live), f.name, f.args): i for i, f in enumerate(fns)}
+            found = at.setdefault((new.schema, new.name, new.args), len(fns))
+            fns[found:found + 1] = [new]  # (replaced; a copy an unsure move left under that key stays: never less)
         elif event[0] == "schema":
             fns = [f._replace(schema=event[2]) if _schema(f, live) == event[1] else f for f in fns]
         elif event[0] in ("volatile", "move"):
@@ -311,7 +329,7 @@ def _implicit(fns: list[Fn], live, seen) -> bool:
     """An implicit cast (live, or a pending CREATE CAST's) calls a volatile function: the server may apply it to any
     argument of a call or an operand of an operator."""
     pending = [e[1] for e in seen.functions if e[0] == "cast" and e[3] and e[1] is not None] if seen.follow else []
-    return bool(live._rows(_IMPLICIT)[0][0]) or any(_may_be_volatile(ref, fns, live, seen) for ref in pending)
+    return bool(_asked(live, _IMPLICIT, None)[0][0]) or any(_may_be_volatile(ref, fns, live, seen) for ref in pending)
 
 
 def _may_be_volatile(ref, fns: list[Fn], live, seen) -> bool | str:
@@ -323,7 +341,7 @@ def _may_be_volatile(ref, fns: list[Fn], live, seen) -> bool | str:
 def _operator(op: Op, fns: list[Fn], live, seen) -> bool | str:
     """True: an operator of that name (in its schema, when named) calls a volatile function; its name when none is
     found; False otherwise."""
-    found = [volatile for schema, volatile in live._rows(_OPERATORS, (op.name,)) if op.schema in (None, schema)]
+    found = [volatile for schema, volatile in _asked(live, _OPERATORS, (op.name,)) if op.schema in (None, schema)]
     for event in seen.functions if seen.follow else ():
         if event[0] == "operator" and event[2][1] == op.name and op.schema in (None, event[2][0] or _first(live)):
             found.append(True if event[1] is None else _may_be_volatile(event[1], fns, live, seen))
@@ -354,7 +372,7 @@ def _cast(cast: Cast, fns: list[Fn], live, seen, depth: int = 0) -> bool | str:
     where = target[:-1] or ["pg_catalog", *live.path]
     rows = []
     for schema in where:  # (the first schema that has the type: the server's)
-        rows = rows or live._rows(_CASTS, {"name": target[-1], "schema": schema, "source": cast.source})
+        rows = rows or _asked(live, _CASTS, {"name": target[-1], "schema": schema, "source": cast.source})
     found += [rows[0][0]] if rows and live_too else []
     if any(f is True for f in found):
         return True
