@@ -134,6 +134,9 @@ def assigned(value, type_name) -> set:
             return set()
         source = {ast.Integer: "int4", ast.Float: "numeric", ast.Boolean: "bool"}.get(type(value.val))
     names = tuple(n.sval for n in type_name.names)
+    if isinstance(value, ast.TypeCast) and tuple(n.sval for n in value.typeName.names) == names and bool(
+            value.typeName.arrayBounds) == bool(type_name.arrayBounds):
+        return set()  # (a value cast to the column's type already: `DEFAULT 'x'::citext`)
     names = names[:-1] + (names[-1] + "%TYPE",) if type_name.pct_type else names  # (not followed: found nowhere)
     if source and not type_name.arrayBounds and names in (("pg_catalog", source), (source,)):
         return set()  # (no cast at all)
