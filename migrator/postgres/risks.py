@@ -26,7 +26,7 @@ _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|alter\s+(?:index|materi
                         r"create\s+(?:unique\s+)?index|vacuum|cluster|reindex|refresh\s+materialized|"
                         r"create\s+(?:(?:global|local)\s+)?(?:unlogged\s+)?table\s+[^;]*?"
                         r"\bpartition\s+of)\b", re.IGNORECASE)
-_FUNCTION = lazy_re.compile(r"\s*(?:create\s+(?:or\s+replace\s+)?function|"
+_FUNCTION = lazy_re.compile(r"\s*(?:create\s+(?:or\s+replace\s+)?function|create\s+(?:operator|cast|type)\b|"
                             r"alter\s+(?:function|routine|procedure|schema))\b", re.IGNORECASE)
 _DROP_INDEX = lazy_re.compile(r"\s*drop\s+index\b", re.IGNORECASE)
 _COMMENTS = lazy_re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint only: `ALTER /* x */ TABLE` is parsed too)
@@ -421,7 +421,8 @@ def _volatile_column(column, live, seen: Seen) -> str | None:
         if constraint.contype == enums.ConstrType.CONSTR_GENERATED and constraint.generated_kind != "v":
             return "GENERATED ALWAYS AS (...) STORED"
         if constraint.contype == enums.ConstrType.CONSTR_DEFAULT:
-            why = risks_functions.volatile(risks_pending.functions_called(constraint.raw_expr), live, seen)
+            why = risks_functions.volatile(risks_pending.functions_called(constraint.raw_expr) | risks_pending.assigned(
+                constraint.raw_expr, risks_pending.live_type(seen, column.typeName)), live, seen)  # (its column's cast)
             return why and f"DEFAULT {_text(constraint.raw_expr)} ({why}: a value per row)"  # (wins over its domain's)
     calls = column.typeName and risks_pending.domain_default_calls(risks_pending.live_type(seen, column.typeName),
                                                                     live, seen)

@@ -11,6 +11,8 @@ risks_types.py ask here.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from migrator.postgres import risks_path
 
 
@@ -72,8 +74,29 @@ def domain_default_calls(type_name, live, seen) -> set[tuple]:
     return calls
 
 
+class Op(NamedTuple):
+    """An operator an expression applies: its function is evaluated (attack24k 1)."""
+
+    schema: str | None
+    name: str
+
+
+class Cast(NamedTuple):
+    """A cast an expression makes to `target` (a type's names, an array's element's): its function, if any, is
+    evaluated. `source`: the pg_catalog type of the value cast (a constant's), or None: any."""
+
+    source: str | None
+    target: tuple
+
+
+# A_Expr kinds whose name is no operator's: the operators the server applies for them
+_IMPLIED = {"BETWEEN": (">=", "<="), "NOT BETWEEN": ("<", ">"), "BETWEEN SYMMETRIC": (">=", "<="),
+            "NOT BETWEEN SYMMETRIC": ("<", ">")}
+
+
 def functions_called(node) -> set[tuple]:
-    """The functions an expression calls: (schema or None, name, argument count or None: VARIADIC's unknown)."""
+    """What an expression evaluates that a function does: the functions it calls (schema or None, name, argument
+    count or None: VARIADIC's unknown), the operators it applies (Op) and the casts it makes (Cast)."""
     from pglast.visitors import Visitor
 
     names: set[tuple] = set()
@@ -84,8 +107,40 @@ def functions_called(node) -> set[tuple]:
             names.add((parts[-2] if len(parts) > 1 else None, parts[-1],
                        None if call.func_variadic else len(call.args or ())))
 
+        def visit_A_Expr(self, _ancestors, expr):
+            parts = [n.sval for n in expr.name]
+            for name in _IMPLIED.get(parts[-1], parts[-1:]):
+                names.add(Op(parts[-2] if len(parts) > 1 else None, name))
+
+        def visit_CaseExpr(self, _ancestors, case):
+            if case.arg is not None:  # (CASE x WHEN v: x = v)
+                names.add(Op(None, "="))
+
+        def visit_TypeCast(self, _ancestors, cast):
+            names.update(assigned(cast.arg, cast.typeName))
+
     Calls()(node)
     return names
+
+
+def assigned(value, type_name) -> set:
+    """The cast of `value` to `type_name` (a TypeCast's, or a DEFAULT's to its column's type: an assignment cast),
+    none for a string literal or NULL (read by the type's input function once, when parsed)."""
+    from pglast import ast
+
+    source = None
+    if isinstance(value, ast.A_Const):
+        if value.isnull or isinstance(value.val, ast.String):
+            return set()
+        source = {ast.Integer: "int4", ast.Float: "numeric", ast.Boolean: "bool"}.get(type(value.val))
+    names = tuple(n.sval for n in type_name.names)
+    if isinstance(value, ast.TypeCast) and tuple(n.sval for n in value.typeName.names) == names and bool(
+            value.typeName.arrayBounds) == bool(type_name.arrayBounds):
+        return set()  # (a value cast to the column's type already: `DEFAULT 'x'::citext`)
+    names = names[:-1] + (names[-1] + "%TYPE",) if type_name.pct_type else names  # (not followed: found nowhere)
+    if source and not type_name.arrayBounds and names in (("pg_catalog", source), (source,)):
+        return set()  # (no cast at all)
+    return {Cast(source, names)}
 
 
 def not_null_columns(expr) -> set[str]:
