@@ -29,12 +29,12 @@ def app(db):
     db.query(f"DROP ROLE {name}")
 
 
-def writes(db, role: str) -> list[tuple]:
-    """(table, right) of WRITES `role` (or PUBLIC) holds on the bookkeeping tables present in public."""
+def writes(db, role: str, schema: str = "public") -> list[tuple]:
+    """(table, right) of WRITES `role` (or PUBLIC) holds on the bookkeeping tables present in `schema`."""
     return db.query("SELECT c.relname::text, a.privilege_type FROM pg_class c, aclexplode(c.relacl) a "
-                    "WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY(%s) "
+                    "WHERE c.relnamespace = %s::regnamespace AND c.relname = ANY(%s) "
                     "AND a.grantee = coalesce((SELECT oid FROM pg_roles WHERE rolname = %s), 0) "
-                    "AND a.privilege_type = ANY(%s) ORDER BY 1, 2", (list(BOOKKEEPING), role, list(WRITES)))
+                    "AND a.privilege_type = ANY(%s) ORDER BY 1, 2", (schema, list(BOOKKEEPING), role, list(WRITES)))
 
 
 def selects(db, role: str) -> set[str]:
@@ -57,6 +57,15 @@ def test_a_default_privilege_to_the_app_is_taken_from_the_tables_migrate_creates
     assert "yoyo_lock" in first.output and "_hcm_migration_checksum" in first.output
     again = ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert revoked_lines(again) == []  # nothing left to take: said once
+
+
+def test_a_tenant_schemas_bookkeeping_is_taken_back_the_same_way(cli, db, sql_dir, app):
+    db.query(f"CREATE SCHEMA pb; GRANT USAGE ON SCHEMA pb TO {app}; ALTER DEFAULT PRIVILEGES IN SCHEMA pb "
+             f"GRANT ALL ON TABLES TO {app}")
+    first = ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env=db.db_env()))
+    assert "pb.yoyo_lock" in first.output and app in first.output, first.output
+    assert writes(db, app, "pb") == [] and len(db.query("SELECT 1 FROM pb._yoyo_migration")) >= 1
+    assert db.query(f"SELECT has_table_privilege('{app}', 'pb.hcm_report_metadata', 'INSERT')") == [(True,)]
 
 
 def test_rights_granted_on_existing_bookkeeping_are_warned_by_doctor_then_taken_by_migrate(cli, db, sql_dir, app):
