@@ -162,9 +162,11 @@ def grants_list(schema: str, grants: list) -> str:
     return "; ".join(output.visible(f"{schema}.{table} to {grantee} ({rights})") for table, grantee, rights, _ in grants)
 
 
-def disown(connection, schema: str, grants: list) -> None:
+def disown(connection, schema: str, grants: list, made: bool = False) -> None:
     """Takes other roles' write rights on the bookkeeping tables the user owns, in the run's session, and says so
-    once (the next run finds nothing to take: no statement). Those on a superuser's table stay (doctor warns)."""
+    once (the next run finds nothing to take: no statement). Those on a superuser's table stay (doctor warns).
+    Tables this run `made` got them from a default privilege, one creation step after another: said once per
+    schema and grantees, for all of them."""
     import psycopg2
     import psycopg2.extensions as ext
 
@@ -182,8 +184,24 @@ def disown(connection, schema: str, grants: list) -> None:
             elif not connection.autocommit:
                 connection.rollback()
             return
-    output.note(f"revoked write rights on the runner's bookkeeping from other roles: "
-                f"{grants_list(schema, mine)} (its tables are its own: SELECT kept)")
+    info = connection.info  # (a process may migrate several databases: tests, tenants)
+    grantees = sorted({grantee for _, grantee, *_ in mine})
+    said = (info.host, info.port, info.dbname, schema, tuple(grantees))
+    if made and said in _SAID:
+        return
+    _SAID.add(said)
+    if made:
+        rights = sorted({right for grant in mine for right in grant[2].split(", ")})
+        output.note(output.visible(
+            f"revoked write rights on the runner's bookkeeping tables in {schema} as it creates them, from "
+            f"{', '.join(grantees)} ({', '.join(rights)}: a default privilege; first on "
+            f"{', '.join(sorted({grant[0] for grant in mine}))}; SELECT kept)"))
+    else:
+        output.note(f"revoked write rights on the runner's bookkeeping from other roles: "
+                    f"{grants_list(schema, mine)} (its tables are its own: SELECT kept)")
+
+
+_SAID: set = set()  # (server, database, schema, grantees) a creation's revoke was said for, in this process
 
 
 def revoke_sql(schema: str, grants: list) -> str:
@@ -218,7 +236,7 @@ def present(cursor, schema: str, table: str, made: bool = False) -> bool:
     privilege gives them at CREATE) are taken in the same session (disown)."""
     state = _look(cursor, schema, table)
     if made and state and state[8]:
-        disown(cursor.connection, schema, state[8])
+        disown(cursor.connection, schema, state[8], made=True)
     return state is None or table in state[7]
 
 
@@ -252,4 +270,4 @@ def created(connection, schema: str, tables: list[str]) -> None:
     others' write rights on them taken (one line for all)."""
     with connection.cursor() as cursor:
         states = [_look(cursor, schema, table) for table in tables]
-        disown(connection, schema, [grant for state in states if state for grant in state[8]])  # (one line)
+        disown(connection, schema, [grant for state in states if state for grant in state[8]], made=True)

@@ -53,8 +53,8 @@ def test_a_default_privilege_to_the_app_is_taken_from_the_tables_migrate_creates
     assert writes(db, app) == []  # not one bookkeeping table the app may write
     assert selects(db, app) == set(BOOKKEEPING)  # reading the history stays possible
     assert db.query(f"SELECT has_table_privilege('{app}', 'public.hcm_report_metadata', 'INSERT')") == [(True,)]
-    assert len(revoked_lines(first)) >= 1 and all(app in line for line in revoked_lines(first)), first.output
-    assert "yoyo_lock" in first.output and "_hcm_migration_checksum" in first.output
+    (line,) = revoked_lines(first)  # one line, though the tables are made in several steps
+    assert app in line and "INSERT" in line and "yoyo_lock" in line, first.output
     again = ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert revoked_lines(again) == []  # nothing left to take: said once
 
@@ -63,7 +63,8 @@ def test_a_tenant_schemas_bookkeeping_is_taken_back_the_same_way(cli, db, sql_di
     db.query(f"CREATE SCHEMA pb; GRANT USAGE ON SCHEMA pb TO {app}; ALTER DEFAULT PRIVILEGES IN SCHEMA pb "
              f"GRANT ALL ON TABLES TO {app}")
     first = ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env=db.db_env()))
-    assert "pb.yoyo_lock" in first.output and app in first.output, first.output
+    (line,) = revoked_lines(first)
+    assert "tables in pb" in line and app in line, first.output
     assert writes(db, app, "pb") == [] and len(db.query("SELECT 1 FROM pb._yoyo_migration")) >= 1
     assert db.query(f"SELECT has_table_privilege('{app}', 'pb.hcm_report_metadata', 'INSERT')") == [(True,)]
 
