@@ -28,11 +28,15 @@ from migrator.targets import where_name
 # the user on every insert. public's owner on PostgreSQL 15+, pg_database_owner (the database's owner), is
 # trusted: it already owns the database; before 15 public is the bootstrap superuser's. (The runner's tables have
 # no sequence; a column default or sequence is their owner's, the trusted one.) Last, the names of the untrusted
-# tables (history.py reads no such Flyway-shaped table). One query, run once per connection, ~1 ms to plan.
+# tables (history.py reads no such Flyway-shaped table). Then [table, grantee, rights, owned by the user] for what
+# other roles (or PUBLIC) may write on the trusted ones (a planted one is refused whole), and the roles the user is
+# granted to (they act as it; the login role itself aside, when it SETs ROLE to the user): the tables are the
+# runner's alone, a role that writes them forges a lock or deletes history (a common ALTER DEFAULT PRIVILEGES ...
+# TO app grants it). One query, run once per connection, ~1 ms to plan.
 PLANTED = """
 WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER), tables AS (
     SELECT c.oid, c.relname::text AS name, c.relkind, o.rolsuper OR c.relowner = (SELECT oid FROM me) AS trusted,
-           o.rolname, c.relhastriggers, c.relhasrules, c.relrowsecurity
+           o.rolname, c.relhastriggers, c.relhasrules, c.relrowsecurity, c.relowner, c.relacl
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
     WHERE c.relnamespace = pg_catalog.to_regnamespace(pg_catalog.quote_ident(:s))
       AND c.relname = ANY(CAST(:tables AS pg_catalog.name[]))
@@ -53,7 +57,17 @@ SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE
              WHERE NOT pg_catalog.has_table_privilege(t.oid, r.p) ORDER BY t.name, r.i),
        CASE WHEN NOT (so.rolsuper OR so.rolname = 'pg_database_owner' OR so.oid = (SELECT oid FROM me))
             THEN so.rolname::text END,
-       ARRAY(SELECT t.name FROM planted t ORDER BY t.name), ARRAY(SELECT t.name FROM tables t)
+       ARRAY(SELECT t.name FROM planted t ORDER BY t.name), ARRAY(SELECT t.name FROM tables t),
+       ARRAY(SELECT ARRAY[t.name, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(
+                     pg_catalog.pg_get_userbyid(a.grantee)::text) END,
+                     pg_catalog.string_agg(DISTINCT a.privilege_type, ', '), (t.relowner = (SELECT oid FROM me))::text]
+             FROM tables t, pg_catalog.aclexplode(t.relacl) a
+             WHERE t.trusted AND a.grantee <> t.relowner AND a.grantee IS DISTINCT FROM (SELECT oid FROM me)
+               AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER')
+             GROUP BY t.name, t.relowner, a.grantee ORDER BY t.name, a.grantee),
+       ARRAY(SELECT pg_catalog.quote_ident(m.rolname::text) FROM pg_catalog.pg_auth_members am
+             JOIN pg_catalog.pg_roles m ON m.oid = am.member
+             WHERE am.roleid = (SELECT oid FROM me) AND m.rolname <> SESSION_USER ORDER BY 1)
 FROM (SELECT CAST(:s AS pg_catalog.name) AS name) s LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
 LEFT JOIN pg_catalog.pg_roles so ON so.oid = n.nspowner
 """
@@ -66,7 +80,8 @@ RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS) -> tuple:
     """(the schema exists, the user has USAGE on it, the user, what others planted among its bookkeeping,
     [table, right] of `rights` the user lacks on the tables present, the schema's untrusted owner or None, the
-    names of the planted tables, the names of the tables present)."""
+    names of the planted tables, the names of the tables present, [table, grantee, rights, 'true' when the user
+    owns it] of others' write rights on them, the roles granted the user)."""
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
     tables = list(dict.fromkeys([*BOOKKEEPING_TABLES, backend.flyway_table]))  # SCHEMA_TABLE's name too
@@ -132,8 +147,73 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
         raise MigratorError(planted_error(schema, state[2], state[3], state[6], where), USAGE)
     if refuse and state[1]:  # (without USAGE on the schema, that is said first)
         check_rights(state, schema, where)
+    if refuse and not read_only and state[8]:
+        disown(backend.connection, schema, state[8])
     _VERIFIED[backend.connection] = {(schema, table) for table in state[7] if table not in state[6]}
     return state
+
+
+# What another role may not do to the runner's tables (SELECT, to read its history, is harmless and kept).
+WRITES = "INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER"
+
+
+def grants_list(schema: str, grants: list) -> str:
+    """Others' write rights as one line's part: `public.yoyo_lock to app (INSERT, DELETE)`."""
+    return "; ".join(output.visible(f"{schema}.{table} to {grantee} ({rights})") for table, grantee, rights, _ in grants)
+
+
+def disown(connection, schema: str, grants: list, made: bool = False) -> None:
+    """Takes other roles' write rights on the bookkeeping tables the user owns, in the run's session, and says so
+    once (the next run finds nothing to take: no statement). Those on a superuser's table stay (doctor warns).
+    Tables this run `made` got them from a default privilege, one creation step after another: said once per
+    schema and grantees, for all of them."""
+    import psycopg2
+    import psycopg2.extensions as ext
+
+    mine = [grant for grant in grants if grant[3] == "true"]
+    if not mine:
+        return
+    inside = connection.info.transaction_status == ext.TRANSACTION_STATUS_INTRANS
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute(f"SAVEPOINT hcm_disown; {revoke_sql(schema, mine)}; RELEASE SAVEPOINT hcm_disown"
+                           if inside else revoke_sql(schema, mine))
+        except psycopg2.Error:  # a read-only session: the run refuses, or its first write fails, in its own words
+            if inside:
+                cursor.execute("ROLLBACK TO SAVEPOINT hcm_disown; RELEASE SAVEPOINT hcm_disown")
+            elif not connection.autocommit:
+                connection.rollback()
+            return
+    info = connection.info  # (a process may migrate several databases: tests, tenants)
+    grantees = sorted({grantee for _, grantee, *_ in mine})
+    said = (info.host, info.port, info.dbname, schema, tuple(grantees))
+    if made and said in _SAID:
+        return
+    _SAID.add(said)
+    if made:
+        rights = sorted({right for grant in mine for right in grant[2].split(", ")})
+        output.note(output.visible(
+            f"revoked write rights on the runner's bookkeeping tables in {schema} as it creates them, from "
+            f"{', '.join(grantees)} ({', '.join(rights)}: a default privilege; first on "
+            f"{', '.join(sorted({grant[0] for grant in mine}))}; SELECT kept)"))
+    else:
+        output.note(f"revoked write rights on the runner's bookkeeping from other roles: "
+                    f"{grants_list(schema, mine)} (its tables are its own: SELECT kept)")
+
+
+_SAID: set = set()  # (server, database, schema, grantees) a creation's revoke was said for, in this process
+
+
+def revoke_sql(schema: str, grants: list) -> str:
+    """The one REVOKE taking those write rights (grantees as the query quoted them, or PUBLIC)."""
+    tables = sorted({table for table, *_ in grants})
+    grantees = sorted({grantee for _, grantee, *_ in grants})
+    return (f"REVOKE {WRITES} ON TABLE {', '.join(f'{_ident(schema)}.{_ident(t)}' for t in tables)} "
+            f"FROM {', '.join(grantees)} CASCADE")
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 # Per connection, the (schema, table)s its verify() found present and planted by no one: present() in that same
@@ -147,14 +227,23 @@ _VERIFIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ON_CURSOR = re.sub(r"(?<![:\w]):(s|tables|rights)\b", r"%(\1)s", PLANTED)
 
 
-def present(cursor, schema: str, table: str) -> bool:
+def present(cursor, schema: str, table: str, made: bool = False) -> bool:
     """Whether the bookkeeping `table` is in `schema`, refusing it in one line when others planted it or what runs
     on it. Checked at connect, a table may appear later (another role creates it between that check and the
     runner's CREATE, which then finds it, or while a run waits): every look-up before a first use goes through
     here, in the session that uses it, and nothing runs on the table in between (one verify() found there, on this
-    connection, is not looked up again)."""
+    connection, is not looked up again). Once `made` by this run, others' write rights on it (a default
+    privilege gives them at CREATE) are taken in the same session (disown)."""
+    state = _look(cursor, schema, table)
+    if made and state and state[8]:
+        disown(cursor.connection, schema, state[8], made=True)
+    return state is None or table in state[7]
+
+
+def _look(cursor, schema: str, table: str) -> tuple | None:
+    """present()'s catalog state of `table`, None when this connection's verify() found it already."""
     if (schema, table) in _VERIFIED.get(cursor.connection, ()):
-        return True
+        return None
     with pinned.catalog_path(cursor):
         cursor.execute(_ON_CURSOR, {"s": schema, "tables": [table], "rights": []})
         state = cursor.fetchone()
@@ -162,7 +251,7 @@ def present(cursor, schema: str, table: str) -> bool:
         info = cursor.connection.info
         raise MigratorError(planted_error(schema, state[2], state[3], state[6],
                                           where_name(info.host, info.port, info.dbname)), USAGE)
-    return table in state[7]
+    return state
 
 
 def ensure_table(cursor, schema: str, table: str, create: Callable[[], None]) -> None:
@@ -173,11 +262,12 @@ def ensure_table(cursor, schema: str, table: str, create: Callable[[], None]) ->
         with creating_bookkeeping(cursor.connection, schema):
             if not present(cursor, schema, table):
                 create()
-                present(cursor, schema, table)
+                present(cursor, schema, table, made=True)
 
 
 def created(connection, schema: str, tables: list[str]) -> None:
-    """Around a creation step made elsewhere (yoyo's tables): those present, verified before their first use."""
+    """Around a creation step made elsewhere (yoyo's tables): those present, verified before their first use, and
+    others' write rights on them taken (one line for all)."""
     with connection.cursor() as cursor:
-        for table in tables:
-            present(cursor, schema, table)
+        states = [_look(cursor, schema, table) for table in tables]
+        disown(connection, schema, [grant for state in states if state for grant in state[8]], made=True)

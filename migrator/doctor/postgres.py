@@ -14,6 +14,7 @@ import time
 
 from migrator import bookkeeping_lock, checksums, output, pg_lock, server_session, trust
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
+from migrator.doctor.grants import bookkeeping_grants
 from migrator.errors import MigratorError
 from migrator.postgres import tenant_mark
 from migrator.targets import PostgresTarget
@@ -232,6 +233,7 @@ def _privileges(report: DoctorReport, backend, target: PostgresTarget) -> bool:
     else:
         report.add(Check("postgres schema", OK, f"user {user} can create in schema {schema}"))
     unreadable = _bookkeeping(report, backend, schema, user, usage, create)
+    bookkeeping_grants(report, backend, schema, user)
     if usage and target.schema not in (None, "public"):
         _tenant_mark(report, backend, schema, user)
     _lock(report, backend, target, user, advisory)
