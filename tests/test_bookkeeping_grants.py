@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from conftest import SPECIAL_PASSWORD, ok
+from test_planted_objects import low  # noqa: F401 (a fixture)
 
 WRITES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 BOOKKEEPING = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock", "_hcm_migration_checksum",
@@ -20,13 +21,9 @@ BOOKKEEPING = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock", "_h
 
 
 @pytest.fixture
-def app(db):
-    """The application's login role; dropped (with its grants) after the test."""
-    name = "app_" + uuid.uuid4().hex[:8]
-    db.query(f"CREATE ROLE {name} LOGIN")
-    yield name
-    db.query(f"DROP OWNED BY {name} CASCADE")
-    db.query(f"DROP ROLE {name}")
+def app(low):
+    """The application's login role (test_planted_objects' low: dropped with its grants after the test)."""
+    return low
 
 
 def writes(db, role: str, schema: str = "public") -> list[tuple]:

@@ -9,8 +9,9 @@ Each name loads its module on first use: a command imports the reports it render
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from migrator import lazy_names
 
 if TYPE_CHECKING:  # (the names, loaded by __getattr__ below)
     from migrator.reports.base import Lines, SqlText
@@ -31,9 +32,4 @@ _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value  # (once)
-    return value
+__getattr__ = lazy_names.loader(__name__, _WHERE)

@@ -15,8 +15,9 @@ never loads the describing code. (describe() and diff() are imported from their 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from migrator import lazy_names
 
 if TYPE_CHECKING:  # (the names, loaded by __getattr__ below)
     from migrator.schema.diff import summary
@@ -27,9 +28,4 @@ _WHERE = {"Description": "model", "Item": "model", "summary": "diff"}
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value  # (once)
-    return value
+__getattr__ = lazy_names.loader(__name__, _WHERE)
