@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SEED, applied, migrate, ok
-from test_rewrites import SMALL, TABLE, seeded
-from test_rewrites_pending import _files, _write, refused_by_migrate_and_plan
+from test_rewrites import TABLE
+from test_rewrites_pending import applied_without_a_rewrite, refused_by_migrate_and_plan
 
 VF = ("CREATE SCHEMA arch; CREATE FUNCTION vf() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT (random() * 100)::int'; "
       "CREATE DOMAIN dchk AS int CHECK (VALUE > 0); CREATE DOMAIN dbig AS bigint")
@@ -78,10 +77,4 @@ def test_a_new_object_of_the_same_name_does_not_stand_for_the_live_one(cli, db, 
     ["ALTER DOMAIN dchk DROP CONSTRAINT dchk_check;\n" f"ALTER TABLE {TABLE} ADD COLUMN c dchk;\n"],
 ], ids=["renamed_away", "other_overload", "check_dropped"])
 def test_the_new_side_runs_without_a_rewrite(cli, db, sql_dir, texts):
-    seeded(cli, db, sql_dir)
-    db.query(VF)
-    before = _files(db)[TABLE]
-    _write(sql_dir, texts)
-    ok(migrate(cli, db, sql_dir, *SMALL))
-    assert len(applied(db)) == 2 and applied(db)[0] == SEED
-    assert _files(db)[TABLE] == before  # (the server agrees: no rewrite)
+    applied_without_a_rewrite(cli, db, sql_dir, VF, texts)

@@ -113,6 +113,18 @@ def refused_by_migrate_and_plan(cli, db, sql_dir, case, fill=lambda text: text) 
     assert plan.exit_code == 0 and f"-- REFUSED by migrate: {path}:{line}: {what}" in plan.stdout, plan.output
 
 
+def applied_without_a_rewrite(cli, db, sql_dir, setup: str, texts: list[str]) -> None:
+    """After `setup`, the pending files' `texts` all apply and the table keeps its file (the server agrees: no
+    rewrite)."""
+    seeded(cli, db, sql_dir)
+    db.query(setup)
+    before = _files(db)[TABLE]
+    _write(sql_dir, texts)
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert len(applied(db)) == 1 + len(texts) and applied(db)[0] == SEED
+    assert _files(db)[TABLE] == before
+
+
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_a_rewrite_made_so_by_an_earlier_pending_statement_is_refused_by_migrate_and_plan(cli, db, sql_dir, case):
     refused_by_migrate_and_plan(cli, db, sql_dir, REFUSED[case])

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SEED, applied, migrate, ok
-from test_rewrites import SMALL, TABLE, seeded
-from test_rewrites_pending import _files, _write, refused_by_migrate_and_plan
+from test_rewrites import TABLE
+from test_rewrites_pending import applied_without_a_rewrite, refused_by_migrate_and_plan
 
 LIVE = ("CREATE SCHEMA arch; CREATE FUNCTION vf() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT (random() * 100)::int';"
         "CREATE FUNCTION vadd(a int, b int) RETURNS int LANGUAGE sql VOLATILE AS 'SELECT a + b + (random() * 9)::int';"
@@ -103,10 +102,4 @@ def test_a_volatile_function_reached_without_a_call_is_refused(cli, db, sql_dir,
 ], ids=["immutable_operators_casts", "immutable_argument_default", "replaced_qualified", "replaced_unqualified",
         "cast_to_the_column_type"])
 def test_what_evaluates_once_runs_without_a_rewrite(cli, db, sql_dir, texts):
-    seeded(cli, db, sql_dir)
-    db.query(LIVE)
-    before = _files(db)[TABLE]
-    _write(sql_dir, texts)
-    ok(migrate(cli, db, sql_dir, *SMALL))
-    assert len(applied(db)) == 1 + len(texts) and applied(db)[0] == SEED
-    assert _files(db)[TABLE] == before  # (the server agrees: no rewrite)
+    applied_without_a_rewrite(cli, db, sql_dir, LIVE, texts)
