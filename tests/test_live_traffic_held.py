@@ -78,7 +78,7 @@ def test_a_do_block_holding_a_lock_the_app_waits_on_is_ended_and_not_recorded(cl
     assert "while application sessions waited" in line and f"(pid {app.pid}, application_name 'hcm-app', user " in line
     assert "past the try's 330 ms" in line and "a table rewrite or scan" in line
     assert "nothing of it was applied: its transaction rolled back" in line
-    assert "not retried" in line and "`-- accept-rewrite: t_app`" in line and "lock not granted" not in line
+    assert "not retried" in line and "`-- accept-rewrite: public.t_app`" in line and "lock not granted" not in line
     assert "try 2" not in result.stderr  # not a lock retry
     assert applied(db) == [SEED]
 
@@ -148,3 +148,39 @@ def test_a_non_transactional_file_says_its_earlier_statements_committed(cli, db,
     assert "make what COMMITTED safe to re-run first" in line
     assert applied(db) == [SEED]
     assert "t_before" in db.tables()
+
+
+def test_a_marker_or_a_table_made_in_another_schema_under_the_same_name_exempts_nothing(cli, db, sql_dir, seeded):
+    """attack24l B1/B2: exemptions were bare names: a same-named table created in another schema by the file (or a
+    baseline's CREATE TABLE IF NOT EXISTS that created nothing), or a marker naming another schema's table, let the
+    live table's waiters wait for the whole statement (1.2-2.8 s on 1M rows, exit 0)."""
+    app_table(db)
+    db.query("CREATE SCHEMA archive")
+    add_migration(sql_dir, "0002_hold", "-- accept-rewrite: archive.t_app\nCREATE TABLE archive.t_app (id int);\n"
+                  "CREATE TABLE IF NOT EXISTS t_app (id int);\n" + DO_HOLDING.format(sleep=20))
+    app = App(db)
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    app.join()
+    assert app.error is None and app.rows == [(2,)]
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "0002_hold.sql:4: failed to apply" in line, result.output
+    assert "held its lock on public.t_app while application sessions waited" in line, line
+    assert "`-- accept-rewrite: public.t_app`" in line, line
+    assert applied(db) == [SEED]
+
+
+def test_a_renamed_live_table_whose_name_the_file_creates_again_is_still_the_applications(cli, db, sql_dir, seeded):
+    """attack24l S: the swap pattern (rename the live table, create the new one under its name, copy in a DO block):
+    the application waits on the old table, whose committed name the file creates again; that name counted as
+    'created in this run', and the app waited for the whole copy (3.2-4.3 s on 1M rows, exit 0)."""
+    app_table(db)
+    add_migration(sql_dir, "0002_swap", "ALTER TABLE t_app RENAME TO t_app_old;\nCREATE TABLE t_app (id int);\n"
+                  "DO $$ BEGIN PERFORM pg_catalog.pg_sleep(20); END $$;\n")
+    app = App(db)  # (it sees the committed catalog: the old table is t_app to it, and it waits on that one)
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    app.join()
+    assert app.error is None and app.rows == [(2,)]
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "0002_swap.sql:3: failed to apply" in line, result.output
+    assert "lock on public.t_app" in line and "application sessions waited" in line, line
+    assert applied(db) == [SEED]

@@ -96,7 +96,7 @@ class Probe:
         self._clock_bound = True  # the running statement may be ended by the clock while the probe is blind
         self._relations = False  # only its waits for a table's lock count (a detach: not those for older snapshots)
         self._holds = False  # the try ran a statement that may hold a lock the app waits on (lock_waiters.py)
-        self.exempt: set | frozenset = frozenset()  # tables whose waiters the run accepts (running._exempt)
+        self.exempt: set | frozenset = frozenset()  # (schema or None, table): waits the run accepts (running._accepted)
 
     @contextmanager
     def statement(self, try_started: float | None = None, bounded: bool = True,

@@ -34,13 +34,14 @@ ORDER BY w.pid
 
 
 def waiters(cursor, pid: int, exempt=frozenset()) -> list[dict]:
-    """The application sessions waiting on a table lock `pid` holds, longest wait first; `exempt`: table names
-    (unqualified, as clock_bound keeps them) whose waits the run accepts (the file's `-- accept-rewrite:`)."""
+    """The application sessions waiting on a table lock `pid` holds, longest wait first; `exempt`: the tables whose
+    waits the run accepts (the file's `-- accept-rewrite:`), (schema, name), or (None, name) for any schema's."""
     since = "coalesce(w.waitstart, a.state_change)" if cursor.connection.server_version >= 140000 else "a.state_change"
     cursor.execute(_WAITERS.format(since=since), {"pid": pid})
     found = [{"pid": wpid, "application_name": output.scrub(app or ""), "user": user, "state": state,
               "waited_s": float(waited or 0), "table": f"{schema}.{table}"}
-             for wpid, app, user, state, waited, schema, table in cursor.fetchall() if table not in exempt]
+             for wpid, app, user, state, waited, schema, table in cursor.fetchall()
+             if (schema, table) not in exempt and (None, table) not in exempt]
     return sorted(found, key=lambda w: -w["waited_s"])
 
 
@@ -74,6 +75,6 @@ def held_too_long(exc, seen, bound: float) -> None:
         "(a table rewrite or scan), so the runner ended it")
     exc.todo = ("not retried (it would hold the lock as long again): rewrite it with the safe pattern "
                 "(docs/safety-and-exit-codes.md, Rewrites refused at deploy time) or accept it with "
-                f"`-- accept-rewrite: {table.split('.', 1)[-1]}` and deploy in a quiet window")
+                f"`-- accept-rewrite: {table}` and deploy in a quiet window")
     if not exc.transactional and exc.done:  # a rerun starts the file over: what committed runs again
         exc.todo += "; a rerun runs the file from its first statement: make what COMMITTED safe to re-run first"

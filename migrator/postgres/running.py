@@ -129,9 +129,12 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         autovacuum.lower_deadlock_timeout(connection, policy.per_try)
     budget = retry.TryBudget(policy.per_try, bool(policy.budget)) if policy.per_try else None
     probe = retry.probe(backend, connection, budget) if policy.per_try else None
-    exempt = _exempt(backend, path, statements) if probe is not None else None
+    exempt = None
     if probe is not None:
-        probe.exempt = exempt
+        # The waiters the run accepts: the marker's tables, by schema too. (A table the run creates has no waiter
+        # before it commits; after, a waiter on it is an application's like any other.)
+        probe.exempt = _accepted(path, statements)
+        exempt = _made_in_run(backend) | {name for _, name in probe.exempt}
     backoff = backoff or retry.Backoff(policy)
     start = done = 0
     try:
@@ -234,14 +237,13 @@ def _between_tries(path: Path, statements, index: int, transactional: bool, done
         raise failed from lost
 
 
-def _exempt(backend, path: Path, statements) -> set:
-    """The tables the blind probe leaves to work unbounded (clock_bound.py): those created earlier in this run
-    and those the file's `-- accept-rewrite:` marker names."""
+def _accepted(path: Path, statements) -> set[tuple[str | None, str]]:
+    """The tables the file's `-- accept-rewrite:` marker names, (schema or None, name): with those created earlier
+    in this run, what the blind probe leaves to work unbounded (clock_bound.py)."""
     try:
-        accepted = {name for _, name in rewrites.markers(files.read_text(path), statements)}
+        return rewrites.markers(files.read_text(path), statements)
     except (OSError, UnicodeError):
-        accepted = set()
-    return _made_in_run(backend) | accepted
+        return set()
 
 
 def _made_in_run(backend) -> set:
