@@ -16,6 +16,7 @@ from typing import Callable
 from migrator.bookkeeping_lock import creating_bookkeeping
 from migrator.errors import USAGE, MigratorError
 from migrator import output, pinned
+from migrator.server_session import READ_ONLY_SQLSTATE
 from migrator.targets import where_name
 
 # The schema, and what in it would run as the migration role when the runner writes or reads its tables: a
@@ -178,12 +179,22 @@ def disown(connection, schema: str, grants: list, made: bool = False) -> None:
         try:
             cursor.execute(f"SAVEPOINT hcm_disown; {revoke_sql(schema, mine)}; RELEASE SAVEPOINT hcm_disown"
                            if inside else revoke_sql(schema, mine))
-        except psycopg2.Error:  # a read-only session: the run refuses, or its first write fails, in its own words
+        except psycopg2.Error as exc:
             if inside:
                 cursor.execute("ROLLBACK TO SAVEPOINT hcm_disown; RELEASE SAVEPOINT hcm_disown")
             elif not connection.autocommit:
                 connection.rollback()
-            return
+            if exc.pgcode == READ_ONLY_SQLSTATE:  # the run refuses, or its first write fails, in its own words
+                return
+            # Another session changing these tables in an open transaction (a trigger, a grant) that the catalog
+            # read could not see: using them now would run what it commits, as the migration role.
+            info = connection.info
+            raise MigratorError(
+                f"PostgreSQL at {where_name(info.host, info.port, info.dbname)}: could not take the write rights "
+                f"others hold on the runner's bookkeeping ({grants_list(schema, mine)}): "
+                f"{output.visible(output.one_line(str(exc.pgerror or exc)))}; nothing was run; another session is "
+                "changing these tables in an open transaction (a trigger, a grant): find it in pg_locks, end it, "
+                "and run again", USAGE) from exc
     info = connection.info  # (a process may migrate several databases: tests, tenants)
     grantees = sorted({grantee for _, grantee, *_ in mine})
     said = (info.host, info.port, info.dbname, schema, tuple(grantees))

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conftest import SPECIAL_PASSWORD, ok
+from conftest import SPECIAL_PASSWORD, add_migration, ok, one_error_line
 from test_planted_objects import low  # noqa: F401 (a fixture)
 
 WRITES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -122,3 +122,30 @@ def test_a_read_only_server_with_such_grants_is_said_as_read_only(cli, db, sql_d
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "default_transaction_read_only" in result.output and "revoked" not in result.output
     assert writes(db, app) != []  # (nothing written on a read-only server)
+
+
+def test_a_revoke_that_fails_on_a_writable_session_refuses_the_run_before_the_tables_are_used(cli, db, sql_dir, app):
+    """attack23o trig_toctou: the app (GRANT ALL) creates a trigger on yoyo_lock in a transaction it keeps open; the
+    run's catalog read cannot see it, its REVOKE failed and was swallowed (meant for read-only sessions), and the
+    trigger, once committed, ran as the migration role on the run's lock row (exit 0, the rights kept). Now a
+    failed REVOKE on a writable session refuses the run in one line, before any bookkeeping table is used."""
+    import psycopg2
+
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
+    db.query(f"GRANT USAGE ON SCHEMA public TO {app}; GRANT ALL ON ALL TABLES IN SCHEMA public TO {app}; "
+             "CREATE TABLE public.ran (who text); GRANT INSERT ON public.ran TO PUBLIC; "
+             "CREATE FUNCTION public.log_it() RETURNS trigger LANGUAGE plpgsql AS "
+             "$$BEGIN INSERT INTO public.ran VALUES (current_user); RETURN NEW; END$$")
+    evil = psycopg2.connect(dbname=db.name, user=app, host=db.server.host, port=db.server.port)
+    try:
+        evil.cursor().execute("CREATE TRIGGER z BEFORE INSERT OR DELETE ON public.yoyo_lock "
+                              "FOR EACH ROW EXECUTE FUNCTION public.log_it()")  # (its transaction left open)
+        result = cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout", "1s", env=db.db_env())
+        evil.commit()
+    finally:
+        evil.close()
+    line = one_error_line(result)
+    assert result.exit_code != 0 and "could not take" in line and app in line, result.output
+    assert db.query("SELECT count(*) FROM public.ran") == [(0,)]  # its code never ran as the migration role
+    assert "more_rows" not in db.tables()
