@@ -132,10 +132,11 @@ def carried(connection, where: str, migration: bool = True) -> MigratorError:
 # The runner's marks a new session gets from ALTER DATABASE / ROLE ... SET (pg_db_role_setting): not an earlier run's.
 _PRESET = ("SELECT s.setdatabase OPERATOR(pg_catalog.<>) 0, r.rolname, pg_catalog.split_part(c, '=', 1) "
            "FROM pg_catalog.pg_db_role_setting s LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) "
-           "s.setrole, pg_catalog.unnest(s.setconfig) c WHERE s.setdatabase IN (0, (SELECT oid FROM "
-           "pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())) AND "
-           "s.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) session_user)) "
-           "AND pg_catalog.split_part(c, '=', 1) OPERATOR(pg_catalog.=) ANY(%s) "
+           "s.setrole, pg_catalog.unnest(s.setconfig) c WHERE s.setdatabase OPERATOR(pg_catalog.=) ANY(ARRAY[0, "
+           "(SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) "
+           "pg_catalog.current_database())]::pg_catalog.oid[]) AND s.setrole OPERATOR(pg_catalog.=) ANY(ARRAY[0, "
+           "(SELECT oid FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) session_user)]::pg_catalog.oid[])"
+           " AND pg_catalog.split_part(c, '=', 1) OPERATOR(pg_catalog.=) ANY(%s) "
            "AND pg_catalog.split_part(c, '=', 2) OPERATOR(pg_catalog.<>) ''")
 
 
@@ -206,7 +207,8 @@ def _refused(connection, where: str | None) -> str:
     """Before a refusal: the session-level advisory locks `connection` took released, the lock row it wrote deleted,
     and the run's pins (search_path pg_catalog, its hcm.* marks) RESET, on its own server session only (guarded:
     elsewhere the statement does nothing, so it is sent again, a few times; a pool hands each transaction to an idle
-    session), never leaving them for the pool's next client. Then `connection` is closed: nothing else is sent on it. Its `where`, in words."""
+    session), never leaving them for the pool's next client. Then `connection` is closed: nothing else is sent on
+    it. Its `where`, in words."""
     import psycopg2
     import psycopg2.extensions as ext
 
