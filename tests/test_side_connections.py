@@ -6,11 +6,11 @@ path between two lock tries says that nothing of a transactional file was runnin
 
 import pytest
 
-from conftest import SEED, add_migration, applied, one_error_line
+from conftest import SEED, add_migration, applied
 from pg_wire import StallProxy
 from test_live_traffic import blocking
 from test_settings import _in_thread
-from test_silent_network import seeded, through  # noqa: F401 (a fixture)
+from test_silent_network import migrate_through_silence, seeded, through  # noqa: F401 (a fixture)
 
 PROBE_QUERY = b"unnest(pg_catalog.pg_blocking_pids"  # sessions.blockers: the probe's (and the watcher's on a wait)
 WATCHER_QUERY = b"clock_timestamp() - query_start"  # watch._ACTIVITY
@@ -77,17 +77,10 @@ def test_a_path_gone_silent_between_lock_tries_says_nothing_of_the_file_ran(cli,
                                                                             monkeypatch):
     """The retry's `SHOW lock_timeout` after the backoff gets no answer: the try was a fresh transaction with
     nothing done (before: "waiting for its COMMIT or its record; whether ... committed is unknown")."""
-    from migrator.postgres import failures
-
-    monkeypatch.setattr(failures, "ANSWER_MARGIN", 1.0, raising=False)
     proxy = stalling(b"SHOW lock_timeout")
     add_migration(sql_dir, "0002_status", ALTER)
     with blocking(db):
-        result = _in_thread(lambda: cli("migrate", "--sql-dir", sql_dir, "--statement-timeout", "1s",
-                                        env=through(seeded, proxy)), limit=120)
-    assert result is not None, "migrate hung behind the silent path"
-    line = one_error_line(result)
-    assert proxy.stalled == 1
+        line = migrate_through_silence(cli, sql_dir, seeded, proxy, monkeypatch, limit=120)
     assert "0002_status.sql: no answer from PostgreSQL at 127.0.0.1:" in line and "within 2 s" in line, line
     assert "between its lock tries (none of its statements was running)" in line, line
     assert "nothing of the file committed" in line and "COMMIT or its record" not in line, line
@@ -98,17 +91,10 @@ def test_a_path_gone_silent_between_lock_tries_says_nothing_of_the_file_ran(cli,
 def test_a_concurrent_build_gone_silent_says_so_at_its_line(cli, db, sql_dir, seeded, stalling, monkeypatch):
     """Before: restoring its lock_timeout on the session cut off failed ("cursor already closed"), and that error,
     recorded on the run's own connection, stood in for the silent path's line (attack24i reproPH, sil/cic)."""
-    from migrator.postgres import failures
-
-    monkeypatch.setattr(failures, "ANSWER_MARGIN", 1.0, raising=False)
     proxy = stalling(b"rm_stall_idx")
     add_migration(sql_dir, "0002_cic", "-- transactional: false\n"
                   "CREATE INDEX CONCURRENTLY rm_stall_idx ON hcm_report_metadata (tenant_id);\n")
-    result = _in_thread(lambda: cli("migrate", "--sql-dir", sql_dir, "--statement-timeout", "1s",
-                                    env=through(seeded, proxy)), limit=120)
-    assert result is not None, "migrate hung behind the silent path"
-    line = one_error_line(result)
-    assert proxy.stalled == 1
+    line = migrate_through_silence(cli, sql_dir, seeded, proxy, monkeypatch, limit=120)
     assert "0002_cic.sql:2: no answer from PostgreSQL at 127.0.0.1:" in line and "within 2 s" in line, line
     assert "cursor already closed" not in line, line
     assert applied(db) == [SEED]

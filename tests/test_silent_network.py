@@ -51,16 +51,22 @@ def app_can_read(db) -> bool:
         conn.close()
 
 
-def test_a_path_gone_silent_mid_file_ends_migrate_in_one_line(cli, db, sql_dir, seeded, proxy, monkeypatch):
+def migrate_through_silence(cli, sql_dir, seeded, proxy, monkeypatch, limit: int = 60) -> str:
+    """`migrate --statement-timeout 1s` through `proxy`, which goes silent once (answers bounded at 2 s): its one
+    error line; it must neither hang nor miss the silence."""
     from migrator.postgres import failures
 
     monkeypatch.setattr(failures, "ANSWER_MARGIN", 1.0, raising=False)
-    add_migration(sql_dir, "0002_stall", STALLING)
     result = _in_thread(lambda: cli("migrate", "--sql-dir", sql_dir, "--statement-timeout", "1s",
-                                    env=through(seeded, proxy)), limit=60)
+                                    env=through(seeded, proxy)), limit=limit)
     assert result is not None, "migrate hung behind the silent path"
-    line = one_error_line(result)
     assert proxy.stalled == 1
+    return one_error_line(result)
+
+
+def test_a_path_gone_silent_mid_file_ends_migrate_in_one_line(cli, db, sql_dir, seeded, proxy, monkeypatch):
+    add_migration(sql_dir, "0002_stall", STALLING)
+    line = migrate_through_silence(cli, sql_dir, seeded, proxy, monkeypatch)
     assert "0002_stall.sql:2: no answer from PostgreSQL at 127.0.0.1:" in line and "within 2 s" in line, line
     assert f"/{db.name} " in line and "nothing of the file committed" in line and "run the command again" in line
     # The runner ended its session on the server (which would hold ACCESS EXCLUSIVE until its 600 s idle bound).
