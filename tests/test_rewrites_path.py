@@ -151,9 +151,9 @@ def test_an_earlier_files_alter_database_or_role_search_path_leaves_the_later_fi
 def test_the_files_path_not_the_sessions_decides_which_table_an_unqualified_name_means(cli, db, sql_dir):
     """reproLP: the database's default path is arch, public with a small arch table of the name; the file's own
     `SET search_path = public` retypes the big public table: refused, and the server would have rewritten it."""
+    db.query(f"CREATE SCHEMA arch; CREATE TABLE arch.{TABLE} (id int, tenant_id int)")  # (before the seed, as _arch)
     seeded(cli, db, sql_dir)
-    db.query(f"CREATE SCHEMA arch; CREATE TABLE arch.{TABLE} (id int, tenant_id int); "
-             f"ALTER DATABASE {db.name} SET search_path = arch, public")
+    db.query(f"ALTER DATABASE {db.name} SET search_path = arch, public")
     text = f"SET search_path = public;\nALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"
     _refused_keeping_the_table(cli, db, sql_dir, [text], 2)
     for spelling in ("SET search_path = nosuch, public", "SET SCHEMA 'public'", 'SET search_path = "$user", public',
