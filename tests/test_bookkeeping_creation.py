@@ -1,0 +1,105 @@
+"""The runner's new bookkeeping tables are never seen by another session with others' write rights (issue 23,
+attack23o findings 2-4), on the real PostgreSQL.
+
+With the app's usual `ALTER DEFAULT PRIVILEGES ... GRANT ... ON TABLES TO app`, yoyo committed its new tables before
+the runner revoked: the app, polling an INSERT, forged a `_yoyo_migration` row (the migration was skipped, exit 0)
+or a trigger. A watcher here records each table's rights the moment it becomes visible to another session; a
+history the run has just made that holds rows it did not write is refused. Rights outside the table's ACL (a
+column's, MAINTAIN on PostgreSQL 17+) are seen and taken too.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from conftest import add_migration, ok, one_error_line
+from test_bookkeeping_grants import BOOKKEEPING, app, revoked_lines  # noqa: F401 (app: a fixture)
+from test_planted_objects import low  # noqa: F401 (a fixture)
+
+# As a superuser, in one statement: each bookkeeping table's other-than-SELECT rights held by the app, read the
+# first time a fresh snapshot shows the table (a plpgsql loop takes one per statement), as a NOTICE.
+WATCH = """
+DO $$
+DECLARE seen text[] := '{}'; r record; until timestamptz := clock_timestamp() + interval '60 s';
+BEGIN
+  WHILE cardinality(seen) < %(n)s AND clock_timestamp() < until LOOP
+    FOR r IN SELECT c.relname::text AS name, coalesce((SELECT string_agg(a.privilege_type, ',' ORDER BY 1)
+                 FROM aclexplode(c.relacl) a WHERE a.grantee = %(app)s::regrole AND a.privilege_type <> 'SELECT'),
+                 '-') AS rights
+             FROM pg_class c WHERE c.relnamespace = %(schema)s::regnamespace AND c.relname = ANY(%(tables)s)
+               AND NOT c.relname = ANY(seen) LOOP
+      RAISE NOTICE 'seen %% %%', r.name, r.rights;
+      seen := seen || r.name;
+    END LOOP;
+  END LOOP;
+END $$
+"""
+
+
+def first_sight(db, app_role: str, schema: str, run) -> dict[str, str]:
+    """{table: the app's write rights on it when another session first saw it ('-': none)} while `run` runs."""
+    import psycopg2
+
+    tables = list(BOOKKEEPING)
+    conn = psycopg2.connect(db.url)
+    conn.autocommit = True
+    watcher = threading.Thread(target=lambda: conn.cursor().execute(
+        WATCH, {"n": len(tables), "app": app_role, "schema": schema, "tables": tables}))
+    watcher.start()
+    try:
+        while watcher.is_alive() and not db.poll("SELECT 1 FROM pg_stat_activity WHERE query LIKE '%%DO $$%%seen %%' "
+                                                 "AND state = 'active' AND pid <> pg_backend_pid()"):
+            pass
+        run()
+    finally:
+        watcher.join()
+        conn.close()
+    seen = dict(line.split()[-2:] for line in conn.notices if " seen " in line)
+    assert set(seen) == set(tables), conn.notices
+    return seen
+
+
+@pytest.mark.parametrize("schema", ["public", "pb"])
+def test_no_other_session_sees_a_new_bookkeeping_table_with_the_default_privileges_rights(cli, db, sql_dir, app,
+                                                                                          schema):
+    tenant = schema != "public"
+    db.query(f"CREATE SCHEMA IF NOT EXISTS {schema}; GRANT USAGE ON SCHEMA {schema} TO {app}; "
+             f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT ALL ON TABLES TO {app}")
+    args = ("migrate", "--sql-dir", sql_dir, *(("--schema", schema) if tenant else ()))
+    results = []
+    seen = first_sight(db, app, schema, lambda: results.append(cli(*args, env=db.db_env())))
+    assert seen == {table: "-" for table in BOOKKEEPING}, seen  # not one moment with the app's INSERT or TRIGGER
+    (line,) = revoked_lines(ok(results[0]))  # still said, once
+    assert app in line and f"tables in {schema}" in line
+    assert db.query(f"SELECT has_table_privilege('{app}', '{schema}.hcm_report_metadata', 'INSERT')") == [(True,)]
+
+
+# What another writer (a superuser, a member of pg_write_all_data) may put into a history the moment it exists: here
+# written in the creating transaction itself by an event trigger, so the run finds it every time.
+FORGE = """
+CREATE FUNCTION public.forge() RETURNS event_trigger LANGUAGE plpgsql AS $f$
+DECLARE fresh boolean;
+BEGIN
+  IF to_regclass('public.{table}') IS NOT NULL AND EXISTS (SELECT FROM pg_attribute WHERE attname = 'migration_id'
+        AND attrelid = to_regclass('public.{table}')) THEN
+    EXECUTE 'SELECT NOT EXISTS (SELECT FROM public.{table})' INTO fresh;
+    IF fresh THEN EXECUTE $s${insert}$s$; END IF;
+  END IF;
+END $f$;
+CREATE EVENT TRIGGER forge ON ddl_command_end WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION public.forge();
+"""
+
+
+@pytest.mark.parametrize("table, insert", [
+    ("_yoyo_migration", "INSERT INTO public._yoyo_migration VALUES (encode(sha256('0002_b'::bytea), 'hex'), '0002_b', now())"),
+    ("_hcm_migration_checksum", "INSERT INTO public._hcm_migration_checksum VALUES ('0002_b', repeat('0', 64))"),
+])
+def test_a_history_the_run_just_made_holding_rows_it_did_not_write_is_refused(cli, db, sql_dir, table, insert):
+    add_migration(sql_dir, "0002_b", "CREATE TABLE b_ran (id int);\n")
+    db.query(FORGE.format(table=table, insert=insert))
+    line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert f"refusing the migration history public.{table} on " in line, line
+    assert "holds rows the run did not write (migration_id '0002_b')" in line and "DELETE FROM" in line, line
+    assert db.query("SELECT to_regclass('public.b_ran')") == [(None,)]  # nothing was skipped as applied, or run
