@@ -103,3 +103,64 @@ def test_a_history_the_run_just_made_holding_rows_it_did_not_write_is_refused(cl
     assert f"refusing the migration history public.{table} on " in line, line
     assert "holds rows the run did not write (migration_id '0002_b')" in line and "DELETE FROM" in line, line
     assert db.query("SELECT to_regclass('public.b_ran')") == [(None,)]  # nothing was skipped as applied, or run
+
+
+def pg17(db) -> bool:
+    return int(db.query("SHOW server_version_num")[0][0]) >= 170000
+
+
+def column_rights(db, role: str) -> list[tuple]:
+    return db.query("SELECT c.relname::text, t.attname::text, a.privilege_type FROM pg_attribute t "
+                    "JOIN pg_class c ON c.oid = t.attrelid, aclexplode(t.attacl) a WHERE c.relname = ANY(%s) "
+                    "AND a.grantee = %s::regrole ORDER BY 1, 2, 3", (list(BOOKKEEPING), role))
+
+
+def test_column_rights_and_maintain_are_warned_by_doctor_then_taken_by_migrate(cli, db, sql_dir, app):
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    db.query(f"GRANT USAGE ON SCHEMA public TO {app}; GRANT INSERT (migration_hash, migration_id, applied_at_utc), "
+             f"UPDATE (migration_id) ON public._yoyo_migration TO {app}; GRANT INSERT (locked, pid) ON public.yoyo_lock "
+             f"TO {app}" + (f"; GRANT MAINTAIN ON public.yoyo_lock TO {app}" if pg17(db) else ""))
+    doctor = cli("doctor", "--sql-dir", sql_dir, env=db.db_env())
+    (warn,) = [line for line in doctor.output.splitlines() if "may write the runner's bookkeeping" in line]
+    assert warn.startswith("warn") and "doctor: " in doctor.output and "0 FAIL" in doctor.output, doctor.output
+    assert (f"public._yoyo_migration to {app} (INSERT (migration_hash, migration_id, applied_at_utc), "
+            "UPDATE (migration_id))") in warn, warn
+    assert f"public.yoyo_lock to {app} (INSERT (locked, pid)" in warn, warn
+    assert ("MAINTAIN" in warn) == pg17(db) and (", MAINTAIN ON TABLE" in warn) == pg17(db), warn
+    migrate = ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    (line,) = revoked_lines(migrate)
+    assert "INSERT (migration_hash, migration_id, applied_at_utc)" in line, line
+    assert column_rights(db, app) == []  # the app can no longer add a history row for a pending migration
+    if pg17(db):  # nor LOCK the tables (ACCESS EXCLUSIVE: every run times out)
+        assert db.query(f"SELECT has_table_privilege('{app}', 'public.yoyo_lock', 'MAINTAIN')") == [(False,)]
+    assert "may write the runner's bookkeeping" not in cli("doctor", "--sql-dir", sql_dir, env=db.db_env()).output
+
+
+def test_doctor_names_the_members_of_pg_write_all_data(cli, db, sql_dir, app):
+    if not db.query("SELECT to_regrole('pg_write_all_data')")[0][0]:
+        pytest.skip("pg_write_all_data is PostgreSQL 14+")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    db.query(f"GRANT pg_write_all_data TO {app}")
+    doctor = cli("doctor", "--sql-dir", sql_dir, env=db.db_env())
+    (warn,) = [line for line in doctor.output.splitlines() if "members of pg_write_all_data" in line]
+    assert warn.startswith("warn") and f"roles {app} are" in warn, doctor.output
+    assert f"REVOKE pg_write_all_data FROM {app}" in warn and "ready" in doctor.output, doctor.output
+
+
+@pytest.mark.parametrize("name", ['app "x" y', "app\nerror: forged\x1b[31m"])
+def test_doctors_revoke_runs_as_printed_or_is_not_printed(cli, db, sql_dir, name):
+    quoted = '"' + name.replace('"', '""') + '"'
+    db.query(f"CREATE ROLE {quoted}")
+    try:
+        ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+        db.query(f"GRANT INSERT ON public._yoyo_migration TO {quoted}")
+        doctor = cli("doctor", "--sql-dir", sql_dir, env=db.db_env())
+        (warn,) = [line for line in doctor.output.splitlines() if "may write the runner's bookkeeping" in line]
+        if name.isprintable():  # copied from the line, it runs, and takes the right
+            db.query(warn.split("or run ", 1)[1])
+            assert db.query("SELECT has_table_privilege(%s, 'public._yoyo_migration', 'INSERT')", (name,)) == [(False,)]
+        else:
+            assert "REVOKE as printed would not run (a name in it holds control characters" in warn, warn
+            assert "FROM" not in warn.split(" -> ", 1)[1], warn
+    finally:
+        db.query(f"DROP OWNED BY {quoted}; DROP ROLE {quoted}")
