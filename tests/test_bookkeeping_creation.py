@@ -11,6 +11,7 @@ column's, MAINTAIN on PostgreSQL 17+) are seen and taken too.
 from __future__ import annotations
 
 import threading
+import uuid
 
 import pytest
 
@@ -149,6 +150,7 @@ def test_doctor_names_the_members_of_pg_write_all_data(cli, db, sql_dir, app):
 
 @pytest.mark.parametrize("name", ['app "x" y', "app\nerror: forged\x1b[31m"])
 def test_doctors_revoke_runs_as_printed_or_is_not_printed(cli, db, sql_dir, name):
+    name += uuid.uuid4().hex[:6]  # (roles are the server's: one of this test's own)
     quoted = '"' + name.replace('"', '""') + '"'
     db.query(f"CREATE ROLE {quoted}")
     try:
