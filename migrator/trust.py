@@ -350,21 +350,24 @@ def before_commit(backend) -> None:
         raise
 
 
-def own_rows_only(connection, schema: str, tables: list[str]) -> None:
-    """After the COMMIT of a creation: refuses, in one line, a history this run just made that holds rows."""
+def own_rows_only(connection, schema: str, tables: list[str], column: str | None = None) -> None:
+    """After the COMMIT of a creation: refuses, in one line, a history this run just made that holds rows (named by
+    `column`, a Flyway history's `script`, or as HISTORIES says)."""
     from psycopg2 import sql
 
-    for table in (t for t in tables if t in HISTORIES):
+    for table in (t for t in tables if column or t in HISTORIES):
         with connection.cursor() as cursor:
             cursor.execute(sql.SQL("SELECT {id}::pg_catalog.text FROM {schema}.{table} LIMIT 4").format(
-                id=sql.Identifier(HISTORIES[table]), schema=sql.Identifier(schema), table=sql.Identifier(table)))
+                id=sql.Identifier(column or HISTORIES[table]), schema=sql.Identifier(schema),
+                table=sql.Identifier(table)))
             ids = [row[0] for row in cursor.fetchall()]
         if ids:
             info = connection.info
             shown = ", ".join(output.quoted(i) for i in ids[:3]) + (" and more" if len(ids) > 3 else "")
             raise MigratorError(output.visible(
                 f"refusing the migration history {schema}.{table} on {where_name(info.host, info.port, info.dbname)}: "
-                f"this run has just created it, yet it holds rows the run did not write ({HISTORIES[table]} {shown}); "
+                f"this run has just created it, yet it holds rows the run did not write ({column or HISTORIES[table]} "
+                f"{shown}); "
                 "another role wrote them (a superuser, or a member of pg_write_all_data), and their migrations would "
                 f"be skipped as applied; find who, delete those rows (DELETE FROM {schema}.{table}), and run again"),
                 USAGE)

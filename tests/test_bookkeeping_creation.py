@@ -16,6 +16,7 @@ import uuid
 import pytest
 
 from conftest import add_migration, ok, one_error_line
+from migrator.postgres import flyway
 from test_bookkeeping_grants import BOOKKEEPING, app, revoked_lines  # noqa: F401 (app: a fixture)
 from test_planted_objects import low  # noqa: F401 (a fixture)
 
@@ -83,7 +84,7 @@ FORGE = """
 CREATE FUNCTION public.forge() RETURNS event_trigger LANGUAGE plpgsql AS $f$
 DECLARE fresh boolean;
 BEGIN
-  IF to_regclass('public.{table}') IS NOT NULL AND EXISTS (SELECT FROM pg_attribute WHERE attname = 'migration_id'
+  IF to_regclass('public.{table}') IS NOT NULL AND EXISTS (SELECT FROM pg_attribute WHERE attname = '{column}'
         AND attrelid = to_regclass('public.{table}')) THEN
     EXECUTE 'SELECT NOT EXISTS (SELECT FROM public.{table})' INTO fresh;
     IF fresh THEN EXECUTE $s${insert}$s$; END IF;
@@ -99,12 +100,26 @@ CREATE EVENT TRIGGER forge ON ddl_command_end WHEN TAG IN ('CREATE TABLE') EXECU
 ])
 def test_a_history_the_run_just_made_holding_rows_it_did_not_write_is_refused(cli, db, sql_dir, table, insert):
     add_migration(sql_dir, "0002_b", "CREATE TABLE b_ran (id int);\n")
-    db.query(FORGE.format(table=table, insert=insert))
+    db.query(FORGE.format(table=table, column="migration_id", insert=insert))
     line = one_error_line(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert f"refusing the migration history public.{table} on " in line, line
     assert "holds rows the run did not write (migration_id '0002_b')" in line and "DELETE FROM" in line, line
     assert db.query("SELECT to_regclass('public.b_ran')") == [(None,)]  # nothing was skipped as applied, or run
 
+
+
+def test_a_flyway_history_the_run_just_made_holding_rows_it_did_not_write_is_refused(cli, db, tmp_path):
+    folder = tmp_path / "db" / "migration" / "main"
+    folder.mkdir(parents=True)
+    (folder / "V1__create_b.sql").write_text("CREATE TABLE b_ran (id int);\n")
+    checksum = flyway.checksum(folder / "V1__create_b.sql")  # (a forgery Flyway itself would take as applied)
+    db.query(FORGE.format(table="flyway_schema_history", column="script", insert=(
+        "INSERT INTO public.flyway_schema_history VALUES (1, '1', 'create b', 'SQL', 'V1__create_b.sql', "
+        f"{checksum}, 'x', now(), 0, true)")))
+    line = one_error_line(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert "refusing the migration history public.flyway_schema_history on " in line, line
+    assert "holds rows the run did not write (script 'V1__create_b.sql')" in line, line
+    assert db.query("SELECT to_regclass('public.b_ran')") == [(None,)]
 
 def pg17(db) -> bool:
     return int(db.query("SHOW server_version_num")[0][0]) >= 170000
