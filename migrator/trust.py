@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 import weakref
-from typing import Callable
+from contextlib import contextmanager, suppress
+from typing import Callable, Iterator
 
 from migrator.bookkeeping_lock import creating_bookkeeping
 from migrator.errors import USAGE, MigratorError
 from migrator import output, pinned
 from migrator.server_session import READ_ONLY_SQLSTATE
+from migrator.tables import MIGRATION_TABLE
 from migrator.targets import where_name
 
 # The schema, and what in it would run as the migration role when the runner writes or reads its tables: a
@@ -62,9 +64,16 @@ SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE
        ARRAY(SELECT ARRAY[t.name, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(
                      pg_catalog.pg_get_userbyid(a.grantee)::text) END,
                      pg_catalog.string_agg(DISTINCT a.privilege_type, ', '), (t.relowner = (SELECT oid FROM me))::text]
-             FROM tables t, pg_catalog.aclexplode(t.relacl) a
-             WHERE t.trusted AND a.grantee <> t.relowner AND a.grantee IS DISTINCT FROM (SELECT oid FROM me)
-               AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER')
+             FROM tables t, (SELECT c.oid, x.grantee, x.privilege_type FROM tables c, pg_catalog.aclexplode(c.relacl) x
+                             UNION ALL  -- a column's rights (GRANT INSERT (cols) ...), named with their columns
+                             SELECT c.attrelid, x.grantee, x.privilege_type || ' (' || pg_catalog.string_agg(
+                                 pg_catalog.quote_ident(c.attname::text), ', ' ORDER BY c.attnum) || ')'
+                             FROM pg_catalog.pg_attribute c, pg_catalog.aclexplode(c.attacl) x
+                             WHERE c.attrelid IN (SELECT oid FROM tables) AND c.attacl IS NOT NULL
+                             GROUP BY c.attrelid, x.grantee, x.privilege_type) a
+             WHERE a.oid = t.oid AND t.trusted AND a.grantee <> t.relowner
+               AND a.grantee IS DISTINCT FROM (SELECT oid FROM me) AND pg_catalog.split_part(a.privilege_type, ' ', 1)
+                   IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER', 'MAINTAIN')
              GROUP BY t.name, t.relowner, a.grantee ORDER BY t.name, a.grantee),
        ARRAY(SELECT pg_catalog.quote_ident(m.rolname::text) FROM pg_catalog.pg_auth_members am
              JOIN pg_catalog.pg_roles m ON m.oid = am.member
@@ -202,7 +211,7 @@ def disown(connection, schema: str, grants: list, made: bool = False) -> None:
         return
     _SAID.add(said)
     if made:
-        rights = sorted({right for grant in mine for right in grant[2].split(", ")})
+        rights = rights_of(mine)
         output.note(output.visible(
             f"revoked write rights on the runner's bookkeeping tables in {schema} as it creates them, from "
             f"{', '.join(grantees)} ({', '.join(rights)}: a default privilege; first on "
@@ -216,11 +225,19 @@ _SAID: set = set()  # (server, database, schema, grantees) a creation's revoke w
 
 
 def revoke_sql(schema: str, grants: list) -> str:
-    """The one REVOKE taking those write rights (grantees as the query quoted them, or PUBLIC)."""
+    """The one REVOKE taking those write rights (grantees as the query quoted them, or PUBLIC). A table's REVOKE
+    takes its columns' rights too; MAINTAIN (PostgreSQL 17+: LOCK, VACUUM, ...) where the server has it (a grant
+    shows it)."""
     tables = sorted({table for table, *_ in grants})
     grantees = sorted({grantee for _, grantee, *_ in grants})
-    return (f"REVOKE {WRITES} ON TABLE {', '.join(f'{_ident(schema)}.{_ident(t)}' for t in tables)} "
+    maintain = ", MAINTAIN" if any("MAINTAIN" in rights.split(", ") for _, _, rights, _ in grants) else ""
+    return (f"REVOKE {WRITES}{maintain} ON TABLE {', '.join(f'{_ident(schema)}.{_ident(t)}' for t in tables)} "
             f"FROM {', '.join(grantees)} CASCADE")
+
+
+def rights_of(grants: list) -> list[str]:
+    """Each right of those grants once (a column's with its columns: `INSERT (a, b)`)."""
+    return sorted({right for grant in grants for right in re.split(r", (?![^()]*\))", grant[2])})
 
 
 def _ident(name: str) -> str:
@@ -272,8 +289,88 @@ def ensure_table(cursor, schema: str, table: str, create: Callable[[], None]) ->
     if not present(cursor, schema, table):
         with creating_bookkeeping(cursor.connection, schema):
             if not present(cursor, schema, table):
-                create()
-                present(cursor, schema, table, made=True)
+                with creating(cursor):
+                    create()
+                    present(cursor, schema, table, made=True)
+                own_rows_only(cursor.connection, schema, [table])
+
+
+@contextmanager
+def creating(cursor) -> Iterator[None]:
+    """A creation and the revoke of others' rights on what it made in one transaction, where the session commits
+    each statement alone (yoyo's autocommit): a default privilege grants them at CREATE, and another session must
+    never see the table with them (the app's INSERT, polled, lands between a COMMIT and a later REVOKE). Inside the
+    caller's transaction, both commit with it."""
+    import psycopg2.extensions as ext
+
+    connection = cursor.connection
+    if not connection.autocommit or connection.info.transaction_status != ext.TRANSACTION_STATUS_IDLE:
+        yield
+        return
+    cursor.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        with suppress(Exception):  # (a lost connection: nothing was committed)
+            cursor.execute("ROLLBACK")
+        raise
+    cursor.execute("COMMIT")
+
+
+# The histories whose rows the run trusts to say what is applied (a checksum restores a lost mark), by the column
+# naming each row: one this run just made holds none yet (others' write rights were taken before they could see it;
+# a superuser, or a member of pg_write_all_data, still may).
+HISTORIES = {MIGRATION_TABLE: "migration_id", "_hcm_migration_checksum": "migration_id"}
+
+
+@contextmanager
+def revoking_at_commit(backend, tables: list[str]) -> Iterator[None]:
+    """yoyo's creation steps (its tables, the lock table) commit through backend.commit(): before_commit takes
+    others' rights on these tables there, in the creating transaction (see creating())."""
+    backend.revoke_before_commit = tables
+    try:
+        yield
+    finally:
+        backend.revoke_before_commit = []
+
+
+def before_commit(backend) -> None:
+    """revoking_at_commit's work, at the COMMIT of a transaction (a failure ends it: nothing made is kept)."""
+    import psycopg2.extensions as ext
+
+    if not backend.revoke_before_commit or \
+            backend.connection.info.transaction_status != ext.TRANSACTION_STATUS_INTRANS:
+        return
+    try:
+        created(backend.connection, backend.bookkeeping_schema, backend.revoke_before_commit)
+    except BaseException:
+        with suppress(Exception):
+            backend.connection.cursor().execute("ROLLBACK")
+        backend._in_transaction = False
+        raise
+
+
+def own_rows_only(connection, schema: str, tables: list[str], column: str | None = None) -> None:
+    """After the COMMIT of a creation: refuses, in one line, a history this run just made that holds rows (named by
+    `column`, a Flyway history's `script`, or as HISTORIES says)."""
+    from psycopg2 import sql
+
+    for table in (t for t in tables if column or t in HISTORIES):
+        with connection.cursor() as cursor:
+            cursor.execute(sql.SQL("SELECT {id}::pg_catalog.text FROM {schema}.{table} LIMIT 4").format(
+                id=sql.Identifier(column or HISTORIES[table]), schema=sql.Identifier(schema),
+                table=sql.Identifier(table)))
+            ids = [row[0] for row in cursor.fetchall()]
+        if ids:
+            info = connection.info
+            shown = ", ".join(output.quoted(i) for i in ids[:3]) + (" and more" if len(ids) > 3 else "")
+            raise MigratorError(output.visible(
+                f"refusing the migration history {schema}.{table} on {where_name(info.host, info.port, info.dbname)}: "
+                f"this run has just created it, yet it holds rows the run did not write ({column or HISTORIES[table]} "
+                f"{shown}); "
+                "another role wrote them (a superuser, or a member of pg_write_all_data), and their migrations would "
+                f"be skipped as applied; find who, delete those rows (DELETE FROM {schema}.{table}), and run again"),
+                USAGE)
 
 
 def created(connection, schema: str, tables: list[str]) -> None:

@@ -1,28 +1,54 @@
 """Doctor's word on who else may write the runner's bookkeeping: the tables are its own, and a role that writes
 them forges a live lock (migrate waits, break-lock refuses) or deletes history (a migration applied twice).
-migrate takes such rights on the tables its user owns (trust.disown); the rest, and the roles the user is granted
-to (they act as it), are for a DBA."""
+migrate takes such rights on the tables its user owns (trust.disown), a column's and MAINTAIN included; the rest, the
+roles the user is granted to (they act as it) and the members of pg_write_all_data (a DBA's deliberate choice: it
+writes every table), are for a DBA."""
 
 from __future__ import annotations
 
-from migrator import trust
+from migrator import output, trust
 from migrator.doctor import FAIL, WARN, Check, DoctorReport
+
+# The roles (bar superusers and the user) that write every table through pg_write_all_data (PostgreSQL 14+), and
+# the user's name as SQL spells it: one query per doctor run (a migrate never asks).
+WRITE_ALL = ("SELECT ARRAY(SELECT pg_catalog.quote_ident(r.rolname::text) FROM pg_catalog.pg_roles r "
+             "WHERE NOT r.rolsuper AND r.rolcanlogin AND r.rolname <> CURRENT_USER "  # (before 14: no such role, NULL)
+             "AND pg_catalog.pg_has_role(r.oid, pg_catalog.to_regrole('pg_write_all_data'), 'MEMBER') "
+             "ORDER BY 1), pg_catalog.quote_ident(CURRENT_USER::text)")
 
 
 def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) -> None:
-    """A WARN for rights migrate takes, a FAIL for those on tables it does not own, a WARN naming the members."""
+    """A WARN for rights migrate takes, a FAIL for those on tables it does not own, a WARN naming the members, and
+    one naming who writes every table."""
     grants, members = (backend.verified[8], backend.verified[9]) if len(backend.verified) > 9 else ([], [])
     mine = [grant for grant in grants if grant[3] == "true"]
     others = [grant for grant in grants if grant[3] != "true"]
     if mine:
         report.add(Check("postgres bookkeeping grants", WARN, f"other roles may write the runner's bookkeeping: "
                          f"{trust.grants_list(schema, mine)}; they could forge its lock or delete its history",
-                         f"the next migrate revokes it, or run {trust.revoke_sql(schema, mine)}"))
+                         f"the next migrate revokes it, or run {runnable(trust.revoke_sql(schema, mine))}"))
     if others:
         report.add(Check("postgres bookkeeping grants", FAIL, f"other roles may write the runner's bookkeeping: "
                          f"{trust.grants_list(schema, others)}; they could forge its lock or delete its history",
-                         f"as the tables' owner run {trust.revoke_sql(schema, others)}"))
+                         f"as the tables' owner run {runnable(trust.revoke_sql(schema, others))}"))
+    writers, quoted_user = backend.execute(WRITE_ALL).fetchone()
     if members:
         report.add(Check("postgres bookkeeping grants", WARN, f"roles {', '.join(members)} are granted user {user}: "
                          "they act as it and may write the runner's bookkeeping (forge its lock, delete its history)",
-                         f"REVOKE {user} FROM {', '.join(members)}; give the application a role of its own"))
+                         f"{runnable('REVOKE ' + quoted_user + ' FROM ' + ', '.join(members))}; give the application a "
+                         "role of its own"))
+    if writers:
+        report.add(Check("postgres bookkeeping grants", WARN, f"roles {', '.join(writers)} are members of "
+                         "pg_write_all_data: they may write the runner's bookkeeping (forge its lock, add history "
+                         "rows that skip a migration); migrate cannot revoke that",
+                         "if that is not a deliberate choice, "
+                         f"{runnable('REVOKE pg_write_all_data FROM ' + ', '.join(writers))}"))
+
+
+def runnable(statement: str) -> str:
+    """A statement to copy as printed; one whose names hold a control character (shown escaped, it would not run)
+    is described instead, never printed raw."""
+    if output.visible(statement) == statement:
+        return statement
+    return (f"{statement.split(' ', 1)[0]} as printed would not run (a name in it holds control characters, shown "
+            "escaped): write it with the names from pg_roles and pg_class (quote_ident)")

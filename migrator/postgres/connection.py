@@ -180,6 +180,7 @@ def backend_class():
         out_of_order = True
         foreign: list[str] = []  # a plain run's: unmarked histories elsewhere, when it has none of its own
         twin: str | None = None  # a plain run's: its home schema, when it and public both hold a complete history
+        revoke_before_commit: list[str] = []  # a creation step's tables (trust.revoking_at_commit)
         creates_in: tuple = ()  # a plain run's: (the schema an unqualified CREATE uses or None, the search_path)
         tenant_schemas = ""  # hcm.tenant_schemas as pinned: the other histories (tenants') a plain run leaves alone
         guarded = True  # the run's own statements answer within the read timeout; a migration's: guard_session's
@@ -272,11 +273,18 @@ def backend_class():
                     return
             with pg_lock.creating_bookkeeping(self.connection, self.bookkeeping_schema, setup=True):  # (histories)
                 trust.created(self.connection, self.bookkeeping_schema, tables)  # (another role's since connect)
-                if {self.migration_table, self.version_table} <= set(self.list_tables()):
+                present = set(self.list_tables())
+                if {self.migration_table, self.version_table} <= present:
                     self._internal_schema_updated = self._current_layout()
                 if not self._internal_schema_updated:
-                    super().ensure_internal_schema_updated()
-                    trust.created(self.connection, self.bookkeeping_schema, tables)
+                    with trust.revoking_at_commit(self, tables):
+                        super().ensure_internal_schema_updated()
+                    if self.migration_table not in present:  # (its COMMIT done: rows only others wrote)
+                        trust.own_rows_only(self.connection, self.bookkeeping_schema, [self.migration_table])
+
+        def commit(self):  # (yoyo's creation steps commit here: others' rights on their tables are taken first)
+            trust.before_commit(self)
+            super().commit()
 
         def trusted_at_connect(self, tables: list[str]) -> bool:
             """Whether these bookkeeping tables were all present, and none planted, when connecting (trust.verify):
@@ -381,9 +389,9 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
             # answer (has_transactional_ddl, PostgreSQL's True unless it could not create the table) is read only
             # when a migration's later step fails, to undo its earlier steps, and every migration here is one step.
             if not read_only and not backend.trusted_at_connect([backend.lock_table]):
-                with pg_lock.creating_bookkeeping(backend.connection, backend.bookkeeping_schema):
-                    backend.create_lock_table()
-                    trust.created(backend.connection, backend.bookkeeping_schema, [backend.lock_table])
+                with pg_lock.creating_bookkeeping(backend.connection, backend.bookkeeping_schema), \
+                        trust.revoking_at_commit(backend, [backend.lock_table]):
+                    backend.create_lock_table()  # (found made by another meanwhile: verified at its COMMIT too)
         except MigratorError:
             server_session.leave(backend.connection)
             raise
