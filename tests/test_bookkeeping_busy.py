@@ -12,6 +12,7 @@ import pytest
 
 from conftest import SEED, add_migration, applied, ok, one_error_line
 from migrator.errors import LOCKED
+from test_bookkeeping_holder import short_after_commit_wait  # noqa: F401 (autouse: a tenant's reads wait 60 s else)
 
 HOLDER = "fix24z_holder"
 
@@ -113,3 +114,16 @@ def test_a_flyway_history_locked_before_the_first_file_is_named(cli, db, pg, tmp
         line = run(cli, db, folder)
     _names(line, "flyway_schema_history", pid, "ACCESS EXCLUSIVE")
     assert "nothing was applied" in line and "b" not in db.tables()
+
+
+def test_a_tenants_bookkeeping_table_locked_names_it_in_that_schemas_line(cli, db, pg, sql_dir):
+    db.query("CREATE SCHEMA a")
+    ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "a", env=db.db_env()))
+    add_migration(sql_dir, "0002_t", "CREATE TABLE t (id int);\n")
+    with locked(pg, db, "a._yoyo_migration", "ACCESS EXCLUSIVE") as pid:
+        result = cli("migrate", "--sql-dir", sql_dir, "--schema", "a", "--lock-retry-budget", "1", env=db.db_env())
+    assert result.exit_code == LOCKED, result.output
+    failed = next(line for line in result.stderr.splitlines() if line.startswith("[a] FAILED") or "error:" in line)
+    assert f'bookkeeping table "a"."_yoyo_migration" waited longer than lock_timeout: held by pid {pid} ' in failed, \
+        result.output
+    assert "nothing was applied" in failed and "unexpected" not in result.output
