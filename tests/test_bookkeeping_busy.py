@@ -127,3 +127,18 @@ def test_a_tenants_bookkeeping_table_locked_names_it_in_that_schemas_line(cli, d
     assert f'bookkeeping table "a"."_yoyo_migration" waited longer than lock_timeout: held by pid {pid} ' in failed, \
         result.output
     assert "nothing was applied" in failed and "unexpected" not in result.output
+
+
+def test_a_non_transactional_files_checksum_timed_out_says_all_committed_and_to_mark_it(cli, db, pg, sql_dir):
+    add_migration(sql_dir, "0002_x", "CREATE TABLE hx (id int);\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0003_add", "-- transactional: false\nALTER TABLE hx ADD COLUMN z int;\n")
+    with locked(pg, db, "public._hcm_migration_checksum", "EXCLUSIVE") as pid:
+        line = run(cli, db, sql_dir)
+    _names(line, "_hcm_migration_checksum", pid, "EXCLUSIVE")
+    assert "not transactional: its statements all ran and COMMITTED, but recording 0003_add as applied timed out" in line
+    assert "run `runner.py sql mark 0003_add` (it must not run twice)" in line, line
+    assert column_z(db) == 1
+    ok(cli("sql", "mark", "0003_add", "--sql-dir", sql_dir, env=db.db_env()))  # (the way out it names works)
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert applied(db) == [SEED, "0002_x", "0003_add"]

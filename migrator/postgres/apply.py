@@ -110,17 +110,23 @@ def _bookkeeping_busy(backend, exc) -> str | None:
 
 def _busy_in_file(backend, target: PostgresTarget, migration, verb: str, path: Path, table: str) -> MigratorError | None:
     """A bookkeeping table locked by another session stopped the runner's own statement about this file: after its
-    session committed (yoyo's history rows), or inside its transaction (its checksum, Flyway's row). None: a
-    non-transactional file's record failed before the end (the file's own line says what committed)."""
+    session committed (yoyo's history rows), inside its transaction (its checksum, Flyway's row) or after a
+    non-transactional file's last statement (its checksum). None: another record of a non-transactional file (its
+    progress, Flyway's row): the file's own line says what committed."""
     from migrator.postgres import bookkeeping_busy
 
     rolling = verb == "roll back"
     what = f"the rollback of {migration.id}" if rolling else migration.id
     transactional = migration.rollback_transactional() if rolling else migration.use_transactions
     if not getattr(migration, "steps_committed", False):
-        if not transactional:
-            return None
-        committed, then = f"nothing of {what} committed (its transaction rolled back)", "run the command again"
+        if not transactional and (rolling or not table.endswith(f'."{checksums.TABLE}"')):
+            return None  # (a progress record's table: what committed is the file's own line)
+        if not transactional:  # its checksum, recorded once its last statement committed
+            committed = f"not transactional: its statements all ran and COMMITTED, but recording {what} as applied timed out"
+            then = (f"the next migrate would run it again, so run `runner.py sql mark {migration.id}` (it must not run "
+                    "twice) once that session has let go, then migrate again")
+        else:
+            committed, then = f"nothing of {what} committed (its transaction rolled back)", "run the command again"
     elif rolling:
         committed, then = f"{what} COMMITTED, but recording it timed out", _unmark(migration)
     elif getattr(migration, "record_after_commit", False):
