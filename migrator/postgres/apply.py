@@ -32,6 +32,8 @@ def lost_before_migrations(backend, target: PostgresTarget) -> Iterator[None]:
     try:
         yield
     except (backend.DatabaseError, backend.driver.InterfaceError) as exc:
+        if (busy := _bookkeeping_busy(backend, exc)) is not None:  # (its own line, before or after the migrations)
+            raise _busy_outside_files(backend, target, busy) from exc
         if backend.started or not backend.connection.closed:
             raise
         raise bookkeeping_lock.lost_before_migrations(target.where, exc, "before the first migration") from exc
@@ -85,6 +87,9 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
             raise _silent(backend, path, exc.__context__) from exc
         if getattr(migration, "steps_committed", False) and backend.connection.closed:
             raise _unrecorded(target, migration, verb, path, exc) from exc
+        busy = failed is exc and _bookkeeping_busy(backend, exc)  # (not a file's own statement: StatementFailed)
+        if busy and (said := _busy_in_file(backend, target, migration, verb, path, busy)):
+            raise said from exc
         raise migration_error(failed, migration, target.where, verb, path)
     if migration.record_after_commit:  # it made its transaction read-only, so it could not record itself
         checksums.record_after_commit(backend, migration.id, None if prefix else checksums.file_sha256(Path(migration.path)))
@@ -94,6 +99,61 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
             history.record_after_commit(backend, Path(migration.path), rolled_back=bool(prefix))
     if migration.earlier_failure is not None or not migration.use_transactions or prefix:
         checksums.clear_failures(backend, [migration.id])
+
+
+def _bookkeeping_busy(backend, exc) -> str | None:
+    """The bookkeeping table a lock timeout of the runner's own statement names (bookkeeping_busy), else None."""
+    from migrator.postgres import bookkeeping_busy
+
+    return bookkeeping_busy.table(exc, backend.bookkeeping_schema, getattr(backend, "flyway_table", None))
+
+
+def _busy_in_file(backend, target: PostgresTarget, migration, verb: str, path: Path, table: str) -> MigratorError | None:
+    """A bookkeeping table locked by another session stopped the runner's own statement about this file: after its
+    session committed (yoyo's history rows), inside its transaction (its checksum, Flyway's row) or after a
+    non-transactional file's last statement (its checksum). None: another record of a non-transactional file (its
+    progress, Flyway's row): the file's own line says what committed."""
+    from migrator.postgres import bookkeeping_busy
+
+    rolling = verb == "roll back"
+    what = f"the rollback of {migration.id}" if rolling else migration.id
+    transactional = migration.rollback_transactional() if rolling else migration.use_transactions
+    if not getattr(migration, "steps_committed", False):
+        if not transactional and (rolling or not table.endswith(f'."{checksums.TABLE}"')):
+            return None  # (a progress record's table: what committed is the file's own line)
+        if not transactional:  # its checksum, recorded once its last statement committed
+            committed = f"not transactional: its statements all ran and COMMITTED, but recording {what} as applied timed out"
+            then = (f"the next migrate would run it again, so run `runner.py sql mark {migration.id}` (it must not run "
+                    "twice) once that session has let go, then migrate again")
+        else:
+            committed, then = f"nothing of {what} committed (its transaction rolled back)", "run the command again"
+    elif rolling:
+        committed, then = f"{what} COMMITTED, but recording it timed out", _unmark(migration)
+    elif getattr(migration, "record_after_commit", False):
+        committed = f"{migration.id} COMMITTED, but recording it as applied timed out"
+        then = f"run `runner.py sql mark {migration.id}` (it must not run twice), then migrate again"
+    else:
+        committed = f"{migration.id} COMMITTED, but recording it as applied timed out"
+        then = ("the next migrate records it from the checksum it committed with, without running it again: run "
+                "migrate again once that session has let go")
+    return bookkeeping_busy.error(backend.connection, table, f"{path} ({verb} on {target.where})", committed, then)
+
+
+def _busy_outside_files(backend, target: PostgresTarget, table: str) -> MigratorError:
+    """A bookkeeping table locked by another session stopped migrate outside any file: before the first (nothing
+    applied) or after the last (the schema's new description, say)."""
+    from migrator.postgres import bookkeeping_busy
+
+    if not backend.started:
+        committed, then = "nothing was applied", "run migrate again once that session has let go"
+    elif table.endswith('."_hcm_schema_snapshot"'):
+        committed = "the migrations reported applied above are committed and recorded, but the schema's new description was not"
+        then = ("until one is recorded, status and the next migrate report what they changed as drift: after review, "
+                "`runner.py sql accept-drift` once that session has let go")
+    else:
+        committed = "the migrations reported applied above are committed and recorded"
+        then = "run migrate again once that session has let go"
+    return bookkeeping_busy.error(backend.connection, table, f"migrate on {target.where}", committed, then)
 
 
 def _silent(backend, path: Path, exc: failures.NoAnswer) -> MigratorError:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from migrator import lazy_re, source_files
 from migrator.errors import USAGE, MigratorError
 from migrator.output import visible
-from migrator.postgres import flyway, psql_reading
+from migrator.postgres import flyway, psql_reading, two_phase
 from migrator.postgres.psql_reading import TAG_CHAR, TAG_START
 
 if TYPE_CHECKING:  # (the splitter: loaded where a file is split, never by a no-op's names and headers)
@@ -36,9 +36,8 @@ BOM = "\ufeff"
 
 # The first word(s) of statements that end or open a transaction: in a transactional file they would
 # commit part of it (psql -1 only warns), so such a file is refused before anything runs.
-TRANSACTION_CONTROL = lazy_re.compile(
-    r"(?:begin|start\s+transaction|commit|end|rollback(?!\s+(?:work\s+|transaction\s+)?to\b)|abort|"
-    r"prepare\s+transaction)\b", re.IGNORECASE)
+TRANSACTION_CONTROL = lazy_re.compile(r"(?:begin|start\s+transaction|commit|end|rollback(?!\s+(?:work\s+|transaction\s+)?to\b)|"
+                                      r"abort)\b", re.IGNORECASE)  # (PREPARE TRANSACTION: two_phase, in any file)
 # Statements PostgreSQL refuses inside a transaction block (SQLSTATE 25001).
 OUTSIDE_TRANSACTION = lazy_re.compile(
     r"(?:create\s+(?:unique\s+)?index\s+concurrently|drop\s+index\s+concurrently|reindex\b.*\bconcurrently|"
@@ -189,14 +188,15 @@ def _split_and_check(path: Path, in_transaction: bool) -> tuple[list[Statement],
         return [], [(0, UNFILLED)]
     if not found and not flyway.parse(path.name):  # (a Flyway file may: Flyway applies and records it, empty)
         return [], [(0, "holds no SQL statement; add its SQL or delete the file (nothing was run)")]
-    if not in_transaction:
-        return found, []
-    return found, [(s.line, problem) for s in found if (problem := in_transaction_problem(s))]
+    check = in_transaction_problem if in_transaction else (lambda s: two_phase.problem(s.text))
+    return found, [(s.line, problem) for s in found if (problem := check(s))]
 
 
 def in_transaction_problem(statement: Statement) -> str | None:
     """Why a statement cannot run inside the one transaction of a transactional file, or None."""
     head = statement.text[:200]
+    if refused := two_phase.problem(statement.text):  # (in any file: PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED)
+        return refused
     if TRANSACTION_CONTROL.match(head):
         word = head.split(None, 1)[0].rstrip(";").upper()
         return (f"{word} controls the transaction, but the runner already runs this file in one transaction "
