@@ -81,12 +81,14 @@ def _migrate_one(settings: CommandSettings):
 
 def _applied_of(settings: CommandSettings, migrations) -> tuple[int, int]:
     """(applied, total) of a schema, read again after a failure; (0, total) if that fails too."""
+    import psycopg2
+
     from migrator import postgres
 
-    try:
-        with postgres.connect(settings.pinned, read_only=True) as backend:
+    try:  # (its locks waited for as the run's: a table still locked must not hold the summary up for a minute)
+        with postgres.connect(settings.pinned, read_only=True, limits=settings.limits()) as backend:
             return len(set(postgres.applied_ids(backend, migrations)) & {m.id for m in migrations}), len(migrations)
-    except MigratorError:
+    except (MigratorError, psycopg2.Error):
         return 0, len(migrations)
 
 
