@@ -20,7 +20,8 @@ from migrator.postgres import sessions
 # row wait's: the tuple lock the waiter holds on it, when it took one; else none known). Only sessions that wait are
 # looked at (pg_stat_activity first: with no one waiting neither pg_locks nor pg_blocking_pids is read). The
 # runner's own sessions (its lock probe, watcher, bookkeeping, another run: application_name hcm-db-migrations ...)
-# and autovacuum (not a client backend) are no application.
+# and autovacuum (not a client backend) are no application. None while the migration session itself waits for a
+# lock (a session queued behind its request waits on it too: that wait is lock_timeout's, and a lock retry's).
 _WAITERS = """
 SELECT w.pid, w.application_name, w.usename, w.state, extract(epoch FROM clock_timestamp() - {since}),
        n.nspname, c.relname, l.locktype
@@ -35,6 +36,7 @@ LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE w.wait_event_type = 'Lock' AND w.pid <> %(pid)s AND w.backend_type = 'client backend'
   AND coalesce(w.application_name, '') NOT LIKE 'hcm-db-migrations%%'
   AND CASE WHEN w.wait_event_type = 'Lock' THEN %(pid)s = ANY(pg_catalog.pg_blocking_pids(w.pid)) END
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity m WHERE m.pid = %(pid)s AND m.wait_event_type = 'Lock')
 """
 ROW_LOCKS = ("transactionid", "tuple")  # a wait on a row the migration changed (or locked), not on a table
 
