@@ -99,6 +99,7 @@ def main(host: str, port: str, trees: list[str]) -> None:
 
 def _speed(trees: list[str], psql, runner, seed: Path, work: Path) -> None:
     """The 20,000-INSERT load alone, each tree in turn (alternating), BENCH_RUNS times: the median migrate time."""
+    import resource
     import statistics
 
     (work / "speed").mkdir()
@@ -106,15 +107,18 @@ def _speed(trees: list[str], psql, runner, seed: Path, work: Path) -> None:
         (work / "speed" / f.name).write_bytes(f.read_bytes())
     (work / "speed" / "0002_load.sql").write_text(LOAD_20K)
     times: dict[str, list[float]] = {tree: [] for tree in trees}
+    cpu: dict[str, list[float]] = {tree: [] for tree in trees}  # the runner's own CPU (user + system)
     for _ in range(max(3, int(os.environ.get("BENCH_RUNS", "5")))):
         for tree in trees:
             psql("postgres", "-c", "DROP DATABASE IF EXISTS held_run", "-c", "CREATE DATABASE held_run TEMPLATE held_tpl")
-            started = time.monotonic()
+            used, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
             assert runner(tree, "held_run", work / "speed").returncode == 0
             times[tree].append(time.monotonic() - started)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[tree].append(after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime)
     for tree, spent in times.items():
-        print(f"{tree}: 20,000-INSERT load, median {statistics.median(spent):.3f} s of {sorted(round(t, 2) for t in spent)}")
-
+        print(f"{tree}: 20,000-INSERT load, median {statistics.median(spent):.3f} s (min {min(spent):.3f} s) of "
+              f"{sorted(round(t, 2) for t in spent)}; runner CPU median {statistics.median(cpu[tree]):.3f} s")
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], sys.argv[3:])
