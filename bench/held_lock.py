@@ -5,7 +5,8 @@ settings of each runner tree given (e.g. main's, then this one's): its exit, fir
 max latency (from the scheduled start) and late transactions, beside the same load without a migrate.
 
 BENCH_HELD_CASE=seed: instead, a lock taken early then many quick statements (attack24l A1): ADD COLUMN on the live
-table, then CREATE TABLE region and 20,000 INSERTs into it, in one transactional file. BENCH_HELD_CASE=speed: no
+table, then CREATE TABLE region and 20,000 INSERTs into it, in one transactional file; =update: one whole-table
+UPDATE (attack24l C2: the app's updates wait on the rows it changed). BENCH_HELD_CASE=speed: no
 load, no lock anyone waits on: that data load alone (CREATE TABLE, 20,000 INSERTs), migrate timed per tree, runs
 alternating (BENCH_RUNS, default 5), the median: what watching the whole try costs the cheap path.
 
@@ -31,7 +32,9 @@ BYPASS = "ALTER TABLE hcm_report_metadata ADD COLUMN bypass int DEFAULT 1 @+@ 1;
 LOAD_20K = "CREATE TABLE region (id int PRIMARY KEY, name text);\n" + "".join(
     f"INSERT INTO region VALUES ({i}, 'region {i}');\n" for i in range(1, 20001))
 CASE = os.environ.get("BENCH_HELD_CASE", "bypass")
-FILE = "ALTER TABLE hcm_report_metadata ADD COLUMN region_code int;\n" + LOAD_20K if CASE == "seed" else BYPASS
+FILE = {"seed": "ALTER TABLE hcm_report_metadata ADD COLUMN region_code int;\n" + LOAD_20K,
+        # attack24l C2: a whole-table UPDATE in a transactional file while the app updates rows by id
+        "update": "UPDATE hcm_report_metadata SET dag_name = dag_name || '';\n"}.get(CASE, BYPASS)
 SETUP = """CREATE FUNCTION vf_add(a int, b int) RETURNS int LANGUAGE plpgsql VOLATILE AS 'BEGIN RETURN a + b; END';
 CREATE OPERATOR @+@ (LEFTARG = int, RIGHTARG = int, FUNCTION = vf_add);
 INSERT INTO hcm_report_metadata (dag_run_id, dag_name, campaign_number, report_name, trigger_frequency, trigger_date,
