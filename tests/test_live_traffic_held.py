@@ -22,11 +22,13 @@ DO_HOLDING = ("DO $$ BEGIN LOCK TABLE t_app IN ACCESS EXCLUSIVE MODE; PERFORM pg
 
 
 class App:
-    """An application session that, once the migration holds t_app's lock, reads t_app with statement_timeout 5 s:
-    `rows` its answer, `error` what ended it instead (the server's cancel after 5 s: the stall went unbounded)."""
+    """An application session that, once the migration holds t_app's lock (`ready` returns a row), reads t_app (or
+    runs `query`) with statement_timeout 5 s: `rows` its answer, `error` what ended it instead (the server's cancel
+    after 5 s: the stall went unbounded)."""
 
-    def __init__(self, db, name="hcm-app"):
+    def __init__(self, db, name="hcm-app", ready=HOLDING, query="SELECT count(*) FROM t_app"):
         self.db, self.name, self.rows, self.error, self.pid = db, name, None, None, None
+        self.ready, self.query = ready, query
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -38,7 +40,7 @@ class App:
             self.pid = conn.info.backend_pid
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                cur.execute(HOLDING)
+                cur.execute(self.ready)
                 if cur.fetchall():
                     break
                 time.sleep(0.01)
@@ -47,8 +49,8 @@ class App:
                 return
             cur.execute("SET statement_timeout = '5s'")
             try:
-                cur.execute("SELECT count(*) FROM t_app")
-                self.rows = cur.fetchall()
+                cur.execute(self.query)
+                self.rows = cur.fetchall() if cur.description else cur.rowcount
             except psycopg2.Error as exc:
                 self.error = str(exc)
         finally:
@@ -126,8 +128,8 @@ def test_a_lock_an_earlier_statement_of_the_transaction_took_is_bounded_too(cli,
     assert app.error is None and app.rows == [(2,)]
     line = one_error_line(result)
     assert "0002_alter.sql:2: failed to apply" in line
-    assert ("SELECT pg_catalog.pg_sleep(20) ran while its transaction held a lock on public.t_app that an earlier "
-            "statement of the file took, and application sessions waited") in line
+    assert ("SELECT pg_catalog.pg_sleep(20) ran while its transaction held a lock on public.t_app (this statement's "
+            "or an earlier one's), and application sessions waited") in line
     assert f"(pid {app.pid}, application_name 'hcm-app'" in line
     assert "nothing of it was applied: its transaction rolled back" in line
     assert applied(db) == [SEED]

@@ -1,7 +1,7 @@
-"""Which statements the lock probe bounds by the clock while it is blind (retry.Probe), and whose held locks it
-watches for waiting application sessions while it sees (lock_waiters.py): every one that may take a lock the
-application's queries wait on, decided from PostgreSQL's own parse of it (pglast), never from a word in
-its text. Blind, the probe cannot tell a lock wait from work, so it bounds all of them, DO blocks, CALLs and
+"""Which statements the lock probe bounds by the clock while it is blind (retry.Probe), and which it names as
+having taken the lock the application waited on (lock_waiters.py; while it sees, what every statement of a try
+holds is watched): every one that may take a lock the application's queries wait on, decided from PostgreSQL's own
+parse of it (pglast), never from a word in its text. Blind, the probe cannot tell a lock wait from work, so it bounds all of them, DO blocks, CALLs and
 anything it does not know included, except:
 
 - data changes and queries (their row lock waits each bounded by lock_timeout, blocking only the rows' users),

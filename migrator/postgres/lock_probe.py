@@ -47,6 +47,7 @@ WHERE pid = %s AND state = 'active' AND wait_event_type = 'Lock' AND (wait_event
   AND clock_timestamp() - xact_start > pg_catalog.make_interval(secs => %s)"""
 _WAIT = "SELECT wait_event FROM pg_catalog.pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
 QUERY_CANCELED = "57014"
+IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE: no transaction open (so no lock held)
 
 
 class Probe:
@@ -63,9 +64,14 @@ class Probe:
     The cancel is sent under `_sending`, which the statement's end waits for, so it can only reach the statement
     it was meant for (a cancel that reaches an idle session is dropped by the server).
 
-    It also bounds what the statement HOLDS (lock_waiters.py): while one that may take a lock the application waits
-    on runs (clock_bound.py), or any after one in the same try, and the session is not itself waiting, an application
-    session that waited on its table lock past `per_try` + `floor` ends it (not a lock timeout: the run fails).
+    It also bounds what the try HOLDS (lock_waiters.py): from its first statement (once it ran PROBE_AFTER) to the
+    end of its transaction (`status`: the migration connection's, read as each statement ends), whatever runs, and
+    between statements too, every PROBE_EVERY (every 50 ms after SLOWER_AFTER) it asks who waits on the session (a
+    table lock or a row's). Once an application session waited past `per_try` + `floor`, it ends the running
+    statement (unless the session is itself waiting for a lock: that is a lock retry) and raises `overheld`, which
+    the runner reads before sending the next statement (no round trip): the run fails, not retried. A backfill's
+    batches and CONCURRENTLY statements are not watched (each batch commits: a try of its own; a build blocks no
+    query).
 
     Blind: its connection may be refused (the role's CONNECTION LIMIT, max_connections full) or closed under it
     (an admin's pg_terminate_backend, a failover). It connects again, waiting longer each time (RECONNECT_FIRST
@@ -78,8 +84,8 @@ class Probe:
     accepts a rewrite of are left alone (clock_bound.py)."""
 
     def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
-                 floor: float = 0.0, cancel=None):
-        self.params, self.pid, self.show_query, self._cancel = params, pid, show_query, cancel
+                 floor: float = 0.0, cancel=None, status=None):
+        self.params, self.pid, self.show_query, self._cancel, self._status = params, pid, show_query, cancel, status
         self.per_try, self.floor = per_try, floor
         self.seen = Seen([])
         self._since: float | None = None  # when the running statement started; None: none runs
@@ -95,21 +101,26 @@ class Probe:
         self._reconnect_at, self._reconnect_wait = 0.0, RECONNECT_FIRST
         self._clock_bound = True  # the running statement may be ended by the clock while the probe is blind
         self._relations = False  # only its waits for a table's lock count (a detach: not those for older snapshots)
-        self._holds = False  # the try ran a statement that may hold a lock the app waits on (lock_waiters.py)
+        self._held_since: float | None = None  # when the watched try's first statement started (lock_waiters.py)
+        self._first = True  # the running statement is its try's first
+        self.overheld: Seen | None = None  # an application session waited past the bound on what the try holds
         self.exempt: set | frozenset = frozenset()  # (schema or None, table): waits the run accepts (running._accepted)
 
     @contextmanager
     def statement(self, try_started: float | None = None, bounded: bool = True,
-                  clock_bound: bool = True, relations: bool = False) -> Iterator[None]:
+                  clock_bound: bool = True, relations: bool = False, held: bool = True) -> Iterator[None]:
         """Around one statement (`try_started`: when the try's first statement started, if not this one;
         not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled; not `clock_bound`:
         not ended by the clock while the probe is blind, a backfill's batches; `relations`: only its waits for a
-        table's lock are bounded, a DETACH ... CONCURRENTLY's waits for older snapshots block no one)."""
+        table's lock are bounded, a DETACH ... CONCURRENTLY's waits for older snapshots block no one; not `held`:
+        what it holds is not watched, a backfill's batches)."""
         now = time.monotonic()
         started = (try_started or now) if bounded else None
-        if started != self._try:
-            self._waited, self._holds = 0.0, False
-        self._holds = self._holds or (bounded and clock_bound)  # (kept by a transaction to its end)
+        self._first = started != self._try
+        if self._first:
+            self._waited, self._held_since, self.overheld = 0.0, None, None
+        if held and bounded and self._held_since is None:
+            self._held_since = now  # (kept by a transaction to its end)
         self.seen, self._waiting, self._seen_waiting, self._try = Seen([]), None, None, started
         self._clock_bound, self._relations = clock_bound, relations
         self._since = now
@@ -121,14 +132,28 @@ class Probe:
         finally:
             with self._sending:  # a cancel being sent lands on this statement, never on the next
                 self._since = None
+            if self._status is not None and self._status() == IDLE:  # committed (autocommit): nothing held now
+                self._held_since = None
+
+    def ended(self) -> None:
+        """The try ended (committed, or failed and rolled back): nothing it held is watched any more."""
+        self._held_since, self.overheld, self._try = None, None, None
+
+    def raise_held(self) -> None:
+        """Before the runner sends the next statement of a try: `overheld` raised (HeldTooLong), `seen` its waiter."""
+        if self.overheld is not None:
+            self.seen = self.overheld
+            raise lock_waiters.HeldTooLong("application sessions waited past the try's bound on what it holds")
 
     def cancelled(self, exc) -> bool:
         """The statement failed because the probe cancelled it (not a user's Ctrl-C or statement_timeout)."""
         return self.seen.cancelled and getattr(getattr(exc, "cause", None), "pgcode", None) == QUERY_CANCELED
 
     def held(self, exc) -> bool:
-        """The probe ended the statement because application sessions waited on a lock it held (not retried)."""
-        return self.cancelled(exc) and self.seen.held is not None
+        """The probe ended the statement (or the try, between statements) because application sessions waited on a
+        lock it held (not retried)."""
+        return (isinstance(getattr(exc, "cause", None), lock_waiters.HeldTooLong)
+                or self.cancelled(exc) and self.seen.held is not None)
 
     def close(self) -> None:
         """Never blocks behind its thread: one stuck in libpq (a silent path) is cut off (failures.let_go)."""
@@ -143,12 +168,17 @@ class Probe:
         import psycopg2
 
         while not self._stop.wait(PROBE_EVERY):
-            since = self._since
-            running = time.monotonic() - since if since is not None else 0.0
+            since, held = self._since, self._held_since
+            now = time.monotonic()
+            running = now - since if since is not None else 0.0
+            holding = now - held if held is not None else 0.0
             # a lock is mostly asked for as a statement starts; later on, every 50 ms, after 5 s once a second
-            # (holding what the app may wait on: every 50 ms, its waiters' stall is the bound)
-            if running < PROBE_AFTER or (running > SLOWER_AFTER and int(running / PROBE_EVERY) % 5) or (
-                    running > 5 and not self._holds and int(running / PROBE_EVERY) % int(1 / PROBE_EVERY)):
+            asks = not (running < PROBE_AFTER or (running > SLOWER_AFTER and int(running / PROBE_EVERY) % 5) or (
+                running > 5 and held is None and int(running / PROBE_EVERY) % int(1 / PROBE_EVERY)))
+            # what the try holds: every 50 ms to its end (its waiters' stall is the bound), between statements too
+            watches = bool(self.per_try) and not (
+                holding < PROBE_AFTER or (holding > SLOWER_AFTER and int(holding / PROBE_EVERY) % 5))
+            if not (asks or watches):
                 continue
             if self._conn is None and time.monotonic() < self._reconnect_at:
                 self._bound_by_clock(since)
@@ -158,6 +188,9 @@ class Probe:
                     self._conn = failures.side_connection({**self.params, "application_name": PROBE_NAME})
                     self._conn.autocommit = True
                 with self._conn.cursor() as cur:
+                    if not asks:  # between statements, or a statement not due for a look: only what is held
+                        self._ended_holder(cur, since, held)
+                        continue
                     found = sessions.blockers(cur, self.pid, self.show_query)
                     self._sees_again()  # (once answered: a path gone silent lets it connect, never read)
                     wanted = sessions.waiting_for(cur, self.pid, found) if found else None
@@ -169,8 +202,7 @@ class Probe:
                             if self._since == since:
                                 self.seen = Seen(found, wanted)
                             found = None
-                    if not found and self._holds and self.per_try and self._since == since \
-                            and self._ended_holder(cur, since):
+                    if not found and watches and self._since == since and self._ended_holder(cur, since, held):
                         continue
                     if not (found and wanted and self._since == since):
                         self._waiting = None if self._since == since else self._waiting
@@ -202,18 +234,24 @@ class Probe:
         if (conn := self._conn) is not None:  # (opened after close() stopped waiting for it)
             failures.close(conn)
 
-    def _ended_holder(self, cur, since: float) -> bool:
-        """Not waiting itself: an application session that waited on a table lock the migration session holds
-        longer than the try's bound (`per_try` + `floor`, as a wait's) ends the statement (lock_waiters.py)."""
+    def _ended_holder(self, cur, since: float | None, held: float | None) -> bool:
+        """Not waiting itself: an application session that waited on a lock the migration session holds longer
+        than the try's bound (`per_try` + `floor`, as a wait's) ends the running statement, if one runs, and raises
+        `overheld` for the runner to end the try before its next statement (lock_waiters.py)."""
         waiting = lock_waiters.waiters(cur, self.pid, self.exempt)
+        self._sees_again()
         if not waiting or waiting[0]["waited_s"] <= self.per_try + self.floor:
             return False
         with self._sending:
-            if self._since == since:
+            if self._held_since != held:  # the try ended meanwhile: its locks are gone, its waiters served
+                return True
+            seen = Seen([], held=waiting[0], held_earlier=not self._first and not self._clock_bound)
+            if since is not None and self._since == since:
                 cur.execute(lock_waiters.CANCEL_HOLDER, (self.pid,))
                 row = cur.fetchone()
                 if row and row[0]:
-                    self.seen = Seen([], cancelled=True, held=waiting[0], held_earlier=not self._clock_bound)
+                    self.seen = Seen([], cancelled=True, held=waiting[0], held_earlier=seen.held_earlier)
+            self.overheld = seen
         return True
 
     def _lost(self, exc) -> None:

@@ -1,10 +1,11 @@
-"""The runtime stall bound: application sessions waiting on a table lock the migration session HOLDS (not one it
-waits for: that is a lock retry). The static judge (risks*.py) refuses the rewrites it knows of before anything
-runs; whatever it misses (a volatile operator, a cast, a DO block) still cannot hold the application's queries
-longer than a try's lock bound: the lock probe asks who waits on the session's granted relation locks while a
-statement that may hold such a lock runs, or runs after one in the same transaction (clock_bound.py), and ends
-the statement once one of them waited past the bound. The run then fails in one line (HeldTooLong), never
-retried: a retry would hold the lock as long again.
+"""The runtime stall bound: application sessions waiting on a lock the migration session HOLDS (not one it waits
+for: that is a lock retry), a table's or a row's. The static judge (risks*.py) refuses the rewrites it knows of
+before anything runs; whatever it misses (a volatile operator, a cast, a DO block, DDL run by a function or a
+trigger, a whole-table UPDATE) still cannot hold the application's queries longer than a try's lock bound: from
+the try's first statement to its end (the transaction's COMMIT), whatever statements it runs, the lock probe asks
+who waits on the session (lock_probe.py), ends a running statement once one of them waited past the bound, and
+raises a flag the runner reads before sending the next statement (between statements nothing runs to cancel). The
+run then fails in one line (HeldTooLong), never retried: a retry would hold the lock as long again.
 """
 
 from __future__ import annotations
@@ -13,35 +14,45 @@ from migrator import output
 from migrator.durations import seconds_text
 from migrator.postgres import sessions
 
-# Each other client session waiting for a table lock that `pid` holds granted (and that pg_blocking_pids says `pid`
-# blocks), for how long it has waited (waitstart on 14+, else since its state last changed) and on which table.
-# The runner's own sessions (its lock probe, watcher, bookkeeping: application_name hcm-db-migrations ...) and
-# autovacuum (not a client backend) are no application.
+# Each other client session that waits for a lock and whose pg_blocking_pids include `pid`, whatever the lock: a
+# table's, or a row's (an UPDATE of a row the migration changed waits on its transactionid, or on the row's tuple
+# lock), for how long it has waited (waitstart on 14+, else since its state last changed), and on which table (a
+# row wait's: the tuple lock the waiter holds on it, when it took one; else none known). Only sessions that wait are
+# looked at (pg_stat_activity first: with no one waiting neither pg_locks nor pg_blocking_pids is read). The
+# runner's own sessions (its lock probe, watcher, bookkeeping, another run: application_name hcm-db-migrations ...)
+# and autovacuum (not a client backend) are no application. None while the migration session itself waits for a
+# lock (a session queued behind its request waits on it too: that wait is lock_timeout's, and a lock retry's).
 _WAITERS = """
-SELECT DISTINCT ON (w.pid) w.pid, a.application_name, a.usename, a.state,
-       extract(epoch FROM clock_timestamp() - {since}), n.nspname, c.relname
-FROM pg_catalog.pg_locks h
-JOIN pg_catalog.pg_locks w ON w.locktype = 'relation' AND NOT w.granted AND w.database = h.database
- AND w.relation = h.relation AND w.pid <> h.pid
-JOIN pg_catalog.pg_stat_activity a ON a.pid = w.pid
-JOIN pg_catalog.pg_class c ON c.oid = h.relation
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE h.pid = %(pid)s AND h.granted AND h.locktype = 'relation' AND a.backend_type = 'client backend'
-  AND coalesce(a.application_name, '') NOT LIKE 'hcm-db-migrations%%'
-  AND %(pid)s = ANY(pg_catalog.pg_blocking_pids(w.pid))
-ORDER BY w.pid
+SELECT w.pid, w.application_name, w.usename, w.state, extract(epoch FROM clock_timestamp() - {since}),
+       n.nspname, c.relname, l.locktype
+FROM pg_catalog.pg_stat_activity w
+CROSS JOIN LATERAL (
+  SELECT x.locktype, {waitstart} AS waitstart, coalesce(x.relation, (
+    SELECT t.relation FROM pg_catalog.pg_locks t WHERE t.pid = w.pid AND t.locktype = 'tuple' AND t.granted
+    LIMIT 1)) AS relation
+  FROM pg_catalog.pg_locks x WHERE x.pid = w.pid AND NOT x.granted LIMIT 1) l
+LEFT JOIN pg_catalog.pg_class c ON c.oid = l.relation
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE w.wait_event_type = 'Lock' AND w.pid <> %(pid)s AND w.backend_type = 'client backend'
+  AND coalesce(w.application_name, '') NOT LIKE 'hcm-db-migrations%%'
+  AND CASE WHEN w.wait_event_type = 'Lock' THEN %(pid)s = ANY(pg_catalog.pg_blocking_pids(w.pid)) END
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity m WHERE m.pid = %(pid)s AND m.wait_event_type = 'Lock')
 """
+ROW_LOCKS = ("transactionid", "tuple")  # a wait on a row the migration changed (or locked), not on a table
 
 
 def waiters(cursor, pid: int, exempt=frozenset()) -> list[dict]:
-    """The application sessions waiting on a table lock `pid` holds, longest wait first; `exempt`: the tables whose
-    waits the run accepts (the file's `-- accept-rewrite:`), (schema, name), or (None, name) for any schema's."""
-    since = "coalesce(w.waitstart, a.state_change)" if cursor.connection.server_version >= 140000 else "a.state_change"
-    cursor.execute(_WAITERS.format(since=since), {"pid": pid})
+    """The application sessions waiting on a lock `pid` holds (a table's or a row's), longest wait first; `exempt`:
+    the tables whose waits the run accepts (the file's `-- accept-rewrite:`), (schema, name), or (None, name) for any
+    schema's. A row wait whose table is not known is counted."""
+    new = cursor.connection.server_version >= 140000
+    cursor.execute(_WAITERS.format(since="coalesce(l.waitstart, w.state_change)" if new else "w.state_change",
+                                   waitstart="x.waitstart" if new else "NULL::timestamptz"), {"pid": pid})
     found = [{"pid": wpid, "application_name": output.scrub(app or ""), "user": user, "state": state,
-              "waited_s": float(waited or 0), "table": f"{schema}.{table}"}
-             for wpid, app, user, state, waited, schema, table in cursor.fetchall()
-             if (schema, table) not in exempt and (None, table) not in exempt]
+              "waited_s": float(waited or 0), "table": f"{schema}.{table}" if table else None,
+              "rows": locktype in ROW_LOCKS}
+             for wpid, app, user, state, waited, schema, table, locktype in cursor.fetchall()
+             if table is None or ((schema, table) not in exempt and (None, table) not in exempt)]
     return sorted(found, key=lambda w: -w["waited_s"])
 
 
@@ -52,7 +63,9 @@ WHERE pid = %s AND state = 'active' AND wait_event_type IS DISTINCT FROM 'Lock'"
 
 
 class HeldTooLong(RuntimeError):
-    """The probe ended a statement because application sessions waited on a lock it held past the try's bound."""
+    """The probe ended a statement because application sessions waited on a lock it held past the try's bound;
+    raised by the runner itself (`pgcode` None: a failure of the file's) when it was seen between statements."""
+    pgcode = None
 
 
 def shown(text: str, width: int = 60) -> str:
@@ -62,19 +75,37 @@ def shown(text: str, width: int = 60) -> str:
 
 
 def held_too_long(exc, seen, bound: float) -> None:
-    """Turn the StatementFailed the probe's cancel caused (`seen`: lock_probe.Seen) into the one line the run fails
-    with: not retried, a retry would hold the lock as long again."""
+    """Turn the StatementFailed the probe's cancel (or its flag) caused (`seen`: lock_probe.Seen) into the one line
+    the run fails with: not retried, a retry would hold the lock as long again."""
     waiter = seen.held
-    table = output.visible(waiter["table"])
-    held = (f"ran while its transaction held a lock on {table} that an earlier statement of the file took, and"
-            if seen.held_earlier else f"held its lock on {table} while")
+    table = output.visible(waiter["table"]) if waiter["table"] else None
+    what = (f"row locks on {table}" if table else "row locks") if waiter["rows"] else (
+        f"a lock on {table}" if table else "a lock")
+    between = isinstance(exc.cause, HeldTooLong)  # seen between statements: this one was never sent
+    if between:
+        held = f"was not run: the file's transaction held {what}, taken by its earlier statements, while"
+    elif seen.held_earlier:
+        held = f"ran while its transaction held {what} (this statement's or an earlier one's), and"
+    else:
+        held = f"held {what} while" if waiter["rows"] or not table else f"held its lock on {table} while"
+    why = ("it keeps the rows it changed locked to its COMMIT" if waiter["rows"] else
+           "its transaction keeps that lock to its COMMIT while the file's later statements run"
+           if between or seen.held_earlier else "it works under a lock queries need (a table rewrite or scan)")
     exc.cause = HeldTooLong(
         f"{shown(exc.statement.text)} {held} application sessions waited {seconds_text(waiter['waited_s'])} "
         f"(pid {waiter['pid']}, application_name {sessions.named(waiter['application_name'])}, user "
-        f"{output.role(waiter['user'])}), past the try's {seconds_text(bound)}: it works under a lock queries need "
-        "(a table rewrite or scan), so the runner ended it")
-    exc.todo = ("not retried (it would hold the lock as long again): rewrite it with the safe pattern "
-                "(docs/safety-and-exit-codes.md, Rewrites refused at deploy time) or accept it with "
-                f"`-- accept-rewrite: {table}` and deploy in a quiet window")
+        f"{output.role(waiter['user'])}{', on rows it changed' if waiter['rows'] else ''}), past the try's "
+        f"{seconds_text(bound)}: {why}, so the runner ended {'the try' if between else 'it'}")
+    accept = f"accept it with `-- accept-rewrite: {table or 'the table'}` and deploy in a quiet window"
+    if waiter["rows"]:
+        exc.todo = ("not retried (it would hold the rows as long again): change many rows of a live table in "
+                    "committed batches, `-- backfill: batch` before a bounded UPDATE/DELETE in a "
+                    "`-- transactional: false` file (docs/migration-files.md), or deploy in a quiet window")
+    elif between or seen.held_earlier:
+        exc.todo = ("not retried (it would hold the lock as long again): take that lock in a file of its own (a short "
+                    "transaction) and do the long work (a data load, a slow statement) in another, or " + accept)
+    else:
+        exc.todo = ("not retried (it would hold the lock as long again): rewrite it with the safe pattern "
+                    "(docs/safety-and-exit-codes.md, Rewrites refused at deploy time) or " + accept)
     if not exc.transactional and exc.done:  # a rerun starts the file over: what committed runs again
         exc.todo += "; a rerun runs the file from its first statement: make what COMMITTED safe to re-run first"

@@ -31,7 +31,9 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     # (a detach's wait for the partition's lock queues the app's queries on it: bounded as any DDL's, not blind)
     clock = (probe is not None and not isinstance(statement, backfill.Batched) and not detaching
              and clock_bound.bounded(statement.text, exempt))
-    with probe.statement(try_started, detaching or not concurrent, clock, detaching) if probe is not None \
+    # (what it holds watched, whatever it is: a SELECT of a function or an INSERT firing a trigger may run DDL)
+    held = not (concurrent or isinstance(statement, backfill.Batched))
+    with probe.statement(try_started, detaching or not concurrent, clock, detaching, held) if probe is not None \
             else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
             statement.run(cursor.connection, cursor, path, max_batches)
@@ -61,6 +63,9 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             try:
                 with interrupt.live():  # SIGTERM stops the run here, never inside the bookkeeping
                     if index not in skip:
+                        if probe is not None and probe.overheld is not None \
+                                and connection.info.transaction_status != IDLE:  # (the flag: no round trip)
+                            probe.raise_held()  # the try held what the app waited on past the bound: ended here
                         if budget is not None:
                             budget.before(cursor)
                         execute(cursor, statement, probe, path, max_batches, budget.started if budget else None,
@@ -150,10 +155,14 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 if budget is not None:
                     with connection.cursor() as cursor:
                         budget.done(cursor)
+                if probe is not None:
+                    probe.ended()
                 if exempt is not None:
                     _made_in_run(backend).update(*(clock_bound.created(s.text) for s in statements))
                 break
             except StatementFailed as exc:
+                if probe is not None:
+                    probe.ended()  # (rolled back or failed: what it held is no longer watched)
                 exc.left_pending = None if transactional else detach.left_pending(connection, exc.statement.text,
                                                                                    exc.cause)
                 if exc.left_pending:
