@@ -279,6 +279,7 @@ def backend_class():
                 if not self._internal_schema_updated:
                     with trust.revoking_at_commit(self, tables):
                         super().ensure_internal_schema_updated()
+                    trust.created(self.connection, self.bookkeeping_schema, tables)  # (likewise, made by another)
                     if self.migration_table not in present:  # (its COMMIT done: rows only others wrote)
                         trust.own_rows_only(self.connection, self.bookkeeping_schema, [self.migration_table])
 
@@ -391,7 +392,9 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
             if not read_only and not backend.trusted_at_connect([backend.lock_table]):
                 with pg_lock.creating_bookkeeping(backend.connection, backend.bookkeeping_schema), \
                         trust.revoking_at_commit(backend, [backend.lock_table]):
-                    backend.create_lock_table()  # (found made by another meanwhile: verified at its COMMIT too)
+                    backend.create_lock_table()
+                    # (one another role made meanwhile commits nothing of ours: verified here, before its first use)
+                    trust.created(backend.connection, backend.bookkeeping_schema, [backend.lock_table])
         except MigratorError:
             server_session.leave(backend.connection)
             raise
