@@ -16,8 +16,11 @@ from typing import Callable, Iterator
 
 from migrator.bookkeeping_lock import creating_bookkeeping
 from migrator.errors import USAGE, MigratorError
+from migrator.grant_text import grants_list, ident, revoke_sql, rights_of, runnable
 from migrator import output, pinned
 from migrator.server_session import READ_ONLY_SQLSTATE
+
+LOCK_NOT_AVAILABLE = "55P03"  # (lock_timeout)
 from migrator.tables import MIGRATION_TABLE
 from migrator.targets import where_name
 
@@ -163,23 +166,24 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
     return state
 
 
-# What another role may not do to the runner's tables (SELECT, to read its history, is harmless and kept).
-WRITES = "INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER"
-
-
-def grants_list(schema: str, grants: list) -> str:
-    """Others' write rights as one line's part: `public.yoyo_lock to app (INSERT, DELETE)`."""
-    return "; ".join(output.visible(f"{schema}.{table} to {grantee} ({rights})") for table, grantee, rights, _ in grants)
-
-
 def disown(connection, schema: str, grants: list, made: bool = False) -> None:
     """Takes other roles' write rights on the bookkeeping tables the user owns, in the run's session, and says so
-    once (the next run finds nothing to take: no statement). Those on a superuser's table stay (doctor warns).
+    once (the next run finds nothing to take: no statement), then waits out and refuses a trigger they began
+    (settle). Others' rights on a table the user does not own (a superuser's) it cannot take: the run refuses.
     Tables this run `made` got them from a default privilege, one creation step after another: said once per
     schema and grantees, for all of them."""
     import psycopg2
     import psycopg2.extensions as ext
 
+    foreign = [grant for grant in grants if grant[3] != "true"]
+    if foreign:  # a superuser's tables: the run cannot take them, and cannot use tables others may write or trigger
+        info = connection.info
+        raise MigratorError(output.visible(
+            f"refusing the migration history in schema {schema} on {where_name(info.host, info.port, info.dbname)}: "
+            f"other roles may write the runner's bookkeeping, which user {connection.info.user} does not own and "
+            f"cannot take back: {grants_list(schema, foreign)}; they could add history rows that skip a migration "
+            f"or a trigger that runs as this user; as the tables' owner run {runnable(revoke_sql(schema, foreign))}"),
+            USAGE)
     mine = [grant for grant in grants if grant[3] == "true"]
     if not mine:
         return
@@ -204,6 +208,9 @@ def disown(connection, schema: str, grants: list, made: bool = False) -> None:
                 f"{output.visible(output.one_line(str(exc.pgerror or exc)))}; nothing was run; another session is "
                 "changing these tables in an open transaction (a trigger, a grant): find it in pg_locks, end it, "
                 "and run again", USAGE) from exc
+    if not made:  # (tables this run made were never seen by others with those rights)
+        _DISOWNED.setdefault(connection, set()).update(table for table, *_ in mine)
+        settle(connection, schema, sorted({table for table, *_ in mine}), mine)
     info = connection.info  # (a process may migrate several databases: tests, tenants)
     grantees = sorted({grantee for _, grantee, *_ in mine})
     said = (info.host, info.port, info.dbname, schema, tuple(grantees))
@@ -218,30 +225,55 @@ def disown(connection, schema: str, grants: list, made: bool = False) -> None:
             f"{', '.join(sorted({grant[0] for grant in mine}))}; SELECT kept)"))
     else:
         output.note(f"revoked write rights on the runner's bookkeeping from other roles: "
-                    f"{grants_list(schema, mine)} (its tables are its own: SELECT kept)")
+                    f"{grants_list(schema, mine)} (its tables are its own: SELECT kept; history rows they could write "
+                    "are not adopted this run: a mark without its checksum refuses it)")
 
 
 _SAID: set = set()  # (server, database, schema, grantees) a creation's revoke was said for, in this process
+# Per connection, the bookkeeping tables whose others' write rights it took (not at their creation): their rows
+# were written while others could (disowned(); state.py adopts none of them this run).
+_DISOWNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def revoke_sql(schema: str, grants: list) -> str:
-    """The one REVOKE taking those write rights (grantees as the query quoted them, or PUBLIC). A table's REVOKE
-    takes its columns' rights too; MAINTAIN (PostgreSQL 17+: LOCK, VACUUM, ...) where the server has it (a grant
-    shows it)."""
-    tables = sorted({table for table, *_ in grants})
-    grantees = sorted({grantee for _, grantee, *_ in grants})
-    maintain = ", MAINTAIN" if any("MAINTAIN" in rights.split(", ") for _, _, rights, _ in grants) else ""
-    return (f"REVOKE {WRITES}{maintain} ON TABLE {', '.join(f'{_ident(schema)}.{_ident(t)}' for t in tables)} "
-            f"FROM {', '.join(grantees)} CASCADE")
+def disowned(connection) -> set[str]:
+    return _DISOWNED.get(connection, set())
 
 
-def rights_of(grants: list) -> list[str]:
-    """Each right of those grants once (a column's with its columns: `INSERT (a, b)`)."""
-    return sorted({right for grant in grants for right in re.split(r", (?![^()]*\))", grant[2])})
+def settle(connection, schema: str, tables: list[str], grants: list) -> None:
+    """After the REVOKE, before first use: a CREATE TRIGGER begun while others held TRIGGER may still be open (with
+    pg_class.relhastriggers already true it does not touch the table's row, and the REVOKE does not conflict with
+    it), or have committed between the catalog read and the REVOKE. A lock that conflicts with CREATE TRIGGER waits
+    it out (bounded by the run's lock_timeout), then the catalog is read again; no new one can begin now."""
+    import psycopg2.extensions as ext
 
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    inside = connection.info.transaction_status == ext.TRANSACTION_STATUS_INTRANS
+    names = ", ".join(f"{ident(schema)}.{ident(t)}" for t in tables)
+    info = connection.info
+    where = where_name(info.host, info.port, info.dbname)
+    with connection.cursor() as cursor:
+        try:
+            if not inside:
+                cursor.execute("BEGIN")
+            cursor.execute(f"LOCK TABLE {names} IN SHARE ROW EXCLUSIVE MODE")
+            with pinned.catalog_path(cursor):
+                cursor.execute(_ON_CURSOR, {"s": schema, "tables": tables, "rights": []})
+                state = cursor.fetchone()
+            if state[3]:
+                raise MigratorError(planted_error(schema, state[2], state[3], state[6], where), USAGE)
+            if not inside:
+                cursor.execute("COMMIT")
+        except BaseException as exc:
+            if not inside:
+                with suppress(Exception):
+                    cursor.execute("ROLLBACK")
+            if getattr(exc, "pgcode", None) != LOCK_NOT_AVAILABLE:
+                raise
+            raise MigratorError(output.visible(
+                f"PostgreSQL at {where}: took the write rights others held on the runner's bookkeeping "
+                f"({grants_list(schema, grants)}), then could not lock {', '.join(tables)} within the lock timeout "
+                "(--ddl-lock-timeout) to see that nothing they began meanwhile (a trigger) is left: another session "
+                "holds them in an open transaction; nothing was run; find it in pg_locks, end it, and run again"),
+                USAGE) from exc
 
 
 # Per connection, the (schema, table)s its verify() found present and planted by no one: present() in that same

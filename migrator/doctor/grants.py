@@ -6,7 +6,7 @@ writes every table), are for a DBA."""
 
 from __future__ import annotations
 
-from migrator import output, trust
+from migrator.grant_text import grants_list, revoke_sql, runnable
 from migrator.doctor import FAIL, WARN, Check, DoctorReport
 
 # The roles (bar superusers and the user) that write every table through pg_write_all_data (PostgreSQL 14+), and
@@ -23,14 +23,16 @@ def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) ->
     grants, members = (backend.verified[8], backend.verified[9]) if len(backend.verified) > 9 else ([], [])
     mine = [grant for grant in grants if grant[3] == "true"]
     others = [grant for grant in grants if grant[3] != "true"]
+    # (a forged mark for a pending migration: the next migrate, which revokes, refuses to adopt it; a later one would)
+    harm = "they could forge its lock, delete its history, or add rows that skip a migration"
     if mine:
         report.add(Check("postgres bookkeeping grants", WARN, f"other roles may write the runner's bookkeeping: "
-                         f"{trust.grants_list(schema, mine)}; they could forge its lock or delete its history",
-                         f"the next migrate revokes it, or run {runnable(trust.revoke_sql(schema, mine))}"))
+                         f"{grants_list(schema, mine)}; {harm}",
+                         f"the next migrate revokes it, or run {runnable(revoke_sql(schema, mine))}"))
     if others:
         report.add(Check("postgres bookkeeping grants", FAIL, f"other roles may write the runner's bookkeeping: "
-                         f"{trust.grants_list(schema, others)}; they could forge its lock or delete its history",
-                         f"as the tables' owner run {runnable(trust.revoke_sql(schema, others))}"))
+                         f"{grants_list(schema, others)}; {harm} (migrate refuses: it cannot take them)",
+                         f"as the tables' owner run {runnable(revoke_sql(schema, others))}"))
     writers, quoted_user = backend.execute(WRITE_ALL).fetchone()
     if members:
         report.add(Check("postgres bookkeeping grants", WARN, f"roles {', '.join(members)} are granted user {user}: "
@@ -43,12 +45,3 @@ def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) ->
                          "rows that skip a migration); migrate cannot revoke that",
                          "if that is not a deliberate choice, "
                          f"{runnable('REVOKE pg_write_all_data FROM ' + ', '.join(writers))}"))
-
-
-def runnable(statement: str) -> str:
-    """A statement to copy as printed; one whose names hold a control character (shown escaped, it would not run)
-    is described instead, never printed raw."""
-    if output.visible(statement) == statement:
-        return statement
-    return (f"{statement.split(' ', 1)[0]} as printed would not run (a name in it holds control characters, shown "
-            "escaped): write it with the names from pg_roles and pg_class (quote_ident)")

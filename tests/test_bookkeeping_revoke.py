@@ -1,0 +1,150 @@
+"""What a run that takes others' write rights on its bookkeeping may trust afterwards (issue 23, attack23p 1-4).
+
+The revoke (trust.disown) cannot see a trigger another role creates in a transaction still open at the catalog
+read, nor one it commits between that read and the REVOKE: with pg_class.relhastriggers already true (a dropped
+foreign key leaves it so) the REVOKE does not even conflict with it. The run locks the tables it revoked on against
+CREATE TRIGGER and looks again before their first use. Rights on a superuser's tables, which the run cannot take,
+refuse it; and history rows written while others could write them are not adopted by the checksum backfill.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from conftest import SPECIAL_PASSWORD, add_migration, ok, one_error_line
+from test_planted_objects import low  # noqa: F401 (a fixture)
+
+
+@pytest.fixture
+def app(low):
+    return low
+
+
+def standing_grant_all(db, app: str) -> None:
+    """A standing GRANT ALL to the app, a table recording who runs its trigger function, and yoyo_lock's
+    relhastriggers left true by a foreign key the app (REFERENCES) made and dropped."""
+    db.query(f"GRANT USAGE, CREATE ON SCHEMA public TO {app}; GRANT ALL ON ALL TABLES IN SCHEMA public TO {app}; "
+             "CREATE TABLE public.ran (who text); GRANT INSERT ON public.ran TO PUBLIC; "
+             "CREATE FUNCTION public.log_it() RETURNS trigger LANGUAGE plpgsql AS "
+             "$$BEGIN INSERT INTO public.ran VALUES (current_user); RETURN NEW; END$$")
+    evil = psycopg2.connect(dbname=db.name, user=app, host=db.server.host, port=db.server.port)
+    evil.autocommit = True
+    evil.cursor().execute("CREATE TABLE public.fk (l int REFERENCES public.yoyo_lock (locked)); DROP TABLE public.fk")
+    evil.close()
+    assert db.query("SELECT relhastriggers FROM pg_class WHERE oid = 'public.yoyo_lock'::regclass") == [(True,)]
+
+
+TRIGGER = "CREATE TRIGGER z BEFORE INSERT OR DELETE ON public.yoyo_lock FOR EACH ROW EXECUTE FUNCTION public.log_it()"
+
+
+def test_an_open_create_trigger_is_waited_out_after_the_revoke_and_refused(cli, db, sql_dir, app):
+    """attack23p trig_toctou2: the app's CREATE TRIGGER, open during the whole revoke, is committed once the run is
+    seen waiting on it: the run (its rights taken) sees the trigger and refuses it before yoyo_lock's first use."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
+    standing_grant_all(db, app)
+    evil = psycopg2.connect(dbname=db.name, user=app, host=db.server.host, port=db.server.port)
+    evil.cursor().execute(TRIGGER)  # (its transaction left open)
+    pid = evil.get_backend_pid()
+
+    def commit_once_waited_on():
+        for _ in range(600):
+            if db.query("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,))[0][0]:
+                break
+            time.sleep(0.05)
+        evil.commit()
+
+    committer = threading.Thread(target=commit_once_waited_on)
+    committer.start()
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout", "30s", env=db.db_env())
+    finally:
+        committer.join()
+        evil.close()
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "yoyo_lock has trigger z" in line, result.output
+    assert db.query("SELECT count(*) FROM public.ran") == [(0,)]  # its code never ran as the migration role
+    assert "more_rows" not in db.tables()
+
+
+def test_an_open_create_trigger_past_the_lock_timeout_is_one_line(cli, db, sql_dir, app):
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
+    standing_grant_all(db, app)
+    evil = psycopg2.connect(dbname=db.name, user=app, host=db.server.host, port=db.server.port)
+    try:
+        evil.cursor().execute(TRIGGER)
+        result = cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout", "1s", env=db.db_env())
+        evil.commit()
+    finally:
+        evil.close()
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "could not lock" in line and "yoyo_lock" in line, result.output
+    assert db.query("SELECT count(*) FROM public.ran") == [(0,)]
+    assert "more_rows" not in db.tables()
+
+
+def test_a_trigger_committed_between_the_catalog_read_and_the_revoke_is_refused(cli, db, sql_dir, app, monkeypatch):
+    """attack23p race_planted: the app commits its trigger just after the run's catalog read (pg_locks shows when);
+    made deterministic by committing it as the REVOKE is built."""
+    from migrator import trust
+
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
+    standing_grant_all(db, app)
+    revoke_sql = trust.revoke_sql
+
+    def plant_then_revoke(schema, grants):
+        evil = psycopg2.connect(dbname=db.name, user=app, host=db.server.host, port=db.server.port)
+        with evil:
+            evil.cursor().execute(TRIGGER)
+        evil.close()
+        return revoke_sql(schema, grants)
+
+    monkeypatch.setattr(trust, "revoke_sql", plant_then_revoke)
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "yoyo_lock has trigger z" in line, result.output
+    assert db.query("SELECT count(*) FROM public.ran") == [(0,)]
+    assert "more_rows" not in db.tables()
+
+
+def test_others_rights_on_a_superusers_bookkeeping_refuse_the_run(cli, make_db, password_role, sql_dir, app):
+    """attack23p su_owned: the first migrate ran as a superuser; the user and the app then got GRANT ALL. The run
+    cannot take the app's rights (the tables are not the user's): it refuses, naming them and the REVOKE."""
+    db = make_db(owner=password_role)
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))  # (as the superuser: its tables)
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
+    db.query(f"GRANT USAGE ON SCHEMA public TO {app}; GRANT ALL ON ALL TABLES IN SCHEMA public TO {password_role}; "
+             f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {app}")
+    env = {**db.db_env(), "DB_USER": password_role, "DB_PASSWORD": SPECIAL_PASSWORD}
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=env)
+    finally:  # (the app role is dropped after the test: nothing of it left in this database)
+        db.query(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {app}; REVOKE USAGE ON SCHEMA public FROM {app}")
+    line = one_error_line(result)
+    assert result.exit_code == 2 and f"public.yoyo_lock to {app} (" in line and "TRIGGER" in line, result.output
+    assert "REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER" in line and app in line.split("REVOKE")[1]
+    assert "more_rows" not in db.tables()
+
+
+def test_a_history_row_written_while_others_could_is_not_adopted_by_the_revoking_run(cli, db, sql_dir, app):
+    """attack23p standing_forge: under the usual app grant, the app marks a pending migration applied; the run that
+    takes the grant back refuses to backfill its checksum (it would launder the row); the next run, which revokes
+    nothing, backfills as before once a person checked."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
+    db.query(f"GRANT USAGE ON SCHEMA public TO {app}; "
+             f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {app}; SET ROLE {app}; "
+             "INSERT INTO public._yoyo_migration VALUES (encode(sha256('0002_more'), 'hex'), '0002_more', now())")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "0002_more" in line and "run migrate again" in line, result.output
+    assert db.query("SELECT count(*) FROM public._hcm_migration_checksum WHERE migration_id = '0002_more'") == [(0,)]
+    assert db.query(f"SELECT has_table_privilege('{app}', 'public._yoyo_migration', 'INSERT')") == [(False,)]
+    again = ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "recorded the checksums of 1 migration(s)" in again.output
