@@ -182,7 +182,7 @@ def disown(connection, schema: str, grants: list, made: bool = False) -> None:
             f"refusing the migration history in schema {schema} on {where_name(info.host, info.port, info.dbname)}: "
             f"other roles may write the runner's bookkeeping, which user {connection.info.user} does not own and "
             f"cannot take back: {grants_list(schema, foreign)}; they could add history rows that skip a migration "
-            f"or a trigger that runs as this user; as the tables' owner run {runnable(revoke_sql(schema, foreign))}"),
+            f"or triggers that run as this user; as the tables' owner run {runnable(revoke_sql(schema, foreign))}"),
             USAGE)
     mine = [grant for grant in grants if grant[3] == "true"]
     if not mine:
@@ -269,10 +269,11 @@ def settle(connection, schema: str, tables: list[str], grants: list) -> None:
             if getattr(exc, "pgcode", None) != LOCK_NOT_AVAILABLE:
                 raise
             raise MigratorError(output.visible(
-                f"PostgreSQL at {where}: took the write rights others held on the runner's bookkeeping "
-                f"({grants_list(schema, grants)}), then could not lock {', '.join(tables)} within the lock timeout "
-                "(--ddl-lock-timeout) to see that nothing they began meanwhile (a trigger) is left: another session "
-                "holds them in an open transaction; nothing was run; find it in pg_locks, end it, and run again"),
+                f"PostgreSQL at {where}: took the write rights of {', '.join(sorted({g[1] for g in grants}))} on the "
+                f"runner's bookkeeping, then could not lock {', '.join(f'{schema}.{t}' for t in tables)} within the "
+                "lock timeout (--ddl-lock-timeout) to see that nothing they began meanwhile (a trigger) is left: "
+                "another session holds them in an open transaction; nothing was run; find it in pg_locks, end it, "
+                "and run again"),
                 USAGE) from exc
 
 

@@ -141,6 +141,9 @@ def test_a_history_row_written_while_others_could_is_not_adopted_by_the_revoking
     db.query(f"GRANT USAGE ON SCHEMA public TO {app}; "
              f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {app}; SET ROLE {app}; "
              "INSERT INTO public._yoyo_migration VALUES (encode(sha256('0002_more'), 'hex'), '0002_more', now())")
+    doctor = cli("doctor", "--sql-dir", sql_dir, env=db.db_env())
+    (warn,) = [line for line in doctor.output.splitlines() if "may write the runner's bookkeeping" in line]
+    assert warn.startswith("warn") and "add rows that skip a migration" in warn, doctor.output
     result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
     line = one_error_line(result)
     assert result.exit_code == 2 and "0002_more" in line and "run migrate again" in line, result.output
