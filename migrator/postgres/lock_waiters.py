@@ -57,7 +57,7 @@ ROW_LOCKS = ("transactionid", "tuple")  # a wait on a row the migration changed 
 def waiters(cursor, pid: int, exempt=frozenset()) -> list[dict]:
     """The application sessions waiting on a lock `pid` holds (a table's or a row's), longest wait first; `exempt`:
     the tables whose waits the run accepts (the file's `-- accept-rewrite:`), (schema, name), or (None, name) for any
-    schema's. A row wait whose table is not known is counted."""
+    schema's (an index's or a TOAST table's wait is its table's). A wait whose table is not known is counted."""
     new = cursor.connection.server_version >= 140000
     cursor.execute(_WAITERS.format(since="coalesce(w.waitstart, a.state_change)" if new else "a.state_change",
                                    waitstart="waitstart" if new else "NULL::timestamptz"), {"pid": pid})
