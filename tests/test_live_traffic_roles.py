@@ -97,8 +97,8 @@ SLOW_CHECK = ("CREATE FUNCTION slow_ok(i int) RETURNS boolean IMMUTABLE LANGUAGE
 
 @pytest.mark.parametrize("name, sql, marker", [
     ("0002_validate", "ALTER TABLE t_app VALIDATE CONSTRAINT t_app_ok;\n", "VALIDATE"),
-    ("0002_region", "CREATE TABLE region (id int);\n"
-                    "INSERT INTO region SELECT g FROM generate_series(1, 2) g WHERE slow_ok(g);\n", "INSERT INTO region"),
+    ("0002_region", "CREATE TABLE region (id int);\nINSERT INTO region SELECT g FROM generate_series(1, 2) g "
+                    "WHERE slow_ok(g);\n", "INSERT INTO region"),
 ])
 def test_an_index_built_concurrently_elsewhere_does_not_end_a_legitimate_file(cli, db, sql_dir, seeded, name, sql,
                                                                                marker):
