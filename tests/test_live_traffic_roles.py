@@ -12,8 +12,9 @@ import uuid
 
 import pytest
 
-from conftest import SEED, SPECIAL_PASSWORD, add_migration, applied, one_error_line
+from conftest import SEED, SPECIAL_PASSWORD, Server, add_migration, applied, embedded_server, one_error_line
 from test_live_traffic import connect, seeded  # noqa: F401 (a fixture)
+from test_live_traffic_blockers import _migrated
 from test_live_traffic_held import DO_HOLDING, HOLDING, App, app_table
 from test_live_traffic_held_try import ROW_LOCKED, UPDATE_ROW_1
 
@@ -59,18 +60,18 @@ MIGRATION_RUNS = """SELECT 1 FROM pg_catalog.pg_stat_activity
 WHERE application_name LIKE 'hcm-db-migrations%%' AND state = 'active' AND query LIKE %s"""
 
 
-class ConcurrentIndex:
-    """A DBA's CREATE INDEX CONCURRENTLY on a table the migration never touches, started once the migration runs
-    `marker`: it waits (a virtualxid lock) for the migration's transaction to end, blocking no query."""
+class Elsewhere:
+    """Another session (`name`) that runs `statement` once the migration runs `marker`: it waits for the migration's
+    transaction to end, blocking no query."""
 
-    def __init__(self, db, marker):
-        self.db, self.marker, self.done, self.error = db, marker, False, None
-        db.query("CREATE TABLE t_other (id int); INSERT INTO t_other VALUES (1)")
+    def __init__(self, db, marker, statement, name):
+        self.db, self.marker, self.statement, self.name = db, marker, statement, name
+        self.done, self.error = False, None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
-        conn = connect(self.db, application_name="dba")
+        conn = connect(self.db, application_name=self.name)
         conn.autocommit = True
         try:
             deadline = time.monotonic() + 30
@@ -79,7 +80,7 @@ class ConcurrentIndex:
                     self.error = "the migration never ran"
                     return
                 time.sleep(0.01)
-            conn.cursor().execute("CREATE INDEX CONCURRENTLY t_other_id ON t_other (id)")
+            conn.cursor().execute(self.statement)
             self.done = True
         except Exception as exc:  # noqa: BLE001 (the test asserts it)
             self.error = str(exc)
@@ -108,12 +109,47 @@ def test_an_index_built_concurrently_elsewhere_does_not_end_a_legitimate_file(cl
     app_table(db)
     db.query(SLOW_CHECK + "; ALTER TABLE t_app ADD CONSTRAINT t_app_ok CHECK (slow_ok(id)) NOT VALID")
     add_migration(sql_dir, name, sql)
-    dba = ConcurrentIndex(db, marker)
+    db.query("CREATE TABLE t_other (id int); INSERT INTO t_other VALUES (1)")
+    dba = Elsewhere(db, marker, "CREATE INDEX CONCURRENTLY t_other_id ON t_other (id)", "dba")
     result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     dba.join()
     assert result.exit_code == 0, result.output
     assert applied(db) == [SEED, name]
     assert dba.error is None and dba.done  # it waited for the file's transaction, then built its index
+
+
+@pytest.fixture(scope="module")
+def logical_pg(tmp_path_factory) -> Server:
+    """A server of this module's own with wal_level = logical (a replication slot's creation)."""
+    server = embedded_server(tmp_path_factory.mktemp("logical") / "pgdata", {"wal_level": "logical", "fsync": "off"})
+    info = server.get_postmaster_info()
+    yield Server(host=str(info.socket_dir), port=info.port, user="postgres", password=None, enforces_passwords=False)
+    server.cleanup()
+
+
+@pytest.fixture
+def logical_db(logical_pg, cli, sql_dir):
+    """The seed migrated into a fresh database of that server; a slot left behind dropped (it keeps the database)."""
+    for db in _migrated(logical_pg, cli, sql_dir):
+        yield db
+        db.query("SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots")
+
+
+def test_a_replication_slot_created_meanwhile_does_not_end_a_legitimate_file(cli, logical_db, sql_dir):
+    """attack24m 2 (FC3): pg_create_logical_replication_slot (a CDC tool's) waits on the migration's transactionid,
+    holding no tuple lock and no lock on a table the migration holds: a new table's load was ended, 'held row locks
+    ... on rows it changed', pointed to `-- backfill: batch`."""
+    db = logical_db
+    db.query(SLOW_CHECK)
+    add_migration(sql_dir, "0002_region", "CREATE TABLE region (id int);\nINSERT INTO region SELECT g FROM "
+                  "generate_series(1, 2) g WHERE slow_ok(g);\n")
+    cdc = Elsewhere(db, "INSERT INTO region", "SELECT pg_catalog.pg_create_logical_replication_slot('cdc_slot', "
+                    "'test_decoding')", "debezium")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    cdc.join()
+    assert result.exit_code == 0, result.output
+    assert applied(db) == [SEED, "0002_region"]
+    assert cdc.error is None and cdc.done  # it waited for the file's transaction, then made its slot
 
 
 def test_an_accepted_tables_indexes_are_accepted_with_it(cli, db, sql_dir, seeded):
