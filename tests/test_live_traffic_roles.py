@@ -152,16 +152,27 @@ def test_a_replication_slot_created_meanwhile_does_not_end_a_legitimate_file(cli
     assert cdc.error is None and cdc.done  # it waited for the file's transaction, then made its slot
 
 
-def test_an_accepted_tables_indexes_are_accepted_with_it(cli, db, sql_dir, seeded):
+TOAST_INDEX = ("(SELECT indexrelid FROM pg_catalog.pg_index WHERE indrelid = (SELECT reltoastrelid FROM "
+               "pg_catalog.pg_class WHERE oid = 'public.t_app'::regclass))")
+
+
+@pytest.mark.parametrize("columns, index, query", [
+    ("id int PRIMARY KEY", "'public.t_app_pkey'::regclass", "SELECT count(*) FROM t_app"),
+    ("id int, big text STORAGE EXTERNAL", TOAST_INDEX, "SELECT count(length(big)) FROM t_app"),
+])
+def test_an_accepted_tables_indexes_are_accepted_with_it(cli, db, sql_dir, seeded, columns, index, query):
     """attack24m 6: REINDEX TABLE accepted by `-- accept-rewrite: public.t_app` was ended all the same: the app's
-    query waits on t_app_pkey's lock (its planner opens the index), and the exemption went by relation name."""
-    db.query("CREATE TABLE t_app (id int PRIMARY KEY); INSERT INTO t_app VALUES (1), (2)")
+    query waits on t_app_pkey's lock (its planner opens the index), or on its TOAST table's index (reading a big
+    value), and the exemption went by relation name."""
+    db.query(f"CREATE TABLE t_app ({columns}); INSERT INTO t_app (id) VALUES (1), (2)")
+    db.query("UPDATE t_app SET big = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 200) g)"
+             if "big" in columns else "SELECT 1")
     add_migration(sql_dir, "0002_reindex", "-- accept-rewrite: public.t_app\nREINDEX TABLE t_app;\n"
                   "SELECT pg_catalog.pg_sleep(2);\n")
-    app = App(db, ready=HOLDING.replace("'public.t_app'", "'public.t_app_pkey'"))
+    app = App(db, ready=HOLDING.replace("= 'public.t_app'::regclass", "= " + index), query=query)
     result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     app.join()
     assert result.exit_code == 0, result.output  # was: ended, asking to accept public.t_app_pkey as well
-    assert "accept-rewrite: public.t_app_pkey" not in result.output, result.output
+    assert "accept-rewrite: public.t_app_pkey" not in result.output and "pg_toast" not in result.output, result.output
     assert app.error is None and app.rows == [(2,)]  # it waited the accepted 2 s, then read
     assert applied(db) == [SEED, "0002_reindex"]

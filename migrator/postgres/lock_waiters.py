@@ -16,7 +16,8 @@ from migrator.postgres import sessions
 
 # Each other client session that waits for a lock and whose pg_blocking_pids include `pid`, for how long it has waited
 # (waitstart on 14+, else since its state last changed: other roles' states are hidden without pg_read_all_stats, so
-# the net then sees only the role's own sessions), and on which table (an index's or a TOAST table's: its table's).
+# the net then sees only the role's own sessions), and on which table (an index's, a TOAST table's or its index's:
+# its table's).
 # pg_locks and pg_blocking_pids are read whatever the role (pg_stat_activity hides other roles' wait events without
 # pg_read_all_stats: the net was blind to the application's role). With no one waiting, one pg_locks read; the rest
 # only for the waiters the migration blocks, by pid. Not counted: the runner's own sessions (application_name
@@ -44,8 +45,9 @@ LEFT JOIN LATERAL (
   ORDER BY h.locktype = 'tuple' DESC LIMIT 1) r ON true
 LEFT JOIN pg_catalog.pg_class k ON k.oid = coalesce(b.relation, r.relation)
 LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = k.oid
-LEFT JOIN pg_catalog.pg_class c ON c.oid = coalesce(i.indrelid, (
-  SELECT o.oid FROM pg_catalog.pg_class o WHERE k.relkind = 't' AND o.reltoastrelid = k.oid LIMIT 1), k.oid)
+LEFT JOIN pg_catalog.pg_class t ON t.oid = coalesce(i.indrelid, k.oid)
+LEFT JOIN pg_catalog.pg_class c ON c.oid = coalesce((
+  SELECT o.oid FROM pg_catalog.pg_class o WHERE t.relkind = 't' AND o.reltoastrelid = t.oid LIMIT 1), t.oid)
 LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE a.usesysid IS NOT NULL AND coalesce(a.backend_type, 'client backend') = 'client backend'
   AND coalesce(a.application_name, '') NOT LIKE 'hcm-db-migrations%%'
