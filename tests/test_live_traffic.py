@@ -19,9 +19,9 @@ from test_reliability import runner_process
 SECRET_QUERY = "SELECT count(*) FROM hcm_report_metadata /* card 4111-1111 */"
 
 
-def connect(db, application_name="report-job", **kwargs):
+def connect(db, application_name="report-job", user=None, **kwargs):
     server = db.server
-    return psycopg2.connect(dbname=db.name, user=server.user, password=server.password, host=server.host,
+    return psycopg2.connect(dbname=db.name, user=user or server.user, password=server.password, host=server.host,
                             port=server.port, application_name=application_name, **kwargs)
 
 

@@ -24,16 +24,16 @@ DO_HOLDING = ("DO $$ BEGIN LOCK TABLE t_app IN ACCESS EXCLUSIVE MODE; PERFORM pg
 class App:
     """An application session that, once the migration holds t_app's lock (`ready` returns a row), reads t_app (or
     runs `query`) with statement_timeout 5 s: `rows` its answer, `error` what ended it instead (the server's cancel
-    after 5 s: the stall went unbounded)."""
+    after 5 s: the stall went unbounded); `user` the role it logs in as (else the server's superuser)."""
 
-    def __init__(self, db, name="hcm-app", ready=HOLDING, query="SELECT count(*) FROM t_app"):
-        self.db, self.name, self.rows, self.error, self.pid = db, name, None, None, None
+    def __init__(self, db, name="hcm-app", ready=HOLDING, query="SELECT count(*) FROM t_app", user=None):
+        self.db, self.name, self.rows, self.error, self.pid, self.user = db, name, None, None, None, user
         self.ready, self.query = ready, query
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
-        conn = connect(self.db, application_name=self.name)
+        conn = connect(self.db, application_name=self.name, user=self.user)
         conn.autocommit = True
         try:
             cur = conn.cursor()

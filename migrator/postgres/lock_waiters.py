@@ -14,29 +14,44 @@ from migrator import output
 from migrator.durations import seconds_text
 from migrator.postgres import sessions
 
-# Each other client session that waits for a lock and whose pg_blocking_pids include `pid`, whatever the lock: a
-# table's, or a row's (an UPDATE of a row the migration changed waits on its transactionid, or on the row's tuple
-# lock), for how long it has waited (waitstart on 14+, else since its state last changed), and on which table (a
-# row wait's: the tuple lock the waiter holds on it, when it took one; else none known). Only sessions that wait are
-# looked at (pg_stat_activity first: with no one waiting neither pg_locks nor pg_blocking_pids is read). The
-# runner's own sessions (its lock probe, watcher, bookkeeping, another run: application_name hcm-db-migrations ...)
-# and autovacuum (not a client backend) are no application. None while the migration session itself waits for a
-# lock (a session queued behind its request waits on it too: that wait is lock_timeout's, and a lock retry's).
+# Each other client session that waits for a lock and whose pg_blocking_pids include `pid`, for how long it has waited
+# (waitstart on 14+, else since its state last changed: other roles' states are hidden without pg_read_all_stats, so
+# the net then sees only the role's own sessions), and on which table (an index's, a TOAST table's or its index's:
+# its table's).
+# pg_locks and pg_blocking_pids are read whatever the role (pg_stat_activity hides other roles' wait events without
+# pg_read_all_stats: the net was blind to the application's role). With no one waiting, one pg_locks read; the rest
+# only for the waiters the migration blocks, by pid. Not counted: the runner's own sessions (application_name
+# hcm-db-migrations ...), autovacuum and other non-client processes (no user; or backend_type, where the role sees
+# it), a virtualxid wait (CREATE INDEX CONCURRENTLY, REINDEX CONCURRENTLY elsewhere: they wait for the transaction to
+# end, no query waits on them), and a transactionid wait unless the waiter holds a row's tuple lock or a lock on a
+# table the migration holds one on (an UPDATE of a row it changed, a duplicate key: not a replication slot's
+# creation). None while the migration session itself waits for a lock (a session queued behind its request waits on
+# it too: that wait is lock_timeout's, and a lock retry's).
 _WAITERS = """
-SELECT w.pid, w.application_name, w.usename, w.state, extract(epoch FROM clock_timestamp() - {since}),
-       n.nspname, c.relname, l.locktype
-FROM pg_catalog.pg_stat_activity w
-CROSS JOIN LATERAL (
-  SELECT x.locktype, {waitstart} AS waitstart, coalesce(x.relation, (
-    SELECT t.relation FROM pg_catalog.pg_locks t WHERE t.pid = w.pid AND t.locktype = 'tuple' AND t.granted
-    LIMIT 1)) AS relation
-  FROM pg_catalog.pg_locks x WHERE x.pid = w.pid AND NOT x.granted LIMIT 1) l
-LEFT JOIN pg_catalog.pg_class c ON c.oid = l.relation
+WITH w AS MATERIALIZED (SELECT pid, locktype, relation, {waitstart} AS waitstart FROM pg_catalog.pg_locks
+                        WHERE NOT granted),
+b AS MATERIALIZED (SELECT * FROM w WHERE pid <> %(pid)s AND locktype <> 'virtualxid'
+                     AND NOT EXISTS (SELECT 1 FROM w m WHERE m.pid = %(pid)s)
+                     AND %(pid)s = ANY(pg_catalog.pg_blocking_pids(pid)))
+SELECT b.pid, a.application_name, pg_catalog.pg_get_userbyid(a.usesysid), a.state,
+       extract(epoch FROM clock_timestamp() - {since}), n.nspname, c.relname, b.locktype
+FROM b
+CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(b.pid) a
+LEFT JOIN LATERAL (
+  SELECT h.relation FROM pg_catalog.pg_locks h
+  WHERE b.locktype = 'transactionid' AND h.pid = b.pid AND h.granted AND (h.locktype = 'tuple' OR
+    h.locktype = 'relation' AND h.relation IN (
+      SELECT m.relation FROM pg_catalog.pg_locks m WHERE m.pid = %(pid)s AND m.granted AND m.locktype = 'relation'))
+  ORDER BY h.locktype = 'tuple' DESC LIMIT 1) r ON true
+LEFT JOIN pg_catalog.pg_class k ON k.oid = coalesce(b.relation, r.relation)
+LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = k.oid
+LEFT JOIN pg_catalog.pg_class t ON t.oid = coalesce(i.indrelid, k.oid)
+LEFT JOIN pg_catalog.pg_class c ON c.oid = coalesce((
+  SELECT o.oid FROM pg_catalog.pg_class o WHERE t.relkind = 't' AND o.reltoastrelid = t.oid LIMIT 1), t.oid)
 LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE w.wait_event_type = 'Lock' AND w.pid <> %(pid)s AND w.backend_type = 'client backend'
-  AND coalesce(w.application_name, '') NOT LIKE 'hcm-db-migrations%%'
-  AND CASE WHEN w.wait_event_type = 'Lock' THEN %(pid)s = ANY(pg_catalog.pg_blocking_pids(w.pid)) END
-  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity m WHERE m.pid = %(pid)s AND m.wait_event_type = 'Lock')
+WHERE a.usesysid IS NOT NULL AND coalesce(a.backend_type, 'client backend') = 'client backend'
+  AND coalesce(a.application_name, '') NOT LIKE 'hcm-db-migrations%%'
+  AND (b.locktype <> 'transactionid' OR r.relation IS NOT NULL)
 """
 ROW_LOCKS = ("transactionid", "tuple")  # a wait on a row the migration changed (or locked), not on a table
 
@@ -44,10 +59,10 @@ ROW_LOCKS = ("transactionid", "tuple")  # a wait on a row the migration changed 
 def waiters(cursor, pid: int, exempt=frozenset()) -> list[dict]:
     """The application sessions waiting on a lock `pid` holds (a table's or a row's), longest wait first; `exempt`:
     the tables whose waits the run accepts (the file's `-- accept-rewrite:`), (schema, name), or (None, name) for any
-    schema's. A row wait whose table is not known is counted."""
+    schema's (an index's or a TOAST table's wait is its table's). A wait whose table is not known is counted."""
     new = cursor.connection.server_version >= 140000
-    cursor.execute(_WAITERS.format(since="coalesce(l.waitstart, w.state_change)" if new else "w.state_change",
-                                   waitstart="x.waitstart" if new else "NULL::timestamptz"), {"pid": pid})
+    cursor.execute(_WAITERS.format(since="coalesce(b.waitstart, a.state_change)" if new else "a.state_change",
+                                   waitstart="waitstart" if new else "NULL::timestamptz"), {"pid": pid})
     found = [{"pid": wpid, "application_name": output.scrub(app or ""), "user": user, "state": state,
               "waited_s": float(waited or 0), "table": f"{schema}.{table}" if table else None,
               "rows": locktype in ROW_LOCKS}
