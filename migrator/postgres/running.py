@@ -33,8 +33,9 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
              and clock_bound.bounded(statement.text, exempt))
     # (what it holds watched, whatever it is: a SELECT of a function or an INSERT firing a trigger may run DDL)
     held = not (concurrent or isinstance(statement, backfill.Batched))
-    with probe.statement(try_started, detaching or not concurrent, clock, detaching, held) if probe is not None \
-            else contextlib.nullcontext():
+    calls = clock and clock_bound.query(statement.text)
+    with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls) \
+            if probe is not None else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
             statement.run(cursor.connection, cursor, path, max_batches)
         elif concurrent:
@@ -66,6 +67,9 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                         if probe is not None and probe.overheld is not None \
                                 and connection.info.transaction_status != IDLE:  # (the flag: no round trip)
                             probe.raise_held()  # the try held what the app waited on past the bound: ended here
+                        if probe is not None and probe.blind is not None \
+                                and connection.info.transaction_status != IDLE:
+                            probe.raise_blind_spent()  # blind: the try held what may lock the app past the bound
                         if budget is not None:
                             budget.before(cursor)
                         execute(cursor, statement, probe, path, max_batches, budget.started if budget else None,

@@ -1,0 +1,66 @@
+"""Issue 24, attack24m findings 3-4: the stall bound while the lock probe is blind (the role's CONNECTION LIMIT
+leaves it no slot) holds for the try as a whole, from its first statement that may lock what the application uses
+to its COMMIT, whatever runs between; and a backfill's batches are watched like any try."""
+
+import pytest
+
+from conftest import SEED, add_migration, applied, one_error_line
+from test_live_traffic import seeded  # noqa: F401 (a fixture)
+from test_live_traffic_held import App
+from test_live_traffic_held_try import ROW_LOCKED, UPDATE_ROW_1
+from test_live_traffic_parse import blind_run
+from test_progress_attack import LIMITED_PASSWORD, limited_role  # noqa: F401 (a fixture)
+
+ADD = "ALTER TABLE t_probe ADD COLUMN note text;\n"
+# each statement too short for a cancel to reach it: the runner ends the try between them
+QUICK_INSERTS = "INSERT INTO t_log SELECT 1 FROM pg_catalog.pg_sleep(0.004);\n" * 400
+RETYPE = ("CREATE FUNCTION retype() RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
+          "ALTER TABLE t_probe ALTER COLUMN id TYPE bigint; PERFORM pg_catalog.pg_sleep(1.5); END $$;\n")
+
+
+def with_log(db, limited_role):
+    db.query(f"CREATE TABLE t_log (id int); ALTER TABLE t_log OWNER TO {limited_role}")
+
+
+def columns(db):
+    return db.query("SELECT count(*) FROM information_schema.columns WHERE table_name = 't_probe'")[0][0]
+
+
+@pytest.mark.parametrize("body", [ADD + "SELECT pg_catalog.pg_sleep(1.5);\n", ADD + QUICK_INSERTS],
+                         ids=["lock-then-sleep", "lock-then-quick-inserts"])
+def test_a_blind_probe_bounds_the_whole_try_from_its_first_lock_to_its_commit(cli, make_db, limited_role, sql_dir,
+                                                                              pg, body):
+    """attack24m 3: blind, each statement was bounded on its own clock and only DDL/LOCK/DO/CALL: ADD COLUMN (ACCESS
+    EXCLUSIVE kept to COMMIT) then a sleep or thousands of INSERTs stalled the app 0.5-3 s, exit 0."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    with_log(db, limited_role)
+    add_migration(sql_dir, "0002_lock", body)
+    result = migrate("--lock-retry-budget", "1s")
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "0002_lock.sql:" in line and "failed to apply" in line, result.output
+    assert "the lock probe was blind" in line and "allow the migration role one more connection" in line, line
+    assert "cannot see the migration session" in result.stderr and "to its COMMIT" in result.stderr
+    assert "try 2 in" in result.stderr  # a lock try: retried, the probe may see again
+    assert LIMITED_PASSWORD not in result.output
+    assert applied(db)[-1] != "0002_lock" and columns(db) == 1
+
+
+def test_a_blind_probe_bounds_a_query_calling_a_function_that_locks(cli, make_db, limited_role, sql_dir, pg):
+    """attack24m 3: `SELECT retype()` (its body an ALTER TYPE) was taken for a query: never bounded while blind."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_fn", RETYPE)
+    add_migration(sql_dir, "0003_call", "SELECT retype();\n")
+    line = one_error_line(migrate("--lock-retry-budget", "1s"))
+    assert "0003_call.sql:1: failed to apply" in line and "the lock probe was blind" in line, line
+    assert applied(db)[-1] == "0002_fn"
+    assert db.query("SELECT data_type FROM information_schema.columns WHERE table_name = 't_probe'") == [("integer",)]
+
+
+def test_a_blind_probe_leaves_a_long_try_that_takes_no_app_lock_alone(cli, make_db, limited_role, sql_dir, pg):
+    """Data statements and a query of built-in functions alone hold nothing the app waits on: not bounded."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    with_log(db, limited_role)
+    add_migration(sql_dir, "0002_data", "SELECT pg_catalog.pg_sleep(0.8);\n" + QUICK_INSERTS)
+    result = migrate("--lock-retry-budget", "1s")
+    assert result.exit_code == 0, result.output
+    assert applied(db)[-1] == "0002_data" and "ended by the runner" not in result.stderr
