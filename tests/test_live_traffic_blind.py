@@ -64,3 +64,33 @@ def test_a_blind_probe_leaves_a_long_try_that_takes_no_app_lock_alone(cli, make_
     result = migrate("--lock-retry-budget", "1s")
     assert result.exit_code == 0, result.output
     assert applied(db)[-1] == "0002_data" and "ended by the runner" not in result.stderr
+
+
+# --- a backfill's batches (the probe sees) ------------------------------------------------------------------------
+
+SLOW_ROW_4 = ("CREATE FUNCTION slow_val(i int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+              "IF i = 4 THEN PERFORM pg_catalog.pg_sleep(20); END IF; RETURN i; END $$")
+BATCHED = ("-- transactional: false\n-- backfill: batch\n"
+           "UPDATE t_fill SET v = slow_val(id) WHERE id IN (SELECT id FROM t_fill WHERE v IS NULL ORDER BY id LIMIT 2);\n")
+
+
+def test_a_backfill_batch_the_app_waits_on_the_rows_of_is_ended_and_its_earlier_batches_stay(cli, db, sql_dir,
+                                                                                              seeded):
+    """attack24m 4: a batch's try was not watched (a LIMIT the runner accepts stalled the app's UPDATEs of its rows
+    0.6-1.0 s, exit 0). Here the first batch (rows 1-2) commits; the second locks row 3, then works 20 s on row 4."""
+    db.query("CREATE TABLE t_fill (id int PRIMARY KEY, v int); INSERT INTO t_fill (id) VALUES (1), (2), (3), (4);"
+             + SLOW_ROW_4)
+    add_migration(sql_dir, "0002_fill", BATCHED)
+    app = App(db, ready="SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM t_fill WHERE id = 3 FOR UPDATE SKIP LOCKED)",
+              query="UPDATE t_fill SET v = v WHERE id = 3")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    app.join()
+    assert app.error is None and app.rows == 1  # its UPDATE went through long before the batch's 20 s
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "0002_fill.sql:3: failed to apply" in line, result.output
+    assert "held row locks on public.t_fill while application sessions waited" in line, line
+    assert f"(pid {app.pid}, application_name 'hcm-app'" in line, line
+    assert "COMMITTED 2 row(s) in 1 batch(es)" in line and "smaller LIMIT" in line and "the batches committed stay" in line, line
+    assert "try 2" not in result.stderr  # not a lock retry
+    assert applied(db) == [SEED]
+    assert db.query("SELECT id, v FROM t_fill ORDER BY id") == [(1, 1), (2, 2), (3, None), (4, None)]

@@ -70,8 +70,8 @@ class Probe:
     table lock or a row's). Once an application session waited past `per_try` + `floor`, it ends the running
     statement (unless the session is itself waiting for a lock: that is a lock retry) and raises `overheld`, which
     the runner reads before sending the next statement (no round trip): the run fails, not retried. A backfill's
-    batches and CONCURRENTLY statements are not watched (each batch commits: a try of its own; a build blocks no
-    query).
+    batches are watched as one statement (each batch commits, its waiters served: what a waiter waited is one
+    batch's); CONCURRENTLY statements are not (a build blocks no query).
 
     Blind: its connection may be refused (the role's CONNECTION LIMIT, max_connections full) or closed under it
     (an admin's pg_terminate_backend, a failover). It connects again, waiting longer each time (RECONNECT_FIRST
@@ -117,7 +117,7 @@ class Probe:
         not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled; not `clock_bound`:
         not ended by the clock while the probe is blind, a backfill's batches; `relations`: only its waits for a
         table's lock are bounded, a DETACH ... CONCURRENTLY's waits for older snapshots block no one; not `held`:
-        what it holds is not watched, a backfill's batches; `calls`: a query, clock-bound only for the functions it
+        what it holds is not watched, a CONCURRENTLY build; `calls`: a query, clock-bound only for the functions it
         calls, so a lock the app waits on may be an earlier statement's)."""
         now = time.monotonic()
         started = (try_started or now) if bounded else None

@@ -31,8 +31,9 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     # (a detach's wait for the partition's lock queues the app's queries on it: bounded as any DDL's, not blind)
     clock = (probe is not None and not isinstance(statement, backfill.Batched) and not detaching
              and clock_bound.bounded(statement.text, exempt))
-    # (what it holds watched, whatever it is: a SELECT of a function or an INSERT firing a trigger may run DDL)
-    held = not (concurrent or isinstance(statement, backfill.Batched))
+    # (what it holds watched, whatever it is: a SELECT of a function or an INSERT firing a trigger may run DDL; a
+    # backfill's batches too, each commits: a try of its own, whose row locks the app's writes may wait on)
+    held = not concurrent
     calls = clock and clock_bound.query(statement.text)
     with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls) \
             if probe is not None else contextlib.nullcontext():
@@ -177,7 +178,10 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 if not transactional and concurrently.is_concurrent(exc.statement.text):
                     _waited_for_prepared(connection, exc)
                 if probe is not None and probe.held(exc):  # the app waited on what it held: not a lock retry
+                    batches = getattr(exc.cause, "backfill_committed", None)
                     lock_waiters.held_too_long(exc, probe.seen, probe.per_try + probe.floor)
+                    if isinstance(exc.statement, backfill.Batched):  # (a batch too big: the rest stays committed)
+                        exc.cause.backfill_committed, exc.todo = batches, backfill.SMALLER
                     raise
                 if not (retry.lock_timed_out(exc) or probe is not None and probe.cancelled(exc)) or not policy.per_try:
                     raise
