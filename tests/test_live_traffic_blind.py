@@ -2,10 +2,12 @@
 leaves it no slot) holds for the try as a whole, from its first statement that may lock what the application uses
 to its COMMIT, whatever runs between; and a backfill's batches are watched like any try."""
 
+import threading
+
 import pytest
 
 from conftest import SEED, add_migration, applied, one_error_line
-from test_live_traffic import seeded  # noqa: F401 (a fixture)
+from test_live_traffic import connect, seeded  # noqa: F401 (a fixture)
 from test_live_traffic_held import App
 from test_live_traffic_held_try import ROW_LOCKED, UPDATE_ROW_1
 from test_live_traffic_parse import blind_run
@@ -94,3 +96,25 @@ def test_a_backfill_batch_the_app_waits_on_the_rows_of_is_ended_and_its_earlier_
     assert "try 2" not in result.stderr  # not a lock retry
     assert applied(db) == [SEED]
     assert db.query("SELECT id, v FROM t_fill ORDER BY id") == [(1, 1), (2, 2), (3, None), (4, None)]
+
+
+# --- the runner's own record before the COMMIT ----------------------------------------------------------------------
+
+def test_the_lock_the_files_record_needs_is_taken_inside_the_try(cli, db, sql_dir, seeded):
+    """attack24m 5: after the file's last statement nothing was watched: a co-tenant's SHARE on the checksum table
+    made the record wait its lock_timeout while the file's ACCESS EXCLUSIVE queued the app (0.3 s past the bound),
+    then the run failed (exit 4). Now that lock is the try's last one: bounded with it, its holder named, retried."""
+    db.query("CREATE TABLE t_app (id int)")
+    add_migration(sql_dir, "0002_add", "ALTER TABLE t_app ADD COLUMN note text;\n")
+    holder = connect(db, application_name="co-tenant")
+    try:
+        holder.cursor().execute("LOCK TABLE _hcm_migration_checksum IN SHARE MODE")
+        threading.Timer(1.5, holder.close).start()
+        result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    finally:
+        holder.close()
+    assert result.exit_code == 0, result.output
+    assert applied(db) == [SEED, "0002_add"]
+    retries = [line for line in result.stderr.splitlines() if "try 2 in" in line]
+    assert retries and "0002_add.sql:1: before COMMIT (the lock on " in retries[0], result.stderr
+    assert "_hcm_migration_checksum" in retries[0] and "'co-tenant'" in retries[0], retries[0]
