@@ -40,9 +40,7 @@ def bounded(text: str, exempt=frozenset()) -> bool:
 
 def query(text: str) -> bool:
     """The statement is a query (a SELECT): bounded only for the functions it calls, so what the application waits
-    on may as well be an earlier statement's lock (lock_waiters.py words it so)."""
-    if not text.lstrip().lower().startswith(("select", "(", "with")):  # (cheap: most statements are not parsed twice)
-        return False
+    on may as well be an earlier statement's lock (lock_waiters.py words it so). Asked of a bounded one only."""
     trees = _trees(text)
     return bool(trees) and all(type(tree).__name__ == "SelectStmt" for tree in trees)
 

@@ -114,8 +114,8 @@ class Probe:
                   clock_bound: bool = True, relations: bool = False, held: bool = True,
                   calls: bool = False) -> Iterator[None]:
         """Around one statement (`try_started`: when the try's first statement started, if not this one;
-        not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled; not `clock_bound`:
-        not ended by the clock while the probe is blind, a backfill's batches; `relations`: only its waits for a
+        not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled; not `clock_bound`: it
+        starts no blind clock of the try (clock_bound.py), a backfill's batches; `relations`: only its waits for a
         table's lock are bounded, a DETACH ... CONCURRENTLY's waits for older snapshots block no one; not `held`:
         what it holds is not watched, a CONCURRENTLY build; `calls`: a query, clock-bound only for the functions it
         calls, so a lock the app waits on may be an earlier statement's)."""
@@ -282,7 +282,8 @@ class Probe:
         if self.blind is None:
             self.blind = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
             output.note(f"note: the lock probe cannot see the migration session ({self.blind}): until it connects "
-                        f"again, a try holding longer than {seconds_text(self.per_try + self.floor)} what may lock the app "
+                        f"again, a try holding longer than {seconds_text(self.per_try + self.floor)} what may lock "
+                        "the app "
                         "(from its first DDL, LOCK, DO or CALL to its COMMIT, whatever runs between) "
                         "is ended as a lock wait and retried, blockers unnamed; free a connection for it (the role's "
                         "CONNECTION LIMIT, max_connections)")

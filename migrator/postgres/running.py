@@ -147,6 +147,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         exempt = _made_in_run(backend) | {name for _, name in probe.exempt}
     backoff = backoff or retry.Backoff(policy)
     start = done = 0
+    busy = None
     try:
         pg_lock.hold_for_shared_ddl(connection, statements, transactional)
         while True:
@@ -198,6 +199,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     raise _not_retried(exc, seen, backoff)
                 delay = backoff.next_delay() if policy.budget else None
                 if delay is None:
+                    if getattr(exc, "at_commit", None) == "records" and not seen.cancelled:
+                        busy = exc.cause  # the record's table held: its own line and exit (bookkeeping_busy), as
+                        break  # before; raised outside this handler, so not taken for the file's own statement's
                     raise retry.gave_up(exc, seen, backoff)
                 retry.say_retry(exc, seen, backoff, delay)
                 if transactional:  # the whole file again, in a new transaction (as if this try never ran)
@@ -223,6 +227,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                         cursor.execute("SHOW lock_timeout")  # file's SET TRANSACTION may still come first)
                     if transactional:
                         pg_lock.hold_for_shared_ddl(connection, statements, transactional)
+        if busy is not None:
+            raise busy
     finally:
         if probe is not None:
             probe.close()
