@@ -36,6 +36,10 @@ _MENTIONED = lazy_re.compile("backfill", re.IGNORECASE)
 EVERY = 10
 MAX_BATCHES = 100_000  # default most batches of one statement: 500 M rows at 5,000 a batch, yet never for ever
 MAX_LIMIT = 100_000  # a batch's most rows: more holds its row locks (and the application) for seconds
+# A batch the lock probe ended (application sessions waited on its rows past the try's bound: lock_waiters.py)
+SMALLER = ("not retried (the next batch would hold its rows as long again): give the statement's bound a smaller "
+           "LIMIT (a batch keeps every row it changed locked to its COMMIT), then run migrate again: the batches "
+           "committed stay, the rerun goes on where it stopped")
 SAFE = "WHERE id IN (SELECT id FROM <its table> WHERE <not done> LIMIT 5000) with id its primary key"
 # A single-column unique index without predicate on the column: the bound's rows are exactly the batch's rows.
 _KEY = """

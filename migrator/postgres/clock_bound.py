@@ -5,6 +5,7 @@ parse of it (pglast), never from a word in its text. Blind, the probe cannot tel
 anything it does not know included, except:
 
 - data changes and queries (their row lock waits each bounded by lock_timeout, blocking only the rows' users),
+  but a query calling a function of the database's own (`SELECT retype()`: its body may run any DDL) is bounded;
   SET / SHOW / transaction control, VALIDATE CONSTRAINT (SHARE UPDATE EXCLUSIVE: blocks no query), CONCURRENTLY
   statements (REFRESH MATERIALIZED VIEW CONCURRENTLY: EXCLUSIVE, which no read waits on);
 - a plain CREATE TABLE (a new table: nobody waits on it; one that is a partition, inherits or references another
@@ -15,7 +16,7 @@ anything it does not know included, except:
 
 from __future__ import annotations
 
-_FREE = ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "VariableSetStmt", "VariableShowStmt",
+_FREE = ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "VariableSetStmt", "VariableShowStmt",
          "TransactionStmt", "ExplainStmt", "CreateTableAsStmt", "CreateSeqStmt", "CreateFunctionStmt", "CreateEnumStmt")
 
 
@@ -37,6 +38,13 @@ def bounded(text: str, exempt=frozenset()) -> bool:
     return trees is None or any(_takes(tree, exempt) for tree in trees)
 
 
+def query(text: str) -> bool:
+    """The statement is a query (a SELECT): bounded only for the functions it calls, so what the application waits
+    on may as well be an earlier statement's lock (lock_waiters.py words it so). Asked of a bounded one only."""
+    trees = _trees(text)
+    return bool(trees) and all(type(tree).__name__ == "SelectStmt" for tree in trees)
+
+
 def _trees(text: str) -> list | None:
     from pglast import parse_sql
     from pglast.parser import ParseError
@@ -53,6 +61,8 @@ def _takes(tree, exempt) -> bool:
     kind = type(tree).__name__
     if kind in _FREE:
         return False
+    if kind == "SelectStmt":
+        return _calls_own_function(tree)
     if kind == "AlterTableStmt":  # (on an exempt table still bounded where it locks another: a foreign key, INHERIT)
         if _name(tree.relation) in exempt:
             return any(cmd.subtype == enums.AlterTableType.AT_AddInherit or _references([cmd.def_])
@@ -69,6 +79,27 @@ def _takes(tree, exempt) -> bool:
     if kind == "ReindexStmt":
         return not any(p.defname == "concurrently" for p in tree.params or ())
     return True
+
+
+# Built-in functions a migration's query commonly calls, by their unqualified names: they take no lock the
+# application waits on (any other, and any qualified by another schema than pg_catalog, may be the database's own).
+_BUILTIN = frozenset(("setval", "nextval", "currval", "set_config", "current_setting", "pg_sleep", "now", "count",
+                      "coalesce", "max", "min", "format", "concat", "lower", "upper"))
+
+
+def _calls_own_function(tree) -> bool:
+    """The query calls a function that may be the database's own (a built-in one only by the names above, or
+    qualified by pg_catalog)."""
+    from pglast.visitors import Visitor
+
+    names = []
+
+    class _Calls(Visitor):
+        def visit_FuncCall(self, ancestors, node):
+            names.append(tuple(part.sval.lower() for part in node.funcname))
+
+    _Calls()(tree)
+    return any(not (name[0] == "pg_catalog" or len(name) == 1 and name[0] in _BUILTIN) for name in names)
 
 
 def _references(elements) -> bool:

@@ -70,18 +70,20 @@ class Probe:
     table lock or a row's). Once an application session waited past `per_try` + `floor`, it ends the running
     statement (unless the session is itself waiting for a lock: that is a lock retry) and raises `overheld`, which
     the runner reads before sending the next statement (no round trip): the run fails, not retried. A backfill's
-    batches and CONCURRENTLY statements are not watched (each batch commits: a try of its own; a build blocks no
-    query).
+    batches are watched as one statement (each batch commits, its waiters served: what a waiter waited is one
+    batch's); CONCURRENTLY statements are not (a build blocks no query).
 
     Blind: its connection may be refused (the role's CONNECTION LIMIT, max_connections full) or closed under it
     (an admin's pg_terminate_backend, a failover). It connects again, waiting longer each time (RECONNECT_FIRST
     doubling to RECONNECT_MAX), and says once why it is blind. Meanwhile it cannot tell a lock wait from work, so
-    it bounds by the clock the statements that may take a lock the application's queries wait on (clock_bound.py:
-    DDL, LOCK TABLE, DO, CALL, ...): one that ran longer than `per_try` + `floor` is cancelled through the migration
-    connection's own cancel request (libpq's, which needs no session slot), as a lock timeout: it never stalls
-    the application longer than when seen, at the cost of retrying such a statement that was merely slow. Data
-    changes, queries, a backfill's batches, CONCURRENTLY statements, work on tables this run created or the file
-    accepts a rewrite of are left alone (clock_bound.py)."""
+    it bounds by the clock the try from its first statement that may take a lock the application's queries wait on
+    (clock_bound.py: DDL, LOCK TABLE, DO, CALL, ...) to its COMMIT, whatever runs meanwhile (a SELECT of pg_sleep,
+    5,000 INSERTs): once that is longer than `per_try` + `floor` the running statement is cancelled through the
+    migration connection's own cancel request (libpq's, which needs no session slot), or the runner ends the try
+    before its next statement (raise_blind_spent), as a lock timeout: it never stalls the application longer than
+    when seen, at the cost of retrying such a try that was merely slow. A try whose statements may take no such
+    lock (data changes, queries, a backfill's batches, CONCURRENTLY statements, work on tables this run created or
+    the file accepts a rewrite of: clock_bound.py) is left alone."""
 
     def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
                  floor: float = 0.0, cancel=None, status=None):
@@ -100,6 +102,7 @@ class Probe:
         self.blind: str | None = None  # why the probe cannot see the session now (its connection refused or lost)
         self._reconnect_at, self._reconnect_wait = 0.0, RECONNECT_FIRST
         self._clock_bound = True  # the running statement may be ended by the clock while the probe is blind
+        self._locked_since: float | None = None  # blind: when the try's first statement that may lock started
         self._relations = False  # only its waits for a table's lock count (a detach: not those for older snapshots)
         self._held_since: float | None = None  # when the watched try's first statement started (lock_waiters.py)
         self._first = True  # the running statement is its try's first
@@ -108,21 +111,25 @@ class Probe:
 
     @contextmanager
     def statement(self, try_started: float | None = None, bounded: bool = True,
-                  clock_bound: bool = True, relations: bool = False, held: bool = True) -> Iterator[None]:
+                  clock_bound: bool = True, relations: bool = False, held: bool = True,
+                  calls: bool = False) -> Iterator[None]:
         """Around one statement (`try_started`: when the try's first statement started, if not this one;
-        not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled; not `clock_bound`:
-        not ended by the clock while the probe is blind, a backfill's batches; `relations`: only its waits for a
+        not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled; not `clock_bound`: it
+        starts no blind clock of the try (clock_bound.py), a backfill's batches; `relations`: only its waits for a
         table's lock are bounded, a DETACH ... CONCURRENTLY's waits for older snapshots block no one; not `held`:
-        what it holds is not watched, a backfill's batches)."""
+        what it holds is not watched, a CONCURRENTLY build; `calls`: a query, clock-bound only for the functions it
+        calls, so a lock the app waits on may be an earlier statement's)."""
         now = time.monotonic()
         started = (try_started or now) if bounded else None
         self._first = started != self._try
         if self._first:
-            self._waited, self._held_since, self.overheld = 0.0, None, None
+            self._waited, self._held_since, self.overheld, self._locked_since = 0.0, None, None, None
         if held and bounded and self._held_since is None:
             self._held_since = now  # (kept by a transaction to its end)
+        if clock_bound and bounded and self._locked_since is None:  # (`calls` too)
+            self._locked_since = now  # (blind: the clock runs from here to the COMMIT, whatever runs meanwhile)
         self.seen, self._waiting, self._seen_waiting, self._try = Seen([]), None, None, started
-        self._clock_bound, self._relations = clock_bound, relations
+        self._clock_bound, self._relations = clock_bound and not calls, relations
         self._since = now
         if self._thread is None and self.params is not None:
             self._thread = threading.Thread(target=self._run, name="lock-probe", daemon=True)
@@ -133,17 +140,28 @@ class Probe:
             with self._sending:  # a cancel being sent lands on this statement, never on the next
                 self._since = None
             if self._status is not None and self._status() == IDLE:  # committed (autocommit): nothing held now
-                self._held_since = None
+                self._held_since = self._locked_since = None
 
     def ended(self) -> None:
         """The try ended (committed, or failed and rolled back): nothing it held is watched any more."""
-        self._held_since, self.overheld, self._try = None, None, None
+        self._held_since, self.overheld, self._try, self._locked_since = None, None, None, None
 
     def raise_held(self) -> None:
         """Before the runner sends the next statement of a try: `overheld` raised (HeldTooLong), `seen` its waiter."""
         if self.overheld is not None:
             self.seen = self.overheld
             raise lock_waiters.HeldTooLong("application sessions waited past the try's bound on what it holds")
+
+    def raise_blind_spent(self) -> None:
+        """Before the runner sends the next statement of a try, blind: the try has held what may lock the app past
+        the bound (its statements each too short for a cancel to reach): ended as the clock's cancel would."""
+        locked = self._locked_since
+        if self.blind is None or not self.per_try or locked is None:
+            return
+        ran = time.monotonic() - locked
+        if ran > self.per_try + self.floor:
+            self.seen = Seen([], None, True, ran, blind=self.blind)
+            raise BlindSpent("the try held its locks past its bound while the lock probe was blind")
 
     def cancelled(self, exc) -> bool:
         """The statement failed because the probe cancelled it (not a user's Ctrl-C or statement_timeout)."""
@@ -264,8 +282,9 @@ class Probe:
         if self.blind is None:
             self.blind = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
             output.note(f"note: the lock probe cannot see the migration session ({self.blind}): until it connects "
-                        f"again, a statement that may lock what the app uses (DDL, LOCK, DO, CALL) running longer than "
-                        f"{seconds_text(self.per_try + self.floor)} "
+                        f"again, a try holding longer than {seconds_text(self.per_try + self.floor)} what may lock "
+                        "the app "
+                        "(from its first DDL, LOCK, DO or CALL to its COMMIT, whatever runs between) "
                         "is ended as a lock wait and retried, blockers unnamed; free a connection for it (the role's "
                         "CONNECTION LIMIT, max_connections)")
 
@@ -274,10 +293,11 @@ class Probe:
 
     def _bound_by_clock(self, since: float | None) -> None:
         """Blind: the bound kept by the clock (see the class): the statement cancelled, once, past it."""
-        if (self.blind is None or self._cancel is None or not self.per_try or not self._clock_bound
+        locked = self._locked_since
+        if (self.blind is None or self._cancel is None or not self.per_try or locked is None
                 or self._try is None or since is None or self.seen.cancelled):
             return
-        ran = time.monotonic() - since
+        ran = time.monotonic() - locked
         if ran <= self.per_try + self.floor:
             return
         import psycopg2
@@ -290,3 +310,7 @@ class Probe:
                     return
                 self.seen = Seen([], None, True, ran, blind=self.blind)
 
+
+class BlindSpent(RuntimeError):
+    """Probe.raise_blind_spent: the try ended between its statements, taken as a lock timeout (the probe's cancel)."""
+    pgcode = QUERY_CANCELED

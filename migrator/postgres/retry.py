@@ -239,7 +239,10 @@ def _not_granted(seen: Seen, policy: Policy) -> str:
 
 def _at_commit(exc) -> str:
     """Where a transactional file's wait was when it was its COMMIT's (running.deferred_checks)."""
-    return "at COMMIT (the file's deferred constraint checks), " if getattr(exc, "at_commit", False) else ""
+    at_commit = getattr(exc, "at_commit", False)
+    if at_commit == "records":
+        return f"before COMMIT (the lock on {output.visible(exc.records)} the runner's record of the file needs), "
+    return "at COMMIT (the file's deferred constraint checks), " if at_commit else ""
 
 
 def _who(seen: Seen) -> str:

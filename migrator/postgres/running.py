@@ -31,10 +31,12 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     # (a detach's wait for the partition's lock queues the app's queries on it: bounded as any DDL's, not blind)
     clock = (probe is not None and not isinstance(statement, backfill.Batched) and not detaching
              and clock_bound.bounded(statement.text, exempt))
-    # (what it holds watched, whatever it is: a SELECT of a function or an INSERT firing a trigger may run DDL)
-    held = not (concurrent or isinstance(statement, backfill.Batched))
-    with probe.statement(try_started, detaching or not concurrent, clock, detaching, held) if probe is not None \
-            else contextlib.nullcontext():
+    # (what it holds watched, whatever it is: a SELECT of a function or an INSERT firing a trigger may run DDL; a
+    # backfill's batches too, each commits: a try of its own, whose row locks the app's writes may wait on)
+    held = not concurrent
+    calls = clock and clock_bound.query(statement.text)
+    with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls) \
+            if probe is not None else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
             statement.run(cursor.connection, cursor, path, max_batches)
         elif concurrent:
@@ -66,6 +68,9 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                         if probe is not None and probe.overheld is not None \
                                 and connection.info.transaction_status != IDLE:  # (the flag: no round trip)
                             probe.raise_held()  # the try held what the app waited on past the bound: ended here
+                        if probe is not None and probe.blind is not None \
+                                and connection.info.transaction_status != IDLE:
+                            probe.raise_blind_spent()  # blind: the try held what may lock the app past the bound
                         if budget is not None:
                             budget.before(cursor)
                         execute(cursor, statement, probe, path, max_batches, budget.started if budget else None,
@@ -142,6 +147,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         exempt = _made_in_run(backend) | {name for _, name in probe.exempt}
     backoff = backoff or retry.Backoff(policy)
     start = done = 0
+    busy = None
     try:
         pg_lock.hold_for_shared_ddl(connection, statements, transactional)
         while True:
@@ -151,7 +157,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                                max_batches=limits.backfill_max_batches if limits else backfill.MAX_BATCHES,
                                exempt=exempt)
                 if transactional and statements:
-                    deferred_checks(connection, path, statements, probe, budget)
+                    deferred_checks(connection, path, statements, probe, budget, _records(backend))
                 if budget is not None:
                     with connection.cursor() as cursor:
                         budget.done(cursor)
@@ -173,7 +179,10 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 if not transactional and concurrently.is_concurrent(exc.statement.text):
                     _waited_for_prepared(connection, exc)
                 if probe is not None and probe.held(exc):  # the app waited on what it held: not a lock retry
+                    batches = getattr(exc.cause, "backfill_committed", None)
                     lock_waiters.held_too_long(exc, probe.seen, probe.per_try + probe.floor)
+                    if isinstance(exc.statement, backfill.Batched):  # (a batch too big: the rest stays committed)
+                        exc.cause.backfill_committed, exc.todo = batches, backfill.SMALLER
                     raise
                 if not (retry.lock_timed_out(exc) or probe is not None and probe.cancelled(exc)) or not policy.per_try:
                     raise
@@ -190,6 +199,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     raise _not_retried(exc, seen, backoff)
                 delay = backoff.next_delay() if policy.budget else None
                 if delay is None:
+                    if getattr(exc, "at_commit", None) == "records" and not seen.cancelled:
+                        busy = exc.cause  # the record's table held: its own line and exit (bookkeeping_busy), as
+                        break  # before; raised outside this handler, so not taken for the file's own statement's
                     raise retry.gave_up(exc, seen, backoff)
                 retry.say_retry(exc, seen, backoff, delay)
                 if transactional:  # the whole file again, in a new transaction (as if this try never ran)
@@ -215,6 +227,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                         cursor.execute("SHOW lock_timeout")  # file's SET TRANSACTION may still come first)
                     if transactional:
                         pg_lock.hold_for_shared_ddl(connection, statements, transactional)
+        if busy is not None:
+            raise busy
     finally:
         if probe is not None:
             probe.close()
@@ -276,25 +290,54 @@ def _waited_for_prepared(connection, exc) -> None:
                     "again)")
 
 
-def deferred_checks(connection, path: Path, statements, probe=None, budget=None) -> None:
+def _records(backend) -> str | None:
+    """The checksum table the file's transaction writes its record to before its COMMIT, qualified (None: a run
+    that keeps no such record here)."""
+    books = backend.parent
+    return books.qualified(checksums.TABLE) if hasattr(books, "qualified") else None
+
+
+# The lock the file's record (checksums.record: an UPSERT, or a DELETE for a rollback) takes, as the role that
+# writes it, taken as the try's last statement: unless the file made its transaction read-only (no record then).
+# (pg_catalog's functions and casts alone, no operator: the file's search_path may hold planted ones)
+_RECORDS_LOCK = ("; RESET SESSION AUTHORIZATION; SET ROLE NONE; DO $hcm_records$ BEGIN IF NOT "
+                 "pg_catalog.current_setting('transaction_read_only')::pg_catalog.bool "
+                 "AND pg_catalog.to_regclass({name}) IS NOT NULL THEN "
+                 "EXECUTE pg_catalog.format('LOCK TABLE %s IN ROW EXCLUSIVE MODE', {name}); END IF; END $hcm_records$")
+
+
+def deferred_checks(connection, path: Path, statements, probe=None, budget=None,
+                    records: str | None = None) -> None:
     """A transactional file's deferred constraint checks (a DEFERRABLE foreign key, a constraint trigger) run at
     its COMMIT, where a lock wait (the parent row an app transaction holds) would fail outside the retries: run
     them here as the try's last statement (SET CONSTRAINTS ALL IMMEDIATE checks what is outstanding, as COMMIT
-    would), so such a wait is a try's like any other, its blocker named, the file retried as a whole."""
+    would), so such a wait is a try's like any other, its blocker named, the file retried as a whole. With them
+    (same round trip) the lock on `records`, the checksum table the runner's record writes before the COMMIT: a
+    session holding that table (a co-tenant's SHARE) would make the record wait while the file's locks queue the
+    application, past the try's bound and unwatched; taken here, that wait is the try's too (attack24m 5)."""
     with connection.cursor() as cursor:
         try:
             with interrupt.live():
                 if budget is not None:
                     budget.before(cursor)
-                # (not ended by the clock while the probe is blind: checking many rows is work, not a wait)
+                # (no blind clock of its own, checking many rows is work, not a wait; the try's still runs)
                 with probe.statement(budget.started if budget else None, True, False) if probe else contextlib.nullcontext():
-                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE" + (
+                        _RECORDS_LOCK.format(name=_literal(records)) if records and "$hcm" not in records else ""))
         except Exception as exc:
             if getattr(exc, "pgcode", None) not in (retry.LOCK_NOT_AVAILABLE, retry.QUERY_CANCELED):
                 raise  # a violation: the file's error at COMMIT, as it was
             failed = StatementFailed(exc, path, statements, len(statements) - 1, True)
-            failed.at_commit = True
+            context = getattr(getattr(exc, "diag", None), "context", None) or ""
+            failed.at_commit = "records" if "LOCK TABLE" in context else True  # (the DO block's, not a check's)
+            failed.records = records
             raise failed from exc
+
+
+def _literal(text: str) -> str:
+    """`text` as an SQL string literal (inside the DO block's $hcm_records$ quoting, which the caller keeps out of
+    it)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 # A DO block or a CALL may COMMIT inside (PostgreSQL 11+): in a non-transactional file what it committed before the
