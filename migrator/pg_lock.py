@@ -177,14 +177,20 @@ def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
     """yoyo's lock row, in the history's slot (lock_slot), held while the run is; yoyo's own lock() calls within
     (apply, rollback, mark) find it held. Polled until the deadline, as yoyo's lock(): an older runner's may be
     there."""
+    from migrator import first_write
+
     slot, table, pid = lock_slot(target.history), lock_table(backend, target.history, create=True), os.getpid()
     while True:
+        # (the run's first write: a CREATE TRIGGER still open on its tables is waited out and refused first)
+        guard, params = first_write.guard(backend.connection, backend.bookkeeping_schema)
         try:
-            with backend.transaction():
-                backend.execute(f"INSERT INTO {table} (locked, ctime, pid) VALUES (:slot, pg_catalog.timezone('UTC', "
-                                "pg_catalog.clock_timestamp()), :pid)", {"slot": slot, "pid": pid})
+            with backend.transaction(), backend.connection.cursor() as cursor:
+                cursor.execute(guard + f"INSERT INTO {table} (locked, ctime, pid) VALUES (%(slot)s, "
+                               "pg_catalog.timezone('UTC', pg_catalog.clock_timestamp()), %(pid)s)",
+                               {**params, "slot": slot, "pid": pid})
             break
         except backend.DatabaseError as exc:
+            first_write.refuse(backend, exc, target.where)
             if getattr(exc, "pgcode", None) in _NOT_HELD:
                 from migrator import server_session
 

@@ -71,6 +71,38 @@ def test_an_open_create_trigger_is_waited_out_after_the_revoke_and_refused(cli, 
     assert "more_rows" not in db.tables()
 
 
+def test_an_open_create_trigger_outliving_an_earlier_revoke_is_refused_at_the_first_write(cli, db, sql_dir, app):
+    """attack23q 1 (trig_toctou3): the CREATE TRIGGER is still open after the rights were taken before this run (a
+    DBA's REVOKE, or an earlier run that refused): the run has nothing to take, its catalog read cannot see the
+    trigger; its first write waits the trigger out, looks again, and refuses before writing."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
+    standing_grant_all(db, app)
+    evil = psycopg2.connect(dbname=db.name, user=app, host=db.server.host, port=db.server.port)
+    evil.cursor().execute(TRIGGER)  # (its transaction left open)
+    pid = evil.get_backend_pid()
+    db.query(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {app}")  # (what doctor advises, done by a DBA)
+
+    def commit_once_waited_on():
+        for _ in range(600):
+            if db.query("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,))[0][0]:
+                break
+            time.sleep(0.05)
+        evil.commit()
+
+    committer = threading.Thread(target=commit_once_waited_on)
+    committer.start()
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout", "30s", env=db.db_env())
+    finally:
+        committer.join()
+        evil.close()
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "yoyo_lock has trigger z" in line, result.output
+    assert db.query("SELECT count(*) FROM public.ran") == [(0,)]  # its code never ran as the migration role
+    assert "more_rows" not in db.tables()
+
+
 def test_an_open_create_trigger_past_the_lock_timeout_is_one_line(cli, db, sql_dir, app):
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
@@ -84,6 +116,26 @@ def test_an_open_create_trigger_past_the_lock_timeout_is_one_line(cli, db, sql_d
         evil.close()
     line = one_error_line(result)
     assert result.exit_code == 2 and "could not lock" in line and "yoyo_lock" in line, result.output
+    assert db.query("SELECT count(*) FROM public.ran") == [(0,)]
+    assert "more_rows" not in db.tables()
+
+
+def test_an_open_create_trigger_outliving_an_earlier_revoke_past_the_lock_timeout_names_its_holder(cli, db, sql_dir,
+                                                                                                     app):
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
+    standing_grant_all(db, app)
+    evil = psycopg2.connect(dbname=db.name, user=app, host=db.server.host, port=db.server.port)
+    try:
+        evil.cursor().execute(TRIGGER)
+        db.query(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {app}")
+        result = cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout", "1s", env=db.db_env())
+        evil.commit()
+    finally:
+        evil.close()
+    line = one_error_line(result)
+    assert result.exit_code == 4 and '"public"."yoyo_lock"' in line and app in line, result.output
+    assert "nothing was run" in line and "is held" not in line
     assert db.query("SELECT count(*) FROM public.ran") == [(0,)]
     assert "more_rows" not in db.tables()
 

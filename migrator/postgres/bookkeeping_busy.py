@@ -80,3 +80,14 @@ def error(connection, table_name: str, where: str, committed: str, then: str) ->
         who = "a session (which could not be read)"
     return MigratorError(f"{where}: the runner's own statement on its bookkeeping table {output.visible(table_name)} "
                          f"waited longer than lock_timeout: held by {who}; {committed}; {then}", LOCKED)
+
+
+def held(connection, tables: list[str]) -> str:
+    """The first of `tables` (qualified) another session holds against the runner (the first when none does now)."""
+    connection.rollback()
+    with connection.cursor() as cursor:
+        for name in tables:
+            cursor.execute(_HOLDERS, {"table": name})
+            if cursor.fetchall():
+                return name
+    return tables[0]
