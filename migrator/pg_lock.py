@@ -177,8 +177,7 @@ def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
     """yoyo's lock row, in the history's slot (lock_slot), held while the run is; yoyo's own lock() calls within
     (apply, rollback, mark) find it held. Polled until the deadline, as yoyo's lock(): an older runner's may be
     there."""
-    from migrator import first_write
-
+    first_write = backend.first_write()  # (postgres/first_write.py)
     slot, table, pid = lock_slot(target.history), lock_table(backend, target.history, create=True), os.getpid()
     while True:
         # (the run's first write: a CREATE TRIGGER still open on its tables is waited out and refused first)

@@ -283,6 +283,10 @@ def backend_class():
                     if self.migration_table not in present:  # (its COMMIT done: rows only others wrote)
                         trust.own_rows_only(self.connection, self.bookkeeping_schema, [self.migration_table])
 
+        def first_write(self):  # (pg_lock's first write guard, from this package: its imports run one way)
+            from migrator.postgres import first_write
+            return first_write
+
         def commit(self):  # (yoyo's creation steps commit here: others' rights on their tables are taken first)
             trust.before_commit(self)
             super().commit()
