@@ -58,6 +58,39 @@ def test_a_blind_probe_bounds_a_query_calling_a_function_that_locks(cli, make_db
     assert db.query("SELECT data_type FROM information_schema.columns WHERE table_name = 't_probe'") == [("integer",)]
 
 
+HOLD = ("CREATE FUNCTION hold() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "ALTER TABLE t_probe ALTER COLUMN id TYPE bigint; PERFORM pg_catalog.pg_sleep(1.5); RETURN 1; END $$;\n")
+
+
+@pytest.mark.parametrize("call", ["INSERT INTO t_log SELECT hold();\n", "CREATE TABLE t_made AS SELECT hold() AS v;\n"],
+                         ids=["insert-select", "create-table-as"])
+def test_a_blind_probe_bounds_a_data_statement_calling_a_function_that_locks(cli, make_db, limited_role, sql_dir,
+                                                                               pg, call):
+    """attack24n 1: only a bare SELECT was checked for the database's own functions: `INSERT ... SELECT f()` and
+    `CREATE TABLE ... AS SELECT f()` (f an ALTER TYPE) stalled the app for f's whole run, exit 0."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    with_log(db, limited_role)
+    add_migration(sql_dir, "0002_fn", HOLD)
+    add_migration(sql_dir, "0003_call", call)
+    line = one_error_line(migrate("--lock-retry-budget", "1s"))
+    assert "0003_call.sql:1: failed to apply" in line and "the lock probe was blind" in line, line
+    assert applied(db)[-1] == "0002_fn"
+    assert db.query("SELECT data_type FROM information_schema.columns WHERE table_name = 't_probe'") == [("integer",)]
+
+
+@pytest.mark.parametrize("rows", ["UPDATE t_probe SET id = id WHERE id <= 10;\n", "DELETE FROM t_probe WHERE id < 0;\n",
+                                  "SELECT id FROM t_probe FOR UPDATE;\n"], ids=["update", "delete", "for-update"])
+def test_a_blind_probe_bounds_a_try_holding_an_existing_tables_row_locks(cli, make_db, limited_role, sql_dir, pg,
+                                                                          rows):
+    """attack24n 2: blind, row locks on an existing table (the application's writes of those rows wait on them to the
+    COMMIT) were not bounded: an UPDATE then a 3 s statement stalled the app's UPDATE of a row 3 s, exit 0."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_rows", rows + "SELECT pg_catalog.pg_sleep(1.5);\n")
+    line = one_error_line(migrate("--lock-retry-budget", "1s"))
+    assert "0002_rows.sql:2: failed to apply" in line and "the lock probe was blind" in line, line
+    assert applied(db)[-1] != "0002_rows"
+
+
 def test_a_blind_probe_leaves_a_long_try_that_takes_no_app_lock_alone(cli, make_db, limited_role, sql_dir, pg):
     """Data statements and a query of built-in functions alone hold nothing the app waits on: not bounded."""
     db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)

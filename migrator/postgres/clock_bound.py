@@ -4,8 +4,10 @@ holds is watched): every one that may take a lock the application's queries wait
 parse of it (pglast), never from a word in its text. Blind, the probe cannot tell a lock wait from work, so it bounds all of them, DO blocks, CALLs and
 anything it does not know included, except:
 
-- data changes and queries (their row lock waits each bounded by lock_timeout, blocking only the rows' users),
-  but a query calling a function of the database's own (`SELECT retype()`: its body may run any DDL) is bounded;
+- inserts and queries (their row lock waits each bounded by lock_timeout), but one calling a function of the
+  database's own (`SELECT retype()`, `INSERT ... SELECT f()`: its body may run any DDL) is bounded, and so are an
+  UPDATE / DELETE / MERGE of an existing table and a SELECT ... FOR UPDATE (their row locks, kept to the COMMIT,
+  are what the application's writes of those rows wait on);
   SET / SHOW / transaction control, VALIDATE CONSTRAINT (SHARE UPDATE EXCLUSIVE: blocks no query), CONCURRENTLY
   statements (REFRESH MATERIALIZED VIEW CONCURRENTLY: EXCLUSIVE, which no read waits on);
 - a plain CREATE TABLE (a new table: nobody waits on it; one that is a partition, inherits or references another
@@ -18,6 +20,10 @@ from __future__ import annotations
 
 _FREE = ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "VariableSetStmt", "VariableShowStmt",
          "TransactionStmt", "ExplainStmt", "CreateTableAsStmt", "CreateSeqStmt", "CreateFunctionStmt", "CreateEnumStmt")
+
+
+_ROWS = ("UpdateStmt", "DeleteStmt", "MergeStmt")  # (an existing table's rows locked until the try ends)
+_DATA = ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CreateTableAsStmt", "ExplainStmt")
 
 
 def _name(relation) -> str:
@@ -59,10 +65,12 @@ def _takes(tree, exempt) -> bool:
     from pglast import enums
 
     kind = type(tree).__name__
+    if kind in _ROWS and _name(tree.relation) not in exempt:  # its row locks: the application's writes wait on them
+        return True
+    if kind in _DATA:  # a function of the database's own, wherever the statement calls it, may run any DDL
+        return _calls_own_function(tree) or kind == "SelectStmt" and bool(tree.lockingClause)
     if kind in _FREE:
         return False
-    if kind == "SelectStmt":
-        return _calls_own_function(tree)
     if kind == "AlterTableStmt":  # (on an exempt table still bounded where it locks another: a foreign key, INHERIT)
         if _name(tree.relation) in exempt:
             return any(cmd.subtype == enums.AlterTableType.AT_AddInherit or _references([cmd.def_])
