@@ -284,7 +284,8 @@ class Probe:
             output.note(f"note: the lock probe cannot see the migration session ({self.blind}): until it connects "
                         f"again, a try holding longer than {seconds_text(self.per_try + self.floor)} what may lock "
                         "the app "
-                        "(from its first DDL, LOCK, DO or CALL to its COMMIT, whatever runs between) "
+                        "(from its first DDL, LOCK, DO, CALL, UPDATE/DELETE of a live table or call of the "
+                        "database's own function to its COMMIT, whatever runs between) "
                         "is ended as a lock wait and retried, blockers unnamed; free a connection for it (the role's "
                         "CONNECTION LIMIT, max_connections)")
 
