@@ -41,13 +41,19 @@ def standing_grant_all(db, app: str) -> None:
 TRIGGER = "CREATE TRIGGER z BEFORE INSERT OR DELETE ON public.yoyo_lock FOR EACH ROW EXECUTE FUNCTION public.log_it()"
 
 
-def refused_with_trigger_open(cli, db, sql_dir, app, revoked_before: bool) -> None:
-    """The app's CREATE TRIGGER on yoyo_lock, its transaction open, committed once the run is seen waiting on it: the
-    run refuses it before yoyo_lock's first use, its code never run as the migration role, nothing applied."""
+def trigger_opener(cli, db, sql_dir, app):
+    """A history with 0002_more pending, the app granted ALL on public's tables: the app's session, to open a
+    CREATE TRIGGER on yoyo_lock in."""
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
     standing_grant_all(db, app)
-    evil = psycopg2.connect(dbname=db.name, user=app, host=db.server.host, port=db.server.port)
+    return psycopg2.connect(dbname=db.name, user=app, host=db.server.host, port=db.server.port)
+
+
+def refused_with_trigger_open(cli, db, sql_dir, app, revoked_before: bool) -> None:
+    """The app's CREATE TRIGGER on yoyo_lock, its transaction open, committed once the run is seen waiting on it: the
+    run refuses it before yoyo_lock's first use, its code never run as the migration role, nothing applied."""
+    evil = trigger_opener(cli, db, sql_dir, app)
     evil.cursor().execute(TRIGGER)  # (its transaction left open)
     pid = evil.get_backend_pid()
     if revoked_before:
@@ -86,10 +92,7 @@ def test_an_open_create_trigger_outliving_an_earlier_revoke_is_refused_at_the_fi
 
 
 def test_an_open_create_trigger_past_the_lock_timeout_is_one_line(cli, db, sql_dir, app):
-    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
-    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
-    standing_grant_all(db, app)
-    evil = psycopg2.connect(dbname=db.name, user=app, host=db.server.host, port=db.server.port)
+    evil = trigger_opener(cli, db, sql_dir, app)
     try:
         evil.cursor().execute(TRIGGER)
         result = cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout", "1s", env=db.db_env())
@@ -104,10 +107,7 @@ def test_an_open_create_trigger_past_the_lock_timeout_is_one_line(cli, db, sql_d
 
 def test_an_open_create_trigger_outliving_an_earlier_revoke_past_the_lock_timeout_names_its_holder(cli, db, sql_dir,
                                                                                                      app):
-    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
-    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
-    standing_grant_all(db, app)
-    evil = psycopg2.connect(dbname=db.name, user=app, host=db.server.host, port=db.server.port)
+    evil = trigger_opener(cli, db, sql_dir, app)
     try:
         evil.cursor().execute(TRIGGER)
         db.query(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {app}")
