@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 from migrator.bookkeeping_lock import creating_bookkeeping
 from migrator.errors import USAGE, MigratorError
 from migrator.grant_text import grants_list, ident, revoke_sql, rights_of, runnable
-from migrator import output, pinned
+from migrator import history_trust, output, pinned
 from migrator.server_session import READ_ONLY_SQLSTATE
 
 LOCK_NOT_AVAILABLE = "55P03"  # (lock_timeout)
@@ -38,7 +38,8 @@ from migrator.targets import where_name
 # other roles (or PUBLIC) may write on the trusted ones (a planted one is refused whole), and the roles the user is
 # granted to (they act as it; the login role itself aside, when it SETs ROLE to the user): the tables are the
 # runner's alone, a role that writes them forges a lock or deletes history (a common ALTER DEFAULT PRIVILEGES ...
-# TO app grants it). One query, run once per connection, ~1 ms to plan.
+# TO app grants it). Last, [table, comment] of the trusted ones (history_trust's record of a history others could
+# write). One query, run once per connection, ~1 ms to plan.
 PLANTED = """
 WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER), tables AS (
     SELECT c.oid, c.relname::text AS name, c.relkind, o.rolsuper OR c.relowner = (SELECT oid FROM me) AS trusted,
@@ -80,7 +81,10 @@ SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE
              GROUP BY t.name, t.relowner, a.grantee ORDER BY t.name, a.grantee),
        ARRAY(SELECT pg_catalog.quote_ident(m.rolname::text) FROM pg_catalog.pg_auth_members am
              JOIN pg_catalog.pg_roles m ON m.oid = am.member
-             WHERE am.roleid = (SELECT oid FROM me) AND m.rolname <> SESSION_USER ORDER BY 1)
+             WHERE am.roleid = (SELECT oid FROM me) AND m.rolname <> SESSION_USER ORDER BY 1),
+       ARRAY(SELECT ARRAY[t.name, d.description] FROM tables t JOIN pg_catalog.pg_description d ON d.objoid = t.oid
+             AND d.classoid = CAST('pg_catalog.pg_class' AS pg_catalog.regclass) AND d.objsubid = 0
+             WHERE t.trusted ORDER BY t.name)
 FROM (SELECT CAST(:s AS pg_catalog.name) AS name) s LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
 LEFT JOIN pg_catalog.pg_roles so ON so.oid = n.nspowner
 """
@@ -94,7 +98,7 @@ def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS) ->
     """(the schema exists, the user has USAGE on it, the user, what others planted among its bookkeeping,
     [table, right] of `rights` the user lacks on the tables present, the schema's untrusted owner or None, the
     names of the planted tables, the names of the tables present, [table, grantee, rights, 'true' when the user
-    owns it] of others' write rights on them, the roles granted the user)."""
+    owns it] of others' write rights on them, the roles granted the user, [table, comment] of the trusted ones)."""
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
     tables = list(dict.fromkeys([*BOOKKEEPING_TABLES, backend.flyway_table]))  # SCHEMA_TABLE's name too
@@ -150,9 +154,12 @@ def owner_error(schema: str, user: str, owner: str, where: str) -> str:
         f"superuser run ALTER SCHEMA {schema} OWNER TO {user}")
 
 
-def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = True) -> tuple:
+def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = True, unconfirmed_ok: bool = False,
+           options: str = "") -> tuple:
     """The bookkeeping_state of `schema`; with `refuse`, a MigratorError when others planted objects there or
-    the user lacks rights on a table present (`SELECT` to read; SELECT, INSERT, UPDATE, DELETE to write)."""
+    the user lacks rights on a table present (`SELECT` to read; SELECT, INSERT, UPDATE, DELETE to write), or, to
+    write, while its history is unconfirmed (history_trust; `unconfirmed_ok`: the commands that confirm it or only
+    clear a lock; `options`: the run's --schema, for the commands the refusal names)."""
     state = bookkeeping_state(backend, schema, ("SELECT",) if read_only else RIGHTS)
     if refuse and state[5]:
         raise MigratorError(owner_error(schema, state[2], state[5], where), USAGE)
@@ -160,18 +167,26 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
         raise MigratorError(planted_error(schema, state[2], state[3], state[6], where), USAGE)
     if refuse and state[1]:  # (without USAGE on the schema, that is said first)
         check_rights(state, schema, where)
-    if refuse and not read_only and state[8]:
-        disown(backend.connection, schema, state[8])
+    tables = history_trust.histories(backend.flyway_table)
+    marked = disown(backend.connection, schema, state[8], comments=state[10], histories=tables) \
+        if refuse and not read_only and state[8] else {}
+    backend.distrusted = {**history_trust.standing(state[10], tables), **marked}
+    if refuse and backend.distrusted and read_only:
+        output.note(history_trust.note(schema, backend.distrusted, options))
+    elif refuse and backend.distrusted and not unconfirmed_ok:
+        raise MigratorError(history_trust.refusal(schema, where, backend.distrusted, bool(marked), options), USAGE)
     _VERIFIED[backend.connection] = {(schema, table) for table in state[7] if table not in state[6]}
     return state
 
 
-def disown(connection, schema: str, grants: list, made: bool = False) -> None:
+def disown(connection, schema: str, grants: list, made: bool = False, comments: list = (),
+           histories: tuple[str, ...] = ()) -> dict:
     """Takes other roles' write rights on the bookkeeping tables the user owns, in the run's session, and says so
     once (the next run finds nothing to take: no statement), then waits out and refuses a trigger they began
     (settle). Others' rights on a table the user does not own (a superuser's) it cannot take: the run refuses.
     Tables this run `made` got them from a default privilege, one creation step after another: said once per
-    schema and grantees, for all of them."""
+    schema and grantees, for all of them. On tables it did not make, among `histories`, the distrust is recorded
+    in the REVOKE's transaction (history_trust): returned, by table."""
     import psycopg2
     import psycopg2.extensions as ext
 
@@ -186,19 +201,20 @@ def disown(connection, schema: str, grants: list, made: bool = False) -> None:
             USAGE)
     mine = [grant for grant in grants if grant[3] == "true"]
     if not mine:
-        return
+        return {}
     inside = connection.info.transaction_status == ext.TRANSACTION_STATUS_INTRANS
+    recording, marked = history_trust.mark_sql(connection, schema, mine, comments, () if made else histories)
+    revoke = revoke_sql(schema, mine) + (f"; {recording}" if recording else "")  # (one statement: one transaction)
     with connection.cursor() as cursor:
         try:
-            cursor.execute(f"SAVEPOINT hcm_disown; {revoke_sql(schema, mine)}; RELEASE SAVEPOINT hcm_disown"
-                           if inside else revoke_sql(schema, mine))
+            cursor.execute(f"SAVEPOINT hcm_disown; {revoke}; RELEASE SAVEPOINT hcm_disown" if inside else revoke)
         except psycopg2.Error as exc:
             if inside:
                 cursor.execute("ROLLBACK TO SAVEPOINT hcm_disown; RELEASE SAVEPOINT hcm_disown")
             elif not connection.autocommit:
                 connection.rollback()
             if exc.pgcode == READ_ONLY_SQLSTATE:  # the run refuses, or its first write fails, in its own words
-                return
+                return {}
             # Another session changing these tables in an open transaction (a trigger, a grant) that the catalog
             # read could not see: using them now would run what it commits, as the migration role.
             info = connection.info
@@ -209,13 +225,12 @@ def disown(connection, schema: str, grants: list, made: bool = False) -> None:
                 "changing these tables in an open transaction (a trigger, a grant): find it in pg_locks, end it, "
                 "and run again", USAGE) from exc
     if not made:  # (tables this run made were never seen by others with those rights)
-        _DISOWNED.setdefault(connection, set()).update(table for table, *_ in mine)
         settle(connection, schema, sorted({table for table, *_ in mine}), mine)
     info = connection.info  # (a process may migrate several databases: tests, tenants)
     grantees = sorted({grantee for _, grantee, *_ in mine})
     said = (info.host, info.port, info.dbname, schema, tuple(grantees))
     if made and said in _SAID:
-        return
+        return marked
     _SAID.add(said)
     if made:
         rights = rights_of(mine)
@@ -225,18 +240,11 @@ def disown(connection, schema: str, grants: list, made: bool = False) -> None:
             f"{', '.join(sorted({grant[0] for grant in mine}))}; SELECT kept)"))
     else:
         output.note(f"revoked write rights on the runner's bookkeeping from other roles: "
-                    f"{grants_list(schema, mine)} (its tables are its own: SELECT kept; history rows they could write "
-                    "are not adopted this run: a mark without its checksum refuses it)")
+                    f"{grants_list(schema, mine)} (its tables are its own: SELECT kept)")
+    return marked
 
 
 _SAID: set = set()  # (server, database, schema, grantees) a creation's revoke was said for, in this process
-# Per connection, the bookkeeping tables whose others' write rights it took (not at their creation): their rows
-# were written while others could (disowned(); state.py adopts none of them this run).
-_DISOWNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def disowned(connection) -> set[str]:
-    return _DISOWNED.get(connection, set())
 
 
 def settle(connection, schema: str, tables: list[str], grants: list) -> None:

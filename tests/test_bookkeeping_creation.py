@@ -143,7 +143,8 @@ def test_column_rights_and_maintain_are_warned_by_doctor_then_taken_by_migrate(c
             "UPDATE (migration_id))") in warn, warn
     assert f"public.yoyo_lock to {app} (INSERT (locked, pid)" in warn, warn
     assert ("MAINTAIN" in warn) == pg17(db) and (", MAINTAIN ON TABLE" in warn) == pg17(db), warn
-    migrate = ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    migrate = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())  # (then refuses: the history is unconfirmed)
+    assert migrate.exit_code == 2 and "sql trust-history --yes" in migrate.output, migrate.output
     (line,) = revoked_lines(migrate)
     assert "INSERT (migration_hash, migration_id, applied_at_utc)" in line, line
     assert column_rights(db, app) == []  # the app can no longer add a history row for a pending migration

@@ -76,7 +76,8 @@ def test_rights_granted_on_existing_bookkeeping_are_warned_by_doctor_then_taken_
     assert f"public.yoyo_lock to {app} (" in warn[0] and "public._yoyo_migration to PUBLIC (DELETE)" in warn[0]
     maintain = ", MAINTAIN" if db.query("SHOW server_version_num")[0][0] >= "170000" else ""  # (GRANT ALL's)
     assert f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER{maintain} ON TABLE" in doctor.output
-    migrate = ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    migrate = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())  # (then refuses: the history is unconfirmed)
+    assert migrate.exit_code == 2 and "sql trust-history --yes" in migrate.output, migrate.output
     (line,) = revoked_lines(migrate)
     assert app in line and "PUBLIC" in line and "public.yoyo_lock" in line, migrate.output
     assert writes(db, app) == [] and writes(db, "PUBLIC") == []

@@ -4,7 +4,7 @@ Each callback only parses, calls one function of migrator.commands and renders i
   app     -- the group: one-line errors and exit codes, -v
   options -- every option, defined once, and the CommandSettings they build
   deploy  -- migrate, plan, status, config
-  sql     -- sql rollback / new / mark / accept-changes / lint / break-lock
+  sql     -- sql rollback / new / mark / accept-changes / lint / break-lock / trust-history
   mongo   -- mongo status / apply / history / resolve / accept-changes / new
   devdb   -- devdb start / stop
   doctor  -- doctor: a new environment checked, changing nothing

@@ -1,4 +1,4 @@
-"""`sql ...`: rollback, new, mark, accept-changes, accept-drift, verify, adopt, lint, break-lock."""
+"""`sql ...`: rollback, new, mark, accept-changes, accept-drift, verify, adopt, lint, break-lock, trust-history."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ FAIL_FAST = SCHEMA_RUN[0]  # break-lock: one quick statement per schema, nothing
 
 @click.group(cls=HelpGroup)
 def sql():
-    """Manage the SQL migrations: rollback, new, mark, accept-changes, accept-drift, verify, adopt, lint, break-lock."""
+    """Manage the SQL migrations: rollback, new, mark, accept-changes, accept-drift, verify, adopt, lint, break-lock,
+    trust-history."""
 
 
 @sql.command()
@@ -151,3 +152,17 @@ def break_lock(settings):
     runner.py itself clears such a row on its own while it holds the advisory lock, so this is rarely needed.
     """
     output.report(tenants.break_lock(settings))
+
+
+@sql.command("trust-history")
+@settings_options(postgres=True, sql_dir=True)
+@click.option("--yes", is_flag=True, help="Confirm the history (without it: only show what would be confirmed).")
+@LOCK_TIMEOUT
+@schema_run
+def trust_history(settings, yes):
+    """After review, confirm a history other roles could write until a run revoked their rights.
+
+    Until then every command that writes refuses (its rows may be forged: a migration marked applied that never
+    ran). Shows the unconfirmed tables and what they record as applied; with --yes confirms them.
+    """
+    output.report(tenants.trust_history(settings, yes))

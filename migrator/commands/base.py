@@ -136,15 +136,16 @@ def scratch_server(settings: CommandSettings, url: str | None) -> PostgresTarget
 
 @contextlib.contextmanager
 def locked_backend(settings: CommandSettings, limits: DdlLimits | None = None,
-                   migrating: bool = False) -> Iterator[tuple]:
+                   migrating: bool = False, unconfirmed_ok: bool = False) -> Iterator[tuple]:
     """(backend, target) for a command that changes the database: connected, and holding the lock. `migrating`
-    (migrate): the connection lost before its first migration began is one line, nothing applied."""
+    (migrate): the connection lost before its first migration began is one line, nothing applied.
+    `unconfirmed_ok`: a history others could write is not refused (the command that confirms it)."""
     from migrator import pg_lock, postgres
 
     pg_lock.bookkeeping_wait(settings.lock_timeout)  # (connecting may create the schema's shared bookkeeping)
     target = settings.postgres_target().one_schema("this command")
     settings.note(f"PostgreSQL: {target.display_url}" + (f" schema {target.schema}" if target.schema else ""))
-    with (postgres.connect(target, read_only=False, limits=limits) as backend,
+    with (postgres.connect(target, read_only=False, limits=limits, unconfirmed_ok=unconfirmed_ok) as backend,
           postgres.lost_before_migrations(backend, target) if migrating else contextlib.nullcontext(),
           postgres.locked(backend, target, settings.lock_timeout, settings.note)):
         yield backend, target

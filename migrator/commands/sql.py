@@ -186,8 +186,34 @@ def break_lock(settings: CommandSettings) -> reports.CountedLines:
     from migrator import pg_lock, postgres
 
     target = settings.postgres_target()
-    with postgres.connect(target, read_only=False) as backend:
+    with postgres.connect(target, read_only=False, unconfirmed_ok=True) as backend:  # (a lock row: no history)
         removed = pg_lock.break_dead(backend, target)
         where = pg_lock.place(backend, target)
     return reports.CountedLines([f"removed the migration lock on {where}" if removed
                                  else f"no migration lock to remove on {where}"], int(removed))
+
+
+def trust_history(settings: CommandSettings, yes: bool) -> reports.CountedLines:
+    """Show the history others could write until a run took their rights, and what it records as applied; with
+    `yes`, confirm it (history_trust.py): migrate trusts its rows again. Nothing standing: nothing to do."""
+    from migrator import history_trust, postgres
+
+    migrations = postgres.read_migrations(settings.sql_dir)
+    with locked_backend(settings, unconfirmed_ok=True) as (backend, _):
+        schema, standing = backend.bookkeeping_schema, backend.distrusted
+        if not standing:
+            return reports.CountedLines([f"history in schema {schema} is not marked unconfirmed: nothing to confirm"],
+                                        0)
+        applied = postgres.applied_ids(backend, migrations)
+        lines = [f"  unconfirmed: {schema}.{table} (could be written by {', '.join(found.get('roles', ['others']))} "
+                 f"until {found.get('revoked_at', 'a run')})" for table, found in sorted(standing.items())]
+        lines += [f"  recorded as applied: {i} ({at:%Y-%m-%d %H:%M})" if at else f"  recorded as applied: {i}"
+                  for i, at in applied.items()]
+        if not yes:
+            return reports.CountedLines(lines + [
+                "nothing confirmed yet: check each migration above really ran (its objects exist), delete the rows "
+                "of those that did not, then run again with --yes"], 0)
+        with backend.transaction():
+            history_trust.confirm(backend.connection, schema, backend.verified[10], sorted(standing))
+    return reports.CountedLines(lines + [f"confirmed the history in schema {schema}: migrate trusts its rows again"],
+                                len(standing))

@@ -179,6 +179,10 @@ def accept_drift(settings: CommandSettings):
     return _each(settings, "accept-drift", sql_commands.accept_drift)
 
 
+def trust_history(settings: CommandSettings, yes: bool):
+    return _each(settings, "trust-history", lambda s: sql_commands.trust_history(s, yes))
+
+
 def break_lock(settings: CommandSettings):
     return _each(settings, "break-lock", sql_commands.break_lock)
 

@@ -23,16 +23,28 @@ def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) ->
     grants, members = (backend.verified[8], backend.verified[9]) if len(backend.verified) > 9 else ([], [])
     mine = [grant for grant in grants if grant[3] == "true"]
     others = [grant for grant in grants if grant[3] != "true"]
-    # (a forged mark for a pending migration: the next migrate, which revokes, refuses to adopt it; a later one would)
+    # (a forged mark for a pending migration: the migrate that revokes records the history unconfirmed: history_trust)
     harm = "they could forge its lock, delete its history, or add rows that skip a migration"
     if mine:
         report.add(Check("postgres bookkeeping grants", WARN, f"other roles may write the runner's bookkeeping: "
                          f"{grants_list(schema, mine)}; {harm}",
-                         f"the next migrate revokes it, or run {runnable(revoke_sql(schema, mine))}"))
+                         f"the next migrate revokes it (then refuses until the history is reviewed and confirmed "
+                         f"with `sql trust-history --yes`), or run {runnable(revoke_sql(schema, mine))} and review "
+                         "the history"))
     if others:
         report.add(Check("postgres bookkeeping grants", FAIL, f"other roles may write the runner's bookkeeping: "
                          f"{grants_list(schema, others)}; {harm} (migrate refuses: it cannot take them)",
                          f"as the tables' owner run {runnable(revoke_sql(schema, others))}"))
+    if backend.distrusted:
+        from migrator import history_trust
+
+        tables = ", ".join(f"{schema}.{table}" for table in sorted(backend.distrusted))
+        schema_option = f" --schema {schema}" if getattr(backend, "schema", None) else ""
+        report.add(Check("postgres history trust", FAIL, f"history {tables} is unconfirmed: other roles could write "
+                         "it until a run revoked their rights, so what it records as applied may be forged; migrate "
+                         "refuses until it is confirmed",
+                         f"review what `runner.py status{schema_option}` lists as applied (delete the rows of "
+                         f"migrations that never ran), then run `{history_trust.CONFIRM}{schema_option}`"))
     writers, quoted_user = backend.execute(WRITE_ALL).fetchone()
     if members:
         report.add(Check("postgres bookkeeping grants", WARN, f"roles {', '.join(members)} are granted user {user}: "

@@ -8,13 +8,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from migrator import checksums, output, trust
+from migrator import checksums, trust
 from migrator.errors import DRIFT, USAGE, MigratorError
 from migrator.postgres import flyway
 from migrator.postgres.connection import MIGRATION_TABLE
 from migrator.postgres.errors import nothing_committed
 from migrator.postgres.migration import load_migrations, ordered
-from migrator.targets import PostgresTarget, where_name
+from migrator.targets import PostgresTarget
 
 if TYPE_CHECKING:  # (history: a Flyway folder's, loaded only for one)
     from migrator.postgres import history
@@ -186,7 +186,6 @@ def _reconcile_plain(backend, migrations, notify, books: Bookkeeping) -> list:
     from yoyo.migrations import MigrationList
 
     applied = set(books.marked)
-    _refuse_unsure_rows(backend, migrations, applied, books)
     committed = [m for m in migrations if m.id in books.sums and m.id not in applied]
     if committed:
         backend.mark_migrations(MigrationList(committed))
@@ -201,23 +200,6 @@ def _reconcile_plain(backend, migrations, notify, books: Bookkeeping) -> list:
     if not (committed or recorded_now or settled):
         _unchanged[backend] = books
     return drift_of(migrations, books)
-
-
-def _refuse_unsure_rows(backend, migrations, applied: set[str], books: Bookkeeping) -> None:
-    """A run that has just taken others' write rights on the history (trust.disown) adopts none of the rows they
-    could write: a mark or a checksum without the other (a forged mark for a pending migration, its checksum
-    backfilled, is a migration skipped for good). The next run, which takes nothing, repairs them as usual."""
-    if not set(trust.HISTORIES) & trust.disowned(backend.connection):
-        return
-    unsure = [m.id for m in migrations if (m.id in applied) != (m.id in books.sums)]
-    if unsure:
-        info, schema = backend.connection.info, backend.bookkeeping_schema
-        raise MigratorError(output.visible(
-            f"refusing to adopt history rows without checksum on {where_name(info.host, info.port, info.dbname)}: "
-            f"{', '.join(output.quoted(i) for i in unsure[:5])}{' and more' if len(unsure) > 5 else ''} (in "
-            f"{schema}.{MIGRATION_TABLE} or {schema}.{checksums.TABLE}); other roles could write the history until "
-            "this run took their rights, so these may be forged: check these migrations are really applied (their "
-            "objects exist), delete the rows of those that are not, then run migrate again"), USAGE)
 
 
 def drift_error(drift: list, target: PostgresTarget, verb: str = "migrate refuses to run",
