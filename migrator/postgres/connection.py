@@ -269,14 +269,14 @@ def backend_class():
                 return
             tables = [self.migration_table, self.log_table, self.version_table]
             if self.trusted_at_connect(tables):  # nothing to make, no lock to wait for
-                self._internal_schema_updated = self._current_layout()
+                self._internal_schema_updated = self._current_layout(True)
                 if self._internal_schema_updated:
                     return
             with pg_lock.creating_bookkeeping(self.connection, self.bookkeeping_schema, setup=True):  # (histories)
                 trust.created(self.connection, self.bookkeeping_schema, tables)  # (another role's since connect)
                 present = set(self.list_tables())
-                if {self.migration_table, self.version_table} <= present:
-                    self._internal_schema_updated = self._current_layout()
+                if self.migration_table in present:  # (a layout other than yoyo's current one: refused)
+                    self._internal_schema_updated = self._current_layout(self.version_table in present)
                 if not self._internal_schema_updated:
                     with trust.revoking_at_commit(self, tables):
                         super().ensure_internal_schema_updated()
@@ -298,8 +298,9 @@ def backend_class():
             present, planted = (self.verified[7], self.verified[6]) if self.verified else ((), ())
             return set(tables) <= set(present) and not set(tables) & set(planted)
 
-        def _current_layout(self) -> bool:
-            return self.execute(f"SELECT max(version) FROM {self.version_table_quoted}").fetchone()[0] == 2
+        def _current_layout(self, has_version_table: bool) -> bool:
+            from migrator.postgres import layout
+            return layout.current(self, has_version_table)
 
         def copy(self):
             session = MigrationSession(self.uri, self.migration_table)

@@ -60,9 +60,14 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
     records applied is applied, its failed rows are failures (history.books)."""
     names = {"marks": backend.qualified(MIGRATION_TABLE), "sums": backend.qualified(checksums.TABLE),
              "failures": backend.qualified(checksums.FAILURES)}
-    has_marks, has_sums, has_failures = backend.execute(
-        "SELECT to_regclass(:marks) IS NOT NULL, to_regclass(:sums) IS NOT NULL, to_regclass(:failures) IS NOT NULL",
-        names).fetchone()
+    has_marks, has_sums, has_failures, old = backend.execute(
+        "SELECT to_regclass(:marks) IS NOT NULL, to_regclass(:sums) IS NOT NULL, to_regclass(:failures) IS NOT NULL, "
+        "NOT EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid = to_regclass(:marks) "
+        "AND attname = 'migration_hash')", names).fetchone()
+    if has_marks and old:  # yoyo < 6's (id, ctime): refused in one line (layout.py)
+        from migrator.postgres import layout
+
+        layout.current(backend, False)
     marks = sums = failures = []
     if has_marks:
         marks = backend.execute(f"SELECT migration_id, applied_at_utc FROM {names['marks']} ORDER BY applied_at_utc").fetchall()

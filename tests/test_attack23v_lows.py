@@ -1,0 +1,33 @@
+"""attack23q's lows on the bookkeeping (issue 23), on the real PostgreSQL: each refusal says what is wrong and what
+to do in one line."""
+
+from __future__ import annotations
+
+import psycopg2
+import pytest
+
+from conftest import SPECIAL_PASSWORD, add_migration, ok, one_error_line
+from test_planted_objects import low  # noqa: F401 (a fixture)
+
+
+@pytest.mark.parametrize("damage", ["DROP TABLE public._yoyo_version",
+                                    "DELETE FROM public._yoyo_version",
+                                    "UPDATE public._yoyo_version SET version = 0"])
+def test_a_history_without_its_layout_version_is_one_clear_line(cli, db, sql_dir, damage):
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
+    db.query(damage)
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "unexpected" not in line, result.output
+    assert "public._yoyo_version" in line, line
+
+
+def test_a_yoyo_5_history_is_one_clear_line(cli, db, sql_dir):
+    db.query("CREATE TABLE public._yoyo_migration (id VARCHAR(255) NOT NULL PRIMARY KEY, ctime TIMESTAMP); "
+             "INSERT INTO public._yoyo_migration VALUES ('0001_create_hcm_report_metadata', now())")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert "yoyo < 6's layout" in one_error_line(cli("status", "--sql-dir", sql_dir, env=db.db_env()))
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "yoyo < 6's layout" in line and "public._yoyo_migration" in line, line
+    assert "sql adopt --yes" in line and "hcm_report_metadata" not in db.tables()
