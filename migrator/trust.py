@@ -56,7 +56,16 @@ SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE
                  CASE WHEN NOT t.trusted THEN 'is owned by role ' || pg_catalog.quote_ident(t.rolname) END,
                  CASE WHEN t.relkind NOT IN ('r', 'p') THEN 'is not a plain table (relkind ' || t.relkind::text || ')' END,
                  CASE WHEN t.relhastriggers THEN (SELECT 'has trigger ' || pg_catalog.string_agg(
-                     pg_catalog.quote_ident(g.tgname::text), ', ') FROM pg_catalog.pg_trigger g WHERE g.tgrelid = t.oid) END,
+                     pg_catalog.quote_ident(g.tgname::text), ', ') FROM pg_catalog.pg_trigger g WHERE g.tgrelid = t.oid
+                     AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.oid = g.tgconstraint
+                                     AND k.contype = 'f')) END,
+                 -- (the internal triggers of a foreign key: DROP TRIGGER cannot drop them, its DROP CONSTRAINT does)
+                 CASE WHEN t.relhastriggers THEN (SELECT 'has foreign key ' || pg_catalog.string_agg(DISTINCT
+                     pg_catalog.quote_ident(k.conname::text) || ' of table ' || k.conrelid::pg_catalog.regclass::text
+                     || ' (drop it: ALTER TABLE ' || k.conrelid::pg_catalog.regclass::text || ' DROP CONSTRAINT '
+                     || pg_catalog.quote_ident(k.conname::text) || ')', ', ') FROM pg_catalog.pg_trigger g
+                     JOIN pg_catalog.pg_constraint k ON k.oid = g.tgconstraint AND k.contype = 'f'
+                     WHERE g.tgrelid = t.oid) END,
                  CASE WHEN t.relhasrules THEN 'has rules' END,
                  CASE WHEN t.relrowsecurity THEN 'has row-level security' END)
              FROM planted t ORDER BY t.name),

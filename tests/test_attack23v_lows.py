@@ -31,3 +31,18 @@ def test_a_yoyo_5_history_is_one_clear_line(cli, db, sql_dir):
     line = one_error_line(result)
     assert result.exit_code == 2 and "yoyo < 6's layout" in line and "public._yoyo_migration" in line, line
     assert "sql adopt --yes" in line and "hcm_report_metadata" not in db.tables()
+
+
+def test_a_foreign_key_left_on_yoyo_lock_is_named_as_one_with_its_drop_constraint(cli, db, sql_dir, low):
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    db.query(f"GRANT USAGE, CREATE ON SCHEMA public TO {low}; GRANT REFERENCES ON public.yoyo_lock TO {low}")
+    evil = psycopg2.connect(dbname=db.name, user=low, host=db.server.host, port=db.server.port)
+    evil.autocommit = True
+    evil.cursor().execute("CREATE TABLE public.fk (l int CONSTRAINT held REFERENCES public.yoyo_lock (locked))")
+    evil.close()
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "foreign key held of table public.fk" in line, line
+    assert "RI_ConstraintTrigger" not in line and "ALTER TABLE public.fk DROP CONSTRAINT held" in line, line
+    doctor = cli("doctor", "--sql-dir", sql_dir, env=db.db_env())
+    assert "ALTER TABLE public.fk DROP CONSTRAINT held" in doctor.output and "RI_Constraint" not in doctor.output
