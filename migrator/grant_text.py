@@ -14,7 +14,7 @@ WRITES = "INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER"
 
 def grants_list(schema: str, grants: list) -> str:
     """Others' write rights as one line's part: `public.yoyo_lock to app (INSERT, DELETE)`."""
-    return "; ".join(output.visible(f"{schema}.{table} to {grantee} ({rights})") for table, grantee, rights, _ in grants)
+    return "; ".join(output.visible(f"{schema}.{table} to {grantee} ({rights})") for table, grantee, rights, *_ in grants)
 
 
 def revoke_sql(schema: str, grants: list) -> str:
@@ -23,7 +23,7 @@ def revoke_sql(schema: str, grants: list) -> str:
     shows it)."""
     tables = sorted({table for table, *_ in grants})
     grantees = sorted({grantee for _, grantee, *_ in grants})
-    maintain = ", MAINTAIN" if any("MAINTAIN" in rights.split(", ") for _, _, rights, _ in grants) else ""
+    maintain = ", MAINTAIN" if any("MAINTAIN" in rights.split(", ") for _, _, rights, *_ in grants) else ""
     return (f"REVOKE {WRITES}{maintain} ON TABLE {', '.join(f'{ident(schema)}.{ident(t)}' for t in tables)} "
             f"FROM {', '.join(grantees)} CASCADE")
 
@@ -44,3 +44,14 @@ def rights_of(grants: list) -> list[str]:
 
 def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def revoke_advice(schema: str, grants: list) -> str:
+    """Who runs which REVOKE: a REVOKE takes only what its runner granted (a superuser's acts as the owner), so a
+    right granted by another role (one holding GRANT OPTION, the migration user too) is its grantor's to take."""
+    by: dict[str, list] = {}
+    for grant in grants:
+        by.setdefault(grant[4] if len(grant) > 4 else "", []).append(grant)
+    return "; ".join(f"as the tables' owner run {runnable(revoke_sql(schema, some))}" if not grantor else
+                     f"as role {grantor}, which granted them (a superuser: SET ROLE {grantor} first), run "
+                     f"{runnable(revoke_sql(schema, some))}" for grantor, some in sorted(by.items()))

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from migrator.bookkeeping_lock import creating_bookkeeping
 from migrator.errors import USAGE, MigratorError
-from migrator.grant_text import grants_list, ident, revoke_sql, rights_of, runnable
+from migrator.grant_text import grants_list, ident, revoke_advice, revoke_sql, rights_of
 from migrator import history_trust, output, pinned
 from migrator.server_session import READ_ONLY_SQLSTATE
 
@@ -34,7 +34,8 @@ from migrator.targets import where_name
 # the user on every insert. public's owner on PostgreSQL 15+, pg_database_owner (the database's owner), is
 # trusted: it already owns the database; before 15 public is the bootstrap superuser's. (The runner's tables have
 # no sequence; a column default or sequence is their owner's, the trusted one.) Last, the names of the untrusted
-# tables (history.py reads no such Flyway-shaped table). Then [table, grantee, rights, owned by the user] for what
+# tables (history.py reads no such Flyway-shaped table). Then [table, grantee, rights, owned by the user, grantor
+# when not the owner: only it can REVOKE what it granted] for what
 # other roles (or PUBLIC) may write on the trusted ones (a planted one is refused whole), and the roles the user is
 # granted to (they act as it; the login role itself aside, when it SETs ROLE to the user): the tables are the
 # runner's alone, a role that writes them forges a lock or deletes history (a common ALTER DEFAULT PRIVILEGES ...
@@ -76,18 +77,21 @@ SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE
        ARRAY(SELECT t.name FROM planted t ORDER BY t.name), ARRAY(SELECT t.name FROM tables t),
        ARRAY(SELECT ARRAY[t.name, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(
                      pg_catalog.pg_get_userbyid(a.grantee)::text) END,
-                     pg_catalog.string_agg(DISTINCT a.privilege_type, ', '), (t.relowner = (SELECT oid FROM me))::text]
-             FROM tables t, (SELECT c.oid, x.grantee, x.privilege_type FROM tables c, pg_catalog.aclexplode(c.relacl) x
+                     pg_catalog.string_agg(DISTINCT a.privilege_type, ', '), (t.relowner = (SELECT oid FROM me))::text,
+                     CASE WHEN a.grantor <> t.relowner THEN pg_catalog.quote_ident(
+                         pg_catalog.pg_get_userbyid(a.grantor)::text) ELSE '' END]
+             FROM tables t, (SELECT c.oid, x.grantee, x.grantor, x.privilege_type
+                             FROM tables c, pg_catalog.aclexplode(c.relacl) x
                              UNION ALL  -- a column's rights (GRANT INSERT (cols) ...), named with their columns
-                             SELECT c.attrelid, x.grantee, x.privilege_type || ' (' || pg_catalog.string_agg(
+                             SELECT c.attrelid, x.grantee, x.grantor, x.privilege_type || ' (' || pg_catalog.string_agg(
                                  pg_catalog.quote_ident(c.attname::text), ', ' ORDER BY c.attnum) || ')'
                              FROM pg_catalog.pg_attribute c, pg_catalog.aclexplode(c.attacl) x
                              WHERE c.attrelid IN (SELECT oid FROM tables) AND c.attacl IS NOT NULL
-                             GROUP BY c.attrelid, x.grantee, x.privilege_type) a
+                             GROUP BY c.attrelid, x.grantee, x.grantor, x.privilege_type) a
              WHERE a.oid = t.oid AND t.trusted AND a.grantee <> t.relowner
                AND a.grantee IS DISTINCT FROM (SELECT oid FROM me) AND pg_catalog.split_part(a.privilege_type, ' ', 1)
                    IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER', 'MAINTAIN')
-             GROUP BY t.name, t.relowner, a.grantee ORDER BY t.name, a.grantee),
+             GROUP BY t.name, t.relowner, a.grantee, a.grantor ORDER BY t.name, a.grantee),
        ARRAY(SELECT pg_catalog.quote_ident(m.rolname::text) FROM pg_catalog.pg_auth_members am
              JOIN pg_catalog.pg_roles m ON m.oid = am.member
              WHERE am.roleid = (SELECT oid FROM me) AND m.rolname <> SESSION_USER ORDER BY 1),
@@ -206,7 +210,7 @@ def disown(connection, schema: str, grants: list, made: bool = False, comments: 
             f"refusing the migration history in schema {schema} on {where_name(info.host, info.port, info.dbname)}: "
             f"other roles may write the runner's bookkeeping, which user {connection.info.user} does not own and "
             f"cannot take back: {grants_list(schema, foreign)}; they could add history rows that skip a migration "
-            f"or triggers that run as this user; as the tables' owner run {runnable(revoke_sql(schema, foreign))}"),
+            f"or triggers that run as this user; {revoke_advice(schema, foreign)}"),
             USAGE)
     mine = [grant for grant in grants if grant[3] == "true"]
     if not mine:

@@ -46,3 +46,28 @@ def test_a_foreign_key_left_on_yoyo_lock_is_named_as_one_with_its_drop_constrain
     assert "RI_ConstraintTrigger" not in line and "ALTER TABLE public.fk DROP CONSTRAINT held" in line, line
     doctor = cli("doctor", "--sql-dir", sql_dir, env=db.db_env())
     assert "ALTER TABLE public.fk DROP CONSTRAINT held" in doctor.output and "RI_Constraint" not in doctor.output
+
+
+def test_a_right_on_a_superusers_bookkeeping_granted_by_another_role_is_named_with_its_grantor(cli, make_db,
+                                                                                             password_role, sql_dir,
+                                                                                             low):
+    """The superuser's (the owner's) REVOKE takes only what the owner granted: the migration user, holding GRANT
+    OPTION, granted the app INSERT; the advice names that grantor, and its REVOKE works."""
+    db = make_db(owner=password_role)
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))  # (as the superuser: its tables)
+    db.query(f"GRANT USAGE ON SCHEMA public TO {low}; "
+             f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {password_role} WITH GRANT OPTION; "
+             f"SET ROLE {password_role}; GRANT INSERT ON public._yoyo_migration TO {low}; RESET ROLE")
+    env = {**db.db_env(), "DB_USER": password_role, "DB_PASSWORD": SPECIAL_PASSWORD}
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=env)
+        line = one_error_line(result)
+        assert result.exit_code == 2 and f"public._yoyo_migration to {low} (INSERT)" in line, line
+        assert f"as role {password_role}, which granted them" in line and "as the tables' owner" not in line, line
+        revoke = line.split(" run ")[-1]
+        db.query(f"SET ROLE {password_role}; {revoke}; RESET ROLE")
+        assert db.query(f"SELECT has_table_privilege('{low}', 'public._yoyo_migration', 'INSERT')") == [(False,)]
+    finally:
+        db.query(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {low} CASCADE; "
+                 f"REVOKE USAGE ON SCHEMA public FROM {low}; "
+                 f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {password_role} CASCADE")

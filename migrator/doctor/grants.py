@@ -6,7 +6,7 @@ writes every table), are for a DBA."""
 
 from __future__ import annotations
 
-from migrator.grant_text import grants_list, revoke_sql, runnable
+from migrator.grant_text import grants_list, revoke_advice, revoke_sql, runnable
 from migrator.doctor import FAIL, WARN, Check, DoctorReport
 
 # The roles (bar superusers and the user) that write every table through pg_write_all_data (PostgreSQL 14+), and
@@ -28,13 +28,13 @@ def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) ->
     if mine:
         report.add(Check("postgres bookkeeping grants", WARN, f"other roles may write the runner's bookkeeping: "
                          f"{grants_list(schema, mine)}; {harm}",
-                         f"the next migrate revokes it (then refuses until the history is reviewed and confirmed "
-                         f"with `sql trust-history --yes`), or run {runnable(revoke_sql(schema, mine))} and review "
-                         "the history"))
+                         "review the history afterwards (it may hold forged rows): the next migrate revokes it and "
+                         "refuses until `sql trust-history --yes`, or run "
+                         f"{runnable(revoke_sql(schema, mine))}"))
     if others:
         report.add(Check("postgres bookkeeping grants", FAIL, f"other roles may write the runner's bookkeeping: "
                          f"{grants_list(schema, others)}; {harm} (migrate refuses: it cannot take them)",
-                         f"as the tables' owner run {runnable(revoke_sql(schema, others))}"))
+                         revoke_advice(schema, others)))
     if backend.distrusted:
         from migrator import history_trust
 
