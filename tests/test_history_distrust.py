@@ -135,3 +135,15 @@ def test_a_history_the_run_creates_needs_no_confirmation(cli, db, sql_dir, app):
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert "unconfirmed" not in cli("doctor", "--sql-dir", sql_dir, env=db.db_env()).output
+
+
+def test_doctor_over_tenants_names_the_unconfirmed_one(cli, db, sql_dir, app):
+    db.query("CREATE SCHEMA ta; CREATE SCHEMA tb")
+    for schema in ("ta", "tb"):
+        ok(cli("migrate", "--sql-dir", sql_dir, "--schema", schema, env=db.db_env()))
+    grant_history_to(db, app, "tb")
+    assert cli("migrate", "--sql-dir", sql_dir, "--schema", "tb", env=db.db_env()).exit_code == 2
+    doctor = cli("doctor", "--sql-dir", sql_dir, "--schema", "ta", "--schema", "tb", env=db.db_env())
+    (line,) = [x for x in doctor.output.splitlines() if "unconfirmed" in x]
+    assert line.startswith("FAIL") and "[tb]" in line and "tb._yoyo_migration" in line, doctor.output
+    assert "sql trust-history --yes --schema tb" in doctor.output, doctor.output
