@@ -6,7 +6,8 @@ skips its migration for good. The run that takes those rights (trust.disown) rec
 its REVOKE, a COMMENT on each such history table: only the tables' owner (the migration role) or a superuser can
 write one, and the catalog query that verifies the tables at connect reads it (no round trip of its own). While one
 stands, every command that writes refuses in one line; `status` and `plan` say it; doctor FAILs; `sql
-trust-history --yes` removes it after review. A history this run created holds no rows of others: nothing recorded.
+trust-history --yes` removes it after review. A history this run created needs no record: it must hold no rows the
+run did not write (own_rows_only).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import json
 from datetime import datetime, timezone
 
 from migrator import output
+from migrator.errors import USAGE, MigratorError
 from migrator.grant_text import ident
 from migrator.tables import MIGRATION_TABLE
+from migrator.targets import where_name
 
 # The first line of the COMMENT (a comment the table had before is kept after it, and given back on confirming).
 MARK = "hcm-db-migrations unconfirmed history"
@@ -94,3 +97,32 @@ def confirm(connection, schema: str, comments: list, tables: list[str]) -> None:
             kept = (before.get(table) or "").split("\n", 1)[1:]
             cursor.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
                 sql.Identifier(schema, table), sql.Literal(kept[0] if kept else None)))
+
+
+# The histories whose rows the run trusts to say what is applied (a checksum restores a lost mark), by the column
+# naming each row: one this run just made holds none yet (others' write rights were taken before they could see it;
+# a superuser, or a member of pg_write_all_data, still may).
+HISTORIES = {MIGRATION_TABLE: "migration_id", "_hcm_migration_checksum": "migration_id"}
+
+
+def own_rows_only(connection, schema: str, tables: list[str], column: str | None = None) -> None:
+    """After the COMMIT of a creation: refuses, in one line, a history this run just made that holds rows (named by
+    `column`, a Flyway history's `script`, or as HISTORIES says)."""
+    from psycopg2 import sql
+
+    for table in (t for t in tables if column or t in HISTORIES):
+        with connection.cursor() as cursor:
+            cursor.execute(sql.SQL("SELECT {id}::pg_catalog.text FROM {schema}.{table} LIMIT 4").format(
+                id=sql.Identifier(column or HISTORIES[table]), schema=sql.Identifier(schema),
+                table=sql.Identifier(table)))
+            ids = [row[0] for row in cursor.fetchall()]
+        if ids:
+            info = connection.info
+            shown = ", ".join(output.quoted(i) for i in ids[:3]) + (" and more" if len(ids) > 3 else "")
+            raise MigratorError(output.visible(
+                f"refusing the migration history {schema}.{table} on {where_name(info.host, info.port, info.dbname)}: "
+                f"this run has just created it, yet it holds rows the run did not write ({column or HISTORIES[table]} "
+                f"{shown}); "
+                "another role wrote them (a superuser, or a member of pg_write_all_data), and their migrations would "
+                f"be skipped as applied; find who, delete those rows (DELETE FROM {schema}.{table}), and run again"),
+                USAGE)

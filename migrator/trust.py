@@ -21,7 +21,6 @@ from migrator import history_trust, output, pinned
 from migrator.server_session import READ_ONLY_SQLSTATE
 
 LOCK_NOT_AVAILABLE = "55P03"  # (lock_timeout)
-from migrator.tables import MIGRATION_TABLE
 from migrator.targets import where_name
 
 # The schema, and what in it would run as the migration role when the runner writes or reads its tables: a
@@ -346,7 +345,7 @@ def ensure_table(cursor, schema: str, table: str, create: Callable[[], None]) ->
                 with creating(cursor):
                     create()
                     present(cursor, schema, table, made=True)
-                own_rows_only(cursor.connection, schema, [table])
+                history_trust.own_rows_only(cursor.connection, schema, [table])
 
 
 @contextmanager
@@ -369,12 +368,6 @@ def creating(cursor) -> Iterator[None]:
             cursor.execute("ROLLBACK")
         raise
     cursor.execute("COMMIT")
-
-
-# The histories whose rows the run trusts to say what is applied (a checksum restores a lost mark), by the column
-# naming each row: one this run just made holds none yet (others' write rights were taken before they could see it;
-# a superuser, or a member of pg_write_all_data, still may).
-HISTORIES = {MIGRATION_TABLE: "migration_id", "_hcm_migration_checksum": "migration_id"}
 
 
 @contextmanager
@@ -402,29 +395,6 @@ def before_commit(backend) -> None:
             backend.connection.cursor().execute("ROLLBACK")
         backend._in_transaction = False
         raise
-
-
-def own_rows_only(connection, schema: str, tables: list[str], column: str | None = None) -> None:
-    """After the COMMIT of a creation: refuses, in one line, a history this run just made that holds rows (named by
-    `column`, a Flyway history's `script`, or as HISTORIES says)."""
-    from psycopg2 import sql
-
-    for table in (t for t in tables if column or t in HISTORIES):
-        with connection.cursor() as cursor:
-            cursor.execute(sql.SQL("SELECT {id}::pg_catalog.text FROM {schema}.{table} LIMIT 4").format(
-                id=sql.Identifier(column or HISTORIES[table]), schema=sql.Identifier(schema),
-                table=sql.Identifier(table)))
-            ids = [row[0] for row in cursor.fetchall()]
-        if ids:
-            info = connection.info
-            shown = ", ".join(output.quoted(i) for i in ids[:3]) + (" and more" if len(ids) > 3 else "")
-            raise MigratorError(output.visible(
-                f"refusing the migration history {schema}.{table} on {where_name(info.host, info.port, info.dbname)}: "
-                f"this run has just created it, yet it holds rows the run did not write ({column or HISTORIES[table]} "
-                f"{shown}); "
-                "another role wrote them (a superuser, or a member of pg_write_all_data), and their migrations would "
-                f"be skipped as applied; find who, delete those rows (DELETE FROM {schema}.{table}), and run again"),
-                USAGE)
 
 
 def created(connection, schema: str, tables: list[str]) -> None:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Iterator
 
-from migrator import output, pg_lock, pinned, server_session, trust, whoami
+from migrator import history_trust, output, pg_lock, pinned, server_session, trust, whoami
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import failures, tenant_mark
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads, guard_session, opened
@@ -282,7 +282,7 @@ def backend_class():
                         super().ensure_internal_schema_updated()
                     trust.created(self.connection, self.bookkeeping_schema, tables)  # (likewise, made by another)
                     if self.migration_table not in present:  # (its COMMIT done: rows only others wrote)
-                        trust.own_rows_only(self.connection, self.bookkeeping_schema, [self.migration_table])
+                        history_trust.own_rows_only(self.connection, self.bookkeeping_schema, [self.migration_table])
 
         def first_write(self):  # (pg_lock's first write guard, from this package: its imports run one way)
             from migrator.postgres import first_write

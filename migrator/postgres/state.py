@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from migrator import checksums, trust
+from migrator import checksums, history_trust
 from migrator.errors import DRIFT, USAGE, MigratorError
 from migrator.postgres import flyway
 from migrator.postgres.connection import MIGRATION_TABLE
@@ -172,7 +172,7 @@ def reconcile(backend, migrations, notify) -> list:
     if books.flyway is None:
         history.refuse_other_table(backend, migrations, notify)
         history.ensure_table(backend)  # the history of record from the first run on, as Flyway would make it
-        trust.own_rows_only(backend.connection, backend.bookkeeping_schema, [history.table_name(backend)], "script")
+        history_trust.own_rows_only(backend.connection, backend.bookkeeping_schema, [history.table_name(backend)], "script")
         books = bookkeeping(backend, migrations)
     if books.flyway is not None:
         taken = history.sync(backend, migrations, books.flyway, notify)
