@@ -67,6 +67,8 @@ def test_the_distrust_outlives_a_revoking_run_that_failed(cli, db, sql_dir, app)
         assert cli(*command, "--sql-dir", sql_dir, env=db.db_env()).exit_code == 2
     status = ok(cli("status", "--sql-dir", sql_dir, env=db.db_env()))  # read-only: works, and says so
     assert "unconfirmed" in status.output and "sql trust-history" in status.output, status.output
+    plan = ok(cli("plan", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "unconfirmed" in plan.stderr and "unconfirmed" not in plan.stdout, plan.output  # (stdout: psql's script)
     doctor = cli("doctor", "--sql-dir", sql_dir, env=db.db_env())
     (line,) = [x for x in doctor.output.splitlines() if "unconfirmed" in x]
     assert line.startswith("FAIL") and "public._yoyo_migration" in line, doctor.output
@@ -125,6 +127,11 @@ def test_a_tenants_distrust_is_its_own_and_named_with_its_schema(cli, db, sql_di
     result = cli("migrate", "--sql-dir", sql_dir, "--schema", "ta", env=db.db_env())
     refusal(result, "ta._yoyo_migration", app, "runner.py sql trust-history --yes --schema ta")
     ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "tb", env=db.db_env()))
+    add_migration(sql_dir, "0002_more", "CREATE TABLE more_rows (id int);\n")
+    both = cli("migrate", "--sql-dir", sql_dir, "--schema", "ta", "--schema", "tb", "--parallel", "2", env=db.db_env())
+    refusal(both, "ta._yoyo_migration", app, "runner.py sql trust-history --yes --schema ta")
+    assert db.query("SELECT to_regclass('tb.more_rows') IS NOT NULL, to_regclass('ta.more_rows') IS NULL") == \
+        [(True, True)]  # each schema its own: tb migrated, ta refused
     ok(cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, "--schema", "ta", env=db.db_env()))
     ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "ta", env=db.db_env()))
 
