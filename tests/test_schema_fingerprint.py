@@ -119,3 +119,27 @@ def test_the_settings_a_description_depends_on_are_part_of_it(db):
     finally:
         conn.close()
     assert len(set(taken)) == len(taken)
+
+
+@pytest.mark.parametrize("version", [150000, 160000], ids=["text-xid-before-16", "hashxid-16-on"])
+def test_both_forms_of_the_catalog_hash_see_a_change_and_its_undoing(db, version):
+    """Servers before 16 hash each row's xmin through its text (no hashxidextended); both forms must tell a
+    committed change from none, and a change undone (its rows deleted) from the change."""
+    conn = psycopg2.connect(db.url)
+    conn.autocommit = True
+
+    def taken():
+        with conn.cursor() as cursor:
+            cursor.execute(fingerprint.query(version))
+            return cursor.fetchall()
+
+    try:
+        db.query("CREATE TABLE fp_form_t (id int)")
+        before = taken()
+        assert taken() == before
+        db.query("CREATE INDEX fp_form ON fp_form_t (id)")
+        changed = taken()
+        db.query("DROP INDEX fp_form")
+        assert changed != before and taken() == before
+    finally:
+        conn.close()
