@@ -143,3 +143,52 @@ def test_both_forms_of_the_catalog_hash_see_a_change_and_its_undoing(db, version
         assert changed != before and taken() == before
     finally:
         conn.close()
+
+
+def test_the_live_description_is_the_record_while_the_fingerprint_vouches_for_it(kinds_db, monkeypatch):
+    """A change's "before" (snapshot.live_description): the record, read back equal to what describing gives on
+    every kind of object, while the catalog's fingerprint is the recorded one; described after any change."""
+    conn = psycopg2.connect(kinds_db.url)
+    conn.autocommit = True
+    try:
+        snapshot.record(conn, "public", "test")
+        snapshot.record(conn, "public", "test")  # (the first may have made the table: a catalog change)
+        described = describing.describe(conn, "public")
+        with monkeypatch.context() as patched:
+            patched.setattr(describing, "describe", _no_describing)
+            kept = snapshot.live_description(conn, "public")
+        assert kept == described and kept.items == described.items
+        with conn.cursor() as cursor:
+            cursor.execute(f"CREATE INDEX fp_live ON {T} (tenant_id)")
+        try:
+            now = snapshot.live_description(conn, "public")
+        finally:
+            with conn.cursor() as cursor:
+                cursor.execute("DROP INDEX fp_live")
+        assert now != kept and ("index", "public.fp_live") in {(k[0], k[1]) for k in now.items}
+    finally:
+        conn.close()
+
+
+def test_a_hand_change_after_the_drift_check_stays_drift_after_the_run(cli, db, sql_dir, monkeypatch):
+    """The drift check answers from the fingerprint; a DBA's index made after it, before the run's first change, is
+    in the run's "before" (the fingerprint taken again), so the run records only its own file and the index stays
+    drift, never absorbed as the run's work."""
+    from conftest import add_migration, migrate, ok
+    from migrator.postgres import rewrites
+
+    ok(migrate(cli, db, sql_dir))
+    ok(migrate(cli, db, sql_dir))  # (the fingerprint recorded: the next drift check answers from it)
+    add_migration(sql_dir, "0002_more", "CREATE TABLE fp_more (id INT);\n")
+    judge = rewrites.judge
+
+    def judged_then_a_hand_change(*args, **kwargs):
+        verdicts = judge(*args, **kwargs)
+        db.query(f"CREATE INDEX fp_hand ON {T} (tenant_id)")
+        return verdicts
+
+    monkeypatch.setattr(rewrites, "judge", judged_then_a_hand_change)
+    ok(migrate(cli, db, sql_dir))
+    monkeypatch.undo()
+    status = cli("status", "--sql-dir", sql_dir, env=db.db_env())
+    assert f"index fp_hand ON {T} added" in status.output and "fp_more" not in status.output, status.output
