@@ -19,6 +19,17 @@ def _no_describing(*args, **kwargs):
     raise AssertionError("described although the catalog's fingerprint was the recorded one")
 
 
+def _with_index(conn, name: str, read):
+    """read() while an index `name` on T, made and committed by `conn` (autocommit), exists; dropped after."""
+    with conn.cursor() as cursor:
+        cursor.execute(f"CREATE INDEX {name} ON {T} (tenant_id)")
+    try:
+        return read()
+    finally:
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP INDEX {name}")
+
+
 def test_an_unchanged_catalog_is_answered_from_the_fingerprint(kinds_db, monkeypatch):
     conn = psycopg2.connect(kinds_db.url)
     conn.autocommit = True
@@ -33,13 +44,8 @@ def test_an_unchanged_catalog_is_answered_from_the_fingerprint(kinds_db, monkeyp
             report = snapshot.live_drift(conn, "public")
         assert not report.drifted and report.recorded.sha256 == stored.sha256 and report.live is None
 
-        with other.cursor() as cursor:  # another session's committed change
-            cursor.execute(f"CREATE INDEX fp_probe ON {T} (tenant_id)")
-        try:
-            report = snapshot.live_drift(conn, "public")
-        finally:
-            with other.cursor() as cursor:
-                cursor.execute("DROP INDEX fp_probe")
+        # another session's committed change
+        report = _with_index(other, "fp_probe", lambda: snapshot.live_drift(conn, "public"))
         assert report.changes == [f"index fp_probe ON {T} added"]
     finally:
         conn.close()
@@ -158,13 +164,7 @@ def test_the_live_description_is_the_record_while_the_fingerprint_vouches_for_it
             patched.setattr(describing, "describe", _no_describing)
             kept = snapshot.live_description(conn, "public")
         assert kept == described and kept.items == described.items
-        with conn.cursor() as cursor:
-            cursor.execute(f"CREATE INDEX fp_live ON {T} (tenant_id)")
-        try:
-            now = snapshot.live_description(conn, "public")
-        finally:
-            with conn.cursor() as cursor:
-                cursor.execute("DROP INDEX fp_live")
+        now = _with_index(conn, "fp_live", lambda: snapshot.live_description(conn, "public"))
         assert now != kept and ("index", "public.fp_live") in {(k[0], k[1]) for k in now.items}
     finally:
         conn.close()
