@@ -127,9 +127,9 @@ def test_the_settings_a_description_depends_on_are_part_of_it(db):
     assert len(set(taken)) == len(taken)
 
 
-@pytest.mark.parametrize("version", [150000, 160000], ids=["text-xid-before-16", "hashxid-16-on"])
+@pytest.mark.parametrize("version", [170000, 180000], ids=["text-xid-before-18", "hashxid-18-on"])
 def test_both_forms_of_the_catalog_hash_see_a_change_and_its_undoing(db, version):
-    """Servers before 16 hash each row's xmin through its text (no hashxidextended); both forms must tell a
+    """Servers before 18 hash each row's xmin through its text (no hashxidextended); both forms must tell a
     committed change from none, and a change undone (its rows deleted) from the change."""
     conn = psycopg2.connect(db.url)
     conn.autocommit = True
