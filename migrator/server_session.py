@@ -38,8 +38,10 @@ MARKS = ("hcm.flyway_table", "hcm.history", "hcm.tenant_schema", "hcm.tenant_sch
 _DURATIONS = {"lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout",
               "client_connection_check_interval"}
 # Schema-qualified calls and operators: a migration's session resolves names in the tenant's schema.
-_WHO = ("pg_catalog.pg_backend_pid(), (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a "
-        "WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())")
+# The session's own row through the function, not the pg_stat_activity view (its joins: ~0.26 ms more a statement,
+# and every guard() reads it).
+_OWN_START = "(SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a)"
+_WHO = f"pg_catalog.pg_backend_pid(), {_OWN_START}"
 # The relied-on settings whose value is not the startup packet's (source 'client'): a role's or database's ALTER ...
 # SET, the server's file, a pool's in-band SET. A value equal to the one sent proves nothing then: the pool may be
 # one whose transactions each land on another server session.
@@ -64,8 +66,7 @@ class ServerSession:
 
     def here(self) -> str:
         """An SQL condition true only on this server session (no parameter, no colon: yoyo's :name style)."""
-        started = (f" AND (SELECT pg_catalog.to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISSUS') FROM "
-                   "pg_catalog.pg_stat_activity a WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()) "
+        started = (f" AND pg_catalog.to_char({_OWN_START} AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISSUS') "
                    f"OPERATOR(pg_catalog.=) '{self.started.astimezone(timezone.utc):%Y%m%d%H%M%S%f}'"
                    if self.started else "")
         return f"(pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.=) {self.pid}{started})"

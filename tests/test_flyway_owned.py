@@ -91,6 +91,27 @@ def test_ddl_targets_are_what_a_file_changes_not_what_it_reads():
     assert found == {"t", "i1", "t2", "i2", "v", "tc", "t3", "t4", "t5", "f2", "ty", "s2", "tr", "t6", "t7"}
 
 
+def test_a_data_files_rows_are_skipped_by_their_first_word_and_its_ddl_still_found():
+    """file_targets builds no tree for a statement whose first word makes it data (INSERT, WITH ... INSERT, COPY...):
+    the DDL between them, after a comment, or with a body holding an INSERT, is still found, as a whole parse finds."""
+    from pglast import parse_sql
+
+    text = ("INSERT INTO rows_a VALUES (1);\n-- a comment first\nCREATE TABLE t1 (id INT);\n"
+            "WITH w AS (SELECT 1) INSERT INTO rows_b SELECT * FROM w;\n/* block */ ALTER TABLE t2 ADD COLUMN c INT;\n"
+            "CREATE FUNCTION f1() RETURNS INT LANGUAGE sql BEGIN ATOMIC INSERT INTO rows_c VALUES (1); SELECT 1; END;\n"
+            "values (1); select 1 into t_into_is_read; (SELECT 1); DELETE FROM rows_d; UPDATE rows_e SET x = 1;\n"
+            "INSERT INTO rows_f VALUES (2);CREATE INDEX i1 ON t3 (x);copy rows_g from '/dev/null';"
+            "CREATE TABLE t4 AS WITH w AS (SELECT 1) SELECT * FROM w;\n")
+    whole = set()
+    for raw in parse_sql(text):  # the reference: every statement's tree, the data ones too
+        kind = type(raw.stmt).__name__
+        if kind not in targets.NOT_DDL:
+            for name in targets.FIELDS:
+                if name not in targets.SKIP.get(kind, ()):
+                    targets._collect(getattr(raw.stmt, name, None), whole)
+    assert targets.file_targets(text) == whole == {"t1", "t2", "f1", "i1", "t3", "t4"}
+
+
 def test_a_run_waits_for_the_schemas_bookkeeping_lock_after_its_migration_committed(cli, db, tmp_path):
     """Another service's run holds the shared bookkeeping lock when this one's migration commits: the snapshot
     update waits for it (not the 300 ms DDL lock_timeout), so the run succeeds and its change is not drift."""

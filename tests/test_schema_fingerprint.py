@@ -19,6 +19,17 @@ def _no_describing(*args, **kwargs):
     raise AssertionError("described although the catalog's fingerprint was the recorded one")
 
 
+def _with_index(conn, name: str, read):
+    """read() while an index `name` on T, made and committed by `conn` (autocommit), exists; dropped after."""
+    with conn.cursor() as cursor:
+        cursor.execute(f"CREATE INDEX {name} ON {T} (tenant_id)")
+    try:
+        return read()
+    finally:
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP INDEX {name}")
+
+
 def test_an_unchanged_catalog_is_answered_from_the_fingerprint(kinds_db, monkeypatch):
     conn = psycopg2.connect(kinds_db.url)
     conn.autocommit = True
@@ -33,13 +44,8 @@ def test_an_unchanged_catalog_is_answered_from_the_fingerprint(kinds_db, monkeyp
             report = snapshot.live_drift(conn, "public")
         assert not report.drifted and report.recorded.sha256 == stored.sha256 and report.live is None
 
-        with other.cursor() as cursor:  # another session's committed change
-            cursor.execute(f"CREATE INDEX fp_probe ON {T} (tenant_id)")
-        try:
-            report = snapshot.live_drift(conn, "public")
-        finally:
-            with other.cursor() as cursor:
-                cursor.execute("DROP INDEX fp_probe")
+        # another session's committed change
+        report = _with_index(other, "fp_probe", lambda: snapshot.live_drift(conn, "public"))
         assert report.changes == [f"index fp_probe ON {T} added"]
     finally:
         conn.close()
@@ -119,3 +125,70 @@ def test_the_settings_a_description_depends_on_are_part_of_it(db):
     finally:
         conn.close()
     assert len(set(taken)) == len(taken)
+
+
+@pytest.mark.parametrize("version", [170000, 180000], ids=["text-xid-before-18", "hashxid-18-on"])
+def test_both_forms_of_the_catalog_hash_see_a_change_and_its_undoing(db, version):
+    """Servers before 18 hash each row's xmin through its text (no hashxidextended); both forms must tell a
+    committed change from none, and a change undone (its rows deleted) from the change."""
+    conn = psycopg2.connect(db.url)
+    conn.autocommit = True
+
+    def taken():
+        with conn.cursor() as cursor:
+            cursor.execute(fingerprint.query(version))
+            return cursor.fetchall()
+
+    try:
+        db.query("CREATE TABLE fp_form_t (id int)")
+        before = taken()
+        assert taken() == before
+        db.query("CREATE INDEX fp_form ON fp_form_t (id)")
+        changed = taken()
+        db.query("DROP INDEX fp_form")
+        assert changed != before and taken() == before
+    finally:
+        conn.close()
+
+
+def test_the_live_description_is_the_record_while_the_fingerprint_vouches_for_it(kinds_db, monkeypatch):
+    """A change's "before" (snapshot.live_description): the record, read back equal to what describing gives on
+    every kind of object, while the catalog's fingerprint is the recorded one; described after any change."""
+    conn = psycopg2.connect(kinds_db.url)
+    conn.autocommit = True
+    try:
+        snapshot.record(conn, "public", "test")
+        snapshot.record(conn, "public", "test")  # (the first may have made the table: a catalog change)
+        described = describing.describe(conn, "public")
+        with monkeypatch.context() as patched:
+            patched.setattr(describing, "describe", _no_describing)
+            kept = snapshot.live_description(conn, "public")
+        assert kept == described and kept.items == described.items
+        now = _with_index(conn, "fp_live", lambda: snapshot.live_description(conn, "public"))
+        assert now != kept and ("index", "public.fp_live") in {(k[0], k[1]) for k in now.items}
+    finally:
+        conn.close()
+
+
+def test_a_hand_change_after_the_drift_check_stays_drift_after_the_run(cli, db, sql_dir, monkeypatch):
+    """The drift check answers from the fingerprint; a DBA's index made after it, before the run's first change, is
+    in the run's "before" (the fingerprint taken again), so the run records only its own file and the index stays
+    drift, never absorbed as the run's work."""
+    from conftest import add_migration, migrate, ok
+    from migrator.postgres import rewrites
+
+    ok(migrate(cli, db, sql_dir))
+    ok(migrate(cli, db, sql_dir))  # (the fingerprint recorded: the next drift check answers from it)
+    add_migration(sql_dir, "0002_more", "CREATE TABLE fp_more (id INT);\n")
+    judge = rewrites.judge
+
+    def judged_then_a_hand_change(*args, **kwargs):
+        verdicts = judge(*args, **kwargs)
+        db.query(f"CREATE INDEX fp_hand ON {T} (tenant_id)")
+        return verdicts
+
+    monkeypatch.setattr(rewrites, "judge", judged_then_a_hand_change)
+    ok(migrate(cli, db, sql_dir))
+    monkeypatch.undo()
+    status = cli("status", "--sql-dir", sql_dir, env=db.db_env())
+    assert f"index fp_hand ON {T} added" in status.output and "fp_more" not in status.output, status.output

@@ -184,10 +184,9 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
     `files`: the migrations the block may run; what the ones it ran (after a failure: any of them) name as DDL
     targets is this history's work, in a schema shared by several histories (snapshot.advance)."""
     from migrator.schema import snapshot
-    from migrator.schema.describe import describe
 
     if before is None:  # (the drift check's description, when it made one, is the same moment's)
-        before = describe(backend.connection, backend.bookkeeping_schema)
+        before = snapshot.live_description(backend.connection, backend.bookkeeping_schema)
     recording = backend.recording = pg_lock.Recording(backend.connection, backend.bookkeeping_schema)
     seen, done = [before], []
 

@@ -45,18 +45,27 @@ _SETTINGS = ("hcm.tenant_schema", "hcm.tenant_schemas", "hcm.flyway_table", "hcm
 # row version a transaction writes carries that transaction's xid (xmin), and the rows a change removes were
 # written by transactions committed before the fingerprint: the multiset of xmins (count, sum of 64-bit hashes)
 # differs whenever the rows do.
-_PART = ("SELECT '{name}', pg_catalog.count(*), pg_catalog.sum(pg_catalog.hashint8extended("
-         "CAST(CAST(t.xmin AS pg_catalog.text) AS pg_catalog.int8), 0)) FROM pg_catalog.{name} t")
+# PostgreSQL 18 has hashxidextended (an xid hashed as it is); before it, through its text (~20% more time).
+_PART = ("SELECT '{name}', pg_catalog.count(*), pg_catalog.sum({hash}) FROM pg_catalog.{name} t")
+_HASH_XID = "pg_catalog.hashxidextended(t.xmin, 0)"
+_HASH_TEXT = "pg_catalog.hashint8extended(CAST(CAST(t.xmin AS pg_catalog.text) AS pg_catalog.int8), 0)"
 _NAMES = ("SELECT '{name}', pg_catalog.count(*), pg_catalog.sum(pg_catalog.hashtextextended("
           "pg_catalog.concat_ws(',', t.oid, t.{column}), 0)) FROM pg_catalog.{name} t")
-QUERY = "\nUNION ALL ".join(
-    [_PART.format(name=c) for c in CATALOGS]
+
+
+def query(server_version: int) -> str:
+    """The fingerprint's one statement for a server of that version (psycopg2's connection.server_version)."""
+    return _QUERIES[server_version >= 180000]
+
+
+_QUERIES = {xid: "\nUNION ALL ".join(
+    [_PART.format(name=c, hash=_HASH_XID if xid else _HASH_TEXT) for c in CATALOGS]
     + [IN_PLACE, _NAMES.format(name="pg_roles", column="rolname"),  # shared catalogs: the names printed
        _NAMES.format(name="pg_tablespace", column="spcname"),
        # each quoted (NULL, an unset one, apart from ''): the list reads one way only
        "SELECT pg_catalog.concat_ws(',', pg_catalog.quote_nullable(pg_catalog.current_database()), "
        + ", ".join(f"pg_catalog.quote_nullable(pg_catalog.current_setting('{name}', true))" for name in _SETTINGS)
-       + "), 0, 0"])
+       + "), 0, 0"]) for xid in (False, True)}
 # The code that turns the catalog into a description: a new version of it describes anew.
 _CODE = ("describe.py", "queries.py", "model.py")
 
@@ -69,7 +78,7 @@ def _code() -> str:
 def take(conn, bookkeeping_schema: str | None) -> str:
     """The fingerprint of what describe(conn, bookkeeping_schema) would read now. Reads only."""
     with conn.cursor() as cursor:
-        cursor.execute(QUERY)
+        cursor.execute(query(conn.server_version))
         rows = cursor.fetchall()
     return hashlib.sha256(repr((bookkeeping_schema, _code(), rows)).encode()).hexdigest()
 

@@ -359,6 +359,20 @@ def recorded_description(conn, schema: str) -> Description | None:
     return Description.from_json(row[0]) if row else None
 
 
+def live_description(conn, schema: str) -> Description:
+    """The schema as describe(conn, schema) reads it now: the recorded description when the catalog's fingerprint is
+    the one recorded with it (stored only when the record was exactly what was described: fingerprint.py), so a
+    change's "before" costs a fingerprint instead of a description; else described."""
+    from migrator.schema.describe import describe
+
+    snapshot = recorded(conn, schema)
+    if snapshot is not None and snapshot.fingerprint and fingerprint.take(conn, schema) == snapshot.fingerprint:
+        kept = recorded_description(conn, schema)
+        if kept is not None and kept.sha256 == snapshot.sha256:
+            return kept
+    return describe(conn, schema)
+
+
 def live_drift(conn, schema: str, described: Description | None = None, refresh: bool = False) -> DriftReport:
     """The live schema against the recorded description. Reads only (safe on `status`'s read-only
     connection). The recorded objects are read only when the text's sha256 differs.

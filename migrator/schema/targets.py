@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 
-from migrator import source_files
+from migrator import lazy_re, source_files
 
 # Statements that change no object's definition (rows, settings, transactions): their tables are not targets.
 NOT_DDL = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CopyStmt", "DoStmt",
@@ -41,14 +42,17 @@ def file_targets(text: str) -> frozenset[str]:
     from pglast.parser import ParseError
 
     try:
-        statements = [raw.stmt for raw in parse_sql(text)]
+        pieces = _statements(text)
     except ParseError:  # (a psql-only line, a syntax pglast lacks): statement by statement, the unreadable ignored
-        statements = []
-        for piece in _pieces(text):
-            try:
-                statements += [raw.stmt for raw in parse_sql(piece)]
-            except ParseError:
-                continue
+        pieces = _pieces(text)
+    statements = []
+    for piece in pieces:
+        if _DATA.match(piece):  # (a data file's rows: no tree built for them, the costly part of a parse)
+            continue
+        try:
+            statements += [raw.stmt for raw in parse_sql(piece)]
+        except ParseError:
+            continue
     names: set[str] = set()
     for statement in statements:
         kind = type(statement).__name__
@@ -59,6 +63,19 @@ def file_targets(text: str) -> frozenset[str]:
             if name not in SKIP.get(kind, ()):
                 _collect(getattr(statement, name, None), names, column)
     return frozenset(names)
+
+
+# A statement whose first word is one of these is of a NOT_DDL kind whatever follows (INSERT: InsertStmt, WITH: a
+# SELECT, INSERT, UPDATE, DELETE or MERGE); anything else, a leading comment too, is parsed.
+_DATA = lazy_re.compile(r"(?:INSERT|UPDATE|DELETE|SELECT|VALUES|WITH|COPY)\b", re.IGNORECASE)
+
+
+def _statements(text: str) -> list[str]:
+    """The text's statements as PostgreSQL's parser splits them (a function body's semicolons inside), without the
+    trees; ParseError where it does not parse."""
+    from pglast import parser
+
+    return list(parser.split(text, with_parser=True))
 
 
 def _pieces(text: str) -> list[str]:
