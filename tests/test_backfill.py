@@ -402,3 +402,37 @@ def test_a_backfill_rerun_says_what_this_run_committed_and_the_record_adds_up_al
     add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
     ok(migrate(cli, db, sql_dir))
     assert db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NULL") == [(0,)] and applied(db)[-1] == "0002_ref"
+
+
+def test_a_sigtermed_rerun_s_record_adds_its_batches_to_the_earlier_runs(db, sql_dir, cli):
+    """The record written as each batch commits (what a SIGTERM or SIGKILL leaves) counts the earlier runs' too."""
+    from test_progress import runner
+
+    filled(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid")
+    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1].replace(
+        "batch every 3", "batch max 2"))
+    assert "COMMITTED 14 row(s) in 2 batch(es)" in one_error_line(migrate(cli, db, sql_dir))
+    db.query("CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); "
+             f"RETURN NEW; END $$; CREATE TRIGGER slow_row BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION "
+             "slow_row(); DELETE FROM batches")
+    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
+    proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url)
+    try:
+        for _ in range(300):  # until 2 batches of this run committed
+            if db.poll("SELECT count(*) FROM batches")[0][0] >= 2:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    done = db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL")[0][0]
+    batches = db.query("SELECT count(*) FROM batches")[0][0]
+    status = cli("status", "--sql-dir", sql_dir, env=db.db_env()).output
+    found = re.search(r"the backfill at line 3 COMMITTED (\d+) row\(s\) in (\d+) batch\(es\) in all runs", status)
+    assert found and "pending, PARTLY applied" in status, status
+    # this run's batches (the one SIGTERM cut may or may not have committed) on top of the first run's 2
+    assert int(found[2]) >= 4 and done - 7 <= int(found[1]) <= done and int(found[2]) <= 2 + batches, (found, done)
+    assert "this run committed none" not in err, err
