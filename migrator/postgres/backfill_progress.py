@@ -133,10 +133,12 @@ class Watch:
         if xid is None or self.blind:
             return
         column = '"' + self.statement.column.replace('"', '""') + '"'
+        # (a ctid names a row only within one table: a child's rows are never taken for the parent's)
+        only = "ONLY " if self.statement.column == "ctid" else ""
         try:
             self.cursor.execute(
-                f"SELECT pg_catalog.count(*), pg_catalog.min(b.{column}::pg_catalog.text) FROM {self.statement.table} "
-                f"b WHERE b.{column} OPERATOR(pg_catalog.=) ANY ({self.statement.bound}) "
+                f"SELECT pg_catalog.count(*), pg_catalog.min(b.{column}::pg_catalog.text) FROM {only}"
+                f"{self.statement.table} b WHERE b.{column} OPERATOR(pg_catalog.=) ANY ({self.statement.bound}) "
                 f"AND b.xmin OPERATOR(pg_catalog.=) pg_catalog.xid('{int(xid)}'::pg_catalog.xid8)")
         except psycopg2.Error as exc:
             if not _cannot_run(exc):
