@@ -280,19 +280,14 @@ def test_a_failing_backfill_says_how_many_batches_committed_and_status_shows_it_
     assert "0002_ref" in status and "pending, PARTLY applied" in status, status
 
 
-def test_a_sigtermed_backfill_says_how_many_batches_committed(db, sql_dir, cli):
+def sigtermed_after(db, sql_dir, batches: int) -> str:
+    """A migrate SIGTERMed once `batches` batches committed (the `batches` table counts them): its stderr."""
     from test_progress import runner
 
-    filled(cli, db, sql_dir)
-    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid;"
-             "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); "
-             f"RETURN NEW; END $$; CREATE TRIGGER slow_row BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION "
-             "slow_row()")
-    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
     proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url)
     try:
-        for _ in range(300):  # until 3 batches committed
-            if db.poll("SELECT count(*) FROM batches")[0][0] >= 3:
+        for _ in range(300):
+            if db.poll("SELECT count(*) FROM batches")[0][0] >= batches:
                 break
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
@@ -300,6 +295,17 @@ def test_a_sigtermed_backfill_says_how_many_batches_committed(db, sql_dir, cli):
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
+    return err
+
+
+def test_a_sigtermed_backfill_says_how_many_batches_committed(db, sql_dir, cli):
+    filled(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid;"
+             "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); "
+             f"RETURN NEW; END $$; CREATE TRIGGER slow_row BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION "
+             "slow_row()")
+    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
+    err = sigtermed_after(db, sql_dir, 3)
     found = re.search(r"the backfill at line 3 COMMITTED (\d+) row\(s\) in (\d+) batch\(es\)", err)
     assert found and "no statement of it committed" not in err, err
     done = db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL")[0][0]
@@ -406,8 +412,6 @@ def test_a_backfill_rerun_says_what_this_run_committed_and_the_record_adds_up_al
 
 def test_a_sigtermed_rerun_s_record_adds_its_batches_to_the_earlier_runs(db, sql_dir, cli):
     """The record written as each batch commits (what a SIGTERM or SIGKILL leaves) counts the earlier runs' too."""
-    from test_progress import runner
-
     filled(cli, db, sql_dir)
     db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid")
     add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1].replace(
@@ -417,17 +421,7 @@ def test_a_sigtermed_rerun_s_record_adds_its_batches_to_the_earlier_runs(db, sql
              f"RETURN NEW; END $$; CREATE TRIGGER slow_row BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION "
              "slow_row(); DELETE FROM batches")
     add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
-    proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url)
-    try:
-        for _ in range(300):  # until 2 batches of this run committed
-            if db.poll("SELECT count(*) FROM batches")[0][0] >= 2:
-                break
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=90)
-    finally:
-        proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    err = sigtermed_after(db, sql_dir, 2)
     done = db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL")[0][0]
     batches = db.query("SELECT count(*) FROM batches")[0][0]
     status = cli("status", "--sql-dir", sql_dir, env=db.db_env()).output

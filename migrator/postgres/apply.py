@@ -174,7 +174,8 @@ def _record_failed(backend, migration, exc: StatementFailed, prefix: str) -> Non
     from migrator.postgres import backfill_progress, concurrently
 
     backfill = getattr(exc.cause, "backfill_committed", None)  # (a backfill's batches: this run's, earlier runs')
-    if exc.done or backfill and backfill[1] or concurrently.is_concurrent(exc.statement.text) or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
+    if exc.done or backfill and backfill[1] or concurrently.is_concurrent(exc.statement.text) \
+            or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
         committed = backfill_progress.as_record(exc.committed(), backfill)  # (the total: the next run adds to it)
         checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {committed}")
     elif migration.earlier_failure is None:  # only this run's "started" record: nothing committed
