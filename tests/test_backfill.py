@@ -143,17 +143,17 @@ def test_the_ctid_batch_pattern_is_accepted_and_batches(cli, db, sql_dir):
     assert db.query("SELECT count(DISTINCT xid) FROM batches") == [(9,)]  # 50 rows by 7, and the empty last one
 
 
-# Each batch bumps the first row not yet at 20: 3 rows x 20 = 60 batches that touch a row (a WHERE that is slow to
-# leave its done rows out), so without a limit it ends, late; with one it stops at the limit.
+# Each batch sets one row of 60: 60 batches that touch a row, so without a limit it ends, late; with one it stops
+# at the limit. (A batch picking a row it did again is no progress: see the tests at the end.)
 SLOW_LOOP = ("-- transactional: false\n"
              "{directive}\n"
-             "UPDATE loop_t SET n = n + 1 WHERE id IN (SELECT id FROM loop_t WHERE n < 20 ORDER BY id LIMIT 1);\n")
+             "UPDATE loop_t SET n = 1 WHERE id IN (SELECT id FROM loop_t WHERE n = 0 ORDER BY id LIMIT 1);\n")
 
 
 def looping(cli, db, sql_dir, directive: str) -> None:
     ok(migrate(cli, db, sql_dir, "--quiet"))
     db.query("CREATE TABLE loop_t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);"
-             "INSERT INTO loop_t (id) VALUES (1), (2), (3)")
+             "INSERT INTO loop_t (id) SELECT generate_series(1, 60)")
     add_migration(sql_dir, "0002_loop", SLOW_LOOP.format(directive=directive))
 
 
@@ -280,19 +280,14 @@ def test_a_failing_backfill_says_how_many_batches_committed_and_status_shows_it_
     assert "0002_ref" in status and "pending, PARTLY applied" in status, status
 
 
-def test_a_sigtermed_backfill_says_how_many_batches_committed(db, sql_dir, cli):
+def sigtermed_after(db, sql_dir, batches: int) -> str:
+    """A migrate SIGTERMed once `batches` batches committed (the `batches` table counts them): its stderr."""
     from test_progress import runner
 
-    filled(cli, db, sql_dir)
-    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid;"
-             "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); "
-             f"RETURN NEW; END $$; CREATE TRIGGER slow_row BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION "
-             "slow_row()")
-    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
     proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", db.url)
     try:
-        for _ in range(300):  # until 3 batches committed
-            if db.poll("SELECT count(*) FROM batches")[0][0] >= 3:
+        for _ in range(300):
+            if db.poll("SELECT count(*) FROM batches")[0][0] >= batches:
                 break
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
@@ -300,6 +295,17 @@ def test_a_sigtermed_backfill_says_how_many_batches_committed(db, sql_dir, cli):
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
+    return err
+
+
+def test_a_sigtermed_backfill_says_how_many_batches_committed(db, sql_dir, cli):
+    filled(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid;"
+             "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); "
+             f"RETURN NEW; END $$; CREATE TRIGGER slow_row BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION "
+             "slow_row()")
+    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
+    err = sigtermed_after(db, sql_dir, 3)
     found = re.search(r"the backfill at line 3 COMMITTED (\d+) row\(s\) in (\d+) batch\(es\)", err)
     assert found and "no statement of it committed" not in err, err
     done = db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL")[0][0]
@@ -335,3 +341,92 @@ def test_a_done_check_that_cannot_run_is_one_line_saying_the_batches_committed(c
         'column "tname" does not exist' in line, line
     assert f"the backfill at line 3 COMMITTED {t1} row(s) in" in line and applied(db) == [SEED]
     assert db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL") == [(t1,)]
+
+
+REGION = (f"-- transactional: false\n-- backfill: batch{{every}}\nUPDATE {TABLE} SET region = upper(tenant_id)\n"
+          f"WHERE id IN (SELECT id FROM {TABLE} WHERE region IS NULL{{order}} LIMIT {{limit}});\n")
+
+
+def test_a_backfill_whose_update_leaves_rows_picked_stops_at_a_checked_batch_in_one_line(cli, db, sql_dir):
+    """attack24p 2: rows whose source is NULL stay picked (region stays NULL): before, every batch rewrote them
+    again, up to BACKFILL_MAX_BATCHES (here 200: "ran 200 committed batches"; 100,000 by default, hours)."""
+    filled(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN region text; UPDATE {TABLE} SET tenant_id = NULL WHERE id IN (10, 11);"
+             "DELETE FROM batches")
+    add_migration(sql_dir, "0002_region", REGION.format(every="", order=" ORDER BY id", limit=7))
+    result = cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "BACKFILL_MAX_BATCHES": "200"})
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "0002_region.sql:3: failed to apply" in line, line
+    # batch 1: ids 1-7; batch 2: ids 8-14, of which 10 and 11 stay NULL and are picked again
+    assert "`-- backfill: batch` at line 3 makes no progress: its WHERE picks again 2 row(s) its batch 2 updated " \
+           "(id 10 among them)" in line, line
+    assert "make the subquery's WHERE leave out the rows the UPDATE cannot finish (e.g. AND <its source> IS NOT " \
+           "NULL)" in line
+    assert "the backfill at line 3 COMMITTED 14 row(s) in 2 batch(es)" in line
+    assert db.query("SELECT count(*) FROM batches") == [(2,)] and applied(db) == [SEED]
+    # the source fixed in the file: the rerun goes on and finishes
+    add_migration(sql_dir, "0002_region", REGION.format(every="", order=" AND tenant_id IS NOT NULL ORDER BY id",
+                                                        limit=7))
+    ok(migrate(cli, db, sql_dir))
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE region IS NULL") == [(2,)]
+
+
+def test_no_progress_line_counts_past_the_table_s_rows(cli, db, sql_dir):
+    """The repro's shape: no ORDER BY, 3 NULL sources among 300 rows, each picked again only once the scan has
+    passed the rest. Before: progress lines went on counting (301000 rows on a 300,000-row table) to the limit."""
+    filled(cli, db, sql_dir, rows=300)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN region text; UPDATE {TABLE} SET tenant_id = NULL WHERE id % 100 = 0;"
+             f"ANALYZE {TABLE}")
+    add_migration(sql_dir, "0002_region", REGION.format(every=" every 1", order="", limit=20))
+    result = cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "BACKFILL_MAX_BATCHES": "100"})
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "makes no progress: its WHERE picks again" in line, line
+    counted = [int(rows) for rows in re.findall(r"backfill: (\d+) row\(s\)", result.stderr)]
+    assert counted and max(counted) <= 300, counted
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE region IS NULL") == [(3,)]
+
+
+def test_a_backfill_rerun_says_what_this_run_committed_and_the_record_adds_up_all_runs(cli, db, sql_dir):
+    """attack24p 3: the second run committed 2 more batches, then said "this run committed none of its
+    statements" and recorded its own 2 batches only, forgetting the first run's (status: 14 rows, 28 done)."""
+    filled(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid")
+    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1].replace(
+        "batch every 3", "batch max 2"))
+    first = one_error_line(migrate(cli, db, sql_dir))
+    assert "the backfill at line 3 COMMITTED 14 row(s) in 2 batch(es) (no statement before it)" in first, first
+    second = one_error_line(migrate(cli, db, sql_dir))
+    assert "this run committed none" not in second, second
+    assert "the backfill at line 3 COMMITTED 14 row(s) in 2 batch(es) in this run, 28 row(s) in 4 batch(es) in all " \
+           "runs" in second, second
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL") == [(28,)]
+    status = cli("status", "--sql-dir", sql_dir, env=db.db_env()).output
+    assert "pending, PARTLY applied" in status and "the backfill at line 3 COMMITTED 28 row(s) in 4 batch(es) in all " \
+           "runs" in status, status
+    third = one_error_line(migrate(cli, db, sql_dir))  # and a third run adds to the total again
+    assert "14 row(s) in 2 batch(es) in this run, 42 row(s) in 6 batch(es) in all runs" in third, third
+    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
+    ok(migrate(cli, db, sql_dir))
+    assert db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NULL") == [(0,)] and applied(db)[-1] == "0002_ref"
+
+
+def test_a_sigtermed_rerun_s_record_adds_its_batches_to_the_earlier_runs(db, sql_dir, cli):
+    """The record written as each batch commits (what a SIGTERM or SIGKILL leaves) counts the earlier runs' too."""
+    filled(cli, db, sql_dir)
+    db.query(f"ALTER TABLE {TABLE} ADD COLUMN ref uuid")
+    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1].replace(
+        "batch every 3", "batch max 2"))
+    assert "COMMITTED 14 row(s) in 2 batch(es)" in one_error_line(migrate(cli, db, sql_dir))
+    db.query("CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); "
+             f"RETURN NEW; END $$; CREATE TRIGGER slow_row BEFORE UPDATE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION "
+             "slow_row(); DELETE FROM batches")
+    add_migration(sql_dir, "0002_ref", "-- transactional: false\n" + BACKFILL.split(";\n", 1)[1])
+    err = sigtermed_after(db, sql_dir, 2)
+    done = db.query(f"SELECT count(*) FROM {TABLE} WHERE ref IS NOT NULL")[0][0]
+    batches = db.query("SELECT count(*) FROM batches")[0][0]
+    status = cli("status", "--sql-dir", sql_dir, env=db.db_env()).output
+    found = re.search(r"the backfill at line 3 COMMITTED (\d+) row\(s\) in (\d+) batch\(es\) in all runs", status)
+    assert found and "pending, PARTLY applied" in status, status
+    # this run's batches (the one SIGTERM cut may or may not have committed) on top of the first run's 2
+    assert int(found[2]) >= 4 and done - 7 <= int(found[1]) <= done and int(found[2]) <= 2 + batches, (found, done)
+    assert "this run committed none" not in err, err

@@ -171,11 +171,13 @@ def _end_cut_off(backend, in_transaction: bool) -> str | None:
 
 def _record_failed(backend, migration, exc: StatementFailed, prefix: str) -> None:
     """On the run's own connection: what a failed non-transactional file left committed (or that it left nothing)."""
-    from migrator.postgres import concurrently
+    from migrator.postgres import backfill_progress, concurrently
 
-    batches = (getattr(exc.cause, "backfill_committed", None) or (0, 0, 0))[1]  # a backfill's committed batches
-    if exc.done or batches or concurrently.is_concurrent(exc.statement.text) or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
-        checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {exc.committed()}")
+    backfill = getattr(exc.cause, "backfill_committed", None)  # (a backfill's batches: this run's, earlier runs')
+    if exc.done or backfill and backfill[1] or concurrently.is_concurrent(exc.statement.text) \
+            or getattr(exc, "left_pending", None):  # (its INVALID index: the rerun's to drop)
+        committed = backfill_progress.as_record(exc.committed(), backfill)  # (the total: the next run adds to it)
+        checksums.record_failure(backend, migration.id, f"{prefix}{exc.path}:{exc.line}: {committed}")
     elif migration.earlier_failure is None:  # only this run's "started" record: nothing committed
         checksums.clear_failures(backend, [migration.id])
 

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 from migrator import lazy_re
 from migrator.errors import USAGE, MigratorError
+from migrator.postgres.backfill_progress import Tally, Watch
 from migrator.postgres.splitter import Statement
 
 DIRECTIVE = lazy_re.compile(r"^[ \t]*--[ \t]*backfill[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
@@ -60,8 +61,8 @@ class Bound(NamedTuple):
     limit: str | None  # why its LIMIT is no bound (LIMIT ALL, a LIMIT over MAX_LIMIT, a non-constant one), or None
     outer: str | None = None  # a table of the statement outside the SELECT that it names (it cannot run alone)
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
-# Told (statement, batches, rows) after each committed batch: the run records it, so whatever stops the run,
-# `status` says how much of the backfill committed (file_step.Progress).
+# The file run's Tally, whose note is told (statement, Committed) after each committed batch: the run records it, so
+# whatever stops the run, `status` says how much of the backfill committed over its runs (file_step.Progress).
 COMMITTED = contextvars.ContextVar("backfill_committed", default=None)
 
 
@@ -91,28 +92,31 @@ class Batched(Statement):
                 key = cursor.fetchone()[0]
             if not key:
                 raise NotKey(not_key(self.line, self.column, self.table) + " (the statement did not run)")
-        counts = [0, 0]  # batches committed, their rows
+        tally = COMMITTED.get() or Tally()
         try:
-            self._batches(cursor, path, most, counts)
+            self._batches(cursor, path, most, tally)
         except Exception as exc:  # (the batches committed before it: the error line and `status` say so)
-            exc.backfill_committed = (self.line, *counts)
+            exc.backfill_committed = tally.committed(self.line)
             raise
 
-    def _batches(self, cursor, path: Path, most: int, counts: list) -> None:
+    def _batches(self, cursor, path: Path, most: int, tally: Tally) -> None:
         from migrator import output
 
         started = time.monotonic()
-        note = COMMITTED.get()
+        counts = tally.counts(self.line)  # this run's batches and rows (a lock retry goes on counting)
+        watch = Watch(cursor, self)
+        touched = 0
         while True:
-            cursor.execute(self.text)  # autocommit (a non-transactional file): each batch commits here
-            touched = max(cursor.rowcount, 0)
+            touched, xid = watch.batch(watch.due(counts[1], touched))
             counts[0] += 1
             counts[1] += touched
             batches, rows = counts
-            if note is not None and touched:
-                note(self, batches, rows)
+            if tally.note is not None and touched:
+                tally.note(self, tally.committed(self.line))
             if touched == 0:
                 self._confirm_done(cursor, batches, rows)
+            else:  # (before its progress line: rows counted again are no progress)
+                watch.check(xid, batches, rows)
             if touched == 0 or batches % self.every == 0:
                 done = " done" if touched == 0 else ""
                 output.progress(f"{path}:{self.line}: backfill{done}: {rows} row(s) in {batches} committed batch(es), "
@@ -126,7 +130,6 @@ class Batched(Statement):
                     "last one still touched rows; they stay committed; check that its WHERE leaves the rows it did "
                     "out of the next batch, then raise the limit if the table needs more: `-- backfill: batch max N` "
                     f"or BACKFILL_MAX_BATCHES (now {self.most or most}), and run again")
-
 
     def _confirm_done(self, cursor, batches: int, rows: int) -> None:
         """A batch that touched no row proves the backfill done only if its bound picks no row either: a

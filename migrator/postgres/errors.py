@@ -117,11 +117,13 @@ def display_width(text: str) -> int:
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
-def progress(statements, done: int, then: str, batches: tuple[int, int, int] | None = None) -> str:
-    """What a non-transactional file committed, in words: `done` statements, then what happened; `batches` (line,
-    batches, rows): what the `-- backfill: batch` statement after them committed before it stopped."""
-    if batches and batches[1]:
-        part = f"the backfill at line {batches[0]} COMMITTED {batches[2]} row(s) in {batches[1]} batch(es)"
+def progress(statements, done: int, then: str, batches=None, record: bool = False) -> str:
+    """What a non-transactional file committed, in words: `done` statements, then what happened; `batches`
+    (backfill_progress.Committed): what the `-- backfill: batch` statement after them committed before it stopped,
+    in this run and before (`record`: the failure record's words, the total first)."""
+    from migrator.postgres.backfill_progress import Committed, words
+
+    if batches and (part := words(Committed(*batches), record)):
         if done == 0:
             return f"not transactional: {part} (no statement before it); {then}"
         then = f"{part}; {then}"
@@ -194,8 +196,9 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
                                     batches))
             todo = exc.todo = "run again: the rerun continues the backfill where it stopped (its WHERE leaves done rows out)"
     earlier = getattr(migration, "earlier_failure", None)
-    if isinstance(exc, StatementFailed) and not exc.transactional and earlier and not \
-            nothing_committed(earlier) and exc.done == 0:  # an earlier run committed part; this one none
+    if isinstance(exc, StatementFailed) and not exc.transactional and earlier and not nothing_committed(earlier) \
+            and exc.done == 0 and not (getattr(exc.cause, "backfill_committed", None) or (0, 0, 0))[1]:
+        # an earlier run committed part; this one none (no statement, no backfill batch)
         committed = (f"this run committed none of its statements; a rerun starts from its first statement, and an "
                      f"earlier run left: {earlier}")
     if getattr(exc, "todo", None):  # the failure knows better (lock retries spent, an INVALID index)

@@ -14,6 +14,7 @@ from yoyo.migrations import StepBase
 from migrator import checksums, output, server_session
 from migrator.bookkeeping_lock import BookkeepingBusy
 from migrator.postgres import backfill, files, flyway, history, retry
+from migrator.postgres.backfill_progress import Tally
 from migrator.postgres.errors import RunSessionLost, StatementFailed, progress
 from migrator.postgres.files import rollback_path
 from migrator.postgres.running import SearchPathGuard, SearchPathMoved, run_retrying
@@ -91,6 +92,8 @@ class Progress:
     def __init__(self, backend, migration, statements, rollback: bool):
         self.backend, self.migration, self.statements = backend, migration, statements
         self.prefix = checksums.ROLLBACK if rollback else ""
+        earlier = migration.earlier_failure or ""  # (an earlier run's batches count if it ran the same way)
+        self.tally = Tally(earlier if earlier.startswith(checksums.ROLLBACK) == rollback else None, self.batched)
 
     def start(self) -> None:
         if self.migration.earlier_failure is None:  # else keep what an earlier run left until this one commits
@@ -105,16 +108,19 @@ class Progress:
                     "which may or may not have committed")
         else:
             then = "interrupted before it was recorded as " + ("rolled back" if self.prefix else "applied")
-        what = self.prefix + progress(self.statements, done, then)
+        waiting = self.statements[done] if done < len(self.statements) else None  # (its earlier runs' batches)
+        batches = self.tally.committed(waiting.line) if isinstance(waiting, backfill.Batched) else None
+        what = self.prefix + progress(self.statements, done, then, batches, record=True)
         _on_run_session(self.backend.connection, self.statements, done,
                         lambda: checksums.record_failure(self.backend, self.migration.id, what))
 
-    def batched(self, statement, batches: int, rows: int) -> None:
-        """A `-- backfill: batch` statement committed another batch (the statements before it all committed)."""
+    def batched(self, statement, committed) -> None:
+        """A `-- backfill: batch` statement committed another batch (the statements before it all committed):
+        `committed` (backfill_progress.Committed) in this run and the earlier ones."""
         done = next(i for i, s in enumerate(self.statements) if s is statement)
         then = (f"interrupted in statement {done + 1} (line {statement.line}), whose later batches may or may not have "
                 "committed; a rerun goes on where it stopped")
-        what = self.prefix + progress(self.statements, done, then, (statement.line, batches, rows))
+        what = self.prefix + progress(self.statements, done, then, committed, record=True)
         _on_run_session(self.backend.connection, self.statements, done,
                         lambda: checksums.record_failure(self.backend, self.migration.id, what))
 
@@ -219,7 +225,7 @@ class FileStep(StepBase):
         # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
         guard = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
         started = time.monotonic()
-        token = backfill.COMMITTED.set(progress and progress.batched)
+        token = backfill.COMMITTED.set(progress and progress.tally)
         try:
             if recording is not None and transactional:
                 _run_then_lock(backend, migration, path, statements, guard, recording, rollback)
