@@ -142,6 +142,10 @@ class Probe:
             if self._status is not None and self._status() == IDLE:  # committed (autocommit): nothing held now
                 self._held_since = self._locked_since = None
 
+    def clock_running(self) -> bool:
+        """The try's blind clock has started (a statement not known harmless ran in its open transaction)."""
+        return self._locked_since is not None
+
     def ended(self) -> None:
         """The try ended (committed, or failed and rolled back): nothing it held is watched any more."""
         self._held_since, self.overheld, self._try, self._locked_since = None, None, None, None
