@@ -145,7 +145,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     if probe is not None:
         # The waiters the run accepts: the marker's tables, by schema too. (A table the run creates has no waiter
         # before it commits; after, a waiter on it is an application's like any other.)
-        probe.exempt = _accepted(path, statements, getattr(backend, "schema", None))
+        probe.exempt = _accepted(path, statements)
         judge = clock_bound.Judge(connection, _made_in_run(backend))
     backoff = backoff or retry.Backoff(policy)
     start = done = 0
@@ -261,14 +261,13 @@ def _between_tries(path: Path, statements, index: int, transactional: bool, done
         raise failed from lost
 
 
-def _accepted(path: Path, statements, schema: str | None = None) -> set[tuple[str | None, str]]:
-    """The tables the file's `-- accept-rewrite:` marker names, (schema or None, name), whose waiters the seeing
-    probe accepts: an unqualified name is the tenant's table in a tenant's run (`schema`), else any schema's."""
+def _accepted(path: Path, statements) -> set[tuple[str | None, str]]:
+    """The tables the file's `-- accept-rewrite:` marker names, (schema or None, name): waiters on them the seeing
+    probe accepts (the blind one cannot tell them from others': clock_bound.py)."""
     try:
-        found = rewrites.markers(files.read_text(path), statements)
+        return rewrites.markers(files.read_text(path), statements)
     except (OSError, UnicodeError):
         return set()
-    return {(named or schema, table) for named, table in found}
 
 
 def _made_in_run(backend) -> set:
