@@ -48,6 +48,9 @@ CASES = {
     "insert-on-conflict-update": ("ALTER TABLE t_probe ADD PRIMARY KEY (id);",
                                   "INSERT INTO t_probe VALUES (1) ON CONFLICT (id) DO UPDATE SET id = excluded.id;\n"
                                   + SLEEP),
+    "event-trigger": ("RESET ROLE; CREATE FUNCTION evt() RETURNS event_trigger LANGUAGE plpgsql AS "
+                      "$$ BEGIN PERFORM public.locker(); END $$; CREATE EVENT TRIGGER e_lock ON ddl_command_end "
+                      "WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION evt();", "CREATE TABLE t_new (id int);\n"),
     "same-name-in-another-schema": ("CREATE SCHEMA staging;", "CREATE TABLE staging.t_probe (id int);\n"
                                                               "ALTER TABLE t_probe ADD COLUMN note text;\n" + SLEEP),
 }
@@ -58,7 +61,8 @@ def test_a_blind_probe_bounds_a_try_running_user_code_or_row_locks_that_do_not_l
                                                                                        sql_dir, pg, case):
     """attack24o 1-9: a trigger, a column DEFAULT, a view or rule, an operator, functional notation, a shadowed
     built-in, pg_catalog functions running SQL text, nested row locks, and a table of the same name created in
-    another schema: each locked t_probe (or its rows) for 1.5 s while the blind probe left the try alone, exit 0."""
+    another schema (and a superuser's event trigger on a plain CREATE TABLE): each locked t_probe (or its rows) for
+    1.5 s while the blind probe left the try alone, exit 0."""
     setup, body = CASES[case]
     db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
     db.query(f"SET ROLE {limited_role}; {LOCKER} {setup}")

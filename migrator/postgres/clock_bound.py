@@ -8,12 +8,12 @@ harmless BY CONSTRUCTION, decided from PostgreSQL's own parse of it (pglast) and
 - SET / RESET / SHOW, transaction control (not PREPARE TRANSACTION: its locks outlive the session);
 - CONCURRENTLY statements and VALIDATE CONSTRAINT (their waits block no query; running.py keeps them unbounded);
 - while the database has no enabled event trigger (it runs user code on any DDL): a CREATE TABLE that is no
-  partition, inherits nothing, references no table and copies none (LIKE); CREATE FUNCTION / PROCEDURE, SEQUENCE,
-  enum TYPE, an empty CREATE SCHEMA (catalog rows only: nobody waits on them);
+  partition, inherits nothing, references no table and copies none (LIKE); CREATE FUNCTION / PROCEDURE, SEQUENCE
+  (not OWNED BY), enum TYPE, an empty CREATE SCHEMA (catalog rows only: nobody waits on them);
 - an INSERT ... VALUES of constants (literals, NULL, DEFAULT, a literal cast to a pg_catalog type; no ON CONFLICT,
   RETURNING, WITH, sub-select, function or operator) into a table this run created (by its oid, so neither a
   same-named table in another schema nor a rename stands in for it) that, as the catalog says just before (whatever
-  made it so, a DO block's EXECUTE included), is a plain table of built-in or enum columns with no trigger, rule,
+  made it so, a DO block's EXECUTE included), is a plain heap table of built-in or enum columns with no trigger, rule,
   row security, CHECK, exclusion or foreign key, expression or partial index, nor a DEFAULT calling anything but
   nextval, now() and built-in casts (a row of it locks nothing an application uses: nobody else knows the table).
 
@@ -36,7 +36,7 @@ _EVENT_TRIGGERS = ("SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger "
 # hold planted ones. 16384: FirstNormalObjectId, below it what initdb made. An attrdef's funcids are read from its
 # node tree: nextval, now() and built-in casts; any operator refuses.)
 _TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispartition AND NOT c.relrowsecurity
-  AND NOT c.relhasrules AND NOT c.relhastriggers
+  AND NOT c.relhasrules AND NOT c.relhastriggers AND c.relam OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid)
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class OPERATOR(pg_catalog.=) c.oid)
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhrelid OPERATOR(pg_catalog.=) c.oid)
@@ -214,6 +214,8 @@ def _only_catalog(tree, kind: str) -> bool:
                     or any(type(e).__name__ == "TableLikeClause" for e in tree.tableElts or ()))
     if kind == "CreateSchemaStmt":
         return not tree.schemaElts
+    if kind == "CreateSeqStmt":  # (OWNED BY opens the table it names)
+        return not any(option.defname == "owned_by" for option in tree.options or ())
     return True
 
 
