@@ -50,11 +50,11 @@ def mark(settings: CommandSettings, ids: list[str]) -> reports.CountedLines:
 
     migrations = postgres.read_migrations(settings.sql_dir)
     selected = postgres.select_by_id(migrations, ids)
-    with locked_backend(settings) as (backend, _):
+    with locked_backend(settings, settings.limits()) as (backend, target):  # (its writes bounded by lock_timeout)
         already = set(postgres.applied_ids(backend, migrations))
         todo = [m for m in selected if m.id not in already]
         schema = check_schema_drift(settings, backend, refuse=False)
-        postgres.mark(backend, todo)
+        postgres.mark(backend, todo, target.where)
         if todo:  # not over drift: what changed by hand is shown and accepted only after review (accept-drift)
             record_schema(settings, backend, "mark", schema)
     return reports.CountedLines(

@@ -334,13 +334,36 @@ def select_by_id(migrations, ids: list[str]) -> list:
     return [found[i] for i in ids]
 
 
-def mark(backend, selected) -> None:
+def mark(backend, selected, where: str = "") -> None:
+    """Record `selected` as applied; a bookkeeping table another session holds past lock_timeout: its one line
+    (bookkeeping_busy), saying what was recorded and what to do."""
     from yoyo.migrations import MigrationList
 
-    backend.mark_migrations(MigrationList(selected))
-    if flyway.is_flyway(selected):  # a Flyway folder's record: a success row each (a failed row replaced)
-        from migrator.postgres import history
+    marked = False
+    try:
+        backend.mark_migrations(MigrationList(selected))  # (one transaction: yoyo's history and log rows)
+        marked = True
+        if flyway.is_flyway(selected):  # a Flyway folder's record: a success row each (a failed row replaced)
+            from migrator.postgres import history
 
-        history.mark(backend, selected)
-    checksums.accept(backend, selected)
-    checksums.clear_failures(backend, [m.id for m in selected])
+            history.mark(backend, selected)
+        checksums.accept(backend, selected)
+        checksums.clear_failures(backend, [m.id for m in selected])
+    except Exception as exc:
+        table = _bookkeeping_busy(backend, exc)
+        if table is None:
+            raise
+        raise _busy_marking(backend, where, table, " ".join(m.id for m in selected), marked) from exc
+
+
+def _busy_marking(backend, where: str, table: str, ids: str, marked: bool) -> MigratorError:
+    from migrator.postgres import bookkeeping_busy
+
+    if not marked:
+        committed = "nothing was marked (its transaction rolled back)"
+        then = f"run `runner.py sql mark {ids}` again once that session has let go"
+    else:
+        committed = f"{ids} are recorded as applied, but not yet in {output.visible(table)}"
+        then = (f"once that session has let go, run `runner.py sql accept-changes {ids}` (it records their checksums) "
+                "and check `runner.py status`")
+    return bookkeeping_busy.error(backend.connection, table, f"sql mark on {where}", committed, then)

@@ -1,52 +1,159 @@
-"""Which statements the lock probe bounds by the clock while it is blind (retry.Probe), and which it names as
+"""Which statements start the try's clock while the lock probe is blind (lock_probe.Probe), and which it names as
 having taken the lock the application waited on (lock_waiters.py; while it sees, what every statement of a try
-holds is watched): every one that may take a lock the application's queries wait on, decided from PostgreSQL's own
-parse of it (pglast), never from a word in its text. Blind, the probe cannot tell a lock wait from work, so it bounds all of them, DO blocks, CALLs and
-anything it does not know included, except:
+holds is watched). Blind, the probe cannot tell a lock wait from work, nor see what a statement's user code (a
+trigger, a column DEFAULT, a view, a rule, an operator, a function called by any spelling) or its row locks make the
+application wait for: so the clock runs from a try's first statement to its COMMIT unless every statement is
+harmless BY CONSTRUCTION, decided from PostgreSQL's own parse of it (pglast) and, for a table, from the catalog:
 
-- inserts and queries (their row lock waits each bounded by lock_timeout), but one calling a function of the
-  database's own (`SELECT retype()`, `INSERT ... SELECT f()`: its body may run any DDL) is bounded, and so are an
-  UPDATE / DELETE / MERGE of an existing table and a SELECT ... FOR UPDATE (their row locks, kept to the COMMIT,
-  are what the application's writes of those rows wait on);
-  SET / SHOW / transaction control, VALIDATE CONSTRAINT (SHARE UPDATE EXCLUSIVE: blocks no query), CONCURRENTLY
-  statements (REFRESH MATERIALIZED VIEW CONCURRENTLY: EXCLUSIVE, which no read waits on);
-- a plain CREATE TABLE (a new table: nobody waits on it; one that is a partition, inherits or references another
-  table locks that one, and is bounded);
-- a statement on a table created earlier in the same run (no application query uses a table the run just made),
-  or named by the file's `-- accept-rewrite:` marker (the operator accepted that it holds its lock while working).
+- SET / RESET / SHOW, transaction control (not PREPARE TRANSACTION: its locks outlive the session);
+- CONCURRENTLY statements and VALIDATE CONSTRAINT (their waits block no query; running.py keeps them unbounded);
+- while the database has no enabled event trigger (it runs user code on any DDL): a CREATE TABLE that is no
+  partition, inherits nothing, references no table and copies none (LIKE); CREATE FUNCTION / PROCEDURE, SEQUENCE
+  (not OWNED BY), enum TYPE, an empty CREATE SCHEMA (catalog rows only: nobody waits on them);
+- an INSERT ... VALUES of constants (literals, NULL, DEFAULT, a literal cast to a pg_catalog type; no ON CONFLICT,
+  RETURNING, WITH, sub-select, function or operator) into a table this run created (by its oid, so neither a
+  same-named table in another schema nor a rename stands in for it) that, as the catalog says just before (whatever
+  made it so, a DO block's EXECUTE included), is a plain heap table of built-in or enum columns with no trigger, rule,
+  row security, CHECK, exclusion or foreign key, expression or partial index, nor a DEFAULT calling anything but
+  nextval, now() and built-in casts (a row of it locks nothing an application uses: nobody else knows the table).
+
+Anything else (any query, any UPDATE/DELETE/MERGE, DDL on any table, DO, CALL, LOCK, an INSERT into an existing
+table, what the parser rejects) starts the clock. A backfill's batches are watched as tries of their own
+(running.py). The cost is a merely slow try retried (docs/safety-and-exit-codes.md: the trade-off while blind).
 """
 
 from __future__ import annotations
 
-_FREE = ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "VariableSetStmt", "VariableShowStmt",
-         "TransactionStmt", "ExplainStmt", "CreateTableAsStmt", "CreateSeqStmt", "CreateFunctionStmt", "CreateEnumStmt")
+_FREE = ("VariableSetStmt", "VariableShowStmt")
+_CATALOG_ONLY = ("CreateStmt", "CreateFunctionStmt", "CreateSeqStmt", "CreateEnumStmt", "CreateSchemaStmt")
+
+# Enabled event triggers (a superuser's: they run on any DDL, whatever the statement).
+_EVENT_TRIGGERS = ("SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger "
+                   "WHERE evtenabled OPERATOR(pg_catalog.<>) 'D')")
+
+# The table a statement names (resolved as the statement itself would: the session's search_path, temp first) and
+# whether a row inserted into it runs nothing user-defined. (Qualified operators only: the file's search_path may
+# hold planted ones. 16384: FirstNormalObjectId, below it what initdb made. An attrdef's funcids are read from its
+# node tree: nextval, now() and built-in casts; any operator refuses.)
+_TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispartition AND NOT c.relrowsecurity
+  AND NOT c.relhasrules AND NOT c.relhastriggers AND c.relam OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid)
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class OPERATOR(pg_catalog.=) c.oid)
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhrelid OPERATOR(pg_catalog.=) c.oid)
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                  JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+                  WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0
+                    AND NOT a.attisdropped AND (a.attcollation OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+                      OR t.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid AND t.typtype OPERATOR(pg_catalog.<>) 'e'))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.conrelid OPERATOR(pg_catalog.=) c.oid
+                    AND NOT k.contype OPERATOR(pg_catalog.=) ANY (ARRAY['p', 'u', 'n']::pg_catalog."char"[]))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_index x WHERE x.indrelid OPERATOR(pg_catalog.=) c.oid
+                    AND (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL
+                      OR 16384::pg_catalog.oid OPERATOR(pg_catalog.<=) ANY (x.indclass::pg_catalog.oid[])
+                      OR 16384::pg_catalog.oid OPERATOR(pg_catalog.<=) ANY (x.indcollation::pg_catalog.oid[])))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_attrdef d WHERE d.adrelid OPERATOR(pg_catalog.=) c.oid
+                    AND (d.adbin::pg_catalog.text OPERATOR(pg_catalog.~) ':(opno|opfuncid|aggfnoid|winfnoid) '
+                      OR EXISTS (SELECT FROM pg_catalog.regexp_matches(d.adbin::pg_catalog.text, ':funcid (\\d+)',
+                                                                       'g') f(m)
+                        WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+                          WHERE p.oid OPERATOR(pg_catalog.=) f.m[1]::pg_catalog.oid
+                            AND p.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
+                            AND (p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['nextval', 'now']::pg_catalog.name[])
+                              OR EXISTS (SELECT FROM pg_catalog.pg_cast s
+                                         WHERE s.castfunc OPERATOR(pg_catalog.=) p.oid))))))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_cast s WHERE s.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+                    AND s.castsource OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
+                    AND s.casttarget OPERATOR(pg_catalog.<) 16384::pg_catalog.oid)
+FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s)
+  AND c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid"""
+
+# The table a CREATE TABLE just made: an unqualified name lands in the session's current schema (a temporary one in
+# its own temp schema).
+_MADE = ("SELECT pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', COALESCE(%s, pg_catalog.current_schema()), "
+         "%s))::pg_catalog.oid")
 
 
-_ROWS = ("UpdateStmt", "DeleteStmt", "MergeStmt")  # (an existing table's rows locked until the try ends)
-_DATA = ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CreateTableAsStmt", "ExplainStmt")
+class Judge:
+    """The clock's judge for one file's tries, on the migration's own connection (its transaction: what an earlier
+    statement of the try made is seen). `created`: the oids of the tables this run created (kept for the run)."""
 
+    def __init__(self, connection, created: set):
+        self.connection, self.created = connection, created
+        self._parsed: tuple[str, list | None] = ("", [])
+        self._tables: dict[str, bool] = {}  # INSERT targets as written -> free, since the last other statement
+        self._event_triggers: bool | None = None
+        self._judged: tuple[str, bool] | None = None  # the statement last judged, and whether it is harmless
 
-def _name(relation) -> str:
-    return relation.relname.lower() if relation is not None else ""
+    def new_try(self) -> None:
+        """A try begins (the last one's transaction rolled back, or its statements committed): asked afresh."""
+        self._tables.clear()
+        self._event_triggers = None
 
+    def bounded(self, text: str, running: bool = False) -> bool:
+        """The statement starts the try's clock (see the module); asked just before it runs. `running`: the try's
+        clock runs already, so nothing is asked of the server (what is known is asked again after it)."""
+        trees = None if running else self._trees(text)
+        harmless = trees is not None and all(self._harmless_here(tree) for tree in trees)
+        self._judged = (text, harmless)
+        return not harmless
 
-def created(text: str) -> set[str]:
-    """The tables a statement creates (their names, unqualified)."""
-    if "create" not in text.lower():  # (cheap: most statements are not parsed twice)
-        return set()
-    return {_name(tree.relation) for tree in _trees(text) if type(tree).__name__ == "CreateStmt"}
+    def _harmless_here(self, tree) -> bool:
+        kind = _harmless(tree)
+        if kind == "catalog":
+            return not self._has_event_triggers()
+        if kind == "insert":
+            return self._free(tree.relation)
+        return kind == "free"
 
+    def ran(self, text: str) -> None:
+        """After a statement ran (judged or not: a backfill's batches): a table it created is the run's. What was
+        known of tables and event triggers is asked again after anything but a harmless INSERT (a DO block, a
+        trigger, a SET of search_path may have changed what a name is or what a row runs), even committed."""
+        judged, self._judged = self._judged, None
+        trees = self._trees(text) or []
+        if judged != (text, True) or not all(type(tree).__name__ == "InsertStmt" for tree in trees):
+            self._tables.clear()
+        if judged != (text, True):
+            self._event_triggers = None
+        for tree in trees:
+            if type(tree).__name__ == "CreateStmt" and not tree.if_not_exists:  # (IF NOT EXISTS: maybe another's)
+                relation = tree.relation
+                schema = "pg_temp" if relation.relpersistence == "t" else relation.schemaname
+                with self.connection.cursor() as cursor:
+                    cursor.execute(_MADE, (schema, relation.relname))
+                    made = cursor.fetchone()[0]
+                if made is not None:
+                    self.created.add(made)
 
-def bounded(text: str, exempt=frozenset()) -> bool:
-    """The statement may take a lock the application waits on (see the module), `exempt` the tables it may work
-    on unbounded (created in this run, or accepted by the file's marker)."""
-    trees = _trees(text)
-    return trees is None or any(_takes(tree, exempt) for tree in trees)
+    def _has_event_triggers(self) -> bool:
+        if self._event_triggers is None:
+            with self.connection.cursor() as cursor:
+                cursor.execute(_EVENT_TRIGGERS)
+                self._event_triggers = bool(cursor.fetchone()[0])
+        return self._event_triggers
+
+    def _free(self, relation) -> bool:
+        """A table this run created, into which a row inserts nothing but itself (see the module)."""
+        if relation.catalogname:
+            return False
+        name = _quoted(relation.relname) if relation.schemaname is None else \
+            f"{_quoted(relation.schemaname)}.{_quoted(relation.relname)}"
+        if name not in self._tables:
+            with self.connection.cursor() as cursor:
+                cursor.execute(_TABLE, (name,))
+                row = cursor.fetchone()
+            self._tables[name] = bool(row and row[0] in self.created and row[1])
+        return self._tables[name]
+
+    def _trees(self, text: str) -> list | None:
+        if self._parsed[0] != text:
+            self._parsed = (text, _trees(text))
+        return self._parsed[1]
 
 
 def query(text: str) -> bool:
-    """The statement is a query (a SELECT): bounded only for the functions it calls, so what the application waits
-    on may as well be an earlier statement's lock (lock_waiters.py words it so). Asked of a bounded one only."""
+    """The statement is a query (a SELECT): it takes no table lock the application waits on by itself, so what the
+    application waits on may as well be an earlier statement's lock (lock_waiters.py words it so)."""
     trees = _trees(text)
     return bool(trees) and all(type(tree).__name__ == "SelectStmt" for tree in trees)
 
@@ -58,56 +165,88 @@ def _trees(text: str) -> list | None:
     try:
         return [raw.stmt for raw in parse_sql(text)]
     except ParseError:
-        return None  # (not ours to judge: bounded)
+        return None
 
 
-def _takes(tree, exempt) -> bool:
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _harmless(tree) -> str | None:
+    """"free", "catalog" (free unless an event trigger runs on DDL), "insert" (free into a free table), or None: the
+    statement starts the clock."""
     from pglast import enums
 
     kind = type(tree).__name__
-    if kind in _ROWS and _name(tree.relation) not in exempt:  # its row locks: the application's writes wait on them
-        return True
-    if kind in _DATA:  # a function of the database's own, wherever the statement calls it, may run any DDL
-        return _calls_own_function(tree) or kind == "SelectStmt" and bool(tree.lockingClause)
     if kind in _FREE:
-        return False
-    if kind == "AlterTableStmt":  # (on an exempt table still bounded where it locks another: a foreign key, INHERIT)
-        if _name(tree.relation) in exempt:
-            return any(cmd.subtype == enums.AlterTableType.AT_AddInherit or _references([cmd.def_])
-                       for cmd in tree.cmds or ())
-        return any(cmd.subtype != enums.AlterTableType.AT_ValidateConstraint for cmd in tree.cmds or ())
-    if _name(getattr(tree, "relation", None)) in exempt:
-        return False
-    if kind == "CreateStmt":
-        return bool(tree.partbound or tree.inhRelations or _references(tree.tableElts))
-    if kind in ("IndexStmt", "DropStmt"):
-        return not tree.concurrent
-    if kind == "RefreshMatViewStmt":  # CONCURRENTLY: EXCLUSIVE, which no read of the view waits on
-        return not tree.concurrent
+        return "free"
+    if kind == "TransactionStmt":
+        prepared = (enums.TransactionStmtKind.TRANS_STMT_PREPARE, enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
+                    enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED)
+        return None if tree.kind in prepared else "free"
+    if _concurrent_or_validate(tree, kind):
+        return "free"
+    if kind in _CATALOG_ONLY:
+        return "catalog" if _only_catalog(tree, kind) else None
+    if kind == "InsertStmt":
+        return "insert" if _constants(tree) else None
+    return None
+
+
+def _concurrent_or_validate(tree, kind: str) -> bool:
+    """CONCURRENTLY statements (REFRESH MATERIALIZED VIEW CONCURRENTLY: EXCLUSIVE, which no read waits on) and
+    VALIDATE CONSTRAINT (SHARE UPDATE EXCLUSIVE: blocks no query)."""
+    from pglast import enums
+
+    if kind in ("IndexStmt", "DropStmt", "RefreshMatViewStmt"):
+        return bool(tree.concurrent)
     if kind == "ReindexStmt":
-        return not any(p.defname == "concurrently" for p in tree.params or ())
+        return any(p.defname == "concurrently" for p in tree.params or ())
+    if kind == "AlterTableStmt":
+        return bool(tree.cmds) and all(cmd.subtype == enums.AlterTableType.AT_ValidateConstraint for cmd in tree.cmds)
+    return False
+
+
+def _only_catalog(tree, kind: str) -> bool:
+    if kind == "CreateStmt":  # (a partition, a child or a foreign key locks another table; LIKE reads one)
+        return not (tree.partbound or tree.inhRelations or tree.ofTypename
+                    or _references(list(tree.tableElts or ()) + list(getattr(tree, "constraints", None) or ()))
+                    or any(type(e).__name__ == "TableLikeClause" for e in tree.tableElts or ()))
+    if kind == "CreateSchemaStmt":
+        return not tree.schemaElts
+    if kind == "CreateSeqStmt":  # (OWNED BY opens the table it names)
+        return not any(option.defname == "owned_by" for option in tree.options or ())
     return True
 
 
-# Built-in functions a migration's query commonly calls, by their unqualified names: they take no lock the
-# application waits on (any other, and any qualified by another schema than pg_catalog, may be the database's own).
-_BUILTIN = frozenset(("setval", "nextval", "currval", "set_config", "current_setting", "pg_sleep", "now", "count",
-                      "coalesce", "max", "min", "format", "concat", "lower", "upper"))
+def _constants(tree) -> bool:
+    """INSERT ... VALUES (or DEFAULT VALUES) of constants only, nothing around it."""
+    if tree.onConflictClause or tree.withClause or getattr(tree, "returningList", None) \
+            or getattr(tree, "returningClause", None):  # (its name in PostgreSQL 18's parse tree)
+        return False
+    values = tree.selectStmt
+    if values is None:
+        return True  # DEFAULT VALUES
+    if type(values).__name__ != "SelectStmt" or not values.valuesLists:
+        return False
+    if any(getattr(values, field, None) for field in (
+            "targetList", "fromClause", "whereClause", "groupClause", "havingClause", "windowClause", "sortClause",
+            "limitOffset", "limitCount", "lockingClause", "withClause", "larg", "rarg", "distinctClause",
+            "intoClause")):
+        return False
+    return all(_constant(item) for row in values.valuesLists for item in row)
 
 
-def _calls_own_function(tree) -> bool:
-    """The query calls a function that may be the database's own (a built-in one only by the names above, or
-    qualified by pg_catalog)."""
-    from pglast.visitors import Visitor
-
-    names = []
-
-    class _Calls(Visitor):
-        def visit_FuncCall(self, ancestors, node):
-            names.append(tuple(part.sval.lower() for part in node.funcname))
-
-    _Calls()(tree)
-    return any(not (name[0] == "pg_catalog" or len(name) == 1 and name[0] in _BUILTIN) for name in names)
+def _constant(node) -> bool:
+    kind = type(node).__name__
+    if kind in ("A_Const", "SetToDefault"):
+        return True
+    if kind == "TypeCast":  # (a pg_catalog type only: an unqualified name may be a planted domain with a CHECK)
+        names = [getattr(part, "sval", None) for part in node.typeName.names or ()]
+        return (len(names) == 2 and names[0] == "pg_catalog" and not node.typeName.arrayBounds
+                and all(type(mod).__name__ == "A_Const" for mod in node.typeName.typmods or ())
+                and _constant(node.arg))
+    return False
 
 
 def _references(elements) -> bool:

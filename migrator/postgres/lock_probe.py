@@ -75,15 +75,16 @@ class Probe:
 
     Blind: its connection may be refused (the role's CONNECTION LIMIT, max_connections full) or closed under it
     (an admin's pg_terminate_backend, a failover). It connects again, waiting longer each time (RECONNECT_FIRST
-    doubling to RECONNECT_MAX), and says once why it is blind. Meanwhile it cannot tell a lock wait from work, so
-    it bounds by the clock the try from its first statement that may take a lock the application's queries wait on
-    (clock_bound.py: DDL, LOCK TABLE, DO, CALL, ...) to its COMMIT, whatever runs meanwhile (a SELECT of pg_sleep,
+    doubling to RECONNECT_MAX), and says once why it is blind. Meanwhile it cannot tell a lock wait from work, nor
+    see what user code (a trigger, a DEFAULT, a view, an operator) or row locks make the application wait for, so
+    it bounds by the clock the try from its first statement not harmless by construction (clock_bound.py: any but
+    SET/SHOW/transaction control, a plain CREATE TABLE and other catalog-only CREATEs, INSERT ... VALUES of
+    constants into a plain table this run created) to its COMMIT, whatever runs meanwhile (a SELECT of pg_sleep,
     5,000 INSERTs): once that is longer than `per_try` + `floor` the running statement is cancelled through the
     migration connection's own cancel request (libpq's, which needs no session slot), or the runner ends the try
     before its next statement (raise_blind_spent), as a lock timeout: it never stalls the application longer than
-    when seen, at the cost of retrying such a try that was merely slow. A try whose statements may take no such
-    lock (data changes, queries, a backfill's batches, CONCURRENTLY statements, work on tables this run created or
-    the file accepts a rewrite of: clock_bound.py) is left alone."""
+    when seen, at the cost of retrying such a try that was merely slow. Left alone: a try of harmless statements
+    only, a backfill's batches (each a try the probe watches), CONCURRENTLY statements and VALIDATE CONSTRAINT."""
 
     def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
                  floor: float = 0.0, cancel=None, status=None):
@@ -117,8 +118,8 @@ class Probe:
         not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled; not `clock_bound`: it
         starts no blind clock of the try (clock_bound.py), a backfill's batches; `relations`: only its waits for a
         table's lock are bounded, a DETACH ... CONCURRENTLY's waits for older snapshots block no one; not `held`:
-        what it holds is not watched, a CONCURRENTLY build; `calls`: a query, clock-bound only for the functions it
-        calls, so a lock the app waits on may be an earlier statement's)."""
+        what it holds is not watched, a CONCURRENTLY build; `calls`: a query, which takes no table lock the app waits on
+        by itself, so such a lock may be an earlier statement's)."""
         now = time.monotonic()
         started = (try_started or now) if bounded else None
         self._first = started != self._try
@@ -141,6 +142,10 @@ class Probe:
                 self._since = None
             if self._status is not None and self._status() == IDLE:  # committed (autocommit): nothing held now
                 self._held_since = self._locked_since = None
+
+    def clock_running(self) -> bool:
+        """The try's blind clock has started (a statement not known harmless ran in its open transaction)."""
+        return self._locked_since is not None
 
     def ended(self) -> None:
         """The try ended (committed, or failed and rolled back): nothing it held is watched any more."""
@@ -282,10 +287,9 @@ class Probe:
         if self.blind is None:
             self.blind = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
             output.note(f"note: the lock probe cannot see the migration session ({self.blind}): until it connects "
-                        f"again, a try holding longer than {seconds_text(self.per_try + self.floor)} what may lock "
-                        "the app "
-                        "(from its first DDL, LOCK, DO, CALL, UPDATE/DELETE of a live table or call of the "
-                        "database's own function to its COMMIT, whatever runs between) "
+                        f"again, a try running longer than {seconds_text(self.per_try + self.floor)} "
+                        "(from its first statement other than SET, SHOW, BEGIN, a plain CREATE or an INSERT of "
+                        "constants into a plain table this run made, to its COMMIT, whatever runs between) "
                         "is ended as a lock wait and retried, blockers unnamed; free a connection for it (the role's "
                         "CONNECTION LIMIT, max_connections)")
 

@@ -238,7 +238,7 @@ def _not_granted(seen: Seen, policy: Policy) -> str:
 
 
 def _at_commit(exc) -> str:
-    """Where a transactional file's wait was when it was its COMMIT's (running.deferred_checks)."""
+    """Where a transactional file's wait was when it was its COMMIT's (commit_checks.deferred_checks)."""
     at_commit = getattr(exc, "at_commit", False)
     if at_commit == "records":
         return f"before COMMIT (the lock on {output.visible(exc.records)} the runner's record of the file needs), "

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
-from migrator.postgres import (autovacuum, backfill, clock_bound, concurrently, deadlocks, detach, failures, files,
-                               lock_waiters, retry, rewrites, sessions, statement_bound)
+from migrator.postgres import (autovacuum, backfill, clock_bound, commit_checks, concurrently, deadlocks, detach,
+                               failures, files, lock_waiters, retry, rewrites, sessions, statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, progress
 
@@ -19,18 +19,18 @@ _ENDS = re.compile(r"\s*(COMMIT|END|PREPARE\s+TRANSACTION)\b", re.IGNORECASE)  #
 
 
 def execute(cursor, statement, probe=None, path: Path | None = None,
-            max_batches: int = backfill.MAX_BATCHES, try_started: float | None = None, exempt=frozenset()) -> None:
+            max_batches: int = backfill.MAX_BATCHES, try_started: float | None = None, judge=None) -> None:
     """One statement of a file, in the migration's session. While it runs, `probe` (retry.Probe) watches who
     blocks it and ends the try once its time since `try_started` is spent. A CONCURRENTLY build runs with
     lock_timeout off (concurrently.py), never ended by the probe; statement_timeout bounds it. A
     `-- backfill: batch` statement repeats in committed batches (backfill.py). While the probe is blind, the
-    clock bounds what may take a lock the app waits on (clock_bound.py; `exempt`: tables it may work on)."""
+    clock bounds the try from its first statement not known harmless (`judge`: clock_bound.Judge)."""
     plain = not isinstance(statement, backfill.Batched) and cursor.connection.info.transaction_status == IDLE
     detaching = plain and detach.is_detach(statement.text)
     concurrent = plain and (detaching or concurrently.is_concurrent(statement.text))
     # (a detach's wait for the partition's lock queues the app's queries on it: bounded as any DDL's, not blind)
     clock = (probe is not None and not isinstance(statement, backfill.Batched) and not detaching
-             and clock_bound.bounded(statement.text, exempt))
+             and (judge is None or judge.bounded(statement.text, probe.clock_running())))
     # (what it holds watched, whatever it is: a SELECT of a function or an INSERT firing a trigger may run DDL; a
     # backfill's batches too, each commits: a try of its own, whose row locks the app's writes may wait on)
     held = not concurrent
@@ -44,21 +44,25 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
                 cursor.execute(statement.text)
         else:
             cursor.execute(statement.text)
+    if judge is not None:
+        judge.ran(statement.text)
 
 
 def run_statements(connection, path: Path, statements, transactional: bool, progress=None, guard=None, *,
                    start: int = 0, done: int = 0, probe=None, skip=frozenset(), budget=None,
-                   max_batches: int = backfill.MAX_BATCHES, exempt: set | None = None) -> None:
+                   max_batches: int = backfill.MAX_BATCHES, judge=None) -> None:
     """The file's statements, in order, in the session yoyo gives the migration (from `start`, the first
     `done` of them committed: a non-transactional file resumed after a lock retry). In a non-transactional
     file `progress(done)` is told each time the count of committed statements grows (a BEGIN the file runs
     itself holds it until its COMMIT). In a tenant's run `guard` (a SearchPathGuard) stops the file at the
     statement that moved its search_path. Statements in `skip` are counted as done without running. `budget`
-    (retry.TryBudget) gives each statement in a transaction what is left of the try's lock_timeout. `exempt`:
-    the tables the blind probe leaves unbounded (clock_bound.py), grown by the tables the statements create."""
+    (retry.TryBudget) gives each statement in a transaction what is left of the try's lock_timeout. `judge`
+    (clock_bound.Judge): which statements the blind probe leaves off the try's clock."""
     opened = None
     if budget is not None:
         budget.restart()
+    if judge is not None:
+        judge.new_try()
     with connection.cursor() as cursor:
         for index in range(start, len(statements)):
             statement = statements[index]
@@ -74,9 +78,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                         if budget is not None:
                             budget.before(cursor)
                         execute(cursor, statement, probe, path, max_batches, budget.started if budget else None,
-                                exempt if exempt is not None else frozenset())
-                        if exempt is not None:
-                            exempt |= clock_bound.created(statement.text)
+                                judge)
                         if budget is not None and retry.SETS_LOCK_TIMEOUT.match(statement.text):
                             budget.override(cursor, path, statement)
                         statement_bound.hold(cursor, path, statement)
@@ -139,12 +141,12 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         autovacuum.lower_deadlock_timeout(connection, policy.per_try)
     budget = retry.TryBudget(policy.per_try, bool(policy.budget)) if policy.per_try else None
     probe = retry.probe(backend, connection, budget) if policy.per_try else None
-    exempt = None
+    judge = None
     if probe is not None:
         # The waiters the run accepts: the marker's tables, by schema too. (A table the run creates has no waiter
         # before it commits; after, a waiter on it is an application's like any other.)
         probe.exempt = _accepted(path, statements)
-        exempt = _made_in_run(backend) | {name for _, name in probe.exempt}
+        judge = clock_bound.Judge(connection, _made_in_run(backend))
     backoff = backoff or retry.Backoff(policy)
     start = done = 0
     busy = None
@@ -155,16 +157,15 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 run_statements(connection, path, statements, transactional, progress, guard, start=start, done=done,
                                probe=probe, skip=skip, budget=budget,
                                max_batches=limits.backfill_max_batches if limits else backfill.MAX_BATCHES,
-                               exempt=exempt)
+                               judge=judge)
                 if transactional and statements:
-                    deferred_checks(connection, path, statements, probe, budget, _records(backend))
+                    commit_checks.deferred_checks(connection, path, statements, probe, budget,
+                                                  commit_checks.records(backend))
                 if budget is not None:
                     with connection.cursor() as cursor:
                         budget.done(cursor)
                 if probe is not None:
                     probe.ended()
-                if exempt is not None:
-                    _made_in_run(backend).update(*(clock_bound.created(s.text) for s in statements))
                 break
             except StatementFailed as exc:
                 if probe is not None:
@@ -261,8 +262,8 @@ def _between_tries(path: Path, statements, index: int, transactional: bool, done
 
 
 def _accepted(path: Path, statements) -> set[tuple[str | None, str]]:
-    """The tables the file's `-- accept-rewrite:` marker names, (schema or None, name): with those created earlier
-    in this run, what the blind probe leaves to work unbounded (clock_bound.py)."""
+    """The tables the file's `-- accept-rewrite:` marker names, (schema or None, name): waiters on them the seeing
+    probe accepts (the blind one cannot tell them from others': clock_bound.py)."""
     try:
         return rewrites.markers(files.read_text(path), statements)
     except (OSError, UnicodeError):
@@ -270,7 +271,7 @@ def _accepted(path: Path, statements) -> set[tuple[str | None, str]]:
 
 
 def _made_in_run(backend) -> set:
-    """The tables this run's files created so far (kept on the run's own session)."""
+    """The oids of the tables this run's files created so far (kept on the run's own session)."""
     run = backend.parent
     if not hasattr(run, "created_tables"):
         run.created_tables = set()
@@ -288,56 +289,6 @@ def _waited_for_prepared(connection, exc) -> None:
         exc.todo = (f"it most likely waited for {sessions.describe(held[0])}, which a build must wait out: "
                     f"{sessions.ending(held[0])}, then run migrate again (it drops the INVALID index and builds it "
                     "again)")
-
-
-def _records(backend) -> str | None:
-    """The checksum table the file's transaction writes its record to before its COMMIT, qualified (None: a run
-    that keeps no such record here)."""
-    books = backend.parent
-    return books.qualified(checksums.TABLE) if hasattr(books, "qualified") else None
-
-
-# The lock the file's record (checksums.record: an UPSERT, or a DELETE for a rollback) takes, as the role that
-# writes it, taken as the try's last statement: unless the file made its transaction read-only (no record then).
-# (pg_catalog's functions and casts alone, no operator: the file's search_path may hold planted ones)
-_RECORDS_LOCK = ("; RESET SESSION AUTHORIZATION; SET ROLE NONE; DO $hcm_records$ BEGIN IF NOT "
-                 "pg_catalog.current_setting('transaction_read_only')::pg_catalog.bool "
-                 "AND pg_catalog.to_regclass({name}) IS NOT NULL THEN "
-                 "EXECUTE pg_catalog.format('LOCK TABLE %s IN ROW EXCLUSIVE MODE', {name}); END IF; END $hcm_records$")
-
-
-def deferred_checks(connection, path: Path, statements, probe=None, budget=None,
-                    records: str | None = None) -> None:
-    """A transactional file's deferred constraint checks (a DEFERRABLE foreign key, a constraint trigger) run at
-    its COMMIT, where a lock wait (the parent row an app transaction holds) would fail outside the retries: run
-    them here as the try's last statement (SET CONSTRAINTS ALL IMMEDIATE checks what is outstanding, as COMMIT
-    would), so such a wait is a try's like any other, its blocker named, the file retried as a whole. With them
-    (same round trip) the lock on `records`, the checksum table the runner's record writes before the COMMIT: a
-    session holding that table (a co-tenant's SHARE) would make the record wait while the file's locks queue the
-    application, past the try's bound and unwatched; taken here, that wait is the try's too (attack24m 5)."""
-    with connection.cursor() as cursor:
-        try:
-            with interrupt.live():
-                if budget is not None:
-                    budget.before(cursor)
-                # (no blind clock of its own, checking many rows is work, not a wait; the try's still runs)
-                with probe.statement(budget.started if budget else None, True, False) if probe else contextlib.nullcontext():
-                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE" + (
-                        _RECORDS_LOCK.format(name=_literal(records)) if records and "$hcm" not in records else ""))
-        except Exception as exc:
-            if getattr(exc, "pgcode", None) not in (retry.LOCK_NOT_AVAILABLE, retry.QUERY_CANCELED):
-                raise  # a violation: the file's error at COMMIT, as it was
-            failed = StatementFailed(exc, path, statements, len(statements) - 1, True)
-            context = getattr(getattr(exc, "diag", None), "context", None) or ""
-            failed.at_commit = "records" if "LOCK TABLE" in context else True  # (the DO block's, not a check's)
-            failed.records = records
-            raise failed from exc
-
-
-def _literal(text: str) -> str:
-    """`text` as an SQL string literal (inside the DO block's $hcm_records$ quoting, which the caller keeps out of
-    it)."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 # A DO block or a CALL may COMMIT inside (PostgreSQL 11+): in a non-transactional file what it committed before the
