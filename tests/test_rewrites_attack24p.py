@@ -86,7 +86,7 @@ def test_an_alter_table_s_subcommands_are_judged_in_postgresql_s_pass_order(cli,
              f"{one}:1: ALTER COLUMN tenant_id SET NOT NULL without a validated CHECK (tenant_id IS NOT NULL) (this "
              "statement's DROP CONSTRAINT runs first) scans", "DROP CONSTRAINT the CHECK in a statement of its own",
              f"{two}:1: VALIDATE CONSTRAINT c_id with another subcommand of the same ALTER TABLE scans public.{TABLE}",
-             "VALIDATE CONSTRAINT in a statement of its own")
+             "VALIDATE CONSTRAINT in a later file, in a statement of its own")
     add_migration(sql_dir, "0002_not_null", f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id SET NOT NULL;\n"
                                             f"ALTER TABLE {TABLE} DROP CONSTRAINT c_tnn;\n")
     add_migration(sql_dir, "0003_validate", f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT c_id;\n"

@@ -25,7 +25,7 @@ INSTEAD = {
                "a file of its own)"),
     "read": ("copy the rows in a file of its own, without the earlier ALTER TABLE / LOCK TABLE / CREATE TRIGGER "
              "(a plain read takes ACCESS SHARE: the application goes on)"),
-    "validate": ("VALIDATE CONSTRAINT in a statement of its own in a later file: in its own transaction it scans "
+    "validate": ("VALIDATE CONSTRAINT in a later file, in a statement of its own: in its own transaction it scans "
                  "under SHARE UPDATE EXCLUSIVE (reads and writes go on)"),
     "key": ("CREATE UNIQUE INDEX CONCURRENTLY in a `-- transactional: false` file, then ADD CONSTRAINT ... "
             "PRIMARY KEY / UNIQUE USING INDEX"),
