@@ -5,9 +5,10 @@ partitioned index, and statements PostgreSQL makes no-ops."""
 
 from __future__ import annotations
 
+import json
 import time
 
-from conftest import SEED, add_migration, applied, migrate, ok
+from conftest import SEED, Server, add_migration, applied, embedded_server, migrate, ok
 from test_impact_work import impact
 from test_rewrites import SMALL, TABLE, seeded
 
@@ -149,3 +150,26 @@ def test_plan_impact_s_rewrite_lines_name_the_primary_key_rebuilt(cli, db, pg, s
     add_migration(sql_dir, "0002_bigint", f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n")
     (statement,) = impact(cli, db, pg, sql_dir)["0002_bigint"]
     assert f"{TABLE}_pkey" in statement["rewrites"], statement["rewrites"]
+
+
+def test_plan_impact_says_when_its_scratch_server_is_not_the_live_one(cli, db, pg, sql_dir, tmp_path):
+    """Finding 14: measured on another server (the dev server by default), the report says so and names both versions;
+    on the live one's server, nothing."""
+    seeded(cli, db, sql_dir)
+    add_migration(sql_dir, "0002_col", f"ALTER TABLE {TABLE} ADD COLUMN note text;\n")
+    (tmp_path / "other").mkdir()
+    other = embedded_server(tmp_path / "other" / "pgdata", {"fsync": "off"})
+    try:
+        info = other.get_postmaster_info()
+        url = Server(host=str(info.socket_dir), port=info.port, user="postgres", password=None,
+                     enforces_passwords=False).url("postgres")
+        result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", url, env=db.db_env())
+        assert result.exit_code == 0, result.output
+        version = db.query("SHOW server_version")[0][0].split()[0]
+        (note,) = [line for line in result.stdout.splitlines() if line.startswith("note: measured on")]
+        assert f"(PostgreSQL {version}), not on the live database's server (PostgreSQL {version})" in note, note
+        assert "--scratch-url a server like the live one" in note
+    finally:
+        other.cleanup()
+    same = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    assert json.loads(same.stdout)["note"] is None
