@@ -1,7 +1,7 @@
-"""attack24p's findings on the rewrite judge (4-7, 13) and plan --impact (14), each on the real PostgreSQL: a type change
-of a column other tables' foreign keys reference, PostgreSQL 18's ALTER CONSTRAINT ... ENFORCED, ALTER TYPE ... ALTER
-ATTRIBUTE ... CASCADE, an ALTER TABLE's subcommands judged in PostgreSQL's pass order, the ON ONLY pattern of a
-partitioned index, and statements PostgreSQL makes no-ops."""
+"""attack24p's findings on the rewrite judge (4-7, 13) and plan --impact (14), each on the real PostgreSQL: a type
+change of a column other tables' foreign keys reference, PostgreSQL 18's ALTER CONSTRAINT ... ENFORCED, ALTER TYPE ...
+ALTER ATTRIBUTE ... CASCADE, an ALTER TABLE's subcommands judged in PostgreSQL's pass order, the ON ONLY pattern of a
+partitioned index, statements PostgreSQL makes no-ops, and the scratch server plan --impact measures on."""
 
 from __future__ import annotations
 
@@ -72,6 +72,14 @@ def test_alter_constraint_enforced_and_alter_type_attribute_cascade_are_refused(
              f"{retype}:1: ALTER TYPE addr ALTER ATTRIBUTE zip TYPE bigint (its typed table's column) rewrites "
              "public.addr_book (~50 rows")
     assert applied(db) == [SEED]
+    for path in (enforce, retype):  # the key made NOT ENFORCED on the live table: the same; an enforced one's a no-op
+        path.unlink()
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    again = add_migration(sql_dir, "0003_enforce", f"ALTER TABLE {TABLE} ALTER CONSTRAINT fk_t ENFORCED;\n")
+    _refused(migrate(cli, db, sql_dir, *SMALL), f"{again}:1: ALTER CONSTRAINT fk_t ENFORCED scans public.{TABLE}")
+    db.query(f"ALTER TABLE {TABLE} ADD CONSTRAINT fk_e FOREIGN KEY (tenant_id) REFERENCES tenant (id)")
+    add_migration(sql_dir, "0003_enforce", f"ALTER TABLE {TABLE} ALTER CONSTRAINT fk_e ENFORCED;\n")
+    ok(migrate(cli, db, sql_dir, *SMALL))
 
 
 def test_an_alter_table_s_subcommands_are_judged_in_postgresql_s_pass_order(cli, db, sql_dir):

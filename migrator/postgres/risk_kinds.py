@@ -30,9 +30,9 @@ INSTEAD = {
     "key": ("CREATE UNIQUE INDEX CONCURRENTLY in a `-- transactional: false` file, then ADD CONSTRAINT ... "
             "PRIMARY KEY / UNIQUE USING INDEX"),
     "index": "CREATE INDEX CONCURRENTLY in a `-- transactional: false` file",
-    "partitioned index": ("CREATE INDEX ... ON ONLY the partitioned table (catalog only), then in a `-- transactional: "
-                          "false` file CREATE INDEX CONCURRENTLY on each partition and ALTER INDEX ... ATTACH PARTITION "
-                          "each (CONCURRENTLY is refused on a partitioned table)"),
+    "partitioned index": ("CREATE INDEX ... ON ONLY the partitioned table (catalog only), then in a "
+                          "`-- transactional: false` file CREATE INDEX CONCURRENTLY on each partition and ALTER INDEX "
+                          "... ATTACH PARTITION each (CONCURRENTLY is refused on a partitioned table)"),
     "referenced type": ("in the same transaction, DROP CONSTRAINT the foreign key before the type change and ADD it "
                         "again NOT VALID after it; then VALIDATE CONSTRAINT in a later file (or give the referencing "
                         "column the new type first)"),

@@ -22,7 +22,8 @@ from migrator.postgres import risks_keyed, risks_retype  # (ALTER COLUMN TYPE, a
 from migrator.postgres import risks_constraints, risks_indexes, risks_savepoints
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
-_HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|alter\s+type\s[^;]*?\balter\s+attribute|alter\s+(?:index|materialized\s+view)\s[^;]*?\btablespace|"
+_HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|alter\s+type\s[^;]*?\balter\s+attribute|"
+                        r"alter\s+(?:index|materialized\s+view)\s[^;]*?\btablespace|"
                         r"create\s+(?:unique\s+)?index|vacuum|cluster|reindex|refresh\s+materialized|"
                         r"create\s+(?:(?:global|local)\s+)?(?:unlogged\s+)?table\s+[^;]*?"
                         r"\bpartition\s+of)\b", re.IGNORECASE)

@@ -105,5 +105,3 @@ def column_constraints(column, name, line: int):
         elif constraint.contype == kinds.CONSTR_FOREIGN and not constraint.skip_validation:
             yield Risk(line, name, f"ADD COLUMN {column.colname} REFERENCES", "scans", ACCESS_EXCLUSIVE,
                        "foreign key")
-
-

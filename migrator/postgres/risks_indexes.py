@@ -12,9 +12,11 @@ from migrator.postgres.risk_kinds import SHARE, Risk
 # The table's kind, whether it has inheritance children, and whether a relation of the index's name exists in its
 # schema (where CREATE INDEX puts the index).
 _TABLE = """
-SELECT c.relkind::pg_catalog.text, n.nspname, c.relname, EXISTS (SELECT FROM pg_catalog.pg_inherits h WHERE h.inhparent = c.oid),
+SELECT c.relkind::pg_catalog.text, n.nspname, c.relname,
+  EXISTS (SELECT FROM pg_catalog.pg_inherits h WHERE h.inhparent = c.oid),
   EXISTS (SELECT FROM pg_catalog.pg_class i WHERE i.relname = %(index)s AND i.relnamespace = c.relnamespace)
-FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %(oid)s
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = %(oid)s
 """
 
 
@@ -36,4 +38,3 @@ def build(tree, name, line: int, live, seen):
         if rows <= live.threshold:
             return  # (its own heap holds the rows it reads)
     yield Risk(line, name, "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE, "index")
-
