@@ -36,6 +36,8 @@ INSTEAD = {
     "referenced type": ("in the same transaction, DROP CONSTRAINT the foreign key before the type change and ADD it "
                         "again NOT VALID after it; then VALIDATE CONSTRAINT in a later file (or give the referencing "
                         "column the new type first)"),
+    "typed table": ("ALTER TABLE ... NOT OF each typed table first (catalog only: a plain table), then change its "
+                    "column's type with the safe pattern of ALTER COLUMN TYPE; or a maintenance window"),
     "enforce": ("DROP CONSTRAINT the key and ADD it again enforced but NOT VALID, then VALIDATE CONSTRAINT in a later "
                 "file"),
     "not null drop": ("DROP CONSTRAINT the CHECK in a statement of its own after the SET NOT NULL (PostgreSQL runs an "

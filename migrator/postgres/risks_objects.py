@@ -133,5 +133,8 @@ def altered_attribute(tree, line: int, live, seen, retype):
                 "(its typed table's column)")
         for table in live._rows(_TYPED_TABLES, {"name": tree.relation.relname, "path": [
                 tree.relation.schemaname] if tree.relation.schemaname else live.path}):
-            if not seen.is_new(tuple(table), live):
-                yield from retype(cmd, tuple(table), line, live, seen, what)
+            if seen.is_new(tuple(table), live):
+                continue
+            for risk in retype(cmd, tuple(table), line, live, seen, what):
+                risk.kind = "typed table" if risk.kind == "type" else risk.kind  # (no column can be added to it)
+                yield risk
