@@ -129,6 +129,9 @@ def test_the_on_only_pattern_of_a_partitioned_index_runs_and_status_advises_what
     line = next(line for line in status.stdout.splitlines() if "ev_tenant_idx" in line)
     assert "ATTACH PARTITION" in line and "DROP INDEX public.ev_tenant_idx" in line, line
     assert "DROP INDEX CONCURRENTLY" not in line, line
+    doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env()).stdout
+    (check,) = [line for line in doctor.splitlines() if "ev_tenant_idx" in line]
+    assert "ATTACH PARTITION" in check and "DROP INDEX CONCURRENTLY" not in check, doctor
     name = line.split("ALTER INDEX ")[1].split(" ")[0]
     db.query("CREATE INDEX ev_2_tenant_idx ON ev_2 (tenant); "  # what the advice says works on the server
              f"ALTER INDEX {name} ATTACH PARTITION ev_2_tenant_idx")
