@@ -56,7 +56,8 @@ REFUSED = {
                     "ACCESS EXCLUSIVE"),
     "cluster": (f"CLUSTER {TABLE} USING idx_hcm_report_campaign;\n", "CLUSTER rewrites", "ACCESS EXCLUSIVE"),
     "unlogged": (f"ALTER TABLE {TABLE} SET UNLOGGED;\n", "SET UNLOGGED rewrites", "ACCESS EXCLUSIVE"),
-    "tablespace": (f"ALTER TABLE {TABLE} SET TABLESPACE pg_default;\n", "SET TABLESPACE pg_default rewrites",
+    # (to another tablespace: one to the table's own is a no-op, test_rewrites_attack24p)
+    "tablespace": (f"ALTER TABLE {TABLE} SET TABLESPACE elsewhere;\n", "SET TABLESPACE elsewhere rewrites",
                    "ACCESS EXCLUSIVE"),
     "reindex": (f"-- transactional: false\nREINDEX TABLE {TABLE};\n", "REINDEX TABLE without CONCURRENTLY rebuilds",
                 "under ACCESS EXCLUSIVE (reads and writes wait)"),

@@ -17,6 +17,7 @@ from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, f
 from migrator.doctor.grants import bookkeeping_grants
 from migrator.errors import MigratorError
 from migrator.postgres import tenant_mark
+from migrator.reports.postgres import PARTITIONED_INVALID
 from migrator.targets import PostgresTarget
 
 MIN_VERSION = 140000  # client_connection_check_interval (a dead runner's work is cancelled)
@@ -436,8 +437,11 @@ def _migrations(report: DoctorReport, backend, target: PostgresTarget, sql_dir, 
         report.add(Check("schema drift", OK, "no schema description recorded yet (the next migrate records one)"))
     else:
         report.add(Check("schema drift", OK, "the live schema is as recorded"))
-    for schema, index, table in postgres.invalid_indexes(backend):
+    for item in postgres.invalid_indexes(backend):
+        schema, index, table = item
         if target.schema and schema != target.schema:
             continue  # a tenant's are its own (as `status` shows them), not the other tenants'
-        report.add(Check("invalid index", WARN, f"{schema}.{index} on {table} is INVALID (a failed CREATE INDEX CONCURRENTLY)",
-                         f"DROP INDEX CONCURRENTLY {schema}.{index}; then run migrate again"))
+        report.add(Check("invalid index", WARN, f"{schema}.{index} on {table} is INVALID" + (
+            "" if item.partitioned else " (a failed CREATE INDEX CONCURRENTLY)"), PARTITIONED_INVALID.format(
+                f"{schema}.{index}") if item.partitioned else f"DROP INDEX CONCURRENTLY {schema}.{index}; then run "
+            "migrate again"))

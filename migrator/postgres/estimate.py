@@ -143,6 +143,14 @@ def work_before(cur, text: str, line: int, schema: str | None, seen) -> tuple[bo
     return True, found
 
 
+def renewed(before: dict, after: dict, existing: dict) -> list[int]:
+    """The relations (oids, of `before`: oid -> (name, kind, relfilenode)) that got a new file: a rewritten table's
+    and its indexes', and an index dropped and created again under its name (a type change's, the primary key's)."""
+    now = {name: node for name, _kind, node in after.values()}
+    return [oid for oid, (name, kind, node) in before.items() if oid in existing and (
+        after[oid][2] != node if oid in after else kind in ("i", "I") and now.get(name, node) != node)]
+
+
 def under_held(work: list[Work], held: dict, strength: list[str]) -> None:
     """A scan that blocks nobody by itself, after an earlier statement of the same transaction took a stronger lock
     on its table: it runs under that one (VALIDATE in the file that added the constraint)."""

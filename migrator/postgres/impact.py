@@ -314,8 +314,8 @@ def _measured(conn, cur, text: str, existing: dict, names: dict, held: dict, fou
                           for oid, mode in now.items() if held.get(oid) != mode),
                          key=lambda lock: (lock.kind != "table", lock.relation))
     found.rewrites = sorted((Lock(before[oid][0], KINDS.get(before[oid][1], "relation"), "")
-                             for oid in before if oid in existing and oid in after
-                             and after[oid][2] != before[oid][2]), key=lambda r: (r.kind != "table", r.relation))
+                             for oid in estimate.renewed(before, after, existing)),
+                            key=lambda r: (r.kind != "table", r.relation))
     if not found.truncates:
         found.work += [estimate.rewrite(cur, r.relation) for r in found.rewrites if r.kind == "table"]
         found.work += _rebuilt_indexes(cur, before, after, existing, now)

@@ -25,11 +25,23 @@ INSTEAD = {
                "a file of its own)"),
     "read": ("copy the rows in a file of its own, without the earlier ALTER TABLE / LOCK TABLE / CREATE TRIGGER "
              "(a plain read takes ACCESS SHARE: the application goes on)"),
-    "validate": ("VALIDATE CONSTRAINT in a later file: in its own transaction it scans under SHARE UPDATE EXCLUSIVE "
-                 "(reads and writes go on)"),
+    "validate": ("VALIDATE CONSTRAINT in a later file, in a statement of its own: in its own transaction it scans "
+                 "under SHARE UPDATE EXCLUSIVE (reads and writes go on)"),
     "key": ("CREATE UNIQUE INDEX CONCURRENTLY in a `-- transactional: false` file, then ADD CONSTRAINT ... "
             "PRIMARY KEY / UNIQUE USING INDEX"),
     "index": "CREATE INDEX CONCURRENTLY in a `-- transactional: false` file",
+    "partitioned index": ("CREATE INDEX ... ON ONLY the partitioned table (catalog only), then in a "
+                          "`-- transactional: false` file CREATE INDEX CONCURRENTLY on each partition and ALTER INDEX "
+                          "... ATTACH PARTITION each (CONCURRENTLY is refused on a partitioned table)"),
+    "referenced type": ("in the same transaction, DROP CONSTRAINT the foreign key before the type change and ADD it "
+                        "again NOT VALID after it; then VALIDATE CONSTRAINT in a later file (or give the referencing "
+                        "column the new type first)"),
+    "typed table": ("ALTER TABLE ... NOT OF each typed table first (catalog only: a plain table), then change its "
+                    "column's type with the safe pattern of ALTER COLUMN TYPE; or a maintenance window"),
+    "enforce": ("DROP CONSTRAINT the key and ADD it again enforced but NOT VALID, then VALIDATE CONSTRAINT in a later "
+                "file"),
+    "not null drop": ("DROP CONSTRAINT the CHECK in a statement of its own after the SET NOT NULL (PostgreSQL runs an "
+                      "ALTER TABLE's DROPs before its SET NOT NULL, so the CHECK proves nothing there)"),
     "reindex": "REINDEX TABLE CONCURRENTLY in a `-- transactional: false` file",
     "logged": "there is no online form: schedule it in a maintenance window (or pg_repack for a new tablespace)",
     "vacuum full": "pg_repack (online), or schedule it in a maintenance window",

@@ -19,10 +19,11 @@ from migrator.postgres import (risks_functions, risks_nullable, risks_objects, r
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
 from migrator.postgres import risks_keyed, risks_retype  # (ALTER COLUMN TYPE, a file's TimeZone)
-from migrator.postgres import risks_savepoints
+from migrator.postgres import risks_constraints, risks_indexes, risks_savepoints
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
-_HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|alter\s+(?:index|materialized\s+view)\s[^;]*?\btablespace|"
+_HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|alter\s+type\s[^;]*?\balter\s+attribute|"
+                        r"alter\s+(?:index|materialized\s+view)\s[^;]*?\btablespace|"
                         r"create\s+(?:unique\s+)?index|vacuum|cluster|reindex|refresh\s+materialized|"
                         r"create\s+(?:(?:global|local)\s+)?(?:unlogged\s+)?table\s+[^;]*?"
                         r"\bpartition\s+of)\b", re.IGNORECASE)
@@ -238,8 +239,7 @@ def risks(tree, line: int, live, seen: Seen):
         risks_pending.index(tree, name(tree.relation), live, seen)
         risks_keyed.index(tree, name(tree.relation), live, seen)
     if isinstance(tree, ast.IndexStmt) and not tree.concurrent:
-        yield Risk(line, name(tree.relation), "CREATE INDEX without CONCURRENTLY", "builds an index on", SHARE,
-                   "index")
+        yield from risks_indexes.build(tree, name(tree.relation), line, live, seen)
     elif isinstance(tree, ast.VacuumStmt) and tree.is_vacuumcmd and any(
             o.defname == "full" and str(getattr(o.arg, "sval", getattr(o.arg, "ival", "on"))).lower()
             not in ("false", "off", "0") for o in tree.options or ()):
@@ -265,6 +265,8 @@ def risks(tree, line: int, live, seen: Seen):
                        "reindex")
     elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_TABLE:
         yield from _alter_table(tree, line, live, seen)
+    elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_TYPE:
+        yield from risks_objects.altered_attribute(tree, line, live, seen, retype)
     elif isinstance(tree, ast.AlterTableStmt) and tree.objtype == enums.ObjectType.OBJECT_INDEX:
         yield from risks_objects.index_tablespace(tree, line, live, seen)
     elif isinstance(tree, ast.AlterTableMoveAllStmt):
@@ -294,11 +296,16 @@ def _alter_table(tree, line: int, live, seen: Seen):
     if not _COPIES:
         _COPIES.update({types.AT_SetLogged: "SET LOGGED", types.AT_SetUnLogged: "SET UNLOGGED",
                         types.AT_SetTableSpace: "SET TABLESPACE", types.AT_SetAccessMethod: "SET ACCESS METHOD"})
+        _LIGHT.update(getattr(types, f"AT_{n}") for n in ("ValidateConstraint", "SetStatistics", "ClusterOn",
+                                                          "DropCluster", "DetachPartitionFinalize"))
     name = seen.live_name(_name(tree.relation), live)
     key = live.key(name)
     new = seen.is_new(name, live)
-    locked = False  # an earlier subcommand of this statement holds the table's ACCESS EXCLUSIVE lock
-    for cmd in tree.cmds:
+    # the statement holds its strongest subcommand's lock for all of it (a VALIDATE's scan too), and runs its DROPs
+    # before the rest, whatever the order written (tablecmds.c's passes)
+    locked = any(cmd.subtype not in _LIGHT for cmd in tree.cmds)
+    drops = [cmd for cmd in tree.cmds if cmd.subtype in (types.AT_DropConstraint, types.AT_DropNotNull)]
+    for cmd in drops + [cmd for cmd in tree.cmds if cmd not in drops]:
         if cmd.subtype == types.AT_AddColumn:
             column = cmd.def_
             why = _volatile_column(column, live, seen) if not new else None
@@ -308,21 +315,9 @@ def _alter_table(tree, line: int, live, seen: Seen):
                 yield Risk(line, name, f"ADD COLUMN {column.colname} {why or domain}", "rewrites", ACCESS_EXCLUSIVE,
                            "default" if why else "domain column")
             elif not new:
-                yield from _column_constraints(column, name, line)
+                yield from risks_constraints.column_constraints(column, name, line)
         elif cmd.subtype == types.AT_AlterColumnType and not new:
-            table = live.table(name)
-            column = seen.live_column(name, cmd.name, live)
-            how = table and risks_retype.rewrites_type(live, seen, table[0], column,
-                                                       risks_pending.live_type(seen, cmd.def_.typeName),
-                                                       cmd.def_.raw_default, cmd.def_.collClause, key)
-            if how:
-                does, why = how
-                yield Risk(line, name, f"ALTER COLUMN {cmd.name} TYPE {_text(cmd.def_.typeName)}"
-                                       + (f" {_text(cmd.def_.collClause)}" if cmd.def_.collClause else "") + why,
-                           does, ACCESS_EXCLUSIVE, "type index" if does.startswith("rebuilds index(es)") else "type")
-            elif table:  # the rows kept, not its CHECKs and some of its indexes
-                yield from risks_types.retyped(live, table[0], column, f"ALTER COLUMN {cmd.name} TYPE "
-                                               f"{_text(cmd.def_.typeName)}", name, line, seen)
+            yield from retype(cmd, name, line, live, seen)
         elif cmd.subtype == types.AT_SetExpression and not new:
             table = live.table(name)  # (a VIRTUAL generated column's, PostgreSQL 18: catalog only, nothing stored)
             if not (table and live.generated(table[0], seen.live_column(name, cmd.name, live)) == "v"):
@@ -334,16 +329,24 @@ def _alter_table(tree, line: int, live, seen: Seen):
         elif cmd.subtype == types.AT_SetNotNull:
             if cmd.name in seen.not_null.get(key, set()) or new:
                 continue
-            yield from risks_nullable.set_not_null(cmd.name, name, key, line, live, seen)
+            for risk in risks_nullable.set_not_null(cmd.name, name, key, line, live, seen):
+                if any(d.subtype == types.AT_DropConstraint for d in drops):  # (maybe of the CHECK that proved it)
+                    risk.what, risk.kind = risk.what + " (this statement's DROP CONSTRAINT runs first)", "not null drop"
+                yield risk
+        elif cmd.subtype == types.AT_AlterConstraint:
+            yield from risks_constraints.enforced(cmd, name, line, live, seen)
         elif cmd.subtype == types.AT_AddConstraint:
             if cmd.def_.contype == enums.ConstrType.CONSTR_CHECK:  # (named by a later type change of its columns)
                 risks_pending.check(cmd.def_, name, live, seen)
             risks_keyed.constraint(cmd.def_, name, live, seen)  # (an index a later type change may build again)
-            yield from _add_constraint(cmd.def_, name, key, line, seen, new)
+            yield from risks_constraints.add_constraint(cmd.def_, name, key, line, seen, new)
             if not new:
                 yield from risks_nullable.implicit_not_null(cmd.def_, name, key, line, live, seen)
         elif cmd.subtype == types.AT_ValidateConstraint:
-            if (locked or seen.altered is not None and key in seen.altered) and not new:
+            if locked and not new:
+                yield Risk(line, name, f"VALIDATE CONSTRAINT {cmd.name} with another subcommand of the same ALTER "
+                                       "TABLE", "scans", ACCESS_EXCLUSIVE, "validate")
+            elif seen.altered is not None and key in seen.altered and not new:
                 yield Risk(line, name, f"VALIDATE CONSTRAINT {cmd.name} in the transaction of an earlier ALTER TABLE "
                                        "of the table", "scans", ACCESS_EXCLUSIVE, "validate")
             seen.validated.setdefault(key, set()).add(cmd.name)
@@ -355,57 +358,38 @@ def _alter_table(tree, line: int, live, seen: Seen):
         elif cmd.subtype == types.AT_DropNotNull:
             seen.nullable.add((key, seen.live_column(name, cmd.name, live)))
             seen.not_null.get(key, set()).discard(cmd.name)
-        elif cmd.subtype in _COPIES and not new:
+        elif cmd.subtype in _COPIES and not new and not (cmd.subtype == types.AT_SetTableSpace
+                                                         and risks_objects.in_tablespace_now(live, name, cmd.name)):
             yield Risk(line, name, _COPIES[cmd.subtype] + (f" {cmd.name}" if cmd.name else ""), "rewrites",
                        ACCESS_EXCLUSIVE, "logged")
-        locked = locked or cmd.subtype != types.AT_ValidateConstraint
     if seen.altered is not None:  # its lock (ACCESS EXCLUSIVE for most subcommands) is held until the file commits
         risks_writes.hold(seen, key, ACCESS_EXCLUSIVE, "ALTER TABLE")
 
 
 _COPIES = {}  # the subcommands that copy the whole table (filled on first use: the parser's enums load lazily)
+_LIGHT = set()  # those that take no more than SHARE UPDATE EXCLUSIVE (AlterTableGetLockLevel): reads and writes go on
 
 
-def _add_constraint(constraint, name, key, line: int, seen: Seen, new: bool):
-    from pglast import enums
-
-    kinds = enums.ConstrType
-    if constraint.contype == kinds.CONSTR_CHECK:
-        columns = risks_pending.not_null_columns(constraint.raw_expr)
-        if columns and constraint.conname:
-            seen.checks[(key, constraint.conname)] = columns
-        if constraint.skip_validation:
-            return
-        seen.checked.add(key)
-        seen.not_null.setdefault(key, set()).update(columns)
-        if not new:
-            yield Risk(line, name, f"ADD {'CONSTRAINT ' + constraint.conname + ' ' if constraint.conname else ''}"
-                                   "CHECK without NOT VALID", "scans", ACCESS_EXCLUSIVE, "check")
-    elif constraint.contype == kinds.CONSTR_FOREIGN and not constraint.skip_validation and not new:
-        yield Risk(line, name, f"ADD {'CONSTRAINT ' + constraint.conname + ' ' if constraint.conname else ''}"
-                               "FOREIGN KEY without NOT VALID", "scans", SHARE_ROW_EXCLUSIVE, "foreign key")
-    elif (constraint.contype in (kinds.CONSTR_PRIMARY, kinds.CONSTR_UNIQUE, kinds.CONSTR_EXCLUSION)
-          and not constraint.indexname and not new):
-        what = {kinds.CONSTR_PRIMARY: "PRIMARY KEY", kinds.CONSTR_UNIQUE: "UNIQUE"}.get(constraint.contype, "EXCLUDE")
-        yield Risk(line, name, f"ADD {what} without USING INDEX", "builds an index on", ACCESS_EXCLUSIVE, "key")
-
-
-def _column_constraints(column, name, line: int):
-    """ADD COLUMN ... UNIQUE / PRIMARY KEY builds an index of every row, ... CHECK / REFERENCES scans them, all
-    under the ADD COLUMN's ACCESS EXCLUSIVE lock."""
-    from pglast import enums
-
-    kinds = enums.ConstrType
-    for constraint in column.constraints or ():
-        if constraint.contype in (kinds.CONSTR_PRIMARY, kinds.CONSTR_UNIQUE):
-            what = "PRIMARY KEY" if constraint.contype == kinds.CONSTR_PRIMARY else "UNIQUE"
-            yield Risk(line, name, f"ADD COLUMN {column.colname} {what}", "builds an index on", ACCESS_EXCLUSIVE,
-                       "key")
-        elif constraint.contype == kinds.CONSTR_CHECK and not constraint.skip_validation:
-            yield Risk(line, name, f"ADD COLUMN {column.colname} CHECK (...)", "scans", ACCESS_EXCLUSIVE, "check")
-        elif constraint.contype == kinds.CONSTR_FOREIGN and not constraint.skip_validation:
-            yield Risk(line, name, f"ADD COLUMN {column.colname} REFERENCES", "scans", ACCESS_EXCLUSIVE,
-                       "foreign key")
+def retype(cmd, name, line: int, live, seen: Seen, what: str = ""):
+    """ALTER COLUMN TYPE (or ALTER TYPE ... ALTER ATTRIBUTE ... CASCADE, `what`, on each typed table) of a live
+    table: a rewrite, indexes built again, CHECKs checked again, other tables' foreign keys validated again."""
+    table = live.table(name)
+    if table is None:
+        return
+    key = live.key(name)
+    column = seen.live_column(name, cmd.name, live)
+    type_name = risks_pending.live_type(seen, cmd.def_.typeName)
+    what = what or f"ALTER COLUMN {cmd.name} TYPE {_text(cmd.def_.typeName)}"
+    how = risks_retype.rewrites_type(live, seen, table[0], column, type_name, cmd.def_.raw_default,
+                                     cmd.def_.collClause, key)
+    if how:
+        does, why = how
+        yield Risk(line, name, what + (f" {_text(cmd.def_.collClause)}" if cmd.def_.collClause else "") + why,
+                   does, ACCESS_EXCLUSIVE, "type index" if does.startswith("rebuilds index(es)") else "type")
+    else:  # the rows kept, not its CHECKs and some of its indexes
+        yield from risks_types.retyped(live, table[0], column, what, name, line, seen)
+    target = risks_retype.target(live, seen, type_name)
+    yield from risks_constraints.referenced(live, seen, table[0], column, target and target[0], what, line)
 
 
 def _volatile_column(column, live, seen: Seen) -> str | None:

@@ -93,3 +93,48 @@ def move_all(tree, line: int, live, seen):
             "TABLE": "r", "INDEX": "i"}.get(kind, "m"))):
         yield Risk(line, table, what, "copies an index of" if kind == "INDEX" else "rewrites", ACCESS_EXCLUSIVE,
                    "logged")
+
+
+# The table's tablespace is the one named (the database's default is reltablespace 0): SET TABLESPACE moves nothing.
+_TABLESPACE_NOW = """
+SELECT c.reltablespace = (SELECT CASE WHEN s.oid = d.dattablespace THEN 0 ELSE s.oid END FROM pg_catalog.pg_tablespace s
+                          JOIN pg_catalog.pg_database d ON d.datname = pg_catalog.current_database()
+                          WHERE s.spcname = %(name)s)
+FROM pg_catalog.pg_class c WHERE c.oid = %(oid)s
+"""
+# The typed tables (CREATE TABLE t OF type) of the composite type found on the path.
+_TYPED_TABLES = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND c.reloftype = (
+  SELECT t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+  WHERE t.typname = %(name)s AND tn.nspname = ANY(%(path)s)
+  ORDER BY pg_catalog.array_position(%(path)s, tn.nspname::text) LIMIT 1)
+ORDER BY 1, 2
+"""
+
+
+def in_tablespace_now(live, name, tablespace: str) -> bool:
+    """The live table is in `tablespace` already: its SET TABLESPACE is a no-op."""
+    table = live.table(name)
+    row = table and live._rows(_TABLESPACE_NOW, {"oid": table[0], "name": tablespace})
+    return bool(row and row[0][0])
+
+
+def altered_attribute(tree, line: int, live, seen, retype):
+    """ALTER TYPE ... ALTER ATTRIBUTE ... TYPE (CASCADE): each typed table of the type changes its column's type as
+    ALTER COLUMN TYPE does (`retype`: risks.retype)."""
+    from pglast import enums
+    from pglast.stream import RawStream
+
+    for cmd in tree.cmds:
+        if cmd.subtype != enums.AlterTableType.AT_AlterColumnType:
+            continue
+        what = (f"ALTER TYPE {tree.relation.relname} ALTER ATTRIBUTE {cmd.name} TYPE {RawStream()(cmd.def_.typeName)} "
+                "(its typed table's column)")
+        for table in live._rows(_TYPED_TABLES, {"name": tree.relation.relname, "path": [
+                tree.relation.schemaname] if tree.relation.schemaname else live.path}):
+            if seen.is_new(tuple(table), live):
+                continue
+            for risk in retype(cmd, tuple(table), line, live, seen, what):
+                risk.kind = "typed table" if risk.kind == "type" else risk.kind  # (no column can be added to it)
+                yield risk

@@ -96,6 +96,11 @@ def rewrites_type(live, seen, oid: int, column: str, type_name, using, collation
     return None
 
 
+def target(live, seen, type_name) -> tuple[int, str, list[int]] | None:
+    """(oid, name, typmods) of the type a column of `type_name` is stored as (a domain's base type), or None."""
+    return _target(live, seen, type_name, 0)
+
+
 def _named(live, type_name) -> tuple[int, int] | None:
     """(oid, collation) of the live type a file names (found on the migration's search_path), or None."""
     names = [n.sval for n in type_name.names]

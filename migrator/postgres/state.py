@@ -232,17 +232,28 @@ def lacking_privileges(backend, schema: str | None, wanted: tuple[str, ...]) -> 
     return user, database, lacking
 
 
+class InvalidIndex(tuple):
+    """(schema, index, table); `partitioned`: a partitioned table's index, INVALID until every partition's index is
+    attached (CREATE INDEX ... ON ONLY), which DROP INDEX CONCURRENTLY refuses."""
+
+    partitioned: bool = False
+
+
 def invalid_indexes(backend) -> list[tuple[str, str, str]]:
-    """(schema, index, table) of indexes left INVALID, e.g. by a failed CREATE INDEX CONCURRENTLY."""
-    return backend.execute(
+    """(schema, index, table) of indexes left INVALID, e.g. by a failed CREATE INDEX CONCURRENTLY (InvalidIndex)."""
+    found = []
+    for schema, index, table, partitioned in backend.execute(
         """
-        SELECT n.nspname, c.relname, t.relname FROM pg_index i
+        SELECT n.nspname, c.relname, t.relname, c.relkind = 'I' FROM pg_index i
         JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
         ORDER BY 1, 2
         """
-    ).fetchall()
+    ).fetchall():
+        found.append(InvalidIndex((schema, index, table)))
+        found[-1].partitioned = partitioned
+    return found
 
 
 def rebuilt_by(states: list[MigrationState], invalid: list[tuple[str, str, str]]) -> dict[str, tuple[str, bool]]:

@@ -14,7 +14,7 @@ SELECT CASE WHEN bool_and(l.reltuples >= 0 AND l.relpages > 0 OR s.pages = 0)
             THEN sum(CASE WHEN s.pages = 0 THEN 0 ELSE l.reltuples / NULLIF(l.relpages, 0) * s.pages END) END::bigint,
        coalesce(sum(s.bytes), 0)::bigint
 FROM (WITH RECURSIVE tree(relid) AS (SELECT %(oid)s::oid UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i
-                                        JOIN tree ON i.inhparent = tree.relid)
+                                        JOIN tree ON i.inhparent = tree.relid WHERE NOT %(own)s)
       SELECT relid FROM tree) p
      JOIN pg_catalog.pg_class l ON l.oid = p.relid,
      LATERAL (SELECT pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int AS pages,
@@ -39,7 +39,7 @@ _CATALOG_SIZE = """
 SELECT CASE WHEN bool_and(l.reltuples >= 0) THEN sum(l.reltuples) END::bigint,
        coalesce(sum(l.relpages::bigint * pg_catalog.current_setting('block_size')::int), 0)::bigint
 FROM (WITH RECURSIVE tree(relid) AS (SELECT %(oid)s::oid UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i
-                                        JOIN tree ON i.inhparent = tree.relid)
+                                        JOIN tree ON i.inhparent = tree.relid WHERE NOT %(own)s)
       SELECT relid FROM tree) p
      JOIN pg_catalog.pg_class l ON l.oid = p.relid
 """
@@ -52,19 +52,19 @@ FROM pg_catalog.pg_class c, pg_catalog.pg_roles r WHERE c.oid OPERATOR(pg_catalo
 """
 
 
-def size(live, row) -> tuple[int, int]:
+def size(live, row, own: bool = False) -> tuple[int, int]:
     """(rows, bytes) of `row` (oid, schema, name, relkind); a materialized view's is the larger of its own and
-    what its query reads (its REFRESH reads all of that under its lock)."""
+    what its query reads (its REFRESH reads all of that under its lock). `own`: its own heap's, no child's."""
     if not live.sizes:
         return 0, 0
-    rows, size_ = _guarded(live, row[:3])
+    rows, size_ = _guarded(live, row[:3], own)
     if row[3] == "m":
         sources = [_guarded(live, source) for source in live._rows(_SOURCES, {"oid": row[0]})]
         rows, size_ = max(rows, sum(r for r, _ in sources)), max(size_, sum(b for _, b in sources))
     return rows, size_
 
 
-def _guarded(live, row) -> tuple[int, int]:
+def _guarded(live, row, own: bool = False) -> tuple[int, int]:
     """The exact size, or the catalog's when the table is locked (a failed read undone to a savepoint)."""
     from psycopg2 import errors
 
@@ -72,25 +72,25 @@ def _guarded(live, row) -> tuple[int, int]:
     if savepoint:
         live.cursor.execute("SAVEPOINT judge_size")
     try:
-        found = _exact(live, row)
+        found = _exact(live, row, own)
     except errors.LockNotAvailable:
         if savepoint:
             live.cursor.execute("ROLLBACK TO SAVEPOINT judge_size")
-        [(rows, size_)] = live._rows(_CATALOG_SIZE, {"oid": row[0]})
+        [(rows, size_)] = live._rows(_CATALOG_SIZE, {"oid": row[0], "own": own})
         return (live.threshold + 1 if rows is None else rows), size_  # never analyzed and locked: taken as large
     if savepoint:
         live.cursor.execute("RELEASE SAVEPOINT judge_size")
     return found
 
 
-def _exact(live, row) -> tuple[int, int]:
+def _exact(live, row, own: bool) -> tuple[int, int]:
     oid, schema, name = row
-    [(rows, size_)] = live._rows(_SIZE, {"oid": oid})
+    [(rows, size_)] = live._rows(_SIZE, {"oid": oid, "own": own})
     if rows is None and not live._rows(_COUNTABLE, {"oid": oid})[0][0]:
         rows = live.threshold + 1  # another role's row-level policy: not run, the table taken as large
     if rows is None:
         from psycopg2 import sql
 
-        [(rows,)] = live._rows(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(
+        [(rows,)] = live._rows(sql.SQL("SELECT count(*) FROM (SELECT FROM " + "ONLY " * own + "{} LIMIT %s) s").format(
             sql.Identifier(schema, name)), (live.threshold + 1,))
     return rows, size_

@@ -19,6 +19,7 @@ class ImpactReport:
     migrations: list  # postgres.impact.MigrationImpact
     lint_skipped: bool = False
     not_measured: list = field(default_factory=list)  # ids after the one that failed on the scratch database
+    note: str = ""  # the scratch server is not the live database's (commands.plan_impact.scratch_note)
 
     @property
     def failed(self):  # the StatementImpact that failed on the scratch database, if one did
@@ -36,7 +37,8 @@ class ImpactReport:
                 f"{failed.id} line {self.failed.line} failed on the scratch database: fix it and run plan --impact again")
 
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "measured_on": self.scratch, "not_measured": self.not_measured,
+        return {"target": self.target, "measured_on": self.scratch, "note": self.note or None,
+                "not_measured": self.not_measured,
                 "complete": self.exit_code == 0, "migrations": [
             {"id": m.id, "file": m.path, "transactional": m.transactional,
              "lint": None if self.lint_skipped else [vars(f) for f in m.findings],
@@ -54,7 +56,7 @@ class ImpactReport:
                 f"database on {self.scratch} (rolled back, then dropped); sizes from the live database")
 
     def lines(self) -> list[str]:
-        lines = [self._head()]
+        lines = [self._head()] + ([self.note] if self.note else [])
         for m in self.migrations:
             held = "every lock below is held until its COMMIT" if m.transactional else "each statement commits alone"
             lines.append(f"{m.id} ({'transactional' if m.transactional else 'not transactional'}: {held})")
@@ -71,6 +73,7 @@ class ImpactReport:
     def markdown(self) -> list[str]:
         """A table per migration, lint findings beside the statement they are about: for a pull request."""
         lines = ["## Migration impact", "", self._head().replace(self.target, _code(self.target)), ""]
+        lines += [f"_{_cell(self.note)}_", ""] if self.note else []
         for m in self.migrations:
             held = "locks held until COMMIT" if m.transactional else "not transactional: each statement commits alone"
             lines += [f"### {m.id} ({held})", "", "| line | statement | locks | rewrites | lint |", "|---|---|---|---|---|"]

@@ -12,6 +12,10 @@ from migrator.reports.base import Lines, SqlText, _time
 from migrator.reports.mongo import PatchRunReport, PatchStatusReport
 
 REINDEX_COPY = lazy_re.compile(r'_cc(new|old)[0-9]*"?$')  # the copies REINDEX ... CONCURRENTLY makes
+# (status and doctor) a partitioned index made ON ONLY whose partitions' indexes are not all attached yet
+PARTITIONED_INVALID = ("its partitions' indexes are not all attached yet (CREATE INDEX ... ON ONLY): CREATE INDEX "
+                       "CONCURRENTLY on each partition left and ALTER INDEX {0} ATTACH PARTITION it, or DROP INDEX {0} "
+                       "(not CONCURRENTLY: PostgreSQL refuses that on a partitioned index)")
 
 
 @dataclass
@@ -128,8 +132,12 @@ class StatusReport:
         if changed:
             ids = " ".join(s.id for s in changed)
             lines.append(f"  changed files block `migrate`: restore them, or after review `runner.py sql accept-changes {ids}`")
-        for schema, index, table in self.invalid_indexes:
+        for item in self.invalid_indexes:
+            schema, index, table = item
             name, table = visible(f"{schema}.{index}"), visible(table)  # (anyone's names: one line each)
+            if getattr(item, "partitioned", False):
+                lines.append(f"  INVALID index {name} on partitioned table {table}: {PARTITIONED_INVALID.format(name)}")
+                continue
             if REINDEX_COPY.search(index):  # the rerun of the migration that ran it drops it
                 lines.append(f"  INVALID index {name} on {table} (left by an interrupted REINDEX ... "
                              "CONCURRENTLY): run migrate again if a pending migration ran it, else "
