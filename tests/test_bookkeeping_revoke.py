@@ -187,3 +187,37 @@ def test_a_history_row_written_while_others_could_is_not_adopted_by_the_revoking
     assert "0002_more" in ok(cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env())).output
     again = ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert "recorded the checksums of 1 migration(s)" in again.output
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["sql", "break-lock"]])
+def test_a_dead_runners_row_is_deleted_only_behind_the_first_write_guard(cli, db, sql_dir, app, command):
+    """attack23r 1: a dead runner's lock row is deleted (migrate's clearing, `sql break-lock`) before the lock row's
+    INSERT: that DELETE is the run's first write, and an open CREATE TRIGGER ... BEFORE DELETE committed while it
+    waited ran as the migration role, then the run said it "would run". Failed before: exit 2 (migrate) or 0
+    (break-lock) with public.ran holding the migration role. Now the DELETE carries the guard: refused, nothing ran."""
+    evil = trigger_opener(cli, db, sql_dir, app)
+    db.query("INSERT INTO public.yoyo_lock (locked, ctime, pid) VALUES (1, now() - interval '1 hour', 999999)")
+    evil.cursor().execute(TRIGGER)  # (its transaction left open)
+    pid = evil.get_backend_pid()
+    db.query(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {app}")
+
+    def commit_once_waited_on():
+        for _ in range(600):
+            if db.query("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,))[0][0]:
+                break
+            time.sleep(0.05)
+        evil.commit()
+
+    committer = threading.Thread(target=commit_once_waited_on)
+    committer.start()
+    try:
+        wait = ["--ddl-lock-timeout", "30s"] if command == ["migrate"] else []  # (break-lock's: the default)
+        result = cli(*command, "--sql-dir", sql_dir, *wait, env=db.db_env())
+    finally:
+        committer.join()
+        evil.close()
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "yoyo_lock has trigger z" in line, result.output
+    assert db.query("SELECT count(*) FROM public.ran") == [(0,)]  # its code never ran as the migration role
+    assert db.query("SELECT pid FROM public.yoyo_lock") == [(999999,)]  # the dead row kept: nothing was written
+    assert "more_rows" not in db.tables()
