@@ -6,8 +6,9 @@ writes every table), are for a DBA."""
 
 from __future__ import annotations
 
+from migrator import planted
 from migrator.grant_text import grants_list, revoke_advice, revoke_sql, runnable
-from migrator.doctor import FAIL, WARN, Check, DoctorReport
+from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport
 
 # The roles (bar superusers and the user) that write every table through pg_write_all_data (PostgreSQL 14+), and
 # the user's name as SQL spells it: one query per doctor run (a migrate never asks).
@@ -57,3 +58,22 @@ def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) ->
                          "rows that skip a migration); migrate cannot revoke that",
                          "if that is not a deliberate choice, "
                          f"{runnable('REVOKE pg_write_all_data FROM ' + ', '.join(writers))}"))
+
+
+def schema_creators(report: DoctorReport, backend, schema: str, accepted: tuple[str, ...]) -> None:
+    """Who else may plant objects in the schema (planted.py): a FAIL while migrate refuses, a WARN for roles
+    SCHEMA_CREATORS_TRUSTED accepts (what they plant still runs as the user), else OK."""
+    state = backend.verified
+    creators, owned = planted.untrusted(state, ())
+    if not (creators or owned):
+        report.add(Check("postgres schema creators", OK, f"no other role may create in schema {schema} or owns "
+                         "objects there"))
+        return
+    left = planted.untrusted(state, accepted)
+    harm = f"an operator or function they plant there runs as user {state[2]} when a migration's SQL resolves to it"
+    if left[0] or left[1]:
+        report.add(Check("postgres schema creators", FAIL, f"{planted.found(schema, *left)}: {harm} (migrate "
+                         "refuses)", planted.fix(schema, *left)))
+    else:
+        report.add(Check("postgres schema creators", WARN, f"{planted.found(schema, creators, owned)}: {harm}; "
+                         f"accepted by {planted.SETTING}", f"if that is not deliberate: {planted.fix(schema, creators, owned, False)}"))
