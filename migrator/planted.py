@@ -21,10 +21,12 @@ SHOWN = 3
 # a member of, and superusers, that may CREATE in the schema (PUBLIC alone when it may: every role then can; public's
 # owner on 15+, pg_database_owner, and its member the database's owner, are trusted as trust.py trusts them); and
 # [owner, object] of the tables, functions, operators and types in the schema such roles own.
-# (membership by pg_auth_members: pg_has_role answers true for every role when the user is a superuser)
+# (membership by pg_auth_members: pg_has_role answers true for every role when the user is a superuser; a role
+# that cannot log in and has no member but the user is acted as by superusers alone)
 _OTHERS = ("NOT r.rolsuper AND r.oid NOT IN (WITH RECURSIVE m(oid) AS (SELECT oid FROM me UNION SELECT a.roleid "
            "FROM pg_catalog.pg_auth_members a JOIN m ON a.member = m.oid) SELECT oid FROM m) AND NOT (so.rolname = "
-           "'pg_database_owner' AND pg_catalog.pg_has_role(r.oid, so.oid, 'MEMBER'))")
+           "'pg_database_owner' AND pg_catalog.pg_has_role(r.oid, so.oid, 'MEMBER')) AND (r.rolcanlogin OR EXISTS ("
+           "SELECT FROM pg_catalog.pg_auth_members a WHERE a.roleid = r.oid AND a.member <> (SELECT oid FROM me)))")
 COLUMNS = f""",
        CASE WHEN EXISTS (SELECT FROM pg_catalog.aclexplode(n.nspacl) x WHERE x.grantee = 0 AND x.privilege_type = 'CREATE')
             THEN ARRAY['PUBLIC'] ELSE ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE {_OTHERS}
