@@ -229,9 +229,12 @@ def test_a_prepared_create_trigger_holding_the_first_write_is_named_with_its_tab
     evil.close()
     try:
         db.query(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {app}")
+        doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env())  # (said "ready")
         result = cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout", "1s", env=db.db_env())
     finally:
         db.query("ROLLBACK PREPARED 'app_trigger'")
+    [locked] = [line for line in doctor.stdout.splitlines() if "postgres bookkeeping locks" in line]
+    assert locked.startswith("FAIL") and '"public"."yoyo_lock"' in locked and "app_trigger" in locked, doctor.stdout
     line = one_error_line(result)
     assert result.exit_code == 4 and '"public"."yoyo_lock"' in line, result.output
     assert "app_trigger" in line and "ROLLBACK PREPARED" in line and "none holds it now" not in line, line

@@ -77,3 +77,22 @@ def schema_creators(report: DoctorReport, backend, schema: str, accepted: tuple[
     else:
         report.add(Check("postgres schema creators", WARN, f"{planted.found(schema, creators, owned)}: {harm}; "
                          f"accepted by {planted.SETTING}", f"if that is not deliberate: {planted.fix(schema, creators, owned, False)}"))
+
+
+def bookkeeping_locks(report: DoctorReport, backend, schema: str) -> None:
+    """A lock on a bookkeeping table that every write command's first write would wait for, then stop on (exit 4):
+    a CREATE TRIGGER left open or PREPAREd (attack23r 5), a LOCK TABLE. A prepared transaction outlives sessions and
+    restarts: FAIL; a session may end: WARN. Nothing said when none holds one."""
+    from migrator.grant_text import ident
+    from migrator.postgres import bookkeeping_busy
+
+    tables = [f"{ident(schema)}.{ident(t)}" for t in backend.verified[7] if t not in backend.verified[6]]
+    if not tables:
+        return
+    name = bookkeeping_busy.held(backend.connection, tables)
+    who = bookkeeping_busy.holders(backend.connection, name)
+    if who != bookkeeping_busy.NONE_NOW:
+        stuck = "prepared transaction" in who
+        report.add(Check("postgres bookkeeping locks", FAIL if stuck else WARN, f"{name} is locked against the "
+                         f"runner's writes by {who}", "every write command waits --ddl-lock-timeout for it, then "
+                         "stops (exit 4) with nothing run: end it as said"))

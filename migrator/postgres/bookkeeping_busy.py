@@ -68,8 +68,11 @@ def holders(connection, table_name: str) -> str:
         found += [sessions.prepared(row) for row in cursor.fetchall()]
     connection.rollback()
     if not found:
-        return "a session that has let go since (none holds it now)"
+        return NONE_NOW
     return sessions.describe_all(found)
+
+
+NONE_NOW = "a session that has let go since (none holds it now)"
 
 
 def error(connection, table_name: str, where: str, committed: str, then: str) -> MigratorError:
