@@ -11,7 +11,6 @@ SIGTERM ends a wait at once (LockWaitInterrupted): nothing was run.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
@@ -19,46 +18,16 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from migrator import interrupt, output
+from migrator import interrupt
 from migrator.errors import LOCKED, MigratorError
 from migrator.targets import PostgresTarget
 from migrator.bookkeeping_lock import (AFTER_COMMIT_WAIT, BOOKKEEPING_WAIT, LOCK_KEY, POLL_SECONDS,  # noqa: F401
                                       RELEASE, TAKE, BookkeepingBusy, Recording, _hashed, bookkeeping_wait,
                                       creating_bookkeeping, lock_key, on_own_session, prepared)
+from migrator.lock_row import (CREATE_HISTORY_LOCKS, HISTORY_LOCKS, PROOF_COLUMN, SESSION_VALUES, alive,  # noqa: F401
+                               holder, live_row, lock_slot, lock_table, proof_column, row_of)
 
-
-def lock_slot(history: str | None) -> int:
-    """The history's row in the schema's yoyo_lock (whose key is its `locked` column): 1, yoyo's own, for the
-    runner's own history (a bare `yoyo` CLI sees it); one per Flyway history, so services never share a row."""
-    return 1 if not history else 2 + _hashed(f"hcmdbmig-row:{history}") % (2**31 - 3)
-
-
-# A Flyway history's lock row lives in a table of the runner's own, never in yoyo_lock: an older runner (before
-# one lock per history) reads any yoyo_lock row as a runner's lock and its break-lock deletes them all. The
-# runner's own history keeps yoyo_lock's row 1 (a bare `yoyo` CLI sees it). Columns as yoyo_lock's, with the proof.
-HISTORY_LOCKS = "_hcm_history_lock"
-CREATE_HISTORY_LOCKS = """
-CREATE TABLE IF NOT EXISTS {schema}.{table} (
-    locked INTEGER   PRIMARY KEY,
-    ctime  TIMESTAMP,
-    pid    INTEGER   NOT NULL,
-    runner TEXT      DEFAULT pg_catalog.current_setting('application_name')
-)"""
-
-
-def lock_table(backend, history: str | None, create: bool = False) -> str | None:
-    """The table holding `history`'s lock row, quoted; None when a history's is not there (and not `create`)."""
-    if not history:
-        return backend.lock_table_quoted
-    table = backend.qualified(HISTORY_LOCKS)
-    if create:
-        from migrator import checksums
-
-        with backend.transaction(), backend.connection.cursor() as cursor:
-            checksums.create_table(cursor, CREATE_HISTORY_LOCKS, backend.bookkeeping_schema, HISTORY_LOCKS)
-    elif backend.execute("SELECT pg_catalog.to_regclass(:t) IS NULL", {"t": table}).fetchone()[0]:
-        return None
-    return table
+_proof_column = proof_column  # (its older name)
 
 
 def run_key(backend, target: PostgresTarget) -> int:
@@ -136,7 +105,6 @@ def held(backend, target: PostgresTarget, timeout: float, notify: Callable[[str]
         try:
             with _interruptible():
                 _clear_dead_runners_row(backend, target, deadline, notify)
-            _proof_column(backend)
             with _row(backend, target, deadline):
                 yield
         finally:
@@ -177,19 +145,17 @@ def _row(backend, target: PostgresTarget, deadline: float) -> Iterator[None]:
     """yoyo's lock row, in the history's slot (lock_slot), held while the run is; yoyo's own lock() calls within
     (apply, rollback, mark) find it held. Polled until the deadline, as yoyo's lock(): an older runner's may be
     there."""
-    first_write = backend.first_write()  # (postgres/first_write.py)
     slot, table, pid = lock_slot(target.history), lock_table(backend, target.history, create=True), os.getpid()
+    # (the writing session's server pid and backend_start: what proves this run holds the advisory lock, lock_row)
+    columns, values = (", backend_pid, backend_start", f", {SESSION_VALUES}") if proof_column(backend, table) \
+        else ("", "")
     while True:
-        # (the run's first write: a CREATE TRIGGER still open on its tables is waited out and refused first)
-        guard, params = first_write.guard(backend.connection, backend.bookkeeping_schema)
-        try:
-            with backend.transaction(), backend.connection.cursor() as cursor:
-                cursor.execute(guard + f"INSERT INTO {table} (locked, ctime, pid) VALUES (%(slot)s, "
-                               "pg_catalog.timezone('UTC', pg_catalog.clock_timestamp()), %(pid)s)",
-                               {**params, "slot": slot, "pid": pid})
+        try:  # (a write: a CREATE TRIGGER still open on its tables is waited out and refused first)
+            _guarded(backend, target, f"INSERT INTO {table} (locked, ctime, pid{columns}) VALUES (%(slot)s, "
+                     f"pg_catalog.timezone('UTC', pg_catalog.clock_timestamp()), %(pid)s{values})",
+                     {"slot": slot, "pid": pid})
             break
         except backend.DatabaseError as exc:
-            first_write.refuse(backend, exc, target.where)
             if getattr(exc, "pgcode", None) in _NOT_HELD:
                 from migrator import server_session
 
@@ -274,11 +240,20 @@ def break_dead(backend, target: PostgresTarget) -> bool:
     key = run_key(backend, target)
     advice = "break-lock removes only a dead runner's lock: wait for it to finish, or end that runner first"
     if not _try(backend, target, key):
-        raise MigratorError(f"a live runner holds the migration lock on {place(backend, target)} "
-                            f"({holder(backend, key)}); {advice}", LOCKED)
+        who = holder(backend, key)
+        if who.startswith("held by host "):
+            raise MigratorError(f"a live runner holds the migration lock on {place(backend, target)} ({who}); "
+                                f"{advice}", LOCKED)
+        row = row_of(backend, target)  # (a dead runner's row is dead whoever holds the advisory lock)
+        removed = row is not None and not alive(backend, row)
+        if removed:
+            _break(backend, target)
+        raise MigratorError(f"a session that no runner's lock row proves holds the migration lock on "
+                            f"{place(backend, target)} ({who}){'; removed the lock row of a dead runner' * removed}: "
+                            "end that session if it is not a runner's (pg_terminate_backend), and run again", LOCKED)
     try:
-        row = _row_of(backend, target)
-        if row and _alive(backend, row):
+        row = row_of(backend, target)
+        if row and alive(backend, row):
             raise MigratorError(f"the migration lock on {place(backend, target)} is held by a live runner (pid "
                                 f"{row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC, still connected); {advice}", LOCKED)
         if row:
@@ -288,44 +263,32 @@ def break_dead(backend, target: PostgresTarget) -> bool:
         _unlock(backend, target, key)
 
 
-# A yoyo lock row's runner is alive while a session of it (this runner's application_name ends in
-# host:pid, see postgres/connection.py) that connected before the row was written is still there;
-# such a row is waited for, never broken. (Pods of an Indexed Job share pids: a later one is not it.)
-# Any role may name its session so: only a session of a role that could have written the row (INSERT on the lock
-# table: its owner, a superuser, a grantee) counts, named exactly as the row's runner column says where it has one.
-_ALIVE = """
-SELECT count(*) FROM pg_stat_activity
-WHERE pid <> pg_backend_pid() AND datname = current_database()
-  AND application_name LIKE 'hcm-db-migrations %%:' || :pid
-  AND application_name = coalesce(CAST(:runner AS text), application_name)
-  AND has_table_privilege(usesysid, to_regclass(:table), 'INSERT')
-  AND backend_start <= (CAST(:ctime AS timestamp) AT TIME ZONE 'UTC') + interval '2 seconds'
-"""
-
-
-def _row_of(backend, target: PostgresTarget):
-    """(pid, ctime, runner or None, table) of the lock row in this history's slot, or None. (`runner` read as the
-    row's JSON: a table without that column answers NULL, in the same statement.)"""
-    table = lock_table(backend, target.history)
-    if table is None:
-        return None
-    row = backend.execute(f"SELECT pid, ctime, to_jsonb(l) ->> '{PROOF_COLUMN}' FROM {table} l WHERE locked = :slot",
-                          {"slot": lock_slot(target.history)}).fetchone()
-    return (*row, table) if row else None
-
-
 def _break(backend, target: PostgresTarget) -> None:
-    with backend.transaction():
-        backend.execute(f"DELETE FROM {lock_table(backend, target.history)} WHERE locked = :slot",
-                        {"slot": lock_slot(target.history)})
+    """A dead runner's row deleted: a write, so the first-write guard first, in its statement (see _guarded)."""
+    _guarded(backend, target, f"DELETE FROM {lock_table(backend, target.history)} WHERE locked "
+             "OPERATOR(pg_catalog.=) %(slot)s", {"slot": lock_slot(target.history)})
+
+
+def _guarded(backend, target: PostgresTarget, statement: str, params: dict) -> None:
+    """`statement` (%(name)s parameters) in one transaction behind the first-write guard (postgres/first_write.py):
+    a CREATE TRIGGER still open on the bookkeeping is waited out and refused before anything fires (every write of a
+    run before its lock row's: the dead row's DELETE, break-lock's)."""
+    first_write = backend.first_write()
+    guard, extra = first_write.guard(backend.connection, backend.bookkeeping_schema)
+    try:
+        with backend.transaction(), backend.connection.cursor() as cursor:
+            cursor.execute(guard + statement, {**extra, **params})
+    except backend.DatabaseError as exc:
+        first_write.refuse(backend, exc, target.where)
+        raise
 
 
 def _clear_dead_runners_row(backend, target: PostgresTarget, deadline: float, notify: Callable[[str], None]) -> None:
     while True:
-        row = _row_of(backend, target)
+        row = row_of(backend, target)
         if not row:
             return
-        if not _alive(backend, row):
+        if not alive(backend, row):
             break
         if time.monotonic() >= deadline:
             raise MigratorError(
@@ -338,96 +301,3 @@ def _clear_dead_runners_row(backend, target: PostgresTarget, deadline: float, no
     notify(f"note: cleared the migration lock left by a runner that died (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC)")
 
 
-def live_row(backend, target: PostgresTarget) -> str | None:
-    """The lock row a run would wait for as a live runner's, in words (doctor: its advisory lock may be free); None
-    when there is none, its runner is gone, or the user may not read the table."""
-    table = lock_table(backend, target.history)
-    if table is None or not backend.execute(  # (to_regclass refuses a schema without USAGE)
-            "SELECT CASE WHEN has_schema_privilege(to_regnamespace(quote_ident(:s)), 'USAGE') THEN "
-            "to_regclass(:t) IS NOT NULL AND has_table_privilege(to_regclass(:t), 'SELECT') END",
-            {"s": backend.bookkeeping_schema, "t": table}).fetchone()[0]:
-        return None
-    row = _row_of(backend, target)
-    if not row or not _alive(backend, row):
-        return None
-    runner = f", runner {output.quoted(row[2])}" if row[2] else ""
-    return f"its lock row (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC{runner}) names a runner still connected"
-
-
-def _alive(backend, row) -> bool:
-    pid, ctime, runner, table = row
-    return bool(backend.execute(_ALIVE, {"pid": str(pid), "ctime": ctime, "runner": runner, "table": table})
-                .fetchone()[0])
-
-
-# The lock row names the runner that wrote it: the writing session's application_name (this runner's "host:pid",
-# set by the runner; only the migration role writes the table), filled in by a column default so that yoyo's own
-# INSERT writes it. Added once, by a user who owns the table; without it no holder is proven.
-PROOF_COLUMN = "runner"
-_HAS_PROOF = """
-SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass(:t)::pg_catalog.oid
-               AND attname = 'runner' AND NOT attisdropped),
-       pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class
-                               WHERE oid = pg_catalog.to_regclass(:t)::pg_catalog.oid), 'USAGE')
-"""
-
-
-def _proof_column(backend) -> None:
-    """The lock table's runner column, added when missing and the user owns the table (else left: unproven)."""
-    table = backend.lock_table_quoted
-    present, owner = backend.execute(_HAS_PROOF, {"t": table}).fetchone()
-    if not present and owner:
-        with backend.transaction():
-            backend.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {PROOF_COLUMN} text "
-                            "DEFAULT pg_catalog.current_setting('application_name')")
-
-
-def holder(backend, key: int = LOCK_KEY) -> str:
-    """Who holds the advisory lock. Any role that can connect may take it and call itself a runner (its
-    application_name is its own to choose), so host and pid are named only when proven: a runner holding it
-    writes its yoyo_lock row (pid, ctime, and its own host:pid in `runner`) from the same session, in a table
-    only the migration role can write; the host and pid named are the row's. Else the session is named as the
-    server knows it (server pid, user), unverified."""
-    row = backend.execute(
-        """
-        SELECT a.application_name, a.pid, a.usename, a.client_addr::text, a.backend_start
-        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-          AND l.classid = :high AND l.objid = :low
-          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-        """,
-        {"high": key >> 32, "low": key & 0xFFFF_FFFF},
-    ).fetchone()
-    if row is None:
-        with backend.connection.cursor() as cursor:
-            held = prepared(cursor, key)
-        return f"held by {held}" if held else "holder unknown"
-    app, backend_pid, user, client, since = row
-    match = re.match(r"hcm-db-migrations (?P<host>\S+):(?P<pid>\d+)", app or "")
-    when = f"since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip() if since else "(since unknown)"
-    proof = match and _proven(backend, int(match["pid"]), since, app)
-    if proof:  # host and pid as the proof row has them (the same as the session's name, which is not evidence)
-        proven = re.match(r"hcm-db-migrations (?P<host>\S+):(?P<pid>\d+)", proof)
-        return f"held by host {proven['host']} pid {proven['pid']} {when}"
-    if since is None:  # pg_stat_activity hides another role's session (NULLs) from a user who is not a superuser
-        return f"held by a session of another role (server pid {backend_pid}, user {output.role(user)}; unverified) {when}"
-    said = f", calling itself {output.quoted(app)}" if app else ""
-    return (f"held by an unverified session (server pid {backend_pid}, user {output.role(user)}, from "
-            f"{client or 'local'}{said}: no runner's lock row proves it) {when}")
-
-
-def _proven(backend, pid: int, since, app: str) -> str | None:
-    """The runner named by the lock row of runner `pid` written after the session holding the advisory lock
-    connected, when that row names the same runner (host and pid) as the session does; else None."""
-    for table in (backend.lock_table_quoted, backend.qualified(HISTORY_LOCKS)):
-        readable = backend.execute("SELECT CASE WHEN to_regclass(:t) IS NULL THEN false ELSE "
-                                   "has_table_privilege(to_regclass(:t), 'SELECT') END", {"t": table}).fetchone()[0]
-        if not readable or since is None or not backend.execute(_HAS_PROOF, {"t": table}).fetchone()[0]:
-            continue
-        row = backend.execute(
-            f"SELECT {PROOF_COLUMN} FROM {table} WHERE pid = :pid AND {PROOF_COLUMN} = :app "
-            "AND CAST(:since AS timestamptz) <= (ctime AT TIME ZONE 'UTC') + interval '2 seconds'",
-            {"pid": pid, "since": since, "app": app}).fetchone()
-        if row:
-            return row[0]
-    return None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-from migrator import credentials, output, pg_url, tls, urls
+from migrator import credentials, output, pg_url, planted, tls, urls
 from migrator.env import Env
 from migrator.errors import USAGE, MigratorError
 from migrator.limits import read_timeout, resolve_ddl_limits
@@ -195,6 +195,7 @@ def _resolve_schemas(target: PostgresTarget, options: PostgresOptions, env: Env)
     target.create_schemas = options.create_schemas or _create_schemas(target, env)
     _one_per_pod(target, env)
     _flyway_history(target, env)
+    target.creators_trusted = planted.trusted(env)
     for name, why in UNUSED_PLATFORM_VARIABLES.items():
         value, origin = env.get(name)
         if value:

@@ -67,6 +67,7 @@ class PostgresTarget:
     out_of_order: bool = True  # FLYWAY_OUT_OF_ORDER=false: an older pending version is refused, not applied
     history: str | None = None  # a Flyway folder's run: its history (SCHEMA_TABLE), whose own lock it takes (pg_lock)
     catalog_waits: DdlLimits | None = None  # each try's lock_timeout and the budget of the schema description's waits
+    creators_trusted: tuple[str, ...] = ()  # SCHEMA_CREATORS_TRUSTED: roles accepted to plant in a migrated schema
 
     def for_schema(self, schema: str) -> "PostgresTarget":
         """The same server, narrowed to one tenant's schema."""

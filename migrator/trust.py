@@ -17,7 +17,8 @@ from typing import Callable, Iterator
 from migrator.bookkeeping_lock import creating_bookkeeping
 from migrator.errors import USAGE, MigratorError
 from migrator.grant_text import grants_list, ident, revoke_advice, revoke_sql, rights_of
-from migrator import history_trust, output, pinned
+from migrator import history_trust, output, pinned, planted
+from migrator.planted import owner_error, planted_error, planted_fix, planted_list  # noqa: F401 (trust's names)
 from migrator.server_session import READ_ONLY_SQLSTATE
 
 LOCK_NOT_AVAILABLE = "55P03"  # (lock_timeout)
@@ -102,6 +103,9 @@ LEFT JOIN pg_catalog.pg_roles so ON so.oid = n.nspowner
 """
 
 
+_WITH_CREATORS = planted.with_creators(PLANTED)  # (verify's: who else may create in the schema, planted.py)
+
+
 # What a run does to its tables: yoyo's marks and log, the checksums' and snapshot's upserts; read-only ones read.
 RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
@@ -114,7 +118,7 @@ def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS) ->
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
     tables = list(dict.fromkeys([*BOOKKEEPING_TABLES, backend.flyway_table]))  # SCHEMA_TABLE's name too
-    return backend.execute(PLANTED, {"s": schema, "tables": tables, "rights": list(rights)}).fetchone()
+    return backend.execute(_WITH_CREATORS, {"s": schema, "tables": tables, "rights": list(rights)}).fetchone()
 
 
 def untrusted(backend, schema: str, tables: list[str]) -> list[str]:
@@ -135,43 +139,13 @@ def check_rights(state, schema: str, where: str) -> None:
             f"{', '.join(f'{schema}.{t}' for t in lacking)} TO {state[2]}, or connect as the tables' owner"))
 
 
-def planted_list(schema: str, planted: list[str]) -> str:
-    """(quote_ident keeps a line break in an owner's or a trigger's name: escaped here, so the line never splits)"""
-    return "; ".join(output.visible(f"{schema}.{what}") for what in planted)
-
-
-def planted_fix(schema: str, user: str, names: list[str]) -> str:
-    """What to do about planted tables: drop what is not the runner's, hand what is to the user."""
-    tables = [f"{schema}.{name}" for name in names[:3]] or [f"{schema}.<table>"]
-    return (f"inspect {', '.join(tables)}: drop what is not the runner's; for what is, as a superuser or its owner run "
-            f"ALTER TABLE {tables[0]} OWNER TO {user} (and drop other roles' triggers, rules and policies); grant "
-            f"other roles USAGE only on {schema}")
-
-
-def planted_error(schema: str, user: str, planted: list[str], names: list[str], where: str) -> str:
-    """The one line refusing a history others can make run code as the migration role (the schema may be a home
-    schema named anything: escaped, as planted_list escapes the rest)."""
-    return output.visible(
-        f"refusing the migration history in schema {schema} on {where}: {planted_list(schema, planted[:3])}"
-        f"{f' (and {len(planted) - 3} more)' if len(planted) > 3 else ''}; it would run as user {user} (a role "
-        f"with CREATE on schema {schema} planted it, or it was made by hand); {planted_fix(schema, user, names)}")
-
-
-def owner_error(schema: str, user: str, owner: str, where: str) -> str:
-    """The one line refusing a schema another role owns (its name as output.role shows it)."""
-    owner = output.role(owner)
-    return output.visible(
-        f"refusing the migration history in schema {schema} on {where}: schema {schema} is owned by role {owner}, "
-        f"which may drop or replace the runner's tables (it is not user {user}); as {owner} or a "
-        f"superuser run ALTER SCHEMA {schema} OWNER TO {user}")
-
-
 def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = True, unconfirmed_ok: bool = False,
-           options: str = "") -> tuple:
+           options: str = "", creators_trusted: tuple[str, ...] = ()) -> tuple:
     """The bookkeeping_state of `schema`; with `refuse`, a MigratorError when others planted objects there or
     the user lacks rights on a table present (`SELECT` to read; SELECT, INSERT, UPDATE, DELETE to write), or, to
     write, while its history is unconfirmed (history_trust; `unconfirmed_ok`: the commands that confirm it or only
-    clear a lock; `options`: the run's --schema, for the commands the refusal names)."""
+    clear a lock; `options`: the run's --schema, for the commands the refusal names); and, to write (but confirm or
+    clear a lock), a schema others may plant objects in (planted.py; `creators_trusted` accepts those roles)."""
     state = bookkeeping_state(backend, schema, ("SELECT",) if read_only else RIGHTS)
     if refuse and state[5]:
         raise MigratorError(owner_error(schema, state[2], state[5], where), USAGE)
@@ -179,6 +153,8 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
         raise MigratorError(planted_error(schema, state[2], state[3], state[6], where), USAGE)
     if refuse and state[1]:  # (without USAGE on the schema, that is said first)
         check_rights(state, schema, where)
+    if refuse and not read_only and not unconfirmed_ok:
+        planted.refuse(state, schema, where, creators_trusted)
     tables = history_trust.histories(backend.flyway_table)
     marked = disown(backend.connection, schema, state[8], comments=state[10], histories=tables) \
         if refuse and not read_only and state[8] else {}

@@ -50,14 +50,10 @@ def trigger_opener(cli, db, sql_dir, app):
     return psycopg2.connect(dbname=db.name, user=app, host=db.server.host, port=db.server.port)
 
 
-def refused_with_trigger_open(cli, db, sql_dir, app, revoked_before: bool) -> None:
-    """The app's CREATE TRIGGER on yoyo_lock, its transaction open, committed once the run is seen waiting on it: the
-    run refuses it before yoyo_lock's first use, its code never run as the migration role, nothing applied."""
-    evil = trigger_opener(cli, db, sql_dir, app)
-    evil.cursor().execute(TRIGGER)  # (its transaction left open)
+def committed_once_waited_on(db, evil, run):
+    """run() while `evil`'s open transaction is committed the moment a session waits on it (any role sees that in
+    pg_locks); run()'s result, `evil` closed."""
     pid = evil.get_backend_pid()
-    if revoked_before:
-        db.query(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {app}")  # (what doctor advises, done by a DBA)
 
     def commit_once_waited_on():
         for _ in range(600):
@@ -69,10 +65,21 @@ def refused_with_trigger_open(cli, db, sql_dir, app, revoked_before: bool) -> No
     committer = threading.Thread(target=commit_once_waited_on)
     committer.start()
     try:
-        result = cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout", "30s", env=db.db_env())
+        return run()
     finally:
         committer.join()
         evil.close()
+
+
+def refused_with_trigger_open(cli, db, sql_dir, app, revoked_before: bool) -> None:
+    """The app's CREATE TRIGGER on yoyo_lock, its transaction open, committed once the run is seen waiting on it: the
+    run refuses it before yoyo_lock's first use, its code never run as the migration role, nothing applied."""
+    evil = trigger_opener(cli, db, sql_dir, app)
+    evil.cursor().execute(TRIGGER)  # (its transaction left open)
+    if revoked_before:
+        db.query(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {app}")  # (what doctor advises, done by a DBA)
+    result = committed_once_waited_on(db, evil, lambda: cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout",
+                                                            "30s", env=db.db_env()))
     line = one_error_line(result)
     assert result.exit_code == 2 and "yoyo_lock has trigger z" in line, result.output
     assert db.query("SELECT count(*) FROM public.ran") == [(0,)]  # its code never ran as the migration role
@@ -187,3 +194,49 @@ def test_a_history_row_written_while_others_could_is_not_adopted_by_the_revoking
     assert "0002_more" in ok(cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env())).output
     again = ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert "recorded the checksums of 1 migration(s)" in again.output
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["sql", "break-lock"]])
+def test_a_dead_runners_row_is_deleted_only_behind_the_first_write_guard(cli, db, sql_dir, app, command):
+    """attack23r 1: a dead runner's lock row is deleted (migrate's clearing, `sql break-lock`) before the lock row's
+    INSERT: that DELETE is the run's first write, and an open CREATE TRIGGER ... BEFORE DELETE committed while it
+    waited ran as the migration role, then the run said it "would run". Failed before: exit 2 (migrate) or 0
+    (break-lock) with public.ran holding the migration role. Now the DELETE carries the guard: refused, nothing ran."""
+    evil = trigger_opener(cli, db, sql_dir, app)
+    db.query("INSERT INTO public.yoyo_lock (locked, ctime, pid) VALUES (1, now() - interval '1 hour', 999999)")
+    evil.cursor().execute(TRIGGER)  # (its transaction left open)
+    db.query(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {app}")
+    wait = ["--ddl-lock-timeout", "30s"] if command == ["migrate"] else []  # (break-lock's: the default)
+    result = committed_once_waited_on(db, evil, lambda: cli(*command, "--sql-dir", sql_dir, *wait, env=db.db_env()))
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "yoyo_lock has trigger z" in line, result.output
+    assert db.query("SELECT count(*) FROM public.ran") == [(0,)]  # its code never ran as the migration role
+    assert db.query("SELECT pid FROM public.yoyo_lock") == [(999999,)]  # the dead row kept: nothing was written
+    assert "more_rows" not in db.tables()
+
+
+def test_a_prepared_create_trigger_holding_the_first_write_is_named_with_its_table_and_way_out(cli, db, sql_dir, app):
+    """attack23r 5: a CREATE TRIGGER on yoyo_lock PREPAREd while the app held TRIGGER (max_prepared_transactions is
+    a DBA's choice) keeps its lock with no session: the guard's LOCK times out, and the line named the first table of
+    its list (_hcm_migration_checksum) and "none holds it now" (failed before). Now: yoyo_lock, the prepared
+    transaction and its ROLLBACK PREPARED; nothing ran."""
+    if db.query("SELECT current_setting('max_prepared_transactions')::int")[0][0] == 0:
+        pytest.skip("the server runs with max_prepared_transactions = 0")
+    evil = trigger_opener(cli, db, sql_dir, app)
+    with evil.cursor() as cursor:
+        cursor.execute(TRIGGER)
+        cursor.execute("PREPARE TRANSACTION 'app_trigger'")
+    evil.close()
+    try:
+        db.query(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {app}")
+        doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env())  # (said "ready")
+        result = cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout", "1s", env=db.db_env())
+    finally:
+        db.query("ROLLBACK PREPARED 'app_trigger'")
+    [locked] = [line for line in doctor.stdout.splitlines() if "postgres bookkeeping locks" in line]
+    assert locked.startswith("FAIL") and '"public"."yoyo_lock"' in locked and "app_trigger" in locked, doctor.stdout
+    line = one_error_line(result)
+    assert result.exit_code == 4 and '"public"."yoyo_lock"' in line, result.output
+    assert "app_trigger" in line and "ROLLBACK PREPARED" in line and "none holds it now" not in line, line
+    assert db.query("SELECT count(*) FROM public.ran") == [(0,)]
+    assert "more_rows" not in db.tables()

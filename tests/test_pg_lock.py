@@ -103,3 +103,39 @@ def test_the_lock_goes_with_its_session(db):
         first.connection.close()  # the holder's session dies (as with SIGKILL): the server drops its lock
         with pg_lock.held(second, target, 5, lambda _: None):
             pass
+
+
+def test_a_session_naming_itself_as_a_dead_runner_is_not_proven_by_that_runners_row(cli, db, sql_dir, role):
+    """attack23r 3: another role's session, connected before a runner that then died, takes the advisory lock and
+    calls itself that runner; the dead runner's row (pid and runner as the session's name says) "proved" it: migrate
+    said "another runner holds ... held by host vm pid 4242" and break-lock refused "a live runner holds" (failed
+    before). Only a row written by the holder's own server session (its pid and backend_start) proves it now, and
+    break-lock removes the dead row, naming the unverified session."""
+    target = target_of(db)
+    with postgres.connect(target, read_only=False) as backend:
+        with pg_lock.held(backend, target, 1, lambda _: None):  # (the lock row's layout, as a run brings it)
+            pass
+    with _session(db, role(), ROLE_PASSWORD, "hcm-db-migrations vm:4242") as squatter:
+        squatter.autocommit = True
+        db.query("INSERT INTO yoyo_lock (locked, ctime, pid, runner) VALUES (1, now() AT TIME ZONE 'UTC', 4242, "
+                 "'hcm-db-migrations vm:4242')")  # (the dead runner's row, written after the squatter connected)
+        squatter.cursor().execute("SELECT pg_advisory_lock(%s)", (pg_lock.LOCK_KEY,))
+        with postgres.connect(target, read_only=False) as backend:
+            who = pg_lock.holder(backend)
+        assert who.startswith(f"held by an unverified session (server pid {squatter.get_backend_pid()}"), who
+        migrate = cli("migrate", "--sql-dir", sql_dir, "--lock-timeout", "1", env=db.db_env())
+        assert migrate.exit_code == LOCKED and "another runner" not in migrate.stderr, migrate.stderr
+        assert "unverified session" in migrate.stderr and "host vm pid 4242" not in migrate.stderr
+        broken = cli("sql", "break-lock", "--sql-dir", sql_dir, env=db.db_env())
+        assert broken.exit_code == LOCKED and "a live runner" not in broken.stderr, broken.stderr
+        assert "unverified session" in broken.stderr and "removed the lock row of a dead runner" in broken.stderr
+    assert db.query("SELECT count(*) FROM yoyo_lock") == [(0,)]
+
+
+def test_a_runner_holding_the_lock_is_proven_by_its_own_sessions_row(db):
+    """The other side: the row a run writes carries its server session (pid, backend_start): named as a runner."""
+    target = target_of(db)
+    with postgres.connect(target, read_only=False) as first, postgres.connect(target, read_only=False) as second:
+        with pg_lock.held(first, target, 1, lambda _: None):
+            assert db.query("SELECT backend_pid FROM yoyo_lock") == [(first.connection.get_backend_pid(),)]
+            assert pg_lock.holder(second).startswith("held by host ")

@@ -8,6 +8,7 @@ records the role it ran as in a table: it must stay empty whatever the runner do
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import uuid
@@ -17,14 +18,24 @@ import pytest
 from conftest import add_migration, applied, ok, one_error_line, psql_file
 
 
-@pytest.fixture
-def low(db):
-    """A login role with nothing of its own; dropped (with what it made) after the test."""
+@contextlib.contextmanager
+def login_role(db):
+    """A login role with nothing of its own; dropped (with what it made) after."""
     name = "low_" + uuid.uuid4().hex[:8]
     db.query(f"CREATE ROLE {name} LOGIN")
     yield name
     db.query(f"DROP OWNED BY {name} CASCADE")
     db.query(f"DROP ROLE {name}")
+
+
+@pytest.fixture
+def low(db, monkeypatch):
+    """A login_role, accepted (with PUBLIC) as a role that may CREATE in the migrated schema (SCHEMA_CREATORS_TRUSTED:
+    else every writing command refuses the schema, test_schema_creators.py): what these tests prove is that the
+    runner's own SQL still calls nothing it plants."""
+    with login_role(db) as name:
+        monkeypatch.setenv("SCHEMA_CREATORS_TRUSTED", f"{name},PUBLIC")
+        yield name
 
 
 def writable_by(db, schema: str, role: str) -> None:
@@ -245,10 +256,16 @@ def test_a_forged_lock_holder_is_named_as_the_server_knows_it(cli, db, sql_dir, 
                  "(1, now() AT TIME ZONE 'UTC', 4242, 'hcm-db-migrations otherhost:4242')")
         line = one_error_line(cli("migrate", "--lock-timeout", "0.3", "--sql-dir", sql_dir, env=db.db_env()))
         assert f"held by an unverified session (server pid {pid}" in line and "held by host" not in line, line
-        # the row of the runner the session names, written after that session connected: that runner, named
+        # the row of the runner the session names, written after that session connected: not that session's own
+        # row (attack23r 3: it was named as that runner), nor is one naming its server session (its role may not
+        # write the table): still unverified
         db.query("UPDATE public.yoyo_lock SET runner = 'hcm-db-migrations victimhost:4242'")
         line = one_error_line(cli("migrate", "--lock-timeout", "0.3", "--sql-dir", sql_dir, env=db.db_env()))
-        assert "held by host victimhost pid 4242 since" in line, line
+        assert f"held by an unverified session (server pid {pid}" in line and "held by host" not in line, line
+        db.query("UPDATE public.yoyo_lock SET backend_pid = a.pid, backend_start = a.backend_start "
+                 "FROM pg_stat_activity a WHERE a.pid = %s", (pid,))
+        line = one_error_line(cli("migrate", "--lock-timeout", "0.3", "--sql-dir", sql_dir, env=db.db_env()))
+        assert f"held by an unverified session (server pid {pid}" in line and "held by host" not in line, line
     finally:
         forger.close()
 

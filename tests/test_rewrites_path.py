@@ -220,9 +220,10 @@ def test_alter_system_search_path_leaves_the_later_files_path_unknown(cli, db, s
             conn.cursor().execute("SELECT pg_reload_conf()")
 
 
-def test_set_role_makes_user_in_the_path_another_schema(cli, db, sql_dir, password_role):
+def test_set_role_makes_user_in_the_path_another_schema(cli, db, sql_dir, password_role, monkeypatch):
     """The runner's own "$user" schema holds a small table of the name; after SET ROLE, "$user" is the other role's
     (none here) and the big public table is the one the server retypes: refused."""
+    monkeypatch.setenv("SCHEMA_CREATORS_TRUSTED", password_role)  # (it owns the table: accepted, planted.py)
     seeded(cli, db, sql_dir)
     user = db.query("SELECT current_user")[0][0]
     db.query(f'CREATE SCHEMA "{user}"; CREATE TABLE "{user}".{TABLE} (id int); ALTER TABLE public.{TABLE} OWNER TO '

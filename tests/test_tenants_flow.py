@@ -203,9 +203,11 @@ def test_break_lock_refuses_a_live_runners_lock_naming_it(cli, db, sql_dir):
     assert cli("migrate", "--sql-dir", sql_dir, "--schema", "a", "--create-schemas", env=db.db_env()).exit_code == 0
     other = _held_by_other(db, "a")
     try:
-        # that runner's row, naming it (the runner column the writing session's default fills)
-        db.query("INSERT INTO a.yoyo_lock (locked, ctime, pid, runner) VALUES "
-                 "(1, now() AT TIME ZONE 'UTC', 4242, 'hcm-db-migrations otherhost:4242')")
+        # that runner's row, written by its own session (the runner column its default fills; its server session)
+        from migrator.lock_row import SESSION_VALUES
+
+        other.cursor().execute("INSERT INTO a.yoyo_lock (locked, ctime, pid, backend_pid, backend_start) VALUES "
+                               f"(1, now() AT TIME ZONE 'UTC', 4242, {SESSION_VALUES})")
         result = cli("sql", "break-lock", "--sql-dir", sql_dir, "--schema", "a", env=db.db_env())
         assert result.exit_code != 0
         failed = next(line for line in result.stderr.splitlines() if line.startswith("[a] FAILED"))
@@ -213,7 +215,9 @@ def test_break_lock_refuses_a_live_runners_lock_naming_it(cli, db, sql_dir):
         assert db.query("SELECT pid FROM a.yoyo_lock") == [(4242,)], "a live runner's row is kept"
     finally:
         other.close()
-    # a runner that holds only the row (another version's key) but is still connected: refused too
+    # an older runner's row (no server session in it) that holds only the row (another version's key) but is still
+    # connected: refused too
+    db.query("UPDATE a.yoyo_lock SET backend_pid = NULL, backend_start = NULL")
     alive = psycopg2.connect(db.url, application_name="hcm-db-migrations otherhost:4242")
     try:
         result = cli("sql", "break-lock", "--sql-dir", sql_dir, "--schema", "a", env=db.db_env())

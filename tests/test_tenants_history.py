@@ -194,7 +194,7 @@ def test_a_role_with_dml_grants_only_migrates_a_tenant_whose_mark_is_lost(cli, d
     assert report["ok"] is True
     # the owner's run writes it, and doctor is quiet about it again (once the owner confirmed the history the app
     # could write: the run that takes the app's rights refuses until then)
-    owner = {**db.db_env(), "SCHEMA_NAME": "f"}
+    owner = {**db.db_env(), "SCHEMA_NAME": "f", "SCHEMA_CREATORS_TRUSTED": app}  # (app may CREATE in f: accepted)
     refused = cli("migrate", "--sql-dir", sql_dir, env=owner)
     assert refused.exit_code == 2 and "sql trust-history --yes --schema f" in refused.output, refused.output
     ok(cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=owner))

@@ -38,7 +38,8 @@ def test_a_planted_flyway_shaped_table_is_named_not_read(cli, db, tmp_path, low,
     env = {**db.db_env(), "DB_USER": migrator_role}
     doctor = cli("doctor", "--sql-dir", folder, env=env)
     assert hits(db, "public") == []
-    [warn] = [line for line in doctor.stdout.splitlines() if "public.old_service_history" in line]
+    [warn] = [line for line in doctor.stdout.splitlines() if "public.old_service_history" in line
+              and "schema creators" not in line]  # (that one says low owns it: accepted, test_planted_objects.low)
     assert warn.startswith("warn  flyway history") and "not reading" in warn, doctor.stdout
     result = cli("migrate", "--sql-dir", folder, env=env)
     assert result.exit_code == 0, result.output

@@ -6,8 +6,9 @@ writes every table), are for a DBA."""
 
 from __future__ import annotations
 
+from migrator import planted
 from migrator.grant_text import grants_list, revoke_advice, revoke_sql, runnable
-from migrator.doctor import FAIL, WARN, Check, DoctorReport
+from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport
 
 # The roles (bar superusers and the user) that write every table through pg_write_all_data (PostgreSQL 14+), and
 # the user's name as SQL spells it: one query per doctor run (a migrate never asks).
@@ -57,3 +58,41 @@ def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) ->
                          "rows that skip a migration); migrate cannot revoke that",
                          "if that is not a deliberate choice, "
                          f"{runnable('REVOKE pg_write_all_data FROM ' + ', '.join(writers))}"))
+
+
+def schema_creators(report: DoctorReport, backend, schema: str, accepted: tuple[str, ...]) -> None:
+    """Who else may plant objects in the schema (planted.py): a FAIL while migrate refuses, a WARN for roles
+    SCHEMA_CREATORS_TRUSTED accepts (what they plant still runs as the user), else OK."""
+    state = backend.verified
+    creators, owned = planted.untrusted(state, ())
+    if not (creators or owned):
+        report.add(Check("postgres schema creators", OK, f"no other role may create in schema {schema} or owns "
+                         "objects there"))
+        return
+    left = planted.untrusted(state, accepted)
+    harm = f"an operator or function they plant there runs as user {state[2]} when a migration's SQL resolves to it"
+    if left[0] or left[1]:
+        report.add(Check("postgres schema creators", FAIL, f"{planted.found(schema, *left)}: {harm} (migrate "
+                         "refuses)", planted.fix(schema, *left)))
+    else:
+        report.add(Check("postgres schema creators", WARN, f"{planted.found(schema, creators, owned)}: {harm}; "
+                         f"accepted by {planted.SETTING}", f"if that is not deliberate: {planted.fix(schema, creators, owned, False)}"))
+
+
+def bookkeeping_locks(report: DoctorReport, backend, schema: str) -> None:
+    """A lock on a bookkeeping table that every write command's first write would wait for, then stop on (exit 4):
+    a CREATE TRIGGER left open or PREPAREd (attack23r 5), a LOCK TABLE. A prepared transaction outlives sessions and
+    restarts: FAIL; a session may end: WARN. Nothing said when none holds one."""
+    from migrator.grant_text import ident
+    from migrator.postgres import bookkeeping_busy
+
+    tables = [f"{ident(schema)}.{ident(t)}" for t in backend.verified[7] if t not in backend.verified[6]]
+    if not tables:
+        return
+    name = bookkeeping_busy.held(backend.connection, tables)
+    who = bookkeeping_busy.holders(backend.connection, name)
+    if who != bookkeeping_busy.NONE_NOW:
+        stuck = "prepared transaction" in who
+        report.add(Check("postgres bookkeeping locks", FAIL if stuck else WARN, f"{name} is locked against the "
+                         f"runner's writes by {who}", "every write command waits --ddl-lock-timeout for it, then "
+                         "stops (exit 4) with nothing run: end it as said"))

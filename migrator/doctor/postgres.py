@@ -14,7 +14,7 @@ import time
 
 from migrator import bookkeeping_lock, checksums, output, pg_lock, server_session, trust
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
-from migrator.doctor.grants import bookkeeping_grants
+from migrator.doctor.grants import bookkeeping_grants, bookkeeping_locks, schema_creators
 from migrator.errors import MigratorError
 from migrator.postgres import tenant_mark
 from migrator.reports.postgres import PARTITIONED_INVALID
@@ -237,6 +237,9 @@ def _privileges(report: DoctorReport, backend, target: PostgresTarget) -> bool:
         report.add(Check("postgres schema", OK, f"user {user} can create in schema {schema}"))
     unreadable = _bookkeeping(report, backend, schema, user, usage, create)
     bookkeeping_grants(report, backend, schema, user)
+    if exists and usage:
+        schema_creators(report, backend, schema, target.creators_trusted)
+        bookkeeping_locks(report, backend, schema)
     if usage and target.schema not in (None, "public"):
         _tenant_mark(report, backend, schema, user)
     _lock(report, backend, target, user, advisory)

@@ -77,7 +77,8 @@ def scratch_database(server: PostgresTarget) -> Iterator[PostgresTarget]:
             raise MigratorError(f"refusing scratch database {name} on {server.where}: {others} other session(s) of "
                                 f"user(s) {who} connected to it as soon as it was made; what they ran there would run "
                                 "as the migration role: find who (pg_stat_activity) and stop it, then run again")
-        yield dataclasses.replace(server, dbname=name, notes=[])
+        # (no other role may connect: PUBLIC's CREATE on public, template0's before PostgreSQL 15, reaches no one)
+        yield dataclasses.replace(server, dbname=name, notes=[], creators_trusted=(*server.creators_trusted, "PUBLIC"))
     finally:
         _drop(server, name)
 

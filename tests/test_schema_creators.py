@@ -1,0 +1,96 @@
+"""Other roles that may CREATE in a migrated schema, or own objects there (issue 23, attack23r 2).
+
+The runner's own SQL resolves in pg_catalog, but a migration's own `=` on varchar resolves to an operator another
+role planted in the migrated schema, and runs it as the migration role. doctor said "ready" and migrate ran it. Now
+doctor FAILs naming the roles and migrate refuses (exit 2) with the REVOKE, unless SCHEMA_CREATORS_TRUSTED accepts them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import add_migration, ok, one_error_line
+from test_planted_objects import login_role, writable_by
+
+
+@pytest.fixture
+def low(db):
+    """A login role not accepted by SCHEMA_CREATORS_TRUSTED (test_planted_objects' low is)."""
+    with login_role(db) as name:
+        yield name
+
+
+OPERATOR = ("CREATE FUNCTION {s}.eq(a varchar, b varchar) RETURNS boolean LANGUAGE plpgsql AS "
+            "$$BEGIN INSERT INTO {s}.hits VALUES (current_user); RETURN a::text OPERATOR(pg_catalog.=) b::text; END$$; "
+            "CREATE OPERATOR {s}.= (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = {s}.eq)")
+
+
+def plant(db, schema: str, role: str) -> None:
+    """As `role`: a table recording who calls its operator, and `=` on varchar in `schema`."""
+    db.query(f"SET ROLE {role}; CREATE TABLE {schema}.hits (who text); GRANT INSERT, SELECT ON {schema}.hits TO PUBLIC; "
+             + OPERATOR.format(s=schema) + "; RESET ROLE")
+
+
+def doctor_line(cli, db, sql_dir, *args, env=None) -> str:
+    result = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, *args, env=env or db.db_env())
+    [line] = [line for line in result.stdout.splitlines() if "postgres schema creators" in line]
+    return line
+
+
+def test_a_tenant_schema_others_may_create_in_is_refused_before_a_migration_runs_their_operator(cli, db, sql_dir, low):
+    """Failed before: doctor said nothing of low, and migrate (exit 0) ran low's `=` as the migration role."""
+    writable_by(db, "pb", low)
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int, name varchar(20)); INSERT INTO a VALUES (1, 'y');\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env={**db.db_env(), "SCHEMA_CREATORS_TRUSTED": low}))
+    plant(db, "pb", low)
+    add_migration(sql_dir, "0003_data", "UPDATE a SET name = 'x' WHERE name = 'y';\n")
+    line = doctor_line(cli, db, sql_dir, "--schema", "pb")
+    assert line.startswith("FAIL") and f"roles {low} may CREATE in schema pb" in line, line
+    assert f'REVOKE CREATE ON SCHEMA "pb" FROM "{low}"' in line and "operator pb.=" in line
+    result = cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env=db.db_env())
+    [error] = [line for line in result.output.splitlines() if "FAILED: " in line]  # (a tenant's line)
+    assert result.exit_code == 2 and "[pb] FAILED: refusing to migrate schema pb on" in error, result.output
+    assert f'REVOKE CREATE ON SCHEMA "pb" FROM "{low}"' in error and f"SCHEMA_CREATORS_TRUSTED={low}" in error
+    assert db.query("SELECT count(*) FROM pb.hits") == [(0,)]  # low's operator never ran as the migration role
+    assert db.query("SELECT name FROM pb.a") == [("y",)]
+
+
+def test_what_another_role_owns_there_is_refused_after_its_create_right_is_gone(cli, db, sql_dir, low):
+    writable_by(db, "pb", low)
+    plant(db, "pb", low)
+    db.query(f"REVOKE CREATE ON SCHEMA pb FROM {low}")
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n")
+    result = cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env=db.db_env())
+    [error] = [line for line in result.output.splitlines() if "FAILED: " in line]
+    assert result.exit_code == 2 and "other roles own objects there" in error, result.output
+    assert f"(owner {low})" in error and "REVOKE CREATE" not in error
+    assert db.query("SELECT to_regclass('pb.a')") == [(None,)]
+
+
+def test_public_create_on_public_is_refused_in_a_plain_run(cli, db, sql_dir):
+    """PostgreSQL < 15's default: PUBLIC may create in public."""
+    writable_by(db, "public", "unused")
+    try:
+        add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n")
+        result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+        error = one_error_line(result)
+        assert result.exit_code == 2 and "PUBLIC (every role) may CREATE in schema public" in error, result.output
+        assert 'REVOKE CREATE ON SCHEMA "public" FROM PUBLIC' in error
+        assert "a" not in db.tables()
+    finally:
+        db.query("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+
+
+def test_roles_the_setting_accepts_are_migrated_with_a_doctor_warning(cli, db, sql_dir, low):
+    writable_by(db, "pb", low)
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n")
+    env = {**db.db_env(), "SCHEMA_CREATORS_TRUSTED": f"{low}, other"}
+    assert doctor_line(cli, db, sql_dir, "--schema", "pb", env=env).startswith("warn")
+    ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env=env))
+    assert doctor_line(cli, db, sql_dir, "--schema", "pb").startswith("FAIL")  # (not accepted without the setting)
+
+
+def test_a_schema_only_the_migration_user_may_create_in_is_ok(cli, db, sql_dir):
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert doctor_line(cli, db, sql_dir).startswith("ok")
