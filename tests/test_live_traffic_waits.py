@@ -1,0 +1,99 @@
+"""Issue 24, attack24p 1: the runtime net counts only waits that stall the application. VALIDATE CONSTRAINT (SHARE
+UPDATE EXCLUSIVE, the documented safe pattern) scanning while an ANALYZE waits on it is not ended: no query waits
+for that mode nor queues behind it. A DDL request that does queue the application behind it still ends it, and the
+line never sends the author to "the safe pattern" VALIDATE already is. The scan is made slow by a CHECK that sleeps
+per row; the other session's wait is asserted by what it got, never a timing of the runner.
+"""
+
+import threading
+import time
+
+import psycopg2
+
+from conftest import SEED, add_migration, applied, one_error_line
+from test_live_traffic import connect, seeded  # noqa: F401 (a fixture)
+
+# The migration session holds SHARE UPDATE EXCLUSIVE on t_val: its VALIDATE runs.
+VALIDATING = """SELECT 1 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a USING (pid)
+WHERE l.relation = 'public.t_val'::regclass AND l.granted AND l.mode = 'ShareUpdateExclusiveLock'
+  AND a.application_name LIKE 'hcm-db-migrations%'"""
+
+
+def slow_check(db, cli, sql_dir, env, rows=4):
+    """t_val with `rows` rows and a CHECK NOT VALID whose function sleeps 1 s a row: its VALIDATE scans ~`rows` s."""
+    db.query("CREATE FUNCTION slow_ok(int) RETURNS bool LANGUAGE plpgsql IMMUTABLE AS "
+             "$$ BEGIN PERFORM pg_catalog.pg_sleep(1); RETURN true; END $$")
+    db.query(f"CREATE TABLE t_val (id int); INSERT INTO t_val SELECT generate_series(1, {rows})")
+    add_migration(sql_dir, "0002_check", "ALTER TABLE t_val ADD CONSTRAINT chk_slow CHECK (slow_ok(id)) NOT VALID;\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=env).exit_code == 0
+    add_migration(sql_dir, "0003_validate", "ALTER TABLE t_val VALIDATE CONSTRAINT chk_slow;\n")
+
+
+class Other(threading.Thread):
+    """Another client that, once the VALIDATE runs, sends `statement` (lock_timeout 30 s): `error` what ended it."""
+
+    def __init__(self, db, statement, name="maintenance"):
+        super().__init__(daemon=True)
+        self.db, self.statement, self.name, self.error, self.pid = db, statement, name, None, None
+        self.start()
+
+    def run(self):
+        conn = connect(self.db, application_name=self.name)
+        conn.autocommit = True
+        try:
+            cur = conn.cursor()
+            self.pid = conn.info.backend_pid
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                cur.execute(VALIDATING)
+                if cur.fetchall():
+                    break
+                time.sleep(0.01)
+            else:
+                self.error = "the VALIDATE never ran"
+                return
+            cur.execute("SET lock_timeout = '30s'")
+            try:
+                cur.execute(self.statement)
+            except psycopg2.Error as exc:
+                self.error = str(exc)
+        finally:
+            conn.close()
+
+
+def test_validate_is_not_ended_by_an_analyze_waiting_on_it(cli, db, sql_dir, seeded):
+    slow_check(db, cli, sql_dir, seeded)
+    other = Other(db, "ANALYZE t_val")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    other.join(timeout=40)
+    assert result.exit_code == 0, result.output
+    assert other.error is None  # the ANALYZE waited, then ran
+    assert applied(db) == [SEED, "0002_check", "0003_validate"]
+    assert db.query("SELECT convalidated FROM pg_constraint WHERE conname = 'chk_slow'") == [(True,)]
+
+
+def test_validate_is_not_ended_by_another_concurrent_index_build(cli, db, sql_dir, seeded):
+    slow_check(db, cli, sql_dir, seeded)
+    other = Other(db, "CREATE INDEX CONCURRENTLY t_val_other ON t_val (id)", name="other-service")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    other.join(timeout=40)
+    assert result.exit_code == 0, result.output
+    assert other.error is None
+    assert applied(db) == [SEED, "0002_check", "0003_validate"]
+
+
+def test_validate_ended_by_a_ddl_queueing_the_app_is_not_sent_to_the_safe_pattern(cli, db, sql_dir, seeded):
+    """Another deploy's ALTER TABLE (ACCESS EXCLUSIVE) queued behind the VALIDATE queues every query of the table
+    behind it: the net ends the VALIDATE, and says why and what to do instead of "rewrite it with the safe pattern"."""
+    slow_check(db, cli, sql_dir, seeded)
+    other = Other(db, "ALTER TABLE t_val ADD COLUMN note text", name="other-deploy")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    other.join(timeout=40)
+    line = one_error_line(result)
+    assert "0003_validate.sql:1: failed to apply" in line
+    assert f"(pid {other.pid}, application_name 'other-deploy'" in line
+    assert "asking for ACCESS EXCLUSIVE, which the application's queries queue behind" in line
+    assert "VALIDATE CONSTRAINT takes SHARE UPDATE EXCLUSIVE, which no query waits for" in line
+    assert "already the safe pattern" in line and f"SELECT pg_cancel_backend({other.pid})" in line
+    assert "rewrite it with the safe pattern" not in line and "accept-rewrite" not in line
+    assert applied(db) == [SEED, "0002_check"]
