@@ -97,3 +97,65 @@ def test_validate_ended_by_a_ddl_queueing_the_app_is_not_sent_to_the_safe_patter
     assert "already the safe pattern" in line and f"SELECT pg_cancel_backend({other.pid})" in line
     assert "rewrite it with the safe pattern" not in line and "accept-rewrite" not in line
     assert applied(db) == [SEED, "0002_check"]
+
+
+# --- attack24p 8: rotating application blockers ----------------------------------------------------------
+
+
+class Traffic:
+    """`clients` application connections (application_name hcm-api), each running transactions that read t_app and
+    stay open 0.4-1.2 s, back to back: some transaction always holds the table, never the same one for long."""
+
+    def __init__(self, db, clients=6):
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(db,), daemon=True) for _ in range(clients)]
+        for thread in self.threads:
+            thread.start()
+            time.sleep(0.15)  # (staggered: their transactions overlap)
+
+    def _run(self, db):
+        conn = connect(db, application_name="hcm-api")
+        try:
+            cur = conn.cursor()
+            while not self.stop.is_set():
+                cur.execute("SELECT count(*) FROM t_app")
+                cur.execute("SELECT pg_catalog.pg_sleep(0.4 + random() * 0.8)")
+                conn.commit()
+        finally:
+            conn.close()
+
+    def end(self):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+
+def test_rotating_application_blockers_are_not_to_be_terminated(cli, db, sql_dir, seeded):
+    db.query("CREATE TABLE t_app (id int); INSERT INTO t_app VALUES (1)")
+    add_migration(sql_dir, "0002_x", "ALTER TABLE t_app ADD COLUMN x int;\n")
+    traffic = Traffic(db)
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, "--lock-retry-budget", "4s", env=seeded)
+    finally:
+        traffic.end()
+    line = one_error_line(result)
+    assert "0002_x.sql:1: failed to apply" in line and "gave up after" in line
+    assert "blocked by the application's own short transactions: " in line
+    assert "each ended and replaced by others" in line and "application_name 'hcm-api'" in line
+    assert "ending them does not help" in line and "deploy when the traffic is lower" in line
+    assert "pg_terminate_backend" not in line and "end those sessions" not in line
+    assert applied(db) == [SEED]
+
+
+def test_a_blocker_that_outlives_the_tries_is_still_named_to_be_ended(cli, db, sql_dir, seeded):
+    db.query("CREATE TABLE t_app (id int); INSERT INTO t_app VALUES (1)")
+    add_migration(sql_dir, "0002_x", "ALTER TABLE t_app ADD COLUMN x int;\n")
+    conn = connect(db, application_name="report-job")
+    try:
+        conn.cursor().execute("SELECT count(*) FROM t_app")
+        result = cli("migrate", "--sql-dir", sql_dir, "--lock-retry-budget", "2s", env=seeded)
+        pid = conn.info.backend_pid
+    finally:
+        conn.close()
+    line = one_error_line(result)
+    assert f"SELECT pg_terminate_backend({pid})" in line and "own short transactions" not in line

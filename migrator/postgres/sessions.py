@@ -18,6 +18,7 @@ from migrator.postgres.splitter import TAG_CHAR, TAG_START
 _BLOCKERS = """
 SELECT p.pid, b.application_name, b.usename, host(b.client_addr), b.state,
        extract(epoch FROM clock_timestamp() - b.state_change), extract(epoch FROM clock_timestamp() - b.xact_start),
+       extract(epoch FROM b.xact_start),
        CASE WHEN b.pid IS NOT NULL THEN
        (SELECT pg_catalog.string_agg(DISTINCT h.mode, ',') FROM pg_catalog.pg_locks h, pg_catalog.pg_locks w
         WHERE w.pid = %(pid)s AND NOT w.granted AND h.pid = b.pid AND h.granted AND h.locktype = w.locktype
@@ -121,12 +122,14 @@ def prepared(row) -> dict:
 
 def blocker(row) -> dict:
     """One row of _BLOCKERS as the fields the runner prints (JSON-able); never the query unless the row has it."""
-    pid, app, user, addr, state, in_state, in_xact, holds, query, kind, no_role, wraparound = row
+    pid, app, user, addr, state, in_state, in_xact, xact_start, holds, query, kind, no_role, wraparound = row
     if state is None:  # another role's session (or a role-less server process), and this one lacks pg_read_all_stats
         return {"pid": pid, "hidden": True, **({"no_role": True} if no_role else {})}
     found = {"pid": pid, "application_name": output.scrub(app or ""), "user": user, "client_addr": addr or "local",
              "state": state, "state_for_s": round(float(in_state or 0)),
              "transaction_for_s": None if in_xact is None else round(float(in_xact)),
+             # (when it began, epoch seconds: the same transaction seen by two tries, told from the next one)
+             "transaction_started": None if xact_start is None else round(float(xact_start), 3),
              "holds": [lock_mode(m) for m in holds.split(",")] if holds else []}
     if kind == "autovacuum worker":
         found.update(autovacuum=True, wraparound=bool(wraparound))
