@@ -5,6 +5,7 @@ line never sends the author to "the safe pattern" VALIDATE already is. The scan 
 per row; the other session's wait is asserted by what it got, never a timing of the runner.
 """
 
+import signal
 import threading
 import time
 
@@ -12,6 +13,7 @@ import psycopg2
 
 from conftest import SEED, add_migration, applied, one_error_line
 from test_live_traffic import connect, seeded  # noqa: F401 (a fixture)
+from test_reliability import runner_process
 
 # The migration session holds SHARE UPDATE EXCLUSIVE on t_val: its VALIDATE runs.
 VALIDATING = """SELECT 1 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a USING (pid)
@@ -159,3 +161,55 @@ def test_a_blocker_that_outlives_the_tries_is_still_named_to_be_ended(cli, db, s
         conn.close()
     line = one_error_line(result)
     assert f"SELECT pg_terminate_backend({pid})" in line and "own short transactions" not in line
+
+
+# --- attack24p 9: a frozen runner ------------------------------------------------------------------------
+
+# The migration session idle in transaction (between two statements of its try) holding ACCESS EXCLUSIVE on t_app.
+IDLE_HOLDING = """SELECT a.pid FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a USING (pid)
+WHERE l.relation = 'public.t_app'::regclass AND l.granted AND l.mode = 'AccessExclusiveLock'
+  AND a.state = 'idle in transaction' AND a.application_name LIKE 'hcm-db-migrations%'"""
+
+
+def test_a_runner_frozen_mid_try_loses_its_locks_within_seconds(db, sql_dir, seeded):
+    """SIGSTOP (a VM pause, a partition: no FIN reaches the server) while the try's transaction holds ACCESS
+    EXCLUSIVE: the server ends the session (its try's idle_in_transaction_session_timeout), so the application's
+    query, bounded by its own statement_timeout of 20 s (far below the session's 600 s floor), gets its rows."""
+    db.query("CREATE TABLE t_app (id int); INSERT INTO t_app VALUES (1), (2); CREATE TABLE region2 (id int)")
+    inserts = "".join(f"INSERT INTO region2 VALUES ({i});\n" for i in range(20000))
+    add_migration(sql_dir, "0002_x", "ALTER TABLE t_app ADD COLUMN x int;\n" + inserts)
+    runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+    try:
+        deadline = time.monotonic() + 60
+        while not db.poll(IDLE_HOLDING):
+            assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
+        runner.send_signal(signal.SIGSTOP)
+        while not db.poll(IDLE_HOLDING):  # (frozen between two statements: no statement runs to be cancelled)
+            assert time.monotonic() < deadline
+        app = connect(db, application_name="hcm-app")
+        try:
+            cur = app.cursor()
+            cur.execute("SET statement_timeout = '20s'")
+            cur.execute("SELECT count(*) FROM t_app")
+            assert cur.fetchall() == [(2,)]
+        finally:
+            app.close()
+        settings = db.query("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'hcm-db-migrations%' "
+                            "AND state = 'idle in transaction'")
+        assert settings == [(0,)]  # the frozen try's session is gone
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.communicate(timeout=30)
+    assert applied(db) == [SEED]
+    assert db.query("SELECT count(*) FROM region2") == [(0,)]  # its transaction rolled back
+
+
+def test_the_migration_session_has_server_side_keepalives(db, sql_dir, seeded):
+    """tcp_keepalives_* and tcp_user_timeout set for the migration's session (read while its file runs)."""
+    add_migration(sql_dir, "0002_x", "CREATE TABLE seen AS SELECT name, setting FROM pg_catalog.pg_settings "
+                  "WHERE name IN ('tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count', "
+                  "'tcp_user_timeout') AND source = 'client';\n")
+    runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+    assert runner.wait(timeout=60) == 0, runner.communicate()
+    assert sorted(n for n, _ in db.query("SELECT name, setting FROM seen")) == [
+        "tcp_keepalives_count", "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_user_timeout"]

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from migrator import interrupt, output, server_session
 from migrator.durations import pg_seconds
 from migrator.postgres import autovacuum, deadlocks, failures, sessions
+from migrator.postgres import session_options
+from migrator.postgres.session_options import idle_in_try_ms
 # the probe has its own module (lock_probe.py); its names stay reachable here for the runner's modules
 from migrator.postgres.lock_probe import PROBE_NAME, QUERY_CANCELED, Probe, Seen, seconds_text  # noqa: F401
 
@@ -128,7 +130,10 @@ class TryBudget:
             return
         now = time.monotonic()
         if self.started is None:
-            self.started = now  # the try's first statement: the session's lock_timeout
+            self.started = now  # the try's first statement: the session's lock_timeout; the server's bound on a
+            # frozen or cut-off runner holding the try's locks, to its transaction's end (session_options)
+            idle = session_options.TRY_IDLE[cursor.connection] = idle_in_try_ms(self.per_try_ms + self.floor_ms)
+            cursor.execute(f"SET LOCAL idle_in_transaction_session_timeout = {idle}")
             return
         left = max(self.floor_ms, int(self.per_try_ms - (now - self.started) * 1000))
         if self.file_ms is not None and self.file_ms <= left:
