@@ -12,7 +12,7 @@ import time
 import psycopg2
 
 from conftest import SEED, add_migration, applied, one_error_line
-from test_live_traffic import connect, seeded  # noqa: F401 (a fixture)
+from test_live_traffic import blocking, connect, seeded  # noqa: F401 (a fixture)
 from test_reliability import runner_process
 
 # The migration session holds SHARE UPDATE EXCLUSIVE on t_val: its VALIDATE runs.
@@ -213,3 +213,35 @@ def test_the_migration_session_has_server_side_keepalives(db, sql_dir, seeded):
     assert runner.wait(timeout=60) == 0, runner.communicate()
     assert sorted(n for n, _ in db.query("SELECT name, setting FROM seen")) == [
         "tcp_keepalives_count", "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_user_timeout"]
+
+
+# --- attack24p 10, 15: a per-try lock timeout of 0, or not below statement_timeout ----------------------
+
+
+def test_a_lock_timeout_of_zero_is_said_in_config_and_migrate(cli, db, sql_dir, seeded):
+    shown = cli("config", env={**seeded, "DB_LOCK_TIMEOUT": "0"})
+    assert shown.exit_code == 0, shown.output
+    assert "note: lock_timeout 0 (DB_LOCK_TIMEOUT (environment)): each try waits for its locks with no bound" \
+        in shown.output, shown.output
+    add_migration(sql_dir, "0002_x", "CREATE TABLE t_x (id int);\n")
+    result = cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout", "0", env=seeded)
+    assert result.exit_code == 0, result.output
+    assert "note: lock_timeout 0 (--ddl-lock-timeout): each try waits for its locks with no bound, and the " \
+           "application's queries on the table queue behind that wait" in result.stderr, result.stderr
+
+
+def test_a_lock_timeout_over_statement_timeout_is_clamped_so_the_wait_is_retried(cli, db, sql_dir, seeded):
+    """--ddl-lock-timeout 5s --statement-timeout 2s and a report holding the table 3 s: before, the lock wait was
+    ended by statement_timeout, not retried ("make the migration cheaper"); now each try waits 1 s, is retried,
+    and the file applies once the report ends."""
+    add_migration(sql_dir, "0002_x", "ALTER TABLE hcm_report_metadata ADD COLUMN x int;\n")
+    with blocking(db, hold=3) as pid:
+        result = cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout", "5s", "--statement-timeout", "2s",
+                     env=seeded)
+    assert result.exit_code == 0, result.output
+    assert "note: lock_timeout 5s (--ddl-lock-timeout) is not below statement_timeout 2s (--statement-timeout): " \
+           "each try waits at most 1000ms for its locks instead" in result.stderr, result.stderr
+    assert f"blocked by pid {pid}" in result.stderr and "try 2" in result.stderr
+    assert applied(db) == [SEED, "0002_x"]
+    shown = cli("config", "--ddl-lock-timeout", "5s", "--statement-timeout", "2s", env=seeded)
+    assert "note: lock_timeout 5s (--ddl-lock-timeout) is not below statement_timeout 2s" in shown.output
