@@ -245,3 +245,48 @@ def test_a_lock_timeout_over_statement_timeout_is_clamped_so_the_wait_is_retried
     assert applied(db) == [SEED, "0002_x"]
     shown = cli("config", "--ddl-lock-timeout", "5s", "--statement-timeout", "2s", env=seeded)
     assert "note: lock_timeout 5s (--ddl-lock-timeout) is not below statement_timeout 2s" in shown.output
+
+
+# --- attack24p 12: a blocker itself waiting; a blocker in another database ------------------------------
+
+
+def test_a_blocker_itself_waiting_says_for_whom(cli, db, sql_dir, seeded):
+    """b2 holds ROW EXCLUSIVE on the table and waits for advisory lock 77, held by b3: the lines say so, and how to
+    free b2 by ending b3."""
+    add_migration(sql_dir, "0002_x", "ALTER TABLE hcm_report_metadata ADD COLUMN x int;\n")
+    b3 = connect(db, application_name="b3-holder")
+    b2 = connect(db, application_name="b2-waiting")
+    try:
+        b3.cursor().execute("SELECT pg_advisory_lock(77)")
+        b2.cursor().execute("UPDATE hcm_report_metadata SET report_name = report_name WHERE false")
+        waiting = threading.Thread(target=lambda: b2.cursor().execute("SELECT pg_advisory_lock(77)"), daemon=True)
+        waiting.start()
+        while not db.poll(f"SELECT 1 FROM pg_locks WHERE pid = {b2.info.backend_pid} AND NOT granted"):
+            time.sleep(0.01)
+        result = cli("migrate", "--sql-dir", sql_dir, "--lock-retry-budget", "1s", env=seeded)
+        b3_pid, b2_pid = b3.info.backend_pid, b2.info.backend_pid
+    finally:
+        b3.close()
+        waiting.join(timeout=10)
+        b2.close()
+    line = one_error_line(result)
+    assert f"pid {b2_pid} (application_name 'b2-waiting'" in line
+    assert f"itself waiting for a lock held by pid {b3_pid} (application_name 'b3-holder')" in line
+    assert f"or free it: SELECT pg_terminate_backend({b3_pid})" in line
+
+
+def test_a_blocker_in_another_database_and_the_object_are_named(cli, db, sql_dir, seeded):
+    """COMMENT ON DATABASE waits for a session connected to database postgres that commented on it first."""
+    add_migration(sql_dir, "0002_x", f"COMMENT ON DATABASE {db.name} IS 'hcm';\n")
+    server = db.server
+    other = psycopg2.connect(dbname="postgres", user=server.user, password=server.password, host=server.host,
+                             port=server.port, application_name="otherdb")
+    try:
+        other.cursor().execute(f"COMMENT ON DATABASE {db.name} IS 'other'")
+        result = cli("migrate", "--sql-dir", sql_dir, "--lock-retry-budget", "1s", env=seeded)
+        pid = other.info.backend_pid
+    finally:
+        other.close()
+    line = one_error_line(result)
+    assert f"lock on database {db.name}" in line, line
+    assert f"pid {pid} (application_name 'otherdb', user " in line and ", in database postgres, " in line

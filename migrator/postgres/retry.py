@@ -224,7 +224,8 @@ def gave_up(exc, seen: Seen, backoff: Backoff):
         exc.cause = TryEnded(_not_granted(seen, backoff.policy))
         who, way_out = "", ("run again when the application is quieter, or take the file's locks in the order the "
                             "application takes them (a LOCK TABLE of both first)")
-    exc.todo = (f"{_at_commit(exc)}{retried}; {f'blocked by {who}; ' if who else ''}"
+    wanted = f"waiting for {seen.waiting_for}; " if seen.waiting_for and not seen.deadlock else ""
+    exc.todo = (f"{_at_commit(exc)}{retried}; {wanted}{f'blocked by {who}; ' if who else ''}"
                 f"{way_out or sessions.way_out(seen.blockers)} "
                 "(--lock-retry-budget / DB_LOCK_RETRY_BUDGET sets how long to keep retrying)")
     if not exc.transactional and exc.done:  # a rerun starts the file over: what committed runs again
