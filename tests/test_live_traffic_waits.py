@@ -5,11 +5,13 @@ line never sends the author to "the safe pattern" VALIDATE already is. The scan 
 per row; the other session's wait is asserted by what it got, never a timing of the runner.
 """
 
+import json
 import signal
 import threading
 import time
 
 import psycopg2
+import pytest
 
 from conftest import SEED, add_migration, applied, one_error_line
 from test_live_traffic import blocking, connect, seeded  # noqa: F401 (a fixture)
@@ -290,3 +292,24 @@ def test_a_blocker_in_another_database_and_the_object_are_named(cli, db, sql_dir
     line = one_error_line(result)
     assert f"lock on database {db.name}" in line, line
     assert f"pid {pid} (application_name 'otherdb', user " in line and ", in database postgres, " in line
+
+
+# --- attack24p 16: the JSON log's final failure ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", ["0", "1s"])
+def test_the_final_failure_events_carry_the_retry_fields(cli, db, sql_dir, seeded, budget):
+    """With --lock-retry-budget 0 no lock_retry event comes: the final ones are a log pipeline's only record."""
+    add_migration(sql_dir, "0002_x", "ALTER TABLE hcm_report_metadata ADD COLUMN x int;\n")
+    with blocking(db) as pid:
+        result = cli("--log-format", "json", "migrate", "--sql-dir", sql_dir, "--lock-retry-budget", budget,
+                     env=seeded)
+    assert result.exit_code == 1
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    finals = [e for e in events if e["event"] in ("migration_failed", "error")]
+    assert [e["event"] for e in finals] == ["migration_failed", "error"]
+    for event in finals:
+        assert event["lock_timeout_s"] == 0.3 and event["budget_s"] == float(budget.rstrip("s"))
+        assert event["tries"] >= 1 and event["waiting_for"].startswith("ACCESS EXCLUSIVE lock on hcm_report_metadata")
+        assert [b["pid"] for b in event["blocked_by"]] == [pid]
+        assert event["blocked_by"][0]["application_name"] == "report-job"

@@ -224,6 +224,10 @@ def gave_up(exc, seen: Seen, backoff: Backoff):
         exc.cause = TryEnded(_not_granted(seen, backoff.policy))
         who, way_out = "", ("run again when the application is quieter, or take the file's locks in the order the "
                             "application takes them (a LOCK TABLE of both first)")
+    # the JSON log's final events carry what the retry events do (apply._run_one, cli.app)
+    exc.event_fields = {"tries": backoff.tries, "spent_s": round(backoff.spent(), 1),
+                        "lock_timeout_s": backoff.policy.per_try, "budget_s": backoff.policy.budget,
+                        "waiting_for": seen.waiting_for, "blocked_by": seen.blockers}
     wanted = f"waiting for {seen.waiting_for}; " if seen.waiting_for and not seen.deadlock else ""
     exc.todo = (f"{_at_commit(exc)}{retried}; {wanted}{f'blocked by {who}; ' if who else ''}"
                 f"{way_out or sessions.way_out(seen.blockers)} "
