@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 
 from conftest import SEED, add_migration, applied, one_error_line
-from test_live_traffic import blocking, connect, seeded  # noqa: F401 (a fixture)
+from test_live_traffic import blocking, connect, seeded, snapshot_holder  # noqa: F401 (a fixture)
 from test_reliability import runner_process
 
 # The migration session holds SHARE UPDATE EXCLUSIVE on t_val: its VALIDATE runs.
@@ -313,3 +313,34 @@ def test_the_final_failure_events_carry_the_retry_fields(cli, db, sql_dir, seede
         assert event["tries"] >= 1 and event["waiting_for"].startswith("ACCESS EXCLUSIVE lock on hcm_report_metadata")
         assert [b["pid"] for b in event["blocked_by"]] == [pid]
         assert event["blocked_by"][0]["application_name"] == "report-job"
+
+
+# --- attack24p 11: statement_timeout ending a wait names what it waited for ---------------------------
+
+
+def test_a_concurrent_build_timed_out_waiting_for_an_old_snapshot_names_its_holder(cli, db, sql_dir, seeded):
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\n"
+                  "CREATE INDEX CONCURRENTLY idx_waits ON hcm_report_metadata (dag_name);\n")
+    holder = snapshot_holder(db)
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, "--statement-timeout", "6s", env=seeded)
+        pid = holder.info.backend_pid
+    finally:
+        holder.close()
+    line = one_error_line(result)
+    assert "canceling statement due to statement timeout" in line
+    assert "it ran out of statement_timeout while waiting for old snapshots" in line, line
+    assert f"now the transaction of pid {pid} (application_name 'nightly-dump'" in line
+    assert "make the migration cheaper" not in line
+
+
+def test_a_lock_wait_ended_by_statement_timeout_names_the_holder(cli, db, sql_dir, seeded):
+    """--ddl-lock-timeout 0 (no per-try bound, no retry): statement_timeout ends the wait."""
+    add_migration(sql_dir, "0002_x", "ALTER TABLE hcm_report_metadata ADD COLUMN x int;\n")
+    with blocking(db) as pid:
+        result = cli("migrate", "--sql-dir", sql_dir, "--ddl-lock-timeout", "0", "--statement-timeout", "5s",
+                     env=seeded)
+    line = one_error_line(result)
+    assert "it ran out of statement_timeout while waiting for ACCESS EXCLUSIVE lock on hcm_report_metadata, held " \
+           f"by pid {pid} (application_name 'report-job'" in line, line
+    assert "make the migration cheaper" not in line

@@ -81,6 +81,8 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
     try:
         run()
     except StatementFailed as exc:
+        if backend.watcher is not None:  # what it last waited for, if statement_timeout ended a wait (errors.py)
+            exc.waited = backend.watcher.waited(exc.statement.text)
         if not exc.transactional:
             try:
                 _record_failed(backend, migration, exc, prefix)
