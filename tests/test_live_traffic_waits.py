@@ -15,6 +15,7 @@ import pytest
 
 from conftest import SEED, add_migration, applied, one_error_line
 from test_live_traffic import blocking, connect, seeded, snapshot_holder  # noqa: F401 (a fixture)
+from test_live_traffic_held import App
 from test_reliability import runner_process
 
 # The migration session holds SHARE UPDATE EXCLUSIVE on t_val: its VALIDATE runs.
@@ -23,7 +24,7 @@ WHERE l.relation = 'public.t_val'::regclass AND l.granted AND l.mode = 'ShareUpd
   AND a.application_name LIKE 'hcm-db-migrations%'"""
 
 
-def slow_check(db, cli, sql_dir, env, rows=4):
+def slow_check(db, cli, sql_dir, env, rows=3):
     """t_val with `rows` rows and a CHECK NOT VALID whose function sleeps 1 s a row: its VALIDATE scans ~`rows` s."""
     db.query("CREATE FUNCTION slow_ok(int) RETURNS bool LANGUAGE plpgsql IMMUTABLE AS "
              "$$ BEGIN PERFORM pg_catalog.pg_sleep(1); RETURN true; END $$")
@@ -33,43 +34,17 @@ def slow_check(db, cli, sql_dir, env, rows=4):
     add_migration(sql_dir, "0003_validate", "ALTER TABLE t_val VALIDATE CONSTRAINT chk_slow;\n")
 
 
-class Other(threading.Thread):
-    """Another client that, once the VALIDATE runs, sends `statement` (lock_timeout 30 s): `error` what ended it."""
-
-    def __init__(self, db, statement, name="maintenance"):
-        super().__init__(daemon=True)
-        self.db, self.statement, self.name, self.error, self.pid = db, statement, name, None, None
-        self.start()
-
-    def run(self):
-        conn = connect(self.db, application_name=self.name)
-        conn.autocommit = True
-        try:
-            cur = conn.cursor()
-            self.pid = conn.info.backend_pid
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                cur.execute(VALIDATING)
-                if cur.fetchall():
-                    break
-                time.sleep(0.01)
-            else:
-                self.error = "the VALIDATE never ran"
-                return
-            cur.execute("SET lock_timeout = '30s'")
-            try:
-                cur.execute(self.statement)
-            except psycopg2.Error as exc:
-                self.error = str(exc)
-        finally:
-            conn.close()
+def waiting_on_validate(db, statement, name="maintenance"):
+    """Another client that, once the VALIDATE runs, sends `statement` (statement_timeout 5 s, longer than the
+    VALIDATE's scan has left): its `error` what ended it."""
+    return App(db, name, ready=VALIDATING, query=statement)
 
 
 def test_validate_is_not_ended_by_an_analyze_waiting_on_it(cli, db, sql_dir, seeded):
     slow_check(db, cli, sql_dir, seeded)
-    other = Other(db, "ANALYZE t_val")
+    other = waiting_on_validate(db, "ANALYZE t_val")
     result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    other.join(timeout=40)
+    other.join()
     assert result.exit_code == 0, result.output
     assert other.error is None  # the ANALYZE waited, then ran
     assert applied(db) == [SEED, "0002_check", "0003_validate"]
@@ -78,9 +53,9 @@ def test_validate_is_not_ended_by_an_analyze_waiting_on_it(cli, db, sql_dir, see
 
 def test_validate_is_not_ended_by_another_concurrent_index_build(cli, db, sql_dir, seeded):
     slow_check(db, cli, sql_dir, seeded)
-    other = Other(db, "CREATE INDEX CONCURRENTLY t_val_other ON t_val (id)", name="other-service")
+    other = waiting_on_validate(db, "CREATE INDEX CONCURRENTLY t_val_other ON t_val (id)", name="other-service")
     result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    other.join(timeout=40)
+    other.join()
     assert result.exit_code == 0, result.output
     assert other.error is None
     assert applied(db) == [SEED, "0002_check", "0003_validate"]
@@ -90,9 +65,9 @@ def test_validate_ended_by_a_ddl_queueing_the_app_is_not_sent_to_the_safe_patter
     """Another deploy's ALTER TABLE (ACCESS EXCLUSIVE) queued behind the VALIDATE queues every query of the table
     behind it: the net ends the VALIDATE, and says why and what to do instead of "rewrite it with the safe pattern"."""
     slow_check(db, cli, sql_dir, seeded)
-    other = Other(db, "ALTER TABLE t_val ADD COLUMN note text", name="other-deploy")
+    other = waiting_on_validate(db, "ALTER TABLE t_val ADD COLUMN note text", name="other-deploy")
     result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    other.join(timeout=40)
+    other.join()
     line = one_error_line(result)
     assert "0003_validate.sql:1: failed to apply" in line
     assert f"(pid {other.pid}, application_name 'other-deploy'" in line
