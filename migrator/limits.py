@@ -44,7 +44,7 @@ def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, 
                        lock_retry_budget: str | None = None) -> DdlLimits:
     """--ddl-lock-timeout / DB_LOCK_TIMEOUT, --statement-timeout / DB_STATEMENT_TIMEOUT and --lock-retry-budget /
     DB_LOCK_RETRY_BUDGET (PostgreSQL units; 0 = off)."""
-    limits = DdlLimits()
+    limits, origins = DdlLimits(), {}
     for attr, option, option_name, variable in (
         ("lock_timeout", lock_timeout, "--ddl-lock-timeout", "DB_LOCK_TIMEOUT"),
         ("statement_timeout", statement_timeout, "--statement-timeout", "DB_STATEMENT_TIMEOUT"),
@@ -57,6 +57,8 @@ def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, 
             setattr(limits, attr, durations.pg_duration(value, "s" if attr == "lock_retry_budget" else ""))
         except ValueError as exc:
             raise MigratorError(f"{origin}: {exc}", USAGE)
+        origins[attr] = origin
+    limits.notes = _notes(limits, origins)
     value, origin = env.get("BACKFILL_MAX_BATCHES")
     if value:
         if not _ASCII_NUMBER.fullmatch(value.strip()) or int(value) == 0:
@@ -64,6 +66,28 @@ def resolve_ddl_limits(lock_timeout: str | None, statement_timeout: str | None, 
                                 "`-- backfill: batch` statement runs)", USAGE)
         limits.backfill_max_batches = int(value)
     return limits
+
+
+def _notes(limits: DdlLimits, origins: dict) -> list[str]:
+    """What the run says of its DDL limits (config, migrate), and a per-try lock_timeout not below statement_timeout
+    clamped to half of it: the statement_timeout would end each lock wait first, as a slow statement (no retry, no
+    blocker named). 0 is kept (documented: no bound), with a note: an old DB_LOCK_TIMEOUT=0 meant "wait", and it
+    lifts the one bound on the application's stall; refusing a documented value would break a quiet window's run."""
+    lock, statement = (durations.pg_seconds(limits.lock_timeout), durations.pg_seconds(limits.statement_timeout))
+    lock_origin = origins.get("lock_timeout", "default")
+    if lock == 0:
+        return [f"lock_timeout 0 ({lock_origin}): each try waits for its locks with no bound, and the application's "
+                "queries on the table queue behind that wait for as long as its blocker lives (no lock retry either); "
+                "unset it for the 300ms default unless this is a quiet window"]
+    if 0 < statement <= lock:
+        clamped = f"{max(1, round(statement * 500))}ms"
+        note = (f"lock_timeout {durations.with_unit(limits.lock_timeout, 'ms')} ({lock_origin}) is not below "
+                f"statement_timeout {durations.with_unit(limits.statement_timeout, 'ms')} "
+                f"({origins.get('statement_timeout', 'default')}): each try waits at most {clamped} for its locks "
+                "instead, so a lock wait is retried with its blocker named rather than ended as a slow statement")
+        limits.lock_timeout = clamped
+        return [note]
+    return []
 
 
 def resolve_rewrite_threshold(option: int | None, env: Env) -> int:

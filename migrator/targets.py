@@ -146,6 +146,7 @@ class DdlLimits:
     statement_timeout: str = "10min"
     lock_retry_budget: str = "5min"
     backfill_max_batches: int = 100_000  # a `-- backfill: batch` statement's most runs (postgres/backfill.py)
+    notes: list = field(default_factory=list)  # what config and migrate say of these values (limits._notes)
 
 
 @dataclass

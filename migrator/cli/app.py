@@ -56,7 +56,7 @@ class Runner(HelpGroup):
         except click.UsageError as exc:  # a subcommand's bad option or value
             raise _one_line(exc) from exc
         except MigratorError as exc:
-            _fail(ctx, str(exc), exc.exit_code, exc.excerpt)
+            _fail(ctx, str(exc), exc.exit_code, exc.excerpt, getattr(exc, "event_fields", None) or {})
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", 130)
         except interrupt.Interrupted as exc:  # outside any step that says its own stop (runner.py's after_stop)
@@ -69,10 +69,10 @@ class Runner(HelpGroup):
                   FAILED)
 
 
-def _fail(ctx: click.Context, message: str, code: int, excerpt: tuple[str, ...] = ()) -> None:
+def _fail(ctx: click.Context, message: str, code: int, excerpt: tuple[str, ...] = (), fields=None) -> None:
     if ctx.find_root().meta.get("verbose"):
         output.traceback()
-    output.error(message, exit_code=code, **({"excerpt": list(excerpt)} if excerpt else {}))
+    output.error(message, exit_code=code, **({"excerpt": list(excerpt)} if excerpt else {}), **(fields or {}))
     interrupt.exiting()
     ctx.exit(code)
 

@@ -145,6 +145,8 @@ def locked_backend(settings: CommandSettings, limits: DdlLimits | None = None,
     pg_lock.bookkeeping_wait(settings.lock_timeout)  # (connecting may create the schema's shared bookkeeping)
     target = settings.postgres_target().one_schema("this command")
     settings.note(f"PostgreSQL: {target.display_url}" + (f" schema {target.schema}" if target.schema else ""))
+    for text in limits.notes if limits is not None else ():  # (lock_timeout 0, or clamped below statement_timeout)
+        output.note(f"note: {text}")
     with (postgres.connect(target, read_only=False, limits=limits, unconfirmed_ok=unconfirmed_ok) as backend,
           postgres.lost_before_migrations(backend, target) if migrating else contextlib.nullcontext(),
           postgres.locked(backend, target, settings.lock_timeout, settings.note)):

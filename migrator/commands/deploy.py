@@ -363,7 +363,7 @@ def _limit_lines(settings: CommandSettings) -> list[str]:
     for label, value, option, option_name, variable, what in rows:
         origin = option_name if option is not None else (env.get(variable)[1] or "default")
         lines.append(f"  {label:<17} {value:<22} {origin}" + (f" ({what})" if what else ""))
-    return lines
+    return lines + [f"  note: {text}" for text in limits.notes]  # (limits._notes: lock_timeout 0, or clamped)
 
 
 def config(settings: CommandSettings) -> Lines:

@@ -52,9 +52,12 @@ def _run_one(backend, target: PostgresTarget, migration, verb: str, path: Path, 
         _run_and_say(backend, target, migration, verb, path, run, prefix)
     except BaseException as exc:
         excerpt = list(getattr(exc, "excerpt", ()))  # the file's line and the caret, as the error event has them
+        fields = _event_fields(exc)
+        if fields and isinstance(exc, MigratorError):
+            exc.event_fields = fields  # (the final error event's too: cli.app)
         output.event(f"{what}_failed", migration=migration.id, file=str(path),
                      duration_ms=round((time.perf_counter() - started) * 1000), error=str(exc),
-                     **({"excerpt": excerpt} if excerpt else {}))
+                     **({"excerpt": excerpt} if excerpt else {}), **fields)
         raise
     seconds = time.perf_counter() - started
     output.event(f"{what}_{'rolled_back' if prefix else 'applied'}", migration=migration.id,
@@ -62,10 +65,24 @@ def _run_one(backend, target: PostgresTarget, migration, verb: str, path: Path, 
     return seconds
 
 
+def _event_fields(exc: BaseException) -> dict:
+    """The structured fields a failure's cause carries for the JSON log (retry.gave_up: tries, budget, per-try
+    timeout, blockers), found along the chain of exceptions that said it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "event_fields", None):
+            return dict(exc.event_fields)
+        exc = exc.__cause__ or exc.__context__
+    return {}
+
+
 def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Path, run, prefix: str) -> None:
     try:
         run()
     except StatementFailed as exc:
+        if backend.watcher is not None:  # what it last waited for, if statement_timeout ended a wait (errors.py)
+            exc.waited = backend.watcher.waited(exc.statement.text)
         if not exc.transactional:
             try:
                 _record_failed(backend, migration, exc, prefix)

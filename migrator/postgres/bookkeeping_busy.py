@@ -23,12 +23,13 @@ _NAMES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock", "_hcm_")
 _HOLDERS = """
 SELECT a.pid, a.application_name, a.usename, host(a.client_addr), a.state,
        extract(epoch FROM clock_timestamp() - a.state_change), extract(epoch FROM clock_timestamp() - a.xact_start),
+       extract(epoch FROM a.xact_start),
        pg_catalog.string_agg(DISTINCT l.mode, ',') FILTER (WHERE l.granted), NULL, a.backend_type,
        a.usesysid IS NULL, false
 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'relation' AND l.relation = %(table)s::regclass AND l.pid <> pg_catalog.pg_backend_pid()
   AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 10, 11 ORDER BY a.pid
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 11, 12 ORDER BY a.pid
 """
 _PREPARED = """
 SELECT x.gid, x.owner, x.database, extract(epoch FROM clock_timestamp() - x.prepared),

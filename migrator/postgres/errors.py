@@ -172,6 +172,8 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         if connection_lost(cause):
             committed = "the connection was lost, so whether it committed is unknown: run `runner.py status`"
     todo = HINTS.get(getattr(cause, "pgcode", None), "fix the file and run again")
+    if getattr(cause, "pgcode", None) == "57014" and getattr(exc, "waited", None):
+        todo = statement_timeout_waited(exc.waited)
     if getattr(cause, "pgcode", None) == "23505" and server_message(cause).startswith("could not create unique index"):
         todo = DUPLICATES
     if connection_lost(cause) and getattr(exc, "in_backoff", False):  # (running.run_retrying)
@@ -210,6 +212,13 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
                 "then run again")
     return MigratorError(f"{at}: failed to {verb} on {where}: {server_message(cause)} ({committed}); {todo}",
                          excerpt=tuple(excerpt))
+
+
+def statement_timeout_waited(waited: str) -> str:
+    """What to do about a statement statement_timeout ended while it waited (for a lock, or a CONCURRENTLY build
+    for older transactions: watch.Watcher.waited), not while it worked: the holder is what to end."""
+    return (f"it ran out of statement_timeout while {waited}: it was waiting, not working, so making it cheaper does "
+            "not help; end that session (or wait for it to end) and run again, or raise --statement-timeout")
 
 
 class RunSessionLost(Exception):

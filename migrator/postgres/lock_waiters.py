@@ -10,7 +10,9 @@ run then fails in one line (HeldTooLong), never retried: a retry would hold the 
 
 from __future__ import annotations
 
-from migrator import output
+import re
+
+from migrator import lazy_re, output
 from migrator.durations import seconds_text
 from migrator.postgres import sessions
 
@@ -26,15 +28,19 @@ from migrator.postgres import sessions
 # end, no query waits on them), and a transactionid wait unless the waiter holds a row's tuple lock or a lock on a
 # table the migration holds one on (an UPDATE of a row it changed, a duplicate key: not a replication slot's
 # creation). None while the migration session itself waits for a lock (a session queued behind its request waits on
-# it too: that wait is lock_timeout's, and a lock retry's).
+# it too: that wait is lock_timeout's, and a lock retry's). Nor a table wait in SHARE UPDATE EXCLUSIVE (ANALYZE,
+# VACUUM, another CREATE INDEX CONCURRENTLY, VALIDATE): no query or DML waits for it, nor queues behind it (its
+# mode conflicts with none of theirs), so it stalls no application; every other mode either is a query's or
+# conflicts with one (queries queue behind the waiter).
 _WAITERS = """
-WITH w AS MATERIALIZED (SELECT pid, locktype, relation, {waitstart} AS waitstart FROM pg_catalog.pg_locks
+WITH w AS MATERIALIZED (SELECT pid, locktype, relation, mode, {waitstart} AS waitstart FROM pg_catalog.pg_locks
                         WHERE NOT granted),
 b AS MATERIALIZED (SELECT * FROM w WHERE pid <> %(pid)s AND locktype <> 'virtualxid'
                      AND NOT EXISTS (SELECT 1 FROM w m WHERE m.pid = %(pid)s)
+                     AND NOT (locktype = 'relation' AND mode = 'ShareUpdateExclusiveLock')
                      AND %(pid)s = ANY(pg_catalog.pg_blocking_pids(pid)))
 SELECT b.pid, a.application_name, pg_catalog.pg_get_userbyid(a.usesysid), a.state,
-       extract(epoch FROM clock_timestamp() - {since}), n.nspname, c.relname, b.locktype
+       extract(epoch FROM clock_timestamp() - {since}), n.nspname, c.relname, b.locktype, b.mode
 FROM b
 CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(b.pid) a
 LEFT JOIN LATERAL (
@@ -54,6 +60,10 @@ WHERE a.usesysid IS NOT NULL AND coalesce(a.backend_type, 'client backend') = 'c
   AND (b.locktype <> 'transactionid' OR r.relation IS NOT NULL)
 """
 ROW_LOCKS = ("transactionid", "tuple")  # a wait on a row the migration changed (or locked), not on a table
+QUERY_MODES = ("ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE")  # what SELECT, SELECT FOR UPDATE, DML ask for
+# ALTER TABLE ... VALIDATE CONSTRAINT (after comments): the safe pattern's second step, SHARE UPDATE EXCLUSIVE.
+VALIDATES = lazy_re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*alter\s+table\b[^;]*\bvalidate\s+constraint\b",
+                            re.IGNORECASE | re.DOTALL)
 
 
 def waiters(cursor, pid: int, exempt=frozenset()) -> list[dict]:
@@ -65,8 +75,8 @@ def waiters(cursor, pid: int, exempt=frozenset()) -> list[dict]:
                                    waitstart="waitstart" if new else "NULL::timestamptz"), {"pid": pid})
     found = [{"pid": wpid, "application_name": output.scrub(app or ""), "user": user, "state": state,
               "waited_s": float(waited or 0), "table": f"{schema}.{table}" if table else None,
-              "rows": locktype in ROW_LOCKS}
-             for wpid, app, user, state, waited, schema, table, locktype in cursor.fetchall()
+              "rows": locktype in ROW_LOCKS, "mode": sessions.lock_mode(mode) if locktype == "relation" else None}
+             for wpid, app, user, state, waited, schema, table, locktype, mode in cursor.fetchall()
              if table is None or ((schema, table) not in exempt and (None, table) not in exempt)]
     return sorted(found, key=lambda w: -w["waited_s"])
 
@@ -103,16 +113,26 @@ def held_too_long(exc, seen, bound: float) -> None:
         held = f"ran while its transaction held {what} (this statement's or an earlier one's), and"
     else:
         held = f"held {what} while" if waiter["rows"] or not table else f"held its lock on {table} while"
-    why = ("it keeps the rows it changed locked to its COMMIT" if waiter["rows"] else
+    queues = waiter.get("mode") not in (None, *QUERY_MODES)  # a DDL or maintenance request the app queues behind
+    asks = f", asking for {waiter['mode']}, which the application's queries queue behind" if queues else ""
+    validating = VALIDATES.match(exc.statement.text) is not None and not (between or seen.held_earlier)
+    why = ("VALIDATE CONSTRAINT takes SHARE UPDATE EXCLUSIVE, which no query waits for, but that session's request "
+           "conflicts with it and queues the application's queries" if validating else
+           "it keeps the rows it changed locked to its COMMIT" if waiter["rows"] else
            "its transaction keeps that lock to its COMMIT while the file's later statements run"
            if between or seen.held_earlier else "it works under a lock queries need (a table rewrite or scan)")
     exc.cause = HeldTooLong(
         f"{shown(exc.statement.text)} {held} application sessions waited {seconds_text(waiter['waited_s'])} "
         f"(pid {waiter['pid']}, application_name {sessions.named(waiter['application_name'])}, user "
-        f"{output.role(waiter['user'])}{', on rows it changed' if waiter['rows'] else ''}), past the try's "
+        f"{output.role(waiter['user'])}{', on rows it changed' if waiter['rows'] else ''}{asks}), past the try's "
         f"{seconds_text(bound)}: {why}, so the runner ended {'the try' if between else 'it'}")
     accept = f"accept it with `-- accept-rewrite: {table or 'the table'}` and deploy in a quiet window"
-    if waiter["rows"]:
+    if validating:  # (already the safe pattern: its own file, a lock no query takes)
+        exc.todo = (f"not retried (ended again while that request waits): VALIDATE CONSTRAINT in its own file is "
+                    f"already the safe pattern; let pid {waiter['pid']}'s request (another deploy's DDL, a "
+                    f"maintenance job) finish first, or end it (SELECT pg_cancel_backend({waiter['pid']})), then run "
+                    "again")
+    elif waiter["rows"]:
         exc.todo = ("not retried (it would hold the rows as long again): change many rows of a live table in "
                     "committed batches, `-- backfill: batch` before a bounded UPDATE/DELETE in a "
                     "`-- transactional: false` file (docs/migration-files.md), or deploy in a quiet window")

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from migrator import interrupt, output, server_session
 from migrator.durations import pg_seconds
 from migrator.postgres import autovacuum, deadlocks, failures, sessions
+from migrator.postgres import session_options
+from migrator.postgres.session_options import idle_in_try_ms
 # the probe has its own module (lock_probe.py); its names stay reachable here for the runner's modules
 from migrator.postgres.lock_probe import PROBE_NAME, QUERY_CANCELED, Probe, Seen, seconds_text  # noqa: F401
 
@@ -65,6 +67,11 @@ class Backoff:
 
     def __init__(self, policy: Policy):
         self.policy, self.started, self.tries = policy, time.monotonic(), 1
+        self.blocked: list[list[dict]] = []  # each failed try's blockers (rotating() compares them)
+
+    def saw(self, seen: Seen) -> None:
+        """A try failed, blocked by `seen.blockers` (kept for the final line's comparison across tries)."""
+        self.blocked.append(list(seen.blockers))
 
     def spent(self) -> float:
         return time.monotonic() - self.started
@@ -123,7 +130,10 @@ class TryBudget:
             return
         now = time.monotonic()
         if self.started is None:
-            self.started = now  # the try's first statement: the session's lock_timeout
+            self.started = now  # the try's first statement: the session's lock_timeout; the server's bound on a
+            # frozen or cut-off runner holding the try's locks, to its transaction's end (session_options)
+            idle = session_options.TRY_IDLE[cursor.connection] = idle_in_try_ms(self.per_try_ms + self.floor_ms)
+            cursor.execute(f"SET LOCAL idle_in_transaction_session_timeout = {idle}")
             return
         left = max(self.floor_ms, int(self.per_try_ms - (now - self.started) * 1000))
         if self.file_ms is not None and self.file_ms <= left:
@@ -180,6 +190,7 @@ def probe(backend, connection, budget: TryBudget | None = None) -> Probe:
 
 def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:
     """One line per retry: which statement, who blocks it (and how to end that), when the next try comes."""
+    backoff.saw(seen)
     text = f"{exc.path}:{exc.line}: {_at_commit(exc)}{_not_granted(seen, backoff.policy)}"
     if seen.waiting_for:
         text += f" waiting for {seen.waiting_for}"
@@ -195,6 +206,7 @@ def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:
 
 def gave_up(exc, seen: Seen, backoff: Backoff):
     """The final failure: the statement's error, told who blocked it and what to do."""
+    backoff.saw(seen)
     who = _who(seen)
     if seen.cancelled:  # the server says "canceling statement due to user request": say what ended it
         exc.cause = TryEnded(_not_granted(seen, backoff.policy))
@@ -204,11 +216,20 @@ def gave_up(exc, seen: Seen, backoff: Backoff):
     way_out = autovacuum.advice(seen.blockers, backoff.policy.per_try, backoff.policy.quick_autovacuum_cancel) or (
         "let the probe connect (allow the migration role one more connection: its CONNECTION LIMIT, or free a slot "
         "under max_connections), then run again" if seen.blind and seen.cancelled else None)
+    if (busy := rotating(backoff.blocked)) is not None:  # ending them would only end live requests
+        who, way_out = busy, ("ending them does not help, new ones take their place: deploy when the traffic is "
+                              "lower, raise the lock retry budget, or shorten the application's transactions on that "
+                              "table")
     if seen.deadlock:  # not the file's fault: the application takes the same locks in the other order
         exc.cause = TryEnded(_not_granted(seen, backoff.policy))
         who, way_out = "", ("run again when the application is quieter, or take the file's locks in the order the "
                             "application takes them (a LOCK TABLE of both first)")
-    exc.todo = (f"{_at_commit(exc)}{retried}; {f'blocked by {who}; ' if who else ''}"
+    # the JSON log's final events carry what the retry events do (apply._run_one, cli.app)
+    exc.event_fields = {"tries": backoff.tries, "spent_s": round(backoff.spent(), 1),
+                        "lock_timeout_s": backoff.policy.per_try, "budget_s": backoff.policy.budget,
+                        "waiting_for": seen.waiting_for, "blocked_by": seen.blockers}
+    wanted = f"waiting for {seen.waiting_for}; " if seen.waiting_for and not seen.deadlock else ""
+    exc.todo = (f"{_at_commit(exc)}{retried}; {wanted}{f'blocked by {who}; ' if who else ''}"
                 f"{way_out or sessions.way_out(seen.blockers)} "
                 "(--lock-retry-budget / DB_LOCK_RETRY_BUDGET sets how long to keep retrying)")
     if not exc.transactional and exc.done:  # a rerun starts the file over: what committed runs again
@@ -216,6 +237,32 @@ def gave_up(exc, seen: Seen, backoff: Backoff):
         exc.todo += (f"; a rerun runs the file from its first statement, so {which} again: make the file safe to "
                      "re-run (IF NOT EXISTS) before that")
     return exc
+
+
+YOUNG = 5.0  # seconds: a blocker's transaction no older than this is one of the application's ordinary requests
+
+
+def rotating(blocked: list[list[dict]]) -> str | None:
+    """The blockers of every try, in words, when they are the application's own short transactions: at least two
+    tries blocked, by ordinary sessions only (no prepared transaction, autovacuum or hidden session), none of the
+    first blocked try's transactions still blocking the last (a pooled connection's next transaction is another:
+    told by when it began), the last try's all younger than YOUNG. Else None (a blocker that outlived the tries is
+    one to name and end)."""
+    tries = [b for b in blocked if b]
+    every = [h for b in tries for h in b]
+    if len(tries) < 2 or any(h.get("transaction_started") is None or h.get("prepared") is not None
+                             or h.get("autovacuum") or h.get("hidden") for h in every):
+        return None
+    first, last = ({(h["pid"], h["transaction_started"]) for h in b} for b in (tries[0], tries[-1]))
+    if first & last or any((h.get("transaction_for_s") or 0) > YOUNG for h in tries[-1]):
+        return None
+    apps = sorted({sessions.named(h["application_name"]) for h in every})
+    count = len({(h["pid"], h["transaction_started"]) for h in every})
+    oldest = max(h.get("transaction_for_s") or 0 for h in every)
+    return (f"the application's own short transactions: {count} different transactions over {len(tries)} tries, "
+            f"each ended and replaced by others, the oldest open {sessions.duration(oldest)} (application_name "
+            f"{', '.join(apps[:3])}{' ...' if len(apps) > 3 else ''}; last: "
+            f"{'; '.join(sessions.describe(h) for h in tries[-1][:2])})")
 
 
 class TryEnded(RuntimeError):

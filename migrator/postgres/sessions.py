@@ -18,6 +18,7 @@ from migrator.postgres.splitter import TAG_CHAR, TAG_START
 _BLOCKERS = """
 SELECT p.pid, b.application_name, b.usename, host(b.client_addr), b.state,
        extract(epoch FROM clock_timestamp() - b.state_change), extract(epoch FROM clock_timestamp() - b.xact_start),
+       extract(epoch FROM b.xact_start),
        CASE WHEN b.pid IS NOT NULL THEN
        (SELECT pg_catalog.string_agg(DISTINCT h.mode, ',') FROM pg_catalog.pg_locks h, pg_catalog.pg_locks w
         WHERE w.pid = %(pid)s AND NOT w.granted AND h.pid = b.pid AND h.granted AND h.locktype = w.locktype
@@ -26,7 +27,11 @@ SELECT p.pid, b.application_name, b.usename, host(b.client_addr), b.state,
           AND h.virtualxid IS NOT DISTINCT FROM w.virtualxid
           AND h.transactionid IS NOT DISTINCT FROM w.transactionid AND h.classid IS NOT DISTINCT FROM w.classid
           AND h.objid IS NOT DISTINCT FROM w.objid AND h.objsubid IS NOT DISTINCT FROM w.objsubid) END,
-       {query}, b.backend_type, b.usesysid IS NULL, b.query LIKE 'autovacuum:%%(to prevent wraparound)%%'
+       {query}, b.backend_type, b.usesysid IS NULL, b.query LIKE 'autovacuum:%%(to prevent wraparound)%%',
+       CASE WHEN b.datname IS DISTINCT FROM pg_catalog.current_database() THEN b.datname END,
+       ARRAY(SELECT ARRAY[q.pid::text, coalesce(o.application_name, '')]
+             FROM unnest(pg_catalog.pg_blocking_pids(b.pid)) AS q(pid)
+             LEFT JOIN pg_catalog.pg_stat_activity o ON o.pid = q.pid WHERE q.pid <> %(pid)s ORDER BY q.pid)
 FROM unnest(pg_catalog.pg_blocking_pids(%(pid)s)) AS p(pid) LEFT JOIN pg_catalog.pg_stat_activity b ON b.pid = p.pid
 WHERE b.pid IS NOT NULL OR p.pid = 0
 ORDER BY p.pid
@@ -50,9 +55,12 @@ GROUP BY x.gid, x.owner, x.database, x.prepared ORDER BY x.prepared
 """
 
 
-# The lock `pid` waits for now: its mode and the relation's name (else the lock's type).
+# The lock `pid` waits for now: its mode and the relation's name (else an object's description, a shared one's or
+# this database's: `database od`; else the lock's type).
 _WAITED_FOR = """
-SELECT l.mode, coalesce(c.relname::text, l.locktype) FROM pg_catalog.pg_locks l
+SELECT l.mode, coalesce(c.relname::text, CASE WHEN l.locktype = 'object' AND l.database IN (0, (SELECT d.oid FROM
+  pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()))
+  THEN pg_catalog.pg_describe_object(l.classid, l.objid, l.objsubid) END, l.locktype) FROM pg_catalog.pg_locks l
 LEFT JOIN pg_catalog.pg_class c ON l.locktype = 'relation' AND c.oid = l.relation
 WHERE l.pid = %s AND NOT l.granted LIMIT 1
 """
@@ -121,13 +129,20 @@ def prepared(row) -> dict:
 
 def blocker(row) -> dict:
     """One row of _BLOCKERS as the fields the runner prints (JSON-able); never the query unless the row has it."""
-    pid, app, user, addr, state, in_state, in_xact, holds, query, kind, no_role, wraparound = row
+    pid, app, user, addr, state, in_state, in_xact, xact_start, holds, query, kind, no_role, wraparound, *more = row
+    database, waits = more if more else (None, None)  # (bookkeeping_busy's rows have neither)
     if state is None:  # another role's session (or a role-less server process), and this one lacks pg_read_all_stats
         return {"pid": pid, "hidden": True, **({"no_role": True} if no_role else {})}
     found = {"pid": pid, "application_name": output.scrub(app or ""), "user": user, "client_addr": addr or "local",
              "state": state, "state_for_s": round(float(in_state or 0)),
              "transaction_for_s": None if in_xact is None else round(float(in_xact)),
+             # (when it began, epoch seconds: the same transaction seen by two tries, told from the next one)
+             "transaction_started": None if xact_start is None else round(float(xact_start), 3),
              "holds": [lock_mode(m) for m in holds.split(",")] if holds else []}
+    if database is not None:  # connected to another database (a lock on a shared object: a database's, a role's)
+        found["database"] = database
+    if waits:  # itself waiting for a lock: the sessions whose end would free it
+        found["waiting_for"] = [{"pid": int(p), "application_name": output.scrub(a)} for p, a in waits]
     if kind == "autovacuum worker":
         found.update(autovacuum=True, wraparound=bool(wraparound))
     if query is not None:
@@ -157,9 +172,20 @@ def describe(h: dict) -> str:
         return (f"pid {h['pid']} (another role's session: this role cannot see who it is or what it runs; "
                 "grant it pg_read_all_stats to see)")
     xact = f", transaction open {duration(h['transaction_for_s'])}" if h.get("transaction_for_s") is not None else ""
+    other = f", in database {output.role(h['database'])}" if h.get("database") else ""
     text = (f"pid {h['pid']} (application_name {named(h['application_name'])}, user {output.role(h['user'])}, "
-            f"from {h['client_addr']}, {h['state']} for {duration(h['state_for_s'])}{xact}; {_holds(h)})")
+            f"from {h['client_addr']}{other}, {h['state']} for {duration(h['state_for_s'])}{xact}; {_holds(h)}"
+            f"{_waits(h)})")
     return text + (f": {h['query'][:120]}" if h.get("query") else "")
+
+
+def _waits(h: dict) -> str:
+    """A blocker itself waiting for a lock: for whom (ending that one frees it)."""
+    waits = h.get("waiting_for")
+    if not waits:
+        return ""
+    named_ = ", ".join(f"pid {w['pid']} (application_name {named(w['application_name'])})" for w in waits[:SHOWN])
+    return f"; itself waiting for a lock held by {named_}{' and more' if len(waits) > SHOWN else ''}"
 
 
 def _holds(h: dict) -> str:
@@ -199,7 +225,10 @@ def ending(h: dict) -> str:
     if h.get("autovacuum") or h.get("no_role"):  # (it restarts later, as the server's own cancel would)
         return (f"to end it: SELECT pg_cancel_backend({h['pid']}) (as a superuser, or a member of "
                 "pg_signal_autovacuum_worker on PostgreSQL 18+)")
-    return f"to end it: SELECT pg_terminate_backend({h['pid']})"
+    end = f"to end it: SELECT pg_terminate_backend({h['pid']})"
+    if h.get("waiting_for"):  # (what it waits for may be the one to end: a stuck job, not the application)
+        end += f", or free it: SELECT pg_terminate_backend({h['waiting_for'][0]['pid']})"
+    return end
 
 
 # What may hold a value, left to right as PostgreSQL's lexer reads them; a construct cut short (the server keeps

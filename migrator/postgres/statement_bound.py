@@ -21,8 +21,11 @@ from typing import Iterator
 
 from migrator import durations, output
 from migrator.postgres.retry import seconds_text
+from migrator.postgres.session_options import TRY_IDLE
 
 _BOUNDS = ("statement_timeout", "idle_in_transaction_session_timeout")
+_IDLE = _BOUNDS[1]
+IN_TRANSACTION = 2  # psycopg2's TRANSACTION_STATUS_INTRANS
 # Read back after any statement that could set a bound, whatever the spelling: "set" anywhere (SET, RESET, set_config,
 # pg_settings; quoted, commented: one more SHOW at worst), a Unicode escape (U&"\0073et_config"), code a DO block, a
 # CALL or an EXECUTE runs. Not after the statements of a data load (20,000 INSERTs: no SHOW at all).
@@ -65,10 +68,15 @@ def hold(cursor, path, statement) -> None:
     if not may_set(statement.text):
         return
     seen = _SEEN.setdefault(cursor.connection, {})
+    in_try = cursor.connection.info.transaction_status == IN_TRANSACTION and TRY_IDLE.get(cursor.connection)
     for name in _BOUNDS:
         ms = _shown(cursor, name)
+        if name == _IDLE and in_try and ms == in_try:
+            continue  # the try's own bound (retry.TryBudget), not the file's: kept as it is
         if seen.get(name) != ms:
             seen[name] = keep(cursor, path, statement, name, ms)
+            if name == _IDLE and in_try and not 0 < seen[name] <= in_try:  # (keep's RESET undid it)
+                cursor.execute(f"SET LOCAL {name} = {in_try}")
 
 
 def keep(cursor, path, statement, name: str, ms: float) -> float:

@@ -76,6 +76,8 @@ class Watcher:
         self._shown: tuple | None = None  # (pid, query_start) of the statement last reported
         self._last = 0.0
         self._live = False
+        self.last_wait: tuple[str, str] | None = None  # (the statement's text, what it waited for): waited()
+        self._query = ""
 
     @property
     def label(self) -> str:
@@ -84,7 +86,7 @@ class Watcher:
     @label.setter
     def label(self, value: str) -> None:
         """A migration starts (before its session opens): the side connection of the previous one goes."""
-        self._label, self._pid, self._session = value, None, None
+        self._label, self._pid, self._session, self.last_wait = value, None, None, None
         self._let_go()
         self._end_line()
 
@@ -94,6 +96,16 @@ class Watcher:
 
         self._server = server_session.of(connection)  # (the server's pid: a pooler hands the client one of its own)
         self._session, self._pid, self._since = connection, self._server.pid, time.monotonic()
+        self.last_wait = None
+
+    def waited(self, statement_text: str) -> str | None:
+        """What the followed session's statement `statement_text` was last seen waiting for (a lock and its holders,
+        or a CONCURRENTLY build's older transaction), in words; None if it was not seen waiting (or ran under
+        FIRST_AFTER: not looked at). For the line of a statement statement_timeout ended (errors.py)."""
+        wait = self.last_wait
+        if wait is None or not wait[0] or not statement_text.strip().startswith(wait[0]):
+            return None
+        return wait[1]
 
     def end_cut_off(self, in_transaction: bool) -> str | None:
         """The followed session, if a silent path cut it off (failures.shut cut the client's side): ended on the
@@ -193,17 +205,21 @@ class Watcher:
             state, elapsed, wait_type, started, query = row
             now = time.monotonic()
             new = self._shown != (pid, started)
-            if not new and not self._live_terminal() and now - self._last < LOG_EVERY:
+            # (a lock wait is read every poll even when not said, so a statement_timeout names its last holder)
+            say = new or self._live_terminal() or now - self._last >= LOG_EVERY
+            if not say and wait_type != "Lock":
                 return
-            self._shown, self._last = (pid, started), now
+            if say:
+                self._shown, self._last = (pid, started), now
             statement = output.scrub(output.one_line(query or "")).rstrip(";")
             fields = {"migration": self.label, "pid": pid, "elapsed_s": round(float(elapsed), 1),
                       "statement": statement[:200]}
             text = f"{self.label}: running for {duration(elapsed)}: {statement[:80]}"
-            if wait_type == "Lock" and self._say_snapshot_wait(cur, pid, text, fields):
+            self._query = (query or "").strip()[:900]
+            if wait_type == "Lock" and self._say_snapshot_wait(cur, pid, text, fields, say):
                 return
             if wait_type == "Lock":
-                self._say_lock_wait(cur, pid, text, fields)
+                self._say_lock_wait(cur, pid, text, fields, say)
                 return
             step = self._progress(cur, pid)
             if step:
@@ -227,16 +243,16 @@ class Watcher:
                 return {"command": f"{command} on {output.visible(str(relation))}", "phase": phase, "percent": percent}
         return None
 
-    def _say_lock_wait(self, cur, pid: int, text: str, fields: dict) -> None:
+    def _say_lock_wait(self, cur, pid: int, text: str, fields: dict, say: bool = True) -> None:
         holders = sessions.blockers(cur, pid, self.show_query)
         what = sessions.waiting_for(cur, pid, holders) or "a lock"
-        text += f"; waiting for {what}"
-        if holders:
-            text += ", held by " + sessions.describe_all(holders)
+        wait = f"waiting for {what}" + (", held by " + sessions.describe_all(holders) if holders else "")
+        self.last_wait = (self._query, wait)
         fields.update(waiting_for=what, held_by=holders)
-        self._say(text, "lock_wait", fields)
+        if say:
+            self._say(f"{text}; {wait}", "lock_wait", fields)
 
-    def _say_snapshot_wait(self, cur, pid: int, text: str, fields: dict) -> bool:
+    def _say_snapshot_wait(self, cur, pid: int, text: str, fields: dict, say: bool = True) -> bool:
         """A CONCURRENTLY build waiting for older transactions (its 'waiting for ...' phases): which one it waits
         for now, and whose it is (no query text). It blocks no application query. False: not such a wait."""
         cur.execute(_SNAPSHOT_WAIT, (pid,))
@@ -245,6 +261,7 @@ class Watcher:
             return False
         command, relation, phase, done, total, locker, app, user, state, age = row
         text += f"; {command} on {output.visible(str(relation))} {phase} ({done} of {total} done)"
+        start = len(text)  # (what it waits for, from here: last_wait)
         holder = None
         if locker:
             holder = {"pid": locker, "application_name": output.scrub(app or ""), "user": user, "state": state,
@@ -259,7 +276,9 @@ class Watcher:
             text += (f", now (most likely) {sessions.describe(holder)}; the build blocks no application query -- "
                      f"{sessions.ending(holder)}")
         fields.update(command=f"{command} on {relation}", phase=phase, waiting_for_pid=locker, held_by=holder)
-        self._say(text, "snapshot_wait", fields)
+        self.last_wait = (self._query, f"{phase} ({done} of {total} done){text[start:]}")
+        if say:
+            self._say(text, "snapshot_wait", fields)
         return True
 
     def _live_terminal(self) -> bool:
