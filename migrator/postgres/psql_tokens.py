@@ -64,8 +64,9 @@ _DOLLAR = lazy_re.compile(rf"\$(?:{START}{TAG_CHAR}*)?\$")
 # Tokens every version ends in the same place and that leave INITIAL as it is, a run of them skipped at once (the
 # common case): white space, punctuation, an identifier no quote or & follows (E'' U&''), a plain integer before a
 # character no number rule takes, operator characters short of a comment, `::`, `:=`, a dot before no digit.
-_PLAIN_RUN = lazy_re.compile(rf"""(?:[ \t\n\r\f,;()\[\]]++|{START}{CONT}*+(?![&'])|[0-9]++(?=[ \t\n\r\f,;()\[\]+*/<>=~!@#%^&|`?:-]|\Z)"""
-                             r"|[~!@#^&|`?+*%<>=]|-(?!-)|/(?!\*)|::|:=|\.(?![0-9]))*+")
+_PLAIN_RUN = lazy_re.compile(
+    rf"(?:[ \t\n\r\f,;()\[\]]++|{START}{CONT}*+(?![&'])|[0-9]++(?=[ \t\n\r\f,;()\[\]+*/<>=~!@#%^&|`?:-]|\Z)"
+    r"|[~!@#^&|`?+*%<>=]|-(?!-)|/(?!\*)|::|:=|\.(?![0-9]))*+")
 _QUOTE_PREFIX = {"e": "xe", "b": "xb", "x": "xh", "n": None}  # N'' is a plain '' to the lexer (xnstart: yyless(1))
 
 
