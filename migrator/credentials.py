@@ -93,6 +93,24 @@ def _refuse_hostless_password(target: PostgresTarget, env: Env, where: str | Non
                         "DATABASE_URL", USAGE)
 
 
+def secret_passed_over(target: PostgresTarget, env: Env, ignored: tuple[str, str] | None) -> None:
+    """A secret named (--secret-name, DB_SECRET_NAME in either source) but not read, because settings earlier in
+    the order name the server: with no password beside them the seed's default password would go to their host,
+    while the operator said where the real one is (attack23r #7). Refused in one line naming the settings; with
+    a password of their own they are used, and the secret said to be ignored."""
+    named = ([ignored[1]] if ignored else []) + [
+        f"{name} ({layer})" for layer in env.layers for name in env.names(("DB_SECRET_NAME",), layer)]
+    if named and not target.local_dev and target.sources.get("password") == "default":
+        winners = [origin for key, origin in target.sources.items() if key != "password" and origin != "default"]
+        raise MigratorError(f"{named[0]} names a secret, but it comes after {', '.join(dict.fromkeys(winners))} in "
+                            "the settings order (options, DATABASE_URL, DB_HOST..., then a secret): the secret is not "
+                            "read and no password is set beside them, so the seed's default password would go to "
+                            f"{target.host}; set DB_PASSWORD (or DB_PASSWORD_FILE) beside them, or remove them to use "
+                            "the secret", USAGE)
+    if ignored:
+        target.notes.append(f"note: secret {ignored[0]} ({ignored[1]}) ignored: a higher-priority setting wins")
+
+
 def _check_credentials_travel(target: PostgresTarget, env: Env) -> None:
     """A password is sent only to a host its own source named; else one line refuses (attack 23 #3).
     PGPASSWORD counts: libpq sends it when the runner passes no password."""

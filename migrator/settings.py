@@ -94,8 +94,7 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
                                 USAGE)
         target = PostgresTarget(local_dev=True, sources={"target": "nothing configured"})
 
-    if secret_name:
-        target.notes.append(f"note: secret {secret_name} ({secret_origin}) ignored: a higher-priority setting wins")
+    credentials.secret_passed_over(target, all_env, (secret_name, secret_origin) if secret_name else None)
     if target.sources.get("url"):
         _url_credentials(target, env)
     credentials.check_travel(target, all_env, where)

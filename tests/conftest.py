@@ -635,6 +635,16 @@ def moto_endpoint():
 
 
 @pytest.fixture
+def trap():
+    """A fake PostgreSQL server on 127.0.0.1 that records every startup and password it receives (pg_wire)."""
+    from pg_wire import PasswordTrap
+
+    server = PasswordTrap()
+    yield server
+    server.close()
+
+
+@pytest.fixture
 def aws(moto_endpoint, monkeypatch):
     """boto3 pointed at moto with fake credentials; returns a function that stores a secret."""
     import boto3

@@ -103,3 +103,35 @@ def test_a_secrets_read_timeout_that_is_not_seconds_is_one_line(cli, aws, value)
     result = cli("config", env={"DB_SECRET_NAME": "dev/db", "SECRETS_READ_TIMEOUT": value})
     line = one_error_line(result)
     assert f"SECRETS_READ_TIMEOUT (environment): {value!r} is not a number of seconds above 0" in line, line
+
+
+# --- a secret passed over: never the seed's default password instead (attack23r #7) -------------------------------
+
+
+@pytest.mark.parametrize("args, environ, dotenv, named", [
+    ([], {"DB_SECRET_NAME": "prod/pwonly", "DB_HOST": "127.0.0.1", "DB_PORT": "{port}"}, "",
+     "DB_SECRET_NAME (environment)"),
+    ([], {"DB_HOST": "127.0.0.1", "DB_PORT": "{port}"}, "DB_SECRET_NAME=prod/pwonly\n", "DB_SECRET_NAME (.env)"),
+    (["--secret-name", "prod/pwonly"], {"DB_HOST": "127.0.0.1", "DB_PORT": "{port}"}, "", "--secret-name"),
+    (["--secret-name", "prod/pwonly", "--db-host", "127.0.0.1", "--db-port", "{port}"], {}, "", "--secret-name"),
+])
+def test_a_secret_passed_over_never_sends_the_default_password(cli, workdir, aws, trap, args, environ, dotenv, named):
+    """The operator named the secret (holding only a password, as a DBA may store it) and a host: the host wins
+    the settings order, and the seed's user/password/database went to it on a note. Refused, nothing sent."""
+    aws("prod/pwonly", {"password": "Sm-Secret-7"})
+    (workdir / ".env").write_text(dotenv)
+    result = cli("status", *[a.format(port=trap.port) for a in args],
+                 env={k: v.format(port=trap.port) for k, v in environ.items()})
+    line = one_error_line(result)
+    assert result.exit_code == 2 and f"{named} names a secret, but it comes after " in line, result.output
+    assert "the seed's default password would go to 127.0.0.1; set DB_PASSWORD" in line
+    assert trap.connections == 0 and trap.passwords == []
+
+
+def test_a_secret_passed_over_beside_a_password_of_the_winning_settings_is_noted(cli, workdir, aws, trap):
+    aws("prod/pwonly", {"password": "Sm-Secret-7"})
+    result = cli("status", env={"DB_SECRET_NAME": "prod/pwonly", "DB_HOST": "127.0.0.1", "DB_PORT": str(trap.port),
+                                "DB_PASSWORD": "Env-Pw-9"})
+    assert "note: secret prod/pwonly (DB_SECRET_NAME (environment)) ignored" in result.output
+    assert trap.passwords == ["Env-Pw-9"]  # the environment's own password with the environment's own host
+    assert "Env-Pw-9" not in result.output

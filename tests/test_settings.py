@@ -41,10 +41,14 @@ def test_database_url_wins_over_db_vars_and_secret():
 
 
 def test_db_vars_win_over_secret_with_seed_defaults_for_the_rest():
-    t = resolve({"DB_HOST": "db.internal", "DB_SECRET_NAME": "dev/db"})
-    assert (t.host, t.port, t.dbname, t.user, t.password) == ("db.internal", 5432, "unifieddevdb", "postgres", "postgres")
+    t = resolve({"DB_HOST": "db.internal", "DB_SECRET_NAME": "dev/db", "DB_PASSWORD": "pw"})
+    assert (t.host, t.port, t.dbname, t.user, t.password) == ("db.internal", 5432, "unifieddevdb", "postgres", "pw")
     assert t.sources["host"] == "DB_HOST (environment)" and t.sources["port"] == "default"
     assert t.notes and not t.local_dev
+    # never the seed's default password in the secret's stead (attack23r #7)
+    with pytest.raises(MigratorError, match="DB_SECRET_NAME .environment. names a secret, but it comes after "
+                                            "DB_HOST .environment. in the settings order"):
+        resolve({"DB_HOST": "db.internal", "DB_SECRET_NAME": "dev/db"})
 
 
 def test_nothing_configured_means_the_local_development_database():
@@ -312,15 +316,6 @@ def test_create_schemas_from_the_environment_creates_a_new_namespaces_schema(cli
 
 
 # --- one source per connection, credentials never cross sources, unreadable secrets (issue 23 #3) ---------
-
-
-@pytest.fixture
-def trap():
-    from pg_wire import PasswordTrap
-
-    server = PasswordTrap()
-    yield server
-    server.close()
 
 
 def test_a_dotenv_url_never_receives_the_real_environments_password(cli, db, workdir, sql_dir, trap):

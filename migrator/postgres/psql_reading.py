@@ -12,7 +12,7 @@ change between any two lines and change where a literal ends:
 
 So tracking the setting is not attempted: every line is read under every combination, starting from every
 state the lines before can leave psql's lexer in, and a backslash outside a literal in any reading is refused.
-psql versions differ where a number runs into letters (`1E'...'` is an E'' string before 16): both are read.
+psql versions differ where a number or `$n` runs into letters, digits or `$` (psql_tokens): every version is read.
 A psql variable interpolated as it is (`:name`) is refused too: psql lexes its value, and one of them,
 LAST_ERROR_MESSAGE, is whatever text the file's last failing statement raised.
 """
@@ -22,18 +22,14 @@ from __future__ import annotations
 import re
 
 from migrator import lazy_re
+from migrator.postgres import psql_tokens
 
-IDENT = "A-Za-z0-9_$\x80-\U0010ffff"  # psql's ident_cont (every byte >= 0x80 is a letter to it)
 # A dollar quote's tag characters: ASCII letters, digits, _ and any non-ASCII character, as psql's lexer. Spelled as
 # what they are not, the ASCII rest: a class of huge ranges (or \w) takes ~6 ms to compile at every start, this ~0.3.
-TAG_START = r"[^\x00-\x40\x5b-\x5e\x60\x7b-\x7f]"  # A-Z a-z _ and non-ASCII
-TAG_CHAR = r"[^\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"  # and 0-9
-_IDENT_CHAR = lazy_re.compile(f"[{IDENT}]")
-_SPECIAL = re.compile(r"""--|/\*|['"$\\:]""")
-_DOLLAR = lazy_re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+TAG_START = psql_tokens.START  # A-Z a-z _ and non-ASCII
+TAG_CHAR = psql_tokens.TAG_CHAR  # and 0-9
 _NAME = r"[A-Za-z0-9_\x80-\U0010ffff]+"  # psql's variable_char
 _VARIABLE = lazy_re.compile(rf":(?:'{_NAME}'|\"{_NAME}\"|{_NAME}|\{{\?)")
-_PREFIX = {"e": "xe", "b": "xb", "x": "xh", "n": None}  # N'' is a plain '' to the lexer
 # After a closing quote, a newline (only \r inside psql's line) then a quote continues the same literal.
 _CONTINUE = lazy_re.compile(r"(?:[ \t\f]|--[^\n\r]*)*\r(?:[ \t\n\r\f]+|--[^\n\r]*\r)*'")
 _IN_STRING = {"xq": re.compile(r"'(?!')|''"), "xus": re.compile(r"'(?!')|''"), "xe": re.compile(r"\\.?|'(?!')|''", re.S),
@@ -175,22 +171,22 @@ def _reading(std: bool, encoding: str) -> str:
 def _lex(line: str, state: tuple, std: bool, number: int, reading: str) -> set:
     """The states psql's lexer can end the line in, from `state` (a set: psql versions differ)."""
     ends = set()
-    work = [(0, state)]
+    work = [(0, state, psql_tokens.ALL)]
     seen = set()
     while work:
-        pos, state = work.pop()
-        if (pos, state) in seen:
+        pos, state, versions = work.pop()
+        if (pos, state, versions) in seen:
             continue
-        seen.add((pos, state))
+        seen.add((pos, state, versions))
         kind, arg = state
         if kind == "xqs":
             cont = _CONTINUE.match(line, pos)
             if pos == len(line):  # the line ended right after the quote: the next line may continue it
                 ends.add(state)
             elif cont:
-                work.append((cont.end(), (arg, None)))
+                work.append((cont.end(), (arg, None), versions))
             else:
-                work.append((pos, ("I", None)))
+                work.append((pos, ("I", None), versions))
             continue
         if kind in _IN_STRING:
             pattern = _IN_STRING[kind]
@@ -201,7 +197,7 @@ def _lex(line: str, state: tuple, std: bool, number: int, reading: str) -> set:
                     break
                 pos = m.end()
                 if m.group() == "'":
-                    work.append((pos, ("xqs", kind)))
+                    work.append((pos, ("xqs", kind), versions))
                     break
             continue
         if kind == "xc":
@@ -215,7 +211,7 @@ def _lex(line: str, state: tuple, std: bool, number: int, reading: str) -> set:
             if depth >= 0:
                 ends.add(("xc", depth))
             else:
-                work.append((pos, ("I", None)))
+                work.append((pos, ("I", None), versions))
             continue
         if kind in ("xd", "xdolq"):
             close = '"' if kind == "xd" else arg
@@ -225,89 +221,35 @@ def _lex(line: str, state: tuple, std: bool, number: int, reading: str) -> set:
             if end < 0:
                 ends.add(state)
             else:
-                work.append((end + len(close), ("I", None)))
+                work.append((end + len(close), ("I", None), versions))
             continue
-        # INITIAL: jump to the next character that can change the state
-        boundary = pos
+        # INITIAL: token by token, as each psql version's rules end them
         while True:
-            m = _SPECIAL.search(line, pos)
-            if m is None:
+            pos = psql_tokens.skip(line, pos)
+            if pos >= len(line):
                 ends.add(("I", None))
                 break
-            at, token = m.start(), m.group()
-            if token == "--":
-                if at - 2 >= boundary and line[at - 1] in "eE" and (_digits(line[at - 2]) or line[at - 2] == "."):
-                    work.append((at + 1, ("I", None)))  # psql 16+ reads 1e- as one (bad) number: no comment
-                cut = line.find("\r", at)  # psql's line holds no \n; a comment ends at \r too
-                if cut < 0:
-                    ends.add(("I", None))
-                    break
-                pos = cut + 1
-                continue
-            if token == "/*":
-                work.append((at + 2, ("xc", 0)))
-                break
-            if token == "\\":
+            what, after = psql_tokens.token(line, pos, versions, std)
+            if what == "\\":
                 raise Exposed(number, reading, "a backslash outside a quoted string: a psql meta-command")
-            if token == ":":
-                var = _VARIABLE.match(line, at)
-                if line.startswith("::", at) or line.startswith(":=", at):
-                    pos = at + 2
-                elif var and var.group()[1] not in "'\"{" and not _digits(var.group()[1:]):
-                    raise Exposed(number, reading, f"`{var.group()}` outside a quoted string: psql replaces it with "
-                                                    "the psql variable of that name, which it then reads as input")
-                else:
-                    pos = var.end() if var and var.group()[1] in "'\"" else at + 1
+            if what == ":":
+                pos = _colon(line, pos, number, reading)
                 continue
-            if token == '"':
-                work.append((at + 1, ("xd", None)))
-                break
-            if token == "$":
-                starts = _token_starts(line, boundary, at, letter=False)
-                dollar = _DOLLAR.match(line, at)
-                if dollar and True in starts:
-                    work.append((dollar.end(), ("xdolq", dollar.group())))
-                if dollar is None or False in starts:
-                    pos = at + 1
-                    continue
-                break
-            # a quote: which kind of literal it opens depends on the token before it
-            kinds = set()
-            for prefix_at, kind in _prefixes(line, at):
-                for starts_token in _token_starts(line, boundary, prefix_at, letter=True):
-                    kinds.add(kind if starts_token else None)
-            if not kinds:
-                kinds = {None}
-            for kind in kinds:
-                work.append((at + 1, (kind or ("xq" if std else "xe"), None)))
+            if what is None and len(after) == 1:
+                pos = next(iter(after))
+                continue
+            for end, group in after.items():
+                work.append((end, what or ("I", None), group))
             break
     return ends
 
 
-def _prefixes(line: str, quote: int) -> list[tuple[int, str | None]]:
-    """(position of the prefix, literal kind) of what the quote may be the end of: E', B', X', N', U&'."""
-    if quote >= 2 and line[quote - 1] == "&" and line[quote - 2] in "uU":
-        return [(quote - 2, "xus")]
-    if quote >= 1 and line[quote - 1].lower() in _PREFIX:
-        return [(quote - 1, _PREFIX[line[quote - 1].lower()])]
-    return []
-
-
-def _token_starts(line: str, boundary: int, at: int, letter: bool) -> set[bool]:
-    """Whether a token starts at `at` ({True}, {False}, or both where psql versions differ): the character
-    before it ends a token unless it belongs to an identifier. A number or $n before a `$` ends there; before
-    a letter it ends there up to psql 15 and takes the letters in from 16 (`1E'x'` is 1 and E'x' to 15)."""
-    if at == boundary:
-        return {True}
-    if not _IDENT_CHAR.match(line, at - 1):
-        numeric = letter and line[at - 1] == "." and at - 2 >= boundary and _digits(line[at - 2])  # 1.e'x'
-        return {True, False} if numeric else {True}
-    start = at - 1
-    while start > boundary and _IDENT_CHAR.match(line, start - 1):
-        start -= 1
-    run = line[start:at]
-    if _digits(run[0]) or run[0] == "$":
-        if _digits(run.lstrip("$")):
-            return {True, False} if letter else {True}
-        return {False}
-    return {False}
+def _colon(line: str, at: int, number: int, reading: str) -> int:
+    """Past a `:` token: `::` and `:=` are operators, `:'name'` and `:"name"` psql quotes, `:name` psql replaces."""
+    var = _VARIABLE.match(line, at)
+    if line.startswith("::", at) or line.startswith(":=", at):
+        return at + 2
+    if var and var.group()[1] not in "'\"{" and not _digits(var.group()[1:]):
+        raise Exposed(number, reading, f"`{var.group()}` outside a quoted string: psql replaces it with "
+                                        "the psql variable of that name, which it then reads as input")
+    return var.end() if var and var.group()[1] in "'\"" else at + 1
