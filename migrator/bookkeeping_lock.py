@@ -141,14 +141,25 @@ def creating_bookkeeping(connection, schema: str, wait: float | None = None, set
 def lost_before_migrations(where: str, exc: BaseException, when: str) -> MigratorError:
     """The run's connection lost (a failover) `when`, before any migration began: nothing was applied. Said with
     the server's own words (the first lost-connection error: a later "cursor already closed" is its echo)."""
+    return MigratorError(f"the connection to {where} was lost {when}: nothing was applied; run again ({_why(exc)})")
+
+
+def lost_after_migrations(where: str, exc: BaseException) -> MigratorError:
+    """The run's connection lost after its migrations began, outside any of them (as it recorded the schema they
+    changed): each one applied before is committed and marked; the rest were not run."""
+    return MigratorError(f"the connection to {where} was lost after this run's migrations began, outside any of them "
+                         f"(as the run recorded what they changed): what `status` lists as applied is committed; run "
+                         f"again for the rest ({_why(exc)})")
+
+
+def _why(exc: BaseException) -> str:
     import psycopg2
 
     cause = exc
     while cause.__context__ is not None and not isinstance(cause, psycopg2.OperationalError):
         cause = cause.__context__
     cause = cause if isinstance(cause, psycopg2.Error) else exc
-    why = (output.scrub(str(cause)).strip().splitlines() or [type(cause).__name__])[0]
-    return MigratorError(f"the connection to {where} was lost {when}: nothing was applied; run again ({why})")
+    return (output.scrub(str(cause)).strip().splitlines() or [type(cause).__name__])[0]
 
 
 # Whether a session waits for a lock that `pid` (a migration's session) holds: the application queued behind it.

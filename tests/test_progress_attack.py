@@ -66,8 +66,16 @@ def test_the_watcher_never_takes_a_connection_the_migration_needs(make_db, limit
     url = pg.url(db.name, user=limited_role, password=LIMITED_PASSWORD)
     add(sql_dir, "0002_sleep", "SELECT pg_sleep(4.5);\n")
     add(sql_dir, "0003_more", "CREATE TABLE after_sleep (id int);\n")
-    proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", url)
-    out, err = proc.communicate(timeout=90)
+    # A third slot, the lock probe's (taken at the statement's start): a blind probe would bound the SELECT by the
+    # clock (clock_bound.py); the watcher, 3 s in, finds none left.
+    with pg.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"ALTER ROLE {limited_role} CONNECTION LIMIT 3")
+    try:
+        proc = runner("migrate", "--sql-dir", sql_dir, "--database-url", url)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        with pg.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"ALTER ROLE {limited_role} CONNECTION LIMIT 2")
     assert proc.returncode == 0, err  # the run's own connection and the migration's: the watcher gave way
     assert "applied 0002_sleep" in out and "applied 0003_more" in out
     notes = [line for line in err.splitlines() if "no live progress" in line]

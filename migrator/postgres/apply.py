@@ -28,14 +28,17 @@ def locked(backend, target: PostgresTarget, timeout: float, notify) -> Iterator[
 def lost_before_migrations(backend, target: PostgresTarget) -> Iterator[None]:
     """Around migrate's steps from its lock to its first migration (the lock, the history, the drift check, the
     pending files, the rewrite judge, the schema's description, the failure records): the connection lost there
-    (a failover) is one line, nothing applied, whichever read met it. Once a migration began, its own error says."""
+    (a failover) is one line, nothing applied, whichever read met it. Once a migration began, its own error says;
+    one lost after, outside any migration (the schema's record), is one line saying what is committed."""
     try:
         yield
     except (backend.DatabaseError, backend.driver.InterfaceError) as exc:
         if (busy := _bookkeeping_busy(backend, exc)) is not None:  # (its own line, before or after the migrations)
             raise _busy_outside_files(backend, target, busy) from exc
-        if backend.started or not backend.connection.closed:
+        if not backend.connection.closed:
             raise
+        if backend.started:  # (a migration's own loss is its own line: this one came after, as the run recorded)
+            raise bookkeeping_lock.lost_after_migrations(target.where, exc) from exc
         raise bookkeeping_lock.lost_before_migrations(target.where, exc, "before the first migration") from exc
 
 
