@@ -191,3 +191,65 @@ def test_url_options_naming_the_idle_bound_are_left_as_written(cli, db, sql_dir,
     result = cli("migrate", "--sql-dir", sql_dir, env={"DATABASE_URL": url})
     assert result.exit_code == 0, result.output
     assert idle_bound_seen(db) == [("600000",)]
+
+
+def advisory_locks(db) -> list[tuple]:
+    return db.query("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted")
+
+
+def test_a_silent_path_on_the_runs_own_session_ends_it_and_frees_the_migration_lock(cli, db, sql_dir, seeded, pg):
+    """attack23r 8: the run's own session (it holds the advisory migration lock, with no idle bound: it idles while
+    migrations run) cut off by a silent path, here at yoyo's log row after the file committed. Before: the line named
+    neither its session nor the lock, and the server kept the lock for as long as the proxy kept TCP open (every
+    later migrate waited on it, break-lock called the runner gone "a live runner")."""
+    stall = StallProxy(pg.host, pg.port, trigger=b'INSERT INTO "public"."_yoyo_log"')
+    try:
+        add_migration(sql_dir, "0002_b", "CREATE TABLE silent_b (id int);\n")
+        result = _in_thread(lambda: cli("migrate", "--sql-dir", sql_dir, env={**through(seeded, stall),
+                                                                              "DB_READ_TIMEOUT": "2"}), limit=60)
+        assert result is not None, "migrate hung behind the silent path"
+        assert stall.stalled == 1
+        line = one_error_line(result)
+        assert f"PostgreSQL at 127.0.0.1:{stall.port}/{db.name}: no answer within 2 s" in line, line
+        assert "it held the migration lock: the runner ended its session pid " in line, line
+        assert "its locks are released" in line, line
+        assert advisory_locks(db) == []  # (the proxy still keeps that session's TCP connection open)
+    finally:
+        stall.close()
+    again = cli("migrate", "--sql-dir", sql_dir, "--lock-timeout", "2", env=db.db_env())
+    assert again.exit_code == 0, again.output
+    assert applied(db) == [SEED, "0002_b"]
+
+
+class SilentFromThen(StallProxy):
+    """A StallProxy whose every connection after the stall is silent from the start (the whole path gone)."""
+
+    def _handle(self, client) -> None:
+        if not self.stalled:
+            return super()._handle(client)
+        self._held.append(client)
+        while client.recv(65536):
+            pass
+
+
+def test_a_silent_path_that_swallows_the_ending_too_names_the_pid_and_the_statement(cli, db, sql_dir, seeded, pg):
+    """Where the runner cannot reach the server at all any more (every new connection silent too), its line names
+    its own session's pid and the statement that frees the migration lock, to run from elsewhere."""
+    stall = SilentFromThen(pg.host, pg.port, trigger=b'INSERT INTO "public"."_yoyo_log"')
+    try:
+        add_migration(sql_dir, "0002_b", "CREATE TABLE silent_b (id int);\n")
+        result = _in_thread(lambda: cli("migrate", "--sql-dir", sql_dir, env={**through(seeded, stall),
+                                                                              "DB_READ_TIMEOUT": "2"}), limit=60)
+        assert result is not None, "migrate hung behind the silent path"
+        line = one_error_line(result)
+        (pid,) = advisory_locks(db)[0]  # (held: the proxy keeps its TCP connection open)
+        assert f"it held the migration lock: the runner could not end its session pid {pid} " in line, line
+        ending = line.split("end it now with `")[1].split("`")[0]
+        assert ending.startswith(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = {pid} AND "), line
+        db.query(ending)  # run from elsewhere, it frees the lock
+        deadline = time.monotonic() + 30
+        while advisory_locks(db):
+            assert time.monotonic() < deadline, "the migration lock stayed held"
+            time.sleep(0.1)
+    finally:
+        stall.close()

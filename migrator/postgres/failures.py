@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from migrator import durations, output
 from migrator.errors import MigratorError
@@ -24,12 +24,13 @@ from migrator.targets import PostgresTarget
 READ_TIMEOUT_ARG = "hcm_read_timeout"
 
 
-def guard_reads(connection, where: str, seconds: float) -> None:
+def guard_reads(connection, where: str, seconds: float, on_silent: Callable[[], str] | None = None) -> None:
     """Every statement on `connection` gets an answer within `seconds`, or fails in one line naming the server.
 
     libpq waits for an answer for ever, and neither keepalives nor tcp_user_timeout help when a proxy
     between goes silent after login (its kernel still acknowledges everything). The run's own connection
-    (bookkeeping and catalog reads, in migrate too); a migration's session has guard_session's bound."""
+    (bookkeeping and catalog reads, in migrate too); a migration's session has guard_session's bound.
+    `on_silent()`: what became of the session on the server once cut off (the run's own: cancel.own_session_ender)."""
     import psycopg2.extensions
 
     class GuardedCursor(psycopg2.extensions.cursor):
@@ -39,9 +40,10 @@ def guard_reads(connection, where: str, seconds: float) -> None:
                     return super().execute(query, vars)
                 except psycopg2.Error as exc:
                     if state["fired"]:
+                        ended = f"; {said}" if on_silent and (said := on_silent()) else ""
                         raise MigratorError(f"PostgreSQL at {where}: no answer within {seconds:g} s (the server, or a "
-                                            "proxy or network between, went silent); check the network path, or raise "
-                                            "DB_READ_TIMEOUT for slow catalog reads") from exc
+                                            f"proxy or network between, went silent){ended}; check the network path, "
+                                            "or raise DB_READ_TIMEOUT for slow catalog reads") from exc
                     raise
 
     connection.cursor_factory = GuardedCursor
