@@ -103,10 +103,7 @@ def own_session_ender(dburi, args: dict, connection, where: str) -> Callable[[],
     so the server would keep it for as long as the path keeps TCP open. Ends it from a new connection, in words."""
     from migrator import server_session
 
-    fields = {"host": dburi.hostname, "port": dburi.port, "dbname": dburi.database, "user": dburi.username,
-              "password": dburi.password}
-    params = {**{k: v for k, v in args.items() if k not in ("options", "schema")},
-              **{k: v for k, v in fields.items() if v}}
+    params = side_params(dburi, args)
 
     def end() -> str:
         session = server_session.known(connection)
@@ -153,3 +150,14 @@ def on_sigterm(session: Callable[[], object], cancel: Callable[[object], None] |
             cut.join(timeout=CANCEL_GRACE)
         if not thread.is_alive():  # (else its read would take a descriptor reused meanwhile)
             os.close(read_end)
+
+
+def side_params(dburi, args: dict) -> dict:
+    """psycopg2.connect keywords of a side connection to where yoyo's `dburi` (its connect `args`) goes: the same
+    server, user and TLS, none of the session's options but a search_path of pg_catalog alone."""
+    from migrator.postgres.session_options import CATALOG_ONLY
+
+    fields = {"host": dburi.hostname, "port": dburi.port, "dbname": dburi.database, "user": dburi.username,
+              "password": dburi.password}
+    return {**{k: v for k, v in args.items() if k not in ("options", "schema")},
+            **{k: v for k, v in fields.items() if v}, "options": CATALOG_ONLY}

@@ -31,7 +31,7 @@ from typing import Iterator
 
 from migrator import history_trust, output, pg_lock, pinned, server_session, trust, whoami
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import cancel, failures, tenant_mark
+from migrator.postgres import cancel, failures, liveness, tenant_mark
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads, guard_session, opened
 from migrator.postgres.tenant_mark import TENANT_MARK
 from migrator.tables import MIGRATION_TABLE
@@ -197,9 +197,9 @@ def backend_class():
             connection = opened(super().connect, dburi._replace(args=args))
             where = where_name(dburi.hostname or args.get("host") or "localhost", dburi.port, dburi.database)
             self.relied, self.where = server_session.wanted(args.get("options", "")), where  # (checked on first use)
-            if not self.guarded:
-                guard_session(connection, where, lambda cursor: server_session.first_read(connection, cursor,
-                                                                                          self.relied, where))
+            if not self.guarded:  # (a long wait's statement also looked at from a new connection: liveness.py)
+                first = functools.partial(server_session.first_read, connection, settings=self.relied, where=where)
+                guard_session(connection, where, first, liveness.watcher(dburi, args, connection, where))
             elif seconds:  # (cut off, it ends its own server session, which holds the migration lock: cancel.py)
                 guard_reads(connection, where, float(seconds), cancel.own_session_ender(dburi, args, connection, where))
             return connection
