@@ -183,6 +183,11 @@ def holding(connection, key: int) -> bool:
     return key in _holding.get(connection, ())
 
 
+def holds_any(connection) -> bool:
+    """Whether `connection`'s session holds a session-level advisory lock the run took (the migration lock)."""
+    return bool(_holding.get(connection))
+
+
 _rows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> the DELETE of the lock row it wrote
 
 
@@ -342,6 +347,11 @@ def check(connection, row, settings: dict[str, str], where: str, migration: bool
             "does not do: a transaction-mode pool runs each transaction on another server session)", USAGE)
     _known[connection] = ServerSession(pid, started)
     return _known[connection]
+
+
+def known(connection) -> ServerSession | None:
+    """`connection`'s session as read on it already (no statement sent: its path may be silent), else None."""
+    return _known.get(connection)
 
 
 def of(connection) -> ServerSession:

@@ -145,10 +145,9 @@ def test_sigterm_ends_a_runner_waiting_on_a_silent_path(db, sql_dir, seeded, pro
     assert "Traceback" not in err and "interrupted by SIGTERM" in err.splitlines()[-1], err
 
 
-def test_sigterm_on_a_silent_path_ends_the_session_and_its_lock(db, sql_dir, seeded, proxy):
-    """The cancel reaches a session idle in its transaction (its answer lost on the path): it would hold ACCESS
-    EXCLUSIVE until the server's idle bound (a try's: its lock bound + 3 s, made 33 s here so that the runner's own
-    end is what is seen); the runner ends it from its side connection and says so."""
+def sigtermed_in_the_stall(sql_dir, seeded, proxy) -> str:
+    """A real runner (the try's idle bound 33 s: --ddl-lock-timeout 30s) SIGTERMed once `proxy` stalled: its stderr,
+    once it exited 143."""
     add_migration(sql_dir, "0002_stall", STALLING)
     runner = stalled_runner(sql_dir, through(seeded, proxy), proxy,
                             launch="import sys; sys.argv[0] = 'runner.py'; import runner; runner.cli()",
@@ -159,6 +158,14 @@ def test_sigterm_on_a_silent_path_ends_the_session_and_its_lock(db, sql_dir, see
     finally:
         runner.kill()
     assert runner.returncode == 128 + signal.SIGTERM, err
+    return err
+
+
+def test_sigterm_on_a_silent_path_ends_the_session_and_its_lock(db, sql_dir, seeded, proxy):
+    """The cancel reaches a session idle in its transaction (its answer lost on the path): it would hold ACCESS
+    EXCLUSIVE until the server's idle bound (a try's: its lock bound + 3 s, made 33 s here so that the runner's own
+    end is what is seen); the runner ends it from its side connection and says so."""
+    err = sigtermed_in_the_stall(sql_dir, seeded, proxy)
     line = err.splitlines()[-1]
     assert "nothing of it was applied: the runner ended its session pid " in line, err
     assert "its transaction rolled back and its locks are released" in line, err
@@ -191,3 +198,96 @@ def test_url_options_naming_the_idle_bound_are_left_as_written(cli, db, sql_dir,
     result = cli("migrate", "--sql-dir", sql_dir, env={"DATABASE_URL": url})
     assert result.exit_code == 0, result.output
     assert idle_bound_seen(db) == [("600000",)]
+
+
+def advisory_locks(db) -> list[tuple]:
+    return db.query("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted")
+
+
+def cut_at_the_log_row(cli, sql_dir, seeded, stall) -> str:
+    """migrate (DB_READ_TIMEOUT 2 s) through `stall`, which stalls at yoyo's log row: its one error line."""
+    add_migration(sql_dir, "0002_b", "CREATE TABLE silent_b (id int);\n")
+    result = _in_thread(lambda: cli("migrate", "--sql-dir", sql_dir, env={**through(seeded, stall),
+                                                                          "DB_READ_TIMEOUT": "2"}), limit=60)
+    assert result is not None, "migrate hung behind the silent path"
+    return one_error_line(result)
+
+
+def test_a_silent_path_on_the_runs_own_session_ends_it_and_frees_the_migration_lock(cli, db, sql_dir, seeded, pg):
+    """attack23r 8: the run's own session (it holds the advisory migration lock, with no idle bound: it idles while
+    migrations run) cut off by a silent path, here at yoyo's log row after the file committed. Before: the line named
+    neither its session nor the lock, and the server kept the lock for as long as the proxy kept TCP open (every
+    later migrate waited on it, break-lock called the runner gone "a live runner")."""
+    stall = StallProxy(pg.host, pg.port, trigger=b'INSERT INTO "public"."_yoyo_log"')
+    try:
+        line = cut_at_the_log_row(cli, sql_dir, seeded, stall)
+        assert stall.stalled == 1
+        assert f"PostgreSQL at 127.0.0.1:{stall.port}/{db.name}: no answer within 2 s" in line, line
+        assert "it held the migration lock: the runner ended its session pid " in line, line
+        assert "its locks are released" in line, line
+        assert advisory_locks(db) == []  # (the proxy still keeps that session's TCP connection open)
+    finally:
+        stall.close()
+    again = cli("migrate", "--sql-dir", sql_dir, "--lock-timeout", "2", env=db.db_env())
+    assert again.exit_code == 0, again.output
+    assert applied(db) == [SEED, "0002_b"]
+
+
+class SilentFromThen(StallProxy):
+    """A StallProxy whose every connection after the stall is silent from the start (the whole path gone)."""
+
+    def _handle(self, client) -> None:
+        if not self.stalled:
+            return super()._handle(client)
+        self._held.append(client)
+        while client.recv(65536):
+            pass
+
+
+def test_a_silent_path_that_swallows_the_ending_too_names_the_pid_and_the_statement(cli, db, sql_dir, seeded, pg):
+    """Where the runner cannot reach the server at all any more (every new connection silent too), its line names
+    its own session's pid and the statement that frees the migration lock, to run from elsewhere."""
+    stall = SilentFromThen(pg.host, pg.port, trigger=b'INSERT INTO "public"."_yoyo_log"')
+    try:
+        line = cut_at_the_log_row(cli, sql_dir, seeded, stall)
+        (pid,) = advisory_locks(db)[0]  # (held: the proxy keeps its TCP connection open)
+        assert f"it held the migration lock: the runner could not end its session pid {pid} " in line, line
+        ending = line.split("end it now with `")[1].split("`")[0]
+        assert ending.startswith(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = {pid} AND "), line
+        db.query(ending)  # run from elsewhere, it frees the lock
+        deadline = time.monotonic() + 30
+        while advisory_locks(db):
+            assert time.monotonic() < deadline, "the migration lock stayed held"
+            time.sleep(0.1)
+    finally:
+        stall.close()
+
+
+def test_a_path_gone_silent_mid_file_ends_migrate_within_seconds_whatever_its_statement_timeout(cli, db, sql_dir,
+                                                                                                 seeded, proxy):
+    """attack23r 5: with the default statement_timeout (10 min) the client's only bound was 10 min + 30 s, while the
+    server had ended the try (its idle bound) within seconds. Now a new connection asks the server whether the session
+    still runs the statement: it does not, so the answer was lost, and migrate ends in one line within seconds."""
+    add_migration(sql_dir, "0002_stall", STALLING)
+    result = _in_thread(lambda: cli("migrate", "--sql-dir", sql_dir, env=through(seeded, proxy)), limit=60)
+    assert result is not None, "migrate waited on the silent path (its bound: statement_timeout + 30 s)"
+    assert proxy.stalled == 1
+    line = one_error_line(result)
+    assert "0002_stall.sql:2: no answer from PostgreSQL at 127.0.0.1:" in line and "went silent" in line, line
+    assert "although the server had " in line and "nothing of the file committed" in line, line
+    assert app_can_read(db)
+    assert applied(db) == [SEED]
+
+
+def test_sigterm_ends_a_runner_whose_whole_path_went_silent(db, sql_dir, seeded, pg):
+    """The cancel (a new connection) cannot reach the server either: libpq's wait is cut on the client side and the
+    run ends in its interrupted line, naming the session to end from elsewhere."""
+    stall = SilentFromThen(pg.host, pg.port)
+    try:
+        err = sigtermed_in_the_stall(sql_dir, seeded, stall)
+    finally:
+        stall.close()
+    line = err.splitlines()[-1]
+    assert "Traceback" not in err and "interrupted by SIGTERM" in line, err
+    assert "nothing of it was applied" in line and "end it now with `SELECT pg_terminate_backend(pid)" in line, err
+    assert applied(db) == [SEED]

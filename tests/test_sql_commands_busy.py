@@ -10,6 +10,7 @@ from conftest import SEED, add_migration, applied, ok, one_error_line
 from migrator.errors import LOCKED
 from test_bookkeeping_busy import HOLDER, locked
 from test_bookkeeping_holder import short_after_commit_wait  # noqa: F401 (autouse)
+from test_settings import _in_thread
 
 
 @pytest.mark.parametrize("table", ["_yoyo_migration", "_hcm_migration_checksum"])
@@ -46,3 +47,21 @@ def test_sql_rollback_on_a_locked_bookkeeping_table_says_one_line(cli, db, pg, s
     assert result.exit_code == LOCKED, result.output
     assert "unexpected" not in line and "rerun with -v" not in line, line
     assert f'"public"."{table}" waited longer than lock_timeout: held by pid {pid} ' in line, line
+
+
+def test_sql_accept_changes_on_a_locked_checksum_table_says_one_line(cli, db, pg, sql_dir):
+    """fix24ag low: accept-changes opened its connection without a lock timeout (as mark had): it waited unbounded."""
+    add_migration(sql_dir, "0002_x", "CREATE TABLE hx (id int);\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_x", "CREATE TABLE hx (id int); -- reviewed\n")
+    with locked(pg, db, "_hcm_migration_checksum", "EXCLUSIVE") as pid:
+        result = _in_thread(lambda: cli("sql", "accept-changes", "0002_x", "--sql-dir", sql_dir, env=db.db_env()),
+                            limit=60)
+    assert result is not None, "accept-changes waited for the lock without bound"
+    line = one_error_line(result)
+    assert result.exit_code == LOCKED, result.output
+    assert 'sql accept-changes on ' in line and "nothing was accepted" in line, line
+    assert f'bookkeeping table "public"."_hcm_migration_checksum" waited longer than lock_timeout: held by pid {pid} ' \
+        in line, line
+    assert "run `runner.py sql accept-changes 0002_x` again" in line, line
+    ok(cli("sql", "accept-changes", "0002_x", "--sql-dir", sql_dir, env=db.db_env()))

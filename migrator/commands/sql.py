@@ -68,15 +68,27 @@ def accept_changes(settings: CommandSettings, ids: list[str]) -> reports.Counted
 
     migrations = postgres.read_migrations(settings.sql_dir)
     selected = postgres.select_by_id(migrations, ids)
-    with locked_backend(settings) as (backend, target):
+    with locked_backend(settings, settings.limits()) as (backend, target):  # (its writes bounded by lock_timeout)
         applied = postgres.applied_ids(backend, migrations)
         not_applied = [m.id for m in selected if m.id not in applied]
         if not_applied:
             raise MigratorError(f"{', '.join(not_applied)} not applied on {target.where}: nothing to accept "
                                 "(a pending file may change freely)", USAGE)
-        changes = checksums.accept(backend, selected)
-        if flyway.is_flyway(selected):  # Flyway's table too (as `flyway repair` realigns checksums)
-            history.accept(backend, selected)
+        try:
+            changes = checksums.accept(backend, selected)
+            if flyway.is_flyway(selected):  # Flyway's table too (as `flyway repair` realigns checksums)
+                history.accept(backend, selected)
+        except Exception as exc:  # a bookkeeping table another session holds: one line, as mark's
+            from migrator.postgres import bookkeeping_busy
+
+            ids, table = " ".join(m.id for m in selected), bookkeeping_busy.table(exc, backend.bookkeeping_schema,
+                                                                                 backend.flyway_table)
+            if table is None:
+                raise
+            raise bookkeeping_busy.error(backend.connection, table, f"sql accept-changes on {target.where}",
+                                         "nothing was accepted (its transaction rolled back)",
+                                         f"run `runner.py sql accept-changes {ids}` again once that session has let go"
+                                         ) from exc
     return reports.CountedLines([f"  accepted {c.id}: sha256 {c.current[:12]} (was {c.recorded[:12] or 'nothing'})"
                                  for c in changes], len(changes))
 

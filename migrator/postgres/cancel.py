@@ -59,7 +59,8 @@ def by_pid(params: dict, session, where: str) -> None:
 _OURS = "FROM pg_catalog.pg_stat_activity WHERE pid = %s AND backend_start = %s AND usename = current_user"
 
 
-def end_session(params: dict, session, where: str, in_transaction: bool) -> str:
+def end_session(params: dict, session, where: str, in_transaction: bool,
+                until: str = "at most its idle_in_transaction_session_timeout") -> str:
     """End the runner's own migration `session` (server_session.ServerSession) on the server from a new connection
     (`params`): cut off by a silent path, it idles in its transaction holding its locks until the server's idle bound
     (a cancel does nothing to an idle session; the same role may terminate it). What became of it, in words: "ended"
@@ -93,7 +94,24 @@ def end_session(params: dict, session, where: str, in_transaction: bool) -> str:
         return (f"its session pid {session.pid} had already left the server (no session of that pid and start): "
                 f"{rolled}its locks are released")
     return (f"the runner could not end its session pid {session.pid} on the server: its locks stay until the server "
-            f"notices it gone (at most its idle_in_transaction_session_timeout); end it now with `{session.ending()}`")
+            f"notices it gone ({until}); end it now with `{session.ending()}`")
+
+
+def own_session_ender(dburi, args: dict, connection, where: str) -> Callable[[], str]:
+    """For the run's own session (yoyo's `dburi`, its connect `args`), cut off by a silent path (failures.guard_reads):
+    it holds the migration lock with no idle bound (session_options.NO_IDLE_TIMEOUTS: it idles while migrations run),
+    so the server would keep it for as long as the path keeps TCP open. Ends it from a new connection, in words."""
+    from migrator import server_session
+
+    params = side_params(dburi, args)
+
+    def end() -> str:
+        session = server_session.known(connection)
+        if session is None or not server_session.holds_any(connection):  # (nothing of the run's to free)
+            return ""
+        return "it held the migration lock: " + end_session(
+            params, session, where, False, "its TCP keepalives; never while a proxy keeps the connection open")
+    return end
 
 
 @contextmanager
@@ -132,3 +150,14 @@ def on_sigterm(session: Callable[[], object], cancel: Callable[[object], None] |
             cut.join(timeout=CANCEL_GRACE)
         if not thread.is_alive():  # (else its read would take a descriptor reused meanwhile)
             os.close(read_end)
+
+
+def side_params(dburi, args: dict) -> dict:
+    """psycopg2.connect keywords of a side connection to where yoyo's `dburi` (its connect `args`) goes: the same
+    server, user and TLS, none of the session's options but a search_path of pg_catalog alone."""
+    from migrator.postgres.session_options import CATALOG_ONLY
+
+    fields = {"host": dburi.hostname, "port": dburi.port, "dbname": dburi.database, "user": dburi.username,
+              "password": dburi.password}
+    return {**{k: v for k, v in args.items() if k not in ("options", "schema")},
+            **{k: v for k, v in fields.items() if v}, "options": CATALOG_ONLY}

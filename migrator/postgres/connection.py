@@ -31,14 +31,14 @@ from typing import Iterator
 
 from migrator import history_trust, output, pg_lock, pinned, server_session, trust, whoami
 from migrator.errors import USAGE, MigratorError
-from migrator.postgres import failures, tenant_mark
+from migrator.postgres import cancel, failures, liveness, tenant_mark
 from migrator.postgres.failures import READ_TIMEOUT_ARG, connection_error, guard_reads, guard_session, opened
 from migrator.postgres.tenant_mark import TENANT_MARK
 from migrator.tables import MIGRATION_TABLE
 from migrator.targets import DdlLimits, PostgresTarget, where_name
 
 from migrator.postgres.session_options import (CATALOG_ONLY, CLIENT_CHECK, CONNECT_PARAMS, NO_IDLE_TIMEOUTS,  # noqa: F401
-                                                READ_ONLY, migration_idle_bound)
+                                                READ_ONLY, SERVER_KEEPALIVES, migration_idle_bound)
 
 # The run's own connection first returns to the user it logged in as (a database or role default
 # `SET role = ...` would otherwise apply), then pins search_path to where the runner's tables are.
@@ -139,7 +139,7 @@ def watcher_params(target: PostgresTarget, application_name: str) -> dict:
 
 def session_url(target: PostgresTarget, read_only: bool, limits: DdlLimits | None) -> str:
     params = {**CONNECT_PARAMS, **target.params}
-    settings = [params.get("options", ""), CLIENT_CHECK, NO_IDLE_TIMEOUTS]
+    settings = [params.get("options", ""), CLIENT_CHECK, NO_IDLE_TIMEOUTS, SERVER_KEEPALIVES]
     if read_only:
         settings.append(READ_ONLY)
     if target.read_timeout:  # the run's own statements (bookkeeping, catalogs); never a migration's (connect)
@@ -197,11 +197,11 @@ def backend_class():
             connection = opened(super().connect, dburi._replace(args=args))
             where = where_name(dburi.hostname or args.get("host") or "localhost", dburi.port, dburi.database)
             self.relied, self.where = server_session.wanted(args.get("options", "")), where  # (checked on first use)
-            if not self.guarded:
-                guard_session(connection, where, lambda cursor: server_session.first_read(connection, cursor,
-                                                                                          self.relied, where))
-            elif seconds:
-                guard_reads(connection, where, float(seconds))
+            if not self.guarded:  # (a long wait's statement also looked at from a new connection: liveness.py)
+                first = functools.partial(server_session.first_read, connection, settings=self.relied, where=where)
+                guard_session(connection, where, first, liveness.watcher(dburi, args, connection, where))
+            elif seconds:  # (cut off, it ends its own server session, which holds the migration lock: cancel.py)
+                guard_reads(connection, where, float(seconds), cancel.own_session_ender(dburi, args, connection, where))
             return connection
 
         def init_connection(self, connection):

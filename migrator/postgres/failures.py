@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from migrator import durations, output
 from migrator.errors import MigratorError
@@ -24,12 +24,13 @@ from migrator.targets import PostgresTarget
 READ_TIMEOUT_ARG = "hcm_read_timeout"
 
 
-def guard_reads(connection, where: str, seconds: float) -> None:
+def guard_reads(connection, where: str, seconds: float, on_silent: Callable[[], str] | None = None) -> None:
     """Every statement on `connection` gets an answer within `seconds`, or fails in one line naming the server.
 
     libpq waits for an answer for ever, and neither keepalives nor tcp_user_timeout help when a proxy
     between goes silent after login (its kernel still acknowledges everything). The run's own connection
-    (bookkeeping and catalog reads, in migrate too); a migration's session has guard_session's bound."""
+    (bookkeeping and catalog reads, in migrate too); a migration's session has guard_session's bound.
+    `on_silent()`: what became of the session on the server once cut off (the run's own: cancel.own_session_ender)."""
     import psycopg2.extensions
 
     class GuardedCursor(psycopg2.extensions.cursor):
@@ -39,9 +40,10 @@ def guard_reads(connection, where: str, seconds: float) -> None:
                     return super().execute(query, vars)
                 except psycopg2.Error as exc:
                     if state["fired"]:
+                        ended = f"; {said}" if on_silent and (said := on_silent()) else ""
                         raise MigratorError(f"PostgreSQL at {where}: no answer within {seconds:g} s (the server, or a "
-                                            "proxy or network between, went silent); check the network path, or raise "
-                                            "DB_READ_TIMEOUT for slow catalog reads") from exc
+                                            f"proxy or network between, went silent){ended}; check the network path, "
+                                            "or raise DB_READ_TIMEOUT for slow catalog reads") from exc
                     raise
 
     connection.cursor_factory = GuardedCursor
@@ -53,11 +55,11 @@ def answered_within(connection, seconds: float | None) -> Iterator[dict]:
 
     The watchdog shuts the socket down (a dup of libpq's descriptor, so libpq's own stays valid): libpq's wait ends
     with "server closed the connection"."""
-    state = {"done": False, "fired": False}
+    lock = threading.Lock()  # the timer never shuts a socket whose statement has already returned
+    state = {"done": False, "fired": False, "lock": lock}  # (liveness.watched shares the lock)
     if seconds is None:
         yield state
         return
-    lock = threading.Lock()  # the timer never shuts a socket whose statement has already returned
 
     def fire() -> None:
         with lock:
@@ -199,11 +201,16 @@ _MAY_SET_TIMEOUT = re.compile(r"statement_timeout|set_config|^\s*(DO|CALL|RESET|
                               re.IGNORECASE | re.MULTILINE)
 
 
-def guard_session(connection, where: str, first=None) -> None:
+def guard_session(connection, where: str, first=None, watch=None) -> None:
     """A migration's session: each statement gets an answer within the session's statement_timeout plus
     ANSWER_MARGIN, else NoAnswer (one line). No bound while statement_timeout is 0: the server never ends the
     statement, so no wait is known to be too long (the server-side idle_in_transaction bound still frees locks).
-    `first(cursor)`: the session's first read (server_session.first_read), its statement_timeout as shown."""
+    `first(cursor)`: the session's first read (server_session.first_read), its statement_timeout as shown.
+    `watch(state)`: a context around each wait (liveness.py): it asks the server from a new connection whether the
+    session still runs the statement, and sets state["ended"] and shuts the socket once it does not: a silent path,
+    NoAnswer within seconds whatever the bound."""
+    import contextlib
+
     import psycopg2.extensions
 
     bound = {"seconds": None}
@@ -227,10 +234,13 @@ def guard_session(connection, where: str, first=None) -> None:
     class SessionCursor(psycopg2.extensions.cursor):
         def execute(self, query, vars=None):
             seconds = bound["seconds"]
-            with answered_within(connection, seconds) as state:
+            with answered_within(connection, seconds) as state, (watch or contextlib.nullcontext)(state):
                 try:
                     result = super().execute(query, vars)
                 except psycopg2.Error as exc:
+                    if state.get("ended"):  # (the server ended the statement: its answer was lost on the way)
+                        raise NoAnswer(f"no answer from PostgreSQL at {where} although {state['ended']} (a proxy or "
+                                       "network between went silent, keeping the connection open)") from exc
                     if state["fired"]:
                         raise NoAnswer(silent(where, seconds)) from exc
                     raise

@@ -41,7 +41,8 @@ IDLE_IN_TRANSACTION_FLOOR = 600.0
 # the session's) to its lock bound plus this margin (a loaded pod's pauses), and the server ends such a try.
 IDLE_IN_TRY_MARGIN = 3.0
 # And a peer gone from the network is noticed by the server too (the client's keepalives are the client's side):
-# server-side TCP keepalives and tcp_user_timeout for a migration's session (a Unix socket ignores them).
+# server-side TCP keepalives and tcp_user_timeout for the run's own session (it holds the migration lock, with no idle
+# bound: see NO_IDLE_TIMEOUTS) and each migration's, which copies its options (a Unix socket ignores them).
 SERVER_KEEPALIVES = ("-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3 "
                      "-c tcp_user_timeout=60000")
 
@@ -61,7 +62,7 @@ def migration_idle_bound(options: str, bookkeeping_wait: float, backoff: float) 
     """`options` and, after them (a later -c wins; the user's own text is left as written), a migration session's
     idle_in_transaction_session_timeout instead of NO_IDLE_TIMEOUTS' 0: `bookkeeping_wait` (the run's
     --lock-timeout) and `backoff` (a retry's longest wait) with room to spare, at most PostgreSQL's int (a try
-    sets a short one of its own: idle_in_try_ms); and the server-side keepalives."""
+    sets a short one of its own: idle_in_try_ms). (The server-side keepalives come with the run's options.)"""
     seconds = max(IDLE_IN_TRANSACTION_FLOOR, 3 * bookkeeping_wait + 2 * backoff)
-    bound = f"-c idle_in_transaction_session_timeout={min(round(seconds * 1000), PG_INT_MAX)}ms {SERVER_KEEPALIVES}"
+    bound = f"-c idle_in_transaction_session_timeout={min(round(seconds * 1000), PG_INT_MAX)}ms"
     return f"{options} {bound}" if options else bound
