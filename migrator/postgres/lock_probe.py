@@ -84,7 +84,8 @@ class Probe:
     migration connection's own cancel request (libpq's, which needs no session slot), or the runner ends the try
     before its next statement (raise_blind_spent), as a lock timeout: it never stalls the application longer than
     when seen, at the cost of retrying such a try that was merely slow. Left alone: a try of harmless statements
-    only, a backfill's batches (each a try the probe watches), CONCURRENTLY statements and VALIDATE CONSTRAINT."""
+    only, CONCURRENTLY index builds and a VALIDATE CONSTRAINT running no user code; a backfill's batches are each
+    a try of their own (batch_started)."""
 
     def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
                  floor: float = 0.0, cancel=None, status=None):
@@ -142,6 +143,11 @@ class Probe:
                 self._since = None
             if self._status is not None and self._status() == IDLE:  # committed (autocommit): nothing held now
                 self._held_since = self._locked_since = None
+
+    def batch_started(self) -> None:
+        """A backfill's batch starts: the blind clock runs from here (the batches before it committed)."""
+        if self._locked_since is not None:
+            self._locked_since = time.monotonic()
 
     def clock_running(self) -> bool:
         """The try's blind clock has started (a statement not known harmless ran in its open transaction)."""

@@ -1,0 +1,105 @@
+"""Issue 24, attack24q: what the blind probe's judge (clock_bound.Judge) takes for harmless, asked on a live
+connection as running.py asks it (judged just before a statement runs, told after it ran). Each case below was
+taken for harmless before, though it runs user code or hands the application a table it uses."""
+
+import pytest
+
+from conftest import add_migration, applied, one_error_line
+from migrator.postgres.clock_bound import Judge
+from test_live_traffic_parse import blind_run
+from test_progress_attack import limited_role  # noqa: F401 (a fixture)
+
+USER_CHECK = ("CREATE FUNCTION ok(text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RETURN true; END $$;\n"
+              "CREATE DOMAIN code AS text CHECK (ok(VALUE));\n")
+
+
+def judged(conn, *statements) -> bool:
+    """Runs every statement but the last through the judge (autocommit, each its own try); returns whether the last
+    starts the clock."""
+    judge = Judge(conn, {})
+    for text in statements[:-1]:
+        judge.bounded(text)
+        with conn.cursor() as cursor:
+            cursor.execute(text)
+        judge.ran(text)
+    return judge.bounded(statements[-1])
+
+
+@pytest.fixture
+def conn(pg, db):
+    with pg.connect(db.name) as connection:
+        yield connection
+
+
+@pytest.mark.parametrize("setup,statement", [
+    # 1: a DEFAULT coerced to a domain runs the domain's CHECK
+    (USER_CHECK + "CREATE TABLE seed (c text DEFAULT ('x'::code)::text);", "INSERT INTO seed DEFAULT VALUES;"),
+    (USER_CHECK + "CREATE TABLE seed (c code);", "INSERT INTO seed VALUES ('x');"),
+    # 5: REFRESH ... CONCURRENTLY runs the view's query
+    ("CREATE FUNCTION n() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;\n"
+     "CREATE MATERIALIZED VIEW mv AS SELECT n() AS n;\nCREATE UNIQUE INDEX ON mv (n);",
+     "REFRESH MATERIALIZED VIEW CONCURRENTLY mv;"),
+    # 2: VALIDATE of a CHECK calling a function of the database's own
+    (USER_CHECK + "CREATE TABLE t (c text);\nALTER TABLE t ADD CONSTRAINT k CHECK (ok(c)) NOT VALID;",
+     "ALTER TABLE t VALIDATE CONSTRAINT k;"),
+    # 9: a table made in the run renamed (or moved) to a name the application uses: the application's now
+    ("CREATE TABLE kind_new (code text PRIMARY KEY);\nALTER TABLE kind_new RENAME TO kind;",
+     "INSERT INTO kind VALUES ('a');"),
+    ("CREATE SCHEMA s2;\nCREATE TABLE lk (code text);\nALTER TABLE lk SET SCHEMA s2;",
+     "INSERT INTO s2.lk VALUES ('a');"),
+], ids=["domain-default", "domain-column", "refresh-concurrently", "validate-user-check", "renamed", "set-schema"])
+def test_the_blind_judge_bounds_what_runs_user_code_or_is_the_applications(conn, setup, statement):
+    assert judged(conn, *[s for s in setup.split(";\n") if s.strip()], statement)
+
+
+@pytest.mark.parametrize("setup,statement", [
+    ("CREATE TABLE t (c text);\nALTER TABLE t ADD CONSTRAINT k CHECK (length(c) > 0 AND c IS NOT NULL) NOT VALID;",
+     "ALTER TABLE t VALIDATE CONSTRAINT k;"),
+    ("CREATE TABLE p (id int PRIMARY KEY);\nCREATE TABLE t (p int);\n"
+     "ALTER TABLE t ADD CONSTRAINT k FOREIGN KEY (p) REFERENCES p NOT VALID;", "ALTER TABLE t VALIDATE CONSTRAINT k;"),
+    ("CREATE TABLE seed (c text);", "INSERT INTO seed VALUES ('x');"),
+], ids=["validate-builtin-check", "validate-foreign-key", "constants"])
+def test_the_blind_judge_still_leaves_harmless_statements_off_the_clock(conn, setup, statement):
+    assert not judged(conn, *[s for s in setup.split(";\n") if s.strip()], statement)
+
+
+def test_the_blind_judge_bounds_constants_when_the_session_reads_backslashes_as_escapes(conn):
+    """3: with standard_conforming_strings off (the database's or role's setting, or a SET), the server may split a
+    text pglast reads as one INSERT of constants into several statements: nothing is harmless then."""
+    with conn.cursor() as cursor:
+        cursor.execute("SET standard_conforming_strings = off")
+    assert judged(conn, "CREATE TABLE seed (a text, b text)", "INSERT INTO seed VALUES ('a', 'b');")
+
+
+def backfill(per_row: float) -> str:
+    """A backfill of t_bf's 8 rows, 2 a batch, each row `per_row` seconds."""
+    return ("-- transactional: false\n-- backfill: batch\n"
+            "UPDATE t_bf SET v = 1 WHERE id IN (SELECT id FROM t_bf WHERE v IS NULL "
+            f"AND pg_catalog.pg_sleep({per_row}) IS NOT NULL LIMIT 2);\n")
+
+
+def backfill_run(cli, make_db, limited_role, sql_dir, pg):
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    db.query(f"SET ROLE {limited_role}; CREATE TABLE t_bf (id int PRIMARY KEY, v int); "
+             "INSERT INTO t_bf SELECT g FROM generate_series(1, 8) g")
+    return db, migrate
+
+
+def test_a_blind_probe_bounds_each_backfill_batch_by_the_clock(cli, make_db, limited_role, sql_dir, pg):
+    """4: blind, a `-- backfill: batch` batch ran on no clock at all (a 100,000-row batch stalled the app 2.8 s):
+    each batch is a try of its own, ended past the bound; the batches before it stay committed."""
+    db, migrate = backfill_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_bf", backfill(0.5))
+    line = one_error_line(migrate("--lock-retry-budget", "1s"))
+    assert "0002_bf.sql:3:" in line and "the lock probe was blind" in line, line
+    assert applied(db)[-1] != "0002_bf"
+    assert db.query("SELECT count(*) FROM t_bf WHERE v IS NULL") == [(8,)]
+
+
+def test_a_blind_probe_leaves_short_backfill_batches_alone_however_many(cli, make_db, limited_role, sql_dir, pg):
+    """Each batch's clock starts with it: 5 batches of 0.1 s (longer than the bound together) apply."""
+    db, migrate = backfill_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_bf", backfill(0.05))
+    result = migrate("--lock-retry-budget", "1s")
+    assert result.exit_code == 0 and "ended by the runner" not in result.stderr, result.output
+    assert db.query("SELECT count(*) FROM t_bf WHERE v IS NULL") == [(0,)]
