@@ -1,11 +1,14 @@
 """Issue 24, attack24q: what the blind probe's judge (clock_bound.Judge) takes for harmless, asked on a live
-connection as running.py asks it (judged just before a statement runs, told after it ran). Each case below was
-taken for harmless before, though it runs user code or hands the application a table it uses."""
+connection as running.py asks it (judged just before a statement runs, told after it ran): each case below was
+taken for harmless before, though it runs user code or hands the application a table it uses. Then a backfill's
+batches (blind) and a CONCURRENTLY build running user code (seeing): neither was bounded."""
 
 import pytest
 
 from conftest import add_migration, applied, one_error_line
 from migrator.postgres.clock_bound import Judge
+from test_live_traffic import seeded  # noqa: F401 (a fixture)
+from test_live_traffic_held import HOLDING, App, app_table
 from test_live_traffic_parse import blind_run
 from test_progress_attack import limited_role  # noqa: F401 (a fixture)
 
@@ -103,3 +106,23 @@ def test_a_blind_probe_leaves_short_backfill_batches_alone_however_many(cli, mak
     result = migrate("--lock-retry-budget", "1s")
     assert result.exit_code == 0 and "ended by the runner" not in result.stderr, result.output
     assert db.query("SELECT count(*) FROM t_bf WHERE v IS NULL") == [(0,)]
+
+
+def test_a_concurrent_build_whose_expression_locks_what_the_app_waits_on_is_ended(cli, db, sql_dir, seeded):
+    """6 (seeing): CREATE INDEX CONCURRENTLY on an expression runs its functions per row; one (labelled IMMUTABLE)
+    calling code that locks t_app held the app's INSERT for the build's whole life, exit 0: its holds are watched."""
+    app_table(db)
+    db.query("CREATE TABLE t_idx (v int); INSERT INTO t_idx VALUES (1);"
+             "CREATE FUNCTION touch() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+             "LOCK TABLE public.t_app IN SHARE MODE; PERFORM pg_catalog.pg_sleep(15); RETURN 1; END $$;"
+             "CREATE FUNCTION norm(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN "
+             "PERFORM public.touch(); RETURN $1; END $$")
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\n"
+                                       "CREATE INDEX CONCURRENTLY i_norm ON t_idx (norm(v));\n")
+    app = App(db, ready=HOLDING.replace("AccessExclusiveLock", "ShareLock"), query="INSERT INTO t_app VALUES (3)")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    app.join()
+    assert app.error is None and app.rows == 1  # its wait ended long before the build's sleep could have
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "0002_idx.sql:2: failed to apply" in line and "held" in line, line
+    assert applied(db)[-1] != "0002_idx"

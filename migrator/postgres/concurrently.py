@@ -49,6 +49,15 @@ def is_concurrent(text: str) -> bool:
     return bool(_parsed(text))  # the parse tree, never the word: a comment or a literal may say it
 
 
+def runs_code(text: str) -> bool:
+    """A CREATE INDEX CONCURRENTLY on an expression, with a predicate or an explicit operator class: it runs
+    functions per row (one labelled IMMUTABLE may still lock what the application waits on)."""
+    from pglast import ast
+
+    return any(isinstance(tree, ast.IndexStmt) and (tree.whereClause is not None or any(
+        param.expr is not None or param.opclass for param in tree.indexParams or ())) for tree in _parsed(text))
+
+
 def is_drop(text: str) -> bool:
     """A DROP INDEX CONCURRENTLY (interrupted, it leaves the index INVALID; run again, it finishes the drop)."""
     from pglast import ast

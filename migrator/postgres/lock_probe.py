@@ -126,7 +126,7 @@ class Probe:
         self._first = started != self._try
         if self._first:
             self._waited, self._held_since, self.overheld, self._locked_since = 0.0, None, None, None
-        if held and bounded and self._held_since is None:
+        if held and self._held_since is None:  # (a build running code is watched though never bounded)
             self._held_since = now  # (kept by a transaction to its end)
         if clock_bound and bounded and self._locked_since is None:  # (`calls` too)
             self._locked_since = now  # (blind: the clock runs from here to the COMMIT, whatever runs meanwhile)

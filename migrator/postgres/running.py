@@ -34,7 +34,7 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
                                                       or judge.bounded(statement.text, probe.clock_running())))
     # (what it holds watched, whatever it is: a SELECT of a function or an INSERT firing a trigger may run DDL; a
     # backfill's batches too, each commits: a try of its own, whose row locks the app's writes may wait on)
-    held = not concurrent
+    held = not concurrent or concurrently.runs_code(statement.text)  # (a build's functions may lock: attack24q 6)
     calls = clock and clock_bound.query(statement.text)
     with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls) \
             if probe is not None else contextlib.nullcontext():
