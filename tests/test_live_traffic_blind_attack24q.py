@@ -9,6 +9,7 @@ from conftest import add_migration, applied, one_error_line
 from migrator.postgres.clock_bound import Judge
 from test_live_traffic import seeded  # noqa: F401 (a fixture)
 from test_live_traffic_held import HOLDING, App, app_table
+from test_live_traffic_blind_whitelist import inserts
 from test_live_traffic_parse import blind_run
 from test_progress_attack import limited_role  # noqa: F401 (a fixture)
 
@@ -126,3 +127,28 @@ def test_a_concurrent_build_whose_expression_locks_what_the_app_waits_on_is_ende
     line = one_error_line(result)
     assert result.exit_code == 1 and "0002_idx.sql:2: failed to apply" in line and "held" in line, line
     assert applied(db)[-1] != "0002_idx"
+
+
+def test_a_blind_probe_keeps_the_clock_running_while_the_session_holds_an_advisory_lock(cli, make_db, limited_role,
+                                                                                       sql_dir, pg):
+    """7: a session-level advisory lock taken by a short statement is held across the file's later tries (the app's
+    jobs wait on it); blind, the clock reset as each try committed, so a long try of harmless INSERTs ran on, exit 0.
+    It runs on until the lock is released."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_lock", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
+                                        "CREATE TABLE t_made (id int);\nBEGIN;\n" + inserts("t_made", note=False)
+                  + "COMMIT;\nSELECT pg_catalog.pg_advisory_unlock(4242);\n")
+    line = one_error_line(migrate("--lock-retry-budget", "1s"))
+    assert "0002_lock.sql:" in line and "the lock probe was blind" in line, line
+    assert applied(db)[-1] != "0002_lock"
+
+
+def test_a_blind_probe_lets_the_clock_reset_once_the_advisory_lock_is_released(cli, make_db, limited_role, sql_dir,
+                                                                               pg):
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_lock", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
+                                        "SELECT pg_catalog.pg_advisory_unlock(4242);\nCREATE TABLE t_made (id int);\n"
+                                        "BEGIN;\n" + inserts("t_made", note=False) + "COMMIT;\n")
+    result = migrate("--lock-retry-budget", "1s")
+    assert result.exit_code == 0 and "ended by the runner" not in result.stderr, result.output
+    assert applied(db)[-1] == "0002_lock"
