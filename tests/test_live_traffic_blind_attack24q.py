@@ -39,6 +39,7 @@ def conn(pg, db):
     # 1: a DEFAULT coerced to a domain runs the domain's CHECK
     (USER_CHECK + "CREATE TABLE seed (c text DEFAULT ('x'::code)::text);", "INSERT INTO seed DEFAULT VALUES;"),
     (USER_CHECK + "CREATE TABLE seed (c code);", "INSERT INTO seed VALUES ('x');"),
+    (USER_CHECK + "CREATE TABLE seed (c text);", "INSERT INTO seed VALUES ('x'::code);"),  # a cast to it
     # 5: REFRESH ... CONCURRENTLY runs the view's query
     ("CREATE FUNCTION n() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;\n"
      "CREATE MATERIALIZED VIEW mv AS SELECT n() AS n;\nCREATE UNIQUE INDEX ON mv (n);",
@@ -51,7 +52,7 @@ def conn(pg, db):
      "INSERT INTO kind VALUES ('a');"),
     ("CREATE SCHEMA s2;\nCREATE TABLE lk (code text);\nALTER TABLE lk SET SCHEMA s2;",
      "INSERT INTO s2.lk VALUES ('a');"),
-], ids=["domain-default", "domain-column", "refresh-concurrently", "validate-user-check", "renamed", "set-schema"])
+], ids=["domain-default", "domain-column", "domain-cast", "refresh-concurrently", "validate-user-check", "renamed", "set-schema"])
 def test_the_blind_judge_bounds_what_runs_user_code_or_is_the_applications(conn, setup, statement):
     assert judged(conn, *[s for s in setup.split(";\n") if s.strip()], statement)
 
@@ -62,7 +63,11 @@ def test_the_blind_judge_bounds_what_runs_user_code_or_is_the_applications(conn,
     ("CREATE TABLE p (id int PRIMARY KEY);\nCREATE TABLE t (p int);\n"
      "ALTER TABLE t ADD CONSTRAINT k FOREIGN KEY (p) REFERENCES p NOT VALID;", "ALTER TABLE t VALIDATE CONSTRAINT k;"),
     ("CREATE TABLE seed (c text);", "INSERT INTO seed VALUES ('x');"),
-], ids=["validate-builtin-check", "validate-foreign-key", "constants"])
+    # 10: the common seeds that were ended for nothing
+    ("CREATE TABLE kind (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), at timestamptz DEFAULT clock_timestamp(), "
+     "since date, doc jsonb, note text)", "INSERT INTO kind (since, doc, note) VALUES ('2024-01-01'::date, "
+     "'{\"a\": 1}'::jsonb, CAST('a' AS text)), (DATE '2024-01-02', '{}', 'b'::text);"),
+], ids=["validate-builtin-check", "validate-foreign-key", "constants", "builtin-defaults-and-casts"])
 def test_the_blind_judge_still_leaves_harmless_statements_off_the_clock(conn, setup, statement):
     assert not judged(conn, *[s for s in setup.split(";\n") if s.strip()], statement)
 

@@ -14,13 +14,14 @@ one statement into several); else:
 - while the database has no enabled event trigger (it runs user code on any DDL): a CREATE TABLE that is no
   partition, inherits nothing, references no table and copies none (LIKE); CREATE FUNCTION / PROCEDURE, SEQUENCE
   (not OWNED BY), enum TYPE, an empty CREATE SCHEMA (catalog rows only: nobody waits on them);
-- an INSERT ... VALUES of constants (literals, NULL, DEFAULT, a literal cast to a pg_catalog type; no ON CONFLICT,
-  RETURNING, WITH, sub-select, function or operator) into a table this run created (by its oid, so a same-named
+- an INSERT ... VALUES of constants (literals, NULL, DEFAULT, a literal cast to a built-in base type, as the
+  session resolves its name; no ON CONFLICT, RETURNING, WITH, sub-select, function or operator) into a table this run created (by its oid, so a same-named
   table in another schema does not stand in for it; and under the name it was made with: one renamed or moved
   since, a swap into the application's name, is the application's) that, as the catalog says just before (whatever
   made it so, a DO block's EXECUTE included), is a plain heap table of built-in or enum columns with no trigger, rule,
   row security, CHECK, exclusion or foreign key, expression or partial index, nor a DEFAULT calling anything but
-  nextval, now() and built-in casts, nor coercing to a domain (a row of it locks nothing an application uses:
+  nextval, now(), gen_random_uuid(), clock_timestamp() (and the like: built-in, locking nothing) and built-in
+  casts, nor coercing to a domain (a row of it locks nothing an application uses:
   nobody else knows the table).
 
 Anything else (any query, any UPDATE/DELETE/MERGE, DDL on any table, DO, CALL, LOCK, an INSERT into an existing
@@ -66,7 +67,9 @@ _TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispa
                         WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
                           WHERE p.oid OPERATOR(pg_catalog.=) f.m[1]::pg_catalog.oid
                             AND p.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
-                            AND (p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['nextval', 'now']::pg_catalog.name[])
+                            AND (p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['nextval', 'now', 'gen_random_uuid',
+                              'uuidv4', 'uuidv7', 'clock_timestamp', 'statement_timestamp', 'transaction_timestamp',
+                              'random']::pg_catalog.name[])
                               OR EXISTS (SELECT FROM pg_catalog.pg_cast s
                                          WHERE s.castfunc OPERATOR(pg_catalog.=) p.oid))))))
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_cast s WHERE s.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
@@ -96,6 +99,13 @@ _VALIDATE = """SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k
                    SELECT FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) f.m[2]::pg_catalog.oid
                      AND p.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
                      AND p.provolatile OPERATOR(pg_catalog.=) 'i'))))"""
+
+# Whether every type a constant is cast to by an unqualified name is, as the session resolves it, a built-in base
+# type (a domain's CHECK, or a planted type's input function, is user code).
+_BUILTIN_TYPES = """SELECT COALESCE(pg_catalog.bool_and(COALESCE(t.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
+    AND t.typtype OPERATOR(pg_catalog.=) 'b', false)), true)
+  FROM pg_catalog.unnest(%s::pg_catalog.text[]) n(name)
+  LEFT JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) pg_catalog.to_regtype(n.name)"""
 
 # Whether the session reads a backslash in a plain literal as a literal (pglast parses so; off, the server may split
 # what pglast reads as one INSERT of constants into several statements).
@@ -134,7 +144,7 @@ class Judge:
         if kind == "catalog":
             return not self._has_event_triggers()
         if kind == "insert":
-            return self._free(tree.relation)
+            return self._free(tree.relation) and self._builtin_types(_cast_types(tree))
         if kind == "validate":
             return self._validates_builtin(tree)
         return kind == "free"
@@ -173,6 +183,13 @@ class Judge:
                 cursor.execute(_CONFORMING)
                 self._conforming = bool(cursor.fetchone()[0])
         return self._conforming
+
+    def _builtin_types(self, names: list[str]) -> bool:
+        if not names:
+            return True
+        with self.connection.cursor() as cursor:
+            cursor.execute(_BUILTIN_TYPES, (names,))
+            return bool(cursor.fetchone()[0])
 
     def _validates_builtin(self, tree) -> bool:
         with self.connection.cursor() as cursor:
@@ -291,12 +308,31 @@ def _constant(node) -> bool:
     kind = type(node).__name__
     if kind in ("A_Const", "SetToDefault"):
         return True
-    if kind == "TypeCast":  # (a pg_catalog type only: an unqualified name may be a planted domain with a CHECK)
+    if kind == "TypeCast":  # (pg_catalog's, or an unqualified name the judge resolves: _cast_types)
         names = [getattr(part, "sval", None) for part in node.typeName.names or ()]
-        return (len(names) == 2 and names[0] == "pg_catalog" and not node.typeName.arrayBounds
+        return ((len(names) == 2 and names[0] == "pg_catalog" or len(names) == 1 and names[0] is not None)
+                and not node.typeName.arrayBounds
                 and all(type(mod).__name__ == "A_Const" for mod in node.typeName.typmods or ())
                 and _constant(node.arg))
     return False
+
+
+def _cast_types(tree) -> list[str]:
+    """The unqualified type names an INSERT of constants casts to (quoted): a planted domain or type may take one."""
+    found: list[str] = []
+
+    def walk(node) -> None:
+        if type(node).__name__ == "TypeCast":
+            names = [part.sval for part in node.typeName.names]
+            if len(names) == 1:
+                found.append(_quoted(names[0]))
+            walk(node.arg)
+
+    values = tree.selectStmt
+    for row in (values.valuesLists or ()) if values is not None else ():
+        for item in row:
+            walk(item)
+    return found
 
 
 def _references(elements) -> bool:
