@@ -172,28 +172,23 @@ class Judge:
 
     def _has_event_triggers(self) -> bool:
         if self._event_triggers is None:
-            with self.connection.cursor() as cursor:
-                cursor.execute(_EVENT_TRIGGERS)
-                self._event_triggers = bool(cursor.fetchone()[0])
+            self._event_triggers = self._ask(_EVENT_TRIGGERS)
         return self._event_triggers
 
     def _conforms(self) -> bool:
         if self._conforming is None:
-            with self.connection.cursor() as cursor:
-                cursor.execute(_CONFORMING)
-                self._conforming = bool(cursor.fetchone()[0])
+            self._conforming = self._ask(_CONFORMING)
         return self._conforming
 
     def _builtin_types(self, names: list[str]) -> bool:
-        if not names:
-            return True
-        with self.connection.cursor() as cursor:
-            cursor.execute(_BUILTIN_TYPES, (names,))
-            return bool(cursor.fetchone()[0])
+        return not names or self._ask(_BUILTIN_TYPES, (names,))
 
     def _validates_builtin(self, tree) -> bool:
+        return self._ask(_VALIDATE, (_name(tree.relation), [cmd.name for cmd in tree.cmds]))
+
+    def _ask(self, query: str, params=None) -> bool:
         with self.connection.cursor() as cursor:
-            cursor.execute(_VALIDATE, (_name(tree.relation), [cmd.name for cmd in tree.cmds]))
+            cursor.execute(query, params)
             return bool(cursor.fetchone()[0])
 
     def _free(self, relation) -> bool:
