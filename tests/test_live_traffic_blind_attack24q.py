@@ -3,11 +3,14 @@ connection as running.py asks it (judged just before a statement runs, told afte
 taken for harmless before, though it runs user code or hands the application a table it uses. Then a backfill's
 batches (blind) and a CONCURRENTLY build running user code (seeing): neither was bounded."""
 
+import threading
+import time
+
 import pytest
 
 from conftest import add_migration, applied, one_error_line
 from migrator.postgres.clock_bound import Judge
-from test_live_traffic import seeded  # noqa: F401 (a fixture)
+from test_live_traffic import connect, seeded  # noqa: F401 (a fixture)
 from test_live_traffic_held import HOLDING, App, app_table
 from test_live_traffic_blind_whitelist import inserts
 from test_live_traffic_parse import blind_run
@@ -52,7 +55,8 @@ def conn(pg, db):
      "INSERT INTO kind VALUES ('a');"),
     ("CREATE SCHEMA s2;\nCREATE TABLE lk (code text);\nALTER TABLE lk SET SCHEMA s2;",
      "INSERT INTO s2.lk VALUES ('a');"),
-], ids=["domain-default", "domain-column", "domain-cast", "refresh-concurrently", "validate-user-check", "renamed", "set-schema"])
+], ids=["domain-default", "domain-column", "domain-cast", "refresh-concurrently", "validate-user-check", "renamed",
+        "set-schema"])
 def test_the_blind_judge_bounds_what_runs_user_code_or_is_the_applications(conn, setup, statement):
     assert judged(conn, *[s for s in setup.split(";\n") if s.strip()], statement)
 
@@ -157,3 +161,58 @@ def test_a_blind_probe_lets_the_clock_reset_once_the_advisory_lock_is_released(c
     result = migrate("--lock-retry-budget", "1s")
     assert result.exit_code == 0 and "ended by the runner" not in result.stderr, result.output
     assert applied(db)[-1] == "0002_lock"
+
+
+CIC_WAITS = ("SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE NOT l.granted "
+             "AND l.locktype = 'virtualxid' AND a.query LIKE 'CREATE INDEX CONCURRENTLY%'")
+
+
+def cancel_once_the_build_failed(db, pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while db.poll("SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'CREATE INDEX CONCURRENTLY%'"):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
+    db.poll("SELECT pg_catalog.pg_cancel_backend(%s)", (pid,))
+
+
+def app_deadlocking_a_build(db, outcome: list, ready: threading.Event) -> None:
+    """An application transaction the build waits out, which then asks for the file's advisory lock: a deadlock,
+    which the build's check (its wait began first) finds; once the build failed, the app's wait is cancelled."""
+    conn = connect(db, application_name="hcm-app")
+    try:
+        conn.set_session(isolation_level="REPEATABLE READ")  # (its snapshot: what a build waits out)
+        cur = conn.cursor()
+        cur.execute("SET deadlock_timeout = '20s'; SELECT count(*) FROM t_dl")
+        ready.set()
+        deadline = time.monotonic() + 30
+        while not db.poll(CIC_WAITS):
+            assert time.monotonic() < deadline, "the build never waited"
+            time.sleep(0.005)
+        threading.Thread(target=cancel_once_the_build_failed, args=(db, conn.info.backend_pid), daemon=True).start()
+        outcome.append(conn.info.backend_pid)
+        cur.execute("SELECT pg_catalog.pg_advisory_lock(4242)")
+        outcome.append("locked")
+    except Exception as exc:  # (cancelled once the build lost: the app gives up, rolls back)
+        outcome.append(type(exc).__name__)
+    finally:
+        conn.close()
+
+
+def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_left(cli, db, sql_dir, seeded):
+    """9: a named CREATE INDEX CONCURRENTLY ended by a deadlock left its INVALID index; the in-run retry failed on
+    "already exists" (exit 1, advice "IF NOT EXISTS": the trap of issue 24). It drops it and builds again."""
+    db.query("CREATE TABLE t_dl (v int); INSERT INTO t_dl VALUES (1)")
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
+                                       "CREATE INDEX CONCURRENTLY idx_dl ON t_dl (v);\n")
+    outcome, ready = [], threading.Event()
+    app = threading.Thread(target=app_deadlocking_a_build, args=(db, outcome, ready), daemon=True)
+    app.start()
+    assert ready.wait(10)
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    app.join(timeout=30)
+    assert "deadlock" in result.stderr, (outcome, result.output)
+    assert result.exit_code == 0, result.output
+    assert "dropped INVALID index" in result.stderr and "already exists" not in result.stderr, result.stderr
+    assert db.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_dl'::regclass") == [(True,)]
+    assert applied(db)[-1] == "0002_idx"

@@ -250,6 +250,19 @@ def prepare(connection, statements, path, earlier_failure: str | None, record=No
     return done
 
 
+def prepare_retry(connection, statements, index: int, path, done: Done) -> None:
+    """Before the in-run retry of a named CREATE INDEX CONCURRENTLY that failed part-way (a deadlock, a cancel: it
+    got past "already exists", so an index of its name is its own): as a rerun's prepare, its INVALID index dropped,
+    a VALID one of its definition counted as done."""
+    for build in builds(statements):
+        if build.index == index and build.name is not None:
+            with connection.cursor() as cursor:
+                found = _named(cursor, build, f"{path}:{statements[index].line}")
+            if found is not None:
+                done.add(index)
+                done.oids.add(found)
+
+
 DONE = ("is already built and valid (an earlier try's build, finished by the server after that runner stopped): "
         "counted as done")
 DROPPED = "left by an earlier try of this migration; building it again"
