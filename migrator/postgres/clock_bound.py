@@ -5,21 +5,29 @@ trigger, a column DEFAULT, a view, a rule, an operator, a function called by any
 application wait for: so the clock runs from a try's first statement to its COMMIT unless every statement is
 harmless BY CONSTRUCTION, decided from PostgreSQL's own parse of it (pglast) and, for a table, from the catalog:
 
+nothing while the session's standard_conforming_strings is off (the server may then split a text pglast reads as
+one statement into several); else:
 - SET / RESET / SHOW, transaction control (not PREPARE TRANSACTION: its locks outlive the session);
-- CONCURRENTLY statements and VALIDATE CONSTRAINT (their waits block no query; running.py keeps them unbounded);
+- CONCURRENTLY index statements (their waits block no query; running.py keeps them unbounded; not REFRESH
+  MATERIALIZED VIEW CONCURRENTLY: it runs the view's query) and VALIDATE CONSTRAINT of a foreign key, a NOT NULL or
+  a CHECK calling only built-in IMMUTABLE functions and built-in operators, coercing to no domain;
 - while the database has no enabled event trigger (it runs user code on any DDL): a CREATE TABLE that is no
   partition, inherits nothing, references no table and copies none (LIKE); CREATE FUNCTION / PROCEDURE, SEQUENCE
   (not OWNED BY), enum TYPE, an empty CREATE SCHEMA (catalog rows only: nobody waits on them);
-- an INSERT ... VALUES of constants (literals, NULL, DEFAULT, a literal cast to a pg_catalog type; no ON CONFLICT,
-  RETURNING, WITH, sub-select, function or operator) into a table this run created (by its oid, so neither a
-  same-named table in another schema nor a rename stands in for it) that, as the catalog says just before (whatever
+- an INSERT ... VALUES of constants (literals, NULL, DEFAULT, a literal cast to a built-in base type, as the
+  session resolves its name; no ON CONFLICT, RETURNING, WITH, sub-select, function or operator) into a table this run created (by its oid, so a same-named
+  table in another schema does not stand in for it; and under the name it was made with: one renamed or moved
+  since, a swap into the application's name, is the application's) that, as the catalog says just before (whatever
   made it so, a DO block's EXECUTE included), is a plain heap table of built-in or enum columns with no trigger, rule,
   row security, CHECK, exclusion or foreign key, expression or partial index, nor a DEFAULT calling anything but
-  nextval, now() and built-in casts (a row of it locks nothing an application uses: nobody else knows the table).
+  nextval, now(), gen_random_uuid(), clock_timestamp() (and the like: built-in, locking nothing) and built-in
+  casts, nor coercing to a domain (a row of it locks nothing an application uses:
+  nobody else knows the table).
 
 Anything else (any query, any UPDATE/DELETE/MERGE, DDL on any table, DO, CALL, LOCK, an INSERT into an existing
-table, what the parser rejects) starts the clock. A backfill's batches are watched as tries of their own
-(running.py). The cost is a merely slow try retried (docs/safety-and-exit-codes.md: the trade-off while blind).
+table, what the parser rejects) starts the clock. Each of a backfill's batches is a try of its own, on a clock
+that starts with it (running.py, Probe.batch_started). The cost is a merely slow try retried
+(docs/safety-and-exit-codes.md: the trade-off while blind).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ _EVENT_TRIGGERS = ("SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger "
 # The table a statement names (resolved as the statement itself would: the session's search_path, temp first) and
 # whether a row inserted into it runs nothing user-defined. (Qualified operators only: the file's search_path may
 # hold planted ones. 16384: FirstNormalObjectId, below it what initdb made. An attrdef's funcids are read from its
-# node tree: nextval, now() and built-in casts; any operator refuses.)
+# node tree: nextval, now() and built-in casts; any operator, or a coercion to a domain (its CHECK), refuses.)
 _TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispartition AND NOT c.relrowsecurity
   AND NOT c.relhasrules AND NOT c.relhastriggers AND c.relam OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid)
@@ -52,48 +60,82 @@ _TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispa
                       OR 16384::pg_catalog.oid OPERATOR(pg_catalog.<=) ANY (x.indclass::pg_catalog.oid[])
                       OR 16384::pg_catalog.oid OPERATOR(pg_catalog.<=) ANY (x.indcollation::pg_catalog.oid[])))
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_attrdef d WHERE d.adrelid OPERATOR(pg_catalog.=) c.oid
-                    AND (d.adbin::pg_catalog.text OPERATOR(pg_catalog.~) ':(opno|opfuncid|aggfnoid|winfnoid) '
+                    AND (d.adbin::pg_catalog.text OPERATOR(pg_catalog.~)
+                           ':(opno|opfuncid|aggfnoid|winfnoid) |[{]COERCETODOMAIN '
                       OR EXISTS (SELECT FROM pg_catalog.regexp_matches(d.adbin::pg_catalog.text, ':funcid (\\d+)',
                                                                        'g') f(m)
                         WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
                           WHERE p.oid OPERATOR(pg_catalog.=) f.m[1]::pg_catalog.oid
                             AND p.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
-                            AND (p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['nextval', 'now']::pg_catalog.name[])
+                            AND (p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['nextval', 'now', 'gen_random_uuid',
+                              'uuidv4', 'uuidv7', 'clock_timestamp', 'statement_timestamp', 'transaction_timestamp',
+                              'random']::pg_catalog.name[])
                               OR EXISTS (SELECT FROM pg_catalog.pg_cast s
                                          WHERE s.castfunc OPERATOR(pg_catalog.=) p.oid))))))
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_cast s WHERE s.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
                     AND s.castsource OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
-                    AND s.casttarget OPERATOR(pg_catalog.<) 16384::pg_catalog.oid)
+                    AND s.casttarget OPERATOR(pg_catalog.<) 16384::pg_catalog.oid), c.relnamespace, c.relname
 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s)
   AND c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid"""
 
 # The table a CREATE TABLE just made: an unqualified name lands in the session's current schema (a temporary one in
 # its own temp schema).
-_MADE = ("SELECT pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', COALESCE(%s, pg_catalog.current_schema()), "
-         "%s))::pg_catalog.oid")
+_MADE = ("SELECT c.oid, c.relnamespace, c.relname FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) "
+         "pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', COALESCE(%s, pg_catalog.current_schema()), %s))")
+
+# A VALIDATE CONSTRAINT runs nothing user-defined: no CHECK among the constraints it names calls a function that is
+# not a built-in IMMUTABLE one, a user operator or coerces to a domain (a CHECK's expression runs per row, and what
+# it locks is held to the try's end; a foreign key's check and NOT NULL run no user code).
+_VALIDATE = """SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k
+  WHERE k.conrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s) AND k.conname OPERATOR(pg_catalog.=) ANY (%s)
+    AND NOT k.contype OPERATOR(pg_catalog.=) ANY (ARRAY['f', 'n']::pg_catalog."char"[])
+    AND (k.contype OPERATOR(pg_catalog.<>) 'c' OR k.conbin IS NULL
+      OR k.conbin::pg_catalog.text OPERATOR(pg_catalog.~) ':(aggfnoid|winfnoid) |[{](COERCETODOMAIN|SUBLINK) '
+      OR EXISTS (SELECT FROM pg_catalog.regexp_matches(k.conbin::pg_catalog.text, ':opno ([0-9]+)', 'g') o(m)
+                 WHERE o.m[1]::pg_catalog.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid)
+      OR EXISTS (SELECT FROM pg_catalog.regexp_matches(k.conbin::pg_catalog.text, ':(funcid|opfuncid) ([0-9]+)',
+                                                       'g') f(m)
+                 WHERE f.m[2]::pg_catalog.oid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid AND NOT EXISTS (
+                   SELECT FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) f.m[2]::pg_catalog.oid
+                     AND p.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
+                     AND p.provolatile OPERATOR(pg_catalog.=) 'i'))))"""
+
+# Whether every type a constant is cast to by an unqualified name is, as the session resolves it, a built-in base
+# type (a domain's CHECK, or a planted type's input function, is user code).
+_BUILTIN_TYPES = """SELECT COALESCE(pg_catalog.bool_and(COALESCE(t.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
+    AND t.typtype OPERATOR(pg_catalog.=) 'b', false)), true)
+  FROM pg_catalog.unnest(%s::pg_catalog.text[]) n(name)
+  LEFT JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) pg_catalog.to_regtype(n.name)"""
+
+# Whether the session reads a backslash in a plain literal as a literal (pglast parses so; off, the server may split
+# what pglast reads as one INSERT of constants into several statements).
+_CONFORMING = "SELECT pg_catalog.current_setting('standard_conforming_strings') OPERATOR(pg_catalog.=) 'on'"
 
 
 class Judge:
     """The clock's judge for one file's tries, on the migration's own connection (its transaction: what an earlier
-    statement of the try made is seen). `created`: the oids of the tables this run created (kept for the run)."""
+    statement of the try made is seen). `created`: the tables this run created (kept for the run), their oid -> the
+    (schema oid, name) they were made with: one renamed or moved since (a swap into a name the application uses,
+    even by a DO block) is the application's."""
 
     def __init__(self, connection, created: set):
         self.connection, self.created = connection, created
         self._parsed: tuple[str, list | None] = ("", [])
         self._tables: dict[str, bool] = {}  # INSERT targets as written -> free, since the last other statement
         self._event_triggers: bool | None = None
+        self._conforming: bool | None = None  # standard_conforming_strings on, since the last other statement
         self._judged: tuple[str, bool] | None = None  # the statement last judged, and whether it is harmless
 
     def new_try(self) -> None:
         """A try begins (the last one's transaction rolled back, or its statements committed): asked afresh."""
         self._tables.clear()
-        self._event_triggers = None
+        self._event_triggers = self._conforming = None
 
     def bounded(self, text: str, running: bool = False) -> bool:
         """The statement starts the try's clock (see the module); asked just before it runs. `running`: the try's
         clock runs already, so nothing is asked of the server (what is known is asked again after it)."""
         trees = None if running else self._trees(text)
-        harmless = trees is not None and all(self._harmless_here(tree) for tree in trees)
+        harmless = trees is not None and self._conforms() and all(self._harmless_here(tree) for tree in trees)
         self._judged = (text, harmless)
         return not harmless
 
@@ -102,7 +144,9 @@ class Judge:
         if kind == "catalog":
             return not self._has_event_triggers()
         if kind == "insert":
-            return self._free(tree.relation)
+            return self._free(tree.relation) and self._builtin_types(_cast_types(tree))
+        if kind == "validate":
+            return self._validates_builtin(tree)
         return kind == "free"
 
     def ran(self, text: str) -> None:
@@ -113,6 +157,7 @@ class Judge:
         trees = self._trees(text) or []
         if judged != (text, True) or not all(type(tree).__name__ == "InsertStmt" for tree in trees):
             self._tables.clear()
+            self._conforming = None
         if judged != (text, True):
             self._event_triggers = None
         for tree in trees:
@@ -121,28 +166,41 @@ class Judge:
                 schema = "pg_temp" if relation.relpersistence == "t" else relation.schemaname
                 with self.connection.cursor() as cursor:
                     cursor.execute(_MADE, (schema, relation.relname))
-                    made = cursor.fetchone()[0]
+                    made = cursor.fetchone()
                 if made is not None:
-                    self.created.add(made)
+                    self.created[made[0]] = tuple(made[1:])
 
     def _has_event_triggers(self) -> bool:
         if self._event_triggers is None:
-            with self.connection.cursor() as cursor:
-                cursor.execute(_EVENT_TRIGGERS)
-                self._event_triggers = bool(cursor.fetchone()[0])
+            self._event_triggers = self._ask(_EVENT_TRIGGERS)
         return self._event_triggers
+
+    def _conforms(self) -> bool:
+        if self._conforming is None:
+            self._conforming = self._ask(_CONFORMING)
+        return self._conforming
+
+    def _builtin_types(self, names: list[str]) -> bool:
+        return not names or self._ask(_BUILTIN_TYPES, (names,))
+
+    def _validates_builtin(self, tree) -> bool:
+        return self._ask(_VALIDATE, (_name(tree.relation), [cmd.name for cmd in tree.cmds]))
+
+    def _ask(self, query: str, params=None) -> bool:
+        with self.connection.cursor() as cursor:
+            cursor.execute(query, params)
+            return bool(cursor.fetchone()[0])
 
     def _free(self, relation) -> bool:
         """A table this run created, into which a row inserts nothing but itself (see the module)."""
         if relation.catalogname:
             return False
-        name = _quoted(relation.relname) if relation.schemaname is None else \
-            f"{_quoted(relation.schemaname)}.{_quoted(relation.relname)}"
+        name = _name(relation)
         if name not in self._tables:
             with self.connection.cursor() as cursor:
                 cursor.execute(_TABLE, (name,))
                 row = cursor.fetchone()
-            self._tables[name] = bool(row and row[0] in self.created and row[1])
+            self._tables[name] = bool(row and self.created.get(row[0]) == tuple(row[2:]) and row[1])
         return self._tables[name]
 
     def _trees(self, text: str) -> list | None:
@@ -168,6 +226,11 @@ def _trees(text: str) -> list | None:
         return None
 
 
+def _name(relation) -> str:
+    return _quoted(relation.relname) if relation.schemaname is None else \
+        f"{_quoted(relation.schemaname)}.{_quoted(relation.relname)}"
+
+
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -184,7 +247,10 @@ def _harmless(tree) -> str | None:
         prepared = (enums.TransactionStmtKind.TRANS_STMT_PREPARE, enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
                     enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED)
         return None if tree.kind in prepared else "free"
-    if _concurrent_or_validate(tree, kind):
+    if kind == "AlterTableStmt" and tree.cmds \
+            and all(cmd.subtype == enums.AlterTableType.AT_ValidateConstraint for cmd in tree.cmds):
+        return "validate"  # (SHARE UPDATE EXCLUSIVE blocks no query; a CHECK's functions may lock what it does)
+    if _concurrent(tree, kind):
         return "free"
     if kind in _CATALOG_ONLY:
         return "catalog" if _only_catalog(tree, kind) else None
@@ -193,17 +259,13 @@ def _harmless(tree) -> str | None:
     return None
 
 
-def _concurrent_or_validate(tree, kind: str) -> bool:
-    """CONCURRENTLY statements (REFRESH MATERIALIZED VIEW CONCURRENTLY: EXCLUSIVE, which no read waits on) and
-    VALIDATE CONSTRAINT (SHARE UPDATE EXCLUSIVE: blocks no query)."""
-    from pglast import enums
-
-    if kind in ("IndexStmt", "DropStmt", "RefreshMatViewStmt"):
+def _concurrent(tree, kind: str) -> bool:
+    """CONCURRENTLY index statements (not REFRESH MATERIALIZED VIEW CONCURRENTLY: it runs the view's query, user
+    code)."""
+    if kind in ("IndexStmt", "DropStmt"):
         return bool(tree.concurrent)
     if kind == "ReindexStmt":
         return any(p.defname == "concurrently" for p in tree.params or ())
-    if kind == "AlterTableStmt":
-        return bool(tree.cmds) and all(cmd.subtype == enums.AlterTableType.AT_ValidateConstraint for cmd in tree.cmds)
     return False
 
 
@@ -241,12 +303,31 @@ def _constant(node) -> bool:
     kind = type(node).__name__
     if kind in ("A_Const", "SetToDefault"):
         return True
-    if kind == "TypeCast":  # (a pg_catalog type only: an unqualified name may be a planted domain with a CHECK)
+    if kind == "TypeCast":  # (pg_catalog's, or an unqualified name the judge resolves: _cast_types)
         names = [getattr(part, "sval", None) for part in node.typeName.names or ()]
-        return (len(names) == 2 and names[0] == "pg_catalog" and not node.typeName.arrayBounds
+        return ((len(names) == 2 and names[0] == "pg_catalog" or len(names) == 1 and names[0] is not None)
+                and not node.typeName.arrayBounds
                 and all(type(mod).__name__ == "A_Const" for mod in node.typeName.typmods or ())
                 and _constant(node.arg))
     return False
+
+
+def _cast_types(tree) -> list[str]:
+    """The unqualified type names an INSERT of constants casts to (quoted): a planted domain or type may take one."""
+    found: list[str] = []
+
+    def walk(node) -> None:
+        if type(node).__name__ == "TypeCast":
+            names = [part.sval for part in node.typeName.names]
+            if len(names) == 1:
+                found.append(_quoted(names[0]))
+            walk(node.arg)
+
+    values = tree.selectStmt
+    for row in (values.valuesLists or ()) if values is not None else ():
+        for item in row:
+            walk(item)
+    return found
 
 
 def _references(elements) -> bool:

@@ -49,6 +49,15 @@ def is_concurrent(text: str) -> bool:
     return bool(_parsed(text))  # the parse tree, never the word: a comment or a literal may say it
 
 
+def runs_code(text: str) -> bool:
+    """A CREATE INDEX CONCURRENTLY on an expression, with a predicate or an explicit operator class: it runs
+    functions per row (one labelled IMMUTABLE may still lock what the application waits on)."""
+    from pglast import ast
+
+    return any(isinstance(tree, ast.IndexStmt) and (tree.whereClause is not None or any(
+        param.expr is not None or param.opclass for param in tree.indexParams or ())) for tree in _parsed(text))
+
+
 def is_drop(text: str) -> bool:
     """A DROP INDEX CONCURRENTLY (interrupted, it leaves the index INVALID; run again, it finishes the drop)."""
     from pglast import ast
@@ -239,6 +248,19 @@ def prepare(connection, statements, path, earlier_failure: str | None, record=No
                 done.add(build.index)
                 done.oids.add(found)
     return done
+
+
+def prepare_retry(connection, statements, index: int, path, done: Done) -> None:
+    """Before the in-run retry of a named CREATE INDEX CONCURRENTLY that failed part-way (a deadlock, a cancel: it
+    got past "already exists", so an index of its name is its own): as a rerun's prepare, its INVALID index dropped,
+    a VALID one of its definition counted as done."""
+    for build in builds(statements):
+        if build.index == index and build.name is not None:
+            with connection.cursor() as cursor:
+                found = _named(cursor, build, f"{path}:{statements[index].line}")
+            if found is not None:
+                done.add(index)
+                done.oids.add(found)
 
 
 DONE = ("is already built and valid (an earlier try's build, finished by the server after that runner stopped): "

@@ -84,11 +84,14 @@ class Probe:
     migration connection's own cancel request (libpq's, which needs no session slot), or the runner ends the try
     before its next statement (raise_blind_spent), as a lock timeout: it never stalls the application longer than
     when seen, at the cost of retrying such a try that was merely slow. Left alone: a try of harmless statements
-    only, a backfill's batches (each a try the probe watches), CONCURRENTLY statements and VALIDATE CONSTRAINT."""
+    only, CONCURRENTLY index builds and a VALIDATE CONSTRAINT running no user code; a backfill's batches are each
+    a try of their own (batch_started)."""
 
     def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
-                 floor: float = 0.0, cancel=None, status=None):
+                 floor: float = 0.0, cancel=None, status=None, session_locks=None):
         self.params, self.pid, self.show_query, self._cancel, self._status = params, pid, show_query, cancel, status
+        self._session_locks = session_locks  # () -> the session holds a session-level (advisory) lock
+        self._session_locked: float | None = None  # since when it has held one across its tries (blind: the clock)
         self.per_try, self.floor = per_try, floor
         self.seen = Seen([])
         self._since: float | None = None  # when the running statement started; None: none runs
@@ -125,7 +128,8 @@ class Probe:
         self._first = started != self._try
         if self._first:
             self._waited, self._held_since, self.overheld, self._locked_since = 0.0, None, None, None
-        if held and bounded and self._held_since is None:
+            self._locked_since = self._session_locked  # (a session lock outlives its try: its clock runs on)
+        if held and self._held_since is None:  # (a build running code is watched though never bounded)
             self._held_since = now  # (kept by a transaction to its end)
         if clock_bound and bounded and self._locked_since is None:  # (`calls` too)
             self._locked_since = now  # (blind: the clock runs from here to the COMMIT, whatever runs meanwhile)
@@ -140,8 +144,19 @@ class Probe:
         finally:
             with self._sending:  # a cancel being sent lands on this statement, never on the next
                 self._since = None
-            if self._status is not None and self._status() == IDLE:  # committed (autocommit): nothing held now
-                self._held_since = self._locked_since = None
+            if self._status is not None and self._status() == IDLE:  # committed (autocommit): nothing held now...
+                locked, self._held_since, self._locked_since = self._locked_since, None, None
+                # ...but a session lock (asked after a try that was on the clock: a harmless one takes none)
+                if self._session_locks is not None and self.per_try and (
+                        locked is not None or self._session_locked is not None) and self._session_locks():
+                    self._session_locked = self._locked_since = self._session_locked or locked or time.monotonic()
+                else:
+                    self._session_locked = None
+
+    def batch_started(self) -> None:
+        """A backfill's batch starts: the blind clock runs from here (the batches before it committed)."""
+        if self._locked_since is not None:
+            self._locked_since = time.monotonic()
 
     def clock_running(self) -> bool:
         """The try's blind clock has started (a statement not known harmless ran in its open transaction)."""
@@ -314,6 +329,27 @@ class Probe:
                 except psycopg2.Error:  # the migration session itself is gone: its statement fails on its own
                     return
                 self.seen = Seen([], None, True, ran, blind=self.blind)
+
+
+_SESSION_LOCKS = ("SELECT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE pid OPERATOR(pg_catalog.=) "
+                  "pg_catalog.pg_backend_pid() AND locktype OPERATOR(pg_catalog.=) 'advisory' AND granted)")
+
+
+def session_locks(connection) -> bool:
+    """The session, between transactions, holds an advisory lock (pg_advisory_lock: it outlives the COMMIT, and an
+    application session may wait on it). Asked on the migration connection itself (a transaction it opens is
+    rolled back; a session gone answers no: its statement's own failure says so)."""
+    import psycopg2
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_SESSION_LOCKS)
+            held = bool(cursor.fetchone()[0])
+        if connection.info.transaction_status != IDLE:
+            connection.rollback()
+    except psycopg2.Error:
+        return False
+    return held
 
 
 class BlindSpent(RuntimeError):

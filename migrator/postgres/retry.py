@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from migrator import interrupt, output, server_session
 from migrator.durations import pg_seconds
 from migrator.postgres import autovacuum, deadlocks, failures, sessions
-from migrator.postgres import session_options
+from migrator.postgres import lock_probe, session_options
 from migrator.postgres.session_options import idle_in_try_ms
 # the probe has its own module (lock_probe.py); its names stay reachable here for the runner's modules
 from migrator.postgres.lock_probe import PROBE_NAME, QUERY_CANCELED, Probe, Seen, seconds_text  # noqa: F401
@@ -185,7 +185,8 @@ def probe(backend, connection, budget: TryBudget | None = None) -> Probe:
         return Probe(None, pid)
     bound = (budget.per_try_ms / 1000, budget.floor_ms / 1000) if budget is not None else (0, 0)
     return Probe(dict(watcher.params), pid, watcher.show_query, *bound, cancel=lambda: failures.cancel(connection),
-                 status=lambda: connection.info.transaction_status)
+                 status=lambda: connection.info.transaction_status,
+                 session_locks=lambda: lock_probe.session_locks(connection))
 
 
 def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:

@@ -29,16 +29,18 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     detaching = plain and detach.is_detach(statement.text)
     concurrent = plain and (detaching or concurrently.is_concurrent(statement.text))
     # (a detach's wait for the partition's lock queues the app's queries on it: bounded as any DDL's, not blind)
-    clock = (probe is not None and not isinstance(statement, backfill.Batched) and not detaching
-             and (judge is None or judge.bounded(statement.text, probe.clock_running())))
+    # (a backfill's batches: each its own try on the blind clock, Probe.batch_started)
+    clock = (probe is not None and not detaching and (isinstance(statement, backfill.Batched) or judge is None
+                                                      or judge.bounded(statement.text, probe.clock_running())))
     # (what it holds watched, whatever it is: a SELECT of a function or an INSERT firing a trigger may run DDL; a
     # backfill's batches too, each commits: a try of its own, whose row locks the app's writes may wait on)
-    held = not concurrent
+    held = not concurrent or concurrently.runs_code(statement.text)  # (a build's functions may lock: attack24q 6)
     calls = clock and clock_bound.query(statement.text)
     with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls) \
             if probe is not None else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
-            statement.run(cursor.connection, cursor, path, max_batches)
+            statement.run(cursor.connection, cursor, path, max_batches,
+                          probe.batch_started if probe is not None else None)
         elif concurrent:
             with concurrently.without_lock_timeout(cursor):
                 cursor.execute(statement.text)
@@ -209,6 +211,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     start = done = 0
                 else:
                     start, done = (exc.opened if exc.opened is not None else exc.index), exc.done
+                    if concurrently.is_concurrent(exc.statement.text):  # (its INVALID index: attack24q 9)
+                        concurrently.prepare_retry(connection, statements, exc.index, path, skip)
                     if exc.left_pending:  # the cancelled detach's first transaction committed: the retry finishes it
                         statements = detach.finalize(statements, exc.index, path)
                 with _between_tries(path, statements, exc.index, transactional, done):
@@ -270,11 +274,11 @@ def _accepted(path: Path, statements) -> set[tuple[str | None, str]]:
         return set()
 
 
-def _made_in_run(backend) -> set:
-    """The oids of the tables this run's files created so far (kept on the run's own session)."""
+def _made_in_run(backend) -> dict:
+    """The tables this run's files created so far (kept on the run's own session; clock_bound.Judge)."""
     run = backend.parent
     if not hasattr(run, "created_tables"):
-        run.created_tables = set()
+        run.created_tables = {}
     return run.created_tables
 
 

@@ -1,0 +1,218 @@
+"""Issue 24, attack24q: what the blind probe's judge (clock_bound.Judge) takes for harmless, asked on a live
+connection as running.py asks it (judged just before a statement runs, told after it ran): each case below was
+taken for harmless before, though it runs user code or hands the application a table it uses. Then a backfill's
+batches (blind) and a CONCURRENTLY build running user code (seeing): neither was bounded."""
+
+import threading
+import time
+
+import pytest
+
+from conftest import add_migration, applied, one_error_line
+from migrator.postgres.clock_bound import Judge
+from test_live_traffic import connect, seeded  # noqa: F401 (a fixture)
+from test_live_traffic_held import HOLDING, App, app_table
+from test_live_traffic_blind_whitelist import inserts
+from test_live_traffic_parse import blind_run
+from test_progress_attack import limited_role  # noqa: F401 (a fixture)
+
+USER_CHECK = ("CREATE FUNCTION ok(text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RETURN true; END $$;\n"
+              "CREATE DOMAIN code AS text CHECK (ok(VALUE));\n")
+
+
+def judged(conn, *statements) -> bool:
+    """Runs every statement but the last through the judge (autocommit, each its own try); returns whether the last
+    starts the clock."""
+    judge = Judge(conn, {})
+    for text in statements[:-1]:
+        judge.bounded(text)
+        with conn.cursor() as cursor:
+            cursor.execute(text)
+        judge.ran(text)
+    return judge.bounded(statements[-1])
+
+
+@pytest.fixture
+def conn(pg, db):
+    with pg.connect(db.name) as connection:
+        yield connection
+
+
+@pytest.mark.parametrize("setup,statement", [
+    # 1: a DEFAULT coerced to a domain runs the domain's CHECK
+    (USER_CHECK + "CREATE TABLE seed (c text DEFAULT ('x'::code)::text);", "INSERT INTO seed DEFAULT VALUES;"),
+    (USER_CHECK + "CREATE TABLE seed (c code);", "INSERT INTO seed VALUES ('x');"),
+    (USER_CHECK + "CREATE TABLE seed (c text);", "INSERT INTO seed VALUES ('x'::code);"),  # a cast to it
+    # 5: REFRESH ... CONCURRENTLY runs the view's query
+    ("CREATE FUNCTION n() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;\n"
+     "CREATE MATERIALIZED VIEW mv AS SELECT n() AS n;\nCREATE UNIQUE INDEX ON mv (n);",
+     "REFRESH MATERIALIZED VIEW CONCURRENTLY mv;"),
+    # 2: VALIDATE of a CHECK calling a function of the database's own
+    (USER_CHECK + "CREATE TABLE t (c text);\nALTER TABLE t ADD CONSTRAINT k CHECK (ok(c)) NOT VALID;",
+     "ALTER TABLE t VALIDATE CONSTRAINT k;"),
+    # 9: a table made in the run renamed (or moved) to a name the application uses: the application's now
+    ("CREATE TABLE kind_new (code text PRIMARY KEY);\nALTER TABLE kind_new RENAME TO kind;",
+     "INSERT INTO kind VALUES ('a');"),
+    ("CREATE SCHEMA s2;\nCREATE TABLE lk (code text);\nALTER TABLE lk SET SCHEMA s2;",
+     "INSERT INTO s2.lk VALUES ('a');"),
+], ids=["domain-default", "domain-column", "domain-cast", "refresh-concurrently", "validate-user-check", "renamed",
+        "set-schema"])
+def test_the_blind_judge_bounds_what_runs_user_code_or_is_the_applications(conn, setup, statement):
+    assert judged(conn, *[s for s in setup.split(";\n") if s.strip()], statement)
+
+
+@pytest.mark.parametrize("setup,statement", [
+    ("CREATE TABLE t (c text);\nALTER TABLE t ADD CONSTRAINT k CHECK (length(c) > 0 AND c IS NOT NULL) NOT VALID;",
+     "ALTER TABLE t VALIDATE CONSTRAINT k;"),
+    ("CREATE TABLE p (id int PRIMARY KEY);\nCREATE TABLE t (p int);\n"
+     "ALTER TABLE t ADD CONSTRAINT k FOREIGN KEY (p) REFERENCES p NOT VALID;", "ALTER TABLE t VALIDATE CONSTRAINT k;"),
+    ("CREATE TABLE seed (c text);", "INSERT INTO seed VALUES ('x');"),
+    # 10: the common seeds that were ended for nothing
+    ("CREATE TABLE kind (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), at timestamptz DEFAULT clock_timestamp(), "
+     "since date, doc jsonb, note text)", "INSERT INTO kind (since, doc, note) VALUES ('2024-01-01'::date, "
+     "'{\"a\": 1}'::jsonb, CAST('a' AS text)), (DATE '2024-01-02', '{}', 'b'::text);"),
+], ids=["validate-builtin-check", "validate-foreign-key", "constants", "builtin-defaults-and-casts"])
+def test_the_blind_judge_still_leaves_harmless_statements_off_the_clock(conn, setup, statement):
+    assert not judged(conn, *[s for s in setup.split(";\n") if s.strip()], statement)
+
+
+def test_the_blind_judge_bounds_constants_when_the_session_reads_backslashes_as_escapes(conn):
+    """3: with standard_conforming_strings off (the database's or role's setting, or a SET), the server may split a
+    text pglast reads as one INSERT of constants into several statements: nothing is harmless then."""
+    with conn.cursor() as cursor:
+        cursor.execute("SET standard_conforming_strings = off")
+    assert judged(conn, "CREATE TABLE seed (a text, b text)", "INSERT INTO seed VALUES ('a', 'b');")
+
+
+def backfill(per_row: float) -> str:
+    """A backfill of t_bf's 8 rows, 2 a batch, each row `per_row` seconds."""
+    return ("-- transactional: false\n-- backfill: batch\n"
+            "UPDATE t_bf SET v = 1 WHERE id IN (SELECT id FROM t_bf WHERE v IS NULL "
+            f"AND pg_catalog.pg_sleep({per_row}) IS NOT NULL LIMIT 2);\n")
+
+
+def backfill_run(cli, make_db, limited_role, sql_dir, pg):
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    db.query(f"SET ROLE {limited_role}; CREATE TABLE t_bf (id int PRIMARY KEY, v int); "
+             "INSERT INTO t_bf SELECT g FROM generate_series(1, 8) g")
+    return db, migrate
+
+
+def test_a_blind_probe_bounds_each_backfill_batch_by_the_clock(cli, make_db, limited_role, sql_dir, pg):
+    """4: blind, a `-- backfill: batch` batch ran on no clock at all (a 100,000-row batch stalled the app 2.8 s):
+    each batch is a try of its own, ended past the bound; the batches before it stay committed."""
+    db, migrate = backfill_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_bf", backfill(0.5))
+    line = one_error_line(migrate("--lock-retry-budget", "1s"))
+    assert "0002_bf.sql:3:" in line and "the lock probe was blind" in line, line
+    assert applied(db)[-1] != "0002_bf"
+    assert db.query("SELECT count(*) FROM t_bf WHERE v IS NULL") == [(8,)]
+
+
+def test_a_blind_probe_leaves_short_backfill_batches_alone_however_many(cli, make_db, limited_role, sql_dir, pg):
+    """Each batch's clock starts with it: 5 batches of 0.1 s (longer than the bound together) apply."""
+    db, migrate = backfill_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_bf", backfill(0.05))
+    result = migrate("--lock-retry-budget", "1s")
+    assert result.exit_code == 0 and "ended by the runner" not in result.stderr, result.output
+    assert db.query("SELECT count(*) FROM t_bf WHERE v IS NULL") == [(0,)]
+
+
+def test_a_concurrent_build_whose_expression_locks_what_the_app_waits_on_is_ended(cli, db, sql_dir, seeded):
+    """6 (seeing): CREATE INDEX CONCURRENTLY on an expression runs its functions per row; one (labelled IMMUTABLE)
+    calling code that locks t_app held the app's INSERT for the build's whole life, exit 0: its holds are watched."""
+    app_table(db)
+    db.query("CREATE TABLE t_idx (v int); INSERT INTO t_idx VALUES (1);"
+             "CREATE FUNCTION touch() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+             "LOCK TABLE public.t_app IN SHARE MODE; PERFORM pg_catalog.pg_sleep(15); RETURN 1; END $$;"
+             "CREATE FUNCTION norm(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN "
+             "PERFORM public.touch(); RETURN $1; END $$")
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\n"
+                                       "CREATE INDEX CONCURRENTLY i_norm ON t_idx (norm(v));\n")
+    app = App(db, ready=HOLDING.replace("AccessExclusiveLock", "ShareLock"), query="INSERT INTO t_app VALUES (3)")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    app.join()
+    assert app.error is None and app.rows == 1  # its wait ended long before the build's sleep could have
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "0002_idx.sql:2: failed to apply" in line and "held" in line, line
+    assert applied(db)[-1] != "0002_idx"
+
+
+def test_a_blind_probe_keeps_the_clock_running_while_the_session_holds_an_advisory_lock(cli, make_db, limited_role,
+                                                                                       sql_dir, pg):
+    """7: a session-level advisory lock taken by a short statement is held across the file's later tries (the app's
+    jobs wait on it); blind, the clock reset as each try committed, so a long try of harmless INSERTs ran on, exit 0.
+    It runs on until the lock is released."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_lock", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
+                                        "CREATE TABLE t_made (id int);\nBEGIN;\n" + inserts("t_made", note=False)
+                  + "COMMIT;\nSELECT pg_catalog.pg_advisory_unlock(4242);\n")
+    line = one_error_line(migrate("--lock-retry-budget", "1s"))
+    assert "0002_lock.sql:" in line and "the lock probe was blind" in line, line
+    assert applied(db)[-1] != "0002_lock"
+
+
+def test_a_blind_probe_lets_the_clock_reset_once_the_advisory_lock_is_released(cli, make_db, limited_role, sql_dir,
+                                                                               pg):
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_lock", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
+                                        "SELECT pg_catalog.pg_advisory_unlock(4242);\nCREATE TABLE t_made (id int);\n"
+                                        "BEGIN;\n" + inserts("t_made", note=False) + "COMMIT;\n")
+    result = migrate("--lock-retry-budget", "1s")
+    assert result.exit_code == 0 and "ended by the runner" not in result.stderr, result.output
+    assert applied(db)[-1] == "0002_lock"
+
+
+CIC_WAITS = ("SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE NOT l.granted "
+             "AND l.locktype = 'virtualxid' AND a.query LIKE 'CREATE INDEX CONCURRENTLY%'")
+
+
+def cancel_once_the_build_failed(db, pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while db.poll("SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'CREATE INDEX CONCURRENTLY%'"):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
+    db.poll("SELECT pg_catalog.pg_cancel_backend(%s)", (pid,))
+
+
+def app_deadlocking_a_build(db, outcome: list, ready: threading.Event) -> None:
+    """An application transaction the build waits out, which then asks for the file's advisory lock: a deadlock,
+    which the build's check (its wait began first) finds; once the build failed, the app's wait is cancelled."""
+    conn = connect(db, application_name="hcm-app")
+    try:
+        conn.set_session(isolation_level="REPEATABLE READ")  # (its snapshot: what a build waits out)
+        cur = conn.cursor()
+        cur.execute("SET deadlock_timeout = '20s'; SELECT count(*) FROM t_dl")
+        ready.set()
+        deadline = time.monotonic() + 30
+        while not db.poll(CIC_WAITS):
+            assert time.monotonic() < deadline, "the build never waited"
+            time.sleep(0.005)
+        threading.Thread(target=cancel_once_the_build_failed, args=(db, conn.info.backend_pid), daemon=True).start()
+        outcome.append(conn.info.backend_pid)
+        cur.execute("SELECT pg_catalog.pg_advisory_lock(4242)")
+        outcome.append("locked")
+    except Exception as exc:  # (cancelled once the build lost: the app gives up, rolls back)
+        outcome.append(type(exc).__name__)
+    finally:
+        conn.close()
+
+
+def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_left(cli, db, sql_dir, seeded):
+    """9: a named CREATE INDEX CONCURRENTLY ended by a deadlock left its INVALID index; the in-run retry failed on
+    "already exists" (exit 1, advice "IF NOT EXISTS": the trap of issue 24). It drops it and builds again."""
+    db.query("CREATE TABLE t_dl (v int); INSERT INTO t_dl VALUES (1)")
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
+                                       "CREATE INDEX CONCURRENTLY idx_dl ON t_dl (v);\n")
+    outcome, ready = [], threading.Event()
+    app = threading.Thread(target=app_deadlocking_a_build, args=(db, outcome, ready), daemon=True)
+    app.start()
+    assert ready.wait(10)
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    app.join(timeout=30)
+    assert "deadlock" in result.stderr, (outcome, result.output)
+    assert result.exit_code == 0, result.output
+    assert "dropped INVALID index" in result.stderr and "already exists" not in result.stderr, result.stderr
+    assert db.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_dl'::regclass") == [(True,)]
+    assert applied(db)[-1] == "0002_idx"
