@@ -21,18 +21,18 @@ SHOWN = 3
 # migration session's search_path (its start value, reset_val: the tenant option's `pb,public`, the role's or the
 # database's setting, "$user"; pg_catalog aside), [schema, role] of the roles that may CREATE there (PUBLIC alone when
 # it may: every role then can), and [owner, object] of the tables, functions, operators and types others own there:
-# a migration's unqualified `=` resolves in any of them (attack23s 1). Trusted: the user, superusers, public's owner
-# on 15+ (pg_database_owner, and its member the database's owner), and a role no one but the user (or a superuser)
-# can act as: membership is no trust (attack23s 2), a login member anywhere below it may plant as it. A role that
-# cannot log in and has no member may CREATE as no one; what it owns was still written by someone (attack23s 5).
+# a migration's unqualified `=` resolves in any of them (attack23s 1); and triggers on tables there whose function
+# another role owns (a TRIGGER right, e.g. GRANT ALL, lets it add one: attack23s 3 of the second report). Trusted: the
+# user, superusers, and a role no one but the user (or a superuser) can act as: membership is no trust (attack23s 2),
+# a login member anywhere below it may plant as it; nor is owning the database (public's pg_database_owner on 15+:
+# the database's owner, when it is another login role, attack23s 9). A role that cannot log in and has no member may
+# CREATE as no one; what it owns was still written by someone (attack23s 5).
 # (Unquoted names are folded to lower case for ASCII only, as the server folds them.)
 _ME_ONLY = ("NOT EXISTS (WITH RECURSIVE mm(oid) AS (SELECT a.member FROM pg_catalog.pg_auth_members a WHERE a.roleid "
             "= r.oid UNION SELECT a.member FROM pg_catalog.pg_auth_members a JOIN mm ON a.roleid = mm.oid WHERE mm.oid "
             "<> (SELECT oid FROM me)) SELECT FROM mm JOIN pg_catalog.pg_roles x ON x.oid = mm.oid WHERE x.oid <> "
             "(SELECT oid FROM me) AND x.rolcanlogin AND NOT x.rolsuper)")
-_TRUSTED = ("(r.rolsuper OR r.oid = (SELECT oid FROM me) OR (ns.owner = 'pg_database_owner' AND "
-            "pg_catalog.pg_has_role(r.oid, ns.nspowner, 'MEMBER')) OR (NOT "
-            f"r.rolcanlogin AND {_ME_ONLY}")
+_TRUSTED = f"(r.rolsuper OR r.oid = (SELECT oid FROM me) OR (NOT r.rolcanlogin AND {_ME_ONLY}"
 _CREATOR_OK = _TRUSTED + "))"  # (no login member but the user: a nologin role without members too)
 # (membership read in pg_auth_members: pg_has_role answers true for every role when the user is a superuser)
 _OWNER_OK = _TRUSTED + (" AND r.oid IN (WITH RECURSIVE m(oid) AS (SELECT oid FROM me UNION SELECT a.roleid FROM "
@@ -42,8 +42,8 @@ _PATH = r"""(SELECT CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.subs
              FROM (SELECT m[1] AS w FROM pg_catalog.regexp_matches((SELECT reset_val FROM pg_catalog.pg_settings
                    WHERE name = 'search_path'), '\s*("(?:[^"]|"")*"|[^,\s]+)\s*(?:,|$)', 'g') m) p)"""
 COLUMNS = f""",
-       ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM (SELECT x.oid, x.nspname, x.nspacl, x.nspowner, o.rolname AS owner
-                 FROM pg_catalog.pg_namespace x JOIN pg_catalog.pg_roles o ON o.oid = x.nspowner WHERE x.oid = n.oid
+       ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM (SELECT x.oid, x.nspname, x.nspacl
+                 FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
                      END FROM {_PATH} AS q(w)))) ns,
              LATERAL (SELECT 'PUBLIC' AS name WHERE EXISTS (SELECT FROM pg_catalog.aclexplode(ns.nspacl) x
@@ -53,8 +53,8 @@ COLUMNS = f""",
                           AND NOT {_CREATOR_OK} AND r.rolname !~ '^pg_'
                           AND pg_catalog.has_schema_privilege(r.oid, ns.oid, 'CREATE')) r
              ORDER BY ns.oid <> n.oid, ns.nspname, r.name),
-       ARRAY(SELECT ARRAY[r.rolname::text, o.what] FROM (SELECT x.oid, x.nspname, x.nspowner, o.rolname AS owner
-                 FROM pg_catalog.pg_namespace x JOIN pg_catalog.pg_roles o ON o.oid = x.nspowner WHERE x.oid = n.oid
+       ARRAY(SELECT ARRAY[r.rolname::text, o.what] FROM (SELECT x.oid, x.nspname
+                 FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
                      END FROM {_PATH} AS q(w)))) ns, LATERAL (
                  SELECT c.relowner AS owner, 'table ' || c.oid::pg_catalog.regclass::text AS what
@@ -64,7 +64,11 @@ COLUMNS = f""",
                  UNION ALL SELECT p.oprowner, 'operator ' || p.oid::pg_catalog.regoperator::text
                  FROM pg_catalog.pg_operator p WHERE p.oprnamespace = ns.oid
                  UNION ALL SELECT t.typowner, 'type ' || t.oid::pg_catalog.regtype::text FROM pg_catalog.pg_type t
-                 WHERE t.typnamespace = ns.oid AND t.typrelid = 0 AND t.typcategory <> 'A') o
+                 WHERE t.typnamespace = ns.oid AND t.typrelid = 0 AND t.typcategory <> 'A'
+                 UNION ALL SELECT p.proowner, 'trigger ' || pg_catalog.quote_ident(g.tgname::text) || ' on table '
+                     || c.oid::pg_catalog.regclass::text || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
+                 FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
+                 JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid WHERE c.relnamespace = ns.oid AND NOT g.tgisinternal) o
              JOIN pg_catalog.pg_roles r ON r.oid = o.owner WHERE NOT {_OWNER_OK} ORDER BY r.rolname, o.what)
 """
 

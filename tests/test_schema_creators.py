@@ -178,3 +178,36 @@ def test_a_nologin_role_only_the_user_acts_as_may_own_objects_there(cli, db, sql
         ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env=db.db_env()))
     finally:
         db.query(f"DROP OWNED BY {owner} CASCADE; DROP ROLE {owner}")
+
+
+def test_another_roles_trigger_on_a_migrated_table_is_refused(cli, db, sql_dir, low):
+    """attack23s (2nd report) 3: GRANT ALL carries TRIGGER; low's trigger (its function in its own schema) fired as
+    the migration role on the next data migration. Failed before: exit 0, the trigger ran."""
+    db.query(f"CREATE SCHEMA pb; CREATE SCHEMA fn_{low} AUTHORIZATION {low}")
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int, name varchar(20)); INSERT INTO a VALUES (1, 'y');\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env=db.db_env()))
+    db.query(f"GRANT USAGE ON SCHEMA pb TO {low}; GRANT ALL ON pb.a TO {low}; SET ROLE {low}; "
+             f"CREATE TABLE fn_{low}.hits (who text); GRANT INSERT ON fn_{low}.hits TO PUBLIC; "
+             f"CREATE FUNCTION fn_{low}.t() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN INSERT INTO fn_{low}.hits "
+             f"VALUES (current_user); RETURN NEW; END$$; "
+             f"CREATE TRIGGER audit BEFORE UPDATE ON pb.a FOR EACH ROW EXECUTE FUNCTION fn_{low}.t(); RESET ROLE")
+    add_migration(sql_dir, "0003_data", "UPDATE a SET name = 'x';\n")
+    error = refusal(cli, db, sql_dir, "--schema", "pb")
+    assert f"trigger audit on table pb.a (function fn_{low}.t()) (owner {low})" in error, error
+    assert db.query(f"SELECT count(*) FROM fn_{low}.hits") == [(0,)]
+
+
+def test_a_database_owned_by_another_login_role_is_no_trusted_creator_in_public(cli, db, sql_dir, low):
+    """attack23s (2nd report) 9: the database's owner (the app's login role) may CREATE in public through
+    pg_database_owner. Failed before: doctor "ok", migrate ran its `=`."""
+    if db.query("SELECT current_setting('server_version_num')::int")[0][0] < 150000:
+        pytest.skip("public is owned by pg_database_owner on 15+")
+    db.query(f'ALTER DATABASE "{db.name}" OWNER TO {low}')
+    try:
+        plant(db, "public", low)
+        add_migration(sql_dir, "0002_a", "CREATE TABLE a (name varchar(20)); SELECT 1 WHERE 'a'::varchar = 'b'::varchar;\n")
+        error = refusal(cli, db, sql_dir)
+        assert f"roles {low} may CREATE in schema public" in error and "operator public.=" in error, error
+        assert db.query("SELECT count(*) FROM public.hits") == [(0,)]
+    finally:
+        db.query(f'ALTER DATABASE "{db.name}" OWNER TO CURRENT_USER')
