@@ -93,3 +93,22 @@ def test_yes_refuses_when_its_own_run_had_to_revoke_rights_again(cli, db, sql_di
     ok(trust(cli, db, sql_dir, "--yes"))
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert "important" in db.tables()
+
+
+def test_another_folders_flyway_rows_are_shown_by_the_review_that_confirms_them(cli, db, sql_dir, tmp_path, low):
+    """attack23s (2nd report) 6: a yoyo service's review confirmed the Flyway service's table in the same schema
+    without showing its forged V2 row. Failed before: the row was not listed."""
+    from test_flyway_locks import write
+
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    folder = tmp_path / "flyway"
+    write(folder, "V1__fw.sql", "CREATE TABLE fw (id int);\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    db.query(f"GRANT USAGE ON SCHEMA public TO {low}; GRANT INSERT ON public.flyway_schema_history TO {low}; "
+             f"SET ROLE {low}; INSERT INTO public.flyway_schema_history (installed_rank, version, description, type, "
+             "script, checksum, installed_by, execution_time, success) VALUES (2, '2', 'fw important', 'SQL', "
+             "'V2__fw_important.sql', NULL, 'x', 1, true); RESET ROLE")
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 2
+    review = ok(trust(cli, db, sql_dir))
+    assert "flyway_schema_history row (another folder's history): installed_rank 2, version 2, script " \
+           "V2__fw_important.sql, success" in review.output, review.output

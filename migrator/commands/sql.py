@@ -208,6 +208,8 @@ def trust_history(settings: CommandSettings, yes: bool) -> reports.CountedLines:
         lines = [output.visible(f"  unconfirmed: {schema}.{table} (could be written by "
                                 f"{', '.join(found.get('roles', ['others']))} until {found.get('revoked_at', 'a run')})")
                  for table, found in sorted(standing.items())] + history_review.lines(books)
+        if books.flyway is None and backend.flyway_table in standing:
+            lines += history_review.flyway_rows(backend, backend.flyway_table)
         if not yes:
             return reports.CountedLines(lines + [
                 "nothing confirmed yet: check each migration above really ran (its objects exist), delete the rows "
