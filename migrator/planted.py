@@ -33,7 +33,10 @@ _ME_ONLY = ("NOT EXISTS (WITH RECURSIVE mm(oid) AS (SELECT a.member FROM pg_cata
             "<> (SELECT oid FROM me)) SELECT FROM mm JOIN pg_catalog.pg_roles x ON x.oid = mm.oid WHERE x.oid <> "
             "(SELECT oid FROM me) AND x.rolcanlogin AND NOT x.rolsuper)")
 _TRUSTED = f"(r.rolsuper OR r.oid = (SELECT oid FROM me) OR (NOT r.rolcanlogin AND {_ME_ONLY}"
-_CREATOR_OK = _TRUSTED + "))"  # (no login member but the user: a nologin role without members too)
+# (no login member but the user: a nologin role without members too; and a role granted the user, which acts as it
+# anyway: doctor's bookkeeping grants check WARNs naming it)
+_CREATOR_OK = _TRUSTED + (") OR r.oid IN (WITH RECURSIVE g(oid) AS (SELECT oid FROM me UNION SELECT a.member FROM "
+                          "pg_catalog.pg_auth_members a JOIN g ON a.roleid = g.oid) SELECT oid FROM g))")
 # (membership read in pg_auth_members: pg_has_role answers true for every role when the user is a superuser)
 _OWNER_OK = _TRUSTED + (" AND r.oid IN (WITH RECURSIVE m(oid) AS (SELECT oid FROM me UNION SELECT a.roleid FROM "
                         "pg_catalog.pg_auth_members a JOIN m ON a.member = m.oid) SELECT oid FROM m)))")
