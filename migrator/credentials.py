@@ -216,3 +216,12 @@ def _url_passwords(url: str | None) -> list[str]:
             for value in values]
     except ValueError:
         return []
+
+
+def refuse_fields_over_url(options: list[str], url: str | None, url_origin: str | None) -> None:
+    """--db-host/--db-port/--db-name/--db-user with a DATABASE_URL (or DB_URL) in the settings' source: the URL named
+    the server and its credentials, the options would silently replace it with the defaults and the seed's password
+    (attack23s 8). Refused in one line rather than merged: which parts of a URL an option may change is a guess."""
+    if options and url:
+        raise MigratorError(f"{', '.join(options)} cannot be combined with {url_origin}, which names the server: give "
+                            f"the whole URL with --database-url, or unset {url_origin.split(' ')[0]}", USAGE)

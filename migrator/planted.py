@@ -17,30 +17,62 @@ from migrator.grant_text import ident, runnable
 SETTING = "SCHEMA_CREATORS_TRUSTED"
 SHOWN = 3
 
-# Appended to trust.PLANTED (whose FROM has the schema n and its owner so): the roles other than the user, those it is
-# a member of, and superusers, that may CREATE in the schema (PUBLIC alone when it may: every role then can; public's
-# owner on 15+, pg_database_owner, and its member the database's owner, are trusted as trust.py trusts them); and
-# [owner, object] of the tables, functions, operators and types in the schema such roles own.
-# (membership by pg_auth_members: pg_has_role answers true for every role when the user is a superuser; a role
-# that cannot log in and has no member but the user is acted as by superusers alone)
-_OTHERS = ("NOT r.rolsuper AND r.oid NOT IN (WITH RECURSIVE m(oid) AS (SELECT oid FROM me UNION SELECT a.roleid "
-           "FROM pg_catalog.pg_auth_members a JOIN m ON a.member = m.oid) SELECT oid FROM m) AND NOT (so.rolname = "
-           "'pg_database_owner' AND pg_catalog.pg_has_role(r.oid, so.oid, 'MEMBER')) AND (r.rolcanlogin OR EXISTS ("
-           "SELECT FROM pg_catalog.pg_auth_members a WHERE a.roleid = r.oid AND a.member <> (SELECT oid FROM me)))")
+# Appended to trust.PLANTED (whose FROM has the schema n and its owner so): for n and every other schema on the
+# migration session's search_path (its start value, reset_val: the tenant option's `pb,public`, the role's or the
+# database's setting, "$user"; pg_catalog aside), [schema, role] of the roles that may CREATE there (PUBLIC alone when
+# it may: every role then can), and [owner, object] of the tables, functions, operators and types others own there:
+# a migration's unqualified `=` resolves in any of them (attack23s 1); and triggers on tables there whose function
+# another role owns (a TRIGGER right, e.g. GRANT ALL, lets it add one: attack23s 3 of the second report). Trusted: the
+# user, superusers, and a role no one but the user (or a superuser) can act as: membership is no trust (attack23s 2),
+# a login member anywhere below it may plant as it; nor is owning the database (public's pg_database_owner on 15+:
+# the database's owner, when it is another login role, attack23s 9). A role that cannot log in and has no member may
+# CREATE as no one; what it owns was still written by someone (attack23s 5).
+# (Unquoted names are folded to lower case for ASCII only, as the server folds them.)
+_ME_ONLY = ("NOT EXISTS (WITH RECURSIVE mm(oid) AS (SELECT a.member FROM pg_catalog.pg_auth_members a WHERE a.roleid "
+            "= r.oid UNION SELECT a.member FROM pg_catalog.pg_auth_members a JOIN mm ON a.roleid = mm.oid WHERE mm.oid "
+            "<> (SELECT oid FROM me)) SELECT FROM mm JOIN pg_catalog.pg_roles x ON x.oid = mm.oid WHERE x.oid <> "
+            "(SELECT oid FROM me) AND x.rolcanlogin AND NOT x.rolsuper)")
+_TRUSTED = f"(r.rolsuper OR r.oid = (SELECT oid FROM me) OR (NOT r.rolcanlogin AND {_ME_ONLY}"
+# (no login member but the user: a nologin role without members too; and a role granted the user, which acts as it
+# anyway: doctor's bookkeeping grants check WARNs naming it)
+_CREATOR_OK = _TRUSTED + (") OR r.oid IN (WITH RECURSIVE g(oid) AS (SELECT oid FROM me UNION SELECT a.member FROM "
+                          "pg_catalog.pg_auth_members a JOIN g ON a.roleid = g.oid) SELECT oid FROM g))")
+# (membership read in pg_auth_members: pg_has_role answers true for every role when the user is a superuser)
+_OWNER_OK = _TRUSTED + (" AND r.oid IN (WITH RECURSIVE m(oid) AS (SELECT oid FROM me UNION SELECT a.roleid FROM "
+                        "pg_catalog.pg_auth_members a JOIN m ON a.member = m.oid) SELECT oid FROM m)))")
+_PATH = r"""(SELECT CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.substr(p.w, 2, pg_catalog.length(p.w) - 2),
+                 '""', '"') ELSE pg_catalog.translate(p.w, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') END
+             FROM (SELECT m[1] AS w FROM pg_catalog.regexp_matches((SELECT reset_val FROM pg_catalog.pg_settings
+                   WHERE name = 'search_path'), '\s*("(?:[^"]|"")*"|[^,\s]+)\s*(?:,|$)', 'g') m) p)"""
 COLUMNS = f""",
-       CASE WHEN EXISTS (SELECT FROM pg_catalog.aclexplode(n.nspacl) x WHERE x.grantee = 0 AND x.privilege_type = 'CREATE')
-            THEN ARRAY['PUBLIC'] ELSE ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE {_OTHERS}
-                 AND r.rolname !~ '^pg_' AND pg_catalog.has_schema_privilege(r.oid, n.oid, 'CREATE') ORDER BY 1) END,
-       ARRAY(SELECT ARRAY[r.rolname::text, o.what] FROM (
+       ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM (SELECT x.oid, x.nspname, x.nspacl
+                 FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
+                 OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
+                     END FROM {_PATH} AS q(w)))) ns,
+             LATERAL (SELECT 'PUBLIC' AS name WHERE EXISTS (SELECT FROM pg_catalog.aclexplode(ns.nspacl) x
+                          WHERE x.grantee = 0 AND x.privilege_type = 'CREATE')
+                      UNION ALL SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE NOT EXISTS (SELECT FROM
+                          pg_catalog.aclexplode(ns.nspacl) x WHERE x.grantee = 0 AND x.privilege_type = 'CREATE')
+                          AND NOT {_CREATOR_OK} AND r.rolname !~ '^pg_'
+                          AND pg_catalog.has_schema_privilege(r.oid, ns.oid, 'CREATE')) r
+             ORDER BY ns.oid <> n.oid, ns.nspname, r.name),
+       ARRAY(SELECT ARRAY[r.rolname::text, o.what] FROM (SELECT x.oid, x.nspname
+                 FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
+                 OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
+                     END FROM {_PATH} AS q(w)))) ns, LATERAL (
                  SELECT c.relowner AS owner, 'table ' || c.oid::pg_catalog.regclass::text AS what
-                 FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                 FROM pg_catalog.pg_class c WHERE c.relnamespace = ns.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
                  UNION ALL SELECT p.proowner, 'function ' || p.oid::pg_catalog.regprocedure::text
-                 FROM pg_catalog.pg_proc p WHERE p.pronamespace = n.oid
+                 FROM pg_catalog.pg_proc p WHERE p.pronamespace = ns.oid
                  UNION ALL SELECT p.oprowner, 'operator ' || p.oid::pg_catalog.regoperator::text
-                 FROM pg_catalog.pg_operator p WHERE p.oprnamespace = n.oid
+                 FROM pg_catalog.pg_operator p WHERE p.oprnamespace = ns.oid
                  UNION ALL SELECT t.typowner, 'type ' || t.oid::pg_catalog.regtype::text FROM pg_catalog.pg_type t
-                 WHERE t.typnamespace = n.oid AND t.typrelid = 0 AND t.typcategory <> 'A') o
-             JOIN pg_catalog.pg_roles r ON r.oid = o.owner WHERE {_OTHERS} ORDER BY r.rolname, o.what)
+                 WHERE t.typnamespace = ns.oid AND t.typrelid = 0 AND t.typcategory <> 'A'
+                 UNION ALL SELECT p.proowner, 'trigger ' || pg_catalog.quote_ident(g.tgname::text) || ' on table '
+                     || c.oid::pg_catalog.regclass::text || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
+                 FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
+                 JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid WHERE c.relnamespace = ns.oid AND NOT g.tgisinternal) o
+             JOIN pg_catalog.pg_roles r ON r.oid = o.owner WHERE NOT {_OWNER_OK} ORDER BY r.rolname, o.what)
 """
 
 
@@ -58,36 +90,45 @@ def trusted(env) -> tuple[str, ...]:
     return tuple(name.strip() for name in (value or "").split(",") if name.strip())
 
 
-def untrusted(state, accepted: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
-    """(roles that may CREATE, [owner, object] of what others own) in the schema, less those `accepted`."""
+def untrusted(state, accepted: tuple[str, ...]) -> tuple[list[list[str]], list[list[str]]]:
+    """([schema, role] of the roles that may CREATE, [owner, object] of what others own) in the schema and the others
+    on the session's search_path, less the roles `accepted`."""
     if len(state) < 13:
         return [], []
-    return ([r for r in state[11] if r not in accepted], [o for o in state[12] if o[0] not in accepted])
+    return ([c for c in state[11] if c[1] not in accepted], [o for o in state[12] if o[0] not in accepted])
 
 
 def _names(roles) -> str:
     return ", ".join(r if r == "PUBLIC" else output.role(r) for r in roles)
 
 
-def found(schema: str, creators: list[str], owned: list[list[str]]) -> str:
-    """What others may plant, in words."""
+def _by_schema(creators: list[list[str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for where, role in creators:
+        grouped.setdefault(where, []).append(role)
+    return grouped
+
+
+def found(schema: str, creators: list[list[str]], owned: list[list[str]]) -> str:
+    """What others may plant, in words (a schema other than `schema` is one on the migration's search_path)."""
     said = []
-    if creators:
-        said.append(f"{'PUBLIC (every role)' if creators == ['PUBLIC'] else 'roles ' + _names(creators)} may CREATE "
-                    f"in schema {schema}")
+    for where, roles in _by_schema(creators).items():
+        on_path = f" (on the migration's search_path)" * (where != schema)
+        said.append(f"{'PUBLIC (every role)' if roles == ['PUBLIC'] else 'roles ' + _names(roles)} may CREATE "
+                    f"in schema {where}{on_path}")
     if owned:
         shown = "; ".join(f"{what} (owner {output.role(owner)})" for owner, what in owned[:SHOWN])
         said.append(f"other roles own objects there: {shown}{f' and {len(owned) - SHOWN} more' * (len(owned) > SHOWN)}")
     return output.visible(" and ".join(said))
 
 
-def fix(schema: str, creators: list[str], owned: list[list[str]], accept: bool = True) -> str:
+def fix(schema: str, creators: list[list[str]], owned: list[list[str]], accept: bool = True) -> str:
     """The REVOKE to run, and what to do about what others own; or the setting that accepts them."""
-    roles = sorted({*creators, *(owner for owner, _ in owned)})
+    roles = sorted({*(role for _, role in creators), *(owner for owner, _ in owned)})
     steps = []
-    if creators:
-        grantees = ", ".join(r if r == "PUBLIC" else ident(r) for r in creators)
-        steps.append(f"run {runnable(f'REVOKE CREATE ON SCHEMA {ident(schema)} FROM {grantees}')}")
+    for where, grantees in _by_schema(creators).items():
+        names = ", ".join(r if r == "PUBLIC" else ident(r) for r in grantees)
+        steps.append(f"run {runnable(f'REVOKE CREATE ON SCHEMA {ident(where)} FROM {names}')}")
     if owned:
         steps.append("drop what others own there, or make the migration user its owner (ALTER ... OWNER TO)")
     return f"{' and '.join(steps)}" + f"; or, to trust them, set {SETTING}={','.join(roles)}" * accept

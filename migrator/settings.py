@@ -77,6 +77,7 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
     if options.database_url:
         target = _from_url(options.database_url, "--database-url")
     elif option_fields:
+        credentials.refuse_fields_over_url([PG_OPTION_NAMES[k] for k in option_fields], env_url, env_url_origin)
         target = _from_fields(option_fields, env)
     elif env_url:
         target = _from_url(env_url, env_url_origin)

@@ -159,6 +159,7 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
     marked = disown(backend.connection, schema, state[8], comments=state[10], histories=tables) \
         if refuse and not read_only and state[8] else {}
     backend.distrusted = {**history_trust.standing(state[10], tables), **marked}
+    backend.fresh_distrust = marked  # (what this run revoked: trust-history --yes refuses it, history_review.py)
     if refuse and backend.distrusted and read_only:
         output.note(history_trust.note(schema, backend.distrusted, options))
     elif refuse and backend.distrusted and not unconfirmed_ok:

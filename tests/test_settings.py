@@ -27,11 +27,23 @@ def test_option_url_wins_over_everything():
     assert any("secret dev/db (DB_SECRET_NAME (environment)) ignored" in line for line in t.notes)
 
 
-def test_field_options_win_over_database_url_and_fill_from_db_vars():
-    t = resolve({"DATABASE_URL": ENV_URL, "DB_PORT": "6001", "DB_PASSWORD": "fieldspw"}, host="opt-host", dbname="optdb")
+def test_field_options_fill_from_db_vars():
+    t = resolve({"DB_PORT": "6001", "DB_PASSWORD": "fieldspw"}, host="opt-host", dbname="optdb")
     assert (t.host, t.port, t.dbname, t.user, t.password) == ("opt-host", 6001, "optdb", "postgres", "fieldspw")
     assert t.sources == {"host": "--db-host", "port": "DB_PORT (environment)", "dbname": "--db-name",
                          "user": "default", "password": "DB_PASSWORD (environment)"}
+
+
+@pytest.mark.parametrize("option", ["host", "port", "dbname", "user"])
+@pytest.mark.parametrize("where", ["environ", "dotenv"])
+def test_a_field_option_with_a_database_url_is_refused(option, where):
+    """attack23s 8: --db-name dropped the URL silently (the run went to localhost with the seed's password).
+    Failed before: resolved to the defaults, no error."""
+    with pytest.raises(MigratorError) as caught:
+        resolve(**{where: {"DATABASE_URL": ENV_URL}}, **{option: "6003" if option == "port" else "other"})
+    message = str(caught.value)
+    assert "cannot be combined with DATABASE_URL" in message and "--database-url" in message, message
+    assert "envpw" not in message
 
 
 def test_database_url_wins_over_db_vars_and_secret():

@@ -7,7 +7,7 @@ from pathlib import Path
 from migrator.commands.base import CommandSettings, locked_backend, scratch_server, watching
 from migrator.commands.deploy import advancing_schema, check_schema_drift, record_schema
 from migrator.errors import USAGE, MigratorError
-from migrator import reports
+from migrator import output, reports
 from migrator.reports import Lines, RollbackReport
 
 
@@ -208,7 +208,7 @@ def break_lock(settings: CommandSettings) -> reports.CountedLines:
 def trust_history(settings: CommandSettings, yes: bool) -> reports.CountedLines:
     """Show the history others could write until a run took their rights, and what it records as applied; with
     `yes`, confirm it (history_trust.py): migrate trusts its rows again. Nothing standing: nothing to do."""
-    from migrator import history_trust, postgres
+    from migrator import history_review, history_trust, postgres
 
     migrations = postgres.read_migrations(settings.sql_dir)
     with locked_backend(settings, unconfirmed_ok=True) as (backend, _):
@@ -216,15 +216,19 @@ def trust_history(settings: CommandSettings, yes: bool) -> reports.CountedLines:
         if not standing:
             return reports.CountedLines([f"history in schema {schema} is not marked unconfirmed: nothing to confirm"],
                                         0)
-        applied = postgres.applied_ids(backend, migrations)
-        lines = [f"  unconfirmed: {schema}.{table} (could be written by {', '.join(found.get('roles', ['others']))} "
-                 f"until {found.get('revoked_at', 'a run')})" for table, found in sorted(standing.items())]
-        lines += [f"  recorded as applied: {i} ({at:%Y-%m-%d %H:%M})" if at else f"  recorded as applied: {i}"
-                  for i, at in applied.items()]
+        books = postgres.bookkeeping(backend, migrations)
+        lines = [output.visible(f"  unconfirmed: {schema}.{table} (could be written by "
+                                f"{', '.join(found.get('roles', ['others']))} until {found.get('revoked_at', 'a run')})")
+                 for table, found in sorted(standing.items())] + history_review.lines(books)
+        if books.flyway is None and backend.flyway_table in standing:
+            lines += history_review.flyway_rows(backend, backend.flyway_table)
         if not yes:
             return reports.CountedLines(lines + [
                 "nothing confirmed yet: check each migration above really ran (its objects exist), delete the rows "
                 "of those that did not, then run again with --yes"], 0)
+        refused = history_review.blocked(schema, books, getattr(backend, "fresh_distrust", {}))
+        if refused:
+            raise MigratorError(refused, USAGE)
         with backend.transaction():
             history_trust.confirm(backend.connection, schema, backend.verified[10], sorted(standing))
     return reports.CountedLines(lines + [f"confirmed the history in schema {schema}: migrate trusts its rows again"],

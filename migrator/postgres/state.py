@@ -8,7 +8,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from migrator import checksums, history_trust
+from yoyo.migrations import get_migration_hash
+
+from migrator import checksums, history_trust, output
 from migrator.errors import DRIFT, USAGE, MigratorError
 from migrator.postgres import flyway
 from migrator.postgres.connection import MIGRATION_TABLE
@@ -52,6 +54,11 @@ class Bookkeeping:
     failures: dict[str, str]  # id -> what a failed non-transactional run left committed
     marked: set[str] = field(default_factory=set)  # yoyo's own marks (applied also counts Flyway's table)
     flyway: history.FlywayBooks | None = None  # a Flyway folder's history of record
+    # [id, hash] of yoyo's marks whose migration_hash is not yoyo's hash of their id: such a row marks another
+    # migration applied for yoyo (keyed by hash) while status reads its id (attack23s 4); refused by reconcile.
+    # (A Flyway file's mark is keyed by its history's table, flyway.history_hash, which a schema's other
+    # services' marks differ in: not checked here; Flyway's own table is that folder's history of record.)
+    mismatched: list[tuple[str, str]] = field(default_factory=list)
 
 
 def bookkeeping(backend, migrations=None) -> Bookkeeping:
@@ -70,12 +77,14 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
         layout.current(backend, False)
     marks = sums = failures = []
     if has_marks:
-        marks = backend.execute(f"SELECT migration_id, applied_at_utc FROM {names['marks']} ORDER BY applied_at_utc").fetchall()
+        marks = backend.execute(f"SELECT migration_id, applied_at_utc, migration_hash FROM {names['marks']} "
+                                "ORDER BY applied_at_utc").fetchall()
     if has_sums:
         sums = backend.execute(f"SELECT migration_id, sha256 FROM {names['sums']}").fetchall()
     if has_failures:
         failures = backend.execute(f"SELECT migration_id, what FROM {names['failures']}").fetchall()
-    books = Bookkeeping(dict(marks), {i: sha.strip() for i, sha in sums}, dict(failures), {i for i, _ in marks})
+    books = Bookkeeping({i: at for i, at, _ in marks}, {i: sha.strip() for i, sha in sums}, dict(failures),
+                        {i for i, _, _ in marks}, mismatched=[(i, h) for i, _, h in marks if h != get_migration_hash(i) and not flyway.parse(i + ".sql")])
     flyway_folder = flyway.is_flyway(migrations) if migrations is not None else bool(backend.history)
     if flyway_folder:  # (without the files: when this run's backend already met its Flyway folder)
         from migrator.postgres import history
@@ -190,6 +199,8 @@ def _reconcile_plain(backend, migrations, notify, books: Bookkeeping) -> list:
     """reconcile's repairs of yoyo's marks and the runner's checksums."""
     from yoyo.migrations import MigrationList
 
+    if books.mismatched:
+        raise MigratorError(mismatch_error(backend.qualified(MIGRATION_TABLE), books.mismatched, migrations), USAGE)
     applied = set(books.marked)
     committed = [m for m in migrations if m.id in books.sums and m.id not in applied]
     if committed:
@@ -205,6 +216,16 @@ def _reconcile_plain(backend, migrations, notify, books: Bookkeeping) -> list:
     if not (committed or recorded_now or settled):
         _unchanged[backend] = books
     return drift_of(migrations, books)
+
+
+def mismatch_error(table: str, mismatched: list[tuple[str, str]], migrations) -> str:
+    """The one line refusing marks whose hash is not their id's (hand-edited or forged)."""
+    by_hash = {get_migration_hash(m.id): m.id for m in migrations}
+    said = "; ".join(f"migration_id {i} with migration_hash {h}, the hash of {by_hash.get(h, 'no migration here')}" for i, h in mismatched)
+    return output.visible(
+        f"refusing to migrate: {table} holds marks whose migration_hash is not yoyo's hash of their migration_id ({said}): "
+        f"yoyo would treat another migration as applied than the one status shows; check what really ran, then "
+        f"DELETE FROM {table} WHERE migration_hash = '<that hash>' for each such row")
 
 
 def drift_error(drift: list, target: PostgresTarget, verb: str = "migrate refuses to run",

@@ -1,0 +1,114 @@
+"""What `sql trust-history` shows and what its `--yes` confirms (issue 23, attack23s 3, 4, 6, 7), on the real
+PostgreSQL: every row a run would act on is shown, escaped; rows migrate would act on wrongly, and rights taken again
+by the confirming run itself, keep `--yes` from confirming.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from conftest import add_migration, ok
+from test_history_distrust import forge_mark, grant_history_to
+from test_planted_objects import low  # noqa: F401 (a fixture)
+
+FIRST = "0001_create_hcm_report_metadata"
+
+
+def distrusted(cli, db, sql_dir, low, forge: str) -> None:
+    """The standing grant, `forge` run as low, and the revoking migrate that refuses."""
+    grant_history_to(db, low)
+    db.query(f"SET ROLE {low}; {forge}; RESET ROLE")
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 2
+
+
+def trust(cli, db, sql_dir, *args):
+    return cli("sql", "trust-history", *args, "--sql-dir", sql_dir, env=db.db_env())
+
+
+def test_a_forged_checksum_row_without_its_mark_is_shown_and_not_confirmed(cli, db, sql_dir, low):
+    """attack23s 3. Failed before: the review showed 0001 only, --yes confirmed, and migrate marked 0002 applied
+    without running it (exit 0)."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    path = add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    distrusted(cli, db, sql_dir, low, "INSERT INTO _hcm_migration_checksum (migration_id, sha256) VALUES "
+                                      f"('0002_important', '{sha}')")
+    review = ok(trust(cli, db, sql_dir))
+    assert "checksum without a mark: 0002_important" in review.output, review.output
+    refused = trust(cli, db, sql_dir, "--yes")
+    assert refused.exit_code == 2 and "checksum row of 0002_important (no mark)" in refused.output, refused.output
+    db.query("DELETE FROM _hcm_migration_checksum WHERE migration_id = '0002_important'")
+    ok(trust(cli, db, sql_dir, "--yes"))
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "important" in db.tables()
+
+
+def test_a_mark_with_another_migrations_hash_is_shown_and_refused(cli, db, sql_dir, low):
+    """attack23s 4: (0002's hash, 0001's id). Failed before: nothing new in the review, and migrate said "up to date"
+    (exit 0) without running 0002."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    distrusted(cli, db, sql_dir, low, "INSERT INTO _yoyo_migration VALUES (encode(sha256('0002_important'), 'hex'), "
+                                      f"'{FIRST}', now())")
+    review = ok(trust(cli, db, sql_dir))
+    assert f"mark for {FIRST} carries migration_hash" in review.output, review.output
+    refused = trust(cli, db, sql_dir, "--yes")
+    assert refused.exit_code == 2 and "another migration's hash" in refused.output, refused.output
+
+
+def test_migrate_refuses_a_mark_whose_hash_is_not_its_ids(cli, db, sql_dir):
+    """attack23s 4, outside forgery (a hand-edited row): failed before with "up to date", exit 0."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    db.query(f"INSERT INTO _yoyo_migration VALUES (encode(sha256('0002_important'), 'hex'), '{FIRST}', now())")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert result.exit_code == 2, result.output
+    assert f"migration_id {FIRST} with migration_hash" in result.output
+    assert "the hash of 0002_important" in result.output and "important" not in db.tables()
+
+
+def test_a_forged_id_cannot_forge_the_reviews_lines(cli, db, sql_dir, low):
+    """attack23s 6. Failed before: a line break in the id printed a line reading as the confirmation."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    distrusted(cli, db, sql_dir, low, "INSERT INTO _yoyo_migration VALUES ('x', E'0009_x\\nconfirmed the history', now())")
+    review = ok(trust(cli, db, sql_dir))
+    assert not any(line.startswith("confirmed") for line in review.output.splitlines()), review.output
+    assert "0009_x\\nconfirmed" in review.output
+
+
+def test_yes_refuses_when_its_own_run_had_to_revoke_rights_again(cli, db, sql_dir, low):
+    """attack23s 7: rights granted again after the review; low forges a mark; the operator's --yes confirmed it.
+    Failed before: exit 0 and migrate then said "up to date" without running 0002."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    distrusted(cli, db, sql_dir, low, "SELECT 1")
+    review = ok(trust(cli, db, sql_dir))
+    assert "0002_important" not in review.output
+    grant_history_to(db, low)
+    forge_mark(db, low, "0002_important")
+    refused = trust(cli, db, sql_dir, "--yes")
+    assert refused.exit_code == 2 and "rows may have been written after your review" in refused.output, refused.output
+    assert "recorded as applied: 0002_important" in ok(trust(cli, db, sql_dir)).output
+    db.query("DELETE FROM _yoyo_migration WHERE migration_id = '0002_important'")
+    ok(trust(cli, db, sql_dir, "--yes"))
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "important" in db.tables()
+
+
+def test_another_folders_flyway_rows_are_shown_by_the_review_that_confirms_them(cli, db, sql_dir, tmp_path, low):
+    """attack23s (2nd report) 6: a yoyo service's review confirmed the Flyway service's table in the same schema
+    without showing its forged V2 row. Failed before: the row was not listed."""
+    from test_flyway_locks import write
+
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    folder = tmp_path / "flyway"
+    write(folder, "V1__fw.sql", "CREATE TABLE fw (id int);\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    db.query(f"GRANT USAGE ON SCHEMA public TO {low}; GRANT INSERT ON public.flyway_schema_history TO {low}; "
+             f"SET ROLE {low}; INSERT INTO public.flyway_schema_history (installed_rank, version, description, type, "
+             "script, checksum, installed_by, execution_time, success) VALUES (2, '2', 'fw important', 'SQL', "
+             "'V2__fw_important.sql', NULL, 'x', 1, true); RESET ROLE")
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 2
+    review = ok(trust(cli, db, sql_dir))
+    assert "flyway_schema_history row (another folder's history): installed_rank 2, version 2, script " \
+           "V2__fw_important.sql, success" in review.output, review.output
