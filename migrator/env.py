@@ -46,14 +46,12 @@ class Env:
         self.layers = LAYERS
         self._notes: list[str] = []  # what the reading itself has to say (a missing NAME_FILE)
         self._taken = 0
-        self.dotenv_dir: Path | None = None  # the folder of the .env read: its NAME_FILEs stay inside it
 
     @classmethod
     def load(cls, dotenv_path: str | Path = ".env") -> "Env":
         ignored = [name for name in LIBPQ_ROUTING if os.environ.pop(name, None) is not None]
         path = Path(dotenv_path)
         env = cls(os.environ, *read_dotenv(path)) if path.is_file() else cls(os.environ)
-        env.dotenv_dir = path.resolve().parent
         if ignored:
             env.note(f"note: {', '.join(ignored)} ignored: libpq would connect (and send the password) there, "
                      "while the runner connects where its own settings say (DATABASE_URL, DB_HOST, a secret)")
@@ -92,7 +90,7 @@ class Env:
             if layer.get(name):
                 return layer[name], f"{name} ({where})"
             if layer.get(f"{name}_FILE"):
-                self._refuse_outside(f"{name}_FILE", layer[f"{name}_FILE"], where)
+                self._refuse_dotenv_file(f"{name}_FILE", where)
                 value = self._read_file(f"{name}_FILE", layer[f"{name}_FILE"], where)
                 if value:
                     return value, f"{name}_FILE ({where})"
@@ -115,15 +113,15 @@ class Env:
                 raise MigratorError(f"{variable} (.env line {self.broken[variable]}): the line cannot be parsed (an "
                                     "unclosed quote?); write it as NAME=value, quoting a value with spaces or #", USAGE)
 
-    def _refuse_outside(self, variable: str, path: str, where: str) -> None:
-        """A .env's NAME_FILE used as a setting names a file inside the .env's folder: a .env from elsewhere would
-        otherwise send any of the invoker's files (~/.aws/credentials) to the host it names. (Masking still reads
-        every named file: secret_values.)"""
-        if where == ".env" and self.dotenv_dir is not None and \
-                not Path(path).expanduser().resolve().is_relative_to(self.dotenv_dir):
-            raise MigratorError(f"{variable} ({where}): {path} is outside the .env's folder {self.dotenv_dir}: a .env "
-                                f"may name files only inside its folder; set {variable} in the real environment for "
-                                "a file elsewhere", USAGE)
+    @staticmethod
+    def _refuse_dotenv_file(variable: str, where: str) -> None:
+        """A .env's NAME_FILE is never used as a setting: a .env from a repository could otherwise send any of the
+        invoker's files to the host it names, in its folder too (CI's token in .git/config, .npmrc). (Masking still
+        reads every named file: secret_values.)"""
+        if where == ".env":
+            raise MigratorError(f"{variable} ({where}): a .env may not name a file for a setting (a .env from elsewhere "
+                                "could send any of your files to the host it names); write the value itself in .env, "
+                                f"or set {variable} in the real environment", USAGE)
 
     def _read_file(self, variable: str, path: str, where: str) -> str | None:
         what = f"{variable} ({where}): {path}"

@@ -701,23 +701,23 @@ def test_a_password_file_password_put_in_db_port_is_never_quoted_back(cli, tmp_p
     assert "xQ7" not in result.output, result.output
 
 
+@pytest.mark.parametrize("where", ["outside", "beside", ".git/config"])
 @pytest.mark.parametrize("variable", ["DB_PASSWORD_FILE", "DB_USER_FILE", "DB_NAME_FILE"])
-def test_a_dotenv_never_sends_a_file_outside_its_folder_to_the_host_it_names(cli, workdir, tmp_path, sql_dir, trap,
-                                                                            variable):
-    """attack23s 7 (HIGH): a .env naming its own host and a NAME_FILE at any of the invoker's files (~/.aws/credentials)
-    sent that file's content to the host. Refused in one line, nothing sent; a file beside the .env is still read."""
-    private = tmp_path / "credentials"
-    private.write_text("aws_secret_access_key = Priv4te-Key-7\n")
-    (workdir / ".env").write_text(f"DB_HOST=127.0.0.1\nDB_PORT={trap.port}\nDB_PASSWORD=x\n{variable}={private}\n"
-                                  .replace("DB_PASSWORD=x\n", "" if variable == "DB_PASSWORD_FILE" else "DB_PASSWORD=x\n"))
+def test_a_dotenv_never_sends_a_file_it_names_to_a_host(cli, workdir, tmp_path, sql_dir, trap, variable, where):
+    """attack23s 7 / attack23t 4 (HIGH): a .env naming its own host and a NAME_FILE at any of the invoker's files sent
+    that file's content to the host: ~/.aws/credentials, and inside the .env's own folder too (CI's token in
+    .git/config, .npmrc). A .env's NAME_FILE used as a setting is refused in one line, nothing sent."""
+    private = {"outside": tmp_path / "credentials", "beside": workdir / ".npmrc",
+               ".git/config": workdir / ".git" / "config"}[where]
+    private.parent.mkdir(exist_ok=True)
+    private.write_text("extraheader = AUTHORIZATION: basic Priv4te-Key-7\n")
+    named = private if where == "outside" else private.relative_to(workdir)
+    password = "" if variable == "DB_PASSWORD_FILE" else "DB_PASSWORD=x\n"
+    (workdir / ".env").write_text(f"DB_HOST=127.0.0.1\nDB_PORT={trap.port}\n{password}{variable}={named}\n")
     result = cli("migrate", "--sql-dir", sql_dir)
     assert result.exit_code == 2, result.output
     line = one_error_line(result)
-    assert f"{variable} (.env): {private} is outside the .env's folder {workdir}: a .env may name files only inside " \
-           f"its folder; set {variable} in the real environment for a file elsewhere" in line, line
+    assert f"{variable} (.env): a .env may not name a file for a setting (a .env from elsewhere could send any of " \
+           f"your files to the host it names); write the value itself in .env, or set {variable} in the real " \
+           "environment" in line, line
     assert trap.connections == 0 and "Priv4te" not in result.output
-    beside = workdir / "local_value"
-    beside.write_text("Beside-Secret-5\n")
-    (workdir / ".env").write_text(f"DB_HOST=127.0.0.1\nDB_PORT={trap.port}\nDB_PASSWORD_FILE=local_value\n")
-    cli("migrate", "--sql-dir", sql_dir)  # (the trap refuses the login: only what it received matters)
-    assert trap.passwords and set(trap.passwords) == {"Beside-Secret-5"}
