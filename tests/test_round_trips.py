@@ -167,11 +167,14 @@ def test_each_files_ddl_targets_are_parsed_once_and_an_edited_file_afresh(tmp_pa
 
 # What a no-op migrate (all applied, Mongo not configured) never runs, so never imports: a file's reading, running
 # and judging, a failure's words, a Flyway folder's history, Mongo's patches, doctor, the reports of other commands,
-# the describing code (the catalog's fingerprint answers the drift check).
+# the describing code (the catalog's fingerprint answers the drift check); the other command families' CLI and
+# commands (sql, mongo, devdb, doctor, help: cli.app.Runner.lazy) and plan --impact's.
 NOT_FOR_A_NO_OP = ("migrator.postgres.file_step", "migrator.postgres.running", "migrator.postgres.rewrites",
                    "migrator.postgres.concurrently", "migrator.postgres.history", "migrator.postgres.backfill",
                    "migrator.postgres.splitter", "migrator.mongo.patches", "migrator.doctor", "migrator.reports.tenants",
-                   "migrator.reports.impact", "migrator.schema.describe", "migrator.schema.diff", "migrator.schema.model")
+                   "migrator.reports.impact", "migrator.schema.describe", "migrator.schema.diff", "migrator.schema.model",
+                   "migrator.cli.sql", "migrator.cli.mongo", "migrator.cli.devdb", "migrator.cli.doctor",
+                   "migrator.commands.mongo", "migrator.commands.plan_impact")
 NO_OP_PROBE = """
 import sys
 from migrator.cli import cli
