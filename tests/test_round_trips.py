@@ -95,6 +95,24 @@ def test_a_no_op_migrate_makes_no_table_and_sends_no_failing_statement(cli, db, 
     assert counts.total <= 25  # (bench/statements.py's no-op: 63, then 29, before this)
 
 
+def test_who_may_plant_in_the_schema_is_read_by_a_writing_run_and_doctor_not_by_status_or_plan(cli, db, sql_dir,
+                                                                                              monkeypatch):
+    """planted.py's columns cost ~7 ms of server time in a new session; only migrate's refusal and doctor read them."""
+    from bench import statements
+
+    add_migration(sql_dir, "0100_t", "CREATE TABLE t (id int PRIMARY KEY);", "DROP TABLE t;")
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    sent: list[str] = []
+    monkeypatch.setattr(statements.Counts, "add", lambda self, text: sent.append(str(text)))
+    reads_creators = "pg_catalog.has_schema_privilege(r.oid, ns.oid, 'CREATE')"  # (planted.COLUMNS)
+    for args, reads in ((("status",), False), (("plan",), False), (("migrate", "--quiet"), True), (("doctor",), True)):
+        sent.clear()
+        with counting():
+            result = cli(*args, "--sql-dir", sql_dir, env=db.db_env())
+        assert result.exit_code == 0 or args == ("doctor",), result.output  # (doctor judges this machine too)
+        assert sum(reads_creators in text for text in sent) == reads, args
+
+
 BOOKKEEPING_READ = "SELECT migration_id, sha256 FROM"  # (state.bookkeeping's checksums: once per read of it)
 
 
