@@ -121,7 +121,7 @@ def test_the_shared_option_names_are_never_cut_at_a_hyphen(cli, columns):
 def _params(group, path):
     command = group
     for word in path:
-        command = command.commands[word]
+        command = command.get_command(None, word)
     return command.params
 
 

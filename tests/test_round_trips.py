@@ -95,6 +95,24 @@ def test_a_no_op_migrate_makes_no_table_and_sends_no_failing_statement(cli, db, 
     assert counts.total <= 25  # (bench/statements.py's no-op: 63, then 29, before this)
 
 
+def test_who_may_plant_in_the_schema_is_read_by_a_writing_run_and_doctor_not_by_status_or_plan(cli, db, sql_dir,
+                                                                                              monkeypatch):
+    """planted.py's columns cost ~7 ms of server time in a new session; only migrate's refusal and doctor read them."""
+    from bench import statements
+
+    add_migration(sql_dir, "0100_t", "CREATE TABLE t (id int PRIMARY KEY);", "DROP TABLE t;")
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    sent: list[str] = []
+    monkeypatch.setattr(statements.Counts, "add", lambda self, text: sent.append(str(text)))
+    reads_creators = "pg_catalog.has_schema_privilege(r.oid, ns.oid, 'CREATE')"  # (planted.COLUMNS)
+    for args, reads in ((("status",), False), (("plan",), False), (("migrate", "--quiet"), True), (("doctor",), True)):
+        sent.clear()
+        with counting():
+            result = cli(*args, "--sql-dir", sql_dir, env=db.db_env())
+        assert result.exit_code == 0 or args == ("doctor",), result.output  # (doctor judges this machine too)
+        assert sum(reads_creators in text for text in sent) == reads, args
+
+
 BOOKKEEPING_READ = "SELECT migration_id, sha256 FROM"  # (state.bookkeeping's checksums: once per read of it)
 
 
@@ -167,11 +185,14 @@ def test_each_files_ddl_targets_are_parsed_once_and_an_edited_file_afresh(tmp_pa
 
 # What a no-op migrate (all applied, Mongo not configured) never runs, so never imports: a file's reading, running
 # and judging, a failure's words, a Flyway folder's history, Mongo's patches, doctor, the reports of other commands,
-# the describing code (the catalog's fingerprint answers the drift check).
+# the describing code (the catalog's fingerprint answers the drift check); the other command families' CLI and
+# commands (sql, mongo, devdb, doctor, help: cli.app.Runner.lazy) and plan --impact's.
 NOT_FOR_A_NO_OP = ("migrator.postgres.file_step", "migrator.postgres.running", "migrator.postgres.rewrites",
                    "migrator.postgres.concurrently", "migrator.postgres.history", "migrator.postgres.backfill",
                    "migrator.postgres.splitter", "migrator.mongo.patches", "migrator.doctor", "migrator.reports.tenants",
-                   "migrator.reports.impact", "migrator.schema.describe", "migrator.schema.diff", "migrator.schema.model")
+                   "migrator.reports.impact", "migrator.schema.describe", "migrator.schema.diff", "migrator.schema.model",
+                   "migrator.cli.sql", "migrator.cli.mongo", "migrator.cli.devdb", "migrator.cli.doctor",
+                   "migrator.commands.mongo", "migrator.commands.plan_impact")
 NO_OP_PROBE = """
 import sys
 from migrator.cli import cli

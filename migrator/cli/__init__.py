@@ -15,14 +15,43 @@ import sys
 
 from migrator.cli import deploy
 from migrator.cli.app import cli
-from migrator.cli.devdb import devdb
-from migrator.cli.doctor import doctor
-from migrator.cli.help import help_
-from migrator.cli.mongo import mongo
-from migrator.cli.sql import sql
 
-for command in (deploy.migrate, deploy.plan, deploy.status, deploy.config, mongo, sql, devdb, doctor, help_):
+for command in (deploy.migrate, deploy.plan, deploy.status, deploy.config):
     cli.add_command(command)
+
+
+def _sql():
+    from migrator.cli.sql import sql
+
+    return sql
+
+
+def _mongo():
+    from migrator.cli.mongo import mongo
+
+    return mongo
+
+
+def _devdb():
+    from migrator.cli.devdb import devdb
+
+    return devdb
+
+
+def _doctor():
+    from migrator.cli.doctor import doctor
+
+    return doctor
+
+
+def _help():
+    from migrator.cli.help import help_
+
+    return help_
+
+
+# (imported when named or listed: app.Runner)
+cli.lazy = {"mongo": _mongo, "sql": _sql, "devdb": _devdb, "doctor": _doctor, "help": _help}
 
 
 def main(args: list[str] | None = None, prog_name: str | None = None) -> None:

@@ -31,7 +31,19 @@ def _one_line(exc: click.UsageError) -> OneLineUsageError:
 
 
 class Runner(HelpGroup):
-    """Turns a MigratorError into one line and its exit code; tracebacks only with -v."""
+    """Turns a MigratorError into one line and its exit code; tracebacks only with -v. The command families in
+    `lazy` (name: a function returning the command) are imported when first named or listed: a no-op migrate
+    does without sql's, mongo's, devdb's and doctor's modules (bench/RESULTS.md, issue 22)."""
+
+    lazy: dict = {}
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            self.add_command(self.lazy[cmd_name]())
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx):
+        return sorted({*self.commands, *self.lazy})
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:

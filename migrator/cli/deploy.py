@@ -11,7 +11,7 @@ from migrator.cli.help import HelpCommand
 from migrator.cli.options import (CREATE_SCHEMAS, LOCK_TIMEOUT, REWRITE_THRESHOLD, SCRATCH_URL, STRICT,
                                   ddl_limit_options, ddl_limits,
                                   schema_run, settings_options)
-from migrator.commands import deploy, plan_impact, tenants
+from migrator.commands import deploy, tenants
 from migrator.errors import USAGE, MigratorError
 from migrator.reports import Lines
 
@@ -55,6 +55,8 @@ def plan(settings, offline, as_json, impact, markdown, scratch_url):
     if impact:
         if offline or (as_json and markdown):
             raise MigratorError("--impact needs the database (not --offline), and one of --json and --markdown", USAGE)
+        from migrator.commands import plan_impact  # (plan --impact's alone)
+
         report = plan_impact.impact(settings, scratch_url)
         output.report(Lines(report.markdown()) if markdown else report, as_json)
         raise click.exceptions.Exit(report.exit_code)

@@ -88,7 +88,7 @@ def help_(ctx: click.Context, topic: tuple[str, ...]) -> None:
     if name and name not in TOPICS:
         command, path = root, []
         for word in name.split():
-            command = getattr(command, "commands", {}).get(word)
+            command = _subcommands(command).get(word)
             if command is None:
                 raise MigratorError(f"no help topic or command {' '.join(topic)!r}: the topics are "
                                     f"{', '.join(TOPICS)}; `runner.py --help` lists the commands", USAGE)
@@ -132,7 +132,15 @@ def _label(commands: list[str]) -> str:
     return f"The {groups.pop()} commands" if len(groups) == 1 and len(commands) > 2 else ", ".join(commands)
 
 
+def _subcommands(command: click.Command) -> dict[str, click.Command]:
+    """A group's commands by name, those it loads when named included (cli.app.Runner.lazy)."""
+    if not isinstance(command, click.Group):
+        return {}
+    lazy = getattr(command, "lazy", {})  # (in their order, after the others, as they were once all registered)
+    return {name: command.get_command(None, name) for name in [*(n for n in command.commands if n not in lazy), *lazy]}
+
+
 def _paths(command: click.Command, path: tuple[str, ...] = ()):
     yield path, command
-    for name, sub in getattr(command, "commands", {}).items():
+    for name, sub in _subcommands(command).items():
         yield from _paths(sub, (*path, name))

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Iterator
 
 from migrator import output, pg_lock, reports
-from migrator.commands import mongo as mongo_commands
 from migrator.commands.base import PROJECT_ROOT, CommandSettings, locked_backend, watching
 from migrator.errors import SCHEMA_DRIFT, USAGE, MigratorError
 from migrator.reports import (MONGO_NOT_CONFIGURED, Lines, MigrateReport, MongoPlanReport, PlanReport, SqlMigrateReport,
@@ -149,6 +148,8 @@ def migrate_mongo(settings: CommandSettings, mongo_target, mongo_patches):
     if mongo_target is None:
         settings.show(MONGO_NOT_CONFIGURED)
         return None
+    from migrator.commands import mongo as mongo_commands  # (Mongo's modules only when it is configured)
+
     mongo = mongo_commands.run_patches(settings, mongo_target, mongo_patches, names=(), run=True)
     settings.show(mongo)
     return mongo
@@ -337,6 +338,8 @@ def status(settings: CommandSettings) -> StatusReport:
             state.rollback_unfilled = rollback is not None and rollback.is_file() and postgres.unfilled(rollback)
         invalid = postgres.invalid_indexes(backend)
         schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described)
+    from migrator.commands import mongo as mongo_commands
+
     mongo = mongo_commands.patch_status(settings, mongo_target) if mongo_target else None
     return StatusReport(target.display_url, states, invalid, schema, mongo, postgres.rebuilt_by(states, invalid))
 
