@@ -4,8 +4,11 @@ The runner's own SQL resolves operators and functions in pg_catalog alone, and i
 (trust.py); a migration's own SQL cannot be: its `=` on varchar resolves to an operator another role created in the
 migrated schema, which then runs as the migration role (issue 23, attack23r 2). So a role that may CREATE in the
 schema (PUBLIC too: PostgreSQL < 15's default on public), or that owns objects there, is refused by the commands
-that write, naming the REVOKE, unless SCHEMA_CREATORS_TRUSTED names it; doctor FAILs likewise. Read in the connect
-check's own catalog query (trust.bookkeeping_state), no round trip of its own.
+that write, naming the REVOKE, unless SCHEMA_CREATORS_TRUSTED names it; doctor FAILs likewise. So is another role's
+TRIGGER right on a table there (GRANT ALL carries it): the trigger it adds, after any check, runs as the migration role
+when a later migration writes the table (attack23s 3, second report). REFERENCES is not: a foreign key's checks and
+cascades, and the triggers they fire, run as the referencing table's owner. Read in the connect check's own catalog
+query (trust.bookkeeping_state), no round trip of its own.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ SHOWN = 3
 # user, superusers, and a role no one but the user (or a superuser) can act as: membership is no trust (attack23s 2),
 # a login member anywhere below it may plant as it; nor is owning the database (public's pg_database_owner on 15+:
 # the database's owner, when it is another login role, attack23s 9). A role that cannot log in and has no member may
-# CREATE as no one; what it owns was still written by someone (attack23s 5).
+# CREATE as no one; what it owns was still written by someone (attack23s 5). Then [schema, table, role, grantor when
+# not the owner] of others' TRIGGER rights on tables there (the runner's bookkeeping aside: trust.disown takes them), and
+# [schema or '' for all, '', role, ''] of the user's default privileges giving one to the tables it will make.
 # (Unquoted names are folded to lower case for ASCII only, as the server folds them.)
 _ME_ONLY = ("NOT EXISTS (WITH RECURSIVE mm(oid) AS (SELECT a.member FROM pg_catalog.pg_auth_members a WHERE a.roleid "
             "= r.oid UNION SELECT a.member FROM pg_catalog.pg_auth_members a JOIN mm ON a.roleid = mm.oid WHERE mm.oid "
@@ -44,11 +49,12 @@ _PATH = r"""(SELECT CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.subs
                  '""', '"') ELSE pg_catalog.translate(p.w, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') END
              FROM (SELECT m[1] AS w FROM pg_catalog.regexp_matches((SELECT reset_val FROM pg_catalog.pg_settings
                    WHERE name = 'search_path'), '\s*("(?:[^"]|"")*"|[^,\s]+)\s*(?:,|$)', 'g') m) p)"""
-COLUMNS = f""",
-       ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM (SELECT x.oid, x.nspname, x.nspacl
-                 FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
+# (the migrated schema n and the others on the migration session's search_path)
+_SCHEMAS = f"""(SELECT x.oid, x.nspname, x.nspacl FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
-                     END FROM {_PATH} AS q(w)))) ns,
+                     END FROM {_PATH} AS q(w))))"""
+COLUMNS = f""",
+       ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM {_SCHEMAS} ns,
              LATERAL (SELECT 'PUBLIC' AS name WHERE EXISTS (SELECT FROM pg_catalog.aclexplode(ns.nspacl) x
                           WHERE x.grantee = 0 AND x.privilege_type = 'CREATE')
                       UNION ALL SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE NOT EXISTS (SELECT FROM
@@ -56,10 +62,7 @@ COLUMNS = f""",
                           AND NOT {_CREATOR_OK} AND r.rolname !~ '^pg_'
                           AND pg_catalog.has_schema_privilege(r.oid, ns.oid, 'CREATE')) r
              ORDER BY ns.oid <> n.oid, ns.nspname, r.name),
-       ARRAY(SELECT ARRAY[r.rolname::text, o.what] FROM (SELECT x.oid, x.nspname
-                 FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
-                 OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
-                     END FROM {_PATH} AS q(w)))) ns, LATERAL (
+       ARRAY(SELECT ARRAY[r.rolname::text, o.what] FROM {_SCHEMAS} ns, LATERAL (
                  SELECT c.relowner AS owner, 'table ' || c.oid::pg_catalog.regclass::text AS what
                  FROM pg_catalog.pg_class c WHERE c.relnamespace = ns.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
                  UNION ALL SELECT p.proowner, 'function ' || p.oid::pg_catalog.regprocedure::text
@@ -72,12 +75,26 @@ COLUMNS = f""",
                      || c.oid::pg_catalog.regclass::text || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
                  FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
                  JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid WHERE c.relnamespace = ns.oid AND NOT g.tgisinternal) o
-             JOIN pg_catalog.pg_roles r ON r.oid = o.owner WHERE NOT {_OWNER_OK} ORDER BY r.rolname, o.what)
+             JOIN pg_catalog.pg_roles r ON r.oid = o.owner WHERE NOT {_OWNER_OK} ORDER BY r.rolname, o.what),
+       ARRAY(SELECT ARRAY[h.schema, h.name, h.grantee, h.grantor] FROM (
+                 SELECT ns.nspname::text AS schema, c.relname::text AS name, x.grantee AS role, CASE WHEN x.grantor
+                     <> c.relowner THEN pg_catalog.pg_get_userbyid(x.grantor)::text ELSE '' END AS grantor
+                 FROM {_SCHEMAS} ns JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid, pg_catalog.aclexplode(c.relacl) x
+                 WHERE x.privilege_type = 'TRIGGER' AND x.grantee <> c.relowner
+                   AND NOT (ns.oid = n.oid AND c.relname = ANY(CAST(:tables AS pg_catalog.name[])))
+                 UNION SELECT COALESCE(ns.nspname::text, ''), '', x.grantee, ''
+                 FROM pg_catalog.pg_default_acl d LEFT JOIN {_SCHEMAS} ns ON ns.oid = d.defaclnamespace,
+                     pg_catalog.aclexplode(d.defaclacl) x
+                 WHERE d.defaclrole = (SELECT oid FROM me) AND d.defaclobjtype = 'r' AND x.privilege_type = 'TRIGGER'
+                   AND (d.defaclnamespace = 0 OR ns.oid IS NOT NULL)) g
+             LEFT JOIN pg_catalog.pg_roles r ON r.oid = g.role,
+             LATERAL (SELECT g.schema, g.name, COALESCE(r.rolname::text, 'PUBLIC') AS grantee, g.grantor) h
+             WHERE g.role = 0 OR NOT {_CREATOR_OK} ORDER BY h.schema, h.name = '', h.name, h.grantee)
 """
 
 
 def with_creators(query: str) -> str:
-    """trust.PLANTED with COLUMNS appended (state[11], state[12])."""
+    """trust.PLANTED with COLUMNS appended (state[11], state[12], state[13])."""
     head, tail = query.rsplit("\nFROM (SELECT CAST(:s AS", 1)
     return head + COLUMNS + "FROM (SELECT CAST(:s AS" + tail
 
@@ -90,12 +107,14 @@ def trusted(env) -> tuple[str, ...]:
     return tuple(name.strip() for name in (value or "").split(",") if name.strip())
 
 
-def untrusted(state, accepted: tuple[str, ...]) -> tuple[list[list[str]], list[list[str]]]:
-    """([schema, role] of the roles that may CREATE, [owner, object] of what others own) in the schema and the others
-    on the session's search_path, less the roles `accepted`."""
-    if len(state) < 13:
-        return [], []
-    return ([c for c in state[11] if c[1] not in accepted], [o for o in state[12] if o[0] not in accepted])
+def untrusted(state, accepted: tuple[str, ...]) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
+    """([schema, role] of the roles that may CREATE, [owner, object] of what others own, [schema, table, role,
+    grantor] of others' TRIGGER rights: table '' for the user's default privilege) in the schema and the others on
+    the session's search_path, less the roles `accepted`."""
+    if len(state) < 14:
+        return [], [], []
+    return ([c for c in state[11] if c[1] not in accepted], [o for o in state[12] if o[0] not in accepted],
+            [t for t in state[13] if t[2] not in accepted])
 
 
 def _names(roles) -> str:
@@ -109,7 +128,7 @@ def _by_schema(creators: list[list[str]]) -> dict[str, list[str]]:
     return grouped
 
 
-def found(schema: str, creators: list[list[str]], owned: list[list[str]]) -> str:
+def found(schema: str, creators: list[list[str]], owned: list[list[str]], triggers: list[list[str]] = ()) -> str:
     """What others may plant, in words (a schema other than `schema` is one on the migration's search_path)."""
     said = []
     for where, roles in _by_schema(creators).items():
@@ -119,29 +138,58 @@ def found(schema: str, creators: list[list[str]], owned: list[list[str]]) -> str
     if owned:
         shown = "; ".join(f"{what} (owner {output.role(owner)})" for owner, what in owned[:SHOWN])
         said.append(f"other roles own objects there: {shown}{f' and {len(owned) - SHOWN} more' * (len(owned) > SHOWN)}")
+    tables = list(dict.fromkeys(f"{where}.{table}" for where, table, *_ in triggers if table))
+    if tables:
+        roles = sorted({role for _, table, role, _ in triggers if table})
+        said.append(f"roles {_names(roles)} may add triggers (a TRIGGER right) on table "
+                    f"{', '.join(tables[:SHOWN])}{f' and {len(tables) - SHOWN} more' * (len(tables) > SHOWN)}")
+    for where, _, role, _ in (t for t in triggers if not t[1]):
+        said.append(f"the migration user's default privilege gives {_names([role])} TRIGGER on every table it makes "
+                    + (f"in schema {where}" if where else "anywhere"))
     return output.visible(" and ".join(said))
 
 
-def fix(schema: str, creators: list[list[str]], owned: list[list[str]], accept: bool = True) -> str:
+def fix(schema: str, creators: list[list[str]], owned: list[list[str]], triggers: list[list[str]] = (),
+        accept: bool = True, user: str = "") -> str:
     """The REVOKE to run, and what to do about what others own; or the setting that accepts them."""
-    roles = sorted({*(role for _, role in creators), *(owner for owner, _ in owned)})
+    roles = sorted({*(role for _, role in creators), *(owner for owner, _ in owned), *(t[2] for t in triggers)})
     steps = []
     for where, grantees in _by_schema(creators).items():
-        names = ", ".join(r if r == "PUBLIC" else ident(r) for r in grantees)
-        steps.append(f"run {runnable(f'REVOKE CREATE ON SCHEMA {ident(where)} FROM {names}')}")
+        steps.append(f"run {runnable(f'REVOKE CREATE ON SCHEMA {ident(where)} FROM {_sql_names(grantees)}')}")
     if owned:
         steps.append("drop what others own there, or make the migration user its owner (ALTER ... OWNER TO)")
+    by: dict[tuple[str, str, str], list[str]] = {}
+    for where, table, role, grantor in triggers:
+        by.setdefault((where, grantor, table and "table"), []).append(role)
+    for (where, grantor, table), grantees in by.items():
+        if table:  # (CASCADE: a right passed on WITH GRANT OPTION goes with it)
+            statement = f"REVOKE TRIGGER ON ALL TABLES IN SCHEMA {ident(where)} FROM {_sql_names(grantees)} CASCADE"
+            steps.append(f"{f'as role {output.role(grantor)}, which granted it, ' * bool(grantor)}run {runnable(statement)}")
+        else:
+            statement = (f"ALTER DEFAULT PRIVILEGES FOR ROLE {ident(user)}{f' IN SCHEMA {ident(where)}' * bool(where)} "
+                         f"REVOKE TRIGGER ON TABLES FROM {_sql_names(grantees)}")
+            steps.append(f"run {runnable(statement)}")
     return f"{' and '.join(steps)}" + f"; or, to trust them, set {SETTING}={','.join(roles)}" * accept
 
 
+def _sql_names(roles: list[str]) -> str:
+    return ", ".join(r if r == "PUBLIC" else ident(r) for r in dict.fromkeys(roles))
+
+
 def refuse(state, schema: str, where: str, accepted: tuple[str, ...]) -> None:
-    """Refuses (exit 2) a schema others may plant objects in, unless SCHEMA_CREATORS_TRUSTED accepts them all."""
-    creators, owned = untrusted(state, accepted)
-    if creators or owned:
+    """Refuses (exit 2) a schema others may plant objects in, or add triggers to its tables, unless
+    SCHEMA_CREATORS_TRUSTED accepts them all."""
+    left = untrusted(state, accepted)
+    if any(left):
         raise MigratorError(output.visible(
-            f"refusing to migrate schema {schema} on {where}: {found(schema, creators, owned)}: an operator or function "
-            f"they plant there runs as user {state[2]} when a migration's SQL resolves to it; "
-            f"{fix(schema, creators, owned)}"), USAGE)
+            f"refusing to migrate schema {schema} on {where}: {found(schema, *left)}: {harm(state[2])}; "
+            f"{fix(schema, *left, user=state[2])}"), USAGE)
+
+
+def harm(user: str) -> str:
+    """What another role's CREATE, objects or TRIGGER right lead to."""
+    return (f"an operator or function they plant there, or a trigger they add, runs as user {user} when a migration's "
+            "SQL resolves to it or writes the table")
 
 
 def planted_list(schema: str, planted: list[str]) -> str:

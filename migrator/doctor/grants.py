@@ -64,19 +64,20 @@ def schema_creators(report: DoctorReport, backend, schema: str, accepted: tuple[
     """Who else may plant objects in the schema (planted.py): a FAIL while migrate refuses, a WARN for roles
     SCHEMA_CREATORS_TRUSTED accepts (what they plant still runs as the user), else OK."""
     state = backend.verified
-    creators, owned = planted.untrusted(state, ())
-    if not (creators or owned):
-        report.add(Check("postgres schema creators", OK, f"no other role may create in schema {schema} or owns "
-                         "objects there"))
+    found = planted.untrusted(state, ())
+    if not any(found):
+        report.add(Check("postgres schema creators", OK, f"no other role may create in schema {schema}, owns "
+                         "objects there or may add triggers to its tables"))
         return
     left = planted.untrusted(state, accepted)
-    harm = f"an operator or function they plant there runs as user {state[2]} when a migration's SQL resolves to it"
-    if left[0] or left[1]:
+    harm = planted.harm(state[2])
+    if any(left):
         report.add(Check("postgres schema creators", FAIL, f"{planted.found(schema, *left)}: {harm} (migrate "
-                         "refuses)", planted.fix(schema, *left)))
+                         "refuses)", planted.fix(schema, *left, user=state[2])))
     else:
-        report.add(Check("postgres schema creators", WARN, f"{planted.found(schema, creators, owned)}: {harm}; "
-                         f"accepted by {planted.SETTING}", f"if that is not deliberate: {planted.fix(schema, creators, owned, False)}"))
+        report.add(Check("postgres schema creators", WARN, f"{planted.found(schema, *found)}: {harm}; accepted by "
+                         f"{planted.SETTING}", f"if that is not deliberate: "
+                         f"{planted.fix(schema, *found, accept=False, user=state[2])}"))
 
 
 def bookkeeping_locks(report: DoctorReport, backend, schema: str) -> None:
