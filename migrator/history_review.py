@@ -1,8 +1,8 @@
 """What `sql trust-history` shows of an unconfirmed history, and what keeps `--yes` from confirming it.
 
 The review is the operator's only look at rows others could write: every row a run would act on is shown (yoyo's
-marks, a checksum without its mark, failure records, a Flyway folder's rows, another folder's Flyway table's rows), each id escaped (a forged id could
-read as another line, attack23s 6). `--yes` refuses what it cannot confirm safely: a checksum without its mark (migrate
+marks, a checksum without its mark, failure records, a Flyway folder's rows), each id escaped (a forged id could
+read as another line, attack23s 6); another folder's Flyway table is that folder's to review and confirm. `--yes` refuses what it cannot confirm safely: a checksum without its mark (migrate
 would mark that migration applied without running it, attack23s 3), a mark whose hash is not its id's (yoyo would
 count another migration applied, attack23s 4), and a distrust this very run recorded (rights taken again: rows may
 have been written after the review the operator saw, attack23s 7).
@@ -23,15 +23,6 @@ def lines(books) -> list[str]:
              for i in unmarked(books)]
     said += [f"  failure recorded: {i}: {what}" for i, what in sorted(books.failures.items())]
     return [output.visible(line) for line in said]
-
-
-def flyway_rows(backend, table: str) -> list[str]:
-    """Every row of a Flyway table this folder does not read (another service's, in the same schema: attack23s 6 of
-    the second report): confirming it must not pass rows nobody was shown."""
-    rows = backend.execute(f"SELECT installed_rank, version, script, success FROM {backend.qualified(table)} "
-                           "ORDER BY installed_rank").fetchall()
-    return [output.visible(f"  {table} row (another folder's history): installed_rank {rank}, version {version}, "
-                           f"script {script}, {'success' if ok else 'FAILED'}") for rank, version, script, ok in rows]
 
 
 def unmarked(books) -> list[str]:

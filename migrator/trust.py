@@ -140,12 +140,14 @@ def check_rights(state, schema: str, where: str) -> None:
 
 
 def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = True, unconfirmed_ok: bool = False,
-           options: str = "", creators_trusted: tuple[str, ...] = ()) -> tuple:
+           options: str = "", target=None) -> tuple:
     """The bookkeeping_state of `schema`; with `refuse`, a MigratorError when others planted objects there or
     the user lacks rights on a table present (`SELECT` to read; SELECT, INSERT, UPDATE, DELETE to write), or, to
     write, while its history is unconfirmed (history_trust; `unconfirmed_ok`: the commands that confirm it or only
     clear a lock; `options`: the run's --schema, for the commands the refusal names); and, to write (but confirm or
-    clear a lock), a schema others may plant objects in (planted.py; `creators_trusted` accepts those roles)."""
+    clear a lock), a schema others may plant objects in (planted.py; the `target`'s creators_trusted accepts those
+    roles). Only the run's own histories refuse (Flyway's table when the target's folder is a Flyway folder; all
+    without a target): another service's is noted (backend.others_distrusted)."""
     state = bookkeeping_state(backend, schema, ("SELECT",) if read_only else RIGHTS)
     if refuse and state[5]:
         raise MigratorError(owner_error(schema, state[2], state[5], where), USAGE)
@@ -154,12 +156,18 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
     if refuse and state[1]:  # (without USAGE on the schema, that is said first)
         check_rights(state, schema, where)
     if refuse and not read_only and not unconfirmed_ok:
-        planted.refuse(state, schema, where, creators_trusted)
+        planted.refuse(state, schema, where, target.creators_trusted if target else ())
     tables = history_trust.histories(backend.flyway_table)
     marked = disown(backend.connection, schema, state[8], comments=state[10], histories=tables) \
         if refuse and not read_only and state[8] else {}
-    backend.distrusted = {**history_trust.standing(state[10], tables), **marked}
-    backend.fresh_distrust = marked  # (what this run revoked: trust-history --yes refuses it, history_review.py)
+    distrusted = {**history_trust.standing(state[10], tables), **marked}
+    own = history_trust.histories(None if target and target.history is None else backend.flyway_table)
+    backend.distrusted = {table: found for table, found in distrusted.items() if table in own}
+    backend.others_distrusted = {table: found for table, found in distrusted.items() if table not in own}
+    backend.fresh_distrust = {t: found for t, found in marked.items() if t in own}  # (what this run revoked:
+    # trust-history --yes refuses it, history_review.py)
+    if refuse and backend.others_distrusted:
+        output.note(history_trust.others_note(schema, backend.others_distrusted))
     if refuse and backend.distrusted and read_only:
         output.note(history_trust.note(schema, backend.distrusted, options))
     elif refuse and backend.distrusted and not unconfirmed_ok:

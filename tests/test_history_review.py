@@ -95,9 +95,13 @@ def test_yes_refuses_when_its_own_run_had_to_revoke_rights_again(cli, db, sql_di
     assert "important" in db.tables()
 
 
-def test_another_folders_flyway_rows_are_shown_by_the_review_that_confirms_them(cli, db, sql_dir, tmp_path, low):
+def test_another_folders_unconfirmed_flyway_history_is_noted_by_this_folder_and_refused_by_its_own(cli, db, sql_dir,
+                                                                                                   tmp_path, low):
     """attack23s (2nd report) 6: a yoyo service's review confirmed the Flyway service's table in the same schema
-    without showing its forged V2 row. Failed before: the row was not listed."""
+    without showing its forged V2 row (fixed in session 9: the rows were listed); left: the yoyo service's migrate
+    refused over the other service's table. Failed before: exit 2 for the yoyo service. Now each run refuses on its
+    own histories only: the yoyo service notes the other's, cannot confirm it; the Flyway service refuses and its
+    own review lists the forged row."""
     from test_flyway_locks import write
 
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
@@ -108,7 +112,16 @@ def test_another_folders_flyway_rows_are_shown_by_the_review_that_confirms_them(
              f"SET ROLE {low}; INSERT INTO public.flyway_schema_history (installed_rank, version, description, type, "
              "script, checksum, installed_by, execution_time, success) VALUES (2, '2', 'fw important', 'SQL', "
              "'V2__fw_important.sql', NULL, 'x', 1, true); RESET ROLE")
-    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 2
-    review = ok(trust(cli, db, sql_dir))
-    assert "flyway_schema_history row (another folder's history): installed_rank 2, version 2, script " \
-           "V2__fw_important.sql, success" in review.output, review.output
+    add_migration(sql_dir, "0002_b", "CREATE TABLE b (id int);\n")
+    yoyo = ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "note: history public.flyway_schema_history (another folder's: this run does not read it) is " \
+           f"unconfirmed: {low} could write it" in yoyo.output and "b" in db.tables(), yoyo.output
+    review = ok(trust(cli, db, sql_dir, "--yes"))
+    assert "nothing to confirm" in review.output and "not this folder's: public.flyway_schema_history" \
+        in review.output, review.output
+    doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env()).output
+    assert [line for line in doctor.splitlines() if line.startswith("warn") and "another folder's" in line], doctor
+    write(folder, "V2__fw_important.sql", "CREATE TABLE fw_important (id int);\n")
+    flyway = cli("migrate", "--sql-dir", folder, env=db.db_env())
+    assert flyway.exit_code == 2 and "history public.flyway_schema_history could be written by" in flyway.output
+    assert "V2__fw_important" in ok(trust(cli, db, folder)).output and "fw_important" not in db.tables()

@@ -46,6 +46,11 @@ def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) ->
                          "refuses until it is confirmed",
                          f"review what `runner.py status{schema_option}` lists as applied (delete the rows of "
                          f"migrations that never ran), then run `{history_trust.CONFIRM}{schema_option}`"))
+    if getattr(backend, "others_distrusted", None):
+        tables = ", ".join(f"{schema}.{table}" for table in sorted(backend.others_distrusted))
+        report.add(Check("postgres history trust", WARN, f"history {tables} (another folder's, not this one's) is "
+                         "unconfirmed: that service's migrate refuses until its operator confirms it",
+                         "run `sql trust-history` with that service's folder, review, then --yes"))
     writers, quoted_user = backend.execute(WRITE_ALL).fetchone()
     if members:
         report.add(Check("postgres bookkeeping grants", WARN, f"roles {', '.join(members)} are granted user {user}: "
