@@ -31,7 +31,9 @@ SHOWN = 3
 # the database's owner, when it is another login role, attack23s 9). A role that cannot log in and has no member may
 # CREATE as no one; what it owns was still written by someone (attack23s 5). Then [schema, table, role, grantor when
 # not the owner] of others' TRIGGER rights on tables there (the runner's bookkeeping aside: trust.disown takes them), and
-# [schema or '' for all, '', role, ''] of the user's default privileges giving one to the tables it will make.
+# [schema or '' for all, '', role, ''] of the user's default privileges giving one to the tables it will make. Last,
+# [view, bookkeeping table, role, rights] of others' write rights on a view over the runner's tables: a write through
+# it is checked against the view owner's rights, so it writes the history as the user (attack23s 14).
 # (Unquoted names are folded to lower case for ASCII only, as the server folds them.)
 _ME_ONLY = ("NOT EXISTS (WITH RECURSIVE mm(oid) AS (SELECT a.member FROM pg_catalog.pg_auth_members a WHERE a.roleid "
             "= r.oid UNION SELECT a.member FROM pg_catalog.pg_auth_members a JOIN mm ON a.roleid = mm.oid WHERE mm.oid "
@@ -89,12 +91,23 @@ COLUMNS = f""",
                    AND (d.defaclnamespace = 0 OR ns.oid IS NOT NULL)) g
              LEFT JOIN pg_catalog.pg_roles r ON r.oid = g.role,
              LATERAL (SELECT g.schema, g.name, COALESCE(r.rolname::text, 'PUBLIC') AS grantee, g.grantor) h
-             WHERE g.role = 0 OR NOT {_CREATOR_OK} ORDER BY h.schema, h.name = '', h.name, h.grantee)
+             WHERE g.role = 0 OR NOT {_CREATOR_OK} ORDER BY h.schema, h.name = '', h.name, h.grantee),
+       ARRAY(SELECT ARRAY[v.oid::pg_catalog.regclass::text, t.relname::text, COALESCE(r.rolname::text, 'PUBLIC'),
+                          pg_catalog.string_agg(DISTINCT x.privilege_type, ', ')]
+             FROM pg_catalog.pg_class t JOIN pg_catalog.pg_depend d ON d.refobjid = t.oid
+                 AND d.refclassid = CAST('pg_catalog.pg_class' AS pg_catalog.regclass)
+                 AND d.classid = CAST('pg_catalog.pg_rewrite' AS pg_catalog.regclass)
+             JOIN pg_catalog.pg_rewrite w ON w.oid = d.objid JOIN pg_catalog.pg_class v ON v.oid = w.ev_class
+             CROSS JOIN pg_catalog.aclexplode(v.relacl) x LEFT JOIN pg_catalog.pg_roles r ON r.oid = x.grantee
+             WHERE t.relnamespace = n.oid AND t.relname = ANY(CAST(:tables AS pg_catalog.name[])) AND v.oid <> t.oid
+               AND x.privilege_type IN ('INSERT', 'UPDATE', 'DELETE') AND x.grantee <> v.relowner
+               AND (x.grantee = 0 OR NOT {_CREATOR_OK})
+             GROUP BY v.oid, t.relname, r.rolname ORDER BY v.oid, t.relname, r.rolname)
 """
 
 
 def with_creators(query: str) -> str:
-    """trust.PLANTED with COLUMNS appended (state[11], state[12], state[13])."""
+    """trust.PLANTED with COLUMNS appended (state[11] to state[14])."""
     head, tail = query.rsplit("\nFROM (SELECT CAST(:s AS", 1)
     return head + COLUMNS + "FROM (SELECT CAST(:s AS" + tail
 
@@ -176,9 +189,31 @@ def _sql_names(roles: list[str]) -> str:
     return ", ".join(r if r == "PUBLIC" else ident(r) for r in dict.fromkeys(roles))
 
 
+def views(schema: str, found: list[list[str]]) -> tuple[str, str]:
+    """Others' write rights on views over the runner's bookkeeping, in words, and the REVOKEs taking them."""
+    said = "; ".join(f"view {view} over {schema}.{table} to {output.role(role)} ({rights})"
+                     for view, table, role, rights in found[:SHOWN])
+    statements = [runnable(f"REVOKE INSERT, UPDATE, DELETE ON {view} FROM "
+                           f"{_sql_names([role for v, _, role, _ in found if v == view])}")
+                  for view in dict.fromkeys(view for view, *_ in found)]
+    return (output.visible(f"{said}{f' and {len(found) - SHOWN} more' * (len(found) > SHOWN)}"),
+            f"run {'; '.join(statements)}, or drop the view")
+
+
+def views_error(schema: str, found: list[list[str]], where: str) -> str:
+    """The one line refusing views over the runner's bookkeeping that others may write through."""
+    said, fix_it = views(schema, found)
+    return output.visible(
+        f"refusing the migration history in schema {schema} on {where}: other roles may write it through a view: "
+        f"{said}; the bookkeeping relation they write is a view, not the table, and the write runs with the view "
+        f"owner's rights (they could add history rows that skip a migration); {fix_it}")
+
+
 def refuse(state, schema: str, where: str, accepted: tuple[str, ...]) -> None:
     """Refuses (exit 2) a schema others may plant objects in, or add triggers to its tables, unless
-    SCHEMA_CREATORS_TRUSTED accepts them all."""
+    SCHEMA_CREATORS_TRUSTED accepts them all; and views others may write the bookkeeping through."""
+    if len(state) > 14 and state[14]:
+        raise MigratorError(views_error(schema, state[14], where), USAGE)
     left = untrusted(state, accepted)
     if any(left):
         raise MigratorError(output.visible(

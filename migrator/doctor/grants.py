@@ -36,6 +36,11 @@ def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) ->
         report.add(Check("postgres bookkeeping grants", FAIL, f"other roles may write the runner's bookkeeping: "
                          f"{grants_list(schema, others)}; {harm} (migrate refuses: it cannot take them)",
                          revoke_advice(schema, others)))
+    through = backend.verified[14] if len(backend.verified) > 14 else []
+    if through:
+        said, fix_it = planted.views(schema, through)
+        report.add(Check("postgres bookkeeping grants", FAIL, f"other roles may write the runner's bookkeeping through "
+                         f"a view: {said}; the write runs with the view owner's rights (migrate refuses)", fix_it))
     if backend.distrusted:
         from migrator import history_trust
 
