@@ -166,6 +166,8 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
     backend.others_distrusted = {table: found for table, found in distrusted.items() if table not in own}
     backend.fresh_distrust = {t: found for t, found in marked.items() if t in own}  # (what this run revoked:
     # trust-history --yes refuses it, history_review.py)
+    if refuse and not read_only and state[9]:
+        members(backend.connection, state[2], state[9])
     if refuse and backend.others_distrusted:
         output.note(history_trust.others_note(schema, backend.others_distrusted))
     if refuse and backend.distrusted and read_only:
@@ -242,6 +244,19 @@ def disown(connection, schema: str, grants: list, made: bool = False, comments: 
 
 
 _SAID: set = set()  # (server, database, schema, grantees) a creation's revoke was said for, in this process
+
+
+def members(connection, user: str, roles: list[str]) -> None:
+    """Roles granted the user act as it: what they write in its bookkeeping is its own, nothing to revoke or record
+    (attack23s 13). Said once per database and roles, in this process (doctor WARNs too)."""
+    info = connection.info
+    said = (info.host, info.port, info.dbname, "members", tuple(roles))
+    if said not in _SAID:
+        _SAID.add(said)
+        output.note(output.visible(
+            f"note: roles {', '.join(roles)} are granted user {user}: they act as it and may write the runner's bookkeeping "
+            f"unseen (a history row that skips a migration, its lock); if that is not deliberate, run REVOKE "
+            f"{ident(user)} FROM {', '.join(roles)}"))
 
 
 def settle(connection, schema: str, tables: list[str], grants: list) -> None:
