@@ -66,3 +66,26 @@ def test_sql_lint_fails_on_a_security_definer_function_without_search_path(cli, 
     result = cli("sql", "lint", "--sql-dir", sql_dir)
     assert result.exit_code == 1 and "0002_definer.sql:1:60: security-definer-search-path: " in result.output, \
         result.output
+
+
+@pytest.mark.parametrize("spelled, flagged", [
+    ("GRANT ALL ON hcm_report_metadata TO PUBLIC;", True),
+    ("grant select, trigger on table hcm_report_metadata to public;", True),
+    ("GRANT ALL PRIVILEGES ON ALL TABLES IN SCHEMA public TO PUBLIC;", True),
+    ("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO PUBLIC;", True),
+    ("GRANT SELECT, INSERT, UPDATE, DELETE ON hcm_report_metadata TO PUBLIC;", False),
+    ("GRANT ALL ON SEQUENCE hcm_report_metadata_id_seq TO PUBLIC;", False),
+    ("GRANT ALL ON SCHEMA public TO PUBLIC;", False),
+    ("REVOKE ALL ON hcm_report_metadata FROM PUBLIC;", False),
+    ("ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM PUBLIC;", False),
+    ("ALTER DEFAULT PRIVILEGES REVOKE GRANT OPTION FOR ALL ON TABLES FROM PUBLIC;", False),
+    ("COMMENT ON TABLE hcm_report_metadata IS 'grant all on t to x';", False),
+])
+def test_a_migration_granting_trigger_on_tables_is_a_finding(sql_dir, spelled, flagged):
+    """attack23s (second report) 3, within one run: a file's GRANT ALL lets the grantee add a trigger before the next
+    file writes the table (the connect check saw no such right). Failed before: no finding."""
+    path = add_migration(sql_dir, "0002_grant", spelled + "\n")
+    findings = [f for f in lint.lint(postgres.read_migrations(sql_dir)) if f.rule == lint.TRIGGER_GRANT]
+    assert bool(findings) == flagged, findings
+    if flagged:
+        assert str(findings[0]).startswith(f"{path}:1:")
