@@ -29,11 +29,14 @@ SHOWN = 3
 # user, superusers, and a role no one but the user (or a superuser) can act as: membership is no trust (attack23s 2),
 # a login member anywhere below it may plant as it; nor is owning the database (public's pg_database_owner on 15+:
 # the database's owner, when it is another login role, attack23s 9). A role that cannot log in and has no member may
-# CREATE as no one; what it owns was still written by someone (attack23s 5). Then [schema, table, role, grantor when
+# CREATE as no one; what it owns was still written by someone (attack23s 5). An enabled event trigger (database-wide,
+# counted once) whose function another role owns runs that role's code on the migration's DDL (attack23t 5). Then [schema, table, role, grantor when
 # not the owner] of others' TRIGGER rights on tables there (the runner's bookkeeping aside: trust.disown takes them), and
 # [schema or '' for all, '', role, ''] of the user's default privileges giving one to the tables it will make. Last,
 # [view, bookkeeping table, role, rights] of others' write rights on a view over the runner's tables: a write through
-# it is checked against the view owner's rights, so it writes the history as the user (attack23s 14).
+# it is checked against the view owner's rights, so it writes the history as the user (attack23s 14). Then
+# [schema, role, database] for a path entry naming no schema yet ("$user") and the roles that may CREATE on the
+# database: one of them may make it mid-run, and its `=` is then searched (attack23t 1).
 # (Unquoted names are folded to lower case for ASCII only, as the server folds them.)
 _ME_ONLY = ("NOT EXISTS (WITH RECURSIVE mm(oid) AS (SELECT a.member FROM pg_catalog.pg_auth_members a WHERE a.roleid "
             "= r.oid UNION SELECT a.member FROM pg_catalog.pg_auth_members a JOIN mm ON a.roleid = mm.oid WHERE mm.oid "
@@ -61,7 +64,7 @@ COLUMNS = f""",
                           WHERE x.grantee = 0 AND x.privilege_type = 'CREATE')
                       UNION ALL SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE NOT EXISTS (SELECT FROM
                           pg_catalog.aclexplode(ns.nspacl) x WHERE x.grantee = 0 AND x.privilege_type = 'CREATE')
-                          AND NOT {_CREATOR_OK} AND r.rolname !~ '^pg_'
+                          AND NOT {_CREATOR_OK}
                           AND pg_catalog.has_schema_privilege(r.oid, ns.oid, 'CREATE')) r
              ORDER BY ns.oid <> n.oid, ns.nspname, r.name),
        ARRAY(SELECT ARRAY[r.rolname::text, o.what] FROM {_SCHEMAS} ns, LATERAL (
@@ -76,7 +79,11 @@ COLUMNS = f""",
                  UNION ALL SELECT p.proowner, 'trigger ' || pg_catalog.quote_ident(g.tgname::text) || ' on table '
                      || c.oid::pg_catalog.regclass::text || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
                  FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
-                 JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid WHERE c.relnamespace = ns.oid AND NOT g.tgisinternal) o
+                 JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid WHERE c.relnamespace = ns.oid AND NOT g.tgisinternal
+                 UNION ALL SELECT p.proowner, 'event trigger ' || pg_catalog.quote_ident(e.evtname::text)
+                     || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
+                 FROM pg_catalog.pg_event_trigger e JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid
+                 WHERE ns.oid = n.oid AND e.evtenabled <> 'D') o
              JOIN pg_catalog.pg_roles r ON r.oid = o.owner WHERE NOT {_OWNER_OK} ORDER BY r.rolname, o.what),
        ARRAY(SELECT ARRAY[h.schema, h.name, h.grantee, h.grantor] FROM (
                  SELECT ns.nspname::text AS schema, c.relname::text AS name, x.grantee AS role, CASE WHEN x.grantor
@@ -102,7 +109,17 @@ COLUMNS = f""",
              WHERE t.relnamespace = n.oid AND t.relname = ANY(CAST(:tables AS pg_catalog.name[])) AND v.oid <> t.oid
                AND x.privilege_type IN ('INSERT', 'UPDATE', 'DELETE') AND x.grantee <> v.relowner
                AND (x.grantee = 0 OR NOT {_CREATOR_OK})
-             GROUP BY v.oid, t.relname, r.rolname ORDER BY v.oid, t.relname, r.rolname)
+             GROUP BY v.oid, t.relname, r.rolname ORDER BY v.oid, t.relname, r.rolname),
+       ARRAY(SELECT ARRAY[q.w, COALESCE(rr.rolname::text, 'PUBLIC'), pg_catalog.current_database()::text]
+             FROM (SELECT DISTINCT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w END AS w FROM {_PATH} AS q0(w)) q,
+             LATERAL (SELECT 0::pg_catalog.oid AS oid WHERE EXISTS (SELECT FROM pg_catalog.pg_database d,
+                          pg_catalog.aclexplode(d.datacl) x WHERE d.datname = pg_catalog.current_database()
+                          AND x.grantee = 0 AND x.privilege_type = 'CREATE')
+                      UNION ALL SELECT r.oid FROM pg_catalog.pg_roles r WHERE NOT {_CREATOR_OK}
+                          AND pg_catalog.has_database_privilege(r.oid, pg_catalog.current_database(), 'CREATE')) c
+             LEFT JOIN pg_catalog.pg_roles rr ON rr.oid = c.oid
+             WHERE q.w !~ '^pg_' AND NOT EXISTS (SELECT FROM pg_catalog.pg_namespace x WHERE x.nspname = q.w)
+             ORDER BY q.w, rr.rolname)
 """
 
 
@@ -120,14 +137,15 @@ def trusted(env) -> tuple[str, ...]:
     return tuple(name.strip() for name in (value or "").split(",") if name.strip())
 
 
-def untrusted(state, accepted: tuple[str, ...]) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
+def untrusted(state, accepted: tuple[str, ...]) -> tuple[list[list[str]], ...]:
     """([schema, role] of the roles that may CREATE, [owner, object] of what others own, [schema, table, role,
     grantor] of others' TRIGGER rights: table '' for the user's default privilege) in the schema and the others on
-    the session's search_path, less the roles `accepted`."""
-    if len(state) < 14:
-        return [], [], []
+    the session's search_path, and [schema, role, database] of path entries naming no schema yet and the roles that
+    may create one, less the roles `accepted`."""
+    if len(state) < 16:
+        return [], [], [], []
     return ([c for c in state[11] if c[1] not in accepted], [o for o in state[12] if o[0] not in accepted],
-            [t for t in state[13] if t[2] not in accepted])
+            [t for t in state[13] if t[2] not in accepted], [m for m in state[15] if m[1] not in accepted])
 
 
 def _names(roles) -> str:
@@ -141,7 +159,8 @@ def _by_schema(creators: list[list[str]]) -> dict[str, list[str]]:
     return grouped
 
 
-def found(schema: str, creators: list[list[str]], owned: list[list[str]], triggers: list[list[str]] = ()) -> str:
+def found(schema: str, creators: list[list[str]], owned: list[list[str]], triggers: list[list[str]] = (),
+          missing: list[list[str]] = ()) -> str:
     """What others may plant, in words (a schema other than `schema` is one on the migration's search_path)."""
     said = []
     for where, roles in _by_schema(creators).items():
@@ -159,13 +178,18 @@ def found(schema: str, creators: list[list[str]], owned: list[list[str]], trigge
     for where, _, role, _ in (t for t in triggers if not t[1]):
         said.append(f"the migration user's default privilege gives {_names([role])} TRIGGER on every table it makes "
                     + (f"in schema {where}" if where else "anywhere"))
+    for name, roles in _by_schema([[where, role] for where, role, _ in missing]).items():
+        said.append(f"schema {name} on the migration's search_path does not exist and "
+                    f"{'PUBLIC (every role)' if 'PUBLIC' in roles else 'roles ' + _names(roles)} may CREATE on the "
+                    "database (a schema made under that name mid-run is searched)")
     return output.visible(" and ".join(said))
 
 
 def fix(schema: str, creators: list[list[str]], owned: list[list[str]], triggers: list[list[str]] = (),
-        accept: bool = True, user: str = "") -> str:
+        missing: list[list[str]] = (), accept: bool = True, user: str = "") -> str:
     """The REVOKE to run, and what to do about what others own; or the setting that accepts them."""
-    roles = sorted({*(role for _, role in creators), *(owner for owner, _ in owned), *(t[2] for t in triggers)})
+    roles = sorted({*(role for _, role in creators), *(owner for owner, _ in owned), *(t[2] for t in triggers),
+                    *(m[1] for m in missing)})
     steps = []
     for where, grantees in _by_schema(creators).items():
         steps.append(f"run {runnable(f'REVOKE CREATE ON SCHEMA {ident(where)} FROM {_sql_names(grantees)}')}")
@@ -182,6 +206,11 @@ def fix(schema: str, creators: list[list[str]], owned: list[list[str]], triggers
             statement = (f"ALTER DEFAULT PRIVILEGES FOR ROLE {ident(user)}{f' IN SCHEMA {ident(where)}' * bool(where)} "
                          f"REVOKE TRIGGER ON TABLES FROM {_sql_names(grantees)}")
             steps.append(f"run {runnable(statement)}")
+    if missing:
+        made = ", ".join(f"CREATE SCHEMA {ident(name)}" for name in dict.fromkeys(m[0] for m in missing))
+        revoke = f"REVOKE CREATE ON DATABASE {ident(missing[0][2])} FROM {_sql_names([m[1] for m in missing])}"
+        steps.append(f"as user {output.role(user) if user else 'the migration user'} run {runnable(made)} (its own "
+                     f"then), or run {runnable(revoke)}")
     return f"{' and '.join(steps)}" + f"; or, to trust them, set {SETTING}={','.join(roles)}" * accept
 
 
