@@ -58,3 +58,25 @@ def test_a_path_entry_naming_no_schema_yet_is_refused_while_others_may_create_on
     assert "a" not in db.tables()
     db.query(f'REVOKE CREATE ON DATABASE "{db.name}" FROM {low}')
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+
+
+def test_a_forged_mark_with_a_flyway_looking_id_and_a_pending_migrations_hash_is_refused(cli, db, sql_dir, low):
+    """attack23t 2 (HIGH): `(sha256('0002_important'), 'V1__init')` passed the hash/id check (a Flyway-shaped id was
+    exempt, in a yoyo folder too): trust-history --yes confirmed, migrate said "up to date", 0002 never ran. Failed
+    before: --yes exit 0."""
+    from test_history_distrust import grant_history_to
+
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    grant_history_to(db, low)
+    db.query(f"SET ROLE {low}; INSERT INTO public._yoyo_migration VALUES (encode(sha256('0002_important'), 'hex'), "
+             "'V1__init', now()); RESET ROLE")
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 2  # (revoked, recorded)
+    review = ok(cli("sql", "trust-history", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "mark for V1__init carries migration_hash" in review.output, review.output
+    confirm = cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env())
+    assert confirm.exit_code == 2 and "mark for V1__init (another migration's hash)" in confirm.output, confirm.output
+    db.query("DELETE FROM public._yoyo_migration WHERE migration_id = 'V1__init'")
+    ok(cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env()))
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "important" in db.tables()
