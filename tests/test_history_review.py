@@ -83,7 +83,7 @@ def test_yes_refuses_when_its_own_run_had_to_revoke_rights_again(cli, db, sql_di
     add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
     distrusted(cli, db, sql_dir, low, "SELECT 1")
     review = ok(trust(cli, db, sql_dir))
-    assert "0002_important" not in review.output
+    assert "recorded as applied: 0002_important" not in review.output  # (named as pending only)
     grant_history_to(db, low)
     forge_mark(db, low, "0002_important")
     refused = trust(cli, db, sql_dir, "--yes")
@@ -125,3 +125,25 @@ def test_another_folders_unconfirmed_flyway_history_is_noted_by_this_folder_and_
     flyway = cli("migrate", "--sql-dir", folder, env=db.db_env())
     assert flyway.exit_code == 2 and "history public.flyway_schema_history could be written by" in flyway.output
     assert "V2__fw_important" in ok(trust(cli, db, folder)).output and "fw_important" not in db.tables()
+
+
+def test_a_flyway_delete_row_and_what_migrate_would_run_next_are_in_the_review(cli, db, tmp_path, low):
+    """attack23t 3 (HIGH): a forged Flyway DELETE row (or a deleted mark) took V2 back; the review listed only what
+    stays applied, --yes confirmed, and the data migration ran a second time. Failed before: the row and V2 were
+    named nowhere in the review."""
+    from test_flyway_locks import write
+
+    folder = tmp_path / "flyway"
+    write(folder, "V1__pay.sql", "CREATE TABLE pay (amount int); INSERT INTO pay VALUES (100);\n")
+    write(folder, "V2__double.sql", "UPDATE pay SET amount = amount * 2;\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    db.query(f"GRANT USAGE ON SCHEMA public TO {low}; GRANT INSERT ON public.flyway_schema_history TO {low}; "
+             f"SET ROLE {low}; INSERT INTO public.flyway_schema_history (installed_rank, version, description, type, "
+             "script, checksum, installed_by, execution_time, success) VALUES (3, '2', 'double', 'DELETE', "
+             "'V2__double.sql', NULL, 'x', 1, true); RESET ROLE")
+    assert cli("migrate", "--sql-dir", folder, env=db.db_env()).exit_code == 2
+    review = ok(trust(cli, db, folder)).output
+    assert "flyway_schema_history row 3: DELETE at version 2 (V2__double.sql): takes back version 2: migrate would " \
+           "run it again" in review, review
+    assert "not recorded as applied (migrate would run them next): V2__double (one that already ran" in review
+    assert db.query("SELECT amount FROM pay") == [(200,)]

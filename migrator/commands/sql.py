@@ -221,7 +221,8 @@ def trust_history(settings: CommandSettings, yes: bool) -> reports.CountedLines:
         books = postgres.bookkeeping(backend, migrations)
         lines = [output.visible(f"  unconfirmed: {schema}.{table} (could be written by "
                                 f"{', '.join(found.get('roles', ['others']))} until {found.get('revoked_at', 'a run')})")
-                 for table, found in sorted(standing.items())] + history_review.lines(books) + others
+                 for table, found in sorted(standing.items())] + others + history_review.lines(
+                     books, [m.id for m in postgres.ordered(migrations) if m.id not in books.applied])
         if not yes:
             return reports.CountedLines(lines + [
                 "nothing confirmed yet: check each migration above really ran (its objects exist), delete the rows "
