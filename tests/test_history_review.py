@@ -25,6 +25,13 @@ def trust(cli, db, sql_dir, *args):
     return cli("sql", "trust-history", *args, "--sql-dir", sql_dir, env=db.db_env())
 
 
+def forge_flyway_row(db, low: str, row: str) -> None:
+    """A standing INSERT on Flyway's table for low, and its row (installed_rank, version, description, type, script)."""
+    db.query(f"GRANT USAGE ON SCHEMA public TO {low}; GRANT INSERT ON public.flyway_schema_history TO {low}; "
+             f"SET ROLE {low}; INSERT INTO public.flyway_schema_history (installed_rank, version, description, type, "
+             f"script, checksum, installed_by, execution_time, success) VALUES ({row}, NULL, 'x', 1, true); RESET ROLE")
+
+
 def test_a_forged_checksum_row_without_its_mark_is_shown_and_not_confirmed(cli, db, sql_dir, low):
     """attack23s 3. Failed before: the review showed 0001 only, --yes confirmed, and migrate marked 0002 applied
     without running it (exit 0)."""
@@ -108,10 +115,7 @@ def test_another_folders_unconfirmed_flyway_history_is_noted_by_this_folder_and_
     folder = tmp_path / "flyway"
     write(folder, "V1__fw.sql", "CREATE TABLE fw (id int);\n")
     ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
-    db.query(f"GRANT USAGE ON SCHEMA public TO {low}; GRANT INSERT ON public.flyway_schema_history TO {low}; "
-             f"SET ROLE {low}; INSERT INTO public.flyway_schema_history (installed_rank, version, description, type, "
-             "script, checksum, installed_by, execution_time, success) VALUES (2, '2', 'fw important', 'SQL', "
-             "'V2__fw_important.sql', NULL, 'x', 1, true); RESET ROLE")
+    forge_flyway_row(db, low, "2, '2', 'fw important', 'SQL', 'V2__fw_important.sql'")
     add_migration(sql_dir, "0002_b", "CREATE TABLE b (id int);\n")
     yoyo = ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert "note: history public.flyway_schema_history (another folder's: this run does not read it) is " \
@@ -137,10 +141,7 @@ def test_a_flyway_delete_row_and_what_migrate_would_run_next_are_in_the_review(c
     write(folder, "V1__pay.sql", "CREATE TABLE pay (amount int); INSERT INTO pay VALUES (100);\n")
     write(folder, "V2__double.sql", "UPDATE pay SET amount = amount * 2;\n")
     ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
-    db.query(f"GRANT USAGE ON SCHEMA public TO {low}; GRANT INSERT ON public.flyway_schema_history TO {low}; "
-             f"SET ROLE {low}; INSERT INTO public.flyway_schema_history (installed_rank, version, description, type, "
-             "script, checksum, installed_by, execution_time, success) VALUES (3, '2', 'double', 'DELETE', "
-             "'V2__double.sql', NULL, 'x', 1, true); RESET ROLE")
+    forge_flyway_row(db, low, "3, '2', 'double', 'DELETE', 'V2__double.sql'")
     assert cli("migrate", "--sql-dir", folder, env=db.db_env()).exit_code == 2
     review = ok(trust(cli, db, folder)).output
     assert "flyway_schema_history row 3: DELETE at version 2 (V2__double.sql): takes back version 2: migrate would " \
