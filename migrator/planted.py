@@ -29,7 +29,8 @@ SHOWN = 3
 # user, superusers, and a role no one but the user (or a superuser) can act as: membership is no trust (attack23s 2),
 # a login member anywhere below it may plant as it; nor is owning the database (public's pg_database_owner on 15+:
 # the database's owner, when it is another login role, attack23s 9). A role that cannot log in and has no member may
-# CREATE as no one; what it owns was still written by someone (attack23s 5). An enabled event trigger (database-wide,
+# CREATE as no one; what it owns was still written by someone (attack23s 5). (The user's own objects are left out
+# before their names are built: with thousands of tables, the regclass texts were most of the query's time.) An enabled event trigger (database-wide,
 # counted once) whose function another role owns runs that role's code on the migration's DDL (attack23t 5). Then [schema, table, role, grantor when
 # not the owner] of others' TRIGGER rights on tables there (the runner's bookkeeping aside: trust.disown takes them), and
 # [schema or '' for all, '', role, ''] of the user's default privileges giving one to the tables it will make. Last,
@@ -57,7 +58,7 @@ _PATH = r"""(SELECT CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.subs
 # (the migrated schema n and the others on the migration session's search_path)
 _SCHEMAS = f"""(SELECT x.oid, x.nspname, x.nspacl FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
-                     END FROM {_PATH} AS q(w))))"""
+                     END FROM path AS q(w))))"""
 COLUMNS = f""",
        ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM {_SCHEMAS} ns,
              LATERAL (SELECT 'PUBLIC' AS name WHERE EXISTS (SELECT FROM pg_catalog.aclexplode(ns.nspacl) x
@@ -70,12 +71,13 @@ COLUMNS = f""",
        ARRAY(SELECT ARRAY[r.rolname::text, o.what] FROM {_SCHEMAS} ns, LATERAL (
                  SELECT c.relowner AS owner, 'table ' || c.oid::pg_catalog.regclass::text AS what
                  FROM pg_catalog.pg_class c WHERE c.relnamespace = ns.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                     AND c.relowner <> (SELECT oid FROM me)
                  UNION ALL SELECT p.proowner, 'function ' || p.oid::pg_catalog.regprocedure::text
-                 FROM pg_catalog.pg_proc p WHERE p.pronamespace = ns.oid
+                 FROM pg_catalog.pg_proc p WHERE p.pronamespace = ns.oid AND p.proowner <> (SELECT oid FROM me)
                  UNION ALL SELECT p.oprowner, 'operator ' || p.oid::pg_catalog.regoperator::text
-                 FROM pg_catalog.pg_operator p WHERE p.oprnamespace = ns.oid
+                 FROM pg_catalog.pg_operator p WHERE p.oprnamespace = ns.oid AND p.oprowner <> (SELECT oid FROM me)
                  UNION ALL SELECT t.typowner, 'type ' || t.oid::pg_catalog.regtype::text FROM pg_catalog.pg_type t
-                 WHERE t.typnamespace = ns.oid AND t.typrelid = 0 AND t.typcategory <> 'A'
+                 WHERE t.typnamespace = ns.oid AND t.typrelid = 0 AND t.typcategory <> 'A' AND t.typowner <> (SELECT oid FROM me)
                  UNION ALL SELECT p.proowner, 'trigger ' || pg_catalog.quote_ident(g.tgname::text) || ' on table '
                      || c.oid::pg_catalog.regclass::text || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
                  FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
@@ -111,7 +113,7 @@ COLUMNS = f""",
                AND (x.grantee = 0 OR NOT {_CREATOR_OK})
              GROUP BY v.oid, t.relname, r.rolname ORDER BY v.oid, t.relname, r.rolname),
        ARRAY(SELECT ARRAY[q.w, COALESCE(rr.rolname::text, 'PUBLIC'), pg_catalog.current_database()::text]
-             FROM (SELECT DISTINCT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w END AS w FROM {_PATH} AS q0(w)) q,
+             FROM (SELECT DISTINCT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w END AS w FROM path AS q0(w)) q,
              LATERAL (SELECT 0::pg_catalog.oid AS oid WHERE EXISTS (SELECT FROM pg_catalog.pg_database d,
                           pg_catalog.aclexplode(d.datacl) x WHERE d.datname = pg_catalog.current_database()
                           AND x.grantee = 0 AND x.privilege_type = 'CREATE')
@@ -124,8 +126,10 @@ COLUMNS = f""",
 
 
 def with_creators(query: str) -> str:
-    """trust.PLANTED with COLUMNS appended (state[11] to state[14])."""
+    """trust.PLANTED with COLUMNS appended (state[11] to state[15]), the path's entries read once (`path`: reading
+    pg_settings costs ~10 ms, and five columns ask)."""
     head, tail = query.rsplit("\nFROM (SELECT CAST(:s AS", 1)
+    head = head.replace("WITH me AS (", f"WITH path(w) AS MATERIALIZED {_PATH}, me AS (", 1)
     return head + COLUMNS + "FROM (SELECT CAST(:s AS" + tail
 
 
