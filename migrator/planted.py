@@ -22,22 +22,25 @@ SHOWN = 3
 
 # Appended to trust.PLANTED (whose FROM has the schema n and its owner so): for n and every other schema on the
 # migration session's search_path (its start value, reset_val: the tenant option's `pb,public`, the role's or the
-# database's setting, "$user"; pg_catalog aside), [schema, role] of the roles that may CREATE there (PUBLIC alone when
-# it may: every role then can), and [owner, object] of the tables, functions, operators and types others own there:
-# a migration's unqualified `=` resolves in any of them (attack23s 1); and triggers on tables there whose function
-# another role owns (a TRIGGER right, e.g. GRANT ALL, lets it add one: attack23s 3 of the second report). Trusted: the
-# user, superusers, and a role no one but the user (or a superuser) can act as: membership is no trust (attack23s 2),
-# a login member anywhere below it may plant as it; nor is owning the database (public's pg_database_owner on 15+:
-# the database's owner, when it is another login role, attack23s 9). A role that cannot log in and has no member may
-# CREATE as no one; what it owns was still written by someone (attack23s 5). (The user's own objects are left out
-# before their names are built: with thousands of tables, the regclass texts were most of the query's time.) An enabled event trigger (database-wide,
-# counted once) whose function another role owns runs that role's code on the migration's DDL (attack23t 5). Then [schema, table, role, grantor when
-# not the owner] of others' TRIGGER rights on tables there (the runner's bookkeeping aside: trust.disown takes them), and
-# [schema or '' for all, '', role, ''] of the user's default privileges giving one to the tables it will make. Last,
-# [view, bookkeeping table, role, rights] of others' write rights on a view over the runner's tables: a write through
-# it is checked against the view owner's rights, so it writes the history as the user (attack23s 14). Then
-# [schema, role, database] for a path entry naming no schema yet ("$user") and the roles that may CREATE on the
-# database: one of them may make it mid-run, and its `=` is then searched (attack23t 1).
+# database's setting, "$user"; pg_catalog aside; read once, the CTE `path`):
+# - state[11], [schema, role] of the roles that may CREATE there (PUBLIC alone when it may: every role then can);
+# - state[12], [owner, object] of the tables, functions, operators and types others own there (a migration's
+#   unqualified `=` resolves in any of them: attack23s 1), of triggers on tables there whose function another role
+#   owns, and of enabled event triggers (database-wide, counted once) whose function another role owns: that role's
+#   code runs on the migration's DDL (attack23t 5). The user's own objects are left out before their names are built
+#   (with thousands of tables the regclass texts were most of the query's time);
+# - state[13], [schema, table, role, grantor when not the owner] of others' TRIGGER rights on tables there (the
+#   runner's bookkeeping aside: trust.disown takes them), and [schema or '' for all, '', role, ''] of the user's
+#   default privileges giving one to the tables it will make (attack23s 3 of the second report);
+# - state[14], [view, bookkeeping table, role, rights] of others' write rights on a view over the runner's tables: a
+#   write through it is checked against the view owner's rights, so it writes the history as the user (attack23s 14);
+# - state[15], [schema, role, database] for a path entry naming no schema yet ("$user") and the roles that may CREATE
+#   on the database: one of them may make it mid-run, and its `=` is then searched (attack23t 1).
+# Trusted: the user, superusers, and a role no one but the user (or a superuser) can act as: membership is no trust
+# (attack23s 2), a login member anywhere below it may plant as it; predefined roles alike (attack23t 9); nor is owning
+# the database (public's pg_database_owner on 15+: the database's owner, when it is another login role, attack23s 9).
+# A role that cannot log in and has no member may CREATE as no one; what it owns was still written by someone
+# (attack23s 5).
 # (Unquoted names are folded to lower case for ASCII only, as the server folds them.)
 _ME_ONLY = ("NOT EXISTS (WITH RECURSIVE mm(oid) AS (SELECT a.member FROM pg_catalog.pg_auth_members a WHERE a.roleid "
             "= r.oid UNION SELECT a.member FROM pg_catalog.pg_auth_members a JOIN mm ON a.roleid = mm.oid WHERE mm.oid "
