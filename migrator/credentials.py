@@ -113,7 +113,9 @@ def secret_passed_over(target: PostgresTarget, env: Env, ignored: tuple[str, str
 
 def _check_credentials_travel(target: PostgresTarget, env: Env) -> None:
     """A password is sent only to a host its own source named; else one line refuses (attack 23 #3).
-    PGPASSWORD counts: libpq sends it when the runner passes no password."""
+    PGPASSWORD counts: libpq sends it when the runner passes no password. A password from the real environment
+    (DB_PASSWORD, PGPASSWORD alike) goes only to a host the environment names: not to one --db-host or
+    --database-url names instead (attack23s 12: DB_PASSWORD went, PGPASSWORD was refused)."""
     if target.local_dev:
         return
     url = target.sources.get("url")
@@ -121,7 +123,17 @@ def _check_credentials_travel(target: PostgresTarget, env: Env) -> None:
     password_from = target.sources.get("password") or (url if target.password else None)
     if not target.password and env.environ.get("PGPASSWORD"):
         password_from = "PGPASSWORD (environment, read by libpq)"
-    host, password = _credential_source(host_from), _credential_source(password_from)
+    from_environment = bool(password_from) and "(environment" in password_from
+    optioned = (host_from or "").startswith("--") and env.environ.get("DB_HOST") != target.host
+    if optioned and target.sources.get("password") == "default" and env.environ.get("PGPASSWORD"):
+        password_from = "PGPASSWORD (environment)"  # (the seed's password would go instead: refused alike)
+    if optioned and (from_environment or password_from == "PGPASSWORD (environment)"):
+        instead = (f"set DB_HOST={target.host} in the environment instead of --db-host" if host_from == "--db-host"
+                   else "put the password in --database-url")
+        raise MigratorError(f"a password from the environment ({password_from}) goes only to a host the environment "
+                            f"names, and host {target.host} is named by {host_from} on the command line; {instead}",
+                            USAGE)
+    host, password = _credential_source(host_from), INVOKER if from_environment else _credential_source(password_from)
     if host and password and host != password:
         raise MigratorError(f"the password from {password_from} would be sent to the host named by {host_from}: a "
                             "password goes only to the host its own source names; set the host and the password in "

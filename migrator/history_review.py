@@ -1,8 +1,10 @@
 """What `sql trust-history` shows of an unconfirmed history, and what keeps `--yes` from confirming it.
 
 The review is the operator's only look at rows others could write: every row a run would act on is shown (yoyo's
-marks, a checksum without its mark, failure records, a Flyway folder's rows, another folder's Flyway table's rows), each id escaped (a forged id could
-read as another line, attack23s 6). `--yes` refuses what it cannot confirm safely: a checksum without its mark (migrate
+marks, a checksum without its mark, failure records, a Flyway folder's rows: its BASELINE, DELETE and UNDO_SQL rows as
+what they do), each id escaped (a forged id could read as another line, attack23s 6), then what migrate would run
+next: a record deleted meanwhile shows there (attack23t 3); another folder's Flyway table is that folder's to review
+and confirm. `--yes` refuses what it cannot confirm safely: a checksum without its mark (migrate
 would mark that migration applied without running it, attack23s 3), a mark whose hash is not its id's (yoyo would
 count another migration applied, attack23s 4), and a distrust this very run recorded (rights taken again: rows may
 have been written after the review the operator saw, attack23s 7).
@@ -13,25 +15,29 @@ from __future__ import annotations
 from migrator import output
 
 
-def lines(books) -> list[str]:
-    """The review's lines for the bookkeeping `books` (state.Bookkeeping): every row, ids escaped."""
+# What a Flyway row of another kind than a migration's does to what counts applied
+_DOES = {"BASELINE": "counts every version up to {v} applied", "SQL_BASELINE": "counts every version up to {v} applied",
+         "DELETE": "takes back version {v}: migrate would run it again", "UNDO_SQL": "takes back version {v}: migrate "
+         "would run it again"}
+
+
+def lines(books, pending: list[str] = ()) -> list[str]:
+    """The review's lines for the bookkeeping `books` (state.Bookkeeping): every row, ids escaped, then the
+    `pending` ids (what migrate would run next)."""
     said = [f"  recorded as applied: {i} ({at:%Y-%m-%d %H:%M})" if at else f"  recorded as applied: {i}"
             for i, at in books.applied.items()]
+    said += [f"  {books.flyway.table} row {row.rank}: {row.type} at version {row.version} ({row.script}): "
+             f"{_DOES[row.type].format(v=row.version)}" for row in (books.flyway.rows if books.flyway else ())
+             if row.type in _DOES and row.version]
     said += [f"  mark for {i} carries migration_hash {h}, not its own: yoyo would count another migration applied"
              for i, h in books.mismatched]
     said += [f"  checksum without a mark: {i} (migrate would mark it applied without running it)"
              for i in unmarked(books)]
     said += [f"  failure recorded: {i}: {what}" for i, what in sorted(books.failures.items())]
+    if pending:
+        said.append(f"  not recorded as applied (migrate would run them next): {', '.join(pending)} (one that already "
+                    "ran had its record deleted: mark it with sql mark after confirming, never run it again)")
     return [output.visible(line) for line in said]
-
-
-def flyway_rows(backend, table: str) -> list[str]:
-    """Every row of a Flyway table this folder does not read (another service's, in the same schema: attack23s 6 of
-    the second report): confirming it must not pass rows nobody was shown."""
-    rows = backend.execute(f"SELECT installed_rank, version, script, success FROM {backend.qualified(table)} "
-                           "ORDER BY installed_rank").fetchall()
-    return [output.visible(f"  {table} row (another folder's history): installed_rank {rank}, version {version}, "
-                           f"script {script}, {'success' if ok else 'FAILED'}") for rank, version, script, ok in rows]
 
 
 def unmarked(books) -> list[str]:

@@ -26,9 +26,10 @@ MARK = "hcm-db-migrations unconfirmed history"
 CONFIRM = "runner.py sql trust-history --yes"
 
 
-def histories(flyway_table: str) -> tuple[str, ...]:
-    """The tables whose rows say what is applied (or, for a non-transactional file, how far it got)."""
-    return MIGRATION_TABLE, "_hcm_migration_checksum", "_hcm_migration_failure", flyway_table
+def histories(flyway_table: str | None) -> tuple[str, ...]:
+    """The tables whose rows say what is applied (or, for a non-transactional file, how far it got): Flyway's table
+    (SCHEMA_TABLE) too when given (a Flyway folder's own, or any service's to record the distrust on)."""
+    return MIGRATION_TABLE, "_hcm_migration_checksum", "_hcm_migration_failure", *([flyway_table] * bool(flyway_table))
 
 
 def mark_sql(connection, schema: str, grants: list, comments: list, tables: tuple[str, ...]) -> tuple[str, dict]:
@@ -85,6 +86,15 @@ def note(schema: str, distrust: dict[str, dict], options: str) -> str:
     tables, roles = _what(schema, distrust)
     return output.visible(f"note: history {tables} is unconfirmed: {roles} could write it until a run revoked their "
                           f"rights, so what it records as applied may be forged; after review run `{CONFIRM}{options}`")
+
+
+def others_note(schema: str, distrust: dict[str, dict]) -> str:
+    """Another service's history (a Flyway folder's table beside this folder's) is unconfirmed: its runs refuse,
+    this one does not read it (attack23s 6)."""
+    tables, roles = _what(schema, distrust)
+    return output.visible(f"note: history {tables} (another folder's: this run does not read it) is unconfirmed: "
+                          f"{roles} could write it until a run revoked their rights; that service's migrate refuses "
+                          f"until its operator reviews it and runs `{CONFIRM}` with its folder")
 
 
 def confirm(connection, schema: str, comments: list, tables: list[str]) -> None:

@@ -51,7 +51,7 @@ def lint(migrations) -> list[Finding]:
     squawk = squawk_path()
     if squawk is None:
         raise MigratorError("squawk not found: run `make install` (requirements-dev.txt brings squawk-cli)")
-    findings = runner_findings(migrations)
+    findings = runner_findings(migrations) + definer_findings(migrations) + trigger_grant_findings(migrations)
     for transactional in (True, False):
         files = [str(m.path) for m in migrations if m.use_transactions == transactional]
         if files:
@@ -68,6 +68,77 @@ def runner_findings(migrations) -> list[Finding]:
     return [Finding(str(m.path), line, 1, "runner", message, "")
             for m in migrations for check in (files.problems, backfill.problems)
             for line, message in check(Path(m.path), in_transaction=m.use_transactions)]
+
+
+DEFINER = "security-definer-search-path"
+
+
+def definer_findings(migrations) -> list[Finding]:
+    """A function or procedure created SECURITY DEFINER without its own `SET search_path` runs as its owner (the
+    migration role) under its caller's search_path: an operator or function the caller made on that path (its `=`
+    on varchar) runs as the owner (attack23s 15). squawk has no such rule."""
+    from migrator.postgres import files
+
+    found = []
+    for migration in migrations:
+        path = Path(migration.path)
+        text = source_files.read_bytes(path).decode("utf-8-sig")
+        if "definer" not in text.lower():  # (cheap: only such files are tokenised)
+            continue
+        for statement in _statements([t for t in files._tokens(text) if t[3] == 0]):
+            words = [value if kind == "code" else f'"{value}"' if kind == "ident" else "" for _, kind, value, _ in statement]
+            pairs = list(zip(words, words[1:]))
+            lead = [w for w in words[:4] if w not in ("or", "replace")][:2]
+            if lead not in (["create", "function"], ["create", "procedure"]):
+                continue
+            if ("security", "definer") in pairs and not {("set", "search_path"), ("set", '"search_path"')} & set(pairs):
+                at = statement[pairs.index(("security", "definer"))][0]
+                line = text.count("\n", 0, at) + 1
+                found.append(Finding(str(path), line, at - text.rfind("\n", 0, at), DEFINER,
+                                     f"{lead[1]} created SECURITY DEFINER without SET search_path: it runs as its owner "
+                                     "(the migration user) under its caller's search_path, so an operator or function "
+                                     "the caller made on that path runs as the owner",
+                                     "add SET search_path = pg_catalog, pg_temp (or its own schema, one no other role "
+                                     "may create in) to the function"))
+    return found
+
+
+TRIGGER_GRANT = "grant-trigger"
+# What a GRANT ... ON names when it is not a table (ON TABLE t, ON t, ON ALL TABLES IN SCHEMA s are)
+_NOT_TABLES = {"schema", "sequence", "sequences", "function", "functions", "procedure", "procedures", "routine",
+               "routines", "database", "language", "large", "foreign", "tablespace", "type", "types", "domain",
+               "parameter"}
+
+
+def trigger_grant_findings(migrations) -> list[Finding]:
+    """A migration granting TRIGGER on tables (GRANT ALL carries it; ALTER DEFAULT PRIVILEGES too): the grantee may
+    add a trigger before the run's next file writes the table, which then runs it as the migration user; the next
+    run refuses the schema (planted.py)."""
+    from migrator.postgres import files
+
+    found = []
+    for migration in migrations:
+        path = Path(migration.path)
+        text = source_files.read_bytes(path).decode("utf-8-sig")
+        if "grant" not in text.lower():
+            continue
+        for statement in _statements([t for t in files._tokens(text) if t[3] == 0]):
+            words = [value if kind == "code" else "" for _, kind, value, _ in statement]
+            action = next((k for k, w in enumerate(words) if w in ("grant", "revoke")), None)
+            if action is None or words[action] != "grant" or action and words[:2] != ["alter", "default"] \
+                    or "on" not in words[action:]:
+                continue
+            grant, on = action, words.index("on", action)
+            rights = set(words[grant + 1:on])
+            if {"all", "trigger"} & rights and not (words[on + 1:on + 2] and words[on + 1] in _NOT_TABLES):
+                at = statement[grant][0]
+                line = text.count("\n", 0, at) + 1
+                found.append(Finding(str(path), line, at - text.rfind("\n", 0, at), TRIGGER_GRANT,
+                                     f"GRANT {'ALL' if 'all' in rights else 'TRIGGER'} on tables gives TRIGGER: the "
+                                     "grantee may add a trigger that runs as the migration user when a later "
+                                     "migration writes the table, and the next migrate refuses the schema",
+                                     "grant only the rights it needs (SELECT, INSERT, UPDATE, DELETE)"))
+    return found
 
 
 # The tenant rule reads the file with the runner's own tokenizer (postgres.files: E'' and U&'' strings, dollar

@@ -4,8 +4,11 @@ The runner's own SQL resolves operators and functions in pg_catalog alone, and i
 (trust.py); a migration's own SQL cannot be: its `=` on varchar resolves to an operator another role created in the
 migrated schema, which then runs as the migration role (issue 23, attack23r 2). So a role that may CREATE in the
 schema (PUBLIC too: PostgreSQL < 15's default on public), or that owns objects there, is refused by the commands
-that write, naming the REVOKE, unless SCHEMA_CREATORS_TRUSTED names it; doctor FAILs likewise. Read in the connect
-check's own catalog query (trust.bookkeeping_state), no round trip of its own.
+that write, naming the REVOKE, unless SCHEMA_CREATORS_TRUSTED names it; doctor FAILs likewise. So is another role's
+TRIGGER right on a table there (GRANT ALL carries it): the trigger it adds, after any check, runs as the migration role
+when a later migration writes the table (attack23s 3, second report). REFERENCES is not: a foreign key's checks and
+cascades, and the triggers they fire, run as the referencing table's owner. Read in the connect check's own catalog
+query (trust.bookkeeping_state), no round trip of its own.
 """
 
 from __future__ import annotations
@@ -19,14 +22,25 @@ SHOWN = 3
 
 # Appended to trust.PLANTED (whose FROM has the schema n and its owner so): for n and every other schema on the
 # migration session's search_path (its start value, reset_val: the tenant option's `pb,public`, the role's or the
-# database's setting, "$user"; pg_catalog aside), [schema, role] of the roles that may CREATE there (PUBLIC alone when
-# it may: every role then can), and [owner, object] of the tables, functions, operators and types others own there:
-# a migration's unqualified `=` resolves in any of them (attack23s 1); and triggers on tables there whose function
-# another role owns (a TRIGGER right, e.g. GRANT ALL, lets it add one: attack23s 3 of the second report). Trusted: the
-# user, superusers, and a role no one but the user (or a superuser) can act as: membership is no trust (attack23s 2),
-# a login member anywhere below it may plant as it; nor is owning the database (public's pg_database_owner on 15+:
-# the database's owner, when it is another login role, attack23s 9). A role that cannot log in and has no member may
-# CREATE as no one; what it owns was still written by someone (attack23s 5).
+# database's setting, "$user"; pg_catalog aside; read once, the CTE `path`):
+# - state[11], [schema, role] of the roles that may CREATE there (PUBLIC alone when it may: every role then can);
+# - state[12], [owner, object] of the tables, functions, operators and types others own there (a migration's
+#   unqualified `=` resolves in any of them: attack23s 1), of triggers on tables there whose function another role
+#   owns, and of enabled event triggers (database-wide, counted once) whose function another role owns: that role's
+#   code runs on the migration's DDL (attack23t 5). The user's own objects are left out before their names are built
+#   (with thousands of tables the regclass texts were most of the query's time);
+# - state[13], [schema, table, role, grantor when not the owner] of others' TRIGGER rights on tables there (the
+#   runner's bookkeeping aside: trust.disown takes them), and [schema or '' for all, '', role, ''] of the user's
+#   default privileges giving one to the tables it will make (attack23s 3 of the second report);
+# - state[14], [view, bookkeeping table, role, rights] of others' write rights on a view over the runner's tables: a
+#   write through it is checked against the view owner's rights, so it writes the history as the user (attack23s 14);
+# - state[15], [schema, role, database] for a path entry naming no schema yet ("$user") and the roles that may CREATE
+#   on the database: one of them may make it mid-run, and its `=` is then searched (attack23t 1).
+# Trusted: the user, superusers, and a role no one but the user (or a superuser) can act as: membership is no trust
+# (attack23s 2), a login member anywhere below it may plant as it; predefined roles alike (attack23t 9); nor is owning
+# the database (public's pg_database_owner on 15+: the database's owner, when it is another login role, attack23s 9).
+# A role that cannot log in and has no member may CREATE as no one; what it owns was still written by someone
+# (attack23s 5).
 # (Unquoted names are folded to lower case for ASCII only, as the server folds them.)
 _ME_ONLY = ("NOT EXISTS (WITH RECURSIVE mm(oid) AS (SELECT a.member FROM pg_catalog.pg_auth_members a WHERE a.roleid "
             "= r.oid UNION SELECT a.member FROM pg_catalog.pg_auth_members a JOIN mm ON a.roleid = mm.oid WHERE mm.oid "
@@ -44,41 +58,81 @@ _PATH = r"""(SELECT CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.subs
                  '""', '"') ELSE pg_catalog.translate(p.w, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') END
              FROM (SELECT m[1] AS w FROM pg_catalog.regexp_matches((SELECT reset_val FROM pg_catalog.pg_settings
                    WHERE name = 'search_path'), '\s*("(?:[^"]|"")*"|[^,\s]+)\s*(?:,|$)', 'g') m) p)"""
-COLUMNS = f""",
-       ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM (SELECT x.oid, x.nspname, x.nspacl
-                 FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
+# (the migrated schema n and the others on the migration session's search_path)
+_SCHEMAS = f"""(SELECT x.oid, x.nspname, x.nspacl FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
-                     END FROM {_PATH} AS q(w)))) ns,
+                     END FROM path AS q(w))))"""
+COLUMNS = f""",
+       ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM {_SCHEMAS} ns,
              LATERAL (SELECT 'PUBLIC' AS name WHERE EXISTS (SELECT FROM pg_catalog.aclexplode(ns.nspacl) x
                           WHERE x.grantee = 0 AND x.privilege_type = 'CREATE')
                       UNION ALL SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE NOT EXISTS (SELECT FROM
                           pg_catalog.aclexplode(ns.nspacl) x WHERE x.grantee = 0 AND x.privilege_type = 'CREATE')
-                          AND NOT {_CREATOR_OK} AND r.rolname !~ '^pg_'
+                          AND NOT {_CREATOR_OK}
                           AND pg_catalog.has_schema_privilege(r.oid, ns.oid, 'CREATE')) r
              ORDER BY ns.oid <> n.oid, ns.nspname, r.name),
-       ARRAY(SELECT ARRAY[r.rolname::text, o.what] FROM (SELECT x.oid, x.nspname
-                 FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
-                 OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
-                     END FROM {_PATH} AS q(w)))) ns, LATERAL (
+       ARRAY(SELECT ARRAY[r.rolname::text, o.what] FROM {_SCHEMAS} ns, LATERAL (
                  SELECT c.relowner AS owner, 'table ' || c.oid::pg_catalog.regclass::text AS what
                  FROM pg_catalog.pg_class c WHERE c.relnamespace = ns.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                     AND c.relowner <> (SELECT oid FROM me)
                  UNION ALL SELECT p.proowner, 'function ' || p.oid::pg_catalog.regprocedure::text
-                 FROM pg_catalog.pg_proc p WHERE p.pronamespace = ns.oid
+                 FROM pg_catalog.pg_proc p WHERE p.pronamespace = ns.oid AND p.proowner <> (SELECT oid FROM me)
                  UNION ALL SELECT p.oprowner, 'operator ' || p.oid::pg_catalog.regoperator::text
-                 FROM pg_catalog.pg_operator p WHERE p.oprnamespace = ns.oid
+                 FROM pg_catalog.pg_operator p WHERE p.oprnamespace = ns.oid AND p.oprowner <> (SELECT oid FROM me)
                  UNION ALL SELECT t.typowner, 'type ' || t.oid::pg_catalog.regtype::text FROM pg_catalog.pg_type t
-                 WHERE t.typnamespace = ns.oid AND t.typrelid = 0 AND t.typcategory <> 'A'
+                 WHERE t.typnamespace = ns.oid AND t.typrelid = 0 AND t.typcategory <> 'A' AND t.typowner <> (SELECT oid FROM me)
                  UNION ALL SELECT p.proowner, 'trigger ' || pg_catalog.quote_ident(g.tgname::text) || ' on table '
                      || c.oid::pg_catalog.regclass::text || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
                  FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
-                 JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid WHERE c.relnamespace = ns.oid AND NOT g.tgisinternal) o
-             JOIN pg_catalog.pg_roles r ON r.oid = o.owner WHERE NOT {_OWNER_OK} ORDER BY r.rolname, o.what)
+                 JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid WHERE c.relnamespace = ns.oid AND NOT g.tgisinternal
+                 UNION ALL SELECT p.proowner, 'event trigger ' || pg_catalog.quote_ident(e.evtname::text)
+                     || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
+                 FROM pg_catalog.pg_event_trigger e JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid
+                 WHERE ns.oid = n.oid AND e.evtenabled <> 'D') o
+             JOIN pg_catalog.pg_roles r ON r.oid = o.owner WHERE NOT {_OWNER_OK} ORDER BY r.rolname, o.what),
+       ARRAY(SELECT ARRAY[h.schema, h.name, h.grantee, h.grantor] FROM (
+                 SELECT ns.nspname::text AS schema, c.relname::text AS name, x.grantee AS role, CASE WHEN x.grantor
+                     <> c.relowner THEN pg_catalog.pg_get_userbyid(x.grantor)::text ELSE '' END AS grantor
+                 FROM {_SCHEMAS} ns JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid, pg_catalog.aclexplode(c.relacl) x
+                 WHERE x.privilege_type = 'TRIGGER' AND x.grantee <> c.relowner
+                   AND NOT (ns.oid = n.oid AND c.relname = ANY(CAST(:tables AS pg_catalog.name[])))
+                 UNION SELECT COALESCE(ns.nspname::text, ''), '', x.grantee, ''
+                 FROM pg_catalog.pg_default_acl d LEFT JOIN {_SCHEMAS} ns ON ns.oid = d.defaclnamespace,
+                     pg_catalog.aclexplode(d.defaclacl) x
+                 WHERE d.defaclrole = (SELECT oid FROM me) AND d.defaclobjtype = 'r' AND x.privilege_type = 'TRIGGER'
+                   AND (d.defaclnamespace = 0 OR ns.oid IS NOT NULL)) g
+             LEFT JOIN pg_catalog.pg_roles r ON r.oid = g.role,
+             LATERAL (SELECT g.schema, g.name, COALESCE(r.rolname::text, 'PUBLIC') AS grantee, g.grantor) h
+             WHERE g.role = 0 OR NOT {_CREATOR_OK} ORDER BY h.schema, h.name = '', h.name, h.grantee),
+       ARRAY(SELECT ARRAY[v.oid::pg_catalog.regclass::text, t.relname::text, COALESCE(r.rolname::text, 'PUBLIC'),
+                          pg_catalog.string_agg(DISTINCT x.privilege_type, ', ')]
+             FROM pg_catalog.pg_class t JOIN pg_catalog.pg_depend d ON d.refobjid = t.oid
+                 AND d.refclassid = CAST('pg_catalog.pg_class' AS pg_catalog.regclass)
+                 AND d.classid = CAST('pg_catalog.pg_rewrite' AS pg_catalog.regclass)
+             JOIN pg_catalog.pg_rewrite w ON w.oid = d.objid JOIN pg_catalog.pg_class v ON v.oid = w.ev_class
+             CROSS JOIN pg_catalog.aclexplode(v.relacl) x LEFT JOIN pg_catalog.pg_roles r ON r.oid = x.grantee
+             WHERE t.relnamespace = n.oid AND t.relname = ANY(CAST(:tables AS pg_catalog.name[])) AND v.oid <> t.oid
+               AND x.privilege_type IN ('INSERT', 'UPDATE', 'DELETE') AND x.grantee <> v.relowner
+               AND (x.grantee = 0 OR NOT {_CREATOR_OK})
+             GROUP BY v.oid, t.relname, r.rolname ORDER BY v.oid, t.relname, r.rolname),
+       ARRAY(SELECT ARRAY[q.w, COALESCE(rr.rolname::text, 'PUBLIC'), pg_catalog.current_database()::text]
+             FROM (SELECT DISTINCT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w END AS w FROM path AS q0(w)) q,
+             LATERAL (SELECT 0::pg_catalog.oid AS oid WHERE EXISTS (SELECT FROM pg_catalog.pg_database d,
+                          pg_catalog.aclexplode(d.datacl) x WHERE d.datname = pg_catalog.current_database()
+                          AND x.grantee = 0 AND x.privilege_type = 'CREATE')
+                      UNION ALL SELECT r.oid FROM pg_catalog.pg_roles r WHERE NOT {_CREATOR_OK}
+                          AND pg_catalog.has_database_privilege(r.oid, pg_catalog.current_database(), 'CREATE')) c
+             LEFT JOIN pg_catalog.pg_roles rr ON rr.oid = c.oid
+             WHERE q.w !~ '^pg_' AND NOT EXISTS (SELECT FROM pg_catalog.pg_namespace x WHERE x.nspname = q.w)
+             ORDER BY q.w, rr.rolname)
 """
 
 
 def with_creators(query: str) -> str:
-    """trust.PLANTED with COLUMNS appended (state[11], state[12])."""
+    """trust.PLANTED with COLUMNS appended (state[11] to state[15]), the path's entries read once (`path`: reading
+    pg_settings costs ~10 ms, and five columns ask)."""
     head, tail = query.rsplit("\nFROM (SELECT CAST(:s AS", 1)
+    head = head.replace("WITH me AS (", f"WITH path(w) AS MATERIALIZED {_PATH}, me AS (", 1)
     return head + COLUMNS + "FROM (SELECT CAST(:s AS" + tail
 
 
@@ -90,12 +144,15 @@ def trusted(env) -> tuple[str, ...]:
     return tuple(name.strip() for name in (value or "").split(",") if name.strip())
 
 
-def untrusted(state, accepted: tuple[str, ...]) -> tuple[list[list[str]], list[list[str]]]:
-    """([schema, role] of the roles that may CREATE, [owner, object] of what others own) in the schema and the others
-    on the session's search_path, less the roles `accepted`."""
-    if len(state) < 13:
-        return [], []
-    return ([c for c in state[11] if c[1] not in accepted], [o for o in state[12] if o[0] not in accepted])
+def untrusted(state, accepted: tuple[str, ...]) -> tuple[list[list[str]], ...]:
+    """([schema, role] of the roles that may CREATE, [owner, object] of what others own, [schema, table, role,
+    grantor] of others' TRIGGER rights: table '' for the user's default privilege) in the schema and the others on
+    the session's search_path, and [schema, role, database] of path entries naming no schema yet and the roles that
+    may create one, less the roles `accepted`."""
+    if len(state) < 16:
+        return [], [], [], []
+    return ([c for c in state[11] if c[1] not in accepted], [o for o in state[12] if o[0] not in accepted],
+            [t for t in state[13] if t[2] not in accepted], [m for m in state[15] if m[1] not in accepted])
 
 
 def _names(roles) -> str:
@@ -109,7 +166,8 @@ def _by_schema(creators: list[list[str]]) -> dict[str, list[str]]:
     return grouped
 
 
-def found(schema: str, creators: list[list[str]], owned: list[list[str]]) -> str:
+def found(schema: str, creators: list[list[str]], owned: list[list[str]], triggers: list[list[str]] = (),
+          missing: list[list[str]] = ()) -> str:
     """What others may plant, in words (a schema other than `schema` is one on the migration's search_path)."""
     said = []
     for where, roles in _by_schema(creators).items():
@@ -119,29 +177,90 @@ def found(schema: str, creators: list[list[str]], owned: list[list[str]]) -> str
     if owned:
         shown = "; ".join(f"{what} (owner {output.role(owner)})" for owner, what in owned[:SHOWN])
         said.append(f"other roles own objects there: {shown}{f' and {len(owned) - SHOWN} more' * (len(owned) > SHOWN)}")
+    tables = list(dict.fromkeys(f"{where}.{table}" for where, table, *_ in triggers if table))
+    if tables:
+        roles = sorted({role for _, table, role, _ in triggers if table})
+        said.append(f"roles {_names(roles)} may add triggers (a TRIGGER right) on table "
+                    f"{', '.join(tables[:SHOWN])}{f' and {len(tables) - SHOWN} more' * (len(tables) > SHOWN)}")
+    for where, _, role, _ in (t for t in triggers if not t[1]):
+        said.append(f"the migration user's default privilege gives {_names([role])} TRIGGER on every table it makes "
+                    + (f"in schema {where}" if where else "anywhere"))
+    for name, roles in _by_schema([[where, role] for where, role, _ in missing]).items():
+        said.append(f"schema {name} on the migration's search_path does not exist and "
+                    f"{'PUBLIC (every role)' if 'PUBLIC' in roles else 'roles ' + _names(roles)} may CREATE on the "
+                    "database (a schema made under that name mid-run is searched)")
     return output.visible(" and ".join(said))
 
 
-def fix(schema: str, creators: list[list[str]], owned: list[list[str]], accept: bool = True) -> str:
+def fix(schema: str, creators: list[list[str]], owned: list[list[str]], triggers: list[list[str]] = (),
+        missing: list[list[str]] = (), accept: bool = True, user: str = "") -> str:
     """The REVOKE to run, and what to do about what others own; or the setting that accepts them."""
-    roles = sorted({*(role for _, role in creators), *(owner for owner, _ in owned)})
+    roles = sorted({*(role for _, role in creators), *(owner for owner, _ in owned), *(t[2] for t in triggers),
+                    *(m[1] for m in missing)})
     steps = []
     for where, grantees in _by_schema(creators).items():
-        names = ", ".join(r if r == "PUBLIC" else ident(r) for r in grantees)
-        steps.append(f"run {runnable(f'REVOKE CREATE ON SCHEMA {ident(where)} FROM {names}')}")
+        steps.append(f"run {runnable(f'REVOKE CREATE ON SCHEMA {ident(where)} FROM {_sql_names(grantees)}')}")
     if owned:
         steps.append("drop what others own there, or make the migration user its owner (ALTER ... OWNER TO)")
+    by: dict[tuple[str, str, str], list[str]] = {}
+    for where, table, role, grantor in triggers:
+        by.setdefault((where, grantor, table and "table"), []).append(role)
+    for (where, grantor, table), grantees in by.items():
+        if table:  # (CASCADE: a right passed on WITH GRANT OPTION goes with it)
+            statement = f"REVOKE TRIGGER ON ALL TABLES IN SCHEMA {ident(where)} FROM {_sql_names(grantees)} CASCADE"
+            steps.append(f"{f'as role {output.role(grantor)}, which granted it, ' * bool(grantor)}run {runnable(statement)}")
+        else:
+            statement = (f"ALTER DEFAULT PRIVILEGES FOR ROLE {ident(user)}{f' IN SCHEMA {ident(where)}' * bool(where)} "
+                         f"REVOKE TRIGGER ON TABLES FROM {_sql_names(grantees)}")
+            steps.append(f"run {runnable(statement)}")
+    if missing:
+        made = ", ".join(f"CREATE SCHEMA {ident(name)}" for name in dict.fromkeys(m[0] for m in missing))
+        revoke = f"REVOKE CREATE ON DATABASE {ident(missing[0][2])} FROM {_sql_names([m[1] for m in missing])}"
+        steps.append(f"as user {output.role(user) if user else 'the migration user'} run {runnable(made)} (its own "
+                     f"then), or run {runnable(revoke)}")
     return f"{' and '.join(steps)}" + f"; or, to trust them, set {SETTING}={','.join(roles)}" * accept
 
 
+def _sql_names(roles: list[str]) -> str:
+    return ", ".join(r if r == "PUBLIC" else ident(r) for r in dict.fromkeys(roles))
+
+
+def views(schema: str, found: list[list[str]]) -> tuple[str, str]:
+    """Others' write rights on views over the runner's bookkeeping, in words, and the REVOKEs taking them."""
+    said = "; ".join(f"view {view} over {schema}.{table} to {output.role(role)} ({rights})"
+                     for view, table, role, rights in found[:SHOWN])
+    statements = [runnable(f"REVOKE INSERT, UPDATE, DELETE ON {view} FROM "
+                           f"{_sql_names([role for v, _, role, _ in found if v == view])}")
+                  for view in dict.fromkeys(view for view, *_ in found)]
+    return (output.visible(f"{said}{f' and {len(found) - SHOWN} more' * (len(found) > SHOWN)}"),
+            f"run {'; '.join(statements)}, or drop the view")
+
+
+def views_error(schema: str, found: list[list[str]], where: str) -> str:
+    """The one line refusing views over the runner's bookkeeping that others may write through."""
+    said, fix_it = views(schema, found)
+    return output.visible(
+        f"refusing the migration history in schema {schema} on {where}: other roles may write it through a view: "
+        f"{said}; the bookkeeping relation they write is a view, not the table, and the write runs with the view "
+        f"owner's rights (they could add history rows that skip a migration); {fix_it}")
+
+
 def refuse(state, schema: str, where: str, accepted: tuple[str, ...]) -> None:
-    """Refuses (exit 2) a schema others may plant objects in, unless SCHEMA_CREATORS_TRUSTED accepts them all."""
-    creators, owned = untrusted(state, accepted)
-    if creators or owned:
+    """Refuses (exit 2) a schema others may plant objects in, or add triggers to its tables, unless
+    SCHEMA_CREATORS_TRUSTED accepts them all; and views others may write the bookkeeping through."""
+    if len(state) > 14 and state[14]:
+        raise MigratorError(views_error(schema, state[14], where), USAGE)
+    left = untrusted(state, accepted)
+    if any(left):
         raise MigratorError(output.visible(
-            f"refusing to migrate schema {schema} on {where}: {found(schema, creators, owned)}: an operator or function "
-            f"they plant there runs as user {state[2]} when a migration's SQL resolves to it; "
-            f"{fix(schema, creators, owned)}"), USAGE)
+            f"refusing to migrate schema {schema} on {where}: {found(schema, *left)}: {harm(state[2])}; "
+            f"{fix(schema, *left, user=state[2])}"), USAGE)
+
+
+def harm(user: str) -> str:
+    """What another role's CREATE, objects or TRIGGER right lead to."""
+    return (f"an operator or function they plant there, or a trigger they add, runs as user {user} when a migration's "
+            "SQL resolves to it or writes the table")
 
 
 def planted_list(schema: str, planted: list[str]) -> str:

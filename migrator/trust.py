@@ -142,12 +142,14 @@ def check_rights(state, schema: str, where: str) -> None:
 
 
 def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = True, unconfirmed_ok: bool = False,
-           options: str = "", creators_trusted: tuple[str, ...] = ()) -> tuple:
+           options: str = "", target=None) -> tuple:
     """The bookkeeping_state of `schema`; with `refuse`, a MigratorError when others planted objects there or
     the user lacks rights on a table present (`SELECT` to read; SELECT, INSERT, UPDATE, DELETE to write), or, to
     write, while its history is unconfirmed (history_trust; `unconfirmed_ok`: the commands that confirm it or only
     clear a lock; `options`: the run's --schema, for the commands the refusal names); and, to write (but confirm or
-    clear a lock), a schema others may plant objects in (planted.py; `creators_trusted` accepts those roles)."""
+    clear a lock), a schema others may plant objects in (planted.py; the `target`'s creators_trusted accepts those
+    roles). Only the run's own histories refuse (Flyway's table when the target's folder is a Flyway folder; all
+    without a target): another service's is noted (backend.others_distrusted)."""
     # Who may plant in the schemas is read where it is used: a writing run refuses on it, doctor reports it (refuse
     # False); a read-only run (status, plan) would only pay for it (~7 ms of server time in a new session).
     creators = not refuse or (not read_only and not unconfirmed_ok)
@@ -159,12 +161,20 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
     if refuse and state[1]:  # (without USAGE on the schema, that is said first)
         check_rights(state, schema, where)
     if refuse and not read_only and not unconfirmed_ok:
-        planted.refuse(state, schema, where, creators_trusted)
+        planted.refuse(state, schema, where, target.creators_trusted if target else ())
     tables = history_trust.histories(backend.flyway_table)
     marked = disown(backend.connection, schema, state[8], comments=state[10], histories=tables) \
         if refuse and not read_only and state[8] else {}
-    backend.distrusted = {**history_trust.standing(state[10], tables), **marked}
-    backend.fresh_distrust = marked  # (what this run revoked: trust-history --yes refuses it, history_review.py)
+    distrusted = {**history_trust.standing(state[10], tables), **marked}
+    own = history_trust.histories(None if target and target.history is None else backend.flyway_table)
+    backend.distrusted = {table: found for table, found in distrusted.items() if table in own}
+    backend.others_distrusted = {table: found for table, found in distrusted.items() if table not in own}
+    backend.fresh_distrust = {t: found for t, found in marked.items() if t in own}  # (what this run revoked:
+    # trust-history --yes refuses it, history_review.py)
+    if refuse and not read_only and state[9]:
+        members(backend.connection, state[2], state[9])
+    if refuse and backend.others_distrusted:
+        output.note(history_trust.others_note(schema, backend.others_distrusted))
     if refuse and backend.distrusted and read_only:
         output.note(history_trust.note(schema, backend.distrusted, options))
     elif refuse and backend.distrusted and not unconfirmed_ok:
@@ -239,6 +249,19 @@ def disown(connection, schema: str, grants: list, made: bool = False, comments: 
 
 
 _SAID: set = set()  # (server, database, schema, grantees) a creation's revoke was said for, in this process
+
+
+def members(connection, user: str, roles: list[str]) -> None:
+    """Roles granted the user act as it: what they write in its bookkeeping is its own, nothing to revoke or record
+    (attack23s 13). Said once per database and roles, in this process (doctor WARNs too)."""
+    info = connection.info
+    said = (info.host, info.port, info.dbname, "members", tuple(roles))
+    if said not in _SAID:
+        _SAID.add(said)
+        output.note(output.visible(
+            f"note: roles {', '.join(roles)} are granted user {user}: they act as it and may write the runner's bookkeeping "
+            f"unseen (a history row that skips a migration, its lock); if that is not deliberate, run REVOKE "
+            f"{ident(user)} FROM {', '.join(roles)}"))
 
 
 def settle(connection, schema: str, tables: list[str], grants: list) -> None:

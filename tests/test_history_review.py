@@ -25,6 +25,13 @@ def trust(cli, db, sql_dir, *args):
     return cli("sql", "trust-history", *args, "--sql-dir", sql_dir, env=db.db_env())
 
 
+def forge_flyway_row(db, low: str, row: str) -> None:
+    """A standing INSERT on Flyway's table for low, and its row (installed_rank, version, description, type, script)."""
+    db.query(f"GRANT USAGE ON SCHEMA public TO {low}; GRANT INSERT ON public.flyway_schema_history TO {low}; "
+             f"SET ROLE {low}; INSERT INTO public.flyway_schema_history (installed_rank, version, description, type, "
+             f"script, checksum, installed_by, execution_time, success) VALUES ({row}, NULL, 'x', 1, true); RESET ROLE")
+
+
 def test_a_forged_checksum_row_without_its_mark_is_shown_and_not_confirmed(cli, db, sql_dir, low):
     """attack23s 3. Failed before: the review showed 0001 only, --yes confirmed, and migrate marked 0002 applied
     without running it (exit 0)."""
@@ -83,7 +90,7 @@ def test_yes_refuses_when_its_own_run_had_to_revoke_rights_again(cli, db, sql_di
     add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
     distrusted(cli, db, sql_dir, low, "SELECT 1")
     review = ok(trust(cli, db, sql_dir))
-    assert "0002_important" not in review.output
+    assert "recorded as applied: 0002_important" not in review.output  # (named as pending only)
     grant_history_to(db, low)
     forge_mark(db, low, "0002_important")
     refused = trust(cli, db, sql_dir, "--yes")
@@ -95,20 +102,49 @@ def test_yes_refuses_when_its_own_run_had_to_revoke_rights_again(cli, db, sql_di
     assert "important" in db.tables()
 
 
-def test_another_folders_flyway_rows_are_shown_by_the_review_that_confirms_them(cli, db, sql_dir, tmp_path, low):
+def test_another_folders_unconfirmed_flyway_history_is_noted_by_this_folder_and_refused_by_its_own(cli, db, sql_dir,
+                                                                                                   tmp_path, low):
     """attack23s (2nd report) 6: a yoyo service's review confirmed the Flyway service's table in the same schema
-    without showing its forged V2 row. Failed before: the row was not listed."""
+    without showing its forged V2 row (fixed in session 9: the rows were listed); left: the yoyo service's migrate
+    refused over the other service's table. Failed before: exit 2 for the yoyo service. Now each run refuses on its
+    own histories only: the yoyo service notes the other's, cannot confirm it; the Flyway service refuses and its
+    own review lists the forged row."""
     from test_flyway_locks import write
 
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     folder = tmp_path / "flyway"
     write(folder, "V1__fw.sql", "CREATE TABLE fw (id int);\n")
     ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
-    db.query(f"GRANT USAGE ON SCHEMA public TO {low}; GRANT INSERT ON public.flyway_schema_history TO {low}; "
-             f"SET ROLE {low}; INSERT INTO public.flyway_schema_history (installed_rank, version, description, type, "
-             "script, checksum, installed_by, execution_time, success) VALUES (2, '2', 'fw important', 'SQL', "
-             "'V2__fw_important.sql', NULL, 'x', 1, true); RESET ROLE")
-    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 2
-    review = ok(trust(cli, db, sql_dir))
-    assert "flyway_schema_history row (another folder's history): installed_rank 2, version 2, script " \
-           "V2__fw_important.sql, success" in review.output, review.output
+    forge_flyway_row(db, low, "2, '2', 'fw important', 'SQL', 'V2__fw_important.sql'")
+    add_migration(sql_dir, "0002_b", "CREATE TABLE b (id int);\n")
+    yoyo = ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "note: history public.flyway_schema_history (another folder's: this run does not read it) is " \
+           f"unconfirmed: {low} could write it" in yoyo.output and "b" in db.tables(), yoyo.output
+    review = ok(trust(cli, db, sql_dir, "--yes"))
+    assert "nothing to confirm" in review.output and "not this folder's: public.flyway_schema_history" \
+        in review.output, review.output
+    doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env()).output
+    assert [line for line in doctor.splitlines() if line.startswith("warn") and "another folder's" in line], doctor
+    write(folder, "V2__fw_important.sql", "CREATE TABLE fw_important (id int);\n")
+    flyway = cli("migrate", "--sql-dir", folder, env=db.db_env())
+    assert flyway.exit_code == 2 and "history public.flyway_schema_history could be written by" in flyway.output
+    assert "V2__fw_important" in ok(trust(cli, db, folder)).output and "fw_important" not in db.tables()
+
+
+def test_a_flyway_delete_row_and_what_migrate_would_run_next_are_in_the_review(cli, db, tmp_path, low):
+    """attack23t 3 (HIGH): a forged Flyway DELETE row (or a deleted mark) took V2 back; the review listed only what
+    stays applied, --yes confirmed, and the data migration ran a second time. Failed before: the row and V2 were
+    named nowhere in the review."""
+    from test_flyway_locks import write
+
+    folder = tmp_path / "flyway"
+    write(folder, "V1__pay.sql", "CREATE TABLE pay (amount int); INSERT INTO pay VALUES (100);\n")
+    write(folder, "V2__double.sql", "UPDATE pay SET amount = amount * 2;\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    forge_flyway_row(db, low, "3, '2', 'double', 'DELETE', 'V2__double.sql'")
+    assert cli("migrate", "--sql-dir", folder, env=db.db_env()).exit_code == 2
+    review = ok(trust(cli, db, folder)).output
+    assert "flyway_schema_history row 3: DELETE at version 2 (V2__double.sql): takes back version 2: migrate would " \
+           "run it again" in review, review
+    assert "not recorded as applied (migrate would run them next): V2__double (one that already ran" in review
+    assert db.query("SELECT amount FROM pay") == [(200,)]

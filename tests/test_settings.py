@@ -28,10 +28,24 @@ def test_option_url_wins_over_everything():
 
 
 def test_field_options_fill_from_db_vars():
-    t = resolve({"DB_PORT": "6001", "DB_PASSWORD": "fieldspw"}, host="opt-host", dbname="optdb")
+    t = resolve({"DB_PORT": "6001", "DB_PASSWORD": "fieldspw", "DB_HOST": "opt-host"}, host="opt-host", dbname="optdb")
     assert (t.host, t.port, t.dbname, t.user, t.password) == ("opt-host", 6001, "optdb", "postgres", "fieldspw")
     assert t.sources == {"host": "--db-host", "port": "DB_PORT (environment)", "dbname": "--db-name",
                          "user": "default", "password": "DB_PASSWORD (environment)"}
+
+
+@pytest.mark.parametrize("password", ["DB_PASSWORD", "PGPASSWORD"])
+@pytest.mark.parametrize("options", [{"host": "opt-host"}, {"database_url": "postgresql://optuser@opt-host/optdb"}])
+def test_an_environment_password_never_goes_to_a_host_only_the_command_line_names(password, options):
+    """attack23s 12 (second report): DB_PASSWORD went to --db-host's and --database-url's host (a note at most), while
+    PGPASSWORD was refused beside --database-url and replaced by the seed's password beside --db-host. Failed before:
+    three of the four resolved without an error."""
+    with pytest.raises(MigratorError) as caught:
+        resolve({password: "envpw", "DB_HOST": "env-host"}, **options)
+    message = str(caught.value)
+    assert f"a password from the environment ({password} (environment" in message and "host opt-host is named by " \
+        f"--{'db-host' if 'host' in options else 'database-url'} on the command line" in message, message
+    assert "envpw" not in message
 
 
 @pytest.mark.parametrize("option", ["host", "port", "dbname", "user"])

@@ -213,15 +213,16 @@ def trust_history(settings: CommandSettings, yes: bool) -> reports.CountedLines:
     migrations = postgres.read_migrations(settings.sql_dir)
     with locked_backend(settings, unconfirmed_ok=True) as (backend, _):
         schema, standing = backend.bookkeeping_schema, backend.distrusted
+        others = [output.visible(f"  not this folder's: {schema}.{table} is unconfirmed too: confirm it with its own "
+                                 "folder's trust-history") for table in sorted(backend.others_distrusted)]
         if not standing:
-            return reports.CountedLines([f"history in schema {schema} is not marked unconfirmed: nothing to confirm"],
-                                        0)
+            return reports.CountedLines([f"history in schema {schema} is not marked unconfirmed: nothing to confirm",
+                                         *others], 0)
         books = postgres.bookkeeping(backend, migrations)
         lines = [output.visible(f"  unconfirmed: {schema}.{table} (could be written by "
                                 f"{', '.join(found.get('roles', ['others']))} until {found.get('revoked_at', 'a run')})")
-                 for table, found in sorted(standing.items())] + history_review.lines(books)
-        if books.flyway is None and backend.flyway_table in standing:
-            lines += history_review.flyway_rows(backend, backend.flyway_table)
+                 for table, found in sorted(standing.items())] + others + history_review.lines(
+                     books, [m.id for m in postgres.ordered(migrations) if m.id not in books.applied])
         if not yes:
             return reports.CountedLines(lines + [
                 "nothing confirmed yet: check each migration above really ran (its objects exist), delete the rows "

@@ -36,6 +36,11 @@ def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) ->
         report.add(Check("postgres bookkeeping grants", FAIL, f"other roles may write the runner's bookkeeping: "
                          f"{grants_list(schema, others)}; {harm} (migrate refuses: it cannot take them)",
                          revoke_advice(schema, others)))
+    through = backend.verified[14] if len(backend.verified) > 14 else []
+    if through:
+        said, fix_it = planted.views(schema, through)
+        report.add(Check("postgres bookkeeping grants", FAIL, f"other roles may write the runner's bookkeeping through "
+                         f"a view: {said}; the write runs with the view owner's rights (migrate refuses)", fix_it))
     if backend.distrusted:
         from migrator import history_trust
 
@@ -46,6 +51,11 @@ def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) ->
                          "refuses until it is confirmed",
                          f"review what `runner.py status{schema_option}` lists as applied (delete the rows of "
                          f"migrations that never ran), then run `{history_trust.CONFIRM}{schema_option}`"))
+    if getattr(backend, "others_distrusted", None):
+        tables = ", ".join(f"{schema}.{table}" for table in sorted(backend.others_distrusted))
+        report.add(Check("postgres history trust", WARN, f"history {tables} (another folder's, not this one's) is "
+                         "unconfirmed: that service's migrate refuses until its operator confirms it",
+                         "run `sql trust-history` with that service's folder, review, then --yes"))
     writers, quoted_user = backend.execute(WRITE_ALL).fetchone()
     if members:
         report.add(Check("postgres bookkeeping grants", WARN, f"roles {', '.join(members)} are granted user {user}: "
@@ -64,19 +74,20 @@ def schema_creators(report: DoctorReport, backend, schema: str, accepted: tuple[
     """Who else may plant objects in the schema (planted.py): a FAIL while migrate refuses, a WARN for roles
     SCHEMA_CREATORS_TRUSTED accepts (what they plant still runs as the user), else OK."""
     state = backend.verified
-    creators, owned = planted.untrusted(state, ())
-    if not (creators or owned):
-        report.add(Check("postgres schema creators", OK, f"no other role may create in schema {schema} or owns "
-                         "objects there"))
+    found = planted.untrusted(state, ())
+    if not any(found):
+        report.add(Check("postgres schema creators", OK, f"no other role may create in schema {schema}, owns "
+                         "objects there or may add triggers to its tables"))
         return
     left = planted.untrusted(state, accepted)
-    harm = f"an operator or function they plant there runs as user {state[2]} when a migration's SQL resolves to it"
-    if left[0] or left[1]:
+    harm = planted.harm(state[2])
+    if any(left):
         report.add(Check("postgres schema creators", FAIL, f"{planted.found(schema, *left)}: {harm} (migrate "
-                         "refuses)", planted.fix(schema, *left)))
+                         "refuses)", planted.fix(schema, *left, user=state[2])))
     else:
-        report.add(Check("postgres schema creators", WARN, f"{planted.found(schema, creators, owned)}: {harm}; "
-                         f"accepted by {planted.SETTING}", f"if that is not deliberate: {planted.fix(schema, creators, owned, False)}"))
+        report.add(Check("postgres schema creators", WARN, f"{planted.found(schema, *found)}: {harm}; accepted by "
+                         f"{planted.SETTING}", f"if that is not deliberate: "
+                         f"{planted.fix(schema, *found, accept=False, user=state[2])}"))
 
 
 def bookkeeping_locks(report: DoctorReport, backend, schema: str) -> None:

@@ -127,7 +127,7 @@ def _each_schema(report: DoctorReport, backend, target: PostgresTarget, sql_dir)
         backend.schema = schema
         backend.init_connection(backend.connection)
         # (its own bookkeeping's state: planted objects, others' rights, an unconfirmed history; one query)
-        backend.verified = trust.verify(backend, schema, target.where, read_only=True, refuse=False)
+        backend.verified = trust.verify(backend, schema, target.where, read_only=True, refuse=False, target=target)
         _schema_checks(SchemaChecks(report, schema), backend, target.for_schema(schema), sql_dir, described.get(schema))
 
 

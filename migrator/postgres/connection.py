@@ -392,7 +392,7 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
         try:  # before anything touches those tables (doctor reports it instead)
             state = backend.verified = trust.verify(backend, target.schema or backend.bookkeeping_schema,
                                                     replace(target, schema=None).where, read_only, refuse=refuse_foreign,
-                                                    unconfirmed_ok=unconfirmed_ok, creators_trusted=target.creators_trusted,
+                                                    unconfirmed_ok=unconfirmed_ok, target=target,
                                                     options=f" --schema {target.schema}" if target.schema else "")
             # What yoyo's get_backend does (init_database), less what a run does not need: its lock table made
             # only when missing, and no DDL probe (a table created and dropped on every connect): the probe's

@@ -86,6 +86,11 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
     books = Bookkeeping({i: at for i, at, _ in marks}, {i: sha.strip() for i, sha in sums}, dict(failures),
                         {i for i, _, _ in marks}, mismatched=[(i, h) for i, _, h in marks if h != get_migration_hash(i) and not flyway.parse(i + ".sql")])
     flyway_folder = flyway.is_flyway(migrations) if migrations is not None else bool(backend.history)
+    if migrations is not None:  # a mark keyed by one of this folder's hashes under another id, a Flyway-looking one
+        # too (exempt above: another service's marks): yoyo would count that migration applied (attack23t 2)
+        ours = {flyway.history_hash(backend.flyway_table, m.id) if flyway_folder else get_migration_hash(m.id): m.id
+                for m in migrations}
+        books.mismatched += [(i, h) for i, _, h in marks if ours.get(h, i) != i and (i, h) not in books.mismatched]
     if flyway_folder:  # (without the files: when this run's backend already met its Flyway folder)
         from migrator.postgres import history
 

@@ -1,0 +1,82 @@
+"""attack23t (hostile pass on 098638e), the findings in planted.py's scope: an event trigger whose function another
+role owns, and CREATE granted to a predefined role."""
+
+from __future__ import annotations
+
+from conftest import add_migration, ok
+from test_schema_creators import doctor_line, low, refusal  # noqa: F401 (low: a fixture)
+
+
+def test_an_event_trigger_whose_function_another_role_owns_is_refused(cli, db, sql_dir, low):
+    """attack23t 5 (HIGH): a DBA's DDL audit event trigger calls the app role's function, whose body that role may
+    replace at any time; the migration's DDL ran it as the migration user. Failed before: doctor ready, exit 0."""
+    db.query(f"CREATE SCHEMA fn_{low} AUTHORIZATION {low}; SET ROLE {low}; CREATE TABLE fn_{low}.hits (who text); "
+             f"GRANT USAGE ON SCHEMA fn_{low} TO PUBLIC; GRANT INSERT ON fn_{low}.hits TO PUBLIC; "
+             f"CREATE FUNCTION fn_{low}.audit() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN INSERT INTO "
+             f"fn_{low}.hits VALUES (current_user); END$$; RESET ROLE; "
+             f"CREATE EVENT TRIGGER audit_{low} ON ddl_command_end EXECUTE FUNCTION fn_{low}.audit()")
+    add_migration(sql_dir, "0002_b", "CREATE TABLE b (id int);\n")
+    line = doctor_line(cli, db, sql_dir)
+    assert line.startswith("FAIL") and f"event trigger audit_{low} (function fn_{low}.audit()) (owner {low})" in line
+    error = refusal(cli, db, sql_dir)
+    assert f"event trigger audit_{low} (function fn_{low}.audit()) (owner {low})" in error, error
+    assert db.query(f"SELECT who FROM fn_{low}.hits") == [] and "b" not in db.tables()
+    db.query(f"ALTER EVENT TRIGGER audit_{low} DISABLE")  # (a disabled one runs nothing)
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert db.query(f"SELECT who FROM fn_{low}.hits") == []
+
+
+def test_create_granted_to_a_predefined_role_another_login_role_may_set_is_refused(cli, db, sql_dir, low):
+    """attack23t 9: pg_* roles were left out of the creators' list: `GRANT CREATE ON SCHEMA public TO
+    pg_write_all_data` with low a SET-only member (has_schema_privilege(low) is false). Failed before: doctor "no
+    other role may create", exit 0."""
+    db.query(f"GRANT CREATE ON SCHEMA public TO pg_write_all_data; "
+             f"GRANT pg_write_all_data TO {low} WITH INHERIT FALSE, SET TRUE")
+    try:
+        line = doctor_line(cli, db, sql_dir)
+        assert line.startswith("FAIL") and "roles pg_write_all_data may CREATE in schema public" in line, line
+        error = refusal(cli, db, sql_dir)
+        assert 'REVOKE CREATE ON SCHEMA "public" FROM "pg_write_all_data"' in error, error
+    finally:
+        db.query(f"REVOKE CREATE ON SCHEMA public FROM pg_write_all_data; REVOKE pg_write_all_data FROM {low}")
+
+
+def test_a_path_entry_naming_no_schema_yet_is_refused_while_others_may_create_on_the_database(cli, db, sql_dir, low):
+    """attack23t 1 (HIGH): the default path's "$user" names no schema; low, with CREATE on the database, made it
+    mid-run and planted `=` there, which the next migration ran as the migration user. Failed before: doctor "ok",
+    exit 0 (the check saw only existing schemas)."""
+    user = db.server.user
+    assert db.query(f"SELECT to_regnamespace('{user}')") == [(None,)]
+    db.query(f'GRANT CREATE ON DATABASE "{db.name}" TO {low}')
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n")
+    line = doctor_line(cli, db, sql_dir)
+    assert line.startswith("FAIL") and f"schema {user} on the migration's search_path does not exist and roles " \
+        f"{low} may CREATE on the database" in line, line
+    error = refusal(cli, db, sql_dir)
+    assert f'run CREATE SCHEMA "{user}"' in error and \
+        f'REVOKE CREATE ON DATABASE "{db.name}" FROM "{low}"' in error, error
+    assert "a" not in db.tables()
+    db.query(f'REVOKE CREATE ON DATABASE "{db.name}" FROM {low}')
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+
+
+def test_a_forged_mark_with_a_flyway_looking_id_and_a_pending_migrations_hash_is_refused(cli, db, sql_dir, low):
+    """attack23t 2 (HIGH): `(sha256('0002_important'), 'V1__init')` passed the hash/id check (a Flyway-shaped id was
+    exempt, in a yoyo folder too): trust-history --yes confirmed, migrate said "up to date", 0002 never ran. Failed
+    before: --yes exit 0."""
+    from test_history_distrust import grant_history_to
+
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    grant_history_to(db, low)
+    db.query(f"SET ROLE {low}; INSERT INTO public._yoyo_migration VALUES (encode(sha256('0002_important'), 'hex'), "
+             "'V1__init', now()); RESET ROLE")
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 2  # (revoked, recorded)
+    review = ok(cli("sql", "trust-history", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "mark for V1__init carries migration_hash" in review.output, review.output
+    confirm = cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env())
+    assert confirm.exit_code == 2 and "mark for V1__init (another migration's hash)" in confirm.output, confirm.output
+    db.query("DELETE FROM public._yoyo_migration WHERE migration_id = 'V1__init'")
+    ok(cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env()))
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "important" in db.tables()
