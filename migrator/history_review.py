@@ -17,8 +17,8 @@ def lines(books) -> list[str]:
     """The review's lines for the bookkeeping `books` (state.Bookkeeping): every row, ids escaped."""
     said = [f"  recorded as applied: {i} ({at:%Y-%m-%d %H:%M})" if at else f"  recorded as applied: {i}"
             for i, at in books.applied.items()]
-    said += [f"  mark for {i} carries migration_hash {h}, not its own: yoyo would count another migration applied"
-             for i, h in books.mismatched]
+    said += [f"  mark for {i} carries migration_hash {h}, not its own: yoyo would count "
+             f"{books.keyed.get(h, 'another migration')} applied" for i, h in books.mismatched]
     said += [f"  checksum without a mark: {i} (migrate would mark it applied without running it)"
              for i in unmarked(books)]
     said += [f"  failure recorded: {i}: {what}" for i, what in sorted(books.failures.items())]

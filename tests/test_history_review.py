@@ -112,3 +112,37 @@ def test_another_folders_flyway_rows_are_shown_by_the_review_that_confirms_them(
     review = ok(trust(cli, db, sql_dir))
     assert "flyway_schema_history row (another folder's history): installed_rank 2, version 2, script " \
            "V2__fw_important.sql, success" in review.output, review.output
+
+
+def test_a_forged_mark_with_a_flyway_looking_id_is_shown_and_refused(cli, db, sql_dir, low):
+    """attack23t 2: a mark (id V1__init, 0002's hash) in a yoyo folder. Failed before: Flyway-shaped ids were exempt
+    from the hash check: the review showed "recorded as applied: V1__init", --yes confirmed, migrate said "up to date"
+    and 0002 never ran."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    distrusted(cli, db, sql_dir, low, "INSERT INTO _yoyo_migration VALUES (encode(sha256('0002_important'), 'hex'), "
+                                      "'V1__init', now())")
+    review = ok(trust(cli, db, sql_dir))
+    assert "mark for V1__init carries migration_hash" in review.output, review.output
+    assert "yoyo would count 0002_important applied" in review.output, review.output
+    refused = trust(cli, db, sql_dir, "--yes")
+    assert refused.exit_code == 2 and "mark for V1__init (another migration's hash)" in refused.output, refused.output
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert result.exit_code == 2 and "important" not in db.tables(), result.output
+    db.query("DELETE FROM _yoyo_migration WHERE migration_id = 'V1__init'")
+    ok(trust(cli, db, sql_dir, "--yes"))
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "important" in db.tables()
+
+
+def test_a_flyway_folders_own_marks_still_pass_the_hash_check(cli, db, tmp_path):
+    """The other side of attack23t 2: a Flyway folder's marks (keyed per history table) are not refused."""
+    from test_flyway_locks import write
+
+    folder = tmp_path / "flyway"
+    write(folder, "V1__a.sql", "CREATE TABLE a (id int);\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    write(folder, "V2__b.sql", "CREATE TABLE b (id int);\n")
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert {"a", "b"} <= db.tables()
+    assert len(db.query("SELECT * FROM _yoyo_migration")) == 2
