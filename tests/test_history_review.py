@@ -83,7 +83,7 @@ def test_yes_refuses_when_its_own_run_had_to_revoke_rights_again(cli, db, sql_di
     add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
     distrusted(cli, db, sql_dir, low, "SELECT 1")
     review = ok(trust(cli, db, sql_dir))
-    assert "0002_important" not in review.output
+    assert "recorded as applied: 0002_important" not in review.output
     grant_history_to(db, low)
     forge_mark(db, low, "0002_important")
     refused = trust(cli, db, sql_dir, "--yes")
@@ -146,3 +146,94 @@ def test_a_flyway_folders_own_marks_still_pass_the_hash_check(cli, db, tmp_path)
     ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
     assert {"a", "b"} <= db.tables()
     assert len(db.query("SELECT * FROM _yoyo_migration")) == 2
+
+
+def _flyway_folder(cli, db, tmp_path, low, *files):
+    """A Flyway folder with `files` applied, then low's standing INSERT on its table (the revoking run comes later)."""
+    from test_flyway_locks import write
+
+    folder = tmp_path / "flyway"
+    for name, text in files:
+        write(folder, name, text)
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    db.query(f"GRANT USAGE ON SCHEMA public TO {low}; GRANT SELECT, INSERT ON public.flyway_schema_history TO {low}")
+    return folder
+
+
+FLYWAY_ROW = ("SET ROLE {low}; INSERT INTO public.flyway_schema_history (installed_rank, version, description, type, "
+              "script, checksum, installed_by, execution_time, success) VALUES ({rank}, '2', '{what}', '{kind}', "
+              "'{script}', NULL, 'x', 0, true); RESET ROLE")
+
+
+def test_a_flyway_delete_row_is_shown_and_refused(cli, db, tmp_path, low):
+    """attack23t 3: low adds Flyway's own DELETE row for an applied data migration. Failed before: the review did not
+    show it (V2 simply was not listed), --yes confirmed, and migrate ran V2 again (amount 400)."""
+    folder = _flyway_folder(cli, db, tmp_path, low, ("V1__pay.sql", "CREATE TABLE pay (amount int); "
+                                                     "INSERT INTO pay VALUES (100);\n"),
+                            ("V2__double.sql", "UPDATE pay SET amount = amount * 2;\n"))
+    db.query(FLYWAY_ROW.format(low=low, rank=3, what="double", kind="DELETE", script="V2__double.sql"))
+    assert cli("migrate", "--sql-dir", folder, env=db.db_env()).exit_code == 2
+    review = ok(trust(cli, db, folder))
+    assert "flyway_schema_history row 3: DELETE of version 2: takes back V2__double: migrate would run it again" \
+        in review.output, review.output
+    assert "migrate would run next: V2__double" in review.output
+    refused = trust(cli, db, folder, "--yes")
+    assert refused.exit_code == 2 and "flyway_schema_history row 3 (DELETE of version 2)" in refused.output, \
+        refused.output
+    db.query("DELETE FROM public.flyway_schema_history WHERE installed_rank = 3")
+    ok(trust(cli, db, folder, "--yes"))
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert db.query("SELECT amount FROM pay") == [(200,)]
+
+
+def test_a_forged_flyway_baseline_row_is_shown_as_one_and_refused(cli, db, tmp_path, low):
+    """attack23t 3 (related): a BASELINE row at version 2 after V1's row. Failed before: the review said "recorded as
+    applied: V2__important" like a real row, --yes confirmed, and V2 never ran."""
+    folder = _flyway_folder(cli, db, tmp_path, low, ("V1__a.sql", "CREATE TABLE a (id int);\n"))
+    from test_flyway_locks import write
+
+    write(folder, "V2__important.sql", "CREATE TABLE important (id int);\n")
+    db.query(FLYWAY_ROW.format(low=low, rank=2, what="<< Flyway Baseline >>", kind="BASELINE",
+                               script="<< Flyway Baseline >>"))
+    assert cli("migrate", "--sql-dir", folder, env=db.db_env()).exit_code == 2
+    review = ok(trust(cli, db, folder))
+    assert "flyway_schema_history row 2: BASELINE at version 2: counts V1__a, V2__important applied without " \
+           "running it" in review.output, review.output
+    refused = trust(cli, db, folder, "--yes")
+    assert refused.exit_code == 2 and "row 2 (BASELINE of version 2)" in refused.output, refused.output
+    assert "important" not in db.tables()
+
+
+def test_a_deleted_yoyo_mark_is_noticed_from_the_log_and_refused(cli, db, sql_dir, low):
+    """attack23t 3 (yoyo): low deletes an applied data migration's mark and checksum. Failed before: the review listed
+    0001 only, --yes confirmed, and migrate ran 0002 again (amount 400). yoyo's log still says 0002 was applied."""
+    from yoyo.migrations import get_migration_hash
+
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_pay", "CREATE TABLE pay (amount int); INSERT INTO pay VALUES (100);\n")
+    add_migration(sql_dir, "0003_double", "UPDATE pay SET amount = amount * 2;\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    distrusted(cli, db, sql_dir, low, "DELETE FROM _yoyo_migration WHERE migration_id = '0003_double'; "
+                                      "DELETE FROM _hcm_migration_checksum WHERE migration_id = '0003_double'")
+    review = ok(trust(cli, db, sql_dir))
+    assert "record removed? public._yoyo_log says 0003_double was applied (apply, " in review.output, review.output
+    assert "migrate would run next: 0003_double" in review.output
+    refused = trust(cli, db, sql_dir, "--yes")
+    assert refused.exit_code == 2 and "says 0003_double was applied" in refused.output, refused.output
+    db.query("INSERT INTO _yoyo_migration (migration_hash, migration_id, applied_at_utc) VALUES "
+             f"('{get_migration_hash('0003_double')}', '0003_double', now())")  # (the fix the refusal names)
+    ok(trust(cli, db, sql_dir, "--yes"))
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert db.query("SELECT amount FROM pay") == [(200,)]
+
+
+def test_a_rolled_back_migration_is_no_sign_of_a_removed_mark(cli, db, sql_dir, low):
+    """The other side: the log's rollback after its apply: pending again, nothing refused."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_t", "CREATE TABLE t (id int);\n", rollback="DROP TABLE t;\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    ok(cli("sql", "rollback", "--sql-dir", sql_dir, env=db.db_env()))
+    distrusted(cli, db, sql_dir, low, "SELECT 1")
+    review = ok(trust(cli, db, sql_dir))
+    assert "record removed?" not in review.output and "migrate would run next: 0002_t" in review.output, review.output
+    ok(trust(cli, db, sql_dir, "--yes"))
