@@ -15,7 +15,7 @@ and never rolled back. `--yes` refuses such signs, a DELETE/UNDO row, and a BASE
 
 from __future__ import annotations
 
-from migrator import output
+from migrator import checksums, output
 from migrator.postgres import flyway
 from migrator.postgres.history import MIGRATION_TYPES
 
@@ -62,35 +62,43 @@ def _row_line(books, row) -> str:
 
 
 def removed(backend, books) -> list[str]:
-    """Signs that a record of an applied migration was removed, one line each: yoyo's log (keyed by the mark's hash)
-    says this folder's migration was applied and not rolled back since, while nothing counts it applied now; a Flyway
-    row taking one back; a BASELINE row after applied rows."""
-    signs = []
+    """Signs that a record of an applied migration was removed, one line each with its fix: a Flyway row taking one
+    back; a BASELINE row after applied rows; this folder's migration that nothing counts applied now, while yoyo's log
+    (keyed by the mark's hash) says it was applied and not rolled back since, or a failure record says its rollback
+    stopped part-way (it stays applied)."""
+    signs, taken = [], set()  # (taken: the ids a Flyway row takes back, named by that row's sign)
     if books.flyway is not None:
         first = min((r.rank for r in books.flyway.rows if r.type in MIGRATION_TYPES), default=None)
         for row in books.flyway.rows:
+            if row.type in _TAKES_BACK and row.version:
+                taken.add(_versions(books).get(flyway.version_key(row.version)))
             if row.type in _TAKES_BACK or (row.type in _BASELINE and first is not None and row.rank > first):
                 signs.append(f"{books.flyway.table} row {row.rank} ({row.type} of version {row.version}): "
                              f"DELETE FROM {backend.qualified(books.flyway.table)} WHERE installed_rank = {row.rank} "
                              "if you did not write it")
-    log = backend.log_table_quoted
-    if not backend.execute("SELECT to_regclass(:t) IS NOT NULL", {"t": log}).fetchone()[0]:
-        return signs
+    schema, log = backend.bookkeeping_schema, backend.log_table
     last = {}
-    for key, operation, at in backend.execute(f"SELECT migration_hash, operation, created_at_utc FROM {log} "
-                                              "ORDER BY created_at_utc").fetchall():
-        last[key] = (operation, at)
-    schema = backend.bookkeeping_schema
+    if backend.execute("SELECT to_regclass(:t) IS NOT NULL", {"t": backend.log_table_quoted}).fetchone()[0]:
+        for key, operation, at in backend.execute(f"SELECT migration_hash, operation, created_at_utc FROM "
+                                                  f"{backend.log_table_quoted} ORDER BY created_at_utc").fetchall():
+            last[key] = (operation, at)
     for key, migration_id in books.keyed.items():
+        if migration_id in books.applied or migration_id in taken:
+            continue
         operation, at = last.get(key, ("", None))
-        if operation in ("apply", "mark") and migration_id not in books.applied:
+        ran, undo = [], []
+        if operation in ("apply", "mark"):
+            ran.append(f"{schema}.{log}: {operation} {at:%Y-%m-%d %H:%M}, never rolled back")
+            undo.append(f"DELETE FROM {schema}.{log} WHERE migration_hash = '{key}'")
+        if books.failures.get(migration_id, "").startswith(checksums.ROLLBACK):
+            ran.append(f"{schema}.{checksums.FAILURES}: its rollback stopped part-way")
+            undo.append(f"DELETE FROM {schema}.{checksums.FAILURES} WHERE migration_id = '{migration_id}'")
+        if ran:
             restore = f"its row in {schema}.{books.flyway.table}" if books.flyway is not None else (
                 f"its mark: INSERT INTO {schema}.{backend.migration_table} (migration_hash, migration_id, "
                 f"applied_at_utc) VALUES ('{key}', '{migration_id}', now())")
-            signs.append(f"{schema}.{backend.log_table} says {migration_id} was applied ({operation}, "
-                         f"{at:%Y-%m-%d %H:%M}) and never rolled back, yet nothing records it applied: if it ran, "
-                         f"restore {restore}; if not, DELETE FROM {schema}.{backend.log_table} WHERE migration_hash = "
-                         f"'{key}'")
+            signs.append(f"{migration_id} was applied, yet nothing records it now ({'; '.join(ran)}): if it ran, "
+                         f"restore {restore}; if it did not, {' and '.join(undo)}")
     return signs
 
 

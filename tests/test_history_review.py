@@ -216,10 +216,12 @@ def test_a_deleted_yoyo_mark_is_noticed_from_the_log_and_refused(cli, db, sql_di
     distrusted(cli, db, sql_dir, low, "DELETE FROM _yoyo_migration WHERE migration_id = '0003_double'; "
                                       "DELETE FROM _hcm_migration_checksum WHERE migration_id = '0003_double'")
     review = ok(trust(cli, db, sql_dir))
-    assert "record removed? public._yoyo_log says 0003_double was applied (apply, " in review.output, review.output
+    assert "record removed? 0003_double was applied, yet nothing records it now (public._yoyo_log: apply " \
+        in review.output, review.output
     assert "migrate would run next: 0003_double" in review.output
     refused = trust(cli, db, sql_dir, "--yes")
-    assert refused.exit_code == 2 and "says 0003_double was applied" in refused.output, refused.output
+    assert refused.exit_code == 2 and "0003_double was applied, yet nothing records it now" in refused.output, \
+        refused.output
     db.query("INSERT INTO _yoyo_migration (migration_hash, migration_id, applied_at_utc) VALUES "
              f"('{get_migration_hash('0003_double')}', '0003_double', now())")  # (the fix the refusal names)
     ok(trust(cli, db, sql_dir, "--yes"))
@@ -237,3 +239,22 @@ def test_a_rolled_back_migration_is_no_sign_of_a_removed_mark(cli, db, sql_dir, 
     review = ok(trust(cli, db, sql_dir))
     assert "record removed?" not in review.output and "migrate would run next: 0002_t" in review.output, review.output
     ok(trust(cli, db, sql_dir, "--yes"))
+
+
+def test_a_deleted_mark_is_noticed_from_a_rollbacks_failure_record(cli, db, sql_dir, low):
+    """attack23t 3: low deletes the mark, the checksum and the log rows of a migration whose rollback stopped part-way
+    (it stays applied); the failure record still says so. Failed before: nothing shown, --yes confirmed."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_t", "CREATE TABLE t (id int);\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    db.query("CREATE TABLE IF NOT EXISTS _hcm_migration_failure (migration_id VARCHAR(255) PRIMARY KEY, failed_at "
+             "TIMESTAMP NOT NULL DEFAULT now(), what TEXT NOT NULL); INSERT INTO _hcm_migration_failure (migration_id, "
+             "what) VALUES ('0002_t', 'rollback: statement 1 of 2 committed')")
+    distrusted(cli, db, sql_dir, low, "DELETE FROM _yoyo_migration WHERE migration_id = '0002_t'; DELETE FROM "
+                                      "_hcm_migration_checksum WHERE migration_id = '0002_t'; DELETE FROM _yoyo_log")
+    review = ok(trust(cli, db, sql_dir))
+    assert "record removed? 0002_t was applied, yet nothing records it now (public._hcm_migration_failure: its " \
+           "rollback stopped part-way)" in review.output, review.output
+    refused = trust(cli, db, sql_dir, "--yes")
+    assert refused.exit_code == 2 and "DELETE FROM public._hcm_migration_failure WHERE migration_id = '0002_t'" \
+        in refused.output, refused.output
