@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,7 +61,14 @@ class Bookkeeping:
     # services' marks differ in: a Flyway-shaped id is let pass only with that key of this history's table or a key
     # none of this folder's migrations has; one counting another of them applied is refused, attack23t 2.)
     mismatched: list[tuple[str, str]] = field(default_factory=list)
-    keyed: dict[str, str] = field(default_factory=dict)  # yoyo's key (migration_hash) -> this folder's migration id
+    migrations: object = None  # this folder's (keyed's)
+    table: str = "flyway_schema_history"  # its Flyway history's, which keys a Flyway file's mark
+
+    @cached_property
+    def keyed(self) -> dict[str, str]:
+        """yoyo's key (migration_hash) -> this folder's migration id; read only where a mark needs it or a review
+        does (cost follows the work: a hash per file)."""
+        return {_key(self.table, m.id): m.id for m in self.migrations or ()}
 
 
 def bookkeeping(backend, migrations=None) -> Bookkeeping:
@@ -85,12 +93,11 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
         sums = backend.execute(f"SELECT migration_id, sha256 FROM {names['sums']}").fetchall()
     if has_failures:
         failures = backend.execute(f"SELECT migration_id, what FROM {names['failures']}").fetchall()
-    table = getattr(backend, "flyway_table", None) or "flyway_schema_history"
-    keyed = {_key(table, m.id): m.id for m in migrations or ()}
     books = Bookkeeping({i: at for i, at, _ in marks}, {i: sha.strip() for i, sha in sums}, dict(failures),
-                        {i for i, _, _ in marks}, keyed=keyed,
-                        mismatched=[(i, h) for i, _, h in marks if h not in (get_migration_hash(i), _key(table, i))
-                                    and (h in keyed or not flyway.parse(i + ".sql"))])
+                        {i for i, _, _ in marks}, migrations=migrations,
+                        table=getattr(backend, "flyway_table", None) or "flyway_schema_history")
+    books.mismatched = [(i, h) for i, _, h in marks if h != get_migration_hash(i) and h != _key(books.table, i)
+                        and (not flyway.parse(i + ".sql") or h in books.keyed)]
     flyway_folder = flyway.is_flyway(migrations) if migrations is not None else bool(backend.history)
     if flyway_folder:  # (without the files: when this run's backend already met its Flyway folder)
         from migrator.postgres import history
