@@ -53,7 +53,8 @@ def _row_line(books, row) -> str:
     mine, key = _versions(books), flyway.version_key(row.version) if row.version else None
     if row.type in _BASELINE and key:
         covered = [i for k, i in sorted(mine.items()) if k <= key]
-        return f"{head} at version {row.version}: counts {', '.join(covered) or 'no file here'} applied without running it"
+        return (f"{head} at version {row.version}: counts {', '.join(covered) or 'no file here'} applied without "
+                "running it")
     if row.type in _TAKES_BACK and key:
         return f"{head} of version {row.version}: takes back {mine.get(key, row.script)}: migrate would run it again"
     said = f"{head} {row.script}" + (f" (version {row.version})" if row.version else "")

@@ -25,6 +25,15 @@ def trust(cli, db, sql_dir, *args):
     return cli("sql", "trust-history", *args, "--sql-dir", sql_dir, env=db.db_env())
 
 
+def shown_and_refused(cli, db, sql_dir, shown: str, refused_with: str) -> str:
+    """The review shows `shown`; --yes refuses (exit 2) saying `refused_with`. The review's text."""
+    review = ok(trust(cli, db, sql_dir))
+    assert shown in review.output, review.output
+    refused = trust(cli, db, sql_dir, "--yes")
+    assert refused.exit_code == 2 and refused_with in refused.output, refused.output
+    return review.output
+
+
 def test_a_forged_checksum_row_without_its_mark_is_shown_and_not_confirmed(cli, db, sql_dir, low):
     """attack23s 3. Failed before: the review showed 0001 only, --yes confirmed, and migrate marked 0002 applied
     without running it (exit 0)."""
@@ -122,11 +131,9 @@ def test_a_forged_mark_with_a_flyway_looking_id_is_shown_and_refused(cli, db, sq
     add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
     distrusted(cli, db, sql_dir, low, "INSERT INTO _yoyo_migration VALUES (encode(sha256('0002_important'), 'hex'), "
                                       "'V1__init', now())")
-    review = ok(trust(cli, db, sql_dir))
-    assert "mark for V1__init carries migration_hash" in review.output, review.output
-    assert "yoyo would count 0002_important applied" in review.output, review.output
-    refused = trust(cli, db, sql_dir, "--yes")
-    assert refused.exit_code == 2 and "mark for V1__init (another migration's hash)" in refused.output, refused.output
+    shown_and_refused(cli, db, sql_dir, "mark for V1__init carries migration_hash "
+                      f"{hashlib.sha256(b'0002_important').hexdigest()}, not its own: yoyo would count 0002_important "
+                      "applied", "mark for V1__init (another migration's hash)")
     result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
     assert result.exit_code == 2 and "important" not in db.tables(), result.output
     db.query("DELETE FROM _yoyo_migration WHERE migration_id = 'V1__init'")
@@ -173,13 +180,10 @@ def test_a_flyway_delete_row_is_shown_and_refused(cli, db, tmp_path, low):
                             ("V2__double.sql", "UPDATE pay SET amount = amount * 2;\n"))
     db.query(FLYWAY_ROW.format(low=low, rank=3, what="double", kind="DELETE", script="V2__double.sql"))
     assert cli("migrate", "--sql-dir", folder, env=db.db_env()).exit_code == 2
-    review = ok(trust(cli, db, folder))
-    assert "flyway_schema_history row 3: DELETE of version 2: takes back V2__double: migrate would run it again" \
-        in review.output, review.output
-    assert "migrate would run next: V2__double" in review.output
-    refused = trust(cli, db, folder, "--yes")
-    assert refused.exit_code == 2 and "flyway_schema_history row 3 (DELETE of version 2)" in refused.output, \
-        refused.output
+    review = shown_and_refused(cli, db, folder, "flyway_schema_history row 3: DELETE of version 2: takes back "
+                               "V2__double: migrate would run it again",
+                               "flyway_schema_history row 3 (DELETE of version 2)")
+    assert "migrate would run next: V2__double" in review
     db.query("DELETE FROM public.flyway_schema_history WHERE installed_rank = 3")
     ok(trust(cli, db, folder, "--yes"))
     ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
@@ -196,11 +200,8 @@ def test_a_forged_flyway_baseline_row_is_shown_as_one_and_refused(cli, db, tmp_p
     db.query(FLYWAY_ROW.format(low=low, rank=2, what="<< Flyway Baseline >>", kind="BASELINE",
                                script="<< Flyway Baseline >>"))
     assert cli("migrate", "--sql-dir", folder, env=db.db_env()).exit_code == 2
-    review = ok(trust(cli, db, folder))
-    assert "flyway_schema_history row 2: BASELINE at version 2: counts V1__a, V2__important applied without " \
-           "running it" in review.output, review.output
-    refused = trust(cli, db, folder, "--yes")
-    assert refused.exit_code == 2 and "row 2 (BASELINE of version 2)" in refused.output, refused.output
+    shown_and_refused(cli, db, folder, "flyway_schema_history row 2: BASELINE at version 2: counts V1__a, "
+                      "V2__important applied without running it", "row 2 (BASELINE of version 2)")
     assert "important" not in db.tables()
 
 
@@ -215,13 +216,9 @@ def test_a_deleted_yoyo_mark_is_noticed_from_the_log_and_refused(cli, db, sql_di
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     distrusted(cli, db, sql_dir, low, "DELETE FROM _yoyo_migration WHERE migration_id = '0003_double'; "
                                       "DELETE FROM _hcm_migration_checksum WHERE migration_id = '0003_double'")
-    review = ok(trust(cli, db, sql_dir))
-    assert "record removed? 0003_double was applied, yet nothing records it now (public._yoyo_log: apply " \
-        in review.output, review.output
-    assert "migrate would run next: 0003_double" in review.output
-    refused = trust(cli, db, sql_dir, "--yes")
-    assert refused.exit_code == 2 and "0003_double was applied, yet nothing records it now" in refused.output, \
-        refused.output
+    review = shown_and_refused(cli, db, sql_dir, "record removed? 0003_double was applied, yet nothing records it now "
+                               "(public._yoyo_log: apply ", "0003_double was applied, yet nothing records it now")
+    assert "migrate would run next: 0003_double" in review
     db.query("INSERT INTO _yoyo_migration (migration_hash, migration_id, applied_at_utc) VALUES "
              f"('{get_migration_hash('0003_double')}', '0003_double', now())")  # (the fix the refusal names)
     ok(trust(cli, db, sql_dir, "--yes"))
@@ -252,9 +249,6 @@ def test_a_deleted_mark_is_noticed_from_a_rollbacks_failure_record(cli, db, sql_
              "what) VALUES ('0002_t', 'rollback: statement 1 of 2 committed')")
     distrusted(cli, db, sql_dir, low, "DELETE FROM _yoyo_migration WHERE migration_id = '0002_t'; DELETE FROM "
                                       "_hcm_migration_checksum WHERE migration_id = '0002_t'; DELETE FROM _yoyo_log")
-    review = ok(trust(cli, db, sql_dir))
-    assert "record removed? 0002_t was applied, yet nothing records it now (public._hcm_migration_failure: its " \
-           "rollback stopped part-way)" in review.output, review.output
-    refused = trust(cli, db, sql_dir, "--yes")
-    assert refused.exit_code == 2 and "DELETE FROM public._hcm_migration_failure WHERE migration_id = '0002_t'" \
-        in refused.output, refused.output
+    shown_and_refused(cli, db, sql_dir, "record removed? 0002_t was applied, yet nothing records it now "
+                      "(public._hcm_migration_failure: its rollback stopped part-way)",
+                      "DELETE FROM public._hcm_migration_failure WHERE migration_id = '0002_t'")

@@ -153,8 +153,9 @@ def test_a_dead_runners_row_whose_server_pid_another_roles_session_got_is_dead(c
     db.query(f"GRANT USAGE, CREATE ON SCHEMA public TO {mig}")
     ok(cli("migrate", "--sql-dir", sql_dir, env=as_role(db, mig)))  # (the lock table and its proof columns, mig's)
     with _session(db, app, ROLE_PASSWORD, "app") as pooled:
-        row = ("INSERT INTO yoyo_lock (locked, ctime, pid, runner, backend_pid, backend_start) VALUES (1, now() AT TIME "
-               f"ZONE 'UTC', 4242, 'hcm-db-migrations vm:4242', {pooled.get_backend_pid()}, now() - interval '1 day')")
+        row = ("INSERT INTO yoyo_lock (locked, ctime, pid, runner, backend_pid, backend_start) VALUES (1, "
+               f"now() AT TIME ZONE 'UTC', 4242, 'hcm-db-migrations vm:4242', {pooled.get_backend_pid()}, "
+               "now() - interval '1 day')")
         db.query(row)
         broken = cli("sql", "break-lock", "--sql-dir", sql_dir, env=as_role(db, mig))
         assert ok(broken) and "removed the migration lock" in broken.output, broken.output
