@@ -252,3 +252,17 @@ def test_a_deleted_mark_is_noticed_from_a_rollbacks_failure_record(cli, db, sql_
     shown_and_refused(cli, db, sql_dir, "record removed? 0002_t was applied, yet nothing records it now "
                       "(public._hcm_migration_failure: its rollback stopped part-way)",
                       "DELETE FROM public._hcm_migration_failure WHERE migration_id = '0002_t'")
+
+
+def test_a_deleted_flyway_row_is_noticed_from_the_log_and_refused(cli, db, tmp_path, low):
+    """attack23t 3 (a Flyway row deleted outright, not taken back by a DELETE row): yoyo's log, keyed by the history's
+    own hash, still says V2 was applied. Failed before: nothing shown, --yes confirmed, V2 would run again."""
+    folder = _flyway_folder(cli, db, tmp_path, low, ("V1__pay.sql", "CREATE TABLE pay (amount int); "
+                                                     "INSERT INTO pay VALUES (100);\n"),
+                            ("V2__double.sql", "UPDATE pay SET amount = amount * 2;\n"))
+    db.query(f"GRANT DELETE ON public.flyway_schema_history TO {low}; SET ROLE {low}; "
+             "DELETE FROM public.flyway_schema_history WHERE version = '2'; RESET ROLE")
+    assert cli("migrate", "--sql-dir", folder, env=db.db_env()).exit_code == 2
+    shown_and_refused(cli, db, folder, "record removed? V2__double was applied, yet nothing records it now "
+                      "(public._yoyo_log: apply ", "if it ran, restore its row in public.flyway_schema_history")
+    assert db.query("SELECT amount FROM pay") == [(200,)]
