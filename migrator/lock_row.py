@@ -12,8 +12,13 @@ from __future__ import annotations
 import re
 
 from migrator import output
-from migrator.bookkeeping_lock import LOCK_KEY, _hashed, prepared
+from migrator.bookkeeping_lock import LOCK_KEY, _hashed, lock_key, prepared
 from migrator.targets import PostgresTarget
+
+
+def run_key(backend, target: PostgresTarget) -> int:
+    """The advisory key of the history `target`'s run migrates (see lock_key)."""
+    return lock_key(target.schema or backend.bookkeeping_schema, target.history)
 
 
 def lock_slot(history: str | None) -> int:
@@ -59,7 +64,9 @@ def lock_table(backend, history: str | None, create: bool = False) -> str | None
 
 
 # A lock row's runner is alive while the server session that wrote it is (its pid and backend_start, as the row has
-# them; one whose backend_start this user cannot see counts: never broken on a guess). An older runner's row (no
+# them) and still holds the run's advisory lock, which it took before writing the row: pg_locks shows every
+# session's, where another role's backend_start is hidden (a dead runner's pid reused by an app's session was
+# "alive", attack23t 8). An older runner's row (no
 # such columns): while a session of it (this runner's application_name ends in host:pid, see postgres/connection.py)
 # that connected before the row was written is still there (pods of an Indexed Job share pids: a later one is not
 # it), of a role that could have written the row (INSERT on the lock table), named exactly as the row's runner
@@ -69,6 +76,9 @@ SELECT count(*) FROM pg_stat_activity
 WHERE pid <> pg_backend_pid() AND datname = current_database() AND CASE WHEN :bpid IS NOT NULL THEN
   pid = CAST(:bpid AS integer)
   AND (backend_start IS NULL OR backend_start = CAST(:bstart AS timestamptz))
+  AND EXISTS (SELECT FROM pg_locks l WHERE l.pid = pg_stat_activity.pid AND l.locktype = 'advisory' AND l.granted
+              AND l.objsubid = 1 AND l.classid = CAST(:high AS oid) AND l.objid = CAST(:low AS oid)
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
   ELSE application_name LIKE 'hcm-db-migrations %%:' || :pid
   AND application_name = coalesce(CAST(:runner AS text), application_name)
   AND has_table_privilege(usesysid, to_regclass(:table), 'INSERT')
@@ -88,10 +98,12 @@ def row_of(backend, target: PostgresTarget):
     return (*row[:3], table, *row[3:]) if row else None
 
 
-def alive(backend, row) -> bool:
+def alive(backend, row, target: PostgresTarget) -> bool:
     pid, ctime, runner, table, backend_pid, backend_start = row
+    key = run_key(backend, target)
     return bool(backend.execute(_ALIVE, {"pid": str(pid), "ctime": ctime, "runner": runner, "table": table,
-                                         "bpid": backend_pid, "bstart": backend_start}).fetchone()[0])
+                                         "bpid": backend_pid, "bstart": backend_start, "high": key >> 32,
+                                         "low": key & 0xFFFF_FFFF}).fetchone()[0])
 
 
 def live_row(backend, target: PostgresTarget) -> str | None:
@@ -104,7 +116,7 @@ def live_row(backend, target: PostgresTarget) -> str | None:
             {"s": backend.bookkeeping_schema, "t": table}).fetchone()[0]:
         return None
     row = row_of(backend, target)
-    if not row or not alive(backend, row):
+    if not row or not alive(backend, row, target):
         return None
     runner = f", runner {output.quoted(row[2])}" if row[2] else ""
     return f"its lock row (pid {row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC{runner}) names a runner still connected"

@@ -25,14 +25,9 @@ from migrator.bookkeeping_lock import (AFTER_COMMIT_WAIT, BOOKKEEPING_WAIT, LOCK
                                       RELEASE, TAKE, BookkeepingBusy, Recording, _hashed, bookkeeping_wait,
                                       creating_bookkeeping, lock_key, on_own_session, prepared)
 from migrator.lock_row import (CREATE_HISTORY_LOCKS, HISTORY_LOCKS, PROOF_COLUMN, SESSION_VALUES, alive,  # noqa: F401
-                               holder, live_row, lock_slot, lock_table, proof_column, row_of)
+                               holder, live_row, lock_slot, lock_table, proof_column, row_of, run_key)
 
 _proof_column = proof_column  # (its older name)
-
-
-def run_key(backend, target: PostgresTarget) -> int:
-    """The advisory key of the history `target`'s run migrates (see lock_key)."""
-    return lock_key(target.schema or backend.bookkeeping_schema, target.history)
 
 
 def place(backend, target: PostgresTarget) -> str:
@@ -245,7 +240,7 @@ def break_dead(backend, target: PostgresTarget) -> bool:
             raise MigratorError(f"a live runner holds the migration lock on {place(backend, target)} ({who}); "
                                 f"{advice}", LOCKED)
         row = row_of(backend, target)  # (a dead runner's row is dead whoever holds the advisory lock)
-        removed = row is not None and not alive(backend, row)
+        removed = row is not None and not alive(backend, row, target)
         if removed:
             _break(backend, target)
         raise MigratorError(f"a session that no runner's lock row proves holds the migration lock on "
@@ -253,7 +248,7 @@ def break_dead(backend, target: PostgresTarget) -> bool:
                             "end that session if it is not a runner's (pg_terminate_backend), and run again", LOCKED)
     try:
         row = row_of(backend, target)
-        if row and alive(backend, row):
+        if row and alive(backend, row, target):
             raise MigratorError(f"the migration lock on {place(backend, target)} is held by a live runner (pid "
                                 f"{row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S} UTC, still connected); {advice}", LOCKED)
         if row:
@@ -288,7 +283,7 @@ def _clear_dead_runners_row(backend, target: PostgresTarget, deadline: float, no
         row = row_of(backend, target)
         if not row:
             return
-        if not alive(backend, row):
+        if not alive(backend, row, target):
             break
         if time.monotonic() >= deadline:
             raise MigratorError(

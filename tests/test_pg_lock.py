@@ -11,6 +11,7 @@ from migrator.errors import LOCKED, MigratorError
 from migrator.settings import resolve_postgres
 from migrator.env import Env
 from migrator.targets import PostgresOptions
+from conftest import ok
 from test_doctor import ROLE_PASSWORD, role  # noqa: F401 (a fixture)
 
 
@@ -139,3 +140,40 @@ def test_a_runner_holding_the_lock_is_proven_by_its_own_sessions_row(db):
         with pg_lock.held(first, target, 1, lambda _: None):
             assert db.query("SELECT backend_pid FROM yoyo_lock") == [(first.connection.get_backend_pid(),)]
             assert pg_lock.holder(second).startswith("held by host ")
+
+
+def test_a_dead_runners_row_whose_server_pid_another_roles_session_got_is_dead(cli, db, sql_dir, role):
+    """attack23t 8: a runner SIGKILLed left its row (server pid P, backend_start S); the server gave P to another
+    role's session, whose backend_start the migration user cannot see. Failed before: migrate exit 4 "held by a live
+    runner ... (an older version?)", break-lock "still connected", doctor warned. The runner's session held the run's
+    advisory lock; a session holding no such lock is no runner, whatever its pid."""
+    from test_doctor import as_role
+
+    mig, app = role(), role()
+    db.query(f"GRANT USAGE, CREATE ON SCHEMA public TO {mig}")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=as_role(db, mig)))  # (the lock table and its proof columns, mig's)
+    with _session(db, app, ROLE_PASSWORD, "app") as pooled:
+        row = ("INSERT INTO yoyo_lock (locked, ctime, pid, runner, backend_pid, backend_start) VALUES (1, "
+               f"now() AT TIME ZONE 'UTC', 4242, 'hcm-db-migrations vm:4242', {pooled.get_backend_pid()}, "
+               "now() - interval '1 day')")
+        db.query(row)
+        broken = cli("sql", "break-lock", "--sql-dir", sql_dir, env=as_role(db, mig))
+        assert ok(broken) and "removed the migration lock" in broken.output, broken.output
+        db.query(row)
+        doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=as_role(db, mig))
+        assert "names a runner still connected" not in doctor.output, doctor.output
+        migrate = cli("migrate", "--sql-dir", sql_dir, "--lock-timeout", "1", env=as_role(db, mig))
+        assert ok(migrate) and "cleared the migration lock left by a runner that died (pid 4242" in migrate.output
+    assert db.query("SELECT count(*) FROM yoyo_lock") == [(0,)]
+
+
+def test_a_live_runners_row_stays_live_while_its_session_holds_the_lock(db):
+    """The other side of attack23t 8: the session that wrote the row and holds the advisory lock is alive."""
+    target = target_of(db)
+    with postgres.connect(target, read_only=False) as first, postgres.connect(target, read_only=False) as second:
+        with pg_lock.held(first, target, 1, lambda _: None):
+            row = pg_lock.row_of(second, target)
+            assert row is not None and pg_lock.alive(second, row, target)
+            first.execute("SELECT pg_advisory_unlock(:key)", {"key": pg_lock.run_key(first, target)})
+            assert not pg_lock.alive(second, row, target)  # (its lock gone, its row no longer proves a runner)
+            first.execute("SELECT pg_advisory_lock(:key)", {"key": pg_lock.run_key(first, target)})

@@ -219,15 +219,17 @@ def trust_history(settings: CommandSettings, yes: bool) -> reports.CountedLines:
             return reports.CountedLines([f"history in schema {schema} is not marked unconfirmed: nothing to confirm",
                                          *others], 0)
         books = postgres.bookkeeping(backend, migrations)
+        removed = history_review.removed(backend, books)
         lines = [output.visible(f"  unconfirmed: {schema}.{table} (could be written by "
                                 f"{', '.join(found.get('roles', ['others']))} until {found.get('revoked_at', 'a run')})")
-                 for table, found in sorted(standing.items())] + others + history_review.lines(
-                     books, [m.id for m in postgres.ordered(migrations) if m.id not in books.applied])
+                 for table, found in sorted(standing.items())] + others + history_review.lines(books, removed)
+        if books.flyway is None and backend.flyway_table in standing:
+            lines += history_review.flyway_rows(backend, backend.flyway_table)
         if not yes:
             return reports.CountedLines(lines + [
                 "nothing confirmed yet: check each migration above really ran (its objects exist), delete the rows "
                 "of those that did not, then run again with --yes"], 0)
-        refused = history_review.blocked(schema, books, getattr(backend, "fresh_distrust", {}))
+        refused = history_review.blocked(schema, books, getattr(backend, "fresh_distrust", {}), removed)
         if refused:
             raise MigratorError(refused, USAGE)
         with backend.transaction():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,8 +58,17 @@ class Bookkeeping:
     # [id, hash] of yoyo's marks whose migration_hash is not yoyo's hash of their id: such a row marks another
     # migration applied for yoyo (keyed by hash) while status reads its id (attack23s 4); refused by reconcile.
     # (A Flyway file's mark is keyed by its history's table, flyway.history_hash, which a schema's other
-    # services' marks differ in: not checked here; Flyway's own table is that folder's history of record.)
+    # services' marks differ in: a Flyway-shaped id is let pass only with that key of this history's table or a key
+    # none of this folder's migrations has; one counting another of them applied is refused, attack23t 2.)
     mismatched: list[tuple[str, str]] = field(default_factory=list)
+    migrations: object = None  # this folder's (keyed's)
+    table: str = "flyway_schema_history"  # its Flyway history's, which keys a Flyway file's mark
+
+    @cached_property
+    def keyed(self) -> dict[str, str]:
+        """yoyo's key (migration_hash) -> this folder's migration id; read only where a mark needs it or a review
+        does (cost follows the work: a hash per file)."""
+        return {_key(self.table, m.id): m.id for m in self.migrations or ()}
 
 
 def bookkeeping(backend, migrations=None) -> Bookkeeping:
@@ -84,13 +94,11 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
     if has_failures:
         failures = backend.execute(f"SELECT migration_id, what FROM {names['failures']}").fetchall()
     books = Bookkeeping({i: at for i, at, _ in marks}, {i: sha.strip() for i, sha in sums}, dict(failures),
-                        {i for i, _, _ in marks}, mismatched=[(i, h) for i, _, h in marks if h != get_migration_hash(i) and not flyway.parse(i + ".sql")])
+                        {i for i, _, _ in marks}, migrations=migrations,
+                        table=getattr(backend, "flyway_table", None) or "flyway_schema_history")
+    books.mismatched = [(i, h) for i, _, h in marks if h != get_migration_hash(i) and h != _key(books.table, i)
+                        and (not flyway.parse(i + ".sql") or h in books.keyed)]
     flyway_folder = flyway.is_flyway(migrations) if migrations is not None else bool(backend.history)
-    if migrations is not None:  # a mark keyed by one of this folder's hashes under another id, a Flyway-looking one
-        # too (exempt above: another service's marks): yoyo would count that migration applied (attack23t 2)
-        ours = {flyway.history_hash(backend.flyway_table, m.id) if flyway_folder else get_migration_hash(m.id): m.id
-                for m in migrations}
-        books.mismatched += [(i, h) for i, _, h in marks if ours.get(h, i) != i and (i, h) not in books.mismatched]
     if flyway_folder:  # (without the files: when this run's backend already met its Flyway folder)
         from migrator.postgres import history
 
@@ -109,6 +117,12 @@ def bookkeeping(backend, migrations=None) -> Bookkeeping:
             books.failures.setdefault(script_id, f"{books.flyway.table} records {row.script} as FAILED "
                                                  f"(installed_rank {row.rank}): what it left committed is unknown")
     return books
+
+
+def _key(table: str, migration_id: str) -> str:
+    """yoyo's key of a migration's mark: a Flyway file's is per history table (connection._per_history)."""
+    return flyway.history_hash(table, migration_id) if flyway.parse(migration_id + ".sql") \
+        else get_migration_hash(migration_id)
 
 
 def drift_of(migrations, books: Bookkeeping) -> list:
@@ -205,7 +219,7 @@ def _reconcile_plain(backend, migrations, notify, books: Bookkeeping) -> list:
     from yoyo.migrations import MigrationList
 
     if books.mismatched:
-        raise MigratorError(mismatch_error(backend.qualified(MIGRATION_TABLE), books.mismatched, migrations), USAGE)
+        raise MigratorError(mismatch_error(backend.qualified(MIGRATION_TABLE), books.mismatched, books.keyed), USAGE)
     applied = set(books.marked)
     committed = [m for m in migrations if m.id in books.sums and m.id not in applied]
     if committed:
@@ -223,10 +237,10 @@ def _reconcile_plain(backend, migrations, notify, books: Bookkeeping) -> list:
     return drift_of(migrations, books)
 
 
-def mismatch_error(table: str, mismatched: list[tuple[str, str]], migrations) -> str:
-    """The one line refusing marks whose hash is not their id's (hand-edited or forged)."""
-    by_hash = {get_migration_hash(m.id): m.id for m in migrations}
-    said = "; ".join(f"migration_id {i} with migration_hash {h}, the hash of {by_hash.get(h, 'no migration here')}" for i, h in mismatched)
+def mismatch_error(table: str, mismatched: list[tuple[str, str]], keyed: dict[str, str]) -> str:
+    """The one line refusing marks whose hash is not their id's (hand-edited or forged); `keyed`: Bookkeeping's."""
+    said = "; ".join(f"migration_id {i} with migration_hash {h}, the hash of {keyed.get(h, 'no migration here')}"
+                     for i, h in mismatched)
     return output.visible(
         f"refusing to migrate: {table} holds marks whose migration_hash is not yoyo's hash of their migration_id ({said}): "
         f"yoyo would treat another migration as applied than the one status shows; check what really ran, then "
