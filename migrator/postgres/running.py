@@ -10,8 +10,8 @@ from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
-from migrator.postgres import (autovacuum, backfill, clock_bound, commit_checks, concurrently, deadlocks, detach,
-                               failures, files, lock_waiters, retry, rewrites, sessions, statement_bound)
+from migrator.postgres import (autovacuum, backfill, clock_bound, commit_checks, concurrently, conforming, deadlocks,
+                               detach, failures, files, lock_waiters, retry, rewrites, sessions, statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, progress
 
@@ -36,6 +36,7 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     # backfill's batches too, each commits: a try of its own, whose row locks the app's writes may wait on)
     held = not concurrent or concurrently.runs_code(statement.text)  # (a build's functions may lock: attack24q 6)
     calls = clock and clock_bound.query(statement.text)
+    conforming.check(cursor.connection, statement.text)  # (the server's reading is the judges': attack24q 3)
     with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls) \
             if probe is not None else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
