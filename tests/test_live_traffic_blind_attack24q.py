@@ -216,3 +216,35 @@ def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_l
     assert "dropped INVALID index" in result.stderr and "already exists" not in result.stderr, result.stderr
     assert db.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_dl'::regclass") == [(True,)]
     assert applied(db)[-1] == "0002_idx"
+
+
+def _judge_after(conn, statements: list[str]) -> Judge:
+    judge = Judge(conn, {})
+    for text in statements:
+        judge.bounded(text)
+        with conn.cursor() as cursor:
+            cursor.execute(text)
+        judge.ran(text)
+    return judge
+
+
+def test_a_table_the_run_dropped_and_created_again_is_the_applications_once_committed(conn):
+    """7 (second half): `DROP TABLE lk; CREATE TABLE lk` committed hands the application (which names lk) the new
+    table: an INSERT into it was left off the blind clock, by its oid; the app's inserts of the same key waited on
+    its rows. Only while the transaction that made it is open does nobody else know it; a new name stays the run's."""
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute("CREATE TABLE lk (code text PRIMARY KEY)")  # the application's, before the run
+    judge = _judge_after(conn, ["DROP TABLE lk", "CREATE TABLE lk (code text PRIMARY KEY)",
+                                "CREATE TABLE fresh (code text PRIMARY KEY)"])
+    assert judge.bounded("INSERT INTO lk VALUES ('b')")
+    assert not judge.bounded("INSERT INTO fresh VALUES ('b')")
+    judge.new_try()
+    judge = _judge_after(conn, ["BEGIN", "DROP TABLE lk", "CREATE TABLE lk (code text PRIMARY KEY)"])
+    assert not judge.bounded("INSERT INTO lk VALUES ('b')")  # (its creating transaction is still open)
+    for text in ("INSERT INTO lk VALUES ('b')", "COMMIT"):
+        judge.bounded(text)
+        with conn.cursor() as cursor:
+            cursor.execute(text)
+        judge.ran(text)
+    assert judge.bounded("INSERT INTO lk VALUES ('c')")

@@ -17,7 +17,9 @@ one statement into several); else:
 - an INSERT ... VALUES of constants (literals, NULL, DEFAULT, a literal cast to a built-in base type, as the
   session resolves its name; no ON CONFLICT, RETURNING, WITH, sub-select, function or operator) into a table this run created (by its oid, so a same-named
   table in another schema does not stand in for it; and under the name it was made with: one renamed or moved
-  since, a swap into the application's name, is the application's) that, as the catalog says just before (whatever
+  since, a swap into the application's name, is the application's; made under a name some relation had when the
+  run's judging began, DROP then CREATE, it is the application's once the transaction that made it ends) that, as
+  the catalog says just before (whatever
   made it so, a DO block's EXECUTE included), is a plain heap table of built-in or enum columns with no trigger, rule,
   row security, CHECK, exclusion or foreign key, expression or partial index, nor a DEFAULT calling anything but
   nextval, now(), gen_random_uuid(), clock_timestamp() (and the like: built-in, locking nothing) and built-in
@@ -31,6 +33,9 @@ that starts with it (running.py, Probe.batch_started). The cost is a merely slow
 """
 
 from __future__ import annotations
+
+from migrator.postgres import conforming
+from migrator.postgres.lock_probe import IDLE
 
 _FREE = ("VariableSetStmt", "VariableShowStmt")
 _CATALOG_ONLY = ("CreateStmt", "CreateFunctionStmt", "CreateSeqStmt", "CreateEnumStmt", "CreateSchemaStmt")
@@ -107,35 +112,43 @@ _BUILTIN_TYPES = """SELECT COALESCE(pg_catalog.bool_and(COALESCE(t.oid OPERATOR(
   FROM pg_catalog.unnest(%s::pg_catalog.text[]) n(name)
   LEFT JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) pg_catalog.to_regtype(n.name)"""
 
-# Whether the session reads a backslash in a plain literal as a literal (pglast parses so; off, the server may split
-# what pglast reads as one INSERT of constants into several statements).
-_CONFORMING = "SELECT pg_catalog.current_setting('standard_conforming_strings') OPERATOR(pg_catalog.=) 'on'"
+# The names of the relations the database held when the run's judging began: a table the run creates under one of
+# them (dropped, or renamed away, first: even by a DO block) replaces one the application uses, by name.
+_TAKEN = """SELECT DISTINCT c.relname FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+  WHERE c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['r', 'p', 'v', 'm', 'f']::pg_catalog."char"[])
+    AND n.nspname OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog', 'information_schema']::pg_catalog.name[])
+    AND n.nspname OPERATOR(pg_catalog.!~) '^pg_(toast|temp_|toast_temp_)'"""
 
 
 class Judge:
     """The clock's judge for one file's tries, on the migration's own connection (its transaction: what an earlier
     statement of the try made is seen). `created`: the tables this run created (kept for the run), their oid -> the
     (schema oid, name) they were made with: one renamed or moved since (a swap into a name the application uses,
-    even by a DO block) is the application's."""
+    even by a DO block) is the application's. `taken`: the relation names the database held when the run's judging
+    began (None: asked now): a table created under one of them replaces the application's (DROP then CREATE), so it
+    is the run's only until the transaction that made it ends (attack24q 7: the app writes to it once committed)."""
 
-    def __init__(self, connection, created: set):
+    def __init__(self, connection, created: dict, taken: set | None = None):
         self.connection, self.created = connection, created
+        self.taken = taken if taken is not None else names_taken(connection)
+        self._open: dict = {}  # created under a taken name by the open transaction: the run's until it ends
         self._parsed: tuple[str, list | None] = ("", [])
         self._tables: dict[str, bool] = {}  # INSERT targets as written -> free, since the last other statement
         self._event_triggers: bool | None = None
-        self._conforming: bool | None = None  # standard_conforming_strings on, since the last other statement
         self._judged: tuple[str, bool] | None = None  # the statement last judged, and whether it is harmless
 
     def new_try(self) -> None:
         """A try begins (the last one's transaction rolled back, or its statements committed): asked afresh."""
         self._tables.clear()
-        self._event_triggers = self._conforming = None
+        self._open.clear()
+        self._event_triggers = None
 
     def bounded(self, text: str, running: bool = False) -> bool:
         """The statement starts the try's clock (see the module); asked just before it runs. `running`: the try's
         clock runs already, so nothing is asked of the server (what is known is asked again after it)."""
         trees = None if running else self._trees(text)
-        harmless = trees is not None and self._conforms() and all(self._harmless_here(tree) for tree in trees)
+        harmless = trees is not None and not conforming.off(self.connection) and all(self._harmless_here(tree) for tree in trees)
         self._judged = (text, harmless)
         return not harmless
 
@@ -157,7 +170,8 @@ class Judge:
         trees = self._trees(text) or []
         if judged != (text, True) or not all(type(tree).__name__ == "InsertStmt" for tree in trees):
             self._tables.clear()
-            self._conforming = None
+        if self.connection.info.transaction_status == IDLE:  # (committed or rolled back: the application's, or gone)
+            self._open.clear()
         if judged != (text, True):
             self._event_triggers = None
         for tree in trees:
@@ -167,18 +181,17 @@ class Judge:
                 with self.connection.cursor() as cursor:
                     cursor.execute(_MADE, (schema, relation.relname))
                     made = cursor.fetchone()
-                if made is not None:
+                if made is None:
+                    continue
+                if relation.relpersistence == "t" or made[2] not in self.taken:  # (nobody else sees a temp table)
                     self.created[made[0]] = tuple(made[1:])
+                elif self.connection.info.transaction_status != IDLE:
+                    self._open[made[0]] = tuple(made[1:])
 
     def _has_event_triggers(self) -> bool:
         if self._event_triggers is None:
             self._event_triggers = self._ask(_EVENT_TRIGGERS)
         return self._event_triggers
-
-    def _conforms(self) -> bool:
-        if self._conforming is None:
-            self._conforming = self._ask(_CONFORMING)
-        return self._conforming
 
     def _builtin_types(self, names: list[str]) -> bool:
         return not names or self._ask(_BUILTIN_TYPES, (names,))
@@ -200,13 +213,21 @@ class Judge:
             with self.connection.cursor() as cursor:
                 cursor.execute(_TABLE, (name,))
                 row = cursor.fetchone()
-            self._tables[name] = bool(row and self.created.get(row[0]) == tuple(row[2:]) and row[1])
+            made = row and (self.created.get(row[0]) or self._open.get(row[0]))
+            self._tables[name] = bool(row and made == tuple(row[2:]) and row[1])
         return self._tables[name]
 
     def _trees(self, text: str) -> list | None:
         if self._parsed[0] != text:
             self._parsed = (text, _trees(text))
         return self._parsed[1]
+
+
+def names_taken(connection) -> set:
+    """The relation names the database holds now (`taken`, see Judge)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_TAKEN)
+        return {row[0] for row in cursor.fetchall()}
 
 
 def query(text: str) -> bool:
