@@ -199,12 +199,14 @@ def app_deadlocking_a_build(db, outcome: list, ready: threading.Event) -> None:
         conn.close()
 
 
-def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_left(cli, db, sql_dir, seeded):
+@pytest.mark.parametrize("name", ["idx_dl", "t_dl_v_idx"], ids=["named", "unnamed"])
+def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_left(cli, db, sql_dir, seeded, name):
     """9: a named CREATE INDEX CONCURRENTLY ended by a deadlock left its INVALID index; the in-run retry failed on
-    "already exists" (exit 1, advice "IF NOT EXISTS": the trap of issue 24). It drops it and builds again."""
+    "already exists" (exit 1, advice "IF NOT EXISTS": the trap of issue 24). It drops it and builds again. An
+    unnamed one's retry built t_dl_v_idx1 beside the INVALID t_dl_v_idx (exit 1: an INVALID index left)."""
     db.query("CREATE TABLE t_dl (v int); INSERT INTO t_dl VALUES (1)")
     add_migration(sql_dir, "0002_idx", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
-                                       "CREATE INDEX CONCURRENTLY idx_dl ON t_dl (v);\n")
+                                       f"CREATE INDEX CONCURRENTLY {'' if name == 't_dl_v_idx' else name} ON t_dl (v);\n")
     outcome, ready = [], threading.Event()
     app = threading.Thread(target=app_deadlocking_a_build, args=(db, outcome, ready), daemon=True)
     app.start()
@@ -214,7 +216,8 @@ def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_l
     assert "deadlock" in result.stderr, (outcome, result.output)
     assert result.exit_code == 0, result.output
     assert "dropped INVALID index" in result.stderr and "already exists" not in result.stderr, result.stderr
-    assert db.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_dl'::regclass") == [(True,)]
+    assert db.query("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE i.indrelid = 't_dl'::regclass") == [(name, True)]
     assert applied(db)[-1] == "0002_idx"
 
 

@@ -250,14 +250,17 @@ def prepare(connection, statements, path, earlier_failure: str | None, record=No
     return done
 
 
-def prepare_retry(connection, statements, index: int, path, done: Done) -> None:
-    """Before the in-run retry of a named CREATE INDEX CONCURRENTLY that failed part-way (a deadlock, a cancel: it
-    got past "already exists", so an index of its name is its own): as a rerun's prepare, its INVALID index dropped,
-    a VALID one of its definition counted as done."""
+def prepare_retry(connection, statements, index: int, path, done: Done, before: set[int]) -> None:
+    """Before the in-run retry of a CREATE INDEX CONCURRENTLY that failed part-way (a deadlock, a cancel): as a
+    rerun's prepare, a named build's INVALID index dropped (it got past "already exists": its own), a VALID one of
+    its definition counted as done; an unnamed build's INVALID index of its definition and server-given name that
+    was not on the table before the file ran (not in `before`) dropped, else the retry builds `t_c_idx1` beside it."""
     for build in builds(statements):
-        if build.index == index and build.name is not None:
+        if build.index == index:
+            where = f"{path}:{statements[index].line}"
             with connection.cursor() as cursor:
-                found = _named(cursor, build, f"{path}:{statements[index].line}")
+                found = _unnamed(cursor, build, where, None, before) if build.name is None else \
+                    _named(cursor, build, where)
             if found is not None:
                 done.add(index)
                 done.oids.add(found)
@@ -288,18 +291,19 @@ def _named(cursor, build: Build, where: str) -> int | None:
     return None
 
 
-def _unnamed(cursor, build: Build, where: str, record) -> int | None:
+def _unnamed(cursor, build: Build, where: str, record, before: set[int] = frozenset()) -> int | None:
     """An unnamed build's earlier try: an index on its table with its definition and the name the server gives
     it (`t_c_idx`, or `t_c_idx1`... when taken) is that try's: dropped when INVALID; when VALID, counted as the
     statement's work only if it was made after the migration's failure record was last written (a twin someone
-    made before the migration ran is not its work: the file's build runs, as written)."""
+    made before the migration ran is not its work: the file's build runs, as written). Those in `before` are left."""
     probe = _probe(cursor, build)
     if probe is None:
         return None
     base, wanted = probe
     accepted = None
     for valid, unique, definition, qualified, oid, name in _on_table(cursor, build):
-        if (unique, definition) != (build.unique, wanted) or not re.fullmatch(re.escape(base) + "[0-9]*", name):
+        if (unique, definition) != (build.unique, wanted) or not re.fullmatch(re.escape(base) + "[0-9]*", name) \
+                or oid in before:
             continue
         if not valid:
             _drop(cursor, qualified)

@@ -213,7 +213,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 else:
                     start, done = (exc.opened if exc.opened is not None else exc.index), exc.done
                     if concurrently.is_concurrent(exc.statement.text):  # (its INVALID index: attack24q 9)
-                        concurrently.prepare_retry(connection, statements, exc.index, path, skip)
+                        concurrently.prepare_retry(connection, statements, exc.index, path, skip, before)
                     if exc.left_pending:  # the cancelled detach's first transaction committed: the retry finishes it
                         statements = detach.finalize(statements, exc.index, path)
                 with _between_tries(path, statements, exc.index, transactional, done):
