@@ -251,3 +251,41 @@ def test_a_table_the_run_dropped_and_created_again_is_the_applications_once_comm
             cursor.execute(text)
         judge.ran(text)
     assert judge.bounded("INSERT INTO lk VALUES ('c')")
+
+
+SLOW = ("CREATE FUNCTION slow(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN "
+        "PERFORM pg_catalog.pg_sleep(0.2); RETURN $1; END $$")
+
+
+@pytest.mark.parametrize("setup,build,bounded", [
+    ("", "CREATE INDEX CONCURRENTLY ON t (abs(v)) WHERE v > 0 AND lower(w) LIKE 'a%'", False),
+    ("", "CREATE INDEX CONCURRENTLY ON t (w text_pattern_ops)", False),
+    ("", "CREATE INDEX CONCURRENTLY ON t (v)", False),
+    (SLOW, "CREATE INDEX CONCURRENTLY ON t (slow(v))", True),
+    (SLOW, "CREATE INDEX CONCURRENTLY ON t (v) WHERE slow(v) > 0", True),
+    ("CREATE FUNCTION abs(text) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1'",  # a homonym of a built-in
+     "CREATE INDEX CONCURRENTLY ON t (abs(v))", True),
+    ("CREATE DOMAIN pos AS int CHECK (VALUE > 0)", "CREATE INDEX CONCURRENTLY ON t ((v::pos))", True),
+], ids=["builtin-expression", "builtin-opclass", "plain", "user-function", "user-predicate", "homonym", "domain-cast"])
+def test_the_blind_judge_bounds_a_concurrent_build_running_code_not_built_in(conn, setup, build, bounded):
+    """4 (issue 24's open item after attack24q 6): blind, a CONCURRENTLY build was never on the clock, though one on
+    an expression runs its functions per row (one may lock what the application waits on)."""
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute("CREATE TABLE t (v int, w text)")
+        if setup:
+            cursor.execute(setup)
+    assert Judge(conn, {}).bounded(build) is bounded
+
+
+def test_a_blind_probe_ends_a_concurrent_build_running_user_code_and_drops_its_index(cli, make_db, limited_role,
+                                                                                    sql_dir, pg):
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    db.query(SLOW + "; INSERT INTO t_probe SELECT g FROM generate_series(2, 20) g")
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\nCREATE INDEX CONCURRENTLY i_slow ON t_probe "
+                                       "(slow(id));\n")
+    line = one_error_line(migrate("--lock-retry-budget", "1s"))
+    assert "0002_idx.sql:2: failed to apply" in line and "the lock probe was blind" in line, line
+    assert "the INVALID index its last try left was dropped" in line and "status` shows" not in line, line
+    assert applied(db)[-1] != "0002_idx"
+    assert db.query("SELECT count(*) FROM pg_index WHERE indrelid = 't_probe'::regclass") == [(0,)]

@@ -8,8 +8,9 @@ harmless BY CONSTRUCTION, decided from PostgreSQL's own parse of it (pglast) and
 nothing while the session's standard_conforming_strings is off (the server may then split a text pglast reads as
 one statement into several); else:
 - SET / RESET / SHOW, transaction control (not PREPARE TRANSACTION: its locks outlive the session);
-- CONCURRENTLY index statements (their waits block no query; running.py keeps them unbounded; not REFRESH
-  MATERIALIZED VIEW CONCURRENTLY: it runs the view's query) and VALIDATE CONSTRAINT of a foreign key, a NOT NULL or
+- CONCURRENTLY index statements (their waits block no query; running.py keeps them unbounded; a build on an
+  expression, a predicate or an opclass only if it runs built-in code alone, _BUILD; not REFRESH MATERIALIZED VIEW
+  CONCURRENTLY: it runs the view's query) and VALIDATE CONSTRAINT of a foreign key, a NOT NULL or
   a CHECK calling only built-in IMMUTABLE functions and built-in operators, coercing to no domain;
 - while the database has no enabled event trigger (it runs user code on any DDL): a CREATE TABLE that is no
   partition, inherits nothing, references no table and copies none (LIKE); CREATE FUNCTION / PROCEDURE, SEQUENCE
@@ -112,6 +113,25 @@ _BUILTIN_TYPES = """SELECT COALESCE(pg_catalog.bool_and(COALESCE(t.oid OPERATOR(
   FROM pg_catalog.unnest(%s::pg_catalog.text[]) n(name)
   LEFT JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) pg_catalog.to_regtype(n.name)"""
 
+# Whether a CONCURRENTLY build on an expression, a predicate or an operator class runs built-in code alone: no name
+# it calls (function, operator, type, operator class) is shared by an object of the database's own (resolution can
+# then pick a built-in one only), no column of its table is of a non-enum type of its own and no cast calls a function
+# of its own (both run implicitly). Else a function may lock what the application waits on (attack24q 6).
+_BUILD = """SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_proc WHERE oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+    AND proname OPERATOR(pg_catalog.=) ANY (%(names)s::pg_catalog.name[]))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator WHERE oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+    AND oprname OPERATOR(pg_catalog.=) ANY (%(names)s::pg_catalog.name[]))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_type WHERE oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+    AND typname OPERATOR(pg_catalog.=) ANY (%(names)s::pg_catalog.name[]))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_opclass WHERE oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+    AND opcname OPERATOR(pg_catalog.=) ANY (%(names)s::pg_catalog.name[]))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_cast WHERE castfunc OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid)
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t
+                    ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+                  WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(table)s) AND a.attnum
+                    OPERATOR(pg_catalog.>) 0 AND t.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+                    AND t.typtype OPERATOR(pg_catalog.<>) 'e')"""
+
 # The names of the relations the database held when the run's judging began: a table the run creates under one of
 # them (dropped, or renamed away, first: even by a DO block) replaces one the application uses, by name.
 _TAKEN = """SELECT DISTINCT c.relname FROM pg_catalog.pg_class c
@@ -160,6 +180,8 @@ class Judge:
             return self._free(tree.relation) and self._builtin_types(_cast_types(tree))
         if kind == "validate":
             return self._validates_builtin(tree)
+        if kind == "build":
+            return self._ask(_BUILD, {"names": _called(tree), "table": _name(tree.relation)})
         return kind == "free"
 
     def ran(self, text: str) -> None:
@@ -271,8 +293,9 @@ def _harmless(tree) -> str | None:
     if kind == "AlterTableStmt" and tree.cmds \
             and all(cmd.subtype == enums.AlterTableType.AT_ValidateConstraint for cmd in tree.cmds):
         return "validate"  # (SHARE UPDATE EXCLUSIVE blocks no query; a CHECK's functions may lock what it does)
-    if _concurrent(tree, kind):
-        return "free"
+    if _concurrent(tree, kind):  # (one on an expression, a predicate, an opclass runs functions per row)
+        return "build" if kind == "IndexStmt" and (tree.whereClause is not None or any(
+            param.expr is not None or param.opclass for param in tree.indexParams or ())) else "free"
     if kind in _CATALOG_ONLY:
         return "catalog" if _only_catalog(tree, kind) else None
     if kind == "InsertStmt":
@@ -349,6 +372,29 @@ def _cast_types(tree) -> list[str]:
         for item in row:
             walk(item)
     return found
+
+
+def _called(tree) -> list[str]:
+    """The names a statement calls: functions, operators, types cast to, operator classes (their last part)."""
+    from pglast.visitors import Visitor
+
+    names: list[str] = []
+
+    class Calls(Visitor):
+        def visit_FuncCall(self, ancestors, node):
+            names.append(node.funcname[-1].sval)
+
+        def visit_A_Expr(self, ancestors, node):
+            names.append(node.name[-1].sval)
+
+        def visit_TypeCast(self, ancestors, node):
+            names.append(node.typeName.names[-1].sval)
+
+        def visit_IndexElem(self, ancestors, node):
+            names.extend(n.sval for n in (node.opclass or ())[-1:])
+
+    Calls()(tree)
+    return names
 
 
 def _references(elements) -> bool:

@@ -250,17 +250,18 @@ def prepare(connection, statements, path, earlier_failure: str | None, record=No
     return done
 
 
-def prepare_retry(connection, statements, index: int, path, done: Done, before: set[int]) -> None:
+def prepare_retry(connection, statements, index: int, path, done: Done, before: set[int], said: str = "") -> None:
     """Before the in-run retry of a CREATE INDEX CONCURRENTLY that failed part-way (a deadlock, a cancel): as a
     rerun's prepare, a named build's INVALID index dropped (it got past "already exists": its own), a VALID one of
     its definition counted as done; an unnamed build's INVALID index of its definition and server-given name that
-    was not on the table before the file ran (not in `before`) dropped, else the retry builds `t_c_idx1` beside it."""
+    was not on the table before the file ran (not in `before`) dropped, else the retry builds `t_c_idx1` beside it.
+    (`said`: the note's words after the name, when the build is not tried again.)"""
     for build in builds(statements):
         if build.index == index:
             where = f"{path}:{statements[index].line}"
             with connection.cursor() as cursor:
-                found = _unnamed(cursor, build, where, None, before) if build.name is None else \
-                    _named(cursor, build, where)
+                found = _unnamed(cursor, build, where, None, before, said) if build.name is None else \
+                    _named(cursor, build, where, said)
             if found is not None:
                 done.add(index)
                 done.oids.add(found)
@@ -271,7 +272,7 @@ DONE = ("is already built and valid (an earlier try's build, finished by the ser
 DROPPED = "left by an earlier try of this migration; building it again"
 
 
-def _named(cursor, build: Build, where: str) -> int | None:
+def _named(cursor, build: Build, where: str, said: str = "") -> int | None:
     """A named build's index: dropped when INVALID, its oid when VALID with the build's definition."""
     found = _find(cursor, build)
     if found is None:
@@ -284,14 +285,14 @@ def _named(cursor, build: Build, where: str) -> int | None:
                             "or rename the build, then run again", USAGE)
     if not valid:
         _drop(cursor, qualified)
-        output.note(f"note: {where}: dropped INVALID index {qualified}, {DROPPED}")
+        output.note(f"note: {where}: dropped INVALID index {qualified}, {said or DROPPED}")
     elif unique == build.unique and definition == _definition(cursor, build):
         output.note(f"note: {where}: index {qualified} {DONE}")
         return oid
     return None
 
 
-def _unnamed(cursor, build: Build, where: str, record, before: set[int] = frozenset()) -> int | None:
+def _unnamed(cursor, build: Build, where: str, record, before: set[int] = frozenset(), said: str = "") -> int | None:
     """An unnamed build's earlier try: an index on its table with its definition and the name the server gives
     it (`t_c_idx`, or `t_c_idx1`... when taken) is that try's: dropped when INVALID; when VALID, counted as the
     statement's work only if it was made after the migration's failure record was last written (a twin someone
@@ -307,7 +308,7 @@ def _unnamed(cursor, build: Build, where: str, record, before: set[int] = frozen
             continue
         if not valid:
             _drop(cursor, qualified)
-            output.note(f"note: {where}: dropped INVALID index {qualified}, {DROPPED}")
+            output.note(f"note: {where}: dropped INVALID index {qualified}, {said or DROPPED}")
         elif accepted is None and _made_since(cursor, oid, record):
             output.note(f"note: {where}: index {qualified} {DONE}")
             accepted = oid

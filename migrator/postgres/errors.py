@@ -95,6 +95,8 @@ class StatementFailed(Exception):
             if code[:2] in ("57", "55", "08"):  # stopped while it waited (not "does not exist")
                 done += ("; but a DROP INDEX CONCURRENTLY stopped part-way may have left its index INVALID (no "
                          "longer used by queries, still updated by writes): run migrate again to finish the drop")
+        elif getattr(self, "index_dropped", False):  # (running.run_retrying, as it gave up)
+            done += "; the INVALID index its last try left was dropped"
         elif concurrently.is_concurrent(self.statement.text):  # only a failed one leaves an INVALID index behind
             done += "; a failed CONCURRENTLY build leaves an INVALID index, which `runner.py status` shows"
         return done

@@ -37,7 +37,8 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     held = not concurrent or concurrently.runs_code(statement.text)  # (a build's functions may lock: attack24q 6)
     calls = clock and clock_bound.query(statement.text)
     conforming.check(cursor.connection, statement.text)  # (the server's reading is the judges': attack24q 3)
-    with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls) \
+    with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls,
+                         clock_only=concurrent and clock) \
             if probe is not None else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
             statement.run(cursor.connection, cursor, path, max_batches,
@@ -206,6 +207,10 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     if getattr(exc, "at_commit", None) == "records" and not seen.cancelled:
                         busy = exc.cause  # the record's table held: its own line and exit (bookkeeping_busy), as
                         break  # before; raised outside this handler, so not taken for the file's own statement's
+                    if not transactional and concurrently.is_concurrent(exc.statement.text):  # (not left INVALID)
+                        concurrently.prepare_retry(connection, statements, exc.index, path, skip, before,
+                                                   "left by its last try (not tried again)")
+                        exc.index_dropped = not concurrently.invalid_after(connection, statements, before)
                     raise retry.gave_up(exc, seen, backoff)
                 retry.say_retry(exc, seen, backoff, delay)
                 if transactional:  # the whole file again, in a new transaction (as if this try never ran)
