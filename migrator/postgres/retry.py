@@ -24,7 +24,6 @@ it (postgres.sessions): who it is and the lock it holds, its query only with --s
 from __future__ import annotations
 
 import random
-import re
 import time
 from dataclasses import dataclass
 
@@ -171,8 +170,18 @@ class TryBudget:
 
 # A statement that sets (or resets) the session's lock_timeout: SET / RESET as a statement, after any comments;
 # the word in a literal, a comment or a column name is not one.
-SETS_LOCK_TIMEOUT = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:set(?:\s+(?:session|local))?|reset)\s+"
-                               r"(?:lock_timeout|\"lock_timeout\")(?![\w$])", re.IGNORECASE | re.DOTALL)
+def sets_lock_timeout(text: str) -> bool:
+    """A SET / RESET of lock_timeout, as PostgreSQL parses it (a comment is a separator: `SET/**/lock_timeout`)."""
+    if "lock_timeout" not in text.lower():  # (most statements: no parse)
+        return False
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        trees = [raw.stmt for raw in parse_sql(text)]
+    except ParseError:
+        return False
+    return any(isinstance(tree, ast.VariableSetStmt) and tree.name == "lock_timeout" for tree in trees)
 
 
 def probe(backend, connection, budget: TryBudget | None = None) -> Probe:

@@ -83,7 +83,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                             budget.before(cursor)
                         execute(cursor, statement, probe, path, max_batches, budget.started if budget else None,
                                 judge)
-                        if budget is not None and retry.SETS_LOCK_TIMEOUT.match(statement.text):
+                        if budget is not None and retry.sets_lock_timeout(statement.text):
                             budget.override(cursor, path, statement)
                         statement_bound.hold(cursor, path, statement)
             except failures.NoAnswer as exc:
