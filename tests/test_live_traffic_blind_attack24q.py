@@ -289,3 +289,15 @@ def test_a_blind_probe_ends_a_concurrent_build_running_user_code_and_drops_its_i
     assert "the INVALID index its last try left was dropped" in line and "status` shows" not in line, line
     assert applied(db)[-1] != "0002_idx"
     assert db.query("SELECT count(*) FROM pg_index WHERE indrelid = 't_probe'::regclass") == [(0,)]
+
+
+def test_the_blind_note_is_said_once_a_run(cli, make_db, limited_role, sql_dir, pg):
+    """11 (LOW): the note that the probe is blind came again at each loss (4-9 times a run under a terminate loop)
+    and for each file: once a run; each retry's and the final line still say it was blind."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    for name in ("0002_a", "0003_b"):
+        add_migration(sql_dir, name, "SELECT pg_catalog.pg_sleep(0.1);\n")
+    result = migrate()
+    assert result.exit_code == 0, result.output
+    notes = [n for n in result.stderr.splitlines() if "the lock probe cannot see the migration session" in n]
+    assert len(notes) == 1 and "too many connections" in notes[0], result.stderr

@@ -88,8 +88,9 @@ class Probe:
     a try of their own (batch_started)."""
 
     def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
-                 floor: float = 0.0, cancel=None, status=None, session_locks=None):
+                 floor: float = 0.0, cancel=None, status=None, session_locks=None, said: list | None = None):
         self.params, self.pid, self.show_query, self._cancel, self._status = params, pid, show_query, cancel, status
+        self._said = [] if said is None else said  # the blind note, said once a run (a list the run keeps)
         self._session_locks = session_locks  # () -> the session holds a session-level (advisory) lock
         self._session_locked: float | None = None  # since when it has held one across its tries (blind: the clock)
         self.per_try, self.floor = per_try, floor
@@ -304,6 +305,8 @@ class Probe:
         self._reconnect_wait = min(RECONNECT_MAX, self._reconnect_wait * 2)
         if self.blind is None:
             self.blind = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
+        if not self._said:  # (lost again after it saw again: the note stands; each retry's line says it is blind)
+            self._said.append(self.blind)
             output.note(f"note: the lock probe cannot see the migration session ({self.blind}): until it connects "
                         f"again, a try running longer than {seconds_text(self.per_try + self.floor)} "
                         "(from its first statement other than SET, SHOW, BEGIN, a plain CREATE or an INSERT of "

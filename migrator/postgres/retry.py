@@ -193,9 +193,11 @@ def probe(backend, connection, budget: TryBudget | None = None) -> Probe:
     if watcher is None:
         return Probe(None, pid)
     bound = (budget.per_try_ms / 1000, budget.floor_ms / 1000) if budget is not None else (0, 0)
+    if not hasattr(backend.parent, "blind_said"):
+        backend.parent.blind_said = []
     return Probe(dict(watcher.params), pid, watcher.show_query, *bound, cancel=lambda: failures.cancel(connection),
                  status=lambda: connection.info.transaction_status,
-                 session_locks=lambda: lock_probe.session_locks(connection))
+                 session_locks=lambda: lock_probe.session_locks(connection), said=backend.parent.blind_said)
 
 
 def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:
