@@ -319,3 +319,21 @@ def test_a_lock_wait_ended_by_statement_timeout_names_the_holder(cli, db, sql_di
     assert "it ran out of statement_timeout while waiting for ACCESS EXCLUSIVE lock on hcm_report_metadata, held " \
            f"by pid {pid} (application_name 'report-job'" in line, line
     assert "make the migration cheaper" not in line
+
+
+def test_a_wait_ended_by_a_statement_timeout_under_three_seconds_is_named_too(cli, db, sql_dir, seeded):
+    """The watcher looks from 3 s into a statement: a shorter statement_timeout ended the wait unnamed ("make the
+    migration cheaper"). The lock probe saw it meanwhile: its blocker is named."""
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\n"
+                  "CREATE INDEX CONCURRENTLY idx_waits ON hcm_report_metadata (dag_name);\n")
+    holder = snapshot_holder(db)
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, "--statement-timeout", "1s", env=seeded)
+        pid = holder.info.backend_pid
+    finally:
+        holder.close()
+    line = one_error_line(result)
+    assert "canceling statement due to statement timeout" in line
+    assert "it ran out of statement_timeout while waiting for" in line and f"pid {pid} (application_name " \
+           "'nightly-dump'" in line, line
+    assert "make the migration cheaper" not in line

@@ -174,6 +174,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
             except StatementFailed as exc:
                 if probe is not None:
                     probe.ended()  # (rolled back or failed: what it held is no longer watched)
+                    if probe.seen.blockers and not probe.seen.cancelled \
+                            and getattr(exc.cause, "pgcode", None) == retry.QUERY_CANCELED:  # (statement_timeout
+                        exc.waited = sessions.wait_words(probe.seen.waiting_for, probe.seen.blockers)  # under 3 s)
                 exc.left_pending = None if transactional else detach.left_pending(connection, exc.statement.text,
                                                                                    exc.cause)
                 if exc.left_pending:
