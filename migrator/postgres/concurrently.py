@@ -340,7 +340,12 @@ def _definition(cursor, build: Build) -> str | None:
 
 def _probe(cursor, build: Build) -> tuple[str, str] | None:
     """(the name the server gives the index, what it builds from USING on): built on an empty temporary copy of
-    the table's columns under the table's own name (so an unnamed build is named as on the table), rolled back."""
+    the table's columns under the table's own name (so an unnamed build is named as on the table), rolled back.
+    None too when the server would read the statement otherwise (conforming.py: it is then refused as it runs)."""
+    from migrator.postgres import conforming
+
+    if conforming.unread(cursor.connection, build.probe):
+        return None
     cursor.execute("BEGIN")
     try:
         cursor.execute(f"CREATE TEMP TABLE {_quoted(build.relname)} (LIKE {build.table})")

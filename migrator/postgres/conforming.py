@@ -79,9 +79,14 @@ class Unread(Exception):
         self.todo = todo()
 
 
-def check(connection, text: str) -> None:
-    """Just before a statement is sent: refused when the server would read it otherwise than the runner did."""
+def unread(connection, text: str) -> bool:
+    """The server would read `text` otherwise than the runner did (sending it would run what no check saw)."""
     from migrator.postgres.splitter import backslash_literal
 
-    if off(connection) and backslash_literal(text) is not None:
+    return off(connection) and backslash_literal(text) is not None
+
+
+def check(connection, text: str) -> None:
+    """Just before a statement is sent: refused when the server would read it otherwise than the runner did."""
+    if unread(connection, text):
         raise Unread()
