@@ -23,6 +23,9 @@ def test_a_database_with_the_setting_off_refuses_a_file_the_server_would_read_ot
     ok(migrate(cli, db, sql_dir))
     _off_for_database(db)
     path = add_migration(sql_dir, "0002_seed", HIDDEN)
+    plan = cli("plan", "--sql-dir", sql_dir, env=db.db_env())  # (says what migrate refuses)
+    assert plan.exit_code == 0 and f"warning: migrate refuses this: {path}:2: a '...' literal holding a backslash" \
+           in plan.stderr, plan.output
     result = migrate(cli, db, sql_dir)
     line = one_error_line(result)
     assert result.exit_code == 2, result.output

@@ -260,7 +260,7 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
     False) has no Mongo part.
     """
     from migrator import lint, postgres
-    from migrator.postgres import rewrites
+    from migrator.postgres import conforming, rewrites
     from migrator.postgres.files import UNFILLED_ROLLBACK
     from migrator.schema import snapshot
 
@@ -280,6 +280,8 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
             postgres.load_migrations(todo)
             verdicts = rewrites.judge(backend.connection, todo, threshold=settings.rewrite_threshold(),
                                       schema=target.schema)
+            if unread := conforming.pending_unread(backend.connection, todo):  # (what migrate refuses: attack24q 3)
+                settings.note(f"warning: migrate refuses this: {unread}")
         where = target.display_url
     for migration in todo:  # found now, not at the rollback that needs it
         rollback = postgres.rollback_path(migration)

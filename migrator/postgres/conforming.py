@@ -43,6 +43,13 @@ def _unread(why: str) -> str:
 
 def refuse_before(connection, migrations, where: str) -> None:
     """Before anything runs: the first pending statement the server could read otherwise, refused (exit 2)."""
+    found = pending_unread(connection, migrations)
+    if found:
+        raise MigratorError(f"{found}; refused before anything ran on {where}: nothing was applied", USAGE)
+
+
+def pending_unread(connection, migrations) -> str | None:
+    """The first pending statement the server could read otherwise, in words (`plan` warns of it), or None."""
     from pathlib import Path
 
     from migrator.postgres.splitter import backslash_literal, sets_conforming
@@ -63,8 +70,8 @@ def refuse_before(connection, migrations, where: str) -> None:
             elif why is None and _NAMES.search(statement.text):
                 why = f"{path}:{statement.line} may turn it off for what runs after"
             if (why or own) and backslash_literal(statement.text) is not None:
-                raise MigratorError(f"{path}:{statement.line}: {_unread(why or own)}; {todo(role)}; refused before "
-                                    f"anything ran on {where}: nothing was applied", USAGE)
+                return f"{path}:{statement.line}: {_unread(why or own)}; {todo(role)}"
+    return None
 
 
 class Unread(Exception):
