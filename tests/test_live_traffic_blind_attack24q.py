@@ -301,3 +301,25 @@ def test_the_blind_note_is_said_once_a_run(cli, make_db, limited_role, sql_dir, 
     assert result.exit_code == 0, result.output
     notes = [n for n in result.stderr.splitlines() if "the lock probe cannot see the migration session" in n]
     assert len(notes) == 1 and "too many connections" in notes[0], result.stderr
+
+
+def test_a_validate_whose_check_locks_rows_the_app_writes_is_told_so_not_backfill(cli, db, sql_dir, seeded):
+    """12 (LOW, seeing): a VALIDATE whose CHECK's function takes FOR SHARE row locks was ended "on rows it changed"
+    with backfill advice; it changed none: its CHECK's function locked them."""
+    db.query("CREATE TABLE tenants (code text PRIMARY KEY, name text); INSERT INTO tenants VALUES ('a', 'A');"
+             "CREATE FUNCTION tenant_ok(text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN "
+             "PERFORM 1 FROM public.tenants WHERE code = $1 FOR SHARE; PERFORM pg_catalog.pg_sleep(0.01); "
+             "RETURN true; END $$;"
+             "CREATE TABLE t_v (tenant text); INSERT INTO t_v SELECT 'a' FROM generate_series(1, 1500);"
+             "ALTER TABLE t_v ADD CONSTRAINT k_tenant CHECK (tenant_ok(tenant)) NOT VALID")
+    add_migration(sql_dir, "0002_validate", "ALTER TABLE t_v VALIDATE CONSTRAINT k_tenant;\n")
+    locked = ("SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'hcm-db-migrations%' "
+              "AND query LIKE 'ALTER TABLE t_v VALIDATE%' AND state = 'active'")
+    app = App(db, ready=locked, query="UPDATE tenants SET name = 'B' WHERE code = 'a'")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    app.join()
+    line = one_error_line(result)
+    assert "held row locks on public.tenants" in line and "on rows it locked" in line, line
+    assert "its CHECK calls a function that locks rows of public.tenants" in line, line
+    assert "take the row locks out of the CHECK's function" in line and "backfill" not in line, line
+    assert applied(db)[-1] != "0002_validate"
