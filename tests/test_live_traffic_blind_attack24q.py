@@ -55,8 +55,25 @@ def conn(pg, db):
      "INSERT INTO kind VALUES ('a');"),
     ("CREATE SCHEMA s2;\nCREATE TABLE lk (code text);\nALTER TABLE lk SET SCHEMA s2;",
      "INSERT INTO s2.lk VALUES ('a');"),
+    # attack24r 2: a DEFAULT through an array of a domain (COERCEVIAIO: domain_in per element); an enum column fed
+    # by the database's own assignment cast; the same COERCEVIAIO in a CHECK validated
+    (USER_CHECK + "CREATE TABLE seed (c text DEFAULT (('{x}'::text)::code[])::text);", "INSERT INTO seed DEFAULT VALUES;"),
+    ("CREATE TYPE st AS ENUM ('a');\nCREATE FUNCTION st_of(int) RETURNS st LANGUAGE plpgsql AS "
+     "$$ BEGIN RETURN 'a'; END $$;\nCREATE CAST (int AS st) WITH FUNCTION st_of(int) AS ASSIGNMENT;\n"
+     "CREATE TABLE seed (s st);", "INSERT INTO seed VALUES (1);"),
+    (USER_CHECK + "CREATE TABLE t (c text);\nALTER TABLE t ADD CONSTRAINT k CHECK ((c::code[]) IS NOT NULL) NOT VALID;",
+     "ALTER TABLE t VALIDATE CONSTRAINT k;"),
+    # attack24r 1: a foreign key PostgreSQL checks row by row (row security on the referenced table), each
+    # referenced row locked FOR KEY SHARE to the try's end
+    ("CREATE TABLE p (id int PRIMARY KEY);\nALTER TABLE p ENABLE ROW LEVEL SECURITY;\nCREATE TABLE t (p int);\n"
+     "ALTER TABLE t ADD CONSTRAINT k FOREIGN KEY (p) REFERENCES p NOT VALID;", "ALTER TABLE t VALIDATE CONSTRAINT k;"),
+    # attack24r 3: a SQL function's body is parse-analysed at CREATE: it locks the tables it names to the COMMIT
+    ("CREATE TABLE t (v int);", "CREATE FUNCTION f(i int) RETURNS void LANGUAGE sql BEGIN ATOMIC "
+     "UPDATE t SET v = i; END;"),
+    ("CREATE TABLE t (v int);", "CREATE FUNCTION f() RETURNS SETOF int LANGUAGE sql AS 'SELECT v FROM t FOR UPDATE';"),
 ], ids=["domain-default", "domain-column", "domain-cast", "refresh-concurrently", "validate-user-check", "renamed",
-        "set-schema"])
+        "set-schema", "domain-array-default", "own-cast-into-enum", "validate-domain-array", "fk-row-security",
+        "sql-function-atomic", "sql-function"])
 def test_the_blind_judge_bounds_what_runs_user_code_or_is_the_applications(conn, setup, statement):
     assert judged(conn, *[s for s in setup.split(";\n") if s.strip()], statement)
 
@@ -320,6 +337,30 @@ def test_a_validate_whose_check_locks_rows_the_app_writes_is_told_so_not_backfil
     app.join()
     line = one_error_line(result)
     assert "held row locks on public.tenants" in line and "on rows it locked" in line, line
-    assert "its CHECK calls a function that locks rows of public.tenants" in line, line
-    assert "take the row locks out of the CHECK's function" in line and "backfill" not in line, line
+    assert "it locks rows of public.tenants as it validates" in line, line
+    assert "take the row locks out of its function" in line and "backfill" not in line, line
+    assert "pg_cancel_backend" not in line, line  # (attack24r MEDIUM 2: it sent the operator to cancel the app)
     assert applied(db)[-1] != "0002_validate"
+
+
+def test_the_blind_judge_bounds_a_foreign_key_checked_row_by_row_for_want_of_select(conn):
+    """attack24r 1 (HIGH): a migration role with only REFERENCES on the referenced table (least privilege): PostgreSQL
+    validates row by row, locking every referenced row FOR KEY SHARE to the try's end (app 2.1 s, exit 0). With
+    SELECT on both it is one query: still off the clock."""
+    import uuid
+
+    role = f"r_fk_{uuid.uuid4().hex[:8]}"
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute(f"CREATE ROLE {role}; CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE t (p int);"
+                       f"ALTER TABLE t OWNER TO {role}; GRANT REFERENCES ON p TO {role};"
+                       "ALTER TABLE t ADD CONSTRAINT k FOREIGN KEY (p) REFERENCES p NOT VALID;"
+                       f"SET ROLE {role}")
+    try:
+        assert Judge(conn, {}).bounded("ALTER TABLE t VALIDATE CONSTRAINT k;")
+        with conn.cursor() as cursor:
+            cursor.execute(f"RESET ROLE; GRANT SELECT ON p TO {role}; SET ROLE {role}")
+        assert not Judge(conn, {}).bounded("ALTER TABLE t VALIDATE CONSTRAINT k;")
+    finally:
+        with conn.cursor() as cursor:
+            cursor.execute(f"RESET ROLE; DROP TABLE t, p; DROP ROLE {role}")

@@ -10,10 +10,12 @@ one statement into several); else:
 - SET / RESET / SHOW, transaction control (not PREPARE TRANSACTION: its locks outlive the session);
 - CONCURRENTLY index statements (their waits block no query; running.py keeps them unbounded; a build on an
   expression, a predicate or an opclass only if it runs built-in code alone, _BUILD; not REFRESH MATERIALIZED VIEW
-  CONCURRENTLY: it runs the view's query) and VALIDATE CONSTRAINT of a foreign key, a NOT NULL or
-  a CHECK calling only built-in IMMUTABLE functions and built-in operators, coercing to no domain;
+  CONCURRENTLY: it runs the view's query) and VALIDATE CONSTRAINT of a foreign key checked in one query (SELECT on
+  both tables, no row security), a NOT NULL or a CHECK calling only built-in IMMUTABLE functions and operators,
+  naming no type of the database's own but an enum;
 - while the database has no enabled event trigger (it runs user code on any DDL): a CREATE TABLE that is no
-  partition, inherits nothing, references no table and copies none (LIKE); CREATE FUNCTION / PROCEDURE, SEQUENCE
+  partition, inherits nothing, references no table and copies none (LIKE); CREATE FUNCTION / PROCEDURE (not in
+  LANGUAGE sql: its body is parse-analysed, locking the tables it names), SEQUENCE
   (not OWNED BY), enum TYPE, an empty CREATE SCHEMA (catalog rows only: nobody waits on them);
 - an INSERT ... VALUES of constants (literals, NULL, DEFAULT, a literal cast to a built-in base type, as the
   session resolves its name; no ON CONFLICT, RETURNING, WITH, sub-select, function or operator) into a table this run created (by its oid, so a same-named
@@ -24,7 +26,8 @@ one statement into several); else:
   made it so, a DO block's EXECUTE included), is a plain heap table of built-in or enum columns with no trigger, rule,
   row security, CHECK, exclusion or foreign key, expression or partial index, nor a DEFAULT calling anything but
   nextval, now(), gen_random_uuid(), clock_timestamp() (and the like: built-in, locking nothing) and built-in
-  casts, nor coercing to a domain (a row of it locks nothing an application uses:
+  casts, nor naming a type of the database's own but an enum, nor a cast of its own into a column's type (a row of
+  it locks nothing an application uses:
   nobody else knows the table).
 
 Anything else (any query, any UPDATE/DELETE/MERGE, DDL on any table, DO, CALL, LOCK, an INSERT into an existing
@@ -44,6 +47,13 @@ _CATALOG_ONLY = ("CreateStmt", "CreateFunctionStmt", "CreateSeqStmt", "CreateEnu
 # Enabled event triggers (a superuser's: they run on any DDL, whatever the statement).
 _EVENT_TRIGGERS = ("SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger "
                    "WHERE evtenabled OPERATOR(pg_catalog.<>) 'D')")
+
+# A stored expression (`{}`: its node tree as text) naming a type of the database's own other than an enum: a domain
+# (its CHECK), an array or composite of one (a COERCEVIAIO through domain_in), whose input runs user code.
+_OWN_TYPES = """EXISTS (SELECT FROM pg_catalog.regexp_matches({}::pg_catalog.text,
+                  ':(resulttype|consttype|funcresulttype|opresulttype) ([0-9]+)', 'g') y(m)
+                JOIN pg_catalog.pg_type ty ON ty.oid OPERATOR(pg_catalog.=) y.m[2]::pg_catalog.oid
+                WHERE ty.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid AND ty.typtype OPERATOR(pg_catalog.<>) 'e')"""
 
 # The table a statement names (resolved as the statement itself would: the session's search_path, temp first) and
 # whether a row inserted into it runs nothing user-defined. (Qualified operators only: the file's search_path may
@@ -68,6 +78,7 @@ _TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispa
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_attrdef d WHERE d.adrelid OPERATOR(pg_catalog.=) c.oid
                     AND (d.adbin::pg_catalog.text OPERATOR(pg_catalog.~)
                            ':(opno|opfuncid|aggfnoid|winfnoid) |[{]COERCETODOMAIN '
+                      OR """ + _OWN_TYPES.format("d.adbin") + """
                       OR EXISTS (SELECT FROM pg_catalog.regexp_matches(d.adbin::pg_catalog.text, ':funcid (\\d+)',
                                                                        'g') f(m)
                         WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
@@ -79,8 +90,11 @@ _TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispa
                               OR EXISTS (SELECT FROM pg_catalog.pg_cast s
                                          WHERE s.castfunc OPERATOR(pg_catalog.=) p.oid))))))
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_cast s WHERE s.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
-                    AND s.castsource OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
-                    AND s.casttarget OPERATOR(pg_catalog.<) 16384::pg_catalog.oid), c.relnamespace, c.relname
+                    AND (s.castsource OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
+                         AND s.casttarget OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
+                      OR s.casttarget OPERATOR(pg_catalog.=) ANY (SELECT a.atttypid FROM pg_catalog.pg_attribute a
+                           WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0))),
+  c.relnamespace, c.relname
 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s)
   AND c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid"""
 
@@ -91,12 +105,19 @@ _MADE = ("SELECT c.oid, c.relnamespace, c.relname FROM pg_catalog.pg_class c WHE
 
 # A VALIDATE CONSTRAINT runs nothing user-defined: no CHECK among the constraints it names calls a function that is
 # not a built-in IMMUTABLE one, a user operator or coerces to a domain (a CHECK's expression runs per row, and what
-# it locks is held to the try's end; a foreign key's check and NOT NULL run no user code).
+# it locks is held to the try's end; NOT NULL runs no user code). A foreign key's check is one query (no row lock)
+# only when the user may SELECT both tables and neither has row security: else PostgreSQL checks it row by row,
+# locking every referenced row FOR KEY SHARE to the try's end (RI_Initial_Check; attack24r 1).
 _VALIDATE = """SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k
   WHERE k.conrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s) AND k.conname OPERATOR(pg_catalog.=) ANY (%s)
-    AND NOT k.contype OPERATOR(pg_catalog.=) ANY (ARRAY['f', 'n']::pg_catalog."char"[])
-    AND (k.contype OPERATOR(pg_catalog.<>) 'c' OR k.conbin IS NULL
+    AND k.contype OPERATOR(pg_catalog.<>) 'n'
+    AND (k.contype OPERATOR(pg_catalog.=) 'f' AND NOT (pg_catalog.has_table_privilege(k.conrelid, 'SELECT')
+          AND pg_catalog.has_table_privilege(k.confrelid, 'SELECT')
+          AND NOT EXISTS (SELECT FROM pg_catalog.pg_class r WHERE r.oid OPERATOR(pg_catalog.=) ANY (ARRAY[k.conrelid,
+                            k.confrelid]) AND r.relrowsecurity))
+      OR k.contype OPERATOR(pg_catalog.<>) 'f' AND (k.contype OPERATOR(pg_catalog.<>) 'c' OR k.conbin IS NULL
       OR k.conbin::pg_catalog.text OPERATOR(pg_catalog.~) ':(aggfnoid|winfnoid) |[{](COERCETODOMAIN|SUBLINK) '
+      OR """ + _OWN_TYPES.format("k.conbin") + """
       OR EXISTS (SELECT FROM pg_catalog.regexp_matches(k.conbin::pg_catalog.text, ':opno ([0-9]+)', 'g') o(m)
                  WHERE o.m[1]::pg_catalog.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid)
       OR EXISTS (SELECT FROM pg_catalog.regexp_matches(k.conbin::pg_catalog.text, ':(funcid|opfuncid) ([0-9]+)',
@@ -104,7 +125,7 @@ _VALIDATE = """SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k
                  WHERE f.m[2]::pg_catalog.oid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid AND NOT EXISTS (
                    SELECT FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) f.m[2]::pg_catalog.oid
                      AND p.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
-                     AND p.provolatile OPERATOR(pg_catalog.=) 'i'))))"""
+                     AND p.provolatile OPERATOR(pg_catalog.=) 'i')))))"""
 
 # Whether every type a constant is cast to by an unqualified name is, as the session resolves it, a built-in base
 # type (a domain's CHECK, or a planted type's input function, is user code).
@@ -320,6 +341,9 @@ def _only_catalog(tree, kind: str) -> bool:
                     or any(type(e).__name__ == "TableLikeClause" for e in tree.tableElts or ()))
     if kind == "CreateSchemaStmt":
         return not tree.schemaElts
+    if kind == "CreateFunctionStmt":  # (a SQL body is parse-analysed at CREATE: it locks the tables it names)
+        return not (tree.sql_body or any(o.defname == "language" and getattr(o.arg, "sval", "").lower() == "sql"
+                                         for o in tree.options or ()))
     if kind == "CreateSeqStmt":  # (OWNED BY opens the table it names)
         return not any(option.defname == "owned_by" for option in tree.options or ())
     return True

@@ -116,9 +116,10 @@ def held_too_long(exc, seen, bound: float) -> None:
     queues = waiter.get("mode") not in (None, *QUERY_MODES)  # a DDL or maintenance request the app queues behind
     asks = f", asking for {waiter['mode']}, which the application's queries queue behind" if queues else ""
     validating = VALIDATES.match(exc.statement.text) is not None and not (between or seen.held_earlier)
-    locked_by_code = validating and waiter["rows"]  # (a VALIDATE changes no row: its CHECK's function locked them)
-    why = (f"its CHECK calls a function that locks rows of {table or 'a table'} (FOR SHARE / FOR UPDATE), kept to "
-           "its COMMIT" if locked_by_code else
+    locked_by_code = validating and waiter["rows"]  # (a VALIDATE changes no row: its check locked them)
+    why = (f"it locks rows of {table or 'a table'} as it validates, to its COMMIT (a foreign key PostgreSQL checks "
+           "row by row, FOR KEY SHARE, when the migration user lacks SELECT on either table or row security is on; "
+           "or a CHECK calling a function that locks rows)" if locked_by_code else
            "VALIDATE CONSTRAINT takes SHARE UPDATE EXCLUSIVE, which no query waits for, but that session's request "
            "conflicts with it and queues the application's queries" if validating else
            "it keeps the rows it changed locked to its COMMIT" if waiter["rows"] else
@@ -131,8 +132,9 @@ def held_too_long(exc, seen, bound: float) -> None:
         f"{seconds_text(bound)}: {why}, so the runner ended {'the try' if between else 'it'}")
     accept = f"accept it with `-- accept-rewrite: {table or 'the table'}` and deploy in a quiet window"
     if locked_by_code:
-        exc.todo = (f"not retried (it would hold the rows as long again): take the row locks out of the CHECK's "
-                    "function (it runs on every row of the table validated), or validate in a quiet window")
+        exc.todo = ("not retried (it would hold the rows as long again): for a foreign key, grant the migration user "
+                    "SELECT on both tables (PostgreSQL then checks it in one query, locking no row); for a CHECK, take "
+                    "the row locks out of its function; or validate in a quiet window")
     elif validating:  # (already the safe pattern: its own file, a lock no query takes)
         exc.todo = (f"not retried (ended again while that request waits): VALIDATE CONSTRAINT in its own file is "
                     f"already the safe pattern; let pid {waiter['pid']}'s request (another deploy's DDL, a "
