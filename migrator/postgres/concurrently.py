@@ -51,11 +51,13 @@ def is_concurrent(text: str) -> bool:
 
 def runs_code(text: str) -> bool:
     """A CREATE INDEX CONCURRENTLY on an expression, with a predicate or an explicit operator class: it runs
-    functions per row (one labelled IMMUTABLE may still lock what the application waits on)."""
+    functions per row (one labelled IMMUTABLE may still lock what the application waits on). Any REINDEX
+    CONCURRENTLY: what it rebuilds (expressions, predicates) only the catalog knows (attack24r 4)."""
     from pglast import ast
 
-    return any(isinstance(tree, ast.IndexStmt) and (tree.whereClause is not None or any(
-        param.expr is not None or param.opclass for param in tree.indexParams or ())) for tree in _parsed(text))
+    return any(isinstance(tree, ast.ReindexStmt) or isinstance(tree, ast.IndexStmt) and (
+        tree.whereClause is not None or any(param.expr is not None or param.opclass for param in tree.indexParams or ()))
+        for tree in _parsed(text))
 
 
 def is_drop(text: str) -> bool:
