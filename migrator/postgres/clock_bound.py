@@ -21,7 +21,8 @@ one statement into several); else:
   session resolves its name; no ON CONFLICT, RETURNING, WITH, sub-select, function or operator) into a table this run created (by its oid, so a same-named
   table in another schema does not stand in for it; and under the name it was made with: one renamed or moved
   since, a swap into the application's name, is the application's; made under a name some relation had when the
-  run's judging began, DROP then CREATE, it is the application's once the transaction that made it ends) that, as
+  run's judging began, DROP then CREATE, it is the application's once the transaction that made it ends; and one a
+  view reads is the application's) that, as
   the catalog says just before (whatever
   made it so, a DO block's EXECUTE included), is a plain heap table of built-in or enum columns with no trigger, rule,
   row security, CHECK, exclusion or foreign key, expression or partial index, nor a DEFAULT calling anything but
@@ -63,6 +64,8 @@ _TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispa
   AND NOT c.relhasrules AND NOT c.relhastriggers AND c.relam OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid)
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class OPERATOR(pg_catalog.=) c.oid)
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend v WHERE v.refobjid OPERATOR(pg_catalog.=) c.oid
+                    AND v.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass)
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhrelid OPERATOR(pg_catalog.=) c.oid)
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
                   JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
