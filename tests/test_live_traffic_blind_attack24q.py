@@ -58,7 +58,7 @@ def conn(pg, db):
     # attack24r 4: a view (the application's name) over a table made in the run: the application writes to it
     ("CREATE TABLE kind_v2 (code text PRIMARY KEY);\nCREATE VIEW kind AS SELECT code FROM kind_v2;",
      "INSERT INTO kind_v2 VALUES ('a');"),
-    # attack24r 2: a DEFAULT through an array of a domain (COERCEVIAIO: domain_in per element); an enum column fed
+    # attack24r 3: a DEFAULT through an array of a domain (COERCEVIAIO: domain_in per element); an enum column fed
     # by the database's own assignment cast; the same COERCEVIAIO in a CHECK validated
     (USER_CHECK + "CREATE TABLE seed (c text DEFAULT (('{x}'::text)::code[])::text);", "INSERT INTO seed DEFAULT VALUES;"),
     ("CREATE TYPE st AS ENUM ('a');\nCREATE FUNCTION st_of(int) RETURNS st LANGUAGE plpgsql AS "
@@ -70,7 +70,7 @@ def conn(pg, db):
     # referenced row locked FOR KEY SHARE to the try's end
     ("CREATE TABLE p (id int PRIMARY KEY);\nALTER TABLE p ENABLE ROW LEVEL SECURITY;\nCREATE TABLE t (p int);\n"
      "ALTER TABLE t ADD CONSTRAINT k FOREIGN KEY (p) REFERENCES p NOT VALID;", "ALTER TABLE t VALIDATE CONSTRAINT k;"),
-    # attack24r 3: a SQL function's body is parse-analysed at CREATE: it locks the tables it names to the COMMIT
+    # attack24r 5: a SQL function's body is parse-analysed at CREATE: it locks the tables it names to the COMMIT
     ("CREATE TABLE t (v int);", "CREATE FUNCTION f(i int) RETURNS void LANGUAGE sql BEGIN ATOMIC "
      "UPDATE t SET v = i; END;"),
     ("CREATE TABLE t (v int);", "CREATE FUNCTION f() RETURNS SETOF int LANGUAGE sql AS 'SELECT v FROM t FOR UPDATE';"),
@@ -155,7 +155,7 @@ def test_a_blind_probe_leaves_short_backfill_batches_alone_however_many(cli, mak
 def test_a_concurrent_build_whose_expression_locks_what_the_app_waits_on_is_ended(cli, db, sql_dir, seeded, build):
     """6 (seeing): CREATE INDEX CONCURRENTLY on an expression runs its functions per row; one (labelled IMMUTABLE)
     calling code that locks t_app held the app's INSERT for the build's whole life, exit 0: its holds are watched.
-    attack24r 4 (HIGH): so does REINDEX ... CONCURRENTLY of such an index (was unwatched: app 5.7 s, exit 0)."""
+    attack24r 2 (HIGH): so does REINDEX ... CONCURRENTLY of such an index (was unwatched: app 5.7 s, exit 0)."""
     app_table(db)
     db.query("CREATE TABLE t_idx (v int); INSERT INTO t_idx VALUES (1);"
              "CREATE FUNCTION touch() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
@@ -359,7 +359,7 @@ def test_a_validate_whose_check_locks_rows_the_app_writes_is_told_so_not_backfil
     assert "held row locks on public.tenants" in line and "on rows it locked" in line, line
     assert "it locks rows of public.tenants as it validates" in line, line
     assert "take the row locks out of its function" in line and "backfill" not in line, line
-    assert "pg_cancel_backend" not in line, line  # (attack24r MEDIUM 2: it sent the operator to cancel the app)
+    assert "pg_cancel_backend" not in line, line  # (attack24r 6, MEDIUM: it sent the operator to cancel the app)
     assert applied(db)[-1] != "0002_validate"
 
 

@@ -52,7 +52,7 @@ def is_concurrent(text: str) -> bool:
 def runs_code(text: str) -> bool:
     """A CREATE INDEX CONCURRENTLY on an expression, with a predicate or an explicit operator class: it runs
     functions per row (one labelled IMMUTABLE may still lock what the application waits on). Any REINDEX
-    CONCURRENTLY: what it rebuilds (expressions, predicates) only the catalog knows (attack24r 4)."""
+    CONCURRENTLY: what it rebuilds (expressions, predicates) only the catalog knows (attack24r 2)."""
     from pglast import ast
 
     return any(isinstance(tree, ast.ReindexStmt) or isinstance(tree, ast.IndexStmt) and (
