@@ -74,9 +74,10 @@ def conn(pg, db):
     ("CREATE TABLE t (v int);", "CREATE FUNCTION f(i int) RETURNS void LANGUAGE sql BEGIN ATOMIC "
      "UPDATE t SET v = i; END;"),
     ("CREATE TABLE t (v int);", "CREATE FUNCTION f() RETURNS SETOF int LANGUAGE sql AS 'SELECT v FROM t FOR UPDATE';"),
+    ("CREATE TABLE t (v int);", "CREATE TABLE t_comp (r t, rs t[]);"),  # (a table's row type: ACCESS SHARE on it)
 ], ids=["domain-default", "domain-column", "domain-cast", "refresh-concurrently", "validate-user-check", "renamed",
         "set-schema", "view-over-it", "domain-array-default", "own-cast-into-enum", "validate-domain-array", "fk-row-security",
-        "sql-function-atomic", "sql-function"])
+        "sql-function-atomic", "sql-function", "row-type-column"])
 def test_the_blind_judge_bounds_what_runs_user_code_or_is_the_applications(conn, setup, statement):
     assert judged(conn, *[s for s in setup.split(";\n") if s.strip()], statement)
 

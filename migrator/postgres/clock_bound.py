@@ -156,6 +156,13 @@ _BUILD = """SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_proc WHERE oid OPERATOR
                     OPERATOR(pg_catalog.>) 0 AND t.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
                     AND t.typtype OPERATOR(pg_catalog.<>) 'e')"""
 
+# Whether a CREATE TABLE's column types (as the session resolves them) include a table's row type, or an array of
+# one: the CREATE then locks that table (ACCESS SHARE) to the COMMIT (attack24r 5).
+_ROW_TYPES = """SELECT EXISTS (SELECT FROM pg_catalog.unnest(%s::pg_catalog.text[]) n(name)
+  JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) pg_catalog.to_regtype(n.name)
+  LEFT JOIN pg_catalog.pg_type e ON e.oid OPERATOR(pg_catalog.=) t.typelem
+  WHERE t.typrelid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid OR e.typrelid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid)"""
+
 # The names of the relations the database held when the run's judging began: a table the run creates under one of
 # them (dropped, or renamed away, first: even by a DO block) replaces one the application uses, by name.
 _TAKEN = """SELECT DISTINCT c.relname FROM pg_catalog.pg_class c
@@ -199,7 +206,8 @@ class Judge:
     def _harmless_here(self, tree) -> bool:
         kind = _harmless(tree)
         if kind == "catalog":
-            return not self._has_event_triggers()
+            return not self._has_event_triggers() and (type(tree).__name__ != "CreateStmt" or not self._ask(
+                _ROW_TYPES, (_column_types(tree),)))
         if kind == "insert":
             return self._free(tree.relation) and self._builtin_types(_cast_types(tree))
         if kind == "validate":
@@ -399,6 +407,12 @@ def _cast_types(tree) -> list[str]:
         for item in row:
             walk(item)
     return found
+
+
+def _column_types(tree) -> list[str]:
+    """A CREATE TABLE's column type names, quoted (no typmods: to_regtype reads the name)."""
+    return [".".join(_quoted(part.sval) for part in element.typeName.names) for element in tree.tableElts or ()
+            if type(element).__name__ == "ColumnDef" and element.typeName is not None]
 
 
 def _called(tree) -> list[str]:
