@@ -55,8 +55,29 @@ def conn(pg, db):
      "INSERT INTO kind VALUES ('a');"),
     ("CREATE SCHEMA s2;\nCREATE TABLE lk (code text);\nALTER TABLE lk SET SCHEMA s2;",
      "INSERT INTO s2.lk VALUES ('a');"),
+    # attack24r 4: a view (the application's name) over a table made in the run: the application writes to it
+    ("CREATE TABLE kind_v2 (code text PRIMARY KEY);\nCREATE VIEW kind AS SELECT code FROM kind_v2;",
+     "INSERT INTO kind_v2 VALUES ('a');"),
+    # attack24r 3: a DEFAULT through an array of a domain (COERCEVIAIO: domain_in per element); an enum column fed
+    # by the database's own assignment cast; the same COERCEVIAIO in a CHECK validated
+    (USER_CHECK + "CREATE TABLE seed (c text DEFAULT (('{x}'::text)::code[])::text);", "INSERT INTO seed DEFAULT VALUES;"),
+    ("CREATE TYPE st AS ENUM ('a');\nCREATE FUNCTION st_of(int) RETURNS st LANGUAGE plpgsql AS "
+     "$$ BEGIN RETURN 'a'; END $$;\nCREATE CAST (int AS st) WITH FUNCTION st_of(int) AS ASSIGNMENT;\n"
+     "CREATE TABLE seed (s st);", "INSERT INTO seed VALUES (1);"),
+    (USER_CHECK + "CREATE TABLE t (c text);\nALTER TABLE t ADD CONSTRAINT k CHECK ((c::code[]) IS NOT NULL) NOT VALID;",
+     "ALTER TABLE t VALIDATE CONSTRAINT k;"),
+    # attack24r 1: a foreign key PostgreSQL checks row by row (row security on the referenced table), each
+    # referenced row locked FOR KEY SHARE to the try's end
+    ("CREATE TABLE p (id int PRIMARY KEY);\nALTER TABLE p ENABLE ROW LEVEL SECURITY;\nCREATE TABLE t (p int);\n"
+     "ALTER TABLE t ADD CONSTRAINT k FOREIGN KEY (p) REFERENCES p NOT VALID;", "ALTER TABLE t VALIDATE CONSTRAINT k;"),
+    # attack24r 5: a SQL function's body is parse-analysed at CREATE: it locks the tables it names to the COMMIT
+    ("CREATE TABLE t (v int);", "CREATE FUNCTION f(i int) RETURNS void LANGUAGE sql BEGIN ATOMIC "
+     "UPDATE t SET v = i; END;"),
+    ("CREATE TABLE t (v int);", "CREATE FUNCTION f() RETURNS SETOF int LANGUAGE sql AS 'SELECT v FROM t FOR UPDATE';"),
+    ("CREATE TABLE t (v int);", "CREATE TABLE t_comp (r t, rs t[]);"),  # (a table's row type: ACCESS SHARE on it)
 ], ids=["domain-default", "domain-column", "domain-cast", "refresh-concurrently", "validate-user-check", "renamed",
-        "set-schema"])
+        "set-schema", "view-over-it", "domain-array-default", "own-cast-into-enum", "validate-domain-array", "fk-row-security",
+        "sql-function-atomic", "sql-function", "row-type-column"])
 def test_the_blind_judge_bounds_what_runs_user_code_or_is_the_applications(conn, setup, statement):
     assert judged(conn, *[s for s in setup.split(";\n") if s.strip()], statement)
 
@@ -109,6 +130,18 @@ def test_a_blind_probe_bounds_each_backfill_batch_by_the_clock(cli, make_db, lim
     assert db.query("SELECT count(*) FROM t_bf WHERE v IS NULL") == [(8,)]
 
 
+def test_a_blind_probe_keeps_the_clock_of_a_session_lock_across_backfill_batches(cli, make_db, limited_role, sql_dir,
+                                                                                 pg):
+    """attack24r 9 (MEDIUM): a session advisory lock taken before a backfill outlives each batch's COMMIT, but each
+    batch restarted the blind clock (app 8.4 s, exit 0): the batches' clock runs from when the lock was taken."""
+    db, migrate = backfill_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_bf", backfill(0.05).replace("-- backfill: batch", "SELECT pg_catalog.pg_advisory_lock("
+                                                                                   "4242);\n-- backfill: batch"))
+    line = one_error_line(migrate("--lock-retry-budget", "1s"))
+    assert "0002_bf.sql:4:" in line and "the lock probe was blind" in line, line
+    assert applied(db)[-1] != "0002_bf"
+
+
 def test_a_blind_probe_leaves_short_backfill_batches_alone_however_many(cli, make_db, limited_role, sql_dir, pg):
     """Each batch's clock starts with it: 5 batches of 0.1 s (longer than the bound together) apply."""
     db, migrate = backfill_run(cli, make_db, limited_role, sql_dir, pg)
@@ -118,23 +151,28 @@ def test_a_blind_probe_leaves_short_backfill_batches_alone_however_many(cli, mak
     assert db.query("SELECT count(*) FROM t_bf WHERE v IS NULL") == [(0,)]
 
 
-def test_a_concurrent_build_whose_expression_locks_what_the_app_waits_on_is_ended(cli, db, sql_dir, seeded):
+@pytest.mark.parametrize("build", ["CREATE INDEX CONCURRENTLY i_norm ON t_idx (norm(v));",
+                                   "REINDEX INDEX CONCURRENTLY i_norm;"], ids=["create", "reindex"])
+def test_a_concurrent_build_whose_expression_locks_what_the_app_waits_on_is_ended(cli, db, sql_dir, seeded, build):
     """6 (seeing): CREATE INDEX CONCURRENTLY on an expression runs its functions per row; one (labelled IMMUTABLE)
-    calling code that locks t_app held the app's INSERT for the build's whole life, exit 0: its holds are watched."""
+    calling code that locks t_app held the app's INSERT for the build's whole life, exit 0: its holds are watched.
+    attack24r 2 (HIGH): so does REINDEX ... CONCURRENTLY of such an index (was unwatched: app 5.7 s, exit 0)."""
     app_table(db)
     db.query("CREATE TABLE t_idx (v int); INSERT INTO t_idx VALUES (1);"
              "CREATE FUNCTION touch() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
-             "LOCK TABLE public.t_app IN SHARE MODE; PERFORM pg_catalog.pg_sleep(15); RETURN 1; END $$;"
+             "IF pg_catalog.current_setting('app.slow', true) = 'on' THEN "
+             "LOCK TABLE public.t_app IN SHARE MODE; PERFORM pg_catalog.pg_sleep(15); END IF; RETURN 1; END $$;"
              "CREATE FUNCTION norm(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN "
              "PERFORM public.touch(); RETURN $1; END $$")
-    add_migration(sql_dir, "0002_idx", "-- transactional: false\n"
-                                       "CREATE INDEX CONCURRENTLY i_norm ON t_idx (norm(v));\n")
+    if build.startswith("REINDEX"):
+        db.query("CREATE INDEX i_norm ON t_idx (norm(v))")  # (quietly: app.slow is off)
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\nSET app.slow = 'on';\n" + build + "\n")
     app = App(db, ready=HOLDING.replace("AccessExclusiveLock", "ShareLock"), query="INSERT INTO t_app VALUES (3)")
     result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     app.join()
     assert app.error is None and app.rows == 1  # its wait ended long before the build's sleep could have
     line = one_error_line(result)
-    assert result.exit_code == 1 and "0002_idx.sql:2: failed to apply" in line and "held" in line, line
+    assert result.exit_code == 1 and "0002_idx.sql:3: failed to apply" in line and "held" in line, line
     assert applied(db)[-1] != "0002_idx"
 
 
@@ -199,12 +237,14 @@ def app_deadlocking_a_build(db, outcome: list, ready: threading.Event) -> None:
         conn.close()
 
 
-def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_left(cli, db, sql_dir, seeded):
+@pytest.mark.parametrize("name", ["idx_dl", "t_dl_v_idx"], ids=["named", "unnamed"])
+def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_left(cli, db, sql_dir, seeded, name):
     """9: a named CREATE INDEX CONCURRENTLY ended by a deadlock left its INVALID index; the in-run retry failed on
-    "already exists" (exit 1, advice "IF NOT EXISTS": the trap of issue 24). It drops it and builds again."""
+    "already exists" (exit 1, advice "IF NOT EXISTS": the trap of issue 24). It drops it and builds again. An
+    unnamed one's retry built t_dl_v_idx1 beside the INVALID t_dl_v_idx (exit 1: an INVALID index left)."""
     db.query("CREATE TABLE t_dl (v int); INSERT INTO t_dl VALUES (1)")
     add_migration(sql_dir, "0002_idx", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
-                                       "CREATE INDEX CONCURRENTLY idx_dl ON t_dl (v);\n")
+                                       f"CREATE INDEX CONCURRENTLY {'' if name == 't_dl_v_idx' else name} ON t_dl (v);\n")
     outcome, ready = [], threading.Event()
     app = threading.Thread(target=app_deadlocking_a_build, args=(db, outcome, ready), daemon=True)
     app.start()
@@ -214,5 +254,134 @@ def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_l
     assert "deadlock" in result.stderr, (outcome, result.output)
     assert result.exit_code == 0, result.output
     assert "dropped INVALID index" in result.stderr and "already exists" not in result.stderr, result.stderr
-    assert db.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_dl'::regclass") == [(True,)]
+    assert db.query("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE i.indrelid = 't_dl'::regclass") == [(name, True)]
     assert applied(db)[-1] == "0002_idx"
+
+
+def _judge_after(conn, statements: list[str]) -> Judge:
+    judge = Judge(conn, {})
+    for text in statements:
+        judge.bounded(text)
+        with conn.cursor() as cursor:
+            cursor.execute(text)
+        judge.ran(text)
+    return judge
+
+
+def test_a_table_the_run_dropped_and_created_again_is_the_applications_once_committed(conn):
+    """7 (second half): `DROP TABLE lk; CREATE TABLE lk` committed hands the application (which names lk) the new
+    table: an INSERT into it was left off the blind clock, by its oid; the app's inserts of the same key waited on
+    its rows. Only while the transaction that made it is open does nobody else know it; a new name stays the run's."""
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute("CREATE TABLE lk (code text PRIMARY KEY)")  # the application's, before the run
+    judge = _judge_after(conn, ["DROP TABLE lk", "CREATE TABLE lk (code text PRIMARY KEY)",
+                                "CREATE TABLE fresh (code text PRIMARY KEY)"])
+    assert judge.bounded("INSERT INTO lk VALUES ('b')")
+    assert not judge.bounded("INSERT INTO fresh VALUES ('b')")
+    judge.new_try()
+    judge = _judge_after(conn, ["BEGIN", "DROP TABLE lk", "CREATE TABLE lk (code text PRIMARY KEY)"])
+    assert not judge.bounded("INSERT INTO lk VALUES ('b')")  # (its creating transaction is still open)
+    for text in ("INSERT INTO lk VALUES ('b')", "COMMIT"):
+        judge.bounded(text)
+        with conn.cursor() as cursor:
+            cursor.execute(text)
+        judge.ran(text)
+    assert judge.bounded("INSERT INTO lk VALUES ('c')")
+
+
+SLOW = ("CREATE FUNCTION slow(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN "
+        "PERFORM pg_catalog.pg_sleep(0.2); RETURN $1; END $$")
+
+
+@pytest.mark.parametrize("setup,build,bounded", [
+    ("", "CREATE INDEX CONCURRENTLY ON t (abs(v)) WHERE v > 0 AND lower(w) LIKE 'a%'", False),
+    ("", "CREATE INDEX CONCURRENTLY ON t (w text_pattern_ops)", False),
+    ("", "CREATE INDEX CONCURRENTLY ON t (v)", False),
+    (SLOW, "CREATE INDEX CONCURRENTLY ON t (slow(v))", True),
+    (SLOW, "CREATE INDEX CONCURRENTLY ON t (v) WHERE slow(v) > 0", True),
+    ("CREATE FUNCTION abs(text) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1'",  # a homonym of a built-in
+     "CREATE INDEX CONCURRENTLY ON t (abs(v))", True),
+    ("CREATE DOMAIN pos AS int CHECK (VALUE > 0)", "CREATE INDEX CONCURRENTLY ON t ((v::pos))", True),
+], ids=["builtin-expression", "builtin-opclass", "plain", "user-function", "user-predicate", "homonym", "domain-cast"])
+def test_the_blind_judge_bounds_a_concurrent_build_running_code_not_built_in(conn, setup, build, bounded):
+    """4 (issue 24's open item after attack24q 6): blind, a CONCURRENTLY build was never on the clock, though one on
+    an expression runs its functions per row (one may lock what the application waits on)."""
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute("CREATE TABLE t (v int, w text)")
+        if setup:
+            cursor.execute(setup)
+    assert Judge(conn, {}).bounded(build) is bounded
+
+
+def test_a_blind_probe_ends_a_concurrent_build_running_user_code_and_drops_its_index(cli, make_db, limited_role,
+                                                                                    sql_dir, pg):
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    db.query(SLOW + "; INSERT INTO t_probe SELECT g FROM generate_series(2, 20) g")
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\nCREATE INDEX CONCURRENTLY i_slow ON t_probe "
+                                       "(slow(id));\n")
+    line = one_error_line(migrate("--lock-retry-budget", "1s"))
+    assert "0002_idx.sql:2: failed to apply" in line and "the lock probe was blind" in line, line
+    assert "the INVALID index its last try left was dropped" in line and "status` shows" not in line, line
+    assert applied(db)[-1] != "0002_idx"
+    assert db.query("SELECT count(*) FROM pg_index WHERE indrelid = 't_probe'::regclass") == [(0,)]
+
+
+def test_the_blind_note_is_said_once_a_run(cli, make_db, limited_role, sql_dir, pg):
+    """11 (LOW): the note that the probe is blind came again at each loss (4-9 times a run under a terminate loop)
+    and for each file: once a run; each retry's and the final line still say it was blind."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    for name in ("0002_a", "0003_b"):
+        add_migration(sql_dir, name, "SELECT pg_catalog.pg_sleep(0.1);\n")
+    result = migrate()
+    assert result.exit_code == 0, result.output
+    notes = [n for n in result.stderr.splitlines() if "the lock probe cannot see the migration session" in n]
+    assert len(notes) == 1 and "too many connections" in notes[0], result.stderr
+
+
+def test_a_validate_whose_check_locks_rows_the_app_writes_is_told_so_not_backfill(cli, db, sql_dir, seeded):
+    """12 (LOW, seeing): a VALIDATE whose CHECK's function takes FOR SHARE row locks was ended "on rows it changed"
+    with backfill advice; it changed none: its CHECK's function locked them."""
+    db.query("CREATE TABLE tenants (code text PRIMARY KEY, name text); INSERT INTO tenants VALUES ('a', 'A');"
+             "CREATE FUNCTION tenant_ok(text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN "
+             "PERFORM 1 FROM public.tenants WHERE code = $1 FOR SHARE; PERFORM pg_catalog.pg_sleep(0.01); "
+             "RETURN true; END $$;"
+             "CREATE TABLE t_v (tenant text); INSERT INTO t_v SELECT 'a' FROM generate_series(1, 1500);"
+             "ALTER TABLE t_v ADD CONSTRAINT k_tenant CHECK (tenant_ok(tenant)) NOT VALID")
+    add_migration(sql_dir, "0002_validate", "ALTER TABLE t_v VALIDATE CONSTRAINT k_tenant;\n")
+    locked = ("SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'hcm-db-migrations%' "
+              "AND query LIKE 'ALTER TABLE t_v VALIDATE%' AND state = 'active'")
+    app = App(db, ready=locked, query="UPDATE tenants SET name = 'B' WHERE code = 'a'")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    app.join()
+    line = one_error_line(result)
+    assert "held row locks on public.tenants" in line and "on rows it locked" in line, line
+    assert "it locks rows of public.tenants as it validates" in line, line
+    assert "take the row locks out of its function" in line and "backfill" not in line, line
+    assert "pg_cancel_backend" not in line, line  # (attack24r 6, MEDIUM: it sent the operator to cancel the app)
+    assert applied(db)[-1] != "0002_validate"
+
+
+def test_the_blind_judge_bounds_a_foreign_key_checked_row_by_row_for_want_of_select(conn):
+    """attack24r 1 (HIGH): a migration role with only REFERENCES on the referenced table (least privilege): PostgreSQL
+    validates row by row, locking every referenced row FOR KEY SHARE to the try's end (app 2.1 s, exit 0). With
+    SELECT on both it is one query: still off the clock."""
+    import uuid
+
+    role = f"r_fk_{uuid.uuid4().hex[:8]}"
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute(f"CREATE ROLE {role}; CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE t (p int);"
+                       f"ALTER TABLE t OWNER TO {role}; GRANT REFERENCES ON p TO {role};"
+                       "ALTER TABLE t ADD CONSTRAINT k FOREIGN KEY (p) REFERENCES p NOT VALID;"
+                       f"SET ROLE {role}")
+    try:
+        assert Judge(conn, {}).bounded("ALTER TABLE t VALIDATE CONSTRAINT k;")
+        with conn.cursor() as cursor:
+            cursor.execute(f"RESET ROLE; GRANT SELECT ON p TO {role}; SET ROLE {role}")
+        assert not Judge(conn, {}).bounded("ALTER TABLE t VALIDATE CONSTRAINT k;")
+    finally:
+        with conn.cursor() as cursor:
+            cursor.execute(f"RESET ROLE; DROP TABLE t, p; DROP ROLE {role}")

@@ -122,10 +122,11 @@ def _say_other_histories(settings: CommandSettings, backend) -> None:
 
 def _apply_pending(settings: CommandSettings, backend, target, migrations, schema, applied: list) -> None:
     from migrator import postgres
-    from migrator.postgres import rewrites
+    from migrator.postgres import conforming, rewrites
 
     todo = backend.to_apply(migrations)
     postgres.load_migrations(todo)  # every pending file read and checked before the verdicts, and before anything runs
+    conforming.refuse_before(backend.connection, todo, target.where)  # (read otherwise than judged: attack24q 3)
     refused = rewrites.refusal(rewrites.judge(backend.connection, todo, threshold=settings.rewrite_threshold(),
                                               schema=target.schema), target.where)
     if refused:
@@ -260,7 +261,7 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
     False) has no Mongo part.
     """
     from migrator import lint, postgres
-    from migrator.postgres import rewrites
+    from migrator.postgres import conforming, rewrites
     from migrator.postgres.files import UNFILLED_ROLLBACK
     from migrator.schema import snapshot
 
@@ -280,6 +281,8 @@ def plan(settings: CommandSettings, *, offline: bool, mongo_dry_run: bool = True
             postgres.load_migrations(todo)
             verdicts = rewrites.judge(backend.connection, todo, threshold=settings.rewrite_threshold(),
                                       schema=target.schema)
+            if unread := conforming.pending_unread(backend.connection, todo):  # (what migrate refuses: attack24q 3)
+                settings.note(f"warning: migrate refuses this: {unread}")
         where = target.display_url
     for migration in todo:  # found now, not at the rollback that needs it
         rollback = postgres.rollback_path(migration)

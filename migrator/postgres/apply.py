@@ -85,7 +85,7 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
         run()
     except StatementFailed as exc:
         if backend.watcher is not None:  # what it last waited for, if statement_timeout ended a wait (errors.py)
-            exc.waited = backend.watcher.waited(exc.statement.text)
+            exc.waited = backend.watcher.waited(exc.statement.text) or getattr(exc, "waited", None)  # (or the probe's)
         if not exc.transactional:
             try:
                 _record_failed(backend, migration, exc, prefix)

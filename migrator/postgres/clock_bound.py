@@ -8,20 +8,27 @@ harmless BY CONSTRUCTION, decided from PostgreSQL's own parse of it (pglast) and
 nothing while the session's standard_conforming_strings is off (the server may then split a text pglast reads as
 one statement into several); else:
 - SET / RESET / SHOW, transaction control (not PREPARE TRANSACTION: its locks outlive the session);
-- CONCURRENTLY index statements (their waits block no query; running.py keeps them unbounded; not REFRESH
-  MATERIALIZED VIEW CONCURRENTLY: it runs the view's query) and VALIDATE CONSTRAINT of a foreign key, a NOT NULL or
-  a CHECK calling only built-in IMMUTABLE functions and built-in operators, coercing to no domain;
+- CONCURRENTLY index statements (their waits block no query; running.py keeps them unbounded; a build on an
+  expression, a predicate or an opclass only if it runs built-in code alone, _BUILD; not REFRESH MATERIALIZED VIEW
+  CONCURRENTLY: it runs the view's query) and VALIDATE CONSTRAINT of a foreign key checked in one query (SELECT on
+  both tables, no row security), a NOT NULL or a CHECK calling only built-in IMMUTABLE functions and operators,
+  naming no type of the database's own but an enum;
 - while the database has no enabled event trigger (it runs user code on any DDL): a CREATE TABLE that is no
-  partition, inherits nothing, references no table and copies none (LIKE); CREATE FUNCTION / PROCEDURE, SEQUENCE
+  partition, inherits nothing, references no table and copies none (LIKE); CREATE FUNCTION / PROCEDURE (not in
+  LANGUAGE sql: its body is parse-analysed, locking the tables it names), SEQUENCE
   (not OWNED BY), enum TYPE, an empty CREATE SCHEMA (catalog rows only: nobody waits on them);
 - an INSERT ... VALUES of constants (literals, NULL, DEFAULT, a literal cast to a built-in base type, as the
   session resolves its name; no ON CONFLICT, RETURNING, WITH, sub-select, function or operator) into a table this run created (by its oid, so a same-named
   table in another schema does not stand in for it; and under the name it was made with: one renamed or moved
-  since, a swap into the application's name, is the application's) that, as the catalog says just before (whatever
+  since, a swap into the application's name, is the application's; made under a name some relation had when the
+  run's judging began, DROP then CREATE, it is the application's once the transaction that made it ends; and one a
+  view reads is the application's) that, as
+  the catalog says just before (whatever
   made it so, a DO block's EXECUTE included), is a plain heap table of built-in or enum columns with no trigger, rule,
   row security, CHECK, exclusion or foreign key, expression or partial index, nor a DEFAULT calling anything but
   nextval, now(), gen_random_uuid(), clock_timestamp() (and the like: built-in, locking nothing) and built-in
-  casts, nor coercing to a domain (a row of it locks nothing an application uses:
+  casts, nor naming a type of the database's own but an enum, nor a cast of its own into a column's type (a row of
+  it locks nothing an application uses:
   nobody else knows the table).
 
 Anything else (any query, any UPDATE/DELETE/MERGE, DDL on any table, DO, CALL, LOCK, an INSERT into an existing
@@ -32,12 +39,22 @@ that starts with it (running.py, Probe.batch_started). The cost is a merely slow
 
 from __future__ import annotations
 
+from migrator.postgres import conforming
+from migrator.postgres.lock_probe import IDLE
+
 _FREE = ("VariableSetStmt", "VariableShowStmt")
 _CATALOG_ONLY = ("CreateStmt", "CreateFunctionStmt", "CreateSeqStmt", "CreateEnumStmt", "CreateSchemaStmt")
 
 # Enabled event triggers (a superuser's: they run on any DDL, whatever the statement).
 _EVENT_TRIGGERS = ("SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger "
                    "WHERE evtenabled OPERATOR(pg_catalog.<>) 'D')")
+
+# A stored expression (`{}`: its node tree as text) naming a type of the database's own other than an enum: a domain
+# (its CHECK), an array or composite of one (a COERCEVIAIO through domain_in), whose input runs user code.
+_OWN_TYPES = """EXISTS (SELECT FROM pg_catalog.regexp_matches({}::pg_catalog.text,
+                  ':(resulttype|consttype|funcresulttype|opresulttype) ([0-9]+)', 'g') y(m)
+                JOIN pg_catalog.pg_type ty ON ty.oid OPERATOR(pg_catalog.=) y.m[2]::pg_catalog.oid
+                WHERE ty.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid AND ty.typtype OPERATOR(pg_catalog.<>) 'e')"""
 
 # The table a statement names (resolved as the statement itself would: the session's search_path, temp first) and
 # whether a row inserted into it runs nothing user-defined. (Qualified operators only: the file's search_path may
@@ -47,6 +64,8 @@ _TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispa
   AND NOT c.relhasrules AND NOT c.relhastriggers AND c.relam OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid)
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class OPERATOR(pg_catalog.=) c.oid)
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend v WHERE v.refobjid OPERATOR(pg_catalog.=) c.oid
+                    AND v.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass)
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhrelid OPERATOR(pg_catalog.=) c.oid)
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
                   JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
@@ -62,6 +81,7 @@ _TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispa
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_attrdef d WHERE d.adrelid OPERATOR(pg_catalog.=) c.oid
                     AND (d.adbin::pg_catalog.text OPERATOR(pg_catalog.~)
                            ':(opno|opfuncid|aggfnoid|winfnoid) |[{]COERCETODOMAIN '
+                      OR """ + _OWN_TYPES.format("d.adbin") + """
                       OR EXISTS (SELECT FROM pg_catalog.regexp_matches(d.adbin::pg_catalog.text, ':funcid (\\d+)',
                                                                        'g') f(m)
                         WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
@@ -73,8 +93,11 @@ _TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispa
                               OR EXISTS (SELECT FROM pg_catalog.pg_cast s
                                          WHERE s.castfunc OPERATOR(pg_catalog.=) p.oid))))))
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_cast s WHERE s.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
-                    AND s.castsource OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
-                    AND s.casttarget OPERATOR(pg_catalog.<) 16384::pg_catalog.oid), c.relnamespace, c.relname
+                    AND (s.castsource OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
+                         AND s.casttarget OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
+                      OR s.casttarget OPERATOR(pg_catalog.=) ANY (SELECT a.atttypid FROM pg_catalog.pg_attribute a
+                           WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0))),
+  c.relnamespace, c.relname
 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s)
   AND c.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid"""
 
@@ -85,12 +108,19 @@ _MADE = ("SELECT c.oid, c.relnamespace, c.relname FROM pg_catalog.pg_class c WHE
 
 # A VALIDATE CONSTRAINT runs nothing user-defined: no CHECK among the constraints it names calls a function that is
 # not a built-in IMMUTABLE one, a user operator or coerces to a domain (a CHECK's expression runs per row, and what
-# it locks is held to the try's end; a foreign key's check and NOT NULL run no user code).
+# it locks is held to the try's end; NOT NULL runs no user code). A foreign key's check is one query (no row lock)
+# only when the user may SELECT both tables and neither has row security: else PostgreSQL checks it row by row,
+# locking every referenced row FOR KEY SHARE to the try's end (RI_Initial_Check; attack24r 1).
 _VALIDATE = """SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k
   WHERE k.conrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s) AND k.conname OPERATOR(pg_catalog.=) ANY (%s)
-    AND NOT k.contype OPERATOR(pg_catalog.=) ANY (ARRAY['f', 'n']::pg_catalog."char"[])
-    AND (k.contype OPERATOR(pg_catalog.<>) 'c' OR k.conbin IS NULL
+    AND k.contype OPERATOR(pg_catalog.<>) 'n'
+    AND (k.contype OPERATOR(pg_catalog.=) 'f' AND NOT (pg_catalog.has_table_privilege(k.conrelid, 'SELECT')
+          AND pg_catalog.has_table_privilege(k.confrelid, 'SELECT')
+          AND NOT EXISTS (SELECT FROM pg_catalog.pg_class r WHERE r.oid OPERATOR(pg_catalog.=) ANY (ARRAY[k.conrelid,
+                            k.confrelid]) AND r.relrowsecurity))
+      OR k.contype OPERATOR(pg_catalog.<>) 'f' AND (k.contype OPERATOR(pg_catalog.<>) 'c' OR k.conbin IS NULL
       OR k.conbin::pg_catalog.text OPERATOR(pg_catalog.~) ':(aggfnoid|winfnoid) |[{](COERCETODOMAIN|SUBLINK) '
+      OR """ + _OWN_TYPES.format("k.conbin") + """
       OR EXISTS (SELECT FROM pg_catalog.regexp_matches(k.conbin::pg_catalog.text, ':opno ([0-9]+)', 'g') o(m)
                  WHERE o.m[1]::pg_catalog.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid)
       OR EXISTS (SELECT FROM pg_catalog.regexp_matches(k.conbin::pg_catalog.text, ':(funcid|opfuncid) ([0-9]+)',
@@ -98,7 +128,7 @@ _VALIDATE = """SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k
                  WHERE f.m[2]::pg_catalog.oid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid AND NOT EXISTS (
                    SELECT FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) f.m[2]::pg_catalog.oid
                      AND p.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
-                     AND p.provolatile OPERATOR(pg_catalog.=) 'i'))))"""
+                     AND p.provolatile OPERATOR(pg_catalog.=) 'i')))))"""
 
 # Whether every type a constant is cast to by an unqualified name is, as the session resolves it, a built-in base
 # type (a domain's CHECK, or a planted type's input function, is user code).
@@ -107,46 +137,83 @@ _BUILTIN_TYPES = """SELECT COALESCE(pg_catalog.bool_and(COALESCE(t.oid OPERATOR(
   FROM pg_catalog.unnest(%s::pg_catalog.text[]) n(name)
   LEFT JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) pg_catalog.to_regtype(n.name)"""
 
-# Whether the session reads a backslash in a plain literal as a literal (pglast parses so; off, the server may split
-# what pglast reads as one INSERT of constants into several statements).
-_CONFORMING = "SELECT pg_catalog.current_setting('standard_conforming_strings') OPERATOR(pg_catalog.=) 'on'"
+# Whether a CONCURRENTLY build on an expression, a predicate or an operator class runs built-in code alone: no name
+# it calls (function, operator, type, operator class) is shared by an object of the database's own (resolution can
+# then pick a built-in one only), no column of its table is of a non-enum type of its own and no cast calls a function
+# of its own (both run implicitly). Else a function may lock what the application waits on (attack24q 6).
+_BUILD = """SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_proc WHERE oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+    AND proname OPERATOR(pg_catalog.=) ANY (%(names)s::pg_catalog.name[]))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator WHERE oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+    AND oprname OPERATOR(pg_catalog.=) ANY (%(names)s::pg_catalog.name[]))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_type WHERE oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+    AND typname OPERATOR(pg_catalog.=) ANY (%(names)s::pg_catalog.name[]))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_opclass WHERE oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+    AND opcname OPERATOR(pg_catalog.=) ANY (%(names)s::pg_catalog.name[]))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_cast WHERE castfunc OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid)
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t
+                    ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+                  WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(table)s) AND a.attnum
+                    OPERATOR(pg_catalog.>) 0 AND t.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+                    AND t.typtype OPERATOR(pg_catalog.<>) 'e')"""
+
+# Whether a CREATE TABLE's column types (as the session resolves them) include a table's row type, or an array of
+# one: the CREATE then locks that table (ACCESS SHARE) to the COMMIT (attack24r 5).
+_ROW_TYPES = """SELECT EXISTS (SELECT FROM pg_catalog.unnest(%s::pg_catalog.text[]) n(name)
+  JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) pg_catalog.to_regtype(n.name)
+  LEFT JOIN pg_catalog.pg_type e ON e.oid OPERATOR(pg_catalog.=) t.typelem
+  WHERE t.typrelid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid OR e.typrelid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid)"""
+
+# The names of the relations the database held when the run's judging began: a table the run creates under one of
+# them (dropped, or renamed away, first: even by a DO block) replaces one the application uses, by name.
+_TAKEN = """SELECT DISTINCT c.relname FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+  WHERE c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['r', 'p', 'v', 'm', 'f']::pg_catalog."char"[])
+    AND n.nspname OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog', 'information_schema']::pg_catalog.name[])
+    AND n.nspname OPERATOR(pg_catalog.!~) '^pg_(toast|temp_|toast_temp_)'"""
 
 
 class Judge:
     """The clock's judge for one file's tries, on the migration's own connection (its transaction: what an earlier
     statement of the try made is seen). `created`: the tables this run created (kept for the run), their oid -> the
     (schema oid, name) they were made with: one renamed or moved since (a swap into a name the application uses,
-    even by a DO block) is the application's."""
+    even by a DO block) is the application's. `taken`: the relation names the database held when the run's judging
+    began (None: asked now): a table created under one of them replaces the application's (DROP then CREATE), so it
+    is the run's only until the transaction that made it ends (attack24q 7: the app writes to it once committed)."""
 
-    def __init__(self, connection, created: set):
+    def __init__(self, connection, created: dict, taken: set | None = None):
         self.connection, self.created = connection, created
+        self.taken = taken if taken is not None else names_taken(connection)
+        self._open: dict = {}  # created under a taken name by the open transaction: the run's until it ends
         self._parsed: tuple[str, list | None] = ("", [])
         self._tables: dict[str, bool] = {}  # INSERT targets as written -> free, since the last other statement
         self._event_triggers: bool | None = None
-        self._conforming: bool | None = None  # standard_conforming_strings on, since the last other statement
         self._judged: tuple[str, bool] | None = None  # the statement last judged, and whether it is harmless
 
     def new_try(self) -> None:
         """A try begins (the last one's transaction rolled back, or its statements committed): asked afresh."""
         self._tables.clear()
-        self._event_triggers = self._conforming = None
+        self._open.clear()
+        self._event_triggers = None
 
     def bounded(self, text: str, running: bool = False) -> bool:
         """The statement starts the try's clock (see the module); asked just before it runs. `running`: the try's
         clock runs already, so nothing is asked of the server (what is known is asked again after it)."""
         trees = None if running else self._trees(text)
-        harmless = trees is not None and self._conforms() and all(self._harmless_here(tree) for tree in trees)
+        harmless = trees is not None and not conforming.off(self.connection) and all(self._harmless_here(tree) for tree in trees)
         self._judged = (text, harmless)
         return not harmless
 
     def _harmless_here(self, tree) -> bool:
         kind = _harmless(tree)
         if kind == "catalog":
-            return not self._has_event_triggers()
+            return not self._has_event_triggers() and (type(tree).__name__ != "CreateStmt" or not self._ask(
+                _ROW_TYPES, (_column_types(tree),)))
         if kind == "insert":
             return self._free(tree.relation) and self._builtin_types(_cast_types(tree))
         if kind == "validate":
             return self._validates_builtin(tree)
+        if kind == "build":
+            return self._ask(_BUILD, {"names": _called(tree), "table": _name(tree.relation)})
         return kind == "free"
 
     def ran(self, text: str) -> None:
@@ -157,7 +224,8 @@ class Judge:
         trees = self._trees(text) or []
         if judged != (text, True) or not all(type(tree).__name__ == "InsertStmt" for tree in trees):
             self._tables.clear()
-            self._conforming = None
+        if self.connection.info.transaction_status == IDLE:  # (committed or rolled back: the application's, or gone)
+            self._open.clear()
         if judged != (text, True):
             self._event_triggers = None
         for tree in trees:
@@ -167,18 +235,17 @@ class Judge:
                 with self.connection.cursor() as cursor:
                     cursor.execute(_MADE, (schema, relation.relname))
                     made = cursor.fetchone()
-                if made is not None:
+                if made is None:
+                    continue
+                if relation.relpersistence == "t" or made[2] not in self.taken:  # (nobody else sees a temp table)
                     self.created[made[0]] = tuple(made[1:])
+                elif self.connection.info.transaction_status != IDLE:
+                    self._open[made[0]] = tuple(made[1:])
 
     def _has_event_triggers(self) -> bool:
         if self._event_triggers is None:
             self._event_triggers = self._ask(_EVENT_TRIGGERS)
         return self._event_triggers
-
-    def _conforms(self) -> bool:
-        if self._conforming is None:
-            self._conforming = self._ask(_CONFORMING)
-        return self._conforming
 
     def _builtin_types(self, names: list[str]) -> bool:
         return not names or self._ask(_BUILTIN_TYPES, (names,))
@@ -200,13 +267,21 @@ class Judge:
             with self.connection.cursor() as cursor:
                 cursor.execute(_TABLE, (name,))
                 row = cursor.fetchone()
-            self._tables[name] = bool(row and self.created.get(row[0]) == tuple(row[2:]) and row[1])
+            made = row and (self.created.get(row[0]) or self._open.get(row[0]))
+            self._tables[name] = bool(row and made == tuple(row[2:]) and row[1])
         return self._tables[name]
 
     def _trees(self, text: str) -> list | None:
         if self._parsed[0] != text:
             self._parsed = (text, _trees(text))
         return self._parsed[1]
+
+
+def names_taken(connection) -> set:
+    """The relation names the database holds now (`taken`, see Judge)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_TAKEN)
+        return {row[0] for row in cursor.fetchall()}
 
 
 def query(text: str) -> bool:
@@ -250,8 +325,9 @@ def _harmless(tree) -> str | None:
     if kind == "AlterTableStmt" and tree.cmds \
             and all(cmd.subtype == enums.AlterTableType.AT_ValidateConstraint for cmd in tree.cmds):
         return "validate"  # (SHARE UPDATE EXCLUSIVE blocks no query; a CHECK's functions may lock what it does)
-    if _concurrent(tree, kind):
-        return "free"
+    if _concurrent(tree, kind):  # (one on an expression, a predicate, an opclass runs functions per row)
+        return "build" if kind == "IndexStmt" and (tree.whereClause is not None or any(
+            param.expr is not None or param.opclass for param in tree.indexParams or ())) else "free"
     if kind in _CATALOG_ONLY:
         return "catalog" if _only_catalog(tree, kind) else None
     if kind == "InsertStmt":
@@ -276,6 +352,9 @@ def _only_catalog(tree, kind: str) -> bool:
                     or any(type(e).__name__ == "TableLikeClause" for e in tree.tableElts or ()))
     if kind == "CreateSchemaStmt":
         return not tree.schemaElts
+    if kind == "CreateFunctionStmt":  # (a SQL body is parse-analysed at CREATE: it locks the tables it names)
+        return not (tree.sql_body or any(o.defname == "language" and getattr(o.arg, "sval", "").lower() == "sql"
+                                         for o in tree.options or ()))
     if kind == "CreateSeqStmt":  # (OWNED BY opens the table it names)
         return not any(option.defname == "owned_by" for option in tree.options or ())
     return True
@@ -328,6 +407,35 @@ def _cast_types(tree) -> list[str]:
         for item in row:
             walk(item)
     return found
+
+
+def _column_types(tree) -> list[str]:
+    """A CREATE TABLE's column type names, quoted (no typmods: to_regtype reads the name)."""
+    return [".".join(_quoted(part.sval) for part in element.typeName.names) for element in tree.tableElts or ()
+            if type(element).__name__ == "ColumnDef" and element.typeName is not None]
+
+
+def _called(tree) -> list[str]:
+    """The names a statement calls: functions, operators, types cast to, operator classes (their last part)."""
+    from pglast.visitors import Visitor
+
+    names: list[str] = []
+
+    class Calls(Visitor):
+        def visit_FuncCall(self, ancestors, node):
+            names.append(node.funcname[-1].sval)
+
+        def visit_A_Expr(self, ancestors, node):
+            names.append(node.name[-1].sval)
+
+        def visit_TypeCast(self, ancestors, node):
+            names.append(node.typeName.names[-1].sval)
+
+        def visit_IndexElem(self, ancestors, node):
+            names.extend(n.sval for n in (node.opclass or ())[-1:])
+
+    Calls()(tree)
+    return names
 
 
 def _references(elements) -> bool:

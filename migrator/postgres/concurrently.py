@@ -51,11 +51,13 @@ def is_concurrent(text: str) -> bool:
 
 def runs_code(text: str) -> bool:
     """A CREATE INDEX CONCURRENTLY on an expression, with a predicate or an explicit operator class: it runs
-    functions per row (one labelled IMMUTABLE may still lock what the application waits on)."""
+    functions per row (one labelled IMMUTABLE may still lock what the application waits on). Any REINDEX
+    CONCURRENTLY: what it rebuilds (expressions, predicates) only the catalog knows (attack24r 2)."""
     from pglast import ast
 
-    return any(isinstance(tree, ast.IndexStmt) and (tree.whereClause is not None or any(
-        param.expr is not None or param.opclass for param in tree.indexParams or ())) for tree in _parsed(text))
+    return any(isinstance(tree, ast.ReindexStmt) or isinstance(tree, ast.IndexStmt) and (
+        tree.whereClause is not None or any(param.expr is not None or param.opclass for param in tree.indexParams or ()))
+        for tree in _parsed(text))
 
 
 def is_drop(text: str) -> bool:
@@ -250,14 +252,18 @@ def prepare(connection, statements, path, earlier_failure: str | None, record=No
     return done
 
 
-def prepare_retry(connection, statements, index: int, path, done: Done) -> None:
-    """Before the in-run retry of a named CREATE INDEX CONCURRENTLY that failed part-way (a deadlock, a cancel: it
-    got past "already exists", so an index of its name is its own): as a rerun's prepare, its INVALID index dropped,
-    a VALID one of its definition counted as done."""
+def prepare_retry(connection, statements, index: int, path, done: Done, before: set[int], said: str = "") -> None:
+    """Before the in-run retry of a CREATE INDEX CONCURRENTLY that failed part-way (a deadlock, a cancel): as a
+    rerun's prepare, a named build's INVALID index dropped (it got past "already exists": its own), a VALID one of
+    its definition counted as done; an unnamed build's INVALID index of its definition and server-given name that
+    was not on the table before the file ran (not in `before`) dropped, else the retry builds `t_c_idx1` beside it.
+    (`said`: the note's words after the name, when the build is not tried again.)"""
     for build in builds(statements):
-        if build.index == index and build.name is not None:
+        if build.index == index:
+            where = f"{path}:{statements[index].line}"
             with connection.cursor() as cursor:
-                found = _named(cursor, build, f"{path}:{statements[index].line}")
+                found = _unnamed(cursor, build, where, None, before, said) if build.name is None else \
+                    _named(cursor, build, where, said)
             if found is not None:
                 done.add(index)
                 done.oids.add(found)
@@ -268,7 +274,7 @@ DONE = ("is already built and valid (an earlier try's build, finished by the ser
 DROPPED = "left by an earlier try of this migration; building it again"
 
 
-def _named(cursor, build: Build, where: str) -> int | None:
+def _named(cursor, build: Build, where: str, said: str = "") -> int | None:
     """A named build's index: dropped when INVALID, its oid when VALID with the build's definition."""
     found = _find(cursor, build)
     if found is None:
@@ -281,29 +287,30 @@ def _named(cursor, build: Build, where: str) -> int | None:
                             "or rename the build, then run again", USAGE)
     if not valid:
         _drop(cursor, qualified)
-        output.note(f"note: {where}: dropped INVALID index {qualified}, {DROPPED}")
+        output.note(f"note: {where}: dropped INVALID index {qualified}, {said or DROPPED}")
     elif unique == build.unique and definition == _definition(cursor, build):
         output.note(f"note: {where}: index {qualified} {DONE}")
         return oid
     return None
 
 
-def _unnamed(cursor, build: Build, where: str, record) -> int | None:
+def _unnamed(cursor, build: Build, where: str, record, before: set[int] = frozenset(), said: str = "") -> int | None:
     """An unnamed build's earlier try: an index on its table with its definition and the name the server gives
     it (`t_c_idx`, or `t_c_idx1`... when taken) is that try's: dropped when INVALID; when VALID, counted as the
     statement's work only if it was made after the migration's failure record was last written (a twin someone
-    made before the migration ran is not its work: the file's build runs, as written)."""
+    made before the migration ran is not its work: the file's build runs, as written). Those in `before` are left."""
     probe = _probe(cursor, build)
     if probe is None:
         return None
     base, wanted = probe
     accepted = None
     for valid, unique, definition, qualified, oid, name in _on_table(cursor, build):
-        if (unique, definition) != (build.unique, wanted) or not re.fullmatch(re.escape(base) + "[0-9]*", name):
+        if (unique, definition) != (build.unique, wanted) or not re.fullmatch(re.escape(base) + "[0-9]*", name) \
+                or oid in before:
             continue
         if not valid:
             _drop(cursor, qualified)
-            output.note(f"note: {where}: dropped INVALID index {qualified}, {DROPPED}")
+            output.note(f"note: {where}: dropped INVALID index {qualified}, {said or DROPPED}")
         elif accepted is None and _made_since(cursor, oid, record):
             output.note(f"note: {where}: index {qualified} {DONE}")
             accepted = oid
@@ -335,7 +342,12 @@ def _definition(cursor, build: Build) -> str | None:
 
 def _probe(cursor, build: Build) -> tuple[str, str] | None:
     """(the name the server gives the index, what it builds from USING on): built on an empty temporary copy of
-    the table's columns under the table's own name (so an unnamed build is named as on the table), rolled back."""
+    the table's columns under the table's own name (so an unnamed build is named as on the table), rolled back.
+    None too when the server would read the statement otherwise (conforming.py: it is then refused as it runs)."""
+    from migrator.postgres import conforming
+
+    if conforming.unread(cursor.connection, build.probe):
+        return None
     cursor.execute("BEGIN")
     try:
         cursor.execute(f"CREATE TEMP TABLE {_quoted(build.relname)} (LIKE {build.table})")

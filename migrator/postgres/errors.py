@@ -7,7 +7,7 @@ import unicodedata
 from pathlib import Path
 
 from migrator import output
-from migrator.errors import MigratorError
+from migrator.errors import FAILED, MigratorError
 from migrator.postgres import files
 
 HINTS = {
@@ -95,6 +95,8 @@ class StatementFailed(Exception):
             if code[:2] in ("57", "55", "08"):  # stopped while it waited (not "does not exist")
                 done += ("; but a DROP INDEX CONCURRENTLY stopped part-way may have left its index INVALID (no "
                          "longer used by queries, still updated by writes): run migrate again to finish the drop")
+        elif getattr(self, "index_dropped", False):  # (running.run_retrying, as it gave up)
+            done += "; the INVALID index its last try left was dropped"
         elif concurrently.is_concurrent(self.statement.text):  # only a failed one leaves an INVALID index behind
             done += "; a failed CONCURRENTLY build leaves an INVALID index, which `runner.py status` shows"
         return done
@@ -171,7 +173,7 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
                      else "not transactional: its statements all ran and COMMITTED; recording it failed")
         if connection_lost(cause):
             committed = "the connection was lost, so whether it committed is unknown: run `runner.py status`"
-    todo = HINTS.get(getattr(cause, "pgcode", None), "fix the file and run again")
+    todo = HINTS.get(getattr(cause, "pgcode", None), getattr(cause, "todo", "fix the file and run again"))
     if getattr(cause, "pgcode", None) == "57014" and getattr(exc, "waited", None):
         todo = statement_timeout_waited(exc.waited)
     if getattr(cause, "pgcode", None) == "23505" and server_message(cause).startswith("could not create unique index"):
@@ -211,7 +213,7 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         todo = (f"`runner.py status` shows this; make the file safe to re-run ({guard}) or undo what committed, "
                 "then run again")
     return MigratorError(f"{at}: failed to {verb} on {where}: {server_message(cause)} ({committed}); {todo}",
-                         excerpt=tuple(excerpt))
+                         getattr(cause, "exit_code", FAILED), excerpt=tuple(excerpt))
 
 
 def statement_timeout_waited(waited: str) -> str:

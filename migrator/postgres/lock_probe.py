@@ -88,8 +88,9 @@ class Probe:
     a try of their own (batch_started)."""
 
     def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
-                 floor: float = 0.0, cancel=None, status=None, session_locks=None):
+                 floor: float = 0.0, cancel=None, status=None, session_locks=None, said: list | None = None):
         self.params, self.pid, self.show_query, self._cancel, self._status = params, pid, show_query, cancel, status
+        self._said = [] if said is None else said  # the blind note, said once a run (a list the run keeps)
         self._session_locks = session_locks  # () -> the session holds a session-level (advisory) lock
         self._session_locked: float | None = None  # since when it has held one across its tries (blind: the clock)
         self.per_try, self.floor = per_try, floor
@@ -106,6 +107,7 @@ class Probe:
         self.blind: str | None = None  # why the probe cannot see the session now (its connection refused or lost)
         self._reconnect_at, self._reconnect_wait = 0.0, RECONNECT_FIRST
         self._clock_bound = True  # the running statement may be ended by the clock while the probe is blind
+        self._clock_only = False  # ...though it is no try's bounded statement (a build running code)
         self._locked_since: float | None = None  # blind: when the try's first statement that may lock started
         self._relations = False  # only its waits for a table's lock count (a detach: not those for older snapshots)
         self._held_since: float | None = None  # when the watched try's first statement started (lock_waiters.py)
@@ -116,13 +118,14 @@ class Probe:
     @contextmanager
     def statement(self, try_started: float | None = None, bounded: bool = True,
                   clock_bound: bool = True, relations: bool = False, held: bool = True,
-                  calls: bool = False) -> Iterator[None]:
+                  calls: bool = False, clock_only: bool = False) -> Iterator[None]:
         """Around one statement (`try_started`: when the try's first statement started, if not this one;
         not `bounded`: a CONCURRENTLY build, whose waits block no one, is never cancelled; not `clock_bound`: it
         starts no blind clock of the try (clock_bound.py), a backfill's batches; `relations`: only its waits for a
         table's lock are bounded, a DETACH ... CONCURRENTLY's waits for older snapshots block no one; not `held`:
         what it holds is not watched, a CONCURRENTLY build; `calls`: a query, which takes no table lock the app waits on
-        by itself, so such a lock may be an earlier statement's)."""
+        by itself, so such a lock may be an earlier statement's; `clock_only`: not `bounded` by its waits, but by the
+        blind clock: a CONCURRENTLY build running code not known built-in, clock_bound.py)."""
         now = time.monotonic()
         started = (try_started or now) if bounded else None
         self._first = started != self._try
@@ -131,10 +134,11 @@ class Probe:
             self._locked_since = self._session_locked  # (a session lock outlives its try: its clock runs on)
         if held and self._held_since is None:  # (a build running code is watched though never bounded)
             self._held_since = now  # (kept by a transaction to its end)
-        if clock_bound and bounded and self._locked_since is None:  # (`calls` too)
+        if clock_bound and (bounded or clock_only) and self._locked_since is None:  # (`calls` too)
             self._locked_since = now  # (blind: the clock runs from here to the COMMIT, whatever runs meanwhile)
         self.seen, self._waiting, self._seen_waiting, self._try = Seen([]), None, None, started
         self._clock_bound, self._relations = clock_bound and not calls, relations
+        self._clock_only = clock_only
         self._since = now
         if self._thread is None and self.params is not None:
             self._thread = threading.Thread(target=self._run, name="lock-probe", daemon=True)
@@ -154,9 +158,10 @@ class Probe:
                     self._session_locked = None
 
     def batch_started(self) -> None:
-        """A backfill's batch starts: the blind clock runs from here (the batches before it committed)."""
+        """A backfill's batch starts: the blind clock runs from here (the batches before it committed), or from when
+        the session took the session-level lock it still holds (attack24r 9: it outlives each batch's COMMIT)."""
         if self._locked_since is not None:
-            self._locked_since = time.monotonic()
+            self._locked_since = self._session_locked or time.monotonic()
 
     def clock_running(self) -> bool:
         """The try's blind clock has started (a statement not known harmless ran in its open transaction)."""
@@ -301,6 +306,8 @@ class Probe:
         self._reconnect_wait = min(RECONNECT_MAX, self._reconnect_wait * 2)
         if self.blind is None:
             self.blind = (output.scrub(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
+        if not self._said:  # (lost again after it saw again: the note stands; each retry's line says it is blind)
+            self._said.append(self.blind)
             output.note(f"note: the lock probe cannot see the migration session ({self.blind}): until it connects "
                         f"again, a try running longer than {seconds_text(self.per_try + self.floor)} "
                         "(from its first statement other than SET, SHOW, BEGIN, a plain CREATE or an INSERT of "
@@ -315,7 +322,7 @@ class Probe:
         """Blind: the bound kept by the clock (see the class): the statement cancelled, once, past it."""
         locked = self._locked_since
         if (self.blind is None or self._cancel is None or not self.per_try or locked is None
-                or self._try is None or since is None or self.seen.cancelled):
+                or (self._try is None and not self._clock_only) or since is None or self.seen.cancelled):
             return
         ran = time.monotonic() - locked
         if ran <= self.per_try + self.floor:

@@ -116,7 +116,11 @@ def held_too_long(exc, seen, bound: float) -> None:
     queues = waiter.get("mode") not in (None, *QUERY_MODES)  # a DDL or maintenance request the app queues behind
     asks = f", asking for {waiter['mode']}, which the application's queries queue behind" if queues else ""
     validating = VALIDATES.match(exc.statement.text) is not None and not (between or seen.held_earlier)
-    why = ("VALIDATE CONSTRAINT takes SHARE UPDATE EXCLUSIVE, which no query waits for, but that session's request "
+    locked_by_code = validating and waiter["rows"]  # (a VALIDATE changes no row: its check locked them)
+    why = (f"it locks rows of {table or 'a table'} as it validates, to its COMMIT (a foreign key PostgreSQL checks "
+           "row by row, FOR KEY SHARE, when the migration user lacks SELECT on either table or row security is on; "
+           "or a CHECK calling a function that locks rows)" if locked_by_code else
+           "VALIDATE CONSTRAINT takes SHARE UPDATE EXCLUSIVE, which no query waits for, but that session's request "
            "conflicts with it and queues the application's queries" if validating else
            "it keeps the rows it changed locked to its COMMIT" if waiter["rows"] else
            "its transaction keeps that lock to its COMMIT while the file's later statements run"
@@ -124,10 +128,14 @@ def held_too_long(exc, seen, bound: float) -> None:
     exc.cause = HeldTooLong(
         f"{shown(exc.statement.text)} {held} application sessions waited {seconds_text(waiter['waited_s'])} "
         f"(pid {waiter['pid']}, application_name {sessions.named(waiter['application_name'])}, user "
-        f"{output.role(waiter['user'])}{', on rows it changed' if waiter['rows'] else ''}{asks}), past the try's "
+        f"{output.role(waiter['user'])}{_on_rows(waiter, locked_by_code)}{asks}), past the try's "
         f"{seconds_text(bound)}: {why}, so the runner ended {'the try' if between else 'it'}")
     accept = f"accept it with `-- accept-rewrite: {table or 'the table'}` and deploy in a quiet window"
-    if validating:  # (already the safe pattern: its own file, a lock no query takes)
+    if locked_by_code:
+        exc.todo = ("not retried (it would hold the rows as long again): for a foreign key, grant the migration user "
+                    "SELECT on both tables (PostgreSQL then checks it in one query, locking no row); for a CHECK, take "
+                    "the row locks out of its function; or validate in a quiet window")
+    elif validating:  # (already the safe pattern: its own file, a lock no query takes)
         exc.todo = (f"not retried (ended again while that request waits): VALIDATE CONSTRAINT in its own file is "
                     f"already the safe pattern; let pid {waiter['pid']}'s request (another deploy's DDL, a "
                     f"maintenance job) finish first, or end it (SELECT pg_cancel_backend({waiter['pid']})), then run "
@@ -144,3 +152,9 @@ def held_too_long(exc, seen, bound: float) -> None:
                     "(docs/safety-and-exit-codes.md, Rewrites refused at deploy time) or " + accept)
     if not exc.transactional and exc.done:  # a rerun starts the file over: what committed runs again
         exc.todo += "; a rerun runs the file from its first statement: make what COMMITTED safe to re-run first"
+
+
+def _on_rows(waiter: dict, locked_by_code: bool) -> str:
+    if not waiter["rows"]:
+        return ""
+    return ", on rows it locked" if locked_by_code else ", on rows it changed"

@@ -24,7 +24,6 @@ it (postgres.sessions): who it is and the lock it holds, its query only with --s
 from __future__ import annotations
 
 import random
-import re
 import time
 from dataclasses import dataclass
 
@@ -171,8 +170,18 @@ class TryBudget:
 
 # A statement that sets (or resets) the session's lock_timeout: SET / RESET as a statement, after any comments;
 # the word in a literal, a comment or a column name is not one.
-SETS_LOCK_TIMEOUT = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:set(?:\s+(?:session|local))?|reset)\s+"
-                               r"(?:lock_timeout|\"lock_timeout\")(?![\w$])", re.IGNORECASE | re.DOTALL)
+def sets_lock_timeout(text: str) -> bool:
+    """A SET / RESET of lock_timeout, as PostgreSQL parses it (a comment is a separator: `SET/**/lock_timeout`)."""
+    if "lock_timeout" not in text.lower():  # (most statements: no parse)
+        return False
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        trees = [raw.stmt for raw in parse_sql(text)]
+    except ParseError:
+        return False
+    return any(isinstance(tree, ast.VariableSetStmt) and tree.name == "lock_timeout" for tree in trees)
 
 
 def probe(backend, connection, budget: TryBudget | None = None) -> Probe:
@@ -184,9 +193,11 @@ def probe(backend, connection, budget: TryBudget | None = None) -> Probe:
     if watcher is None:
         return Probe(None, pid)
     bound = (budget.per_try_ms / 1000, budget.floor_ms / 1000) if budget is not None else (0, 0)
+    if not hasattr(backend.parent, "blind_said"):
+        backend.parent.blind_said = []
     return Probe(dict(watcher.params), pid, watcher.show_query, *bound, cancel=lambda: failures.cancel(connection),
                  status=lambda: connection.info.transaction_status,
-                 session_locks=lambda: lock_probe.session_locks(connection))
+                 session_locks=lambda: lock_probe.session_locks(connection), said=backend.parent.blind_said)
 
 
 def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
-from migrator.postgres import (autovacuum, backfill, clock_bound, commit_checks, concurrently, deadlocks, detach,
-                               failures, files, lock_waiters, retry, rewrites, sessions, statement_bound)
+from migrator.postgres import (autovacuum, backfill, clock_bound, commit_checks, concurrently, conforming, deadlocks,
+                               detach, failures, files, lock_waiters, retry, rewrites, sessions, statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, progress
 
@@ -36,7 +36,9 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     # backfill's batches too, each commits: a try of its own, whose row locks the app's writes may wait on)
     held = not concurrent or concurrently.runs_code(statement.text)  # (a build's functions may lock: attack24q 6)
     calls = clock and clock_bound.query(statement.text)
-    with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls) \
+    conforming.check(cursor.connection, statement.text)  # (the server's reading is the judges': attack24q 3)
+    with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls,
+                         clock_only=concurrent and clock) \
             if probe is not None else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
             statement.run(cursor.connection, cursor, path, max_batches,
@@ -81,7 +83,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                             budget.before(cursor)
                         execute(cursor, statement, probe, path, max_batches, budget.started if budget else None,
                                 judge)
-                        if budget is not None and retry.SETS_LOCK_TIMEOUT.match(statement.text):
+                        if budget is not None and retry.sets_lock_timeout(statement.text):
                             budget.override(cursor, path, statement)
                         statement_bound.hold(cursor, path, statement)
             except failures.NoAnswer as exc:
@@ -148,7 +150,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         # The waiters the run accepts: the marker's tables, by schema too. (A table the run creates has no waiter
         # before it commits; after, a waiter on it is an application's like any other.)
         probe.exempt = _accepted(path, statements)
-        judge = clock_bound.Judge(connection, _made_in_run(backend))
+        judge = clock_bound.Judge(connection, *_made_in_run(backend, connection))
     backoff = backoff or retry.Backoff(policy)
     start = done = 0
     busy = None
@@ -172,6 +174,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
             except StatementFailed as exc:
                 if probe is not None:
                     probe.ended()  # (rolled back or failed: what it held is no longer watched)
+                    if probe.seen.blockers and not probe.seen.cancelled \
+                            and getattr(exc.cause, "pgcode", None) == retry.QUERY_CANCELED:  # (statement_timeout
+                        exc.waited = sessions.wait_words(probe.seen.waiting_for, probe.seen.blockers)  # under 3 s)
                 exc.left_pending = None if transactional else detach.left_pending(connection, exc.statement.text,
                                                                                    exc.cause)
                 if exc.left_pending:
@@ -205,6 +210,10 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     if getattr(exc, "at_commit", None) == "records" and not seen.cancelled:
                         busy = exc.cause  # the record's table held: its own line and exit (bookkeeping_busy), as
                         break  # before; raised outside this handler, so not taken for the file's own statement's
+                    if not transactional and concurrently.is_concurrent(exc.statement.text):  # (not left INVALID)
+                        concurrently.prepare_retry(connection, statements, exc.index, path, skip, before,
+                                                   "left by its last try (not tried again)")
+                        exc.index_dropped = not concurrently.invalid_after(connection, statements, before)
                     raise retry.gave_up(exc, seen, backoff)
                 retry.say_retry(exc, seen, backoff, delay)
                 if transactional:  # the whole file again, in a new transaction (as if this try never ran)
@@ -212,7 +221,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 else:
                     start, done = (exc.opened if exc.opened is not None else exc.index), exc.done
                     if concurrently.is_concurrent(exc.statement.text):  # (its INVALID index: attack24q 9)
-                        concurrently.prepare_retry(connection, statements, exc.index, path, skip)
+                        concurrently.prepare_retry(connection, statements, exc.index, path, skip, before)
                     if exc.left_pending:  # the cancelled detach's first transaction committed: the retry finishes it
                         statements = detach.finalize(statements, exc.index, path)
                 with _between_tries(path, statements, exc.index, transactional, done):
@@ -274,12 +283,13 @@ def _accepted(path: Path, statements) -> set[tuple[str | None, str]]:
         return set()
 
 
-def _made_in_run(backend) -> dict:
-    """The tables this run's files created so far (kept on the run's own session; clock_bound.Judge)."""
+def _made_in_run(backend, connection) -> tuple[dict, set]:
+    """The tables this run's files created so far, and the relation names taken when its judging began (kept on the
+    run's own session; clock_bound.Judge)."""
     run = backend.parent
     if not hasattr(run, "created_tables"):
-        run.created_tables = {}
-    return run.created_tables
+        run.created_tables, run.names_taken = {}, clock_bound.names_taken(connection)
+    return run.created_tables, run.names_taken
 
 
 def _waited_for_prepared(connection, exc) -> None:

@@ -288,3 +288,8 @@ def _comment_end(query: str, at: int) -> int:
         else:
             at += 1
     return len(query) if depth else at
+
+
+def wait_words(what: str | None, holders: list[dict]) -> str:
+    """A wait in words: what it waits for and who holds it (the watcher's lines, a statement_timeout's)."""
+    return f"waiting for {what or 'a lock'}" + (", held by " + describe_all(holders) if holders else "")

@@ -105,9 +105,9 @@ def split(text: str) -> list[Statement]:
             return
         statement = Statement(body, line_of(start), start, terminated)
         _refuse_copy(statement)
-        setting = CONFORMING.match(body)
-        if setting:
-            conforming = (setting[1] or "on").lower() in ("on", "true", "yes", "1", "default")
+        setting = sets_conforming(body)
+        if setting is not None:
+            conforming = setting
         statements.append(statement)
         start, depth, begin_depth, pattern = None, 0, 0, FAST
 
@@ -173,6 +173,12 @@ def split(text: str) -> list[Statement]:
     return statements
 
 
+def sets_conforming(text: str) -> bool | None:
+    """What a statement's own `SET/RESET standard_conforming_strings` makes it (True: on), None if it is none."""
+    setting = CONFORMING.match(text)
+    return None if setting is None else (setting[1] or "on").lower() in ("on", "true", "yes", "1", "default")
+
+
 def _refuse_other_readings(text: str) -> None:
     """Refuse what psql could read as a meta-command under another standard_conforming_strings or
     client_encoding than the file seems to have (see psql_reading: a file can change both unseen). Every file
@@ -191,6 +197,43 @@ def _refuse_other_readings(text: str) -> None:
         raise SplitError(exc.line, f"{exc.what}{when}, and `plan | psql` must run nothing but SQL; write backslashes "
                                    "inside E'...' or $$...$$ strings, a quote inside '...' as '', and `:name` as "
                                    "`: name`") from None
+
+
+# What a literal's reading can hide in: comments, quoted identifiers, dollar quotes, and the quotes themselves.
+_LITERALS = re.compile(rf"""--|/\*|'|"|(?<![\w$])\$(?:{TAG_START}{TAG_CHAR}*)?\$""")
+
+
+def backslash_literal(text: str) -> int | None:
+    """The offset of the first plain '...' literal (no E before it) holding a backslash, read as the splitter and
+    pglast read it (standard_conforming_strings on), or of one left unterminated; None when there is none. With the
+    setting off the server reads such a text otherwise (the backslash escapes a quote): nowhere else can the two
+    readings part, so without one the text means the same either way."""
+    pos = 0
+    while (match := _LITERALS.search(text, pos)) is not None:
+        token, at = match.group(), match.start()
+        if token == "--":
+            newline = COMMENT_END.search(text, match.end())
+            pos = len(text) if newline is None else newline.end()
+        elif token == "/*":
+            try:
+                pos = _skip_block_comment(text, match.end(), lambda: 0)
+            except SplitError:
+                return None
+        elif token == '"':
+            end = text.find('"', match.end())
+            pos = len(text) if end < 0 else end + 1  # ("" inside one: two names back to back, read alike)
+        elif token == "'":
+            escapes = _backslash_escapes(text, at)
+            try:
+                pos = _skip_string(text, at, escapes, lambda: 0)
+            except SplitError:
+                return at
+            if not escapes and "\\" in text[at:pos]:
+                return at
+        else:
+            end = text.find(token, match.end())
+            pos = len(text) if end < 0 else end + len(token)
+    return None
 
 
 def _backslash_escapes(text: str, quote: int) -> bool:

@@ -246,7 +246,7 @@ class Watcher:
     def _say_lock_wait(self, cur, pid: int, text: str, fields: dict, say: bool = True) -> None:
         holders = sessions.blockers(cur, pid, self.show_query)
         what = sessions.waiting_for(cur, pid, holders) or "a lock"
-        wait = f"waiting for {what}" + (", held by " + sessions.describe_all(holders) if holders else "")
+        wait = sessions.wait_words(what, holders)
         self.last_wait = (self._query, wait)
         fields.update(waiting_for=what, held_by=holders)
         if say:
