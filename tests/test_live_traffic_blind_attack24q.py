@@ -55,6 +55,9 @@ def conn(pg, db):
      "INSERT INTO kind VALUES ('a');"),
     ("CREATE SCHEMA s2;\nCREATE TABLE lk (code text);\nALTER TABLE lk SET SCHEMA s2;",
      "INSERT INTO s2.lk VALUES ('a');"),
+    # attack24r 4: a view (the application's name) over a table made in the run: the application writes to it
+    ("CREATE TABLE kind_v2 (code text PRIMARY KEY);\nCREATE VIEW kind AS SELECT code FROM kind_v2;",
+     "INSERT INTO kind_v2 VALUES ('a');"),
     # attack24r 2: a DEFAULT through an array of a domain (COERCEVIAIO: domain_in per element); an enum column fed
     # by the database's own assignment cast; the same COERCEVIAIO in a CHECK validated
     (USER_CHECK + "CREATE TABLE seed (c text DEFAULT (('{x}'::text)::code[])::text);", "INSERT INTO seed DEFAULT VALUES;"),
@@ -72,7 +75,7 @@ def conn(pg, db):
      "UPDATE t SET v = i; END;"),
     ("CREATE TABLE t (v int);", "CREATE FUNCTION f() RETURNS SETOF int LANGUAGE sql AS 'SELECT v FROM t FOR UPDATE';"),
 ], ids=["domain-default", "domain-column", "domain-cast", "refresh-concurrently", "validate-user-check", "renamed",
-        "set-schema", "domain-array-default", "own-cast-into-enum", "validate-domain-array", "fk-row-security",
+        "set-schema", "view-over-it", "domain-array-default", "own-cast-into-enum", "validate-domain-array", "fk-row-security",
         "sql-function-atomic", "sql-function"])
 def test_the_blind_judge_bounds_what_runs_user_code_or_is_the_applications(conn, setup, statement):
     assert judged(conn, *[s for s in setup.split(";\n") if s.strip()], statement)
@@ -124,6 +127,18 @@ def test_a_blind_probe_bounds_each_backfill_batch_by_the_clock(cli, make_db, lim
     assert "0002_bf.sql:3:" in line and "the lock probe was blind" in line, line
     assert applied(db)[-1] != "0002_bf"
     assert db.query("SELECT count(*) FROM t_bf WHERE v IS NULL") == [(8,)]
+
+
+def test_a_blind_probe_keeps_the_clock_of_a_session_lock_across_backfill_batches(cli, make_db, limited_role, sql_dir,
+                                                                                 pg):
+    """attack24r 9 (MEDIUM): a session advisory lock taken before a backfill outlives each batch's COMMIT, but each
+    batch restarted the blind clock (app 8.4 s, exit 0): the batches' clock runs from when the lock was taken."""
+    db, migrate = backfill_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_bf", backfill(0.05).replace("-- backfill: batch", "SELECT pg_catalog.pg_advisory_lock("
+                                                                                   "4242);\n-- backfill: batch"))
+    line = one_error_line(migrate("--lock-retry-budget", "1s"))
+    assert "0002_bf.sql:4:" in line and "the lock probe was blind" in line, line
+    assert applied(db)[-1] != "0002_bf"
 
 
 def test_a_blind_probe_leaves_short_backfill_batches_alone_however_many(cli, make_db, limited_role, sql_dir, pg):

@@ -63,6 +63,8 @@ _TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispa
   AND NOT c.relhasrules AND NOT c.relhastriggers AND c.relam OPERATOR(pg_catalog.<) 16384::pg_catalog.oid
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid)
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class OPERATOR(pg_catalog.=) c.oid)
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend v WHERE v.refobjid OPERATOR(pg_catalog.=) c.oid
+                    AND v.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass)
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhrelid OPERATOR(pg_catalog.=) c.oid)
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
                   JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid

@@ -158,9 +158,10 @@ class Probe:
                     self._session_locked = None
 
     def batch_started(self) -> None:
-        """A backfill's batch starts: the blind clock runs from here (the batches before it committed)."""
+        """A backfill's batch starts: the blind clock runs from here (the batches before it committed), or from when
+        the session took the session-level lock it still holds (attack24r 9: it outlives each batch's COMMIT)."""
         if self._locked_since is not None:
-            self._locked_since = time.monotonic()
+            self._locked_since = self._session_locked or time.monotonic()
 
     def clock_running(self) -> bool:
         """The try's blind clock has started (a statement not known harmless ran in its open transaction)."""
