@@ -1,0 +1,70 @@
+"""attack24r's findings on CONCURRENTLY builds and a frozen runner, against the real PostgreSQL: a role without the
+TEMPORARY privilege (7), --strict over the runner's own interrupted build (8), a DBA's old REINDEX leftover beside a
+migration's REINDEX (11).
+"""
+
+import pytest
+
+from conftest import SEED, SPECIAL_PASSWORD, add_migration, applied
+from test_live_traffic import (BUILD, INDEX, TENANT_INDEXES, UNNAMED, index_state,
+                               kill_mid_build_and_let_the_server_finish_it, sigterm_while_waiting_for_old_snapshots)
+
+
+@pytest.fixture
+def no_temp(cli, make_db, password_role, sql_dir, pg):
+    """A database whose migration role (a plain role, its owner) may not create temporary tables (REVOKE TEMPORARY
+    ... FROM PUBLIC: a CIS hardening step): yields (db, the runner's env)."""
+    db = make_db(owner=password_role)
+    db.query(f"REVOKE TEMPORARY ON DATABASE {db.name} FROM PUBLIC, {password_role}")
+    env = {"DATABASE_URL": pg.url(db.name, user=password_role, password=SPECIAL_PASSWORD)}
+    assert cli("migrate", "--sql-dir", sql_dir, env=env).exit_code == 0
+    assert db.query(f"SELECT has_database_privilege('{password_role}', current_database(), 'TEMP')") == [(False,)]
+    return db, env
+
+
+def test_without_temp_an_interrupted_builds_invalid_index_is_dropped_and_built_again(cli, no_temp, sql_dir):
+    """attack24r 7: the definition was read by building the index on a temporary copy; without TEMP the leftover
+    was "not this migration's leftover (another definition)", rc 2, while status said the rerun drops it."""
+    db, env = no_temp
+    add_migration(sql_dir, "0002_tenant_index", BUILD)
+    sigterm_while_waiting_for_old_snapshots(db, sql_dir, env)
+    assert index_state(db) == [(False,)] and applied(db) == [SEED]
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=env)
+    assert rerun.exit_code == 0, rerun.output
+    assert f"dropped INVALID index public.{INDEX}, left by an earlier try of this migration" in rerun.stderr
+    assert index_state(db) == [(True,)] and applied(db) == [SEED, "0002_tenant_index"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=env).exit_code == 0
+
+
+def test_without_temp_a_build_the_server_finished_after_the_runner_died_counts_as_done(cli, no_temp, sql_dir):
+    """attack24r 7, the VALID case: the rerun failed "already exists"."""
+    db, env = no_temp
+    add_migration(sql_dir, "0002_tenant_index", BUILD)
+    kill_mid_build_and_let_the_server_finish_it(db, sql_dir, env)
+    assert index_state(db) == [(True,)] and applied(db) == [SEED]
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=env)
+    assert rerun.exit_code == 0, rerun.output
+    assert f"index public.{INDEX} is already built and valid" in rerun.stderr
+    assert applied(db) == [SEED, "0002_tenant_index"]
+
+
+def test_without_temp_an_invalid_index_of_another_definition_is_still_not_dropped(cli, no_temp, sql_dir):
+    db, env = no_temp
+    db.query(f"CREATE INDEX {INDEX} ON hcm_report_metadata (report_name); "
+             f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{INDEX}'::regclass")  # someone else's
+    add_migration(sql_dir, "0002_tenant_index", BUILD.replace("CONCURRENTLY", "CONCURRENTLY IF NOT EXISTS"))
+    assert cli("migrate", "--sql-dir", sql_dir, env=env).exit_code != 0
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=env)
+    assert rerun.exit_code != 0 and f"an INVALID index public.{INDEX} is in the way" in rerun.stderr, rerun.output
+    assert index_state(db) == [(False,)] and applied(db) == [SEED]
+
+
+def test_without_temp_an_unnamed_build_the_server_finished_is_not_built_twice(cli, no_temp, sql_dir):
+    """attack24r 7, unnamed: the server's name for the index was read off the temporary copy too."""
+    db, env = no_temp
+    add_migration(sql_dir, "0002_tenant_index", UNNAMED)
+    kill_mid_build_and_let_the_server_finish_it(db, sql_dir, env)
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=env)
+    assert rerun.exit_code == 0, rerun.output
+    assert "index public.hcm_report_metadata_tenant_id_idx is already built and valid" in rerun.stderr
+    assert db.query(TENANT_INDEXES) == [("hcm_report_metadata_tenant_id_idx", True)]  # no _idx1 twin
