@@ -22,8 +22,8 @@ from migrator import lazy_re, output
 from migrator.errors import USAGE, MigratorError
 from migrator.pinned import catalog_path
 from migrator.postgres import failures
-from migrator.postgres.index_definition import (PROBE_INDEX, made_since, named_like, quoted as _quoted, same,
-                                                 server_name)
+from migrator.postgres.index_definition import (PROBE_INDEX, made_since, named_like, parsed_same, quoted as _quoted,
+                                                 same, server_name)
 
 _MAYBE = lazy_re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
 
@@ -338,6 +338,32 @@ def not_ours(connection, statements, index: int) -> bool:
             if build.index == index and build.name is not None and (found := _find(cursor, build)) is not None:
                 return not found[0] and same(cursor, build, found) is False
     return False
+
+
+def explained(connection, states, schema: str) -> set[str]:
+    """The names of the VALID indexes pending migrations' interrupted tries built (the record says the try stopped
+    part-way; a named CONCURRENTLY build of the file, its definition read alike): that migration's work, which its
+    rerun counts as done (_named), never drift made outside migrations (attack24r 8). An unqualified table is the
+    `schema`'s (the run's own session has pg_catalog alone on its path)."""
+    from migrator.postgres import files
+
+    names = set()
+
+    with connection.cursor() as cursor:
+        for state in states:
+            if state.applied_at or not state.failure or state.path is None:
+                continue
+            try:
+                found = builds(files.statements(state.path, in_transaction=False))
+            except MigratorError:  # a file that does not read: migrate says so itself
+                continue
+            for build in found:
+                if build.table == _quoted(build.relname):
+                    build.table = _quoted(schema, build.relname)
+                row = _find(cursor, build)
+                if row is not None and row[0] and parsed_same(cursor, build, row):
+                    names.add(build.name)
+    return names
 
 
 def built(connection, statements, before: set[int]) -> list[str]:

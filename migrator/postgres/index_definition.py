@@ -44,14 +44,20 @@ def same(cursor, build, row, record=None) -> bool | None:
         return False
     if conforming.unread(cursor.connection, build.probe):  # (the server reads it otherwise: refused as it runs)
         return None
-    cursor.execute("SELECT pg_catalog.pg_get_indexdef(%s::pg_catalog.oid)", (row[4],))
-    wanted = canonical(build.probe)
-    if wanted is not None and canonical(cursor.fetchone()[0]) == wanted:
+    if parsed_same(cursor, build, row):
         return True
     probe = _probe(cursor, build)
     if probe is not None:
         return row[2] == probe[1]
     return True if made_since(cursor, row[4], record) else None
+
+
+def parsed_same(cursor, build, row) -> bool:
+    """The catalog's definition of the index (a row of FIND) and the statement read alike by the parser (reads only:
+    no transaction of its own, so status's read-only session may ask)."""
+    cursor.execute("SELECT pg_catalog.pg_get_indexdef(%s::pg_catalog.oid)", (row[4],))
+    wanted = canonical(build.probe)
+    return row[1] == build.unique and wanted is not None and canonical(cursor.fetchone()[0]) == wanted
 
 
 def server_name(cursor, build) -> str | None:
