@@ -1,13 +1,18 @@
 """attack24r's findings on CONCURRENTLY builds and a frozen runner, against the real PostgreSQL: a role without the
-TEMPORARY privilege (7), --strict over the runner's own interrupted build (8), a DBA's old REINDEX leftover beside a
-migration's REINDEX (11).
+TEMPORARY privilege (7), --strict over the runner's own interrupted build (8), a runner frozen while its try holds a
+lock (10), a DBA's old REINDEX leftover beside a migration's REINDEX (11).
 """
+
+import signal
+import threading
+import time
 
 import pytest
 
 from conftest import SEED, SPECIAL_PASSWORD, add_migration, applied
-from test_live_traffic import (BUILD, INDEX, TENANT_INDEXES, UNNAMED, index_state, seeded,  # noqa: F401 (a fixture)
+from test_live_traffic import (BUILD, INDEX, TENANT_INDEXES, UNNAMED, connect, index_state, seeded,  # noqa: F401 (a fixture)
                                kill_mid_build_and_let_the_server_finish_it, sigterm_while_waiting_for_old_snapshots)
+from test_reliability import runner_process
 
 
 @pytest.fixture
@@ -91,3 +96,47 @@ def test_an_index_of_another_definition_under_a_pending_builds_name_is_still_dri
     db.query(f"DROP INDEX {INDEX}; CREATE INDEX {INDEX} ON hcm_report_metadata (report_name)")  # someone else's
     rerun = cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded)
     assert rerun.exit_code == 5 and "changed outside migrations" in rerun.stderr, rerun.output
+
+
+# --- a runner frozen mid-try (attack24r 10) ----------------------------------------------------------
+
+FROZEN = "ALTER TABLE hcm_report_metadata ADD COLUMN x int;\nSELECT pg_catalog.pg_sleep(4);\n"
+SLEEPING = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+            "AND query LIKE '%%pg_sleep(4)%%' AND pid <> pg_backend_pid()")
+
+
+def wait_for(db, sql, params=None, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not (rows := db.poll(sql, params)):
+        assert time.monotonic() < deadline, sql
+        time.sleep(0.02)
+    return rows
+
+
+def test_a_runner_frozen_while_its_try_holds_the_lock_does_not_commit_that_try(cli, db, sql_dir, seeded):
+    """attack24r 10: SIGSTOP while the try's last statement runs under ACCESS EXCLUSIVE, an application query
+    queued behind it, SIGCONT just after the statement ended (before the server's idle bound): the frozen probe
+    ended nothing, the runner COMMITted at once (exit 0, the app stalled for the whole freeze)."""
+    add_migration(sql_dir, "0002_x", FROZEN)
+    runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+    app = None
+    try:
+        ((pid,),) = wait_for(db, SLEEPING)
+        runner.send_signal(signal.SIGSTOP)
+        app = connect(db, application_name="hcm-app")
+        app.autocommit = True
+        waiting = threading.Thread(target=lambda: app.cursor().execute("SELECT count(*) FROM hcm_report_metadata"),
+                                   daemon=True)
+        waiting.start()
+        wait_for(db, "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'idle in transaction'", (pid,))
+    finally:
+        runner.send_signal(signal.SIGCONT)
+    out, err = runner.communicate(timeout=60)
+    waiting.join(timeout=30)
+    app.close()
+    assert runner.returncode != 0, err
+    assert "0002_x.sql:2: " in err and "pg_sleep(4) ran while its transaction held a lock on public.hcm_report_metadata" \
+        in err and "application sessions waited" in err and "nothing of it was applied" in err, err
+    assert applied(db) == [SEED]
+    assert db.query("SELECT count(*) FROM pg_attribute WHERE attrelid = 'hcm_report_metadata'::regclass "
+                    "AND attname = 'x'") == [(0,)]

@@ -86,6 +86,11 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                         if budget is not None and retry.sets_lock_timeout(statement.text):
                             budget.override(cursor, path, statement)
                         statement_bound.hold(cursor, path, statement)
+                        if probe is not None and connection.info.transaction_status != IDLE:
+                            probe.ask_now()  # (a freeze outran the probe's thread: before the next one or COMMIT)
+                            probe.raise_held(ran=True)
+                            if probe.blind is not None:
+                                probe.raise_blind_spent()
             except failures.NoAnswer as exc:
                 located = failures.NoAnswer(f"{path}:{statement.line}: {exc}, waiting for the statement there to end")
                 located.in_transaction = (transactional or opened is not None) and not _ENDS.match(statement.text)
