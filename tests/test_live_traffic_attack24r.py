@@ -140,3 +140,20 @@ def test_a_runner_frozen_while_its_try_holds_the_lock_does_not_commit_that_try(c
     assert applied(db) == [SEED]
     assert db.query("SELECT count(*) FROM pg_attribute WHERE attrelid = 'hcm_report_metadata'::regclass "
                     "AND attname = 'x'") == [(0,)]
+
+
+# --- a DBA's old REINDEX leftover (attack24r 11) -----------------------------------------------------
+
+def test_a_dbas_reindex_leftover_of_another_index_is_not_the_migrations_reindexs(cli, db, sql_dir, seeded):
+    """attack24r 11: an INVALID idx_hcm_report_name_ccnew (a DBA's interrupted REINDEX) failed a migration's
+    REINDEX of idx_hcm_report_campaign after it committed ("is INVALID"), and the rerun dropped it as "left by an
+    earlier try of this migration's REINDEX"."""
+    db.query("CREATE INDEX idx_hcm_report_name_ccnew ON hcm_report_metadata (report_name); UPDATE pg_index SET "
+             "indisvalid = false WHERE indexrelid = 'idx_hcm_report_name_ccnew'::regclass")
+    add_migration(sql_dir, "0002_reindex", "-- transactional: false\nREINDEX INDEX CONCURRENTLY idx_hcm_report_campaign;\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert result.exit_code == 0, result.output
+    assert "idx_hcm_report_name_ccnew" not in result.stderr
+    assert applied(db) == [SEED, "0002_reindex"]
+    assert db.query("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('idx_hcm_report_name_ccnew')") \
+        == [(False,)]  # the DBA's, left for status to list

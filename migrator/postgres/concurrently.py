@@ -185,7 +185,9 @@ def without_lock_timeout(cursor):
 
 
 # The INVALID copies an interrupted REINDEX ... CONCURRENTLY leaves (name_ccnew, name_ccold1...: the TOAST
-# table's index too) on the tables it reindexes: a partitioned table's (or index's) are on its partitions.
+# table's index too) on the tables it reindexes: a partitioned table's (or index's) are on its partitions. A REINDEX
+# INDEX's are named after that index (or its partitions'; a long name truncated): another index's copy beside it is
+# not its work (a DBA's old leftover: attack24r 11).
 REINDEX_LEFTOVERS = """
 WITH rel AS (
   SELECT c.oid, c.reltoastrelid FROM pg_catalog.pg_class c
@@ -201,6 +203,10 @@ FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE NOT i.indisvalid AND c.relname ~ '_cc(new|old)[0-9]*$'
   AND i.indrelid IN (SELECT oid FROM rel UNION SELECT reltoastrelid FROM rel)
+  AND (%(kind)s <> 'index' OR EXISTS (
+    SELECT FROM pg_catalog.pg_class x, pg_catalog.regexp_replace(c.relname, '_cc(new|old)[0-9]*$', '') AS stem(name)
+    WHERE (x.oid = %(target)s OR x.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree(%(target)s::pg_catalog.regclass)))
+      AND (stem.name = x.relname OR pg_catalog.octet_length(c.relname) >= 60 AND pg_catalog.starts_with(x.relname, stem.name))))
 ORDER BY 1
 """
 
