@@ -157,3 +157,25 @@ def test_a_dbas_reindex_leftover_of_another_index_is_not_the_migrations_reindexs
     assert applied(db) == [SEED, "0002_reindex"]
     assert db.query("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('idx_hcm_report_name_ccnew')") \
         == [(False,)]  # the DBA's, left for status to list
+
+
+def test_a_try_the_server_ended_by_its_idle_bound_while_the_runner_was_frozen_says_so(cli, db, sql_dir, seeded):
+    """attack24r 10, the 2 s case: frozen past the statement's end plus the try's idle bound, the server ended the
+    session (the try's own SET LOCAL idle_in_transaction_session_timeout: rolled back); the line said the connection
+    was lost and whether it committed is unknown."""
+    add_migration(sql_dir, "0002_x", FROZEN)
+    runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+    try:
+        ((pid,),) = wait_for(db, SLEEPING)
+        runner.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while db.poll("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        runner.send_signal(signal.SIGCONT)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode != 0, err
+    assert "the session was lost before the runner sent its COMMIT: nothing of it was applied" in err, err
+    assert "past its idle_in_transaction_session_timeout of 3.3 s" in err and "frozen" in err, err
+    assert "whether it committed is unknown" not in err and applied(db) == [SEED]

@@ -186,15 +186,24 @@ class Probe:
         waited on them, asked now rather than by the thread's next look (the runner frozen meanwhile, SIGSTOP or a
         VM pause, froze the thread too, and a thawed runner commits at once: attack24r 10). Sets `overheld`."""
         held, conn = self._held_since, self._conn
-        if held is None or conn is None or not self.per_try or time.monotonic() - held <= self.per_try + self.floor:
+        if held is None or not self.per_try or time.monotonic() - held <= self.per_try + self.floor:
             return
         import psycopg2
 
+        own = conn is None  # (frozen before the thread first connected: a connection of its own, this once)
+        if own and (self.params is None or self.blind is not None):
+            return
         try:
+            if own:
+                conn = failures.side_connection({**self.params, "application_name": PROBE_NAME})
+                conn.autocommit = True
             with conn.cursor() as cur:  # (psycopg2 serializes the thread's use of the connection with this one)
                 self._ended_holder(cur, None, held)
         except (psycopg2.Error, MigratorError):  # (the thread says what became of its connection)
             pass
+        finally:
+            if own and conn is not None:
+                failures.close(conn)
 
     def raise_blind_spent(self) -> None:
         """Before the runner sends the next statement of a try, blind: the try has held what may lock the app past
