@@ -27,30 +27,23 @@ def no_temp(cli, make_db, password_role, sql_dir, pg):
     return db, env
 
 
-def test_without_temp_an_interrupted_builds_invalid_index_is_dropped_and_built_again(cli, no_temp, sql_dir):
-    """attack24r 7: the definition was read by building the index on a temporary copy; without TEMP the leftover
-    was "not this migration's leftover (another definition)", rc 2, while status said the rerun drops it."""
+@pytest.mark.parametrize("interrupt, left, said", [
+    (sigterm_while_waiting_for_old_snapshots, False, "dropped INVALID index public.{}, left by an earlier try"),
+    (kill_mid_build_and_let_the_server_finish_it, True, "index public.{} is already built and valid")],
+    ids=["invalid", "valid"])
+def test_without_temp_an_interrupted_builds_index_is_recognised(cli, no_temp, sql_dir, interrupt, left, said):
+    """attack24r 7: the definition was read by building the index on a temporary copy; without TEMP the INVALID
+    leftover was "not this migration's leftover (another definition)", rc 2, while status said the rerun drops it;
+    the VALID one (the server finished it after a SIGKILL) failed "already exists"."""
     db, env = no_temp
     add_migration(sql_dir, "0002_tenant_index", BUILD)
-    sigterm_while_waiting_for_old_snapshots(db, sql_dir, env)
-    assert index_state(db) == [(False,)] and applied(db) == [SEED]
+    interrupt(db, sql_dir, env)
+    assert index_state(db) == [(left,)] and applied(db) == [SEED]
     rerun = cli("migrate", "--sql-dir", sql_dir, env=env)
     assert rerun.exit_code == 0, rerun.output
-    assert f"dropped INVALID index public.{INDEX}, left by an earlier try of this migration" in rerun.stderr
+    assert said.format(INDEX) in rerun.stderr
     assert index_state(db) == [(True,)] and applied(db) == [SEED, "0002_tenant_index"]
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=env).exit_code == 0
-
-
-def test_without_temp_a_build_the_server_finished_after_the_runner_died_counts_as_done(cli, no_temp, sql_dir):
-    """attack24r 7, the VALID case: the rerun failed "already exists"."""
-    db, env = no_temp
-    add_migration(sql_dir, "0002_tenant_index", BUILD)
-    kill_mid_build_and_let_the_server_finish_it(db, sql_dir, env)
-    assert index_state(db) == [(True,)] and applied(db) == [SEED]
-    rerun = cli("migrate", "--sql-dir", sql_dir, env=env)
-    assert rerun.exit_code == 0, rerun.output
-    assert f"index public.{INDEX} is already built and valid" in rerun.stderr
-    assert applied(db) == [SEED, "0002_tenant_index"]
 
 
 def test_without_temp_an_invalid_index_of_another_definition_is_still_not_dropped(cli, no_temp, sql_dir):
