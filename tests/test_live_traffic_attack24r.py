@@ -10,8 +10,9 @@ import time
 import pytest
 
 from conftest import SEED, SPECIAL_PASSWORD, add_migration, applied
-from test_live_traffic import (BUILD, INDEX, TENANT_INDEXES, UNNAMED, connect, index_state, seeded,  # noqa: F401 (a fixture)
-                               kill_mid_build_and_let_the_server_finish_it, sigterm_while_waiting_for_old_snapshots)
+from test_live_traffic import (BUILD, INDEX, TENANT_INDEXES, UNNAMED, connect, index_state,
+                               kill_mid_build_and_let_the_server_finish_it, seeded,  # noqa: F401 (a fixture)
+                               sigterm_while_waiting_for_old_snapshots)
 from test_reliability import runner_process
 
 
@@ -128,8 +129,9 @@ def test_a_runner_frozen_while_its_try_holds_the_lock_does_not_commit_that_try(c
     waiting.join(timeout=30)
     app.close()
     assert runner.returncode != 0, err
-    assert "0002_x.sql:2: " in err and "pg_sleep(4) ran while its transaction held a lock on public.hcm_report_metadata" \
-        in err and "application sessions waited" in err and "nothing of it was applied" in err, err
+    assert "0002_x.sql:2: " in err, err
+    assert "pg_sleep(4) ran while its transaction held a lock on public.hcm_report_metadata" in err, err
+    assert "application sessions waited" in err and "nothing of it was applied" in err, err
     assert applied(db) == [SEED]
     assert db.query("SELECT count(*) FROM pg_attribute WHERE attrelid = 'hcm_report_metadata'::regclass "
                     "AND attname = 'x'") == [(0,)]
@@ -143,7 +145,8 @@ def test_a_dbas_reindex_leftover_of_another_index_is_not_the_migrations_reindexs
     earlier try of this migration's REINDEX"."""
     db.query("CREATE INDEX idx_hcm_report_name_ccnew ON hcm_report_metadata (report_name); UPDATE pg_index SET "
              "indisvalid = false WHERE indexrelid = 'idx_hcm_report_name_ccnew'::regclass")
-    add_migration(sql_dir, "0002_reindex", "-- transactional: false\nREINDEX INDEX CONCURRENTLY idx_hcm_report_campaign;\n")
+    add_migration(sql_dir, "0002_reindex",
+                  "-- transactional: false\nREINDEX INDEX CONCURRENTLY idx_hcm_report_campaign;\n")
     result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     assert result.exit_code == 0, result.output
     assert "idx_hcm_report_name_ccnew" not in result.stderr

@@ -205,8 +205,10 @@ WHERE NOT i.indisvalid AND c.relname ~ '_cc(new|old)[0-9]*$'
   AND i.indrelid IN (SELECT oid FROM rel UNION SELECT reltoastrelid FROM rel)
   AND (%(kind)s <> 'index' OR EXISTS (
     SELECT FROM pg_catalog.pg_class x, pg_catalog.regexp_replace(c.relname, '_cc(new|old)[0-9]*$', '') AS stem(name)
-    WHERE (x.oid = %(target)s OR x.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree(%(target)s::pg_catalog.regclass)))
-      AND (stem.name = x.relname OR pg_catalog.octet_length(c.relname) >= 60 AND pg_catalog.starts_with(x.relname, stem.name))))
+    WHERE (x.oid = %(target)s
+           OR x.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree(%(target)s::pg_catalog.regclass)))
+      AND (stem.name = x.relname
+           OR pg_catalog.octet_length(c.relname) >= 60 AND pg_catalog.starts_with(x.relname, stem.name))))
 ORDER BY 1
 """
 
