@@ -427,6 +427,10 @@ REFUSED_OTHER_OBJECTS = {
     "domain_constraint": (f"CREATE DOMAIN posint AS int; ALTER TABLE {TABLE} ADD COLUMN p posint",
                           "ALTER DOMAIN posint ADD CONSTRAINT pos CHECK (VALUE >= 0);\n", 2,
                           f"ALTER DOMAIN posint ADD CONSTRAINT pos without NOT VALID scans public.{TABLE} (~50 rows"),
+    # attack24r 12: SET NOT NULL (subtype 'O') scans too; 'N', which was taken for it, is DROP NOT NULL (no scan)
+    "domain_set_not_null": (f"CREATE DOMAIN code50 AS varchar(50); ALTER TABLE {TABLE} ADD COLUMN c code50",
+                            "ALTER DOMAIN code50 DROP NOT NULL;\nALTER DOMAIN code50 SET NOT NULL;\n", 3,
+                            f"ALTER DOMAIN code50 SET NOT NULL scans public.{TABLE} (~50 rows"),
 }
 
 

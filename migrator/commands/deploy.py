@@ -51,7 +51,7 @@ def migrate_sql(settings: CommandSettings, migrations) -> SqlMigrateReport:
         if drift:  # on the local development database, the redo of a migration not merged yet is suggested
             redo = postgres.redo_count(backend, migrations, drift) if target.local_dev else None
             raise postgres.drift_error(drift, target, redo=_redo_command(settings, target, redo))
-        schema = check_schema_drift(settings, backend, refuse=settings.strict, refresh=True)
+        schema = check_schema_drift(settings, backend, refuse=settings.strict, refresh=True, migrations=migrations)
         # A drift check answered from a description read before the lock (a run over many tenants) leaves
         # nothing to describe when nothing is pending; else advancing_schema describes it, under the lock.
         if schema.live is not None or schema.recorded is None or backend.to_apply(migrations):
@@ -156,12 +156,14 @@ def migrate_mongo(settings: CommandSettings, mongo_target, mongo_patches):
     return mongo
 
 
-def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool, refresh: bool = False):
+def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool, refresh: bool = False, migrations=()):
     """Live drift said before anything runs (a DBA's emergency index is allowed); refused when asked. `refresh`:
-    a writing run under the lock records the catalog's fingerprint anew when the schema is as recorded."""
+    a writing run under the lock records the catalog's fingerprint anew when the schema is as recorded. An index
+    a pending migration's interrupted build made (`migrations`) is its work, not drift."""
     from migrator.schema import snapshot
 
-    drift = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described, refresh=refresh)
+    drift = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described, refresh=refresh,
+                                claimed=_pending_builds(backend, migrations))
     if drift.drifted:
         if refuse:
             raise MigratorError(f"--strict: the live schema changed outside migrations ({drift.to_json()['summary']}); "
@@ -170,6 +172,15 @@ def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool, refr
         for line in drift.lines():
             settings.note(f"note: {line.strip()}")
     return drift
+
+
+def _pending_builds(backend, migrations, states=None):
+    """live_drift's `claimed`: the indexes pending migrations' interrupted builds made (concurrently.explained)."""
+    from migrator import postgres
+    from migrator.postgres import concurrently
+
+    return lambda: concurrently.explained(backend.connection, states or postgres.status(backend, migrations),
+                                          backend.bookkeeping_schema) if migrations else set()
 
 
 @contextlib.contextmanager
@@ -340,7 +351,8 @@ def status(settings: CommandSettings) -> StatusReport:
             rollback = postgres.rollback_path(state) if state.path is not None else None
             state.rollback_unfilled = rollback is not None and rollback.is_file() and postgres.unfilled(rollback)
         invalid = postgres.invalid_indexes(backend)
-        schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described)
+        schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described,
+                                     claimed=_pending_builds(backend, migrations, states))
     from migrator.commands import mongo as mongo_commands
 
     mongo = mongo_commands.patch_status(settings, mongo_target) if mongo_target else None

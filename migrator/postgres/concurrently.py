@@ -22,6 +22,8 @@ from migrator import lazy_re, output
 from migrator.errors import USAGE, MigratorError
 from migrator.pinned import catalog_path
 from migrator.postgres import failures
+from migrator.postgres.index_definition import (PROBE_INDEX, made_since, named_like, parsed_same, quoted as _quoted,
+                                                 same, server_name)
 
 _MAYBE = lazy_re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
 
@@ -32,7 +34,7 @@ class Build:
     name: str | None  # the index's name, as the catalog spells it (None: unnamed, the server picks it)
     table: str  # quoted, qualified as written (resolved by the session's search_path)
     unique: bool
-    probe: str  # the same build on an empty temporary copy of the table, named as it (_definition)
+    probe: str  # the same build on an empty temporary copy of the table, named as it (index_definition.py)
     relname: str  # the table's own name (the copy's)
     if_not_exists: bool = False
 
@@ -65,10 +67,6 @@ def is_drop(text: str) -> bool:
     from pglast import ast
 
     return any(isinstance(tree, ast.DropStmt) for tree in _parsed(text))
-
-
-def _quoted(*names) -> str:
-    return ".".join('"' + name.replace('"', '""') + '"' for name in names if name)
 
 
 def _parsed(text: str) -> list:
@@ -122,9 +120,6 @@ def reindexes(statements) -> list[Reindex]:
             elif kind is not None:
                 found.append(Reindex(index, kind, _quoted(tree.relation.schemaname, tree.relation.relname)))
     return found
-
-
-PROBE_INDEX = "_hcm_index_probe_idx"
 
 
 # The index of that name on that table: (valid, unique, definition from USING on, qualified name, oid, name).
@@ -190,7 +185,9 @@ def without_lock_timeout(cursor):
 
 
 # The INVALID copies an interrupted REINDEX ... CONCURRENTLY leaves (name_ccnew, name_ccold1...: the TOAST
-# table's index too) on the tables it reindexes: a partitioned table's (or index's) are on its partitions.
+# table's index too) on the tables it reindexes: a partitioned table's (or index's) are on its partitions. A REINDEX
+# INDEX's are named after that index (or its partitions'; a long name truncated): another index's copy beside it is
+# not its work (a DBA's old leftover: attack24r 11).
 REINDEX_LEFTOVERS = """
 WITH rel AS (
   SELECT c.oid, c.reltoastrelid FROM pg_catalog.pg_class c
@@ -206,6 +203,12 @@ FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE NOT i.indisvalid AND c.relname ~ '_cc(new|old)[0-9]*$'
   AND i.indrelid IN (SELECT oid FROM rel UNION SELECT reltoastrelid FROM rel)
+  AND (%(kind)s <> 'index' OR EXISTS (
+    SELECT FROM pg_catalog.pg_class x, pg_catalog.regexp_replace(c.relname, '_cc(new|old)[0-9]*$', '') AS stem(name)
+    WHERE (x.oid = %(target)s
+           OR x.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree(%(target)s::pg_catalog.regclass)))
+      AND (stem.name = x.relname
+           OR pg_catalog.octet_length(c.relname) >= 60 AND pg_catalog.starts_with(x.relname, stem.name))))
 ORDER BY 1
 """
 
@@ -233,7 +236,7 @@ def prepare(connection, statements, path, earlier_failure: str | None, record=No
     """Before a non-transactional file runs again after an earlier try stopped part-way: drop its builds'
     INVALID leftovers (a named build's index, an unnamed one's INVALID index of the same definition and the
     server's name for it, a REINDEX's _ccnew/_ccold copies); return the statements whose VALID index (same
-    definition) is already there. `record`: (the failures table, the migration's id), see _made_since."""
+    definition) is already there. `record`: (the failures table, the migration's id), see made_since."""
     done = Done()
     if earlier_failure is None:
         return done
@@ -245,7 +248,8 @@ def prepare(connection, statements, path, earlier_failure: str | None, record=No
                             "by an earlier try of this migration's REINDEX")
         for build in builds(statements):
             where = f"{path}:{statements[build.index].line}"
-            found = _unnamed(cursor, build, where, record) if build.name is None else _named(cursor, build, where)
+            found = _unnamed(cursor, build, where, record) if build.name is None else \
+                _named(cursor, build, where, record=record)
             if found is not None:
                 done.add(build.index)
                 done.oids.add(found)
@@ -274,21 +278,24 @@ DONE = ("is already built and valid (an earlier try's build, finished by the ser
 DROPPED = "left by an earlier try of this migration; building it again"
 
 
-def _named(cursor, build: Build, where: str, said: str = "") -> int | None:
-    """A named build's index: dropped when INVALID, its oid when VALID with the build's definition."""
+def _named(cursor, build: Build, where: str, said: str = "", record=None) -> int | None:
+    """A named build's index: dropped when INVALID, its oid when VALID with the build's definition (index_definition:
+    with `record`, one this role cannot compare counts when the interrupted try made it)."""
     found = _find(cursor, build)
     if found is None:
         return None
-    valid, unique, definition, qualified, oid, _ = found
-    if not valid and (unique, definition) != (build.unique, _definition(cursor, build)):
+    valid, _, _, qualified, oid, _ = found
+    ours = same(cursor, build, found, record)
+    if not valid and not ours:
+        why = "another definition" if ours is False else "its definition could not be compared: no TEMPORARY privilege"
         raise MigratorError(f"{where}: an INVALID index {qualified} is in the way of this build but is "
-                            "not what it builds (another definition): not this migration's leftover, so it is "
+                            f"not what it builds ({why}): not this migration's leftover, so it is "
                             f"not dropped; look at it, drop it yourself (DROP INDEX CONCURRENTLY {qualified}) "
                             "or rename the build, then run again", USAGE)
     if not valid:
         _drop(cursor, qualified)
         output.note(f"note: {where}: dropped INVALID index {qualified}, {said or DROPPED}")
-    elif unique == build.unique and definition == _definition(cursor, build):
+    elif ours:
         output.note(f"note: {where}: index {qualified} {DONE}")
         return oid
     return None
@@ -299,70 +306,21 @@ def _unnamed(cursor, build: Build, where: str, record, before: set[int] = frozen
     it (`t_c_idx`, or `t_c_idx1`... when taken) is that try's: dropped when INVALID; when VALID, counted as the
     statement's work only if it was made after the migration's failure record was last written (a twin someone
     made before the migration ran is not its work: the file's build runs, as written). Those in `before` are left."""
-    probe = _probe(cursor, build)
-    if probe is None:
+    base = server_name(cursor, build)
+    if base is None:
         return None
-    base, wanted = probe
     accepted = None
-    for valid, unique, definition, qualified, oid, name in _on_table(cursor, build):
-        if (unique, definition) != (build.unique, wanted) or not re.fullmatch(re.escape(base) + "[0-9]*", name) \
-                or oid in before:
+    for row in _on_table(cursor, build):
+        valid, _, _, qualified, oid, name = row
+        if oid in before or not named_like(base, name) or not same(cursor, build, row):
             continue
         if not valid:
             _drop(cursor, qualified)
             output.note(f"note: {where}: dropped INVALID index {qualified}, {said or DROPPED}")
-        elif accepted is None and _made_since(cursor, oid, record):
+        elif accepted is None and made_since(cursor, oid, record):
             output.note(f"note: {where}: index {qualified} {DONE}")
             accepted = oid
     return accepted
-
-
-def _made_since(cursor, oid: int, record) -> bool:
-    """Whether the index was created after the migration's failure record was last written: the record is written
-    before a try's statements run and each time one commits, so an index newer than it is the interrupted
-    statement's (transaction ids compared by age, wraparound-safe for anything younger than 2^31 transactions)."""
-    if record is None:
-        return False
-    table, migration_id = record
-    cursor.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (table,))
-    if not cursor.fetchone()[0]:  # (a Flyway folder's failures are in Flyway's table: no record of ours)
-        return False
-    cursor.execute("SELECT pg_catalog.age(c.xmin) OPERATOR(pg_catalog.<) pg_catalog.age(f.xmin) "
-                   f"FROM pg_catalog.pg_class c, {table} f WHERE c.oid OPERATOR(pg_catalog.=) %s::pg_catalog.oid "
-                   "AND f.migration_id::pg_catalog.text OPERATOR(pg_catalog.=) %s::pg_catalog.text",
-                   (oid, migration_id))
-    row = cursor.fetchone()
-    return bool(row and row[0])
-
-
-def _definition(cursor, build: Build) -> str | None:
-    """What the statement would build, from USING on (None: not comparable, the statement runs and says why)."""
-    return (_probe(cursor, build) or (None, None))[1]
-
-
-def _probe(cursor, build: Build) -> tuple[str, str] | None:
-    """(the name the server gives the index, what it builds from USING on): built on an empty temporary copy of
-    the table's columns under the table's own name (so an unnamed build is named as on the table), rolled back.
-    None too when the server would read the statement otherwise (conforming.py: it is then refused as it runs)."""
-    from migrator.postgres import conforming
-
-    if conforming.unread(cursor.connection, build.probe):
-        return None
-    cursor.execute("BEGIN")
-    try:
-        cursor.execute(f"CREATE TEMP TABLE {_quoted(build.relname)} (LIKE {build.table})")
-        cursor.execute(build.probe)
-        cursor.execute("SELECT c.relname, substring(pg_catalog.pg_get_indexdef(i.indexrelid) from ' USING .*$') "
-                       "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) "
-                       "i.indexrelid WHERE i.indrelid OPERATOR(pg_catalog.=) %s::pg_catalog.regclass",
-                       (_quoted("pg_temp", build.relname),))
-        return cursor.fetchone()
-    except Exception as exc:
-        if not hasattr(exc, "pgcode"):
-            raise
-        return None
-    finally:
-        cursor.execute("ROLLBACK")
 
 
 def invalid_after(connection, statements, before: set[int]) -> list[tuple[int, str]]:
@@ -386,8 +344,34 @@ def not_ours(connection, statements, index: int) -> bool:
     with connection.cursor() as cursor:
         for build in builds(statements):
             if build.index == index and build.name is not None and (found := _find(cursor, build)) is not None:
-                return not found[0] and (found[1], found[2]) != (build.unique, _definition(cursor, build))
+                return not found[0] and same(cursor, build, found) is False
     return False
+
+
+def explained(connection, states, schema: str) -> set[str]:
+    """The names of the VALID indexes pending migrations' interrupted tries built (the record says the try stopped
+    part-way; a named CONCURRENTLY build of the file, its definition read alike): that migration's work, which its
+    rerun counts as done (_named), never drift made outside migrations (attack24r 8). An unqualified table is the
+    `schema`'s (the run's own session has pg_catalog alone on its path)."""
+    from migrator.postgres import files
+
+    names = set()
+
+    with connection.cursor() as cursor:
+        for state in states:
+            if state.applied_at or not state.failure or state.path is None:
+                continue
+            try:
+                found = builds(files.statements(state.path, in_transaction=False))
+            except MigratorError:  # a file that does not read: migrate says so itself
+                continue
+            for build in found:
+                if build.table == _quoted(build.relname):
+                    build.table = _quoted(schema, build.relname)
+                row = _find(cursor, build)
+                if row is not None and row[0] and parsed_same(cursor, build, row):
+                    names.add(build.name)
+    return names
 
 
 def built(connection, statements, before: set[int]) -> list[str]:
@@ -422,8 +406,7 @@ def skipped(connection, statements) -> list[tuple[int, str]]:
                 continue
             row = _find(cursor, build)
             if row is not None:
-                wanted = _definition(cursor, build)
-                if wanted is not None and (row[1], row[2]) != (build.unique, wanted):
+                if same(cursor, build, row) is False:
                     found.append((build.index, f"index {row[3]} already exists on {build.table} with another "
                                                f"definition ({'UNIQUE, ' if row[1] else ''}{row[2].strip()})"))
                 continue

@@ -7,6 +7,7 @@ import unicodedata
 from pathlib import Path
 
 from migrator import output
+from migrator.durations import seconds_text
 from migrator.errors import FAILED, MigratorError
 from migrator.postgres import files
 
@@ -159,6 +160,16 @@ def connection_lost(cause) -> bool:
                                                                          psycopg2.InterfaceError))
 
 
+def _before_commit(cause):
+    """What running._before_commit marked on the error, or on the one it led to (yoyo's ROLLBACK on the closed
+    connection raises again), else None."""
+    while cause is not None:
+        if (before := getattr(cause, "before_commit", None)) is not None:
+            return before
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def migration_error(exc, migration, where: str, verb: str, path: Path) -> MigratorError:
     """The one line for a failed migration or rollback (`exc` a StatementFailed or a driver error)."""
     excerpt: list[str] = []
@@ -185,6 +196,15 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         todo = exc.todo = "run again" if exc.transactional or not exc.done else (
             "a rerun runs the file from its first statement, so what COMMITTED runs again: make the file safe to "
             "re-run (IF NOT EXISTS) or undo that, then run again")
+    elif (before := _before_commit(cause)) is not None:  # (running._before_commit)
+        committed = "the session was lost before the runner sent its COMMIT: nothing of it was applied: its " \
+                    "transaction rolled back"
+        idle, took = before
+        if idle and took is not None and took * 1000 > idle:
+            committed += (f"; the server most likely ended the try, {seconds_text(took)} after it began: past its "
+                          f"idle_in_transaction_session_timeout of {seconds_text(idle / 1000)}, the runner frozen "
+                          "meanwhile (SIGSTOP, a VM pause)")
+        todo = "run again"
     elif connection_lost(cause) and getattr(cause, "at_connect", False):  # (connection.py: its session's connect)
         committed = "its session could not connect: nothing of it was sent, nothing applied"
         todo = "free a connection slot (or fix what the server refused), then run again"

@@ -171,11 +171,39 @@ class Probe:
         """The try ended (committed, or failed and rolled back): nothing it held is watched any more."""
         self._held_since, self.overheld, self._try, self._locked_since = None, None, None, None
 
-    def raise_held(self) -> None:
-        """Before the runner sends the next statement of a try: `overheld` raised (HeldTooLong), `seen` its waiter."""
+    def raise_held(self, ran: bool = False) -> None:
+        """Before the runner sends the next statement of a try: `overheld` raised (HeldTooLong), `seen` its waiter.
+        `ran`: asked after the statement it names ran (ask_now), not before it."""
         if self.overheld is not None:
             self.seen = self.overheld
-            raise lock_waiters.HeldTooLong("application sessions waited past the try's bound on what it holds")
+            self.seen.held_earlier = self.seen.held_earlier or ran  # (what it held: its own lock or an earlier one's)
+            held = lock_waiters.HeldTooLong("application sessions waited past the try's bound on what it holds")
+            held.ran = ran
+            raise held
+
+    def ask_now(self) -> None:
+        """After a statement of a try that has held its locks past the bound, before the next one or the COMMIT: who
+        waited on them, asked now rather than by the thread's next look (the runner frozen meanwhile, SIGSTOP or a
+        VM pause, froze the thread too, and a thawed runner commits at once: attack24r 10). Sets `overheld`."""
+        held, conn = self._held_since, self._conn
+        if held is None or not self.per_try or time.monotonic() - held <= self.per_try + self.floor:
+            return
+        import psycopg2
+
+        own = conn is None  # (frozen before the thread first connected: a connection of its own, this once)
+        if own and (self.params is None or self.blind is not None):
+            return
+        try:
+            if own:
+                conn = failures.side_connection({**self.params, "application_name": PROBE_NAME})
+                conn.autocommit = True
+            with conn.cursor() as cur:  # (psycopg2 serializes the thread's use of the connection with this one)
+                self._ended_holder(cur, None, held)
+        except (psycopg2.Error, MigratorError):  # (the thread says what became of its connection)
+            pass
+        finally:
+            if own and conn is not None:
+                failures.close(conn)
 
     def raise_blind_spent(self) -> None:
         """Before the runner sends the next statement of a try, blind: the try has held what may lock the app past

@@ -106,7 +106,7 @@ def held_too_long(exc, seen, bound: float) -> None:
     table = output.visible(waiter["table"]) if waiter["table"] else None
     what = (f"row locks on {table}" if table else "row locks") if waiter["rows"] else (
         f"a lock on {table}" if table else "a lock")
-    between = isinstance(exc.cause, HeldTooLong)  # seen between statements: this one was never sent
+    between = isinstance(exc.cause, HeldTooLong) and not getattr(exc.cause, "ran", False)  # this one never sent
     if between:
         held = f"was not run: the file's transaction held {what}, taken by its earlier statements, while"
     elif seen.held_earlier:

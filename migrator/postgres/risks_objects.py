@@ -27,7 +27,7 @@ def alter_domain(tree, line: int, live, seen):
     if tree.subtype == "C" and constraint is not None and not constraint.skip_validation \
             and constraint.contype in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_NOTNULL):
         what = f"ADD {'CONSTRAINT ' + constraint.conname + ' ' if constraint.conname else ''}without NOT VALID"
-    elif tree.subtype == "N":
+    elif tree.subtype == "O":  # (SET NOT NULL; "N" is DROP NOT NULL, which scans nothing: attack24r 12)
         what = "SET NOT NULL"
     else:
         return

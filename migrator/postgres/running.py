@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import (autovacuum, backfill, clock_bound, commit_checks, concurrently, conforming, deadlocks,
-                               detach, failures, files, lock_waiters, retry, rewrites, sessions, statement_bound)
+                               detach, failures, files, lock_waiters, retry, rewrites, session_options, sessions,
+                               statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, progress
 
@@ -86,6 +88,11 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                         if budget is not None and retry.sets_lock_timeout(statement.text):
                             budget.override(cursor, path, statement)
                         statement_bound.hold(cursor, path, statement)
+                        if probe is not None and connection.info.transaction_status != IDLE:
+                            probe.ask_now()  # (a freeze outran the probe's thread: before the next one or COMMIT)
+                            probe.raise_held(ran=True)
+                            if probe.blind is not None:
+                                probe.raise_blind_spent()
             except failures.NoAnswer as exc:
                 located = failures.NoAnswer(f"{path}:{statement.line}: {exc}, waiting for the statement there to end")
                 located.in_transaction = (transactional or opened is not None) and not _ENDS.match(statement.text)
@@ -162,12 +169,13 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                                probe=probe, skip=skip, budget=budget,
                                max_batches=limits.backfill_max_batches if limits else backfill.MAX_BATCHES,
                                judge=judge)
-                if transactional and statements:
-                    commit_checks.deferred_checks(connection, path, statements, probe, budget,
-                                                  commit_checks.records(backend))
-                if budget is not None:
-                    with connection.cursor() as cursor:
-                        budget.done(cursor)
+                with _before_commit(connection, budget, transactional):
+                    if transactional and statements:
+                        commit_checks.deferred_checks(connection, path, statements, probe, budget,
+                                                      commit_checks.records(backend))
+                    if budget is not None:
+                        with connection.cursor() as cursor:
+                            budget.done(cursor)
                 if probe is not None:
                     probe.ended()
                 break
@@ -253,6 +261,21 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         if taken := concurrently.skipped(connection, statements):
             raise IndexNotBuilt(*taken[0], path, statements)
         migration.built_indexes = concurrently.built(connection, statements, before)
+
+
+@contextlib.contextmanager
+def _before_commit(connection, budget, transactional: bool):
+    """After a transactional try's last statement, before its COMMIT: a session lost here committed nothing. Marked
+    on the error (errors.migration_error): (the try's idle bound in ms, seconds since the try began), so the line can
+    say the server most likely ended a try left idle past it (a runner frozen mid-statement: attack24r 10)."""
+    try:
+        yield
+    except Exception as lost:
+        if transactional and errors.connection_lost(lost):
+            started = budget.started if budget is not None else None
+            lost.before_commit = (session_options.TRY_IDLE.get(connection),
+                                  time.monotonic() - started if started is not None else None)
+        raise
 
 
 @contextlib.contextmanager

@@ -197,6 +197,10 @@ def _named(item: Item, names: set[str]) -> bool:
     return bare(item.name) in names or bare(top(item).split(" ", 1)[1]) in names
 
 
+def _is_claimed(key, names) -> bool:
+    return key[0] == "index" and key[1].rsplit(".", 1)[-1].strip('"') in names
+
+
 def _advance(conn, schema: str, before: Description, now: Description, changed, reason: str, claimed: set,
              taken):
     from migrator.schema.describe import scope
@@ -208,7 +212,7 @@ def _advance(conn, schema: str, before: Description, now: Description, changed, 
     recorded_before = recorded_before.only(scope(conn))  # what is out of scope now leaves the record
     items = dict(recorded_before.items)
     for key in before.items.keys() | now.items.keys():
-        if key[0] == "index" and key[1].rsplit(".", 1)[-1].strip('"') in claimed and key in now.items:
+        if _is_claimed(key, claimed) and key in now.items:
             items[key] = now.items[key]
             continue
         if key not in changed:
@@ -373,7 +377,8 @@ def live_description(conn, schema: str) -> Description:
     return describe(conn, schema)
 
 
-def live_drift(conn, schema: str, described: Description | None = None, refresh: bool = False) -> DriftReport:
+def live_drift(conn, schema: str, described: Description | None = None, refresh: bool = False,
+               claimed=None) -> DriftReport:
     """The live schema against the recorded description. Reads only (safe on `status`'s read-only
     connection). The recorded objects are read only when the text's sha256 differs.
 
@@ -382,7 +387,8 @@ def live_drift(conn, schema: str, described: Description | None = None, refresh:
     change since) is described now. The report's `live` is then None: what the runner changes next is
     measured against a description it takes itself, never a pre-read one. So it is when the catalog's fingerprint
     is the one recorded with the description (fingerprint.py); `refresh` (a writing connection, under the lock)
-    records the fingerprint anew when the live schema is found as recorded."""
+    records the fingerprint anew when the live schema is found as recorded. `claimed`: called only on drift, the
+    names of indexes a pending migration's interrupted try built (its work, taken as they are live: attack24r 8)."""
     snapshot, history = _recorded(conn, schema)
     if snapshot is None:
         return DriftReport(None)
@@ -395,6 +401,7 @@ def live_drift(conn, schema: str, described: Description | None = None, refresh:
         return DriftReport(snapshot)
     from migrator.schema.describe import describe, scope
     from migrator.schema.diff import diff
+    from migrator.schema.model import Description
 
     live = describe(conn, schema)
     if live.sha256 == snapshot.sha256:
@@ -403,6 +410,8 @@ def live_drift(conn, schema: str, described: Description | None = None, refresh:
                 fingerprint.store(cursor, schema, TABLE, taken)
         return DriftReport(snapshot, live=live)
     expected = recorded_description(conn, schema).only(scope(conn))  # a record made before a schema became a tenant's
+    if expected != live and claimed is not None and (names := claimed()):
+        expected = Description({**expected.items, **{k: i for k, i in live.items.items() if _is_claimed(k, names)}})
     if expected == live:
         return DriftReport(snapshot, live=live)
     # A history with nothing recorded as its own yet (a new service, or one Flyway applied before its first run
