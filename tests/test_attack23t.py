@@ -80,3 +80,36 @@ def test_a_forged_mark_with_a_flyway_looking_id_and_a_pending_migrations_hash_is
     ok(cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env()))
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert "important" in db.tables()
+
+
+def test_a_search_path_the_database_owner_changes_mid_run_is_refused_before_the_next_file_runs(cli, db, sql_dir, low):
+    """attack23t 1b (HIGH): the database is low's (the app team's own); mid-run low ran `ALTER DATABASE ... SET
+    search_path = <its schema>, ...`, and the next migration's fresh session took that path, which the connect check
+    never saw: low's `=` ran as the migration user. (0002 does low's ALTER, as low, at the moment it would.) Failed
+    before: exit 0, low's operator ran on 0003's UPDATE."""
+    from test_schema_creators import plant
+
+    user = db.server.user  # (its "$user" schema made: the owner may CREATE on the database, test above)
+    db.query(f'ALTER DATABASE "{db.name}" OWNER TO {low}; ALTER SCHEMA public OWNER TO "{user}"; '
+             f'CREATE SCHEMA "{user}"; CREATE SCHEMA lowpath AUTHORIZATION {low}; GRANT USAGE ON SCHEMA lowpath TO PUBLIC')
+    plant(db, "lowpath", low)
+    try:
+        _refused_mid_run(cli, db, sql_dir, low)
+    finally:
+        db.query(f'ALTER DATABASE "{db.name}" OWNER TO "{user}"; ALTER DATABASE "{db.name}" RESET search_path')
+
+
+def _refused_mid_run(cli, db, sql_dir, low) -> None:
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int, name varchar(20));\nINSERT INTO a VALUES (1, 'y');\n"
+                  f"SET ROLE {low};\nALTER DATABASE \"{db.name}\" SET search_path = lowpath, \"$user\", public;\n"
+                  "RESET ROLE;\n")
+    add_migration(sql_dir, "0003_data", "UPDATE a SET name = 'x' WHERE name = 'y';\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert db.query("SELECT who FROM lowpath.hits") == [], result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert 'search_path lowpath, "$user", public' in line and "nothing of 0003_data ran" in line, line
+    assert db.query("SELECT name FROM a") == [("y",)]
+    error = refusal(cli, db, sql_dir)  # (run again: the new path checked, and low's schema on it refused)
+    assert f"schema lowpath (on the migration's search_path)" in error or "lowpath" in error, error
+    assert db.query("SELECT who FROM lowpath.hits") == [] and db.query("SELECT name FROM a") == [("y",)]
