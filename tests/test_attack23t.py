@@ -113,3 +113,26 @@ def _refused_mid_run(cli, db, sql_dir, low) -> None:
     error = refusal(cli, db, sql_dir)  # (run again: the new path checked, and low's schema on it refused)
     assert f"schema lowpath (on the migration's search_path)" in error or "lowpath" in error, error
     assert db.query("SELECT who FROM lowpath.hits") == [] and db.query("SELECT name FROM a") == [("y",)]
+
+
+def test_yoyos_log_others_could_write_is_recorded_unconfirmed_with_the_other_histories(cli, db, sql_dir, low):
+    """fix23ac's note: the history review reads `_yoyo_log` (a removed mark is noticed from it: attack23t 3), yet a
+    role's standing write rights on it, taken with the others', left no record: the review took as true a log its
+    rows could have been deleted from or forged in. Failed before: the refusal named _hcm_migration_checksum and
+    _yoyo_migration only, and no COMMENT recorded the log's distrust."""
+    from test_history_distrust import grant_history_to
+
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    grant_history_to(db, low)
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert result.exit_code == 2 and "public._yoyo_log" in result.stderr.splitlines()[-1], result.output
+    assert db.query(f"SELECT has_table_privilege('{low}', 'public._yoyo_log', 'INSERT,UPDATE,DELETE')") == [(False,)]
+    assert db.query("SELECT obj_description('public._yoyo_log'::regclass) LIKE "
+                    "'hcm-db-migrations unconfirmed history%'") == [(True,)]
+    review = ok(cli("sql", "trust-history", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "public._yoyo_log (could be written by " in review.output, review.output
+    ok(cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env()))
+    assert db.query("SELECT obj_description('public._yoyo_log'::regclass)") == [(None,)]
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "a" in db.tables()
