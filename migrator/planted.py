@@ -128,11 +128,11 @@ COLUMNS = f""",
 """
 
 
-def with_creators(query: str) -> str:
+def with_creators(query: str, path: str = _PATH) -> str:
     """trust.PLANTED with COLUMNS appended (state[11] to state[15]), the path's entries read once (`path`: reading
-    pg_settings costs ~10 ms, and five columns ask)."""
+    pg_settings costs ~10 ms, and five columns ask; or the names a pending file puts on its own: file_paths.py)."""
     head, tail = query.rsplit("\nFROM (SELECT CAST(:s AS", 1)
-    head = head.replace("WITH me AS (", f"WITH path(w) AS MATERIALIZED {_PATH}, me AS (", 1)
+    head = head.replace("WITH me AS (", f"WITH path(w) AS MATERIALIZED {path}, me AS (", 1)
     return head + COLUMNS + "FROM (SELECT CAST(:s AS" + tail
 
 

@@ -136,3 +136,25 @@ def test_yoyos_log_others_could_write_is_recorded_unconfirmed_with_the_other_his
     assert db.query("SELECT obj_description('public._yoyo_log'::regclass)") == [(None,)]
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert "a" in db.tables()
+
+
+def test_a_schema_a_pending_files_own_search_path_names_is_held_to_the_planted_rule(cli, db, sql_dir, low):
+    """attack23t 6 (MEDIUM): `SET search_path TO app, public;` at the top of a file (a common habit), app being the
+    application role's schema: low's `app.=` ran as the migration user on the file's WHERE. Failed before: exit 0,
+    low's operator ran. set_config('search_path', ...) alike; SCHEMA_CREATORS_TRUSTED accepts the role."""
+    from test_schema_creators import plant
+
+    db.query(f"CREATE SCHEMA app AUTHORIZATION {low}; GRANT USAGE ON SCHEMA app TO PUBLIC")
+    plant(db, "app", low)
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int, name varchar(20));\nINSERT INTO a VALUES (1, 'y');\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    for setting in ("SET search_path TO app, public;", "SELECT pg_catalog.set_config('search_path', 'app,public', true);"):
+        add_migration(sql_dir, "0003_data", f"-- seed\n{setting}\nUPDATE public.a SET name = 'x' WHERE name = 'y';\n")
+        result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+        assert db.query("SELECT who FROM app.hits") == [], result.output
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        line = result.stderr.splitlines()[-1]
+        assert f"0003_data.sql:2 puts schema app on its search_path" in line, line
+        assert f"operator app.=(character varying,character varying) (owner {low})" in line, line
+        assert f"SCHEMA_CREATORS_TRUSTED={low}" in line and db.query("SELECT name FROM a") == [("y",)]
+    ok(cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_CREATORS_TRUSTED": low}))

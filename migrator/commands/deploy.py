@@ -122,10 +122,11 @@ def _say_other_histories(settings: CommandSettings, backend) -> None:
 
 def _apply_pending(settings: CommandSettings, backend, target, migrations, schema, applied: list) -> None:
     from migrator import postgres
-    from migrator.postgres import rewrites
+    from migrator.postgres import file_paths, rewrites
 
     todo = backend.to_apply(migrations)
     postgres.load_migrations(todo)  # every pending file read and checked before the verdicts, and before anything runs
+    file_paths.refuse(backend, todo, backend.bookkeeping_schema, target.where, target.creators_trusted)
     refused = rewrites.refusal(rewrites.judge(backend.connection, todo, threshold=settings.rewrite_threshold(),
                                               schema=target.schema), target.where)
     if refused:
