@@ -158,3 +158,27 @@ def test_a_schema_a_pending_files_own_search_path_names_is_held_to_the_planted_r
         assert f"operator app.=(character varying,character varying) (owner {low})" in line, line
         assert f"SCHEMA_CREATORS_TRUSTED={low}" in line and db.query("SELECT name FROM a") == [("y",)]
     ok(cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_CREATORS_TRUSTED": low}))
+
+
+def test_a_pending_file_writing_a_table_another_role_owns_or_triggers_is_refused(cli, db, sql_dir, low):
+    """attack23t 7 (MEDIUM): the app's role owns app.settings (the migration user may INSERT) and adds a trigger whose
+    function it owns; the migration's qualified `INSERT INTO app.settings` (outside the path the check reads) ran it
+    as the migration user. A table of the user's own with such a trigger alike. Failed before: exit 0, the trigger
+    ran as the migration user."""
+    from test_trigger_rights import recorder
+
+    function = recorder(db, low)
+    db.query(f"CREATE SCHEMA app; CREATE TABLE app.settings (k text, v text); ALTER TABLE app.settings OWNER TO {low}; "
+             f"GRANT USAGE ON SCHEMA app TO {low}; GRANT INSERT ON app.settings TO PUBLIC; "
+             f"CREATE TRIGGER audit BEFORE INSERT ON app.settings FOR EACH ROW EXECUTE FUNCTION {function}")
+    add_migration(sql_dir, "0002_seed", "-- reference data\nINSERT INTO app.settings VALUES ('feature_x', 'on');\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert db.query(f"SELECT who FROM fn_{low}.hits") == [], result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    line = result.stderr.splitlines()[-1]
+    assert f"0002_seed.sql:2 writes table app.settings, owned by role {low}" in line, line
+    assert f"ALTER TABLE app.settings OWNER TO" in line and f"SCHEMA_CREATORS_TRUSTED={low}" in line, line
+    db.query(f'ALTER TABLE app.settings OWNER TO "{db.server.user}"')  # (its trigger's function still low's)
+    line = cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).stderr.splitlines()[-1]
+    assert f"trigger audit (function {function}, owner {low})" in line, line
+    assert db.query(f"SELECT who FROM fn_{low}.hits") == [] and db.query("SELECT * FROM app.settings") == []

@@ -1,4 +1,5 @@
-"""The schemas a pending file puts on its own search_path, held to the planted rule (attack23t 6).
+"""What a pending file reaches beyond the schemas the connect check held to the planted rule: the schemas it puts on
+its own search_path (attack23t 6), and the tables it writes by a qualified name (attack23t 7).
 
 The connect check holds the migrated schema and the session's starting search_path to planted.py's rule. A file's
 own `SET [LOCAL] search_path TO app, public` (or `set_config('search_path', 'app,public', ...)`) then makes its
@@ -6,6 +7,12 @@ unqualified names resolve in app too: an operator or function another role plant
 migration user. So the schemas the pending files name that way are read (the parser's VariableSetStmt and
 set_config calls, only in statements that mention search_path: a no-op deploy reads none) and checked by the same
 catalog query, with those names as its path: one more round trip, only when a pending file names a path.
+
+A table another role owns is that role's to add triggers, rules and policies to, and a trigger's function runs as
+the writer: a file's INSERT / UPDATE / DELETE / MERGE / COPY FROM / TRUNCATE of `app.settings` (a qualified name:
+an unqualified one resolves on the checked path) runs that role's code as the migration user. Those tables are read
+from the statements that write (the parser's, as schema/targets.py reads DDL targets) and asked of the catalog
+(planted.WRITTEN): one round trip, only when a pending file writes a qualified name.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from migrator import lazy_re, output, planted, trust
 from migrator.errors import USAGE, MigratorError
 
 _MENTIONS = lazy_re.compile(r"search_path", re.IGNORECASE)
+_WRITES = lazy_re.compile(r"\b(?:insert|update|delete|merge|copy|truncate)\b", re.IGNORECASE)
 _QUERY = planted.with_creators(trust.PLANTED, "(SELECT pg_catalog.unnest(CAST(:paths AS pg_catalog.text[])))")
 
 
@@ -74,3 +82,64 @@ def refuse(backend, migrations, schema: str, where: str, accepted: tuple[str, ..
         f"refusing to migrate schema {schema} on {where}: {files[first]} puts schema {first} on its search_path"
         f"{f' (and {len(shown) - 1} more)' * (len(shown) > 1)}: {said}: {planted.harm(state[2])}; "
         f"{planted.fix(schema, *left, user=state[2])}"), USAGE)
+
+
+def written(migrations) -> dict[str, str]:
+    """{qualified table name (quoted): the first `file:line` writing it} of the pending files' row writes."""
+    from pglast import ast
+    from pglast.visitors import Visitor
+
+    from migrator.grant_text import ident
+    from migrator.postgres.risks_path import _trees
+
+    found: dict[str, str] = {}
+    for migration in migrations:
+        for statement in migration.steps[0].statements:
+            if not _WRITES.search(statement.text):
+                continue
+            tables: list = []
+
+            class Writes(Visitor):
+                def visit_InsertStmt(self, _ancestors, node):
+                    tables.append(node.relation)
+
+                visit_UpdateStmt = visit_DeleteStmt = visit_MergeStmt = visit_InsertStmt
+
+                def visit_CopyStmt(self, _ancestors, node):
+                    tables.append(node.relation if node.is_from else None)
+
+                def visit_TruncateStmt(self, _ancestors, node):
+                    tables.extend(node.relations or ())
+
+            for tree in _trees(statement.text):
+                Writes()(tree)
+            for table in tables:
+                if isinstance(table, ast.RangeVar) and table.schemaname:
+                    found.setdefault(f"{ident(table.schemaname)}.{ident(table.relname)}",
+                                     f"{migration.path}:{statement.line}")
+    return found
+
+
+def refuse_writes(backend, migrations, schema: str, where: str, accepted: tuple[str, ...]) -> None:
+    """Refuses (exit 2) a pending file writing a table another role owns, or whose trigger's function another role
+    owns (planted.WRITTEN), naming file:line, the table, the owner and the fix, unless SCHEMA_CREATORS_TRUSTED
+    accepts the role."""
+    tables = written(migrations)
+    if not tables:
+        return
+    names = list(tables)
+    rows = [row for row in backend.execute(planted.WRITTEN, {"names": names}).fetchall() if row[2] not in accepted]
+    if not rows:
+        return
+    index, table, owner, trigger = rows[0]
+    what = (f"whose trigger {trigger}, owner {output.role(owner)}) runs as user {backend.connection.info.user} on "
+            "each write" if trigger else f"owned by role {output.role(owner)}, which may add triggers, rules or "
+            f"policies to it at any time: they run as user {backend.connection.info.user} on each write")
+    fix = (f"as its owner drop the trigger, or make user {backend.connection.info.user} its function's owner"
+           if trigger else f"as a superuser or {output.role(owner)} run ALTER TABLE {table} OWNER TO "
+           f"{output.role(backend.connection.info.user)}, or write it from the application")
+    roles = ",".join(dict.fromkeys(row[2] for row in rows))
+    raise MigratorError(output.visible(
+        f"refusing to migrate schema {schema} on {where}: {tables[names[index - 1]]} writes table {table}, {what}"
+        f"{f' (and {len(rows) - 1} more)' * (len(rows) > 1)}; {fix}; or, to trust them, set "
+        f"{planted.SETTING}={roles}"), USAGE)
