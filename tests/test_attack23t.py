@@ -85,7 +85,8 @@ def test_a_forged_mark_with_a_flyway_looking_id_and_a_pending_migrations_hash_is
 def test_a_search_path_the_database_owner_changes_mid_run_is_refused_before_the_next_file_runs(cli, db, sql_dir, low):
     """attack23t 1b (HIGH): the database is low's (the app team's own); mid-run low ran `ALTER DATABASE ... SET
     search_path = <its schema>, ...`, and the next migration's fresh session took that path, which the connect check
-    never saw: low's `=` ran as the migration user. (0002 does low's ALTER, as low, at the moment it would.) Failed
+    never saw: low's `=` ran as the migration user. (0002 does low's ALTER, as low, at the moment it would; in a DO
+    block: a file's visible ALTER DATABASE ... SET search_path is file_paths.py's, test below.) Failed
     before: exit 0, low's operator ran on 0003's UPDATE."""
     from test_schema_creators import plant
 
@@ -101,8 +102,8 @@ def test_a_search_path_the_database_owner_changes_mid_run_is_refused_before_the_
 
 def _refused_mid_run(cli, db, sql_dir, low) -> None:
     add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int, name varchar(20));\nINSERT INTO a VALUES (1, 'y');\n"
-                  f"SET ROLE {low};\nALTER DATABASE \"{db.name}\" SET search_path = lowpath, \"$user\", public;\n"
-                  "RESET ROLE;\n")
+                  f"SET ROLE {low};\nDO $$BEGIN EXECUTE 'ALTER DATABASE \"{db.name}\" SET search_path = lowpath, "
+                  "\"$user\", public'; END$$;\nRESET ROLE;\n")  # (unread, as another session's would be)
     add_migration(sql_dir, "0003_data", "UPDATE a SET name = 'x' WHERE name = 'y';\n")
     result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
     assert db.query("SELECT who FROM lowpath.hits") == [], result.output
