@@ -183,3 +183,23 @@ def test_a_pending_file_writing_a_table_another_role_owns_or_triggers_is_refused
     line = cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).stderr.splitlines()[-1]
     assert f"trigger audit (function {function}, owner {low})" in line, line
     assert db.query(f"SELECT who FROM fn_{low}.hits") == [] and db.query("SELECT * FROM app.settings") == []
+
+
+def test_the_tables_a_file_writes_are_read_in_every_shape_without_the_parser_where_it_is_plain():
+    """file_paths.written: the head of a plain INSERT/UPDATE/DELETE/MERGE by pattern (a seed file's 20,000 rows), the
+    rest by the parser (a data-modifying WITH, TRUNCATE's list, COPY FROM, a comment inside); unqualified names and
+    COPY TO are none (the checked path holds the former; the latter writes nothing)."""
+    from types import SimpleNamespace
+
+    from migrator.postgres import file_paths
+    from migrator.postgres.splitter import Statement
+
+    texts = ['UPDATE "App".Settings SET v = 1', "DELETE FROM ONLY app . s WHERE x", "UPDATE a SET v = 1",
+             "WITH d AS (DELETE FROM app.x RETURNING *) SELECT 1", "TRUNCATE a.b, c", "COPY app.f FROM stdin",
+             "COPY app.t TO stdout", "MERGE INTO app.m USING t ON true WHEN MATCHED THEN DELETE",
+             "INSERT /* c */ INTO app.z VALUES (1)"]
+    files = [SimpleNamespace(path=f"{i}.sql", steps=[SimpleNamespace(statements=[Statement(t, 1, 0)])])
+             for i, t in enumerate(texts)]
+    assert file_paths.written(files) == {'"App"."settings"': "0.sql:1", '"app"."s"': "1.sql:1", '"app"."x"': "3.sql:1",
+                                         '"a"."b"': "4.sql:1", '"app"."f"': "5.sql:1", '"app"."m"': "7.sql:1",
+                                         '"app"."z"': "8.sql:1"}
