@@ -189,8 +189,6 @@ def test_the_tables_a_file_writes_are_read_in_every_shape_without_the_parser_whe
     """file_paths.written: the head of a plain INSERT/UPDATE/DELETE/MERGE by pattern (a seed file's 20,000 rows), the
     rest by the parser (a data-modifying WITH, TRUNCATE's list, COPY FROM, a comment inside); unqualified names and
     COPY TO are none (the checked path holds the former; the latter writes nothing)."""
-    from types import SimpleNamespace
-
     from migrator.postgres import file_paths
     from migrator.postgres.splitter import Statement
 
@@ -198,8 +196,24 @@ def test_the_tables_a_file_writes_are_read_in_every_shape_without_the_parser_whe
              "WITH d AS (DELETE FROM app.x RETURNING *) SELECT 1", "TRUNCATE a.b, c", "COPY app.f FROM stdin",
              "COPY app.t TO stdout", "MERGE INTO app.m USING t ON true WHEN MATCHED THEN DELETE",
              "INSERT /* c */ INTO app.z VALUES (1)"]
-    files = [SimpleNamespace(path=f"{i}.sql", steps=[SimpleNamespace(statements=[Statement(t, 1, 0)])])
-             for i, t in enumerate(texts)]
+    files = [(f"{i}.sql", [Statement(t, 1, 0)]) for i, t in enumerate(texts)]
     assert file_paths.written(files) == {'"App"."settings"': "0.sql:1", '"app"."s"': "1.sql:1", '"app"."x"': "3.sql:1",
                                          '"a"."b"': "4.sql:1", '"app"."f"': "5.sql:1", '"app"."m"': "7.sql:1",
                                          '"app"."z"': "8.sql:1"}
+
+
+
+def test_a_rollback_file_is_held_to_the_same_rules(cli, db, sql_dir, low):
+    """A rollback file runs as the migration user too: its own `SET search_path` naming low's schema is refused
+    before anything is rolled back, naming the rollback file and line."""
+    from test_schema_creators import plant
+
+    db.query(f"CREATE SCHEMA app AUTHORIZATION {low}; GRANT USAGE ON SCHEMA app TO PUBLIC")
+    plant(db, "app", low)
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int, name varchar(20));\n",
+                  "SET search_path TO app, public;\nDELETE FROM public.a WHERE name = 'y';\nDROP TABLE public.a;\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    result = cli("sql", "rollback", "--sql-dir", sql_dir, env=db.db_env())
+    assert result.exit_code == 2 and "0002_a.rollback.sql:1 puts schema app on its search_path" in result.stderr, \
+        result.output
+    assert "a" in db.tables() and db.query("SELECT who FROM app.hits") == []

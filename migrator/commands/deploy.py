@@ -126,8 +126,7 @@ def _apply_pending(settings: CommandSettings, backend, target, migrations, schem
 
     todo = backend.to_apply(migrations)
     postgres.load_migrations(todo)  # every pending file read and checked before the verdicts, and before anything runs
-    for refuse in (file_paths.refuse, file_paths.refuse_writes):  # (what the files reach beyond the checked path)
-        refuse(backend, todo, backend.bookkeeping_schema, target.where, target.creators_trusted)
+    file_paths.refuse_reach(backend, todo, target)  # (what the files reach beyond the checked path)
     refused = rewrites.refusal(rewrites.judge(backend.connection, todo, threshold=settings.rewrite_threshold(),
                                               schema=target.schema), target.where)
     if refused:

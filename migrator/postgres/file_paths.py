@@ -33,14 +33,23 @@ _FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
 _QUERY = planted.with_creators(trust.PLANTED, "(SELECT pg_catalog.unnest(CAST(:paths AS pg_catalog.text[])))")
 
 
+def files(migrations, rollback: bool = False) -> list:
+    """[(path, statements)] of the loaded `migrations` (their rollback files' with `rollback`)."""
+    from migrator.postgres.files import rollback_path
+
+    return [(rollback_path(m), m.rollback_statements()) if rollback else (m.path, m.steps[0].statements)
+            for m in migrations]
+
+
 def named(migrations) -> dict[str, str]:
-    """{schema: the first `file:line` naming it} of what the pending files' SET search_path / set_config name."""
+    """{schema: the first `file:line` naming it} of what the files' ([(path, statements)]) SET search_path /
+    set_config name."""
     found: dict[str, str] = {}
-    for migration in migrations:
-        for statement in migration.steps[0].statements:
+    for path, statements in migrations:
+        for statement in statements:
             if _MENTIONS.search(statement.text):
                 for schema in _schemas(statement.text):
-                    found.setdefault(schema, f"{migration.path}:{statement.line}")
+                    found.setdefault(schema, f"{path}:{statement.line}")
     return found
 
 
@@ -68,30 +77,31 @@ def _schemas(text: str) -> list[str]:
     return [name for name in found if name]  # ('': pg_dump's empty path names no schema)
 
 
-def refuse(backend, migrations, schema: str, where: str, accepted: tuple[str, ...]) -> None:
+def refuse(backend, migrations, schema: str, where: str, accepted: tuple[str, ...], rollback: bool = False) -> None:
     """Refuses (exit 2) a pending file whose own search_path names a schema others may plant in (planted.py's rule),
     naming file:line and the schema, unless SCHEMA_CREATORS_TRUSTED accepts them all."""
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
-    files = named(migrations)
-    if not files:
+    naming = named(files(migrations, rollback))
+    if not naming:
         return
     state = backend.execute(_QUERY, {"s": schema, "tables": list(dict.fromkeys([*BOOKKEEPING_TABLES,
-                                     backend.flyway_table])), "rights": [], "paths": list(files)}).fetchone()
+                                     backend.flyway_table])), "rights": [], "paths": list(naming)}).fetchone()
     left = planted.untrusted(state, accepted)
     if not any(left):
         return
     said = planted.found(schema, *left)
-    shown = [name for name in files if f"schema {name} " in said or f" {name}." in said] or list(files)
+    shown = [name for name in naming if f"schema {name} " in said or f" {name}." in said] or list(naming)
     first = shown[0]
     raise MigratorError(output.visible(
-        f"refusing to migrate schema {schema} on {where}: {files[first]} puts schema {first} on its search_path"
+        f"refusing to migrate schema {schema} on {where}: {naming[first]} puts schema {first} on its search_path"
         f"{f' (and {len(shown) - 1} more)' * (len(shown) > 1)}: {said}: {planted.harm(state[2])}; "
         f"{planted.fix(schema, *left, user=state[2])}"), USAGE)
 
 
 def written(migrations) -> dict[str, str]:
-    """{qualified table name (quoted): the first `file:line` writing it} of the pending files' row writes."""
+    """{qualified table name (quoted): the first `file:line` writing it} of the files' ([(path, statements)]) row
+    writes."""
     from pglast import ast
     from pglast.visitors import Visitor
 
@@ -99,13 +109,13 @@ def written(migrations) -> dict[str, str]:
     from migrator.postgres.risks_path import _trees
 
     found: dict[str, str] = {}
-    for migration in migrations:
-        for statement in migration.steps[0].statements:
+    for path, statements in migrations:
+        for statement in statements:
             head = _HEAD.match(statement.text)
             if head:
                 if head[2]:  # (unqualified: on the checked path)
                     table = f"{ident(_bare(head[1]))}.{ident(_bare(head[2]))}"
-                    found.setdefault(table, f"{migration.path}:{statement.line}")
+                    found.setdefault(table, f"{path}:{statement.line}")
                 continue
             if not _WRITES.search(statement.text):
                 continue
@@ -128,7 +138,7 @@ def written(migrations) -> dict[str, str]:
             for table in tables:
                 if isinstance(table, ast.RangeVar) and table.schemaname:
                     found.setdefault(f"{ident(table.schemaname)}.{ident(table.relname)}",
-                                     f"{migration.path}:{statement.line}")
+                                     f"{path}:{statement.line}")
     return found
 
 
@@ -136,11 +146,12 @@ def _bare(name: str) -> str:
     return name[1:-1].replace('""', '"') if name.startswith('"') else name.translate(_FOLD)
 
 
-def refuse_writes(backend, migrations, schema: str, where: str, accepted: tuple[str, ...]) -> None:
+def refuse_writes(backend, migrations, schema: str, where: str, accepted: tuple[str, ...],
+                  rollback: bool = False) -> None:
     """Refuses (exit 2) a pending file writing a table another role owns, or whose trigger's function another role
     owns (planted.WRITTEN), naming file:line, the table, the owner and the fix, unless SCHEMA_CREATORS_TRUSTED
     accepts the role."""
-    tables = written(migrations)
+    tables = written(files(migrations, rollback))
     if not tables:
         return
     names = list(tables)
@@ -159,3 +170,9 @@ def refuse_writes(backend, migrations, schema: str, where: str, accepted: tuple[
         f"refusing to migrate schema {schema} on {where}: {tables[names[index - 1]]} writes table {table}, {what}"
         f"{f' (and {len(rows) - 1} more)' * (len(rows) > 1)}; {fix}; or, to trust them, set "
         f"{planted.SETTING}={roles}"), USAGE)
+
+
+def refuse_reach(backend, migrations, target, rollback: bool = False) -> None:
+    """Both refusals, for the files a writing command is about to run (their rollback files' with `rollback`)."""
+    for check in (refuse, refuse_writes):
+        check(backend, migrations, backend.bookkeeping_schema, target.where, target.creators_trusted, rollback)
