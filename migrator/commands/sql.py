@@ -22,7 +22,7 @@ def rollback(settings: CommandSettings, *, count: int | None, to: str | None, al
     done = []
     with locked_backend(settings, settings.limits()) as (backend, target):
         selected = postgres.select_rollback(backend, migrations, count=count, to=to, all_=all_, notify=settings.note)
-        file_paths.refuse_reach(backend, selected, target, rollback=True)  # (what the files reach past the checked path)
+        file_paths.refuse_reach(backend, selected, target, rollback=True)  # (past the checked path)
         schema = check_schema_drift(settings, backend, refuse=False)
         with advancing_schema(settings, backend, "rollback", before=schema.live, files=selected) as changed, \
                 watching(settings, backend, target):
