@@ -27,9 +27,11 @@ CONFIRM = "runner.py sql trust-history --yes"
 
 
 def histories(flyway_table: str | None) -> tuple[str, ...]:
-    """The tables whose rows say what is applied (or, for a non-transactional file, how far it got): Flyway's table
-    (SCHEMA_TABLE) too when given (a Flyway folder's own, or any service's to record the distrust on)."""
-    return MIGRATION_TABLE, "_hcm_migration_checksum", "_hcm_migration_failure", *([flyway_table] * bool(flyway_table))
+    """The tables whose rows say what is applied (or, for a non-transactional file, how far it got; yoyo's log: what
+    ran, the review's sign of a removed mark): Flyway's table (SCHEMA_TABLE) too when given (a Flyway folder's own, or
+    any service's to record the distrust on)."""
+    return (MIGRATION_TABLE, "_hcm_migration_checksum", "_hcm_migration_failure", "_yoyo_log",
+            *([flyway_table] * bool(flyway_table)))
 
 
 def mark_sql(connection, schema: str, grants: list, comments: list, tables: tuple[str, ...]) -> tuple[str, dict]:

@@ -128,11 +128,28 @@ COLUMNS = f""",
 """
 
 
-def with_creators(query: str) -> str:
+# [name index, table, owner, trigger] of the tables a pending file writes by a qualified name (file_paths.py) that
+# another role owns (its triggers, rules and policies are that role's to add), or whose enabled trigger's function
+# another role owns (it runs as the user: attack23t 7). A name that is no table yet (one a pending file makes) is none.
+WRITTEN = f"""
+WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER),
+w AS (SELECT w.i, c.oid, c.relowner FROM pg_catalog.unnest(CAST(:names AS pg_catalog.text[])) WITH ORDINALITY w(name, i)
+      JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(w.name))
+SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, '' FROM w JOIN pg_catalog.pg_roles r ON r.oid = w.relowner
+WHERE NOT {_OWNER_OK}
+UNION ALL SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, pg_catalog.quote_ident(g.tgname::text)
+    || ' (function ' || p.oid::pg_catalog.regprocedure::text FROM w JOIN pg_catalog.pg_trigger g ON g.tgrelid = w.oid
+    JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+WHERE NOT g.tgisinternal AND g.tgenabled <> 'D' AND NOT {_OWNER_OK}
+ORDER BY 1, 4
+"""
+
+
+def with_creators(query: str, path: str = _PATH) -> str:
     """trust.PLANTED with COLUMNS appended (state[11] to state[15]), the path's entries read once (`path`: reading
-    pg_settings costs ~10 ms, and five columns ask)."""
+    pg_settings costs ~10 ms, and five columns ask; or the names a pending file puts on its own: file_paths.py)."""
     head, tail = query.rsplit("\nFROM (SELECT CAST(:s AS", 1)
-    head = head.replace("WITH me AS (", f"WITH path(w) AS MATERIALIZED {_PATH}, me AS (", 1)
+    head = head.replace("WITH me AS (", f"WITH path(w) AS MATERIALIZED {path}, me AS (", 1)
     return head + COLUMNS + "FROM (SELECT CAST(:s AS" + tail
 
 

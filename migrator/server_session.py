@@ -313,13 +313,42 @@ _CARRIED = ("CASE WHEN (SELECT pg_catalog.count(*) FROM pg_catalog.unnest(ARRAY[
             "OPERATOR(pg_catalog.>) 0 THEN true ELSE pg_catalog.set_config('hcm.done', 'on', false) IS NULL END")
 
 
-def first_read(connection, cursor, settings: dict[str, str], where: str) -> str:
+# A plain run's migration sessions take the database's or role's search_path anew, each when it opens: the one the
+# connect check held to the planted rule is the run's (checked, below). An owner's ALTER DATABASE (or ALTER ROLE)
+# ... SET search_path mid-run would put a path nobody checked under the next file (attack23t 1b).
+_CHECKED = ("hcm_checked_path", "hcm_migration")  # (yoyo URI arguments: popped before libpq sees them)
+
+
+def checking(uri, creates_in: tuple, migration) -> object:
+    """yoyo's `uri` for a plain run's migration session: carrying the search_path the run checked (creates_in's) and
+    the migration's id, for first_read."""
+    if not creates_in:  # (a tenant's path travels in `options`, which wins over the database's and role's: check())
+        return uri
+    return uri._replace(args={**uri.args, _CHECKED[0]: creates_in[1], _CHECKED[1]: migration or ""})
+
+
+def checked(args: dict) -> tuple[str, str] | None:
+    """checking()'s (path, migration), popped from a URI's `args`."""
+    path, migration = (args.pop(name, None) for name in _CHECKED)
+    return None if path is None else (path, migration)
+
+
+def first_read(connection, settings: dict[str, str], where: str, checked: tuple[str, str] | None, cursor) -> str:
     """A migration session's first statement (failures.guard_session's): query() and check(), and its
-    statement_timeout as shown."""
+    statement_timeout as shown; `checked`: (the search_path the run checked, the migration), refused if the
+    session's differs."""
     select, names = query(connection, settings)
-    cursor.execute(f"SELECT pg_catalog.current_setting('statement_timeout'){select}", names)
+    cursor.execute(f"SELECT pg_catalog.current_setting('statement_timeout'), "
+                   f"pg_catalog.current_setting('search_path'){select}", names)
     row = cursor.fetchone()
-    check(connection, row[1:], settings, where)
+    check(connection, row[2:], settings, where)
+    if checked and not _same("search_path", checked[0], row[1]):
+        raise MigratorError(output.visible(
+            f"PostgreSQL at {_refused(connection, where)}: the new session for {checked[1] or 'the next migration'} "
+            f"starts with search_path {row[1]}, not {checked[0]}, the one this run checked for objects other roles "
+            "planted (the database's or the migration role's setting changed mid-run: ALTER DATABASE or ALTER ROLE "
+            f"... SET search_path): nothing of {checked[1] or 'it'} ran; see who changed it, then run again (the "
+            "new path is then checked)"), USAGE)
     return row[0]
 
 

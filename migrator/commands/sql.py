@@ -14,6 +14,7 @@ from migrator.reports import Lines, RollbackReport
 def rollback(settings: CommandSettings, *, count: int | None, to: str | None, all_: bool) -> RollbackReport:
     """Roll back through the .rollback.sql files, newest first (default: the last one)."""
     from migrator import postgres
+    from migrator.postgres import file_paths
 
     if sum(x is not None and x is not False for x in (count, to, all_)) > 1:
         raise MigratorError("give one of --count, --to and --all", USAGE)
@@ -21,6 +22,7 @@ def rollback(settings: CommandSettings, *, count: int | None, to: str | None, al
     done = []
     with locked_backend(settings, settings.limits()) as (backend, target):
         selected = postgres.select_rollback(backend, migrations, count=count, to=to, all_=all_, notify=settings.note)
+        file_paths.refuse_reach(backend, selected, target, rollback=True)  # (past the checked path)
         schema = check_schema_drift(settings, backend, refuse=False)
         with advancing_schema(settings, backend, "rollback", before=schema.live, files=selected) as changed, \
                 watching(settings, backend, target):

@@ -45,7 +45,7 @@ def lost_before_migrations(backend, target: PostgresTarget) -> Iterator[None]:
 def _run_one(backend, target: PostgresTarget, migration, verb: str, path: Path, run) -> float:
     """Run yoyo's apply/rollback of one migration; a failure or SIGTERM becomes one true line."""
     started = time.perf_counter()
-    backend.started = True
+    backend.started = migration.id  # (a new session's refusal names it: server_session.checking)
     prefix = checksums.ROLLBACK if verb == "roll back" else ""
     what = "rollback" if prefix else "migration"
     if backend.watcher is not None:

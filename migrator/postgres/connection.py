@@ -173,7 +173,7 @@ def backend_class():
         distrusted: dict = {}  # its history's tables others could write until a run took it (history_trust)
         failures_table_ready = False
         watcher = None  # a postgres.watch.Watcher following each migration session, when progress is on
-        started = False  # a migration (or rollback) began: a lost connection is then its error to tell (apply.py)
+        started: bool | str = False  # a migration (or rollback) began (its id): a lost connection is then its error
         limits: DdlLimits | None = None  # the run's DDL limits (each try's lock_timeout, the lock retry budget)
 
         flyway_table = "flyway_schema_history"  # a Flyway folder's history (SCHEMA_TABLE)
@@ -188,7 +188,7 @@ def backend_class():
 
         def connect(self, dburi):
             args = dict(dburi.args)
-            seconds = args.pop(READ_TIMEOUT_ARG, None)
+            seconds, checked = args.pop(READ_TIMEOUT_ARG, None), server_session.checked(args)  # (both popped)
             if not self.guarded:  # a migration's session: the server ends its transaction once left idle too long
                 from migrator.postgres.retry import MAX_DELAY  # (the running machinery: a no-op never loads it)
 
@@ -198,7 +198,7 @@ def backend_class():
             where = where_name(dburi.hostname or args.get("host") or "localhost", dburi.port, dburi.database)
             self.relied, self.where = server_session.wanted(args.get("options", "")), where  # (checked on first use)
             if not self.guarded:  # (a long wait's statement also looked at from a new connection: liveness.py)
-                first = functools.partial(server_session.first_read, connection, settings=self.relied, where=where)
+                first = functools.partial(server_session.first_read, connection, self.relied, where, checked)
                 guard_session(connection, where, first, liveness.watcher(dburi, args, connection, where))
             elif seconds:  # (cut off, it ends its own server session, which holds the migration lock: cancel.py)
                 guard_reads(connection, where, float(seconds), cancel.own_session_ender(dburi, args, connection, where))
@@ -303,7 +303,8 @@ def backend_class():
             return layout.current(self, has_version_table)
 
         def copy(self):
-            session = MigrationSession(self.uri, self.migration_table)
+            session = MigrationSession(server_session.checking(self.uri, self.creates_in, self.started),
+                                       self.migration_table)
             session.bookkeeping_schema, session.flyway_table = self.bookkeeping_schema, self.flyway_table
             session.parent = self  # where a non-transactional file's progress is recorded
             if self.watcher is not None:
