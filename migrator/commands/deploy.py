@@ -177,11 +177,13 @@ def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool, refr
 
 def _pending_builds(backend, migrations, states=None):
     """live_drift's `claimed`: the indexes pending migrations' interrupted builds made (concurrently.explained)."""
-    from migrator import postgres
-    from migrator.postgres import concurrently
+    def claimed() -> set:  # (called only when drift is found: a no-op imports none of it)
+        from migrator import postgres
+        from migrator.postgres import concurrently
 
-    return lambda: concurrently.explained(backend.connection, states or postgres.status(backend, migrations),
-                                          backend.bookkeeping_schema) if migrations else set()
+        return concurrently.explained(backend.connection, states or postgres.status(backend, migrations),
+                                      backend.bookkeeping_schema) if migrations else set()
+    return claimed
 
 
 @contextlib.contextmanager

@@ -64,13 +64,14 @@ def pending_unread(connection, migrations) -> str | None:
         path = Path(migration.path)
         own = None  # the file's own `SET standard_conforming_strings = off`, until it sets it on (its session's)
         for statement in migration.steps[0].statements:
+            # (a statement is read whole before it runs: what it sets reaches only those after it)
+            if (why or own) and backslash_literal(statement.text) is not None:
+                return f"{path}:{statement.line}: {_unread(why or own)}; {todo(role)}"
             setting = sets_conforming(statement.text)
             if setting is not None:
                 own = None if setting else f"{path}:{statement.line} turns it off"
             elif why is None and _NAMES.search(statement.text):
                 why = f"{path}:{statement.line} may turn it off for what runs after"
-            if (why or own) and backslash_literal(statement.text) is not None:
-                return f"{path}:{statement.line}: {_unread(why or own)}; {todo(role)}"
     return None
 
 
