@@ -124,14 +124,16 @@ def _check_credentials_travel(target: PostgresTarget, env: Env) -> None:
     if not target.password and env.environ.get("PGPASSWORD"):
         password_from = "PGPASSWORD (environment, read by libpq)"
     from_environment = bool(password_from) and "(environment" in password_from
-    optioned = (host_from or "").startswith("--") and env.environ.get("DB_HOST") != target.host
+    hostaddr = target.params.get("hostaddr")  # (where libpq really connects: never named by the environment)
+    optioned = (host_from or "").startswith("--") and (env.environ.get("DB_HOST") != target.host or bool(hostaddr))
     if optioned and target.sources.get("password") == "default" and env.environ.get("PGPASSWORD"):
         password_from = "PGPASSWORD (environment)"  # (the seed's password would go instead: refused alike)
     if optioned and (from_environment or password_from == "PGPASSWORD (environment)"):
         instead = (f"set DB_HOST={target.host} in the environment instead of --db-host" if host_from == "--db-host"
                    else "put the password in --database-url")
         raise MigratorError(f"a password from the environment ({password_from}) goes only to a host the environment "
-                            f"names, and host {target.host} is named by {host_from} on the command line; {instead}",
+                            f"names, and host {target.host}{f' (hostaddr {hostaddr})' if hostaddr else ''} is named "
+                            f"by {host_from} on the command line; {instead}",
                             USAGE)
     host, password = _credential_source(host_from), INVOKER if from_environment else _credential_source(password_from)
     if host and password and host != password:

@@ -48,6 +48,19 @@ def test_an_environment_password_never_goes_to_a_host_only_the_command_line_name
     assert "envpw" not in message
 
 
+@pytest.mark.parametrize("password", ["DB_PASSWORD", "PGPASSWORD"])
+def test_an_environment_password_never_goes_to_a_command_line_hostaddr(password):
+    """attack23u 12: --database-url naming the environment's DB_HOST but `hostaddr=` another address (where libpq
+    really connects) got DB_PASSWORD. Failed before: resolved without an error."""
+    with pytest.raises(MigratorError) as caught:
+        resolve({password: "envpw", "DB_HOST": "env-host"},
+                database_url="postgresql://optuser@env-host/optdb?hostaddr=127.0.0.6")
+    message = str(caught.value)
+    assert f"a password from the environment ({password} (environment" in message and "host env-host (hostaddr " \
+        "127.0.0.6) is named by --database-url on the command line" in message, message
+    assert "envpw" not in message
+
+
 @pytest.mark.parametrize("option", ["host", "port", "dbname", "user"])
 @pytest.mark.parametrize("where", ["environ", "dotenv"])
 def test_a_field_option_with_a_database_url_is_refused(option, where):
