@@ -74,9 +74,11 @@ DEFINER = "security-definer-search-path"
 
 
 def definer_findings(migrations) -> list[Finding]:
-    """A function or procedure created SECURITY DEFINER without its own `SET search_path` runs as its owner (the
-    migration role) under its caller's search_path: an operator or function the caller made on that path (its `=`
-    on varchar) runs as the owner (attack23s 15). squawk has no such rule."""
+    """A function or procedure made SECURITY DEFINER (CREATE, or a later ALTER) without its own `SET search_path`
+    ending in pg_temp runs as its owner (the migration role) under a path its caller shapes: an operator or function
+    the caller made on that path (its `=` on varchar), or a temp table (pg_temp is searched first unless listed
+    last), runs or is read as the owner (attack23s 15, attack23u 13; PostgreSQL's CREATE FUNCTION manual). squawk
+    has no such rule. (Made by a DO block's EXECUTE: not read.)"""
     from migrator.postgres import files
 
     found = []
@@ -89,19 +91,44 @@ def definer_findings(migrations) -> list[Finding]:
             words = [value if kind == "code" else f'"{value}"' if kind == "ident" else "" for _, kind, value, _ in statement]
             pairs = list(zip(words, words[1:]))
             lead = [w for w in words[:4] if w not in ("or", "replace")][:2]
-            if lead not in (["create", "function"], ["create", "procedure"]):
+            if lead[:1] not in (["create"], ["alter"]) or lead[1:] not in (["function"], ["procedure"], ["routine"]):
                 continue
-            if ("security", "definer") in pairs and not {("set", "search_path"), ("set", '"search_path"')} & set(pairs):
-                at = statement[pairs.index(("security", "definer"))][0]
-                line = text.count("\n", 0, at) + 1
-                found.append(Finding(str(path), line, at - text.rfind("\n", 0, at), DEFINER,
-                                     f"{lead[1]} created SECURITY DEFINER without SET search_path: it runs as its owner "
-                                     "(the migration user) under its caller's search_path, so an operator or function "
-                                     "the caller made on that path runs as the owner",
-                                     "add SET search_path = pg_catalog, pg_temp (or its own schema, one no other role "
-                                     "may create in) to the function"))
+            if ("security", "definer") not in pairs:
+                continue
+            setting = next((i for i, pair in enumerate(pairs) if pair in (("set", "search_path"),
+                                                                          ("set", '"search_path"'))), None)
+            listed = _path_values(statement[setting + 2:]) if setting is not None else []
+            if setting is not None and (listed is None or listed[-1:] == ["pg_temp"]):
+                continue
+            at = statement[pairs.index(("security", "definer"))][0]
+            line = text.count("\n", 0, at) + 1
+            why = "without SET search_path" if setting is None else "with a SET search_path not ending in pg_temp"
+            found.append(Finding(str(path), line, at - text.rfind("\n", 0, at), DEFINER,
+                                 f"{lead[1]} made SECURITY DEFINER {why}: it runs as its owner (the migration user) "
+                                 "under a path its caller shapes, so an operator, function or temp table the caller "
+                                 "made there runs or is read as the owner",
+                                 "add SET search_path = pg_catalog, pg_temp (or its own schema, one no other role "
+                                 "may create in, then pg_temp last) to the function"))
     return found
 
+
+def _path_values(tokens) -> list[str] | None:
+    """The schemas a `SET search_path` lists (after `=` / TO), in order; None for FROM CURRENT (not known here)."""
+    names: list[str] = []
+    expect_value = True
+    for _, kind, value, _ in tokens:
+        if kind == "code" and value in ("=", "to") and not names and expect_value:
+            continue
+        if kind == "code" and value == "from" and not names:
+            return None
+        if expect_value and kind in ("code", "ident", "string"):
+            names += [n.strip().strip('"') for n in value.split(",")] if kind == "string" else [value]
+            expect_value = False
+        elif not expect_value and kind == "code" and value == ",":
+            expect_value = True
+        else:
+            break
+    return names
 
 TRIGGER_GRANT = "grant-trigger"
 # What a GRANT ... ON names when it is not a table (ON TABLE t, ON t, ON ALL TABLES IN SCHEMA s are)

@@ -47,6 +47,12 @@ def test_concurrently_is_fine_outside_a_transaction_and_flagged_inside_one(sql_d
      "AS $$ SELECT 1 $$;", False),
     ("CREATE FUNCTION f() RETURNS int LANGUAGE sql SECURITY INVOKER AS $$ SELECT 1 /* security definer */ $$;", False),
     ("COMMENT ON TABLE hcm_report_metadata IS 'security definer';", False),
+    # attack23u 13: a later ALTER makes it SECURITY DEFINER; a set path without pg_temp last (temp tables first)
+    ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';\nALTER FUNCTION f() SECURITY DEFINER;", True),
+    ("ALTER ROUTINE f() SECURITY DEFINER SET search_path TO 'pg_catalog, pg_temp';", False),
+    ("CREATE FUNCTION f() RETURNS int LANGUAGE sql SECURITY DEFINER SET search_path = public AS 'SELECT 1';", True),
+    ("CREATE FUNCTION f() RETURNS int LANGUAGE sql SECURITY DEFINER SET search_path TO 'app, pg_temp' AS 'SELECT 1';",
+     False),
 ])
 def test_a_security_definer_function_without_its_own_search_path_is_a_finding(sql_dir, spelled, flagged):
     """attack23s 15 (second report): such a function runs as the migration user under its caller's search_path, so
@@ -55,7 +61,7 @@ def test_a_security_definer_function_without_its_own_search_path_is_a_finding(sq
     findings = [f for f in lint.lint(postgres.read_migrations(sql_dir)) if f.rule == lint.DEFINER]
     assert bool(findings) == flagged, findings
     if flagged:
-        line = 2 if "\n  security" in spelled else 1
+        line = 2 if "\n  security" in spelled or "\nALTER" in spelled else 1
         assert str(findings[0]).startswith(f"{path}:{line}:") and "SET search_path = pg_catalog" in str(findings[0])
 
 
