@@ -177,6 +177,16 @@ def holder(backend, key: int = LOCK_KEY) -> str:
             f"{client or 'local'}{said}: no runner's lock row proves it) {when}")
 
 
+def advice(held: str) -> str:
+    """What to do about the holder `holder` named: a runner its lock row proves is migrating; a session named by
+    its server pid is not proven one (any role that can connect may take the lock)."""
+    pid = re.search(r"server pid (\d+)", held)
+    if pid:
+        return (f"not proven a runner's: a run would wait for it (--lock-timeout); if it is not a runner's, end it: "
+                f"SELECT pg_terminate_backend({pid[1]})")
+    return "a runner is migrating now: a run would wait for it (--lock-timeout)"
+
+
 def _proven(backend, backend_pid: int, since, role_id) -> str | None:
     """The runner named by a lock row written by the server session `backend_pid` that started at `since` (the
     advisory lock's holder), when that session's role may write the table; else None."""

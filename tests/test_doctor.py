@@ -135,12 +135,16 @@ def test_migration_lock_held_is_a_warning(cli, db, sql_dir):
     with db.server.connect(db.name) as holder, holder.cursor() as cur:
         cur.execute("SET application_name = 'hcm-db-migrations otherhost:4242'")
         cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        pid = holder.get_backend_pid()
         result = cli("doctor", "--sql-dir", sql_dir, env=db.db_env())
     assert result.exit_code == 0
     line = lines(result)["postgres locks"][0]
     # a name any session may give itself, without a runner's lock row: not believed (issue 23)
     assert line.startswith("warn") and "the migration lock is held by an unverified session (server pid" in line
     assert "calling itself 'hcm-db-migrations otherhost:4242'" in line and "held by host" not in line
+    # (attack23u 14: the advice said "a runner is migrating now" of a session nothing proves a runner's)
+    assert "a runner is migrating now" not in line and "not proven a runner's" in line, line
+    assert f"if it is not a runner's, end it: SELECT pg_terminate_backend({pid})" in line, line
 
 
 def test_ca_bundle_not_pem(cli, tmp_path):

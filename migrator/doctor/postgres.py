@@ -12,7 +12,7 @@ import dataclasses
 import socket
 import time
 
-from migrator import bookkeeping_lock, checksums, output, pg_lock, server_session, trust
+from migrator import bookkeeping_lock, checksums, lock_row, output, pg_lock, server_session, trust
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport, SchemaChecks, failed, one_line
 from migrator.doctor.grants import bookkeeping_grants, bookkeeping_locks, schema_creators
 from migrator.errors import MigratorError
@@ -347,8 +347,7 @@ def _lock(report: DoctorReport, backend, target: PostgresTarget, user: str, advi
         report.add(Check("postgres locks", FAIL, f"advisory locks allowed; {lock} is held by {stuck}",
                          "every run waits for it, then stops (exit 4): end that prepared transaction as said"))
     elif held.startswith("held by"):
-        report.add(Check("postgres locks", WARN, f"advisory locks allowed; {lock} is {held}",
-                         "a runner is migrating now: a run would wait for it (--lock-timeout)"))
+        report.add(Check("postgres locks", WARN, f"advisory locks allowed; {lock} is {held}", lock_row.advice(held)))
     elif not free:
         report.add(Check("postgres locks", WARN, f"advisory locks allowed; {lock} is held (holder unknown: doctor's "
                          "try to take it failed, and no session it can see holds it)", "a run would wait for it "
