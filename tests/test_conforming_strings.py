@@ -103,3 +103,18 @@ def test_a_file_s_own_set_off_refuses_its_later_backslash_literal_until_it_sets_
     line = one_error_line(result)
     assert result.exit_code == 2 and f"{path}:3: " in line and f"{path}:2 turns it off" in line, line
     assert applied(db) == []
+
+
+def test_the_runners_own_catalog_reads_hold_with_the_setting_off(cli, db, sql_dir):
+    """attack24s 3: with the setting off (a legacy role's or database's), the runner's own `'\\s*,\\s*'` split the
+    search_path into ` public` (no such schema): the unqualified table was not found, its rewrite not refused, exit 0.
+    Failed before: applied, id became bigint."""
+    from test_rewrites import SMALL, seeded
+
+    seeded(cli, db, sql_dir)
+    _off_for_database(db)
+    path = add_migration(sql_dir, "0002_retype", "ALTER TABLE hcm_report_metadata ALTER COLUMN id TYPE bigint;\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and f"error: {path}:1: ALTER COLUMN id TYPE bigint rewrites " \
+        "public.hcm_report_metadata" in result.stderr, result.output
+    assert db.query(ID_TYPE) == [("integer",)]

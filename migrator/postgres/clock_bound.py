@@ -82,7 +82,7 @@ _TABLE = """SELECT c.oid, c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispa
                     AND (d.adbin::pg_catalog.text OPERATOR(pg_catalog.~)
                            ':(opno|opfuncid|aggfnoid|winfnoid) |[{]COERCETODOMAIN '
                       OR """ + _OWN_TYPES.format("d.adbin") + """
-                      OR EXISTS (SELECT FROM pg_catalog.regexp_matches(d.adbin::pg_catalog.text, ':funcid (\\d+)',
+                      OR EXISTS (SELECT FROM pg_catalog.regexp_matches(d.adbin::pg_catalog.text, ':funcid ([0-9]+)',
                                                                        'g') f(m)
                         WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
                           WHERE p.oid OPERATOR(pg_catalog.=) f.m[1]::pg_catalog.oid

@@ -41,7 +41,7 @@ written AS (
 )
 SELECT DISTINCT pg_catalog.quote_ident(w.nspname) || '.' || w.name
 FROM written w, me
-WHERE w.nspname <> %(tenant)s AND w.nspname <> 'information_schema' AND w.nspname NOT LIKE 'pg\\_%%'
+WHERE w.nspname <> %(tenant)s AND w.nspname <> 'information_schema' AND NOT pg_catalog.starts_with(w.nspname::pg_catalog.text, 'pg_')
   -- written since this transaction began (few rows; CASE: only those reach pg_xact_status), and still in
   -- progress: ours or our subtransactions', which come at or after our top-level xid (the 64-bit xid rebuilt)
   AND CASE WHEN pg_catalog.age(w.xmin) <= pg_catalog.age(me.xid) THEN pg_catalog.pg_xact_status(

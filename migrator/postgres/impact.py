@@ -49,8 +49,8 @@ _RELATIONS = """
 SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text, c.relkind, c.relfilenode FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 WHERE n.nspname::pg_catalog.text OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog', 'information_schema'])
-  AND NOT n.nspname::pg_catalog.text OPERATOR(pg_catalog.~~) 'pg\\_toast%%'
-  AND NOT n.nspname::pg_catalog.text OPERATOR(pg_catalog.~~) 'pg\\_temp%%'
+  AND NOT pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_toast')  -- (no backslash: the runner's SQL reads
+  AND NOT pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_temp')   -- alike with standard_conforming_strings off)
 """
 _LOCKS = """
 SELECT relation, mode, granted, locktype FROM pg_catalog.pg_locks

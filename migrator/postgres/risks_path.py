@@ -76,7 +76,7 @@ SESSION_PATH = """
 SELECT x FROM (SELECT CASE WHEN pg_catalog.btrim(s, '"') = '$user' THEN current_user::text
                            ELSE pg_catalog.btrim(s, '"') END, o
                FROM pg_catalog.regexp_split_to_table((SELECT reset_val FROM pg_catalog.pg_settings
-                                                      WHERE name = 'search_path'), '\\s*,\\s*')
+                                                      WHERE name = 'search_path'), '[[:space:]]*,[[:space:]]*')
                     WITH ORDINALITY t(s, o)) y(x, o)
 WHERE EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = x) ORDER BY o
 """
