@@ -47,6 +47,35 @@ def test_cr_only_line_ends_lose_no_statement_and_lines_count_as_psql(cli, db, ma
     assert result.stderr.splitlines()[-3:-1] == ["LINE 3: SELECT nope;", "               ^"]
 
 
+@pytest.mark.parametrize("gap", ["\n", "  -- a note\n  \n\t", "\r\n"], ids=["newline", "comment-between", "crlf"])
+def test_a_string_continued_on_the_next_line_keeps_its_e_reading(cli, db, make_db, sql_dir, gap):
+    """attack24s 2: after E'x', a quote on the next line continues the same E string (scan.l's quotecontinue), so
+    its \\' is a quote; the splitter read the continuation as a plain literal running on into a comment, one
+    SELECT, while the server ran the statement hidden after it. Failed before: one statement, no `hidden` table."""
+    from migrator.postgres.splitter import split
+
+    sql = (f"SELECT E'x'{gap}'\\''; CREATE TABLE hidden (id int); SELECT 1 -- '\n;\n"
+           "SELECT 'a'\n'b' AS plain_continued;\n")
+    assert [s.text.split()[0] for s in split(sql)] == ["SELECT", "CREATE", "SELECT", "SELECT"]
+    same_as_psql(cli, db, make_db, sql_dir, "0002_continued", sql)
+    assert "hidden" in db.tables()
+
+
+def test_a_rewrite_hidden_after_a_continued_e_string_is_refused(cli, db, sql_dir):
+    """attack24s 2: the ALTER COLUMN TYPE after `E'x'<newline>'\\''` was no statement of the splitter's: not
+    judged, applied with exit 0 (the table rewritten). Failed before: exit 0, id bigint."""
+    from test_rewrites import SMALL, seeded
+
+    seeded(cli, db, sql_dir)
+    path = add_migration(sql_dir, "0002_cont", "SELECT E'x'\n'\\''; ALTER TABLE hcm_report_metadata ALTER COLUMN id "
+                                               "TYPE bigint; SELECT 1 -- '\n;\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and f"error: {path}:2: ALTER COLUMN id TYPE bigint rewrites" in result.stderr, \
+        result.output
+    assert db.query("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                    "'hcm_report_metadata'::regclass AND attname = 'id'") == [("integer",)]
+
+
 def test_begin_atomic_after_a_comment_between_words_is_one_function(cli, db, make_db, sql_dir):
     same_as_psql(cli, db, make_db, sql_dir, "0002_atomic",
                  "CREATE /* c */ FUNCTION f2(x int) RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END;\n"

@@ -257,7 +257,16 @@ def _skip_string(text: str, quote: int, escapes: bool, line) -> int:
         if text.startswith("'", end + 1):
             pos = end + 2
             continue
+        continued = _CONTINUE.match(text, end + 1)
+        if continued:  # the same literal, read in the same way (E'x'<newline>'\'' is one E string)
+            pos = continued.end()
+            continue
         return end + 1
+
+
+# After a closing quote, whitespace holding a newline (comments allowed) then a quote continues the same literal,
+# in its mode (scan.l's quotecontinue).
+_CONTINUE = lazy_re.compile(r"(?:[ \t\f]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f\v]+|--[^\n\r]*[\n\r])*'")
 
 
 def _skip_block_comment(text: str, pos: int, line) -> int:
