@@ -33,7 +33,8 @@ SHOWN = 3
 #   (attack23u 2);
 # - state[13], [schema, table, role, grantor when not the owner] of others' TRIGGER rights on tables there (the
 #   runner's bookkeeping aside: trust.disown takes them), and [schema or '' for all, '', role, ''] of the user's
-#   default privileges giving one to the tables it will make (attack23s 3 of the second report);
+#   default privileges giving one to the tables it will make (attack23s 3 of the second report), in any schema: a
+#   pending file may make a table off the path and write it by its qualified name (attack23u 1b);
 # - state[14], [view, bookkeeping table, role, rights] of others' write rights on a view over the runner's tables: a
 #   write through it is checked against the view owner's rights, so it writes the history as the user (attack23s 14);
 # - state[15], [schema, role, database] for a path entry naming no schema yet ("$user") and the roles that may CREATE
@@ -106,10 +107,9 @@ COLUMNS = f""",
                  WHERE x.privilege_type = 'TRIGGER' AND x.grantee <> c.relowner
                    AND NOT (ns.oid = n.oid AND c.relname = ANY(CAST(:tables AS pg_catalog.name[])))
                  UNION SELECT COALESCE(ns.nspname::text, ''), '', x.grantee, ''
-                 FROM pg_catalog.pg_default_acl d LEFT JOIN {_SCHEMAS} ns ON ns.oid = d.defaclnamespace,
+                 FROM pg_catalog.pg_default_acl d LEFT JOIN pg_catalog.pg_namespace ns ON ns.oid = d.defaclnamespace,
                      pg_catalog.aclexplode(d.defaclacl) x
-                 WHERE d.defaclrole = (SELECT oid FROM me) AND d.defaclobjtype = 'r' AND x.privilege_type = 'TRIGGER'
-                   AND (d.defaclnamespace = 0 OR ns.oid IS NOT NULL)) g
+                 WHERE d.defaclrole = (SELECT oid FROM me) AND d.defaclobjtype = 'r' AND x.privilege_type = 'TRIGGER') g
              LEFT JOIN pg_catalog.pg_roles r ON r.oid = g.role,
              LATERAL (SELECT g.schema, g.name, COALESCE(r.rolname::text, 'PUBLIC') AS grantee, g.grantor) h
              WHERE g.role = 0 OR NOT {_CREATOR_OK} ORDER BY h.schema, h.name = '', h.name, h.grantee),

@@ -56,3 +56,19 @@ def test_a_column_typed_by_another_roles_domain_is_refused(cli, db, sql_dir, low
     assert db.query(f"SELECT who FROM fn_{low}.hits") == [] and db.query("SELECT * FROM users") == []
     ok(cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_CREATORS_TRUSTED": low}))
     assert db.query("SELECT count(*) FROM data.contacts") == [(1,)]
+
+
+def test_a_default_privilege_giving_trigger_in_a_schema_off_the_path_is_refused(cli, db, sql_dir, low):
+    """attack23u 1b: `ALTER DEFAULT PRIVILEGES FOR ROLE <user> IN SCHEMA audit GRANT ALL ON TABLES TO low` (off the
+    path); 0002 makes audit.events, 0003 writes it: low's trigger, added as soon as the table exists, ran as the
+    migration user. Failed before: doctor ready, exit 0."""
+    db.query(f"CREATE SCHEMA audit; GRANT USAGE ON SCHEMA audit TO {low}; "
+             f"ALTER DEFAULT PRIVILEGES IN SCHEMA audit GRANT ALL ON TABLES TO {low}")
+    add_migration(sql_dir, "0002_make", "CREATE TABLE audit.events (id int);\n")
+    add_migration(sql_dir, "0003_seed", "INSERT INTO audit.events VALUES (1);\n")
+    line = doctor_line(cli, db, sql_dir)
+    assert line.startswith("FAIL") and f"gives {low} TRIGGER on every table it makes in schema audit" in line, line
+    line = refusal(cli, db, sql_dir)
+    assert (f'ALTER DEFAULT PRIVILEGES FOR ROLE "{db.server.user}" IN SCHEMA "audit" REVOKE TRIGGER ON TABLES FROM '
+            f'"{low}"') in line, line
+    assert "events" not in str(db.query("SELECT relname FROM pg_class WHERE relname = 'events'"))
