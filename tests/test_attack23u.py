@@ -15,7 +15,7 @@ def test_another_roles_trigger_right_on_a_written_table_off_the_path_is_refused(
              f"GRANT ALL ON ALL TABLES IN SCHEMA audit TO {low}")
     add_migration(sql_dir, "0002_log", "SELECT 1;\nINSERT INTO audit.log VALUES (1, 'backfilled');\n")
     line = refusal(cli, db, sql_dir)
-    assert f"0002_log.sql:2 writes table audit.log, on which role {low} may add triggers (a TRIGGER right)" in line, line
+    assert f"0002_log.sql:2 writes table audit.log, on which role {low} may add triggers (a TRIGGER right)" in line
     assert f'REVOKE TRIGGER ON audit.log FROM "{low}" CASCADE' in line and f"SCHEMA_CREATORS_TRUSTED={low}" in line
     assert db.query("SELECT * FROM audit.log") == []
     ok(cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_CREATORS_TRUSTED": low}))
