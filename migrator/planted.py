@@ -29,8 +29,7 @@ SHOWN = 3
 #   owns, and of enabled event triggers (database-wide, counted once) whose function another role owns: that role's
 #   code runs on the migration's DDL (attack23t 5). The user's own objects are left out before their names are built
 #   (with thousands of tables the regclass texts were most of the query's time); and of columns of tables there
-#   typed by another role's domain elsewhere (or an array of one): a CHECK its owner adds runs as the writer
-#   (attack23u 2);
+#   typed by another role's domain elsewhere (_DOMAINS): a CHECK its owner adds runs as the writer (attack23u 2);
 # - state[13], [schema, table, role, grantor when not the owner] of others' TRIGGER rights on tables there (the
 #   runner's bookkeeping aside: trust.disown takes them), and [schema or '' for all, '', role, ''] of the user's
 #   default privileges giving one to the tables it will make (attack23s 3 of the second report), in any schema: a
@@ -65,6 +64,14 @@ _PATH = r"""(SELECT CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.subs
 _SCHEMAS = f"""(SELECT x.oid, x.nspname, x.nspacl FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
                      END FROM path AS q(w))))"""
+# [used, dom]: the domains (dom) others own, and the types (used) a column of which runs their CHECKs on a write: the
+# domain, a domain over it (at any depth), and the arrays of those.
+_DOMAINS = """(WITH RECURSIVE up(oid, dom) AS (SELECT t.oid, t.oid FROM pg_catalog.pg_type t WHERE t.typtype = 'd'
+                     AND t.typowner <> (SELECT oid FROM me)
+                 UNION SELECT y.oid, up.dom FROM pg_catalog.pg_type y JOIN up ON y.typbasetype = up.oid
+                 WHERE y.typtype = 'd')
+             SELECT up.oid AS used, up.dom FROM up UNION ALL SELECT y.typarray, up.dom FROM up
+                 JOIN pg_catalog.pg_type y ON y.oid = up.oid WHERE y.typarray <> 0)"""
 COLUMNS = f""",
        ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM {_SCHEMAS} ns,
              LATERAL (SELECT 'PUBLIC' AS name WHERE EXISTS (SELECT FROM pg_catalog.aclexplode(ns.nspacl) x
@@ -95,10 +102,10 @@ COLUMNS = f""",
                  UNION ALL SELECT t.typowner, 'column ' || pg_catalog.quote_ident(ns.nspname::text) || '.'
                      || pg_catalog.quote_ident(c.relname::text) || '.' || pg_catalog.quote_ident(a.attname::text)
                      || ' (domain ' || t.oid::pg_catalog.regtype::text || ')'
-                 FROM pg_catalog.pg_type t JOIN pg_catalog.pg_attribute a ON a.atttypid IN (t.oid, t.typarray)
-                     AND a.attnum > 0 AND NOT a.attisdropped JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
-                 WHERE t.typtype = 'd' AND t.typowner <> (SELECT oid FROM me) AND t.typnamespace <> ns.oid
-                     AND c.relnamespace = ns.oid AND c.relkind IN ('r', 'p', 'f')) o
+                 FROM {_DOMAINS} u JOIN pg_catalog.pg_type t ON t.oid = u.dom JOIN pg_catalog.pg_attribute a
+                     ON a.atttypid = u.used AND a.attnum > 0 AND NOT a.attisdropped
+                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                 WHERE t.typnamespace <> ns.oid AND c.relnamespace = ns.oid AND c.relkind IN ('r', 'p', 'f')) o
              JOIN pg_catalog.pg_roles r ON r.oid = o.owner WHERE NOT {_OWNER_OK} ORDER BY r.rolname, o.what),
        ARRAY(SELECT ARRAY[h.schema, h.name, h.grantee, h.grantor] FROM (
                  SELECT ns.nspname::text AS schema, c.relname::text AS name, x.grantee AS role, CASE WHEN x.grantor
@@ -141,7 +148,7 @@ COLUMNS = f""",
 # (file_paths.py) that another role owns ('owner': its triggers, rules and policies are that role's to add), whose
 # enabled trigger's function another role owns ('trigger', detail the trigger: it runs as the user, attack23t 7), on
 # which another role (PUBLIC too) holds TRIGGER ('right', detail the grantor when not the owner: the trigger it adds
-# mid-run runs as the user, attack23u 1), or with a column of a domain (or an array of one) another role owns
+# mid-run runs as the user, attack23u 1), or with a column of a domain another role owns (_DOMAINS)
 # ('domain', detail the column, object the domain: a CHECK its owner adds runs as the writer, attack23u 2). A name
 # that is no table yet (one a pending file makes) is none.
 WRITTEN = f"""
@@ -161,7 +168,7 @@ UNION ALL SELECT w.i, w.oid::pg_catalog.regclass::text, COALESCE(r.rolname::text
 UNION ALL SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, 'domain',
         pg_catalog.quote_ident(a.attname::text), t.oid::pg_catalog.regtype::text FROM w
     JOIN pg_catalog.pg_attribute a ON a.attrelid = w.oid AND a.attnum > 0 AND NOT a.attisdropped
-    JOIN pg_catalog.pg_type t ON t.typtype = 'd' AND a.atttypid IN (t.oid, t.typarray)
+    JOIN {_DOMAINS} u ON u.used = a.atttypid JOIN pg_catalog.pg_type t ON t.oid = u.dom
     JOIN pg_catalog.pg_roles r ON r.oid = t.typowner WHERE NOT {_OWNER_OK}
 ORDER BY 1, 4, 5
 """
