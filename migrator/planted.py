@@ -28,10 +28,12 @@ SHOWN = 3
 #   unqualified `=` resolves in any of them: attack23s 1), of triggers on tables there whose function another role
 #   owns, and of enabled event triggers (database-wide, counted once) whose function another role owns: that role's
 #   code runs on the migration's DDL (attack23t 5). The user's own objects are left out before their names are built
-#   (with thousands of tables the regclass texts were most of the query's time);
+#   (with thousands of tables the regclass texts were most of the query's time); and of columns of tables there
+#   typed by another role's domain elsewhere (_DOMAINS): a CHECK its owner adds runs as the writer (attack23u 2);
 # - state[13], [schema, table, role, grantor when not the owner] of others' TRIGGER rights on tables there (the
 #   runner's bookkeeping aside: trust.disown takes them), and [schema or '' for all, '', role, ''] of the user's
-#   default privileges giving one to the tables it will make (attack23s 3 of the second report);
+#   default privileges giving one to the tables it will make (attack23s 3 of the second report), in any schema: a
+#   pending file may make a table off the path and write it by its qualified name (attack23u 1b);
 # - state[14], [view, bookkeeping table, role, rights] of others' write rights on a view over the runner's tables: a
 #   write through it is checked against the view owner's rights, so it writes the history as the user (attack23s 14);
 # - state[15], [schema, role, database] for a path entry naming no schema yet ("$user") and the roles that may CREATE
@@ -62,6 +64,14 @@ _PATH = r"""(SELECT CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.subs
 _SCHEMAS = f"""(SELECT x.oid, x.nspname, x.nspacl FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
                      END FROM path AS q(w))))"""
+# [used, dom]: the domains (dom) others own, and the types (used) a column of which runs their CHECKs on a write: the
+# domain, a domain over it (at any depth), and the arrays of those.
+_DOMAINS = """(WITH RECURSIVE up(oid, dom) AS (SELECT t.oid, t.oid FROM pg_catalog.pg_type t WHERE t.typtype = 'd'
+                     AND t.typowner <> (SELECT oid FROM me)
+                 UNION SELECT y.oid, up.dom FROM pg_catalog.pg_type y JOIN up ON y.typbasetype = up.oid
+                 WHERE y.typtype = 'd')
+             SELECT up.oid AS used, up.dom FROM up UNION ALL SELECT y.typarray, up.dom FROM up
+                 JOIN pg_catalog.pg_type y ON y.oid = up.oid WHERE y.typarray <> 0)"""
 COLUMNS = f""",
        ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM {_SCHEMAS} ns,
              LATERAL (SELECT 'PUBLIC' AS name WHERE EXISTS (SELECT FROM pg_catalog.aclexplode(ns.nspacl) x
@@ -88,7 +98,14 @@ COLUMNS = f""",
                  UNION ALL SELECT p.proowner, 'event trigger ' || pg_catalog.quote_ident(e.evtname::text)
                      || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
                  FROM pg_catalog.pg_event_trigger e JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid
-                 WHERE ns.oid = n.oid AND e.evtenabled <> 'D') o
+                 WHERE ns.oid = n.oid AND e.evtenabled <> 'D'
+                 UNION ALL SELECT t.typowner, 'column ' || pg_catalog.quote_ident(ns.nspname::text) || '.'
+                     || pg_catalog.quote_ident(c.relname::text) || '.' || pg_catalog.quote_ident(a.attname::text)
+                     || ' (domain ' || t.oid::pg_catalog.regtype::text || ')'
+                 FROM {_DOMAINS} u JOIN pg_catalog.pg_type t ON t.oid = u.dom JOIN pg_catalog.pg_attribute a
+                     ON a.atttypid = u.used AND a.attnum > 0 AND NOT a.attisdropped
+                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                 WHERE t.typnamespace <> ns.oid AND c.relnamespace = ns.oid AND c.relkind IN ('r', 'p', 'f')) o
              JOIN pg_catalog.pg_roles r ON r.oid = o.owner WHERE NOT {_OWNER_OK} ORDER BY r.rolname, o.what),
        ARRAY(SELECT ARRAY[h.schema, h.name, h.grantee, h.grantor] FROM (
                  SELECT ns.nspname::text AS schema, c.relname::text AS name, x.grantee AS role, CASE WHEN x.grantor
@@ -97,10 +114,9 @@ COLUMNS = f""",
                  WHERE x.privilege_type = 'TRIGGER' AND x.grantee <> c.relowner
                    AND NOT (ns.oid = n.oid AND c.relname = ANY(CAST(:tables AS pg_catalog.name[])))
                  UNION SELECT COALESCE(ns.nspname::text, ''), '', x.grantee, ''
-                 FROM pg_catalog.pg_default_acl d LEFT JOIN {_SCHEMAS} ns ON ns.oid = d.defaclnamespace,
+                 FROM pg_catalog.pg_default_acl d LEFT JOIN pg_catalog.pg_namespace ns ON ns.oid = d.defaclnamespace,
                      pg_catalog.aclexplode(d.defaclacl) x
-                 WHERE d.defaclrole = (SELECT oid FROM me) AND d.defaclobjtype = 'r' AND x.privilege_type = 'TRIGGER'
-                   AND (d.defaclnamespace = 0 OR ns.oid IS NOT NULL)) g
+                 WHERE d.defaclrole = (SELECT oid FROM me) AND d.defaclobjtype = 'r' AND x.privilege_type = 'TRIGGER') g
              LEFT JOIN pg_catalog.pg_roles r ON r.oid = g.role,
              LATERAL (SELECT g.schema, g.name, COALESCE(r.rolname::text, 'PUBLIC') AS grantee, g.grantor) h
              WHERE g.role = 0 OR NOT {_CREATOR_OK} ORDER BY h.schema, h.name = '', h.name, h.grantee),
@@ -128,20 +144,33 @@ COLUMNS = f""",
 """
 
 
-# [name index, table, owner, trigger] of the tables a pending file writes by a qualified name (file_paths.py) that
-# another role owns (its triggers, rules and policies are that role's to add), or whose enabled trigger's function
-# another role owns (it runs as the user: attack23t 7). A name that is no table yet (one a pending file makes) is none.
+# [name index, table, role, kind, detail, object] of the tables a pending file writes by a qualified name
+# (file_paths.py) that another role owns ('owner': its triggers, rules and policies are that role's to add), whose
+# enabled trigger's function another role owns ('trigger', detail the trigger: it runs as the user, attack23t 7), on
+# which another role (PUBLIC too) holds TRIGGER ('right', detail the grantor when not the owner: the trigger it adds
+# mid-run runs as the user, attack23u 1), or with a column of a domain another role owns (_DOMAINS)
+# ('domain', detail the column, object the domain: a CHECK its owner adds runs as the writer, attack23u 2). A name
+# that is no table yet (one a pending file makes) is none.
 WRITTEN = f"""
 WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER),
-w AS (SELECT w.i, c.oid, c.relowner FROM pg_catalog.unnest(CAST(:names AS pg_catalog.text[])) WITH ORDINALITY w(name, i)
-      JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(w.name))
-SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, '' FROM w JOIN pg_catalog.pg_roles r ON r.oid = w.relowner
-WHERE NOT {_OWNER_OK}
-UNION ALL SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, pg_catalog.quote_ident(g.tgname::text)
-    || ' (function ' || p.oid::pg_catalog.regprocedure::text FROM w JOIN pg_catalog.pg_trigger g ON g.tgrelid = w.oid
-    JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
-WHERE NOT g.tgisinternal AND g.tgenabled <> 'D' AND NOT {_OWNER_OK}
-ORDER BY 1, 4
+w AS (SELECT w.i, c.oid, c.relowner, c.relacl FROM pg_catalog.unnest(CAST(:names AS pg_catalog.text[]))
+      WITH ORDINALITY w(name, i) JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(w.name))
+SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, 'owner', '', '' FROM w
+    JOIN pg_catalog.pg_roles r ON r.oid = w.relowner WHERE NOT {_OWNER_OK}
+UNION ALL SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, 'trigger', pg_catalog.quote_ident(
+        g.tgname::text) || ' (function ' || p.oid::pg_catalog.regprocedure::text, '' FROM w
+    JOIN pg_catalog.pg_trigger g ON g.tgrelid = w.oid JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid
+    JOIN pg_catalog.pg_roles r ON r.oid = p.proowner WHERE NOT g.tgisinternal AND g.tgenabled <> 'D' AND NOT {_OWNER_OK}
+UNION ALL SELECT w.i, w.oid::pg_catalog.regclass::text, COALESCE(r.rolname::text, 'PUBLIC'), 'right', CASE WHEN
+        x.grantor <> w.relowner THEN pg_catalog.pg_get_userbyid(x.grantor)::text ELSE '' END, '' FROM w
+    CROSS JOIN pg_catalog.aclexplode(w.relacl) x LEFT JOIN pg_catalog.pg_roles r ON r.oid = x.grantee
+    WHERE x.privilege_type = 'TRIGGER' AND x.grantee <> w.relowner AND (x.grantee = 0 OR NOT {_CREATOR_OK})
+UNION ALL SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, 'domain',
+        pg_catalog.quote_ident(a.attname::text), t.oid::pg_catalog.regtype::text FROM w
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = w.oid AND a.attnum > 0 AND NOT a.attisdropped
+    JOIN {_DOMAINS} u ON u.used = a.atttypid JOIN pg_catalog.pg_type t ON t.oid = u.dom
+    JOIN pg_catalog.pg_roles r ON r.oid = t.typowner WHERE NOT {_OWNER_OK}
+ORDER BY 1, 4, 5
 """
 
 
@@ -219,6 +248,8 @@ def fix(schema: str, creators: list[list[str]], owned: list[list[str]], triggers
         steps.append(f"run {runnable(f'REVOKE CREATE ON SCHEMA {ident(where)} FROM {_sql_names(grantees)}')}")
     if owned:
         steps.append("drop what others own there, or make the migration user its owner (ALTER ... OWNER TO)")
+    for domain in dict.fromkeys(what.rsplit(" (domain ", 1)[1][:-1] for _, what in owned if what.startswith("column ")):
+        steps.append(f"as a superuser or its owner run {runnable(f'ALTER DOMAIN {domain} OWNER TO {ident(user)}')}")
     by: dict[tuple[str, str, str], list[str]] = {}
     for where, table, role, grantor in triggers:
         by.setdefault((where, grantor, table and "table"), []).append(role)

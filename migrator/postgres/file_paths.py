@@ -148,9 +148,9 @@ def _bare(name: str) -> str:
 
 def refuse_writes(backend, migrations, schema: str, where: str, accepted: tuple[str, ...],
                   rollback: bool = False) -> None:
-    """Refuses (exit 2) a pending file writing a table another role owns, or whose trigger's function another role
-    owns (planted.WRITTEN), naming file:line, the table, the owner and the fix, unless SCHEMA_CREATORS_TRUSTED
-    accepts the role."""
+    """Refuses (exit 2) a pending file writing a table another role owns, whose trigger's function another role
+    owns, on which another role may add triggers, or with a column of another role's domain (planted.WRITTEN),
+    naming file:line, the table, the role and the fix, unless SCHEMA_CREATORS_TRUSTED accepts the role."""
     tables = written(files(migrations, rollback))
     if not tables:
         return
@@ -158,18 +158,34 @@ def refuse_writes(backend, migrations, schema: str, where: str, accepted: tuple[
     rows = [row for row in backend.execute(planted.WRITTEN, {"names": names}).fetchall() if row[2] not in accepted]
     if not rows:
         return
-    index, table, owner, trigger = rows[0]
-    what = (f"whose trigger {trigger}, owner {output.role(owner)}) runs as user {backend.connection.info.user} on "
-            "each write" if trigger else f"owned by role {output.role(owner)}, which may add triggers, rules or "
-            f"policies to it at any time: they run as user {backend.connection.info.user} on each write")
-    fix = (f"as its owner drop the trigger, or make user {backend.connection.info.user} its function's owner"
-           if trigger else f"as a superuser or {output.role(owner)} run ALTER TABLE {table} OWNER TO "
-           f"{output.role(backend.connection.info.user)}, or write it from the application")
+    index, table, role, kind, detail, domain = rows[0]
+    what, fix = _written(table, role, kind, detail, domain, backend.connection.info.user)
     roles = ",".join(dict.fromkeys(row[2] for row in rows))
     raise MigratorError(output.visible(
         f"refusing to migrate schema {schema} on {where}: {tables[names[index - 1]]} writes table {table}, {what}"
         f"{f' (and {len(rows) - 1} more)' * (len(rows) > 1)}; {fix}; or, to trust them, set "
         f"{planted.SETTING}={roles}"), USAGE)
+
+
+def _written(table: str, role: str, kind: str, detail: str, domain: str, user: str) -> tuple[str, str]:
+    """(what another role may run on a write of `table`, what to do) for a planted.WRITTEN row."""
+    from migrator.grant_text import ident, runnable
+
+    shown = output.role(role)
+    runs = f"as user {user} on each write"
+    if kind == "trigger":
+        return (f"whose trigger {detail}, owner {shown}) runs {runs}",
+                f"as its owner drop the trigger, or make user {user} its function's owner")
+    if kind == "right":
+        revoke = runnable(f"REVOKE TRIGGER ON {table} FROM {role if role == 'PUBLIC' else ident(role)} CASCADE")
+        return (f"on which role {shown} may add triggers (a TRIGGER right): one added mid-run runs {runs}",
+                f"{f'as role {output.role(detail)}, which granted it, ' * bool(detail)}run {revoke}")
+    if kind == "domain":
+        return (f"whose column {detail} is of domain {domain} (owner {shown}): a CHECK its owner adds runs {runs}",
+                f"as a superuser or {shown} run {runnable(f'ALTER DOMAIN {domain} OWNER TO {ident(user)}')}")
+    return (f"owned by role {shown}, which may add triggers, rules or policies to it at any time: they run {runs}",
+            f"as a superuser or {shown} run ALTER TABLE {table} OWNER TO {output.role(user)}, or write it from the "
+            "application")
 
 
 def refuse_reach(backend, migrations, target, rollback: bool = False) -> None:
