@@ -59,7 +59,7 @@ _OWNER_OK = _TRUSTED + (" AND r.oid IN (WITH RECURSIVE m(oid) AS (SELECT oid FRO
 _PATH = r"""(SELECT CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.substr(p.w, 2, pg_catalog.length(p.w) - 2),
                  '""', '"') ELSE pg_catalog.translate(p.w, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') END
              FROM (SELECT m[1] AS w FROM pg_catalog.regexp_matches((SELECT reset_val FROM pg_catalog.pg_settings
-                   WHERE name = 'search_path'), '\s*("(?:[^"]|"")*"|[^,\s]+)\s*(?:,|$)', 'g') m) p)"""
+                   WHERE name = 'search_path'), '[[:space:]]*("(?:[^"]|"")*"|[^,[:space:]]+)[[:space:]]*(?:,|$)', 'g') m) p)"""
 # (the migrated schema n and the others on the migration session's search_path)
 _SCHEMAS = f"""(SELECT x.oid, x.nspname, x.nspacl FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w

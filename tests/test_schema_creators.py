@@ -211,3 +211,19 @@ def test_a_database_owned_by_another_login_role_is_no_trusted_creator_in_public(
         assert db.query("SELECT count(*) FROM public.hits") == [(0,)]
     finally:
         db.query(f'ALTER DATABASE "{db.name}" OWNER TO CURRENT_USER')
+
+
+def test_a_path_schema_others_may_create_in_is_refused_with_standard_conforming_strings_off(cli, db, sql_dir, low):
+    """attack24s 3's class in planted.py: the path's entries were split with `'\\s*...'`, which the server reads as
+    `s*...` with the setting off (a legacy database's): `sales` was no entry, its creators never checked, and low's
+    `=` there ran as the migration role. Failed before: exit 0, a hit recorded."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    writable_by(db, "sales", low)
+    plant(db, "sales", low)
+    db.query(f"ALTER DATABASE {db.name} SET search_path = sales, public")
+    db.query(f"ALTER DATABASE {db.name} SET standard_conforming_strings = off")
+    add_migration(sql_dir, "0002_data", "CREATE TABLE a (id int, name varchar(20));\n"
+                  "SELECT count(*) FROM a WHERE name = 'y';\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert result.exit_code == 2 and f"roles {low} may CREATE in schema sales" in one_error_line(result), result.output
+    assert db.query("SELECT count(*) FROM sales.hits") == [(0,)]

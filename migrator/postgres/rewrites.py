@@ -162,7 +162,7 @@ JOIN pg_catalog.pg_class t ON t.oid = COALESCE((SELECT i.indrelid FROM pg_catalo
                                                 WHERE i.indexrelid = c.oid), c.oid)
 JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
 WHERE c.relkind = %(kind)s AND n.nspname <> ALL(ARRAY['pg_catalog', 'information_schema'])
-  AND n.nspname NOT LIKE 'pg\\_toast%%' AND c.reltablespace = (
+  AND NOT pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_toast') AND c.reltablespace = (
     SELECT CASE WHEN s.oid = d.dattablespace THEN 0 ELSE s.oid END FROM pg_catalog.pg_tablespace s
     JOIN pg_catalog.pg_database d ON d.datname = pg_catalog.current_database() WHERE s.spcname = %(name)s)
 ORDER BY 1, 2
