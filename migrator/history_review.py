@@ -21,6 +21,7 @@ from migrator.postgres.history import MIGRATION_TYPES
 
 _TAKES_BACK = ("DELETE", "UNDO_SQL")
 _BASELINE = ("BASELINE", "SQL_BASELINE")
+_UNLOGGED = " is marked applied, yet "
 
 
 def lines(books, removed: list[str] = ()) -> list[str]:
@@ -34,7 +35,7 @@ def lines(books, removed: list[str] = ()) -> list[str]:
              for i in unmarked(books)]
     said += [f"  failure recorded: {i}: {what}" for i, what in sorted(books.failures.items())]
     said += [_row_line(books, row) for row in (books.flyway.rows if books.flyway else ())]
-    said += [f"  record removed? {sign}" for sign in removed]
+    said += [f"  record {'forged' if _UNLOGGED in sign else 'removed'}? {sign}" for sign in removed]
     todo = [i for i in books.keyed.values() if i not in books.applied]
     said += [f"  migrate would run next: {', '.join(todo)} (any of them that ran before had its record removed: "
              "restore it before --yes)"] if todo else []
@@ -50,6 +51,9 @@ def _versions(books) -> dict[tuple[int, ...], str]:
 def _row_line(books, row) -> str:
     """One row of a Flyway folder's table, as what it does."""
     head = f"  {books.flyway.table} row {row.rank}: {row.type}"
+    if row in _versionless(books):
+        return (f"{head} {row.script} without its version: forged? (the runner records a versioned file's version): "
+                "counts that file applied without running it")
     mine, key = _versions(books), flyway.version_key(row.version) if row.version else None
     if row.type in _BASELINE and key:
         covered = [i for k, i in sorted(mine.items()) if k <= key]
@@ -73,16 +77,18 @@ def removed(backend, books) -> list[str]:
         for row in books.flyway.rows:
             if row.type in _TAKES_BACK and row.version:
                 taken.add(_versions(books).get(flyway.version_key(row.version)))
-            if row.type in _TAKES_BACK or (row.type in _BASELINE and first is not None and row.rank > first):
-                signs.append(f"{books.flyway.table} row {row.rank} ({row.type} of version {row.version}): "
+            kind = f"{row.script} without its version" if row in _versionless(books) else None
+            if kind or row.type in _TAKES_BACK or (row.type in _BASELINE and first is not None and row.rank > first):
+                signs.append(f"{books.flyway.table} row {row.rank} ({kind or f'{row.type} of version {row.version}'}): "
                              f"DELETE FROM {backend.qualified(books.flyway.table)} WHERE installed_rank = {row.rank} "
                              "if you did not write it")
     schema, log = backend.bookkeeping_schema, backend.log_table
-    last = {}
+    last, logged = {}, set()
     if backend.execute("SELECT to_regclass(:t) IS NOT NULL", {"t": backend.log_table_quoted}).fetchone()[0]:
         for key, operation, at in backend.execute(f"SELECT migration_hash, operation, created_at_utc FROM "
                                                   f"{backend.log_table_quoted} ORDER BY created_at_utc").fetchall():
             last[key] = (operation, at)
+            logged.update([key] if operation in ("apply", "mark") else [])
     for key, migration_id in books.keyed.items():
         if migration_id in books.applied or migration_id in taken:
             continue
@@ -100,7 +106,21 @@ def removed(backend, books) -> list[str]:
                 f"applied_at_utc) VALUES ('{key}', '{migration_id}', now())")
             signs.append(f"{migration_id} was applied, yet nothing records it now ({'; '.join(ran)}): if it ran, "
                          f"restore {restore}; if it did not, {' and '.join(undo)}")
+    if books.flyway is None:  # attack23u 7: a mark with neither a log entry nor a checksum row (the runner writes both)
+        signs += [f"{migration_id}{_UNLOGGED}{schema}.{log} has no apply of it and no checksum row "
+                  f"exists: if it did not run, DELETE FROM {schema}.{backend.migration_table} WHERE migration_hash = "
+                  f"'{key}'; if it ran, delete that mark and run sql mark {migration_id}"
+                  for key, migration_id in books.keyed.items()
+                  if migration_id in books.marked and migration_id not in books.sums and key not in logged]
     return signs
+
+
+def _versionless(books) -> list:
+    """Success rows with no version naming a versioned script (attack23u 10): never the runner's (it records the
+    file's version), yet counted applied as a repeatable's row would be."""
+    return [row for row in (books.flyway.rows if books.flyway else ()) if row.version is None and row.success and
+            row.type in MIGRATION_TYPES and (found := flyway.parse(row.script.rsplit("/", 1)[-1])) and
+            found["kind"] == "V"]
 
 
 def flyway_rows(backend, table: str) -> list[str]:

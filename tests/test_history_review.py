@@ -283,3 +283,39 @@ def test_a_deleted_flyway_row_is_noticed_from_the_log_and_refused(cli, db, tmp_p
     shown_and_refused(cli, db, folder, "record removed? V2__double was applied, yet nothing records it now "
                       "(public._yoyo_log: apply ", "if it ran, restore its row in public.flyway_schema_history")
     assert db.query("SELECT amount FROM pay") == [(200,)]
+
+
+def test_a_flyway_row_without_a_version_naming_a_versioned_script_is_shown_as_forged_and_refused(cli, db, tmp_path,
+                                                                                                  low):
+    """attack23u 10: a success row with no version (a repeatable's shape) whose script is V2__important.sql. Failed
+    before: the review showed it as an ordinary row, --yes confirmed, and V2 never ran."""
+    folder = _flyway_folder(cli, db, tmp_path, low, ("V1__a.sql", "CREATE TABLE a (id int);\n"))
+    from test_flyway_locks import write
+
+    write(folder, "V2__important.sql", "CREATE TABLE important (id int);\n")
+    db.query(f"SET ROLE {low}; INSERT INTO public.flyway_schema_history (installed_rank, version, description, type, "
+             "script, checksum, installed_by, execution_time, success) VALUES (2, NULL, 'important', 'SQL', "
+             "'V2__important.sql', NULL, 'x', 0, true); RESET ROLE")
+    assert cli("migrate", "--sql-dir", folder, env=db.db_env()).exit_code == 2
+    shown_and_refused(cli, db, folder, "flyway_schema_history row 2: SQL V2__important.sql without its version: forged?",
+                      "row 2 (V2__important.sql without its version)")
+    db.query("DELETE FROM public.flyway_schema_history WHERE installed_rank = 2")
+    ok(trust(cli, db, folder, "--yes"))
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert "important" in db.tables()
+
+
+def test_a_forged_mark_with_its_own_hash_but_no_log_entry_or_checksum_is_shown_and_refused(cli, db, sql_dir, low):
+    """attack23u 7: a mark with 0002's correct hash, no apply in _yoyo_log and no checksum row (the runner writes
+    both). Failed before: the review showed it like a real row, --yes confirmed, and 0002 never ran."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    distrusted(cli, db, sql_dir, low, "INSERT INTO _yoyo_migration VALUES (encode(sha256('0002_important'), 'hex'), "
+                                      "'0002_important', now())")
+    review = shown_and_refused(cli, db, sql_dir, "record forged? 0002_important is marked applied, yet public._yoyo_log "
+                               "has no apply of it and no checksum row exists", "0002_important is marked applied")
+    assert f"recorded as applied: {FIRST}" in review and f"record forged? {FIRST}" not in review, review
+    db.query("DELETE FROM _yoyo_migration WHERE migration_id = '0002_important'")  # (the fix the refusal names)
+    ok(trust(cli, db, sql_dir, "--yes"))
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "important" in db.tables()
