@@ -89,6 +89,8 @@ def removed(backend, books) -> list[str]:
                                                   f"{backend.log_table_quoted} ORDER BY created_at_utc").fetchall():
             last[key] = (operation, at)
             logged.update([key] if operation in ("apply", "mark") else [])
+    order = list(books.keyed.values())  # (migrate's order)
+    newest = max((n for n, i in enumerate(order) if i in books.applied), default=-1)
     for key, migration_id in books.keyed.items():
         if migration_id in books.applied or migration_id in taken:
             continue
@@ -100,19 +102,29 @@ def removed(backend, books) -> list[str]:
         if books.failures.get(migration_id, "").startswith(checksums.ROLLBACK):
             ran.append(f"{schema}.{checksums.FAILURES}: its rollback stopped part-way")
             undo.append(f"DELETE FROM {schema}.{checksums.FAILURES} WHERE migration_id = '{migration_id}'")
+        mark = (f"INSERT INTO {schema}.{backend.migration_table} (migration_hash, migration_id, applied_at_utc) "
+                f"VALUES ('{key}', '{migration_id}', now())")
         if ran:
-            restore = f"its row in {schema}.{books.flyway.table}" if books.flyway is not None else (
-                f"its mark: INSERT INTO {schema}.{backend.migration_table} (migration_hash, migration_id, "
-                f"applied_at_utc) VALUES ('{key}', '{migration_id}', now())")
+            restore = f"its row in {schema}.{books.flyway.table}" if books.flyway is not None else f"its mark: {mark}"
             signs.append(f"{migration_id} was applied, yet nothing records it now ({'; '.join(ran)}): if it ran, "
                          f"restore {restore}; if it did not, {' and '.join(undo)}")
+        elif books.flyway is None and order.index(migration_id) < newest:  # attack23u 8: all its records deleted
+            signs.append(f"{migration_id} is not recorded applied, yet {order[newest]} after it is: if it ran, restore "
+                         f"its mark and log entry: {mark}; {_log_entry(schema, log, key, migration_id)}; if it never "
+                         f"ran, rename its file after {order[newest]}")
     if books.flyway is None:  # attack23u 7: a mark with neither a log entry nor a checksum row (the runner writes both)
         signs += [f"{migration_id}{_UNLOGGED}{schema}.{log} has no apply of it and no checksum row "
                   f"exists: if it did not run, DELETE FROM {schema}.{backend.migration_table} WHERE migration_hash = "
-                  f"'{key}'; if it ran, delete that mark and run sql mark {migration_id}"
+                  f"'{key}'; if it ran, record it: {_log_entry(schema, log, key, migration_id)}"
                   for key, migration_id in books.keyed.items()
                   if migration_id in books.marked and migration_id not in books.sums and key not in logged]
     return signs
+
+
+def _log_entry(schema: str, log: str, key: str, migration_id: str) -> str:
+    """The INSERT of a yoyo log entry marking `migration_id` applied (what sql mark writes)."""
+    return (f"INSERT INTO {schema}.{log} (id, migration_hash, migration_id, operation, created_at_utc) VALUES "
+            f"(gen_random_uuid(), '{key}', '{migration_id}', 'mark', now())")
 
 
 def _versionless(books) -> list:

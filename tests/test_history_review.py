@@ -319,3 +319,28 @@ def test_a_forged_mark_with_its_own_hash_but_no_log_entry_or_checksum_is_shown_a
     ok(trust(cli, db, sql_dir, "--yes"))
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert "important" in db.tables()
+
+
+def test_a_migration_older_than_the_newest_applied_with_all_its_records_deleted_is_shown_and_refused(cli, db, sql_dir,
+                                                                                                     low):
+    """attack23u 8: low deletes 0003_double's mark, checksum row and _yoyo_log rows; 0004 (applied after it) stays.
+    Failed before: the review only said "would run next", --yes confirmed, and migrate ran 0003 again (amount 400)."""
+    from yoyo.migrations import get_migration_hash
+
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_pay", "CREATE TABLE pay (amount int); INSERT INTO pay VALUES (100);\n")
+    add_migration(sql_dir, "0003_double", "UPDATE pay SET amount = amount * 2;\n")
+    add_migration(sql_dir, "0004_c", "CREATE TABLE c (id int);\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    key = get_migration_hash("0003_double")
+    distrusted(cli, db, sql_dir, low, "DELETE FROM _yoyo_migration WHERE migration_id = '0003_double'; DELETE FROM "
+                                      "_hcm_migration_checksum WHERE migration_id = '0003_double'; DELETE FROM "
+                                      f"_yoyo_log WHERE migration_hash = '{key}'")
+    review = shown_and_refused(cli, db, sql_dir, "record removed? 0003_double is not recorded applied, yet 0004_c after "
+                               "it is: if it ran, restore its mark and log entry: INSERT INTO public._yoyo_migration",
+                               "0003_double is not recorded applied, yet 0004_c after it is")
+    restore = review.split("restore its mark and log entry: ", 1)[1].split("; if it never ran", 1)[0]
+    db.query(restore)  # (the fix the review names)
+    ok(trust(cli, db, sql_dir, "--yes"))
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert db.query("SELECT amount FROM pay") == [(200,)]
