@@ -194,12 +194,9 @@ def test_a_history_row_written_while_others_could_is_not_adopted_by_the_revoking
     assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 2
     # attack23u 7: a mark with neither a log entry nor a checksum row is not confirmed (this test confirmed it
     # before); the fix the refusal names, then the migration runs.
-    refused = cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env())
-    assert refused.exit_code == 2 and "0002_more is marked applied" in refused.output, refused.output
-    db.query("DELETE FROM public._yoyo_migration WHERE migration_id = '0002_more'")
-    ok(cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env()))
-    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
-    assert "more_rows" in db.tables()
+    from test_history_distrust import refused_until_mark_deleted
+
+    refused_until_mark_deleted(cli, db, sql_dir, "0002_more is marked applied", "0002_more", "more_rows")
 
 
 @pytest.mark.parametrize("command", [["migrate"], ["sql", "break-lock"]])
