@@ -10,7 +10,9 @@ A Flyway folder's rows are shown one by one as what they are (a BASELINE counts 
 here, a DELETE or UNDO takes one back), and a removed record is looked for (attack23t 3: a mark deleted, or a Flyway
 DELETE row added, made migrate run an applied data migration again): yoyo's log still says the migration was applied
 and never rolled back. `--yes` refuses such signs, a DELETE/UNDO row, and a BASELINE written after applied rows
-(Flyway baselines only an empty history), naming the row and the fix.
+(Flyway baselines only an empty history), naming the row and the fix. With every record gone, a pending migration
+older than the newest applied is the sign (attack23u 8); a mark with no log entry and no checksum row, or a Flyway row
+without the version of the versioned script it names, is a forged one (attack23u 7, 10).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def _versions(books) -> dict[tuple[int, ...], str]:
 def _row_line(books, row) -> str:
     """One row of a Flyway folder's table, as what it does."""
     head = f"  {books.flyway.table} row {row.rank}: {row.type}"
-    if row in _versionless(books):
+    if _versionless(row):
         return (f"{head} {row.script} without its version: forged? (the runner records a versioned file's version): "
                 "counts that file applied without running it")
     mine, key = _versions(books), flyway.version_key(row.version) if row.version else None
@@ -70,14 +72,15 @@ def removed(backend, books) -> list[str]:
     """Signs that a record of an applied migration was removed, one line each with its fix: a Flyway row taking one
     back; a BASELINE row after applied rows; this folder's migration that nothing counts applied now, while yoyo's log
     (keyed by the mark's hash) says it was applied and not rolled back since, or a failure record says its rollback
-    stopped part-way (it stays applied)."""
+    stopped part-way (it stays applied), or it is older than the newest applied; and forged rows (_versionless, a mark
+    the runner would have logged)."""
     signs, taken = [], set()  # (taken: the ids a Flyway row takes back, named by that row's sign)
     if books.flyway is not None:
         first = min((r.rank for r in books.flyway.rows if r.type in MIGRATION_TYPES), default=None)
         for row in books.flyway.rows:
             if row.type in _TAKES_BACK and row.version:
                 taken.add(_versions(books).get(flyway.version_key(row.version)))
-            kind = f"{row.script} without its version" if row in _versionless(books) else None
+            kind = f"{row.script} without its version" if _versionless(row) else None
             if kind or row.type in _TAKES_BACK or (row.type in _BASELINE and first is not None and row.rank > first):
                 signs.append(f"{books.flyway.table} row {row.rank} ({kind or f'{row.type} of version {row.version}'}): "
                              f"DELETE FROM {backend.qualified(books.flyway.table)} WHERE installed_rank = {row.rank} "
@@ -90,6 +93,7 @@ def removed(backend, books) -> list[str]:
             last[key] = (operation, at)
             logged.update([key] if operation in ("apply", "mark") else [])
     order = list(books.keyed.values())  # (migrate's order)
+    position = {i: n for n, i in enumerate(order)}
     newest = max((n for n, i in enumerate(order) if i in books.applied), default=-1)
     for key, migration_id in books.keyed.items():
         if migration_id in books.applied or migration_id in taken:
@@ -108,7 +112,7 @@ def removed(backend, books) -> list[str]:
             restore = f"its row in {schema}.{books.flyway.table}" if books.flyway is not None else f"its mark: {mark}"
             signs.append(f"{migration_id} was applied, yet nothing records it now ({'; '.join(ran)}): if it ran, "
                          f"restore {restore}; if it did not, {' and '.join(undo)}")
-        elif books.flyway is None and order.index(migration_id) < newest:  # attack23u 8: all its records deleted
+        elif books.flyway is None and position[migration_id] < newest:  # attack23u 8: all its records deleted
             signs.append(f"{migration_id} is not recorded applied, yet {order[newest]} after it is: if it ran, restore "
                          f"its mark and log entry: {mark}; {_log_entry(schema, log, key, migration_id)}; if it never "
                          f"ran, rename its file after {order[newest]}")
@@ -127,12 +131,11 @@ def _log_entry(schema: str, log: str, key: str, migration_id: str) -> str:
             f"(gen_random_uuid(), '{key}', '{migration_id}', 'mark', now())")
 
 
-def _versionless(books) -> list:
-    """Success rows with no version naming a versioned script (attack23u 10): never the runner's (it records the
+def _versionless(row) -> bool:
+    """A success row with no version naming a versioned script (attack23u 10): never the runner's (it records the
     file's version), yet counted applied as a repeatable's row would be."""
-    return [row for row in (books.flyway.rows if books.flyway else ()) if row.version is None and row.success and
-            row.type in MIGRATION_TYPES and (found := flyway.parse(row.script.rsplit("/", 1)[-1])) and
-            found["kind"] == "V"]
+    return bool(row.version is None and row.success and row.type in MIGRATION_TYPES and
+                (found := flyway.parse(row.script.rsplit("/", 1)[-1])) and found["kind"] == "V")
 
 
 def flyway_rows(backend, table: str) -> list[str]:
