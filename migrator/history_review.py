@@ -10,7 +10,9 @@ A Flyway folder's rows are shown one by one as what they are (a BASELINE counts 
 here, a DELETE or UNDO takes one back), and a removed record is looked for (attack23t 3: a mark deleted, or a Flyway
 DELETE row added, made migrate run an applied data migration again): yoyo's log still says the migration was applied
 and never rolled back. `--yes` refuses such signs, a DELETE/UNDO row, and a BASELINE written after applied rows
-(Flyway baselines only an empty history), naming the row and the fix.
+(Flyway baselines only an empty history), naming the row and the fix. With every record gone, a pending migration
+older than the newest applied is the sign (attack23u 8); a mark with no log entry and no checksum row, or a Flyway row
+without the version of the versioned script it names, is a forged one (attack23u 7, 10).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from migrator.postgres.history import MIGRATION_TYPES
 
 _TAKES_BACK = ("DELETE", "UNDO_SQL")
 _BASELINE = ("BASELINE", "SQL_BASELINE")
+_UNLOGGED = " is marked applied, yet "
 
 
 def lines(books, removed: list[str] = ()) -> list[str]:
@@ -34,7 +37,7 @@ def lines(books, removed: list[str] = ()) -> list[str]:
              for i in unmarked(books)]
     said += [f"  failure recorded: {i}: {what}" for i, what in sorted(books.failures.items())]
     said += [_row_line(books, row) for row in (books.flyway.rows if books.flyway else ())]
-    said += [f"  record removed? {sign}" for sign in removed]
+    said += [f"  record {'forged' if _UNLOGGED in sign else 'removed'}? {sign}" for sign in removed]
     todo = [i for i in books.keyed.values() if i not in books.applied]
     said += [f"  migrate would run next: {', '.join(todo)} (any of them that ran before had its record removed: "
              "restore it before --yes)"] if todo else []
@@ -50,6 +53,9 @@ def _versions(books) -> dict[tuple[int, ...], str]:
 def _row_line(books, row) -> str:
     """One row of a Flyway folder's table, as what it does."""
     head = f"  {books.flyway.table} row {row.rank}: {row.type}"
+    if _versionless(row):
+        return (f"{head} {row.script} without its version: forged? (the runner records a versioned file's version): "
+                "counts that file applied without running it")
     mine, key = _versions(books), flyway.version_key(row.version) if row.version else None
     if row.type in _BASELINE and key:
         covered = [i for k, i in sorted(mine.items()) if k <= key]
@@ -66,23 +72,29 @@ def removed(backend, books) -> list[str]:
     """Signs that a record of an applied migration was removed, one line each with its fix: a Flyway row taking one
     back; a BASELINE row after applied rows; this folder's migration that nothing counts applied now, while yoyo's log
     (keyed by the mark's hash) says it was applied and not rolled back since, or a failure record says its rollback
-    stopped part-way (it stays applied)."""
+    stopped part-way (it stays applied), or it is older than the newest applied; and forged rows (_versionless, a mark
+    the runner would have logged)."""
     signs, taken = [], set()  # (taken: the ids a Flyway row takes back, named by that row's sign)
     if books.flyway is not None:
         first = min((r.rank for r in books.flyway.rows if r.type in MIGRATION_TYPES), default=None)
         for row in books.flyway.rows:
             if row.type in _TAKES_BACK and row.version:
                 taken.add(_versions(books).get(flyway.version_key(row.version)))
-            if row.type in _TAKES_BACK or (row.type in _BASELINE and first is not None and row.rank > first):
-                signs.append(f"{books.flyway.table} row {row.rank} ({row.type} of version {row.version}): "
+            kind = f"{row.script} without its version" if _versionless(row) else None
+            if kind or row.type in _TAKES_BACK or (row.type in _BASELINE and first is not None and row.rank > first):
+                signs.append(f"{books.flyway.table} row {row.rank} ({kind or f'{row.type} of version {row.version}'}): "
                              f"DELETE FROM {backend.qualified(books.flyway.table)} WHERE installed_rank = {row.rank} "
                              "if you did not write it")
     schema, log = backend.bookkeeping_schema, backend.log_table
-    last = {}
+    last, logged = {}, set()
     if backend.execute("SELECT to_regclass(:t) IS NOT NULL", {"t": backend.log_table_quoted}).fetchone()[0]:
         for key, operation, at in backend.execute(f"SELECT migration_hash, operation, created_at_utc FROM "
                                                   f"{backend.log_table_quoted} ORDER BY created_at_utc").fetchall():
             last[key] = (operation, at)
+            logged.update([key] if operation in ("apply", "mark") else [])
+    order = list(books.keyed.values())  # (migrate's order)
+    position = {i: n for n, i in enumerate(order)}
+    newest = max((n for n, i in enumerate(order) if i in books.applied), default=-1)
     for key, migration_id in books.keyed.items():
         if migration_id in books.applied or migration_id in taken:
             continue
@@ -94,13 +106,36 @@ def removed(backend, books) -> list[str]:
         if books.failures.get(migration_id, "").startswith(checksums.ROLLBACK):
             ran.append(f"{schema}.{checksums.FAILURES}: its rollback stopped part-way")
             undo.append(f"DELETE FROM {schema}.{checksums.FAILURES} WHERE migration_id = '{migration_id}'")
+        mark = (f"INSERT INTO {schema}.{backend.migration_table} (migration_hash, migration_id, applied_at_utc) "
+                f"VALUES ('{key}', '{migration_id}', now())")
         if ran:
-            restore = f"its row in {schema}.{books.flyway.table}" if books.flyway is not None else (
-                f"its mark: INSERT INTO {schema}.{backend.migration_table} (migration_hash, migration_id, "
-                f"applied_at_utc) VALUES ('{key}', '{migration_id}', now())")
+            restore = f"its row in {schema}.{books.flyway.table}" if books.flyway is not None else f"its mark: {mark}"
             signs.append(f"{migration_id} was applied, yet nothing records it now ({'; '.join(ran)}): if it ran, "
                          f"restore {restore}; if it did not, {' and '.join(undo)}")
+        elif books.flyway is None and position[migration_id] < newest:  # attack23u 8: all its records deleted
+            signs.append(f"{migration_id} is not recorded applied, yet {order[newest]} after it is: if it ran, restore "
+                         f"its mark and log entry: {mark}; {_log_entry(schema, log, key, migration_id)}; if it never "
+                         f"ran, rename its file after {order[newest]}")
+    if books.flyway is None:  # attack23u 7: a mark with neither a log entry nor a checksum row (the runner writes both)
+        signs += [f"{migration_id}{_UNLOGGED}{schema}.{log} has no apply of it and no checksum row "
+                  f"exists: if it did not run, DELETE FROM {schema}.{backend.migration_table} WHERE migration_hash = "
+                  f"'{key}'; if it ran, record it: {_log_entry(schema, log, key, migration_id)}"
+                  for key, migration_id in books.keyed.items()
+                  if migration_id in books.marked and migration_id not in books.sums and key not in logged]
     return signs
+
+
+def _log_entry(schema: str, log: str, key: str, migration_id: str) -> str:
+    """The INSERT of a yoyo log entry marking `migration_id` applied (what sql mark writes)."""
+    return (f"INSERT INTO {schema}.{log} (id, migration_hash, migration_id, operation, created_at_utc) VALUES "
+            f"(gen_random_uuid(), '{key}', '{migration_id}', 'mark', now())")
+
+
+def _versionless(row) -> bool:
+    """A success row with no version naming a versioned script (attack23u 10): never the runner's (it records the
+    file's version), yet counted applied as a repeatable's row would be."""
+    return bool(row.version is None and row.success and row.type in MIGRATION_TYPES and
+                (found := flyway.parse(row.script.rsplit("/", 1)[-1])) and found["kind"] == "V")
 
 
 def flyway_rows(backend, table: str) -> list[str]:

@@ -120,17 +120,20 @@ COLUMNS = f""",
              LEFT JOIN pg_catalog.pg_roles r ON r.oid = g.role,
              LATERAL (SELECT g.schema, g.name, COALESCE(r.rolname::text, 'PUBLIC') AS grantee, g.grantor) h
              WHERE g.role = 0 OR NOT {_CREATOR_OK} ORDER BY h.schema, h.name = '', h.name, h.grantee),
-       ARRAY(SELECT ARRAY[v.oid::pg_catalog.regclass::text, t.relname::text, COALESCE(r.rolname::text, 'PUBLIC'),
+       ARRAY(WITH RECURSIVE over(v, t, table_oid) AS (  -- views over the tables, and over those (attack23u 9)
+                 SELECT t.oid, t.relname::text, t.oid FROM pg_catalog.pg_class t
+                 WHERE t.relnamespace = n.oid AND t.relname = ANY(CAST(:tables AS pg_catalog.name[]))
+                 UNION SELECT w.ev_class, o.t, o.table_oid FROM over o JOIN pg_catalog.pg_depend d ON d.refobjid = o.v
+                     AND d.refclassid = CAST('pg_catalog.pg_class' AS pg_catalog.regclass)
+                     AND d.classid = CAST('pg_catalog.pg_rewrite' AS pg_catalog.regclass)
+                 JOIN pg_catalog.pg_rewrite w ON w.oid = d.objid WHERE w.ev_class <> o.v)
+             SELECT ARRAY[v.oid::pg_catalog.regclass::text, o.t, COALESCE(r.rolname::text, 'PUBLIC'),
                           pg_catalog.string_agg(DISTINCT x.privilege_type, ', ')]
-             FROM pg_catalog.pg_class t JOIN pg_catalog.pg_depend d ON d.refobjid = t.oid
-                 AND d.refclassid = CAST('pg_catalog.pg_class' AS pg_catalog.regclass)
-                 AND d.classid = CAST('pg_catalog.pg_rewrite' AS pg_catalog.regclass)
-             JOIN pg_catalog.pg_rewrite w ON w.oid = d.objid JOIN pg_catalog.pg_class v ON v.oid = w.ev_class
+             FROM over o JOIN pg_catalog.pg_class v ON v.oid = o.v AND v.oid <> o.table_oid
              CROSS JOIN pg_catalog.aclexplode(v.relacl) x LEFT JOIN pg_catalog.pg_roles r ON r.oid = x.grantee
-             WHERE t.relnamespace = n.oid AND t.relname = ANY(CAST(:tables AS pg_catalog.name[])) AND v.oid <> t.oid
-               AND x.privilege_type IN ('INSERT', 'UPDATE', 'DELETE') AND x.grantee <> v.relowner
+             WHERE x.privilege_type IN ('INSERT', 'UPDATE', 'DELETE') AND x.grantee <> v.relowner
                AND (x.grantee = 0 OR NOT {_CREATOR_OK})
-             GROUP BY v.oid, t.relname, r.rolname ORDER BY v.oid, t.relname, r.rolname),
+             GROUP BY v.oid, o.t, r.rolname ORDER BY v.oid, o.t, r.rolname),
        ARRAY(SELECT ARRAY[q.w, COALESCE(rr.rolname::text, 'PUBLIC'), pg_catalog.current_database()::text]
              FROM (SELECT DISTINCT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w END AS w FROM path AS q0(w)) q,
              LATERAL (SELECT 0::pg_catalog.oid AS oid WHERE EXISTS (SELECT FROM pg_catalog.pg_database d,

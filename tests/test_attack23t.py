@@ -64,7 +64,7 @@ def test_a_forged_mark_with_a_flyway_looking_id_and_a_pending_migrations_hash_is
     """attack23t 2 (HIGH): `(sha256('0002_important'), 'V1__init')` passed the hash/id check (a Flyway-shaped id was
     exempt, in a yoyo folder too): trust-history --yes confirmed, migrate said "up to date", 0002 never ran. Failed
     before: --yes exit 0."""
-    from test_history_distrust import grant_history_to
+    from test_history_distrust import grant_history_to, refused_until_mark_deleted
 
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
@@ -74,12 +74,8 @@ def test_a_forged_mark_with_a_flyway_looking_id_and_a_pending_migrations_hash_is
     assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 2  # (revoked, recorded)
     review = ok(cli("sql", "trust-history", "--sql-dir", sql_dir, env=db.db_env()))
     assert "mark for V1__init carries migration_hash" in review.output, review.output
-    confirm = cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env())
-    assert confirm.exit_code == 2 and "mark for V1__init (another migration's hash)" in confirm.output, confirm.output
-    db.query("DELETE FROM public._yoyo_migration WHERE migration_id = 'V1__init'")
-    ok(cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env()))
-    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
-    assert "important" in db.tables()
+    refused_until_mark_deleted(cli, db, sql_dir, "mark for V1__init (another migration's hash)", "V1__init",
+                               "important")
 
 
 def test_a_search_path_the_database_owner_changes_mid_run_is_refused_before_the_next_file_runs(cli, db, sql_dir, low):

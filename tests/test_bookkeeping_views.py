@@ -30,3 +30,21 @@ def test_a_view_over_the_history_others_may_write_is_refused_and_doctor_fails(cl
     assert f'run REVOKE INSERT, UPDATE, DELETE ON public.migration_log FROM "{low}", or drop the view' in error
     db.query(f"REVOKE INSERT, UPDATE, DELETE ON public.migration_log FROM {low}")  # (a reader's SELECT is fine)
     assert "important" not in db.tables()
+
+
+def test_a_view_over_a_view_over_the_history_others_may_write_is_refused(cli, db, sql_dir, low):
+    """attack23u 9: the grant is on a view over a reporting view over the history. Failed before: doctor "ready",
+    migrate "up to date", exit 0, 0002 never ran (one level was refused)."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    db.query(f"CREATE VIEW public.hist1 AS SELECT * FROM public._yoyo_migration; CREATE VIEW public.hist AS SELECT * "
+             f"FROM public.hist1; GRANT USAGE ON SCHEMA public TO {low}; GRANT SELECT, INSERT ON public.hist TO {low}; "
+             f"SET ROLE {low}; INSERT INTO public.hist VALUES (encode(sha256('0002_important'), 'hex'), "
+             "'0002_important', now()); RESET ROLE")
+    doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env()).output
+    [line] = [x for x in doctor.splitlines() if "through a view" in x] or [doctor]
+    assert line.startswith("FAIL") and f"view public.hist over public._yoyo_migration to {low} (INSERT)" in line, line
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    error = one_error_line(result)
+    assert result.exit_code == 2 and "the bookkeeping relation they write is a view, not the table" in error, error
+    assert "view public.hist1" not in error and "important" not in db.tables()

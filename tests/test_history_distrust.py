@@ -31,6 +31,17 @@ def grant_history_to(db, app: str, schema: str = "public") -> None:
              f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {app}")
 
 
+def refused_until_mark_deleted(cli, db, sql_dir, refused_with: str, migration_id: str, table: str) -> None:
+    """trust-history --yes refuses (exit 2) saying `refused_with`; with `migration_id`'s mark deleted it confirms, and
+    migrate runs the migration making `table`."""
+    confirm = cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env())
+    assert confirm.exit_code == 2 and refused_with in confirm.output, confirm.output
+    db.query(f"DELETE FROM public._yoyo_migration WHERE migration_id = '{migration_id}'")
+    ok(cli("sql", "trust-history", "--yes", "--sql-dir", sql_dir, env=db.db_env()))
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert table in db.tables()
+
+
 def forge_mark(db, app: str, migration_id: str, path: Path | None = None, schema: str = "public") -> None:
     """The app marks `migration_id` applied; with `path`, its checksum row too (computable from the repository)."""
     text = path.read_bytes().replace(b"\r\n", b"\n") if path else b""

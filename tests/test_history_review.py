@@ -283,3 +283,64 @@ def test_a_deleted_flyway_row_is_noticed_from_the_log_and_refused(cli, db, tmp_p
     shown_and_refused(cli, db, folder, "record removed? V2__double was applied, yet nothing records it now "
                       "(public._yoyo_log: apply ", "if it ran, restore its row in public.flyway_schema_history")
     assert db.query("SELECT amount FROM pay") == [(200,)]
+
+
+def test_a_flyway_row_without_a_version_naming_a_versioned_script_is_shown_as_forged_and_refused(cli, db, tmp_path,
+                                                                                                  low):
+    """attack23u 10: a success row with no version (a repeatable's shape) whose script is V2__important.sql. Failed
+    before: the review showed it as an ordinary row, --yes confirmed, and V2 never ran."""
+    folder = _flyway_folder(cli, db, tmp_path, low, ("V1__a.sql", "CREATE TABLE a (id int);\n"))
+    from test_flyway_locks import write
+
+    write(folder, "V2__important.sql", "CREATE TABLE important (id int);\n")
+    db.query(f"SET ROLE {low}; INSERT INTO public.flyway_schema_history (installed_rank, version, description, type, "
+             "script, checksum, installed_by, execution_time, success) VALUES (2, NULL, 'important', 'SQL', "
+             "'V2__important.sql', NULL, 'x', 0, true); RESET ROLE")
+    assert cli("migrate", "--sql-dir", folder, env=db.db_env()).exit_code == 2
+    shown_and_refused(cli, db, folder, "flyway_schema_history row 2: SQL V2__important.sql without its version: forged?",
+                      "row 2 (V2__important.sql without its version)")
+    db.query("DELETE FROM public.flyway_schema_history WHERE installed_rank = 2")
+    ok(trust(cli, db, folder, "--yes"))
+    ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
+    assert "important" in db.tables()
+
+
+def test_a_forged_mark_with_its_own_hash_but_no_log_entry_or_checksum_is_shown_and_refused(cli, db, sql_dir, low):
+    """attack23u 7: a mark with 0002's correct hash, no apply in _yoyo_log and no checksum row (the runner writes
+    both). Failed before: the review showed it like a real row, --yes confirmed, and 0002 never ran."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    distrusted(cli, db, sql_dir, low, "INSERT INTO _yoyo_migration VALUES (encode(sha256('0002_important'), 'hex'), "
+                                      "'0002_important', now())")
+    review = shown_and_refused(cli, db, sql_dir, "record forged? 0002_important is marked applied, yet public._yoyo_log "
+                               "has no apply of it and no checksum row exists", "0002_important is marked applied")
+    assert f"recorded as applied: {FIRST}" in review and f"record forged? {FIRST}" not in review, review
+    db.query("DELETE FROM _yoyo_migration WHERE migration_id = '0002_important'")  # (the fix the refusal names)
+    ok(trust(cli, db, sql_dir, "--yes"))
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "important" in db.tables()
+
+
+def test_a_migration_older_than_the_newest_applied_with_all_its_records_deleted_is_shown_and_refused(cli, db, sql_dir,
+                                                                                                     low):
+    """attack23u 8: low deletes 0003_double's mark, checksum row and _yoyo_log rows; 0004 (applied after it) stays.
+    Failed before: the review only said "would run next", --yes confirmed, and migrate ran 0003 again (amount 400)."""
+    from yoyo.migrations import get_migration_hash
+
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_pay", "CREATE TABLE pay (amount int); INSERT INTO pay VALUES (100);\n")
+    add_migration(sql_dir, "0003_double", "UPDATE pay SET amount = amount * 2;\n")
+    add_migration(sql_dir, "0004_c", "CREATE TABLE c (id int);\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    key = get_migration_hash("0003_double")
+    distrusted(cli, db, sql_dir, low, "DELETE FROM _yoyo_migration WHERE migration_id = '0003_double'; DELETE FROM "
+                                      "_hcm_migration_checksum WHERE migration_id = '0003_double'; DELETE FROM "
+                                      f"_yoyo_log WHERE migration_hash = '{key}'")
+    review = shown_and_refused(cli, db, sql_dir, "record removed? 0003_double is not recorded applied, yet 0004_c after "
+                               "it is: if it ran, restore its mark and log entry: INSERT INTO public._yoyo_migration",
+                               "0003_double is not recorded applied, yet 0004_c after it is")
+    restore = review.split("restore its mark and log entry: ", 1)[1].split("; if it never ran", 1)[0]
+    db.query(restore)  # (the fix the review names)
+    ok(trust(cli, db, sql_dir, "--yes"))
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert db.query("SELECT amount FROM pay") == [(200,)]
