@@ -183,6 +183,18 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
     return state
 
 
+def recheck(backend, schema: str, where: str, accepted: tuple[str, ...]) -> None:
+    """verify's refusals of what others planted or may plant, read again in its one query: a right the run's own
+    migration granted (GRANT CREATE ON SCHEMA, a DO block's GRANT TRIGGER) is used before the next file
+    (attack23u 6)."""
+    state = bookkeeping_state(backend, schema)
+    if state[5]:
+        raise MigratorError(owner_error(schema, state[2], state[5], where), USAGE)
+    if state[3]:
+        raise MigratorError(planted_error(schema, state[2], state[3], state[6], where), USAGE)
+    planted.refuse(state, schema, where, accepted)
+
+
 def disown(connection, schema: str, grants: list, made: bool = False, comments: list = (),
            histories: tuple[str, ...] = ()) -> dict:
     """Takes other roles' write rights on the bookkeeping tables the user owns, in the run's session, and says so

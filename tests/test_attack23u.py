@@ -3,7 +3,7 @@ writes outside the checked path, and a column of the user's own table typed by a
 
 from __future__ import annotations
 
-from conftest import add_migration, ok
+from conftest import add_migration, ok, one_error_line
 from test_schema_creators import doctor_line, low, refusal  # noqa: F401 (low: a fixture)
 from test_trigger_rights import recorder
 
@@ -76,3 +76,33 @@ def test_a_default_privilege_giving_trigger_in_a_schema_off_the_path_is_refused(
     assert (f'ALTER DEFAULT PRIVILEGES FOR ROLE "{db.server.user}" IN SCHEMA "audit" REVOKE TRIGGER ON TABLES FROM '
             f'"{low}"') in line, line
     assert "events" not in str(db.query("SELECT relname FROM pg_class WHERE relname = 'events'"))
+
+
+def test_a_right_the_runs_own_migration_grants_is_refused_before_the_next_file(cli, db, sql_dir, low):
+    """attack23u 6: 0003 grants low CREATE on public (lint clean), low plants its `=` at once, and 0004's UPDATE ran
+    it as the migration user: the planted rule was checked at connect only. Now checked again before each file after
+    the first. Failed before: exit 0, 0004 applied."""
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int, name varchar(20)); INSERT INTO a VALUES (1, 'y');\n")
+    add_migration(sql_dir, "0003_grant", f"GRANT USAGE, CREATE ON SCHEMA public TO {low};\n")
+    add_migration(sql_dir, "0004_data", "UPDATE a SET name = 'x' WHERE name = 'y';\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    error = one_error_line(result)
+    assert result.exit_code == 2 and f"roles {low} may CREATE in schema public" in error, result.output
+    assert ("before 0004_data (nothing of it ran; committed by this run: 0001_create_hcm_report_metadata, 0002_a, "
+            "0003_grant)") in error, error
+    assert f'REVOKE CREATE ON SCHEMA "public" FROM "{low}"' in error
+    assert db.query("SELECT name FROM a") == [("y",)]
+
+
+def test_a_trigger_right_granted_in_a_do_block_is_refused_before_a_tenants_next_file(cli, db, sql_dir, low):
+    """attack23u 6, the TRIGGER variant on a tenant's run: a DO block's EXECUTE grants low TRIGGER on pb.a (lint
+    clean); its trigger, added at once, ran as the migration user on the next file's UPDATE. Failed before: exit 0."""
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int, name varchar(20)); INSERT INTO a VALUES (1, 'y');\n")
+    add_migration(sql_dir, "0003_grant", f"DO $$BEGIN EXECUTE 'GRANT TRIGGER ON a TO {low}'; END$$;\n")
+    add_migration(sql_dir, "0004_data", "UPDATE a SET name = 'x' WHERE name = 'y';\n")
+    db.query("CREATE SCHEMA pb")
+    result = cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env=db.db_env())
+    [error] = [line for line in result.output.splitlines() if "FAILED: " in line]
+    assert result.exit_code == 2 and f"roles {low} may add triggers (a TRIGGER right) on table pb.a" in error, error
+    assert "before 0004_data (nothing of it ran; committed by this run: " in error and "0003_grant)" in error
+    assert db.query("SELECT name FROM pb.a") == [("y",)]

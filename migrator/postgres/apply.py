@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from migrator import bookkeeping_lock, checksums, interrupt, output, pg_lock
+from migrator import bookkeeping_lock, checksums, interrupt, output, pg_lock, trust
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import failures, flyway
 from migrator.postgres.errors import RunSessionLost, StatementFailed, migration_error, progress
@@ -292,12 +292,26 @@ def apply(backend, target: PostgresTarget, migrations) -> Iterator[tuple[object,
     load_migrations(todo)
     failures = bookkeeping(backend).failures
     with interrupt.guard() as guard, guard.deferred():
-        for migration in todo:
+        for done, migration in enumerate(todo):
             _stop_if_interrupted(guard, target, migration, "apply")
+            if done:  # (the first's check was connect's)
+                _recheck(backend, target, migration, [m.id for m in todo[:done]])
             migration.earlier_failure = failures.get(migration.id)
             seconds = _run_one(backend, target, migration, "apply", Path(migration.path),
                                lambda: backend.apply_migrations(MigrationList([migration])))
             yield migration, seconds
+
+
+def _recheck(backend, target: PostgresTarget, migration, committed: list[str]) -> None:
+    """The connect check's planted rule again before `migration` (trust.recheck), its refusal saying what committed."""
+    from dataclasses import replace
+
+    try:
+        trust.recheck(backend, target.schema or backend.bookkeeping_schema, replace(target, schema=None).where,
+                      target.creators_trusted)
+    except MigratorError as exc:
+        raise MigratorError(f"before {migration.id} (nothing of it ran; committed by this run: "
+                            f"{', '.join(committed)}): {exc}", exc.exit_code) from None
 
 
 def select_rollback(backend, migrations, *, count: int | None, to: str | None, all_: bool,
