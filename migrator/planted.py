@@ -95,7 +95,8 @@ COLUMNS = f""",
                      || c.oid::pg_catalog.regclass::text || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
                  FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
                  JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid WHERE c.relnamespace = ns.oid AND NOT g.tgisinternal
-                 UNION ALL SELECT p.proowner, 'event trigger ' || pg_catalog.quote_ident(e.evtname::text)
+                 UNION ALL SELECT p.proowner, CASE WHEN e.evtevent = 'login' THEN 'login ' ELSE '' END
+                     || 'event trigger ' || pg_catalog.quote_ident(e.evtname::text)
                      || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
                  FROM pg_catalog.pg_event_trigger e JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid
                  WHERE ns.oid = n.oid AND e.evtenabled <> 'D'
@@ -249,7 +250,10 @@ def fix(schema: str, creators: list[list[str]], owned: list[list[str]], triggers
     steps = []
     for where, grantees in _by_schema(creators).items():
         steps.append(f"run {runnable(f'REVOKE CREATE ON SCHEMA {ident(where)} FROM {_sql_names(grantees)}')}")
-    if owned:
+    for name, function in _login_triggers(owned):
+        steps.append(f"as a superuser run DROP EVENT TRIGGER {name}, or ALTER FUNCTION {function} OWNER TO a "
+                     "superuser")
+    if len(_login_triggers(owned)) < len(owned):
         steps.append("drop what others own there, or make the migration user its owner (ALTER ... OWNER TO)")
     for domain in dict.fromkeys(what.rsplit(" (domain ", 1)[1][:-1] for _, what in owned if what.startswith("column ")):
         steps.append(f"as a superuser or its owner run {runnable(f'ALTER DOMAIN {domain} OWNER TO {ident(user)}')}")
@@ -304,14 +308,28 @@ def refuse(state, schema: str, where: str, accepted: tuple[str, ...]) -> None:
     left = untrusted(state, accepted)
     if any(left):
         raise MigratorError(output.visible(
-            f"refusing to migrate schema {schema} on {where}: {found(schema, *left)}: {harm(state[2])}; "
+            f"refusing to migrate schema {schema} on {where}: {found(schema, *left)}: {harm(state[2], left)}; "
             f"{fix(schema, *left, user=state[2])}"), USAGE)
 
 
-def harm(user: str) -> str:
-    """What another role's CREATE, objects or TRIGGER right lead to."""
-    return (f"an operator or function they plant there, or a trigger they add, runs as user {user} when a migration's "
-            "SQL resolves to it or writes the table")
+def harm(user: str, left=((), (), (), ())) -> str:
+    """What another role's CREATE, objects or TRIGGER right lead to (`left`: untrusted()'s); a login event trigger's
+    function has run already, on connecting, before any check (attack23u 11)."""
+    creators, owned, triggers, missing = left
+    said = [f"the login event trigger's function already ran as user {user} on this connection and runs on every "
+            "connection of this role, before any check"] * bool(_login_triggers(owned))
+    if creators or triggers or missing or len(_login_triggers(owned)) < len(owned) or not said:
+        said.append(f"an operator or function they plant there, or a trigger they add, runs as user {user} when a "
+                    "migration's SQL resolves to it or writes the table")
+    return "; ".join(said)
+
+
+_LOGIN = "login event trigger "
+
+
+def _login_triggers(owned: list[list[str]]) -> list[tuple[str, str]]:
+    """(name, function) of the login event triggers among `owned` ('login event trigger N (function F)')."""
+    return [tuple(what[len(_LOGIN):-1].split(" (function ", 1)) for _, what in owned if what.startswith(_LOGIN)]
 
 
 def planted_list(schema: str, planted: list[str]) -> str:

@@ -106,3 +106,43 @@ def test_a_trigger_right_granted_in_a_do_block_is_refused_before_a_tenants_next_
     assert result.exit_code == 2 and f"roles {low} may add triggers (a TRIGGER right) on table pb.a" in error, error
     assert "before 0004_data (nothing of it ran; committed by this run: " in error and "0003_grant)" in error
     assert db.query("SELECT name FROM pb.a") == [("y",)]
+
+
+def _login_trigger(db, low, body: str) -> None:
+    """A superuser's `ON login` event trigger login_audit calling low's function lowfn.on_login() (`body`)."""
+    db.query(f"CREATE SCHEMA lowfn AUTHORIZATION {low}; SET ROLE {low}; CREATE TABLE lowfn.seen (who text); "
+             "GRANT USAGE ON SCHEMA lowfn TO PUBLIC; GRANT INSERT ON lowfn.seen TO PUBLIC; "
+             f"CREATE FUNCTION lowfn.on_login() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN {body} END$$; "
+             "RESET ROLE; CREATE EVENT TRIGGER login_audit ON login EXECUTE FUNCTION lowfn.on_login()")
+
+
+def test_a_login_event_trigger_on_another_roles_function_is_said_to_have_run_already(cli, db, sql_dir, low):
+    """attack23u 11: the refusal said low's login trigger "runs ... when a migration's SQL resolves to it"; it had
+    already run as the migration user on that very connection. Failed before: the generic wording, no DROP."""
+    _login_trigger(db, low, "NULL;")
+    try:
+        add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int);\n")
+        line = refusal(cli, db, sql_dir)
+        assert f"login event trigger login_audit (function lowfn.on_login()) (owner {low})" in line, line
+        assert (f"the login event trigger's function already ran as user {db.server.user} on this connection and "
+                "runs on every connection of this role") in line, line
+        assert "when a migration's SQL resolves to it" not in line, line
+        assert ("as a superuser run DROP EVENT TRIGGER login_audit, or ALTER FUNCTION lowfn.on_login() OWNER TO a "
+                "superuser") in line and "drop what others own there" not in line, line
+        line = doctor_line(cli, db, sql_dir)
+        assert line.startswith("FAIL") and "trigger's function already ran as user" in line, line
+    finally:
+        db.query("DROP EVENT TRIGGER IF EXISTS login_audit")
+
+
+def test_a_login_trigger_failing_in_doctors_read_only_session_is_named(cli, db, sql_dir, low):
+    """attack23u 11: low's login trigger function writes, which doctor's read-only session refuses: doctor's only line
+    was a connect error with the server's FATAL. Failed before: nothing named a login event trigger."""
+    _login_trigger(db, low, "INSERT INTO lowfn.seen VALUES (current_user);")
+    try:
+        result = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env())
+        [line] = [line for line in result.stdout.splitlines() if "cannot connect to PostgreSQL" in line]
+        assert "read-only transaction" in line and ("raised by function lowfn.on_login(), which a login event trigger "
+                                                    "(ON login, PostgreSQL 17+) ran while connecting") in line, line
+    finally:
+        db.query("DROP EVENT TRIGGER IF EXISTS login_audit")

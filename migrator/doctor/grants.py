@@ -80,7 +80,7 @@ def schema_creators(report: DoctorReport, backend, schema: str, accepted: tuple[
                          "objects there or may add triggers to its tables"))
         return
     left = planted.untrusted(state, accepted)
-    harm = planted.harm(state[2])
+    harm = planted.harm(state[2], left if any(left) else found)
     if any(left):
         report.add(Check("postgres schema creators", FAIL, f"{planted.found(schema, *left)}: {harm} (migrate "
                          "refuses)", planted.fix(schema, *left, user=state[2])))

@@ -293,6 +293,10 @@ def connection_error(exc: Exception, target: PostgresTarget) -> MigratorError:
         what = f"TLS verification failed ({text.splitlines()[-1].strip()}); check the CA bundle"
     else:
         what = _last_error(text) or exc.__class__.__name__
+        # (a function's error while connecting: only a login event trigger runs one then, attack23u 11)
+        if (function := re.search(r"^\s*PL/pgSQL function (\S+\(.*?\)) line ", text, re.M)) and "FATAL" in text:
+            what += (f" (raised by function {function[1]}, which a login event trigger (ON login, PostgreSQL 17+) ran "
+                     "while connecting as this user: as a superuser drop that event trigger or fix its function)")
     return MigratorError(f"cannot connect to PostgreSQL at {where}: {what}")
 
 
