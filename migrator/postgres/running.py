@@ -157,7 +157,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         # The waiters the run accepts: the marker's tables, by schema too. (A table the run creates has no waiter
         # before it commits; after, a waiter on it is an application's like any other.)
         probe.exempt = _accepted(path, statements)
-        judge = clock_bound.Judge(connection, *_made_in_run(backend, connection))
+        judge = clock_bound.Judge(connection, _made_in_run(backend))
     backoff = backoff or retry.Backoff(policy)
     start = done = 0
     busy = None
@@ -306,13 +306,12 @@ def _accepted(path: Path, statements) -> set[tuple[str | None, str]]:
         return set()
 
 
-def _made_in_run(backend, connection) -> tuple[dict, set]:
-    """The tables this run's files created so far, and the relation names taken when its judging began (kept on the
-    run's own session; clock_bound.Judge)."""
+def _made_in_run(backend) -> dict:
+    """The temporary tables this run's files created so far (kept on the run's own session; clock_bound.Judge)."""
     run = backend.parent
     if not hasattr(run, "created_tables"):
-        run.created_tables, run.names_taken = {}, clock_bound.names_taken(connection)
-    return run.created_tables, run.names_taken
+        run.created_tables = {}
+    return run.created_tables
 
 
 def _waited_for_prepared(connection, exc) -> None:
