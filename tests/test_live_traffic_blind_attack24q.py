@@ -190,6 +190,21 @@ def test_a_blind_probe_keeps_the_clock_running_while_the_session_holds_an_adviso
     assert applied(db)[-1] != "0002_lock"
 
 
+def test_a_blind_try_ended_while_the_file_holds_a_session_advisory_lock_is_not_retried(cli, make_db, limited_role,
+                                                                                      sql_dir, pg):
+    """attack24s 5 (= attack24r 11): the session advisory lock outlives each try, so every retry was ended at once
+    while the app waited on it for the whole retry budget: the first try ended is final, naming the lock's line."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_lock", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
+                                        "CREATE TABLE t_made (id int);\nBEGIN;\n" + inserts("t_made", note=False)
+                  + "COMMIT;\nSELECT pg_catalog.pg_advisory_unlock(4242);\n")
+    result = migrate("--lock-retry-budget", "4s")
+    line = one_error_line(result)
+    assert "not retried: the session still holds the advisory lock the file took at line 2" in line, line
+    assert "try 2" not in result.stderr and result.stderr.count("ended by the runner") == 1, result.stderr
+    assert applied(db)[-1] != "0002_lock"
+
+
 def test_a_blind_probe_lets_the_clock_reset_once_the_advisory_lock_is_released(cli, make_db, limited_role, sql_dir,
                                                                                pg):
     db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
