@@ -87,9 +87,9 @@ def test_the_blind_judge_bounds_what_runs_user_code_or_is_the_applications(conn,
      "ALTER TABLE t VALIDATE CONSTRAINT k;"),
     ("CREATE TABLE p (id int PRIMARY KEY);\nCREATE TABLE t (p int);\n"
      "ALTER TABLE t ADD CONSTRAINT k FOREIGN KEY (p) REFERENCES p NOT VALID;", "ALTER TABLE t VALIDATE CONSTRAINT k;"),
-    ("CREATE TABLE seed (c text);", "INSERT INTO seed VALUES ('x');"),
+    ("BEGIN;\nCREATE TABLE seed (c text);", "INSERT INTO seed VALUES ('x');"),  # (its creating transaction open)
     # 10: the common seeds that were ended for nothing
-    ("CREATE TABLE kind (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), at timestamptz DEFAULT clock_timestamp(), "
+    ("BEGIN;\nCREATE TABLE kind (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), at timestamptz DEFAULT clock_timestamp(), "
      "since date, doc jsonb, note text)", "INSERT INTO kind (since, doc, note) VALUES ('2024-01-01'::date, "
      "'{\"a\": 1}'::jsonb, CAST('a' AS text)), (DATE '2024-01-02', '{}', 'b'::text);"),
 ], ids=["validate-builtin-check", "validate-foreign-key", "constants", "builtin-defaults-and-casts"])
@@ -190,12 +190,27 @@ def test_a_blind_probe_keeps_the_clock_running_while_the_session_holds_an_adviso
     assert applied(db)[-1] != "0002_lock"
 
 
+def test_a_blind_try_ended_while_the_file_holds_a_session_advisory_lock_is_not_retried(cli, make_db, limited_role,
+                                                                                      sql_dir, pg):
+    """attack24s 5 (= attack24r 11): the session advisory lock outlives each try, so every retry was ended at once
+    while the app waited on it for the whole retry budget: the first try ended is final, naming the lock's line."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_lock", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
+                                        "CREATE TABLE t_made (id int);\nBEGIN;\n" + inserts("t_made", note=False)
+                  + "COMMIT;\nSELECT pg_catalog.pg_advisory_unlock(4242);\n")
+    result = migrate("--lock-retry-budget", "4s")
+    line = one_error_line(result)
+    assert "not retried: the session still holds the advisory lock the file took at line 2" in line, line
+    assert "try 2" not in result.stderr and result.stderr.count("ended by the runner") == 1, result.stderr
+    assert applied(db)[-1] != "0002_lock"
+
+
 def test_a_blind_probe_lets_the_clock_reset_once_the_advisory_lock_is_released(cli, make_db, limited_role, sql_dir,
                                                                                pg):
     db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
     add_migration(sql_dir, "0002_lock", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
-                                        "SELECT pg_catalog.pg_advisory_unlock(4242);\nCREATE TABLE t_made (id int);\n"
-                                        "BEGIN;\n" + inserts("t_made", note=False) + "COMMIT;\n")
+                                        "SELECT pg_catalog.pg_advisory_unlock(4242);\nBEGIN;\n"
+                                        "CREATE TABLE t_made (id int);\n" + inserts("t_made", note=False) + "COMMIT;\n")
     result = migrate("--lock-retry-budget", "1s")
     assert result.exit_code == 0 and "ended by the runner" not in result.stderr, result.output
     assert applied(db)[-1] == "0002_lock"
@@ -279,7 +294,7 @@ def test_a_table_the_run_dropped_and_created_again_is_the_applications_once_comm
     judge = _judge_after(conn, ["DROP TABLE lk", "CREATE TABLE lk (code text PRIMARY KEY)",
                                 "CREATE TABLE fresh (code text PRIMARY KEY)"])
     assert judge.bounded("INSERT INTO lk VALUES ('b')")
-    assert not judge.bounded("INSERT INTO fresh VALUES ('b')")
+    assert judge.bounded("INSERT INTO fresh VALUES ('b')")  # (attack24s 1: committed, a new name is the app's too)
     judge.new_try()
     judge = _judge_after(conn, ["BEGIN", "DROP TABLE lk", "CREATE TABLE lk (code text PRIMARY KEY)"])
     assert not judge.bounded("INSERT INTO lk VALUES ('b')")  # (its creating transaction is still open)
@@ -385,3 +400,28 @@ def test_the_blind_judge_bounds_a_foreign_key_checked_row_by_row_for_want_of_sel
     finally:
         with conn.cursor() as cursor:
             cursor.execute(f"RESET ROLE; DROP TABLE t, p; DROP ROLE {role}")
+
+
+def test_a_table_the_run_created_is_the_applications_once_committed_a_trigger_may_write_it(conn):
+    """attack24s 1: 0002 created report_stats and put a trigger on the application's table that upserts into it
+    (committed); 0003's constant INSERTs into it were left off the blind clock: the app's UPDATEs waited on the
+    seed's uncommitted keys (28 s, exit 0). Once the creating transaction commits, the table is the application's;
+    a seed in the same transaction stays off the clock."""
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute("CREATE TABLE app (id int PRIMARY KEY, name text)")
+    created: dict = {}  # (kept for the run, across files: running.py)
+    judge = Judge(conn, created)
+    for text in ["BEGIN", "CREATE TABLE report_stats (report_id int PRIMARY KEY, hits int NOT NULL)",
+                 "CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO report_stats VALUES "
+                 "(NEW.id, 1) ON CONFLICT (report_id) DO UPDATE SET hits = report_stats.hits + 1; RETURN NEW; END $$",
+                 "INSERT INTO report_stats VALUES (1, 0)",
+                 "CREATE TRIGGER bump AFTER UPDATE ON app FOR EACH ROW EXECUTE FUNCTION bump()", "COMMIT"]:
+        if text.startswith("INSERT"):
+            assert not judge.bounded(text)  # (its creating transaction is open: the run's)
+        judge.bounded(text)
+        with conn.cursor() as cursor:
+            cursor.execute(text)
+        judge.ran(text)
+    judge = Judge(conn, created)  # (the next file)
+    assert judge.bounded("INSERT INTO report_stats VALUES (2, 0)")

@@ -18,11 +18,11 @@ one statement into several); else:
   LANGUAGE sql: its body is parse-analysed, locking the tables it names), SEQUENCE
   (not OWNED BY), enum TYPE, an empty CREATE SCHEMA (catalog rows only: nobody waits on them);
 - an INSERT ... VALUES of constants (literals, NULL, DEFAULT, a literal cast to a built-in base type, as the
-  session resolves its name; no ON CONFLICT, RETURNING, WITH, sub-select, function or operator) into a table this run created (by its oid, so a same-named
-  table in another schema does not stand in for it; and under the name it was made with: one renamed or moved
-  since, a swap into the application's name, is the application's; made under a name some relation had when the
-  run's judging began, DROP then CREATE, it is the application's once the transaction that made it ends; and one a
-  view reads is the application's) that, as
+  session resolves its name; no ON CONFLICT, RETURNING, WITH, sub-select, function or operator) into a table the open transaction created (a temporary one:
+  this run; by its oid, so a same-named table in another schema does not stand in for it; and under the name it was
+  made with: one renamed or moved since, a swap into the application's name, is the application's; once committed
+  the application may reach it by code the catalog does not tie to it, a trigger on its own table writing into it;
+  and one a view reads is the application's) that, as
   the catalog says just before (whatever
   made it so, a DO block's EXECUTE included), is a plain heap table of built-in or enum columns with no trigger, rule,
   row security, CHECK, exclusion or foreign key, expression or partial index, nor a DEFAULT calling anything but
@@ -163,27 +163,18 @@ _ROW_TYPES = """SELECT EXISTS (SELECT FROM pg_catalog.unnest(%s::pg_catalog.text
   LEFT JOIN pg_catalog.pg_type e ON e.oid OPERATOR(pg_catalog.=) t.typelem
   WHERE t.typrelid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid OR e.typrelid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid)"""
 
-# The names of the relations the database held when the run's judging began: a table the run creates under one of
-# them (dropped, or renamed away, first: even by a DO block) replaces one the application uses, by name.
-_TAKEN = """SELECT DISTINCT c.relname FROM pg_catalog.pg_class c
-  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-  WHERE c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['r', 'p', 'v', 'm', 'f']::pg_catalog."char"[])
-    AND n.nspname OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog', 'information_schema']::pg_catalog.name[])
-    AND n.nspname OPERATOR(pg_catalog.!~) '^pg_(toast|temp_|toast_temp_)'"""
-
 
 class Judge:
     """The clock's judge for one file's tries, on the migration's own connection (its transaction: what an earlier
-    statement of the try made is seen). `created`: the tables this run created (kept for the run), their oid -> the
-    (schema oid, name) they were made with: one renamed or moved since (a swap into a name the application uses,
-    even by a DO block) is the application's. `taken`: the relation names the database held when the run's judging
-    began (None: asked now): a table created under one of them replaces the application's (DROP then CREATE), so it
-    is the run's only until the transaction that made it ends (attack24q 7: the app writes to it once committed)."""
+    statement of the try made is seen). `created`: the temporary tables this run created (kept for the run: nobody
+    else sees them), their oid -> the (schema oid, name) they were made with: one renamed or moved since is the
+    application's. Any other table created is the run's only until the transaction that made it ends: once
+    committed the application may reach it by code the catalog does not tie to it (a trigger on its own table
+    upserting into it: attack24s 1; DROP then CREATE of its name: attack24q 7)."""
 
-    def __init__(self, connection, created: dict, taken: set | None = None):
+    def __init__(self, connection, created: dict):
         self.connection, self.created = connection, created
-        self.taken = taken if taken is not None else names_taken(connection)
-        self._open: dict = {}  # created under a taken name by the open transaction: the run's until it ends
+        self._open: dict = {}  # created by the open transaction: the run's until it ends
         self._parsed: tuple[str, list | None] = ("", [])
         self._tables: dict[str, bool] = {}  # INSERT targets as written -> free, since the last other statement
         self._event_triggers: bool | None = None
@@ -237,7 +228,7 @@ class Judge:
                     made = cursor.fetchone()
                 if made is None:
                     continue
-                if relation.relpersistence == "t" or made[2] not in self.taken:  # (nobody else sees a temp table)
+                if relation.relpersistence == "t":  # (nobody else sees a temp table)
                     self.created[made[0]] = tuple(made[1:])
                 elif self.connection.info.transaction_status != IDLE:
                     self._open[made[0]] = tuple(made[1:])
@@ -275,13 +266,6 @@ class Judge:
         if self._parsed[0] != text:
             self._parsed = (text, _trees(text))
         return self._parsed[1]
-
-
-def names_taken(connection) -> set:
-    """The relation names the database holds now (`taken`, see Judge)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_TAKEN)
-        return {row[0] for row in cursor.fetchall()}
 
 
 def query(text: str) -> bool:

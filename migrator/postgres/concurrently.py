@@ -350,9 +350,9 @@ def not_ours(connection, statements, index: int) -> bool:
 
 def explained(connection, states, schema: str) -> set[str]:
     """The names of the VALID indexes pending migrations' interrupted tries built (the record says the try stopped
-    part-way; a named CONCURRENTLY build of the file, its definition read alike): that migration's work, which its
-    rerun counts as done (_named), never drift made outside migrations (attack24r 8). An unqualified table is the
-    `schema`'s (the run's own session has pg_catalog alone on its path)."""
+    part-way; a CONCURRENTLY build of the file, its definition read alike, by its name or the server's: attack24s 6):
+    that migration's work, which its rerun counts as done (_named, _unnamed), never drift made outside migrations
+    (attack24r 8). An unqualified table is the `schema`'s (the run's own session has pg_catalog alone on its path)."""
     from migrator.postgres import files
 
     names = set()
@@ -368,6 +368,11 @@ def explained(connection, states, schema: str) -> set[str]:
             for build in found:
                 if build.table == _quoted(build.relname):
                     build.table = _quoted(schema, build.relname)
+                if build.name is None:  # the server's name for it, numbered or not (attack24s 6); reads only
+                    base = server_name(cursor, build, copy=False)
+                    names.update(row[5] for row in (_on_table(cursor, build) if base else ()) if row[0]
+                                 and named_like(base, row[5]) and parsed_same(cursor, build, row))
+                    continue
                 row = _find(cursor, build)
                 if row is not None and row[0] and parsed_same(cursor, build, row):
                     names.add(build.name)

@@ -60,10 +60,10 @@ def parsed_same(cursor, build, row) -> bool:
     return row[1] == build.unique and wanted is not None and canonical(cursor.fetchone()[0]) == wanted
 
 
-def server_name(cursor, build) -> str | None:
-    """The name the server gives an unnamed build (before a number when taken): the temporary copy's, else as
-    ChooseIndexName picks it for plain columns (None for what only the server can name)."""
-    probe = _probe(cursor, build)
+def server_name(cursor, build, copy: bool = True) -> str | None:
+    """The name the server gives an unnamed build (before a number when taken): the temporary copy's, else (or
+    not `copy`: reads only) as ChooseIndexName picks it for plain columns (None for what only the server can name)."""
+    probe = _probe(cursor, build) if copy else None
     if probe is not None:
         return probe[0]
     from pglast import ast, parse_sql

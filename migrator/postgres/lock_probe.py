@@ -163,6 +163,11 @@ class Probe:
         if self._locked_since is not None:
             self._locked_since = self._session_locked or time.monotonic()
 
+    def session_locked(self) -> bool:
+        """The session holds a session-level (advisory) lock that outlived the file's earlier tries: a retry would
+        keep it, so the application would wait on it for the whole retry budget (attack24s 5)."""
+        return self._session_locked is not None
+
     def clock_running(self) -> bool:
         """The try's blind clock has started (a statement not known harmless ran in its open transaction)."""
         return self._locked_since is not None

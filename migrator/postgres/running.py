@@ -157,7 +157,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         # The waiters the run accepts: the marker's tables, by schema too. (A table the run creates has no waiter
         # before it commits; after, a waiter on it is an application's like any other.)
         probe.exempt = _accepted(path, statements)
-        judge = clock_bound.Judge(connection, *_made_in_run(backend, connection))
+        judge = clock_bound.Judge(connection, _made_in_run(backend))
     backoff = backoff or retry.Backoff(policy)
     start = done = 0
     busy = None
@@ -212,7 +212,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     # what this statement could wait (what was left of the try, or the file's own stricter value)
                     seen.lock_timeout = min(ms for ms in (budget.set_ms, budget.file_ms) if ms is not None) / 1000
                 if not transactional and MAY_COMMIT.match(exc.statement.text):
-                    raise _not_retried(exc, seen, backoff)
+                    raise _not_retried(exc, seen, backoff, _MAY_COMMIT)
+                if seen.blind and probe is not None and probe.session_locked():  # (kept by a retry: the app waits)
+                    raise _not_retried(exc, seen, backoff, _session_lock_kept(statements[:exc.index]))
                 delay = backoff.next_delay() if policy.budget else None
                 if delay is None:
                     if getattr(exc, "at_commit", None) == "records" and not seen.cancelled:
@@ -306,13 +308,12 @@ def _accepted(path: Path, statements) -> set[tuple[str | None, str]]:
         return set()
 
 
-def _made_in_run(backend, connection) -> tuple[dict, set]:
-    """The tables this run's files created so far, and the relation names taken when its judging began (kept on the
-    run's own session; clock_bound.Judge)."""
+def _made_in_run(backend) -> dict:
+    """The temporary tables this run's files created so far (kept on the run's own session; clock_bound.Judge)."""
     run = backend.parent
     if not hasattr(run, "created_tables"):
-        run.created_tables, run.names_taken = {}, clock_bound.names_taken(connection)
-    return run.created_tables, run.names_taken
+        run.created_tables = {}
+    return run.created_tables
 
 
 def _waited_for_prepared(connection, exc) -> None:
@@ -333,10 +334,21 @@ def _waited_for_prepared(connection, exc) -> None:
 MAY_COMMIT = lazy_re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:do|call)\b", re.IGNORECASE | re.DOTALL)
 
 
-def _not_retried(exc, seen, backoff):
+_MAY_COMMIT = ("a DO block or CALL may have committed part of its work before the lock timeout, and a retry would "
+               "run that part again")
+_SESSION_LOCK = re.compile(r"\bpg_advisory_lock(_shared)?\s*\(", re.IGNORECASE)
+
+
+def _session_lock_kept(before) -> str:
+    taken = next((statement for statement in before if _SESSION_LOCK.search(statement.text)), None)
+    return (f"the session still holds the advisory lock the file took{f' at line {taken.line}' if taken else ''} "
+            "(pg_advisory_lock outlives its try), so a retry would keep the application waiting on it; take it "
+            "with pg_advisory_xact_lock in the transaction that needs it, or release it before the long statement")
+
+
+def _not_retried(exc, seen, backoff, why: str):
     retry.gave_up(exc, seen, backoff)
-    exc.todo = ("not retried: a DO block or CALL may have committed part of its work before the lock timeout, and a "
-                "retry would run that part again; " + exc.todo.split("; ", 1)[1])
+    exc.todo = f"not retried: {why}; " + exc.todo.split("; ", 1)[1]
     return exc
 
 
