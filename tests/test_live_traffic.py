@@ -564,7 +564,9 @@ def test_a_rerun_failing_after_an_earlier_run_committed_part_says_so(cli, db, sq
     add_migration(sql_dir, "0002_steps", "-- transactional: false\nCREATE TABLE t_one (id int);\nSELECT pg_sleep(30);\n")
     runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
     deadline = time.monotonic() + 30
-    while "t_one" not in db.tables():
+    # (in statement 2: once statement 1's commit is recorded, not merely once its table shows)
+    while db.query("SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' "
+                   "AND query LIKE 'SELECT pg_sleep(30)%'") != [(1,)]:
         assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
         time.sleep(0.1)
     runner.send_signal(signal.SIGTERM)
