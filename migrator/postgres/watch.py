@@ -245,9 +245,11 @@ class Watcher:
 
     def _say_lock_wait(self, cur, pid: int, text: str, fields: dict, say: bool = True) -> None:
         holders = sessions.blockers(cur, pid, self.show_query)
-        what = sessions.waiting_for(cur, pid, holders) or "a lock"
+        found = sessions.waiting_for(cur, pid, holders)
+        what = found or "a lock"
         wait = sessions.wait_words(what, holders)
-        self.last_wait = (self._query, wait)
+        if (found and holders) or not (self.last_wait and self.last_wait[0] == self._query):
+            self.last_wait = (self._query, wait)  # (a look that saw less keeps what an earlier one saw)
         fields.update(waiting_for=what, held_by=holders)
         if say:
             self._say(f"{text}; {wait}", "lock_wait", fields)
