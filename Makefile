@@ -121,8 +121,12 @@ flyway: $(FLYWAY_STAMP)  ## fetch Flyway 10's command line into .flyway/ with Ma
 # The slowest tests are listed at the end, so growth is seen. A worker that crashes ends the run, its test failed:
 # xdist 3.8's loadgroup hangs for ever once it replaces one (pytest-xdist issues 1323, 1327, 1378).
 TEST_WORKERS ?= 4
+# A test that fails is run once more on its own (pytest's --last-failed): one that fails again fails the run. The
+# first run's failures stay in the log above the rerun: a test that needed the rerun is a flake to fix, not to keep.
 test: $(DEV) $(TEST_MONGOSH) $(TEST_FLYWAY) $(TEST_FERRETDB)  ## run the test suite (starts its own PostgreSQL and FerretDB)
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart 0 --durations=15 $(ARGS)
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart 0 --durations=15 $(ARGS) || \
+	  { echo "make test: the failed tests once more, alone (failing again fails the run)"; \
+	    $(PYTHON) -m pytest --last-failed --last-failed-no-failures none -n 2 --dist loadgroup $(ARGS); }
 
 bench: $(DEV)  ## benchmarks against bare yoyo and psql; writes bench/RESULTS.md
 	$(PYTHON) bench/bench.py
