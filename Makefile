@@ -123,10 +123,14 @@ flyway: $(FLYWAY_STAMP)  ## fetch Flyway 10's command line into .flyway/ with Ma
 TEST_WORKERS ?= 4
 # A test that fails is run once more on its own (pytest's --last-failed): one that fails again fails the run. The
 # first run's failures stay in the log above the rerun: a test that needed the rerun is a flake to fix, not to keep.
+# Only after a whole run whose tests failed (exit 1): a run a crashed worker ended (its other tests never ran) or
+# interrupted fails as it is.
 test: $(DEV) $(TEST_MONGOSH) $(TEST_FLYWAY) $(TEST_FERRETDB)  ## run the test suite (starts its own PostgreSQL and FerretDB)
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart 0 --durations=15 $(ARGS) || \
-	  { echo "make test: the failed tests once more, alone (failing again fails the run)"; \
-	    $(PYTHON) -m pytest --last-failed --last-failed-no-failures none -n 2 --dist loadgroup $(ARGS); }
+	{ $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart 0 --durations=15 $(ARGS); \
+	  echo $$? > .pytest-status; } 2>&1 | tee .pytest-run.log; status=$$(cat .pytest-status); \
+	[ $$status -ne 1 ] && exit $$status; grep -q "crashed and worker restarting disabled" .pytest-run.log && exit 1; \
+	echo "make test: the failed tests once more, alone (failing again fails the run)"; \
+	$(PYTHON) -m pytest --last-failed --last-failed-no-failures none -n 2 --dist loadgroup $(ARGS)
 
 bench: $(DEV)  ## benchmarks against bare yoyo and psql; writes bench/RESULTS.md
 	$(PYTHON) bench/bench.py
