@@ -187,7 +187,10 @@ MAX_PASSFILE = MAX_DOTENV  # thousands of lines; /dev/zero or a log file is a mi
 def _passfile_passwords(env: Env, path: str, origin: str | None) -> list[str]:
     """The passwords of libpq's password file (host:port:db:user:password lines, \\ escaping : and \\). Like libpq,
     only a plain file: a FIFO would hang every command, /dev/zero fill the memory (said in a note, as psql warns)."""
-    file = Path(path).expanduser()
+    try:
+        file = Path(path).expanduser()
+    except RuntimeError:  # no HOME and no passwd entry (an arbitrary uid): libpq has no password file either
+        return []
     where = f"{origin}: {file}" if origin else f"libpq's password file {file}"
     try:
         data = read_regular_file(file, MAX_PASSFILE)

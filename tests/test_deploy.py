@@ -344,7 +344,8 @@ def pod_runner(job_python, pg, db, tmp_path, ferret):
         (container,) = job["spec"]["template"]["spec"]["containers"]
 
         def run(with_mongo: bool = False, with_ca: bool = True, schemas: str | None = None, index: int | None = None,
-                port: int | None = None, command: list[str] | None = None, extra_env: dict | None = None):
+                port: int | None = None, command: list[str] | None = None, extra_env: dict | None = None,
+                unset: tuple[str, ...] = ()):
             nonlocal runs
             runs += 1
             secrets = {"db": db_secret}
@@ -359,7 +360,8 @@ def pod_runner(job_python, pg, db, tmp_path, ferret):
             image = {**image_env(), "HOME": str(root / "tmp"), "TMPDIR": str(root / "tmp"), "PYTHON": str(job_python)}
             harness_env = {"PYTHONPATH": str(harness), "MONGO_DIR": str(harness / "patches")}
             path = f"{root / 'bin'}:/usr/local/bin:/usr/bin:/bin"
-            variables = [f"{k}={v}" for k, v in {"PATH": path, **image, **env, **harness_env, **(extra_env or {})}.items()]
+            everything = {"PATH": path, **image, **env, **harness_env, **(extra_env or {})}
+            variables = [f"{k}={v}" for k, v in everything.items() if k not in unset]
             argv = ["setpriv", f"--reuid={JOB_UID}", f"--regid={JOB_UID}", "--clear-groups", "env", "-i", *variables,
                     *(command or container["command"])]
             return subprocess.run(argv, cwd=app, capture_output=True, text=True, timeout=180)
@@ -415,6 +417,18 @@ def test_the_job_migrates_as_uid_10001_without_a_passwd_entry(job_run, db):
     assert db.query("SELECT count(*) FROM _yoyo_log WHERE operation = 'apply'") == [(1,)]
     for run in (first, again):
         assert "Traceback" not in run.stderr and "trusted-Anyway-1" not in run.stdout + run.stderr
+
+
+def test_a_uid_without_passwd_entry_or_home_runs_as_libpq_would_without_a_password_file(job_run, db):
+    """OpenShift's random uid, `docker run --user`, a systemd unit: no passwd entry and no HOME. libpq then has no
+    ~/.pgpass; the runner must not fail on looking for one (it did: "unexpected RuntimeError ... home directory")."""
+    first = job_run(unset=("HOME",))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "applied 0001_create_hcm_report_metadata" in first.stdout
+    status = job_run(unset=("HOME",), command=["python3", "runner.py", "status"])
+    assert status.returncode == 0 and "0001_create_hcm_report_metadata" in status.stdout, status.stdout + status.stderr
+    for run in (first, status):
+        assert "unexpected" not in run.stderr and "Traceback" not in run.stderr
 
 
 def test_a_services_flyway_folder_runs_in_the_image_with_the_charts_variables(job_run, db):
