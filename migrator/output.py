@@ -120,6 +120,8 @@ def one_line(text: str) -> str:
 # reorder or hide what is shown (bidi controls, zero-width characters): a name can then not read as another.
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u061c\u200b-\u200f\u202a-\u202e"
                       "\u2066-\u2069\ufeff]")
+# On a terminal a file's SQL keeps its tabs and line ends (CRLF too); its other controls are escaped as visible()'s.
+_TERMINAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069]|\r(?!\n)")
 
 
 def visible(text: str) -> str:
@@ -138,9 +140,7 @@ def quoted(text: str) -> str:
 
 def role(name: str | None) -> str:
     """A role's name (anyone with CREATEROLE chooses it): bare when a plain identifier, else quoted()."""
-    if not name:
-        return "unknown"
-    return name if name.isidentifier() and name.isascii() else quoted(name)
+    return "unknown" if not name else name if name.isidentifier() and name.isascii() else quoted(name)
 
 
 def _shown(text: str) -> str:
@@ -210,7 +210,6 @@ def _now() -> str:
 
 def _masked(value, how=None):
     """Every string inside a JSON-able value masked (SqlText, a migration file's SQL: as it is, see `sql`)."""
-
     if isinstance(value, SqlText):
         return str(value)
     if isinstance(value, str):
@@ -277,13 +276,17 @@ def result(text: str = "") -> None:
 
 
 def sql(text: str) -> None:
-    """SQL on stdout, for psql, exactly as the files hold it: masking is for the runner's own lines. A rewrite
-    here (`password=postgres$$` -> `password=***$$`) would make psql read other text than the guard
-    (psql_reading) checked, and a file's SQL is the reviewer's to see as it is."""
-
+    """SQL on stdout for psql, its UTF-8 bytes as the files hold them, unmasked: psql must read what psql_reading
+    checked (click.echo strips ANSI escapes on a pipe; in cp932 表 ends in a backslash byte). On a terminal
+    control characters show as escapes: an ESC sequence could hide a line from the reviewer."""
     if json_format():
         return _emit("sql", False, sql=SqlText(text))
-    click.echo(text, file=_stream(False))
+    stream = _stream(False)
+    if stream.isatty():
+        return click.echo(_TERMINAL.sub(lambda m: ascii(m.group())[1:-1], text), file=stream)
+    stream.flush()
+    stream.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
+    stream.buffer.flush()
 
 
 def note(text: str) -> None:
@@ -330,8 +333,7 @@ def progress(text: str, live: bool = False, kind: str = "progress", **fields) ->
         return _emit(kind, True, message=text, **fields)
     if live and sys.stderr.isatty():
         width = max(20, shutil.get_terminal_size().columns - 1)
-        click.echo("\r\033[K" + mask(text)[:width], nl=False, file=_stream(True))
-        return
+        return click.echo("\r\033[K" + mask(text)[:width], nl=False, file=_stream(True))
     click.echo(mask(f"{time.strftime('%H:%M:%S')} {text}"), file=_stream(True))
 
 
@@ -426,7 +428,6 @@ def patch_stderr() -> Iterator[None]:
 def report(report, as_json: bool = False) -> None:
     """A command's report on stdout: its text lines, or its to_json() as JSON. SQL for psql (reports.SqlText)
     is printed as it is; everything else is masked."""
-
     if json_format():  # one event: the report's JSON when it has one, else its lines
         data = report.to_json() if hasattr(report, "to_json") else None
         if data is not None:

@@ -63,6 +63,9 @@ PAYLOADS = {
     "comment continued string": f"SELECT 'a' -- c\r'\\' , ' {PWN}';\n",
     "nested comment": f"SELECT 1 /* a /*/ b */ {PWN} */;\n",
     "restrict line": f"\\restrict abc {PWN}\nSELECT 1;\n",
+    # click.echo strips ANSI escapes on a pipe: `$a ESC[0m$` is no tag to the guard, `$a$` to psql (attack23v 10)
+    "dollar tag cut by an ANSI escape": f"SELECT $a$ x $a\x1b[0m$ {PWN}\n$a$ AS note;\n",
+    "comment cut by an ANSI escape": f"SELECT 1 -\x1b[m- x\n, ' {PWN}';\n",
     # the same characters where every reading agrees: accepted, and psql must run them harmlessly
     "inside a literal in every reading": f"SELECT 'x' , ' {PWN}';\n",
     "after an E string ending in a backslash": f"SELECT E'\\\\' , ' {PWN}';\n",
@@ -119,7 +122,8 @@ def test_no_generated_file_makes_plan_piped_to_psql_run_a_shell_command(cli, mak
 # Token soup: random files from the pieces psql's lexer turns on, for what the named shapes above miss.
 SOUP = ["'abc'", "E'\\n'", "$$\\ $$", "'\\d'", "'ab", "c'", "'", "'", "E'", "e'", "X'", "b'", "U&'", "U&\"", "N'", '"',
         "$$", "$a$", "x$", "$x", "$1", "\\", "'\\'", "\r'", "\r", "\n", "--", "/*", "*/", "-", "€", "’", "ß", "1", "1e",
-        ".5e", "0x", ":a", "::a", ":'a'", " ", "x", ";", "(", ")", f" {PWN}\n", "SELECT ", ROUTES["BIG5"], ROUTES["set_config"]]
+        ".5e", "0x", ":a", "::a", ":'a'", " ", "x", ";", "(", ")", f" {PWN}\n", "SELECT ", ROUTES["BIG5"], ROUTES["set_config"],
+        "\x1b[0m", "\x1b[2K"]
 
 
 def test_random_token_soup_never_reaches_a_shell_through_plan_and_psql(cli, make_db, tmp_path):
@@ -238,3 +242,38 @@ def test_password_masking_never_rewrites_the_sql_plan_prints(cli, db, make_db, s
     assert "***" not in plan.stdout.split("\n", 1)[1]
     _psql(make_db(), plan.stdout, tmp_path, {})
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("encoding, letter", [("cp932", "表"), ("cp950", "許"), ("gbk", "乗")])
+def test_plan_writes_the_files_utf8_whatever_the_locales_encoding(make_db, tmp_path, encoding, letter):
+    """In cp932, cp950 and GBK these letters end in the byte of a backslash: written in the locale's encoding, psql
+    (reading UTF-8) saw `\\o | touch ...` outside any literal (attack23v 6). A real process, as a locale sets it."""
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    add_migration(folder, "0001_letters", f"SELECT {letter}o | touch -- ; touch pwned\nFROM (SELECT 1, 2) AS s({letter}o, touch);\n")
+    env = {**os.environ, "PYTHONIOENCODING": encoding}
+    plan = subprocess.run([sys.executable, "runner.py", "plan", "--offline", "--sql-dir", str(folder)], cwd=PROJECT_ROOT,
+                          env=env, capture_output=True, timeout=60)
+    assert plan.returncode == 0, plan.stderr
+    assert f"AS s({letter}o, touch)".encode() in plan.stdout  # the file's own bytes
+    subprocess.run([_bin("psql"), "-X", "-d", make_db().url], input=plan.stdout, cwd=tmp_path, capture_output=True,
+                   timeout=60)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_plan_on_a_terminal_shows_a_files_control_characters_as_escapes(cli, sql_dir, monkeypatch):
+    """On a terminal an ESC sequence in a file would hide or redraw what the reviewer reads; on a pipe the bytes go
+    as they are (what psql reads is what was checked)."""
+    add_migration(sql_dir, "0002_hidden", "SELECT 1; \x1b[8m DROP TABLE important; \x1b[0m\rSELECT 2;\r\n")
+    piped = ok(cli("plan", "--offline", "--sql-dir", sql_dir)).stdout
+    assert "SELECT 1; \x1b[8m DROP TABLE important; \x1b[0m\rSELECT 2;" in piped
+    import click.testing
+
+    monkeypatch.setattr(click.testing._NamedTextIOWrapper, "isatty", lambda self: True, raising=False)
+    shown = ok(cli("plan", "--offline", "--sql-dir", sql_dir)).stdout
+    assert "SELECT 1; \\x1b[8m DROP TABLE important; \\x1b[0m\\rSELECT 2;" in shown
+    assert "\x1b" not in shown and "\rSELECT" not in shown
