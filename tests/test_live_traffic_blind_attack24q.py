@@ -220,8 +220,17 @@ CIC_WAITS = ("SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE
              "AND l.locktype = 'virtualxid' AND a.query LIKE 'CREATE INDEX CONCURRENTLY%'")
 
 
+# The file's own gate between its advisory lock and its build: until the app waits for that lock (at most 30 s).
+APP_WAITS_FOR_THE_LOCK = ("DO $$ BEGIN FOR i IN 1..3000 LOOP EXIT WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks "
+                          "WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted); "
+                          "PERFORM pg_catalog.pg_sleep(0.01); END LOOP; END $$;\n")
+HELD = "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND granted"
+
+
 def cancel_once_the_build_failed(db, pid: int) -> None:
     deadline = time.monotonic() + 30
+    while not db.poll(CIC_WAITS) and time.monotonic() < deadline:
+        time.sleep(0.005)
     while db.poll("SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'CREATE INDEX CONCURRENTLY%'"):
         if time.monotonic() > deadline:
             return
@@ -230,8 +239,12 @@ def cancel_once_the_build_failed(db, pid: int) -> None:
 
 
 def app_deadlocking_a_build(db, outcome: list, ready: threading.Event) -> None:
-    """An application transaction the build waits out, which then asks for the file's advisory lock: a deadlock,
-    which the build's check (its wait began first) finds; once the build failed, the app's wait is cancelled."""
+    """An application transaction the build waits out, which asks for the file's advisory lock once the file holds
+    it: a deadlock once the build waits for its snapshot, which the build's own check finds. The file waits (its gate)
+    until the app's request waits, so the cycle is whole before the build's wait begins: PostgreSQL checks a wait once,
+    deadlock_timeout after it began (the runner's 100 ms), and an app asking later (a loaded machine: 1 run in 5) met
+    the build's check already done: the app's own, 20 s on, then ended the app instead. Once the build failed, the
+    app's wait is cancelled."""
     conn = connect(db, application_name="hcm-app")
     try:
         conn.set_session(isolation_level="REPEATABLE READ")  # (its snapshot: what a build waits out)
@@ -239,8 +252,8 @@ def app_deadlocking_a_build(db, outcome: list, ready: threading.Event) -> None:
         cur.execute("SET deadlock_timeout = '20s'; SELECT count(*) FROM t_dl")
         ready.set()
         deadline = time.monotonic() + 30
-        while not db.poll(CIC_WAITS):
-            assert time.monotonic() < deadline, "the build never waited"
+        while not db.poll(HELD):
+            assert time.monotonic() < deadline, "the file never took its lock"
             time.sleep(0.005)
         threading.Thread(target=cancel_once_the_build_failed, args=(db, conn.info.backend_pid), daemon=True).start()
         outcome.append(conn.info.backend_pid)
@@ -259,6 +272,7 @@ def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_l
     unnamed one's retry built t_dl_v_idx1 beside the INVALID t_dl_v_idx (exit 1: an INVALID index left)."""
     db.query("CREATE TABLE t_dl (v int); INSERT INTO t_dl VALUES (1)")
     add_migration(sql_dir, "0002_idx", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
+                                       + APP_WAITS_FOR_THE_LOCK +
                                        f"CREATE INDEX CONCURRENTLY {'' if name == 't_dl_v_idx' else name} ON t_dl (v);\n")
     outcome, ready = [], threading.Event()
     app = threading.Thread(target=app_deadlocking_a_build, args=(db, outcome, ready), daemon=True)

@@ -120,7 +120,9 @@ const routes = {
   providerRunCommand: () => db.getMongo()._serviceProvider.runCommandWithCheck(db.getName(), {insert: "provided3", documents: [{a: 1}]}),
   providerUpdateMany: () => db.getMongo()._serviceProvider.updateMany(db.getName(), "people", {}, {$set: {p: 1}}),
   newConnection: () => connect(db.getMongo()._uri || "mongodb://127.0.0.1:1/x"),
-  newMongo: () => new Mongo("mongodb://127.0.0.1:1"),
+  // (its own server, as newConnection's: in --run a refused port's client, closed by the driver's fail-fast while
+  // still connecting, could reject at mongosh's exit: MongoClientClosedError crashed mongosh, exit 1; flake24a 4)
+  newMongo: () => new Mongo(db.getMongo()._uri || "mongodb://127.0.0.1:1"),
 };
 let wrote = 0, refused = 0, failed = [];
 for (const [name, route] of Object.entries(routes)) {
@@ -181,6 +183,29 @@ def test_a_dry_run_js_patch_trying_every_write_route_leaves_the_server_byte_iden
     client = server.db.client
     for suffix in ("_other", "_third"):
         client.drop_database(server.name + suffix)
+
+
+def test_mongosh_crashing_after_the_patch_wrote_fails_it_and_keeps_its_writes(cli, server, tmp_path):
+    """mongosh ending non-zero after the patch's last line (an error thrown once the script is done, as the driver's
+    late MongoClientClosedError was): the patch is failed, not applied, its writes kept and said so; never run
+    again by itself."""
+    folder = tmp_path / "mongo"
+    folder.mkdir()
+    (folder / "0001_late_crash.js").write_text(
+        'db.people.insertOne({_id: 7, name: "kept"});\npatchComment("wrote one");\n'
+        'setTimeout(() => { throw Object.assign(new Error("Operation interrupted because client was closed"), '
+        '{name: "MongoClientClosedError"}); }, 0);\n')
+    result = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=server.env)
+    assert result.exit_code != 0, result.output
+    assert "0001_late_crash failed: mongosh exit 1: Error [MongoClientClosedError]: Operation interrupted because " \
+           "client was closed; fix the patch, then see `runner.py mongo status`" in result.stderr, result.output
+    assert server.db.people.count_documents({"_id": 7}) == 1
+    (record,) = server.db.applied_patches.find()
+    assert record["status"] == "failed"
+    status = cli("mongo", "status", "--mongo-dir", folder, env=server.env)
+    assert "0001_late_crash failed" in status.output and "its writes so far are kept" in status.output, status.output
+    again = cli("mongo", "apply", "--run", "--mongo-dir", folder, env=server.env)
+    assert again.exit_code != 0 and server.db.people.count_documents({}) == 1, again.output
 
 
 # A careless patch in the old shell's words: ensureIndex (mongosh's legacy createIndex), a unique one, on `db` and

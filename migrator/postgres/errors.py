@@ -208,6 +208,11 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
     elif connection_lost(cause) and getattr(cause, "at_connect", False):  # (connection.py: its session's connect)
         committed = "its session could not connect: nothing of it was sent, nothing applied"
         todo = "free a connection slot (or fix what the server refused), then run again"
+    elif connection_lost(cause) and isinstance(exc, StatementFailed) and exc.transactional:
+        # a statement inside the file's one transaction (files refuse COMMIT in one): the runner's COMMIT never went
+        committed = ("the connection was lost (a server restart, a failover, or pg_terminate_backend) while its statement "
+                     "ran, before the runner's COMMIT: nothing of it was applied: its transaction rolled back")
+        todo = "run again"
     elif connection_lost(cause):
         committed = "the connection was lost (a server restart, or pg_terminate_backend), so whether it committed " \
                     "is unknown: run `runner.py status`"
