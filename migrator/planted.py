@@ -186,6 +186,36 @@ def with_creators(query: str, path: str = _PATH) -> str:
     return head + COLUMNS + "FROM (SELECT CAST(:s AS" + tail
 
 
+# A read-only command's state[11] (status, plan: COLUMNS is a writing run's): [owner, object] of enabled login event
+# triggers whose function another role owns, as COLUMNS words them; their connection ran it too (attack23u 11).
+_LOGIN_COLUMN = f""",
+       ARRAY(SELECT ARRAY[r.rolname::text, 'login event trigger ' || pg_catalog.quote_ident(e.evtname::text)
+                          || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')']
+             FROM pg_catalog.pg_event_trigger e JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid
+             JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+             WHERE e.evtevent = 'login' AND e.evtenabled <> 'D' AND NOT {_OWNER_OK} ORDER BY e.evtname)
+"""
+
+
+def with_login(query: str) -> str:
+    """trust.PLANTED with _LOGIN_COLUMN appended (state[11])."""
+    head, tail = query.rsplit("\nFROM (SELECT CAST(:s AS", 1)
+    return head + _LOGIN_COLUMN + "FROM (SELECT CAST(:s AS" + tail
+
+
+_SAID: set = set()
+
+
+def login_note(state, schema: str, where: str, accepted: tuple[str, ...]) -> None:
+    """status's and plan's line (a warning: they refuse nothing) for with_login's triggers: the run's own words."""
+    owned = [o for o in state[11] if o[0] not in accepted] if len(state) > 11 else []
+    if owned and (where, str(owned)) not in _SAID:  # (once per server: a tenants' run reads it per schema)
+        _SAID.add((where, str(owned)))
+        left = ([], owned, [], [])
+        output.note(output.visible(f"warning: PostgreSQL at {where}, schema {schema}: {found(schema, *left)}: "
+                                   f"{harm(state[2], left)}; {fix(schema, *left, user=state[2])}"))
+
+
 def trusted(env) -> tuple[str, ...]:
     """SCHEMA_CREATORS_TRUSTED: the roles (PUBLIC too) accepted to CREATE in, or own objects in, a migrated schema;
     from the real environment only (a .env cannot relax it)."""
