@@ -96,7 +96,7 @@ _IMPLICIT = [
     ("CREATE TABLE t (id int, v text CHECK (app.ok(v)))", "function app.ok(text)"),
     ("CREATE TABLE t (id int, v text); CREATE INDEX t_v ON t ((app.imm(v)))", "function app.imm(text)"),
     ("CREATE TABLE t (id int, v text, g text GENERATED ALWAYS AS (app.imm(v)) STORED)", "function app.imm(text)"),
-    ("CREATE TYPE pair AS (e app.email, n int); CREATE TABLE t (id int, v pair)", "type app.email"),
+    ("CREATE TYPE pair AS (e app.email, n int); CREATE TABLE t (id int, v pair)", "domain app.email"),
     ("CREATE DOMAIN mine AS text CHECK (app.ok(VALUE)); CREATE TABLE t (id int, v mine)", "function app.ok(text)"),
     ("CREATE TABLE t (id int, v text); CREATE FUNCTION tf() RETURNS trigger LANGUAGE plpgsql AS "
      "$$BEGIN RETURN NEW; END$$; CREATE TRIGGER tt BEFORE INSERT ON t FOR EACH ROW WHEN (app.ok(NEW.v)) "
@@ -114,10 +114,10 @@ def test_implicit_code_another_role_owns_on_the_users_own_table_is_refused(cli, 
     db.query(made)
     add_migration(sql_dir, "0002_seed", "INSERT INTO t (id) VALUES (1);\n")
     line = doctor_line(cli, db, sql_dir)
-    assert line.startswith("FAIL") and "table public.t" in line and reached in line and f"owner {low}" in line, line
+    assert line.startswith("FAIL") and "public.t" in line and reached in line and f"owner {low}" in line, line
     db.query("DELETE FROM app.hits")
     line = refusal(cli, db, sql_dir)
-    assert "table public.t" in line and reached in line and f"(owner {low})" in line, line
+    assert "public.t" in line and reached in line and f"(owner {low})" in line, line
     assert "OWNER TO" in line and f"SCHEMA_CREATORS_TRUSTED={low}" in line, line
     assert db.query("SELECT * FROM t") == [] and db.query("SELECT who FROM app.hits") == []
 
