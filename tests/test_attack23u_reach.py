@@ -42,15 +42,19 @@ def test_a_search_path_set_by_a_route_the_text_does_not_spell_stops_the_file(cli
         assert result.exit_code == 2, result.output
         line = result.stderr
         assert f"0003_data.sql:{2 - transactional}" in line and "search_path" in line and "app" in line, line
-        assert "schemas this run checked" in line, line
+        assert "which the run had not checked" in line and f"roles {low} may CREATE in schema app" in line, line
+        assert f"operator app.=(character varying,character varying) (owner {low})" in line, line
     assert "app" in line, line
     assert db.query("SELECT who FROM app.hits") == [] and db.query("SELECT name FROM a") == [("y",)]
 
 
-def test_a_dynamic_search_path_onto_checked_schemas_runs(cli, db, sql_dir, low):
-    """The control: a DO block setting the path to the schemas the run checked is not refused."""
+@pytest.mark.parametrize("schemas", ["public", "mine, public"])
+def test_a_dynamic_search_path_onto_clean_schemas_runs(cli, db, sql_dir, low, schemas):
+    """The control: a DO block setting the path to the schemas the run checked, or to one no other role may plant in
+    (checked when the path changes), is not refused."""
     _planted_app(cli, db, sql_dir, low)
-    add_migration(sql_dir, "0003_data", "DO $$BEGIN EXECUTE 'SET search_path TO public'; END$$;\n"
+    db.query("CREATE SCHEMA mine")
+    add_migration(sql_dir, "0003_data", f"DO $$BEGIN EXECUTE 'SET search_path TO {schemas}'; END$$;\n"
                                         "UPDATE a SET name = 'x' WHERE name = 'y';\n")
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert db.query("SELECT name FROM a") == [("x",)]

@@ -27,7 +27,7 @@ from migrator import lazy_re, output, planted, trust
 from migrator.errors import USAGE, MigratorError
 from migrator.planted_code import alter_owner
 
-_MENTIONS = lazy_re.compile(r"search_path|u&", re.IGNORECASE)  # (U&"search\005fpath" is the same name)
+_MENTIONS = lazy_re.compile(r"search_path|u&|set\s+schema", re.IGNORECASE)  # (U&"search\005fpath", SET SCHEMA 's')
 # What may set the path in a way named() cannot read (attack23u 3): only such statements are parsed for lint
 _DYNAMIC = lazy_re.compile(r"search_path|set_config|pg_settings|u&|\bdo\b", re.IGNORECASE)
 # A DO body that sets the path, or runs SQL built at run time (EXECUTE of anything but one literal)
@@ -107,7 +107,7 @@ def dynamic(text: str) -> str | None:
                 found.append("a DO block that sets it or runs SQL built at run time (EXECUTE)")
 
         def visit_VariableSetStmt(self, _ancestors, node):
-            if (node.name or "").lower() == "search_path" and not re.search("search_path", text, re.IGNORECASE):
+            if (node.name or "").lower() == "search_path" and not re.search(r"search_path|set\s+schema", text, re.I):
                 found.append("a SET spelling the name otherwise (U&)")
 
         def visit_FuncCall(self, _ancestors, call):
@@ -131,7 +131,7 @@ def refuse(backend, migrations, schema: str, where: str, accepted: tuple[str, ..
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
     naming = named(files(migrations, rollback))
-    backend.path_checked = set(naming)  # (with the session's own: what each statement's path may hold, guard())
+    backend.path_checked = (set(naming), accepted)  # (with the session's own: checked already, guard())
     if not naming:
         return
     state = backend.execute(_QUERY, {"s": schema, "tables": list(dict.fromkeys([*BOOKKEEPING_TABLES,
@@ -246,24 +246,32 @@ def refuse_reach(backend, migrations, target, rollback: bool = False) -> None:
 def guard(backend):
     """A plain run's watch on each statement's search_path (running.SearchPathGuard's interface), once refuse() has
     checked what the pending files name: None for a run that did not (a scratch database's)."""
-    named = getattr(backend.parent, "path_checked", None)
-    return None if named is None else CheckedPath(backend.connection, named)
+    checked = getattr(backend.parent, "path_checked", None)
+    return None if checked is None else CheckedPath(backend, *checked)
+
+
+# _QUERY on a plain psycopg2 cursor (%(name)s parameters), in the migration's own session: it sees what the file's
+# open transaction made (a schema, a function) as the next statement will
+_ON_SESSION = re.sub(r"(?<![:\w]):(s|tables|rights|paths)\b", r"%(\1)s", _QUERY)
 
 
 class CheckedPath:
     """A path set by a route the text reader cannot follow (a DO block's EXECUTE, a computed set_config, a function's
-    SET) was never held to the planted rule (attack23u 3): after each statement the session's search_path may list only
-    the schemas the run checked, its fresh session's and those the pending files' SET search_path name (pg_catalog and
-    the session's own pg_temp too), else the file stops there, before its next statement resolves a name in it.
-    PostgreSQL 18+ reports each change to the client; an older server is asked after each statement."""
+    SET) was never held to the planted rule (attack23u 3). After each statement, a session's search_path that lists a
+    schema the run did not check (its fresh session's, those the pending files' SET search_path name, pg_catalog and
+    pg_temp were) is checked then, in the migration's session, by the same query: a schema others may plant in stops
+    the file there, before its next statement resolves a name in it. PostgreSQL 18+ reports each change to the
+    client; an older server is asked after each statement (one round trip)."""
 
-    def __init__(self, connection, named: set[str]):
+    def __init__(self, backend, named: set[str], accepted: tuple[str, ...]):
         from migrator.postgres.risks_path import split_identifiers
 
-        self.connection = connection
-        self.reported = connection.info.parameter_status("search_path") is not None
+        self.connection, self.schema, self.accepted = backend.connection, backend.bookkeeping_schema, accepted
+        self.tables = [*dict.fromkeys([*_bookkeeping_tables(), getattr(backend, "flyway_table", None) or ""])]
+        self.reported = self.connection.info.parameter_status("search_path") is not None
         self.expected = self._now()
         self.allowed = {*(split_identifiers(self.expected) or ()), *named, "pg_catalog", "pg_temp"}
+        self.found: tuple | None = None  # (the unchecked schemas, planted.untrusted's, the user) of the refusal
 
     def _now(self) -> str:
         if self.reported:
@@ -273,23 +281,41 @@ class CheckedPath:
             return cursor.fetchone()[0]
 
     def changed(self, transactional: bool) -> str | None:
-        """The session's search_path if it lists a schema the run did not check, else None."""
+        """The session's search_path if it lists a schema others may plant in that the run had not checked."""
         from migrator.postgres.risks_path import split_identifiers
 
         now = self._now()
-        names = None if now == self.expected else split_identifiers(now)
-        return None if names is not None and set(names) <= self.allowed or now == self.expected else now
+        new = [n for n in split_identifiers(now) or () if n not in self.allowed] if now != self.expected else []
+        if not new:
+            return None
+        from migrator import pinned
+
+        with self.connection.cursor() as cursor, pinned.catalog_path(cursor):
+            cursor.execute(_ON_SESSION, {"s": self.schema, "tables": [t for t in self.tables if t], "rights": [],
+                                         "paths": new})
+            state = cursor.fetchone()
+        left = planted.untrusted(state, self.accepted)
+        if not any(left):
+            self.allowed.update(new)  # (checked now: clean)
+            return None
+        self.found = (new, left, state[2])
+        return now
 
     def moved(self, found: str, path, statements, index: int, transactional: bool, done: int, opened: int | None):
         from migrator.postgres.running import SearchPathMoved
-        from migrator.postgres.risks_path import split_identifiers
 
-        unchecked = [n for n in split_identifiers(found) or [found] if n not in self.allowed]
+        new, left, user = self.found
         cause = RuntimeError(output.visible(
-            f"this statement changed search_path to '{found}': schema {', '.join(unchecked)} is not among the schemas "
-            f"this run checked for objects other roles planted or may plant ({', '.join(sorted(self.allowed))}), "
-            "and the next statement would resolve names there as the migration user; a path set at run time (a DO "
-            "block's EXECUTE, set_config with a computed name or value, a function's SET) is not read before the "
-            "run: write it as a literal SET search_path TO ... (checked before anything runs), or remove it"))
+            f"this statement changed search_path to '{found}', putting schema {', '.join(new)} on it, which the run "
+            f"had not checked (a path set at run time: a DO block's EXECUTE, set_config with a computed name or value, "
+            f"a function's SET): {planted.found(self.schema, *left)}: {planted.harm(user)}; "
+            f"{planted.fix(self.schema, *left, user=user)}; or write the path as a literal SET search_path TO ... "
+            "(checked before anything runs)"))
         cause.exit_code = USAGE  # (a refusal, as the connect check's)
         return SearchPathMoved(found, self.expected, path, statements, index, transactional, done, opened, cause=cause)
+
+
+def _bookkeeping_tables() -> list[str]:
+    from migrator.schema.queries import BOOKKEEPING_TABLES
+
+    return list(BOOKKEEPING_TABLES)
