@@ -123,7 +123,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             if guard is not None and (found := guard.changed(transactional)) is not None:
                 if opened is not None:
                     cursor.execute("ROLLBACK")  # the file's own open transaction: nothing of it commits
-                raise SearchPathMoved(found, guard.expected, path, statements, index, transactional, done, opened)
+                raise guard.moved(found, path, statements, index, transactional, done, opened)
     if not transactional and connection.info.transaction_status != IDLE:
         connection.rollback()
         raise MigratorError(f"{path}: ends inside a transaction it opened (BEGIN without COMMIT); that transaction "
@@ -417,14 +417,18 @@ class SearchPathGuard:
             now = self._ask()
         return None if now == self.expected else now
 
+    def moved(self, found: str, path: Path, statements, index: int, transactional: bool, done: int,
+              opened: int | None) -> StatementFailed:
+        return SearchPathMoved(found, self.expected, path, statements, index, transactional, done, opened)
+
 
 class SearchPathMoved(StatementFailed):
     """A tenant's file changed its session's search_path: it stops there, and says what committed."""
 
     def __init__(self, found: str, expected: str, path: Path, statements, index: int, transactional: bool,
-                 done: int, opened: int | None, at_end: bool = False):
+                 done: int, opened: int | None, at_end: bool = False, cause: Exception | None = None):
         what = "by its end the file" if at_end else "this statement"
-        cause = RuntimeError(
+        cause = cause or RuntimeError(
             f"{what} changed search_path to '{found}' (a tenant's migration runs with '{expected}', its schema then "
             "public), so what follows would land in another schema; remove what sets search_path (the text check "
             "cannot see a name built at run time), and give a function SET search_path FROM CURRENT")
