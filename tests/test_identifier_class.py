@@ -124,3 +124,22 @@ def test_a_rewrite_behind_a_non_ascii_identifier_is_refused(cli, db, sql_dir, te
     assert f"{path}:1: ALTER COLUMN id TYPE bigint rewrites public.{TABLE}" in result.stderr, result.stderr
     assert db.query(f"SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = '{TABLE}'::regclass "
                     "AND attname = 'id'") == [("integer",)]
+
+
+@pytest.mark.parametrize("statement", ["CLUSTER;", "CLUSTER (VERBOSE);", "CLUSTER VERBOSE;"])
+def test_a_bare_cluster_is_judged_as_cluster_of_each_clustered_table(cli, db, sql_dir, statement):
+    """Finding 3: a bare CLUSTER re-clusters every table with a clustered index the role may cluster: each is
+    refused as `CLUSTER t` is; without a clustered table it does nothing and runs."""
+    seeded(cli, db, sql_dir)
+    path = add_migration(sql_dir, "0002_recluster", f"-- transactional: false\n{statement}\n")
+    db.query(f"ALTER TABLE {TABLE} CLUSTER ON idx_hcm_report_name")
+    before = db.query(f"SELECT relfilenode FROM pg_class WHERE relname = '{TABLE}'")
+    plan = cli("plan", "--sql-dir", sql_dir, *SMALL, env=db.db_env())
+    assert f"REFUSED by migrate: {path}:2: CLUSTER rewrites public.{TABLE}" in plan.output, plan.output
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2, result.output
+    assert f"{path}:2: CLUSTER rewrites public.{TABLE} (~50 rows" in result.stderr, result.stderr
+    assert db.query(f"SELECT relfilenode FROM pg_class WHERE relname = '{TABLE}'") == before
+    db.query(f"ALTER TABLE {TABLE} SET WITHOUT CLUSTER")
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert applied(db) == [SEED, "0002_recluster"]

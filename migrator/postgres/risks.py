@@ -248,8 +248,10 @@ def risks(tree, line: int, live, seen: Seen):
             seen, live.tables_in(None))  # bare: every table
         for table in tables:
             yield Risk(line, table, "VACUUM FULL", "rewrites", ACCESS_EXCLUSIVE, "vacuum full")
-    elif isinstance(tree, ast.ClusterStmt) and tree.relation is not None:
-        yield Risk(line, name(tree.relation), "CLUSTER", "rewrites", ACCESS_EXCLUSIVE, "cluster")
+    elif isinstance(tree, ast.ClusterStmt):  # bare: each table with a clustered index the role may cluster
+        tables = [name(tree.relation)] if tree.relation is not None else risks_pending.catalog(seen, live.clustered())
+        for table in tables:
+            yield Risk(line, table, "CLUSTER", "rewrites", ACCESS_EXCLUSIVE, "cluster")
     elif isinstance(tree, ast.ReindexStmt) and not any(o.defname == "concurrently" for o in tree.params or ()):
         # SHARE on the table, ACCESS EXCLUSIVE on each index: a query planned on the table waits too
         if tree.kind == reindex.REINDEX_OBJECT_TABLE:
