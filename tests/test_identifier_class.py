@@ -13,7 +13,7 @@ import pytest
 from conftest import SEED, add_migration, applied, migrate, ok
 from test_rewrites import SMALL, TABLE, seeded
 
-from migrator.postgres import splitter
+from migrator.postgres import files, splitter
 
 ASCII_IDENT = "aZ_"  # (digits continue an identifier too: only inside one, below)
 ASCII_OTHER = " !#%&+,.<=>?@^|~"  # not identifier characters, lexically plain (no quote, comment, $, ; or psql's :)
@@ -106,6 +106,34 @@ def test_a_rollback_behind_a_non_ascii_identifier_is_refused_before_anything_run
     assert result.exit_code != 0, result.output
     assert f"{path}:2: ROLLBACK controls the transaction" in result.stderr, result.stderr
     assert applied(db) == [SEED] and "report_archive" not in db.tables()
+
+
+def test_the_transaction_ended_by_a_statement_the_runner_did_not_see_is_never_recorded(cli, db, sql_dir, monkeypatch):
+    """Finding 1's second line of defence: were a COMMIT or ROLLBACK to reach the server unseen (the text check
+    switched off here), the runner sees its transaction gone after that statement and stops, recording nothing, and
+    says that what ran before may have committed."""
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    monkeypatch.setattr(files, "in_transaction_problem", lambda statement: None)
+    path = add_migration(sql_dir, "0002_new_table", "CREATE TABLE report_archive (id bigint PRIMARY KEY, note text);\n"
+                                                    "ROLLBACK;\nSELECT 1;\n")
+    result = migrate(cli, db, sql_dir)
+    assert result.exit_code == 1, result.output
+    assert f"{path}:2: " in result.stderr and "ended the transaction the runner runs the file in" in result.stderr
+    assert "not recorded as applied" in result.stderr and "may have committed" in result.stderr, result.stderr
+    assert applied(db) == [SEED] and "report_archive" not in db.tables()
+    add_migration(sql_dir, "0002_new_table", f"ALTER TABLE {TABLE} ADD COLUMN hidden_col int;\nCOMMIT;\nSELECT 1/0;\n")
+    result = migrate(cli, db, sql_dir)
+    assert result.exit_code == 1 and f"{path}:2: " in result.stderr, result.output
+    assert "nothing of it was applied" not in result.stderr, result.stderr
+    assert applied(db) == [SEED]
+    status = cli("status", "--sql-dir", sql_dir, env=db.db_env())
+    assert "may have committed" in status.output, status.output
+    assert db.query("SELECT count(*) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'hidden_col'",
+                    (TABLE,)) == [(1,)]  # (committed: as the message says it may have)
+    add_migration(sql_dir, "0002_new_table", "SELECT 1;\n")  # fixed: the rerun applies and records it
+    ok(migrate(cli, db, sql_dir))
+    assert applied(db) == [SEED, "0002_new_table"]
+    assert "may have committed" not in cli("status", "--sql-dir", sql_dir, env=db.db_env()).output
 
 
 @pytest.mark.parametrize("text", [
