@@ -17,8 +17,7 @@ from migrator import lazy_re, source_files
 from migrator.errors import USAGE, MigratorError
 from migrator.output import visible
 from migrator.postgres import flyway, psql_reading, two_phase
-from migrator.postgres.psql_reading import TAG_CHAR, TAG_START
-from migrator.postgres.psql_tokens import IDENTIFIER
+from migrator.postgres.psql_tokens import IDENTIFIER, TAG_CHAR, START as TAG_START
 
 if TYPE_CHECKING:  # (the splitter: loaded where a file is split, never by a no-op's names and headers)
     from migrator.postgres.splitter import Statement
