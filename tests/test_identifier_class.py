@@ -9,6 +9,7 @@ import random
 import unicodedata
 
 import pglast
+import psycopg2
 import pytest
 from conftest import SEED, add_migration, applied, migrate, ok
 from test_rewrites import SMALL, TABLE, seeded
@@ -85,6 +86,20 @@ def test_the_splitter_splits_where_postgresql_does_over_generated_identifier_spe
             if _ours(text) not in (None, expected):
                 wrong.append((name, f"U+{ord(char):04X}", _ours(text), expected))
     assert compared > 400 and not wrong, f"{len(wrong)} of {compared} differ, e.g. {wrong[:5]}"
+
+
+@pytest.mark.parametrize("before", ["1", "1.5", ".5", "$1"])  # (1e5$t$, 0x1F$t$: trailing junk to the server)
+def test_after_a_number_the_splitter_never_sees_fewer_statements_than_postgresql(db, before):
+    """After a number or a parameter PostgreSQL (15+) opens a dollar quote (`1$t$`), the splitter, which only looks
+    at the character before the `$`, does not: it then splits more, never less, and each piece it sends alone is
+    one the server refuses (an unterminated dollar quote), so nothing hides inside a statement it judged."""
+    text = f"SELECT 1 AS x, {before}$t$; SELECT 2; SELECT 3 AS y, {before}$t$;"
+    assert len(_postgres(text, parser=False)) == 1
+    pieces = splitter.split(text)
+    assert len(pieces) == 3
+    for piece in (pieces[0], pieces[2]):  # (the middle one, SELECT 2, is what it is either way)
+        with pytest.raises(psycopg2.Error, match="unterminated dollar-quoted string"):
+            db.query(piece.text)
 
 
 def test_a_plain_literal_after_a_non_ascii_identifier_ending_in_e_is_read_as_the_server_reads_it():
