@@ -134,7 +134,7 @@ def test_the_transaction_ended_by_a_statement_the_runner_did_not_see_is_never_re
     result = migrate(cli, db, sql_dir)
     assert result.exit_code == 1, result.output
     assert f"{path}:2: " in result.stderr and "ended the transaction the runner runs the file in" in result.stderr
-    assert "not recorded as applied" in result.stderr and "may have committed" in result.stderr, result.stderr
+    assert "the runner recorded none of it" in result.stderr and "may have committed" in result.stderr, result.stderr
     assert applied(db) == [SEED] and "report_archive" not in db.tables()
     add_migration(sql_dir, "0002_new_table", f"ALTER TABLE {TABLE} ADD COLUMN hidden_col int;\nCOMMIT;\nSELECT 1/0;\n")
     result = migrate(cli, db, sql_dir)
@@ -145,10 +145,14 @@ def test_the_transaction_ended_by_a_statement_the_runner_did_not_see_is_never_re
     assert "may have committed" in status.output, status.output
     assert db.query("SELECT count(*) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'hidden_col'",
                     (TABLE,)) == [(1,)]  # (committed: as the message says it may have)
-    add_migration(sql_dir, "0002_new_table", "SELECT 1;\n")  # fixed: the rerun applies and records it
-    ok(migrate(cli, db, sql_dir))
+    add_migration(sql_dir, "0002_new_table", "SELECT 1;\n", rollback="SELECT 1;\nROLLBACK;\nSELECT 2;\n")
+    ok(migrate(cli, db, sql_dir))  # fixed: the rerun applies and records it
     assert applied(db) == [SEED, "0002_new_table"]
     assert "may have committed" not in cli("status", "--sql-dir", sql_dir, env=db.db_env()).output
+    result = cli("sql", "rollback", "--sql-dir", sql_dir, env=db.db_env())  # its rollback file: the same stop
+    assert result.exit_code == 1 and "0002_new_table.rollback.sql:2: " in result.stderr, result.output
+    assert "the runner recorded none of it" in result.stderr, result.stderr
+    assert applied(db) == [SEED, "0002_new_table"]
 
 
 @pytest.mark.parametrize("text", [

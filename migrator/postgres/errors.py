@@ -155,7 +155,7 @@ class TransactionEnded(StatementFailed):
     def committed(self) -> str:
         upto = "statement 1" if self.done == 1 else f"statements 1-{self.done}"
         return (f"{upto} of {self.total} (through line {self.statement.line}) may have committed or rolled back, "
-                "which is unknown; the rest did not run; not recorded as applied")
+                "which is unknown; the rest did not run, and the runner recorded none of it")
 
 def server_message(exc) -> str:
     """PostgreSQL's message, DETAIL, HINT and the first CONTEXT line, on one line."""
