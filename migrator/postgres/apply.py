@@ -10,7 +10,7 @@ from typing import Iterator
 from migrator import bookkeeping_lock, checksums, interrupt, output, pg_lock, trust
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import failures, flyway
-from migrator.postgres.errors import RunSessionLost, StatementFailed, migration_error, progress
+from migrator.postgres.errors import RunSessionLost, StatementFailed, TransactionEnded, migration_error, progress
 from migrator.postgres.migration import load_migrations, rollback_path
 from migrator.postgres.state import bookkeeping
 from migrator.targets import PostgresTarget
@@ -86,7 +86,7 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
     except StatementFailed as exc:
         if backend.watcher is not None:  # what it last waited for, if statement_timeout ended a wait (errors.py)
             exc.waited = backend.watcher.waited(exc.statement.text) or getattr(exc, "waited", None)  # (or the probe's)
-        if not exc.transactional:
+        if not exc.transactional or isinstance(exc, TransactionEnded):  # (what may have committed: status says)
             try:
                 _record_failed(backend, migration, exc, prefix)
             except (backend.DatabaseError, backend.driver.InterfaceError):  # the run's own session lost (by the

@@ -26,6 +26,7 @@ import re
 from migrator import lazy_re, output, planted, trust
 from migrator.errors import USAGE, MigratorError
 from migrator.planted_code import alter_owner
+from migrator.postgres.psql_tokens import IDENTIFIER
 
 _MENTIONS = lazy_re.compile(r"search_path|u&|set\s+schema", re.IGNORECASE)  # (U&"search\005fpath", SET SCHEMA 's')
 # What may set the path in a way named() cannot read (attack23u 3): only such statements are parsed for lint
@@ -36,7 +37,7 @@ _DO_BODY = lazy_re.compile(r"search_path|set_config|pg_settings|\bexecute\b(?!\s
 _WRITES = lazy_re.compile(r"\b(?:insert|update|delete|merge|copy|truncate)\b", re.IGNORECASE)
 # The common shape read without the parser (a 20,000-row seed file of INSERTs: ~5 s of pglast trees, ~0.1 s here):
 # INSERT / UPDATE / DELETE / MERGE at the start writes its head table alone (a data-modifying WITH is top-level only)
-_NAME = r'"(?:[^"]|"")+"|[^\W\d][\w$]*'
+_NAME = r'"(?:[^"]|"")+"|' + IDENTIFIER
 _HEAD = lazy_re.compile(rf"(?:insert\s+into|update|delete\s+from|merge\s+into)\s+(?:only\s+)?({_NAME})"
                         rf"(?:\s*\.\s*({_NAME}))?(?=[\s(;]|$)", re.IGNORECASE)
 _FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")  # (ASCII only, as the server)

@@ -15,7 +15,7 @@ from migrator.postgres import (autovacuum, backfill, clock_bound, commit_checks,
                                detach, failures, files, lock_waiters, retry, rewrites, session_options, sessions,
                                statement_bound)
 from migrator.postgres import errors
-from migrator.postgres.errors import StatementFailed, progress
+from migrator.postgres.errors import StatementFailed, TransactionEnded, progress
 
 _ENDS = re.compile(r"\s*(COMMIT|END|PREPARE\s+TRANSACTION)\b", re.IGNORECASE)  # (a NoAnswer's outcome unknown)
 
@@ -111,6 +111,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                     cursor.execute("ROLLBACK")
                 raise StatementFailed(exc, path, statements, index, transactional, done,
                                       opened if in_block else None) from exc
+            if transactional and connection.info.transaction_status == IDLE:  # (the flag: no round trip)
+                raise TransactionEnded(path, statements, index)
             if not transactional:
                 if connection.info.transaction_status == IDLE:
                     opened = None
