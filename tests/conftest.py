@@ -98,7 +98,10 @@ class Server:
 
 # The suite's servers are thrown away at the end: nothing is synced to disk (initdb --no-sync, fsync off: every test
 # creates and drops a database), and their settings are written before the first start rather than by a restart.
-SUITE_SETTINGS = {"max_prepared_transactions": "8", "fsync": "off"}  # (prepared: a lock one holds has no session)
+# (prepared: a lock one holds has no session. WAL: every CREATE DATABASE writes ~8 MB of it and it lives in RAM (in_ram),
+# so at most 256 MB is kept; the checkpoints that bound it write no full pages after them: nothing is ever recovered.)
+SUITE_SETTINGS = {"max_prepared_transactions": "8", "fsync": "off", "max_wal_size": "256MB", "min_wal_size": "32MB",
+                  "full_page_writes": "off"}
 
 
 # A server's files live in RAM where there is a tmpfs: on this machine's ext4 (mounted with discard) a test database's
@@ -112,7 +115,8 @@ MIRROR_MARK = ".hcm-mirror"
 def in_ram(folder: Path) -> Path:
     """`folder` (made if missing) or, on a tmpfs, its mirror there (same path below TMPFS_ROOT)."""
     folder.mkdir(parents=True, exist_ok=True)
-    if not os.access(TMPFS_ROOT.parent, os.W_OK) or len(str(TMPFS_ROOT) + str(folder)) > 70:  # (socket paths: 107)
+    if (not os.access(TMPFS_ROOT.parent, os.W_OK) or folder.resolve().is_relative_to(TMPFS_ROOT.parent)
+            or len(str(TMPFS_ROOT) + str(folder)) > 70):  # (there already (make test's root); socket paths: 107)
         return folder
     _sweep_mirrors()
     mirror = TMPFS_ROOT / folder.resolve().relative_to("/")
