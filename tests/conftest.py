@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import uuid
+import contextlib
 from contextlib import contextmanager
 import warnings
 from dataclasses import dataclass, field
@@ -131,6 +132,8 @@ def _sweep_mirrors() -> None:
             dirs.clear()  # (a live server's files: not walked)
             if not Path("/", Path(top).relative_to(TMPFS_ROOT)).exists():
                 shutil.rmtree(top, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.removedirs(Path(top).parent)  # (the folders above it, up to the first one in use)
 
 
 def embedded_server(pgdata: Path, settings: dict[str, str], hba: str = ""):
