@@ -363,7 +363,7 @@ def test_plan_impact_never_calls_a_planted_operator_on_the_live_database(cli, db
     assert set(hits(db, "public")) == {("postgres",)}  # (once per row compared)
     db.query("DELETE FROM public.planted_hits")
     add_migration(sql_dir, "0002_big", "ALTER TABLE hcm_report_metadata ALTER COLUMN id TYPE bigint;\n", "SELECT 1;\n")
-    result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert result.exit_code == 0, result.output
     assert "rewrites hcm_report_metadata (" in result.output, result.output  # the live size is still found
     assert hits(db, "public") == []
@@ -646,7 +646,7 @@ def test_no_command_calls_a_planted_operator_or_function(cli, db, pg, sql_dir, l
     plant_traps(db.query, schema, low)
     db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET search_path = {schema}, public, pg_catalog")
     trap_files(sql_dir, schema)
-    scratch = pg.url("postgres")
+    scratch = pg.scratch_url()
     args = ["--sql-dir", sql_dir, *schema_args(schema)]
     try:
         for command in (["sql", "adopt", "--yes", "--scratch-url", scratch], ["sql", "mark", "0001_create_hcm_report_metadata"],
