@@ -109,6 +109,10 @@ def _create_database(target: PostgresTarget, dbname: str) -> None:
 # ALTER SYSTEM would act on the reviewer's machine. It logs in over the folder's socket (trusted, as `postgres` is).
 SCRATCH_ROLE = "hcm_scratch"
 _SCRATCH_RIGHTS = "LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS PASSWORD NULL"
+_SCRATCH_ROLE_AS_MADE = ("SELECT a.rolcanlogin AND NOT (a.rolsuper OR a.rolcreaterole OR a.rolcreatedb OR "
+                         "a.rolreplication OR a.rolbypassrls) AND a.rolpassword IS NULL AND NOT EXISTS (SELECT FROM "
+                         "pg_catalog.pg_db_role_setting s WHERE s.setrole = a.oid) FROM pg_catalog.pg_authid a "
+                         "WHERE a.rolname = %s")
 
 
 def scratch_role(target: PostgresTarget) -> PostgresTarget:
@@ -119,14 +123,16 @@ def scratch_role(target: PostgresTarget) -> PostgresTarget:
     conn = _connect(target)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (SCRATCH_ROLE,))
-            if cur.fetchone() is None:
+            cur.execute(_SCRATCH_ROLE_AS_MADE, (SCRATCH_ROLE,))
+            row = cur.fetchone()
+            if row is None:
                 try:
                     cur.execute(f"CREATE ROLE {SCRATCH_ROLE} {_SCRATCH_RIGHTS}")
                 except psycopg2.errors.DuplicateObject:  # another command made it meanwhile
                     pass
-            cur.execute(f"ALTER ROLE {SCRATCH_ROLE} {_SCRATCH_RIGHTS}")
-            cur.execute(f"ALTER ROLE {SCRATCH_ROLE} RESET ALL")
+            elif not row[0]:  # (only then: parallel tenants' ALTERs of one role would fail "concurrently updated")
+                cur.execute(f"ALTER ROLE {SCRATCH_ROLE} {_SCRATCH_RIGHTS}")
+                cur.execute(f"ALTER ROLE {SCRATCH_ROLE} RESET ALL")
     finally:
         conn.close()
     return dataclasses.replace(target, user=SCRATCH_ROLE, password=None)

@@ -577,7 +577,7 @@ def test_the_traps_catch_an_unqualified_operator_and_function(db, low):
 
 
 @pytest.fixture
-def trapped_scratch(monkeypatch, low):
+def trapped_scratch(monkeypatch, low, pg):
     """Every scratch database gets the traps the moment it exists (a racing planter where PUBLIC may CREATE on
     public), with search_path = public, pg_catalog; the calls they saw are summed before it is dropped."""
     import psycopg2
@@ -587,10 +587,15 @@ def trapped_scratch(monkeypatch, low):
     seen = []
     real = scratch._on_server
 
+    def pg_connect(name):
+        return psycopg2.connect(dbname=name, user=pg.user, password=pg.password, host=pg.host, port=pg.port)
+
     def on_server(server, statements, what="create"):
+        if '"' not in statements[0]:  # (scratch.powers: the user's rights read, no database named)
+            return real(server, statements, what)
         name = statements[0].split('"')[1]
         if statements[-1].startswith("DROP"):  # (its statements: closed to connections, then dropped)
-            with psycopg2.connect(dataclasses.replace(server, dbname=name).url) as conn, conn.cursor() as cur:
+            with pg_connect(name) as conn, conn.cursor() as cur:
                 cur.execute("SELECT last_value, is_called FROM public.planted_calls")
                 value, called = cur.fetchone()
                 cur.execute("SELECT who, what FROM public.planted_hits")
@@ -599,7 +604,7 @@ def trapped_scratch(monkeypatch, low):
         rows = real(server, statements, what)
         if statements[0].startswith("REVOKE"):  # (open to connections now; a superuser plants: trusted, not refused)
             def query(sql, params=None):
-                with psycopg2.connect(dataclasses.replace(server, dbname=name).url) as conn, conn.cursor() as cur:
+                with pg_connect(name) as conn, conn.cursor() as cur:  # (the suite's superuser: SET ROLE low)
                     cur.execute(sql, params)
                     rows = cur.fetchall() if cur.description else []
                 conn.close()
