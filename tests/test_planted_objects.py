@@ -9,7 +9,6 @@ records the role it ran as in a table: it must stay empty whatever the runner do
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import re
 import uuid
 
