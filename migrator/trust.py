@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 from migrator.bookkeeping_lock import creating_bookkeeping
 from migrator.errors import USAGE, MigratorError
 from migrator.grant_text import grants_list, ident, revoke_advice, revoke_sql, rights_of
-from migrator import history_trust, output, pinned, planted
+from migrator import history_trust, history_writers, output, pinned, planted
 from migrator.planted import owner_error, planted_error, planted_fix, planted_list  # noqa: F401 (trust's names)
 from migrator.server_session import READ_ONLY_SQLSTATE
 
@@ -162,6 +162,7 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
         check_rights(state, schema, where)
     if refuse and not read_only and not unconfirmed_ok:
         planted.refuse(state, schema, where, target.creators_trusted if target else ())
+        history_writers.refuse(backend, schema, where, target.creators_trusted if target else ())
     tables = history_trust.histories(backend.flyway_table)
     marked = disown(backend.connection, schema, state[8], comments=state[10], histories=tables) \
         if refuse and not read_only and state[8] else {}

@@ -1,0 +1,62 @@
+"""attack23v (confirming pass on issue 23), findings 2, 3 and 5: a history pg_write_all_data's members write, a
+member of the user that cannot act as it, and a pending file's own grant of CREATE or TRIGGER to another role."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from conftest import add_migration, ok, one_error_line
+from test_schema_creators import low  # noqa: F401 (low: a fixture)
+
+
+def _write_all(db, low) -> None:
+    if not db.query("SELECT to_regrole('pg_write_all_data')")[0][0]:
+        pytest.skip("pg_write_all_data is PostgreSQL 14+")
+    db.query(f"GRANT pg_write_all_data, pg_read_all_data TO {low}; GRANT USAGE ON SCHEMA public TO {low}")
+
+
+def _as(db, role: str, sql: str) -> None:
+    db.query(f"SET ROLE {role}; {sql}; RESET ROLE")
+
+
+def _doctor_writers(cli, db, sql_dir, env=None) -> str:
+    result = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=env or db.db_env())
+    [line] = [line for line in result.stdout.splitlines() if "members of pg_write_all_data" in line]
+    return line
+
+
+@pytest.mark.parametrize("forge", ["mark", "removed", "checksum"])
+def test_a_member_of_pg_write_all_data_is_refused_like_an_untrusted_writer(cli, db, sql_dir, low, forge):
+    """attack23v 2 (HIGH), 2b, 2c: low (pg_write_all_data, no ACL entry to revoke) forged the mark of pending
+    0002_important (migrate "up to date"), or removed applied 0002's records (migrate ran the data migration again),
+    or wrote a lone checksum row (migrate marked 0002 applied, "committed by a runner that died"). Failed before:
+    doctor WARN "ready", migrate exit 0."""
+    _write_all(db, low)
+    if forge == "removed":
+        add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_CREATORS_TRUSTED": low}))
+    add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    if forge == "removed":
+        _as(db, low, "DELETE FROM public._yoyo_migration WHERE migration_id = '0002_important'; "
+                     "DELETE FROM public._hcm_migration_checksum WHERE migration_id = '0002_important'; "
+                     "DELETE FROM public._yoyo_log WHERE migration_id = '0002_important'")
+        db.query("DROP TABLE important")
+    elif forge == "mark":
+        digest = hashlib.sha256(b"0002_important").hexdigest()
+        _as(db, low, f"INSERT INTO public._yoyo_migration VALUES ('{digest}', '0002_important', now())")
+    else:
+        digest = hashlib.sha256((sql_dir / "0002_important.sql").read_bytes()).hexdigest()
+        _as(db, low, f"INSERT INTO public._hcm_migration_checksum VALUES ('0002_important', '{digest}')")
+    line = _doctor_writers(cli, db, sql_dir)
+    assert line.startswith("FAIL") and f"roles {low} are members of pg_write_all_data" in line, line
+    assert f"REVOKE pg_write_all_data FROM {low}" in line and "migrate refuses" in line, line
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    error = one_error_line(result)
+    assert result.exit_code == 2 and f"roles {low} are members of pg_write_all_data" in error, error
+    assert f"REVOKE pg_write_all_data FROM {low}" in error and f"SCHEMA_CREATORS_TRUSTED={low}" in error, error
+    assert "important" not in db.tables()
+    db.query(f"REVOKE pg_write_all_data FROM {low}")
+    assert "members of pg_write_all_data" not in cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir,
+                                                      env=db.db_env()).stdout
