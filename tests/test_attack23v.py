@@ -60,3 +60,26 @@ def test_a_member_of_pg_write_all_data_is_refused_like_an_untrusted_writer(cli, 
     db.query(f"REVOKE pg_write_all_data FROM {low}")
     assert "members of pg_write_all_data" not in cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir,
                                                       env=db.db_env()).stdout
+
+
+def test_a_mark_no_run_wrote_is_not_counted_applied_by_status_nor_migrate(cli, db, sql_dir):
+    """attack23v 2: the sign trust-history showed (a mark with no apply in _yoyo_log and no checksum row: the runner
+    writes both) was looked at by its review only; status listed the migration applied and migrate said "up to date"
+    (exit 0, the migration never ran). Here a writer the run cannot see (a superuser). Failed before: both."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_important", "CREATE TABLE important (id int);\n")
+    digest = hashlib.sha256(b"0002_important").hexdigest()
+    db.query(f"INSERT INTO public._yoyo_migration VALUES ('{digest}', '0002_important', now())")
+    status = ok(cli("status", "--sql-dir", sql_dir, env=db.db_env())).stdout
+    [line] = [line for line in status.splitlines() if line.startswith("  0002_important ")]
+    assert "pending, FORGED mark?" in line and "1 pending" in status, status
+    assert "0002_important is marked applied, yet public._yoyo_log has no apply of it" in status, status
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    error = one_error_line(result)
+    assert result.exit_code == 2 and "holds a mark no run wrote (forged?): 0002_important is marked applied" in error
+    assert f"DELETE FROM public._yoyo_migration WHERE migration_hash = '{digest}'" in error, error
+    assert "important" not in db.tables()
+    db.query(f"DELETE FROM public._yoyo_migration WHERE migration_hash = '{digest}'")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert "important" in db.tables()
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))  # (its own mark has its log entry and checksum row)
