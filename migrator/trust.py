@@ -94,7 +94,9 @@ SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE
              GROUP BY t.name, t.relowner, a.grantee, a.grantor ORDER BY t.name, a.grantee),
        ARRAY(SELECT pg_catalog.quote_ident(m.rolname::text) FROM pg_catalog.pg_auth_members am
              JOIN pg_catalog.pg_roles m ON m.oid = am.member
-             WHERE am.roleid = (SELECT oid FROM me) AND m.rolname <> SESSION_USER ORDER BY 1),
+             WHERE am.roleid = (SELECT oid FROM me) AND m.rolname <> SESSION_USER  -- (one that can act as it:
+               AND (COALESCE((pg_catalog.to_jsonb(am) ->> 'set_option')::bool, true)  -- planted._CREATOR_OK)
+                    OR COALESCE((pg_catalog.to_jsonb(am) ->> 'inherit_option')::bool, m.rolinherit)) ORDER BY 1),
        ARRAY(SELECT ARRAY[t.name, d.description] FROM tables t JOIN pg_catalog.pg_description d ON d.objoid = t.oid
              AND d.classoid = CAST('pg_catalog.pg_class' AS pg_catalog.regclass) AND d.objsubid = 0
              WHERE t.trusted ORDER BY t.name)

@@ -83,3 +83,29 @@ def test_a_mark_no_run_wrote_is_not_counted_applied_by_status_nor_migrate(cli, d
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert "important" in db.tables()
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))  # (its own mark has its log entry and checksum row)
+
+
+@pytest.mark.parametrize("right", ["create", "trigger"])
+def test_a_member_of_the_user_that_cannot_act_as_it_is_no_trusted_creator(cli, db, sql_dir, low, right):
+    """attack23v 3 (MEDIUM): `GRANT mig TO low WITH INHERIT FALSE, SET FALSE` (it cannot SET ROLE to mig nor use
+    its rights) made low a trusted creator: its CREATE on public / TRIGGER on the user's table was never refused,
+    and doctor said it "acts as" the user. Failed before: doctor ready, migrate exit 0."""
+    if int(db.query("SHOW server_version_num")[0][0]) < 160000:
+        pytest.skip("grant options are PostgreSQL 16+")
+    user = db.server.user
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    db.query("CREATE TABLE a (id int, name varchar(20))")
+    db.query(f'GRANT "{user}" TO {low} WITH INHERIT FALSE, SET FALSE; GRANT USAGE ON SCHEMA public TO {low}; '
+             + (f"GRANT CREATE ON SCHEMA public TO {low}" if right == "create" else f"GRANT TRIGGER ON a TO {low}"))
+    add_migration(sql_dir, "0002_data", "UPDATE a SET name = 'x' WHERE name = 'y';\n")
+    doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env()).stdout
+    [line] = [line for line in doctor.splitlines() if "postgres schema creators" in line]
+    assert line.startswith("FAIL") and low in line, line
+    assert f"roles {low} are granted user" not in doctor, doctor
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    error = one_error_line(result)
+    assert result.exit_code == 2 and "refusing to migrate schema public" in error and low in error, error
+    db.query(f'REVOKE "{user}" FROM {low}; GRANT "{user}" TO {low} WITH INHERIT FALSE, SET TRUE')  # (it can: trusted)
+    doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env()).stdout
+    assert f"roles {low} are granted user {user}: they act as it" in doctor, doctor
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
