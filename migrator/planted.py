@@ -59,6 +59,7 @@ _CREATOR_OK = _TRUSTED + (") OR r.oid IN (WITH RECURSIVE g(oid, inh) AS (SELECT 
                           "CASE WHEN k.inh THEN g.inh AND COALESCE((pg_catalog.to_jsonb(a) ->> "
                           "'inherit_option')::bool, m.rolinherit) ELSE COALESCE((pg_catalog.to_jsonb(a) "
                           "->> 'set_option')::bool, true) END) SELECT oid FROM g))")
+CREATOR_OK = _CREATOR_OK  # (a pending file's grants: postgres/file_grants.py)
 # (membership read in pg_auth_members: pg_has_role answers true for every role when the user is a superuser)
 _OWNER_OK = _TRUSTED + (" AND r.oid IN (WITH RECURSIVE m(oid) AS (SELECT oid FROM me UNION SELECT a.roleid FROM "
                         "pg_catalog.pg_auth_members a JOIN m ON a.member = m.oid) SELECT oid FROM m)))")
@@ -66,6 +67,7 @@ _PATH = r"""(SELECT CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.subs
                  '""', '"') ELSE pg_catalog.translate(p.w, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') END
              FROM (SELECT m[1] AS w FROM pg_catalog.regexp_matches((SELECT reset_val FROM pg_catalog.pg_settings
                    WHERE name = 'search_path'), '[[:space:]]*("(?:[^"]|"")*"|[^,[:space:]]+)[[:space:]]*(?:,|$)', 'g') m) p)"""
+PATH = _PATH
 # (the migrated schema n and the others on the migration session's search_path)
 _SCHEMAS = f"""(SELECT x.oid, x.nspname, x.nspacl FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w

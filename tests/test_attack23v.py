@@ -109,3 +109,40 @@ def test_a_member_of_the_user_that_cannot_act_as_it_is_no_trusted_creator(cli, d
     doctor = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env()).stdout
     assert f"roles {low} are granted user {user}: they act as it" in doctor, doctor
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+
+
+@pytest.mark.parametrize("grant, said", [
+    ("GRANT USAGE, CREATE ON SCHEMA public TO {low}", "grants CREATE on schema public to role {low}"),
+    ("GRANT ALL ON SCHEMA public TO {low}", "grants CREATE on schema public to role {low}"),
+    ("GRANT TRIGGER ON a TO {low}", "grants TRIGGER (TRIGGER) on table a to role {low}"),
+    ("GRANT ALL PRIVILEGES ON ALL TABLES IN SCHEMA public TO {low}", "grants TRIGGER (ALL) on tables in schema public"),
+    ("ALTER DEFAULT PRIVILEGES GRANT TRIGGER ON TABLES TO {low}", "grants TRIGGER (TRIGGER) on the tables it makes"),
+    ("ALTER DEFAULT PRIVILEGES GRANT CREATE ON SCHEMAS TO PUBLIC",
+     "grants CREATE on the schemas it makes (a default privilege) to PUBLIC (every role)"),
+])
+def test_a_pending_file_granting_create_or_trigger_to_another_role_is_refused_before_it_runs(cli, db, sql_dir, low,
+                                                                                            grant, said):
+    """attack23v 5 (MEDIUM): a non-transactional file's own `GRANT CREATE ON SCHEMA public TO low` (lint clean) /
+    `GRANT TRIGGER ON a TO low` committed at once; low planted before the file's next statement, which ran low's `=` /
+    trigger as the migration user (the recheck is per file). Failed before: exit 0."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    db.query("CREATE TABLE a (id int, name varchar(20)); INSERT INTO a VALUES (1, 'y')")
+    add_migration(sql_dir, "0002_data", f"-- transactional: false\nSELECT 1;\n{grant.format(low=low)};\n"
+                  "UPDATE a SET name = 'x' WHERE name = 'y';\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    error = one_error_line(result)
+    assert result.exit_code == 2 and f"0002_data.sql:3 {said.format(low=low)}" in error, error
+    assert "grant it outside migrations and name the role in SCHEMA_CREATORS_TRUSTED=" in error, error
+    assert db.query("SELECT name FROM a") == [("y",)]
+    assert db.query(f"SELECT has_schema_privilege('{low}', 'public', 'CREATE')") == [(False,)]
+
+
+def test_a_pending_files_grant_to_a_trusted_role_or_of_create_on_an_unused_schema_runs(cli, db, sql_dir, low):
+    """The other side of attack23v 5: a grant to a role SCHEMA_CREATORS_TRUSTED names runs, and so does CREATE on a
+    schema no run resolves names in (a reporting schema)."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0002_reports", f"CREATE SCHEMA reports; GRANT USAGE, CREATE ON SCHEMA reports TO {low};\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    add_migration(sql_dir, "0003_app", f"CREATE TABLE a (id int); GRANT ALL ON a TO {low};\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 2
+    ok(cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_CREATORS_TRUSTED": low}))
