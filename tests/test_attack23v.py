@@ -146,3 +146,26 @@ def test_a_pending_files_grant_to_a_trusted_role_or_of_create_on_an_unused_schem
     add_migration(sql_dir, "0003_app", f"CREATE TABLE a (id int); GRANT ALL ON a TO {low};\n")
     assert cli("migrate", "--sql-dir", sql_dir, env=db.db_env()).exit_code == 2
     ok(cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_CREATORS_TRUSTED": low}))
+
+
+@pytest.mark.parametrize("spelled, flagged", [
+    ("GRANT CREATE ON SCHEMA public TO app;", True),
+    ("GRANT USAGE, CREATE ON SCHEMA reports TO app, PUBLIC;", True),
+    ("grant all privileges on schema public to app;", True),
+    ("ALTER DEFAULT PRIVILEGES GRANT CREATE ON SCHEMAS TO app;", True),
+    ("GRANT USAGE ON SCHEMA public TO app;", False),
+    ("REVOKE CREATE ON SCHEMA public FROM PUBLIC;", False),
+    ("GRANT CREATE ON SCHEMA public TO CURRENT_USER;", False),
+    ("GRANT CREATE ON DATABASE db TO app;", False),
+    ("COMMENT ON TABLE hcm_report_metadata IS 'grant create on schema public to x';", False),
+])
+def test_a_migration_granting_create_on_a_schema_is_a_lint_finding(sql_dir, spelled, flagged):
+    """attack23v 5: lint said nothing of a file's `GRANT CREATE ON SCHEMA public TO low` (attack23u 6 asked for a
+    rule). Failed before: no such rule."""
+    from migrator import lint, postgres
+
+    path = add_migration(sql_dir, "0002_grant", "SELECT 1;\n" + spelled + "\n")
+    findings = lint.create_grant_findings(postgres.read_migrations(sql_dir))
+    assert bool(findings) == flagged, findings
+    if flagged:
+        assert str(findings[0]).startswith(f"{path}:2:") and "grant-create-schema" in str(findings[0]), findings

@@ -28,8 +28,8 @@ SELECT ARRAY(SELECT w.name FROM pg_catalog.unnest(CAST(:names AS pg_catalog.text
 """
 
 
-def grants(migrations) -> list[tuple[str, str, str, list[str]]]:
-    """[(file:line, what is granted, the schema it is on or '' for a table's or a default privilege's, grantees)] of
+def grants(migrations) -> list[tuple[str, int, str, str, list[str]]]:
+    """[(file, line, what is granted, the schema it is on or '' for a table's or a default privilege's, grantees)] of
     the files' ([(path, statements)]) GRANTs of CREATE on a schema and of TRIGGER on tables (ALL carries both);
     grantees by name, 'PUBLIC' for PUBLIC (CURRENT_USER and the like: the user itself, left out)."""
     from pglast import ast, enums
@@ -38,12 +38,12 @@ def grants(migrations) -> list[tuple[str, str, str, list[str]]]:
     from migrator.postgres.risks_path import _trees
 
     kinds, targets, roles = enums.ObjectType, enums.GrantTargetType, enums.RoleSpecType
-    found: list[tuple[str, str, str, list[str]]] = []
+    found: list[tuple[str, int, str, str, list[str]]] = []
     for path, statements in migrations:
         for statement in statements:
             if not _MENTIONS.search(statement.text):
                 continue
-            at = f"{path}:{statement.line}"
+            at = (str(path), statement.line)
 
             class Grants(Visitor):
                 def visit_GrantStmt(self, _ancestors, node):
@@ -55,14 +55,14 @@ def grants(migrations) -> list[tuple[str, str, str, list[str]]]:
                     defaults = node.targtype == targets.ACL_TARGET_DEFAULTS
                     if node.objtype == kinds.OBJECT_SCHEMA and rights & {"all", "create"}:
                         for name in [o.sval for o in node.objects or ()] or [""]:
-                            found.append((at, "CREATE on " + (f"schema {name}" if name else "the schemas it makes "
+                            found.append((*at, "CREATE on " + (f"schema {name}" if name else "the schemas it makes "
                                                               "(a default privilege)"), name, who))
                     elif node.objtype == kinds.OBJECT_TABLE and rights & {"all", "trigger"}:
                         on = ("the tables it makes (a default privilege)" if defaults else
                               ", ".join(f"tables in schema {o.sval}" if isinstance(o, ast.String) else
                                         f"table {o.schemaname + '.' if o.schemaname else ''}{o.relname}"
                                         for o in node.objects or ()))
-                        found.append((at, f"TRIGGER ({'ALL' if 'all' in rights else 'TRIGGER'}) on {on}", "", who))
+                        found.append((*at, f"TRIGGER ({'ALL' if 'all' in rights else 'TRIGGER'}) on {on}", "", who))
 
             for tree in _trees(statement.text):
                 Grants()(tree)
@@ -83,13 +83,31 @@ def refuse(backend, migrations, target, rollback: bool = False) -> None:
     untrusted, path = backend.execute(_UNTRUSTED, {"names": names}).fetchone()
     used = {backend.bookkeeping_schema, *path, *file_paths.named(pending)}
     accepted = target.creators_trusted
-    for at, what, schema, who in found:
+    for path, line, what, schema, who in found:
         left = [r for r in who if r not in accepted and (r == "PUBLIC" or r in untrusted)]
         if left and (not what.startswith("CREATE on schema ") or schema in used):
             shown = ", ".join(r if r == "PUBLIC" else output.role(r) for r in left)
             raise MigratorError(output.visible(
-                f"refusing to migrate schema {backend.bookkeeping_schema} on {target.where}: {at} grants {what} to "
+                f"refusing to migrate schema {backend.bookkeeping_schema} on {target.where}: {path}:{line} grants {what} to "
                 f"{'PUBLIC (every role)' if left == ['PUBLIC'] else 'role ' + shown}: it could plant an operator or "
                 f"add a trigger before the run's next statement, which then runs as user {backend.connection.info.user}; "
                 f"grant it outside migrations and name the role in {planted.SETTING}={','.join(left)}, or drop the "
                 "grant"), USAGE)
+
+
+def in_text(path, text: str) -> list[tuple[str, int, str, str, list[str]]]:
+    """grants() of a whole file's text, split by the parser (lint: no loaded migration; one that does not parse
+    gives none, its other findings say why)."""
+    from types import SimpleNamespace
+
+    from pglast import parse_sql
+    from pglast.parser import ParseError
+
+    if not _MENTIONS.search(text):
+        return []
+    try:
+        raws = parse_sql(text)
+    except ParseError:
+        return []
+    return grants([(path, [SimpleNamespace(text=text[r.stmt_location:r.stmt_location + (r.stmt_len or len(text))],
+                                           line=text.count("\n", 0, r.stmt_location) + 1) for r in raws])])
