@@ -179,8 +179,9 @@ def create_grant_findings(migrations) -> list[Finding]:
     from migrator.postgres import file_grants
 
     return [Finding(path, line, 1, CREATE_GRANT, f"GRANT {what} to {', '.join(who)}: the grantee may plant an operator "
-                    "or function there that a later statement runs as the migration user; migrate refuses it unless "
-                    "the role is trusted", "grant it outside migrations (and name the role in SCHEMA_CREATORS_TRUSTED)")
+                    "or function there that a later statement runs as the migration user; migrate refuses it on a "
+                    "schema it resolves names in unless the role is trusted", "grant it outside migrations and name "
+                    "the role in SCHEMA_CREATORS_TRUSTED, or drop it")
             for m in migrations
             for path, line, what, _, who in file_grants.in_text(str(m.path), source_files.read_bytes(
                 Path(m.path)).decode("utf-8-sig")) if what.startswith("CREATE")]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from yoyo.migrations import get_migration_hash
 
-from migrator import checksums, history_trust, output
+from migrator import checksums, forged_marks, history_trust, output
 from migrator.errors import DRIFT, USAGE, MigratorError
 from migrator.postgres import flyway
 from migrator.postgres.connection import MIGRATION_TABLE
@@ -32,7 +32,7 @@ class MigrationState:
     failure: str | None = None  # a non-transactional file (or rollback) stopped part-way: what it left committed
     unfilled: bool = False  # pending, and still the template `sql new` wrote
     rollback_unfilled: bool = False  # its rollback file is still the template `sql new` wrote
-    forged: str | None = None  # marked by no run (history_review.forged's sign): not applied
+    forged: str | None = None  # marked by no run (forged_marks.forged's sign): not applied
 
     @property
     def state(self) -> str:
@@ -145,11 +145,9 @@ def applied_ids(backend, migrations=None) -> dict[str, datetime]:
 
 def status(backend, migrations, books: Bookkeeping | None = None) -> list[MigrationState]:
     """`books`: the bookkeeping as read a moment ago (reconciled()), else read now."""
-    from migrator import history_review
-
     books = books or bookkeeping(backend, migrations)
     changed = {d.id for d in drift_of(migrations, books)}
-    forged = history_review.forged(backend, books)  # (attack23v 2: counted pending, the sign shown)
+    forged = forged_marks.forged(backend, books)  # (attack23v 2: counted pending, the sign shown)
     states = [MigrationState(m.id, Path(m.path), None if m.id in forged else books.applied.get(m.id),
                              m.id in changed, _failure(books, m.id), forged=forged.get(m.id))
               for m in ordered(migrations)]
@@ -225,11 +223,9 @@ def _reconcile_plain(backend, migrations, notify, books: Bookkeeping) -> list:
     """reconcile's repairs of yoyo's marks and the runner's checksums."""
     from yoyo.migrations import MigrationList
 
-    from migrator import history_review
-
     if books.mismatched:
         raise MigratorError(mismatch_error(backend.qualified(MIGRATION_TABLE), books.mismatched, books.keyed), USAGE)
-    forged = history_review.forged(backend, books)  # (before record_missing would give it a checksum row)
+    forged = forged_marks.forged(backend, books)  # (before record_missing would give it a checksum row)
     if forged:
         raise MigratorError(output.visible(f"refusing to migrate: {backend.qualified(MIGRATION_TABLE)} holds a mark "
                                            f"no run wrote (forged?): {'; '.join(forged.values())}"), USAGE)
