@@ -14,12 +14,20 @@ from migrator.errors import USAGE, MigratorError
 from migrator.grant_text import runnable
 
 # The login roles (bar superusers, the user and the login role that SET ROLE to it) that may connect here and are
-# members of pg_write_all_data, at any depth; and the user's name as SQL spells it. (Before 14: no such role, NULL.)
-WRITE_ALL = ("SELECT ARRAY(SELECT pg_catalog.quote_ident(r.rolname::text) FROM pg_catalog.pg_roles r "
-             "WHERE NOT r.rolsuper AND r.rolcanlogin AND r.rolname <> CURRENT_USER AND r.rolname <> SESSION_USER "
-             "AND pg_catalog.pg_has_role(r.oid, pg_catalog.to_regrole('pg_write_all_data'), 'MEMBER') "
-             "AND pg_catalog.has_database_privilege(r.oid, pg_catalog.current_database(), 'CONNECT') "
-             "ORDER BY 1), pg_catalog.quote_ident(CURRENT_USER::text)")
+# members of pg_write_all_data, at any depth, as SQL spells them. (Before 14: no such role, NULL.)
+_MEMBERS = ("ARRAY(SELECT pg_catalog.quote_ident(r.rolname::text) FROM pg_catalog.pg_roles r "
+            "WHERE NOT r.rolsuper AND r.rolcanlogin AND r.rolname <> CURRENT_USER AND r.rolname <> SESSION_USER "
+            "AND pg_catalog.pg_has_role(r.oid, pg_catalog.to_regrole('pg_write_all_data'), 'MEMBER') "
+            "AND pg_catalog.has_database_privilege(r.oid, pg_catalog.current_database(), 'CONNECT') ORDER BY 1)")
+WRITE_ALL = f"SELECT {_MEMBERS}, pg_catalog.quote_ident(CURRENT_USER::text)"  # (doctor's, with the user's name)
+
+
+def with_writers(query: str) -> str:
+    """trust.PLANTED (with planted's columns) with the members as its last column: a writing run's connect check
+    reads them in its one query, no round trip of their own."""
+    head, tail = query.rsplit("\nFROM (SELECT CAST(:s AS", 1)
+    return f"{head},\n       {_MEMBERS}\nFROM (SELECT CAST(:s AS{tail}"
+
 
 HARM = ("they may write the runner's bookkeeping unseen: add history rows that skip a migration, delete an applied "
         "one's records so it runs again, forge its lock; migrate cannot revoke that")
@@ -43,9 +51,10 @@ def fix(roles: list[str]) -> str:
             f"{planted.SETTING}={names}")
 
 
-def refuse(backend, schema: str, where: str, accepted: tuple[str, ...]) -> None:
-    """Refuses (exit 2) a history the members of pg_write_all_data may write, unless all are accepted."""
-    left = untrusted(writers(backend)[0], accepted)
+def refuse(state, schema: str, where: str, accepted: tuple[str, ...]) -> None:
+    """Refuses (exit 2) a history the members of pg_write_all_data may write (the last column of the connect check's
+    state: with_writers), unless all are accepted."""
+    left = untrusted(list(state[-1] or []), accepted)
     if left:
         raise MigratorError(output.visible(
             f"refusing the migration history in schema {schema} on {where}: roles {', '.join(left)} are members of "

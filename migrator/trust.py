@@ -105,7 +105,8 @@ LEFT JOIN pg_catalog.pg_roles so ON so.oid = n.nspowner
 """
 
 
-_WITH_CREATORS = planted.with_creators(PLANTED)  # (verify's: who else may create in the schema, planted.py)
+_WITH_CREATORS = history_writers.with_writers(planted.with_creators(PLANTED))  # (verify's: who else may create in
+# the schema, planted.py; last, who writes every table, history_writers.py)
 
 
 # What a run does to its tables: yoyo's marks and log, the checksums' and snapshot's upserts; read-only ones read.
@@ -164,7 +165,7 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
         check_rights(state, schema, where)
     if refuse and not read_only and not unconfirmed_ok:
         planted.refuse(state, schema, where, target.creators_trusted if target else ())
-        history_writers.refuse(backend, schema, where, target.creators_trusted if target else ())
+        history_writers.refuse(state, schema, where, target.creators_trusted if target else ())
     tables = history_trust.histories(backend.flyway_table)
     marked = disown(backend.connection, schema, state[8], comments=state[10], histories=tables) \
         if refuse and not read_only and state[8] else {}
