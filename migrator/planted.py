@@ -50,9 +50,10 @@ _ME_ONLY = ("NOT EXISTS (WITH RECURSIVE mm(oid) AS (SELECT a.member FROM pg_cata
             "(SELECT oid FROM me) AND x.rolcanlogin AND NOT x.rolsuper)")
 _TRUSTED = f"(r.rolsuper OR r.oid = (SELECT oid FROM me) OR (NOT r.rolcanlogin AND {_ME_ONLY}"
 # (no login member but the user: a nologin role without members too; and a role granted the user that can act as it,
-# as it does anyway: doctor's bookkeeping grants check WARNs naming it.) A member acts as the user only when it can (attack23v 3): SET ROLE along grants WITH SET, then the privileges
-# inherited along grants WITH INHERIT (g.inh: reached by inheriting alone). Before PostgreSQL 16 (no such columns:
-# read through to_jsonb) every grant has SET, and INHERIT is the member's rolinherit.
+# as it does anyway: doctor's bookkeeping grants check WARNs naming it.) A member acts as the user only when it can
+# (attack23v 3): SET ROLE along grants WITH SET, then the privileges inherited along grants WITH INHERIT (g.inh:
+# reached by inheriting alone). Before PostgreSQL 16 (no such columns: read through to_jsonb) every grant has SET,
+# and INHERIT is the member's rolinherit.
 _CREATOR_OK = _TRUSTED + (") OR r.oid IN (WITH RECURSIVE g(oid, inh) AS (SELECT oid, true FROM me UNION SELECT "
                           "a.member, k.inh FROM g JOIN pg_catalog.pg_auth_members a ON a.roleid = g.oid JOIN "
                           "pg_catalog.pg_roles m ON m.oid = a.member CROSS JOIN (VALUES (true), (false)) k(inh) WHERE "

@@ -114,9 +114,10 @@ def test_a_member_of_the_user_that_cannot_act_as_it_is_no_trusted_creator(cli, d
 @pytest.mark.parametrize("grant, said", [
     ("GRANT USAGE, CREATE ON SCHEMA public TO {low}", "grants CREATE on schema public to role {low}"),
     ("GRANT ALL ON SCHEMA public TO {low}", "grants CREATE on schema public to role {low}"),
-    ("GRANT TRIGGER ON a TO {low}", "grants TRIGGER (TRIGGER) on table a to role {low}"),
-    ("GRANT ALL PRIVILEGES ON ALL TABLES IN SCHEMA public TO {low}", "grants TRIGGER (ALL) on tables in schema public"),
-    ("ALTER DEFAULT PRIVILEGES GRANT TRIGGER ON TABLES TO {low}", "grants TRIGGER (TRIGGER) on the tables it makes"),
+    ("GRANT TRIGGER ON a TO {low}", "grants TRIGGER on table a to role {low}"),
+    ("GRANT ALL PRIVILEGES ON ALL TABLES IN SCHEMA public TO {low}",
+     "grants ALL (TRIGGER with it) on tables in schema public"),
+    ("ALTER DEFAULT PRIVILEGES GRANT TRIGGER ON TABLES TO {low}", "grants TRIGGER on the tables it makes"),
     ("ALTER DEFAULT PRIVILEGES GRANT CREATE ON SCHEMAS TO PUBLIC",
      "grants CREATE on the schemas it makes (a default privilege) to PUBLIC (every role)"),
 ])

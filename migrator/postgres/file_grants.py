@@ -62,7 +62,8 @@ def grants(migrations) -> list[tuple[str, int, str, str, list[str]]]:
                               ", ".join(f"tables in schema {o.sval}" if isinstance(o, ast.String) else
                                         f"table {o.schemaname + '.' if o.schemaname else ''}{o.relname}"
                                         for o in node.objects or ()))
-                        found.append((*at, f"TRIGGER ({'ALL' if 'all' in rights else 'TRIGGER'}) on {on}", "", who))
+                        found.append((*at, f"{'ALL (TRIGGER with it)' if 'all' in rights else 'TRIGGER'} on {on}", "",
+                                      who))
 
             for tree in _trees(statement.text):
                 Grants()(tree)
@@ -88,11 +89,11 @@ def refuse(backend, migrations, target, rollback: bool = False) -> None:
         if left and (not what.startswith("CREATE on schema ") or schema in used):
             shown = ", ".join(r if r == "PUBLIC" else output.role(r) for r in left)
             raise MigratorError(output.visible(
-                f"refusing to migrate schema {backend.bookkeeping_schema} on {target.where}: {path}:{line} grants {what} to "
-                f"{'PUBLIC (every role)' if left == ['PUBLIC'] else 'role ' + shown}: it could plant an operator or "
-                f"add a trigger before the run's next statement, which then runs as user {backend.connection.info.user}; "
-                f"grant it outside migrations and name the role in {planted.SETTING}={','.join(left)}, or drop the "
-                "grant"), USAGE)
+                f"refusing to migrate schema {backend.bookkeeping_schema} on {target.where}: {path}:{line} grants "
+                f"{what} to {'PUBLIC (every role)' if left == ['PUBLIC'] else 'role ' + shown}: it could plant an "
+                "operator or add a trigger before the run's next statement, which then runs as user "
+                f"{backend.connection.info.user}; grant it outside migrations and name the role in "
+                f"{planted.SETTING}={','.join(left)}, or drop the grant"), USAGE)
 
 
 def in_text(path, text: str) -> list[tuple[str, int, str, str, list[str]]]:
