@@ -170,3 +170,14 @@ def test_a_migration_granting_create_on_a_schema_is_a_lint_finding(sql_dir, spel
     assert bool(findings) == flagged, findings
     if flagged:
         assert str(findings[0]).startswith(f"{path}:2:") and "grant-create-schema" in str(findings[0]), findings
+
+
+def test_a_rollback_file_granting_create_to_another_role_is_refused_before_it_runs(cli, db, sql_dir, low):
+    """attack23v 5, the rollback side: `sql rollback` runs the rollback file's grant just as migrate would."""
+    add_migration(sql_dir, "0002_lock", f"REVOKE CREATE ON SCHEMA public FROM {low};\n",
+                  rollback=f"-- transactional: false\nGRANT CREATE ON SCHEMA public TO {low};\nSELECT 1;\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    result = cli("sql", "rollback", "--sql-dir", sql_dir, env=db.db_env())
+    error = one_error_line(result)
+    assert result.exit_code == 2 and f"0002_lock.rollback.sql:2 grants CREATE on schema public to role {low}" in error
+    assert db.query(f"SELECT has_schema_privilege('{low}', 'public', 'CREATE')") == [(False,)]
