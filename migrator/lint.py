@@ -52,7 +52,7 @@ def lint(migrations) -> list[Finding]:
     if squawk is None:
         raise MigratorError("squawk not found: run `make install` (requirements-dev.txt brings squawk-cli)")
     findings = (runner_findings(migrations) + definer_findings(migrations) + trigger_grant_findings(migrations)
-                + path_findings(migrations))
+                + path_findings(migrations) + create_grant_findings(migrations))
     for transactional in (True, False):
         files = [str(m.path) for m in migrations if m.use_transactions == transactional]
         if files:
@@ -184,6 +184,24 @@ def trigger_grant_findings(migrations) -> list[Finding]:
                                      "migration writes the table, and the next migrate refuses the schema",
                                      "grant only the rights it needs (SELECT, INSERT, UPDATE, DELETE)"))
     return found
+
+
+CREATE_GRANT = "grant-create-schema"
+
+
+def create_grant_findings(migrations) -> list[Finding]:
+    """A migration granting CREATE on a schema (GRANT ALL carries it; a default privilege on schemas too): the
+    grantee may plant an operator there that a later statement runs as the migration user (attack23v 5); migrate
+    refuses it unless the role is trusted (postgres/file_grants.py)."""
+    from migrator.postgres import file_grants
+
+    return [Finding(path, line, 1, CREATE_GRANT, f"GRANT {what} to {', '.join(who)}: the grantee may plant an operator "
+                    "or function there that a later statement runs as the migration user; migrate refuses it on a "
+                    "schema it resolves names in unless the role is trusted", "grant it outside migrations and name "
+                    "the role in SCHEMA_CREATORS_TRUSTED, or drop it")
+            for m in migrations
+            for path, line, what, _, who in file_grants.in_text(str(m.path), source_files.read_bytes(
+                Path(m.path)).decode("utf-8-sig")) if what.startswith("CREATE")]
 
 
 # The tenant rule reads the file with the runner's own tokenizer (postgres.files: E'' and U&'' strings, dollar

@@ -122,12 +122,13 @@ def _say_other_histories(settings: CommandSettings, backend) -> None:
 
 def _apply_pending(settings: CommandSettings, backend, target, migrations, schema, applied: list) -> None:
     from migrator import postgres
-    from migrator.postgres import conforming, file_paths, rewrites
+    from migrator.postgres import conforming, file_grants, file_paths, rewrites
 
     todo = backend.to_apply(migrations)
     postgres.load_migrations(todo)  # every pending file read and checked before the verdicts, and before anything runs
     conforming.refuse_before(backend.connection, todo, target.where)  # (read otherwise than judged: attack24q 3)
     file_paths.refuse_reach(backend, todo, target)  # (what the files reach beyond the checked path)
+    file_grants.refuse(backend, todo, target)  # (a right a file grants, used before its next statement)
     refused = rewrites.refusal(rewrites.judge(backend.connection, todo, threshold=settings.rewrite_threshold(),
                                               schema=target.schema), target.where)
     if refused:

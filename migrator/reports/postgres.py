@@ -100,7 +100,8 @@ class StatusReport:
             "target": self.target,
             "migrations": [{"id": s.id, "status": "pending" if s.unfilled else s.state, "unfilled_template": s.unfilled,
                             "unfilled_rollback": s.rollback_unfilled, "applied_at": _time(s.applied_at),
-                            "file": str(s.path) if s.path else None, "failure": s.failure} for s in self.states],
+                            "file": str(s.path) if s.path else None, "failure": s.failure, "forged": s.forged}
+                           for s in self.states],
             "applied": len(self.states) - len(self.pending),
             "pending": len(self.pending),
             "changed": [s.id for s in self.changed],
@@ -116,8 +117,8 @@ class StatusReport:
         for s, id_ in zip(self.states, ids):
             when = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else ""
             lines.append(f"  {id_:<{width}}  {s.state:<8}  {when}".rstrip())
-            if s.failure:
-                lines.append(f"    {visible(s.failure)}")  # server text: it may hold line breaks
+            if s.failure or s.forged:
+                lines.append(f"    {visible(s.failure or s.forged)}")  # server text: it may hold line breaks
         changed = self.changed
         lines.append(f"PostgreSQL: {len(self.states) - len(self.pending)} applied, {len(self.pending)} pending"
                      + (f", {len(changed)} CHANGED since applied" if changed else ""))
