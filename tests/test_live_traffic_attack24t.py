@@ -110,3 +110,20 @@ def test_the_server_names_each_unnamed_build_as_the_runner_reads_it(db, unique):
                             "WHERE i.indrelid = 'tt'::regclass")
         assert index_names.chosen(parse_sql(statement)[0].stmt, "tt") == name, statement
         db.query(f"DROP INDEX {name}")
+
+
+def test_status_does_not_promise_a_drop_it_cannot_compare_without_building(cli, where, sql_dir):
+    """Another expression of the same shape (one key, an expression: only building it tells): status's read-only
+    session builds nothing, so it says the rerun compares (migrate does: on a temporary copy, or without TEMP it
+    refuses what it cannot compare), never "drops it"."""
+    db, env = where
+    db.query(f"CREATE INDEX {DAG_RUN} ON hcm_report_metadata (upper(dag_run_id)); "
+             f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{DAG_RUN}'::regclass")
+    add_migration(sql_dir, "0002_idx", IFNE.replace("(dag_run_id)", "(lower(dag_run_id))"))
+    assert cli("migrate", "--sql-dir", sql_dir, env=env).exit_code != 0
+    status = cli("status", "--sql-dir", sql_dir, env=env)
+    (line,) = [line for line in status.stdout.splitlines() if f"INVALID index public.{DAG_RUN}" in line]
+    assert "its definition is compared as migrate runs" in line and "else stops and says so" in line, line
+    assert f"an INVALID index public.{DAG_RUN} is in the way" in one_error_line(cli("migrate", "--sql-dir", sql_dir,
+                                                                                    env=env))
+    assert applied(db) == [SEED]
