@@ -4,13 +4,16 @@ without the TEMPORARY privilege (5); status's word on an INVALID index under a p
 what migrate then does (8). The server's own name for every unnamed build is what the runner reads off the text.
 """
 
+import threading
+
 import pytest
 from pglast import parse_sql
 
-from conftest import SEED, add_migration, applied, one_error_line
+from conftest import PASSWORD_USER, SEED, add_migration, applied, one_error_line
 from test_live_traffic import (connect, kill_mid_build_and_let_the_server_finish_it, seeded,  # noqa: F401
                                sigterm_while_waiting_for_old_snapshots)
 from test_live_traffic_attack24r import no_temp  # noqa: F401 (a fixture)
+from test_live_traffic_blind_attack24q import APP_WAITS_FOR_THE_LOCK, app_deadlocking_a_build
 
 EXPR = "-- transactional: false\nCREATE INDEX CONCURRENTLY ON hcm_report_metadata (lower(report_name));\n"
 LOWER = "hcm_report_metadata_lower_idx"
@@ -127,3 +130,28 @@ def test_status_does_not_promise_a_drop_it_cannot_compare_without_building(cli, 
     assert f"an INVALID index public.{DAG_RUN} is in the way" in one_error_line(cli("migrate", "--sql-dir", sql_dir,
                                                                                     env=env))
     assert applied(db) == [SEED]
+
+
+@pytest.mark.parametrize("name", ["idx_dl", "t_dl_lower_idx"], ids=["named", "unnamed"])
+def test_an_expression_build_retried_in_the_run_without_temp_drops_its_invalid_index(cli, no_temp, sql_dir, name):
+    """The in-run retry of an expression build a deadlock ended (attack24q 9's test, on `lower(w)`, without TEMP): its
+    INVALID index could not be compared, so the named retry refused it ("could not be compared") and the unnamed one
+    built t_dl_lower_idx1 beside it (exit 1: an INVALID index left). Made since the file ran, under the build's name:
+    the try's own."""
+    db, env = no_temp
+    db.query(f"CREATE TABLE t_dl (v int, w varchar(10)); INSERT INTO t_dl VALUES (1, 'a'); ALTER TABLE t_dl OWNER TO {PASSWORD_USER}")
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
+                  + APP_WAITS_FOR_THE_LOCK
+                  + f"CREATE INDEX CONCURRENTLY {'' if name == 't_dl_lower_idx' else name} ON t_dl (lower(w));\n")
+    outcome, ready = [], threading.Event()
+    app = threading.Thread(target=app_deadlocking_a_build, args=(db, outcome, ready), daemon=True)
+    app.start()
+    assert ready.wait(10)
+    result = cli("migrate", "--sql-dir", sql_dir, env=env)
+    app.join(timeout=30)
+    assert "deadlock" in result.stderr, (outcome, result.output)
+    assert result.exit_code == 0, result.output
+    assert f"dropped INVALID index public.{name}" in result.stderr, result.stderr
+    assert db.query("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE i.indrelid = 't_dl'::regclass") == [(name, True)]
+    assert applied(db)[-1] == "0002_idx"

@@ -266,7 +266,7 @@ def prepare_retry(connection, statements, index: int, path, done: Done, before: 
             where = f"{path}:{statements[index].line}"
             with connection.cursor() as cursor:
                 found = _unnamed(cursor, build, where, None, before, said) if build.name is None else \
-                    _named(cursor, build, where, said)
+                    _named(cursor, build, where, said, before=before)
             if found is not None:
                 done.add(index)
                 done.oids.add(found)
@@ -277,14 +277,15 @@ DONE = ("is already built and valid (an earlier try's build, finished by the ser
 DROPPED = "left by an earlier try of this migration; building it again"
 
 
-def _named(cursor, build: Build, where: str, said: str = "", record=None) -> int | None:
+def _named(cursor, build: Build, where: str, said: str = "", record=None, before: set[int] | None = None) -> int | None:
     """A named build's index: dropped when INVALID, its oid when VALID with the build's definition (index_definition:
-    with `record`, one this role cannot compare counts when the interrupted try made it)."""
+    with `record`, one this role cannot compare counts when the interrupted try made it; in the run's own retry,
+    `before`, an INVALID one made since the file ran)."""
     found = _find(cursor, build)
     if found is None:
         return None
     valid, _, _, qualified, oid, _ = found
-    ours = same(cursor, build, found, record)
+    ours = _ours(cursor, build, found, record, before)
     if not valid and not ours:
         why = "another definition" if ours is False else "its definition could not be compared: no TEMPORARY privilege"
         raise MigratorError(f"{where}: an INVALID index {qualified} is in the way of this build but is "
@@ -300,7 +301,15 @@ def _named(cursor, build: Build, where: str, said: str = "", record=None) -> int
     return None
 
 
-def _unnamed(cursor, build: Build, where: str, record, before: set[int] = frozenset(), said: str = "") -> int | None:
+def _ours(cursor, build: Build, row, record, before: set[int] | None) -> bool | None:
+    """index_definition.same, and in the run's own retry (`before`: the table's indexes before the file ran) an
+    INVALID index not there before, which this role cannot compare (no TEMP), is the failed try's: no other statement
+    of the file left one (it would have stopped the file), and the name is this build's (attack24t 5)."""
+    ours = same(cursor, build, row, record)
+    return True if ours is None and before is not None and not row[0] and row[4] not in before else ours
+
+
+def _unnamed(cursor, build: Build, where: str, record, before: set[int] | None = None, said: str = "") -> int | None:
     """An unnamed build's earlier try: an index on its table with its definition and the name the server gives
     it (`t_c_idx`, or `t_c_idx1`... when taken) is that try's: dropped when INVALID; when VALID, counted as the
     statement's work only if it was made after the migration's failure record was last written (a twin someone
@@ -311,7 +320,7 @@ def _unnamed(cursor, build: Build, where: str, record, before: set[int] = frozen
     accepted = None
     for row in on_table(cursor, build):
         valid, _, _, qualified, oid, name = row
-        if oid in before or not named_like(base, name) or not same(cursor, build, row, record):
+        if oid in (before or ()) or not named_like(base, name) or not _ours(cursor, build, row, record, before):
             continue
         if not valid:
             _drop(cursor, qualified)
