@@ -4,8 +4,6 @@ without the TEMPORARY privilege (5); status's word on an INVALID index under a p
 what migrate then does (8). The server's own name for every unnamed build is what the runner reads off the text.
 """
 
-import threading
-
 import pytest
 from pglast import parse_sql
 
@@ -13,7 +11,7 @@ from conftest import PASSWORD_USER, SEED, add_migration, applied, one_error_line
 from test_live_traffic import (connect, kill_mid_build_and_let_the_server_finish_it, seeded,  # noqa: F401
                                sigterm_while_waiting_for_old_snapshots)
 from test_live_traffic_attack24r import no_temp  # noqa: F401 (a fixture)
-from test_live_traffic_blind_attack24q import APP_WAITS_FOR_THE_LOCK, app_deadlocking_a_build
+from test_live_traffic_blind_attack24q import APP_WAITS_FOR_THE_LOCK, migrate_deadlocking_a_build
 
 EXPR = "-- transactional: false\nCREATE INDEX CONCURRENTLY ON hcm_report_metadata (lower(report_name));\n"
 LOWER = "hcm_report_metadata_lower_idx"
@@ -143,13 +141,7 @@ def test_an_expression_build_retried_in_the_run_without_temp_drops_its_invalid_i
     add_migration(sql_dir, "0002_idx", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
                   + APP_WAITS_FOR_THE_LOCK
                   + f"CREATE INDEX CONCURRENTLY {'' if name == 't_dl_lower_idx' else name} ON t_dl (lower(w));\n")
-    outcome, ready = [], threading.Event()
-    app = threading.Thread(target=app_deadlocking_a_build, args=(db, outcome, ready), daemon=True)
-    app.start()
-    assert ready.wait(10)
-    result = cli("migrate", "--sql-dir", sql_dir, env=env)
-    app.join(timeout=30)
-    assert "deadlock" in result.stderr, (outcome, result.output)
+    result = migrate_deadlocking_a_build(cli, db, sql_dir, env)
     assert result.exit_code == 0, result.output
     assert f"dropped INVALID index public.{name}" in result.stderr, result.stderr
     assert db.query("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
