@@ -85,7 +85,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                             budget.before(cursor)
                         execute(cursor, statement, probe, path, max_batches, budget.started if budget else None,
                                 judge)
-                        if budget is not None and retry.sets_lock_timeout(statement.text):
+                        if budget is not None and statement_bound.may_set(statement.text):  # (attack24t 9)
                             budget.override(cursor, path, statement)
                         statement_bound.hold(cursor, path, statement)
                         if probe is not None and connection.info.transaction_status != IDLE:

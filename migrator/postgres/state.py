@@ -303,22 +303,3 @@ def invalid_indexes(backend) -> list[tuple[str, str, str]]:
         found.append(InvalidIndex((schema, index, table)))
         found[-1].partitioned = partitioned
     return found
-
-
-def rebuilt_by(states: list[MigrationState], invalid: list[tuple[str, str, str]]) -> dict[str, tuple[str, bool]]:
-    """{index: (migration id, whether its build failed rather than was stopped)} of the INVALID indexes a pending
-    migration's own earlier try left (its record says it stopped part-way, and a CONCURRENTLY build of it names
-    the index): its rerun drops and builds them itself (concurrently.prepare), no person needed."""
-    from migrator.postgres import concurrently, files
-
-    names, found = {index for _, index, _ in invalid}, {}
-    for state in states:
-        if state.applied_at or not state.failure or state.path is None or not names:
-            continue
-        try:
-            builds = concurrently.builds(files.statements(state.path, in_transaction=False))
-        except MigratorError:  # a file that does not read: migrate says so itself
-            continue
-        failed = " failed;" in state.failure  # (errors.StatementFailed.committed: "statement k failed; ...")
-        found.update({build.name: (state.id, failed) for build in builds if build.name in names})
-    return found

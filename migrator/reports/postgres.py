@@ -74,7 +74,7 @@ class StatusReport:
     invalid_indexes: list[tuple[str, str, str]]
     schema: Any  # schema.snapshot.DriftReport
     mongo: PatchStatusReport | None
-    rebuilt: dict = field(default_factory=dict)  # INVALID index -> the pending migration whose rerun rebuilds it
+    rebuilt: dict = field(default_factory=dict)  # INVALID index -> the pending migration whose build names it, ...
 
     @property
     def changed(self) -> list:
@@ -145,16 +145,29 @@ class StatusReport:
                              f"DROP INDEX CONCURRENTLY {name}")
                 continue
             if index in self.rebuilt:
-                migration, failed = self.rebuilt[index]
-                lines.append(f"  INVALID index {name} on {table} (left by an earlier try of pending "
-                             f"{migration}'s CONCURRENTLY build): `runner.py migrate` drops it and builds it again"
-                             + (" (fix what made that build fail first: its record above)" if failed else ""))
+                lines.append(f"  INVALID index {name} on {table} " + _rebuilt(name, *self.rebuilt[index]))
                 continue
             lines.append(f"  INVALID index {name} on {table} (a failed CREATE INDEX CONCURRENTLY "
                          "or an interrupted DROP INDEX CONCURRENTLY): "
                          f"DROP INDEX CONCURRENTLY {name}; then run migrate again")
         lines += self.schema.lines()
         return lines + (self.mongo.lines() if self.mongo else ["MongoDB: not configured"])
+
+
+def _rebuilt(name: str, migration: str, failed: bool, verdict) -> str:
+    """What a pending migration's rerun does with an INVALID index under its build's name, as migrate decides it
+    (index_claims.rebuilt_by: the definition compared, attack24t 8)."""
+    if verdict is False:
+        return (f"(not what pending {migration}'s CONCURRENTLY build makes: another definition under its name): "
+                f"migrate will not drop it; look at it, then DROP INDEX CONCURRENTLY {name} yourself or rename the "
+                "build in the file")
+    then = " (fix what made that build fail first: its record above)" if failed else ""
+    if verdict is None:
+        return (f"(under the name of pending {migration}'s CONCURRENTLY build; its definition is compared as migrate "
+                "runs, on a temporary copy of the table): `runner.py migrate` drops it and builds it again if it is "
+                "what the build makes, else stops and says so" + then)
+    return (f"(left by an earlier try of pending {migration}'s CONCURRENTLY build): `runner.py migrate` drops it and "
+            "builds it again" + then)
 
 
 @dataclass
