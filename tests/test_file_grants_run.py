@@ -41,6 +41,7 @@ def _planter(db, low, ended: threading.Event) -> threading.Thread:
     "DO $$BEGIN EXECUTE 'GRANT CREATE ON SCHEMA public TO {low}'; END$$;",
     "CREATE FUNCTION opens() RETURNS void LANGUAGE plpgsql AS $$BEGIN EXECUTE 'GRANT CREATE ON SCHEMA public TO "
     "{low}'; END$$;\nSELECT opens();",
+    "BEGIN;\nDO $$BEGIN EXECUTE 'GRANT CREATE ON SCHEMA public TO {low}'; END$$;\nCOMMIT;",
 ])
 def test_a_grant_made_at_run_time_stops_the_file_before_its_next_statement(cli, db, sql_dir, low, grant):
     """attack23v 5's DO variant: the DO block's GRANT committed at once, low planted `=` on varchar in public, and the
@@ -63,6 +64,7 @@ def test_a_grant_made_at_run_time_stops_the_file_before_its_next_statement(cli, 
     line = grant.count("\n") + 2
     assert result.exit_code == 2 and f"0002_data.sql:{line}" in error, error
     assert f"roles {low} may CREATE in schema public" in error and "DO block" in error, error
+    assert f"the statement at line {line - ('COMMIT' in grant)} may run SQL" in error, error  # (its BEGIN: at COMMIT)
 
 
 def test_plain_statements_of_a_non_transactional_file_run_without_the_check(cli, db, sql_dir, low):
