@@ -8,6 +8,7 @@ outside one (so CREATE INDEX CONCURRENTLY is fine).
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import re
 import shutil
@@ -222,7 +223,6 @@ _FROM_IN_CALLS = {"extract", "substring", "substr", "trim", "overlay", "position
 _RELATION_ARGUMENT = {"nextval", "currval", "setval", "to_regclass", "pg_get_serial_sequence", "pg_relation_size",
                       "pg_total_relation_size", "pg_table_size", "pg_indexes_size"}
 _COPY_DATA = re.compile(r"^(copy\b[^;]*?\bfrom\s+stdin\b[^;]*;)(.*?^\\\.)$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
-_ITEM = re.compile(r'"(?:[^"]|"")*"|[A-Za-z_][\w$]*|\.')
 _ITEM_SHAPE = re.compile(r"N(?:\.N)*(?:A?N)?")  # a relation in a list: name[.name] [AS] [alias]
 
 
@@ -373,13 +373,21 @@ def _relation_word(words: list[str], k: int) -> str | None:
             return None
         # a list: a relation position when its items are relations (FROM a x, pb.t2; DROP TABLE a, pb.b)
         start = i
-        while start and _ITEM.fullmatch(words[start - 1]) and words[start - 1] not in _RELATION_WORDS:
+        while start and _item().fullmatch(words[start - 1]) and words[start - 1] not in _RELATION_WORDS:
             start -= 1
         shape = "".join("." if w == "." else "A" if w == "as" else "N" for w in words[start:i])
         if not _ITEM_SHAPE.fullmatch(shape):
             return None  # e.g. GROUP BY a, pb.b: not a relation's item
         i = start - 1
     return None
+
+
+@functools.cache
+def _item() -> re.Pattern:
+    """A list's item: a quoted name, a name as PostgreSQL reads one (psql_tokens.IDENTIFIER: `é_t`, `a€`), a dot."""
+    from migrator.postgres.psql_tokens import IDENTIFIER
+
+    return re.compile(r'"(?:[^"]|"")*"|' + IDENTIFIER + r"|\.")
 
 
 def _names_a_relation(words: list[str], i: int) -> bool:

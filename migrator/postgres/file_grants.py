@@ -6,17 +6,40 @@ each statement commits at once, so a `GRANT CREATE ON SCHEMA public TO app` (or 
 table, or the same as a default privilege) is usable by that role before the file's next statement, whose `=` or
 write then runs what the role planted as the migration user. So such a grant in a pending file, to a role the planted
 rule does not trust, is refused before anything runs, naming file:line, the grant and the role. Read with the parser
-only in statements that mention GRANT (a no-op deploy reads none); a DO block's dynamic GRANT is the recheck's.
+only in statements that mention GRANT (a no-op deploy reads none).
+
+A grant the text does not show (a DO block's EXECUTE, a function or procedure the file calls) commits as its
+statement does in a non-transactional file: Watch re-runs the planted check (trust.recheck, one catalog query) once
+the session is idle after such a statement, before the file's next one. Only those pay it: may_run_code() clears a
+plain statement by one regex (no `(`, no DO / CALL / EXECUTE / PROGRAM word) or a seed INSERT's shape, else by the
+parser (a call of a built-in that runs no SQL is plain); code the catalog attaches (a trigger, a default, a view) is
+the user's own objects, which the planted rule already holds to its owner.
 """
 
 from __future__ import annotations
 
 import re
 
-from migrator import lazy_re, output, planted
+from migrator import lazy_re, output, planted, trust
 from migrator.errors import USAGE, MigratorError
+from migrator.postgres.psql_tokens import NOT_AFTER_IDENT, NOT_BEFORE_IDENT
 
 _MENTIONS = lazy_re.compile(r"\bgrant\b", re.IGNORECASE)
+# What may run SQL the text does not show: a call's parenthesis, a dollar quote, DO / CALL / EXECUTE / COPY's PROGRAM
+_MAY_RUN = lazy_re.compile(rf"[($]|{NOT_AFTER_IDENT}(?:do|call|execute|program){NOT_BEFORE_IDENT}", re.IGNORECASE)
+# A seed INSERT of constants (a 20,000-row file is not parsed): numbers, plain strings, NULL, TRUE, FALSE, DEFAULT,
+# now() and the like, each maybe cast to a plain type name
+_CONSTANT = (r"\s*(?:-?[0-9.]+|'(?:[^'\\]|'')*'|null|true|false|default|current_timestamp|current_date"
+             r"|(?:now|clock_timestamp|gen_random_uuid)\(\s*\))(?:\s*::\s*[a-z]+)?\s*")
+_ROW = rf"\((?:{_CONSTANT},)*{_CONSTANT}\)"
+_SEED = lazy_re.compile(rf"\s*insert\s+into\s+[\w.\"]+\s*(?:\([\w\s,\"]+\))?\s*values\s*{_ROW}(?:\s*,\s*{_ROW})*\s*;?\s*",
+                        re.IGNORECASE)
+# Built-ins a seed or DDL calls that run no SQL (query_to_xml, ts_stat and the like do: not here)
+_SQL_FREE = frozenset("""now clock_timestamp statement_timestamp transaction_timestamp nextval currval setval
+    gen_random_uuid lower upper length md5 concat concat_ws trim btrim ltrim rtrim substring replace to_char to_date
+    to_timestamp to_number date_trunc extract date_part coalesce greatest least round abs jsonb_build_object
+    json_build_object jsonb_build_array json_build_array to_jsonb to_json array_agg count sum min max
+    format_type""".split())
 
 # The roles among :names the planted rule does not trust (none by that name yet: not trusted), and the schemas on the
 # migration session's search_path.
@@ -112,3 +135,76 @@ def in_text(path, text: str) -> list[tuple[str, int, str, str, list[str]]]:
         return []
     return grants([(path, [SimpleNamespace(text=text[r.stmt_location:r.stmt_location + (r.stmt_len or len(text))],
                                            line=text.count("\n", 0, r.stmt_location) + 1) for r in raws])])
+
+
+def may_run_code(text: str) -> bool:
+    """Whether a statement may run SQL its text does not show (so grant what file_grants cannot read): a DO block, a
+    CALL, an EXECUTE, COPY ... PROGRAM, a call of a function other than a built-in that runs none (_SQL_FREE, by
+    name: a same-named one on the path is the planted rule's), or what the parser cannot read."""
+    if not _MAY_RUN.search(text) or _SEED.fullmatch(text):
+        return False
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+    from pglast.visitors import Visitor
+
+    try:
+        trees = [raw.stmt for raw in parse_sql(text)]
+    except ParseError:
+        return True
+    found = []
+
+    class Code(Visitor):
+        def visit(self, _ancestors, node):
+            if isinstance(node, (ast.DoStmt, ast.CallStmt, ast.ExecuteStmt)) or \
+                    isinstance(node, ast.CopyStmt) and node.is_program:
+                found.append(node)
+            elif isinstance(node, ast.FuncCall):
+                names = [n.sval for n in node.funcname]
+                if names[-1] not in _SQL_FREE or names[:-1] not in ([], ["pg_catalog"]):
+                    found.append(node)
+
+    for tree in trees:
+        Code()(tree)
+        if found:
+            return True
+    return False
+
+
+class Watch:
+    """A run's guard (file_paths.CheckedPath, running.SearchPathGuard, or None) and, in a non-transactional file,
+    the planted check again once a statement that may_run_code has committed, before the file's next statement."""
+
+    def __init__(self, backend, inner):
+        self.inner, self.session, self.books = inner, backend.connection, backend.parent
+        self.accepted = (getattr(self.books, "path_checked", None) or (None, None))[1]
+        self.since: int | None = None  # the line of the first such statement since the last check
+        self.refused: MigratorError | None = None
+
+    def changed(self, transactional: bool, statement) -> str | None:
+        found = self.inner.changed(transactional) if self.inner is not None else None
+        if found is not None or transactional or self.accepted is None:
+            return found
+        if self.since is None and may_run_code(statement.text):
+            self.since = statement.line
+        if self.since is None or self.session.info.transaction_status != 0:  # (its own BEGIN: at its COMMIT)
+            return None
+        books = self.books
+        try:
+            trust.recheck(books, books.bookkeeping_schema, books.where, self.accepted)
+        except MigratorError as exc:
+            self.refused = exc
+            return "planted"
+        self.since = None
+        return None
+
+    def moved(self, found: str, path, statements, index: int, transactional: bool, done: int, opened: int | None):
+        from migrator.postgres.running import SearchPathMoved
+
+        if self.refused is None:
+            return self.inner.moved(found, path, statements, index, transactional, done, opened)
+        cause = RuntimeError(output.visible(
+            f"the statement at line {self.since} may run SQL its text does not show (a DO block, a function or "
+            f"procedure call, EXECUTE) and has committed; the planted check, run again before the file's next "
+            f"statement: {self.refused}"))
+        cause.exit_code = self.refused.exit_code
+        return SearchPathMoved(found, "", path, statements, index, transactional, done, opened, cause=cause)

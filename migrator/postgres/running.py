@@ -122,7 +122,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                             progress(done)
                 elif opened is None:
                     opened = index
-            if guard is not None and (found := guard.changed(transactional)) is not None:
+            if guard is not None and (found := guard.changed(transactional, statement)) is not None:
                 if opened is not None:
                     cursor.execute("ROLLBACK")  # the file's own open transaction: nothing of it commits
                 raise guard.moved(found, path, statements, index, transactional, done, opened)
