@@ -66,8 +66,9 @@ CREATOR_OK = _CREATOR_OK  # (a pending file's grants: postgres/file_grants.py)
 # (membership read in pg_auth_members: pg_has_role answers true for every role when the user is a superuser)
 _OWNER_OK = _TRUSTED + (" AND r.oid IN (WITH RECURSIVE m(oid) AS (SELECT oid FROM me UNION SELECT a.roleid FROM "
                         "pg_catalog.pg_auth_members a JOIN m ON a.member = m.oid) SELECT oid FROM m)))")
-_PATH = r"""(SELECT CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.substr(p.w, 2, pg_catalog.length(p.w) - 2),
-                 '""', '"') ELSE pg_catalog.translate(p.w, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') END
+_PATH = r"""(SELECT CAST(CAST(CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.substr(p.w, 2,
+                 pg_catalog.length(p.w) - 2), '""', '"') ELSE pg_catalog.translate(p.w, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
+                 'abcdefghijklmnopqrstuvwxyz') END AS pg_catalog.name) AS pg_catalog.text)
              FROM (SELECT m[1] AS w FROM pg_catalog.regexp_matches((SELECT reset_val FROM pg_catalog.pg_settings
                    WHERE name = 'search_path'), '[[:space:]]*("(?:[^"]|"")*"|[^,[:space:]]+)[[:space:]]*(?:,|$)', 'g') m) p)"""
 PATH = _PATH

@@ -26,7 +26,7 @@ import re
 from migrator import lazy_re, output, planted, trust
 from migrator.errors import USAGE, MigratorError
 from migrator.planted_code import alter_owner
-from migrator.postgres.psql_tokens import IDENTIFIER
+from migrator.postgres.psql_tokens import IDENTIFIER, server_name
 
 _MENTIONS = lazy_re.compile(r"search_path|u&|set\s+schema", re.IGNORECASE)  # (U&"search\005fpath", SET SCHEMA 's')
 # What may set the path in a way named() cannot read (attack23u 3): only such statements are parsed for lint
@@ -40,7 +40,6 @@ _WRITES = lazy_re.compile(r"\b(?:insert|update|delete|merge|copy|truncate)\b", r
 _NAME = r'"(?:[^"]|"")+"|' + IDENTIFIER
 _HEAD = lazy_re.compile(rf"(?:insert\s+into|update|delete\s+from|merge\s+into)\s+(?:only\s+)?({_NAME})"
                         rf"(?:\s*\.\s*({_NAME}))?(?=[\s(;]|$)", re.IGNORECASE)
-_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")  # (ASCII only, as the server)
 _QUERY = planted.with_creators(trust.PLANTED, "(SELECT pg_catalog.unnest(CAST(:paths AS pg_catalog.text[])))")
 
 
@@ -193,7 +192,8 @@ def written(migrations) -> dict[str, str]:
 
 
 def _bare(name: str) -> str:
-    return name[1:-1].replace('""', '"') if name.startswith('"') else name.translate(_FOLD)
+    quoted = name.startswith('"')
+    return server_name(name[1:-1].replace('""', '"') if quoted else name, quoted)
 
 
 def refuse_writes(backend, migrations, schema: str, where: str, accepted: tuple[str, ...],

@@ -156,3 +156,13 @@ def _span_ends(span: str, versions: frozenset, param: bool) -> dict:
                 best, back = found.end(), give
         ends.setdefault(best - back, set()).add(version)
     return {end: frozenset(group) for end, group in ends.items()}
+
+
+_ASCII_UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def server_name(name: str, quoted: bool) -> str:
+    """An identifier as a UTF-8 database stores it: unquoted, folded in ASCII only (downcase_identifier: `Àpp` stays
+    `Àpp`); either way cut to 63 bytes on a character boundary (truncate_identifier). Python's lower() and an uncut
+    name made the runner check a schema that does not exist while the server used another's (attack23w 8)."""
+    return (name if quoted else name.translate(_ASCII_UPPER)).encode()[:63].decode(errors="ignore")
