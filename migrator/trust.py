@@ -110,6 +110,8 @@ _WITH_CREATORS = history_writers.with_writers(planted.with_creators(PLANTED))  #
 _WITH_LOGIN = planted.with_login(PLANTED)  # (a read-only command's: others' login event triggers, state[11])
 _RUNNERS_OWN = history_writers.with_writers(planted.with_runners_own(PLANTED))  # (verify's when the rest is read
 # once a file runs, recheck: what the runner's own statements meet, and who writes every table)
+_RUNNERS_OWN_ANY = history_writers.with_writers(planted.with_runners_own(PLANTED, any_only=True))  # (whether
+# _RUNNERS_OWN has anything more to read: state[16]; the writers last, as everywhere)
 
 
 # What a run does to its tables: yoyo's marks and log, the checksums' and snapshot's upserts; read-only ones read.
@@ -127,8 +129,12 @@ def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS, cr
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
     tables = list(dict.fromkeys([*BOOKKEEPING_TABLES, backend.flyway_table]))  # SCHEMA_TABLE's name too
-    return backend.execute((_RUNNERS_OWN if later else _WITH_CREATORS) if creators else _WITH_LOGIN,
-                           {"s": schema, "tables": tables, "rights": list(rights)}).fetchone()
+    params = {"s": schema, "tables": tables, "rights": list(rights)}
+    state = backend.execute((_RUNNERS_OWN_ANY if later else _WITH_CREATORS) if creators else _WITH_LOGIN,
+                            params).fetchone()
+    if creators and later and state[16]:  # (an event trigger, or a view over the bookkeeping: read what they are)
+        state = backend.execute(_RUNNERS_OWN, params).fetchone()
+    return state
 
 
 def untrusted(backend, schema: str, tables: list[str]) -> list[str]:
