@@ -108,23 +108,33 @@ LEFT JOIN pg_catalog.pg_roles so ON so.oid = n.nspowner
 _WITH_CREATORS = history_writers.with_writers(planted.with_creators(PLANTED))  # (verify's: who else may create in
 # the schema, planted.py; last, who writes every table, history_writers.py)
 _WITH_LOGIN = planted.with_login(PLANTED)  # (a read-only command's: others' login event triggers, state[11])
+_RUNNERS_OWN = history_writers.with_writers(planted.with_runners_own(PLANTED))  # (verify's when the rest is read
+# once a file runs, recheck: what the runner's own statements meet, and who writes every table)
+_RUNNERS_OWN_ANY = history_writers.with_writers(planted.with_runners_own(PLANTED, any_only=True))  # (whether
+# _RUNNERS_OWN has anything more to read: state[16]; the writers last, as everywhere)
 
 
 # What a run does to its tables: yoyo's marks and log, the checksums' and snapshot's upserts; read-only ones read.
 RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
 
-def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS, creators: bool = True) -> tuple:
+def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS, creators: bool = True,
+                      later: bool = False) -> tuple:
     """(the schema exists, the user has USAGE on it, the user, what others planted among its bookkeeping,
     [table, right] of `rights` the user lacks on the tables present, the schema's untrusted owner or None, the
     names of the planted tables, the names of the tables present, [table, grantee, rights, 'true' when the user
     owns it] of others' write rights on them, the roles granted the user, [table, comment] of the trusted ones);
-    with `creators`, planted.py's two more (who may plant in the schemas a migration resolves names in)."""
+    with `creators`, planted.py's five more (who may plant in the schemas a migration resolves names in; `later`:
+    only what the runner's own statements meet, planted.with_runners_own)."""
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
     tables = list(dict.fromkeys([*BOOKKEEPING_TABLES, backend.flyway_table]))  # SCHEMA_TABLE's name too
-    return backend.execute(_WITH_CREATORS if creators else _WITH_LOGIN,
-                           {"s": schema, "tables": tables, "rights": list(rights)}).fetchone()
+    params = {"s": schema, "tables": tables, "rights": list(rights)}
+    state = backend.execute((_RUNNERS_OWN_ANY if later else _WITH_CREATORS) if creators else _WITH_LOGIN,
+                            params).fetchone()
+    if creators and later and state[16]:  # (an event trigger, or a view over the bookkeeping: read what they are)
+        state = backend.execute(_RUNNERS_OWN, params).fetchone()
+    return state
 
 
 def untrusted(backend, schema: str, tables: list[str]) -> list[str]:
@@ -146,18 +156,19 @@ def check_rights(state, schema: str, where: str) -> None:
 
 
 def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = True, unconfirmed_ok: bool = False,
-           options: str = "", target=None) -> tuple:
+           options: str = "", target=None, planted_later: bool = False) -> tuple:
     """The bookkeeping_state of `schema`; with `refuse`, a MigratorError when others planted objects there or
     the user lacks rights on a table present (`SELECT` to read; SELECT, INSERT, UPDATE, DELETE to write), or, to
     write, while its history is unconfirmed (history_trust; `unconfirmed_ok`: the commands that confirm it or only
     clear a lock; `options`: the run's --schema, for the commands the refusal names); and, to write (but confirm or
     clear a lock), a schema others may plant objects in (planted.py; the `target`'s creators_trusted accepts those
-    roles). Only the run's own histories refuse (Flyway's table when the target's folder is a Flyway folder; all
-    without a target): another service's is noted (backend.others_distrusted)."""
+    roles; `planted_later`: what the run's own statements meet only, the rest read by recheck() before a file runs).
+    Only the run's own histories refuse (Flyway's table when the target's folder is a Flyway folder; all without a
+    target): another service's is noted (backend.others_distrusted)."""
     # Who may plant in the schemas is read where it is used: a writing run refuses on it, doctor reports it (refuse
     # False); a read-only run (status, plan) would only pay for it (~7 ms of server time in a new session).
     creators = not refuse or (not read_only and not unconfirmed_ok)
-    state = bookkeeping_state(backend, schema, ("SELECT",) if read_only else RIGHTS, creators)
+    state = bookkeeping_state(backend, schema, ("SELECT",) if read_only else RIGHTS, creators, planted_later)
     if refuse:
         writing = not read_only and not unconfirmed_ok
         refuse_planted(state, schema, where, (target.creators_trusted if target else ()) if writing else None)

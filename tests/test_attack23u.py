@@ -136,6 +136,21 @@ def test_a_login_event_trigger_on_another_roles_function_is_said_to_have_run_alr
         db.query("DROP EVENT TRIGGER IF EXISTS login_audit")
 
 
+def test_a_login_event_trigger_on_another_roles_function_still_refuses_a_no_op_migrate(cli, db, sql_dir, low):
+    """issue 22 left who may plant to the run that runs a file; a login event trigger is not among that: it ran on the
+    no-op's own connection. The no-op's connect check (planted.RUNNERS_OWN_ANY, then RUNNERS_OWN) refuses it in
+    the same words as a run with a file (a guard for speed22q's port onto fix23aj's login wording)."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    _login_trigger(db, low, "NULL;")
+    try:
+        line = refusal(cli, db, sql_dir)
+        assert f"login event trigger login_audit (function lowfn.on_login()) (owner {low})" in line, line
+        assert f"the login event trigger's function already ran as user {db.server.user} on this connection" in line
+        assert "may CREATE" not in line, line  # (who may create: read once a file will run)
+    finally:
+        db.query("DROP EVENT TRIGGER IF EXISTS login_audit")
+
+
 def test_a_login_trigger_failing_in_doctors_read_only_session_is_named(cli, db, sql_dir, low):
     """attack23u 11: low's login trigger function writes, which doctor's read-only session refuses: doctor's only line
     was a connect error with the server's FATAL. Failed before: nothing named a login event trigger."""

@@ -62,6 +62,21 @@ def test_a_member_of_pg_write_all_data_is_refused_like_an_untrusted_writer(cli, 
                                                       env=db.db_env()).stdout
 
 
+def test_a_member_of_pg_write_all_data_refuses_a_no_op_migrate_too(cli, db, sql_dir, low):
+    """issue 22 left who may plant to the run that runs a file; who writes the history is not among that (a forged
+    mark makes the run a no-op): the no-op's connect check (planted.RUNNERS_OWN_ANY) reads the writers too.
+    Failed without the writers appended to it (the port's first resolution onto fix23ak): exit 0, up to date."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    _write_all(db, low)
+    try:
+        result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+        error = one_error_line(result)
+        assert result.exit_code == 2 and f"roles {low} are members of pg_write_all_data" in error, result.output
+        assert f"REVOKE pg_write_all_data FROM {low}" in error, error
+    finally:
+        db.query(f"REVOKE pg_write_all_data, pg_read_all_data FROM {low}")
+
+
 def test_a_mark_no_run_wrote_is_not_counted_applied_by_status_nor_migrate(cli, db, sql_dir):
     """attack23v 2: the sign trust-history showed (a mark with no apply in _yoyo_log and no checksum row: the runner
     writes both) was looked at by its review only; status listed the migration applied and migrate said "up to date"

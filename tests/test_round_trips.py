@@ -99,9 +99,12 @@ def test_a_no_op_migrate_makes_no_table_and_sends_no_failing_statement(cli, db, 
     assert counts.total <= 25  # (bench/statements.py's no-op: 63, then 29, before this)
 
 
-def test_who_may_plant_in_the_schema_is_read_by_a_writing_run_and_doctor_not_by_status_or_plan(cli, db, sql_dir,
-                                                                                              monkeypatch):
-    """planted.py's columns cost ~7 ms of server time in a new session; only migrate's refusal and doctor read them."""
+def test_who_may_plant_in_the_schema_is_read_by_a_migrate_that_runs_a_file_and_doctor_only(cli, db, sql_dir,
+                                                                                          monkeypatch):
+    """planted.py's columns cost ~7 ms of server time in a new session; only migrate's refusal and doctor read them,
+    migrate once a file will run (issue 22: the no-op read them at connect, failed before). A no-op's connect check
+    asks whether there is anything the runner's own statements meet (an enabled event trigger, a view over its
+    bookkeeping: planted.RUNNERS_OWN_ANY), and reads what only when there is (test_bookkeeping_views)."""
     from bench import statements
 
     add_migration(sql_dir, "0100_t", "CREATE TABLE t (id int PRIMARY KEY);", "DROP TABLE t;")
@@ -109,12 +112,20 @@ def test_who_may_plant_in_the_schema_is_read_by_a_writing_run_and_doctor_not_by_
     sent: list[str] = []
     monkeypatch.setattr(statements.Counts, "add", lambda self, text: sent.append(str(text)))
     reads_creators = "pg_catalog.has_schema_privilege(r.oid, ns.oid, 'CREATE')"  # (planted.COLUMNS)
-    for args, reads in ((("status",), False), (("plan",), False), (("migrate", "--quiet"), True), (("doctor",), True)):
+    for args, reads in ((("status",), 0), (("plan",), 0), (("migrate", "--quiet"), 0), (("doctor",), 1)):
         sent.clear()
         with counting():
             result = cli(*args, "--sql-dir", sql_dir, env=db.db_env())
         assert result.exit_code == 0 or args == ("doctor",), result.output  # (doctor judges this machine too)
         assert sum(reads_creators in text for text in sent) == reads, args
+        if args == ("migrate", "--quiet"):
+            assert sum("pg_catalog.pg_event_trigger e WHERE e.evtenabled" in text for text in sent) == 1
+            assert not any("WITH RECURSIVE over(v, t, table_oid)" in text for text in sent)
+    add_migration(sql_dir, "0101_u", "CREATE TABLE u (id int PRIMARY KEY);", "DROP TABLE u;")
+    sent.clear()
+    with counting():
+        ok(migrate(cli, db, sql_dir, "--quiet"))
+    assert sum(reads_creators in text for text in sent) == 1  # (once, before its one file)
 
 
 BOOKKEEPING_READ = "SELECT migration_id, sha256 FROM"  # (state.bookkeeping's checksums: once per read of it)

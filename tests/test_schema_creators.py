@@ -227,3 +227,37 @@ def test_a_path_schema_others_may_create_in_is_refused_with_standard_conforming_
     result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
     assert result.exit_code == 2 and f"roles {low} may CREATE in schema sales" in one_error_line(result), result.output
     assert db.query("SELECT count(*) FROM sales.hits") == [(0,)]
+
+
+def test_a_no_op_migrate_leaves_who_may_create_to_the_run_that_runs_a_file(cli, db, sql_dir, low):
+    """issue 22: who may plant objects where a migration's SQL resolves names is read once a file will run (in a new
+    session those catalog reads cost more than the rest of a no-op's queries). With nothing to run, nothing of the
+    migrations' SQL runs and the runner's own is schema-qualified: the no-op says so, exit 0. Failed before: exit 2.
+    The run that has a file to run still refuses before it, and low's operator never runs."""
+    writable_by(db, "pb", low)
+    ok(cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env={**db.db_env(), "SCHEMA_CREATORS_TRUSTED": low}))
+    plant(db, "pb", low)
+    result = cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env=db.db_env())
+    assert result.exit_code == 0 and "up to date (1 of 1 migrations applied)" in result.output, result.output
+    assert "refusing" not in result.output
+    add_migration(sql_dir, "0002_a", "CREATE TABLE a (name varchar(20)); INSERT INTO a VALUES ('y'); "
+                                     "UPDATE a SET name = 'x' WHERE name = 'y';\n")
+    result = cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env=db.db_env())
+    [error] = [line for line in result.output.splitlines() if "FAILED: " in line]
+    assert result.exit_code == 2 and "[pb] FAILED: refusing to migrate schema pb on" in error, result.output
+    assert f'REVOKE CREATE ON SCHEMA "pb" FROM "{low}"' in error and "operator pb.=" in error
+    assert db.query("SELECT count(*) FROM pb.hits") == [(0,)] and db.query("SELECT to_regclass('pb.a')") == [(None,)]
+
+
+def test_an_event_trigger_another_role_owns_still_refuses_a_no_op(cli, db, sql_dir, low):
+    """What the runner's own statements meet stays in the connect check (issue 22 moved the rest to the first file):
+    an enabled event trigger runs on the runner's own DDL, REVOKE and COMMENT, a no-op's too."""
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    db.query(f"CREATE SCHEMA fn_{low} AUTHORIZATION {low}; SET ROLE {low}; CREATE FUNCTION fn_{low}.audit() "
+             "RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN NULL; END$$; RESET ROLE; "
+             f"CREATE EVENT TRIGGER audit_{low} ON ddl_command_end EXECUTE FUNCTION fn_{low}.audit()")
+    try:
+        error = refusal(cli, db, sql_dir)
+        assert f"event trigger audit_{low} (function fn_{low}.audit()) (owner {low})" in error, error
+    finally:
+        db.query(f"DROP EVENT TRIGGER audit_{low}")

@@ -139,7 +139,8 @@ def locked_backend(settings: CommandSettings, limits: DdlLimits | None = None,
                    migrating: bool = False, unconfirmed_ok: bool = False) -> Iterator[tuple]:
     """(backend, target) for a command that changes the database: connected, and holding the lock. `migrating`
     (migrate): the connection lost before its first migration began is one line, nothing applied.
-    `unconfirmed_ok`: a history others could write is not refused (the command that confirms it)."""
+    `unconfirmed_ok`: a history others could write is not refused (the command that confirms it). Who may plant
+    objects where a migration's SQL resolves names is migrate's to check once a file will run (planted_later)."""
     from migrator import pg_lock, postgres
 
     pg_lock.bookkeeping_wait(settings.lock_timeout)  # (connecting may create the schema's shared bookkeeping)
@@ -147,7 +148,8 @@ def locked_backend(settings: CommandSettings, limits: DdlLimits | None = None,
     settings.note(f"PostgreSQL: {target.display_url}" + (f" schema {target.schema}" if target.schema else ""))
     for text in limits.notes if limits is not None else ():  # (lock_timeout 0, or clamped below statement_timeout)
         output.note(f"note: {text}")
-    with (postgres.connect(target, read_only=False, limits=limits, unconfirmed_ok=unconfirmed_ok) as backend,
+    with (postgres.connect(target, read_only=False, limits=limits, unconfirmed_ok=unconfirmed_ok,
+                           planted_later=migrating) as backend,
           postgres.lost_before_migrations(backend, target) if migrating else contextlib.nullcontext(),
           postgres.locked(backend, target, settings.lock_timeout, settings.note)):
         yield backend, target

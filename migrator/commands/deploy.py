@@ -123,8 +123,11 @@ def _say_other_histories(settings: CommandSettings, backend) -> None:
 def _apply_pending(settings: CommandSettings, backend, target, migrations, schema, applied: list) -> None:
     from migrator import postgres
     from migrator.postgres import conforming, file_grants, file_paths, rewrites
+    from migrator.postgres.apply import recheck
 
     todo = backend.to_apply(migrations)
+    if todo:  # who may plant where a file resolves names, read once one will run (connect's planted_later)
+        recheck(backend, target)
     postgres.load_migrations(todo)  # every pending file read and checked before the verdicts, and before anything runs
     conforming.refuse_before(backend.connection, todo, target.where)  # (read otherwise than judged: attack24q 3)
     file_paths.refuse_reach(backend, todo, target)  # (what the files reach beyond the checked path)

@@ -294,23 +294,27 @@ def apply(backend, target: PostgresTarget, migrations) -> Iterator[tuple[object,
     with interrupt.guard() as guard, guard.deferred():
         for done, migration in enumerate(todo):
             _stop_if_interrupted(guard, target, migration, "apply")
-            if done:  # (the first's check was connect's)
-                _recheck(backend, target, migration, [m.id for m in todo[:done]])
+            if done:  # (the first's check was connect's, or migrate's before its first file: planted_later)
+                recheck(backend, target, migration, [m.id for m in todo[:done]])
             migration.earlier_failure = failures.get(migration.id)
             seconds = _run_one(backend, target, migration, "apply", Path(migration.path),
                                lambda: backend.apply_migrations(MigrationList([migration])))
             yield migration, seconds
 
 
-def _recheck(backend, target: PostgresTarget, migration, committed: list[str], verb: str = "committed") -> None:
-    """The connect check's planted rule again before `migration` (trust.recheck), its refusal saying what committed
-    (or was `verb`)."""
+def recheck(backend, target: PostgresTarget, migration=None, committed: list[str] = (),
+            verb: str = "committed") -> None:
+    """The connect check's planted rule (trust.recheck): again before `migration`, its refusal saying what this run
+    committed (or was `verb`); or first, before a run's first file when connecting left it for then (planted_later:
+    migrate's)."""
     from dataclasses import replace
 
     try:
         trust.recheck(backend, target.schema or backend.bookkeeping_schema, replace(target, schema=None).where,
                       target.creators_trusted)
     except MigratorError as exc:
+        if not committed:
+            raise
         raise MigratorError(f"before {migration.id} (nothing of it ran; {verb} by this run: "
                             f"{', '.join(committed)}): {exc}", exc.exit_code) from None
 
@@ -356,7 +360,7 @@ def rollback(backend, target: PostgresTarget, selected) -> Iterator[tuple[object
         for done, migration in enumerate(selected):
             _stop_if_interrupted(guard, target, migration, "roll back")
             if done:  # (as apply's: a rollback file's GRANT is used before the next one)
-                _recheck(backend, target, migration, [m.id for m in selected[:done]], "rolled back")
+                recheck(backend, target, migration, [m.id for m in selected[:done]], "rolled back")
             migration.earlier_failure = failures.get(migration.id)
             yield migration, _run_one(backend, target, migration, "roll back", rollback_path(migration),
                                       lambda: backend.rollback_migrations(MigrationList([migration])))

@@ -370,12 +370,12 @@ def _fqdn() -> str:
 
 @contextmanager
 def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None = None,
-            refuse_foreign: bool = True, unconfirmed_ok: bool = False) -> Iterator:
-    """A yoyo backend. Read-only ones skip yoyo's init (it creates tables) and are read-only
-    on the server too, so `plan` and `status` cannot write even by mistake. A plain run that finds no
-    history of its own but another one elsewhere is refused, and so is a history holding objects other roles
-    planted (trust.py) (doctor, with `refuse_foreign=False`, says both), and, to write, an unconfirmed history
-    (history_trust.py; `unconfirmed_ok`: the commands that confirm it or clear a lock)."""
+            refuse_foreign: bool = True, unconfirmed_ok: bool = False, planted_later: bool = False) -> Iterator:
+    """A yoyo backend. Read-only ones skip yoyo's init (it creates tables) and are read-only on the server too, so
+    `plan` and `status` cannot write even by mistake. A plain run that finds no history of its own but another one
+    elsewhere is refused, and so is a history holding objects other roles planted (trust.py) (doctor, with
+    `refuse_foreign=False`, says both), and, to write, an unconfirmed history (history_trust.py; `unconfirmed_ok`:
+    the commands that confirm it or clear a lock). `planted_later`: trust.verify's (migrate's)."""
     import psycopg2
     from yoyo.connections import parse_uri
 
@@ -391,10 +391,10 @@ def connect(target: PostgresTarget, *, read_only: bool, limits: DdlLimits | None
             raise MigratorError((tenant_mark.foreign_history if backend.foreign else tenant_mark.twin_histories)(
                 backend, target), USAGE)
         try:  # before anything touches those tables (doctor reports it instead)
-            state = backend.verified = trust.verify(backend, target.schema or backend.bookkeeping_schema,
-                                                    replace(target, schema=None).where, read_only, refuse=refuse_foreign,
-                                                    unconfirmed_ok=unconfirmed_ok, target=target,
-                                                    options=f" --schema {target.schema}" if target.schema else "")
+            state = backend.verified = trust.verify(
+                backend, target.schema or backend.bookkeeping_schema, replace(target, schema=None).where, read_only,
+                refuse=refuse_foreign, unconfirmed_ok=unconfirmed_ok, target=target, planted_later=planted_later,
+                options=f" --schema {target.schema}" if target.schema else "")
             # What yoyo's get_backend does (init_database), less what a run does not need: its lock table made
             # only when missing, and no DDL probe (a table created and dropped on every connect): the probe's
             # answer (has_transactional_ddl, PostgreSQL's True unless it could not create the table) is read only
