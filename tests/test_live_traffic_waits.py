@@ -329,3 +329,44 @@ def test_a_lock_wait_ended_by_statement_timeout_names_the_holder(cli, db, sql_di
            f"by pid {pid} (application_name 'report-job'" in line, line
     assert "make the migration cheaper" not in line
 
+
+
+def test_a_runner_frozen_between_statements_and_thawed_says_the_server_ended_its_try(cli, db, sql_dir, seeded):
+    """fix24ap 2: SIGSTOP while the try's transaction is idle between two statements holding ACCESS EXCLUSIVE (the
+    probe thread frozen with it): the application's query ends within the try's idle bound (its own statement_timeout
+    of 20 s is far below the session's 600 s), then SIGCONT: the runner's line says the server ended the session
+    and that nothing of the file was applied; the rerun applies it whole."""
+    db.query("CREATE TABLE t_app (id int); INSERT INTO t_app VALUES (1), (2); CREATE TABLE region2 (id int)")
+    inserts = "".join(f"INSERT INTO region2 VALUES ({i});\n" for i in range(20000))
+    add_migration(sql_dir, "0002_x", "ALTER TABLE t_app ADD COLUMN x int;\n" + inserts)
+    runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
+    try:
+        deadline = time.monotonic() + 60
+        while not db.poll(IDLE_HOLDING):
+            assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
+        runner.send_signal(signal.SIGSTOP)
+        while not (rows := db.poll(IDLE_HOLDING)):  # (frozen between two statements: none runs to be cancelled)
+            assert time.monotonic() < deadline
+        ((pid,),) = rows
+        app = connect(db, application_name="hcm-app")
+        try:
+            cur = app.cursor()
+            cur.execute("SET statement_timeout = '20s'")
+            cur.execute("SELECT count(*) FROM t_app")
+            assert cur.fetchall() == [(2,)]
+        finally:
+            app.close()
+        while db.poll("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        runner.send_signal(signal.SIGCONT)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == 1, err
+    assert "0002_x.sql:" in err and "nothing of it was applied" in err, err
+    assert "idle_in_transaction_session_timeout" in err and "frozen" in err, err
+    assert "pg_terminate_backend" not in err and "whether it committed is unknown" not in err, err
+    assert applied(db) == [SEED] and db.query("SELECT count(*) FROM region2") == [(0,)]
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert applied(db) == [SEED, "0002_x"] and db.query("SELECT count(*) FROM region2") == [(20000,)]
