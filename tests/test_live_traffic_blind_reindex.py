@@ -25,8 +25,12 @@ from test_progress_attack import limited_role  # noqa: F401 (a fixture)
     (SLOW + "; CREATE INDEX i ON t (slow(v))", "REINDEX (CONCURRENTLY) TABLE t", True),
     (SLOW + "; CREATE INDEX i ON t (v); CREATE INDEX j ON t (slow(v))", "REINDEX TABLE CONCURRENTLY t", True),
     ("CREATE INDEX i ON t (v)", "REINDEX SCHEMA CONCURRENTLY public", True),  # (not judged: every table's)
+    (SLOW + "; CREATE TABLE pt (v int) PARTITION BY RANGE (v); CREATE TABLE pt1 PARTITION OF pt FOR VALUES FROM (0) "
+     "TO (10); CREATE INDEX j ON pt1 (slow(v))", "REINDEX TABLE CONCURRENTLY pt", True),  # (a partition's index)
+    ("CREATE TABLE pt (v int) PARTITION BY RANGE (v); CREATE TABLE pt1 PARTITION OF pt FOR VALUES FROM (0) TO (10); "
+     "CREATE INDEX j ON pt (v)", "REINDEX INDEX CONCURRENTLY j", False),
 ], ids=["plain", "builtin-expression", "table-plain", "user-expression", "user-predicate", "table-option-spelling",
-        "table-one-of-two", "schema"])
+        "table-one-of-two", "schema", "partition-user-expression", "partitioned-plain"])
 def test_the_blind_judge_bounds_a_reindex_concurrently_running_code_not_built_in(conn, setup, reindex, bounded):
     """Before: every REINDEX ... CONCURRENTLY was off the clock, though a CREATE INDEX CONCURRENTLY of the same
     index was on it (attack24q 6)."""
