@@ -16,6 +16,7 @@ import pytest
 from conftest import SEED, add_migration, applied, one_error_line
 from test_live_traffic import blocking, connect, seeded, snapshot_holder  # noqa: F401 (a fixture)
 from test_live_traffic_held import App
+from test_live_traffic_attack24r import wait_for
 from test_reliability import runner_process
 
 # The migration session holds SHARE UPDATE EXCLUSIVE on t_val: its VALIDATE runs.
@@ -148,10 +149,10 @@ WHERE l.relation = 'public.t_app'::regclass AND l.granted AND l.mode = 'AccessEx
   AND a.state = 'idle in transaction' AND a.application_name LIKE 'hcm-db-migrations%'"""
 
 
-def test_a_runner_frozen_mid_try_loses_its_locks_within_seconds(db, sql_dir, seeded):
-    """SIGSTOP (a VM pause, a partition: no FIN reaches the server) while the try's transaction holds ACCESS
-    EXCLUSIVE: the server ends the session (its try's idle_in_transaction_session_timeout), so the application's
-    query, bounded by its own statement_timeout of 20 s (far below the session's 600 s floor), gets its rows."""
+def _frozen_idle_holding(db, sql_dir, seeded):
+    """A runner SIGSTOPped while its try is idle in transaction between two statements, holding ACCESS EXCLUSIVE on
+    t_app; the application's query on t_app (its own statement_timeout 20 s) gets its rows. Returns (runner, the
+    migration session's pid)."""
     db.query("CREATE TABLE t_app (id int); INSERT INTO t_app VALUES (1), (2); CREATE TABLE region2 (id int)")
     inserts = "".join(f"INSERT INTO region2 VALUES ({i});\n" for i in range(20000))
     add_migration(sql_dir, "0002_x", "ALTER TABLE t_app ADD COLUMN x int;\n" + inserts)
@@ -161,7 +162,7 @@ def test_a_runner_frozen_mid_try_loses_its_locks_within_seconds(db, sql_dir, see
         while not db.poll(IDLE_HOLDING):
             assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
         runner.send_signal(signal.SIGSTOP)
-        while not db.poll(IDLE_HOLDING):  # (frozen between two statements: no statement runs to be cancelled)
+        while not (rows := db.poll(IDLE_HOLDING)):  # (frozen between two statements: none runs to be cancelled)
             assert time.monotonic() < deadline
         app = connect(db, application_name="hcm-app")
         try:
@@ -171,6 +172,19 @@ def test_a_runner_frozen_mid_try_loses_its_locks_within_seconds(db, sql_dir, see
             assert cur.fetchall() == [(2,)]
         finally:
             app.close()
+    except BaseException:
+        runner.send_signal(signal.SIGKILL)
+        runner.communicate(timeout=30)
+        raise
+    return runner, rows[0][0]
+
+
+def test_a_runner_frozen_mid_try_loses_its_locks_within_seconds(db, sql_dir, seeded):
+    """SIGSTOP (a VM pause, a partition: no FIN reaches the server) while the try's transaction holds ACCESS
+    EXCLUSIVE: the server ends the session (its try's idle_in_transaction_session_timeout), so the application's
+    query, bounded by its own statement_timeout of 20 s (far below the session's 600 s floor), gets its rows."""
+    runner, _ = _frozen_idle_holding(db, sql_dir, seeded)
+    try:
         settings = db.query("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'hcm-db-migrations%' "
                             "AND state = 'idle in transaction'")
         assert settings == [(0,)]  # the frozen try's session is gone
@@ -329,3 +343,24 @@ def test_a_lock_wait_ended_by_statement_timeout_names_the_holder(cli, db, sql_di
            f"by pid {pid} (application_name 'report-job'" in line, line
     assert "make the migration cheaper" not in line
 
+
+
+def test_a_runner_frozen_between_statements_and_thawed_says_the_server_ended_its_try(cli, db, sql_dir, seeded):
+    """fix24ap 2: SIGSTOP while the try's transaction is idle between two statements holding ACCESS EXCLUSIVE (the
+    probe thread frozen with it): the application's query ends within the try's idle bound (its own statement_timeout
+    of 20 s is far below the session's 600 s), then SIGCONT: the runner's line says the server ended the session
+    and that nothing of the file was applied; the rerun applies it whole."""
+    runner, pid = _frozen_idle_holding(db, sql_dir, seeded)
+    try:
+        wait_for(db, "SELECT 1 WHERE NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)", (pid,))
+    finally:
+        runner.send_signal(signal.SIGCONT)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == 1, err
+    assert "0002_x.sql:" in err and "nothing of it was applied" in err, err
+    assert "idle_in_transaction_session_timeout" in err and "frozen" in err, err
+    assert "pg_terminate_backend" not in err and "whether it committed is unknown" not in err, err
+    assert applied(db) == [SEED] and db.query("SELECT count(*) FROM region2") == [(0,)]
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert applied(db) == [SEED, "0002_x"] and db.query("SELECT count(*) FROM region2") == [(20000,)]

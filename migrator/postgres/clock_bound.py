@@ -9,7 +9,8 @@ nothing while the session's standard_conforming_strings is off (the server may t
 one statement into several); else:
 - SET / RESET / SHOW, transaction control (not PREPARE TRANSACTION: its locks outlive the session);
 - CONCURRENTLY index statements (their waits block no query; running.py keeps them unbounded; a build on an
-  expression, a predicate or an opclass only if it runs built-in code alone, _BUILD; not REFRESH MATERIALIZED VIEW
+  expression, a predicate or an opclass only if it runs built-in code alone, _BUILD; a REINDEX only if each index it
+  rebuilds does, as the catalog defines it: index_code.py; not REFRESH MATERIALIZED VIEW
   CONCURRENTLY: it runs the view's query) and VALIDATE CONSTRAINT of a foreign key checked in one query (SELECT on
   both tables, no row security), a NOT NULL or a CHECK calling only built-in IMMUTABLE functions and operators,
   naming no type of the database's own but an enum;
@@ -39,7 +40,8 @@ that starts with it (running.py, Probe.batch_started). The cost is a merely slow
 
 from __future__ import annotations
 
-from migrator.postgres import conforming
+from migrator.postgres import conforming, index_code
+from migrator.postgres.index_code import OWN_TYPES as _OWN_TYPES
 from migrator.postgres.lock_probe import IDLE
 
 _FREE = ("VariableSetStmt", "VariableShowStmt")
@@ -48,13 +50,6 @@ _CATALOG_ONLY = ("CreateStmt", "CreateFunctionStmt", "CreateSeqStmt", "CreateEnu
 # Enabled event triggers (a superuser's: they run on any DDL, whatever the statement).
 _EVENT_TRIGGERS = ("SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger "
                    "WHERE evtenabled OPERATOR(pg_catalog.<>) 'D')")
-
-# A stored expression (`{}`: its node tree as text) naming a type of the database's own other than an enum: a domain
-# (its CHECK), an array or composite of one (a COERCEVIAIO through domain_in), whose input runs user code.
-_OWN_TYPES = """EXISTS (SELECT FROM pg_catalog.regexp_matches({}::pg_catalog.text,
-                  ':(resulttype|consttype|funcresulttype|opresulttype) ([0-9]+)', 'g') y(m)
-                JOIN pg_catalog.pg_type ty ON ty.oid OPERATOR(pg_catalog.=) y.m[2]::pg_catalog.oid
-                WHERE ty.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid AND ty.typtype OPERATOR(pg_catalog.<>) 'e')"""
 
 # The table a statement names (resolved as the statement itself would: the session's search_path, temp first) and
 # whether a row inserted into it runs nothing user-defined. (Qualified operators only: the file's search_path may
@@ -205,6 +200,8 @@ class Judge:
             return self._validates_builtin(tree)
         if kind == "build":
             return self._ask(_BUILD, {"names": _called(tree), "table": _name(tree.relation)})
+        if kind == "reindex":
+            return index_code.rebuilds_builtin(self.connection, tree, _name)
         return kind == "free"
 
     def ran(self, text: str) -> None:
@@ -310,6 +307,8 @@ def _harmless(tree) -> str | None:
             and all(cmd.subtype == enums.AlterTableType.AT_ValidateConstraint for cmd in tree.cmds):
         return "validate"  # (SHARE UPDATE EXCLUSIVE blocks no query; a CHECK's functions may lock what it does)
     if _concurrent(tree, kind):  # (one on an expression, a predicate, an opclass runs functions per row)
+        if kind == "ReindexStmt":
+            return "reindex"  # (the index's own definition, in the catalog)
         return "build" if kind == "IndexStmt" and (tree.whereClause is not None or any(
             param.expr is not None or param.opclass for param in tree.indexParams or ())) else "free"
     if kind in _CATALOG_ONLY:

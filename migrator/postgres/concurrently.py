@@ -161,10 +161,11 @@ def on_table(cursor, build: Build) -> list:
 
 
 def indexes_before(connection, statements) -> set[int]:
-    """The indexes already on the tables the file's builds touch, before it runs (those after it that are not
-    here are its own work)."""
+    """The indexes already on the tables the file's builds touch, and its REINDEXes' INVALID copies, before it runs
+    (those after it that are not here are its own work)."""
     with connection.cursor() as cursor:
-        return {row[4] for build in builds(statements) for row in on_table(cursor, build)}
+        return {row[4] for build in builds(statements) for row in on_table(cursor, build)} | {
+            _oid(cursor, name) for reindex in reindexes(statements) for name in reindex_leftovers(cursor, reindex)}
 
 
 @contextmanager
@@ -218,6 +219,11 @@ def reindex_leftovers(cursor, reindex: Reindex) -> list[str]:
     return [row[0] for row in rows]
 
 
+def _oid(cursor, qualified: str) -> int | None:
+    cursor.execute("SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid", (qualified,))
+    return cursor.fetchone()[0]
+
+
 def _drop(cursor, qualified: str) -> None:
     with without_lock_timeout(cursor):
         cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
@@ -260,7 +266,14 @@ def prepare_retry(connection, statements, index: int, path, done: Done, before: 
     rerun's prepare, a named build's INVALID index dropped (it got past "already exists": its own), a VALID one of
     its definition counted as done; an unnamed build's INVALID index of its definition and server-given name that
     was not on the table before the file ran (not in `before`) dropped, else the retry builds `t_c_idx1` beside it.
-    (`said`: the note's words after the name, when the build is not tried again.)"""
+    (`said`: the note's words after the name, when the build is not tried again.) A REINDEX's INVALID copies made
+    since the file began (its tries': name_ccnew, name_ccnew1...) dropped, else each retry adds one (fix24ap)."""
+    for reindex in reindexes(statements):
+        if reindex.index == index:
+            with connection.cursor() as cursor:
+                for leftover in reindex_leftovers(cursor, reindex):
+                    if _oid(cursor, leftover) not in before:
+                        _drop(cursor, leftover)
     for build in builds(statements):
         if build.index == index:
             where = f"{path}:{statements[index].line}"

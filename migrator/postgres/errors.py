@@ -179,7 +179,7 @@ def connection_lost(cause) -> bool:
 
 
 def _before_commit(cause):
-    """What running._before_commit marked on the error, or on the one it led to (yoyo's ROLLBACK on the closed
+    """What lost_session.mark marked on the error, or on the one it led to (yoyo's ROLLBACK on the closed
     connection raises again), else None."""
     while cause is not None:
         if (before := getattr(cause, "before_commit", None)) is not None:
@@ -214,7 +214,7 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         todo = exc.todo = "run again" if exc.transactional or not exc.done else (
             "a rerun runs the file from its first statement, so what COMMITTED runs again: make the file safe to "
             "re-run (IF NOT EXISTS) or undo that, then run again")
-    elif (before := _before_commit(cause)) is not None:  # (running._before_commit)
+    elif (before := _before_commit(cause)) is not None:  # (lost_session.mark)
         committed = "the session was lost before the runner sent its COMMIT: nothing of it was applied: its " \
                     "transaction rolled back"
         idle, took = before

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import (autovacuum, backfill, clock_bound, commit_checks, concurrently, conforming, deadlocks,
-                               detach, failures, files, lock_waiters, retry, rewrites, session_options, sessions,
+                               detach, failures, files, lock_waiters, lost_session, retry, rewrites, sessions,
                                statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, TransactionEnded, progress
@@ -104,6 +103,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             except Exception as exc:
                 if not hasattr(exc, "pgcode"):
                     raise
+                if transactional and errors.connection_lost(exc):  # (a runner frozen between two statements)
+                    lost_session.mark(exc, cursor.connection, budget, only_idle=True)
                 still_open = connection.info.transaction_status not in (IDLE, LOST)  # (lost: no ROLLBACK to send)
                 # in the file's own block, open still or ended by this failure (a COMMIT that failed rolled it back)
                 in_block = not transactional and (still_open or opened is not None)
@@ -171,7 +172,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                                probe=probe, skip=skip, budget=budget,
                                max_batches=limits.backfill_max_batches if limits else backfill.MAX_BATCHES,
                                judge=judge)
-                with _before_commit(connection, budget, transactional):
+                with lost_session.before_commit(connection, budget, transactional):
                     if transactional and statements:
                         commit_checks.deferred_checks(connection, path, statements, probe, budget,
                                                       commit_checks.records(backend))
@@ -236,7 +237,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                         concurrently.prepare_retry(connection, statements, exc.index, path, skip, before)
                     if exc.left_pending:  # the cancelled detach's first transaction committed: the retry finishes it
                         statements = detach.finalize(statements, exc.index, path)
-                with _between_tries(path, statements, exc.index, transactional, done):
+                with lost_session.between_tries(path, statements, exc.index, transactional, done):
                     if transactional:
                         with connection.cursor() as cursor:
                             cursor.execute("ROLLBACK")
@@ -265,40 +266,6 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         if taken := concurrently.skipped(connection, statements):
             raise IndexNotBuilt(*taken[0], path, statements)
         migration.built_indexes = concurrently.built(connection, statements, before)
-
-
-@contextlib.contextmanager
-def _before_commit(connection, budget, transactional: bool):
-    """After a transactional try's last statement, before its COMMIT: a session lost here committed nothing. Marked
-    on the error (errors.migration_error): (the try's idle bound in ms, seconds since the try began), so the line can
-    say the server most likely ended a try left idle past it (a runner frozen mid-statement: attack24r 10)."""
-    try:
-        yield
-    except Exception as lost:
-        if transactional and errors.connection_lost(lost):
-            started = budget.started if budget is not None else None
-            lost.before_commit = (session_options.TRY_IDLE.get(connection),
-                                  time.monotonic() - started if started is not None else None)
-        raise
-
-
-@contextlib.contextmanager
-def _between_tries(path: Path, statements, index: int, transactional: bool, done: int):
-    """The session lost between a file's tries (its last try's ROLLBACK included: an admin's pg_terminate_backend,
-    a failover): no statement of it was running, so a transactional file applied nothing (errors.migration_error
-    says it). Any statement sent then, not only the ROLLBACK: each is a moment a failover can hit, or a silent path."""
-    try:
-        yield
-    except failures.NoAnswer as silent:  # the path went silent: none of the file's statements was running either
-        located = failures.NoAnswer(f"{path}: {silent}, between its lock tries (none of its statements was running)")
-        located.in_transaction = transactional  # (its try's transaction: nothing of it can have committed)
-        raise located from silent
-    except Exception as lost:
-        if not errors.connection_lost(lost):
-            raise
-        failed = StatementFailed(lost, path, statements, index, transactional, done)
-        failed.in_backoff = True
-        raise failed from lost
 
 
 def _accepted(path: Path, statements) -> set[tuple[str | None, str]]:
