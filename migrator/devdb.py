@@ -18,7 +18,7 @@ import os
 import warnings
 from pathlib import Path
 
-from migrator.errors import MigratorError
+from migrator.errors import USAGE, MigratorError
 from migrator.env import Env
 from migrator.settings import PG_DEFAULTS
 from migrator.targets import MongoTarget, PostgresTarget
@@ -27,7 +27,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def data_dir(env: Env) -> Path:
-    return Path(env.value("HCM_DEVDB_DIR") or PROJECT_ROOT / ".devdb").resolve()
+    """The server's data folder: the real environment's HCM_DEVDB_DIR only. A checkout's .env choosing it could start a
+    committed folder whose settings run commands (restore_command) on the invoker's machine (attack23w 4)."""
+    if env.dotenv.get("HCM_DEVDB_DIR") and not env.environ.get("HCM_DEVDB_DIR"):
+        raise MigratorError("HCM_DEVDB_DIR (.env): a .env may not move the local development database's data folder (a "
+                            "folder from elsewhere could hold server settings that run commands); set HCM_DEVDB_DIR in "
+                            "the real environment, or remove the line", USAGE)
+    return Path(env.environ.get("HCM_DEVDB_DIR") or PROJECT_ROOT / ".devdb").resolve()
 
 
 def _embedded_postgres():

@@ -226,3 +226,19 @@ def test_the_redo_suggestion_targets_the_runs_schema_and_folder(cli, local_db, s
     ok(cli("migrate", "--schema", "t1", "--sql-dir", sql_dir))
     assert "3 applied, 0 pending" in ok(cli("status", "--sql-dir", sql_dir)).stdout
     assert "3 applied, 0 pending" in ok(cli("status", "--sql-dir", sql_dir, "--schema", "t1")).stdout
+
+
+def test_a_dotenv_may_not_move_the_local_servers_data_folder(cli, workdir, tmp_path, monkeypatch):
+    """attack23w 4: a checkout's .env (HCM_DEVDB_DIR=review-db) chose the folder the local server starts from: a data
+    folder committed beside it, its postgresql.conf holding restore_command, ran a shell command when the reviewer ran
+    plan --impact or status. The folder is the real environment's choice only; the server is never started."""
+    monkeypatch.delenv("HCM_DEVDB_DIR")
+    (workdir / ".env").write_text("HCM_DEVDB_DIR=review-db\n")
+    (workdir / "review-db").mkdir()
+    (workdir / "review-db" / "postgresql.conf").write_text(f"restore_command = 'touch {tmp_path}/pwned; false'\n")
+    (workdir / "review-db" / "recovery.signal").write_text("")
+    for command in (("status",), ("plan", "--impact")):
+        result = cli(*command)
+        line = one_error_line(result)
+        assert result.exit_code == 2 and "HCM_DEVDB_DIR (.env)" in line and "real environment" in line, result.output
+    assert not (tmp_path / "pwned").exists() and not (workdir / "review-db" / "postmaster.pid").exists()
