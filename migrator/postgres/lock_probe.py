@@ -14,7 +14,7 @@ from typing import Iterator
 from migrator import output
 from migrator.durations import seconds_text  # noqa: F401 (reachable here for the runner's modules)
 from migrator.errors import MigratorError
-from migrator.postgres import failures, lock_waiters, sessions
+from migrator.postgres import cancel_ignored, failures, lock_waiters, sessions
 
 PROBE_AFTER = 0.01  # seconds a statement runs before the probe asks who blocks it, then every PROBE_EVERY
 PROBE_EVERY = 0.01  # (soon enough to see a wait of the floor's 20-30 ms; every 50 ms after SLOWER_AFTER)
@@ -36,15 +36,24 @@ class Seen:
     deadlock: str | None = None  # the try was ended by a deadlock: with whom, over what (deadlocks.py)
     held: dict | None = None  # ended holding a lock an application session waited on too long (lock_waiters.py)
     held_earlier: bool = False  # that lock taken by an earlier statement of the transaction, not this one
+    sent: float | None = None  # when the first cancel went to the statement (cancel_ignored.py: its grace)
+    ended_session: bool = False  # that cancel did not take: the probe ended the migration's session
+
+    def __post_init__(self):
+        if self.cancelled and self.sent is None:
+            self.sent = time.monotonic()
 
 
 # The probe's cancel of the migration session: only while it still waits for a lock (one query: the check and the
 # signal together), and only once its transaction is older than the try's time too (a backfill's batch commits
 # and starts afresh: each batch is a try). Whether the try's time is spent and this wait outlasted the floor the
 # probe knows.
-_CANCEL = """SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity
-WHERE pid = %s AND state = 'active' AND wait_event_type = 'Lock' AND (wait_event = 'relation' OR NOT %s)
-  AND clock_timestamp() - xact_start > pg_catalog.make_interval(secs => %s)"""
+# With track_activities off the session shows state 'disabled', no wait event, no xact_start (attack24t 7): the wait
+# is read from pg_locks, and `_sending` pins the statement (the server drops a cancel reaching an idle session).
+_CANCEL = """SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity a
+WHERE pid = %s AND state IN ('active', 'disabled') AND EXISTS (SELECT FROM pg_catalog.pg_locks l
+    WHERE l.pid = a.pid AND NOT l.granted AND (l.locktype = 'relation' OR NOT %s))
+  AND (xact_start IS NULL OR clock_timestamp() - xact_start > pg_catalog.make_interval(secs => %s))"""
 _WAIT = "SELECT wait_event FROM pg_catalog.pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
 QUERY_CANCELED = "57014"
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE: no transaction open (so no lock held)
@@ -264,6 +273,8 @@ class Probe:
                     self._conn = failures.side_connection({**self.params, "application_name": PROBE_NAME})
                     self._conn.autocommit = True
                 with self._conn.cursor() as cur:
+                    if cancel_ignored.escalate(self, cur, since):  # a cancel that did not take: its session ended
+                        continue
                     if not asks:  # between statements, or a statement not due for a look: only what is held
                         self._ended_holder(cur, since, held)
                         continue
@@ -298,7 +309,7 @@ class Probe:
                                 cur.execute(_CANCEL, (self.pid, self._relations, self.per_try))
                                 row = cur.fetchone()
                                 sent = bool(row and row[0])
-                                self.seen = Seen(found, wanted, sent, self._waited)
+                                self.seen = Seen(found, wanted, sent, self._waited, sent=self.seen.sent)
                                 continue
                     if self._since == since:
                         self.seen = Seen(found, wanted)
@@ -326,7 +337,8 @@ class Probe:
                 cur.execute(lock_waiters.CANCEL_HOLDER, (self.pid,))
                 row = cur.fetchone()
                 if row and row[0]:
-                    self.seen = Seen([], cancelled=True, held=waiting[0], held_earlier=seen.held_earlier)
+                    self.seen = Seen([], cancelled=True, held=waiting[0], held_earlier=seen.held_earlier,
+                                     sent=self.seen.sent)
             self.overheld = seen
         return True
 
