@@ -29,15 +29,21 @@ def region(db, table="t_app") -> int:
                     "'region'", (table,))[0][0]
 
 
+def beside_the_app(cli, db, sql_dir, env, name: str, body: str):
+    """Migrate `name` (`body`) while an application session waits to read t_app (its statement_timeout 5 s, far
+    below the file's run): its wait ended by the runner, not by that timeout. The run's result and error line."""
+    app_table(db)
+    add_migration(sql_dir, name, body)
+    app = App(db)
+    result = cli("migrate", "--sql-dir", sql_dir, env=env)
+    app.join()
+    assert app.error is None and app.rows == [(2,)]
+    return result, one_error_line(result)
+
+
 def test_a_block_swallowing_the_cancel_has_its_session_ended_and_is_not_retried(cli, db, sql_dir, seeded):
     """attack24t 4: the probe's cancels, each swallowed, stretched a 6 s loop to 107 s (the app waited all of it)."""
-    app_table(db)
-    add_migration(sql_dir, "0002_region", SWALLOW.format(table="t_app", tenths=200))
-    app = App(db)
-    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    app.join()
-    assert app.error is None and app.rows == [(2,)]  # its wait ended long before the loop's 20 s
-    line = one_error_line(result)
+    result, line = beside_the_app(cli, db, sql_dir, seeded, "0002_region", SWALLOW.format(table="t_app", tenths=200))
     assert result.exit_code == 1 and "0002_region.sql:1: failed to apply" in line, result.output
     assert "did not end when the runner cancelled it" in line and "pg_terminate_backend" in line, line
     assert "nothing of it was applied: its transaction rolled back" in line, line
@@ -48,14 +54,8 @@ def test_a_block_swallowing_the_cancel_has_its_session_ended_and_is_not_retried(
 
 def test_a_non_transactional_block_swallowing_the_cancel_says_what_committed(cli, db, sql_dir, seeded):
     """attack24t 6: in a `-- transactional: false` file it committed with the lock held throughout, exit 0."""
-    app_table(db)
-    add_migration(sql_dir, "0002_region", "-- transactional: false\nCREATE TABLE t_before (id int);\n"
-                  + SWALLOW.format(table="t_app", tenths=200))
-    app = App(db)
-    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    app.join()
-    assert app.error is None and app.rows == [(2,)]
-    line = one_error_line(result)
+    body = "-- transactional: false\nCREATE TABLE t_before (id int);\n" + SWALLOW.format(table="t_app", tenths=200)
+    result, line = beside_the_app(cli, db, sql_dir, seeded, "0002_region", body)
     assert result.exit_code == 1 and "0002_region.sql:3: failed to apply" in line, result.output
     assert "did not end when the runner cancelled it" in line, line
     assert "statement 1 of 2 (line 2) COMMITTED" in line and "whether statement 2 took effect is unknown" in line
@@ -66,13 +66,7 @@ def test_a_non_transactional_block_swallowing_the_cancel_says_what_committed(cli
 def test_a_last_statement_that_committed_while_the_app_waited_is_no_success(cli, db, sql_dir, seeded):
     """attack24t 6: `overheld` was read only before a next statement: a non-transactional file's last statement,
     autocommitted, escaped it (applied, exit 0, after the app waited past the bound)."""
-    app_table(db)
-    add_migration(sql_dir, "0002_region", "-- transactional: false\n" + STOPS)
-    app = App(db)
-    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    app.join()
-    assert app.error is None and app.rows == [(2,)]
-    line = one_error_line(result)
+    result, line = beside_the_app(cli, db, sql_dir, seeded, "0002_region", "-- transactional: false\n" + STOPS)
     assert result.exit_code == 1 and "0002_region.sql:2: failed to apply" in line, result.output
     assert "application sessions waited" in line and "its only statement (line 2) COMMITTED" in line, line
     assert "it COMMITTED" in line, line
@@ -95,15 +89,8 @@ def test_a_blind_try_whose_cancel_was_swallowed_is_not_retried(cli, make_db, lim
 def test_the_bound_holds_with_track_activities_off_for_the_migration_role(cli, db, sql_dir, seeded):
     """attack24t 7: pg_stat_activity shows state 'disabled' for such a session; both cancels asked for 'active':
     nothing was ever cancelled (the app waited the statement's whole run)."""
-    app_table(db)
-    user = db.server.user
-    db.query(f'ALTER ROLE "{user}" IN DATABASE "{db.name}" SET track_activities = off')
-    add_migration(sql_dir, "0002_hold", DO_HOLDING.format(sleep=20))
-    app = App(db)
-    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    app.join()
-    assert app.error is None and app.rows == [(2,)]
-    line = one_error_line(result)
+    db.query(f'ALTER ROLE "{db.server.user}" IN DATABASE "{db.name}" SET track_activities = off')
+    result, line = beside_the_app(cli, db, sql_dir, seeded, "0002_hold", DO_HOLDING.format(sleep=20))
     assert result.exit_code == 1 and "0002_hold.sql:1: failed to apply" in line, result.output
     assert "held its lock on public.t_app while application sessions waited" in line, line
     assert applied(db) == [SEED]
