@@ -11,7 +11,7 @@ from conftest import SEED, add_migration, applied, one_error_line
 from test_live_traffic import connect, seeded  # noqa: F401 (a fixture)
 from test_live_traffic_bound import migrate_one_try
 from test_live_traffic_try import tables
-from test_live_traffic_held import DO_HOLDING, App, app_table
+from test_live_traffic_held import DO_HOLDING, HOLDING, App, app_table
 from test_live_traffic_parse import blind_run
 from test_progress_attack import limited_role  # noqa: F401 (a fixture)
 
@@ -73,15 +73,20 @@ def test_a_last_statement_that_committed_while_the_app_waited_is_no_success(cli,
     assert applied(db) == [SEED] and region(db) == 1
 
 
-def test_a_blind_try_whose_cancel_was_swallowed_is_not_retried(cli, make_db, limited_role, sql_dir, pg):
+def test_a_blind_try_whose_cancel_was_swallowed_is_cut_off_and_not_retried(cli, make_db, limited_role, sql_dir, pg):
     """attack24t 4, blind: the clock's one cancel swallowed, the try ended after the loop and RETRIED for the
-    whole budget (the app stalled ~3 s at each try)."""
+    whole budget (the app stalled ~3 s at each try). Now its connection is shut (the probe has none to end the
+    session from) and the server ends the session: the app's read returns well before the loop's 20 s."""
     db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
-    add_migration(sql_dir, "0002_region", SWALLOW.format(table="t_probe", tenths=15))
+    add_migration(sql_dir, "0002_region", SWALLOW.format(table="t_probe", tenths=200))
+    app = App(db, ready=HOLDING.replace("t_app", "t_probe"), query="SELECT count(*) FROM t_probe")
     result = migrate("--lock-retry-budget", "20s")
+    app.join()
+    assert app.error is None and app.rows == [(1,)]
     line = one_error_line(result)
     assert result.exit_code == 1 and "0002_region.sql:1: failed to apply" in line, result.output
     assert "did not end when the runner cancelled it" in line and "not retried" in line, line
+    assert "closed its connection" in line and "the lock probe was blind" in line, line
     assert "try 2" not in result.stderr
     assert "nothing of it was applied" in line and region(db, "t_probe") == 0
 

@@ -6,8 +6,8 @@ locks it took outside the caught block stay held: the application kept waiting, 
 only stretched the loop. So when a cancel has not ended its statement within GRACE, the probe ends the migration's
 OWN session (pg_terminate_backend, from its connection: the server then rolls back what that session's open
 transaction did and releases its locks), and the try fails in one line, not retried (its code would swallow the
-next cancel too). While the probe is blind it has no connection to do so: the statement runs on, and when it ends
-the try fails the same way, not retried.
+next cancel too). While the probe is blind it has no connection to do so: it shuts the migration connection's socket
+instead, and the server ends the session at its next client check (client_connection_check_interval, 2 s).
 
 A statement that ran past the bound and committed on its own (autocommit: a non-transactional file's statement)
 is never a plain success: the run fails saying that it COMMITTED (the probe's flag was only read before a next
@@ -23,6 +23,7 @@ from migrator.postgres.lock_waiters import shown
 
 GRACE = 0.1  # seconds a cancelled statement has to end before its session is ended
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
+QUERY_CANCELED = "57014"
 # Only while a statement runs (state 'disabled': track_activities off, attack24t 7; the probe's `_sending` lock pins
 # the statement, so the next one cannot have started).
 _TERMINATE = """SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
@@ -46,6 +47,19 @@ def escalate(probe, cursor, since: float | None) -> bool:
         row = cursor.fetchone()
         seen.ended_session = bool(row and row[0])
     return seen.ended_session
+
+
+def cut_off(probe, since: float | None) -> None:
+    """Blind (no connection to end the session from): the running statement was cancelled GRACE ago or more and
+    still runs: the migration connection's socket is shut. The server, checking the client every 2 s
+    (client_connection_check_interval, session_options), then ends the session, rolling back its open transaction."""
+    seen = probe.seen
+    if probe._shut is None or seen.sent is None or seen.ended_session or time.monotonic() - seen.sent < GRACE:
+        return
+    with probe._sending:
+        if probe._since == since:
+            probe._shut()
+            seen.ended_session = True
 
 
 def after_statement(probe, connection, transactional: bool) -> None:
@@ -79,9 +93,9 @@ def explain(exc, probe, progress=None) -> bool:
         rest = "the rest did not run" if exc.done < exc.total else "the migration is not recorded as applied"
         exc.committed = lambda: _progress(exc.statements, exc.done, rest)
     if not isinstance(cause, CancelIgnored):
-        if not probe.seen.ended_session:
+        if not probe.seen.ended_session or getattr(cause, "pgcode", None) == QUERY_CANCELED:  # (it took, just late)
             return False
-        exc.cause = cause = CancelIgnored(None, False, None)
+        exc.cause = cause = CancelIgnored(None, False, probe.seen.blind)
     cause.args = (f"{shown(exc.statement.text)} {cause.args[0]}",)  # (the line names the statement)
     exc.todo = _TODO
     if not exc.transactional:
@@ -98,7 +112,11 @@ class CancelIgnored(RuntimeError):
 
     def __init__(self, ran_on: float | None, committed: bool, blind: str | None):
         self.committed = committed
-        if ran_on is None:
+        if ran_on is None and blind:
+            what = (f"so the runner closed its connection {seconds_text(GRACE)} later (the lock probe was blind: no "
+                    "connection to end the session from); the server ends the session within 2 s "
+                    "(client_connection_check_interval), which releases the locks it held")
+        elif ran_on is None:
             what = (f"so the runner ended its session (pg_terminate_backend) {seconds_text(GRACE)} later, which "
                     "released the locks it held")
         else:

@@ -97,8 +97,10 @@ class Probe:
     a try of their own (batch_started)."""
 
     def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
-                 floor: float = 0.0, cancel=None, status=None, session_locks=None, said: list | None = None):
+                 floor: float = 0.0, cancel=None, status=None, session_locks=None, said: list | None = None,
+                 shut=None):
         self.params, self.pid, self.show_query, self._cancel, self._status = params, pid, show_query, cancel, status
+        self._shut = shut  # () -> the migration connection's socket shut (blind: cancel_ignored.cut_off)
         self._said = [] if said is None else said  # the blind note, said once a run (a list the run keeps)
         self._session_locks = session_locks  # () -> the session holds a session-level (advisory) lock
         self._session_locked: float | None = None  # since when it has held one across its tries (blind: the clock)
@@ -367,7 +369,10 @@ class Probe:
         """Blind: the bound kept by the clock (see the class): the statement cancelled, once, past it."""
         locked = self._locked_since
         if (self.blind is None or self._cancel is None or not self.per_try or locked is None
-                or (self._try is None and not self._clock_only) or since is None or self.seen.cancelled):
+                or (self._try is None and not self._clock_only) or since is None):
+            return
+        if self.seen.cancelled:  # (once: a cancel that did not take has its connection shut)
+            cancel_ignored.cut_off(self, since)
             return
         ran = time.monotonic() - locked
         if ran <= self.per_try + self.floor:
