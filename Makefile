@@ -121,16 +121,21 @@ flyway: $(FLYWAY_STAMP)  ## fetch Flyway 10's command line into .flyway/ with Ma
 # The slowest tests are listed at the end, so growth is seen. A worker that crashes ends the run, its test failed:
 # xdist 3.8's loadgroup hangs for ever once it replaces one (pytest-xdist issues 1323, 1327, 1378).
 TEST_WORKERS ?= 4
+# The tests' temporary folders (tmp_path: sql/ copies, clones, venvs, servers' files) on a tmpfs where there is one,
+# RAM rather than this disk; a passed test's folder is removed when it ends (pytest's retention policy "failed"), so
+# the run holds only what its running and failed tests wrote. TEST_TMPROOT= (empty) keeps pytest's default, /tmp.
+TEST_TMPROOT ?= $(if $(wildcard /dev/shm/.),/dev/shm)
+PYTEST_TMP = $(if $(TEST_TMPROOT),PYTEST_DEBUG_TEMPROOT=$(TEST_TMPROOT)) $(PYTHON) -m pytest -o tmp_path_retention_policy=failed
 # A test that fails is run once more on its own (pytest's --last-failed): one that fails again fails the run. The
 # first run's failures stay in the log above the rerun: a test that needed the rerun is a flake to fix, not to keep.
 # Only after a whole run whose tests failed (exit 1): a run a crashed worker ended (its other tests never ran) or
 # interrupted fails as it is.
 test: $(DEV) $(TEST_MONGOSH) $(TEST_FLYWAY) $(TEST_FERRETDB)  ## run the test suite (starts its own PostgreSQL and FerretDB)
-	{ $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart 0 --durations=15 $(ARGS); \
+	{ $(PYTEST_TMP) -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart 0 --durations=15 $(ARGS); \
 	  echo $$? > .pytest-status; } 2>&1 | tee .pytest-run.log; status=$$(cat .pytest-status); \
 	[ $$status -ne 1 ] && exit $$status; grep -q "crashed and worker restarting disabled" .pytest-run.log && exit 1; \
 	echo "make test: the failed tests once more, alone (failing again fails the run)"; \
-	$(PYTHON) -m pytest --last-failed --last-failed-no-failures none -n 2 --dist loadgroup $(ARGS)
+	$(PYTEST_TMP) --last-failed --last-failed-no-failures none -n 2 --dist loadgroup $(ARGS)
 
 bench: $(DEV)  ## benchmarks against bare yoyo and psql; writes bench/RESULTS.md
 	$(PYTHON) bench/bench.py

@@ -51,7 +51,8 @@ def lint(migrations) -> list[Finding]:
     squawk = squawk_path()
     if squawk is None:
         raise MigratorError("squawk not found: run `make install` (requirements-dev.txt brings squawk-cli)")
-    findings = runner_findings(migrations) + definer_findings(migrations) + trigger_grant_findings(migrations)
+    findings = (runner_findings(migrations) + definer_findings(migrations) + trigger_grant_findings(migrations)
+                + path_findings(migrations))
     for transactional in (True, False):
         files = [str(m.path) for m in migrations if m.use_transactions == transactional]
         if files:
@@ -68,6 +69,23 @@ def runner_findings(migrations) -> list[Finding]:
     return [Finding(str(m.path), line, 1, "runner", message, "")
             for m in migrations for check in (files.problems, backfill.problems)
             for line, message in check(Path(m.path), in_transaction=m.use_transactions)]
+
+
+DYNAMIC_PATH = "dynamic-search-path"
+
+
+def path_findings(migrations) -> list[Finding]:
+    """A search_path set by a route the runner cannot read before the run (postgres/file_paths.dynamic): the schemas
+    it names were never checked for objects other roles planted (attack23u 3)."""
+    from migrator.postgres import file_paths, files
+
+    return [Finding(str(m.path), statement.line, 1, DYNAMIC_PATH,
+                    f"search_path set by {why}: the schemas it puts on the path are not checked before the run for "
+                    "objects other roles planted or may plant; migrate stops the file after it when the path then "
+                    "lists a schema the run did not check", "write it as a literal SET search_path TO ... (checked "
+                    "before anything runs)")
+            for m in migrations for statement in files._split_and_check(Path(m.path), m.use_transactions)[0]
+            if (why := file_paths.dynamic(statement.text))]  # (a file that cannot run: runner_findings say it)
 
 
 DEFINER = "security-definer-search-path"

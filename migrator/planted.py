@@ -16,6 +16,7 @@ from __future__ import annotations
 from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.grant_text import ident, runnable
+from migrator.planted_code import USES as _USES, alter_owner, reach
 
 SETTING = "SCHEMA_CREATORS_TRUSTED"
 SHOWN = 3
@@ -28,8 +29,9 @@ SHOWN = 3
 #   unqualified `=` resolves in any of them: attack23s 1), of triggers on tables there whose function another role
 #   owns, and of enabled event triggers (database-wide, counted once) whose function another role owns: that role's
 #   code runs on the migration's DDL (attack23t 5). The user's own objects are left out before their names are built
-#   (with thousands of tables the regclass texts were most of the query's time); and of columns of tables there
-#   typed by another role's domain elsewhere (_DOMAINS): a CHECK its owner adds runs as the writer (attack23u 2);
+#   (with thousands of tables the regclass texts were most of the query's time); and the implicit code of tables there
+#   another role owns ('<via> uses <object>': planted_code.reach, the CTE reach): its owner may replace it, and it runs as the
+#   writer (attack23u 2, fix23aj 2);
 # - state[13], [schema, table, role, grantor when not the owner] of others' TRIGGER rights on tables there (the
 #   runner's bookkeeping aside: trust.disown takes them), and [schema or '' for all, '', role, ''] of the user's
 #   default privileges giving one to the tables it will make (attack23s 3 of the second report), in any schema: a
@@ -64,14 +66,11 @@ _PATH = r"""(SELECT CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.subs
 _SCHEMAS = f"""(SELECT x.oid, x.nspname, x.nspacl FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
                      END FROM path AS q(w))))"""
-# [used, dom]: the domains (dom) others own, and the types (used) a column of which runs their CHECKs on a write: the
-# domain, a domain over it (at any depth), and the arrays of those.
-_DOMAINS = """(WITH RECURSIVE up(oid, dom) AS (SELECT t.oid, t.oid FROM pg_catalog.pg_type t WHERE t.typtype = 'd'
-                     AND t.typowner <> (SELECT oid FROM me)
-                 UNION SELECT y.oid, up.dom FROM pg_catalog.pg_type y JOIN up ON y.typbasetype = up.oid
-                 WHERE y.typtype = 'd')
-             SELECT up.oid AS used, up.dom FROM up UNION ALL SELECT y.typarray, up.dom FROM up
-                 JOIN pg_catalog.pg_type y ON y.oid = up.oid WHERE y.typarray <> 0)"""
+# (the tables of the migrated schema and of the others on the path, as _SCHEMAS names them, for the CTE `reach`)
+_REACH_PATH = reach("""(SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'f') AND c.relnamespace IN (
+    SELECT x.oid FROM pg_catalog.pg_namespace x WHERE x.oid = pg_catalog.to_regnamespace(pg_catalog.quote_ident(:s))
+        OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w END
+            FROM path AS q(w)))))""", _OWNER_OK)
 COLUMNS = f""",
        ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM {_SCHEMAS} ns,
              LATERAL (SELECT 'PUBLIC' AS name WHERE EXISTS (SELECT FROM pg_catalog.aclexplode(ns.nspacl) x
@@ -100,13 +99,8 @@ COLUMNS = f""",
                      || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
                  FROM pg_catalog.pg_event_trigger e JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid
                  WHERE ns.oid = n.oid AND e.evtenabled <> 'D'
-                 UNION ALL SELECT t.typowner, 'column ' || pg_catalog.quote_ident(ns.nspname::text) || '.'
-                     || pg_catalog.quote_ident(c.relname::text) || '.' || pg_catalog.quote_ident(a.attname::text)
-                     || ' (domain ' || t.oid::pg_catalog.regtype::text || ')'
-                 FROM {_DOMAINS} u JOIN pg_catalog.pg_type t ON t.oid = u.dom JOIN pg_catalog.pg_attribute a
-                     ON a.atttypid = u.used AND a.attnum > 0 AND NOT a.attisdropped
-                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
-                 WHERE t.typnamespace <> ns.oid AND c.relnamespace = ns.oid AND c.relkind IN ('r', 'p', 'f')) o
+                 UNION ALL SELECT h.owner, h.via || ' uses ' || h.what FROM reach h
+                 JOIN pg_catalog.pg_class c ON c.oid = h.tbl WHERE c.relnamespace = ns.oid) o
              JOIN pg_catalog.pg_roles r ON r.oid = o.owner WHERE NOT {_OWNER_OK} ORDER BY r.rolname, o.what),
        ARRAY(SELECT ARRAY[h.schema, h.name, h.grantee, h.grantor] FROM (
                  SELECT ns.nspname::text AS schema, c.relname::text AS name, x.grantee AS role, CASE WHEN x.grantor
@@ -152,13 +146,14 @@ COLUMNS = f""",
 # (file_paths.py) that another role owns ('owner': its triggers, rules and policies are that role's to add), whose
 # enabled trigger's function another role owns ('trigger', detail the trigger: it runs as the user, attack23t 7), on
 # which another role (PUBLIC too) holds TRIGGER ('right', detail the grantor when not the owner: the trigger it adds
-# mid-run runs as the user, attack23u 1), or with a column of a domain another role owns (_DOMAINS)
-# ('domain', detail the column, object the domain: a CHECK its owner adds runs as the writer, attack23u 2). A name
+# mid-run runs as the user, attack23u 1), or that reaches implicit code another role owns (planted_code) ('code', detail what
+# of the table reaches it, object the object: its owner may replace it, and it runs as the writer, fix23aj 2). A name
 # that is no table yet (one a pending file makes) is none.
 WRITTEN = f"""
 WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER),
 w AS (SELECT w.i, c.oid, c.relowner, c.relacl FROM pg_catalog.unnest(CAST(:names AS pg_catalog.text[]))
-      WITH ORDINALITY w(name, i) JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(w.name))
+      WITH ORDINALITY w(name, i) JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(w.name)),
+reach AS {reach("w", _OWNER_OK)}
 SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, 'owner', '', '' FROM w
     JOIN pg_catalog.pg_roles r ON r.oid = w.relowner WHERE NOT {_OWNER_OK}
 UNION ALL SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, 'trigger', pg_catalog.quote_ident(
@@ -169,11 +164,8 @@ UNION ALL SELECT w.i, w.oid::pg_catalog.regclass::text, COALESCE(r.rolname::text
         x.grantor <> w.relowner THEN pg_catalog.pg_get_userbyid(x.grantor)::text ELSE '' END, '' FROM w
     CROSS JOIN pg_catalog.aclexplode(w.relacl) x LEFT JOIN pg_catalog.pg_roles r ON r.oid = x.grantee
     WHERE x.privilege_type = 'TRIGGER' AND x.grantee <> w.relowner AND (x.grantee = 0 OR NOT {_CREATOR_OK})
-UNION ALL SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, 'domain',
-        pg_catalog.quote_ident(a.attname::text), t.oid::pg_catalog.regtype::text FROM w
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = w.oid AND a.attnum > 0 AND NOT a.attisdropped
-    JOIN {_DOMAINS} u ON u.used = a.atttypid JOIN pg_catalog.pg_type t ON t.oid = u.dom
-    JOIN pg_catalog.pg_roles r ON r.oid = t.typowner WHERE NOT {_OWNER_OK}
+UNION ALL SELECT DISTINCT w.i, w.oid::pg_catalog.regclass::text, pg_catalog.pg_get_userbyid(h.owner)::text, 'code',
+        h.via, h.what FROM w JOIN reach h ON h.tbl = w.oid
 ORDER BY 1, 4, 5
 """
 
@@ -183,7 +175,38 @@ def with_creators(query: str, path: str = _PATH) -> str:
     pg_settings costs ~10 ms, and five columns ask; or the names a pending file puts on its own: file_paths.py)."""
     head, tail = query.rsplit("\nFROM (SELECT CAST(:s AS", 1)
     head = head.replace("WITH me AS (", f"WITH path(w) AS MATERIALIZED {path}, me AS (", 1)
+    head = head.replace("\n)\nSELECT n.oid IS NOT NULL", f"\n), reach AS {_REACH_PATH}\nSELECT n.oid IS NOT NULL", 1)
     return head + COLUMNS + "FROM (SELECT CAST(:s AS" + tail
+
+
+# A read-only command's state[11] (status, plan: COLUMNS is a writing run's): [owner, object] of enabled login event
+# triggers whose function another role owns, as COLUMNS words them; their connection ran it too (attack23u 11).
+_LOGIN_COLUMN = f""",
+       ARRAY(SELECT ARRAY[r.rolname::text, 'login event trigger ' || pg_catalog.quote_ident(e.evtname::text)
+                          || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')']
+             FROM pg_catalog.pg_event_trigger e JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid
+             JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+             WHERE e.evtevent = 'login' AND e.evtenabled <> 'D' AND NOT {_OWNER_OK} ORDER BY e.evtname)
+"""
+
+
+def with_login(query: str) -> str:
+    """trust.PLANTED with _LOGIN_COLUMN appended (state[11])."""
+    head, tail = query.rsplit("\nFROM (SELECT CAST(:s AS", 1)
+    return head + _LOGIN_COLUMN + "FROM (SELECT CAST(:s AS" + tail
+
+
+_SAID: set = set()
+
+
+def login_note(state, schema: str, where: str, accepted: tuple[str, ...]) -> None:
+    """status's and plan's line (a warning: they refuse nothing) for with_login's triggers: the run's own words."""
+    owned = [o for o in state[11] if o[0] not in accepted] if len(state) > 11 else []
+    if owned and (where, str(owned)) not in _SAID:  # (once per server: a tenants' run reads it per schema)
+        _SAID.add((where, str(owned)))
+        left = ([], owned, [], [])
+        output.note(output.visible(f"warning: PostgreSQL at {where}, schema {schema}: {found(schema, *left)}: "
+                                   f"{harm(state[2], left)}; {fix(schema, *left, user=state[2])}"))
 
 
 def trusted(env) -> tuple[str, ...]:
@@ -253,10 +276,11 @@ def fix(schema: str, creators: list[list[str]], owned: list[list[str]], triggers
     for name, function in _login_triggers(owned):
         steps.append(f"as a superuser run DROP EVENT TRIGGER {name}, or ALTER FUNCTION {function} OWNER TO a "
                      "superuser")
-    if len(_login_triggers(owned)) < len(owned):
+    reached = [what.rsplit(_USES, 1)[1] for _, what in owned if _USES in what]
+    if len(_login_triggers(owned)) + len(reached) < len(owned):
         steps.append("drop what others own there, or make the migration user its owner (ALTER ... OWNER TO)")
-    for domain in dict.fromkeys(what.rsplit(" (domain ", 1)[1][:-1] for _, what in owned if what.startswith("column ")):
-        steps.append(f"as a superuser or its owner run {runnable(f'ALTER DOMAIN {domain} OWNER TO {ident(user)}')}")
+    for what in dict.fromkeys(reached):
+        steps.append(f"as a superuser run {runnable(alter_owner(what, user))} (or stop using it)")
     by: dict[tuple[str, str, str], list[str]] = {}
     for where, table, role, grantor in triggers:
         by.setdefault((where, grantor, table and "table"), []).append(role)
@@ -318,7 +342,10 @@ def harm(user: str, left=((), (), (), ())) -> str:
     creators, owned, triggers, missing = left
     said = [f"the login event trigger's function already ran as user {user} on this connection and runs on every "
             "connection of this role, before any check"] * bool(_login_triggers(owned))
-    if creators or triggers or missing or len(_login_triggers(owned)) < len(owned) or not said:
+    uses = sum(_USES in what for _, what in owned)
+    said += [f"what the tables use runs as user {user} on each write, and its owner may replace it at any time (CREATE "
+             "OR REPLACE, ALTER DOMAIN ... ADD CONSTRAINT)"] * bool(uses)
+    if creators or triggers or missing or len(_login_triggers(owned)) + uses < len(owned) or not said:
         said.append(f"an operator or function they plant there, or a trigger they add, runs as user {user} when a "
                     "migration's SQL resolves to it or writes the table")
     return "; ".join(said)

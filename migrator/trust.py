@@ -104,6 +104,7 @@ LEFT JOIN pg_catalog.pg_roles so ON so.oid = n.nspowner
 
 
 _WITH_CREATORS = planted.with_creators(PLANTED)  # (verify's: who else may create in the schema, planted.py)
+_WITH_LOGIN = planted.with_login(PLANTED)  # (a read-only command's: others' login event triggers, state[11])
 
 
 # What a run does to its tables: yoyo's marks and log, the checksums' and snapshot's upserts; read-only ones read.
@@ -119,7 +120,7 @@ def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS, cr
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
     tables = list(dict.fromkeys([*BOOKKEEPING_TABLES, backend.flyway_table]))  # SCHEMA_TABLE's name too
-    return backend.execute(_WITH_CREATORS if creators else PLANTED,
+    return backend.execute(_WITH_CREATORS if creators else _WITH_LOGIN,
                            {"s": schema, "tables": tables, "rights": list(rights)}).fetchone()
 
 
@@ -154,14 +155,13 @@ def verify(backend, schema: str, where: str, read_only: bool, refuse: bool = Tru
     # False); a read-only run (status, plan) would only pay for it (~7 ms of server time in a new session).
     creators = not refuse or (not read_only and not unconfirmed_ok)
     state = bookkeeping_state(backend, schema, ("SELECT",) if read_only else RIGHTS, creators)
-    if refuse and state[5]:
-        raise MigratorError(owner_error(schema, state[2], state[5], where), USAGE)
-    if refuse and state[3]:
-        raise MigratorError(planted_error(schema, state[2], state[3], state[6], where), USAGE)
+    if refuse:
+        writing = not read_only and not unconfirmed_ok
+        refuse_planted(state, schema, where, (target.creators_trusted if target else ()) if writing else None)
     if refuse and state[1]:  # (without USAGE on the schema, that is said first)
         check_rights(state, schema, where)
-    if refuse and not read_only and not unconfirmed_ok:
-        planted.refuse(state, schema, where, target.creators_trusted if target else ())
+    if refuse and read_only and not creators:  # (status, plan: their connection ran it too, attack23u 11)
+        planted.login_note(state, schema, where, target.creators_trusted if target else ())
     tables = history_trust.histories(backend.flyway_table)
     marked = disown(backend.connection, schema, state[8], comments=state[10], histories=tables) \
         if refuse and not read_only and state[8] else {}
@@ -187,12 +187,18 @@ def recheck(backend, schema: str, where: str, accepted: tuple[str, ...]) -> None
     """verify's refusals of what others planted or may plant, read again in its one query: a right the run's own
     migration granted (GRANT CREATE ON SCHEMA, a DO block's GRANT TRIGGER) is used before the next file
     (attack23u 6)."""
-    state = bookkeeping_state(backend, schema)
+    refuse_planted(bookkeeping_state(backend, schema), schema, where, accepted)
+
+
+def refuse_planted(state, schema: str, where: str, accepted: tuple[str, ...] | None) -> None:
+    """verify's and recheck's refusals: a schema another role owns, bookkeeping others planted, and (unless
+    `accepted` is None: a read-only command, or one that confirms a history) what others may plant (planted.py)."""
     if state[5]:
         raise MigratorError(owner_error(schema, state[2], state[5], where), USAGE)
     if state[3]:
         raise MigratorError(planted_error(schema, state[2], state[3], state[6], where), USAGE)
-    planted.refuse(state, schema, where, accepted)
+    if accepted is not None:
+        planted.refuse(state, schema, where, accepted)
 
 
 def disown(connection, schema: str, grants: list, made: bool = False, comments: list = (),

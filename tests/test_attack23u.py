@@ -44,19 +44,19 @@ def test_a_column_typed_by_another_roles_domain_is_refused(cli, db, sql_dir, low
     # refuses ALTER DOMAIN ADD CONSTRAINT; the plain column's table takes one any time)
     add_migration(sql_dir, "0002_seed", "INSERT INTO users VALUES (1, 'a@example.com');\n")
     line = doctor_line(cli, db, sql_dir)
-    assert line.startswith("FAIL") and f"column public.users.email (domain app.email) (owner {low})" in line, line
+    assert line.startswith("FAIL") and f"column public.users.email uses domain app.email (owner {low})" in line, line
     line = refusal(cli, db, sql_dir)
-    assert f"column public.users.email (domain app.email) (owner {low})" in line, line
+    assert f"column public.users.email uses domain app.email (owner {low})" in line, line
     assert f'ALTER DOMAIN app.email OWNER TO "{db.server.user}"' in line, line
     db.query("ALTER TABLE users ALTER COLUMN email TYPE text")
     add_migration(sql_dir, "0003_contacts", "INSERT INTO data.contacts VALUES (1, '{a@example.com}');\n")
     line = refusal(cli, db, sql_dir)
-    assert f"0003_contacts.sql:1 writes table data.contacts, whose column emails is of domain app.email" in line, line
+    assert f"0003_contacts.sql:1 writes table data.contacts, whose column data.contacts.emails uses domain app.email" in line, line
     assert f"owner {low}" in line and f'ALTER DOMAIN app.email OWNER TO "{db.server.user}"' in line, line
     assert db.query(f"SELECT who FROM fn_{low}.hits") == [] and db.query("SELECT * FROM users") == []
     db.query("CREATE DOMAIN mine AS app.email; ALTER TABLE users ALTER COLUMN email TYPE mine")  # (the user's own
     line = refusal(cli, db, sql_dir)  # domain over low's: low's CHECK still runs)
-    assert f"column public.users.email (domain app.email) (owner {low})" in line, line
+    assert f"column public.users.email uses domain app.email (owner {low})" in line, line
     assert db.query(f"SELECT who FROM fn_{low}.hits") == []
     ok(cli("migrate", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_CREATORS_TRUSTED": low}))
     assert db.query("SELECT count(*) FROM data.contacts") == [(1,)]

@@ -10,7 +10,7 @@ from typing import Iterator
 from migrator import bookkeeping_lock, checksums, interrupt, output, pg_lock, trust
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres import failures, flyway
-from migrator.postgres.errors import RunSessionLost, StatementFailed, migration_error, progress
+from migrator.postgres.errors import RunSessionLost, StatementFailed, TransactionEnded, migration_error, progress
 from migrator.postgres.migration import load_migrations, rollback_path
 from migrator.postgres.state import bookkeeping
 from migrator.targets import PostgresTarget
@@ -86,7 +86,7 @@ def _run_and_say(backend, target: PostgresTarget, migration, verb: str, path: Pa
     except StatementFailed as exc:
         if backend.watcher is not None:  # what it last waited for, if statement_timeout ended a wait (errors.py)
             exc.waited = backend.watcher.waited(exc.statement.text) or getattr(exc, "waited", None)  # (or the probe's)
-        if not exc.transactional:
+        if not exc.transactional or isinstance(exc, TransactionEnded):  # (what may have committed: status says)
             try:
                 _record_failed(backend, migration, exc, prefix)
             except (backend.DatabaseError, backend.driver.InterfaceError):  # the run's own session lost (by the
@@ -302,15 +302,16 @@ def apply(backend, target: PostgresTarget, migrations) -> Iterator[tuple[object,
             yield migration, seconds
 
 
-def _recheck(backend, target: PostgresTarget, migration, committed: list[str]) -> None:
-    """The connect check's planted rule again before `migration` (trust.recheck), its refusal saying what committed."""
+def _recheck(backend, target: PostgresTarget, migration, committed: list[str], verb: str = "committed") -> None:
+    """The connect check's planted rule again before `migration` (trust.recheck), its refusal saying what committed
+    (or was `verb`)."""
     from dataclasses import replace
 
     try:
         trust.recheck(backend, target.schema or backend.bookkeeping_schema, replace(target, schema=None).where,
                       target.creators_trusted)
     except MigratorError as exc:
-        raise MigratorError(f"before {migration.id} (nothing of it ran; committed by this run: "
+        raise MigratorError(f"before {migration.id} (nothing of it ran; {verb} by this run: "
                             f"{', '.join(committed)}): {exc}", exc.exit_code) from None
 
 
@@ -352,8 +353,10 @@ def rollback(backend, target: PostgresTarget, selected) -> Iterator[tuple[object
 
     failures = bookkeeping(backend).failures
     with interrupt.guard() as guard, guard.deferred():
-        for migration in selected:
+        for done, migration in enumerate(selected):
             _stop_if_interrupted(guard, target, migration, "roll back")
+            if done:  # (as apply's: a rollback file's GRANT is used before the next one)
+                _recheck(backend, target, migration, [m.id for m in selected[:done]], "rolled back")
             migration.earlier_failure = failures.get(migration.id)
             yield migration, _run_one(backend, target, migration, "roll back", rollback_path(migration),
                                       lambda: backend.rollback_migrations(MigrationList([migration])))

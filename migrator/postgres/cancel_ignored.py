@@ -22,6 +22,9 @@ from migrator.durations import seconds_text
 from migrator.postgres.lock_waiters import shown
 
 GRACE = 0.1  # seconds a cancelled statement has to end before its session is ended
+# Blind: the clock's cancel is sent again every 0.1 s (one landing between a backfill's round trips is dropped:
+# lock_probe.RESEND_AFTER); the connection is shut only once a few of those went unheeded.
+BLIND_GRACE = 0.3
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
 QUERY_CANCELED = "57014"
 # Only while a statement runs (state 'disabled': track_activities off, attack24t 7; the probe's `_sending` lock pins
@@ -49,17 +52,19 @@ def escalate(probe, cursor, since: float | None) -> bool:
     return seen.ended_session
 
 
-def cut_off(probe, since: float | None) -> None:
-    """Blind (no connection to end the session from): the running statement was cancelled GRACE ago or more and
-    still runs: the migration connection's socket is shut. The server, checking the client every 2 s
-    (client_connection_check_interval, session_options), then ends the session, rolling back its open transaction."""
+def cut_off(probe, since: float | None) -> bool:
+    """Blind (no connection to end the session from): the running statement was first cancelled BLIND_GRACE ago or
+    more and still runs: the migration connection's socket is shut. The server, checking the client every 2 s
+    (client_connection_check_interval, session_options), then ends the session, rolling back its open transaction.
+    True once done."""
     seen = probe.seen
-    if probe._shut is None or seen.sent is None or seen.ended_session or time.monotonic() - seen.sent < GRACE:
-        return
+    if probe._shut is None or seen.sent is None or seen.ended_session or time.monotonic() - seen.sent < BLIND_GRACE:
+        return seen.ended_session
     with probe._sending:
         if probe._since == since:
             probe._shut()
             seen.ended_session = True
+    return seen.ended_session
 
 
 def after_statement(probe, connection, transactional: bool) -> None:
@@ -113,8 +118,8 @@ class CancelIgnored(RuntimeError):
     def __init__(self, ran_on: float | None, committed: bool, blind: str | None):
         self.committed = committed
         if ran_on is None and blind:
-            what = (f"so the runner closed its connection {seconds_text(GRACE)} later (the lock probe was blind: no "
-                    "connection to end the session from); the server ends the session within 2 s "
+            what = (f"so the runner closed its connection {seconds_text(BLIND_GRACE)} later (the lock probe was "
+                    "blind: no connection to end the session from); the server ends the session within 2 s "
                     "(client_connection_check_interval), which releases the locks it held")
         elif ran_on is None:
             what = (f"so the runner ended its session (pg_terminate_backend) {seconds_text(GRACE)} later, which "

@@ -139,6 +139,24 @@ def progress(statements, done: int, then: str, batches=None, record: bool = Fals
             f"{statements[done - 1].line}) COMMITTED; {then}")
 
 
+
+class TransactionEnded(StatementFailed):
+    """A transactional file's statement ended the transaction the runner opened for it (a COMMIT or ROLLBACK that
+    reached the server unseen by the text checks, files.in_transaction_problem): the file stops there, unrecorded.
+    libpq reports the session idle after it; whether it committed or rolled back is not reported."""
+
+    def __init__(self, path: Path, statements, index: int):
+        cause = RuntimeError("this statement ended the transaction the runner runs the file in (a COMMIT or ROLLBACK "
+                             "the runner did not see in the text), so what follows would run outside it")
+        super().__init__(cause, path, statements, index, True, index + 1)
+        self.todo = ("check what of it is in the database (`runner.py status` shows drift), make the file's statements "
+                     "plain SQL without transaction control, then run again")
+
+    def committed(self) -> str:
+        upto = "statement 1" if self.done == 1 else f"statements 1-{self.done}"
+        return (f"{upto} of {self.total} (through line {self.statement.line}) may have committed or rolled back, "
+                "which is unknown; the rest did not run, and the runner recorded none of it")
+
 def server_message(exc) -> str:
     """PostgreSQL's message, DETAIL, HINT and the first CONTEXT line, on one line."""
     diag = getattr(exc, "diag", None)

@@ -13,6 +13,10 @@ the writer: a file's INSERT / UPDATE / DELETE / MERGE / COPY FROM / TRUNCATE of 
 an unqualified one resolves on the checked path) runs that role's code as the migration user. Those tables are read
 from the statements that write (the parser's, as schema/targets.py reads DDL targets) and asked of the catalog
 (planted.WRITTEN): one round trip, only when a pending file writes a qualified name.
+
+A path set by a route the text does not spell (a DO block's EXECUTE, a computed set_config: attack23u 3) is not read
+before the run: lint and plan name such statements (dynamic), and a plain run's migration session is watched after
+each statement (CheckedPath): a path listing a schema the run did not check stops the file before its next statement.
 """
 
 from __future__ import annotations
@@ -21,12 +25,19 @@ import re
 
 from migrator import lazy_re, output, planted, trust
 from migrator.errors import USAGE, MigratorError
+from migrator.planted_code import alter_owner
+from migrator.postgres.psql_tokens import IDENTIFIER
 
-_MENTIONS = lazy_re.compile(r"search_path", re.IGNORECASE)
+_MENTIONS = lazy_re.compile(r"search_path|u&|set\s+schema", re.IGNORECASE)  # (U&"search\005fpath", SET SCHEMA 's')
+# What may set the path in a way named() cannot read (attack23u 3): only such statements are parsed for lint
+_DYNAMIC = lazy_re.compile(r"search_path|set_config|pg_settings|u&|\bdo\b", re.IGNORECASE)
+# A DO body that sets the path, or runs SQL built at run time (EXECUTE of anything but one literal)
+_DO_BODY = lazy_re.compile(r"search_path|set_config|pg_settings|\bexecute\b(?!\s*'(?:[^']|'')*'\s*;)",
+                           re.IGNORECASE)
 _WRITES = lazy_re.compile(r"\b(?:insert|update|delete|merge|copy|truncate)\b", re.IGNORECASE)
 # The common shape read without the parser (a 20,000-row seed file of INSERTs: ~5 s of pglast trees, ~0.1 s here):
 # INSERT / UPDATE / DELETE / MERGE at the start writes its head table alone (a data-modifying WITH is top-level only)
-_NAME = r'"(?:[^"]|"")+"|[^\W\d][\w$]*'
+_NAME = r'"(?:[^"]|"")+"|' + IDENTIFIER
 _HEAD = lazy_re.compile(rf"(?:insert\s+into|update|delete\s+from|merge\s+into)\s+(?:only\s+)?({_NAME})"
                         rf"(?:\s*\.\s*({_NAME}))?(?=[\s(;]|$)", re.IGNORECASE)
 _FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")  # (ASCII only, as the server)
@@ -77,12 +88,51 @@ def _schemas(text: str) -> list[str]:
     return [name for name in found if name]  # ('': pg_dump's empty path names no schema)
 
 
+def dynamic(text: str) -> str | None:
+    """Why a statement may set search_path by a route named() does not read (a DO block that sets it or runs built
+    SQL, set_config with a computed name or value, a U& spelling of the name, a write to pg_settings), else None:
+    `sql lint`'s and `plan`'s dynamic-search-path finding (migrate stops the file after it instead: CheckedPath)."""
+    from pglast import ast
+    from pglast.visitors import Visitor
+
+    from migrator.postgres.risks_path import _trees
+
+    if not _DYNAMIC.search(text):
+        return None
+    found: list[str] = []
+
+    class Routes(Visitor):
+        def visit_DoStmt(self, _ancestors, node):
+            body = " ".join(str(getattr(o.arg, "sval", "")) for o in node.args or () if o.defname == "as")
+            if _DO_BODY.search(body):
+                found.append("a DO block that sets it or runs SQL built at run time (EXECUTE)")
+
+        def visit_VariableSetStmt(self, _ancestors, node):
+            if (node.name or "").lower() == "search_path" and not re.search(r"search_path|set\s+schema", text, re.I):
+                found.append("a SET spelling the name otherwise (U&)")
+
+        def visit_FuncCall(self, _ancestors, call):
+            args = [getattr(getattr(a, "val", None), "sval", None) for a in call.args or ()]
+            if call.funcname[-1].sval == "set_config" and (args[:1] == [None] or str(args[0]).lower() == "search_path"
+                                                            and args[1:2] == [None]):
+                found.append("set_config with a computed name or value")
+
+        def visit_UpdateStmt(self, _ancestors, node):
+            if node.relation.relname == "pg_settings":
+                found.append("an UPDATE of pg_settings")
+
+    for tree in _trees(text):
+        Routes()(tree)
+    return found[0] if found else None
+
+
 def refuse(backend, migrations, schema: str, where: str, accepted: tuple[str, ...], rollback: bool = False) -> None:
     """Refuses (exit 2) a pending file whose own search_path names a schema others may plant in (planted.py's rule),
     naming file:line and the schema, unless SCHEMA_CREATORS_TRUSTED accepts them all."""
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
     naming = named(files(migrations, rollback))
+    backend.path_checked = (set(naming), accepted)  # (with the session's own: checked already, guard())
     if not naming:
         return
     state = backend.execute(_QUERY, {"s": schema, "tables": list(dict.fromkeys([*BOOKKEEPING_TABLES,
@@ -149,7 +199,7 @@ def _bare(name: str) -> str:
 def refuse_writes(backend, migrations, schema: str, where: str, accepted: tuple[str, ...],
                   rollback: bool = False) -> None:
     """Refuses (exit 2) a pending file writing a table another role owns, whose trigger's function another role
-    owns, on which another role may add triggers, or with a column of another role's domain (planted.WRITTEN),
+    owns, on which another role may add triggers, or whose implicit code another role owns (planted.WRITTEN),
     naming file:line, the table, the role and the fix, unless SCHEMA_CREATORS_TRUSTED accepts the role."""
     tables = written(files(migrations, rollback))
     if not tables:
@@ -158,8 +208,8 @@ def refuse_writes(backend, migrations, schema: str, where: str, accepted: tuple[
     rows = [row for row in backend.execute(planted.WRITTEN, {"names": names}).fetchall() if row[2] not in accepted]
     if not rows:
         return
-    index, table, role, kind, detail, domain = rows[0]
-    what, fix = _written(table, role, kind, detail, domain, backend.connection.info.user)
+    index, table, role, kind, detail, reached = rows[0]
+    what, fix = _written(table, role, kind, detail, reached, backend.connection.info.user)
     roles = ",".join(dict.fromkeys(row[2] for row in rows))
     raise MigratorError(output.visible(
         f"refusing to migrate schema {schema} on {where}: {tables[names[index - 1]]} writes table {table}, {what}"
@@ -167,7 +217,7 @@ def refuse_writes(backend, migrations, schema: str, where: str, accepted: tuple[
         f"{planted.SETTING}={roles}"), USAGE)
 
 
-def _written(table: str, role: str, kind: str, detail: str, domain: str, user: str) -> tuple[str, str]:
+def _written(table: str, role: str, kind: str, detail: str, reached: str, user: str) -> tuple[str, str]:
     """(what another role may run on a write of `table`, what to do) for a planted.WRITTEN row."""
     from migrator.grant_text import ident, runnable
 
@@ -180,9 +230,9 @@ def _written(table: str, role: str, kind: str, detail: str, domain: str, user: s
         revoke = runnable(f"REVOKE TRIGGER ON {table} FROM {role if role == 'PUBLIC' else ident(role)} CASCADE")
         return (f"on which role {shown} may add triggers (a TRIGGER right): one added mid-run runs {runs}",
                 f"{f'as role {output.role(detail)}, which granted it, ' * bool(detail)}run {revoke}")
-    if kind == "domain":
-        return (f"whose column {detail} is of domain {domain} (owner {shown}): a CHECK its owner adds runs {runs}",
-                f"as a superuser or {shown} run {runnable(f'ALTER DOMAIN {domain} OWNER TO {ident(user)}')}")
+    if kind == "code":
+        return (f"whose {detail} uses {reached} (owner {shown}): its owner may replace it at any time, and it runs "
+                f"{runs}", f"as a superuser run {runnable(alter_owner(reached, user))} (or stop using it)")
     return (f"owned by role {shown}, which may add triggers, rules or policies to it at any time: they run {runs}",
             f"as a superuser or {shown} run ALTER TABLE {table} OWNER TO {output.role(user)}, or write it from the "
             "application")
@@ -192,3 +242,81 @@ def refuse_reach(backend, migrations, target, rollback: bool = False) -> None:
     """Both refusals, for the files a writing command is about to run (their rollback files' with `rollback`)."""
     for check in (refuse, refuse_writes):
         check(backend, migrations, backend.bookkeeping_schema, target.where, target.creators_trusted, rollback)
+
+
+def guard(backend):
+    """A plain run's watch on each statement's search_path (running.SearchPathGuard's interface), once refuse() has
+    checked what the pending files name: None for a run that did not (a scratch database's)."""
+    checked = getattr(backend.parent, "path_checked", None)
+    return None if checked is None else CheckedPath(backend, *checked)
+
+
+# _QUERY on a plain psycopg2 cursor (%(name)s parameters), in the migration's own session: it sees what the file's
+# open transaction made (a schema, a function) as the next statement will
+_ON_SESSION = re.sub(r"(?<![:\w]):(s|tables|rights|paths)\b", r"%(\1)s", _QUERY)
+
+
+class CheckedPath:
+    """A path set by a route the text reader cannot follow (a DO block's EXECUTE, a computed set_config, a function's
+    SET) was never held to the planted rule (attack23u 3). After each statement, a session's search_path that lists a
+    schema the run did not check (its fresh session's, those the pending files' SET search_path name, pg_catalog and
+    pg_temp were) is checked then, in the migration's session, by the same query: a schema others may plant in stops
+    the file there, before its next statement resolves a name in it. PostgreSQL 18+ reports each change to the
+    client; an older server is asked after each statement (one round trip)."""
+
+    def __init__(self, backend, named: set[str], accepted: tuple[str, ...]):
+        from migrator.postgres.risks_path import split_identifiers
+
+        self.connection, self.schema, self.accepted = backend.connection, backend.bookkeeping_schema, accepted
+        self.tables = [*dict.fromkeys([*_bookkeeping_tables(), getattr(backend, "flyway_table", None) or ""])]
+        self.reported = self.connection.info.parameter_status("search_path") is not None
+        self.expected = self._now()
+        self.allowed = {*(split_identifiers(self.expected) or ()), *named, "pg_catalog", "pg_temp"}
+        self.found: tuple | None = None  # (the unchecked schemas, planted.untrusted's, the user) of the refusal
+
+    def _now(self) -> str:
+        if self.reported:
+            return self.connection.info.parameter_status("search_path")
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT pg_catalog.current_setting('search_path')")
+            return cursor.fetchone()[0]
+
+    def changed(self, transactional: bool) -> str | None:
+        """The session's search_path if it lists a schema others may plant in that the run had not checked."""
+        from migrator.postgres.risks_path import split_identifiers
+
+        now = self._now()
+        new = [n for n in split_identifiers(now) or () if n not in self.allowed] if now != self.expected else []
+        if not new:
+            return None
+        from migrator import pinned
+
+        with self.connection.cursor() as cursor, pinned.catalog_path(cursor):
+            cursor.execute(_ON_SESSION, {"s": self.schema, "tables": [t for t in self.tables if t], "rights": [],
+                                         "paths": new})
+            state = cursor.fetchone()
+        left = planted.untrusted(state, self.accepted)
+        if not any(left):
+            self.allowed.update(new)  # (checked now: clean)
+            return None
+        self.found = (new, left, state[2])
+        return now
+
+    def moved(self, found: str, path, statements, index: int, transactional: bool, done: int, opened: int | None):
+        from migrator.postgres.running import SearchPathMoved
+
+        new, left, user = self.found
+        cause = RuntimeError(output.visible(
+            f"this statement changed search_path to '{found}', putting schema {', '.join(new)} on it, which the run "
+            f"had not checked (a path set at run time: a DO block's EXECUTE, set_config with a computed name or value, "
+            f"a function's SET): {planted.found(self.schema, *left)}: {planted.harm(user)}; "
+            f"{planted.fix(self.schema, *left, user=user)}; or write the path as a literal SET search_path TO ... "
+            "(checked before anything runs)"))
+        cause.exit_code = USAGE  # (a refusal, as the connect check's)
+        return SearchPathMoved(found, self.expected, path, statements, index, transactional, done, opened, cause=cause)
+
+
+def _bookkeeping_tables() -> list[str]:
+    from migrator.schema.queries import BOOKKEEPING_TABLES
+
+    return list(BOOKKEEPING_TABLES)

@@ -13,7 +13,7 @@ from yoyo.migrations import StepBase
 
 from migrator import checksums, output, server_session
 from migrator.bookkeeping_lock import BookkeepingBusy
-from migrator.postgres import backfill, files, flyway, history, retry
+from migrator.postgres import backfill, file_paths, files, flyway, history, retry
 from migrator.postgres.backfill_progress import Tally
 from migrator.postgres.errors import RunSessionLost, StatementFailed, progress
 from migrator.postgres.files import rollback_path
@@ -223,7 +223,8 @@ class FileStep(StepBase):
             progress = Progress(backend.parent, migration, statements, rollback)
             progress.start()
         # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
-        guard = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
+        tenant = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
+        guard = tenant or file_paths.guard(backend)  # (a plain run: the schemas it checked, attack23u 3)
         started = time.monotonic()
         token = backfill.COMMITTED.set(progress and progress.tally)
         try:
@@ -235,9 +236,9 @@ class FileStep(StepBase):
             backfill.COMMITTED.reset(token)
         try:
             migration.record_after_commit = not checksums.record(
-                backend.connection, backend.bookkeeping_schema, migration.id, sha, guard and guard.expected)
+                backend.connection, backend.bookkeeping_schema, migration.id, sha, tenant and tenant.expected)
         except checksums.SearchPathChanged as exc:
-            raise SearchPathMoved(exc.found, guard.expected, path, statements, len(statements) - 1, transactional,
+            raise SearchPathMoved(exc.found, tenant.expected, path, statements, len(statements) - 1, transactional,
                                   0 if transactional else len(statements), None, at_end=True)
         # Flyway's own row too, in the same transaction (a read-only one: after the commit, apply.py)
         if flyway.parse(Path(migration.path).name) and not migration.record_after_commit:
@@ -247,7 +248,7 @@ class FileStep(StepBase):
             else:
                 history.record(backend.connection, backend.bookkeeping_schema, backend.flyway_table, history_path,
                                round((time.monotonic() - started) * 1000))
-        if guard is not None and transactional:  # still before the commit: raising rolls it all back
+        if tenant is not None and transactional:  # still before the commit: raising rolls it all back
             outside = made_outside(backend.connection, backend.schema)
             if outside:
                 raise ReachedOutside(outside, backend.schema, path, statements)

@@ -17,7 +17,7 @@ from migrator import lazy_re, source_files
 from migrator.errors import USAGE, MigratorError
 from migrator.output import visible
 from migrator.postgres import flyway, psql_reading, two_phase
-from migrator.postgres.psql_reading import TAG_CHAR, TAG_START
+from migrator.postgres.psql_tokens import IDENTIFIER, TAG_CHAR, START as TAG_START
 
 if TYPE_CHECKING:  # (the splitter: loaded where a file is split, never by a no-op's names and headers)
     from migrator.postgres.splitter import Statement
@@ -228,7 +228,7 @@ _ROUTINE = lazy_re.compile(r"(?:create\s+(?:or\s+replace\s+)?(?:function|procedu
                       re.IGNORECASE)
 _TOKEN = lazy_re.compile(rf"""--[^\n]*|/\*.*?\*/|\$(?P<tag>{TAG_START}{TAG_CHAR}*|)\$(?P<body>.*?)\$(?P=tag)\$"""
                     r"""|[Ee]'(?:[^'\\]|\\.|'')*'|[Uu]&'(?:[^']|'')*'|[Uu]&"(?:[^"]|"")*"|'(?:[^']|'')*'"""
-                    r"""|"(?:[^"]|"")*"|[A-Za-z_][\w$]*|\S""", re.DOTALL)
+                    rf"""|"(?:[^"]|"")*"|{IDENTIFIER}|\S""", re.DOTALL)
 _E_ESCAPE = lazy_re.compile(r"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)", re.DOTALL)
 _C_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _HARMLESS_PATH = {"pg_catalog", "pg_temp", ""}  # '' is PostgreSQL's documented safe form: pg_catalog, pg_temp

@@ -21,6 +21,9 @@ PROBE_EVERY = 0.01  # (soon enough to see a wait of the floor's 20-30 ms; every 
 SLOWER_AFTER = 0.2
 PROBE_NAME = "hcm-db-migrations lock probe"
 RECONNECT_FIRST, RECONNECT_MAX = 0.1, 2.0  # seconds between the probe's tries to connect again, doubling
+# Blind: seconds after which the clock's cancel is sent again while the statement still runs (one that reached the
+# session idle between a backfill's round trips is dropped by the server: attack24s 2)
+RESEND_AFTER = 0.1
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Probe:
         self._reconnect_at, self._reconnect_wait = 0.0, RECONNECT_FIRST
         self._clock_bound = True  # the running statement may be ended by the clock while the probe is blind
         self._clock_only = False  # ...though it is no try's bounded statement (a build running code)
+        self._cancel_sent = 0.0  # when the clock's cancel was last sent (blind)
         self._locked_since: float | None = None  # blind: when the try's first statement that may lock started
         self._relations = False  # only its waits for a table's lock count (a detach: not those for older snapshots)
         self._held_since: float | None = None  # when the watched try's first statement started (lock_waiters.py)
@@ -170,9 +174,12 @@ class Probe:
 
     def batch_started(self) -> None:
         """A backfill's batch starts: the blind clock runs from here (the batches before it committed), or from when
-        the session took the session-level lock it still holds (attack24r 9: it outlives each batch's COMMIT)."""
+        the session took the session-level lock it still holds (attack24r 9: it outlives each batch's COMMIT); spent
+        (blind), no batch starts (BlindSpent): the clock's cancel may have reached the session idle between two
+        batches, where the server drops it (attack24s 2: the batches ran on unbounded, app 13-16 s, exit 0)."""
         if self._locked_since is not None:
             self._locked_since = self._session_locked or time.monotonic()
+            self.raise_blind_spent()
 
     def session_locked(self) -> bool:
         """The session holds a session-level (advisory) lock that outlived the file's earlier tries: a retry would
@@ -366,13 +373,14 @@ class Probe:
         self.blind, self._reconnect_wait = None, RECONNECT_FIRST
 
     def _bound_by_clock(self, since: float | None) -> None:
-        """Blind: the bound kept by the clock (see the class): the statement cancelled, once, past it."""
+        """Blind: the bound kept by the clock (see the class): the statement cancelled past it, again every
+        RESEND_AFTER while it still runs."""
         locked = self._locked_since
         if (self.blind is None or self._cancel is None or not self.per_try or locked is None
-                or (self._try is None and not self._clock_only) or since is None):
-            return
-        if self.seen.cancelled:  # (once: a cancel that did not take has its connection shut)
-            cancel_ignored.cut_off(self, since)
+                or (self._try is None and not self._clock_only) or since is None
+                or self.seen.cancelled and time.monotonic() - self._cancel_sent < RESEND_AFTER):
+            return  # (sent again while the statement runs on: a cancel landing between its round trips is dropped)
+        if self.seen.cancelled and cancel_ignored.cut_off(self, since):  # resent, and still runs: connection shut
             return
         ran = time.monotonic() - locked
         if ran <= self.per_try + self.floor:
@@ -385,7 +393,8 @@ class Probe:
                     self._cancel()
                 except psycopg2.Error:  # the migration session itself is gone: its statement fails on its own
                     return
-                self.seen = Seen([], None, True, ran, blind=self.blind)
+                self._cancel_sent = time.monotonic()
+                self.seen = Seen([], None, True, ran, blind=self.blind, sent=self.seen.sent)
 
 
 _SESSION_LOCKS = ("SELECT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE pid OPERATOR(pg_catalog.=) "

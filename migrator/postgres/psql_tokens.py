@@ -26,6 +26,17 @@ START = r"[^\x00-\x40\x5b-\x5e\x60\x7b-\x7f]"
 CONT = r"[^\x00-\x23\x25-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"
 TAG_CHAR = r"[^\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"  # a dollar quote's tag: ident_cont without $
 IDENTIFIER = f"{START}{CONT}*"
+# The one test of "an identifier character" (CONT) for every reader of SQL text: a `$` or a quote's E prefix right
+# after one belongs to an identifier, a keyword next to one is part of it. Python's \w is not it: `·`, `€`, NBSP
+# and `→` are identifier characters to PostgreSQL and psql (so `·$a$` is one name, never a dollar quote).
+NOT_AFTER_IDENT = f"(?<!{CONT})"
+NOT_BEFORE_IDENT = f"(?!{CONT})"
+
+
+def ident_char(char: str) -> bool:
+    """A character PostgreSQL's and psql's lexers count as part of an identifier (ident_cont)."""
+    return not char.isascii() or char.isalnum() or char in "_$"
+
 OP_CHARS = "~!@#^&|`?+-*/%<>="
 
 

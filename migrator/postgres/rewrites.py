@@ -145,6 +145,15 @@ _TABLES_IN = """
 SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'm') AND n.nspname = ANY(%s) ORDER BY 1, 2
 """
+# What a bare CLUSTER re-clusters: every table with a clustered index (ALTER TABLE ... CLUSTER ON) that the role
+# may cluster (its owner; PostgreSQL 17+: MAINTAIN), in any schema.
+_CLUSTERED = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm') AND EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisclustered)
+AND CASE WHEN pg_catalog.current_setting('server_version_num')::pg_catalog.int4 >= 170000
+    THEN pg_catalog.has_table_privilege(c.oid, 'MAINTAIN') ELSE pg_catalog.pg_has_role(c.relowner, 'USAGE') END
+ORDER BY 1, 2
+"""
 _TABLE_OF_INDEX = """
 SELECT n.nspname, c.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
@@ -239,6 +248,9 @@ class _Live:
 
     def tables_in(self, schema: str | None) -> list[tuple[str, str]]:
         return [tuple(row) for row in self._rows(_TABLES_IN, ([schema] if schema else self.path,))]
+
+    def clustered(self) -> list[tuple[str, str]]:
+        return [tuple(row) for row in self._rows(_CLUSTERED)]
 
     def table_of_index(self, name: tuple[str | None, str]) -> list[tuple[str, str]]:
         return [tuple(row) for row in self._rows(_TABLE_OF_INDEX, {"name": name[1],

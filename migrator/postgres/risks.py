@@ -20,6 +20,7 @@ from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
 from migrator.postgres import risks_keyed, risks_retype  # (ALTER COLUMN TYPE, a file's TimeZone)
 from migrator.postgres import risks_constraints, risks_indexes, risks_savepoints
+from migrator.postgres.psql_tokens import IDENTIFIER
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
 _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|alter\s+type\s[^;]*?\balter\s+attribute|"
@@ -33,7 +34,7 @@ _DROP_INDEX = lazy_re.compile(r"\s*drop\s+index\b", re.IGNORECASE)
 _COMMENTS = lazy_re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # (for the hint only: `ALTER /* x */ TABLE` is parsed too)
 # A table a statement creates, read without the parser (pg_dump and people write it so; IF NOT EXISTS may
 # name a table that exists and holds rows: not new). A table the judge cannot tell is new is judged by its size.
-_NAME = r'("(?:[^"]|"")*"|[A-Za-z_][\w$]*)'
+_NAME = rf'("(?:[^"]|"")*"|{IDENTIFIER})'
 _CREATES = lazy_re.compile(rf"create\s+(?:(?:global|local)\s+)?(?P<temp>(?:temp|temporary)\s+)?(?:unlogged\s+)?table\s+"
                       rf"(?!if\s+not\s+exists\b){_NAME}(?:\s*\.\s*{_NAME})?", re.IGNORECASE)
 # INSERT ... SELECT / COPY ... FROM: a pending statement that loads rows into a table (VALUES adds a known few)
@@ -247,8 +248,10 @@ def risks(tree, line: int, live, seen: Seen):
             seen, live.tables_in(None))  # bare: every table
         for table in tables:
             yield Risk(line, table, "VACUUM FULL", "rewrites", ACCESS_EXCLUSIVE, "vacuum full")
-    elif isinstance(tree, ast.ClusterStmt) and tree.relation is not None:
-        yield Risk(line, name(tree.relation), "CLUSTER", "rewrites", ACCESS_EXCLUSIVE, "cluster")
+    elif isinstance(tree, ast.ClusterStmt):  # bare: each table with a clustered index the role may cluster
+        tables = [name(tree.relation)] if tree.relation is not None else risks_pending.catalog(seen, live.clustered())
+        for table in tables:
+            yield Risk(line, table, "CLUSTER", "rewrites", ACCESS_EXCLUSIVE, "cluster")
     elif isinstance(tree, ast.ReindexStmt) and not any(o.defname == "concurrently" for o in tree.params or ()):
         # SHARE on the table, ACCESS EXCLUSIVE on each index: a query planned on the table waits too
         if tree.kind == reindex.REINDEX_OBJECT_TABLE:

@@ -15,7 +15,7 @@ from migrator.postgres import (autovacuum, backfill, cancel_ignored, clock_bound
                                conforming, deadlocks, detach, failures, files, lock_waiters, retry, rewrites,
                                session_options, sessions, statement_bound)
 from migrator.postgres import errors
-from migrator.postgres.errors import StatementFailed, progress
+from migrator.postgres.errors import StatementFailed, TransactionEnded, progress
 
 _ENDS = re.compile(r"\s*(COMMIT|END|PREPARE\s+TRANSACTION)\b", re.IGNORECASE)  # (a NoAnswer's outcome unknown)
 
@@ -113,6 +113,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                     cursor.execute("ROLLBACK")
                 raise StatementFailed(exc, path, statements, index, transactional, done,
                                       opened if in_block else None) from exc
+            if transactional and connection.info.transaction_status == IDLE:  # (the flag: no round trip)
+                raise TransactionEnded(path, statements, index)
             if not transactional:
                 if connection.info.transaction_status == IDLE:
                     opened = None
@@ -125,7 +127,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             if guard is not None and (found := guard.changed(transactional)) is not None:
                 if opened is not None:
                     cursor.execute("ROLLBACK")  # the file's own open transaction: nothing of it commits
-                raise SearchPathMoved(found, guard.expected, path, statements, index, transactional, done, opened)
+                raise guard.moved(found, path, statements, index, transactional, done, opened)
     if not transactional and connection.info.transaction_status != IDLE:
         connection.rollback()
         raise MigratorError(f"{path}: ends inside a transaction it opened (BEGIN without COMMIT); that transaction "
@@ -421,14 +423,18 @@ class SearchPathGuard:
             now = self._ask()
         return None if now == self.expected else now
 
+    def moved(self, found: str, path: Path, statements, index: int, transactional: bool, done: int,
+              opened: int | None) -> StatementFailed:
+        return SearchPathMoved(found, self.expected, path, statements, index, transactional, done, opened)
+
 
 class SearchPathMoved(StatementFailed):
     """A tenant's file changed its session's search_path: it stops there, and says what committed."""
 
     def __init__(self, found: str, expected: str, path: Path, statements, index: int, transactional: bool,
-                 done: int, opened: int | None, at_end: bool = False):
+                 done: int, opened: int | None, at_end: bool = False, cause: Exception | None = None):
         what = "by its end the file" if at_end else "this statement"
-        cause = RuntimeError(
+        cause = cause or RuntimeError(
             f"{what} changed search_path to '{found}' (a tenant's migration runs with '{expected}', its schema then "
             "public), so what follows would land in another schema; remove what sets search_path (the text check "
             "cannot see a name built at run time), and give a function SET search_path FROM CURRENT")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from migrator import lazy_re, output
+from migrator.postgres.psql_tokens import IDENTIFIER, NOT_AFTER_IDENT
 from migrator.postgres.splitter import TAG_CHAR, TAG_START
 
 # Each session blocking `pid`, and the modes it was granted on the very lock `pid` waits for (NULL: it holds
@@ -241,10 +242,10 @@ _VALUE = lazy_re.compile(rf"""
   | (?P<estring>[Ee]'(?:[^'\\]|\\.|'')*(?:'|\Z))
   | (?P<string>(?:[Uu]&|[BbXxNn])?'(?:[^'\\]|'')*(?:'|\Z))
   | (?P<backslash>'.*)
-  | (?P<dollar>(?<![\w$])\$(?P<tag>{TAG_START}{TAG_CHAR}*)?\$.*?(?:\$(?P=tag)\$|\Z))
+  | (?P<dollar>{NOT_AFTER_IDENT}\$(?P<tag>{TAG_START}{TAG_CHAR}*)?\$.*?(?:\$(?P=tag)\$|\Z))
   | (?P<ident>(?:[Uu]&)?"(?:[^"]|"")*(?:"|\Z))
   | (?P<param>\$[0-9]+)
-  | (?P<word>[^\W\d][\w$]*)
+  | (?P<word>{IDENTIFIER})
   | (?P<number>0[xXoObB][0-9A-Fa-f_]+|(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[Ee][+-]?[0-9]+)?)
 """, re.VERBOSE | re.DOTALL)
 

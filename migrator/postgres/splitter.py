@@ -20,22 +20,24 @@ from dataclasses import dataclass
 from migrator import lazy_re
 from migrator.postgres import psql_reading
 from migrator.postgres.psql_reading import TAG_CHAR, TAG_START  # (sessions.py's and files.py's too)
+from migrator.postgres.psql_tokens import NOT_AFTER_IDENT, NOT_BEFORE_IDENT, ident_char
 
 # What can change the lexer's state; everything between matches is plain text.
-_SPECIAL = rf"""--|/\*|'|"|(?<![\w$])\$(?:{TAG_START}{TAG_CHAR}*)?\$|;|\(|\)|\\"""
+_SPECIAL = rf"""--|/\*|'|"|{NOT_AFTER_IDENT}\$(?:{TAG_START}{TAG_CHAR}*)?\$|;|\(|\)|\\"""
 FAST = re.compile(_SPECIAL)
 # Inside CREATE FUNCTION/PROCEDURE, words are tracked too (BEGIN ATOMIC ... END).
 # (?i:) only on the words: folding case over the tag class is slow to compile.
-WORDS = re.compile(_SPECIAL + r"|(?<![\w$])(?i:begin|case|end)(?![\w$])")
+WORDS = re.compile(_SPECIAL + rf"|{NOT_AFTER_IDENT}(?i:begin|case|end){NOT_BEFORE_IDENT}")
 # Between words: blanks and comments (`CREATE /* c */ FUNCTION` is a function too).
 _GAP = r"(?:\s|--[^\r\n]*|/\*.*?\*/)+"
-ROUTINE = re.compile(rf"create{_GAP}(?:or{_GAP}replace{_GAP})?(?:function|procedure)\b", re.IGNORECASE | re.DOTALL)
+ROUTINE = re.compile(rf"create{_GAP}(?:or{_GAP}replace{_GAP})?(?:function|procedure){NOT_BEFORE_IDENT}",
+                     re.IGNORECASE | re.DOTALL)
 # A file's own `SET standard_conforming_strings`: psql (and the server) then read '\'' as an escape.
 CONFORMING = lazy_re.compile(r"(?:set|reset)\b(?:\s+(?:session|local))?\s+standard_conforming_strings\b"
                         r"(?:\s*(?:=|\bto\b)\s*'?(\w+)'?)?", re.IGNORECASE)
 COPY_STDIN = lazy_re.compile(r"copy\b.*\bfrom\s+stdin\b", re.IGNORECASE | re.DOTALL)
 # STDIN anywhere (a keyword cannot be quoted or escaped): a COPY FROM STDIN psql alone sees is refused too.
-STDIN_WORD = lazy_re.compile(r"(?<![A-Za-z0-9_$\x80-\U0010ffff])stdin(?![A-Za-z0-9_$\x80-\U0010ffff])", re.IGNORECASE)
+STDIN_WORD = lazy_re.compile(f"{NOT_AFTER_IDENT}stdin{NOT_BEFORE_IDENT}", re.IGNORECASE)
 COPY_STDOUT = lazy_re.compile(r"copy\b.*\bto\s+stdout\b", re.IGNORECASE | re.DOTALL)
 RESTRICT = re.compile(r"\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*\r?(?:\n|$)")  # pg_dump's key: letters, digits
 # PostgreSQL's lexer ends a `--` comment at \r as well as \n (files saved with old Mac line ends).
@@ -200,7 +202,7 @@ def _refuse_other_readings(text: str) -> None:
 
 
 # What a literal's reading can hide in: comments, quoted identifiers, dollar quotes, and the quotes themselves.
-_LITERALS = re.compile(rf"""--|/\*|'|"|(?<![\w$])\$(?:{TAG_START}{TAG_CHAR}*)?\$""")
+_LITERALS = re.compile(rf"""--|/\*|'|"|{NOT_AFTER_IDENT}\$(?:{TAG_START}{TAG_CHAR}*)?\$""")
 
 
 def backslash_literal(text: str) -> int | None:
@@ -238,7 +240,7 @@ def backslash_literal(text: str) -> int | None:
 
 def _backslash_escapes(text: str, quote: int) -> bool:
     """E'...' (and e'...') strings take backslash escapes; a plain '...' does not (standard_conforming_strings)."""
-    return quote > 0 and text[quote - 1] in "eE" and (quote < 2 or not (text[quote - 2].isalnum() or text[quote - 2] in "_$"))
+    return quote > 0 and text[quote - 1] in "eE" and (quote < 2 or not ident_char(text[quote - 2]))
 
 
 def _skip_string(text: str, quote: int, escapes: bool, line) -> int:

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from migrator import durations, output
+from migrator.postgres.psql_tokens import NOT_AFTER_IDENT, NOT_BEFORE_IDENT
 from migrator.postgres.retry import seconds_text
 from migrator.postgres.session_options import TRY_IDLE
 
@@ -29,7 +30,7 @@ IN_TRANSACTION = 2  # psycopg2's TRANSACTION_STATUS_INTRANS
 # Read back after any statement that could set a bound, whatever the spelling: "set" anywhere (SET, RESET, set_config,
 # pg_settings; quoted, commented: one more SHOW at worst), a Unicode escape (U&"\0073et_config"), code a DO block, a
 # CALL or an EXECUTE runs. Not after the statements of a data load (20,000 INSERTs: no SHOW at all).
-_RUNS_CODE = re.compile(r"(?<![\w$])(?:call|execute|do(?!\s+(?:nothing|update)(?![\w$])))(?![\w$])")
+_RUNS_CODE = re.compile(rf"{NOT_AFTER_IDENT}(?:call|execute|do(?!\s+(?:nothing|update){NOT_BEFORE_IDENT})){NOT_BEFORE_IDENT}")
 
 
 def may_set(text: str) -> bool:
