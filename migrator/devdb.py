@@ -13,7 +13,7 @@ and log are in `.devdb/ferretdb/`. Started with PostgreSQL's first use by a Mong
 from __future__ import annotations
 
 import contextlib
-
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -77,7 +77,8 @@ def ensure_running(env: Env) -> PostgresTarget:
     return target
 
 
-def _create_database(target: PostgresTarget, dbname: str) -> None:
+def _connect(target: PostgresTarget):
+    """An autocommit connection to the local server's `postgres` database as its superuser."""
     import psycopg2
 
     try:
@@ -88,14 +89,53 @@ def _create_database(target: PostgresTarget, dbname: str) -> None:
             f"the local development database in {folder} refuses connections ({str(exc).splitlines()[0]}); "
             f"run `make db-stop` and try again, or remove {folder} to start afresh"
         )
+    conn.autocommit = True
+    return conn
+
+
+def _create_database(target: PostgresTarget, dbname: str) -> None:
+    conn = _connect(target)
     try:
-        conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
             if cur.fetchone() is None:
                 cur.execute(f'CREATE DATABASE "{dbname}"')
     finally:
         conn.close()
+
+
+# Pending files under review (plan --impact, sql verify, sql adopt, make schema) run on this server's scratch
+# databases as this role, never as the superuser the runner is here: COPY ... TO PROGRAM, pg_read_file, lo_export,
+# ALTER SYSTEM would act on the reviewer's machine. It logs in over the folder's socket (trusted, as `postgres` is).
+SCRATCH_ROLE = "hcm_scratch"
+_SCRATCH_RIGHTS = "LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS PASSWORD NULL"
+_SCRATCH_ROLE_AS_MADE = ("SELECT a.rolcanlogin AND NOT (a.rolsuper OR a.rolcreaterole OR a.rolcreatedb OR "
+                         "a.rolreplication OR a.rolbypassrls) AND a.rolpassword IS NULL AND NOT EXISTS (SELECT FROM "
+                         "pg_catalog.pg_db_role_setting s WHERE s.setrole = a.oid) FROM pg_catalog.pg_authid a "
+                         "WHERE a.rolname = %s")
+
+
+def scratch_role(target: PostgresTarget) -> PostgresTarget:
+    """`target` (the local server) as SCRATCH_ROLE: made on first use; its attributes and the defaults a file run
+    as it may have set for itself (ALTER ROLE CURRENT_USER SET ...) put back on every use."""
+    import psycopg2.errors
+
+    conn = _connect(target)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_SCRATCH_ROLE_AS_MADE, (SCRATCH_ROLE,))
+            row = cur.fetchone()
+            if row is None:
+                try:
+                    cur.execute(f"CREATE ROLE {SCRATCH_ROLE} {_SCRATCH_RIGHTS}")
+                except psycopg2.errors.DuplicateObject:  # another command made it meanwhile
+                    pass
+            elif not row[0]:  # (only then: parallel tenants' ALTERs of one role would fail "concurrently updated")
+                cur.execute(f"ALTER ROLE {SCRATCH_ROLE} {_SCRATCH_RIGHTS}")
+                cur.execute(f"ALTER ROLE {SCRATCH_ROLE} RESET ALL")
+    finally:
+        conn.close()
+    return dataclasses.replace(target, user=SCRATCH_ROLE, password=None)
 
 
 MONGO_DATABASE = PG_DEFAULTS["dbname"]

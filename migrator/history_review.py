@@ -18,12 +18,12 @@ without the version of the versioned script it names, is a forged one (attack23u
 from __future__ import annotations
 
 from migrator import checksums, output
+from migrator.forged_marks import UNLOGGED, log_entries, log_entry, unlogged
 from migrator.postgres import flyway
 from migrator.postgres.history import MIGRATION_TYPES
 
 _TAKES_BACK = ("DELETE", "UNDO_SQL")
 _BASELINE = ("BASELINE", "SQL_BASELINE")
-_UNLOGGED = " is marked applied, yet "
 
 
 def lines(books, removed: list[str] = ()) -> list[str]:
@@ -37,7 +37,7 @@ def lines(books, removed: list[str] = ()) -> list[str]:
              for i in unmarked(books)]
     said += [f"  failure recorded: {i}: {what}" for i, what in sorted(books.failures.items())]
     said += [_row_line(books, row) for row in (books.flyway.rows if books.flyway else ())]
-    said += [f"  record {'forged' if _UNLOGGED in sign else 'removed'}? {sign}" for sign in removed]
+    said += [f"  record {'forged' if UNLOGGED in sign else 'removed'}? {sign}" for sign in removed]
     todo = [i for i in books.keyed.values() if i not in books.applied]
     said += [f"  migrate would run next: {', '.join(todo)} (any of them that ran before had its record removed: "
              "restore it before --yes)"] if todo else []
@@ -86,12 +86,7 @@ def removed(backend, books) -> list[str]:
                              f"DELETE FROM {backend.qualified(books.flyway.table)} WHERE installed_rank = {row.rank} "
                              "if you did not write it")
     schema, log = backend.bookkeeping_schema, backend.log_table
-    last, logged = {}, set()
-    if backend.execute("SELECT to_regclass(:t) IS NOT NULL", {"t": backend.log_table_quoted}).fetchone()[0]:
-        for key, operation, at in backend.execute(f"SELECT migration_hash, operation, created_at_utc FROM "
-                                                  f"{backend.log_table_quoted} ORDER BY created_at_utc").fetchall():
-            last[key] = (operation, at)
-            logged.update([key] if operation in ("apply", "mark") else [])
+    last, logged = log_entries(backend)
     order = list(books.keyed.values())  # (migrate's order)
     position = {i: n for n, i in enumerate(order)}
     newest = max((n for n, i in enumerate(order) if i in books.applied), default=-1)
@@ -114,21 +109,9 @@ def removed(backend, books) -> list[str]:
                          f"restore {restore}; if it did not, {' and '.join(undo)}")
         elif books.flyway is None and position[migration_id] < newest:  # attack23u 8: all its records deleted
             signs.append(f"{migration_id} is not recorded applied, yet {order[newest]} after it is: if it ran, restore "
-                         f"its mark and log entry: {mark}; {_log_entry(schema, log, key, migration_id)}; if it never "
+                         f"its mark and log entry: {mark}; {log_entry(schema, log, key, migration_id)}; if it never "
                          f"ran, rename its file after {order[newest]}")
-    if books.flyway is None:  # attack23u 7: a mark with neither a log entry nor a checksum row (the runner writes both)
-        signs += [f"{migration_id}{_UNLOGGED}{schema}.{log} has no apply of it and no checksum row "
-                  f"exists: if it did not run, DELETE FROM {schema}.{backend.migration_table} WHERE migration_hash = "
-                  f"'{key}'; if it ran, record it: {_log_entry(schema, log, key, migration_id)}"
-                  for key, migration_id in books.keyed.items()
-                  if migration_id in books.marked and migration_id not in books.sums and key not in logged]
-    return signs
-
-
-def _log_entry(schema: str, log: str, key: str, migration_id: str) -> str:
-    """The INSERT of a yoyo log entry marking `migration_id` applied (what sql mark writes)."""
-    return (f"INSERT INTO {schema}.{log} (id, migration_hash, migration_id, operation, created_at_utc) VALUES "
-            f"(gen_random_uuid(), '{key}', '{migration_id}', 'mark', now())")
+    return signs + list(unlogged(backend, books, logged).values())
 
 
 def _versionless(row) -> bool:

@@ -8,6 +8,7 @@ outside one (so CREATE INDEX CONCURRENTLY is fine).
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import re
 import shutil
@@ -52,7 +53,7 @@ def lint(migrations) -> list[Finding]:
     if squawk is None:
         raise MigratorError("squawk not found: run `make install` (requirements-dev.txt brings squawk-cli)")
     findings = (runner_findings(migrations) + definer_findings(migrations) + trigger_grant_findings(migrations)
-                + path_findings(migrations))
+                + path_findings(migrations) + create_grant_findings(migrations))
     for transactional in (True, False):
         files = [str(m.path) for m in migrations if m.use_transactions == transactional]
         if files:
@@ -186,6 +187,24 @@ def trigger_grant_findings(migrations) -> list[Finding]:
     return found
 
 
+CREATE_GRANT = "grant-create-schema"
+
+
+def create_grant_findings(migrations) -> list[Finding]:
+    """A migration granting CREATE on a schema (GRANT ALL carries it; a default privilege on schemas too): the
+    grantee may plant an operator there that a later statement runs as the migration user (attack23v 5); migrate
+    refuses it unless the role is trusted (postgres/file_grants.py)."""
+    from migrator.postgres import file_grants
+
+    return [Finding(path, line, 1, CREATE_GRANT, f"GRANT {what} to {', '.join(who)}: the grantee may plant an operator "
+                    "or function there that a later statement runs as the migration user; migrate refuses it on a "
+                    "schema it resolves names in unless the role is trusted", "grant it outside migrations and name "
+                    "the role in SCHEMA_CREATORS_TRUSTED, or drop it")
+            for m in migrations
+            for path, line, what, _, who in file_grants.in_text(str(m.path), source_files.read_bytes(
+                Path(m.path)).decode("utf-8-sig")) if what.startswith("CREATE")]
+
+
 # The tenant rule reads the file with the runner's own tokenizer (postgres.files: E'' and U&'' strings, dollar
 # quotes, quoted identifiers), so a string never passes for code or code for a string. A dollar-quoted text is code
 # only as a DO or routine body; elsewhere (COMMENT ... IS $c$...$c$) it is a literal.
@@ -204,7 +223,6 @@ _FROM_IN_CALLS = {"extract", "substring", "substr", "trim", "overlay", "position
 _RELATION_ARGUMENT = {"nextval", "currval", "setval", "to_regclass", "pg_get_serial_sequence", "pg_relation_size",
                       "pg_total_relation_size", "pg_table_size", "pg_indexes_size"}
 _COPY_DATA = re.compile(r"^(copy\b[^;]*?\bfrom\s+stdin\b[^;]*;)(.*?^\\\.)$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
-_ITEM = re.compile(r'"(?:[^"]|"")*"|[A-Za-z_][\w$]*|\.')
 _ITEM_SHAPE = re.compile(r"N(?:\.N)*(?:A?N)?")  # a relation in a list: name[.name] [AS] [alias]
 
 
@@ -355,13 +373,21 @@ def _relation_word(words: list[str], k: int) -> str | None:
             return None
         # a list: a relation position when its items are relations (FROM a x, pb.t2; DROP TABLE a, pb.b)
         start = i
-        while start and _ITEM.fullmatch(words[start - 1]) and words[start - 1] not in _RELATION_WORDS:
+        while start and _item().fullmatch(words[start - 1]) and words[start - 1] not in _RELATION_WORDS:
             start -= 1
         shape = "".join("." if w == "." else "A" if w == "as" else "N" for w in words[start:i])
         if not _ITEM_SHAPE.fullmatch(shape):
             return None  # e.g. GROUP BY a, pb.b: not a relation's item
         i = start - 1
     return None
+
+
+@functools.cache
+def _item() -> re.Pattern:
+    """A list's item: a quoted name, a name as PostgreSQL reads one (psql_tokens.IDENTIFIER: `é_t`, `a€`), a dot."""
+    from migrator.postgres.psql_tokens import IDENTIFIER
+
+    return re.compile(r'"(?:[^"]|"")*"|' + IDENTIFIER + r"|\.")
 
 
 def _names_a_relation(words: list[str], i: int) -> bool:

@@ -51,10 +51,18 @@ _ME_ONLY = ("NOT EXISTS (WITH RECURSIVE mm(oid) AS (SELECT a.member FROM pg_cata
             "<> (SELECT oid FROM me)) SELECT FROM mm JOIN pg_catalog.pg_roles x ON x.oid = mm.oid WHERE x.oid <> "
             "(SELECT oid FROM me) AND x.rolcanlogin AND NOT x.rolsuper)")
 _TRUSTED = f"(r.rolsuper OR r.oid = (SELECT oid FROM me) OR (NOT r.rolcanlogin AND {_ME_ONLY}"
-# (no login member but the user: a nologin role without members too; and a role granted the user, which acts as it
-# anyway: doctor's bookkeeping grants check WARNs naming it)
-_CREATOR_OK = _TRUSTED + (") OR r.oid IN (WITH RECURSIVE g(oid) AS (SELECT oid FROM me UNION SELECT a.member FROM "
-                          "pg_catalog.pg_auth_members a JOIN g ON a.roleid = g.oid) SELECT oid FROM g))")
+# (no login member but the user: a nologin role without members too; and a role granted the user that can act as it,
+# as it does anyway: doctor's bookkeeping grants check WARNs naming it.) A member acts as the user only when it can
+# (attack23v 3): SET ROLE along grants WITH SET, then the privileges inherited along grants WITH INHERIT (g.inh:
+# reached by inheriting alone). Before PostgreSQL 16 (no such columns: read through to_jsonb) every grant has SET,
+# and INHERIT is the member's rolinherit.
+_CREATOR_OK = _TRUSTED + (") OR r.oid IN (WITH RECURSIVE g(oid, inh) AS (SELECT oid, true FROM me UNION SELECT "
+                          "a.member, k.inh FROM g JOIN pg_catalog.pg_auth_members a ON a.roleid = g.oid JOIN "
+                          "pg_catalog.pg_roles m ON m.oid = a.member CROSS JOIN (VALUES (true), (false)) k(inh) WHERE "
+                          "CASE WHEN k.inh THEN g.inh AND COALESCE((pg_catalog.to_jsonb(a) ->> "
+                          "'inherit_option')::bool, m.rolinherit) ELSE COALESCE((pg_catalog.to_jsonb(a) "
+                          "->> 'set_option')::bool, true) END) SELECT oid FROM g))")
+CREATOR_OK = _CREATOR_OK  # (a pending file's grants: postgres/file_grants.py)
 # (membership read in pg_auth_members: pg_has_role answers true for every role when the user is a superuser)
 _OWNER_OK = _TRUSTED + (" AND r.oid IN (WITH RECURSIVE m(oid) AS (SELECT oid FROM me UNION SELECT a.roleid FROM "
                         "pg_catalog.pg_auth_members a JOIN m ON a.member = m.oid) SELECT oid FROM m)))")
@@ -62,6 +70,7 @@ _PATH = r"""(SELECT CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.subs
                  '""', '"') ELSE pg_catalog.translate(p.w, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') END
              FROM (SELECT m[1] AS w FROM pg_catalog.regexp_matches((SELECT reset_val FROM pg_catalog.pg_settings
                    WHERE name = 'search_path'), '[[:space:]]*("(?:[^"]|"")*"|[^,[:space:]]+)[[:space:]]*(?:,|$)', 'g') m) p)"""
+PATH = _PATH
 # (the migrated schema n and the others on the migration session's search_path)
 _SCHEMAS = f"""(SELECT x.oid, x.nspname, x.nspacl FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w

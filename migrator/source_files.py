@@ -32,6 +32,23 @@ def shown(path: Path | str) -> str:
     return ascii(str(path))[1:-1] if not str(path).isprintable() else str(path)
 
 
+def check_folder(folder: Path, what: str = "migrations folder") -> None:
+    """The folder itself as its files are taken: a symlink to a place outside the directory that holds the link (a
+    repository committing `sql -> ../../elsewhere`) is refused; a link beside its target (`sql -> sql.v2`) is taken.
+    Only the folder's own name is looked at: links further up (macOS's /tmp) are the machine's, not the repository's."""
+    if not folder.is_symlink():
+        return
+    holder = folder.absolute().parent.resolve()
+    try:
+        target = folder.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return  # dangling or a loop: "not found" follows
+    if not target.is_relative_to(holder):
+        raise MigratorError(f"{what} {shown(folder)} is a symlink to {shown(target)}, outside {shown(holder)}; the "
+                            "runner reads only a folder of the repository's own: point --sql-dir (or SQL_DIR) at the "
+                            "real folder, or replace the link with the folder", USAGE)
+
+
 def problem(path: Path, folder: Path) -> str | None:
     """Why `path`, an entry of `folder`, is not a file the runner may read (what, then what to do), or None.
 

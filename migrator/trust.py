@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 from migrator.bookkeeping_lock import creating_bookkeeping
 from migrator.errors import USAGE, MigratorError
 from migrator.grant_text import grants_list, ident, revoke_advice, revoke_sql, rights_of
-from migrator import history_trust, output, pinned, planted
+from migrator import history_trust, history_writers, output, pinned, planted
 from migrator.planted import owner_error, planted_error, planted_fix, planted_list  # noqa: F401 (trust's names)
 from migrator.server_session import READ_ONLY_SQLSTATE
 
@@ -94,7 +94,9 @@ SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE
              GROUP BY t.name, t.relowner, a.grantee, a.grantor ORDER BY t.name, a.grantee),
        ARRAY(SELECT pg_catalog.quote_ident(m.rolname::text) FROM pg_catalog.pg_auth_members am
              JOIN pg_catalog.pg_roles m ON m.oid = am.member
-             WHERE am.roleid = (SELECT oid FROM me) AND m.rolname <> SESSION_USER ORDER BY 1),
+             WHERE am.roleid = (SELECT oid FROM me) AND m.rolname <> SESSION_USER  -- (one that can act as it:
+               AND (COALESCE((pg_catalog.to_jsonb(am) ->> 'set_option')::bool, true)  -- planted._CREATOR_OK)
+                    OR COALESCE((pg_catalog.to_jsonb(am) ->> 'inherit_option')::bool, m.rolinherit)) ORDER BY 1),
        ARRAY(SELECT ARRAY[t.name, d.description] FROM tables t JOIN pg_catalog.pg_description d ON d.objoid = t.oid
              AND d.classoid = CAST('pg_catalog.pg_class' AS pg_catalog.regclass) AND d.objsubid = 0
              WHERE t.trusted ORDER BY t.name)
@@ -103,7 +105,8 @@ LEFT JOIN pg_catalog.pg_roles so ON so.oid = n.nspowner
 """
 
 
-_WITH_CREATORS = planted.with_creators(PLANTED)  # (verify's: who else may create in the schema, planted.py)
+_WITH_CREATORS = history_writers.with_writers(planted.with_creators(PLANTED))  # (verify's: who else may create in
+# the schema, planted.py; last, who writes every table, history_writers.py)
 _WITH_LOGIN = planted.with_login(PLANTED)  # (a read-only command's: others' login event triggers, state[11])
 
 
@@ -199,6 +202,7 @@ def refuse_planted(state, schema: str, where: str, accepted: tuple[str, ...] | N
         raise MigratorError(planted_error(schema, state[2], state[3], state[6], where), USAGE)
     if accepted is not None:
         planted.refuse(state, schema, where, accepted)
+        history_writers.refuse(state, schema, where, accepted)
 
 
 def disown(connection, schema: str, grants: list, made: bool = False, comments: list = (),

@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import psycopg2
+import psycopg2.errors
 import pytest
 from click.testing import CliRunner
 
@@ -48,6 +49,7 @@ if os.environ.setdefault("PYTHONPYCACHEPREFIX", PYCACHE) == PYCACHE and "PYTEST_
 sys.dont_write_bytecode, sys.pycache_prefix = False, os.environ["PYTHONPYCACHEPREFIX"]  # (this process too)
 SPECIAL_PASSWORD = "p@ss:w/rd#%?&= x"
 PASSWORD_USER = "hcm_app"
+SCRATCH_USER = "hcm_scratch_suite"
 
 # Every variable the runner reads; cleared for each test so the developer's shell cannot leak in.
 RUNNER_VARIABLES = [
@@ -85,6 +87,17 @@ class Server:
         if self.host.startswith("/"):
             return f"postgresql://{auth}@:{self.port}/{dbname}?host={self.host}"
         return f"postgresql://{auth}@{self.host}:{self.port}/{dbname}"
+
+    def scratch_url(self) -> str:
+        """A scratch server URL the runner accepts: a role that may CREATE DATABASE and nothing more (attack23v 7)."""
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (SCRATCH_USER,))
+            if not cur.fetchone():
+                try:
+                    cur.execute(f"CREATE ROLE {SCRATCH_USER} LOGIN CREATEDB PASSWORD %s", (SCRATCH_USER,))
+                except psycopg2.errors.DuplicateObject:  # another worker on the same server
+                    pass
+        return self.url("postgres", user=SCRATCH_USER, password=SCRATCH_USER)
 
     @contextmanager
     def connect(self, dbname: str = "postgres"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import PROJECT_ROOT, Database, Server, psql_file
+from conftest import PROJECT_ROOT, SCRATCH_USER, Database, Server, psql_file
 
 from migrator.settings import PostgresTarget
 
@@ -14,7 +14,9 @@ KINDS_ID = "0002_every_kind"
 
 
 def server_target(pg: Server) -> PostgresTarget:
-    return PostgresTarget(host=pg.host, port=pg.port, dbname="postgres", user=pg.user, password=pg.password)
+    """The suite's server as a scratch server: as a role that may CREATE DATABASE and nothing more."""
+    pg.scratch_url()
+    return PostgresTarget(host=pg.host, port=pg.port, dbname="postgres", user=SCRATCH_USER, password=SCRATCH_USER)
 
 
 def db_target(db: Database) -> PostgresTarget:

@@ -45,7 +45,7 @@ def test_plan_impact_prints_a_relation_name_escaped_in_text_and_markdown(cli, db
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     add_migration(sql_dir, "0003_b", f'ALTER TABLE "{name}" ALTER COLUMN id TYPE bigint;\n', "SELECT 1;\n")
     for extra in ([], ["--markdown"]):
-        result = cli("plan", "--impact", *extra, "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"),
+        result = cli("plan", "--impact", *extra, "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(),
                      env=db.db_env())
         assert result.exit_code == 0, result.output
         out = result.stdout

@@ -79,11 +79,12 @@ def test_a_default_privilege_giving_trigger_in_a_schema_off_the_path_is_refused(
 
 
 def test_a_right_the_runs_own_migration_grants_is_refused_before_the_next_file(cli, db, sql_dir, low):
-    """attack23u 6: 0003 grants low CREATE on public (lint clean), low plants its `=` at once, and 0004's UPDATE ran
+    """attack23u 6: 0003 grants low CREATE on public (a DO block's), low plants its `=` at once, and 0004's UPDATE ran
     it as the migration user: the planted rule was checked at connect only. Now checked again before each file after
     the first. Failed before: exit 0, 0004 applied."""
     add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int, name varchar(20)); INSERT INTO a VALUES (1, 'y');\n")
-    add_migration(sql_dir, "0003_grant", f"GRANT USAGE, CREATE ON SCHEMA public TO {low};\n")
+    add_migration(sql_dir, "0003_grant", f"DO $$BEGIN EXECUTE 'GRANT USAGE, CREATE ON SCHEMA public TO {low}'; "
+                  "END$$;\n")  # (a plain GRANT is refused before the run: attack23v 5, test_attack23v.py)
     add_migration(sql_dir, "0004_data", "UPDATE a SET name = 'x' WHERE name = 'y';\n")
     result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
     error = one_error_line(result)

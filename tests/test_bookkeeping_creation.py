@@ -158,9 +158,13 @@ def test_doctor_names_the_members_of_pg_write_all_data(cli, db, sql_dir, app):
         pytest.skip("pg_write_all_data is PostgreSQL 14+")
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     db.query(f"GRANT pg_write_all_data TO {app}")
-    doctor = cli("doctor", "--sql-dir", sql_dir, env=db.db_env())
+    doctor = cli("doctor", "--sql-dir", sql_dir, env={**db.db_env(), "SCHEMA_CREATORS_TRUSTED": ""})
+    (fail,) = [line for line in doctor.output.splitlines() if "members of pg_write_all_data" in line]
+    assert fail.startswith("FAIL") and f"roles {app} are" in fail, doctor.output  # (attack23v 2: migrate refuses)
+    assert f"REVOKE pg_write_all_data FROM {app}" in fail and "ready" not in doctor.output, doctor.output
+    doctor = cli("doctor", "--sql-dir", sql_dir, env=db.db_env())  # (app's fixture trusts it: SCHEMA_CREATORS_TRUSTED)
     (warn,) = [line for line in doctor.output.splitlines() if "members of pg_write_all_data" in line]
-    assert warn.startswith("warn") and f"roles {app} are" in warn, doctor.output
+    assert warn.startswith("warn") and "accepted by SCHEMA_CREATORS_TRUSTED" in warn, doctor.output
     assert f"REVOKE pg_write_all_data FROM {app}" in warn and "ready" in doctor.output, doctor.output
 
 

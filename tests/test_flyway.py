@@ -242,10 +242,10 @@ def test_verify_and_adopt_work_on_a_flyway_folder(cli, pg, db, tmp_path):
     write(folder, "U1__drop_a.sql", "DROP TABLE a;\n")
     write(folder, "V1.1__create_b.sql", "CREATE TABLE b (id INT);\n")
     write(folder, "U1.1__drop_b.sql", "DROP TABLE b;\n")
-    verified = cli("sql", "verify", "--sql-dir", folder, "--scratch-url", pg.url("postgres"))
+    verified = cli("sql", "verify", "--sql-dir", folder, "--scratch-url", pg.scratch_url())
     assert verified.exit_code == 0 and "V1.1__create_b: up, down, up: ok" in verified.stdout, verified.output
     db.query("CREATE TABLE a (id INT)")  # made by hand, as V1 makes it
-    adopted = cli("sql", "adopt", "--yes", "--sql-dir", folder, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    adopted = cli("sql", "adopt", "--yes", "--sql-dir", folder, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert adopted.exit_code == 0 and "adopt: marked V1__create_a applied" in adopted.stdout, adopted.output
     assert [(r[1], r[4], r[6]) for r in rows(db)] == [("1", "V1__create_a.sql", True)]  # Flyway's row, as repair+insert
     ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
@@ -288,7 +288,7 @@ def test_plan_impact_on_a_database_flyway_migrated_measures_only_the_new_file(cl
     ok(cli("migrate", "--sql-dir", folder, env=db.db_env()))
     db.query("DELETE FROM _yoyo_migration")  # as a database only Flyway ran: its table alone says V1 is applied
     write(folder, "V2__index_plan.sql", "CREATE INDEX plan_id ON plan (id);\n")
-    result = ok(cli("plan", "--impact", "--json", "--sql-dir", folder, "--scratch-url", pg.url("postgres"),
+    result = ok(cli("plan", "--impact", "--json", "--sql-dir", folder, "--scratch-url", pg.scratch_url(),
                     env=db.db_env()))
     assert [m["id"] for m in json.loads(result.stdout)["migrations"]] == ["V2__index_plan"], result.stdout
 

@@ -44,7 +44,7 @@ def measured(cli, db, pg, sql_dir):
         (sql_dir / f"{name}.sql").write_text(text)
         (sql_dir / f"{name}.rollback.sql").write_text("SELECT 1;\n")
     before = live_state(db)
-    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert result.exit_code == 0, result.output
     assert live_state(db) == before  # the live database was only read
     assert scratch_databases(pg) == []  # and the scratch database is gone
@@ -107,7 +107,7 @@ def test_not_valid_and_validate_measured_in_their_own_migrations(cli, db, pg, sq
              "0005_check_not_valid": f"ALTER TABLE {TABLE} ADD CONSTRAINT c CHECK (id > 0) NOT VALID;\n"}
     for name, text in files.items():
         (sql_dir / f"{name}.sql").write_text(text)
-    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert result.exit_code == 0, result.output
     found = {m["id"]: m["statements"][0] for m in json.loads(result.stdout)["migrations"]}
     assert locks(found["0003_fk_not_valid"]) == {TABLE: "SHARE ROW EXCLUSIVE", "tenant": "SHARE ROW EXCLUSIVE",
@@ -118,7 +118,7 @@ def test_not_valid_and_validate_measured_in_their_own_migrations(cli, db, pg, sq
 
 def test_text_and_markdown_say_it_in_words(measured, pg):
     _found, cli, db, sql_dir = measured
-    text = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    text = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert text.exit_code == 0, text.output
     (line,) = [line for line in text.stdout.splitlines() if line.startswith("  line 2: ALTER TABLE") and "tenant_id" in line]
     assert line.startswith(f"  line 2: ALTER TABLE {TABLE} ALTER COLUMN tenant_id TYPE integer USING tenant_id::integer: "
@@ -128,7 +128,7 @@ def test_text_and_markdown_say_it_in_words(measured, pg):
                      r"\(unique\), idx_hcm_report_campaign, .*: (under 1 s|~\d+ s) at the scratch server's measured speed$", line)
     assert f"    ACCESS EXCLUSIVE on table {TABLE} (~3.0 k rows, " in text.stdout
     assert f"    rewrites table {TABLE} (~3.0 k rows, " in text.stdout
-    markdown = cli("plan", "--impact", "--markdown", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"),
+    markdown = cli("plan", "--impact", "--markdown", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(),
                    env=db.db_env())
     assert markdown.exit_code == 0, markdown.output
     lines = markdown.stdout.splitlines()
@@ -143,13 +143,13 @@ def test_a_statement_that_fails_on_the_scratch_database_is_reported_and_stops_th
     assert cli("migrate", "--sql-dir", sql_dir, "--quiet", env=db.db_env()).exit_code == 0
     (sql_dir / "0002_bad.sql").write_text(f"ALTER TABLE {TABLE} ADD COLUMN x int;\nALTER TABLE nope ADD COLUMN y int;\n")
     (sql_dir / "0003_after.sql").write_text(f"ALTER TABLE {TABLE} ADD COLUMN z int;\n")
-    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert result.exit_code == 1, result.output  # an incomplete report is not a pass
     report = json.loads(result.stdout)
     (bad,) = report["migrations"]
     assert 'relation "nope" does not exist' in bad["statements"][1]["error"]
     assert report["not_measured"] == ["0003_after"] and report["complete"] is False
-    text = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    text = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert text.exit_code == 1
     assert text.stdout.splitlines()[-1].startswith("NOT measured: 0003_after (0002_bad line 2 failed on the scratch database")
     assert scratch_databases(pg) == []

@@ -16,7 +16,7 @@ from test_schema_proof import scratch_databases
 def test_sigterm_during_plan_impact_drops_the_scratch_database(cli, db, pg, sql_dir):
     ok(cli("migrate", "--sql-dir", sql_dir, "--database-url", db.url))  # (setup: in-process)
     add(sql_dir, "0002_slow", "SELECT pg_sleep(60);\n")
-    proc = runner("plan", "--impact", "--sql-dir", sql_dir, "--database-url", db.url, "--scratch-url", pg.url("postgres"))
+    proc = runner("plan", "--impact", "--sql-dir", sql_dir, "--database-url", db.url, "--scratch-url", pg.scratch_url())
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not _running(pg, "SELECT pg_sleep(60)%"):
         time.sleep(0.1)
@@ -46,14 +46,14 @@ def test_no_pending_migration_creates_no_scratch_database(cli, db, pg, sql_dir):
         before = cur.fetchone()[0]
         cur.execute("SELECT max(oid) FROM pg_database")
         newest = cur.fetchone()[0]
-    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["migrations"] == [] and report["measured_on"] == ""
     with pg.connect() as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*), max(oid) FROM pg_database")
         assert cur.fetchone() == (before, newest)  # not even created and dropped: no new oid was taken
-    text = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    text = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert text.stdout.splitlines()[0].startswith("no pending migration on ")
 
 
@@ -62,7 +62,7 @@ def test_history_that_does_not_rebuild_on_scratch_is_said_as_such(cli, db, pg, s
     first = sql_dir / "0001_create_hcm_report_metadata.sql"
     first.write_text(first.read_text() + "\nALTER TABLE no_such_table ADD COLUMN x int;\n")  # edited after it ran
     add(sql_dir, "0002_next", f"ALTER TABLE {TABLE} ADD COLUMN note text;\n")
-    result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert result.exit_code == 1, result.output
     assert "applied migrations changed since they ran: 0001_create_hcm_report_metadata" in result.stderr
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -74,11 +74,11 @@ def test_history_that_does_not_rebuild_on_scratch_is_said_as_such(cli, db, pg, s
 
 def test_several_schemas_are_refused_and_an_unknown_one_too(cli, db, pg, sql_dir):
     add(sql_dir, "0002_next", f"ALTER TABLE {TABLE} ADD COLUMN note text;\n")
-    several = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"),
+    several = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(),
                   env={**db.db_env(), "SCHEMA_NAME": "tenant_a,tenant_b"})
     assert several.exit_code == 2, several.output
     assert "plan --impact works on one schema at a time" in several.stderr and "--schema NAME" in several.stderr
-    unknown = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), "--schema", "tenant_x",
+    unknown = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), "--schema", "tenant_x",
                   env=db.db_env())
     assert unknown.exit_code == 2, unknown.output
     assert "--schema tenant_x: no such schema" in unknown.stderr
@@ -93,7 +93,7 @@ def test_a_named_schema_is_the_one_measured(cli, db, pg, sql_dir):
              "FROM generate_series(1, 2000) g")
     db.query(f"ANALYZE tenant_a.{TABLE}")
     add(sql_dir, "0002_retype", f"ALTER TABLE {TABLE} ALTER COLUMN tenant_id TYPE varchar(10);\n")
-    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"),
+    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(),
                  "--schema", "tenant_a", env=db.db_env())
     assert result.exit_code == 0, result.output
     (migration,) = json.loads(result.stdout)["migrations"]

@@ -13,7 +13,7 @@ from migrator.targets import server_name
 
 
 def plan_impact(cli, db, pg, sql_dir, *more, env=None):
-    return cli("plan", "--impact", *more, "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"),
+    return cli("plan", "--impact", *more, "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(),
                env={**db.db_env(), **(env or {})})
 
 
@@ -57,7 +57,7 @@ def test_sessions_this_role_cannot_see_are_not_called_no_open_transaction(cli, m
     try:
         with holder.cursor() as cur:
             cur.execute(f"SELECT count(*) FROM {TABLE}")
-        result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"),
+        result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(),
                      "--database-url", url)
     finally:
         holder.close()
@@ -80,7 +80,7 @@ def test_an_open_transactions_forged_application_name_is_quoted(cli, db, pg, sql
     try:
         with holder.cursor() as cur:
             cur.execute(f"SELECT count(*) FROM {TABLE}")
-        result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+        result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     finally:
         holder.close()
     assert result.exit_code == 0, result.output
@@ -156,7 +156,7 @@ def test_an_applied_files_notes_are_not_the_plans(cli, db, pg, sql_dir):
     add(sql_dir, "0003_pending", header + f"ALTER TABLE {TABLE} ADD COLUMN note text;\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "MONGO_"))}
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "runner.py"), "plan", "--impact", "--sql-dir",
-                             str(sql_dir), "--scratch-url", pg.url("postgres")], env={**clean, **db.db_env()},
+                             str(sql_dir), "--scratch-url", pg.scratch_url()], env={**clean, **db.db_env()},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "0002_dump" not in result.stderr, result.stderr

@@ -10,7 +10,7 @@ from test_rewrites import FILL, TABLE
 
 
 def impact(cli, db, pg, sql_dir) -> dict:
-    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"),
+    result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(),
                  env=db.db_env())
     assert result.exit_code == 0, result.output
     return {m["id"]: m["statements"] for m in json.loads(result.stdout)["migrations"]}
@@ -46,7 +46,7 @@ def test_same_lock_catalog_only_or_a_scan_and_every_index_a_rewrite_rebuilds(cli
     assert rewrite["work"] == "rewrite" and rewrite["rebuilds"][:2] == ["hcm_report_metadata_pkey (primary key)",
                                                                          "uk_hcm_report_filestore_id (unique)"]
     assert len(rewrite["rebuilds"]) == 7 and rewrite["live_bytes"] > 100_000 and rewrite["estimated_seconds"] > 0
-    text = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env()).stdout
+    text = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env()).stdout
     line = next(line for line in text.splitlines() if "0005" not in line and "SET NOT NULL" in line)
     assert "scans public.hcm_report_metadata (~2.0 k rows, " in line and "at the scratch server's measured speed" in line
     (line,) = [line for line in text.splitlines() if line.startswith("  line 1: ALTER TABLE") and "SET NOT NULL" in line

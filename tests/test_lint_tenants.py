@@ -177,3 +177,19 @@ def test_a_relation_right_after_from_parenthesis_is_flagged_as_pg_dump_writes_jo
     found = [line.split(": tenant-schema")[0].rsplit("/", 1)[1] for line in result.stdout.splitlines() if "tenant-schema" in line]
     assert found == ["0001_views.sql:1:34", "0001_views.sql:2:35", "0001_views.sql:2:52", "0001_views.sql:2:78",
                      "0001_views.sql:3:38"], result.stdout
+
+
+@pytest.mark.parametrize("text, flagged", [
+    ("DROP TABLE é_t, public.t1;", "public.t1"),
+    ("SELECT 1 FROM a€ x, public.t2 y;", "public.t2"),
+    ("SELECT 1 FROM ·a x, public.t2 y;", "public.t2"),
+    ("DROP TABLE e_t, public.t1;", "public.t1"),
+    ("SELECT f(é, public.t2) FROM x;", None),
+])
+def test_a_relation_list_with_a_non_ascii_name_is_read_as_postgresql_reads_names(text, flagged):
+    """fix23am: the list reader's item class was [A-Za-z_][\\w$]*, so a list whose other item is a name PostgreSQL
+    reads (`é_t`, `a€`: psql_tokens.IDENTIFIER) was no relation list and its public.t1 went unflagged. Failed before:
+    no finding for the first three."""
+    from migrator import lint
+
+    assert [name for _, name, _ in lint.qualified_names(text, ["pb"])] == ([flagged] if flagged else [])

@@ -315,6 +315,18 @@ def app_deadlocking_a_build(db, outcome: list, ready: threading.Event) -> None:
         conn.close()
 
 
+def migrate_deadlocking_a_build(cli, db, sql_dir, env):
+    """One migrate whose CONCURRENTLY build an application's transaction deadlocks (app_deadlocking_a_build)."""
+    outcome, ready = [], threading.Event()
+    app = threading.Thread(target=app_deadlocking_a_build, args=(db, outcome, ready), daemon=True)
+    app.start()
+    assert ready.wait(10)
+    result = cli("migrate", "--sql-dir", sql_dir, env=env)
+    app.join(timeout=30)
+    assert "deadlock" in result.stderr, (outcome, result.output)
+    return result
+
+
 @pytest.mark.parametrize("name", ["idx_dl", "t_dl_v_idx"], ids=["named", "unnamed"])
 def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_left(cli, db, sql_dir, seeded, name):
     """9: a named CREATE INDEX CONCURRENTLY ended by a deadlock left its INVALID index; the in-run retry failed on
@@ -324,13 +336,7 @@ def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_l
     add_migration(sql_dir, "0002_idx", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
                                        + APP_WAITS_FOR_THE_LOCK +
                                        f"CREATE INDEX CONCURRENTLY {'' if name == 't_dl_v_idx' else name} ON t_dl (v);\n")
-    outcome, ready = [], threading.Event()
-    app = threading.Thread(target=app_deadlocking_a_build, args=(db, outcome, ready), daemon=True)
-    app.start()
-    assert ready.wait(10)
-    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
-    app.join(timeout=30)
-    assert "deadlock" in result.stderr, (outcome, result.output)
+    result = migrate_deadlocking_a_build(cli, db, sql_dir, seeded)
     assert result.exit_code == 0, result.output
     assert "dropped INVALID index" in result.stderr and "already exists" not in result.stderr, result.stderr
     assert db.query("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "

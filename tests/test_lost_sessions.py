@@ -12,6 +12,7 @@ import time
 from conftest import SEED, add_migration, applied, one_error_line
 from migrator.postgres import retry
 from test_live_traffic import blocking, connect, seeded  # noqa: F401 (a fixture)
+from test_live_traffic_parse import LIFT
 from test_progress_attack import LIMITED_PASSWORD, limited_role  # noqa: F401 (a fixture)
 
 
@@ -203,9 +204,9 @@ def test_a_run_session_lost_after_a_rollback_committed_says_how_to_unmark_it(cli
 
 # --- the lock probe, blind or killed ----------------------------------------------------------------------
 
-# lock_timeout lifted by set_config (no SET for the runner to override): only the probe bounds the ALTER's wait.
-LIFTED = ("SELECT pg_catalog.set_config('lock_timeout', '0', false);\n"
-          "ALTER TABLE t_probe ADD COLUMN note text;\n")
+# lock_timeout lifted by a function of the database's (no statement for the runner to read back): only the probe
+# bounds the ALTER's wait.
+LIFTED = "SELECT lift_wait();\nALTER TABLE t_probe ADD COLUMN note text;\n"
 
 
 def test_a_probe_refused_by_the_connection_limit_still_bounds_each_try(cli, make_db, limited_role, sql_dir, pg):
@@ -213,7 +214,7 @@ def test_a_probe_refused_by_the_connection_limit_still_bounds_each_try(cli, make
     refused. Before: the probe thread died at once, silently; the ALTER waited for the blocker's whole life."""
     db = make_db(owner=limited_role)
     url = pg.url(db.name, user=limited_role, password=LIMITED_PASSWORD)
-    db.query(f"CREATE TABLE t_probe (id int); ALTER TABLE t_probe OWNER TO {limited_role}")
+    db.query(f"CREATE TABLE t_probe (id int); ALTER TABLE t_probe OWNER TO {limited_role}; {LIFT}")
     assert cli("migrate", "--sql-dir", sql_dir, "--database-url", url).exit_code == 0
     # not transactional: the lifted lock_timeout stays lifted (in a transaction TryBudget sets what is left of the try
     # again once the first statement took 10 ms: a loaded CI machine's failure), so only the clock bounds it
@@ -254,7 +255,7 @@ def kill_the_probe_once(db) -> threading.Thread:
 def test_a_killed_probe_connects_again_and_goes_on_bounding_and_naming(cli, db, sql_dir, seeded):
     """Before: the probe thread ended on the error for good; the ALTER (lock_timeout lifted) then waited for the
     blocker's whole life, nothing said."""
-    db.query("CREATE TABLE t_probe (id int)")
+    db.query("CREATE TABLE t_probe (id int); " + LIFT)
     add_migration(sql_dir, "0002_lifted", LIFTED)
     with blocking(db, table="t_probe", hold=15) as pid:
         killer = kill_the_probe_once(db)

@@ -9,7 +9,6 @@ records the role it ran as in a table: it must stay empty whatever the runner do
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import re
 import uuid
 
@@ -363,7 +362,7 @@ def test_plan_impact_never_calls_a_planted_operator_on_the_live_database(cli, db
     assert set(hits(db, "public")) == {("postgres",)}  # (once per row compared)
     db.query("DELETE FROM public.planted_hits")
     add_migration(sql_dir, "0002_big", "ALTER TABLE hcm_report_metadata ALTER COLUMN id TYPE bigint;\n", "SELECT 1;\n")
-    result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert result.exit_code == 0, result.output
     assert "rewrites hcm_report_metadata (" in result.output, result.output  # the live size is still found
     assert hits(db, "public") == []
@@ -577,7 +576,7 @@ def test_the_traps_catch_an_unqualified_operator_and_function(db, low):
 
 
 @pytest.fixture
-def trapped_scratch(monkeypatch, low):
+def trapped_scratch(monkeypatch, low, pg):
     """Every scratch database gets the traps the moment it exists (a racing planter where PUBLIC may CREATE on
     public), with search_path = public, pg_catalog; the calls they saw are summed before it is dropped."""
     import psycopg2
@@ -587,10 +586,15 @@ def trapped_scratch(monkeypatch, low):
     seen = []
     real = scratch._on_server
 
+    def pg_connect(name):
+        return psycopg2.connect(dbname=name, user=pg.user, password=pg.password, host=pg.host, port=pg.port)
+
     def on_server(server, statements, what="create"):
+        if '"' not in statements[0]:  # (scratch.powers: the user's rights read, no database named)
+            return real(server, statements, what)
         name = statements[0].split('"')[1]
         if statements[-1].startswith("DROP"):  # (its statements: closed to connections, then dropped)
-            with psycopg2.connect(dataclasses.replace(server, dbname=name).url) as conn, conn.cursor() as cur:
+            with pg_connect(name) as conn, conn.cursor() as cur:
                 cur.execute("SELECT last_value, is_called FROM public.planted_calls")
                 value, called = cur.fetchone()
                 cur.execute("SELECT who, what FROM public.planted_hits")
@@ -599,7 +603,7 @@ def trapped_scratch(monkeypatch, low):
         rows = real(server, statements, what)
         if statements[0].startswith("REVOKE"):  # (open to connections now; a superuser plants: trusted, not refused)
             def query(sql, params=None):
-                with psycopg2.connect(dataclasses.replace(server, dbname=name).url) as conn, conn.cursor() as cur:
+                with pg_connect(name) as conn, conn.cursor() as cur:  # (the suite's superuser: SET ROLE low)
                     cur.execute(sql, params)
                     rows = cur.fetchall() if cur.description else []
                 conn.close()
@@ -646,7 +650,7 @@ def test_no_command_calls_a_planted_operator_or_function(cli, db, pg, sql_dir, l
     plant_traps(db.query, schema, low)
     db.query(f"ALTER ROLE {db.server.user} IN DATABASE {db.name} SET search_path = {schema}, public, pg_catalog")
     trap_files(sql_dir, schema)
-    scratch = pg.url("postgres")
+    scratch = pg.scratch_url()
     args = ["--sql-dir", sql_dir, *schema_args(schema)]
     try:
         for command in (["sql", "adopt", "--yes", "--scratch-url", scratch], ["sql", "mark", "0001_create_hcm_report_metadata"],

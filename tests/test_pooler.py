@@ -13,7 +13,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import PROJECT_ROOT, SEED, add_migration, applied, one_error_line
+from conftest import PROJECT_ROOT, SCRATCH_USER, SEED, add_migration, applied, one_error_line
 from pg_wire import PoolerProxy
 from test_settings import _in_thread
 from test_silent_network import CLEAN, STALLING, app_can_read, seeded, through  # noqa: F401 (a fixture)
@@ -191,7 +191,8 @@ def test_plan_impact_through_a_pooler_reads_the_locks_of_its_own_session(cli, db
     TABLE's ACCESS EXCLUSIVE went unreported."""
     assert cli("migrate", "--sql-dir", sql_dir, "--quiet", env=db.db_env()).exit_code == 0
     add_migration(sql_dir, "0002_column", "ALTER TABLE hcm_report_metadata ADD COLUMN x int;\n")
-    scratch = f"postgresql://{db.server.user}@127.0.0.1:{faked.port}/postgres"
+    db.server.scratch_url()  # (the role the runner accepts as scratch: CREATEDB and nothing more)
+    scratch = f"postgresql://{SCRATCH_USER}:{SCRATCH_USER}@127.0.0.1:{faked.port}/postgres"
     result = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", scratch, env=db.db_env())
     assert result.exit_code == 0, result.output
     assert "ACCESS EXCLUSIVE" in result.stdout and "hcm_report_metadata" in result.stdout, result.stdout

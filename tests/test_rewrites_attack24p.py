@@ -173,7 +173,7 @@ def test_plan_impact_says_when_its_scratch_server_is_not_the_live_one(cli, db, p
     try:
         info = other.get_postmaster_info()
         url = Server(host=str(info.socket_dir), port=info.port, user="postgres", password=None,
-                     enforces_passwords=False).url("postgres")
+                     enforces_passwords=False).scratch_url()
         result = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", url, env=db.db_env())
         assert result.exit_code == 0, result.output
         version = db.query("SHOW server_version")[0][0].split()[0]
@@ -182,5 +182,5 @@ def test_plan_impact_says_when_its_scratch_server_is_not_the_live_one(cli, db, p
         assert "--scratch-url a server like the live one" in note
     finally:
         other.cleanup()
-    same = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    same = cli("plan", "--impact", "--json", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert json.loads(same.stdout)["note"] is None

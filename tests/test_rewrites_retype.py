@@ -163,7 +163,7 @@ def test_plan_impact_never_cuts_a_statement_mid_name(cli, db, pg, sql_dir):
     ok(migrate(cli, db, sql_dir, "--quiet"))
     long = (f"ALTER TABLE {TABLE} ADD CONSTRAINT fk_parent_report FOREIGN KEY (id) REFERENCES {TABLE}(id) NOT VALID;\n")
     add_migration(sql_dir, "0002_fk", long)
-    text = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env()).stdout
+    text = cli("plan", "--impact", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env()).stdout
     (line,) = [line for line in text.splitlines() if line.startswith("  line 1: ALTER TABLE")]
     assert line.startswith(f"  line 1: ALTER TABLE {TABLE} ADD CONSTRAINT fk_parent_report FOREIGN KEY (id) REFERENCES "
                            "...: "), line  # before: "REFERENCES hcm_rep: " (the name cut at 100 characters)

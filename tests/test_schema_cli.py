@@ -68,7 +68,7 @@ def test_rollback_and_mark_record_the_schema(cli, db, sql_dir):
 
 
 def test_sql_verify_passes_on_this_repository_and_fails_on_a_lying_rollback(cli, pg, sql_dir, workdir):
-    scratch = pg.url("postgres")
+    scratch = pg.scratch_url()
     good = cli("sql", "verify", "--sql-dir", sql_dir, "--scratch-url", scratch)
     assert good.exit_code == 0, good.output
     assert "0001_create_hcm_report_metadata: up, down, up: ok" in good.stdout
@@ -83,7 +83,7 @@ def test_sql_verify_passes_on_this_repository_and_fails_on_a_lying_rollback(cli,
 def test_sql_adopt_marks_the_matching_prefix_only_with_yes(cli, pg, db, sql_dir, workdir):
     assert psql_file(db, sql_dir / "0001_create_hcm_report_metadata.sql").returncode == 0  # made without the runner
     env = db.db_env()
-    scratch = pg.url("postgres")
+    scratch = pg.scratch_url()
     shown = cli("sql", "adopt", "--sql-dir", sql_dir, "--scratch-url", scratch, env=env)
     assert shown.exit_code == 0 and "matches the history up to 0001_create_hcm_report_metadata" in shown.stdout
     assert "run again with --yes" in shown.stdout
@@ -97,7 +97,7 @@ def test_sql_adopt_marks_nothing_on_a_hand_made_difference(cli, pg, db, sql_dir,
     text = (sql_dir / "0001_create_hcm_report_metadata.sql").read_text()
     (workdir / "legacy.sql").write_text(text.replace("campaign_number", "campaign_name"))
     assert psql_file(db, workdir / "legacy.sql").returncode == 0
-    result = cli("sql", "adopt", "--yes", "--sql-dir", sql_dir, "--scratch-url", pg.url("postgres"), env=db.db_env())
+    result = cli("sql", "adopt", "--yes", "--sql-dir", sql_dir, "--scratch-url", pg.scratch_url(), env=db.db_env())
     assert result.exit_code == 1 and "no prefix of the history matches" in result.stdout
     assert "campaign_name" in result.stdout and "nothing marked" in result.stdout
     assert "_yoyo_migration" not in db.tables()  # not even the bookkeeping was created

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import fresh_clone
+from conftest import SCRATCH_USER, fresh_clone
 from schema_helpers import server_target
 
 from migrator.schema.generate import schema_text, stale_summary
@@ -51,7 +51,7 @@ def test_the_stale_line_names_exactly_what_differs(pg, tmp_path):
     old = build(pg, tmp_path, BASE)
     for change, said in CASES.items():
         new = build(pg, tmp_path, BASE + change + "\n")
-        assert stale_summary(old, new) == (f"schema.sql is out of date: {said.format(user=pg.user)}; "
+        assert stale_summary(old, new) == (f"schema.sql is out of date: {said.format(user=SCRATCH_USER)}; "
                                            "run `make schema` and commit it"), change
     # A CRLF checkout of a current file is current; a missing file is said to be missing, not an object.
     assert stale_summary(old.replace("\n", "\r\n"), old) is None

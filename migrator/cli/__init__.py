@@ -59,6 +59,7 @@ def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     one that lands while the command line is read, before any command's own handling, is one line too."""
     from migrator import interrupt
 
+    _escape_unencodable()
     interrupt.after_stop()
     try:
         if interrupt.early_stop():  # (while the CLI loaded: runner.py's interrupt.early())
@@ -69,6 +70,17 @@ def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
         sys.exit(128 + exc.signum)
     finally:
         interrupt.exiting()  # (said, whatever the outcome: a signal now would only cut the exit short)
+
+
+def _escape_unencodable() -> None:
+    """On a stdout or stderr that is not UTF-8 (a Windows code page, an SJIS locale) a character it lacks is written
+    escaped (\\u20ac), not the end of the command (attack23v 8); plan's SQL goes as UTF-8 bytes anyway (output.sql)."""
+    import codecs
+
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        if codecs.lookup(encoding).name != "utf-8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 __all__ = ["cli", "main"]

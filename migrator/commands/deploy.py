@@ -122,12 +122,13 @@ def _say_other_histories(settings: CommandSettings, backend) -> None:
 
 def _apply_pending(settings: CommandSettings, backend, target, migrations, schema, applied: list) -> None:
     from migrator import postgres
-    from migrator.postgres import conforming, file_paths, rewrites
+    from migrator.postgres import conforming, file_grants, file_paths, rewrites
 
     todo = backend.to_apply(migrations)
     postgres.load_migrations(todo)  # every pending file read and checked before the verdicts, and before anything runs
     conforming.refuse_before(backend.connection, todo, target.where)  # (read otherwise than judged: attack24q 3)
     file_paths.refuse_reach(backend, todo, target)  # (what the files reach beyond the checked path)
+    file_grants.refuse(backend, todo, target)  # (a right a file grants, used before its next statement)
     refused = rewrites.refusal(rewrites.judge(backend.connection, todo, threshold=settings.rewrite_threshold(),
                                               schema=target.schema), target.where)
     if refused:
@@ -176,14 +177,21 @@ def check_schema_drift(settings: CommandSettings, backend, *, refuse: bool, refr
 
 
 def _pending_builds(backend, migrations, states=None):
-    """live_drift's `claimed`: the indexes pending migrations' interrupted builds made (concurrently.explained)."""
+    """live_drift's `claimed`: the indexes pending migrations' interrupted builds made (index_claims.explained)."""
     def claimed() -> set:  # (called only when drift is found: a no-op imports none of it)
         from migrator import postgres
-        from migrator.postgres import concurrently
+        from migrator.postgres import index_claims
 
-        return concurrently.explained(backend.connection, states or postgres.status(backend, migrations),
-                                      backend.bookkeeping_schema) if migrations else set()
+        return index_claims.explained(backend.connection, states or postgres.status(backend, migrations),
+                                      backend.bookkeeping_schema, _failures(backend)) if migrations else set()
     return claimed
+
+
+def _failures(backend) -> str:
+    """The failures table, qualified: its records tell an interrupted try's index (index_definition.made_since)."""
+    from migrator import checksums
+
+    return backend.qualified(checksums.FAILURES)
 
 
 @contextlib.contextmanager
@@ -342,6 +350,7 @@ def _mongo_plan(settings: CommandSettings, mongo_target) -> MongoPlanReport:
 def status(settings: CommandSettings) -> StatusReport:
     """Every migration's state, the live schema against the recorded one, and every patch's state; read-only."""
     from migrator import postgres
+    from migrator.postgres import index_claims
     from migrator.schema import snapshot
 
     migrations = postgres.read_migrations(settings.sql_dir)  # listing needs no parsing
@@ -356,10 +365,12 @@ def status(settings: CommandSettings) -> StatusReport:
         invalid = postgres.invalid_indexes(backend)
         schema = snapshot.live_drift(backend.connection, backend.bookkeeping_schema, settings.described,
                                      claimed=_pending_builds(backend, migrations, states))
+        rebuilt = index_claims.rebuilt_by(backend.connection, states, invalid, backend.bookkeeping_schema,
+                                          _failures(backend))
     from migrator.commands import mongo as mongo_commands
 
     mongo = mongo_commands.patch_status(settings, mongo_target) if mongo_target else None
-    return StatusReport(target.display_url, states, invalid, schema, mongo, postgres.rebuilt_by(states, invalid))
+    return StatusReport(target.display_url, states, invalid, schema, mongo, rebuilt)
 
 
 def _limit_lines(settings: CommandSettings) -> list[str]:

@@ -14,7 +14,7 @@ from migrator.reports import Lines, RollbackReport
 def rollback(settings: CommandSettings, *, count: int | None, to: str | None, all_: bool) -> RollbackReport:
     """Roll back through the .rollback.sql files, newest first (default: the last one)."""
     from migrator import postgres
-    from migrator.postgres import file_paths
+    from migrator.postgres import file_grants, file_paths
 
     if sum(x is not None and x is not False for x in (count, to, all_)) > 1:
         raise MigratorError("give one of --count, --to and --all", USAGE)
@@ -23,6 +23,7 @@ def rollback(settings: CommandSettings, *, count: int | None, to: str | None, al
     with locked_backend(settings, settings.limits()) as (backend, target):
         selected = postgres.select_rollback(backend, migrations, count=count, to=to, all_=all_, notify=settings.note)
         file_paths.refuse_reach(backend, selected, target, rollback=True)  # (past the checked path)
+        file_grants.refuse(backend, selected, target, rollback=True)
         schema = check_schema_drift(settings, backend, refuse=False)
         with advancing_schema(settings, backend, "rollback", before=schema.live, files=selected) as changed, \
                 watching(settings, backend, target):

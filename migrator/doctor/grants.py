@@ -1,26 +1,19 @@
 """Doctor's word on who else may write the runner's bookkeeping: the tables are its own, and a role that writes
 them forges a live lock (migrate waits, break-lock refuses) or deletes history (a migration applied twice).
-migrate takes such rights on the tables its user owns (trust.disown), a column's and MAINTAIN included; the rest, the
-roles the user is granted to (they act as it) and the members of pg_write_all_data (a DBA's deliberate choice: it
-writes every table), are for a DBA."""
+migrate takes such rights on the tables its user owns (trust.disown), a column's and MAINTAIN included; the roles
+the user is granted to (they act as it) are for a DBA; the members of pg_write_all_data (it writes every table)
+migrate refuses unless SCHEMA_CREATORS_TRUSTED names them (history_writers.py)."""
 
 from __future__ import annotations
 
-from migrator import planted
+from migrator import history_writers, planted
 from migrator.grant_text import grants_list, revoke_advice, revoke_sql, runnable
 from migrator.doctor import FAIL, OK, WARN, Check, DoctorReport
 
-# The roles (bar superusers and the user) that write every table through pg_write_all_data (PostgreSQL 14+), and
-# the user's name as SQL spells it: one query per doctor run (a migrate never asks).
-WRITE_ALL = ("SELECT ARRAY(SELECT pg_catalog.quote_ident(r.rolname::text) FROM pg_catalog.pg_roles r "
-             "WHERE NOT r.rolsuper AND r.rolcanlogin AND r.rolname <> CURRENT_USER "  # (before 14: no such role, NULL)
-             "AND pg_catalog.pg_has_role(r.oid, pg_catalog.to_regrole('pg_write_all_data'), 'MEMBER') "
-             "ORDER BY 1), pg_catalog.quote_ident(CURRENT_USER::text)")
-
-
-def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) -> None:
+def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str, accepted: tuple[str, ...] = ()) -> None:
     """A WARN for rights migrate takes, a FAIL for those on tables it does not own, a WARN naming the members, and
-    one naming who writes every table."""
+    a FAIL naming who writes every table (pg_write_all_data: migrate refuses them), a WARN for those `accepted`
+    (SCHEMA_CREATORS_TRUSTED)."""
     grants, members = (backend.verified[8], backend.verified[9]) if len(backend.verified) > 9 else ([], [])
     mine = [grant for grant in grants if grant[3] == "true"]
     others = [grant for grant in grants if grant[3] != "true"]
@@ -56,18 +49,22 @@ def bookkeeping_grants(report: DoctorReport, backend, schema: str, user: str) ->
         report.add(Check("postgres history trust", WARN, f"history {tables} (another folder's, not this one's) is "
                          "unconfirmed: that service's migrate refuses until its operator confirms it",
                          "run `sql trust-history` with that service's folder, review, then --yes"))
-    writers, quoted_user = backend.execute(WRITE_ALL).fetchone()
+    writers, quoted_user = history_writers.writers(backend)
     if members:
         report.add(Check("postgres bookkeeping grants", WARN, f"roles {', '.join(members)} are granted user {user}: "
                          "they act as it and may write the runner's bookkeeping (forge its lock, delete its history)",
                          f"{runnable('REVOKE ' + quoted_user + ' FROM ' + ', '.join(members))}; give the application a "
                          "role of its own"))
-    if writers:
-        report.add(Check("postgres bookkeeping grants", WARN, f"roles {', '.join(writers)} are members of "
-                         "pg_write_all_data: they may write the runner's bookkeeping (forge its lock, add history "
-                         "rows that skip a migration); migrate cannot revoke that",
+    left = history_writers.untrusted(writers, accepted)
+    if left:
+        report.add(Check("postgres bookkeeping grants", FAIL, f"roles {', '.join(left)} are members of "
+                         f"pg_write_all_data: {history_writers.HARM} (migrate refuses)", history_writers.fix(left)))
+    if len(left) < len(writers):
+        kept = [name for name in writers if name not in left]
+        report.add(Check("postgres bookkeeping grants", WARN, f"roles {', '.join(kept)} are members of "
+                         f"pg_write_all_data: {history_writers.HARM}; accepted by {planted.SETTING}",
                          "if that is not a deliberate choice, "
-                         f"{runnable('REVOKE pg_write_all_data FROM ' + ', '.join(writers))}"))
+                         f"{runnable('REVOKE pg_write_all_data FROM ' + ', '.join(kept))}"))
 
 
 def schema_creators(report: DoctorReport, backend, schema: str, accepted: tuple[str, ...]) -> None:

@@ -236,7 +236,7 @@ def _privileges(report: DoctorReport, backend, target: PostgresTarget) -> bool:
     else:
         report.add(Check("postgres schema", OK, f"user {user} can create in schema {schema}"))
     unreadable = _bookkeeping(report, backend, schema, user, usage, create)
-    bookkeeping_grants(report, backend, schema, user)
+    bookkeeping_grants(report, backend, schema, user, target.creators_trusted)
     if exists and usage:
         schema_creators(report, backend, schema, target.creators_trusted)
         bookkeeping_locks(report, backend, schema)

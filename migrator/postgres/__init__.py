@@ -25,12 +25,12 @@ from migrator.postgres.scaffold import dropped_letters, new, slug
 from migrator.postgres.migration import (is_transactional, load_migrations, ordered, plan_text, read_migrations,
                                          rollback_path)
 from migrator.postgres.state import (MigrationState, applied_counts, applied_ids, bookkeeping, drift_error,
-                                     invalid_indexes, lacking_privileges, pending, rebuilt_by, reconcile, reconciled,
+                                     invalid_indexes, lacking_privileges, pending, reconcile, reconciled,
                                      status)
 
 __all__ = [
     "FILE_NAME", "MIGRATION_TABLE", "MigrationState", "apply", "applied_counts", "applied_ids", "bookkeeping",
-    "connect", "connection_error", "drift_error", "invalid_indexes", "is_transactional", "lacking_privileges", "rebuilt_by",
+    "connect", "connection_error", "drift_error", "invalid_indexes", "is_transactional", "lacking_privileges",
     "load_migrations", "locked", "mark", "missing_schemas", "new", "ordered", "redo_count", "pending", "plan_text", "read_migrations", "reconcile", "reconciled", "resolve_target", "rollback",
     "lost_before_migrations", "rollback_path",
     "dropped_letters", "select_by_id", "select_rollback", "slug", "status", "survey_schemas", "unfilled",

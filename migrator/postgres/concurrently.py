@@ -22,8 +22,7 @@ from migrator import lazy_re, output
 from migrator.errors import USAGE, MigratorError
 from migrator.pinned import catalog_path
 from migrator.postgres import failures
-from migrator.postgres.index_definition import (PROBE_INDEX, made_since, named_like, parsed_same, quoted as _quoted,
-                                                 same, server_name)
+from migrator.postgres.index_definition import PROBE_INDEX, made_since, named_like, quoted, same, server_name
 
 _MAYBE = lazy_re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
 
@@ -95,7 +94,7 @@ def builds(statements) -> list[Build]:
         for tree in _parsed(statement.text):
             if not isinstance(tree, ast.IndexStmt):
                 continue
-            name, table = tree.idxname, _quoted(tree.relation.schemaname, tree.relation.relname)
+            name, table = tree.idxname, quoted(tree.relation.schemaname, tree.relation.relname)
             relname, if_not_exists = tree.relation.relname, bool(tree.if_not_exists)
             # unnamed on the copy too: the server then picks the name it picks on the table (no other index there)
             tree.idxname = PROBE_INDEX if name is not None else None
@@ -116,9 +115,9 @@ def reindexes(statements) -> list[Reindex]:
         for tree in _parsed(statement.text):
             kind = kinds.get(getattr(tree, "kind", None))
             if kind == "schema":
-                found.append(Reindex(index, kind, _quoted(tree.name)))
+                found.append(Reindex(index, kind, quoted(tree.name)))
             elif kind is not None:
-                found.append(Reindex(index, kind, _quoted(tree.relation.schemaname, tree.relation.relname)))
+                found.append(Reindex(index, kind, quoted(tree.relation.schemaname, tree.relation.relname)))
     return found
 
 
@@ -155,7 +154,7 @@ def _find(cursor, build: Build):
     return cursor.fetchone() if build.name is not None else None
 
 
-def _on_table(cursor, build: Build) -> list:
+def on_table(cursor, build: Build) -> list:
     """Every index on the build's table (rows of FIND)."""
     cursor.execute(FIND, {"table": build.table, "name": None})
     return cursor.fetchall()
@@ -165,7 +164,7 @@ def indexes_before(connection, statements) -> set[int]:
     """The indexes already on the tables the file's builds touch, before it runs (those after it that are not
     here are its own work)."""
     with connection.cursor() as cursor:
-        return {row[4] for build in builds(statements) for row in _on_table(cursor, build)}
+        return {row[4] for build in builds(statements) for row in on_table(cursor, build)}
 
 
 @contextmanager
@@ -267,7 +266,7 @@ def prepare_retry(connection, statements, index: int, path, done: Done, before: 
             where = f"{path}:{statements[index].line}"
             with connection.cursor() as cursor:
                 found = _unnamed(cursor, build, where, None, before, said) if build.name is None else \
-                    _named(cursor, build, where, said)
+                    _named(cursor, build, where, said, before=before)
             if found is not None:
                 done.add(index)
                 done.oids.add(found)
@@ -278,14 +277,15 @@ DONE = ("is already built and valid (an earlier try's build, finished by the ser
 DROPPED = "left by an earlier try of this migration; building it again"
 
 
-def _named(cursor, build: Build, where: str, said: str = "", record=None) -> int | None:
+def _named(cursor, build: Build, where: str, said: str = "", record=None, before: set[int] | None = None) -> int | None:
     """A named build's index: dropped when INVALID, its oid when VALID with the build's definition (index_definition:
-    with `record`, one this role cannot compare counts when the interrupted try made it)."""
+    with `record`, one this role cannot compare counts when the interrupted try made it; in the run's own retry,
+    `before`, an INVALID one made since the file ran)."""
     found = _find(cursor, build)
     if found is None:
         return None
     valid, _, _, qualified, oid, _ = found
-    ours = same(cursor, build, found, record)
+    ours = _ours(cursor, build, found, record, before)
     if not valid and not ours:
         why = "another definition" if ours is False else "its definition could not be compared: no TEMPORARY privilege"
         raise MigratorError(f"{where}: an INVALID index {qualified} is in the way of this build but is "
@@ -301,7 +301,15 @@ def _named(cursor, build: Build, where: str, said: str = "", record=None) -> int
     return None
 
 
-def _unnamed(cursor, build: Build, where: str, record, before: set[int] = frozenset(), said: str = "") -> int | None:
+def _ours(cursor, build: Build, row, record, before: set[int] | None) -> bool | None:
+    """index_definition.same, and in the run's own retry (`before`: the table's indexes before the file ran) an
+    INVALID index not there before, which this role cannot compare (no TEMP), is the failed try's: no other statement
+    of the file left one (it would have stopped the file), and the name is this build's (attack24t 5)."""
+    ours = same(cursor, build, row, record)
+    return True if ours is None and before is not None and not row[0] and row[4] not in before else ours
+
+
+def _unnamed(cursor, build: Build, where: str, record, before: set[int] | None = None, said: str = "") -> int | None:
     """An unnamed build's earlier try: an index on its table with its definition and the name the server gives
     it (`t_c_idx`, or `t_c_idx1`... when taken) is that try's: dropped when INVALID; when VALID, counted as the
     statement's work only if it was made after the migration's failure record was last written (a twin someone
@@ -310,9 +318,9 @@ def _unnamed(cursor, build: Build, where: str, record, before: set[int] = frozen
     if base is None:
         return None
     accepted = None
-    for row in _on_table(cursor, build):
+    for row in on_table(cursor, build):
         valid, _, _, qualified, oid, name = row
-        if oid in before or not named_like(base, name) or not same(cursor, build, row):
+        if oid in (before or ()) or not named_like(base, name) or not _ours(cursor, build, row, record, before):
             continue
         if not valid:
             _drop(cursor, qualified)
@@ -331,7 +339,7 @@ def invalid_after(connection, statements, before: set[int]) -> list[tuple[int, s
         for build in builds(statements):
             named = _find(cursor, build)
             rows = [named] if named is not None else []
-            rows += [row for row in _on_table(cursor, build) if row[4] not in before]
+            rows += [row for row in on_table(cursor, build) if row[4] not in before]
             found += [(build.index, row[3]) for row in rows if not row[0]]
         for reindex in reindexes(statements):
             found += [(reindex.index, leftover) for leftover in reindex_leftovers(cursor, reindex)]
@@ -348,43 +356,12 @@ def not_ours(connection, statements, index: int) -> bool:
     return False
 
 
-def explained(connection, states, schema: str) -> set[str]:
-    """The names of the VALID indexes pending migrations' interrupted tries built (the record says the try stopped
-    part-way; a CONCURRENTLY build of the file, its definition read alike, by its name or the server's: attack24s 6):
-    that migration's work, which its rerun counts as done (_named, _unnamed), never drift made outside migrations
-    (attack24r 8). An unqualified table is the `schema`'s (the run's own session has pg_catalog alone on its path)."""
-    from migrator.postgres import files
-
-    names = set()
-
-    with connection.cursor() as cursor:
-        for state in states:
-            if state.applied_at or not state.failure or state.path is None:
-                continue
-            try:
-                found = builds(files.statements(state.path, in_transaction=False))
-            except MigratorError:  # a file that does not read: migrate says so itself
-                continue
-            for build in found:
-                if build.table == _quoted(build.relname):
-                    build.table = _quoted(schema, build.relname)
-                if build.name is None:  # the server's name for it, numbered or not (attack24s 6); reads only
-                    base = server_name(cursor, build, copy=False)
-                    names.update(row[5] for row in (_on_table(cursor, build) if base else ()) if row[0]
-                                 and named_like(base, row[5]) and parsed_same(cursor, build, row))
-                    continue
-                row = _find(cursor, build)
-                if row is not None and row[0] and parsed_same(cursor, build, row):
-                    names.add(build.name)
-    return names
-
-
 def built(connection, statements, before: set[int]) -> list[str]:
     """The unqualified names of the valid indexes the file's builds made (the runner's own work, for drift)."""
     with connection.cursor() as cursor:
         names = []
         for build in builds(statements):
-            rows = _on_table(cursor, build)
+            rows = on_table(cursor, build)
             names += [row[5] for row in rows if row[0] and (row[4] not in before or row[5] == build.name)]
     return list(dict.fromkeys(names))
 

@@ -13,7 +13,7 @@ from yoyo.migrations import StepBase
 
 from migrator import checksums, output, server_session
 from migrator.bookkeeping_lock import BookkeepingBusy
-from migrator.postgres import backfill, file_paths, files, flyway, history, retry
+from migrator.postgres import backfill, file_grants, file_paths, files, flyway, history, retry
 from migrator.postgres.backfill_progress import Tally
 from migrator.postgres.errors import RunSessionLost, StatementFailed, progress
 from migrator.postgres.files import rollback_path
@@ -224,7 +224,8 @@ class FileStep(StepBase):
             progress.start()
         # SCHEMA_NAME=public is the plain history, as a run without schemas: no tenant to guard
         tenant = SearchPathGuard(backend.connection) if backend.schema not in (None, "public") else None
-        guard = tenant or file_paths.guard(backend)  # (a plain run: the schemas it checked, attack23u 3)
+        # (a plain run: the schemas it checked, attack23u 3; and the planted check after run-time code: fix23am)
+        guard = file_grants.Watch(backend, tenant or file_paths.guard(backend))
         started = time.monotonic()
         token = backfill.COMMITTED.set(progress and progress.tally)
         try:

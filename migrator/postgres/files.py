@@ -48,12 +48,12 @@ OUTSIDE_TRANSACTION = lazy_re.compile(
 def check_names(sql_dir: Path) -> list[Path]:
     """The migration files (not rollbacks) in number order, after every name is checked.
 
-    Numbers are compared as integers (`9_a` runs before `10_b`; `1_a` and `0001_b` share a number).
-    Anything that looks like a migration but is not exactly one (`0002_B.SQL`, `0003_c.sql.orig`, a
-    rollback without its migration) is refused rather than silently skipped.
+    Numbers are compared as integers (`9_a` runs before `10_b`; `1_a` and `0001_b` share a number). Anything like a
+    migration but not exactly one (`0002_B.SQL`, `0003_c.sql.orig`, a lone rollback) is refused, never skipped.
     """
     if flyway.is_flyway_folder(sql_dir):
         return flyway.check_names(sql_dir)
+    source_files.check_folder(sql_dir)
     if not sql_dir.is_dir():
         raise MigratorError(f"migrations folder {sql_dir} not found; run from the project root or pass --sql-dir", USAGE)
     migrations, rollbacks, numbers = [], [], {}

@@ -157,6 +157,7 @@ def check_names(sql_dir: Path) -> list[Path]:
     repeatables: dict[str, Path] = {}
     seen: set[Path] = set()  # (one file reached through two locations, a folder and its subfolder: read once)
     for folder in folders(sql_dir):
+        source_files.check_folder(folder)
         if not folder.is_dir():
             raise MigratorError(f"migrations folder {folder} not found; check --sql-dir / SQL_DIR / FLYWAY_LOCATIONS",
                                 USAGE)

@@ -35,21 +35,60 @@ def canonical(text: str) -> str | None:
     return RawStream()(tree)
 
 
-def same(cursor, build, row, record=None) -> bool | None:
+def same(cursor, build, row, record=None, copy: bool = True) -> bool | None:
     """Whether the index (a row of concurrently.FIND: valid, unique, definition, name, oid, relname) is what `build`
-    builds. None: this role cannot tell (no TEMP, no failure record naming it the interrupted try's)."""
+    builds. None: this role cannot tell (no TEMP, or not `copy`: status's read-only session; and no failure record
+    naming it the interrupted try's). status asks as migrate does, so that both say the same (attack24t 8)."""
     from migrator.postgres import conforming
 
     if row[1] != build.unique:
         return False
     if conforming.unread(cursor.connection, build.probe):  # (the server reads it otherwise: refused as it runs)
         return None
+    if shape_differs(cursor, build, row[4]):
+        return False
     if parsed_same(cursor, build, row):
         return True
-    probe = _probe(cursor, build)
+    probe = _probe(cursor, build) if copy else None
     if probe is not None:
         return row[2] == probe[1]
     return True if made_since(cursor, row[4], record) else None
+
+
+# The index's access method, key and all column counts, whether it has a predicate, and its columns' names in
+# order (NULL for an expression).
+SHAPE = """
+SELECT a.amname::pg_catalog.text, i.indnkeyatts, i.indnatts, i.indpred IS NOT NULL,
+       ARRAY(SELECT t.attname::pg_catalog.text
+             FROM pg_catalog.unnest(i.indkey::pg_catalog.int2[]) WITH ORDINALITY k(attnum, n)
+             LEFT JOIN pg_catalog.pg_attribute t ON t.attrelid OPERATOR(pg_catalog.=) i.indrelid
+                  AND t.attnum OPERATOR(pg_catalog.=) k.attnum ORDER BY k.n)
+FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.indexrelid
+JOIN pg_catalog.pg_am a ON a.oid OPERATOR(pg_catalog.=) c.relam
+WHERE i.indexrelid OPERATOR(pg_catalog.=) %s::pg_catalog.oid
+"""
+
+
+def shape_differs(cursor, build, oid: int) -> bool:
+    """Whether the index is surely not what `build` builds, read without building anything: another access method,
+    other column counts, a predicate on one only, or a plain column of the statement where the index has another
+    column or an expression (an expression of the statement may be a plain column to the server: `((c))`)."""
+    from pglast import ast, parse_sql
+
+    tree = parse_sql(build.probe)[0].stmt
+    if not isinstance(tree, ast.IndexStmt):
+        return False
+    cursor.execute(SHAPE, (oid,))
+    found = cursor.fetchone()
+    if found is None:
+        return False
+    method, keys, total, predicate, columns = found
+    params = [*(tree.indexParams or ())]
+    including = [param.name for param in tree.indexIncludingParams or ()]
+    names = [param.name if param.expr is None else None for param in params] + including
+    return (method != (tree.accessMethod or "btree") or keys != len(params) or total != len(names)
+            or predicate != (tree.whereClause is not None)
+            or any(name is not None and name != column for name, column in zip(names, columns)))
 
 
 def parsed_same(cursor, build, row) -> bool:
@@ -62,20 +101,16 @@ def parsed_same(cursor, build, row) -> bool:
 
 def server_name(cursor, build, copy: bool = True) -> str | None:
     """The name the server gives an unnamed build (before a number when taken): the temporary copy's, else (or
-    not `copy`: reads only) as ChooseIndexName picks it for plain columns (None for what only the server can name)."""
+    not `copy`: reads only) as ChooseIndexName picks it (index_names.py; None for what only the server can name)."""
     probe = _probe(cursor, build) if copy else None
     if probe is not None:
         return probe[0]
     from pglast import ast, parse_sql
 
+    from migrator.postgres import index_names
+
     tree = parse_sql(build.probe)[0].stmt
-    if not isinstance(tree, ast.IndexStmt):
-        return None
-    columns = [param.name for param in [*(tree.indexParams or ()), *(tree.indexIncludingParams or ())]]
-    if not columns or None in columns or len(set(columns)) < len(columns):
-        return None
-    name = f"{build.relname}_{'_'.join(columns)}_{'key' if build.unique else 'idx'}"
-    return name if len(name.encode()) < 60 else None  # (longer ones the server truncates: not guessed)
+    return index_names.chosen(tree, build.relname) if isinstance(tree, ast.IndexStmt) else None
 
 
 def made_since(cursor, oid: int, record) -> bool:

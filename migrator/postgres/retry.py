@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from migrator import interrupt, output, server_session
-from migrator.durations import pg_seconds
+from migrator.durations import pg_milliseconds, pg_seconds
 from migrator.postgres import autovacuum, deadlocks, failures, sessions
 from migrator.postgres import lock_probe, session_options
 from migrator.postgres.session_options import idle_in_try_ms
@@ -142,16 +142,20 @@ class TryBudget:
             self.set_ms = left
 
     def override(self, cursor, path, statement) -> None:
-        """After a statement of the file that set lock_timeout (pg_dump's header: 0, which would lift the bound
-        and the retries): the session's own again (the runner's, given at connect), with a note. A stricter
-        value (a file's 100ms) is kept: it only makes each wait, and so each application stall, shorter."""
-        cursor.execute("SELECT setting::int FROM pg_catalog.pg_settings WHERE name = 'lock_timeout'")
-        ms = cursor.fetchone()[0]
+        """After a statement of the file that could have set lock_timeout (pg_dump's header: 0, which would lift the
+        bound and the retries; a set_config of a computed name, so that the probe's sampled cancel bounded the try,
+        not the server's timer: attack24t 9): read back, the session's own again (the runner's, given at connect),
+        with a note. A stricter value (a file's 100ms) is kept: it only makes each wait, and so each application
+        stall, shorter."""
+        cursor.execute("SHOW lock_timeout")
+        ms = pg_milliseconds(cursor.fetchone()[0])
+        if ms in (self.set_ms, self.file_ms) or self.set_ms is None and ms == self.per_try_ms:
+            return  # as the runner left it (or the file's stricter one, kept)
         if 0 < ms <= self.per_try_ms:
-            self.file_ms = ms
+            self.file_ms, self.set_ms = ms, None  # (the next statement of a try sets what is left if that is less)
             return
         cursor.execute("RESET lock_timeout")
-        self.set_ms = None  # the next statement of a try sets what is left again
+        self.set_ms = self.file_ms = None  # the next statement of a try sets what is left again
         if statement.line in self.noted:
             return
         self.noted.add(statement.line)
@@ -166,22 +170,6 @@ class TryBudget:
         if self.set_ms is not None and cursor.connection.info.transaction_status == IN_TRANSACTION:
             cursor.execute("SET LOCAL lock_timeout TO DEFAULT")
         self.restart()
-
-
-# A statement that sets (or resets) the session's lock_timeout: SET / RESET as a statement, after any comments;
-# the word in a literal, a comment or a column name is not one.
-def sets_lock_timeout(text: str) -> bool:
-    """A SET / RESET of lock_timeout, as PostgreSQL parses it (a comment is a separator: `SET/**/lock_timeout`)."""
-    if "lock_timeout" not in text.lower():  # (most statements: no parse)
-        return False
-    from pglast import ast, parse_sql
-    from pglast.parser import ParseError
-
-    try:
-        trees = [raw.stmt for raw in parse_sql(text)]
-    except ParseError:
-        return False
-    return any(isinstance(tree, ast.VariableSetStmt) and tree.name == "lock_timeout" for tree in trees)
 
 
 def probe(backend, connection, budget: TryBudget | None = None) -> Probe:

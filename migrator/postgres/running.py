@@ -87,7 +87,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                                 judge)
                         if probe is not None:  # a cancel that did not take; a wait past the bound, committed
                             cancel_ignored.after_statement(probe, connection, transactional)
-                        if budget is not None and retry.sets_lock_timeout(statement.text):
+                        if budget is not None and statement_bound.may_set(statement.text):  # (attack24t 9)
                             budget.override(cursor, path, statement)
                         statement_bound.hold(cursor, path, statement)
                         if probe is not None and connection.info.transaction_status != IDLE:
@@ -124,7 +124,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                             progress(done)
                 elif opened is None:
                     opened = index
-            if guard is not None and (found := guard.changed(transactional)) is not None:
+            if guard is not None and (found := guard.changed(transactional, statement)) is not None:
                 if opened is not None:
                     cursor.execute("ROLLBACK")  # the file's own open transaction: nothing of it commits
                 raise guard.moved(found, path, statements, index, transactional, done, opened)

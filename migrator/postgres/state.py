@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from yoyo.migrations import get_migration_hash
 
-from migrator import checksums, history_trust, output
+from migrator import checksums, forged_marks, history_trust, output
 from migrator.errors import DRIFT, USAGE, MigratorError
 from migrator.postgres import flyway
 from migrator.postgres.connection import MIGRATION_TABLE
@@ -32,9 +32,12 @@ class MigrationState:
     failure: str | None = None  # a non-transactional file (or rollback) stopped part-way: what it left committed
     unfilled: bool = False  # pending, and still the template `sql new` wrote
     rollback_unfilled: bool = False  # its rollback file is still the template `sql new` wrote
+    forged: str | None = None  # marked by no run (forged_marks.forged's sign): not applied
 
     @property
     def state(self) -> str:
+        if self.forged:
+            return "pending, FORGED mark?"
         if self.path is None:
             return "applied, file missing"
         if self.changed:
@@ -144,7 +147,9 @@ def status(backend, migrations, books: Bookkeeping | None = None) -> list[Migrat
     """`books`: the bookkeeping as read a moment ago (reconciled()), else read now."""
     books = books or bookkeeping(backend, migrations)
     changed = {d.id for d in drift_of(migrations, books)}
-    states = [MigrationState(m.id, Path(m.path), books.applied.get(m.id), m.id in changed, _failure(books, m.id))
+    forged = forged_marks.forged(backend, books)  # (attack23v 2: counted pending, the sign shown)
+    states = [MigrationState(m.id, Path(m.path), None if m.id in forged else books.applied.get(m.id),
+                             m.id in changed, _failure(books, m.id), forged=forged.get(m.id))
               for m in ordered(migrations)]
     on_disk = {m.id for m in migrations}
     states += [MigrationState(id_, None, at) for id_, at in books.applied.items() if id_ not in on_disk]
@@ -220,6 +225,10 @@ def _reconcile_plain(backend, migrations, notify, books: Bookkeeping) -> list:
 
     if books.mismatched:
         raise MigratorError(mismatch_error(backend.qualified(MIGRATION_TABLE), books.mismatched, books.keyed), USAGE)
+    forged = forged_marks.forged(backend, books)  # (before record_missing would give it a checksum row)
+    if forged:
+        raise MigratorError(output.visible(f"refusing to migrate: {backend.qualified(MIGRATION_TABLE)} holds a mark "
+                                           f"no run wrote (forged?): {'; '.join(forged.values())}"), USAGE)
     applied = set(books.marked)
     committed = [m for m in migrations if m.id in books.sums and m.id not in applied]
     if committed:
@@ -293,23 +302,4 @@ def invalid_indexes(backend) -> list[tuple[str, str, str]]:
     ).fetchall():
         found.append(InvalidIndex((schema, index, table)))
         found[-1].partitioned = partitioned
-    return found
-
-
-def rebuilt_by(states: list[MigrationState], invalid: list[tuple[str, str, str]]) -> dict[str, tuple[str, bool]]:
-    """{index: (migration id, whether its build failed rather than was stopped)} of the INVALID indexes a pending
-    migration's own earlier try left (its record says it stopped part-way, and a CONCURRENTLY build of it names
-    the index): its rerun drops and builds them itself (concurrently.prepare), no person needed."""
-    from migrator.postgres import concurrently, files
-
-    names, found = {index for _, index, _ in invalid}, {}
-    for state in states:
-        if state.applied_at or not state.failure or state.path is None or not names:
-            continue
-        try:
-            builds = concurrently.builds(files.statements(state.path, in_transaction=False))
-        except MigratorError:  # a file that does not read: migrate says so itself
-            continue
-        failed = " failed;" in state.failure  # (errors.StatementFailed.committed: "statement k failed; ...")
-        found.update({build.name: (state.id, failed) for build in builds if build.name in names})
     return found

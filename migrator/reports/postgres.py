@@ -74,7 +74,7 @@ class StatusReport:
     invalid_indexes: list[tuple[str, str, str]]
     schema: Any  # schema.snapshot.DriftReport
     mongo: PatchStatusReport | None
-    rebuilt: dict = field(default_factory=dict)  # INVALID index -> the pending migration whose rerun rebuilds it
+    rebuilt: dict = field(default_factory=dict)  # INVALID index -> the pending migration whose build names it, ...
 
     @property
     def changed(self) -> list:
@@ -100,7 +100,8 @@ class StatusReport:
             "target": self.target,
             "migrations": [{"id": s.id, "status": "pending" if s.unfilled else s.state, "unfilled_template": s.unfilled,
                             "unfilled_rollback": s.rollback_unfilled, "applied_at": _time(s.applied_at),
-                            "file": str(s.path) if s.path else None, "failure": s.failure} for s in self.states],
+                            "file": str(s.path) if s.path else None, "failure": s.failure, "forged": s.forged}
+                           for s in self.states],
             "applied": len(self.states) - len(self.pending),
             "pending": len(self.pending),
             "changed": [s.id for s in self.changed],
@@ -116,8 +117,8 @@ class StatusReport:
         for s, id_ in zip(self.states, ids):
             when = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else ""
             lines.append(f"  {id_:<{width}}  {s.state:<8}  {when}".rstrip())
-            if s.failure:
-                lines.append(f"    {visible(s.failure)}")  # server text: it may hold line breaks
+            if s.failure or s.forged:
+                lines.append(f"    {visible(s.failure or s.forged)}")  # server text: it may hold line breaks
         changed = self.changed
         lines.append(f"PostgreSQL: {len(self.states) - len(self.pending)} applied, {len(self.pending)} pending"
                      + (f", {len(changed)} CHANGED since applied" if changed else ""))
@@ -144,16 +145,29 @@ class StatusReport:
                              f"DROP INDEX CONCURRENTLY {name}")
                 continue
             if index in self.rebuilt:
-                migration, failed = self.rebuilt[index]
-                lines.append(f"  INVALID index {name} on {table} (left by an earlier try of pending "
-                             f"{migration}'s CONCURRENTLY build): `runner.py migrate` drops it and builds it again"
-                             + (" (fix what made that build fail first: its record above)" if failed else ""))
+                lines.append(f"  INVALID index {name} on {table} " + _rebuilt(name, *self.rebuilt[index]))
                 continue
             lines.append(f"  INVALID index {name} on {table} (a failed CREATE INDEX CONCURRENTLY "
                          "or an interrupted DROP INDEX CONCURRENTLY): "
                          f"DROP INDEX CONCURRENTLY {name}; then run migrate again")
         lines += self.schema.lines()
         return lines + (self.mongo.lines() if self.mongo else ["MongoDB: not configured"])
+
+
+def _rebuilt(name: str, migration: str, failed: bool, verdict) -> str:
+    """What a pending migration's rerun does with an INVALID index under its build's name, as migrate decides it
+    (index_claims.rebuilt_by: the definition compared, attack24t 8)."""
+    if verdict is False:
+        return (f"(not what pending {migration}'s CONCURRENTLY build makes: another definition under its name): "
+                f"migrate will not drop it; look at it, then DROP INDEX CONCURRENTLY {name} yourself or rename the "
+                "build in the file")
+    then = " (fix what made that build fail first: its record above)" if failed else ""
+    if verdict is None:
+        return (f"(under the name of pending {migration}'s CONCURRENTLY build; its definition is compared as migrate "
+                "runs, on a temporary copy of the table): `runner.py migrate` drops it and builds it again if it is "
+                "what the build makes, else stops and says so" + then)
+    return (f"(left by an earlier try of pending {migration}'s CONCURRENTLY build): `runner.py migrate` drops it and "
+            "builds it again" + then)
 
 
 @dataclass

@@ -61,14 +61,62 @@ OTHERS = ("SELECT pg_catalog.count(*), pg_catalog.string_agg(DISTINCT a.usename:
           "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()")
 
 
+# The pending files under review run as the scratch user: a superuser's or a server-wide right would act on the
+# scratch server's machine (COPY ... TO PROGRAM, pg_read_file, lo_export, ALTER SYSTEM) or on its other databases
+# (DROP DATABASE). Read for the session user and every role it is a member of: a file may SET ROLE to any of them or
+# RESET ROLE back, so a superuser's SET ROLE to a weaker role would protect nothing.
+SERVER_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
+POWERS = ("SELECT r.rolname::pg_catalog.text, r.rolname OPERATOR(pg_catalog.=) session_user, r.rolsuper, "
+          "r.rolcreaterole, r.rolreplication, (SELECT pg_catalog.string_agg(d.datname::pg_catalog.text, ', ' "
+          "ORDER BY d.datname) FROM pg_catalog.pg_database d WHERE pg_catalog.pg_has_role(session_user, d.datdba, "
+          "'MEMBER') AND d.datname::pg_catalog.text NOT LIKE 'hcm\\_scratch\\_%') FROM pg_catalog.pg_roles r "
+          "WHERE r.rolname OPERATOR(pg_catalog.=) session_user OR pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER')")
+
+
+def powers(server: PostgresTarget) -> list[str]:
+    """What `server`'s user may do beyond its own scratch databases; empty when nothing."""
+    rows = _on_server(server, [POWERS])
+    if any(me and superuser for _, me, superuser, *_ in rows):
+        return ["is a superuser"]
+    said = [f"may SET ROLE to superuser {name}" for name, _, superuser, *_ in rows if superuser]
+    said += [f"has CREATEROLE{'' if me else ' through ' + name}" for name, me, _, create, *_ in rows if create]
+    said += [f"has REPLICATION{'' if me else ' through ' + name}" for name, me, *_, repl, _ in rows if repl]
+    said += [f"is a member of {name}" for name, *_ in rows if name in SERVER_ROLES]
+    owned = rows[0][-1] if rows else None
+    return said + ([f"owns database(s) {owned}"] if owned else [])
+
+
+def runs_as(server: PostgresTarget) -> PostgresTarget:
+    """Who the files run as on `server`: on the local development server its role without rights (devdb), else the
+    scratch URL's user; refused in one line when that user has more rights than its scratch databases need."""
+    from migrator import devdb
+
+    user = devdb.scratch_role(server) if server.local_dev else server
+    said = "; ".join(powers(user))
+    if not said:
+        return user
+    why = ("the pending files under review would run there with those rights (COPY ... TO PROGRAM runs a shell "
+           "command on that machine, DROP DATABASE drops a database)")
+    if server.local_dev:
+        raise MigratorError(f"refusing scratch role {user.user} on the local development server {server.where}: it "
+                            f"{said}; {why}: as postgres there, revoke that from {user.user} (or drop the role: the "
+                            "runner makes it again)")
+    raise MigratorError(f"refusing scratch server {server.where} as user {user.user or 'the default user'}: it {said}; "
+                        f"{why}: set --scratch-url (or SCRATCH_DATABASE_URL) to a role that may CREATE DATABASE and "
+                        "nothing more (CREATE ROLE hcm_scratch LOGIN CREATEDB), or unset it to use the local "
+                        "development server")
+
+
 @contextmanager
 def scratch_database(server: PostgresTarget) -> Iterator[PostgresTarget]:
-    """A new, empty database on `server`'s server, which only the user may connect to; yields its target; dropped
-    on exit."""
+    """A new, empty database on `server`'s server, which only the user the files run as (runs_as) may connect to;
+    yields its target; dropped on exit."""
     from psycopg2.extensions import QuotedString
 
+    user = runs_as(server)
+    owner = f' OWNER "{user.user}"' if user is not server else ""
     name = PREFIX + uuid.uuid4().hex[:12]
-    _on_server(server, [f'CREATE DATABASE "{name}" TEMPLATE template0 ALLOW_CONNECTIONS false'])
+    _on_server(server, [f'CREATE DATABASE "{name}" TEMPLATE template0 ALLOW_CONNECTIONS false{owner}'])
     try:
         [(others, who)] = _on_server(server, [f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC',
                                               f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true',
@@ -78,7 +126,7 @@ def scratch_database(server: PostgresTarget) -> Iterator[PostgresTarget]:
                                 f"user(s) {who} connected to it as soon as it was made; what they ran there would run "
                                 "as the migration role: find who (pg_stat_activity) and stop it, then run again")
         # (no other role may connect: PUBLIC's CREATE on public, template0's before PostgreSQL 15, reaches no one)
-        yield dataclasses.replace(server, dbname=name, notes=[], creators_trusted=(*server.creators_trusted, "PUBLIC"))
+        yield dataclasses.replace(user, dbname=name, notes=[], creators_trusted=(*server.creators_trusted, "PUBLIC"))
     finally:
         _drop(server, name)
 

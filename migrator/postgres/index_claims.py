@@ -1,0 +1,73 @@
+"""Which indexes pending migrations' interrupted CONCURRENTLY builds made (their record says the try stopped part-way),
+read without writing (status's read-only session, and the drift check before a run): a VALID one is that
+migration's work, never drift made outside migrations (attack24r 8); an INVALID one is what its rerun drops and
+builds again, or refuses to drop. An index is a build's by its name (or, for an unnamed build, the name the server
+gives it, numbered or not: attack24s 6, attack24t 5) and its definition compared as migrate compares it
+(index_definition.same, without the temporary copy), so status says what migrate then does (attack24t 8)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from migrator.errors import MigratorError
+from migrator.postgres.concurrently import Build, builds, on_table, quoted
+from migrator.postgres.index_definition import named_like, same, server_name
+
+DROPS, REFUSES, COMPARES = True, False, None  # what migrate does with a build's INVALID index (same's answers)
+
+
+def _pending(states, schema: str) -> Iterator[tuple[object, Build]]:
+    """(state, build) of each CONCURRENTLY build of the pending migrations an earlier try stopped part-way. An
+    unqualified table is the `schema`'s (the run's own session has pg_catalog alone on its path)."""
+    from migrator.postgres import files
+
+    for state in states:
+        if state.applied_at or not state.failure or state.path is None:
+            continue
+        try:
+            found = builds(files.statements(state.path, in_transaction=False))
+        except MigratorError:  # a file that does not read: migrate says so itself
+            continue
+        for build in found:
+            if build.table == quoted(build.relname):
+                build.table = quoted(schema, build.relname)
+            yield state, build
+
+
+def _rows(cursor, build: Build) -> list:
+    """The indexes on the build's table that may be its own (rows of concurrently.FIND): of its name, or of the
+    server's name for it (reads only: no temporary copy)."""
+    if build.name is not None:
+        return [row for row in on_table(cursor, build) if row[5] == build.name]
+    base = server_name(cursor, build, copy=False)
+    return [row for row in on_table(cursor, build) if named_like(base, row[5])] if base else []
+
+
+def explained(connection, states, schema: str, failures_table: str) -> set[str]:
+    """The names of the VALID indexes pending migrations' interrupted tries built: that migration's work, which its
+    rerun counts as done (concurrently._named, _unnamed)."""
+    names = set()
+    with connection.cursor() as cursor:
+        for state, build in _pending(states, schema):
+            record = (failures_table, state.id)
+            names.update(row[5] for row in _rows(cursor, build) if row[0] and same(cursor, build, row, record, False))
+    return names
+
+
+def rebuilt_by(connection, states, invalid, schema: str, failures_table: str) -> dict[str, tuple[str, bool, object]]:
+    """{index: (migration id, whether its build failed rather than was stopped, DROPS / REFUSES / COMPARES)} of the
+    INVALID indexes under the name of a pending migration's interrupted build: what its rerun does with each (an
+    unnamed build's only when it drops it: another index under the server's name is left be, and so reported)."""
+    names, found = {index for _, index, _ in invalid}, {}
+    if not names:
+        return found
+    with connection.cursor() as cursor:
+        for state, build in _pending(states, schema):
+            failed = " failed;" in state.failure  # (errors.StatementFailed.committed: "statement k failed; ...")
+            for row in _rows(cursor, build):
+                if row[0] or row[5] not in names or row[5] in found:
+                    continue
+                verdict = same(cursor, build, row, (failures_table, state.id), False)
+                if build.name is not None or verdict is DROPS:  # (an unnamed build leaves another be: not its own)
+                    found[row[5]] = (state.id, failed, verdict)
+    return found
