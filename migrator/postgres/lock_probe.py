@@ -14,7 +14,7 @@ from typing import Iterator
 from migrator import output
 from migrator.durations import seconds_text  # noqa: F401 (reachable here for the runner's modules)
 from migrator.errors import MigratorError
-from migrator.postgres import failures, lock_waiters, sessions
+from migrator.postgres import cancel_ignored, failures, lock_waiters, sessions
 
 PROBE_AFTER = 0.01  # seconds a statement runs before the probe asks who blocks it, then every PROBE_EVERY
 PROBE_EVERY = 0.01  # (soon enough to see a wait of the floor's 20-30 ms; every 50 ms after SLOWER_AFTER)
@@ -39,15 +39,24 @@ class Seen:
     deadlock: str | None = None  # the try was ended by a deadlock: with whom, over what (deadlocks.py)
     held: dict | None = None  # ended holding a lock an application session waited on too long (lock_waiters.py)
     held_earlier: bool = False  # that lock taken by an earlier statement of the transaction, not this one
+    sent: float | None = None  # when the first cancel went to the statement (cancel_ignored.py: its grace)
+    ended_session: bool = False  # that cancel did not take: the probe ended the migration's session
+
+    def __post_init__(self):
+        if self.cancelled and self.sent is None:
+            self.sent = time.monotonic()
 
 
 # The probe's cancel of the migration session: only while it still waits for a lock (one query: the check and the
 # signal together), and only once its transaction is older than the try's time too (a backfill's batch commits
 # and starts afresh: each batch is a try). Whether the try's time is spent and this wait outlasted the floor the
 # probe knows.
-_CANCEL = """SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity
-WHERE pid = %s AND state = 'active' AND wait_event_type = 'Lock' AND (wait_event = 'relation' OR NOT %s)
-  AND clock_timestamp() - xact_start > pg_catalog.make_interval(secs => %s)"""
+# With track_activities off the session shows state 'disabled', no wait event, no xact_start (attack24t 7): the wait
+# is read from pg_locks, and `_sending` pins the statement (the server drops a cancel reaching an idle session).
+_CANCEL = """SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity a
+WHERE pid = %s AND state IN ('active', 'disabled') AND EXISTS (SELECT FROM pg_catalog.pg_locks l
+    WHERE l.pid = a.pid AND NOT l.granted AND (l.locktype = 'relation' OR NOT %s))
+  AND (xact_start IS NULL OR clock_timestamp() - xact_start > pg_catalog.make_interval(secs => %s))"""
 _WAIT = "SELECT wait_event FROM pg_catalog.pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
 QUERY_CANCELED = "57014"
 IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE: no transaction open (so no lock held)
@@ -91,8 +100,10 @@ class Probe:
     a try of their own (batch_started)."""
 
     def __init__(self, params: dict | None, pid: int, show_query: bool = False, per_try: float = 0.0,
-                 floor: float = 0.0, cancel=None, status=None, session_locks=None, said: list | None = None):
+                 floor: float = 0.0, cancel=None, status=None, session_locks=None, said: list | None = None,
+                 shut=None):
         self.params, self.pid, self.show_query, self._cancel, self._status = params, pid, show_query, cancel, status
+        self._shut = shut  # () -> the migration connection's socket shut (blind: cancel_ignored.cut_off)
         self._said = [] if said is None else said  # the blind note, said once a run (a list the run keeps)
         self._session_locks = session_locks  # () -> the session holds a session-level (advisory) lock
         self._session_locked: float | None = None  # since when it has held one across its tries (blind: the clock)
@@ -271,6 +282,8 @@ class Probe:
                     self._conn = failures.side_connection({**self.params, "application_name": PROBE_NAME})
                     self._conn.autocommit = True
                 with self._conn.cursor() as cur:
+                    if cancel_ignored.escalate(self, cur, since):  # a cancel that did not take: its session ended
+                        continue
                     if not asks:  # between statements, or a statement not due for a look: only what is held
                         self._ended_holder(cur, since, held)
                         continue
@@ -305,7 +318,7 @@ class Probe:
                                 cur.execute(_CANCEL, (self.pid, self._relations, self.per_try))
                                 row = cur.fetchone()
                                 sent = bool(row and row[0])
-                                self.seen = Seen(found, wanted, sent, self._waited)
+                                self.seen = Seen(found, wanted, sent, self._waited, sent=self.seen.sent)
                                 continue
                     if self._since == since:
                         self.seen = Seen(found, wanted)
@@ -333,7 +346,8 @@ class Probe:
                 cur.execute(lock_waiters.CANCEL_HOLDER, (self.pid,))
                 row = cur.fetchone()
                 if row and row[0]:
-                    self.seen = Seen([], cancelled=True, held=waiting[0], held_earlier=seen.held_earlier)
+                    self.seen = Seen([], cancelled=True, held=waiting[0], held_earlier=seen.held_earlier,
+                                     sent=self.seen.sent)
             self.overheld = seen
         return True
 
@@ -366,6 +380,8 @@ class Probe:
                 or (self._try is None and not self._clock_only) or since is None
                 or self.seen.cancelled and time.monotonic() - self._cancel_sent < RESEND_AFTER):
             return  # (sent again while the statement runs on: a cancel landing between its round trips is dropped)
+        if self.seen.cancelled and cancel_ignored.cut_off(self, since):  # resent, and still runs: connection shut
+            return
         ran = time.monotonic() - locked
         if ran <= self.per_try + self.floor:
             return
@@ -378,7 +394,7 @@ class Probe:
                 except psycopg2.Error:  # the migration session itself is gone: its statement fails on its own
                     return
                 self._cancel_sent = time.monotonic()
-                self.seen = Seen([], None, True, ran, blind=self.blind)
+                self.seen = Seen([], None, True, ran, blind=self.blind, sent=self.seen.sent)
 
 
 _SESSION_LOCKS = ("SELECT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE pid OPERATOR(pg_catalog.=) "

@@ -82,9 +82,12 @@ def waiters(cursor, pid: int, exempt=frozenset()) -> list[dict]:
 
 
 # The probe's cancel of a statement that holds its locks too long: only our session, only while a statement runs
-# and it is not itself waiting for a lock (that wait is lock_timeout's and the retries').
-CANCEL_HOLDER = """SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity
-WHERE pid = %s AND state = 'active' AND wait_event_type IS DISTINCT FROM 'Lock'"""
+# and it is not itself waiting for a lock (that wait is lock_timeout's and the retries'). Its wait read from pg_locks,
+# its state 'disabled' taken as running: with track_activities off pg_stat_activity shows neither (attack24t 7);
+# the probe's `_sending` lock pins the statement, and the server drops a cancel reaching an idle session.
+CANCEL_HOLDER = """SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity a
+WHERE pid = %s AND state IN ('active', 'disabled')
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE l.pid = a.pid AND NOT l.granted)"""
 
 
 class HeldTooLong(RuntimeError):
@@ -129,7 +132,9 @@ def held_too_long(exc, seen, bound: float) -> None:
         f"{shown(exc.statement.text)} {held} application sessions waited {seconds_text(waiter['waited_s'])} "
         f"(pid {waiter['pid']}, application_name {sessions.named(waiter['application_name'])}, user "
         f"{output.role(waiter['user'])}{_on_rows(waiter, locked_by_code)}{asks}), past the try's "
-        f"{seconds_text(bound)}: {why}, so the runner ended {'the try' if between else 'it'}")
+        f"{seconds_text(bound)}: {why}, " + ("and it COMMITTED (autocommit) before the runner could end it"
+                                            if getattr(exc.cause, "committed", False) else
+                                            f"so the runner ended {'the try' if between else 'it'}"))
     accept = f"accept it with `-- accept-rewrite: {table or 'the table'}` and deploy in a quiet window"
     if locked_by_code:
         exc.todo = ("not retried (it would hold the rows as long again): for a foreign key, grant the migration user "

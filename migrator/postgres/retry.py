@@ -185,7 +185,8 @@ def probe(backend, connection, budget: TryBudget | None = None) -> Probe:
         backend.parent.blind_said = []
     return Probe(dict(watcher.params), pid, watcher.show_query, *bound, cancel=lambda: failures.cancel(connection),
                  status=lambda: connection.info.transaction_status,
-                 session_locks=lambda: lock_probe.session_locks(connection), said=backend.parent.blind_said)
+                 session_locks=lambda: lock_probe.session_locks(connection), said=backend.parent.blind_said,
+                 shut=lambda: failures.shut(connection))
 
 
 def say_retry(exc, seen: Seen, backoff: Backoff, delay: float) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
-from migrator.postgres import (autovacuum, backfill, clock_bound, commit_checks, concurrently, conforming, deadlocks,
-                               detach, failures, files, lock_waiters, lost_session, retry, rewrites, sessions,
-                               statement_bound)
+from migrator.postgres import (autovacuum, backfill, cancel_ignored, clock_bound, commit_checks, concurrently,
+                               conforming, deadlocks, detach, failures, files, lock_waiters, lost_session, retry,
+                               rewrites, sessions, statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, TransactionEnded, progress
 
@@ -84,6 +84,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                             budget.before(cursor)
                         execute(cursor, statement, probe, path, max_batches, budget.started if budget else None,
                                 judge)
+                        if probe is not None:  # a cancel that did not take; a wait past the bound, committed
+                            cancel_ignored.after_statement(probe, connection, transactional)
                         if budget is not None and statement_bound.may_set(statement.text):  # (attack24t 9)
                             budget.override(cursor, path, statement)
                         statement_bound.hold(cursor, path, statement)
@@ -197,6 +199,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     exc.todo = todo
                 if not transactional and concurrently.is_concurrent(exc.statement.text):
                     _waited_for_prepared(connection, exc)
+                if probe is not None and cancel_ignored.explain(exc, probe, progress):  # (not retried)
+                    raise
                 if probe is not None and probe.held(exc):  # the app waited on what it held: not a lock retry
                     batches = getattr(exc.cause, "backfill_committed", None)
                     lock_waiters.held_too_long(exc, probe.seen, probe.per_try + probe.floor)
