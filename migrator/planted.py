@@ -16,7 +16,7 @@ from __future__ import annotations
 from migrator import output
 from migrator.errors import USAGE, MigratorError
 from migrator.grant_text import ident, runnable
-from migrator.planted_code import USES as _USES, alter_owner, reach
+from migrator.planted_code import USES as _USES, alter_owner, closure, reach
 
 SETTING = "SCHEMA_CREATORS_TRUSTED"
 SHOWN = 3
@@ -76,11 +76,18 @@ PATH = _PATH
 _SCHEMAS = f"""(SELECT x.oid, x.nspname, x.nspacl FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
                      END FROM path AS q(w))))"""
-# (the tables of the migrated schema and of the others on the path, as _SCHEMAS names them, for the CTE `reach`)
-_REACH_PATH = reach("""(SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'f') AND c.relnamespace IN (
-    SELECT x.oid FROM pg_catalog.pg_namespace x WHERE x.oid = pg_catalog.to_regnamespace(pg_catalog.quote_ident(:s))
-        OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w END
-            FROM path AS q(w)))))""", _OWNER_OK)
+# (the migrated schema and the others on the path, as _SCHEMAS names them; their tables)
+_PATH_NS = """(SELECT x.oid FROM pg_catalog.pg_namespace x
+    WHERE x.oid = pg_catalog.to_regnamespace(pg_catalog.quote_ident(:s)) OR (x.nspname <> 'pg_catalog'
+        AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w END FROM path AS q(w))))"""
+_PATH_TABLES = f"""(SELECT 0 AS k, c.oid FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'f')
+    AND c.relnamespace IN {_PATH_NS})"""
+# (the CTE `far`: the tables a write of those reaches in other schemas, attack23w 7; COLUMNS counts them under n)
+_FAR = f"""(SELECT q.oid FROM {closure(_PATH_TABLES)} q JOIN pg_catalog.pg_class c ON c.oid = q.oid
+    WHERE c.relnamespace NOT IN {_PATH_NS})"""
+_IN_FAR = "(ns.oid = n.oid AND c.oid IN (SELECT oid FROM far))"
+# (for the CTE `reach`)
+_REACH_PATH = reach(f"(SELECT c.oid FROM {_PATH_TABLES} c UNION ALL SELECT oid FROM far)", _OWNER_OK)
 _CREATORS = f"""ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM {_SCHEMAS} ns,
              LATERAL (SELECT 'PUBLIC' AS name WHERE EXISTS (SELECT FROM pg_catalog.aclexplode(ns.nspacl) x
                           WHERE x.grantee = 0 AND x.privilege_type = 'CREATE')
@@ -96,7 +103,8 @@ _EVENT_TRIGGERS = """SELECT p.proowner AS owner, CASE WHEN e.evtevent = 'login' 
                  WHERE e.evtenabled <> 'D'"""
 _OWNED = f"""ARRAY(SELECT ARRAY[r.rolname::text, o.what] FROM {_SCHEMAS} ns, LATERAL (
                  SELECT c.relowner AS owner, 'table ' || c.oid::pg_catalog.regclass::text AS what
-                 FROM pg_catalog.pg_class c WHERE c.relnamespace = ns.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                 FROM pg_catalog.pg_class c WHERE (c.relnamespace = ns.oid OR {_IN_FAR})
+                     AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
                      AND c.relowner <> (SELECT oid FROM me)
                  UNION ALL SELECT p.proowner, 'function ' || p.oid::pg_catalog.regprocedure::text
                  FROM pg_catalog.pg_proc p WHERE p.pronamespace = ns.oid AND p.proowner <> (SELECT oid FROM me)
@@ -107,17 +115,19 @@ _OWNED = f"""ARRAY(SELECT ARRAY[r.rolname::text, o.what] FROM {_SCHEMAS} ns, LAT
                  UNION ALL SELECT p.proowner, 'trigger ' || pg_catalog.quote_ident(g.tgname::text) || ' on table '
                      || c.oid::pg_catalog.regclass::text || ' (function ' || p.oid::pg_catalog.regprocedure::text || ')'
                  FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
-                 JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid WHERE c.relnamespace = ns.oid AND NOT g.tgisinternal
+                 JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid WHERE (c.relnamespace = ns.oid OR {_IN_FAR})
+                     AND NOT g.tgisinternal
                  UNION ALL {_EVENT_TRIGGERS} AND ns.oid = n.oid
                  UNION ALL SELECT h.owner, h.via || ' uses ' || h.what FROM reach h
-                 JOIN pg_catalog.pg_class c ON c.oid = h.tbl WHERE c.relnamespace = ns.oid) o
+                 JOIN pg_catalog.pg_class c ON c.oid = h.tbl WHERE c.relnamespace = ns.oid OR {_IN_FAR}) o
              JOIN pg_catalog.pg_roles r ON r.oid = o.owner WHERE NOT {_OWNER_OK} ORDER BY r.rolname, o.what)"""
 _TRIGGERS = f"""ARRAY(SELECT ARRAY[h.schema, h.name, h.grantee, h.grantor] FROM (
-                 SELECT ns.nspname::text AS schema, c.relname::text AS name, x.grantee AS role, CASE WHEN x.grantor
+                 SELECT y.nspname::text AS schema, c.relname::text AS name, x.grantee AS role, CASE WHEN x.grantor
                      <> c.relowner THEN pg_catalog.pg_get_userbyid(x.grantor)::text ELSE '' END AS grantor
-                 FROM {_SCHEMAS} ns JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid, pg_catalog.aclexplode(c.relacl) x
+                 FROM {_SCHEMAS} ns JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid OR {_IN_FAR}
+                 JOIN pg_catalog.pg_namespace y ON y.oid = c.relnamespace, pg_catalog.aclexplode(c.relacl) x
                  WHERE x.privilege_type = 'TRIGGER' AND x.grantee <> c.relowner
-                   AND NOT (ns.oid = n.oid AND c.relname = ANY(CAST(:tables AS pg_catalog.name[])))
+                   AND NOT (c.relnamespace = n.oid AND c.relname = ANY(CAST(:tables AS pg_catalog.name[])))
                  UNION SELECT COALESCE(ns.nspname::text, ''), '', x.grantee, ''
                  FROM pg_catalog.pg_default_acl d LEFT JOIN pg_catalog.pg_namespace ns ON ns.oid = d.defaclnamespace,
                      pg_catalog.aclexplode(d.defaclacl) x
@@ -157,12 +167,15 @@ COLUMNS = ",\n       " + ",\n       ".join((_CREATORS, _OWNED, _TRIGGERS, _VIEWS
 # enabled trigger's function another role owns ('trigger', detail the trigger: it runs as the user, attack23t 7), on
 # which another role (PUBLIC too) holds TRIGGER ('right', detail the grantor when not the owner: the trigger it adds
 # mid-run runs as the user, attack23u 1), or that reaches implicit code another role owns (planted_code) ('code', detail what
-# of the table reaches it, object the object: its owner may replace it, and it runs as the writer, fix23aj 2). A name
-# that is no table yet (one a pending file makes) is none.
+# of the table reaches it, object the object: its owner may replace it, and it runs as the writer, fix23aj 2); table:
+# the named one or one a write of it reaches (planted_code.closure, attack23w 7). A name that is no table yet (one a
+# pending file makes) is none.
+_NAMED = """(SELECT w.i AS k, c.oid FROM pg_catalog.unnest(CAST(:names AS pg_catalog.text[])) WITH ORDINALITY w(name, i)
+    JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(w.name))"""
 WRITTEN = f"""
 WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER),
-w AS (SELECT w.i, c.oid, c.relowner, c.relacl FROM pg_catalog.unnest(CAST(:names AS pg_catalog.text[]))
-      WITH ORDINALITY w(name, i) JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(w.name)),
+w AS (SELECT q.k AS i, c.oid, c.relowner, c.relacl FROM {closure(_NAMED)} q
+      JOIN pg_catalog.pg_class c ON c.oid = q.oid),
 reach AS {reach("w", _OWNER_OK)}
 SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, 'owner', '', '' FROM w
     JOIN pg_catalog.pg_roles r ON r.oid = w.relowner WHERE NOT {_OWNER_OK}
@@ -184,7 +197,7 @@ def with_creators(query: str, path: str = _PATH) -> str:
     """trust.PLANTED with COLUMNS appended (state[11] to state[15]), the path's entries read once (`path`: reading
     pg_settings costs ~10 ms, and five columns ask; or the names a pending file puts on its own: file_paths.py)."""
     query = query.replace("WITH me AS (", f"WITH path(w) AS MATERIALIZED {path}, me AS (", 1)
-    query = query.replace("\n)\nSELECT n.oid IS NOT NULL", f"\n), reach AS {_REACH_PATH}\nSELECT n.oid IS NOT NULL", 1)
+    query = query.replace("\n)\nSELECT n.oid IS NOT NULL", f"\n), far AS MATERIALIZED {_FAR}, reach AS {_REACH_PATH}\nSELECT n.oid IS NOT NULL", 1)
     return _appended(query, COLUMNS)
 
 

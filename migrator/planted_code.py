@@ -10,10 +10,11 @@ from migrator.grant_text import ident
 # operators, operator classes, domains and types other roles own (`owner_ok`: planted._OWNER_OK, on pg_roles r), and
 # what depends on them in pg_depend, followed backwards: a domain over one, an array of one, a composite type with an
 # attribute of one, a domain whose CHECK calls one, an operator or SQL-standard function using one; down to a table's
-# column type, default or generated column, constraint, index (expression, operator class), trigger condition, rule
-# or policy. Walked from the untrusted objects (few, usually none), not from the tables (thousands): ~2 ms when there
-# are none. The function a trigger executes is the 'trigger' rows' elsewhere. Rows (tbl, owner, via: what of the
-# table reaches it, what: the object) for the tables in `start` (a FROM item with column oid).
+# column type, default or generated column, constraint, index (expression, operator class), trigger condition, rule,
+# policy or extended statistics (attack23w 5). Walked from the untrusted objects (few, usually none), not from the
+# tables (thousands): ~2 ms when there are none. The function a trigger executes is the 'trigger' rows' elsewhere.
+# Rows (tbl, owner, via: what of the table reaches it, what: the object) for the tables in `start` (a FROM item with
+# column oid).
 _CLASS = "CAST('pg_catalog.{}' AS pg_catalog.regclass)".format
 
 
@@ -58,8 +59,22 @@ def reach(start: str, owner_ok: str) -> str:
         UNION ALL SELECT e.ev_class, {described} FROM pg_catalog.pg_rewrite e
             WHERE wk.c = {_CLASS("pg_rewrite")} AND e.oid = wk.o
         UNION ALL SELECT y.polrelid, {described} FROM pg_catalog.pg_policy y
-            WHERE wk.c = {_CLASS("pg_policy")} AND y.oid = wk.o) h
+            WHERE wk.c = {_CLASS("pg_policy")} AND y.oid = wk.o
+        UNION ALL SELECT y.stxrelid, {described} FROM pg_catalog.pg_statistic_ext y  -- (ANALYZE evaluates it)
+            WHERE wk.c = {_CLASS("pg_statistic_ext")} AND y.oid = wk.o) h
     WHERE h.tbl IN (SELECT st.oid FROM {start} st))"""
+
+
+# The tables a write of a table reaches (attack23w 7): its partitions and inheritance children, and the tables whose
+# foreign key's ON DELETE / ON UPDATE CASCADE, SET NULL or SET DEFAULT writes them, recursively, wherever they live.
+# `start`: a FROM item with columns (k, oid); rows (k, oid), the start's own among them.
+def closure(start: str) -> str:
+    return f"""(WITH RECURSIVE reached(k, oid) AS (SELECT st.k, st.oid FROM {start} st
+        UNION SELECT x.k, z.oid FROM reached x CROSS JOIN LATERAL (
+            SELECT i.inhrelid AS oid FROM pg_catalog.pg_inherits i WHERE i.inhparent = x.oid
+            UNION ALL SELECT y.conrelid FROM pg_catalog.pg_constraint y WHERE y.confrelid = x.oid AND y.contype = 'f'
+                AND (y.confdeltype IN ('c', 'n', 'd') OR y.confupdtype IN ('c', 'n', 'd'))) z)
+    SELECT k, oid FROM reached)"""
 
 
 USES = " uses "  # (COLUMNS' implicit code: '<via> uses <object>')

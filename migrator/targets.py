@@ -68,6 +68,7 @@ class PostgresTarget:
     history: str | None = None  # a Flyway folder's run: its history (SCHEMA_TABLE), whose own lock it takes (pg_lock)
     catalog_waits: DdlLimits | None = None  # each try's lock_timeout and the budget of the schema description's waits
     creators_trusted: tuple[str, ...] = ()  # SCHEMA_CREATORS_TRUSTED: roles accepted to plant in a migrated schema
+    live_user: str | None = None  # a --scratch-url server's: the live target's user (scratch.powers, attack23w 1)
 
     def for_schema(self, schema: str) -> "PostgresTarget":
         """The same server, narrowed to one tenant's schema."""

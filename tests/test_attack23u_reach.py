@@ -105,15 +105,17 @@ _IMPLICIT = [
     ("CREATE TABLE t (id int, v text); CREATE FUNCTION tf() RETURNS trigger LANGUAGE plpgsql AS "
      "$$BEGIN RETURN NEW; END$$; CREATE TRIGGER tt BEFORE INSERT ON t FOR EACH ROW WHEN (app.ok(NEW.v)) "
      "EXECUTE FUNCTION tf()", "function app.ok(text)"),
+    ("CREATE TABLE t (id int, v text); CREATE STATISTICS t_st ON (app.imm(v)) FROM t", "function app.imm(text)"),
 ]
 
 
 @pytest.mark.parametrize("made, reached", _IMPLICIT)
 def test_implicit_code_another_role_owns_on_the_users_own_table_is_refused(cli, db, sql_dir, low, made, reached):
     """fix23aj 2: the user's own table t whose default, CHECK, index expression, generated column, composite type's
-    attribute, domain CHECK or trigger condition reaches low's function or type: low may CREATE OR REPLACE it (ALTER
-    DOMAIN ADD CONSTRAINT) after any review, and a pending plain INSERT runs it as the migration user. Failed before:
-    exit 0 (only a column typed directly by low's domain was seen)."""
+    attribute, domain CHECK, trigger condition or extended statistics' expression reaches low's function or type: low
+    may CREATE OR REPLACE it (ALTER DOMAIN ADD CONSTRAINT) after any review, and a pending plain INSERT (or ANALYZE)
+    runs it as the migration user. Failed before: exit 0 (only a column typed directly by low's domain was seen; the
+    statistics case until fix23an, attack23w 5)."""
     _low_code(db, low)
     db.query(made)
     add_migration(sql_dir, "0002_seed", "INSERT INTO t (id) VALUES (1);\n")

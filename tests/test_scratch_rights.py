@@ -110,3 +110,38 @@ def test_the_live_server_as_scratch_cannot_drop_its_databases(cli, pg, sql_dir, 
         with pg.connect() as conn, conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (f"{owner}_victim",))
             assert cur.fetchone(), f"{command}: the file dropped a database during review"
+
+
+@pytest.fixture
+def mig_role(pg):
+    """A migration role with CREATEDB owning no database (as on RDS, where the master user owns it), and a role
+    that is a member of it."""
+    name = "mig_" + uuid.uuid4().hex[:8]
+    with pg.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE ROLE {name} LOGIN CREATEDB PASSWORD 'live'")
+        cur.execute(f"CREATE ROLE {name}_m LOGIN CREATEDB PASSWORD 'm' IN ROLE {name}")
+        cur.execute(f"CREATE DATABASE {name}_live")
+        cur.execute(f"GRANT ALL ON DATABASE {name}_live TO {name}")
+    yield name
+    with pg.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name}_live WITH (FORCE)")
+        cur.execute(f"DROP ROLE {name}_m")
+        cur.execute(f"DROP ROLE {name}")
+
+
+@pytest.mark.parametrize("scratch_user", ["live", "member"])
+def test_the_live_targets_user_or_its_member_as_scratch_user_is_refused(cli, pg, sql_dir, mig_role, scratch_user):
+    """attack23w 1: --scratch-url named the live server as the migration role (owning no database): a pending file
+    under review changed that role server-wide (ALTER ROLE CURRENT_USER PASSWORD / SET ...), exit 0. Now refused in
+    one line before anything runs. Failed before: exit 0, the role's defaults changed on the live server."""
+    live = {"DATABASE_URL": pg.url(f"{mig_role}_live", user=mig_role, password="live")}
+    user = mig_role if scratch_user == "live" else f"{mig_role}_m"
+    scratch_url = pg.url("postgres", user=user, password="live" if scratch_user == "live" else "m")
+    add_migration(sql_dir, "0002_x", "-- transactional: false\nALTER ROLE CURRENT_USER SET work_mem = '64kB';\n")
+    for command in COMMANDS:
+        line = one_error_line(cli(*command, "--sql-dir", sql_dir, "--scratch-url", scratch_url, env=live))
+        assert "refusing scratch server" in line and f"as user {user}: it " in line, line
+        assert f"the live target's user {mig_role}" in line and "CREATE ROLE hcm_scratch" in line, line
+        with pg.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT rolconfig FROM pg_roles WHERE rolname IN (%s, %s)", (mig_role, f"{mig_role}_m"))
+            assert cur.fetchall() == [(None,), (None,)], f"{command}: the review changed a live role"

@@ -130,6 +130,8 @@ def scratch_server(settings: CommandSettings, url: str | None) -> PostgresTarget
         except MigratorError as exc:
             raise MigratorError(str(exc).replace("--database-url", SCRATCH_ORIGIN), exc.exit_code) from exc
         server.sources = {key: value.replace("--database-url", SCRATCH_ORIGIN) for key, value in server.sources.items()}
+        with contextlib.suppress(MigratorError):  # (a command without a live target: sql verify, adopt)
+            server.live_user = resolve_postgres(settings.postgres, settings.env).user
         return server
     return devdb.ensure_running(settings.env)
 

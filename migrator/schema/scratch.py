@@ -73,17 +73,36 @@ POWERS = ("SELECT r.rolname::pg_catalog.text, r.rolname OPERATOR(pg_catalog.=) s
           "WHERE r.rolname OPERATOR(pg_catalog.=) session_user OR pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER')")
 
 
+# A role's own password and defaults are server-wide, and any role may change its own (ALTER ROLE CURRENT_USER): the
+# live target's user, a member of it or a role it is a member of (read in pg_auth_members: a superuser is no member)
+# must not run the files under review, on any server a role of that name is on (a host has many names). (attack23w 1)
+LIVE = ("WITH RECURSIVE up(oid) AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) "
+        "session_user UNION SELECT a.roleid FROM pg_catalog.pg_auth_members a JOIN up ON a.member OPERATOR("
+        "pg_catalog.=) up.oid), down(oid) AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR("
+        "pg_catalog.=) session_user UNION SELECT a.member FROM pg_catalog.pg_auth_members a JOIN down ON a.roleid "
+        "OPERATOR(pg_catalog.=) down.oid) SELECT r.rolname OPERATOR(pg_catalog.=) session_user, EXISTS (SELECT FROM up "
+        "WHERE up.oid OPERATOR(pg_catalog.=) r.oid), EXISTS (SELECT FROM down WHERE down.oid OPERATOR(pg_catalog.=) "
+        "r.oid) FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) %s")
+
+
 def powers(server: PostgresTarget) -> list[str]:
     """What `server`'s user may do beyond its own scratch databases; empty when nothing."""
+    from psycopg2.extensions import QuotedString
+
     rows = _on_server(server, [POWERS])
     if any(me and superuser for _, me, superuser, *_ in rows):
         return ["is a superuser"]
+    live = server.live_user
+    related = _on_server(server, [LIVE.replace("%s", QuotedString(live).getquoted().decode())]) if live else []
+    said_live = [f"is the live target's user {live}" if me else f"is a member of the live target's user {live}"
+                 if up else f"has the live target's user {live} as a member" for me, up, down in related
+                 if me or up or down]
     said = [f"may SET ROLE to superuser {name}" for name, _, superuser, *_ in rows if superuser]
     said += [f"has CREATEROLE{'' if me else ' through ' + name}" for name, me, _, create, *_ in rows if create]
     said += [f"has REPLICATION{'' if me else ' through ' + name}" for name, me, *_, repl, _ in rows if repl]
     said += [f"is a member of {name}" for name, *_ in rows if name in SERVER_ROLES]
     owned = rows[0][-1] if rows else None
-    return said + ([f"owns database(s) {owned}"] if owned else [])
+    return said + ([f"owns database(s) {owned}"] if owned else []) + said_live
 
 
 def runs_as(server: PostgresTarget) -> PostgresTarget:
@@ -97,6 +116,9 @@ def runs_as(server: PostgresTarget) -> PostgresTarget:
         return user
     why = ("the pending files under review would run there with those rights (COPY ... TO PROGRAM runs a shell "
            "command on that machine, DROP DATABASE drops a database)")
+    if "live target's user" in said:
+        why += ("; and could change that role on the live server (ALTER ROLE CURRENT_USER PASSWORD ..., SET ...): "
+                "a role's password and defaults are server-wide")
     if server.local_dev:
         raise MigratorError(f"refusing scratch role {user.user} on the local development server {server.where}: it "
                             f"{said}; {why}: as postgres there, revoke that from {user.user} (or drop the role: the "
