@@ -359,7 +359,7 @@ def test_a_runner_frozen_between_statements_and_thawed_says_the_server_ended_its
     assert runner.returncode == 1, err
     assert "0002_x.sql:" in err and "nothing of it was applied" in err, err
     assert "idle_in_transaction_session_timeout" in err and "frozen" in err, err
-    assert "pg_terminate_backend" not in err and "whether it committed is unknown" not in err, err
+    assert "whether it committed is unknown" not in err, err  # (a killed statement reads alike to the client)
     assert applied(db) == [SEED] and db.query("SELECT count(*) FROM region2") == [(0,)]
     rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     assert rerun.exit_code == 0, rerun.output

@@ -217,8 +217,13 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
     elif (before := _before_commit(cause)) is not None:  # (lost_session.mark)
         committed = "the session was lost before the runner sent its COMMIT: nothing of it was applied: its " \
                     "transaction rolled back"
-        idle, took = before
-        if idle and took is not None and took * 1000 > idle:
+        idle, took, mid_try = before
+        if mid_try:  # (the client cannot tell a freeze between statements from a statement ended while it ran)
+            committed = (f"the connection was lost (a server restart, a failover, pg_terminate_backend, or the server's "
+                         f"idle_in_transaction_session_timeout of {seconds_text(idle / 1000)} ending a try of "
+                         f"{seconds_text(took)} whose runner was frozen: SIGSTOP, a VM pause) before the runner's "
+                         "COMMIT: nothing of it was applied: its transaction rolled back")
+        elif idle and took is not None and took * 1000 > idle:
             committed += (f"; the server most likely ended the try, {seconds_text(took)} after it began: past its "
                           f"idle_in_transaction_session_timeout of {seconds_text(idle / 1000)}, the runner frozen "
                           "meanwhile (SIGSTOP, a VM pause)")

@@ -19,7 +19,7 @@ def mark(lost, connection, budget, only_idle: bool = False) -> None:
     idle, started = session_options.TRY_IDLE.get(connection), budget.started if budget is not None else None
     took = time.monotonic() - started if started is not None else None
     if not only_idle or idle and took is not None and took * 1000 > idle:
-        lost.before_commit = (idle, took)
+        lost.before_commit = (idle, took, only_idle)  # (mid-try: a long statement killed looks the same)
 
 
 @contextlib.contextmanager
