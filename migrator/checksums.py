@@ -18,6 +18,7 @@ leaves `status` able to say what is in the database.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,17 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
+# A transactional file's session -> the token the runner SET LOCAL as its try began (running.mark_try): a file whose own
+# text ended that transaction (ROLLBACK AND CHAIN, ROLLBACK; BEGIN, unseen by the text checks) left the session in
+# another one, without it, which the record refuses (TransactionChanged) in the round trip it makes anyway.
+TRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+TRY_SETTING = "hcm_migrator.try"
+
+
+class TransactionChanged(Exception):
+    """The migration's session is no longer in the transaction the runner opened for the file (nothing recorded)."""
+
+
 class SearchPathChanged(Exception):
     """A tenant's migration left its session on another search_path than the runner set (nothing recorded)."""
 
@@ -74,11 +86,16 @@ def record(connection, schema: str, migration_id: str, sha: str | None, search_p
     """In the migration's session, after its SQL, in its transaction: the file's checksum (None: remove
     it, for a rollback). False when the file made its transaction read-only (SET TRANSACTION READ ONLY):
     then nothing could be written there, and the caller records it after the commit instead. With
-    `search_path` (a tenant's run: the path the runner set), SearchPathChanged if the session's differs."""
+    `search_path` (a tenant's run: the path the runner set), SearchPathChanged if the session's differs;
+    TransactionChanged if the session is no longer in the transaction the try began in (TRIES)."""
+    expected = TRIES.pop(connection, None)
     with connection.cursor() as cursor:
         cursor.execute(RESET_SESSION + "; SELECT pg_catalog.current_setting('transaction_read_only'), "
-                                       "pg_catalog.current_setting('search_path')")
-        read_only, path = cursor.fetchone()
+                                       "pg_catalog.current_setting('search_path'), "
+                                       f"pg_catalog.current_setting('{TRY_SETTING}', true)")
+        read_only, path, mark = cursor.fetchone()
+        if expected is not None and mark != expected:
+            raise TransactionChanged(mark)
         if search_path is not None and path != search_path:
             raise SearchPathChanged(path)
         # The file is done: what follows in its session (the record, a tenant's check of what it made) resolves

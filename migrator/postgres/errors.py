@@ -145,14 +145,22 @@ class TransactionEnded(StatementFailed):
     reached the server unseen by the text checks, files.in_transaction_problem): the file stops there, unrecorded.
     libpq reports the session idle after it; whether it committed or rolled back is not reported."""
 
-    def __init__(self, path: Path, statements, index: int):
+    def __init__(self, path: Path, statements, index: int, at_end: bool = False):
         cause = RuntimeError("this statement ended the transaction the runner runs the file in (a COMMIT or ROLLBACK "
                              "the runner did not see in the text), so what follows would run outside it")
+        if at_end:  # (the record found the session in another transaction: checksums.TransactionChanged)
+            cause = RuntimeError("by its end the file's session was in a transaction that is no longer the one the "
+                                 "runner opened for it (a COMMIT or ROLLBACK AND CHAIN, or one followed by BEGIN, that "
+                                 "the runner did not see in the text)")
         super().__init__(cause, path, statements, index, True, index + 1)
+        self.at_end = at_end
         self.todo = ("check what of it is in the database (`runner.py status` shows drift), make the file's statements "
                      "plain SQL without transaction control, then run again")
 
     def committed(self) -> str:
+        if self.at_end:
+            return ("what it ran before it ended that transaction may have committed or rolled back, which is unknown; "
+                    "what it ran after rolled back; the runner recorded none of it")
         upto = "statement 1" if self.done == 1 else f"statements 1-{self.done}"
         return (f"{upto} of {self.total} (through line {self.statement.line}) may have committed or rolled back, "
                 "which is unknown; the rest did not run, and the runner recorded none of it")

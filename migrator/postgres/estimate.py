@@ -118,12 +118,21 @@ class Work:
 def work_before(cur, text: str, line: int, schema: str | None, seen) -> tuple[bool, list[Work]]:
     """(parsed, work): what the statement will scan or build, read on the scratch database before it runs (a
     statement the judge reads and that does none of it is catalog only); rewrites are measured afterwards."""
+    from migrator.postgres import server_statements
+
+    parsed, found = False, []
+    for part in server_statements.parts_of(text, line):  # (each statement the server parses out of the text)
+        seen.read(part.text)
+        trees = risks.parse(part.text)
+        if trees:
+            parsed = True
+            found += _work(cur, trees, part.line, schema, seen)
+    return parsed, found
+
+
+def _work(cur, trees, line: int, schema: str | None, seen) -> list[Work]:
     from pglast import ast, enums
 
-    seen.read(text)
-    trees = risks.parse(text)
-    if not trees:
-        return False, []
     found = []
     live = _Live(cur.connection, schema, 0, sizes=False, seen=seen)
     for tree in trees:
@@ -140,7 +149,7 @@ def work_before(cur, text: str, line: int, schema: str | None, seen) -> tuple[bo
                 c.subtype == enums.AlterTableType.AT_ValidateConstraint for c in tree.cmds):
             found.append(Work("validate", table[1], CONCURRENT, oid=table[0]))
     live.cursor.close()
-    return True, found
+    return found
 
 
 def renewed(before: dict, after: dict, existing: dict) -> list[int]:

@@ -46,8 +46,9 @@ _QUERY = planted.with_creators(trust.PLANTED, "(SELECT pg_catalog.unnest(CAST(:p
 def files(migrations, rollback: bool = False) -> list:
     """[(path, statements)] of the loaded `migrations` (their rollback files' with `rollback`)."""
     from migrator.postgres.files import rollback_path
+    from migrator.postgres.server_statements import judged  # (each statement the server parses out of a text)
 
-    return [(rollback_path(m), m.rollback_statements()) if rollback else (m.path, m.steps[0].statements)
+    return [(rollback_path(m), judged(m.rollback_statements())) if rollback else (m.path, judged(m.steps[0].statements))
             for m in migrations]
 
 

@@ -15,7 +15,7 @@ from migrator import checksums, output, server_session
 from migrator.bookkeeping_lock import BookkeepingBusy
 from migrator.postgres import backfill, file_grants, file_paths, files, flyway, history, retry
 from migrator.postgres.backfill_progress import Tally
-from migrator.postgres.errors import RunSessionLost, StatementFailed, progress
+from migrator.postgres.errors import RunSessionLost, StatementFailed, TransactionEnded, progress
 from migrator.postgres.files import rollback_path
 from migrator.postgres.running import SearchPathGuard, SearchPathMoved, run_retrying
 
@@ -241,6 +241,8 @@ class FileStep(StepBase):
         except checksums.SearchPathChanged as exc:
             raise SearchPathMoved(exc.found, tenant.expected, path, statements, len(statements) - 1, transactional,
                                   0 if transactional else len(statements), None, at_end=True)
+        except checksums.TransactionChanged:  # (what ran after the file's own end of it rolls back with this one)
+            raise TransactionEnded(path, statements, len(statements) - 1, at_end=True)
         # Flyway's own row too, in the same transaction (a read-only one: after the commit, apply.py)
         if flyway.parse(Path(migration.path).name) and not migration.record_after_commit:
             history_path = Path(migration.path)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from migrator import lazy_re, source_files
 from migrator.errors import USAGE, MigratorError
 from migrator.output import visible
-from migrator.postgres import flyway, psql_reading, two_phase
+from migrator.postgres import flyway, psql_reading, server_statements, two_phase
 from migrator.postgres.psql_tokens import IDENTIFIER, TAG_CHAR, START as TAG_START
 
 if TYPE_CHECKING:  # (the splitter: loaded where a file is split, never by a no-op's names and headers)
@@ -189,7 +189,7 @@ def _split_and_check(path: Path, in_transaction: bool) -> tuple[list[Statement],
     if not found and not flyway.parse(path.name):  # (a Flyway file may: Flyway applies and records it, empty)
         return [], [(0, "holds no SQL statement; add its SQL or delete the file (nothing was run)")]
     check = in_transaction_problem if in_transaction else (lambda s: two_phase.problem(s.text))
-    return found, [(s.line, problem) for s in found if (problem := check(s))]
+    return found, server_statements.problems(found, check)  # (each statement the server parses out of a text)
 
 
 def in_transaction_problem(statement: Statement) -> str | None:
@@ -252,7 +252,7 @@ def tenant_problems(path: Path) -> list[tuple[int, str]]:
     if not _TENANT_HINT.search(text):
         return []
     try:
-        found = split(text)
+        found = server_statements.judged(split(text))  # (a text psql sends as one may hold several)
     except SplitError:
         return []  # the file's own check says what is wrong with it
     problems = []

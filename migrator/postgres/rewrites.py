@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 
 from migrator import lazy_re
-from migrator.postgres import risks, risks_path, risks_pending, table_sizes
+from migrator.postgres import risks, risks_path, risks_pending, server_statements, table_sizes
 from migrator.pinned import catalog_path
 from migrator.postgres.risks import BLOCKS, INSTEAD, Risk
 
@@ -383,7 +383,8 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
             path = Path(migration.path)
             accepted = None
             seen.begin_file(migration.use_transactions)
-            for statement in migration.steps[0].statements:
+            statements = server_statements.judged(migration.steps[0].statements)  # (each the server runs)
+            for statement in statements:
                 seen.read(statement.text)
                 if isinstance(statement, backfill.Batched) and statement.column != "ctid":
                     live = live or _Live(connection, schema, threshold, seen=seen)
@@ -403,8 +404,7 @@ def judge(connection, migrations, *, threshold: int, schema: str | None = None) 
                         if table is None or table[2] <= threshold and not loaded:
                             continue
                         if accepted is None:
-                            accepted = {live.key(name) for name in markers(files.read_text(path),
-                                                                           migration.steps[0].statements)}
+                            accepted = {live.key(name) for name in markers(files.read_text(path), statements)}
                         oid, relation, rows, size = table
                         verdicts.append(Verdict(str(path), risk, relation, rows, size,
                                                 key in accepted or _key_of(relation) in accepted, threshold,

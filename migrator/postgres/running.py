@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 from pathlib import Path
 
 from migrator import checksums, interrupt, lazy_re, pg_lock
@@ -16,6 +17,7 @@ from migrator.postgres import (autovacuum, backfill, cancel_ignored, clock_bound
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, TransactionEnded, progress
 
+_RESET_ALL = lazy_re.compile(r"\breset\s+all\b", re.IGNORECASE)
 _ENDS = re.compile(r"\s*(COMMIT|END|PREPARE\s+TRANSACTION)\b", re.IGNORECASE)  # (a NoAnswer's outcome unknown)
 
 
@@ -64,6 +66,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
     (retry.TryBudget) gives each statement in a transaction what is left of the try's lock_timeout. `judge`
     (clock_bound.Judge): which statements the blind probe leaves off the try's clock."""
     opened = None
+    mark_try(connection, transactional and start == 0)
     if budget is not None:
         budget.restart()
     if judge is not None:
@@ -89,6 +92,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                         if budget is not None and statement_bound.may_set(statement.text):  # (attack24t 9)
                             budget.override(cursor, path, statement)
                         statement_bound.hold(cursor, path, statement)
+                        if transactional and _RESET_ALL.search(statement.text):  # (it reset the runner's mark too)
+                            mark_try(connection, True)
                         if probe is not None and connection.info.transaction_status != IDLE:
                             probe.ask_now()  # (a freeze outran the probe's thread: before the next one or COMMIT)
                             probe.raise_held(ran=True)
@@ -133,6 +138,20 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
         connection.rollback()
         raise MigratorError(f"{path}: ends inside a transaction it opened (BEGIN without COMMIT); that transaction "
                             "was rolled back, as psql does at the end of a file; add the COMMIT and run again")
+
+
+def mark_try(connection, new_try: bool) -> None:
+    """A transactional file's new try: a token of the runner's SET LOCAL in its transaction, which the checksum's
+    record requires (checksums.TRIES): a file that ended this transaction itself and left its session in another
+    (ROLLBACK AND CHAIN) is not recorded. A SET takes no snapshot, so a file's SET TRANSACTION may still come first.
+    One round trip per try; none for a non-transactional file (its mark forgotten)."""
+    if not new_try:
+        checksums.TRIES.pop(connection, None)
+        return
+    token = secrets.token_hex(8)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL {checksums.TRY_SETTING} = '{token}'")
+    checksums.TRIES[connection] = token
 
 
 def run_retrying(backend, migration, path: Path, statements, transactional: bool, progress=None, guard=None,

@@ -15,7 +15,7 @@ meta-commands, which the runner never runs: they are accepted and skipped.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from migrator import lazy_re
 from migrator.postgres import psql_reading
@@ -30,6 +30,7 @@ FAST = re.compile(_SPECIAL)
 WORDS = re.compile(_SPECIAL + rf"|{NOT_AFTER_IDENT}(?i:begin|case|end){NOT_BEFORE_IDENT}")
 # Between words: blanks and comments (`CREATE /* c */ FUNCTION` is a function too).
 _GAP = r"(?:\s|--[^\r\n]*|/\*.*?\*/)+"
+ATOMIC = re.compile(rf"{_GAP}atomic{NOT_BEFORE_IDENT}", re.IGNORECASE | re.DOTALL)  # (after a counted BEGIN)
 ROUTINE = re.compile(rf"create{_GAP}(?:or{_GAP}replace{_GAP})?(?:function|procedure){NOT_BEFORE_IDENT}",
                      re.IGNORECASE | re.DOTALL)
 # A file's own `SET standard_conforming_strings`: psql (and the server) then read '\'' as an escape.
@@ -60,6 +61,9 @@ class Statement:
     line: int  # 1-based line of its first token in the file
     offset: int  # character offset of its first token in the file
     terminated: bool = True  # False: the file's last statement, without a final `;`
+    # a `;` outside parentheses stayed inside it by psql's BEGIN ... END count of a `begin` that opens no BEGIN
+    # ATOMIC body (a routine NAMED begin): the server may parse several statements out of it (server_statements.py)
+    swallowed: bool = field(default=False, kw_only=True)
 
     def line_at(self, position: int | None) -> int:
         """The file's line of a server error position (1-based characters into the statement)."""
@@ -83,7 +87,7 @@ def split(text: str) -> list[Statement]:
     if nul >= 0:
         raise SplitError(newlines(text, 0, nul) + 1, "holds a NUL byte, which psql drops with the rest of its line "
                                                    "(the server refuses it); remove it")
-    pos, start, depth, begin_depth = 0, None, 0, 0
+    pos, start, depth, begin_depth, swallowed, misread = 0, None, 0, 0, False, False
     conforming = True  # standard_conforming_strings, as the file sets it
     pattern = FAST
     line, line_pos = 1, 0  # line number of `line_pos`, advanced lazily
@@ -100,12 +104,13 @@ def split(text: str) -> list[Statement]:
         pattern = WORDS if ROUTINE.match(text, at) else FAST
 
     def end_statement(end: int, terminated: bool) -> None:
-        nonlocal start, depth, begin_depth, pattern, conforming
+        nonlocal start, depth, begin_depth, pattern, conforming, swallowed, misread
         body = text[start:end]
         if body == ";":  # an empty statement (`;;`, a lone `;`): psql sends nothing, nor does the runner
             start, pattern = None, FAST
             return
-        statement = Statement(body, line_of(start), start, terminated)
+        statement = Statement(body, line_of(start), start, terminated, swallowed=swallowed and misread)
+        swallowed = misread = False
         _refuse_copy(statement)
         setting = sets_conforming(body)
         if setting is not None:
@@ -163,12 +168,15 @@ def split(text: str) -> list[Statement]:
         elif token == ";":
             if depth == 0 and begin_depth == 0:
                 end_statement(pos, terminated=True)
+            elif depth == 0:
+                swallowed = True
         elif token == "\\":
             raise SplitError(line_of(at), _meta_command_message(text, at))
         elif depth == 0:  # BEGIN / CASE / END inside CREATE FUNCTION|PROCEDURE, as psql counts them
             word = token.lower()
             if word == "begin" or (word == "case" and begin_depth > 0):
                 begin_depth += 1
+                misread = misread or word == "begin" and not ATOMIC.match(text, pos)
             elif word == "end" and begin_depth > 0:
                 begin_depth -= 1
     _refuse_other_readings(text)
