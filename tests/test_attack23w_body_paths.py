@@ -113,4 +113,18 @@ def test_a_function_bodys_path_is_a_lint_finding(sql_dir, variant, flagged):
     findings = [f for f in lint.lint(postgres.read_migrations(sql_dir)) if f.rule == lint.DYNAMIC_PATH]
     assert bool(findings) == flagged, findings
     if variant == "concat":
-        assert "cannot be read before the run" in str(findings[0]), findings
+        assert "cannot be read" in str(findings[0]), findings
+
+
+def test_a_path_left_set_by_a_live_functions_body_still_stops_the_file(cli, db, sql_dir, low):
+    """The backstop (CheckedPath) for code no pending file holds: a function already in the database (the user's own)
+    leaves low's schema on the path; the file stops before its next statement resolves `=` there."""
+    _planted_app(cli, db, sql_dir, low)
+    db.query("CREATE FUNCTION public.setpath() RETURNS void LANGUAGE plpgsql AS $$BEGIN PERFORM "
+             "pg_catalog.set_config('search_path', 'app, public', false); END$$")
+    add_migration(sql_dir, "0003_data", f"SELECT public.setpath();\n{_UPDATE.replace('public.a', 'a')}\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert result.exit_code == 2 and "0003_data.sql:1" in result.stderr, result.output
+    assert "a function already in the database" in result.stderr and f"roles {low} may CREATE in schema app" in \
+        result.stderr, result.output
+    assert db.query("SELECT who FROM app.hits") == [] and db.query("SELECT name FROM a") == [("y",)]
