@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 
 from migrator import lazy_re
 
-# What may change the path in a statement: naming it (U&, SET SCHEMA), set_config, pg_settings, or holding a body or
-# dynamic SQL (cheap: only such statements are parsed)
-MAY_SET = lazy_re.compile(r"search_path|set_config|pg_settings|u&|set\s+schema|\bdo\b|\bexecute\b|\bfunction\b|"
-                          r"\bprocedure\b", re.IGNORECASE)
+# What may change the path in a statement: naming it (U&, SET SCHEMA), set_config, pg_settings, or holding a body (a
+# DO block, a routine made: EXECUTE lives only in those; both begin their statement). Only such statements are
+# parsed: a seed file's 20,000 INSERTs whose values say "to do" or "function" are not
+_NAMES = lazy_re.compile(r"search_path|set_config|pg_settings|u&|set\s+schema", re.IGNORECASE)
+_BODY_HEAD = lazy_re.compile(r"(?:\s|--[^\n]*\n|/\*(?:[^*]|\*(?!/))*\*/)*"  # (comments: one way to split them)
+                             r"(?:do\b|create\b[\s\S]*?\b(?:function|procedure)\b)", re.IGNORECASE)
 _MENTIONS = lazy_re.compile(r"search_path|set_config|pg_settings|\bexecute\b", re.IGNORECASE)  # (an unparsable text)
 _READ_LANGUAGES = ("sql", "plpgsql", "c", "internal")  # (c / internal: the server's and extensions' code)
 # (statement, field) of a plpgsql expression whose value is SQL run as a string: EXECUTE, FOR ... IN EXECUTE, OPEN
@@ -40,6 +42,10 @@ class Changes:
     inner: list[str] = field(default_factory=list)  # the bodies that set a literal path ('a DO block', ...)
 
 
+def may_set(text: str) -> bool:
+    return bool(_NAMES.search(text) or _BODY_HEAD.match(text))
+
+
 def read(text: str) -> Changes:
     """The search_path changes `text` (one or more statements) makes, bodies included."""
     found = Changes()
@@ -52,7 +58,7 @@ def _read(text: str, found: Changes, body: str | None, depth: int) -> None:
     from pglast import parse_sql
     from pglast.parser import ParseError
 
-    if not MAY_SET.search(text):
+    if not may_set(text):
         return
     try:
         trees = [raw.stmt for raw in parse_sql(text)]

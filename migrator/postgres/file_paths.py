@@ -43,7 +43,8 @@ _HEAD = lazy_re.compile(rf"(?:insert\s+into|update|delete\s+from|merge\s+into)\s
 _QUERY = planted.with_creators(trust.PLANTED, "(SELECT pg_catalog.unnest(CAST(:paths AS pg_catalog.text[])))")
 # Every schema the migration user can reach, for a path set by a route not read before the run (attack23w 2)
 _REACHABLE = planted.with_creators(trust.PLANTED, """(SELECT x.nspname::text FROM pg_catalog.pg_namespace x
-    WHERE x.nspname !~ '^pg_' AND x.nspname <> 'information_schema' AND pg_catalog.has_schema_privilege(x.oid, 'USAGE'))""")
+    WHERE x.nspname !~ '^pg_' AND x.nspname <> 'information_schema'
+      AND pg_catalog.has_schema_privilege(x.oid, 'USAGE'))""")
 
 
 def files(migrations, rollback: bool = False) -> list:
@@ -63,7 +64,7 @@ def scan(migrations) -> tuple[dict[str, str], dict[str, str]]:
     unread: dict[str, str] = {}
     for path, statements in migrations:
         for statement in statements:
-            if body_paths.MAY_SET.search(statement.text):
+            if body_paths.may_set(statement.text):
                 changes, at = body_paths.read(statement.text), f"{path}:{statement.line}"
                 for schema in changes.schemas:
                     found.setdefault(schema, at)
@@ -84,7 +85,7 @@ def dynamic(text: str) -> str | None:
     statement that sets it resolves its own names under it), a name spelled otherwise (U&)."""
     from migrator.postgres import body_paths
 
-    if not body_paths.MAY_SET.search(text):
+    if not body_paths.may_set(text):
         return None
     found = body_paths.read(text)
     if found.unread:
