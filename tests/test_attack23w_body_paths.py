@@ -128,3 +128,31 @@ def test_a_path_left_set_by_a_live_functions_body_still_stops_the_file(cli, db, 
     assert "a function already in the database" in result.stderr and f"roles {low} may CREATE in schema app" in \
         result.stderr, result.output
     assert db.query("SELECT who FROM app.hits") == [] and db.query("SELECT name FROM a") == [("y",)]
+
+
+@pytest.mark.parametrize("text, schemas, unread", [
+    ("DO $$DECLARE c CURSOR FOR SELECT set_config('search_path', 'k1', false); BEGIN NULL; END$$", ["k1"], False),
+    ("DO $$DECLARE v text := set_config('search_path', 'k2', false); BEGIN NULL; END$$", ["k2"], False),
+    ("DO $$BEGIN NULL; EXCEPTION WHEN others THEN SET search_path TO k3; END$$", ["k3"], False),
+    ("-- lead\n/* c */ DO $o$BEGIN EXECUTE $x$DO $$BEGIN EXECUTE 'SET search_path TO k4'; END$$$x$; END$o$",
+     ["k4"], False),
+    ("DO $$BEGIN EXECUTE E'SET search\\137path TO k5'; END$$", ["k5"], False),
+    ("CREATE /* c */ OR REPLACE PROCEDURE p() LANGUAGE plpgsql AS $$BEGIN PERFORM set_config('search_path', "
+     "'k6', true); COMMIT; END$$", ["k6"], False),
+    ("CREATE FUNCTION g() RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT set_config('search_path', 'k7', true); END",
+     ["k7"], False),
+    ("DO $$BEGIN FOR r IN EXECUTE 'SELECT 1' || '' LOOP NULL; END LOOP; END$$", [], True),
+    ("DO $$BEGIN PERFORM set_config(current_setting('x.name'), 'k8', false); END$$", [], True),
+    ("CREATE FUNCTION g() RETURNS int LANGUAGE plperl AS 'return 1'", [], True),
+    ("UPDATE pg_settings SET setting = 'k9' WHERE name = 'search_path'", [], True),
+    ("DO $$BEGIN EXECUTE 'CREATE TABLE x (id int)'; EXECUTE 'SELECT 1' USING 1; END$$", [], False),
+    ("INSERT INTO notes VALUES ('to do: create a function that sets things')", [], False),
+])
+def test_the_body_reader_finds_each_route(text, schemas, unread):
+    """body_paths.read, without a server: the places a PL/pgSQL body holds SQL (a cursor's query, a variable's
+    default, an exception handler, nested EXECUTEs of literals, E'' escapes), routines of each kind, and what it
+    cannot read."""
+    from migrator.postgres import body_paths
+
+    found = body_paths.read(text)
+    assert found.schemas == schemas and bool(found.unread) == unread, found
