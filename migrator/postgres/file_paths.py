@@ -5,8 +5,8 @@ The connect check holds the migrated schema and the session's starting search_pa
 own `SET [LOCAL] search_path TO app, public` (or `set_config('search_path', 'app,public', ...)`) then makes its
 unqualified names resolve in app too: an operator or function another role planted there, or may plant, runs as the
 migration user. So the schemas the pending files name that way are read (the parser's VariableSetStmt and
-set_config calls, only in statements that mention search_path: a no-op deploy reads none) and checked by the same
-catalog query, with those names as its path: one more round trip, only when a pending file names a path.
+set_config calls, only in statements that may set it: body_paths.may_set; a no-op deploy reads none) and checked by
+the same catalog query, with those names as its path: one more round trip, only when a pending file names a path.
 
 A table another role owns is that role's to add triggers, rules and policies to, and a trigger's function runs as
 the writer: a file's INSERT / UPDATE / DELETE / MERGE / COPY FROM / TRUNCATE of `app.settings` (a qualified name:
