@@ -76,16 +76,13 @@ DYNAMIC_PATH = "dynamic-search-path"
 
 
 def path_findings(migrations) -> list[Finding]:
-    """A search_path set by a route the runner cannot read before the run (postgres/file_paths.dynamic): the schemas
-    it names were never checked for objects other roles planted (attack23u 3)."""
+    """A search_path set by a route the runner cannot read before the run, or inside a DO block's or a function's body
+    (postgres/file_paths.dynamic: attack23u 3, attack23w 2)."""
     from migrator.postgres import file_paths, files
     from migrator.postgres.server_statements import judged
 
-    return [Finding(str(m.path), statement.line, 1, DYNAMIC_PATH,
-                    f"search_path set by {why}: the schemas it puts on the path are not checked before the run for "
-                    "objects other roles planted or may plant; migrate stops the file after it when the path then "
-                    "lists a schema the run did not check", "write it as a literal SET search_path TO ... (checked "
-                    "before anything runs)")
+    return [Finding(str(m.path), statement.line, 1, DYNAMIC_PATH, why, "write it as a literal SET search_path TO ... "
+                    "before the statement (checked before anything runs), or schema-qualify what it uses")
             for m in migrations for statement in judged(files._split_and_check(Path(m.path), m.use_transactions)[0])
             if (why := file_paths.dynamic(statement.text))]  # (a file that cannot run: runner_findings say it)
 

@@ -31,8 +31,9 @@ def _planted_app(cli, db, sql_dir, low) -> None:
 def test_a_search_path_set_by_a_route_the_text_does_not_spell_stops_the_file(cli, db, sql_dir, low, spelled,
                                                                                transactional):
     """attack23u 3: each spelling put low's schema app on the file's path unseen; its `=` ran as the migration user
-    on the next statement, lint clean, exit 0. Now the session's path is compared after each statement with the
-    schemas the run checked (or the text reader sees it first). Failed before: exit 0, low's operator ran."""
+    on the next statement, lint clean, exit 0. Now the text reader reads the DO block's literal EXECUTE (attack23w 2:
+    held to the planted rule as a literal SET) and refuses a computed set_config while low's schema is within reach,
+    before anything runs. Failed before: exit 0, low's operator ran."""
     _planted_app(cli, db, sql_dir, low)
     head = "" if transactional else "-- transactional: false\n"
     add_migration(sql_dir, "0003_data", f"{head}{spelled}\nUPDATE a SET name = 'x' WHERE name = 'y';\n")
@@ -42,7 +43,8 @@ def test_a_search_path_set_by_a_route_the_text_does_not_spell_stops_the_file(cli
         assert result.exit_code == 2, result.output
         line = result.stderr
         assert f"0003_data.sql:{2 - transactional}" in line and "search_path" in line and "app" in line, line
-        assert "which the run had not checked" in line and f"roles {low} may CREATE in schema app" in line, line
+        assert ("cannot be read before the run" if "set_config" in spelled else "puts schema app on its "
+                "search_path") in line and f"roles {low} may CREATE in schema app" in line, line
         assert f"operator app.=(character varying,character varying) (owner {low})" in line, line
     assert "app" in line, line
     assert db.query("SELECT who FROM app.hits") == [] and db.query("SELECT name FROM a") == [("y",)]

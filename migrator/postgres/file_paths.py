@@ -5,8 +5,8 @@ The connect check holds the migrated schema and the session's starting search_pa
 own `SET [LOCAL] search_path TO app, public` (or `set_config('search_path', 'app,public', ...)`) then makes its
 unqualified names resolve in app too: an operator or function another role planted there, or may plant, runs as the
 migration user. So the schemas the pending files name that way are read (the parser's VariableSetStmt and
-set_config calls, only in statements that mention search_path: a no-op deploy reads none) and checked by the same
-catalog query, with those names as its path: one more round trip, only when a pending file names a path.
+set_config calls, only in statements that may set it: body_paths.may_set; a no-op deploy reads none) and checked by
+the same catalog query, with those names as its path: one more round trip, only when a pending file names a path.
 
 A table another role owns is that role's to add triggers, rules and policies to, and a trigger's function runs as
 the writer: a file's INSERT / UPDATE / DELETE / MERGE / COPY FROM / TRUNCATE of `app.settings` (a qualified name:
@@ -14,9 +14,15 @@ an unqualified one resolves on the checked path) runs that role's code as the mi
 from the statements that write (the parser's, as schema/targets.py reads DDL targets) and asked of the catalog
 (planted.WRITTEN): one round trip, only when a pending file writes a qualified name.
 
-A path set by a route the text does not spell (a DO block's EXECUTE, a computed set_config: attack23u 3) is not read
-before the run: lint and plan name such statements (dynamic), and a plain run's migration session is watched after
-each statement (CheckedPath): a path listing a schema the run did not check stops the file before its next statement.
+What a statement does to the path inside itself (a DO block's or a function's body, an EXECUTE, the routine's own
+SET clause: attack23w 2) is read too (body_paths.py): a literal path there is checked as a top-level one, since the
+statement that sets it resolves its own names under it. A change that cannot be read (an EXECUTE of a string built
+at run time, set_config with a computed name or value) is refused while the migration user can reach (USAGE) any
+schema another role may create in or owns objects in: such a change could put that schema on the path. Where no such
+schema exists, whatever path it sets holds no other role's code, so it runs (EXECUTE format('ALTER TABLE %I ...') in
+a DO block is common in real migrations). lint and plan name these statements (dynamic); a plain run's session is
+still watched after each statement (CheckedPath), for a path left set by code the files do not hold (a live
+function's).
 """
 
 from __future__ import annotations
@@ -28,12 +34,6 @@ from migrator.errors import USAGE, MigratorError
 from migrator.planted_code import alter_owner
 from migrator.postgres.psql_tokens import IDENTIFIER, server_name
 
-_MENTIONS = lazy_re.compile(r"search_path|u&|set\s+schema", re.IGNORECASE)  # (U&"search\005fpath", SET SCHEMA 's')
-# What may set the path in a way named() cannot read (attack23u 3): only such statements are parsed for lint
-_DYNAMIC = lazy_re.compile(r"search_path|set_config|pg_settings|u&|\bdo\b", re.IGNORECASE)
-# A DO body that sets the path, or runs SQL built at run time (EXECUTE of anything but one literal)
-_DO_BODY = lazy_re.compile(r"search_path|set_config|pg_settings|\bexecute\b(?!\s*'(?:[^']|'')*'\s*;)",
-                           re.IGNORECASE)
 _WRITES = lazy_re.compile(r"\b(?:insert|update|delete|merge|copy|truncate)\b", re.IGNORECASE)
 # The common shape read without the parser (a 20,000-row seed file of INSERTs: ~5 s of pglast trees, ~0.1 s here):
 # INSERT / UPDATE / DELETE / MERGE at the start writes its head table alone (a data-modifying WITH is top-level only)
@@ -41,6 +41,10 @@ _NAME = r'"(?:[^"]|"")+"|' + IDENTIFIER
 _HEAD = lazy_re.compile(rf"(?:insert\s+into|update|delete\s+from|merge\s+into)\s+(?:only\s+)?({_NAME})"
                         rf"(?:\s*\.\s*({_NAME}))?(?=[\s(;]|$)", re.IGNORECASE)
 _QUERY = planted.with_creators(trust.PLANTED, "(SELECT pg_catalog.unnest(CAST(:paths AS pg_catalog.text[])))")
+# Every schema the migration user can reach, for a path set by a route not read before the run (attack23w 2)
+_REACHABLE = planted.with_creators(trust.PLANTED, """(SELECT x.nspname::text FROM pg_catalog.pg_namespace x
+    WHERE x.nspname !~ '^pg_' AND x.nspname <> 'information_schema'
+      AND pg_catalog.has_schema_privilege(x.oid, 'USAGE'))""")
 
 
 def files(migrations, rollback: bool = False) -> list:
@@ -52,91 +56,72 @@ def files(migrations, rollback: bool = False) -> list:
             for m in migrations]
 
 
-def named(migrations) -> dict[str, str]:
-    """{schema: the first `file:line` naming it} of what the files' ([(path, statements)]) SET search_path /
-    set_config name."""
+def scan(migrations) -> tuple[dict[str, str], dict[str, str]]:
+    """({schema: the first `file:line` naming it}, {`file:line`: why a change there cannot be read}) of the search_path
+    changes the files' ([(path, statements)]) statements make, their bodies' included (body_paths.read)."""
+    from migrator.postgres import body_paths
+
     found: dict[str, str] = {}
+    unread: dict[str, str] = {}
     for path, statements in migrations:
         for statement in statements:
-            if _MENTIONS.search(statement.text):
-                for schema in _schemas(statement.text):
-                    found.setdefault(schema, f"{path}:{statement.line}")
-    return found
+            if body_paths.may_set(statement.text):
+                changes, at = body_paths.read(statement.text), f"{path}:{statement.line}"
+                for schema in changes.schemas:
+                    found.setdefault(schema, at)
+                if changes.unread:
+                    unread.setdefault(at, changes.unread[0])
+    return found, unread
 
 
-def _schemas(text: str) -> list[str]:
-    from pglast import ast
-    from pglast.visitors import Visitor
-
-    from migrator.postgres.risks_path import _trees, split_identifiers
-
-    found: list[str] = []
-
-    class Settings(Visitor):
-        def visit_VariableSetStmt(self, _ancestors, node):
-            if (node.name or "").lower() == "search_path":
-                found.extend(a.val.sval for a in node.args or () if isinstance(getattr(a, "val", None), ast.String))
-
-        def visit_FuncCall(self, _ancestors, call):
-            args = call.args or ()
-            if call.funcname[-1].sval == "set_config" and len(args) > 1 and \
-                    str(getattr(getattr(args[0], "val", None), "sval", "")).lower() == "search_path":
-                found.extend(split_identifiers(str(getattr(getattr(args[1], "val", None), "sval", ""))) or ())
-
-    for tree in _trees(text):
-        Settings()(tree)
-    return [name for name in found if name]  # ('': pg_dump's empty path names no schema)
+def named(migrations) -> dict[str, str]:
+    """{schema: the first `file:line` naming it} of what the files' ([(path, statements)]) literal search_path
+    changes name (SET, set_config, a body's, the routine's SET clause)."""
+    return scan(migrations)[0]
 
 
 def dynamic(text: str) -> str | None:
-    """Why a statement may set search_path by a route named() does not read (a DO block that sets it or runs built
-    SQL, set_config with a computed name or value, a U& spelling of the name, a write to pg_settings), else None:
-    `sql lint`'s and `plan`'s dynamic-search-path finding (migrate stops the file after it instead: CheckedPath)."""
-    from pglast import ast
-    from pglast.visitors import Visitor
+    """`sql lint`'s and `plan`'s dynamic-search-path finding for a statement, in words, else None: a change that
+    cannot be read (refused while the user can reach a schema others may plant in), a path set inside a body (the
+    statement that sets it resolves its own names under it), a name spelled otherwise (U&)."""
+    from migrator.postgres import body_paths
 
-    from migrator.postgres.risks_path import _trees
-
-    if not _DYNAMIC.search(text):
+    if not body_paths.may_set(text):
         return None
-    found: list[str] = []
-
-    class Routes(Visitor):
-        def visit_DoStmt(self, _ancestors, node):
-            body = " ".join(str(getattr(o.arg, "sval", "")) for o in node.args or () if o.defname == "as")
-            if _DO_BODY.search(body):
-                found.append("a DO block that sets it or runs SQL built at run time (EXECUTE)")
-
-        def visit_VariableSetStmt(self, _ancestors, node):
-            if (node.name or "").lower() == "search_path" and not re.search(r"search_path|set\s+schema", text, re.I):
-                found.append("a SET spelling the name otherwise (U&)")
-
-        def visit_FuncCall(self, _ancestors, call):
-            args = [getattr(getattr(a, "val", None), "sval", None) for a in call.args or ()]
-            if call.funcname[-1].sval == "set_config" and (args[:1] == [None] or str(args[0]).lower() == "search_path"
-                                                            and args[1:2] == [None]):
-                found.append("set_config with a computed name or value")
-
-        def visit_UpdateStmt(self, _ancestors, node):
-            if node.relation.relname == "pg_settings":
-                found.append("an UPDATE of pg_settings")
-
-    for tree in _trees(text):
-        Routes()(tree)
-    return found[0] if found else None
+    found = body_paths.read(text)
+    if found.unread:
+        return (f"search_path may be set by {found.unread[0]}, which cannot be read, so the schemas it names are not "
+                "checked before the run: migrate refuses the file while the migration user can reach a schema other "
+                "roles may create in or own objects in")
+    if found.inner:
+        return (f"search_path set inside {found.inner[0]}: the statement resolves its own names under it; the schemas "
+                "it names are checked before the run, as a literal SET's")
+    if found.schemas and not re.search(r"search_path|set\s+schema", text, re.IGNORECASE):
+        return "search_path set by a SET spelling the name otherwise (U&): read and checked before the run"
+    return None
 
 
 def refuse(backend, migrations, schema: str, where: str, accepted: tuple[str, ...], rollback: bool = False) -> None:
     """Refuses (exit 2) a pending file whose own search_path names a schema others may plant in (planted.py's rule),
-    naming file:line and the schema, unless SCHEMA_CREATORS_TRUSTED accepts them all."""
+    or that sets it by a route not read while such a schema is within reach, naming file:line and the schema,
+    unless SCHEMA_CREATORS_TRUSTED accepts them all."""
+    naming, unread = scan(files(migrations, rollback))
+    backend.path_checked = (set(naming), accepted)  # (with the session's own: checked already, guard())
+    if naming:
+        _refuse_named(backend, naming, schema, where, accepted)
+    if unread:
+        _refuse_unread(backend, unread, schema, where, accepted)
+
+
+def _state(backend, query: str, schema: str, paths: list[str]):
     from migrator.schema.queries import BOOKKEEPING_TABLES
 
-    naming = named(files(migrations, rollback))
-    backend.path_checked = (set(naming), accepted)  # (with the session's own: checked already, guard())
-    if not naming:
-        return
-    state = backend.execute(_QUERY, {"s": schema, "tables": list(dict.fromkeys([*BOOKKEEPING_TABLES,
-                                     backend.flyway_table])), "rights": [], "paths": list(naming)}).fetchone()
+    return backend.execute(query, {"s": schema, "tables": list(dict.fromkeys([*BOOKKEEPING_TABLES,
+                           backend.flyway_table])), "rights": [], "paths": paths}).fetchone()
+
+
+def _refuse_named(backend, naming: dict[str, str], schema: str, where: str, accepted: tuple[str, ...]) -> None:
+    state = _state(backend, _QUERY, schema, list(naming))
     left = planted.untrusted(state, accepted)
     if not any(left):
         return
@@ -147,6 +132,22 @@ def refuse(backend, migrations, schema: str, where: str, accepted: tuple[str, ..
         f"refusing to migrate schema {schema} on {where}: {naming[first]} puts schema {first} on its search_path"
         f"{f' (and {len(shown) - 1} more)' * (len(shown) > 1)}: {said}: {planted.harm(state[2])}; "
         f"{planted.fix(schema, *left, user=state[2])}"), USAGE)
+
+
+def _refuse_unread(backend, unread: dict[str, str], schema: str, where: str, accepted: tuple[str, ...]) -> None:
+    """A change the runner cannot read may name any schema the user can reach: refused while one of them is another
+    role's to create in or holds what another role owns (the planted rule's creators and objects)."""
+    state = _state(backend, _REACHABLE, schema, [])
+    creators, owned, _, _ = planted.untrusted(state, accepted)
+    if not creators and not owned:
+        return
+    at, why = next(iter(unread.items()))
+    said = planted.found(schema, creators, owned).replace(" (on the migration's search_path)", "")
+    raise MigratorError(output.visible(
+        f"refusing to migrate schema {schema} on {where}: {at} may set search_path by {why}, which cannot be read "
+        f"before the run, so it may put any schema user {state[2]} can reach on the path, and among them {said}: "
+        f"{planted.harm(state[2])}; write the path as a literal SET search_path TO ... (checked before anything "
+        f"runs), or {planted.fix(schema, creators, owned, user=state[2])}"), USAGE)
 
 
 def written(migrations) -> dict[str, str]:
@@ -258,12 +259,12 @@ _ON_SESSION = re.sub(r"(?<![:\w]):(s|tables|rights|paths)\b", r"%(\1)s", _QUERY)
 
 
 class CheckedPath:
-    """A path set by a route the text reader cannot follow (a DO block's EXECUTE, a computed set_config, a function's
-    SET) was never held to the planted rule (attack23u 3). After each statement, a session's search_path that lists a
-    schema the run did not check (its fresh session's, those the pending files' SET search_path name, pg_catalog and
-    pg_temp were) is checked then, in the migration's session, by the same query: a schema others may plant in stops
-    the file there, before its next statement resolves a name in it. PostgreSQL 18+ reports each change to the
-    client; an older server is asked after each statement (one round trip)."""
+    """The backstop for a path set by code no pending file holds (a live function's body: refuse() read the files'
+    own, attack23w 2). After each statement, a session's search_path that lists a schema the run did not check (its
+    fresh session's, those the pending files name, pg_catalog and pg_temp were) is checked then, in the migration's
+    session, by the same query: a schema others may plant in stops the file before its next statement resolves a name
+    in it (the statement that set it has run under it already: attack23w 2c). PostgreSQL 18+ reports the change to
+    the client when the statement ends; an older server is asked after each statement (one round trip)."""
 
     def __init__(self, backend, named: set[str], accepted: tuple[str, ...]):
         from migrator.postgres.risks_path import split_identifiers
@@ -309,8 +310,8 @@ class CheckedPath:
         new, left, user = self.found
         cause = RuntimeError(output.visible(
             f"this statement changed search_path to '{found}', putting schema {', '.join(new)} on it, which the run "
-            f"had not checked (a path set at run time: a DO block's EXECUTE, set_config with a computed name or value, "
-            f"a function's SET): {planted.found(self.schema, *left)}: {planted.harm(user)}; "
+            f"had not checked (set by code no pending file holds: a function already in the database; this "
+            f"statement ran under it): {planted.found(self.schema, *left)}: {planted.harm(user)}; "
             f"{planted.fix(self.schema, *left, user=user)}; or write the path as a literal SET search_path TO ... "
             "(checked before anything runs)"))
         cause.exit_code = USAGE  # (a refusal, as the connect check's)
