@@ -76,11 +76,12 @@ PATH = _PATH
 _SCHEMAS = f"""(SELECT x.oid, x.nspname, x.nspacl FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
                      END FROM path AS q(w))))"""
-# (the migrated schema and the others on the path, as _SCHEMAS names them; their tables)
+# (the migrated schema and the others on the path, as _SCHEMAS names them; their tables, and their views and
+# materialized views: a REFRESH, or a read of one in a write, runs the query as the user, attack23w 6)
 _PATH_NS = """(SELECT x.oid FROM pg_catalog.pg_namespace x
     WHERE x.oid = pg_catalog.to_regnamespace(pg_catalog.quote_ident(:s)) OR (x.nspname <> 'pg_catalog'
         AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w END FROM path AS q(w))))"""
-_PATH_TABLES = f"""(SELECT 0 AS k, c.oid FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'f')
+_PATH_TABLES = f"""(SELECT 0 AS k, c.oid FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm')
     AND c.relnamespace IN {_PATH_NS})"""
 # (the CTE `far`: the tables a write of those reaches in other schemas, attack23w 7; COLUMNS counts them under n)
 _FAR = f"""(SELECT q.oid FROM {closure(_PATH_TABLES)} q JOIN pg_catalog.pg_class c ON c.oid = q.oid

@@ -11,7 +11,8 @@ from migrator.grant_text import ident
 # what depends on them in pg_depend, followed backwards: a domain over one, an array of one, a composite type with an
 # attribute of one, a domain whose CHECK calls one, an operator or SQL-standard function using one; down to a table's
 # column type, default or generated column, constraint, index (expression, operator class), trigger condition, rule,
-# policy or extended statistics (attack23w 5). Walked from the untrusted objects (few, usually none), not from the
+# policy or extended statistics (attack23w 5), or a view's or materialized view's query (its _RETURN rule: a REFRESH,
+# or a read in a write, attack23w 6). Walked from the untrusted objects (few, usually none), not from the
 # tables (thousands): ~2 ms when there are none. The function a trigger executes is the 'trigger' rows' elsewhere.
 # Rows (tbl, owner, via: what of the table reaches it, what: the object) for the tables in `start` (a FROM item with
 # column oid).
@@ -52,7 +53,7 @@ def reach(start: str, owner_ok: str) -> str:
             WHERE wk.c = {k} AND y.oid = wk.o AND y.conrelid <> 0
         UNION ALL SELECT r.oid, 'column ' || r.oid::pg_catalog.regclass::text || '.' || pg_catalog.quote_ident(
             a.attname::text) FROM pg_catalog.pg_class r JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid
-            AND a.attnum = wk.s WHERE wk.c = {c} AND r.oid = wk.o AND wk.s > 0 AND r.relkind IN ('r', 'p', 'f')
+            AND a.attnum = wk.s WHERE wk.c = {c} AND r.oid = wk.o AND wk.s > 0 AND r.relkind IN ('r', 'p', 'f', 'm')
         UNION ALL SELECT i.indrelid, {described} FROM pg_catalog.pg_index i WHERE wk.c = {c} AND i.indexrelid = wk.o
         UNION ALL SELECT g.tgrelid, {described} FROM pg_catalog.pg_trigger g
             WHERE wk.c = {_CLASS("pg_trigger")} AND g.oid = wk.o AND g.tgenabled <> 'D' AND NOT g.tgisinternal
