@@ -118,7 +118,8 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
     """[owner, '<via> through <own function> uses <object>'] of other roles' functions and operators the user's own
     string-bodied functions `roots` ([oid, via]: planted.COLUMNS' state[16]) call, at any depth of its own; and
     what `on_path`(a function's own search_path) finds in that path's schemas ([owner, words] as state[12])."""
-    wanted = [("f", None, None, int(oid), via, None) for oid, via in roots]
+    first = {oid: via for oid, via in reversed(roots)}  # (one way to each function: its body is read once)
+    wanted = [("f", None, None, int(oid), via, None) for oid, via in reversed(first.items())]
     seen: set = set()
     found: list = []
     for _ in range(_LEVELS):

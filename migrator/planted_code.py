@@ -54,8 +54,10 @@ def reach(start: str, owner_ok: str, own: bool = False) -> str:
                 WHERE d.classid = {k} AND y.oid = d.objid AND y.contypid <> 0
             UNION ALL SELECT {t}, r.reltype, 0 FROM pg_catalog.pg_class r  -- (a composite's attribute: its type)
                 WHERE d.classid = {c} AND r.oid = d.objid AND r.relkind = 'c') x
-        WHERE wk.c IN ({p}, {t}, {op}, {_CLASS("pg_opclass")}) {triggers})
-    SELECT h.tbl, b.owner, h.via, b.what, b.o FROM walk wk JOIN bad b ON b.c = wk.rc AND b.o = wk.ro CROSS JOIN LATERAL (
+        WHERE wk.c IN ({p}, {t}, {op}, {_CLASS("pg_opclass")}) {triggers}),
+    -- (what the walk reached, before the start's filter: joined first, the two made a product with many objects)
+    hits AS MATERIALIZED (SELECT h.tbl, b.owner, h.via, b.what, b.o FROM walk wk JOIN bad b ON b.c = wk.rc AND b.o = wk.ro
+        CROSS JOIN LATERAL (
         SELECT a.adrelid AS tbl, {described} AS via FROM pg_catalog.pg_attrdef a
             WHERE wk.c = {_CLASS("pg_attrdef")} AND a.oid = wk.o
         UNION ALL SELECT y.conrelid, {described} FROM pg_catalog.pg_constraint y
@@ -72,7 +74,7 @@ def reach(start: str, owner_ok: str, own: bool = False) -> str:
             WHERE wk.c = {_CLASS("pg_policy")} AND y.oid = wk.o
         UNION ALL SELECT y.stxrelid, {described} FROM pg_catalog.pg_statistic_ext y  -- (ANALYZE evaluates it)
             WHERE wk.c = {_CLASS("pg_statistic_ext")} AND y.oid = wk.o) h
-    WHERE h.tbl IN (SELECT st.oid FROM {start} st))"""
+    ) SELECT * FROM hits WHERE hits.tbl IN (SELECT st.oid FROM {start} st))"""
 
 
 # The tables a write of a table reaches (attack23w 7): its partitions and inheritance children, and the tables whose
