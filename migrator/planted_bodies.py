@@ -144,7 +144,7 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
             following += [(k, where, name, None, chain, path) for k, where, name in sorted(calls(language, body),
                                                                                           key=str)
                           if where != "pg_catalog"]  # (unqualified: by its own path, else the session's)
-        wanted = following
+        wanted = list({(w[0], w[1], w[2], w[3], w[5]): w for w in reversed(following)}.values())[::-1]  # (one each)
     return list(map(list, dict.fromkeys(map(tuple, found))))
 
 
