@@ -116,3 +116,16 @@ def test_the_users_own_wrappers_views_and_trigger_functions_over_its_own_code_mi
     add_migration(sql_dir, "0002_seed", "INSERT INTO t (id) VALUES (1); REFRESH MATERIALIZED VIEW mv;\n")
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert db.query("SELECT n FROM mv") == [("XY6",)]
+
+
+def test_a_tenant_schemas_own_wrapper_reaching_another_roles_code_is_refused(cli, db, sql_dir, low):
+    """The same in a tenant run: the schema's table's DEFAULT calls the user's own pb.wrap(), whose body calls low's
+    app.ok(text)."""
+    _low_code(db, low)
+    db.query("CREATE SCHEMA pb; CREATE FUNCTION pb.wrap() RETURNS text LANGUAGE sql AS 'SELECT app.ok(''x'')::text'; "
+             "CREATE TABLE pb.t (id int, v text DEFAULT pb.wrap())")
+    add_migration(sql_dir, "0002_seed", "INSERT INTO t (id) VALUES (1);\n")
+    result = cli("migrate", "--sql-dir", sql_dir, "--schema", "pb", env=db.db_env())
+    [line] = [line for line in result.output.splitlines() if "FAILED: refusing to migrate schema pb" in line]
+    assert result.exit_code == 2 and "through function pb.wrap() uses function app.ok(text)" in line, line
+    assert db.query("SELECT * FROM pb.t") == [] and db.query("SELECT who FROM app.hits") == []
