@@ -66,6 +66,7 @@ CREATOR_OK = _CREATOR_OK  # (a pending file's grants: postgres/file_grants.py)
 # (membership read in pg_auth_members: pg_has_role answers true for every role when the user is a superuser)
 _OWNER_OK = _TRUSTED + (" AND r.oid IN (WITH RECURSIVE m(oid) AS (SELECT oid FROM me UNION SELECT a.roleid FROM "
                         "pg_catalog.pg_auth_members a JOIN m ON a.member = m.oid) SELECT oid FROM m)))")
+OWNER_OK = _OWNER_OK  # (the user's own functions' bodies: planted_bodies.py)
 _PATH = r"""(SELECT CAST(CAST(CASE WHEN p.w ~ '^"' THEN pg_catalog.replace(pg_catalog.substr(p.w, 2,
                  pg_catalog.length(p.w) - 2), '""', '"') ELSE pg_catalog.translate(p.w, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
                  'abcdefghijklmnopqrstuvwxyz') END AS pg_catalog.name) AS pg_catalog.text)
@@ -76,11 +77,12 @@ PATH = _PATH
 _SCHEMAS = f"""(SELECT x.oid, x.nspname, x.nspacl FROM pg_catalog.pg_namespace x WHERE x.oid = n.oid
                  OR (x.nspname <> 'pg_catalog' AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w
                      END FROM path AS q(w))))"""
-# (the migrated schema and the others on the path, as _SCHEMAS names them; their tables)
+# (the migrated schema and the others on the path, as _SCHEMAS names them; their tables, and their views and
+# materialized views: a REFRESH, or a read of one in a write, runs the query as the user, attack23w 6)
 _PATH_NS = """(SELECT x.oid FROM pg_catalog.pg_namespace x
     WHERE x.oid = pg_catalog.to_regnamespace(pg_catalog.quote_ident(:s)) OR (x.nspname <> 'pg_catalog'
         AND x.nspname IN (SELECT CASE WHEN w = '$user' THEN CURRENT_USER ELSE w END FROM path AS q(w))))"""
-_PATH_TABLES = f"""(SELECT 0 AS k, c.oid FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'f')
+_PATH_TABLES = f"""(SELECT 0 AS k, c.oid FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm')
     AND c.relnamespace IN {_PATH_NS})"""
 # (the CTE `far`: the tables a write of those reaches in other schemas, attack23w 7; COLUMNS counts them under n)
 _FAR = f"""(SELECT q.oid FROM {closure(_PATH_TABLES)} q JOIN pg_catalog.pg_class c ON c.oid = q.oid
@@ -88,6 +90,7 @@ _FAR = f"""(SELECT q.oid FROM {closure(_PATH_TABLES)} q JOIN pg_catalog.pg_class
 _IN_FAR = "(ns.oid = n.oid AND c.oid IN (SELECT oid FROM far))"
 # (for the CTE `reach`)
 _REACH_PATH = reach(f"(SELECT c.oid FROM {_PATH_TABLES} c UNION ALL SELECT oid FROM far)", _OWNER_OK)
+_REACH_OWN = reach(f"(SELECT c.oid FROM {_PATH_TABLES} c UNION ALL SELECT oid FROM far)", _OWNER_OK, own=True)
 _CREATORS = f"""ARRAY(SELECT ARRAY[ns.nspname::text, r.name] FROM {_SCHEMAS} ns,
              LATERAL (SELECT 'PUBLIC' AS name WHERE EXISTS (SELECT FROM pg_catalog.aclexplode(ns.nspacl) x
                           WHERE x.grantee = 0 AND x.privilege_type = 'CREATE')
@@ -159,7 +162,10 @@ _MISSING = f"""ARRAY(SELECT ARRAY[q.w, COALESCE(rr.rolname::text, 'PUBLIC'), pg_
              LEFT JOIN pg_catalog.pg_roles rr ON rr.oid = c.oid
              WHERE q.w !~ '^pg_' AND NOT EXISTS (SELECT FROM pg_catalog.pg_namespace x WHERE x.nspname = q.w)
              ORDER BY q.w, rr.rolname)"""
-COLUMNS = ",\n       " + ",\n       ".join((_CREATORS, _OWNED, _TRIGGERS, _VIEWS, _MISSING)) + "\n"
+# state[16]: [oid, what reaches it] of the user's own string-bodied functions the same tables' implicit code reaches
+# (the CTE own): planted_bodies.py reads their bodies
+_ROOTS = "ARRAY(SELECT DISTINCT ARRAY[h.o::pg_catalog.text, h.via] FROM own h ORDER BY 1)"
+COLUMNS = ",\n       " + ",\n       ".join((_CREATORS, _OWNED, _TRIGGERS, _VIEWS, _MISSING, _ROOTS)) + "\n"
 
 
 # [name index, table, role, kind, detail, object] of the tables a pending file writes by a qualified name
@@ -197,7 +203,7 @@ def with_creators(query: str, path: str = _PATH) -> str:
     """trust.PLANTED with COLUMNS appended (state[11] to state[15]), the path's entries read once (`path`: reading
     pg_settings costs ~10 ms, and five columns ask; or the names a pending file puts on its own: file_paths.py)."""
     query = query.replace("WITH me AS (", f"WITH path(w) AS MATERIALIZED {path}, me AS (", 1)
-    query = query.replace("\n)\nSELECT n.oid IS NOT NULL", f"\n), far AS MATERIALIZED {_FAR}, reach AS {_REACH_PATH}\nSELECT n.oid IS NOT NULL", 1)
+    query = query.replace("\n)\nSELECT n.oid IS NOT NULL", f"\n), far AS MATERIALIZED {_FAR}, reach AS {_REACH_PATH}, own AS {_REACH_OWN}\nSELECT n.oid IS NOT NULL", 1)
     return _appended(query, COLUMNS)
 
 

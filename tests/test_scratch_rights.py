@@ -138,8 +138,11 @@ def test_the_live_targets_user_or_its_member_as_scratch_user_is_refused(cli, pg,
     user = mig_role if scratch_user == "live" else f"{mig_role}_m"
     scratch_url = pg.url("postgres", user=user, password="live" if scratch_user == "live" else "m")
     add_migration(sql_dir, "0002_x", "-- transactional: false\nALTER ROLE CURRENT_USER SET work_mem = '64kB';\n")
-    for command in COMMANDS:
-        line = one_error_line(cli(*command, "--sql-dir", sql_dir, "--scratch-url", scratch_url, env=live))
+    for command in [*COMMANDS, ["sql", "adopt", "--schema", "public"], ["plan", "--impact", "--schema", "public"]]:
+        result = cli(*command, "--sql-dir", sql_dir, "--scratch-url", scratch_url, env=live)
+        line = one_error_line(result)
+        if "--schema" in command and command[1] == "adopt":  # (a tenants' run: the schema's line, then the summary)
+            [line] = [said for said in result.output.splitlines() if "refusing scratch server" in said]
         assert "refusing scratch server" in line and f"as user {user}: it " in line, line
         assert f"the live target's user {mig_role}" in line and "CREATE ROLE hcm_scratch" in line, line
         with pg.connect() as conn, conn.cursor() as cur:

@@ -120,8 +120,9 @@ def with_history(target: PostgresTarget, sql_dir) -> PostgresTarget:
 SCRATCH_ORIGIN = "--scratch-url (or SCRATCH_DATABASE_URL)"
 
 
-def scratch_server(settings: CommandSettings, url: str | None) -> PostgresTarget:
-    """Where schema checks build their scratch databases: --scratch-url, else the local development server."""
+def scratch_server(settings: CommandSettings, url: str | None, live_user: str | None = None) -> PostgresTarget:
+    """Where schema checks build their scratch databases: --scratch-url, else the local development server.
+    `live_user`: the live target's user, when the caller has resolved that target already (else resolved here)."""
     from migrator import devdb
 
     if url:  # its errors and notes name where it came from, not --database-url
@@ -130,8 +131,10 @@ def scratch_server(settings: CommandSettings, url: str | None) -> PostgresTarget
         except MigratorError as exc:
             raise MigratorError(str(exc).replace("--database-url", SCRATCH_ORIGIN), exc.exit_code) from exc
         server.sources = {key: value.replace("--database-url", SCRATCH_ORIGIN) for key, value in server.sources.items()}
-        with contextlib.suppress(MigratorError):  # (a command without a live target: sql verify, adopt)
-            server.live_user = resolve_postgres(settings.postgres, settings.env).user
+        server.live_user = live_user
+        if live_user is None:
+            with contextlib.suppress(MigratorError):  # (a command without a live target: sql verify, adopt)
+                server.live_user = resolve_postgres(settings.postgres, settings.env).user
         return server
     return devdb.ensure_running(settings.env)
 

@@ -37,7 +37,7 @@ def impact(settings: CommandSettings, scratch_url: str | None) -> reports.Impact
         if skipped:
             settings.note("note: lint skipped: squawk is not installed here (`make install` brings it)")
         findings = [] if skipped else lint.lint(todo)
-        server = scratch_server(settings, scratch_url)
+        server = scratch_server(settings, scratch_url, target.user)
         note = scratch_note(server, target, backend.connection.server_version)
         with interrupt.guard():
             try:

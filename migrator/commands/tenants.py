@@ -119,7 +119,7 @@ def adopt(settings: CommandSettings, *, yes: bool, scratch_url: str | None):
     if target is None:
         return sql_commands.adopt(settings, yes=yes, scratch_url=scratch_url)
     refuse_outside_tenant(settings.sql_dir, target)
-    server = scratch_server(settings, scratch_url)  # resolved once (the local one is started once)
+    server = scratch_server(settings, scratch_url, target.user)  # resolved once (the local one started once)
 
     def one(schema_settings: CommandSettings):
         report = sql_commands.adopt_on(dataclasses.replace(schema_settings, show=lambda r: _said(schema_settings, r)),

@@ -46,6 +46,23 @@ BLANK = lazy_re.compile(r"(?:\s+|--[^\r\n]*)*")
 COMMENT_END = lazy_re.compile(r"[\r\n]")
 
 
+# A control character other than tab, line feed, form feed and carriage return (Unicode's Cc): a NUL psql drops with
+# the rest of its line; the others a terminal or pager acts on, so what a reviewer reads of the file (`cat`, `git
+# diff`, a saved plan in `less -R`) is not what runs (ESC[8m conceals a statement, attack23w 9). As the Mongo side's
+# patch output is escaped, a file holding one is refused; in a string it can be written as an escape (E'\x1b').
+CONTROL = lazy_re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+
+
+def _control_said(text: str, at: int) -> str:
+    column = at - max(text.rfind("\n", 0, at), text.rfind("\r", 0, at))
+    if text[at] == "\0":
+        return f"holds a NUL byte (U+0000, column {column}), which psql drops with the rest of its line (the server " \
+               "refuses it); remove it"
+    return (f"holds control character U+{ord(text[at]):04X} (column {column}), which a terminal or pager acts on (it "
+            "can hide or redraw what a reviewer reads of the file, in `plan`, `cat` or `git diff`); remove it, or "
+            "write it as an escape in a string (E'\\x1b', chr(27))")
+
+
 def newlines(text: str, start: int = 0, end: int | None = None) -> int:
     """Line breaks in text[start:end]: \n, \r\n and a lone \r each end a line (as the checksum counts them)."""
     end = len(text) if end is None else end
@@ -83,10 +100,9 @@ class SplitError(ValueError):
 
 def split(text: str) -> list[Statement]:
     statements: list[Statement] = []
-    nul = text.find("\0")
-    if nul >= 0:
-        raise SplitError(newlines(text, 0, nul) + 1, "holds a NUL byte, which psql drops with the rest of its line "
-                                                   "(the server refuses it); remove it")
+    control = CONTROL.search(text)
+    if control:
+        raise SplitError(newlines(text, 0, control.start()) + 1, _control_said(text, control.start()))
     pos, start, depth, begin_depth, swallowed, misread = 0, None, 0, 0, False, False
     conforming = True  # standard_conforming_strings, as the file sets it
     pattern = FAST

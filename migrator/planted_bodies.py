@@ -1,0 +1,175 @@
+"""The migration user's own functions whose body is a string (attack23w 3): PostgreSQL records no pg_depend rows for
+what a `LANGUAGE sql AS '...'` or plpgsql body calls, so a DEFAULT, CHECK, trigger or view of the user's that calls
+its own one-line wrapper hides another role's function from planted_code.reach. Their bodies are read here, one level
+of reading: the functions and operators they call by a schema-qualified name are held to the owner rule (another
+role's is refused like a DEFAULT calling it; the user's own is read in turn, once: a visited set). An unqualified name
+resolves by the session's search_path at call time, which the connect check and CheckedPath hold to the planted rule,
+unless the function has its own SET search_path: then that path's schemas are held to it here. Other languages (C,
+plpython, ...) need a superuser to create: their bodies are not read, nor is what EXECUTE builds at run time.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+from migrator import planted
+from migrator.planted import OWNER_OK as _OWNER_OK, PATH as _PATH
+from migrator.planted_code import USES
+
+# The session path's reader (planted.PATH) over a function's own search_path setting instead (:fpath; q.p below).
+_SESSION = "(SELECT reset_val FROM pg_catalog.pg_settings\n                   WHERE name = 'search_path')"
+assert _SESSION in _PATH, "planted.PATH changed: read a function's own path as it reads the session's"
+FUNCTION_PATH = _PATH.replace(_SESSION, "CAST(:fpath AS pg_catalog.text)")
+_OWN_PATH = _PATH.replace(_SESSION, "q.p")
+_IN = "(SELECT CASE WHEN u.w = '$user' THEN CURRENT_USER ELSE u.w END FROM {} AS u(w))".format
+# For each wanted (kind 'f' function, 'o' operator; schema or none for the session path's; name; or oid): [i, kind,
+# oid, what, owner, trusted, the user's own (read further), language, body (plpgsql: the whole definition, which its
+# parser reads), its own search_path, oids of the functions it depends on (a BEGIN ATOMIC body's, an operator's)].
+_LOOKUP = f"""WITH path(w) AS MATERIALIZED {_PATH}, me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER),
+q AS (SELECT * FROM ROWS FROM (pg_catalog.unnest(CAST(:kinds AS pg_catalog.text[])), pg_catalog.unnest(CAST(:schemas
+          AS pg_catalog.text[])), pg_catalog.unnest(CAST(:names AS pg_catalog.text[])), pg_catalog.unnest(CAST(:oids AS
+          pg_catalog.oid[])), pg_catalog.unnest(CAST(:paths AS pg_catalog.text[]))) WITH ORDINALITY q(kind, s, name, o, p, i)),
+ns AS (SELECT q.i, x.oid FROM q JOIN pg_catalog.pg_namespace x ON x.nspname <> 'pg_catalog' AND CASE
+    WHEN q.s IS NOT NULL THEN x.nspname = q.s WHEN q.p IS NOT NULL THEN x.nspname IN {_IN(_OWN_PATH)}
+    ELSE x.nspname IN {_IN("path")} OR x.nspname = :schema END WHERE q.o IS NULL)
+SELECT q.i, 'f', f.oid, 'function ' || f.oid::pg_catalog.regprocedure::text, r.rolname::text, {_OWNER_OK},
+       f.proowner = (SELECT oid FROM me) AND f.oid >= 16384, l.lanname::text,
+       CASE WHEN l.lanname = 'plpgsql' THEN pg_catalog.pg_get_functiondef(f.oid) ELSE f.prosrc END,
+       (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(f.proconfig) c WHERE pg_catalog.starts_with(c, 'search_path=')),
+       ARRAY(SELECT d.refobjid FROM pg_catalog.pg_depend d WHERE d.classid = CAST('pg_catalog.pg_proc' AS
+           pg_catalog.regclass) AND d.objid = f.oid AND d.refclassid = CAST('pg_catalog.pg_proc' AS pg_catalog.regclass))
+FROM q JOIN pg_catalog.pg_proc f ON q.kind = 'f' AND (f.oid = q.o OR q.o IS NULL AND f.proname = q.name
+    AND f.pronamespace IN (SELECT ns.oid FROM ns WHERE ns.i = q.i))
+JOIN pg_catalog.pg_roles r ON r.oid = f.proowner JOIN pg_catalog.pg_language l ON l.oid = f.prolang
+UNION ALL SELECT q.i, 'o', y.oid, 'operator ' || y.oid::pg_catalog.regoperator::text, r.rolname::text, {_OWNER_OK},
+       false, '', '', NULL, ARRAY[y.oprcode::pg_catalog.oid]
+FROM q JOIN pg_catalog.pg_operator y ON q.kind = 'o' AND y.oprname = q.name
+    AND y.oprnamespace IN (SELECT ns.oid FROM ns WHERE ns.i = q.i)
+JOIN pg_catalog.pg_roles r ON r.oid = y.oprowner"""
+_LEVELS = 32  # (a chain of the user's own functions deeper than this is not followed further)
+
+
+def _names(node, found: set) -> None:
+    """(kind, schema or None, name) of the function calls and operators in a parse tree (pglast's JSON)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("FuncCall", "A_Expr") and isinstance(value, dict):
+                names = [n["String"]["sval"] for n in value.get("funcname" if key == "FuncCall" else "name", [])
+                         if "String" in n]
+                if names:
+                    found.add(("f" if key == "FuncCall" else "o", names[-2] if len(names) > 1 else None, names[-1]))
+            _names(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _names(value, found)
+
+
+def _sql(text: str, found: set) -> None:
+    from pglast.parser import ParseError, parse_sql_json
+
+    try:
+        _names(json.loads(parse_sql_json(text)), found)
+    except ParseError:  # (PostgreSQL accepted it at CREATE: a body the parser here cannot read names nothing)
+        pass
+
+
+def _expressions(node, found: list) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "PLpgSQL_expr" and isinstance(value, dict):
+                found.append((value.get("query", ""), value.get("parseMode", 0)))
+            else:
+                _expressions(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _expressions(value, found)
+
+
+def calls(language: str, body: str) -> set[tuple[str, str | None, str]]:
+    """(kind 'f' or 'o', schema or None, name) of what a sql or plpgsql body calls (plpgsql: `body` is the whole
+    CREATE FUNCTION, its expressions read by the SQL parser as PostgreSQL reads them)."""
+    found: set = set()
+    if language == "sql":
+        _sql(body, found)
+    elif language == "plpgsql":
+        from pglast import parse_plpgsql
+        from pglast.parser import ParseError
+
+        expressions: list = []
+        try:
+            _expressions(parse_plpgsql(body), expressions)
+        except ParseError:
+            return found
+        for query, mode in expressions:
+            if mode >= 3:  # (an assignment, `target := expression`)
+                query = query.split(":=", 1)[1] if ":=" in query else query.split("=", 1)[-1]
+            _sql(query if mode == 0 else f"SELECT {query}", found)
+    return found
+
+
+def _read(wanted: list, execute, schema: str) -> list:
+    params = {"kinds": [w[0] for w in wanted], "schemas": [w[1] for w in wanted], "names": [w[2] for w in wanted],
+              "oids": [w[3] for w in wanted], "paths": [w[5] for w in wanted], "schema": schema}
+    return execute(_LOOKUP, params).fetchall()
+
+
+def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str], list[list[str]]]) -> list:
+    """[owner, '<via> through <own function> uses <object>'] of other roles' functions and operators the user's own
+    string-bodied functions `roots` ([oid, via]: planted.COLUMNS' state[16]) call, at any depth of its own; and
+    what `on_path`(a function's own search_path) finds in that path's schemas ([owner, words] as state[12])."""
+    first = {oid: via for oid, via in reversed(roots)}  # (one way to each function: its body is read once)
+    wanted = [("f", None, None, int(oid), via, None) for oid, via in reversed(first.items())]
+    seen: set = set()
+    found: list = []
+    for _ in range(_LEVELS):
+        if not wanted:
+            break
+        following = []
+        for i, kind, oid, what, owner, trusted, own, language, body, path, depends in _read(wanted, backend.execute,
+                                                                                            schema):
+            via = wanted[i - 1][4]
+            if (kind, oid) in seen:
+                continue
+            seen.add((kind, oid))
+            if not trusted:
+                found.append([owner, f"{via} uses {what}"])
+                continue
+            chain = via if kind == "o" else f"{via} through {what}"
+            following += [("f", None, None, int(d), chain, None) for d in depends or []]
+            if not own:
+                continue
+            for entry in on_path(path) if path is not None else ():
+                found.append([entry[0], f"{chain} resolves names by its own search_path ({path}): {entry[1]}"])
+            following += [(k, where, name, None, chain, path) for k, where, name in sorted(calls(language, body),
+                                                                                          key=str)
+                          if where != "pg_catalog"]  # (unqualified: by its own path, else the session's)
+        wanted = list({(w[0], w[1], w[2], w[3], w[5]): w for w in reversed(following)}.values())[::-1]  # (one each)
+    return list(map(list, dict.fromkeys(map(tuple, found))))
+
+
+_QUERIES: dict = {}
+
+
+def _on_path(backend, planted_query: str, path: str) -> list[list[str]]:
+    """[role, words] (as planted's state[12]) of what others may plant in the schemas of a function's own path:
+    trust.PLANTED's columns (planted.with_creators) over them, pg_catalog standing in for the migrated schema (the
+    run's own check reads that one)."""
+    if planted_query not in _QUERIES:
+        _QUERIES[planted_query] = planted.with_creators(planted_query, FUNCTION_PATH)
+    params = {"s": "pg_catalog", "tables": [], "rights": [], "fpath": path}
+    creators, owned, _, missing = planted.untrusted(backend.execute(_QUERIES[planted_query], params).fetchone(), ())
+    return [*([role, f"a right to CREATE in schema {where}"] for where, role in creators),
+            *([owner, what] for owner, what in owned if USES not in what),
+            *([role, f"schema {where}, which does not exist, by a right to CREATE on the database"]
+              for where, role, _ in missing)]
+
+
+def with_bodies(backend, state: tuple, schema: str, planted_query: str) -> tuple:
+    """`state` (trust.bookkeeping_state's, with planted.COLUMNS) with reached()'s findings added to state[12];
+    `planted_query`: trust.PLANTED, whose columns hold a function's own path to the planted rule."""
+    if len(state) < 17 or not state[16]:
+        return state
+    found = [entry for entry in reached(backend, state[16], schema, lambda path: _on_path(backend, planted_query, path))
+             if entry not in state[12]]
+    return (*state[:12], [*state[12], *found], *state[13:]) if found else state
