@@ -144,6 +144,10 @@ def test_a_blocker_that_outlives_the_tries_is_still_named_to_be_ended(cli, db, s
 # --- attack24p 9: a frozen runner ------------------------------------------------------------------------
 
 # The migration session idle in transaction (between two statements of its try) holding ACCESS EXCLUSIVE on t_app.
+# The file's INSERTs after its ALTER: enough for the poll to catch the try idle between two of them (at ~1-5 ms a
+# statement under the lock, seconds of them), few enough that the rerun, which applies them all, takes seconds: 20,000
+# made the thawed test's rerun ~100 s at load 8.
+ROWS = 3000
 IDLE_HOLDING = """SELECT a.pid FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a USING (pid)
 WHERE l.relation = 'public.t_app'::regclass AND l.granted AND l.mode = 'AccessExclusiveLock'
   AND a.state = 'idle in transaction' AND a.application_name LIKE 'hcm-db-migrations%'"""
@@ -154,7 +158,7 @@ def _frozen_idle_holding(db, sql_dir, seeded):
     t_app; the application's query on t_app (its own statement_timeout 20 s) gets its rows. Returns (runner, the
     migration session's pid)."""
     db.query("CREATE TABLE t_app (id int); INSERT INTO t_app VALUES (1), (2); CREATE TABLE region2 (id int)")
-    inserts = "".join(f"INSERT INTO region2 VALUES ({i});\n" for i in range(20000))
+    inserts = "".join(f"INSERT INTO region2 VALUES ({i});\n" for i in range(ROWS))
     add_migration(sql_dir, "0002_x", "ALTER TABLE t_app ADD COLUMN x int;\n" + inserts)
     runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
     try:
@@ -363,4 +367,4 @@ def test_a_runner_frozen_between_statements_and_thawed_says_the_server_ended_its
     assert applied(db) == [SEED] and db.query("SELECT count(*) FROM region2") == [(0,)]
     rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     assert rerun.exit_code == 0, rerun.output
-    assert applied(db) == [SEED, "0002_x"] and db.query("SELECT count(*) FROM region2") == [(20000,)]
+    assert applied(db) == [SEED, "0002_x"] and db.query("SELECT count(*) FROM region2") == [(ROWS,)]
