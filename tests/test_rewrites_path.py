@@ -80,8 +80,9 @@ def _refused_keeping_the_table(cli, db, sql_dir, texts, line: int, what: str = R
         written.unlink()
 
 
-# A control file after each spelling's: the live table's rewrite, unqualified, refused in its own fresh session; were
-# the spelling's path to reach it (arch, where the spelling's file created the table's name), it would be the new table's.
+# A control file after each spelling's: the live table's rewrite, unqualified, refused in its own fresh session;
+# were the spelling's path to reach it (arch, where the spelling's file created the table's name), it would be the
+# new table's and pass.
 CONTROL = f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"
 BATCH = 32  # spellings a migrate judges at once (each file its own session and verdict): 5 commands, not ~130
 
