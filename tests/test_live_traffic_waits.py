@@ -144,6 +144,10 @@ def test_a_blocker_that_outlives_the_tries_is_still_named_to_be_ended(cli, db, s
 # --- attack24p 9: a frozen runner ------------------------------------------------------------------------
 
 # The migration session idle in transaction (between two statements of its try) holding ACCESS EXCLUSIVE on t_app.
+# The file's INSERTs after its ALTER: enough for the poll to catch the try idle between two of them (at ~1-5 ms a
+# statement under the lock, seconds of them), few enough that the rerun, which applies them all, takes seconds: 20,000
+# made the thawed test's rerun ~100 s at load 8.
+ROWS = 3000
 IDLE_HOLDING = """SELECT a.pid FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a USING (pid)
 WHERE l.relation = 'public.t_app'::regclass AND l.granted AND l.mode = 'AccessExclusiveLock'
   AND a.state = 'idle in transaction' AND a.application_name LIKE 'hcm-db-migrations%'"""
@@ -154,7 +158,7 @@ def _frozen_idle_holding(db, sql_dir, seeded):
     t_app; the application's query on t_app (its own statement_timeout 20 s) gets its rows. Returns (runner, the
     migration session's pid)."""
     db.query("CREATE TABLE t_app (id int); INSERT INTO t_app VALUES (1), (2); CREATE TABLE region2 (id int)")
-    inserts = "".join(f"INSERT INTO region2 VALUES ({i});\n" for i in range(20000))
+    inserts = "".join(f"INSERT INTO region2 VALUES ({i});\n" for i in range(ROWS))
     add_migration(sql_dir, "0002_x", "ALTER TABLE t_app ADD COLUMN x int;\n" + inserts)
     runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
     try:
@@ -179,20 +183,8 @@ def _frozen_idle_holding(db, sql_dir, seeded):
     return runner, rows[0][0]
 
 
-def test_a_runner_frozen_mid_try_loses_its_locks_within_seconds(db, sql_dir, seeded):
-    """SIGSTOP (a VM pause, a partition: no FIN reaches the server) while the try's transaction holds ACCESS
-    EXCLUSIVE: the server ends the session (its try's idle_in_transaction_session_timeout), so the application's
-    query, bounded by its own statement_timeout of 20 s (far below the session's 600 s floor), gets its rows."""
-    runner, _ = _frozen_idle_holding(db, sql_dir, seeded)
-    try:
-        settings = db.query("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'hcm-db-migrations%' "
-                            "AND state = 'idle in transaction'")
-        assert settings == [(0,)]  # the frozen try's session is gone
-    finally:
-        runner.send_signal(signal.SIGKILL)
-        runner.communicate(timeout=30)
-    assert applied(db) == [SEED]
-    assert db.query("SELECT count(*) FROM region2") == [(0,)]  # its transaction rolled back
+# (attack24p 9, a runner frozen mid-try loses its locks within seconds: asserted by
+# test_a_runner_frozen_between_statements_and_thawed_says_the_server_ended_its_try, whose frozen runner is then thawed.)
 
 
 def test_the_migration_session_has_server_side_keepalives(db, sql_dir, seeded):
@@ -346,12 +338,17 @@ def test_a_lock_wait_ended_by_statement_timeout_names_the_holder(cli, db, sql_di
 
 
 def test_a_runner_frozen_between_statements_and_thawed_says_the_server_ended_its_try(cli, db, sql_dir, seeded):
-    """fix24ap 2: SIGSTOP while the try's transaction is idle between two statements holding ACCESS EXCLUSIVE (the
-    probe thread frozen with it): the application's query ends within the try's idle bound (its own statement_timeout
-    of 20 s is far below the session's 600 s), then SIGCONT: the runner's line says the server ended the session
-    and that nothing of the file was applied; the rerun applies it whole."""
+    """fix24ap 2 and attack24p 9: SIGSTOP (a VM pause, a partition: no FIN reaches the server) while the try's
+    transaction is idle between two statements holding ACCESS EXCLUSIVE (the probe thread frozen with it): the server
+    ends the session (its try's idle_in_transaction_session_timeout), so the application's query ends within the try's
+    idle bound (its own statement_timeout of 20 s is far below the session's 600 s floor), then SIGCONT: the runner's
+    line says the server ended the session and that nothing of the file was applied; the rerun applies it whole."""
     runner, pid = _frozen_idle_holding(db, sql_dir, seeded)
     try:
+        # (the frozen try lost its locks within seconds: no migration session is left idle in transaction)
+        settings = db.query("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'hcm-db-migrations%' "
+                            "AND state = 'idle in transaction'")
+        assert settings == [(0,)]  # the frozen try's session is gone
         wait_for(db, "SELECT 1 WHERE NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)", (pid,))
     finally:
         runner.send_signal(signal.SIGCONT)
@@ -363,4 +360,4 @@ def test_a_runner_frozen_between_statements_and_thawed_says_the_server_ended_its
     assert applied(db) == [SEED] and db.query("SELECT count(*) FROM region2") == [(0,)]
     rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     assert rerun.exit_code == 0, rerun.output
-    assert applied(db) == [SEED, "0002_x"] and db.query("SELECT count(*) FROM region2") == [(20000,)]
+    assert applied(db) == [SEED, "0002_x"] and db.query("SELECT count(*) FROM region2") == [(ROWS,)]

@@ -80,17 +80,39 @@ def _refused_keeping_the_table(cli, db, sql_dir, texts, line: int, what: str = R
         written.unlink()
 
 
+# A control file after each spelling's: the live table's rewrite, unqualified, refused in its own fresh session;
+# were the spelling's path to reach it (arch, where the spelling's file created the table's name), it would be the
+# new table's and pass.
+CONTROL = f"ALTER TABLE {TABLE} ALTER COLUMN id TYPE bigint;\n"
+BATCH = 32  # spellings a migrate judges at once (each file its own session and verdict): 5 commands, not ~130
+
+
 def test_every_spelling_of_the_files_search_path_puts_the_new_table_in_its_schema_not_over_the_live_one(cli, db,
                                                                                                         sql_dir):
     """A CREATE TABLE of the live table's name after the file moved its path lands in arch: a rewrite of the live
-    public table is still the live table's, refused, whatever the spelling of the move."""
+    public table is still the live table's, refused, whatever the spelling of the move. Each spelling in a file of
+    its own, several files a command (migrate names every refused file), a control file after each."""
     _arch(db)
     seeded(cli, db, sql_dir)
     spellings = list(path_spellings())
     assert len(spellings) > 120
-    for number, spelling in enumerate(spellings):
-        text = f"{spelling};\n{NEW}{RETYPE_LIVE}"
-        _refused_keeping_the_table(cli, db, sql_dir, [text], text.count("\n"), plan=number % 6 == 0)
+    before = _live_file(db)
+    for start in range(0, len(spellings), BATCH):
+        texts = [text for spelling in spellings[start:start + BATCH] for text in (f"{spelling};\n{NEW}{RETYPE_LIVE}",
+                                                                                    CONTROL)]
+        refusals = [f"{path}:{text.count(chr(10))}: {RETYPED}" for path, text in zip(_write(sql_dir, texts), texts)]
+        result = migrate(cli, db, sql_dir, *SMALL)
+        assert result.exit_code == 2, (texts, result.output)
+        assert f"{len(texts)} statement(s) would stop the application" in result.stderr, result.stderr
+        missing = [(text, line) for text, line in zip(texts, refusals) if line not in result.stderr]
+        assert not missing, (missing, result.output)
+        assert applied(db) == [SEED] and _live_file(db) == before
+        shown = cli("plan", "--sql-dir", sql_dir, env={**db.db_env(), "REWRITE_THRESHOLD_ROWS": "10"})
+        missing = [(text, line) for text, line in zip(texts, refusals) if f"-- REFUSED by migrate: {line}" not in
+                   shown.stdout]
+        assert shown.exit_code == 0 and not missing, (missing, shown.output)
+        for written in sql_dir.glob("0*_pending.sql"):
+            written.unlink()
 
 
 @pytest.mark.parametrize("case", list(UNREAD))
