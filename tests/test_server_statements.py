@@ -180,3 +180,19 @@ def test_the_runners_mark_of_its_transaction_changes_nothing_a_file_may_do(cli, 
     ok(cli("sql", "rollback", "--count", "1", "--sql-dir", sql_dir, env=db.db_env()))
     ok(migrate(cli, db, sql_dir))
     assert applied(db) == [SEED, "0002_serializable", "0003_reset_all"] and "after_reset" in db.tables()
+
+
+def test_set_transaction_may_be_a_files_first_statement_under_default_lock_retries(cli, db, sql_dir):
+    """As psql -1 -f: SET TRANSACTION ISOLATION LEVEL first in a transactional file works with the default lock
+    retries too (the runner asked whether it may lower deadlock_timeout with a SELECT in the file's transaction,
+    which took its snapshot first: "must be called before any query"); written later, the line says where it goes."""
+    ok(migrate(cli, db, sql_dir, "--quiet"))
+    add_migration(sql_dir, "0002_serializable", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\n" + NEW_TABLE,
+                  rollback="DROP TABLE report_archive;\n")
+    ok(migrate(cli, db, sql_dir))
+    assert applied(db) == [SEED, "0002_serializable"] and "report_archive" in db.tables()
+    add_migration(sql_dir, "0003_late", "CREATE TABLE late (id int);\nSET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\n",
+                  rollback="DROP TABLE late;\n")
+    result = migrate(cli, db, sql_dir)
+    assert result.exit_code == 1 and "0003_late.sql:2:" in result.output
+    assert "make it the file's first statement" in result.output and "transactional: false" not in result.output

@@ -16,10 +16,15 @@ _MAY_SET_15 = "SELECT pg_catalog.has_parameter_privilege('deadlock_timeout', 'SE
 _MAY_SET = "SELECT pg_catalog.current_setting('is_superuser') = 'on'"
 
 
-def may_set(connection) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(_MAY_SET_15 if connection.server_version >= 150000 else _MAY_SET)
-        return bool(cursor.fetchone()[0])
+def may_set(backend) -> bool:
+    """Asked once a run, on the run's own session (`parent`), not the migration's: a SELECT there would take its
+    transaction's snapshot before the file's first statement, which SET TRANSACTION ISOLATION LEVEL must be."""
+    books = getattr(backend, "parent", None) or backend
+    if getattr(books, "may_set_deadlock_timeout", None) is None:
+        with books.connection.cursor() as cursor:
+            cursor.execute(_MAY_SET_15 if books.connection.server_version >= 150000 else _MAY_SET)
+            books.may_set_deadlock_timeout = bool(cursor.fetchone()[0])
+    return books.may_set_deadlock_timeout
 
 
 def lower_deadlock_timeout(connection, per_try: float) -> None:

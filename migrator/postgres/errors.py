@@ -215,6 +215,8 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         todo = statement_timeout_waited(exc.waited)
     if getattr(cause, "pgcode", None) == "23505" and server_message(cause).startswith("could not create unique index"):
         todo = DUPLICATES
+    if server_message(cause).startswith("SET TRANSACTION ISOLATION LEVEL must be called before any query"):
+        todo = "make it the file's first statement (as `psql -1 -f` needs too)"
     if connection_lost(cause) and getattr(exc, "in_backoff", False):  # (running.run_retrying)
         committed = "the session was lost between lock retries, while no statement was running: " + (
             "nothing of it was applied: its transaction rolled back" if exc.transactional else
