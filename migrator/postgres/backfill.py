@@ -30,6 +30,7 @@ from migrator import lazy_re
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres.backfill_progress import Tally, Watch
 from migrator.postgres.splitter import Statement
+from migrator.postgres.transaction_status import IDLE
 
 DIRECTIVE = lazy_re.compile(r"^[ \t]*--[ \t]*backfill[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _VALUE = lazy_re.compile(r"batch(?:\s+every\s+([1-9][0-9]{0,5}))?(?:\s+max\s+([1-9][0-9]{0,8}))?", re.IGNORECASE)
@@ -60,7 +61,6 @@ class Bound(NamedTuple):
     table: str  # the statement's table as written (quoted), for to_regclass()
     limit: str | None  # why its LIMIT is no bound (LIMIT ALL, a LIMIT over MAX_LIMIT, a non-constant one), or None
     outer: str | None = None  # a table of the statement outside the SELECT that it names (it cannot run alone)
-IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
 # The file run's Tally, whose note is told (statement, Committed) after each committed batch: the run records it, so
 # whatever stops the run, `status` says how much of the backfill committed over its runs (file_step.Progress).
 COMMITTED = contextvars.ContextVar("backfill_committed", default=None)

@@ -15,6 +15,7 @@ from migrator import output
 from migrator.durations import seconds_text  # noqa: F401 (reachable here for the runner's modules)
 from migrator.errors import MigratorError
 from migrator.postgres import cancel_ignored, failures, lock_waiters, sessions
+from migrator.postgres.transaction_status import IDLE
 
 PROBE_AFTER = 0.01  # seconds a statement runs before the probe asks who blocks it, then every PROBE_EVERY
 PROBE_EVERY = 0.01  # (soon enough to see a wait of the floor's 20-30 ms; every 50 ms after SLOWER_AFTER)
@@ -59,7 +60,6 @@ WHERE pid = %s AND state IN ('active', 'disabled') AND EXISTS (SELECT FROM pg_ca
   AND (xact_start IS NULL OR clock_timestamp() - xact_start > pg_catalog.make_interval(secs => %s))"""
 _WAIT = "SELECT wait_event FROM pg_catalog.pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
 QUERY_CANCELED = "57014"
-IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE: no transaction open (so no lock held)
 
 
 class Probe:

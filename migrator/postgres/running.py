@@ -15,6 +15,7 @@ from migrator.postgres import (autovacuum, backfill, cancel_ignored, clock_bound
                                rewrites, sessions, statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, TransactionEnded, progress
+from migrator.postgres.transaction_status import IDLE, LOST
 
 _ENDS = re.compile(r"\s*(COMMIT|END|PREPARE\s+TRANSACTION)\b", re.IGNORECASE)  # (a NoAnswer's outcome unknown)
 
@@ -359,8 +360,6 @@ class IndexNotBuilt(StatementFailed):
         return progress(self.statements, self.done, "not recorded as applied")
 
 
-IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE: no transaction open
-LOST = 4  # psycopg2's TRANSACTION_STATUS_UNKNOWN: the connection is gone
 
 
 class SearchPathGuard:
