@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from migrator import interrupt, output, server_session
 from migrator.durations import pg_milliseconds, pg_seconds
 from migrator.postgres import autovacuum, deadlocks, failures, sessions
-from migrator.postgres import lock_probe, session_options
+from migrator.postgres import session_locks, session_options
 from migrator.postgres.session_options import idle_in_try_ms
 from migrator.postgres.transaction_status import IN_TRANSACTION
 # the probe has its own module (lock_probe.py); its names stay reachable here for the runner's modules
@@ -185,7 +185,7 @@ def probe(backend, connection, budget: TryBudget | None = None) -> Probe:
         backend.parent.blind_said = []
     return Probe(dict(watcher.params), pid, watcher.show_query, *bound, cancel=lambda: failures.cancel(connection),
                  status=lambda: connection.info.transaction_status,
-                 session_locks=lambda: lock_probe.session_locks(connection), said=backend.parent.blind_said,
+                 session_locks=lambda: session_locks.held(connection), said=backend.parent.blind_said,
                  shut=lambda: failures.shut(connection))
 
 
