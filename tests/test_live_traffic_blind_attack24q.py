@@ -295,24 +295,7 @@ def app_deadlocking_a_build(db, outcome: list, ready: threading.Event) -> None:
     deadlock_timeout after it began (the runner's 100 ms), and an app asking later (a loaded machine: 1 run in 5) met
     the build's check already done: the app's own, 20 s on, then ended the app instead. Once the build failed, the
     app's wait is cancelled."""
-    conn = connect(db, application_name="hcm-app")
-    try:
-        conn.set_session(isolation_level="REPEATABLE READ")  # (its snapshot: what a build waits out)
-        cur = conn.cursor()
-        cur.execute("SET deadlock_timeout = '20s'; SELECT count(*) FROM t_dl")
-        ready.set()
-        deadline = time.monotonic() + 30
-        while not db.poll(HELD):
-            assert time.monotonic() < deadline, "the file never took its lock"
-            time.sleep(0.005)
-        threading.Thread(target=cancel_once_the_build_failed, args=(db, conn.info.backend_pid), daemon=True).start()
-        outcome.append(conn.info.backend_pid)
-        cur.execute("SELECT pg_catalog.pg_advisory_lock(4242)")
-        outcome.append("locked")
-    except Exception as exc:  # (cancelled once the build lost: the app gives up, rolls back)
-        outcome.append(type(exc).__name__)
-    finally:
-        conn.close()
+    _app_in_a_snapshot(db, outcome, ready, HELD, "SELECT pg_catalog.pg_advisory_lock(4242)", cancel=True)
 
 
 # The build's own slow step, in its build phase (1 s on t_dl's one row): the app asks for its table then.
@@ -327,6 +310,12 @@ def app_deadlocking_a_build_on_its_table(db, outcome: list, ready: threading.Eve
     build waits for that snapshot, which the build's check finds (the app's deadlock_timeout is 20 s). No session lock
     of the file's is in it (a retry then frees no one: attack24u 5, not retried), so the build is retried; once it
     failed its lock is gone, and the app's ANALYZE runs and it ends."""
+    _app_in_a_snapshot(db, outcome, ready, BUILDING, "ANALYZE t_dl")
+
+
+def _app_in_a_snapshot(db, outcome: list, ready: threading.Event, until: str, then: str, cancel: bool = False):
+    """An application transaction in REPEATABLE READ (its snapshot: what a build waits out, deadlock_timeout 20 s)
+    that runs `then` once `until` returns a row; `cancel`: that wait cancelled once the build failed."""
     conn = connect(db, application_name="hcm-app")
     try:
         conn.set_session(isolation_level="REPEATABLE READ")
@@ -334,13 +323,15 @@ def app_deadlocking_a_build_on_its_table(db, outcome: list, ready: threading.Eve
         cur.execute("SET deadlock_timeout = '20s'; SELECT count(*) FROM t_dl")
         ready.set()
         deadline = time.monotonic() + 30
-        while not db.poll(BUILDING):
-            assert time.monotonic() < deadline, "the build never started"
+        while not db.poll(until):
+            assert time.monotonic() < deadline, f"never came: {until}"
             time.sleep(0.005)
+        if cancel:
+            threading.Thread(target=cancel_once_the_build_failed, args=(db, conn.info.backend_pid), daemon=True).start()
         outcome.append(conn.info.backend_pid)
-        cur.execute("ANALYZE t_dl")
-        outcome.append("analyzed")
-    except Exception as exc:
+        cur.execute(then)
+        outcome.append("done")
+    except Exception as exc:  # (cancelled once the build lost: the app gives up, rolls back)
         outcome.append(type(exc).__name__)
     finally:
         conn.close()

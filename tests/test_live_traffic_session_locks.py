@@ -3,55 +3,24 @@ ROLLBACK and each COMMIT, so the application waiting on it waited through every 
 a file's own BEGIN block, a deadlocked CONCURRENTLY build) or every batch of a backfill that took it itself (blind).
 Each application session here times its own wait for that lock; the runner's tries are not timed."""
 
-import threading
-import time
-
-import psycopg2
 import pytest
 
 from conftest import add_migration, applied, one_error_line
 from test_live_traffic import blocking, connect, seeded  # noqa: F401 (a fixture)
 from test_live_traffic_blind_attack24q import APP_WAITS_FOR_THE_LOCK, app_deadlocking_a_build, backfill, backfill_run
 from test_live_traffic_blind_attack24q import migrate_deadlocking_a_build
+from test_live_traffic_held import App
 from test_progress_attack import limited_role  # noqa: F401 (a fixture)
 
 MIGRATION_HOLDS = ("SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' "
                    "AND l.objid = 4242 AND l.granted AND a.application_name LIKE 'hcm-db-migrations%'")
 
 
-class Waiter:
-    """An application session that, once the migration's session holds advisory lock 4242, runs the job's gate (BEGIN;
-    pg_advisory_xact_lock_shared(4242); COMMIT) and times its own wait for it: `waited` seconds, or `error`."""
-
-    def __init__(self, db):
-        self.db, self.waited, self.error = db, None, None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        conn = connect(self.db, application_name="hcm-app")
-        try:
-            cur = conn.cursor()
-            cur.execute("SET deadlock_timeout = '20s'; SET statement_timeout = '40s'")
-            conn.commit()
-            deadline = time.monotonic() + 30
-            while not self.db.poll(MIGRATION_HOLDS):
-                if time.monotonic() > deadline:
-                    self.error = "the migration never took the lock"
-                    return
-                time.sleep(0.005)
-            started = time.monotonic()
-            cur.execute("SELECT pg_catalog.pg_advisory_xact_lock_shared(4242)")
-            self.waited = time.monotonic() - started
-            conn.commit()
-        except psycopg2.Error as exc:
-            self.error = str(exc)
-        finally:
-            conn.close()
-
-    def join(self):
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive()
+def waiter_of(db) -> App:
+    """An application session that, once the migration's session holds advisory lock 4242, asks for it (shared, as a
+    job's gate does) and times its own wait (`waited`; `error`)."""
+    return App(db, ready=MIGRATION_HOLDS, query="SELECT pg_catalog.pg_advisory_lock_shared(4242)",
+               settings="SET deadlock_timeout = '20s'; SET statement_timeout = '40s'")
 
 
 TAKES_THEN_ALTERS = "SELECT pg_catalog.pg_advisory_lock(4242);\nALTER TABLE t_locked ADD COLUMN region text;\n"
@@ -68,7 +37,7 @@ def test_a_try_whose_session_keeps_the_files_advisory_lock_is_not_retried(cli, d
     db.query("CREATE TABLE t_locked (id int)")
     add_migration(sql_dir, "0002_region", text)
     with blocking(db, table="t_locked", hold=8):
-        waiter = Waiter(db)
+        waiter = waiter_of(db)
         result = cli("migrate", "--lock-retry-budget", "20s", "--sql-dir", sql_dir, env=seeded)
         waiter.join()
     line_ = one_error_line(result)
@@ -125,7 +94,7 @@ def test_a_build_while_the_file_holds_a_session_lock_the_app_waits_on_is_ended(c
     try:
         reader.set_session(isolation_level="REPEATABLE READ")
         reader.cursor().execute("SELECT count(*) FROM t_cic")  # (its snapshot: held to the test's end)
-        waiter = Waiter(db)
+        waiter = waiter_of(db)
         result = cli("migrate", "--lock-retry-budget", "20s", "--statement-timeout", "12s", "--sql-dir", sql_dir,
                      env=seeded)
         waiter.join()

@@ -291,7 +291,8 @@ class Probe:
             watches = bool(self.per_try) and not (
                 holding < PROBE_AFTER or (holding > SLOWER_AFTER and int(holding / PROBE_EVERY) % 5))
             due = self._held_due  # (a waiter seen short of the bound: looked at again as it passes it, attack24u 6)
-            watches = watches or due is not None and due[0] == held and now >= due[1]
+            due = due is not None and due[0] == held and now >= due[1]
+            watches = watches or due
             if self._conn is None:  # blind: the clock kept to the tick, not to the 50 ms looks (attack24u 6)
                 self._bound_by_clock(since)
             if not (asks or watches):
@@ -305,9 +306,9 @@ class Probe:
                 with self._conn.cursor() as cur:
                     if cancel_ignored.escalate(self, cur, since):  # a cancel that did not take: its session ended
                         continue
-                    if not asks:  # between statements, or a statement not due for a look: only what is held
-                        self._ended_holder(cur, since, held)
-                        continue
+                    if not asks or due:  # between statements, a statement not due for a look, or a waiter due
+                        if self._ended_holder(cur, since, held) or not asks:  # (first: the blockers' look is slow)
+                            continue
                     found = sessions.blockers(cur, self.pid, self.show_query)
                     self._sees_again()  # (once answered: a path gone silent lets it connect, never read)
                     wanted = sessions.waiting_for(cur, self.pid, found) if found else None
