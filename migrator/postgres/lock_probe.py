@@ -148,8 +148,8 @@ class Probe:
         started = (try_started or now) if bounded else None
         self._first = started != self._try
         if self._first:
-            self._waited, self._held_since, self.overheld, self._locked_since = 0.0, None, None, None
-            self._locked_since = self._session_locked  # (a session lock outlives its try: its clock runs on)
+            self._waited, self.overheld = 0.0, None  # (a session lock outlives its try: its clock and watch run on)
+            self._held_since = self._locked_since = self._session_locked
         if held and self._held_since is None:  # (a build running code is watched though never bounded)
             self._held_since = now  # (kept by a transaction to its end)
         if clock_bound and (bounded or clock_only) and self._locked_since is None:  # (`calls` too)
@@ -175,6 +175,7 @@ class Probe:
                     self._session_locked = self._locked_since = self._session_locked or locked or time.monotonic()
                 else:
                     self._session_locked = None
+                self._held_since = self._session_locked  # (its waiters watched between statements too: attack24u 6)
 
     def batch_started(self) -> None:
         """A backfill's batch starts: the blind clock runs from here (the batches before it committed), or from when

@@ -76,8 +76,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             try:
                 with interrupt.live():  # SIGTERM stops the run here, never inside the bookkeeping
                     if index not in skip:
-                        if probe is not None and probe.overheld is not None \
-                                and connection.info.transaction_status != IDLE:  # (the flag: no round trip)
+                        if probe is not None and probe.overheld is not None and (  # (the flag: no round trip)
+                                connection.info.transaction_status != IDLE or probe.session_locked()):
                             probe.raise_held()  # the try held what the app waited on past the bound: ended here
                         if probe is not None and probe.blind is not None \
                                 and connection.info.transaction_status != IDLE:
