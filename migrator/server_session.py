@@ -183,6 +183,11 @@ def holding(connection, key: int) -> bool:
     return key in _holding.get(connection, ())
 
 
+def taken(connection) -> list[int]:
+    """The session-level advisory lock keys the run took on `connection` and holds (its own, not a file's)."""
+    return list(_holding.get(connection, ()))
+
+
 def holds_any(connection) -> bool:
     """Whether `connection`'s session holds a session-level advisory lock the run took (the migration lock)."""
     return bool(_holding.get(connection))

@@ -11,7 +11,7 @@ from conftest import PASSWORD_USER, SEED, add_migration, applied, one_error_line
 from test_live_traffic import (connect, kill_mid_build_and_let_the_server_finish_it, seeded,  # noqa: F401
                                sigterm_while_waiting_for_old_snapshots)
 from test_live_traffic_attack24r import no_temp  # noqa: F401 (a fixture)
-from test_live_traffic_blind_attack24q import APP_WAITS_FOR_THE_LOCK, migrate_deadlocking_a_build
+from test_live_traffic_blind_attack24q import SLOW_DL, migrate_deadlocking_a_build
 
 EXPR = "-- transactional: false\nCREATE INDEX CONCURRENTLY ON hcm_report_metadata (lower(report_name));\n"
 LOWER = "hcm_report_metadata_lower_idx"
@@ -137,10 +137,11 @@ def test_an_expression_build_retried_in_the_run_without_temp_drops_its_invalid_i
     built t_dl_lower_idx1 beside it (exit 1: an INVALID index left). Made since the file ran, under the build's name:
     the try's own."""
     db, env = no_temp
-    db.query(f"CREATE TABLE t_dl (v int, w varchar(10)); INSERT INTO t_dl VALUES (1, 'a'); ALTER TABLE t_dl OWNER TO {PASSWORD_USER}")
-    add_migration(sql_dir, "0002_idx", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
-                  + APP_WAITS_FOR_THE_LOCK
-                  + f"CREATE INDEX CONCURRENTLY {'' if name == 't_dl_lower_idx' else name} ON t_dl (lower(w));\n")
+    db.query(f"CREATE TABLE t_dl (v int, w varchar(10)); INSERT INTO t_dl VALUES (1, 'a'); ALTER TABLE t_dl OWNER TO {PASSWORD_USER}; "
+             + SLOW_DL)
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\n"
+                  f"CREATE INDEX CONCURRENTLY {'' if name == 't_dl_lower_idx' else name} ON t_dl (lower(w)) "
+                  "WHERE slow_dl(v) > 0;\n")
     result = migrate_deadlocking_a_build(cli, db, sql_dir, env)
     assert result.exit_code == 0, result.output
     assert f"dropped INVALID index public.{name}" in result.stderr, result.stderr

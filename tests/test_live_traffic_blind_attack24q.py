@@ -295,35 +295,58 @@ def app_deadlocking_a_build(db, outcome: list, ready: threading.Event) -> None:
     deadlock_timeout after it began (the runner's 100 ms), and an app asking later (a loaded machine: 1 run in 5) met
     the build's check already done: the app's own, 20 s on, then ended the app instead. Once the build failed, the
     app's wait is cancelled."""
+    _app_in_a_snapshot(db, outcome, ready, HELD, "SELECT pg_catalog.pg_advisory_lock(4242)", cancel=True)
+
+
+# The build's own slow step, in its build phase (1 s on t_dl's one row): the app asks for its table then.
+SLOW_DL = ("CREATE FUNCTION slow_dl(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN "
+           "PERFORM pg_catalog.pg_sleep(1); RETURN $1; END $$")
+BUILDING = "SELECT 1 FROM pg_stat_progress_create_index WHERE phase LIKE 'building index%'"
+
+
+def app_deadlocking_a_build_on_its_table(db, outcome: list, ready: threading.Event) -> None:
+    """An application transaction (REPEATABLE READ: a snapshot the build waits out) that asks to ANALYZE the table
+    while the build builds, so waits on the build's own SHARE UPDATE EXCLUSIVE (kept to its end): a deadlock once the
+    build waits for that snapshot, which the build's check finds (the app's deadlock_timeout is 20 s). No session lock
+    of the file's is in it (a retry then frees no one: attack24u 5, not retried), so the build is retried; once it
+    failed its lock is gone, and the app's ANALYZE runs and it ends."""
+    _app_in_a_snapshot(db, outcome, ready, BUILDING, "ANALYZE t_dl")
+
+
+def _app_in_a_snapshot(db, outcome: list, ready: threading.Event, until: str, then: str, cancel: bool = False):
+    """An application transaction in REPEATABLE READ (its snapshot: what a build waits out, deadlock_timeout 20 s)
+    that runs `then` once `until` returns a row; `cancel`: that wait cancelled once the build failed."""
     conn = connect(db, application_name="hcm-app")
     try:
-        conn.set_session(isolation_level="REPEATABLE READ")  # (its snapshot: what a build waits out)
+        conn.set_session(isolation_level="REPEATABLE READ")
         cur = conn.cursor()
         cur.execute("SET deadlock_timeout = '20s'; SELECT count(*) FROM t_dl")
         ready.set()
         deadline = time.monotonic() + 30
-        while not db.poll(HELD):
-            assert time.monotonic() < deadline, "the file never took its lock"
+        while not db.poll(until):
+            assert time.monotonic() < deadline, f"never came: {until}"
             time.sleep(0.005)
-        threading.Thread(target=cancel_once_the_build_failed, args=(db, conn.info.backend_pid), daemon=True).start()
+        if cancel:
+            threading.Thread(target=cancel_once_the_build_failed, args=(db, conn.info.backend_pid), daemon=True).start()
         outcome.append(conn.info.backend_pid)
-        cur.execute("SELECT pg_catalog.pg_advisory_lock(4242)")
-        outcome.append("locked")
+        cur.execute(then)
+        outcome.append("done")
     except Exception as exc:  # (cancelled once the build lost: the app gives up, rolls back)
         outcome.append(type(exc).__name__)
     finally:
         conn.close()
 
 
-def migrate_deadlocking_a_build(cli, db, sql_dir, env):
-    """One migrate whose CONCURRENTLY build an application's transaction deadlocks (app_deadlocking_a_build)."""
+def migrate_deadlocking_a_build(cli, db, sql_dir, env, app=app_deadlocking_a_build_on_its_table, said="deadlock"):
+    """One migrate whose CONCURRENTLY build an application's transaction deadlocks (`app`: on the build's table, or
+    on the file's session lock, app_deadlocking_a_build; `said`: in its lines, if given)."""
     outcome, ready = [], threading.Event()
-    app = threading.Thread(target=app_deadlocking_a_build, args=(db, outcome, ready), daemon=True)
+    app = threading.Thread(target=app, args=(db, outcome, ready), daemon=True)
     app.start()
     assert ready.wait(10)
     result = cli("migrate", "--sql-dir", sql_dir, env=env)
     app.join(timeout=30)
-    assert "deadlock" in result.stderr, (outcome, result.output)
+    assert said is None or said in result.stderr, (outcome, result.output)
     return result
 
 
@@ -332,10 +355,10 @@ def test_a_concurrent_build_retried_in_the_run_drops_the_invalid_index_its_try_l
     """9: a named CREATE INDEX CONCURRENTLY ended by a deadlock left its INVALID index; the in-run retry failed on
     "already exists" (exit 1, advice "IF NOT EXISTS": the trap of issue 24). It drops it and builds again. An
     unnamed one's retry built t_dl_v_idx1 beside the INVALID t_dl_v_idx (exit 1: an INVALID index left)."""
-    db.query("CREATE TABLE t_dl (v int); INSERT INTO t_dl VALUES (1)")
-    add_migration(sql_dir, "0002_idx", "-- transactional: false\nSELECT pg_catalog.pg_advisory_lock(4242);\n"
-                                       + APP_WAITS_FOR_THE_LOCK +
-                                       f"CREATE INDEX CONCURRENTLY {'' if name == 't_dl_v_idx' else name} ON t_dl (v);\n")
+    db.query("CREATE TABLE t_dl (v int); INSERT INTO t_dl VALUES (1); " + SLOW_DL)
+    add_migration(sql_dir, "0002_idx", "-- transactional: false\n"
+                                       f"CREATE INDEX CONCURRENTLY {'' if name == 't_dl_v_idx' else name} ON t_dl (v) "
+                                       "WHERE slow_dl(v) > 0;\n")
     result = migrate_deadlocking_a_build(cli, db, sql_dir, seeded)
     assert result.exit_code == 0, result.output
     assert "dropped INVALID index" in result.stderr and "already exists" not in result.stderr, result.stderr

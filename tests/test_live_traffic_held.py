@@ -26,9 +26,10 @@ class App:
     runs `query`) with statement_timeout 5 s: `rows` its answer, `error` what ended it instead (the server's cancel
     after 5 s: the stall went unbounded); `user` the role it logs in as (else the server's superuser)."""
 
-    def __init__(self, db, name="hcm-app", ready=HOLDING, query="SELECT count(*) FROM t_app", user=None):
+    def __init__(self, db, name="hcm-app", ready=HOLDING, query="SELECT count(*) FROM t_app", user=None,
+                 settings="SET statement_timeout = '5s'"):
         self.db, self.name, self.rows, self.error, self.pid, self.user = db, name, None, None, None, user
-        self.ready, self.query = ready, query
+        self.ready, self.query, self.settings, self.waited = ready, query, settings, None  # (waited: its own timing)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -47,9 +48,11 @@ class App:
             else:
                 self.error = "the migration never held t_app"
                 return
-            cur.execute("SET statement_timeout = '5s'")
+            cur.execute(self.settings)
             try:
+                started = time.monotonic()
                 cur.execute(self.query)
+                self.waited = time.monotonic() - started
                 self.rows = cur.fetchall() if cur.description else cur.rowcount
             except psycopg2.Error as exc:
                 self.error = str(exc)

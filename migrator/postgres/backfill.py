@@ -30,6 +30,7 @@ from migrator import lazy_re
 from migrator.errors import USAGE, MigratorError
 from migrator.postgres.backfill_progress import Tally, Watch
 from migrator.postgres.splitter import Statement
+from migrator.postgres.transaction_status import IDLE
 
 DIRECTIVE = lazy_re.compile(r"^[ \t]*--[ \t]*backfill[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _VALUE = lazy_re.compile(r"batch(?:\s+every\s+([1-9][0-9]{0,5}))?(?:\s+max\s+([1-9][0-9]{0,8}))?", re.IGNORECASE)
@@ -60,7 +61,6 @@ class Bound(NamedTuple):
     table: str  # the statement's table as written (quoted), for to_regclass()
     limit: str | None  # why its LIMIT is no bound (LIMIT ALL, a LIMIT over MAX_LIMIT, a non-constant one), or None
     outer: str | None = None  # a table of the statement outside the SELECT that it names (it cannot run alone)
-IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
 # The file run's Tally, whose note is told (statement, Committed) after each committed batch: the run records it, so
 # whatever stops the run, `status` says how much of the backfill committed over its runs (file_step.Progress).
 COMMITTED = contextvars.ContextVar("backfill_committed", default=None)
@@ -76,10 +76,12 @@ class Batched(Statement):
     column: str = "ctid"  # the column the bound picks (checked to be a key before the first batch)
     table: str = ""  # the statement's table, as written
 
-    def run(self, connection, cursor, path: Path, most: int = MAX_BATCHES, batch_started=None) -> None:
+    def run(self, connection, cursor, path: Path, most: int = MAX_BATCHES, batch_started=None,
+            batch_ended=None) -> None:
         """Batches until one touches no row; a statement still touching rows after `most` batches (its own
         `max N` first) stops with one line: a WHERE that never leaves its done rows out would loop for ever.
-        `batch_started()` is called as each batch starts (the blind probe's clock: each batch a try)."""
+        `batch_started()` is called as each batch starts (the blind probe's clock: each batch a try), `batch_ended()`
+        as it committed."""
         if connection.info.transaction_status != IDLE:
             raise InTransaction(f"`-- backfill: batch` at line {self.line} runs inside the transaction this file opened "
                                 "(BEGIN): its batches could not commit one by one; remove the BEGIN around it")
@@ -95,12 +97,12 @@ class Batched(Statement):
                 raise NotKey(not_key(self.line, self.column, self.table) + " (the statement did not run)")
         tally = COMMITTED.get() or Tally()
         try:
-            self._batches(cursor, path, most, tally, batch_started)
+            self._batches(cursor, path, most, tally, batch_started, batch_ended)
         except Exception as exc:  # (the batches committed before it: the error line and `status` say so)
             exc.backfill_committed = tally.committed(self.line)
             raise
 
-    def _batches(self, cursor, path: Path, most: int, tally: Tally, batch_started=None) -> None:
+    def _batches(self, cursor, path: Path, most: int, tally: Tally, batch_started=None, batch_ended=None) -> None:
         from migrator import output
 
         started = time.monotonic()
@@ -111,6 +113,8 @@ class Batched(Statement):
             if batch_started is not None:
                 batch_started()
             touched, xid = watch.batch(watch.due(counts[1], touched))
+            if batch_ended is not None:
+                batch_ended()
             counts[0] += 1
             counts[1] += touched
             batches, rows = counts

@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from migrator.postgres.transaction_status import IDLE
+
 SPACING = 64  # past the first batches, every this many is checked: the check reads one batch's rows again
 
 # How the record says what a backfill committed (errors.progress words it): read back by a rerun to add to it.
 _RECORDED = re.compile(r"the backfill at line (\d+) COMMITTED (\d+) row\(s\) in (\d+) batch\(es\)")
-IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
 
 
 class Committed(NamedTuple):

@@ -20,12 +20,12 @@ import time
 
 from migrator.durations import seconds_text
 from migrator.postgres.lock_waiters import shown
+from migrator.postgres.transaction_status import IDLE
 
 GRACE = 0.1  # seconds a cancelled statement has to end before its session is ended
 # Blind: the clock's cancel is sent again every 0.1 s (one landing between a backfill's round trips is dropped:
 # lock_probe.RESEND_AFTER); the connection is shut only once a few of those went unheeded.
 BLIND_GRACE = 0.3
-IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE
 QUERY_CANCELED = "57014"
 # Only while a statement runs (state 'disabled': track_activities off, attack24t 7; the probe's `_sending` lock pins
 # the statement, so the next one cannot have started).

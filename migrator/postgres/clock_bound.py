@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from migrator.postgres import conforming, index_code
 from migrator.postgres.index_code import OWN_TYPES as _OWN_TYPES
-from migrator.postgres.lock_probe import IDLE
+from migrator.postgres.transaction_status import IDLE
 
 _FREE = ("VariableSetStmt", "VariableShowStmt")
 _CATALOG_ONLY = ("CreateStmt", "CreateFunctionStmt", "CreateSeqStmt", "CreateEnumStmt", "CreateSchemaStmt")

@@ -15,11 +15,11 @@ import re
 
 from migrator import output, server_session
 from migrator.postgres import sessions
+from migrator.postgres.transaction_status import IN_ERROR
 
 DEADLOCK = "40P01"
 _WAITS = re.compile(r"Process (\d+) waits for (\w+) on (.+?); blocked by process (\d+)\.")
 _RELATION = re.compile(r"relation (\d+) of database \d+")
-_IN_ERROR = 3  # psycopg2's TRANSACTION_STATUS_INERROR: a transaction the error aborted
 _WHO = """SELECT a.pid, a.usename, a.application_name, a.state FROM pg_catalog.pg_stat_activity a
 WHERE a.pid = ANY(%s)"""
 
@@ -33,7 +33,7 @@ def other_sessions(connection, exc, transactional: bool, seen: list[dict]) -> st
     """Who the migration deadlocked with and over what, in words; a session already gone (it went on and ended)
     as the probe `seen` it blocking the wait. The aborted transaction is rolled back first (nothing of it can
     commit; a transactional file's own is begun again, empty, as the retry expects)."""
-    if connection.info.transaction_status == _IN_ERROR:
+    if connection.info.transaction_status == IN_ERROR:
         with connection.cursor() as cursor:
             cursor.execute("ROLLBACK")
             if transactional:

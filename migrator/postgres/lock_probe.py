@@ -15,6 +15,7 @@ from migrator import output
 from migrator.durations import seconds_text  # noqa: F401 (reachable here for the runner's modules)
 from migrator.errors import MigratorError
 from migrator.postgres import cancel_ignored, failures, lock_waiters, sessions
+from migrator.postgres.transaction_status import IDLE
 
 PROBE_AFTER = 0.01  # seconds a statement runs before the probe asks who blocks it, then every PROBE_EVERY
 PROBE_EVERY = 0.01  # (soon enough to see a wait of the floor's 20-30 ms; every 50 ms after SLOWER_AFTER)
@@ -59,7 +60,6 @@ WHERE pid = %s AND state IN ('active', 'disabled') AND EXISTS (SELECT FROM pg_ca
   AND (xact_start IS NULL OR clock_timestamp() - xact_start > pg_catalog.make_interval(secs => %s))"""
 _WAIT = "SELECT wait_event FROM pg_catalog.pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
 QUERY_CANCELED = "57014"
-IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE: no transaction open (so no lock held)
 
 
 class Probe:
@@ -127,6 +127,9 @@ class Probe:
         self._relations = False  # only its waits for a table's lock count (a detach: not those for older snapshots)
         self._held_since: float | None = None  # when the watched try's first statement started (lock_waiters.py)
         self._first = True  # the running statement is its try's first
+        self._batch: float | None = None  # when the running backfill's last batch started
+        self._between = False  # the running backfill is between two batches (batch_ended)
+        self._held_due: tuple | None = None  # (held since, when): the next look at its waiters, when one will pass the bound
         self.overheld: Seen | None = None  # an application session waited past the bound on what the try holds
         self.exempt: set | frozenset = frozenset()  # (schema or None, table): waits the run accepts (running._accepted)
 
@@ -145,13 +148,14 @@ class Probe:
         started = (try_started or now) if bounded else None
         self._first = started != self._try
         if self._first:
-            self._waited, self._held_since, self.overheld, self._locked_since = 0.0, None, None, None
-            self._locked_since = self._session_locked  # (a session lock outlives its try: its clock runs on)
+            self._waited, self.overheld = 0.0, None  # (a session lock outlives its try: its clock and watch run on)
+            self._held_since = self._locked_since = self._session_locked
         if held and self._held_since is None:  # (a build running code is watched though never bounded)
             self._held_since = now  # (kept by a transaction to its end)
         if clock_bound and (bounded or clock_only) and self._locked_since is None:  # (`calls` too)
             self._locked_since = now  # (blind: the clock runs from here to the COMMIT, whatever runs meanwhile)
         self.seen, self._waiting, self._seen_waiting, self._try = Seen([]), None, None, started
+        self._batch, self._between = None, False  # (a backfill's: when its last batch started; between two)
         self._clock_bound, self._relations = clock_bound and not calls, relations
         self._clock_only = clock_only
         self._since = now
@@ -171,15 +175,30 @@ class Probe:
                     self._session_locked = self._locked_since = self._session_locked or locked or time.monotonic()
                 else:
                     self._session_locked = None
+                self._held_since = self._session_locked  # (its waiters watched between statements too: attack24u 6)
 
     def batch_started(self) -> None:
         """A backfill's batch starts: the blind clock runs from here (the batches before it committed), or from when
         the session took the session-level lock it still holds (attack24r 9: it outlives each batch's COMMIT); spent
         (blind), no batch starts (BlindSpent): the clock's cancel may have reached the session idle between two
-        batches, where the server drops it (attack24s 2: the batches ran on unbounded, app 13-16 s, exit 0)."""
+        batches, where the server drops it (attack24s 2: the batches ran on unbounded, app 13-16 s, exit 0). Blind,
+        the session (idle between batches) is asked after each batch whether it holds one: a lock the batch statement
+        itself took (a function it calls, attack24u 1) runs the clock from the first batch that left it held."""
+        now = time.monotonic()
+        if self._batch is not None and self.blind is not None and self.per_try and self._session_locks is not None:
+            self._session_locked = (self._session_locked or self._batch) if self._session_locks() else None
+        self._batch = now
         if self._locked_since is not None:
-            self._locked_since = self._session_locked or time.monotonic()
+            self._locked_since = self._session_locked or now
             self.raise_blind_spent()
+        self._between = False
+
+    def batch_ended(self) -> None:
+        """A backfill's batch committed: until the next starts the session runs none of its work (the runner records
+        and checks it), so the blind clock sends no cancel (one reaching it idle is dropped, and the resent ones took
+        it for a cancel ignored: its connection was shut); spent by then, the next batch does not start."""
+        with self._sending:
+            self._between = True
 
     def session_locked(self) -> bool:
         """The session holds a session-level (advisory) lock that outlived the file's earlier tries: a retry would
@@ -272,10 +291,14 @@ class Probe:
             # what the try holds: every 50 ms to its end (its waiters' stall is the bound), between statements too
             watches = bool(self.per_try) and not (
                 holding < PROBE_AFTER or (holding > SLOWER_AFTER and int(holding / PROBE_EVERY) % 5))
+            due = self._held_due  # (a waiter seen short of the bound: looked at again as it passes it, attack24u 6)
+            due = due is not None and due[0] == held and now >= due[1]
+            watches = watches or due
+            if self._conn is None:  # blind: the clock kept to the tick, not to the 50 ms looks (attack24u 6)
+                self._bound_by_clock(since)
             if not (asks or watches):
                 continue
             if self._conn is None and time.monotonic() < self._reconnect_at:
-                self._bound_by_clock(since)
                 continue
             try:
                 if self._conn is None:
@@ -284,9 +307,9 @@ class Probe:
                 with self._conn.cursor() as cur:
                     if cancel_ignored.escalate(self, cur, since):  # a cancel that did not take: its session ended
                         continue
-                    if not asks:  # between statements, or a statement not due for a look: only what is held
-                        self._ended_holder(cur, since, held)
-                        continue
+                    if not asks or due:  # between statements, a statement not due for a look, or a waiter due
+                        if self._ended_holder(cur, since, held) or not asks:  # (first: the blockers' look is slow)
+                            continue
                     found = sessions.blockers(cur, self.pid, self.show_query)
                     self._sees_again()  # (once answered: a path gone silent lets it connect, never read)
                     wanted = sessions.waiting_for(cur, self.pid, found) if found else None
@@ -298,7 +321,10 @@ class Probe:
                             if self._since == since:
                                 self.seen = Seen(found, wanted)
                             found = None
-                    if not found and watches and self._since == since and self._ended_holder(cur, since, held):
+                    # (an unbounded statement's waits, a build's for older snapshots, are no lock retry: what it
+                    # holds is watched while it waits too, a session lock the app waits on: attack24u 5)
+                    if (not found or self._try is None) and watches and self._since == since \
+                            and self._ended_holder(cur, since, held):
                         continue
                     if not (found and wanted and self._since == since):
                         self._waiting = None if self._since == since else self._waiting
@@ -336,7 +362,9 @@ class Probe:
         `overheld` for the runner to end the try before its next statement (lock_waiters.py)."""
         waiting = lock_waiters.waiters(cur, self.pid, self.exempt)
         self._sees_again()
-        if not waiting or waiting[0]["waited_s"] <= self.per_try + self.floor:
+        bound = self.per_try + self.floor
+        if not waiting or waiting[0]["waited_s"] <= bound:
+            self._held_due = (held, time.monotonic() + bound - waiting[0]["waited_s"]) if waiting else None
             return False
         with self._sending:
             if self._held_since != held:  # the try ended meanwhile: its locks are gone, its waiters served
@@ -376,7 +404,7 @@ class Probe:
         """Blind: the bound kept by the clock (see the class): the statement cancelled past it, again every
         RESEND_AFTER while it still runs."""
         locked = self._locked_since
-        if (self.blind is None or self._cancel is None or not self.per_try or locked is None
+        if (self.blind is None or self._cancel is None or not self.per_try or locked is None or self._between
                 or (self._try is None and not self._clock_only) or since is None
                 or self.seen.cancelled and time.monotonic() - self._cancel_sent < RESEND_AFTER):
             return  # (sent again while the statement runs on: a cancel landing between its round trips is dropped)
@@ -395,27 +423,6 @@ class Probe:
                     return
                 self._cancel_sent = time.monotonic()
                 self.seen = Seen([], None, True, ran, blind=self.blind, sent=self.seen.sent)
-
-
-_SESSION_LOCKS = ("SELECT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE pid OPERATOR(pg_catalog.=) "
-                  "pg_catalog.pg_backend_pid() AND locktype OPERATOR(pg_catalog.=) 'advisory' AND granted)")
-
-
-def session_locks(connection) -> bool:
-    """The session, between transactions, holds an advisory lock (pg_advisory_lock: it outlives the COMMIT, and an
-    application session may wait on it). Asked on the migration connection itself (a transaction it opens is
-    rolled back; a session gone answers no: its statement's own failure says so)."""
-    import psycopg2
-
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(_SESSION_LOCKS)
-            held = bool(cursor.fetchone()[0])
-        if connection.info.transaction_status != IDLE:
-            connection.rollback()
-    except psycopg2.Error:
-        return False
-    return held
 
 
 class BlindSpent(RuntimeError):

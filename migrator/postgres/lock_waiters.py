@@ -28,7 +28,8 @@ from migrator.postgres import sessions
 # end, no query waits on them), and a transactionid wait unless the waiter holds a row's tuple lock or a lock on a
 # table the migration holds one on (an UPDATE of a row it changed, a duplicate key: not a replication slot's
 # creation). None while the migration session itself waits for a lock (a session queued behind its request waits on
-# it too: that wait is lock_timeout's, and a lock retry's). Nor a table wait in SHARE UPDATE EXCLUSIVE (ANALYZE,
+# it too: that wait is lock_timeout's, and a lock retry's), but for older transactions (a CONCURRENTLY build's
+# virtualxid wait: no one queues behind it, and the app may wait on the session's advisory lock meanwhile). Nor a table wait in SHARE UPDATE EXCLUSIVE (ANALYZE,
 # VACUUM, another CREATE INDEX CONCURRENTLY, VALIDATE): no query or DML waits for it, nor queues behind it (its
 # mode conflicts with none of theirs), so it stalls no application; every other mode either is a query's or
 # conflicts with one (queries queue behind the waiter).
@@ -36,7 +37,7 @@ _WAITERS = """
 WITH w AS MATERIALIZED (SELECT pid, locktype, relation, mode, {waitstart} AS waitstart FROM pg_catalog.pg_locks
                         WHERE NOT granted),
 b AS MATERIALIZED (SELECT * FROM w WHERE pid <> %(pid)s AND locktype <> 'virtualxid'
-                     AND NOT EXISTS (SELECT 1 FROM w m WHERE m.pid = %(pid)s)
+                     AND NOT EXISTS (SELECT 1 FROM w m WHERE m.pid = %(pid)s AND m.locktype <> 'virtualxid')
                      AND NOT (locktype = 'relation' AND mode = 'ShareUpdateExclusiveLock')
                      AND %(pid)s = ANY(pg_catalog.pg_blocking_pids(pid)))
 SELECT b.pid, a.application_name, pg_catalog.pg_get_userbyid(a.usesysid), a.state,
@@ -75,19 +76,21 @@ def waiters(cursor, pid: int, exempt=frozenset()) -> list[dict]:
                                    waitstart="waitstart" if new else "NULL::timestamptz"), {"pid": pid})
     found = [{"pid": wpid, "application_name": output.scrub(app or ""), "user": user, "state": state,
               "waited_s": float(waited or 0), "table": f"{schema}.{table}" if table else None,
-              "rows": locktype in ROW_LOCKS, "mode": sessions.lock_mode(mode) if locktype == "relation" else None}
+              "rows": locktype in ROW_LOCKS, "mode": sessions.lock_mode(mode) if locktype == "relation" else None,
+              "advisory": locktype == "advisory"}
              for wpid, app, user, state, waited, schema, table, locktype, mode in cursor.fetchall()
              if table is None or ((schema, table) not in exempt and (None, table) not in exempt)]
     return sorted(found, key=lambda w: -w["waited_s"])
 
 
 # The probe's cancel of a statement that holds its locks too long: only our session, only while a statement runs
-# and it is not itself waiting for a lock (that wait is lock_timeout's and the retries'). Its wait read from pg_locks,
+# and it is not itself waiting for a lock (that wait is lock_timeout's and the retries'; a build's wait for older
+# transactions is not one). Its wait read from pg_locks,
 # its state 'disabled' taken as running: with track_activities off pg_stat_activity shows neither (attack24t 7);
 # the probe's `_sending` lock pins the statement, and the server drops a cancel reaching an idle session.
 CANCEL_HOLDER = """SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity a
 WHERE pid = %s AND state IN ('active', 'disabled')
-  AND NOT EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE l.pid = a.pid AND NOT l.granted)"""
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE l.pid = a.pid AND NOT l.granted AND l.locktype <> 'virtualxid')"""
 
 
 class HeldTooLong(RuntimeError):
@@ -118,9 +121,13 @@ def held_too_long(exc, seen, bound: float) -> None:
         held = f"held {what} while" if waiter["rows"] or not table else f"held its lock on {table} while"
     queues = waiter.get("mode") not in (None, *QUERY_MODES)  # a DDL or maintenance request the app queues behind
     asks = f", asking for {waiter['mode']}, which the application's queries queue behind" if queues else ""
+    if waiter.get("advisory"):  # (a session-level one: the file's pg_advisory_lock, attack24u 5)
+        held = f"{'was not run: its session held' if between else 'ran while its session held'} an advisory lock, on which"
     validating = VALIDATES.match(exc.statement.text) is not None and not (between or seen.held_earlier)
     locked_by_code = validating and waiter["rows"]  # (a VALIDATE changes no row: its check locked them)
-    why = (f"it locks rows of {table or 'a table'} as it validates, to its COMMIT (a foreign key PostgreSQL checks "
+    why = ("a session-level advisory lock (pg_advisory_lock) is kept across statements, COMMITs and tries, to its "
+           "pg_advisory_unlock or the session's end" if waiter.get("advisory") else
+           f"it locks rows of {table or 'a table'} as it validates, to its COMMIT (a foreign key PostgreSQL checks "
            "row by row, FOR KEY SHARE, when the migration user lacks SELECT on either table or row security is on; "
            "or a CHECK calling a function that locks rows)" if locked_by_code else
            "VALIDATE CONSTRAINT takes SHARE UPDATE EXCLUSIVE, which no query waits for, but that session's request "
@@ -136,7 +143,10 @@ def held_too_long(exc, seen, bound: float) -> None:
                                             if getattr(exc.cause, "committed", False) else
                                             f"so the runner ended {'the try' if between else 'it'}"))
     accept = f"accept it with `-- accept-rewrite: {table or 'the table'}` and deploy in a quiet window"
-    if locked_by_code:
+    if waiter.get("advisory"):
+        exc.todo = ("not retried (a retry would keep the lock): take it with pg_advisory_xact_lock in the transaction "
+                    "that needs it, or release it before the long statement")
+    elif locked_by_code:
         exc.todo = ("not retried (it would hold the rows as long again): for a foreign key, grant the migration user "
                     "SELECT on both tables (PostgreSQL then checks it in one query, locking no row); for a CHECK, take "
                     "the row locks out of its function; or validate in a quiet window")

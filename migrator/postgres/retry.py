@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from migrator import interrupt, output, server_session
 from migrator.durations import pg_milliseconds, pg_seconds
 from migrator.postgres import autovacuum, deadlocks, failures, sessions
-from migrator.postgres import lock_probe, session_options
+from migrator.postgres import session_locks, session_options
 from migrator.postgres.session_options import idle_in_try_ms
+from migrator.postgres.transaction_status import IN_TRANSACTION
 # the probe has its own module (lock_probe.py); its names stay reachable here for the runner's modules
 from migrator.postgres.lock_probe import PROBE_NAME, QUERY_CANCELED, Probe, Seen, seconds_text  # noqa: F401
 
@@ -39,7 +40,6 @@ LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
 FIRST_DELAY, MAX_DELAY = 0.5, 10.0  # seconds between tries: doubling, jittered, capped
 FLOOR_SHARE, FLOOR_MIN = 0.1, 0.02  # the least a later statement may wait: a tenth of lock_timeout, >= 20 ms
 STEP_MS = 10  # lock_timeout is set again once what is left fell by this much (not before every statement)
-IN_TRANSACTION = 2  # psycopg2's TRANSACTION_STATUS_INTRANS: a transaction open, no statement running
 
 
 @dataclass
@@ -185,7 +185,7 @@ def probe(backend, connection, budget: TryBudget | None = None) -> Probe:
         backend.parent.blind_said = []
     return Probe(dict(watcher.params), pid, watcher.show_query, *bound, cancel=lambda: failures.cancel(connection),
                  status=lambda: connection.info.transaction_status,
-                 session_locks=lambda: lock_probe.session_locks(connection), said=backend.parent.blind_said,
+                 session_locks=lambda: session_locks.held(connection), said=backend.parent.blind_said,
                  shut=lambda: failures.shut(connection))
 
 

@@ -13,9 +13,10 @@ from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import (autovacuum, backfill, cancel_ignored, clock_bound, commit_checks, concurrently,
                                conforming, deadlocks, detach, failures, files, lock_waiters, lost_session, retry,
-                               rewrites, sessions, statement_bound)
+                               rewrites, session_locks, sessions, statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, TransactionEnded, progress
+from migrator.postgres.transaction_status import IDLE, LOST
 
 _RESET_ALL = lazy_re.compile(r"\breset\s+all\b", re.IGNORECASE)
 _ENDS = re.compile(r"\s*(COMMIT|END|PREPARE\s+TRANSACTION)\b", re.IGNORECASE)  # (a NoAnswer's outcome unknown)
@@ -38,14 +39,15 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     # (what it holds watched, whatever it is: a SELECT of a function or an INSERT firing a trigger may run DDL; a
     # backfill's batches too, each commits: a try of its own, whose row locks the app's writes may wait on)
     held = not concurrent or concurrently.runs_code(statement.text)  # (a build's functions may lock: attack24q 6)
+    held = held or probe is not None and probe.session_locked()  # (the app waits on its session lock: attack24u 5)
     calls = clock and clock_bound.query(statement.text)
     conforming.check(cursor.connection, statement.text)  # (the server's reading is the judges': attack24q 3)
     with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls,
                          clock_only=concurrent and clock) \
             if probe is not None else contextlib.nullcontext():
         if isinstance(statement, backfill.Batched):
-            statement.run(cursor.connection, cursor, path, max_batches,
-                          probe.batch_started if probe is not None else None)
+            statement.run(cursor.connection, cursor, path, max_batches, *(
+                (probe.batch_started, probe.batch_ended) if probe is not None else ()))
         elif concurrent:
             with concurrently.without_lock_timeout(cursor):
                 cursor.execute(statement.text)
@@ -77,8 +79,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             try:
                 with interrupt.live():  # SIGTERM stops the run here, never inside the bookkeeping
                     if index not in skip:
-                        if probe is not None and probe.overheld is not None \
-                                and connection.info.transaction_status != IDLE:  # (the flag: no round trip)
+                        if probe is not None and probe.overheld is not None and (  # (the flag: no round trip)
+                                connection.info.transaction_status != IDLE or probe.session_locked()):
                             probe.raise_held()  # the try held what the app waited on past the bound: ended here
                         if probe is not None and probe.blind is not None \
                                 and connection.info.transaction_status != IDLE:
@@ -224,7 +226,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     batches = getattr(exc.cause, "backfill_committed", None)
                     lock_waiters.held_too_long(exc, probe.seen, probe.per_try + probe.floor)
                     if isinstance(exc.statement, backfill.Batched):  # (a batch too big: the rest stays committed)
-                        exc.cause.backfill_committed, exc.todo = batches, backfill.SMALLER
+                        exc.cause.backfill_committed = batches  # (its own session lock: not the batch's size)
+                        exc.todo = exc.todo if (probe.seen.held or {}).get("advisory") else backfill.SMALLER
+                    session_locks.closed_if_held(exc, connection, statements)
                     raise
                 if not (retry.lock_timed_out(exc) or probe is not None and probe.cancelled(exc)) or not policy.per_try:
                     raise
@@ -239,8 +243,11 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     seen.lock_timeout = min(ms for ms in (budget.set_ms, budget.file_ms) if ms is not None) / 1000
                 if not transactional and MAY_COMMIT.match(exc.statement.text):
                     raise _not_retried(exc, seen, backoff, _MAY_COMMIT)
-                if seen.blind and probe is not None and probe.session_locked():  # (kept by a retry: the app waits)
-                    raise _not_retried(exc, seen, backoff, _session_lock_kept(statements[:exc.index]))
+                with lost_session.between_tries(path, statements, exc.index, transactional, exc.done):
+                    kept = bool(policy.budget) and session_locks.after_failed_try(connection, transactional)
+                if kept:  # (a retry would keep it: the app would wait on it through the backoff and the tries)
+                    session_locks.end(connection)
+                    raise _not_retried(exc, seen, backoff, session_locks.kept(statements, exc.index))
                 delay = backoff.next_delay() if policy.budget else None
                 if delay is None:
                     if getattr(exc, "at_commit", None) == "records" and not seen.cancelled:
@@ -328,16 +335,6 @@ MAY_COMMIT = lazy_re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:do|call)\b", re.IG
 
 _MAY_COMMIT = ("a DO block or CALL may have committed part of its work before the lock timeout, and a retry would "
                "run that part again")
-_SESSION_LOCK = re.compile(r"\bpg_advisory_lock(_shared)?\s*\(", re.IGNORECASE)
-
-
-def _session_lock_kept(before) -> str:
-    taken = next((statement for statement in before if _SESSION_LOCK.search(statement.text)), None)
-    return (f"the session still holds the advisory lock the file took{f' at line {taken.line}' if taken else ''} "
-            "(pg_advisory_lock outlives its try), so a retry would keep the application waiting on it; take it "
-            "with pg_advisory_xact_lock in the transaction that needs it, or release it before the long statement")
-
-
 def _not_retried(exc, seen, backoff, why: str):
     retry.gave_up(exc, seen, backoff)
     exc.todo = f"not retried: {why}; " + exc.todo.split("; ", 1)[1]
@@ -378,8 +375,6 @@ class IndexNotBuilt(StatementFailed):
         return progress(self.statements, self.done, "not recorded as applied")
 
 
-IDLE = 0  # psycopg2's TRANSACTION_STATUS_IDLE: no transaction open
-LOST = 4  # psycopg2's TRANSACTION_STATUS_UNKNOWN: the connection is gone
 
 
 class SearchPathGuard:

@@ -23,10 +23,10 @@ from migrator import durations, output
 from migrator.postgres.psql_tokens import NOT_AFTER_IDENT, NOT_BEFORE_IDENT
 from migrator.postgres.retry import seconds_text
 from migrator.postgres.session_options import TRY_IDLE
+from migrator.postgres.transaction_status import IN_TRANSACTION
 
 _BOUNDS = ("statement_timeout", "idle_in_transaction_session_timeout")
 _IDLE = _BOUNDS[1]
-IN_TRANSACTION = 2  # psycopg2's TRANSACTION_STATUS_INTRANS
 # Read back after any statement that could set a bound, whatever the spelling: "set" anywhere (SET, RESET, set_config,
 # pg_settings; quoted, commented: one more SHOW at worst), a Unicode escape (U&"\0073et_config"), code a DO block, a
 # CALL or an EXECUTE runs. Not after the statements of a data load (20,000 INSERTs: no SHOW at all).
