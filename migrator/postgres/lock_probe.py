@@ -21,6 +21,7 @@ PROBE_AFTER = 0.01  # seconds a statement runs before the probe asks who blocks 
 PROBE_EVERY = 0.01  # (soon enough to see a wait of the floor's 20-30 ms; every 50 ms after SLOWER_AFTER)
 SLOWER_AFTER = 0.2
 PROBE_NAME = "hcm-db-migrations lock probe"
+ASK_GAP = 0.05  # s: between statements, a look at the waiters this recent still holds (a freeze makes the gap longer)
 RECONNECT_FIRST, RECONNECT_MAX = 0.1, 2.0  # seconds between the probe's tries to connect again, doubling
 # Blind: seconds after which the clock's cancel is sent again while the statement still runs (one that reached the
 # session idle between a backfill's round trips is dropped by the server: attack24s 2)
@@ -129,6 +130,7 @@ class Probe:
         self._first = True  # the running statement is its try's first
         self._batch: float | None = None  # when the running backfill's last batch started
         self._between = False  # the running backfill is between two batches (batch_ended)
+        self._looked = 0.0  # when the waiters were last read (the thread's look or ask_now's)
         self._held_due: tuple | None = None  # (held since, when): the next look at its waiters, when one will pass the bound
         self.overheld: Seen | None = None  # an application session waited past the bound on what the try holds
         self.exempt: set | frozenset = frozenset()  # (schema or None, table): waits the run accepts (running._accepted)
@@ -227,9 +229,11 @@ class Probe:
         """After a statement of a try that has held its locks past the bound, before the next one or the COMMIT: who
         waited on them, asked now rather than by the thread's next look (the runner frozen meanwhile, SIGSTOP or a
         VM pause, froze the thread too, and a thawed runner commits at once: attack24r 10). Sets `overheld`."""
-        held, conn = self._held_since, self._conn
-        if held is None or not self.per_try or time.monotonic() - held <= self.per_try + self.floor:
+        held, conn, now, due = self._held_since, self._conn, time.monotonic(), self._held_due
+        if held is None or not self.per_try or now - held <= self.per_try + self.floor:
             return
+        if now - self._looked < ASK_GAP and not (due and due[0] == held and now >= due[1]):
+            return  # (a long data load: not one waiters' query per statement, which doubled its run)
         import psycopg2
 
         own = conn is None  # (frozen before the thread first connected: a connection of its own, this once)
@@ -360,7 +364,9 @@ class Probe:
         """Not waiting itself: an application session that waited on a lock the migration session holds longer
         than the try's bound (`per_try` + `floor`, as a wait's) ends the running statement, if one runs, and raises
         `overheld` for the runner to end the try before its next statement (lock_waiters.py)."""
+        asked = time.monotonic()  # (not when the answer was read: a freeze may come between, the answer then stale)
         waiting = lock_waiters.waiters(cur, self.pid, self.exempt)
+        self._looked = asked
         self._sees_again()
         bound = self.per_try + self.floor
         if not waiting or waiting[0]["waited_s"] <= bound:
