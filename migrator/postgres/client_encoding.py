@@ -48,10 +48,10 @@ class Changed(Exception):
         self.todo = f"remove what sets {NAME} from the file (set_config, EXECUTE in a DO block)"
 
 
-def after_file(connection, path, statements, transactional: bool, done: int) -> None:
-    """After a file's last statement, before the runner records it on the same session (4b)."""
+def after_file(connection, path, statements, transactional: bool, done: int, progress) -> None:
+    """After a file's last statement, before the runner records it on the same session (4b). `progress`:
+    errors.progress (what a non-transactional file committed, in words; passed in: errors imports the splitter)."""
     from migrator.errors import MigratorError
-    from migrator.postgres.errors import progress
 
     try:
         check(connection)

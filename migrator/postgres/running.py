@@ -134,7 +134,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
         connection.rollback()
         raise MigratorError(f"{path}: ends inside a transaction it opened (BEGIN without COMMIT); that transaction "
                             "was rolled back, as psql does at the end of a file; add the COMMIT and run again")
-    client_encoding.after_file(connection, path, statements, transactional, done)  # (the record next: attack23x 4b)
+    client_encoding.after_file(connection, path, statements, transactional, done, progress)  # (attack23x 4b)
 
 
 def run_retrying(backend, migration, path: Path, statements, transactional: bool, progress=None, guard=None,
