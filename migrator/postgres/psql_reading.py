@@ -19,6 +19,7 @@ LAST_ERROR_MESSAGE, is whatever text the file's last failing statement raised.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from migrator import lazy_re
@@ -49,15 +50,13 @@ MAX_STATES = 32
 # is four bytes when a digit follows its first), a pattern to stay C-speed on a 5 MB file.
 # (BIG5 stands for GBK and UHC too, SJIS for SHIFT_JIS_2004.)
 _ANY = rb"[\x00-\xff]"
-ENCODINGS = {"UTF8": None, "SJIS": rb"[\x80-\xa0\xe0-\xff]" + _ANY, "BIG5": rb"[\x80-\xff]" + _ANY,
-             "GB18030": rb"[\x80-\xff](?:[0-9]" + _ANY + rb"{0,2}|" + _ANY + b")",
-             "JOHAB": rb"\x8f" + _ANY + rb"{1,2}|[\x80-\xff]" + _ANY}
+ENCODINGS = {"UTF8": None, "SJIS": rb"([\x80-\xa0\xe0-\xff])(" + _ANY + b")",
+             "BIG5": rb"([\x80-\xff])(" + _ANY + b")",
+             "GB18030": rb"([\x80-\xff])([0-9]" + _ANY + rb"{0,2}|" + _ANY + b")",
+             "JOHAB": rb"([\x80-\xff])((?<=\x8f)" + _ANY + rb"{1,2}|" + _ANY + b")"}
 _CHARACTER = {name: lazy_re.compile(pattern) for name, pattern in ENCODINGS.items() if pattern}
 _HIGH = bytes.maketrans(bytes(range(0x80, 0x100)), b"\xff" * 0x80)
-
-
-def _taken(match) -> bytes:
-    return match.group()[:1] + b"\xff" * (match.end() - match.start() - 1)
+_TAKEN = b"\xff" * 256  # (a translation table: every byte a character takes after its first)
 
 
 def as_lexed(line: str, encoding: str) -> str:
@@ -65,7 +64,9 @@ def as_lexed(line: str, encoding: str) -> str:
     every byte a multibyte character takes after its first written 0xFF; as it is in UTF8 (or all ASCII)."""
     if encoding == "UTF8" or line.isascii():
         return line
-    return _CHARACTER[encoding].sub(_taken, line.encode("utf-8")).decode("latin-1")
+    parts = _CHARACTER[encoding].split(line.encode("utf-8"))  # [between, first byte, taken, between, ...]
+    parts[2::3] = map(bytes.translate, parts[2::3], itertools.repeat(_TAKEN))  # (C speed: no call per character)
+    return b"".join(parts).decode("latin-1")
 
 
 def _takes_ascii(line: str, seen: str) -> bool:
