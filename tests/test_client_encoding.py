@@ -96,3 +96,21 @@ def test_a_change_in_a_flyway_files_last_statement_never_garbles_flyways_history
     assert db.query("SELECT script FROM flyway_schema_history WHERE version IS NOT NULL ORDER BY installed_rank") \
         == [("V1__a.sql",)]
     assert db.query("SELECT count(*) FROM fa") == [(0,)]
+
+
+def test_over_tenant_schemas_a_named_change_is_refused_and_an_unseen_one_stops_each_schemas_file(cli, db, sql_dir):
+    db.query("CREATE SCHEMA a; CREATE SCHEMA c")
+    path = add_migration(sql_dir, "0002_enc", "CREATE TABLE t (id int);\nSET NAMES 'SJIS';\n")
+    run = ("migrate", "--sql-dir", sql_dir, "--schema", "a", "--schema", "c")
+    result = cli(*run, env=db.db_env())
+    one_error_line(result)
+    for schema in ("a", "c"):  # (each schema's line says it; nothing of the run applied)
+        assert f"[{schema}] FAILED: {path}:2: changes client_encoding" in result.stderr, result.stderr
+        assert db.query(f"SELECT to_regclass('{schema}.hcm_report_metadata')") == [(None,)]
+    path.write_text("CREATE TABLE t (id int);\n" + UNSEEN + "CREATE TABLE after_it (id int);\n")
+    result = cli(*run, env=db.db_env())
+    one_error_line(result)
+    for schema in ("a", "c"):
+        failed = next(line for line in result.stderr.splitlines() if line.startswith(f"[{schema}] FAILED"))
+        assert "client_encoding is SJIS" in failed and "rolled back" in failed, failed
+        assert db.query(f"SELECT to_regclass('{schema}.t'), to_regclass('{schema}.after_it')") == [(None, None)]
