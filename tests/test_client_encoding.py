@@ -114,3 +114,13 @@ def test_over_tenant_schemas_a_named_change_is_refused_and_an_unseen_one_stops_e
         failed = next(line for line in result.stderr.splitlines() if line.startswith(f"[{schema}] FAILED"))
         assert "client_encoding is SJIS" in failed and "rolled back" in failed, failed
         assert db.query(f"SELECT to_regclass('{schema}.t'), to_regclass('{schema}.after_it')") == [(None, None)]
+
+
+def test_a_rollback_file_that_changes_it_unseen_is_stopped_and_rolled_back(cli, keepme, sql_dir):
+    add_migration(sql_dir, "0003_t", "CREATE TABLE t (id int);\n", rollback="DROP TABLE t;\n" + UNSEEN + HIDDEN)
+    ok(migrate(cli, keepme, sql_dir))
+    result = cli("sql", "rollback", "--sql-dir", sql_dir, env=keepme.db_env())
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "client_encoding is SJIS" in line, line
+    assert kept(keepme) and keepme.query("SELECT to_regclass('public.t') IS NOT NULL") == [(True,)]
+    assert "0003_t" in [row[0] for row in keepme.query("SELECT migration_id FROM _yoyo_migration")]
