@@ -8,7 +8,8 @@ change between any two lines and change where a literal ends:
 - standard_conforming_strings: off, a plain '...' takes backslash escapes. A file can turn it off by routes no
   text check can list (set_config with a computed name, EXECUTE in a DO block, ALTER ROLE ... SET, PGOPTIONS...).
 - client_encoding: in SJIS, BIG5, GBK, UHC, GB18030 or JOHAB a byte >= 0x80 swallows the bytes after it, quotes
-  included (`SET client_encoding TO 'SJIS'` and a UTF-8 file then reads otherwise).
+  included (`SET client_encoding TO 'SJIS'` and a UTF-8 file then reads otherwise), and dollar-quote tags are
+  compared as psql's buffer holds them (as_lexed).
 
 So tracking the setting is not attempted: every line is read under every combination, starting from every
 state the lines before can leave psql's lexer in, and a backslash outside a literal in any reading is refused.
@@ -108,7 +109,8 @@ def check(text: str) -> bool:
         stds = (True, False) if "\\" in line else (True,)
         lexed = {"UTF8": line}  # and each encoding that takes an ASCII character of the line or may close a tag
         for encoding in ENCODINGS if not line.isascii() else ():  # (else it reads the same)
-            if (seen := as_lexed(line, encoding)) != line and ("$" in line or _takes_ascii(line, seen)):
+            seen = as_lexed(line, encoding)
+            if encoding != "UTF8" and ("$" in line or _takes_ascii(line, seen)):
                 lexed[encoding] = seen
         encodings = list(lexed)
         new: dict = {}
