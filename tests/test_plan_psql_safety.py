@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,11 +34,13 @@ ROUTES = {
     "set then reset": "SET standard_conforming_strings = off;\nRESET standard_conforming_strings;\n",
     "ALTER DATABASE": "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET standard_conforming_strings = off', "
                       "current_database()); END$$;\n",
-    "SJIS": "SET client_encoding TO 'SJIS';\n",
-    "BIG5": "SET NAMES 'BIG5';\n",
-    "GB18030 by set_config": "SELECT set_config('client_encoding', 'GB18030', false);\n",
+    "SJIS": "SET client_encoding TO 'SJIS';\n",  # (a file that names client_encoding is refused: the rest reach psql)
+    "BIG5 by a computed name": "SELECT set_config('client_' || 'encoding', 'BIG5', false);\n",
+    "SJIS by a computed name": "DO $$BEGIN EXECUTE 'SET client_' || 'encoding TO SJIS'; END$$;\n",
+    "GB18030 by a computed name": "SELECT set_config('client_' || 'encoding', 'GB18030', false);\n",
     # BIG5 reads the UTF-8 of ’ as one character and a half: the quote after it is taken, the string stays open
-    "string left open in BIG5 by the file before": "SET client_encoding TO 'BIG5';\nSELECT '’';\n",
+    "string left open in BIG5 by the file before": "SELECT set_config('client_' || 'encoding', 'BIG5', false);\n"
+                                                   "SELECT '’';\n",
 }
 CARRIED = ("ALTER DATABASE", "string left open in BIG5 by the file before")  # routes that act on the next file
 # A payload that one reading shows as a literal and another as `\\!` outside one.
@@ -73,9 +76,17 @@ PAYLOADS = {
     "in comments": f"/* {PWN} */ SELECT 1; -- {PWN}\nSELECT 'é', U&'\\0041';\n",
     "after text in Chinese": f"SELECT '’日本' , ' {PWN}';\n",
 }
+# Dollar-quote tag pairs psql may read as one tag in a multibyte client encoding (attack23x 1), drawn at random: the
+# characters of both tags from one block whose UTF-8 shares its leading bytes (U+00E0.., U+3040.., U+4E00..), the two
+# tags of one length, an even number of bytes (no ASCII character taken: what reads alike except for the tags).
+_TAG_RNG = random.Random(2312)
+for _number in range(8):
+    _base, _size, _length = _TAG_RNG.choice(((0xE0, 32, _TAG_RNG.randint(1, 2)), (0x3040, 64, 2), (0x4E00, 64, 2)))
+    _a, _b = ("$" + "".join(chr(_base + _TAG_RNG.randrange(_size)) for _ in range(_length)) + "$" for _ in "ab")
+    PAYLOADS[f"dollar tags {_a} {_b}"] = f"SELECT {_a} x {_b}; {PWN} ; {_a};\n"
 # The reviewer's own environment: psql reads a plan under these too.
 ENVIRONMENTS = [{}, {"PGOPTIONS": "-c standard_conforming_strings=off"}, {"PGCLIENTENCODING": "SJIS"},
-                {"PGCLIENTENCODING": "BIG5"}]
+                {"PGCLIENTENCODING": "BIG5"}, {"PGCLIENTENCODING": "GBK"}]
 
 
 def _psql(database, plan: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -122,7 +133,7 @@ def test_no_generated_file_makes_plan_piped_to_psql_run_a_shell_command(cli, mak
 # Token soup: random files from the pieces psql's lexer turns on, for what the named shapes above miss.
 SOUP = ["'abc'", "E'\\n'", "$$\\ $$", "'\\d'", "'ab", "c'", "'", "'", "E'", "e'", "X'", "b'", "U&'", "U&\"", "N'", '"',
         "$$", "$a$", "x$", "$x", "$1", "\\", "'\\'", "\r'", "\r", "\n", "--", "/*", "*/", "-", "€", "’", "ß", "1", "1e",
-        ".5e", "0x", ":a", "::a", ":'a'", " ", "x", ";", "(", ")", f" {PWN}\n", "SELECT ", ROUTES["BIG5"], ROUTES["set_config"],
+        ".5e", "0x", ":a", "::a", ":'a'", " ", "x", ";", "(", ")", f" {PWN}\n", "SELECT ", ROUTES["BIG5 by a computed name"], ROUTES["set_config"],
         "\x1b[0m", "\x1b[2K"]
 
 
@@ -150,7 +161,10 @@ def test_random_token_soup_never_reaches_a_shell_through_plan_and_psql(cli, make
     ("set_config", f"SELECT pg_catalog.set_config('standard_conforming_strings', 'off', false);\n"
                    f"SELECT '\\' , ' {PWN}';\n", 2),
     ("DO EXECUTE", f"DO $$BEGIN EXECUTE 'SET standard_conforming_strings = off'; END$$;\nSELECT '\\' , ' {PWN}';\n", 2),
-    ("client_encoding", f"SET client_encoding TO 'SJIS';\n\nSELECT 'ß' , ' {PWN}';\n", 3),
+    ("client_encoding", f"SELECT set_config('client_' || 'encoding', 'SJIS', false);\n\nSELECT 'ß' , ' {PWN}';\n", 3),
+    ("client_encoding named", f"SET client_encoding TO 'SJIS';\n\nSELECT 'ß' , ' {PWN}';\n", 1),
+    ("dollar tags one in BIG5", f"SELECT 1;\nSELECT $é$ x $ë$; {PWN} ; $é$;\n", 2),
+    ("dollar tags one in SJIS", f"SELECT 1;\nSELECT $あい$ x $あう$; {PWN} ; $あい$;\n", 2),
     ("psql variable", f"DO $$BEGIN RAISE EXCEPTION '{PWN}'; END$$;\nSELECT :LAST_ERROR_MESSAGE;\n", 2),
     ("dollar after a non-ASCII letter", f"SELECT 1;\nSELECT €$$ {PWN} $$;\n", 2),
 ])

@@ -116,3 +116,44 @@ def test_a_dollar_quote_after_a_number_or_parameter_in_any_psql_version_is_refus
 ])
 def test_ordinary_sql_with_dollars_and_numbers_is_still_accepted(text):
     assert psql_reading.check(text) is False
+
+
+# Dollar-quote tags in a client encoding psql lexes by character length (attack23x 1): psql keeps a character's
+# first byte and writes 0xFF for the rest, then compares tags byte by byte, so tags that differ in UTF-8 may be one
+# tag to it. Tags are drawn at random from blocks of two- and three-byte characters (Latin-1 letters share a lead
+# byte, so do kana), in random shapes, and each encoding's psql reads every accepted case.
+TAG_BLOCKS = [(0xC0, 0xFF), (0x100, 0x17F), (0x410, 0x44F), (0x3041, 0x3096), (0x4E00, 0x4E40)]
+TAG_SHAPES = ["SELECT {a} x {b}; \\echo {m} ; {a};\n", "SELECT {a} x\n{b}; \\echo {m} ; {a};\n",
+              "SELECT {a} {b} {a} ' {b}; \\echo {m} ; {a} ';\n", "SELECT {a}\n{b} \\echo {m} {b}\n{a};\n",
+              "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS {a}SELECT {b}x{b}{a};\n' \\echo {m} ';\n"]
+MULTIBYTE = ["BIG5", "GBK", "UHC", "SJIS", "GB18030", "JOHAB"]
+
+
+def _tag(rng) -> str:
+    low, high = rng.choice(TAG_BLOCKS)
+    return "$" + "".join(chr(rng.randint(low, high)) for _ in range(rng.randint(1, 2))) + "$"
+
+
+def test_dollar_tags_that_psql_reads_as_one_in_a_multibyte_encoding_never_hide_a_meta_command(db, tmp_path, case_file):
+    rng = random.Random(231)
+    planned, texts = [], {}
+    for number in range(600):
+        a, b = _tag(rng), _tag(rng)
+        text = rng.choice(TAG_SHAPES).format(a=a, b=b, m=f"M{number}M")
+        plan = _planned(case_file, text)
+        if plan is not None:
+            planned.append(plan.replace(files.FRESH_SESSION + "\n", ""))
+            texts[number] = text
+    assert len(planned) > 200
+    for encoding in MULTIBYTE:
+        done = subprocess.run([_bin("psql"), "-X", "-q", "-o", os.devnull, "-d", db.url],
+                              input="".join(planned).encode(), capture_output=True, cwd=tmp_path, timeout=600,
+                              env={**os.environ, **HARMLESS, "HOME": str(tmp_path), "PGCLIENTENCODING": encoding})
+        ran = sorted({int(n) for n in re.findall(rb"M([0-9]+)M", done.stdout)})
+        assert not ran, (encoding, [texts[n] for n in ran[:5]])
+
+
+@pytest.mark.parametrize("text", ["SELECT $é$ x $é$, $ë$ y $ë$;\n", "SELECT $あい$ x $あい$ || $あう$ y $あう$;\n",
+                                  "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $função$\nSELECT 1\n$função$;\n"])
+def test_dollar_tags_psql_reads_alike_or_apart_in_every_encoding_are_still_accepted(text):
+    assert psql_reading.check(text) is False

@@ -8,7 +8,8 @@ change between any two lines and change where a literal ends:
 - standard_conforming_strings: off, a plain '...' takes backslash escapes. A file can turn it off by routes no
   text check can list (set_config with a computed name, EXECUTE in a DO block, ALTER ROLE ... SET, PGOPTIONS...).
 - client_encoding: in SJIS, BIG5, GBK, UHC, GB18030 or JOHAB a byte >= 0x80 swallows the bytes after it, quotes
-  included (`SET client_encoding TO 'SJIS'` and a UTF-8 file then reads otherwise).
+  included (`SET client_encoding TO 'SJIS'` and a UTF-8 file then reads otherwise), and dollar-quote tags are
+  compared as psql's buffer holds them (as_lexed).
 
 So tracking the setting is not attempted: every line is read under every combination, starting from every
 state the lines before can leave psql's lexer in, and a backslash outside a literal in any reading is refused.
@@ -19,6 +20,7 @@ LAST_ERROR_MESSAGE, is whatever text the file's last failing statement raised.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from migrator import lazy_re
@@ -42,53 +44,35 @@ _PLAIN = lazy_re.compile(r"(?:[^'\"$\\:/\-\r]|/(?!\*)|-(?!-)|::|:=|(?<![A-Za-z0-
 RESTRICT_LINE = lazy_re.compile(r"\\(?:un)?restrict[ \t]+[A-Za-z0-9]+[ \t]*\r?$")
 MAX_STATES = 32
 
-# Client encodings psql lexes by character length (libpq's PQmblen): a lead byte takes the next byte(s) with it.
-# Inside a run of bytes >= 0x80 that changes nothing (all are letters to the lexer); what matters is how many
-# ASCII characters after the run the run's last character takes: each function below answers that from the
-# run's bytes, where its first character starts, and the character after the run.
-def _walk(lengths):
-    def taken(data: bytes, start: int, after: str) -> int:
-        i = start
-        while i < len(data):
-            i += lengths(data[i])
-        return i - len(data)
-    return taken
-
-
-def _pairs(data: bytes, start: int, after: str) -> int:  # BIG5, GBK, UHC: every byte >= 0x80 leads two
-    return (len(data) - start) % 2
-
-
-def _gb18030(data: bytes, start: int, after: str) -> int:  # two bytes, four when the second is a digit
-    return (3 if _digits(after) else 1) if (len(data) - start) % 2 else 0
-
-
-ENCODINGS = {"UTF8": None, "SJIS": _walk(lambda b: 1 if 0xA1 <= b <= 0xDF else 2), "BIG5": _pairs,
-             "GB18030": _gb18030, "JOHAB": _walk(lambda b: 3 if b == 0x8F else 2)}
-_HIGH_RUN = lazy_re.compile("[^\x00-\x7f]+")
+# Client encodings psql lexes by character length (libpq's PQmblen): a lead byte takes the next byte(s) with it,
+# and psql's buffer (psqlscan_prepare_buffer) keeps the lead byte and writes 0xFF for each byte it took, ASCII
+# (a quote, a backslash) included. The lexer then compares dollar-quote tags byte by byte, so `$é$` and `$ë$`
+# (C3 A9 / C3 AB, both C3 FF in BIG5) are one tag to it (attack23x 1). Each pattern is one character (GB18030's
+# is four bytes when a digit follows its first), a pattern to stay C-speed on a 5 MB file.
+# (BIG5 stands for GBK and UHC too, SJIS for SHIFT_JIS_2004.)
+_ANY = rb"[\x00-\xff]"
+ENCODINGS = {"UTF8": None, "SJIS": rb"([\x80-\xa0\xe0-\xff])(" + _ANY + b")",
+             "BIG5": rb"([\x80-\xff])(" + _ANY + b")",
+             "GB18030": rb"([\x80-\xff])([0-9]" + _ANY + rb"{0,2}|" + _ANY + b")",
+             "JOHAB": rb"([\x80-\xff])((?<=\x8f)" + _ANY + rb"{1,2}|" + _ANY + b")"}
+_CHARACTER = {name: lazy_re.compile(pattern) for name, pattern in ENCODINGS.items() if pattern}
+_HIGH = bytes.maketrans(bytes(range(0x80, 0x100)), b"\xff" * 0x80)
+_TAKEN = b"\xff" * 256  # (a translation table: every byte a character takes after its first)
 
 
 def as_lexed(line: str, encoding: str) -> str:
-    """The line as psql's lexer sees it in that client encoding: the ASCII characters a multibyte character
-    takes with it become a letter (\xff), the rest is as it is (every byte >= 0x80 is a letter to it)."""
-    taken_by = ENCODINGS[encoding]
-    if taken_by is None or line.isascii():
+    """The line as psql's lexer holds it in that client encoding: its bytes (one character each, latin-1) with
+    every byte a multibyte character takes after its first written 0xFF; as it is in UTF8 (or all ASCII)."""
+    if encoding == "UTF8" or line.isascii():
         return line
-    chars = None
-    skip = 0  # bytes of the next run already taken by the previous one (GB18030's four-byte characters)
-    for run in _HIGH_RUN.finditer(line):
-        data = run.group().encode("utf-8")
-        taken = taken_by(data, skip, line[run.end():run.end() + 1])
-        skip = 0
-        if taken > 0:
-            chars = chars if chars is not None else list(line)
-            for i in range(run.end(), min(run.end() + taken, len(line))):
-                if chars[i] < "\x80":
-                    chars[i] = "\xff"
-                else:  # reached the next run
-                    skip = taken - (i - run.end())  # the rest is taken from that run's first bytes
-                    break
-    return line if chars is None else "".join(chars)
+    parts = _CHARACTER[encoding].split(line.encode("utf-8"))  # [between, first byte, taken, between, ...]
+    parts[2::3] = map(bytes.translate, parts[2::3], itertools.repeat(_TAKEN))  # (C speed: no call per character)
+    return b"".join(parts).decode("latin-1")
+
+
+def _takes_ascii(line: str, seen: str) -> bool:
+    """A multibyte character of that reading takes an ASCII character (a quote, a space) with it."""
+    return line.encode("utf-8").translate(_HIGH) != seen.encode("latin-1").translate(_HIGH)
 
 
 def _digits(text: str) -> bool:
@@ -123,23 +107,28 @@ def check(text: str) -> bool:
         # Without a backslash on the line, a '...' ends in the same place in both settings: only what kind of
         # string stays open differs, so one reading is lexed and the other kind added (it is reachable).
         stds = (True, False) if "\\" in line else (True,)
-        lexed = {"UTF8": line}  # and each encoding that takes an ASCII character of the line (else it reads the same)
-        for encoding in ENCODINGS if not line.isascii() else ():
-            if (seen := as_lexed(line, encoding)) != line:
+        lexed = {"UTF8": line}  # and each encoding that takes an ASCII character of the line or may close a tag
+        for encoding in ENCODINGS if not line.isascii() else ():  # (else it reads the same)
+            seen = as_lexed(line, encoding)
+            if encoding != "UTF8" and ("$" in line or _takes_ascii(line, seen)):
                 lexed[encoding] = seen
         encodings = list(lexed)
         new: dict = {}
         restrict = RESTRICT_LINE.match(line)
         ends_of: dict = {}  # (lexer state, std, encoding): its end states (the `via` flag does not change them)
         for (state, via), origin in states.items():
-            for std, encoding in ((std, encoding) for std in stds for encoding in encodings):
+            pinned = _pinned(state)  # a non-ASCII tag: its own encoding's bytes (no statement is sent inside it)
+            for std, encoding in ((std, encoding) for std in stds for encoding in (pinned or encodings)):
                 reached = via or encoding != "UTF8"
                 if state[0] in ("I", "xqs") and restrict:
                     new.setdefault((("I", None), reached), origin)
                     continue
                 key = (state, std, encoding)
                 if key not in ends_of:
-                    ends_of[key] = _lex(lexed[encoding], state, std, number, _reading(std, encoding))
+                    seen = lexed.get(encoding) or lexed.setdefault(encoding, as_lexed(line, encoding))
+                    start = ("xdolq", state[1][0]) if pinned else state
+                    ends_of[key] = {_pin(end, encoding) for end in
+                                    _lex(seen, start, std, number, _reading(std, encoding))}
                 for end in ends_of[key]:
                     since = origin if end == state else number
                     new.setdefault((end, reached), since)
@@ -160,6 +149,15 @@ def check(text: str) -> bool:
                                                 "end of the file under some standard_conforming_strings or "
                                                 "client_encoding")
     return closer
+
+
+def _pinned(state: tuple) -> list | None:
+    return [state[1][1]] if state[0] == "xdolq" and isinstance(state[1], tuple) else None
+
+
+def _pin(state: tuple, encoding: str) -> tuple:
+    """A dollar quote whose tag is not ASCII ends only where that encoding's bytes repeat it."""
+    return ("xdolq", (state[1], encoding)) if state[0] == "xdolq" and not state[1].isascii() else state
 
 
 def _reading(std: bool, encoding: str) -> str:

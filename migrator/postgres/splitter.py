@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 from migrator import lazy_re
-from migrator.postgres import psql_reading
+from migrator.postgres import client_encoding, psql_reading
 from migrator.postgres.psql_reading import TAG_CHAR, TAG_START  # (sessions.py's and files.py's too)
 from migrator.postgres.psql_tokens import NOT_AFTER_IDENT, NOT_BEFORE_IDENT, ident_char
 
@@ -128,6 +128,8 @@ def split(text: str) -> list[Statement]:
         statement = Statement(body, line_of(start), start, terminated, swallowed=swallowed and misread)
         swallowed = misread = False
         _refuse_copy(statement)
+        if client_encoding.names(body):  # (the server would read what follows otherwise: attack23x 4)
+            raise SplitError(statement.line, client_encoding.REFUSED)
         setting = sets_conforming(body)
         if setting is not None:
             conforming = setting
