@@ -17,6 +17,7 @@ def test_fresh_clone_make_migrate_installs_no_dev_requirements(tmp_path):
     clone = fresh_clone(tmp_path)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DB_", "DATABASE_URL", "HCM_DEVDB", "PYTHON", "MONGO", "VIRTUAL_ENV"))}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")  # the local server's data folder (HOME keeps pip's cache)
     make = ["make", "-s", "-C", str(clone)]
     if shutil.which("npm") and shutil.which("go"):  # the local Mongo's patches need mongosh: make installs it...
         assert "npm ci" in subprocess.run([*make, "-n", "migrate"], capture_output=True, text=True, env=env).stdout
@@ -49,4 +50,4 @@ def test_fresh_clone_make_migrate_installs_no_dev_requirements(tmp_path):
         assert "squawk-cli" in names and names.isdisjoint(set(DEV_ONLY) - {"squawk-cli"}), sorted(names)
     finally:
         subprocess.run([*make, "db-stop"], capture_output=True, env=env)
-    assert not (clone / ".devdb" / "postmaster.pid").exists()
+    assert not list((tmp_path / "state").glob("hcm-db-migrations/devdb-*/postmaster.pid"))
