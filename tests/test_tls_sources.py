@@ -75,7 +75,7 @@ def test_a_dotenv_ca_bundle_does_not_choose_the_ca_of_the_environments_server(cl
 def test_a_dotenv_may_not_acknowledge_plaintext_documentdb(cli, aws, workdir):
     """attack23x 8: the environment's secret says ssl=false (refused without MONGO_ALLOW_PLAINTEXT); a checkout's
     `.env` with MONGO_ALLOW_PLAINTEXT=true lifted the refusal. Only the real environment's counts, and it is named."""
-    name = aws("dev/docdb-plain", {"host": "mongo.test", "port": 27017, "username": "app", "password": "Doc-Db-pw-9",
+    name = aws("dev/docdb-plain", {"host": "mongo.test", "port": 27017, "username": "app", "password": "Doc-Db-pw-9", "dbname": "hcm",
                                    "ssl": "false"})
     (workdir / ".env").write_text("MONGO_ALLOW_PLAINTEXT=true\n")
     line = one_error_line(cli("config", env={"MONGO_SECRET_NAME": name}))
