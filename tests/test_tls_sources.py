@@ -82,7 +82,7 @@ def test_a_dotenv_may_not_acknowledge_plaintext_documentdb(cli, aws, workdir):
     assert "a .env's does not count" in line and "Doc-Db-pw-9" not in line
     allowed = cli("config", env={"MONGO_SECRET_NAME": name, "MONGO_ALLOW_PLAINTEXT": "true"})
     assert allowed.exit_code == 0, allowed.output
-    assert "warning: INSECURE: MONGO_ALLOW_PLAINTEXT (environment)" in allowed.stderr
+    assert "warning: INSECURE: MONGO_ALLOW_PLAINTEXT (environment)" in allowed.output
 
 
 def test_a_dotenv_url_may_not_forward_kerberos_credentials(cli, trap, workdir):
