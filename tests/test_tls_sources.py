@@ -4,25 +4,8 @@ PGSSLMODE is never weakened, a `.env` cannot acknowledge plaintext DocumentDB, n
 
 import socket
 
-import pytest
-
 from conftest import one_error_line
-from tls_proxy import TlsFront, make_pki
-
-
-@pytest.fixture
-def front(pg):
-    fronts: list[TlsFront] = []
-
-    def start(pki, address: str) -> TlsFront:
-        if not pg.host.startswith("/"):
-            pytest.skip("the TLS front relays to the suite's own server's Unix socket")
-        fronts.append(TlsFront(pg.host, pg.port, pki, address))
-        return fronts[-1]
-
-    yield start
-    for f in fronts:
-        f.close()
+from tls_proxy import make_pki
 
 
 def _remote() -> tuple[str, str]:
