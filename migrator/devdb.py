@@ -51,12 +51,13 @@ def data_dir(env: Env) -> Path:
 
 def _state_home(env: Env) -> Path:
     """The user's own folder for the runner's state: XDG_STATE_HOME, ~/.local/state, or (no HOME, as the Job's uid
-    may have) the temporary folder, named by uid; never a folder of the checkout."""
+    may have; or root, whose every folder above the data folder the wheel opens to its system user: never root's
+    home) the temporary folder, named by uid; never a folder of the checkout."""
     state = env.environ.get("XDG_STATE_HOME", "")
     home = env.environ.get("HOME", "")
     if os.path.isabs(state):
         return Path(state) / "hcm-db-migrations"
-    if os.path.isabs(home) and os.path.isdir(home) and os.access(home, os.W_OK):
+    if os.geteuid() != 0 and os.path.isabs(home) and os.path.isdir(home) and os.access(home, os.W_OK):
         return Path(home) / ".local" / "state" / "hcm-db-migrations"
     return Path(tempfile.gettempdir()) / f"hcm-db-migrations-{os.geteuid()}"
 

@@ -265,14 +265,13 @@ def test_a_committed_devdb_is_neither_started_nor_believed(tmp_path, trap):
     clone = fresh_clone(tmp_path)
     _plant_devdb(clone / ".devdb", trap.port, tmp_path / "pwned")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "HCM_DEVDB", "MONGO", "XDG_"))}
-    env.update(HOME=str(tmp_path / "home"), PGPASSWORD="REVIEWERS-OWN-SECRET", PATH="/usr/bin:/bin")  # (no Go: no Mongo)
-    (tmp_path / "home").mkdir()
+    env.update(XDG_STATE_HOME=str(tmp_path / "state"), PGPASSWORD="REVIEWERS-OWN-SECRET", PATH="/usr/bin:/bin")  # no Go
     runner = [sys.executable, str(clone / "runner.py")]
     try:
         status = subprocess.run([*runner, "status"], capture_output=True, text=True, env=env, cwd=clone)
         assert status.returncode == 0, status.stderr
         assert f"{clone / '.devdb'} is no longer used" in status.stderr
-        state = tmp_path / "home" / ".local" / "state" / "hcm-db-migrations"
+        state = tmp_path / "state" / "hcm-db-migrations"
         assert "0001_create_hcm_report_metadata" in status.stdout, status.stderr
         assert (next(state.glob("devdb-*")) / "PG_VERSION").exists()
         assert oct(state.stat().st_mode & 0o077) in ("0o0", "0o55")  # 0700 (as root the wheel opens it to traverse)
