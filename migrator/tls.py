@@ -124,14 +124,18 @@ def postgres_tls(params: dict[str, str], host: str | None, url_origin: str | Non
         return f"verify-full with {bundle} ({bundle_origin})", []
     if _all_local(host, params):
         return f"sslmode={mode} ({where})" if mode else "libpq default (local server)", []
+    operator = os.environ.get("PGSSLMODE")
+    if VERIFYING.get(operator, 0) > VERIFYING.get(mode, 0):
+        if mode:  # the operator's own verification, never weakened (attack23x 2)
+            raise MigratorError(f"{where} asks for sslmode={mode}, weaker than PGSSLMODE={operator} (environment); "
+                                "remove one of them", USAGE)
+        params["sslmode"] = mode = operator
+        where = "PGSSLMODE (environment)"
     if mode in PG_WEAK_MODES:
         return f"sslmode={mode} ({where})", [
             f"warning: TLS to PostgreSQL at {host} is not required (sslmode={mode} in {where}): the password may "
             "travel in clear; set CA_BUNDLE for verify-full"]
-    if not mode and os.environ.get("PGSSLMODE") in LIBPQ_VERIFYING:  # the operator's own, never weakened (attack23x 2)
-        params["sslmode"] = mode = os.environ["PGSSLMODE"]
-        where = "PGSSLMODE (environment)"
-    if mode in LIBPQ_VERIFYING:
+    if mode in VERIFYING:
         return f"sslmode={mode} ({where}): server verified against {_root_cert(params) or 'libpq root.crt'}", []
     if mode and mode != "require":
         return f"sslmode={mode} ({where})", []
@@ -147,7 +151,7 @@ def postgres_tls(params: dict[str, str], host: str | None, url_origin: str | Non
         "set CA_BUNDLE (e.g. the RDS bundle) for verify-full"] if not mode else []
 
 
-LIBPQ_VERIFYING = ("verify-ca", "verify-full")
+VERIFYING = {"verify-ca": 1, "verify-full": 2}  # libpq's modes that verify the server, by strength (others: 0)
 
 
 def _root_cert(params: dict[str, str]) -> str | None:

@@ -29,6 +29,13 @@ def test_the_operators_pgsslmode_verify_full_is_never_weakened(cli, pg, db, fron
         cli("config", env=env).stdout
 
 
+def test_a_url_weaker_than_the_operators_pgsslmode_is_refused(cli, workdir):
+    """The real environment wins for every setting: a URL (here a .env's) asking for less than PGSSLMODE is a conflict."""
+    (workdir / ".env").write_text("DATABASE_URL=postgresql://app:pw@db.example:5432/prod?sslmode=disable\n")
+    line = one_error_line(cli("config", env={"PGSSLMODE": "verify-full"}))
+    assert "sslmode=disable, weaker than PGSSLMODE=verify-full (environment)" in line, line
+
+
 def test_require_with_a_root_certificate_says_the_chain_is_checked_not_the_host(cli, pg, db, tmp_path):
     """`config` tells the truth: libpq's require checks the chain when a root certificate is there (as verify-ca)."""
     ca = make_pki(tmp_path / "pki", ["x"]).ca
