@@ -83,3 +83,17 @@ def test_a_dotenv_url_may_not_forward_kerberos_credentials(cli, trap, workdir):
         line = one_error_line(cli(*command))
         assert "gssdelegation=1" in line and "Kerberos" in line, line
     assert trap.startups == [] and trap.passwords == []
+
+
+def test_a_dotenv_ca_bundle_does_not_choose_the_ca_of_the_environments_mongo(cli, workdir, tmp_path):
+    """attack23x 3 on the Mongo side (the same bundle served both stores): the environment's MONGO_URL is verified
+    with the system's CAs, never with a `.env`'s CA_BUNDLE; a `.env` that names the server too may bring its own."""
+    ca = make_pki(tmp_path / "author", ["mongo.example"]).ca
+    (workdir / ".env").write_text(f"CA_BUNDLE={ca}\n")
+    env = {"MONGO_URL": "mongodb://app:pw@mongo.example:27017/?tls=true", "MONGO_DB": "hcm"}
+    config = cli("config", env=env)
+    assert config.exit_code == 0, config.output
+    assert str(ca) not in config.stdout and "verified with the system's CAs" in config.stdout
+    assert "CA_BUNDLE (.env) ignored" in config.output
+    (workdir / ".env").write_text(f"CA_BUNDLE={ca}\nMONGO_URL=mongodb://app:pw@mongo.example:27017/?tls=true\n")
+    assert f"verified with {ca} (CA_BUNDLE (.env))" in cli("config", env={"MONGO_DB": "hcm"}).stdout
