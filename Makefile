@@ -152,9 +152,9 @@ lock: $(DEV)  ## regenerate requirements.lock (hash-pinned) after changing requi
 		--output-file=.requirements.lock.new requirements.txt
 	cmp -s .requirements.lock.new requirements.lock && rm .requirements.lock.new || mv .requirements.lock.new requirements.lock
 
-db-stop: $(RUNTIME)  ## stop the local development database (its data stays in .devdb/)
+db-stop: $(RUNTIME)  ## stop the local development database (its data stays in ~/.local/state/hcm-db-migrations/)
 	$(RUNNER) devdb stop
 
-clean:  ## remove .venv and the local database's data
+clean:  ## stop the local database; remove .venv, .mongosh, .ferretdb (and an old runner's .devdb)
 	-$(RUNNER) devdb stop 2>/dev/null
 	rm -rf $(VENV) .devdb .mongosh .ferretdb

@@ -40,12 +40,32 @@ def _credential_source(origin: str | None) -> str | None:
 INVOKER = "the command line and the environment"
 
 
+def from_dotenv(target: PostgresTarget) -> bool:
+    """Whether `.env` named the target's server (then its TLS settings may come from there too)."""
+    return target.local_dev or _credential_source(target.sources.get("host") or target.sources.get("url")) == ".env"
+
+
 def check_travel(target: PostgresTarget, env: Env, where: str | None) -> None:
     """The rules on where a password may go (README, "Connection settings")."""
     _check_credentials_travel(target, env)
     _refuse_hostless_password(target, env, where)
     _no_password_file(target)
     _no_unplain_password_file(target, env)
+    _no_delegation(target)
+
+
+def _no_delegation(target: PostgresTarget) -> None:
+    """GSSAPI delegation forwards the invoker's Kerberos ticket-granting ticket to the server: never to a host `.env` or
+    a secret named (as ~/.pgpass is not); libpq's PGGSSDELEGATION from the environment is turned off there too."""
+    host_from = target.sources.get("host") or target.sources.get("url")
+    if target.local_dev or _credential_source(host_from) in (None, INVOKER):
+        return
+    if target.params.get("gssdelegation", "0") != "0":
+        raise MigratorError(f"{host_from} names gssdelegation={target.params['gssdelegation']}: it would forward your "
+                            "Kerberos credentials to a host it chose; remove it (set the connection in the real "
+                            "environment if that is meant)", USAGE)
+    if os.environ.get("PGGSSDELEGATION", "0") != "0":
+        target.params["gssdelegation"] = "0"
 
 
 def _no_unplain_password_file(target: PostgresTarget, env: Env) -> None:

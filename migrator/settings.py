@@ -102,7 +102,7 @@ def resolve_postgres(options: PostgresOptions, env: Env) -> PostgresTarget:
     credentials.note_mixed(target)
     env = all_env  # the settings beyond the connection: each its own, the real environment first
     _resolve_schemas(target, options, env)
-    _apply_tls(target, options.ca_bundle, env)
+    tls.apply_postgres(target, options.ca_bundle, env, credentials.from_dotenv(target))
     target.read_timeout = read_timeout(env)
     try:  # the schema description's lock waits (schema/describe_locks.py); commands' options override them
         target.catalog_waits = resolve_ddl_limits(None, None, env)
@@ -329,20 +329,6 @@ def _from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> PostgresT
     )
 
 
-def _apply_tls(target: PostgresTarget, option: str | None, env: Env) -> None:
-    bundle, origin = tls.resolve_ca_bundle(option, env)
-    if target.local_dev:
-        if bundle:
-            target.notes.append(f"note: CA bundle ({origin}) ignored: the local development database does not use TLS")
-        target.tls = "none (local development database, Unix socket)"
-        return
-    host = target.host or target.params.get("host")
-    target.tls, warnings = tls.postgres_tls(target.params, host, target.sources.get("url"), bundle, origin)
-    if bundle:
-        target.sources["tls"] = origin
-    target.notes += warnings
-
-
 # --- MongoDB / DocumentDB ------------------------------------------------------------------
 #
 # First match wins: --mongo-url > MONGO_URL > a secret (--secret-name on `mongo` commands,
@@ -375,7 +361,8 @@ def resolve_mongo(options: MongoOptions, env: Env) -> MongoTarget | None:
     if not parsed.netloc:
         raise MigratorError(f"{origin} names no host; expected {MONGO_EXAMPLE}", USAGE)
     database, db_origin = _mongo_database(options, env, secret_db, origin, parsed)
-    ca_file, ca_origin = tls.resolve_ca_bundle(options.ca_bundle, env)
+    ca_file, ca_origin = tls.resolve_ca_bundle(options.ca_bundle, env,
+                                               where == ".env" and not (options.url or options.aws.secret_name))
     tls_mode, warnings = tls.mongo_tls(parsed, origin, ca_file, ca_origin)
     flag, flag_origin = env.get("MONGO_DOCUMENTDB")
     documentdb = documentdb or DOCDB_HOST_SUFFIX in parsed.netloc.lower() or _yes(flag, flag_origin)
@@ -439,11 +426,15 @@ def _mongo_from_secret(name: str, origin: str, aws: AwsOptions, env: Env) -> tup
     port = _port(str(data.get("port") or 27017), f"secret {name} key port", quote_value=False)
     query = "?tls=true&retryWrites=false"
     if not tls.truthy(data.get("ssl", "true")):
-        allowed, allowed_origin = env.get("MONGO_ALLOW_PLAINTEXT")
+        # The operator's acknowledgement: the real environment's only, as DB_TLS_INSECURE (attack23x 8).
+        allowed, allowed_origin = env.environ.get("MONGO_ALLOW_PLAINTEXT"), "MONGO_ALLOW_PLAINTEXT (environment)"
         if not _yes(allowed, allowed_origin):
+            dotenv = " (a .env's does not count)" if env.dotenv.get("MONGO_ALLOW_PLAINTEXT") else ""
             raise MigratorError(
                 f"secret {name} ({origin}) says ssl={data.get('ssl')}: DocumentDB without TLS sends the password in "
-                "clear; set ssl to true in the secret, or set MONGO_ALLOW_PLAINTEXT=true if that is deliberate", USAGE)
+                "clear; set ssl to true in the secret, or set MONGO_ALLOW_PLAINTEXT=true in the environment if that "
+                f"is deliberate{dotenv}", USAGE)
+        env.note(f"warning: INSECURE: {allowed_origin}: DocumentDB (secret {name}) without TLS, the password in clear")
         query = "?retryWrites=false"
     uri = f"mongodb://{quote(str(data['username']), safe='')}:{quote(str(data['password']), safe='')}@{data['host']}:{port}/{query}"
     return uri, data.get("dbname"), True

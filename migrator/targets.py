@@ -94,6 +94,8 @@ class PostgresTarget:
         params = dict(self.params)
         if masked and params.get("passfile") == NO_PASSFILE:  # the runner's own, not the user's: not shown
             del params["passfile"]
+        if masked and params.get("password") == "":  # devdb's: no PGPASSWORD to its socket (the runner's own too)
+            del params["password"]
         hostport = self.host or ""
         if hostport.startswith("/"):  # a Unix socket directory travels as ?host=
             params.setdefault("host", hostport)

@@ -29,9 +29,15 @@ PG_FILE_PARAMS = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 MONGO_FILE_PARAMS = ("tlsCAFile", "tlsCertificateKeyFile", "tlsCRLFile")
 
 
-def resolve_ca_bundle(option: str | None, env) -> tuple[str | None, str | None]:
-    """The CA bundle for both stores: (absolute path, origin), or (None, None). It must be a readable file."""
+def resolve_ca_bundle(option: str | None, env, dotenv_trusted: bool = True) -> tuple[str | None, str | None]:
+    """The CA bundle for both stores: (absolute path, origin), or (None, None). It must be a readable file.
+    `dotenv_trusted` False: the real environment (or the command line) names the server, so its TLS trust comes from
+    there too; a `.env` bundle would choose which CA authenticates it (attack23x 3)."""
     path, origin = (option, "--ca-bundle") if option else env.get("CA_BUNDLE")
+    if path and not option and not dotenv_trusted and "(.env)" in origin:
+        env.note(f"note: {origin.split()[0]} (.env) ignored: the real environment names the server, and the CA that "
+                 "verifies it comes from there too (CA_BUNDLE, PGSSLROOTCERT, ~/.postgresql/root.crt); set it there")
+        path = None
     if not path:
         return None, None
     file = Path(path)
@@ -118,16 +124,55 @@ def postgres_tls(params: dict[str, str], host: str | None, url_origin: str | Non
         return f"verify-full with {bundle} ({bundle_origin})", []
     if _all_local(host, params):
         return f"sslmode={mode} ({where})" if mode else "libpq default (local server)", []
+    operator = os.environ.get("PGSSLMODE")
+    if VERIFYING.get(operator, 0) > VERIFYING.get(mode, 0):
+        if mode:  # the operator's own verification, never weakened (attack23x 2)
+            raise MigratorError(f"{where} asks for sslmode={mode}, weaker than PGSSLMODE={operator} (environment); "
+                                "remove one of them", USAGE)
+        params["sslmode"] = mode = operator
+        where = "PGSSLMODE (environment)"
     if mode in PG_WEAK_MODES:
         return f"sslmode={mode} ({where})", [
             f"warning: TLS to PostgreSQL at {host} is not required (sslmode={mode} in {where}): the password may "
             "travel in clear; set CA_BUNDLE for verify-full"]
-    if mode:
+    if mode in VERIFYING:
+        return f"sslmode={mode} ({where}): server verified against {_root_cert(params) or 'libpq root.crt'}", []
+    if mode and mode != "require":
         return f"sslmode={mode} ({where})", []
     params["sslmode"] = "require"
-    return "require: encrypted, server NOT verified", [
+    root = _root_cert(params)
+    said = f"sslmode=require ({where})" if mode else "require"
+    if root:  # libpq checks the chain when a root certificate is there, as verify-ca does
+        return f"{said}: encrypted, certificate chain checked against {root}, host name NOT checked", [
+            f"warning: TLS to PostgreSQL at {host} checks the certificate chain ({root}) but not the host name; set "
+            "sslmode=verify-full (PGSSLMODE) or CA_BUNDLE"] if not mode else []
+    return f"{said}: encrypted, server NOT verified", [
         f"warning: TLS to PostgreSQL at {host} is encrypted but the server is not verified; "
-        "set CA_BUNDLE (e.g. the RDS bundle) for verify-full"]
+        "set CA_BUNDLE (e.g. the RDS bundle) for verify-full"] if not mode else []
+
+
+VERIFYING = {"verify-ca": 1, "verify-full": 2}  # libpq's modes that verify the server, by strength (others: 0)
+
+
+def _root_cert(params: dict[str, str]) -> str | None:
+    """The root certificate file libpq verifies with, if there is one: sslrootcert=, PGSSLROOTCERT, ~/.postgresql/."""
+    path = params.get("sslrootcert") or os.environ.get("PGSSLROOTCERT") or os.path.expanduser("~/.postgresql/root.crt")
+    return path if path == "system" or os.path.isfile(path) else None
+
+
+def apply_postgres(target, option: str | None, env, dotenv_trusted: bool) -> None:
+    """The target's TLS (sslmode, sslrootcert), its words for `config`, its warnings among its notes."""
+    bundle, origin = resolve_ca_bundle(option, env, dotenv_trusted)
+    if target.local_dev:
+        if bundle:
+            target.notes.append(f"note: CA bundle ({origin}) ignored: the local development database does not use TLS")
+        target.tls = "none (local development database, Unix socket)"
+        return
+    host = target.host or target.params.get("host")
+    target.tls, warnings = postgres_tls(target.params, host, target.sources.get("url"), bundle, origin)
+    if bundle:
+        target.sources["tls"] = origin
+    target.notes += warnings
 
 
 def truthy(value: str | None) -> bool:

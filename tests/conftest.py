@@ -685,6 +685,24 @@ def moto_endpoint():
 
 
 @pytest.fixture
+def front(pg):
+    """start(pki, address="127.0.0.1"): a TLS front (tls_proxy) relaying to the suite's server; pki=None: no TLS."""
+    from tls_proxy import TlsFront
+
+    fronts: list[TlsFront] = []
+
+    def start(pki, address: str = "127.0.0.1") -> TlsFront:
+        if not pg.host.startswith("/"):
+            pytest.skip("the TLS front relays to the suite's own server's Unix socket")
+        fronts.append(TlsFront(pg.host, pg.port, pki, address))
+        return fronts[-1]
+
+    yield start
+    for f in fronts:
+        f.close()
+
+
+@pytest.fixture
 def trap():
     """A fake PostgreSQL server on 127.0.0.1 that records every startup and password it receives (pg_wire)."""
     from pg_wire import PasswordTrap

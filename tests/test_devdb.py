@@ -217,3 +217,64 @@ def test_a_dotenv_may_not_move_the_local_servers_data_folder(cli, workdir, tmp_p
         line = one_error_line(result)
         assert result.exit_code == 2 and "HCM_DEVDB_DIR (.env)" in line and "real environment" in line, result.output
     assert not (tmp_path / "pwned").exists() and not (workdir / "review-db" / "postmaster.pid").exists()
+
+
+def _plant_devdb(folder, trap_port, pwned):
+    """What a pull request can commit as `.devdb/`: PG_VERSION, a postmaster.pid whose pid is alive (1) and whose
+    "socket folder" is a host of the author's, and server settings that run a command (attack23x 9, 6)."""
+    folder.mkdir(mode=0o700)
+    (folder / "PG_VERSION").write_text("18\n")
+    (folder / "postmaster.pid").write_text(f"1\n{folder}\n1765000000\n{trap_port}\n127.0.0.1\n\n  5432001  0\nready   \n")
+    (folder / "postgresql.conf").write_text(f"restore_command = 'touch {pwned}; false'\n")
+    (folder / "recovery.signal").write_text("")
+
+
+def test_a_committed_devdb_is_neither_started_nor_believed(tmp_path, trap):
+    """attack23x 9 and 6: a `.devdb/` committed to the checkout was the local server's data folder: its postmaster.pid
+    (pid 1, socket folder = the author's host) made `status` connect there over TCP and send the reviewer's
+    PGPASSWORD; its restore_command ran at start. The data folder now lives outside the checkout (per user, per
+    checkout): the committed one is named in one line, never started or read; nothing reaches the author's host."""
+    clone = fresh_clone(tmp_path)
+    _plant_devdb(clone / ".devdb", trap.port, tmp_path / "pwned")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL", "HCM_DEVDB", "MONGO", "XDG_"))}
+    env.update(XDG_STATE_HOME=str(tmp_path / "state"), PGPASSWORD="REVIEWERS-OWN-SECRET", PATH="/usr/bin:/bin")  # no Go
+    runner = [sys.executable, str(clone / "runner.py")]
+    try:
+        status = subprocess.run([*runner, "status"], capture_output=True, text=True, env=env, cwd=clone)
+        assert status.returncode == 0, status.stderr
+        assert f"{clone / '.devdb'} is no longer used" in status.stderr
+        state = tmp_path / "state" / "hcm-db-migrations"
+        assert "0001_create_hcm_report_metadata" in status.stdout, status.stderr
+        assert (next(state.glob("devdb-*")) / "PG_VERSION").exists()
+        assert oct(state.stat().st_mode & 0o077) in ("0o0", "0o55")  # 0700 (as root the wheel opens it to traverse)
+    finally:
+        stopped = subprocess.run([*runner, "devdb", "stop"], capture_output=True, text=True, env=env, cwd=clone)
+    assert "stopped the local development database in" in stopped.stdout, stopped.stderr
+    assert trap.startups == [] and trap.passwords == []
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_pid_file_naming_a_stranger_is_refused(cli, tmp_path, trap, monkeypatch):
+    """The pid file of the data folder itself (HCM_DEVDB_DIR, the real environment's) is believed only for a postgres
+    of that folder: pid 1 with a host as socket folder is refused in one line, and nothing connects there."""
+    monkeypatch.setenv("PGPASSWORD", "REVIEWERS-OWN-SECRET")
+    _plant_devdb(tmp_path / "devdb", trap.port, tmp_path / "pwned")
+    for command in (("status",), ("devdb", "start")):
+        line = one_error_line(cli(*command))
+        assert f"{tmp_path / 'devdb' / 'postmaster.pid'} names pid 1, which is not the local development database's" \
+            in line, line
+    assert "is not running" in cli("devdb", "stop").stdout  # never pg_ctl's signal to pid 1
+    assert trap.startups == [] and trap.passwords == [] and not (tmp_path / "pwned").exists()
+
+
+def test_the_state_folder_must_be_the_users_own(cli, tmp_path, monkeypatch):
+    """No HCM_DEVDB_DIR: the folder is made under XDG_STATE_HOME (else ~/.local/state, else the temporary folder);
+    one that others may write (another user made it first in a shared place) is refused, never used."""
+    monkeypatch.delenv("HCM_DEVDB_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "state" / "hcm-db-migrations").mkdir(parents=True)
+    (tmp_path / "state" / "hcm-db-migrations").chmod(0o777)
+    line = one_error_line(cli("status"))
+    assert f"folder {tmp_path / 'state' / 'hcm-db-migrations'} is not a folder of yours that only you may write" \
+        in line, line
+    assert os.listdir(tmp_path / "state" / "hcm-db-migrations") == []

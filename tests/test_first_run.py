@@ -21,6 +21,8 @@ def test_fresh_clone_make_migrate_installs_no_dev_requirements(tmp_path):
     clone = fresh_clone(tmp_path)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DB_", "DATABASE_URL", "HCM_DEVDB", "PYTHON", "MONGO", "VIRTUAL_ENV"))}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")  # the local server's data folder (HOME keeps pip's cache):
+    state = tmp_path / "state" / "hcm-db-migrations"  # the user's, outside the checkout (attack23x 6, 9)
     make = ["make", "-s", "-C", str(clone)]
     if shutil.which("npm") and shutil.which("go"):  # the local Mongo's patches need mongosh: make installs it...
         assert "npm ci" in subprocess.run([*make, "-n", "migrate"], capture_output=True, text=True, env=env).stdout
@@ -31,17 +33,18 @@ def test_fresh_clone_make_migrate_installs_no_dev_requirements(tmp_path):
         assert first.returncode == 0, first.stderr
         assert "applied 0001_create_hcm_report_metadata" in first.stdout
         assert "no database configured: using the local development database" in first.stderr
-        assert str(clone / ".devdb") in first.stderr
+        pgdata = next(state.glob("devdb-*"))
+        assert str(pgdata) in first.stderr and (pgdata / "PG_VERSION").exists()
         if ferretdb.built() or ferretdb.go():  # the local Mongo too: the project's patches applied there
             assert "no MongoDB configured: using the local development Mongo (FerretDB)" in first.stderr
             assert "MongoDB: applied 2 patch(es)" in first.stdout, first.stdout
-            pid = int((clone / ".devdb" / "ferretdb" / "ferretdb.pid").read_text().split()[0])
+            pid = int((pgdata / "ferretdb" / "ferretdb.pid").read_text().split()[0])
         status = subprocess.run([*make, "status"], capture_output=True, text=True, env=env)
         assert status.returncode == 0, status.stderr
         assert "0001_create_hcm_report_metadata  applied" in status.stdout
         ignored = subprocess.run(["git", "-C", str(clone), "status", "--porcelain", "--ignored"], capture_output=True,
                                  text=True)
-        assert "!! .devdb/" in ignored.stdout
+        assert ".devdb" not in ignored.stdout  # (nothing of the local server's in the checkout)
         listing = "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'] for d in m.distributions()))"
         installed = subprocess.run([str(clone / ".venv/bin/python"), "-c", listing],
                                    capture_output=True, text=True, check=True).stdout.lower()
@@ -65,6 +68,7 @@ def test_fresh_clone_make_migrate_installs_no_dev_requirements(tmp_path):
         assert "squawk-cli" in names and names.isdisjoint(set(DEV_ONLY) - {"squawk-cli"}), sorted(names)
     finally:
         subprocess.run([*make, "db-stop"], capture_output=True, env=env)
-    assert not (clone / ".devdb" / "postmaster.pid").exists()
+    assert not list(state.glob("devdb-*/postmaster.pid"))
+    assert not (clone / ".devdb").exists()
     if ferretdb.built() or ferretdb.go():
         assert not ferretdb.alive(pid)

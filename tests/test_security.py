@@ -15,7 +15,7 @@ from migrator.env import Env
 from migrator.errors import MigratorError
 from migrator.settings import resolve_mongo
 from migrator.targets import MongoOptions
-from tls_proxy import TlsFront, make_pki
+from tls_proxy import make_pki
 
 # --- URLs whose credentials are not URL-encoded -------------------------------------------------
 
@@ -150,21 +150,6 @@ def test_the_variable_wins_over_its_file(tmp_path):
 
 
 # --- PostgreSQL TLS against the real server behind a TLS front ----------------------------------
-
-
-@pytest.fixture
-def front(pg, tmp_path):
-    fronts: list[TlsFront] = []
-
-    def start(pki, address: str = "127.0.0.1") -> TlsFront:
-        if not pg.host.startswith("/"):
-            pytest.skip("the TLS front relays to the suite's own server's Unix socket")
-        fronts.append(TlsFront(pg.host, pg.port, pki, address))
-        return fronts[-1]
-
-    yield start
-    for f in fronts:
-        f.close()
 
 
 def _url(pg, db, front, host: str, query: str = "") -> str:

@@ -31,7 +31,7 @@ def start():
 @devdb.command("stop")
 @verbose_option
 def stop():
-    """Stop it (PostgreSQL and FerretDB); its data stays in .devdb/."""
+    """Stop it (PostgreSQL and FerretDB); its data stays in its folder, outside the clone."""
     from migrator import devdb as local
 
     output.result(local.stop(Env.load()))
