@@ -18,7 +18,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from migrator import lazy_re, output
+from migrator import interrupt, lazy_re, output
 from migrator.errors import USAGE, MigratorError
 from migrator.pinned import catalog_path
 from migrator.postgres import failures
@@ -225,7 +225,9 @@ def _oid(cursor, qualified: str) -> int | None:
 
 
 def _drop(cursor, qualified: str) -> None:
-    with without_lock_timeout(cursor):
+    """A leftover dropped as the file's own statements run: SIGTERM cancels the drop's wait for older transactions at
+    once (cancel.on_sigterm), the index stays INVALID for the next run (attack24v 2: it waited out a pg_dump)."""
+    with interrupt.live(), without_lock_timeout(cursor):
         cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
 
 
