@@ -53,3 +53,59 @@ def test_sigterm_while_the_rerun_drops_a_leftover_stops_at_once(cli, db, sql_dir
     assert rerun.exit_code == 0, rerun.output
     assert index_state(db) == [(True,)] and applied(db) == [SEED, "0002_tenant_index"]
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+REP = ("CREATE SCHEMA reports;\nCREATE TABLE reports.rep (id int, name text);\n"
+       "INSERT INTO reports.rep SELECT g, 'n' || g FROM generate_series(1, 100) g;\n"
+       "CREATE INDEX rep_name_idx ON reports.rep (name);\n")
+PATH_SET = "-- transactional: false\nSET search_path = reports, public;\n"
+REP_INDEXES = ("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+               "WHERE i.indrelid = 'reports.rep'::regclass ORDER BY 1")
+
+
+@pytest.mark.parametrize("statement, left, status_says", [
+    ("CREATE INDEX CONCURRENTLY idx_rep_name ON rep (name, id);", "idx_rep_name",
+     "(left by an earlier try of pending 0003_rep_idx's CONCURRENTLY build): `runner.py migrate` drops it"),
+    ("CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_rep_name ON rep (name, id);", "idx_rep_name",
+     "(left by an earlier try of pending 0003_rep_idx's CONCURRENTLY build): `runner.py migrate` drops it"),
+    ("REINDEX INDEX CONCURRENTLY rep_name_idx;", "rep_name_idx_ccnew", "run migrate again")],
+    ids=["named", "if-not-exists", "reindex"])
+def test_a_build_under_the_files_own_search_path_is_finished_by_the_rerun(cli, db, sql_dir, seeded, statement, left,
+                                                                          status_says):
+    """attack24v 3: a file that sets its own search_path, then builds (or reindexes) CONCURRENTLY on an unqualified
+    table: the interrupted try's INVALID leftover was looked for on the session's first path, never found; every
+    rerun failed ("already exists", or the IF NOT EXISTS "run migrate again" that never helped). Now it is looked
+    for where the file's SET put the table: dropped and built again, status rc 0."""
+    add_migration(sql_dir, "0002_reports", REP)
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    add_migration(sql_dir, "0003_rep_idx", PATH_SET + statement + "\n")
+    sigterm_while_waiting_for_old_snapshots(db, sql_dir, seeded)
+    invalid = [name for name, valid in db.query(REP_INDEXES) if not valid]
+    assert [name.rstrip("0123456789") for name in invalid] == [left] and applied(db) == [SEED, "0002_reports"]
+    status = cli("status", "--sql-dir", sql_dir, env=seeded)
+    (line,) = [line for line in status.stdout.splitlines() if f"INVALID index reports.{invalid[0]}" in line]
+    assert status_says in line, line
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert f"dropped INVALID index reports.{invalid[0]}" in rerun.stderr, rerun.stderr
+    assert all(valid for _, valid in db.query(REP_INDEXES)) and applied(db) == [SEED, "0002_reports", "0003_rep_idx"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def test_status_says_the_rerun_finishes_an_interrupted_drop_index_concurrently(cli, db, sql_dir, seeded):
+    """attack24v 4: status told the user to drop the index by hand after a pending DROP INDEX CONCURRENTLY stopped
+    part-way, though the rerun finishes it (as it says for a build's leftover). Its rerun does: tested here."""
+    db.query(f"CREATE INDEX {INDEX} ON hcm_report_metadata (tenant_id)")
+    add_migration(sql_dir, "0002_drop_index", f"-- transactional: false\nDROP INDEX CONCURRENTLY {INDEX};\n")
+    with blocking(db):
+        assert cli("migrate", "--statement-timeout", "1s", "--sql-dir", sql_dir, env=seeded).exit_code != 0
+    assert index_state(db) == [(False,)]
+    status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
+    (line,) = [line for line in status.stdout.splitlines() if f"INVALID index public.{INDEX}" in line]
+    assert status.exit_code != 0
+    assert "(left by pending 0002_drop_index's interrupted DROP INDEX CONCURRENTLY): `runner.py migrate` finishes " \
+           "the drop" in line and "DROP INDEX CONCURRENTLY public" not in line, line
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert index_state(db) == [] and applied(db) == [SEED, "0002_drop_index"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
