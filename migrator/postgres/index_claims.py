@@ -61,9 +61,10 @@ def explained(connection, states, schema: str, failures_table: str) -> set[str]:
 
 
 def rebuilt_by(connection, states, invalid, schema: str, failures_table: str) -> dict[str, tuple[str, bool, object]]:
-    """{index: (migration id, whether its build failed rather than was stopped, DROPS / REFUSES / COMPARES / FINISHES)} of the
-    INVALID indexes under the name of a pending migration's interrupted build: what its rerun does with each (an
-    unnamed build's only when it drops it: another index under the server's name is left be, and so reported)."""
+    """{index: (migration id, whether its build failed rather than was stopped, DROPS / REFUSES / COMPARES /
+    FINISHES)} of the INVALID indexes under the name of a pending migration's interrupted build (or DROP INDEX
+    CONCURRENTLY): what its rerun does with each (an unnamed build's only when it drops it: another index under the
+    server's name is left be, and so reported)."""
     names, found = {index for _, index, _ in invalid}, {}
     if not names:
         return found
