@@ -10,8 +10,8 @@ import time
 import pytest
 
 from conftest import SEED, add_migration, applied
-from test_live_traffic import (BUILD, INDEX, blocking, index_state, seeded,  # noqa: F401 (a fixture)
-                               sigterm_while_waiting_for_old_snapshots, snapshot_holder)
+from test_live_traffic import (BUILD, INDEX, blocking, index_state, kill_mid_build_and_let_the_server_finish_it,
+                               seeded, sigterm_while_waiting_for_old_snapshots, snapshot_holder)  # noqa: F401
 from test_reliability import runner_process
 
 
@@ -90,6 +90,40 @@ def test_a_build_under_the_files_own_search_path_is_finished_by_the_rerun(cli, d
     assert f"dropped INVALID index reports.{invalid[0]}" in rerun.stderr, rerun.stderr
     assert all(valid for _, valid in db.query(REP_INDEXES)) and applied(db) == [SEED, "0002_reports", "0003_rep_idx"]
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def test_a_build_under_the_files_own_search_path_finished_by_the_server_is_its_work(cli, db, sql_dir, seeded):
+    """attack24v 3, SIGKILL: the server finished the build after the runner died; status called it drift made outside
+    migrations (rc 5), every rerun failed "already exists". Now it is that migration's work, counted as done."""
+    add_migration(sql_dir, "0002_reports", REP)
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    add_migration(sql_dir, "0003_rep_idx", PATH_SET + "CREATE INDEX CONCURRENTLY idx_rep_name ON rep (name, id);\n")
+    kill_mid_build_and_let_the_server_finish_it(db, sql_dir, seeded)
+    assert ("idx_rep_name", True) in db.query(REP_INDEXES)
+    status = cli("status", "--sql-dir", sql_dir, env=seeded)
+    assert "made outside migrations" not in status.output, status.output
+    rerun = cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert "index reports.idx_rep_name is already built and valid" in rerun.stderr, rerun.stderr
+    assert applied(db) == [SEED, "0002_reports", "0003_rep_idx"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+
+
+def test_a_detach_under_the_files_own_search_path_is_finalized_by_the_rerun(cli, db, sql_dir, seeded):
+    """attack24v 3, DETACH ... CONCURRENTLY after the file's SET search_path, stopped in its wait: the partition left
+    pending was called "not left by this migration" on every rerun. Now the rerun completes it (FINALIZE)."""
+    db.query("CREATE SCHEMA reports; CREATE TABLE reports.ev (id int) PARTITION BY RANGE (id); CREATE TABLE "
+             "reports.ev1 PARTITION OF reports.ev FOR VALUES FROM (0) TO (100); CREATE TABLE reports.ev2 PARTITION "
+             "OF reports.ev FOR VALUES FROM (100) TO (200)")
+    add_migration(sql_dir, "0002_detach", PATH_SET + "ALTER TABLE ev DETACH PARTITION ev1 CONCURRENTLY;\n")
+    with blocking(db, table="reports.ev"):
+        assert cli("migrate", "--statement-timeout", "1s", "--sql-dir", sql_dir, env=seeded).exit_code != 0
+    pending = "SELECT inhrelid::regclass::text, inhdetachpending FROM pg_inherits WHERE inhparent = 'reports.ev'::regclass"
+    assert ("reports.ev1", True) in db.query(pending)
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert rerun.exit_code == 0, rerun.output
+    assert 'partition "ev1" is pending detach, left by an earlier try of this migration' in rerun.stderr
+    assert db.query(pending) == [("reports.ev2", False)] and applied(db) == [SEED, "0002_detach"]
 
 
 def test_status_says_the_rerun_finishes_an_interrupted_drop_index_concurrently(cli, db, sql_dir, seeded):
