@@ -17,14 +17,14 @@ ATTACH = f"ALTER TABLE evp ATTACH PARTITION {TABLE} FOR VALUES FROM (0) TO (1000
 # (what the parent brings, the line of the ATTACH, what the refusal says up to the table)
 CLONED = {
     "index": ("CREATE INDEX evp_filestore ON evp (filestore_id, report_name);\n", 4,
-              f"ATTACH PARTITION {TABLE}, which builds evp's index evp_filestore (filestore_id, report_name) on it "
-              f"builds an index on public.{TABLE} (~50 rows"),
+              f"ATTACH PARTITION {TABLE} (cloning evp's index evp_filestore (filestore_id, report_name)) builds an "
+              f"index on public.{TABLE} (~50 rows"),
     "unique": ("ALTER TABLE evp ADD CONSTRAINT evp_run_uk UNIQUE (id, dag_run_id);\n", 4,
-               f"ATTACH PARTITION {TABLE}, which builds evp's index evp_run_uk (id, dag_run_id) on it"),
+               f"ATTACH PARTITION {TABLE} (cloning evp's index evp_run_uk (id, dag_run_id)) builds an index on"),
     "foreign_key": ("CREATE TABLE dag (name varchar(100) PRIMARY KEY);\nINSERT INTO dag VALUES ('dag');\n"
                     "ALTER TABLE evp ADD CONSTRAINT evp_dag_fk FOREIGN KEY (dag_name) REFERENCES dag (name);\n", 6,
-                    f"ATTACH PARTITION {TABLE}, which validates evp's foreign key evp_dag_fk (dag_name) REFERENCES dag "
-                    f"on it scans public.{TABLE} (~50 rows"),
+                    f"ATTACH PARTITION {TABLE} (cloning evp's foreign key evp_dag_fk (dag_name) REFERENCES dag, "
+                    f"validated) scans public.{TABLE} (~50 rows"),
 }
 
 
@@ -50,7 +50,7 @@ def test_an_attach_of_a_table_that_has_the_parents_index_already_runs(cli, db, s
                                         "CREATE INDEX evq_tenant ON evq (tenant_id);\n"
                                         "ALTER TABLE evq ATTACH PARTITION evp FOR VALUES FROM (0) TO (1000000);\n")
     result = migrate(cli, db, sql_dir, *SMALL)
-    assert result.exit_code == 2 and "which builds evq's index evq_tenant (tenant_id) on it" in result.stderr, \
+    assert result.exit_code == 2 and "(cloning evq's index evq_tenant (tenant_id))" in result.stderr, \
         result.output
     add_migration(sql_dir, "0004_more", "-- accept-rewrite: public.evp\n" + (sql_dir / "0004_more.sql").read_text())
     ok(migrate(cli, db, sql_dir, *SMALL))

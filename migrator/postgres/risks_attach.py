@@ -88,11 +88,11 @@ def clones(parent, partition, line: int, live, seen):
     for entry in wanted:
         kind, name = entry[0], entry[1]
         if kind == "index" and not any(h[0] == "index" and h[2:] == entry[2:] for h in have):
-            yield Risk(line, partition, f"ATTACH PARTITION {partition[1]}, which builds {parent[1]}'s index {name} "
-                                        f"({', '.join(c or '(expression)' for c in entry[3])}) on it",
+            yield Risk(line, partition, f"ATTACH PARTITION {partition[1]} (cloning {parent[1]}'s index {name} "
+                                        f"({', '.join(c or '(expression)' for c in entry[3])}))",
                        "builds an index on", ACCESS_EXCLUSIVE, "attach index")
         elif kind == "foreign key" and not any(h[0] == kind and h[2:4] == entry[2:4] and (h[4] or h[1] in validated)
                                                for h in have):
-            yield Risk(line, partition, f"ATTACH PARTITION {partition[1]}, which validates {parent[1]}'s foreign key "
-                                        f"{name} ({', '.join(entry[2])}) REFERENCES {entry[3]} on it", "scans",
+            yield Risk(line, partition, f"ATTACH PARTITION {partition[1]} (cloning {parent[1]}'s foreign key {name} "
+                                        f"({', '.join(entry[2])}) REFERENCES {entry[3]}, validated)", "scans",
                        ACCESS_EXCLUSIVE, "attach foreign key")
