@@ -131,7 +131,8 @@ def test_a_detach_under_the_files_own_search_path_is_finalized_by_the_rerun(cli,
     add_migration(sql_dir, "0002_detach", PATH_SET + "ALTER TABLE ev DETACH PARTITION ev1 CONCURRENTLY;\n")
     with blocking(db, table="reports.ev"):
         assert cli("migrate", "--statement-timeout", "1s", "--sql-dir", sql_dir, env=seeded).exit_code != 0
-    pending = "SELECT inhrelid::regclass::text, inhdetachpending FROM pg_inherits WHERE inhparent = 'reports.ev'::regclass"
+    pending = ("SELECT inhrelid::regclass::text, inhdetachpending FROM pg_inherits "
+               "WHERE inhparent = 'reports.ev'::regclass")
     assert ("reports.ev1", True) in db.query(pending)
     rerun = cli("migrate", "--sql-dir", sql_dir, env=seeded)
     assert rerun.exit_code == 0, rerun.output

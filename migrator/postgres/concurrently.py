@@ -179,7 +179,8 @@ def indexes_before(connection, statements) -> set[int]:
     (those after it that are not here are its own work)."""
     with connection.cursor() as cursor:
         return {row[4] for build in builds(statements, cursor) for row in on_table(cursor, build)} | {
-            _oid(cursor, name) for reindex in reindexes(statements, cursor) for name in reindex_leftovers(cursor, reindex)}
+            _oid(cursor, name) for reindex in reindexes(statements, cursor)
+            for name in reindex_leftovers(cursor, reindex)}
 
 
 @contextmanager

@@ -1,9 +1,10 @@
-"""What `ALTER TABLE parent ATTACH PARTITION table` does to the attached table besides its bound's scan (risks_objects
-.attach): the parent's indexes and foreign keys are cloned onto it under ACCESS EXCLUSIVE on it. An index of the
-parent the table has no equal of is built on its rows; a foreign key it lacks is validated (a scan of its rows). (A
-parent's CHECK the table lacks makes the ATTACH fail: "child table is missing constraint".) The parent's are read live and from the earlier pending statements (a parent created in the same run, its
-indexes and constraints too: attack24v 1); the table's equals too (a CREATE INDEX CONCURRENTLY of the same columns
-made before the ATTACH, which it then takes over: the safe pattern).
+"""What `ALTER TABLE parent ATTACH PARTITION table` does to the attached table besides its bound's scan
+(risks_objects.attach): the parent's indexes and foreign keys are cloned onto it under ACCESS EXCLUSIVE on it. An
+index of the parent the table has no equal of is built on its rows; a foreign key it lacks is validated (a scan of
+its rows). (A parent's CHECK the table lacks makes the ATTACH fail: "child table is missing constraint".) The
+parent's are read live and from the earlier pending statements (a parent created in the same run, its indexes and
+keys too: attack24v 1); the table's equals too (a CREATE INDEX CONCURRENTLY of the same columns made before the
+ATTACH, which it then takes over: the safe pattern).
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ def read(tree, name, live, seen) -> None:
     if isinstance(tree, ast.CreateStmt):
         constraints = [c for c in tree.tableElts or () if isinstance(c, ast.Constraint)]
         for column in (c for c in tree.tableElts or () if isinstance(c, ast.ColumnDef)):
+            keyed = (types.CONSTR_PRIMARY, types.CONSTR_UNIQUE, types.CONSTR_FOREIGN)
             constraints += [ast.Constraint(contype=c.contype, conname=c.conname, keys=[ast.String(column.colname)],
                                            fk_attrs=[ast.String(column.colname)], pktable=c.pktable)
-                            for c in column.constraints or () if c.contype in (types.CONSTR_PRIMARY, types.CONSTR_UNIQUE,
-                                                                                 types.CONSTR_FOREIGN)]
+                            for c in column.constraints or () if c.contype in keyed]
     elif isinstance(tree, ast.AlterTableStmt) and tree.relation is not None:  # (a CHECK the table lacks: an error)
         constraints = [c.def_ for c in tree.cmds if c.subtype == enums.AlterTableType.AT_AddConstraint
                        and isinstance(c.def_, ast.Constraint)]
