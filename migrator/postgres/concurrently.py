@@ -18,10 +18,10 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from migrator import lazy_re, output
+from migrator import interrupt, lazy_re, output
 from migrator.errors import USAGE, MigratorError
 from migrator.pinned import catalog_path
-from migrator.postgres import failures
+from migrator.postgres import failures, file_search_path
 from migrator.postgres.index_definition import PROBE_INDEX, made_since, named_like, quoted, same, server_name
 
 _MAYBE = lazy_re.compile(r"\bconcurrently\b", re.IGNORECASE)  # cheap: only these statements are parsed
@@ -84,17 +84,20 @@ def _parsed(text: str) -> list:
             or isinstance(tree, ast.ReindexStmt) and any(p.defname == "concurrently" for p in tree.params or ())]
 
 
-def builds(statements) -> list[Build]:
-    """The CREATE INDEX CONCURRENTLY statements of a file (named or not)."""
+def builds(statements, cursor=None) -> list[Build]:
+    """The CREATE INDEX CONCURRENTLY statements of a file (named or not). With `cursor`, an unqualified table is
+    qualified as the file's own SET search_path before it resolves it (file_search_path.py)."""
     from pglast import ast
     from pglast.stream import RawStream
 
-    found = []
+    found, paths = [], _paths(statements, cursor)
     for index, statement in enumerate(statements):
         for tree in _parsed(statement.text):
             if not isinstance(tree, ast.IndexStmt):
                 continue
             name, table = tree.idxname, quoted(tree.relation.schemaname, tree.relation.relname)
+            if paths.get(index) and not tree.relation.schemaname:
+                table = file_search_path.resolved(cursor, paths[index], table)
             relname, if_not_exists = tree.relation.relname, bool(tree.if_not_exists)
             # unnamed on the copy too: the server then picks the name it picks on the table (no other index there)
             tree.idxname = PROBE_INDEX if name is not None else None
@@ -104,21 +107,32 @@ def builds(statements) -> list[Build]:
     return found
 
 
-def reindexes(statements) -> list[Reindex]:
-    """The REINDEX ... CONCURRENTLY statements of a file."""
+def reindexes(statements, cursor=None) -> list[Reindex]:
+    """The REINDEX ... CONCURRENTLY statements of a file (`cursor`: as builds())."""
     from pglast import enums
 
     kinds = {enums.ReindexObjectType.REINDEX_OBJECT_INDEX: "index", enums.ReindexObjectType.REINDEX_OBJECT_TABLE: "table",
              enums.ReindexObjectType.REINDEX_OBJECT_SCHEMA: "schema"}
-    found = []
+    found, paths = [], _paths(statements, cursor)
     for index, statement in enumerate(statements):
         for tree in _parsed(statement.text):
             kind = kinds.get(getattr(tree, "kind", None))
             if kind == "schema":
                 found.append(Reindex(index, kind, quoted(tree.name)))
             elif kind is not None:
-                found.append(Reindex(index, kind, quoted(tree.relation.schemaname, tree.relation.relname)))
+                target = quoted(tree.relation.schemaname, tree.relation.relname)
+                if paths.get(index) and not tree.relation.schemaname:
+                    target = file_search_path.resolved(cursor, paths[index], target)
+                found.append(Reindex(index, kind, target))
     return found
+
+
+def _paths(statements, cursor) -> dict:
+    """The file's SET search_path in force at each statement, when a cursor can resolve names under it (and a
+    CONCURRENTLY statement is there: the cheap test first)."""
+    if cursor is None or not any(_MAYBE.search(statement.text) for statement in statements):
+        return {}
+    return file_search_path.path_sets(statements)
 
 
 # The index of that name on that table: (valid, unique, definition from USING on, qualified name, oid, name).
@@ -164,8 +178,9 @@ def indexes_before(connection, statements) -> set[int]:
     """The indexes already on the tables the file's builds touch, and its REINDEXes' INVALID copies, before it runs
     (those after it that are not here are its own work)."""
     with connection.cursor() as cursor:
-        return {row[4] for build in builds(statements) for row in on_table(cursor, build)} | {
-            _oid(cursor, name) for reindex in reindexes(statements) for name in reindex_leftovers(cursor, reindex)}
+        return {row[4] for build in builds(statements, cursor) for row in on_table(cursor, build)} | {
+            _oid(cursor, name) for reindex in reindexes(statements, cursor)
+            for name in reindex_leftovers(cursor, reindex)}
 
 
 @contextmanager
@@ -225,7 +240,9 @@ def _oid(cursor, qualified: str) -> int | None:
 
 
 def _drop(cursor, qualified: str) -> None:
-    with without_lock_timeout(cursor):
+    """A leftover dropped as the file's own statements run: SIGTERM cancels the drop's wait for older transactions at
+    once (cancel.on_sigterm), the index stays INVALID for the next run (attack24v 2: it waited out a pg_dump)."""
+    with interrupt.live(), without_lock_timeout(cursor):
         cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
 
 
@@ -246,12 +263,12 @@ def prepare(connection, statements, path, earlier_failure: str | None, record=No
     if earlier_failure is None:
         return done
     with connection.cursor() as cursor:
-        for reindex in reindexes(statements):
+        for reindex in reindexes(statements, cursor):
             for leftover in reindex_leftovers(cursor, reindex):
                 _drop(cursor, leftover)
                 output.note(f"note: {path}:{statements[reindex.index].line}: dropped INVALID index {leftover}, left "
                             "by an earlier try of this migration's REINDEX")
-        for build in builds(statements):
+        for build in builds(statements, cursor):
             where = f"{path}:{statements[build.index].line}"
             found = _unnamed(cursor, build, where, record) if build.name is None else \
                 _named(cursor, build, where, record=record)
@@ -268,21 +285,20 @@ def prepare_retry(connection, statements, index: int, path, done: Done, before: 
     was not on the table before the file ran (not in `before`) dropped, else the retry builds `t_c_idx1` beside it.
     (`said`: the note's words after the name, when the build is not tried again.) A REINDEX's INVALID copies made
     since the file began (its tries': name_ccnew, name_ccnew1...) dropped, else each retry adds one (fix24ap)."""
-    for reindex in reindexes(statements):
-        if reindex.index == index:
-            with connection.cursor() as cursor:
+    with connection.cursor() as cursor:
+        for reindex in reindexes(statements, cursor):
+            if reindex.index == index:
                 for leftover in reindex_leftovers(cursor, reindex):
                     if _oid(cursor, leftover) not in before:
                         _drop(cursor, leftover)
-    for build in builds(statements):
-        if build.index == index:
-            where = f"{path}:{statements[index].line}"
-            with connection.cursor() as cursor:
+        for build in builds(statements, cursor):
+            if build.index == index:
+                where = f"{path}:{statements[index].line}"
                 found = _unnamed(cursor, build, where, None, before, said) if build.name is None else \
                     _named(cursor, build, where, said, before=before)
-            if found is not None:
-                done.add(index)
-                done.oids.add(found)
+                if found is not None:
+                    done.add(index)
+                    done.oids.add(found)
 
 
 DONE = ("is already built and valid (an earlier try's build, finished by the server after that runner stopped): "
@@ -349,12 +365,12 @@ def invalid_after(connection, statements, before: set[int]) -> list[tuple[int, s
     on a table its builds touch that was not there before it ran (an unnamed build's), a REINDEX's copies."""
     found = []
     with connection.cursor() as cursor:
-        for build in builds(statements):
+        for build in builds(statements, cursor):
             named = _find(cursor, build)
             rows = [named] if named is not None else []
             rows += [row for row in on_table(cursor, build) if row[4] not in before]
             found += [(build.index, row[3]) for row in rows if not row[0]]
-        for reindex in reindexes(statements):
+        for reindex in reindexes(statements, cursor):
             found += [(reindex.index, leftover) for leftover in reindex_leftovers(cursor, reindex)]
     return list(dict.fromkeys(found))
 
@@ -363,7 +379,7 @@ def not_ours(connection, statements, index: int) -> bool:
     """Whether the INVALID index a named build (statement `index`) left is another definition than it builds:
     someone else's, which a rerun refuses to drop (_named) rather than dropping and building it again."""
     with connection.cursor() as cursor:
-        for build in builds(statements):
+        for build in builds(statements, cursor):
             if build.index == index and build.name is not None and (found := _find(cursor, build)) is not None:
                 return not found[0] and same(cursor, build, found) is False
     return False
@@ -373,7 +389,7 @@ def built(connection, statements, before: set[int]) -> list[str]:
     """The unqualified names of the valid indexes the file's builds made (the runner's own work, for drift)."""
     with connection.cursor() as cursor:
         names = []
-        for build in builds(statements):
+        for build in builds(statements, cursor):
             rows = on_table(cursor, build)
             names += [row[5] for row in rows if row[0] and (row[4] not in before or row[5] == build.name)]
     return list(dict.fromkeys(names))
@@ -396,7 +412,7 @@ def skipped(connection, statements) -> list[tuple[int, str]]:
     in the table's schema (index names are per schema). The server says it only in a NOTICE."""
     found = []
     with connection.cursor() as cursor:
-        for build in builds(statements):
+        for build in builds(statements, cursor):
             if not build.if_not_exists or build.name is None:
                 continue
             row = _find(cursor, build)

@@ -71,9 +71,16 @@ def finalizing(connection, statements, path, earlier_failure: str | None) -> lis
     pending replaced by its FINALIZE (one note each); unchanged when no earlier try stopped part-way."""
     if earlier_failure is None or not any(_MAYBE.search(s.text) for s in statements):
         return statements
+    from migrator.postgres import file_search_path
+
+    paths = file_search_path.path_sets(statements)  # (unqualified names: where the file's own SET put them)
     with connection.cursor() as cursor:
         for index, statement in enumerate(statements):
-            if parse(statement.text) is not None and pending(cursor, statement.text) is not None:
+            if parse(statement.text) is None:
+                continue
+            with file_search_path.under(cursor, paths[index]):
+                left = pending(cursor, statement.text)
+            if left is not None:
                 statements = finalize(statements, index, path)
     return statements
 

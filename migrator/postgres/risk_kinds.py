@@ -52,6 +52,10 @@ INSTEAD = {
                    "trigger, then swapped in a short transaction; or a maintenance window"),
     "attach": ("ADD CONSTRAINT ... CHECK (<the partition bound>) NOT VALID on it, VALIDATE CONSTRAINT in a later "
                "file, then ATTACH PARTITION (no scan once a validated CHECK implies the bound), then drop the CHECK"),
+    "attach index": ("CREATE INDEX CONCURRENTLY on the table, matching each index of the parent, in a "
+                     "`-- transactional: false` file before the ATTACH PARTITION (it takes them over: no build)"),
+    "attach foreign key": ("ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID on the table, as the parent's, VALIDATE "
+                           "CONSTRAINT in a later file, then ATTACH PARTITION (it takes it over: no scan)"),
     "default partition": ("ADD CONSTRAINT ... CHECK (NOT (<the new partition's range>)) NOT VALID on the DEFAULT "
                           "partition, VALIDATE CONSTRAINT in a later file, then create or attach the partition (no "
                           "scan once a validated CHECK excludes its range)"),

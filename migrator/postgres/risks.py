@@ -19,7 +19,7 @@ from migrator.postgres import (risks_functions, risks_nullable, risks_objects, r
 from migrator.postgres.risk_kinds import (  # noqa: F401
     ACCESS_EXCLUSIVE, BLOCKS, INSTEAD, SHARE, SHARE_ROW_EXCLUSIVE, Risk, rows_text, size_text)
 from migrator.postgres import risks_keyed, risks_retype  # (ALTER COLUMN TYPE, a file's TimeZone)
-from migrator.postgres import risks_constraints, risks_indexes, risks_savepoints
+from migrator.postgres import risks_attach, risks_constraints, risks_indexes, risks_savepoints
 from migrator.postgres.psql_tokens import IDENTIFIER
 
 # Only statements that start so are parsed: a file of INSERTs or of CREATE TABLEs never loads the parser.
@@ -27,7 +27,7 @@ _HINT = lazy_re.compile(r"\s*(?:alter\s+(?:table|domain)|alter\s+type\s[^;]*?\ba
                         r"alter\s+(?:index|materialized\s+view)\s[^;]*?\btablespace|"
                         r"create\s+(?:unique\s+)?index|vacuum|cluster|reindex|refresh\s+materialized|"
                         r"create\s+(?:(?:global|local)\s+)?(?:unlogged\s+)?table\s+[^;]*?"
-                        r"\bpartition\s+of)\b", re.IGNORECASE)
+                        r"\bpartition\s+(?:of|by))\b", re.IGNORECASE)  # (BY: the keys an ATTACH clones)
 _FUNCTION = lazy_re.compile(r"\s*(?:create\s+(?:or\s+replace\s+)?function|create\s+(?:operator|cast|type)\b|"
                             r"alter\s+(?:function|routine|procedure|schema))\b", re.IGNORECASE)
 _DROP_INDEX = lazy_re.compile(r"\s*drop\s+index\b", re.IGNORECASE)
@@ -110,6 +110,7 @@ class Seen:
     dropped_indexes: set = field(default_factory=set)  # (schema or None, name): a pending DROP INDEX's
     dropped_checks: set = field(default_factory=set)  # (table key, name): a pending DROP CONSTRAINT's
     nullable: set = field(default_factory=set)  # (table key, column): a pending DROP NOT NULL's
+    clonable: dict = field(default_factory=dict)  # table key -> indexes and constraints an ATTACH clones (risks_attach)
 
     @property
     def schema(self) -> str | None:
@@ -231,6 +232,7 @@ def risks(tree, line: int, live, seen: Seen):
         return seen.live_name(_name(range_var), live)
 
     reindex = enums.ReindexObjectType
+    risks_attach.read(tree, name, live, seen)
     if isinstance(tree, ast.CreateStmt) and tree.partbound is not None:  # (a DEFAULT partition's rows scanned)
         yield from risks_objects.default_scan(tree.partbound, name(tree.inhRelations[0]), line, live, seen,
                                               "CREATE TABLE ... PARTITION OF")
@@ -328,6 +330,7 @@ def _alter_table(tree, line: int, live, seen: Seen):
                            "expression")
         elif cmd.subtype == types.AT_AttachPartition:
             yield from risks_objects.attach(cmd, line, live, seen, seen.live_name(_name(cmd.def_.name), live))
+            yield from risks_attach.clones(name, seen.live_name(_name(cmd.def_.name), live), line, live, seen)
             yield from risks_objects.default_scan(cmd.def_.bound, name, line, live, seen, "ATTACH PARTITION")
         elif cmd.subtype == types.AT_SetNotNull:
             if cmd.name in seen.not_null.get(key, set()) or new:

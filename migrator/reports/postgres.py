@@ -157,6 +157,9 @@ class StatusReport:
 def _rebuilt(name: str, migration: str, failed: bool, verdict) -> str:
     """What a pending migration's rerun does with an INVALID index under its build's name, as migrate decides it
     (index_claims.rebuilt_by: the definition compared, attack24t 8)."""
+    if verdict == "drop":  # (index_claims.FINISHES)
+        return (f"(left by pending {migration}'s interrupted DROP INDEX CONCURRENTLY): `runner.py migrate` finishes "
+                "the drop")
     if verdict is False:
         return (f"(not what pending {migration}'s CONCURRENTLY build makes: another definition under its name): "
                 f"migrate will not drop it; look at it, then DROP INDEX CONCURRENTLY {name} yourself or rename the "

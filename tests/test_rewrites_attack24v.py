@@ -1,0 +1,71 @@
+"""attack24v 1, on the real PostgreSQL: `ALTER TABLE parent ATTACH PARTITION big_table` clones the parent's indexes,
+and foreign keys onto the big table under ACCESS EXCLUSIVE on it (an index built, a foreign key validated),
+which plan --impact called "catalog only ... instant" and migrate ran unrefused. Now each is refused before anything
+runs (the safe pattern named, the marker accepted), and plan --impact counts it as work with an estimate."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import SEED, add_migration, applied, migrate, ok
+from test_impact_work import impact
+from test_rewrites import SMALL, TABLE, refused_before_running, seeded
+
+IN_RANGE = f"ALTER TABLE {TABLE} ADD CONSTRAINT in_range CHECK (id >= 0 AND id < 1000000)"  # (the bound: no scan)
+PARENT = f"CREATE TABLE evp (LIKE {TABLE} INCLUDING DEFAULTS) PARTITION BY RANGE (id);\n"
+ATTACH = f"ALTER TABLE evp ATTACH PARTITION {TABLE} FOR VALUES FROM (0) TO (1000000);\n"
+# (what the parent brings, the line of the ATTACH, what the refusal says up to the table)
+CLONED = {
+    "index": ("CREATE INDEX evp_filestore ON evp (filestore_id, report_name);\n", 4,
+              f"ATTACH PARTITION {TABLE} (cloning evp's index evp_filestore (filestore_id, report_name)) builds an "
+              f"index on public.{TABLE} (~50 rows"),
+    "unique": ("ALTER TABLE evp ADD CONSTRAINT evp_run_uk UNIQUE (id, dag_run_id);\n", 4,
+               f"ATTACH PARTITION {TABLE} (cloning evp's index evp_run_uk (id, dag_run_id)) builds an index on"),
+    "foreign_key": ("CREATE TABLE dag (name varchar(100) PRIMARY KEY);\nINSERT INTO dag VALUES ('dag');\n"
+                    "ALTER TABLE evp ADD CONSTRAINT evp_dag_fk FOREIGN KEY (dag_name) REFERENCES dag (name);\n", 6,
+                    f"ATTACH PARTITION {TABLE} (cloning evp's foreign key evp_dag_fk (dag_name) REFERENCES dag, "
+                    f"validated) scans public.{TABLE} (~50 rows"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLONED))
+def test_an_attach_that_clones_the_parents_index_or_constraint_onto_a_big_table_is_refused(cli, db, sql_dir, case):
+    brings, line, what = CLONED[case]
+    refused_before_running(cli, db, sql_dir, case, IN_RANGE, PARENT + brings + ATTACH, line, what)
+
+
+def test_an_attach_of_a_table_that_has_the_parents_index_already_runs(cli, db, sql_dir):
+    """The safe pattern: the table's own CREATE INDEX CONCURRENTLY of the parent's columns first (the ATTACH takes it
+    over); a parent index that only the marker accepts runs too."""
+    seeded(cli, db, sql_dir)
+    db.query(IN_RANGE)
+    add_migration(sql_dir, "0002_table_index", f"-- transactional: false\nCREATE INDEX CONCURRENTLY t_filestore ON "
+                                               f"{TABLE} (filestore_id, report_name);\n")
+    add_migration(sql_dir, "0003_attach", PARENT + "CREATE INDEX evp_filestore ON evp (filestore_id, report_name);\n"
+                  + ATTACH)
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert applied(db)[-1] == "0003_attach"
+    assert not db.query(f"SELECT 1 FROM pg_index WHERE indrelid = '{TABLE}'::regclass AND NOT indisvalid")
+    add_migration(sql_dir, "0004_more", "CREATE TABLE evq (LIKE evp) PARTITION BY RANGE (id);\n"
+                                        "CREATE INDEX evq_tenant ON evq (tenant_id);\n"
+                                        "ALTER TABLE evq ATTACH PARTITION evp FOR VALUES FROM (0) TO (1000000);\n")
+    result = migrate(cli, db, sql_dir, *SMALL)
+    assert result.exit_code == 2 and "(cloning evq's index evq_tenant (tenant_id))" in result.stderr, \
+        result.output
+    add_migration(sql_dir, "0004_more", "-- accept-rewrite: public.evp\n" + (sql_dir / "0004_more.sql").read_text())
+    ok(migrate(cli, db, sql_dir, *SMALL))
+    assert applied(db) == [SEED, "0002_table_index", "0003_attach", "0004_more"]
+
+
+def test_plan_impact_counts_an_attachs_index_build_and_validation_as_work(cli, db, pg, sql_dir):
+    seeded(cli, db, sql_dir, rows=2000)
+    add_migration(sql_dir, "0002_range", IN_RANGE + ";\n")  # (a migration's: the scratch copy has it too)
+    ok(migrate(cli, db, sql_dir))
+    add_migration(sql_dir, "0003_attach", PARENT + CLONED["index"][0] + CLONED["foreign_key"][0] + ATTACH)
+    statements = impact(cli, db, pg, sql_dir)["0003_attach"]
+    attach = statements[-1]
+    assert attach["sql"].startswith("ALTER TABLE evp ATTACH PARTITION"), attach
+    assert not attach["catalog_only"], attach
+    assert sorted(w["work"] for w in attach["work"]) == ["index", "scan"], attach
+    assert all(w["lock"] == "ACCESS EXCLUSIVE" and w["live_rows"] == 2000 and w["estimated_seconds"] > 0
+               for w in attach["work"]), attach
