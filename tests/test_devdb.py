@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import add_migration, ok, one_error_line
+from conftest import add_migration, fresh_clone, ok, one_error_line
 from migrator import devdb, ferretdb
 from migrator.env import Env
 
