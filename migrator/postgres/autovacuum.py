@@ -10,21 +10,26 @@ autovacuum is never cancelled by the server: it is named as such, and the retrie
 
 from __future__ import annotations
 
+import re
+
 SHARE = 3  # deadlock_timeout is a third of the try's lock_timeout: the cancel, then the grant, fit in the try
 # May this role set deadlock_timeout (PostgreSQL 15+ asks for its SET privilege; before, only a superuser may)?
 _MAY_SET_15 = "SELECT pg_catalog.has_parameter_privilege('deadlock_timeout', 'SET')"
-_MAY_SET = "SELECT pg_catalog.current_setting('is_superuser') = 'on'"
+_SET_TRANSACTION = re.compile(r"\s*SET\s+TRANSACTION\b", re.IGNORECASE)
 
 
-def may_set(backend) -> bool:
-    """Asked once a run, on the run's own session (`parent`), not the migration's: a SELECT there would take its
-    transaction's snapshot before the file's first statement, which SET TRANSACTION ISOLATION LEVEL must be."""
-    books = getattr(backend, "parent", None) or backend
-    if getattr(books, "may_set_deadlock_timeout", None) is None:
-        with books.connection.cursor() as cursor:
-            cursor.execute(_MAY_SET_15 if books.connection.server_version >= 150000 else _MAY_SET)
-            books.may_set_deadlock_timeout = bool(cursor.fetchone()[0])
-    return books.may_set_deadlock_timeout
+def may_set(connection, statements) -> bool:
+    """Asked of the migration's own session (a file may change the database's default role for the next one). A
+    superuser may: the server reports is_superuser at every change, no query. Else (PostgreSQL 15+) a SELECT asks,
+    but not before a file's SET TRANSACTION, which must be its transaction's first query (the SELECT would take its
+    snapshot): that file goes without the quick cancel."""
+    if connection.info.parameter_status("is_superuser") == "on":
+        return True
+    if connection.server_version < 150000 or statements and _SET_TRANSACTION.match(statements[0].text):
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(_MAY_SET_15)
+        return bool(cursor.fetchone()[0])
 
 
 def lower_deadlock_timeout(connection, per_try: float) -> None:

@@ -175,7 +175,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         skip = concurrently.prepare(connection, statements, path, migration.earlier_failure, record)
         before = concurrently.indexes_before(connection, statements) - skip.oids  # (an accepted one is its work)
         statements = detach.finalizing(connection, statements, path, migration.earlier_failure)
-    if policy.per_try and autovacuum.may_set(backend):  # an autovacuum in the way cancelled within a try
+    if policy.per_try and autovacuum.may_set(connection, statements):  # an autovacuum in the way cancelled within a try
         policy.quick_autovacuum_cancel = True
         autovacuum.lower_deadlock_timeout(connection, policy.per_try)
     budget = retry.TryBudget(policy.per_try, bool(policy.budget)) if policy.per_try else None
