@@ -124,21 +124,10 @@ def test_a_backfill_batch_that_turns_it_off_unseen_stops_before_the_next_batch(c
     """attack23y 7b (HIGH): each batch is the statement sent again, with no check between batches: the second batch,
     read with the setting off, was one literal and two more statements (a DROP): exit 0, recorded as applied. Failed
     before the fix."""
+    from test_client_encoding import backfill_stopped
+
     db.query("CREATE TABLE keepme (id int)")
-    path = add_migration(sql_dir, "0002_fill", (
-        "-- transactional: false\n"
-        "CREATE TABLE t (id int PRIMARY KEY, v text);\n"
-        "INSERT INTO t SELECT g, NULL FROM generate_series(1, 3) g;\n"
-        "-- backfill: batch\n"
-        "UPDATE t SET v = 'a\\' || '; DROP TABLE keepme; SELECT 1 FROM t --'\n"
-        "WHERE id IN (SELECT id FROM t WHERE v IS NULL LIMIT 1)"
-        " AND length(pg_catalog.set_config('standard' || '_conforming_strings', 'off', false)) > 0;\n"))
-    result = migrate(cli, db, sql_dir)
-    line = one_error_line(result)
-    assert result.exit_code == 2, result.output
-    assert f"{path}:5: " in line and "standard_conforming_strings is off (turned off by its last batch)" in line \
-           and "it was not sent" in line, line
-    assert "the backfill at line 5 COMMITTED 1 row(s) in 1 batch(es)" in line, line
-    assert db.query("SELECT to_regclass('public.keepme') IS NOT NULL") == [(True,)]
-    assert db.query("SELECT count(v) FROM t") == [(1,)]
-    assert path.stem not in applied(db)
+    # (two literals with the setting on; with it off, one literal and two more statements)
+    line = backfill_stopped(cli, db, sql_dir, "'a\\' || '; DROP TABLE keepme; SELECT 1 FROM t --'",
+                            "standard_conforming_strings", "off")
+    assert "standard_conforming_strings is off (turned off by its last batch)" in line, line

@@ -99,9 +99,9 @@ class Watch:
         """Before `text` (the statement's, or the runner's holding part of it) is sent again on the file's session:
         refused as running.execute refuses a statement, when a batch changed how the server reads it (a computed
         set_config of client_encoding or standard_conforming_strings: attack23y 7). No round trip."""
-        from migrator.postgres import client_encoding
+        from migrator.postgres import conforming
 
-        client_encoding.readable(self.cursor.connection, text, by="its last batch", what=what)
+        conforming.readable(self.cursor.connection, text, by="its last batch", what=what)
 
     def _estimate(self) -> float:
         """The planner's estimate of the table's rows (on the file's path, as the statement names it)."""

@@ -68,13 +68,3 @@ def check(connection, **words) -> None:
     now = connection.info.parameter_status(NAME)
     if now is not None and _clean(now) != _clean(connection.encoding):
         raise Changed(now, connection.encoding, **words)
-
-
-def readable(connection, text: str, **words) -> None:
-    """Before a text of a file (its statement, a backfill's batch or the runner's query holding part of it) is sent
-    on its session: refused unless the server reads it as every check did, its literals (conforming.py) and its
-    encoding. `words`: what changed the session and what was not sent, in words."""
-    from migrator.postgres import conforming
-
-    conforming.check(connection, text, words.get("by"))
-    check(connection, **words)

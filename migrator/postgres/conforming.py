@@ -99,3 +99,13 @@ def check(connection, text: str, by: str | None = None) -> None:
     what turned the setting off, in words)."""
     if unread(connection, text):
         raise Unread(by)
+
+
+def readable(connection, text: str, **words) -> None:
+    """Before a text of a file (its statement, a backfill's batch or the runner's query holding part of it) is sent
+    on its session: refused unless the server reads it as every check did, its literals and its encoding
+    (client_encoding.py). `words`: what changed the session (`by`) and what was not sent (`what`)."""
+    from migrator.postgres import client_encoding
+
+    check(connection, text, words.get("by"))
+    client_encoding.check(connection, **words)

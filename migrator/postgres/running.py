@@ -12,7 +12,7 @@ from pathlib import Path
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import (autovacuum, backfill, cancel_ignored, client_encoding, clock_bound, commit_checks,
-                               concurrently, deadlocks, detach, failures, files, lock_waiters,
+                               concurrently, conforming, deadlocks, detach, failures, files, lock_waiters,
                                lost_session, retry, rewrites, session_locks, sessions, statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, TransactionEnded, progress
@@ -42,7 +42,7 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     held = held or probe is not None and probe.session_locked()  # (the app waits on its session lock: attack24u 5)
     calls = clock and clock_bound.query(statement.text)
     # (the server's reading is the judges', its literals and its decoding: attack24q 3, attack23x 4)
-    client_encoding.readable(cursor.connection, statement.text)
+    conforming.readable(cursor.connection, statement.text)
     with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls,
                          clock_only=concurrent and clock) \
             if probe is not None else contextlib.nullcontext():
