@@ -6,7 +6,7 @@ next statement (or the runner's own record) when it changes it unseen; real Post
 from __future__ import annotations
 
 import pytest
-from conftest import add_migration, migrate, ok, one_error_line
+from conftest import add_migration, applied, migrate, ok, one_error_line
 
 HIDDEN = "SELECT E'\u00c1\\'; DROP TABLE keepme; --';\n"  # Á = C3 81: 81 is an SJIS lead byte, it takes the backslash
 SETTERS = {
@@ -124,3 +124,48 @@ def test_a_rollback_file_that_changes_it_unseen_is_stopped_and_rolled_back(cli, 
     assert result.exit_code == 2 and "client_encoding is SJIS" in line, line
     assert kept(keepme) and keepme.query("SELECT to_regclass('public.t') IS NOT NULL") == [(True,)]
     assert "0003_t" in [row[0] for row in keepme.query("SELECT migration_id FROM _yoyo_migration")]
+
+
+def backfill_stopped(cli, db, sql_dir, literal: str, setting: str, value: str) -> str:
+    """A non-transactional file whose `-- backfill: batch` UPDATE (line 5) sets v to `literal` and, in its first batch,
+    `setting` to `value` by a computed name (no text check reads it): stopped before its second batch (exit 2, one
+    row done, keepme, which a misread batch drops, kept, unrecorded); its error line."""
+    head, tail = setting.split("_", 1)
+    path = add_migration(sql_dir, "0003_fill", "-- transactional: false\n"
+                         "CREATE TABLE t (id int PRIMARY KEY, v text);\n"
+                         "INSERT INTO t SELECT g, NULL FROM generate_series(1, 3) g;\n"
+                         f"-- backfill: batch\nUPDATE t SET v = {literal}\n"
+                         "WHERE id IN (SELECT id FROM t WHERE v IS NULL LIMIT 1)"
+                         f" AND length(pg_catalog.set_config('{head}' || '_{tail}', '{value}', false)) > 0;\n")
+    result = migrate(cli, db, sql_dir)
+    line = one_error_line(result)
+    assert result.exit_code == 2, result.output
+    assert f"{path}:5: " in line and "it was not sent" in line, line
+    assert "the backfill at line 5 COMMITTED 1 row(s) in 1 batch(es)" in line, line
+    assert kept(db) and db.query("SELECT count(v) FROM t") == [(1,)]
+    assert "0003_fill" not in applied(db)
+    return line
+
+
+def test_a_backfill_batch_that_changes_it_unseen_stops_before_the_next_batch(cli, keepme, sql_dir):
+    """attack23y 7 (HIGH): every batch was sent with no check between batches: keepme dropped (committed), then a
+    TypeError, exit 1. Failed before the fix."""
+    # (each batch is the statement sent again: read in SJIS, `E'Á\'` ends at the quote, the rest runs as statements)
+    line = backfill_stopped(cli, keepme, sql_dir, "E'\u00c1\\'; DROP TABLE keepme; SELECT 1 FROM t --'",
+                            "client_encoding", "SJIS")
+    assert "client_encoding is SJIS (its last batch changed it" in line, line
+    assert "; remove what sets client_encoding from the file" in line, line  # (before the generic words)
+
+
+def test_a_non_transactional_file_whose_last_statement_changes_it_unseen_says_what_committed(cli, keepme, sql_dir):
+    """attack23y 8 (MEDIUM): the stop before the runner's record crashed (`unexpected TypeError: Progress.__call__()
+    ...`, exit 1) for every non-transactional file. Failed before the fix."""
+    path = add_migration(sql_dir, "0003_enc", "-- transactional: false\nCREATE TABLE before_it (id int);\n" + UNSEEN)
+    result = migrate(cli, keepme, sql_dir)
+    line = one_error_line(result)
+    assert result.exit_code == 2, result.output
+    assert line.startswith(f"error: {path}: the session's client_encoding is SJIS (the file changed it"), line
+    assert "not transactional: statements 1-2 of 2 (through the one at line 3) COMMITTED; it was not recorded as " \
+           "applied" in line, line
+    assert keepme.query("SELECT to_regclass('public.before_it') IS NOT NULL") == [(True,)]
+    assert "0003_enc" not in [row[0] for row in keepme.query("SELECT migration_id FROM _yoyo_migration")]

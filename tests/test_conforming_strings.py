@@ -118,3 +118,16 @@ def test_the_runners_own_catalog_reads_hold_with_the_setting_off(cli, db, sql_di
     assert result.exit_code == 2 and f"error: {path}:1: ALTER COLUMN id TYPE bigint rewrites " \
         "public.hcm_report_metadata" in result.stderr, result.output
     assert db.query(ID_TYPE) == [("integer",)]
+
+
+def test_a_backfill_batch_that_turns_it_off_unseen_stops_before_the_next_batch(cli, db, sql_dir):
+    """attack23y 7b (HIGH): each batch is the statement sent again, with no check between batches: the second batch,
+    read with the setting off, was one literal and two more statements (a DROP): exit 0, recorded as applied. Failed
+    before the fix."""
+    from test_client_encoding import backfill_stopped
+
+    db.query("CREATE TABLE keepme (id int)")
+    # (two literals with the setting on; with it off, one literal and two more statements)
+    line = backfill_stopped(cli, db, sql_dir, "'a\\' || '; DROP TABLE keepme; SELECT 1 FROM t --'",
+                            "standard_conforming_strings", "off")
+    assert "standard_conforming_strings is off (turned off by its last batch)" in line, line

@@ -120,8 +120,10 @@ class Batched(Statement):
             batches, rows = counts
             if tally.note is not None and touched:
                 tally.note(self, tally.committed(self.line))
+            if touched:  # (what a batch set reaches all that follows it on the session: stopped first, attack23y 7)
+                watch.readable(self.text, "its next batch")
             if touched == 0:
-                self._confirm_done(cursor, batches, rows)
+                self._confirm_done(cursor, watch, batches, rows)
             else:  # (before its progress line: rows counted again are no progress)
                 watch.check(xid, batches, rows)
             if touched == 0 or batches % self.every == 0:
@@ -138,7 +140,7 @@ class Batched(Statement):
                     "out of the next batch, then raise the limit if the table needs more: `-- backfill: batch max N` "
                     f"or BACKFILL_MAX_BATCHES (now {self.most or most}), and run again")
 
-    def _confirm_done(self, cursor, batches: int, rows: int) -> None:
+    def _confirm_done(self, cursor, watch: Watch, batches: int, rows: int) -> None:
         """A batch that touched no row proves the backfill done only if its bound picks no row either: a
         condition outside the subquery (`... LIMIT 5000) AND tenant_id = 7`) can leave every picked row untouched
         while rows remain, and the migration must not be recorded as applied then."""
@@ -146,8 +148,10 @@ class Batched(Statement):
             return
         import psycopg2
 
+        query = f"SELECT EXISTS ({self.bound})"
+        watch.readable(query, "the runner's check that no row is left (its subquery)")
         try:
-            cursor.execute(f"SELECT EXISTS ({self.bound})")
+            cursor.execute(query)
             left = cursor.fetchone()[0]
         except psycopg2.Error as exc:
             from migrator.postgres.errors import server_message

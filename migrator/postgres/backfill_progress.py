@@ -95,12 +95,22 @@ class Watch:
             self.table_rows = self._estimate()
         return rows + last > self.table_rows
 
+    def readable(self, text: str, what: str) -> None:
+        """Before `text` (the statement's, or the runner's holding part of it) is sent again on the file's session:
+        refused as running.execute refuses a statement, when a batch changed how the server reads it (a computed
+        set_config of client_encoding or standard_conforming_strings: attack23y 7). No round trip."""
+        from migrator.postgres import conforming
+
+        conforming.readable(self.cursor.connection, text, by="its last batch", what=what)
+
     def _estimate(self) -> float:
         """The planner's estimate of the table's rows (on the file's path, as the statement names it)."""
         import psycopg2
 
+        query = f"EXPLAIN (FORMAT JSON) SELECT FROM {self.statement.table}"
+        self.readable(query, "the runner's estimate of its table's rows")
         try:
-            self.cursor.execute(f"EXPLAIN (FORMAT JSON) SELECT FROM {self.statement.table}")
+            self.cursor.execute(query)
             plan = self.cursor.fetchone()[0]
         except psycopg2.Error as exc:
             if not _cannot_run(exc):
@@ -112,6 +122,7 @@ class Watch:
         """One batch of the statement as written, committed: (rows it touched, its transaction's id if `checked`).
         A checked batch runs in BEGIN ... COMMIT, to learn that id before its COMMIT."""
         cursor = self.cursor
+        self.readable(self.statement.text, "its next batch")
         if not checked:
             cursor.execute(self.statement.text)  # autocommit (a non-transactional file): the batch commits here
             return max(cursor.rowcount, 0), None
@@ -136,11 +147,12 @@ class Watch:
         column = '"' + self.statement.column.replace('"', '""') + '"'
         # (a ctid names a row only within one table: a child's rows are never taken for the parent's)
         only = "ONLY " if self.statement.column == "ctid" else ""
+        query = (f"SELECT pg_catalog.count(*), pg_catalog.min(b.{column}::pg_catalog.text) FROM {only}"
+                 f"{self.statement.table} b WHERE b.{column} OPERATOR(pg_catalog.=) ANY ({self.statement.bound}) "
+                 f"AND b.xmin OPERATOR(pg_catalog.=) pg_catalog.xid('{int(xid)}'::pg_catalog.xid8)")
+        self.readable(query, "the runner's progress check (its subquery)")
         try:
-            self.cursor.execute(
-                f"SELECT pg_catalog.count(*), pg_catalog.min(b.{column}::pg_catalog.text) FROM {only}"
-                f"{self.statement.table} b WHERE b.{column} OPERATOR(pg_catalog.=) ANY ({self.statement.bound}) "
-                f"AND b.xmin OPERATOR(pg_catalog.=) pg_catalog.xid('{int(xid)}'::pg_catalog.xid8)")
+            self.cursor.execute(query)
         except psycopg2.Error as exc:
             if not _cannot_run(exc):
                 raise

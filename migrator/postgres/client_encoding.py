@@ -41,10 +41,10 @@ class Changed(Exception):
     pgcode = None
     exit_code = USAGE
 
-    def __init__(self, now: str, sent: str):
-        super().__init__(f"the session's {NAME} is {now} (what ran before this statement changed it; the runner "
-                         f"sends {sent}): the server would read this statement otherwise than every check did; it "
-                         "was not sent")
+    def __init__(self, now: str, sent: str, by: str = "what ran before this statement",
+                 what: str = "this statement"):
+        super().__init__(f"the session's {NAME} is {now} ({by} changed it; the runner sends {sent}): the server "
+                         f"would read {what} otherwise than every check did; it was not sent")
         self.todo = f"remove what sets {NAME} from the file (set_config, EXECUTE in a DO block)"
 
 
@@ -54,17 +54,17 @@ def after_file(connection, path, statements, transactional: bool, done: int, pro
     from migrator.errors import MigratorError
 
     try:
-        check(connection)
+        check(connection, by="the file", what="the runner's record of it")
     except Changed as exc:
         what = ("nothing of it was applied: its transaction rolled back" if transactional else
                 progress(statements, done, "it was not recorded as applied"))
-        said = str(exc).replace("this statement", "the runner's record of the file").replace("it was not sent", "")
+        said = str(exc).removesuffix("it was not sent")
         raise MigratorError(f"{path}: {said}{what}; {exc.todo}", USAGE) from None
 
 
-def check(connection) -> None:
+def check(connection, **words) -> None:
     """Before a statement is sent on a file's session: refused when the server decodes otherwise than the runner
-    encodes (ParameterStatus: no round trip)."""
+    encodes (ParameterStatus: no round trip). `words`: Changed's `by` and `what`."""
     now = connection.info.parameter_status(NAME)
     if now is not None and _clean(now) != _clean(connection.encoding):
-        raise Changed(now, connection.encoding)
+        raise Changed(now, connection.encoding, **words)

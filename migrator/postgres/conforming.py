@@ -82,8 +82,8 @@ class Unread(Exception):
     pgcode = None
     exit_code = USAGE
 
-    def __init__(self):
-        super().__init__(f"{_unread('turned off by what ran before it')}; it was not sent")
+    def __init__(self, by: str | None = None):
+        super().__init__(f"{_unread('turned off by ' + (by or 'what ran before it'))}; it was not sent")
         self.todo = todo()
 
 
@@ -94,7 +94,18 @@ def unread(connection, text: str) -> bool:
     return off(connection) and backslash_literal(text) is not None
 
 
-def check(connection, text: str) -> None:
-    """Just before a statement is sent: refused when the server would read it otherwise than the runner did."""
+def check(connection, text: str, by: str | None = None) -> None:
+    """Just before a statement is sent: refused when the server would read it otherwise than the runner did (`by`:
+    what turned the setting off, in words)."""
     if unread(connection, text):
-        raise Unread()
+        raise Unread(by)
+
+
+def readable(connection, text: str, **words) -> None:
+    """Before a text of a file (its statement, a backfill's batch or the runner's query holding part of it) is sent
+    on its session: refused unless the server reads it as every check did, its literals and its encoding
+    (client_encoding.py). `words`: what changed the session (`by`) and what was not sent (`what`)."""
+    from migrator.postgres import client_encoding
+
+    check(connection, text, words.get("by"))
+    client_encoding.check(connection, **words)

@@ -270,6 +270,8 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
         guard = "IF EXISTS" if verb == "roll back" else "IF NOT EXISTS"
         todo = (f"`runner.py status` shows this; make the file safe to re-run ({guard}) or undo what committed, "
                 "then run again")
+        if getattr(cause, "todo", None):  # (a statement not sent: what to change in the file comes first)
+            todo = f"{cause.todo}; {todo}"
     return MigratorError(f"{at}: failed to {verb} on {where}: {server_message(cause)} ({committed}); {todo}",
                          getattr(cause, "exit_code", FAILED), excerpt=tuple(excerpt))
 

@@ -41,8 +41,8 @@ def execute(cursor, statement, probe=None, path: Path | None = None,
     held = not concurrent or concurrently.runs_code(statement.text)  # (a build's functions may lock: attack24q 6)
     held = held or probe is not None and probe.session_locked()  # (the app waits on its session lock: attack24u 5)
     calls = clock and clock_bound.query(statement.text)
-    conforming.check(cursor.connection, statement.text)  # (the server's reading is the judges': attack24q 3)
-    client_encoding.check(cursor.connection)  # (and so is its decoding: attack23x 4)
+    # (the server's reading is the judges', its literals and its decoding: attack24q 3, attack23x 4)
+    conforming.readable(cursor.connection, statement.text)
     with probe.statement(try_started, detaching or not concurrent, clock, detaching, held, calls,
                          clock_only=concurrent and clock) \
             if probe is not None else contextlib.nullcontext():
@@ -141,7 +141,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
         connection.rollback()
         raise MigratorError(f"{path}: ends inside a transaction it opened (BEGIN without COMMIT); that transaction "
                             "was rolled back, as psql does at the end of a file; add the COMMIT and run again")
-    client_encoding.after_file(connection, path, statements, transactional, done, progress)  # (attack23x 4b)
+    # (errors.progress, not the run's `progress` callable that shadows it here: attack23y 8)
+    client_encoding.after_file(connection, path, statements, transactional, done, errors.progress)  # (attack23x 4b)
 
 
 def mark_try(connection, new_try: bool) -> None:
