@@ -9,6 +9,12 @@ and the literal strings its EXECUTEs run (read as SQL in turn). What it finds: t
 (held to the planted rule as a top-level SET is), and why a change cannot be read (an EXECUTE of a string built at
 run time, set_config with a computed name or value, a body in a language not read), which file_paths refuses while
 the migration user can reach a schema other roles may create in or own.
+
+A body pglast's plpgsql parser does not read (a `%TYPE[]` declaration, ...) is unread, whatever its text spells
+(attack23y 3: `SET SCHEMA 'app'`); a VARIADIC parameter is read as a plain one (libpg_query cannot compile it). A body
+holding `#option dump` is never given to that parser: libpg_query would print the compiled function, variable names
+raw, on the runner's own stdout (C printf) -- into `plan | psql` and JSON logs (attack23y 4); dump_problem() refuses
+such a file. An assignment is read whole: its target's subscripts are expressions the server runs (attack23y 6).
 """
 
 from __future__ import annotations
@@ -18,13 +24,13 @@ from dataclasses import dataclass, field
 
 from migrator import lazy_re
 
-# What may change the path in a statement: naming it (U&, SET SCHEMA), set_config, pg_settings, or holding a body (a
+# What may change the path in a statement: naming it (U&, SET [comments] SCHEMA), set_config, pg_settings, or holding a body (a
 # DO block, a routine made: EXECUTE lives only in those; both begin their statement). Only such statements are
 # parsed: a seed file's 20,000 INSERTs whose values say "to do" or "function" are not
-_NAMES = lazy_re.compile(r"search_path|set_config|pg_settings|u&|set\s+schema", re.IGNORECASE)
+_NAMES = lazy_re.compile(r"search_path|set_config|pg_settings|u&|\bset\b[\s\S]*?schema", re.IGNORECASE)
 _BODY_HEAD = lazy_re.compile(r"(?:\s|--[^\n]*\n|/\*(?:[^*]|\*(?!/))*\*/)*"  # (comments: one way to split them)
                              r"(?:do\b|create\b[\s\S]*?\b(?:function|procedure)\b)", re.IGNORECASE)
-_MENTIONS = lazy_re.compile(r"search_path|set_config|pg_settings|\bexecute\b", re.IGNORECASE)  # (an unparsable text)
+_DUMP_WORDS = lazy_re.compile(r"#[\s\S]*option[\s\S]*dump", re.IGNORECASE)  # (cheap: only such texts are scanned)
 _READ_LANGUAGES = ("sql", "plpgsql", "c", "internal")  # (c / internal: the server's and extensions' code)
 # (statement, field) of a plpgsql expression whose value is SQL run as a string: EXECUTE, FOR ... IN EXECUTE, OPEN
 # ... FOR EXECUTE, RETURN QUERY EXECUTE
@@ -44,6 +50,91 @@ class Changes:
 
 def may_set(text: str) -> bool:
     return bool(_NAMES.search(text) or _BODY_HEAD.match(text))
+
+
+def dumps(body: str) -> bool:
+    """Whether a plpgsql body holds `#option dump` as the plpgsql lexer reads it (any case, spacing, comments):
+    the tokens `#`, `option`, `dump` (a quoted "dump" is a name, not the keyword). Raises ParseError when the text
+    cannot be scanned (the plpgsql parser could not compile it either)."""
+    from pglast.parser import scan
+
+    if not _DUMP_WORDS.search(body):
+        return False
+    raw = body.encode()
+    words = [raw[t.start:t.end + 1].decode(errors="replace").lower() for t in scan(body)
+             if t.name not in ("SQL_COMMENT", "C_COMMENT")]
+    return any(words[i:i + 3] == ["#", "option", "dump"] for i in range(len(words)))
+
+
+def dump_problem(text: str) -> str | None:
+    """Why a statement cannot run: a DO block's or a routine's body holding `#option dump` (attack23y 4), else None."""
+    from pglast import parse_sql
+    from pglast.parser import ParseError
+    from pglast.visitors import Visitor
+
+    if not _DUMP_WORDS.search(text):
+        return None
+    found: list = []
+
+    class Bodies(Visitor):
+        def visit_DoStmt(self, _ancestors, node):
+            found.append(("a DO block", node))
+
+        def visit_CreateFunctionStmt(self, _ancestors, node):
+            found.append((f"the body of routine {'.'.join(n.sval for n in node.funcname)}", node))
+
+    try:
+        for raw in parse_sql(text):
+            Bodies()(raw.stmt)
+        what = next((what for what, node in found if dumps(_body(node))), None)
+    except ParseError:  # (the server refuses what cannot be read)
+        return None
+    return None if what is None else (
+        f"{what} holds `#option dump`, which makes the PL/pgSQL parser print the compiled function (the runner "
+        "reads bodies with it before the run: into plan's text and the log); remove the option")
+
+
+def parse_plpgsql(sql: str) -> list:
+    """pglast.parse_plpgsql of one DO / CREATE FUNCTION / PROCEDURE text, for every reader of plpgsql bodies
+    (planted_bodies too): ParseError for a body holding `#option dump` (never given to the parser, attack23y 4);
+    a VARIADIC parameter read as a plain one."""
+    from pglast import parse_sql
+
+    [raw] = parse_sql(sql)
+    return _parse(raw.stmt)
+
+
+def _parse(node) -> list:
+    from pglast import enums, parse_plpgsql as parse
+    from pglast.parser import ParseError
+    from pglast.stream import RawStream
+
+    if dumps(_body(node)):
+        raise ParseError("a body holding #option dump is not parsed (the parser would print it)", 0)
+    for parameter in getattr(node, "parameters", None) or ():  # (libpg_query cannot compile VARIADIC: attack23y 3)
+        if parameter.mode == enums.FunctionParameterMode.FUNC_PARAM_VARIADIC:
+            parameter.mode = enums.FunctionParameterMode.FUNC_PARAM_IN
+    return parse(RawStream()(node))
+
+
+def assignment(query: str) -> str:
+    """The SQL reading a plpgsql assignment `target := value` (or `=`) whole: `SELECT target, value` (the target's
+    subscripts are expressions the server runs: attack23y 6). Raises ParseError when it cannot be scanned."""
+    from pglast.parser import scan
+
+    raw, depth = query.encode(), 0
+    for token in scan(query):
+        text = raw[token.start:token.end + 1]
+        depth += 1 if text in (b"(", b"[") else -1 if text in (b")", b"]") else 0
+        if depth == 0 and (token.name == "COLON_EQUALS" or text == b"="):
+            return f"SELECT {raw[:token.start].decode()}, {raw[token.end + 1:].decode()}"
+    return f"SELECT {query}"
+
+
+def expression_sql(query: str, mode: int) -> str:
+    """The SQL text reading a plpgsql expression (pglast's PLpgSQL_expr query and parseMode: 0 a statement, 2 an
+    expression, 3-5 an assignment), for every reader of plpgsql bodies (planted_bodies too)."""
+    return query if mode == 0 else assignment(query) if mode >= 3 else f"SELECT {query}"
 
 
 def read(text: str) -> Changes:
@@ -167,14 +258,13 @@ class _Visitor:
             self.found.unread.append(f"{where} in language {language}, which the runner does not read")
 
     def plpgsql(self, node, where: str) -> None:
-        from pglast import parse_plpgsql
-        from pglast.stream import RawStream
-
         try:
-            functions = parse_plpgsql(RawStream()(node))
-        except Exception:  # (pglast raises several kinds; the server's own validator has the final word)
-            if _MENTIONS.search(_body(node)):
-                self.found.unread.append(f"{where}, which the plpgsql parser does not read")
+            if dumps(_body(node)):
+                self.found.unread.append(f"{where}, which holds #option dump (not given to the parser)")
+                return
+            functions = _parse(node)
+        except Exception:  # (pglast raises several kinds: whatever such a body does is unread, attack23y 3)
+            self.found.unread.append(f"{where}, which the plpgsql parser does not read")
             return
         self._plpgsql_walk(functions, where, None, None)
 
@@ -210,6 +300,9 @@ class _Visitor:
             else:
                 _read(sql, self.found, where, self.depth + 1)
             return
-        if mode >= 3:  # (the target is a variable: its value is what may call set_config)
-            query = re.split(r":=|=", query, maxsplit=1)[-1]
-        _read(query if mode == 0 else f"SELECT {query}", self.found, where, self.depth + 1)
+        try:
+            sql = expression_sql(query, mode)
+        except ParseError:
+            self.found.unread.append(f"{where}, which the plpgsql parser does not read")
+            return
+        _read(sql, self.found, where, self.depth + 1)
