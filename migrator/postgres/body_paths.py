@@ -30,7 +30,8 @@ from migrator import lazy_re
 _NAMES = lazy_re.compile(r"search_path|set_config|pg_settings|u&|\bset\b[\s\S]*?schema", re.IGNORECASE)
 _BODY_HEAD = lazy_re.compile(r"(?:\s|--[^\n]*\n|/\*(?:[^*]|\*(?!/))*\*/)*"  # (comments: one way to split them)
                              r"(?:do\b|create\b[\s\S]*?\b(?:function|procedure)\b)", re.IGNORECASE)
-_DUMP_WORDS = lazy_re.compile(r"#[\s\S]*option[\s\S]*dump", re.IGNORECASE)  # (cheap: only such texts are scanned)
+_DUMP = lazy_re.compile(r"dump", re.IGNORECASE)  # (cheap, linear: only texts with #, option and dump are scanned)
+_OPTION = lazy_re.compile(r"option", re.IGNORECASE)
 _READ_LANGUAGES = ("sql", "plpgsql", "c", "internal")  # (c / internal: the server's and extensions' code)
 # (statement, field) of a plpgsql expression whose value is SQL run as a string: EXECUTE, FOR ... IN EXECUTE, OPEN
 # ... FOR EXECUTE, RETURN QUERY EXECUTE
@@ -52,13 +53,17 @@ def may_set(text: str) -> bool:
     return bool(_NAMES.search(text) or _BODY_HEAD.match(text))
 
 
+def _may_dump(text: str) -> bool:
+    return "#" in text and bool(_DUMP.search(text)) and bool(_OPTION.search(text))
+
+
 def dumps(body: str) -> bool:
     """Whether a plpgsql body holds `#option dump` as the plpgsql lexer reads it (any case, spacing, comments):
     the tokens `#`, `option`, `dump` (a quoted "dump" is a name, not the keyword). Raises ParseError when the text
     cannot be scanned (the plpgsql parser could not compile it either)."""
     from pglast.parser import scan
 
-    if not _DUMP_WORDS.search(body):
+    if not _may_dump(body):
         return False
     raw = body.encode()
     words = [raw[t.start:t.end + 1].decode(errors="replace").lower() for t in scan(body)
@@ -72,7 +77,7 @@ def dump_problem(text: str) -> str | None:
     from pglast.parser import ParseError
     from pglast.visitors import Visitor
 
-    if not _DUMP_WORDS.search(text):
+    if not _may_dump(text):
         return None
     found: list = []
 
