@@ -67,7 +67,7 @@ def dumps(body: str) -> bool:
         return False
     raw = body.encode()
     words = [raw[t.start:t.end + 1].decode(errors="replace").lower() for t in scan(body)
-             if t.name not in ("SQL_COMMENT", "C_COMMENT")]
+             if not t.name.endswith("COMMENT")]
     return any(words[i:i + 3] == ["#", "option", "dump"] for i in range(len(words)))
 
 
@@ -131,7 +131,7 @@ def assignment(query: str) -> str:
     for token in scan(query):
         text = raw[token.start:token.end + 1]
         depth += 1 if text in (b"(", b"[") else -1 if text in (b")", b"]") else 0
-        if depth == 0 and (token.name == "COLON_EQUALS" or text == b"="):
+        if depth == 0 and text in (b":=", b"="):
             return f"SELECT {raw[:token.start].decode()}, {raw[token.end + 1:].decode()}"
     return f"SELECT {query}"
 
