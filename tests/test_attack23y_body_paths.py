@@ -54,7 +54,7 @@ def _spellings():
 _PROBE = """
 import json, os, sys, tempfile
 from pglast import parse_plpgsql
-from migrator.postgres import body_paths
+from migrator import plpgsql_text
 said = []
 for body in json.load(sys.stdin):
     with tempfile.TemporaryFile() as out:
@@ -67,7 +67,7 @@ for body in json.load(sys.stdin):
         finally:
             os.dup2(saved, 1)
         out.seek(0)
-        said.append([b"Execution tree" in out.read(), body_paths.dumps(body)])
+        said.append([b"Execution tree" in out.read(), plpgsql_text.dumps(body)])
 print(json.dumps(said))
 """
 
@@ -131,6 +131,8 @@ def test_a_path_set_in_a_body_by_any_spelling_is_refused_before_it_runs(cli, db,
     ("DO $$DECLARE a int[]; BEGIN a[1] = length(set_config('search_path', 'k3', true)); END$$", ["k3"], False),
     ("DO $$DECLARE a int[]; BEGIN a[(SELECT 1 WHERE 1 = 1)] := 1; END$$", [], False),
     ("DO $$BEGIN SET /* c /* d */ */ SCHEMA 'k4'; END$$", ["k4"], False),
+    ("DO $o$BEGIN EXECUTE $x$/* a /* b */ c */ DO $$BEGIN EXECUTE E'\\123ET \\163earch_path TO k5'; END$$$x$; "
+     "END$o$", ["k5"], False),
 ])
 def test_the_body_reader_reads_targets_and_unparsable_bodies(text, schemas, unread):
     from migrator.postgres import body_paths

@@ -11,10 +11,8 @@ run time, set_config with a computed name or value, a body in a language not rea
 the migration user can reach a schema other roles may create in or own.
 
 A body pglast's plpgsql parser does not read (a `%TYPE[]` declaration, ...) is unread, whatever its text spells
-(attack23y 3: `SET SCHEMA 'app'`); a VARIADIC parameter is read as a plain one (libpg_query cannot compile it). A body
-holding `#option dump` is never given to that parser: libpg_query would print the compiled function, variable names
-raw, on the runner's own stdout (C printf) -- into `plan | psql` and JSON logs (attack23y 4); dump_problem() refuses
-such a file. An assignment is read whole: its target's subscripts are expressions the server runs (attack23y 6).
+(attack23y 3: `SET SCHEMA 'app'`). Bodies are parsed through plpgsql_text (never one holding `#option dump`, which
+would print on the runner's stdout: dump_problem() refuses such a file, attack23y 4); an assignment is read whole.
 """
 
 from __future__ import annotations
@@ -22,16 +20,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from migrator import lazy_re
+from migrator import lazy_re, plpgsql_text
 
-# What may change the path in a statement: naming it (U&, SET [comments] SCHEMA), set_config, pg_settings, or holding a body (a
-# DO block, a routine made: EXECUTE lives only in those; both begin their statement). Only such statements are
+# What may change the path in a statement: naming it (U&, SET [comment] SCHEMA), set_config, pg_settings, or holding a
+# body (a DO block, a routine made: EXECUTE lives only in those; both begin their statement). Only such statements are
 # parsed: a seed file's 20,000 INSERTs whose values say "to do" or "function" are not
 _NAMES = lazy_re.compile(r"search_path|set_config|pg_settings|u&|\bset\b[\s\S]*?schema", re.IGNORECASE)
-_BODY_HEAD = lazy_re.compile(r"(?:\s|--[^\n]*\n|/\*(?:[^*]|\*(?!/))*\*/)*"  # (comments: one way to split them)
-                             r"(?:do\b|create\b[\s\S]*?\b(?:function|procedure)\b)", re.IGNORECASE)
-_DUMP = lazy_re.compile(r"dump", re.IGNORECASE)  # (cheap, linear: only texts with #, option and dump are scanned)
-_OPTION = lazy_re.compile(r"option", re.IGNORECASE)
+_BODY_HEAD = lazy_re.compile(r"do\b|create\b[\s\S]*?\b(?:function|procedure)\b", re.IGNORECASE)
+_COMMENT_MARK = lazy_re.compile(r"/\*|\*/")
 _READ_LANGUAGES = ("sql", "plpgsql", "c", "internal")  # (c / internal: the server's and extensions' code)
 # (statement, field) of a plpgsql expression whose value is SQL run as a string: EXECUTE, FOR ... IN EXECUTE, OPEN
 # ... FOR EXECUTE, RETURN QUERY EXECUTE
@@ -50,25 +46,27 @@ class Changes:
 
 
 def may_set(text: str) -> bool:
-    return bool(_NAMES.search(text) or _BODY_HEAD.match(text))
+    return bool(_NAMES.search(text) or _BODY_HEAD.match(_uncommented(text)))
 
 
-def _may_dump(text: str) -> bool:
-    return "#" in text and bool(_DUMP.search(text)) and bool(_OPTION.search(text))
-
-
-def dumps(body: str) -> bool:
-    """Whether a plpgsql body holds `#option dump` as the plpgsql lexer reads it (any case, spacing, comments):
-    the tokens `#`, `option`, `dump` (a quoted "dump" is a name, not the keyword). Raises ParseError when the text
-    cannot be scanned (the plpgsql parser could not compile it either)."""
-    from pglast.parser import scan
-
-    if not _may_dump(body):
-        return False
-    raw = body.encode()
-    words = [raw[t.start:t.end + 1].decode(errors="replace").lower() for t in scan(body)
-             if not t.name.endswith("COMMENT")]
-    return any(words[i:i + 3] == ["#", "option", "dump"] for i in range(len(words)))
+def _uncommented(text: str) -> str:
+    """`text` from its first word on: leading blanks and comments (nested /* */ too, as PostgreSQL's) skipped."""
+    at = 0
+    while True:
+        at = len(text) - len(text[at:].lstrip())
+        if text.startswith("--", at):
+            at = text.find("\n", at) % (len(text) + 1)
+        elif text.startswith("/*", at):
+            depth = 0
+            for match in _COMMENT_MARK.finditer(text, at):
+                depth += 1 if match.group() == "/*" else -1
+                if depth == 0:
+                    at = match.end()
+                    break
+            else:
+                return ""
+        else:
+            return text[at:]
 
 
 def dump_problem(text: str) -> str | None:
@@ -77,7 +75,7 @@ def dump_problem(text: str) -> str | None:
     from pglast.parser import ParseError
     from pglast.visitors import Visitor
 
-    if not _may_dump(text):
+    if not plpgsql_text.may_dump(text):
         return None
     found: list = []
 
@@ -91,55 +89,12 @@ def dump_problem(text: str) -> str | None:
     try:
         for raw in parse_sql(text):
             Bodies()(raw.stmt)
-        what = next((what for what, node in found if dumps(_body(node))), None)
+        what = next((what for what, node in found if plpgsql_text.dumps(plpgsql_text.body(node))), None)
     except ParseError:  # (the server refuses what cannot be read)
         return None
     return None if what is None else (
         f"{what} holds `#option dump`, which makes the PL/pgSQL parser print the compiled function (the runner "
         "reads bodies with it before the run: into plan's text and the log); remove the option")
-
-
-def parse_plpgsql(sql: str) -> list:
-    """pglast.parse_plpgsql of one DO / CREATE FUNCTION / PROCEDURE text, for every reader of plpgsql bodies
-    (planted_bodies too): ParseError for a body holding `#option dump` (never given to the parser, attack23y 4);
-    a VARIADIC parameter read as a plain one."""
-    from pglast import parse_sql
-
-    [raw] = parse_sql(sql)
-    return _parse(raw.stmt)
-
-
-def _parse(node) -> list:
-    from pglast import enums, parse_plpgsql as parse
-    from pglast.parser import ParseError
-    from pglast.stream import RawStream
-
-    if dumps(_body(node)):
-        raise ParseError("a body holding #option dump is not parsed (the parser would print it)", 0)
-    for parameter in getattr(node, "parameters", None) or ():  # (libpg_query cannot compile VARIADIC: attack23y 3)
-        if parameter.mode == enums.FunctionParameterMode.FUNC_PARAM_VARIADIC:
-            parameter.mode = enums.FunctionParameterMode.FUNC_PARAM_IN
-    return parse(RawStream()(node))
-
-
-def assignment(query: str) -> str:
-    """The SQL reading a plpgsql assignment `target := value` (or `=`) whole: `SELECT target, value` (the target's
-    subscripts are expressions the server runs: attack23y 6). Raises ParseError when it cannot be scanned."""
-    from pglast.parser import scan
-
-    raw, depth = query.encode(), 0
-    for token in scan(query):
-        text = raw[token.start:token.end + 1]
-        depth += 1 if text in (b"(", b"[") else -1 if text in (b")", b"]") else 0
-        if depth == 0 and text in (b":=", b"="):
-            return f"SELECT {raw[:token.start].decode()}, {raw[token.end + 1:].decode()}"
-    return f"SELECT {query}"
-
-
-def expression_sql(query: str, mode: int) -> str:
-    """The SQL text reading a plpgsql expression (pglast's PLpgSQL_expr query and parseMode: 0 a statement, 2 an
-    expression, 3-5 an assignment), for every reader of plpgsql bodies (planted_bodies too)."""
-    return query if mode == 0 else assignment(query) if mode >= 3 else f"SELECT {query}"
 
 
 def read(text: str) -> Changes:
@@ -173,15 +128,6 @@ def _literal(node):
         node = node.arg
     value = getattr(node, "val", None) if isinstance(node, ast.A_Const) else None
     return getattr(value, "sval", None)
-
-
-def _body(node) -> str:
-    """A DO block's or a routine's body as written (a routine's AS 'obj', 'link': the first)."""
-    for option in [*(getattr(node, "args", None) or ()), *(getattr(node, "options", None) or ())]:
-        if option.defname == "as":
-            arg = option.arg[0] if isinstance(option.arg, (list, tuple)) else option.arg
-            return getattr(arg, "sval", "") or ""
-    return ""
 
 
 class _Visitor:
@@ -251,7 +197,7 @@ class _Visitor:
         options = {o.defname: o.arg for o in node.options or ()}
         name = ".".join(n.sval for n in node.funcname)
         language = str(getattr(options.get("language"), "sval", "sql")).lower()
-        body = _body(node)
+        body = plpgsql_text.body(node)
         where = f"the body of function {name}"
         if not body or language in ("c", "internal"):
             return  # (BEGIN ATOMIC: the walk reads it as part of the tree)
@@ -264,10 +210,10 @@ class _Visitor:
 
     def plpgsql(self, node, where: str) -> None:
         try:
-            if dumps(_body(node)):
+            if plpgsql_text.dumps(plpgsql_text.body(node)):
                 self.found.unread.append(f"{where}, which holds #option dump (not given to the parser)")
                 return
-            functions = _parse(node)
+            functions = plpgsql_text.parse(node)
         except Exception:  # (pglast raises several kinds: whatever such a body does is unread, attack23y 3)
             self.found.unread.append(f"{where}, which the plpgsql parser does not read")
             return
@@ -306,7 +252,7 @@ class _Visitor:
                 _read(sql, self.found, where, self.depth + 1)
             return
         try:
-            sql = expression_sql(query, mode)
+            sql = plpgsql_text.expression_sql(query, mode)
         except ParseError:
             self.found.unread.append(f"{where}, which the plpgsql parser does not read")
             return
