@@ -75,7 +75,7 @@ def dump_problem(text: str) -> str | None:
     from pglast.parser import ParseError
     from pglast.visitors import Visitor
 
-    if not plpgsql_text.may_dump(text):
+    if not plpgsql_text.may_dump(text) or not _BODY_HEAD.match(_uncommented(text)):  # (bodies begin their statement)
         return None
     found: list = []
 
