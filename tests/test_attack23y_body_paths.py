@@ -139,3 +139,17 @@ def test_the_body_reader_reads_targets_and_unparsable_bodies(text, schemas, unre
 
     found = body_paths.read(text)
     assert found.schemas == schemas and bool(found.unread) == unread, found
+
+
+@pytest.mark.parametrize("variant", ["schema", "subscript"])
+def test_a_rollback_files_body_path_by_any_spelling_is_refused(cli, db, sql_dir, low, variant):
+    """3c: `sql rollback` ran a rollback file's VARIADIC function setting the path as SET SCHEMA: exit 0, low's `=`
+    ran as the migration user (the subscript form alike)."""
+    _planted_app(cli, db, sql_dir, low)
+    add_migration(sql_dir, "0003_data", "SELECT 1;\n", rollback=_BODIES[variant] + "\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
+    assert result.exit_code == 0, result.output
+    result = cli("sql", "rollback", "--sql-dir", sql_dir, env=db.db_env())
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "0003_data" in result.output and "app" in result.output, result.output
+    assert db.query("SELECT who FROM app.hits") == [] and db.query("SELECT name FROM a") == [("y",)]
