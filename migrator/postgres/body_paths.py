@@ -9,6 +9,10 @@ and the literal strings its EXECUTEs run (read as SQL in turn). What it finds: t
 (held to the planted rule as a top-level SET is), and why a change cannot be read (an EXECUTE of a string built at
 run time, set_config with a computed name or value, a body in a language not read), which file_paths refuses while
 the migration user can reach a schema other roles may create in or own.
+
+A body pglast's plpgsql parser does not read (a `%TYPE[]` declaration, ...) is unread, whatever its text spells
+(attack23y 3: `SET SCHEMA 'app'`). Bodies are parsed through plpgsql_text (never one holding `#option dump`, which
+would print on the runner's stdout: dump_problem() refuses such a file, attack23y 4); an assignment is read whole.
 """
 
 from __future__ import annotations
@@ -16,15 +20,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from migrator import lazy_re
+from migrator import lazy_re, plpgsql_text
 
-# What may change the path in a statement: naming it (U&, SET SCHEMA), set_config, pg_settings, or holding a body (a
-# DO block, a routine made: EXECUTE lives only in those; both begin their statement). Only such statements are
+# What may change the path in a statement: naming it (U&, SET [comment] SCHEMA), set_config, pg_settings, or holding a
+# body (a DO block, a routine made: EXECUTE lives only in those; both begin their statement). Only such statements are
 # parsed: a seed file's 20,000 INSERTs whose values say "to do" or "function" are not
-_NAMES = lazy_re.compile(r"search_path|set_config|pg_settings|u&|set\s+schema", re.IGNORECASE)
-_BODY_HEAD = lazy_re.compile(r"(?:\s|--[^\n]*\n|/\*(?:[^*]|\*(?!/))*\*/)*"  # (comments: one way to split them)
-                             r"(?:do\b|create\b[\s\S]*?\b(?:function|procedure)\b)", re.IGNORECASE)
-_MENTIONS = lazy_re.compile(r"search_path|set_config|pg_settings|\bexecute\b", re.IGNORECASE)  # (an unparsable text)
+_NAMES = lazy_re.compile(r"search_path|set_config|pg_settings|u&|\bset\b[\s\S]*?schema", re.IGNORECASE)
+_BODY_HEAD = lazy_re.compile(r"do\b|create\b[\s\S]*?\b(?:function|procedure)\b", re.IGNORECASE)
+_COMMENT_MARK = lazy_re.compile(r"/\*|\*/")
 _READ_LANGUAGES = ("sql", "plpgsql", "c", "internal")  # (c / internal: the server's and extensions' code)
 # (statement, field) of a plpgsql expression whose value is SQL run as a string: EXECUTE, FOR ... IN EXECUTE, OPEN
 # ... FOR EXECUTE, RETURN QUERY EXECUTE
@@ -43,7 +46,55 @@ class Changes:
 
 
 def may_set(text: str) -> bool:
-    return bool(_NAMES.search(text) or _BODY_HEAD.match(text))
+    return bool(_NAMES.search(text) or _BODY_HEAD.match(_uncommented(text)))
+
+
+def _uncommented(text: str) -> str:
+    """`text` from its first word on: leading blanks and comments (nested /* */ too, as PostgreSQL's) skipped."""
+    at = 0
+    while True:
+        at = len(text) - len(text[at:].lstrip())
+        if text.startswith("--", at):
+            at = text.find("\n", at) % (len(text) + 1)
+        elif text.startswith("/*", at):
+            depth = 0
+            for match in _COMMENT_MARK.finditer(text, at):
+                depth += 1 if match.group() == "/*" else -1
+                if depth == 0:
+                    at = match.end()
+                    break
+            else:
+                return ""
+        else:
+            return text[at:]
+
+
+def dump_problem(text: str) -> str | None:
+    """Why a statement cannot run: a DO block's or a routine's body holding `#option dump` (attack23y 4), else None."""
+    from pglast import parse_sql
+    from pglast.parser import ParseError
+    from pglast.visitors import Visitor
+
+    if not plpgsql_text.may_dump(text) or not _BODY_HEAD.match(_uncommented(text)):  # (bodies begin their statement)
+        return None
+    found: list = []
+
+    class Bodies(Visitor):
+        def visit_DoStmt(self, _ancestors, node):
+            found.append(("a DO block", node))
+
+        def visit_CreateFunctionStmt(self, _ancestors, node):
+            found.append((f"the body of routine {'.'.join(n.sval for n in node.funcname)}", node))
+
+    try:
+        for raw in parse_sql(text):
+            Bodies()(raw.stmt)
+        what = next((what for what, node in found if plpgsql_text.dumps(plpgsql_text.body(node))), None)
+    except ParseError:  # (the server refuses what cannot be read)
+        return None
+    return None if what is None else (
+        f"{what} holds `#option dump`, which makes the PL/pgSQL parser print the compiled function (the runner "
+        "reads bodies with it before the run: into plan's text and the log); remove the option")
 
 
 def read(text: str) -> Changes:
@@ -77,15 +128,6 @@ def _literal(node):
         node = node.arg
     value = getattr(node, "val", None) if isinstance(node, ast.A_Const) else None
     return getattr(value, "sval", None)
-
-
-def _body(node) -> str:
-    """A DO block's or a routine's body as written (a routine's AS 'obj', 'link': the first)."""
-    for option in [*(getattr(node, "args", None) or ()), *(getattr(node, "options", None) or ())]:
-        if option.defname == "as":
-            arg = option.arg[0] if isinstance(option.arg, (list, tuple)) else option.arg
-            return getattr(arg, "sval", "") or ""
-    return ""
 
 
 class _Visitor:
@@ -155,7 +197,7 @@ class _Visitor:
         options = {o.defname: o.arg for o in node.options or ()}
         name = ".".join(n.sval for n in node.funcname)
         language = str(getattr(options.get("language"), "sval", "sql")).lower()
-        body = _body(node)
+        body = plpgsql_text.body(node)
         where = f"the body of function {name}"
         if not body or language in ("c", "internal"):
             return  # (BEGIN ATOMIC: the walk reads it as part of the tree)
@@ -167,14 +209,13 @@ class _Visitor:
             self.found.unread.append(f"{where} in language {language}, which the runner does not read")
 
     def plpgsql(self, node, where: str) -> None:
-        from pglast import parse_plpgsql
-        from pglast.stream import RawStream
-
         try:
-            functions = parse_plpgsql(RawStream()(node))
-        except Exception:  # (pglast raises several kinds; the server's own validator has the final word)
-            if _MENTIONS.search(_body(node)):
-                self.found.unread.append(f"{where}, which the plpgsql parser does not read")
+            if plpgsql_text.dumps(plpgsql_text.body(node)):
+                self.found.unread.append(f"{where}, which holds #option dump (not given to the parser)")
+                return
+            functions = plpgsql_text.parse(node)
+        except Exception:  # (pglast raises several kinds: whatever such a body does is unread, attack23y 3)
+            self.found.unread.append(f"{where}, which the plpgsql parser does not read")
             return
         self._plpgsql_walk(functions, where, None, None)
 
@@ -210,6 +251,9 @@ class _Visitor:
             else:
                 _read(sql, self.found, where, self.depth + 1)
             return
-        if mode >= 3:  # (the target is a variable: its value is what may call set_config)
-            query = re.split(r":=|=", query, maxsplit=1)[-1]
-        _read(query if mode == 0 else f"SELECT {query}", self.found, where, self.depth + 1)
+        try:
+            sql = plpgsql_text.expression_sql(query, mode)
+        except ParseError:
+            self.found.unread.append(f"{where}, which the plpgsql parser does not read")
+            return
+        _read(sql, self.found, where, self.depth + 1)

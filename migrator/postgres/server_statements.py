@@ -44,13 +44,15 @@ def problems(found, check) -> list[tuple[int, str]]:
     """(line, message) of what cannot run in the splitter's statements `found`: what `check` (files.py's check of
     one statement) refuses in each statement the server parses out of them, and transaction control inside a text
     psql sends as one statement (in any file: the runner follows transactions statement by statement)."""
+    from migrator.postgres.body_paths import dump_problem
+
     refused = []
     for statement in found:
         for index, (part, tree) in enumerate(_parsed(statement) if getattr(statement, "swallowed", False)
                                              else [(statement, None)]):
             if index and _ends_transaction(tree):
                 refused.append((part.line, _hidden(part, statement)))
-            elif problem := check(part):
+            elif problem := check(part) or dump_problem(part.text):  # (in any file: attack23y 4)
                 refused.append((part.line, problem))
     return refused
 
