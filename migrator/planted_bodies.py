@@ -15,7 +15,7 @@ from typing import Callable
 
 from migrator import planted
 from migrator.planted import OWNER_OK as _OWNER_OK, PATH as _PATH
-from migrator.planted_code import USES
+from migrator.planted_code import USES, _CLASS
 
 # The session path's reader (planted.PATH) over a function's own search_path setting instead (:fpath; q.p below).
 _SESSION = "(SELECT reset_val FROM pg_catalog.pg_settings\n                   WHERE name = 'search_path')"
@@ -46,65 +46,110 @@ UNION ALL SELECT q.i, 'o', y.oid, 'operator ' || y.oid::pg_catalog.regoperator::
        false, '', '', NULL, ARRAY[y.oprcode::pg_catalog.oid]
 FROM q JOIN pg_catalog.pg_operator y ON q.kind = 'o' AND y.oprname = q.name
     AND y.oprnamespace IN (SELECT ns.oid FROM ns WHERE ns.i = q.i)
-JOIN pg_catalog.pg_roles r ON r.oid = y.oprowner"""
+JOIN pg_catalog.pg_roles r ON r.oid = y.oprowner
+UNION ALL SELECT q.i, 't', y.oid, CASE WHEN y.typtype = 'd' THEN 'domain ' ELSE 'type ' END
+           || y.oid::pg_catalog.regtype::text, r.rolname::text, {_OWNER_OK}, false, '', '', NULL,
+       ARRAY(SELECT d.refobjid FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_depend d ON d.classid = {_CLASS(
+           "pg_constraint")} AND d.objid = k.oid AND d.refclassid = {_CLASS("pg_proc")} WHERE k.contypid = y.oid)
+FROM q JOIN pg_catalog.pg_type y ON q.kind = 't' AND y.typname = q.name
+    AND y.typnamespace IN (SELECT ns.oid FROM ns WHERE ns.i = q.i)
+JOIN pg_catalog.pg_roles r ON r.oid = y.typowner
+UNION ALL SELECT q.i, 'r', c.oid, CASE c.relkind WHEN 'v' THEN 'view ' WHEN 'm' THEN 'materialized view '
+           ELSE 'table ' END || c.oid::pg_catalog.regclass::text, r.rolname::text, {_OWNER_OK}, false, '', '', NULL,
+       ARRAY(SELECT d.refobjid FROM pg_catalog.pg_rewrite e JOIN pg_catalog.pg_depend d ON d.classid = {_CLASS(
+           "pg_rewrite")} AND d.objid = e.oid AND d.refclassid = {_CLASS("pg_proc")} WHERE e.ev_class = c.oid)
+FROM q JOIN pg_catalog.pg_class c ON q.kind = 'r' AND c.relname = q.name
+    AND c.relnamespace IN (SELECT ns.oid FROM ns WHERE ns.i = q.i)
+JOIN pg_catalog.pg_roles r ON r.oid = c.relowner"""
 _LEVELS = 32  # (a chain of the user's own functions deeper than this is not followed further)
 
 
+class Unreadable(Exception):
+    """A body the parser here cannot read (PostgreSQL accepted it): what it reaches is unknown (attack23y 5c)."""
+
+
 def _names(node, found: set) -> None:
-    """(kind, schema or None, name) of the function calls and operators in a parse tree (pglast's JSON)."""
+    """(kind, schema or None, name) of the function calls and operators in a parse tree (pglast's JSON), and of the
+    schema-qualified types (casts, column and argument types) and relations it names (attack23y 5)."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in ("FuncCall", "A_Expr") and isinstance(value, dict):
-                names = [n["String"]["sval"] for n in value.get("funcname" if key == "FuncCall" else "name", [])
-                         if "String" in n]
-                if names:
-                    found.add(("f" if key == "FuncCall" else "o", names[-2] if len(names) > 1 else None, names[-1]))
+            if key in ("FuncCall", "A_Expr", "typeName", "TypeName") and isinstance(value, dict):
+                names = [n["String"]["sval"] for n in value.get({"FuncCall": "funcname", "A_Expr": "name"}.get(
+                         key, "names"), []) if "String" in n]
+                kind = {"FuncCall": "f", "A_Expr": "o"}.get(key, "t")
+                if names and (kind != "t" or len(names) > 1):  # (an unqualified type: by the path, held already)
+                    found.add((kind, names[-2] if len(names) > 1 else None, names[-1]))
+            elif key == "RangeVar" and isinstance(value, dict) and value.get("schemaname"):
+                found.add(("r", value["schemaname"], value["relname"]))
             _names(value, found)
     elif isinstance(node, list):
         for value in node:
             _names(value, found)
 
 
-def _sql(text: str, found: set) -> None:
+def _sql(text: str, found: set, constant: bool = False) -> None:
+    """`constant`: `text` is an EXECUTE's expression; a constant string there is SQL, read in turn."""
     from pglast.parser import ParseError, parse_sql_json
 
     try:
-        _names(json.loads(parse_sql_json(text)), found)
-    except ParseError:  # (PostgreSQL accepted it at CREATE: a body the parser here cannot read names nothing)
-        pass
+        tree = json.loads(parse_sql_json(text))
+    except ParseError as error:  # (PostgreSQL accepted it at CREATE; unread, it may reach anything)
+        raise Unreadable(str(error)) from None
+    _names(tree, found)
+    target = tree["stmts"][0]["stmt"].get("SelectStmt", {}).get("targetList", [{}]) if constant else ()
+    value = target[0].get("ResTarget", {}).get("val", {}).get("A_Const", {}).get("sval") if len(target) == 1 else None
+    if value is not None:
+        _sql(value["sval"], found)
 
 
-def _expressions(node, found: list) -> None:
+# (statement, field) of a plpgsql expression whose value is SQL run as a string (body_paths reads them alike)
+_DYNAMIC = {("PLpgSQL_stmt_dynexecute", "query"), ("PLpgSQL_stmt_dynfors", "query"),
+            ("PLpgSQL_stmt_open", "dynquery"), ("PLpgSQL_stmt_return_query", "dynquery")}
+
+
+def _expressions(node, found: list, parent: tuple = ()) -> None:
+    """(query, parse mode, (statement, field) holding it) of a plpgsql tree's expressions."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "PLpgSQL_expr" and isinstance(value, dict):
-                found.append((value.get("query", ""), value.get("parseMode", 0)))
+                found.append((value.get("query", ""), value.get("parseMode", 0), parent))
             else:
-                _expressions(value, found)
+                _expressions(value, found, (*parent[-1:], key))
     elif isinstance(node, list):
         for value in node:
-            _expressions(value, found)
+            _expressions(value, found, parent)
+
+
+def _plpgsql(body: str) -> list:
+    from pglast import parse_plpgsql
+    from pglast.parser import ParseError
+
+    try:
+        return parse_plpgsql(body)
+    except ParseError as error:
+        head, _, rest = body.partition("\n")  # (pg_get_functiondef's first line: a VARIADIC parameter's type is
+        if "VARIADIC " not in head:  # not looked up by the parser here, which then refuses it: read without)
+            raise Unreadable(str(error)) from None
+    try:
+        return parse_plpgsql(head.replace("VARIADIC ", "") + "\n" + rest)
+    except ParseError as error:
+        raise Unreadable(str(error)) from None
 
 
 def calls(language: str, body: str) -> set[tuple[str, str | None, str]]:
-    """(kind 'f' or 'o', schema or None, name) of what a sql or plpgsql body calls (plpgsql: `body` is the whole
-    CREATE FUNCTION, its expressions read by the SQL parser as PostgreSQL reads them)."""
+    """(kind 'f' function, 'o' operator, 't' type, 'r' relation; schema or None; name) of what a sql or plpgsql body
+    names (plpgsql: `body` is the whole CREATE FUNCTION, its expressions read by the SQL parser as PostgreSQL reads
+    them, a constant string an EXECUTE runs as SQL); Unreadable when the parser here cannot read it."""
     found: set = set()
     if language == "sql":
         _sql(body, found)
     elif language == "plpgsql":
-        from pglast import parse_plpgsql
-        from pglast.parser import ParseError
-
         expressions: list = []
-        try:
-            _expressions(parse_plpgsql(body), expressions)
-        except ParseError:
-            return found
-        for query, mode in expressions:
+        _expressions(_plpgsql(body), expressions)
+        for query, mode, parent in expressions:
             if mode >= 3:  # (an assignment, `target := expression`)
                 query = query.split(":=", 1)[1] if ":=" in query else query.split("=", 1)[-1]
-            _sql(query if mode == 0 else f"SELECT {query}", found)
+            _sql(query if mode == 0 else f"SELECT {query}", found, parent in _DYNAMIC)
     return found
 
 
@@ -141,8 +186,13 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
                 continue
             for entry in on_path(path) if path is not None else ():
                 found.append([entry[0], f"{chain} resolves names by its own search_path ({path}): {entry[1]}"])
-            following += [(k, where, name, None, chain, path) for k, where, name in sorted(calls(language, body),
-                                                                                          key=str)
+            try:
+                named = calls(language, body)
+            except Unreadable as error:  # (unread, it may reach anything: refused, as a call of another's is)
+                found.append([owner, f"{chain} cannot be read here ({error}), so what it reaches is unknown: qualify what it names with pg_catalog. "
+                              "or its own schema, or rewrite it so it parses, or make the callee the user's own"])
+                continue
+            following += [(k, where, name, None, chain, path) for k, where, name in sorted(named, key=str)
                           if where != "pg_catalog"]  # (unqualified: by its own path, else the session's)
         wanted = list({(w[0], w[1], w[2], w[3], w[5]): w for w in reversed(following)}.values())[::-1]  # (one each)
     return list(map(list, dict.fromkeys(map(tuple, found))))
