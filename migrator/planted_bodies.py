@@ -1,19 +1,24 @@
 """The migration user's own functions whose body is a string (attack23w 3): PostgreSQL records no pg_depend rows for
-what a `LANGUAGE sql AS '...'` or plpgsql body calls, so a DEFAULT, CHECK, trigger or view of the user's that calls
-its own one-line wrapper hides another role's function from planted_code.reach. Their bodies are read here, one level
-of reading: the functions and operators they call by a schema-qualified name are held to the owner rule (another
-role's is refused like a DEFAULT calling it; the user's own is read in turn, once: a visited set). An unqualified name
+what a `LANGUAGE sql AS '...'` or plpgsql body names, so a DEFAULT, CHECK, trigger or view of the user's that calls
+its own one-line wrapper hides another role's code from planted_code.reach. Their bodies are read here: the
+functions, operators, types and domains (casts, column types) and relations they name by a schema-qualified name, and
+what a constant string they EXECUTE names (attack23y 5), are held to the owner rule (another role's is refused like a
+DEFAULT calling it; the user's own function is read in turn, once: a visited set; its own domain's CHECK functions and
+own view's functions are followed). A body the parser here cannot read is refused as unread. An unqualified name
 resolves by the session's search_path at call time, which the connect check and CheckedPath hold to the planted rule,
-unless the function has its own SET search_path: then that path's schemas are held to it here. Other languages (C,
-plpython, ...) need a superuser to create: their bodies are not read, nor is what EXECUTE builds at run time.
+unless the function has its own SET search_path or its body sets a literal one: then that path's schemas are held to
+it here. Other languages (C, plpython; plperl once a superuser installs it) are not read, nor what an EXECUTE builds
+at run time: the documented boundary.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Callable
 
 from migrator import planted
+from migrator.grant_text import ident
 from migrator.planted import OWNER_OK as _OWNER_OK, PATH as _PATH
 from migrator.planted_code import USES, _CLASS
 
@@ -22,7 +27,7 @@ _SESSION = "(SELECT reset_val FROM pg_catalog.pg_settings\n                   WH
 assert _SESSION in _PATH, "planted.PATH changed: read a function's own path as it reads the session's"
 FUNCTION_PATH = _PATH.replace(_SESSION, "CAST(:fpath AS pg_catalog.text)")
 _OWN_PATH = _PATH.replace(_SESSION, "q.p")
-_IN = "(SELECT CASE WHEN u.w = '$user' THEN CURRENT_USER ELSE u.w END FROM {} AS u(w))".format
+IN = "(SELECT CASE WHEN u.w = '$user' THEN CURRENT_USER ELSE u.w END FROM {} AS u(w))".format
 # For each wanted (kind 'f' function, 'o' operator; schema or none for the session path's; name; or oid): [i, kind,
 # oid, what, owner, trusted, the user's own (read further), language, body (plpgsql: the whole definition, which its
 # parser reads), its own search_path, oids of the functions it depends on (a BEGIN ATOMIC body's, an operator's)].
@@ -31,8 +36,8 @@ q AS (SELECT * FROM ROWS FROM (pg_catalog.unnest(CAST(:kinds AS pg_catalog.text[
           AS pg_catalog.text[])), pg_catalog.unnest(CAST(:names AS pg_catalog.text[])), pg_catalog.unnest(CAST(:oids AS
           pg_catalog.oid[])), pg_catalog.unnest(CAST(:paths AS pg_catalog.text[]))) WITH ORDINALITY q(kind, s, name, o, p, i)),
 ns AS (SELECT q.i, x.oid FROM q JOIN pg_catalog.pg_namespace x ON x.nspname <> 'pg_catalog' AND CASE
-    WHEN q.s IS NOT NULL THEN x.nspname = q.s WHEN q.p IS NOT NULL THEN x.nspname IN {_IN(_OWN_PATH)}
-    ELSE x.nspname IN {_IN("path")} OR x.nspname = :schema END WHERE q.o IS NULL)
+    WHEN q.s IS NOT NULL THEN x.nspname = q.s WHEN q.p IS NOT NULL THEN x.nspname IN {IN(_OWN_PATH)}
+    ELSE x.nspname IN {IN("path")} OR x.nspname = :schema END WHERE q.o IS NULL)
 SELECT q.i, 'f', f.oid, 'function ' || f.oid::pg_catalog.regprocedure::text, r.rolname::text, {_OWNER_OK},
        f.proowner = (SELECT oid FROM me) AND f.oid >= 16384, l.lanname::text,
        CASE WHEN l.lanname = 'plpgsql' THEN pg_catalog.pg_get_functiondef(f.oid) ELSE f.prosrc END,
@@ -81,10 +86,31 @@ def _names(node, found: set) -> None:
                     found.add((kind, names[-2] if len(names) > 1 else None, names[-1]))
             elif key == "RangeVar" and isinstance(value, dict) and value.get("schemaname"):
                 found.add(("r", value["schemaname"], value["relname"]))
+            if key in ("VariableSetStmt", "FuncCall") and isinstance(value, dict):
+                _path(key, value, found)
             _names(value, found)
     elif isinstance(node, list):
         for value in node:
             _names(value, found)
+
+
+def _constant(node) -> str | None:
+    return node.get("A_Const", {}).get("sval", {}).get("sval") if isinstance(node, dict) else None
+
+
+def _path(key: str, value: dict, found: set) -> None:
+    """('p', None, path) of a literal `SET [LOCAL] search_path` or set_config('search_path', '<path>', ...) (attack23y
+    1): the path as the setting's text. What a body computes is not read (the documented boundary)."""
+    args = value.get("args") or []
+    if key == "VariableSetStmt" and value.get("name") == "search_path" and args:
+        words = [_constant(a) for a in args]
+        if None not in words:
+            found.add(("p", None, ", ".join(w if re.fullmatch(r"[a-z_][a-z0-9_$]*|\$user", w) else ident(w)
+                                            for w in words)))
+    elif key == "FuncCall" and [n.get("String", {}).get("sval") for n in value.get("funcname", [])][-1:] == [
+            "set_config"] and len(args) == 3 and (_constant(args[0]) or "").lower() == "search_path":
+        if _constant(args[1]) is not None:
+            found.add(("p", None, _constant(args[1])))
 
 
 def _sql(text: str, found: set, constant: bool = False) -> None:
@@ -192,8 +218,11 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
                 found.append([owner, f"{chain} cannot be read here ({error}), so what it reaches is unknown: qualify what it names with pg_catalog. "
                               "or its own schema, or rewrite it so it parses, or make the callee the user's own"])
                 continue
+            for _, _, setting in sorted(n for n in named if n[0] == "p"):  # (a literal path its body sets)
+                found += [[role, f"{chain} sets search_path ({setting}) in its body: {words}"]
+                          for role, words in on_path(setting)]
             following += [(k, where, name, None, chain, path) for k, where, name in sorted(named, key=str)
-                          if where != "pg_catalog"]  # (unqualified: by its own path, else the session's)
+                          if where != "pg_catalog" and k != "p"]  # (unqualified: by its own path, else the session's)
         wanted = list({(w[0], w[1], w[2], w[3], w[5]): w for w in reversed(following)}.values())[::-1]  # (one each)
     return list(map(list, dict.fromkeys(map(tuple, found))))
 
@@ -201,7 +230,7 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
 _QUERIES: dict = {}
 
 
-def _on_path(backend, planted_query: str, path: str) -> list[list[str]]:
+def on_path(backend, planted_query: str, path: str) -> list[list[str]]:
     """[role, words] (as planted's state[12]) of what others may plant in the schemas of a function's own path:
     trust.PLANTED's columns (planted.with_creators) over them, pg_catalog standing in for the migrated schema (the
     run's own check reads that one)."""
@@ -220,6 +249,6 @@ def with_bodies(backend, state: tuple, schema: str, planted_query: str) -> tuple
     `planted_query`: trust.PLANTED, whose columns hold a function's own path to the planted rule."""
     if len(state) < 17 or not state[16]:
         return state
-    found = [entry for entry in reached(backend, state[16], schema, lambda path: _on_path(backend, planted_query, path))
+    found = [entry for entry in reached(backend, state[16], schema, lambda path: on_path(backend, planted_query, path))
              if entry not in state[12]]
     return (*state[:12], [*state[12], *found], *state[13:]) if found else state

@@ -101,3 +101,23 @@ def test_an_own_routine_setting_a_path_others_may_create_in_is_refused(cli, db, 
     line = refusal(cli, db, sql_dir)
     assert "public.fix()" in line and "app2" in line, line
     assert db.query("SELECT who FROM app2.hits") == [] and db.query("SELECT name FROM a") == [("y",)]
+
+
+def test_own_routines_setting_paths_of_the_users_own_schemas_migrate(cli, db, sql_dir, low):
+    """The control: literal paths over the user's own schemas and pg_catalog / pg_temp, and a computed set_config
+    (not read: the documented boundary), while low may create in schema app2, which none of them names."""
+    db.query("CREATE SCHEMA lib; CREATE SCHEMA app2; CREATE TABLE a (id int, name varchar(20)); "
+             "INSERT INTO a VALUES (1, 'y'); "
+             "CREATE FUNCTION f1() RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS 'SELECT 1'; "
+             "CREATE FUNCTION f2() RETURNS void LANGUAGE plpgsql SET search_path = lib, public AS $$BEGIN "
+             "SET LOCAL search_path = \"$user\", public; PERFORM pg_catalog.set_config('search_path', 'lib', true); "
+             "UPDATE public.a SET name = 'x' WHERE name = 'y'; END$$; "
+             "CREATE FUNCTION f3(p text) RETURNS void LANGUAGE sql AS 'SELECT pg_catalog.set_config(''search_path'', p, "
+             "true)'")
+    writable_by(db, "app2", low)
+    plant(db, "app2", low)
+    add_migration(sql_dir, "0002_data", "SELECT public.f1(); SELECT public.f2();\n")
+    line = doctor_line(cli, db, sql_dir)
+    assert line.startswith("ok"), line
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert db.query("SELECT name FROM a") == [("x",)]
