@@ -16,7 +16,8 @@ from migrator import planted_bodies
 _SETTING = f"""WITH path(w) AS MATERIALIZED {PATH}
 SELECT CASE WHEN f.prokind = 'p' THEN 'procedure ' ELSE 'function ' END || f.oid::pg_catalog.regprocedure::text,
        l.lanname::text, CASE WHEN l.lanname = 'plpgsql' THEN pg_catalog.pg_get_functiondef(f.oid) ELSE f.prosrc END,
-       (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(f.proconfig) c WHERE pg_catalog.starts_with(c, 'search_path='))
+       (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(f.proconfig) c WHERE pg_catalog.starts_with(c, 'search_path=')),
+       l.lanname IN ('sql', 'plpgsql') AND f.prosrc ~* 'search_path|set_config|u&'
 FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_language l ON l.oid = f.prolang
 WHERE f.oid >= 16384 AND f.proowner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
     AND f.pronamespace IN (SELECT x.oid FROM pg_catalog.pg_namespace x WHERE x.nspname = :s OR x.nspname <> 'pg_catalog'
@@ -30,15 +31,16 @@ def found(backend, schema: str, planted_query: str) -> list[list[str]]:
     """[role, words] (as planted's state[12]) of what others may plant in the schemas the user's own routines' literal
     paths name."""
     said: list[list[str]] = []
-    for what, language, body, own in backend.execute(_SETTING, {"s": schema}).fetchall():
+    on_path = planted_bodies.path_reader(backend, planted_query)
+    for what, language, body, own, mentions in backend.execute(_SETTING, {"s": schema}).fetchall():
         try:
-            paths = sorted(p for kind, _, p in planted_bodies.calls(language, body) if kind == "p")
+            paths = sorted(p for kind, _, p in planted_bodies.calls(language, body) if kind == "p") if mentions else []
         except planted_bodies.Unreadable:  # (what it sets is not known: the boundary, as for a computed path)
             paths = []
         settings = [(own, "its SET clause")] * (own is not None) + [(path, "its body") for path in paths]
         for path, how in settings:
             said += [[role, f"{what} sets search_path ({path}) in {how}, so what a call of it resolves there runs as "
-                      f"the caller: {words}"] for role, words in planted_bodies.on_path(backend, planted_query, path)]
+                      f"the caller: {words}"] for role, words in on_path(path)]
     return said
 
 

@@ -244,11 +244,22 @@ def on_path(backend, planted_query: str, path: str) -> list[list[str]]:
               for where, role, _ in missing)]
 
 
+def path_reader(backend, planted_query: str) -> Callable[[str], list[list[str]]]:
+    """on_path, one query a path (many functions share one `SET search_path = ...`: 300 queries were seconds)."""
+    read: dict[str, list[list[str]]] = {}
+
+    def on(path: str) -> list[list[str]]:
+        if path not in read:
+            read[path] = on_path(backend, planted_query, path)
+        return read[path]
+    return on
+
+
 def with_bodies(backend, state: tuple, schema: str, planted_query: str) -> tuple:
     """`state` (trust.bookkeeping_state's, with planted.COLUMNS) with reached()'s findings added to state[12];
     `planted_query`: trust.PLANTED, whose columns hold a function's own path to the planted rule."""
     if len(state) < 17 or not state[16]:
         return state
-    found = [entry for entry in reached(backend, state[16], schema, lambda path: on_path(backend, planted_query, path))
+    found = [entry for entry in reached(backend, state[16], schema, path_reader(backend, planted_query))
              if entry not in state[12]]
     return (*state[:12], [*state[12], *found], *state[13:]) if found else state
