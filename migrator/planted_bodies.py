@@ -17,7 +17,7 @@ import json
 import re
 from typing import Callable
 
-from migrator import planted
+from migrator import lazy_re, planted
 from migrator.grant_text import ident
 from migrator.planted import OWNER_OK as _OWNER_OK, PATH as _PATH
 from migrator.planted_code import USES, _CLASS
@@ -134,11 +134,16 @@ _DYNAMIC = {("PLpgSQL_stmt_dynexecute", "query"), ("PLpgSQL_stmt_dynfors", "quer
 
 
 def _expressions(node, found: list, parent: tuple = ()) -> None:
-    """(query, parse mode, (statement, field) holding it) of a plpgsql tree's expressions."""
+    """(query, parse mode, (statement, field) holding it) of a plpgsql tree's expressions; a variable's type
+    `s.t.c%TYPE` / `s.t%ROWTYPE` as a query naming relation s.t."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "PLpgSQL_expr" and isinstance(value, dict):
                 found.append((value.get("query", ""), value.get("parseMode", 0), parent))
+            elif key == "PLpgSQL_type" and "%" in value.get("typname", ""):
+                names, _, kind = value["typname"].rpartition("%")
+                relation = names.rsplit(".", 1)[0] if kind.lower() == "type" else names
+                found.append((f"TABLE {relation}", 0, ()))
             else:
                 _expressions(value, found, (*parent[-1:], key))
     elif isinstance(node, list):
@@ -146,18 +151,41 @@ def _expressions(node, found: list, parent: tuple = ()) -> None:
             _expressions(value, found, parent)
 
 
-def _plpgsql(body: str) -> list:
+# pglast's PL/pgSQL parser looks a DECLAREd type up and knows only pg_catalog's and public's: such a type is read here
+# (its name kept) and put to the parser as text. (A DECLARE section: from DECLARE to its BEGIN.)
+_DECLARE = lazy_re.compile(r"\bdeclare\b(.*?)\bbegin\b", re.IGNORECASE | re.DOTALL)
+_NAME = r'(?:"(?:[^"]|"")+"|[a-z_][\w$]*)'
+_DECLARED = lazy_re.compile(rf"((?:^|;)\s*{_NAME}\s+(?:constant\s+)?)({_NAME})\s*\.\s*({_NAME})", re.IGNORECASE)
+
+
+def _unquoted(name: str) -> str:
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+
+
+def _readable(body: str, found: set) -> str:
+    """`body` as the parser here reads it: a VARIADIC parameter's type (not looked up, so refused) read without the
+    keyword, a DECLAREd type of another schema as text, that type kept in `found`."""
+    head, _, rest = body.partition("\n")  # (pg_get_functiondef's first line: the signature)
+
+    def declared(match) -> str:
+        found.add(("t", _unquoted(match[2]), _unquoted(match[3])))
+        return f"{match[1]}text"  # (an unknown type loses the variable's default expression: a scalar keeps it)
+    rest = _DECLARE.sub(lambda section: section[0].replace(section[1], _DECLARED.sub(declared, section[1])), rest)
+    return head.replace("VARIADIC ", "") + "\n" + rest
+
+
+def _plpgsql(body: str, found: set) -> list:
     from pglast import parse_plpgsql
     from pglast.parser import ParseError
 
     try:
         return parse_plpgsql(body)
     except ParseError as error:
-        head, _, rest = body.partition("\n")  # (pg_get_functiondef's first line: a VARIADIC parameter's type is
-        if "VARIADIC " not in head:  # not looked up by the parser here, which then refuses it: read without)
+        readable = _readable(body, found)
+        if readable == body:
             raise Unreadable(str(error)) from None
     try:
-        return parse_plpgsql(head.replace("VARIADIC ", "") + "\n" + rest)
+        return parse_plpgsql(readable)
     except ParseError as error:
         raise Unreadable(str(error)) from None
 
@@ -171,7 +199,7 @@ def calls(language: str, body: str) -> set[tuple[str, str | None, str]]:
         _sql(body, found)
     elif language == "plpgsql":
         expressions: list = []
-        _expressions(_plpgsql(body), expressions)
+        _expressions(_plpgsql(body, found), expressions)
         for query, mode, parent in expressions:
             if mode >= 3:  # (an assignment, `target := expression`)
                 query = query.split(":=", 1)[1] if ":=" in query else query.split("=", 1)[-1]

@@ -26,9 +26,17 @@ _REACHED = [  # (the user's objects, the pending file's INSERT reaches low's cod
     # a VARIADIC signature (pglast's plpgsql parser refuses it as written): read all the same
     ("CREATE FUNCTION wrap(VARIADIC k text[]) RETURNS text LANGUAGE plpgsql AS $$BEGIN RETURN app.ok('x')::text; "
      "END$$; CREATE TABLE t (id int, v text DEFAULT wrap('a'))", "function app.ok(text)"),
-    # a DECLARE of low's domain: pglast's plpgsql parser cannot read it, so the body is unread: refused as such
+    # a DECLARE of low's domain (pglast's plpgsql parser looks up public's and pg_catalog's types only), with a
+    # default calling low's function, and a variable of a type of low's table's column
     ("CREATE FUNCTION wrap() RETURNS text LANGUAGE plpgsql AS $$DECLARE r app.d; BEGIN r := 'x'; RETURN r; END$$; "
-     + _WRAP, "cannot be read"),
+     + _WRAP, "domain app.d"),
+    ("CREATE FUNCTION wrap() RETURNS text LANGUAGE plpgsql AS $$DECLARE q text; r text := app.ok('x')::text; "
+     "BEGIN RETURN r; END$$; " + _WRAP, "function app.ok(text)"),
+    ("CREATE FUNCTION wrap() RETURNS text LANGUAGE plpgsql AS $$DECLARE r app.hits.who%TYPE; BEGIN RETURN 'x'; "
+     "END$$; " + _WRAP, "table app.hits"),
+    # a body the parser here cannot read: what it reaches is unknown, refused as such
+    ("CREATE FUNCTION wrap() RETURNS text LANGUAGE plpgsql AS $$DECLARE r app.hits.who%TYPE[]; BEGIN "
+     "RETURN app.ok('x')::text; END$$; " + _WRAP, "cannot be read"),
     # the user's own domain whose CHECK calls low's function
     ("CREATE DOMAIN mine AS text CHECK (app.ok(VALUE)); CREATE FUNCTION wrap() RETURNS text LANGUAGE sql AS "
      "'SELECT (''x''::public.mine)::text'; " + _WRAP, "function app.ok(text)"),
@@ -64,7 +72,7 @@ def test_own_wrappers_naming_the_users_own_types_and_views_migrate(cli, db, sql_
     db.query("CREATE SCHEMA lib; CREATE DOMAIN lib.d AS text CHECK (pg_catalog.length(VALUE) > 0); "
              "CREATE VIEW lib.v AS SELECT pg_catalog.upper('a') AS n; "
              "CREATE FUNCTION lib.w2() RETURNS text LANGUAGE sql AS 'SELECT (''x''::lib.d)::text || n FROM lib.v'; "
-             "CREATE FUNCTION wrap() RETURNS text LANGUAGE plpgsql AS $$DECLARE r text; BEGIN "
+             "CREATE FUNCTION wrap() RETURNS text LANGUAGE plpgsql AS $$DECLARE r text; d lib.d := 'y'; BEGIN "
              "EXECUTE 'SELECT lib.w2()' INTO r; RETURN r; END$$; " + _WRAP)
     add_migration(sql_dir, "0002_seed", "INSERT INTO t (id) VALUES (1);\n")
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
