@@ -243,8 +243,9 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
             try:
                 named = calls(language, body)
             except Unreadable as error:  # (unread, it may reach anything: refused, as a call of another's is)
-                found.append([owner, f"{chain} cannot be read here ({error}), so what it reaches is unknown: qualify what it names with pg_catalog. "
-                              "or its own schema, or rewrite it so it parses, or make the callee the user's own"])
+                found.append([owner, f"{chain} cannot be read here ({error}), so what it reaches is unknown: "
+                              "rewrite it so it parses (qualify what it names; a text variable and a cast for a "
+                              "type), or make what it calls the migration user's own"])
                 continue
             for _, _, setting in sorted(n for n in named if n[0] == "p"):  # (a literal path its body sets)
                 found += [[role, f"{chain} sets search_path ({setting}) in its body: {words}"]
