@@ -278,6 +278,8 @@ def path_reader(backend, planted_query: str) -> Callable[[str], list[list[str]]]
     read: dict[str, list[list[str]]] = {}
 
     def on(path: str) -> list[list[str]]:
+        if not path.strip(' ,"'):  # (SET search_path = '': no schema at all, none missing)
+            return []
         if path not in read:
             read[path] = on_path(backend, planted_query, path)
         return read[path]

@@ -117,6 +117,7 @@ def test_own_routines_setting_paths_of_the_users_own_schemas_migrate(cli, db, sq
     db.query("CREATE SCHEMA lib; CREATE SCHEMA app2; CREATE TABLE a (id int, name varchar(20)); "
              "INSERT INTO a VALUES (1, 'y'); "
              "CREATE FUNCTION f1() RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS 'SELECT 1'; "
+             "CREATE FUNCTION f0() RETURNS void LANGUAGE sql SET search_path = '' AS 'SELECT 1'; "
              "CREATE FUNCTION f2() RETURNS void LANGUAGE plpgsql SET search_path = lib, public AS $$BEGIN "
              "SET LOCAL search_path = \"$user\", public; PERFORM pg_catalog.set_config('search_path', 'lib', true); "
              "UPDATE public.a SET name = 'x' WHERE name = 'y'; END$$; "
@@ -124,6 +125,9 @@ def test_own_routines_setting_paths_of_the_users_own_schemas_migrate(cli, db, sq
              "true)'")
     writable_by(db, "app2", low)
     plant(db, "app2", low)
+    # (no path above names a schema that is not there, which a right to CREATE on the database could make)
+    db.query(f"CREATE SCHEMA IF NOT EXISTS \"$user\"".replace("$user", db.query("SELECT current_user")[0][0])
+             + f"; GRANT CREATE ON DATABASE {db.name} TO {low}")
     add_migration(sql_dir, "0002_data", "SELECT public.f1(); SELECT public.f2();\n")
     line = doctor_line(cli, db, sql_dir)
     assert line.startswith("ok"), line
