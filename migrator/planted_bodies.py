@@ -1,28 +1,33 @@
 """The migration user's own functions whose body is a string (attack23w 3): PostgreSQL records no pg_depend rows for
-what a `LANGUAGE sql AS '...'` or plpgsql body calls, so a DEFAULT, CHECK, trigger or view of the user's that calls
-its own one-line wrapper hides another role's function from planted_code.reach. Their bodies are read here, one level
-of reading: the functions and operators they call by a schema-qualified name are held to the owner rule (another
-role's is refused like a DEFAULT calling it; the user's own is read in turn, once: a visited set). An unqualified name
+what a `LANGUAGE sql AS '...'` or plpgsql body names, so a DEFAULT, CHECK, trigger or view of the user's that calls
+its own one-line wrapper hides another role's code from planted_code.reach. Their bodies are read here: the
+functions, operators, types and domains (casts, column types) and relations they name by a schema-qualified name, and
+what a constant string they EXECUTE names (attack23y 5), are held to the owner rule (another role's is refused like a
+DEFAULT calling it; the user's own function is read in turn, once: a visited set; its own domain's CHECK functions and
+own view's functions are followed). A body the parser here cannot read is refused as unread. An unqualified name
 resolves by the session's search_path at call time, which the connect check and CheckedPath hold to the planted rule,
-unless the function has its own SET search_path: then that path's schemas are held to it here. Other languages (C,
-plpython, ...) need a superuser to create: their bodies are not read, nor is what EXECUTE builds at run time.
+unless the function has its own SET search_path or its body sets a literal one: then that path's schemas are held to
+it here. Other languages (C, plpython; plperl once a superuser installs it) are not read, nor what an EXECUTE builds
+at run time: the documented boundary.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Callable
 
-from migrator import planted
+from migrator import lazy_re, planted
+from migrator.grant_text import ident
 from migrator.planted import OWNER_OK as _OWNER_OK, PATH as _PATH
-from migrator.planted_code import USES
+from migrator.planted_code import USES, _CLASS
 
 # The session path's reader (planted.PATH) over a function's own search_path setting instead (:fpath; q.p below).
 _SESSION = "(SELECT reset_val FROM pg_catalog.pg_settings\n                   WHERE name = 'search_path')"
 assert _SESSION in _PATH, "planted.PATH changed: read a function's own path as it reads the session's"
 FUNCTION_PATH = _PATH.replace(_SESSION, "CAST(:fpath AS pg_catalog.text)")
 _OWN_PATH = _PATH.replace(_SESSION, "q.p")
-_IN = "(SELECT CASE WHEN u.w = '$user' THEN CURRENT_USER ELSE u.w END FROM {} AS u(w))".format
+IN = "(SELECT CASE WHEN u.w = '$user' THEN CURRENT_USER ELSE u.w END FROM {} AS u(w))".format
 # For each wanted (kind 'f' function, 'o' operator; schema or none for the session path's; name; or oid): [i, kind,
 # oid, what, owner, trusted, the user's own (read further), language, body (plpgsql: the whole definition, which its
 # parser reads), its own search_path, oids of the functions it depends on (a BEGIN ATOMIC body's, an operator's)].
@@ -31,8 +36,8 @@ q AS (SELECT * FROM ROWS FROM (pg_catalog.unnest(CAST(:kinds AS pg_catalog.text[
           AS pg_catalog.text[])), pg_catalog.unnest(CAST(:names AS pg_catalog.text[])), pg_catalog.unnest(CAST(:oids AS
           pg_catalog.oid[])), pg_catalog.unnest(CAST(:paths AS pg_catalog.text[]))) WITH ORDINALITY q(kind, s, name, o, p, i)),
 ns AS (SELECT q.i, x.oid FROM q JOIN pg_catalog.pg_namespace x ON x.nspname <> 'pg_catalog' AND CASE
-    WHEN q.s IS NOT NULL THEN x.nspname = q.s WHEN q.p IS NOT NULL THEN x.nspname IN {_IN(_OWN_PATH)}
-    ELSE x.nspname IN {_IN("path")} OR x.nspname = :schema END WHERE q.o IS NULL)
+    WHEN q.s IS NOT NULL THEN x.nspname = q.s WHEN q.p IS NOT NULL THEN x.nspname IN {IN(_OWN_PATH)}
+    ELSE x.nspname IN {IN("path")} OR x.nspname = :schema END WHERE q.o IS NULL)
 SELECT q.i, 'f', f.oid, 'function ' || f.oid::pg_catalog.regprocedure::text, r.rolname::text, {_OWNER_OK},
        f.proowner = (SELECT oid FROM me) AND f.oid >= 16384, l.lanname::text,
        CASE WHEN l.lanname = 'plpgsql' THEN pg_catalog.pg_get_functiondef(f.oid) ELSE f.prosrc END,
@@ -46,65 +51,159 @@ UNION ALL SELECT q.i, 'o', y.oid, 'operator ' || y.oid::pg_catalog.regoperator::
        false, '', '', NULL, ARRAY[y.oprcode::pg_catalog.oid]
 FROM q JOIN pg_catalog.pg_operator y ON q.kind = 'o' AND y.oprname = q.name
     AND y.oprnamespace IN (SELECT ns.oid FROM ns WHERE ns.i = q.i)
-JOIN pg_catalog.pg_roles r ON r.oid = y.oprowner"""
+JOIN pg_catalog.pg_roles r ON r.oid = y.oprowner
+UNION ALL SELECT q.i, 't', y.oid, CASE WHEN y.typtype = 'd' THEN 'domain ' ELSE 'type ' END
+           || y.oid::pg_catalog.regtype::text, r.rolname::text, {_OWNER_OK}, false, '', '', NULL,
+       ARRAY(SELECT d.refobjid FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_depend d ON d.classid = {_CLASS(
+           "pg_constraint")} AND d.objid = k.oid AND d.refclassid = {_CLASS("pg_proc")} WHERE k.contypid = y.oid)
+FROM q JOIN pg_catalog.pg_type y ON q.kind = 't' AND y.typname = q.name
+    AND y.typnamespace IN (SELECT ns.oid FROM ns WHERE ns.i = q.i)
+JOIN pg_catalog.pg_roles r ON r.oid = y.typowner
+UNION ALL SELECT q.i, 'r', c.oid, CASE c.relkind WHEN 'v' THEN 'view ' WHEN 'm' THEN 'materialized view '
+           ELSE 'table ' END || c.oid::pg_catalog.regclass::text, r.rolname::text, {_OWNER_OK}, false, '', '', NULL,
+       ARRAY(SELECT d.refobjid FROM pg_catalog.pg_rewrite e JOIN pg_catalog.pg_depend d ON d.classid = {_CLASS(
+           "pg_rewrite")} AND d.objid = e.oid AND d.refclassid = {_CLASS("pg_proc")} WHERE e.ev_class = c.oid)
+FROM q JOIN pg_catalog.pg_class c ON q.kind = 'r' AND c.relname = q.name
+    AND c.relnamespace IN (SELECT ns.oid FROM ns WHERE ns.i = q.i)
+JOIN pg_catalog.pg_roles r ON r.oid = c.relowner"""
 _LEVELS = 32  # (a chain of the user's own functions deeper than this is not followed further)
 
 
+class Unreadable(Exception):
+    """A body the parser here cannot read (PostgreSQL accepted it): what it reaches is unknown (attack23y 5c)."""
+
+
 def _names(node, found: set) -> None:
-    """(kind, schema or None, name) of the function calls and operators in a parse tree (pglast's JSON)."""
+    """(kind, schema or None, name) of the function calls and operators in a parse tree (pglast's JSON), and of the
+    schema-qualified types (casts, column and argument types) and relations it names (attack23y 5)."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in ("FuncCall", "A_Expr") and isinstance(value, dict):
-                names = [n["String"]["sval"] for n in value.get("funcname" if key == "FuncCall" else "name", [])
-                         if "String" in n]
-                if names:
-                    found.add(("f" if key == "FuncCall" else "o", names[-2] if len(names) > 1 else None, names[-1]))
+            if key in ("FuncCall", "A_Expr", "typeName", "TypeName") and isinstance(value, dict):
+                names = [n["String"]["sval"] for n in value.get({"FuncCall": "funcname", "A_Expr": "name"}.get(
+                         key, "names"), []) if "String" in n]
+                kind = {"FuncCall": "f", "A_Expr": "o"}.get(key, "t")
+                if names and (kind != "t" or len(names) > 1):  # (an unqualified type: by the path, held already)
+                    found.add((kind, names[-2] if len(names) > 1 else None, names[-1]))
+            elif key == "RangeVar" and isinstance(value, dict) and value.get("schemaname"):
+                found.add(("r", value["schemaname"], value["relname"]))
+            if key in ("VariableSetStmt", "FuncCall") and isinstance(value, dict):
+                _path(key, value, found)
             _names(value, found)
     elif isinstance(node, list):
         for value in node:
             _names(value, found)
 
 
-def _sql(text: str, found: set) -> None:
+def _constant(node) -> str | None:
+    return node.get("A_Const", {}).get("sval", {}).get("sval") if isinstance(node, dict) else None
+
+
+def _path(key: str, value: dict, found: set) -> None:
+    """('p', None, path) of a literal `SET [LOCAL] search_path` or set_config('search_path', '<path>', ...) (attack23y
+    1): the path as the setting's text. What a body computes is not read (the documented boundary)."""
+    args = value.get("args") or []
+    if key == "VariableSetStmt" and value.get("name") == "search_path" and args:
+        words = [_constant(a) for a in args]
+        if None not in words:
+            found.add(("p", None, ", ".join(w if re.fullmatch(r"[a-z_][a-z0-9_$]*|\$user", w) else ident(w)
+                                            for w in words)))
+    elif key == "FuncCall" and [n.get("String", {}).get("sval") for n in value.get("funcname", [])][-1:] == [
+            "set_config"] and len(args) == 3 and (_constant(args[0]) or "").lower() == "search_path":
+        if _constant(args[1]) is not None:
+            found.add(("p", None, _constant(args[1])))
+
+
+def _sql(text: str, found: set, constant: bool = False) -> None:
+    """`constant`: `text` is an EXECUTE's expression; a constant string there is SQL, read in turn."""
     from pglast.parser import ParseError, parse_sql_json
 
     try:
-        _names(json.loads(parse_sql_json(text)), found)
-    except ParseError:  # (PostgreSQL accepted it at CREATE: a body the parser here cannot read names nothing)
-        pass
+        tree = json.loads(parse_sql_json(text))
+    except ParseError as error:  # (PostgreSQL accepted it at CREATE; unread, it may reach anything)
+        raise Unreadable(str(error)) from None
+    _names(tree, found)
+    target = tree["stmts"][0]["stmt"].get("SelectStmt", {}).get("targetList", [{}]) if constant else ()
+    value = target[0].get("ResTarget", {}).get("val", {}).get("A_Const", {}).get("sval") if len(target) == 1 else None
+    if value is not None:
+        _sql(value["sval"], found)
 
 
-def _expressions(node, found: list) -> None:
+# (statement, field) of a plpgsql expression whose value is SQL run as a string (body_paths reads them alike)
+_DYNAMIC = {("PLpgSQL_stmt_dynexecute", "query"), ("PLpgSQL_stmt_dynfors", "query"),
+            ("PLpgSQL_stmt_open", "dynquery"), ("PLpgSQL_stmt_return_query", "dynquery")}
+
+
+def _expressions(node, found: list, parent: tuple = ()) -> None:
+    """(query, parse mode, (statement, field) holding it) of a plpgsql tree's expressions; a variable's type
+    `s.t.c%TYPE` / `s.t%ROWTYPE` as a query naming relation s.t."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "PLpgSQL_expr" and isinstance(value, dict):
-                found.append((value.get("query", ""), value.get("parseMode", 0)))
+                found.append((value.get("query", ""), value.get("parseMode", 0), parent))
+            elif key == "PLpgSQL_type" and "%" in value.get("typname", ""):
+                names, _, kind = value["typname"].rpartition("%")
+                relation = names.rsplit(".", 1)[0] if kind.lower() == "type" else names
+                found.append((f"TABLE {relation}", 0, ()))
             else:
-                _expressions(value, found)
+                _expressions(value, found, (*parent[-1:], key))
     elif isinstance(node, list):
         for value in node:
-            _expressions(value, found)
+            _expressions(value, found, parent)
+
+
+# pglast's PL/pgSQL parser looks a DECLAREd type up and knows only pg_catalog's and public's: such a type is read here
+# (its name kept) and put to the parser as text. (A DECLARE section: from DECLARE to its BEGIN.)
+_DECLARE = lazy_re.compile(r"\bdeclare\b(.*?)\bbegin\b", re.IGNORECASE | re.DOTALL)
+_NAME = r'(?:"(?:[^"]|"")+"|[a-z_][\w$]*)'
+_DECLARED = lazy_re.compile(rf"((?:^|;)\s*{_NAME}\s+(?:constant\s+)?)({_NAME})\s*\.\s*({_NAME})", re.IGNORECASE)
+
+
+def _unquoted(name: str) -> str:
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+
+
+def _readable(body: str, found: set) -> str:
+    """`body` as the parser here reads it: a VARIADIC parameter's type (not looked up, so refused) read without the
+    keyword, a DECLAREd type of another schema as text, that type kept in `found`."""
+    head, _, rest = body.partition("\n")  # (pg_get_functiondef's first line: the signature)
+
+    def declared(match) -> str:
+        found.add(("t", _unquoted(match[2]), _unquoted(match[3])))
+        return f"{match[1]}text"  # (an unknown type loses the variable's default expression: a scalar keeps it)
+    rest = _DECLARE.sub(lambda section: section[0].replace(section[1], _DECLARED.sub(declared, section[1])), rest)
+    return head.replace("VARIADIC ", "") + "\n" + rest
+
+
+def _plpgsql(body: str, found: set) -> list:
+    from pglast import parse_plpgsql
+    from pglast.parser import ParseError
+
+    try:
+        return parse_plpgsql(body)
+    except ParseError as error:
+        readable = _readable(body, found)
+        if readable == body:
+            raise Unreadable(str(error)) from None
+    try:
+        return parse_plpgsql(readable)
+    except ParseError as error:
+        raise Unreadable(str(error)) from None
 
 
 def calls(language: str, body: str) -> set[tuple[str, str | None, str]]:
-    """(kind 'f' or 'o', schema or None, name) of what a sql or plpgsql body calls (plpgsql: `body` is the whole
-    CREATE FUNCTION, its expressions read by the SQL parser as PostgreSQL reads them)."""
+    """(kind 'f' function, 'o' operator, 't' type, 'r' relation; schema or None; name) of what a sql or plpgsql body
+    names (plpgsql: `body` is the whole CREATE FUNCTION, its expressions read by the SQL parser as PostgreSQL reads
+    them, a constant string an EXECUTE runs as SQL); Unreadable when the parser here cannot read it."""
     found: set = set()
     if language == "sql":
         _sql(body, found)
     elif language == "plpgsql":
-        from pglast import parse_plpgsql
-        from pglast.parser import ParseError
-
         expressions: list = []
-        try:
-            _expressions(parse_plpgsql(body), expressions)
-        except ParseError:
-            return found
-        for query, mode in expressions:
+        _expressions(_plpgsql(body, found), expressions)
+        for query, mode, parent in expressions:
             if mode >= 3:  # (an assignment, `target := expression`)
                 query = query.split(":=", 1)[1] if ":=" in query else query.split("=", 1)[-1]
-            _sql(query if mode == 0 else f"SELECT {query}", found)
+            _sql(query if mode == 0 else f"SELECT {query}", found, parent in _DYNAMIC)
     return found
 
 
@@ -141,9 +240,18 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
                 continue
             for entry in on_path(path) if path is not None else ():
                 found.append([entry[0], f"{chain} resolves names by its own search_path ({path}): {entry[1]}"])
-            following += [(k, where, name, None, chain, path) for k, where, name in sorted(calls(language, body),
-                                                                                          key=str)
-                          if where != "pg_catalog"]  # (unqualified: by its own path, else the session's)
+            try:
+                named = calls(language, body)
+            except Unreadable as error:  # (unread, it may reach anything: refused, as a call of another's is)
+                found.append([owner, f"{chain} cannot be read here ({error}), so what it reaches is unknown: "
+                              "rewrite it so it parses (qualify what it names; a text variable and a cast for a "
+                              "type), or make what it calls the migration user's own"])
+                continue
+            for _, _, setting in sorted(n for n in named if n[0] == "p"):  # (a literal path its body sets)
+                found += [[role, f"{chain} sets search_path ({setting}) in its body: {words}"]
+                          for role, words in on_path(setting)]
+            following += [(k, where, name, None, chain, path) for k, where, name in sorted(named, key=str)
+                          if where != "pg_catalog" and k != "p"]  # (unqualified: by its own path, else the session's)
         wanted = list({(w[0], w[1], w[2], w[3], w[5]): w for w in reversed(following)}.values())[::-1]  # (one each)
     return list(map(list, dict.fromkeys(map(tuple, found))))
 
@@ -151,7 +259,7 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
 _QUERIES: dict = {}
 
 
-def _on_path(backend, planted_query: str, path: str) -> list[list[str]]:
+def on_path(backend, planted_query: str, path: str) -> list[list[str]]:
     """[role, words] (as planted's state[12]) of what others may plant in the schemas of a function's own path:
     trust.PLANTED's columns (planted.with_creators) over them, pg_catalog standing in for the migrated schema (the
     run's own check reads that one)."""
@@ -165,11 +273,24 @@ def _on_path(backend, planted_query: str, path: str) -> list[list[str]]:
               for where, role, _ in missing)]
 
 
+def path_reader(backend, planted_query: str) -> Callable[[str], list[list[str]]]:
+    """on_path, one query a path (many functions share one `SET search_path = ...`: 300 queries were seconds)."""
+    read: dict[str, list[list[str]]] = {}
+
+    def on(path: str) -> list[list[str]]:
+        if not path.strip(' ,"'):  # (SET search_path = '': no schema at all, none missing)
+            return []
+        if path not in read:
+            read[path] = on_path(backend, planted_query, path)
+        return read[path]
+    return on
+
+
 def with_bodies(backend, state: tuple, schema: str, planted_query: str) -> tuple:
     """`state` (trust.bookkeeping_state's, with planted.COLUMNS) with reached()'s findings added to state[12];
     `planted_query`: trust.PLANTED, whose columns hold a function's own path to the planted rule."""
     if len(state) < 17 or not state[16]:
         return state
-    found = [entry for entry in reached(backend, state[16], schema, lambda path: _on_path(backend, planted_query, path))
+    found = [entry for entry in reached(backend, state[16], schema, path_reader(backend, planted_query))
              if entry not in state[12]]
     return (*state[:12], [*state[12], *found], *state[13:]) if found else state

@@ -95,7 +95,8 @@ def closure(start: str) -> str:
 
 USES = " uses "  # (COLUMNS' implicit code: '<via> uses <object>')
 _ALTER = {"function": "ROUTINE", "domain": "DOMAIN", "type": "TYPE", "operator": "OPERATOR",
-          "operator class": "OPERATOR CLASS"}
+          "operator class": "OPERATOR CLASS", "view": "VIEW", "materialized view": "MATERIALIZED VIEW",
+          "table": "TABLE"}  # (the last three: what an own function's body reads, planted_bodies.py)
 
 
 def alter_owner(what: str, user: str) -> str:
