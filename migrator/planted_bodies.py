@@ -175,8 +175,9 @@ def _readable(body: str, found: set) -> str:
 
 
 def _plpgsql(body: str, found: set) -> list:
-    from pglast import parse_plpgsql
     from pglast.parser import ParseError
+
+    from migrator.plpgsql_text import parse_plpgsql  # (never `#option dump` to the parser: attack23y 4)
 
     try:
         return parse_plpgsql(body)
@@ -194,6 +195,10 @@ def calls(language: str, body: str) -> set[tuple[str, str | None, str]]:
     """(kind 'f' function, 'o' operator, 't' type, 'r' relation; schema or None; name) of what a sql or plpgsql body
     names (plpgsql: `body` is the whole CREATE FUNCTION, its expressions read by the SQL parser as PostgreSQL reads
     them, a constant string an EXECUTE runs as SQL); Unreadable when the parser here cannot read it."""
+    from pglast.parser import ParseError
+
+    from migrator.plpgsql_text import expression_sql
+
     found: set = set()
     if language == "sql":
         _sql(body, found)
@@ -201,9 +206,11 @@ def calls(language: str, body: str) -> set[tuple[str, str | None, str]]:
         expressions: list = []
         _expressions(_plpgsql(body, found), expressions)
         for query, mode, parent in expressions:
-            if mode >= 3:  # (an assignment, `target := expression`)
-                query = query.split(":=", 1)[1] if ":=" in query else query.split("=", 1)[-1]
-            _sql(query if mode == 0 else f"SELECT {query}", found, parent in _DYNAMIC)
+            try:  # (an assignment read whole: its target's subscripts run too, attack23y 6)
+                text = expression_sql(query, mode)
+            except ParseError as error:
+                raise Unreadable(str(error)) from None
+            _sql(text, found, parent in _DYNAMIC)
     return found
 
 

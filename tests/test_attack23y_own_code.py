@@ -37,6 +37,12 @@ _REACHED = [  # (the user's objects, the pending file's INSERT reaches low's cod
     # a body the parser here cannot read: what it reaches is unknown, refused as such
     ("CREATE FUNCTION wrap() RETURNS text LANGUAGE plpgsql AS $$DECLARE r app.hits.who%TYPE[]; BEGIN "
      "RETURN app.ok('x')::text; END$$; " + _WRAP, "cannot be read"),
+    # an assignment's target is read too: its subscript runs low's function (fix23as's reader, shared)
+    ("CREATE FUNCTION wrap() RETURNS text LANGUAGE plpgsql AS $$DECLARE a int[] := '{0}'; BEGIN "
+     "a[pg_catalog.length(app.ok('x')::text)] := 1; RETURN 'x'; END$$; " + _WRAP, "function app.ok(text)"),
+    # `#option dump` is never given to the parser (it would print the compiled body on the runner's stdout)
+    ("CREATE FUNCTION wrap() RETURNS text LANGUAGE plpgsql AS $$#option dump\nBEGIN RETURN app.ok('x')::text; "
+     "END$$; " + _WRAP, "cannot be read"),
     # the user's own domain whose CHECK calls low's function
     ("CREATE DOMAIN mine AS text CHECK (app.ok(VALUE)); CREATE FUNCTION wrap() RETURNS text LANGUAGE sql AS "
      "'SELECT (''x''::public.mine)::text'; " + _WRAP, "function app.ok(text)"),
