@@ -238,6 +238,12 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
                           f"idle_in_transaction_session_timeout of {seconds_text(idle / 1000)}, the runner frozen "
                           "meanwhile (SIGSTOP, a VM pause)")
         todo = "run again"
+    elif connection_lost(cause) and (ended := getattr(cause, "idle_ended", None)) and isinstance(exc, StatementFailed):
+        committed = (f"the server ended the session, idle {seconds_text(ended[1])} between two statements (the runner "
+                     f"frozen meanwhile: SIGSTOP, a VM pause), past the idle_session_timeout of "
+                     f"{seconds_text(ended[0] / 1000)} the runner sets while the session holds a session-level "
+                     "advisory lock, which released that lock: " + progress(
+                         exc.statements, exc.done, f"statement {exc.index + 1} did not run; the rest did not run"))
     elif connection_lost(cause) and getattr(cause, "at_connect", False):  # (connection.py: its session's connect)
         committed = "its session could not connect: nothing of it was sent, nothing applied"
         todo = "free a connection slot (or fix what the server refused), then run again"

@@ -4,6 +4,7 @@ between two statements of a try): what the one line can say of it (errors.migrat
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from pathlib import Path
 
@@ -50,3 +51,13 @@ def between_tries(path: Path, statements, index: int, transactional: bool, done:
         failed = StatementFailed(lost, path, statements, index, transactional, done)
         failed.in_backoff = True
         raise failed from lost
+
+
+_OPENS = re.compile(r"\s*(?:BEGIN|START)\b", re.IGNORECASE)
+
+
+def committed_then_lost(statement, opened) -> bool:
+    """A non-transactional file's statement that returned without an error, outside a block the file opened, whose
+    session was lost right after it (the probe's question that followed found it ended: a runner frozen as it ended,
+    attack24w 1): autocommit, so it COMMITTED (a BEGIN aside: it opened a block that committed nothing)."""
+    return opened is None and not _OPENS.match(statement.text)

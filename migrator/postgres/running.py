@@ -95,6 +95,9 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                         if budget is not None and statement_bound.may_set(statement.text):  # (attack24t 9)
                             budget.override(cursor, path, statement)
                         statement_bound.hold(cursor, path, statement)
+                        if not transactional and probe is not None and budget is not None \
+                                and connection.info.transaction_status == IDLE:  # (a frozen runner: attack24w 1)
+                            session_locks.idle_bound(connection, probe, budget)
                         if transactional and _RESET_ALL.search(statement.text):  # (it reset the runner's mark too)
                             mark_try(connection, True)
                         if probe is not None and connection.info.transaction_status != IDLE:
@@ -113,8 +116,11 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             except Exception as exc:
                 if not hasattr(exc, "pgcode"):
                     raise
-                if transactional and errors.connection_lost(exc):  # (a runner frozen between two statements)
-                    lost_session.mark(exc, cursor.connection, budget, only_idle=True)
+                if errors.connection_lost(exc):  # (a runner frozen between two statements)
+                    if transactional:
+                        lost_session.mark(exc, cursor.connection, budget, only_idle=True)
+                    else:
+                        session_locks.mark_idle_ended(exc, connection, probe)
                 still_open = connection.info.transaction_status not in (IDLE, LOST)  # (lost: no ROLLBACK to send)
                 # in the file's own block, open still or ended by this failure (a COMMIT that failed rolled it back)
                 in_block = not transactional and (still_open or opened is not None)
@@ -125,7 +131,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             if transactional and connection.info.transaction_status == IDLE:  # (the flag: no round trip)
                 raise TransactionEnded(path, statements, index)
             if not transactional:
-                if connection.info.transaction_status == IDLE:
+                if connection.info.transaction_status == IDLE or connection.info.transaction_status == LOST \
+                        and lost_session.committed_then_lost(statement, opened):
                     opened = None
                     if index + 1 > done:
                         done = index + 1

@@ -1,0 +1,66 @@
+"""attack24w's findings on a frozen runner (SIGSTOP, a VM pause), against the real PostgreSQL: a non-transactional
+data load frozen while its session holds a session advisory lock (1), a transactional try frozen mid-statement (4),
+a RESET ALL the runner's text check misses (2).
+"""
+
+import signal
+import time
+
+from conftest import SEED, add_migration, applied
+from test_live_traffic import seeded  # noqa: F401 (a fixture)
+from test_live_traffic_attack24r import wait_for
+from test_live_traffic_parse import blind_run
+from test_progress_attack import limited_role  # noqa: F401 (a fixture)
+from test_reliability import runner_process
+
+LOAD = ("-- transactional: false\nCREATE TABLE load_target (id int PRIMARY KEY, v text);\n"
+        "SELECT pg_advisory_lock(4242);\n"
+        + "".join(f"INSERT INTO load_target VALUES ({i}, repeat('x', 200));\n" for i in range(1, 3001))
+        + "SELECT pg_advisory_unlock(4242);\n")
+LOADING = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'INSERT INTO "
+           "load_target%%' AND pid <> pg_backend_pid()")
+
+
+def freeze_until_the_session_ends(db, runner):
+    """SIGSTOP once the load's INSERTs run; SIGCONT once the server ended the migration's session (at most 20 s)."""
+    try:
+        ((pid,),) = wait_for(db, LOADING)
+        runner.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        while db.poll("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)):
+            assert time.monotonic() - started < 20, "the frozen runner's session still holds its advisory lock"
+            time.sleep(0.05)
+        assert db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242") == [(0,)]
+    finally:
+        runner.send_signal(signal.SIGCONT)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode != 0, err
+    return err
+
+
+def test_a_runner_frozen_between_autocommit_statements_holding_a_session_lock_loses_it_within_the_bound(
+        cli, db, sql_dir, seeded):
+    """attack24w 1: idle between autocommit statements (idle_session_timeout 0 on every session), the frozen
+    runner's session kept its advisory lock, and the application waited, for the whole freeze."""
+    add_migration(sql_dir, "0002_load", LOAD)
+    err = freeze_until_the_session_ends(db, runner_process(["migrate", "--sql-dir", sql_dir], seeded))
+    (loaded,) = db.query("SELECT count(*) FROM load_target")[0]
+    assert 0 < loaded < 3000
+    assert f"statements 1-{loaded + 2} of 3003" in err and "COMMITTED" in err, err
+    assert "idle_session_timeout of 3.3 s" in err and "frozen" in err, err
+    assert "whether it committed is unknown" not in err and "did not run" in err, err
+    assert applied(db) == [SEED]
+
+
+def test_a_blind_load_holding_a_session_lock_ended_at_the_bound_says_it_truly(cli, make_db, limited_role, sql_dir, pg):
+    """attack24w 1, blind (frozen or not: the blind clock ends the load at the try's bound, its cancel sent as an
+    INSERT ended): the line blamed the statement's own code for swallowing the cancel ("catches query_canceled") and
+    said both "statements 1-21 COMMITTED" and "whether statement 21 took effect is unknown"."""
+    db, migrate = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_load", LOAD)
+    result = migrate()
+    (loaded,) = db.query("SELECT count(*) FROM load_target")[0]
+    assert result.exit_code != 0 and loaded < 3000, result.output
+    assert "catches query_canceled" not in result.stderr and "unknown" not in result.stderr, result.stderr
+    assert f"statements 1-{loaded + 2} of 3003" in result.stderr and "COMMITTED" in result.stderr, result.stderr
+    assert db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242") == [(0,)]
