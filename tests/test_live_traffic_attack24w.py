@@ -10,6 +10,7 @@ from conftest import SEED, add_migration, applied
 from test_live_traffic import seeded  # noqa: F401 (a fixture)
 from test_live_traffic_attack24r import wait_for
 from test_live_traffic_parse import blind_run
+from test_progress_attack import LIMITED_PASSWORD
 from test_progress_attack import limited_role  # noqa: F401 (a fixture)
 from test_reliability import runner_process
 
@@ -64,3 +65,30 @@ def test_a_blind_load_holding_a_session_lock_ended_at_the_bound_says_it_truly(cl
     assert "catches query_canceled" not in result.stderr and "unknown" not in result.stderr, result.stderr
     assert f"statements 1-{loaded + 2} of 3003" in result.stderr and "COMMITTED" in result.stderr, result.stderr
     assert db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242") == [(0,)]
+
+
+def test_a_blind_try_frozen_while_its_long_statement_ran_is_not_said_lost_between_retries(
+        cli, make_db, limited_role, sql_dir, pg):
+    """attack24w 4, blind: a transactional try frozen while its long INSERT ran (after an ALTER of a table the app
+    uses), ended by the server's idle bound; the thawed runner said the session was lost "between lock retries"
+    though no retry had happened (the first try, ended while frozen)."""
+    db, _ = blind_run(cli, make_db, limited_role, sql_dir, pg)
+    add_migration(sql_dir, "0002_x", "CREATE TABLE load_big (id int);\nALTER TABLE t_probe ADD COLUMN region text;\n"
+                  "INSERT INTO load_big SELECT g FROM generate_series(1, 3000000) g;\n")
+    url = pg.url(db.name, user=limited_role, password=LIMITED_PASSWORD)
+    runner = runner_process(["migrate", "--sql-dir", sql_dir, "--database-url", url, "--ddl-lock-timeout", "2s"], {})
+    try:
+        ((pid,),) = wait_for(db, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND state = "
+                                 "'active' AND query LIKE 'INSERT INTO load_big%%' AND pid <> pg_backend_pid()")
+        runner.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        while db.poll("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)):
+            assert time.monotonic() - started < 40
+            time.sleep(0.05)
+    finally:
+        runner.send_signal(signal.SIGCONT)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode != 0, err
+    assert "between lock retries" not in err, err
+    assert "before any retry" in err and "nothing of it was applied" in err, err
+    assert applied(db) == [SEED] and db.query("SELECT to_regclass('load_big')") == [(None,)]

@@ -218,7 +218,11 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
     if server_message(cause).startswith("SET TRANSACTION ISOLATION LEVEL must be called before any query"):
         todo = "make it the file's first statement (as `psql -1 -f` needs too)"
     if connection_lost(cause) and getattr(exc, "in_backoff", False):  # (running.run_retrying)
-        committed = "the session was lost between lock retries, while no statement was running: " + (
+        committed = ("the session was lost between lock retries, while no statement was running: "
+                     if exc.in_backoff is True else  # (the first try's end: the server's idle bound on a frozen runner)
+                     "the session was lost as the runner ended the file's first try, before any retry, while no "
+                     "statement was running (a restart, a failover, pg_terminate_backend, or the server's idle bound "
+                     "ending a try whose runner was frozen: SIGSTOP, a VM pause): ") + (
             "nothing of it was applied: its transaction rolled back" if exc.transactional else
             progress(exc.statements, exc.done, f"statement {exc.index + 1} was to be tried again; the rest did not run"))
         todo = exc.todo = "run again" if exc.transactional or not exc.done else (

@@ -35,7 +35,7 @@ def before_commit(connection, budget, transactional: bool):
 
 
 @contextlib.contextmanager
-def between_tries(path: Path, statements, index: int, transactional: bool, done: int):
+def between_tries(path: Path, statements, index: int, transactional: bool, done: int, first: bool = False):
     """The session lost between a file's tries (its last try's ROLLBACK included: an admin's pg_terminate_backend,
     a failover): no statement of it was running, so a transactional file applied nothing (errors.migration_error
     says it). Any statement sent then, not only the ROLLBACK: each is a moment a failover can hit, or a silent path."""
@@ -49,7 +49,7 @@ def between_tries(path: Path, statements, index: int, transactional: bool, done:
         if not errors.connection_lost(lost):
             raise
         failed = StatementFailed(lost, path, statements, index, transactional, done)
-        failed.in_backoff = True
+        failed.in_backoff = "first" if first else True  # (`first`: as the file's first try ended, no retry yet)
         raise failed from lost
 
 

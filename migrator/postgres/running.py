@@ -252,7 +252,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     seen.lock_timeout = min(ms for ms in (budget.set_ms, budget.file_ms) if ms is not None) / 1000
                 if not transactional and MAY_COMMIT.match(exc.statement.text):
                     raise _not_retried(exc, seen, backoff, _MAY_COMMIT)
-                with lost_session.between_tries(path, statements, exc.index, transactional, exc.done):
+                with lost_session.between_tries(path, statements, exc.index, transactional, exc.done,
+                                                backoff.tries == 1):
                     kept = bool(policy.budget) and session_locks.after_failed_try(connection, transactional)
                 if kept:  # (a retry would keep it: the app would wait on it through the backoff and the tries)
                     session_locks.end(connection)
