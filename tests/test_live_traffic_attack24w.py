@@ -6,12 +6,13 @@ a RESET ALL the runner's text check misses (2).
 import signal
 import time
 
+import pytest
+
 from conftest import SEED, add_migration, applied
 from test_live_traffic import seeded  # noqa: F401 (a fixture)
 from test_live_traffic_attack24r import wait_for
 from test_live_traffic_parse import blind_run
-from test_progress_attack import LIMITED_PASSWORD
-from test_progress_attack import limited_role  # noqa: F401 (a fixture)
+from test_progress_attack import LIMITED_PASSWORD, limited_role  # noqa: F401 (a fixture)
 from test_reliability import runner_process
 
 LOAD = ("-- transactional: false\nCREATE TABLE load_target (id int PRIMARY KEY, v text);\n"
@@ -92,3 +93,25 @@ def test_a_blind_try_frozen_while_its_long_statement_ran_is_not_said_lost_betwee
     assert "between lock retries" not in err, err
     assert "before any retry" in err and "nothing of it was applied" in err, err
     assert applied(db) == [SEED] and db.query("SELECT to_regclass('load_big')") == [(None,)]
+
+
+@pytest.mark.parametrize("reset", ["RESET/**/ALL;", "RESET\n-- all of them\nALL;"])
+def test_a_reset_all_spelled_around_the_text_check_is_applied(cli, db, sql_dir, seeded, reset):
+    """attack24w 2: a RESET ALL the runner's regex missed cleared its mark of the try: the file (no transaction
+    control at all) was refused, blamed on a hidden COMMIT / ROLLBACK AND CHAIN."""
+    add_migration(sql_dir, "0002_x", f"CREATE TABLE t_before_reset (id int);\n{reset}\n"
+                  "CREATE TABLE t_after_reset (id int);\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert result.exit_code == 0, result.output
+    assert applied(db) == [SEED, "0002_x"]
+
+
+def test_a_reset_all_built_at_run_time_is_named_among_the_causes(cli, db, sql_dir, seeded):
+    """attack24w 2: EXECUTE 'RES' || 'ET ALL' in a DO block (no text check can see it): refused unrecorded, and the
+    line names the reset, not only transaction control the file does not have."""
+    add_migration(sql_dir, "0002_x", "CREATE TABLE t_before_reset (id int);\n"
+                  "DO $$ BEGIN EXECUTE 'RES' || 'ET ALL'; END $$;\nCREATE TABLE t_after_reset (id int);\n")
+    result = cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    assert result.exit_code != 0
+    assert "reset the runner's settings (a RESET ALL / DISCARD ALL" in result.stderr, result.stderr
+    assert applied(db) == [SEED] and db.query("SELECT to_regclass('t_before_reset')") == [(None,)]

@@ -149,18 +149,20 @@ class TransactionEnded(StatementFailed):
         cause = RuntimeError("this statement ended the transaction the runner runs the file in (a COMMIT or ROLLBACK "
                              "the runner did not see in the text), so what follows would run outside it")
         if at_end:  # (the record found the session in another transaction: checksums.TransactionChanged)
-            cause = RuntimeError("by its end the file's session was in a transaction that is no longer the one the "
-                                 "runner opened for it (a COMMIT or ROLLBACK AND CHAIN, or one followed by BEGIN, that "
-                                 "the runner did not see in the text)")
+            cause = RuntimeError("by its end the runner's mark of the transaction it opened for the file was gone: "
+                                 "the file ended that transaction (a COMMIT or ROLLBACK AND CHAIN, or one followed by "
+                                 "BEGIN, that the runner did not see in the text) or reset the runner's settings (a "
+                                 "RESET ALL / DISCARD ALL it did not see: built at run time, EXECUTE in a DO block)")
         super().__init__(cause, path, statements, index, True, index + 1)
         self.at_end = at_end
         self.todo = ("check what of it is in the database (`runner.py status` shows drift), make the file's statements "
-                     "plain SQL without transaction control, then run again")
+                     "plain SQL without transaction control (and a RESET ALL plain text, or RESET of the settings "
+                     "it means), then run again")
 
     def committed(self) -> str:
         if self.at_end:
-            return ("what it ran before it ended that transaction may have committed or rolled back, which is unknown; "
-                    "what it ran after rolled back; the runner recorded none of it")
+            return ("ended, what it ran before may have committed or rolled back, which is unknown, and what it ran "
+                    "after rolled back; reset, all of it rolled back; the runner recorded none of it")
         upto = "statement 1" if self.done == 1 else f"statements 1-{self.done}"
         return (f"{upto} of {self.total} (through line {self.statement.line}) may have committed or rolled back, "
                 "which is unknown; the rest did not run, and the runner recorded none of it")

@@ -13,12 +13,12 @@ from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import (autovacuum, backfill, cancel_ignored, client_encoding, clock_bound, commit_checks,
                                concurrently, conforming, deadlocks, detach, failures, files, lock_waiters,
-                               lost_session, retry, rewrites, session_locks, sessions, statement_bound)
+                               lost_session, retry, rewrites, server_statements, session_locks, sessions,
+                               statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, TransactionEnded, progress
 from migrator.postgres.transaction_status import IDLE, LOST
 
-_RESET_ALL = lazy_re.compile(r"\breset\s+all\b", re.IGNORECASE)
 _ENDS = re.compile(r"\s*(COMMIT|END|PREPARE\s+TRANSACTION)\b", re.IGNORECASE)  # (a NoAnswer's outcome unknown)
 
 
@@ -98,7 +98,7 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                         if not transactional and probe is not None and budget is not None \
                                 and connection.info.transaction_status == IDLE:  # (a frozen runner: attack24w 1)
                             session_locks.idle_bound(connection, probe, budget)
-                        if transactional and _RESET_ALL.search(statement.text):  # (it reset the runner's mark too)
+                        if transactional and server_statements.resets_all(statement.text):  # (the mark too)
                             mark_try(connection, True)
                         if probe is not None and connection.info.transaction_status != IDLE:
                             probe.ask_now()  # (a freeze outran the probe's thread: before the next one or COMMIT)
