@@ -19,14 +19,20 @@ LOAD = ("-- transactional: false\nCREATE TABLE load_target (id int PRIMARY KEY, 
         "SELECT pg_advisory_lock(4242);\n"
         + "".join(f"INSERT INTO load_target VALUES ({i}, repeat('x', 200));\n" for i in range(1, 3001))
         + "SELECT pg_advisory_unlock(4242);\n")
+BACKFILL = ("-- transactional: false\nCREATE TABLE fill_t AS SELECT g AS id, NULL::text AS region "
+            "FROM generate_series(1, 20000) g;\nALTER TABLE fill_t ADD PRIMARY KEY (id);\nSELECT pg_advisory_lock(4242);\n-- backfill: batch\nUPDATE fill_t SET "
+            "region = 'eu' WHERE id IN (SELECT id FROM fill_t WHERE region IS NULL LIMIT 20);\n"
+            "SELECT pg_advisory_unlock(4242);\n")
+BACKFILLING = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'UPDATE fill_t%%' "
+               "AND pid <> pg_backend_pid()")
 LOADING = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'INSERT INTO "
            "load_target%%' AND pid <> pg_backend_pid()")
 
 
-def freeze_until_the_session_ends(db, runner):
+def freeze_until_the_session_ends(db, runner, running=LOADING):
     """SIGSTOP once the load's INSERTs run; SIGCONT once the server ended the migration's session (at most 20 s)."""
     try:
-        ((pid,),) = wait_for(db, LOADING)
+        ((pid,),) = wait_for(db, running)
         runner.send_signal(signal.SIGSTOP)
         started = time.monotonic()
         while db.poll("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)):
@@ -51,6 +57,18 @@ def test_a_runner_frozen_between_autocommit_statements_holding_a_session_lock_lo
     assert f"statements 1-{loaded + 2} of 3003" in err and "COMMITTED" in err, err
     assert "idle_session_timeout of 3.3 s" in err and "frozen" in err, err
     assert "whether it committed is unknown" not in err and "did not run" in err, err
+    assert applied(db) == [SEED]
+
+
+def test_a_runner_frozen_between_a_backfills_batches_holding_a_session_lock_loses_it_within_the_bound(
+        cli, db, sql_dir, seeded):
+    """attack24w 1, the documented safe pattern: a `-- backfill: batch` UPDATE after the session lock, frozen between
+    (or during) its batches: the application waited for the whole freeze."""
+    add_migration(sql_dir, "0002_fill", BACKFILL)
+    err = freeze_until_the_session_ends(db, runner_process(["migrate", "--sql-dir", sql_dir], seeded), BACKFILLING)
+    (filled,) = db.query("SELECT count(*) FROM fill_t WHERE region = 'eu'")[0]
+    assert 0 < filled < 20000 and "idle_session_timeout of 3.3 s" in err and "frozen" in err, err
+    assert "statements 1-3 of 5" in err and f"COMMITTED {filled} row(s)" in err and "did not run; the rest" not in err, err
     assert applied(db) == [SEED]
 
 

@@ -249,7 +249,9 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
                      f"frozen meanwhile: SIGSTOP, a VM pause), past the idle_session_timeout of "
                      f"{seconds_text(ended[0] / 1000)} the runner sets while the session holds a session-level "
                      "advisory lock, which released that lock: " + progress(
-                         exc.statements, exc.done, f"statement {exc.index + 1} did not run; the rest did not run"))
+                         exc.statements, exc.done, f"statement {exc.index + 1} " + (
+                             "stopped between two of its batches" if (batches := getattr(cause, "backfill_committed", None)) and batches[1]
+                             else "did not run") + "; the rest did not run", batches))
     elif connection_lost(cause) and getattr(cause, "at_connect", False):  # (connection.py: its session's connect)
         committed = "its session could not connect: nothing of it was sent, nothing applied"
         todo = "free a connection slot (or fix what the server refused), then run again"
