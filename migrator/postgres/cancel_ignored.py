@@ -22,7 +22,7 @@ from migrator.durations import seconds_text
 from migrator.postgres.lock_waiters import shown
 from migrator.postgres.transaction_status import IDLE
 
-FROZEN_SENT = 0.5  # s: a cancel sent this soon after the runner thawed was sent for the freeze's time, not the statement's
+FROZEN_SENT = 0.5  # s: a cancel sent this soon after the runner thawed was sent for the freeze's time
 GRACE = 0.1  # seconds a cancelled statement has to end before its session is ended
 # Blind: the clock's cancel is sent again every 0.1 s (one landing between a backfill's round trips is dropped:
 # lock_probe.RESEND_AFTER); the connection is shut only once a few of those went unheeded.
@@ -133,7 +133,8 @@ class CancelIgnored(RuntimeError):
             when = (f"ran while the runner was frozen for {seconds_text(frozen)} (SIGSTOP, a VM pause: its clock and "
                     "the lock probe's stopped) and ended before the cancel the runner sent once thawed"
                     if frozen is not None else
-                    f"ended {seconds_text(ran_on)} after the runner's cancel at the try's bound was sent, before it took")
+                    f"ended {seconds_text(ran_on)} after the runner's cancel at the try's bound was sent, before it "
+                    "took")
             super().__init__(f"{when}: it COMMITTED (autocommit), past the try's bound" + (
                 " (the lock probe was blind: the bound was kept by the clock)" if blind else ""))
             return
