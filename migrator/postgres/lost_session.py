@@ -54,10 +54,14 @@ def between_tries(path: Path, statements, index: int, transactional: bool, done:
 
 
 _OPENS = re.compile(r"\s*(?:BEGIN|START)\b", re.IGNORECASE)
+_COMMITS = re.compile(r"\s*(?:COMMIT|END)\b", re.IGNORECASE)
 
 
 def committed_then_lost(statement, opened) -> bool:
     """A non-transactional file's statement that returned without an error, outside a block the file opened, whose
     session was lost right after it (the probe's question that followed found it ended: a runner frozen as it ended,
-    attack24w 1): autocommit, so it COMMITTED (a BEGIN aside: it opened a block that committed nothing)."""
-    return opened is None and not _OPENS.match(statement.text)
+    attack24w 1): autocommit, so it COMMITTED (a BEGIN aside: it opened a block that committed nothing); so did the
+    COMMIT of a block the file opened."""
+    if opened is not None:
+        return bool(_COMMITS.match(statement.text))
+    return not _OPENS.match(statement.text)
