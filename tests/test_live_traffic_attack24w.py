@@ -111,7 +111,9 @@ def test_a_blind_try_frozen_while_its_long_statement_ran_is_not_said_lost_betwee
     out, err = runner.communicate(timeout=60)
     assert runner.returncode != 0, err
     assert "between lock retries" not in err, err
-    assert "before any retry" in err and "nothing of it was applied" in err, err
+    # (the thawed runner reads the statement's end or the blind clock's cancel first: a race; both lines are true)
+    assert "before any retry" in err or "before the runner sent its COMMIT" in err, err
+    assert "nothing of it was applied" in err, err
     assert applied(db) == [SEED] and db.query("SELECT to_regclass('load_big')") == [(None,)]
 
 

@@ -245,9 +245,9 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
                           "meanwhile (SIGSTOP, a VM pause)")
         todo = "run again"
     elif connection_lost(cause) and (ended := getattr(cause, "idle_ended", None)) and isinstance(exc, StatementFailed):
-        committed = (f"the server ended the session, idle {seconds_text(ended[1])} between two statements (the runner "
-                     f"frozen meanwhile: SIGSTOP, a VM pause), past the idle_session_timeout of "
-                     f"{seconds_text(ended[0] / 1000)} the runner sets while the session holds a session-level "
+        committed = (f"the server ended the session, left idle by the runner frozen {seconds_text(ended[1])} (SIGSTOP, "
+                     f"a VM pause), past the idle_session_timeout of {seconds_text(ended[0] / 1000)} (and "
+                     "idle_in_transaction_session_timeout) the runner sets while the session holds a session-level "
                      "advisory lock, which released that lock: " + progress(
                          exc.statements, exc.done, f"statement {exc.index + 1} " + (
                              "stopped between two of its batches" if (batches := getattr(cause, "backfill_committed", None)) and batches[1]

@@ -69,17 +69,19 @@ IDLE_SET: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def idle_bound(connection, probe, budget) -> None:
     """After a non-transactional file's statement that left its session idle: while the probe knows the session holds
     a session-level lock, its idle_session_timeout is a transactional try's idle bound (the lock bound plus the
-    margin: the server ends a frozen runner's session, releasing the lock); 0 again once none is held. PostgreSQL
-    14+ (an older server has no such setting). A plain SET: one round trip when it changes, none otherwise."""
+    margin: the server ends a frozen runner's session, releasing the lock), its idle_in_transaction_session_timeout
+    too; both as connected again once none is held. PostgreSQL 14+ (an older server has no idle_session_timeout).
+    Plain SETs: one round trip when it changes, none otherwise."""
     held, bound = probe.session_locked(), IDLE_SET.get(connection)
     if held and bound is None and connection.server_version >= 140000:
         ms = session_options.idle_in_try_ms(budget.per_try_ms + budget.floor_ms)
         with connection.cursor() as cursor:
-            cursor.execute(f"SET idle_session_timeout = {ms}")
+            # (and idle in a transaction: a backfill's checked batch, BEGIN ... COMMIT, between its round trips)
+            cursor.execute(f"SET idle_session_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}")
         bound = IDLE_SET[connection] = [ms, 0.0]
     elif not held and bound is not None:
         with connection.cursor() as cursor:
-            cursor.execute("SET idle_session_timeout = 0")
+            cursor.execute("RESET idle_session_timeout; RESET idle_in_transaction_session_timeout")  # (connect's)
         bound = IDLE_SET.pop(connection, None) and None
     if bound is not None:
         bound[1] = time.monotonic()
