@@ -130,7 +130,7 @@ def test_a_file_that_ended_its_transaction_unseen_is_never_recorded(cli, db, sql
     assert result.exit_code == 1, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and f"{path}" in errors[0], result.stderr
-    assert "no longer the one the runner opened" in errors[0] and "recorded none of it" in errors[0], errors[0]
+    assert "the file ended that transaction" in errors[0] and "recorded none of it" in errors[0], errors[0]
     assert "nothing of it was applied" not in errors[0]
     assert applied(db) == [SEED] and "after_chain" not in db.tables()  # (the runner's rollback of the chained one)
     assert ("report_archive" in db.tables()) == (case == "commit_and_chain")
@@ -151,7 +151,7 @@ def test_a_rollback_file_that_ended_its_transaction_unseen_leaves_the_migration_
     monkeypatch.setattr(files, "in_transaction_problem", lambda statement: None)
     result = cli("sql", "rollback", "--count", "1", "--sql-dir", sql_dir, env=db.db_env())
     assert result.exit_code == 1, result.output
-    assert "no longer the one the runner opened" in result.stderr, result.stderr
+    assert "the file ended that transaction" in result.stderr, result.stderr
     assert applied(db) == [SEED, "0002_new_table"] and "report_archive" in db.tables()
 
 

@@ -22,6 +22,7 @@ from migrator.durations import seconds_text
 from migrator.postgres.lock_waiters import shown
 from migrator.postgres.transaction_status import IDLE
 
+FROZEN_SENT = 0.5  # s: a cancel sent this soon after the runner thawed was sent for the freeze's time
 GRACE = 0.1  # seconds a cancelled statement has to end before its session is ended
 # Blind: the clock's cancel is sent again every 0.1 s (one landing between a backfill's round trips is dropped:
 # lock_probe.RESEND_AFTER); the connection is shut only once a few of those went unheeded.
@@ -83,7 +84,9 @@ def after_statement(probe, connection, transactional: bool) -> None:
                 raise
         return  # (in a transaction: the runner's raise_held ends the try before its next statement)
     if seen.cancelled and seen.sent is not None and (committed or time.monotonic() - seen.sent > GRACE):
-        raise CancelIgnored(time.monotonic() - seen.sent, committed, seen.blind)
+        thawed = probe.thawed  # (a cancel sent as the runner thawed: the statement ended while it was frozen)
+        frozen = thawed[1] if committed and thawed and 0 <= seen.sent - thawed[0] < FROZEN_SENT else None
+        raise CancelIgnored(time.monotonic() - seen.sent, committed, seen.blind, frozen)
 
 
 def explain(exc, probe, progress=None) -> bool:
@@ -102,21 +105,39 @@ def explain(exc, probe, progress=None) -> bool:
             return False
         exc.cause = cause = CancelIgnored(None, False, probe.seen.blind)
     cause.args = (f"{shown(exc.statement.text)} {cause.args[0]}",)  # (the line names the statement)
-    exc.todo = _TODO
-    if not exc.transactional:
+    exc.todo = _TODO if not cause.raced else _FROZEN_TODO if cause.frozen is not None else _RACED_TODO
+    if not exc.transactional and not cause.committed:
         exc.committed = lambda: _progress(
             exc.statements, exc.done, f"whether statement {exc.index + 1} took effect is unknown (its session was "
             "ended while it ran, so most likely it rolled back: check before running again); the rest did not run")
     return True
 
 
+_RACED_TODO = ("not retried: let the lock probe connect (the migration role's "
+               "CONNECTION LIMIT, max_connections) so that it tells a lock wait from work, see `runner.py status` and "
+               "make the file safe to re-run (a rerun runs it from its first statement), then run again")
+_FROZEN_TODO = ("not retried: keep the runner from being stopped (a node's or VM's pause), see `runner.py status` and "
+                "make the file safe to re-run (a rerun runs it from its first statement), then run again")
+
+
 class CancelIgnored(RuntimeError):
     """The runner cancelled a statement and it did not end: it ran on (`ran_on` seconds past the cancel), or its
-    session was ended (`ran_on` None). `pgcode` None: a failure of the file's, not a lock timeout (not retried)."""
+    session was ended (`ran_on` None). `pgcode` None: a failure of the file's, not a lock timeout (not retried).
+    `frozen` (seconds): the runner was stopped meanwhile, and the cancel went once it was thawed (attack24w 1)."""
     pgcode = None
 
-    def __init__(self, ran_on: float | None, committed: bool, blind: str | None):
-        self.committed = committed
+    def __init__(self, ran_on: float | None, committed: bool, blind: str | None, frozen: float | None = None):
+        self.committed, self.frozen = committed, frozen
+        self.raced = committed and (frozen is not None or ran_on is not None and ran_on < GRACE)
+        if self.raced:  # (a cancel that came as it ended is dropped by the server: no code of its own swallowed it)
+            when = (f"ran while the runner was frozen for {seconds_text(frozen)} (SIGSTOP, a VM pause: its clock and "
+                    "the lock probe's stopped) and ended before the cancel the runner sent once thawed"
+                    if frozen is not None else
+                    f"ended {seconds_text(ran_on)} after the runner's cancel at the try's bound was sent, before it "
+                    "took")
+            super().__init__(f"{when}: it COMMITTED (autocommit), past the try's bound" + (
+                " (the lock probe was blind: the bound was kept by the clock)" if blind else ""))
+            return
         if ran_on is None and blind:
             what = (f"so the runner closed its connection {seconds_text(BLIND_GRACE)} later (the lock probe was "
                     "blind: no connection to end the session from); the server ends the session within 2 s "

@@ -149,18 +149,20 @@ class TransactionEnded(StatementFailed):
         cause = RuntimeError("this statement ended the transaction the runner runs the file in (a COMMIT or ROLLBACK "
                              "the runner did not see in the text), so what follows would run outside it")
         if at_end:  # (the record found the session in another transaction: checksums.TransactionChanged)
-            cause = RuntimeError("by its end the file's session was in a transaction that is no longer the one the "
-                                 "runner opened for it (a COMMIT or ROLLBACK AND CHAIN, or one followed by BEGIN, that "
-                                 "the runner did not see in the text)")
+            cause = RuntimeError("by its end the runner's mark of the transaction it opened for the file was gone: "
+                                 "the file ended that transaction (a COMMIT or ROLLBACK AND CHAIN, or one followed by "
+                                 "BEGIN, that the runner did not see in the text) or reset the runner's settings (a "
+                                 "RESET ALL / DISCARD ALL it did not see: built at run time, EXECUTE in a DO block)")
         super().__init__(cause, path, statements, index, True, index + 1)
         self.at_end = at_end
         self.todo = ("check what of it is in the database (`runner.py status` shows drift), make the file's statements "
-                     "plain SQL without transaction control, then run again")
+                     "plain SQL without transaction control (and a RESET ALL plain text, or RESET of the settings "
+                     "it means), then run again")
 
     def committed(self) -> str:
         if self.at_end:
-            return ("what it ran before it ended that transaction may have committed or rolled back, which is unknown; "
-                    "what it ran after rolled back; the runner recorded none of it")
+            return ("ended, what it ran before may have committed or rolled back, which is unknown, and what it ran "
+                    "after rolled back; reset, all of it rolled back; the runner recorded none of it")
         upto = "statement 1" if self.done == 1 else f"statements 1-{self.done}"
         return (f"{upto} of {self.total} (through line {self.statement.line}) may have committed or rolled back, "
                 "which is unknown; the rest did not run, and the runner recorded none of it")
@@ -218,7 +220,11 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
     if server_message(cause).startswith("SET TRANSACTION ISOLATION LEVEL must be called before any query"):
         todo = "make it the file's first statement (as `psql -1 -f` needs too)"
     if connection_lost(cause) and getattr(exc, "in_backoff", False):  # (running.run_retrying)
-        committed = "the session was lost between lock retries, while no statement was running: " + (
+        committed = ("the session was lost between lock retries, while no statement was running: "
+                     if exc.in_backoff is True else  # (the first try's end: the server's idle bound on a frozen runner)
+                     "the session was lost as the runner ended the file's first try, before any retry, while no "
+                     "statement was running (a restart, a failover, pg_terminate_backend, or the server's idle bound "
+                     "ending a try whose runner was frozen: SIGSTOP, a VM pause): ") + (
             "nothing of it was applied: its transaction rolled back" if exc.transactional else
             progress(exc.statements, exc.done, f"statement {exc.index + 1} was to be tried again; the rest did not run"))
         todo = exc.todo = "run again" if exc.transactional or not exc.done else (
@@ -238,6 +244,14 @@ def migration_error(exc, migration, where: str, verb: str, path: Path) -> Migrat
                           f"idle_in_transaction_session_timeout of {seconds_text(idle / 1000)}, the runner frozen "
                           "meanwhile (SIGSTOP, a VM pause)")
         todo = "run again"
+    elif connection_lost(cause) and (ended := getattr(cause, "idle_ended", None)) and isinstance(exc, StatementFailed):
+        committed = (f"the server ended the session, left idle by the runner frozen {seconds_text(ended[1])} (SIGSTOP, "
+                     f"a VM pause), past the idle_session_timeout of {seconds_text(ended[0] / 1000)} (and "
+                     "idle_in_transaction_session_timeout) the runner sets while the session holds a session-level "
+                     "advisory lock, which released that lock: " + progress(
+                         exc.statements, exc.done, f"statement {exc.index + 1} " + (
+                             "stopped between two of its batches" if (batches := getattr(cause, "backfill_committed", None)) and batches[1]
+                             else "did not run") + "; the rest did not run", batches))
     elif connection_lost(cause) and getattr(cause, "at_connect", False):  # (connection.py: its session's connect)
         committed = "its session could not connect: nothing of it was sent, nothing applied"
         todo = "free a connection slot (or fix what the server refused), then run again"

@@ -21,6 +21,7 @@ PROBE_AFTER = 0.01  # seconds a statement runs before the probe asks who blocks 
 PROBE_EVERY = 0.01  # (soon enough to see a wait of the floor's 20-30 ms; every 50 ms after SLOWER_AFTER)
 SLOWER_AFTER = 0.2
 PROBE_NAME = "hcm-db-migrations lock probe"
+FROZEN_GAP = 1.0  # s between two of the thread's 10 ms ticks: the process was stopped (SIGSTOP, a VM pause)
 ASK_GAP = 0.05  # s: between statements, a look at the waiters this recent still holds (a freeze makes the gap longer)
 RECONNECT_FIRST, RECONNECT_MAX = 0.1, 2.0  # seconds between the probe's tries to connect again, doubling
 # Blind: seconds after which the clock's cancel is sent again while the statement still runs (one that reached the
@@ -133,6 +134,7 @@ class Probe:
         self._looked = 0.0  # when the waiters were last read (the thread's look or ask_now's)
         self._held_due: tuple | None = None  # (held since, when): the next look at its waiters, when one will pass the bound
         self.overheld: Seen | None = None  # an application session waited past the bound on what the try holds
+        self.thawed: tuple | None = None  # (when, seconds frozen): the thread's last tick after a freeze
         self.exempt: set | frozenset = frozenset()  # (schema or None, table): waits the run accepts (running._accepted)
 
     @contextmanager
@@ -284,9 +286,11 @@ class Probe:
     def _run(self) -> None:
         import psycopg2
 
+        last = time.monotonic()
         while not self._stop.wait(PROBE_EVERY):
             since, held = self._since, self._held_since
             now = time.monotonic()
+            self.thawed, last = (now, now - last) if now - last > FROZEN_GAP else self.thawed, now
             running = now - since if since is not None else 0.0
             holding = now - held if held is not None else 0.0
             # a lock is mostly asked for as a statement starts; later on, every 50 ms, after 5 s once a second

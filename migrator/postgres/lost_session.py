@@ -4,6 +4,7 @@ between two statements of a try): what the one line can say of it (errors.migrat
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def before_commit(connection, budget, transactional: bool):
 
 
 @contextlib.contextmanager
-def between_tries(path: Path, statements, index: int, transactional: bool, done: int):
+def between_tries(path: Path, statements, index: int, transactional: bool, done: int, first: bool = False):
     """The session lost between a file's tries (its last try's ROLLBACK included: an admin's pg_terminate_backend,
     a failover): no statement of it was running, so a transactional file applied nothing (errors.migration_error
     says it). Any statement sent then, not only the ROLLBACK: each is a moment a failover can hit, or a silent path."""
@@ -48,5 +49,19 @@ def between_tries(path: Path, statements, index: int, transactional: bool, done:
         if not errors.connection_lost(lost):
             raise
         failed = StatementFailed(lost, path, statements, index, transactional, done)
-        failed.in_backoff = True
+        failed.in_backoff = "first" if first else True  # (`first`: as the file's first try ended, no retry yet)
         raise failed from lost
+
+
+_OPENS = re.compile(r"\s*(?:BEGIN|START)\b", re.IGNORECASE)
+_COMMITS = re.compile(r"\s*(?:COMMIT|END)\b", re.IGNORECASE)
+
+
+def committed_then_lost(statement, opened) -> bool:
+    """A non-transactional file's statement that returned without an error, outside a block the file opened, whose
+    session was lost right after it (the probe's question that followed found it ended: a runner frozen as it ended,
+    attack24w 1): autocommit, so it COMMITTED (a BEGIN aside: it opened a block that committed nothing); so did the
+    COMMIT of a block the file opened."""
+    if opened is not None:
+        return bool(_COMMITS.match(statement.text))
+    return not _OPENS.match(statement.text)

@@ -13,12 +13,12 @@ from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import (autovacuum, backfill, cancel_ignored, client_encoding, clock_bound, commit_checks,
                                concurrently, conforming, deadlocks, detach, failures, files, lock_waiters,
-                               lost_session, retry, rewrites, session_locks, sessions, statement_bound)
+                               lost_session, retry, rewrites, server_statements, session_locks, sessions,
+                               statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, TransactionEnded, progress
 from migrator.postgres.transaction_status import IDLE, LOST
 
-_RESET_ALL = lazy_re.compile(r"\breset\s+all\b", re.IGNORECASE)
 _ENDS = re.compile(r"\s*(COMMIT|END|PREPARE\s+TRANSACTION)\b", re.IGNORECASE)  # (a NoAnswer's outcome unknown)
 
 
@@ -95,7 +95,10 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
                         if budget is not None and statement_bound.may_set(statement.text):  # (attack24t 9)
                             budget.override(cursor, path, statement)
                         statement_bound.hold(cursor, path, statement)
-                        if transactional and _RESET_ALL.search(statement.text):  # (it reset the runner's mark too)
+                        if not transactional and probe is not None and budget is not None \
+                                and connection.info.transaction_status == IDLE:  # (a frozen runner: attack24w 1)
+                            session_locks.idle_bound(connection, probe, budget)
+                        if transactional and server_statements.resets_all(statement.text):  # (the mark too)
                             mark_try(connection, True)
                         if probe is not None and connection.info.transaction_status != IDLE:
                             probe.ask_now()  # (a freeze outran the probe's thread: before the next one or COMMIT)
@@ -113,8 +116,11 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             except Exception as exc:
                 if not hasattr(exc, "pgcode"):
                     raise
-                if transactional and errors.connection_lost(exc):  # (a runner frozen between two statements)
-                    lost_session.mark(exc, cursor.connection, budget, only_idle=True)
+                if errors.connection_lost(exc):  # (a runner frozen between two statements)
+                    if transactional:
+                        lost_session.mark(exc, cursor.connection, budget, only_idle=True)
+                    else:
+                        session_locks.mark_idle_ended(exc, connection, probe)
                 still_open = connection.info.transaction_status not in (IDLE, LOST)  # (lost: no ROLLBACK to send)
                 # in the file's own block, open still or ended by this failure (a COMMIT that failed rolled it back)
                 in_block = not transactional and (still_open or opened is not None)
@@ -125,7 +131,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             if transactional and connection.info.transaction_status == IDLE:  # (the flag: no round trip)
                 raise TransactionEnded(path, statements, index)
             if not transactional:
-                if connection.info.transaction_status == IDLE:
+                if connection.info.transaction_status == IDLE or connection.info.transaction_status == LOST \
+                        and lost_session.committed_then_lost(statement, opened):
                     opened = None
                     if index + 1 > done:
                         done = index + 1
@@ -246,7 +253,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                     seen.lock_timeout = min(ms for ms in (budget.set_ms, budget.file_ms) if ms is not None) / 1000
                 if not transactional and MAY_COMMIT.match(exc.statement.text):
                     raise _not_retried(exc, seen, backoff, _MAY_COMMIT)
-                with lost_session.between_tries(path, statements, exc.index, transactional, exc.done):
+                with lost_session.between_tries(path, statements, exc.index, transactional, exc.done,
+                                                backoff.tries == 1):
                     kept = bool(policy.budget) and session_locks.after_failed_try(connection, transactional)
                 if kept:  # (a retry would keep it: the app would wait on it through the backoff and the tries)
                     session_locks.end(connection)

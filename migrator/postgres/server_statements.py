@@ -95,3 +95,22 @@ def _parsed(statement) -> tuple:
         body = text[at:at + raw.stmt_len] if raw.stmt_len else text[at:]
         found.append((Statement(body, statement.line + newlines(text, 0, at), statement.offset + at), raw.stmt))
     return tuple(found)
+
+
+def resets_all(text: str) -> bool:
+    """`text` runs a RESET ALL or DISCARD ALL, as the server reads it (`RESET/**/ALL`, a comment line between the
+    words: attack24w 2), which resets the runner's SET LOCAL mark too (running.mark_try sets it again). Parsed only
+    when one of the words is there; unreadable: the server refuses it anyway. (Code that builds it at run time, an
+    EXECUTE in a DO block, is seen by the record instead: TransactionEnded's words name it.)"""
+    lowered = text.lower()
+    if "reset" not in lowered and "discard" not in lowered:
+        return False
+    from pglast import ast, enums, parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        found = [raw.stmt for raw in parse_sql(text)]
+    except ParseError:
+        return False
+    return any(isinstance(stmt, ast.VariableSetStmt) and stmt.kind == enums.VariableSetKind.VAR_RESET_ALL
+               or isinstance(stmt, ast.DiscardStmt) and stmt.target == enums.DiscardMode.DISCARD_ALL for stmt in found)

@@ -12,9 +12,11 @@ EXTENSION's, pg_lock.hold_for_shared_ddl) are not the file's: left out.
 from __future__ import annotations
 
 import re
+import time
+import weakref
 
 from migrator import lazy_re
-from migrator.postgres import failures
+from migrator.postgres import failures, session_options
 from migrator.postgres.transaction_status import IDLE
 
 # Granted advisory locks of this session (between transactions: each one session-level), the run's own keys aside.
@@ -56,6 +58,48 @@ def after_failed_try(connection, transactional: bool) -> bool:
         if transactional and not found:
             cursor.execute("BEGIN")
     return found
+
+
+# A migration connection's idle_session_timeout while it holds such a lock between autocommit statements: (ms, when
+# its last statement ended). Every session connects with 0 (session_options.NO_IDLE_TIMEOUTS): idle there, a runner
+# frozen (SIGSTOP, a VM pause) would keep the application waiting on the lock for the whole freeze (attack24w 1).
+IDLE_SET: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def idle_bound(connection, probe, budget) -> None:
+    """After a non-transactional file's statement that left its session idle: while the probe knows the session holds
+    a session-level lock, its idle_session_timeout is a transactional try's idle bound (the lock bound plus the
+    margin: the server ends a frozen runner's session, releasing the lock), its idle_in_transaction_session_timeout
+    too; both as connected again once none is held. PostgreSQL 14+ (an older server has no idle_session_timeout).
+    Plain SETs: one round trip when it changes, none otherwise."""
+    held, bound = probe.session_locked(), IDLE_SET.get(connection)
+    if held and bound is None and connection.server_version >= 140000:
+        ms = session_options.idle_in_try_ms(budget.per_try_ms + budget.floor_ms)
+        with connection.cursor() as cursor:
+            # (and idle in a transaction: a backfill's checked batch, BEGIN ... COMMIT, between its round trips)
+            cursor.execute(f"SET idle_session_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}")
+        bound = IDLE_SET[connection] = [ms, 0.0]
+    elif not held and bound is not None:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET idle_session_timeout; RESET idle_in_transaction_session_timeout")  # (connect's)
+        bound = IDLE_SET.pop(connection, None) and None
+    if bound is not None:
+        bound[1] = time.monotonic()
+
+
+def mark_idle_ended(lost, connection, probe) -> None:
+    """A non-transactional file's session lost while idle_bound's bound was set: marked (ms, seconds frozen) when the
+    runner was frozen past it (its clock's gap since the last statement ended, or the probe thread's: it ticks every
+    10 ms, so it is given two ticks to see a freeze that came as a statement ended), so that the line says the server
+    ended the idle session and the statement did not run."""
+    bound = IDLE_SET.get(connection)
+    if bound is None:
+        return
+    time.sleep(0.03)
+    thawed = probe.thawed if probe is not None else None
+    gap = max(time.monotonic() - bound[1], thawed[1] if thawed and time.monotonic() - thawed[0] < 1 else 0)
+    if gap * 1000 > bound[0]:
+        lost.idle_ended = (bound[0], gap)
 
 
 def end(connection) -> None:
