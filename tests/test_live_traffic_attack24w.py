@@ -30,10 +30,15 @@ LOADING = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() 
            "load_target%%' AND pid <> pg_backend_pid()")
 
 
-def freeze_until_the_session_ends(db, runner, running=LOADING):
-    """SIGSTOP once the load's INSERTs run; SIGCONT once the server ended the migration's session (at most 20 s)."""
+def freeze_until_the_session_ends(db, runner, running=LOADING, ready=None):
+    """SIGSTOP once the load's INSERTs run (and `ready(db)` holds); SIGCONT once the server ended the migration's
+    session (at most 20 s)."""
     try:
         ((pid,),) = wait_for(db, running)
+        started = time.monotonic()
+        while ready is not None and not ready(db):
+            assert time.monotonic() - started < 20, "the load never got ready to be frozen"
+            time.sleep(0.01)
         runner.send_signal(signal.SIGSTOP)
         started = time.monotonic()
         while db.poll("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)):
@@ -66,7 +71,9 @@ def test_a_runner_frozen_between_a_backfills_batches_holding_a_session_lock_lose
     """attack24w 1, the documented safe pattern: a `-- backfill: batch` UPDATE after the session lock, frozen between
     (or during) its batches: the application waited for the whole freeze."""
     add_migration(sql_dir, "0002_fill", BACKFILL)
-    err = freeze_until_the_session_ends(db, runner_process(["migrate", "--sql-dir", sql_dir], seeded), BACKFILLING)
+    err = freeze_until_the_session_ends(  # (frozen once a batch committed: frozen in the first, nothing committed)
+        db, runner_process(["migrate", "--sql-dir", sql_dir], seeded), BACKFILLING,
+        lambda db: db.query("SELECT count(*) FROM fill_t WHERE region = 'eu'") != [(0,)])
     (filled,) = db.query("SELECT count(*) FROM fill_t WHERE region = 'eu'")[0]
     assert 0 < filled < 20000 and "idle_session_timeout of 3.3 s" in err and "frozen" in err, err
     assert "statements 1-3 of 5" in err and f"COMMITTED {filled} row(s)" in err, err
