@@ -219,8 +219,10 @@ def _read_set(text: str, seen) -> None:
             seen.path = None  # the session's again
         elif tree.kind != kinds.VAR_SET_VALUE:
             continue  # FROM CURRENT: as it is
+        elif tree.is_local and not _in_transaction(seen):
+            continue  # (a non-transactional file's statement alone: it ends with it, the server warns)
         elif tree.is_local and not seen.transactional:
-            seen.path = Unknown("SET LOCAL search_path outside the file's transaction")
+            seen.path = Unknown("SET LOCAL search_path in a BEGIN block of a non-transactional file")
         elif all(isinstance(a, ast.A_Const) and isinstance(a.val, ast.String) for a in tree.args or ()):
             seen.path = _path((a.val.sval for a in tree.args or ()), seen)
             seen.path = Role(seen.path) if seen.role_set else seen.path
@@ -269,10 +271,17 @@ def _set_config(text: str, seen):
                  getattr(tree, k) for k in ("fromClause", "whereClause", "withClause", "havingClause", "groupClause")))
     value = getattr(named[0].args[1].val, "sval", None)
     local = getattr(named[0].args[2].val, "boolval", None)
+    if local is True and not _in_transaction(seen):
+        return seen.path  # (as SET LOCAL alone)
     schemas = split_identifiers(value) if alone and isinstance(value, str) else None
     if schemas is None or local is None or local and not seen.transactional:
         return Unknown("set by set_config with a value the judge does not read")
     return _path(schemas, seen)
+
+
+def _in_transaction(seen) -> bool:
+    """A statement of the file runs in a transaction: its file's, or a non-transactional file's BEGIN block (risks)."""
+    return seen.transactional or seen.altered is not None
 
 
 def _path(schemas, seen) -> Path:
