@@ -3,8 +3,8 @@
 `counting()` wraps psycopg2.connect while it is active: every connection the runner opens in this process (the
 run's own, each migration session, the side connections: yoyo connects through the same module attribute) counts
 each execute/executemany/callproc/copy_expert, commit and rollback it sends, with the statement's first words.
-`python bench/statements.py` runs a no-op migrate, a migrate of one file and of three, status and plan in-process against a
-scratch database on the suite's embedded PostgreSQL (tests/conftest.py's server) and prints the counts.
+`python bench/statements.py` runs a no-op migrate, a migrate of one file and of three, status and plan in-process
+against a scratch database on the suite's embedded PostgreSQL (tests/conftest.py's server) and prints the counts.
 """
 
 from __future__ import annotations
