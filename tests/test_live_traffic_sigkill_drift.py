@@ -4,36 +4,13 @@ build left (1) and the files it applied before it died (2) are the migrations' w
 `migrate --strict`, before and after the rerun.
 """
 
-import signal
-import time
-
 import pytest
 
 from conftest import SEED, add_migration, applied
 from test_live_traffic import (BUILD, INDEX, index_state, seeded, snapshot_holder,  # noqa: F401 (a fixture)
-                               wait_for_phase, writer_holder)
-from test_reliability import runner_process
+                               stopped_mid_build, writer_holder)
 
 COLUMN = "ALTER TABLE hcm_report_metadata ADD COLUMN region text;\n"
-
-
-def killed_mid_build(db, sql_dir, env, hold, phase):
-    """A runner SIGKILLed while its CONCURRENTLY build waits (`phase`) on the `hold`er, which then ends: the server
-    aborts the build of the dead client and leaves the INVALID index. Returns the runner's stdout."""
-    holder = hold(db)
-    try:
-        runner = runner_process(["migrate", "--sql-dir", sql_dir], env)
-        wait_for_phase(db, phase, runner)
-        runner.send_signal(signal.SIGKILL)
-        out, _ = runner.communicate(timeout=30)
-        deadline = time.monotonic() + 15  # the server cancels a dead client's build (its 2 s check)
-        while db.poll("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-    finally:
-        holder.rollback()
-        holder.close()
-    return out
 
 
 @pytest.mark.parametrize("phase,hold", [("waiting for old snapshots", snapshot_holder),
@@ -44,11 +21,11 @@ def test_the_invalid_index_a_sigkilled_build_left_is_not_drift_and_strict_reruns
     """attack24x 1: status said both "left by an earlier try ... migrate drops it" and "DRIFT ... made outside
     migrations", and `migrate --strict` refused the rerun (exit 5): a human was needed."""
     add_migration(sql_dir, "0002_tenant_index", BUILD)
-    killed_mid_build(db, sql_dir, seeded, hold, phase)
+    stopped_mid_build(db, sql_dir, seeded, hold, phase)
     assert index_state(db) == [(False,)] and applied(db) == [SEED]
     status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
     assert status.exit_code not in (0, 5), status.output  # the INVALID index is reported, not as drift
-    assert f"left by an earlier try of pending 0002_tenant_index" in status.output
+    assert "left by an earlier try of pending 0002_tenant_index" in status.output
     assert "DRIFT" not in status.output and "outside migrations" not in status.output
 
     rerun = cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded)
@@ -65,7 +42,7 @@ def test_a_file_applied_before_the_run_was_sigkilled_is_not_drift(cli, db, sql_d
     migrations" for ever (status --exit-code 5, every migrate --strict 5), even after the rerun completed 0003."""
     add_migration(sql_dir, "0002_col", COLUMN, "ALTER TABLE hcm_report_metadata DROP COLUMN region;\n")
     add_migration(sql_dir, "0003_tenant_index", BUILD)
-    out = killed_mid_build(db, sql_dir, seeded, snapshot_holder, "waiting for old snapshots")
+    out = stopped_mid_build(db, sql_dir, seeded, snapshot_holder, "waiting for old snapshots")
     assert "applied 0002_col" in out and applied(db) == [SEED, "0002_col"]
     status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
     assert "DRIFT" not in status.output and "region" not in status.output, status.output
