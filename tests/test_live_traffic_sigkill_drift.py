@@ -4,11 +4,15 @@ build left (1) and the files it applied before it died (2) are the migrations' w
 `migrate --strict`, before and after the rerun.
 """
 
+import signal
+
 import pytest
 
 from conftest import SEED, add_migration, applied
 from test_live_traffic import (BUILD, INDEX, index_state, seeded, snapshot_holder,  # noqa: F401 (a fixture)
                                stopped_mid_build, writer_holder)
+from test_live_traffic_attack24r import wait_for
+from test_reliability import runner_process
 
 COLUMN = "ALTER TABLE hcm_report_metadata ADD COLUMN region text;\n"
 
@@ -58,3 +62,26 @@ def test_a_file_applied_before_the_run_was_sigkilled_is_not_drift(cli, db, sql_d
     db.query("CREATE INDEX by_hand ON hcm_report_metadata (region)")
     status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
     assert status.exit_code == 5 and "index by_hand ON hcm_report_metadata added" in status.output, status.output
+
+
+def test_a_rollback_sigkilled_in_its_second_file_leaves_the_first_recorded(cli, db, sql_dir, seeded):
+    """attack24x 2, for `sql rollback --count 2`: 0003's rollback committed, then SIGKILL during 0002's: the table
+    0003's rollback dropped was drift for status (and refused the next --strict migrate)."""
+    add_migration(sql_dir, "0002_col", COLUMN,
+                  "SELECT pg_sleep(60);\nALTER TABLE hcm_report_metadata DROP COLUMN region;\n")
+    add_migration(sql_dir, "0003_table", "CREATE TABLE t3 (id int);\n", "DROP TABLE t3;\n")
+    assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    runner = runner_process(["sql", "rollback", "--count", "2", "--sql-dir", sql_dir], seeded)
+    try:
+        ((pid,),) = wait_for(db, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND query LIKE 'SELECT pg_sleep(60)%%'")
+        runner.send_signal(signal.SIGKILL)
+        out, _ = runner.communicate(timeout=30)
+    finally:
+        runner.kill()
+    db.query("SELECT pg_terminate_backend(%s)", (pid,))  # (its transaction rolled back: 0002 stays applied)
+    assert "rolled back 0003_table" in out and applied(db) == [SEED, "0002_col"]
+    status = cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded)
+    assert status.exit_code == 1 and "DRIFT" not in status.output, status.output  # (0003 pending again)
+    assert cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded).exit_code == 0
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
