@@ -3,8 +3,8 @@
 `counting()` wraps psycopg2.connect while it is active: every connection the runner opens in this process (the
 run's own, each migration session, the side connections: yoyo connects through the same module attribute) counts
 each execute/executemany/callproc/copy_expert, commit and rollback it sends, with the statement's first words.
-`python bench/statements.py` runs a no-op migrate, a migrate of one file, status and plan in-process against a
-scratch database on the suite's embedded PostgreSQL (tests/conftest.py's server) and prints the counts.
+`python bench/statements.py` runs a no-op migrate, a migrate of one file and of three, status and plan in-process
+against a scratch database on the suite's embedded PostgreSQL (tests/conftest.py's server) and prints the counts.
 """
 
 from __future__ import annotations
@@ -116,6 +116,10 @@ def main() -> None:
                                    "ALTER TABLE first DROP COLUMN note;")
             results["plan (1 pending)"] = run("plan", "--sql-dir", sql)
             results["migrate of 1 file"] = run("migrate", "--sql-dir", sql, "--quiet")
+            for n in (3, 4, 5):  # (each applied file's record: a description per file, attack24x 2)
+                conftest.add_migration(sql, f"000{n}_more", f"CREATE TABLE more{n} (id int PRIMARY KEY);",
+                                       f"DROP TABLE more{n};")
+            results["migrate of 3 files"] = run("migrate", "--sql-dir", sql, "--quiet")
             for name, counts in results.items():
                 print(f"| {name} | {counts.total} |")
                 if show:

@@ -236,6 +236,25 @@ def test_a_concurrent_build_waiting_for_an_old_snapshot_is_not_cancelled_by_lock
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code == 0
 
 
+def stopped_mid_build(db, sql_dir, env, hold, phase, signum=signal.SIGKILL) -> str:
+    """A migrate stopped by `signum` while its CONCURRENTLY build is in `phase` (the `hold`er makes it wait), which
+    then ends: the server ends the build of a stopped client (INVALID). Returns the runner's stdout."""
+    holder = hold(db)
+    try:
+        runner = runner_process(["migrate", "--sql-dir", sql_dir], env)
+        wait_for_phase(db, phase, runner)
+        runner.send_signal(signum)
+        out, _ = runner.communicate(timeout=30)
+        deadline = time.monotonic() + 15  # a SIGKILLed client's build is cancelled by the server (2 s check)
+        while db.poll("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        holder.rollback()
+        holder.close()
+    return out
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 @pytest.mark.parametrize("phase,hold,build", [("waiting for writers before build", writer_holder, BUILD),
                                               ("building index: scanning table", slow_rows, SLOW_BUILD),
@@ -248,24 +267,11 @@ def test_a_runner_stopped_during_a_concurrent_build_is_finished_by_the_rerun(cli
         assert cli("migrate", "--sql-dir", sql_dir, env=seeded).exit_code == 0
     before = applied(db)
     add_migration(sql_dir, "0003_tenant_index", build)
-    holder = hold(db)
-    try:
-        runner = runner_process(["migrate", "--sql-dir", sql_dir], seeded)
-        wait_for_phase(db, phase, runner)
-        runner.send_signal(signum)
-        runner.communicate(timeout=30)
-        deadline = time.monotonic() + 15  # a SIGKILLed client's build is cancelled by the server (2 s check)
-        while db.poll("SELECT 1 FROM pg_stat_progress_create_index WHERE datname = current_database()"):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-    finally:
-        holder.rollback()
-        holder.close()
+    stopped_mid_build(db, sql_dir, seeded, hold, phase, signum)
     assert index_state(db) == [(False,)] and applied(db) == before  # the interrupted try's leftover
     assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=seeded).exit_code != 0
 
-    rerun = cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded) if signum == signal.SIGTERM else \
-        cli("migrate", "--sql-dir", sql_dir, env=seeded)
+    rerun = cli("migrate", "--strict", "--sql-dir", sql_dir, env=seeded)  # (a SIGKILL's leftover: not drift either)
     assert rerun.exit_code == 0, rerun.output
     assert f"dropped INVALID index public.{INDEX}, left by an earlier try of this migration" in rerun.stderr
     assert index_state(db) == [(True,)] and applied(db) == [*before, "0003_tenant_index"]

@@ -145,8 +145,8 @@ def _apply_pending(settings: CommandSettings, backend, target, migrations, schem
             for migration, seconds in postgres.apply(backend, target, migrations):
                 applied.append(migration.id)
                 built.extend(getattr(migration, "built_indexes", []))
+                settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")  # (said before its record)
                 changed.append(migration.id)  # (recorded now: its built indexes first)
-                settings.echo(f"  applied {migration.id} ({seconds * 1000:.0f} ms)")
 
 
 def migrate_mongo(settings: CommandSettings, mongo_target, mongo_patches):
@@ -204,10 +204,11 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
     found before stays drift and the runner's work never reads as drift. The block appends each id it changed to
     the list it is given. The first change takes the schema's bookkeeping lock before it can commit
     (bookkeeping_lock.Recording: another session holding that lock stops the change uncommitted, never leaves it
-    unrecorded), and the lock is held until the record is written: after the block, or, in a schema several
-    histories share (services migrating at once), after each change, so another service waits for one record at
-    most (each describes the schema again: slower). After a failure what is left is recorded too (a
-    non-transactional file may have committed part); with no change, no failure and not `always`, nothing is.
+    unrecorded). The record is written after each change, so a run SIGKILLed during its next file leaves the files it
+    applied recorded (attack24x 2); the lock is held to the end of the block, or, in a schema several histories
+    share (services migrating at once), released after each record, so another service waits for one record at
+    most. After a failure what is left is recorded too (a non-transactional file may have committed part); with no
+    change, no failure and not `always`, nothing is.
     `files`: the migrations the block may run; what the ones it ran (after a failure: any of them) name as DDL
     targets is this history's work, in a schema shared by several histories (snapshot.advance)."""
     from migrator.schema import snapshot
@@ -215,16 +216,17 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
     if before is None:  # (the drift check's description, when it made one, is the same moment's)
         before = snapshot.live_description(backend.connection, backend.bookkeeping_schema)
     recording = backend.recording = pg_lock.Recording(backend.connection, backend.bookkeeping_schema)
-    seen, done = [before], []
+    seen, done, shared = [before], [], bool(snapshot.history(backend.connection))
 
     def record(failed: bool = False) -> None:
         ran = [m for m in files if m.id in changed[len(done):] or (failed and m.id not in done)]
         snapshot.advance(backend.connection, backend.bookkeeping_schema, seen[-1], reason, claimed or (),
                          _named(ran), seen)
         done[:] = changed
-        recording.release()
+        if shared:  # (one history's schema: kept to the end, as no other history records here)
+            recording.release()
 
-    changed = _Recorded(record if snapshot.history(backend.connection) else None)
+    changed = _Recorded(record)
     try:
         yield changed
     except BaseException as exc:
@@ -249,7 +251,7 @@ def advancing_schema(settings: CommandSettings, backend, reason: str, *, always:
 
 
 class _Recorded(list):
-    """The ids a block changed; each recorded as it is appended when given `record` (advancing_schema)."""
+    """The ids a block changed; each recorded as it is appended (advancing_schema)."""
 
     def __init__(self, record):
         super().__init__()
@@ -257,8 +259,7 @@ class _Recorded(list):
 
     def append(self, item) -> None:
         super().append(item)
-        if self._record is not None:
-            self._record()
+        self._record()
 
 
 def _named(ran) -> set[str]:

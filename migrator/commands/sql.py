@@ -29,8 +29,8 @@ def rollback(settings: CommandSettings, *, count: int | None, to: str | None, al
                 watching(settings, backend, target):
             for migration, seconds in postgres.rollback(backend, target, selected):
                 done.append(migration.id)
+                settings.echo(f"  rolled back {migration.id} ({seconds * 1000:.0f} ms)")  # (said before its record)
                 changed.append(migration.id)
-                settings.echo(f"  rolled back {migration.id} ({seconds * 1000:.0f} ms)")
         states = postgres.status(backend, migrations)
     applied, no_file = postgres.applied_counts(states)
     return RollbackReport(done, applied, len(migrations), no_file)

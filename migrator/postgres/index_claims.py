@@ -50,13 +50,14 @@ def _rows(cursor, build: Build) -> list:
 
 
 def explained(connection, states, schema: str, failures_table: str) -> set[str]:
-    """The names of the VALID indexes pending migrations' interrupted tries built: that migration's work, which its
-    rerun counts as done (concurrently._named, _unnamed)."""
+    """The names of the indexes pending migrations' interrupted tries built: that migration's work, never drift. A
+    VALID one its rerun counts as done (concurrently._named, _unnamed); an INVALID one of the same definition (a
+    SIGKILLed build the server aborted: attack24x 1) its rerun drops and builds again (rebuilt_by's DROPS)."""
     names = set()
     with connection.cursor() as cursor:
         for state, build in _pending(cursor, states, schema):
             record = (failures_table, state.id)
-            names.update(row[5] for row in _rows(cursor, build) if row[0] and same(cursor, build, row, record, False))
+            names.update(row[5] for row in _rows(cursor, build) if same(cursor, build, row, record, False) is DROPS)
     return names
 
 
