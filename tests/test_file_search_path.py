@@ -118,3 +118,31 @@ def test_an_interrupted_detach_is_finalized_where_the_files_path_put_it(cli, db,
     assert rerun.exit_code == 0, rerun.output
     assert 'partition "ev1" is pending detach, left by an earlier try of this migration' in rerun.stderr
     assert db.query(pending) == [("ev2", False)] and applied(db) == [SEED, "0002_detach"]
+
+
+# Paths the judge cannot read: only the migration's session knows them, as the file runs (attack24x 3)
+UNREAD = {
+    "do": "DO $$BEGIN EXECUTE 'SET search_path = reports, public'; END$$;\n",
+    "computed-set_config": "SELECT set_config('search_path', 'rep' || 'orts, public', false);\n",
+}
+
+
+@pytest.mark.parametrize("spelling", UNREAD)
+@pytest.mark.parametrize("guard", ["", "IF NOT EXISTS "])
+def test_a_leftover_under_a_path_only_the_session_knows_is_dropped_where_it_is(cli, db, sql_dir, reports, spelling,
+                                                                                guard):
+    """The file's path is set by a statement the judge cannot read (a DO block's EXECUTE, a computed set_config): the
+    rerun looks for the interrupted build's leftover in the session, right before the build, where the server
+    resolves the name. Before: the leftover was looked for on the session's public `rep` before the file ran, never
+    found; every rerun failed (IF NOT EXISTS: "run migrate again: it drops the INVALID index", which it never did)."""
+    add_migration(sql_dir, "0003_rep_idx", f"-- transactional: false\n{UNREAD[spelling]}"
+                  f"CREATE INDEX CONCURRENTLY {guard}idx_rep_name ON rep (name, id);\n")
+    sigterm_while_waiting_for_old_snapshots(db, sql_dir, reports)
+    assert [r[0] for r in db.query(INVALID)] == ["reports.idx_rep_name"]
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=reports)
+    assert rerun.exit_code == 0, rerun.output
+    assert "dropped INVALID index reports.idx_rep_name" in rerun.stderr, rerun.stderr
+    assert db.query(INVALID) == [] and applied(db) == [SEED, "0002_reports", "0003_rep_idx"]
+    assert db.query("SELECT to_regclass('reports.idx_rep_name') IS NOT NULL, to_regclass('public.idx_rep_name')") \
+        == [(True, None)]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=reports).exit_code == 0
