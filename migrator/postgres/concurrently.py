@@ -257,14 +257,15 @@ def invalid_after(connection, statements, before: set[int], tables=None) -> list
     return list(dict.fromkeys(found))
 
 
-def not_ours(connection, statements, index: int, tables=None) -> bool:
-    """Whether the INVALID index a named build (statement `index`) left is another definition than it builds:
-    someone else's, which a rerun refuses to drop (_named) rather than dropping and building it again."""
+def ours(connection, statements, index: int, tables=None) -> bool | None:
+    """Whether the INVALID index a named build (statement `index`) left is what it builds, which a rerun drops and
+    builds again; False: another definition, someone else's, which a rerun refuses to drop (index_leftovers._named);
+    None: this role cannot tell (no TEMPORARY privilege), the rerun may refuse too. True for any other statement."""
     with connection.cursor() as cursor:
         for build in builds(statements, cursor, tables):
             if build.index == index and build.name is not None and (found := _find(cursor, build)) is not None:
-                return not found[0] and same(cursor, build, found) is False
-    return False
+                return found[0] or same(cursor, build, found)
+    return True
 
 
 def built(connection, statements, before: set[int], tables=None) -> list[str]:

@@ -306,8 +306,8 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     if not transactional:
         invalid = concurrently.invalid_after(connection, statements, before, skip.tables)
         if invalid:
-            raise IndexLeftInvalid(invalid, path, statements, concurrently.not_ours(connection, statements,
-                                                                                    invalid[0][0], skip.tables))
+            raise IndexLeftInvalid(invalid, path, statements, concurrently.ours(connection, statements,
+                                                                                invalid[0][0], skip.tables))
         if taken := concurrently.skipped(connection, statements, skip.tables):
             raise IndexNotBuilt(*taken[0], path, statements)
         migration.built_indexes = concurrently.built(connection, statements, before, skip.tables)
@@ -359,15 +359,17 @@ def _not_retried(exc, seen, backoff, why: str):
 class IndexLeftInvalid(StatementFailed):
     """A file ran to its end but an index one of its CONCURRENTLY builds names is INVALID: not recorded."""
 
-    def __init__(self, invalid: list[tuple[int, str]], path: Path, statements, not_ours: bool = False):
+    def __init__(self, invalid: list[tuple[int, str]], path: Path, statements, ours: bool | None = True):
         index, name = invalid[0]
         cause = RuntimeError(
             f"index {name} is INVALID (an earlier failed build that IF NOT EXISTS skipped, or a build that failed "
             "without an error here), so the migration is not recorded as applied")
         super().__init__(cause, path, statements, index, False, len(statements), None)
-        self.todo = ("run migrate again: it drops the INVALID index (DROP INDEX CONCURRENTLY) and builds it again; "
-                     "or drop it yourself and run again")
-        if not_ours:  # the rerun refuses to drop it (concurrently._named): say what will happen
+        # (what the rerun does with it, as index_leftovers._named decides: never a drop it will not do)
+        self.todo = (f"run migrate again: it drops the INVALID index (DROP INDEX CONCURRENTLY {name}) and builds it "
+                     "again" if ours else f"drop it yourself: DROP INDEX CONCURRENTLY {name}; then run migrate again "
+                     "(its definition could not be compared with the build's: no TEMPORARY privilege)")
+        if ours is False:
             self.todo = (f"it is not what this file builds (another definition), so migrate will not drop it: look "
                          f"at it, drop it yourself (DROP INDEX CONCURRENTLY {name}) or rename the build, then run "
                          "again")
