@@ -110,7 +110,8 @@ def test_an_attach_is_refused_unless_the_server_takes_the_tables_index_over(cli,
                f"WHERE i.indrelid = '{TABLE}'::regclass ORDER BY 1")
     before = db.query(indexes)
     result = migrate(cli, db, sql_dir, *SMALL)
-    if case in NOT_TAKEN:
+    # (a pending index's predicate is the file's text, a live one's the server's: not compared, counted as a build)
+    if case in NOT_TAKEN or parent == "pending" and case == "same_predicate":
         assert result.exit_code == 2, result.output
         line = 4 if parent == "pending" else 2
         assert f"{path}:{line}: ATTACH PARTITION {TABLE} (cloning evp's index evp_name (" in result.stderr, \
