@@ -3,11 +3,8 @@ behind a migration recorded as applied, and an earlier try's leftover finished w
 
 - A CONCURRENTLY build or drop (CREATE INDEX / REINDEX / DROP INDEX) runs with lock_timeout off: it waits for older snapshots
   (a pg_dump, a REPEATABLE READ report), which blocks no application query; statement_timeout still bounds it.
-- Before a file's build, when an earlier try of this same migration stopped part-way (its failure record): an
-  INVALID index of the build's name on its table is that try's leftover, dropped (CONCURRENTLY) so the build
-  runs again; a VALID one with the same definition is that try's work, which the server finished after the
-  runner died: the statement is counted as done. The INVALID copies an interrupted `REINDEX INDEX CONCURRENTLY`
-  leaves beside its index (name_ccnew...) are dropped before it runs again.
+- Right before a file's build, when an earlier try of this same migration stopped part-way, that try's INVALID
+  leftover is dropped and a VALID one of the build's definition counted as done (index_leftovers.py).
 - After the file ran, every index its builds name must be valid, else the migration fails and is not
   recorded (`CREATE INDEX CONCURRENTLY IF NOT EXISTS` skips over an INVALID index without a word).
 """

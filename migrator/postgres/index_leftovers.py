@@ -59,7 +59,8 @@ def before_statement(connection, statements, index: int, path, done: Done) -> No
     with connection.cursor() as cursor:
         for reindex in concurrently.reindexes([statement]):
             if reindex.kind != "schema":
-                reindex.target = done.tables[index] = _here(cursor, reindex.target)
+                reindex.target = _here(cursor, reindex.target)
+            done.tables[index] = reindex.target  # (looked at once a run)
             for leftover in reindex_leftovers(cursor, reindex):
                 if not done.rerun:
                     done.before.add(_oid(cursor, leftover))
