@@ -114,8 +114,8 @@ def _live(live, table) -> list[tuple]:
         return []
     oid = found[0]
     return ([("index", n, u, tuple(c), p, Shape(am, keys, tuple((o[0], o[1] == "true") for o in ops),
-                                                 tuple(c[0] for c in colls), exprs, pred, distinct, True,
-                                                 (tuple(o[2] for o in ops), tuple(c[1] for c in colls)), excl))
+                                                 tuple(k[0] for k in colls), exprs, pred, distinct, True,
+                                                 (tuple(o[2] for o in ops), tuple(k[1] for k in colls)), excl))
              for n, u, c, p, am, keys, ops, colls, exprs, pred, distinct, excl in live._rows(_INDEXES, (oid,))]
             + [("foreign key", n, tuple(c), r, v) for n, c, r, v in live._rows(_FOREIGN, (oid,))])
 
