@@ -109,6 +109,8 @@ def test_an_attach_is_refused_unless_the_server_takes_the_tables_index_over(cli,
     indexes = (f"SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                f"WHERE i.indrelid = '{TABLE}'::regclass ORDER BY 1")
     before = db.query(indexes)
+    plan = cli("plan", "--sql-dir", sql_dir, *SMALL, env=db.db_env())  # (plan shows migrate's verdict)
+    verdicts = [line for line in plan.stdout.splitlines() if line.startswith("-- REFUSED by migrate:")]
     result = migrate(cli, db, sql_dir, *SMALL)
     # (a pending index's predicate is the file's text, a live one's the server's: not compared, counted as a build)
     if case in NOT_TAKEN or parent == "pending" and case == "same_predicate":
@@ -116,8 +118,9 @@ def test_an_attach_is_refused_unless_the_server_takes_the_tables_index_over(cli,
         line = 4 if parent == "pending" else 2
         assert f"{path}:{line}: ATTACH PARTITION {TABLE} (cloning evp's index evp_name (" in result.stderr, \
             result.stderr
-        assert applied(db) == [SEED]
+        assert applied(db) == [SEED] and any("(cloning evp's index evp_name" in line for line in verdicts), verdicts
         return
     ok(result)
+    assert verdicts == [], verdicts
     assert applied(db) == [SEED, "0002_attach"]
     assert db.query(indexes) == before  # (taken over: no clone built beside t_name)
