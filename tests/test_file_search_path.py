@@ -6,7 +6,7 @@ processes: the leftover is found in the schema the server put it in (reports, or
 import pytest
 
 from conftest import SEED, add_migration, applied
-from test_live_traffic import blocking, seeded, sigterm_while_waiting_for_old_snapshots  # noqa: F401
+from test_live_traffic import blocking, seeded, sigterm_while_waiting_for_old_snapshots, snapshot_holder  # noqa: F401
 
 TABLES = "".join(
     f"CREATE TABLE {schema}.rep (id int, name text);\n"
@@ -118,3 +118,57 @@ def test_an_interrupted_detach_is_finalized_where_the_files_path_put_it(cli, db,
     assert rerun.exit_code == 0, rerun.output
     assert 'partition "ev1" is pending detach, left by an earlier try of this migration' in rerun.stderr
     assert db.query(pending) == [("ev2", False)] and applied(db) == [SEED, "0002_detach"]
+
+
+# Paths the judge cannot read: only the migration's session knows them, as the file runs (attack24x 3)
+UNREAD = {
+    "do": "DO $$BEGIN EXECUTE 'SET search_path = reports, public'; END$$;\n",
+    "computed-set_config": "SELECT set_config('search_path', 'rep' || 'orts, public', false);\n",
+}
+
+
+@pytest.mark.parametrize("spelling", UNREAD)
+@pytest.mark.parametrize("guard", ["", "IF NOT EXISTS "])
+def test_a_leftover_under_a_path_only_the_session_knows_is_dropped_where_it_is(cli, db, sql_dir, reports, spelling,
+                                                                                guard):
+    """The file's path is set by a statement the judge cannot read (a DO block's EXECUTE, a computed set_config): the
+    rerun looks for the interrupted build's leftover in the session, right before the build, where the server
+    resolves the name. Before: the leftover was looked for on the session's public `rep` before the file ran, never
+    found; every rerun failed (IF NOT EXISTS: "run migrate again: it drops the INVALID index", which it never did)."""
+    add_migration(sql_dir, "0003_rep_idx", f"-- transactional: false\n{UNREAD[spelling]}"
+                  f"CREATE INDEX CONCURRENTLY {guard}idx_rep_name ON rep (name, id);\n")
+    sigterm_while_waiting_for_old_snapshots(db, sql_dir, reports)
+    assert [r[0] for r in db.query(INVALID)] == ["reports.idx_rep_name"]
+    status = cli("status", "--sql-dir", sql_dir, env=reports)  # (it cannot tell whose: said so, no attribution)
+    (line,) = [line for line in status.stdout.splitlines() if "INVALID index reports.idx_rep_name" in line]
+    assert "DROP INDEX CONCURRENTLY reports.idx_rep_name; then run migrate again (or, if an interrupted build of " \
+           "pending 0003_rep_idx left it under a search_path its file sets in a way status cannot read" in line, line
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=reports)
+    assert rerun.exit_code == 0, rerun.output
+    assert "dropped INVALID index reports.idx_rep_name" in rerun.stderr, rerun.stderr
+    assert db.query(INVALID) == [] and applied(db) == [SEED, "0002_reports", "0003_rep_idx"]
+    assert db.query("SELECT to_regclass('reports.idx_rep_name') IS NOT NULL, to_regclass('public.idx_rep_name')") \
+        == [(True, None)]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=reports).exit_code == 0
+
+
+@pytest.mark.parametrize("spelling", UNREAD)
+def test_a_build_failed_on_a_snapshot_under_a_path_only_the_session_knows_completes_on_the_rerun(cli, db, sql_dir,
+                                                                                                 reports, spelling):
+    """attack24x 3 as reported: the IF NOT EXISTS build times out waiting for a pg_dump's snapshot (statement_timeout);
+    the rerun, the reader gone, drops the INVALID leftover and builds it. Before: every rerun failed "run migrate
+    again: it drops the INVALID index ..." and never did (a loop)."""
+    add_migration(sql_dir, "0003_rep_idx", f"-- transactional: false\n{UNREAD[spelling]}"
+                  "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_rep_name ON rep (name, id);\n")
+    holder = snapshot_holder(db)
+    try:
+        first = cli("migrate", "--statement-timeout", "1s", "--sql-dir", sql_dir, env=reports)
+    finally:
+        holder.close()
+    assert first.exit_code != 0 and "statement timeout" in first.stderr, first.output
+    assert [r[0] for r in db.query(INVALID)] == ["reports.idx_rep_name"]
+    for _ in range(2):  # (the second: nothing left to do)
+        rerun = cli("migrate", "--sql-dir", sql_dir, env=reports)
+        assert rerun.exit_code == 0, rerun.output
+    assert db.query(INVALID) == [] and applied(db) == [SEED, "0002_reports", "0003_rep_idx"]
+    assert cli("status", "--exit-code", "--sql-dir", sql_dir, env=reports).exit_code == 0

@@ -421,9 +421,10 @@ def test_a_block_the_file_opens_itself_is_retried_from_its_begin(cli, db, sql_di
 @pytest.mark.parametrize("taken,instead", [
     ("CREATE TABLE hcm_audit (id int, tenant_id text); CREATE INDEX {i} ON hcm_audit (tenant_id)",
      "the name is taken in that schema by index public.{i}: CREATE INDEX {i} ON public.hcm_audit USING btree "
-     "(tenant_id) (index names are per schema), so no index was built on \"hcm_report_metadata\""),
+     "(tenant_id) (index names are per schema), so no index was built on \"public\".\"hcm_report_metadata\""),
     ("CREATE INDEX {i} ON hcm_report_metadata (dag_name)",
-     "index public.{i} already exists on \"hcm_report_metadata\" with another definition (USING btree (dag_name))")],
+     "index public.{i} already exists on \"public\".\"hcm_report_metadata\" with another definition "
+     "(USING btree (dag_name))")],
     ids=["other-table", "other-definition"])
 def test_if_not_exists_over_a_name_taken_by_another_index_is_not_recorded_as_applied(cli, db, sql_dir, seeded, taken,
                                                                                        instead):

@@ -181,3 +181,23 @@ def test_a_try_the_server_ended_by_its_idle_bound_while_the_runner_was_frozen_sa
     assert "the session was lost before the runner sent its COMMIT: nothing of it was applied" in err, err
     assert "past its idle_in_transaction_session_timeout of 3.3 s" in err and "frozen" in err, err
     assert "whether it committed is unknown" not in err and applied(db) == [SEED]
+
+
+def test_an_invalid_index_the_rerun_will_not_drop_is_not_promised_dropped(cli, no_temp, sql_dir):
+    """attack24x 3: an INVALID index under an IF NOT EXISTS build's name, which this role cannot compare with the build
+    (an expression: no TEMPORARY for the copy) and no earlier try of the migration made: the rerun will not drop it,
+    so the error says "drop it yourself: DROP INDEX CONCURRENTLY ...", not "run migrate again: it drops ..."."""
+    db, env = no_temp
+    build = f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {INDEX} ON hcm_report_metadata (lower(tenant_id))"
+    db.query(build.replace(" CONCURRENTLY IF NOT EXISTS", "") + "; "
+             f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{INDEX}'::regclass")  # a DBA's old try
+    add_migration(sql_dir, "0002_tenant_index", f"-- transactional: false\n{build};\n")
+    first = cli("migrate", "--sql-dir", sql_dir, env=env)
+    assert first.exit_code != 0 and f"index public.{INDEX} is INVALID" in first.stderr, first.output
+    assert f"drop it yourself: DROP INDEX CONCURRENTLY public.{INDEX}; then run migrate again" in first.stderr, \
+        first.stderr
+    assert "it drops the INVALID index" not in first.stderr, first.stderr
+    rerun = cli("migrate", "--sql-dir", sql_dir, env=env)  # (it does not drop it: the promise would have been false)
+    assert rerun.exit_code != 0 and index_state(db) == [(False,)] and applied(db) == [SEED], rerun.output
+    db.query(f"DROP INDEX {INDEX}")
+    assert cli("migrate", "--sql-dir", sql_dir, env=env).exit_code == 0 and index_state(db) == [(True,)]

@@ -3,11 +3,8 @@ behind a migration recorded as applied, and an earlier try's leftover finished w
 
 - A CONCURRENTLY build or drop (CREATE INDEX / REINDEX / DROP INDEX) runs with lock_timeout off: it waits for older snapshots
   (a pg_dump, a REPEATABLE READ report), which blocks no application query; statement_timeout still bounds it.
-- Before a file's build, when an earlier try of this same migration stopped part-way (its failure record): an
-  INVALID index of the build's name on its table is that try's leftover, dropped (CONCURRENTLY) so the build
-  runs again; a VALID one with the same definition is that try's work, which the server finished after the
-  runner died: the statement is counted as done. The INVALID copies an interrupted `REINDEX INDEX CONCURRENTLY`
-  leaves beside its index (name_ccnew...) are dropped before it runs again.
+- Right before a file's build, when an earlier try of this same migration stopped part-way, that try's INVALID
+  leftover is dropped and a VALID one of the build's definition counted as done (index_leftovers.py).
 - After the file ran, every index its builds name must be valid, else the migration fails and is not
   recorded (`CREATE INDEX CONCURRENTLY IF NOT EXISTS` skips over an INVALID index without a word).
 """
@@ -84,9 +81,10 @@ def _parsed(text: str) -> list:
             or isinstance(tree, ast.ReindexStmt) and any(p.defname == "concurrently" for p in tree.params or ())]
 
 
-def builds(statements, cursor=None) -> list[Build]:
+def builds(statements, cursor=None, tables: dict | None = None) -> list[Build]:
     """The CREATE INDEX CONCURRENTLY statements of a file (named or not). With `cursor`, an unqualified table is
-    qualified as the file's own SET search_path before it resolves it (file_search_path.py)."""
+    qualified as the file's own SET search_path before it resolves it (file_search_path.py). `tables`: {statement
+    index: its table as the migration's session resolved it right before it ran} (index_leftovers.py), which wins."""
     from pglast import ast
     from pglast.stream import RawStream
 
@@ -98,6 +96,7 @@ def builds(statements, cursor=None) -> list[Build]:
             name, table = tree.idxname, quoted(tree.relation.schemaname, tree.relation.relname)
             if paths.get(index) and not tree.relation.schemaname:
                 table = file_search_path.resolved(cursor, paths[index], table)
+            table = (tables or {}).get(index, table)
             relname, if_not_exists = tree.relation.relname, bool(tree.if_not_exists)
             # unnamed on the copy too: the server then picks the name it picks on the table (no other index there)
             tree.idxname = PROBE_INDEX if name is not None else None
@@ -107,8 +106,8 @@ def builds(statements, cursor=None) -> list[Build]:
     return found
 
 
-def reindexes(statements, cursor=None) -> list[Reindex]:
-    """The REINDEX ... CONCURRENTLY statements of a file (`cursor`: as builds())."""
+def reindexes(statements, cursor=None, tables: dict | None = None) -> list[Reindex]:
+    """The REINDEX ... CONCURRENTLY statements of a file (`cursor`, `tables`: as builds())."""
     from pglast import enums
 
     kinds = {enums.ReindexObjectType.REINDEX_OBJECT_INDEX: "index", enums.ReindexObjectType.REINDEX_OBJECT_TABLE: "table",
@@ -123,7 +122,7 @@ def reindexes(statements, cursor=None) -> list[Reindex]:
                 target = quoted(tree.relation.schemaname, tree.relation.relname)
                 if paths.get(index) and not tree.relation.schemaname:
                     target = file_search_path.resolved(cursor, paths[index], target)
-                found.append(Reindex(index, kind, target))
+                found.append(Reindex(index, kind, (tables or {}).get(index, target)))
     return found
 
 
@@ -239,157 +238,38 @@ def _oid(cursor, qualified: str) -> int | None:
     return cursor.fetchone()[0]
 
 
-def _drop(cursor, qualified: str) -> None:
-    """A leftover dropped as the file's own statements run: SIGTERM cancels the drop's wait for older transactions at
-    once (cancel.on_sigterm), the index stays INVALID for the next run (attack24v 2: it waited out a pg_dump)."""
-    with interrupt.live(), without_lock_timeout(cursor):
-        cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
-
-
-class Done(set):
-    """The statements counted as done (the index they build is already there, valid), and those indexes' oids."""
-
-    def __init__(self):
-        super().__init__()
-        self.oids: set[int] = set()
-
-
-def prepare(connection, statements, path, earlier_failure: str | None, record=None) -> Done:
-    """Before a non-transactional file runs again after an earlier try stopped part-way: drop its builds'
-    INVALID leftovers (a named build's index, an unnamed one's INVALID index of the same definition and the
-    server's name for it, a REINDEX's _ccnew/_ccold copies); return the statements whose VALID index (same
-    definition) is already there. `record`: (the failures table, the migration's id), see made_since."""
-    done = Done()
-    if earlier_failure is None:
-        return done
-    with connection.cursor() as cursor:
-        for reindex in reindexes(statements, cursor):
-            for leftover in reindex_leftovers(cursor, reindex):
-                _drop(cursor, leftover)
-                output.note(f"note: {path}:{statements[reindex.index].line}: dropped INVALID index {leftover}, left "
-                            "by an earlier try of this migration's REINDEX")
-        for build in builds(statements, cursor):
-            where = f"{path}:{statements[build.index].line}"
-            found = _unnamed(cursor, build, where, record) if build.name is None else \
-                _named(cursor, build, where, record=record)
-            if found is not None:
-                done.add(build.index)
-                done.oids.add(found)
-    return done
-
-
-def prepare_retry(connection, statements, index: int, path, done: Done, before: set[int], said: str = "") -> None:
-    """Before the in-run retry of a CREATE INDEX CONCURRENTLY that failed part-way (a deadlock, a cancel): as a
-    rerun's prepare, a named build's INVALID index dropped (it got past "already exists": its own), a VALID one of
-    its definition counted as done; an unnamed build's INVALID index of its definition and server-given name that
-    was not on the table before the file ran (not in `before`) dropped, else the retry builds `t_c_idx1` beside it.
-    (`said`: the note's words after the name, when the build is not tried again.) A REINDEX's INVALID copies made
-    since the file began (its tries': name_ccnew, name_ccnew1...) dropped, else each retry adds one (fix24ap)."""
-    with connection.cursor() as cursor:
-        for reindex in reindexes(statements, cursor):
-            if reindex.index == index:
-                for leftover in reindex_leftovers(cursor, reindex):
-                    if _oid(cursor, leftover) not in before:
-                        _drop(cursor, leftover)
-        for build in builds(statements, cursor):
-            if build.index == index:
-                where = f"{path}:{statements[index].line}"
-                found = _unnamed(cursor, build, where, None, before, said) if build.name is None else \
-                    _named(cursor, build, where, said, before=before)
-                if found is not None:
-                    done.add(index)
-                    done.oids.add(found)
-
-
-DONE = ("is already built and valid (an earlier try's build, finished by the server after that runner stopped): "
-        "counted as done")
-DROPPED = "left by an earlier try of this migration; building it again"
-
-
-def _named(cursor, build: Build, where: str, said: str = "", record=None, before: set[int] | None = None) -> int | None:
-    """A named build's index: dropped when INVALID, its oid when VALID with the build's definition (index_definition:
-    with `record`, one this role cannot compare counts when the interrupted try made it; in the run's own retry,
-    `before`, an INVALID one made since the file ran)."""
-    found = _find(cursor, build)
-    if found is None:
-        return None
-    valid, _, _, qualified, oid, _ = found
-    ours = _ours(cursor, build, found, record, before)
-    if not valid and not ours:
-        why = "another definition" if ours is False else "its definition could not be compared: no TEMPORARY privilege"
-        raise MigratorError(f"{where}: an INVALID index {qualified} is in the way of this build but is "
-                            f"not what it builds ({why}): not this migration's leftover, so it is "
-                            f"not dropped; look at it, drop it yourself (DROP INDEX CONCURRENTLY {qualified}) "
-                            "or rename the build, then run again", USAGE)
-    if not valid:
-        _drop(cursor, qualified)
-        output.note(f"note: {where}: dropped INVALID index {qualified}, {said or DROPPED}")
-    elif ours:
-        output.note(f"note: {where}: index {qualified} {DONE}")
-        return oid
-    return None
-
-
-def _ours(cursor, build: Build, row, record, before: set[int] | None) -> bool | None:
-    """index_definition.same, and in the run's own retry (`before`: the table's indexes before the file ran) an
-    INVALID index not there before, which this role cannot compare (no TEMP), is the failed try's: no other statement
-    of the file left one (it would have stopped the file), and the name is this build's (attack24t 5)."""
-    ours = same(cursor, build, row, record)
-    return True if ours is None and before is not None and not row[0] and row[4] not in before else ours
-
-
-def _unnamed(cursor, build: Build, where: str, record, before: set[int] | None = None, said: str = "") -> int | None:
-    """An unnamed build's earlier try: an index on its table with its definition and the name the server gives
-    it (`t_c_idx`, or `t_c_idx1`... when taken) is that try's: dropped when INVALID; when VALID, counted as the
-    statement's work only if it was made after the migration's failure record was last written (a twin someone
-    made before the migration ran is not its work: the file's build runs, as written). Those in `before` are left."""
-    base = server_name(cursor, build)
-    if base is None:
-        return None
-    accepted = None
-    for row in on_table(cursor, build):
-        valid, _, _, qualified, oid, name = row
-        if oid in (before or ()) or not named_like(base, name) or not _ours(cursor, build, row, record, before):
-            continue
-        if not valid:
-            _drop(cursor, qualified)
-            output.note(f"note: {where}: dropped INVALID index {qualified}, {said or DROPPED}")
-        elif accepted is None and made_since(cursor, oid, record):
-            output.note(f"note: {where}: index {qualified} {DONE}")
-            accepted = oid
-    return accepted
-
-
-def invalid_after(connection, statements, before: set[int]) -> list[tuple[int, str]]:
+def invalid_after(connection, statements, before: set[int], tables=None) -> list[tuple[int, str]]:
     """(statement index, qualified name) of the INVALID indexes the file leaves: a named build's, any other
-    on a table its builds touch that was not there before it ran (an unnamed build's), a REINDEX's copies."""
+    on a table its builds touch that was not there before it ran (an unnamed build's), a REINDEX's copies.
+    (`tables`: as builds(), here and below.)"""
     found = []
     with connection.cursor() as cursor:
-        for build in builds(statements, cursor):
+        for build in builds(statements, cursor, tables):
             named = _find(cursor, build)
             rows = [named] if named is not None else []
             rows += [row for row in on_table(cursor, build) if row[4] not in before]
             found += [(build.index, row[3]) for row in rows if not row[0]]
-        for reindex in reindexes(statements, cursor):
+        for reindex in reindexes(statements, cursor, tables):
             found += [(reindex.index, leftover) for leftover in reindex_leftovers(cursor, reindex)]
     return list(dict.fromkeys(found))
 
 
-def not_ours(connection, statements, index: int) -> bool:
-    """Whether the INVALID index a named build (statement `index`) left is another definition than it builds:
-    someone else's, which a rerun refuses to drop (_named) rather than dropping and building it again."""
+def ours(connection, statements, index: int, tables=None) -> bool | None:
+    """Whether the INVALID index a named build (statement `index`) left is what it builds, which a rerun drops and
+    builds again; False: another definition, someone else's, which a rerun refuses to drop (index_leftovers._named);
+    None: this role cannot tell (no TEMPORARY privilege), the rerun may refuse too. True for any other statement."""
     with connection.cursor() as cursor:
-        for build in builds(statements, cursor):
+        for build in builds(statements, cursor, tables):
             if build.index == index and build.name is not None and (found := _find(cursor, build)) is not None:
-                return not found[0] and same(cursor, build, found) is False
-    return False
+                return found[0] or same(cursor, build, found)
+    return True
 
 
-def built(connection, statements, before: set[int]) -> list[str]:
+def built(connection, statements, before: set[int], tables=None) -> list[str]:
     """The unqualified names of the valid indexes the file's builds made (the runner's own work, for drift)."""
     with connection.cursor() as cursor:
         names = []
-        for build in builds(statements, cursor):
+        for build in builds(statements, cursor, tables):
             rows = on_table(cursor, build)
             names += [row[5] for row in rows if row[0] and (row[4] not in before or row[5] == build.name)]
     return list(dict.fromkeys(names))
@@ -406,13 +286,13 @@ KINDS = {"r": "a table", "p": "a partitioned table", "v": "a view", "m": "a mate
          "f": "a foreign table", "c": "a composite type"}
 
 
-def skipped(connection, statements) -> list[tuple[int, str]]:
+def skipped(connection, statements, tables=None) -> list[tuple[int, str]]:
     """(statement index, what is there instead) of the `IF NOT EXISTS name` builds the server skipped because
     the name was taken by something else: an index of another definition on the table, or anything of that name
     in the table's schema (index names are per schema). The server says it only in a NOTICE."""
     found = []
     with connection.cursor() as cursor:
-        for build in builds(statements, cursor):
+        for build in builds(statements, cursor, tables):
             if not build.if_not_exists or build.name is None:
                 continue
             row = _find(cursor, build)

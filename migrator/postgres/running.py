@@ -12,9 +12,9 @@ from pathlib import Path
 from migrator import checksums, interrupt, lazy_re, pg_lock
 from migrator.errors import MigratorError
 from migrator.postgres import (autovacuum, backfill, cancel_ignored, client_encoding, clock_bound, commit_checks,
-                               concurrently, conforming, deadlocks, detach, failures, files, lock_waiters,
-                               lost_session, retry, rewrites, server_statements, session_locks, sessions,
-                               statement_bound)
+                               concurrently, conforming, deadlocks, detach, failures, files, index_leftovers,
+                               lock_waiters, lost_session, retry, rewrites, server_statements, session_locks,
+                               sessions, statement_bound)
 from migrator.postgres import errors
 from migrator.postgres.errors import StatementFailed, TransactionEnded, progress
 from migrator.postgres.transaction_status import IDLE, LOST
@@ -79,6 +79,8 @@ def run_statements(connection, path: Path, statements, transactional: bool, prog
             statement = statements[index]
             try:
                 with interrupt.live():  # SIGTERM stops the run here, never inside the bookkeeping
+                    if isinstance(skip, index_leftovers.Done):  # (where the session resolves it: attack24x 3)
+                        index_leftovers.before_statement(connection, statements, index, path, skip)
                     if index not in skip:
                         if probe is not None and probe.overheld is not None and (  # (the flag: no round trip)
                                 connection.info.transaction_status != IDLE or probe.session_locked()):
@@ -180,8 +182,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
     if not transactional:
         books = backend.parent  # (its failure record tells an earlier try's index from an older twin)
         record = (books.qualified(checksums.FAILURES), migration.id) if hasattr(books, "qualified") else None
-        skip = concurrently.prepare(connection, statements, path, migration.earlier_failure, record)
-        before = concurrently.indexes_before(connection, statements) - skip.oids  # (an accepted one is its work)
+        skip = index_leftovers.prepare(migration.earlier_failure, record)  # (each build's looked at as it runs)
+        before = skip.before  # (each build's table's, as it runs; the up-front reading's too)
+        before |= concurrently.indexes_before(connection, statements)
         statements = detach.finalizing(connection, statements, path, migration.earlier_failure)
     if policy.per_try and autovacuum.may_set(connection, statements):  # an autovacuum in the way cancelled within a try
         policy.quick_autovacuum_cancel = True
@@ -265,9 +268,9 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                         busy = exc.cause  # the record's table held: its own line and exit (bookkeeping_busy), as
                         break  # before; raised outside this handler, so not taken for the file's own statement's
                     if not transactional and concurrently.is_concurrent(exc.statement.text):  # (not left INVALID)
-                        concurrently.prepare_retry(connection, statements, exc.index, path, skip, before,
-                                                   "left by its last try (not tried again)")
-                        exc.index_dropped = not concurrently.invalid_after(connection, statements, before)
+                        index_leftovers.prepare_retry(connection, statements, exc.index, path, skip, before,
+                                                      "left by its last try (not tried again)")
+                        exc.index_dropped = not concurrently.invalid_after(connection, statements, before, skip.tables)
                     raise retry.gave_up(exc, seen, backoff)
                 retry.say_retry(exc, seen, backoff, delay)
                 if transactional:  # the whole file again, in a new transaction (as if this try never ran)
@@ -275,7 +278,7 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
                 else:
                     start, done = (exc.opened if exc.opened is not None else exc.index), exc.done
                     if concurrently.is_concurrent(exc.statement.text):  # (its INVALID index: attack24q 9)
-                        concurrently.prepare_retry(connection, statements, exc.index, path, skip, before)
+                        index_leftovers.prepare_retry(connection, statements, exc.index, path, skip, before)
                     if exc.left_pending:  # the cancelled detach's first transaction committed: the retry finishes it
                         statements = detach.finalize(statements, exc.index, path)
                 with lost_session.between_tries(path, statements, exc.index, transactional, done):
@@ -301,12 +304,13 @@ def run_retrying(backend, migration, path: Path, statements, transactional: bool
         if probe is not None:
             probe.close()
     if not transactional:
-        invalid = concurrently.invalid_after(connection, statements, before)
+        invalid = concurrently.invalid_after(connection, statements, before, skip.tables)
         if invalid:
-            raise IndexLeftInvalid(invalid, path, statements, concurrently.not_ours(connection, statements, invalid[0][0]))
-        if taken := concurrently.skipped(connection, statements):
+            raise IndexLeftInvalid(invalid, path, statements, concurrently.ours(connection, statements,
+                                                                                invalid[0][0], skip.tables))
+        if taken := concurrently.skipped(connection, statements, skip.tables):
             raise IndexNotBuilt(*taken[0], path, statements)
-        migration.built_indexes = concurrently.built(connection, statements, before)
+        migration.built_indexes = concurrently.built(connection, statements, before, skip.tables)
 
 
 def _accepted(path: Path, statements) -> set[tuple[str | None, str]]:
@@ -355,15 +359,17 @@ def _not_retried(exc, seen, backoff, why: str):
 class IndexLeftInvalid(StatementFailed):
     """A file ran to its end but an index one of its CONCURRENTLY builds names is INVALID: not recorded."""
 
-    def __init__(self, invalid: list[tuple[int, str]], path: Path, statements, not_ours: bool = False):
+    def __init__(self, invalid: list[tuple[int, str]], path: Path, statements, ours: bool | None = True):
         index, name = invalid[0]
         cause = RuntimeError(
             f"index {name} is INVALID (an earlier failed build that IF NOT EXISTS skipped, or a build that failed "
             "without an error here), so the migration is not recorded as applied")
         super().__init__(cause, path, statements, index, False, len(statements), None)
-        self.todo = ("run migrate again: it drops the INVALID index (DROP INDEX CONCURRENTLY) and builds it again; "
-                     "or drop it yourself and run again")
-        if not_ours:  # the rerun refuses to drop it (concurrently._named): say what will happen
+        # (what the rerun does with it, as index_leftovers._named decides: never a drop it will not do)
+        self.todo = (f"run migrate again: it drops the INVALID index (DROP INDEX CONCURRENTLY {name}) and builds it "
+                     "again" if ours else f"drop it yourself: DROP INDEX CONCURRENTLY {name}; then run migrate again "
+                     "(its definition could not be compared with the build's: no TEMPORARY privilege)")
+        if ours is False:
             self.todo = (f"it is not what this file builds (another definition), so migrate will not drop it: look "
                          f"at it, drop it yourself (DROP INDEX CONCURRENTLY {name}) or rename the build, then run "
                          "again")
