@@ -205,7 +205,7 @@ def _protocol(item, nextitem):
     os.environ["HCM_CPU_TEST"] = item.nodeid
     WAITS.take()
     SLEPT[0], DATABASES[0] = 0.0, 0
-    before = _sample()
+    before, started = _sample(), time.time()
     yield
     after = _sample()
     cpu, count = WAITS.take()
@@ -216,6 +216,7 @@ def _protocol(item, nextitem):
         "ferretdb": round(after[3]["ferretdb"] - before[3]["ferretdb"], 3),
         "slept": round(SLEPT[0], 3), "databases": DATABASES[0],
         "kinds_cpu": {k: round(v, 3) for k, v in cpu.items()}, "kinds_count": count,
+        "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "started": round(started, 3),  # (the run's tail)
     }
     Path(OUT).mkdir(parents=True, exist_ok=True)
     with open(Path(OUT, "tests.log"), "a") as log:  # (as it goes: an interrupted run keeps what it measured)

@@ -113,6 +113,23 @@ def main(folders, top: int = 40):
         cpu = sum(f["self"] + f["children"] + f["postgres"] + f["ferretdb"] for _, f in rest)
         print(f"| {len(rest)} other files | {int(sum(f['tests'] for _, f in rest))} | {sum(f['wall'] for _, f in rest):.0f} | {cpu:.0f} | | | | | | | | | | |")
     print(f"\nservers' CPU over the run (at each worker's end, incl. start): {dict(servers_end)}")
+    tail(tests)
+
+
+def tail(tests, last: float = 60.0):
+    """When each worker ended, and the tests that ran into the run's last minute (is the end one long test started late?)."""
+    timed = [(r["worker"], r["started"], r["started"] + r["wall"], nodeid) for nodeid, r in tests.items() if "started" in r]
+    if not timed:
+        return
+    t0, end = min(t[1] for t in timed), max(t[2] for t in timed)
+    print(f"\n| worker | tests | last test ended (s after the first began) |\n|---|---|---|")
+    for worker in sorted({t[0] for t in timed}):
+        mine = [t for t in timed if t[0] == worker]
+        print(f"| {worker} | {len(mine)} | {max(t[2] for t in mine) - t0:.1f} |")
+    print(f"\n| test running in the last {last:.0f} s | worker | began | ended | wall s |\n|---|---|---|---|---|")
+    for worker, began, ended, nodeid in sorted(timed, key=lambda t: t[1]):
+        if ended > end - last and ended - began > 2:
+            print(f"| {nodeid.removeprefix('tests/')} | {worker} | {began - t0:.1f} | {ended - t0:.1f} | {ended - began:.1f} |")
 
 
 if __name__ == "__main__":

@@ -554,16 +554,26 @@ DURATIONS_KEY = "hcm/durations"
 SLOW_FIRST = 5.0  # seconds a test took last time to be started before the others, longest first
 SLOW_TESTS = Path(__file__).with_name("slow_tests.json")
 _durations: dict[str, float] = {}
+DESELECTED: set[str] = set()
+
+
+def last_durations(config) -> dict[str, float]:
+    """The seconds each test took last time: this checkout's cache, else the reference run's list."""
+    cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
+    return {**json.loads(SLOW_TESTS.read_text()), **(cache.get(DURATIONS_KEY, {}) if cache else {})}
 
 
 def pytest_collection_modifyitems(config, items):
     """Every xdist worker reads the same files, so all collect the same order (as xdist requires)."""
-    cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
-    last = {**json.loads(SLOW_TESTS.read_text()), **(cache.get(DURATIONS_KEY, {}) if cache else {})}
+    last = last_durations(config)
     slow = sorted((item for item in items if last.get(item.nodeid, 0) >= SLOW_FIRST),
                   key=lambda item: -last[item.nodeid])
     if slow:
         items[:] = slow + [item for item in items if last.get(item.nodeid, 0) < SLOW_FIRST]
+
+
+def pytest_deselected(items):
+    DESELECTED.update(item.nodeid for item in items)  # (-k, -m: collected, not run; test_slow_first counts them)
 
 
 def pytest_runtest_logreport(report):

@@ -155,12 +155,14 @@ def test_sigterm_to_a_dry_run_kills_the_patchs_daemon_and_says_so_in_one_line(re
 # A --run patch with a helper writing in a session of its own and a fan of processes below another (the runner's
 # cleanup stops each of them); the operator sends SIGTERM twice, the second while the cleanup runs: it used to abort
 # it (raised in proc.wait() or Orphans.end()), and the helper kept writing (or stayed stopped) after the runner exited.
+# The helper writes every 0.2 s (five a second: the 1 s look after the run sees a live one) and the patch asks the server
+# for the count only once the fan is built: a count and a write every 50 ms through the fan's build cost FerretDB ~7 s.
 TWICE = """import os, subprocess, sys, time
 HELPER = '''
 import os, time, pymongo
 ticks = pymongo.MongoClient(os.environ["MONGO_URL"])[os.environ["MONGO_DB"]].ticks
 while True:
-    ticks.insert_one({{"t": time.time()}}); time.sleep(0.05)
+    ticks.insert_one({{"t": time.time()}}); time.sleep(0.2)
 '''
 
 def run(db, dry_run):
@@ -173,7 +175,7 @@ def run(db, dry_run):
                 os.execv("/bin/sleep", ["sleep", {mark!r}])
         open({done!r}, "w").close()
         os.execv("/bin/sleep", ["sleep", {mark!r}])
-    while db.ticks.count_documents({{}}) < 3 or not os.path.exists({done!r}):
+    while not os.path.exists({done!r}) or db.ticks.count_documents({{}}) < 3:
         time.sleep(0.05)
     sys.stderr.write(f"helper={{helper.pid}} patch={{os.getpid()}}\\n")
     time.sleep(120)
