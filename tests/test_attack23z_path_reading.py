@@ -32,9 +32,9 @@ _SPELLINGS = {
     "built-execute": "EXECUTE 'SET LOCAL search_' || 'path = app2, public'",
 }
 _FIX = ("CREATE FUNCTION fix() RETURNS void LANGUAGE plpgsql AS $$BEGIN {set}; " + _UPDATE
-        + "; SET LOCAL search_path = public; END$$")
+        + "; SET LOCAL SCHEMA 'public'; END$$")
 _TRIGGER = ("CREATE FUNCTION trg() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN {set}; IF NEW.name = 'y'::varchar "
-            "THEN NEW.name := 'z'; END IF; SET LOCAL search_path = public; RETURN NEW; END$$; "
+            "THEN NEW.name := 'z'; END IF; SET LOCAL SCHEMA 'public'; RETURN NEW; END$$; "
             "CREATE TRIGGER a_trg BEFORE INSERT ON a FOR EACH ROW EXECUTE FUNCTION trg()")
 
 
