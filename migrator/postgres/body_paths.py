@@ -36,6 +36,13 @@ _DYNAMIC = {("PLpgSQL_stmt_dynexecute", "query"), ("PLpgSQL_stmt_dynfors", "quer
 _DEPTH = 8  # (an EXECUTE of a literal running a DO block running an EXECUTE ...)
 BUILT = "an EXECUTE of a string built at run time"
 COMPUTED = "set_config with a computed name or value"
+# What may change the path inside a stored body, as a PostgreSQL regular expression (own_paths selects the routines to
+# read with it, `~*`): the names (any case, quoted, U&), SET SCHEMA, pg_settings, an EXECUTE, a nested DO or routine
+STORED_MAY_SET = (r"search_path|set_config|pg_settings|u&|\yset\y.*schema|execute|\ydo\y"
+                  r"|\ycreate\y.*\y(function|procedure)\y")
+# Casts that keep a constant string as it is (a bounded type cuts it, another type's input function may change it)
+_SETTING_NAME = lazy_re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)*")
+_TEXT_TYPES = {("text",), ("pg_catalog", "text"), ("varchar",), ("pg_catalog", "varchar")}
 
 
 @dataclass
@@ -105,11 +112,32 @@ def read(text: str) -> Changes:
     return found
 
 
+def stored(definition: str) -> Changes:
+    """The search_path changes a stored routine's body makes (own_paths: the user's routines made earlier), from its
+    pg_get_functiondef; its own SET clause is left out (read from proconfig). Fails closed: what is not read
+    positively (a language not read, a definition the parser does not read) is unread."""
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+
+    found = Changes()
+    try:
+        [raw] = parse_sql(definition)
+    except (ParseError, ValueError):
+        found.unread.append("a definition the parser does not read")
+        return found
+    node = raw.stmt
+    if isinstance(node, ast.CreateFunctionStmt):
+        node.options = tuple(o for o in node.options or () if o.defname != "set")
+    _Visitor(found, "its body", 0)(node)
+    found.schemas = [name for name in dict.fromkeys(found.schemas) if name]
+    return found
+
+
 def _read(text: str, found: Changes, body: str | None, depth: int) -> None:
     from pglast import parse_sql
     from pglast.parser import ParseError
 
-    if not may_set(text):
+    if body is None and not may_set(text):  # (a body is read whole: a DO there need not begin it)
         return
     try:
         trees = [raw.stmt for raw in parse_sql(text)]
@@ -121,10 +149,13 @@ def _read(text: str, found: Changes, body: str | None, depth: int) -> None:
 
 
 def _literal(node):
-    """The string or boolean a node spells as a constant (a cast of one too), else None."""
+    """The string a node spells as a constant (a cast of one to unbounded text too), else None."""
     from pglast import ast
 
     while isinstance(node, ast.TypeCast):
+        names = tuple(getattr(n, "sval", "") for n in node.typeName.names or ())
+        if names not in _TEXT_TYPES or node.typeName.typmods or node.typeName.arrayBounds:
+            return None
         node = node.arg
     value = getattr(node, "val", None) if isinstance(node, ast.A_Const) else None
     return getattr(value, "sval", None)
@@ -169,21 +200,28 @@ class _Visitor:
 
         if (node.name or "").lower() != "search_path" or node.kind != enums.VariableSetKind.VAR_SET_VALUE:
             return  # (RESET, DEFAULT: the session's again; FROM CURRENT: as it is)
-        self._set(a.val.sval for a in node.args or () if isinstance(getattr(a, "val", None), ast.String))
+        words = [a.val.sval if isinstance(getattr(a, "val", None), ast.String) else None for a in node.args or ()]
+        if None in words:  # (a number, ...: not read as the server would flatten it)
+            self.found.unread.append("a SET search_path whose value is not a name or string")
+        else:
+            self._set(words)
 
     def call(self, call) -> None:
         from migrator.postgres.risks_path import split_identifiers
 
-        if call.funcname[-1].sval != "set_config":
+        if call.funcname[-1].sval.lower() != "set_config":  # (any schema, quoted or not: fails closed)
             return
         args = [_literal(a) for a in call.args or ()]
-        if args[:1] == [None]:
+        if not args or args[0] is None or call.agg_star or call.func_variadic:
             self.found.unread.append(COMPUTED)
-        elif str(args[0]).lower() == "search_path":
-            if args[1:2] == [None]:
+        elif args[0].lower() != "search_path" and not _SETTING_NAME.fullmatch(args[0]):
+            self.found.unread.append(COMPUTED)  # (a name the server's lookup might still fold to search_path)
+        elif args[0].lower() == "search_path":
+            schemas = split_identifiers(args[1]) if len(args) > 1 and args[1] is not None else None
+            if schemas is None:  # (computed, or a path the reading here does not split as the server)
                 self.found.unread.append(COMPUTED)
             else:
-                self._set(split_identifiers(str(args[1] if len(args) > 1 else "")) or ())
+                self._set(schemas)
 
     def do(self, node) -> None:
         options = {o.defname: o.arg for o in node.args or ()}
