@@ -57,9 +57,9 @@ def _bodies(count: int) -> list[tuple[str, str]]:
 def _definition(name: str, language: str, statement: str) -> str:
     if language == "sql":
         return (f"CREATE FUNCTION public.{name}() RETURNS text LANGUAGE sql AS $b${statement}; "
-                "SELECT pg_catalog.current_setting('search_path')$b$")
+                "SELECT pg_catalog.current_setting('search' || '_path')$b$")
     return (f"CREATE FUNCTION public.{name}() RETURNS text LANGUAGE plpgsql AS $b$DECLARE x text; BEGIN {statement}; "
-            "RETURN pg_catalog.current_setting('search_path'); END$b$")
+            "RETURN pg_catalog.current_setting('search' || '_path'); END$b$")
 
 
 class _Backend:
