@@ -1,8 +1,9 @@
 """The reading of a stored body's search_path fails closed, checked against the server (attack23z 1-3): generated
 spellings of SET / SET SCHEMA / set_config (names, casts, COLLATE, quoting, U&, named arguments, CTE / VALUES /
 subquery / FROM, EXECUTE) in LANGUAGE sql and plpgsql routines, each created and called on a real PostgreSQL; the
-path the call leaves (current_setting, returned at its end) must be either read positively (own_paths.read: the
-schema among those the body names) or the body counted unread, never read as setting nothing."""
+schemas the call leaves on the path (current_schemas, returned at its end: the server's own splitting, folding and
+cutting of names) must be either read positively (own_paths.read: each among the schemas the body names) or the body
+counted unread, never read as setting nothing."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import random
 import re
 
 from migrator import own_paths
-from migrator.postgres.risks_path import split_identifiers
+
+_LONG = "zz_" + "l" * 70  # (cut to 63 bytes by the server)
+_TARGETS = ["zz_app", "ZZ_APP", "\u00a0zz_app", _LONG[:63]]  # (the schemas made: what a path may reach)
 
 _NAMES = ["search_path", "SEARCH_PATH", '"search_path"', '"Search_Path"', 'U&"search\\005Fpath"',
           'U&"\\0073earch_path"', "search_path/**/"]
 _VALUES = ["zz_app", "'zz_app'", '"zz_app"', "zz_app, public", "'zz_app', public", "E'zz\\137app'", "$v$zz_app$v$",
-           "U&'zz\\005Fapp'", "\"ZZ_APP\"", "ZZ_APP"]
+           "U&'zz\\005Fapp'", "\"ZZ_APP\"", "ZZ_APP", '"\u00a0zz_app"', _LONG, "'public,\u00a0zz_app'"]
 _SETS = ([f"SET {scope}{name} {op} {value}" for scope, name, op, value in
           itertools.product(("", "LOCAL ", "SESSION "), _NAMES, ("=", "TO"), _VALUES)]
          + [f"SET {scope}SCHEMA {value}" for scope in ("", "LOCAL ") for value in
@@ -29,7 +32,9 @@ _SETTING_ARGS = ["'search_path'", "'SEARCH_PATH'", "'search_path'::text", "CAST(
                  "'search_pathxx'::varchar(11)", "text 'search_path'", "U&'search\\005Fpath'"]
 _VALUE_ARGS = ["'zz_app, public'", "'zz_app'::text", "'public, zz_appx'::varchar(14)", "'zz_' || 'app'",
                "pg_catalog.concat('zz_app', '')", "'\"zz_app\"'", "(SELECT 'zz_app')", "'zz_app' COLLATE \"C\"",
-               "U&'zz\\005Fapp'", "'ZZ_APP'", "CAST('zz_app' AS pg_catalog.text)", "'zz_app'::pg_catalog.bpchar"]
+               "U&'zz\\005Fapp'", "'ZZ_APP'", "CAST('zz_app' AS pg_catalog.text)", "'zz_app'::pg_catalog.bpchar",
+               "'public,\u00a0zz_app'", "U&'public,\\00A0zz_app'", "E'public,zz\\013app'", "'\"ZZ_APP\"'", f"'{_LONG}'",
+               "'public, \"zz_app'"]
 _SQL_CONTEXTS = ["SELECT {c}", "SELECT * FROM {c}", "WITH w AS (SELECT {c} AS x) SELECT x FROM w",
                  "SELECT * FROM (VALUES ({c})) v", "SELECT (SELECT {c})", "SELECT 1 WHERE {c} IS NOT NULL"]
 _PLPGSQL_CONTEXTS = ["PERFORM {c}", "x := {c}", "SELECT {c} INTO x", "x := (SELECT {c})",
@@ -56,10 +61,10 @@ def _bodies(count: int) -> list[tuple[str, str]]:
 
 def _definition(name: str, language: str, statement: str) -> str:
     if language == "sql":
-        return (f"CREATE FUNCTION public.{name}() RETURNS text LANGUAGE sql AS $b${statement}; "
-                "SELECT pg_catalog.current_setting('search' || '_path')$b$")
-    return (f"CREATE FUNCTION public.{name}() RETURNS text LANGUAGE plpgsql AS $b$DECLARE x text; BEGIN {statement}; "
-            "RETURN pg_catalog.current_setting('search' || '_path'); END$b$")
+        return (f"CREATE FUNCTION public.{name}() RETURNS text[] LANGUAGE sql AS $b${statement}; "
+                "SELECT CAST(pg_catalog.current_schemas(false) AS text[])$b$")
+    return (f"CREATE FUNCTION public.{name}() RETURNS text[] LANGUAGE plpgsql AS $b$DECLARE x text; BEGIN {statement}; "
+            "RETURN CAST(pg_catalog.current_schemas(false) AS text[]); END$b$")
 
 
 class _Backend:
@@ -75,11 +80,12 @@ class _Backend:
 
 
 def test_every_generated_spelling_is_read_or_unread_as_the_server_sets_it(db):
-    db.query("CREATE SCHEMA zz_app")
-    bodies = _bodies(220)
+    for target in _TARGETS:
+        db.query('CREATE SCHEMA "{}"'.format(target.replace('"', '""')))
+    bodies = _bodies(260)
     with db.server.connect(db.name) as connection:
         connection.autocommit = True
-        start = split_identifiers(db.query("SELECT pg_catalog.current_setting('search_path')")[0][0])
+        start = db.query("SELECT CAST(pg_catalog.current_schemas(false) AS text[])")[0][0]
         made: dict[str, tuple[str, str]] = {}
         with connection.cursor() as cursor:
             for i, (language, statement) in enumerate(bodies):
@@ -92,16 +98,16 @@ def test_every_generated_spelling_is_read_or_unread_as_the_server_sets_it(db):
             for name in made:
                 try:
                     cursor.execute(f"SELECT public.{name}()")
-                    results[name] = split_identifiers(cursor.fetchone()[0])
+                    results[name] = cursor.fetchone()[0]
                 except Exception:
                     pass
                 cursor.execute("RESET search_path")
         read = {what.split()[1].removesuffix("()"): (schemas, unread)
                 for what, _, schemas, unread in own_paths.read(_Backend(connection), "public")}
     setting = {name: path for name, path in results.items() if set(path) - set(start)}
-    assert len(setting) > 300, len(setting)  # (most spellings do set the path)
+    assert len(setting) > 400 and {s for path in setting.values() for s in path} >= set(_TARGETS), len(setting)  # (most spellings do set the path)
     missed = [(made[name], path, read.get(name)) for name, path in setting.items()
               if name not in read or not read[name][1] and set(path) - set(start) - set(read[name][0])]
     assert not missed, missed[:5]
     positive = [name for name in setting if name in read and not read[name][1]]
-    assert len(positive) > 150, len(positive)  # (the plain spellings are read, not merely refused)
+    assert len(positive) > 200, len(positive)  # (the plain spellings are read, not merely refused)
