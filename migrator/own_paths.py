@@ -42,7 +42,7 @@ FROM pg_catalog.pg_namespace x WHERE x.nspname !~ '^pg_' AND x.nspname <> 'infor
 def read(backend, schema: str) -> list[tuple[str, str | None, list[str], list[str]]]:
     """(routine, its SET clause's path or None, the schemas its body's literal paths name, why a change in its body is
     not read) of the user's own routines in the checked schemas that may set the path."""
-    from migrator.postgres import body_paths
+    from migrator import body_paths
 
     found = []
     for what, definition, own in backend.execute(_SETTING, {"s": schema, "names": body_paths.STORED_MAY_SET}).fetchall():

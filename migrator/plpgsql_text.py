@@ -1,4 +1,4 @@
-"""Reading PL/pgSQL bodies with pglast safely, for every reader of them (postgres/body_paths: a pending file's
+"""Reading PL/pgSQL bodies with pglast safely, for every reader of them (body_paths: a pending file's
 search_path changes; planted_bodies: what an own function calls).
 
 libpg_query's plpgsql parser runs in the runner's process, and a body holding `#option dump` makes it print the

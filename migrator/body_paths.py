@@ -36,6 +36,7 @@ _DYNAMIC = {("PLpgSQL_stmt_dynexecute", "query"), ("PLpgSQL_stmt_dynfors", "quer
 _DEPTH = 8  # (an EXECUTE of a literal running a DO block running an EXECUTE ...)
 BUILT = "an EXECUTE of a string built at run time"
 COMPUTED = "set_config with a computed name or value"
+_UNPARSED = ", which the plpgsql parser does not read"
 # What may change the path inside a stored body, as a PostgreSQL regular expression (own_paths selects the routines to
 # read with it, `~*`): the names (any case, quoted, U&), SET SCHEMA, pg_settings, an EXECUTE, a nested DO or routine
 STORED_MAY_SET = (r"search_path|set_config|pg_settings|u&|\yset\y.*schema|execute|\ydo\y"
@@ -116,6 +117,15 @@ def stored(definition: str) -> Changes:
     """The search_path changes a stored routine's body makes (own_paths: the user's routines made earlier), from its
     pg_get_functiondef; its own SET clause is left out (read from proconfig). Fails closed: what is not read
     positively (a language not read, a definition the parser does not read) is unread."""
+    from migrator.planted_bodies import _readable  # (its DECLAREd types of other schemas as text, as it reads them)
+
+    found = _stored(definition)
+    if any(why.endswith(_UNPARSED) for why in found.unread) and _readable(definition, set()) != definition:
+        found = _stored(_readable(definition, set()))
+    return found
+
+
+def _stored(definition: str) -> Changes:
     from pglast import ast, parse_sql
     from pglast.parser import ParseError
 
@@ -207,7 +217,7 @@ class _Visitor:
             self._set(words)
 
     def call(self, call) -> None:
-        from migrator.postgres.risks_path import split_identifiers
+        from migrator.path_text import split_identifiers
 
         if call.funcname[-1].sval.lower() != "set_config":  # (any schema, quoted or not: fails closed)
             return
@@ -253,7 +263,7 @@ class _Visitor:
                 return
             functions = plpgsql_text.parse(node)
         except Exception:  # (pglast raises several kinds: whatever such a body does is unread, attack23y 3)
-            self.found.unread.append(f"{where}, which the plpgsql parser does not read")
+            self.found.unread.append(f"{where}{_UNPARSED}")
             return
         self._plpgsql_walk(functions, where, None, None)
 
@@ -292,6 +302,6 @@ class _Visitor:
         try:
             sql = plpgsql_text.expression_sql(query, mode)
         except ParseError:
-            self.found.unread.append(f"{where}, which the plpgsql parser does not read")
+            self.found.unread.append(f"{where}{_UNPARSED}")
             return
         _read(sql, self.found, where, self.depth + 1)
