@@ -3,7 +3,8 @@ spellings of SET / SET SCHEMA / set_config (names, casts, COLLATE, quoting, U&, 
 subquery / FROM, EXECUTE) in LANGUAGE sql and plpgsql routines, each created and called on a real PostgreSQL; the
 schemas the call leaves on the path (current_schemas, returned at its end: the server's own splitting, folding and
 cutting of names) must be either read positively (own_paths.read: each among the schemas the body names) or the body
-counted unread, never read as setting nothing."""
+counted unread, never read as setting nothing. The same for the pending files' reader (body_paths.read of the
+CREATE FUNCTION statement that made it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import itertools
 import random
 import re
 
-from migrator import own_paths
+from migrator import body_paths, own_paths
 
 _LONG = "zz_" + "l" * 70  # (cut to 63 bytes by the server)
 _TARGETS = ["zz_app", "ZZ_APP", "\u00a0zz_app", _LONG[:63]]  # (the schemas made: what a path may reach)
@@ -108,6 +109,10 @@ def test_every_generated_spelling_is_read_or_unread_as_the_server_sets_it(db):
     assert len(setting) > 400 and {s for path in setting.values() for s in path} >= set(_TARGETS), len(setting)  # (most spellings do set the path)
     missed = [(made[name], path, read.get(name)) for name, path in setting.items()
               if name not in read or not read[name][1] and set(path) - set(start) - set(read[name][0])]
+    assert not missed, missed[:5]
+    pending = {name: body_paths.read(_definition(name, *made[name])) for name in setting}
+    missed = [(made[name], path, pending[name]) for name, path in setting.items()
+              if not pending[name].unread and set(path) - set(start) - set(pending[name].schemas)]
     assert not missed, missed[:5]
     positive = [name for name in setting if name in read and not read[name][1]]
     assert len(positive) > 200, len(positive)  # (the plain spellings are read, not merely refused)
