@@ -11,6 +11,8 @@ refused while one of them is another role's to create in or holds what another r
 
 from __future__ import annotations
 
+import re
+
 from migrator.grant_text import ident
 from migrator.planted import PATH
 from migrator import planted_bodies
@@ -27,39 +29,42 @@ SELECT CASE WHEN f.prokind = 'p' THEN 'procedure ' ELSE 'function ' END || f.oid
         WHERE pg_catalog.starts_with(c, 'search_path='))
 FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_language l ON l.oid = f.prolang
 WHERE f.oid >= 16384 AND f.proowner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
-    AND f.pronamespace IN (SELECT x.oid FROM pg_catalog.pg_namespace x WHERE x.nspname = :s OR x.nspname <> 'pg_catalog'
-        AND x.nspname IN {planted_bodies.IN("path")})
+    AND (f.pronamespace IN (SELECT x.oid FROM pg_catalog.pg_namespace x WHERE x.nspname = :s OR x.nspname <> 'pg_catalog'
+        AND x.nspname IN {planted_bodies.IN("path")}) OR f.oid = ANY (CAST(:roots AS pg_catalog.oid[])))
     AND (EXISTS (SELECT FROM pg_catalog.unnest(f.proconfig) c WHERE pg_catalog.starts_with(c, 'search_path='))
          OR l.lanname NOT IN ('c', 'internal', 'sql', 'plpgsql') OR l.lanname IN ('sql', 'plpgsql')
             AND CASE WHEN f.prosrc = '' THEN pg_catalog.pg_get_functiondef(f.oid) ELSE f.prosrc END ~* :names)
 ORDER BY 1"""
+_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")  # (a name shown as written; any other quoted, as the server reads it)
 # Every schema the user can reach, as a path: what a change not read may put on it (file_paths._REACHABLE's)
 _REACHABLE = """SELECT pg_catalog.string_agg(pg_catalog.quote_ident(x.nspname), ', ' ORDER BY x.nspname)
 FROM pg_catalog.pg_namespace x WHERE x.nspname !~ '^pg_' AND x.nspname <> 'information_schema'
     AND pg_catalog.has_schema_privilege(x.oid, 'USAGE')"""
 
 
-def read(backend, schema: str) -> list[tuple[str, str | None, list[str], list[str]]]:
+def read(backend, schema: str, roots: list[int] = ()) -> list[tuple[str, str | None, list[str], list[str]]]:
     """(routine, its SET clause's path or None, the schemas its body's literal paths name, why a change in its body is
-    not read) of the user's own routines in the checked schemas that may set the path."""
+    not read) of the user's own routines in the checked schemas, or among `roots` (those the tables' implicit code
+    reaches: a trigger's function in any schema), that may set the path."""
     from migrator import body_paths
 
     found = []
-    for what, definition, own in backend.execute(_SETTING, {"s": schema, "names": body_paths.STORED_MAY_SET}).fetchall():
+    for what, definition, own in backend.execute(_SETTING, {"s": schema, "names": body_paths.STORED_MAY_SET,
+                                                           "roots": list(roots)}).fetchall():
         changes = body_paths.stored(definition) if definition is not None else body_paths.Changes()
         found.append((what, own, changes.schemas, changes.unread))
     return found
 
 
-def found(backend, schema: str, planted_query: str) -> list[list[str]]:
+def found(backend, schema: str, planted_query: str, roots: list[int] = ()) -> list[list[str]]:
     """[role, words] (as planted's state[12]) of what others may plant in the schemas the user's own routines' paths
     name, or may name (a change not read: every schema the user can reach)."""
     said: list[list[str]] = []
     on_path = planted_bodies.path_reader(backend, planted_query)
     reachable = None
-    for what, own, schemas, unread in read(backend, schema):
+    for what, own, schemas, unread in read(backend, schema, roots):
         settings = [(own, "its SET clause")] * (own is not None)
-        settings += [(", ".join(map(ident, schemas)), "its body")] * bool(schemas)
+        settings += [(", ".join(n if _PLAIN.fullmatch(n) else ident(n) for n in schemas), "its body")] * bool(schemas)
         for path, how in settings:
             said += [[role, f"{what} sets search_path ({path}) in {how}, so what a call of it resolves there runs as "
                       f"the caller: {words}"] for role, words in on_path(path)]
@@ -76,5 +81,6 @@ def with_paths(backend, state: tuple, schema: str, planted_query: str) -> tuple:
     """`state` (trust.bookkeeping_state's, with planted.COLUMNS) with found()'s added to state[12]."""
     if len(state) < 17:
         return state
-    more = [entry for entry in found(backend, schema, planted_query) if entry not in state[12]]
+    roots = [int(oid) for oid, _ in state[16] or ()]
+    more = [entry for entry in found(backend, schema, planted_query, roots) if entry not in state[12]]
     return (*state[:12], [*state[12], *more], *state[13:]) if more else state

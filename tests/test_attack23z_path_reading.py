@@ -46,15 +46,20 @@ def _made(db, low, made: str) -> None:
 
 
 @pytest.mark.parametrize("spelling", list(_SPELLINGS))
-@pytest.mark.parametrize("form", ["call", "trigger"])
+@pytest.mark.parametrize("form", ["call", "trigger", "util-trigger"])
 def test_an_own_routine_setting_the_path_by_any_spelling_is_refused(cli, db, sql_dir, low, spelling, form):
     """attack23z 1 (set-schema), 2 (cast-config), 3 (quoted-name) and the audit's other spellings: failed before
-    (doctor ready, exit 0, low's `=` ran as the migration user; the SET-clause-free trigger forms too)."""
+    (doctor ready, exit 0, low's `=` ran as the migration user; the SET-clause-free trigger forms too; util-trigger: a
+    trigger's function in a schema the connect check does not read as such, reached from the table: cast-config
+    failed before this fix's reading of what the tables' implicit code reaches)."""
     setting = _SPELLINGS[spelling]
-    _made(db, low, (_FIX if form == "call" else _TRIGGER).format(set=setting))
+    made = (_FIX if form == "call" else _TRIGGER).format(set=setting)
+    if form == "util-trigger":
+        made = "CREATE SCHEMA util; " + made.replace("FUNCTION trg()", "FUNCTION util.trg()")
+    _made(db, low, made)
     add_migration(sql_dir, "0002_data", "SELECT public.fix();\n" if form == "call" else "INSERT INTO a VALUES (2, 'y');\n")
     line = doctor_line(cli, db, sql_dir)
-    routine = "public.fix()" if form == "call" else "public.trg()"
+    routine = {"call": "public.fix()", "trigger": "public.trg()", "util-trigger": "util.trg()"}[form]
     assert line.startswith("FAIL") and routine in line and "app2" in line and low in line, line
     line = refusal(cli, db, sql_dir)
     assert routine in line and "app2" in line, line

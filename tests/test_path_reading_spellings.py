@@ -76,7 +76,7 @@ class _Backend:
 
     def execute(self, sql: str, params=None):
         cursor = self.connection.cursor()
-        cursor.execute(re.sub(r"(?<![:\w]):(s|names)\b", r"%(\1)s", sql), params)
+        cursor.execute(re.sub(r"(?<![:\w]):(s|names|roots)\b", r"%(\1)s", sql), params)
         return cursor
 
 
