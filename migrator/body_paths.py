@@ -138,16 +138,20 @@ def _stored(definition: str) -> Changes:
     node = raw.stmt
     if isinstance(node, ast.CreateFunctionStmt):
         node.options = tuple(o for o in node.options or () if o.defname != "set")
-    _Visitor(found, "its body", 0)(node)
+    visitor = _Visitor(found, "its body", 0)
+    visitor.texts[id(node)] = definition  # (its plpgsql body parsed from the text, not a deparse of the tree)
+    visitor(node)
     found.schemas = [name for name in dict.fromkeys(found.schemas) if name]
     return found
 
 
-def _read(text: str, found: Changes, body: str | None, depth: int) -> None:
+def _read(text: str, found: Changes, body: str | None, depth: int, whole: bool = False) -> None:
+    """`whole`: `text` may hold several statements (a sql body, an EXECUTE's string), read without may_set(), whose
+    DO or CREATE FUNCTION need not begin the text; one statement (a top-level one, a plpgsql one) begins with them."""
     from pglast import parse_sql
     from pglast.parser import ParseError
 
-    if body is None and not may_set(text):  # (a body is read whole: a DO there need not begin it)
+    if not whole and not may_set(text):
         return
     try:
         trees = [raw.stmt for raw in parse_sql(text)]
@@ -171,31 +175,42 @@ def _literal(node):
     return getattr(value, "sval", None)
 
 
-class _Visitor:
-    def __init__(self, found: Changes, body: str | None, depth: int):
+_WALK: list = []  # (pglast's Visitor subclass, made once: making one per body was a third of the reading)
+
+
+def _walker(outer):
+    """A pglast Visitor over a tree calling `outer`'s (a _Visitor's) readers."""
+    if not _WALK:
         from pglast.visitors import Visitor
 
-        outer = self
-        self.found, self.body, self.depth = found, body, depth
-
         class Walk(Visitor):
+            def __init__(self, outer):
+                self.outer = outer
+
             def visit_VariableSetStmt(self, _ancestors, node):
-                outer.setting(node)
+                self.outer.setting(node)
 
             def visit_FuncCall(self, _ancestors, call):
-                outer.call(call)
+                self.outer.call(call)
 
             def visit_UpdateStmt(self, _ancestors, node):
                 if node.relation.relname == "pg_settings":
-                    outer.found.unread.append("an UPDATE of pg_settings")
+                    self.outer.found.unread.append("an UPDATE of pg_settings")
 
             def visit_DoStmt(self, _ancestors, node):
-                outer.do(node)
+                self.outer.do(node)
 
             def visit_CreateFunctionStmt(self, _ancestors, node):
-                outer.routine(node)
+                self.outer.routine(node)
+        _WALK.append(Walk)
+    return _WALK[0](outer)
 
-        self.walk = Walk()
+
+class _Visitor:
+    def __init__(self, found: Changes, body: str | None, depth: int):
+        self.found, self.body, self.depth = found, body, depth
+        self.texts: dict[int, str] = {}
+        self.walk = _walker(self)
 
     def __call__(self, tree) -> None:
         self.walk(tree)
@@ -252,7 +267,7 @@ class _Visitor:
         if language == "plpgsql":
             self.plpgsql(node, where)
         elif language == "sql":
-            _read(body, self.found, where, self.depth + 1)
+            _read(body, self.found, where, self.depth + 1, whole=True)
         elif language not in _READ_LANGUAGES:
             self.found.unread.append(f"{where} in language {language}, which the runner does not read")
 
@@ -261,7 +276,8 @@ class _Visitor:
             if plpgsql_text.dumps(plpgsql_text.body(node)):
                 self.found.unread.append(f"{where}, which holds #option dump (not given to the parser)")
                 return
-            functions = plpgsql_text.parse(node)
+            text = self.texts.get(id(node))
+            functions = plpgsql_text.parse_plpgsql(text) if text else plpgsql_text.parse(node)
         except Exception:  # (pglast raises several kinds: whatever such a body does is unread, attack23y 3)
             self.found.unread.append(f"{where}{_UNPARSED}")
             return
@@ -297,7 +313,7 @@ class _Visitor:
             if sql is None:
                 self.found.unread.append(BUILT)
             else:
-                _read(sql, self.found, where, self.depth + 1)
+                _read(sql, self.found, where, self.depth + 1, whole=True)
             return
         try:
             sql = plpgsql_text.expression_sql(query, mode)
