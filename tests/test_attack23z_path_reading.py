@@ -79,3 +79,24 @@ def test_own_routines_setting_paths_of_the_users_own_schemas_by_any_spelling_mig
     assert line.startswith("ok"), line
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert db.query("SELECT name FROM a") == [("x",)] and db.query("SELECT who FROM app2.hits") == []
+
+
+_PENDING = {  # (a pending file setting the path to app2 by a route the reader of pending bodies missed)
+    # a cast that cuts: 'public, app2x' read, the server sets 'public, app2'
+    "truncating-cast": "DO $$BEGIN PERFORM pg_catalog.set_config('search_path', 'public, app2x'::varchar(12), true); "
+                       f"{_UPDATE}; PERFORM pg_catalog.set_config('search_path', 'public', true); END$$;",
+    # a DO block inside a LANGUAGE sql body, not at its start: the body was not parsed at all
+    "sql-body-do": "CREATE FUNCTION public.g() RETURNS void LANGUAGE sql AS $b$SELECT 1; DO $d$BEGIN EXECUTE "
+                   f"'SET LOCAL search_' || 'path = app2, public'; {_UPDATE}; END$d$$b$;\nSELECT public.g();",
+}
+
+
+@pytest.mark.parametrize("variant", list(_PENDING))
+def test_a_pending_body_setting_the_path_by_a_route_not_read_is_refused(cli, db, sql_dir, low, variant):
+    """attack23z's audit, the pending side (body_paths.read): failed before (exit 0, low's `=` ran as the migration
+    user): the cast was read through, the sql body's DO never parsed."""
+    _made(db, low, "")
+    add_migration(sql_dir, "0002_data", _PENDING[variant] + "\n")
+    line = refusal(cli, db, sql_dir)
+    assert "0002_data.sql:1" in line and "cannot be read before the run" in line and "app2" in line, line
+    assert db.query("SELECT who FROM app2.hits") == [] and db.query("SELECT name FROM a") == [("y",)]
