@@ -39,7 +39,10 @@ _VALUE_ARGS = ["'zz_app, public'", "'zz_app'::text", "'public, zz_appx'::varchar
 _SQL_CONTEXTS = ["SELECT {c}", "SELECT * FROM {c}", "WITH w AS (SELECT {c} AS x) SELECT x FROM w",
                  "SELECT * FROM (VALUES ({c})) v", "SELECT (SELECT {c})", "SELECT 1 WHERE {c} IS NOT NULL"]
 _PLPGSQL_CONTEXTS = ["PERFORM {c}", "x := {c}", "SELECT {c} INTO x", "x := (SELECT {c})",
-                     "EXECUTE $e$SELECT {c}$e$", "EXECUTE 'SELECT ' || $e${c}$e$", "IF {c} IS NOT NULL THEN NULL; END IF"]
+                     "EXECUTE $e$SELECT {c}$e$", "EXECUTE 'SELECT ' || $e${c}$e$", "IF {c} IS NOT NULL THEN NULL; END IF",
+                     "RAISE DEBUG '%', {c}", "ASSERT {c} IS NOT NULL", "FOR x IN SELECT {c} LOOP NULL; END LOOP",
+                     "CASE WHEN {c} IS NULL THEN NULL; ELSE NULL; END CASE", "EXECUTE 'SELECT $1' USING {c}",
+                     "DO $d$BEGIN PERFORM {c}; END$d$"]
 _OTHER = ["PERFORM pg_catalog.set_config(setting_name => 'search_path', new_value => 'zz_app', is_local => false)",
           "UPDATE pg_catalog.pg_settings SET setting = 'zz_app' WHERE name = 'search_path'",
           "EXECUTE 'SET search_' || 'path = zz_app'", "EXECUTE format('SET %I = zz_app', 'search_path')",
