@@ -13,6 +13,11 @@ the migration user can reach a schema other roles may create in or own.
 A body pglast's plpgsql parser does not read (a `%TYPE[]` declaration, ...) is unread, whatever its text spells
 (attack23y 3: `SET SCHEMA 'app'`). Bodies are parsed through plpgsql_text (never one holding `#option dump`, which
 would print on the runner's stdout: dump_problem() refuses such a file, attack23y 4); an assignment is read whole.
+
+The reading fails closed (attack23z 1-3): a setting is either read positively (SET / SET SCHEMA in any spelling of the
+name, set_config in any case or schema with constant arguments, a cast of one to unbounded text) or unread (a computed,
+COLLATEd, cut or named argument, a value that is no name or string, a path not split as the server does). The same
+reader serves the routines already in the database (stored(): own_paths).
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ _UNPARSED = ", which the plpgsql parser does not read"
 # read with it, `~*`): the names (any case, quoted, U&), SET SCHEMA, pg_settings, an EXECUTE, a nested DO or routine
 STORED_MAY_SET = (r"search_path|set_config|pg_settings|u&|\yset\y.*schema|execute|\ydo\y"
                   r"|\ycreate\y.*\y(function|procedure)\y")
-# Casts that keep a constant string as it is (a bounded type cuts it, another type's input function may change it)
+# A setting's name as set_config finds it (else it is unread: the server's lookup may still fold it to search_path)
 _SETTING_NAME = lazy_re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)*")
+# Casts that keep a constant string as it is (a bounded type cuts it, another type's input function may change it)
 _TEXT_TYPES = {("text",), ("pg_catalog", "text"), ("varchar",), ("pg_catalog", "varchar")}
 
 
