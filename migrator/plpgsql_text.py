@@ -1,4 +1,4 @@
-"""Reading PL/pgSQL bodies with pglast safely, for every reader of them (postgres/body_paths: a pending file's
+"""Reading PL/pgSQL bodies with pglast safely, for every reader of them (body_paths: a pending file's
 search_path changes; planted_bodies: what an own function calls).
 
 libpg_query's plpgsql parser runs in the runner's process, and a body holding `#option dump` makes it print the
@@ -43,8 +43,10 @@ def parse_plpgsql(sql: str) -> list:
     """pglast.parse_plpgsql of one DO / CREATE FUNCTION / PROCEDURE text, for every reader of plpgsql bodies
     (planted_bodies too): ParseError for a body holding `#option dump` (never given to the parser, attack23y 4);
     a VARIADIC parameter read as a plain one."""
-    from pglast import parse_sql
+    from pglast import parse_plpgsql as pglast_parse, parse_sql
 
+    if not may_dump(sql) and "variadic" not in sql.lower():  # (the text itself: a deparse costs as much as a parse)
+        return pglast_parse(sql)
     [raw] = parse_sql(sql)
     return parse(raw.stmt)
 

@@ -102,11 +102,13 @@ def test_a_search_path_the_database_owner_changes_mid_run_is_refused_before_the_
 
 
 def _refused_mid_run(cli, db, sql_dir, low) -> None:
-    # (a live function's body, which no pending file holds: unread, as another session's would be)
-    db.query("CREATE FUNCTION public.as_another_session() RETURNS void LANGUAGE plpgsql AS $$BEGIN EXECUTE "
+    # (a live function's body, which no pending file holds, in a schema the connect check does not read: unread, as
+    # another session's would be; in public its literal path is refused before the run since attack23z)
+    db.query("CREATE SCHEMA util; GRANT USAGE ON SCHEMA util TO PUBLIC; "
+             "CREATE FUNCTION util.as_another_session() RETURNS void LANGUAGE plpgsql AS $$BEGIN EXECUTE "
              f"'ALTER DATABASE \"{db.name}\" SET search_path = lowpath, \"$user\", public'; END$$")
     add_migration(sql_dir, "0002_a", "CREATE TABLE a (id int, name varchar(20));\nINSERT INTO a VALUES (1, 'y');\n"
-                  f"SET ROLE {low};\nSELECT public.as_another_session();\nRESET ROLE;\n")
+                  f"SET ROLE {low};\nSELECT util.as_another_session();\nRESET ROLE;\n")
     add_migration(sql_dir, "0003_data", "UPDATE a SET name = 'x' WHERE name = 'y';\n")
     result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
     assert db.query("SELECT who FROM lowpath.hits") == [], result.output

@@ -118,12 +118,13 @@ def test_a_function_bodys_path_is_a_lint_finding(sql_dir, variant, flagged):
 
 def test_a_path_left_set_by_a_live_functions_body_still_stops_the_file(cli, db, sql_dir, low):
     """The backstop (CheckedPath) for code no pending file holds: a function already in the database (the user's own)
-    leaves low's schema on the path; the file stops before its next statement resolves `=` there. (A computed path:
-    a literal one in an own body is refused at the connect check since attack23y 1.)"""
+    leaves low's schema on the path; the file stops before its next statement resolves `=` there. (In a schema the
+    connect check does not read, util: an own routine of the checked schemas that sets the path, computed or not, is
+    refused before the run since attack23y 1 / attack23z.)"""
     _planted_app(cli, db, sql_dir, low)
-    db.query("CREATE FUNCTION public.setpath() RETURNS void LANGUAGE plpgsql AS $$BEGIN PERFORM "
+    db.query("CREATE SCHEMA util; CREATE FUNCTION util.setpath() RETURNS void LANGUAGE plpgsql AS $$BEGIN PERFORM "
              "pg_catalog.set_config('search_path', 'app' || ', public', false); END$$")
-    add_migration(sql_dir, "0003_data", f"SELECT public.setpath();\n{_UPDATE.replace('public.a', 'a')}\n")
+    add_migration(sql_dir, "0003_data", f"SELECT util.setpath();\n{_UPDATE.replace('public.a', 'a')}\n")
     result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
     assert result.exit_code == 2 and "0003_data.sql:1" in result.stderr, result.output
     assert "a function already in the database" in result.stderr and f"roles {low} may CREATE in schema app" in \
@@ -153,7 +154,7 @@ def test_the_body_reader_finds_each_route(text, schemas, unread):
     """body_paths.read, without a server: the places a PL/pgSQL body holds SQL (a cursor's query, a variable's
     default, an exception handler, nested EXECUTEs of literals, E'' escapes), routines of each kind, and what it
     cannot read."""
-    from migrator.postgres import body_paths
+    from migrator import body_paths
 
     found = body_paths.read(text)
     assert found.schemas == schemas and bool(found.unread) == unread, found

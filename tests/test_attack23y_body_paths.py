@@ -86,7 +86,7 @@ def test_the_dump_check_agrees_with_the_parser_on_every_spelling():
 
 
 def test_the_body_reader_never_parses_a_dump_body(capfd):
-    from migrator.postgres import body_paths
+    from migrator import body_paths
 
     for text in (_DUMP, "DO $o$BEGIN EXECUTE $x$DO $$ # Option\n/**/DUMP\nBEGIN NULL; END$$$x$; END$o$"):
         found = body_paths.read(text)
@@ -135,7 +135,7 @@ def test_a_path_set_in_a_body_by_any_spelling_is_refused_before_it_runs(cli, db,
      "END$o$", ["k5"], False),
 ])
 def test_the_body_reader_reads_targets_and_unparsable_bodies(text, schemas, unread):
-    from migrator.postgres import body_paths
+    from migrator import body_paths
 
     found = body_paths.read(text)
     assert found.schemas == schemas and bool(found.unread) == unread, found

@@ -59,7 +59,7 @@ def files(migrations, rollback: bool = False) -> list:
 def scan(migrations) -> tuple[dict[str, str], dict[str, str]]:
     """({schema: the first `file:line` naming it}, {`file:line`: why a change there cannot be read}) of the search_path
     changes the files' ([(path, statements)]) statements make, their bodies' included (body_paths.read)."""
-    from migrator.postgres import body_paths
+    from migrator import body_paths
 
     found: dict[str, str] = {}
     unread: dict[str, str] = {}
@@ -84,7 +84,7 @@ def dynamic(text: str) -> str | None:
     """`sql lint`'s and `plan`'s dynamic-search-path finding for a statement, in words, else None: a change that
     cannot be read (refused while the user can reach a schema others may plant in), a path set inside a body (the
     statement that sets it resolves its own names under it), a name spelled otherwise (U&)."""
-    from migrator.postgres import body_paths
+    from migrator import body_paths
 
     if not body_paths.may_set(text):
         return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 
 from migrator import lazy_re
+from migrator.path_text import server_name  # noqa: F401 (its readers import it from here)
 
 # psql's ident_start (A-Z a-z _ and every byte >= 0x80) and ident_cont (those, digits and $), spelled as what they
 # are not: a class of huge ranges takes milliseconds to compile.
@@ -158,11 +159,3 @@ def _span_ends(span: str, versions: frozenset, param: bool) -> dict:
     return {end: frozenset(group) for end, group in ends.items()}
 
 
-_ASCII_UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def server_name(name: str, quoted: bool) -> str:
-    """An identifier as a UTF-8 database stores it: unquoted, folded in ASCII only (downcase_identifier: `Àpp` stays
-    `Àpp`); either way cut to 63 bytes on a character boundary (truncate_identifier). Python's lower() and an uncut
-    name made the runner check a schema that does not exist while the server used another's (attack23w 8)."""
-    return (name if quoted else name.translate(_ASCII_UPPER)).encode()[:63].decode(errors="ignore")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 from migrator import lazy_re
-from migrator.postgres.psql_tokens import server_name
+from migrator.path_text import server_name, split_identifiers  # noqa: F401 (its readers import it from here)
 
 _SETS = lazy_re.compile(r"\s*(?:set|reset)\b", re.IGNORECASE)
 _SESSIONS = lazy_re.compile(r"\s*alter\s+(?:database|role|user|system)\b", re.IGNORECASE)
@@ -290,21 +290,6 @@ def _path(schemas, seen) -> Path:
     return path
 
 
-def split_identifiers(value: str) -> list[str] | None:
-    """A search_path's text as the server splits it (SplitIdentifierString): unquoted names folded, each cut as the
-    server does (psql_tokens.server_name); None when the server would refuse it."""
-    found, at = [], 0
-    value = value.strip()
-    while value and at <= len(value):
-        match = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^\s,"]+))\s*(,|$)').match(value, at)
-        if not match:
-            return None
-        quoted = match[1] is not None
-        found.append(server_name(match[1].replace('""', '"') if quoted else match[2], quoted))
-        at = match.end()
-        if not match[3]:
-            break
-    return found
 
 
 def _read_function(text: str, seen) -> None:

@@ -44,7 +44,7 @@ def problems(found, check) -> list[tuple[int, str]]:
     """(line, message) of what cannot run in the splitter's statements `found`: what `check` (files.py's check of
     one statement) refuses in each statement the server parses out of them, and transaction control inside a text
     psql sends as one statement (in any file: the runner follows transactions statement by statement)."""
-    from migrator.postgres.body_paths import dump_problem
+    from migrator.body_paths import dump_problem
 
     refused = []
     for statement in found:

@@ -13,6 +13,11 @@ the migration user can reach a schema other roles may create in or own.
 A body pglast's plpgsql parser does not read (a `%TYPE[]` declaration, ...) is unread, whatever its text spells
 (attack23y 3: `SET SCHEMA 'app'`). Bodies are parsed through plpgsql_text (never one holding `#option dump`, which
 would print on the runner's stdout: dump_problem() refuses such a file, attack23y 4); an assignment is read whole.
+
+The reading fails closed (attack23z 1-3): a setting is either read positively (SET / SET SCHEMA in any spelling of the
+name, set_config in any case or schema with constant arguments, a cast of one to unbounded text) or unread (a computed,
+COLLATEd, cut or named argument, a value that is no name or string, a path not split as the server does). The same
+reader serves the routines already in the database (stored(): own_paths).
 """
 
 from __future__ import annotations
@@ -36,6 +41,15 @@ _DYNAMIC = {("PLpgSQL_stmt_dynexecute", "query"), ("PLpgSQL_stmt_dynfors", "quer
 _DEPTH = 8  # (an EXECUTE of a literal running a DO block running an EXECUTE ...)
 BUILT = "an EXECUTE of a string built at run time"
 COMPUTED = "set_config with a computed name or value"
+_UNPARSED = ", which the plpgsql parser does not read"
+# What may change the path inside a stored body, as a PostgreSQL regular expression (own_paths selects the routines to
+# read with it, `~*`): the names (any case, quoted, U&), SET SCHEMA, pg_settings, an EXECUTE, a nested DO or routine
+STORED_MAY_SET = (r"search_path|set_config|pg_settings|u&|\yset\y.*schema|execute|\ydo\y"
+                  r"|\ycreate\y.*\y(function|procedure)\y")
+# A setting's name as set_config finds it (else it is unread: the server's lookup may still fold it to search_path)
+_SETTING_NAME = lazy_re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)*")
+# Casts that keep a constant string as it is (a bounded type cuts it, another type's input function may change it)
+_TEXT_TYPES = {("text",), ("pg_catalog", "text"), ("varchar",), ("pg_catalog", "varchar")}
 
 
 @dataclass
@@ -105,11 +119,45 @@ def read(text: str) -> Changes:
     return found
 
 
-def _read(text: str, found: Changes, body: str | None, depth: int) -> None:
+def stored(definition: str) -> Changes:
+    """The search_path changes a stored routine's body makes (own_paths: the user's routines made earlier), from its
+    pg_get_functiondef; its own SET clause is left out (read from proconfig). Fails closed: what is not read
+    positively (a language not read, a definition the parser does not read) is unread."""
+    from migrator.planted_bodies import _readable  # (its DECLAREd types of other schemas as text, as it reads them)
+
+    found = _stored(definition)
+    if any(why.endswith(_UNPARSED) for why in found.unread) and _readable(definition, set()) != definition:
+        found = _stored(_readable(definition, set()))
+    return found
+
+
+def _stored(definition: str) -> Changes:
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+
+    found = Changes()
+    try:
+        [raw] = parse_sql(definition)
+    except (ParseError, ValueError):
+        found.unread.append("a definition the parser does not read")
+        return found
+    node = raw.stmt
+    if isinstance(node, ast.CreateFunctionStmt):
+        node.options = tuple(o for o in node.options or () if o.defname != "set")
+    visitor = _Visitor(found, "its body", 0)
+    visitor.texts[id(node)] = definition  # (its plpgsql body parsed from the text, not a deparse of the tree)
+    visitor(node)
+    found.schemas = [name for name in dict.fromkeys(found.schemas) if name]
+    return found
+
+
+def _read(text: str, found: Changes, body: str | None, depth: int, whole: bool = False) -> None:
+    """`whole`: `text` may hold several statements (a sql body, an EXECUTE's string), read without may_set(), whose
+    DO or CREATE FUNCTION need not begin the text; one statement (a top-level one, a plpgsql one) begins with them."""
     from pglast import parse_sql
     from pglast.parser import ParseError
 
-    if not may_set(text):
+    if not whole and not may_set(text):
         return
     try:
         trees = [raw.stmt for raw in parse_sql(text)]
@@ -121,40 +169,54 @@ def _read(text: str, found: Changes, body: str | None, depth: int) -> None:
 
 
 def _literal(node):
-    """The string or boolean a node spells as a constant (a cast of one too), else None."""
+    """The string a node spells as a constant (a cast of one to unbounded text too), else None."""
     from pglast import ast
 
     while isinstance(node, ast.TypeCast):
+        names = tuple(getattr(n, "sval", "") for n in node.typeName.names or ())
+        if names not in _TEXT_TYPES or node.typeName.typmods or node.typeName.arrayBounds:
+            return None
         node = node.arg
     value = getattr(node, "val", None) if isinstance(node, ast.A_Const) else None
     return getattr(value, "sval", None)
 
 
-class _Visitor:
-    def __init__(self, found: Changes, body: str | None, depth: int):
+_WALK: list = []  # (pglast's Visitor subclass, made once: making one per body was a third of the reading)
+
+
+def _walker(outer):
+    """A pglast Visitor over a tree calling `outer`'s (a _Visitor's) readers."""
+    if not _WALK:
         from pglast.visitors import Visitor
 
-        outer = self
-        self.found, self.body, self.depth = found, body, depth
-
         class Walk(Visitor):
+            def __init__(self, outer):
+                self.outer = outer
+
             def visit_VariableSetStmt(self, _ancestors, node):
-                outer.setting(node)
+                self.outer.setting(node)
 
             def visit_FuncCall(self, _ancestors, call):
-                outer.call(call)
+                self.outer.call(call)
 
             def visit_UpdateStmt(self, _ancestors, node):
                 if node.relation.relname == "pg_settings":
-                    outer.found.unread.append("an UPDATE of pg_settings")
+                    self.outer.found.unread.append("an UPDATE of pg_settings")
 
             def visit_DoStmt(self, _ancestors, node):
-                outer.do(node)
+                self.outer.do(node)
 
             def visit_CreateFunctionStmt(self, _ancestors, node):
-                outer.routine(node)
+                self.outer.routine(node)
+        _WALK.append(Walk)
+    return _WALK[0](outer)
 
-        self.walk = Walk()
+
+class _Visitor:
+    def __init__(self, found: Changes, body: str | None, depth: int):
+        self.found, self.body, self.depth = found, body, depth
+        self.texts: dict[int, str] = {}
+        self.walk = _walker(self)
 
     def __call__(self, tree) -> None:
         self.walk(tree)
@@ -169,21 +231,28 @@ class _Visitor:
 
         if (node.name or "").lower() != "search_path" or node.kind != enums.VariableSetKind.VAR_SET_VALUE:
             return  # (RESET, DEFAULT: the session's again; FROM CURRENT: as it is)
-        self._set(a.val.sval for a in node.args or () if isinstance(getattr(a, "val", None), ast.String))
+        words = [a.val.sval if isinstance(getattr(a, "val", None), ast.String) else None for a in node.args or ()]
+        if None in words:  # (a number, ...: not read as the server would flatten it)
+            self.found.unread.append("a SET search_path whose value is not a name or string")
+        else:
+            self._set(words)
 
     def call(self, call) -> None:
-        from migrator.postgres.risks_path import split_identifiers
+        from migrator.path_text import split_identifiers
 
-        if call.funcname[-1].sval != "set_config":
+        if call.funcname[-1].sval.lower() != "set_config":  # (any schema, quoted or not: fails closed)
             return
         args = [_literal(a) for a in call.args or ()]
-        if args[:1] == [None]:
+        if not args or args[0] is None or call.agg_star or call.func_variadic:
             self.found.unread.append(COMPUTED)
-        elif str(args[0]).lower() == "search_path":
-            if args[1:2] == [None]:
+        elif args[0].lower() != "search_path" and not _SETTING_NAME.fullmatch(args[0]):
+            self.found.unread.append(COMPUTED)  # (a name the server's lookup might still fold to search_path)
+        elif args[0].lower() == "search_path":
+            schemas = split_identifiers(args[1]) if len(args) > 1 and args[1] is not None else None
+            if schemas is None:  # (computed, or a path the reading here does not split as the server)
                 self.found.unread.append(COMPUTED)
             else:
-                self._set(split_identifiers(str(args[1] if len(args) > 1 else "")) or ())
+                self._set(schemas)
 
     def do(self, node) -> None:
         options = {o.defname: o.arg for o in node.args or ()}
@@ -204,7 +273,7 @@ class _Visitor:
         if language == "plpgsql":
             self.plpgsql(node, where)
         elif language == "sql":
-            _read(body, self.found, where, self.depth + 1)
+            _read(body, self.found, where, self.depth + 1, whole=True)
         elif language not in _READ_LANGUAGES:
             self.found.unread.append(f"{where} in language {language}, which the runner does not read")
 
@@ -213,9 +282,10 @@ class _Visitor:
             if plpgsql_text.dumps(plpgsql_text.body(node)):
                 self.found.unread.append(f"{where}, which holds #option dump (not given to the parser)")
                 return
-            functions = plpgsql_text.parse(node)
+            text = self.texts.get(id(node))
+            functions = plpgsql_text.parse_plpgsql(text) if text else plpgsql_text.parse(node)
         except Exception:  # (pglast raises several kinds: whatever such a body does is unread, attack23y 3)
-            self.found.unread.append(f"{where}, which the plpgsql parser does not read")
+            self.found.unread.append(f"{where}{_UNPARSED}")
             return
         self._plpgsql_walk(functions, where, None, None)
 
@@ -249,11 +319,11 @@ class _Visitor:
             if sql is None:
                 self.found.unread.append(BUILT)
             else:
-                _read(sql, self.found, where, self.depth + 1)
+                _read(sql, self.found, where, self.depth + 1, whole=True)
             return
         try:
             sql = plpgsql_text.expression_sql(query, mode)
         except ParseError:
-            self.found.unread.append(f"{where}, which the plpgsql parser does not read")
+            self.found.unread.append(f"{where}{_UNPARSED}")
             return
         _read(sql, self.found, where, self.depth + 1)
