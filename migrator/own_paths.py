@@ -21,7 +21,7 @@ SELECT CASE WHEN f.prokind = 'p' THEN 'procedure ' ELSE 'function ' END || f.oid
         WHERE pg_catalog.starts_with(c, 'search_path=')),
        l.lanname IN ('sql', 'plpgsql') AND f.prosrc ~* 'search_path|set_config|u&'
 FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_language l ON l.oid = f.prolang
-WHERE f.oid >= 16384 AND f.proowner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
+WHERE f.oid >= 16384 AND f.proowner IN {planted_bodies.OWNERS}
     AND f.pronamespace IN (SELECT x.oid FROM pg_catalog.pg_namespace x WHERE x.nspname = :s OR x.nspname <> 'pg_catalog'
         AND x.nspname IN {planted_bodies.IN("path")})
     AND (EXISTS (SELECT FROM pg_catalog.unnest(f.proconfig) c WHERE pg_catalog.starts_with(c, 'search_path='))

@@ -19,11 +19,12 @@ from migrator.grant_text import ident
 _CLASS = "CAST('pg_catalog.{}' AS pg_catalog.regclass)".format
 
 
-# With `own` (attack23w 3): the user's own functions whose body is a string (sql, plpgsql: pg_depend has nothing of
-# what it calls, planted_bodies.py reads it) in their place, and the function a trigger executes among what reaches.
+# With `own` (attack23w 3): the user's own functions (owned by any role trusted as the user, attack23z 6) whose body is
+# a string (sql, plpgsql: pg_depend has nothing of what it calls, planted_bodies.py reads it) in their place, and the
+# function a trigger executes among what reaches.
 _OWN = """SELECT {p}, f.oid, f.proowner, 'function ' || f.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc f
-        WHERE f.oid >= 16384 AND f.proowner = (SELECT oid FROM me) AND f.prosrc <> '' AND f.prolang IN (SELECT l.oid
-            FROM pg_catalog.pg_language l WHERE l.lanname IN ('sql', 'plpgsql'))"""
+        WHERE f.oid >= 16384 AND f.proowner NOT IN (SELECT oid FROM untrusted) AND f.prosrc <> ''
+            AND f.prolang IN (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname IN ('sql', 'plpgsql'))"""
 
 
 def reach(start: str, owner_ok: str, own: bool = False) -> str:

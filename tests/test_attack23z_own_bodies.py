@@ -39,15 +39,17 @@ def test_an_own_body_read_otherwise_under_its_own_conforming_strings_setting_is_
     assert db.query("SELECT * FROM t") == [] and db.query("SELECT who FROM app.hits") == []
 
 
-def test_an_own_body_with_the_setting_but_no_backslash_migrates(cli, db, sql_dir, low):
-    """The control: without a backslash a body reads alike either way."""
+def test_own_bodies_read_alike_either_way_migrate(cli, db, sql_dir, low):
+    """The control: a SET clause keeping the setting on, a backslash inside E'...' (and a regex in a plain literal
+    without a SET clause: read as the run's session, which has it on)."""
     _low_code(db, low)
-    db.query("CREATE FUNCTION wrap() RETURNS text LANGUAGE sql SET standard_conforming_strings = off "
-             "AS $f$SELECT 'a' || pg_catalog.upper('b')$f$; " + _WRAP)
+    db.query("CREATE FUNCTION w2() RETURNS text LANGUAGE sql AS $f$SELECT pg_catalog.regexp_replace('a b', '\\s', "
+             "'')$f$; CREATE FUNCTION wrap() RETURNS text LANGUAGE sql SET standard_conforming_strings = on "
+             "AS $f$SELECT 'a\\' || E'\\\\' || public.w2()$f$; " + _WRAP)
     add_migration(sql_dir, "0002_seed", "INSERT INTO t (id) VALUES (1);\n")
     assert doctor_line(cli, db, sql_dir).startswith("ok")
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
-    assert db.query("SELECT v FROM t") == [("aB",)]
+    assert db.query("SELECT v FROM t") == [("a\\\\ab",)]
 
 
 _PENDING = [  # (a pending file making and using a routine read otherwise under its own setting)
@@ -57,6 +59,7 @@ _PENDING = [  # (a pending file making and using a routine read otherwise under 
     "UPDATE public.a SET name = 'x' WHERE name = 'y';\n"
     "SELECT pg_catalog.set_config('search_path', 'public', true);\n$f$;\nSELECT public.fix();\n",
     "ALTER FUNCTION wrap2() SET standard_conforming_strings = off;\nINSERT INTO t2 (id) VALUES (1);\n",
+    "SET standard_conforming_strings = off;\nINSERT INTO t2 (id) VALUES (1);\n",
 ]
 
 
@@ -64,7 +67,8 @@ _PENDING = [  # (a pending file making and using a routine read otherwise under 
 def test_a_pending_routine_read_otherwise_under_its_own_setting_is_refused(cli, db, sql_dir, low, pending):
     """attack23z 4 (and 4b): a pending file's routine with `SET standard_conforming_strings = off` hid a call of low's
     function (or a set_config of a path low may create in) in what the checks read as a literal: migrate exit 0, low's
-    code ran as mig. Failed before: so. (An ALTER FUNCTION turning it off for an applied body: the same.)"""
+    code ran as mig. Failed before: so. (An ALTER FUNCTION or the file's SET turning it off for an applied body, which
+    the server parses when the INSERT calls it: the same.)"""
     _low_code(db, low)
     db.query("CREATE SCHEMA app2; CREATE TABLE a (id int, name varchar(20)); INSERT INTO a VALUES (1, 'y'); "
              "CREATE FUNCTION wrap2() RETURNS text LANGUAGE sql AS $f$SELECT 'a\\' || ' || app.ok(pg_catalog.version())::text --'$f$; "
