@@ -23,27 +23,28 @@ NAMES = lazy_re.compile(rf"{NAME}|u&", re.IGNORECASE)  # (U&"..." spells any nam
 _ON = ("on", "1", "t", "tr", "tru", "true", "y", "ye", "yes")  # (the server's spellings of true)
 TODO = ("drop that (ALTER ROUTINE ... RESET standard_conforming_strings, or rewrite the body) and write a backslash "
         "inside E'...' or $$...$$, which read alike either way")
-_BODY = "l.lanname NOT IN ('c', 'internal') AND f.prosrc ~* 'standard_conforming_strings|u&'"
-# The routines the runner trusts as the user (planted.OWNER_OK: itself, roles it is a member of) whose SET clause
-# names the setting or whose body does: [what, owner, proconfig, whether the body names it].
-_NAMED = f"""WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
+_BODY = "{}.lanname NOT IN ('c', 'internal') AND f.prosrc ~* 'standard_conforming_strings|u&'".format
+
+
+def _trusted(candidates: str, columns: str) -> str:
+    """`columns` of the routines among `candidates` (a WHERE on pg_proc f, pg_language l: the cheap filter, first)
+    whose owner the runner trusts as the user (planted.OWNER_OK: itself, roles it is a member of)."""
+    return f"""WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER),
+f AS MATERIALIZED (SELECT f.oid, f.prokind, f.proowner, f.proconfig, f.prosrc, l.lanname FROM pg_catalog.pg_proc f
+    JOIN pg_catalog.pg_language l ON l.oid = f.prolang WHERE f.oid >= 16384 AND ({candidates}))
 SELECT CASE WHEN f.prokind = 'p' THEN 'procedure ' ELSE 'function ' END || f.oid::pg_catalog.regprocedure::text,
-       r.rolname::text, f.proconfig, {_BODY}
-FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_roles r ON r.oid = f.proowner
-JOIN pg_catalog.pg_language l ON l.oid = f.prolang
-WHERE f.oid >= 16384 AND {OWNER_OK} AND (pg_catalog.array_to_string(f.proconfig, ' ') ~* 'standard_conforming_strings='
-    OR {_BODY})
+       {columns}
+FROM f JOIN pg_catalog.pg_roles r ON r.oid = f.proowner WHERE {OWNER_OK}
 ORDER BY 1"""
-# The same routines whose body holds a backslash (read otherwise while the setting is off: reads_otherwise()):
-# [what, body]. (No backslash in the runner's own SQL: chr(92).)
-BACKSLASHED = f"""WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
-SELECT CASE WHEN f.prokind = 'p' THEN 'procedure ' ELSE 'function ' END || f.oid::pg_catalog.regprocedure::text,
-       f.prosrc
-FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_roles r ON r.oid = f.proowner
-JOIN pg_catalog.pg_language l ON l.oid = f.prolang
-WHERE f.oid >= 16384 AND {OWNER_OK} AND l.lanname NOT IN ('c', 'internal')
-    AND pg_catalog.strpos(f.prosrc, pg_catalog.chr(92)) > 0
-ORDER BY 1"""
+
+
+# [what, owner, proconfig, whether the body names it] of those whose SET clause or body names the setting
+_NAMED = _trusted(f"pg_catalog.array_to_string(f.proconfig, ' ') ~* 'standard_conforming_strings=' OR {_BODY('l')}",
+                  f"r.rolname::text, f.proconfig, {_BODY('f')}")
+# [what, body] of those whose body holds a backslash (read otherwise while the setting is off: reads_otherwise()).
+# (No backslash in the runner's own SQL: chr(92).)
+BACKSLASHED = _trusted("l.lanname NOT IN ('c', 'internal') AND pg_catalog.strpos(f.prosrc, pg_catalog.chr(92)) > 0",
+                       "f.prosrc")
 
 
 def off(config) -> str | None:

@@ -96,7 +96,9 @@ def _bodies_unread(connection, migrations) -> str | None:
         for statement in migration.steps[0].statements:
             if "\\" in statement.text and any(map(body_lexing.reads_otherwise,
                                                    body_lexing.statement_bodies(statement.text))):
-                return said.format(f"the routine or DO block at {Path(migration.path)}:{statement.line}")
+                where = f"{Path(migration.path)}:{statement.line}"
+                return said.format("the routine or DO block it makes" if where == named else
+                                   f"the routine or DO block at {where}")
     with connection.cursor() as cursor:
         cursor.execute(body_lexing.BACKSLASHED)
         unread = next((what for what, body in cursor.fetchall() if body_lexing.reads_otherwise(body)), None)
