@@ -4,17 +4,28 @@ every role the user is (a group role it is a member of owns the common layout's 
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from conftest import add_migration, ok
 from test_attack23u_reach import _low_code
+from test_attack23y_own_code import path_refused
 from test_schema_creators import doctor_line, low, plant, refusal  # noqa: F401 (low: a fixture)
-from test_planted_objects import writable_by
+from test_planted_objects import login_role, writable_by
 
 _WRAP = "CREATE TABLE t (id int, v text DEFAULT wrap())"
 # (to the server, with the setting off, 'a\' || ' is one literal and app.ok runs; pglast reads two literals)
+
+
+def _refused(cli, db, sql_dir, *named: str) -> None:
+    """A pending plain INSERT into t: doctor FAILs and migrate refuses (exit 2) naming all of `named`; nothing ran."""
+    add_migration(sql_dir, "0002_seed", "INSERT INTO t (id) VALUES (1);\n")
+    line = doctor_line(cli, db, sql_dir)
+    assert line.startswith("FAIL") and all(n in line for n in named), line
+    line = refusal(cli, db, sql_dir)
+    assert all(n in line for n in named), line
+    assert db.query("SELECT * FROM t") == [] and db.query("SELECT who FROM app.hits") == []
+
+
 _HIDDEN = [
     "CREATE FUNCTION wrap() RETURNS text LANGUAGE sql SET standard_conforming_strings = off AS "
     "$f$SELECT 'a\\' || ' || app.ok(pg_catalog.version())::text --'$f$; " + _WRAP,
@@ -30,13 +41,7 @@ def test_an_own_body_read_otherwise_under_its_own_conforming_strings_setting_is_
     before: so."""
     _low_code(db, low)
     db.query(made)
-    add_migration(sql_dir, "0002_seed", "INSERT INTO t (id) VALUES (1);\n")
-    line = doctor_line(cli, db, sql_dir)
-    assert line.startswith("FAIL") and "function public.wrap()" in line, line
-    assert "standard_conforming_strings" in line, line
-    line = refusal(cli, db, sql_dir)
-    assert "function public.wrap()" in line and "standard_conforming_strings" in line, line
-    assert db.query("SELECT * FROM t") == [] and db.query("SELECT who FROM app.hits") == []
+    _refused(cli, db, sql_dir, "function public.wrap()", "standard_conforming_strings = off")
 
 
 def test_own_bodies_read_alike_either_way_migrate(cli, db, sql_dir, low):
@@ -96,12 +101,7 @@ def test_a_chain_of_own_wrappers_deeper_than_the_reader_goes_is_refused(cli, db,
     so."""
     _low_code(db, low)
     db.query(_chain(40, "app.ok(''x'')::text"))
-    add_migration(sql_dir, "0002_seed", "INSERT INTO t (id) VALUES (1);\n")
-    line = doctor_line(cli, db, sql_dir)
-    assert line.startswith("FAIL") and "function public.w1()" in line and "cannot be read here" in line, line
-    line = refusal(cli, db, sql_dir)
-    assert "function public.w1()" in line and "deep" in line, line
-    assert db.query("SELECT * FROM t") == [] and db.query("SELECT who FROM app.hits") == []
+    _refused(cli, db, sql_dir, "function public.w1()", "deeper than the 32 functions", "cannot be read here")
 
 
 def test_a_chain_of_own_wrappers_within_the_reach_migrates(cli, db, sql_dir, low):
@@ -117,10 +117,9 @@ def test_a_chain_of_own_wrappers_within_the_reach_migrates(cli, db, sql_dir, low
 @pytest.fixture
 def group(db):
     """A NOLOGIN role the migration user is a member of (the owner-role layout), which may create in public."""
-    name = "own_" + uuid.uuid4().hex[:8]
-    db.query(f"CREATE ROLE {name} NOLOGIN; GRANT {name} TO CURRENT_USER; GRANT CREATE ON SCHEMA public TO {name}")
-    yield name
-    db.query(f"DROP OWNED BY {name} CASCADE; DROP ROLE {name}")
+    with login_role(db, "own_", "NOLOGIN") as name:
+        db.query(f"GRANT {name} TO CURRENT_USER; GRANT CREATE ON SCHEMA public TO {name}")
+        yield name
 
 
 def test_a_group_owned_wrapper_calling_another_roles_code_is_refused(cli, db, sql_dir, low, group):
@@ -129,12 +128,7 @@ def test_a_group_owned_wrapper_calling_another_roles_code_is_refused(cli, db, sq
     _low_code(db, low)
     db.query(f"SET ROLE {group}; CREATE FUNCTION public.wrap() RETURNS text LANGUAGE sql AS "
              f"'SELECT app.ok(''x'')::text'; RESET ROLE; " + _WRAP)
-    add_migration(sql_dir, "0002_seed", "INSERT INTO t (id) VALUES (1);\n")
-    line = doctor_line(cli, db, sql_dir)
-    assert line.startswith("FAIL") and "function public.wrap()" in line and "function app.ok(text)" in line, line
-    line = refusal(cli, db, sql_dir)
-    assert "function public.wrap()" in line and "function app.ok(text)" in line, line
-    assert db.query("SELECT * FROM t") == [] and db.query("SELECT who FROM app.hits") == []
+    _refused(cli, db, sql_dir, "function public.wrap()", "function app.ok(text)")
 
 
 _GROUP_PATHS = [  # (made as the group role while app2 was empty; the pending file)
@@ -156,14 +150,7 @@ def test_a_group_owned_routine_setting_a_path_others_may_create_in_is_refused(
     exit 0. Failed before: so."""
     db.query(f"CREATE SCHEMA app2; GRANT USAGE ON SCHEMA app2 TO {group}; CREATE TABLE a (id int, name varchar(20)); "
              f"INSERT INTO a VALUES (1, 'y'); ALTER TABLE a OWNER TO {group}; SET ROLE {group}; " + made)
-    writable_by(db, "app2", low)
-    plant(db, "app2", low)
-    add_migration(sql_dir, "0002_data", pending + "\n")
-    line = doctor_line(cli, db, sql_dir)
-    assert line.startswith("FAIL") and "public.fix()" in line and "app2" in line and low in line, line
-    line = refusal(cli, db, sql_dir)
-    assert "public.fix()" in line and "app2" in line, line
-    assert db.query("SELECT who FROM app2.hits") == [] and db.query("SELECT name FROM a") == [("y",)]
+    path_refused(cli, db, sql_dir, low, pending)
 
 
 def test_group_owned_wrappers_calling_the_users_own_code_migrate(cli, db, sql_dir, low, group):
