@@ -164,3 +164,20 @@ def test_group_owned_wrappers_calling_the_users_own_code_migrate(cli, db, sql_di
     assert doctor_line(cli, db, sql_dir).startswith("ok")
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert db.query("SELECT v FROM t") == [("m",)]
+
+
+def test_an_own_routine_setting_a_path_in_a_body_the_reader_cannot_read_is_refused(cli, db, sql_dir, low):
+    """The audit (the same kind as attack23z 4-6): an own routine whose body mentions the path but cannot be read here
+    (`#option dump` is never given to the parser) was taken as setting no path; called by name, it ran low's `=` as
+    mig: doctor ready, exit 0. Failed before: so."""
+    db.query("CREATE SCHEMA app2; CREATE TABLE a (id int, name varchar(20)); INSERT INTO a VALUES (1, 'y'); "
+             "CREATE FUNCTION fix() RETURNS void LANGUAGE plpgsql AS $$#option dump\nBEGIN SET LOCAL search_path = "
+             "app2, public; UPDATE public.a SET name = 'x' WHERE name = 'y'; END$$")
+    writable_by(db, "app2", low)
+    plant(db, "app2", low)
+    add_migration(sql_dir, "0002_data", "SELECT public.fix();\n")
+    line = doctor_line(cli, db, sql_dir)
+    assert line.startswith("FAIL") and "function public.fix() cannot be read here" in line, line
+    line = refusal(cli, db, sql_dir)
+    assert "function public.fix() cannot be read here" in line, line
+    assert db.query("SELECT who FROM app2.hits") == [] and db.query("SELECT name FROM a") == [("y",)]
