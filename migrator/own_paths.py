@@ -37,8 +37,8 @@ def found(backend, schema: str, planted_query: str) -> list[list[str]]:
     for what, language, body, own, mentions in backend.execute(_SETTING, {"s": schema}).fetchall():
         try:
             paths = sorted(p for kind, _, p in planted_bodies.calls(language, body) if kind == "p") if mentions else []
-        except planted_bodies.Unreadable:  # (what it sets is not known: the boundary, as for a computed path)
-            paths = []
+        except planted_bodies.Unreadable as error:  # (what it sets is unknown: refused, never taken as none)
+            paths, said = [], [*said, planted_bodies.unread(backend, what, error)]
         settings = [(own, "its SET clause")] * (own is not None) + [(path, "its body") for path in paths]
         for path, how in settings:
             said += [[role, f"{what} sets search_path ({path}) in {how}, so what a call of it resolves there runs as "

@@ -272,6 +272,15 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
     return list(map(list, dict.fromkeys(map(tuple, found))))
 
 
+def unread(backend, what: str, error: Exception) -> list[str]:
+    """[owner, words] of a routine (`what`: 'function s.f(int)') whose body names search_path but cannot be read here:
+    the path it sets is unknown, so it is refused as unread, never taken as none (attack23z's audit)."""
+    owner = backend.execute("SELECT pg_catalog.pg_get_userbyid(p.proowner)::text FROM pg_catalog.pg_proc p WHERE p.oid "
+                            "= CAST(:w AS pg_catalog.regprocedure)", {"w": what.partition(" ")[2]}).fetchone()[0]
+    return [owner, f"{what} cannot be read here ({error}), so the search_path it may set is unknown: rewrite it so it "
+            "parses, or set the path in its SET clause"]
+
+
 _QUERIES: dict = {}
 
 
