@@ -181,3 +181,22 @@ def test_an_own_routine_setting_a_path_in_a_body_the_reader_cannot_read_is_refus
     line = refusal(cli, db, sql_dir)
     assert "function public.fix() cannot be read here" in line, line
     assert db.query("SELECT who FROM app2.hits") == [] and db.query("SELECT name FROM a") == [("y",)]
+
+
+def test_a_group_owned_table_a_cascade_writes_is_followed_as_the_users(cli, db, sql_dir, low, group):
+    """The audit (attack23z 6's kind, planted_code.closure): a table in another schema owned by the group role, whose
+    foreign key's ON DELETE CASCADE a pending DELETE reaches, was not followed (only the user's own were), so low's
+    trigger function on it ran as the group role the user is a member of: doctor ready, exit 0. Failed before: so."""
+    _low_code(db, low)
+    db.query(f"CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1); GRANT REFERENCES ON t TO {group}; "
+             f"CREATE SCHEMA arch; GRANT USAGE, CREATE ON SCHEMA arch TO {group}; SET ROLE {group}; "
+             "CREATE TABLE arch.c (id int REFERENCES public.t ON DELETE CASCADE); INSERT INTO arch.c VALUES (1); "
+             f"RESET ROLE; SET ROLE {low}; CREATE FUNCTION app.trg() RETURNS trigger LANGUAGE plpgsql AS "
+             "$$BEGIN PERFORM app.ok('x'); RETURN OLD; END$$; RESET ROLE; "
+             "CREATE TRIGGER c_trg BEFORE DELETE ON arch.c FOR EACH ROW EXECUTE FUNCTION app.trg()")
+    add_migration(sql_dir, "0002_data", "DELETE FROM t;\n")
+    line = doctor_line(cli, db, sql_dir)
+    assert line.startswith("FAIL") and "arch.c" in line and "app.trg()" in line, line
+    line = refusal(cli, db, sql_dir)
+    assert "arch.c" in line and "app.trg()" in line, line
+    assert db.query("SELECT who FROM app.hits") == [] and db.query("SELECT id FROM t") == [(1,)]
