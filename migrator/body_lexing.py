@@ -97,7 +97,8 @@ def found(backend) -> list[list[str]]:
             said.append([owner, f"{what} sets {setting} in its SET clause, so the server reads its body otherwise "
                          f"than the runner does and what it reaches cannot be read here: {TODO}"])
         elif names:
-            said.append([owner, f"{what} names {NAME} in its body: it may turn it off for what it runs (an EXECUTE, "
+            said.append([owner, f"{what} names {NAME} (or holds a U& escape, which can spell it) in its body: it "
+                         "may turn it off for what it runs (an EXECUTE, "
                          f"the bodies of functions it calls), which the server then reads otherwise than the runner "
                          f"does, so what it reaches cannot be read here: {TODO}"])
     return said

@@ -32,16 +32,21 @@ _HIDDEN = [
     "CREATE FUNCTION wrap() RETURNS text LANGUAGE plpgsql SET standard_conforming_strings = off AS "
     "$f$BEGIN RETURN 'a\\' || ' || app.ok(pg_catalog.version())::text --'\n; END$f$; " + _WRAP,
 ]
+_SAID = ["standard_conforming_strings = off"] * 2
 
 
-@pytest.mark.parametrize("made", _HIDDEN)
-def test_an_own_body_read_otherwise_under_its_own_conforming_strings_setting_is_refused(cli, db, sql_dir, low, made):
-    """attack23z 4: mig's own DEFAULT wrapper with `SET standard_conforming_strings = off`: the server calls low's
-    function where the reader saw a literal; a pending plain INSERT ran it as mig, doctor ready, exit 0. Failed
-    before: so."""
+@pytest.mark.parametrize("made, said", [*zip(_HIDDEN, _SAID), (  # (a body turning it off for the body it calls next)
+    "CREATE FUNCTION w2() RETURNS text LANGUAGE sql AS $f$SELECT 'a\\' || ' || app.ok(pg_catalog.version())::text "
+    "--'$f$; CREATE FUNCTION wrap() RETURNS text LANGUAGE plpgsql AS $f$BEGIN SET LOCAL standard_conforming_strings "
+    "= off; RETURN public.w2(); END$f$; " + _WRAP, "names standard_conforming_strings")])
+def test_an_own_body_read_otherwise_under_its_own_conforming_strings_setting_is_refused(
+        cli, db, sql_dir, low, made, said):
+    """attack23z 4: mig's own DEFAULT wrapper with `SET standard_conforming_strings = off` (or turning it off before
+    it calls another own function, parsed then): the server calls low's function where the reader saw a literal; a
+    pending plain INSERT ran it as mig, doctor ready, exit 0. Failed before: so."""
     _low_code(db, low)
     db.query(made)
-    _refused(cli, db, sql_dir, "function public.wrap()", "standard_conforming_strings = off")
+    _refused(cli, db, sql_dir, "function public.wrap()", said)
 
 
 def test_own_bodies_read_alike_either_way_migrate(cli, db, sql_dir, low):
