@@ -8,7 +8,8 @@ has it (postgres/conforming.py refuses a session with it off). So a routine the 
 clause turns it off, or whose body names it, is refused at the connect check as unread, naming the routine and the
 setting; a pending file that may turn it off is refused when a body would then read otherwise (conforming.py).
 backslash_quote changes no reading (a `\\'` in E'...' is an escaped quote or an error), nor does client_encoding (a
-body is stored in the server's encoding). A setting's name a body computes is not read: the documented boundary.
+body is stored in the server's encoding). A setting's name a body computes, or spells with E'...' escapes, is not
+read: the documented boundary.
 """
 
 from __future__ import annotations
