@@ -28,7 +28,7 @@ SELECT CASE WHEN f.prokind = 'p' THEN 'procedure ' ELSE 'function ' END || f.oid
        (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(f.proconfig) c
         WHERE pg_catalog.starts_with(c, 'search_path='))
 FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_language l ON l.oid = f.prolang
-WHERE f.oid >= 16384 AND f.proowner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
+WHERE f.oid >= 16384 AND f.proowner IN {planted_bodies.OWNERS}
     AND (f.pronamespace IN (SELECT x.oid FROM pg_catalog.pg_namespace x WHERE x.nspname = :s OR x.nspname <> 'pg_catalog'
         AND x.nspname IN {planted_bodies.IN("path")}) OR f.oid = ANY (CAST(:roots AS pg_catalog.oid[])))
     AND (EXISTS (SELECT FROM pg_catalog.unnest(f.proconfig) c WHERE pg_catalog.starts_with(c, 'search_path='))

@@ -85,7 +85,7 @@ _PATH_NS = """(SELECT x.oid FROM pg_catalog.pg_namespace x
 _PATH_TABLES = f"""(SELECT 0 AS k, c.oid FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm')
     AND c.relnamespace IN {_PATH_NS})"""
 # (the CTE `far`: the tables a write of those reaches in other schemas, attack23w 7; COLUMNS counts them under n)
-_FAR = f"""(SELECT q.oid FROM {closure(_PATH_TABLES)} q JOIN pg_catalog.pg_class c ON c.oid = q.oid
+_FAR = f"""(SELECT q.oid FROM {closure(_PATH_TABLES, _OWNER_OK)} q JOIN pg_catalog.pg_class c ON c.oid = q.oid
     WHERE c.relnamespace NOT IN {_PATH_NS})"""
 _IN_FAR = "(ns.oid = n.oid AND c.oid IN (SELECT oid FROM far))"
 # (for the CTE `reach`)
@@ -180,7 +180,7 @@ _NAMED = """(SELECT w.i AS k, c.oid FROM pg_catalog.unnest(CAST(:names AS pg_cat
     JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(w.name))"""
 WRITTEN = f"""
 WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER),
-w AS (SELECT q.k AS i, c.oid, c.relowner, c.relacl FROM {closure(_NAMED)} q
+w AS (SELECT q.k AS i, c.oid, c.relowner, c.relacl FROM {closure(_NAMED, _OWNER_OK)} q
       JOIN pg_catalog.pg_class c ON c.oid = q.oid),
 reach AS {reach("w", _OWNER_OK)}
 SELECT w.i, w.oid::pg_catalog.regclass::text, r.rolname::text, 'owner', '', '' FROM w

@@ -27,6 +27,9 @@ _SESSION = "(SELECT reset_val FROM pg_catalog.pg_settings\n                   WH
 assert _SESSION in _PATH, "planted.PATH changed: read a function's own path as it reads the session's"
 FUNCTION_PATH = _PATH.replace(_SESSION, "CAST(:fpath AS pg_catalog.text)")
 _OWN_PATH = _PATH.replace(_SESSION, "q.p")
+# The roles the runner trusts as the user (itself, roles it is a member of: attack23z 6), whose routines' bodies are read.
+OWNERS = ("(WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER) "
+          f"SELECT r.oid FROM pg_catalog.pg_roles r WHERE {_OWNER_OK})")
 IN = "(SELECT CASE WHEN u.w = '$user' THEN CURRENT_USER ELSE u.w END FROM {} AS u(w))".format
 # For each wanted (kind 'f' function, 'o' operator; schema or none for the session path's; name; or oid): [i, kind,
 # oid, what, owner, trusted, the user's own (read further), language, body (plpgsql: the whole definition, which its
@@ -39,7 +42,7 @@ ns AS (SELECT q.i, x.oid FROM q JOIN pg_catalog.pg_namespace x ON x.nspname <> '
     WHEN q.s IS NOT NULL THEN x.nspname = q.s WHEN q.p IS NOT NULL THEN x.nspname IN {IN(_OWN_PATH)}
     ELSE x.nspname IN {IN("path")} OR x.nspname = :schema END WHERE q.o IS NULL)
 SELECT q.i, 'f', f.oid, 'function ' || f.oid::pg_catalog.regprocedure::text, r.rolname::text, {_OWNER_OK},
-       f.proowner = (SELECT oid FROM me) AND f.oid >= 16384, l.lanname::text,
+       {_OWNER_OK} AND f.oid >= 16384, l.lanname::text,
        CASE WHEN l.lanname = 'plpgsql' THEN pg_catalog.pg_get_functiondef(f.oid) ELSE f.prosrc END,
        (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(f.proconfig) c WHERE pg_catalog.starts_with(c, 'search_path=')),
        ARRAY(SELECT d.refobjid FROM pg_catalog.pg_depend d WHERE d.classid = CAST('pg_catalog.pg_proc' AS
@@ -66,7 +69,7 @@ UNION ALL SELECT q.i, 'r', c.oid, CASE c.relkind WHEN 'v' THEN 'view ' WHEN 'm' 
 FROM q JOIN pg_catalog.pg_class c ON q.kind = 'r' AND c.relname = q.name
     AND c.relnamespace IN (SELECT ns.oid FROM ns WHERE ns.i = q.i)
 JOIN pg_catalog.pg_roles r ON r.oid = c.relowner"""
-_LEVELS = 32  # (a chain of the user's own functions deeper than this is not followed further)
+_LEVELS = 32  # (a chain of the user's own functions deeper than this is refused as unread: attack23z 5)
 
 
 class Unreadable(Exception):
@@ -223,9 +226,10 @@ def _read(wanted: list, execute, schema: str) -> list:
 def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str], list[list[str]]]) -> list:
     """[owner, '<via> through <own function> uses <object>'] of other roles' functions and operators the user's own
     string-bodied functions `roots` ([oid, via]: planted.COLUMNS' state[16]) call, at any depth of its own; and
-    what `on_path`(a function's own search_path) finds in that path's schemas ([owner, words] as state[12])."""
+    what `on_path`(a function's own search_path) finds in that path's schemas ([owner, words] as state[12]); what
+    is still unread after _LEVELS functions is refused as such (its reach is unknown)."""
     first = {oid: via for oid, via in reversed(roots)}  # (one way to each function: its body is read once)
-    wanted = [("f", None, None, int(oid), via, None) for oid, via in reversed(first.items())]
+    wanted = [("f", None, None, int(oid), via, None, "") for oid, via in reversed(first.items())]
     seen: set = set()
     found: list = []
     for _ in range(_LEVELS):
@@ -242,7 +246,7 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
                 found.append([owner, f"{via} uses {what}"])
                 continue
             chain = via if kind == "o" else f"{via} through {what}"
-            following += [("f", None, None, int(d), chain, None) for d in depends or []]
+            following += [("f", None, None, int(d), chain, None, owner) for d in depends or []]
             if not own:
                 continue
             for entry in on_path(path) if path is not None else ():
@@ -257,10 +261,24 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
             for _, _, setting in sorted(n for n in named if n[0] == "p"):  # (a literal path its body sets)
                 found += [[role, f"{chain} sets search_path ({setting}) in its body: {words}"]
                           for role, words in on_path(setting)]
-            following += [(k, where, name, None, chain, path) for k, where, name in sorted(named, key=str)
+            following += [(k, where, name, None, chain, path, owner) for k, where, name in sorted(named, key=str)
                           if where != "pg_catalog" and k != "p"]  # (unqualified: by its own path, else the session's)
         wanted = list({(w[0], w[1], w[2], w[3], w[5]): w for w in reversed(following)}.values())[::-1]  # (one each)
+    for w in wanted:  # (never "fine": attack23z 5)
+        chain = w[4].split(" through ")
+        chain = " through ".join(chain[:2] + [f"... ({len(chain) - 3} more)"] + chain[-1:] if len(chain) > 5 else chain)
+        found.append([w[6], f"{chain} goes on deeper than the {_LEVELS} functions read here, so what it reaches "
+                      "cannot be read here: call what it needs through fewer wrappers"])
     return list(map(list, dict.fromkeys(map(tuple, found))))
+
+
+def unread(backend, what: str, error: Exception) -> list[str]:
+    """[owner, words] of a routine (`what`: 'function s.f(int)') whose body names search_path but cannot be read here:
+    the path it sets is unknown, so it is refused as unread, never taken as none (attack23z's audit)."""
+    owner = backend.execute("SELECT pg_catalog.pg_get_userbyid(p.proowner)::text FROM pg_catalog.pg_proc p WHERE p.oid "
+                            "= CAST(:w AS pg_catalog.regprocedure)", {"w": what.partition(" ")[2]}).fetchone()[0]
+    return [owner, f"{what} cannot be read here ({error}), so the search_path it may set is unknown: rewrite it so it "
+            "parses, or set the path in its SET clause"]
 
 
 _QUERIES: dict = {}

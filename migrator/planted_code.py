@@ -19,11 +19,12 @@ from migrator.grant_text import ident
 _CLASS = "CAST('pg_catalog.{}' AS pg_catalog.regclass)".format
 
 
-# With `own` (attack23w 3): the user's own functions whose body is a string (sql, plpgsql: pg_depend has nothing of
-# what it calls, planted_bodies.py reads it) in their place, and the function a trigger executes among what reaches.
+# With `own` (attack23w 3): the user's own functions (owned by any role trusted as the user, attack23z 6) whose body is
+# a string (sql, plpgsql: pg_depend has nothing of what it calls, planted_bodies.py reads it) in their place, and the
+# function a trigger executes among what reaches.
 _OWN = """SELECT {p}, f.oid, f.proowner, 'function ' || f.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc f
-        WHERE f.oid >= 16384 AND f.proowner = (SELECT oid FROM me) AND f.prosrc <> '' AND f.prolang IN (SELECT l.oid
-            FROM pg_catalog.pg_language l WHERE l.lanname IN ('sql', 'plpgsql'))"""
+        WHERE f.oid >= 16384 AND f.proowner NOT IN (SELECT oid FROM untrusted) AND f.prosrc <> ''
+            AND f.prolang IN (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname IN ('sql', 'plpgsql'))"""
 
 
 def reach(start: str, owner_ok: str, own: bool = False) -> str:
@@ -79,17 +80,18 @@ def reach(start: str, owner_ok: str, own: bool = False) -> str:
 
 # The tables a write of a table reaches (attack23w 7): its partitions and inheritance children, and the tables whose
 # foreign key's ON DELETE / ON UPDATE CASCADE, SET NULL or SET DEFAULT writes them, recursively, wherever they live;
-# those the migration user owns only: a cascade runs as the referencing table's owner (ri_triggers.c), so another
-# role's table reached that way runs that role's code as that role.
+# those the migration user owns only (`owner_ok`: planted._OWNER_OK, a role trusted as the user too: attack23z's
+# audit): a cascade runs as the referencing table's owner (ri_triggers.c), so another role's table reached that way
+# runs that role's code as that role.
 # `start`: a FROM item with columns (k, oid); rows (k, oid), the start's own among them.
-def closure(start: str) -> str:
+def closure(start: str, owner_ok: str) -> str:
     return f"""(WITH RECURSIVE reached(k, oid) AS (SELECT st.k, st.oid FROM {start} st
         UNION SELECT x.k, z.oid FROM reached x CROSS JOIN LATERAL (
             SELECT i.inhrelid AS oid FROM pg_catalog.pg_inherits i WHERE i.inhparent = x.oid
             UNION ALL SELECT y.conrelid FROM pg_catalog.pg_constraint y JOIN pg_catalog.pg_class f ON f.oid = y.conrelid
             WHERE y.confrelid = x.oid AND y.contype = 'f' AND (y.confdeltype IN ('c', 'n', 'd')
                 OR y.confupdtype IN ('c', 'n', 'd'))
-                AND f.relowner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)) z)
+                AND f.relowner IN (SELECT r.oid FROM pg_catalog.pg_roles r WHERE {owner_ok})) z)
     SELECT k, oid FROM reached)"""
 
 

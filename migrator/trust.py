@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 from migrator.bookkeeping_lock import creating_bookkeeping
 from migrator.errors import USAGE, MigratorError
 from migrator.grant_text import grants_list, ident, revoke_advice, revoke_sql, rights_of
-from migrator import history_trust, history_writers, output, own_paths, pinned, planted, planted_bodies
+from migrator import body_lexing, history_trust, history_writers, output, own_paths, pinned, planted, planted_bodies
 from migrator.planted import owner_error, planted_error, planted_fix, planted_list  # noqa: F401 (trust's names)
 from migrator.server_session import READ_ONLY_SQLSTATE
 
@@ -137,6 +137,7 @@ def bookkeeping_state(backend, schema: str, rights: tuple[str, ...] = RIGHTS, cr
     elif creators and not later:  # (the user's own string-bodied functions its tables' implicit code reaches)
         state = own_paths.with_paths(backend, planted_bodies.with_bodies(backend, state, schema, PLANTED), schema,
                                      PLANTED)  # (and its own routines that set search_path, attack23y 1)
+        state = body_lexing.with_lexed(backend, state)  # (and those read otherwise by the server, attack23z 4)
     return state
 
 

@@ -107,6 +107,12 @@ def test_an_own_routine_setting_a_path_others_may_create_in_is_refused(cli, db, 
     its body) to a schema low may now create in; a pending call of it (or a write firing it as a trigger) ran low's `=`
     as mig: doctor ready, exit 0. Failed before: so (only a trigger's SET clause was refused)."""
     db.query("CREATE SCHEMA app2; CREATE TABLE a (id int, name varchar(20)); INSERT INTO a VALUES (1, 'y'); " + made)
+    path_refused(cli, db, sql_dir, low, pending)
+
+
+def path_refused(cli, db, sql_dir, low, pending: str) -> None:
+    """low may now create in app2 and plants `=` there: `pending` (calling public.fix(), which sets a path naming app2)
+    is refused by doctor and migrate, and nothing of low's ran."""
     writable_by(db, "app2", low)
     plant(db, "app2", low)
     add_migration(sql_dir, "0002_data", pending + "\n")

@@ -18,10 +18,10 @@ from conftest import add_migration, applied, ok, one_error_line, psql_file
 
 
 @contextlib.contextmanager
-def login_role(db):
-    """A login role with nothing of its own; dropped (with what it made) after."""
-    name = "low_" + uuid.uuid4().hex[:8]
-    db.query(f"CREATE ROLE {name} LOGIN")
+def login_role(db, prefix: str = "low_", options: str = "LOGIN"):
+    """A login role (or one with other `options`) with nothing of its own; dropped (with what it made) after."""
+    name = prefix + uuid.uuid4().hex[:8]
+    db.query(f"CREATE ROLE {name} {options}")
     yield name
     db.query(f"DROP OWNED BY {name} CASCADE")
     db.query(f"DROP ROLE {name}")

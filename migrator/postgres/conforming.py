@@ -72,7 +72,37 @@ def pending_unread(connection, migrations) -> str | None:
                 own = None if setting else f"{path}:{statement.line} turns it off"
             elif why is None and _NAMES.search(statement.text):
                 why = f"{path}:{statement.line} may turn it off for what runs after"
-    return None
+    return _bodies_unread(connection, migrations)
+
+
+def _bodies_unread(connection, migrations) -> str | None:
+    """When a pending statement may turn it off (names it other than by SET ... on): the first routine body the server
+    would then read otherwise (attack23z 4: a body is parsed when called, under the setting then in force, or its
+    own SET clause) — one a pending statement makes or runs as a DO block, or one there already that the runner trusts
+    as the user (body_lexing) — in words, or None."""
+    from pathlib import Path
+
+    from migrator import body_lexing
+    from migrator.postgres.splitter import sets_conforming
+
+    named = next((f"{Path(m.path)}:{s.line}" for m in migrations for s in m.steps[0].statements
+                  if body_lexing.NAMES.search(s.text) and not sets_conforming(s.text)), None)
+    if named is None:
+        return None
+    said = (f"{named} may turn {NAME} off, and then the server reads the body of {{}} otherwise than every check "
+            "did (a backslash in a '...' literal): what it runs is unknown; leave the setting on, or write that "
+            "backslash inside E'...' (doubled) or $$...$$, which read alike either way")
+    for migration in migrations:
+        for statement in migration.steps[0].statements:
+            if "\\" in statement.text and any(map(body_lexing.reads_otherwise,
+                                                   body_lexing.statement_bodies(statement.text))):
+                where = f"{Path(migration.path)}:{statement.line}"
+                return said.format("the routine or DO block it makes" if where == named else
+                                   f"the routine or DO block at {where}")
+    with connection.cursor() as cursor:
+        cursor.execute(body_lexing.BACKSLASHED)
+        unread = next((what for what, body in cursor.fetchall() if body_lexing.reads_otherwise(body)), None)
+    return None if unread is None else said.format(unread)
 
 
 class Unread(Exception):
