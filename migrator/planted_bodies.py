@@ -17,7 +17,7 @@ import json
 import re
 from typing import Callable
 
-from migrator import lazy_re, planted
+from migrator import lazy_re, planted, planted_writes
 from migrator.grant_text import ident
 from migrator.planted import OWNER_OK as _OWNER_OK, PATH as _PATH
 from migrator.planted_code import USES, _CLASS
@@ -88,6 +88,10 @@ def _names(node, found: set) -> None:
                 found.add(("r", value["schemaname"], value["relname"]))
             if key in ("VariableSetStmt", "FuncCall") and isinstance(value, dict):
                 _path(key, value, found)
+            if key in _TARGETS and isinstance(value, dict):
+                _written(key, value, found)
+            elif key == "DoStmt" and isinstance(value, dict):
+                _do(value, found)
             _names(value, found)
     elif isinstance(node, list):
         for value in node:
@@ -111,6 +115,34 @@ def _path(key: str, value: dict, found: set) -> None:
             "set_config"] and len(args) == 3 and (_constant(args[0]) or "").lower() == "search_path":
         if _constant(args[1]) is not None:
             found.add(("p", None, _constant(args[1])))
+
+
+# (statement, field) of what a write statement writes: a table's implicit code runs there (attack23z 7)
+_TARGETS = {"InsertStmt": "relation", "UpdateStmt": "relation", "DeleteStmt": "relation", "MergeStmt": "relation",
+            "CopyStmt": "relation", "TruncateStmt": "relations"}
+
+
+def _written(key: str, value: dict, found: set) -> None:
+    """('w', schema, name) and ('r', ...) of a table a statement writes by a qualified name (pglast's JSON leaves a
+    target's RangeVar unwrapped, which _names' relations do not see); COPY only FROM."""
+    if key == "CopyStmt" and not value.get("is_from"):
+        return
+    targets = value.get(_TARGETS[key])
+    for target in targets if isinstance(targets, list) else [{"RangeVar": targets or {}}]:
+        table = target.get("RangeVar", {})
+        if table.get("schemaname"):
+            found.update({("w", table["schemaname"], table["relname"]), ("r", table["schemaname"], table["relname"])})
+
+
+def _do(value: dict, found: set) -> None:
+    """A DO block inside a body (or a constant EXECUTE's) is PL/pgSQL, read as a body; in another language it is
+    not read (attack23z 9)."""
+    args = {a["DefElem"]["defname"]: (a["DefElem"].get("arg") or {}).get("String", {}).get("sval")
+            for a in value.get("args", []) if "DefElem" in a}
+    language = (args.get("language") or "plpgsql").lower()
+    if language != "plpgsql":
+        raise Unreadable(f"a DO block in language {language}, which the runner does not read")
+    plpgsql_names(_plpgsql("DO\n'" + (args.get("as") or "").replace("'", "''") + "'", found), found)
 
 
 def _sql(text: str, found: set, constant: bool = False) -> None:
@@ -195,23 +227,28 @@ def calls(language: str, body: str) -> set[tuple[str, str | None, str]]:
     """(kind 'f' function, 'o' operator, 't' type, 'r' relation; schema or None; name) of what a sql or plpgsql body
     names (plpgsql: `body` is the whole CREATE FUNCTION, its expressions read by the SQL parser as PostgreSQL reads
     them, a constant string an EXECUTE runs as SQL); Unreadable when the parser here cannot read it."""
-    from pglast.parser import ParseError
-
-    from migrator.plpgsql_text import expression_sql
-
     found: set = set()
     if language == "sql":
         _sql(body, found)
     elif language == "plpgsql":
-        expressions: list = []
-        _expressions(_plpgsql(body, found), expressions)
-        for query, mode, parent in expressions:
-            try:  # (an assignment read whole: its target's subscripts run too, attack23y 6)
-                text = expression_sql(query, mode)
-            except ParseError as error:
-                raise Unreadable(str(error)) from None
-            _sql(text, found, parent in _DYNAMIC)
+        plpgsql_names(_plpgsql(body, found), found)
     return found
+
+
+def plpgsql_names(tree: list, found: set) -> None:
+    """calls()' reading of a parsed plpgsql body (pglast's parse_plpgsql) into `found`."""
+    from pglast.parser import ParseError
+
+    from migrator.plpgsql_text import expression_sql
+
+    expressions: list = []
+    _expressions(tree, expressions)
+    for query, mode, parent in expressions:
+        try:  # (an assignment read whole: its target's subscripts run too, attack23y 6)
+            text = expression_sql(query, mode)
+        except ParseError as error:
+            raise Unreadable(str(error)) from None
+        _sql(text, found, parent in _DYNAMIC)
 
 
 def _read(wanted: list, execute, schema: str) -> list:
@@ -231,7 +268,7 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
     for _ in range(_LEVELS):
         if not wanted:
             break
-        following = []
+        following, writes = [], {}
         for i, kind, oid, what, owner, trusted, own, language, body, path, depends in _read(wanted, backend.execute,
                                                                                             schema):
             via = wanted[i - 1][4]
@@ -258,7 +295,11 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
                 found += [[role, f"{chain} sets search_path ({setting}) in its body: {words}"]
                           for role, words in on_path(setting)]
             following += [(k, where, name, None, chain, path) for k, where, name in sorted(named, key=str)
-                          if where != "pg_catalog" and k != "p"]  # (unqualified: by its own path, else the session's)
+                          if where != "pg_catalog" and k not in "pw"]  # (unqualified: by its path, else the session's)
+            for _, where, name in sorted(n for n in named if n[0] == "w" and n not in seen):
+                writes.setdefault((where, name), chain)
+        seen.update(("w", *table) for table in writes)  # (a table it writes: checked, its implicit code read in turn)
+        following += planted_writes.checked(backend.execute, writes, found)
         wanted = list({(w[0], w[1], w[2], w[3], w[5]): w for w in reversed(following)}.values())[::-1]  # (one each)
     return list(map(list, dict.fromkeys(map(tuple, found))))
 

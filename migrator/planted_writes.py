@@ -1,0 +1,66 @@
+"""The tables the migration user's own code writes by a qualified name, wherever they live (attack23z 7, 8): an own
+trigger function writing `audit.log` in another own schema, an own DEFAULT wrapper's INSERT, a pending file's DO block
+or routine body (its constant EXECUTEs and inner DO blocks too). A write runs the table's implicit code as the writer,
+so each such table gets the check of a table a pending file writes (planted.WRITTEN: another owner, another role's
+trigger or TRIGGER right, implicit code another role owns, through partitions and FK cascades), and the user's own
+string-bodied functions its implicit code reaches (its own trigger's, a DEFAULT wrapper) are read in turn
+(planted_bodies.reached)."""
+
+from __future__ import annotations
+
+from migrator import planted
+from migrator.grant_text import ident
+from migrator.planted_code import USES, reach
+
+_ORDER = "\nORDER BY 1, 4, 5\n"
+assert "\nSELECT w.i," in planted.WRITTEN and planted.WRITTEN.endswith(_ORDER), "planted.WRITTEN changed"
+# planted.WRITTEN and, kind 'own', [via, oid] of the user's own string-bodied functions the tables' implicit code
+# reaches (their triggers' functions among it): planted_bodies reads those bodies
+WRITES = planted.WRITTEN.replace("\nSELECT w.i,", f",\nown AS {reach('w', planted.OWNER_OK, own=True)}\nSELECT w.i,", 1)
+WRITES = WRITES[:-len(_ORDER)] + """
+UNION ALL SELECT DISTINCT w.i, w.oid::pg_catalog.regclass::text, '', 'own', h.via, h.o::pg_catalog.text
+    FROM w JOIN own h ON h.tbl = w.oid""" + _ORDER
+
+
+def checked(execute, writes: dict[tuple[str, str], str], found: list) -> list:
+    """`writes`: {(schema, table): what writes it}. Adds [owner, words] (as planted's state[12]) of what another
+    role may run on those writes to `found`; returns planted_bodies' wanted entries of the user's own functions to
+    read in turn."""
+    if not writes:
+        return []
+    names = [f"{ident(schema)}.{ident(table)}" for schema, table in writes]
+    via = list(writes.values())
+    following = []
+    for i, table, role, kind, detail, what in execute(WRITES, {"names": names}).fetchall():
+        said = f"{via[i - 1]} writes table {table}"
+        if kind == "own":
+            following.append(("f", None, None, int(what), f"{said}, whose {detail}", None))
+        elif kind == "code":
+            found.append([role, f"{said}, whose {detail}{USES}{what}"])
+        elif kind == "trigger":
+            found.append([role, f"{said}, whose trigger {detail}) runs as the writer"])
+        elif kind == "right":
+            found.append([role, f"{said}, on which role {role} may add triggers (a TRIGGER right)"])
+        else:
+            found.append([role, f"{said}, owned by role {role}, which may add triggers, rules or policies to it"])
+    return following
+
+
+def pending(node) -> set[tuple[str, str]]:
+    """(schema, table) of what a pending DO block or routine (a pglast DoStmt / CreateFunctionStmt) writes by a
+    qualified name in its string body, its constant EXECUTEs and inner DO blocks included (attack23z 8). A body read
+    here by no parser (another language, one pglast cannot read): none (the documented boundary)."""
+    from migrator import planted_bodies, plpgsql_text
+
+    options = {o.defname: o.arg for o in [*(getattr(node, "args", None) or ()),
+                                          *(getattr(node, "options", None) or ())]}
+    language = str(getattr(options.get("language"), "sval", "sql" if hasattr(node, "funcname") else "plpgsql")).lower()
+    found: set = set()
+    try:
+        if language == "plpgsql":
+            planted_bodies.plpgsql_names(plpgsql_text.parse(node), found)
+        elif language == "sql" and plpgsql_text.body(node):
+            found = planted_bodies.calls("sql", plpgsql_text.body(node))
+    except Exception:  # (pglast raises several kinds; planted_bodies.Unreadable)
+        return set()
+    return {(schema, name) for kind, schema, name in found if kind == "w"}
