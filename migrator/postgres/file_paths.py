@@ -11,8 +11,10 @@ the same catalog query, with those names as its path: one more round trip, only 
 A table another role owns is that role's to add triggers, rules and policies to, and a trigger's function runs as
 the writer: a file's INSERT / UPDATE / DELETE / MERGE / COPY FROM / TRUNCATE of `app.settings` (a qualified name:
 an unqualified one resolves on the checked path) runs that role's code as the migration user. Those tables are read
-from the statements that write (the parser's, as schema/targets.py reads DDL targets) and asked of the catalog
-(planted.WRITTEN): one round trip, only when a pending file writes a qualified name.
+from the statements that write (the parser's, as schema/targets.py reads DDL targets), and from the string bodies of
+the DO blocks and routines a file holds (planted_writes.pending: their constant EXECUTEs and inner DO blocks too,
+attack23z 8), and asked of the catalog (planted.WRITTEN): one round trip, only when a pending file writes a qualified
+name.
 
 What a statement does to the path inside itself (a DO block's or a function's body, an EXECUTE, the routine's own
 SET clause: attack23w 2) is read too (body_paths.py): a literal path there is checked as a top-level one, since the
@@ -156,6 +158,7 @@ def written(migrations) -> dict[str, str]:
     from pglast import ast
     from pglast.visitors import Visitor
 
+    from migrator import planted_writes
     from migrator.grant_text import ident
     from migrator.postgres.risks_path import _trees
 
@@ -183,6 +186,12 @@ def written(migrations) -> dict[str, str]:
 
                 def visit_TruncateStmt(self, _ancestors, node):
                     tables.extend(node.relations or ())
+
+                def visit_DoStmt(self, _ancestors, node):  # (a string body's writes: attack23z 8)
+                    tables.extend(ast.RangeVar(schemaname=schema, relname=name)
+                                  for schema, name in sorted(planted_writes.pending(node)))
+
+                visit_CreateFunctionStmt = visit_DoStmt
 
             for tree in _trees(statement.text):
                 Writes()(tree)
