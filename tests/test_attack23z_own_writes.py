@@ -25,6 +25,11 @@ _WRITTEN = [  # (the user's objects made earlier; a pending plain INSERT INTO t 
     ("CREATE SCHEMA audit; CREATE TABLE audit.log (what text); CREATE FUNCTION audit.stamp() RETURNS trigger "
      "LANGUAGE plpgsql AS $$BEGIN PERFORM app.ok('x'); RETURN NEW; END$$; CREATE TRIGGER log_stamp BEFORE INSERT "
      "ON audit.log FOR EACH ROW EXECUTE FUNCTION audit.stamp(); " + _TRIGGER, "function app.ok(text)"),
+    # ... by an unqualified name on the function's own search_path, or on one its body sets
+    (_AUDIT + _TRIGGER.replace("LANGUAGE plpgsql AS", "LANGUAGE plpgsql SET search_path = audit, public AS")
+     .replace("audit.log", "log"), "function app.ok(text)"),
+    (_AUDIT + _TRIGGER.replace("$$BEGIN ", "$$BEGIN SET LOCAL search_path = audit, public; ")
+     .replace("audit.log", "log"), "function app.ok(text)"),
     # a DELETE whose foreign key's ON DELETE SET DEFAULT writes another own table, whose DEFAULT calls low's function
     ("CREATE SCHEMA audit; CREATE TABLE audit.log (id int PRIMARY KEY); INSERT INTO audit.log VALUES (0), (1); "
      "CREATE TABLE audit.ref (log int DEFAULT 0 REFERENCES audit.log ON DELETE SET DEFAULT, "
