@@ -123,15 +123,16 @@ _TARGETS = {"InsertStmt": "relation", "UpdateStmt": "relation", "DeleteStmt": "r
 
 
 def _written(key: str, value: dict, found: set) -> None:
-    """('w', schema, name) and ('r', ...) of a table a statement writes by a qualified name (pglast's JSON leaves a
-    target's RangeVar unwrapped, which _names' relations do not see); COPY only FROM."""
+    """('w', schema or None, name) of a table a statement writes, and ('r', ...) of a qualified one (pglast's JSON
+    leaves a target's RangeVar unwrapped, which _names' relations do not see); COPY only FROM."""
     if key == "CopyStmt" and not value.get("is_from"):
         return
     targets = value.get(_TARGETS[key])
     for target in targets if isinstance(targets, list) else [{"RangeVar": targets or {}}]:
         table = target.get("RangeVar", {})
+        found.add(("w", table.get("schemaname"), table.get("relname")))
         if table.get("schemaname"):
-            found.update({("w", table["schemaname"], table["relname"]), ("r", table["schemaname"], table["relname"])})
+            found.add(("r", table["schemaname"], table["relname"]))
 
 
 def _do(value: dict, found: set) -> None:
@@ -296,8 +297,9 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
                           for role, words in on_path(setting)]
             following += [(k, where, name, None, chain, path) for k, where, name in sorted(named, key=str)
                           if where != "pg_catalog" and k not in "pw"]  # (unqualified: by its path, else the session's)
-            for _, where, name in sorted(n for n in named if n[0] == "w" and n not in seen):
-                writes.setdefault((where, name), chain)
+            for table in planted_writes.targets(named, path):
+                if ("w", *table) not in seen:
+                    writes.setdefault(table, chain)
         seen.update(("w", *table) for table in writes)  # (a table it writes: checked, its implicit code read in turn)
         following += planted_writes.checked(backend.execute, writes, found)
         wanted = list({(w[0], w[1], w[2], w[3], w[5]): w for w in reversed(following)}.values())[::-1]  # (one each)

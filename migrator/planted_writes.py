@@ -8,7 +8,7 @@ string-bodied functions its implicit code reaches (its own trigger's, a DEFAULT 
 
 from __future__ import annotations
 
-from migrator import planted
+from migrator import lazy_re, planted
 from migrator.grant_text import ident
 from migrator.planted_code import USES, reach
 
@@ -20,6 +20,22 @@ WRITES = planted.WRITTEN.replace("\nSELECT w.i,", f",\nown AS {reach('w', plante
 WRITES = WRITES[:-len(_ORDER)] + """
 UNION ALL SELECT DISTINCT w.i, w.oid::pg_catalog.regclass::text, '', 'own', h.via, h.o::pg_catalog.text
     FROM w JOIN own h ON h.tbl = w.oid""" + _ORDER
+_NAMED = "pg_catalog.to_regclass(w.name)"
+assert _NAMED in WRITES, "planted.WRITTEN changed: resolve a path's $user as the server does"
+WRITES = WRITES.replace(_NAMED, """pg_catalog.to_regclass(pg_catalog.replace(w.name, '"$user".',
+    pg_catalog.quote_ident(CURRENT_USER::pg_catalog.text) || '.'))""")
+_ENTRY = lazy_re.compile(r'\s*("(?:[^"]|"")*"|[^,\s]+)\s*(?:,|$)')
+
+
+def targets(named: set, path: str | None) -> list[tuple[str, str]]:
+    """(schema, table) of the tables a body writes (planted_bodies.calls' ('w', schema, name)): a qualified name as
+    written; an unqualified one in each schema of the function's own search_path (`path`) and of the literal paths
+    its body sets, any of which may be in effect (the session's: its tables are checked already)."""
+    paths = [*([path] if path is not None else ()), *(setting for kind, _, setting in named if kind == "p")]
+    schemas = [entry[1:-1].replace('""', '"') if entry.startswith('"') else entry.lower()
+               for p in paths for entry in _ENTRY.findall(p)]
+    return [(schema, name) if schema else (where, name) for kind, schema, name in sorted(named, key=str) if kind == "w"
+            for where in ([schema] if schema else dict.fromkeys(schemas))]
 
 
 def checked(execute, writes: dict[tuple[str, str], str], found: list) -> list:
@@ -63,4 +79,4 @@ def pending(node) -> set[tuple[str, str]]:
             found = planted_bodies.calls("sql", plpgsql_text.body(node))
     except Exception:  # (pglast raises several kinds; planted_bodies.Unreadable)
         return set()
-    return {(schema, name) for kind, schema, name in found if kind == "w"}
+    return {(schema, name) for kind, schema, name in found if kind == "w" and schema}
