@@ -140,10 +140,14 @@ def _do(value: dict, found: set) -> None:
     not read (attack23z 9)."""
     args = {a["DefElem"]["defname"]: (a["DefElem"].get("arg") or {}).get("String", {}).get("sval")
             for a in value.get("args", []) if "DefElem" in a}
-    language = (args.get("language") or "plpgsql").lower()
-    if language != "plpgsql":
-        raise Unreadable(f"a DO block in language {language}, which the runner does not read")
-    plpgsql_names(_plpgsql("DO\n'" + (args.get("as") or "").replace("'", "''") + "'", found), found)
+    do_names(args.get("language") or "plpgsql", args.get("as") or "", found)
+
+
+def do_names(language: str, body: str, found: set) -> None:
+    """calls()' reading of a DO block's body into `found` (Unreadable in a language other than plpgsql)."""
+    if language.lower() != "plpgsql":
+        raise Unreadable(f"a DO block in language {language.lower()}, which the runner does not read")
+    plpgsql_names(_plpgsql("DO\n'" + body.replace("'", "''") + "'", found), found)
 
 
 def _sql(text: str, found: set, constant: bool = False) -> None:

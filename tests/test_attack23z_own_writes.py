@@ -114,3 +114,29 @@ def test_a_pending_do_block_writing_the_users_own_clean_table_migrates(cli, db, 
                   "EXECUTE 'UPDATE audit.log SET what = ''y'''; END$$;\n")
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     assert db.query("SELECT what FROM audit.log") == [("y",)]
+
+
+_UNREAD = "DO $$DECLARE r audit.log.what%TYPE[]; BEGIN INSERT INTO audit.log (what) VALUES ('x'); END$$;"
+
+
+def test_a_pending_body_the_runner_cannot_read_is_refused_while_a_writable_table_runs_others_code(
+        cli, db, sql_dir, low):
+    """attack23z 8, fail closed: a DO block the parser here cannot read (pglast: a `%TYPE[]` variable) may write any
+    table the user can write (audit.log's DEFAULT calls low's function) or set any path: refused (body_paths' rule
+    for a path change it cannot read, which held before too)."""
+    _low_code(db, low)
+    db.query(_AUDIT + "INSERT INTO audit.log (what) VALUES ('0')")
+    db.query("DELETE FROM app.hits")
+    add_migration(sql_dir, "0002_data", _UNREAD + "\n")
+    line = refusal(cli, db, sql_dir)
+    assert "0002_data.sql:1 may set search_path by a DO block" in line and "cannot be read" in line, line
+    assert "audit.log uses function app.ok(text)" in line, line
+    assert db.query("SELECT what FROM audit.log") == [("0",)] and db.query("SELECT who FROM app.hits") == []
+
+
+def test_a_pending_body_the_runner_cannot_read_runs_where_no_writable_table_runs_others_code(cli, db, sql_dir):
+    """The control: the same DO block where every table the user can write is its own, with its own code."""
+    db.query("CREATE SCHEMA audit; CREATE TABLE audit.log (who text DEFAULT CURRENT_USER, what text)")
+    add_migration(sql_dir, "0002_data", _UNREAD + "\n")
+    ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
+    assert db.query("SELECT what FROM audit.log") == [("x",)]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-from migrator import lazy_re, output, planted, trust
+from migrator import lazy_re, output, planted, planted_writes, trust
 from migrator.errors import USAGE, MigratorError
 from migrator.planted_code import alter_owner
 from migrator.postgres.psql_tokens import IDENTIFIER, server_name
@@ -154,11 +154,11 @@ def _refuse_unread(backend, unread: dict[str, str], schema: str, where: str, acc
 
 def written(migrations) -> dict[str, str]:
     """{qualified table name (quoted): the first `file:line` writing it} of the files' ([(path, statements)]) row
-    writes."""
+    writes, their DO blocks' and routines' string bodies included (a body not read here: refuse() refuses it as a
+    change of the path it cannot read, while the user can reach a schema with other roles' code)."""
     from pglast import ast
     from pglast.visitors import Visitor
 
-    from migrator import planted_writes
     from migrator.grant_text import ident
     from migrator.postgres.risks_path import _trees
 
@@ -189,7 +189,7 @@ def written(migrations) -> dict[str, str]:
 
                 def visit_DoStmt(self, _ancestors, node):  # (a string body's writes: attack23z 8)
                     tables.extend(ast.RangeVar(schemaname=schema, relname=name)
-                                  for schema, name in sorted(planted_writes.pending(node)))
+                                  for schema, name in sorted(planted_writes.pending(node) or ()))
 
                 visit_CreateFunctionStmt = visit_DoStmt
 
