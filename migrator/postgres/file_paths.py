@@ -12,7 +12,7 @@ A table another role owns is that role's to add triggers, rules and policies to,
 the writer: a file's INSERT / UPDATE / DELETE / MERGE / COPY FROM / TRUNCATE of `app.settings` (a qualified name:
 an unqualified one resolves on the checked path) runs that role's code as the migration user. Those tables are read
 from the statements that write (the parser's, as schema/targets.py reads DDL targets), and from the string bodies of
-the DO blocks and routines a file holds (planted_writes.pending: their constant EXECUTEs and inner DO blocks too,
+the DO blocks and routines a file holds (pending_writes.py: their constant EXECUTEs and inner DO blocks too,
 attack23z 8), and asked of the catalog (planted.WRITTEN): one round trip, only when a pending file writes a qualified
 name.
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-from migrator import lazy_re, output, planted, planted_writes, trust
+from migrator import lazy_re, output, pending_writes, planted, trust
 from migrator.errors import USAGE, MigratorError
 from migrator.planted_code import alter_owner
 from migrator.postgres.psql_tokens import IDENTIFIER, server_name
@@ -189,7 +189,7 @@ def written(migrations) -> dict[str, str]:
 
                 def visit_DoStmt(self, _ancestors, node):  # (a string body's writes: attack23z 8)
                     tables.extend(ast.RangeVar(schemaname=schema, relname=name)
-                                  for schema, name in sorted(planted_writes.pending(node) or ()))
+                                  for schema, name in sorted(pending_writes.pending(node) or ()))
 
                 visit_CreateFunctionStmt = visit_DoStmt
 
