@@ -17,7 +17,7 @@ import json
 import re
 from typing import Callable
 
-from migrator import lazy_re, planted
+from migrator import lazy_re, planted, planted_writes
 from migrator.grant_text import ident
 from migrator.planted import OWNER_OK as _OWNER_OK, PATH as _PATH
 from migrator.planted_code import USES, _CLASS
@@ -91,6 +91,10 @@ def _names(node, found: set) -> None:
                 found.add(("r", value["schemaname"], value["relname"]))
             if key in ("VariableSetStmt", "FuncCall") and isinstance(value, dict):
                 _path(key, value, found)
+            if key in _TARGETS and isinstance(value, dict):
+                _written(key, value, found)
+            elif key == "DoStmt" and isinstance(value, dict):
+                _do(value, found)
             _names(value, found)
     elif isinstance(node, list):
         for value in node:
@@ -114,6 +118,39 @@ def _path(key: str, value: dict, found: set) -> None:
             "set_config"] and len(args) == 3 and (_constant(args[0]) or "").lower() == "search_path":
         if _constant(args[1]) is not None:
             found.add(("p", None, _constant(args[1])))
+
+
+# (statement, field) of what a write statement writes: a table's implicit code runs there (attack23z 7)
+_TARGETS = {"InsertStmt": "relation", "UpdateStmt": "relation", "DeleteStmt": "relation", "MergeStmt": "relation",
+            "CopyStmt": "relation", "TruncateStmt": "relations"}
+
+
+def _written(key: str, value: dict, found: set) -> None:
+    """('w', schema or None, name) of a table a statement writes, and ('r', ...) of a qualified one (pglast's JSON
+    leaves a target's RangeVar unwrapped, which _names' relations do not see); COPY only FROM."""
+    if key == "CopyStmt" and not value.get("is_from"):
+        return
+    targets = value.get(_TARGETS[key])
+    for target in targets if isinstance(targets, list) else [{"RangeVar": targets or {}}]:
+        table = target.get("RangeVar", {})
+        found.add(("w", table.get("schemaname"), table.get("relname")))
+        if table.get("schemaname"):
+            found.add(("r", table["schemaname"], table["relname"]))
+
+
+def _do(value: dict, found: set) -> None:
+    """A DO block inside a body (or a constant EXECUTE's) is PL/pgSQL, read as a body; in another language it is
+    not read (attack23z 9)."""
+    args = {a["DefElem"]["defname"]: (a["DefElem"].get("arg") or {}).get("String", {}).get("sval")
+            for a in value.get("args", []) if "DefElem" in a}
+    do_names(args.get("language") or "plpgsql", args.get("as") or "", found)
+
+
+def do_names(language: str, body: str, found: set) -> None:
+    """calls()' reading of a DO block's body into `found` (Unreadable in a language other than plpgsql)."""
+    if language.lower() != "plpgsql":
+        raise Unreadable(f"a DO block in language {language.lower()}, which the runner does not read")
+    plpgsql_names(_plpgsql("DO\n'" + body.replace("'", "''") + "'", found), found)
 
 
 def _sql(text: str, found: set, constant: bool = False) -> None:
@@ -198,23 +235,28 @@ def calls(language: str, body: str) -> set[tuple[str, str | None, str]]:
     """(kind 'f' function, 'o' operator, 't' type, 'r' relation; schema or None; name) of what a sql or plpgsql body
     names (plpgsql: `body` is the whole CREATE FUNCTION, its expressions read by the SQL parser as PostgreSQL reads
     them, a constant string an EXECUTE runs as SQL); Unreadable when the parser here cannot read it."""
-    from pglast.parser import ParseError
-
-    from migrator.plpgsql_text import expression_sql
-
     found: set = set()
     if language == "sql":
         _sql(body, found)
     elif language == "plpgsql":
-        expressions: list = []
-        _expressions(_plpgsql(body, found), expressions)
-        for query, mode, parent in expressions:
-            try:  # (an assignment read whole: its target's subscripts run too, attack23y 6)
-                text = expression_sql(query, mode)
-            except ParseError as error:
-                raise Unreadable(str(error)) from None
-            _sql(text, found, parent in _DYNAMIC)
+        plpgsql_names(_plpgsql(body, found), found)
     return found
+
+
+def plpgsql_names(tree: list, found: set) -> None:
+    """calls()' reading of a parsed plpgsql body (pglast's parse_plpgsql) into `found`."""
+    from pglast.parser import ParseError
+
+    from migrator.plpgsql_text import expression_sql
+
+    expressions: list = []
+    _expressions(tree, expressions)
+    for query, mode, parent in expressions:
+        try:  # (an assignment read whole: its target's subscripts run too, attack23y 6)
+            text = expression_sql(query, mode)
+        except ParseError as error:
+            raise Unreadable(str(error)) from None
+        _sql(text, found, parent in _DYNAMIC)
 
 
 def _read(wanted: list, execute, schema: str) -> list:
@@ -235,7 +277,7 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
     for _ in range(_LEVELS):
         if not wanted:
             break
-        following = []
+        following, writes = [], {}
         for i, kind, oid, what, owner, trusted, own, language, body, path, depends in _read(wanted, backend.execute,
                                                                                             schema):
             via = wanted[i - 1][4]
@@ -262,7 +304,12 @@ def reached(backend, roots: list[list[str]], schema: str, on_path: Callable[[str
                 found += [[role, f"{chain} sets search_path ({setting}) in its body: {words}"]
                           for role, words in on_path(setting)]
             following += [(k, where, name, None, chain, path, owner) for k, where, name in sorted(named, key=str)
-                          if where != "pg_catalog" and k != "p"]  # (unqualified: by its own path, else the session's)
+                          if where != "pg_catalog" and k not in "pw"]  # (unqualified: by its path, else the session's)
+            for table in planted_writes.targets(named, path):
+                if ("w", *table) not in seen:
+                    writes.setdefault(table, chain)
+        seen.update(("w", *table) for table in writes)  # (a table it writes: checked, its implicit code read in turn)
+        following += [(*w, "") for w in planted_writes.checked(backend.execute, writes, found)]
         wanted = list({(w[0], w[1], w[2], w[3], w[5]): w for w in reversed(following)}.values())[::-1]  # (one each)
     for w in wanted:  # (never "fine": attack23z 5)
         chain = w[4].split(" through ")

@@ -11,8 +11,10 @@ the same catalog query, with those names as its path: one more round trip, only 
 A table another role owns is that role's to add triggers, rules and policies to, and a trigger's function runs as
 the writer: a file's INSERT / UPDATE / DELETE / MERGE / COPY FROM / TRUNCATE of `app.settings` (a qualified name:
 an unqualified one resolves on the checked path) runs that role's code as the migration user. Those tables are read
-from the statements that write (the parser's, as schema/targets.py reads DDL targets) and asked of the catalog
-(planted.WRITTEN): one round trip, only when a pending file writes a qualified name.
+from the statements that write (the parser's, as schema/targets.py reads DDL targets), and from the string bodies of
+the DO blocks and routines a file holds (pending_writes.py: their constant EXECUTEs and inner DO blocks too,
+attack23z 8), and asked of the catalog (planted.WRITTEN): one round trip, only when a pending file writes a qualified
+name.
 
 What a statement does to the path inside itself (a DO block's or a function's body, an EXECUTE, the routine's own
 SET clause: attack23w 2) is read too (body_paths.py): a literal path there is checked as a top-level one, since the
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-from migrator import lazy_re, output, planted, trust
+from migrator import lazy_re, output, pending_writes, planted, trust
 from migrator.errors import USAGE, MigratorError
 from migrator.planted_code import alter_owner
 from migrator.postgres.psql_tokens import IDENTIFIER, server_name
@@ -152,7 +154,8 @@ def _refuse_unread(backend, unread: dict[str, str], schema: str, where: str, acc
 
 def written(migrations) -> dict[str, str]:
     """{qualified table name (quoted): the first `file:line` writing it} of the files' ([(path, statements)]) row
-    writes."""
+    writes, their DO blocks' and routines' string bodies included (a body not read here: refuse() refuses it as a
+    change of the path it cannot read, while the user can reach a schema with other roles' code)."""
     from pglast import ast
     from pglast.visitors import Visitor
 
@@ -183,6 +186,12 @@ def written(migrations) -> dict[str, str]:
 
                 def visit_TruncateStmt(self, _ancestors, node):
                     tables.extend(node.relations or ())
+
+                def visit_DoStmt(self, _ancestors, node):  # (a string body's writes: attack23z 8)
+                    tables.extend(ast.RangeVar(schemaname=schema, relname=name)
+                                  for schema, name in sorted(pending_writes.pending(node) or ()))
+
+                visit_CreateFunctionStmt = visit_DoStmt
 
             for tree in _trees(statement.text):
                 Writes()(tree)
