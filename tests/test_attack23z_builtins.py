@@ -138,3 +138,21 @@ def test_implicit_code_on_the_bookkeeping_is_refused_before_the_first_write(cli,
     assert "yoyo_lock" in line and part in line and ("app.ok(text)" in line or "app.imm(text)" in line
                                                      or "lk" in line), line
     assert db.query("SELECT who FROM app.hits") == [] and db.query("SELECT * FROM t") == []
+
+
+def test_the_builtins_read_as_executes_are_the_servers_own(db):
+    """Each core name and argument count query_builtins reads is a pg_catalog function of the server (a rename or a
+    new form shows here), and no other pg_catalog function runs one of their C entry points."""
+    from migrator import query_builtins
+
+    core = [name for name in query_builtins.NAMES if name.endswith(("xml", "xmlschema")) or name.startswith("ts_")]
+    rows = db.query("SELECT proname::text, pronargs, prosrc FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace "
+                    "AND proname = ANY(%s)", (core,))
+    assert {name for name, _, _ in rows} == set(core), rows
+    forms = {(name, count) for name, count, _ in rows}
+    for name, counts in {**query_builtins._QUERIES, **query_builtins._TABLES}.items():
+        assert {(name, count) for count in counts} <= forms, (name, forms)
+    entry = {src for name, count, src in rows if name != "ts_rewrite" or count == 2}
+    others = db.query("SELECT proname::text FROM pg_proc WHERE prosrc = ANY(%s) AND NOT proname = ANY(%s)",
+                      (sorted(entry), core))
+    assert others == [], others
