@@ -123,21 +123,21 @@ def test_implicit_code_on_the_bookkeeping_is_refused_before_the_first_write(cli,
     """attack23z 11. Failed before (the DEFAULT): migrate refused (exit 2) but only after its lock row's INSERT had
     run low's function as the migration user."""
     _low_code(db, low)
-    add_migration(sql_dir, "0001_t", "CREATE TABLE t (id int);\n")
+    add_migration(sql_dir, "0002_t", "CREATE TABLE t (id int);\n")
     ok(cli("migrate", "--sql-dir", sql_dir, env=db.db_env()))
     db.query(made)
     db.query("DELETE FROM app.hits")
-    add_migration(sql_dir, "0002_seed", "INSERT INTO t (id) VALUES (1);\n")
-    result = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env())
-    [line] = [x for x in result.stdout.splitlines() if "postgres bookkeeping" in x] or [result.stdout]
-    assert line.startswith("FAIL") and "yoyo_lock" in line and part in line, line
-    assert db.query("SELECT who FROM app.hits") == []
+    add_migration(sql_dir, "0003_seed", "INSERT INTO t (id) VALUES (1);\n")
     result = cli("migrate", "--sql-dir", sql_dir, env=db.db_env())
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     [line] = [x for x in result.output.splitlines() if "refusing" in x] or [result.output]
     assert "yoyo_lock" in line and part in line and ("app.ok(text)" in line or "app.imm(text)" in line
                                                      or "lk" in line), line
     assert db.query("SELECT who FROM app.hits") == [] and db.query("SELECT * FROM t") == []
+    result = cli("doctor", "--no-dev-tools", "--sql-dir", sql_dir, env=db.db_env())
+    [line] = [x for x in result.stdout.splitlines() if "postgres bookkeeping" in x] or [result.stdout]
+    assert line.startswith("FAIL") and "yoyo_lock" in line and part in line, line
+    assert db.query("SELECT who FROM app.hits") == []
 
 
 def test_the_builtins_read_as_executes_are_the_servers_own(db):
