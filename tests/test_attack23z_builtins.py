@@ -16,6 +16,8 @@ import pytest
 from conftest import add_migration, ok
 from test_attack23u_reach import _low_code, _planted_app
 from test_attack23w_body_paths import _UPDATE, _refused
+from test_attack23y_own_code import (  # (not collected again here: a name not starting with test_)
+    test_an_own_wrapper_reaching_another_roles_code_by_a_type_relation_or_execute_is_refused as _own_wrapper_refused)
 from test_schema_creators import doctor_line, low, refusal  # noqa: F401 (low: a fixture)
 
 _SET = "pg_catalog.set_config(''search_path'', ''app, public'', true)"
@@ -84,17 +86,9 @@ _OWN = [  # (the user's own DEFAULT wrapper, which calls low's code through a bu
 @pytest.mark.parametrize("made, named", _OWN)
 def test_an_own_wrapper_reaching_another_roles_code_through_a_query_builtin_is_refused(cli, db, sql_dir, low, made,
                                                                                          named):
-    """Failed before (ts_stat): doctor ready, a pending plain INSERT ran low's function as the migration user."""
-    _low_code(db, low)
-    db.query(f"SET ROLE {low}; CREATE VIEW app.v AS SELECT app.ok('A') AS n; GRANT SELECT ON app.v TO PUBLIC; "
-             "RESET ROLE")
-    db.query(made)
-    add_migration(sql_dir, "0002_seed", "INSERT INTO t (id) VALUES (1);\n")
-    line = doctor_line(cli, db, sql_dir)
-    assert line.startswith("FAIL") and "function public.wrap(" in line and named in line, line
-    line = refusal(cli, db, sql_dir)
-    assert "function public.wrap(" in line and named in line, line
-    assert db.query("SELECT * FROM t") == [] and db.query("SELECT who FROM app.hits") == []
+    """Failed before (ts_stat): doctor ready, a pending plain INSERT ran low's function as the migration user. (The
+    same steps as attack23y 5's: low's app.ok, domain app.d, view app.v calling app.ok.)"""
+    _own_wrapper_refused(cli, db, sql_dir, low, made, named)
 
 
 def test_an_own_wrapper_using_ts_stat_over_the_users_own_table_migrates(cli, db, sql_dir, low):
