@@ -25,12 +25,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from migrator import lazy_re, plpgsql_text
+from migrator import lazy_re, plpgsql_text, query_builtins
 
 # What may change the path in a statement: naming it (U&, SET [comment] SCHEMA), set_config, pg_settings, or holding a
 # body (a DO block, a routine made: EXECUTE lives only in those; both begin their statement). Only such statements are
 # parsed: a seed file's 20,000 INSERTs whose values say "to do" or "function" are not
-_NAMES = lazy_re.compile(r"search_path|set_config|pg_settings|u&|\bset\b[\s\S]*?schema", re.IGNORECASE)
+_NAMES = lazy_re.compile(r"search_path|set_config|pg_settings|u&|\bset\b[\s\S]*?schema|" + query_builtins.PATTERN,
+                         re.IGNORECASE)  # (and a built-in running SQL it is handed: an EXECUTE, attack23z 10)
 _BODY_HEAD = lazy_re.compile(r"do\b|create\b[\s\S]*?\b(?:function|procedure)\b", re.IGNORECASE)
 _COMMENT_MARK = lazy_re.compile(r"/\*|\*/")
 _READ_LANGUAGES = ("sql", "plpgsql", "c", "internal")  # (c / internal: the server's and extensions' code)
@@ -240,6 +241,11 @@ class _Visitor:
     def call(self, call) -> None:
         from migrator.path_text import split_identifiers
 
+        try:  # (a built-in running a query it is handed: its constant read as SQL, attack23z 10)
+            for sql in query_builtins.sql(call.funcname[-1].sval, call.args):
+                _read(sql, self.found, self.body or "a built-in's query", self.depth + 1)
+        except query_builtins.Unread as unread:
+            self.found.unread.append(str(unread))
         if call.funcname[-1].sval.lower() != "set_config":  # (any schema, quoted or not: fails closed)
             return
         args = [_literal(a) for a in call.args or ()]

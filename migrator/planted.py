@@ -425,8 +425,9 @@ def planted_fix(schema: str, user: str, names: list[str]) -> str:
     """What to do about planted tables: drop what is not the runner's, hand what is to the user."""
     tables = [f"{schema}.{name}" for name in names[:3]] or [f"{schema}.<table>"]
     return (f"inspect {', '.join(tables)}: drop what is not the runner's; for what is, as a superuser or its owner run "
-            f"ALTER TABLE {tables[0]} OWNER TO {user} (and drop other roles' triggers, rules and policies); grant "
-            f"other roles USAGE only on {schema}")
+            f"ALTER TABLE {tables[0]} OWNER TO {user} (and drop other roles' triggers, rules and policies, and the "
+            f"defaults, CHECKs, indexes and columns using code outside pg_catalog); grant other roles USAGE only on "
+            f"{schema}")
 
 
 def planted_error(schema: str, user: str, planted: list[str], names: list[str], where: str) -> str:

@@ -17,7 +17,7 @@ import json
 import re
 from typing import Callable
 
-from migrator import lazy_re, planted, planted_writes
+from migrator import lazy_re, planted, planted_writes, query_builtins
 from migrator.grant_text import ident
 from migrator.planted import OWNER_OK as _OWNER_OK, PATH as _PATH
 from migrator.planted_code import USES, _CLASS
@@ -95,10 +95,21 @@ def _names(node, found: set) -> None:
                 _written(key, value, found)
             elif key == "DoStmt" and isinstance(value, dict):
                 _do(value, found)
+            elif key == "FuncCall" and isinstance(value, dict):  # (a built-in running SQL it is handed, attack23z 10)
+                _builtin(value, found)
             _names(value, found)
     elif isinstance(node, list):
         for value in node:
             _names(value, found)
+
+
+def _builtin(call: dict, found: set) -> None:
+    """What a built-in running a query (query_builtins) runs: a constant read as SQL; else Unreadable."""
+    try:
+        for text in query_builtins.sql(call["funcname"][-1].get("String", {}).get("sval", ""), call.get("args", [])):
+            _sql(text, found)
+    except query_builtins.Unread as unread:
+        raise Unreadable(str(unread)) from None
 
 
 def _constant(node) -> str | None:

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 from migrator.bookkeeping_lock import creating_bookkeeping
 from migrator.errors import USAGE, MigratorError
 from migrator.grant_text import grants_list, ident, revoke_advice, revoke_sql, rights_of
+from migrator import bookkeeping_code
 from migrator import body_lexing, history_trust, history_writers, output, own_paths, pinned, planted, planted_bodies
 from migrator.planted import owner_error, planted_error, planted_fix, planted_list  # noqa: F401 (trust's names)
 from migrator.server_session import READ_ONLY_SQLSTATE
@@ -103,6 +104,7 @@ SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE
 FROM (SELECT CAST(:s AS pg_catalog.name) AS name) s LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
 LEFT JOIN pg_catalog.pg_roles so ON so.oid = n.nspowner
 """
+PLANTED = bookkeeping_code.with_code(PLANTED)  # (and what a write runs: defaults, CHECKs, ..., attack23z 11)
 
 
 _WITH_CREATORS = history_writers.with_writers(planted.with_creators(PLANTED))  # (verify's: who else may create in
