@@ -3,7 +3,7 @@ clause is applied before the body is parsed (a SQL body at each call, a plpgsql 
 force when it is called, which a body run before may have turned off (SET LOCAL, set_config) for what it runs after: an
 EXECUTE's string, the bodies of the functions it calls. With the setting off a backslash in a plain '...' literal
 escapes the quote, and `'a\\' || ' || app.gen() --'` is a call of app.gen() where every reader here (pglast:
-planted_bodies, own_paths, postgres/body_paths) sees two literals. Those readers read with it on, as the run's session
+planted_bodies, own_paths, body_paths) sees two literals. Those readers read with it on, as the run's session
 has it (postgres/conforming.py refuses a session with it off). So a routine the runner trusts as the user whose SET
 clause turns it off, or whose body names it, is refused at the connect check as unread, naming the routine and the
 setting; a pending file that may turn it off is refused when a body would then read otherwise (conforming.py).

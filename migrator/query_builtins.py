@@ -4,7 +4,7 @@ The set is PostgreSQL's own functions whose C code runs an argument through SPI 
 ts_stat, tsquery_rewrite.c ts_rewrite(tsquery, text), xml.c's query_to_xml* / cursor_to_xml* / table_to_xml* /
 schema_to_xml* / database_to_xml*; ruleutils.c and ri_triggers.c run fixed catalog queries only), and the common
 extensions' (tablefunc's crosstab / connectby, dblink's). test_attack23z_builtins checks the names against the
-server's pg_proc. The readers (postgres/body_paths: a pending statement's and its bodies' path changes;
+server's pg_proc. The readers (body_paths: a pending statement's and its bodies' path changes;
 planted_bodies: what an own body calls) read a constant query as SQL in turn, and a relation such a function reads
 whole (table_to_xml: its view's code runs) as `TABLE name`; anything else they count unread (fail closed).
 A name is matched in any schema: an own function so named is read the same way, which only costs a refusal.
