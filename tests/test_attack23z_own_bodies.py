@@ -182,9 +182,10 @@ def test_an_own_routine_setting_a_path_in_a_body_the_reader_cannot_read_is_refus
     plant(db, "app2", low)
     add_migration(sql_dir, "0002_data", "SELECT public.fix();\n")
     line = doctor_line(cli, db, sql_dir)
-    assert line.startswith("FAIL") and "function public.fix() cannot be read here" in line, line
+    unread = "function public.fix() may set search_path by the body of function public.fix, which holds #option dump"
+    assert line.startswith("FAIL") and unread in line and "cannot be read before the run" in line, line
     line = refusal(cli, db, sql_dir)
-    assert "function public.fix() cannot be read here" in line, line
+    assert unread in line and "cannot be read before the run" in line, line
     assert db.query("SELECT who FROM app2.hits") == [] and db.query("SELECT name FROM a") == [("y",)]
 
 
